@@ -1,0 +1,5 @@
+"""Errors shared across dolmino, mixers and filters."""
+
+
+class ManifestError(ValueError):
+    """A manifest (or a filter spec inside one) is invalid; the message names the bad field."""

@@ -1,0 +1,99 @@
+"""OLMo-core compatible token memmaps: raw uint32 files plus `.csv.gz` sidecars.
+
+Layout, per output part:
+- `part-00000.npy`: raw little-endian uint32 token ids, no .npy header (OLMo-core and
+  `dolma tokens` read these with `np.memmap(dtype=uint32)`), EOS after every document.
+- `part-00000.csv.gz`: one row `start,end,id,src,loc` per document instance; `end` is
+  exclusive and includes the EOS token.
+- `part-00000.label_mask.npy` (optional): numpy bool, one byte per token, True = train.
+
+Gzip headers are written with mtime 0 and no file name, so identical input gives
+byte-identical files: a build is reproducible down to its checksums.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+TOKEN_DTYPE = np.dtype("<u4")
+SIDECAR_FIELDS = ("start", "end", "id", "src", "loc")
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}"
+
+
+@dataclass
+class PartStats:
+    tokens: int = 0
+    docs: int = 0
+    tokens_by_source: dict = field(default_factory=dict)
+    docs_by_source: dict = field(default_factory=dict)
+
+
+class MemmapPartWriter:
+    """Streams documents into one part: tokens, sidecar rows and (optionally) a label mask.
+
+    Writes go to temporary names renamed on close, so readers never see a half-written
+    part, and a retried Spark task simply rewrites the same bytes.
+    """
+
+    def __init__(self, out_dir: str, index: int, eos_token_id: int, label_mask: bool = False):
+        os.makedirs(out_dir, exist_ok=True)
+        stem = os.path.join(out_dir, part_name(index))
+        self.paths = {"tokens": stem + ".npy", "sidecar": stem + ".csv.gz"}
+        if label_mask:
+            self.paths["mask"] = stem + ".label_mask.npy"
+        suffix = f".tmp{os.getpid()}"
+        self._tmp = {k: v + suffix for k, v in self.paths.items()}
+        self._tokens = open(self._tmp["tokens"], "wb")
+        self._mask = open(self._tmp["mask"], "wb") if label_mask else None
+        self._sidecar_raw = open(self._tmp["sidecar"], "wb")
+        self._sidecar_gz = gzip.GzipFile(fileobj=self._sidecar_raw, mode="wb", mtime=0, filename="")
+        self._sidecar_text = io.TextIOWrapper(self._sidecar_gz, encoding="utf-8", newline="")
+        self._csv = csv.writer(self._sidecar_text, lineterminator="\n")
+        self.eos = np.asarray([eos_token_id], dtype=TOKEN_DTYPE)
+        self.stats = PartStats()
+
+    def add(self, token_ids: np.ndarray, doc_id: str, src: str, loc: str, mask: np.ndarray | None = None) -> None:
+        tokens = np.asarray(token_ids, dtype=TOKEN_DTYPE)
+        start = self.stats.tokens
+        end = start + len(tokens) + 1
+        self._tokens.write(tokens.tobytes())
+        self._tokens.write(self.eos.tobytes())
+        if self._mask is not None:
+            keep = np.ones(len(tokens) + 1, dtype=np.bool_) if mask is None else np.append(
+                np.asarray(mask, dtype=np.bool_), True)
+            if len(keep) != len(tokens) + 1:
+                raise ValueError(f"label mask for {doc_id} has {len(keep) - 1} entries, tokens {len(tokens)}")
+            self._mask.write(keep.tobytes())
+        self._csv.writerow((start, end, doc_id, src, loc))
+        self.stats.tokens = end
+        self.stats.docs += 1
+        n = len(tokens) + 1
+        self.stats.tokens_by_source[src] = self.stats.tokens_by_source.get(src, 0) + n
+        self.stats.docs_by_source[src] = self.stats.docs_by_source.get(src, 0) + 1
+
+    def close(self) -> PartStats:
+        self._sidecar_text.close()  # closes the gzip stream and the raw file
+        self._tokens.close()
+        if self._mask is not None:
+            self._mask.close()
+        for key, final in self.paths.items():
+            os.replace(self._tmp[key], final)
+        return self.stats
+
+
+def read_part(npy_path: str) -> tuple[np.ndarray, list[tuple[int, int, str, str, str]]]:
+    """Read a part back: its tokens (memmap) and sidecar rows. Used by checks and tests."""
+    tokens = np.memmap(npy_path, dtype=TOKEN_DTYPE, mode="r") if os.path.getsize(npy_path) else np.zeros(0, TOKEN_DTYPE)
+    sidecar = npy_path[: -len(".npy")] + ".csv.gz"
+    with gzip.open(sidecar, "rt", encoding="utf-8", newline="") as fh:
+        rows = [(int(r[0]), int(r[1]), r[2], r[3], r[4]) for r in csv.reader(fh)]
+    return tokens, rows
