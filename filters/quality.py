@@ -1,0 +1,229 @@
+"""Quality classifiers: fastText scoring, FineWeb-Edu style scores, and training your own.
+
+OLMo 2's Dolmino web subset keeps DCLM-Baseline documents that the DCLM fastText
+classifier puts in its top 7% (P(__label__hq) >= 0.03311014) AND that a FineWeb-Edu style
+0-5 scorer rates >= 2. The math subsets were kept by a fastText math classifier the
+authors trained themselves on LLM-labelled OpenWebMath; `train_fasttext_classifier` does
+the same from positive/negative document files.
+
+fastText predicts on one line, so newlines are replaced by spaces before scoring (as DCLM
+does). Models load lazily on first use so that filters pickle cheaply to Spark executors.
+
+CLI:
+    python -m filters.quality train --pos math.jsonl.zst --neg web.jsonl.zst --out math.bin
+    python -m filters.quality percentiles --model m.bin --input docs.jsonl.zst --thresholds 0.01,0.0331
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import random
+import re
+import sys
+import tempfile
+from typing import Iterable, Protocol
+
+import numpy as np
+
+_NEWLINES = re.compile(r"[\r\n]+")
+
+
+def _one_line(text: str) -> str:
+    return _NEWLINES.sub(" ", text).strip()
+
+
+def _load_fasttext(path: str):
+    import fasttext
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"fastText model {path!r} does not exist")
+    fasttext.FastText.eprint = lambda *args, **kwargs: None  # silence the load-model warning
+    return fasttext.load_model(path)
+
+
+class FastTextModel:
+    """A lazily loaded fastText model that pickles as its path."""
+
+    def __init__(self, model_path: str):
+        if not isinstance(model_path, str) or not model_path:
+            raise ValueError(f"model_path must be a non-empty string, got {model_path!r}")
+        self.model_path = model_path
+        self._model = None
+
+    def __getstate__(self):
+        return {"model_path": self.model_path, "_model": None}
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = _load_fasttext(self.model_path)
+        return self._model
+
+    def label_probabilities(self, texts: list[str]) -> list[dict[str, float]]:
+        """All labels' probabilities for each text."""
+        labels, probs = self.model.predict([_one_line(t) for t in texts], k=-1)
+        return [dict(zip(ls, map(float, ps))) for ls, ps in zip(labels, probs)]
+
+
+class Scorer(Protocol):
+    """Pluggable document scorer (FineWeb-Edu style 0-5 models and the like)."""
+
+    def score(self, texts: list[str]) -> np.ndarray: ...
+
+
+class FastTextLabelProbability:
+    """Score = P(label) from a fastText classifier (DCLM: label __label__hq)."""
+
+    def __init__(self, model_path: str, label: str = "__label__hq"):
+        self.model = FastTextModel(model_path)
+        self.label = label
+
+    def score(self, texts: list[str]) -> np.ndarray:
+        return np.asarray([p.get(self.label, 0.0) for p in self.model.label_probabilities(texts)])
+
+
+class FastTextExpectedLabel:
+    """Score = expected value of numeric labels `__label__0` .. `__label__5` (FineWeb-Edu style)."""
+
+    def __init__(self, model_path: str, prefix: str = "__label__"):
+        self.model = FastTextModel(model_path)
+        self.prefix = prefix
+
+    def score(self, texts: list[str]) -> np.ndarray:
+        out = []
+        for probs in self.model.label_probabilities(texts):
+            total = sum(probs.values()) or 1.0
+            out.append(sum(float(label[len(self.prefix):]) * p for label, p in probs.items()) / total)
+        return np.asarray(out)
+
+
+SCORERS = {
+    "fasttext_expected_label": FastTextExpectedLabel,
+    "fasttext_label_probability": FastTextLabelProbability,
+}
+
+
+def make_scorer(scorer: str, **params) -> Scorer:
+    """A registered scorer name, or "package.module:callable" returning a Scorer."""
+    if scorer in SCORERS:
+        return SCORERS[scorer](**params)
+    if ":" not in scorer:
+        raise ValueError(f"scorer must be one of {sorted(SCORERS)} or 'module:callable', got {scorer!r}")
+    module_name, attr = scorer.split(":", 1)
+    return getattr(importlib.import_module(module_name), attr)(**params)
+
+
+class FastTextQualityFilter:
+    """Keep documents whose fastText P(`label`) >= `threshold` (DCLM default 0.03311014)."""
+
+    name = "fasttext_quality"
+
+    def __init__(self, model_path: str, label: str = "__label__hq", threshold: float = 0.03311014):
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            raise ValueError(f"threshold must be a probability in [0, 1], got {threshold!r}")
+        self.scorer = FastTextLabelProbability(model_path, label)
+        self.threshold = float(threshold)
+
+    def reject_reason(self, doc: dict) -> str | None:
+        if float(self.scorer.score([doc.get("text", "")])[0]) < self.threshold:
+            return f"p<{self.threshold:g}"
+        return None
+
+
+class ScoreThresholdFilter:
+    """Keep documents whose score from a pluggable scorer is >= `min_score` (FineWeb-Edu: 2)."""
+
+    name = "score_threshold"
+
+    def __init__(self, scorer: str, min_score: float = 2.0, model_path: str | None = None):
+        if isinstance(min_score, bool) or not isinstance(min_score, (int, float)):
+            raise ValueError(f"min_score must be a number, got {min_score!r}")
+        if not isinstance(scorer, str) or not (scorer in SCORERS or ":" in scorer):
+            raise ValueError(f"scorer must be one of {sorted(SCORERS)} or 'module:callable', got {scorer!r}")
+        self.scorer_name = scorer
+        self.model_path = model_path
+        self.min_score = float(min_score)
+        self._scorer = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_scorer": None}
+
+    def reject_reason(self, doc: dict) -> str | None:
+        if self._scorer is None:
+            params = {"model_path": self.model_path} if self.model_path else {}
+            self._scorer = make_scorer(self.scorer_name, **params)
+        if float(self._scorer.score([doc.get("text", "")])[0]) < self.min_score:
+            return f"score<{self.min_score:g}"
+        return None
+
+
+def _read_texts(paths: Iterable[str]) -> list[str]:
+    from dolmino.documents import Quarantine, read_documents
+
+    return [doc["text"] for p in paths for _, doc in read_documents(p, Quarantine())]
+
+
+def train_fasttext_classifier(positives: list[str], negatives: list[str], out_path: str, *,
+                              pos_label: str = "__label__pos", neg_label: str = "__label__neg",
+                              seed: int = 0, epoch: int = 25, lr: float = 0.5, word_ngrams: int = 2,
+                              dim: int = 64, min_count: int = 1) -> str:
+    """Train a binary fastText classifier from texts (as the paper's OWM math classifier)."""
+    import fasttext
+
+    if not positives or not negatives:
+        raise ValueError("training needs at least one positive and one negative document")
+    rows = [f"{pos_label} {_one_line(t)}" for t in positives] + [f"{neg_label} {_one_line(t)}" for t in negatives]
+    random.Random(seed).shuffle(rows)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as fh:
+        fh.write("\n".join(rows) + "\n")
+        train_file = fh.name
+    try:
+        model = fasttext.train_supervised(train_file, epoch=epoch, lr=lr, wordNgrams=word_ngrams, dim=dim,
+                                          minCount=min_count, seed=seed, thread=1, verbose=0)
+    finally:
+        os.unlink(train_file)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    model.save_model(out_path)
+    return out_path
+
+
+def percentile_report(scores: np.ndarray, weights: np.ndarray, thresholds: list[float]) -> list[dict]:
+    """For each threshold: share of documents and of weight (chars/tokens) with score >= threshold."""
+    total_w = float(weights.sum()) or 1.0
+    return [{"threshold": t, "docs_kept": int((scores >= t).sum()),
+             "share_docs": float((scores >= t).mean()) if len(scores) else 0.0,
+             "share_weight": float(weights[scores >= t].sum()) / total_w} for t in thresholds]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m filters.quality")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    tr = sub.add_parser("train", help="train a fastText classifier from positive/negative Dolma files")
+    tr.add_argument("--pos", nargs="+", required=True)
+    tr.add_argument("--neg", nargs="+", required=True)
+    tr.add_argument("--out", required=True)
+    tr.add_argument("--epoch", type=int, default=25)
+    tr.add_argument("--seed", type=int, default=0)
+    pc = sub.add_parser("percentiles", help="what share of a source each threshold keeps")
+    pc.add_argument("--model", required=True)
+    pc.add_argument("--input", nargs="+", required=True)
+    pc.add_argument("--label", default="__label__hq")
+    pc.add_argument("--thresholds", default="0.01,0.03311014,0.1,0.5")
+    args = parser.parse_args(argv)
+    if args.cmd == "train":
+        train_fasttext_classifier(_read_texts(args.pos), _read_texts(args.neg), args.out, epoch=args.epoch, seed=args.seed)
+        print(f"wrote {args.out}")
+        return 0
+    texts = _read_texts(args.input)
+    scores = FastTextLabelProbability(args.model, args.label).score(texts)
+    weights = np.asarray([len(t) for t in texts], dtype=np.float64)
+    rows = percentile_report(scores, weights, [float(x) for x in args.thresholds.split(",")])
+    print(json.dumps({"docs": len(texts), "label": args.label, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Manifest filter specs -> filter objects.
+
+A spec is `{"type": "<name>", ...params}`. Classes are imported lazily (decontamination
+and fastText pull in heavy state) and parameters are checked against the class's
+constructor so that a typo in a manifest fails at validation time, naming the field.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+from dolmino.errors import ManifestError
+
+REGISTRY: dict[str, str] = {
+    "code_stars": "filters.code:CodeStarsFilter",
+    "code_word_frequency": "filters.code:CodeWordFrequencyFilter",
+    "repeated_ngrams": "filters.repeated_ngrams:RepeatedNgramFilter",
+    "fasttext_quality": "filters.quality:FastTextQualityFilter",
+    "score_threshold": "filters.quality:ScoreThresholdFilter",
+    "min_length": "filters.length:MinLengthFilter",
+    "decontaminate": "filters.decontamination:DecontaminationFilter",
+}
+
+
+def registered_types() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def filter_class(type_name: str, where: str = "filter"):
+    if type_name not in REGISTRY:
+        raise ManifestError(f"{where}.type: unknown filter type {type_name!r} (known: {', '.join(registered_types())})")
+    module_name, class_name = REGISTRY[type_name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ManifestError(f"{where}.type: filter {type_name!r} cannot be loaded: {exc}") from exc
+    return getattr(module, class_name)
+
+
+def build_filter(spec: dict, where: str = "filter"):
+    """Build one filter from its manifest spec; errors name `where` and the field."""
+    if not isinstance(spec, dict):
+        raise ManifestError(f"{where}: expected an object with a 'type', got {type(spec).__name__}")
+    if "type" not in spec:
+        raise ManifestError(f"{where}.type: required field is missing")
+    type_name = spec["type"]
+    if not isinstance(type_name, str):
+        raise ManifestError(f"{where}.type: expected a string, got {type_name!r}")
+    cls = filter_class(type_name, where)
+    params = {k: v for k, v in spec.items() if k != "type"}
+    signature = inspect.signature(cls.__init__)
+    accepted = {n: p for n, p in signature.parameters.items()
+                if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for name in params:
+        if name not in accepted:
+            raise ManifestError(f"{where}.{name}: unknown parameter for {type_name!r} "
+                                f"(accepted: {', '.join(sorted(accepted)) or 'none'})")
+    for name, p in accepted.items():
+        if p.default is inspect.Parameter.empty and name not in params:
+            raise ManifestError(f"{where}.{name}: required parameter of {type_name!r} is missing")
+    try:
+        return cls(**params)
+    except ManifestError as exc:
+        msg = str(exc)
+        raise ManifestError(msg if msg.startswith(where) else f"{where}.{msg}") from None
+    except (TypeError, ValueError) as exc:
+        raise ManifestError(f"{where}: invalid parameters for {type_name!r}: {exc}") from None

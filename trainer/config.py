@@ -1,0 +1,226 @@
+"""Configuration dataclasses for the OLMo 2 trainer (model shape and training recipe).
+
+Defaults are the OLMo 2 report's numbers (SPEC.md section 3), so that a config built with
+no arguments describes the paper's recipe and every deviation is visible in the code that
+builds it. Sizes in preset names count non-embedding parameters, as OLMo-core's small
+presets do, except the paper's own "olmo2-7b" / "olmo2-13b".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+DOLMA2_VOCAB_SIZE = 100278
+DOLMA2_EOS_TOKEN_ID = 100257
+DOLMA2_PAD_TOKEN_ID = 100277
+
+
+def round_up(value: float, multiple: int) -> int:
+    """Smallest multiple of `multiple` that is >= value."""
+    return int(math.ceil(value / multiple) * multiple)
+
+
+@dataclass
+class ModelConfig:
+    """Shape of an OLMo 2 decoder. `mlp_hidden` / `padded_vocab_size` are derived when unset.
+
+    The embedding matrix is padded to a multiple of 128 rows (100278 -> 100352) because
+    matmuls with a vocabulary dimension that is a multiple of 128 map onto tensor-core
+    tiles; the extra rows are never targets, they only cost a little memory.
+    """
+
+    d_model: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    mlp_hidden: int | None = None
+    vocab_size: int = DOLMA2_VOCAB_SIZE
+    vocab_multiple: int = 128
+    rope_theta: float = 500_000.0
+    norm_eps: float = 1e-6
+    max_seq_len: int = 4096
+    init_std: float = 0.02
+    eos_token_id: int = DOLMA2_EOS_TOKEN_ID
+    pad_token_id: int = DOLMA2_PAD_TOKEN_ID
+
+    def __post_init__(self):
+        for name in ("d_model", "n_layers", "n_heads", "vocab_size", "max_seq_len", "vocab_multiple"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
+        if self.mlp_hidden is None:
+            self.mlp_hidden = round_up(8 * self.d_model / 3, 128)
+        if self.mlp_hidden < 1:
+            raise ValueError(f"mlp_hidden must be positive, got {self.mlp_hidden}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return round_up(self.vocab_size, self.vocab_multiple)
+
+    def num_params(self, include_embedding: bool = True) -> int:
+        """Parameter count from the shapes alone (the 7B preset is never instantiated to count it).
+
+        `include_embedding=False` drops the input embedding only; the untied lm head is a
+        real matmul and stays counted, as in FLOP accounting.
+        """
+        d, h, v = self.d_model, self.mlp_hidden, self.padded_vocab_size
+        per_layer = 4 * d * d + 3 * d * h + 4 * d  # q,k,v,o; gate,up,down; q_norm,k_norm,2 output norms
+        body = self.n_layers * per_layer + d  # final norm
+        lm_head = v * d
+        embedding = v * d
+        return body + lm_head + (embedding if include_embedding else 0)
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token: 6 x matmul params + causal attention scores (PaLM appendix B)."""
+        return 6 * self.num_params(include_embedding=False) + 12 * self.n_layers * self.d_model * seq_len
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields: {unknown}")
+        return cls(**data)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "ModelConfig":
+        if name not in MODEL_PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
+        return cls(**{**MODEL_PRESETS[name], **overrides})
+
+
+# Shapes. "20M"/"150M"/"1B" count non-embedding parameters (~19.3M, ~154M, ~1.07B);
+# "1B" is OLMo 2 1B's shape (16 x 2048, MLP 8192). "tiny" exists for tests and smoke runs.
+MODEL_PRESETS: dict[str, dict] = {
+    "tiny": dict(d_model=64, n_layers=2, n_heads=4, max_seq_len=512),
+    "20M": dict(d_model=512, n_layers=6, n_heads=8, max_seq_len=4096),
+    "150M": dict(d_model=1024, n_layers=12, n_heads=16, max_seq_len=4096),
+    "1B": dict(d_model=2048, n_layers=16, n_heads=16, mlp_hidden=8192, max_seq_len=4096),
+    "olmo2-7b": dict(d_model=4096, n_layers=32, n_heads=32, mlp_hidden=11008, max_seq_len=4096),
+    "olmo2-13b": dict(d_model=5120, n_layers=40, n_heads=40, mlp_hidden=13824, max_seq_len=4096),
+}
+
+SCHEDULES = ("cosine", "linear_to_zero")
+
+
+@dataclass
+class TrainConfig:
+    """The training recipe. Batch sizes are in instances of `seq_len` tokens.
+
+    `global_batch_size` instances make one optimizer step across all ranks; each rank runs
+    `global_batch_size / world_size / micro_batch_size` forward/backward passes per step.
+    `horizon_tokens` is the length of the LR schedule; `max_steps` may stop earlier (OLMo 2
+    7B ran a 5T-token cosine and stopped at 4T). None means "the schedule ends at max_steps".
+    """
+
+    seq_len: int = 4096
+    global_batch_size: int = 1024
+    micro_batch_size: int = 2
+    max_steps: int = 1000
+    lr: float = 3e-4
+    warmup_steps: int = 2000
+    schedule: str = "cosine"
+    final_lr_fraction: float = 0.1
+    horizon_tokens: int | None = None
+    betas: tuple[float, float] = (0.9, 0.95)
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.1
+    max_grad_norm: float = 1.0
+    z_loss_weight: float = 1e-5
+    seed: int = 1124
+    data_seed: int | None = None
+    save_interval: int | None = None
+    metrics_interval: int = 10
+    gc_interval: int = 100
+    compile: bool = False
+    autocast_bf16: bool = True
+    fsdp: bool = False
+    mask_repetitions: bool = True
+    repetition_max_n: int = 13
+    repetition_min_repeats: int = 32
+    spike_window: int = 1000
+    spike_n_std: float = 7.0
+
+    def __post_init__(self):
+        for name in ("seq_len", "global_batch_size", "micro_batch_size", "max_steps", "metrics_interval",
+                     "gc_interval"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"TrainConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.final_lr_fraction <= 1.0:
+            raise ValueError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.horizon_tokens is not None and self.horizon_tokens < self.tokens_per_step:
+            raise ValueError(f"horizon_tokens {self.horizon_tokens} is shorter than one step "
+                             f"({self.tokens_per_step} tokens)")
+        if self.save_interval is not None and self.save_interval < 1:
+            raise ValueError(f"save_interval must be >= 1 or None, got {self.save_interval}")
+        self.betas = tuple(self.betas)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch_size * self.seq_len
+
+    @property
+    def horizon_steps(self) -> int:
+        """Steps over which the schedule decays (ceil of horizon_tokens / tokens per step)."""
+        if self.horizon_tokens is None:
+            return self.max_steps
+        return -(-self.horizon_tokens // self.tokens_per_step)
+
+    def grad_accum_steps(self, world_size: int) -> int:
+        per_rank, rem = divmod(self.global_batch_size, world_size)
+        if rem:
+            raise ValueError(f"global_batch_size {self.global_batch_size} is not divisible by world size {world_size}")
+        steps, rem = divmod(per_rank, self.micro_batch_size)
+        if rem or steps < 1:
+            raise ValueError(f"per-rank batch {per_rank} is not a positive multiple of micro_batch_size "
+                             f"{self.micro_batch_size}")
+        return steps
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["betas"] = list(self.betas)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {unknown}")
+        return cls(**data)
+
+
+@dataclass
+class RunConfig:
+    """Everything a checkpoint needs to rebuild a run: model, recipe and data location."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data_paths: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model.to_dict(), "train": self.train.to_dict(), "data_paths": list(self.data_paths)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        return cls(model=ModelConfig.from_dict(data["model"]), train=TrainConfig.from_dict(data["train"]),
+                   data_paths=list(data.get("data_paths", [])))
