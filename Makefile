@@ -34,7 +34,7 @@ build-demo: corpus
 	$(abspath $(VENV))/bin/spark-submit --driver-memory 4g dolmino/build_mix.py --manifest manifests/demo.json
 
 train-demo: setup
-	$(PY) -m trainer.run --mix manifests/demo.json --model 20M --steps 30 --seq-len 256 --batch-size 8 --save-dir build/checkpoints/demo
+	$(PY) -m trainer.run --mix manifests/demo.json --model tiny --steps 20 --seq-len 128 --batch-size 4 --save-dir build/checkpoints/demo
 
 demo: build-demo train-demo
 

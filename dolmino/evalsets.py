@@ -14,8 +14,9 @@ What an instance's text is. Every string field of the example, in field order, j
 newlines: question, passage, choices, answers (for oe_eval dumps the `doc` object of a
 request; for Arrow the row). Identifier and bookkeeping fields (ids, labels, split names,
 URLs, subjects, ...; `SKIP_KEYS`) and one-character strings (multiple-choice letters) are
-left out, and a string contained in another string of the same example (DROP's `passage`
-inside its `query`) is kept once. The prompt templates of oe_eval ("Question: ...
+left out, and a long string contained in another string of the same example (DROP's
+`passage` inside its `query`) is kept once; short ones (an answer that is a span of the
+passage) stay. The prompt templates of oe_eval ("Question: ...
 Answer:") stay in: an eval-formatted copy of an instance is exactly what must be caught.
 
 One copy per task split. The same split is often packaged several times (Arrow, `rc` and
@@ -116,6 +117,11 @@ SKIP_KEYS = frozenset({
     "matched_wiki_entity_name", "meta_info", "metadata", "entry_point", "canary",
 })
 
+# A string at least this long that is contained in another field of the same example is
+# dropped (DROP's passage inside its query); shorter ones (answers that are spans of the
+# passage) stay, next to the field that names them.
+CONTAINED_MIN_CHARS = 40
+
 # oe_eval files with a `limit` at least this large hold the whole split.
 FULL_SPLIT_LIMIT = 1_000_000
 FEWSHOT_SCAN_REQUESTS = 64
@@ -179,8 +185,8 @@ def example_text(example: dict) -> str:
     for s in _strings(example):
         if s not in parts:
             parts.append(s)
-    kept = [s for i, s in enumerate(parts)
-            if not any(len(t) > len(s) and s in t for j, t in enumerate(parts) if j != i)]
+    kept = [s for s in parts
+            if len(s) < CONTAINED_MIN_CHARS or not any(len(t) > len(s) and s in t for t in parts)]
     return "\n".join(kept)
 
 
@@ -270,7 +276,7 @@ def select_tasks(spec: str | Iterable[str] | None, sources: list[EvalSource]) ->
     unknown = [t for t in names if t not in available]
     if unknown:
         missing_olmes = [t for t in unknown if t in OLMES_SUITE]
-        hint = f" ({', '.join(missing_olmes)} are in the SPEC suite but not packaged)" if missing_olmes else ""
+        hint = f" (in the SPEC suite but not packaged: {', '.join(missing_olmes)})" if missing_olmes else ""
         raise ValueError(f"unknown eval task(s) {unknown}{hint}; packaged: {', '.join(sorted(available))}")
     return names
 
@@ -491,7 +497,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("coverage", help="SPEC §2 suite: packaged splits and missing tasks")
     args = parser.parse_args(argv)
     if args.command == "list":
-        rows = instance_counts(args.tasks, include_fewshot=not args.no_fewshot)
+        try:
+            rows = instance_counts(args.tasks, include_fewshot=not args.no_fewshot)
+        except (ValueError, AssetError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         if args.json:
             for row in rows:
                 print(json.dumps(row))

@@ -7,9 +7,14 @@ in any train, validation or test instance of the OLMES suite. Two steps:
    index file: every distinct n-gram hash of every instance, with the task it came from.
 2. `DecontaminationFilter(index_path, threshold=0.10)` computes the same n-gram hashes
    for a document and removes it when `hits / ngrams >= threshold`, with reason
-   "overlap>=10%". `hits` counts the document's n-gram *positions* whose hash is in the
-   index, `ngrams` all its positions (max(0, words - n + 1)); a document with fewer than
-   n words has no n-grams and is kept (too short to judge; `min_length` handles those).
+   "overlap>=10%". `ngrams` counts the document's informative n-gram *positions*, `hits`
+   those whose hash is in the index. A document without any (fewer than n words) is kept:
+   too short to judge (`min_length` handles those).
+
+Informative n-grams: at least ceil(n/2) distinct words and at least one word containing a
+letter. MMLU holds matrices ("0 0 0 0 0 0 0 0") and GSM8K calculations ("16 3 4 9 9 2 18
+18"); indexed, such n-grams removed numeric tables in code and data files of the shared
+corpus. They are neither indexed nor counted in a document's denominator.
 
 Normalisation (applied identically to instances and documents), in order:
   1. Unicode NFKC (full-width letters, ligatures and compatibility digits fold to plain);
@@ -23,12 +28,16 @@ So "Janet’s ducks lay 16 eggs!" and "JANET S DUCKS lay 16 eggs" both give the 
 `janet s ducks lay 16 eggs`. Scripts without spaces (CJK, Thai) make long "words" and are
 matched only as whole runs: a known limitation shared with word-level n-gram decon.
 
-Why n = 8 (configurable). GPT-3 used 13-grams, but most OLMES instances are short: with 13
-words, 27% of the packaged instances (most NQ, TriviaQA, ARC and CSQA questions) yield no
-n-gram and could never be caught; with 8 only 9% do (one-line answers and tiny few-shot
-blocks). Eight consecutive normalised words rarely recur by chance outside a shared source,
-and the 10% threshold means an incidental shared phrase in a long document does not remove
-it. `python -m filters.decontamination build` prints the share for the n you choose.
+Why n = 8 (configurable). GPT-3 used 13-grams, but OLMES questions are short. A whole
+instance (question with its choices and answer) is long enough either way (0.02% of the
+packaged OLMES instances give no 8-gram, 1.6% no 13-gram), but a page that copies an item
+often copies only its question, and the question alone is shorter than 13 words in about
+27% of instances (94% of Natural Questions, 51% of TriviaQA, 44% of CommonsenseQA) against
+12% for 8 words. Eight consecutive normalised words rarely recur by chance outside a shared
+source (on the 24k documents of the shared corpus, no clean document reaches 3% overlap
+with the OLMES index), and the 10% threshold means an incidental shared phrase in a long
+document does not remove it. `python -m filters.decontamination build` prints the share of
+instances without n-grams for the n you choose.
 
 Hashing. Words hash with 64-bit FNV-1a over their code points followed by the splitmix64
 finaliser; an n-gram hash combines its n word hashes polynomially (mod 2^64) and applies the
@@ -36,14 +45,17 @@ finaliser again (numba kernel; `HASH_VERSION` names this scheme and is stored in
 which refuses to load under another version).
 
 The index is a hashed set: a sorted uint64 array of the distinct (n-gram hash, task) pairs
-with a parallel uint16 array of task ids, looked up with `np.searchsorted`. Memory is 10
-bytes per pair (the packaged OLMES suite: about 24M pairs, ~240 MB; bench/
-bench_decontamination.py measures it). False positives: an n-gram that is in no instance
-hits only by colliding with one of the N distinct indexed hashes, probability
-N / 2^64 per lookup (~1.3e-12 for N = 2.4e7); removing a clean document needs that to
-happen for 10% of its n-grams, which is negligible. The index is saved as an uncompressed
-.npz and memory-mapped when loaded, so the Spark Python workers of one machine share one
-copy in the page cache; the filter pickles as its path and loads lazily on first use.
+with a parallel uint16 array of task ids, plus a bucket directory over the top bits of the
+hash (4-8 hashes per bucket) so that a lookup is one or two cache misses instead of a
+binary search over the whole array. Memory is ~10.7 bytes per pair: the packaged OLMES
+suite gives 12.6M pairs, a 136 MB file (bench/bench_decontamination.py measures build time
+and memory). False positives: an n-gram that is in no instance hits only by colliding with
+one of the N distinct indexed hashes, probability N / 2^64 per lookup (6.8e-13 for the
+OLMES index); removing a clean document needs that to happen for 10% of its n-grams,
+which is negligible. The index is saved as an uncompressed .npz whose arrays are aligned
+in the file, and memory-mapped when loaded, so the Spark Python workers of one machine
+share one copy in the page cache; the filter pickles as its path and loads lazily on
+first use.
 
 Attribution. For the report "per eval set: docs hit and tokens removed", a removed
 document is attributed to every task whose n-grams it contains (`NgramIndex.task_hits`),
@@ -59,6 +71,7 @@ partitions; every filter instance keeps one in `.report`.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import struct
@@ -90,12 +103,14 @@ _S30 = np.uint64(30)
 _S27 = np.uint64(27)
 _S31 = np.uint64(31)
 
-WORD, SEPARATOR, IGNORED = 0, 1, 2
+# Character classes. LETTER and WORD both make up words; LETTER (category L*) also marks
+# the word as containing a letter, which the informative-n-gram rule needs.
+WORD, SEPARATOR, IGNORED, LETTER = 0, 1, 2, 3
 _CHAR_CLASSES: np.ndarray | None = None
 
 
 def char_classes() -> np.ndarray:
-    """uint8 class of every code point (WORD, SEPARATOR, IGNORED); built once per process."""
+    """uint8 class of every code point (WORD, SEPARATOR, IGNORED, LETTER); built once per process."""
     global _CHAR_CLASSES
     if _CHAR_CLASSES is None:
         classes = np.zeros(sys.maxunicode + 1, dtype=np.uint8)
@@ -105,12 +120,14 @@ def char_classes() -> np.ndarray:
                 classes[cp] = SEPARATOR
             elif cat == "Cf":
                 classes[cp] = IGNORED
+            elif cat[0] == "L":
+                classes[cp] = LETTER
         _CHAR_CLASSES = classes
     return _CHAR_CLASSES
 
 
 def normalize(text: str) -> str:
-    """The normalised text: words joined by single spaces (reference for the kernel)."""
+    """The normalised text: words joined by single spaces (the reference for the kernel)."""
     classes = char_classes()
     folded = unicodedata.normalize("NFKC", text).lower()
     out = []
@@ -118,13 +135,19 @@ def normalize(text: str) -> str:
         cls = classes[ord(ch)]
         if cls == SEPARATOR:
             out.append(" ")
-        elif cls == WORD:
+        elif cls != IGNORED:
             out.append(ch)
     return " ".join("".join(out).split())
 
 
 def words(text: str) -> list[str]:
-    return [w for w in normalize(text).split(" ") if w]
+    return normalize(text).split()
+
+
+def is_informative(ngram: list[str] | tuple[str, ...]) -> bool:
+    """The informative-n-gram rule (reference for the kernel): see `ngram_hashes`."""
+    return (len(set(ngram)) >= (len(ngram) + 1) // 2
+            and any(char_classes()[ord(c)] == LETTER for w in ngram for c in w))
 
 
 def _code_points(text: str) -> np.ndarray:
@@ -141,10 +164,13 @@ def _mix64(z):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def _word_hashes(cps, classes):  # pragma: no cover - compiled
+    """Per word: 64-bit hash, and whether it holds a letter."""
     out = np.empty(cps.shape[0] // 2 + 1, dtype=np.uint64)
+    has_letter = np.zeros(cps.shape[0] // 2 + 1, dtype=np.bool_)
     k = 0
     h = _FNV_OFFSET
     in_word = False
+    letter = False
     n_classes = classes.shape[0]
     for i in range(cps.shape[0]):
         c = cps[i]
@@ -152,44 +178,104 @@ def _word_hashes(cps, classes):  # pragma: no cover - compiled
         if cls == 1:
             if in_word:
                 out[k] = _mix64(h)
+                has_letter[k] = letter
                 k += 1
                 h = _FNV_OFFSET
                 in_word = False
-        elif cls == 0:
+                letter = False
+        elif cls != 2:
             h = (h ^ np.uint64(c)) * _FNV_PRIME
             in_word = True
+            if cls == 3:
+                letter = True
     if in_word:
         out[k] = _mix64(h)
+        has_letter[k] = letter
         k += 1
-    return out[:k]
+    return out[:k], has_letter[:k]
 
 
 @njit(cache=True, nogil=True)
-def _ngram_hashes(word_hashes, n):  # pragma: no cover - compiled
+def _ngram_hashes(word_hashes, has_letter, n):  # pragma: no cover - compiled
+    """Hashes of the informative n-grams, in position order."""
     m = word_hashes.shape[0] - n + 1
     if m <= 0:
         return np.empty(0, dtype=np.uint64)
     out = np.empty(m, dtype=np.uint64)
+    min_distinct = (n + 1) // 2
+    k = 0
     for i in range(m):
+        letters = False
+        distinct = 0
         acc = np.uint64(n)
         for j in range(n):
-            acc = acc * _POLY + word_hashes[i + j]
-        out[i] = _mix64(acc)
-    return out
+            w = word_hashes[i + j]
+            acc = acc * _POLY + w
+            if has_letter[i + j]:
+                letters = True
+            seen = False
+            for jj in range(j):
+                if word_hashes[i + jj] == w:
+                    seen = True
+                    break
+            if not seen:
+                distinct += 1
+        if letters and distinct >= min_distinct:
+            out[k] = _mix64(acc)
+            k += 1
+    return out[:k]
 
 
 def ngram_hashes(text: str, ngram_size: int = DEFAULT_NGRAM_SIZE) -> np.ndarray:
-    """uint64 hashes of the text's word n-grams, one per position, in order."""
+    """uint64 hashes of the text's informative word n-grams, one per position, in order.
+
+    Informative: at least ceil(n/2) distinct words and at least one word with a letter.
+    "0 0 0 0 0 0 0 0" or "0 1 2 3 4 5 6 7" (an MMLU matrix, a GSM8K calculation) would
+    otherwise match every numeric table in code and data files; they are neither indexed
+    nor counted in a document's denominator.
+    """
     if not text:
         return np.empty(0, dtype=np.uint64)
-    return _ngram_hashes(_word_hashes(_code_points(text), char_classes()), int(ngram_size))
+    word_hashes, has_letter = _word_hashes(_code_points(text), char_classes())
+    return _ngram_hashes(word_hashes, has_letter, int(ngram_size))
 
 
 # ---------------------------------------------------------------------------- index file
 
 
+# The npz members' array data start on a 64-byte boundary in the file (a zip "extra"
+# padding record, as zipalign does), so a memory map is aligned: numpy silently copies an
+# unaligned uint64 array on every searchsorted, which made lookups 200x slower.
+_ALIGN = 64
+_PAD_EXTRA_ID = 0xD935
+
+
+def _write_aligned_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as raw, zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED,
+                                                 allowZip64=True) as zf:
+        for name, arr in arrays.items():
+            arr = np.ascontiguousarray(arr)
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(arr))
+            header_bytes = header.getvalue()
+            size = len(header_bytes) + arr.nbytes
+            zip64 = size > (1 << 31)
+            member = (name + ".npy").encode("ascii")
+            start = raw.tell() + 30 + len(member) + 4 + (20 if zip64 else 0) + len(header_bytes)
+            pad = (-start) % _ALIGN
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_STORED
+            info.extra = struct.pack("<HH", _PAD_EXTRA_ID, pad) + b"\0" * pad
+            info.file_size = size
+            with zf.open(info, "w", force_zip64=zip64) as out:
+                out.write(header_bytes)
+                view = memoryview(arr.reshape(-1).view(np.uint8))
+                for i in range(0, len(view), 1 << 24):
+                    out.write(view[i:i + (1 << 24)])
+
+
 def _npz_member_memmap(path: str, name: str) -> np.ndarray | None:
-    """Memory-map one array of an uncompressed .npz; None if it is compressed."""
+    """Memory-map one array of an uncompressed .npz; None if compressed or misaligned."""
     member = name + ".npy"
     with zipfile.ZipFile(path) as zf:
         info = zf.getinfo(member)
@@ -201,20 +287,59 @@ def _npz_member_memmap(path: str, name: str) -> np.ndarray | None:
         if local[:4] != b"PK\x03\x04":
             raise ValueError(f"{path}: bad zip local header for {member}")
         name_len, extra_len = struct.unpack("<HH", local[26:30])
-        data_start = info.header_offset + 30 + name_len + extra_len
-        f.seek(data_start)
+        f.seek(info.header_offset + 30 + name_len + extra_len)
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         offset = f.tell()
+    if offset % dtype.alignment:
+        return None
     if not shape or shape[0] == 0:
         return np.zeros(shape, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
 
 
-class IndexError_(ValueError):
+def _directory_size(n: int) -> int:
+    """Buckets for n hashes: a power of two giving 4-8 hashes per bucket (2^8 .. 2^28)."""
+    bits = min(28, max(8, n.bit_length() - 3))
+    return 1 << bits
+
+
+def bucket_directory(hashes: np.ndarray) -> np.ndarray:
+    """int64 offsets: hashes with top bits b lie in hashes[directory[b]:directory[b + 1]].
+
+    A plain binary search over a 100 MB array costs ~24 dependent cache misses per lookup
+    (1.4 us); the directory narrows each lookup to one bucket of a few hashes, which is
+    one or two misses. It is stored in the index file so that workers share it too.
+    """
+    size = _directory_size(len(hashes))
+    bits = size.bit_length() - 1
+    top = (np.asarray(hashes) >> np.uint64(64 - bits)).astype(np.int64)
+    directory = np.zeros(size + 1, dtype=np.int64)
+    np.cumsum(np.bincount(top, minlength=size), out=directory[1:])
+    return directory
+
+
+@njit(cache=True, nogil=True)
+def _contains(hashes, directory, shift, query, out):  # pragma: no cover - compiled
+    for i in range(query.shape[0]):
+        x = query[i]
+        b = x >> shift
+        lo = directory[b]
+        end = directory[b + 1]
+        hi = end
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if hashes[mid] < x:
+                lo = mid + 1
+            else:
+                hi = mid
+        out[i] = lo < end and hashes[lo] == x
+
+
+class IndexFileError(ValueError):
     """The index file is missing, unreadable or built for different settings."""
 
 
@@ -227,6 +352,11 @@ class NgramIndex:
     tasks: list[str]
     ngram_size: int
     meta: dict = field(default_factory=dict)
+    directory: np.ndarray | None = None   # bucket offsets by the top bits (see `bucket_directory`)
+
+    def __post_init__(self):
+        if self.directory is None:
+            self.directory = bucket_directory(self.hashes)
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -237,11 +367,12 @@ class NgramIndex:
 
     def contains(self, query: np.ndarray) -> np.ndarray:
         """Boolean mask: which query hashes are in the index."""
-        if len(self.hashes) == 0 or len(query) == 0:
-            return np.zeros(len(query), dtype=bool)
-        pos = np.searchsorted(self.hashes, query)
-        np.minimum(pos, len(self.hashes) - 1, out=pos)
-        return np.asarray(self.hashes[pos] == query)
+        out = np.zeros(len(query), dtype=np.bool_)
+        if len(self.hashes) and len(query):
+            bits = int(len(self.directory) - 1).bit_length() - 1
+            _contains(np.asarray(self.hashes), np.asarray(self.directory), np.uint64(64 - bits),
+                      np.ascontiguousarray(query, dtype=np.uint64), out)
+        return out
 
     def task_hits(self, query: np.ndarray) -> dict[str, int]:
         """Per task, how many query positions hold an n-gram of that task."""
@@ -261,35 +392,41 @@ class NgramIndex:
         path = str(path)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         meta = dict(self.meta, tasks=self.tasks, ngram_size=self.ngram_size, hash_version=HASH_VERSION)
-        tmp = f"{path}.tmp{os.getpid()}.npz"
-        np.savez(tmp, hashes=np.ascontiguousarray(self.hashes, dtype=np.uint64),
-                 task_ids=np.ascontiguousarray(self.task_ids, dtype=np.uint16),
-                 meta=np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8))
+        tmp = f"{path}.tmp{os.getpid()}"
+        _write_aligned_npz(tmp, {
+            "hashes": np.asarray(self.hashes, dtype=np.uint64),
+            "task_ids": np.asarray(self.task_ids, dtype=np.uint16),
+            "directory": np.asarray(self.directory, dtype=np.int64),
+            "meta": np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)})
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str, mmap: bool = True) -> "NgramIndex":
         path = str(path)
         if not os.path.exists(path):
-            raise IndexError_(f"decontamination index {path} does not exist "
+            raise IndexFileError(f"decontamination index {path} does not exist "
                               f"(build it with `python -m filters.decontamination build --out {path}`)")
         try:
             with np.load(path, allow_pickle=False) as npz:
                 meta = json.loads(npz["meta"].tobytes().decode("utf-8"))
-                hashes = _npz_member_memmap(path, "hashes") if mmap else None
-                task_ids = _npz_member_memmap(path, "task_ids") if mmap else None
-                if hashes is None:
-                    hashes = npz["hashes"]
-                if task_ids is None:
-                    task_ids = npz["task_ids"]
+                if meta.get("hash_version") != HASH_VERSION:
+                    raise IndexFileError(f"decontamination index {path} uses hash version "
+                                      f"{meta.get('hash_version')}, this code {HASH_VERSION}: rebuild it")
+                arrays = {}
+                for name in ("hashes", "task_ids", "directory"):
+                    arrays[name] = _npz_member_memmap(path, name) if mmap else None
+                    if arrays[name] is None:
+                        arrays[name] = npz[name]
+                hashes, task_ids, directory = arrays["hashes"], arrays["task_ids"], arrays["directory"]
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-            raise IndexError_(f"decontamination index {path} is unreadable: {exc}") from None
-        if meta.get("hash_version") != HASH_VERSION:
-            raise IndexError_(f"decontamination index {path} uses hash version {meta.get('hash_version')}, "
-                              f"this code {HASH_VERSION}: rebuild it")
-        if hashes.dtype != np.uint64 or task_ids.dtype != np.uint16 or len(hashes) != len(task_ids):
-            raise IndexError_(f"decontamination index {path} has malformed arrays")
-        return cls(hashes, task_ids, list(meta["tasks"]), int(meta["ngram_size"]), meta)
+            if isinstance(exc, IndexFileError):
+                raise
+            raise IndexFileError(f"decontamination index {path} is unreadable: {exc}") from None
+        if (hashes.dtype != np.uint64 or task_ids.dtype != np.uint16 or len(hashes) != len(task_ids)
+                or directory.dtype != np.int64 or len(directory) != _directory_size(len(hashes)) + 1
+                or (len(hashes) and int(directory[-1]) != len(hashes))):
+            raise IndexFileError(f"decontamination index {path} has malformed arrays")
+        return cls(hashes, task_ids, list(meta["tasks"]), int(meta["ngram_size"]), meta, directory)
 
 
 def build_index(instances: Iterable, out_path: str | None = None, ngram_size: int = DEFAULT_NGRAM_SIZE,
@@ -305,6 +442,7 @@ def build_index(instances: Iterable, out_path: str | None = None, ngram_size: in
     started = time.time()
     buffers: dict[str, list[np.ndarray]] = defaultdict(list)
     buffered: Counter = Counter()
+    compact_at: dict[str, int] = defaultdict(lambda: _COMPACT_EVERY)
     instances_per: dict[str, Counter] = defaultdict(Counter)
     short_per: dict[str, Counter] = defaultdict(Counter)
     n_done = 0
@@ -316,10 +454,12 @@ def build_index(instances: Iterable, out_path: str | None = None, ngram_size: in
             continue
         buffers[inst.task].append(hashes)
         buffered[inst.task] += len(hashes)
-        if buffered[inst.task] > _COMPACT_EVERY:
+        if buffered[inst.task] > compact_at[inst.task]:
             merged = np.unique(np.concatenate(buffers[inst.task]))
             buffers[inst.task] = [merged]
             buffered[inst.task] = len(merged)
+            # Next compaction once the buffer has doubled again: amortised O(total log total).
+            compact_at[inst.task] = max(_COMPACT_EVERY, 2 * len(merged))
         n_done += 1
         if progress and n_done % 50_000 == 0:
             print(f"  {n_done} instances, {time.time() - started:.0f}s", file=sys.stderr)
@@ -467,7 +607,7 @@ class DecontaminationFilter:
         if self._index is None:
             index = NgramIndex.load(self.index_path)
             if self.ngram_size is not None and self.ngram_size != index.ngram_size:
-                raise IndexError_(f"decontamination index {self.index_path} holds {index.ngram_size}-grams "
+                raise IndexFileError(f"decontamination index {self.index_path} holds {index.ngram_size}-grams "
                                   f"but the filter asks for ngram_size={self.ngram_size}")
             self._index = index
         return self._index
@@ -610,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return _cmd_build(args) if args.command == "build" else _cmd_check(args)
-    except (IndexError_, ValueError, OSError) as exc:
+    except (IndexFileError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

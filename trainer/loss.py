@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 
@@ -36,8 +35,11 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, z_loss_weight: float = 1
     labels = labels.reshape(-1)
     mask = labels != IGNORE_INDEX
     n_tokens = mask.sum()
-    ce_sum = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    # One log-sum-exp serves both terms: ce = log Z - logit[label]. F.cross_entropy would
+    # run its own log-softmax over the (tokens x vocab) logits and keep that copy for backward.
     log_z = torch.logsumexp(logits, dim=-1)
+    target = logits.gather(1, torch.where(mask, labels, 0).unsqueeze(1)).squeeze(1)
+    ce_sum = ((log_z - target) * mask).sum()
     z_sum = (log_z.square() * mask).sum()
     denom = n_tokens.clamp_min(1) if denominator is None else denominator
     ce = ce_sum / denom

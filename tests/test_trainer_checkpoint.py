@@ -1,0 +1,204 @@
+"""Checkpoints: bitwise resume, atomic background writes, RNG state, pruning, soups."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.checkpoint import (
+    Checkpointer, capture_rng_state, latest_checkpoint, load_checkpoint, load_model_weights, restore_rng_state,
+)
+from trainer.config import ModelConfig, RunConfig, TrainConfig
+from trainer.distributed import DistEnv
+from trainer.model import OLMo2
+from trainer.soup import average_state_dicts, main as soup_main, soup
+from trainer.train import Trainer
+
+CPU = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+SMALL = dict(d_model=32, n_layers=2, n_heads=2, vocab_size=512, max_seq_len=64)
+
+
+def make_data(directory: Path, n_tokens: int = 20 * 32, seed: int = 0) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, 512, n_tokens).astype("<u4")
+    tokens[100:100 + 40] = 9  # a repeated span the loader masks
+    tokens.tofile(directory / "part-00000.npy")
+    mask = rng.random(n_tokens) > 0.1
+    mask.tofile(directory / "part-00000.label_mask.npy")
+    return directory
+
+
+def make_run(data: Path, **train) -> RunConfig:
+    defaults = dict(seq_len=32, global_batch_size=4, micro_batch_size=2, max_steps=6, lr=3e-3, warmup_steps=2,
+                    metrics_interval=2, gc_interval=3, seed=5)
+    return RunConfig(model=ModelConfig(**SMALL), train=TrainConfig(**{**defaults, **train}), data_paths=[str(data)])
+
+
+def quiet(_msg):
+    pass
+
+
+def test_resume_reproduces_the_uninterrupted_run_bitwise(tmp_path):
+    data = make_data(tmp_path / "data")  # 20 instances, batch 4: the 6 steps cross an epoch edge
+    full = Trainer(make_run(data, save_interval=3), CPU, tmp_path / "full", log=quiet)
+    result = full.fit()
+    assert [r["step"] for r in result.history] == [1, 2, 3, 4, 5, 6]
+    assert (tmp_path / "full" / "step000003" / "model.pt").is_file()
+    assert full.loader.epoch == 1
+    resumed = Trainer(make_run(data, save_interval=3), CPU, tmp_path / "resumed",
+                      resume=tmp_path / "full" / "step000003", log=quiet)
+    assert resumed.step == 3
+    rest = resumed.fit()
+    assert rest.losses == result.losses[3:]  # exact float equality
+    assert [r["grad_norm"] for r in rest.history] == [r["grad_norm"] for r in result.history[3:]]
+    for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert resumed.loader.state_dict() == full.loader.state_dict()
+    assert rest.data_stats == result.data_stats  # accounting carries over the resume
+
+
+def test_stop_and_resume_with_a_fixed_horizon(tmp_path):
+    """Stopping early (truncation) and continuing: same LR curve because the horizon is in tokens."""
+    data = make_data(tmp_path / "data")
+    horizon = 6 * 4 * 32
+    whole = Trainer(make_run(data, horizon_tokens=horizon), CPU, tmp_path / "a", log=quiet).fit()
+    Trainer(make_run(data, max_steps=3, horizon_tokens=horizon), CPU, tmp_path / "b", log=quiet).fit()
+    second = Trainer(make_run(data, horizon_tokens=horizon), CPU, tmp_path / "b", resume=tmp_path / "b",
+                     log=quiet).fit()
+    assert second.start_step == 3 and second.losses == whole.losses[3:]
+    assert [r["lr"] for r in second.history] == [r["lr"] for r in whole.history[3:]]
+    assert latest_checkpoint(tmp_path / "b").name == "step000006"
+    metrics = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+
+
+def test_loss_decreases_and_masks_are_accounted(tmp_path):
+    data = make_data(tmp_path / "data")
+    run = make_run(data, max_steps=12, lr=1e-2)
+    result = Trainer(run, CPU, tmp_path / "run", log=quiet).fit()
+    assert result.losses[-1] < result.losses[0] - 0.1
+    s = result.data_stats
+    assert s["labels"] == s["targets"] + s["masked_by_label_mask"] + s["masked_by_repetition"]
+    assert s["masked_by_label_mask"] > 0
+
+
+def test_checkpoint_files_are_complete_and_weights_only_loadable(tmp_path):
+    model = OLMo2(ModelConfig(**SMALL))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randint(0, 512, (1, 8))).sum().backward()
+    opt.step()
+    ck = Checkpointer(tmp_path / "ckpt")
+    path = ck.save(7, model, opt, {"note": "x"}, {"model": ModelConfig(**SMALL).to_dict()})
+    with torch.no_grad():  # training goes on while the thread writes: the checkpoint must not see it
+        for p in model.parameters():
+            p.add_(1.0)
+    ck.wait()
+    assert path.name == "step000007" and (tmp_path / "ckpt" / "latest").read_text().strip() == "step000007"
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["latest", "step000007"]  # no temp dirs
+    for name in ("model.pt", "optim.pt", "train_state.pt"):
+        torch.load(path / name, weights_only=True)
+    weights, config = load_model_weights(tmp_path / "ckpt")
+    live = dict(model.named_parameters())
+    assert all(torch.equal(weights[k] + 1.0, live[k].detach()) for k in weights)
+    assert json.loads((path / "config.json").read_text())["step"] == 7
+
+
+def test_rng_state_round_trip():
+    state = capture_rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.random(), np.random.rand(), torch.rand(3)
+    restore_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_load_checkpoint_restores_optimizer_and_rng(tmp_path):
+    torch.manual_seed(0)
+    model = OLMo2(ModelConfig(**SMALL))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randint(0, 512, (1, 8))).sum().backward()
+    opt.step()
+    Checkpointer(tmp_path).save(1, model, opt, {}, {"model": ModelConfig(**SMALL).to_dict()}, background=False)
+    after_save = torch.rand(2)
+    torch.manual_seed(123)
+    fresh = OLMo2(ModelConfig(**SMALL))
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+    state = load_checkpoint(tmp_path, fresh, fresh_opt)
+    assert state["step"] == 1
+    assert torch.equal(torch.rand(2), after_save)
+    a, b = opt.state_dict()["state"], fresh_opt.state_dict()["state"]
+    assert all(torch.equal(a[k]["exp_avg"], b[k]["exp_avg"]) for k in a)
+
+
+def test_failed_background_write_is_reported(tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the save dir should be")
+    model = OLMo2(ModelConfig(**SMALL))
+    ck = Checkpointer(blocker)
+    ck.save(1, model, torch.optim.AdamW(model.parameters()), {}, {})
+    with pytest.raises(RuntimeError, match="writing a checkpoint failed"):
+        ck.wait()
+
+
+def test_keep_last_prunes_old_checkpoints(tmp_path):
+    model = OLMo2(ModelConfig(**SMALL))
+    opt = torch.optim.AdamW(model.parameters())
+    ck = Checkpointer(tmp_path, keep_last=2)
+    for step in (1, 2, 3):
+        ck.save(step, model, opt, {}, {})
+    ck.wait()
+    assert sorted(p.name for p in tmp_path.glob("step*")) == ["step000002", "step000003"]
+    assert latest_checkpoint(tmp_path).name == "step000003"
+
+
+def test_soup_averages_exactly(tmp_path):
+    cfg = ModelConfig(**SMALL)
+    models = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        m = OLMo2(cfg)
+        Checkpointer(tmp_path / f"run{seed}").save(10, m, torch.optim.AdamW(m.parameters()), {},
+                                                   {"model": cfg.to_dict()}, background=False)
+        models.append(m.state_dict())
+    assert soup_main([str(tmp_path / "soup"), *(str(tmp_path / f"run{s}") for s in (1, 2, 3))]) == 0
+    averaged, config = load_model_weights(tmp_path / "soup")
+    for key, value in averaged.items():
+        expected = ((models[0][key].double() + models[1][key].double() + models[2][key].double()) / 3).float()
+        assert torch.equal(value, expected), key
+    assert len(config["soup"]) == 3
+    # a soup of identical checkpoints is the checkpoint itself
+    same = average_state_dicts([models[0], models[0]])
+    assert all(torch.equal(same[k], models[0][k]) for k in same)
+
+
+def test_soup_rejects_mismatched_checkpoints(tmp_path, capsys):
+    for name, d in (("a", 32), ("b", 64)):
+        cfg = ModelConfig(**{**SMALL, "d_model": d})
+        m = OLMo2(cfg)
+        Checkpointer(tmp_path / name).save(1, m, torch.optim.AdamW(m.parameters()), {}, {"model": cfg.to_dict()},
+                                           background=False)
+    assert soup_main([str(tmp_path / "out"), str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    assert "different model configs" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="at least two"):
+        soup(tmp_path / "out", [tmp_path / "a"])
+    with pytest.raises(ValueError, match="different tensors"):
+        average_state_dicts([{"w": torch.zeros(2)}, {"v": torch.zeros(2)}])
+    with pytest.raises(FileNotFoundError):
+        soup(tmp_path / "out", [tmp_path / "a", tmp_path / "missing"])
+
+
+def test_resume_refuses_other_model_and_weights_only_dirs(tmp_path):
+    data = make_data(tmp_path / "data")
+    Trainer(make_run(data, max_steps=2), CPU, tmp_path / "run", log=quiet).fit()
+    other = make_run(data)
+    other.model = ModelConfig(**{**SMALL, "n_layers": 3})
+    with pytest.raises(ValueError, match="different model config"):
+        Trainer(other, CPU, tmp_path / "x", resume=tmp_path / "run", log=quiet)
+    soup(tmp_path / "soup", [tmp_path / "run", tmp_path / "run"])
+    with pytest.raises(FileNotFoundError, match="weights only"):
+        Trainer(make_run(data), CPU, tmp_path / "y", resume=tmp_path / "soup", log=quiet)

@@ -1,0 +1,251 @@
+"""Memmap reader: instances, labels, label masks, repetition masking, order, resume, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainer.data import DataError, DataLoader, MemmapDataset, discover_token_files, epoch_order
+from trainer.loss import IGNORE_INDEX
+from trainer.repetition import repetition_keep_mask
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+
+def write_part(directory: Path, name: str, tokens, mask=None) -> np.ndarray:
+    directory.mkdir(parents=True, exist_ok=True)
+    tokens = np.asarray(tokens, dtype="<u4")
+    tokens.tofile(directory / f"{name}.npy")
+    if mask is not None:
+        np.asarray(mask, dtype=np.bool_).tofile(directory / f"{name}.label_mask.npy")
+    return tokens
+
+
+def test_instances_labels_and_per_file_cut(tmp_path):
+    a = write_part(tmp_path, "part-00000", np.arange(0, 25))     # 3 instances of 8, tail of 1 dropped
+    b = write_part(tmp_path, "part-00001", np.arange(100, 116))  # 2 instances
+    ds = MemmapDataset(tmp_path, seq_len=8, mask_repetitions=False)
+    assert len(ds) == 5 and ds.dropped_tail_tokens == 1 and ds.total_tokens == 41
+    ids, labels, masked, rep = ds.instance(3)
+    assert ids.tolist() == b[:8].tolist() and ids.dtype == np.int64
+    assert labels.tolist() == b[1:8].tolist() + [IGNORE_INDEX]
+    ids, labels, _, _ = ds.instance(2)
+    assert ids.tolist() == a[16:24].tolist()  # an instance never straddles files
+    with pytest.raises(IndexError):
+        ds.instance(5)
+
+
+def test_label_mask_file_masks_labels(tmp_path):
+    tokens = np.arange(1, 17)
+    mask = np.ones(16, dtype=bool)
+    mask[[0, 3, 9, 15]] = False
+    write_part(tmp_path, "p", tokens, mask)
+    ds = MemmapDataset(tmp_path, seq_len=8, mask_repetitions=False)
+    ids, labels, n_masked, _ = ds.instance(0)
+    # label j is the token at position j+1; position 3 masked -> label 2; position 0 is never a label
+    assert labels.tolist() == [2, 3, IGNORE_INDEX, 5, 6, 7, 8, IGNORE_INDEX] and n_masked == 1
+    ids, labels, n_masked, _ = ds.instance(1)
+    assert labels.tolist() == [IGNORE_INDEX, 11, 12, 13, 14, 15, IGNORE_INDEX, IGNORE_INDEX] and n_masked == 2
+
+
+def test_repetition_spans_are_masked_even_across_instance_edges(tmp_path):
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1000, 50_000, 4096)
+    tokens[1000:1000 + 3 * 40] = np.tile([7, 8, 9], 40)   # straddles the 1024 boundary
+    tokens[3000:3000 + 31] = 5                             # 31 repeats: kept
+    write_part(tmp_path, "p", tokens)
+    ds = MemmapDataset(tmp_path, seq_len=1024)
+    global_keep = repetition_keep_mask(tokens)
+    total_rep = 0
+    for i in range(4):
+        ids, labels, _, n_rep = ds.instance(i)
+        expected = np.where(global_keep[i * 1024 + 1:(i + 1) * 1024], ids[1:], IGNORE_INDEX)
+        assert labels[:-1].tolist() == expected.tolist()
+        total_rep += n_rep
+    # 120 repeated tokens, of which token 1024 opens instance 1 and is never a label
+    assert total_rep == 119
+    # the second instance holds only 96 of the 120 tokens (32 copies): still masked
+    assert (ds.instance(1)[1][:95] == IGNORE_INDEX).all() and ds.instance(1)[1][95] != IGNORE_INDEX
+    off = MemmapDataset(tmp_path, seq_len=1024, mask_repetitions=False)
+    assert (off.instance(1)[1][:-1] != IGNORE_INDEX).all()
+
+
+def test_repetition_straddling_just_32_copies_across_the_edge(tmp_path):
+    """16 copies before the edge and 16 after: neither instance alone holds 32."""
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(1000, 50_000, 512)
+    tokens[256 - 32: 256 + 32] = np.tile([3, 4], 32)
+    write_part(tmp_path, "p", tokens)
+    ds = MemmapDataset(tmp_path, seq_len=256)
+    assert (ds.instance(0)[1][256 - 33: 255] == IGNORE_INDEX).all()
+    assert (ds.instance(1)[1][:31] == IGNORE_INDEX).all()
+    assert ds.instance(1)[1][32] != IGNORE_INDEX
+
+
+def test_numpy_header_mask_is_accepted_but_token_header_is_an_error(tmp_path):
+    tokens = np.arange(16, dtype="<u4")
+    tokens.tofile(tmp_path / "a.npy")
+    mask = np.ones(16, dtype=bool)
+    mask[5] = False
+    np.save(tmp_path / "a.label_mask.npy", mask)  # with a .npy header
+    ds = MemmapDataset(tmp_path, seq_len=8, mask_repetitions=False)
+    assert ds.instance(0)[1][4] == IGNORE_INDEX
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    np.save(bad / "b.npy", tokens)
+    with pytest.raises(DataError, match="header"):
+        MemmapDataset(bad, seq_len=8)
+
+
+@pytest.mark.parametrize("case", ["odd_size", "mask_length", "vocab", "empty_dir", "too_short", "missing"])
+def test_bad_inputs_give_clear_errors(tmp_path, case):
+    d = tmp_path / "d"
+    d.mkdir()
+    if case == "odd_size":
+        (d / "p.npy").write_bytes(b"\x01\x00\x00\x00\x02\x00")
+        match = "whole number"
+    elif case == "mask_length":
+        write_part(d, "p", np.arange(16), np.ones(15, dtype=bool))
+        match = "15 entries"
+    elif case == "vocab":
+        write_part(d, "p", [1, 2, 3, 100_300, 4, 5, 6, 7])
+        match = "100300 at offset 3"
+    elif case == "empty_dir":
+        (d / "notes.txt").write_text("no tokens here")
+        match = "no token files"
+    elif case == "too_short":
+        write_part(d, "p", np.arange(5))
+        match = "hold no instance"
+    else:
+        d = tmp_path / "nope"
+        match = "does not exist"
+    with pytest.raises(DataError, match=match):
+        ds = MemmapDataset(d, seq_len=8, vocab_size=100_278)
+        ds.instance(0)
+
+
+def test_discovery_skips_label_masks_and_sorts(tmp_path):
+    write_part(tmp_path / "b", "part-00001", np.arange(8))
+    write_part(tmp_path / "a", "part-00000", np.arange(8), np.ones(8, bool))
+    files = discover_token_files(tmp_path)
+    assert [f.relative_to(tmp_path).as_posix() for f in files] == ["a/part-00000.npy", "b/part-00001.npy"]
+    with pytest.raises(DataError, match="not a token file"):
+        discover_token_files(tmp_path / "a" / "part-00000.label_mask.npy")
+
+
+def test_order_is_seeded_and_epochs_reshuffle():
+    a, b = epoch_order(1000, 7, 0), epoch_order(1000, 7, 0)
+    assert np.array_equal(a, b) and sorted(a.tolist()) == list(range(1000))
+    assert not np.array_equal(a, epoch_order(1000, 8, 0))
+    assert not np.array_equal(a, epoch_order(1000, 7, 1))
+
+
+def make_loader_data(tmp_path, n_tokens=16 * 37):
+    write_part(tmp_path, "p", np.arange(n_tokens) % 50_000)
+    return MemmapDataset(tmp_path, seq_len=16)
+
+
+def collect(loader, n):
+    return [loader.next_batch().indices.tolist() for _ in range(n)]
+
+
+def test_loader_epochs_drop_last_and_cover_everything(tmp_path):
+    ds = make_loader_data(tmp_path)  # 37 instances
+    loader = DataLoader(ds, 8, seed=3)
+    batches = collect(loader, 5)  # 4 per epoch, then the 5th is epoch 1
+    first_epoch = sum(batches[:4], [])
+    assert len(set(first_epoch)) == 32
+    assert first_epoch == epoch_order(37, 3, 0)[:32].tolist()
+    assert batches[4] == epoch_order(37, 3, 1)[:8].tolist()
+    assert (loader.epoch, loader.cursor) == (1, 8)
+    loader.close()
+
+
+def test_loader_resume_mid_epoch_replays_the_same_batches(tmp_path):
+    ds = make_loader_data(tmp_path)
+    full = DataLoader(ds, 4, seed=11)
+    reference = collect(full, 12)
+    first = DataLoader(ds, 4, seed=11)
+    head = collect(first, 5)
+    state = first.state_dict()
+    first.close()
+    second = DataLoader(ds, 4, seed=0)  # seed comes from the state
+    second.load_state_dict(state)
+    assert head + collect(second, 7) == reference
+    assert second.stats["instances"] == 28  # what this loader handed out
+    full.close()
+    second.close()
+
+
+def test_loader_rejects_state_for_other_data(tmp_path):
+    ds = make_loader_data(tmp_path / "a")
+    other = make_loader_data(tmp_path / "b", n_tokens=16 * 40)
+    state = DataLoader(ds, 4, seed=1, prefetch=False).state_dict()
+    with pytest.raises(DataError, match="different data"):
+        DataLoader(other, 4, seed=1, prefetch=False).load_state_dict(state)
+
+
+def test_rank_striding_partitions_each_global_batch(tmp_path):
+    ds = make_loader_data(tmp_path)
+    single = collect(DataLoader(ds, 8, seed=5, prefetch=False), 6)
+    ranks = [collect(DataLoader(ds, 8, seed=5, rank=r, world_size=4, prefetch=False), 6) for r in range(4)]
+    for step in range(6):
+        parts = [ranks[r][step] for r in range(4)]
+        assert all(len(p) == 2 for p in parts)
+        assert sorted(sum(parts, [])) == sorted(single[step])
+        assert parts[1] == single[step][1::4]
+    with pytest.raises(DataError, match="divisible"):
+        DataLoader(ds, 6, seed=5, world_size=4)
+    with pytest.raises(DataError, match="fewer than one global batch"):
+        DataLoader(ds, 64, seed=5)
+
+
+def test_real_text_written_by_dolmino_reads_back(tmp_path):
+    """Tokenize real corpus documents, write them with dolmino's memmap writer, train-read them."""
+    if not CORPUS.is_dir():
+        pytest.skip(f"shared corpus {CORPUS} is missing (CI clones the repo with shared/ beside it)")
+    from tokenizers import Tokenizer
+
+    from dolmino.assets import dolma2_tokenizer_path
+    from dolmino.documents import Quarantine, read_documents
+    from dolmino.memmap import MemmapPartWriter
+
+    try:
+        tok = Tokenizer.from_file(str(dolma2_tokenizer_path()))
+    except Exception as exc:  # assets not fetched on this machine
+        pytest.skip(f"dolma2 tokenizer unavailable: {exc}")
+    writer = MemmapPartWriter(str(tmp_path), 0, eos_token_id=100257, label_mask=True)
+    stream, stream_mask = [], []
+    for n, (line, doc) in enumerate(read_documents(str(CORPUS / "code.jsonl.zst"), Quarantine())):
+        if n == 40:
+            break
+        ids = np.asarray(tok.encode(doc["text"], add_special_tokens=False).ids, dtype=np.uint32)
+        mask = np.ones(len(ids), dtype=bool)
+        mask[:2] = False  # e.g. a prompt that is not trained on
+        writer.add(ids, doc["id"], "code", f"code:{line}", mask=mask)
+        stream.extend(ids.tolist() + [100257])
+        stream_mask.extend(mask.tolist() + [True])
+    writer.close()
+    ds = MemmapDataset(tmp_path, seq_len=256, vocab_size=100_278)
+    assert ds.files[0].mask_path is not None
+    n = len(ds)
+    assert n == len(stream) // 256
+    stream = np.asarray(stream)
+    keep = np.asarray(stream_mask) & repetition_keep_mask(stream)
+    masked = 0
+    for i in range(n):
+        ids, labels, n_mask, n_rep = ds.instance(i)
+        window = slice(i * 256, (i + 1) * 256)
+        assert ids.tolist() == stream[window].tolist()
+        assert labels[:-1].tolist() == np.where(keep[window][1:], ids[1:], IGNORE_INDEX).tolist()
+        masked += n_mask
+    assert masked >= 30  # two masked tokens per document, minus those that open an instance
+    assert len(tok.decode(stream[:200].tolist())) > 100
+    loader = DataLoader(ds, 4, seed=1)
+    for _ in range(3):
+        loader.next_batch()
+    s = loader.stats
+    assert s["labels"] == 12 * 255 == s["targets"] + s["masked_by_label_mask"] + s["masked_by_repetition"]
+    loader.close()

@@ -1,0 +1,73 @@
+"""Hugging Face export: names/shapes, config, and fp32 logit parity with Olmo2ForCausalLM."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from trainer.checkpoint import Checkpointer
+from trainer.config import ModelConfig
+from trainer.export_hf import hf_name, main as export_main
+from trainer.model import OLMo2
+
+
+def saved_random_model(tmp_path, cfg: ModelConfig) -> OLMo2:
+    torch.manual_seed(0)
+    model = OLMo2(cfg)
+    with torch.no_grad():  # make every norm gain matter: trained models are not all-ones
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.mul_(1 + 0.3 * torch.randn_like(p))
+    Checkpointer(tmp_path / "ckpt").save(1, model, torch.optim.AdamW(model.parameters()), {},
+                                         {"model": cfg.to_dict()}, background=False)
+    return model
+
+
+def test_names_and_config(tmp_path):
+    cfg = ModelConfig(d_model=64, n_layers=2, n_heads=4, vocab_size=1000, max_seq_len=128)
+    saved_random_model(tmp_path, cfg)
+    assert export_main([str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    assert tensors["model.layers.1.self_attn.q_norm.weight"].shape == (64,)
+    assert tensors["model.embed_tokens.weight"].shape == (1024, 64)
+    assert tensors["lm_head.weight"].shape == (1024, 64)
+    assert "model.layers.0.post_feedforward_layernorm.weight" in tensors and len(tensors) == 3 + 2 * 11
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["architectures"] == ["Olmo2ForCausalLM"] and config["rope_theta"] == 500000.0
+    assert config["vocab_size"] == 1024 and config["intermediate_size"] == 256 and config["rms_norm_eps"] == 1e-6
+    assert config["tie_word_embeddings"] is False and config["eos_token_id"] is None  # 100257 is outside 1024
+    with pytest.raises(KeyError):
+        hf_name("blocks.0.attn.q_proj.bias")
+    assert export_main([str(tmp_path / "missing"), str(tmp_path / "hf2")]) == 2
+
+
+def test_logits_match_transformers_olmo2(tmp_path):
+    transformers = pytest.importorskip(
+        "transformers", reason="transformers is not installed (pip install transformers==5.24.0 for the parity test)")
+    cfg = ModelConfig(d_model=64, n_layers=3, n_heads=4, vocab_size=1000, max_seq_len=128)
+    model = saved_random_model(tmp_path, cfg).eval()
+    assert export_main([str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
+    assert type(hf).__name__ == "Olmo2ForCausalLM"
+    torch.manual_seed(1)
+    ids = torch.randint(0, 1000, (2, 100))
+    with torch.no_grad():
+        ours = model(ids)
+        theirs = hf(input_ids=ids).logits
+    assert ours.shape == theirs.shape
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+def test_dtype_cast_on_export(tmp_path):
+    cfg = ModelConfig(d_model=32, n_layers=1, n_heads=2, vocab_size=200, max_seq_len=16)
+    saved_random_model(tmp_path, cfg)
+    assert export_main([str(tmp_path / "ckpt"), str(tmp_path / "hf"), "--dtype", "bfloat16"]) == 0
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    assert all(t.dtype == torch.bfloat16 for t in tensors.values())
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["torch_dtype"] == "bfloat16"

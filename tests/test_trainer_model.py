@@ -1,0 +1,139 @@
+"""OLMo 2 model: preset shapes and parameter counts, init, no biases, QK-norm, causality."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from trainer.config import MODEL_PRESETS, ModelConfig, round_up
+from trainer.model import OLMo2, RMSNorm, no_decay_param_names
+
+
+def count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def meta_model(cfg: ModelConfig) -> OLMo2:
+    with torch.device("meta"):
+        return OLMo2(cfg)
+
+
+def test_7b_preset_matches_the_paper():
+    cfg = ModelConfig.preset("olmo2-7b")
+    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.head_dim) == (32, 4096, 32, 128)
+    assert cfg.mlp_hidden == 11008
+    assert cfg.padded_vocab_size == 100352 and cfg.vocab_size == 100278
+    assert cfg.rope_theta == 500_000 and cfg.norm_eps == 1e-6
+    n = cfg.num_params()
+    assert 7.25e9 < n < 7.35e9, n
+    assert count(meta_model(cfg)) == n
+
+
+def test_13b_preset():
+    cfg = ModelConfig.preset("olmo2-13b")
+    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.mlp_hidden) == (40, 5120, 40, 13824)
+    n = cfg.num_params()
+    assert 13.6e9 < n < 13.8e9, n
+    assert count(meta_model(cfg)) == n
+
+
+def test_mlp_hidden_rounds_8_thirds_up_to_128():
+    assert ModelConfig(d_model=4096, n_heads=32).mlp_hidden == 11008  # 10922.7 -> 11008
+    assert ModelConfig(d_model=384, n_heads=6).mlp_hidden == 1024     # 1024 exactly stays
+    assert ModelConfig(d_model=48, n_heads=4).mlp_hidden == 128
+    assert round_up(100278, 128) == 100352 and round_up(128, 128) == 128
+
+
+@pytest.mark.parametrize("name,low,high", [("20M", 18e6, 22e6), ("150M", 140e6, 165e6), ("1B", 1.0e9, 1.15e9)])
+def test_small_preset_names_count_non_embedding_block_params(name, low, high):
+    cfg = ModelConfig.preset(name)
+    model = meta_model(cfg)
+    blocks = sum(p.numel() for p in model.blocks.parameters())
+    assert low < blocks < high, blocks
+    assert count(model) == cfg.num_params()
+
+
+def test_every_preset_is_valid():
+    for name in MODEL_PRESETS:
+        cfg = ModelConfig.preset(name)
+        assert cfg.d_model % cfg.n_heads == 0 and cfg.mlp_hidden % 128 == 0 and cfg.padded_vocab_size % 128 == 0
+
+
+def test_bad_configs_are_rejected():
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(d_model=100, n_heads=3)
+    with pytest.raises(ValueError, match="unknown model preset"):
+        ModelConfig.preset("olmo2-70b")
+    with pytest.raises(ValueError, match="positive integer"):
+        ModelConfig(d_model=0)
+
+
+def test_init_is_truncated_normal_002_and_norms_are_one():
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=256, n_layers=2, n_heads=4, vocab_size=4096, max_seq_len=64)
+    model = OLMo2(cfg)
+    for name, p in model.named_parameters():
+        if p.ndim == 1:
+            assert torch.equal(p, torch.ones_like(p)), name
+            continue
+        assert p.abs().max().item() <= 0.06 + 1e-7, name
+        assert abs(p.mean().item()) < 1e-3, name
+        # std of N(0, .02) truncated at +-3 sigma is 0.02 * 0.9865
+        assert p.std().item() == pytest.approx(0.02 * 0.9865, rel=0.03), name
+
+
+def test_no_biases_and_whole_projection_qk_norm():
+    cfg = ModelConfig(d_model=96, n_layers=2, n_heads=6, vocab_size=500, max_seq_len=32)
+    model = OLMo2(cfg)
+    assert not any("bias" in n for n, _ in model.named_parameters())
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            assert m.bias is None
+    attn = model.blocks[0].attn
+    assert attn.q_norm.weight.shape == (cfg.n_heads * cfg.head_dim,) == (96,)
+    assert attn.k_norm.weight.shape == (96,)
+    assert model.lm_head.weight.data_ptr() != model.embed.weight.data_ptr()  # untied
+    names = no_decay_param_names(model)
+    assert "embed.weight" in names and "blocks.0.attn.q_norm.weight" in names and "norm.weight" in names
+    assert "lm_head.weight" not in names and "blocks.0.mlp.up_proj.weight" not in names
+
+
+def test_qk_norm_is_over_the_whole_projection_not_per_head():
+    """Scaling one head's query slice must change the other heads' normalised queries."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=64, n_layers=1, n_heads=4, vocab_size=300, max_seq_len=16)
+    attn = OLMo2(cfg).blocks[0].attn
+    x = torch.randn(1, 3, 64)
+    q = attn.q_proj(x)
+    q2 = q.clone()
+    q2[..., :16] *= 10  # head 0 only
+    a, b = attn.q_norm(q)[..., 16:], attn.q_norm(q2)[..., 16:]
+    assert not torch.allclose(a, b)
+
+
+def test_forward_shape_and_causality():
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=64, n_layers=2, n_heads=4, vocab_size=1000, max_seq_len=32)
+    model = OLMo2(cfg).eval()
+    ids = torch.randint(0, 1000, (2, 20))
+    with torch.no_grad():
+        logits = model(ids)
+        assert logits.shape == (2, 20, 1024)
+        changed = ids.clone()
+        changed[:, 12] = (changed[:, 12] + 1) % 1000
+        other = model(changed)
+    assert torch.equal(logits[:, :12], other[:, :12])
+    assert not torch.allclose(logits[:, 12:], other[:, 12:])
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_rmsnorm_matches_formula_and_keeps_dtype():
+    norm = RMSNorm(8, 1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.arange(1, 9, dtype=torch.float32))
+    x = torch.randn(3, 8)
+    expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight
+    torch.testing.assert_close(norm(x), expected)
+    assert norm(x.bfloat16()).dtype == torch.bfloat16

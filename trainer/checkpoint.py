@@ -1,0 +1,216 @@
+"""Checkpoints: save and resume everything a run needs to continue bit-for-bit.
+
+Layout of `<save_dir>/step000123/`:
+- `model.pt`      full (unsharded) model state dict, CPU tensors
+- `optim.pt`      optimizer state dict keyed by parameter names (FQNs), so it survives
+                  wrapping the model in DDP / FSDP / torch.compile differently on resume
+- `train_state.pt` step, data position, spike-tracker state, RNG states (python, numpy,
+                  torch CPU and CUDA)
+- `config.json`   the RunConfig and step, readable without torch (soup / export use it)
+`<save_dir>/latest` names the newest complete checkpoint.
+
+Why it is written this way (SPEC.md "checkpoints copied to CPU and written by a background
+thread"): the training loop only pays for the device-to-host copy; serialization and disk
+I/O happen in a thread while the next steps run. Each checkpoint is written under a
+temporary name and renamed into place, so a crash mid-write never leaves a directory that
+looks complete. All files load with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+MODEL_FILE = "model.pt"
+OPTIM_FILE = "optim.pt"
+STATE_FILE = "train_state.pt"
+CONFIG_FILE = "config.json"
+LATEST = "latest"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step{step:06d}"
+
+
+def capture_rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": list(random.getstate()),
+        "numpy": {"kind": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # This rank's device only: touching every visible GPU would open a context on each.
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    npst = state["numpy"]
+    np.random.set_state((npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                         npst["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"], torch.cuda.current_device())
+
+
+def _to_cpu_copy(obj, clone: bool):
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        if hasattr(t, "full_tensor"):  # a DTensor left sharded: gather it
+            t = t.full_tensor()
+        t = t.to("cpu")
+        return t.clone() if clone else t
+    if isinstance(obj, dict):
+        return {k: _to_cpu_copy(v, clone) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu_copy(v, clone) for v in obj)
+    return obj
+
+
+def _write_atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def latest_checkpoint(save_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint under save_dir, or None."""
+    save_dir = Path(save_dir)
+    pointer = save_dir / LATEST
+    if pointer.is_file():
+        candidate = save_dir / pointer.read_text().strip()
+        if (candidate / STATE_FILE).is_file():
+            return candidate
+    steps = sorted(p for p in save_dir.glob("step*") if p.is_dir() and (p / STATE_FILE).is_file())
+    return steps[-1] if steps else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory (or a soup: model.pt + config.json), or a save_dir meaning its latest."""
+    path = Path(path)
+    if (path / MODEL_FILE).is_file() and (path / CONFIG_FILE).is_file():
+        return path
+    found = latest_checkpoint(path) if path.is_dir() else None
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint at {path} (expected {MODEL_FILE} + {CONFIG_FILE}, or a save dir "
+                                f"with step*/ checkpoints)")
+    return found
+
+
+class Checkpointer:
+    """Writes checkpoints from rank 0 in a background thread; all ranks must call `save`
+    (FSDP gathers full tensors collectively)."""
+
+    def __init__(self, save_dir: str | Path, rank: int = 0, keep_last: int | None = None):
+        self.save_dir = Path(save_dir)
+        self.rank = rank
+        self.keep_last = keep_last
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, train_state: dict,
+             config: dict, background: bool = True) -> Path:
+        """Copy state to CPU now; write it (in a thread when `background`). Returns the final path."""
+        self.wait()
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        # On CPU the "offloaded" tensors alias live parameters: clone them, training goes on.
+        model_sd = _to_cpu_copy(get_model_state_dict(model, options=options), clone=on_cpu)
+        optim_sd = _to_cpu_copy(get_optimizer_state_dict(model, optimizer, options=options), clone=on_cpu)
+        train_state = _to_cpu_copy({**train_state, "step": step, "rng": capture_rng_state()}, clone=True)
+        final = self.save_dir / step_dir_name(step)
+        if self.rank != 0:
+            return final
+        args = (final, model_sd, optim_sd, train_state, {**config, "step": step})
+        if background:
+            self._thread = threading.Thread(target=self._write_guarded, args=args, name="checkpoint", daemon=False)
+            self._thread.start()
+        else:
+            self._write(*args)
+        return final
+
+    def wait(self) -> None:
+        """Block until the pending write is on disk; re-raise its error if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError("writing a checkpoint failed") from error
+
+    def _write_guarded(self, *args) -> None:
+        try:
+            self._write(*args)
+        except BaseException as exc:  # surfaced by wait()
+            self._error = exc
+
+    def _write(self, final: Path, model_sd: dict, optim_sd: dict, train_state: dict, config: dict) -> None:
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.save_dir / f".{final.name}.tmp{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        torch.save(model_sd, tmp / MODEL_FILE)
+        torch.save(optim_sd, tmp / OPTIM_FILE)
+        torch.save(train_state, tmp / STATE_FILE)
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+        if final.exists():  # re-saving a step (e.g. after a resume): swap, then delete the old one
+            old = self.save_dir / f".{final.name}.old{os.getpid()}"
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, final)
+        _write_atomic_text(self.save_dir / LATEST, final.name + "\n")
+        self._prune(keep=final)
+
+    def _prune(self, keep: Path) -> None:
+        if not self.keep_last:
+            return
+        steps = sorted(p for p in self.save_dir.glob("step*") if p.is_dir() and (p / STATE_FILE).is_file())
+        for old in steps[:-self.keep_last]:
+            if old != keep:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def load_model_weights(path: str | Path) -> tuple[dict, dict]:
+    """(model state dict, config dict) of a checkpoint directory, on CPU."""
+    path = resolve_checkpoint(path)
+    state = torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True)
+    config = json.loads((path / CONFIG_FILE).read_text())
+    return state, config
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    restore_rng: bool = True) -> dict:
+    """Load weights (and optimizer state) into live objects; returns the train state dict."""
+    path = resolve_checkpoint(path)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"{path} holds weights only (no {STATE_FILE}, e.g. a soup); it cannot be resumed")
+    options = StateDictOptions(full_state_dict=True)
+    model_sd = torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True)
+    set_model_state_dict(model, model_sd, options=options)
+    if optimizer is not None:
+        optim_sd = torch.load(path / OPTIM_FILE, map_location="cpu", weights_only=True)
+        set_optimizer_state_dict(model, optimizer, optim_sd, options=options)
+    train_state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    if restore_rng:
+        restore_rng_state(train_state["rng"])
+    train_state["path"] = str(path)
+    return train_state

@@ -1,0 +1,300 @@
+"""Training data: fixed-length instances from dolmino / OLMo-core token memmaps.
+
+Input format (docs/DESIGN.md "Memmaps"): `*.npy` files of raw little-endian uint32 token
+ids with no header, optionally each with a `<stem>.label_mask.npy` of numpy bools (one byte
+per token, True = train on the token).
+
+Instances follow OLMo-core's fixed-sequence-length dataset: each file is cut on its own
+into consecutive `seq_len`-token instances (the tail shorter than seq_len is dropped and
+counted), so an instance never straddles two files and is one memmap slice. Labels are the
+inputs shifted left by one with the last position ignored (-100). A label is ignored when
+its token is masked by the label-mask file or lies inside a repeated n-gram span
+(trainer.repetition), which is detected when the instance is loaded, on a window widened
+by max_n * min_repeats tokens so a run straddling the instance edge is caught exactly as a
+whole-file scan would catch it.
+
+Order: one global permutation of instance indices per epoch from numpy PCG64 seeded with
+(seed, epoch); each optimizer step consumes the next `global_batch_size` positions, and
+rank r of W takes positions r, r + W, r + 2W, ... of that window (DistributedSampler-style
+striding). The position (epoch, cursor) is the whole loader state, so resuming mid-epoch
+replays exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from trainer.loss import IGNORE_INDEX
+from trainer.repetition import repeated_ngram_span_array
+
+TOKEN_DTYPE = np.dtype("<u4")
+LABEL_MASK_SUFFIX = ".label_mask.npy"
+NPY_MAGIC = b"\x93NUMPY"
+
+
+class DataError(ValueError):
+    """The token files cannot be used as training data; the message names the file."""
+
+
+@dataclass(frozen=True)
+class TokenFile:
+    path: Path
+    n_tokens: int
+    mask_path: Path | None
+
+
+def _is_token_file(path: Path) -> bool:
+    return path.name.endswith(".npy") and not path.name.endswith(LABEL_MASK_SUFFIX)
+
+
+def discover_token_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Token files under a directory (recursively, sorted), a single file, or a list of either."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    found: list[Path] = []
+    for entry in paths:
+        p = Path(entry)
+        if p.is_dir():
+            found.extend(sorted((f for f in p.rglob("*.npy") if f.is_file() and _is_token_file(f)),
+                                key=lambda f: f.relative_to(p).as_posix()))
+        elif p.is_file():
+            if not _is_token_file(p):
+                raise DataError(f"{p} is not a token file (expected *.npy, not *{LABEL_MASK_SUFFIX})")
+            found.append(p)
+        else:
+            raise DataError(f"data path {p} does not exist")
+    return found
+
+
+def _open_tokens(path: Path) -> np.ndarray:
+    size = path.stat().st_size
+    if size % TOKEN_DTYPE.itemsize:
+        raise DataError(f"{path}: {size} bytes is not a whole number of uint32 tokens")
+    if size == 0:
+        return np.zeros(0, dtype=TOKEN_DTYPE)
+    with open(path, "rb") as fh:
+        if fh.read(len(NPY_MAGIC)) == NPY_MAGIC:
+            raise DataError(f"{path} has a .npy header; token files must be raw uint32 (write them with "
+                            f"ndarray.tofile, as dolmino and OLMo-core do)")
+    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r")
+
+
+def _open_mask(path: Path, n_tokens: int) -> np.ndarray:
+    with open(path, "rb") as fh:
+        has_header = fh.read(len(NPY_MAGIC)) == NPY_MAGIC
+    if has_header:
+        mask = np.load(path, mmap_mode="r")
+        if mask.dtype != np.bool_ or mask.ndim != 1:
+            raise DataError(f"{path}: label mask must be a 1-D bool array, got {mask.dtype} {mask.shape}")
+    else:
+        size = path.stat().st_size
+        mask = np.memmap(path, dtype=np.bool_, mode="r") if size else np.zeros(0, dtype=np.bool_)
+    if len(mask) != n_tokens:
+        raise DataError(f"{path}: label mask has {len(mask)} entries but its token file has {n_tokens} tokens")
+    return mask
+
+
+class MemmapDataset:
+    """Random access to `seq_len`-token training instances (see module docstring)."""
+
+    def __init__(self, paths, seq_len: int, *, vocab_size: int | None = None, mask_repetitions: bool = True,
+                 repetition_max_n: int = 13, repetition_min_repeats: int = 32):
+        if seq_len < 2:
+            raise DataError(f"seq_len must be >= 2, got {seq_len}")
+        self.seq_len = seq_len
+        self.vocab_size = vocab_size
+        self.mask_repetitions = mask_repetitions
+        self.max_n = repetition_max_n
+        self.min_repeats = repetition_min_repeats
+        self._tokens: list[np.ndarray] = []
+        self._masks: list[np.ndarray | None] = []
+        files = []
+        for path in discover_token_files(paths):
+            tokens = _open_tokens(path)
+            mask_path = path.with_name(path.name[: -len(".npy")] + LABEL_MASK_SUFFIX)
+            mask = _open_mask(mask_path, len(tokens)) if mask_path.exists() else None
+            self._tokens.append(tokens)
+            self._masks.append(mask)
+            files.append(TokenFile(path, len(tokens), mask_path if mask is not None else None))
+        if not files:
+            raise DataError(f"no token files (*.npy) found in {paths}")
+        self.files = files
+        counts = np.asarray([f.n_tokens // seq_len for f in files], dtype=np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(counts)])
+        self.n_instances = int(self._starts[-1])
+        self.total_tokens = sum(f.n_tokens for f in files)
+        self.dropped_tail_tokens = self.total_tokens - self.n_instances * seq_len
+        if self.n_instances == 0:
+            raise DataError(f"{len(files)} token file(s) with {self.total_tokens} tokens hold no instance of "
+                            f"{seq_len} tokens; use a shorter --seq-len or more data")
+
+    def __len__(self) -> int:
+        return self.n_instances
+
+    def fingerprint(self) -> dict:
+        """What must be unchanged for a saved data position to mean the same batches."""
+        return {"seq_len": self.seq_len, "n_instances": self.n_instances,
+                "files": [[f.path.name, f.n_tokens] for f in self.files]}
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        if not 0 <= index < self.n_instances:
+            raise IndexError(f"instance {index} out of range [0, {self.n_instances})")
+        file_idx = int(np.searchsorted(self._starts, index, side="right") - 1)
+        return file_idx, (index - int(self._starts[file_idx])) * self.seq_len
+
+    def instance(self, index: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """(input_ids, labels, labels masked by the mask file, labels masked as repetition); arrays int64."""
+        file_idx, start = self._locate(index)
+        end = start + self.seq_len
+        tokens = self._tokens[file_idx]
+        ids = np.asarray(tokens[start:end], dtype=np.int64)
+        if self.vocab_size is not None and ids.max() >= self.vocab_size:
+            bad = int(np.argmax(ids >= self.vocab_size))
+            raise DataError(f"{self.files[file_idx].path}: token {int(ids[bad])} at offset {start + bad} is "
+                            f">= vocab_size {self.vocab_size}")
+        keep = np.ones(self.seq_len, dtype=np.bool_)
+        n_label_masked = n_rep_masked = 0
+        mask = self._masks[file_idx]
+        if mask is not None:
+            keep &= np.asarray(mask[start:end], dtype=np.bool_)
+            n_label_masked = int(self.seq_len - 1 - keep[1:].sum())
+        if self.mask_repetitions:
+            margin = self.max_n * self.min_repeats
+            lo, hi = max(0, start - margin), min(len(tokens), end + margin)
+            for s, e in repeated_ngram_span_array(tokens[lo:hi], self.max_n, self.min_repeats):
+                s, e = max(s + lo, start) - start, min(e + lo, end) - start
+                if s < e:
+                    before = int(keep[max(s, 1):e].sum())
+                    keep[s:e] = False
+                    n_rep_masked += before
+        labels = np.full(self.seq_len, IGNORE_INDEX, dtype=np.int64)
+        targets = keep[1:]
+        labels[:-1][targets] = ids[1:][targets]
+        return ids, labels, n_label_masked, n_rep_masked
+
+
+def epoch_order(n_instances: int, seed: int, epoch: int) -> np.ndarray:
+    """The global order of instance indices for one epoch (numpy PCG64 from (seed, epoch))."""
+    rng = np.random.Generator(np.random.PCG64([seed, epoch]))
+    dtype = np.uint32 if n_instances < 2**32 else np.int64
+    return rng.permutation(np.arange(n_instances, dtype=dtype))
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (n, seq_len) int64
+    labels: torch.Tensor     # (n, seq_len) int64, -100 = ignored
+    indices: np.ndarray      # dataset instance indices, for debugging and tests
+    n_targets: int = 0              # labels != -100, known on the host without a device sync
+    masked_by_label_mask: int = 0   # labels ignored because the label-mask file says so
+    masked_by_repetition: int = 0   # further labels ignored inside repeated n-gram spans
+
+    def to(self, device: torch.device) -> "Batch":
+        if device.type == "cuda":
+            ids = self.input_ids.pin_memory().to(device, non_blocking=True)
+            labels = self.labels.pin_memory().to(device, non_blocking=True)
+        else:
+            ids, labels = self.input_ids.to(device), self.labels.to(device)
+        return Batch(ids, labels, self.indices, self.n_targets, self.masked_by_label_mask,
+                     self.masked_by_repetition)
+
+
+class DataLoader:
+    """Yields this rank's share of each global batch; state is (epoch, cursor).
+
+    An epoch ends when fewer than `global_batch_size` unseen positions remain (the rest are
+    dropped, as with drop_last); the next epoch uses a fresh permutation. `stats` counts
+    what this loader object handed out on this rank (the trainer sums ranks and resumes). One batch is
+    prepared ahead in a worker thread (memmap reads and the numba scan release the GIL).
+    """
+
+    def __init__(self, dataset: MemmapDataset, global_batch_size: int, *, seed: int, rank: int = 0,
+                 world_size: int = 1, epoch: int = 0, cursor: int = 0, prefetch: bool = True):
+        if global_batch_size % world_size:
+            raise DataError(f"global batch {global_batch_size} is not divisible by world size {world_size}")
+        if len(dataset) < global_batch_size:
+            raise DataError(f"the data holds {len(dataset)} instances of {dataset.seq_len} tokens, fewer than one "
+                            f"global batch of {global_batch_size}; use more data or a smaller batch")
+        self.dataset = dataset
+        self.global_batch_size = global_batch_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch, self.cursor = epoch, cursor
+        self._orders: dict[tuple[int, int], np.ndarray] = {}
+        self._orders_lock = threading.Lock()
+        self.stats = {"instances": 0, "labels": 0, "targets": 0, "masked_by_label_mask": 0,
+                      "masked_by_repetition": 0}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="data") if prefetch else None
+        self._ahead: tuple[tuple[int, int], Future] | None = None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.dataset) // self.global_batch_size
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed,
+                "fingerprint": self.dataset.fingerprint()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("fingerprint") is not None and state["fingerprint"] != self.dataset.fingerprint():
+            raise DataError("the checkpoint's data position was saved for different data (files, sizes or "
+                            "seq_len changed); resuming would not replay the same batches")
+        self.epoch, self.cursor, self.seed = int(state["epoch"]), int(state["cursor"]), int(state["seed"])
+        with self._orders_lock:
+            self._orders.clear()
+        self._ahead = None
+
+    def _position_after(self, epoch: int, cursor: int) -> tuple[int, int]:
+        if cursor + self.global_batch_size > len(self.dataset):
+            return epoch + 1, 0
+        return epoch, cursor
+
+    def _order_for(self, epoch: int) -> np.ndarray:
+        # Shared with the prefetch thread, which may already be in the next epoch.
+        key = (self.seed, epoch)
+        with self._orders_lock:
+            if key not in self._orders:
+                for old in [k for k in self._orders if k[0] != self.seed or k[1] < epoch - 1]:
+                    del self._orders[old]
+                self._orders[key] = epoch_order(len(self.dataset), self.seed, epoch)
+            return self._orders[key]
+
+    def batch_at(self, epoch: int, cursor: int) -> Batch:
+        """This rank's instances of the global batch starting at `cursor` of `epoch`'s order."""
+        window = self._order_for(epoch)[cursor: cursor + self.global_batch_size]
+        indices = np.asarray(window[self.rank:: self.world_size], dtype=np.int64)
+        loaded = [self.dataset.instance(int(i)) for i in indices]
+        ids = np.stack([x[0] for x in loaded])
+        labels = np.stack([x[1] for x in loaded])
+        return Batch(torch.from_numpy(ids), torch.from_numpy(labels), indices,
+                     n_targets=int((labels != IGNORE_INDEX).sum()),
+                     masked_by_label_mask=sum(x[2] for x in loaded),
+                     masked_by_repetition=sum(x[3] for x in loaded))
+
+    def next_batch(self) -> Batch:
+        epoch, cursor = self._position_after(self.epoch, self.cursor)
+        if self._ahead is not None and self._ahead[0] == (epoch, cursor):
+            batch = self._ahead[1].result()
+        else:
+            batch = self.batch_at(epoch, cursor)
+        self.epoch, self.cursor = epoch, cursor + self.global_batch_size
+        self.stats["instances"] += len(batch.indices)
+        self.stats["labels"] += len(batch.indices) * (self.dataset.seq_len - 1)
+        self.stats["targets"] += batch.n_targets
+        self.stats["masked_by_label_mask"] += batch.masked_by_label_mask
+        self.stats["masked_by_repetition"] += batch.masked_by_repetition
+        if self._pool is not None:
+            nxt = self._position_after(self.epoch, self.cursor)
+            self._ahead = (nxt, self._pool.submit(self.batch_at, *nxt))
+        return batch
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

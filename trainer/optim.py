@@ -1,0 +1,57 @@
+"""AdamW as OLMo 2 uses it: decoupled weight decay 0.1 except on embeddings and norm gains.
+
+Two parameter groups are built from the model's module types (trainer.model
+.no_decay_param_names), not from name patterns, so a renamed module cannot silently start
+decaying its embedding. The fused CUDA kernel is used on GPU (one launch for the whole
+update), the multi-tensor "foreach" path elsewhere; both keep the step free of host syncs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from trainer.config import TrainConfig
+from trainer.model import no_decay_param_names
+
+
+def _strip_wrappers(name: str) -> str:
+    for prefix in ("module.", "_orig_mod."):
+        name = name.replace(prefix, "")
+    return name
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    inner = getattr(model, "module", model)
+    no_decay = {_strip_wrappers(n) for n in no_decay_param_names(inner)}
+    decay, skip = [], []
+    decay_names, skip_names = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        clean = _strip_wrappers(name)
+        (skip if clean in no_decay else decay).append(param)
+        (skip_names if clean in no_decay else decay_names).append(clean)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "names": decay_names},
+        {"params": skip, "weight_decay": 0.0, "names": skip_names},
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    groups = param_groups(model, cfg.weight_decay)
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    kwargs = {"fused": True} if on_cuda else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps,
+                             weight_decay=cfg.weight_decay, **kwargs)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """Clip to `max_norm` and return the pre-clip total L2 norm as a device tensor (no sync)."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)

@@ -1,0 +1,59 @@
+"""Learning-rate schedules as pure functions of the step (nothing to save but the step).
+
+- "cosine" (pretraining): linear warm-up from 0 to the peak over `warmup_steps`, then a
+  cosine from the peak down to `final_lr_fraction` x peak (10% in OLMo 2) at
+  `horizon_steps`, flat after that. The horizon is set in tokens and may be longer than
+  the run: OLMo 2 7B followed a 5T-token cosine and stopped ("truncated") at 4T.
+- "linear_to_zero" (mid-training / microanneals): optional warm-up, then a straight line
+  from the peak to 0 at `horizon_steps`. For an anneal the peak is the LR the pretraining
+  run ended on, and the warm-up is usually 0.
+
+Step numbering: `lr_at(step)` is the LR used by optimizer step `step`, counting from 0.
+During warm-up that is peak * (step + 1) / warmup_steps, so the first step is not wasted
+at LR 0 and step warmup_steps - 1 reaches the peak.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from trainer.config import SCHEDULES, TrainConfig
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    peak_lr: float
+    warmup_steps: int
+    horizon_steps: int
+    kind: str = "cosine"
+    final_lr_fraction: float = 0.1
+
+    def __post_init__(self):
+        if self.kind not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.kind!r}; choose one of {SCHEDULES}")
+        if self.horizon_steps < 1 or self.warmup_steps < 0:
+            raise ValueError(f"horizon_steps must be >= 1 and warmup_steps >= 0, got "
+                             f"{self.horizon_steps} and {self.warmup_steps}")
+        if self.warmup_steps > self.horizon_steps:
+            raise ValueError(f"warmup_steps {self.warmup_steps} is longer than the schedule horizon "
+                             f"{self.horizon_steps}")
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> "LRSchedule":
+        return cls(cfg.lr, cfg.warmup_steps, cfg.horizon_steps, cfg.schedule, cfg.final_lr_fraction)
+
+    def lr_at(self, step: int) -> float:
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        if step < self.warmup_steps:
+            return self.peak_lr * (step + 1) / self.warmup_steps
+        decay_steps = self.horizon_steps - self.warmup_steps
+        if decay_steps <= 0:
+            progress = 1.0
+        else:
+            progress = min(1.0, (step - self.warmup_steps) / decay_steps)
+        if self.kind == "linear_to_zero":
+            return self.peak_lr * (1.0 - progress)
+        floor = self.peak_lr * self.final_lr_fraction
+        return floor + (self.peak_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -1,0 +1,266 @@
+"""The training loop.
+
+One optimizer step = this rank's share of a global batch, split into micro-batches with
+gradient accumulation. The practices SPEC.md lists are what shape the code:
+- no host-device sync inside a step: the loss denominator (target-token count) is computed
+  on the host from the batch, losses / grad norms go into a device buffer, and the buffer is
+  copied to the host once every `metrics_interval` steps (that is when progress prints);
+- Python's garbage collector is disabled and run explicitly every `gc_interval` steps, at the
+  same step on every rank, so that no rank stalls the others at a random moment;
+- checkpoints are copied to CPU in the loop and written by a background thread;
+- bf16 autocast on CUDA (weights and optimizer state stay fp32), torch.compile per block
+  when asked, DDP under torchrun, FSDP2 (fully_shard per block) with `fsdp=True`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from trainer.checkpoint import Checkpointer, load_checkpoint, resolve_checkpoint
+from trainer.config import ModelConfig, RunConfig
+from trainer.data import DataLoader, MemmapDataset
+from trainer.distributed import DistEnv, all_reduce_mean, barrier
+from trainer.loss import lm_loss
+from trainer.model import OLMo2
+from trainer.optim import build_optimizer, clip_grad_norm, set_lr
+from trainer.schedule import LRSchedule
+from trainer.spikes import SpikeTracker
+from trainer.throughput import mfu, peak_flops
+
+METRICS = ("loss", "ce", "z_loss", "grad_norm")
+
+
+@dataclass
+class TrainResult:
+    start_step: int
+    end_step: int
+    history: list[dict] = field(default_factory=list)   # one record per step run by this call
+    checkpoint: Path | None = None
+    tokens_per_second: float | None = None
+    mfu: float | None = None
+    data_stats: dict = field(default_factory=dict)
+
+    @property
+    def losses(self) -> list[float]:
+        return [r["loss"] for r in self.history]
+
+
+def build_model(cfg: ModelConfig, device: torch.device, seed: int) -> OLMo2:
+    torch.manual_seed(seed)
+    return OLMo2(cfg).to(device)
+
+
+def _wrap(model: OLMo2, run: RunConfig, env: DistEnv) -> nn.Module:
+    tc = run.train
+    if tc.compile:
+        for block in model.blocks:
+            block.compile()  # in place: parameter names (and checkpoints) do not change
+    if tc.fsdp:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = None
+        if env.device.type == "cuda" and tc.autocast_bf16:
+            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        kwargs = {"mp_policy": mp} if mp is not None else {}
+        for block in model.blocks:
+            fully_shard(block, **kwargs)
+        fully_shard(model, **kwargs)
+        return model
+    if env.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    return model
+
+
+class Trainer:
+    """Builds model, optimizer, schedule and data loader from a RunConfig and runs steps."""
+
+    def __init__(self, run: RunConfig, env: DistEnv, save_dir: str | Path, *, resume: str | Path | None = None,
+                 log: Callable[[str], None] = print, keep_last: int | None = None):
+        self.run, self.env, self.log = run, env, log
+        tc, mc = run.train, run.model
+        if tc.seq_len > mc.max_seq_len:
+            raise ValueError(f"seq_len {tc.seq_len} exceeds the model's max_seq_len {mc.max_seq_len}")
+        self.save_dir = Path(save_dir)
+        self.accum = tc.grad_accum_steps(env.world_size)
+        self.dataset = MemmapDataset(run.data_paths, tc.seq_len, vocab_size=mc.vocab_size,
+                                     mask_repetitions=tc.mask_repetitions, repetition_max_n=tc.repetition_max_n,
+                                     repetition_min_repeats=tc.repetition_min_repeats)
+        self.loader = DataLoader(self.dataset, tc.global_batch_size, rank=env.rank, world_size=env.world_size,
+                                 seed=tc.seed if tc.data_seed is None else tc.data_seed)
+        self.raw_model = build_model(mc, env.device, tc.seed)
+        self.model = _wrap(self.raw_model, run, env)
+        self.optimizer = build_optimizer(self.model, tc)
+        self.schedule = LRSchedule.from_config(tc)
+        self.spikes = {"loss": SpikeTracker(tc.spike_window, tc.spike_n_std),
+                       "grad_norm": SpikeTracker(tc.spike_window, tc.spike_n_std)}
+        self.checkpointer = Checkpointer(self.save_dir, rank=env.rank, keep_last=keep_last)
+        self.step = 0
+        self.tokens_seen = 0
+        self._data_stats_base: dict[str, int] = {}
+        if resume is not None:
+            self._resume(resume)
+        self._peak = peak_flops(env.device)
+        self._flops_per_token = mc.flops_per_token(tc.seq_len)
+
+    # ----------------------------------------------------------------- resume / save
+    def _resume(self, path: str | Path) -> None:
+        path = resolve_checkpoint(path)
+        saved = json.loads((path / "config.json").read_text())
+        if saved.get("model") != self.run.model.to_dict():
+            raise ValueError(f"{path} was saved for a different model config; resume with the same --model")
+        state = load_checkpoint(path, self.model, self.optimizer)
+        self.loader.load_state_dict(state["data"])
+        for name, tracker in self.spikes.items():
+            tracker.load_state_dict(state["spikes"][name])
+        self.step = int(state["step"])
+        self.tokens_seen = int(state.get("tokens_seen", 0))
+        self._data_stats_base = {k: int(v) for k, v in state.get("data_stats", {}).items()}
+        self.log(f"resumed from {path} at step {self.step} (epoch {self.loader.epoch}, instance cursor "
+                 f"{self.loader.cursor})")
+
+    def data_stats(self) -> dict[str, int]:
+        """Label accounting summed over ranks and over the resumed-from run(s). Collective."""
+        keys = sorted(self.loader.stats)
+        local = torch.tensor([self.loader.stats[k] for k in keys], dtype=torch.float64)
+        if self.env.distributed:
+            import torch.distributed as dist
+
+            local = local.to(self.env.device)
+            dist.all_reduce(local, op=dist.ReduceOp.SUM)
+        return {k: int(v) + self._data_stats_base.get(k, 0) for k, v in zip(keys, local.cpu().tolist())}
+
+    def _train_state(self) -> dict:
+        return {"data": self.loader.state_dict(), "tokens_seen": self.tokens_seen, "data_stats": self.data_stats(),
+                "spikes": {k: v.state_dict() for k, v in self.spikes.items()}}
+
+    def save(self, background: bool = True) -> Path:
+        return self.checkpointer.save(self.step, self.model, self.optimizer, self._train_state(),
+                                      self.run.to_dict(), background=background)
+
+    # ----------------------------------------------------------------- one step
+    def _autocast(self):
+        tc = self.run.train
+        if self.env.device.type == "cuda" and tc.autocast_bf16 and not tc.fsdp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self, sums: torch.Tensor) -> None:
+        """Run one optimizer step; add [loss, ce, z_loss, grad_norm] into the device tensor `sums`."""
+        tc = self.run.train
+        set_lr(self.optimizer, self.schedule.lr_at(self.step))
+        batch = self.loader.next_batch().to(self.env.device)
+        denominator = float(max(batch.n_targets, 1))
+        is_ddp = isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
+        mb = tc.micro_batch_size
+        for i in range(self.accum):
+            ids = batch.input_ids[i * mb:(i + 1) * mb]
+            labels = batch.labels[i * mb:(i + 1) * mb]
+            sync_ctx = self.model.no_sync() if is_ddp and i < self.accum - 1 else contextlib.nullcontext()
+            with sync_ctx:
+                with self._autocast():
+                    logits = self.model(ids)
+                out = lm_loss(logits, labels, tc.z_loss_weight, denominator=denominator)
+                out.loss.backward()
+            sums[0] += out.loss.detach()
+            sums[1] += out.ce.detach()
+            sums[2] += out.z_loss.detach()
+        grad_norm = clip_grad_norm(self.model, tc.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        sums[3] += grad_norm.detach().to(sums.dtype)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += tc.tokens_per_step
+
+    # ----------------------------------------------------------------- loop
+    def fit(self) -> TrainResult:
+        tc, env = self.run.train, self.env
+        result = TrainResult(start_step=self.step, end_step=self.step)
+        if self.step >= tc.max_steps:
+            self.log(f"checkpoint is at step {self.step} >= --steps {tc.max_steps}; nothing to train")
+            return result
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        buffer = torch.zeros(tc.metrics_interval, len(METRICS), device=env.device, dtype=torch.float32)
+        pending: list[tuple[int, float]] = []  # (step index, lr) of rows in `buffer`
+        last_save_step = None
+        window_start, window_tokens = time.perf_counter(), 0
+        try:
+            while self.step < tc.max_steps:
+                lr = self.schedule.lr_at(self.step)
+                self.train_step(buffer[len(pending)])
+                pending.append((self.step, lr))
+                window_tokens += tc.tokens_per_step
+                save_now = tc.save_interval is not None and self.step % tc.save_interval == 0
+                if len(pending) == tc.metrics_interval or self.step == tc.max_steps or save_now:
+                    self._flush(buffer, pending, result, window_tokens, window_start)
+                    pending, window_tokens, window_start = [], 0, time.perf_counter()
+                if self.step % tc.gc_interval == 0:
+                    gc.collect(1)
+                if save_now:
+                    self.save()
+                    last_save_step = self.step
+            if last_save_step != self.step:
+                self.save()
+            self.checkpointer.wait()
+            barrier(env)
+        finally:
+            self.loader.close()
+            if gc_was_enabled:
+                gc.enable()
+        result.end_step = self.step
+        result.checkpoint = self.save_dir / f"step{self.step:06d}"
+        result.data_stats = self.data_stats()
+        return result
+
+    def _flush(self, buffer: torch.Tensor, pending: list, result: TrainResult, tokens: int,
+               window_start: float) -> None:
+        """The one host sync per metrics interval: copy, reduce across ranks, log, track spikes."""
+        rows = buffer[: len(pending)].clone()
+        buffer.zero_()
+        all_reduce_mean(rows, self.env)
+        values = rows.cpu().tolist()
+        elapsed = time.perf_counter() - window_start  # after the copy: the device has caught up
+        records = []
+        for (step, lr), (loss, ce, z, gnorm) in zip(pending, values):
+            records.append({"step": step, "lr": lr, "loss": loss, "ce": ce, "z_loss": z, "grad_norm": gnorm})
+        self.spikes["loss"].update([r["loss"] for r in records])
+        self.spikes["grad_norm"].update([r["grad_norm"] for r in records])
+        result.history.extend(records)
+        tok_s = tokens / elapsed if elapsed > 0 else float("nan")
+        util = mfu(tok_s / self.env.world_size, self._flops_per_token, self._peak)
+        result.tokens_per_second, result.mfu = tok_s, util
+        if not self.env.is_main:
+            return
+        last = records[-1]
+        parts = [f"step {last['step']}/{self.run.train.max_steps}", f"loss {last['loss']:.4f}",
+                 f"z {last['z_loss']:.2e}", f"lr {last['lr']:.3e}", f"gnorm {last['grad_norm']:.3f}",
+                 f"{tok_s:,.0f} tok/s"]
+        if util is not None:
+            parts.append(f"MFU {100 * util:.1f}%")
+        if self.spikes["loss"].judged:
+            parts.append(f"spike score loss {self.spikes['loss'].score:.2f}% "
+                         f"gnorm {self.spikes['grad_norm'].score:.2f}%")
+        else:
+            parts.append(f"spike score n/a (< {self.spikes['loss'].min_history} steps)")
+        self.log(" | ".join(parts))
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.save_dir / "metrics.jsonl", "a") as fh:
+            for r in records:
+                r = dict(r, tokens_per_second=tok_s, mfu=util, spike_score_loss=self.spikes["loss"].score,
+                         spike_score_grad_norm=self.spikes["grad_norm"].score)
+                fh.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                     for k, v in r.items()}) + "\n")
