@@ -31,7 +31,7 @@ corpus: assets
 	$(PY) -m filters.decontamination build --out build/decontamination/olmes.npz
 
 build-demo: corpus
-	$(abspath $(VENV))/bin/spark-submit --driver-memory 4g dolmino/build_mix.py --manifest manifests/demo.json
+	$(abspath $(VENV))/bin/spark-submit --driver-memory 4g --conf spark.log.level=WARN dolmino/build_mix.py --manifest manifests/demo.json
 
 train-demo: setup
 	$(PY) -m trainer.run --mix manifests/demo.json --model tiny --steps 20 --seq-len 128 --batch-size 4 --save-dir build/checkpoints/demo

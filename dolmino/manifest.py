@@ -176,7 +176,15 @@ def _parse_dedup(obj: Any, where: str) -> DedupConfig:
     return DedupConfig(exact=exact, minhash=minhash)
 
 
-def _parse_filters(value: Any, where: str) -> tuple[dict, ...]:
+def _resolve_filter_files(spec: dict, base_dir: str | None) -> dict:
+    """Filter parameters naming files (`*_path`: models, indices) resolve like every other
+    relative path in a manifest: against the manifest's directory, not the caller's CWD, so a
+    build reads the same files wherever it is started from (and executors get absolute paths)."""
+    return {k: _resolve_relative(base_dir, v) if k.endswith("_path") and isinstance(v, str) else v
+            for k, v in spec.items()}
+
+
+def _parse_filters(value: Any, where: str, base_dir: str | None = None) -> tuple[dict, ...]:
     from filters.registry import build_filter  # validates type and parameters
 
     _expect(isinstance(value, list), where, "expected a list of filter objects")
@@ -184,12 +192,13 @@ def _parse_filters(value: Any, where: str) -> tuple[dict, ...]:
     for i, spec in enumerate(value):
         item = f"{where}[{i}]"
         _expect(isinstance(spec, dict), item, "expected an object with a 'type'")
+        spec = _resolve_filter_files(spec, base_dir)
         build_filter(spec, item)
-        specs.append(dict(spec))
+        specs.append(spec)
     return tuple(specs)
 
 
-def _parse_source(obj: Any, where: str) -> SourceSpec:
+def _parse_source(obj: Any, where: str, base_dir: str | None = None) -> SourceSpec:
     _expect(isinstance(obj, dict), where, "expected an object")
     allowed = {"name", "paths", "mix_percent", "format", "source_percent", "pool_tokens",
                "pool_docs", "filters", "dedup", "description"}
@@ -214,7 +223,7 @@ def _parse_source(obj: Any, where: str) -> SourceSpec:
     return SourceSpec(
         name=name, paths=tuple(paths), mix_percent=mix, format=fmt, source_percent=src_pct,
         pool_tokens=pool_tokens, pool_docs=pool_docs,
-        filters=_parse_filters(obj.get("filters", []), f"{where}.filters"),
+        filters=_parse_filters(obj.get("filters", []), f"{where}.filters", base_dir),
         dedup=_parse_dedup(obj.get("dedup"), f"{where}.dedup"), description=description,
     )
 
@@ -272,7 +281,8 @@ def manifest_from_dict(data: Any, path: str | None = None) -> Manifest:
     budget = parse_count(data["budget"], "budget") if data.get("budget") is not None else None
     sources_obj = data["sources"]
     _expect(isinstance(sources_obj, list) and sources_obj, "sources", "expected a non-empty list")
-    sources = tuple(_parse_source(s, f"sources[{i}]") for i, s in enumerate(sources_obj))
+    base_dir = os.path.dirname(os.path.abspath(path)) if path else None
+    sources = tuple(_parse_source(s, f"sources[{i}]", base_dir) for i, s in enumerate(sources_obj))
     seen: set[str] = set()
     for i, s in enumerate(sources):
         _expect(s.name not in seen, f"sources[{i}].name", f"duplicate source name {s.name!r}")
@@ -280,7 +290,6 @@ def manifest_from_dict(data: Any, path: str | None = None) -> Manifest:
     total = sum(s.mix_percent for s in sources)
     _expect(abs(total - 100.0) <= MIX_SUM_TOLERANCE, "sources[*].mix_percent",
             f"must sum to 100 (±{MIX_SUM_TOLERANCE}), got {total:.3f}")
-    base_dir = os.path.dirname(os.path.abspath(path)) if path else None
     data_root = data.get("data_root")
     if data_root is not None:
         _string(data_root, "data_root")
