@@ -47,3 +47,48 @@ def spark():
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+
+
+# Dummy credentials for the S3 tests. They look like real ones (an AKIA... key id) so that
+# a leak into any printed message is visible to the tests that check for it.
+S3_TEST_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "AKIADOLMINOTESTKEY42",
+    "AWS_SECRET_ACCESS_KEY": "dolminoTestSecret/Do+Not+Print/0123456789",
+    "AWS_SESSION_TOKEN": "dolminoTestSessionToken-never-printed-9876",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 protocol server (moto) on 127.0.0.1, an OS-chosen port; yields its endpoint URL.
+
+    boto3 finds it through AWS_ENDPOINT_URL_S3, exactly as it would find MinIO or R2, so the
+    code under test has no test-only switch. Credentials and region are dummies; config files
+    and instance metadata are switched off so nothing on the machine is ever used. State lives
+    for the whole session: tests create their own uniquely named buckets.
+    """
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no per-request log lines
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    patch = pytest.MonkeyPatch()
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SECURITY_TOKEN", "AWS_ROLE_ARN",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+        patch.delenv(name, raising=False)
+    for name, value in S3_TEST_CREDENTIALS.items():
+        patch.setenv(name, value)
+    patch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    patch.setenv("AWS_CONFIG_FILE", os.devnull)
+    patch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    patch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    try:
+        yield endpoint
+    finally:
+        patch.undo()
+        server.stop()

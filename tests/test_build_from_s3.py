@@ -1,0 +1,112 @@
+"""A build that reads its sources from s3:// gives byte-identical memmaps to the same build on disk.
+
+Sidecar `loc` values are relative to the manifest's data_root, so where the data lives must
+not show up in the output. The executors (Spark Python workers) do the S3 reads themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import pytest
+import zstandard
+
+from conftest import S3_TEST_CREDENTIALS, shared_corpus_file
+from dolmino import s3
+from dolmino.build_mix import build
+from dolmino.documents import Quarantine, read_documents, write_documents
+from dolmino.manifest import manifest_from_dict
+
+BUDGET = 80_000
+SOURCES = {"web": ("web.jsonl.zst", 60, 60.0), "code": ("code.jsonl.zst", 80, 40.0)}
+
+
+@pytest.fixture(scope="module")
+def spark_with_s3(spark, s3_server):
+    """Spark whose Python workers see the S3 endpoint and credentials.
+
+    Workers started by an earlier test module inherited the JVM's environment from before
+    the S3 server existed; sc.environment is added to the environment of every Python
+    worker started for functions created from now on, so set it there too.
+    """
+    names = ["AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
+             "AWS_EC2_METADATA_DISABLED", *S3_TEST_CREDENTIALS]
+    env = spark.sparkContext.environment
+    saved = {n: env.get(n) for n in names}
+    env.update({n: os.environ[n] for n in names})
+    try:
+        yield spark
+    finally:
+        for n, v in saved.items():
+            if v is None:
+                env.pop(n, None)
+            else:
+                env[n] = v
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, s3_server):
+    """The same real-text files on disk and in a bucket (one with broken lines)."""
+    local = tmp_path_factory.mktemp("sources")
+    for name, (fname, n, _) in SOURCES.items():
+        docs = []
+        for _, doc in read_documents(str(shared_corpus_file(fname)), Quarantine()):
+            docs.append(doc)
+            if len(docs) == n:
+                break
+        write_documents(str(local / name / "part-0.jsonl.zst"), docs[: n // 2])
+        write_documents(str(local / name / "sub" / "part-1.jsonl.gz"), docs[n // 2:])
+    broken = [json.dumps({"id": "ok", "text": "A fine short line of web text.", "source": "web"}).encode(),
+              b'{"id": "cut", "text": "no end', b"\xff\xfe\xfd"]
+    (local / "web" / "part-2.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(b"\n".join(broken) + b"\n"))
+
+    bucket = f"src-{uuid.uuid4().hex[:16]}"
+    s3.client().create_bucket(Bucket=bucket)
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            s3.client().upload_file(str(path), bucket, f"root/{path.relative_to(local).as_posix()}")
+    return str(local), f"s3://{bucket}/root"
+
+
+def _manifest(data_root: str) -> dict:
+    return {
+        "name": "s3-parity", "version": 1, "seed": 11, "budget": BUDGET, "data_root": data_root,
+        "output_format": {"tokens_per_file": "40K"},
+        "sources": [{"name": name, "paths": [f"{name}/**/*.jsonl*"], "mix_percent": pct}
+                    for name, (_, _, pct) in SOURCES.items()],
+    }
+
+
+def _outputs(out) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name.startswith("part-")}
+
+
+@pytest.mark.slow
+def test_build_from_s3_is_byte_identical_to_local(inputs, spark_with_s3, tmp_path):
+    local_root, s3_root = inputs
+    local_out, s3_out = tmp_path / "local", tmp_path / "s3"
+    local_report = build(manifest_from_dict(_manifest(local_root)), BUDGET, str(local_out), spark_with_s3)
+    s3_report = build(manifest_from_dict(_manifest(s3_root)), BUDGET, str(s3_out), spark_with_s3)
+
+    local_parts, s3_parts = _outputs(local_out), _outputs(s3_out)
+    assert len([n for n in local_parts if n.endswith(".npy")]) >= 2
+    assert local_parts == s3_parts  # memmaps and sidecars, byte for byte
+    for a, b in zip(local_report["sources"], s3_report["sources"]):
+        assert {k: v for k, v in a.items() if k != "files"} == {k: v for k, v in b.items() if k != "files"}
+    web = next(s for s in s3_report["sources"] if s["name"] == "web")
+    assert web["quarantined"] == {"invalid_utf8": 1, "malformed_json": 1}
+    assert web["files"] == 3
+    quarantined = list((s3_out / "quarantine" / "web").glob("*.jsonl.gz"))
+    assert len(quarantined) == 1
+
+
+def test_build_with_missing_s3_source_fails_clearly(inputs, spark_with_s3, tmp_path):
+    _, s3_root = inputs
+    data = _manifest(s3_root)
+    data["sources"][0]["paths"] = ["nothing-here/*.jsonl.zst"]
+    from dolmino.build_mix import BuildError
+
+    with pytest.raises(BuildError, match="no input files match 's3://.*/root/nothing-here/\\*.jsonl.zst'"):
+        build(manifest_from_dict(data), BUDGET, str(tmp_path / "out"), spark_with_s3)
