@@ -10,49 +10,16 @@ period n, i.e. (L + n) // n full copies of its first n tokens (plus a partial co
 whole periodic stretch is reported when it holds >= `min_repeats` full copies, so
 `ab` x 31 + `a` is not reported and `ab` x 32 is. Spans of all periods are merged.
 
-Cost: one linear pass per period, compiled with numba: O(len(tokens) * max_n).
+The detector itself is shared with the build's filter (filters.repeated_ngrams: the C++
+path in csrc/ when built, numba otherwise), so the spans masked here are exactly the ones
+the `repeated_ngrams` filter and the build's label masks use. O(len(tokens) * max_n).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-
-@njit(cache=True, nogil=True)
-def _span_boundaries(tokens, max_n, min_repeats):  # pragma: no cover - compiled
-    n_tok = tokens.shape[0]
-    depth = np.zeros(n_tok + 1, dtype=np.int32)  # +1 at a span's start, -1 at its end
-    for n in range(1, max_n + 1):
-        if n_tok <= n:
-            break
-        run_start = -1
-        for i in range(n_tok - n + 1):
-            same = i < n_tok - n and tokens[i] == tokens[i + n]
-            if same:
-                if run_start < 0:
-                    run_start = i
-            elif run_start >= 0:
-                length = i - run_start
-                if (length + n) // n >= min_repeats:
-                    depth[run_start] += 1
-                    depth[run_start + length + n] -= 1
-                run_start = -1
-    starts = []
-    ends = []
-    level = 0
-    for i in range(n_tok + 1):
-        before = level
-        level += depth[i]
-        if before == 0 and level > 0:
-            starts.append(i)
-        elif before > 0 and level == 0:
-            ends.append(i)
-    out = np.empty((len(starts), 2), dtype=np.int64)
-    for k in range(len(starts)):
-        out[k, 0] = starts[k]
-        out[k, 1] = ends[k]
-    return out
+from filters.repeated_ngrams import find_repeated_ngram_spans
 
 
 def _as_token_array(tokens) -> np.ndarray:
@@ -79,7 +46,7 @@ def repeated_ngram_span_array(tokens, max_n: int = 13, min_repeats: int = 32) ->
     arr = _as_token_array(tokens)
     if len(arr) < min_repeats:
         return np.zeros((0, 2), dtype=np.int64)
-    return _span_boundaries(arr, int(max_n), int(min_repeats))
+    return find_repeated_ngram_spans(arr, int(max_n), int(min_repeats))
 
 
 def repeated_ngram_spans(tokens: np.ndarray, max_n: int = 13, min_repeats: int = 32) -> list[tuple[int, int]]:

@@ -1,0 +1,292 @@
+"""`dolmino validate BUILD_DIR`: check a build's token memmaps before anyone trains on them.
+
+A broken part fails late and expensively: an id >= vocab_size crashes the embedding lookup
+hours into a run, a missing EOS silently glues two documents together, and a sidecar that
+does not tile its token file makes every per-document statistic wrong. This checks, for
+every part `<stem>.npy` under BUILD_DIR (docs/DESIGN.md "Memmaps"):
+
+- the file is raw uint32: a whole number of 4-byte tokens and no .npy header;
+- every id is < vocab_size (the build's manifest.json tokenizer, else 100278);
+- the `<stem>.csv.gz` sidecar exists and parses as `start,end,id,src,loc` rows that are
+  contiguous and non-overlapping (row 0 starts at 0, each row starts where the previous
+  one ended, start < end) and cover the file exactly (the last end is the token count);
+- the token at every row's `end - 1` is EOS (manifest's eos_token_id, else 100257);
+- the optional `<stem>.label_mask.npy` has one 0/1 byte per token;
+- no sidecar or label mask is left without its token file.
+
+The token scan runs in C++ (csrc) when built, else numpy; `--backend` forces one.
+Exit status 0 with a summary when every part is fine, 1 with one line per problem (each
+naming its file) otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import csrc
+
+DEFAULT_VOCAB_SIZE = 100278
+DEFAULT_EOS_ID = 100257
+TOKEN_DTYPE = np.dtype("<u4")
+NPY_MAGIC = b"\x93NUMPY"
+MASK_SUFFIX = ".label_mask.npy"
+SIDECAR_SUFFIX = ".csv.gz"
+SIDECAR_FIELDS = ("start", "end", "id", "src", "loc")
+MAX_LISTED = 5  # offending rows / offsets named per problem
+
+
+@dataclass
+class PartResult:
+    path: Path
+    tokens: int = 0
+    docs: int = 0
+    max_id: int = -1
+    eos: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def error(self, message: str) -> None:
+        self.errors.append(f"{self.path}: {message}")
+
+
+@dataclass
+class BuildResult:
+    build_dir: Path
+    vocab_size: int
+    eos_id: int
+    backend: str
+    parts: list[PartResult] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # problems not tied to one part
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and all(not p.errors for p in self.parts)
+
+    def all_errors(self) -> list[str]:
+        return self.errors + [e for p in self.parts for e in p.errors]
+
+    def summary(self) -> str:
+        tokens = sum(p.tokens for p in self.parts)
+        docs = sum(p.docs for p in self.parts)
+        max_id = max((p.max_id for p in self.parts), default=-1)
+        return (f"{self.build_dir}: {len(self.parts)} part(s) OK, {tokens:,} tokens, {docs:,} documents, "
+                f"max id {max_id} < vocab_size {self.vocab_size}, EOS {self.eos_id} ends every document "
+                f"(scan: {self.backend})")
+
+
+def _read_settings(build_dir: Path) -> tuple[int | None, int | None, str | None]:
+    """(vocab_size, eos_id, error) from the build's manifest.json; Nones when there is none."""
+    path = build_dir / "manifest.json"
+    if not path.exists():
+        return None, None, None
+    try:
+        tok = json.loads(path.read_text(encoding="utf-8")).get("tokenizer", {}) or {}
+        vocab, eos = tok.get("vocab_size"), tok.get("eos_token_id")
+        for name, value in (("vocab_size", vocab), ("eos_token_id", eos)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                return None, None, f"{path}: tokenizer.{name} must be a non-negative integer, got {value!r}"
+        return vocab, eos, None
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+        return None, None, f"{path}: cannot read the build's manifest ({exc})"
+
+
+def _open_tokens(part: PartResult) -> np.ndarray | None:
+    size = part.path.stat().st_size
+    if size % TOKEN_DTYPE.itemsize:
+        part.error(f"{size} bytes is not a whole number of 4-byte uint32 tokens ({size % 4} stray byte(s))")
+        return None
+    if size == 0:
+        return np.zeros(0, dtype=TOKEN_DTYPE)
+    with open(part.path, "rb") as fh:
+        if fh.read(len(NPY_MAGIC)) == NPY_MAGIC:
+            part.error("has a .npy header; token files must be raw little-endian uint32 (ndarray.tofile)")
+            return None
+    return np.memmap(part.path, dtype=TOKEN_DTYPE, mode="r")
+
+
+def _read_sidecar(part: PartResult, sidecar: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(starts, ends) as int64 arrays, or None after recording why the sidecar is unusable."""
+    import pyarrow as pa
+    from pyarrow import csv as pacsv
+
+    try:
+        with gzip.open(sidecar, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError) as exc:
+        part.error(f"sidecar {sidecar.name} is not a readable gzip file ({exc})")
+        return None
+    if not data.strip():
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    try:
+        table = pacsv.read_csv(
+            pa.BufferReader(data),
+            read_options=pacsv.ReadOptions(column_names=list(SIDECAR_FIELDS)),
+            convert_options=pacsv.ConvertOptions(column_types={
+                "start": pa.int64(), "end": pa.int64(), "id": pa.string(), "src": pa.string(), "loc": pa.string()}),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        part.error(f"sidecar {sidecar.name} is not `start,end,id,src,loc` CSV: {str(exc).splitlines()[0]}")
+        return None
+    for name in ("start", "end"):
+        if table.column(name).null_count:
+            part.error(f"sidecar {sidecar.name} has {table.column(name).null_count} row(s) without a {name}")
+            return None
+    return (table.column("start").to_numpy().astype(np.int64, copy=False),
+            table.column("end").to_numpy().astype(np.int64, copy=False))
+
+
+def _rows(indices: np.ndarray) -> str:
+    shown = ", ".join(str(int(i)) for i in indices[:MAX_LISTED])
+    return shown + (", ..." if len(indices) > MAX_LISTED else "")
+
+
+def _check_layout(part: PartResult, sidecar: str, starts: np.ndarray, ends: np.ndarray, n_tokens: int) -> bool:
+    """Rows tile [0, n_tokens) in order; returns False (after recording why) when they do not."""
+    ok = True
+    if len(starts) == 0:
+        if n_tokens:
+            part.error(f"sidecar {sidecar} has no rows but the token file holds {n_tokens} tokens")
+            return False
+        return True
+    if starts[0] != 0:
+        part.error(f"sidecar {sidecar} row 0 starts at {int(starts[0])}, not 0")
+        ok = False
+    empty = np.flatnonzero(ends <= starts)
+    if len(empty):
+        part.error(f"sidecar {sidecar} has {len(empty)} row(s) with end <= start (rows {_rows(empty)})")
+        ok = False
+    gaps = np.flatnonzero(starts[1:] != ends[:-1]) + 1
+    if len(gaps):
+        k = int(gaps[0])
+        kind = "overlaps" if starts[k] < ends[k - 1] else "leaves a gap after"
+        part.error(f"sidecar {sidecar} rows are not contiguous at {len(gaps)} place(s) (rows {_rows(gaps)}; "
+                   f"row {k} starts at {int(starts[k])} and {kind} the previous row's end {int(ends[k - 1])})")
+        ok = False
+    if ends[-1] != n_tokens:
+        part.error(f"sidecar {sidecar} ends at {int(ends[-1])} but the token file holds {n_tokens} tokens")
+        ok = False
+    return ok
+
+
+def _check_mask(part: PartResult, mask_path: Path, n_tokens: int) -> None:
+    with open(mask_path, "rb") as fh:
+        has_header = fh.read(len(NPY_MAGIC)) == NPY_MAGIC
+    try:
+        if has_header:
+            mask = np.load(mask_path, mmap_mode="r")
+            if mask.ndim != 1 or mask.dtype.itemsize != 1:
+                part.error(f"label mask {mask_path.name} must be 1-D one byte per token, got {mask.dtype} {mask.shape}")
+                return
+        else:
+            size = mask_path.stat().st_size
+            mask = np.memmap(mask_path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+    except ValueError as exc:
+        part.error(f"label mask {mask_path.name} cannot be read ({exc})")
+        return
+    if len(mask) != n_tokens:
+        part.error(f"label mask {mask_path.name} has {len(mask)} entries but the token file holds {n_tokens} tokens")
+        return
+    if len(mask) and int(np.asarray(mask).view(np.uint8).max()) > 1:
+        part.error(f"label mask {mask_path.name} holds bytes other than 0/1 (not a bool mask)")
+
+
+def validate_part(path: Path, vocab_size: int, eos_id: int, backend: str = "auto") -> PartResult:
+    part = PartResult(path)
+    tokens = _open_tokens(part)
+    stem = path.name[: -len(".npy")]
+    sidecar = path.with_name(stem + SIDECAR_SUFFIX)
+    mask_path = path.with_name(stem + MASK_SUFFIX)
+    if tokens is None:
+        return part
+    part.tokens = len(tokens)
+    scan = csrc.scan_tokens(tokens, vocab_size, eos_id, backend=backend)
+    part.max_id, part.eos = scan.max_id, scan.n_eos
+    if scan.n_out_of_vocab:
+        first = scan.first_out_of_vocab
+        part.error(f"{scan.n_out_of_vocab} token id(s) >= vocab_size {vocab_size} (first: {int(tokens[first])} "
+                   f"at offset {first}; max id {scan.max_id})")
+    if not sidecar.exists():
+        part.error(f"sidecar {sidecar.name} is missing")
+    else:
+        rows = _read_sidecar(part, sidecar)
+        if rows is not None:
+            starts, ends = rows
+            part.docs = len(starts)
+            if _check_layout(part, sidecar.name, starts, ends, part.tokens):
+                bad = csrc.eos_mismatches(tokens, ends, eos_id, limit=MAX_LISTED + 1, backend=backend)
+                if len(bad):
+                    k = int(bad[0])
+                    part.error(f"document(s) not ending in EOS {eos_id}: sidecar rows {_rows(bad)} (row {k}: "
+                               f"token {int(tokens[ends[k] - 1])} at offset {int(ends[k] - 1)})")
+    if mask_path.exists():
+        _check_mask(part, mask_path, part.tokens)
+    return part
+
+
+def _token_files(build_dir: Path) -> list[Path]:
+    return sorted((p for p in build_dir.rglob("*.npy") if p.is_file() and not p.name.endswith(MASK_SUFFIX)),
+                  key=lambda p: p.relative_to(build_dir).as_posix())
+
+
+def validate_build(build_dir: str | Path, *, vocab_size: int | None = None, eos_id: int | None = None,
+                   backend: str = "auto") -> BuildResult:
+    """Check every part under build_dir; explicit vocab_size / eos_id override the build's manifest."""
+    build_dir = Path(build_dir)
+    m_vocab, m_eos, m_error = _read_settings(build_dir) if build_dir.is_dir() else (None, None, None)
+    vocab = vocab_size if vocab_size is not None else (m_vocab if m_vocab is not None else DEFAULT_VOCAB_SIZE)
+    eos = eos_id if eos_id is not None else (m_eos if m_eos is not None else DEFAULT_EOS_ID)
+    native = backend != "fallback" and csrc.native_available()
+    result = BuildResult(build_dir, vocab, eos, "native C++" if native else "numpy fallback")
+    if not build_dir.is_dir():
+        result.errors.append(f"{build_dir}: not a directory")
+        return result
+    if m_error:
+        result.errors.append(m_error)
+    files = _token_files(build_dir)
+    if not files:
+        result.errors.append(f"{build_dir}: no token files (*.npy) found")
+    have = {p.with_name(p.name[: -len(".npy")]) for p in files}
+    for pattern, suffix in (("*" + SIDECAR_SUFFIX, SIDECAR_SUFFIX), ("*" + MASK_SUFFIX, MASK_SUFFIX)):
+        for orphan in sorted(build_dir.rglob(pattern)):
+            if orphan.with_name(orphan.name[: -len(suffix)]) not in have and orphan.parent.name != "quarantine":
+                result.errors.append(f"{orphan}: has no token file {orphan.name[: -len(suffix)]}.npy beside it")
+    for path in files:
+        result.parts.append(validate_part(path, vocab, eos, backend))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dolmino validate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("build_dir", help="a build's output directory (part-*.npy, part-*.csv.gz, manifest.json)")
+    parser.add_argument("--vocab-size", type=int, default=None,
+                        help=f"ids must be below this (default: the build's manifest.json, else {DEFAULT_VOCAB_SIZE})")
+    parser.add_argument("--eos-id", type=int, default=None,
+                        help=f"end-of-document token (default: the build's manifest.json, else {DEFAULT_EOS_ID})")
+    parser.add_argument("--backend", choices=csrc.BACKENDS, default="auto",
+                        help="token scan implementation: the C++ extension, the numpy fallback, or auto")
+    args = parser.parse_args(argv)
+    try:
+        result = validate_build(args.build_dir, vocab_size=args.vocab_size, eos_id=args.eos_id, backend=args.backend)
+    except RuntimeError as exc:  # --backend native without the extension
+        print(f"dolmino validate: {exc}", file=sys.stderr)
+        return 2
+    if result.ok:
+        print(result.summary())
+        return 0
+    errors = result.all_errors()
+    for line in errors:
+        print(line, file=sys.stderr)
+    bad_parts = sum(1 for p in result.parts if p.errors)
+    print(f"{result.build_dir}: INVALID: {len(errors)} problem(s) in {bad_parts} of {len(result.parts)} part(s)",
+          file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""`dolmino validate`: a clean build passes; each kind of damage is caught and named.
+
+The build is written with the real MemmapPartWriter from dolma2 ids of shared-corpus text,
+then damaged one way per test (truncated file, id >= vocab, missing EOS, sidecar gap /
+overlap / short coverage / garbage, label mask of the wrong length, .npy header, orphan
+files), and every check runs with both the native scan and the numpy fallback.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import csrc
+from dolmino.memmap import MemmapPartWriter
+from dolmino.validate import main, validate_build
+from tests.conftest import shared_corpus_file
+
+EOS = 100257
+BACKENDS = ["fallback"] + (["native"] if csrc.native_available() else [])
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[np.ndarray]:
+    from tokenizers import Tokenizer
+
+    from dolmino.assets import dolma2_tokenizer_path
+    from dolmino.documents import Quarantine, read_documents
+
+    tok = Tokenizer.from_file(str(dolma2_tokenizer_path()))
+    texts = []
+    for name in ("encyclopedic.jsonl.zst", "code.jsonl.zst"):
+        for k, (_, doc) in enumerate(read_documents(str(shared_corpus_file(name)), Quarantine())):
+            if k >= 40:
+                break
+            texts.append(doc["text"])
+    return [np.asarray(e.ids, dtype=np.uint32) for e in tok.encode_batch(texts, add_special_tokens=False)]
+
+
+@pytest.fixture(scope="module")
+def clean_build(tmp_path_factory, docs):
+    out = tmp_path_factory.mktemp("build")
+    for index, (lo, hi, mask) in enumerate(((0, 50, True), (50, 80, False))):
+        writer = MemmapPartWriter(str(out), index, EOS, label_mask=mask)
+        for k in range(lo, hi):
+            writer.add(docs[k], f"doc-{k}", "wiki" if k < 40 else "code", f"corpus:{k}")
+        writer.close()
+    (out / "manifest.json").write_text(json.dumps({"tokenizer": {"vocab_size": 100278, "eos_token_id": EOS}}))
+    return out
+
+
+@pytest.fixture
+def build(clean_build, tmp_path):
+    dest = tmp_path / "build"
+    shutil.copytree(clean_build, dest)
+    return dest
+
+
+def _run(path, capsys, backend, *extra) -> tuple[int, str]:
+    code = main([str(path), "--backend", backend, *extra])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def _rewrite_sidecar(path, rows):
+    with gzip.open(path, "wt", encoding="utf-8", newline="") as fh:
+        fh.write("".join(",".join(str(x) for x in r) + "\n" for r in rows))
+
+
+def _sidecar_rows(path):
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        return [line.rstrip("\n").split(",") for line in fh]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_clean_build_passes(build, capsys, backend):
+    code, out = _run(build, capsys, backend)
+    assert code == 0, out
+    assert "2 part(s) OK" in out and "80 documents" in out and "< vocab_size 100278" in out
+    result = validate_build(build, backend=backend)
+    assert result.ok and [p.docs for p in result.parts] == [50, 30]
+    assert sum(p.tokens for p in result.parts) == sum(
+        len(np.fromfile(p, dtype="<u4")) for p in build.glob("part-*[0-9].npy"))
+    assert all(p.eos >= p.docs for p in result.parts)
+
+
+def test_cli_entry_point(build, capsys):
+    from dolmino.cli import main as cli_main
+
+    assert cli_main(["validate", str(build)]) == 0
+    assert "part(s) OK" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_truncated_token_file(build, capsys, backend):
+    part = build / "part-00001.npy"
+    part.write_bytes(part.read_bytes()[:-2])
+    code, out = _run(build, capsys, backend)
+    assert code == 1
+    assert f"{part}: " in out and "not a whole number of 4-byte uint32 tokens (2 stray byte(s))" in out
+    assert "INVALID: 1 problem(s) in 1 of 2 part(s)" in out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_id_out_of_vocabulary(build, capsys, backend):
+    part = build / "part-00000.npy"
+    tokens = np.fromfile(part, dtype="<u4")
+    tokens[[5, 9]] = [100278, 2**32 - 1]
+    tokens.tofile(part)
+    code, out = _run(build, capsys, backend)
+    assert code == 1
+    assert "2 token id(s) >= vocab_size 100278 (first: 100278 at offset 5; max id 4294967295)" in out
+
+
+def test_vocab_comes_from_manifest_and_flag(build, capsys, docs):
+    biggest = max(int(d.max()) for d in docs)
+    (build / "manifest.json").write_text(json.dumps({"tokenizer": {"vocab_size": biggest, "eos_token_id": EOS}}))
+    code, out = _run(build, capsys, "auto")
+    assert code == 1 and f">= vocab_size {biggest}" in out
+    code, out = _run(build, capsys, "auto", "--vocab-size", "100278")
+    assert code == 0, out
+    (build / "manifest.json").write_text("{not json")
+    code, out = _run(build, capsys, "auto")
+    assert code == 1 and "cannot read the build's manifest" in out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_missing_eos(build, capsys, backend):
+    part = build / "part-00001.npy"
+    rows = _sidecar_rows(build / "part-00001.csv.gz")
+    tokens = np.fromfile(part, dtype="<u4")
+    end3 = int(rows[3][1])
+    tokens[end3 - 1] = 11
+    tokens.tofile(part)
+    code, out = _run(build, capsys, backend)
+    assert code == 1
+    assert f"not ending in EOS {EOS}: sidecar rows 3 (row 3: token 11 at offset {end3 - 1})" in out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sidecar_gap_overlap_and_coverage(build, capsys, backend):
+    sidecar = build / "part-00000.csv.gz"
+    rows = _sidecar_rows(sidecar)
+    gap = [list(r) for r in rows]
+    gap[4][0] = str(int(gap[4][0]) + 1)
+    _rewrite_sidecar(sidecar, gap)
+    code, out = _run(build, capsys, backend)
+    assert code == 1 and "not contiguous at 1 place(s) (rows 4; row 4 starts at" in out and "leaves a gap" in out
+
+    overlap = [list(r) for r in rows]
+    overlap[7][0] = str(int(overlap[7][0]) - 2)
+    _rewrite_sidecar(sidecar, overlap)
+    code, out = _run(build, capsys, backend)
+    assert code == 1 and "overlaps the previous row's end" in out
+
+    n_tokens = (build / "part-00000.npy").stat().st_size // 4
+    _rewrite_sidecar(sidecar, rows[:-1])
+    code, out = _run(build, capsys, backend)
+    assert code == 1 and f"but the token file holds {n_tokens} tokens" in out
+
+    empty_row = [list(r) for r in rows]
+    empty_row[0][1] = "0"
+    _rewrite_sidecar(sidecar, empty_row)
+    code, out = _run(build, capsys, backend)
+    assert code == 1 and "with end <= start (rows 0)" in out
+
+
+@pytest.mark.parametrize("garbage, message", [
+    (b"not gzip at all", "not a readable gzip file"),
+    (gzip.compress(b"0,10,a,b\n"), "is not `start,end,id,src,loc` CSV"),
+    (gzip.compress(b"zero,10,a,b,c\n"), "is not `start,end,id,src,loc` CSV"),
+])
+def test_malformed_sidecar(build, capsys, garbage, message):
+    (build / "part-00001.csv.gz").write_bytes(garbage)
+    code, out = _run(build, capsys, "auto")
+    assert code == 1 and "part-00001.csv.gz" in out and message in out
+
+
+def test_missing_sidecar_and_orphans(build, capsys):
+    (build / "part-00001.csv.gz").rename(build / "part-00009.csv.gz")
+    code, out = _run(build, capsys, "auto")
+    assert code == 1
+    assert "sidecar part-00001.csv.gz is missing" in out
+    assert "part-00009.csv.gz: has no token file part-00009.npy beside it" in out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_label_mask_checks(build, capsys, backend):
+    mask = build / "part-00000.label_mask.npy"
+    good = mask.read_bytes()
+    mask.write_bytes(good[:-1])
+    code, out = _run(build, capsys, backend)
+    assert code == 1 and f"has {len(good) - 1} entries but the token file holds {len(good)} tokens" in out
+    mask.write_bytes(good[:-1] + b"\x07")
+    code, out = _run(build, capsys, backend)
+    assert code == 1 and "bytes other than 0/1" in out
+
+
+def test_npy_header_and_empty_dir(build, tmp_path, capsys):
+    part = build / "part-00001.npy"
+    np.save(part, np.fromfile(part, dtype="<u4"))
+    code, out = _run(build, capsys, "auto")
+    assert code == 1 and "has a .npy header" in out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out = _run(empty, capsys, "auto")
+    assert code == 1 and "no token files (*.npy) found" in out
+    code, out = _run(tmp_path / "absent", capsys, "auto")
+    assert code == 1 and "not a directory" in out
+
+
+def test_empty_part_is_valid(tmp_path, capsys):
+    MemmapPartWriter(str(tmp_path), 0, EOS).close()
+    code, out = _run(tmp_path, capsys, "auto")
+    assert code == 0 and "1 part(s) OK, 0 tokens, 0 documents" in out
