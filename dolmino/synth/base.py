@@ -1,0 +1,111 @@
+"""The generator interface, its registry, and the records a generator yields.
+
+A synthetic-data generator is a plain class, so that Spark can pickle it to executors and
+a test can call it without Spark:
+
+    class SomeGenerator:
+        name = "some"                                   # the CLI / registry name
+        def config(self) -> dict: ...                   # everything that changes the output
+        def generate(self, partition, num_partitions, seed) -> Iterator[dict]: ...
+
+`generate` yields, for every item it attempts, exactly one of
+  * a Dolma document (`id`, `text`, `source`, `added`, `created`, `metadata`), or
+  * a rejection record made by `rejection(...)` (the item was attempted and refused,
+    with a short reason),
+and may also yield `request_stats(...)` records (counts of HTTP requests, retries, bad
+responses) that are not items. The runner writes documents, counts rejections by reason and
+refuses to finish unless attempted = kept + rejected, so nothing disappears silently.
+
+Items are numbered globally (0 .. num_docs-1) and partition p owns a contiguous slice of
+them. Every item draws its randomness from `item_rng(seed, name, index)`, so the same seed
+gives the same documents whatever the partitioning and however often a job is resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import random
+from typing import Iterator, Protocol
+
+# Fixed timestamps: output bytes must not depend on the wall clock (resumed partitions must
+# match fresh ones byte for byte). Override per generator with `added=`.
+DEFAULT_ADDED = "2024-11-24T00:00:00.000Z"
+
+# Bump when the on-disk layout or record format changes, so old caches are not reused.
+FORMAT_VERSION = 1
+
+REGISTRY: dict[str, str] = {
+    "arithmetic": "dolmino.synth.arithmetic:ArithmeticGenerator",
+    "gsm8k_numbers": "dolmino.synth.gsm8k_numbers:Gsm8kNumberGenerator",
+    "tulu_math": "dolmino.synth.llm:TuluMathGenerator",
+    "mind": "dolmino.synth.llm:MindGenerator",
+}
+
+
+class Generator(Protocol):
+    name: str
+
+    def config(self) -> dict: ...
+
+    def generate(self, partition: int, num_partitions: int, seed: int) -> Iterator[dict]: ...
+
+
+def generator_class(name: str):
+    if name not in REGISTRY:
+        raise ValueError(f"unknown generator {name!r} (known: {', '.join(sorted(REGISTRY))})")
+    module_name, class_name = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def make_generator(name: str, **params):
+    return generator_class(name)(**params)
+
+
+def config_hash(generator, num_partitions: int, seed: int) -> str:
+    """Hash of everything that determines a partition's bytes (the cache key of a done-file)."""
+    payload = {"format_version": FORMAT_VERSION, "generator": generator.name, "config": generator.config(),
+               "num_partitions": num_partitions, "seed": seed}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def partition_range(partition: int, num_partitions: int, num_items: int) -> range:
+    """The global item indices partition `partition` of `num_partitions` owns (contiguous, balanced)."""
+    if not 0 <= partition < num_partitions:
+        raise ValueError(f"partition {partition} out of range 0..{num_partitions - 1}")
+    return range(partition * num_items // num_partitions, (partition + 1) * num_items // num_partitions)
+
+
+def item_rng(seed: int, name: str, index: int, salt: str = "") -> random.Random:
+    """A private RNG for one item: independent of partitioning and of every other item."""
+    digest = hashlib.sha256(f"{seed}\x00{name}\x00{index}\x00{salt}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:16], "little"))
+
+
+def doc_id(name: str, seed: int, index: int) -> str:
+    return f"{name}-s{seed}-{index:09d}"
+
+
+def make_doc(name: str, seed: int, index: int, text: str, source: str, metadata: dict,
+             added: str = DEFAULT_ADDED) -> dict:
+    return {"id": doc_id(name, seed, index), "text": text, "source": source, "added": added,
+            "created": added, "metadata": metadata}
+
+
+def rejection(name: str, seed: int, index: int, reason: str, detail: str = "") -> dict:
+    """An attempted item that was refused; `reason` is the counter key in the report."""
+    return {"rejected": reason, "id": doc_id(name, seed, index), "detail": detail[:2000]}
+
+
+def request_stats(counts: dict) -> dict:
+    """HTTP client counters for one partition (not an item)."""
+    return {"request_stats": dict(counts)}
+
+
+def is_rejection(record: dict) -> bool:
+    return "rejected" in record
+
+
+def is_request_stats(record: dict) -> bool:
+    return "request_stats" in record

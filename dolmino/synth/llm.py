@@ -1,0 +1,195 @@
+"""LLM-written math sources: TuluMath (persona problems + solutions) and MIND rewrites.
+
+Both send prompts from `dolmino.synth.prompts` to any OpenAI-compatible endpoint through
+`ChatClient`. A failed request or a response in the wrong format rejects that one item
+(`request_failed`, `bad_format`, ...) and the partition carries on; the client's counters
+(requests, retries, 429s, timeouts, bad responses) are yielded once per partition and end
+up in the run report. LLM output is not reproducible across calls, which is why the runner
+caches finished partitions: a resumed job never re-asks for what it already has.
+
+The API key is read from the environment variable named by `api_key_env` inside the
+executor, so it never enters the config hash, the done-files or the pickled closure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Iterator
+
+from dolmino.synth import prompts
+from dolmino.synth.base import DEFAULT_ADDED, make_doc, partition_range, rejection, request_stats
+from dolmino.synth.openai_client import ChatClient
+
+
+def load_personas(path: str) -> list[str]:
+    """Personas from JSONL (`persona` or `text` field per line) or plain text (one per line)."""
+    personas = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            if path.endswith((".jsonl", ".json")):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{n}: not JSON ({exc})") from None
+                value = row.get("persona", row.get("text")) if isinstance(row, dict) else None
+                if not isinstance(value, str) or not value.strip():
+                    raise ValueError(f"{path}:{n}: needs a non-empty 'persona' (or 'text') string")
+                personas.append(value.strip())
+            else:
+                personas.append(line)
+    if not personas:
+        raise ValueError(f"{path}: no personas")
+    return personas
+
+
+def _file_sha256(path: str) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+class _LlmGenerator:
+    """Shared endpoint settings and client construction."""
+
+    name = "llm"
+
+    def __init__(self, endpoint: str, model: str, num_docs: int, api_key_env: str | None = None,
+                 temperature: float = 0.7, max_tokens: int = 2048, requests_per_second: float | None = None,
+                 timeout: float = 120.0, max_retries: int = 4, backoff_base: float = 0.5, added: str = DEFAULT_ADDED):
+        if not endpoint or not model:
+            raise ValueError(f"{self.name}: an --endpoint and a --model are required")
+        if not isinstance(num_docs, int) or num_docs < 0:
+            raise ValueError(f"num_docs must be a non-negative integer, got {num_docs!r}")
+        self.endpoint, self.model, self.num_docs, self.api_key_env = endpoint, model, num_docs, api_key_env
+        self.temperature, self.max_tokens = temperature, max_tokens
+        self.requests_per_second, self.timeout = requests_per_second, timeout
+        self.max_retries, self.backoff_base, self.added = max_retries, backoff_base, added
+
+    def endpoint_config(self) -> dict:
+        return {"endpoint": self.endpoint, "model": self.model, "num_docs": self.num_docs,
+                "temperature": self.temperature, "max_tokens": self.max_tokens, "added": self.added}
+
+    def client(self, seed: int, partition: int) -> ChatClient:
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        return ChatClient(self.endpoint, self.model, key, timeout=self.timeout, max_retries=self.max_retries,
+                          backoff_base=self.backoff_base, requests_per_second=self.requests_per_second,
+                          seed=seed * 1_000_003 + partition)
+
+    def ask(self, client: ChatClient, prompt: str, seed: int, index: int):
+        return client.complete([{"role": "user", "content": prompt}], temperature=self.temperature,
+                               max_tokens=self.max_tokens, seed=seed * 1_000_003 + index)
+
+
+class TuluMathGenerator(_LlmGenerator):
+    """Persona -> "Math problem:" -> step-by-step solution ending on the Final Answer line."""
+
+    name = "tulu_math"
+
+    def __init__(self, personas_path: str, endpoint: str, model: str, num_docs: int = 100, **kwargs):
+        super().__init__(endpoint, model, num_docs, **kwargs)
+        self.personas_path = personas_path
+        self.personas = load_personas(personas_path)  # fail on the driver, before Spark starts
+
+    def config(self) -> dict:
+        return {**self.endpoint_config(), "personas_sha256": _file_sha256(self.personas_path),
+                "prompts_sha256": hashlib.sha256((prompts.TULU_PROBLEM_TEMPLATE + prompts.TULU_SOLUTION_TEMPLATE)
+                                                 .encode()).hexdigest()}
+
+    def generate(self, partition: int, num_partitions: int, seed: int) -> Iterator[dict]:
+        client = self.client(seed, partition)
+        for index in partition_range(partition, num_partitions, self.num_docs):
+            persona = self.personas[index % len(self.personas)]
+            result = self.ask(client, prompts.tulu_problem_prompt(persona), seed, index)
+            if result.content is None:
+                yield rejection(self.name, seed, index, "request_failed", f"problem: {result.error}")
+                continue
+            problem = prompts.parse_problem(result.content)
+            if problem is None:
+                yield rejection(self.name, seed, index, "bad_format", f"problem: {result.content[:300]}")
+                continue
+            result = self.ask(client, prompts.tulu_solution_prompt(problem), seed, index)
+            if result.content is None:
+                yield rejection(self.name, seed, index, "request_failed", f"solution: {result.error}")
+                continue
+            parsed = prompts.parse_solution(result.content)
+            if parsed is None:
+                yield rejection(self.name, seed, index, "bad_format", f"solution: {result.content[-300:]}")
+                continue
+            solution, final = parsed
+            meta = {"persona": persona, "final_answer": final, "model": self.model}
+            yield make_doc(self.name, seed, index, f"{problem}\n\n{solution}", "tulu_math", meta, self.added)
+        yield request_stats(client.counts)
+
+
+class MindGenerator(_LlmGenerator):
+    """MIND conversation rewrites ("Two Students" / "Problem Solving") of math texts.
+
+    Inputs: a Dolma JSONL(.gz/.zst) file (`input_path`), or by default the GSM8K items that
+    `gsm8k_numbers.load_items` finds. Styles alternate by item index unless one is fixed.
+    """
+
+    name = "mind"
+
+    def __init__(self, endpoint: str, model: str, num_docs: int = 100, input_path: str | None = None,
+                 styles: tuple[str, ...] | list[str] = tuple(prompts.MIND_STYLES), min_turns: int = 2, **kwargs):
+        super().__init__(endpoint, model, num_docs, **kwargs)
+        for style in styles:
+            if style not in prompts.MIND_STYLES:
+                raise ValueError(f"unknown MIND style {style!r} (known: {', '.join(prompts.MIND_STYLES)})")
+        if not styles:
+            raise ValueError("at least one MIND style is needed")
+        self.input_path, self.styles, self.min_turns = input_path, tuple(styles), min_turns
+        self._contexts: list[tuple[str, str]] | None = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_contexts"] = None
+        return state
+
+    @property
+    def contexts(self) -> list[tuple[str, str]]:
+        """(context id, text) pairs."""
+        if self._contexts is None:
+            if self.input_path is None:
+                from dolmino.synth.gsm8k_numbers import load_items, strip_annotations
+
+                self._contexts = [(f"gsm8k-{it['split']}-{it['id']}",
+                                   f"Question: {it['question']}\nAnswer: {strip_annotations(it['answer'])}")
+                                  for it in load_items()]
+            else:
+                from dolmino.documents import Quarantine, read_documents
+
+                quarantine = Quarantine()
+                self._contexts = [(doc["id"], doc["text"]) for _, doc in read_documents(self.input_path, quarantine)
+                                  if doc["text"].strip()]
+            if not self._contexts:
+                raise ValueError(f"mind: no input texts in {self.input_path}")
+        return self._contexts
+
+    def config(self) -> dict:
+        digest = hashlib.sha256(json.dumps(self.contexts).encode()).hexdigest()
+        return {**self.endpoint_config(), "input": self.input_path or "packaged-gsm8k", "input_sha256": digest,
+                "styles": list(self.styles), "min_turns": self.min_turns,
+                "prompts_sha256": hashlib.sha256(json.dumps(prompts.MIND_STYLES, sort_keys=True).encode()).hexdigest()}
+
+    def generate(self, partition: int, num_partitions: int, seed: int) -> Iterator[dict]:
+        client = self.client(seed, partition)
+        for index in partition_range(partition, num_partitions, self.num_docs):
+            context_id, context = self.contexts[index % len(self.contexts)]
+            style = self.styles[index % len(self.styles)]
+            result = self.ask(client, prompts.mind_prompt(context, style), seed, index)
+            if result.content is None:
+                yield rejection(self.name, seed, index, "request_failed", str(result.error))
+                continue
+            conversation = result.content.strip()
+            if prompts.count_turns(conversation) < self.min_turns:
+                yield rejection(self.name, seed, index, "bad_format", f"fewer than {self.min_turns} turns: "
+                                + conversation[:300])
+                continue
+            meta = {"style": style, "context_id": context_id, "model": self.model}
+            yield make_doc(self.name, seed, index, conversation, f"mind_{style}", meta, self.added)
+        yield request_stats(client.counts)

@@ -1,0 +1,185 @@
+"""A small client for OpenAI-compatible `/v1/chat/completions` endpoints (vLLM, SGLang, TGI, OpenAI).
+
+Standard library only (urllib): the executors of a Spark job should not need an SDK, and the
+behaviour we need is narrow and must be exact:
+
+* per-request timeout; retries with exponential backoff and jitter drawn from a seeded RNG
+  (reproducible schedules in tests);
+* 429 / 503 with `Retry-After` (seconds or an HTTP date) wait at least that long;
+* a client-side rate limit (requests per second) so that many partitions do not stampede;
+* malformed JSON, a missing `choices` list and empty content count as bad responses (and
+  are retried, since a server hiccup is the usual cause);
+* nothing is raised for a failed item: `complete()` returns a `ChatResult` whose `error`
+  names the last failure, and every event is counted in `counts`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import random
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass
+
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+MAX_ERROR_BODY = 500
+
+
+@dataclass
+class ChatResult:
+    content: str | None
+    error: str | None = None
+    attempts: int = 0
+
+
+def chat_url(endpoint: str) -> str:
+    """Accept a base URL (`http://host:8000`, `.../v1`) or the full chat-completions URL."""
+    url = endpoint.rstrip("/")
+    if url.endswith("/chat/completions"):
+        return url
+    if not url.endswith("/v1"):
+        url += "/v1"
+    return url + "/chat/completions"
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class RateLimiter:
+    """At most `rate` request starts per second (evenly spaced); None or 0 = unlimited."""
+
+    def __init__(self, rate: float | None, clock=time.monotonic, sleep=time.sleep):
+        self.interval = 1.0 / rate if rate else 0.0
+        self.clock, self.sleep = clock, sleep
+        self.next_at = None
+
+    def wait(self) -> float:
+        if not self.interval:
+            return 0.0
+        now = self.clock()
+        waited = 0.0
+        if self.next_at is not None and now < self.next_at:
+            waited = self.next_at - now
+            self.sleep(waited)
+            now = self.next_at
+        self.next_at = now + self.interval
+        return waited
+
+
+class ChatClient:
+    """Retrying, rate-limited chat-completions client that never raises for a failed request."""
+
+    def __init__(self, endpoint: str, model: str, api_key: str | None = None, *, timeout: float = 60.0,
+                 max_retries: int = 4, backoff_base: float = 0.5, backoff_max: float = 30.0,
+                 max_retry_after: float = 120.0, requests_per_second: float | None = None, seed: int = 0,
+                 sleep=time.sleep, clock=time.monotonic):
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self.url = chat_url(endpoint)
+        self.model, self.api_key, self.timeout = model, api_key, timeout
+        self.max_retries, self.backoff_base, self.backoff_max = max_retries, backoff_base, backoff_max
+        self.max_retry_after = max_retry_after
+        self.rng = random.Random(seed)
+        self.sleep = sleep
+        self.limiter = RateLimiter(requests_per_second, clock=clock, sleep=sleep)
+        self.counts: Counter = Counter()
+
+    def backoff(self, attempt: int) -> float:
+        """Full-jitter exponential backoff: uniform in [d/2, d], d = base * 2^attempt (capped)."""
+        delay = min(self.backoff_max, self.backoff_base * (2 ** attempt))
+        return delay * (0.5 + 0.5 * self.rng.random())
+
+    def _post(self, body: bytes) -> tuple[int, dict, bytes]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as exc:
+            try:
+                data = exc.read()
+            except Exception:  # noqa: BLE001 - the body of an error is best effort
+                data = b""
+            return exc.code, dict(exc.headers or {}), data
+
+    @staticmethod
+    def parse(data: bytes) -> tuple[str | None, str | None]:
+        """(content, None) or (None, bad-response reason) for a 200 body."""
+        try:
+            payload = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None, "bad_json"
+        if not isinstance(payload, dict):
+            return None, "bad_json"
+        choices = payload.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            return None, "missing_choices"
+        message = choices[0].get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, str) or not content.strip():
+            return None, "empty_content"
+        return content, None
+
+    def complete(self, messages: list[dict], **params) -> ChatResult:
+        body = json.dumps({"model": self.model, "messages": messages, **params}).encode("utf-8")
+        error = None
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self.counts["retries"] += 1
+            self.limiter.wait()
+            self.counts["requests"] += 1
+            wait = None
+            try:
+                status, headers, data = self._post(body)
+            except (TimeoutError, socket.timeout):
+                error = "timeout"
+            except urllib.error.URLError as exc:
+                error = "timeout" if isinstance(exc.reason, (TimeoutError, socket.timeout)) else "connection_error"
+            except Exception:  # noqa: BLE001 - RemoteDisconnected, reset, bad status line...
+                error = "connection_error"
+            else:
+                if status == 200:
+                    content, bad = self.parse(data)
+                    if content is not None:
+                        self.counts["ok"] += 1
+                        return ChatResult(content, None, attempt + 1)
+                    error = bad
+                else:
+                    error = "http_429" if status == 429 else f"http_{status // 100}xx"
+                    if status not in RETRYABLE_STATUS:
+                        self.counts[error] += 1
+                        self.counts["failed"] += 1
+                        return ChatResult(None, f"{error}: {data[:MAX_ERROR_BODY].decode('utf-8', 'replace')}",
+                                          attempt + 1)
+                    retry_after = {k.lower(): v for k, v in headers.items()}.get("retry-after")
+                    wait = parse_retry_after(retry_after)
+                    if wait is not None:
+                        self.counts["retry_after_honoured"] += 1
+                        wait = min(wait, self.max_retry_after)
+            self.counts[error] += 1
+            if attempt < self.max_retries:
+                delay = self.backoff(attempt)
+                self.sleep(max(delay, wait) if wait is not None else delay)
+        self.counts["failed"] += 1
+        return ChatResult(None, error, self.max_retries + 1)

@@ -1,0 +1,254 @@
+"""OpenAI-compatible client and the TuluMath / MIND generators against a local server.
+
+The server (ThreadingHTTPServer on 127.0.0.1, port 0) plays a script of behaviours:
+200 with content, 429 with Retry-After, 500/503, 400, malformed JSON, a body without
+`choices`, empty content, and a response slower than the client's timeout. The client
+must count each, retry what is retryable, and never raise.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from dolmino.synth.base import is_rejection, is_request_stats
+from dolmino.synth.llm import MindGenerator, TuluMathGenerator, load_personas
+from dolmino.synth.openai_client import ChatClient, RateLimiter, chat_url, parse_retry_after
+
+PERSONAS = [
+    "A marine biologist who counts plankton samples under a microscope every morning.",
+    "A retired railway engineer who restores steam locomotives and tracks coal consumption.",
+    "A beekeeper in the Alps who sells honey at the weekly market BADPROBLEM",
+    "A chess coach who analyses opening statistics for her students BADSOLUTION",
+    "A baker who scales bread recipes for a village festival.",
+]
+
+
+def _ok(content):
+    return {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant",
+            "content": content}, "finish_reason": "stop"}]}
+
+
+def default_reply(prompt: str) -> str:
+    """A plausible model: problem, solution or conversation depending on the prompt."""
+    if prompt.startswith("Create a math problem"):
+        if "BADPROBLEM" in prompt:
+            return "Sure! Here is a problem about honey jars."
+        return "Math problem: " + prompt.split("\n\n")[1] + " Compute the total after 3 days."
+    if prompt.startswith("Provide solution"):
+        if "BADSOLUTION" in prompt:
+            return "Step 1: think.\nThe answer is 12."
+        return "Step 1: 4 * 3 = 12.\nFinal Answer: The final answer is $12$. I hope it is correct."
+    if "Convert the context above" in prompt:
+        if "Josh" in prompt:
+            return "Josh bought a house. That is all."   # no speaker turns: bad_format
+        return "Student 1: What does the question ask?\nStudent 2: The total eggs sold.\nStudent 1: Then 9 * 2 = 18."
+    return "?"
+
+
+class Script:
+    def __init__(self):
+        self.queue: deque = deque()
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+
+    def next(self):
+        with self.lock:
+            return self.queue.popleft() if self.queue else ("ok",)
+
+
+@pytest.fixture()
+def server():
+    script = Script()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, status, body: bytes, headers=()):
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in headers:
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with script.lock:
+                script.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization"),
+                                        "t": time.monotonic()})
+            action = script.next()
+            kind = action[0]
+            if kind == "ok":
+                self._send(200, json.dumps(_ok(default_reply(body["messages"][0]["content"]))).encode())
+            elif kind == "status":
+                self._send(action[1], b'{"error": "nope"}', [("Retry-After", action[2])] if len(action) > 2 else [])
+            elif kind == "malformed":
+                self._send(200, b'{"choices": [{"message": {"content": "trunc')
+            elif kind == "not_utf8":
+                self._send(200, b"\xff\xfe\xfa")
+            elif kind == "missing_choices":
+                self._send(200, json.dumps({"id": "x", "object": "chat.completion"}).encode())
+            elif kind == "empty":
+                self._send(200, json.dumps(_ok("   ")).encode())
+            elif kind == "slow":
+                time.sleep(action[1])
+                try:
+                    self._send(200, json.dumps(_ok("late")).encode())
+                except OSError:
+                    pass
+            elif kind == "hangup":
+                self.close_connection = True
+                self.wfile.flush()
+                self.connection.shutdown(2)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    script.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    yield script
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _client(url, sleeps, **kw):
+    kw.setdefault("timeout", 2.0)
+    return ChatClient(url, "test-model", kw.pop("api_key", None), sleep=sleeps.append, seed=7, **kw)
+
+
+def test_success_and_request_body(server):
+    sleeps = []
+    client = _client(server.url, sleeps, api_key="sk-test")
+    result = client.complete([{"role": "user", "content": "Provide solution to the given math problem. x"}],
+                             temperature=0.5)
+    assert result.error is None and result.content.endswith("I hope it is correct.") and result.attempts == 1
+    req = server.requests[0]
+    assert req["path"] == "/v1/chat/completions" and req["auth"] == "Bearer sk-test"
+    assert req["body"]["model"] == "test-model" and req["body"]["temperature"] == 0.5
+    assert client.counts == {"requests": 1, "ok": 1} and sleeps == []
+
+
+def test_retries_count_every_failure_kind(server):
+    server.queue.extend([("status", 429, "3"), ("status", 500), ("malformed",), ("missing_choices",), ("empty",),
+                         ("not_utf8",), ("status", 503, "0.25")])
+    sleeps = []
+    client = _client(server.url, sleeps, max_retries=7, backoff_base=0.01)
+    result = client.complete([{"role": "user", "content": "Convert the context above"}])
+    assert result.error is None and result.attempts == 8
+    c = client.counts
+    assert c["requests"] == 8 and c["retries"] == 7 and c["ok"] == 1
+    assert c["http_429"] == 1 and c["http_5xx"] == 2 and c["bad_json"] == 2
+    assert c["missing_choices"] == 1 and c["empty_content"] == 1 and c["retry_after_honoured"] == 2
+    assert sleeps[0] >= 3.0                               # Retry-After: 3 beats the tiny backoff
+    assert 0.25 <= sleeps[6] < 1                          # Retry-After: 0.25 honoured too
+    assert all(s <= 0.01 * 2 ** k for k, s in enumerate(sleeps[1:6], start=1))   # backoff with jitter, capped
+
+
+def test_gives_up_without_raising(server):
+    server.queue.extend([("status", 500)] * 3)
+    sleeps = []
+    client = _client(server.url, sleeps, max_retries=2, backoff_base=0.01)
+    result = client.complete([{"role": "user", "content": "x"}])
+    assert result.content is None and result.error == "http_5xx" and result.attempts == 3
+    assert client.counts["failed"] == 1 and client.counts["http_5xx"] == 3 and len(sleeps) == 2
+    server.queue.append(("status", 400))                  # not retryable: one request, then give up
+    result = client.complete([{"role": "user", "content": "x"}])
+    assert result.content is None and result.error.startswith("http_4xx") and "nope" in result.error
+    assert client.counts["failed"] == 2 and client.counts["requests"] == 4
+
+
+def test_timeouts_and_hangups_are_counted(server):
+    server.queue.extend([("slow", 1.0), ("hangup",)])
+    client = _client(server.url, [], max_retries=2, timeout=0.3, backoff_base=0.01)
+    started = time.monotonic()
+    result = client.complete([{"role": "user", "content": "Convert the context above"}])
+    assert result.content is not None and time.monotonic() - started < 1.0
+    assert client.counts["timeout"] == 1 and client.counts["connection_error"] == 1
+    dead = _client("http://127.0.0.1:9/v1", [], max_retries=1, timeout=0.5, backoff_base=0.01)  # nothing listens
+    assert dead.complete([{"role": "user", "content": "x"}]).error == "connection_error"
+
+
+def test_backoff_is_seeded_and_rate_limit_spaces_requests(server):
+    a, b = _client(server.url, []), _client(server.url, [])
+    assert [a.backoff(k) for k in range(6)] == [b.backoff(k) for k in range(6)]
+    assert all(0.25 * 2 ** k <= d <= 0.5 * 2 ** k for k, d in enumerate(_client(server.url, []).backoff(k)
+                                                                           for k in range(5)))
+    client = ChatClient(server.url, "m", requests_per_second=20, seed=1)
+    for _ in range(6):
+        assert client.complete([{"role": "user", "content": "x"}]).content
+    times = [r["t"] for r in server.requests]
+    assert times[-1] - times[0] >= 5 * 0.05 * 0.9
+    now = [0.0]
+    slept = []
+    limiter = RateLimiter(4, clock=lambda: now[0], sleep=lambda s: (slept.append(s), now.__setitem__(0, now[0] + s)))
+    for _ in range(3):
+        limiter.wait()
+    assert slept == [0.25, 0.25]
+
+
+def test_url_and_retry_after_parsing():
+    assert chat_url("http://h:8000") == "http://h:8000/v1/chat/completions"
+    assert chat_url("http://h:8000/v1/") == "http://h:8000/v1/chat/completions"
+    assert chat_url("https://api.x.com/v1/chat/completions") == "https://api.x.com/v1/chat/completions"
+    assert parse_retry_after("7") == 7 and parse_retry_after("-3") == 0 and parse_retry_after("soon") is None
+    date = email.utils.formatdate(1_000_030, usegmt=True)
+    assert parse_retry_after(date, now=1_000_000) == pytest.approx(30)
+    assert parse_retry_after(None) is None
+
+
+def _tulu(server, tmp_path, n, **kw):
+    personas = tmp_path / "personas.jsonl"
+    personas.write_text("".join(json.dumps({"persona": p}) + "\n" for p in PERSONAS))
+    return TuluMathGenerator(str(personas), server.url, "test-model", num_docs=n, backoff_base=0.001, timeout=2.0,
+                             **kw)
+
+
+def test_tulu_math_generator_accounts_for_every_item(server, tmp_path):
+    gen = _tulu(server, tmp_path, 10, max_retries=1)
+    # item 0's problem request fails twice (500, 500) -> request_failed; everything else answers
+    server.queue.extend([("status", 500), ("status", 500)])
+    records = list(gen.generate(0, 1, seed=1))
+    stats = [r for r in records if is_request_stats(r)]
+    items = [r for r in records if not is_request_stats(r)]
+    assert len(items) == 10 and len(stats) == 1
+    reasons = [r["rejected"] for r in items if is_rejection(r)]
+    assert sorted(reasons) == ["bad_format"] * 4 + ["request_failed"]    # personas 2 and 3, twice each
+    docs = [r for r in items if not is_rejection(r)]
+    assert len(docs) == 5
+    for d in docs:
+        assert d["source"] == "tulu_math" and d["metadata"]["final_answer"] == "$12$"
+        assert d["text"].endswith("I hope it is correct.") and "Compute the total" in d["text"]
+        assert d["metadata"]["persona"] in PERSONAS
+    assert stats[0]["request_stats"]["failed"] == 1 and stats[0]["request_stats"]["http_5xx"] == 2
+    assert "sk" not in json.dumps(gen.config()) and "personas_sha256" in gen.config()
+
+
+def test_mind_generator_and_inputs(server, tmp_path):
+    gen = MindGenerator(server.url, "test-model", num_docs=4, backoff_base=0.001)
+    records = [r for r in gen.generate(0, 1, seed=2) if not is_request_stats(r)]
+    assert [r.get("rejected") for r in records] == [None, None, "bad_format", None]   # item 2 is Josh's house
+    assert [r["metadata"]["style"] for r in records if not is_rejection(r)] == ["two_students", "problem_solving",
+                                                                                 "problem_solving"]
+    sent = [r["body"]["messages"][0]["content"] for r in server.requests]
+    assert sent[0].startswith("Question: Janet’s ducks lay 16 eggs per day.") and "two students" in sent[0]
+    assert "<<" not in sent[0]
+    with pytest.raises(ValueError, match="style"):
+        MindGenerator(server.url, "m", styles=["debate"])
+    with pytest.raises(ValueError, match="endpoint"):
+        MindGenerator("", "m")
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"persona": "ok"}\n{"name": "no persona"}\n')
+    with pytest.raises(ValueError, match="p.jsonl:2"):
+        load_personas(str(bad))
+    txt = tmp_path / "p.txt"
+    txt.write_text("one persona\n\nanother persona\n")
+    assert load_personas(str(txt)) == ["one persona", "another persona"]

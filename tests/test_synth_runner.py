@@ -1,0 +1,160 @@
+"""The Spark runner: generate, kill and resume, cache hits, then build a mix from the output.
+
+The last test feeds the generated directories to `dolmino.build_mix.build` like any other
+source, with exact dedup and decontamination against the packaged GSM8K test split: the
+substituted-number rewrites of test items are mostly removed (the reason the normal
+filters run after generation), arithmetic Q&A is untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import zstandard
+from pyspark import cloudpickle
+
+from dolmino.documents import Quarantine, read_documents
+from dolmino.synth.arithmetic import ArithmeticGenerator
+from dolmino.synth.runner import REPORT_NAME, run
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # executors cannot import test modules
+
+
+def _digests(out: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("part-*.jsonl.zst"))}
+
+
+def _docs(out: Path) -> list[dict]:
+    return [d for p in sorted(out.glob("part-*.jsonl.zst")) for _, d in read_documents(str(p), Quarantine())]
+
+
+class CrashingArithmetic(ArithmeticGenerator):
+    """Dies in one partition while `marker` exists: a job killed half-way."""
+
+    def __init__(self, marker: str, crash_partition: int, **kw):
+        super().__init__(**kw)
+        self.marker, self.crash_partition = marker, crash_partition
+
+    def config(self) -> dict:
+        return super().config()  # the crash switch is not part of the output's identity
+
+    def generate(self, partition, num_partitions, seed):
+        for k, doc in enumerate(super().generate(partition, num_partitions, seed)):
+            if partition == self.crash_partition and k == 5 and Path(self.marker).exists():
+                raise RuntimeError("simulated executor death")
+            yield doc
+
+
+def test_generate_kill_resume_and_cache(spark, tmp_path):
+    out = tmp_path / "arith"
+    marker = tmp_path / "crash"
+    marker.touch()
+    gen = CrashingArithmetic(str(marker), 2, num_docs=400)
+    gen.name = "arithmetic"
+    with pytest.raises(Exception, match="simulated executor death"):
+        run(gen, str(out), 4, 9, spark)
+    assert not (out / "part-00002.done.json").exists() and not (out / "part-00002.jsonl.zst").exists()
+    assert not list(out.glob("*.tmp*"))
+    marker.unlink()
+    report = run(gen, str(out), 4, 9, spark)
+    assert report["partitions_generated"] == [2] and report["partitions_cached"] == [0, 1, 3]
+    assert report["attempted"] == report["kept"] == 400 and report["rejected"] == {}
+    first = _digests(out)
+
+    # A clean, uninterrupted run writes the very same bytes.
+    clean = tmp_path / "clean"
+    run(ArithmeticGenerator(num_docs=400), str(clean), 4, 9, spark)
+    assert _digests(clean) == first
+
+    # Delete one done-file: only that partition is regenerated, byte-identical.
+    (clean / "part-00001.done.json").unlink()
+    report = run(ArithmeticGenerator(num_docs=400), str(clean), 4, 9, spark)
+    assert report["partitions_generated"] == [1] and _digests(clean) == first
+    # A damaged part (sha256 mismatch) is regenerated too.
+    (clean / "part-00003.jsonl.zst").write_bytes(b"\x28\xb5\x2f\xfd broken")
+    assert run(ArithmeticGenerator(num_docs=400), str(clean), 4, 9, spark)["partitions_generated"] == [3]
+    assert _digests(clean) == first
+    # Nothing to do: every partition cached.
+    assert run(ArithmeticGenerator(num_docs=400), str(clean), 4, 9, spark)["partitions_generated"] == []
+
+    # A different config or partition count invalidates the cache; stale higher parts vanish.
+    report = run(ArithmeticGenerator(num_docs=400), str(clean), 3, 9, spark)
+    assert report["partitions_generated"] == [0, 1, 2] and not (clean / "part-00003.jsonl.zst").exists()
+    assert [(d["id"], d["text"]) for d in _docs(clean)] == [(d["id"], d["text"]) for d in _docs(out)]
+    saved = json.loads((clean / REPORT_NAME).read_text())
+    assert saved["attempted"] == 400 and saved["num_partitions"] == 3
+    done = json.loads((clean / "part-00000.done.json").read_text())
+    assert done["kept"] == len(_docs(clean)[:done["kept"]]) and done["sha256"] == _digests(clean)["part-00000.jsonl.zst"]
+    frame = zstandard.ZstdDecompressor().decompressobj().decompress((clean / "part-00000.jsonl.zst").read_bytes())
+    assert json.loads(frame.split(b"\n")[0])["source"] == "dolmino_synthmath_arithmetic"
+
+
+def test_cli_and_rejections_are_written(tmp_path, capsys, spark):
+    from dolmino.synth.__main__ import main
+
+    assert main(["--generator", "tulu_math", "--out", str(tmp_path / "t"), "--num-docs", "3",
+                 "--endpoint", "http://127.0.0.1:9", "--model", "m"]) == 2
+    assert "--personas" in capsys.readouterr().err
+    assert main(["--generator", "mind", "--out", str(tmp_path / "m"), "--num-docs", "3"]) == 2
+    assert "endpoint" in capsys.readouterr().err
+    from dolmino.synth.gsm8k_numbers import Gsm8kNumberGenerator
+
+    report = run(Gsm8kNumberGenerator(num_docs=300), str(tmp_path / "g"), 3, 1, spark)
+    assert report["attempted"] == 300 == report["kept"] + sum(report["rejected"].values())
+    rejected = [json.loads(line) for p in sorted((tmp_path / "g" / "rejected").glob("*.jsonl.zst"))
+                for line in zstandard.ZstdDecompressor().decompressobj().decompress(p.read_bytes()).splitlines()]
+    assert len(rejected) == sum(report["rejected"].values()) and all(r["rejected"] and r["detail"] for r in rejected)
+
+
+@pytest.fixture(scope="module")
+def gsm8k_index(tmp_path_factory):
+    from dolmino import evalsets
+    from dolmino.assets import AssetError
+    from filters.decontamination import build_index
+
+    try:
+        instances = list(evalsets.iter_instances(["gsm8k"]))
+    except AssetError as exc:
+        pytest.skip(f"eval wheels unavailable: {exc}")
+    path = tmp_path_factory.mktemp("decon") / "gsm8k.npz"
+    build_index(instances, str(path))
+    return str(path)
+
+
+@pytest.mark.slow  # a full build_mix run: ~30 s on a loaded 2-core machine
+def test_generated_output_builds_as_a_normal_source(spark, tmp_path, gsm8k_index):
+    from dolmino.build_mix import build
+    from dolmino.manifest import manifest_from_dict
+    from dolmino.synth.gsm8k_numbers import Gsm8kNumberGenerator
+
+    root = tmp_path / "synth"
+    # The same seed with two partition counts: identical documents, which exact dedup removes.
+    run(ArithmeticGenerator(num_docs=300), str(root / "arith-a"), 2, 4, spark)
+    run(ArithmeticGenerator(num_docs=300), str(root / "arith-b"), 3, 4, spark)
+    gsm = run(Gsm8kNumberGenerator(num_docs=200), str(root / "gsm8k"), 2, 4, spark)
+    decon = {"type": "decontaminate", "index_path": gsm8k_index}
+    manifest = manifest_from_dict({
+        "name": "synth-demo", "version": 1, "seed": 3, "budget": 40_000, "data_root": str(root),
+        "output_format": {"tokens_per_file": "1M"},
+        "sources": [
+            {"name": "synthmath_arith", "paths": ["arith-*/part-*.jsonl.zst"], "mix_percent": 50.0,
+             "filters": [decon], "dedup": {"exact": True}},
+            {"name": "synthmath_gsm8k", "paths": ["gsm8k/part-*.jsonl.zst"], "mix_percent": 50.0,
+             "filters": [decon], "dedup": {"exact": True}},
+        ]})
+    report = build(manifest, 40_000, str(tmp_path / "mix"), spark)
+    by_name = {s["name"]: s for s in report["sources"]}
+    arith, gsm8k = by_name["synthmath_arith"], by_name["synthmath_gsm8k"]
+    assert arith["docs_in"] == 600
+    removed = {k: v["docs"] for k, v in arith["removed"].items()}
+    assert sum(v for k, v in removed.items() if "exact" in k) == 300 and len(removed) == 1   # no decontamination
+    assert gsm8k["docs_in"] == gsm["kept"]
+    decon_removed = sum(v["docs"] for k, v in gsm8k["removed"].items() if "overlap" in k)
+    assert decon_removed > 0.5 * gsm["kept"]              # test-split rewrites are caught
+    for s in report["sources"]:
+        assert s["docs_in"] == s["kept_docs"] + sum(r["docs"] for r in s["removed"].values())
+    assert list((tmp_path / "mix").glob("part-*.npy"))
