@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import math
+
 import re
 from collections import Counter
 
@@ -39,6 +41,8 @@ class CodeStarsFilter:
             except ValueError:
                 stars = None
         if stars is None or isinstance(stars, bool) or not isinstance(stars, (int, float)):
+            return "stars_missing"
+        if not math.isfinite(stars):  # NaN/inf (json reads NaN) say nothing about stars
             return "stars_missing"
         if stars < self.min_stars:
             return f"stars<{self.min_stars}"
