@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from trainer.run import mix_output_dir, parse_count
+from trainer_memmaps import write_real_text_mix
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,45 +27,67 @@ def run_cli(*args, timeout=240, module="trainer.run", launcher=None):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("mix")
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        tokens = rng.integers(0, 100_278, 40 * 32).astype("<u4")
-        tokens.tofile(d / f"part-{i:05d}.npy")
-    return d
+    """A tiny built mix of real text: 2 parts of >= 40 instances of 32 tokens, with label masks."""
+    return write_real_text_mix(tmp_path_factory.mktemp("mix"), n_parts=2, tokens_per_part=40 * 32)
 
 
 def metrics(save_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_cli_trains_and_writes_a_checkpoint(data_dir, tmp_path):
+TINY = ["--model", "tiny", "--seq-len", 32, "--batch-size", 2, "--metrics-interval", 1, "--device", "cpu",
+        "--horizon-tokens", 5 * 64]
+
+
+def test_cli_trains_checkpoints_and_resumes_to_the_identical_loss_sequence(data_dir, tmp_path):
+    whole = run_cli("--data", data_dir, *TINY, "--steps", 5, "--save-dir", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
     save = tmp_path / "run"
-    proc = run_cli("--data", data_dir, "--model", "tiny", "--steps", 3, "--seq-len", 32, "--batch-size", 2,
-                   "--save-dir", save, "--metrics-interval", 1)
+    proc = run_cli("--data", data_dir, *TINY, "--steps", 3, "--save-dir", save)
     assert proc.returncode == 0, proc.stderr
-    assert "step 3/3" in proc.stdout and "tok/s" in proc.stdout
+    assert "step 3/3" in proc.stdout and "tok/s" in proc.stdout and "spike score" in proc.stdout
+    assert "masked by label mask" in proc.stdout
     ckpt = save / "step000003"
     assert (ckpt / "model.pt").is_file() and (ckpt / "optim.pt").is_file() and (ckpt / "train_state.pt").is_file()
     config = json.loads((ckpt / "config.json").read_text())
     assert config["model"]["d_model"] == 64 and config["train"]["max_steps"] == 3
-    rows = metrics(save)
-    assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
-    # resume the same run and carry on to 5 steps
-    more = run_cli("--data", data_dir, "--model", "tiny", "--steps", 5, "--seq-len", 32, "--batch-size", 2,
-                   "--save-dir", save, "--metrics-interval", 1, "--horizon-tokens", 5 * 64, "--resume")
+    assert config["data_paths"] == [str(data_dir.resolve())]
+    more = run_cli("--data", data_dir, *TINY, "--steps", 5, "--save-dir", save, "--resume")
     assert more.returncode == 0, more.stderr
-    assert "resumed from" in more.stdout and (save / "step000005").is_dir()
+    assert "resumed from" in more.stdout and "warning" not in more.stdout and (save / "step000005").is_dir()
+    rows, reference = metrics(save), metrics(tmp_path / "whole")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    for key in ("loss", "ce", "z_loss", "grad_norm", "lr"):
+        assert [r[key] for r in rows] == [r[key] for r in reference], key  # exact, not approximate
+    assert all(np.isfinite(r["loss"]) and r["tokens_per_second"] > 0 and "spike_score_loss" in r for r in rows)
 
 
-def test_cli_mix_without_a_built_mix_says_how_to_build_it(tmp_path):
-    manifest = tmp_path / "manifests" / "m.json"
+def test_cli_mix_50b_resolves_the_manifest_output_and_says_how_to_build_it(data_dir, tmp_path, capsys):
+    """The real manifests/50B.json, copied so that its relative output resolves under tmp_path."""
+    from trainer.run import main
+
+    manifest = tmp_path / "manifests" / "50B.json"
     manifest.parent.mkdir()
-    manifest.write_text(json.dumps({"name": "m", "output": "../build/mixes/m"}))
-    proc = run_cli("--mix", manifest, "--model", "tiny", "--steps", 1)
-    assert proc.returncode != 0
-    assert f"spark-submit dolmino/build_mix.py --manifest {manifest}" in proc.stderr
-    assert str(tmp_path / "build" / "mixes" / "m") in proc.stderr
+    shutil.copy(REPO / "manifests" / "50B.json", manifest)
+    expected = tmp_path / "build" / "mixes" / "dolmino-50B"
+    with pytest.raises(SystemExit) as exc:
+        main(["--mix", str(manifest), "--model", "tiny", "--steps", "1"])
+    assert f"no token files (*.npy) in {expected}" in str(exc.value)
+    assert f"spark-submit dolmino/build_mix.py --manifest {manifest}" in str(exc.value)
+    shutil.copytree(data_dir, expected)  # "build" it
+    assert main(["--mix", str(manifest), *map(str, TINY), "--steps", "1", "--save-dir", str(tmp_path / "r")]) == 0
+    assert f"checkpoint: {tmp_path / 'r' / 'step000001'}" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r" / "step000001" / "config.json").read_text())["data_paths"] == [str(expected)]
+
+
+def test_cli_mix_from_the_repo_fails_clearly_when_not_built():
+    built = REPO / "build" / "mixes" / "dolmino-50B"
+    if built.is_dir():
+        pytest.skip(f"{built} exists on this machine")
+    proc = run_cli("--mix", "manifests/50B.json", "--model", "tiny", "--steps", 1)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"no token files (*.npy) in {built}" in proc.stderr
+    assert "spark-submit dolmino/build_mix.py --manifest manifests/50B.json" in proc.stderr
 
 
 def test_mix_output_resolves_relative_to_the_manifest(data_dir, tmp_path):
@@ -95,7 +119,10 @@ def test_parse_count():
 
 @pytest.mark.slow
 def test_torchrun_ddp_and_fsdp_match_single_process(data_dir, tmp_path):
-    """2 gloo ranks x 1 instance == 1 process x 2 micro-batches of 1 (same global batch, same data)."""
+    """2 gloo ranks x 1 instance == 1 process x 2 micro-batches of 1 (same global batch, same data).
+
+    The data carries label masks, so the two ranks hold different numbers of targets: only
+    a loss divided by the global target count (not a mean of per-rank means) matches."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     if torchrun is None:
         pytest.skip("torchrun is not installed next to this interpreter")
@@ -103,6 +130,7 @@ def test_torchrun_ddp_and_fsdp_match_single_process(data_dir, tmp_path):
               "--metrics-interval", 1, "--device", "cpu"]
     single = run_cli(*common, "--micro-batch-size", 1, "--save-dir", tmp_path / "single")
     assert single.returncode == 0, single.stderr
+    assert re.search(r"[1-9][\d,]* masked by label mask", single.stdout), single.stdout[-500:]
     reference = metrics(tmp_path / "single")
     launcher = [torchrun, "--standalone", "--nproc_per_node", "2", "-m"]
     for mode, extra in (("ddp", []), ("fsdp", ["--fsdp"])):

@@ -249,3 +249,46 @@ def test_real_text_written_by_dolmino_reads_back(tmp_path):
     s = loader.stats
     assert s["labels"] == 12 * 255 == s["targets"] + s["masked_by_label_mask"] + s["masked_by_repetition"]
     loader.close()
+
+
+def test_olmo_core_style_memmaps_need_no_sidecar(tmp_path):
+    """OLMo-core's own token files: raw uint32 written through np.memmap, nested directories,
+    no .csv.gz sidecar and no label mask. They must read exactly like dolmino's parts."""
+    from trainer_memmaps import _encoder
+
+    if not CORPUS.is_dir():
+        pytest.skip(f"shared corpus {CORPUS} is missing")
+    from dolmino.documents import Quarantine, read_documents
+
+    encode = _encoder()
+    stream = []
+    for n, (_, doc) in enumerate(read_documents(str(CORPUS / "encyclopedic.jsonl.zst"), Quarantine())):
+        if n == 6:
+            break
+        stream.extend(encode(doc["text"])[:400] + [100257])
+    stream = np.asarray(stream, dtype=np.uint32)
+    half = len(stream) // 2
+    root = tmp_path / "preprocessed" / "gcide" / "allenai" / "dolma2-tokenizer"
+    for i, chunk in enumerate((stream[:half], stream[half:])):
+        root.mkdir(parents=True, exist_ok=True)
+        out = np.memmap(root / f"part-{i}-00000.npy", dtype=np.uint32, mode="w+", shape=(len(chunk),))
+        out[:] = chunk
+        out.flush()
+        del out
+    (tmp_path / "preprocessed" / "README.txt").write_text("not a token file")
+    assert sorted(p.name for p in root.iterdir()) == ["part-0-00000.npy", "part-1-00000.npy"]  # nothing else
+    ds = MemmapDataset(tmp_path / "preprocessed", seq_len=64, vocab_size=100_278)
+    assert [f.mask_path for f in ds.files] == [None, None]
+    assert len(ds) == half // 64 + (len(stream) - half) // 64
+    keep = np.concatenate([repetition_keep_mask(stream[:half]), repetition_keep_mask(stream[half:])])
+    parts = (stream[:half], stream[half:])
+    i = 0
+    for part_idx, part in enumerate(parts):
+        offset = 0 if part_idx == 0 else half
+        for j in range(len(part) // 64):
+            ids, labels, n_mask, _ = ds.instance(i)
+            window = slice(offset + j * 64, offset + (j + 1) * 64)
+            assert ids.tolist() == stream[window].tolist() and n_mask == 0
+            assert labels[:-1].tolist() == np.where(keep[window][1:], ids[1:], IGNORE_INDEX).tolist()
+            i += 1
+    assert i == len(ds)

@@ -65,6 +65,15 @@ def barrier(env: DistEnv) -> None:
         dist.barrier()
 
 
-def shutdown(env: DistEnv) -> None:
+def shutdown(env: DistEnv, finished: bool = True) -> None:
+    """Leave the process group. After a finished run the ranks first meet at a barrier: a rank
+    that tears gloo down while a peer is still finishing its last collective can abort the
+    peer at exit ("terminate called without an active exception"), turning a finished run
+    into a failed one. After an error there is no barrier: the peers may be stuck in a
+    collective and would never reach it, and torchrun stops them once this rank exits."""
     if env.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if finished:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()

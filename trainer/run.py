@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         data_paths = [str(Path(d).resolve()) for d in args.data]
     env = init_distributed(args.device)
     log = print if env.is_main else (lambda _msg: None)
+    finished = False
     try:
         from trainer.checkpoint import load_model_weights
         from trainer.train import Trainer
@@ -175,11 +176,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"as repeated n-grams")
         if result.end_step > result.start_step or result.checkpoint:
             log(f"checkpoint: {result.checkpoint}")
+        finished = True
     except (DataError, ValueError, FileNotFoundError) as exc:
         print(f"trainer.run: error: {exc}", file=sys.stderr)
         return 2
     finally:
-        shutdown(env)
+        shutdown(env, finished)
     return 0
 
 

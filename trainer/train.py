@@ -10,6 +10,12 @@ gradient accumulation. The practices SPEC.md lists are what shape the code:
 - checkpoints are copied to CPU in the loop and written by a background thread;
 - bf16 autocast on CUDA (weights and optimizer state stay fp32), torch.compile per block
   when asked, DDP under torchrun, FSDP2 (fully_shard per block) with `fsdp=True`.
+
+The loss of a step is the mean over every target token of the *global* batch, whatever the
+world size: ranks all-reduce their target counts (a device tensor with NCCL, so still no
+host sync) and divide their sums by global count / world size, which DDP's and FSDP's
+gradient averaging turns back into the exact global mean. With label masks the ranks hold
+different numbers of targets, and a mean of per-rank means would weight tokens unequally.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from trainer.checkpoint import Checkpointer, load_checkpoint, resolve_checkpoint
-from trainer.config import ModelConfig, RunConfig
+from trainer.config import ModelConfig, RunConfig, TrainConfig
 from trainer.data import DataLoader, MemmapDataset
 from trainer.distributed import DistEnv, all_reduce_mean, barrier
 from trainer.loss import lm_loss
@@ -53,6 +59,28 @@ class TrainResult:
     @property
     def losses(self) -> list[float]:
         return [r["loss"] for r in self.history]
+
+
+# What shapes the optimisation from one step to the next; a change on resume is legitimate
+# (e.g. extending a run) but silently alters the LR curve, so it is logged.
+_RECIPE_FIELDS = ("lr", "warmup_steps", "schedule", "final_lr_fraction", "global_batch_size", "betas", "adam_eps",
+                  "weight_decay", "max_grad_norm", "z_loss_weight", "mask_repetitions")
+
+
+def recipe_changes(saved: dict | None, current: TrainConfig) -> list[str]:
+    """Human-readable differences between a checkpoint's train config and the current one."""
+    if not saved:
+        return []
+    try:
+        before = TrainConfig.from_dict(saved)
+    except (TypeError, ValueError):
+        return ["the checkpoint's train config could not be read"]
+    changes = [f"{name} {getattr(before, name)!r} -> {getattr(current, name)!r}" for name in _RECIPE_FIELDS
+               if getattr(before, name) != getattr(current, name)]
+    if before.horizon_steps != current.horizon_steps:
+        changes.append(f"schedule horizon {before.horizon_steps} -> {current.horizon_steps} steps (pass "
+                       f"--horizon-tokens to keep one LR curve across resumes)")
+    return changes
 
 
 def build_model(cfg: ModelConfig, device: torch.device, seed: int) -> OLMo2:
@@ -120,6 +148,8 @@ class Trainer:
         saved = json.loads((path / "config.json").read_text())
         if saved.get("model") != self.run.model.to_dict():
             raise ValueError(f"{path} was saved for a different model config; resume with the same --model")
+        for change in recipe_changes(saved.get("train"), self.run.train):
+            self.log(f"warning: resuming with a different recipe than {path.name}: {change}")
         state = load_checkpoint(path, self.model, self.optimizer)
         self.loader.load_state_dict(state["data"])
         for name, tracker in self.spikes.items():
@@ -156,12 +186,24 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _loss_denominator(self, n_targets: int) -> float | torch.Tensor:
+        """Global target tokens of this step / world size (see the module docstring)."""
+        if not self.env.distributed:
+            return float(max(n_targets, 1))
+        import torch.distributed as dist
+
+        count = torch.tensor(float(n_targets), dtype=torch.float64)
+        if self.env.device.type == "cuda":
+            count = count.pin_memory().to(self.env.device, non_blocking=True)
+        dist.all_reduce(count, op=dist.ReduceOp.SUM)
+        return (count.clamp_min(1.0) / self.env.world_size).to(torch.float32)
+
     def train_step(self, sums: torch.Tensor) -> None:
         """Run one optimizer step; add [loss, ce, z_loss, grad_norm] into the device tensor `sums`."""
         tc = self.run.train
         set_lr(self.optimizer, self.schedule.lr_at(self.step))
         batch = self.loader.next_batch().to(self.env.device)
-        denominator = float(max(batch.n_targets, 1))
+        denominator = self._loss_denominator(batch.n_targets)
         is_ddp = isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
         mb = tc.micro_batch_size
         for i in range(self.accum):
