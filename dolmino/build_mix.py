@@ -106,6 +106,24 @@ def make_spark(app_name: str, master: str | None, driver_memory: str | None):
     return builder.getOrCreate()
 
 
+# Where S3 lives (never credentials): executors started by this driver must read sources from
+# the same endpoint. Spark passes sc.environment to the Python workers it starts.
+S3_ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def forward_s3_environment(sc, tasks) -> None:
+    """Copy the driver's S3 endpoint/region settings to executors when any input is on s3://.
+
+    On a cluster, credentials come from the executors' own chain (instance roles, or
+    spark.executorEnv.*); only where-to-connect settings are forwarded.
+    """
+    if not any(t.path.startswith("s3://") for t in tasks):
+        return
+    for key in S3_ENDPOINT_ENV:
+        if os.environ.get(key):
+            sc.environment[key] = os.environ[key]
+
+
 def _merge_stats(records) -> dict[int, SourceStats]:
     merged: dict[int, SourceStats] = {}
     for si, stats in records:
@@ -185,6 +203,7 @@ def build(manifest: Manifest, budget: int, out_dir: str, spark, *, partitions_pe
     started = time.time()
     sc = spark.sparkContext
     tasks = file_tasks(manifest)
+    forward_s3_environment(sc, tasks)
     tokenizer = Dolma2Tokenizer.from_spec(manifest.tokenizer)
     tok_b = sc.broadcast(tokenizer)
     seed = manifest.seed

@@ -50,6 +50,9 @@ class SourceStats:
     removed_tokens: Counter = field(default_factory=Counter)
     quarantined: Counter = field(default_factory=Counter)
     files: int = 0
+    # Filters that keep their own mergeable report (`report` with merge/to_dict, e.g.
+    # decontamination's per-eval-set hits), keyed "filters[i].<name>".
+    filter_reports: dict = field(default_factory=dict)
 
     def merge(self, other: "SourceStats") -> "SourceStats":
         self.docs_in += other.docs_in
@@ -60,6 +63,11 @@ class SourceStats:
         self.removed_tokens.update(other.removed_tokens)
         self.quarantined.update(other.quarantined)
         self.files += other.files
+        for key, report in other.filter_reports.items():
+            if key in self.filter_reports:
+                self.filter_reports[key].merge(report)
+            else:
+                self.filter_reports[key] = report
         return self
 
     def remove(self, reason: str, docs: int, tokens: int) -> None:
@@ -85,11 +93,14 @@ class SourceStats:
             "removed": {r: {"docs": self.removed_docs[r], "tokens": self.removed_tokens[r]}
                         for r in sorted(self.removed_docs)},
             "quarantined": dict(sorted(self.quarantined.items())), "files": self.files,
+            "filter_reports": {k: r.to_dict() for k, r in sorted(self.filter_reports.items())},
         }
 
 
 def quarantine_path(out_dir: str, task: FileTask) -> str:
-    digest = hashlib.sha1(task.path.encode("utf-8")).hexdigest()[:10]
+    # Named from the data-root-relative name, so a build from s3:// and one from a local copy
+    # of the same data write the same quarantine files.
+    digest = hashlib.sha1((task.name or task.path).encode("utf-8")).hexdigest()[:10]
     return os.path.join(out_dir, "quarantine", task.source, f"file-{task.file_index:06d}-{digest}.jsonl.gz")
 
 
@@ -141,6 +152,10 @@ def process_file(task: FileTask, tokenizer: Dolma2Tokenizer, seed: int, out_dir:
             h = seeded_hash(seed, task.source, doc["id"], loc)
             text = doc["text"] if task.keep_text else None
             yield ("doc", task.source_index, h, (doc["id"], loc, tokens.tobytes(), text))
+    for i, f in enumerate(filters):
+        report = getattr(f, "report", None)
+        if report is not None and hasattr(report, "merge") and hasattr(report, "to_dict"):
+            stats.filter_reports[f"filters[{i}].{f.name}"] = report
     stats.quarantined.update(quarantine.counts)
     stats.docs_in += quarantine.total
     if quarantine.records:

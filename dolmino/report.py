@@ -41,6 +41,7 @@ def build_report(manifest: Manifest, budget: int, stats: dict, plans: dict, part
             "mix_percent": 100.0 * out_tokens / total_tokens if total_tokens else 0.0,
             "mix_percent_manifest": 100.0 * fractions[source.name],
             "dedup": dedup_reports.get(source.name, []),
+            "filter_chain": filter_chain(source.filters, st),
         })
     parts = [{"name": part_name(i), "tokens": p.tokens, "docs": p.docs} for i, p in sorted(part_stats.items())]
     return {
@@ -55,6 +56,31 @@ def build_report(manifest: Manifest, budget: int, stats: dict, plans: dict, part
         "run": {"elapsed_s": round(elapsed_s, 2), "spark_master": spark_master,
                 "python": platform.python_version(), "machine": platform.machine()},
     }
+
+
+def filter_chain(filter_specs, stats) -> list[dict]:
+    """Per filter, in chain order: documents that reached it, how many it removed, the share kept.
+
+    The chain stops at the first rejection, so the documents reaching filter i are the ones
+    kept plus those removed by filters i, i+1, ... - what a threshold keeps of what it sees,
+    the build-time counterpart of `python -m filters.quality percentiles`."""
+    removed = []
+    for spec in filter_specs:
+        prefix = f"{spec['type']}:"
+        removed.append((sum(n for r, n in stats.removed_docs.items() if r.startswith(prefix)),
+                        sum(n for r, n in stats.removed_tokens.items() if r.startswith(prefix))))
+    rows = []
+    for i, spec in enumerate(filter_specs):
+        reached = stats.kept_docs + sum(d for d, _ in removed[i:]) + _removed_after_filters(stats)
+        docs, tokens = removed[i]
+        rows.append({"filter": spec["type"], "docs_reached": reached, "docs_removed": docs,
+                     "tokens_removed": tokens, "share_kept": (reached - docs) / reached if reached else 1.0})
+    return rows
+
+
+def _removed_after_filters(stats) -> int:
+    """Documents removed by stages after the filter chain (dedup): they passed every filter."""
+    return sum(n for r, n in stats.removed_docs.items() if r in ("exact_duplicate", "near_duplicate"))
 
 
 def render_markdown(report: dict) -> str:
@@ -80,6 +106,21 @@ def render_markdown(report: dict) -> str:
     if removal_rows:
         lines += ["## Removed by reason", "", "| source | reason | docs | tokens |", "|---|---|---|---|"]
         lines += [f"| {a} | {b} | {c:,} | {d:,} |" for a, b, c, d in removal_rows]
+        lines.append("")
+    chain_rows = [(s["name"], row) for s in report["sources"] for row in s.get("filter_chain", [])]
+    if chain_rows:
+        lines += ["## Filter chain (share of the documents reaching each filter that it keeps)", "",
+                  "| source | filter | docs reached | removed | kept % |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {r['filter']} | {r['docs_reached']:,} | {r['docs_removed']:,} | {100 * r['share_kept']:.2f} |"
+                  for name, r in chain_rows]
+        lines.append("")
+    decon_rows = [(s["name"], task, v) for s in report["sources"] for key, rep in s.get("filter_reports", {}).items()
+                  if key.endswith(".decontaminate") for task, v in rep.get("per_task", {}).items()]
+    if decon_rows:
+        lines += ["## Decontamination hits by evaluation set", "",
+                  "| source | eval set | docs hit | tokens removed | docs (largest overlap) |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {task} | {v['docs_hit']:,} | {v['tokens_hit']:,} | {v['primary_docs']:,} |"
+                  for name, task, v in decon_rows]
         lines.append("")
     if quarantine_rows:
         lines += ["## Quarantined (see quarantine/)", "", "| source | reason | lines |", "|---|---|---|"]

@@ -187,3 +187,20 @@ def test_cli_rejects_bad_budget(tmp_path, capsys):
     path.write_text(json.dumps(_manifest(tmp_path)))
     assert build_main(["--manifest", str(path), "--budget", "12Q"]) == 2
     assert "--budget" in capsys.readouterr().err
+
+
+def test_report_filter_chain_accounts_for_every_document(built):
+    _, report = built
+    for s in report["sources"]:
+        chain = s["filter_chain"]
+        assert [r["filter"] for r in chain] == ["repeated_ngrams"] + (["code_stars"] if s["name"] == "code" else [])
+        quarantined = sum(s["quarantined"].values())
+        # Everything that was read reaches the first filter; each filter passes on what it keeps.
+        assert chain[0]["docs_reached"] == s["docs_in"] - quarantined
+        for first, second in zip(chain, chain[1:]):
+            assert second["docs_reached"] == first["docs_reached"] - first["docs_removed"]
+        removed_by_filters = sum(r["docs_removed"] for r in chain)
+        dedup = sum(v["docs"] for k, v in s["removed"].items() if k.endswith("_duplicate"))
+        assert chain[0]["docs_reached"] == s["kept_docs"] + removed_by_filters + dedup
+    code = next(s for s in report["sources"] if s["name"] == "code")
+    assert code["filter_chain"][1]["docs_removed"] == code["removed"]["code_stars:stars<2"]["docs"] > 0
