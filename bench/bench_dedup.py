@@ -15,8 +15,17 @@ Three measurements:
    LSH S-curve's prediction) and precision (a removal is right when the document and its
    survivor are in the same planted group or have true Jaccard >= threshold - 0.1).
 
-Functions take plain lists of Dolma dicts, so a harness can call them with the same data
-it gives datatrove's MinHash stages.
+4. `datatrove_minhash`: datatrove 0.10.1's four MinHash stages (signatures, buckets,
+   clustering, filter) with LocalPipelineExecutor(workers=1) in the datatrove anchor venv
+   (bench/anchor_scripts/minhash_datatrove.py) on the SAME planted corpus and the same
+   banding, scored by the same `score_clusters`: seconds per stage, docs/s per core, peak
+   RSS of its one process.
+
+"figures" compares them: MinHash end to end (dolmino's Spark stages on local[cores],
+divided by cores, vs datatrove's four stages on one core), signatures alone (dolmino's
+one-process signer vs datatrove's stage 1), peak memory (dolmino: JVM + Python workers;
+datatrove: its process) and recall/precision. The default is local[1] so that both are
+measured on one core; Spark's fixed per-job cost weighs more on small corpora.
 """
 
 from __future__ import annotations
@@ -298,11 +307,86 @@ def score_clusters(docs: list[dict], groups: dict[str, list[str]], similarity: d
     }
 
 
+def datatrove_minhash(docs: list[dict], groups: dict[str, list[str]], similarity: dict[str, float],
+                      num_perm: int = 128, ngram: int = 5, threshold: float = 0.8, seed: int = 1) -> dict:
+    """datatrove's four MinHash stages on `docs` (one process), scored like dolmino's run."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from bench.anchors import AnchorUnavailable, anchor_python
+
+    try:
+        python = anchor_python("datatrove")
+    except AnchorUnavailable as exc:
+        return {"unavailable": str(exc)[:500]}
+    bands, rows = MinHashConfig(num_perm=num_perm, threshold=threshold).banding()
+    tmp_root = REPO / "bench" / "results" / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="dedup-datatrove-", dir=tmp_root))
+    try:
+        data = work / "input" / "docs.jsonl"
+        data.parent.mkdir()
+        with open(data, "w", encoding="utf-8") as f:
+            for d in docs:
+                f.write(json.dumps({"id": d["loc"], "text": d["text"]}, ensure_ascii=False) + "\n")
+        cmd = [str(python), str(REPO / "bench" / "anchor_scripts" / "minhash_datatrove.py"), "--input", str(data),
+               "--work", str(work / "run"), "--bands", str(bands), "--rows", str(rows), "--ngram", str(ngram),
+               "--seed", str(seed)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO))
+        if proc.returncode != 0:
+            return {"unavailable": f"minhash_datatrove.py failed: {proc.stderr[-2000:]}"}
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    key_of = {d["loc"]: document_key(d) for d in docs}
+    removed = {key_of[a]: key_of[b] for a, b in out.pop("removed").items()}
+    out["bands"], out["rows"] = bands, rows
+    out["docs_per_s_per_core"] = round(len(docs) / out["total_seconds"], 1)
+    out["quality"] = score_clusters(docs, groups, similarity, removed, threshold, num_perm)
+    return out
+
+
+def figures(result: dict) -> list[dict]:
+    """The comparable numbers, named so that bench/run.py can pair dolmino with datatrove."""
+    out = []
+
+    def add(name, impl, value, unit, better, **extra):
+        if value is not None:
+            out.append({"name": name, "impl": impl, "value": round(float(value), 4), "unit": unit,
+                        "better": better, **extra})
+
+    sig = result.get("signatures", {})
+    add("dedup/minhash signatures docs/s per core", "dolmino", sig.get("docs_per_s_per_core"), "docs/s", "higher")
+    add("dedup/minhash signatures docs/s per core (sample)", "dolmino", sig.get("sample_docs_per_s"), "docs/s", "higher")
+    add("dedup/minhash signatures docs/s per core (sample)", "datasketch",
+        sig.get("datasketch_update_batch_docs_per_s"), "docs/s", "higher")
+    spark, dt = result.get("spark_minhash"), result.get("datatrove_minhash")
+    if spark:
+        mem = spark["memory"]
+        add("dedup/minhash end-to-end docs/s per core", "dolmino", spark["docs_per_s_per_core"], "docs/s", "higher",
+            note=f"Spark local[{spark['cores']}], signatures+LSH+verify+components+filter")
+        add("dedup/minhash peak RSS", "dolmino",
+            mem["jvm_peak_rss_mb"] + mem["python_worker_peak_rss_mb"] * max(1, spark["cores"]), "MB", "lower",
+            note="JVM + Python workers (VmHWM)")
+        add("dedup/minhash recall", "dolmino", spark["quality"]["recall"], "fraction", "higher")
+        add("dedup/minhash precision", "dolmino", spark["quality"]["precision"], "fraction", "higher")
+    if dt and "unavailable" not in dt:
+        add("dedup/minhash end-to-end docs/s per core", "datatrove", dt["docs_per_s_per_core"], "docs/s", "higher",
+            note="4 stages, LocalPipelineExecutor workers=1")
+        add("dedup/minhash signatures docs/s per core", "datatrove", dt["docs"] / dt["seconds"]["signatures"],
+            "docs/s", "higher", note="stage 1 (includes reading the JSONL input)")
+        add("dedup/minhash peak RSS", "datatrove", dt["peak_rss_mb"], "MB", "lower")
+        add("dedup/minhash recall", "datatrove", dt["quality"]["recall"], "fraction", "higher")
+        add("dedup/minhash precision", "datatrove", dt["quality"]["precision"], "fraction", "higher")
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", type=Path, default=CORPUS)
     ap.add_argument("--limit-per-file", type=int, default=None)
-    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--cores", type=int, default=1)
     ap.add_argument("--partitions", type=int, default=None, help="input partitions (default 4 x cores)")
     ap.add_argument("--plant-rate", type=float, default=0.05)
     ap.add_argument("--num-perm", type=int, default=128)
@@ -311,6 +395,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-verify", action="store_true")
     ap.add_argument("--skip-spark", action="store_true")
+    ap.add_argument("--skip-datatrove", action="store_true")
     args = ap.parse_args(argv)
 
     docs = load_corpus(args.corpus, limit_per_file=args.limit_per_file)
@@ -325,6 +410,10 @@ def main(argv=None) -> dict:
         run["quality"] = score_clusters(planted, groups, similarity, removed, args.threshold, args.num_perm)
         result["spark_minhash"] = run
         spark.stop()
+        if not args.skip_datatrove:
+            result["datatrove_minhash"] = datatrove_minhash(planted, groups, similarity, args.num_perm, args.ngram,
+                                                            args.threshold, args.seed)
+    result["figures"] = figures(result)
     print(json.dumps(result, indent=2))
     return result
 

@@ -1,0 +1,100 @@
+"""datatrove 0.10.1's four MinHash stages on the dedup benchmark's input, in the datatrove venv.
+
+    bench/.venvs/datatrove/bin/python bench/anchor_scripts/minhash_datatrove.py \
+        --input docs.jsonl --work /tmp/dt --bands 9 --rows 13 --ngram 5 --seed 1
+
+The input is the plain JSONL bench/bench_dedup.py wrote (id = the document's unique loc,
+text). Each stage runs with LocalPipelineExecutor(workers=1), so every rank runs in this
+one process (one core): signatures (1 task), buckets (one task per band, as datatrove
+shards them), clustering (1 task) and the filter (1 task, which re-reads the input, as
+datatrove must). English word tokenization is datatrove's default (spaCy blank "en").
+The banding (bands x rows) is the one dolmino picks for the same num_perm/threshold,
+so both tools run the same LSH.
+
+Prints one JSON object: seconds per stage and in all, peak RSS (ru_maxrss of this
+process, which ran every stage) and the removals {removed id: kept id of its cluster}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import time
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--input", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--bands", type=int, required=True)
+    ap.add_argument("--rows", type=int, required=True)
+    ap.add_argument("--ngram", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature,
+    )
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+    from datatrove.utils.hashing import HashConfig
+    from datatrove.utils.logging import logger
+
+    logger.remove()
+    logging.disable(logging.WARNING)
+    # datatrove's defaults (64-bit xxhash shingles, 32-bit signatures), our banding.
+    config = MinhashConfig(n_grams=args.ngram, num_buckets=args.bands, hashes_per_bucket=args.rows, seed=args.seed,
+                           hash_config=HashConfig(precision=64))
+    work = args.work
+    in_dir, name = os.path.dirname(os.path.abspath(args.input)), os.path.basename(args.input)
+
+    def reader():
+        return JsonlReader(in_dir, glob_pattern=name, compression=None)
+
+    stages = {
+        "signatures": ([reader(), MinhashDedupSignature(f"{work}/sigs", config=config)], 1),
+        "buckets": ([MinhashDedupBuckets(f"{work}/sigs", f"{work}/buckets", config=config)], args.bands),
+        "cluster": ([MinhashDedupCluster(f"{work}/buckets", f"{work}/remove", config=config, save_cluster_id=True)], 1),
+        "filter": ([reader(), MinhashDedupFilter(f"{work}/remove", load_cluster_ids=True),
+                    JsonlWriter(f"{work}/kept", output_filename="kept.jsonl", compression=None)], 1),
+    }
+    seconds = {}
+    for stage, (pipeline, tasks) in stages.items():
+        start = time.perf_counter()
+        LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=1, logging_dir=f"{work}/logs/{stage}",
+                              skip_completed=False).run()
+        seconds[stage] = time.perf_counter() - start
+
+    # Which documents survived, and each removed document's cluster survivor.
+    kept_ids, cluster_of_kept = set(), {}
+    with open(f"{work}/kept/kept.jsonl", encoding="utf-8") as f:
+        for line in f:
+            doc = json.loads(line)
+            kept_ids.add(doc["id"])
+            cid = doc.get("metadata", {}).get("minhash_cluster_id", -1)
+            if cid != -1:
+                cluster_of_kept[cid] = doc["id"]
+    # The cluster file gives (doc index, cluster id) for every clustered document.
+    import struct
+
+    ids = []
+    with open(args.input, encoding="utf-8") as f:
+        ids = [json.loads(line)["id"] for line in f]
+    removed = {}
+    with open(f"{work}/remove/000000.clusters", "rb") as f:
+        data = f.read()
+    for idx, cid in struct.iter_unpack("<2I", data):
+        doc_id = ids[idx]
+        if doc_id not in kept_ids:
+            removed[doc_id] = cluster_of_kept.get(cid, doc_id)
+    print(json.dumps({"seconds": seconds, "total_seconds": sum(seconds.values()), "docs": len(ids),
+                      "kept": len(kept_ids), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+                      "removed": removed}))
+
+
+if __name__ == "__main__":
+    main()

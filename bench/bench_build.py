@@ -1,0 +1,215 @@
+"""Whole build: wall time, tokens/s and how the time grows with the data (local Spark).
+
+    python bench/bench_build.py                 # 500 docs/file base, 1x 2x 5x 10x, + the demo mix
+    python bench/bench_build.py --quick         # 150 docs/file base, 1x 2x 4x, no demo (< ~3 min)
+
+The scaling series runs the real `dolmino.build_mix.build` on local[cores] over a corpus
+made from the shared real-text corpus: source k's files are the first `--base-docs`
+documents of one corpus file, replicated `scale` times. A replica differs from the
+original by its `id` and by a first line naming the replica, so exact dedup keeps it and
+the build does k times the work, not k times the same removal. The manifest uses the
+demo's filters (min_length, repeated_ngrams with label masks) and exact dedup on two
+sources; MinHash is left out here because replicas are near-duplicates by construction
+(bench_dedup.py measures it). The budget scales with the data (about half the input tokens), so
+sampling and writing grow too.
+
+The growth exponent b fits wall = a * scale^b by least squares on log-log; b ~ 1 is linear,
+b < 1 means fixed costs (Spark jobs, JVM round trips) still dominate at the small end.
+One Spark session serves every point and is warmed up by an untimed build of the smallest point first, so JVM
+start-up is not billed to the 1x point.
+
+The "demo" point builds manifests/demo.json on build/default-corpus (the embedded default
+corpus, `python -m dolmino.default_corpus`), as `make build-demo` does, when it exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+CORPUS = REPO.parent / "shared" / "corpus"
+SOURCES = {  # name -> (corpus file, mix %, exact dedup)
+    "web": ("web.jsonl.zst", 45.0, True),
+    "code": ("code.jsonl.zst", 25.0, True),
+    "wiki": ("encyclopedic.jsonl.zst", 20.0, False),
+    "papers": ("academic.jsonl.zst", 10.0, False),
+}
+
+
+def read_head(path: Path, n: int) -> list[dict]:
+    """The first `n` JSON documents of a Dolma .jsonl.zst file."""
+    import zstandard
+
+    docs = []
+    with open(path, "rb") as fh, zstandard.ZstdDecompressor().stream_reader(fh) as reader:
+        for line in io.TextIOWrapper(reader, encoding="utf-8"):
+            if line.strip():
+                docs.append(json.loads(line))
+                if len(docs) >= n:
+                    break
+    return docs
+
+
+def make_corpus(root: Path, base: dict[str, list[dict]], scale: int) -> None:
+    """`scale` distinct replicas of each source's base documents, one file per replica."""
+    from dolmino.documents import write_documents
+
+    for name, docs in base.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for r in range(scale):
+            replica = docs if r == 0 else [
+                {**d, "id": f"{d['id']}-r{r}", "text": f"Replica {r} of {d['id']}.\n{d['text']}"} for d in docs]
+            write_documents(str(root / name / f"part-{r:03d}.jsonl.zst"), replica)
+
+
+def manifest_for(root: Path, budget: int, label_mask: bool = True):
+    from dolmino.manifest import manifest_from_dict
+
+    return manifest_from_dict({
+        "name": "bench-build", "version": 1, "seed": 11, "budget": budget, "data_root": str(root),
+        "output_format": {"tokens_per_file": max(budget // 4, 100_000), "label_mask": label_mask},
+        "sources": [
+            {"name": name, "paths": [f"{name}/*.jsonl.zst"], "mix_percent": pct,
+             "filters": [{"type": "min_length", "min_tokens": 16},
+                         {"type": "repeated_ngrams", "max_n": 13, "min_repeats": 32}],
+             **({"dedup": {"exact": True}} if exact else {})}
+            for name, (_, pct, exact) in SOURCES.items()
+        ],
+    })
+
+
+def fit_exponent(sizes: list[float], walls: list[float]) -> tuple[float, float]:
+    """(a, b) of wall = a * size^b, by least squares on log(wall) = log(a) + b log(size)."""
+    if len(sizes) < 2:
+        raise ValueError("need at least two points to fit a growth exponent")
+    xs = [math.log(s) for s in sizes]
+    ys = [math.log(w) for w in walls]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        raise ValueError("sizes must differ to fit a growth exponent")
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    return math.exp(my - b * mx), b
+
+
+def make_spark(cores: int):
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    spark = (SparkSession.builder.master(f"local[{cores}]").appName("dolmino-bench-build")
+             .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
+             .config("spark.driver.memory", "2g").getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def timed_build(spark, manifest, budget: int, out: Path) -> dict:
+    from dolmino.build_mix import build
+
+    started = time.perf_counter()
+    report = build(manifest, budget, str(out), spark)
+    wall = time.perf_counter() - started
+    return {"wall_s": wall, "tokens_in": sum(s["tokens_in"] for s in report["sources"]),
+            "docs_in": sum(s["docs_in"] for s in report["sources"]),
+            "output_tokens": report["output"]["tokens"], "output_files": report["output"]["files"],
+            "budget": budget}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--corpus", type=Path, default=CORPUS)
+    ap.add_argument("--quick", action="store_true", help="--base-docs 150 --scales 1,2,4 --no-demo")
+    ap.add_argument("--base-docs", type=int, default=None, help="documents per source at 1x (default 500)")
+    ap.add_argument("--scales", default=None, help="comma-separated data multiples (default 1,2,5,10)")
+    ap.add_argument("--cores", type=int, default=2, help="Spark local[N]")
+    ap.add_argument("--demo", action=argparse.BooleanOptionalAction, default=None,
+                    help="also build manifests/demo.json on build/default-corpus (default: on unless --quick)")
+    ap.add_argument("--keep", type=Path, default=None, help="keep corpora and outputs here")
+    args = ap.parse_args(argv)
+    base_docs = args.base_docs or (150 if args.quick else 500)
+    scales = [int(s) for s in (args.scales or ("1,2,4" if args.quick else "1,2,5,10")).split(",")]
+    demo = (not args.quick) if args.demo is None else args.demo
+    if len(scales) < 2 or min(scales) < 1:
+        ap.error("--scales needs at least two multiples >= 1")
+
+    work = Path(tempfile.mkdtemp(prefix="bench-build-")) if args.keep is None else args.keep
+    work.mkdir(parents=True, exist_ok=True)
+    base = {name: read_head(args.corpus / fname, base_docs) for name, (fname, _, _) in SOURCES.items()}
+    spark = make_spark(args.cores)
+    points, notes = [], []
+    try:
+        # Budget: about half the input tokens (~4 characters a token), so the mix is sampled.
+        chars_1x = sum(len(d["text"]) for docs in base.values() for d in docs)
+        for scale in scales:
+            root = work / f"corpus-{scale}x"
+            if root.exists():
+                shutil.rmtree(root)
+            make_corpus(root, base, scale)
+            budget = int(chars_1x / 4 * scale / 2)
+            if not points:
+                # Warm-up on the smallest point, untimed: JVM, Python workers, tokenizer
+                # broadcast and numba compiles are paid once per session, not per size.
+                timed_build(spark, manifest_for(root, budget), budget, work / "warmup-out")
+            point = timed_build(spark, manifest_for(root, budget), budget, work / f"out-{scale}x")
+            point["scale"] = scale
+            points.append(point)
+            print(f"[bench_build] {scale}x: {point['wall_s']:.1f} s, {point['tokens_in']:,} tokens in",
+                  file=sys.stderr)
+            shutil.rmtree(work / f"out-{scale}x", ignore_errors=True)
+        demo_point = None
+        demo_corpus = REPO / "build" / "default-corpus"
+        if demo:
+            if (demo_corpus / "web").is_dir():
+                from dataclasses import replace
+
+                from dolmino.manifest import load_manifest
+
+                manifest = replace(load_manifest(str(REPO / "manifests" / "demo.json")), data_root=str(demo_corpus))
+                demo_point = timed_build(spark, manifest, manifest.budget, work / "demo-out")
+            else:
+                notes.append(f"demo point skipped: {demo_corpus} missing (python -m dolmino.default_corpus)")
+    finally:
+        spark.stop()
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    a, b = fit_exponent([p["scale"] for p in points], [p["wall_s"] for p in points])
+    figures = [{"name": "build: growth exponent b (wall ~ a * size^b)", "impl": "dolmino", "value": b,
+                "unit": "exponent", "better": "lower"}]
+    for p in points:
+        figures.append({"name": f"build: wall time at {p['scale']}x", "impl": "dolmino", "value": p["wall_s"],
+                        "unit": "s", "better": "lower"})
+        figures.append({"name": f"build: input tokens/s per core at {p['scale']}x", "impl": "dolmino",
+                        "value": p["tokens_in"] / p["wall_s"] / args.cores, "unit": "tokens/s/core",
+                        "better": "higher"})
+    if demo_point:
+        figures.append({"name": "build: demo mix wall time", "impl": "dolmino", "value": demo_point["wall_s"],
+                        "unit": "s", "better": "lower"})
+        figures.append({"name": "build: demo mix input tokens/s per core", "impl": "dolmino",
+                        "value": demo_point["tokens_in"] / demo_point["wall_s"] / args.cores,
+                        "unit": "tokens/s/core", "better": "higher"})
+    notes.append(f"growth exponent b = {b:.2f} over scales {scales} (base {base_docs} docs/source, "
+                 f"{points[0]['tokens_in']:,} input tokens at {points[0]['scale']}x); no anchor builds a whole mix, "
+                 "so these figures have no ratio")
+    result = {"benchmark": "build", "cores": args.cores, "base_docs_per_source": base_docs, "scales": scales,
+              "fit": {"a": a, "b": b}, "points": points, "demo": demo_point, "notes": notes, "figures": figures}
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""Benchmark dolmino's per-document filters against dolma's taggers and datatrove's filters.
+
+    python bench/bench_filters.py                          # 400 docs per corpus file
+    python bench/bench_filters.py --limit-per-file 1000 --skip-anchors
+
+Same input for every tool: the first N documents of each shared-corpus file, written once
+to bench/results/tmp/ as plain JSONL; each tool runs in ONE process (one core) and is timed
+over the documents already in memory (reading and model loading excluded, one warm-up
+call first), so every figure is docs/s per core. The anchors run as scripts under
+bench/anchor_scripts/ with their own venvs (bench/anchors.py).
+
+Stages and their anchors (see the anchor scripts for what each anchor computes):
+- repeated_ngrams: dolmino `RepeatedNgramFilter` from text (tokenizing with the dolma2
+  tokenizer, as the anchors must) vs dolma `tokenizer_repetitions_v2r2` on the same
+  tokenizer (same definition: >= 32 repeats of a 1..13-token n-gram) and datatrove
+  `GopherRepetitionFilter` (closest, different check). Also dolmino on the token ids the
+  build attaches (`doc["token_ids"]`), which is how the build runs it.
+- fasttext_quality: one small classifier trained with `train_fasttext_classifier`
+  (academic + encyclopedic = pos, code = neg, on documents outside the benchmark slice),
+  the same .bin scored by all three tools; flagged when P(pos) < threshold.
+- code_stars / code_word_frequency: code documents only; dolma's starcoder / RedPajama
+  code taggers (the latter a different check); datatrove has no code filters.
+
+"agreement" gives each tool's flagged share and the overlap of flagged sets, so that a
+fast tool that flags something else is visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+CORPUS = REPO.parent / "shared" / "corpus"
+FILES = ("web.jsonl.zst", "code.jsonl.zst", "encyclopedic.jsonl.zst", "academic.jsonl.zst")
+TMP = REPO / "bench" / "results" / "tmp"
+LABEL = "__label__pos"
+SCRIPTS = REPO / "bench" / "anchor_scripts"
+
+
+def load_slices(corpus: Path, limit: int, train_per_file: int) -> tuple[list[dict], dict[str, list[str]]]:
+    """(benchmark docs: the first `limit` of each file, training texts: the next `train_per_file`)."""
+    from dolmino.documents import Quarantine, read_documents
+
+    docs, train = [], {}
+    for name in FILES:
+        path = corpus / name
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: the shared corpus must sit beside the repository")
+        source = name.split(".")[0]
+        train[source] = []
+        for n, (_, doc) in enumerate(read_documents(str(path), Quarantine())):
+            if n < limit:
+                docs.append({"id": str(doc["id"]), "text": doc["text"], "source": source,
+                             "metadata": doc.get("metadata") or {}})
+            elif n < limit + train_per_file:
+                train[source].append(doc["text"])
+            else:
+                break
+    return docs, train
+
+
+def quality_model(train: dict[str, list[str]], epoch: int) -> str:
+    """Train (or reuse) the one fastText model that all three tools score with."""
+    from filters.quality import train_fasttext_classifier
+
+    pos = train["academic"] + train["encyclopedic"]
+    neg = train["code"]
+    if not pos:  # academic has few documents: fall back on the benchmark slice's neighbours
+        raise RuntimeError("no positive training documents left after the benchmark slice")
+    path = TMP / f"quality_fasttext_{len(pos)}p_{len(neg)}n_e{epoch}.bin"
+    if not path.exists():
+        train_fasttext_classifier(pos, neg, str(path), pos_label=LABEL, neg_label="__label__neg", epoch=epoch)
+    return str(path)
+
+
+def _timed(fn, docs: list[dict]) -> tuple[float, list[int]]:
+    fn(docs[0])  # warm-up: lazy model / tokenizer loads and numba compilation stay out of the timing
+    start = time.perf_counter()
+    flagged = [i for i, d in enumerate(docs) if fn(d) is not None]
+    return time.perf_counter() - start, flagged
+
+
+def run_dolmino(docs: list[dict], model: str, threshold: float, min_repeats: int) -> dict:
+    import numpy as np
+
+    from filters.code import CodeStarsFilter, CodeWordFrequencyFilter
+    from filters.quality import FastTextQualityFilter
+    from filters.repeated_ngrams import RepeatedNgramFilter
+
+    out = {}
+    rep = RepeatedNgramFilter(min_repeats=min_repeats)
+    seconds, flagged = _timed(rep.reject_reason, docs)
+    out["repeated_ngrams"] = {"seconds": seconds, "flagged": flagged, "docs": len(docs)}
+    tok = rep._tokens({"text": "x"}) is not None and rep._tokenizer
+    with_ids = [{"token_ids": np.asarray(tok.encode(d["text"], add_special_tokens=False).ids, dtype=np.uint32)}
+                for d in docs]
+    seconds, flagged = _timed(rep.reject_reason, with_ids)
+    out["repeated_ngrams_token_ids"] = {"seconds": seconds, "flagged": flagged, "docs": len(docs)}
+    ft = FastTextQualityFilter(model, label=LABEL, threshold=threshold)
+    seconds, flagged = _timed(ft.reject_reason, docs)
+    out["fasttext_quality"] = {"seconds": seconds, "flagged": flagged, "docs": len(docs)}
+    code = [i for i, d in enumerate(docs) if d["source"] == "code"]
+    subset = [docs[i] for i in code]
+    for name, filt in (("code_stars", CodeStarsFilter()), ("code_word_frequency", CodeWordFrequencyFilter())):
+        seconds, flagged = _timed(filt.reject_reason, subset)
+        out[name] = {"seconds": seconds, "flagged": [code[i] for i in flagged], "docs": len(subset)}
+    return out
+
+
+def run_anchor(name: str, script: str, args: list[str]) -> dict:
+    from bench.anchors import AnchorUnavailable, anchor_python
+
+    try:
+        python = anchor_python(name)
+    except AnchorUnavailable as exc:
+        return {"unavailable": str(exc)[:500]}
+    proc = subprocess.run([str(python), str(SCRIPTS / script), *args], capture_output=True, text=True, cwd=str(REPO))
+    if proc.returncode != 0:
+        return {"unavailable": f"{script} failed: {proc.stderr[-2000:]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _overlap(a: list[int], b: list[int]) -> float | None:
+    sa, sb = set(a), set(b)
+    return round(len(sa & sb) / len(sa | sb), 4) if sa | sb else 1.0
+
+
+def summarise(docs: list[dict], results: dict[str, dict]) -> tuple[list[dict], dict]:
+    """Figures (docs/s per core) and agreement (flagged shares, Jaccard of flagged sets vs dolmino)."""
+    figures, agreement = [], {}
+    for impl, stages in results.items():
+        for stage, r in stages.items():
+            if not isinstance(r, dict) or "seconds" not in r:
+                continue
+            n = r.get("docs", len(docs))
+            name = "repeated_ngrams" if stage == "repeated_ngrams_token_ids" else stage
+            label = impl if stage != "repeated_ngrams_token_ids" else "dolmino_token_ids"
+            figures.append({"name": f"filters/{name} docs/s per core", "impl": impl if label == impl else label,
+                            "value": round(n / r["seconds"], 1) if r["seconds"] > 0 else float("inf"),
+                            "unit": "docs/s", "better": "higher",
+                            **({"note": r["note"]} if r.get("note") else {})})
+            entry = agreement.setdefault(stage if stage != "repeated_ngrams_token_ids" else "repeated_ngrams", {})
+            entry[label] = {"docs": n, "flagged": len(r["flagged"]), "share": round(len(r["flagged"]) / n, 4) if n else None}
+            ours = results["dolmino"].get(stage)
+            if impl != "dolmino" and ours:
+                entry[label]["jaccard_with_dolmino"] = _overlap(ours["flagged"], r["flagged"])
+    return figures, agreement
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--corpus", type=Path, default=CORPUS)
+    ap.add_argument("--limit-per-file", type=int, default=400)
+    ap.add_argument("--train-per-file", type=int, default=400)
+    ap.add_argument("--epoch", type=int, default=5)
+    ap.add_argument("--threshold", type=float, default=0.5, help="flag when P(__label__pos) < threshold")
+    ap.add_argument("--min-repeats", type=int, default=32)
+    ap.add_argument("--skip-anchors", action="store_true")
+    args = ap.parse_args(argv)
+
+    from dolmino.assets import dolma2_tokenizer_path
+
+    TMP.mkdir(parents=True, exist_ok=True)
+    docs, train = load_slices(args.corpus, args.limit_per_file, args.train_per_file)
+    model = quality_model(train, args.epoch)
+    data = TMP / "filters_input.jsonl"
+    with open(data, "w", encoding="utf-8") as f:
+        for d in docs:
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+    results = {"dolmino": run_dolmino(docs, model, args.threshold, args.min_repeats)}
+    if not args.skip_anchors:
+        common = ["--input", str(data), "--model", model, "--label", LABEL, "--threshold", str(args.threshold)]
+        results["dolma"] = run_anchor("dolma", "filters_dolma.py",
+                                      [*common, "--tokenizer", str(dolma2_tokenizer_path()),
+                                       "--min-repeats", str(args.min_repeats)])
+        results["datatrove"] = run_anchor("datatrove", "filters_datatrove.py", common)
+    figures, agreement = summarise(docs, results)
+    unavailable = {impl: r[k] for impl, r in results.items() for k in ("unavailable", "code_unavailable") if k in r}
+    out = {"docs": len(docs), "docs_by_source": {s: sum(d["source"] == s for d in docs) for s in train},
+           "text_mb": round(sum(len(d["text"].encode("utf-8", "surrogatepass")) for d in docs) / 1e6, 2),
+           "model": Path(model).name, "threshold": args.threshold, "figures": figures, "agreement": agreement,
+           "seconds": {impl: {s: round(r["seconds"], 3) for s, r in stages.items()
+                              if isinstance(r, dict) and "seconds" in r} for impl, stages in results.items()},
+           **({"unavailable": unavailable} if unavailable else {})}
+    print(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,378 @@
+"""Tokenization to memmaps: dolmino vs `dolma tokens` vs datatrove vs the raw tokenizer.
+
+    python bench/bench_tokenize.py                  # the whole shared corpus, 1 core each
+    python bench/bench_tokenize.py --limit 500      # first 500 documents of each file
+    python bench/bench_tokenize.py --quick          # = --limit 1000
+
+Every implementation reads the same Dolma JSONL.zst files, uses the same dolma2 tokenizer
+JSON (dolmino.assets.dolma2_tokenizer_path()) and writes uint32 memmaps with EOS 100257
+after each document and no BOS. Each runs in its own process pinned to the same CPU set
+(`--cores`, default 1; RAYON_NUM_THREADS set to match), so tokens/s per core compares
+like with like:
+
+- raw:       `tokenizers.Tokenizer.encode_batch` over texts already in memory: the ceiling
+             any wrapper can reach (reading, JSON and writing are not counted).
+- dolmino:   read -> tokenize -> memmap writer through the build's own code path
+             (dolmino.pipeline.process_file, dolmino.memmap.MemmapPartWriter).
+- dolma:     the `dolma tokens` CLI of dolma 1.2.1 in bench/.venvs/dolma.
+- datatrove: JsonlReader -> DocumentTokenizer of datatrove 0.10.1 in bench/.venvs/datatrove.
+
+Timing starts when the tool starts loading its tokenizer and ends when its output is on
+disk (interpreter start-up is excluded). Peak memory is the largest resident set of the
+process or of any process it waited for (ru_maxrss). Afterwards every output is decoded
+back into per-document token lists and compared with dolmino's, document by document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import io
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+CORPUS = REPO.parent / "shared" / "corpus"
+FILES = ("academic.jsonl.zst", "code.jsonl.zst", "encyclopedic.jsonl.zst", "web.jsonl.zst")
+EOS = 100257
+QUICK_LIMIT = 1000
+RAW_BATCH = 1024
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+def prepare_inputs(corpus: Path, out_dir: Path, limit: int | None) -> list[Path]:
+    """The benchmark's input files: links to the corpus, or its first `limit` lines per file.
+
+    Truncation copies raw lines byte for byte (no re-serialisation), so every tool parses
+    exactly the bytes the corpus holds.
+    """
+    import zstandard
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in FILES:
+        src = corpus / name
+        if not src.exists():
+            raise FileNotFoundError(f"{src} is missing: the benchmark needs the shared corpus")
+        dst = out_dir / name
+        if limit is None:
+            os.symlink(src, dst)
+        else:
+            lines = []
+            with open(src, "rb") as fh, zstandard.ZstdDecompressor().stream_reader(fh) as reader:
+                for line in io.BufferedReader(reader):
+                    lines.append(line)
+                    if len(lines) >= limit:
+                        break
+            dst.write_bytes(zstandard.ZstdCompressor(level=3).compress(b"".join(lines)))
+        paths.append(dst)
+    return paths
+
+
+def _peak_rss_kib() -> int:
+    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+
+
+# ------------------------------------------------------------- children (this venv)
+
+
+def child_raw(input_dir: Path, tokenizer_path: Path) -> dict:
+    """encode_batch over texts already in memory; counts ids + one EOS per document."""
+    from tokenizers import Tokenizer
+
+    from dolmino.documents import Quarantine, read_documents
+
+    texts = [doc["text"] for path in sorted(input_dir.glob("*.jsonl.zst"))
+             for _, doc in read_documents(str(path), Quarantine())]
+    started = time.perf_counter()
+    tok = Tokenizer.from_file(str(tokenizer_path))
+    tokens = 0
+    for i in range(0, len(texts), RAW_BATCH):
+        for enc in tok.encode_batch(texts[i:i + RAW_BATCH], add_special_tokens=False):
+            tokens += len(enc.ids) + 1
+    return {"seconds": time.perf_counter() - started, "tokens": tokens, "docs": len(texts),
+            "peak_rss_kib": _peak_rss_kib()}
+
+
+def child_dolmino(input_dir: Path, tokenizer_path: Path, out_dir: Path) -> dict:
+    """The build's per-file path (read, quarantine, tokenize, account) into one part per file."""
+    from dolmino.memmap import MemmapPartWriter
+    from dolmino.pipeline import FileTask, process_file
+    from dolmino.tokenizer import Dolma2Tokenizer
+
+    started = time.perf_counter()
+    tokenizer = Dolma2Tokenizer(tokenizer_path.read_text(encoding="utf-8"))
+    tokens = docs = quarantined = 0
+    for index, path in enumerate(sorted(input_dir.glob("*.jsonl.zst"))):
+        task = FileTask(path.name.split(".")[0], 0, str(path), index, "dolma", (), False, name=path.name)
+        writer = MemmapPartWriter(str(out_dir), index, EOS)
+        for record in process_file(task, tokenizer, 0, str(out_dir)):
+            if record[0] == "doc":
+                doc_id, loc, token_bytes, _ = record[3]
+                writer.add(np.frombuffer(token_bytes, dtype="<u4"), doc_id, task.source, loc)
+            else:
+                quarantined += sum(record[3].quarantined.values())
+        stats = writer.close()
+        tokens += stats.tokens
+        docs += stats.docs
+    return {"seconds": time.perf_counter() - started, "tokens": tokens, "docs": docs,
+            "quarantined": quarantined, "peak_rss_kib": _peak_rss_kib()}
+
+
+# ------------------------------------------------------------------------ running
+
+
+def _pinned(cores: int):
+    """A preexec_fn that pins the child to `cores` CPUs (the last ones this process may use)."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    chosen = set(allowed[-cores:]) if allowed else set()
+
+    def pin():
+        if chosen:
+            os.sched_setaffinity(0, chosen)
+    return pin, sorted(chosen)
+
+
+def run_child(cmd: list[str], cores: int, timeout_s: float) -> dict:
+    pin, _ = _pinned(cores)
+    env = dict(os.environ, RAYON_NUM_THREADS=str(cores), TOKENIZERS_PARALLELISM="true",
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+    proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=pin, env=env, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -------------------------------------------------------------------- reading back
+
+
+def read_dolmino(out_dir: Path) -> dict[tuple[str, int], np.ndarray]:
+    from dolmino.memmap import read_part
+
+    docs = {}
+    for npy in sorted(out_dir.glob("part-*.npy")):
+        tokens, rows = read_part(str(npy))
+        for start, end, _id, _src, loc in rows:
+            name, line = loc.rsplit(":", 1)
+            docs[(name, int(line))] = np.array(tokens[start:end])
+    return docs
+
+
+def read_dolma(out_dir: Path) -> dict[tuple[str, int], np.ndarray]:
+    docs = {}
+    for sidecar in sorted(out_dir.glob("*.csv.gz")):
+        npy = Path(str(sidecar)[: -len(".csv.gz")] + ".npy")
+        tokens = np.memmap(npy, dtype="<u4", mode="r") if npy.stat().st_size else np.zeros(0, "<u4")
+        with gzip.open(sidecar, "rt", newline="") as fh:
+            for start, end, _id, src, loc in csv.reader(fh):
+                docs[(os.path.basename(src), int(loc))] = np.array(tokens[int(start):int(end)])
+    return docs
+
+
+def read_datatrove(out_dir: Path) -> list[np.ndarray]:
+    docs = []
+    for ds in sorted(out_dir.glob("*.ds")):
+        tokens = np.fromfile(ds, dtype="<u4")
+        ends = np.fromfile(str(ds) + ".index", dtype="<u8")
+        start = 0
+        for end in ends:
+            docs.append(tokens[start:int(end)])
+            start = int(end)
+    return docs
+
+
+def compare_outputs(reference: dict, other: dict | list, texts: dict, tokenizer_path: Path) -> dict:
+    """How `other`'s per-document tokens differ from dolmino's, with the cause of each difference.
+
+    `other` is keyed like dolmino's output ((file, line) -> tokens) or, for datatrove, a
+    list in reader order. Differences are explained when re-encoding `text.strip()` (what
+    dolma does) reproduces the other tool's tokens.
+    """
+    keys = sorted(reference)
+    if isinstance(other, list):
+        # datatrove keeps file order (sorted names) and line order, skipping empty texts.
+        ordered = sorted(keys, key=lambda k: (k[0], k[1]))
+        ordered = [k for k in ordered if texts.get(k, "x")]
+        if len(ordered) != len(other):
+            return {"comparable": False, "reason": f"dolmino has {len(ordered)} non-empty documents, "
+                    f"the anchor {len(other)}: cannot align by order"}
+        other = dict(zip(ordered, other))
+    from tokenizers import Tokenizer
+
+    tok = None
+    identical = 0
+    differ, explained_by_strip, missing = [], 0, []
+    for k in keys:
+        mine = reference[k]
+        theirs = other.get(k)
+        if theirs is None:
+            missing.append(k)
+            continue
+        if len(mine) == len(theirs) and np.array_equal(mine, theirs):
+            identical += 1
+            continue
+        tok = tok or Tokenizer.from_file(str(tokenizer_path))
+        stripped = tok.encode(texts[k].strip(), add_special_tokens=False).ids + [EOS]
+        if np.array_equal(np.asarray(stripped, dtype="<u4"), theirs):
+            explained_by_strip += 1
+        else:
+            differ.append(k)
+    extra = [k for k in other if k not in reference]
+    out = {
+        "comparable": True, "documents": len(keys), "identical": identical,
+        "differ_explained_by_strip": explained_by_strip, "differ_unexplained": len(differ),
+        "missing_in_anchor": len(missing), "extra_in_anchor": len(extra),
+        "tokens_dolmino": int(sum(len(v) for v in reference.values())),
+        "tokens_anchor": int(sum(len(v) for v in other.values())),
+        "examples_unexplained": [f"{a}:{b}" for a, b in differ[:5]],
+        "examples_missing": [f"{a}:{b}" for a, b in missing[:5]],
+    }
+    return out
+
+
+def load_texts(input_dir: Path) -> dict[tuple[str, int], str]:
+    from dolmino.documents import Quarantine, read_documents
+
+    return {(path.name, line): doc["text"] for path in sorted(input_dir.glob("*.jsonl.zst"))
+            for line, doc in read_documents(str(path), Quarantine())}
+
+
+def describe(name: str, eq: dict) -> str:
+    if not eq.get("comparable"):
+        return f"{name}: not comparable ({eq.get('reason')})"
+    parts = [f"{name}: {eq['identical']}/{eq['documents']} documents token-identical to dolmino"]
+    if eq["differ_explained_by_strip"]:
+        parts.append(f"{eq['differ_explained_by_strip']} differ only because {name} encodes text.strip()")
+    if eq["missing_in_anchor"]:
+        parts.append(f"{eq['missing_in_anchor']} absent from its output (e.g. empty after strip)")
+    if eq["differ_unexplained"]:
+        parts.append(f"{eq['differ_unexplained']} differ for another reason, e.g. {eq['examples_unexplained']}")
+    parts.append(f"tokens {eq['tokens_anchor']:,} vs dolmino {eq['tokens_dolmino']:,}")
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--corpus", type=Path, default=CORPUS)
+    ap.add_argument("--limit", type=int, default=None, help="first N documents of each corpus file")
+    ap.add_argument("--quick", action="store_true", help=f"--limit {QUICK_LIMIT}")
+    ap.add_argument("--cores", type=int, default=1, help="CPUs each implementation is pinned to")
+    ap.add_argument("--impls", default="raw,dolmino,dolma,datatrove")
+    ap.add_argument("--timeout", type=float, default=3000)
+    ap.add_argument("--keep", type=Path, default=None, help="keep outputs in this directory")
+    ap.add_argument("--child", choices=("raw", "dolmino"), help=argparse.SUPPRESS)
+    ap.add_argument("--input", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--tokenizer", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.child == "raw":
+        print(json.dumps(child_raw(args.input, args.tokenizer)))
+        return {}
+    if args.child == "dolmino":
+        print(json.dumps(child_dolmino(args.input, args.tokenizer, args.out)))
+        return {}
+
+    from dolmino.assets import dolma2_tokenizer_path
+
+    limit = QUICK_LIMIT if args.quick and args.limit is None else args.limit
+    tokenizer_path = dolma2_tokenizer_path()
+    impls = [i.strip() for i in args.impls.split(",") if i.strip()]
+    work = Path(tempfile.mkdtemp(prefix="bench-tokenize-")) if args.keep is None else args.keep
+    work.mkdir(parents=True, exist_ok=True)
+    input_dir = work / "input"
+    if input_dir.exists():
+        shutil.rmtree(input_dir)
+    prepare_inputs(args.corpus, input_dir, limit)
+    _, cpus = _pinned(args.cores)
+    me = [sys.executable, str(Path(__file__).resolve())]
+    results, errors, outputs = {}, {}, {}
+    for impl in impls:
+        out = work / impl
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        try:
+            if impl == "raw":
+                res = run_child([*me, "--child", "raw", "--input", str(input_dir), "--tokenizer", str(tokenizer_path)],
+                                args.cores, args.timeout)
+            elif impl == "dolmino":
+                res = run_child([*me, "--child", "dolmino", "--input", str(input_dir), "--out", str(out),
+                                 "--tokenizer", str(tokenizer_path)], args.cores, args.timeout)
+                outputs[impl] = read_dolmino(out)
+            elif impl in ("dolma", "datatrove"):
+                from bench.anchors import anchor_python
+
+                script = REPO / "bench" / "anchor_scripts" / f"tokenize_{impl}.py"
+                cmd = [str(anchor_python(impl)), str(script), "--input", str(input_dir), "--out", str(out),
+                       "--tokenizer", str(tokenizer_path)]
+                if impl == "dolma":
+                    cmd += ["--processes", str(args.cores)]
+                res = run_child(cmd, args.cores, args.timeout)
+                if impl == "dolma":
+                    outputs[impl] = read_dolma(out)
+                    res["tokens"] = int(sum(len(v) for v in outputs[impl].values()))
+                    res["docs"] = len(outputs[impl])
+                else:
+                    outputs[impl] = read_datatrove(out)
+                    res["tokens"] = int(sum(len(v) for v in outputs[impl]))
+                    res["docs"] = len(outputs[impl])
+            else:
+                raise ValueError(f"unknown impl {impl!r}")
+            results[impl] = res
+        except Exception as exc:  # noqa: BLE001 - an unavailable anchor is reported, not fatal
+            errors[impl] = f"{type(exc).__name__}: {str(exc)[-1500:]}"
+
+    figures = []
+    for impl, res in results.items():
+        figures.append({"name": "tokenize: tokens/s per core", "impl": impl,
+                        "value": res["tokens"] / res["seconds"] / args.cores, "unit": "tokens/s/core",
+                        "better": "higher"})
+        if impl != "raw":  # raw holds all texts in memory by design; its RSS says nothing
+            figures.append({"name": "tokenize: peak RSS", "impl": impl, "value": res["peak_rss_kib"] / 1024,
+                            "unit": "MiB", "better": "lower"})
+
+    equivalence, notes = {}, []
+    if "dolmino" in outputs:
+        texts = load_texts(input_dir)
+        for impl in ("dolma", "datatrove"):
+            if impl in outputs:
+                equivalence[impl] = compare_outputs(outputs["dolmino"], outputs[impl], texts, tokenizer_path)
+                notes.append(describe(impl, equivalence[impl]))
+        if "dolma" in outputs:
+            notes.append("dolma: output order is shuffled (local_shuffle ring), so it was aligned by (file, line) "
+                         "from its .csv.gz sidecar; datatrove keeps reader order and was aligned by position")
+    for impl, err in errors.items():
+        notes.append(f"{impl}: not measured: {err.splitlines()[-1] if err.splitlines() else err}")
+    if args.keep is None:
+        shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "benchmark": "tokenize", "cores": args.cores, "cpus_pinned": cpus, "limit_per_file": limit,
+        "tokenizer": str(tokenizer_path), "runs": results, "errors": errors,
+        "equivalence": equivalence, "notes": notes, "figures": figures,
+    }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""bench/run.py's bookkeeping: parsing, medians, ratio direction, goals, failures, rendering.
+
+No real benchmark runs here: benchmark scripts are tiny stand-ins written to tmp_path
+(one prints figures, one crashes, one prints no figures, one is missing), so the tests
+prove how the harness turns outputs into a report, fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import pytest
+
+from bench import run as harness
+from bench.bench_build import fit_exponent
+
+
+def fig(name, impl, value, unit="tokens/s/core", better="higher"):
+    return {"name": name, "impl": impl, "value": value, "unit": unit, "better": better}
+
+
+# ------------------------------------------------------------------ parse / validate
+
+def test_parse_output_finds_json_after_log_lines():
+    out = "Setting default log level to WARN\nsome { noise\n" + json.dumps({"figures": [], "a": 1}, indent=2)
+    assert harness.parse_output(out) == {"figures": [], "a": 1}
+
+
+@pytest.mark.parametrize("stdout", ["", "no json here", "[1, 2]", '{"unterminated": '])
+def test_parse_output_rejects_what_is_not_one_object(stdout):
+    with pytest.raises(ValueError):
+        harness.parse_output(stdout)
+
+
+def test_validate_keeps_good_figures_and_names_each_bad_one():
+    good, problems = harness.validate_figures({"figures": [
+        fig("a", "dolmino", 3),
+        {"name": "b", "impl": "dolmino", "value": 1, "unit": "s"},  # no "better"
+        fig("c", "dolmino", "fast"),
+        fig("d", "dolmino", float("nan")),
+        fig("e", "dolmino", 1, better="bigger"),
+        "not a dict",
+    ]})
+    assert [g["name"] for g in good] == ["a"]
+    assert len(problems) == 5
+    assert harness.validate_figures({"x": 1}) == ([], ["no 'figures' key in the output"])
+
+
+# ------------------------------------------------------------------------ aggregation
+
+def test_median_per_name_and_impl_over_runs():
+    runs = [[fig("t", "dolmino", 10), fig("t", "dolma", 4)],
+            [fig("t", "dolmino", 30), fig("t", "dolma", 5)],
+            [fig("t", "dolmino", 20)]]  # the anchor failed in run 3: its median uses 2 values
+    rows = {(r["name"], r["impl"]): r for r in harness.median_figures(runs)}
+    assert rows[("t", "dolmino")]["median"] == 20 and rows[("t", "dolmino")]["n"] == 3
+    assert rows[("t", "dolma")]["median"] == 4.5 and rows[("t", "dolma")]["values"] == [4, 5]
+
+
+def test_median_refuses_units_that_change_between_runs():
+    with pytest.raises(ValueError, match="unit/better changed"):
+        harness.median_figures([[fig("t", "dolmino", 1, unit="s")], [fig("t", "dolmino", 1, unit="ms")]])
+
+
+def test_ratio_above_one_means_dolmino_better_in_both_directions():
+    assert harness.ratio(200, 100, "higher") == 2.0   # twice the throughput
+    assert harness.ratio(50, 100, "lower") == 2.0     # half the memory
+    assert harness.ratio(100, 200, "higher") == 0.5
+    assert harness.ratio(200, 100, "lower") == 0.5
+    assert harness.ratio(1, 0, "higher") is None
+    assert harness.ratio(0, 5, "lower") is None
+    with pytest.raises(ValueError):
+        harness.ratio(1, 1, "sideways")
+
+
+def test_compare_picks_best_anchor_by_direction_and_keeps_raw_apart():
+    rows = harness.median_figures([[
+        fig("tok", "dolmino", 90), fig("tok", "dolma", 40), fig("tok", "datatrove", 60), fig("tok", "raw", 100),
+        fig("rss", "dolmino", 300, "MiB", "lower"), fig("rss", "dolma", 200, "MiB", "lower"),
+        fig("rss", "datatrove", 600, "MiB", "lower"),
+        fig("speed", "dolmino", 300), fig("speed", "datatrove", 100), fig("speed", "dolmino_token_ids", 9000),
+        fig("alone", "dolmino", 1, "exponent", "lower"),
+        fig("anchor-only", "dolma", 5),
+    ]])
+    by = {c["name"]: c for c in harness.compare(rows)}
+    tok = by["tok"]
+    assert tok["best_anchor"] == "datatrove" and tok["ratio"] == pytest.approx(1.5)  # raw is not an anchor
+    assert tok["ratio_vs_raw"] == pytest.approx(0.9) and tok["meets_goal"] is True   # within 1.2x of raw
+    rss = by["rss"]
+    assert rss["best_anchor"] == "dolma" and rss["ratio"] == pytest.approx(200 / 300)
+    assert rss["goal"] is None and rss["meets_goal"] is None  # memory has no speed goal
+    assert by["speed"]["ratio"] == pytest.approx(3.0) and by["speed"]["meets_goal"] is True  # variant is no anchor
+    assert by["speed"]["variants"] == {"dolmino_token_ids": 9000}
+    assert by["alone"]["best_anchor"] is None and by["alone"]["ratio"] is None
+    assert "anchor-only" not in by  # nothing of dolmino's to compare
+
+
+def test_goal_vs_raw_fails_when_slower_than_raw_over_1_2():
+    rows = harness.median_figures([[fig("tok", "dolmino", 80), fig("tok", "raw", 100)]])
+    (c,) = harness.compare(rows)
+    assert c["ratio_vs_raw"] == pytest.approx(0.8) and c["meets_goal"] is False
+
+
+def test_goal_vs_anchor_needs_twice_the_best():
+    rows = harness.median_figures([[fig("f", "dolmino", 150), fig("f", "datatrove", 100)]])
+    (c,) = harness.compare(rows)
+    assert c["meets_goal"] is False and c["goal"].startswith(">= 2")
+
+
+# ---------------------------------------------------------------- running stand-ins
+
+def _script(tmp_path, name, body):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+@pytest.fixture
+def stand_ins(tmp_path):
+    _script(tmp_path, "good.py", """
+        import argparse, json, sys
+        ap = argparse.ArgumentParser(); ap.add_argument("--quick", action="store_true")
+        ap.add_argument("--limit-per-file", type=int)
+        a = ap.parse_args()
+        print("a log line before the JSON")
+        print(json.dumps({"cores": 1, "quick": a.quick, "limit": a.limit_per_file, "notes": ["equivalent"],
+                          "figures": [{"name": "tok", "impl": "dolmino", "value": 120, "unit": "tokens/s/core",
+                                       "better": "higher"},
+                                      {"name": "tok", "impl": "dolma", "value": 60, "unit": "tokens/s/core",
+                                       "better": "higher"}]}))
+    """)
+    _script(tmp_path, "sized.py", """
+        import argparse, json
+        ap = argparse.ArgumentParser(); ap.add_argument("--limit-per-file", type=int)
+        a = ap.parse_args()
+        print(json.dumps({"figures": [{"name": "n", "impl": "dolmino", "value": a.limit_per_file or 0,
+                                       "unit": "docs", "better": "higher"}]}))
+    """)
+    _script(tmp_path, "crash.py", "import sys\nif '--help' not in sys.argv: raise SystemExit('anchor venv unavailable')\n")
+    _script(tmp_path, "nofig.py", "import json\nprint(json.dumps({'result': 42}))\n")
+    return tmp_path
+
+
+def _run(stand_ins, name, script, quick=False, quick_args=(("--quick",), ("--limit-per-file", "7")), repeats=2):
+    bench = harness.Benchmark(name, script, quick_args=quick_args)
+    return harness.run_benchmark(bench, repeats=repeats, quick=quick, timeout_s=60, python=sys.executable,
+                                 bench_dir=stand_ins, log=lambda *_: None)
+
+
+def test_run_benchmark_collects_each_run_and_prefers_the_scripts_quick(stand_ins):
+    res = _run(stand_ins, "good", "good.py", quick=True)
+    assert res.status == "ok" and len(res.runs) == 2 and res.args == ["--quick"]
+    assert res.details["quick"] is True and res.details["limit"] is None
+
+
+def test_quick_passes_only_flags_the_script_knows(stand_ins):
+    res = _run(stand_ins, "sized", "sized.py", quick=True, repeats=1)
+    assert res.args == ["--limit-per-file", "7"] and res.runs[0][0]["value"] == 7
+
+
+def test_missing_failed_and_figureless_scripts_are_reported_not_raised(stand_ins):
+    missing = _run(stand_ins, "ghost", "ghost.py")
+    crashed = _run(stand_ins, "crash", "crash.py")
+    nofig = _run(stand_ins, "nofig", "nofig.py")
+    assert missing.status == "missing" and "does not exist" in missing.errors[0]
+    assert crashed.status == "failed" and len(crashed.errors) == 2 and "anchor venv unavailable" in crashed.errors[0]
+    assert nofig.status == "no-figures" and nofig.details == {"result": 42}
+
+
+def test_report_and_markdown_from_mixed_results(stand_ins, tmp_path):
+    results = [_run(stand_ins, "good", "good.py"), _run(stand_ins, "ghost", "ghost.py"),
+               _run(stand_ins, "crash", "crash.py", repeats=1)]
+    machine = harness.machine_info({"dolma": "1.2.1", "datatrove": "unavailable: no network"})
+    report = harness.build_report(results, machine, {"quick": False, "repeats": 2}, note="noisy shared machine")
+    assert [b["status"] for b in report["benchmarks"]] == ["ok", "missing", "failed"]
+    (c,) = report["comparisons"]
+    assert c["ratio"] == pytest.approx(2.0) and c["best_anchor"] == "dolma" and c["meets_goal"] is True
+    json_path, md_path = harness.write_report(report, tmp_path / "out")
+    assert json.loads(json_path.read_text())["comparisons"][0]["ratio"] == pytest.approx(2.0)
+    md = md_path.read_text()
+    assert "> noisy shared machine" in md
+    assert "| good | tok | tokens/s/core (higher) | 120.0 | dolma | 60.0 | 2 |" in md
+    assert "| ghost | missing | 0 |" in md and "| crash | failed | 0 |" in md
+    assert "unavailable: no network" in md and "- **good**: equivalent" in md
+    assert machine["cores"] >= 1 and machine["python"].count(".") == 2
+
+
+def test_parse_args_defaults_and_errors(capsys):
+    assert harness.parse_args([]).repeats == 3
+    assert harness.parse_args(["--quick"]).repeats == 1
+    assert harness.parse_args(["--quick", "--repeats", "4"]).repeats == 4
+    with pytest.raises(SystemExit):
+        harness.parse_args(["--only", "nonsense"])
+    with pytest.raises(SystemExit):
+        harness.parse_args(["--repeats", "0"])
+
+
+def test_every_declared_benchmark_names_a_script_in_bench():
+    names = [b.name for b in harness.BENCHMARKS]
+    assert len(names) == len(set(names))
+    assert {"tokenize", "build", "filters", "dedup", "decontamination", "native", "trainer"} <= set(names)
+    assert all(b.script.startswith("bench_") and b.script.endswith(".py") for b in harness.BENCHMARKS)
+
+
+# ------------------------------------------------------------- bench_build's fit
+
+def test_growth_exponent_recovers_known_powers():
+    sizes = [1, 2, 5, 10]
+    a, b = fit_exponent(sizes, [3.0 * s ** 0.8 for s in sizes])
+    assert a == pytest.approx(3.0) and b == pytest.approx(0.8)
+    _, b_flat = fit_exponent([1, 2, 4], [10.0, 10.0, 10.0])
+    assert b_flat == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError):
+        fit_exponent([2, 2], [1.0, 2.0])
+    with pytest.raises(ValueError):
+        fit_exponent([1], [1.0])
