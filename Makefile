@@ -32,6 +32,7 @@ corpus: assets
 
 build-demo: corpus
 	$(abspath $(VENV))/bin/spark-submit --driver-memory 4g --conf spark.log.level=WARN dolmino/build_mix.py --manifest manifests/demo.json
+	$(PY) -m dolmino.validate build/mixes/demo
 
 train-demo: setup
 	$(PY) -m trainer.run --mix manifests/demo.json --model tiny --steps 20 --seq-len 128 --batch-size 4 --save-dir build/checkpoints/demo
