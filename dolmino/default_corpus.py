@@ -72,6 +72,16 @@ def _parse(path: Path) -> ast.Module | None:
         return None
 
 
+def _documented_modules() -> Iterator[tuple[Path, ast.Module]]:
+    """(path, syntax tree) of every parseable stdlib module outside the test suites."""
+    for path in _stdlib_files():
+        if "test" in path.parts:
+            continue
+        tree = _parse(path)
+        if tree is not None:
+            yield path, tree
+
+
 def _module_name(path: Path) -> str:
     root = Path(sysconfig.get_paths()["stdlib"])
     rel = path.relative_to(root).with_suffix("")
@@ -90,12 +100,7 @@ def web_docs() -> Iterator[dict]:
         text = topics[name].strip()
         if len(text) > 200:
             yield _doc("web", f"web-topic-{name}", text, url=f"https://docs.python.org/3/reference#{name}")
-    for path in _stdlib_files():
-        if "test" in path.parts:
-            continue
-        tree = _parse(path)
-        if tree is None:
-            continue
+    for path, tree in _documented_modules():
         module_doc = ast.get_docstring(tree) or ""
         sections = []
         for node in tree.body:
@@ -134,12 +139,7 @@ def code_docs() -> Iterator[dict]:
 def encyclopedic_docs() -> Iterator[dict]:
     """Reference entries ("name: definition") for stdlib functions and classes, ~4 KB a document."""
     entries: list[str] = []
-    for path in _stdlib_files():
-        if "test" in path.parts:
-            continue
-        tree = _parse(path)
-        if tree is None:
-            continue
+    for path, tree in _documented_modules():
         module = _module_name(path)
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
