@@ -21,19 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
+
+from _common import load_jsonl, time_flags
 
 
-def load(path: str) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
-
-
-def _time(fn, docs) -> tuple[float, list[int]]:
-    fn(docs[0])
-    start = time.perf_counter()
-    flagged = [i for i, d in enumerate(docs) if fn(d)]
-    return time.perf_counter() - start, flagged
 
 
 def _rejected(result) -> bool:
@@ -55,7 +46,7 @@ def main() -> None:
 
     logger.remove()
     logging.disable(logging.WARNING)
-    docs = load(args.input)
+    docs = load_jsonl(args.input)
     out: dict = {"docs": len(docs)}
     stages = args.stages.split(",")
 
@@ -64,14 +55,14 @@ def main() -> None:
 
     if "repeated_ngrams" in stages:
         gopher = GopherRepetitionFilter()
-        seconds, flagged = _time(lambda d: _rejected(gopher.filter(as_doc(d))), docs)
+        seconds, flagged = time_flags(lambda d: _rejected(gopher.filter(as_doc(d))), docs)
         out["repeated_ngrams"] = {"filter": "GopherRepetitionFilter", "seconds": seconds, "flagged": flagged,
                                   "note": "different check: Gopher duplicate-line/paragraph/n-gram fractions"}
     if "fasttext_quality" in stages:
         label = args.label.removeprefix("__label__")
         ft = FastTextClassifierFilter(args.model, keep_labels=(label, args.threshold), newline_replacement=" ",
                                       save_labels_in_metadata=False)
-        seconds, flagged = _time(lambda d: _rejected(ft.filter(as_doc(d))), docs)
+        seconds, flagged = time_flags(lambda d: _rejected(ft.filter(as_doc(d))), docs)
         out["fasttext_quality"] = {"filter": "FastTextClassifierFilter", "seconds": seconds, "flagged": flagged}
     print(json.dumps(out))
 

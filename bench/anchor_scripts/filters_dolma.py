@@ -24,19 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+
+from _common import load_jsonl, time_flags
 
 
-def load(path: str) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
-
-
-def _time(fn, docs) -> tuple[float, list[int]]:
-    fn(docs[0])
-    start = time.perf_counter()
-    flagged = [i for i, d in enumerate(docs) if fn(d)]
-    return time.perf_counter() - start, flagged
 
 
 def main() -> None:
@@ -57,7 +48,7 @@ def main() -> None:
     from dolma.core.ft_tagger import BaseFastTextTagger, Prediction
     from dolma.taggers.repetitions.repetitions_taggers import TokenizerRepetitionsSkipEmptyTagger
 
-    docs = load(args.input)
+    docs = load_jsonl(args.input)
     out: dict = {"docs": len(docs)}
     stages = args.stages.split(",")
 
@@ -72,7 +63,7 @@ def main() -> None:
             result = tagger.predict(Document(source="", id=d["id"], text=d["text"]))
             return any(s.type == "repetition" and s.score >= args.min_repeats for s in result.spans)
 
-        seconds, flagged = _time(repeated, docs)
+        seconds, flagged = time_flags(repeated, docs)
         out["repeated_ngrams"] = {"tagger": "tokenizer_repetitions_v2r2", "seconds": seconds, "flagged": flagged}
 
     if "fasttext_quality" in stages:
@@ -92,7 +83,7 @@ def main() -> None:
             score = next((s.score for s in result.spans if s.type == args.label), 0.0)
             return score < args.threshold
 
-        seconds, flagged = _time(low_quality, docs)
+        seconds, flagged = time_flags(low_quality, docs)
         out["fasttext_quality"] = {"tagger": "BaseFastTextTagger (document level, dclm-oh-eli5 style)",
                                    "seconds": seconds, "flagged": flagged}
 
@@ -111,7 +102,7 @@ def main() -> None:
                     spans = starcoder.predict(doc).spans
                     return next(s.score for s in spans if s.type == "num_github_stars_doc") < args.min_stars
 
-                seconds, flagged = _time(few_stars, subset)
+                seconds, flagged = time_flags(few_stars, subset)
                 out["code_stars"] = {"tagger": "code_starcoder_taggers_v2", "docs": len(subset), "seconds": seconds,
                                      "flagged": [code_docs[i] for i in flagged]}
             if "code_word_frequency" in stages:
@@ -120,7 +111,7 @@ def main() -> None:
                     return (spans["max_line_length_doc"] > 1000 or spans["avg_line_length_doc"] > 100
                             or spans["alnum_prop_doc"] < 0.25 or spans["alpha_token_prop_doc"] < 1.5)
 
-                seconds, flagged = _time(redpajama_bad, subset)
+                seconds, flagged = time_flags(redpajama_bad, subset)
                 out["code_word_frequency"] = {"tagger": "code_redpajama_taggers_v1", "docs": len(subset),
                                               "seconds": seconds, "flagged": [code_docs[i] for i in flagged],
                                               "note": "different check: RedPajama line-length/alnum rules, "

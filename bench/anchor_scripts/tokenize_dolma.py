@@ -19,9 +19,10 @@ import argparse
 import glob
 import json
 import os
-import resource
 import sys
 import time
+
+from _common import peak_rss_fields
 
 
 def main() -> int:
@@ -51,11 +52,8 @@ def main() -> int:
     finally:
         sys.stdout = real_stdout
     seconds = time.perf_counter() - started
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print(json.dumps({
-        "seconds": seconds, "peak_rss_kib": max(own, children), "peak_rss_self_kib": own,
-        "peak_rss_children_kib": children,
+        "seconds": seconds, **peak_rss_fields(),
         "npy": sorted(glob.glob(os.path.join(args.out, "*.npy"))),
         "csv": sorted(glob.glob(os.path.join(args.out, "*.csv.gz"))),
         "argv": argv,

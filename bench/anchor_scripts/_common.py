@@ -1,0 +1,28 @@
+"""Helpers shared by the anchor scripts (they run in the anchors' venvs, not dolmino's, so
+they cannot import the dolmino package; the script directory is on their sys.path)."""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+
+
+def load_jsonl(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def time_flags(fn, docs) -> tuple[float, list[int]]:
+    """Seconds for `fn` over all docs (after one untimed warm-up call) and the indices it flags."""
+    fn(docs[0])
+    start = time.perf_counter()
+    flagged = [i for i, d in enumerate(docs) if fn(d)]
+    return time.perf_counter() - start, flagged
+
+
+def peak_rss_fields() -> dict:
+    """Peak resident set of this process and of its children (KiB), as the bench reports them."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"peak_rss_kib": max(own, children), "peak_rss_self_kib": own, "peak_rss_children_kib": children}
