@@ -163,3 +163,25 @@ def test_init_from_starts_an_anneal_from_pretrained_weights(data_dir, tmp_path, 
     assert anneal[0]["loss"] != fresh[0]["loss"]  # same data order, different starting weights
     assert main([*common, "--model", "20M", "--steps", "1", "--save-dir", str(tmp_path / "x"),
                  "--init-from", str(tmp_path / "pre")]) == 2
+
+
+def test_recipes_give_the_papers_settings_and_explicit_flags_win():
+    import torch
+
+    from trainer.run import parse_args, run_config_from_args
+
+    def config(*argv):
+        args = parse_args(["--data", "unused", "--steps", "10", *argv])
+        return run_config_from_args(args, ["unused"], world_size=8, device=torch.device("cpu"))
+
+    seven = config("--recipe", "olmo2-7b")
+    assert (seven.model.d_model, seven.model.n_layers, seven.model.mlp_hidden) == (4096, 32, 11008)
+    t = seven.train
+    assert (t.seq_len, t.global_batch_size, t.lr, t.warmup_steps) == (4096, 1024, 3e-4, 2000)
+    assert (t.schedule, t.final_lr_fraction, t.horizon_tokens) == ("cosine", 0.1, 5 * 10**12)
+    thirteen = config("--recipe", "olmo2-13b", "--lr", "1e-4")
+    assert thirteen.model.n_layers == 40 and thirteen.train.global_batch_size == 2048
+    assert thirteen.train.lr == 1e-4  # explicit flag beats the recipe's 9e-4
+    anneal = config("--recipe", "olmo2-7b-anneal", "--lr", "3e-5")
+    assert (anneal.train.schedule, anneal.train.warmup_steps, anneal.train.lr) == ("linear_to_zero", 0, 3e-5)
+    assert config().model.d_model == 512  # no recipe: the small local default

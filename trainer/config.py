@@ -114,6 +114,22 @@ MODEL_PRESETS: dict[str, dict] = {
 
 SCHEDULES = ("cosine", "linear_to_zero")
 
+# The paper's recipes (SPEC.md section 3), as defaults for `python -m trainer.run --recipe NAME`;
+# any flag given explicitly still wins. Pretraining: warm-up 2000 steps, cosine to 10% of
+# peak over 5T tokens (7B stopped at 4T: pass --steps for the truncation). Mid-training: the
+# same model and batch, learning rate linearly to zero over the Dolmino budget (the anneal
+# starts from a pretrained checkpoint: --init-from), no warm-up.
+RECIPES: dict[str, dict] = {
+    "olmo2-7b": dict(model="olmo2-7b", seq_len=4096, batch_size=1024, lr=3e-4, warmup_steps=2000,
+                     schedule="cosine", final_lr_fraction=0.1, horizon_tokens=5 * 10**12),
+    "olmo2-13b": dict(model="olmo2-13b", seq_len=4096, batch_size=2048, lr=9e-4, warmup_steps=2000,
+                      schedule="cosine", final_lr_fraction=0.1, horizon_tokens=5 * 10**12),
+    "olmo2-7b-anneal": dict(model="olmo2-7b", seq_len=4096, batch_size=1024, lr=3e-4, warmup_steps=0,
+                            schedule="linear_to_zero"),
+    "olmo2-13b-anneal": dict(model="olmo2-13b", seq_len=4096, batch_size=2048, lr=9e-4, warmup_steps=0,
+                             schedule="linear_to_zero"),
+}
+
 
 @dataclass
 class TrainConfig:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.config import MODEL_PRESETS, SCHEDULES, ModelConfig, RunConfig, TrainConfig
+from trainer.config import MODEL_PRESETS, RECIPES, SCHEDULES, ModelConfig, RunConfig, TrainConfig
 from trainer.data import DataError, discover_token_files
 from trainer.distributed import init_distributed, shutdown
 
@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer.run", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="the paper's model + batch + LR schedule as defaults (explicit flags still win)")
     src.add_argument("--mix", help="manifest JSON whose \"output\" directory holds the built mix")
     src.add_argument("--data", nargs="+", help="built mix directory (or token files)")
     p.add_argument("--model", default="20M", choices=sorted(MODEL_PRESETS), help="model preset (default 20M)")
@@ -129,8 +131,18 @@ def run_config_from_args(args: argparse.Namespace, data_paths: list[str], world_
     return RunConfig(model=model, train=train, data_paths=data_paths)
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; a --recipe supplies defaults that explicit flags override."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.recipe:
+        parser.set_defaults(**RECIPES[args.recipe])
+        args = parser.parse_args(argv)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.mix:
