@@ -83,6 +83,18 @@ class _LlmGenerator:
         return client.complete([{"role": "user", "content": prompt}], temperature=self.temperature,
                                max_tokens=self.max_tokens, seed=seed * 1_000_003 + index)
 
+    def ask_parsed(self, client: ChatClient, prompt: str, parse, seed: int, index: int, stage: str,
+                   excerpt=lambda text: text[:300]):
+        """(parsed answer, None), or (None, rejection record) for a failed request or an answer
+        `parse` refuses (None); `excerpt` picks what of a refused answer the record keeps."""
+        result = self.ask(client, prompt, seed, index)
+        if result.content is None:
+            return None, rejection(self.name, seed, index, "request_failed", f"{stage}: {result.error}")
+        parsed = parse(result.content)
+        if parsed is None:
+            return None, rejection(self.name, seed, index, "bad_format", f"{stage}: {excerpt(result.content)}")
+        return parsed, None
+
 
 class TuluMathGenerator(_LlmGenerator):
     """Persona -> "Math problem:" -> step-by-step solution ending on the Final Answer line."""
@@ -103,21 +115,15 @@ class TuluMathGenerator(_LlmGenerator):
         client = self.client(seed, partition)
         for index in partition_range(partition, num_partitions, self.num_docs):
             persona = self.personas[index % len(self.personas)]
-            result = self.ask(client, prompts.tulu_problem_prompt(persona), seed, index)
-            if result.content is None:
-                yield rejection(self.name, seed, index, "request_failed", f"problem: {result.error}")
+            problem, refused = self.ask_parsed(client, prompts.tulu_problem_prompt(persona), prompts.parse_problem,
+                                               seed, index, "problem")
+            if refused is not None:
+                yield refused
                 continue
-            problem = prompts.parse_problem(result.content)
-            if problem is None:
-                yield rejection(self.name, seed, index, "bad_format", f"problem: {result.content[:300]}")
-                continue
-            result = self.ask(client, prompts.tulu_solution_prompt(problem), seed, index)
-            if result.content is None:
-                yield rejection(self.name, seed, index, "request_failed", f"solution: {result.error}")
-                continue
-            parsed = prompts.parse_solution(result.content)
-            if parsed is None:
-                yield rejection(self.name, seed, index, "bad_format", f"solution: {result.content[-300:]}")
+            parsed, refused = self.ask_parsed(client, prompts.tulu_solution_prompt(problem), prompts.parse_solution,
+                                              seed, index, "solution", excerpt=lambda text: text[-300:])
+            if refused is not None:
+                yield refused
                 continue
             solution, final = parsed
             meta = {"persona": persona, "final_answer": final, "model": self.model}
