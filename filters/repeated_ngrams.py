@@ -128,7 +128,8 @@ class RepeatedNgramFilter:
         except UnicodeEncodeError as exc:  # lone surrogates from a lenient decode
             raise ValueError(f"document text is not valid UTF-8 ({exc.reason} at {exc.start}); "
                              "read documents with dolmino.documents, which quarantines such lines") from None
-        return np.asarray(self._tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.uint32)
+        encoding = self._tokenizer.encode_batch_fast([text], add_special_tokens=False)[0]  # ids only, no offsets
+        return np.asarray(encoding.ids, dtype=np.uint32)
 
     def reject_reason(self, doc: dict) -> str | None:
         spans = find_repeated_ngram_spans(self._tokens(doc), self.max_n, self.min_repeats)
