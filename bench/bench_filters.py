@@ -17,7 +17,9 @@ Stages and their anchors (see the anchor scripts for what each anchor computes):
   build attaches (`doc["token_ids"]`), which is how the build runs it.
 - fasttext_quality: one small classifier trained with `train_fasttext_classifier`
   (academic + encyclopedic = pos, code = neg, on documents outside the benchmark slice),
-  the same .bin scored by all three tools; flagged when P(pos) < threshold.
+  the same .bin scored by all three tools; flagged when P(pos) < threshold. dolmino scores
+  with its numba engine (filters/fasttext_numba.py); `dolmino_fasttext_binding` is the same
+  filter on the fastText binding, for the engine's own gain.
 - code_stars / code_word_frequency: code documents only; dolma's starcoder / RedPajama
   code taggers (the latter a different check); datatrove has no code filters.
 
@@ -107,6 +109,9 @@ def run_dolmino(docs: list[dict], model: str, threshold: float, min_repeats: int
     ft = FastTextQualityFilter(model, label=LABEL, threshold=threshold)
     seconds, flagged = _timed(ft.reject_reason, docs)
     out["fasttext_quality"] = {"seconds": seconds, "flagged": flagged, "docs": len(docs)}
+    binding = FastTextQualityFilter(model, label=LABEL, threshold=threshold, engine="fasttext")
+    seconds, flagged = _timed(binding.reject_reason, docs)
+    out["fasttext_quality_binding"] = {"seconds": seconds, "flagged": flagged, "docs": len(docs)}
     code = [i for i, d in enumerate(docs) if d["source"] == "code"]
     subset = [docs[i] for i in code]
     for name, filt in (("code_stars", CodeStarsFilter()), ("code_word_frequency", CodeWordFrequencyFilter())):
@@ -133,6 +138,13 @@ def _overlap(a: list[int], b: list[int]) -> float | None:
     return round(len(sa & sb) / len(sa | sb), 4) if sa | sb else 1.0
 
 
+# dolmino variants measured beside the default path: (stage, impl) they are reported as.
+VARIANTS = {
+    "repeated_ngrams_token_ids": ("repeated_ngrams", "dolmino_token_ids"),  # as the build runs it
+    "fasttext_quality_binding": ("fasttext_quality", "dolmino_fasttext_binding"),  # engine="fasttext"
+}
+
+
 def summarise(docs: list[dict], results: dict[str, dict]) -> tuple[list[dict], dict]:
     """Figures (docs/s per core) and agreement (flagged shares, Jaccard of flagged sets vs dolmino)."""
     figures, agreement = [], {}
@@ -141,16 +153,15 @@ def summarise(docs: list[dict], results: dict[str, dict]) -> tuple[list[dict], d
             if not isinstance(r, dict) or "seconds" not in r:
                 continue
             n = r.get("docs", len(docs))
-            name = "repeated_ngrams" if stage == "repeated_ngrams_token_ids" else stage
-            label = impl if stage != "repeated_ngrams_token_ids" else "dolmino_token_ids"
-            figures.append({"name": f"filters/{name} docs/s per core", "impl": impl if label == impl else label,
+            name, label = VARIANTS.get(stage, (stage, impl))
+            figures.append({"name": f"filters/{name} docs/s per core", "impl": label,
                             "value": round(n / r["seconds"], 1) if r["seconds"] > 0 else float("inf"),
                             "unit": "docs/s", "better": "higher",
                             **({"note": r["note"]} if r.get("note") else {})})
-            entry = agreement.setdefault(stage if stage != "repeated_ngrams_token_ids" else "repeated_ngrams", {})
+            entry = agreement.setdefault(name, {})
             entry[label] = {"docs": n, "flagged": len(r["flagged"]), "share": round(len(r["flagged"]) / n, 4) if n else None}
-            ours = results["dolmino"].get(stage)
-            if impl != "dolmino" and ours:
+            ours = results["dolmino"].get(name)
+            if label != "dolmino" and ours:
                 entry[label]["jaccard_with_dolmino"] = _overlap(ours["flagged"], r["flagged"])
     return figures, agreement
 

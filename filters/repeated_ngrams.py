@@ -10,9 +10,26 @@ Definition. For a period n, positions i with tokens[i] == tokens[i + n] form max
 a run of length L starting at s means tokens[s : s + L + n] repeats its first n tokens,
 i.e. it holds (L + n) // n full copies. A span is reported when that count reaches
 `min_repeats`. One pass per n: O(len(tokens) * max_n), in C++ (csrc/) when built, else numba.
+
+From text, tokenizing dominates (~99% of the time), so `RepeatedNgramFilter` first runs a
+byte-level necessary condition, `may_hold_repeated_ngram`, and tokenizes only the
+documents that pass it. Why it is exact: the dolma2 tokenizer is byte-level BPE with no
+normalizer, so a token span decodes to a contiguous run of the text's UTF-8 bytes, and a
+span of >= R copies of an n-gram is a byte run of period q (the n-gram's byte length) and
+length >= R * q. Inside it every K-byte window equals the one q bytes earlier, so
+(R - 1) * q - K + 1 consecutive positions each have their K-gram's previous occurrence
+within q bytes. The check looks for such a run for every q (grouped in powers of two) in
+one linear pass; a hashed K-gram table only ever shortens distances, so collisions can add
+candidates but never hide one. Runs of one repeated ASCII byte ("-----" rulers, indentation)
+would pass it at small q, so there the check also uses what BPE can emit (`min_run_periods`:
+the shortest cycle of that byte's tokens with no merge between neighbours). Typical prose
+and code fail the check and never reach the tokenizer; the tests compare both paths on
+real text, runs of every ASCII byte and random token n-grams around the threshold.
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 from numba import njit
@@ -46,6 +63,123 @@ def _spans_numba(tokens, max_n, min_repeats):  # pragma: no cover - compiled
                     k += 1
                 run_start = -1
     return out[:k]
+
+
+@njit(cache=True, nogil=True)
+def _may_repeat(buf, min_repeats, max_period, min_run_period):  # pragma: no cover - compiled
+    n = buf.shape[0]
+    k = min(8, min_repeats - 1)  # K-gram width; the run lengths below stay >= 1 with K <= R - 1
+    top = min(max_period, n // min_repeats)  # a period-q span takes R * q bytes
+    if top < 1 or n < k:
+        return False
+    levels = 1
+    while (1 << (levels - 1)) < top:
+        levels += 1
+    need = np.empty(levels, dtype=np.int64)  # run length that proves a period in (D/2, D], D = 2**j
+    for j in range(levels):  # (R - 2): the last period may sit in a long same-byte run (see below)
+        need[j] = max(1, (min_repeats - 2) * ((1 << j) // 2 + 1) - k + 1)
+    run = np.zeros(levels, dtype=np.int64)
+    bits = 8
+    while (1 << bits) < 4 * n:
+        bits += 1
+    last = np.full(1 << bits, -(1 << 40), dtype=np.int64)
+    shift = np.uint64(64 - bits)
+    same_start = 0
+    same_end = 0
+    for i in range(n - k + 1):
+        key = np.uint64(0)
+        for b in range(k):
+            key = (key << np.uint64(8)) | np.uint64(buf[i + b])
+        slot = np.int64(((key + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)) >> shift)
+        d = i - last[slot]
+        last[slot] = i
+        if i >= same_end:  # the maximal run of one byte value that starts here
+            same_start = i
+            same_end = i + 1
+            while same_end < n and buf[same_end] == buf[i]:
+                same_end += 1
+        # A window inside a same-byte run of length >= D can only belong to a period <= D
+        # when the tokenizer can repeat that byte's tokens with such a period.
+        floor = min_run_period[buf[i]] if same_end >= i + k else 0
+        same_len = same_end - same_start
+        for j in range(levels):
+            width = 1 << j
+            if d <= width and not (same_len >= width and floor > width):
+                run[j] += 1
+                if run[j] >= need[j]:
+                    return True
+            else:
+                run[j] = 0
+    return False
+
+
+_CL100K_SPLIT = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+                 "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+
+
+def _byte_level_chars() -> dict[int, str]:
+    """GPT-2's byte -> printable character map used by byte-level BPE vocabularies."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in keep:
+            chars[byte] = chr(byte)
+        else:
+            chars[byte] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+def min_run_periods(tokenizer_json: dict) -> np.ndarray:
+    """Per ASCII byte c: the shortest byte period at which the tokenizer can repeat tokens inside c-runs.
+
+    Why it holds: with cl100k's pre-tokenizer a run of one ASCII byte (digits aside) is cut
+    into at most a few pre-tokens, and BPE never leaves two adjacent tokens of one
+    pre-token that have a merge rule. So a span of >= 32 copies of an n-gram inside a run of
+    c repeats a cycle of c-tokens x1 -> x2 -> ... -> x1 where no (xi, xi+1) is a merge; its
+    byte period is the cycle's total length. This is the shortest such cycle (the longest
+    c-token can always follow itself, so one exists). Any other tokenizer, digits, and
+    non-ASCII bytes (same-byte runs of those cannot be valid UTF-8) get 1: no refinement.
+    """
+    periods = np.ones(256, dtype=np.int64)
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    splits = [p for p in pre.get("pretokenizers", []) if p.get("type") == "Split"]
+    model = tokenizer_json.get("model") or {}
+    if (tokenizer_json.get("normalizer") is not None or model.get("type") != "BPE" or model.get("dropout")
+            or len(splits) != 1 or splits[0].get("pattern", {}).get("Regex") != _CL100K_SPLIT):
+        return periods
+    merges = {tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])}
+    vocab = model.get("vocab", {})
+    chars = _byte_level_chars()
+    for byte in range(128):
+        if chr(byte).isdigit():
+            continue
+        ch = chars[byte]
+        tokens = [k for k in range(1, 257) if ch * k in vocab]
+        if not tokens:
+            continue
+        inf = 1 << 30
+        # dist[a][b]: least bytes along a non-merge path a -> ... -> b, counting every token but the first.
+        dist = {a: {b: (b if (ch * a, ch * b) not in merges else inf) for b in tokens} for a in tokens}
+        for via in tokens:
+            for a in tokens:
+                for b in tokens:
+                    if dist[a][via] + dist[via][b] < dist[a][b]:
+                        dist[a][b] = dist[a][via] + dist[via][b]
+        periods[byte] = min(dist[a][a] for a in tokens)
+    return periods
+
+
+def may_hold_repeated_ngram(text_bytes: bytes, min_repeats: int = 32, max_period: int = 1 << 30,
+                            run_periods: np.ndarray | None = None) -> bool:
+    """False only when no run of >= `min_repeats` copies of any token n-gram can be in the text.
+
+    `max_period` bounds the n-gram's byte length (max_n times the longest token, in bytes);
+    `run_periods` is `min_run_periods(tokenizer)` (None: no tokenizer knowledge, bytes only).
+    A necessary condition (see the module docstring): True means "tokenize and look".
+    """
+    periods = np.ones(256, dtype=np.int64) if run_periods is None else run_periods
+    return bool(_may_repeat(np.frombuffer(text_bytes, dtype=np.uint8), int(min_repeats), int(max_period), periods))
 
 
 def _merge(spans: np.ndarray) -> np.ndarray:
@@ -95,7 +229,8 @@ class RepeatedNgramFilter:
     """Drop documents holding >= `min_repeats` consecutive copies of any 1..`max_n` token n-gram.
 
     Works on the dolma2 token ids the build attaches as `doc["token_ids"]`; standalone use
-    tokenizes `doc["text"]` with the packaged dolma2 tokenizer (loaded on first use).
+    tokenizes `doc["text"]` with the packaged dolma2 tokenizer (loaded on first use), and only
+    when the byte-level check `may_hold_repeated_ngram` says the repeats could be there.
     """
 
     name = "repeated_ngrams"
@@ -108,30 +243,52 @@ class RepeatedNgramFilter:
         self.max_n = max_n
         self.min_repeats = min_repeats
         self._tokenizer = None
+        self._max_period = None
+        self._run_periods = None
 
     def __getstate__(self):
-        return {"max_n": self.max_n, "min_repeats": self.min_repeats, "_tokenizer": None}
+        return {"max_n": self.max_n, "min_repeats": self.min_repeats, "_tokenizer": None, "_max_period": None,
+                "_run_periods": None}
 
-    def _tokens(self, doc: dict):
-        tokens = doc.get("token_ids")
-        if tokens is not None:
-            return tokens
+    def _load_tokenizer(self):
         if self._tokenizer is None:
             from tokenizers import Tokenizer
 
             from dolmino.assets import dolma2_tokenizer_path
 
-            self._tokenizer = Tokenizer.from_file(str(dolma2_tokenizer_path()))
+            path = dolma2_tokenizer_path()
+            self._tokenizer = Tokenizer.from_file(str(path))
+            # Longest token in bytes (an upper bound: byte-level symbols count as their UTF-8 length).
+            longest = max(len(t.encode("utf-8")) for t in self._tokenizer.get_vocab(with_added_tokens=True))
+            self._max_period = self.max_n * longest
+            with open(path, encoding="utf-8") as fh:
+                self._run_periods = min_run_periods(json.load(fh))
+        return self._tokenizer
+
+    @staticmethod
+    def _utf8(doc: dict) -> bytes:
         text = doc.get("text", "")
         try:
-            text.encode("utf-8")
+            return text.encode("utf-8")
         except UnicodeEncodeError as exc:  # lone surrogates from a lenient decode
             raise ValueError(f"document text is not valid UTF-8 ({exc.reason} at {exc.start}); "
                              "read documents with dolmino.documents, which quarantines such lines") from None
-        encoding = self._tokenizer.encode_batch_fast([text], add_special_tokens=False)[0]  # ids only, no offsets
+
+    def _tokens(self, doc: dict):
+        tokens = doc.get("token_ids")
+        if tokens is not None:
+            return tokens
+        self._utf8(doc)
+        tokenizer = self._load_tokenizer()
+        encoding = tokenizer.encode_batch_fast([doc.get("text", "")], add_special_tokens=False)[0]  # ids only
         return np.asarray(encoding.ids, dtype=np.uint32)
 
     def reject_reason(self, doc: dict) -> str | None:
+        if doc.get("token_ids") is None:
+            text_bytes = self._utf8(doc)
+            self._load_tokenizer()
+            if not may_hold_repeated_ngram(text_bytes, self.min_repeats, self._max_period, self._run_periods):
+                return None  # no byte run can hold the repeats: the tokenizer would find none
         spans = find_repeated_ngram_spans(self._tokens(doc), self.max_n, self.min_repeats)
         if len(spans):
             return f"repeats>={self.min_repeats}"

@@ -17,7 +17,9 @@ import pytest
 
 from conftest import shared_corpus_file
 from dolmino.documents import Quarantine, read_documents
-from filters.repeated_ngrams import RepeatedNgramFilter, find_repeated_ngram_spans, repeated_ngram_mask
+from filters.repeated_ngrams import (
+    RepeatedNgramFilter, find_repeated_ngram_spans, may_hold_repeated_ngram, min_run_periods, repeated_ngram_mask,
+)
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +194,81 @@ def test_filter_pickles_without_tokenizer():
 def test_bad_parameters(kwargs, field):
     with pytest.raises(ValueError, match=field):
         RepeatedNgramFilter(**kwargs)
+
+
+# ------------------------------------------------------- the byte-level pre-check is exact
+
+def _decisions_agree(filt: RepeatedNgramFilter, tokenizer, texts: list[str]) -> tuple[int, int]:
+    """Assert the text path (pre-check, then tokenize) decides like the token path; (flagged, candidates)."""
+    flagged = candidates = 0
+    for text in texts:
+        exact = filt.reject_reason({"text": text, "token_ids": encode(tokenizer, text)})
+        assert filt.reject_reason({"text": text}) == exact, repr(text[:120])
+        flagged += exact is not None
+        candidates += may_hold_repeated_ngram(text.encode("utf-8"), filt.min_repeats, filt._max_period,
+                                              filt._run_periods)
+        if exact is not None:  # the pre-check must never clear a document that has the repeats
+            assert may_hold_repeated_ngram(text.encode("utf-8"), filt.min_repeats, filt._max_period,
+                                           filt._run_periods)
+    return flagged, candidates
+
+
+def test_precheck_skips_the_tokenizer_on_real_text_and_agrees(tokenizer):
+    filt = RepeatedNgramFilter()
+    filt._load_tokenizer()
+    texts = [d["text"] for name in ("web.jsonl.zst", "code.jsonl.zst", "encyclopedic.jsonl.zst",
+                                    "academic.jsonl.zst") for d in _docs(name, 120)]
+    flagged, candidates = _decisions_agree(filt, tokenizer, texts)
+    assert flagged == 0 and candidates < 0.1 * len(texts)  # most real documents never reach the tokenizer
+
+
+def test_precheck_on_same_byte_runs_of_every_ascii_byte(tokenizer):
+    """Runs are where the tokenizer knowledge (min_run_periods) is used: every byte, many lengths, contexts."""
+    filt = RepeatedNgramFilter()
+    filt._load_tokenizer()
+    lengths = (31, 32, 33, 64, 65, 90, 96, 97, 100, 128, 129, 200, 256, 300, 512, 1000, 2048)
+    contexts = [("", ""), ("x", "y"), (" ", " "), ("word ", "\n"), (". ", "."), ("1", "2"), ("<|endoftext|>", "")]
+    texts = [before + chr(c) * m + after for c in list(range(1, 128)) for m in lengths for before, after in contexts
+             if c != 0]
+    flagged, _ = _decisions_agree(filt, tokenizer, texts)
+    assert flagged > 100  # long runs of many bytes do hold >= 32 repeats of their longest token
+
+
+def test_precheck_on_random_token_ngrams_around_the_threshold(tokenizer):
+    """Random n-grams of real vocabulary ids, repeated 30..34 times, spliced into real text."""
+    filt = RepeatedNgramFilter()
+    filt._load_tokenizer()
+    rng = np.random.default_rng(7)
+    base = [d["text"][:600] for d in _docs("web.jsonl.zst", 40)]
+    texts = []
+    for case in range(400):
+        n = int(rng.integers(1, 14))
+        ids = rng.integers(0, 100_000, size=n).tolist()
+        unit = tokenizer.decode(ids)
+        if not unit or "\ufffd" in unit:
+            continue
+        copies = int(rng.integers(30, 35))
+        host = base[case % len(base)]
+        cut = int(rng.integers(0, len(host) + 1))
+        texts.append(host[:cut] + unit * copies + host[cut:])
+    flagged, candidates = _decisions_agree(filt, tokenizer, texts)
+    assert flagged > 50 and candidates >= flagged
+
+
+def test_min_run_periods_only_for_the_cl100k_pre_tokenizer():
+    import json
+
+    from dolmino.assets import dolma2_tokenizer_path
+
+    config = json.loads(dolma2_tokenizer_path().read_text(encoding="utf-8"))
+    periods = min_run_periods(config)
+    assert periods.shape == (256,) and periods.min() >= 1
+    assert periods[ord("-")] > 1 and periods[ord("1")] == 1 and periods[200] == 1  # digits, non-ASCII: none
+    other = json.loads(json.dumps(config))
+    other["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\s+|\S+"
+    assert (min_run_periods(other) == 1).all()  # unknown pre-tokenizer: bytes-only check
+    # Without tokenizer knowledge the check is weaker but still sound.
+    assert may_hold_repeated_ngram(("-" * 40).encode()) and not may_hold_repeated_ngram(
+        ("-" * 40).encode(), run_periods=periods)
+    assert may_hold_repeated_ngram(("ab " * 40).encode(), run_periods=periods)
+    assert not may_hold_repeated_ngram(b"The quick brown fox jumps over the lazy dog. " * 3, run_periods=periods)
