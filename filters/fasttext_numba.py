@@ -338,6 +338,22 @@ def _read_cstring(data: bytes | memoryview, pos: int) -> tuple[bytes, int]:
     return bytes(data[pos:pos + end]), pos + end + 1
 
 
+def _dense_matrix(mm: np.memmap, pos: int, size: int, path: str, what: str, rows: int, dim: int):
+    """(float32 rows x dim view into the file, position after it), or (None, pos) when quantized.
+
+    fastText writes a matrix as a `quantized` bool, then int64 rows, int64 cols, float32 data."""
+    if pos + 17 > size:
+        raise ValueError(f"{path}: truncated before the {what} matrix")
+    if mm[pos]:
+        return None, pos + 1
+    got_rows, got_cols = struct.unpack("<qq", bytes(mm[pos + 1:pos + 17]))
+    pos += 17
+    if got_cols != dim or got_rows != rows or pos + got_rows * got_cols * 4 > size:
+        raise ValueError(f"{path}: {what} matrix {got_rows}x{got_cols} does not match {rows} rows x dim {dim} "
+                         "(truncated or not a supervised fastText model)")
+    return np.ndarray((rows, dim), dtype=np.float32, buffer=mm, offset=pos), pos + rows * dim * 4
+
+
 def load_fasttext_numba(path: str, projected: bool | None = None) -> FastTextNumba | None:
     """Read a fastText .bin for `FastTextNumba`, or None when the model needs the fastText binding."""
     size = os.path.getsize(path)
@@ -371,26 +387,12 @@ def load_fasttext_numba(path: str, projected: bool | None = None) -> FastTextNum
     if len(words) != nwords or len(labels) != nlabels:
         raise ValueError(f"{path}: dictionary holds {len(words)} words / {len(labels)} labels, "
                          f"header says {nwords} / {nlabels}")
-    quant_input = data[pos]
-    pos += 1
-    if quant_input:
+    input_matrix, pos = _dense_matrix(mm, pos, size, path, "input", nwords + bucket, dim)
+    if input_matrix is None:
         return None
-    rows, cols = struct.unpack("<qq", data[pos:pos + 16])
-    pos += 16
-    if cols != dim or rows != nwords + bucket or pos + rows * cols * 4 > size:
-        raise ValueError(f"{path}: input matrix {rows}x{cols} does not match dim {dim}, "
-                         f"{nwords} words + {bucket} buckets")
-    input_matrix = np.ndarray((rows, cols), dtype=np.float32, buffer=mm, offset=pos)
-    pos += rows * cols * 4
-    quant_output = data[pos]
-    pos += 1
-    if quant_output:
+    output_matrix, pos = _dense_matrix(mm, pos, size, path, "output", nlabels, dim)
+    if output_matrix is None:
         return None
-    orows, ocols = struct.unpack("<qq", data[pos:pos + 16])
-    pos += 16
-    if ocols != dim or orows != nlabels or pos + orows * ocols * 4 > size:
-        raise ValueError(f"{path}: output matrix {orows}x{ocols} does not match {nlabels} labels x dim {dim}")
-    output_matrix = np.ndarray((orows, ocols), dtype=np.float32, buffer=mm, offset=pos)
     return FastTextNumba(labels=[lab.decode("utf-8", "replace") for lab in labels], nwords=nwords,
                          word_ngrams=word_ngrams, bucket=bucket, loss=loss, words=words,
                          input_matrix=input_matrix, output_matrix=output_matrix, projected=projected)
