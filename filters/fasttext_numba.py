@@ -243,6 +243,49 @@ def _predict_projected(buf, slots, vocab_bytes, vocab_offsets, is_label, nwords,
     return _activate(logits, loss, sigmoid_table), True
 
 
+@njit(cache=True, nogil=True)
+def _build_slots(vocab_bytes, vocab_offsets, size):  # pragma: no cover - compiled
+    """The open-addressing table `_lookup` probes; a repeated entry keeps its first id, as fastText's."""
+    slots = np.full((size, 2), -1, dtype=np.int64)
+    mask = size - 1
+    for idx in range(vocab_offsets.shape[0] - 1):
+        start, end = vocab_offsets[idx], vocab_offsets[idx + 1]
+        h, prefix = _hash_and_prefix(vocab_bytes, start, end)
+        if _lookup(vocab_bytes, start, end, h, prefix, slots, vocab_bytes, vocab_offsets) >= 0:
+            continue
+        slot = np.int64(h) & mask
+        while slots[slot, 1] >= 0:
+            slot = (slot + 1) & mask
+        slots[slot, 0] = prefix
+        slots[slot, 1] = (idx << 8) | min(end - start, 255)
+    return slots
+
+
+@njit(cache=True, nogil=True)
+def _parse_dictionary(buf, pos, n_entries):  # pragma: no cover - compiled
+    """fastText's dictionary entries (word bytes, NUL, int64 count, int8 type) packed; end position or -1."""
+    offsets = np.zeros(n_entries + 1, dtype=np.int64)
+    kinds = np.zeros(n_entries, dtype=np.int8)
+    starts = np.empty(n_entries, dtype=np.int64)
+    n = buf.shape[0]
+    total = 0
+    for e in range(n_entries):
+        start = pos
+        while pos < n and buf[pos] != 0:
+            pos += 1
+        if pos + 10 > n:
+            return np.zeros(0, dtype=np.uint8), offsets, kinds, -1
+        starts[e] = start
+        total += pos - start
+        offsets[e + 1] = total
+        kinds[e] = buf[pos + 9]
+        pos += 10
+    packed = np.empty(total, dtype=np.uint8)
+    for e in range(n_entries):
+        packed[offsets[e]:offsets[e + 1]] = buf[starts[e]:starts[e] + offsets[e + 1] - offsets[e]]
+    return packed, offsets, kinds, pos
+
+
 def _packed_prefix(word: bytes) -> int:
     """The first 8 bytes of `word`, little-endian, as a signed int64 (what `_hash_and_prefix` packs)."""
     value = int.from_bytes(word[:8], "little")
@@ -266,8 +309,10 @@ class FastTextNumba:
     operations, bit for bit.
     """
 
-    def __init__(self, *, labels, nwords, word_ngrams, bucket, loss, words, input_matrix, output_matrix,
-                 projected: bool | None = None):
+    def __init__(self, *, labels, nwords, word_ngrams, bucket, loss, vocab_bytes, vocab_offsets, input_matrix,
+                 output_matrix, projected: bool | None = None):
+        """`vocab_bytes` / `vocab_offsets`: the dictionary's words then its labels, packed (entry i is
+        vocab_bytes[vocab_offsets[i]:vocab_offsets[i + 1]]), in fastText's id order."""
         self.labels = list(labels)
         self.nwords = int(nwords)
         self.word_ngrams = int(word_ngrams)
@@ -275,29 +320,16 @@ class FastTextNumba:
         self.loss = int(loss)
         self.input_matrix = input_matrix
         self.output_matrix = np.ascontiguousarray(output_matrix, dtype=np.float32)
-        entries = list(words) + [lab.encode("utf-8") for lab in self.labels]
-        self.vocab_offsets = np.zeros(len(entries) + 1, dtype=np.int64)
-        self.vocab_offsets[1:] = np.cumsum([len(e) for e in entries])
-        self.vocab_bytes = np.frombuffer(b"".join(entries) or b"\0", dtype=np.uint8)
-        self.is_label = np.zeros(len(entries), dtype=np.bool_)
+        self.vocab_bytes = vocab_bytes if len(vocab_bytes) else np.zeros(1, dtype=np.uint8)
+        self.vocab_offsets = vocab_offsets
+        n_entries = len(vocab_offsets) - 1
+        self.is_label = np.zeros(n_entries, dtype=np.bool_)
         self.is_label[self.nwords:] = True
-        size = 1 << max(4, (2 * len(entries)).bit_length())
-        self.slots = np.full((size, 2), -1, dtype=np.int64)
-        seen = set()
-        for idx, word in enumerate(entries):
-            if word in seen:  # first entry wins, as in fastText's dictionary
-                continue
-            seen.add(word)
-            slot = fasttext_hash(word) & (size - 1)
-            while self.slots[slot, 1] >= 0:
-                slot = (slot + 1) & (size - 1)
-            self.slots[slot, 0] = _packed_prefix(word)
-            self.slots[slot, 1] = (idx << 8) | min(len(word), 255)
+        self.slots = _build_slots(self.vocab_bytes, self.vocab_offsets, 1 << max(4, (2 * n_entries).bit_length()))
         self.eos_hash = np.uint64(fasttext_hash(EOS))
-        try:
-            self.eos_entry = entries.index(EOS)
-        except ValueError:
-            self.eos_entry = -1
+        eos = np.frombuffer(EOS, dtype=np.uint8)
+        self.eos_entry = int(_lookup(eos, 0, len(EOS), self.eos_hash, _packed_prefix(EOS), self.slots,
+                                     self.vocab_bytes, self.vocab_offsets))
         self.sigmoid_table = _sigmoid_table()
         if projected is None:
             projected = len(self.labels) <= input_matrix.shape[1] // 2
@@ -327,15 +359,6 @@ def _project(input_matrix: np.ndarray, output_matrix: np.ndarray, chunk_rows: in
     for start in range(0, input_matrix.shape[0], chunk_rows):
         np.matmul(input_matrix[start:start + chunk_rows].astype(np.float64), w, out=out[start:start + chunk_rows])
     return out
-
-
-def _read_cstring(data: bytes | memoryview, pos: int) -> tuple[bytes, int]:
-    end = bytes(data[pos:pos + 4096]).find(b"\0")
-    if end < 0:  # very long word: search the rest
-        end = bytes(data[pos:]).find(b"\0")
-        if end < 0:
-            raise ValueError("truncated fastText dictionary")
-    return bytes(data[pos:pos + end]), pos + end + 1
 
 
 def _dense_matrix(mm: np.memmap, pos: int, size: int, path: str, what: str, rows: int, dim: int):
@@ -376,23 +399,19 @@ def load_fasttext_numba(path: str, projected: bool | None = None) -> FastTextNum
     pos += 28
     if prune_size > 0:
         return None
-    words, labels = [], []
-    for _ in range(n_entries):
-        word, pos = _read_cstring(data, pos)
-        kind = data[pos + 8]
-        pos += 9  # int64 count, int8 type
-        if kind != 1 and labels:
-            return None  # fastText saves words before labels; anything else is not a layout we know
-        (labels if kind == 1 else words).append(word)
-    if len(words) != nwords or len(labels) != nlabels:
-        raise ValueError(f"{path}: dictionary holds {len(words)} words / {len(labels)} labels, "
-                         f"header says {nwords} / {nlabels}")
+    vocab_bytes, vocab_offsets, kinds, pos = _parse_dictionary(mm, pos, n_entries)
+    if pos < 0:
+        raise ValueError(f"{path}: truncated fastText dictionary")
+    if np.any(np.diff(kinds.astype(np.int64)) < 0) or int(np.sum(kinds == 1)) != nlabels or n_entries != nwords + nlabels:
+        return None  # fastText saves words, then labels; any other layout is left to the binding
+    labels = [bytes(vocab_bytes[vocab_offsets[i]:vocab_offsets[i + 1]]).decode("utf-8", "replace")
+              for i in range(nwords, n_entries)]
     input_matrix, pos = _dense_matrix(mm, pos, size, path, "input", nwords + bucket, dim)
     if input_matrix is None:
         return None
     output_matrix, pos = _dense_matrix(mm, pos, size, path, "output", nlabels, dim)
     if output_matrix is None:
         return None
-    return FastTextNumba(labels=[lab.decode("utf-8", "replace") for lab in labels], nwords=nwords,
-                         word_ngrams=word_ngrams, bucket=bucket, loss=loss, words=words,
-                         input_matrix=input_matrix, output_matrix=output_matrix, projected=projected)
+    return FastTextNumba(labels=labels, nwords=nwords, word_ngrams=word_ngrams, bucket=bucket, loss=loss,
+                         vocab_bytes=vocab_bytes, vocab_offsets=vocab_offsets, input_matrix=input_matrix,
+                         output_matrix=output_matrix, projected=projected)

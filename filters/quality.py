@@ -43,11 +43,25 @@ def _one_line(text: str) -> str:
     return " ".join(filter(None, text.split("\n"))).strip()
 
 
+# Models loaded in this process, by (engine, path, size, mtime). The build makes its filters
+# anew for every file task, and a Spark Python worker runs many tasks: without this, each
+# file would load the (multi-GB) model again.
+_LOADED: dict[tuple, object] = {}
+
+
+def _cached(engine: str, path: str, load):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"fastText model {path!r} does not exist")
+    st = os.stat(path)
+    key = (engine, os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _LOADED:
+        _LOADED[key] = load(path)
+    return _LOADED[key]
+
+
 def _load_fasttext(path: str):
     import fasttext
 
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"fastText model {path!r} does not exist")
     fasttext.FastText.eprint = lambda *args, **kwargs: None  # silence the load-model warning
     return fasttext.load_model(path)
 
@@ -82,7 +96,7 @@ class FastTextModel:
     def model(self):
         """The fastText binding's model (loaded on first use)."""
         if self._model is None:
-            self._model = _load_fasttext(self.model_path)
+            self._model = _cached("fasttext", self.model_path, _load_fasttext)
         return self._model
 
     @property
@@ -94,9 +108,7 @@ class FastTextModel:
             if self.engine == "fasttext":
                 self._fast = False
             else:
-                if not os.path.exists(self.model_path):
-                    raise FileNotFoundError(f"fastText model {self.model_path!r} does not exist")
-                loaded = load_fasttext_numba(self.model_path)
+                loaded = _cached("numba", self.model_path, load_fasttext_numba)
                 if loaded is None and self.engine == "numba":
                     raise ValueError(f"fastText model {self.model_path!r} is quantized, uses hierarchical "
                                      "softmax or character n-grams: score it with engine='fasttext'")

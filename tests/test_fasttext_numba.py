@@ -147,3 +147,18 @@ def test_big_line_does_not_allocate_for_the_worst_case(models):
     ref = FastTextModel(models["softmax"], engine="fasttext").label_probability(text, "__label__pos")
     assert abs(p[fast.labels.index("__label__pos")] - ref) < 1e-6
     assert os.path.getsize(models["softmax"]) > 0
+
+
+def test_a_process_loads_each_model_once(models, tmp_path):
+    """The build makes filters per file task: a worker must not reload the model for every file."""
+    a = FastTextQualityFilter(models["ova"], "__label__pos", threshold=0.5)
+    b = pickle.loads(pickle.dumps(a))  # what an executor gets for its next task
+    a.reject_reason({"text": "some words"})
+    b.reject_reason({"text": "some words"})
+    assert a.scorer.model.fast is b.scorer.model.fast
+    # A model rewritten in place is a different model.
+    copy = tmp_path / "m.bin"
+    copy.write_bytes(open(models["ova"], "rb").read())
+    first = FastTextModel(str(copy)).fast
+    os.utime(copy, ns=(1, 1))
+    assert FastTextModel(str(copy)).fast is not first
