@@ -23,7 +23,7 @@ What is reproduced (fastText 0.9 `predict` on one line, i.e. `FastText::predictL
 
 Not covered, and left to the fastText binding (`load_fasttext_numba` returns None):
 quantized models (.ftz), hierarchical softmax, character n-grams (maxn > 0), pruned
-dictionaries. Parity with the binding is tested in tests/test_filter_quality.py.
+dictionaries. Parity with the binding is tested in tests/test_fasttext_numba.py.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from numba import njit
 FASTTEXT_MAGIC = 793712314
 FASTTEXT_VERSION = 12
 LOSS_HS, LOSS_NS, LOSS_SOFTMAX, LOSS_OVA = 1, 2, 3, 4
-LABEL_PREFIX = b"__label__"
 EOS = b"</s>"
 _LABEL_PREFIX_8 = int.from_bytes(b"__label_", "little")  # < 2**63: the same as a signed int64
 _EOS_PREFIX = int.from_bytes(EOS, "little")
@@ -171,7 +170,7 @@ def _activate(logits, loss, sigmoid_table):  # pragma: no cover - compiled
     """fastText's output layer on float32 logits: softmax, or its 512-entry sigmoid table (ns, ova)."""
     n_out = logits.shape[0]
     probs = logits.copy()
-    if loss == 3:  # softmax
+    if loss == LOSS_SOFTMAX:
         top = probs[0]
         for o in range(n_out):
             top = max(top, probs[o])
