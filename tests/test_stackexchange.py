@@ -341,3 +341,45 @@ def test_truncated_stream_and_unsupported_suffix(tmp_path):
     assert stats.kept == len(docs) and stats.removed["answer_missing"] + len(docs) == stats.questions_seen
     with pytest.raises(ValueError, match="extract"):
         list(read_stackexchange(str(tmp_path / "cooking.stackexchange.com.7z")))
+
+
+def test_pass_one_reads_canonical_rows_without_xml_and_agrees(tmp_path, monkeypatch):
+    """Pass 1's regex path gives the pairs the XML parser gives, and hands odd rows to the parser."""
+    rows, _ = _corpus_posts(40, seed=5)
+    rows += [
+        "<row PostTypeId='1' Id='900' Score='9' AcceptedAnswerId='901' Title='Single quotes' Body='&lt;p&gt;q&lt;/p&gt;' />",
+        '<row Id = "910" PostTypeId = "1" Score="9" AcceptedAnswerId="911" Title="Spaces" Body="b" />',
+        '<row Body="he wrote Score=&quot;1&quot; Id=&quot;5&quot;" Title="Quoted" Score="7" Id="920" '
+        'AcceptedAnswerId="921" PostTypeId="1" />',
+        '<row Id="930" PostTypeId="1" Score="x9" AcceptedAnswerId="931" Title="Bad score" Body="b" />',
+        '<row Id="940" PostTypeId="1" Score="9" AcceptedAnswerId="" Title="Empty accepted" Body="b" />',
+        '<row Id="960" PostTypeId="01" Score="9" AcceptedAnswerId="961" Title="Leading zero" Body="b" />',
+        '<row Id="970" PostTypeId="1" Score="9" AcceptedAnswerId = "971" Title="Spaced accepted" '
+        'Body="x = \'it\'s\' PostTypeId=&quot;2&quot;" />',
+        '<row Id="950" PostTypeId="2" ParentId="900" Score="9" Body="an answer" />',
+    ]
+    path = write_posts(tmp_path, rows)
+    config = se.StackExchangeConfig()
+    fast = se._candidates(str(path), config)
+    calls = []
+    monkeypatch.setattr(se, "_candidate_fields", lambda line: calls.append(line) or None)
+    slow = se._candidates(str(path), config)
+    assert calls and len(fast[0]) > 10
+    assert fast[0].tolist() == slow[0].tolist() and fast[1].tolist() == slow[1].tolist()
+    for pair in ((901, 900), (911, 910), (921, 920), (961, 960), (971, 970)):
+        assert pair in zip(*slow)
+
+
+def test_a_malformed_question_cannot_take_another_questions_answer(tmp_path):
+    """A broken row may claim an answer in pass 1; the answer still goes to the question it answers."""
+    good_body = "<p>" + "How long do I rest dough? " * 3 + "</p>"
+    rows = [
+        '<row Id="1" PostTypeId="1" Score="9" AcceptedAnswerId="3" Title="Broken" Body="<p>unescaped</p>" />',
+        question(2, 9, "Resting dough", good_body, accepted=3),
+        answer(3, 2, 9, "<p>Rest it for an hour.</p>"),
+    ]
+    path = write_posts(tmp_path, rows)
+    stats, quarantine = StackExchangeStats(), Quarantine()
+    docs = list(read_stackexchange(str(path), stats=stats, quarantine=quarantine))
+    assert quarantine.counts["malformed_xml"] == 1
+    assert [d["id"] for d in docs] == ["se-cooking.stackexchange.com-2"] and "an hour" in docs[0]["text"]
