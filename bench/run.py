@@ -83,6 +83,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               needs_anchors=True),
     Benchmark("decontamination", "bench_decontamination.py",
               quick_args=(("--quick",), ("--limit-per-file", "1000"))),
+    Benchmark("stackexchange", "bench_stackexchange.py", quick_args=(("--quick",),)),
     Benchmark("build", "bench_build.py", quick_args=(("--quick",),)),
     Benchmark("native", "bench_native.py", quick_args=(("--quick",),)),
     Benchmark("trainer", "bench_trainer.py", quick_args=(("--quick",),)),

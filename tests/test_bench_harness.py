@@ -200,7 +200,8 @@ def test_parse_args_defaults_and_errors(capsys):
 def test_every_declared_benchmark_names_a_script_in_bench():
     names = [b.name for b in harness.BENCHMARKS]
     assert len(names) == len(set(names))
-    assert {"tokenize", "build", "filters", "dedup", "decontamination", "native", "trainer"} <= set(names)
+    assert {"tokenize", "build", "filters", "dedup", "decontamination", "stackexchange", "native",
+            "trainer"} <= set(names)
     assert all(b.script.startswith("bench_") and b.script.endswith(".py") for b in harness.BENCHMARKS)
 
 
