@@ -52,6 +52,7 @@ import sys
 import tempfile
 import xml.etree.ElementTree as ET
 from array import array
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -439,9 +440,11 @@ def site_of(path: str) -> str:
     return parent if parent and parent not in (".", "/") else "unknown"
 
 
-_QUESTION_TYPE = re.compile(rb'\sPostTypeId="(\d+)"')
-_SINGLE_QUOTED = re.compile(rb"\s[A-Za-z]+\s*=\s*'")  # a value that may hold a raw `"`
-_NUMERIC_ATTRS = {name: re.compile(rb'\s' + name.encode() + rb'="(-?\d+)"')
+# Literal-first patterns (the whitespace before the name is a look-behind) so that `re` can
+# skip ahead to the attribute name instead of trying every position.
+_QUESTION_TYPE = re.compile(rb'(?<=\s)PostTypeId="(\d+)"')
+_SINGLE_QUOTED = re.compile(rb"=\s*'")  # a single-quoted value may hold a raw `"`
+_NUMERIC_ATTRS = {name: re.compile(rb'(?<=\s)' + name.encode() + rb'="(-?\d+)"')
                   for name in ("Id", "Score", "AcceptedAnswerId")}
 
 
@@ -471,7 +474,7 @@ def _candidate_fields(line: bytes) -> tuple[int, int, int | None] | None | bool:
     return fields["Id"], fields["Score"], fields["AcceptedAnswerId"]
 
 
-def _candidates(path: str, config: StackExchangeConfig) -> tuple[np.ndarray, np.ndarray]:
+def _candidates(path: str, config: StackExchangeConfig) -> tuple[array, array]:
     """Pass 1: (accepted answer id, question id) pairs of questions that may be kept, sorted.
 
     Reads the numeric attributes without an XML parse where the row is in the dumps'
@@ -503,19 +506,23 @@ def _candidates(path: str, config: StackExchangeConfig) -> tuple[np.ndarray, np.
         if isinstance(exc, FileNotFoundError):
             raise
         # A stream that breaks part-way: pass 2 reads up to the same point and quarantines the break.
-    pairs = np.empty((len(answers), 2), dtype=np.int64)
-    if len(answers):
-        pairs[:, 0] = np.frombuffer(answers, dtype=np.int64)
-        pairs[:, 1] = np.frombuffer(questions, dtype=np.int64)
-    order = np.lexsort((pairs[:, 1], pairs[:, 0]))
-    return pairs[order, 0].copy(), pairs[order, 1].copy()
+    a = np.frombuffer(answers, dtype=np.int64) if len(answers) else np.empty(0, np.int64)
+    q = np.frombuffer(questions, dtype=np.int64) if len(questions) else np.empty(0, np.int64)
+    order = np.lexsort((q, a))
+    sorted_answers, sorted_questions = array("q"), array("q")
+    sorted_answers.frombytes(a[order].tobytes())
+    sorted_questions.frombytes(q[order].tobytes())
+    return sorted_answers, sorted_questions
 
 
-def _is_accepted_pair(answer_ids: np.ndarray, question_ids: np.ndarray, answer_id: int, question_id: int) -> bool:
-    """Whether question `question_id` names `answer_id` as its accepted answer (pass 1's pairs)."""
-    lo = int(np.searchsorted(answer_ids, answer_id, side="left"))
-    hi = int(np.searchsorted(answer_ids, answer_id, side="right"))
-    return bool(hi > lo and np.any(question_ids[lo:hi] == question_id))
+def _is_accepted_pair(answer_ids: array, question_ids: array, answer_id: int, question_id: int) -> bool:
+    """Whether question `question_id` names `answer_id` as its accepted answer (pass 1's pairs).
+
+    Binary search on compact int64 arrays: 16 bytes per candidate question, where a set of
+    tuples would take ~10x that on a dump with millions of questions."""
+    lo = bisect_left(answer_ids, answer_id)
+    hi = bisect_right(answer_ids, answer_id, lo)
+    return any(question_ids[i] == question_id for i in range(lo, hi))
 
 
 def _document(site: str, path: str, q: dict, a: dict) -> dict:
