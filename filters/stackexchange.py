@@ -440,12 +440,16 @@ def site_of(path: str) -> str:
     return parent if parent and parent not in (".", "/") else "unknown"
 
 
-# Literal-first patterns (the whitespace before the name is a look-behind) so that `re` can
-# skip ahead to the attribute name instead of trying every position.
-_QUESTION_TYPE = re.compile(rb'(?<=\s)PostTypeId="(\d+)"')
+# Literal-first patterns, so that `re` skips ahead to the attribute name instead of trying
+# every position; `_attr_values` then checks the whitespace before the name.
+_QUESTION_TYPE = re.compile(rb'PostTypeId="(\d+)"')
 _SINGLE_QUOTED = re.compile(rb"=\s*'")  # a single-quoted value may hold a raw `"`
-_NUMERIC_ATTRS = {name: re.compile(rb'(?<=\s)' + name.encode() + rb'="(-?\d+)"')
-                  for name in ("Id", "Score", "AcceptedAnswerId")}
+_NUMERIC_ATTRS = {name: re.compile(name.encode() + rb'="(-?\d+)"') for name in ("Id", "Score", "AcceptedAnswerId")}
+_XML_SPACE = frozenset(b" \t\r\n")
+
+
+def _attr_values(pattern: re.Pattern, line: bytes) -> list[bytes]:
+    return [m.group(1) for m in pattern.finditer(line) if m.start() > 0 and line[m.start() - 1] in _XML_SPACE]
 
 
 def _candidate_fields(line: bytes) -> tuple[int, int, int | None] | None | bool:
@@ -458,14 +462,14 @@ def _candidate_fields(line: bytes) -> tuple[int, int, int | None] | None | bool:
     the XML parser."""
     if _SINGLE_QUOTED.search(line):
         return None
-    kinds = _QUESTION_TYPE.findall(line)
+    kinds = _attr_values(_QUESTION_TYPE, line)
     if len(kinds) != 1:
         return None
     if int(kinds[0]) != 1:  # int(), as the XML path reads it: "01" is a question too
         return False
     fields = {}
     for name, pattern in _NUMERIC_ATTRS.items():
-        found = pattern.findall(line)
+        found = _attr_values(pattern, line)
         if len(found) > 1 or (not found and name.encode() in line):  # e.g. `Name = "1"`: let XML read it
             return None
         fields[name] = int(found[0]) if found else None
