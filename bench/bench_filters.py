@@ -159,7 +159,8 @@ def summarise(docs: list[dict], results: dict[str, dict]) -> tuple[list[dict], d
                             "unit": "docs/s", "better": "higher",
                             **({"note": r["note"]} if r.get("note") else {})})
             entry = agreement.setdefault(name, {})
-            entry[label] = {"docs": n, "flagged": len(r["flagged"]), "share": round(len(r["flagged"]) / n, 4) if n else None}
+            entry[label] = {"docs": n, "flagged": len(r["flagged"]),
+                            "share": round(len(r["flagged"]) / n, 4) if n else None}
             ours = results["dolmino"].get(name)
             if label != "dolmino" and ours:
                 entry[label]["jaccard_with_dolmino"] = _overlap(ours["flagged"], r["flagged"])

@@ -63,7 +63,8 @@ def _child(path: str) -> None:
 
 
 def measure(path: Path) -> dict:
-    code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from bench.bench_stackexchange import _child; _child({str(path)!r})"
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); "
+            f"from bench.bench_stackexchange import _child; _child({str(path)!r})")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO))
     if proc.returncode != 0:
         raise RuntimeError(f"reading {path} failed:\n{proc.stderr[-4000:]}")

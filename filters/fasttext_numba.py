@@ -401,7 +401,8 @@ def load_fasttext_numba(path: str, projected: bool | None = None) -> FastTextNum
     vocab_bytes, vocab_offsets, kinds, pos = _parse_dictionary(mm, pos, n_entries)
     if pos < 0:
         raise ValueError(f"{path}: truncated fastText dictionary")
-    if np.any(np.diff(kinds.astype(np.int64)) < 0) or int(np.sum(kinds == 1)) != nlabels or n_entries != nwords + nlabels:
+    words_then_labels = not np.any(np.diff(kinds.astype(np.int64)) < 0)
+    if not words_then_labels or int(np.sum(kinds == 1)) != nlabels or n_entries != nwords + nlabels:
         return None  # fastText saves words, then labels; any other layout is left to the binding
     labels = [bytes(vocab_bytes[vocab_offsets[i]:vocab_offsets[i + 1]]).decode("utf-8", "replace")
               for i in range(nwords, n_entries)]

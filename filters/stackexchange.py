@@ -444,7 +444,8 @@ def site_of(path: str) -> str:
 # every position; `_attr_values` then checks the whitespace before the name.
 _QUESTION_TYPE = re.compile(rb'PostTypeId="(\d+)"')
 _SINGLE_QUOTED = re.compile(rb"=\s*'")  # a single-quoted value may hold a raw `"`
-_NUMERIC_ATTRS = {name: re.compile(name.encode() + rb'="(-?\d+)"') for name in ("Id", "Score", "AcceptedAnswerId")}
+_NUMERIC_ATTRS = {name: re.compile(name.encode() + rb'="(-?\d+)"')
+                  for name in ("Id", "Score", "AcceptedAnswerId")}
 _XML_SPACE = frozenset(b" \t\r\n")
 
 

@@ -37,7 +37,8 @@ if quantized:
 
 CORNERS = [
     "", "   ", "\n\n", "__label__pos", "__label__pos the result", "__label__unknown the result",
-    "the __label__neg result", "</s>", "a </s> b", "a\tb\x0bc\x0cd\re\x00f\ng", "héllo wörld ünïcode 日本語 ∑∫∂",
+    "the __label__neg result", "</s>", "a </s> b", "a\tb\x0bc\x0cd\re\x00f\ng",
+    "héllo wörld ünïcode 日本語 ∑∫∂",
     "\x80\xff", "x " * 30_000, "the " * 5000, "word" * 5000, "THE The the tHe", "a" * 300 + " " + "b" * 9,
 ]
 

@@ -347,7 +347,8 @@ def test_pass_one_reads_canonical_rows_without_xml_and_agrees(tmp_path, monkeypa
     """Pass 1's regex path gives the pairs the XML parser gives, and hands odd rows to the parser."""
     rows, _ = _corpus_posts(40, seed=5)
     rows += [
-        "<row PostTypeId='1' Id='900' Score='9' AcceptedAnswerId='901' Title='Single quotes' Body='&lt;p&gt;q&lt;/p&gt;' />",
+        "<row PostTypeId='1' Id='900' Score='9' AcceptedAnswerId='901' Title='Single quotes' "
+        "Body='&lt;p&gt;q&lt;/p&gt;' />",
         '<row Id = "910" PostTypeId = "1" Score="9" AcceptedAnswerId="911" Title="Spaces" Body="b" />',
         '<row Body="he wrote Score=&quot;1&quot; Id=&quot;5&quot;" Title="Quoted" Score="7" Id="920" '
         'AcceptedAnswerId="921" PostTypeId="1" />',
