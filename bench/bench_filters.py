@@ -101,7 +101,7 @@ def run_dolmino(docs: list[dict], model: str, threshold: float, min_repeats: int
     rep = RepeatedNgramFilter(min_repeats=min_repeats)
     seconds, flagged = _timed(rep.reject_reason, docs)
     out["repeated_ngrams"] = {"seconds": seconds, "flagged": flagged, "docs": len(docs)}
-    tok = rep._tokens({"text": "x"}) is not None and rep._tokenizer
+    tok = rep._load_tokenizer()
     with_ids = [{"token_ids": np.asarray(tok.encode(d["text"], add_special_tokens=False).ids, dtype=np.uint32)}
                 for d in docs]
     seconds, flagged = _timed(rep.reject_reason, with_ids)

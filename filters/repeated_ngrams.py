@@ -275,22 +275,19 @@ class RepeatedNgramFilter:
             raise ValueError(f"document text is not valid UTF-8 ({exc.reason} at {exc.start}); "
                              "read documents with dolmino.documents, which quarantines such lines") from None
 
-    def _tokens(self, doc: dict):
-        tokens = doc.get("token_ids")
-        if tokens is not None:
-            return tokens
-        self._utf8(doc)
-        tokenizer = self._load_tokenizer()
-        encoding = tokenizer.encode_batch_fast([doc.get("text", "")], add_special_tokens=False)[0]  # ids only
+    def _encode(self, text: str) -> np.ndarray:
+        encoding = self._load_tokenizer().encode_batch_fast([text], add_special_tokens=False)[0]  # ids only
         return np.asarray(encoding.ids, dtype=np.uint32)
 
     def reject_reason(self, doc: dict) -> str | None:
-        if doc.get("token_ids") is None:
-            text_bytes = self._utf8(doc)
+        tokens = doc.get("token_ids")
+        if tokens is None:
+            text_bytes = self._utf8(doc)  # once: it both validates the text and feeds the byte check
             self._load_tokenizer()
             if not may_hold_repeated_ngram(text_bytes, self.min_repeats, self._max_period, self._run_periods):
                 return None  # no byte run can hold the repeats: the tokenizer would find none
-        spans = find_repeated_ngram_spans(self._tokens(doc), self.max_n, self.min_repeats)
+            tokens = self._encode(doc.get("text", ""))
+        spans = find_repeated_ngram_spans(tokens, self.max_n, self.min_repeats)
         if len(spans):
             return f"repeats>={self.min_repeats}"
         return None
