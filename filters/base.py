@@ -1,4 +1,4 @@
-"""The filter contract: a plain class with one method.
+"""The filter contract: a plain class with one method, plus an optional tag/decide split.
 
     class SomeFilter:
         name = "some_filter"                   # the `type` in manifests
@@ -7,15 +7,38 @@
 `None` keeps the document; a short reason removes it and is counted in the report as
 "<name>:<reason>" (for example "code_stars:stars<2"). Filters compose by running in
 order and stopping at the first rejection, like datatrove's pipeline steps.
+
+Tag once, mix many. A build scores every pool document once (the *tag* phase, whose
+output is stored as attribute files) and decides from the stored attributes in the *mix*
+phase, so that the 50B, 100B and 300B mixes of one 800B-token pool pay for scoring once.
+A filter whose decision is a threshold on something expensive splits itself in two:
+
+    class ScoredFilter:
+        tag_params = ("model_path", "label")   # the parameters that change the attributes
+        def tag(self, docs: list[dict]) -> dict[str, Sequence]   # attribute columns, one row per doc
+        def decide(self, attrs: Mapping) -> str | None            # the verdict from one row
+
+Parameters not named in `tag_params` (thresholds) only change `decide`: a changed threshold
+on a stored score needs no re-scoring. `reject_reason(doc)` stays the definition, and both
+halves must agree with it: `decide(row i of tag([doc]))`. Columns hold numbers, strings or
+None (they are stored as Parquet).
+
+A filter that implements only `reject_reason` is tagged with its verdict (a `reason`
+column); every parameter is then a tag parameter. A filter with `needs_tokens = True`
+decides on the document's dolma2 token ids (`doc["token_ids"]`): it is not tagged, and the
+mix phase runs it on the documents it tokenizes (the ones the mix may take).
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol, runtime_checkable
+from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 from dolmino.errors import ManifestError
 
-__all__ = ["DocumentFilter", "ManifestError", "apply_chain"]
+__all__ = ["DocumentFilter", "ManifestError", "TaggingFilter", "apply_chain", "decide", "needs_tokens",
+           "tag_columns", "tag_params"]
+
+REASON_COLUMN = "reason"
 
 
 @runtime_checkable
@@ -25,6 +48,16 @@ class DocumentFilter(Protocol):
     def reject_reason(self, doc: dict) -> str | None: ...
 
 
+@runtime_checkable
+class TaggingFilter(Protocol):
+    name: str
+    tag_params: tuple[str, ...]
+
+    def tag(self, docs: list[dict]) -> dict[str, Sequence]: ...
+
+    def decide(self, attrs: Mapping[str, Any]) -> str | None: ...
+
+
 def apply_chain(filters: Iterable[DocumentFilter], doc: dict) -> str | None:
     """The first rejection in the chain as "<filter name>:<reason>", or None to keep."""
     for f in filters:
@@ -32,3 +65,35 @@ def apply_chain(filters: Iterable[DocumentFilter], doc: dict) -> str | None:
         if reason is not None:
             return f"{f.name}:{reason}"
     return None
+
+
+def needs_tokens(filt) -> bool:
+    return bool(getattr(filt, "needs_tokens", False))
+
+
+def tag_params(filt, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a filter's manifest spec that its attributes depend on."""
+    params = {k: v for k, v in spec.items() if k != "type"}
+    names = getattr(filt, "tag_params", None)
+    if names is None or not hasattr(filt, "tag"):
+        return params
+    return {k: v for k, v in params.items() if k in names}
+
+
+def tag_columns(filt, docs: list[dict]) -> dict[str, list]:
+    """Attribute columns for a batch of documents: the filter's own, or its verdicts."""
+    if hasattr(filt, "tag") and hasattr(filt, "decide"):
+        columns = filt.tag(docs)
+        for name, values in columns.items():
+            if len(values) != len(docs):
+                raise ValueError(f"filter {filt.name!r} tagged {len(values)} rows in column {name!r} "
+                                 f"for {len(docs)} documents")
+        return {name: list(values) for name, values in columns.items()}
+    return {REASON_COLUMN: [filt.reject_reason(d) for d in docs]}
+
+
+def decide(filt, attrs: Mapping[str, Any]) -> str | None:
+    """The verdict of a filter from one row of its attributes (see `tag_columns`)."""
+    if hasattr(filt, "tag") and hasattr(filt, "decide"):
+        return filt.decide(attrs)
+    return attrs[REASON_COLUMN]

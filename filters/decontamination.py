@@ -623,7 +623,7 @@ class DecontaminationFilter:
             return 0, 0
         return int(np.count_nonzero(self.index.contains(hashes))), len(hashes)
 
-    def decide(self, doc: dict) -> tuple[str | None, dict[str, int] | None]:
+    def overlap_decision(self, doc: dict) -> tuple[str | None, dict[str, int] | None]:
         """(reason or None, per-task overlapping positions or None), without touching `.report`."""
         text = doc.get("text") or ""
         if not isinstance(text, str):
@@ -639,9 +639,33 @@ class DecontaminationFilter:
         return (self.reason if n_hit / len(hashes) >= self.threshold else None), task_hits
 
     def reject_reason(self, doc: dict) -> str | None:
-        reason, task_hits = self.decide(doc)
+        reason, task_hits = self.overlap_decision(doc)
         self.report.add(reason is not None, task_hits, _tokens_of(doc) if reason is not None else None)
         return reason
+
+    # Tag once, mix many (filters/base.py): the n-gram lookup is the tag, the threshold the decision.
+    tag_params = ("index_path", "ngram_size")
+
+    def tag(self, docs: list[dict]) -> dict[str, list]:
+        """Columns `hits` (n-gram positions found in the index), `ngrams` (all positions) and
+        `task_hits` (JSON {eval set: positions}, None without hits)."""
+        index = self.index
+        hits, ngrams, task_hits = [], [], []
+        for doc in docs:
+            text = doc.get("text") or ""
+            hashes = ngram_hashes(text if isinstance(text, str) else str(text), index.ngram_size)
+            n_hit = int(np.count_nonzero(index.contains(hashes))) if len(hashes) else 0
+            hits.append(n_hit)
+            ngrams.append(len(hashes))
+            task_hits.append(json.dumps(index.task_hits(hashes), sort_keys=True) if n_hit else None)
+        return {"hits": hits, "ngrams": ngrams, "task_hits": task_hits}
+
+    def decide(self, attrs) -> str | None:
+        """The verdict from stored attributes; records it in `.report` (attrs may carry `tokens`)."""
+        task_hits = json.loads(attrs["task_hits"]) if attrs.get("task_hits") else None
+        removed = bool(attrs["hits"]) and attrs["hits"] / attrs["ngrams"] >= self.threshold
+        self.report.add(removed, task_hits, attrs.get("tokens") if removed else None)
+        return self.reason if removed else None
 
 
 def report_partition(docs: Iterable[dict], filt: DecontaminationFilter) -> Iterator[DecontaminationReport]:
@@ -707,7 +731,7 @@ def _cmd_check(args) -> int:
 
         tokenizer = Tokenizer.from_file(str(dolma2_tokenizer_path()))
     for _, doc in read_documents(args.input, quarantine):
-        reason, task_hits = filt.decide(doc)
+        reason, task_hits = filt.overlap_decision(doc)
         tokens = None
         if reason is not None:
             removed += 1

@@ -18,6 +18,8 @@ class MinLengthFilter:
                 raise ValueError(f"{field} must be a non-negative integer, got {value!r}")
         self.min_chars = min_chars
         self.min_tokens = min_tokens
+        # A token minimum is decided on the build's token ids, i.e. after sampling (filters/base.py).
+        self.needs_tokens = min_tokens > 0
 
     def reject_reason(self, doc: dict) -> str | None:
         text = doc.get("text", "")

@@ -216,10 +216,17 @@ class FastTextQualityFilter:
         self.scorer = FastTextLabelProbability(model_path, label, engine)
         self.threshold = float(threshold)
 
+    # `engine` is not a tag parameter: both engines give the same probabilities (parity-tested).
+    tag_params = ("model_path", "label")
+
+    def tag(self, docs: list[dict]) -> dict[str, np.ndarray]:
+        return {"score": self.scorer.score([doc.get("text", "") for doc in docs]).astype(np.float64)}
+
+    def decide(self, attrs) -> str | None:
+        return f"p<{self.threshold:g}" if attrs["score"] < self.threshold else None
+
     def reject_reason(self, doc: dict) -> str | None:
-        if self.scorer.model.label_probability(doc.get("text", ""), self.scorer.label) < self.threshold:
-            return f"p<{self.threshold:g}"
-        return None
+        return self.decide({"score": self.scorer.model.label_probability(doc.get("text", ""), self.scorer.label)})
 
 
 class ScoreThresholdFilter:
@@ -240,13 +247,19 @@ class ScoreThresholdFilter:
     def __getstate__(self):
         return {**self.__dict__, "_scorer": None}
 
-    def reject_reason(self, doc: dict) -> str | None:
+    tag_params = ("scorer", "model_path")
+
+    def tag(self, docs: list[dict]) -> dict[str, np.ndarray]:
         if self._scorer is None:
             params = {"model_path": self.model_path} if self.model_path else {}
             self._scorer = make_scorer(self.scorer_name, **params)
-        if float(self._scorer.score([doc.get("text", "")])[0]) < self.min_score:
-            return f"score<{self.min_score:g}"
-        return None
+        return {"score": np.asarray(self._scorer.score([doc.get("text", "") for doc in docs]), dtype=np.float64)}
+
+    def decide(self, attrs) -> str | None:
+        return f"score<{self.min_score:g}" if float(attrs["score"]) < self.min_score else None
+
+    def reject_reason(self, doc: dict) -> str | None:
+        return self.decide({"score": self.tag([doc])["score"][0]})
 
 
 def _read_texts(paths: Iterable[str]) -> list[str]:

@@ -235,6 +235,8 @@ class RepeatedNgramFilter:
     """
 
     name = "repeated_ngrams"
+    # Decided on token ids: in a build, on the documents the mix takes (filters/base.py).
+    needs_tokens = True
 
     def __init__(self, max_n: int = 13, min_repeats: int = 32):
         if not isinstance(max_n, int) or isinstance(max_n, bool) or not 1 <= max_n <= 64:

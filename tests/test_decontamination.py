@@ -306,8 +306,8 @@ def test_mmlu_numeric_tables_do_not_remove_code(suite_index):
     filt = DecontaminationFilter(suite_index)
     table = "\n".join(" ".join(["0"] * 16) for _ in range(64))
     seq = ", ".join(str(i % 10) for i in range(2000))
-    assert filt.decide({"text": table}) == (None, None)
-    assert filt.decide({"text": seq}) == (None, None)
+    assert filt.overlap_decision({"text": table}) == (None, None)
+    assert filt.overlap_decision({"text": seq}) == (None, None)
     code = _corpus("code.jsonl.zst", 400, min_words=50)
     assert sum(filt.reject_reason(d) is not None for d in code) == 0
 
@@ -354,7 +354,7 @@ def test_non_ascii_instances(tmp_path):
     filt = DecontaminationFilter(index_path)
     assert filt.reject_reason({"text": "Вопрос: " + ru.upper() + " Ответ: Москва."}) == "overlap>=10%"
     assert filt.reject_reason({"text": hi + " उत्तर: नई दिल्ली"}) == "overlap>=10%"
-    assert filt.decide({"text": hi})[1] == {"hi": len(_ref_grams(hi))}
+    assert filt.overlap_decision({"text": hi})[1] == {"hi": len(_ref_grams(hi))}
     assert filt.reject_reason({"text": "Москва — столица России, крупнейший город страны и Европы."}) is None
 
 
@@ -367,7 +367,7 @@ def test_attribution_to_several_tasks(suite_index, suite_instances):
     arc = next(i.text for i in suite_instances if i.task == "arc_challenge" and i.split == "test")
     doc = {"text": f"{q}\n{a}\n\n{arc}", "token_ids": np.arange(120, dtype=np.uint32)}
     assert filt.reject_reason(doc) == "overlap>=10%"
-    hits = filt.decide(doc)[1]
+    hits = filt.overlap_decision(doc)[1]
     assert set(hits) == {"gsm8k", "arc_challenge"}
     primary = max(hits, key=hits.get)
     r = filt.report
@@ -484,3 +484,21 @@ def test_build_pipeline_reports_hits_per_eval_set(tmp_path, suite_index, suite_i
                                              "output_tokens": 0, "source_percent": 0.0, "mix_percent": 0.0,
                                              "mix_percent_manifest": 100.0, "filter_chain": chain}]})
     assert "| web | gsm8k | 6 |" in markdown and "| web | decontaminate | 36 | 6 | 83.33 |" in markdown
+
+
+def test_tag_then_decide_equals_reject_reason(suite_index, suite_instances):
+    """The stored n-gram hits plus `decide` give `reject_reason`'s verdicts and the same report."""
+    from filters.base import decide, tag_columns
+
+    clean = _corpus("web.jsonl.zst", 30)
+    gsm = _gsm8k_test(suite_instances)[:6]
+    docs = clean + [{"id": f"p{k}", "text": _page(clean[k], f"{q}\nAnswer: {a}")} for k, (q, a) in enumerate(gsm)]
+    direct = DecontaminationFilter(suite_index)
+    expected = [direct.reject_reason(d) for d in docs]
+    tagger, decider = DecontaminationFilter(suite_index), DecontaminationFilter(suite_index)
+    columns = tag_columns(tagger, docs)
+    assert set(columns) == {"hits", "ngrams", "task_hits"}
+    rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    assert [decide(decider, row) for row in rows] == expected
+    assert decider.report.to_dict() == direct.report.to_dict()
+    assert expected.count("overlap>=10%") == len(gsm)

@@ -300,3 +300,25 @@ def test_cli_train(train_files, corpus, tmp_path):
 def test_training_needs_both_classes(tmp_path, corpus):
     with pytest.raises(ValueError, match="positive and one negative"):
         train_fasttext_classifier(corpus["pos"][:3], [], str(tmp_path / "m.bin"))
+
+
+def test_tag_then_decide_equals_reject_reason(corpus, model_paths):
+    """Tag once, mix many: the stored score plus `decide` gives the verdict `reject_reason` gives,
+    and a threshold is not a tag parameter (a changed threshold reuses the stored scores)."""
+    from filters.base import decide, tag_columns, tag_params
+
+    docs = [{"text": t} for t in corpus["pos"][TRAIN:TRAIN + 20] + corpus["neg"][TRAIN:TRAIN + 20]]
+    for threshold in (0.03311014, 0.5, 0.9):
+        f = FastTextQualityFilter(model_paths["bin"], "__label__pos", threshold=threshold)
+        columns = tag_columns(f, docs)
+        assert list(columns) == ["score"]
+        verdicts = [decide(f, {"score": s}) for s in columns["score"]]
+        assert verdicts == [f.reject_reason(d) for d in docs]
+        assert tag_params(f, {"type": "fasttext_quality", "model_path": "m", "label": "l", "threshold": threshold,
+                              "engine": "numba"}) == {"model_path": "m", "label": "l"}
+    texts = corpus["neg"][:6]
+    KNOWN_SCORES.clear()
+    KNOWN_SCORES.update(zip(texts, [0.0, 1.99, 2.0, 3.0, 4.5, 5.0]))
+    edu = ScoreThresholdFilter("test_filter_quality:KnownScores", min_score=3)
+    scores = tag_columns(edu, [{"text": t} for t in texts])["score"]
+    assert [decide(edu, {"score": s}) for s in scores] == [edu.reject_reason({"text": t}) for t in texts]
