@@ -3,3 +3,7 @@
 
 class ManifestError(ValueError):
     """A manifest (or a filter spec inside one) is invalid; the message names the bad field."""
+
+
+class BuildError(RuntimeError):
+    """A build cannot run or did not produce what it promised; the message says what to fix."""

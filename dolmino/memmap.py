@@ -74,14 +74,30 @@ class MemmapPartWriter:
                 raise ValueError(f"label mask for {doc_id} has {len(keep) - 1} entries, tokens {len(tokens)}")
             self._mask.write(keep.tobytes())
         self._csv.writerow((start, end, doc_id, src, loc))
-        self.stats.tokens = end
+        self._count(src, len(tokens) + 1)
+
+    def add_document(self, ids: np.ndarray, doc_id: str, src: str, loc: str, mask: np.ndarray | None = None) -> None:
+        """Add a document whose ids already end as the memmap stores them (EOS included)."""
+        ids = np.asarray(ids, dtype=TOKEN_DTYPE)
+        start = self.stats.tokens
+        self._tokens.write(ids.tobytes())
+        if self._mask is not None:
+            keep = np.ones(len(ids), dtype=np.bool_) if mask is None else np.asarray(mask, dtype=np.bool_)
+            if len(keep) != len(ids):
+                raise ValueError(f"label mask for {doc_id} has {len(keep)} entries, tokens {len(ids)}")
+            self._mask.write(keep.tobytes())
+        self._csv.writerow((start, start + len(ids), doc_id, src, loc))
+        self._count(src, len(ids))
+
+    def _count(self, src: str, n: int) -> None:
+        self.stats.tokens += n
         self.stats.docs += 1
-        n = len(tokens) + 1
         self.stats.tokens_by_source[src] = self.stats.tokens_by_source.get(src, 0) + n
         self.stats.docs_by_source[src] = self.stats.docs_by_source.get(src, 0) + 1
 
     def close(self) -> PartStats:
-        self._sidecar_text.close()  # closes the gzip stream and the raw file
+        self._sidecar_text.close()  # closes the gzip stream, which leaves the file it was given open
+        self._sidecar_raw.close()  # flush the gzip trailer before the rename, not at garbage collection
         self._tokens.close()
         if self._mask is not None:
             self._mask.close()

@@ -1,49 +1,124 @@
 """The build report: what went in, what was removed and why, and what the mix became.
 
-Numbers are laid out like Table 13 of the OLMo 2 report so that a reviewer can put a built
-mix next to the paper: "Source %" is the share of a source's (filtered) tokens that went into
-the mix (400 = four copies), "Mix %" its share of the output. Token counts include the EOS
-token each document carries in the memmaps.
+Columns follow Table 13 of the OLMo 2 report so a reviewer can put a built mix next to the
+paper. Token counts include the EOS each document carries in the memmaps.
+
+- **Pool tokens**: the tokens of a source's documents that pass its filters and dedup. Exact
+  when the whole pool was tokenized; otherwise estimated from the pool's bytes and the
+  tokens per byte measured on the part that was tokenized (marked "~").
+- **Passes** (Source %, /100): output tokens / pool tokens. 4.0 = four copies of the pool;
+  0.0323 = a 3.23% sample. "manifest" is what the manifest states, "achieved" what was built.
+- **Mix %**: the source's share of the output tokens.
+
+Two accountings balance separately: the pool stage counts documents and bytes
+(`docs in = kept + removed by reason + quarantined`) without tokenizing; the tokenize stage
+counts documents and tokens of what it read (`read = kept + removed by token filters`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
 
 from dolmino.manifest import Manifest, format_count
-from dolmino.memmap import PartStats, part_name
+
+SHORTFALL_TOLERANCE = 0.005
 
 
-def build_report(manifest: Manifest, budget: int, stats: dict, plans: dict, part_stats: dict[int, PartStats],
-                 dedup_reports: dict, *, elapsed_s: float, spark_master: str) -> dict:
-    total_tokens = sum(p.tokens for p in part_stats.values())
-    total_docs = sum(p.docs for p in part_stats.values())
+def _pool_filter_chain(source, acc: dict) -> list[dict]:
+    """Per filter, in chain order: documents reaching it, removed by it, share kept.
+
+    Tagging filters decide in the pool stage (in chain order, after blank documents are
+    skipped); filters that need tokens decide later on what the mix tokenized."""
+    from filters.base import needs_tokens
+    from filters.registry import build_filter
+
+    removed = acc["removed"]
+    rows = []
+    pool_filters = []
+    for i, spec in enumerate(source.filters):
+        filt = build_filter(spec, f"{source.name}.filters[{i}]")
+        prefix = f"{spec['type']}:"
+        if needs_tokens(filt):
+            tok = acc["tokenized"]["removed"]
+            docs = sum(v["docs"] for r, v in tok.items() if r.startswith(prefix))
+            reached = acc["tokenized"]["docs"] - sum(
+                v["docs"] for r, v in tok.items() if any(r.startswith(f"{s['type']}:") for s in source.filters[:i]))
+            rows.append({"filter": spec["type"], "stage": "tokenized", "docs_reached": reached, "docs_removed": docs,
+                         "share_kept": (reached - docs) / reached if reached else 1.0})
+        else:
+            docs = sum(v["docs"] for r, v in removed.items() if r.startswith(prefix))
+            pool_filters.append((spec["type"], docs, len(rows)))
+            rows.append(None)
+    dedup = sum(v["docs"] for r, v in removed.items() if r.endswith("_duplicate"))
+    reached = acc["kept_docs"] + dedup + sum(d for _, d, _ in pool_filters)
+    for name, docs, pos in pool_filters:
+        rows[pos] = {"filter": name, "stage": "pool", "docs_reached": reached, "docs_removed": docs,
+                     "share_kept": (reached - docs) / reached if reached else 1.0}
+        reached -= docs
+    return rows
+
+
+def build_report(manifest: Manifest, budget: int, sources: list[dict], selections, tok_stats, parts, tagged, state,
+                 *, elapsed_s: float, cluster: dict, out: str, attributes: str, resumed: bool) -> dict:
+    total_tokens = sum(p.tokens for p in parts)
+    total_docs = sum(p.docs for p in parts)
     fractions = manifest.mix_fractions()
-    sources = []
-    for si, source in enumerate(manifest.sources):
-        out_tokens = sum(p.tokens_by_source.get(source.name, 0) for p in part_stats.values())
-        out_docs = sum(p.docs_by_source.get(source.name, 0) for p in part_stats.values())
-        plan = plans[si]
-        st = stats[si]
-        sources.append({
-            "name": source.name,
-            **st.to_dict(),
+    tokenized_total = {"docs": 0, "tokens": 0}
+    report_sources = []
+    warnings = list(state.warnings)
+    for si, (source, acc, sel) in enumerate(zip(manifest.sources, sources, selections)):
+        tok = {"docs": 0, "bytes": 0, "tokens": 0, "kept_docs": 0, "kept_tokens": 0, "removed": {},
+               "control_token_docs": 0}
+        for ts in tok_stats:
+            if ts.source_index != si:
+                continue
+            for key in ("docs", "bytes", "tokens", "kept_docs", "kept_tokens"):
+                tok[key] += getattr(ts, key)
+            tok["control_token_docs"] += ts.control_token_docs
+            for reason, (docs, tokens) in ts.removed.items():
+                entry = tok["removed"].setdefault(reason, {"docs": 0, "tokens": 0})
+                entry["docs"] += docs
+                entry["tokens"] += tokens
+        removed_docs = sum(v["docs"] for v in tok["removed"].values())
+        if tok["docs"] != tok["kept_docs"] + removed_docs:
+            raise AssertionError(f"source {source.name}: tokenize stage does not balance: read {tok['docs']} != kept "
+                                 f"{tok['kept_docs']} + removed {removed_docs}")
+        tokenized_total["docs"] += tok["docs"]
+        tokenized_total["tokens"] += tok["tokens"]
+        acc = {**acc, "tokenized": tok}
+        out_tokens = sum(p.tokens_by_source.get(source.name, 0) for p in parts)
+        out_docs = sum(p.docs_by_source.get(source.name, 0) for p in parts)
+        if sel.pool_tokens is not None:
+            pool_tokens, exact = sel.pool_tokens, True
+        else:
+            ratio = tok["kept_tokens"] / tok["bytes"] if tok["bytes"] else sel.tokens_per_byte
+            pool_tokens, exact = int(round(acc["kept_bytes"] * ratio)), False
+        if out_tokens < sel.target_tokens * (1 - SHORTFALL_TOLERANCE):
+            warnings.append(f"source {source.name!r}: wrote {out_tokens:,} tokens, {sel.target_tokens - out_tokens:,} "
+                            f"short of its target {sel.target_tokens:,}")
+        entry = {
+            "name": source.name, "files": acc["files"], "docs_in": acc["docs_in"], "bytes_in": acc["bytes_in"],
+            "quarantined": dict(sorted(acc["quarantined"].items())),
+            "removed": dict(sorted(acc["removed"].items())),
+            "duplicate_ids": acc["duplicate_ids"],
+            "kept_docs": acc["kept_docs"], "kept_bytes": acc["kept_bytes"],
+            "pool_tokens": pool_tokens, "pool_tokens_exact": exact,
             "pool_tokens_manifest": source.pool_tokens,
-            "target_tokens": plan.target_tokens,
-            "copies": plan.copies,
-            "fraction": plan.fraction,
-            "output_docs": out_docs,
-            "output_tokens": out_tokens,
-            "source_percent": 100.0 * out_tokens / st.kept_tokens if st.kept_tokens else 0.0,
+            "tokenized": tok,
+            "selection": {k: v for k, v in sel.to_dict().items() if k not in ("selected", "warnings")},
+            "target_tokens": sel.target_tokens, "output_docs": out_docs, "output_tokens": out_tokens,
+            "passes": out_tokens / pool_tokens if pool_tokens else 0.0,
             "source_percent_manifest": source.source_percent,
             "mix_percent": 100.0 * out_tokens / total_tokens if total_tokens else 0.0,
             "mix_percent_manifest": 100.0 * fractions[source.name],
-            "dedup": dedup_reports.get(source.name, []),
-            "filter_chain": filter_chain(source.filters, st),
-        })
-    parts = [{"name": part_name(i), "tokens": p.tokens, "docs": p.docs} for i, p in sorted(part_stats.items())]
+            "minhash": tagged.minhash.get(source.name),
+            "filter_chain": _pool_filter_chain(source, acc),
+            "filter_reports": {k: r.to_dict() for k, r in sorted(acc["filter_reports"].items())},
+        }
+        report_sources.append(entry)
+    if total_tokens < budget * (1 - SHORTFALL_TOLERANCE):
+        warnings.append(f"the mix holds {total_tokens:,} tokens, {budget - total_tokens:,} short of the budget {budget:,}")
     return {
         "manifest": manifest.name,
         "manifest_path": manifest.path,
@@ -51,92 +126,104 @@ def build_report(manifest: Manifest, budget: int, stats: dict, plans: dict, part
         "budget": budget,
         "tokenizer": manifest.tokenizer.name,
         "eos_token_id": manifest.tokenizer.eos_token_id,
-        "sources": sources,
-        "output": {"tokens": total_tokens, "docs": total_docs, "files": len(parts), "parts": parts},
-        "run": {"elapsed_s": round(elapsed_s, 2), "spark_master": spark_master,
-                "python": platform.python_version(), "machine": platform.machine()},
+        "sources": report_sources,
+        "output": {"tokens": total_tokens, "docs": total_docs, "files": len(parts), "location": out,
+                   "parts": [{"name": f.name, "size": f.size, "sha256": f.sha256, "tokens": p.tokens, "docs": p.docs}
+                             for p in parts for f in p.files if f.name.endswith(".npy")
+                             and not f.name.endswith(".label_mask.npy")],
+                   "files_sha256": {f.name: f.sha256 for p in parts for f in p.files}},
+        "totals": {"tokens_tokenized": tokenized_total["tokens"], "docs_tokenized": tokenized_total["docs"],
+                   "tokens_written": total_tokens,
+                   "tokenized_per_written": tokenized_total["tokens"] / total_tokens if total_tokens else 0.0},
+        "warnings": warnings,
+        "attributes": attributes,
+        "run": {"elapsed_s": round(elapsed_s, 2), **cluster, "resumed": resumed, "stages": state.stages,
+                "persisted_bytes": state.persisted, "python": platform.python_version(),
+                "machine": platform.machine()},
     }
 
 
-def filter_chain(filter_specs, stats) -> list[dict]:
-    """Per filter, in chain order: documents that reached it, how many it removed, the share kept.
-
-    The chain stops at the first rejection, so the documents reaching filter i are the ones
-    kept plus those removed by filters i, i+1, ... - what a threshold keeps of what it sees,
-    the build-time counterpart of `python -m filters.quality percentiles`."""
-    removed = []
-    for spec in filter_specs:
-        prefix = f"{spec['type']}:"
-        removed.append((sum(n for r, n in stats.removed_docs.items() if r.startswith(prefix)),
-                        sum(n for r, n in stats.removed_tokens.items() if r.startswith(prefix))))
-    rows = []
-    for i, spec in enumerate(filter_specs):
-        reached = stats.kept_docs + sum(d for d, _ in removed[i:]) + _removed_after_filters(stats)
-        docs, tokens = removed[i]
-        rows.append({"filter": spec["type"], "docs_reached": reached, "docs_removed": docs,
-                     "tokens_removed": tokens, "share_kept": (reached - docs) / reached if reached else 1.0})
-    return rows
-
-
-def _removed_after_filters(stats) -> int:
-    """Documents removed by stages after the filter chain (dedup): they passed every filter."""
-    return sum(n for r, n in stats.removed_docs.items() if r in ("exact_duplicate", "near_duplicate"))
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def render_markdown(report: dict) -> str:
     lines = [
         f"# Mix {report['manifest']} (budget {format_count(report['budget'])}, seed {report['seed']})",
         "",
-        "| source | docs in | tokens in | quarantined | removed | kept tokens | copies | output tokens "
-        "| Source % | Mix % | Mix % (manifest) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| source | docs in | quarantined | removed | pool docs | pool tokens | target | output tokens "
+        "| passes (manifest) | passes (achieved) | Mix % (manifest) | Mix % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in report["sources"]:
-        removed_docs = sum(r["docs"] for r in s["removed"].values())
+        removed = sum(r["docs"] for r in s["removed"].values()) + sum(
+            r["docs"] for r in s["tokenized"]["removed"].values())
+        manifest_passes = None if s["source_percent_manifest"] is None else s["source_percent_manifest"] / 100
+        pool = ("" if s["pool_tokens_exact"] else "~") + format_count(s["pool_tokens"])
         lines.append(
-            f"| {s['name']} | {s['docs_in']:,} | {format_count(s['tokens_in'])} | {sum(s['quarantined'].values()):,} "
-            f"| {removed_docs:,} | {format_count(s['kept_tokens'])} | {s['copies'] + s['fraction']:.3f} "
-            f"| {format_count(s['output_tokens'])} | {s['source_percent']:.2f} | {s['mix_percent']:.2f} "
-            f"| {s['mix_percent_manifest']:.2f} |")
+            f"| {s['name']} | {s['docs_in']:,} | {sum(s['quarantined'].values()):,} | {removed:,} "
+            f"| {s['kept_docs']:,} | {pool} | {format_count(s['target_tokens'])} | {format_count(s['output_tokens'])} "
+            f"| {'-' if manifest_passes is None else f'{manifest_passes:.4g}'} | {s['passes']:.4g} "
+            f"| {_pct(s['mix_percent_manifest'])} | {_pct(s['mix_percent'])} |")
     out = report["output"]
-    lines += ["", f"Output: {out['docs']:,} document instances, {out['tokens']:,} tokens in {out['files']} part(s).", ""]
-    removal_rows = [(s["name"], reason, r["docs"], r["tokens"]) for s in report["sources"]
+    totals = report["totals"]
+    lines += ["",
+              "Pool tokens: tokens of the documents that pass filters and dedup (~ = estimated from bytes and the "
+              "tokens per byte of what was tokenized). Passes: output tokens / pool tokens (Table 13's Source % / 100). "
+              "Mix %: share of the output tokens.", "",
+              f"Output: {out['docs']:,} document instances, {out['tokens']:,} tokens in {out['files']} part(s). "
+              f"Tokenized {totals['tokens_tokenized']:,} tokens for {totals['tokens_written']:,} written "
+              f"({totals['tokenized_per_written']:.3f} per token written).", ""]
+    if report.get("warnings"):
+        lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
+    removal_rows = [(s["name"], reason, r["docs"], r.get("bytes")) for s in report["sources"]
                     for reason, r in s["removed"].items()]
-    quarantine_rows = [(s["name"], reason, n) for s in report["sources"] for reason, n in s["quarantined"].items()]
-    if removal_rows:
-        lines += ["## Removed by reason", "", "| source | reason | docs | tokens |", "|---|---|---|---|"]
-        lines += [f"| {a} | {b} | {c:,} | {d:,} |" for a, b, c, d in removal_rows]
+    token_rows = [(s["name"], reason, r["docs"], r["tokens"]) for s in report["sources"]
+                  for reason, r in s["tokenized"]["removed"].items()]
+    if removal_rows or token_rows:
+        lines += ["## Removed by reason", "", "| source | reason | docs | bytes | tokens |", "|---|---|---|---|---|"]
+        lines += [f"| {a} | {b} | {c:,} | {d:,} | |" for a, b, c, d in removal_rows]
+        lines += [f"| {a} | {b} | {c:,} | | {d:,} |" for a, b, c, d in token_rows]
         lines.append("")
     chain_rows = [(s["name"], row) for s in report["sources"] for row in s.get("filter_chain", [])]
     if chain_rows:
         lines += ["## Filter chain (share of the documents reaching each filter that it keeps)", "",
-                  "| source | filter | docs reached | removed | kept % |", "|---|---|---|---|---|"]
-        lines += [f"| {name} | {r['filter']} | {r['docs_reached']:,} | {r['docs_removed']:,} | {100 * r['share_kept']:.2f} |"
-                  for name, r in chain_rows]
+                  "| source | filter | decided on | docs reached | removed | kept % |", "|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {r['filter']} | {r['stage']} | {r['docs_reached']:,} | {r['docs_removed']:,} "
+                  f"| {100 * r['share_kept']:.2f} |" for name, r in chain_rows]
         lines.append("")
     decon_rows = [(s["name"], task, v) for s in report["sources"] for key, rep in s.get("filter_reports", {}).items()
                   if key.endswith(".decontaminate") for task, v in rep.get("per_task", {}).items()]
     if decon_rows:
         lines += ["## Decontamination hits by evaluation set", "",
-                  "| source | eval set | docs hit | tokens removed | docs (largest overlap) |", "|---|---|---|---|---|"]
-        lines += [f"| {name} | {task} | {v['docs_hit']:,} | {v['tokens_hit']:,} | {v['primary_docs']:,} |"
-                  for name, task, v in decon_rows]
+                  "| source | eval set | docs hit | docs (largest overlap) |", "|---|---|---|---|"]
+        lines += [f"| {name} | {task} | {v['docs_hit']:,} | {v['primary_docs']:,} |" for name, task, v in decon_rows]
         lines.append("")
+    quarantine_rows = [(s["name"], reason, n) for s in report["sources"] for reason, n in s["quarantined"].items()]
     if quarantine_rows:
         lines += ["## Quarantined (see quarantine/)", "", "| source | reason | lines |", "|---|---|---|"]
         lines += [f"| {a} | {b} | {c:,} |" for a, b, c in quarantine_rows]
+        lines.append("")
+    stages = report["run"].get("stages", {})
+    if stages:
+        lines += ["## Stages", "", "| stage | wall s | task CPU s | executor run s | shuffle written | spilled | docs "
+                  "| bytes | tokens |", "|---|---|---|---|---|---|---|---|---|"]
+        for name, st in stages.items():
+            spark = st.get("spark") or {}
+            lines.append(f"| {name} | {st['wall_s']:.1f} | {st['task_cpu_s']:.1f} | "
+                         f"{spark.get('executor_run_s', '-')} | {format_count(spark.get('shuffle_write_bytes', 0))}B | "
+                         f"{format_count(spark.get('spilled_bytes', 0))}B | {st['docs']:,} | "
+                         f"{format_count(st['bytes'])}B | {format_count(st['tokens'])} |")
         lines.append("")
     return "\n".join(lines)
 
 
 def write_report(out_dir: str, report: dict, manifest: Manifest) -> None:
-    """report.json (machine), report.md (human) and the manifest as it was used."""
-    stable = {k: v for k, v in report.items() if k != "run"}
-    with open(os.path.join(out_dir, "report.json"), "w", encoding="utf-8") as fh:
-        json.dump({**stable, "run": report["run"]}, fh, indent=2, sort_keys=False)
-        fh.write("\n")
-    with open(os.path.join(out_dir, "report.md"), "w", encoding="utf-8") as fh:
-        fh.write(render_markdown(report) + "\n")
-    with open(os.path.join(out_dir, "manifest.json"), "w", encoding="utf-8") as fh:
-        json.dump(manifest.raw, fh, indent=2)
-        fh.write("\n")
+    """manifest.json and report.md, then report.json: the completion marker, written last."""
+    from dolmino.build.attributes import write_bytes
+
+    base = out_dir.rstrip("/")
+    write_bytes(f"{base}/manifest.json", (json.dumps(manifest.raw, indent=2) + "\n").encode("utf-8"))
+    write_bytes(f"{base}/report.md", (render_markdown(report) + "\n").encode("utf-8"))
+    write_bytes(f"{base}/report.json", (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from typing import IO, Iterator
+from typing import IO, Iterator, NamedTuple
 
 S3_SCHEME = "s3://"
 # Bucket naming rules of S3 (3-63 chars, lower case, digits, dots, hyphens).
@@ -268,6 +268,51 @@ def _glob_regex(pattern: str) -> re.Pattern:
 def _literal_prefix(key_pattern: str) -> str:
     cut = min((i for i, ch in enumerate(key_pattern) if ch in "*?["), default=len(key_pattern))
     return key_pattern[:cut]
+
+
+class S3Object(NamedTuple):
+    uri: str
+    size: int
+    etag: str
+
+
+def list_objects(pattern: str) -> list[S3Object]:
+    """`expand_uri_glob` with each object's size and ETag (a build re-tags a changed object)."""
+    bucket, key_pattern = split_uri(pattern)
+    if not any(ch in key_pattern for ch in "*?["):
+        if key_pattern and not key_pattern.endswith("/"):
+            from botocore.exceptions import ClientError
+
+            try:
+                head = client().head_object(Bucket=bucket, Key=key_pattern)
+                return [S3Object(pattern, int(head["ContentLength"]), head.get("ETag", "").strip('"'))]
+            except ClientError as exc:
+                if not _is_missing(exc):
+                    raise
+        prefix = key_pattern.rstrip("/") + "/" if key_pattern.strip("/") else ""
+        matched = [(k, size, etag) for k, size, etag in _iter_key_info(bucket, prefix)
+                   if not k.endswith("/") and not k.rsplit("/", 1)[-1].startswith(".")]
+        if not matched and not key_pattern:
+            check_bucket(bucket)
+    else:
+        regex = _glob_regex(key_pattern)
+        matched = [(k, size, etag) for k, size, etag in _iter_key_info(bucket, _literal_prefix(key_pattern))
+                   if not k.endswith("/") and regex.match(k)]
+    return sorted(S3Object(join_uri(bucket, k), size, etag) for k, size, etag in matched)
+
+
+def _iter_key_info(bucket: str, prefix: str) -> Iterator[tuple[str, int, str]]:
+    from botocore.exceptions import ClientError
+
+    paginator = client().get_paginator("list_objects_v2")
+    try:
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", ()):
+                yield obj["Key"], int(obj["Size"]), str(obj.get("ETag", "")).strip('"')
+    except ClientError as exc:
+        if _error_code(exc) == "NoSuchBucket":
+            raise S3PathError(f"s3://{bucket}: bucket does not exist") from None
+        raise
 
 
 def expand_uri_glob(pattern: str) -> list[str]:

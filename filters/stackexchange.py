@@ -631,26 +631,6 @@ def read_stackexchange(path: str, min_question_score: int = 3, min_answer_score:
     return iter_stackexchange(path, config, stats, quarantine)
 
 
-def read_stackexchange_for_build(task, quarantine: Quarantine, stats) -> Iterator[tuple[str, dict]]:
-    """(loc, document) pairs for the build pipeline (`format: "stackexchange"` sources).
-
-    `task` is the pipeline's FileTask (its `path` is read; `loc` uses its `name`, the
-    data-root-relative file name, when set) or a plain path. Removed questions enter the
-    source's accounting as documents in and removed with reason "stackexchange:<reason>"
-    (no tokens: they are never tokenized); malformed rows go to the build's quarantine,
-    which the pipeline counts as documents in.
-    """
-    path = str(getattr(task, "path", task))
-    name = getattr(task, "name", "") or path
-    se_stats = StackExchangeStats()
-    for doc in read_stackexchange(path, stats=se_stats, quarantine=quarantine):
-        yield f"{name}:{doc['metadata']['line']}", doc
-    # The pipeline reads the stats only after the generator is exhausted.
-    for reason, n in se_stats.removed.items():
-        stats.docs_in += n
-        stats.removed_docs[f"{SOURCE}:{reason}"] += n
-
-
 def main(argv: list[str] | None = None) -> int:
     from dolmino.documents import write_documents, write_quarantine
 

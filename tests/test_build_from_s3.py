@@ -15,7 +15,7 @@ import zstandard
 
 from conftest import S3_TEST_CREDENTIALS, shared_corpus_file
 from dolmino import s3
-from dolmino.build_mix import build
+from dolmino.build.mix import build
 from dolmino.documents import Quarantine, read_documents, write_documents
 from dolmino.manifest import manifest_from_dict
 
@@ -106,7 +106,7 @@ def test_build_with_missing_s3_source_fails_clearly(inputs, spark_with_s3, tmp_p
     _, s3_root = inputs
     data = _manifest(s3_root)
     data["sources"][0]["paths"] = ["nothing-here/*.jsonl.zst"]
-    from dolmino.build_mix import BuildError
+    from dolmino.errors import BuildError
 
     with pytest.raises(BuildError, match="no input files match 's3://.*/root/nothing-here/\\*.jsonl.zst'"):
         build(manifest_from_dict(data), BUDGET, str(tmp_path / "out"), spark_with_s3)

@@ -18,7 +18,8 @@ import pytest
 import zstandard
 
 from conftest import shared_corpus_file
-from dolmino.build_mix import build, main as build_main
+from dolmino.build.cli import main as build_main
+from dolmino.build.mix import build
 from dolmino.documents import Quarantine, read_documents, write_documents
 from dolmino.manifest import manifest_from_dict
 
@@ -71,7 +72,7 @@ def _manifest(inputs: Path, seed: int = 7, **extra) -> dict:
 def built(inputs, spark, tmp_path_factory):
     out = tmp_path_factory.mktemp("mix")
     manifest = manifest_from_dict(_manifest(inputs))
-    report = build(manifest, BUDGET, str(out), spark)
+    report = build(manifest, BUDGET, str(out), spark, attributes=str(tmp_path_factory.mktemp("attributes")))
     return out, report
 
 
@@ -144,8 +145,17 @@ def test_accounting_and_quarantine_add_up(built):
     for s in report["sources"]:
         removed = sum(r["docs"] for r in s["removed"].values())
         assert s["docs_in"] == s["kept_docs"] + removed + sum(s["quarantined"].values())
-        removed_tokens = sum(r["tokens"] for r in s["removed"].values())
-        assert s["tokens_in"] == s["kept_tokens"] + removed_tokens
+        assert s["bytes_in"] == s["kept_bytes"] + sum(r["bytes"] for r in s["removed"].values())
+        tok = s["tokenized"]
+        assert tok["docs"] == tok["kept_docs"] + sum(r["docs"] for r in tok["removed"].values())
+        assert tok["tokens"] == tok["kept_tokens"] + sum(r["tokens"] for r in tok["removed"].values())
+        if s["name"] == "code":  # a pool 4x its target: only a hash-order prefix is tokenized
+            assert s["selection"]["mode"] == "prefix" and not s["pool_tokens_exact"]
+            assert 0 < tok["docs"] < s["kept_docs"] and tok["kept_tokens"] < 0.5 * s["pool_tokens"]
+        else:  # pools near or below their targets are tokenized whole: nothing estimated
+            assert s["pool_tokens_exact"] and s["selection"]["mode"] == "all"
+            assert tok["docs"] == s["kept_docs"]
+    assert report["totals"]["tokenized_per_written"] < 1.15
     web = next(s for s in report["sources"] if s["name"] == "web")
     assert web["quarantined"] == {"invalid_utf8": 1, "malformed_json": 1, "missing_text": 1}
     qfiles = list((out / "quarantine" / "web").glob("*.jsonl.gz"))
@@ -154,20 +164,20 @@ def test_accounting_and_quarantine_add_up(built):
     code = next(s for s in report["sources"] if s["name"] == "code")
     assert code["removed"]["code_stars:stars<2"]["docs"] > 0  # synthetic star counts give it work
     md = (out / "report.md").read_text()
-    assert "| web | 305 |" in md and "## Quarantined" in md and "| web | invalid_utf8 | 1 |" in md
+    assert "| web | 305 | 3 |" in md and "## Quarantined" in md and "| web | invalid_utf8 | 1 |" in md
 
 
 def _digest(out: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(out.iterdir()) if p.is_file() and p.name != "report.json"}
+            for p in sorted(out.iterdir()) if p.is_file() and p.name.startswith("part-")}
 
 
 def test_same_manifest_and_seed_is_byte_identical(built, inputs, spark, tmp_path):
     out, report = built
     again = tmp_path / "again"
-    # a different parallelism must not change a byte
-    spark.sparkContext.setLocalProperty("spark.default.parallelism", "3")
-    build(manifest_from_dict(_manifest(inputs)), BUDGET, str(again), spark)
+    # other task sizes (every file its own task), fresh attributes: not a byte changes
+    build(manifest_from_dict(_manifest(inputs)), BUDGET, str(again), spark, attributes=str(tmp_path / "attrs"),
+          task_bytes=1)
     assert _digest(out) == _digest(again)
     other = tmp_path / "other-seed"
     build(manifest_from_dict(_manifest(inputs, seed=8)), BUDGET, str(other), spark)
@@ -194,13 +204,9 @@ def test_report_filter_chain_accounts_for_every_document(built):
     for s in report["sources"]:
         chain = s["filter_chain"]
         assert [r["filter"] for r in chain] == ["repeated_ngrams"] + (["code_stars"] if s["name"] == "code" else [])
-        quarantined = sum(s["quarantined"].values())
-        # Everything that was read reaches the first filter; each filter passes on what it keeps.
-        assert chain[0]["docs_reached"] == s["docs_in"] - quarantined
-        for first, second in zip(chain, chain[1:]):
-            assert second["docs_reached"] == first["docs_reached"] - first["docs_removed"]
-        removed_by_filters = sum(r["docs_removed"] for r in chain)
-        dedup = sum(v["docs"] for k, v in s["removed"].items() if k.endswith("_duplicate"))
-        assert chain[0]["docs_reached"] == s["kept_docs"] + removed_by_filters + dedup
-    code = next(s for s in report["sources"] if s["name"] == "code")
-    assert code["filter_chain"][1]["docs_removed"] == code["removed"]["code_stars:stars<2"]["docs"] > 0
+        assert chain[0]["stage"] == "tokenized"  # repeated n-grams decide on token ids
+        assert chain[0]["docs_reached"] == s["tokenized"]["docs"]
+        if s["name"] == "code":
+            stars = chain[1]
+            assert stars["stage"] == "pool" and stars["docs_removed"] == s["removed"]["code_stars:stars<2"]["docs"] > 0
+            assert stars["docs_reached"] == s["docs_in"] - sum(s["quarantined"].values())

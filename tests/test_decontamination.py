@@ -448,44 +448,6 @@ def test_bucket_directory_lookup_matches_binary_search(tmp_path):
     assert len(index.directory) - 1 == decon._directory_size(len(hashes))
 
 
-def test_build_pipeline_reports_hits_per_eval_set(tmp_path, suite_index, suite_instances):
-    """The per-eval-set report travels from the executors' filters into the build report."""
-    from dolmino.pipeline import FileTask, SourceStats, process_file
-    from dolmino.report import filter_chain, render_markdown
-    from dolmino.tokenizer import Dolma2Tokenizer
-    from dolmino.manifest import TokenizerSpec
-
-    clean = _corpus("web.jsonl.zst", 30)
-    gsm = _gsm8k_test(suite_instances)[:6]
-    planted = [{"id": f"planted-{k}", "text": _page(clean[k], f"{q}\nAnswer: {a}")} for k, (q, a) in enumerate(gsm)]
-    specs = ({"type": "decontaminate", "index_path": suite_index}, {"type": "min_length", "min_tokens": 10**6})
-    files = []
-    for half, docs in enumerate((clean[:15] + planted[:3], clean[15:] + planted[3:])):
-        path = tmp_path / f"in-{half}.jsonl"
-        write_documents(str(path), docs)
-        files.append(path)
-    tokenizer = Dolma2Tokenizer.from_spec(TokenizerSpec())
-    stats = SourceStats()
-    for i, path in enumerate(files):
-        task = FileTask("web", 0, str(path), i, "dolma", specs, False, name=path.name)
-        records = list(process_file(task, tokenizer, 1, str(tmp_path / "out")))
-        stats.merge(records[-1][3])
-    stats.check_balance("web")
-    report = stats.to_dict()["filter_reports"]["filters[0].decontaminate"]
-    assert report["docs_checked"] == 36 and report["docs_removed"] == 6
-    assert report["per_task"]["gsm8k"]["primary_docs"] == 6
-    assert report["tokens_removed"] == stats.removed_tokens["decontaminate:overlap>=10%"] > 0
-    chain = filter_chain(specs, stats)
-    assert [r["docs_reached"] for r in chain] == [36, 30]
-    assert [r["docs_removed"] for r in chain] == [6, 30]
-    assert chain[0]["share_kept"] == pytest.approx(30 / 36) and chain[1]["share_kept"] == 0.0
-    markdown = render_markdown({"manifest": "t", "budget": 1, "seed": 1, "output": {"docs": 0, "tokens": 0, "files": 0},
-                                "sources": [{"name": "web", **stats.to_dict(), "copies": 0, "fraction": 0.0,
-                                             "output_tokens": 0, "source_percent": 0.0, "mix_percent": 0.0,
-                                             "mix_percent_manifest": 100.0, "filter_chain": chain}]})
-    assert "| web | gsm8k | 6 |" in markdown and "| web | decontaminate | 36 | 6 | 83.33 |" in markdown
-
-
 def test_tag_then_decide_equals_reject_reason(suite_index, suite_instances):
     """The stored n-gram hits plus `decide` give `reject_reason`'s verdicts and the same report."""
     from filters.base import decide, tag_columns

@@ -1,6 +1,6 @@
 """dolmino.s3 against a real S3 protocol server (moto on loopback): streams, globs, errors.
 
-Globs are checked for parity with the local branch of build_mix.expand_paths: the same tree
+Globs are checked for parity with the local listing, dolmino.build.inputs.expand_local: the same tree
 on disk and in a bucket must give the same list, or a manifest would select different
 inputs depending on where the data is mounted.
 """
@@ -17,7 +17,7 @@ import zstandard
 
 from conftest import S3_TEST_CREDENTIALS, shared_corpus_file
 from dolmino import s3
-from dolmino.build_mix import expand_paths
+from dolmino.build.inputs import expand_local
 from dolmino.documents import Quarantine, read_documents, write_documents
 
 
@@ -104,7 +104,7 @@ def test_expand_uri_glob_matches_local_glob(glob_tree, pattern):
     bucket, local = glob_tree
     remote = s3.expand_uri_glob(f"s3://{bucket}/{pattern}")
     assert remote == sorted(remote)
-    want = [p[len(str(local)) + 1:] for p in expand_paths(str(local / pattern))]
+    want = [p[len(str(local)) + 1:] for p in expand_local(str(local / pattern))[0]]
     assert [u[len(f"s3://{bucket}/"):] for u in remote] == want
 
 

@@ -22,7 +22,7 @@ from dolmino.documents import Quarantine, read_documents
 from filters import stackexchange as se
 from filters.stackexchange import (
     StackExchangeStats, html_to_text, join_question_answer, longest_newline_run, parse_tags,
-    read_stackexchange, read_stackexchange_for_build, site_of,
+    read_stackexchange, site_of,
 )
 
 
@@ -289,27 +289,6 @@ def test_compressed_inputs_and_cli(tmp_path, capsys):
     assert written == expected
     q = [json.loads(line) for line in gzip.decompress(qpath.read_bytes()).splitlines()]
     assert q[0]["reason"] == "bad_score" and 'Score="oops"' in q[0]["raw"]
-
-
-def test_build_adapter_accounting(tmp_path):
-    from dolmino.pipeline import FileTask, SourceStats
-
-    path = write_posts(tmp_path, [
-        question(1, 5, "kept", "<p>q</p>", accepted=2), answer(2, 1, 5, "<p>a</p>"),
-        question(3, 1, "low", "<p>q</p>", accepted=4), answer(4, 3, 9, "<p>a</p>"),
-        question(5, 5, "none", "<p>q</p>"),
-        '  <row Id="6" PostTypeId="1" Score="5" Title="broken Body="x" />',
-    ])
-    quarantine, stats = Quarantine(), SourceStats()
-    pairs = list(read_stackexchange_for_build(str(path), quarantine, stats))
-    assert [(loc, doc["id"]) for loc, doc in pairs] == [(f"{path}:3", "se-cooking.stackexchange.com-1")]
-    assert stats.docs_in == 2 and dict(stats.removed_docs) == {
-        "stackexchange:question_score<3": 1, "stackexchange:no_accepted_answer": 1}
-    assert dict(quarantine.counts) == {"malformed_xml": 1}
-    task = FileTask("stackexchange", 0, str(path), 0, "stackexchange", (), False,
-                    name="cooking.stackexchange.com/Posts.xml")
-    pairs = list(read_stackexchange_for_build(task, Quarantine(), SourceStats()))
-    assert [loc for loc, _ in pairs] == ["cooking.stackexchange.com/Posts.xml:3"]
 
 
 def test_huge_pathological_body(tmp_path):

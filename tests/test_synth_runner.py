@@ -132,7 +132,7 @@ def gsm8k_index(tmp_path_factory):
 
 @pytest.mark.slow  # a full build_mix run: ~30 s on a loaded 2-core machine
 def test_generated_output_builds_as_a_normal_source(spark, tmp_path, gsm8k_index):
-    from dolmino.build_mix import build
+    from dolmino.build.mix import build
     from dolmino.manifest import manifest_from_dict
     from dolmino.synth.gsm8k_numbers import Gsm8kNumberGenerator
 

@@ -1,0 +1,156 @@
+"""Command lines of the build: `spark-submit dolmino/build_mix.py`, `dolmino tag`, `dolmino mix`.
+
+All three take the same arguments and run `dolmino.build.mix.run_build`; they differ in the
+phase: the build runs tag then mix, reusing attributes that already exist; `tag` only
+writes attributes; `mix` refuses to start when attributes are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from dolmino.errors import BuildError, ManifestError
+
+PHASES = {
+    "all": ("build_mix", "Build a data mix from a manifest: tag the pools (reusing attributes), select, tokenize, "
+                         "write memmaps."),
+    "tag": ("dolmino tag", "Tag every pool document once: attribute files (scores, verdicts, dedup clusters) that any "
+                           "number of mixes reuse."),
+    "mix": ("dolmino mix", "Build a mix from existing attributes (run `dolmino tag` first)."),
+}
+
+
+def parse_args(argv: list[str] | None, phase: str) -> argparse.Namespace:
+    prog, description = PHASES[phase]
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    if phase == "all":
+        parser.add_argument("--manifest", default=None,
+                            help="mix manifest JSON (default: manifests/<budget>.json for 50B/100B/300B, "
+                                 "else manifests/demo.json)")
+    else:
+        parser.add_argument("manifest", help="mix manifest JSON")
+    parser.add_argument("--budget", default=None, help="token budget with K/M/B/T suffix, e.g. 100B "
+                                                       "(default: the manifest's)")
+    parser.add_argument("--out", default=None, help="output directory or s3:// prefix (default: the manifest's "
+                                                    "'output')")
+    parser.add_argument("--data-root", default=None, help="where the manifest's relative source paths live, local "
+                                                          "or s3:// (default: the manifest's data_root)")
+    parser.add_argument("--attributes", default=None, help="attributes root, local or s3:// "
+                                                           "(default: <parent of --out>/attributes)")
+    parser.add_argument("--master", default=None, help="Spark master URL (default: spark-submit's / "
+                                                       "spark-defaults.conf; local[*] when nothing sets one)")
+    parser.add_argument("--driver-memory", default=None, help="driver memory when this script starts Spark itself "
+                                                              "(default: Spark's)")
+    parser.add_argument("--task-size", default="128M", help="input bytes per task (small files are grouped, "
+                                                            "large plain .jsonl split)")
+    parser.add_argument("--quiet", action="store_true", help="no live progress lines")
+    return parser.parse_args(argv)
+
+
+def default_manifest(budget: str | None) -> str:
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    manifests = os.path.join(here, "manifests")
+    if budget and budget.upper() in ("50B", "100B", "300B"):
+        return os.path.join(manifests, f"{budget.upper()}.json")
+    return os.path.join(manifests, "demo.json")
+
+
+def _location(value: str) -> str:
+    return value if value.startswith("s3://") else os.path.abspath(value)
+
+
+def prepare(args: argparse.Namespace, phase: str):
+    """(manifest, BuildOptions) from the command line; raises ManifestError/BuildError."""
+    from dataclasses import replace
+
+    from dolmino.build.inputs import list_inputs
+    from dolmino.build.mix import BuildOptions, default_attributes_root
+    from dolmino.manifest import load_manifest, parse_count
+
+    manifest = load_manifest(args.manifest or default_manifest(args.budget))
+    if args.data_root:
+        manifest = replace(manifest, data_root=_location(args.data_root))
+    budget = parse_count(args.budget, "--budget") if args.budget else manifest.budget
+    if budget is None and phase != "tag":
+        raise ManifestError("budget: the manifest has no budget; pass --budget (e.g. --budget 100B)")
+    out = args.out or manifest.output
+    if not out:
+        raise ManifestError("output: the manifest has no output directory; pass --out")
+    out = _location(out)
+    attributes = _location(args.attributes) if args.attributes else default_attributes_root(out)
+    task_bytes = parse_count(args.task_size, "--task-size")
+    list_inputs(manifest)  # every missing input named before Spark starts
+    options = BuildOptions(budget or 0, out, attributes, phase=phase, task_bytes=task_bytes,
+                           split_bytes=max(task_bytes * 2, 1), quiet=args.quiet)
+    return manifest, options
+
+
+def _failure(exc: BaseException) -> str | None:
+    """A one-line, credential-free message for S3 and network failures."""
+    from dolmino import s3
+
+    message = getattr(s3, "s3_failure_message", None)
+    if message is not None:
+        return message(exc)
+    name = type(exc).__module__
+    if name.startswith(("botocore", "boto3", "urllib3")) or isinstance(exc, s3.S3PathError):
+        return s3.describe_error(exc)
+    return None
+
+
+def main(argv: list[str] | None = None, phase: str = "all") -> int:
+    args = parse_args(argv, phase)
+    prog = PHASES[phase][0]
+    try:
+        manifest, options = prepare(args, phase)
+    except (ManifestError, BuildError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - S3 failures become one redacted line
+        text = _failure(exc)
+        if text is None:
+            raise
+        print(f"{prog}: error: {text}", file=sys.stderr)
+        return 2
+    from dolmino.build.mix import run_build
+    from dolmino.build.spark import make_spark
+
+    spark = make_spark(f"dolmino-{phase}-{manifest.name}", args.master, args.driver_memory)
+    spark.sparkContext.setLogLevel("WARN")
+    try:
+        result = run_build(manifest, options, spark)
+    except (BuildError, ManifestError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001
+        text = _failure(exc)
+        if text is None:
+            raise
+        print(f"{prog}: error: {text}", file=sys.stderr)
+        return 2
+    finally:
+        spark.stop()
+    for warning in result.get("warnings", []):
+        print(f"{prog}: warning: {warning}", file=sys.stderr)
+    if phase == "tag":
+        print(f"tagged {result['tagged_units']} unit(s), reused {result['reused_units']}; attributes under "
+              f"{result['attributes']}")
+        return 0
+    from dolmino.manifest import format_count
+    from dolmino.report import render_markdown
+
+    print(render_markdown(result))
+    print(f"wrote {result['output']['files']} part(s), {format_count(result['output']['tokens'])} tokens to "
+          f"{options.out} (master {result['run']['spark_master']}, {result['run'].get('executors')} executor(s))")
+    return 0
+
+
+def tag_main(argv: list[str] | None = None) -> int:
+    return main(argv, "tag")
+
+
+def mix_main(argv: list[str] | None = None) -> int:
+    return main(argv, "mix")

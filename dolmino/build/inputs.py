@@ -1,0 +1,212 @@
+"""Input files, units and tasks: what a build reads, and how the work is cut.
+
+A *unit* is the piece of input that one set of attribute files describes: a whole file or,
+for a large uncompressed .jsonl, a byte range [start, end). A line belongs to the range in
+which it starts (as in Hadoop's TextInputFormat), so ranges tile a file without cutting a
+document. Units are numbered in a fixed order (source, file name, start), so a rerun over
+the same inputs finds the same units and reuses their finished attribute files.
+
+A *task* groups consecutive units up to a target size in bytes: 20,000 small files become a
+few dozen tasks instead of 20,000 (per-task overhead dominated the first stage), and one
+50 GB .jsonl becomes many tasks instead of one.
+
+Which files are documents is decided by name, so a stray README.txt in a source directory
+is reported and skipped at listing time, not found broken an hour into the job:
+`.jsonl` / `.json` / `.ndjson`, optionally compressed (`.gz`, `.zst`, `.zstd`); Stack
+Exchange sources read `.xml` the same way. Only uncompressed files split into ranges
+(a gzip or zstd stream can only be read from its start).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+
+from dolmino.errors import BuildError
+from dolmino.manifest import Manifest
+
+COMPRESSIONS = ("", ".gz", ".zst", ".zstd")
+DOCUMENT_STEMS = (".jsonl", ".json", ".ndjson")
+STACKEXCHANGE_STEMS = (".xml",)
+# A unit covers at most this many bytes of an uncompressed file; larger files are split.
+DEFAULT_SPLIT_BYTES = 256 << 20
+# A task reads about this many input bytes (several units when they are small).
+DEFAULT_TASK_BYTES = 128 << 20
+
+
+def _suffixes(stems: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(stem + comp for stem in stems for comp in COMPRESSIONS)
+
+
+SUFFIXES = {"dolma": _suffixes(DOCUMENT_STEMS), "stackexchange": _suffixes(STACKEXCHANGE_STEMS)}
+
+
+def readable_by_name(name: str, fmt: str) -> bool:
+    return name.lower().endswith(SUFFIXES[fmt])
+
+
+def splittable(name: str, fmt: str) -> bool:
+    """Plain (uncompressed) Dolma JSONL can be read from any byte offset."""
+    return fmt == "dolma" and name.lower().endswith(DOCUMENT_STEMS)
+
+
+@dataclass(frozen=True)
+class InputFile:
+    source: str
+    uri: str  # local path or s3:// URI, as executors open it
+    name: str  # relative to the manifest's data_root: what `loc` and attribute paths use
+    size: int
+    version: str  # S3 ETag or local mtime: a changed file is tagged again
+    format: str = "dolma"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One attribute file's worth of input: a whole file, or the lines starting in [start, end)."""
+
+    index: int
+    source_index: int
+    file: InputFile
+    start: int = 0
+    end: int | None = None
+
+    @property
+    def is_range(self) -> bool:
+        return self.end is not None
+
+    @property
+    def size(self) -> int:
+        return (self.file.size if self.end is None else self.end) - self.start
+
+    @property
+    def key(self) -> str:
+        """The unit's attribute file stem: its input name, plus the range when it is one."""
+        if self.end is None:
+            return self.file.name
+        return f"{self.file.name}@{self.start:013d}-{self.end:013d}"
+
+
+def _relative_name(path: str, root: str | None) -> str:
+    if root:
+        prefix = root.rstrip("/") + "/"
+        if path.startswith(prefix):
+            return path[len(prefix):]
+    return path.lstrip("/")
+
+
+def expand_local(pattern: str) -> tuple[list[str], bool]:
+    """(sorted files a local glob, directory or file names; whether the pattern named files explicitly).
+
+    A directory expands to every file below it except hidden ones; globs follow
+    glob.glob(recursive=True), whose semantics `dolmino.s3.expand_uri_glob` copies."""
+    if any(ch in pattern for ch in "*?["):
+        return sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)), True
+    if os.path.isdir(pattern):
+        return sorted(p for p in glob.glob(os.path.join(pattern, "**", "*"), recursive=True)
+                      if os.path.isfile(p) and not os.path.basename(p).startswith(".")), False
+    return ([pattern] if os.path.isfile(pattern) else []), True
+
+
+def _list_local(pattern: str, fmt: str, skipped: list[str]) -> tuple[list[tuple[str, int, str]], list[str]]:
+    """(path, size, version) of matching document files, and explicit matches that are not documents."""
+    paths, explicit = expand_local(pattern)
+    found, refused = [], []
+    for path in paths:
+        if readable_by_name(path, fmt):
+            st = os.stat(path)
+            found.append((path, st.st_size, str(st.st_mtime_ns)))
+        elif explicit:
+            refused.append(path)
+        else:
+            skipped.append(path)
+    return found, refused
+
+
+def _list_s3(pattern: str, fmt: str, skipped: list[str]) -> tuple[list[tuple[str, int, str]], list[str]]:
+    from dolmino.s3 import list_objects
+
+    explicit = any(ch in pattern for ch in "*?[")
+    found, refused = [], []
+    for obj in list_objects(pattern):
+        if readable_by_name(obj.uri, fmt):
+            found.append((obj.uri, obj.size, obj.etag))
+        elif explicit or obj.uri == pattern:
+            refused.append(obj.uri)
+        else:
+            skipped.append(obj.uri)
+    return found, refused
+
+
+@dataclass
+class Listing:
+    files: list[list[InputFile]]  # per source, in manifest order
+    skipped: list[str]  # files in source directories that are not documents by name
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for files in self.files for f in files)
+
+
+def list_inputs(manifest: Manifest) -> Listing:
+    """Every source's input files; one BuildError naming every problem at once."""
+    files: list[list[InputFile]] = []
+    skipped: list[str] = []
+    problems: list[str] = []
+    for source in manifest.sources:
+        found: dict[str, InputFile] = {}
+        for pattern in source.paths:
+            location = manifest.resolve(pattern)
+            lister = _list_s3 if location.startswith("s3://") else _list_local
+            matched, refused = lister(location, source.format, skipped)
+            if refused:
+                shown = ", ".join(refused[:3]) + (", ..." if len(refused) > 3 else "")
+                problems.append(f"source {source.name!r}: {location!r} matches {len(refused)} file(s) that are not "
+                                f"{source.format} documents by name ({shown}); documents end in "
+                                f"{', '.join(SUFFIXES[source.format][:3])}[.gz|.zst]")
+            if not matched and not refused:
+                problems.append(f"source {source.name!r}: no input files match {location!r}")
+            for uri, size, version in matched:
+                found.setdefault(uri, InputFile(source.name, uri, _relative_name(uri, manifest.data_root), size,
+                                                version, source.format))
+        files.append(sorted(found.values(), key=lambda f: f.name))
+    if problems:
+        hint = ("" if not any("no input files match" in p for p in problems) else
+                "\n  (relative paths resolve against the manifest's data_root"
+                f"{' ' + repr(manifest.data_root) if manifest.data_root else ''}; pass --data-root to point at "
+                "your copy of the data, see README 'Real data')")
+        raise BuildError("input listing failed:\n  " + "\n  ".join(problems) + hint)
+    return Listing(files, skipped)
+
+
+def plan_units(listing: Listing, split_bytes: int = DEFAULT_SPLIT_BYTES) -> list[Unit]:
+    """Units in a fixed order; large uncompressed files become byte ranges of ~split_bytes."""
+    if split_bytes < 1:
+        raise BuildError(f"split size must be positive, got {split_bytes}")
+    units: list[Unit] = []
+    for si, files in enumerate(listing.files):
+        for f in files:
+            if splittable(f.name, f.format) and f.size > split_bytes:
+                pieces = -(-f.size // split_bytes)
+                step = -(-f.size // pieces)
+                for start in range(0, f.size, step):
+                    units.append(Unit(len(units), si, f, start, min(f.size, start + step)))
+            else:
+                units.append(Unit(len(units), si, f))
+    return units
+
+
+def group_tasks(units: list[Unit], task_bytes: int = DEFAULT_TASK_BYTES) -> list[tuple[Unit, ...]]:
+    """Consecutive units, packed up to `task_bytes` each (a larger unit is a task of its own)."""
+    tasks: list[tuple[Unit, ...]] = []
+    current: list[Unit] = []
+    size = 0
+    for unit in units:
+        if current and size + unit.size > task_bytes:
+            tasks.append(tuple(current))
+            current, size = [], 0
+        current.append(unit)
+        size += max(unit.size, 1)
+    if current:
+        tasks.append(tuple(current))
+    return tasks

@@ -1,0 +1,420 @@
+"""The whole build on one Spark session: list, tag (reusing attributes), select, tokenize, write.
+
+`run_build` is what `spark-submit dolmino/build_mix.py`, `dolmino tag` and `dolmino mix`
+run (`phase` "all", "tag" or "mix"). What happens to a rerun after a killed driver or
+executor: finished attribute files are reused (tag); the selection, once made, is saved as
+`_plan.json` in the output together with a hash of everything it depends on, so a rerun
+skips it; parts with a commit record of that plan are kept, and only the documents of the
+missing parts are read and tokenized again. The result is byte-identical to a clean build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+
+from dolmino.build import output
+from dolmino.build.attributes import ATTRIBUTE_FORMAT, AttributeStore, spec_key
+from dolmino.build.inputs import DEFAULT_SPLIT_BYTES, DEFAULT_TASK_BYTES, group_tasks, list_inputs, plan_units
+from dolmino.build.progress import Stage
+from dolmino.build.resources import file_params, stage
+from dolmino.build.select import (
+    PoolContext, PoolDoc, SourceSelection, UnitPool, dedup, finish, greedy_short, initial_selection, pool_unit, refill,
+    slim, split_targets, tokens_per_byte, widen,
+)
+from dolmino.build.spark import cluster_info, forward_environment, is_local, persisted_bytes
+from dolmino.build.tag import run_tag
+from dolmino.build.write import (
+    PARTS_DIR, TokContext, TokDoc, TokStats, WriteContext, order_key, tokenize_units, write_part,
+)
+from dolmino.errors import BuildError
+from dolmino.manifest import Manifest
+from dolmino.memmap import part_name
+from dolmino.tokenizer import Dolma2Tokenizer
+from mixers.sampling import bucket_of
+
+
+@dataclass
+class BuildOptions:
+    budget: int
+    out: str
+    attributes: str
+    phase: str = "all"  # "all" | "tag" | "mix"
+    split_bytes: int = DEFAULT_SPLIT_BYTES
+    task_bytes: int = DEFAULT_TASK_BYTES
+    quiet: bool = False
+
+
+@dataclass
+class BuildState:
+    """What the driver gathers on the way, for the report."""
+
+    stages: dict = field(default_factory=dict)
+    persisted: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+
+def default_attributes_root(out: str) -> str:
+    """Beside the outputs, shared by every mix built there: `<parent of out>/attributes`."""
+    return out.rstrip("/").rsplit("/", 1)[0] + "/attributes" if "/" in out.rstrip("/") else "attributes"
+
+
+def tokenizer_digest(tokenizer: Dolma2Tokenizer, spec) -> str:
+    h = hashlib.sha256(tokenizer.json_text.encode("utf-8"))
+    h.update(repr(sorted(vars(spec).items())).encode("utf-8"))
+    return h.hexdigest()
+
+
+def _stage_resources(manifest: Manifest, sc) -> dict:
+    ship = not is_local(sc)
+    resources = {}
+    for source in manifest.sources:
+        for spec in source.filters:
+            for param in file_params(spec):
+                uri = spec[param]
+                if uri not in resources:
+                    resources[uri] = stage(uri, sc, ship=ship)
+    return resources
+
+
+def skips_blank(manifest: Manifest) -> bool:
+    """dolma's tokenization skips documents that are empty after strip (docs/DESIGN.md "Tokenization")."""
+    return getattr(manifest.tokenizer, "semantics", "raw") == "dolma"
+
+
+def _task_partitioner(groups) -> dict[int, int]:
+    return {u.index: t for t, group in enumerate(groups) for u in group}
+
+
+def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
+    started = time.time()
+    sc = spark.sparkContext
+    state = BuildState()
+    listing = list_inputs(manifest)
+    if listing.skipped:
+        shown = ", ".join(listing.skipped[:5]) + (", ..." if len(listing.skipped) > 5 else "")
+        state.warnings.append(f"skipped {len(listing.skipped)} file(s) in source directories that are not documents "
+                              f"by name: {shown}")
+    units = plan_units(listing, options.split_bytes)
+    groups = group_tasks(units, options.task_bytes)
+    any_s3 = any(u.file.uri.startswith("s3://") for u in units) or options.out.startswith("s3://") \
+        or options.attributes.startswith("s3://")
+    forward_environment(sc, any_s3)
+    tokenizer = Dolma2Tokenizer.from_spec(manifest.tokenizer)
+    tok_digest = tokenizer_digest(tokenizer, manifest.tokenizer)
+    resources = _stage_resources(manifest, sc)
+    store = AttributeStore(options.attributes)
+
+    tagged = run_tag(sc, manifest, store, units, groups, resources, tokenizer, tok_digest, quiet=options.quiet,
+                     allow_work=options.phase != "mix")
+    state.stages.update(tagged.stages)
+    if options.phase == "tag":
+        return _tag_summary(manifest, options, tagged, units, listing, time.time() - started, sc, state)
+
+    output.start(options.out)
+    targets = split_targets(options.budget, manifest.mix_fractions())
+    num_parts = max(1, math.ceil(options.budget / manifest.output_spec.tokens_per_file))
+    plan_hash = spec_key({
+        "format": ATTRIBUTE_FORMAT, "manifest": {k: v for k, v in manifest.raw.items()
+                                                  if k not in ("output", "description", "data_root")},
+        "budget": options.budget, "targets": targets, "tokenizer": tok_digest, "parts": num_parts,
+        "sets": [[p.docs_set, [t.set_name for t in p.filters], p.minhash_set] for p in tagged.plans],
+        "units": [[u.key, u.file.version, u.start, u.end] for u in units],
+    })
+
+    # ---- pool: decisions from attributes, then dedup
+    from pyspark import StorageLevel
+
+    names = {u.index: u.file.name for u in units}
+    pool_ctx = sc.broadcast(PoolContext(store, tagged.plans, manifest.sources, resources, manifest.seed, names,
+                                        tagged.first_lines, skips_blank(manifest)))
+    with Stage(sc, "pool", total_units=len(units), quiet=options.quiet) as st:
+        counters = st.counters
+        records = (sc.parallelize([list(g) for g in groups], len(groups))
+                   .flatMap(lambda g: _pool_group(g, pool_ctx, counters)))
+        records.persist(StorageLevel.MEMORY_AND_DISK)
+        unit_pools: list[UnitPool] = records.filter(lambda r: isinstance(r, UnitPool)).collect()
+        state.persisted["pool"] = persisted_bytes(sc, records)
+        eligible, dedup_removed = dedup(records.filter(lambda r: isinstance(r, PoolDoc)), manifest.sources)
+        eligible = eligible.map(slim)
+        eligible.persist(StorageLevel.MEMORY_AND_DISK)
+        bucket_rows = (eligible.map(lambda d: ((d.source_index, bucket_of(d.hash)), (1, d.bytes)))
+                       .reduceByKey(lambda a, b: (a[0] + b[0], a[1] + b[1])).collect())
+        state.persisted["eligible"] = persisted_bytes(sc, eligible)
+    state.stages["pool"] = st.record
+    records.unpersist()
+    sources = _source_accounts(manifest, unit_pools, dedup_removed, bucket_rows)
+
+    # ---- selection: tokenize what the mix may take, cut exactly
+    task_of = sc.broadcast(_task_partitioner(groups))
+    tok_ctx = sc.broadcast(TokContext(
+        store, tagged.plans, _token_filters(manifest), resources, {u.index: u for u in units}, tagged.first_lines,
+        tokenizer))
+    saved = output.read_json(options.out, output.PLAN_FILE)
+    resume = bool(saved and saved.get("plan") == plan_hash)
+    done = output.committed_parts(options.out, plan_hash, num_parts) if resume else {}
+    tok_stats: list[TokStats] = []
+    tokenized = []
+    if resume:
+        selections = [SourceSelection.from_dict(d) for d in saved["selections"]]
+        sel_b = sc.broadcast(selections)
+        done_set = frozenset(done)
+        seed = manifest.seed
+        source_names = tuple(s.name for s in manifest.sources)
+        offsets_b = sc.broadcast(tagged.first_lines)
+        names_b = sc.broadcast(names)
+
+        def wanted(d: PoolDoc) -> bool:
+            sel = sel_b.value[d.source_index]
+            copies = sel.instances(d.hash)
+            if not copies:
+                return False
+            loc = f"{names_b.value[d.unit_index]}:{offsets_b.value[d.unit_index] + d.loc_line}"
+            return any(order_key(seed, source_names[d.source_index], loc, c) % num_parts not in done_set
+                       for c in range(copies))
+
+        with Stage(sc, "tokenize", quiet=options.quiet) as st:
+            rdd = _tokenize(eligible.filter(wanted), groups, task_of, tok_ctx, st.counters)
+            tok_stats += rdd.filter(lambda r: isinstance(r, TokStats)).collect()
+            tokenized.append(rdd)
+        state.stages["tokenize"] = st.record
+    else:
+        selections = _select(sc, manifest, options, state, eligible, sources, targets, groups, task_of, tok_ctx,
+                             tok_stats, tokenized)
+        output.write_json(options.out, output.PLAN_FILE,
+                          {"plan": plan_hash, "selections": [s.to_dict() for s in selections]})
+    for sel in selections:
+        state.warnings += sel.warnings
+
+    # ---- write: order instances, one part per task
+    wctx = sc.broadcast(WriteContext(options.out, manifest.seed, num_parts, manifest.tokenizer.eos_token_id,
+                                     manifest.output_spec.label_mask, tuple(s.name for s in manifest.sources),
+                                     plan_hash, frozenset(done)))
+    sel_b = sc.broadcast(selections)
+    with Stage(sc, "write", total_units=num_parts - len(done), quiet=options.quiet) as st:
+        counters = st.counters
+        docs = _tok_docs(sc, tokenized)
+        instances = docs.flatMap(lambda d: _instances(d, sel_b, wctx))
+        ordered = instances.repartitionAndSortWithinPartitions(numPartitions=num_parts, partitionFunc=lambda k: k)
+        written = ordered.mapPartitionsWithIndex(lambda i, it: write_part(i, it, wctx, counters)).collect()
+    state.stages["write"] = st.record
+    for rdd in tokenized:
+        rdd.unpersist()
+    eligible.unpersist()
+    output.verify_parts(options.out, written)
+    parts = sorted([*written, *done.values()], key=lambda p: p.index)
+    missing = sorted(set(range(num_parts)) - {p.index for p in parts})
+    if missing:
+        raise BuildError(f"parts {missing[:10]} were neither written nor committed earlier; the build is incomplete")
+    keep = {f.name for p in parts for f in p.files} | {f"{PARTS_DIR}/{part_name(p.index)}.json" for p in parts}
+    output.remove_stale(options.out, keep)
+    _copy_quarantine(store, tagged, units, options.out)
+
+    from dolmino.report import build_report, write_report
+
+    report = build_report(manifest, options.budget, sources, selections, tok_stats, parts, tagged,
+                          state, elapsed_s=time.time() - started, cluster=cluster_info(sc),
+                          out=options.out, attributes=options.attributes, resumed=resume)
+    write_report(options.out, report, manifest)
+    return report
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _pool_group(units, ctx_b, counters):
+    ctx = ctx_b.value
+    started = time.process_time()
+    for unit in units:
+        for record in pool_unit(unit, ctx):
+            if isinstance(record, UnitPool):
+                counters.add("units", 1)
+                counters.add("docs", record.stats["docs_in"])
+                counters.add("bytes", record.stats["bytes_in"])
+            yield record
+    counters.add("cpu_s", time.process_time() - started)
+
+
+def _token_filters(manifest: Manifest) -> tuple:
+    from filters.base import needs_tokens
+    from filters.registry import build_filter
+
+    out = []
+    for source in manifest.sources:
+        chain = []
+        for i, spec in enumerate(source.filters):
+            if needs_tokens(build_filter(spec, f"{source.name}.filters[{i}]")):
+                chain.append((i, spec))
+        out.append(tuple(chain))
+    return tuple(out)
+
+
+def _tokenize(candidates, groups, task_of, tok_ctx, counters):
+    from pyspark import StorageLevel
+
+    n = max(1, len(groups))
+    rdd = (candidates.map(lambda d: (d.unit_index, d))
+           .groupByKey(numPartitions=n, partitionFunc=lambda u: task_of.value[u])
+           .mapPartitions(lambda it: tokenize_units(it, tok_ctx, counters)))
+    rdd.persist(StorageLevel.MEMORY_AND_DISK)
+    return rdd
+
+
+def _tok_docs(sc, tokenized: list):
+    """The tokenized documents of every round (each round's RDD also holds its stats records)."""
+    if not tokenized:
+        return sc.parallelize([])
+    return sc.union(tokenized).filter(lambda r: isinstance(r, TokDoc))
+
+
+def _instances(doc: TokDoc, sel_b, wctx_b):
+    sel = sel_b.value[doc.source_index]
+    ctx = wctx_b.value
+    name = ctx.source_names[doc.source_index]
+    for c in range(sel.instances(doc.hash)):
+        key = order_key(ctx.seed, name, doc.loc, c)
+        if key % ctx.num_parts not in ctx.done:
+            yield key, doc
+
+
+def _source_accounts(manifest: Manifest, unit_pools: list[UnitPool], dedup_removed: dict, bucket_rows) -> list[dict]:
+    """Per source: what came in, what was removed by reason, and the pool left (docs, bytes per bucket)."""
+    accounts = []
+    for si, source in enumerate(manifest.sources):
+        acc = {"name": source.name, "docs_in": 0, "bytes_in": 0, "quarantined": {}, "removed": {}, "files": 0,
+               "duplicate_ids": 0, "sample_bytes": 0, "sample_tokens": 0, "sample_docs": 0, "kept_docs": 0,
+               "kept_bytes": 0, "filter_reports": {}, "bucket_docs": {}, "bucket_bytes": {}}
+        accounts.append(acc)
+    for up in unit_pools:
+        acc = accounts[up.source_index]
+        st = up.stats
+        for key in ("docs_in", "bytes_in", "files", "duplicate_ids", "sample_bytes", "sample_tokens", "sample_docs",
+                    "kept_docs", "kept_bytes"):
+            acc[key] += st[key]
+        for reason, n in st["quarantined"].items():
+            acc["quarantined"][reason] = acc["quarantined"].get(reason, 0) + n
+        for reason, (docs, nbytes) in st["removed"].items():
+            entry = acc["removed"].setdefault(reason, {"docs": 0, "bytes": 0})
+            entry["docs"] += docs
+            entry["bytes"] += nbytes
+        for key, report in up.filter_reports.items():
+            if key in acc["filter_reports"]:
+                acc["filter_reports"][key].merge(report)
+            else:
+                acc["filter_reports"][key] = report
+    for si, removed in dedup_removed.items():
+        acc = accounts[si]
+        for reason, (docs, nbytes) in removed.items():
+            acc["removed"][reason] = {"docs": docs, "bytes": nbytes}
+            acc["kept_docs"] -= docs
+            acc["kept_bytes"] -= nbytes
+    for (si, bucket), (docs, nbytes) in bucket_rows:
+        accounts[si]["bucket_docs"][bucket] = docs
+        accounts[si]["bucket_bytes"][bucket] = nbytes
+    for acc in accounts:
+        pool_docs = sum(acc["bucket_docs"].values())
+        if pool_docs != acc["kept_docs"]:
+            raise BuildError(f"source {acc['name']!r}: {acc['kept_docs']} documents passed filters and dedup but the "
+                             f"pool holds {pool_docs}")
+        removed = sum(r["docs"] for r in acc["removed"].values())
+        if acc["docs_in"] != acc["kept_docs"] + removed + sum(acc["quarantined"].values()):
+            raise BuildError(f"source {acc['name']!r}: accounting does not balance: {acc['docs_in']} documents in, "
+                             f"{acc['kept_docs']} kept + {removed} removed + {sum(acc['quarantined'].values())} "
+                             "quarantined")
+    return accounts
+
+
+def _select(sc, manifest, options, state, eligible, sources, targets, groups, task_of, tok_ctx, tok_stats,
+            tokenized) -> list[SourceSelection]:
+    """Rounds of tokenizing hash-bucket ranges until every source can be cut exactly."""
+    selections = []
+    for si, acc in enumerate(sources):
+        ratio = tokens_per_byte(acc["sample_tokens"], acc["sample_bytes"])
+        selections.append(initial_selection(acc["name"], targets[acc["name"]], acc["kept_docs"], acc["kept_bytes"],
+                                            ratio, acc["bucket_bytes"]))
+    lo = [0] * len(selections)
+    bucket_tokens: list[dict[int, int]] = [{} for _ in selections]
+    round_no = 0
+    while True:
+        hi = [s.bucket_hi if s.pool_docs else 0 for s in selections]
+        if not any(h > l for h, l in zip(hi, lo)):
+            break
+        round_no += 1
+        bounds = sc.broadcast((tuple(lo), tuple(hi)))
+
+        def in_round(d: PoolDoc) -> bool:
+            b = bucket_of(d.hash)
+            return bounds.value[0][d.source_index] <= b < bounds.value[1][d.source_index]
+
+        name = "tokenize" if round_no == 1 else f"tokenize:refill{round_no - 1}"
+        with Stage(sc, name, quiet=options.quiet) as st:
+            rdd = _tokenize(eligible.filter(in_round), groups, task_of, tok_ctx, st.counters)
+            tok_stats += rdd.filter(lambda r: isinstance(r, TokStats)).collect()
+            rows = (rdd.filter(lambda r: isinstance(r, TokDoc)).map(lambda d: ((d.source_index, bucket_of(d.hash)), len(d.tokens) // 4))
+                    .reduceByKey(lambda a, b: a + b).collect())
+            state.persisted[name] = persisted_bytes(sc, rdd)
+        state.stages[name] = st.record
+        tokenized.append(rdd)
+        for (si, b), n in rows:
+            bucket_tokens[si][b] = bucket_tokens[si].get(b, 0) + n
+        for si, sel in enumerate(selections):
+            sel.rounds += int(hi[si] > lo[si])
+        lo = hi
+        more = False
+        for si, sel in enumerate(selections):
+            more |= refill(sel, sources[si]["bucket_bytes"], bucket_tokens[si])
+        if more:
+            continue
+        for si, sel in enumerate(selections):  # small prefix pools: can the greedy fill reach the target?
+            if sel.greedy and sel.mode == "prefix" and greedy_short(sel, _members(sc, tokenized, si, None)):
+                widen(sel, sources[si]["bucket_bytes"], bucket_tokens[si])
+                more = True
+        if not more:
+            break
+
+    for si, sel in enumerate(selections):
+        if sel.pool_docs:
+            finish(sel, bucket_tokens[si], lambda bucket, si=si: _members(sc, tokenized, si, bucket))
+        else:
+            sel.warnings.append(f"source {sel.name!r}: no documents left after filtering and dedup; "
+                                f"it contributes 0 of its {sel.target_tokens:,} target tokens")
+    return selections
+
+
+def _members(sc, tokenized, si: int, bucket: int | None) -> list[tuple[int, int]]:
+    """(hash, tokens) of one source's tokenized documents, in one bucket or all of them."""
+    rdd = _tok_docs(sc, tokenized).filter(lambda d: d.source_index == si)
+    if bucket is not None:
+        rdd = rdd.filter(lambda d: bucket_of(d.hash) == bucket)
+    return rdd.map(lambda d: (d.hash, len(d.tokens) // 4)).collect()
+
+
+def _copy_quarantine(store: AttributeStore, tagged, units, out: str) -> None:
+    pairs = []
+    for unit in units:
+        stats = tagged.unit_stats.get(unit.index, {})
+        if sum(stats.get("quarantined", {}).values()):
+            plan = tagged.plans[unit.source_index]
+            safe = unit.key.replace("/", "__")
+            pairs.append((store.quarantine_path(plan.name, unit), f"{out.rstrip('/')}/quarantine/{plan.name}/{safe}.jsonl.gz"))
+    output.copy_files(pairs)
+
+
+def _tag_summary(manifest, options, tagged, units, listing, elapsed, sc, state) -> dict:
+    return {
+        "manifest": manifest.name, "attributes": options.attributes, "units": len(units),
+        "tagged_units": tagged.tagged_units, "reused_units": len(units) - tagged.tagged_units,
+        "input_bytes": listing.total_bytes, "files_written": len(tagged.written),
+        "bytes_written": sum(tagged.written.values()), "minhash": tagged.minhash, "stages": state.stages,
+        "warnings": state.warnings, "elapsed_s": round(elapsed, 2), "cluster": cluster_info(sc),
+    }
+
+
+
+def build(manifest: Manifest, budget: int, out: str, spark, *, attributes: str | None = None, quiet: bool = True,
+          **options) -> dict:
+    """Run the whole build (tag, reusing attributes, then mix) from Python; returns the report."""
+    attributes = attributes or default_attributes_root(out)
+    return run_build(manifest, BuildOptions(budget, out, attributes, quiet=quiet, **options), spark)

@@ -1,0 +1,174 @@
+"""The build's output location (local directory or s3:// prefix): commit records and checks.
+
+A build is complete when `report.json` exists: the driver writes it last, after checking
+that every part an executor reported is at the output location with the size and SHA-256
+the executor reported. A run starts by deleting `report.json`, so an interrupted run is
+never mistaken for a finished one (`dolmino validate`, the trainer and `dolmino release
+publish` refuse a directory without it).
+
+Locally the driver re-hashes every file it checks. On S3 it reads each object's size and
+the SHA-256 the executor stored in the object's metadata (S3 itself checks each upload's
+integrity); re-reading a 200 GB mix through the driver would cost more than the build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from dolmino.build.attributes import read_bytes, write_bytes
+from dolmino.build.write import PARTS_DIR, PartResult
+from dolmino.errors import BuildError
+
+COMPLETION_MARKER = "report.json"
+PLAN_FILE = "_plan.json"
+REPORT_FILES = ("report.md", "manifest.json")
+
+
+def _join(out: str, *parts: str) -> str:
+    return "/".join([out.rstrip("/"), *parts])
+
+
+def is_remote(out: str) -> bool:
+    return out.startswith("s3://")
+
+
+def list_files(out: str, prefix: str = "") -> dict[str, int]:
+    """name (relative to out) -> size of every file under out/prefix."""
+    if is_remote(out):
+        from dolmino.s3 import iter_keys, split_uri
+
+        bucket, key = split_uri(out.rstrip("/") + "/")
+        return {k[len(key):]: size for k, size in iter_keys(bucket, key + prefix)}
+    base = os.path.join(out, prefix)
+    found = {}
+    if os.path.isdir(base) or not prefix:
+        for dirpath, _dirs, files in os.walk(base if os.path.isdir(base) else out):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                found[os.path.relpath(path, out)] = os.path.getsize(path)
+    return found
+
+
+def delete(out: str, names: list[str]) -> None:
+    if not names:
+        return
+    if is_remote(out):
+        from dolmino.s3 import client, split_uri
+
+        bucket, key = split_uri(out.rstrip("/") + "/")
+        for start in range(0, len(names), 1000):
+            client().delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": key + n} for n in names[start:start + 1000]]})
+        return
+    for name in names:
+        try:
+            os.remove(os.path.join(out, name))
+        except FileNotFoundError:
+            pass
+
+
+def start(out: str) -> None:
+    """Mark the output incomplete before anything else is written."""
+    if not is_remote(out):
+        os.makedirs(out, exist_ok=True)
+    delete(out, [COMPLETION_MARKER])
+
+
+def read_json(out: str, name: str) -> dict | None:
+    try:
+        return json.loads(read_bytes(_join(out, name)))
+    except (OSError, ValueError):
+        return None
+    except Exception as exc:  # botocore's NoSuchKey and friends
+        if "NoSuchKey" in type(exc).__name__ or "404" in str(exc) or "NoSuchKey" in str(exc):
+            return None
+        raise
+
+
+def write_json(out: str, name: str, data: dict) -> None:
+    write_bytes(_join(out, name), (json.dumps(data, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+
+
+def committed_parts(out: str, plan_hash: str, num_parts: int) -> dict[int, PartResult]:
+    """Parts committed by an earlier run of the same plan whose files are all still there."""
+    sizes = list_files(out)
+    done = {}
+    for name in sizes:
+        if not (name.startswith(PARTS_DIR + "/") and name.endswith(".json")):
+            continue
+        record = read_json(out, name)
+        if not record or record.get("plan") != plan_hash or record.get("index", -1) >= num_parts:
+            continue
+        files = tuple(_part_file(f) for f in record["files"])
+        if all(sizes.get(f.name) == f.size for f in files):
+            done[record["index"]] = PartResult(record["index"], record["tokens"], record["docs"],
+                                               record["tokens_by_source"], record["docs_by_source"], files, True)
+    return done
+
+
+def _part_file(d: dict):
+    from dolmino.build.write import PartFile
+
+    return PartFile(d["name"], d["size"], d["sha256"])
+
+
+def _local_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_one(out: str, name: str, size: int, sha256: str) -> str | None:
+    if is_remote(out):
+        from botocore.exceptions import ClientError
+
+        from dolmino.s3 import client, split_uri
+
+        bucket, key = split_uri(_join(out, name))
+        try:
+            head = client().head_object(Bucket=bucket, Key=key)
+        except ClientError:
+            return f"{name}: missing"
+        if int(head["ContentLength"]) != size:
+            return f"{name}: {head['ContentLength']} bytes, the executor wrote {size}"
+        if head.get("Metadata", {}).get("sha256") != sha256:
+            return f"{name}: SHA-256 differs from the executor's"
+        return None
+    path = os.path.join(out, name)
+    if not os.path.exists(path):
+        return f"{name}: missing"
+    if os.path.getsize(path) != size:
+        return f"{name}: {os.path.getsize(path)} bytes, the executor wrote {size}"
+    if _local_sha256(path) != sha256:
+        return f"{name}: SHA-256 differs from the executor's"
+    return None
+
+
+def verify_parts(out: str, parts: list[PartResult]) -> None:
+    """Every reported part file is at the output location as reported, or exit-2 BuildError."""
+    checks = [(f.name, f.size, f.sha256) for p in parts for f in p.files]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        problems = [p for p in pool.map(lambda c: _check_one(out, *c), checks) if p]
+    if problems:
+        shown = "\n  ".join(problems[:10]) + ("\n  ..." if len(problems) > 10 else "")
+        raise BuildError(
+            f"{len(problems)} of {len(checks)} part files the executors reported are not as reported at {out}:\n  "
+            f"{shown}\nOn a cluster without a shared filesystem, write --out to s3:// (or a filesystem mounted "
+            "at the same path on every node). The build is not complete (no report.json).")
+
+
+def remove_stale(out: str, keep: set[str]) -> list[str]:
+    """Delete part files and commit records that the current build did not write."""
+    stale = [n for n in list_files(out) if (n.startswith("part-") or n.startswith(PARTS_DIR + "/")) and n not in keep]
+    delete(out, stale)
+    return stale
+
+
+def copy_files(pairs: list[tuple[str, str]]) -> None:
+    """(source path, destination path) copies of small files (quarantine records)."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda p: write_bytes(p[1], read_bytes(p[0])), pairs))

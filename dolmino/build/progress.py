@@ -1,0 +1,133 @@
+"""A live line per build stage on the driver, and the per-stage record for the report.
+
+Counts come from Spark accumulators that tasks add to as they finish units (documents,
+bytes, tokens, CPU seconds) and from Spark's status tracker (tasks done / total). On a
+terminal the line is rewritten in place every second; otherwise (CI, a log file) one line
+is printed every `DOLMINO_PROGRESS_S` seconds (default 30) and at the end of each stage.
+
+The stage record (wall time, CPU seconds of the Python work in tasks, Spark's executor run
+time and shuffle/spill bytes for the stage's jobs) goes into report.json's `stages`.
+Accumulators added in transformations can count a retried task twice: they drive the
+display and the CPU figure, never the accounting (which comes from collected records).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+from dolmino.manifest import format_count
+
+COUNTERS = ("units", "bytes", "docs", "tokens", "cpu_s")
+
+
+class Counters:
+    """Named accumulators; picklable into Spark closures (each is a Spark Accumulator)."""
+
+    def __init__(self, sc):
+        from pyspark.accumulators import AccumulatorParam
+
+        class _Float(AccumulatorParam):
+            def zero(self, value):
+                return 0.0
+
+            def addInPlace(self, a, b):
+                return a + b
+
+        self._acc = {name: sc.accumulator(0.0, _Float()) for name in COUNTERS}
+
+    def add(self, name: str, value) -> None:
+        self._acc[name].add(float(value))
+
+    def values(self) -> dict[str, float]:
+        return {name: acc.value for name, acc in self._acc.items()}
+
+
+def _eta(done: float, total: float, elapsed: float) -> str:
+    if done <= 0 or total <= 0 or done >= total:
+        return "-"
+    seconds = elapsed * (total - done) / done
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+class Stage:
+    """`with Stage(sc, "tag", totals) as st:` runs a stage under its own job group with a live line."""
+
+    def __init__(self, sc, name: str, *, total_bytes: int = 0, total_units: int = 0, quiet: bool = False,
+                 stream=None):
+        self.sc = sc
+        self.name = name
+        self.total_bytes = total_bytes
+        self.total_units = total_units
+        self.counters = Counters(sc)
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.interval = 1.0 if self.tty else float(os.environ.get("DOLMINO_PROGRESS_S", "30"))
+        self.record: dict = {}
+        self._stop = threading.Event()
+        self._thread = None
+
+    def __enter__(self) -> "Stage":
+        self.started = time.time()
+        self.sc.setJobGroup(self.name, f"dolmino {self.name}", interruptOnCancel=True)
+        if not self.quiet:
+            self._thread = threading.Thread(target=self._run, name=f"progress-{self.name}", daemon=True)
+            self._thread.start()
+        return self
+
+    def _tasks(self) -> tuple[int, int]:
+        tracker = self.sc.statusTracker()
+        done = total = 0
+        for job_id in tracker.getJobIdsForGroup(self.name):
+            job = tracker.getJobInfo(job_id)
+            for sid in (job.stageIds if job else ()):
+                info = tracker.getStageInfo(sid)
+                if info:
+                    done += info.numCompletedTasks
+                    total += info.numTasks
+        return done, total
+
+    def line(self) -> str:
+        v = self.counters.values()
+        elapsed = max(time.time() - self.started, 1e-9)
+        done, total = self._tasks()
+        parts = [f"[{self.name}] {done}/{total} tasks"]
+        if self.total_units:
+            parts.append(f"{int(v['units']):,}/{self.total_units:,} units")
+        if self.total_bytes:
+            parts.append(f"{format_count(v['bytes'])}B/{format_count(self.total_bytes)}B")
+        parts.append(f"{v['docs'] / elapsed:,.0f} docs/s")
+        if v["tokens"]:
+            parts.append(f"{format_count(v['tokens'] / elapsed)} tokens/s")
+        by = (v["bytes"], self.total_bytes) if self.total_bytes else (v["units"], self.total_units)
+        parts.append(f"ETA {_eta(by[0], by[1], elapsed)}")
+        return " · ".join(parts)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._emit(final=False)
+
+    def _emit(self, final: bool) -> None:
+        text = self.line()
+        if self.tty:
+            self.stream.write("\r" + text + ("\n" if final else "\x1b[K"))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            if exc_type is None:
+                self._emit(final=True)
+        from dolmino.build.spark import group_metrics
+
+        v = self.counters.values()
+        self.record = {"wall_s": round(time.time() - self.started, 3), "task_cpu_s": round(v["cpu_s"], 3),
+                       "units": int(v["units"]), "bytes": int(v["bytes"]), "docs": int(v["docs"]),
+                       "tokens": int(v["tokens"]), "spark": group_metrics(self.sc, self.name)}
+        self.sc.setLocalProperty("spark.jobGroup.id", None)

@@ -1,0 +1,176 @@
+"""Models and indexes that filters read (`*_path` parameters), made available on executors.
+
+On a cluster the executors do not share the driver's disk, so a path the driver resolved is
+never opened on an executor. Instead, on the driver:
+
+- a local file or directory is hashed (SHA-256) and, unless Spark runs in local mode,
+  shipped with `SparkContext.addFile` under a name that carries its digest;
+- an s3:// object (or prefix, for a model directory) is hashed by streaming it once.
+
+On an executor, `localize` returns a local path: the shipped copy, or a download into a
+per-node cache (`$DOLMINO_CACHE`, default ~/.cache/dolmino/resources) keyed by the digest.
+Either way the bytes are checked against the driver's SHA-256 once per node (a marker file
+records the check), so every executor scores with exactly the model the driver saw.
+Attribute sets are keyed by these digests, not by paths: moving a model does not re-tag,
+changing it does.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from typing import NamedTuple
+
+from dolmino.errors import BuildError
+
+HASH_CHUNK = 8 << 20
+
+
+class Resource(NamedTuple):
+    uri: str  # as the manifest names it: a local path or s3:// URI
+    sha256: str  # of the file, or of a directory's (relative path, file digest) list
+    is_dir: bool
+    shipped_as: str | None = None  # SparkFiles name when shipped with addFile
+
+
+def file_params(spec: dict) -> list[str]:
+    return sorted(k for k, v in spec.items() if k.endswith("_path") and isinstance(v, str) and v)
+
+
+def _sha256_stream(read) -> str:
+    h = hashlib.sha256()
+    while chunk := read(HASH_CHUNK):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _sha256_local(path: str) -> str:
+    with open(path, "rb") as fh:
+        return _sha256_stream(fh.read)
+
+
+def _digest_listing(entries: list[tuple[str, str]]) -> str:
+    h = hashlib.sha256()
+    for rel, digest in sorted(entries):
+        h.update(f"{rel}\0{digest}\n".encode("utf-8"))
+    return h.hexdigest()
+
+
+def _local_files(root: str) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files)
+
+
+def local_digest(path: str) -> tuple[str, bool]:
+    if os.path.isdir(path):
+        return _digest_listing([(rel, _sha256_local(os.path.join(path, rel))) for rel in _local_files(path)]), True
+    return _sha256_local(path), False
+
+
+def _s3_members(uri: str) -> tuple[list[tuple[str, str]], bool]:
+    """[(relative name, key URI)] of an object, or of every object under a prefix."""
+    from dolmino.s3 import iter_keys, join_uri, object_size, split_uri
+
+    if object_size(uri) is not None:
+        return [("", uri)], False
+    bucket, key = split_uri(uri)
+    prefix = key.rstrip("/") + "/"
+    members = [(k[len(prefix):], join_uri(bucket, k)) for k, _ in iter_keys(bucket, prefix) if not k.endswith("/")]
+    if not members:
+        raise BuildError(f"{uri}: no such object or prefix")
+    return members, True
+
+
+def s3_digest(uri: str) -> tuple[str, bool]:
+    from dolmino.s3 import open_uri
+
+    members, is_dir = _s3_members(uri)
+    digests = []
+    for rel, member in members:
+        with open_uri(member, "rb") as fh:
+            digests.append((rel, _sha256_stream(fh.read)))
+    return (_digest_listing(digests) if is_dir else digests[0][1]), is_dir
+
+
+def stage(uri: str, sc=None, ship: bool = False) -> Resource:
+    """On the driver: hash a resource and, when `ship`, send it to every executor with addFile."""
+    if uri.startswith("s3://"):
+        digest, is_dir = s3_digest(uri)
+        return Resource(uri, digest, is_dir)
+    if not os.path.exists(uri):
+        raise BuildError(f"{uri}: no such file or directory (a filter's model or index)")
+    digest, is_dir = local_digest(uri)
+    if not ship:
+        return Resource(uri, digest, is_dir)
+    name = f"{digest[:16]}-{os.path.basename(os.path.normpath(uri))}"
+    staging = tempfile.mkdtemp(prefix="dolmino-ship-")
+    link = os.path.join(staging, name)
+    os.symlink(os.path.abspath(uri), link)
+    sc.addFile(link, recursive=is_dir)
+    return Resource(uri, digest, is_dir, shipped_as=name)
+
+
+# ---------------------------------------------------------------------------- executors
+
+
+def _cache_root() -> str:
+    return os.environ.get("DOLMINO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dolmino")
+
+
+def _verified(path: str, resource: Resource) -> str:
+    """`path` after checking its digest once per node (a marker beside it records the check)."""
+    marker = f"{path.rstrip('/')}.sha256-{resource.sha256[:16]}.ok"
+    if os.path.exists(marker):
+        return path
+    digest, _ = local_digest(path)
+    if digest != resource.sha256:
+        raise BuildError(f"{resource.uri}: the copy on this executor ({path}) has SHA-256 {digest[:16]}..., "
+                         f"the driver's has {resource.sha256[:16]}... (changed during the build?)")
+    with open(marker, "w") as fh:
+        fh.write(resource.sha256 + "\n")
+    return path
+
+
+def _download(resource: Resource) -> str:
+    from dolmino.s3 import open_uri
+
+    base = os.path.join(_cache_root(), "resources", resource.sha256[:32])
+    target = os.path.join(base, os.path.basename(resource.uri.rstrip("/")) or "object")
+    os.makedirs(base, exist_ok=True)
+    with open(os.path.join(base, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one download per node, whatever the number of workers
+        if not os.path.exists(target):
+            tmp = tempfile.mkdtemp(dir=base, prefix=".partial-")
+            members, is_dir = _s3_members(resource.uri)
+            dest_root = os.path.join(tmp, "x")
+            for rel, member in members:
+                dest = os.path.join(dest_root, rel) if is_dir else dest_root
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                with open_uri(member, "rb") as src, open(dest, "wb") as out:
+                    shutil.copyfileobj(src, out, HASH_CHUNK)
+            os.replace(dest_root, target)
+            shutil.rmtree(tmp, ignore_errors=True)
+        return _verified(target, resource)
+
+
+def localize(resource: Resource) -> str:
+    """On an executor: a local path holding exactly the resource's bytes."""
+    if resource.shipped_as:
+        from pyspark import SparkFiles
+
+        return _verified(SparkFiles.get(resource.shipped_as), resource)
+    if resource.uri.startswith("s3://"):
+        return _download(resource)
+    return resource.uri  # local mode: the driver's own disk
+
+
+def localized_spec(spec: dict, resources: dict[str, Resource]) -> dict:
+    """A filter spec whose file parameters point at local copies."""
+    return {k: (localize(resources[v]) if k in file_params(spec) else v) for k, v in spec.items()}
+
+
+def keyed_spec(spec: dict, resources: dict[str, Resource]) -> dict:
+    """A filter spec whose file parameters are replaced by content digests (for attribute keys)."""
+    return {k: (f"sha256:{resources[v].sha256}" if k in file_params(spec) else v) for k, v in spec.items()}

@@ -1,0 +1,502 @@
+"""The tag phase: read every pool unit once and store what the mix phase decides from.
+
+Per unit (one executor task handles several), in input order:
+
+- the `docs` set: line, loc line, id, UTF-8 bytes of the text, whether it is blank after
+  strip, a 128-bit content hash (exact dedup), plus the unit's counts in the file metadata
+  (lines, documents, quarantined by reason, Stack Exchange removals, and a tokens-per-byte
+  sample: the dolma2 token count of the ~1/1024 of documents whose content hash starts
+  with ten zero bits, so the mix phase can estimate a pool's tokens without tokenizing it);
+- one set per tagging filter of the source (`filters/base.py`: scores, or verdicts);
+- for Stack Exchange sources, the Q&A documents made from Posts.xml (the mix reads those).
+
+Then, per source with MinHash dedup, a source-wide stage: signatures of every document,
+LSH banding and connected components (`filters.dedup`), and a `minhash-<key>` set that
+names each clustered document's cluster. Clusters cover the whole pool, before any filter
+decides, as dolma's dedup does: a changed threshold needs no new dedup, and the mix phase
+keeps, in each cluster, the member with the smallest keep key among those that pass.
+
+Everything an executor writes is reported to the driver with its size, and the driver
+checks it can see every file before it goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterator, NamedTuple
+
+import numpy as np
+
+from dolmino.build.attributes import (
+    ATTRIBUTE_FORMAT, AttributeStore, DOCUMENTS_DIR, QUARANTINE_DIR, read_bytes, read_table, spec_key,
+    unit_version, write_bytes, write_table,
+)
+from dolmino.build.inputs import Unit
+from dolmino.build.read import read_unit
+from dolmino.build.resources import Resource, keyed_spec, localized_spec
+from dolmino.documents import Quarantine, QuarantineRecord, write_documents, write_quarantine
+from dolmino.errors import BuildError
+from dolmino.manifest import Manifest
+
+BATCH = 512
+SAMPLE_BITS = 10  # documents whose content hash starts with this many zero bits form the token sample
+
+
+# ---------------------------------------------------------------------------- records
+
+
+class FilterTag(NamedTuple):
+    set_name: str  # "<type>-<key>"
+    index: int  # position in the source's filter chain
+    spec: dict  # the manifest spec (file parameters as the manifest names them)
+
+
+class SourceTagPlan(NamedTuple):
+    name: str
+    format: str
+    docs_set: str
+    filters: tuple[FilterTag, ...]  # the chain's tagging filters (not those that need tokens)
+    minhash_set: str | None
+    minhash: dict | None  # MinHash parameters (seed filled in)
+
+
+class UnitWork(NamedTuple):
+    unit: Unit
+    sets: tuple[str, ...]  # attribute sets to write for this unit
+    signatures: bool  # emit MinHash signatures (the source's cluster set is being computed)
+
+
+class UnitTagged(NamedTuple):
+    unit_index: int
+    stats: dict  # UnitStats.to_dict(), when the docs set was written now
+    files: dict  # path -> size of every file written
+
+
+class Signature(NamedTuple):
+    source_index: int
+    unit_index: int
+    line: int  # loc line within the unit
+    doc_id: str
+    signature: bytes | None
+
+
+class TagContext(NamedTuple):
+    """What tag tasks need, broadcast once."""
+
+    store: AttributeStore
+    plans: tuple[SourceTagPlan, ...]
+    resources: dict
+    tokenizer: object
+    seed: int
+
+
+@dataclass
+class UnitStats:
+    lines: int = 0  # lines in the unit (blank and bad ones included): offsets the next range
+    docs: int = 0
+    bytes: int = 0
+    quarantined: Counter = field(default_factory=Counter)
+    removed: Counter = field(default_factory=Counter)  # removed while reading (Stack Exchange rules)
+    duplicate_ids: int = 0  # documents whose id already appeared earlier in the unit
+    sample_docs: int = 0
+    sample_bytes: int = 0
+    sample_tokens: int = 0
+
+    def to_dict(self) -> dict:
+        return {"lines": self.lines, "docs": self.docs, "bytes": self.bytes,
+                "quarantined": dict(sorted(self.quarantined.items())), "removed": dict(sorted(self.removed.items())),
+                "duplicate_ids": self.duplicate_ids, "sample_docs": self.sample_docs,
+                "sample_bytes": self.sample_bytes, "sample_tokens": self.sample_tokens}
+
+
+# ---------------------------------------------------------------------------- driver: what to tag
+
+
+def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_digest: str) -> tuple[SourceTagPlan, ...]:
+    from filters.base import needs_tokens, tag_params
+    from filters.registry import build_filter
+
+    plans = []
+    for source in manifest.sources:
+        docs_key = spec_key({"format": ATTRIBUTE_FORMAT, "reader": source.format, "tokenizer": tokenizer_digest,
+                             "sample_bits": SAMPLE_BITS})
+        tags = []
+        for i, spec in enumerate(source.filters):
+            filt = build_filter(spec, f"{source.name}.filters[{i}]")
+            if needs_tokens(filt):
+                continue
+            keyed = keyed_spec({"type": spec["type"], **tag_params(filt, spec)}, resources)
+            tags.append(FilterTag(f"{spec['type']}-{spec_key(keyed)}", i, spec))
+        minhash = None
+        if source.dedup.minhash:
+            minhash = dict(source.dedup.minhash)
+            minhash.setdefault("seed", manifest.seed)
+        plans.append(SourceTagPlan(
+            source.name, source.format, f"docs-{docs_key}", tuple(tags),
+            f"minhash-{spec_key(minhash)}" if minhash else None, minhash))
+    return tuple(plans)
+
+
+def minhash_manifest_path(store: AttributeStore, plan: SourceTagPlan) -> str:
+    return f"{store.set_dir(plan.name, plan.minhash_set)}/_SOURCE.json"
+
+
+def units_digest(units: list[Unit]) -> str:
+    return spec_key({"units": [[u.key, unit_version(u)] for u in units]})
+
+
+# ---------------------------------------------------------------------------- executor: one unit
+
+
+def _documents(unit: Unit, plan: SourceTagPlan, ctx: TagContext, quarantine: Quarantine,
+               stats: UnitStats) -> Iterator[tuple[int, int, dict]]:
+    """(read line, loc line, document): from the input, or from this unit's Stack Exchange documents."""
+    if plan.format != "stackexchange":
+        reader = read_unit(unit.file.uri, unit, quarantine, stats)
+        for line, doc in reader:
+            yield line, line, doc
+        return
+    derived = ctx.store.documents_path(plan.name, unit)
+    for line, doc in read_unit(derived, _whole(unit), Quarantine(), None):
+        yield line, int(doc["metadata"]["line"]), doc
+
+
+def _whole(unit: Unit) -> Unit:
+    return Unit(unit.index, unit.source_index, unit.file)
+
+
+def _convert_stackexchange(unit: Unit, plan: SourceTagPlan, ctx: TagContext, quarantine: Quarantine,
+                           stats: UnitStats, files: dict) -> None:
+    """Posts.xml -> Q&A documents under the attributes root (the mix phase reads these)."""
+    from filters.stackexchange import StackExchangeStats, read_stackexchange
+
+    se_stats = StackExchangeStats()
+    path = ctx.store.documents_path(plan.name, unit)
+    local = path if not path.startswith("s3://") else None
+    docs = read_stackexchange(unit.file.uri, stats=se_stats, quarantine=quarantine)
+    if local:
+        write_documents(local, docs)
+        files[path] = os.path.getsize(local)
+    else:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="dolmino-se-") as tmp:
+            tmp_path = os.path.join(tmp, "docs.jsonl.zst")
+            write_documents(tmp_path, docs)
+            with open(tmp_path, "rb") as fh:
+                data = fh.read()
+            write_bytes(path, data)
+            files[path] = len(data)
+    for reason, n in se_stats.removed.items():
+        stats.removed[f"stackexchange:{reason}"] += n
+    stats.lines = se_stats.rows
+
+
+def _write_quarantine(path: str, records: list[QuarantineRecord]) -> int:
+    import gzip
+
+    data = gzip.compress(b"".join(r.to_json().encode("utf-8") + b"\n" for r in records), mtime=0)
+    write_bytes(path, data)
+    return len(data)
+
+
+def tag_unit(work: UnitWork, ctx: TagContext) -> Iterator[UnitTagged | Signature]:
+    import pyarrow as pa
+
+    from filters.base import tag_columns
+    from filters.registry import build_filter
+
+    unit, si = work.unit, work.unit.source_index
+    plan = ctx.plans[si]
+    store = ctx.store
+    files: dict[str, int] = {}
+    stats = UnitStats()
+    quarantine = Quarantine()
+    write_docs = plan.docs_set in work.sets
+    if plan.format == "stackexchange" and write_docs:
+        _convert_stackexchange(unit, plan, ctx, quarantine, stats, files)
+    tags = [t for t in plan.filters if t.set_name in work.sets]
+    filters = [build_filter(localized_spec(t.spec, ctx.resources), f"{plan.name}.filters[{t.index}]") for t in tags]
+    hasher = None
+    if work.signatures:
+        from filters.minhash import MinHasher
+
+        hasher = MinHasher(plan.minhash.get("num_perm", 128), plan.minhash["seed"])
+    base = {"line": [], "loc_line": [], "id": [], "bytes": [], "blank": [], "text_hash": []}
+    tagged: list[dict[str, list]] = [dict() for _ in tags]
+    seen_ids: set[str] = set()
+    sample_texts: list[str] = []
+
+    def flush(batch: list[tuple[int, int, dict]]) -> Iterator[Signature]:
+        docs = [d for _, _, d in batch]
+        for k, filt in enumerate(filters):
+            for name, values in tag_columns(filt, docs).items():
+                tagged[k].setdefault(name, []).extend(values)
+        if hasher is not None:
+            ngram = plan.minhash.get("ngram", 5)
+            for _line, loc_line, doc in batch:
+                sig = hasher.text_signature(doc["text"], ngram)
+                yield Signature(si, unit.index, loc_line, doc["id"], None if sig is None else sig.tobytes())
+
+    batch: list[tuple[int, int, dict]] = []
+    for line, loc_line, doc in _documents(unit, plan, ctx, quarantine, stats):
+        text_bytes = doc["text"].encode("utf-8")
+        digest = hashlib.blake2b(text_bytes, digest_size=16, person=b"dolmino-exact").digest()
+        if write_docs:
+            base["line"].append(line)
+            base["loc_line"].append(loc_line)
+            base["id"].append(doc["id"])
+            base["bytes"].append(len(text_bytes))
+            base["blank"].append(not doc["text"].strip())
+            base["text_hash"].append(digest)
+            stats.docs += 1
+            stats.bytes += len(text_bytes)
+            if doc["id"] in seen_ids:
+                stats.duplicate_ids += 1
+            seen_ids.add(doc["id"])
+            if digest[0] == 0 and digest[1] >> (16 - SAMPLE_BITS) == 0:
+                sample_texts.append(doc["text"])
+                stats.sample_docs += 1
+                stats.sample_bytes += len(text_bytes)
+        batch.append((line, loc_line, doc))
+        if len(batch) >= BATCH:
+            yield from flush(batch)
+            batch = []
+    if batch:
+        yield from flush(batch)
+
+    meta = {"unit": unit.key, "version": unit_version(unit), "source": plan.name}
+    for k, tag in enumerate(tags):
+        columns = tagged[k] or {"reason": []}
+        schema = pa.schema([(name, pa.array(values).type) for name, values in columns.items()])
+        path = store.path(plan.name, tag.set_name, unit)
+        files[path] = write_table(path, columns, schema, {**meta, "spec": tag.spec})
+    if write_docs:
+        if sample_texts:
+            stats.sample_tokens = sum(len(ids) + 1 for ids in ctx.tokenizer.encode_batch(sample_texts))
+        stats.quarantined.update(quarantine.counts)
+        if quarantine.records:
+            qpath = store.quarantine_path(plan.name, unit)
+            files[qpath] = _write_quarantine(qpath, quarantine.records)
+        schema = pa.schema([("line", pa.int64()), ("loc_line", pa.int64()), ("id", pa.string()),
+                            ("bytes", pa.int64()), ("blank", pa.bool_()), ("text_hash", pa.binary(16))])
+        path = store.path(plan.name, plan.docs_set, unit)
+        # Written last: its presence means the unit's quarantine and documents are in place.
+        files[path] = write_table(path, base, schema, {**meta, "stats": stats.to_dict()})
+    yield UnitTagged(unit.index, stats.to_dict() if write_docs else {}, files)
+
+
+def run_tag_task(works: list[UnitWork], ctx_b, counters) -> Iterator[UnitTagged | Signature]:
+    ctx = ctx_b.value
+    for work in works:
+        started = time.process_time()
+        for record in tag_unit(work, ctx):
+            if isinstance(record, UnitTagged):
+                counters.add("units", 1)
+                counters.add("bytes", work.unit.size)
+                counters.add("docs", record.stats.get("docs", 0))
+            yield record
+        counters.add("cpu_s", time.process_time() - started)
+
+
+# ---------------------------------------------------------------------------- driver
+
+
+class TagResult(NamedTuple):
+    plans: tuple[SourceTagPlan, ...]
+    unit_stats: dict  # unit index -> UnitStats dict, for every unit
+    first_lines: dict  # unit index -> lines before the unit in its file (byte ranges)
+    tagged_units: int  # units whose docs set was written by this run
+    written: dict  # path -> size of every attribute file written by this run
+    minhash: dict  # source name -> MinHash stage stats
+    stages: dict  # stage name -> progress record
+
+
+def _docs_stats(unit: Unit, path: str) -> tuple[int, dict]:
+    _table, meta = read_table(path, columns=[])
+    return unit.index, meta["stats"]
+
+
+def first_lines(units: list[Unit], stats: dict) -> dict[int, int]:
+    """Lines before each unit in its file: 0 for whole files, the earlier ranges' lines otherwise."""
+    offsets: dict[int, int] = {}
+    running: dict[str, int] = {}
+    for unit in sorted(units, key=lambda u: (u.file.uri, u.start)):
+        offsets[unit.index] = running.get(unit.file.uri, 0) if unit.is_range else 0
+        if unit.is_range:
+            running[unit.file.uri] = offsets[unit.index] + stats[unit.index]["lines"]
+    return offsets
+
+
+def check_visible(store_paths: dict[str, int], listed: set[str], what: str) -> None:
+    """Fail loudly when files executors reported are not where the driver looks for them."""
+    missing = sorted(p for p in store_paths if p not in listed)
+    if missing:
+        raise BuildError(
+            f"{len(missing)} {what} written by the executors are not visible from the driver (first: {missing[0]}). "
+            "On a cluster without a shared filesystem, put the attributes root and --out on s3:// (or a filesystem "
+            "mounted at the same path on every node).")
+
+
+def _listing(store: AttributeStore, paths) -> set[str]:
+    dirs = {p.rsplit("/", 1)[0] for p in paths}
+    roots = set()
+    for d in dirs:
+        # the set directory: <root>/<source>/<set>
+        rel = d[len(store.root.rstrip("/")) + 1:].split("/")
+        roots.add(tuple(rel[:2]))
+    found: set[str] = set()
+    for source, set_name in roots:
+        found |= store.existing(source, set_name)
+    return found
+
+
+def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], task_groups: list[tuple[Unit, ...]],
+            resources: dict[str, Resource], tokenizer, tokenizer_digest: str, *, quiet: bool = False,
+            allow_work: bool = True) -> TagResult:
+    """Tag every unit that lacks an attribute set; with allow_work=False, refuse instead (`dolmino mix`)."""
+    from pyspark import StorageLevel
+
+    from dolmino.build.progress import Stage
+
+    plans = tag_plans(manifest, resources, tokenizer_digest)
+    listed: dict[tuple[int, str], set[str]] = {}
+    for si, plan in enumerate(plans):
+        for set_name in [plan.docs_set, *(t.set_name for t in plan.filters)]:
+            listed[(si, set_name)] = store.existing(plan.name, set_name)
+    by_source: dict[int, list[Unit]] = {}
+    for u in units:
+        by_source.setdefault(u.source_index, []).append(u)
+    minhash_due: dict[int, str] = {}
+    for si, plan in enumerate(plans):
+        if plan.minhash_set:
+            digest = units_digest(by_source.get(si, []))
+            try:
+                import json
+
+                done = json.loads(read_bytes(minhash_manifest_path(store, plan)))
+            except (OSError, ValueError, KeyError):
+                done = None
+            if not done or done.get("units") != digest:
+                minhash_due[si] = digest
+
+    works_by_unit: dict[int, UnitWork] = {}
+    for unit in units:
+        plan = plans[unit.source_index]
+        sets = tuple(s for s in [plan.docs_set, *(t.set_name for t in plan.filters)]
+                     if store.path(plan.name, s, unit) not in listed[(unit.source_index, s)])
+        signatures = unit.source_index in minhash_due
+        if sets or signatures:
+            works_by_unit[unit.index] = UnitWork(unit, sets, signatures)
+    if works_by_unit and not allow_work:
+        first = next(iter(works_by_unit.values()))
+        raise BuildError(f"{len(works_by_unit)} of {len(units)} units have no (current) attributes under "
+                         f"{store.root} (first: {first.unit.key}, missing {', '.join(first.sets) or 'MinHash clusters'}); "
+                         "run `dolmino tag` with the same manifest first")
+    groups = [[works_by_unit[u.index] for u in group if u.index in works_by_unit] for group in task_groups]
+    groups = [g for g in groups if g]
+
+    ctx_b = sc.broadcast(TagContext(store, plans, resources, tokenizer, manifest.seed))
+    records = None
+    results: list[UnitTagged] = []
+    stages = {}
+    todo_bytes = sum(w.unit.size for w in works_by_unit.values())
+    with Stage(sc, "tag", total_bytes=todo_bytes, total_units=len(works_by_unit), quiet=quiet) as stage:
+        if groups:
+            counters = stage.counters
+            records = sc.parallelize(groups, len(groups)).flatMap(lambda g: run_tag_task(g, ctx_b, counters))
+            if minhash_due:
+                records.persist(StorageLevel.MEMORY_AND_DISK)
+            results = records.filter(lambda r: isinstance(r, UnitTagged)).collect()
+    stages["tag"] = stage.record
+    written = {p: n for r in results for p, n in r.files.items()}
+    if written:
+        check_visible(written, _listing(store, written), "attribute files")
+
+    stats = {r.unit_index: r.stats for r in results if r.stats}
+    missing = [u for u in units if u.index not in stats]
+    if missing:
+        docs_sets = [plans[u.source_index].docs_set for u in missing]
+        pairs = [(u, store.path(plans[u.source_index].name, s, u)) for u, s in zip(missing, docs_sets)]
+        n = max(1, min(len(pairs), sc.defaultParallelism * 4))
+        stats.update(sc.parallelize(pairs, n).map(lambda p: _docs_stats(*p)).collect())
+    offsets = first_lines(units, stats)
+
+    minhash_stats = {}
+    for si, digest in minhash_due.items():
+        with Stage(sc, f"minhash:{plans[si].name}", total_units=len(by_source.get(si, [])), quiet=quiet) as stage:
+            minhash_stats[plans[si].name] = _cluster_source(sc, records, si, plans[si], by_source.get(si, []),
+                                                            offsets, store, digest, written)
+        stages[f"minhash:{plans[si].name}"] = stage.record
+    if records is not None:
+        records.unpersist()
+    return TagResult(plans, stats, offsets, sum(1 for r in results if r.stats), written, minhash_stats, stages)
+
+
+# ---------------------------------------------------------------------------- MinHash clusters
+
+
+def _keyed_signature(sig: Signature, names, offsets) -> tuple:
+    from filters.dedup import document_key
+
+    loc = f"{names[sig.unit_index]}:{offsets[sig.unit_index] + sig.line}"
+    return (document_key({"id": sig.doc_id, "loc": loc}), sig.unit_index, sig.line), sig.signature
+
+
+def _write_clusters(unit: Unit, members, store: AttributeStore, plan: SourceTagPlan) -> tuple[str, int]:
+    import pyarrow as pa
+
+    rows = sorted(members or [])
+    columns = {"line": [line for line, _ in rows], "cluster": [root.to_bytes(16, "big") for _, root in rows]}
+    schema = pa.schema([("line", pa.int64()), ("cluster", pa.binary(16))])
+    path = store.path(plan.name, plan.minhash_set, unit)
+    return path, write_table(path, columns, schema, {"unit": unit.key, "version": unit_version(unit),
+                                                     "source": plan.name, "minhash": plan.minhash})
+
+
+def _cluster_source(sc, records, si: int, plan: SourceTagPlan, units: list[Unit], offsets: dict, store,
+                    digest: str, written: dict) -> dict:
+    """Signatures -> LSH -> connected components -> one cluster file per unit, then _SOURCE.json."""
+    import json
+    from operator import add
+
+    from pyspark import StorageLevel
+
+    from filters.dedup import _tally_sizes, connected_components, lsh_edges
+    from filters.minhash import MinHashConfig
+
+    params = plan.minhash
+    config = MinHashConfig(num_perm=params.get("num_perm", 128), ngram=params.get("ngram", 5),
+                           threshold=params.get("threshold", 0.8), seed=params["seed"])
+    names_b = sc.broadcast({u.index: u.file.name for u in units})
+    offsets_b = sc.broadcast({u.index: offsets[u.index] for u in units})
+    sigs = (records.filter(lambda r: isinstance(r, Signature) and r.source_index == si)
+            .map(lambda s: _keyed_signature(s, names_b.value, offsets_b.value)))
+    sigs.persist(StorageLevel.MEMORY_AND_DISK)
+    docs_in, no_shingles = sigs.map(lambda kv: (1, int(kv[1] is None))).fold((0, 0), lambda a, b: (a[0] + b[0], a[1] + b[1]))
+    edges, counts = lsh_edges(sigs, config, verify=True)
+    sigs.unpersist()
+    roots, rounds = connected_components(edges)
+    edges.unpersist()
+    members = roots.flatMap(lambda nr: ((nr[0][1], (nr[0][2], nr[1][0])), (nr[1][1], (nr[1][2], nr[1][0])))).distinct()
+    members.persist(StorageLevel.MEMORY_AND_DISK)
+    tally = _tally_sizes(members.map(lambda m: (m[1][1], 1)).reduceByKey(add).map(lambda kv: kv[1]))
+    by_index = {u.index: u for u in units}
+    per_unit = members.groupByKey()
+    targets = sc.parallelize([(u.index, None) for u in units], max(1, min(len(units), sc.defaultParallelism * 4)))
+    files = dict(targets.leftOuterJoin(per_unit)
+                 .map(lambda kv: _write_clusters(by_index[kv[0]], kv[1][1], store, plan)).collect())
+    members.unpersist()
+    roots.unpersist()
+    check_visible(files, store.existing(plan.name, plan.minhash_set), "MinHash cluster files")
+    written.update(files)
+    stats = {"docs_in": int(docs_in), "docs_without_shingles": int(no_shingles), "docs_in_clusters": tally["docs"],
+             "duplicate_clusters": tally["clusters"], "largest_cluster": tally["largest"],
+             "cluster_sizes": tally["bins"], "cc_iterations": rounds, "params": {**params, "verify": True},
+             **counts}
+    write_bytes(minhash_manifest_path(store, plan), json.dumps({"units": digest, "stats": stats}, indent=2).encode())
+    return stats

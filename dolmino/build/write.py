@@ -1,0 +1,238 @@
+"""Tokenize the documents a mix may take, and write the memmaps from the executors.
+
+Tokenize: per unit, only the chosen lines are parsed (the rest of the input is split into
+lines and skipped), tokenized with dolma2 (`Dolma2Tokenizer.encode_documents`: the ids as
+the memmap stores them, EOS included), and the source's token filters (`needs_tokens`)
+decide on the ids.
+
+Write: each output part is one Spark task. It writes its token file, sidecar and label
+mask to a local temporary directory (or straight into a local --out), hashes them, puts
+them at the output location (one atomic PUT per object on S3; a rename locally) and then
+writes `_parts/part-XXXXX.json`, the part's commit record: plan hash, sizes, SHA-256. A
+rerun of the same plan skips parts whose record is there and whose files match it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from typing import Iterator, NamedTuple
+
+import numpy as np
+
+from dolmino.build.attributes import AttributeStore, write_bytes
+from dolmino.build.inputs import Unit
+from dolmino.build.read import read_lines
+from dolmino.build.select import PoolDoc, loc_of
+from dolmino.memmap import MemmapPartWriter, part_name
+from mixers.sampling import seeded_hash
+
+TOKENIZE_BATCH = 256
+PARTS_DIR = "_parts"
+
+
+class TokDoc(NamedTuple):
+    source_index: int
+    hash: int
+    doc_id: str
+    loc: str
+    tokens: bytes  # little-endian uint32 ids as the memmap stores them (EOS included)
+
+
+class TokStats(NamedTuple):
+    source_index: int
+    docs: int  # documents read and tokenized
+    bytes: int  # their UTF-8 text bytes
+    tokens: int
+    kept_docs: int
+    kept_tokens: int
+    removed: dict  # reason -> [docs, tokens]
+    control_token_docs: int
+    cpu_s: float
+
+
+class TokContext(NamedTuple):
+    store: AttributeStore
+    plans: tuple  # tag.SourceTagPlan per source
+    token_filters: tuple  # per source: ((chain index, spec), ...) of filters that need tokens
+    resources: dict
+    units: dict  # unit index -> Unit
+    offsets: dict  # unit index -> lines before the unit in its file
+    tokenizer: object
+
+
+class PartFile(NamedTuple):
+    name: str
+    size: int
+    sha256: str
+
+
+class PartResult(NamedTuple):
+    index: int
+    tokens: int
+    docs: int
+    tokens_by_source: dict
+    docs_by_source: dict
+    files: tuple  # PartFile, ...
+    skipped: bool = False  # committed by an earlier run of the same plan
+
+
+def encode(tokenizer, texts: list[str]) -> tuple[list, int]:
+    """(ids per text as stored, EOS included, or None when skipped; documents with control tokens)."""
+    encode_documents = getattr(tokenizer, "encode_documents", None)
+    if encode_documents is not None:
+        out = encode_documents(texts)
+        return out.ids, out.control_token_docs
+    eos = np.asarray([tokenizer.eos_token_id], dtype=np.uint32)
+    return [np.concatenate([ids, eos]) for ids in tokenizer.encode_batch(texts)], 0
+
+
+def unit_source_uri(unit: Unit, plan, store: AttributeStore) -> str:
+    """Where the mix reads a unit's documents: the input, or its Stack Exchange documents."""
+    return store.documents_path(plan.name, unit) if plan.format == "stackexchange" else unit.file.uri
+
+
+def tokenize_units(groups, ctx_b, counters) -> Iterator[TokDoc | TokStats]:
+    """mapPartitions: (unit index, [PoolDoc]) groups -> tokenized documents, then per-source stats."""
+    from filters.base import apply_chain
+    from filters.registry import build_filter
+
+    from dolmino.build.resources import localized_spec
+
+    ctx = ctx_b.value
+    started = time.process_time()
+    filters: dict[int, list] = {}
+    stats: dict[int, dict] = {}
+    for unit_index, docs in groups:
+        unit = ctx.units[unit_index]
+        si = unit.source_index
+        plan = ctx.plans[si]
+        if si not in filters:
+            filters[si] = [build_filter(localized_spec(spec, ctx.resources), f"{plan.name}.filters[{i}]")
+                           for i, spec in ctx.token_filters[si]]
+        st = stats.setdefault(si, {"docs": 0, "bytes": 0, "tokens": 0, "kept_docs": 0, "kept_tokens": 0, "removed": {},
+                                   "control": 0})
+        by_line = {d.line: d for d in docs}
+        wanted = sorted(by_line)
+        uri = unit_source_uri(unit, plan, ctx.store)
+        read_unit = unit if plan.format != "stackexchange" else Unit(unit.index, si, unit.file)
+        batch: list[tuple[PoolDoc, dict]] = []
+
+        def flush(batch):
+            ids_list, control = encode(ctx.tokenizer, [doc["text"] for _, doc in batch])
+            st["control"] += control
+            for (pd, doc), ids in zip(batch, ids_list):
+                loc = loc_of(unit.file.name, ctx.offsets[unit_index], pd.loc_line)
+                n = 0 if ids is None else len(ids)
+                st["docs"] += 1
+                st["bytes"] += pd.bytes
+                st["tokens"] += n
+                reason = "tokenizer:skipped" if ids is None else None
+                if reason is None and filters[si]:
+                    doc["token_ids"] = ids[:-1]
+                    doc["loc"] = loc
+                    reason = apply_chain(filters[si], doc)
+                if reason is not None:
+                    entry = st["removed"].setdefault(reason, [0, 0])
+                    entry[0] += 1
+                    entry[1] += n
+                    continue
+                st["kept_docs"] += 1
+                st["kept_tokens"] += n
+                yield TokDoc(si, pd.hash, doc["id"], loc, np.asarray(ids, dtype="<u4").tobytes())
+            counters.add("docs", len(batch))
+            counters.add("tokens", sum(0 if ids is None else len(ids) for ids in ids_list))
+
+        for line, doc in read_lines(uri, read_unit, wanted):
+            batch.append((by_line[line], doc))
+            if len(batch) >= TOKENIZE_BATCH:
+                yield from flush(batch)
+                batch = []
+        if batch:
+            yield from flush(batch)
+        counters.add("units", 1)
+        counters.add("bytes", sum(d.bytes for d in docs))
+    cpu = time.process_time() - started
+    counters.add("cpu_s", cpu)
+    for si, st in stats.items():
+        yield TokStats(si, st["docs"], st["bytes"], st["tokens"], st["kept_docs"], st["kept_tokens"], st["removed"],
+                       st["control"], cpu)
+
+
+# ---------------------------------------------------------------------------- order and parts
+
+
+def order_key(seed: int, source: str, loc: str, copy: int) -> int:
+    """Position of one document instance in the output: a seeded hash, so sources interleave."""
+    return seeded_hash(seed, "order", source, loc, str(copy))
+
+
+class WriteContext(NamedTuple):
+    out: str
+    seed: int
+    num_parts: int
+    eos: int
+    label_mask: bool
+    source_names: tuple
+    plan_hash: str
+    done: frozenset  # part indices committed by an earlier run of this plan
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _put(local: str, uri: str, sha256: str) -> None:
+    from dolmino.s3 import client, split_uri
+
+    bucket, key = split_uri(uri)
+    client().upload_file(local, bucket, key, ExtraArgs={"Metadata": {"sha256": sha256}})
+
+
+def write_part(index: int, items, ctx_b, counters) -> Iterator[PartResult]:
+    """mapPartitionsWithIndex: the sorted instances of one part -> its files and commit record."""
+    ctx = ctx_b.value
+    if index in ctx.done:
+        return
+    started = time.process_time()
+    if ctx.label_mask:
+        from filters.repeated_ngrams import repeated_ngram_mask
+    remote = ctx.out.startswith("s3://")
+    workdir = tempfile.mkdtemp(prefix="dolmino-part-") if remote else ctx.out
+    try:
+        writer = MemmapPartWriter(workdir, index, ctx.eos, label_mask=ctx.label_mask)
+        for _key, doc in items:
+            ids = np.frombuffer(doc.tokens, dtype="<u4")
+            mask = None
+            if ctx.label_mask:
+                mask = np.append(repeated_ngram_mask(ids[:-1]), True)
+            writer.add_document(ids, doc.doc_id, ctx.source_names[doc.source_index], doc.loc, mask)
+        stats = writer.close()
+        files = []
+        for path in writer.paths.values():
+            name = os.path.basename(path)
+            digest = _sha256(path)
+            files.append(PartFile(name, os.path.getsize(path), digest))
+            if remote:
+                _put(path, f"{ctx.out.rstrip('/')}/{name}", digest)
+        result = PartResult(index, stats.tokens, stats.docs, stats.tokens_by_source, stats.docs_by_source,
+                            tuple(sorted(files)))
+        record = {"plan": ctx.plan_hash, **result._asdict(), "files": [f._asdict() for f in result.files]}
+        write_bytes(f"{ctx.out.rstrip('/')}/{PARTS_DIR}/{part_name(index)}.json",
+                    json.dumps(record, sort_keys=True).encode("utf-8"))
+    finally:
+        if remote:
+            shutil.rmtree(workdir, ignore_errors=True)
+    counters.add("units", 1)
+    counters.add("tokens", stats.tokens)
+    counters.add("docs", stats.docs)
+    counters.add("cpu_s", time.process_time() - started)
+    yield result
