@@ -228,7 +228,32 @@ class _ByteBuffer:
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
+def _coalesce(blocks: Iterator[bytes]) -> Iterator[bytes]:
+    """Join small outputs into ~READ_SIZE chunks (fewer, larger splits downstream); on a broken
+    stream, what was decoded is handed out before the error."""
+    pending: list[bytes] = []
+    size = 0
+    try:
+        for block in blocks:
+            pending.append(block)
+            size += len(block)
+            if size >= READ_SIZE:
+                yield b"".join(pending)
+                pending, size = [], 0
+    except CorruptStreamError as exc:
+        if pending:
+            yield b"".join(pending)
+        raise exc
+    if pending:
+        yield b"".join(pending)
+
+
 def _zstd_chunks(raw: IO[bytes]) -> Iterator[bytes]:
+    """Decompressed chunks of a (multi-frame) zstd stream; CorruptStreamError where it breaks."""
+    return _coalesce(_zstd_blocks(raw))
+
+
+def _zstd_blocks(raw: IO[bytes]) -> Iterator[bytes]:
     """Decompress (multi-frame) zstd one block at a time; raise CorruptStreamError where it breaks.
 
     The frame and block headers are parsed here (RFC 8878) so that every decompress call
@@ -520,19 +545,25 @@ def _decode_json(text: str) -> tuple[object, str, str]:
 
 
 def _lone_surrogate(value: object) -> str | None:
-    """A description of the first string (key or value) that cannot be encoded as UTF-8, or None."""
+    """A description of the first string (key or value) that cannot be encoded as UTF-8, or None.
+
+    ASCII strings (most of them: CPython knows in O(1)) cannot hold a surrogate; only the
+    others are encoded to check.
+    """
     stack = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                return str(exc)
-        elif isinstance(item, dict):
+        kind = type(item)
+        if kind is str:
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    return str(exc)
+        elif kind is dict:
             stack.extend(item.keys())
             stack.extend(item.values())
-        elif isinstance(item, list):
+        elif kind is list:
             stack.extend(item)
     return None
 
