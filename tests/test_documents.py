@@ -462,3 +462,29 @@ def test_duplicate_ids_within_a_file():
     assert shipped.to_dict() == {"duplicates": 1, "examples": ["z"]} and shipped._seen == set()
     counter.merge(shipped)
     assert counter.to_dict() == {"duplicates": 4, "examples": ["a", "b", "z"]}
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".jsonl.zst"])
+def test_decompression_bomb_stays_in_bounded_memory(tmp_path, suffix):
+    """256 MiB of one byte in a few hundred KiB: one decompress call never inflates the whole."""
+    import tracemalloc
+
+    zeros = b"a" * (1 << 20)
+    if suffix == ".jsonl.zst":
+        cobj = zstandard.ZstdCompressor(level=1).compressobj()
+    else:
+        cobj = zlib.compressobj(1, zlib.DEFLATED, 31)
+    head = json.dumps({"id": "ok", "text": "before the bomb"}).encode() + b"\n"
+    blob = cobj.compress(head) + b"".join(cobj.compress(zeros) for _ in range(256)) + cobj.flush()
+    path = tmp_path / ("bomb" + suffix)
+    path.write_bytes(blob)
+    assert len(blob) < 2 << 20
+    q = Quarantine()
+    tracemalloc.start()
+    try:
+        ids = [d["id"] for _, d in read_documents(str(path), q, max_doc_bytes=1 << 20)]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert ids == ["ok"] and dict(q.counts) == {"doc_too_large": 1} and q.records[0].size == 256 << 20
+    assert peak < 16 << 20, f"peak {peak:,} bytes"
