@@ -1,12 +1,20 @@
 """Reading and writing Dolma JSONL documents, with a quarantine for bad lines.
 
 Web-scale inputs always contain some broken lines: truncated JSON, bytes that are not
-UTF-8, records without text. One bad line must neither crash a job that has run for hours
-nor vanish without trace, so every line ends up either as a document or as a quarantine
-record that says where it came from and why it was refused.
+UTF-8, records without text, a line nested 100,000 deep or 50 MB long. One bad line must
+neither crash a job that has run for hours nor vanish without trace, so every line ends up
+either as a document or as a quarantine record that says where it came from and why it was
+refused. Nothing a line holds can make the parser raise.
 
 Paths may be local or `s3://` (through smart_open); compression follows the suffix:
 `.jsonl`, `.jsonl.gz`, `.jsonl.zst` (also `.json.gz` / `.json.zst` as dolma writes them).
+
+A compressed file that breaks part-way (truncated, garbage after the last member or frame,
+a corrupt block) keeps every document decoded before the first bad byte; the rest of the
+file becomes one `corrupt_stream` record that says how many compressed bytes were
+unreadable. The decoders below are written for that: they hand out every decoded byte
+before raising, which `gzip.GzipFile` (whose buffered reads drop the last partial read on
+an error) and zstandard's stream reader do not.
 """
 
 from __future__ import annotations
@@ -14,7 +22,9 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import math
 import os
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +38,24 @@ DOLMA_FIELDS = ("id", "text", "source", "added", "created", "metadata")
 # of a multi-gigabyte broken file.
 MAX_QUARANTINED_BYTES = 4096
 
+# A line (one JSON document, as stored, without its newline) longer than this is quarantined
+# as `doc_too_large`, and the reader streams past it without holding it. 16 MiB keeps every
+# real document we know of (the largest books and papers in Dolma-style sources are a few MB)
+# while bounding what one line costs downstream: tokenizing costs ~100x the text in memory.
+DEFAULT_MAX_DOC_BYTES = 16 * 1024 * 1024
+
+READ_SIZE = 1 << 20          # compressed (or plain) bytes per read from the file / S3 stream
+_GZIP_MAX_OUT = 1 << 20      # decompressed bytes per zlib call: bounds memory on gzip bombs
+_ZSTD_MAX_BLOCK = 128 * 1024  # zstd's Block_Maximum_Size (format spec, section 3.1.1.2.3)
+_BOM = b"\xef\xbb\xbf"
+
+# Every reason read_documents can give (the build report and the tests rely on this set).
+QUARANTINE_REASONS = (
+    "invalid_utf8", "malformed_json", "json_too_deep", "json_number_too_long",
+    "json_number_out_of_range", "not_an_object", "missing_text", "bad_text", "bad_id",
+    "bad_metadata", "doc_too_large", "corrupt_stream",
+)
+
 
 @dataclass
 class QuarantineRecord:
@@ -36,30 +64,49 @@ class QuarantineRecord:
     reason: str
     detail: str
     raw: bytes
+    size: int | None = None          # bytes of the whole line when `raw` holds only its head
+    unreadable_bytes: int = 0        # corrupt_stream: compressed bytes that yielded nothing
 
     def to_json(self) -> str:
         raw = self.raw[:MAX_QUARANTINED_BYTES]
+        size = len(self.raw) if self.size is None else self.size
         try:
             raw_field = {"raw": raw.decode("utf-8")}
         except UnicodeDecodeError:
             raw_field = {"raw_base64": base64.b64encode(raw).decode("ascii")}
+        extra = {"unreadable_bytes": self.unreadable_bytes} if self.reason == "corrupt_stream" else {}
         return json.dumps({"path": self.path, "line": self.line, "reason": self.reason,
-                           "detail": self.detail, "truncated": len(self.raw) > len(raw), **raw_field},
-                          ensure_ascii=False)
+                           "detail": self.detail, "size": size, "truncated": size > len(raw), **extra,
+                           **raw_field}, ensure_ascii=False)
 
 
 @dataclass
 class Quarantine:
-    """Collects refused lines; counts by reason, and keeps the records to be written out."""
+    """Collects refused lines; counts by reason, and keeps the records to be written out.
+
+    `unreadable_bytes` sums the compressed bytes of broken streams that yielded no data
+    (the `corrupt_stream` records), so a report can say how much input was lost, not only
+    how many files broke. `merge` adds another quarantine's counts (and records) into this one.
+    """
 
     records: list[QuarantineRecord] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
     keep_records: bool = True
+    unreadable_bytes: int = 0
 
-    def add(self, path: str, line: int, reason: str, detail: str, raw: bytes) -> None:
+    def add(self, path: str, line: int, reason: str, detail: str, raw: bytes, *,
+            size: int | None = None, unreadable_bytes: int = 0) -> None:
         self.counts[reason] += 1
+        self.unreadable_bytes += unreadable_bytes
         if self.keep_records:
-            self.records.append(QuarantineRecord(path, line, reason, detail, raw))
+            self.records.append(QuarantineRecord(path, line, reason, detail, raw[:MAX_QUARANTINED_BYTES],
+                                                 len(raw) if size is None else size, unreadable_bytes))
+
+    def merge(self, other: Quarantine) -> None:
+        self.counts.update(other.counts)
+        self.unreadable_bytes += other.unreadable_bytes
+        if self.keep_records:
+            self.records.extend(other.records)
 
     @property
     def total(self) -> int:
@@ -67,7 +114,26 @@ class Quarantine:
 
 
 class DocumentFormatError(ValueError):
-    """A whole file cannot be read (unknown suffix, corrupt compression stream)."""
+    """A whole file cannot be read (unknown suffix)."""
+
+
+class CorruptStreamError(EOFError):
+    """A compressed stream that cannot be decoded to its end.
+
+    Everything decoded before `offset` (a compressed byte offset) has been handed out;
+    `unreadable_bytes` are the compressed bytes from `offset` to the end of the file.
+    `partial_line` is set by iter_lines: the decoded bytes after the last newline.
+    """
+
+    def __init__(self, message: str, offset: int, unreadable_bytes: int):
+        super().__init__(message)
+        self.offset = offset
+        self.unreadable_bytes = unreadable_bytes
+        self.partial_line: bytes = b""
+
+
+class TruncatedStreamError(CorruptStreamError):
+    """A compressed file ended in the middle of a member / frame / block."""
 
 
 def _is_s3(path: str) -> bool:
@@ -86,46 +152,270 @@ def open_binary(path: str, mode: str = "rb") -> IO[bytes]:
     return open(path, mode)
 
 
-class TruncatedStreamError(EOFError):
-    """A compressed file ended in the middle of a frame."""
+def _bytes_left(raw: IO[bytes]) -> int:
+    """Bytes of `raw` not read yet (seeks to the end where it can, else reads them)."""
+    try:
+        if raw.seekable():
+            here = raw.tell()
+            return max(raw.seek(0, os.SEEK_END) - here, 0)
+    except (OSError, ValueError):
+        pass
+    left = 0
+    while chunk := raw.read(READ_SIZE):
+        left += len(chunk)
+    return left
+
+
+def _corrupt(cls, raw: IO[bytes], read_so_far: int, offset: int, what: str) -> CorruptStreamError:
+    unreadable = read_so_far - offset + _bytes_left(raw)
+    return cls(f"{what} at compressed byte {offset:,}; {unreadable:,} byte(s) unreadable", offset, unreadable)
+
+
+# ---------------------------------------------------------------- zstd
+
+
+class _ByteBuffer:
+    """Compressed input with absolute offsets: `take(n)` returns the next n bytes or None at EOF."""
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw = raw
+        self.buf = bytearray()
+        self.pos = 0            # index of the next unread byte in buf
+        self.base = 0           # file offset of buf[0]
+        self.read_so_far = 0
+
+    @property
+    def offset(self) -> int:
+        return self.base + self.pos
+
+    def _fill(self, n: int) -> bool:
+        while len(self.buf) - self.pos < n:
+            data = self.raw.read(max(READ_SIZE, n))
+            if not data:
+                return False
+            self.read_so_far += len(data)
+            if self.pos > READ_SIZE:  # drop what was consumed before growing the buffer
+                del self.buf[:self.pos]
+                self.base += self.pos
+                self.pos = 0
+            self.buf += data
+        return True
+
+    def peek(self, n: int) -> bytes | None:
+        return bytes(self.buf[self.pos:self.pos + n]) if self._fill(n) else None
+
+    def take(self, n: int) -> bytes | None:
+        if not self._fill(n):
+            return None
+        out = bytes(self.buf[self.pos:self.pos + n])
+        self.pos += n
+        return out
+
+    def skip(self, n: int) -> bool:
+        """Skip n bytes without holding them (skippable frames may be large)."""
+        while n:
+            if self.pos >= len(self.buf) and not self._fill(1):
+                return False
+            step = min(n, len(self.buf) - self.pos)
+            self.pos += step
+            n -= step
+        return True
+
+    def at_eof(self) -> bool:
+        return not self._fill(1)
+
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def _coalesce(blocks: Iterator[bytes]) -> Iterator[bytes]:
+    """Join small outputs into ~READ_SIZE chunks (fewer, larger splits downstream); on a broken
+    stream, what was decoded is handed out before the error."""
+    pending: list[bytes] = []
+    size = 0
+    try:
+        for block in blocks:
+            pending.append(block)
+            size += len(block)
+            if size >= READ_SIZE:
+                yield b"".join(pending)
+                pending, size = [], 0
+    except CorruptStreamError as exc:
+        if pending:
+            yield b"".join(pending)
+        raise exc
+    if pending:
+        yield b"".join(pending)
 
 
 def _zstd_chunks(raw: IO[bytes]) -> Iterator[bytes]:
-    """Decompress possibly multi-frame zstd, failing loudly on a truncated last frame.
+    """Decompressed chunks of a (multi-frame) zstd stream; CorruptStreamError where it breaks."""
+    return _coalesce(_zstd_blocks(raw))
 
-    `zstandard`'s stream_reader returns nothing (and no error) for a cut-off frame, which
-    would turn a truncated file into silently missing documents.
+
+def _zstd_blocks(raw: IO[bytes]) -> Iterator[bytes]:
+    """Decompress (multi-frame) zstd one block at a time; raise CorruptStreamError where it breaks.
+
+    The frame and block headers are parsed here (RFC 8878) so that every decompress call
+    gets exactly one block: all output before a bad block has been yielded when it raises,
+    the offset of the break is exact, and one call never inflates more than 128 KiB (a
+    decompression bomb cannot blow up memory). zstandard still checks every byte itself.
     """
     dctx = zstandard.ZstdDecompressor()
-    obj = dctx.decompressobj()
-    pending = False
-    while True:
-        data = raw.read(1 << 20)
-        if not data:
-            break
-        while data:
-            pending = True
-            out = obj.decompress(data)
+    buf = _ByteBuffer(raw)
+
+    def broken(offset: int, what: str, cls=CorruptStreamError) -> CorruptStreamError:
+        return _corrupt(cls, raw, buf.read_so_far, offset, what)
+
+    while not buf.at_eof():
+        frame_start = buf.offset
+        magic = buf.peek(4)
+        if magic is None:
+            raise broken(frame_start, "zstd stream ends inside a frame header (truncated file?)", TruncatedStreamError)
+        if magic[1:] == b"\x2a\x4d\x18" and 0x50 <= magic[0] <= 0x5F:  # skippable frame
+            head = buf.take(8)
+            if head is None or not buf.skip(int.from_bytes(head[4:8], "little")):
+                raise broken(frame_start, "zstd stream ends inside a skippable frame (truncated file?)",
+                             TruncatedStreamError)
+            continue
+        if magic != _ZSTD_MAGIC:
+            raise broken(frame_start, "not a zstd frame (garbage after the last frame?)")
+        fhd = buf.peek(5)
+        if fhd is None:
+            raise broken(frame_start, "zstd stream ends inside a frame header (truncated file?)", TruncatedStreamError)
+        descriptor = fhd[4]
+        single_segment = (descriptor >> 5) & 1
+        header_size = (5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 3]
+                       + ((1 if single_segment else 0), 2, 4, 8)[descriptor >> 6])
+        has_checksum = (descriptor >> 2) & 1
+        obj = dctx.decompressobj()
+        unit = buf.take(header_size)
+        if unit is None:
+            raise broken(frame_start, "zstd stream ends inside a frame header (truncated file?)", TruncatedStreamError)
+        try:
+            obj.decompress(unit)
+        except zstandard.ZstdError as exc:
+            raise broken(frame_start, f"bad zstd frame header ({exc})") from None
+        last = False
+        while not last:
+            block_start = buf.offset
+            head = buf.peek(3)
+            if head is None:
+                raise broken(block_start, "zstd stream ends inside a frame (truncated file?)", TruncatedStreamError)
+            value = int.from_bytes(head, "little")
+            last, block_type, block_size = value & 1, (value >> 1) & 3, value >> 3
+            if block_type == 3 or block_size > _ZSTD_MAX_BLOCK:
+                raise broken(block_start, "corrupt zstd block header")
+            unit = buf.take(3 + (1 if block_type == 1 else block_size))
+            if unit is None:
+                raise broken(block_start, "zstd stream ends inside a block (truncated file?)", TruncatedStreamError)
+            try:
+                out = obj.decompress(unit)
+            except zstandard.ZstdError as exc:
+                raise broken(block_start, f"corrupt zstd block ({exc})") from None
             if out:
                 yield out
-            if obj.eof:
-                data = obj.unused_data
-                obj = dctx.decompressobj()
-                pending = False
-            else:
-                data = b""
-    if pending:
-        raise TruncatedStreamError("zstd stream ends inside a frame (truncated file?)")
+        if has_checksum:
+            check_start = buf.offset
+            unit = buf.take(4)
+            if unit is None:
+                raise broken(check_start, "zstd stream ends inside a frame checksum (truncated file?)",
+                             TruncatedStreamError)
+            try:
+                obj.decompress(unit)
+            except zstandard.ZstdError as exc:
+                raise broken(check_start, f"zstd frame checksum does not match ({exc})") from None
+        if not obj.eof:
+            raise broken(buf.offset, "zstd frame did not end after its last block")
+
+
+# ---------------------------------------------------------------- gzip
+
+
+def _longest_good_prefix(snapshot, data: bytes) -> tuple[bytes, int]:
+    """(output, k): the longest prefix data[:k] that `snapshot` (a zlib state) decodes without error.
+
+    Decoding a longer prefix never undoes an error, so the good prefixes are an interval: bisect.
+    """
+    lo, hi = 0, len(data)
+    best = snapshot.copy().decompress(b"")  # output still pending in the state, if any
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        trial = snapshot.copy()
+        try:
+            out = trial.decompress(data[:mid])
+        except zlib.error:
+            hi = mid - 1
+        else:
+            lo, best = mid, out
+    return best, lo
 
 
 def _gzip_chunks(raw: IO[bytes]) -> Iterator[bytes]:
-    with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
-        while chunk := gz.read(1 << 20):
-            yield chunk
+    """Decompress (multi-member) gzip; raise CorruptStreamError where it breaks.
+
+    Zero bytes after a member are padding and ignored (as gzip and Python's gzip module do);
+    anything else that is not a gzip member is garbage. Before each zlib call the decoder
+    state is copied, so on an error the failing input is bisected from that copy: the output
+    up to the first bad byte is yielded and the offset of that byte is exact. One call
+    inflates at most 1 MiB, so a gzip bomb cannot blow up memory.
+    """
+    offset = 0          # file offset of data[0]
+    read_so_far = 0
+    data = b""
+    obj = None          # decoder of the current member; None between members
+    member_start = member_out = 0
+    while True:
+        if not data:
+            data = raw.read(READ_SIZE)
+            if not data:
+                break
+            read_so_far += len(data)
+        if obj is None:
+            stripped = data.lstrip(b"\0")
+            offset += len(data) - len(stripped)
+            data = stripped
+            if not data:
+                continue
+            obj = zlib.decompressobj(wbits=31)
+            member_start, member_out = offset, 0
+        while True:  # feed `data` until it is consumed (several calls when the output limit is hit)
+            snapshot = obj.copy()
+            try:
+                out = obj.decompress(data, _GZIP_MAX_OUT)
+            except zlib.error as exc:
+                good, k = _longest_good_prefix(snapshot, data)
+                if good:
+                    yield good
+                # A member that never produced a byte is unreadable from its first byte (zlib
+                # only rejects a bad magic number at its second byte).
+                at = member_start if member_out == 0 and not good else offset + k
+                what = ("not a gzip member (garbage after the last member?)" if "header" in str(exc)
+                        else f"corrupt gzip data ({exc})")
+                raise _corrupt(CorruptStreamError, raw, read_so_far, at, what) from None
+            if out:
+                member_out += len(out)
+                yield out
+            if obj.eof:
+                rest = obj.unused_data
+                offset += len(data) - len(rest)
+                data, obj = rest, None
+                break
+            rest = obj.unconsumed_tail
+            offset += len(data) - len(rest)
+            data = rest
+            if not data and len(out) < _GZIP_MAX_OUT:
+                break  # all input used and no output pending: read more
+    if obj is not None:
+        tail = obj.flush()
+        if tail:
+            yield tail
+        raise _corrupt(TruncatedStreamError, raw, read_so_far, member_start if member_out == 0 and not tail else offset,
+                       "gzip stream ends inside a member (truncated file?)")
 
 
 def _plain_chunks(raw: IO[bytes]) -> Iterator[bytes]:
-    while chunk := raw.read(1 << 20):
+    while chunk := raw.read(READ_SIZE):
         yield chunk
 
 
@@ -139,31 +429,159 @@ def _chunk_reader(path: str):
     raise DocumentFormatError(f"{path}: unknown document file suffix (expected .jsonl, .jsonl.gz or .jsonl.zst)")
 
 
-def iter_lines(path: str) -> Iterator[bytes]:
-    """Raw lines (without the newline) of a possibly compressed file."""
+# ---------------------------------------------------------------- lines
+
+
+class OversizeLine(bytes):
+    """A line longer than the reader's limit: the bytes are its first MAX_QUARANTINED_BYTES,
+    `size` its full length. The rest was streamed past, never held."""
+
+    size: int
+
+    def __new__(cls, head: bytes, size: int):
+        obj = super().__new__(cls, head[:MAX_QUARANTINED_BYTES])
+        obj.size = size
+        return obj
+
+
+def _split_lines(chunks: Iterable[bytes], max_line_bytes: int | None) -> Iterator[bytes]:
+    limit = max_line_bytes if max_line_bytes else math.inf
+    parts: list[bytes] = []   # the current line so far (never more than `limit` bytes)
+    parts_len = 0
+    skipped = -1              # >= 0: inside an oversize line, this many bytes seen
+    head = b""
+    try:
+        for chunk in chunks:
+            if skipped >= 0:
+                nl = chunk.find(b"\n")
+                if nl < 0:
+                    skipped += len(chunk)
+                    continue
+                yield OversizeLine(head, skipped + nl)
+                skipped = -1
+                chunk = chunk[nl + 1:]
+            lines = chunk.split(b"\n")
+            if len(lines) == 1:
+                parts.append(chunk)
+                parts_len += len(chunk)
+            else:
+                first = b"".join(parts) + lines[0] if parts else lines[0]
+                tail = lines.pop()
+                lines[0] = first
+                for line in lines:
+                    if len(line) > limit:
+                        yield OversizeLine(line, len(line))
+                    else:
+                        yield line.rstrip(b"\r")
+                parts, parts_len = ([tail], len(tail)) if tail else ([], 0)
+            if parts_len > limit:
+                joined = b"".join(parts)
+                head, skipped = joined[:MAX_QUARANTINED_BYTES], parts_len
+                parts, parts_len = [], 0
+    except CorruptStreamError as exc:
+        exc.partial_line = OversizeLine(head, skipped) if skipped >= 0 else b"".join(parts)
+        raise
+    if skipped >= 0:
+        yield OversizeLine(head, skipped)
+    elif parts_len:
+        yield b"".join(parts).rstrip(b"\r")
+
+
+def iter_lines(path: str, max_line_bytes: int | None = None) -> Iterator[bytes]:
+    """Raw lines (without the newline) of a possibly compressed file.
+
+    With `max_line_bytes`, a longer line comes out as an `OversizeLine` (its head and size)
+    and memory stays bounded whatever the file holds. A compressed stream that breaks raises
+    CorruptStreamError after every complete line before the break has been yielded; the
+    decoded bytes after the last newline are on the exception as `partial_line`.
+    """
     path = str(path)
     chunks = _chunk_reader(path)
-    tail = b""
     with open_binary(path) as raw:
-        for chunk in chunks(raw):
-            lines = (tail + chunk).split(b"\n")
-            tail = lines.pop()
-            for line in lines:
-                yield line.rstrip(b"\r")
-    if tail:
-        yield tail.rstrip(b"\r")
+        yield from _split_lines(chunks(raw), max_line_bytes)
+
+
+# ---------------------------------------------------------------- parsing
+
+
+class _JsonValueError(ValueError):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _JsonValueError("json_number_out_of_range", f"number {text[:40]} overflows a double")
+    return value
+
+
+def _no_constants(name: str):
+    raise _JsonValueError("malformed_json", f"{name} is not valid JSON (non-standard constant)")
+
+
+# NaN / Infinity and overflowing floats are refused: Python would write them back as NaN and
+# Infinity, which no strict JSON reader (dolma's Rust tools, jq) accepts.
+_DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_no_constants)
+
+
+def _decode_json(text: str) -> tuple[object, str, str]:
+    """(value, "", "") or (None, reason, detail); never raises for any input string."""
+    try:
+        return _DECODER.decode(text), "", ""
+    except json.JSONDecodeError as exc:
+        return None, "malformed_json", str(exc)
+    except _JsonValueError as exc:
+        return None, exc.reason, str(exc)
+    except RecursionError:
+        return None, "json_too_deep", "JSON nests deeper than the parser's recursion limit"
+    except ValueError as exc:
+        if "digits" in str(exc):  # int('9' * 5000): sys.get_int_max_str_digits()
+            return None, "json_number_too_long", str(exc).split(";")[0]
+        return None, "malformed_json", f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - MemoryError, or whatever a future json raises
+        return None, "malformed_json", f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _lone_surrogate(value: object) -> str | None:
+    """A description of the first string (key or value) that cannot be encoded as UTF-8, or None.
+
+    ASCII strings (most of them: CPython knows in O(1)) cannot hold a surrogate; only the
+    others are encoded to check.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is str:
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    return str(exc)
+        elif kind is dict:
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+    return None
 
 
 def parse_line(raw: bytes) -> tuple[dict | None, str, str]:
-    """Turn one JSONL line into a document, or say why not: (doc, reason, detail)."""
+    """Turn one JSONL line into a document, or say why not: (doc, reason, detail).
+
+    Never raises. A UTF-8 byte-order mark before the JSON is accepted (Windows tools write one).
+    """
+    if raw[:3] == _BOM:
+        raw = raw[3:]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return None, "invalid_utf8", str(exc)
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return None, "malformed_json", str(exc)
+    doc, reason, detail = _decode_json(text)
+    if reason:
+        return None, reason, detail
     if not isinstance(doc, dict):
         return None, "not_an_object", f"top-level JSON is {type(doc).__name__}"
     if "text" not in doc:
@@ -172,40 +590,101 @@ def parse_line(raw: bytes) -> tuple[dict | None, str, str]:
         return None, "bad_text", f"'text' is {type(doc['text']).__name__}, expected string"
     doc_id = doc.get("id")
     if doc_id is None or isinstance(doc_id, (dict, list, bool)) or str(doc_id) == "":
-        return None, "bad_id", f"'id' is {doc_id!r}"
+        return None, "bad_id", f"'id' is {str(doc_id)[:200]!r}"
     doc["id"] = str(doc_id)
     if "metadata" in doc and doc["metadata"] is not None and not isinstance(doc["metadata"], dict):
         return None, "bad_metadata", f"'metadata' is {type(doc['metadata']).__name__}, expected object"
-    try:
-        # Lone surrogates from \ud800 escapes are valid JSON but cannot be encoded back to UTF-8.
-        doc["text"].encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return None, "invalid_utf8", f"text holds unencodable code points: {exc}"
+    # Lone surrogates (\ud800 escapes without their pair) are valid JSON but cannot be written
+    # back as UTF-8: in the text, the id, or any metadata string they would crash a writer later.
+    problem = _lone_surrogate(doc)
+    if problem is not None:
+        return None, "invalid_utf8", f"a string holds unencodable code points: {problem}"
     return doc, "", ""
 
 
-def read_documents(path: str, quarantine: Quarantine) -> Iterator[tuple[int, dict]]:
+def read_documents(path: str, quarantine: Quarantine, *,
+                   max_doc_bytes: int | None = DEFAULT_MAX_DOC_BYTES) -> Iterator[tuple[int, dict]]:
     """Yield (1-based line number, document) for every good line; bad lines go to `quarantine`.
 
-    Blank lines are not documents and are skipped without being counted. A file whose
-    compression stream breaks part-way is quarantined from that point with reason
-    `corrupt_stream` (the documents before the break are kept).
+    Blank lines are not documents and are skipped without being counted. A line longer than
+    `max_doc_bytes` (None: no limit) is quarantined as `doc_too_large` without being held in
+    memory. A compressed stream that breaks part-way keeps every document before the break
+    and ends with one `corrupt_stream` record (the cut line, if any, and the number of
+    unreadable compressed bytes). A missing file raises FileNotFoundError, and a read error
+    of the storage itself raises too: neither is a property of the data.
     """
     path = str(path)
     line_no = 0
     try:
-        for line_no, raw in enumerate(iter_lines(path), start=1):
-            if not raw.strip():
+        for line_no, raw in enumerate(iter_lines(path, max_doc_bytes), start=1):
+            if type(raw) is OversizeLine:
+                quarantine.add(path, line_no, "doc_too_large",
+                               f"line of {raw.size:,} bytes exceeds the limit of {max_doc_bytes:,}",
+                               bytes(raw), size=raw.size)
+                continue
+            if not raw.strip() or (raw[:3] == _BOM and not raw[3:].strip()):
                 continue
             doc, reason, detail = parse_line(raw)
             if doc is None:
                 quarantine.add(path, line_no, reason, detail, raw)
             else:
                 yield line_no, doc
-    except (zstandard.ZstdError, OSError, EOFError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        quarantine.add(path, line_no + 1, "corrupt_stream", f"{type(exc).__name__}: {exc}", b"")
+    except CorruptStreamError as exc:
+        partial = exc.partial_line
+        size = partial.size if type(partial) is OversizeLine else len(partial)
+        if partial and type(partial) is not OversizeLine:
+            # The last line before the break may be a whole document without its newline.
+            doc, _, _ = parse_line(partial)
+            if doc is not None:
+                line_no += 1
+                yield line_no, doc
+                partial, size = b"", 0
+        detail = str(exc) + (f"; line cut at {size:,} bytes" if size else "")
+        quarantine.add(path, line_no + 1, "corrupt_stream", detail, bytes(partial), size=size,
+                       unreadable_bytes=exc.unreadable_bytes)
+
+
+class DuplicateIds:
+    """Counts documents whose id already occurred earlier in the same file.
+
+    Feed it the ids of one file in order (`add`); the first occurrence of an id is not a
+    duplicate, each later one is (an id seen 3 times counts 2). Quarantined lines have no
+    trusted id and are not fed. `merge` sums the counts of several files for a per-source
+    total; it does not find the same id in two files (that needs a shuffle: a Spark stage).
+    The set of seen ids is dropped on pickling, so a finished counter is small to ship.
+    """
+
+    MAX_EXAMPLES = 5
+
+    def __init__(self) -> None:
+        self.duplicates = 0
+        self.examples: list[str] = []
+        self._seen: set[str] = set()
+
+    def add(self, doc_id: str) -> bool:
+        """True if `doc_id` was already seen in this file."""
+        if doc_id in self._seen:
+            self.duplicates += 1
+            if len(self.examples) < self.MAX_EXAMPLES and doc_id not in self.examples:
+                self.examples.append(doc_id)
+            return True
+        self._seen.add(doc_id)
+        return False
+
+    def merge(self, other: DuplicateIds) -> None:
+        self.duplicates += other.duplicates
+        for doc_id in other.examples:
+            if len(self.examples) < self.MAX_EXAMPLES and doc_id not in self.examples:
+                self.examples.append(doc_id)
+
+    def to_dict(self) -> dict:
+        return {"duplicates": self.duplicates, "examples": list(self.examples)}
+
+    def __getstate__(self) -> dict:
+        return {"duplicates": self.duplicates, "examples": self.examples}
+
+    def __setstate__(self, state: dict) -> None:
+        self.duplicates, self.examples, self._seen = state["duplicates"], state["examples"], set()
 
 
 def _compressing_writer(path: str, raw: IO[bytes]) -> IO[bytes]:

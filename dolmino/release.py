@@ -5,33 +5,48 @@
     dolmino release pull    s3://bucket/prefix/NAME DEST
     dolmino release verify  s3://bucket/prefix/NAME
     dolmino release delete  s3://bucket/prefix/NAME --yes
+    dolmino release clean   s3://bucket/prefix/NAME [--older-than-hours H]
 
-Layout: every file of the build (part-*.npy, part-*.csv.gz, part-*.label_mask.npy,
-manifest.json, report.json, report.md, quarantine/**) goes to `prefix/NAME/<same relative
-path>`, and `prefix/NAME/RELEASE.json` is written LAST. RELEASE.json is the commit record:
-format, name, created (UTC), dolmino version, the manifest's name/version/seed, output totals,
-and for every file its path, size and SHA-256.
+Layout: each publish uploads every file of the build (part-*.npy, part-*.csv.gz,
+part-*.label_mask.npy, manifest.json, report.json, report.md, quarantine/**) under a prefix
+of its own, `prefix/NAME/data/<publish id>/<relative path>`, and then commits by writing
+`prefix/NAME/RELEASE.json`. RELEASE.json is the commit record: format, name, publish id,
+data prefix, created (UTC), dolmino version, the manifest's name/version/seed, output
+totals, and for every file its path, size and SHA-256.
 
 Why this design:
-- S3 has no multi-object transactions, but a single PUT is atomic. So a release *exists*
-  exactly when its RELEASE.json does; `list`, `pull` and `verify` ignore anything else. A
-  publish that dies half-way leaves objects without RELEASE.json: invisible, and removed
-  (with a message saying so) by the next publish of that name.
+- S3 has no multi-object transactions, but a single PUT is atomic, and a conditional PUT
+  (If-None-Match: *) succeeds only if the key does not exist yet. So a release *exists*
+  exactly when its RELEASE.json does, and of several publishers racing on one name exactly
+  one can write it; `list`, `pull` and `verify` ignore everything else.
+- Each publish stages under its own unique prefix, so concurrent publishers never write,
+  overwrite or delete each other's objects: the loser of the race removes only its own
+  prefix and fails with a message; the winner's RELEASE.json points at the winner's
+  objects, which nobody else touches. After the commit the publisher reads RELEASE.json
+  back, which also catches a store that ignores If-None-Match.
+- An interrupted publish (killed process, lost network) leaves a prefix that no RELEASE.json
+  points to: invisible. It cannot be told apart from a publish still uploading except by
+  age, so it is removed only when provably stale: when nothing under it (objects, multipart
+  uploads, uploaded parts) changed for `--stale-after-hours` (default 24; a live publish
+  writes a part at least every few minutes), by the next `publish` or `delete` of the name,
+  or on request with `clean --older-than-hours`.
 - Releases are immutable; there is no --force. Overwriting in place cannot be atomic
   (readers would see new parts under the old checksums for a while) and would silently
   change data that someone already trained on. Publish under a new name, or `delete` first
   (which removes RELEASE.json before anything else, so the release vanishes at once).
-- RELEASE.json is written with If-None-Match: two publishers racing on one name cannot both
-  commit. Before committing, every uploaded object is checked (HEAD: size and the sha256
-  recorded in its metadata), so an object replaced during the upload is caught.
+- Before committing, every uploaded object is checked (HEAD: size and the sha256 recorded
+  in its metadata), and every local file must be unchanged (size, mtime) since it was hashed.
 - `pull` downloads into a temporary directory beside DEST, checks every size and SHA-256
   against RELEASE.json, and renames the directory into place only if all match: DEST is
-  either the complete, verified release or absent. `verify` re-hashes the objects in place.
+  either the complete, verified release or absent. Files and directories get the modes a
+  build gets (0666 / 0777 less the umask). `verify` re-hashes the objects in place.
 - Keys are validated (no '..' or '.' segments, no absolute paths, no empty segments, no
   backslashes or control characters), both when publishing and when reading a RELEASE.json
   that someone else wrote, so a hostile release cannot write outside DEST.
-- Messages never contain credentials: everything printed goes through dolmino.s3.redact.
-- Large files use multipart upload/download (boto3 transfer manager, 64 MiB parts).
+- Messages never contain credentials: everything printed goes through dolmino.s3.redact, and
+  main() is wrapped in dolmino.s3.cli_errors (S3 failures: one line, exit status 2).
+- Large files use multipart upload/download (boto3 transfer manager, 64 MiB parts); a
+  progress bar (bytes and files) is shown on stderr when it is a terminal.
 """
 
 from __future__ import annotations
@@ -43,21 +58,28 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
+import uuid
+from datetime import datetime, timezone
 from typing import Callable
 
 from dolmino import s3
 
 RELEASE_FILE = "RELEASE.json"
-RELEASE_FORMAT = "dolmino-release/1"
+RELEASE_FORMAT = "dolmino-release/2"
+# Format 1 kept the objects directly under NAME/ (no data prefix); such releases still read.
+READABLE_FORMATS = ("dolmino-release/1", RELEASE_FORMAT)
+DATA_DIR = "data"
 # A finished build writes these last (dolmino.report.write_report); without them it is not one.
 REQUIRED_FILES = ("manifest.json", "report.json")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_PUBLISH_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{12}$")
 _TMP_RE = re.compile(r"\.tmp\d+$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_PART_SIZE = 64 * 1024 * 1024
+DEFAULT_STALE_AFTER_S = 24 * 3600
 _HASH_CHUNK = 8 * 1024 * 1024
+_COMMIT_RETRIES = 5
 
 
 class ReleaseError(RuntimeError):
@@ -126,6 +148,16 @@ def split_release(release_uri: str) -> tuple[str, str, str]:
     name = key.rsplit("/", 1)[-1]
     validate_name(name)
     return bucket, key + "/", name
+
+
+def new_publish_id() -> str:
+    """`<UTC time>-<12 random hex digits>`: unique per publish, and sorts by start time."""
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:12]}"
+
+
+def data_prefix_of(record: dict) -> str:
+    """Where a release's objects live, relative to NAME/ ('' for format 1 releases)."""
+    return record.get("data_prefix", "") if record.get("format") == RELEASE_FORMAT else ""
 
 
 # ---------------------------------------------------------------- local files
@@ -199,6 +231,44 @@ def _build_summary(build_dir: str) -> dict:
     }
 
 
+# ---------------------------------------------------------------- progress
+
+
+Log = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+class _Progress:
+    """A tqdm bar of bytes with a files counter; does nothing when disabled."""
+
+    def __init__(self, enabled: bool, desc: str, total_bytes: int, total_files: int):
+        self.total_files = total_files
+        self.files = 0
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_bytes, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                            file=sys.stderr, dynamic_ncols=True, leave=False)
+            self.bar.set_postfix_str(f"0/{total_files} files")
+
+    def add_bytes(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def file_done(self) -> None:
+        self.files += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.files}/{self.total_files} files")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 # ---------------------------------------------------------------- S3 helpers
 
 
@@ -239,22 +309,39 @@ def _delete_keys(bucket: str, keys: list[str]) -> None:
                                f"{first.get('Code')} {first.get('Message', '')}")
 
 
-def _abort_multipart_uploads(bucket: str, prefix: str) -> int:
+def _multipart_uploads(bucket: str, prefix: str) -> list[dict]:
     cl = s3.client()
-    aborted = 0
+    found = []
     for page in cl.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
-        for upload in page.get("Uploads", ()):
-            cl.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-            aborted += 1
-    return aborted
+        found += page.get("Uploads", ())
+    return found
+
+
+def _abort_uploads(bucket: str, uploads: list[dict]) -> None:
+    cl = s3.client()
+    for upload in uploads:
+        cl.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+
+
+def _remove_prefix(bucket: str, prefix: str) -> int:
+    """Delete every object and unfinished multipart upload under `prefix`; returns the object count."""
+    keys = [k for k, _ in s3.iter_keys(bucket, prefix)]
+    _delete_keys(bucket, keys)
+    _abort_uploads(bucket, _multipart_uploads(bucket, prefix))
+    return len(keys)
 
 
 def parse_release_record(record: object, where: str, name: str | None = None) -> dict:
     """Check a RELEASE.json someone else wrote before trusting any path or checksum in it."""
-    if not isinstance(record, dict) or record.get("format") != RELEASE_FORMAT:
+    if not isinstance(record, dict) or record.get("format") not in READABLE_FORMATS:
         raise ReleaseError(f"{where}: not a {RELEASE_FORMAT} record")
     if name is not None and record.get("name") != name:
         raise ReleaseError(f"{where}: records name {record.get('name')!r}, expected {name!r}")
+    if record["format"] == RELEASE_FORMAT:
+        publish_id = record.get("publish_id")
+        if not isinstance(publish_id, str) or not _PUBLISH_ID_RE.match(publish_id) \
+                or record.get("data_prefix") != f"{DATA_DIR}/{publish_id}/":
+            raise ReleaseError(f"{where}: 'publish_id' / 'data_prefix' are missing or do not match")
     files = record.get("files")
     if not isinstance(files, list) or not files:
         raise ReleaseError(f"{where}: 'files' must be a non-empty list")
@@ -290,21 +377,99 @@ def read_release(release_uri: str) -> dict:
     return parse_release_record(record, f"{release_uri}/{RELEASE_FILE}", name)
 
 
+# ---------------------------------------------------------------- leftovers
+
+
+def _group_of(rel: str) -> str:
+    """Objects of one publish share `data/<publish id>/`; anything else is its own group."""
+    parts = rel.split("/")
+    if len(parts) >= 3 and parts[0] == DATA_DIR:
+        return f"{DATA_DIR}/{parts[1]}/"
+    return rel
+
+
+def _leftover_groups(bucket: str, key_prefix: str, record: dict | None) -> dict[str, dict]:
+    """Groups under NAME/ that `record` does not reference: {group: {"keys", "uploads", "last"}}.
+
+    `last` is the latest change in the group: object LastModified, multipart upload
+    Initiated, and the LastModified of every part uploaded so far (a live publish uploading
+    one big file shows no finished object for a long time, but a new part every few minutes).
+    """
+    referenced_group = data_prefix_of(record) if record is not None else ""
+    referenced_keys = {RELEASE_FILE}
+    if record is not None and not referenced_group:
+        referenced_keys |= {e["path"] for e in record["files"]}
+    groups: dict[str, dict] = {}
+
+    def group(rel: str) -> dict | None:
+        name = _group_of(rel)
+        if rel in referenced_keys or name == referenced_group:
+            return None
+        return groups.setdefault(name, {"keys": [], "uploads": [], "last": datetime.min.replace(tzinfo=timezone.utc)})
+
+    for obj in s3.iter_objects(bucket, key_prefix):
+        g = group(obj["Key"][len(key_prefix):])
+        if g is not None:
+            g["keys"].append(obj["Key"])
+            g["last"] = max(g["last"], obj["LastModified"])
+    cl = s3.client()
+    for upload in _multipart_uploads(bucket, key_prefix):
+        g = group(upload["Key"][len(key_prefix):])
+        if g is None:
+            continue
+        g["uploads"].append(upload)
+        g["last"] = max(g["last"], upload["Initiated"])
+        for page in cl.get_paginator("list_parts").paginate(Bucket=bucket, Key=upload["Key"],
+                                                            UploadId=upload["UploadId"]):
+            for part in page.get("Parts", ()):
+                g["last"] = max(g["last"], part["LastModified"])
+    return groups
+
+
+def _clean_leftovers(bucket: str, key_prefix: str, older_than_s: float, release_uri: str, log: Log) -> int:
+    """Remove the groups no RELEASE.json references that were idle for `older_than_s`.
+
+    RELEASE.json is read here, just before listing, so a publish that commits meanwhile
+    keeps its objects (they are fresh, and only 0 would remove fresh groups). Returns the
+    number of objects removed.
+    """
+    record = _get_json(bucket, key_prefix + RELEASE_FILE)
+    if record is not None:
+        record = parse_release_record(record, f"{release_uri}/{RELEASE_FILE}")
+    groups = _leftover_groups(bucket, key_prefix, record)
+    now = datetime.now(timezone.utc)
+    removed = kept = 0
+    for name, g in sorted(groups.items()):
+        idle = (now - g["last"]).total_seconds()
+        if idle >= older_than_s:
+            _delete_keys(bucket, g["keys"])
+            _abort_uploads(bucket, g["uploads"])
+            removed += len(g["keys"])
+            log(f"{release_uri}: removed {name} ({len(g['keys'])} object(s), {len(g['uploads'])} unfinished "
+                f"upload(s)), left by a publish that stopped {idle / 3600:.1f} h ago")
+        else:
+            kept += 1
+    if kept:
+        log(f"{release_uri}: note: left {kept} staged upload(s) alone: they changed in the last "
+            f"{older_than_s / 3600:g} h, so another publish may still be running")
+    return removed
+
+
 # ---------------------------------------------------------------- commands
 
 
-Log = Callable[[str], None]
-
-
-def _quiet(_msg: str) -> None:
-    pass
+def _is_conditional_failure(exc: BaseException) -> str:
+    code = s3._error_code(exc)  # noqa: SLF001
+    return code if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409") else ""
 
 
 def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAULT_PART_SIZE,
-            log: Log = _quiet) -> dict:
-    """Upload a finished build as release NAME under root_uri; returns the RELEASE.json record."""
-    from botocore.exceptions import ClientError
+            log: Log = _quiet, progress: bool = False, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> dict:
+    """Upload a finished build as release NAME under root_uri; returns the RELEASE.json record.
 
+    Raises ReleaseExistsError if the release exists, or if another publish of the same name
+    commits first (this publish's objects are then removed again).
+    """
     validate_name(name)
     bucket, prefix = split_root(root_uri)
     key_prefix = f"{prefix}{name}/"
@@ -312,53 +477,126 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
     files = collect_build_files(build_dir)
     s3.check_bucket(bucket)
 
-    if _get_json(bucket, key_prefix + RELEASE_FILE) is not None:
-        raise ReleaseExistsError(f"{release_uri}: release already exists; releases are immutable "
-                                 "(publish under a new name, or `dolmino release delete` it first)")
-    stale = [k for k, _ in s3.iter_keys(bucket, key_prefix)]
-    aborted = _abort_multipart_uploads(bucket, key_prefix)
-    if stale or aborted:
-        log(f"{release_uri}: removing {len(stale)} object(s) and {aborted} unfinished multipart upload(s) "
-            "left by an interrupted publish")
-        _delete_keys(bucket, stale)
+    def exists_error() -> ReleaseExistsError:
+        return ReleaseExistsError(f"{release_uri}: release already exists; releases are immutable "
+                                  "(publish under a new name, or `dolmino release delete` it first)")
 
+    if _get_json(bucket, key_prefix + RELEASE_FILE) is not None:
+        raise exists_error()
+    _clean_leftovers(bucket, key_prefix, stale_after_s, release_uri, log)
+
+    publish_id = new_publish_id()
+    data_prefix = f"{DATA_DIR}/{publish_id}/"
+    staging = key_prefix + data_prefix
     cl = s3.client()
     config = _transfer_config(part_size)
     entries = []
-    for rel, full in files:
-        digest, size = sha256_file(full)
-        cl.upload_file(full, bucket, key_prefix + rel, Config=config,
-                       ExtraArgs={"Metadata": {"sha256": digest}})
-        entries.append({"path": rel, "size": size, "sha256": digest})
-        log(f"uploaded {rel} ({size:,} bytes)")
-
-    # Pre-commit check: what is on S3 now is what we hashed (catches a file that changed
-    # while being read, or an object replaced by someone else during the upload).
-    for entry in entries:
-        head = cl.head_object(Bucket=bucket, Key=key_prefix + entry["path"])
-        if int(head["ContentLength"]) != entry["size"] or head.get("Metadata", {}).get("sha256") != entry["sha256"]:
-            raise ReleaseIntegrityError(f"{entry['path']}: object changed during publish "
-                                        f"(size {head['ContentLength']} vs {entry['size']}); nothing was released")
-
-    record = {
-        "format": RELEASE_FORMAT,
-        "name": name,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "dolmino_version": _dolmino_version(),
-        **_build_summary(os.path.abspath(build_dir)),
-        "total_bytes": sum(e["size"] for e in entries),
-        "files": entries,
-    }
-    body = json.dumps(record, indent=2, sort_keys=False).encode("utf-8") + b"\n"
+    commit_attempted = False
+    bar = _Progress(progress, f"publish {name}", sum(os.path.getsize(full) for _, full in files), len(files))
     try:
-        cl.put_object(Bucket=bucket, Key=key_prefix + RELEASE_FILE, Body=body,
-                      ContentType="application/json", IfNoneMatch="*")
-    except ClientError as exc:
-        if s3._error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):  # noqa: SLF001
-            raise ReleaseExistsError(f"{release_uri}: another publish of this name committed first") from None
+        for rel, full in files:
+            before = os.stat(full)
+            digest, size = sha256_file(full)
+            cl.upload_file(full, bucket, staging + rel, Config=config, Callback=bar.add_bytes,
+                           ExtraArgs={"Metadata": {"sha256": digest}})
+            after = os.stat(full)
+            if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or size != after.st_size:
+                raise ReleaseIntegrityError(f"{rel}: the file changed while it was being published; nothing was released")
+            entries.append({"path": rel, "size": size, "sha256": digest})
+            bar.file_done()
+            log(f"uploaded {rel} ({size:,} bytes)")
+
+        # Pre-commit check: what is on S3 now is what we hashed.
+        for entry in entries:
+            head = cl.head_object(Bucket=bucket, Key=staging + entry["path"])
+            if int(head["ContentLength"]) != entry["size"] or head.get("Metadata", {}).get("sha256") != entry["sha256"]:
+                raise ReleaseIntegrityError(f"{entry['path']}: object changed during publish "
+                                            f"(size {head['ContentLength']} vs {entry['size']}); nothing was released")
+
+        record = {
+            "format": RELEASE_FORMAT,
+            "name": name,
+            "publish_id": publish_id,
+            "data_prefix": data_prefix,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "dolmino_version": _dolmino_version(),
+            **_build_summary(os.path.abspath(build_dir)),
+            "total_bytes": sum(e["size"] for e in entries),
+            "files": entries,
+        }
+        body = json.dumps(record, indent=2, sort_keys=False).encode("utf-8") + b"\n"
+        commit_attempted = True
+        current = _commit(bucket, key_prefix + RELEASE_FILE, body)
+        if current is None or current.get("publish_id") != publish_id:
+            raise _LostRace(current)
+    except _LostRace as lost:
+        # The read-back shows RELEASE.json does not point at our prefix: removing it is safe.
+        bar.close()
+        winner = lost.args[0]
+        removed = _remove_prefix(bucket, staging)
+        if winner is None:
+            raise ReleaseError(f"{release_uri}: the commit did not take effect (the store kept answering "
+                               f"409 Conflict); this publish's {removed} uploaded object(s) were removed. "
+                               "Try again.") from None
+        raise ReleaseExistsError(
+            f"{release_uri}: another publish of this name committed first (publish id "
+            f"{winner.get('publish_id', '?')}, created {winner.get('created', '?')}); this publish's "
+            f"{removed} uploaded object(s) were removed again. Publish under another name.") from None
+    except BaseException:
+        bar.close()
+        if commit_attempted:
+            # The commit may have landed even though we saw an error: never remove objects a
+            # RELEASE.json may point at.
+            try:
+                current = _get_json(bucket, key_prefix + RELEASE_FILE)
+            except Exception:  # noqa: BLE001 - cannot tell: keep everything
+                log(f"{release_uri}: could not tell whether this publish committed; its objects under "
+                    f"{data_prefix} were kept. Check with `dolmino release verify {release_uri}`")
+                raise
+            if isinstance(current, dict) and current.get("publish_id") == publish_id:
+                log(f"{release_uri}: this publish was committed (RELEASE.json is ours) before the error below")
+                raise
+        # Our own staging prefix, referenced by nothing: removing it is always safe.
+        try:
+            _remove_prefix(bucket, staging)
+        except Exception:  # noqa: BLE001 - the network may be what failed; stale cleanup will do it
+            log(f"{release_uri}: could not remove this publish's staged objects under {data_prefix}; "
+                "a later publish or `dolmino release clean` removes them once they are stale")
         raise
+    bar.close()
     log(f"released {release_uri} ({len(entries)} files, {record['total_bytes']:,} bytes)")
     return record
+
+
+def _commit(bucket: str, key: str, body: bytes) -> dict | None:
+    """Write RELEASE.json if it does not exist yet, then return what RELEASE.json holds.
+
+    The caller compares the publish id: a failed condition, a botocore retry of our own write
+    that landed (412 on the retry), or a store that ignores If-None-Match all resolve the same
+    way, by reading back what is there.
+    """
+    from botocore.exceptions import ClientError
+
+    cl = s3.client()
+    for attempt in range(_COMMIT_RETRIES):
+        try:
+            cl.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*")
+            break
+        except ClientError as exc:
+            code = _is_conditional_failure(exc)
+            if not code:
+                raise
+            # 409: a conditional write of the same key is in flight; S3 asks to retry.
+            if code in ("ConditionalRequestConflict", "409") and attempt + 1 < _COMMIT_RETRIES \
+                    and _get_json(bucket, key) is None:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            break
+    return _get_json(bucket, key)
+
+
+class _LostRace(Exception):
+    """Another publish committed RELEASE.json first."""
 
 
 def list_releases(root_uri: str) -> tuple[list[dict], list[str]]:
@@ -391,7 +629,8 @@ def _check_local(path: str, entry: dict) -> None:
         raise ReleaseIntegrityError(f"{entry['path']}: SHA-256 {digest} does not match RELEASE.json ({entry['sha256']})")
 
 
-def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log: Log = _quiet) -> dict:
+def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log: Log = _quiet,
+         progress: bool = False) -> dict:
     """Download and verify a release into DEST (which must not exist, or be an empty directory).
 
     All files land in a temporary directory beside DEST first; only when every size and
@@ -402,17 +641,23 @@ def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log
     if os.path.lexists(dest) and not (os.path.isdir(dest) and not os.path.islink(dest) and not os.listdir(dest)):
         raise ReleaseError(f"{dest}: already exists; pull into a new directory")
     record = read_release(release_uri)
+    objects = key_prefix + data_prefix_of(record)
     parent = os.path.dirname(dest)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.pull-", dir=parent)
+    # os.mkdir honours the umask (0777 & ~umask, as the build's directories); mkdtemp would give 0700.
+    tmp = os.path.join(parent, f".{os.path.basename(dest)}.pull-{uuid.uuid4().hex[:12]}")
+    os.mkdir(tmp)
+    bar = _Progress(progress, f"pull {_name}", record.get("total_bytes") or sum(e["size"] for e in record["files"]),
+                    len(record["files"]))
     try:
         cl = s3.client()
         config = _transfer_config(part_size)
         for entry in record["files"]:
             local = os.path.join(tmp, *entry["path"].split("/"))
             os.makedirs(os.path.dirname(local), exist_ok=True)
-            cl.download_file(bucket, key_prefix + entry["path"], local, Config=config)
+            cl.download_file(bucket, objects + entry["path"], local, Config=config, Callback=bar.add_bytes)
             _check_local(local, entry)
+            bar.file_done()
             log(f"verified {entry['path']} ({entry['size']:,} bytes)")
         with open(os.path.join(tmp, RELEASE_FILE), "w", encoding="utf-8") as fh:
             json.dump(record, fh, indent=2)
@@ -423,89 +668,158 @@ def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        bar.close()
     log(f"pulled {release_uri} into {dest} ({len(record['files'])} files, all SHA-256 verified)")
     return record
 
 
-def verify(release_uri: str, *, log: Log = _quiet) -> list[str]:
+def verify(release_uri: str, *, log: Log = _quiet, progress: bool = False) -> list[str]:
     """Re-hash every object of a release in place; returns the problems found (empty = good)."""
+    from botocore.exceptions import ClientError
+
     bucket, key_prefix, _name = split_release(release_uri)
     record = read_release(release_uri)
+    objects = key_prefix + data_prefix_of(record)
     cl = s3.client()
     problems = []
-    listed = {key_prefix + e["path"] for e in record["files"]} | {key_prefix + RELEASE_FILE}
+    listed = {objects + e["path"] for e in record["files"]} | {key_prefix + RELEASE_FILE}
+    others = 0
     for key, _size in s3.iter_keys(bucket, key_prefix):
-        if key not in listed:
-            problems.append(f"{key[len(key_prefix):]}: object is not listed in {RELEASE_FILE}")
-    for entry in record["files"]:
-        from botocore.exceptions import ClientError
-
-        try:
-            body = cl.get_object(Bucket=bucket, Key=key_prefix + entry["path"])["Body"]
-        except ClientError as exc:
-            if s3._is_missing(exc):  # noqa: SLF001
-                problems.append(f"{entry['path']}: object is missing")
-                continue
-            raise
-        digest, size = hashlib.sha256(), 0
-        for chunk in body.iter_chunks(_HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-        if size != entry["size"]:
-            problems.append(f"{entry['path']}: size {size:,} bytes, {RELEASE_FILE} says {entry['size']:,}")
-        elif digest.hexdigest() != entry["sha256"]:
-            problems.append(f"{entry['path']}: SHA-256 {digest.hexdigest()} does not match {RELEASE_FILE}")
+        rel = key[len(key_prefix):]
+        if key in listed:
+            continue
+        if key.startswith(objects) and _group_of(rel) == (data_prefix_of(record) or rel):
+            problems.append(f"{rel}: object is not listed in {RELEASE_FILE}")  # inside the release's own prefix
         else:
-            log(f"ok {entry['path']}")
+            others += 1  # staged by another (interrupted or losing) publish: not part of this release
+    if others:
+        log(f"note: {others} object(s) under {release_uri}/ belong to no release (other or interrupted "
+            "publishes; `dolmino release clean` removes them once stale)")
+    bar = _Progress(progress, f"verify {_name}", sum(e["size"] for e in record["files"]), len(record["files"]))
+    try:
+        for entry in record["files"]:
+            try:
+                body = cl.get_object(Bucket=bucket, Key=objects + entry["path"])["Body"]
+            except ClientError as exc:
+                if s3._is_missing(exc):  # noqa: SLF001
+                    problems.append(f"{entry['path']}: object is missing")
+                    continue
+                raise
+            digest, size = hashlib.sha256(), 0
+            for chunk in body.iter_chunks(_HASH_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+                bar.add_bytes(len(chunk))
+            bar.file_done()
+            if size != entry["size"]:
+                problems.append(f"{entry['path']}: size {size:,} bytes, {RELEASE_FILE} says {entry['size']:,}")
+            elif digest.hexdigest() != entry["sha256"]:
+                problems.append(f"{entry['path']}: SHA-256 {digest.hexdigest()} does not match {RELEASE_FILE}")
+            else:
+                log(f"ok {entry['path']}")
+    finally:
+        bar.close()
     return problems
 
 
-def delete(release_uri: str, *, log: Log = _quiet) -> int:
-    """Remove a release (complete or not): RELEASE.json first, so it disappears atomically."""
+def delete(release_uri: str, *, log: Log = _quiet, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> int:
+    """Remove a release: RELEASE.json first (it disappears atomically), then its objects.
+
+    Staged objects of other publishes of the name are removed too when stale; fresh ones
+    may belong to a publish still running and are left (see `clean`). Returns the number of
+    objects removed.
+    """
     bucket, key_prefix, _name = split_release(release_uri)
     s3.check_bucket(bucket)
-    keys = [k for k, _ in s3.iter_keys(bucket, key_prefix)]
-    if not keys:
+    record = _get_json(bucket, key_prefix + RELEASE_FILE)
+    if record is None and next(s3.iter_keys(bucket, key_prefix), None) is None:
         raise ReleaseNotFoundError(f"{release_uri}: no such release")
-    commit = key_prefix + RELEASE_FILE
-    if commit in keys:
-        s3.client().delete_object(Bucket=bucket, Key=commit)
-    _delete_keys(bucket, [k for k in keys if k != commit])
-    _abort_multipart_uploads(bucket, key_prefix)
-    log(f"deleted {release_uri} ({len(keys)} objects)")
-    return len(keys)
+    removed = 0
+    if record is not None:
+        try:
+            record = parse_release_record(record, f"{release_uri}/{RELEASE_FILE}")
+        except ReleaseError:
+            record = None  # unreadable commit record: remove it, then treat the rest as leftovers
+        s3.client().delete_object(Bucket=bucket, Key=key_prefix + RELEASE_FILE)
+        removed += 1
+        if record is not None and data_prefix_of(record):
+            removed += _remove_prefix(bucket, key_prefix + data_prefix_of(record))
+        elif record is not None:
+            keys = [key_prefix + e["path"] for e in record["files"]]
+            _delete_keys(bucket, keys)
+            removed += len(keys)
+    removed += _clean_leftovers(bucket, key_prefix, stale_after_s, release_uri, log)
+    log(f"deleted {release_uri} ({removed} objects)")
+    return removed
+
+
+def clean(release_uri: str, *, older_than_s: float = DEFAULT_STALE_AFTER_S, log: Log = _quiet) -> int:
+    """Remove what publishes of NAME left behind (never the committed release's objects).
+
+    Only groups idle for `older_than_s` are removed; 0 removes every leftover (say so only
+    when no publish of the name is running). Returns the number of objects removed.
+    """
+    bucket, key_prefix, _name = split_release(release_uri)
+    s3.check_bucket(bucket)
+    removed = _clean_leftovers(bucket, key_prefix, older_than_s, release_uri, log)
+    log(f"{release_uri}: removed {removed} leftover object(s)")
+    return removed
 
 
 # ---------------------------------------------------------------- CLI
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="dolmino release", description=__doc__.split("\n\n")[0])
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="dolmino release", description=__doc__.split("\n\n")[0], formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("publish", help="upload a finished build as an immutable release")
+    p = sub.add_parser("publish", help="upload a finished build as an immutable release", formatter_class=fmt)
     p.add_argument("build_dir")
     p.add_argument("root", help="s3://bucket/prefix under which NAME/ is created")
     p.add_argument("--name", required=True)
     p.add_argument("--part-size-mb", type=int, default=DEFAULT_PART_SIZE // (1024 * 1024),
                    help="multipart part size (and threshold) in MiB, at least 5")
-    p = sub.add_parser("list", help="list the complete releases under s3://bucket/prefix")
+    p.add_argument("--stale-after-hours", type=float, default=DEFAULT_STALE_AFTER_S / 3600,
+                   help="remove staged objects of earlier publishes of NAME idle this long")
+    p = sub.add_parser("list", help="list the complete releases under s3://bucket/prefix", formatter_class=fmt)
     p.add_argument("root")
     p.add_argument("--json", action="store_true", help="print the RELEASE.json records as JSON")
-    p = sub.add_parser("pull", help="download and verify a release into a new directory")
+    p = sub.add_parser("pull", help="download and verify a release into a new directory", formatter_class=fmt)
     p.add_argument("release", help="s3://bucket/prefix/NAME")
     p.add_argument("dest")
-    p = sub.add_parser("verify", help="re-hash a release's objects in place")
+    p = sub.add_parser("verify", help="re-hash a release's objects in place", formatter_class=fmt)
     p.add_argument("release")
-    p = sub.add_parser("delete", help="remove a release (its RELEASE.json first)")
+    p = sub.add_parser("delete", help="remove a release (its RELEASE.json first)", formatter_class=fmt)
     p.add_argument("release")
     p.add_argument("--yes", action="store_true", help="required: deleting a release cannot be undone")
+    p.add_argument("--stale-after-hours", type=float, default=DEFAULT_STALE_AFTER_S / 3600,
+                   help="also remove staged objects of other publishes of NAME idle this long")
+    p = sub.add_parser("clean", help="remove objects that interrupted or losing publishes left behind",
+                       formatter_class=fmt)
+    p.add_argument("release")
+    p.add_argument("--older-than-hours", type=float, default=DEFAULT_STALE_AFTER_S / 3600,
+                   help="only leftovers idle this long (0: all of them; only when no publish of NAME is running)")
+    for p in sub.choices.values():
+        p.add_argument("--no-progress", action="store_true",
+                       help="no progress bar (it is shown only when stderr is a terminal anyway)")
     return parser.parse_args(argv)
 
 
 def _run(args: argparse.Namespace) -> int:
-    say = print
+    show = not args.no_progress and sys.stderr.isatty()
+    if show:
+        from tqdm import tqdm
+
+        def say(msg: str) -> None:
+            tqdm.write(msg, file=sys.stdout)  # above the progress bar, not through it
+    else:
+        say = print
     if args.command == "publish":
-        publish(args.build_dir, args.root, args.name, part_size=args.part_size_mb * 1024 * 1024, log=say)
+        if args.stale_after_hours < 0:
+            raise ValueError("--stale-after-hours must be >= 0")
+        publish(args.build_dir, args.root, args.name, part_size=args.part_size_mb * 1024 * 1024, log=say,
+                progress=show, stale_after_s=args.stale_after_hours * 3600)
     elif args.command == "list":
         complete, incomplete = list_releases(args.root)
         if args.json:
@@ -519,9 +833,9 @@ def _run(args: argparse.Namespace) -> int:
             print(f"note: ignored {len(incomplete)} incomplete upload(s) without {RELEASE_FILE}: "
                   f"{', '.join(incomplete)}", file=sys.stderr)
     elif args.command == "pull":
-        pull(args.release, args.dest, log=say)
+        pull(args.release, args.dest, log=say, progress=show)
     elif args.command == "verify":
-        problems = verify(args.release, log=say)
+        problems = verify(args.release, log=say, progress=show)
         for problem in problems:
             print(f"release: {problem}", file=sys.stderr)
         if problems:
@@ -532,10 +846,15 @@ def _run(args: argparse.Namespace) -> int:
         if not args.yes:
             print("release: error: delete needs --yes (it cannot be undone)", file=sys.stderr)
             return 2
-        delete(args.release, log=say)
+        delete(args.release, log=say, stale_after_s=args.stale_after_hours * 3600)
+    elif args.command == "clean":
+        if args.older_than_hours < 0:
+            raise ValueError("--older-than-hours must be >= 0")
+        clean(args.release, older_than_s=args.older_than_hours * 3600, log=say)
     return 0
 
 
+@s3.cli_errors("release", expected=(ReleaseError, ValueError, OSError))
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -543,12 +862,6 @@ def main(argv: list[str] | None = None) -> int:
     except ReleaseIntegrityError as exc:
         print(f"release: error: {s3.redact(str(exc))}", file=sys.stderr)
         return 1
-    except (ReleaseError, ValueError, OSError) as exc:
-        print(f"release: error: {s3.redact(str(exc))}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - botocore errors: print sanitized, never a raw traceback
-        print(f"release: error: {s3.describe_error(exc)}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":

@@ -10,14 +10,19 @@ pickled; every process builds its own on first use (keyed by pid and by the endp
 settings, which tests change) and reuses it for every object afterwards.
 
 Why the redaction helpers: botocore errors and endpoint URLs can carry an access key id,
-a presigned signature or a session token. Anything this project prints about an S3 failure
-goes through `redact()` / `describe_error()` first.
+a presigned signature, a session token or a `user:password@` in the endpoint URL. Anything
+this project prints about an S3 failure goes through `redact()` / `describe_error()` /
+`s3_failure_message()` first, and commands wrap their main() in `cli_errors(prog)` so that
+nothing escapes as a raw traceback.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import socket
+import sys
 import threading
 from typing import IO, Iterator, NamedTuple
 
@@ -25,7 +30,9 @@ S3_SCHEME = "s3://"
 # Bucket naming rules of S3 (3-63 chars, lower case, digits, dots, hyphens).
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
-_ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE")
+_ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
+                 "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE")
+DEFAULT_MAX_ATTEMPTS = 8
 # Things that look like credentials whatever their source: access key ids, SigV4 query
 # parameters of presigned URLs, Authorization headers, user:password@ in URLs.
 _SECRET_PATTERNS = (
@@ -33,7 +40,8 @@ _SECRET_PATTERNS = (
     (re.compile(r"(X-Amz-(?:Credential|Signature|Security-Token)=)[^&\s'\"]+", re.IGNORECASE), r"\1***"),
     (re.compile(r"((?:Signature|AWSAccessKeyId|Credential)=)[^,&\s'\"]+"), r"\1***"),
     (re.compile(r"(Authorization:\s*)\S.*", re.IGNORECASE), r"\1***"),
-    (re.compile(r"(://)[^/@\s]+:[^/@\s]+@"), r"\1***@"),
+    # userinfo of any URL (http://user:pass@host, http://token@host), quoted or not
+    (re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s'\"<>]+@"), r"\1***@"),
 )
 
 
@@ -82,8 +90,10 @@ def client():
             from botocore.config import Config
 
             session = boto3.session.Session()  # sessions are not thread-safe; clients are
-            config = Config(retries={"max_attempts": 8, "mode": "adaptive"}, max_pool_connections=32,
-                            connect_timeout=20, read_timeout=120)
+            # AWS_MAX_ATTEMPTS / AWS_RETRY_MODE override the defaults, as they do for the AWS CLI.
+            retries = {"max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS") or DEFAULT_MAX_ATTEMPTS),
+                       "mode": os.environ.get("AWS_RETRY_MODE") or "adaptive"}
+            config = Config(retries=retries, max_pool_connections=32, connect_timeout=20, read_timeout=120)
             found = session.client("s3", config=config)
             # Drop clients of other pids (inherited through fork) and stale settings.
             _CLIENTS.clear()
@@ -94,8 +104,22 @@ def client():
 # ---------------------------------------------------------------- redaction
 
 
+def _endpoint_passwords() -> list[str]:
+    """Passwords in the userinfo of the endpoint URLs (raw and percent-decoded)."""
+    from urllib.parse import unquote
+
+    found = []
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        url = os.environ.get(name) or ""
+        userinfo = url.partition("://")[2].split("/", 1)[0].rpartition("@")[0]
+        if ":" in userinfo:
+            password = userinfo.split(":", 1)[1]
+            found += [password, unquote(password)]
+    return found
+
+
 def _known_secrets() -> list[str]:
-    secrets = [os.environ.get(name) for name in _CREDENTIAL_ENV]
+    secrets = [os.environ.get(name) for name in _CREDENTIAL_ENV] + _endpoint_passwords()
     try:  # credentials from config files / instance roles that are already loaded
         for cached in list(_CLIENTS.values()):
             creds = cached._request_signer._credentials  # noqa: SLF001 - read only, to redact
@@ -128,6 +152,121 @@ def describe_error(exc: BaseException) -> str:
     else:
         text = f"{type(exc).__name__}: {exc}"
     return redact(text)
+
+
+_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+                     "TokenRefreshRequired", "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
+
+
+def _one_s3_failure(exc: BaseException) -> str | None:
+    """The message for one exception of the chain, or None if it is not an S3/network failure."""
+    if isinstance(exc, S3PathError):
+        return str(exc)
+    if "botocore" in sys.modules:  # not imported: the exception cannot be one of its classes
+        from botocore import exceptions as bex
+
+        if isinstance(exc, bex.ClientError):
+            code = _error_code(exc)
+            op = getattr(exc, "operation_name", "request")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+            if code == "NoSuchBucket" or (code in ("404", "NotFound") and op == "HeadBucket"):
+                return f"S3 {op} failed: {code} ({status}): the bucket does not exist"
+            if code in ("AccessDenied", "AllAccessDisabled", "403", "Forbidden"):
+                return (f"S3 {op} failed: {code} ({status}): access denied; check the credentials, "
+                        "the bucket name and the bucket policy")
+            if code in _CREDENTIAL_CODES:
+                return (f"S3 {op} failed: {code} ({status}): the credentials were rejected; check "
+                        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN or AWS_PROFILE")
+            return describe_error(exc)
+        if isinstance(exc, (bex.NoCredentialsError, bex.PartialCredentialsError, bex.CredentialRetrievalError)):
+            return (f"no usable S3 credentials ({type(exc).__name__}): set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")
+        if isinstance(exc, (bex.ConnectionError, bex.HTTPClientError)):
+            return f"cannot reach the S3 endpoint ({type(exc).__name__}): {exc}"
+        if isinstance(exc, bex.BotoCoreError):
+            return f"S3 client error ({type(exc).__name__}): {exc}"
+    if "boto3" in sys.modules:
+        from boto3.exceptions import Boto3Error
+
+        if isinstance(exc, Boto3Error):
+            return f"S3 transfer failed ({type(exc).__name__}): {exc}"
+    if "urllib3" in sys.modules:
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
+        if isinstance(exc, Urllib3Error):
+            return f"cannot reach the S3 endpoint ({type(exc).__name__}): {exc}"
+    if isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror)):
+        return f"network failure ({type(exc).__name__}): {exc}"
+    return None
+
+
+def s3_failure_message(exc: BaseException) -> str | None:
+    """One redacted line describing an S3 / botocore / network failure, or None for anything else.
+
+    Covers a missing bucket or object, rejected or missing credentials, access denied, an
+    unreachable endpoint, timeouts, and transfer-manager failures; the exception's cause
+    chain is searched too (a wrapper raised `from` an S3 error is that S3 error).
+    """
+    seen: set[int] = set()
+    item: BaseException | None = exc
+    while item is not None and id(item) not in seen and len(seen) < 8:
+        seen.add(id(item))
+        message = _one_s3_failure(item)
+        if message is not None:
+            return redact(" ".join(message.split()))
+        item = item.__cause__ or (None if item.__suppress_context__ else item.__context__)
+    return None
+
+
+class cli_errors:  # noqa: N801 - used like a function: @cli_errors("prog") / with cli_errors("prog")
+    """Turn what escapes a command's main() into a one-line, credential-free error.
+
+        @cli_errors("dolmino release")
+        def main(argv=None) -> int: ...
+
+    - an S3 / network failure (see s3_failure_message): `prog: error: <line>`, exit status 2;
+    - an exception of a class in `expected`: `prog: error: <its message>`, exit status 2;
+    - anything else is a bug: its traceback is printed with every credential redacted, then
+      `prog: error: unexpected <Type>: <message>`, exit status 1.
+    As a decorator the wrapped function returns the status; as a context manager it raises
+    SystemExit with it. KeyboardInterrupt and SystemExit pass through untouched.
+    """
+
+    def __init__(self, prog: str, *, expected: tuple[type[BaseException], ...] = ()):
+        self.prog = prog
+        self.expected = expected
+
+    def report(self, exc: BaseException) -> int:
+        message = s3_failure_message(exc)
+        if message is not None:
+            print(f"{self.prog}: error: {message}", file=sys.stderr)
+            return 2
+        if self.expected and isinstance(exc, self.expected):
+            print(f"{self.prog}: error: {redact(' '.join(str(exc).split()))}", file=sys.stderr)
+            return 2
+        import traceback
+
+        sys.stderr.write(redact("".join(traceback.format_exception(exc))))
+        print(f"{self.prog}: error: unexpected {type(exc).__name__}: {redact(' '.join(str(exc).split()))}",
+              file=sys.stderr)
+        return 1
+
+    def __call__(self, func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            try:
+                return func(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - the point: nothing escapes unredacted
+                return self.report(exc)
+        return wrapper
+
+    def __enter__(self) -> cli_errors:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None or not isinstance(exc, Exception):
+            return False
+        raise SystemExit(self.report(exc))
 
 
 def _error_code(exc: BaseException) -> str:
@@ -201,6 +340,20 @@ def iter_keys(bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", ()):
                 yield obj["Key"], int(obj["Size"])
+    except ClientError as exc:
+        if _error_code(exc) == "NoSuchBucket":
+            raise S3PathError(f"s3://{bucket}: bucket does not exist") from None
+        raise
+
+
+def iter_objects(bucket: str, prefix: str) -> Iterator[dict]:
+    """list_objects_v2 entries (Key, Size, LastModified, ...) under `prefix`, in S3's order."""
+    from botocore.exceptions import ClientError
+
+    paginator = client().get_paginator("list_objects_v2")
+    try:
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            yield from page.get("Contents", ())
     except ClientError as exc:
         if _error_code(exc) == "NoSuchBucket":
             raise S3PathError(f"s3://{bucket}: bucket does not exist") from None

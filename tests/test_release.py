@@ -7,6 +7,7 @@ copy, quarantine file) from real text tokenized with dolma2, plus one part large
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -84,17 +85,20 @@ def _publish(build_dir: Path, root: str, name: str, **kw) -> dict:
     return release.publish(str(build_dir), root, name, part_size=PART_SIZE, **kw)
 
 
-def _s3_calls(record: list):
+def _s3_calls(record: list, params_of: dict | None = None):
     """Record (operation, key) of every S3 call the cached client makes (botocore event hook)."""
     def hook(params, model, **_):
         record.append((model.name, params.get("Key")))
+        if params_of is not None:
+            params_of[(model.name, params.get("Key"))] = dict(params)
     return hook
 
 
 def test_publish_list_pull_verify_round_trip(build_dir, root, tmp_path):
     calls: list = []
+    params: dict = {}
     events = s3.client().meta.events
-    hook = _s3_calls(calls)
+    hook = _s3_calls(calls, params)
     events.register("before-parameter-build.s3", hook)
     try:
         record = _publish(build_dir, root, "olmo2-demo-v1")
@@ -109,12 +113,18 @@ def test_publish_list_pull_verify_round_trip(build_dir, root, tmp_path):
     assert record["manifest"]["name"] == "demo" and record["manifest"]["seed"] == 1124
     assert record["dolmino_version"] and record["created"].endswith("Z")
 
-    # RELEASE.json is the last write, after every data object (the big part went multipart).
+    # Objects go under this publish's own prefix; RELEASE.json is the last write, conditional
+    # (If-None-Match: *), after every data object (the big part went multipart).
+    assert record["format"] == "dolmino-release/2"
+    assert record["data_prefix"] == f"data/{record['publish_id']}/"
+    staged = f"mixes/olmo2/olmo2-demo-v1/{record['data_prefix']}"
     writes = [(op, key) for op, key in calls if op in ("PutObject", "CreateMultipartUpload",
                                                          "UploadPart", "CompleteMultipartUpload")]
     assert writes[-1] == ("PutObject", "mixes/olmo2/olmo2-demo-v1/RELEASE.json")
+    assert params[writes[-1]]["IfNoneMatch"] == "*"
     assert sum(1 for op, key in writes if key == "mixes/olmo2/olmo2-demo-v1/RELEASE.json") == 1
-    assert ("CompleteMultipartUpload", "mixes/olmo2/olmo2-demo-v1/part-00001.npy") in writes
+    assert all(key.startswith(staged) for op, key in writes[:-1])
+    assert ("CompleteMultipartUpload", f"{staged}part-00001.npy") in writes
 
     complete, incomplete = release.list_releases(root)
     assert [r["name"] for r in complete] == ["olmo2-demo-v1"] and incomplete == []
@@ -128,6 +138,12 @@ def test_publish_list_pull_verify_round_trip(build_dir, root, tmp_path):
     tokens, rows = read_part(str(dest / "part-00001.npy"))
     assert rows[-1][1] == len(tokens) and tokens[-1] == EOS
     assert [p.name for p in dest.parent.iterdir()] == ["demo"]  # no temp dir left behind
+    # the same modes as a build's files and directories (not mkdtemp's 0700)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [dest, *dest.rglob("*")]:
+        want = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert path.stat().st_mode & 0o777 == want, path
 
     assert release.verify(f"{root}/olmo2-demo-v1") == []
 
@@ -145,21 +161,24 @@ def test_interrupted_publish_is_invisible_then_cleaned_up(build_dir, root, tmp_p
     bucket, _ = s3.split_uri(root)
     uploads = []
 
-    def fail_on_third_upload(params, model, **_):
+    def network_dies_on_third_upload(params, model, **_):
         if model.name in ("PutObject", "CreateMultipartUpload"):
             uploads.append(params["Key"])
-            if len(uploads) == 3:
-                raise ConnectionError("simulated crash half-way through a publish")
+        if len(uploads) >= 3:  # from then on nothing gets through, not even the cleanup
+            raise ConnectionError("simulated network loss half-way through a publish")
 
     events = s3.client().meta.events
-    events.register("before-parameter-build.s3", fail_on_third_upload)
+    events.register("before-parameter-build.s3", network_dies_on_third_upload)
+    messages: list[str] = []
     try:
         with pytest.raises(ConnectionError):
-            _publish(build_dir, root, "v2")
+            _publish(build_dir, root, "v2", log=messages.append)
     finally:
-        events.unregister("before-parameter-build.s3", fail_on_third_upload)
+        events.unregister("before-parameter-build.s3", network_dies_on_third_upload)
+    assert any("could not remove this publish's staged objects" in m for m in messages)
     leftovers = [k for k, _ in s3.iter_keys(bucket, "mixes/olmo2/v2/")]
     assert leftovers and "mixes/olmo2/v2/RELEASE.json" not in leftovers
+    assert all(k.startswith("mixes/olmo2/v2/data/") for k in leftovers)
 
     complete, incomplete = release.list_releases(root)
     assert complete == [] and incomplete == ["v2"]
@@ -173,20 +192,47 @@ def test_interrupted_publish_is_invisible_then_cleaned_up(build_dir, root, tmp_p
     out = capsys.readouterr()
     assert "v2" not in out.out and "ignored 1 incomplete upload(s)" in out.err
 
-    # A stale leftover that the new build does not contain must not end up in the release.
-    s3.client().put_object(Bucket=bucket, Key="mixes/olmo2/v2/part-09999.npy", Body=b"stale")
+    # The leftovers are fresh: another publish may still be running, so they are left alone,
+    # and they are not part of the new release (verify only notes them).
     messages = []
-    _publish(build_dir, root, "v2", log=messages.append)
-    assert any("left by an interrupted publish" in m for m in messages)
-    assert release.verify(f"{root}/v2") == []  # also fails on objects RELEASE.json does not list
-    assert "mixes/olmo2/v2/part-09999.npy" not in [k for k, _ in s3.iter_keys(bucket, "mixes/olmo2/v2/")]
+    record = _publish(build_dir, root, "v2", log=messages.append)
+    assert any("left 1 staged upload(s) alone" in m for m in messages)
+    assert set(leftovers) <= {k for k, _ in s3.iter_keys(bucket, "mixes/olmo2/v2/")}
+    notes: list[str] = []
+    assert release.verify(f"{root}/v2", log=notes.append) == []
+    assert any(f"{len(leftovers)} object(s) under" in n and "belong to no release" in n for n in notes)
+    # Once stale (here: idle for more than 0 s) they are removed; the release's objects never are.
+    assert release.clean(f"{root}/v2", older_than_s=3600) == 0
+    assert release.clean(f"{root}/v2", older_than_s=0) == len(leftovers)
+    remaining = {k for k, _ in s3.iter_keys(bucket, "mixes/olmo2/v2/")}
+    assert remaining == {"mixes/olmo2/v2/RELEASE.json"} | {f"mixes/olmo2/v2/{record['data_prefix']}{e['path']}"
+                                                           for e in record["files"]}
+    assert release.verify(f"{root}/v2") == []
+
+
+def test_publish_removes_stale_leftovers_including_unfinished_multipart_uploads(build_dir, root):
+    bucket, _ = s3.split_uri(root)
+    cl = s3.client()
+    dead = "mixes/olmo2/v8/data/20200101T000000Z-0123456789ab/"
+    cl.put_object(Bucket=bucket, Key=dead + "part-00000.npy", Body=b"stale")
+    upload = cl.create_multipart_upload(Bucket=bucket, Key=dead + "part-00001.npy")
+    cl.upload_part(Bucket=bucket, Key=dead + "part-00001.npy", UploadId=upload["UploadId"], PartNumber=1,
+                   Body=b"x" * 1024)
+    cl.put_object(Bucket=bucket, Key="mixes/olmo2/v8/part-09999.npy", Body=b"loose, from an old-style publish")
+    messages: list[str] = []
+    _publish(build_dir, root, "v8", log=messages.append)  # fresh: left alone
+    assert sum("left 2 staged upload(s) alone" in m for m in messages) == 1
+    assert len(cl.list_multipart_uploads(Bucket=bucket, Prefix=dead).get("Uploads", [])) == 1
+    release.delete(f"{root}/v8", stale_after_s=0)
+    assert list(s3.iter_keys(bucket, "mixes/olmo2/v8/")) == []
+    assert cl.list_multipart_uploads(Bucket=bucket, Prefix="mixes/olmo2/v8/").get("Uploads", []) == []
 
 
 @pytest.mark.parametrize("damage", ["flip_byte", "truncate", "delete"])
 def test_tampered_object_fails_pull_and_verify(build_dir, root, tmp_path, damage):
-    _publish(build_dir, root, "v3")
+    record = _publish(build_dir, root, "v3")
     bucket, _ = s3.split_uri(root)
-    key = "mixes/olmo2/v3/part-00000.csv.gz"
+    key = f"mixes/olmo2/v3/{record['data_prefix']}part-00000.csv.gz"
     cl = s3.client()
     original = cl.get_object(Bucket=bucket, Key=key)["Body"].read()
     if damage == "flip_byte":
@@ -314,3 +360,273 @@ def test_cli_output_never_contains_credentials(build_dir, root, tmp_path, capsys
     for text in outputs:
         for secret in secrets:
             assert secret not in text
+
+
+# ---------------------------------------------------------------- concurrent publishes
+
+
+@pytest.fixture(scope="module")
+def small_builds(tmp_path_factory) -> list[Path]:
+    """Two different finished builds (tiny, so that many publish rounds stay fast)."""
+    builds = []
+    manifest = json.loads((REPO / "manifests" / "demo.json").read_text())
+    for i in range(2):
+        out = tmp_path_factory.mktemp(f"small{i}")
+        tokens = np.arange(1000 * (i + 1), dtype="<u4")
+        tokens.tofile(out / "part-00000.npy")
+        (out / "part-00000.csv.gz").write_bytes(gzip.compress(f"0,{len(tokens)},doc{i},web,w.jsonl:1\n".encode(),
+                                                              mtime=0))
+        (out / "manifest.json").write_text(json.dumps(manifest) + "\n")
+        (out / "report.json").write_text(json.dumps({"output": {"tokens": len(tokens), "docs": 1, "files": 1},
+                                                     "build": i}) + "\n")
+        (out / "report.md").write_text(f"# build {i}\n")
+        builds.append(out)
+    return builds
+
+
+@pytest.fixture
+def atomic_conditional_puts(monkeypatch):
+    """moto checks If-None-Match and then stores the object in two steps, so two requests in
+    flight at once can both pass the check; S3 performs the two atomically. Serializing
+    moto's PutObject handler gives it S3's semantics (the code under test is unchanged)."""
+    import threading
+
+    from moto.s3.responses import S3Response
+
+    lock = threading.Lock()
+    original = S3Response.put_object
+
+    def put_object(self, *args, **kwargs):
+        with lock:
+            return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(S3Response, "put_object", put_object)
+
+
+def _release_keys(bucket: str, key_prefix: str) -> set[str]:
+    return {k for k, _ in s3.iter_keys(bucket, key_prefix)}
+
+
+def _check_single_winner(root: str, name: str, winner: dict, builds: list[Path], tmp_path: Path) -> None:
+    """list shows the winner, verify and pull accept it, and only its objects remain."""
+    bucket, _ = s3.split_uri(root)
+    complete, incomplete = release.list_releases(root)
+    listed = {r["name"]: r for r in complete}
+    assert listed[name]["publish_id"] == winner["publish_id"] and name not in incomplete
+    assert release.verify(f"{root}/{name}") == []
+    dest = tmp_path / f"pulled-{name}"
+    assert release.pull(f"{root}/{name}", str(dest)) == winner
+    got = _files(dest)
+    got.pop("RELEASE.json")
+    assert got in [_files(b) for b in builds]
+    assert json.loads(got["report.json"])["build"] == json.loads(
+        next(_files(b) for b in builds if _files(b) == got)["report.json"])["build"]
+    prefix = f"mixes/olmo2/{name}/"
+    assert _release_keys(bucket, prefix) == {prefix + "RELEASE.json"} | {
+        f"{prefix}{winner['data_prefix']}{e['path']}" for e in winner["files"]}
+
+
+@pytest.mark.slow
+def test_concurrent_publishes_of_one_name_have_exactly_one_winner(small_builds, root, tmp_path,
+                                                                  atomic_conditional_puts):
+    """Issue 13.4: two publishes of different builds under one name at the same time, 20 rounds.
+
+    In even rounds both publishers are held at a barrier just before writing RELEASE.json, so
+    the two conditional writes race for real; in odd rounds they run freely.
+    """
+    import threading
+
+    events = s3.client().meta.events
+    for rnd in range(20):
+        name = f"race-{rnd}"
+        barrier = threading.Barrier(2, timeout=60) if rnd % 2 == 0 else None
+
+        def at_commit(params, model, **_):
+            if barrier is not None and model.name == "PutObject" and params["Key"].endswith(f"/{name}/RELEASE.json"):
+                barrier.wait()
+
+        results: dict[int, object] = {}
+
+        def run(i: int) -> None:
+            try:
+                results[i] = release.publish(str(small_builds[i]), root, name)
+            except Exception as exc:  # noqa: BLE001 - recorded and checked below
+                results[i] = exc
+
+        events.register("before-parameter-build.s3", at_commit)
+        try:
+            threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+        finally:
+            events.unregister("before-parameter-build.s3", at_commit)
+        winners = [r for r in results.values() if isinstance(r, dict)]
+        losers = [r for r in results.values() if not isinstance(r, dict)]
+        assert len(winners) == 1 and len(losers) == 1, results
+        assert isinstance(losers[0], release.ReleaseExistsError), repr(losers[0])
+        message = str(losers[0])
+        assert "another publish of this name committed first" in message or "already exists" in message
+        if barrier is not None:
+            assert winners[0]["publish_id"] in message and "removed again" in message
+        _check_single_winner(root, name, winners[0], small_builds, tmp_path)
+
+
+@pytest.mark.slow
+def test_concurrent_publish_commands_loser_exits_2_with_a_clear_message(small_builds, root, tmp_path,
+                                                                        atomic_conditional_puts):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for rnd in range(2):
+        name = f"cli-race-{rnd}"
+        procs = [subprocess.Popen([sys.executable, "-m", "dolmino.release", "publish", str(build), root,
+                                   "--name", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                  text=True, cwd=REPO) for build in small_builds]
+        outcomes = [(p.wait(120), *p.communicate()) for p in procs]
+        codes = sorted(code for code, _, _ in outcomes)
+        assert codes == [0, 2], outcomes
+        _, out, err = next(o for o in outcomes if o[0] == 2)
+        assert err.startswith(f"release: error: {root}/{name}: ") and len(err.strip().splitlines()) == 1
+        assert "another publish of this name committed first" in err or "already exists" in err
+        assert "Traceback" not in err
+        winner = release.read_release(f"{root}/{name}")
+        _check_single_winner(root, name, winner, small_builds, tmp_path)
+
+
+def test_store_that_ignores_if_none_match_still_ends_consistent(small_builds, root, tmp_path):
+    """Some S3-compatible stores ignore If-None-Match: both writes land, the last one stays.
+    Each publisher reads RELEASE.json back after writing it; the one whose record was
+    overwritten removes its own objects and fails, so exactly one wins here too."""
+    import threading
+
+    events = s3.client().meta.events
+    for rnd in range(3):
+        name = f"no-cas-{rnd}"
+        before_put, before_read_back = threading.Barrier(2, timeout=60), threading.Barrier(2, timeout=60)
+        state = threading.local()
+
+        def store_without_conditions(params, model, **_):
+            if params.get("Key", "").endswith(f"/{name}/RELEASE.json"):
+                if model.name == "PutObject":
+                    params.pop("IfNoneMatch", None)
+                    before_put.wait()
+                    state.put = True
+                elif model.name == "GetObject" and getattr(state, "put", False):
+                    state.put = False
+                    before_read_back.wait()  # both writes have landed before either reads back
+
+        results: dict[int, object] = {}
+
+        def run(i: int) -> None:
+            try:
+                results[i] = release.publish(str(small_builds[i]), root, name)
+            except Exception as exc:  # noqa: BLE001 - recorded and checked below
+                results[i] = exc
+
+        events.register("before-parameter-build.s3", store_without_conditions)
+        try:
+            threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+        finally:
+            events.unregister("before-parameter-build.s3", store_without_conditions)
+        winners = [r for r in results.values() if isinstance(r, dict)]
+        losers = [r for r in results.values() if not isinstance(r, dict)]
+        assert len(winners) == 1 and len(losers) == 1, results
+        assert "another publish of this name committed first" in str(losers[0])
+        _check_single_winner(root, name, winners[0], small_builds, tmp_path)
+
+
+# ---------------------------------------------------------------- secrets and unreachable endpoints
+
+
+def test_unreachable_endpoint_with_userinfo_never_prints_it(build_dir, s3_server, tmp_path, capsys, monkeypatch):
+    """Issue 13.5: AWS_ENDPOINT_URL_S3=http://user:pass@127.0.0.1:<closed port>."""
+    import socket
+    import subprocess
+    import sys
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://dolminouser:hunter2secret@127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    root = "s3://some-bucket/mixes"
+    commands = [["publish", str(build_dir), root, "--name", "v1"], ["list", root],
+                ["pull", f"{root}/v1", str(tmp_path / "dest")], ["verify", f"{root}/v1"],
+                ["delete", f"{root}/v1", "--yes"], ["clean", f"{root}/v1"]]
+    for argv in commands:
+        assert release.main(argv) == 2, argv
+        captured = capsys.readouterr()
+        text = captured.out + captured.err
+        assert captured.err.startswith("release: error: cannot reach the S3 endpoint"), (argv, text)
+        assert len(captured.err.strip().splitlines()) == 1
+        assert "hunter2secret" not in text and "dolminouser" not in text, text
+        assert f"127.0.0.1:{port}" in text  # the redacted message still says where
+    proc = subprocess.run([sys.executable, "-m", "dolmino.release", "list", root], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=120)
+    assert proc.returncode == 2 and "hunter2secret" not in proc.stdout + proc.stderr
+    assert proc.stderr.startswith("release: error: cannot reach the S3 endpoint")
+    assert not (tmp_path / "dest").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_progress_bar_counts_bytes_and_files_and_is_off_without_a_terminal(small_builds, root, tmp_path, capsys):
+    record = release.publish(str(small_builds[0]), root, "progress", progress=True)
+    n = len(record["files"])
+    err = capsys.readouterr().err
+    assert "publish progress" in err and f"{n}/{n} files" in err and "B/s" in err
+    release.pull(f"{root}/progress", str(tmp_path / "p"), progress=True)
+    err = capsys.readouterr().err
+    assert "pull progress" in err and f"{n}/{n} files" in err
+    # the command decides by whether stderr is a terminal: here it is not, so no bar
+    assert release.main(["verify", f"{root}/progress"]) == 0
+    captured = capsys.readouterr()
+    assert "files" not in captured.err and "B/s" not in captured.err and "all objects match" in captured.out
+
+
+@pytest.mark.parametrize("failure", ["412_on_retry", "lost_response"])
+def test_an_error_after_our_commit_landed_never_removes_the_release(small_builds, root, failure):
+    """botocore retries a PUT whose response was lost: the retry gets 412 from our own
+    RELEASE.json. Or the response is lost for good. Either way the committed objects stay."""
+    from botocore.exceptions import ClientError
+
+    name = f"landed-{failure}"
+    fired = []
+
+    def after_commit(http_response, parsed, model, **kwargs):
+        if model.name == "PutObject" and not fired and kwargs["context"].get("commit_key"):
+            fired.append(True)
+            if failure == "412_on_retry":
+                raise ClientError({"Error": {"Code": "PreconditionFailed", "Message": "At least one of the "
+                                             "pre-conditions you specified did not hold"},
+                                   "ResponseMetadata": {"HTTPStatusCode": 412}}, "PutObject")
+            raise ConnectionError("connection reset after the request was sent")
+
+    def mark(params, model, context, **_):
+        if model.name == "PutObject" and params["Key"].endswith(f"/{name}/RELEASE.json"):
+            context["commit_key"] = True
+
+    events = s3.client().meta.events
+    events.register("before-parameter-build.s3", mark)
+    events.register("after-call.s3", after_commit)
+    messages: list[str] = []
+    try:
+        if failure == "412_on_retry":
+            record = release.publish(str(small_builds[0]), root, name, log=messages.append)
+        else:
+            with pytest.raises(ConnectionError):
+                release.publish(str(small_builds[0]), root, name, log=messages.append)
+            assert any("this publish was committed" in m for m in messages)
+            record = release.read_release(f"{root}/{name}")
+    finally:
+        events.unregister("before-parameter-build.s3", mark)
+        events.unregister("after-call.s3", after_commit)
+    assert fired
+    assert release.verify(f"{root}/{name}") == []
+    assert release.read_release(f"{root}/{name}")["publish_id"] == record["publish_id"]

@@ -214,3 +214,115 @@ def test_redact_removes_known_and_lookalike_credentials(s3_server):
     for leaked in (key, secret, token, "AKIAIOSFODNN7EXAMPLE", "abc123", "pa55word", "AWS4-HMAC"):
         assert leaked not in clean
     assert "SignatureDoesNotMatch" in clean and "minio.local:9000/b" in clean
+
+
+def test_gzip_with_trailing_garbage_on_s3_counts_unreadable_bytes(bucket):
+    """The byte count comes from the object's size (smart_open seeks to the end), not a guess."""
+    import gzip
+
+    docs = _real_docs("web.jsonl.zst", 30)
+    payload = b"".join(json.dumps(d).encode() + b"\n" for d in docs)
+    junk = b"trailing garbage " * 1000
+    _put(bucket, "junk.jsonl.gz", gzip.compress(payload) + junk)
+    quarantine = Quarantine()
+    kept = list(read_documents(f"s3://{bucket}/junk.jsonl.gz", quarantine))
+    assert [d["id"] for _, d in kept] == [d["id"] for d in docs]
+    assert dict(quarantine.counts) == {"corrupt_stream": 1} and quarantine.unreadable_bytes == len(junk)
+
+
+# ---------------------------------------------------------------- failure messages
+
+
+def _client_error(code: str, status: int, op: str = "GetObject", message: str = ""):
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}}, op)
+
+
+def test_s3_failure_message_covers_s3_and_network_failures(s3_server, monkeypatch):
+    from botocore import exceptions as bex
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://someone:pa%24%24word@minio.local:9000")
+    url = "http://someone:pa%24%24word@minio.local:9000/bucket/key"
+    cases = {
+        _client_error("NoSuchBucket", 404, message="The specified bucket does not exist"): "bucket does not exist",
+        _client_error("404", 404, op="HeadBucket"): "bucket does not exist",
+        _client_error("AccessDenied", 403, message="Access Denied"): "AccessDenied (403): access denied",
+        _client_error("403", 403, op="HeadBucket"): "access denied",
+        _client_error("InvalidAccessKeyId", 403): "credentials were rejected",
+        _client_error("SignatureDoesNotMatch", 403, message=f"sig {S3_TEST_CREDENTIALS['AWS_SECRET_ACCESS_KEY']}"):
+            "SignatureDoesNotMatch (403)",
+        _client_error("SlowDown", 503, message="Please reduce your request rate."): "SlowDown (503)",
+        bex.NoCredentialsError(): "no usable S3 credentials",
+        bex.EndpointConnectionError(endpoint_url=url): "cannot reach the S3 endpoint",
+        bex.ConnectTimeoutError(endpoint_url=url): "cannot reach the S3 endpoint",
+        bex.ReadTimeoutError(endpoint_url=url): "cannot reach the S3 endpoint",
+        s3.S3PathError("s3://b: bucket does not exist"): "s3://b: bucket does not exist",
+        ConnectionRefusedError(111, "Connection refused"): "network failure",
+        TimeoutError("timed out"): "network failure",
+    }
+    for exc, expected in cases.items():
+        message = s3.s3_failure_message(exc)
+        assert message is not None and expected in message, (exc, message)
+        assert "\n" not in message
+        for secret in ("pa%24%24word", "pa$$word", "someone:", *S3_TEST_CREDENTIALS.values()):
+            assert secret not in message, (exc, message)
+    assert "minio.local:9000" in s3.s3_failure_message(bex.EndpointConnectionError(endpoint_url=url))
+    # not S3 failures
+    for exc in (ValueError("bad value"), KeyError("k"), FileExistsError("x"), RuntimeError("boom")):
+        assert s3.s3_failure_message(exc) is None
+    # a wrapper raised from an S3 failure is that failure
+    try:
+        try:
+            raise bex.EndpointConnectionError(endpoint_url=url)
+        except bex.EndpointConnectionError as inner:
+            raise RuntimeError("while listing inputs") from inner
+    except RuntimeError as outer:
+        assert "cannot reach the S3 endpoint" in s3.s3_failure_message(outer)
+
+
+def test_redact_covers_endpoint_userinfo_in_every_form(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://user:s3cr%40t-pass@127.0.0.1:9/")
+    for text in ('Could not connect to the endpoint URL: "http://user:s3cr%40t-pass@127.0.0.1:9/b?list-type=2"',
+                 "https://token-only@host/x", "'http://user:s3cr@t-pass@127.0.0.1:9'", "password s3cr@t-pass alone"):
+        clean = s3.redact(text)
+        assert "s3cr" not in clean and "token-only" not in clean, clean
+    assert s3.redact("write to a@b.com or s3://bucket/key") == "write to a@b.com or s3://bucket/key"
+
+
+def test_cli_errors_decorator_and_context_manager(s3_server, capsys, monkeypatch):
+    from botocore import exceptions as bex
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://u:topsecret@127.0.0.1:1")
+    url = "http://u:topsecret@127.0.0.1:1/b"
+
+    @s3.cli_errors("tool", expected=(KeyError,))
+    def main(kind: str) -> int:
+        if kind == "s3":
+            raise bex.EndpointConnectionError(endpoint_url=url)
+        if kind == "expected":
+            raise KeyError(f"no such thing at {url}")
+        if kind == "bug":
+            raise ZeroDivisionError(f"oops near {url} {S3_TEST_CREDENTIALS['AWS_SECRET_ACCESS_KEY']}")
+        return 0
+
+    assert main("ok") == 0
+    assert main("s3") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tool: error: cannot reach the S3 endpoint") and err.count("\n") == 1
+    assert main("expected") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tool: error: ") and "no such thing" in err and "Traceback" not in err
+    assert main("bug") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError" in err
+    assert err.strip().splitlines()[-1].startswith("tool: error: unexpected ZeroDivisionError: oops near")
+    for text in (err,):
+        assert "topsecret" not in text and S3_TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in text
+    with pytest.raises(SystemExit) as info:
+        with s3.cli_errors("tool"):
+            raise bex.NoCredentialsError()
+    assert info.value.code == 2 and "no usable S3 credentials" in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt):  # not an error to report
+        with s3.cli_errors("tool"):
+            raise KeyboardInterrupt
