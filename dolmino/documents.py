@@ -93,6 +93,7 @@ class Quarantine:
     counts: Counter = field(default_factory=Counter)
     keep_records: bool = True
     unreadable_bytes: int = 0
+    lines: int = 0  # lines read (blank and refused ones included), see read_documents
 
     def add(self, path: str, line: int, reason: str, detail: str, raw: bytes, *,
             size: int | None = None, unreadable_bytes: int = 0) -> None:
@@ -105,6 +106,7 @@ class Quarantine:
     def merge(self, other: Quarantine) -> None:
         self.counts.update(other.counts)
         self.unreadable_bytes += other.unreadable_bytes
+        self.lines += other.lines
         if self.keep_records:
             self.records.extend(other.records)
 
@@ -487,17 +489,60 @@ def _split_lines(chunks: Iterable[bytes], max_line_bytes: int | None) -> Iterato
         yield b"".join(parts).rstrip(b"\r")
 
 
-def iter_lines(path: str, max_line_bytes: int | None = None) -> Iterator[bytes]:
+def _range_chunks(raw: IO[bytes], start: int, end: int) -> Iterator[bytes]:
+    """The bytes of the lines of an uncompressed file that start in [start, end).
+
+    A line belongs to the range in which it starts (as in Hadoop's TextInputFormat), so
+    ranges tile a file: reading starts after the first newline at or after `start - 1` and
+    stops after the first newline at or after `end - 1`."""
+    pos = max(start - 1, 0)
+    raw.seek(pos)
+    pending = b""
+    if start > 0:
+        while True:
+            chunk = raw.read(1 << 20)
+            if not chunk:
+                return
+            nl = chunk.find(b"\n")
+            if nl >= 0:
+                pos += nl + 1
+                pending = chunk[nl + 1:]
+                break
+            pos += len(chunk)
+    while pos < end:
+        if not pending:
+            pending = raw.read(1 << 20)
+            if not pending:
+                return
+        # the first newline at or after end - 1 ends the range
+        nl = pending.find(b"\n", max(end - 1 - pos, 0))
+        if nl >= 0:
+            yield pending[:nl + 1]
+            return
+        yield pending
+        pos += len(pending)
+        pending = b""
+
+
+def iter_lines(path: str, max_line_bytes: int | None = None,
+               byte_range: tuple[int, int] | None = None) -> Iterator[bytes]:
     """Raw lines (without the newline) of a possibly compressed file.
 
     With `max_line_bytes`, a longer line comes out as an `OversizeLine` (its head and size)
     and memory stays bounded whatever the file holds. A compressed stream that breaks raises
     CorruptStreamError after every complete line before the break has been yielded; the
     decoded bytes after the last newline are on the exception as `partial_line`.
+    `byte_range=(start, end)` reads only the lines starting in that range of an
+    uncompressed file (see `_range_chunks`).
     """
     path = str(path)
     chunks = _chunk_reader(path)
     with open_binary(path) as raw:
+        if byte_range is not None:
+            if chunks is not _plain_chunks:
+                raise DocumentFormatError(f"{path}: a compressed file can only be read whole, not by byte range")
+            yield from _split_lines(_range_chunks(raw, *byte_range), max_line_bytes)
+            return
         yield from _split_lines(chunks(raw), max_line_bytes)
 
 
@@ -602,8 +647,8 @@ def parse_line(raw: bytes) -> tuple[dict | None, str, str]:
     return doc, "", ""
 
 
-def read_documents(path: str, quarantine: Quarantine, *,
-                   max_doc_bytes: int | None = DEFAULT_MAX_DOC_BYTES) -> Iterator[tuple[int, dict]]:
+def read_documents(path: str, quarantine: Quarantine, *, max_doc_bytes: int | None = DEFAULT_MAX_DOC_BYTES,
+                   byte_range: tuple[int, int] | None = None) -> Iterator[tuple[int, dict]]:
     """Yield (1-based line number, document) for every good line; bad lines go to `quarantine`.
 
     Blank lines are not documents and are skipped without being counted. A line longer than
@@ -611,12 +656,14 @@ def read_documents(path: str, quarantine: Quarantine, *,
     memory. A compressed stream that breaks part-way keeps every document before the break
     and ends with one `corrupt_stream` record (the cut line, if any, and the number of
     unreadable compressed bytes). A missing file raises FileNotFoundError, and a read error
-    of the storage itself raises too: neither is a property of the data.
+    of the storage itself raises too: neither is a property of the data. With `byte_range`,
+    only the lines starting in that range are read, numbered from 1; `quarantine.lines`
+    grows by the number of lines read (the next range's numbering starts after them).
     """
     path = str(path)
     line_no = 0
     try:
-        for line_no, raw in enumerate(iter_lines(path, max_doc_bytes), start=1):
+        for line_no, raw in enumerate(iter_lines(path, max_doc_bytes, byte_range), start=1):
             if type(raw) is OversizeLine:
                 quarantine.add(path, line_no, "doc_too_large",
                                f"line of {raw.size:,} bytes exceeds the limit of {max_doc_bytes:,}",
@@ -642,6 +689,7 @@ def read_documents(path: str, quarantine: Quarantine, *,
         detail = str(exc) + (f"; line cut at {size:,} bytes" if size else "")
         quarantine.add(path, line_no + 1, "corrupt_stream", detail, bytes(partial), size=size,
                        unreadable_bytes=exc.unreadable_bytes)
+    quarantine.lines += line_no
 
 
 class DuplicateIds:

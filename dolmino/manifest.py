@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dolmino.documents import DEFAULT_MAX_DOC_BYTES
 from dolmino.errors import ManifestError
 
 SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
@@ -29,6 +30,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Table 13's mix percentages are rounded, so their sum is 99.94-100.01; beyond this the
 # manifest is probably wrong.
 MIX_SUM_TOLERANCE = 0.5
+# A document of more dolma2 tokens than this is refused (`doc_too_long`): tokenizer memory grows
+# with the document, and no training instance needs millions of tokens of one text.
+DEFAULT_MAX_DOC_TOKENS = 4 << 20
 
 
 def parse_count(value: Any, where: str) -> int:
@@ -77,6 +81,9 @@ class SourceSpec:
     filters: tuple[dict, ...] = ()
     dedup: DedupConfig = field(default_factory=DedupConfig)
     description: str = ""
+    # Documents above these sizes are refused with a counted reason (dolmino.documents, the build).
+    max_doc_bytes: int | None = DEFAULT_MAX_DOC_BYTES
+    max_doc_tokens: int | None = DEFAULT_MAX_DOC_TOKENS
 
 
 @dataclass(frozen=True)
@@ -201,7 +208,7 @@ def _parse_filters(value: Any, where: str, base_dir: str | None = None) -> tuple
 def _parse_source(obj: Any, where: str, base_dir: str | None = None) -> SourceSpec:
     _expect(isinstance(obj, dict), where, "expected an object")
     allowed = {"name", "paths", "mix_percent", "format", "source_percent", "pool_tokens",
-               "pool_docs", "filters", "dedup", "description"}
+               "pool_docs", "filters", "dedup", "description", "max_doc_bytes", "max_doc_tokens"}
     _check_keys(obj, allowed, {"name", "paths", "mix_percent"}, where)
     name = _string(obj["name"], f"{where}.name")
     _expect(bool(_NAME_RE.match(name)), f"{where}.name", f"use letters, digits, '_', '-', '.': {name!r}")
@@ -220,9 +227,11 @@ def _parse_source(obj: Any, where: str, base_dir: str | None = None) -> SourceSp
     pool_docs = parse_count(obj["pool_docs"], f"{where}.pool_docs") if "pool_docs" in obj else None
     description = obj.get("description", "")
     _expect(isinstance(description, str), f"{where}.description", "expected a string")
+    limits = {key: parse_count(obj[key], f"{where}.{key}") for key in ("max_doc_bytes", "max_doc_tokens")
+              if key in obj}
     return SourceSpec(
         name=name, paths=tuple(paths), mix_percent=mix, format=fmt, source_percent=src_pct,
-        pool_tokens=pool_tokens, pool_docs=pool_docs,
+        pool_tokens=pool_tokens, pool_docs=pool_docs, **limits,
         filters=_parse_filters(obj.get("filters", []), f"{where}.filters", base_dir),
         dedup=_parse_dedup(obj.get("dedup"), f"{where}.dedup"), description=description,
     )

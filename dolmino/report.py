@@ -101,7 +101,7 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
             "name": source.name, "files": acc["files"], "docs_in": acc["docs_in"], "bytes_in": acc["bytes_in"],
             "quarantined": dict(sorted(acc["quarantined"].items())),
             "removed": dict(sorted(acc["removed"].items())),
-            "duplicate_ids": acc["duplicate_ids"],
+            "duplicate_ids": acc["duplicate_ids"], "unreadable_bytes": acc["unreadable_bytes"],
             "kept_docs": acc["kept_docs"], "kept_bytes": acc["kept_bytes"],
             "pool_tokens": pool_tokens, "pool_tokens_exact": exact,
             "pool_tokens_manifest": source.pool_tokens,

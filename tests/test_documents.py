@@ -488,3 +488,39 @@ def test_decompression_bomb_stays_in_bounded_memory(tmp_path, suffix):
         tracemalloc.stop()
     assert ids == ["ok"] and dict(q.counts) == {"doc_too_large": 1} and q.records[0].size == 256 << 20
     assert peak < 16 << 20, f"peak {peak:,} bytes"
+
+
+def test_byte_ranges_tile_a_plain_file(tmp_path):
+    """Lines belong to the range in which they start: any cut into ranges reads every line once,
+    oversize lines included, exactly as the whole-file read does."""
+    import random
+
+    from dolmino.documents import OversizeLine, iter_lines
+
+    rng = random.Random(0)
+    for trial in range(300):
+        lines = [("x" * rng.choice([0, 1, 2, 5, 30]) + ("\r" if rng.random() < 0.1 else "")).encode()
+                 for _ in range(rng.randint(0, 40))]
+        data = b"\n".join(lines) + (b"\n" if rng.random() < 0.5 else b"")
+        path = tmp_path / f"t{trial}.jsonl"
+        path.write_bytes(data)
+        whole = list(iter_lines(str(path), 8))
+        step = rng.randint(1, 20)
+        pieces = [line for start in range(0, max(len(data), 1), step)
+                  for line in iter_lines(str(path), 8, (start, min(len(data), start + step)))]
+        assert pieces == whole, (trial, data, step)
+        assert [type(x) is OversizeLine for x in pieces] == [type(x) is OversizeLine for x in whole]
+
+
+def test_read_documents_counts_lines_of_a_range(tmp_path):
+    path = tmp_path / "r.jsonl"
+    docs = [json.dumps({"id": str(i), "text": f"doc {i}"}) for i in range(10)]
+    data = ("\n".join(docs[:4]) + "\n\n" + "\n".join(docs[4:]) + "\n").encode()
+    path.write_bytes(data)
+    cut = data.index(b"\n", len(data) // 2) + 3  # inside a line: that line belongs to the first range
+    first, second = Quarantine(), Quarantine()
+    a = [(n, d["id"]) for n, d in read_documents(str(path), first, byte_range=(0, cut))]
+    b = [(n, d["id"]) for n, d in read_documents(str(path), second, byte_range=(cut, len(data)))]
+    whole = [(n, d["id"]) for n, d in read_documents(str(path), Quarantine())]
+    assert first.lines + second.lines == 11
+    assert a + [(n + first.lines, i) for n, i in b] == whole

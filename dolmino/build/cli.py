@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from dolmino.errors import BuildError, ManifestError
@@ -88,33 +89,36 @@ def prepare(args: argparse.Namespace, phase: str):
     return manifest, options
 
 
-def _failure(exc: BaseException) -> str | None:
-    """A one-line, credential-free message for S3 and network failures."""
-    from dolmino import s3
+# Exceptions raised in an executor reach the driver inside a Py4J error whose text holds the
+# executor's Python traceback; these are the ones that are the data's or the storage's fault.
+_EXECUTOR_ERRORS = re.compile(
+    r"^(?:dolmino\.errors\.)?(BuildError|ManifestError|FileNotFoundError|S3PathError|PermissionError"
+    r"|botocore\.exceptions\.\w+|EndpointConnectionError|NoCredentialsError|ClientError): (.*)$", re.MULTILINE)
 
-    message = getattr(s3, "s3_failure_message", None)
-    if message is not None:
-        return message(exc)
-    name = type(exc).__module__
-    if name.startswith(("botocore", "boto3", "urllib3")) or isinstance(exc, s3.S3PathError):
-        return s3.describe_error(exc)
-    return None
+
+def executor_failure(exc: BaseException) -> str | None:
+    """One line for a known failure raised inside an executor (None when it is something else)."""
+    from dolmino.s3 import redact
+
+    if type(exc).__name__ not in ("Py4JJavaError", "PythonException"):
+        return None
+    found = _EXECUTOR_ERRORS.findall(str(exc))
+    if not found:
+        return None
+    name, message = found[-1]
+    return redact(f"in an executor: {name.rsplit('.', 1)[-1]}: {message.strip()}")
 
 
 def main(argv: list[str] | None = None, phase: str = "all") -> int:
+    from dolmino.s3 import cli_errors
+
     args = parse_args(argv, phase)
     prog = PHASES[phase][0]
+    errors = cli_errors(prog, expected=(ManifestError, BuildError))
     try:
         manifest, options = prepare(args, phase)
-    except (ManifestError, BuildError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - S3 failures become one redacted line
-        text = _failure(exc)
-        if text is None:
-            raise
-        print(f"{prog}: error: {text}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # noqa: BLE001 - one redacted line (cli_errors)
+        return errors.report(exc)
     from dolmino.build.mix import run_build
     from dolmino.build.spark import make_spark
 
@@ -122,15 +126,12 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
     spark.sparkContext.setLogLevel("WARN")
     try:
         result = run_build(manifest, options, spark)
-    except (BuildError, ManifestError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
     except Exception as exc:  # noqa: BLE001
-        text = _failure(exc)
-        if text is None:
-            raise
-        print(f"{prog}: error: {text}", file=sys.stderr)
-        return 2
+        text = executor_failure(exc)
+        if text is not None:
+            print(f"{prog}: error: {text}", file=sys.stderr)
+            return 2
+        return errors.report(exc)
     finally:
         spark.stop()
     for warning in result.get("warnings", []):

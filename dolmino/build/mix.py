@@ -21,7 +21,7 @@ from dolmino.build.inputs import DEFAULT_SPLIT_BYTES, DEFAULT_TASK_BYTES, group_
 from dolmino.build.progress import Stage
 from dolmino.build.resources import file_params, stage
 from dolmino.build.select import (
-    PoolContext, PoolDoc, SourceSelection, UnitPool, dedup, finish, greedy_short, initial_selection, pool_unit, refill,
+    PoolContext, PoolDoc, SourceSelection, UnitIds, UnitPool, dedup, duplicate_ids, finish, greedy_short, initial_selection, pool_unit, refill,
     slim, split_targets, tokens_per_byte, widen,
 )
 from dolmino.build.spark import cluster_info, forward_environment, is_local, persisted_bytes
@@ -136,6 +136,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
                    .flatMap(lambda g: _pool_group(g, pool_ctx, counters)))
         records.persist(StorageLevel.MEMORY_AND_DISK)
         unit_pools: list[UnitPool] = records.filter(lambda r: isinstance(r, UnitPool)).collect()
+        repeated_ids = duplicate_ids(records.filter(lambda r: isinstance(r, UnitIds)))
         state.persisted["pool"] = persisted_bytes(sc, records)
         eligible, dedup_removed = dedup(records.filter(lambda r: isinstance(r, PoolDoc)), manifest.sources)
         eligible = eligible.map(slim)
@@ -146,12 +147,14 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     state.stages["pool"] = st.record
     records.unpersist()
     sources = _source_accounts(manifest, unit_pools, dedup_removed, bucket_rows)
+    for si, n in repeated_ids.items():
+        sources[si]["duplicate_ids"] = n
 
     # ---- selection: tokenize what the mix may take, cut exactly
     task_of = sc.broadcast(_task_partitioner(groups))
     tok_ctx = sc.broadcast(TokContext(
-        store, tagged.plans, _token_filters(manifest), resources, {u.index: u for u in units}, tagged.first_lines,
-        tokenizer))
+        store, tagged.plans, _token_filters(manifest), tuple(s.max_doc_tokens for s in manifest.sources), resources,
+        {u.index: u for u in units}, tagged.first_lines, tokenizer))
     saved = output.read_json(options.out, output.PLAN_FILE)
     resume = bool(saved and saved.get("plan") == plan_hash)
     done = output.committed_parts(options.out, plan_hash, num_parts) if resume else {}
@@ -284,13 +287,13 @@ def _source_accounts(manifest: Manifest, unit_pools: list[UnitPool], dedup_remov
     accounts = []
     for si, source in enumerate(manifest.sources):
         acc = {"name": source.name, "docs_in": 0, "bytes_in": 0, "quarantined": {}, "removed": {}, "files": 0,
-               "duplicate_ids": 0, "sample_bytes": 0, "sample_tokens": 0, "sample_docs": 0, "kept_docs": 0,
+               "duplicate_ids": 0, "unreadable_bytes": 0, "sample_bytes": 0, "sample_tokens": 0, "sample_docs": 0, "kept_docs": 0,
                "kept_bytes": 0, "filter_reports": {}, "bucket_docs": {}, "bucket_bytes": {}}
         accounts.append(acc)
     for up in unit_pools:
         acc = accounts[up.source_index]
         st = up.stats
-        for key in ("docs_in", "bytes_in", "files", "duplicate_ids", "sample_bytes", "sample_tokens", "sample_docs",
+        for key in ("docs_in", "bytes_in", "files", "unreadable_bytes", "sample_bytes", "sample_tokens", "sample_docs",
                     "kept_docs", "kept_bytes"):
             acc[key] += st[key]
         for reason, n in st["quarantined"].items():

@@ -65,6 +65,20 @@ class UnitPool(NamedTuple):
     filter_reports: dict  # "filters[i].<type>" -> mergeable report (decontamination hits)
 
 
+class UnitIds(NamedTuple):
+    """64-bit hashes of every document id of a unit: duplicate ids across files are counted
+    with one small shuffle (within a unit the tag phase already counted them)."""
+
+    source_index: int
+    hashes: bytes  # little-endian uint64
+
+
+def id_hash(doc_id: str) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
 class PoolContext(NamedTuple):
     store: AttributeStore
     plans: tuple  # tag.SourceTagPlan per source
@@ -84,7 +98,17 @@ def _rows(table) -> list[dict]:
     return table.to_pylist()
 
 
-def pool_unit(unit: Unit, ctx: PoolContext) -> Iterator[PoolDoc | UnitPool]:
+def duplicate_ids(records) -> dict[int, int]:
+    """{source index: documents whose id occurred before in the same source} (any unit)."""
+    import numpy as np
+
+    pairs = records.flatMap(lambda r: ((r.source_index, h) for h in np.frombuffer(r.hashes, dtype="<u8").tolist()))
+    return dict(pairs.map(lambda p: (p, 1)).reduceByKey(lambda a, b: a + b)
+                .filter(lambda kv: kv[1] > 1).map(lambda kv: (kv[0][0], kv[1] - 1))
+                .reduceByKey(lambda a, b: a + b).collect())
+
+
+def pool_unit(unit: Unit, ctx: PoolContext) -> Iterator[PoolDoc | UnitPool | UnitIds]:
     from filters.base import decide
     from filters.dedup import document_key
     from filters.registry import build_filter
@@ -135,6 +159,9 @@ def pool_unit(unit: Unit, ctx: PoolContext) -> Iterator[PoolDoc | UnitPool]:
         report = getattr(filt, "report", None)
         if report is not None and hasattr(report, "merge") and hasattr(report, "to_dict"):
             reports[f"filters[{index}].{filt.name}"] = report
+    import numpy as np
+
+    yield UnitIds(si, np.asarray([id_hash(i) for i in cols["id"]], dtype="<u8").tobytes())
     docs_in = stats["docs"] + sum(stats["quarantined"].values()) + sum(stats["removed"].values())
     for reason, n in stats["removed"].items():  # removed while reading (Stack Exchange rules): no bytes
         removed.setdefault(reason, [0, 0])[0] += n
@@ -142,7 +169,7 @@ def pool_unit(unit: Unit, ctx: PoolContext) -> Iterator[PoolDoc | UnitPool]:
         "docs_in": docs_in, "bytes_in": stats["bytes"], "quarantined": stats["quarantined"],
         "removed": removed, "kept_docs": kept_docs, "kept_bytes": kept_bytes,
         "files": int(not unit.is_range or unit.start == 0),
-        "duplicate_ids": stats.get("duplicate_ids", 0), "sample_bytes": stats["sample_bytes"],
+        "unreadable_bytes": stats.get("unreadable_bytes", 0), "sample_bytes": stats["sample_bytes"],
         "sample_tokens": stats["sample_tokens"], "sample_docs": stats["sample_docs"]}, reports)
 
 

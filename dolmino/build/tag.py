@@ -38,7 +38,7 @@ from dolmino.build.attributes import (
 from dolmino.build.inputs import Unit
 from dolmino.build.read import read_unit
 from dolmino.build.resources import Resource, keyed_spec, localized_spec
-from dolmino.documents import Quarantine, QuarantineRecord, write_documents, write_quarantine
+from dolmino.documents import Quarantine, QuarantineRecord, write_documents
 from dolmino.errors import BuildError
 from dolmino.manifest import Manifest
 
@@ -58,6 +58,7 @@ class FilterTag(NamedTuple):
 class SourceTagPlan(NamedTuple):
     name: str
     format: str
+    max_doc_bytes: int | None
     docs_set: str
     filters: tuple[FilterTag, ...]  # the chain's tagging filters (not those that need tokens)
     minhash_set: str | None
@@ -100,6 +101,7 @@ class UnitStats:
     docs: int = 0
     bytes: int = 0
     quarantined: Counter = field(default_factory=Counter)
+    unreadable_bytes: int = 0  # compressed bytes of a broken stream that yielded nothing
     removed: Counter = field(default_factory=Counter)  # removed while reading (Stack Exchange rules)
     duplicate_ids: int = 0  # documents whose id already appeared earlier in the unit
     sample_docs: int = 0
@@ -108,7 +110,7 @@ class UnitStats:
 
     def to_dict(self) -> dict:
         return {"lines": self.lines, "docs": self.docs, "bytes": self.bytes,
-                "quarantined": dict(sorted(self.quarantined.items())), "removed": dict(sorted(self.removed.items())),
+                "quarantined": dict(sorted(self.quarantined.items())), "unreadable_bytes": self.unreadable_bytes, "removed": dict(sorted(self.removed.items())),
                 "duplicate_ids": self.duplicate_ids, "sample_docs": self.sample_docs,
                 "sample_bytes": self.sample_bytes, "sample_tokens": self.sample_tokens}
 
@@ -123,7 +125,7 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
     plans = []
     for source in manifest.sources:
         docs_key = spec_key({"format": ATTRIBUTE_FORMAT, "reader": source.format, "tokenizer": tokenizer_digest,
-                             "sample_bits": SAMPLE_BITS})
+                             "sample_bits": SAMPLE_BITS, "max_doc_bytes": source.max_doc_bytes})
         tags = []
         for i, spec in enumerate(source.filters):
             filt = build_filter(spec, f"{source.name}.filters[{i}]")
@@ -136,7 +138,7 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
             minhash = dict(source.dedup.minhash)
             minhash.setdefault("seed", manifest.seed)
         plans.append(SourceTagPlan(
-            source.name, source.format, f"docs-{docs_key}", tuple(tags),
+            source.name, source.format, source.max_doc_bytes, f"docs-{docs_key}", tuple(tags),
             f"minhash-{spec_key(minhash)}" if minhash else None, minhash))
     return tuple(plans)
 
@@ -152,21 +154,15 @@ def units_digest(units: list[Unit]) -> str:
 # ---------------------------------------------------------------------------- executor: one unit
 
 
-def _documents(unit: Unit, plan: SourceTagPlan, ctx: TagContext, quarantine: Quarantine,
-               stats: UnitStats) -> Iterator[tuple[int, int, dict]]:
+def _documents(unit: Unit, plan: SourceTagPlan, ctx: TagContext,
+               quarantine: Quarantine) -> Iterator[tuple[int, int, dict]]:
     """(read line, loc line, document): from the input, or from this unit's Stack Exchange documents."""
     if plan.format != "stackexchange":
-        reader = read_unit(unit.file.uri, unit, quarantine, stats)
-        for line, doc in reader:
+        for line, doc in read_unit(unit.file.uri, unit, quarantine, plan.max_doc_bytes):
             yield line, line, doc
         return
-    derived = ctx.store.documents_path(plan.name, unit)
-    for line, doc in read_unit(derived, _whole(unit), Quarantine(), None):
+    for line, doc in read_unit(ctx.store.documents_path(plan.name, unit), unit, Quarantine(), None):
         yield line, int(doc["metadata"]["line"]), doc
-
-
-def _whole(unit: Unit) -> Unit:
-    return Unit(unit.index, unit.source_index, unit.file)
 
 
 def _convert_stackexchange(unit: Unit, plan: SourceTagPlan, ctx: TagContext, quarantine: Quarantine,
@@ -243,7 +239,7 @@ def tag_unit(work: UnitWork, ctx: TagContext) -> Iterator[UnitTagged | Signature
                 yield Signature(si, unit.index, loc_line, doc["id"], None if sig is None else sig.tobytes())
 
     batch: list[tuple[int, int, dict]] = []
-    for line, loc_line, doc in _documents(unit, plan, ctx, quarantine, stats):
+    for line, loc_line, doc in _documents(unit, plan, ctx, quarantine):
         text_bytes = doc["text"].encode("utf-8")
         digest = hashlib.blake2b(text_bytes, digest_size=16, person=b"dolmino-exact").digest()
         if write_docs:
@@ -279,6 +275,9 @@ def tag_unit(work: UnitWork, ctx: TagContext) -> Iterator[UnitTagged | Signature
         if sample_texts:
             stats.sample_tokens = sum(len(ids) + 1 for ids in ctx.tokenizer.encode_batch(sample_texts))
         stats.quarantined.update(quarantine.counts)
+        stats.unreadable_bytes = quarantine.unreadable_bytes
+        if plan.format != "stackexchange":
+            stats.lines = quarantine.lines
         if quarantine.records:
             qpath = store.quarantine_path(plan.name, unit)
             files[qpath] = _write_quarantine(qpath, quarantine.records)

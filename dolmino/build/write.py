@@ -32,6 +32,7 @@ from dolmino.memmap import MemmapPartWriter, part_name
 from mixers.sampling import seeded_hash
 
 TOKENIZE_BATCH = 256
+TOKENIZE_BATCH_BYTES = 16 << 20  # a batch of long documents is flushed early: bounded tokenizer memory
 PARTS_DIR = "_parts"
 
 
@@ -59,6 +60,7 @@ class TokContext(NamedTuple):
     store: AttributeStore
     plans: tuple  # tag.SourceTagPlan per source
     token_filters: tuple  # per source: ((chain index, spec), ...) of filters that need tokens
+    max_doc_tokens: tuple  # per source: refuse longer documents (None: no limit)
     resources: dict
     units: dict  # unit index -> Unit
     offsets: dict  # unit index -> lines before the unit in its file
@@ -119,8 +121,9 @@ def tokenize_units(groups, ctx_b, counters) -> Iterator[TokDoc | TokStats]:
         by_line = {d.line: d for d in docs}
         wanted = sorted(by_line)
         uri = unit_source_uri(unit, plan, ctx.store)
-        read_unit = unit if plan.format != "stackexchange" else Unit(unit.index, si, unit.file)
+        max_tokens = ctx.max_doc_tokens[si]
         batch: list[tuple[PoolDoc, dict]] = []
+        batch_bytes = 0
 
         def flush(batch):
             ids_list, control = encode(ctx.tokenizer, [doc["text"] for _, doc in batch])
@@ -132,6 +135,8 @@ def tokenize_units(groups, ctx_b, counters) -> Iterator[TokDoc | TokStats]:
                 st["bytes"] += pd.bytes
                 st["tokens"] += n
                 reason = "tokenizer:skipped" if ids is None else None
+                if reason is None and max_tokens is not None and n - 1 > max_tokens:
+                    reason = f"doc_too_long:tokens>{max_tokens}"
                 if reason is None and filters[si]:
                     doc["token_ids"] = ids[:-1]
                     doc["loc"] = loc
@@ -147,11 +152,13 @@ def tokenize_units(groups, ctx_b, counters) -> Iterator[TokDoc | TokStats]:
             counters.add("docs", len(batch))
             counters.add("tokens", sum(0 if ids is None else len(ids) for ids in ids_list))
 
-        for line, doc in read_lines(uri, read_unit, wanted):
-            batch.append((by_line[line], doc))
-            if len(batch) >= TOKENIZE_BATCH:
+        for line, doc in read_lines(uri, unit, wanted, None):
+            pd = by_line[line]
+            batch.append((pd, doc))
+            batch_bytes += pd.bytes
+            if len(batch) >= TOKENIZE_BATCH or batch_bytes >= TOKENIZE_BATCH_BYTES:
                 yield from flush(batch)
-                batch = []
+                batch, batch_bytes = [], 0
         if batch:
             yield from flush(batch)
         counters.add("units", 1)
