@@ -242,8 +242,9 @@ def test_gsm8k_train_is_written_as_is(tmp_path):
     assert gen.num_docs == 4
     records = [r for p in range(2) for r in gen.generate(p, 2, seed=0)]
     docs = [r for r in records if "text" in r]
-    assert [d["text"] for d in docs] == ["Question: Ann has 4 cats and 3 dogs. How many pets?\nAnswer: 4+3=<<4+3=7>>7\n#### 7",
-                                         "Question: Bo has 2 hats.\nAnswer: #### 2"]
+    assert [d["text"] for d in docs] == [
+        "Question: Ann has 4 cats and 3 dogs. How many pets?\nAnswer: 4+3=<<4+3=7>>7\n#### 7",
+        "Question: Bo has 2 hats.\nAnswer: #### 2"]
     assert [d["metadata"] for d in docs] == [{"gsm8k_id": "0", "gsm8k_split": "train"},
                                              {"gsm8k_id": "b", "gsm8k_split": "train"}]
     assert sorted(r["quarantined"] for r in records if "quarantined" in r) == ["malformed_json", "missing_fields"]

@@ -233,5 +233,6 @@ def test_mind_reads_input_files_a_slice_at_a_time(tmp_path):
         if not is_quarantine(r):
             seen.setdefault(r["metadata"]["context_id"], []).append(r["metadata"]["style"])
     # Two passes over the 5 inputs: every input in both styles; item 10 starts a third pass.
-    assert seen == {"c0": ["two_students", "problem_solving", "two_students"], "c1": ["problem_solving", "two_students"],
-                    "c2": ["problem_solving", "two_students"], "c3": ["two_students", "problem_solving"]}
+    assert seen == {"c0": ["two_students", "problem_solving", "two_students"],
+                    "c1": ["problem_solving", "two_students"], "c2": ["problem_solving", "two_students"],
+                    "c3": ["two_students", "problem_solving"]}

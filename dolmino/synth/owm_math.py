@@ -34,7 +34,7 @@ import sys
 from typing import Iterator
 
 from dolmino.synth import prompts
-from dolmino.synth.base import make_doc, partition_range, quarantine, rejection, request_stats
+from dolmino.synth.base import make_doc, partition_range, quarantine, request_stats
 from dolmino.synth.inputs import InputFiles
 from dolmino.synth.llm import _LlmGenerator
 

@@ -156,7 +156,8 @@ def summarize(generator, stats: list[dict], seed: int, num_partitions: int, chas
     return {"generator": generator.name, "config": generator.config(), "config_hash": chash, "seed": seed,
             "num_partitions": num_partitions, "attempted": attempted, "kept": kept,
             "rejected": dict(sorted(rejected.items())), "quarantined": dict(sorted(quarantined.items())),
-            "requests": dict(sorted(requests.items())), "bad_responses": bad, "failed_requests": requests.get("failed", 0),
+            "requests": dict(sorted(requests.items())), "bad_responses": bad,
+            "failed_requests": requests.get("failed", 0),
             "partitions_generated": sorted(s["partition"] for s in stats if not s["cached"]),
             "partitions_cached": sorted(s["partition"] for s in stats if s["cached"]),
             "files": [part_name(p) for p in range(num_partitions)]}

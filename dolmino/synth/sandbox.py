@@ -6,8 +6,9 @@ expressions, a few numeric builtins) and only then sent to a child interpreter t
 isolated (`python -I -S`, no site packages, no environment), with a cap on its address space
 (`memory_mb`), no file writes, no child processes, a CPU-time limit per program
 (`cpu_seconds`, SIGXCPU: CPU time, so a loaded machine does not change which programs pass)
-and, from this side, a wall-clock backstop (`wall_seconds`) after which the child is killed. A killed or crashed child is replaced on the next program, so one
-runaway costs one item, not the partition.
+and, from this side, a wall-clock backstop (`wall_seconds`) after which the child is killed.
+A killed or crashed child is replaced on the next program, so one runaway costs one item,
+not the partition.
 
 The child is long-lived because starting an interpreter per program (~20 ms) would cost more
 than running 12M tiny programs; the per-program CPU limit keeps it safe to reuse.
