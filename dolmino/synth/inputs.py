@@ -7,6 +7,7 @@ generator, so a partition opens only the files that overlap its slice of items a
 loads the whole input (TinyGSM is 12M rows). The sha256s make the input part of the
 generator's config hash: a changed input file regenerates, an unchanged one resumes.
 
+Paths are local (or shared-filesystem) files and globs, as every executor must read them.
 A line that is not a JSON object is still an item: it is handed back as a quarantine
 record (`invalid_utf8`, `malformed_json`, `not_an_object`) with its file and line number,
 so attempted = kept + rejected + quarantined holds for every run.
