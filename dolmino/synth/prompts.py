@@ -8,6 +8,11 @@ is the Tulu 3 persona prompt that SPEC.md summarises (same notes, same required 
 MIND (Akter et al. 2024, used for TinyGSM-MIND and the GSM8K rewrites of Dolmino
 SynthMath): the source text followed by a conversation-style instruction; SPEC.md names the
 two styles OLMo 2 used, "Two Students" and "Problem Solving".
+
+OpenWebMath labelling (the training data of the math classifier that filters MathCoder2,
+Metamath and CodeSearchNet, SPEC.md): the paper says only that an LLM labelled OpenWebMath
+documents math / non-math. Our prompt asks for one word, MATH or NON-MATH, about a
+document's first `max_chars` characters; an answer that is neither is a bad format.
 """
 
 from __future__ import annotations
@@ -50,6 +55,16 @@ MIND_STYLES = {
     ),
 }
 
+MATH_LABEL_TEMPLATE = (
+    "Is the following document about mathematics? Count it as mathematics when its main content is "
+    "mathematical: explanations of mathematical concepts, problems or exercises, proofs, derivations, "
+    "formulas, or worked calculations. Web pages that only mention numbers in passing (prices, dates, "
+    "statistics, scores) are not mathematics.\n"
+    "Answer with exactly one word: MATH or NON-MATH.\n\n"
+    "Document:\n{text}"
+)
+MATH, NON_MATH = "math", "non_math"
+
 PROBLEM_PREFIX = "Math problem:"
 _FINAL_ANSWER = re.compile(r"\n[ \t]*Final Answer: The final answer is (.+?)\. I hope it is correct\.[ \t]*\Z", re.S)
 # A speaker label at the start of a line: one to three words ("Student 1:", "**Prof. Lee:**").
@@ -91,3 +106,20 @@ def parse_solution(response: str) -> tuple[str, str] | None:
 def count_turns(conversation: str) -> int:
     """Speaker turns ("Student 1: ...", "**Alex:** ...") in a MIND conversation."""
     return len(_TURN.findall(conversation))
+
+
+def math_label_prompt(text: str, max_chars: int = 6000) -> str:
+    """The labelling prompt for one document, cut to its first `max_chars` characters."""
+    return MATH_LABEL_TEMPLATE.format(text=text.strip()[:max_chars])
+
+
+def parse_math_label(response: str) -> str | None:
+    """MATH / NON-MATH (any case, optional markdown or a trailing full stop) -> "math" /
+    "non_math"; anything else None."""
+    word = response.strip().strip("*_`'\"").strip()
+    word = re.sub(r"[\s.!]+$", "", word).upper().replace("_", "-").replace(" ", "-")
+    if word in ("NON-MATH", "NONMATH", "NOT-MATH"):
+        return NON_MATH
+    if word == "MATH":
+        return MATH
+    return None

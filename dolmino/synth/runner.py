@@ -5,7 +5,8 @@ Layout of the output directory:
     part-00000.jsonl.zst          Dolma documents (a normal source for build_mix)
     part-00000.done.json          the partition's stats + config hash + sha256 of the part
     rejected/part-00000.jsonl.zst every refused item with its reason (never silently lost)
-    synth-report.json             totals: attempted = kept + rejected(by reason)
+    quarantine/part-00000.jsonl.zst input lines a transforming generator could not read
+    synth-report.json             totals: attempted = kept + rejected + quarantined (by reason)
 
 A partition is written to temporary names and renamed; its done-file is written last and
 is the commit marker. A rerun skips every partition whose done-file carries the same
@@ -25,7 +26,7 @@ from collections import Counter
 
 import zstandard
 
-from dolmino.synth.base import config_hash, is_rejection, is_request_stats, partition_range
+from dolmino.synth.base import config_hash, is_quarantine, is_rejection, is_request_stats, partition_range
 
 PART_RE = re.compile(r"^part-(\d{5})\.(jsonl\.zst|done\.json)$")
 REPORT_NAME = "synth-report.json"
@@ -88,17 +89,21 @@ def run_partition(generator, partition: int, num_partitions: int, seed: int, out
     if stats is not None:
         return {**stats, "cached": True}
     started = time.time()
-    docs, rejected, requests = [], [], Counter()
+    docs, rejected, quarantined, requests = [], [], [], Counter()
     reasons: Counter = Counter()
+    quarantine_reasons: Counter = Counter()
     for record in generator.generate(partition, num_partitions, seed):
         if is_request_stats(record):
             requests.update(record["request_stats"])
         elif is_rejection(record):
             reasons[record["rejected"]] += 1
             rejected.append(record)
+        elif is_quarantine(record):
+            quarantine_reasons[record["quarantined"]] += 1
+            quarantined.append(record)
         else:
             docs.append(record)
-    attempted = len(docs) + len(rejected)
+    attempted = len(docs) + len(rejected) + len(quarantined)
     expected = len(partition_range(partition, num_partitions, generator.num_docs))
     if attempted != expected:
         raise SynthRunError(f"partition {partition}: generator yielded {attempted} items for {expected} attempts")
@@ -106,12 +111,14 @@ def run_partition(generator, partition: int, num_partitions: int, seed: int, out
     part = os.path.join(out_dir, part_name(partition))
     os.makedirs(os.path.join(out_dir, "rejected"), exist_ok=True)
     _write_atomic(os.path.join(out_dir, "rejected", part_name(partition)), _zstd_lines(rejected))
+    os.makedirs(os.path.join(out_dir, "quarantine"), exist_ok=True)
+    _write_atomic(os.path.join(out_dir, "quarantine", part_name(partition)), _zstd_lines(quarantined))
     _write_atomic(part, data)
     stats = {"partition": partition, "num_partitions": num_partitions, "generator": generator.name, "seed": seed,
              "config_hash": chash, "file": part_name(partition), "bytes": len(data),
              "sha256": hashlib.sha256(data).hexdigest(), "attempted": attempted, "kept": len(docs),
-             "rejected": dict(sorted(reasons.items())), "requests": dict(sorted(requests.items())),
-             "elapsed_s": round(time.time() - started, 3)}
+             "rejected": dict(sorted(reasons.items())), "quarantined": dict(sorted(quarantine_reasons.items())),
+             "requests": dict(sorted(requests.items())), "elapsed_s": round(time.time() - started, 3)}
     _write_atomic(os.path.join(out_dir, done_name(partition)), json.dumps(stats, indent=1).encode())
     return {**stats, "cached": False}
 
@@ -125,28 +132,32 @@ def _remove_stale_parts(out_dir: str, num_partitions: int) -> list[str]:
             os.remove(os.path.join(out_dir, name))
             removed.append(name)
             if m.group(2) == "jsonl.zst":
-                rej = os.path.join(out_dir, "rejected", name)
-                if os.path.exists(rej):
-                    os.remove(rej)
+                for side in ("rejected", "quarantine"):
+                    stale = os.path.join(out_dir, side, name)
+                    if os.path.exists(stale):
+                        os.remove(stale)
     return removed
 
 
 def summarize(generator, stats: list[dict], seed: int, num_partitions: int, chash: str) -> dict:
     rejected: Counter = Counter()
+    quarantined: Counter = Counter()
     requests: Counter = Counter()
     for s in stats:
         rejected.update(s["rejected"])
+        quarantined.update(s.get("quarantined", {}))  # done-files written before quarantine existed
         requests.update(s["requests"])
     attempted = sum(s["attempted"] for s in stats)
     kept = sum(s["kept"] for s in stats)
-    if attempted != kept + sum(rejected.values()):
+    if attempted != kept + sum(rejected.values()) + sum(quarantined.values()):
         raise SynthRunError(f"accounting does not balance: attempted {attempted} != kept {kept} + rejected "
-                            f"{sum(rejected.values())}")
+                            f"{sum(rejected.values())} + quarantined {sum(quarantined.values())}")
     bad = sum(requests.get(k, 0) for k in ("bad_json", "missing_choices", "empty_content"))
     return {"generator": generator.name, "config": generator.config(), "config_hash": chash, "seed": seed,
             "num_partitions": num_partitions, "attempted": attempted, "kept": kept,
-            "rejected": dict(sorted(rejected.items())), "requests": dict(sorted(requests.items())),
-            "bad_responses": bad, "failed_requests": requests.get("failed", 0),
+            "rejected": dict(sorted(rejected.items())), "quarantined": dict(sorted(quarantined.items())),
+            "requests": dict(sorted(requests.items())), "bad_responses": bad,
+            "failed_requests": requests.get("failed", 0),
             "partitions_generated": sorted(s["partition"] for s in stats if not s["cached"]),
             "partitions_cached": sorted(s["partition"] for s in stats if s["cached"]),
             "files": [part_name(p) for p in range(num_partitions)]}

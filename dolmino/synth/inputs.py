@@ -1,0 +1,133 @@
+"""Input rows for generators that transform existing data (TinyGSM, MIND, labelling, GSM8K).
+
+A transforming generator numbers its items like every other generator: item i is the i-th
+non-blank line over the input files in sorted order. The driver indexes the files once
+(per file: size, line count, sha256) and that small index travels to the executors with the
+generator, so a partition opens only the files that overlap its slice of items and never
+loads the whole input (TinyGSM is 12M rows). The sha256s make the input part of the
+generator's config hash: a changed input file regenerates, an unchanged one resumes.
+
+Paths are local (or shared-filesystem) files and globs, as every executor must read them.
+A line that is not a JSON object is still an item: it is handed back as a quarantine
+record (`invalid_utf8`, `malformed_json`, `not_an_object`) with its file and line number,
+so attempted = kept + rejected + quarantined holds for every run.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+from dolmino.documents import iter_lines
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str
+    size: int
+    rows: int  # non-blank lines
+    sha256: str
+
+
+@dataclass(frozen=True)
+class InputRow:
+    """One item of a transforming generator: its global index, where it came from, and the
+    parsed object (or, when the line is not a JSON object, why not)."""
+
+    index: int
+    path: str
+    line: int  # 1-based line number in `path`
+    obj: dict | None
+    reason: str = ""  # quarantine reason when obj is None
+    detail: str = ""
+    raw: bytes = b""
+
+
+def expand_inputs(patterns: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Files named by paths / globs (`**` recursive), sorted, each once; an error if none match."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    files: list[str] = []
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            matched = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+        else:
+            matched = [pattern] if os.path.isfile(pattern) else []
+        if not matched:
+            raise ValueError(f"no input files match {pattern!r}")
+        files.extend(os.path.abspath(p) for p in matched)
+    return list(dict.fromkeys(files))
+
+
+def index_file(path: str) -> InputFile:
+    digest = hashlib.sha256()
+    rows = 0
+    for raw in iter_lines(path):
+        digest.update(raw + b"\n")
+        if raw.strip():
+            rows += 1
+    return InputFile(path, os.path.getsize(path), rows, digest.hexdigest())
+
+
+def parse_row(raw: bytes) -> tuple[dict | None, str, str]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, "invalid_utf8", str(exc)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, "malformed_json", str(exc)
+    if not isinstance(obj, dict):
+        return None, "not_an_object", f"top-level JSON is {type(obj).__name__}"
+    return obj, "", ""
+
+
+class InputFiles:
+    """The indexed input of a transforming generator (picklable; index built on first use)."""
+
+    def __init__(self, patterns: str | list[str] | tuple[str, ...]):
+        self.patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+        self._files: tuple[InputFile, ...] | None = None
+
+    @property
+    def files(self) -> tuple[InputFile, ...]:
+        if self._files is None:
+            self._files = tuple(index_file(p) for p in expand_inputs(self.patterns))
+        return self._files
+
+    @property
+    def total_rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    def fingerprint(self) -> dict:
+        """What identifies the input in a config hash: file names, sizes, rows and contents."""
+        return {"files": [{"name": os.path.basename(f.path), "rows": f.rows, "sha256": f.sha256}
+                          for f in self.files], "rows": self.total_rows}
+
+    def rows(self, start: int, stop: int) -> Iterator[InputRow]:
+        """Rows start .. stop-1 (global indices), reading only the files that hold them."""
+        offset = 0
+        for f in self.files:
+            if offset >= stop:
+                return
+            if offset + f.rows <= start:
+                offset += f.rows
+                continue
+            k = offset
+            for line_no, raw in enumerate(iter_lines(f.path), start=1):
+                if not raw.strip():
+                    continue
+                if k >= stop:
+                    break
+                if k >= start:
+                    obj, reason, detail = parse_row(raw)
+                    yield InputRow(k, f.path, line_no, obj, reason, detail, b"" if obj is not None else raw)
+                k += 1
+            if k < min(stop, offset + f.rows):
+                raise ValueError(f"{f.path} changed since it was indexed ({k - offset} of {f.rows} rows left)")
+            offset += f.rows

@@ -1,0 +1,148 @@
+"""Execute untrusted arithmetic programs in a resource-limited child process.
+
+TinyGSM's solutions are model-written Python. Each program is first checked statically
+(`dolmino.synth.tinygsm.check_program`: one function of assignments and a return, numeric
+expressions, a few numeric builtins) and only then sent to a child interpreter that runs
+isolated (`python -I -S`, no site packages, no environment), with a cap on its address space
+(`memory_mb`), no file writes, no child processes, a CPU-time limit per program
+(`cpu_seconds`, SIGXCPU: CPU time, so a loaded machine does not change which programs pass)
+and, from this side, a wall-clock backstop (`wall_seconds`) after which the child is killed.
+A killed or crashed child is replaced on the next program, so one runaway costs one item,
+not the partition.
+
+The child is long-lived because starting an interpreter per program (~20 ms) would cost more
+than running 12M tiny programs; the per-program CPU limit keeps it safe to reuse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_child.py")
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """What running one program gave: `kind` is "ok", "runtime_error", "timeout" or
+    "resource_limit"; `values` the rendered value of each statement (when ok)."""
+
+    kind: str
+    values: tuple[str, ...] = ()
+    result: str = ""
+    numeric: bool = False
+    error: str = ""
+
+
+@dataclass
+class Sandbox:
+    cpu_seconds: int = 2
+    wall_seconds: float | None = None  # default: 10 x cpu_seconds + 5 (a backstop; CPU time decides)
+    memory_mb: int = 256
+    python: str = sys.executable
+    counts: dict = field(default_factory=lambda: {"programs": 0, "child_starts": 0, "child_kills": 0})
+
+    def __post_init__(self):
+        if not isinstance(self.cpu_seconds, int) or self.cpu_seconds < 1:
+            raise ValueError(f"cpu_seconds must be an integer >= 1, got {self.cpu_seconds!r}")
+        if not isinstance(self.memory_mb, int) or self.memory_mb < 64:
+            raise ValueError(f"memory_mb must be an integer >= 64, got {self.memory_mb!r}")
+        if self.wall_seconds is None:
+            self.wall_seconds = 10.0 * self.cpu_seconds + 5.0
+        self._proc: subprocess.Popen | None = None
+        self._buffer = b""
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _start(self) -> subprocess.Popen:
+        self.counts["child_starts"] += 1
+        self._buffer = b""
+        return subprocess.Popen(
+            [self.python, "-I", "-S", CHILD, str(self.memory_mb * 1024 * 1024), str(self.cpu_seconds)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True)
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+    def _kill(self) -> int | None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            self.counts["child_kills"] += 1
+            proc.kill()
+        code = proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        return code
+
+    def _read_line(self, deadline: float) -> tuple[bytes | None, bool]:
+        """(reply line, False), or (None, timed_out) when the deadline passed / the child died."""
+        fd = self._proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None, True
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if not ready:
+                return None, True
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return None, False
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line, False
+
+    def run(self, code: str) -> SandboxResult:
+        self.counts["programs"] += 1
+        if self._proc is None or self._proc.poll() is not None:
+            self._kill()
+            self._proc = self._start()
+        try:
+            self._proc.stdin.write(json.dumps({"code": code}).encode("utf-8") + b"\n")
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            code_ = self._kill()
+            return SandboxResult("resource_limit", error=f"sandbox child exited ({code_}) before the program ran")
+        line, timed_out = self._read_line(time.monotonic() + self.wall_seconds)
+        if line is None:
+            if not timed_out:  # the child closed its output: give it a moment to be reaped
+                try:
+                    self._proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+            code_ = self._kill()
+            if timed_out:
+                return SandboxResult("timeout", error=f"no result within {self.wall_seconds:g} s wall clock")
+            if code_ == -signal.SIGXCPU:
+                return SandboxResult("timeout", error=f"CPU time limit ({self.cpu_seconds} s per program) exceeded")
+            return SandboxResult("resource_limit", error=f"sandbox child died (exit status {code_})")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            return SandboxResult(reply.get("kind", "runtime_error"), error=reply.get("error", ""))
+        return SandboxResult("ok", tuple(reply["values"]), reply["result"], bool(reply["numeric"]))

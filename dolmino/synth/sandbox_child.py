@@ -1,0 +1,112 @@
+"""The child side of `dolmino.synth.sandbox`: runs checked arithmetic programs, one per request.
+
+Started as `python -I -S sandbox_child.py MEMORY_BYTES CPU_SECONDS` (isolated: no site, no
+environment, no current directory on the path) and imports only the standard library. It
+caps its own address space, file writes and process creation before reading the first
+request, and before each program raises its CPU-time limit to "used so far + CPU_SECONDS", so
+a runaway program is killed by SIGXCPU while a long-lived child can serve millions of short
+ones. Programs run with a handful of numeric builtins and nothing else.
+
+Protocol: one JSON object per line on stdin, {"code": "..."}; one JSON object per line on
+stdout: {"ok": true, "values": [...], "result": "...", "numeric": bool} or {"ok": false,
+"kind": "runtime_error" | "resource_limit", "error": "..."}. `values[i]` renders the value
+that statement i of the function body (docstring excluded) assigned or returned.
+"""
+
+import ast
+import json
+import math
+import resource
+import sys
+
+BUILTINS = {"abs": abs, "round": round, "min": min, "max": max, "int": int, "float": float, "sum": sum,
+            "pow": pow, "divmod": divmod}
+
+
+def limit_resources(memory_bytes: int) -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    try:
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+    except (ValueError, OSError):  # not settable on every platform
+        pass
+
+
+def arm_cpu_limit(cpu_seconds: int) -> None:
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    spent = used.ru_utime + used.ru_stime
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = int(math.ceil(spent)) + cpu_seconds
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def render(value) -> str:
+    """A value as an annotation shows it: integers exactly, integral floats without '.0',
+    other floats to 10 significant digits, tuples element by element."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        return format(value, ".10g")
+    if isinstance(value, (tuple, list)):
+        inner = ", ".join(render(v) for v in value)
+        return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+    return repr(value)
+
+
+def is_number(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and (not isinstance(value, float) or math.isfinite(value)))
+
+
+def target_value(target, namespace):
+    if isinstance(target, ast.Name):
+        return namespace[target.id]
+    return tuple(target_value(t, namespace) for t in target.elts)
+
+
+def run_program(code: str) -> dict:
+    func = ast.parse(code).body[0]
+    body = func.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        body = body[1:]
+    namespace = {"__builtins__": BUILTINS}
+    values = []
+    result = None
+    for stmt in body:
+        if isinstance(stmt, ast.Return):
+            result = eval(compile(ast.Expression(stmt.value), "<program>", "eval"), namespace)
+            values.append(render(result))
+            break
+        exec(compile(ast.Module([stmt], type_ignores=[]), "<program>", "exec"), namespace)
+        target = stmt.targets[-1] if isinstance(stmt, ast.Assign) else stmt.target
+        values.append(render(target_value(target, namespace)))
+    return {"ok": True, "values": values, "result": render(result), "numeric": is_number(result)}
+
+
+def main() -> None:
+    memory_bytes, cpu_seconds = int(sys.argv[1]), int(sys.argv[2])
+    limit_resources(memory_bytes)
+    for line in sys.stdin:
+        try:
+            request = json.loads(line)
+            arm_cpu_limit(cpu_seconds)
+            reply = run_program(request["code"])
+        except MemoryError:
+            reply = {"ok": False, "kind": "resource_limit", "error": "MemoryError: memory limit reached"}
+        except RecursionError as exc:
+            reply = {"ok": False, "kind": "resource_limit", "error": f"RecursionError: {exc}"}
+        except Exception as exc:  # noqa: BLE001 - every failure of the program is its verdict
+            reply = {"ok": False, "kind": "runtime_error", "error": f"{type(exc).__name__}: {exc}"[:500]}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""TinyGSM -> TinyGSM-MIND: the static check, the sandbox, the annotation, and the whole
+pipeline (tinygsm, then MIND rewrites through a fake LLM endpoint, then a manifest source
+built with passes as the authority), with every item accounted for."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from dolmino.synth.base import is_quarantine, is_rejection, is_request_stats
+from dolmino.synth.sandbox import Sandbox
+from dolmino.synth.tinygsm import TinyGsmGenerator, annotate, check_program
+from fake_llm import FakeLLM
+
+JANET = '''def simple_math_problem() -> int:
+    """
+    Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes
+    muffins for her friends every day with four. She sells the remainder at $2 per egg.
+    How much does she make every day?
+    """
+    eggs_per_day = 16
+    eggs_eaten = 3 + 4  # breakfast and muffins
+    price = 2.5 - 0.5
+    eggs_left, days = eggs_per_day - eggs_eaten, 1
+    eggs_left *= days
+    money: float = eggs_left * price
+    result = round(money / 1, 2)
+    return result
+'''
+
+JANET_ANNOTATED = '''Question: Janet's ducks lay 16 eggs per day. How much does she make every day?
+
+Solution:
+def simple_math_problem() -> int:
+    eggs_per_day = 16  # = 16
+    eggs_eaten = 3 + 4  # = 7
+    price = 2.5 - 0.5  # = 2
+    eggs_left, days = (eggs_per_day - eggs_eaten, 1)  # = (9, 1)
+    eggs_left *= days  # = 9
+    money: float = eggs_left * price  # = 18
+    result = round(money / 1, 2)  # = 18
+    return result  # = 18'''
+
+
+def _fn(*body: str) -> str:
+    return "def f():\n" + "".join(f"    {line}\n" for line in body)
+
+
+@pytest.mark.parametrize("code,reason,detail", [
+    ("def f(:\n", "syntax_error", ""),
+    ("x = 1\n", "no_function", "0 function"),
+    (_fn("x = 1", "return x") + _fn("y = 2", "return y"), "no_function", "2 function"),
+    ("import os\n" + _fn("x = 1", "return x"), "not_assignment_only", "module-level Import"),
+    (_fn("x = 1", "return x") + "print(f())\n", "not_assignment_only", "module-level Expr"),
+    ("def f(n):\n    x = n\n    return x\n", "not_assignment_only", "parameters"),
+    (_fn("x = 0", "for i in range(3):", "    x += i", "return x"), "not_assignment_only", "For statement"),
+    (_fn("x = 3", "if x > 2:", "    x = 2", "return x"), "not_assignment_only", "If statement"),
+    (_fn("x = 3", "while x:", "    x -= 1", "return x"), "not_assignment_only", "While statement"),
+    (_fn("x = len([1, 2])", "return x"), "not_assignment_only", "call to len"),
+    (_fn("x = __import__('os')", "return 1"), "not_assignment_only", "call to __import__"),
+    (_fn("x = (1).real", "return x"), "not_assignment_only", "Attribute"),
+    (_fn("x = [1, 2][0]", "return x"), "not_assignment_only", "Subscript"),
+    (_fn("x = [i for i in (1, 2)]", "return x"), "not_assignment_only", "ListComp"),
+    (_fn("x = 'two'", "return x"), "not_assignment_only", "not a number"),
+    (_fn("x = 1 if True else 2", "return x"), "not_assignment_only", "IfExp"),
+    (_fn("x = 1", "y = x > 0", "return y"), "not_assignment_only", "Compare"),
+    (_fn("x = 1"), "not_assignment_only", "return"),
+    (_fn("return 5"), "not_assignment_only", "no assignments"),
+    (_fn("x = 1", "x.y = 2", "return x"), "not_assignment_only", "assignment to Attribute"),
+    (_fn("x = 1", "return x", "y = 2"), "not_assignment_only", "does not end"),
+    (_fn("x = round(2.5, ndigits=0)", "return x"), "not_assignment_only", "keyword"),
+])
+def test_static_check_refuses_what_is_not_assignment_only(code, reason, detail):
+    program, got_reason, got_detail = check_program(code)
+    assert program is None and got_reason == reason and detail in got_detail
+
+
+def test_static_check_accepts_tinygsm_style_programs():
+    program, reason, _ = check_program(JANET)
+    assert reason == "" and len(program.statements) == 8 and "Janet's ducks" in program.docstring
+    program, reason, _ = check_program(_fn("a = b = 2", "c = divmod(7, a)", "return max(a, -b, sum([a, 1]))"))
+    assert reason == "" and len(program.statements) == 3
+
+
+def test_annotation_runs_the_program_and_labels_every_line():
+    with Sandbox() as sandbox:
+        out = annotate("Janet's ducks lay 16 eggs per day. How much does she make every day?", JANET, sandbox)
+        assert out.reason == "" and out.result == "18" and out.statements == 8
+        assert out.text == JANET_ANNOTATED
+        thirds = annotate("q", _fn("x = 2 / 3", "y = 10 ** 20", "return x * 3"), sandbox)
+        assert thirds.text.splitlines()[-3:] == ["    x = 2 / 3  # = 0.6666666667", "    y = 10 ** 20  # = "
+                                                 "100000000000000000000", "    return x * 3  # = 2"]
+        # Executed, not just parsed: errors and non-numbers are rejected by reason.
+        assert annotate("q", _fn("x = 1 / 0", "return x"), sandbox).reason == "runtime_error"
+        assert annotate("q", _fn("x = 1", "return y"), sandbox).detail.startswith("NameError")
+        assert annotate("q", _fn("x = (1, 2)", "return x"), sandbox).reason == "non_numeric_result"
+        assert annotate("q", _fn("x = 1e308 * 10", "return x"), sandbox).reason == "non_numeric_result"  # inf
+        assert sandbox.counts["child_starts"] == 1   # one long-lived child served all of them
+
+
+def test_sandbox_limits_memory_time_and_builtins():
+    # CPU time decides (a wall clock would depend on the machine's load); the generous wall
+    # limit here only keeps the backstop out of the way.
+    with Sandbox(cpu_seconds=1, wall_seconds=120, memory_mb=128) as sandbox:
+        # The child's builtins hold numbers only, whatever the static check lets through.
+        escaped = sandbox.run(_fn("x = open('/tmp/dolmino-sandbox-escape', 'w')", "return 1"))
+        assert escaped.kind == "runtime_error" and "NameError" in escaped.error
+        assert not Path("/tmp/dolmino-sandbox-escape").exists()
+        assert sandbox.run(_fn("x = __import__('os')", "return 1")).kind == "runtime_error"
+        big = sandbox.run(_fn("x = [0] * 10 ** 9", "return 1"))   # 8 GB list under a 128 MB cap
+        assert big.kind == "resource_limit" and "MemoryError" in big.error
+        slow = sandbox.run(_fn("x = 3 ** 300000000", "return x % 7"))   # pure CPU (minutes), ~60 MB
+        assert slow.kind == "timeout" and "CPU time limit" in slow.error
+        # The killed child is replaced: the next program runs normally.
+        ok = sandbox.run(_fn("x = 6 * 7", "return x"))
+        assert (ok.kind, ok.values, ok.result) == ("ok", ("42", "42"), "42")
+        assert sandbox.counts["child_starts"] == 2 and sandbox.counts["programs"] == 5
+    with Sandbox(cpu_seconds=5, wall_seconds=0.5) as sandbox:   # the wall-clock backstop
+        started = time.monotonic()
+        assert sandbox.run(_fn("x = 3 ** 300000000", "return 1")).kind == "timeout"
+        assert time.monotonic() - started < 30 and sandbox.counts["child_kills"] == 1
+    with pytest.raises(ValueError, match="cpu_seconds"):
+        Sandbox(cpu_seconds=0)
+
+
+def _tinygsm_rows() -> list[str]:
+    good = [{"question": f"Sam has {n} apples and buys {n + 1} more. How many?", "code":
+             _fn(f"apples = {n}", f"bought = {n + 1}", "total = apples + bought", "return total"), "id": f"t{n}"}
+            for n in range(6)]
+    rows = [json.dumps(r) for r in good]
+    rows.insert(2, json.dumps({"question": "Loop?", "code": _fn("x = 0", "for i in range(3):", "    x += i",
+                                                                  "return x")}))
+    rows.insert(4, "{not json")
+    rows.insert(5, json.dumps({"question": "Zero?", "code": _fn("x = 1 / 0", "return x")}))
+    rows.insert(7, json.dumps({"question": "No code here"}))
+    rows.insert(8, "")   # blank lines are not items
+    return rows
+
+
+def test_tinygsm_generator_accounts_for_every_row(tmp_path):
+    path = tmp_path / "tinygsm.jsonl"
+    path.write_text("\n".join(_tinygsm_rows()) + "\n")
+    gen = TinyGsmGenerator(str(path))
+    assert gen.num_docs == 10 and gen.config()["input"]["rows"] == 10
+    records = [r for p in range(3) for r in gen.generate(p, 3, seed=1)]
+    assert len(records) == 10
+    docs = [r for r in records if not is_rejection(r) and not is_quarantine(r)]
+    assert [r["rejected"] for r in records if is_rejection(r)] == ["not_assignment_only", "runtime_error"]
+    assert sorted(r["quarantined"] for r in records if is_quarantine(r)) == ["malformed_json", "missing_fields"]
+    assert len(docs) == 6 and docs[0]["metadata"] == {"tinygsm_row": 0, "result": "1", "statements": 4,
+                                                      "tinygsm_id": "t0"}
+    assert docs[0]["text"].endswith("    total = apples + bought  # = 1\n    return total  # = 1")
+    bad = [r for r in records if is_quarantine(r) and r["quarantined"] == "malformed_json"][0]
+    assert bad["line"] == 5 and bad["path"] == str(path) and bad["raw"] == "{not json"
+    assert TinyGsmGenerator(str(path), num_docs=3).num_docs == 3
+    with pytest.raises(ValueError, match="no input files"):
+        TinyGsmGenerator(str(tmp_path / "missing-*.jsonl")).config()
+
+
+def _mind_reply(prompt: str) -> str:
+    """A conversation that quotes the annotated result, or a malformed one for item 'Sam has 3'."""
+    if "Sam has 3 apples" in prompt:
+        return "I cannot help with that."
+    total = prompt.split("return total  # = ")[1].split("\n")[0]
+    return f"Student 1: How many apples in total?\nStudent 2: We add them and get {total}.\nStudent 1: Right, {total}."
+
+
+@pytest.mark.slow
+def test_tinygsm_mind_pipeline_builds_as_a_source(spark, tmp_path):
+    from dolmino.build_mix import build
+    from dolmino.manifest import manifest_from_dict
+    from dolmino.synth.llm import MindGenerator
+    from dolmino.synth.runner import REPORT_NAME, run
+
+    upstream = tmp_path / "upstream"
+    upstream.mkdir()
+    (upstream / "part-0.jsonl").write_text("\n".join(_tinygsm_rows()[:6]) + "\n")
+    (upstream / "part-1.jsonl").write_text("\n".join(_tinygsm_rows()[6:]) + "\n")
+    synth = tmp_path / "synth"
+    tiny = run(TinyGsmGenerator(str(upstream / "*.jsonl")), str(synth / "tinygsm"), 2, 7, spark)
+    assert (tiny["attempted"], tiny["kept"]) == (10, 6)
+    assert tiny["rejected"] == {"not_assignment_only": 1, "runtime_error": 1}
+    assert tiny["quarantined"] == {"malformed_json": 1, "missing_fields": 1}
+    assert json.loads((synth / "tinygsm" / REPORT_NAME).read_text())["quarantined"] == tiny["quarantined"]
+
+    with FakeLLM(_mind_reply) as llm:
+        mind = MindGenerator(llm.url, "test-model", num_docs=12, input_path=str(synth / "tinygsm" / "part-*.jsonl.zst"),
+                             backoff_base=0.001, max_retries=1)
+        report = run(mind, str(synth / "tinygsm_mind"), 2, 7, spark)
+        assert len(llm.prompts) == 12
+    # 6 annotated items x 2 styles; Sam-has-3 gets a reply without speaker turns, twice.
+    assert (report["attempted"], report["kept"], report["rejected"]) == (12, 10, {"bad_format": 2})
+    docs = [json.loads(line) for p in sorted((synth / "tinygsm_mind").glob("part-*.jsonl.zst"))
+            for line in __import__("zstandard").ZstdDecompressor().decompress(p.read_bytes(),
+                                                                             max_output_size=1 << 24).splitlines()]
+    styles = {}
+    for d in docs:
+        styles.setdefault(d["metadata"]["context_id"], set()).add(d["metadata"]["style"])
+    assert all(s == {"two_students", "problem_solving"} for s in styles.values()) and len(styles) == 5
+    assert any("get 9." in d["text"] for d in docs)   # Sam has 4 + 5: the annotated value reached the LLM
+
+    manifest = manifest_from_dict({
+        "name": "tinygsm-mind-test", "version": 2, "kind": "mix", "seed": 3, "data_root": str(synth),
+        "output_format": {"tokens_per_file": "1M"},
+        "sources": [{"name": "tinygsm_mind", "paths": ["tinygsm_mind/part-*.jsonl.zst"], "source_percent": 200,
+                     "pool_tokens": "1000", "filters": [{"type": "repeated_ngrams"}], "dedup": {"exact": True}}]})
+    assert manifest.budget == 2000
+    built = build(manifest, manifest.budget, str(tmp_path / "mix"), spark)
+    src = built["sources"][0]
+    assert src["docs_in"] == 10 == src["kept_docs"] + sum(r["docs"] for r in src["removed"].values())
+    assert src["output_tokens"] == built["output"]["tokens"] > src["kept_tokens"]   # repeated whole passes
+
+
+def test_mind_reads_input_files_a_slice_at_a_time(tmp_path):
+    from dolmino.synth.llm import MindGenerator
+
+    rows = [json.dumps({"id": f"c{i}", "text": f"Question: item {i}"}) for i in range(4)]
+    rows.insert(2, json.dumps({"id": "no-text"}))
+    (tmp_path / "a.jsonl").write_text("\n".join(rows[:3]) + "\n")
+    (tmp_path / "b.jsonl").write_text("\n".join(rows[3:]) + "\n")
+    reply = "Student 1: What is asked?\nStudent 2: The item."
+    with FakeLLM(lambda prompt: reply) as llm:
+        gen = MindGenerator(llm.url, "m", num_docs=11, input_path=str(tmp_path / "*.jsonl"), backoff_base=0.001)
+        records = [r for p in range(3) for r in gen.generate(p, 3, seed=1) if not is_request_stats(r)]
+        assert len(llm.prompts) == 9 and llm.prompts[0].startswith("Question: item 0\n\n")
+    assert len(records) == 11
+    assert [r["quarantined"] for r in records if is_quarantine(r)] == ["missing_text"] * 2   # items 2 and 7
+    seen = {}
+    for r in records:
+        if not is_quarantine(r):
+            seen.setdefault(r["metadata"]["context_id"], []).append(r["metadata"]["style"])
+    # Two passes over the 5 inputs: every input in both styles; item 10 starts a third pass.
+    assert seen == {"c0": ["two_students", "problem_solving", "two_students"],
+                    "c1": ["problem_solving", "two_students"], "c2": ["problem_solving", "two_students"],
+                    "c3": ["two_students", "problem_solving"]}
