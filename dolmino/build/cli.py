@@ -29,8 +29,8 @@ def parse_args(argv: list[str] | None, phase: str) -> argparse.Namespace:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     if phase == "all":
         parser.add_argument("--manifest", default=None,
-                            help="mix manifest JSON (default: manifests/<budget>.json for 50B/100B/300B, "
-                                 "else manifests/demo.json)")
+                            help="mix or pool manifest JSON (default: manifests/<budget>.json for 50B/100B/300B, "
+                                 "built with that manifest's own budget as released, else manifests/demo.json)")
     else:
         parser.add_argument("manifest", help="mix manifest JSON")
     parser.add_argument("--budget", default=None, help="token budget with K/M/B/T suffix, e.g. 100B "
@@ -51,10 +51,13 @@ def parse_args(argv: list[str] | None, phase: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+NAMED_BUDGETS = ("50B", "100B", "300B")
+
+
 def default_manifest(budget: str | None) -> str:
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     manifests = os.path.join(here, "manifests")
-    if budget and budget.upper() in ("50B", "100B", "300B"):
+    if budget and budget.upper() in NAMED_BUDGETS:
         return os.path.join(manifests, f"{budget.upper()}.json")
     return os.path.join(manifests, "demo.json")
 
@@ -74,8 +77,15 @@ def prepare(args: argparse.Namespace, phase: str):
     manifest = load_manifest(args.manifest or default_manifest(args.budget))
     if args.data_root:
         manifest = replace(manifest, data_root=_location(args.data_root))
-    budget = parse_count(args.budget, "--budget") if args.budget else manifest.budget
-    if budget is None and phase != "tag":
+    if args.budget and (args.manifest is not None or args.budget.upper() not in NAMED_BUDGETS):
+        budget = parse_count(args.budget, "--budget")
+    else:  # `--budget 50B` alone names manifests/50B.json: build it as released (its passes)
+        budget = manifest.budget
+    if manifest.kind == "pool":
+        if args.budget:
+            raise ManifestError("--budget: a pool manifest takes every source once; it has no budget")
+        budget = None
+    elif budget is None and phase != "tag":
         raise ManifestError("budget: the manifest has no budget; pass --budget (e.g. --budget 100B)")
     out = args.out or manifest.output
     if not out:

@@ -114,12 +114,17 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
         return _tag_summary(manifest, options, tagged, units, listing, time.time() - started, sc, state)
 
     output.start(options.out)
-    targets = split_targets(options.budget, manifest.mix_fractions())
-    num_parts = max(1, math.ceil(options.budget / manifest.output_spec.tokens_per_file))
+    # A pool manifest takes every source's pool exactly once; a mix manifest splits the budget.
+    targets = None if manifest.kind == "pool" else split_targets(options.budget, manifest.mix_fractions())
+    if targets is not None and manifest.passes_authority:
+        from dolmino.manifest import plan_warnings
+
+        state.warnings += plan_warnings(manifest.plan(options.budget))
     plan_hash = spec_key({
         "format": ATTRIBUTE_FORMAT, "manifest": {k: v for k, v in manifest.raw.items()
                                                   if k not in ("output", "description", "data_root")},
-        "budget": options.budget, "targets": targets, "tokenizer": tok_digest, "parts": num_parts,
+        "budget": options.budget, "targets": targets, "tokenizer": tok_digest,
+        "tokens_per_file": manifest.output_spec.tokens_per_file,
         "sets": [[p.docs_set, [t.set_name for t in p.filters], p.minhash_set] for p in tagged.plans],
         "units": [[u.key, u.file.version, u.start, u.end] for u in units],
     })
@@ -157,6 +162,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
         {u.index: u for u in units}, tagged.first_lines, tokenizer))
     saved = output.read_json(options.out, output.PLAN_FILE)
     resume = bool(saved and saved.get("plan") == plan_hash)
+    num_parts = saved["parts"] if resume else 0
     done = output.committed_parts(options.out, plan_hash, num_parts) if resume else {}
     tok_stats: list[TokStats] = []
     tokenized = []
@@ -186,8 +192,10 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     else:
         selections = _select(sc, manifest, options, state, eligible, sources, targets, groups, task_of, tok_ctx,
                              tok_stats, tokenized)
+        planned = sum(s.target_tokens for s in selections)
+        num_parts = max(1, math.ceil(planned / manifest.output_spec.tokens_per_file))
         output.write_json(options.out, output.PLAN_FILE,
-                          {"plan": plan_hash, "selections": [s.to_dict() for s in selections]})
+                          {"plan": plan_hash, "parts": num_parts, "selections": [s.to_dict() for s in selections]})
     for sel in selections:
         state.warnings += sel.warnings
 
@@ -217,7 +225,8 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
 
     from dolmino.report import build_report, write_report
 
-    report = build_report(manifest, options.budget, sources, selections, tok_stats, parts, tagged,
+    budget = options.budget if manifest.kind != "pool" else sum(s.target_tokens for s in selections)
+    report = build_report(manifest, budget, sources, selections, tok_stats, parts, tagged,
                           state, elapsed_s=time.time() - started, cluster=cluster_info(sc),
                           out=options.out, attributes=options.attributes, resumed=resume)
     write_report(options.out, report, manifest)
@@ -335,7 +344,8 @@ def _select(sc, manifest, options, state, eligible, sources, targets, groups, ta
     selections = []
     for si, acc in enumerate(sources):
         ratio = tokens_per_byte(acc["sample_tokens"], acc["sample_bytes"])
-        selections.append(initial_selection(acc["name"], targets[acc["name"]], acc["kept_docs"], acc["kept_bytes"],
+        target = None if targets is None else targets[acc["name"]]
+        selections.append(initial_selection(acc["name"], target, acc["kept_docs"], acc["kept_bytes"],
                                             ratio, acc["bucket_bytes"]))
     lo = [0] * len(selections)
     bucket_tokens: list[dict[int, int]] = [{} for _ in selections]

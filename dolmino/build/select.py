@@ -243,6 +243,7 @@ class SourceSelection:
     # everything tokenized, skipping documents that would overshoot: Mix % stays exact even when
     # documents are large next to the target. Large pools cut at one hash (within one document).
     greedy: bool = False
+    whole_pool: bool = False  # a pool manifest: every document once, the target is what the pool holds
     # filled in after tokenizing:
     pool_tokens: int | None = None  # exact when mode == "all"
     copies: int = 0
@@ -285,9 +286,12 @@ def tokens_per_byte(sample_tokens: int, sample_bytes: int) -> float:
     return sample_tokens / sample_bytes
 
 
-def initial_selection(name: str, target: int, pool_docs: int, pool_bytes: int, ratio: float,
+def initial_selection(name: str, target: int | None, pool_docs: int, pool_bytes: int, ratio: float,
                       bucket_bytes: dict[int, int]) -> SourceSelection:
-    """Mode and the buckets to tokenize first, from estimates only."""
+    """Mode and the buckets to tokenize first, from estimates only. `target` None: the whole
+    pool, exactly once (a pool manifest)."""
+    if target is None:
+        return SourceSelection(name, 0, pool_docs, pool_bytes, ratio, "all", whole_pool=True)
     sel = SourceSelection(name, target, pool_docs, pool_bytes, ratio, "all", greedy=pool_docs <= SMALL_SOURCE_DOCS)
     if pool_docs == 0 or target <= 0:
         return sel
@@ -334,6 +338,10 @@ def finish(sel: SourceSelection, bucket_tokens: dict[int, int], cut_members) -> 
     total = sum(bucket_tokens.values())
     if sel.mode == "prefix" and sel.bucket_hi >= NUM_BUCKETS:
         sel.mode = "all"  # refilled to the end: the whole pool is tokenized
+    if sel.whole_pool:
+        sel.pool_tokens = sel.target_tokens = total
+        sel.copies = 1
+        return sel
     if sel.mode == "all":
         sel.pool_tokens = total
         if total <= 0:
