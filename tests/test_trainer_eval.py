@@ -434,6 +434,11 @@ def test_a_hand_made_task_whose_answers_the_model_knows(tokenizer, tmp_path):
     assert -0.05 < known < 0 and unknown < -15  # two near-certain tokens; one impossible one
     # after "Answer:" the model expects " The": every choice is equally unlikely there, so PMI works
     assert max(details[0]["uncond_logprobs"]) - min(details[0]["uncond_logprobs"]) < 1e-3
+    partial = MCDoc(9, 1, [Choice(c.context, c.continuation, None if i == 0 else "Answer:")
+                           for i, c in enumerate(docs[0].choices)])  # PMI needs every choice's context
+    metrics, details = evaluate_mc(model, tokenizer, [partial, docs[1]])
+    assert metrics["acc_uncond"] is None and metrics["acc_raw"] == 1.0
+    assert details[0]["uncond_logprobs"] is None and details[1]["pred"]["acc_uncond"] == 0
 
     questions = [GenDoc(0, "Question: What is 6 times 7?\nAnswer:", "42"),
                  GenDoc(1, "Question: A much longer question, what is forty plus one?\nAnswer:", "41")]

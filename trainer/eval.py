@@ -584,23 +584,23 @@ def evaluate_mc(model: OLMo2, tokenizer, docs: list[MCDoc], batch_size: int = 32
                    | {c.uncond_context for d in docs for c in d.choices if c.uncond_context is not None})
     encoded = dict(zip(texts, tokenizer.encode_batch(texts)))
     pairs, uncond_pairs = [], []
-    for d in docs:
+    has_uncond = [all(c.uncond_context is not None for c in d.choices) for d in docs]  # PMI needs every choice's
+    for d, with_uncond in zip(docs, has_uncond):
         for c in d.choices:
             pairs.append((encoded[c.context], encoded[c.continuation]))
-            if c.uncond_context is not None:
+            if with_uncond:
                 uncond_pairs.append((encoded[c.uncond_context], encoded[c.continuation]))
     progress = Progress(f"{label}: requests", len(pairs) + len(uncond_pairs), log)
     scores = score_requests(model, pairs, batch_size, tokenizer.pad_id, progress)
     uncond_scores = score_requests(model, uncond_pairs, batch_size, tokenizer.pad_id, progress) if uncond_pairs else []
     details, correct = [], {m: [] for m in METRICS}
     s = u = 0
-    for d in docs:
+    for d, with_uncond in zip(docs, has_uncond):
         k = len(d.choices)
         mine = scores[s:s + k]
         s += k
-        has_uncond = all(c.uncond_context is not None for c in d.choices)
-        unc = uncond_scores[u:u + k] if has_uncond else None
-        u += k if has_uncond else 0
+        unc = uncond_scores[u:u + k] if with_uncond else None
+        u += k if with_uncond else 0
         picks = choose([x.logprob for x in mine], [x.tokens for x in mine], [len(c.continuation) for c in d.choices],
                        [x.logprob for x in unc] if unc else None)
         for metric, pick in picks.items():
