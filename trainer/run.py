@@ -23,6 +23,7 @@ import torch
 from trainer.config import MODEL_PRESETS, RECIPES, SCHEDULES, ModelConfig, RunConfig, TrainConfig
 from trainer.data import DataError, discover_token_files
 from trainer.distributed import init_distributed, shutdown
+from trainer.eval import add_training_arguments as add_eval_arguments, evaluate_after_training
 
 _SUFFIXES = {"K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not mask repeated n-gram spans out of the loss")
     p.add_argument("--sync-debug", action="store_true", help="warn on every host-device sync (CUDA)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_eval_arguments(p)  # --eval-tasks, --eval-limit (trainer/eval.py)
     return p
 
 
@@ -194,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         shutdown(env, finished)
+    if args.eval_tasks and env.is_main:  # after leaving the process group: only this rank scores
+        del trainer  # free the training state before the checkpoint is loaded to be scored
+        return evaluate_after_training(args, result.checkpoint, env.device, log)
     return 0
 
 

