@@ -21,8 +21,8 @@ from dolmino.build.inputs import DEFAULT_SPLIT_BYTES, DEFAULT_TASK_BYTES, group_
 from dolmino.build.progress import Stage
 from dolmino.build.resources import file_params, stage
 from dolmino.build.select import (
-    PoolContext, PoolDoc, SourceSelection, UnitIds, UnitPool, dedup, duplicate_ids, finish, greedy_short, initial_selection, pool_unit, refill,
-    slim, split_targets, tokens_per_byte, widen,
+    PoolContext, PoolDoc, SourceSelection, UnitIds, UnitPool, dedup, duplicate_ids, finish, initial_selection, pool_unit,
+    refill, slim, split_targets, tokens_per_byte,
 )
 from dolmino.build.spark import cluster_info, forward_environment, is_local, persisted_bytes
 from dolmino.build.tag import run_tag
@@ -378,12 +378,6 @@ def _select(sc, manifest, options, state, eligible, sources, targets, groups, ta
         more = False
         for si, sel in enumerate(selections):
             more |= refill(sel, sources[si]["bucket_bytes"], bucket_tokens[si])
-        if more:
-            continue
-        for si, sel in enumerate(selections):  # small prefix pools: can the greedy fill reach the target?
-            if sel.greedy and sel.mode == "prefix" and greedy_short(sel, _members(sc, tokenized, si, None)):
-                widen(sel, sources[si]["bucket_bytes"], bucket_tokens[si])
-                more = True
         if not more:
             break
 

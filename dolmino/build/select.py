@@ -37,8 +37,11 @@ MARGIN = 0.05
 # Tokens per byte assumed when a source's tag sample is too small to measure it.
 DEFAULT_TOKENS_PER_BYTE = 0.25
 MIN_SAMPLE_BYTES = 64 << 10
-# A small prefix source's greedy fill may miss its target by this share before more is tokenized.
-GREEDY_TOLERANCE = 0.001
+# A small pool cut by prefix tokenizes at least this many average documents beyond its target,
+# so that its greedy fill has documents small enough for the last gap.
+GREEDY_SPARE_DOCS = 32
+# Refill rounds after which the rest of a pool is tokenized at once (a bound on Spark jobs).
+MAX_ROUNDS = 4
 BLANK_REASON = "tokenizer:empty_after_strip"
 
 
@@ -297,7 +300,10 @@ def initial_selection(name: str, target: int | None, pool_docs: int, pool_bytes:
         return sel
     if sel.estimated_pool_tokens > PREFIX_FACTOR * target:
         sel.mode = "prefix"
-        sel.bucket_hi = next_bucket_hi(bucket_bytes, 0, target * (1 + MARGIN), ratio)
+        want = target * (1 + MARGIN)
+        if sel.greedy:  # room for the greedy fill to find documents that fit the last gap
+            want = max(want, target + GREEDY_SPARE_DOCS * sel.estimated_pool_tokens / pool_docs)
+        sel.bucket_hi = next_bucket_hi(bucket_bytes, 0, want, ratio)
     return sel
 
 
@@ -325,8 +331,11 @@ def refill(sel: SourceSelection, bucket_bytes: dict[int, int], bucket_tokens: di
     done_bytes = sum(n for b, n in bucket_bytes.items() if b < sel.bucket_hi)
     if done_bytes:
         sel.tokens_per_byte = max(have / done_bytes, 1e-6)
-    sel.bucket_hi = next_bucket_hi(bucket_bytes, have, sel.target_tokens * (1 + MARGIN), sel.tokens_per_byte,
-                                   start=sel.bucket_hi)
+    if sel.rounds >= MAX_ROUNDS - 1:
+        sel.bucket_hi = NUM_BUCKETS
+    else:
+        sel.bucket_hi = next_bucket_hi(bucket_bytes, have, sel.target_tokens * (1 + MARGIN), sel.tokens_per_byte,
+                                       start=sel.bucket_hi)
     return True
 
 
@@ -362,26 +371,6 @@ def finish(sel: SourceSelection, bucket_tokens: dict[int, int], cut_members) -> 
     sel.cut_bucket = bucket
     sel.cut_hash = find_cut_hash(cut_members(bucket), before, sel.fraction_tokens)
     return sel
-
-
-def greedy_short(sel: SourceSelection, members: list[tuple[int, int]]) -> bool:
-    """A prefix source whose greedy fill over what was tokenized misses its target by more than
-    GREEDY_TOLERANCE: the prefix holds too few small documents to fill the gap; widen it."""
-    if not (sel.greedy and sel.mode == "prefix" and sel.bucket_hi < NUM_BUCKETS):
-        return False
-    tokens = dict(members)
-    filled = sum(tokens[h] for h in greedy_fill(members, sel.fraction_tokens or sel.target_tokens))
-    return filled < sel.target_tokens * (1 - GREEDY_TOLERANCE)
-
-
-def widen(sel: SourceSelection, bucket_bytes: dict[int, int], bucket_tokens: dict[int, int]) -> None:
-    """Tokenize about `MARGIN` of the target more, in the next buckets."""
-    have = sum(bucket_tokens.values())
-    done_bytes = sum(n for b, n in bucket_bytes.items() if b < sel.bucket_hi)
-    if done_bytes:
-        sel.tokens_per_byte = max(have / done_bytes, 1e-6)
-    sel.bucket_hi = next_bucket_hi(bucket_bytes, have, have + sel.target_tokens * MARGIN, sel.tokens_per_byte,
-                                   start=sel.bucket_hi)
 
 
 def split_targets(budget: int, fractions: dict[str, float]) -> dict[str, int]:
