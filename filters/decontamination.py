@@ -1,15 +1,28 @@
 """Decontamination: remove documents that overlap the evaluation suite (SPEC.md §1-2).
 
 Dolmino's FLAN (and math) sources drop every document with >= 10% of its n-grams present
-in any train, validation or test instance of the OLMES suite. Two steps:
+in any train, validation or test instance of the evaluation suite. Two steps:
 
 1. `build_index(instances, out_path)` turns eval instances (`dolmino.evalsets`) into an
-   index file: every distinct n-gram hash of every instance, with the task it came from.
+   index file: every distinct n-gram hash of every instance, with the eval set (task and
+   split) it came from. The default build ("paper") indexes every packaged set the OLMo 2
+   report uses: the OLMES suite of SPEC §2 plus MATH, with BBH from BIG-bench's task files.
 2. `DecontaminationFilter(index_path, threshold=0.10)` computes the same n-gram hashes
    for a document and removes it when `hits / ngrams >= threshold`, with reason
    "overlap>=10%". `ngrams` counts the document's informative n-gram *positions*, `hits`
    those whose hash is in the index. A document without any (fewer than n words) is kept:
    too short to judge (`min_length` handles those).
+
+Exclusion per source. `exclude_tasks` / `exclude_splits` leave eval sets out of one
+filter's check ("gsm8k:train": the math source keeps its own GSM8K-train subset and is
+still checked against every test and validation split). Each (task, split) is its own set
+in the index, so this needs no second index: lookups skip the excluded entries.
+
+Coverage. Which of the paper's eval sets an index holds, with instance counts per split,
+the released splits it lacks, subsamples, and why a set is missing (AGIEval and MMLU-Pro
+ship in no package we can fetch) is recorded in the index when it is built;
+`index_coverage(index_path, exclude_tasks, exclude_splits)` returns it for build reports,
+`python -m filters.decontamination coverage --index PATH` prints it.
 
 Informative n-grams: at least ceil(n/2) distinct words and at least one word containing a
 letter. MMLU holds matrices ("0 0 0 0 0 0 0 0") and GSM8K calculations ("16 3 4 9 9 2 18
@@ -48,10 +61,11 @@ The index is a hashed set: a sorted uint64 array of the distinct (n-gram hash, t
 with a parallel uint16 array of task ids, plus a bucket directory over the top bits of the
 hash (4-8 hashes per bucket) so that a lookup is one or two cache misses instead of a
 binary search over the whole array. Memory is ~10.7 bytes per pair: the packaged OLMES
-suite gives 12.6M pairs, a 136 MB file (bench/bench_decontamination.py measures build time
-and memory). False positives: an n-gram that is in no instance hits only by colliding with
-one of the N distinct indexed hashes, probability N / 2^64 per lookup (6.8e-13 for the
-OLMES index); removing a clean document needs that to happen for 10% of its n-grams,
+suite gave 12.6M (n-gram, task) pairs in index format 1, a 136 MB file; the default
+"paper" index (with MATH and BBH) holds 14.7M (n-gram, task, split) entries, a 164 MB file (bench/bench_decontamination.py
+measures build time and memory). False positives: an n-gram that is in no instance hits
+only by colliding with one of the N distinct indexed hashes, probability N / 2^64 per
+lookup (7.9e-13 for the paper index); removing a clean document needs that to happen for 10% of its n-grams,
 which is negligible. The index is saved as an uncompressed .npz whose arrays are aligned
 in the file, and memory-mapped when loaded, so the Spark Python workers of one machine
 share one copy in the page cache; the filter pickles as its path and loads lazily on
@@ -63,9 +77,11 @@ and to one primary task (the one with most overlapping n-grams).
 `DecontaminationReport` accumulates this per process and `merge`s across Spark
 partitions; every filter instance keeps one in `.report`.
 
-    python -m filters.decontamination build --out index.npz [--tasks olmes|all|a,b] [--ngram-size 8]
-        [--jsonl PATH:FIELD:TASK ...]
+    python -m filters.decontamination build --out index.npz [--tasks paper|olmes|all|a,b] [--ngram-size 8]
+        [--jsonl PATH:FIELDS:TASK[/SPLIT] ...]
     python -m filters.decontamination check --index index.npz --input docs.jsonl.zst [--threshold 0.1]
+        [--exclude-tasks T ...] [--exclude-splits S|T:S ...]
+    python -m filters.decontamination coverage --index index.npz [--json] [--exclude-splits gsm8k:train]
 """
 
 from __future__ import annotations
@@ -1016,21 +1032,21 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--tasks", default="paper",
                    help="'paper' (the report's eval sets that are packaged: SPEC §2 + MATH), 'olmes' (SPEC §2 "
                         "only), 'all', 'none', or comma-separated names")
-    b.add_argument("--ngram-size", type=int, default=DEFAULT_NGRAM_SIZE)
+    b.add_argument("--ngram-size", type=int, default=DEFAULT_NGRAM_SIZE, help="words per n-gram")
     b.add_argument("--no-fewshot", action="store_true", help="leave out few-shot exemplars of prompts")
     b.add_argument("--jsonl", type=_parse_jsonl_spec, action="append", default=[],
                    help="extra eval set PATH:FIELDS:TASK[/SPLIT] (JSONL, .gz or .zst; FIELDS comma-separated, "
                         "each may be dotted; SPLIT defaults to 'jsonl'), e.g. train.jsonl:question,answer:gsm8k/train")
     c = sub.add_parser("check", help="report which documents of a file the filter removes", formatter_class=fmt)
-    c.add_argument("--index", required=True)
+    c.add_argument("--index", required=True, help="index file from `build`")
     c.add_argument("--input", required=True, help="Dolma JSONL (.jsonl, .jsonl.gz, .jsonl.zst)")
-    c.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
-    c.add_argument("--ngram-size", type=int, default=None)
+    c.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="overlap share that removes a document")
+    c.add_argument("--ngram-size", type=int, default=None, help="must equal the index's; None: take the index's")
     c.add_argument("--removed", help="write the removed documents here (Dolma JSONL)")
     c.add_argument("--no-tokens", action="store_true", help="do not count dolma2 tokens of removed documents")
     v = sub.add_parser("coverage", formatter_class=fmt,
                        help="which of the paper's eval sets an index covers, with instance counts")
-    v.add_argument("--index", required=True)
+    v.add_argument("--index", required=True, help="index file from `build`")
     v.add_argument("--json", action="store_true", help="print the coverage record as JSON")
     for p in (c, v):
         p.add_argument("--exclude-tasks", nargs="*", default=[], help="tasks to leave out (all their splits)")

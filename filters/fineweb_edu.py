@@ -268,10 +268,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="int_score histogram of Dolma files, and the share each threshold keeps")
     sc.add_argument("--model", required=True, help="model directory or s3:// prefix")
     sc.add_argument("--input", nargs="+", required=True, help="Dolma JSONL (.jsonl, .gz, .zst; local or s3://)")
-    sc.add_argument("--batch-size", type=int, default=32)
+    sc.add_argument("--batch-size", type=int, default=32, help="documents per forward pass")
     sc.add_argument("--max-length", type=int, default=None, help="default: the tokenizer's model_max_length")
-    sc.add_argument("--dtype", choices=DTYPES, default="float32")
-    sc.add_argument("--device", default="auto")
+    sc.add_argument("--dtype", choices=DTYPES, default="float32", help="model weights and activations")
+    sc.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'")
     sc.add_argument("--out", help="write id, score, int_score per document here (JSONL)")
     args = parser.parse_args(argv)
     from dolmino.documents import Quarantine, read_documents
