@@ -1,10 +1,14 @@
-"""Quality classifiers: fastText scoring, FineWeb-Edu style scores, and training your own.
+"""Quality classifiers: fastText scoring, pluggable 0-5 scorers, and training your own.
 
 OLMo 2's Dolmino web subset keeps DCLM-Baseline documents that the DCLM fastText
-classifier puts in its top 7% (P(__label__hq) >= 0.03311014) AND that a FineWeb-Edu style
-0-5 scorer rates >= 2. The math subsets were kept by a fastText math classifier the
-authors trained themselves on LLM-labelled OpenWebMath; `train_fasttext_classifier` does
-the same from positive/negative document files.
+classifier puts in its top 7% (P(__label__hq) >= 0.03311014) AND that the FineWeb-Edu
+classifier rates int_score >= 2. The real FineWeb-Edu classifier is a BERT regression model:
+filter type `fineweb_edu` (filters/fineweb_edu.py). `score_threshold` with the
+`fasttext_expected_label` scorer is only a fastText *stand-in* for it (expected value of
+`__label__0..5`, a threshold on a float, not the model's rounded int_score), for machines
+or tests without the BERT model. The math subsets were kept by a fastText math classifier
+the authors trained themselves on LLM-labelled OpenWebMath; `train_fasttext_classifier`
+does the same from positive/negative document files.
 
 fastText predicts on one line, so newlines are replaced by spaces before scoring (as DCLM
 does). Models load lazily on first use so that filters pickle cheaply to Spark executors.
@@ -174,7 +178,9 @@ class FastTextLabelProbability:
 
 
 class FastTextExpectedLabel:
-    """Score = expected value of numeric labels `__label__0` .. `__label__5` (FineWeb-Edu style)."""
+    """Score = expected value of numeric labels `__label__0` .. `__label__5`.
+
+    A fastText stand-in for the FineWeb-Edu classifier (the real one: `fineweb_edu`)."""
 
     def __init__(self, model_path: str, prefix: str = "__label__", engine: str = "auto"):
         self.model = FastTextModel(model_path, engine)
@@ -230,7 +236,11 @@ class FastTextQualityFilter:
 
 
 class ScoreThresholdFilter:
-    """Keep documents whose score from a pluggable scorer is >= `min_score` (FineWeb-Edu: 2)."""
+    """Keep documents whose score from a pluggable scorer is >= `min_score`.
+
+    With `fasttext_expected_label` this is the fastText stand-in for the FineWeb-Edu rule; the
+    paper's rule (BERT regression model, int_score >= 2) is the `fineweb_edu` filter.
+    """
 
     name = "score_threshold"
 
