@@ -367,8 +367,11 @@ def default_corpus_summary(out_dir: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dolmino.default_corpus", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="build/default-corpus")
+    from dolmino.help_format import DefaultsHelpFormatter
+
+    parser = argparse.ArgumentParser(prog="python -m dolmino.default_corpus", description=__doc__.split("\n\n")[0],
+                                     formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("--out", default="build/default-corpus", help="directory to write the corpus into")
     parser.add_argument("--force", action="store_true", help="rebuild even if a complete corpus is there")
     args = parser.parse_args(argv)
     was_complete = not args.force and is_complete(Path(args.out))

@@ -488,13 +488,18 @@ def coverage(sources: list[EvalSource] | None = None) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dolmino.evalsets", description=__doc__.split("\n\n")[0])
+    from dolmino.help_format import DefaultsHelpFormatter
+
+    parser = argparse.ArgumentParser(prog="python -m dolmino.evalsets", description=__doc__.split("\n\n")[0],
+                                     formatter_class=DefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_list = sub.add_parser("list", help="task, split and instance count of the packaged eval sets")
-    p_list.add_argument("--tasks", default="all", help="'all' (default), 'olmes', or comma-separated task names")
+    p_list = sub.add_parser("list", help="task, split and instance count of the packaged eval sets",
+                            formatter_class=DefaultsHelpFormatter)
+    p_list.add_argument("--tasks", default="all", help="'all', 'olmes', or comma-separated task names")
     p_list.add_argument("--no-fewshot", action="store_true", help="leave out few-shot exemplar blocks")
     p_list.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
-    sub.add_parser("coverage", help="SPEC §2 suite: packaged splits and missing tasks")
+    sub.add_parser("coverage", help="SPEC §2 suite: packaged splits and missing tasks",
+                   formatter_class=DefaultsHelpFormatter)
     args = parser.parse_args(argv)
     if args.command == "list":
         try:

