@@ -435,19 +435,27 @@ def build_index(instances: Iterable, out_path: str | None = None, ngram_size: in
 
     The returned index's `meta` holds per task and split the instance count, how many
     instances were too short to give any n-gram, the distinct n-grams per task, the total
-    distinct hashes and the false-positive rate per lookup (N / 2^64).
+    distinct hashes and the false-positive rate per lookup (N / 2^64). `progress=True`
+    draws a bar (instances, current task) on a terminal; it stays silent in logs.
     """
+    from dolmino.progress import progress as progress_bar
+
     if not isinstance(ngram_size, int) or isinstance(ngram_size, bool) or ngram_size < 1:
         raise ValueError(f"ngram_size must be a positive integer, got {ngram_size!r}")
+    bar = progress_bar(desc="decontamination index", unit=" instances", enable=None if progress else False)
     started = time.time()
     buffers: dict[str, list[np.ndarray]] = defaultdict(list)
     buffered: Counter = Counter()
     compact_at: dict[str, int] = defaultdict(lambda: _COMPACT_EVERY)
     instances_per: dict[str, Counter] = defaultdict(Counter)
     short_per: dict[str, Counter] = defaultdict(Counter)
-    n_done = 0
+    current_task = None
     for inst in instances:
         hashes = ngram_hashes(inst.text, ngram_size)
+        bar.update(1)
+        if inst.task != current_task:
+            current_task = inst.task
+            bar.set_postfix_str(inst.task, refresh=False)
         instances_per[inst.task][inst.split] += 1
         if len(hashes) == 0:
             short_per[inst.task][inst.split] += 1
@@ -460,9 +468,7 @@ def build_index(instances: Iterable, out_path: str | None = None, ngram_size: in
             buffered[inst.task] = len(merged)
             # Next compaction once the buffer has doubled again: amortised O(total log total).
             compact_at[inst.task] = max(_COMPACT_EVERY, 2 * len(merged))
-        n_done += 1
-        if progress and n_done % 50_000 == 0:
-            print(f"  {n_done} instances, {time.time() - started:.0f}s", file=sys.stderr)
+    bar.set_postfix_str("merging n-grams")
     tasks = sorted(instances_per)
     if len(tasks) > np.iinfo(np.uint16).max:
         raise ValueError(f"too many tasks for a uint16 task id: {len(tasks)}")
@@ -477,6 +483,8 @@ def build_index(instances: Iterable, out_path: str | None = None, ngram_size: in
     order = np.argsort(hashes, kind="stable")
     hashes, task_ids = hashes[order], task_ids[order]
     distinct = int(np.count_nonzero(np.diff(hashes)) + 1) if len(hashes) else 0
+    bar.set_postfix_str("done")
+    bar.close()
     meta = {
         "instances": {t: dict(sorted(instances_per[t].items())) for t in tasks},
         "instances_without_ngrams": {t: dict(sorted(short_per[t].items())) for t in tasks if short_per[t]},
