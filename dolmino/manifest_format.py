@@ -149,8 +149,9 @@ def format_files(paths: list[str], check: bool = False, diff: bool = False) -> i
             continue
         changed.append(path)
         if diff:
-            sys.stdout.writelines(difflib.unified_diff(current.splitlines(keepends=True), wanted.splitlines(keepends=True),
-                                                       fromfile=f"{path} (current)", tofile=f"{path} (canonical)"))
+            sys.stdout.writelines(difflib.unified_diff(
+                current.splitlines(keepends=True), wanted.splitlines(keepends=True),
+                fromfile=f"{path} (current)", tofile=f"{path} (canonical)"))
         if check or diff:
             print(f"would reformat {path}")
         else:

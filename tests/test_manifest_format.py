@@ -25,8 +25,8 @@ SCRAMBLED = """{"sources": [{"mix_percent": 60, "filters": [{"min_repeats": 32, 
   "paths": ["a/*.jsonl.zst", "b/*.jsonl.zst"], "name": "web", "dedup": {"minhash": {"threshold": 0.8, "num_perm": 64},
   "exact": true}, "description": "caf\\u00e9 pages"},
  {"name": "code", "paths": ["code/*.jsonl.zst"], "mix_percent": 40.0}],
-   "seed": 7, "name": "scrambled", "budget": "1M", "tokenizer": {"vocab_size": 100278, "name": "allenai/dolma2-tokenizer"},
- "version": 1}
+   "seed": 7, "name": "scrambled", "budget": "1M",
+ "tokenizer": {"vocab_size": 100278, "name": "allenai/dolma2-tokenizer"}, "version": 1}
 """
 
 
