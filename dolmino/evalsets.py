@@ -680,15 +680,18 @@ def source_versions() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dolmino.help_format import DefaultsHelpFormatter
+
     parser = argparse.ArgumentParser(prog="python -m dolmino.evalsets", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=DefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p_list = sub.add_parser("list", help="task, split and instance count of the packaged eval sets",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            formatter_class=DefaultsHelpFormatter)
     p_list.add_argument("--tasks", default="all", help="'all', 'paper', 'olmes', or comma-separated task names")
     p_list.add_argument("--no-fewshot", action="store_true", help="leave out few-shot exemplar blocks")
     p_list.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
-    sub.add_parser("coverage", help="the paper's eval sets: packaged splits, missing splits and sets")
+    sub.add_parser("coverage", help="the paper's eval sets: packaged splits, missing splits and sets",
+                   formatter_class=DefaultsHelpFormatter)
     args = parser.parse_args(argv)
     if args.command == "list":
         try:

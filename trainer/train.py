@@ -41,6 +41,7 @@ from trainer.model import OLMo2
 from trainer.optim import build_optimizer, clip_grad_norm, set_lr
 from trainer.schedule import LRSchedule
 from trainer.spikes import SpikeTracker
+from trainer.status import StepStatus
 from trainer.throughput import mfu, peak_flops
 
 METRICS = ("loss", "ce", "z_loss", "grad_norm")
@@ -240,14 +241,17 @@ class Trainer:
         pending: list[tuple[int, float]] = []  # (step index, lr) of rows in `buffer`
         last_save_step = None
         window_start, window_tokens = time.perf_counter(), 0
+        status = StepStatus(tc.max_steps, self.step, enabled=None if env.is_main else False)
         try:
             while self.step < tc.max_steps:
                 lr = self.schedule.lr_at(self.step)
                 self.train_step(buffer[len(pending)])
+                status.update(self.step)
                 pending.append((self.step, lr))
                 window_tokens += tc.tokens_per_step
                 save_now = tc.save_interval is not None and self.step % tc.save_interval == 0
                 if len(pending) == tc.metrics_interval or self.step == tc.max_steps or save_now:
+                    status.clear()
                     self._flush(buffer, pending, result, window_tokens, window_start)
                     pending, window_tokens, window_start = [], 0, time.perf_counter()
                 if self.step % tc.gc_interval == 0:
@@ -260,6 +264,7 @@ class Trainer:
             self.checkpointer.wait()
             barrier(env)
         finally:
+            status.clear()
             self.loader.close()
             if gc_was_enabled:
                 gc.enable()
