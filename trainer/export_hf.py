@@ -116,7 +116,8 @@ def write_safetensors(path: str | Path, specs: Iterable[tuple[str, tuple[int, ..
         if dtype not in _SAFETENSORS_DTYPE:
             raise ValueError(f"{name}: dtype {dtype} has no safetensors code")
         nbytes = int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
-        header[name] = {"dtype": _SAFETENSORS_DTYPE[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        header[name] = {"dtype": _SAFETENSORS_DTYPE[dtype], "shape": list(shape),
+                        "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
@@ -154,6 +155,8 @@ def write_hf_model(out_dir: str | Path, cfg: ModelConfig, names: list[str], get:
     write_safetensors(out_dir / "model.safetensors", specs, lambda key: get(by_hf[key]).to(dtype))
     config = dict(config) if config is not None else hf_config(cfg, dtype)
     config["torch_dtype"] = str(dtype).removeprefix("torch.")
+    if "dtype" in config:  # transformers >= 5 writes this name
+        config["dtype"] = config["torch_dtype"]
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     return out_dir
 

@@ -1,7 +1,7 @@
 """Command line: train an OLMo 2 model on a built mix.
 
     python -m trainer.run --data build/mixes/demo --model tiny --steps 20 --seq-len 128 --batch-size 4
-    python -m trainer.run --mix manifests/demo.json --steps 30 --save-dir build/checkpoints/small
+    python -m trainer.run --mix manifests/demo.json --model olmo2-30M --steps 30 --seq-len 256 --save-dir /tmp/run
     python -m trainer.run --data DIR --resume                # continue from --save-dir's latest checkpoint
     torchrun --nproc_per_node 8 -m trainer.run --data DIR --model olmo2-1b --seq-len 4096 --batch-size 512
     torchrun --nproc_per_node 8 -m trainer.run --mix manifests/50B.json --recipe olmo2-7b-anneal \\
@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             f"batch {tc.global_batch_size} x {tc.seq_len} = {tc.tokens_per_step:,} tokens/step, micro-batch "
             f"{tc.micro_batch_size}, accumulation {trainer.accum} | repetition {tc.repetition}, weight decay "
             f"{tc.weight_decay:g} ({'norms decayed' if tc.decay_norms else 'norms exempt'})")
-        log(f"schedule: {tc.max_steps:,} steps ({plan.steps_source}) | {tc.schedule} lr {tc.lr:.6g} ({plan.lr_source}), "
+        log(f"schedule: {tc.max_steps:,} steps ({plan.steps_source}) | {tc.schedule} lr {tc.lr:.6g} "
+            f"({plan.lr_source}), "
             f"warmup {tc.warmup_steps}, horizon {tc.horizon_steps:,} steps")
         result = trainer.fit()
         stats = result.data_stats

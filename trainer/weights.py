@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -513,7 +514,9 @@ class WeightReader:
         key = ours_to_olmo_core(name)
         meta = reader.read_metadata().state_dict_metadata[f"model.{key}"]
         out = torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
-        dcp.load({"model": {key: out}}, storage_reader=reader, no_dist=True)
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load({"model": {key: out}}, storage_reader=reader, no_dist=True)
         return out
 
     def close(self) -> None:
@@ -555,7 +558,9 @@ def load_weights_into(model: nn.Module, info: CheckpointInfo) -> int:
 
         targets = {ours_to_olmo_core(n): p for n, p in params.items()}
         distributed = dist.is_available() and dist.is_initialized()
-        dcp.load({"model": targets}, storage_reader=_dcp_reader(info.path), no_dist=not distributed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load({"model": targets}, storage_reader=_dcp_reader(info.path), no_dist=not distributed)
         return len(targets)
     with WeightReader(info) as reader:
         for name, param in params.items():
