@@ -65,7 +65,7 @@ class TrainResult:
 # What shapes the optimisation from one step to the next; a change on resume is legitimate
 # (e.g. extending a run) but silently alters the LR curve, so it is logged.
 _RECIPE_FIELDS = ("lr", "warmup_steps", "schedule", "final_lr_fraction", "global_batch_size", "betas", "adam_eps",
-                  "weight_decay", "max_grad_norm", "z_loss_weight", "mask_repetitions")
+                  "weight_decay", "decay_norms", "max_grad_norm", "z_loss_weight", "repetition")
 
 
 def recipe_changes(saved: dict | None, current: TrainConfig) -> list[str]:
@@ -124,7 +124,7 @@ class Trainer:
         self.save_dir = Path(save_dir)
         self.accum = tc.grad_accum_steps(env.world_size)
         self.dataset = MemmapDataset(run.data_paths, tc.seq_len, vocab_size=mc.vocab_size,
-                                     mask_repetitions=tc.mask_repetitions, repetition_max_n=tc.repetition_max_n,
+                                     repetition=tc.repetition, repetition_max_n=tc.repetition_max_n,
                                      repetition_min_repeats=tc.repetition_min_repeats)
         self.loader = DataLoader(self.dataset, tc.global_batch_size, rank=env.rank, world_size=env.world_size,
                                  seed=tc.seed if tc.data_seed is None else tc.data_seed)
