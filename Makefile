@@ -8,7 +8,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(PY)
 export PYSPARK_DRIVER_PYTHON := $(PY)
 
-.PHONY: setup assets corpus demo build-demo train-demo test bench clean
+.PHONY: setup assets corpus demo build-demo train-demo check-manifests test bench clean
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,11 @@ train-demo: setup
 	$(PY) -m trainer.run --mix manifests/demo.json --model tiny --steps 20 --seq-len 128 --batch-size 4 --save-dir build/checkpoints/demo
 
 demo: build-demo train-demo
+
+# Every manifest must be canonically formatted (dolmino manifest fmt) and valid; CI runs this first.
+check-manifests: setup
+	$(PY) -m dolmino.manifest fmt --check manifests manifests/pools
+	$(PY) -m dolmino.manifest check manifests manifests/pools
 
 test: assets
 	$(PY) -m pytest -q

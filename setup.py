@@ -10,6 +10,7 @@ Set DOLMINO_NO_NATIVE=1 to skip the build on purpose.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import warnings
@@ -21,20 +22,26 @@ SOURCES = ["csrc/native.cpp"]
 
 
 def _pybind11_include() -> str | None:
-    """torch's bundled pybind11 headers, else a standalone pybind11 install, else None."""
-    try:
-        from torch.utils.cpp_extension import include_paths
+    """torch's bundled pybind11 headers, else a standalone pybind11 install, else None.
 
-        for path in include_paths():
-            if os.path.isfile(os.path.join(path, "pybind11", "pybind11.h")):
-                return path
-    except Exception:  # noqa: BLE001 - no torch (or a broken one): try pybind11 itself
-        pass
+    torch is located, never imported: importing it here runs before pip has installed
+    numpy (a dependency of this project, not of torch) and makes torch warn "Failed to
+    initialize NumPy" in the middle of `make setup`. The headers are plain files under
+    torch/include, which is all the compiler needs.
+    """
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        spec = None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        include = os.path.join(location, "include")
+        if os.path.isfile(os.path.join(include, "pybind11", "pybind11.h")):
+            return include
     try:
         import pybind11
 
         return pybind11.get_include()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - no pybind11 either: build without the extension
         return None
 
 

@@ -89,7 +89,7 @@ def index_load(path: str) -> dict:
     t0 = time.perf_counter()
     index = NgramIndex.load(path)
     t1 = time.perf_counter()
-    touched = int(np.asarray(index.hashes[:: 512]).sum() & 1) + int(np.asarray(index.task_ids).sum() & 1)
+    touched = int(np.asarray(index.hashes[:: 512]).sum() & 1) + int(np.asarray(index.set_ids).sum() & 1)
     return {"load_s": round(t1 - t0, 4), "memory_mapped": type(index.hashes).__name__ == "memmap",
             "rss_added_after_touch_mb": round(_rss_mb() - before, 1), "_touched": touched}
 

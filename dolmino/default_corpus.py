@@ -39,6 +39,7 @@ from typing import Iterator
 
 from dolmino import assets
 from dolmino.documents import write_documents
+from dolmino.progress import progress
 
 ADDED = "2024-11-24T00:00:00.000Z"  # fixed: the corpus must be byte-identical run to run
 CREATED = "2024-11-24T00:00:00.000Z"
@@ -293,12 +294,14 @@ def _posts_xml() -> bytes:
 # ---------------------------------------------------------------------------------- assembly
 
 
-def _write_source(out: Path, name: str, docs: Iterator[dict]) -> None:
+def _write_source(out: Path, name: str, docs: Iterator[dict], bar=None) -> None:
     target = out / name
     target.mkdir(parents=True, exist_ok=True)
     batch: list[dict] = []
     index = 0
     for doc in docs:
+        if bar is not None:
+            bar.update(1)
         batch.append(doc)
         if len(batch) == DOCS_PER_FILE:
             write_documents(str(target / f"{name}-{index:04d}.jsonl.zst"), batch)
@@ -333,19 +336,28 @@ def is_complete(out: Path) -> bool:
     return recorded.get("fingerprint") == _fingerprint() and recorded.get("files") == _file_hashes(out)
 
 
-def assemble(out_dir: str, force: bool = False) -> Path:
-    """Write the corpus under `out_dir` (skipped when a complete, matching one is there)."""
+def assemble(out_dir: str, force: bool = False, show_progress: bool | None = None) -> Path:
+    """Write the corpus under `out_dir` (skipped when a complete, matching one is there).
+
+    Takes a minute or two (parsing the stdlib, reading the wheels' eval sets): a progress
+    bar counts documents per source on a terminal (`show_progress=None`: only there).
+    """
     out = Path(out_dir)
     if not force and is_complete(out):
         return out
     for name in SOURCES:
         for old in (out / name).glob("*") if (out / name).exists() else []:
             old.unlink()
-    for name, generator in GENERATORS.items():
-        _write_source(out, name, generator())
-    (out / "stackexchange").mkdir(parents=True, exist_ok=True)
-    (out / "stackexchange" / "Posts.xml").write_bytes(_posts_xml())
-    (out / MARKER).write_text(json.dumps({"fingerprint": _fingerprint(), "files": _file_hashes(out)}, indent=1))
+    with progress(desc="default corpus", unit=" docs", enable=show_progress) as bar:
+        for name, generator in GENERATORS.items():
+            bar.set_description_str(f"default corpus: {name}")
+            _write_source(out, name, generator(), bar)
+        bar.set_description_str("default corpus: stackexchange")
+        (out / "stackexchange").mkdir(parents=True, exist_ok=True)
+        (out / "stackexchange" / "Posts.xml").write_bytes(_posts_xml())
+        bar.set_description_str("default corpus: checksums")
+        (out / MARKER).write_text(json.dumps({"fingerprint": _fingerprint(), "files": _file_hashes(out)}, indent=1))
+        bar.set_description_str("default corpus")
     return out
 
 
@@ -367,8 +379,11 @@ def default_corpus_summary(out_dir: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dolmino.default_corpus", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="build/default-corpus")
+    from dolmino.help_format import DefaultsHelpFormatter
+
+    parser = argparse.ArgumentParser(prog="python -m dolmino.default_corpus", description=__doc__.split("\n\n")[0],
+                                     formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("--out", default="build/default-corpus", help="directory to write the corpus into")
     parser.add_argument("--force", action="store_true", help="rebuild even if a complete corpus is there")
     args = parser.parse_args(argv)
     was_complete = not args.force and is_complete(Path(args.out))

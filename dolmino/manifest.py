@@ -63,6 +63,18 @@ PASSES_TOLERANCE = 0.005
 MANIFEST_VERSIONS = (1, 2)
 MANIFEST_KINDS = ("mix", "pool")
 
+# The schema's fields, in the order `dolmino manifest fmt` writes them (identity and
+# description first, then what shapes the output, then the sources). The validator accepts
+# exactly these keys; add a field here and the formatter places it.
+MANIFEST_FIELDS = ("name", "description", "version", "kind", "seed", "budget", "data_root", "output", "tokenizer",
+                   "output_format", "sources")
+SOURCE_FIELDS = ("name", "description", "paths", "format", "pool_tokens", "pool_docs", "source_percent",
+                 "mix_percent", "max_doc_bytes", "max_doc_tokens", "filters", "dedup")
+TOKENIZER_FIELDS = ("name", "path", "eos_token_id", "pad_token_id", "vocab_size")
+OUTPUT_FORMAT_FIELDS = ("tokens_per_file", "label_mask")
+DEDUP_FIELDS = ("exact", "minhash")
+MINHASH_FIELDS = ("num_perm", "ngram", "threshold", "seed")
+
 
 def parse_count(value: Any, where: str) -> int:
     """Parse token counts like 100B, 1.5M, 832.6B, 7000 (K/M/B/T suffixes, powers of 10)."""
@@ -315,14 +327,13 @@ def _parse_dedup(obj: Any, where: str) -> DedupConfig:
     if obj is None:
         return DedupConfig()
     _expect(isinstance(obj, dict), where, "expected an object like {\"exact\": true}")
-    _check_keys(obj, {"exact", "minhash"}, set(), where)
+    _check_keys(obj, set(DEDUP_FIELDS), set(), where)
     exact = obj.get("exact", False)
     _expect(isinstance(exact, bool), f"{where}.exact", f"expected true/false, got {exact!r}")
     minhash = obj.get("minhash")
     if minhash is not None:
         _expect(isinstance(minhash, dict), f"{where}.minhash", "expected an object of MinHash parameters")
-        allowed = {"num_perm", "ngram", "threshold", "seed"}
-        _check_keys(minhash, allowed, set(), f"{where}.minhash")
+        _check_keys(minhash, set(MINHASH_FIELDS), set(), f"{where}.minhash")
         if "threshold" in minhash:
             _number(minhash["threshold"], f"{where}.minhash.threshold", 0.0, 1.0)
         for key in ("num_perm", "ngram", "seed"):
@@ -357,9 +368,7 @@ def _parse_filters(value: Any, where: str, base_dir: str | None = None) -> tuple
 
 def _parse_source(obj: Any, where: str, base_dir: str | None = None) -> SourceSpec:
     _expect(isinstance(obj, dict), where, "expected an object")
-    allowed = {"name", "paths", "mix_percent", "format", "source_percent", "pool_tokens",
-               "pool_docs", "filters", "dedup", "description", "max_doc_bytes", "max_doc_tokens"}
-    _check_keys(obj, allowed, {"name", "paths"}, where)
+    _check_keys(obj, set(SOURCE_FIELDS), {"name", "paths"}, where)
     name = _string(obj["name"], f"{where}.name")
     _expect(bool(_NAME_RE.match(name)), f"{where}.name", f"use letters, digits, '_', '-', '.': {name!r}")
     paths = obj["paths"]
@@ -466,7 +475,7 @@ def _parse_tokenizer(obj: Any, base_dir: str | None) -> TokenizerSpec:
     if obj is None:
         return TokenizerSpec()
     _expect(isinstance(obj, dict), where, "expected an object")
-    _check_keys(obj, {"name", "path", "eos_token_id", "pad_token_id", "vocab_size"}, set(), where)
+    _check_keys(obj, set(TOKENIZER_FIELDS), set(), where)
     spec = TokenizerSpec()
     name = obj.get("name", spec.name)
     _string(name, f"{where}.name")
@@ -491,7 +500,7 @@ def _parse_output_spec(obj: Any) -> OutputSpec:
     if obj is None:
         return OutputSpec()
     _expect(isinstance(obj, dict), where, "expected an object")
-    _check_keys(obj, {"tokens_per_file", "label_mask"}, set(), where)
+    _check_keys(obj, set(OUTPUT_FORMAT_FIELDS), set(), where)
     tpf = parse_count(obj.get("tokens_per_file", OutputSpec.tokens_per_file), f"{where}.tokens_per_file")
     label_mask = obj.get("label_mask", False)
     _expect(isinstance(label_mask, bool), f"{where}.label_mask", f"expected true/false, got {label_mask!r}")
@@ -501,9 +510,7 @@ def _parse_output_spec(obj: Any) -> OutputSpec:
 def manifest_from_dict(data: Any, path: str | None = None) -> Manifest:
     """Validate a parsed manifest; relative paths resolve against the manifest's directory."""
     _expect(isinstance(data, dict), "manifest", "expected a JSON object at the top level")
-    allowed = {"name", "description", "version", "kind", "seed", "budget", "data_root", "output", "tokenizer",
-               "output_format", "sources"}
-    _check_keys(data, allowed, {"name", "seed", "sources"}, "manifest")
+    _check_keys(data, set(MANIFEST_FIELDS), {"name", "seed", "sources"}, "manifest")
     name = _string(data["name"], "name")
     _expect(bool(_NAME_RE.match(name)), "name", f"use letters, digits, '_', '-', '.': {name!r}")
     version = data.get("version", 1)
@@ -550,25 +557,54 @@ def manifest_from_dict(data: Any, path: str | None = None) -> Manifest:
     return manifest
 
 
-def load_manifest(path: str) -> Manifest:
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    obj: dict = {}
+    for key, value in pairs:
+        if key in obj:
+            # json.load would keep the last value and drop the first without a word; in a
+            # reviewed file that is a reviewer reading one number and the build using another.
+            raise ManifestError(f"duplicate key {key!r} in one object (JSON would silently keep only the last)")
+        obj[key] = value
+    return obj
+
+
+def read_manifest_json(path: str) -> Any:
+    """The parsed JSON of a manifest file (no schema check); every error names the file."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        with open(path, encoding="utf-8-sig") as fh:
+            return json.load(fh, object_pairs_hook=_no_duplicate_keys)
     except FileNotFoundError:
         raise ManifestError(f"{path}: manifest file not found") from None
+    except IsADirectoryError:
+        raise ManifestError(f"{path}: is a directory, not a manifest file") from None
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    return manifest_from_dict(data, path)
+    except ManifestError as exc:
+        raise ManifestError(f"{path}: {exc}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m dolmino.manifest FILE...`: validate manifests (for CI and pre-commit).
+def load_manifest(path: str) -> Manifest:
+    return manifest_from_dict(read_manifest_json(path), path)
 
-    Exit 1 if any manifest is invalid; warnings (Source % and Mix % that disagree, a budget
-    the passes do not add up to) are printed as `warn` lines and do not change the status."""
-    import sys
 
-    paths = argv if argv is not None else sys.argv[1:]
+LOCKFILE_SUFFIX = ".lock.json"
+
+
+def expand_manifest_paths(paths: list[str]) -> list[str]:
+    """Files as given; a directory stands for its *.json manifests (sorted, lockfiles left out)."""
+    out: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            out.extend(str(f) for f in sorted(Path(p).glob("*.json")) if not f.name.endswith(LOCKFILE_SUFFIX))
+        else:
+            out.append(p)
+    return out
+
+
+def check_files(paths: list[str]) -> int:
+    """Validate each manifest; one `ok`/`BAD` line per file, 1 if any is bad."""
     status = 0
     for p in paths:
         try:
@@ -584,9 +620,59 @@ def main(argv: list[str] | None = None) -> int:
             for warning in m.warnings:  # reported, not fatal: the manifest is still usable
                 print(f"warn {p}: {warning}")
         except ManifestError as exc:
-            print(f"BAD {p}: {exc}")
+            message = str(exc)
+            print(f"BAD {p}: {message[len(p) + 2:] if message.startswith(f'{p}: ') else message}")
             status = 1
     return status
+
+
+def build_parser():
+    import argparse
+
+    from dolmino.help_format import DefaultsHelpFormatter
+    from dolmino.manifest_format import CANONICAL_FORM
+
+    parser = argparse.ArgumentParser(
+        prog="dolmino manifest", formatter_class=DefaultsHelpFormatter,
+        description="Validate mix manifests, or rewrite them in their canonical form.\n\n"
+                    "`dolmino manifest FILE...` (and `python -m dolmino.manifest FILE...`) is `check`.")
+    sub = parser.add_subparsers(dest="command", metavar="{check,fmt}")
+    check = sub.add_parser("check", formatter_class=DefaultsHelpFormatter,
+                           help="validate manifests; errors name the field (exit 1 if any is bad)",
+                           description="Validate manifests: every field, filter parameter and the Mix % sum. "
+                                       "Exit 1 if any is bad.")
+    check.add_argument("paths", nargs="+", metavar="PATH", help="manifest files, or directories of *.json manifests")
+    fmt = sub.add_parser("fmt", formatter_class=DefaultsHelpFormatter, description=CANONICAL_FORM,
+                         help="rewrite manifests canonically (--check: only report, exit 1 if any would change)")
+    fmt.add_argument("paths", nargs="+", metavar="PATH", help="manifest files, or directories of *.json manifests")
+    fmt.add_argument("--check", action="store_true",
+                     help="write nothing; name each file that is not canonical and exit 1 if there is one")
+    fmt.add_argument("--diff", action="store_true", help="write nothing; print a unified diff of what would change")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`dolmino manifest check|fmt ...`; a bare list of files (`python -m dolmino.manifest
+    manifests/*.json`, as in the README and pre-commit hooks) is `check`."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in ("check", "fmt", "-h", "--help"):
+        argv = ["check", *argv]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    paths = expand_manifest_paths(args.paths)
+    if not paths:
+        print(f"dolmino manifest {args.command}: no manifests in {' '.join(args.paths)}", file=sys.stderr)
+        return 2
+    if args.command == "fmt":
+        from dolmino.manifest_format import format_files
+
+        return format_files(paths, check=args.check, diff=args.diff)
+    return check_files(paths)
 
 
 if __name__ == "__main__":

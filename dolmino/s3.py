@@ -19,11 +19,13 @@ nothing escapes as a raw traceback.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import socket
 import sys
 import threading
+from pathlib import Path
 from typing import IO, Iterator, NamedTuple
 
 S3_SCHEME = "s3://"
@@ -358,6 +360,70 @@ def iter_objects(bucket: str, prefix: str) -> Iterator[dict]:
         if _error_code(exc) == "NoSuchBucket":
             raise S3PathError(f"s3://{bucket}: bucket does not exist") from None
         raise
+
+
+def download_prefix(uri: str, dest: str | os.PathLike) -> list[str]:
+    """Copy every object under the s3:// "directory" `uri` into `dest`, keeping relative paths.
+
+    For model directories (config, tokenizer, weights) that a process loads from local disk.
+    Size and ETag of each object are recorded in `dest/.s3-objects.json`, written last: a
+    later call that lists the same objects fetches nothing (one LIST request), a changed or
+    added object is fetched again, a removed one is deleted, and an interrupted download is
+    redone rather than half-used (each file is written to a temporary name, then renamed).
+    Processes that share `dest` must hold a lock around the call. Returns the relative paths.
+    """
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_uri(uri)
+    prefix = key.rstrip("/") + "/" if key.strip("/") else ""
+    dest = Path(dest)
+    listing: dict[str, dict] = {}
+    try:
+        for page in client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", ()):
+                rel = obj["Key"][len(prefix):]
+                if not rel or rel.endswith("/"):
+                    continue  # directory markers
+                if any(part in ("", ".", "..") for part in rel.split("/")):
+                    raise ValueError(f"{join_uri(bucket, obj['Key'])}: key does not map to a safe local path")
+                listing[rel] = {"size": int(obj["Size"]), "etag": str(obj.get("ETag", "")).strip('"')}
+    except ClientError as exc:
+        if _error_code(exc) == "NoSuchBucket":
+            raise S3PathError(f"s3://{bucket}: bucket does not exist") from None
+        raise OSError(f"{uri}: cannot list: {describe_error(exc)}") from None
+    if not listing:
+        check_bucket(bucket)
+        raise S3PathError(f"{uri}: no objects under this prefix")
+    record_path = dest / ".s3-objects.json"
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = {}
+    previous = record.get("objects", {}) if record.get("uri") == uri else {}
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel, info in sorted(listing.items()):
+        target = dest.joinpath(*rel.split("/"))
+        if previous.get(rel) == info and target.is_file() and target.stat().st_size == info["size"]:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+        try:
+            client().download_file(bucket, prefix + rel, str(tmp))
+        except ClientError as exc:
+            tmp.unlink(missing_ok=True)
+            raise OSError(f"{join_uri(bucket, prefix + rel)}: download failed: {describe_error(exc)}") from None
+        got = tmp.stat().st_size
+        if got != info["size"]:
+            tmp.unlink(missing_ok=True)
+            raise OSError(f"{join_uri(bucket, prefix + rel)}: downloaded {got} bytes, listed {info['size']}")
+        os.replace(tmp, target)
+    for rel in previous:
+        if rel not in listing:
+            dest.joinpath(*rel.split("/")).unlink(missing_ok=True)
+    tmp_record = record_path.with_name(f"{record_path.name}.tmp{os.getpid()}")
+    tmp_record.write_text(json.dumps({"uri": uri, "objects": listing}, sort_keys=True), encoding="utf-8")
+    os.replace(tmp_record, record_path)
+    return sorted(listing)
 
 
 def list_prefixes(bucket: str, prefix: str) -> list[str]:

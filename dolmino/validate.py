@@ -262,7 +262,10 @@ def validate_build(build_dir: str | Path, *, vocab_size: int | None = None, eos_
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dolmino validate", description=__doc__.split("\n\n")[0])
+    from dolmino.help_format import DefaultsHelpFormatter
+
+    parser = argparse.ArgumentParser(prog="dolmino validate", description=__doc__.split("\n\n")[0],
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("build_dir", help="a build's output directory (part-*.npy, part-*.csv.gz, manifest.json)")
     parser.add_argument("--vocab-size", type=int, default=None,
                         help=f"ids must be below this (default: the build's manifest.json, else {DEFAULT_VOCAB_SIZE})")

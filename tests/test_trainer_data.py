@@ -26,12 +26,12 @@ def write_part(directory: Path, name: str, tokens, mask=None) -> np.ndarray:
 def test_instances_labels_and_per_file_cut(tmp_path):
     a = write_part(tmp_path, "part-00000", np.arange(0, 25))     # 3 instances of 8, tail of 1 dropped
     b = write_part(tmp_path, "part-00001", np.arange(100, 116))  # 2 instances
-    ds = MemmapDataset(tmp_path, seq_len=8, mask_repetitions=False)
+    ds = MemmapDataset(tmp_path, seq_len=8, repetition="off")
     assert len(ds) == 5 and ds.dropped_tail_tokens == 1 and ds.total_tokens == 41
-    ids, labels, masked, rep = ds.instance(3)
+    ids, labels, masked, rep, _ = ds.instance(3)
     assert ids.tolist() == b[:8].tolist() and ids.dtype == np.int64
     assert labels.tolist() == b[1:8].tolist() + [IGNORE_INDEX]
-    ids, labels, _, _ = ds.instance(2)
+    ids, labels, _, _, _ = ds.instance(2)
     assert ids.tolist() == a[16:24].tolist()  # an instance never straddles files
     with pytest.raises(IndexError):
         ds.instance(5)
@@ -42,11 +42,11 @@ def test_label_mask_file_masks_labels(tmp_path):
     mask = np.ones(16, dtype=bool)
     mask[[0, 3, 9, 15]] = False
     write_part(tmp_path, "p", tokens, mask)
-    ds = MemmapDataset(tmp_path, seq_len=8, mask_repetitions=False)
-    ids, labels, n_masked, _ = ds.instance(0)
+    ds = MemmapDataset(tmp_path, seq_len=8, repetition="off")
+    ids, labels, n_masked, _, _ = ds.instance(0)
     # label j is the token at position j+1; position 3 masked -> label 2; position 0 is never a label
     assert labels.tolist() == [2, 3, IGNORE_INDEX, 5, 6, 7, 8, IGNORE_INDEX] and n_masked == 1
-    ids, labels, n_masked, _ = ds.instance(1)
+    ids, labels, n_masked, _, _ = ds.instance(1)
     assert labels.tolist() == [IGNORE_INDEX, 11, 12, 13, 14, 15, IGNORE_INDEX, IGNORE_INDEX] and n_masked == 2
 
 
@@ -56,11 +56,11 @@ def test_repetition_spans_are_masked_even_across_instance_edges(tmp_path):
     tokens[1000:1000 + 3 * 40] = np.tile([7, 8, 9], 40)   # straddles the 1024 boundary
     tokens[3000:3000 + 31] = 5                             # 31 repeats: kept
     write_part(tmp_path, "p", tokens)
-    ds = MemmapDataset(tmp_path, seq_len=1024)
+    ds = MemmapDataset(tmp_path, seq_len=1024, repetition="mask_spans")
     global_keep = repetition_keep_mask(tokens)
     total_rep = 0
     for i in range(4):
-        ids, labels, _, n_rep = ds.instance(i)
+        ids, labels, _, n_rep, _ = ds.instance(i)
         expected = np.where(global_keep[i * 1024 + 1:(i + 1) * 1024], ids[1:], IGNORE_INDEX)
         assert labels[:-1].tolist() == expected.tolist()
         total_rep += n_rep
@@ -68,7 +68,7 @@ def test_repetition_spans_are_masked_even_across_instance_edges(tmp_path):
     assert total_rep == 119
     # the second instance holds only 96 of the 120 tokens (32 copies): still masked
     assert (ds.instance(1)[1][:95] == IGNORE_INDEX).all() and ds.instance(1)[1][95] != IGNORE_INDEX
-    off = MemmapDataset(tmp_path, seq_len=1024, mask_repetitions=False)
+    off = MemmapDataset(tmp_path, seq_len=1024, repetition="off")
     assert (off.instance(1)[1][:-1] != IGNORE_INDEX).all()
 
 
@@ -78,7 +78,7 @@ def test_repetition_straddling_just_32_copies_across_the_edge(tmp_path):
     tokens = rng.integers(1000, 50_000, 512)
     tokens[256 - 32: 256 + 32] = np.tile([3, 4], 32)
     write_part(tmp_path, "p", tokens)
-    ds = MemmapDataset(tmp_path, seq_len=256)
+    ds = MemmapDataset(tmp_path, seq_len=256, repetition="mask_spans")
     assert (ds.instance(0)[1][256 - 33: 255] == IGNORE_INDEX).all()
     assert (ds.instance(1)[1][:31] == IGNORE_INDEX).all()
     assert ds.instance(1)[1][32] != IGNORE_INDEX
@@ -90,7 +90,7 @@ def test_numpy_header_mask_is_accepted_but_token_header_is_an_error(tmp_path):
     mask = np.ones(16, dtype=bool)
     mask[5] = False
     np.save(tmp_path / "a.label_mask.npy", mask)  # with a .npy header
-    ds = MemmapDataset(tmp_path, seq_len=8, mask_repetitions=False)
+    ds = MemmapDataset(tmp_path, seq_len=8, repetition="off")
     assert ds.instance(0)[1][4] == IGNORE_INDEX
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -228,7 +228,7 @@ def test_real_text_written_by_dolmino_reads_back(tmp_path):
         stream.extend(ids.tolist() + [100257])
         stream_mask.extend(mask.tolist() + [True])
     writer.close()
-    ds = MemmapDataset(tmp_path, seq_len=256, vocab_size=100_278)
+    ds = MemmapDataset(tmp_path, seq_len=256, vocab_size=100_278, repetition="mask_spans")
     assert ds.files[0].mask_path is not None
     n = len(ds)
     assert n == len(stream) // 256
@@ -236,7 +236,7 @@ def test_real_text_written_by_dolmino_reads_back(tmp_path):
     keep = np.asarray(stream_mask) & repetition_keep_mask(stream)
     masked = 0
     for i in range(n):
-        ids, labels, n_mask, n_rep = ds.instance(i)
+        ids, labels, n_mask, n_rep, _ = ds.instance(i)
         window = slice(i * 256, (i + 1) * 256)
         assert ids.tolist() == stream[window].tolist()
         assert labels[:-1].tolist() == np.where(keep[window][1:], ids[1:], IGNORE_INDEX).tolist()
@@ -277,7 +277,7 @@ def test_olmo_core_style_memmaps_need_no_sidecar(tmp_path):
         del out
     (tmp_path / "preprocessed" / "README.txt").write_text("not a token file")
     assert sorted(p.name for p in root.iterdir()) == ["part-0-00000.npy", "part-1-00000.npy"]  # nothing else
-    ds = MemmapDataset(tmp_path / "preprocessed", seq_len=64, vocab_size=100_278)
+    ds = MemmapDataset(tmp_path / "preprocessed", seq_len=64, vocab_size=100_278, repetition="mask_spans")
     assert [f.mask_path for f in ds.files] == [None, None]
     assert len(ds) == half // 64 + (len(stream) - half) // 64
     keep = np.concatenate([repetition_keep_mask(stream[:half]), repetition_keep_mask(stream[half:])])
@@ -286,7 +286,7 @@ def test_olmo_core_style_memmaps_need_no_sidecar(tmp_path):
     for part_idx, part in enumerate(parts):
         offset = 0 if part_idx == 0 else half
         for j in range(len(part) // 64):
-            ids, labels, n_mask, _ = ds.instance(i)
+            ids, labels, n_mask, _, _ = ds.instance(i)
             window = slice(offset + j * 64, offset + (j + 1) * 64)
             assert ids.tolist() == stream[window].tolist() and n_mask == 0
             assert labels[:-1].tolist() == np.where(keep[window][1:], ids[1:], IGNORE_INDEX).tolist()

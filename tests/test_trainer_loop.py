@@ -63,7 +63,7 @@ def test_mfu_arithmetic_and_unknown_devices():
     assert mfu(50_000, 8.6e9, 989.4e12) == pytest.approx(50_000 * 8.6e9 / 989.4e12)
     assert mfu(50_000, 8.6e9, None) is None
     assert peak_flops(torch.device("cpu")) is None
-    cfg = ModelConfig.preset("1B")
+    cfg = ModelConfig.preset("olmo2-1b")
     assert cfg.flops_per_token(4096) == 6 * cfg.num_params(include_embedding=False) + 12 * 16 * 2048 * 4096
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from trainer.config import MODEL_PRESETS, ModelConfig, round_up
+from trainer.config import MODEL_PRESETS, ModelConfig, describe_params, describe_preset, format_params, round_up
 from trainer.model import OLMo2, RMSNorm, no_decay_param_names
 
 
@@ -45,13 +45,35 @@ def test_mlp_hidden_rounds_8_thirds_up_to_128():
     assert round_up(100278, 128) == 100352 and round_up(128, 128) == 128
 
 
-@pytest.mark.parametrize("name,low,high", [("20M", 18e6, 22e6), ("150M", 140e6, 165e6), ("1B", 1.0e9, 1.15e9)])
-def test_small_preset_names_count_non_embedding_block_params(name, low, high):
+@pytest.mark.parametrize("name,named", [("olmo2-30M", 30e6), ("olmo2-190M", 190e6), ("olmo2-370M", 370e6)])
+def test_research_preset_names_count_non_embedding_params_like_olmo_core(name, named):
+    """OLMo-core's TransformerConfig.olmo2_30M/190M/370M: the name is every parameter but the
+    input embedding (the untied LM head counts)."""
     cfg = ModelConfig.preset(name)
     model = meta_model(cfg)
-    blocks = sum(p.numel() for p in model.blocks.parameters())
-    assert low < blocks < high, blocks
-    assert count(model) == cfg.num_params()
+    non_embedding = count(model) - model.embed.weight.numel()
+    assert abs(non_embedding / named - 1) < 0.05, non_embedding
+    assert non_embedding == cfg.num_params(include_embedding=False) and count(model) == cfg.num_params()
+
+
+@pytest.mark.parametrize("name,total", [("olmo2-1b", 1.48e9), ("olmo2-7b", 7.30e9), ("olmo2-13b", 13.7e9)])
+def test_release_presets_are_named_after_the_release(name, total):
+    cfg = ModelConfig.preset(name)
+    assert abs(cfg.num_params() / total - 1) < 0.01
+    assert describe_preset(name).startswith(f"{name}: {cfg.n_layers} x {cfg.d_model}")
+
+
+def test_help_and_names_state_both_counts():
+    assert describe_params(ModelConfig.preset("olmo2-30M")) == "29.1M non-embedding / 54.8M total parameters"
+    assert describe_params(ModelConfig.preset("olmo2-7b")) == "6.89B non-embedding / 7.30B total parameters"
+    assert format_params(999) == "999" and format_params(371_262_464) == "371M"
+
+
+def test_legacy_names_still_resolve_but_are_not_listed():
+    assert "20M" not in MODEL_PRESETS and ModelConfig.preset("20M").d_model == 512
+    assert not ModelConfig.preset("1B").same_shape(ModelConfig.preset("olmo2-1b"))
+    assert ModelConfig.preset("olmo2-7b").preset_name() == "olmo2-7b"
+    assert ModelConfig(d_model=96, n_heads=6).preset_name() is None
 
 
 def test_every_preset_is_valid():
@@ -94,7 +116,8 @@ def test_no_biases_and_whole_projection_qk_norm():
     assert attn.q_norm.weight.shape == (cfg.n_heads * cfg.head_dim,) == (96,)
     assert attn.k_norm.weight.shape == (96,)
     assert model.lm_head.weight.data_ptr() != model.embed.weight.data_ptr()  # untied
-    names = no_decay_param_names(model)
+    assert no_decay_param_names(model) == {"embed.weight"}  # OLMo 2 decays the norm gains
+    names = no_decay_param_names(model, decay_norms=False)
     assert "embed.weight" in names and "blocks.0.attn.q_norm.weight" in names and "norm.weight" in names
     assert "lm_head.weight" not in names and "blocks.0.mlp.up_proj.weight" not in names
 

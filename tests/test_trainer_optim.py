@@ -1,4 +1,4 @@
-"""LR schedules at key steps, AdamW groups (no decay on embeddings / norms), clipping, configs."""
+"""LR schedules at key steps, AdamW groups (OLMo 2: decay all but the embedding), clipping, configs."""
 
 from __future__ import annotations
 
@@ -39,13 +39,28 @@ def test_truncated_cosine_follows_the_long_horizon():
     assert s.lr_at(cfg.max_steps) > 3e-5 * 1.5  # truncated: well above the floor
 
 
-def test_linear_to_zero_anneal():
-    s = LRSchedule(peak_lr=1e-4, warmup_steps=0, horizon_steps=1000, kind="linear_to_zero")
-    assert s.lr_at(0) == pytest.approx(1e-4)
+def test_linear_to_zero_anneal_ends_at_exactly_zero_on_the_last_step():
+    s = LRSchedule(peak_lr=1e-4, warmup_steps=0, horizon_steps=1001, kind="linear_to_zero")
+    assert s.lr_at(0) == 1e-4  # the first step runs at the start LR
     assert s.lr_at(500) == pytest.approx(5e-5)
-    assert s.lr_at(1000) == 0.0 and s.lr_at(1200) == 0.0
-    w = LRSchedule(peak_lr=1e-4, warmup_steps=10, horizon_steps=110, kind="linear_to_zero")
-    assert w.lr_at(9) == pytest.approx(1e-4) and w.lr_at(60) == pytest.approx(5e-5)
+    assert s.lr_at(1000) == 0.0 and s.lr_at(1200) == 0.0  # the last step (1000) at exactly 0
+    assert s.lr_at(999) == pytest.approx(1e-7)
+    lrs = [s.lr_at(i) for i in range(1001)]
+    steps = [a - b for a, b in zip(lrs, lrs[1:])]
+    assert max(steps) == pytest.approx(min(steps)) == pytest.approx(1e-7)  # a straight line
+    w = LRSchedule(peak_lr=1e-4, warmup_steps=10, horizon_steps=111, kind="linear_to_zero")
+    assert w.lr_at(9) == pytest.approx(1e-4) and w.lr_at(10) == pytest.approx(1e-4)
+    assert w.lr_at(60) == pytest.approx(5e-5) and w.lr_at(110) == 0.0
+    assert LRSchedule(1e-4, 0, 2, "linear_to_zero").lr_at(0) == 1e-4
+    assert LRSchedule(1e-4, 0, 2, "linear_to_zero").lr_at(1) == 0.0
+    assert s.key_steps(1001) == {"first": 0, "25%": 250, "50%": 500, "75%": 750, "last": 1000}
+    assert w.key_steps(111)["warmup_end"] == 9
+
+
+def test_cosine_is_unchanged_by_the_anneal_rule():
+    """The pretraining cosine keeps its floor at the horizon (anneals start from it)."""
+    s = LRSchedule(peak_lr=3e-4, warmup_steps=2000, horizon_steps=1_192_093, kind="cosine")
+    assert s.lr_at(1_192_093) == pytest.approx(3e-5) and s.lr_at(1_192_092) > 3e-5
 
 
 def test_schedule_rejects_bad_input():
@@ -62,12 +77,25 @@ def test_train_config_defaults_are_the_paper_recipe():
     assert cfg.warmup_steps == 2000 and cfg.adam_eps == 1e-8 and cfg.weight_decay == 0.1
     assert cfg.max_grad_norm == 1.0 and cfg.z_loss_weight == 1e-5 and cfg.final_lr_fraction == 0.1
     assert cfg.schedule == "cosine" and cfg.betas == (0.9, 0.95)
+    assert cfg.decay_norms is True and cfg.repetition == "instance_filter"  # OLMo 2's choices
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="schedule"):
         TrainConfig(schedule="constant")
+    with pytest.raises(ValueError, match="repetition"):
+        TrainConfig(repetition="drop")
     with pytest.raises(ValueError, match="divisible"):
         TrainConfig(global_batch_size=6, micro_batch_size=2).grad_accum_steps(4)
     assert TrainConfig(global_batch_size=16, micro_batch_size=2).grad_accum_steps(4) == 2
+    assert TrainConfig(lr=0.0).lr == 0.0  # a step that changes nothing: checks a pipeline end to end
+    with pytest.raises(ValueError, match="lr"):
+        TrainConfig(lr=-1e-4)
+
+
+def test_configs_saved_before_the_olmo2_defaults_read_back_as_they_ran():
+    legacy = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("repetition", "decay_norms")}
+    old = TrainConfig.from_dict({**legacy, "mask_repetitions": True})
+    assert old.repetition == "mask_spans" and old.decay_norms is False
+    assert TrainConfig.from_dict({**legacy, "mask_repetitions": False}).repetition == "off"
 
 
 def tiny_model() -> OLMo2:
@@ -75,29 +103,53 @@ def tiny_model() -> OLMo2:
     return OLMo2(ModelConfig(d_model=32, n_layers=2, n_heads=2, vocab_size=200, max_seq_len=16))
 
 
-def test_param_groups_exclude_embeddings_and_norms_from_decay():
+def test_param_groups_exempt_only_the_embedding_by_default():
+    """OLMo 2 (OLMo-core's OLMo2 scripts: weight_decay 0 for embeddings.weight only)."""
     model = tiny_model()
     decay, no_decay = param_groups(model, 0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert no_decay["names"] == ["embed.weight"]
+    assert "norm.weight" in decay["names"] and "blocks.0.attn.q_norm.weight" in decay["names"]
+    assert "lm_head.weight" in decay["names"]
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_param_groups_can_exempt_norms_too():
+    model = tiny_model()
+    decay, no_decay = param_groups(model, 0.1, decay_norms=False)
     assert "embed.weight" in no_decay["names"] and "norm.weight" in no_decay["names"]
     assert all(n.endswith("norm.weight") or n == "embed.weight" for n in no_decay["names"])
     assert "lm_head.weight" in decay["names"] and all(p.ndim == 2 for p in decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
-def test_weight_decay_applies_only_to_decayed_group():
+@pytest.mark.parametrize("decay_norms", [True, False])
+def test_weight_decay_applies_only_to_decayed_group(decay_norms):
     """With zero gradients AdamW's update is pure decay: w <- w * (1 - lr * wd)."""
     model = tiny_model()
-    opt = build_optimizer(model, TrainConfig(lr=0.5, weight_decay=0.1, max_steps=10, warmup_steps=0))
+    opt = build_optimizer(model, TrainConfig(lr=0.5, weight_decay=0.1, max_steps=10, warmup_steps=0,
+                                             decay_norms=decay_norms))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     opt.step()
     after = dict(model.named_parameters())
     torch.testing.assert_close(after["embed.weight"], before["embed.weight"], rtol=0, atol=0)
-    torch.testing.assert_close(after["blocks.1.mlp_norm.weight"], before["blocks.1.mlp_norm.weight"], rtol=0, atol=0)
+    norm = "blocks.1.mlp_norm.weight"
+    expected_norm = before[norm] * (1 - 0.5 * 0.1) if decay_norms else before[norm]
+    torch.testing.assert_close(after[norm], expected_norm, rtol=0, atol=0 if not decay_norms else 1e-7)
     torch.testing.assert_close(after["lm_head.weight"], before["lm_head.weight"] * (1 - 0.5 * 0.1))
     assert opt.defaults["eps"] == 1e-8 and opt.defaults["betas"] == (0.9, 0.95)
+
+
+def test_zero_lr_changes_no_weight():
+    """--lr 0: AdamW's moments advance, the weights do not move (not even by weight decay)."""
+    model = tiny_model()
+    opt = build_optimizer(model, TrainConfig(lr=0.0, max_steps=1, warmup_steps=0))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model(torch.randint(0, 200, (2, 16))).float().pow(2).mean().backward()
+    opt.step()
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
 def test_clip_grad_norm_returns_preclip_norm_and_clips():

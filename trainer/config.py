@@ -2,8 +2,13 @@
 
 Defaults are the OLMo 2 report's numbers (SPEC.md section 3), so that a config built with
 no arguments describes the paper's recipe and every deviation is visible in the code that
-builds it. Sizes in preset names count non-embedding parameters, as OLMo-core's small
-presets do, except the paper's own "olmo2-7b" / "olmo2-13b".
+builds it.
+
+Preset names follow two conventions, both OLMo's: the small research sizes ("olmo2-30M",
+"olmo2-190M", "olmo2-370M") are OLMo-core's `TransformerConfig.olmo2_*` shapes and count
+non-embedding parameters the way OLMo-core does (everything but the input embedding; the
+untied LM head counts), and the released models ("olmo2-1b", "olmo2-7b", "olmo2-13b") are
+named after the release, whose names round the total. `describe_preset` prints both counts.
 """
 
 from __future__ import annotations
@@ -96,38 +101,116 @@ class ModelConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "ModelConfig":
-        if name not in MODEL_PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
-        return cls(**{**MODEL_PRESETS[name], **overrides})
+        shape = MODEL_PRESETS.get(name) or LEGACY_PRESETS.get(name)
+        if shape is None:
+            raise ValueError(f"unknown model preset {name!r}; choose one of {list(MODEL_PRESETS)}")
+        return cls(**{**shape, **overrides})
+
+    def same_shape(self, other: "ModelConfig") -> list[str]:
+        """Fields whose difference makes weights of one config meaningless in the other
+        (shapes, RoPE base, norm epsilon); empty when they are interchangeable. The real
+        vocabulary size may differ as long as the padded embedding has the same rows."""
+        fields = ("d_model", "n_layers", "n_heads", "mlp_hidden", "padded_vocab_size", "rope_theta", "norm_eps")
+        return [f"{f} {getattr(self, f)} != {getattr(other, f)}" for f in fields
+                if getattr(self, f) != getattr(other, f)]
+
+    def preset_name(self) -> str | None:
+        """The preset with this shape, if any (used to name an imported checkpoint)."""
+        for name in MODEL_PRESETS:
+            if not self.same_shape(ModelConfig.preset(name)):
+                return name
+        return None
 
 
-# Shapes. "20M"/"150M"/"1B" count non-embedding parameters (~19.3M, ~154M, ~1.07B);
-# "1B" is OLMo 2 1B's shape (16 x 2048, MLP 8192). "tiny" exists for tests and smoke runs.
+# Shapes. "tiny" exists for tests and smoke runs; the rest are OLMo-core's / the releases'.
 MODEL_PRESETS: dict[str, dict] = {
     "tiny": dict(d_model=64, n_layers=2, n_heads=4, max_seq_len=512),
-    "20M": dict(d_model=512, n_layers=6, n_heads=8, max_seq_len=4096),
-    "150M": dict(d_model=1024, n_layers=12, n_heads=16, max_seq_len=4096),
-    "1B": dict(d_model=2048, n_layers=16, n_heads=16, mlp_hidden=8192, max_seq_len=4096),
+    "olmo2-30M": dict(d_model=256, n_layers=4, n_heads=8, max_seq_len=4096),
+    "olmo2-190M": dict(d_model=768, n_layers=12, n_heads=12, mlp_hidden=3072, max_seq_len=4096),
+    "olmo2-370M": dict(d_model=1024, n_layers=16, n_heads=16, mlp_hidden=4096, max_seq_len=4096),
+    "olmo2-1b": dict(d_model=2048, n_layers=16, n_heads=16, mlp_hidden=8192, max_seq_len=4096),
     "olmo2-7b": dict(d_model=4096, n_layers=32, n_heads=32, mlp_hidden=11008, max_seq_len=4096),
     "olmo2-13b": dict(d_model=5120, n_layers=40, n_heads=40, mlp_hidden=13824, max_seq_len=4096),
 }
 
+# Names of earlier versions, kept so that old scripts still run. "20M" / "150M" counted the
+# transformer blocks only (the 20M preset is 71M non-embedding, 122M in all), which surprised
+# users; they are not listed in --help and `preset` says what they are.
+LEGACY_PRESETS: dict[str, dict] = {
+    "20M": dict(d_model=512, n_layers=6, n_heads=8, max_seq_len=4096),
+    "150M": dict(d_model=1024, n_layers=12, n_heads=16, max_seq_len=4096),
+    "1B": MODEL_PRESETS["olmo2-1b"],
+}
+
+
+def format_params(n: int) -> str:
+    """7298617344 -> '7.30B', 29102336 -> '29.1M'."""
+    for suffix, scale in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= scale:
+            return f"{n / scale:#.3g}{suffix}" if n < 100 * scale else f"{n / scale:.0f}{suffix}"
+    return str(n)
+
+
+def describe_params(cfg: "ModelConfig") -> str:
+    """'29.1M non-embedding / 54.8M total parameters' (the counts --help and the startup line print)."""
+    return (f"{format_params(cfg.num_params(include_embedding=False))} non-embedding / "
+            f"{format_params(cfg.num_params())} total parameters")
+
+
+def describe_preset(name: str) -> str:
+    cfg = ModelConfig.preset(name)
+    return f"{name}: {cfg.n_layers} x {cfg.d_model}, {describe_params(cfg)}"
+
+
 SCHEDULES = ("cosine", "linear_to_zero")
+
+# What the data loader does with repeated n-gram runs (trainer.data):
+# "instance_filter" (OLMo 2, OLMo-core's InstanceFilterConfig) ignores every label of an
+# instance holding a run; "mask_spans" ignores only the labels inside the run; "off".
+REPETITION_MODES = ("instance_filter", "mask_spans", "off")
 
 # The paper's recipes (SPEC.md section 3), as defaults for `python -m trainer.run --recipe NAME`;
 # any flag given explicitly still wins. Pretraining: warm-up 2000 steps, cosine to 10% of
 # peak over 5T tokens (7B stopped at 4T: pass --steps for the truncation). Mid-training: the
-# same model and batch, learning rate linearly to zero over the Dolmino budget (the anneal
-# starts from a pretrained checkpoint: --init-from), no warm-up.
+# same model and batch from a pretrained checkpoint (--init-from), no warm-up, learning rate
+# from where pretraining left it linearly to exactly 0 over one pass of the mix. All of them
+# decay norm gains (only embeddings are exempt) and filter whole instances with repeated
+# n-grams, as OLMo 2 did.
+_OLMO2 = dict(repetition="instance_filter", decay_norms=True)
 RECIPES: dict[str, dict] = {
     "olmo2-7b": dict(model="olmo2-7b", seq_len=4096, batch_size=1024, lr=3e-4, warmup_steps=2000,
-                     schedule="cosine", final_lr_fraction=0.1, horizon_tokens=5 * 10**12),
+                     schedule="cosine", final_lr_fraction=0.1, horizon_tokens=5 * 10**12, **_OLMO2),
     "olmo2-13b": dict(model="olmo2-13b", seq_len=4096, batch_size=2048, lr=9e-4, warmup_steps=2000,
-                      schedule="cosine", final_lr_fraction=0.1, horizon_tokens=5 * 10**12),
-    "olmo2-7b-anneal": dict(model="olmo2-7b", seq_len=4096, batch_size=1024, lr=3e-4, warmup_steps=0,
-                            schedule="linear_to_zero"),
-    "olmo2-13b-anneal": dict(model="olmo2-13b", seq_len=4096, batch_size=2048, lr=9e-4, warmup_steps=0,
-                             schedule="linear_to_zero"),
+                      schedule="cosine", final_lr_fraction=0.1, horizon_tokens=5 * 10**12, **_OLMO2),
+    "olmo2-7b-anneal": dict(model="olmo2-7b", seq_len=4096, batch_size=1024, warmup_steps=0,
+                            schedule="linear_to_zero", **_OLMO2),
+    "olmo2-13b-anneal": dict(model="olmo2-13b", seq_len=4096, batch_size=2048, warmup_steps=0,
+                             schedule="linear_to_zero", **_OLMO2),
+    # The paper's data probe: a short anneal of a pretrained checkpoint (any size: the shape
+    # comes from --init-from) on ~50/50 web and a candidate source
+    # (manifests/microanneal-template.json), OLMo 2 7B's batch.
+    "microanneal": dict(seq_len=4096, batch_size=1024, warmup_steps=0, schedule="linear_to_zero", **_OLMO2),
+}
+
+# Anneal recipes -> the pretraining recipe whose schedule gives their start LR (None: the
+# one whose model has the checkpoint's shape).
+ANNEAL_RECIPES: dict[str, str | None] = {"olmo2-7b-anneal": "olmo2-7b", "olmo2-13b-anneal": "olmo2-13b",
+                                         "microanneal": None}
+
+# Where OLMo 2's stage 1 ended (OLMo's official-1124 stage-2 configs load these checkpoints;
+# HF revisions stage1-step928646-tokens3896B of allenai/OLMo-2-1124-7B and step 596,057 of
+# the 13B). Used when the checkpoint an anneal starts from does not record its step.
+STAGE1_END_STEP: dict[str, int] = {"olmo2-7b": 928_646, "olmo2-13b": 596_057}
+
+RECIPE_HELP = {
+    "olmo2-7b": "OLMo 2 7B pretraining: 1024 x 4096 tokens, 3e-4, 2000 warm-up, cosine to 10%% over 5T",
+    "olmo2-13b": "OLMo 2 13B pretraining: 2048 x 4096 tokens, 9e-4, 2000 warm-up, cosine to 10%% over 5T",
+    "olmo2-7b-anneal": "OLMo 2 7B mid-training: from the olmo2-7b cosine's LR at the checkpoint's step "
+                       "(6.135e-5 at 928,646) linearly to 0 over one pass of the mix",
+    "olmo2-13b-anneal": "OLMo 2 13B mid-training: from the olmo2-13b cosine's LR at the checkpoint's step "
+                        "(9e-5 at 596,057) linearly to 0 over one pass of the mix",
+    "microanneal": "a short anneal of any --init-from checkpoint (its shape) on a small mix, 1024 x 4096 "
+                   "tokens, LR from the matching pretraining cosine",
 }
 
 
@@ -163,7 +246,8 @@ class TrainConfig:
     compile: bool = False
     autocast_bf16: bool = True
     fsdp: bool = False
-    mask_repetitions: bool = True
+    repetition: str = "instance_filter"
+    decay_norms: bool = True
     repetition_max_n: int = 13
     repetition_min_repeats: int = 32
     spike_window: int = 1000
@@ -181,8 +265,10 @@ class TrainConfig:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.final_lr_fraction <= 1.0:
             raise ValueError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not self.lr >= 0:  # 0 is allowed: a step that only checks the pipeline changes no weight
+            raise ValueError(f"lr must be >= 0, got {self.lr}")
+        if self.repetition not in REPETITION_MODES:
+            raise ValueError(f"TrainConfig.repetition must be one of {REPETITION_MODES}, got {self.repetition!r}")
         if self.horizon_tokens is not None and self.horizon_tokens < self.tokens_per_step:
             raise ValueError(f"horizon_tokens {self.horizon_tokens} is shorter than one step "
                              f"({self.tokens_per_step} tokens)")
@@ -218,6 +304,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
+        data = dict(data)
+        if "mask_repetitions" in data:  # written before `repetition` / `decay_norms` existed
+            data.setdefault("repetition", "mask_spans" if data.pop("mask_repetitions") else "off")
+            data.setdefault("decay_norms", False)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -227,16 +317,25 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
-    """Everything a checkpoint needs to rebuild a run: model, recipe and data location."""
+    """Everything a checkpoint needs to rebuild a run: model, recipe and data location.
+
+    `init` records where the weights came from when the run started from another checkpoint
+    (path, format, the step it was at, how the start LR was chosen), so that a checkpoint
+    says which pretraining state an anneal continued and a soup can list its ingredients'.
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data_paths: list[str] = field(default_factory=list)
+    init: dict | None = None
 
     def to_dict(self) -> dict:
-        return {"model": self.model.to_dict(), "train": self.train.to_dict(), "data_paths": list(self.data_paths)}
+        data = {"model": self.model.to_dict(), "train": self.train.to_dict(), "data_paths": list(self.data_paths)}
+        if self.init is not None:
+            data["init"] = dict(self.init)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
         return cls(model=ModelConfig.from_dict(data["model"]), train=TrainConfig.from_dict(data["train"]),
-                   data_paths=list(data.get("data_paths", [])))
+                   data_paths=list(data.get("data_paths", [])), init=data.get("init"))

@@ -8,10 +8,18 @@ Instances follow OLMo-core's fixed-sequence-length dataset: each file is cut on 
 into consecutive `seq_len`-token instances (the tail shorter than seq_len is dropped and
 counted), so an instance never straddles two files and is one memmap slice. Labels are the
 inputs shifted left by one with the last position ignored (-100). A label is ignored when
-its token is masked by the label-mask file or lies inside a repeated n-gram span
-(trainer.repetition), which is detected when the instance is loaded, on a window widened
-by max_n * min_repeats tokens so a run straddling the instance edge is caught exactly as a
-whole-file scan would catch it.
+its token is masked by the label-mask file, or because of a repeated n-gram run
+(trainer.repetition: a 1..13-token n-gram repeated 32 or more times in a row), detected
+when the instance is loaded. What a run does depends on `repetition`:
+- "instance_filter" (OLMo 2's default, OLMo-core's `InstanceFilterConfig(repetition_max_period
+  =13, repetition_min_period=1, repetition_max_count=32)`): every label of an instance that
+  holds such a run is ignored. OLMo-core looks at the instance's own tokens only and marks
+  it with `instance_mask=False`, which its `get_labels` turns into all -100; the instance
+  keeps its slot in the batch, so the data order is unchanged. Counted as `instances_filtered`.
+- "mask_spans": only the labels inside the run are ignored, on a window widened by
+  max_n * min_repeats tokens so that a run straddling the instance edge is caught exactly as
+  a whole-file scan would catch it.
+- "off".
 
 Order: one global permutation of instance indices per epoch from numpy PCG64 seeded with
 (seed, epoch); each optimizer step consumes the next `global_batch_size` positions, and
@@ -26,11 +34,12 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import numpy as np
 import torch
 
+from trainer.config import REPETITION_MODES
 from trainer.loss import IGNORE_INDEX
 from trainer.repetition import repeated_ngram_span_array
 
@@ -41,6 +50,14 @@ NPY_MAGIC = b"\x93NUMPY"
 
 class DataError(ValueError):
     """The token files cannot be used as training data; the message names the file."""
+
+
+class Instance(NamedTuple):
+    input_ids: np.ndarray        # (seq_len,) int64
+    labels: np.ndarray           # (seq_len,) int64, -100 = ignored
+    masked_by_label_mask: int    # labels ignored because the label-mask file says so
+    masked_by_repetition: int    # further labels ignored because of a repeated n-gram run
+    filtered: bool = False       # the instance filter ignored all of its labels
 
 
 @dataclass(frozen=True)
@@ -104,13 +121,15 @@ def _open_mask(path: Path, n_tokens: int) -> np.ndarray:
 class MemmapDataset:
     """Random access to `seq_len`-token training instances (see module docstring)."""
 
-    def __init__(self, paths, seq_len: int, *, vocab_size: int | None = None, mask_repetitions: bool = True,
+    def __init__(self, paths, seq_len: int, *, vocab_size: int | None = None, repetition: str = "instance_filter",
                  repetition_max_n: int = 13, repetition_min_repeats: int = 32):
         if seq_len < 2:
             raise DataError(f"seq_len must be >= 2, got {seq_len}")
+        if repetition not in REPETITION_MODES:
+            raise DataError(f"repetition must be one of {REPETITION_MODES}, got {repetition!r}")
         self.seq_len = seq_len
         self.vocab_size = vocab_size
-        self.mask_repetitions = mask_repetitions
+        self.repetition = repetition
         self.max_n = repetition_max_n
         self.min_repeats = repetition_min_repeats
         self._tokens: list[np.ndarray] = []
@@ -149,8 +168,8 @@ class MemmapDataset:
         file_idx = int(np.searchsorted(self._starts, index, side="right") - 1)
         return file_idx, (index - int(self._starts[file_idx])) * self.seq_len
 
-    def instance(self, index: int) -> tuple[np.ndarray, np.ndarray, int, int]:
-        """(input_ids, labels, labels masked by the mask file, labels masked as repetition); arrays int64."""
+    def instance(self, index: int) -> Instance:
+        """Token ids and labels of one instance, with the label accounting (see `Instance`)."""
         file_idx, start = self._locate(index)
         end = start + self.seq_len
         tokens = self._tokens[file_idx]
@@ -165,7 +184,13 @@ class MemmapDataset:
         if mask is not None:
             keep &= np.asarray(mask[start:end], dtype=np.bool_)
             n_label_masked = int(self.seq_len - 1 - keep[1:].sum())
-        if self.mask_repetitions:
+        filtered = False
+        if self.repetition == "instance_filter":
+            if len(repeated_ngram_span_array(ids, self.max_n, self.min_repeats)):
+                filtered = True
+                n_rep_masked = int(keep[1:].sum())
+                keep[:] = False
+        elif self.repetition == "mask_spans":
             margin = self.max_n * self.min_repeats
             lo, hi = max(0, start - margin), min(len(tokens), end + margin)
             for s, e in repeated_ngram_span_array(tokens[lo:hi], self.max_n, self.min_repeats):
@@ -177,7 +202,7 @@ class MemmapDataset:
         labels = np.full(self.seq_len, IGNORE_INDEX, dtype=np.int64)
         targets = keep[1:]
         labels[:-1][targets] = ids[1:][targets]
-        return ids, labels, n_label_masked, n_rep_masked
+        return Instance(ids, labels, n_label_masked, n_rep_masked, filtered)
 
 
 def epoch_order(n_instances: int, seed: int, epoch: int) -> np.ndarray:
@@ -194,7 +219,8 @@ class Batch:
     indices: np.ndarray      # dataset instance indices, for debugging and tests
     n_targets: int = 0              # labels != -100, known on the host without a device sync
     masked_by_label_mask: int = 0   # labels ignored because the label-mask file says so
-    masked_by_repetition: int = 0   # further labels ignored inside repeated n-gram spans
+    masked_by_repetition: int = 0   # further labels ignored because of repeated n-gram runs
+    instances_filtered: int = 0     # instances whose labels the instance filter ignored entirely
 
     def to(self, device: torch.device) -> "Batch":
         if device.type == "cuda":
@@ -203,7 +229,7 @@ class Batch:
         else:
             ids, labels = self.input_ids.to(device), self.labels.to(device)
         return Batch(ids, labels, self.indices, self.n_targets, self.masked_by_label_mask,
-                     self.masked_by_repetition)
+                     self.masked_by_repetition, self.instances_filtered)
 
 
 class DataLoader:
@@ -229,7 +255,7 @@ class DataLoader:
         self._orders: dict[tuple[int, int], np.ndarray] = {}
         self._orders_lock = threading.Lock()
         self.stats = {"instances": 0, "labels": 0, "targets": 0, "masked_by_label_mask": 0,
-                      "masked_by_repetition": 0}
+                      "masked_by_repetition": 0, "instances_filtered": 0}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="data") if prefetch else None
         self._ahead: tuple[tuple[int, int], Future] | None = None
 
@@ -275,7 +301,8 @@ class DataLoader:
         return Batch(torch.from_numpy(ids), torch.from_numpy(labels), indices,
                      n_targets=int((labels != IGNORE_INDEX).sum()),
                      masked_by_label_mask=sum(x[2] for x in loaded),
-                     masked_by_repetition=sum(x[3] for x in loaded))
+                     masked_by_repetition=sum(x[3] for x in loaded),
+                     instances_filtered=sum(x.filtered for x in loaded))
 
     def next_batch(self) -> Batch:
         epoch, cursor = self._position_after(self.epoch, self.cursor)
@@ -289,6 +316,7 @@ class DataLoader:
         self.stats["targets"] += batch.n_targets
         self.stats["masked_by_label_mask"] += batch.masked_by_label_mask
         self.stats["masked_by_repetition"] += batch.masked_by_repetition
+        self.stats["instances_filtered"] += batch.instances_filtered
         if self._pool is not None:
             nxt = self._position_after(self.epoch, self.cursor)
             self._ahead = (nxt, self._pool.submit(self.batch_at, *nxt))

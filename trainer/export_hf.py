@@ -7,19 +7,26 @@ Writes `config.json` and `model.safetensors` with transformers' Olmo2 parameter 
 the same logits as trainer.model.OLMo2. The layouts already agree (q/k norms over the whole
 projection, rotate-half RoPE, post-attention / post-feedforward norms), so export is a
 rename; the vocabulary stays padded (100352), as in the released OLMo 2 checkpoints.
+
+CKPT is any format trainer.weights reads (a trainer checkpoint or soup, or an OLMo-core DCP
+checkpoint: this converts OLMo-core OLMo 2 checkpoints to Hugging Face). Tensors are read and
+written one at a time (`write_safetensors` streams the file), so exporting a 7B model needs
+about one tensor of memory beyond the memory-mapped input.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
+from typing import Callable, Iterable
 
 import torch
 
-from trainer.checkpoint import load_model_weights
+from trainer.cli import HelpFormatter
 from trainer.config import ModelConfig
 
 _LAYER_NAMES = {
@@ -92,24 +99,86 @@ def to_hf_state_dict(state_dict: dict, cfg: ModelConfig, dtype: torch.dtype | No
     return out
 
 
-def export(checkpoint: str | Path, out_dir: str | Path, dtype: str | None = None) -> Path:
-    from safetensors.torch import save_file
+_SAFETENSORS_DTYPE = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",
+                      torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL"}
 
-    state_dict, config = load_model_weights(checkpoint)
-    cfg = ModelConfig.from_dict(config["model"])
-    torch_dtype = getattr(torch, dtype) if dtype else next(iter(state_dict.values())).dtype
-    tensors = to_hf_state_dict(state_dict, cfg, torch_dtype)
+
+def write_safetensors(path: str | Path, specs: Iterable[tuple[str, tuple[int, ...], torch.dtype]],
+                      get: Callable[[str], torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    """Write a .safetensors file tensor by tensor: `specs` lists (name, shape, dtype) so the
+    header can be written first, then `get(name)` supplies each tensor in turn. Unlike
+    safetensors.torch.save_file, which serialises every tensor to bytes before writing,
+    memory stays at one tensor. Written under a temporary name and renamed into place."""
+    specs = list(specs)
+    header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
+    offset = 0
+    for name, shape, dtype in specs:
+        if dtype not in _SAFETENSORS_DTYPE:
+            raise ValueError(f"{name}: dtype {dtype} has no safetensors code")
+        nbytes = int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPE[dtype], "shape": list(shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little"))
+        fh.write(raw)
+        for name, shape, dtype in specs:
+            t = get(name).detach().to("cpu")
+            if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+                raise ValueError(f"{name}: got {tuple(t.shape)} {t.dtype}, the header says {tuple(shape)} {dtype}")
+            t = t.contiguous()
+            fh.write(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+    os.replace(tmp, path)
+    return path
+
+
+def write_hf_model(out_dir: str | Path, cfg: ModelConfig, names: list[str], get: Callable[[str], torch.Tensor],
+                   dtype: torch.dtype, config: dict | None = None) -> Path:
+    """An Olmo2ForCausalLM directory from this trainer's tensors, `get(name)` one at a time
+    (cast to `dtype` here). `config` replaces the generated config.json (e.g. a source HF
+    directory's own, to keep its token ids)."""
+    from trainer.weights import expected_shapes
+
+    shapes = expected_shapes(cfg)
+    if sorted(names) != sorted(shapes):
+        missing, extra = sorted(set(shapes) - set(names)), sorted(set(names) - set(shapes))
+        raise ValueError(f"tensors do not match an OLMo 2 model of this shape: missing {missing[:5]}, "
+                         f"unexpected {extra[:5]}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    (out_dir / "config.json").write_text(json.dumps(hf_config(cfg, torch_dtype), indent=2))
+    by_hf = {hf_name(n): n for n in names}
+    specs = [(hf_name(n), shapes[n], dtype) for n in names]
+    write_safetensors(out_dir / "model.safetensors", specs, lambda key: get(by_hf[key]).to(dtype))
+    config = dict(config) if config is not None else hf_config(cfg, dtype)
+    config["torch_dtype"] = str(dtype).removeprefix("torch.")
+    if "dtype" in config:  # transformers >= 5 writes this name
+        config["dtype"] = config["torch_dtype"]
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     return out_dir
 
 
+def export(checkpoint: str | Path, out_dir: str | Path, dtype: str | None = None) -> Path:
+    from trainer.weights import WeightReader, inspect_checkpoint
+
+    info = inspect_checkpoint(checkpoint)
+    if info.model is None:
+        raise ValueError(f"{info.describe()} does not say its number of attention heads; export it with "
+                         f"python -m trainer.run --init-from ... --steps 0, or add OLMo-core's config.json")
+    torch_dtype = getattr(torch, dtype) if dtype else info.dtype
+    with WeightReader(info) as reader:
+        return write_hf_model(out_dir, info.model, reader.names(), reader.get, torch_dtype)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.export_hf", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="checkpoint directory, soup directory, or a save dir (its latest)")
-    parser.add_argument("out_dir")
+    parser = argparse.ArgumentParser(prog="python -m trainer.export_hf", description=__doc__,
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("checkpoint", help="checkpoint or soup directory, a save dir (its latest), or an OLMo-core "
+                                           "DCP checkpoint")
+    parser.add_argument("out_dir", help="the Hugging Face directory to write")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                         help="cast the weights (default: keep the checkpoint's dtype)")
     args = parser.parse_args(argv)

@@ -143,11 +143,14 @@ class OLMo2(nn.Module):
         return self.lm_head(self.norm(x))
 
 
-def no_decay_param_names(model: nn.Module) -> set[str]:
-    """Parameters that get no weight decay: the input embedding and every RMSNorm gain."""
+def no_decay_param_names(model: nn.Module, decay_norms: bool = True) -> set[str]:
+    """Parameters that get no weight decay: the input embedding, and every RMSNorm gain unless
+    `decay_norms` (OLMo 2's released configs decay norms: OLMo's `decay_norm_and_bias: true`,
+    OLMo-core's OLMo 2 scripts override weight decay for `embeddings.weight` only)."""
+    exempt = (nn.Embedding,) if decay_norms else (nn.Embedding, RMSNorm)
     names = set()
     for module_name, module in model.named_modules():
-        if isinstance(module, (nn.Embedding, RMSNorm)):
+        if isinstance(module, exempt):
             for param_name, _ in module.named_parameters(recurse=False):
                 names.add(f"{module_name}.{param_name}" if module_name else param_name)
     return names

@@ -1,8 +1,11 @@
-"""AdamW as OLMo 2 uses it: decoupled weight decay 0.1 except on embeddings and norm gains.
+"""AdamW as OLMo 2 uses it: decoupled weight decay 0.1 on everything but the input embedding.
 
-Two parameter groups are built from the model's module types (trainer.model
-.no_decay_param_names), not from name patterns, so a renamed module cannot silently start
-decaying its embedding. The fused CUDA kernel is used on GPU (one launch for the whole
+OLMo 2 decays the RMSNorm gains too (the released OLMo configs say `decay_norm_and_bias:
+true`, `decay_embeddings: false`; OLMo-core's OLMo 2 scripts set weight_decay 0 for
+`embeddings.weight` only). `decay_norms=False` (`--no-decay-norms`) exempts the norm gains
+as well, the common GPT-2 / Llama practice. Two parameter groups are built from the model's
+module types (trainer.model.no_decay_param_names), not from name patterns, so a renamed
+module cannot silently start decaying its embedding. The fused CUDA kernel is used on GPU (one launch for the whole
 update), the multi-tensor "foreach" path elsewhere; both keep the step free of host syncs.
 """
 
@@ -21,9 +24,9 @@ def _strip_wrappers(name: str) -> str:
     return name
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, decay_norms: bool = True) -> list[dict]:
     inner = getattr(model, "module", model)
-    no_decay = {_strip_wrappers(n) for n in no_decay_param_names(inner)}
+    no_decay = {_strip_wrappers(n) for n in no_decay_param_names(inner, decay_norms=decay_norms)}
     decay, skip = [], []
     decay_names, skip_names = [], []
     for name, param in model.named_parameters():
@@ -39,7 +42,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, decay_norms=cfg.decay_norms)
     on_cuda = next(model.parameters()).device.type == "cuda"
     kwargs = {"fused": True} if on_cuda else {"foreach": True}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps,

@@ -1,146 +1,104 @@
 """Command line: train an OLMo 2 model on a built mix.
 
-    python -m trainer.run --mix manifests/demo.json --model 20M --steps 30 --seq-len 256 --batch-size 8
-    python -m trainer.run --data build/mixes/demo --model tiny --steps 3 --save-dir /tmp/run
+    python -m trainer.run --data build/mixes/demo --model tiny --steps 20 --seq-len 128 --batch-size 4
+    python -m trainer.run --mix manifests/demo.json --model olmo2-30M --steps 30 --seq-len 256 --save-dir /tmp/run
     python -m trainer.run --data DIR --resume                # continue from --save-dir's latest checkpoint
-    torchrun --nproc_per_node 8 -m trainer.run --data DIR --model 1B --seq-len 4096 --batch-size 512
+    torchrun --nproc_per_node 8 -m trainer.run --data DIR --model olmo2-1b --seq-len 4096 --batch-size 512
+    torchrun --nproc_per_node 8 -m trainer.run --mix manifests/50B.json --recipe olmo2-7b-anneal \\
+        --init-from OLMo-2-1124-7B --init-step stage1-step928646-tokens3896B
 
 `--mix` reads the manifest's "output" directory (relative paths resolve against the
 manifest's own directory); the mix must have been built first with
 `spark-submit dolmino/build_mix.py --manifest <path>`. Mid-training (annealing) is
-`--schedule linear_to_zero --init-from <pretrained ckpt> --lr <the LR pretraining ended on>`.
+`--recipe olmo2-7b-anneal` (or olmo2-13b-anneal, microanneal) with `--init-from` a
+pretrained checkpoint in this trainer's, Hugging Face's or OLMo-core's format: the LR starts
+where pretraining was and decays linearly to 0 over one pass of the mix (trainer.plan).
+Without a recipe the defaults are a small local run: olmo2-30M, 8 x 1024 tokens a step in
+micro-batches of 2 instances, which fits a 2-core / 24 GB machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
-from trainer.config import MODEL_PRESETS, RECIPES, SCHEDULES, ModelConfig, RunConfig, TrainConfig
-from trainer.data import DataError, discover_token_files
+from trainer.cli import HelpFormatter, parse_count  # noqa: F401  (parse_count: part of this module's API)
+from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
+from trainer.data import DataError
 from trainer.distributed import init_distributed, shutdown
 from trainer.eval import add_training_arguments as add_eval_arguments, evaluate_after_training
+from trainer.plan import (
+    Plan, add_plan_arguments, data_tokens, inspect_init, make_plan, mix_output_dir, parse_with_recipe,
+)
 
-_SUFFIXES = {"K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
-
-
-def parse_count(text: str) -> int:
-    """'4T', '50B', '2.5M', '1000' -> int."""
-    text = text.strip().upper()
-    scale = _SUFFIXES.get(text[-1:], 1)
-    number = text[:-1] if text[-1:] in _SUFFIXES else text
-    try:
-        value = float(number) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a count: {text!r} (use e.g. 4T, 50B, 100M)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"count must be positive, got {text!r}")
-    return int(value)
-
-
-def mix_output_dir(manifest_path: str | Path) -> Path:
-    """The built mix directory a manifest names; exits with a clear message if it is not built."""
-    manifest_path = Path(manifest_path)
-    try:
-        data = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise SystemExit(f"trainer.run: manifest {manifest_path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise SystemExit(f"trainer.run: manifest {manifest_path} is not valid JSON: {exc}") from None
-    output = data.get("output") if isinstance(data, dict) else None
-    if not isinstance(output, str) or not output:
-        raise SystemExit(f"trainer.run: manifest {manifest_path} has no \"output\" directory; pass --data instead")
-    if "://" in output:
-        raise SystemExit(f"trainer.run: the mix output {output} is remote; copy it locally and pass --data")
-    out = Path(output)
-    if not out.is_absolute():
-        out = (manifest_path.resolve().parent / out).resolve()
-    if not out.is_dir() or not discover_token_files(out):
-        raise SystemExit(f"trainer.run: no token files (*.npy) in {out}; build the mix first:\n"
-                         f"  spark-submit dolmino/build_mix.py --manifest {manifest_path}")
-    return out
+__all__ = ["build_parser", "main", "mix_output_dir", "parse_args", "parse_count", "run_config_from_args"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer.run", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m trainer.run", description=__doc__, formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                   help="the paper's model + batch + LR schedule as defaults (explicit flags still win)")
     src.add_argument("--mix", help="manifest JSON whose \"output\" directory holds the built mix")
     src.add_argument("--data", nargs="+", help="built mix directory (or token files)")
-    p.add_argument("--model", default="20M", choices=sorted(MODEL_PRESETS), help="model preset (default 20M)")
-    p.add_argument("--steps", type=int, default=100, help="optimizer steps to run (total, counting resumed ones)")
-    p.add_argument("--seq-len", type=int, default=4096)
-    p.add_argument("--batch-size", type=int, default=8, help="global batch size in instances of --seq-len tokens")
-    p.add_argument("--micro-batch-size", type=int, default=None,
-                   help="instances per forward pass per rank (default: the whole per-rank batch)")
-    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
-    p.add_argument("--schedule", choices=SCHEDULES, default="cosine")
-    p.add_argument("--warmup-steps", type=int, default=None,
-                   help="default: min(2000, steps // 10) for cosine, 0 for linear_to_zero")
-    p.add_argument("--horizon-tokens", type=parse_count, default=None,
-                   help="schedule length in tokens (e.g. 5T); training may stop earlier (default: --steps)")
-    p.add_argument("--final-lr-fraction", type=float, default=0.1, help="cosine floor as a fraction of the peak")
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--z-loss-weight", type=float, default=1e-5)
-    p.add_argument("--max-grad-norm", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=1124)
+    add_plan_arguments(p)
+    p.add_argument("--micro-batch-size", type=int, default=2,
+                   help="instances per forward pass per rank, at most the per-rank batch (OLMo-core's OLMo 2 "
+                        "scripts use 2)")
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decoupled weight decay")
+    p.add_argument("--decay-norms", action=argparse.BooleanOptionalAction, default=True,
+                   help="decay the RMSNorm gains too, as OLMo 2 did (only the input embedding is exempt); "
+                        "--no-decay-norms exempts them")
+    p.add_argument("--repetition", choices=REPETITION_MODES, default="instance_filter",
+                   help="repeated n-gram runs (period 1-13, 32+ copies): instance_filter ignores the whole "
+                        "instance (OLMo 2 / OLMo-core), mask_spans only the run's tokens, off")
+    p.add_argument("--no-repetition-mask", dest="repetition", action="store_const", const="off",
+                   help="same as --repetition off")
+    p.add_argument("--z-loss-weight", type=float, default=1e-5, help="weight of log^2 Z in the loss")
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="clip the global gradient L2 norm")
+    p.add_argument("--seed", type=int, default=1124, help="model init and data order seed")
     p.add_argument("--data-seed", type=int, default=None, help="data order seed (default: --seed)")
-    p.add_argument("--save-dir", default="build/checkpoints/run")
-    p.add_argument("--save-interval", type=int, default=None, help="also save every N steps")
-    p.add_argument("--keep-last", type=int, default=None, help="keep only the newest N checkpoints")
+    p.add_argument("--save-dir", default="build/checkpoints/run", help="where checkpoints and metrics.jsonl go")
+    p.add_argument("--save-interval", type=int, default=None, help="also save every N steps (default: at the end)")
+    p.add_argument("--keep-last", type=int, default=None, help="keep only the newest N checkpoints (default: all)")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="resume from a checkpoint dir (no value: the latest in --save-dir)")
-    p.add_argument("--init-from", default=None,
-                   help="start from these weights (fresh optimizer, step 0), e.g. an anneal from pretraining")
+                   help="resume from a checkpoint dir (no value: the latest in --save-dir; default: start afresh)")
     p.add_argument("--metrics-interval", type=int, default=10, help="copy metrics to the host and print every N")
     p.add_argument("--gc-interval", type=int, default=100, help="run Python's gc every N steps")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile each block (default: on with CUDA, off on CPU)")
     p.add_argument("--fsdp", action="store_true", help="shard with FSDP2 (fully_shard) instead of DDP")
-    p.add_argument("--no-repetition-mask", action="store_true",
-                   help="do not mask repeated n-gram spans out of the loss")
     p.add_argument("--sync-debug", action="store_true", help="warn on every host-device sync (CUDA)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     add_eval_arguments(p)  # --eval-tasks, --eval-limit (trainer/eval.py)
     return p
 
 
 def run_config_from_args(args: argparse.Namespace, data_paths: list[str], world_size: int,
-                         device: torch.device) -> RunConfig:
-    model = ModelConfig.preset(args.model)
-    if args.seq_len > model.max_seq_len:
-        model = ModelConfig.preset(args.model, max_seq_len=args.seq_len)
-    warmup = args.warmup_steps
-    if warmup is None:
-        warmup = 0 if args.schedule == "linear_to_zero" else min(2000, args.steps // 10)
-    per_rank = args.batch_size // max(world_size, 1)
+                         device: torch.device, plan: Plan | None = None) -> RunConfig:
+    """The RunConfig a command line trains with; `plan` (model, length, LR) is made here when
+    not given, from the data and without a starting checkpoint."""
+    if plan is None:
+        tokens, source = (None, None) if args.steps is not None else data_tokens(data_paths)
+        plan = make_plan(args, tokens, source)
+    per_rank = max(args.batch_size // max(world_size, 1), 1)
     train = TrainConfig(
         seq_len=args.seq_len, global_batch_size=args.batch_size,
-        micro_batch_size=args.micro_batch_size or max(per_rank, 1), max_steps=args.steps, lr=args.lr,
-        warmup_steps=warmup, schedule=args.schedule, final_lr_fraction=args.final_lr_fraction,
-        horizon_tokens=args.horizon_tokens, weight_decay=args.weight_decay, z_loss_weight=args.z_loss_weight,
+        micro_batch_size=min(args.micro_batch_size, per_rank), max_steps=plan.steps, lr=plan.lr,
+        warmup_steps=plan.warmup_steps, schedule=args.schedule, final_lr_fraction=args.final_lr_fraction,
+        horizon_tokens=plan.horizon_tokens, weight_decay=args.weight_decay, z_loss_weight=args.z_loss_weight,
         max_grad_norm=args.max_grad_norm, seed=args.seed, data_seed=args.data_seed,
         save_interval=args.save_interval, metrics_interval=args.metrics_interval, gc_interval=args.gc_interval,
         compile=(device.type == "cuda") if args.compile is None else args.compile, fsdp=args.fsdp,
-        mask_repetitions=not args.no_repetition_mask)
-    return RunConfig(model=model, train=train, data_paths=data_paths)
+        repetition=args.repetition, decay_norms=args.decay_norms)
+    return RunConfig(model=plan.model, train=train, data_paths=data_paths)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line; a --recipe supplies defaults that explicit flags override."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.recipe:
-        parser.set_defaults(**RECIPES[args.recipe])
-        args = parser.parse_args(argv)
-    return args
+    return parse_with_recipe(build_parser(), argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,43 +109,48 @@ def main(argv: list[str] | None = None) -> int:
         data_paths = [str(mix_output_dir(args.mix))]
     else:
         data_paths = [str(Path(d).resolve()) for d in args.data]
+    resume = None
+    if args.resume is not None:
+        resume = Path(args.save_dir) if args.resume == "latest" else Path(args.resume)
+    if args.recipe in ANNEAL_RECIPES and not args.init_from and resume is None:
+        print(f"trainer.run: error: --recipe {args.recipe} anneals a pretrained model; pass --init-from CKPT "
+              f"(a trainer checkpoint, a Hugging Face Olmo2 directory or an OLMo-core checkpoint)", file=sys.stderr)
+        return 2
     env = init_distributed(args.device)
     log = print if env.is_main else (lambda _msg: None)
     finished = False
     try:
-        from trainer.checkpoint import load_model_weights
         from trainer.train import Trainer
+        from trainer.weights import load_weights_into
 
-        run = run_config_from_args(args, data_paths, env.world_size, env.device)
+        # Everything is checked from metadata before anything big is built.
+        init = inspect_init(args)
+        tokens, source = (None, None) if args.steps is not None else data_tokens(data_paths)
+        plan = make_plan(args, tokens, source, init)
+        run = run_config_from_args(args, data_paths, env.world_size, env.device, plan)
+        if init is not None:
+            run.init = {**init.provenance(), "lr_source": plan.lr_source}
         if args.sync_debug and env.device.type == "cuda":
             torch.cuda.set_sync_debug_mode("warn")
-        resume = None
-        if args.resume is not None:
-            resume = Path(args.save_dir) if args.resume == "latest" else Path(args.resume)
-        init_state = None
-        if args.init_from and resume is None:
-            init_state, init_cfg = load_model_weights(args.init_from)  # checked before building anything big
-            if init_cfg.get("model") != run.model.to_dict():
-                raise ValueError(f"--init-from {args.init_from} has a different model config than --model "
-                                 f"{args.model}")
         trainer = Trainer(run, env, args.save_dir, resume=resume, log=log, keep_last=args.keep_last)
-        if init_state is not None:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-            set_model_state_dict(trainer.model, init_state, options=StateDictOptions(full_state_dict=True))
-            log(f"initialised weights from {args.init_from}")
+        if init is not None and resume is None:
+            n = load_weights_into(trainer.raw_model, init)
+            log(f"initialised {n} tensors from {init.describe()}")
         tc = run.train
-        log(f"model {args.model}: {run.model.num_params():,} params ({run.model.num_params(False):,} without the "
-            f"input embedding) on {env.device} x{env.world_size} | data {len(trainer.dataset):,} instances of "
-            f"{tc.seq_len} tokens from {len(trainer.dataset.files)} file(s) | batch {tc.global_batch_size} x "
-            f"{tc.seq_len} = {tc.tokens_per_step:,} tokens/step, accumulation {trainer.accum} | {tc.schedule} "
-            f"lr {tc.lr:g}, warmup {tc.warmup_steps}, horizon {tc.horizon_steps} steps")
+        log(f"model {plan.model_label}: {describe_params(run.model)} on {env.device} x{env.world_size} | data "
+            f"{len(trainer.dataset):,} instances of {tc.seq_len} tokens from {len(trainer.dataset.files)} file(s) | "
+            f"batch {tc.global_batch_size} x {tc.seq_len} = {tc.tokens_per_step:,} tokens/step, micro-batch "
+            f"{tc.micro_batch_size}, accumulation {trainer.accum} | repetition {tc.repetition}, weight decay "
+            f"{tc.weight_decay:g} ({'norms decayed' if tc.decay_norms else 'norms exempt'})")
+        log(f"schedule: {tc.max_steps:,} steps ({plan.steps_source}) | {tc.schedule} lr {tc.lr:.6g} "
+            f"({plan.lr_source}), "
+            f"warmup {tc.warmup_steps}, horizon {tc.horizon_steps:,} steps")
         result = trainer.fit()
         stats = result.data_stats
         if stats.get("labels"):
             log(f"data: {stats['instances']:,} instances, {stats['targets']:,} of {stats['labels']:,} labels trained, "
                 f"{stats['masked_by_label_mask']:,} masked by label mask, {stats['masked_by_repetition']:,} masked "
-                f"as repeated n-grams")
+                f"as repeated n-grams ({stats.get('instances_filtered', 0):,} instances filtered)")
         if result.end_step > result.start_step or result.checkpoint:
             log(f"checkpoint: {result.checkpoint}")
         finished = True

@@ -5,12 +5,20 @@
   `horizon_steps`, flat after that. The horizon is set in tokens and may be longer than
   the run: OLMo 2 7B followed a 5T-token cosine and stopped ("truncated") at 4T.
 - "linear_to_zero" (mid-training / microanneals): optional warm-up, then a straight line
-  from the peak to 0 at `horizon_steps`. For an anneal the peak is the LR the pretraining
-  run ended on, and the warm-up is usually 0.
+  from the peak at step `warmup_steps` to exactly 0 at step `horizon_steps - 1`, the last
+  step of a run as long as its horizon (OLMo-core's linear decay likewise reaches 0 on its
+  last step). For an anneal the peak is the LR pretraining had reached at the checkpoint's
+  step (trainer.plan), and there is no warm-up.
 
 Step numbering: `lr_at(step)` is the LR used by optimizer step `step`, counting from 0.
 During warm-up that is peak * (step + 1) / warmup_steps, so the first step is not wasted
 at LR 0 and step warmup_steps - 1 reaches the peak.
+
+    python -m trainer.schedule --recipe olmo2-7b-anneal --tokens 50B
+    python -m trainer.schedule --recipe microanneal --mix manifests/microanneal-template.json --init-from CKPT
+
+prints, as JSON, the number of steps, where the start LR comes from, and the LR at the first
+step, the end of warm-up, the quartiles and the last step, without building a model.
 """
 
 from __future__ import annotations
@@ -48,12 +56,38 @@ class LRSchedule:
             raise ValueError(f"step must be >= 0, got {step}")
         if step < self.warmup_steps:
             return self.peak_lr * (step + 1) / self.warmup_steps
+        if self.kind == "linear_to_zero":
+            last = self.horizon_steps - 1
+            if step >= last:
+                return 0.0
+            return self.peak_lr * ((last - step) / (last - self.warmup_steps))
         decay_steps = self.horizon_steps - self.warmup_steps
         if decay_steps <= 0:
             progress = 1.0
         else:
             progress = min(1.0, (step - self.warmup_steps) / decay_steps)
-        if self.kind == "linear_to_zero":
-            return self.peak_lr * (1.0 - progress)
         floor = self.peak_lr * self.final_lr_fraction
         return floor + (self.peak_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def key_steps(self, max_steps: int) -> dict[str, int]:
+        """The steps a reviewer checks: first, end of warm-up, quartiles of the run, last."""
+        last = max_steps - 1
+        steps = {"first": 0}
+        if self.warmup_steps:
+            steps["warmup_end"] = min(self.warmup_steps - 1, last)
+        for q in (25, 50, 75):
+            steps[f"{q}%"] = round(last * q / 100)
+        steps["last"] = last
+        return steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trainer.plan import schedule_main
+
+    return schedule_main(argv)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,16 +1,24 @@
 """Model soup: average the weights of several checkpoints (OLMo 2's final models).
 
-OLMo 2 7B is the average of three mid-training runs on the same 50B-token Dolmino mix with
-different data orders (13B: three 100B runs plus one 300B run). The runs share one
-starting point, so their weights lie in one basin and the uniform average is a better model
-than each ingredient. Averaging is done in float64 and cast back to each tensor's dtype, so
-the result does not depend on the order the checkpoints are listed in (up to that cast).
+OLMo 2 7B is the uniform average of three mid-training runs on the same 50B-token Dolmino
+mix with different data orders; 13B of three 100B runs and one 300B run. The runs share one
+starting point, so their weights lie in one basin and the average is a better model than
+each ingredient.
 
-    python -m trainer.soup OUT_DIR CKPT1 CKPT2 [CKPT3 ...]
+    python -m trainer.soup OUT_DIR CKPT1 CKPT2 [CKPT3 ...] [--dtype bfloat16]
 
-OUT_DIR gets `model.pt` and `config.json` (the first ingredient's config plus the list of
-ingredients); it loads with trainer.checkpoint.load_model_weights and exports with
-trainer.export_hf like any checkpoint.
+Ingredients are any format trainer.weights reads: this trainer's checkpoints (or save dirs,
+meaning their latest), Hugging Face Olmo2 directories, OLMo-core DCP checkpoints; they may
+be mixed. OUT_DIR gets both formats: `model.pt` + `config.json` (loads and resumes nothing,
+but exports, evaluates and seeds `--init-from` like any checkpoint) and `hf/`, an
+Olmo2ForCausalLM directory (with the tokenizer files of the first HF ingredient, if any).
+
+Why it scales: every ingredient is opened lazily (safetensors / memory-mapped model.pt /
+DCP key by key) and the average is built one tensor at a time, summed in float64 and cast
+back to the first ingredient's dtype (or --dtype). Memory is the averaged model plus one
+tensor, whatever the number of ingredients; the float64 sum does not depend on the order
+the ingredients are listed in (up to that final cast). Names, shapes and model shapes are
+checked for every ingredient before anything is averaged.
 """
 
 from __future__ import annotations
@@ -18,15 +26,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import torch
 
-from trainer.checkpoint import CONFIG_FILE, MODEL_FILE, load_model_weights, resolve_checkpoint
+from trainer.checkpoint import CONFIG_FILE, MODEL_FILE
+from trainer.cli import HelpFormatter
+
+HF_SUBDIR = "hf"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                   "vocab.json", "merges.txt")
 
 
 def average_state_dicts(state_dicts: list[dict]) -> dict:
+    """Uniform average of in-memory state dicts (float64 sum, cast back); for small models and tests."""
     if not state_dicts:
         raise ValueError("need at least one checkpoint to average")
     keys = set(state_dicts[0])
@@ -34,54 +49,107 @@ def average_state_dicts(state_dicts: list[dict]) -> dict:
         if set(sd) != keys:
             missing, extra = sorted(keys - set(sd)), sorted(set(sd) - keys)
             raise ValueError(f"checkpoint {i} has different tensors (missing {missing[:5]}, extra {extra[:5]})")
-    out = {}
-    for key in state_dicts[0]:
-        ref = state_dicts[0][key]
-        for i, sd in enumerate(state_dicts[1:], start=1):
-            if sd[key].shape != ref.shape:
-                raise ValueError(f"{key}: shape {tuple(sd[key].shape)} in checkpoint {i} != {tuple(ref.shape)}")
-        if not ref.is_floating_point():
-            out[key] = ref.clone()
-            continue
-        total = torch.zeros(ref.shape, dtype=torch.float64)
-        for sd in state_dicts:
-            total += sd[key].to(torch.float64)
-        out[key] = (total / len(state_dicts)).to(ref.dtype)
-    return out
+    return {key: _average([sd[key] for sd in state_dicts], key, state_dicts[0][key].dtype) for key in state_dicts[0]}
 
 
-def soup(out_dir: str | Path, checkpoints: list[str | Path]) -> Path:
-    """Average the model weights of `checkpoints` into `out_dir` (written atomically)."""
+def _average(tensors: list[torch.Tensor], key: str, dtype: torch.dtype) -> torch.Tensor:
+    ref = tensors[0]
+    for i, t in enumerate(tensors[1:], start=1):
+        if t.shape != ref.shape:
+            raise ValueError(f"{key}: shape {tuple(t.shape)} in checkpoint {i} != {tuple(ref.shape)}")
+    if not ref.is_floating_point():
+        return ref.clone()
+    total = torch.zeros(ref.shape, dtype=torch.float64)
+    for t in tensors:
+        total += t.to(torch.float64)
+    return (total / len(tensors)).to(dtype)
+
+
+def _streamed_average(readers: list, name: str, dtype: torch.dtype | None) -> torch.Tensor:
+    """One tensor averaged over the ingredients, reading one ingredient's copy at a time."""
+    total, shape, first_dtype = None, None, None
+    for i, reader in enumerate(readers):
+        t = reader.get(name)
+        if total is None:
+            if not t.is_floating_point():
+                return t.clone()
+            shape, first_dtype = t.shape, t.dtype
+            total = torch.zeros(shape, dtype=torch.float64)
+        elif t.shape != shape:
+            raise ValueError(f"{name}: shape {tuple(t.shape)} in checkpoint {i} != {tuple(shape)}")
+        total += t.to(torch.float64)
+        del t
+    return (total / len(readers)).to(dtype or first_dtype)
+
+
+def soup(out_dir: str | Path, checkpoints: list[str | Path], dtype: str | None = None,
+         write_hf: bool = True) -> Path:
+    """Average the model weights of `checkpoints` into `out_dir` (trainer format and `hf/`)."""
+    from trainer.export_hf import write_hf_model
+    from trainer.weights import WeightReader, check_compatible, inspect_checkpoint
+
     if len(checkpoints) < 2:
         raise ValueError("a soup needs at least two checkpoints")
-    paths = [resolve_checkpoint(c) for c in checkpoints]
-    loaded = [load_model_weights(p) for p in paths]
-    model_cfgs = [cfg.get("model") for _, cfg in loaded]
-    if any(m != model_cfgs[0] for m in model_cfgs[1:]):
-        raise ValueError("checkpoints have different model configs; only runs of one architecture can be averaged")
-    averaged = average_state_dicts([sd for sd, _ in loaded])
-    config = dict(loaded[0][1])
-    config["soup"] = [str(p) for p in paths]
+    infos = [inspect_checkpoint(c) for c in checkpoints]
+    first = infos[0]
+    if first.model is None:
+        raise ValueError(f"{first.describe()} does not say its number of attention heads")
+    for i, info in enumerate(infos[1:], start=1):
+        if info.model is not None and info.model.same_shape(first.model):
+            raise ValueError(f"checkpoints have different model configs; only runs of one architecture can be "
+                             f"averaged: {checkpoints[i]} vs {checkpoints[0]}: "
+                             f"{'; '.join(info.model.same_shape(first.model))}")
+        try:
+            check_compatible(info, first.model)
+        except ValueError as exc:
+            raise ValueError(f"checkpoint {i} ({checkpoints[i]}) has different tensors than {checkpoints[0]}: "
+                             f"{exc}") from None
+    names = list(first.shapes)
+    out_dtype = getattr(torch, dtype) if dtype else None
+    readers = [WeightReader(info) for info in infos]
+    try:
+        averaged = {name: _streamed_average(readers, name, out_dtype) for name in names}
+    finally:
+        for r in readers:
+            r.close()
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    config = {"model": first.model.to_dict(), "soup": [info.provenance() for info in infos]}
+    if first.train is not None:
+        config["train"] = first.train
     tmp = out_dir / f".{MODEL_FILE}.tmp{os.getpid()}"
     torch.save(averaged, tmp)
     os.replace(tmp, out_dir / MODEL_FILE)
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+    if write_hf:
+        hf_source = next((info for info in infos if info.format == "hf"), None)
+        hf_dir = write_hf_model(out_dir / HF_SUBDIR, first.model, names, averaged.__getitem__,
+                                next(iter(averaged.values())).dtype,
+                                config=hf_source.hf_config if hf_source is not None else None)
+        if hf_source is not None:
+            for name in TOKENIZER_FILES:
+                if (hf_source.path / name).is_file():
+                    shutil.copy(hf_source.path / name, hf_dir / name)
     return out_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.soup", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m trainer.soup", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("out", help="output directory for the averaged model")
-    parser.add_argument("checkpoints", nargs="+", help="checkpoint directories (or save dirs: their latest)")
+    parser.add_argument("checkpoints", nargs="+",
+                        help="checkpoint directories (save dirs: their latest), HF Olmo2 or OLMo-core checkpoints")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                        help="dtype of the average (default: the first ingredient's)")
+    parser.add_argument("--no-hf", dest="hf", action="store_false",
+                        help=f"do not also write the Hugging Face directory OUT/{HF_SUBDIR} (default: write it)")
     args = parser.parse_args(argv)
     try:
-        out = soup(args.out, args.checkpoints)
+        out = soup(args.out, args.checkpoints, dtype=args.dtype, write_hf=args.hf)
     except (ValueError, FileNotFoundError) as exc:
         print(f"soup: {exc}", file=sys.stderr)
         return 2
-    print(f"averaged {len(args.checkpoints)} checkpoints into {out}")
+    print(f"averaged {len(args.checkpoints)} checkpoints into {out}" + (f" (and {out / HF_SUBDIR})" if args.hf else ""))
     return 0
 
 

@@ -41,6 +41,7 @@ from trainer.model import OLMo2
 from trainer.optim import build_optimizer, clip_grad_norm, set_lr
 from trainer.schedule import LRSchedule
 from trainer.spikes import SpikeTracker
+from trainer.status import StepStatus
 from trainer.throughput import mfu, peak_flops
 
 METRICS = ("loss", "ce", "z_loss", "grad_norm")
@@ -64,7 +65,7 @@ class TrainResult:
 # What shapes the optimisation from one step to the next; a change on resume is legitimate
 # (e.g. extending a run) but silently alters the LR curve, so it is logged.
 _RECIPE_FIELDS = ("lr", "warmup_steps", "schedule", "final_lr_fraction", "global_batch_size", "betas", "adam_eps",
-                  "weight_decay", "max_grad_norm", "z_loss_weight", "mask_repetitions")
+                  "weight_decay", "decay_norms", "max_grad_norm", "z_loss_weight", "repetition")
 
 
 def recipe_changes(saved: dict | None, current: TrainConfig) -> list[str]:
@@ -123,7 +124,7 @@ class Trainer:
         self.save_dir = Path(save_dir)
         self.accum = tc.grad_accum_steps(env.world_size)
         self.dataset = MemmapDataset(run.data_paths, tc.seq_len, vocab_size=mc.vocab_size,
-                                     mask_repetitions=tc.mask_repetitions, repetition_max_n=tc.repetition_max_n,
+                                     repetition=tc.repetition, repetition_max_n=tc.repetition_max_n,
                                      repetition_min_repeats=tc.repetition_min_repeats)
         self.loader = DataLoader(self.dataset, tc.global_batch_size, rank=env.rank, world_size=env.world_size,
                                  seed=tc.seed if tc.data_seed is None else tc.data_seed)
@@ -240,14 +241,17 @@ class Trainer:
         pending: list[tuple[int, float]] = []  # (step index, lr) of rows in `buffer`
         last_save_step = None
         window_start, window_tokens = time.perf_counter(), 0
+        status = StepStatus(tc.max_steps, self.step, enabled=None if env.is_main else False)
         try:
             while self.step < tc.max_steps:
                 lr = self.schedule.lr_at(self.step)
                 self.train_step(buffer[len(pending)])
+                status.update(self.step)
                 pending.append((self.step, lr))
                 window_tokens += tc.tokens_per_step
                 save_now = tc.save_interval is not None and self.step % tc.save_interval == 0
                 if len(pending) == tc.metrics_interval or self.step == tc.max_steps or save_now:
+                    status.clear()
                     self._flush(buffer, pending, result, window_tokens, window_start)
                     pending, window_tokens, window_start = [], 0, time.perf_counter()
                 if self.step % tc.gc_interval == 0:
@@ -260,6 +264,7 @@ class Trainer:
             self.checkpointer.wait()
             barrier(env)
         finally:
+            status.clear()
             self.loader.close()
             if gc_was_enabled:
                 gc.enable()

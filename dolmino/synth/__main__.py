@@ -28,6 +28,7 @@ import argparse
 import json
 import sys
 
+from dolmino.help_format import DefaultsHelpFormatter
 from dolmino.synth.base import REGISTRY, make_generator
 
 LLM_GENERATORS = ("tulu_math", "mind", "owm_label")
@@ -36,21 +37,22 @@ INPUT_GENERATORS = ("tinygsm", "owm_label", "gsm8k_train")  # num_docs defaults 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m dolmino.synth", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--generator", required=True, choices=sorted(REGISTRY))
+                                formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--generator", required=True, choices=sorted(REGISTRY), help="what to generate")
     p.add_argument("--out", required=True, help="output directory (shared filesystem on a cluster)")
     p.add_argument("--num-docs", type=int, help="items to attempt (kept + rejected + quarantined); "
                                                 "default for input-driven generators: every input row")
-    p.add_argument("--partitions", type=int, default=1, help="Spark tasks (default: 1)")
-    p.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    p.add_argument("--partitions", type=int, default=1, help="Spark tasks; each writes one part file")
+    p.add_argument("--seed", type=int, default=0, help="generation seed (part of the config hash)")
     p.add_argument("--endpoint", help="OpenAI-compatible base URL (LLM generators)")
     p.add_argument("--model", help="model name sent to the endpoint (LLM generators)")
     p.add_argument("--api-key-env", help="environment variable holding the API key (read in the executors)")
     p.add_argument("--requests-per-second", type=float, help="client-side rate limit per partition (default: none)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default: 120)")
-    p.add_argument("--max-retries", type=int, default=4, help="(default: 4)")
-    p.add_argument("--temperature", type=float, help="(default: 0.7; owm_label 0.0)")
-    p.add_argument("--max-tokens", type=int, help="(default: 2048; owm_label 8)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--max-retries", type=int, default=4, help="retries per request (backoff, Retry-After)")
+    p.add_argument("--temperature", type=float,
+                   help="sampling temperature sent to the endpoint (default: 0.7; owm_label 0.0)")
+    p.add_argument("--max-tokens", type=int, help="max_tokens sent to the endpoint (default: 2048; owm_label 8)")
     p.add_argument("--personas", help="tulu_math: personas, JSONL ('persona' field) or one per line")
     p.add_argument("--style", action="append", help="mind: two_students / problem_solving (repeatable; default both)")
     p.add_argument("--input", action="append", help="mind / tinygsm / owm_label: input JSONL files or globs "
@@ -63,7 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-mb", type=int, default=256, help="tinygsm: address-space cap of the sandbox "
                                                               "(default: 256)")
     p.add_argument("--master", help="Spark master (default: local[*] unless spark-submit set one)")
-    p.add_argument("--driver-memory")
+    p.add_argument("--driver-memory", help="Spark driver memory when this command starts Spark itself, e.g. 4g "
+                   "(default: Spark's)")
     return p.parse_args(argv)
 
 

@@ -76,9 +76,15 @@ class _LlmGenerator:
 
     def client(self, seed: int, partition: int) -> ChatClient:
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        return ChatClient(self.endpoint, self.model, key, timeout=self.timeout, max_retries=self.max_retries,
-                          backoff_base=self.backoff_base, requests_per_second=self.requests_per_second,
-                          seed=seed * 1_000_003 + partition)
+        client = ChatClient(self.endpoint, self.model, key, timeout=self.timeout, max_retries=self.max_retries,
+                            backoff_base=self.backoff_base, requests_per_second=self.requests_per_second,
+                            seed=seed * 1_000_003 + partition)
+        self._live_counts = client.counts  # the same Counter: read while the partition runs
+        return client
+
+    def live_request_counts(self) -> dict:
+        """The running partition's request counters so far (the runner's progress display)."""
+        return dict(getattr(self, "_live_counts", {}))
 
     def ask(self, client: ChatClient, prompt: str, seed: int, index: int):
         return client.complete([{"role": "user", "content": prompt}], temperature=self.temperature,

@@ -7,6 +7,8 @@ Layout of the output directory:
     rejected/part-00000.jsonl.zst every refused item with its reason (never silently lost)
     quarantine/part-00000.jsonl.zst input lines a transforming generator could not read
     synth-report.json             totals: attempted = kept + rejected + quarantined (by reason)
+    .progress/00000.json          while a run shows progress: items done and requests made
+                                  so far per partition (removed when the run ends)
 
 A partition is written to temporary names and renamed; its done-file is written last and
 is the commit marker. A rerun skips every partition whose done-file carries the same
@@ -21,6 +23,8 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import threading
 import time
 from collections import Counter
 
@@ -30,6 +34,7 @@ from dolmino.synth.base import config_hash, is_quarantine, is_rejection, is_requ
 
 PART_RE = re.compile(r"^part-(\d{5})\.(jsonl\.zst|done\.json)$")
 REPORT_NAME = "synth-report.json"
+PROGRESS_DIR = ".progress"
 
 
 class SynthRunError(RuntimeError):
@@ -68,12 +73,13 @@ def cached_stats(out_dir: str, partition: int, chash: str) -> dict | None:
     return stats
 
 
-def _write_atomic(path: str, data: bytes) -> None:
+def _write_atomic(path: str, data: bytes, sync: bool = True) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+        if sync:
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
@@ -83,10 +89,99 @@ def _zstd_lines(records) -> bytes:
     return zstandard.ZstdCompressor(level=10, write_checksum=True).compress(payload)
 
 
-def run_partition(generator, partition: int, num_partitions: int, seed: int, out_dir: str, chash: str) -> dict:
-    """Generate (or reuse) one partition; returns its stats."""
+class PartitionProgress:
+    """Executor side of the progress display: items attempted (and LLM requests made) so far
+    in one partition, in `<progress_dir>/<partition>.json`, rewritten at most every
+    `interval` seconds. Spark reports nothing about a task until it ends, and one LLM
+    partition can take hours, so the driver reads these files instead."""
+
+    def __init__(self, progress_dir: str, partition: int, expected: int, generator=None,
+                 interval: float = 0.5, clock=time.monotonic):
+        self.path = os.path.join(progress_dir, f"{partition:05d}.json")
+        self.expected, self.generator, self.interval, self.clock = expected, generator, interval, clock
+        self.attempted = 0
+        self._last = float("-inf")
+
+    def requests(self) -> int:
+        live = getattr(self.generator, "live_request_counts", None)
+        return int(live().get("requests", 0)) if live is not None else 0
+
+    def item(self) -> None:
+        self.attempted += 1
+        if self.clock() - self._last >= self.interval:
+            self.write()
+
+    def write(self, done: bool = False, cached: bool = False) -> None:
+        self._last = self.clock()
+        record = {"attempted": self.attempted, "expected": self.expected, "requests": self.requests(),
+                  "done": done, "cached": cached}
+        _write_atomic(self.path, json.dumps(record).encode(), sync=False)
+
+
+def read_progress(progress_dir: str) -> dict:
+    """The driver's view: items attempted, partitions finished and requests, summed over the
+    partition files present (a partition not started yet has none)."""
+    total = {"attempted": 0, "done": 0, "requests": 0}
+    try:
+        names = os.listdir(progress_dir)
+    except FileNotFoundError:
+        return total
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(progress_dir, name)) as fh:
+                record = json.load(fh)
+        except (OSError, json.JSONDecodeError):
+            continue  # being replaced right now: counted at the next poll
+        total["attempted"] += int(record.get("attempted", 0))
+        total["done"] += bool(record.get("done"))
+        total["requests"] += int(record.get("requests", 0))
+    return total
+
+
+class _ProgressPoller:
+    """Driver side: a thread that moves a tqdm bar to what the partition files say."""
+
+    def __init__(self, progress_dir: str, bar, num_partitions: int, interval: float = 0.5):
+        self.progress_dir, self.bar, self.num_partitions, self.interval = progress_dir, bar, num_partitions, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="synth-progress", daemon=True)
+
+    def poll(self) -> None:
+        seen = read_progress(self.progress_dir)
+        self.bar.n = seen["attempted"]
+        postfix = f"partitions {seen['done']}/{self.num_partitions}"
+        if seen["requests"]:
+            postfix += f", requests {seen['requests']:,}"
+        self.bar.set_postfix_str(postfix, refresh=False)
+        self.bar.refresh()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def __enter__(self) -> "_ProgressPoller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()
+
+
+def run_partition(generator, partition: int, num_partitions: int, seed: int, out_dir: str, chash: str,
+                  progress_dir: str | None = None) -> dict:
+    """Generate (or reuse) one partition; returns its stats. With `progress_dir`, also
+    reports items done so far there (see PartitionProgress)."""
+    expected = len(partition_range(partition, num_partitions, generator.num_docs))
+    tracker = PartitionProgress(progress_dir, partition, expected, generator) if progress_dir else None
     stats = cached_stats(out_dir, partition, chash)
     if stats is not None:
+        if tracker is not None:
+            tracker.attempted = expected
+            tracker.write(done=True, cached=True)
         return {**stats, "cached": True}
     started = time.time()
     docs, rejected, quarantined, requests = [], [], [], Counter()
@@ -95,7 +190,8 @@ def run_partition(generator, partition: int, num_partitions: int, seed: int, out
     for record in generator.generate(partition, num_partitions, seed):
         if is_request_stats(record):
             requests.update(record["request_stats"])
-        elif is_rejection(record):
+            continue
+        if is_rejection(record):
             reasons[record["rejected"]] += 1
             rejected.append(record)
         elif is_quarantine(record):
@@ -103,8 +199,9 @@ def run_partition(generator, partition: int, num_partitions: int, seed: int, out
             quarantined.append(record)
         else:
             docs.append(record)
+        if tracker is not None:
+            tracker.item()
     attempted = len(docs) + len(rejected) + len(quarantined)
-    expected = len(partition_range(partition, num_partitions, generator.num_docs))
     if attempted != expected:
         raise SynthRunError(f"partition {partition}: generator yielded {attempted} items for {expected} attempts")
     data = _zstd_lines(docs)
@@ -120,6 +217,8 @@ def run_partition(generator, partition: int, num_partitions: int, seed: int, out
              "rejected": dict(sorted(reasons.items())), "quarantined": dict(sorted(quarantine_reasons.items())),
              "requests": dict(sorted(requests.items())), "elapsed_s": round(time.time() - started, 3)}
     _write_atomic(os.path.join(out_dir, done_name(partition)), json.dumps(stats, indent=1).encode())
+    if tracker is not None:
+        tracker.write(done=True)
     return {**stats, "cached": False}
 
 
@@ -163,12 +262,17 @@ def summarize(generator, stats: list[dict], seed: int, num_partitions: int, chas
             "files": [part_name(p) for p in range(num_partitions)]}
 
 
-def run(generator, out_dir: str, num_partitions: int, seed: int, spark) -> dict:
+def run(generator, out_dir: str, num_partitions: int, seed: int, spark, progress: bool | None = None,
+        progress_file=None) -> dict:
     """Generate `generator`'s documents into `out_dir` with Spark; returns (and writes) the report.
 
     `out_dir` must be visible to every executor (local disk in local mode, a shared
-    filesystem on a cluster).
+    filesystem on a cluster). `progress`: a bar of items done, partitions finished and LLM
+    requests made (None: only when stderr is a terminal; `progress_file` replaces stderr).
     """
+    from dolmino.progress import enabled as progress_enabled
+    from dolmino.progress import progress as progress_bar
+
     if num_partitions < 1:
         raise ValueError("num_partitions must be >= 1")
     os.makedirs(out_dir, exist_ok=True)
@@ -176,12 +280,27 @@ def run(generator, out_dir: str, num_partitions: int, seed: int, spark) -> dict:
     _remove_stale_parts(out_dir, num_partitions)
     chash = config_hash(generator, num_partitions, seed)
     sc = spark.sparkContext
+    show = progress_enabled(progress_file) if progress is None else progress
+    progress_dir = os.path.join(out_dir, PROGRESS_DIR) if show else None
+    if progress_dir:
+        shutil.rmtree(progress_dir, ignore_errors=True)  # a killed run's counts are not this run's
+        os.makedirs(progress_dir)
 
     def task(index, _items):
-        yield run_partition(generator, index, num_partitions, seed, out_dir, chash)
+        yield run_partition(generator, index, num_partitions, seed, out_dir, chash, progress_dir)
 
-    stats = (sc.parallelize(range(num_partitions), num_partitions)
-             .mapPartitionsWithIndex(task).collect())
+    job = sc.parallelize(range(num_partitions), num_partitions).mapPartitionsWithIndex(task)
+    if progress_dir is None:
+        stats = job.collect()
+    else:
+        bar = progress_bar(total=generator.num_docs, desc=f"synth {generator.name}", unit=" items",
+                           file=progress_file, enable=True)
+        try:
+            with _ProgressPoller(progress_dir, bar, num_partitions):
+                stats = job.collect()
+        finally:
+            bar.close()
+            shutil.rmtree(progress_dir, ignore_errors=True)
     stats.sort(key=lambda s: s["partition"])
     report = summarize(generator, stats, seed, num_partitions, chash)
     _write_atomic(os.path.join(out_dir, REPORT_NAME), json.dumps(report, indent=1, sort_keys=True).encode())

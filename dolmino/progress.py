@@ -1,0 +1,53 @@
+"""Progress bars for the long steps, tqdm-style, and silent when nobody is watching.
+
+Every long step of the project (corpus assembly, the decontamination index, synthetic
+generation) reports progress through `progress()`: a tqdm bar on an interactive terminal,
+nothing at all when stderr is a file, a pipe or a CI log, where a bar redrawn with
+carriage returns turns into thousands of lines. `DOLMINO_PROGRESS=1` forces bars on,
+`DOLMINO_PROGRESS=0` forces them off (both win over the terminal check).
+
+    for doc in progress(docs, desc="web", unit="docs"):
+        ...
+    with progress(total=n_partitions, desc="partitions") as bar:
+        bar.update(1)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import IO, Iterable
+
+from tqdm import tqdm
+
+ENV_VAR = "DOLMINO_PROGRESS"
+
+
+def enabled(file: IO | None = None) -> bool:
+    """Whether progress should be drawn on `file` (default: stderr)."""
+    forced = os.environ.get(ENV_VAR, "").strip().lower()
+    if forced in ("1", "true", "yes", "on"):
+        return True
+    if forced in ("0", "false", "no", "off"):
+        return False
+    stream = sys.stderr if file is None else file
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # closed or not a real stream
+        return False
+
+
+def progress(iterable: Iterable | None = None, *, desc: str | None = None, total: float | None = None,
+             unit: str = "it", unit_scale: bool = False, file: IO | None = None, leave: bool = True,
+             enable: bool | None = None, **kwargs) -> tqdm:
+    """A tqdm bar (an iterator wrapper or a context manager), drawn only where someone watches.
+
+    `enable`: None decides by `enabled(file)` (DOLMINO_PROGRESS, else "is it a terminal");
+    True or False decide outright (a caller's own --progress flag, or a test's StringIO).
+    A disabled bar still iterates and accepts update()/set_postfix_str() (as no-ops), so
+    callers never branch on whether progress is shown; they must not read counts back from it.
+    """
+    stream = sys.stderr if file is None else file
+    show = enabled(stream) if enable is None else enable
+    return tqdm(iterable, desc=desc, total=total, unit=unit, unit_scale=unit_scale, file=stream, leave=leave,
+                disable=not show, dynamic_ncols=True, **kwargs)

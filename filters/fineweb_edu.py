@@ -1,0 +1,300 @@
+"""The FineWeb-Edu classifier: educational value 0-5 from a BERT-style regression model.
+
+OLMo 2's Dolmino web subset keeps DCLM-Baseline documents that HuggingFaceFW/fineweb-edu-
+classifier rates int_score >= 2. That model is a BERT encoder (Snowflake arctic-embed-m)
+with a one-output regression head, and its card and annotation scripts score like this:
+
+    inputs = tokenizer(texts, return_tensors="pt", padding="longest", truncation=True)
+    score = model(**inputs).logits.squeeze(-1).float()          # one float per text
+    int_score = int(round(max(0, min(score, 5))))               # Python round: half to even
+
+Truncation is the tokenizer's `model_max_length` (512 tokens for the real model: the first
+512 tokens of a page decide). `FineWebEduFilter` does exactly that, batched: a tag() call
+tokenizes its documents once, sorts them by token count and pads each batch to its longest
+member, so a batch of short pages does not pay for one long one. Padding is masked out of
+attention, so a document's score does not depend on its batch (equal within float
+rounding, which tests check against a plain transformers loop).
+
+The model comes from a local directory (what `save_pretrained` writes) or an s3:// prefix,
+which is downloaded once per machine into the dolmino cache (`local_model_dir`). Hub names
+are not fetched: download the model first. It loads lazily on the first document, once per
+process, so the filter pickles as its parameters; GPU when present (`device="auto"`), else
+CPU with `torch_threads` threads (1 by default inside a Spark task, where every core
+already runs a Python worker).
+
+    python -m filters.fineweb_edu score --model DIR_OR_S3 --input docs.jsonl.zst   # int_score histogram
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from dolmino import s3
+
+PAPER_MIN_INT_SCORE = 2        # OLMo 2 / Dolmino: keep int_score >= 2
+MAX_SCORE = 5
+DTYPES = ("float32", "bfloat16", "float16")
+# Tokenizers without a real length limit report this sentinel (transformers' VERY_LARGE_INTEGER).
+_NO_LIMIT = 1_000_000
+
+
+def int_score(score: float) -> int:
+    """The model card's integer score: clip to [0, 5], then Python's round (half to even)."""
+    return int(round(max(0.0, min(float(score), float(MAX_SCORE)))))
+
+
+# ---------------------------------------------------------------------------- model location
+
+_S3_MODEL_DIRS: dict[str, str] = {}
+
+
+def local_model_dir(model_path: str) -> str:
+    """The local directory that holds the model named by `model_path`.
+
+    A local path must be a directory. An s3:// prefix is downloaded under
+    `$DOLMINO_CACHE/models/s3/<bucket>/<key>` (a file lock keeps the worker processes of one
+    machine from fetching it twice; a later process finds it complete and only re-lists it)
+    and remembered for the rest of the process.
+    """
+    model_path = str(model_path)
+    if not s3.is_s3(model_path):
+        if not os.path.isdir(model_path):
+            raise FileNotFoundError(f"model directory {model_path!r} does not exist (a local directory written "
+                                    "by save_pretrained, or an s3:// prefix; hub names are not downloaded)")
+        return model_path
+    found = _S3_MODEL_DIRS.get(model_path)
+    if found is not None:
+        return found
+    from dolmino.assets import cache_dir
+
+    bucket, key = s3.split_uri(model_path)
+    dest = cache_dir() / "models" / "s3" / bucket
+    for part in key.strip("/").split("/"):
+        if part in (".", ".."):
+            raise ValueError(f"model_path {model_path!r}: '.' and '..' are not allowed in the key")
+        if part:
+            dest = dest / part
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.parent / f".{dest.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        s3.download_prefix(model_path, dest)
+    _S3_MODEL_DIRS[model_path] = str(dest)
+    return str(dest)
+
+
+# ---------------------------------------------------------------------------- scorer
+
+# Loaded (tokenizer, model, device, max_length) per (directory, dtype, device, max_length):
+# the build makes its filters anew for every file task, and a Spark worker runs many.
+_LOADED: dict[tuple, tuple] = {}
+
+
+def _in_spark_task() -> bool:
+    if "pyspark" not in sys.modules:
+        return False
+    from pyspark import TaskContext
+
+    return TaskContext.get() is not None
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} asked for, but CUDA is not available")
+    return device
+
+
+def _load(model_path: str, dtype: str, device: str, max_length: int | None) -> tuple:
+    local = os.path.abspath(local_model_dir(model_path))
+    resolved = _resolve_device(device)
+    key = (local, dtype, resolved, max_length)
+    if key in _LOADED:
+        return _LOADED[key]
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per worker process is noise in Spark logs
+    tokenizer = AutoTokenizer.from_pretrained(local, local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(local, local_files_only=True,
+                                                               dtype=getattr(torch, dtype))
+    if model.config.num_labels != 1:
+        raise ValueError(f"model {model_path!r} has {model.config.num_labels} outputs; the FineWeb-Edu filter "
+                         "needs a one-output regression head (num_labels=1)")
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if max_length is None:
+        max_length = tokenizer.model_max_length
+        if not max_length or max_length >= _NO_LIMIT:
+            if positions is None:
+                raise ValueError(f"model {model_path!r}: the tokenizer has no model_max_length and the config no "
+                                 "max_position_embeddings; give max_length")
+            max_length = positions
+    if positions is not None and max_length > positions:
+        raise ValueError(f"max_length {max_length} exceeds the {positions} positions of model {model_path!r}")
+    model.to(resolved).eval()
+    _LOADED[key] = (tokenizer, model, resolved, int(max_length))
+    return _LOADED[key]
+
+
+class EduScorer:
+    """Scores texts with a sequence-regression model: the raw output (float) per text.
+
+    Pickles as its parameters; the model loads on the first `score` call (see `_load`).
+    """
+
+    def __init__(self, model_path: str, *, max_length: int | None = None, dtype: str = "float32",
+                 device: str = "auto", batch_size: int = 32, torch_threads: int | None = None):
+        self.model_path = str(model_path)
+        self.max_length = max_length
+        self.dtype = dtype
+        self.device = device
+        self.batch_size = batch_size
+        self.torch_threads = torch_threads
+
+    def loaded(self) -> tuple:
+        """(tokenizer, model, device, max_length) of this process."""
+        return _load(self.model_path, self.dtype, self.device, self.max_length)
+
+    def _set_threads(self) -> None:
+        import torch
+
+        threads = self.torch_threads or (1 if _in_spark_task() else None)
+        if threads and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+    def score(self, texts: list[str]) -> np.ndarray:
+        """float32 scores, one per text (the model card's `logits.squeeze(-1).float()`)."""
+        out = np.empty(len(texts), dtype=np.float32)
+        if not texts:
+            return out
+        import torch
+
+        tokenizer, model, device, max_length = self.loaded()
+        self._set_threads()
+        encoded = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)
+        columns = list(encoded.keys())
+        lengths = np.fromiter((len(ids) for ids in encoded["input_ids"]), dtype=np.int64, count=len(texts))
+        order = np.argsort(lengths, kind="stable")
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                rows = order[start:start + self.batch_size]
+                features = [{c: encoded[c][i] for c in columns} for i in rows]
+                batch = tokenizer.pad(features, padding="longest", return_tensors="pt")
+                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+                out[rows] = logits.squeeze(-1).float().cpu().numpy()
+        return out
+
+
+# ---------------------------------------------------------------------------- filter
+
+
+def _positive_int(name: str, value, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class FineWebEduFilter:
+    """Keep documents whose FineWeb-Edu int_score >= `min_int_score` (the paper: 2).
+
+    `model_path`: directory or s3:// prefix of a transformers sequence-classification model
+    with one regression output (HuggingFaceFW/fineweb-edu-classifier, downloaded). Tag
+    columns: `score` (float, the raw model output) and `int_score` (round(clip(score, 0, 5)));
+    the decision is a threshold on `int_score`, reason "int_score<2". `max_length` (default:
+    the tokenizer's model_max_length, as the model card truncates) and `dtype` change the
+    scores; `batch_size`, `device` and `torch_threads` do not.
+    """
+
+    name = "fineweb_edu"
+    tag_params = ("model_path", "max_length", "dtype")
+
+    def __init__(self, model_path: str, min_int_score: int = PAPER_MIN_INT_SCORE, batch_size: int = 32,
+                 max_length: int | None = None, dtype: str = "float32", device: str = "auto",
+                 torch_threads: int | None = None):
+        if not isinstance(model_path, (str, os.PathLike)) or not str(model_path):
+            raise ValueError(f"model_path must be a directory or s3:// URI, got {model_path!r}")
+        if (isinstance(min_int_score, bool) or not isinstance(min_int_score, int)
+                or not 0 <= min_int_score <= MAX_SCORE):
+            raise ValueError(f"min_int_score must be an integer 0..{MAX_SCORE}, got {min_int_score!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if not isinstance(device, str) or not (device in ("auto", "cpu") or device.startswith("cuda")):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+        self.model_path = str(model_path)
+        self.min_int_score = min_int_score
+        self.scorer = EduScorer(self.model_path, max_length=_positive_int("max_length", max_length, True),
+                                dtype=dtype, device=device, batch_size=_positive_int("batch_size", batch_size),
+                                torch_threads=_positive_int("torch_threads", torch_threads, True))
+
+    @property
+    def reason(self) -> str:
+        return f"int_score<{self.min_int_score}"
+
+    def tag(self, docs: list[dict]) -> dict[str, np.ndarray]:
+        texts = [t if isinstance(t, str) else str(t) for t in (doc.get("text") or "" for doc in docs)]
+        scores = self.scorer.score(texts)
+        return {"score": scores.astype(np.float64),
+                "int_score": np.fromiter((int_score(s) for s in scores.tolist()), dtype=np.int64, count=len(texts))}
+
+    def decide(self, attrs) -> str | None:
+        return self.reason if int(attrs["int_score"]) < self.min_int_score else None
+
+    def reject_reason(self, doc: dict) -> str | None:
+        columns = self.tag([doc])
+        return self.decide({name: values[0] for name, values in columns.items()})
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m filters.fineweb_edu",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     description="Score documents with a FineWeb-Edu style classifier.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sc = sub.add_parser("score", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                        help="int_score histogram of Dolma files, and the share each threshold keeps")
+    sc.add_argument("--model", required=True, help="model directory or s3:// prefix")
+    sc.add_argument("--input", nargs="+", required=True, help="Dolma JSONL (.jsonl, .gz, .zst; local or s3://)")
+    sc.add_argument("--batch-size", type=int, default=32, help="documents per forward pass")
+    sc.add_argument("--max-length", type=int, default=None, help="default: the tokenizer's model_max_length")
+    sc.add_argument("--dtype", choices=DTYPES, default="float32", help="model weights and activations")
+    sc.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'")
+    sc.add_argument("--out", help="write id, score, int_score per document here (JSONL)")
+    args = parser.parse_args(argv)
+    from dolmino.documents import Quarantine, read_documents
+
+    filt = FineWebEduFilter(args.model, batch_size=args.batch_size, max_length=args.max_length,
+                            dtype=args.dtype, device=args.device)
+    quarantine = Quarantine(keep_records=False)
+    docs = [doc for path in args.input for _, doc in read_documents(path, quarantine)]
+    columns = filt.tag(docs) if docs else {"score": np.empty(0), "int_score": np.empty(0, np.int64)}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as fh:
+            for doc, score, iscore in zip(docs, columns["score"].tolist(), columns["int_score"].tolist()):
+                fh.write(json.dumps({"id": doc.get("id"), "score": score, "int_score": iscore}) + "\n")
+    counts = np.bincount(columns["int_score"], minlength=MAX_SCORE + 1)
+    n = len(docs)
+    print(json.dumps({
+        "docs": n, "quarantined": dict(quarantine.counts),
+        "int_score_histogram": {str(k): int(v) for k, v in enumerate(counts)},
+        "share_kept_at": {f">={k}": (float(counts[k:].sum()) / n if n else 0.0) for k in range(MAX_SCORE + 1)},
+    }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

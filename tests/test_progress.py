@@ -1,0 +1,250 @@
+"""Progress on the long steps: drawn on a terminal, silent otherwise (tests run without one).
+
+Each long step is run twice, once with stderr replaced by a stream that says it is a
+terminal and once as the test runner gives it (not a terminal); the bar must appear in the
+first case with the right counts and leave no trace in the second.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+
+import pytest
+from pyspark import cloudpickle
+
+from dolmino import progress as progress_mod
+from dolmino.progress import enabled, progress
+from trainer.status import StepStatus
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # executors cannot import test modules
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def no_env(monkeypatch):
+    monkeypatch.delenv(progress_mod.ENV_VAR, raising=False)
+
+
+def test_enabled_follows_the_terminal_and_the_environment(monkeypatch, no_env):
+    assert enabled(FakeTTY()) and not enabled(io.StringIO())
+    assert not enabled(None) or sys.stderr.isatty()  # pytest's captured stderr is not a terminal
+    monkeypatch.setenv("DOLMINO_PROGRESS", "0")
+    assert not enabled(FakeTTY())
+    monkeypatch.setenv("DOLMINO_PROGRESS", "1")
+    assert enabled(io.StringIO())
+
+
+def test_bar_drawn_on_a_terminal_and_silent_elsewhere(no_env):
+    tty, log = FakeTTY(), io.StringIO()
+    assert sum(progress(range(1000), desc="docs", file=tty)) == sum(range(1000))
+    assert list(progress(range(1000), desc="docs", file=log)) == list(range(1000))
+    assert "docs: 100%" in tty.getvalue() and "1000/1000" in tty.getvalue()
+    assert log.getvalue() == ""
+    with progress(total=5, file=log) as bar:  # a disabled bar takes updates as no-ops
+        bar.update(3)
+        bar.set_postfix_str("x")
+    assert log.getvalue() == ""
+    forced = io.StringIO()
+    with progress(total=2, desc="forced", file=forced, enable=True) as bar:
+        bar.update(2)
+    assert "forced: 100%" in forced.getvalue()
+
+
+def test_decontamination_index_progress(monkeypatch, capsys, no_env):
+    from dolmino.evalsets import EvalInstance
+    from filters.decontamination import build_index
+
+    instances = [EvalInstance("taska" if i < 30 else "taskb", "test", f"question number {i} about the eight words here")
+                 for i in range(50)]
+    build_index(instances, ngram_size=4, progress=True)
+    assert capsys.readouterr().err == ""  # not a terminal: nothing at all
+    tty = FakeTTY()
+    monkeypatch.setattr(sys, "stderr", tty)
+    index = build_index(instances, ngram_size=4, progress=True)
+    monkeypatch.undo()
+    text = tty.getvalue()
+    assert "decontamination index" in text and "50 instances" in text and text.endswith("\n")
+    assert sum(sum(v.values()) for v in index.meta["instances"].values()) == 50
+    tty2 = FakeTTY()
+    monkeypatch.setattr(sys, "stderr", tty2)
+    build_index(instances, ngram_size=4, progress=False)  # library callers: off unless asked
+    monkeypatch.undo()
+    assert tty2.getvalue() == ""
+
+
+def test_default_corpus_assembly_progress(tmp_path, monkeypatch, no_env):
+    from dolmino import default_corpus
+
+    def docs(source, n):
+        return lambda: (default_corpus._doc(source, f"{source}-{i}", f"text {i}") for i in range(n))
+
+    monkeypatch.setattr(default_corpus, "GENERATORS", {"web": docs("web", 30), "math": docs("math", 12)})
+    monkeypatch.setattr(default_corpus, "_posts_xml", lambda: b"<posts>\n</posts>\n")
+    tty = FakeTTY()
+    monkeypatch.setattr(sys, "stderr", tty)
+    default_corpus.assemble(str(tmp_path / "a"))
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    default_corpus.assemble(str(tmp_path / "b"))
+    quiet = sys.stderr.getvalue()
+    monkeypatch.undo()
+    text = tty.getvalue()
+    assert "default corpus: web" in text and "default corpus: math" in text and "42 docs" in text
+    assert quiet == ""
+    assert default_corpus.is_complete(tmp_path / "a") and default_corpus.is_complete(tmp_path / "b")
+
+
+def test_synth_partition_progress_files_count_items_and_requests(tmp_path):
+    from dolmino.synth.runner import PartitionProgress, read_progress
+
+    class LiveCounts:
+        counts = {"requests": 0}
+
+        def live_request_counts(self):
+            return dict(self.counts)
+
+    gen = LiveCounts()
+    clock = iter(range(100)).__next__  # one "second" per call: every item is written
+    tracker = PartitionProgress(str(tmp_path), 3, expected=10, generator=gen, interval=1.0, clock=clock)
+    for _ in range(4):
+        gen.counts["requests"] += 2
+        tracker.item()
+    assert read_progress(str(tmp_path)) == {"attempted": 4, "done": 0, "requests": 8}
+    PartitionProgress(str(tmp_path), 0, expected=5).write(done=True, cached=True)
+    (tmp_path / "00007.json.tmp123").write_text("{half")  # a write in flight is skipped
+    assert read_progress(str(tmp_path)) == {"attempted": 4, "done": 1, "requests": 8}
+    assert read_progress(str(tmp_path / "absent")) == {"attempted": 0, "done": 0, "requests": 0}
+
+
+def test_synth_run_shows_items_and_partitions_and_leaves_the_output_unchanged(spark, tmp_path, no_env):
+    from dolmino.synth.arithmetic import ArithmeticGenerator
+    from dolmino.synth.runner import PROGRESS_DIR, run
+
+    shown = FakeTTY()
+    report = run(ArithmeticGenerator(num_docs=200), str(tmp_path / "a"), 4, 3, spark, progress_file=shown)
+    text = shown.getvalue()
+    assert "synth arithmetic" in text and "200/200" in text and "partitions 4/4" in text
+    assert not (tmp_path / "a" / PROGRESS_DIR).exists()
+    quiet = io.StringIO()
+    again = run(ArithmeticGenerator(num_docs=200), str(tmp_path / "b"), 4, 3, spark, progress_file=quiet)
+    assert quiet.getvalue() == ""
+    assert {p.name: p.read_bytes() for p in (tmp_path / "a").glob("part-*.jsonl.zst")} == \
+        {p.name: p.read_bytes() for p in (tmp_path / "b").glob("part-*.jsonl.zst")}
+    assert report["attempted"] == again["attempted"] == 200
+    # A rerun finds every partition cached; the bar still reaches the total.
+    cached = FakeTTY()
+    assert run(ArithmeticGenerator(num_docs=200), str(tmp_path / "a"), 4, 3, spark,
+               progress_file=cached)["partitions_generated"] == []
+    assert "200/200" in cached.getvalue() and "partitions 4/4" in cached.getvalue()
+
+
+def test_llm_generator_exposes_live_request_counts():
+    from dolmino.synth.llm import MindGenerator
+
+    gen = MindGenerator(endpoint="http://127.0.0.1:9", model="m", num_docs=1)
+    assert gen.live_request_counts() == {}
+    client = gen.client(seed=1, partition=0)
+    client.counts["requests"] += 3
+    assert gen.live_request_counts() == {"requests": 3}
+    assert "_live_counts" not in json.dumps(gen.config(), default=str)
+
+
+# ---------------------------------------------------------------------------- trainer
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_trainer_status_line_eta_and_clear(no_env):
+    clock, tty = FakeClock(), FakeTTY()
+    status = StepStatus(100, start_step=20, stream=tty, clock=clock)
+    assert status.enabled
+    clock.now += 10.0
+    status.update(40)  # 20 steps in 10 s: 2 steps/s, 60 to go: 30 s
+    assert tty.getvalue() == "\rstep 40/100 [00:10<00:30, 2.00 step/s]\x1b[K"
+    clock.now += 0.05
+    status.update(41)  # redrawn at most every min_interval
+    assert tty.getvalue().count("\r") == 1
+    status.clear()
+    assert tty.getvalue().endswith("\r\x1b[K")
+    status.clear()  # nothing shown: nothing to wipe
+    assert tty.getvalue().count("\x1b[K") == 2
+    clock.now += 3600.0
+    status.update(50)  # slow: seconds per step, hours in the ETA
+    assert "step 50/100 [1:00:10<" in tty.getvalue() and "s/step]" in tty.getvalue()
+    status.update(100)  # the last step is always drawn
+    assert "step 100/100" in tty.getvalue()
+
+
+def test_trainer_status_line_silent_off_a_terminal(monkeypatch, no_env):
+    log = io.StringIO()
+    status = StepStatus(10, stream=log)
+    assert not status.enabled
+    status.update(5)
+    status.clear()
+    assert log.getvalue() == ""
+    monkeypatch.setenv("DOLMINO_PROGRESS", "1")
+    assert StepStatus(10, stream=log).enabled
+    assert not StepStatus(10, stream=FakeTTY(), enabled=False).enabled  # non-main ranks
+
+
+@pytest.fixture(scope="module")
+def tiny_mix(tmp_path_factory):
+    from trainer_memmaps import write_real_text_mix
+
+    return write_real_text_mix(tmp_path_factory.mktemp("mix"), n_parts=1, tokens_per_part=24 * 32)
+
+
+def test_trainer_fit_draws_between_log_lines(tiny_mix, tmp_path, monkeypatch, no_env):
+    """A real (tiny) run on a fake terminal: the status line appears, and it is wiped before
+    every metrics line so that the log stays clean."""
+    import torch
+
+    from trainer.config import ModelConfig, RunConfig, TrainConfig
+    from trainer.distributed import DistEnv
+    from trainer.train import Trainer
+    data = tiny_mix
+    train = TrainConfig(seq_len=32, global_batch_size=4, micro_batch_size=2, max_steps=6, warmup_steps=1,
+                        metrics_interval=3, gc_interval=2, lr=1e-3)
+    run = RunConfig(model=ModelConfig(d_model=32, n_layers=1, n_heads=2, max_seq_len=32), train=train,
+                    data_paths=[str(data)])
+    cpu = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    tty = FakeTTY()
+    events: list[tuple[str, str]] = []  # (what the terminal showed so far, the log line)
+    trainer = Trainer(run, cpu, tmp_path / "run", log=lambda line: events.append((tty.getvalue(), line)))
+    monkeypatch.setattr(sys, "stderr", tty)
+    trainer.fit()
+    monkeypatch.undo()
+    metrics = [(shown, line) for shown, line in events if line.startswith("step ")]
+    assert len(metrics) == 2  # steps 3 and 6
+    drawn = tty.getvalue()
+    assert "\rstep 1/6 [" in drawn and "\rstep 6/6 [" in drawn
+    for shown, _line in metrics:  # wiped right before each metrics line
+        assert shown.endswith("\r\x1b[K"), repr(shown[-40:])
+    assert drawn.endswith("\r\x1b[K")  # and nothing left behind after the run
+
+
+def test_trainer_fit_silent_off_a_terminal(tiny_mix, tmp_path, capsys, no_env):
+    import torch
+
+    from trainer.config import ModelConfig, RunConfig, TrainConfig
+    from trainer.distributed import DistEnv
+    from trainer.train import Trainer
+    data = tiny_mix
+    train = TrainConfig(seq_len=32, global_batch_size=4, micro_batch_size=2, max_steps=2, warmup_steps=1,
+                        metrics_interval=2, gc_interval=2, lr=1e-3)
+    run = RunConfig(model=ModelConfig(d_model=32, n_layers=1, n_heads=2, max_seq_len=32), train=train,
+                    data_paths=[str(data)])
+    cpu = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    Trainer(run, cpu, tmp_path / "run", log=lambda _line: None).fit()
+    assert capsys.readouterr().err == ""

@@ -1,0 +1,360 @@
+"""--init-from released checkpoints: Hugging Face Olmo2 directories (single file and sharded)
+and OLMo-core DCP checkpoints map onto the trainer's model exactly, tensor by tensor, with
+clear errors for anything that does not fit."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import types
+import warnings
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.config import ModelConfig
+from trainer.model import OLMo2
+from trainer.weights import (
+    CheckpointFormatError, WeightReader, check_compatible, inspect_checkpoint, load_weights_into, ours_to_olmo_core,
+    step_from_revision,
+)
+
+transformers = pytest.importorskip("transformers", reason="transformers builds the reference Olmo2ForCausalLM")
+REPO = Path(__file__).resolve().parents[1]
+VOCAB = 1024
+
+
+def hf_olmo2(tmp_path: Path, name: str = "hf", dtype=torch.float32, **save_kwargs) -> tuple[Path, object]:
+    """A random tiny Olmo2ForCausalLM saved as a hub download would hold it."""
+    config = transformers.Olmo2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=256, num_hidden_layers=3,
+                                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                                      rope_theta=500_000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                                      pad_token_id=1, eos_token_id=2, bos_token_id=None)
+    torch.manual_seed(0)
+    model = transformers.Olmo2ForCausalLM(config).eval()
+    with torch.no_grad():  # norms that are not all ones, so a misplaced gain shows
+        for pname, p in model.named_parameters():
+            if p.ndim == 1:
+                p.mul_(1 + 0.3 * torch.randn_like(p))
+    model = model.to(dtype)
+    out = tmp_path / name
+    model.save_pretrained(out, **save_kwargs)
+    return out, model
+
+
+def hf_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for file in sorted(path.glob("*.safetensors")):
+        tensors.update(load_file(str(file)))
+    return tensors
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_hf_import_gives_the_same_logits(tmp_path, sharded):
+    path, hf = hf_olmo2(tmp_path, max_shard_size="200KB" if sharded else "5GB")
+    assert (path / "model.safetensors.index.json").is_file() == sharded
+    if sharded:
+        assert len(list(path.glob("model-*-of-*.safetensors"))) > 3
+    info = inspect_checkpoint(path)
+    assert info.format == "hf" and info.dtype == torch.float32 and info.step is None
+    cfg = info.model
+    assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.mlp_hidden, cfg.padded_vocab_size) == (64, 3, 4, 256, VOCAB)
+    assert cfg.rope_theta == 500_000.0 and cfg.eos_token_id == 2
+    model = OLMo2(cfg).eval()
+    check_compatible(info, cfg)
+    assert load_weights_into(model, info) == 3 + 3 * 11
+    ids = torch.randint(0, VOCAB, (2, 96), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours, theirs = model(ids), hf(input_ids=ids).logits
+    assert (ours - theirs).abs().max().item() <= 1e-5
+
+
+def test_hf_import_reads_one_tensor_at_a_time(tmp_path, monkeypatch):
+    """No whole-file load, and each tensor read is released before the next one is read."""
+    import safetensors.torch
+
+    path, _ = hf_olmo2(tmp_path, max_shard_size="200KB")
+    monkeypatch.setattr(safetensors.torch, "load_file", lambda *a, **k: pytest.fail("whole-file load"))
+    info = inspect_checkpoint(path)
+    previous, alive_when_next_read = [], []
+    real_get = WeightReader.get
+
+    def tracking_get(self, name):
+        alive_when_next_read.extend(ref() is not None for ref in previous)
+        previous.clear()
+        tensor = real_get(self, name)
+        previous.append(weakref.ref(tensor))
+        return tensor
+
+    monkeypatch.setattr(WeightReader, "get", tracking_get)
+    load_weights_into(OLMo2(info.model), info)
+    assert len(alive_when_next_read) == 3 + 3 * 11 - 1 and not any(alive_when_next_read)
+
+
+def test_hf_errors_name_the_problem(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path, _ = hf_olmo2(tmp_path)
+    config = json.loads((path / "config.json").read_text())
+    tensors = load_file(str(path / "model.safetensors"))
+
+    def variant(name: str, config_change: dict | None = None, drop: str | None = None, add: str | None = None):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({**config, **(config_change or {})}))
+        t = {k: v for k, v in tensors.items() if k != drop}
+        if add:
+            t[add] = torch.zeros(64)
+        save_file(t, str(d / "model.safetensors"))
+        return d
+
+    with pytest.raises(CheckpointFormatError, match="LlamaForCausalLM.*not Olmo2ForCausalLM"):
+        inspect_checkpoint(variant("llama", {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
+    with pytest.raises(CheckpointFormatError, match="grouped-query"):
+        inspect_checkpoint(variant("gqa", {"num_key_value_heads": 2}))
+    with pytest.raises(CheckpointFormatError, match="missing model.layers.1.mlp.up_proj.weight, unexpected none"):
+        inspect_checkpoint(variant("missing", drop="model.layers.1.mlp.up_proj.weight"))
+    with pytest.raises(CheckpointFormatError, match="unexpected model.layers.0.self_attn.q_proj.bias"):
+        inspect_checkpoint(variant("bias", add="model.layers.0.self_attn.q_proj.bias"))
+    info = inspect_checkpoint(path)
+    with pytest.raises(CheckpointFormatError, match="vocabulary of 1,024 embedding rows, the model has 100,352"):
+        check_compatible(info, ModelConfig.preset("tiny"))
+    with pytest.raises(CheckpointFormatError, match="n_layers 3 != 2"):
+        check_compatible(info, ModelConfig(d_model=64, n_layers=2, n_heads=4, mlp_hidden=256, vocab_size=VOCAB))
+    with pytest.raises(CheckpointFormatError, match="n_heads 4 != 8"):
+        check_compatible(info, ModelConfig(d_model=64, n_layers=3, n_heads=8, mlp_hidden=256, vocab_size=VOCAB))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointFormatError, match="not a checkpoint this trainer reads"):
+        inspect_checkpoint(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError):
+        inspect_checkpoint(tmp_path / "nowhere")
+
+
+def test_revision_names_and_hub_cache_give_the_step(tmp_path):
+    assert step_from_revision("stage1-step928646-tokens3896B") == 928646
+    assert step_from_revision("stage2-ingredient1-step11931-tokens100B") == 11931
+    assert step_from_revision("main") is None and step_from_revision("step000123") is None
+    path, _ = hf_olmo2(tmp_path, name="hub")
+    # huggingface_hub's cache: models--org--name/snapshots/<sha>/ and refs/<revision> holding <sha>
+    repo = tmp_path / "models--allenai--OLMo-2-1124-7B"
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "snapshots").mkdir(parents=True)
+    path.rename(repo / "snapshots" / sha)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("f" * 40)
+    (repo / "refs" / "stage1-step928646-tokens3896B").write_text(sha)
+    info = inspect_checkpoint(repo / "snapshots" / sha)
+    assert info.step == 928646 and info.step_source == "revision stage1-step928646-tokens3896B"
+    assert inspect_checkpoint(repo / "snapshots" / sha, step=5, step_source="--init-step").step == 5
+
+
+def random_tokens(directory: Path, n_tokens: int, vocab: int = VOCAB) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    np.random.default_rng(0).integers(0, vocab, n_tokens).astype("<u4").tofile(directory / "part-00000.npy")
+    return directory
+
+
+def run_module(module: str, *args) -> subprocess.CompletedProcess:
+    """Run a trainer command's main() in this process (as `python -m module args` would)."""
+    import contextlib
+    import importlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = importlib.import_module(module).main([str(a) for a in args])
+    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+
+
+@pytest.mark.parametrize("dtype,sharded", [(torch.float32, True), (torch.bfloat16, False)])
+def test_zero_lr_step_then_export_gives_back_the_same_tensors(tmp_path, dtype, sharded):
+    """--init-from HF, one optimizer step at LR 0, export: bitwise the weights we started from."""
+    path, _ = hf_olmo2(tmp_path, dtype=dtype, max_shard_size="200KB" if sharded else "5GB")
+    data = random_tokens(tmp_path / "data", 4 * 64)
+    proc = run_module("trainer.run", "--data", data, "--init-from", path, "--steps", 1, "--lr", 0, "--seq-len", 64,
+                      "--batch-size", 2, "--device", "cpu", "--save-dir", tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
+    assert "initialised 36 tensors from hf checkpoint" in proc.stdout
+    assert "3 x 64 from hf checkpoint" in proc.stdout and "non-embedding" in proc.stdout
+    ckpt_config = json.loads((tmp_path / "run" / "step000001" / "config.json").read_text())
+    assert ckpt_config["init"]["format"] == "hf" and ckpt_config["init"]["path"] == str(path)
+    name = "bfloat16" if dtype == torch.bfloat16 else "float32"
+    proc = run_module("trainer.export_hf", tmp_path / "run", tmp_path / "out", "--dtype", name)
+    assert proc.returncode == 0, proc.stderr
+    before, after = hf_tensors(path), hf_tensors(tmp_path / "out")
+    assert sorted(before) == sorted(after)
+    for key in before:
+        assert after[key].dtype == dtype and torch.equal(before[key], after[key]), key
+    exported = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert exported["vocab_size"] == VOCAB and exported["num_hidden_layers"] == 3
+
+
+def test_init_from_hf_with_a_preset_of_another_shape_fails_before_training(tmp_path):
+    path, _ = hf_olmo2(tmp_path)
+    data = random_tokens(tmp_path / "data", 4 * 64)
+    proc = run_module("trainer.run", "--data", data, "--init-from", path, "--model", "tiny", "--steps", 1,
+                      "--seq-len", 64, "--batch-size", 2, "--device", "cpu", "--save-dir", tmp_path / "run")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "vocabulary of 1,024 embedding rows, the model has 100,352" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- OLMo-core
+def olmo_core_state(model: OLMo2) -> dict:
+    """The model's weights under OLMo-core's OLMo 2 names, as its checkpoints hold them."""
+    return {ours_to_olmo_core(n): p.detach().clone() for n, p in model.named_parameters()}
+
+
+def write_olmo_core_checkpoint(save_folder: Path, step: int, model: OLMo2, with_config: bool = True) -> Path:
+    """An OLMo-core checkpoint: save_folder/stepN/model_and_optim/ (DCP, model.* and optim.* keys),
+    save_folder/stepN/train/rank0.pt, and OLMo-core's experiment config.json in the save folder."""
+    import torch.distributed.checkpoint as dcp
+
+    step_dir = save_folder / f"step{step}"
+    state = {"model": olmo_core_state(model),
+             "optim": {"state": {"embeddings.weight": {"step": torch.tensor(float(step)),
+                                                       "exp_avg": torch.zeros_like(model.embed.weight)}},
+                       "param_groups": [{"lr": 6e-5, "params": ["embeddings.weight"]}]}}
+    with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save(state, checkpoint_id=str(step_dir / "model_and_optim"), no_dist=True)
+    (step_dir / "train").mkdir()
+    torch.save({"global_step": step}, step_dir / "train" / "rank0.pt")
+    if with_config:
+        cfg = model.cfg
+        (save_folder / "config.json").write_text(json.dumps({"run_name": "x", "model": {
+            "_CLASS_": "olmo_core.nn.transformer.config.TransformerConfig", "d_model": cfg.d_model,
+            "vocab_size": cfg.padded_vocab_size, "n_layers": cfg.n_layers,
+            "block": {"name": "reordered_norm", "attention": {"n_heads": cfg.n_heads, "qk_norm": {"name": "rms"},
+                                                              "rope": {"theta": cfg.rope_theta}},
+                      "feed_forward": {"hidden_size": cfg.mlp_hidden}, "layer_norm": {"eps": cfg.norm_eps}}}}))
+    return step_dir
+
+
+def as_if_written_by_olmo_core(dcp_dir: Path) -> None:
+    """Rewrite the DCP metadata the way OLMo-core's RemoteFileSystemWriter pickles it: with its
+    own `olmo_core.distributed.checkpoint.filesystem._StorageInfo` class (same fields)."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+
+    with open(dcp_dir / ".metadata", "rb") as fh:
+        metadata = pickle.load(fh)
+    names = ["olmo_core", "olmo_core.distributed", "olmo_core.distributed.checkpoint",
+             "olmo_core.distributed.checkpoint.filesystem"]
+    modules = {name: types.ModuleType(name) for name in names}
+    fs = modules[names[-1]]
+
+    class StorageInfoOLMoCore:  # olmo_core's dataclass: relative_path, offset, length
+        def __init__(self, relative_path, offset, length):
+            self.relative_path, self.offset, self.length = relative_path, offset, length
+
+    StorageInfoOLMoCore.__module__, StorageInfoOLMoCore.__qualname__ = fs.__name__, "_StorageInfo"
+    StorageInfoOLMoCore.__name__ = "_StorageInfo"
+    fs._StorageInfo = StorageInfoOLMoCore
+    saved = {name: sys.modules.get(name) for name in names}
+    sys.modules.update(modules)
+    try:
+        metadata.storage_data = {k: StorageInfoOLMoCore(v.relative_path, v.offset, v.length)
+                                 for k, v in metadata.storage_data.items()}
+        assert all(isinstance(v, _StorageInfo) is False for v in metadata.storage_data.values())
+        with open(dcp_dir / ".metadata", "wb") as fh:
+            pickle.dump(metadata, fh)
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    raw = (dcp_dir / ".metadata").read_bytes()
+    assert b"olmo_core.distributed.checkpoint.filesystem" in raw
+
+
+@pytest.mark.parametrize("olmo_core_metadata", [False, True])
+def test_olmo_core_checkpoint_loads_exactly(tmp_path, olmo_core_metadata):
+    cfg = ModelConfig(d_model=64, n_layers=2, n_heads=4, vocab_size=VOCAB, max_seq_len=64)
+    torch.manual_seed(3)
+    source = OLMo2(cfg)
+    step_dir = write_olmo_core_checkpoint(tmp_path / "run", 42, source)
+    if olmo_core_metadata:
+        as_if_written_by_olmo_core(step_dir / "model_and_optim")
+        assert "olmo_core" not in sys.modules
+    for path in (step_dir, step_dir / "model_and_optim"):
+        info = inspect_checkpoint(path)
+        assert info.format == "olmo-core" and info.step == 42 and info.step_source == "directory step42"
+        assert not info.model.same_shape(cfg) and info.dtype == torch.float32
+        target = OLMo2(cfg)
+        load_weights_into(target, info)
+        for name, p in target.named_parameters():
+            assert torch.equal(p, dict(source.named_parameters())[name]), name
+        with WeightReader(info) as reader:  # key by key, as soups and export read it
+            assert torch.equal(reader.get("blocks.1.mlp.down_proj.weight"), source.blocks[1].mlp.down_proj.weight)
+    assert "olmo_core" not in sys.modules
+
+
+def test_olmo_core_checkpoint_exports_to_hf_with_the_same_logits(tmp_path):
+    cfg = ModelConfig(d_model=64, n_layers=2, n_heads=4, vocab_size=VOCAB, max_seq_len=64)
+    torch.manual_seed(4)
+    source = OLMo2(cfg).eval()
+    step_dir = write_olmo_core_checkpoint(tmp_path / "run", 7, source)
+    as_if_written_by_olmo_core(step_dir / "model_and_optim")
+    proc = run_module("trainer.export_hf", step_dir, tmp_path / "hf")
+    assert proc.returncode == 0, proc.stderr
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
+    ids = torch.randint(0, VOCAB, (1, 50), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (hf(input_ids=ids).logits - source(ids)).abs().max().item() <= 1e-5
+
+
+def test_olmo_core_checkpoint_without_config_needs_a_matching_preset_or_model(tmp_path):
+    cfg = ModelConfig(d_model=64, n_layers=2, n_heads=4, vocab_size=VOCAB, max_seq_len=64)
+    step_dir = write_olmo_core_checkpoint(tmp_path / "bare", 3, OLMo2(cfg), with_config=False)
+    info = inspect_checkpoint(step_dir)
+    assert info.model is None  # 1024-row vocabulary: no preset has this shape, heads unknown
+    check_compatible(info, cfg)  # shapes alone still check against a given model
+    tiny = ModelConfig.preset("tiny")
+    step_dir = write_olmo_core_checkpoint(tmp_path / "tiny", 3, OLMo2(tiny), with_config=False)
+    assert inspect_checkpoint(step_dir).model.preset_name() == "tiny"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["hf", "olmo-core"])
+def test_init_from_under_fsdp_loads_every_shard(tmp_path, fmt):
+    """2 gloo ranks with FSDP2: parameters are DTensor shards, filled from the full tensors
+    (HF: sliced locally; OLMo-core: DCP reads each rank's shard). --lr 0 for one step and
+    the gathered checkpoint is bitwise the source."""
+    import shutil
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed next to this interpreter")
+    if fmt == "hf":
+        source, _ = hf_olmo2(tmp_path, max_shard_size="200KB")
+        want = {k: v for k, v in hf_tensors(source).items()}
+    else:
+        cfg = ModelConfig(d_model=64, n_layers=2, n_heads=4, vocab_size=VOCAB, max_seq_len=64)
+        torch.manual_seed(5)
+        model = OLMo2(cfg)
+        source = write_olmo_core_checkpoint(tmp_path / "run", 9, model)
+        from trainer.export_hf import hf_name
+
+        want = {hf_name(n): p.detach() for n, p in model.named_parameters()}
+    data = random_tokens(tmp_path / "data", 8 * 64)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "trainer.run", "--data", str(data),
+           "--init-from", str(source), "--steps", "1", "--lr", "0", "--seq-len", "64", "--batch-size", "2",
+           "--device", "cpu", "--fsdp", "--save-dir", str(tmp_path / "fsdp")]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "x2" in proc.stdout and f"from {fmt} checkpoint" in proc.stdout
+    assert run_module("trainer.export_hf", tmp_path / "fsdp", tmp_path / "out").returncode == 0
+    got = hf_tensors(tmp_path / "out")
+    assert sorted(got) == sorted(want)
+    for key in want:
+        assert torch.equal(got[key], want[key]), key

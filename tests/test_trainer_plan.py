@@ -1,0 +1,115 @@
+"""Run length and LR from recipe, mix and checkpoint: `python -m trainer.schedule` and trainer.plan."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainer.config import ModelConfig
+from trainer.data import DataError
+from trainer.plan import anneal_start_lr, data_tokens, pretrain_schedule, steps_for_tokens
+from trainer.schedule import main as schedule_main
+from trainer.weights import CheckpointInfo
+
+# OLMo-core's src/scripts/train/OLMo2/OLMo2-7B-dolma2anneal.py starts its anneal at this LR: the
+# same 5T cosine with the horizon in tokens (1,192,092.95 steps) rather than whole steps.
+OLMO_CORE_7B_ANNEAL_LR = 6.135113558011711e-05
+
+
+def schedule_json(capsys, *argv) -> dict:
+    assert schedule_main([str(a) for a in argv]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_7b_anneal_on_50b_tokens(capsys):
+    out = schedule_json(capsys, "--recipe", "olmo2-7b-anneal", "--tokens", "50B")
+    assert out["steps"] == 11_921 == math.ceil(50e9 / (1024 * 4096))
+    assert out["tokens_per_step"] == 1024 * 4096 and out["warmup_steps"] == 0 and out["horizon_steps"] == 11_921
+    start = pretrain_schedule("olmo2-7b").lr_at(928_646)
+    assert out["lr"] == start == pytest.approx(OLMO_CORE_7B_ANNEAL_LR, rel=1e-6)
+    assert round(start, 8) == 6.135e-05 and "step 928,646" in out["lr_source"]
+    at = out["lr_at"]
+    assert at["first"] == {"step": 0, "lr": start}
+    assert at["last"] == {"step": 11_920, "lr": 0.0}
+    assert at["50%"]["step"] == 5960 and at["50%"]["lr"] == pytest.approx(start / 2)
+    assert out["model"] == "olmo2-7b" and out["parameters"]["total"] == ModelConfig.preset("olmo2-7b").num_params()
+
+
+def test_13b_anneal_starts_at_the_floor_and_lr_wins(capsys):
+    out = schedule_json(capsys, "--recipe", "olmo2-13b-anneal", "--tokens", "100B")
+    assert out["steps"] == math.ceil(100e9 / (2048 * 4096)) and out["lr"] == pytest.approx(9e-5)
+    assert out["lr_at"]["last"]["lr"] == 0.0
+    out = schedule_json(capsys, "--recipe", "olmo2-13b-anneal", "--tokens", "100B", "--lr", "5e-5", "--steps", 10)
+    assert out["lr"] == 5e-5 and out["lr_source"] == "--lr" and out["steps"] == 10
+    assert out["lr_at"]["last"] == {"step": 9, "lr": 0.0}
+
+
+def test_pretraining_recipe_shows_warmup_and_truncation(capsys):
+    out = schedule_json(capsys, "--recipe", "olmo2-7b", "--tokens", "4T")
+    assert out["horizon_steps"] == math.ceil(5e12 / (1024 * 4096)) and out["steps"] == math.ceil(4e12 / 4194304)
+    assert out["lr_at"]["warmup_end"] == {"step": 1999, "lr": 3e-4}
+    assert out["lr_at"]["first"]["lr"] == pytest.approx(3e-4 / 2000)
+    assert 3e-5 < out["lr_at"]["last"]["lr"] < 1e-4  # truncated cosine: above the floor
+
+
+def write_mix(directory: Path, sizes: list[int], report_tokens: int | None) -> Path:
+    directory.mkdir(parents=True)
+    for i, n in enumerate(sizes):
+        np.zeros(n, dtype="<u4").tofile(directory / f"part-{i:05d}.npy")
+    if report_tokens is not None:
+        (directory / "report.json").write_text(json.dumps({"output": {"tokens": report_tokens, "docs": 3}}))
+    return directory
+
+
+def test_steps_come_from_the_built_mix(tmp_path, capsys):
+    mix = write_mix(tmp_path / "mix", [5000, 3000], 8000)
+    assert data_tokens([str(mix)]) == (8000, str(mix / "report.json"))
+    out = schedule_json(capsys, "--recipe", "olmo2-7b-anneal", "--mix", mix, "--seq-len", 64, "--batch-size", 8)
+    assert out["tokens"] == 8000 and out["steps"] == math.ceil(8000 / 512) == 16
+    assert out["lr_at"]["last"] == {"step": 15, "lr": 0.0}
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"name": "m", "output": "mix"}))
+    assert schedule_json(capsys, "--recipe", "olmo2-7b-anneal", "--mix", manifest, "--seq-len", 64,
+                         "--batch-size", 8)["steps"] == 16
+    stale = write_mix(tmp_path / "stale", [5000], 8000)
+    with pytest.raises(DataError, match="says the mix holds 8,000 tokens but its token files hold 5,000"):
+        data_tokens([str(stale)])
+    assert data_tokens([str(stale / "part-00000.npy")]) == (5000, "1 token file(s)")
+    assert steps_for_tokens(1, 4096) == 1
+
+
+def test_anneal_start_lr_sources():
+    seven = ModelConfig.preset("olmo2-7b")
+    lr, source = anneal_start_lr("olmo2-7b-anneal", seven)
+    assert lr == pretrain_schedule("olmo2-7b").lr_at(928_646) and "OLMo 2's stage-1 end" in source
+    revision = CheckpointInfo(path=Path("x"), format="hf", shapes={}, model=seven, step=500_000,
+                              step_source="revision stage1-step500000-tokens2098B")
+    lr, source = anneal_start_lr("olmo2-7b-anneal", seven, revision)
+    assert lr == pretrain_schedule("olmo2-7b").lr_at(500_000) and "stage1-step500000" in source
+    lr, _ = anneal_start_lr("microanneal", seven, revision)  # shape -> the olmo2-7b cosine
+    assert lr == pretrain_schedule("olmo2-7b").lr_at(500_000)
+    unknown = CheckpointInfo(path=Path("x"), format="hf", shapes={}, model=ModelConfig.preset("olmo2-30M"))
+    with pytest.raises(ValueError, match="pass --lr"):
+        anneal_start_lr("microanneal", unknown.model, unknown)
+    annealed = CheckpointInfo(path=Path("x"), format="trainer", shapes={}, model=seven, step=10,
+                              train={"schedule": "linear_to_zero", "warmup_steps": 0})
+    with pytest.raises(ValueError, match="itself trained with a linear_to_zero schedule"):
+        anneal_start_lr("olmo2-7b-anneal", seven, annealed)
+
+
+def test_schedule_cli_errors_are_clear(capsys):
+    assert schedule_main(["--recipe", "olmo2-7b-anneal"]) == 2
+    assert "pass --steps, or data" in capsys.readouterr().err
+    assert schedule_main(["--recipe", "olmo2-7b-anneal", "--tokens", "1B", "--init-step", "latest"]) == 2
+    assert "neither a step number nor a revision name" in capsys.readouterr().err
+
+
+def test_init_step_without_a_checkpoint_sets_the_start(capsys):
+    out = schedule_json(capsys, "--recipe", "olmo2-7b-anneal", "--tokens", "50B", "--init-step",
+                        "stage1-step500000-tokens2098B")
+    assert out["lr"] == pretrain_schedule("olmo2-7b").lr_at(500_000)
+    assert "--init-step stage1-step500000-tokens2098B" in out["lr_source"]

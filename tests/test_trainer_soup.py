@@ -1,0 +1,131 @@
+"""Soups that scale: N ingredients of any format averaged one tensor at a time into both formats."""
+
+from __future__ import annotations
+
+import json
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.checkpoint import Checkpointer, load_model_weights
+from trainer.config import ModelConfig
+from trainer.model import OLMo2
+from trainer.soup import main as soup_main, soup
+from trainer.weights import WeightReader
+
+CFG = ModelConfig(d_model=32, n_layers=2, n_heads=2, vocab_size=512, max_seq_len=64)
+
+
+def trainer_checkpoint(path: Path, seed: int, cfg: ModelConfig = CFG) -> dict:
+    torch.manual_seed(seed)
+    model = OLMo2(cfg)
+    Checkpointer(path).save(5, model, torch.optim.AdamW(model.parameters()), {}, {"model": cfg.to_dict()},
+                            background=False)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def expected_average(states: list[dict]) -> dict:
+    return {k: (sum(s[k].double() for s in states) / len(states)).float() for k in states[0]}
+
+
+def test_soup_writes_both_formats_from_trainer_checkpoints(tmp_path, capsys):
+    states = [trainer_checkpoint(tmp_path / f"run{s}", s) for s in (1, 2, 3)]
+    assert soup_main([str(tmp_path / "soup"), *(str(tmp_path / f"run{s}") for s in (1, 2, 3))]) == 0
+    assert "and" in capsys.readouterr().out
+    averaged, config = load_model_weights(tmp_path / "soup")
+    want = expected_average(states)
+    assert all(torch.equal(averaged[k], want[k]) for k in want)
+    assert [c["format"] for c in config["soup"]] == ["trainer"] * 3 and config["model"] == CFG.to_dict()
+    from safetensors.torch import load_file
+
+    from trainer.export_hf import hf_name
+
+    hf = load_file(str(tmp_path / "soup" / "hf" / "model.safetensors"))
+    assert sorted(hf) == sorted(hf_name(k) for k in want)
+    assert all(torch.equal(hf[hf_name(k)], want[k]) for k in want)
+    hf_config = json.loads((tmp_path / "soup" / "hf" / "config.json").read_text())
+    assert hf_config["architectures"] == ["Olmo2ForCausalLM"] and hf_config["torch_dtype"] == "float32"
+
+
+def test_soup_streams_one_ingredient_tensor_at_a_time(tmp_path, monkeypatch):
+    for s in (1, 2, 3, 4):
+        trainer_checkpoint(tmp_path / f"run{s}", s)
+    alive = []
+    previous = []
+    real_get = WeightReader.get
+
+    def tracking_get(self, name):
+        alive.append(sum(ref() is not None for ref in previous))
+        previous.clear()
+        tensor = real_get(self, name)
+        previous.append(weakref.ref(tensor))
+        return tensor
+
+    monkeypatch.setattr(WeightReader, "get", tracking_get)
+    # memory-mapped trainer checkpoints keep their tensors alive in the map; read them as copies
+    monkeypatch.setattr("trainer.weights._load_trainer_state", lambda path: _CopyOnGet(path))
+    soup(tmp_path / "soup", [tmp_path / f"run{s}" for s in (1, 2, 3, 4)], write_hf=False)
+    assert len(alive) == 4 * 25 and max(alive) == 0
+
+
+class _CopyOnGet(dict):
+    def __init__(self, path):
+        super().__init__(torch.load(path / "model.pt", weights_only=True))
+
+    def __getitem__(self, key):
+        return super().__getitem__(key).clone()
+
+
+def test_soup_of_hf_directories_and_a_trainer_checkpoint(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    states, dirs = [], []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        hf_cfg = transformers.Olmo2Config(vocab_size=512, hidden_size=32, intermediate_size=128, num_hidden_layers=2,
+                                          num_attention_heads=2, max_position_embeddings=64, rope_theta=500_000.0,
+                                          rms_norm_eps=1e-6, pad_token_id=1, eos_token_id=2)
+        model = transformers.Olmo2ForCausalLM(hf_cfg)
+        model.save_pretrained(tmp_path / f"hf{seed}", max_shard_size="50KB")
+        (tmp_path / f"hf{seed}" / "tokenizer.json").write_text(json.dumps({"seed": seed}))
+        dirs.append(tmp_path / f"hf{seed}")
+    from trainer.weights import inspect_checkpoint, iter_tensors
+
+    for d in dirs:
+        states.append(dict(iter_tensors(inspect_checkpoint(d))))
+    cfg = inspect_checkpoint(dirs[0]).model
+    states.append(trainer_checkpoint(tmp_path / "run", 3, cfg))
+    out = soup(tmp_path / "soup", [*dirs, tmp_path / "run"])
+    averaged, config = load_model_weights(out)
+    want = expected_average(states)
+    assert all(torch.equal(averaged[k], want[k]) for k in want)
+    assert [c["format"] for c in config["soup"]] == ["hf", "hf", "trainer"]
+    assert json.loads((out / "hf" / "tokenizer.json").read_text()) == {"seed": 1}  # the first HF ingredient's
+    hf_config = json.loads((out / "hf" / "config.json").read_text())
+    assert hf_config["eos_token_id"] == 2 and hf_config["pad_token_id"] == 1
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(out / "hf"), dtype=torch.float32).eval()
+    ours = OLMo2(cfg).eval()
+    ours.load_state_dict(averaged)
+    ids = torch.randint(0, 512, (1, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (reloaded(input_ids=ids).logits - ours(ids)).abs().max().item() <= 1e-5
+
+
+def test_soup_checks_every_ingredient_before_averaging(tmp_path, capsys):
+    trainer_checkpoint(tmp_path / "a", 1)
+    trainer_checkpoint(tmp_path / "b", 2, ModelConfig(**{**CFG.to_dict(), "n_layers": 3}))
+    assert soup_main([str(tmp_path / "out"), str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "different model configs" in err and "n_layers 3 != 2" in err
+    assert not (tmp_path / "out").exists()
+    trainer_checkpoint(tmp_path / "c", 3, ModelConfig(**{**CFG.to_dict(), "vocab_size": 1000}))
+    with pytest.raises(ValueError, match="different model configs"):
+        soup(tmp_path / "out", [tmp_path / "a", tmp_path / "c"])
+    with pytest.raises(ValueError, match="at least two"):
+        soup(tmp_path / "out", [tmp_path / "a"])
+    with pytest.raises(FileNotFoundError):
+        soup(tmp_path / "out", [tmp_path / "a", tmp_path / "missing"])
+    out = soup(tmp_path / "bf16", [tmp_path / "a", tmp_path / "a"], dtype="bfloat16")
+    averaged, _ = load_model_weights(out)
+    assert all(t.dtype == torch.bfloat16 for t in averaged.values())

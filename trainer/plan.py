@@ -1,0 +1,340 @@
+"""From a recipe, a built mix and a starting checkpoint to a run's model, length and learning rate.
+
+`python -m trainer.run` trains with these answers and `python -m trainer.schedule` prints
+them, from the same code, so what a reviewer checks is what runs:
+
+- Model: --model; else the recipe's; else the shape of the --init-from checkpoint (named
+  after the preset it matches); else "olmo2-30M". A checkpoint must fit the model exactly.
+- Length: --steps; else one pass over the data, ceil(tokens / (batch x seq)) steps, with the
+  tokens from the build's report.json ("output.tokens", checked against the token files) or
+  the token files' size. This is OLMo-core's `Duration.tokens` rule (train until the tokens
+  seen reach the budget): a 50B mix at 1024 x 4096 is 11,921 steps. OLMo 2's 7B stage 1 was
+  one pass too (3.9T tokens, 928,646 steps). OLMo's official-1124 stage-2 configs stopped 10
+  steps later than round(budget / batch) (11,931 for 13B on 100B); pass --steps to copy that.
+- Learning rate: --lr always wins. Anneal recipes (trainer.config.ANNEAL_RECIPES) start from
+  the LR pretraining had reached at the checkpoint's step: the checkpoint's own cosine when
+  it is a trainer checkpoint (it records its schedule and step); otherwise the OLMo 2
+  pretraining recipe's cosine at the step the checkpoint is known to be at (an HF revision
+  name such as stage1-step928646-tokens3896B, an OLMo-core stepN directory, or --init-step),
+  or at OLMo 2's documented stage-1 end (7B: step 928,646 -> 6.1351e-5 with this project's
+  cosine; OLMo-core's OLMo2-7B anneal script uses 6.135113558e-5, the same curve with the
+  horizon in tokens instead of whole steps; OLMo's official-1124 config says 6.1499e-5.
+  13B: step 596,057 is past the 5T horizon, so the floor 9e-5). Other recipes: their LR,
+  else 3e-4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.cli import HelpFormatter, parse_count
+from trainer.config import (
+    ANNEAL_RECIPES, LEGACY_PRESETS, MODEL_PRESETS, RECIPE_HELP, RECIPES, SCHEDULES, STAGE1_END_STEP, ModelConfig,
+    TrainConfig, describe_params, describe_preset,
+)
+from trainer.data import TOKEN_DTYPE, DataError, discover_token_files
+from trainer.schedule import LRSchedule
+
+DEFAULT_MODEL = "olmo2-30M"
+DEFAULT_LR = 3e-4
+REPORT_FILE = "report.json"
+
+
+# ----------------------------------------------------------------------------- arguments
+def add_plan_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that decide model, length and LR (shared by trainer.run and trainer.schedule)."""
+    recipes = "; ".join(f"{name}: {text}" for name, text in RECIPE_HELP.items())
+    p.add_argument("--recipe", choices=list(RECIPES), default=None,
+                   help=f"the paper's settings as defaults, explicit flags still win (default: none). {recipes}")
+    presets = "; ".join(describe_preset(name) for name in MODEL_PRESETS)
+    p.add_argument("--model", default=None, choices=list(MODEL_PRESETS) + list(LEGACY_PRESETS), metavar="PRESET",
+                   help=f"model shape (default: the recipe's, else the --init-from checkpoint's, else "
+                        f"{DEFAULT_MODEL}). Non-embedding counts as in OLMo-core (all but the input "
+                        f"embedding): {presets}")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps, counting resumed ones (default: one pass over the data, "
+                        "ceil(tokens / (batch x seq)))")
+    p.add_argument("--seq-len", type=int, default=1024, help="tokens per instance")
+    p.add_argument("--batch-size", type=int, default=8, help="global batch size in instances of --seq-len tokens")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak (anneals: start) learning rate (default: the recipe's; anneal recipes: the "
+                        "pretraining LR at the checkpoint's step; else 3e-4)")
+    p.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="LR schedule")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="default: the recipe's; else min(2000, steps // 10) for cosine, 0 for linear_to_zero")
+    p.add_argument("--horizon-tokens", type=parse_count, default=None,
+                   help="schedule length in tokens (e.g. 5T); training may stop earlier (default: the recipe's, "
+                        "else the run's length)")
+    p.add_argument("--final-lr-fraction", type=float, default=0.1, help="cosine floor as a fraction of the peak")
+    p.add_argument("--init-from", default=None,
+                   help="start from these weights with a fresh optimizer at step 0 (default: random init): a "
+                        "trainer checkpoint or save dir, a Hugging Face Olmo2 directory (safetensors, sharded or "
+                        "not), or an OLMo-core DCP checkpoint (stepN or stepN/model_and_optim)")
+    p.add_argument("--init-step", default=None,
+                   help="the pretraining step --init-from is at, as a number or an OLMo revision name like "
+                        "stage1-step928646-tokens3896B (default: what the checkpoint records)")
+
+
+def parse_with_recipe(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse twice: a --recipe supplies defaults, flags given explicitly still win."""
+    args = parser.parse_args(argv)
+    explicit = {k for k, v in vars(args).items() if v != parser.get_default(k)}
+    if args.recipe:
+        parser.set_defaults(**RECIPES[args.recipe])
+        args = parser.parse_args(argv)
+    args.explicit = explicit
+    return args
+
+
+def parse_init_step(text: str | None) -> tuple[int | None, str | None]:
+    if text is None:
+        return None, None
+    from trainer.weights import step_from_revision
+
+    if text.strip().isdigit():
+        return int(text), "--init-step"
+    step = step_from_revision(text)
+    if step is None:
+        raise ValueError(f"--init-step {text!r} is neither a step number nor a revision name like "
+                         f"stage1-step928646-tokens3896B")
+    return step, f"--init-step {text}"
+
+
+# ----------------------------------------------------------------------------- data
+def mix_output_dir(manifest_path: str | Path, prog: str = "trainer.run") -> Path:
+    """The built mix directory a manifest names; exits with a clear message if it is not built."""
+    manifest_path = Path(manifest_path)
+    try:
+        data = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"{prog}: manifest {manifest_path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"{prog}: manifest {manifest_path} is not valid JSON: {exc}") from None
+    output = data.get("output") if isinstance(data, dict) else None
+    if not isinstance(output, str) or not output:
+        raise SystemExit(f"{prog}: manifest {manifest_path} has no \"output\" directory; pass --data instead")
+    if "://" in output:
+        raise SystemExit(f"{prog}: the mix output {output} is remote; copy it locally and pass --data")
+    out = Path(output)
+    if not out.is_absolute():
+        out = (manifest_path.resolve().parent / out).resolve()
+    if not out.is_dir() or not discover_token_files(out):
+        raise SystemExit(f"{prog}: no token files (*.npy) in {out}; build the mix first:\n"
+                         f"  spark-submit dolmino/build_mix.py --manifest {manifest_path}")
+    return out
+
+
+def data_tokens(paths: list[str]) -> tuple[int, str]:
+    """Tokens in the training data and where the number comes from.
+
+    A built mix directory's report.json gives "output.tokens"; it must agree with the token
+    files (a disagreement means a partial copy or a stale report). Otherwise the token files'
+    sizes (4 bytes a token)."""
+    files = discover_token_files(paths)
+    on_disk = sum(f.stat().st_size for f in files) // TOKEN_DTYPE.itemsize
+    if len(paths) == 1 and Path(paths[0]).is_dir() and (Path(paths[0]) / REPORT_FILE).is_file():
+        report = Path(paths[0]) / REPORT_FILE
+        try:
+            tokens = int(json.loads(report.read_text())["output"]["tokens"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{report}: no output.tokens ({exc})") from None
+        if tokens != on_disk:
+            raise DataError(f"{report} says the mix holds {tokens:,} tokens but its token files hold {on_disk:,}; "
+                            f"is the copy incomplete?")
+        return tokens, str(report)
+    return on_disk, f"{len(files)} token file(s)"
+
+
+def steps_for_tokens(tokens: int, tokens_per_step: int) -> int:
+    """Steps until `tokens` are seen (OLMo-core's Duration.tokens): ceil(tokens / tokens per step)."""
+    return max(1, math.ceil(tokens / tokens_per_step))
+
+
+# ----------------------------------------------------------------------------- model
+def resolve_model(args: argparse.Namespace, init=None) -> tuple[ModelConfig, str]:
+    """(config, label) for --model / the recipe's model / the checkpoint's shape / the default."""
+    if args.model:
+        cfg, label = ModelConfig.preset(args.model), args.model
+        if args.model in LEGACY_PRESETS:
+            label = f"{args.model} (legacy name; {describe_params(cfg)})"
+    elif init is not None:
+        if init.model is None:
+            raise ValueError(f"{init.describe()} does not say its number of attention heads; pass --model")
+        name = init.model.preset_name()
+        cfg = ModelConfig.preset(name) if name else init.model
+        label = name or f"{cfg.n_layers} x {cfg.d_model} from {init.format} checkpoint"
+    else:
+        cfg, label = ModelConfig.preset(DEFAULT_MODEL), DEFAULT_MODEL
+    if args.seq_len > cfg.max_seq_len:
+        cfg = ModelConfig.from_dict({**cfg.to_dict(), "max_seq_len": args.seq_len})
+    return cfg, label
+
+
+def _pretrain_recipe_for(model: ModelConfig) -> str | None:
+    for recipe, settings in RECIPES.items():
+        if recipe in ANNEAL_RECIPES or "model" not in settings:
+            continue
+        if not model.same_shape(ModelConfig.preset(settings["model"])):
+            return recipe
+    return None
+
+
+def pretrain_schedule(recipe: str) -> LRSchedule:
+    r = RECIPES[recipe]
+    tc = TrainConfig(seq_len=r["seq_len"], global_batch_size=r["batch_size"], micro_batch_size=1, lr=r["lr"],
+                     warmup_steps=r["warmup_steps"], schedule=r["schedule"], final_lr_fraction=r["final_lr_fraction"],
+                     horizon_tokens=r["horizon_tokens"], max_steps=1)
+    return LRSchedule.from_config(tc)
+
+
+def _describe_schedule(s: LRSchedule) -> str:
+    return (f"{s.kind} from {s.peak_lr:g}, {s.warmup_steps:,} warm-up, floor {s.final_lr_fraction:g} x peak at "
+            f"step {s.horizon_steps:,}")
+
+
+def anneal_start_lr(recipe: str, model: ModelConfig, init=None, step: int | None = None,
+                    step_source: str | None = None) -> tuple[float, str]:
+    """The LR pretraining had reached where the anneal starts, and how that was decided.
+    `step` (from --init-step) stands in for a checkpoint's step when there is no checkpoint."""
+    if init is not None and init.train and init.step is not None:
+        saved = TrainConfig.from_dict(init.train)
+        schedule = LRSchedule.from_config(saved)
+        if saved.schedule != "cosine":
+            raise ValueError(f"{init.describe()} was itself trained with a {saved.schedule} schedule (an anneal?); "
+                             f"pass --lr for the LR to start from")
+        lr = schedule.lr_at(init.step)
+        return lr, f"the checkpoint's own schedule ({_describe_schedule(schedule)}) at step {init.step:,}"
+    pretrain = ANNEAL_RECIPES.get(recipe) or _pretrain_recipe_for(model)
+    if pretrain is None:
+        where = init.describe() if init is not None else "no --init-from"
+        raise ValueError(f"cannot tell which LR pretraining reached: {where} records no schedule and the model is "
+                         f"not an OLMo 2 {'/'.join(STAGE1_END_STEP)} shape; pass --lr")
+    schedule = pretrain_schedule(pretrain)
+    if init is not None and init.step is not None:
+        step, how = init.step, init.step_source
+    elif step is not None:
+        how = step_source or "given"
+    elif init is not None:
+        step, how = STAGE1_END_STEP[pretrain], "OLMo 2's stage-1 end: the checkpoint does not record its step; " \
+                                               "--init-step sets it"
+    else:
+        step, how = STAGE1_END_STEP[pretrain], "OLMo 2's stage-1 end"
+    return schedule.lr_at(step), f"the {pretrain} pretraining schedule ({_describe_schedule(schedule)}) at step " \
+                                 f"{step:,} ({how})"
+
+
+# ----------------------------------------------------------------------------- the plan
+@dataclass
+class Plan:
+    model: ModelConfig
+    model_label: str
+    steps: int
+    steps_source: str
+    lr: float
+    lr_source: str
+    warmup_steps: int
+    horizon_tokens: int | None
+    tokens: int | None = None
+    tokens_source: str | None = None
+
+
+def make_plan(args: argparse.Namespace, tokens: int | None, tokens_source: str | None, init=None) -> Plan:
+    parse_init_step(args.init_step)  # a malformed --init-step is an error even when unused
+    model, label = resolve_model(args, init)
+    if init is not None:
+        from trainer.weights import check_compatible
+
+        check_compatible(init, model)
+    tokens_per_step = args.batch_size * args.seq_len
+    if args.steps is not None:
+        steps, steps_source = args.steps, "--steps"
+    elif tokens is not None:
+        steps = steps_for_tokens(tokens, tokens_per_step)
+        steps_source = f"one pass over {tokens:,} tokens ({tokens_source}) at {args.batch_size} x {args.seq_len}"
+    else:
+        raise ValueError("the run's length is unknown: pass --steps, or data (--mix / --data / --tokens)")
+    if args.lr is not None:
+        lr, lr_source = args.lr, "--lr" if "lr" in getattr(args, "explicit", {"lr"}) else f"the {args.recipe} recipe"
+    elif args.recipe in ANNEAL_RECIPES:
+        lr, lr_source = anneal_start_lr(args.recipe, model, init, *parse_init_step(args.init_step))
+    else:
+        lr, lr_source = DEFAULT_LR, "the default"
+    warmup = args.warmup_steps
+    if warmup is None:
+        warmup = 0 if args.schedule == "linear_to_zero" else min(2000, steps // 10)
+    return Plan(model=model, model_label=label, steps=steps, steps_source=steps_source, lr=lr, lr_source=lr_source,
+                warmup_steps=warmup, horizon_tokens=args.horizon_tokens, tokens=tokens, tokens_source=tokens_source)
+
+
+def inspect_init(args: argparse.Namespace):
+    """The --init-from checkpoint's metadata (None without --init-from)."""
+    if not args.init_from:
+        return None
+    from trainer.weights import inspect_checkpoint
+
+    step, source = parse_init_step(args.init_step)
+    return inspect_checkpoint(args.init_from, step=step, step_source=source)
+
+
+# ----------------------------------------------------------------------------- trainer.schedule
+def build_schedule_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m trainer.schedule", formatter_class=HelpFormatter,
+        description="Print a run's length and learning-rate schedule as JSON, without training.\n\n"
+                    "  python -m trainer.schedule --recipe olmo2-7b-anneal --tokens 50B\n"
+                    "  python -m trainer.schedule --recipe olmo2-7b-anneal --mix manifests/50B.json "
+                    "--init-step stage1-step928646-tokens3896B")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--mix", help="a manifest (its built output) or a built mix directory (default: none)")
+    src.add_argument("--data", nargs="+", help="built mix directory or token files (default: none)")
+    src.add_argument("--tokens", type=parse_count, help="a token budget instead of built data, e.g. 50B "
+                                                        "(default: none)")
+    add_plan_arguments(p)
+    return p
+
+
+def schedule_main(argv: list[str] | None = None) -> int:
+    parser = build_schedule_parser()
+    args = parse_with_recipe(parser, argv)
+    try:
+        tokens, source = None, None
+        if args.tokens is not None:
+            tokens, source = args.tokens, "--tokens"
+        elif args.mix or args.data:
+            if args.mix and Path(args.mix).is_file():
+                paths = [str(mix_output_dir(args.mix, prog="trainer.schedule"))]
+            else:
+                paths = [args.mix] if args.mix else list(args.data)
+            tokens, source = data_tokens(paths)
+        elif args.steps is None and args.horizon_tokens is not None:
+            tokens, source = args.horizon_tokens, "the schedule horizon"
+        init = inspect_init(args)
+        plan = make_plan(args, tokens, source, init)
+        tc = TrainConfig(seq_len=args.seq_len, global_batch_size=args.batch_size, micro_batch_size=1,
+                         max_steps=plan.steps, lr=plan.lr, warmup_steps=plan.warmup_steps, schedule=args.schedule,
+                         final_lr_fraction=args.final_lr_fraction, horizon_tokens=plan.horizon_tokens)
+        schedule = LRSchedule.from_config(tc)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"trainer.schedule: error: {exc}", file=sys.stderr)
+        return 2
+    out = {
+        "recipe": args.recipe, "model": plan.model_label,
+        "parameters": {"non_embedding": plan.model.num_params(include_embedding=False),
+                       "total": plan.model.num_params()},
+        "batch_size": tc.global_batch_size, "seq_len": tc.seq_len, "tokens_per_step": tc.tokens_per_step,
+        "tokens": plan.tokens, "tokens_source": plan.tokens_source,
+        "steps": plan.steps, "steps_source": plan.steps_source,
+        "schedule": tc.schedule, "warmup_steps": tc.warmup_steps, "horizon_steps": tc.horizon_steps,
+        "lr": plan.lr, "lr_source": plan.lr_source,
+        "lr_at": {label: {"step": step, "lr": schedule.lr_at(step)}
+                  for label, step in schedule.key_steps(plan.steps).items()},
+    }
+    if init is not None:
+        out["init_from"] = init.provenance()
+    print(json.dumps(out, indent=2))
+    return 0

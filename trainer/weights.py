@@ -1,0 +1,574 @@
+"""Model weights from the checkpoint formats the trainer reads, one tensor at a time.
+
+Three formats, told apart by their files:
+- this trainer's checkpoints and soups: `model.pt` + `config.json` (a save dir means its latest);
+- a Hugging Face `Olmo2ForCausalLM` directory, as a hub download leaves it: `config.json` and
+  `model.safetensors`, or shards `model-0000x-of-0000y.safetensors` with
+  `model.safetensors.index.json`;
+- an OLMo-core checkpoint: a torch.distributed.checkpoint (DCP) directory (`.metadata` +
+  `*.distcp`) with the model under `model.*` keys, i.e. `stepN/model_and_optim/` (or `stepN/`).
+
+Why one tensor at a time: a 7B model is 29 GB in fp32 and 13B 55 GB; importing, exporting
+or averaging checkpoints must not hold a second copy of that. Safetensors files are read
+with `safe_open` tensor by tensor, trainer checkpoints are memory-mapped
+(`torch.load(mmap=True)`), and DCP checkpoints are read key by key (or straight into the
+model's parameters, sharded or not). Peak memory is the live model plus one tensor.
+
+OLMo-core writes its DCP `.metadata` with its own `_StorageInfo` class pickled inside, so
+plain `torch.distributed.checkpoint` cannot open it without olmo-core installed. The fields
+are the same as torch's own `_StorageInfo` (relative path, offset, length; tensors are
+`torch.save`d at that offset by both), so `_DCPReader` unpickles OLMo-core's class as
+torch's and everything else is torch's DCP reader. Only OLMo 2 checkpoints (reordered
+norms, whole-projection QK-norm, no biases) map onto this trainer's model.
+
+Every mismatch is reported before any weight is copied: wrong architecture, vocabulary rows,
+missing or unexpected tensors, shapes; the messages name the file and the tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+
+from trainer.checkpoint import CONFIG_FILE, MODEL_FILE, resolve_checkpoint
+from trainer.config import ModelConfig
+from trainer.export_hf import hf_name
+
+FORMATS = ("trainer", "hf", "olmo-core")
+HF_INDEX = "model.safetensors.index.json"
+HF_SINGLE = "model.safetensors"
+# "stage1-step928646-tokens3896B", "stage2-ingredient1-step11931-tokens100B", "step1000-tokens4B"
+REVISION_STEP = re.compile(r"(?:^|[-_/])step(\d+)-tokens\d+[BT]?(?:$|[-_/])")
+
+_OLMO_CORE_LAYER = {
+    "attention.w_q.weight": "attn.q_proj.weight",
+    "attention.w_k.weight": "attn.k_proj.weight",
+    "attention.w_v.weight": "attn.v_proj.weight",
+    "attention.w_out.weight": "attn.o_proj.weight",
+    "attention.q_norm.weight": "attn.q_norm.weight",
+    "attention.k_norm.weight": "attn.k_norm.weight",
+    "attention_norm.weight": "attn_norm.weight",
+    "feed_forward.w1.weight": "mlp.gate_proj.weight",
+    "feed_forward.w2.weight": "mlp.down_proj.weight",
+    "feed_forward.w3.weight": "mlp.up_proj.weight",
+    "feed_forward_norm.weight": "mlp_norm.weight",
+}
+_OLMO_CORE_TOP = {"embeddings.weight": "embed.weight", "lm_head.norm.weight": "norm.weight",
+                  "lm_head.w_out.weight": "lm_head.weight"}
+_OLMO_CORE_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
+class CheckpointFormatError(ValueError):
+    """A checkpoint that cannot be mapped onto the trainer's OLMo 2 model; the message says why."""
+
+
+def olmo_core_to_ours(name: str) -> str | None:
+    """OLMo-core's OLMo 2 parameter name -> this trainer's (None: not an OLMo 2 weight)."""
+    if name in _OLMO_CORE_TOP:
+        return _OLMO_CORE_TOP[name]
+    match = _OLMO_CORE_BLOCK.match(name)
+    if match and match.group(2) in _OLMO_CORE_LAYER:
+        return f"blocks.{match.group(1)}.{_OLMO_CORE_LAYER[match.group(2)]}"
+    return None
+
+
+def ours_to_olmo_core(name: str) -> str:
+    for theirs, ours in _OLMO_CORE_TOP.items():
+        if ours == name:
+            return theirs
+    match = re.match(r"^blocks\.(\d+)\.(.+)$", name)
+    if match:
+        for theirs, ours in _OLMO_CORE_LAYER.items():
+            if ours == match.group(2):
+                return f"blocks.{match.group(1)}.{theirs}"
+    raise KeyError(f"no OLMo-core name for parameter {name!r}")
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape of the trainer's model for `cfg` (built on the meta device)."""
+    from trainer.model import OLMo2
+
+    with torch.device("meta"):
+        model = OLMo2(cfg)
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
+def step_from_revision(text: str) -> int | None:
+    """The training step in an OLMo revision name (stage1-step928646-tokens3896B -> 928646)."""
+    match = REVISION_STEP.search(f"/{text}/")
+    return int(match.group(1)) if match else None
+
+
+def _hub_revision(path: Path) -> str | None:
+    """The revision a hub snapshot was downloaded at: .../snapshots/<sha> is named by a file
+    under .../refs/ holding that sha (huggingface_hub's cache layout)."""
+    if path.parent.name != "snapshots":
+        return None
+    refs = path.parent.parent / "refs"
+    if not refs.is_dir():
+        return None
+    for ref in sorted(refs.rglob("*")):
+        if ref.is_file() and ref.read_text().strip() == path.name:
+            return ref.relative_to(refs).as_posix()
+    return None
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint holds, read from its metadata only (no tensor is loaded)."""
+
+    path: Path
+    format: str
+    shapes: dict[str, tuple[int, ...]]           # this trainer's parameter names
+    model: ModelConfig | None = None             # None: the files do not say (e.g. n_heads of a DCP)
+    step: int | None = None                      # the training step the weights are at, when known
+    step_source: str | None = None
+    train: dict | None = None                    # trainer checkpoints: the TrainConfig they ran with
+    dtype: torch.dtype | None = None
+    hf_config: dict | None = None                # HF directories: their config.json
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        step = f" at step {self.step:,} ({self.step_source})" if self.step is not None else ""
+        return f"{self.format} checkpoint {self.path}{step}"
+
+    def provenance(self) -> dict:
+        """What a run started from this checkpoint records in its config (RunConfig.init)."""
+        return {"path": str(self.path), "format": self.format, "step": self.step, "step_source": self.step_source}
+
+
+# ----------------------------------------------------------------------------- inspecting
+def detect_format(path: str | Path) -> str:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.is_dir():
+        if (path / MODEL_FILE).is_file() and (path / CONFIG_FILE).is_file():
+            return "trainer"
+        if (path / HF_INDEX).is_file() or (path / HF_SINGLE).is_file():
+            return "hf"
+        if (path / ".metadata").is_file() or (path / "model_and_optim" / ".metadata").is_file():
+            return "olmo-core"
+        if (path / "pytorch_model.bin").is_file() or (path / "pytorch_model.bin.index.json").is_file():
+            raise CheckpointFormatError(
+                f"{path} holds pytorch_model*.bin weights; only safetensors are read (re-save it with "
+                f"model.save_pretrained(dir, safe_serialization=True))")
+        try:
+            resolve_checkpoint(path)
+            return "trainer"
+        except FileNotFoundError:
+            pass
+    raise CheckpointFormatError(
+        f"{path} is not a checkpoint this trainer reads: expected a trainer checkpoint (model.pt + config.json, "
+        f"or a save dir), a Hugging Face directory (config.json + model.safetensors or {HF_INDEX}), or an "
+        f"OLMo-core DCP directory (.metadata, e.g. stepN/model_and_optim)")
+
+
+def inspect_checkpoint(path: str | Path, step: int | None = None, step_source: str | None = None) -> CheckpointInfo:
+    """Read a checkpoint's metadata. `step` overrides what the checkpoint says about its step."""
+    fmt = detect_format(path)
+    info = {"trainer": _inspect_trainer, "hf": _inspect_hf, "olmo-core": _inspect_olmo_core}[fmt](Path(path))
+    if step is not None:
+        info.step, info.step_source = step, step_source or "given"
+    return info
+
+
+def _inspect_trainer(path: Path) -> CheckpointInfo:
+    path = resolve_checkpoint(path)
+    config = json.loads((path / CONFIG_FILE).read_text())
+    if "model" not in config:
+        raise CheckpointFormatError(f"{path / CONFIG_FILE} has no \"model\" entry")
+    cfg = ModelConfig.from_dict(config["model"])
+    state = _load_trainer_state(path)
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    dtype = next(iter(state.values())).dtype if state else None
+    step = config.get("step")
+    return CheckpointInfo(path=path, format="trainer", shapes=shapes, model=cfg,
+                          step=int(step) if step is not None and "soup" not in config else None,
+                          step_source="config.json" if step is not None and "soup" not in config else None,
+                          train=config.get("train"), dtype=dtype)
+
+
+def _load_trainer_state(path: Path) -> dict:
+    """model.pt memory-mapped: tensors are read from disk when touched, not loaded up front."""
+    try:
+        return torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # written in the legacy (non-zip) format: mmap is not possible
+        return torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True)
+
+
+def model_config_from_hf(hf: dict, where: str) -> ModelConfig:
+    """Map a transformers Olmo2Config dict onto ModelConfig, refusing what the model cannot express."""
+    arch = hf.get("architectures") or []
+    if hf.get("model_type") != "olmo2" or (arch and "Olmo2ForCausalLM" not in arch):
+        raise CheckpointFormatError(
+            f"{where}: architecture {arch or hf.get('model_type')!r} is not Olmo2ForCausalLM (model_type "
+            f"'olmo2'); only OLMo 2 checkpoints map onto this trainer's model (OLMo 1 / 0424 'olmo' checkpoints "
+            f"put norms before attention and have no QK-norm)")
+    problems = []
+    heads = hf.get("num_attention_heads")
+    if hf.get("num_key_value_heads", heads) != heads:
+        problems.append(f"num_key_value_heads {hf.get('num_key_value_heads')} != num_attention_heads {heads} "
+                        f"(grouped-query attention is not supported)")
+    if hf.get("tie_word_embeddings"):
+        problems.append("tie_word_embeddings is true (OLMo 2 has an untied LM head)")
+    if hf.get("attention_bias"):
+        problems.append("attention_bias is true (OLMo 2 has no biases)")
+    if hf.get("rope_scaling"):
+        problems.append(f"rope_scaling {hf['rope_scaling']!r} is not supported")
+    if hf.get("hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act {hf['hidden_act']!r} is not silu")
+    if problems:
+        raise CheckpointFormatError(f"{where}: " + "; ".join(problems))
+    try:
+        vocab = int(hf["vocab_size"])
+        rope = hf.get("rope_theta")
+        if rope is None:  # transformers >= 5 may keep it under rope_parameters
+            rope = (hf.get("rope_parameters") or {}).get("rope_theta", 10_000.0)
+        fields = dict(d_model=int(hf["hidden_size"]), n_layers=int(hf["num_hidden_layers"]), n_heads=int(heads),
+                      mlp_hidden=int(hf["intermediate_size"]), vocab_size=vocab, rope_theta=float(rope),
+                      norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+                      max_seq_len=int(hf.get("max_position_embeddings", 4096)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointFormatError(f"{where}: missing or bad field in the Olmo2 config: {exc}") from None
+    cfg = ModelConfig(**fields)
+    if cfg.padded_vocab_size != vocab:  # keep the embedding rows exactly as stored
+        cfg = ModelConfig(**fields, vocab_multiple=1)
+    for key in ("eos_token_id", "pad_token_id"):
+        value = hf.get(key)
+        if isinstance(value, int):
+            setattr(cfg, key, value)
+    return cfg
+
+
+def _hf_files(path: Path) -> dict[str, str]:
+    """HF tensor name -> safetensors file name."""
+    index = path / HF_INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointFormatError(f"{index}: not a safetensors index ({exc})") from None
+        missing = sorted({f for f in weight_map.values() if not (path / f).is_file()})
+        if missing:
+            raise CheckpointFormatError(f"{index} names shard(s) that are not in {path}: {missing}")
+        return dict(weight_map)
+    from safetensors import safe_open
+
+    with safe_open(str(path / HF_SINGLE), framework="pt") as fh:
+        return {name: HF_SINGLE for name in fh.keys()}
+
+
+def _hf_shapes_and_dtype(path: Path, files: dict[str, str]) -> tuple[dict[str, tuple], torch.dtype | None]:
+    from safetensors import safe_open
+
+    shapes, dtype = {}, None
+    for file in sorted(set(files.values())):
+        with safe_open(str(path / file), framework="pt") as fh:
+            for name in fh.keys():
+                sl = fh.get_slice(name)
+                shapes[name] = tuple(sl.get_shape())
+                if dtype is None:
+                    dtype = _SAFETENSORS_DTYPES.get(sl.get_dtype())
+    return shapes, dtype
+
+
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+_HF_IGNORED = re.compile(r"\.rotary_emb\.inv_freq$")  # a buffer some old exports carry, derived from the config
+
+
+def _inspect_hf(path: Path) -> CheckpointInfo:
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise CheckpointFormatError(f"{path} has safetensors weights but no config.json")
+    hf = json.loads(config_path.read_text())
+    cfg = model_config_from_hf(hf, str(config_path))
+    files = _hf_files(path)
+    hf_shapes, dtype = _hf_shapes_and_dtype(path, files)
+    ours = expected_shapes(cfg)
+    by_hf = {hf_name(n): n for n in ours}
+    shapes, unexpected = {}, []
+    notes = []
+    for name, shape in hf_shapes.items():
+        if name in by_hf:
+            shapes[by_hf[name]] = shape
+        elif _HF_IGNORED.search(name):
+            notes.append(f"ignored {name} (recomputed from the config)")
+        else:
+            unexpected.append(name)
+    missing = sorted(hf_name(n) for n in ours if n not in shapes)
+    if missing or unexpected:
+        raise CheckpointFormatError(
+            f"{path}: tensors do not match an Olmo2ForCausalLM with {cfg.n_layers} layers: "
+            f"missing {_listing(missing)}, unexpected {_listing(sorted(unexpected))}")
+    revision = _hub_revision(path.resolve())
+    step, source = None, None
+    for candidate in ([revision] if revision else []) + [str(path.resolve())]:
+        step = step_from_revision(candidate)
+        if step is not None:
+            source = f"revision {revision}" if candidate == revision else f"path {path}"
+            break
+    return CheckpointInfo(path=path, format="hf", shapes=shapes, model=cfg, step=step, step_source=source,
+                          dtype=dtype, hf_config=hf, notes=notes)
+
+
+def _listing(names: list[str], limit: int = 6) -> str:
+    if not names:
+        return "none"
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _dcp_dir(path: Path) -> Path:
+    return path / "model_and_optim" if (path / "model_and_optim" / ".metadata").is_file() else path
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP metadata, reading OLMo-core's storage classes as torch's (same fields)."""
+
+    def find_class(self, module: str, name: str):
+        if module.startswith("olmo_core"):
+            from torch.distributed.checkpoint import filesystem
+
+            if name in ("_StorageInfo", "_StoragePrefix"):
+                return getattr(filesystem, name)
+            raise CheckpointFormatError(
+                f"the checkpoint metadata needs {module}.{name}, which only olmo-core provides; unshard it with "
+                f"OLMo-core (olmo_core.distributed.checkpoint.unshard_checkpoint) or convert it to Hugging Face")
+        return super().find_class(module, name)
+
+
+def _dcp_reader(path: Path):
+    from torch.distributed.checkpoint import FileSystemReader
+
+    class _DCPReader(FileSystemReader):
+        def read_metadata(self, *args, **kwargs):
+            if getattr(self, "_cached_metadata", None) is None:
+                from torch.distributed.checkpoint.metadata import StorageMeta
+
+                with open(Path(self.path) / ".metadata", "rb") as fh:
+                    metadata = _MetadataUnpickler(fh).load()
+                if getattr(metadata, "storage_meta", None) is None:
+                    metadata.storage_meta = StorageMeta()
+                self._cached_metadata = metadata
+            self._cached_metadata.storage_meta.load_id = self.load_id
+            return self._cached_metadata
+
+    return _DCPReader(str(path))
+
+
+def _olmo_core_config(path: Path) -> dict | None:
+    """OLMo-core's experiment config.json (in the step dir or the save folder), if present."""
+    for directory in (path, path.parent, path.parent.parent):
+        candidate = directory / "config.json"
+        if candidate.is_file():
+            try:
+                data = json.loads(candidate.read_text())
+            except json.JSONDecodeError:
+                continue
+            model = data.get("model") if isinstance(data, dict) else None
+            if isinstance(model, dict) and "d_model" in model:
+                return model
+    return None
+
+
+def _olmo_core_step(path: Path) -> tuple[int | None, str | None]:
+    for directory in (path, path.parent):
+        match = re.fullmatch(r"step(\d+)", directory.name)
+        if match:
+            return int(match.group(1)), f"directory {directory.name}"
+    return None, None
+
+
+def _inspect_olmo_core(path: Path) -> CheckpointInfo:
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    dcp_dir = _dcp_dir(path)
+    metadata = _dcp_reader(dcp_dir).read_metadata()
+    shapes, unexpected, dtype = {}, [], None
+    for key, meta in metadata.state_dict_metadata.items():
+        if not key.startswith("model."):
+            continue
+        ours = olmo_core_to_ours(key[len("model."):])
+        if ours is None or not isinstance(meta, TensorStorageMetadata):
+            unexpected.append(key)
+            continue
+        shapes[ours] = tuple(meta.size)
+        dtype = dtype or meta.properties.dtype
+    if not shapes:
+        raise CheckpointFormatError(f"{dcp_dir}: no model.* tensors in the DCP metadata (is it an OLMo-core "
+                                    f"checkpoint? keys: {_listing(sorted(metadata.state_dict_metadata))})")
+    if unexpected:
+        raise CheckpointFormatError(f"{dcp_dir}: tensors that are not OLMo 2 weights (another architecture?): "
+                                    f"{_listing(sorted(unexpected))}")
+    cfg = _model_config_from_olmo_core(path, shapes)
+    step, source = _olmo_core_step(dcp_dir.parent if dcp_dir != path else path)
+    return CheckpointInfo(path=dcp_dir, format="olmo-core", shapes=shapes, model=cfg, step=step,
+                          step_source=source, dtype=dtype)
+
+
+def _model_config_from_olmo_core(path: Path, shapes: dict[str, tuple]) -> ModelConfig | None:
+    """The shape follows from the tensors except the number of heads: take it from OLMo-core's
+    config.json when present, else from a preset of the same shape; None if neither tells."""
+    try:
+        vocab, d_model = shapes["embed.weight"]
+        mlp_hidden = shapes["blocks.0.mlp.gate_proj.weight"][0]
+    except (KeyError, ValueError):
+        raise CheckpointFormatError(f"{path}: no embeddings.weight / blocks.0.feed_forward.w1.weight") from None
+    n_layers = 1 + max(int(n.split(".")[1]) for n in shapes if n.startswith("blocks."))
+    base = dict(d_model=d_model, n_layers=n_layers, mlp_hidden=mlp_hidden, vocab_size=vocab)
+    core = _olmo_core_config(path)
+    if core is not None:
+        block = core.get("block") or {}
+        attention = block.get("attention") or {}
+        rope = attention.get("rope") or {}
+        norm = block.get("layer_norm") or {}
+        if attention.get("n_heads"):
+            kwargs = dict(base, n_heads=int(attention["n_heads"]))
+            if rope.get("theta"):
+                kwargs["rope_theta"] = float(rope["theta"])
+            if norm.get("eps"):
+                kwargs["norm_eps"] = float(norm["eps"])
+            cfg = ModelConfig(**kwargs)
+            return cfg if cfg.padded_vocab_size == vocab else ModelConfig(**kwargs, vocab_multiple=1)
+    for name in ("olmo2-1b", "olmo2-7b", "olmo2-13b", "olmo2-370M", "olmo2-190M", "olmo2-30M", "tiny"):
+        preset = ModelConfig.preset(name)
+        if (preset.d_model, preset.n_layers, preset.mlp_hidden, preset.padded_vocab_size) == \
+                (d_model, n_layers, mlp_hidden, vocab):
+            return preset
+    return None
+
+
+# ----------------------------------------------------------------------------- checking
+def check_compatible(info: CheckpointInfo, cfg: ModelConfig) -> None:
+    """Raise CheckpointFormatError unless every tensor of the model for `cfg` is in the checkpoint
+    with the same shape, and nothing else is."""
+    want = expected_shapes(cfg)
+    rows = info.shapes.get("embed.weight", (None,))[0]
+    if rows is not None and rows != want["embed.weight"][0]:
+        raise CheckpointFormatError(
+            f"{info.describe()}: vocabulary of {rows:,} embedding rows, the model has {want['embed.weight'][0]:,} "
+            f"(dolma2 tokenizer: 100,278 ids padded to 100,352); a checkpoint for another tokenizer cannot be used")
+    if info.model is not None:
+        diffs = info.model.same_shape(cfg)
+        if diffs:
+            raise CheckpointFormatError(f"{info.describe()} does not fit the model: checkpoint vs model "
+                                        f"{'; '.join(diffs)}")
+    missing = sorted(set(want) - set(info.shapes))
+    unexpected = sorted(set(info.shapes) - set(want))
+    if missing or unexpected:
+        raise CheckpointFormatError(f"{info.describe()} does not fit the model: missing {_listing(missing)}, "
+                                    f"unexpected {_listing(unexpected)}")
+    wrong = [f"{n} {info.shapes[n]} != {want[n]}" for n in want if info.shapes[n] != want[n]]
+    if wrong:
+        raise CheckpointFormatError(f"{info.describe()}: tensor shapes differ from the model: {_listing(wrong)}")
+
+
+# ----------------------------------------------------------------------------- reading
+class WeightReader:
+    """Random access to one checkpoint's tensors by this trainer's parameter names."""
+
+    def __init__(self, info: CheckpointInfo):
+        self.info = info
+        self._handles: dict[str, object] = {}
+        self._state: dict | None = None
+        self._hf_files: dict[str, str] | None = None
+        if info.format == "trainer":
+            self._state = _load_trainer_state(info.path)
+        elif info.format == "hf":
+            self._hf_files = _hf_files(info.path)
+
+    def names(self) -> list[str]:
+        return list(self.info.shapes)
+
+    def get(self, name: str) -> torch.Tensor:
+        """One tensor, on CPU, in the checkpoint's dtype."""
+        if name not in self.info.shapes:
+            raise KeyError(f"{self.info.path} has no tensor {name!r}")
+        if self._state is not None:
+            return self._state[name]
+        if self._hf_files is not None:
+            key = hf_name(name)
+            file = self._hf_files[key]
+            if file not in self._handles:
+                from safetensors import safe_open
+
+                self._handles[file] = safe_open(str(self.info.path / file), framework="pt")
+            return self._handles[file].get_tensor(key)
+        return self._get_dcp(name)
+
+    def _get_dcp(self, name: str) -> torch.Tensor:
+        import torch.distributed.checkpoint as dcp
+
+        if "dcp" not in self._handles:
+            self._handles["dcp"] = _dcp_reader(self.info.path)
+        reader = self._handles["dcp"]
+        key = ours_to_olmo_core(name)
+        meta = reader.read_metadata().state_dict_metadata[f"model.{key}"]
+        out = torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load({"model": {key: out}}, storage_reader=reader, no_dist=True)
+        return out
+
+    def close(self) -> None:
+        self._handles.clear()
+        self._state = None
+
+    def __enter__(self) -> "WeightReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _copy_into(param: torch.Tensor, value: torch.Tensor) -> None:
+    """Copy a full tensor into a parameter, which FSDP2 may have sharded (a DTensor)."""
+    if hasattr(param, "device_mesh") and hasattr(param, "placements"):
+        from torch.distributed.tensor import distribute_tensor
+
+        # Every rank read the same full tensor: slice it locally, no communication.
+        local = distribute_tensor(value.to(param.device_mesh.device_type), param.device_mesh, param.placements,
+                                  src_data_rank=None)
+        param.to_local().copy_(local.to_local())
+    else:
+        param.copy_(value)
+
+
+@torch.no_grad()
+def load_weights_into(model: nn.Module, info: CheckpointInfo) -> int:
+    """Copy every tensor of the checkpoint into `model` (an OLMo2, wrapped or not), one at a
+    time; returns the number of tensors. Call check_compatible first."""
+    inner = getattr(model, "module", model)
+    params = {n.replace("_orig_mod.", ""): p for n, p in inner.named_parameters()}
+    missing = sorted(set(params) - set(info.shapes))
+    if missing:
+        raise CheckpointFormatError(f"{info.describe()} lacks {_listing(missing)}")
+    if info.format == "olmo-core":  # DCP reads straight into the parameters (sharded or not)
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+
+        targets = {ours_to_olmo_core(n): p for n, p in params.items()}
+        distributed = dist.is_available() and dist.is_initialized()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load({"model": targets}, storage_reader=_dcp_reader(info.path), no_dist=not distributed)
+        return len(targets)
+    with WeightReader(info) as reader:
+        for name, param in params.items():
+            _copy_into(param, reader.get(name))
+    return len(params)
+
+
+def iter_tensors(info: CheckpointInfo) -> Iterator[tuple[str, torch.Tensor]]:
+    with WeightReader(info) as reader:
+        for name in reader.names():
+            yield name, reader.get(name)
