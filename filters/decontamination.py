@@ -1056,7 +1056,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--ngram-size", type=int, default=None, help="must match the index (default: the index's)")
     c.add_argument("--removed", help="write the removed documents here (Dolma JSONL)")
     c.add_argument("--no-tokens", action="store_true", help="do not count dolma2 tokens of removed documents")
-    v = sub.add_parser("coverage", formatter_class=fmt,
+    v = sub.add_parser("coverage", formatter_class=DefaultsHelpFormatter,
                        help="which of the paper's eval sets an index covers, with instance counts")
     v.add_argument("--index", required=True, help="index file from `build`")
     v.add_argument("--json", action="store_true", help="print the coverage record as JSON")

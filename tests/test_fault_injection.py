@@ -71,7 +71,7 @@ def hostile(tmp_path_factory):
         json.dumps(good[1]).encode(),
         b"[" * 100_000 + b"]" * 100_000,                           # JSON nested 100,000 deep
         b'{"id": "big-int", "text": "x", "n": ' + b"9" * 5000 + b"}",  # 5,000-digit integer
-        json.dumps({"id": "huge", "text": "y" * 200_000}).encode(),  # over max_doc_bytes (64K)
+        json.dumps({"id": "huge", "text": "y" * 400_000}).encode(),  # over max_doc_bytes (256K)
         bom + json.dumps(good[2]).encode(),                        # BOM at the start of a line
         b"\xff\xfe not utf-8 \xfa",
         json.dumps({"id": "no-text"}).encode(),
@@ -96,7 +96,7 @@ def _manifest(root: Path, tmp_path: Path, **source_extra) -> Path:
         "output_format": {"tokens_per_file": "200K"},
         "sources": [
             {"name": "web", "paths": ["web"], "mix_percent": 70.0, **source_extra},
-            {"name": "odd", "paths": ["odd/*.jsonl"], "mix_percent": 30.0, "max_doc_bytes": "64K"},
+            {"name": "odd", "paths": ["odd/*.jsonl"], "mix_percent": 30.0, "max_doc_bytes": "256K"},
         ],
     }
     path = tmp_path / "hostile.json"

@@ -73,7 +73,7 @@ def test_cli_mix_50b_resolves_the_manifest_output_and_says_how_to_build_it(data_
     expected = tmp_path / "build" / "mixes" / "dolmino-50B"
     with pytest.raises(SystemExit) as exc:
         main(["--mix", str(manifest), "--model", "tiny", "--steps", "1"])
-    assert f"no token files (*.npy) in {expected}" in str(exc.value)
+    assert f"the mix {expected} does not exist" in str(exc.value)
     assert f"spark-submit dolmino/build_mix.py --manifest {manifest}" in str(exc.value)
     shutil.copytree(data_dir, expected)  # "build" it
     assert main(["--mix", str(manifest), *map(str, TINY), "--steps", "1", "--save-dir", str(tmp_path / "r")]) == 0
@@ -87,7 +87,7 @@ def test_cli_mix_from_the_repo_fails_clearly_when_not_built():
         pytest.skip(f"{built} exists on this machine")
     proc = run_cli("--mix", "manifests/50B.json", "--model", "tiny", "--steps", 1)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert f"no token files (*.npy) in {built}" in proc.stderr
+    assert f"the mix {built} does not exist" in proc.stderr
     assert "spark-submit dolmino/build_mix.py --manifest manifests/50B.json" in proc.stderr
 
 
@@ -104,6 +104,24 @@ def test_mix_output_resolves_relative_to_the_manifest(data_dir, tmp_path):
     manifest.write_text("{not json")
     with pytest.raises(SystemExit, match="not valid JSON"):
         mix_output_dir(manifest)
+
+
+def test_incomplete_build_is_refused(data_dir, tmp_path):
+    """A build directory without report.json (killed or still running) is not trained on."""
+    from trainer.data import DataError, discover_token_files
+
+    partial = tmp_path / "build" / "mixes" / "demo"
+    shutil.copytree(data_dir, partial)
+    (partial / "report.json").unlink()
+    (partial / "_plan.json").write_text("{}")
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"name": "demo", "output": str(partial)}))
+    with pytest.raises(SystemExit, match="incomplete build"):
+        mix_output_dir(manifest)
+    with pytest.raises(DataError, match="incomplete dolmino build"):
+        discover_token_files(partial)
+    proc = run_cli("--data", partial, "--model", "tiny", "--steps", 1, "--seq-len", 8, "--batch-size", 1)
+    assert proc.returncode == 2 and "incomplete dolmino build" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_cli_reports_bad_data_clearly(tmp_path):

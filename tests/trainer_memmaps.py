@@ -9,6 +9,7 @@ real text, still the writer's format).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -50,4 +51,7 @@ def write_real_text_mix(out_dir: Path, n_parts: int, tokens_per_part: int, sourc
             mask = np.arange(len(ids)) % mask_every != mask_every - 1
             writer.add(ids, doc["id"], source, f"{source}:{line}", mask=mask)
         writer.close()
+    # What a finished build writes last (its completion marker), with the fields the trainer reads.
+    tokens = sum(p.stat().st_size for p in out_dir.glob("part-*.npy") if not p.name.endswith(".label_mask.npy")) // 4
+    (out_dir / "report.json").write_text(json.dumps({"manifest": "test-mix", "output": {"tokens": tokens}}))
     return out_dir

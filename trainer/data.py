@@ -71,14 +71,32 @@ def _is_token_file(path: Path) -> bool:
     return path.name.endswith(".npy") and not path.name.endswith(LABEL_MASK_SUFFIX)
 
 
+# A dolmino build writes these while it runs and report.json last (its completion marker).
+BUILD_MARKERS = ("_plan.json", "_parts", "manifest.json", "report.md")
+COMPLETION_MARKER = "report.json"
+
+
+def check_complete_build(directory: Path) -> None:
+    """Refuse a dolmino build directory that has no report.json: the build was killed or is
+    still running, so its parts may be missing, stale or from another plan."""
+    if (directory / COMPLETION_MARKER).is_file():
+        return
+    if any((directory / name).exists() for name in BUILD_MARKERS):
+        raise DataError(f"{directory} is an incomplete dolmino build (no {COMPLETION_MARKER}, which a build writes "
+                        "last): it was interrupted or is still running; rerun the same build command to finish it")
+
+
 def discover_token_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
-    """Token files under a directory (recursively, sorted), a single file, or a list of either."""
+    """Token files under a directory (recursively, sorted), a single file, or a list of either.
+
+    A directory that is an unfinished dolmino build is refused (`check_complete_build`)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     found: list[Path] = []
     for entry in paths:
         p = Path(entry)
         if p.is_dir():
+            check_complete_build(p)
             found.extend(sorted((f for f in p.rglob("*.npy") if f.is_file() and _is_token_file(f)),
                                 key=lambda f: f.relative_to(p).as_posix()))
         elif p.is_file():

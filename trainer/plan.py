@@ -123,7 +123,11 @@ def mix_output_dir(manifest_path: str | Path, prog: str = "trainer.run") -> Path
     out = Path(output)
     if not out.is_absolute():
         out = (manifest_path.resolve().parent / out).resolve()
-    if not out.is_dir() or not discover_token_files(out):
+    if not out.is_dir() or not (out / "report.json").is_file():
+        state = "is an incomplete build (no report.json)" if out.is_dir() else "does not exist"
+        raise SystemExit(f"{prog}: the mix {out} {state}; build (or finish building) it first:\n"
+                         f"  spark-submit dolmino/build_mix.py --manifest {manifest_path}")
+    if not discover_token_files(out):
         raise SystemExit(f"{prog}: no token files (*.npy) in {out}; build the mix first:\n"
                          f"  spark-submit dolmino/build_mix.py --manifest {manifest_path}")
     return out

@@ -25,8 +25,9 @@ PHASES = {
 
 def parse_args(argv: list[str] | None, phase: str) -> argparse.Namespace:
     prog, description = PHASES[phase]
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from dolmino.help_format import DefaultsHelpFormatter
+
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=DefaultsHelpFormatter)
     if phase == "all":
         parser.add_argument("--manifest", default=None,
                             help="mix or pool manifest JSON (default: manifests/<budget>.json for 50B/100B/300B, "

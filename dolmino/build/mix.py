@@ -225,6 +225,8 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
 
     from dolmino.report import build_report, write_report
 
+    for si, coverage in _decontamination_coverage(manifest, resources).items():
+        sources[si]["decontamination_coverage"] = coverage
     budget = options.budget if manifest.kind != "pool" else sum(s.target_tokens for s in selections)
     report = build_report(manifest, budget, sources, selections, tok_stats, parts, tagged,
                           state, elapsed_s=time.time() - started, cluster=cluster_info(sc),
@@ -396,6 +398,26 @@ def _members(sc, tokenized, si: int, bucket: int | None) -> list[tuple[int, int]
     if bucket is not None:
         rdd = rdd.filter(lambda d: bucket_of(d.hash) == bucket)
     return rdd.map(lambda d: (d.hash, len(d.tokens) // 4)).collect()
+
+
+def _decontamination_coverage(manifest: Manifest, resources: dict) -> dict[int, list[dict]]:
+    """Per source, for each decontamination filter: which of the paper's eval sets its index
+    covers, with instance counts (the index's metadata; the driver reads it locally)."""
+    from filters.decontamination import index_coverage
+
+    from dolmino.build.resources import localize
+
+    out: dict[int, list[dict]] = {}
+    for si, source in enumerate(manifest.sources):
+        for i, spec in enumerate(source.filters):
+            if spec["type"] != "decontaminate":
+                continue
+            resource = resources[spec["index_path"]]
+            path = localize(resource._replace(shipped_as=None))
+            coverage = index_coverage(path, spec.get("exclude_tasks", ()), spec.get("exclude_splits", ()))
+            coverage["index"] = spec["index_path"]
+            out.setdefault(si, []).append({"filter": f"filters[{i}]", **coverage})
+    return out
 
 
 def _copy_quarantine(store: AttributeStore, tagged, units, out: str) -> None:
