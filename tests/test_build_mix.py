@@ -210,3 +210,25 @@ def test_report_filter_chain_accounts_for_every_document(built):
             stars = chain[1]
             assert stars["stage"] == "pool" and stars["docs_removed"] == s["removed"]["code_stars:stars<2"]["docs"] > 0
             assert stars["docs_reached"] == s["docs_in"] - sum(s["quarantined"].values())
+
+
+def test_rerun_keeps_committed_parts_and_rebuilds_missing_ones(built, inputs, spark, tmp_path):
+    """What a killed build leaves (some parts committed, no report.json) is finished by the same
+    command: committed parts are kept, the missing ones rebuilt, the result byte-identical."""
+    import shutil
+
+    out, report = built
+    again = tmp_path / "resumed"
+    shutil.copytree(out, again)
+    attributes = out.parent / "attributes-resume"
+    build(manifest_from_dict(_manifest(inputs)), BUDGET, str(again), spark, attributes=str(attributes))
+    want = _digest(again)
+    (again / "report.json").unlink()
+    lost = sorted(again.glob("part-00001*"))
+    for p in lost + [again / "_parts" / "part-00001.json"]:
+        p.unlink()
+    kept_mtime = (again / "part-00000.npy").stat().st_mtime_ns
+    resumed = build(manifest_from_dict(_manifest(inputs)), BUDGET, str(again), spark, attributes=str(attributes))
+    assert _digest(again) == want
+    assert resumed["run"]["resumed"] and (again / "part-00000.npy").stat().st_mtime_ns == kept_mtime
+    assert resumed["totals"]["tokens_tokenized"] < report["totals"]["tokens_tokenized"]  # only the lost part's
