@@ -242,8 +242,10 @@ def render_diff(d: ManifestDiff, fmt: str = "text") -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from dolmino.plan import HelpFormatter
+
     parser = argparse.ArgumentParser(
-        prog="dolmino diff", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="dolmino diff", formatter_class=HelpFormatter,
         description="Compare two manifests: sources added/removed, share fields, filters and thresholds, dedup, "
                     "seeds, output settings, and both plans side by side (text fit for a pull-request comment).")
     parser.add_argument("before", help="the manifest as it was (A.json)")

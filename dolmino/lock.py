@@ -160,6 +160,16 @@ def _tokenizer_entry(manifest: Manifest) -> dict:
             "sha256": hashlib.sha256(tokenizer_json(spec).encode("utf-8")).hexdigest()}
 
 
+def _data_root_as_written(manifest: Manifest) -> str | None:
+    """The manifest's data_root as written (portable) when the lock was made against it, else
+    the root used (--data-root): informational, inputs are named relative to it."""
+    written = manifest.raw.get("data_root")
+    if written is None or written.startswith("s3://") or os.path.isabs(written) or not manifest.path:
+        return manifest.data_root
+    resolved = os.path.normpath(os.path.join(os.path.dirname(manifest.path), written))
+    return written if resolved == manifest.data_root else manifest.data_root
+
+
 def make_lock(manifest: Manifest, *, fast: bool = False, jobs: int = 4, log=None) -> dict:
     """The lock of `manifest` as it reads now: inputs, models/indexes, tokenizer, version.
 
@@ -202,8 +212,7 @@ def make_lock(manifest: Manifest, *, fast: bool = False, jobs: int = 4, log=None
         "dolmino_version": project_version(),
         "manifest": {"name": manifest.name, "file": os.path.basename(manifest.path) if manifest.path else None,
                      "sha256": _manifest_digest(manifest)},
-        "data_root": manifest.data_root if manifest.data_root is None or manifest.data_root.startswith("s3://")
-        else manifest.raw.get("data_root", manifest.data_root),
+        "data_root": _data_root_as_written(manifest),
         "hash": "size+mtime" if fast else "sha256",
         "tokenizer": _tokenizer_entry(manifest),
         "resources": resources,
@@ -385,8 +394,10 @@ def place_lock(out: str, lock_path: str | None) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from dolmino.plan import HelpFormatter
+
     parser = argparse.ArgumentParser(
-        prog="dolmino lock", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="dolmino lock", formatter_class=HelpFormatter,
         description="Pin every input file (size and ETag on S3, SHA-256 locally), model, index and the tokenizer "
                     "(SHA-256) a manifest reads, in MANIFEST.lock.json; `--check` reports drift, and "
                     "build_mix.py --locked refuses to build on any.")

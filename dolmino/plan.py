@@ -29,6 +29,17 @@ from dolmino.manifest import (
 FORMATS = ("text", "markdown", "json")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every default, once: options whose help states its default in words (or whose
+    default is None / off) are not given a second "(default: None)"."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False):
+            return text
+        return super()._get_help_string(action)
+
+
 def format_bytes(n: int | None) -> str:
     """Decimal units (1 GB = 10^9 bytes), as S3 consoles and `du --si` show them."""
     if n is None:
@@ -246,7 +257,7 @@ def render_plan(plan: Plan, fmt: str = "text") -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="dolmino plan", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="dolmino plan", formatter_class=HelpFormatter,
         description="Show what a manifest will produce (Table 13 of the OLMo 2 report: pool tokens, Source %, "
                     "target tokens, Mix %, files and bytes) without Spark, and every validation warning.")
     parser.add_argument("manifest", help="mix or pool manifest JSON")

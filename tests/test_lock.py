@@ -64,7 +64,7 @@ def test_lock_records_inputs_models_tokenizer_and_version(project):
     assert path == str(project / "pool.lock.json") == lock_path_for(str(project / "pool.json"))
     lock = read_lock(path)
     assert lock["format"] == "dolmino-lock/1" and lock["dolmino_version"] not in ("", "unknown")
-    assert lock["manifest"]["name"] == "locked-pool" and lock["hash"] == "sha256"
+    assert lock["manifest"]["name"] == "locked-pool" and lock["hash"] == "sha256" and lock["data_root"] == "data"
     web = {e["name"]: e for e in lock["inputs"]["web"]}
     assert sorted(web) == ["web/a.jsonl", "web/b.jsonl"]
     a = project / "data" / "web" / "a.jsonl"
