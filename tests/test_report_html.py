@@ -21,8 +21,6 @@ from dolmino import doc_lengths, report_html
 from dolmino.doc_lengths import BIN_EDGES, histogram, quantile, sidecar_histograms, spread
 from dolmino.memmap import MemmapPartWriter
 
-pytest.importorskip("matplotlib", reason="matplotlib is a pinned dependency (pyproject.toml); install it")
-
 EOS = 100257
 LENGTHS = {"web": [3, 50, 51, 700, 1200, 5000], "code": [10, 10, 40, 8000], "math": [100, 101]}
 
