@@ -111,8 +111,8 @@ def _share_label(value: float) -> str:
     if value == 0:
         return "0"
     if value < 0.01:
-        return "<0.01%"
-    return f"{value:.3g}%" if value < 10 else f"{value:.1f}%"
+        return f"{value:.2g}%"
+    return f"{value:#.3g}%" if value < 10 else f"{value:.1f}%"
 
 
 # ---------------------------------------------------------------------------- the charts
