@@ -8,7 +8,8 @@
     dolmino release clean   s3://bucket/prefix/NAME [--older-than-hours H]
 
 Layout: each publish uploads every file of the build (part-*.npy, part-*.csv.gz,
-part-*.label_mask.npy, manifest.json, report.json, report.md, quarantine/**) under a prefix
+part-*.label_mask.npy, manifest.json, manifest.lock.json of a --locked build, report.json,
+report.md, report.html, report-*.png, quarantine/**) under a prefix
 of its own, `prefix/NAME/data/<publish id>/<relative path>`, and then commits by writing
 `prefix/NAME/RELEASE.json`. RELEASE.json is the commit record: format, name, publish id,
 data prefix, created (UTC), dolmino version, the manifest's name/version/seed, output

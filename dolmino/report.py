@@ -229,11 +229,13 @@ def render_markdown(report: dict) -> str:
 
 
 def write_report(out_dir: str, report: dict, manifest: Manifest) -> None:
-    """manifest.json and report.md, then report.json: the completion marker, written last."""
+    """manifest.json, report.md / report.html / report-*.png, then report.json: the completion
+    marker, written last."""
     from dolmino.build.attributes import write_bytes
+    from dolmino.report_html import write_views
 
     base = out_dir.rstrip("/")
     write_bytes(f"{base}/manifest.json", (json.dumps(manifest.raw, indent=2) + "\n").encode("utf-8"))
-    write_bytes(f"{base}/report.md", (render_markdown(report) + "\n").encode("utf-8"))
+    write_views(base, report, strict=False)  # report.md with charts (report-*.png), report.html (dolmino.report_html)
     write_bytes(f"{base}/report.json", (json.dumps(report, indent=2) + "\n").encode("utf-8"))
 

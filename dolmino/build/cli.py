@@ -49,6 +49,10 @@ def parse_args(argv: list[str] | None, phase: str) -> argparse.Namespace:
     parser.add_argument("--task-size", default="128M", help="input bytes per task (small files are grouped, "
                                                             "large plain .jsonl split)")
     parser.add_argument("--quiet", action="store_true", help="no live progress lines")
+    parser.add_argument("--locked", action="store_true", help="refuse to build if any input, model, index or the "
+                                                              "tokenizer differs from the manifest's lock (dolmino lock)")
+    parser.add_argument("--lockfile", default=None, help="the lock for --locked (default: MANIFEST.lock.json beside "
+                                                         "the manifest)")
     return parser.parse_args(argv)
 
 
@@ -73,6 +77,7 @@ def prepare(args: argparse.Namespace, phase: str):
 
     from dolmino.build.inputs import list_inputs
     from dolmino.build.mix import BuildOptions, default_attributes_root
+    from dolmino.lock import require_lock
     from dolmino.manifest import load_manifest, parse_count
 
     manifest = load_manifest(args.manifest or default_manifest(args.budget))
@@ -94,9 +99,10 @@ def prepare(args: argparse.Namespace, phase: str):
     out = _location(out)
     attributes = _location(args.attributes) if args.attributes else default_attributes_root(out)
     task_bytes = parse_count(args.task_size, "--task-size")
+    lock = require_lock(manifest, args.lockfile) if args.locked else None  # BuildError naming every drifted file
     list_inputs(manifest)  # every missing input named before Spark starts
     options = BuildOptions(budget or 0, out, attributes, phase=phase, task_bytes=task_bytes,
-                           split_bytes=max(task_bytes * 2, 1), quiet=args.quiet)
+                           split_bytes=max(task_bytes * 2, 1), quiet=args.quiet, lock=lock)
     return manifest, options
 
 

@@ -45,6 +45,7 @@ class BuildOptions:
     split_bytes: int = DEFAULT_SPLIT_BYTES
     task_bytes: int = DEFAULT_TASK_BYTES
     quiet: bool = False
+    lock: str | None = None  # a lock file checked by --locked: copied into the output (dolmino.lock)
 
 
 @dataclass
@@ -223,6 +224,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     output.remove_stale(options.out, keep)
     _copy_quarantine(store, tagged, units, options.out)
 
+    from dolmino.lock import place_lock
     from dolmino.report import build_report, write_report
 
     for si, coverage in _decontamination_coverage(manifest, resources).items():
@@ -231,6 +233,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     report = build_report(manifest, budget, sources, selections, tok_stats, parts, tagged,
                           state, elapsed_s=time.time() - started, cluster=cluster_info(sc),
                           out=options.out, attributes=options.attributes, resumed=resume)
+    place_lock(options.out, options.lock)  # manifest.lock.json, before report.json marks the build complete
     write_report(options.out, report, manifest)
     return report
 

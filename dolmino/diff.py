@@ -1,0 +1,276 @@
+"""`dolmino diff A.json B.json`: what a manifest change does, as a pull-request comment.
+
+A JSON diff tells a reviewer which lines moved; this tells them what the change means:
+sources added and removed, per source the share fields (Source %, pool tokens, Mix %),
+paths, format, document limits, dedup (MinHash threshold and seed included) and every
+filter parameter (thresholds, model files) that changed, the top-level fields (seed,
+budget, tokenizer, output format), and the plan of both manifests side by side (target
+tokens, Source %, Mix % before and after, from `Manifest.plan`, the numbers a build
+targets). Numbers are compared as the manifest means them ("752B" equals 752000000000).
+Descriptions are reported as changed, not shown: the JSON diff holds the prose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from dataclasses import dataclass, field
+
+from dolmino.errors import ManifestError
+from dolmino.manifest import Manifest, SourceSpec, format_count, load_manifest, parse_count
+from dolmino.plan import Plan, make_plan, render_table, share_text
+
+FORMATS = ("text", "markdown")
+
+
+@dataclass
+class Change:
+    where: str  # "seed", "dclm.source_percent", "dclm.filters[0] fasttext_quality.threshold"
+    before: object
+    after: object
+
+
+@dataclass
+class ManifestDiff:
+    a: Manifest
+    b: Manifest
+    fields: list[Change] = field(default_factory=list)  # top-level fields
+    added: list[str] = field(default_factory=list)  # source names only in B
+    removed: list[str] = field(default_factory=list)  # source names only in A
+    sources: dict[str, list[Change]] = field(default_factory=dict)  # per common source, in B's order
+    plan_a: Plan | None = None
+    plan_b: Plan | None = None
+    plan_errors: dict[str, str] = field(default_factory=dict)  # "before"/"after" -> why no plan
+
+    @property
+    def empty(self) -> bool:
+        return not (self.fields or self.added or self.removed or any(self.sources.values()))
+
+
+_MISSING = object()
+
+
+def _show(value: object) -> str:
+    if value is _MISSING or value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _compare(where: str, a: object, b: object, out: list[Change]) -> None:
+    if a != b:
+        out.append(Change(where, a, b))
+
+
+def _compare_dicts(where: str, a: dict, b: dict, out: list[Change]) -> None:
+    """One change per key that differs (absent keys shown as '-')."""
+    for key in sorted(set(a) | set(b)):
+        _compare(f"{where}.{key}" if where else key, a.get(key, _MISSING), b.get(key, _MISSING), out)
+
+
+def _raw_filters(manifest: Manifest, name: str) -> list[dict]:
+    for obj in manifest.raw.get("sources", []):
+        if obj.get("name") == name:
+            return list(obj.get("filters", []))
+    return []
+
+
+def _filter_changes(name: str, a: list[dict], b: list[dict], out: list[Change]) -> None:
+    """Filters matched by type in chain order: parameter changes, insertions, removals, moves."""
+    types_a = [f.get("type") for f in a]
+    types_b = [f.get("type") for f in b]
+    matcher = difflib.SequenceMatcher(a=types_a, b=types_b, autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op == "equal":
+            for i, j in zip(range(i1, i2), range(j1, j2)):
+                params_a = {k: v for k, v in a[i].items() if k != "type"}
+                params_b = {k: v for k, v in b[j].items() if k != "type"}
+                _compare_dicts(f"{name}.filters[{j}] {types_b[j]}", params_a, params_b, out)
+            continue
+        for i in range(i1, i2):
+            out.append(Change(f"{name}.filters[{i}] {types_a[i]}", a[i], _MISSING))
+        for j in range(j1, j2):
+            out.append(Change(f"{name}.filters[{j}] {types_b[j]}", _MISSING, b[j]))
+
+
+def _source_changes(a: SourceSpec, b: SourceSpec, ma: Manifest, mb: Manifest) -> list[Change]:
+    out: list[Change] = []
+    n = b.name
+    for attr in ("source_percent", "pool_tokens", "pool_docs", "mix_percent", "format", "max_doc_bytes",
+                 "max_doc_tokens"):
+        _compare(f"{n}.{attr}", getattr(a, attr), getattr(b, attr), out)
+    if list(a.paths) != list(b.paths):
+        out.append(Change(f"{n}.paths", list(a.paths), list(b.paths)))
+    _compare(f"{n}.dedup.exact", a.dedup.exact, b.dedup.exact, out)
+    if (a.dedup.minhash is None) != (b.dedup.minhash is None):
+        out.append(Change(f"{n}.dedup.minhash", a.dedup.minhash, b.dedup.minhash))
+    elif a.dedup.minhash is not None:
+        _compare_dicts(f"{n}.dedup.minhash", a.dedup.minhash, b.dedup.minhash, out)
+    _filter_changes(n, _raw_filters(ma, n), _raw_filters(mb, n), out)
+    if a.description != b.description:
+        out.append(Change(f"{n}.description", "(changed)", "(changed)"))
+    return out
+
+
+def _budget_field(m: Manifest) -> str:
+    if m.budget is None:
+        return "-"
+    return format_count(m.budget) + ("" if m.budget_stated or m.kind == "pool" else " (passes x pools)")
+
+
+def diff_manifests(a: Manifest, b: Manifest, budget: int | None = None, with_plan: bool = True) -> ManifestDiff:
+    """Everything that differs between two manifests, and both plans (at `budget` if given)."""
+    d = ManifestDiff(a, b)
+    for attr in ("name", "version", "kind", "seed"):
+        _compare(attr, getattr(a, attr), getattr(b, attr), d.fields)
+    _compare("budget", _budget_field(a), _budget_field(b), d.fields)
+    for key in ("data_root", "output"):
+        _compare(key, a.raw.get(key, _MISSING), b.raw.get(key, _MISSING), d.fields)
+    _compare_dicts("tokenizer", vars(a.tokenizer), vars(b.tokenizer), d.fields)
+    _compare_dicts("output_format", vars(a.output_spec), vars(b.output_spec), d.fields)
+    if a.description != b.description:
+        d.fields.append(Change("description", "(changed)", "(changed)"))
+    names_a = [s.name for s in a.sources]
+    names_b = [s.name for s in b.sources]
+    d.removed = [n for n in names_a if n not in names_b]
+    d.added = [n for n in names_b if n not in names_a]
+    by_name_a = {s.name: s for s in a.sources}
+    for s in b.sources:
+        if s.name in by_name_a:
+            d.sources[s.name] = _source_changes(by_name_a[s.name], s, a, b)
+    common = [n for n in names_b if n in by_name_a]
+    if [n for n in names_a if n in names_b] != common:
+        d.fields.append(Change("sources (order)", [n for n in names_a if n in names_b], common))
+    if with_plan:
+        for label, m in (("before", a), ("after", b)):
+            try:
+                plan = make_plan(m, budget if m.kind != "pool" else None, list_files=False)
+            except ManifestError as exc:
+                d.plan_errors[label] = str(exc)
+                continue
+            if label == "before":
+                d.plan_a = plan
+            else:
+                d.plan_b = plan
+    return d
+
+
+def _delta_pct(a: float | None, b: float | None) -> str:
+    if a is None or b is None:
+        return "-"
+    change = b - a
+    return "0.00" if abs(change) < 0.005 else f"{change:+.2f}"
+
+
+def _plan_side_by_side(d: ManifestDiff, fmt: str) -> list[str]:
+    rows_a = {r.name: r for r in (d.plan_a.rows if d.plan_a else [])}
+    rows_b = {r.name: r for r in (d.plan_b.rows if d.plan_b else [])}
+    names = [r.name for r in (d.plan_b.rows if d.plan_b else [])] + [n for n in rows_a if n not in rows_b]
+    headers = ["source", "target before", "target after", "Source % before", "Source % after", "Mix % before",
+               "Mix % after", "Mix % change"]
+    rows = []
+
+    def pct(r, attr, digits=4):
+        value = None if r is None else getattr(r, attr)
+        return "-" if value is None else f"{value:.{digits}g}"
+
+    for n in names:
+        ra, rb = rows_a.get(n), rows_b.get(n)
+        rows.append([n, format_count(ra.target_tokens) if ra else "-", format_count(rb.target_tokens) if rb else "-",
+                     pct(ra, "source_percent"), pct(rb, "source_percent"),
+                     share_text(ra.mix_percent) if ra else "-", share_text(rb.mix_percent) if rb else "-",
+                     _delta_pct(ra.mix_percent if ra else 0.0, rb.mix_percent if rb else 0.0)])
+    rows.append(["total", format_count(d.plan_a.budget) if d.plan_a else "-",
+                 format_count(d.plan_b.budget) if d.plan_b else "-", "", "", "", "", ""])
+    return render_table(headers, rows, fmt)
+
+
+def render_diff(d: ManifestDiff, fmt: str = "text") -> str:
+    md = fmt == "markdown"
+
+    def heading(text: str) -> str:
+        return f"#### {text}" if md else f"{text}:"
+
+    def code(text: str) -> str:
+        return f"`{text}`" if md else text
+
+    a_name = d.a.path or d.a.name
+    b_name = d.b.path or d.b.name
+    lines = [f"### Manifest diff: {code(d.a.name)} -> {code(d.b.name)}" if md else
+             f"manifest diff: {a_name} -> {b_name}", ""]
+    if d.empty:
+        lines += ["No changes in sources, shares, filters, dedup, seeds or output settings.", ""]
+    if d.fields:
+        lines += [heading("Manifest"), ""]
+        lines += render_table(["field", "before", "after"],
+                              [[c.where, _show(c.before), _show(c.after)] for c in d.fields], fmt, "lll")
+        lines.append("")
+    if d.added or d.removed:
+        lines += [heading("Sources added and removed"), ""]
+        lines += [f"- added: {code(n)}" for n in d.added] + [f"- removed: {code(n)}" for n in d.removed]
+        lines.append("")
+    changed = {n: cs for n, cs in d.sources.items() if cs}
+    if changed:
+        lines += [heading("Sources changed"), ""]
+        rows = [[c.where, _show(c.before), _show(c.after)] for cs in changed.values() for c in cs]
+        lines += render_table(["what", "before", "after"], rows, fmt, "lll")
+        lines.append("")
+    unchanged = [n for n, cs in d.sources.items() if not cs]
+    if unchanged and (changed or d.added or d.removed):
+        lines += [f"Unchanged sources: {', '.join(unchanged)}.", ""]
+    lines += [heading("Plan before and after"), ""]
+    if d.plan_a or d.plan_b:
+        if d.plan_a and d.plan_b:
+            lines.append(f"Budget {format_count(d.plan_a.budget)} -> {format_count(d.plan_b.budget)} tokens.")
+            lines.append("")
+        lines += _plan_side_by_side(d, fmt)
+        lines.append("")
+    for label, why in d.plan_errors.items():
+        lines.append(f"No plan {label}: {why}")
+    if d.plan_errors:
+        lines.append("")
+    warnings = [w for w in (d.plan_b.warnings if d.plan_b else [])
+                if not d.plan_a or w not in d.plan_a.warnings]
+    if warnings:
+        lines += [heading("New warnings"), ""] + [f"- {w}" for w in warnings] + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from dolmino.plan import HelpFormatter
+
+    parser = argparse.ArgumentParser(
+        prog="dolmino diff", formatter_class=HelpFormatter,
+        description="Compare two manifests: sources added/removed, share fields, filters and thresholds, dedup, "
+                    "seeds, output settings, and both plans side by side (text fit for a pull-request comment).")
+    parser.add_argument("before", help="the manifest as it was (A.json)")
+    parser.add_argument("after", help="the manifest as proposed (B.json)")
+    parser.add_argument("--format", choices=FORMATS, default="text", help="output format")
+    parser.add_argument("--budget", default=None, help="plan both mix manifests at this budget (default: each "
+                                                       "manifest's own)")
+    parser.add_argument("--exit-code", action="store_true", help="exit 1 when the manifests differ (like git diff "
+                                                                 "--exit-code)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dolmino.s3 import cli_errors
+
+    args = parse_args(argv)
+    errors = cli_errors("dolmino diff", expected=(ManifestError,))
+    try:
+        budget = parse_count(args.budget, "--budget") if args.budget else None
+        d = diff_manifests(load_manifest(args.before), load_manifest(args.after), budget)
+    except Exception as exc:  # noqa: BLE001 - one redacted line
+        return errors.report(exc)
+    sys.stdout.write(render_diff(d, args.format))
+    return 1 if args.exit_code and not d.empty else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

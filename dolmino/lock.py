@@ -1,0 +1,447 @@
+"""Lockfiles: pin the exact bytes a manifest builds from.
+
+    dolmino lock MANIFEST               # writes MANIFEST.lock.json beside it (50B.json -> 50B.lock.json)
+    dolmino lock MANIFEST --check       # exit 1 and name every file that drifted
+    build_mix.py --manifest M --locked  # the build refuses to start on any drift
+
+A manifest names inputs by glob and models by path; the same manifest can silently build
+from different files. The lock records, per source, every input file the build's own listing
+(`dolmino.build.inputs.list_inputs`) finds, by its name relative to the data root, with:
+
+- **S3 objects**: size and ETag. S3 gives the ETag with the listing, so locking a pool of
+  30,000 objects costs one listing; any re-upload changes it.
+- **local files**: size, mtime and SHA-256 of the content. Hashing reads every byte (about
+  0.5-1 GB/s per core: an hour for a few TB), so `--fast` records size and mtime only, for
+  pools too large to hash. Checking is fast either way: a file whose size and mtime match
+  the lock is taken as unchanged (git's and rsync's quick check); a file whose mtime moved
+  is re-hashed and passes only if its SHA-256 still matches (a `--fast` lock cannot look,
+  so any changed mtime is drift). `--rehash` re-hashes every file regardless.
+
+Every model, index and directory a filter names (`*_path` parameters) is recorded with its
+SHA-256 (directories: a digest of the relative names and file digests, local or s3://, the
+same digest `dolmino.build.resources` ships to executors), keyed by where the manifest names
+it, and the tokenizer with the SHA-256 of its JSON definition. The lock also records the
+project version and the SHA-256 of the manifest's content for provenance; editing the
+manifest's prose does not invalidate the lock, changing what it reads does.
+
+A locked build (`--locked`) copies the lock into its output as `manifest.lock.json`, beside
+`manifest.json`, before the completion marker; releases upload every file of the build, so
+a release carries it too. A build without `--locked` removes a stale one.
+
+Names are relative to the data root, so a lock made against one copy of the data checks
+another copy (`--data-root`) with the same files; a lock made from local files cannot vouch
+for S3 objects (an ETag is not a SHA-256) and says so: lock again against that root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+from dolmino.errors import BuildError, ManifestError
+from dolmino.manifest import Manifest, load_manifest
+
+LOCK_FORMAT = "dolmino-lock/1"
+BUILD_LOCK_NAME = "manifest.lock.json"  # the lock's name inside a build output and a release
+HASH_CHUNK = 8 << 20
+# Problems shown in a BuildError before "... and N more".
+SHOWN_PROBLEMS = 25
+
+
+def lock_path_for(manifest_path: str) -> str:
+    """manifests/50B.json -> manifests/50B.lock.json."""
+    stem = manifest_path[:-5] if manifest_path.endswith(".json") else manifest_path
+    return stem + ".lock.json"
+
+
+def project_version() -> str:
+    """The installed dolmino's version, else the checkout's pyproject.toml's."""
+    try:
+        from importlib.metadata import version
+
+        return version("dolmino")
+    except Exception:  # noqa: BLE001 - not installed: read the checkout
+        import tomllib
+
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml")
+        try:
+            with open(path, "rb") as fh:
+                return str(tomllib.load(fh)["project"]["version"])
+        except (OSError, KeyError, ValueError):
+            return "unknown"
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _manifest_digest(manifest: Manifest) -> str:
+    return hashlib.sha256(json.dumps(manifest.raw, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _hash_all(paths: list[str], sizes: list[int], jobs: int, desc: str) -> list[str]:
+    """SHA-256 of local files on `jobs` threads (hashlib releases the GIL), with a byte
+    progress bar on a terminal."""
+    from tqdm import tqdm
+
+    with tqdm(total=sum(sizes), unit="B", unit_scale=True, desc=desc, disable=not sys.stderr.isatty(),
+              leave=False) as bar, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        def one(item):
+            path, size = item
+            digest = sha256_file(path)
+            bar.update(size)
+            return digest
+
+        return list(pool.map(one, zip(paths, sizes)))
+
+
+# ---------------------------------------------------------------------------- what the lock records
+
+
+def _list_source(manifest: Manifest, index: int):
+    """The build's listing of one source (BuildError when nothing matches)."""
+    from dolmino.build.inputs import list_inputs
+
+    return list_inputs(replace(manifest, sources=(manifest.sources[index],))).files[0]
+
+
+def _input_entry(f, digest: str | None) -> dict:
+    if f.uri.startswith("s3://"):
+        return {"name": f.name, "size": f.size, "etag": f.version}
+    entry = {"name": f.name, "size": f.size, "mtime_ns": int(f.version)}
+    if digest is not None:
+        entry["sha256"] = digest
+    return entry
+
+
+def _resource_refs(manifest: Manifest) -> list[tuple[str, str, str]]:
+    """(where the manifest names it, the value as written, the resolved path/URI) of every
+    model, index or directory a filter reads."""
+    from dolmino.build.resources import file_params
+
+    refs = []
+    raw_sources = manifest.raw.get("sources", [])
+    for i, source in enumerate(manifest.sources):
+        raw_filters = raw_sources[i].get("filters", []) if i < len(raw_sources) else []
+        for j, spec in enumerate(source.filters):
+            for param in file_params(spec):
+                written = raw_filters[j].get(param, spec[param]) if j < len(raw_filters) else spec[param]
+                refs.append((f"sources[{i}].filters[{j}].{param} ({source.name}, {spec['type']})", written,
+                             spec[param]))
+    return refs
+
+
+def _resource_digest(uri: str) -> tuple[str, bool]:
+    from dolmino.build.resources import local_digest, s3_digest
+
+    if uri.startswith("s3://"):
+        return s3_digest(uri)
+    if not os.path.exists(uri):
+        raise FileNotFoundError(uri)
+    return local_digest(uri)
+
+
+def _tokenizer_entry(manifest: Manifest) -> dict:
+    from dolmino.tokenizer import tokenizer_json
+
+    spec = manifest.tokenizer
+    written = (manifest.raw.get("tokenizer") or {}).get("path")
+    return {"name": spec.name, "path": written, "packaged": spec.path is None,
+            "sha256": hashlib.sha256(tokenizer_json(spec).encode("utf-8")).hexdigest()}
+
+
+def _data_root_as_written(manifest: Manifest) -> str | None:
+    """The manifest's data_root as written (portable) when the lock was made against it, else
+    the root used (--data-root): informational, inputs are named relative to it."""
+    written = manifest.raw.get("data_root")
+    if written is None or written.startswith("s3://") or os.path.isabs(written) or not manifest.path:
+        return manifest.data_root
+    resolved = os.path.normpath(os.path.join(os.path.dirname(manifest.path), written))
+    return written if resolved == manifest.data_root else manifest.data_root
+
+
+def make_lock(manifest: Manifest, *, fast: bool = False, jobs: int = 4, log=None) -> dict:
+    """The lock of `manifest` as it reads now: inputs, models/indexes, tokenizer, version.
+
+    Raises BuildError naming every source whose inputs cannot be listed and every missing
+    model: a lock of a manifest that cannot build pins nothing."""
+    log = log or (lambda msg: None)
+    problems = []
+    inputs: dict[str, list[dict]] = {}
+    for i, source in enumerate(manifest.sources):
+        try:
+            files = _list_source(manifest, i)
+        except BuildError as exc:
+            problems.append(str(exc).replace("input listing failed:\n  ", "").split("\n  (")[0])
+            continue
+        started = time.time()
+        local = [f for f in files if not f.uri.startswith("s3://")]
+        digests = {} if fast or not local else dict(zip(
+            (f.uri for f in local), _hash_all([f.uri for f in local], [f.size for f in local], jobs,
+                                              f"hashing {source.name}")))
+        inputs[source.name] = [_input_entry(f, digests.get(f.uri)) for f in files]
+        kind = "size+mtime" if fast and local else ("SHA-256" if local else "ETag")
+        log(f"{source.name}: {len(files):,} file(s), {sum(f.size for f in files):,} bytes ({kind}, "
+            f"{time.time() - started:.1f} s)")
+    resources = []
+    for where, written, uri in _resource_refs(manifest):
+        try:
+            digest, is_dir = _resource_digest(uri)
+        except FileNotFoundError:
+            problems.append(f"{where}: {written}: no such file or directory")
+            continue
+        except BuildError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        resources.append({"where": where, "path": written, "sha256": digest, "kind": "directory" if is_dir else "file"})
+        log(f"{where}: {written} sha256 {digest[:16]}...")
+    if problems:
+        raise BuildError("cannot lock " + repr(manifest.name) + ":\n  " + "\n  ".join(problems))
+    return {
+        "format": LOCK_FORMAT,
+        "dolmino_version": project_version(),
+        "manifest": {"name": manifest.name, "file": os.path.basename(manifest.path) if manifest.path else None,
+                     "sha256": _manifest_digest(manifest)},
+        "data_root": _data_root_as_written(manifest),
+        "hash": "size+mtime" if fast else "sha256",
+        "tokenizer": _tokenizer_entry(manifest),
+        "resources": resources,
+        "inputs": inputs,
+    }
+
+
+def dumps_lock(lock: dict) -> str:
+    """Pretty JSON with one input file per line, so a re-lock diffs file by file in review."""
+    head = json.dumps({k: v for k, v in lock.items() if k != "inputs"}, indent=2)
+    body = []
+    for name, entries in lock.get("inputs", {}).items():
+        rows = ",\n".join("      " + json.dumps(e) for e in entries)
+        body.append(f"    {json.dumps(name)}: [\n{rows}\n    ]" if entries else f"    {json.dumps(name)}: []")
+    inputs = ('  "inputs": {\n' + ",\n".join(body) + "\n  }") if body else '  "inputs": {}'
+    return head[:-2] + ",\n" + inputs + "\n}\n"
+
+
+def write_lock(manifest: Manifest, path: str | None = None, **options) -> str:
+    """Lock `manifest` and write the lock (default: MANIFEST.lock.json beside it); returns the path."""
+    if path is None:
+        if not manifest.path:
+            raise ManifestError("lock: the manifest has no file; pass the lock's path")
+        path = lock_path_for(manifest.path)
+    lock = make_lock(manifest, **options)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(dumps_lock(lock))
+    os.replace(tmp, path)
+    return path
+
+
+def read_lock(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lock = json.load(fh)
+    except FileNotFoundError:
+        raise BuildError(f"{path}: no lock file (write one with `dolmino lock MANIFEST`)") from None
+    except json.JSONDecodeError as exc:
+        raise BuildError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(lock, dict) or lock.get("format") != LOCK_FORMAT:
+        raise BuildError(f"{path}: not a {LOCK_FORMAT} lock file (format {lock.get('format') if isinstance(lock, dict) else None!r})")
+    for key in ("inputs", "resources", "tokenizer", "manifest"):
+        if key not in lock:
+            raise BuildError(f"{path}: the lock has no {key!r}")
+    return lock
+
+
+# ---------------------------------------------------------------------------- checking
+
+
+def _check_inputs(source: str, locked: list[dict], files, rehash: bool, jobs: int) -> list[str]:
+    problems = []
+    by_name = {e["name"]: e for e in locked}
+    current = {f.name: f for f in files}
+    to_hash = []
+    for name, f in sorted(current.items()):
+        entry = by_name.get(name)
+        if entry is None:
+            problems.append(f"{source}: {name}: not in the lock (a new input file)")
+            continue
+        remote = f.uri.startswith("s3://")
+        if remote != ("etag" in entry):
+            was, now = ("an S3 object", "a local file") if "etag" in entry else ("a local file", "an S3 object")
+            problems.append(f"{source}: {name}: locked as {was}, now read as {now}; lock again against this data "
+                            "root (`dolmino lock --data-root ...`)")
+            continue
+        if entry.get("size") != f.size:
+            problems.append(f"{source}: {name}: size {entry.get('size'):,} in the lock, {f.size:,} now")
+            continue
+        if remote:
+            if entry["etag"] != f.version:
+                problems.append(f"{source}: {name}: ETag {entry['etag']} in the lock, {f.version} now (the object "
+                                "was replaced)")
+            continue
+        same_mtime = str(entry.get("mtime_ns")) == f.version
+        if "sha256" not in entry:
+            if not same_mtime:
+                problems.append(f"{source}: {name}: modified since the lock (mtime); the lock was made with --fast, "
+                                "so the content cannot be compared")
+            continue
+        if rehash or not same_mtime:
+            to_hash.append((f, entry))
+    if to_hash:
+        digests = _hash_all([f.uri for f, _ in to_hash], [f.size for f, _ in to_hash], jobs, f"checking {source}")
+        for (f, entry), digest in zip(to_hash, digests):
+            if digest != entry["sha256"]:
+                problems.append(f"{source}: {f.name}: SHA-256 {entry['sha256'][:16]}... in the lock, "
+                                f"{digest[:16]}... now (the content changed)")
+    for name in sorted(set(by_name) - set(current)):
+        problems.append(f"{source}: {name}: in the lock but no longer listed (removed or renamed)")
+    return problems
+
+
+def check_lock(manifest: Manifest, lock_path: str, *, rehash: bool = False, jobs: int = 4) -> list[str]:
+    """Every way the inputs, models, indexes and tokenizer `manifest` reads now differ from
+    the lock at `lock_path`, one line each naming the file; [] when nothing drifted."""
+    lock = read_lock(lock_path)
+    problems = []
+    if lock["manifest"].get("name") != manifest.name:
+        problems.append(f"{lock_path}: the lock is for manifest {lock['manifest'].get('name')!r}, not {manifest.name!r}")
+    locked_inputs = lock["inputs"]
+    names = [s.name for s in manifest.sources]
+    for i, source in enumerate(manifest.sources):
+        if source.name not in locked_inputs:
+            problems.append(f"{source.name}: the source is not in the lock (lock the manifest again)")
+            continue
+        try:
+            files = _list_source(manifest, i)
+        except BuildError as exc:
+            detail = str(exc).replace("input listing failed:\n  ", "").split("\n  (")[0]
+            problems.append(f"{detail} (the lock has {len(locked_inputs[source.name]):,} file(s))")
+            continue
+        problems += _check_inputs(source.name, locked_inputs[source.name], files, rehash, jobs)
+    for name in locked_inputs:
+        if name not in names:
+            problems.append(f"{name}: in the lock but not a source of the manifest")
+    locked_resources = {r["where"].split(" ")[0]: r for r in lock["resources"]}
+    seen = set()
+    for where, written, uri in _resource_refs(manifest):
+        key = where.split(" ")[0]
+        seen.add(key)
+        entry = locked_resources.get(key)
+        if entry is None:
+            problems.append(f"{where}: {written}: not in the lock")
+            continue
+        if entry["path"] != written:
+            problems.append(f"{where}: the manifest names {written}, the lock {entry['path']}")
+            continue
+        try:
+            digest, _ = _resource_digest(uri)
+        except FileNotFoundError:
+            problems.append(f"{where}: {written}: no such file or directory")
+            continue
+        if digest != entry["sha256"]:
+            problems.append(f"{where}: {written}: SHA-256 {entry['sha256'][:16]}... in the lock, {digest[:16]}... now "
+                            "(the model or index changed)")
+    for key, entry in locked_resources.items():
+        if key not in seen:
+            problems.append(f"{entry['where']}: {entry['path']}: in the lock but the manifest no longer reads it")
+    tok = _tokenizer_entry(manifest)
+    if tok["sha256"] != lock["tokenizer"].get("sha256"):
+        problems.append(f"tokenizer {tok['path'] or tok['name']}: SHA-256 {str(lock['tokenizer'].get('sha256'))[:16]}... "
+                        f"in the lock, {tok['sha256'][:16]}... now")
+    return problems
+
+
+def require_lock(manifest: Manifest, lock_path: str | None = None) -> str:
+    """For `--locked` builds: the lock's path when nothing drifted, else a BuildError naming
+    every drifted file (the first SHOWN_PROBLEMS)."""
+    if lock_path is None:
+        if not manifest.path:
+            raise BuildError("--locked: the manifest has no file to find its lock beside; pass --lockfile")
+        lock_path = lock_path_for(manifest.path)
+    problems = check_lock(manifest, lock_path)
+    if problems:
+        shown = problems[:SHOWN_PROBLEMS] + ([f"... and {len(problems) - SHOWN_PROBLEMS} more"]
+                                             if len(problems) > SHOWN_PROBLEMS else [])
+        raise BuildError(f"--locked: {len(problems)} difference(s) from {lock_path}:\n  " + "\n  ".join(shown)
+                         + "\n  (if the change is intended, run `dolmino lock` again and commit the lock)")
+    return lock_path
+
+
+def place_lock(out: str, lock_path: str | None) -> None:
+    """Copy the verified lock into a build output as manifest.lock.json (local or s3://), or
+    remove a stale one when the build was not locked."""
+    from dolmino.build.attributes import write_bytes
+    from dolmino.build.output import delete
+
+    target = f"{out.rstrip('/')}/{BUILD_LOCK_NAME}"
+    if lock_path is None:
+        delete(out, [BUILD_LOCK_NAME])
+        return
+    with open(lock_path, "rb") as fh:
+        write_bytes(target, fh.read())
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from dolmino.plan import HelpFormatter
+
+    parser = argparse.ArgumentParser(
+        prog="dolmino lock", formatter_class=HelpFormatter,
+        description="Pin every input file (size and ETag on S3, SHA-256 locally), model, index and the tokenizer "
+                    "(SHA-256) a manifest reads, in MANIFEST.lock.json; `--check` reports drift, and "
+                    "build_mix.py --locked refuses to build on any.")
+    parser.add_argument("manifest", help="mix or pool manifest JSON")
+    parser.add_argument("--lockfile", default=None, help="lock file path (default: MANIFEST.lock.json beside the "
+                                                         "manifest)")
+    parser.add_argument("--data-root", default=None, help="where the manifest's relative paths live, local or s3:// "
+                                                          "(default: the manifest's data_root)")
+    parser.add_argument("--fast", action="store_true", help="record size and mtime of local files instead of "
+                                                            "their SHA-256 (for pools too large to hash)")
+    parser.add_argument("--check", action="store_true", help="do not write: compare with the lock, exit 1 on drift")
+    parser.add_argument("--rehash", action="store_true", help="with --check: re-hash every local input, not only "
+                                                              "those whose mtime moved")
+    parser.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1), help="hashing threads")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dolmino.s3 import cli_errors
+
+    args = parse_args(argv)
+    errors = cli_errors("dolmino lock", expected=(ManifestError, BuildError))
+    try:
+        manifest = load_manifest(args.manifest)
+        if args.data_root:
+            root = args.data_root if args.data_root.startswith("s3://") else os.path.abspath(args.data_root)
+            manifest = replace(manifest, data_root=root)
+        path = args.lockfile or lock_path_for(args.manifest)
+        if args.check:
+            problems = check_lock(manifest, path, rehash=args.rehash, jobs=args.jobs)
+            for problem in problems:
+                print(f"drift: {problem}")
+            print(f"{path}: {'no drift' if not problems else f'{len(problems)} difference(s)'}")
+            return 1 if problems else 0
+        written = write_lock(manifest, path, fast=args.fast, jobs=args.jobs,
+                             log=lambda msg: print(f"dolmino lock: {msg}", file=sys.stderr))
+    except Exception as exc:  # noqa: BLE001 - one redacted line
+        return errors.report(exc)
+    lock = read_lock(written)
+    files = sum(len(v) for v in lock["inputs"].values())
+    print(f"wrote {written}: {files:,} input file(s) in {len(lock['inputs'])} source(s), "
+          f"{len(lock['resources'])} model/index file(s), tokenizer {lock['tokenizer']['sha256'][:16]}...")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,582 @@
+"""`dolmino report BUILD_DIR`: the build report as people look at it.
+
+Writes, beside report.json (local directory or s3:// prefix):
+
+- `report-mix.png`: Mix % per source, planned (the manifest) and achieved (the output);
+- `report-removals.png`: documents removed per source, by reason, as a share of what the
+  source read (pool stage: filters, dedup, quarantine) and of what it tokenized (filters
+  that need tokens, the document length limit);
+- `report-doc-tokens.png`: tokens per document per source, from the parts' sidecars
+  (`dolmino.doc_lengths`: a few evenly spaced parts, each a seeded random sample of the
+  mix, or every part);
+- `report-decontamination.png`: documents that hit each evaluation set, per source;
+- `report.md`: the build's tables (`dolmino.report.render_markdown`) with those PNGs;
+- `report.html`: one self-contained page (inline CSS, the same PNGs as data: URIs, no
+  script, no external URL) that opens offline and can be mailed or attached to a ticket.
+
+Charts are drawn with matplotlib's Agg canvas (no pyplot, no display), default style plus
+this module's settings (the user's matplotlibrc does not apply), DejaVu Sans (bundled with
+matplotlib) and PNG metadata without software name or date, so the same report gives the
+same bytes with the same matplotlib version.
+
+The build calls `write_views(out, report, strict=False)` when it writes its report: a chart
+that cannot be drawn then costs a warning, not the build (`dolmino report OUT` redraws).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import re
+import sys
+from typing import NamedTuple
+
+from dolmino.manifest import format_count
+
+CHART_DPI = 144  # PNG pixels per inch (sharp on high-density screens); shown at 96 px per inch
+SCREEN_DPI = 96
+CHART_FILES = {"mix": "report-mix.png", "removals": "report-removals.png", "doc_tokens": "report-doc-tokens.png",
+               "decontamination": "report-decontamination.png"}
+STYLE = {
+    "font.family": "DejaVu Sans", "font.size": 9.0, "axes.titlesize": 10.5, "axes.titleweight": "bold",
+    "axes.titlelocation": "left", "axes.labelsize": 9.0, "axes.spines.top": False, "axes.spines.right": False,
+    "axes.edgecolor": "#888888", "axes.grid": True, "axes.axisbelow": True, "grid.color": "#e6e6e6",
+    "grid.linewidth": 0.8, "xtick.color": "#444444", "ytick.color": "#222222", "legend.frameon": False,
+    "legend.fontsize": 8.5, "figure.facecolor": "white", "savefig.facecolor": "white",
+    "svg.hashsalt": "dolmino", "path.simplify": True,
+}
+KEPT_COLOR = "#d9d9d9"
+QUARANTINE_COLORS = ("#b2182b", "#e0604d", "#f4a582", "#67001f")  # reds: quarantined lines, by reason
+# Reasons beyond this many (by documents removed) are drawn as one "other reasons" segment.
+MAX_REASONS = 9
+
+
+class Chart(NamedTuple):
+    key: str  # "mix", "removals", ...
+    title: str
+    caption: str
+    png: bytes
+    width_in: float  # figure width in inches (the page shows it at SCREEN_DPI)
+
+    @property
+    def file(self) -> str:
+        return CHART_FILES[self.key]
+
+
+# ---------------------------------------------------------------------------- drawing helpers
+
+
+def _figure(width: float, height: float, **subplots):
+    """A Figure on an Agg canvas (no pyplot state, no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(**subplots) if subplots else fig.add_subplot()
+    return fig, axes
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=CHART_DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _styled(draw):
+    """Run a drawing function under matplotlib's defaults plus STYLE, whatever the user's rc."""
+    import matplotlib
+
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()
+        matplotlib.rcParams.update(STYLE)
+        return draw()
+
+
+def source_colors(names: list[str]) -> dict[str, str]:
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    if len(names) <= 10:
+        colors = list(colormaps["tab10"].colors)
+    else:  # tab20's strong colors first, then their light pairs: neighbours stay distinct
+        tab20 = colormaps["tab20"].colors
+        colors = list(tab20[0::2]) + list(tab20[1::2])
+    return {n: to_hex(colors[i % len(colors)]) for i, n in enumerate(names)}
+
+
+def _share_label(value: float) -> str:
+    if value == 0:
+        return "0"
+    if value < 0.01:
+        return f"{value:.2g}%"
+    return f"{value:#.3g}%" if value < 10 else f"{value:.1f}%"
+
+
+# ---------------------------------------------------------------------------- the charts
+
+
+def chart_mix(report: dict) -> Chart:
+    sources = report["sources"]
+    names = [s["name"] for s in sources]
+    colors = source_colors(names)
+
+    def draw():
+        n = len(sources)
+        fig, ax = _figure(8.6, 0.95 + 0.5 * n)
+        ys = list(range(n))
+        planned = [s.get("mix_percent_manifest") or 0.0 for s in sources]
+        achieved = [s["mix_percent"] for s in sources]
+        h = 0.38
+        ax.barh([y - h / 2 for y in ys], planned, height=h, color="white", edgecolor=[colors[x] for x in names],
+                hatch="////", linewidth=1.0, label="planned (manifest)")
+        ax.barh([y + h / 2 for y in ys], achieved, height=h, color=[colors[x] for x in names], label="achieved (output)")
+        top = max(planned + achieved + [1e-9])
+        for y, s, p, a in zip(ys, sources, planned, achieved):
+            ax.text(a + top * 0.01, y + h / 2, f"{_share_label(a)}  ({format_count(s['output_tokens'])} tokens)",
+                    va="center", fontsize=8, color="#222222")
+            ax.text(p + top * 0.01, y - h / 2, _share_label(p), va="center", fontsize=8, color="#777777")
+        ax.set_yticks(ys, names)
+        ax.invert_yaxis()
+        ax.set_xlim(0, top * 1.32)
+        ax.set_xlabel("share of the mix's tokens (%)")
+        ax.grid(axis="y", visible=False)
+        ax.set_title("Mix % per source: planned vs achieved")
+        ax.legend(loc="lower right")
+        return _png(fig)
+
+    worst = max(sources, key=lambda s: abs(s["mix_percent"] - (s.get("mix_percent_manifest") or 0.0)))
+    gap = abs(worst["mix_percent"] - (worst.get("mix_percent_manifest") or 0.0))
+    caption = (f"Planned: the manifest's share of each source at budget {format_count(report['budget'])}; achieved: "
+               f"its share of the {report['output']['tokens']:,} tokens written. Largest gap: {worst['name']}, "
+               f"{gap:.2f} percentage points.")
+    return Chart("mix", "Mix composition", caption, _styled(draw), 8.6)
+
+
+def _reason_segments(sources: list[dict], stage: str) -> tuple[list[str], list[dict[str, int]], list[int]]:
+    """(reasons drawn, per source {reason: docs}, per source denominator) for one stage."""
+    per_source, denominators = [], []
+    for s in sources:
+        if stage == "pool":
+            counts = {r: v["docs"] for r, v in s["removed"].items()}
+            counts.update({f"quarantined: {r}": n for r, n in s["quarantined"].items()})
+            denominators.append(s["docs_in"])
+        else:
+            counts = {r: v["docs"] for r, v in s["tokenized"]["removed"].items()}
+            denominators.append(s["tokenized"]["docs"])
+        per_source.append({r: n for r, n in counts.items() if n})
+    totals: dict[str, int] = {}
+    for counts in per_source:
+        for r, n in counts.items():
+            totals[r] = totals.get(r, 0) + n
+    ranked = sorted(totals, key=lambda r: (-totals[r], r))
+    if len(ranked) > MAX_REASONS:
+        keep = set(ranked[:MAX_REASONS - 1])
+        per_source = [{**{r: n for r, n in c.items() if r in keep},
+                       **({"other reasons": sum(n for r, n in c.items() if r not in keep)}
+                          if any(r not in keep for r in c) else {})} for c in per_source]
+        ranked = ranked[:MAX_REASONS - 1] + ["other reasons"]
+    return ranked, per_source, denominators
+
+
+def chart_removals(report: dict) -> Chart | None:
+    sources = report["sources"]
+    stages = [st for st in ("pool", "tokenized")
+              if any(_reason_segments(sources, st)[1][i] for i in range(len(sources)))]
+    if not stages:
+        return None
+    names = [s["name"] for s in sources]
+
+    def draw():
+        from matplotlib import colormaps
+        from matplotlib.colors import to_hex
+
+        n = len(sources)
+        fig, axes = _figure(8.6, (1.0 + 0.42 * n) * len(stages), nrows=len(stages), ncols=1, squeeze=False)
+        palette = colormaps["Set2"].colors + colormaps["Pastel1"].colors
+        segments = {stage: _reason_segments(sources, stage) for stage in stages}
+        colors: dict[str, str] = {}  # one color per reason across both panels
+        k = q = 0
+        for stage in stages:
+            for r in segments[stage][0]:
+                if r in colors:
+                    continue
+                if r.startswith("quarantined"):
+                    colors[r] = QUARANTINE_COLORS[q % len(QUARANTINE_COLORS)]
+                    q += 1
+                else:
+                    colors[r] = to_hex(palette[k % len(palette)])
+                    k += 1
+        for ax, stage in zip(axes[:, 0], stages):
+            reasons, per_source, denominators = segments[stage]
+            left = [0.0] * n
+            for r in reasons:
+                widths = [100.0 * c.get(r, 0) / d if d else 0.0 for c, d in zip(per_source, denominators)]
+                ax.barh(range(n), widths, left=left, height=0.62, color=colors[r], label=r, edgecolor="white",
+                        linewidth=0.5)
+                left = [a + b for a, b in zip(left, widths)]
+            top = max(left + [1e-9])
+            for y, (c, d) in enumerate(zip(per_source, denominators)):
+                removed = sum(c.values())
+                ax.text(left[y] + top * 0.01, y, f"{removed:,} of {d:,} docs" if d else
+                        ("nothing read" if stage == "pool" else "nothing tokenized"),
+                        va="center", fontsize=8, color="#222222")
+            ax.set_yticks(range(n), names)
+            ax.invert_yaxis()
+            ax.set_xlim(0, top * 1.35)
+            ax.grid(axis="y", visible=False)
+            if stage == "pool":
+                ax.set_title("Removed while building the pools (share of the documents each source read)")
+                ax.set_xlabel("documents removed or quarantined (%)")
+            else:
+                ax.set_title("Removed after tokenizing (share of the documents each source tokenized)")
+                ax.set_xlabel("documents removed (%)")
+            ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, handlelength=1.2)
+        return _png(fig)
+
+    removed = sum(v["docs"] for s in sources for v in s["removed"].values())
+    quarantined = sum(sum(s["quarantined"].values()) for s in sources)
+    read = sum(s["docs_in"] for s in sources)
+    caption = (f"Of {read:,} documents read, filters and dedup removed {removed:,} and {quarantined:,} lines were "
+               "quarantined before tokenizing. Filters that need token ids (and the document length limit) decide "
+               "on the documents a mix tokenizes, a sample of each large pool, so their share is of what was "
+               "tokenized.")
+    return Chart("removals", "Removals by reason", caption, _styled(draw), 8.6)
+
+
+def chart_doc_tokens(report: dict, counts: dict[str, list[int]], note: str) -> Chart | None:
+    from dolmino.doc_lengths import BIN_EDGES, quantile
+
+    names = [s["name"] for s in report["sources"] if sum(counts.get(s["name"], [])) > 0]
+    names += sorted(n for n in counts if n not in names and sum(counts[n]) > 0)
+    if not names:
+        return None
+    colors = source_colors([s["name"] for s in report["sources"]] + [n for n in names if n not in
+                                                                     {s["name"] for s in report["sources"]}])
+    ncols = min(3, len(names))
+    nrows = -(-len(names) // ncols)
+
+    def draw():
+        import numpy as np
+
+        fig, axes = _figure(8.6, 0.6 + 2.0 * nrows, nrows=nrows, ncols=ncols, squeeze=False, sharex=True)
+        nonzero = [i for n in names for i, c in enumerate(counts[n]) if c]
+        lo, hi = BIN_EDGES[max(0, min(nonzero) - 1)], BIN_EDGES[min(len(BIN_EDGES) - 1, max(nonzero) + 2)]
+        for ax in axes.flat[len(names):]:
+            ax.set_visible(False)
+        for ax, name in zip(axes.flat, names):
+            c = np.asarray(counts[name], dtype=np.float64)
+            share = 100.0 * c / c.sum()
+            ax.stairs(share, BIN_EDGES, fill=True, color=colors[name], alpha=0.85)
+            ax.stairs(share, BIN_EDGES, color=colors[name], linewidth=0.8)
+            med, p90 = quantile(counts[name], 0.5), quantile(counts[name], 0.9)
+            ax.axvline(med, color="#222222", linewidth=0.9, linestyle="--")
+            ax.set_xscale("log")
+            ax.set_xlim(lo, hi)
+            ax.set_title(name, fontsize=9.5)
+            ax.text(0.98, 0.95, f"{int(c.sum()):,} docs\nmedian {format_count(med)}\np90 {format_count(p90)}",
+                    transform=ax.transAxes, ha="right", va="top", fontsize=7.5, color="#333333",
+                    bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none", "pad": 1.5})
+            ax.grid(axis="x", visible=False)
+        for ax in axes.flat:
+            ax.tick_params(labelbottom=True)
+        fig.suptitle("Tokens per document instance, per source", x=0.01, ha="left", fontsize=10.5, fontweight="bold")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("% of documents")
+        for ax in axes[-1, :]:
+            ax.set_xlabel("tokens per document (log scale)")
+        return _png(fig)
+
+    caption = ("Tokens per document instance in the output, EOS included (a document repeated by the passes counts "
+               f"each time); dashed line: the median. {note}")
+    return Chart("doc_tokens", "Tokens per document", caption, _styled(draw), 8.6)
+
+
+def decontamination_hits(report: dict) -> dict[str, dict[str, int]]:
+    """eval set -> source -> documents hit (a document may hit several sets)."""
+    hits: dict[str, dict[str, int]] = {}
+    for s in report["sources"]:
+        for key, rep in s.get("filter_reports", {}).items():
+            if not key.endswith(".decontaminate"):
+                continue
+            for task, v in rep.get("per_task", {}).items():
+                if v.get("docs_hit"):
+                    hits.setdefault(task, {})
+                    hits[task][s["name"]] = hits[task].get(s["name"], 0) + v["docs_hit"]
+    return hits
+
+
+def chart_decontamination(report: dict) -> Chart | None:
+    hits = decontamination_hits(report)
+    if not hits:
+        return None
+    names = [s["name"] for s in report["sources"]]
+    colors = source_colors(names)
+    tasks = sorted(hits, key=lambda t: (-sum(hits[t].values()), t))
+
+    def draw():
+        fig, ax = _figure(8.6, 1.2 + 0.34 * len(tasks))
+        left = [0] * len(tasks)
+        for name in names:
+            widths = [hits[t].get(name, 0) for t in tasks]
+            if any(widths):
+                ax.barh(range(len(tasks)), widths, left=left, height=0.64, color=colors[name], label=name,
+                        edgecolor="white", linewidth=0.5)
+                left = [a + b for a, b in zip(left, widths)]
+        top = max(left)
+        for y, total in enumerate(left):
+            ax.text(total + top * 0.01, y, f"{total:,}", va="center", fontsize=8)
+        ax.set_yticks(range(len(tasks)), tasks)
+        ax.invert_yaxis()
+        ax.set_xlim(0, top * 1.12)
+        ax.grid(axis="y", visible=False)
+        ax.set_xlabel("documents with n-gram overlap")
+        ax.set_title("Documents overlapping each evaluation set, by source")
+        ax.legend(loc="lower right", title="source", title_fontsize=8.5)
+        return _png(fig)
+
+    removed = sum(v["docs"] for s in report["sources"] for r, v in s["removed"].items() if r.startswith("decontaminate:"))
+    caption = (f"Documents whose n-grams overlap each evaluation set's, per source (a document can overlap several "
+               f"sets); {removed:,} documents overlapped enough to be removed.")
+    return Chart("decontamination", "Decontamination hits by evaluation set", caption, _styled(draw), 8.6)
+
+
+# ---------------------------------------------------------------------------- lengths
+
+
+def length_counts(report: dict, out: str | None, max_parts: int | None) -> tuple[dict[str, list[int]], str]:
+    """Histograms of tokens per document: the report's own (`doc_tokens_hist`, exact, when the
+    build records it), else from the sidecars of `max_parts` evenly spaced parts."""
+    exact = report.get("doc_tokens_hist")
+    if exact:
+        return exact, "Every part counted."
+    parts = [p["name"] for p in report.get("output", {}).get("parts", [])]
+    if not out or not parts:
+        return {}, ""
+    from dolmino.doc_lengths import sidecar_histograms
+
+    sample = sidecar_histograms(out, parts, max_parts)
+    if sample.complete:
+        return sample.counts, f"Every part's sidecar read ({sample.docs:,} document instances)."
+    return sample.counts, (f"Sidecars of {sample.parts_read} of {sample.parts_total} parts, evenly spaced "
+                           f"({sample.docs:,} document instances); each part is a seeded random sample of the mix.")
+
+
+def make_charts(report: dict, out: str | None = None, max_parts: int | None = 8) -> list[Chart]:
+    counts, note = length_counts(report, out, max_parts)
+    charts = [chart_mix(report), chart_removals(report), chart_doc_tokens(report, counts, note),
+              chart_decontamination(report)]
+    return [c for c in charts if c is not None]
+
+
+# ---------------------------------------------------------------------------- markdown and HTML
+
+
+def render_markdown_with_charts(report: dict, charts: list[Chart]) -> str:
+    """report.md: the build's tables, with the charts (PNG files beside it) after the summary."""
+    from dolmino.report import render_markdown
+
+    md = render_markdown(report)
+    block = "\n".join(["## Charts", ""] + [f"![{c.title}]({c.file})\n\n{c.caption}\n" for c in charts])
+    at = md.find("\n## ")
+    return (md[:at + 1] + block + "\n" + md[at + 1:]) if at >= 0 else md.rstrip("\n") + "\n\n" + block
+
+
+_NUMERIC = re.compile(r"^[~<>+-]?[0-9][0-9,.]*\s*(?:[KMBTkG]?B?|%|s)?$")
+
+
+def markdown_to_html(md: str) -> str:
+    """The subset of markdown render_markdown writes: headings, tables, lists, paragraphs."""
+    out: list[str] = []
+    lines = md.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{min(level + 1, 6)}>{html.escape(line[level:].strip())}</h{min(level + 1, 6)}>")
+            i += 1
+        elif line.startswith("|"):
+            block = []
+            while i < len(lines) and lines[i].startswith("|"):
+                block.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                i += 1
+            header, rows = block[0], [r for r in block[1:] if not all(set(c) <= set("-: ") for c in r)]
+            numeric = [bool(rows) and all(_NUMERIC.match(r[k]) or r[k] in ("-", "") for r in rows if k < len(r))
+                       for k in range(len(header))]
+            cls = [' class="num"' if num else "" for num in numeric]
+            out.append('<div class="table"><table><thead><tr>'
+                       + "".join(f"<th{cls[k]}>{html.escape(c)}</th>" for k, c in enumerate(header))
+                       + "</tr></thead><tbody>")
+            for r in rows:
+                out.append("<tr>" + "".join(f"<td{cls[k] if k < len(cls) else ''}>{html.escape(c)}</td>"
+                                            for k, c in enumerate(r)) + "</tr>")
+            out.append("</tbody></table></div>")
+        elif line.startswith("- "):
+            items = []
+            while i < len(lines) and lines[i].startswith("- "):
+                items.append(f"<li>{html.escape(lines[i][2:])}</li>")
+                i += 1
+            out.append("<ul>" + "".join(items) + "</ul>")
+        elif line.strip():
+            para = []
+            while i < len(lines) and lines[i].strip() and not lines[i].startswith(("#", "|", "- ")):
+                para.append(lines[i])
+                i += 1
+            out.append(f"<p>{html.escape(' '.join(para))}</p>")
+        else:
+            i += 1
+    return "\n".join(out)
+
+
+CSS = """
+:root { --ink: #1f2328; --muted: #59636e; --line: #d1d9e0; --soft: #f6f8fa; --warn: #9a6700; --warnbg: #fff8c5; }
+* { box-sizing: border-box; }
+body { margin: 0; background: #fff; color: var(--ink);
+       font: 14px/1.5 -apple-system, "Segoe UI", "Noto Sans", Helvetica, Arial, sans-serif; }
+main { max-width: 980px; margin: 0 auto; padding: 28px 24px 64px; }
+h1 { font-size: 26px; margin: 0 0 4px; }
+h2 { font-size: 19px; margin: 36px 0 10px; padding-bottom: 6px; border-bottom: 1px solid var(--line); }
+h3 { font-size: 15px; margin: 24px 0 8px; }
+.sub { color: var(--muted); margin: 0 0 18px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(135px, 1fr)); gap: 10px; margin: 18px 0; }
+.card { border: 1px solid var(--line); border-radius: 8px; padding: 10px 14px; background: var(--soft); }
+.card .v { font-size: 20px; font-weight: 600; }
+.card .k { color: var(--muted); font-size: 12px; }
+.warnings { border: 1px solid #d4a72c; background: var(--warnbg); border-radius: 8px; padding: 8px 16px; margin: 16px 0; }
+.warnings h2 { border: 0; margin: 6px 0; font-size: 15px; color: var(--warn); padding: 0; }
+.warnings ul { margin: 4px 0 8px; padding-left: 20px; }
+figure { margin: 8px 0 22px; }
+figure img { max-width: 100%; height: auto; display: block; }
+figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; }
+nav { font-size: 13px; color: var(--muted); }
+nav a { color: #0969da; text-decoration: none; margin-right: 12px; }
+.table { overflow-x: auto; margin: 8px 0 16px; }
+table { border-collapse: collapse; font-size: 12px; }
+th, td { border: 1px solid var(--line); padding: 3px 8px; text-align: left; white-space: nowrap; }
+th { background: var(--soft); font-weight: 600; white-space: normal; vertical-align: bottom; }
+.num { text-align: right; font-variant-numeric: tabular-nums; }
+tbody tr:nth-child(even) td { background: #fbfcfd; }
+footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
+"""
+
+
+def _card(value: str, key: str) -> str:
+    return f'<div class="card"><div class="v">{html.escape(value)}</div><div class="k">{html.escape(key)}</div></div>'
+
+
+def render_html(report: dict, charts: list[Chart]) -> str:
+    from dolmino.report import render_markdown
+
+    out = report["output"]
+    run = report.get("run", {})
+    title = f"Mix {report['manifest']}"
+    removed = sum(v["docs"] for s in report["sources"] for v in s["removed"].values()) + sum(
+        v["docs"] for s in report["sources"] for v in s["tokenized"]["removed"].values())
+    cards = [_card(format_count(out["tokens"]), f"tokens written (budget {format_count(report['budget'])})"),
+             _card(f"{out['docs']:,}", "document instances"),
+             _card(f"{len(report['sources'])}", "sources"),
+             _card(f"{out['files']}", "parts"),
+             _card(f"{removed:,}", "documents removed"),
+             _card(f"{run.get('elapsed_s', 0):,.0f} s", f"build time ({run.get('spark_master', '?')})")]
+    body = [f"<h1>{html.escape(title)}</h1>",
+            f'<p class="sub">seed {report["seed"]} &middot; tokenizer {html.escape(str(report.get("tokenizer")))} '
+            f'&middot; output {html.escape(str(out.get("location", "")))}</p>',
+            '<nav>' + "".join(f'<a href="#{c.key}">{html.escape(c.title)}</a>' for c in charts)
+            + '<a href="#tables">Tables</a></nav>',
+            '<div class="cards">' + "".join(cards) + "</div>"]
+    if report.get("warnings"):
+        body.append('<div class="warnings"><h2>Warnings</h2><ul>'
+                    + "".join(f"<li>{html.escape(w)}</li>" for w in report["warnings"]) + "</ul></div>")
+    for c in charts:
+        data = base64.b64encode(c.png).decode("ascii")
+        body.append(f'<h2 id="{c.key}">{html.escape(c.title)}</h2><figure>'
+                    f'<img alt="{html.escape(c.title)}" width="{round(c.width_in * SCREEN_DPI)}" '
+                    f'src="data:image/png;base64,{data}"><figcaption>{html.escape(c.caption)}</figcaption></figure>')
+    md = render_markdown(report)
+    tables = markdown_to_html(md[md.find("\n") + 1:])  # the title is the page's h1
+    body.append('<h2 id="tables">Tables</h2>' + tables)
+    body.append(f"<footer>Generated by dolmino report from report.json "
+                f"({html.escape(str(report.get('manifest_path') or report['manifest']))}).</footer>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body><main>\n"
+            + "\n".join(body) + "\n</main></body></html>\n")
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def write_views(out: str, report: dict, *, max_parts: int | None = 8, strict: bool = True) -> list[str]:
+    """Write report-*.png, report.md (tables and charts) and report.html beside report.json;
+    returns the names written.
+
+    With `strict=False` (the build, before it writes report.json) a chart that cannot be
+    drawn does not fail the build: report.md is written without charts, no report.html, and
+    a warning naming the cause is appended to `report["warnings"]`."""
+    from dolmino.build.attributes import write_bytes
+
+    base = out.rstrip("/")
+    try:
+        charts = make_charts(report, out, max_parts)
+    except Exception as exc:  # noqa: BLE001 - the build must not fail on a chart
+        if strict:
+            raise
+        from dolmino.report import render_markdown
+        from dolmino.s3 import redact
+
+        write_bytes(f"{base}/report.md", (render_markdown(report) + "\n").encode("utf-8"))
+        report.setdefault("warnings", []).append(
+            f"report.html and the charts were not written ({type(exc).__name__}: {redact(str(exc))}); "
+            f"run `dolmino report {out}`")
+        return ["report.md"]
+    from dolmino.build.output import delete
+
+    names = []
+    for c in charts:
+        write_bytes(f"{base}/{c.file}", c.png)
+        names.append(c.file)
+    delete(out, [f for f in CHART_FILES.values() if f not in names])  # charts of an earlier build of this output
+    write_bytes(f"{base}/report.md", (render_markdown_with_charts(report, charts) + "\n").encode("utf-8"))
+    write_bytes(f"{base}/report.html", render_html(report, charts).encode("utf-8"))
+    return names + ["report.md", "report.html"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from dolmino.plan import HelpFormatter
+
+    parser = argparse.ArgumentParser(
+        prog="dolmino report", formatter_class=HelpFormatter,
+        description="Draw a finished build's report: report.html (self-contained, opens offline) and report.md "
+                    "with charts (report-*.png): mix composition, removals by reason, tokens per document, "
+                    "decontamination hits.")
+    parser.add_argument("build_dir", help="a finished build (holds report.json): local directory or s3:// prefix")
+    parser.add_argument("--sample-parts", type=int, default=8, help="read the sidecars of this many evenly spaced "
+                                                                    "parts for tokens per document")
+    parser.add_argument("--all-parts", action="store_true", help="read every part's sidecar (exact, slower)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dolmino.build.output import read_json
+    from dolmino.s3 import cli_errors
+
+    args = parse_args(argv)
+    errors = cli_errors("dolmino report")
+    out = args.build_dir
+    try:
+        report = read_json(out, "report.json")
+        if report is None:
+            print(f"dolmino report: error: {out}: no readable report.json (not a finished build)", file=sys.stderr)
+            return 2
+        written = write_views(out, report, max_parts=None if args.all_parts else max(1, args.sample_parts))
+    except Exception as exc:  # noqa: BLE001 - one redacted line
+        return errors.report(exc)
+    print(f"wrote {', '.join(written)} to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""Lockfiles: `dolmino lock` pins inputs, models and the tokenizer; `--locked` refuses drift.
+
+Every drift test changes one thing and checks that the problem names the file: a changed,
+an added and a removed input, a changed model, a changed tokenizer; locally (SHA-256, with
+the mtime quick check and --rehash) and on S3 (ETag, on a moto server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from dolmino import lock as lock_cmd
+from dolmino import s3
+from dolmino.build.cli import main as build_main
+from dolmino.errors import BuildError
+from dolmino.lock import (
+    BUILD_LOCK_NAME, check_lock, lock_path_for, make_lock, place_lock, read_lock, require_lock, sha256_file, write_lock,
+)
+from dolmino.manifest import load_manifest
+
+
+def _doc(i: int, text: str = "A document about data curation.") -> str:
+    return json.dumps({"id": f"d{i}", "text": f"{text} {i}"}) + "\n"
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """A pool manifest with two sources, a model file and an index directory."""
+    data = tmp_path / "data"
+    (data / "web").mkdir(parents=True)
+    (data / "code").mkdir()
+    (data / "web" / "a.jsonl").write_text("".join(_doc(i) for i in range(5)))
+    (data / "web" / "b.jsonl").write_text("".join(_doc(i) for i in range(5, 9)))
+    (data / "code" / "c.jsonl").write_text(_doc(20))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "quality.bin").write_bytes(b"model-v1" * 100)
+    (tmp_path / "models" / "index").mkdir()
+    (tmp_path / "models" / "index" / "part0.bin").write_bytes(b"index-part-0")
+    manifest = {
+        "name": "locked-pool", "version": 2, "kind": "pool", "seed": 1, "data_root": "data",
+        "sources": [
+            {"name": "web", "paths": ["web/*.jsonl"],
+             "filters": [{"type": "fasttext_quality", "model_path": "models/quality.bin", "threshold": 0.5}]},
+            {"name": "code", "paths": ["code/*.jsonl"],
+             "filters": [{"type": "score_threshold", "scorer": "fasttext_expected_label",
+                          "model_path": "models/index", "min_score": 1.0}]},
+        ],
+    }
+    (tmp_path / "pool.json").write_text(json.dumps(manifest, indent=2))
+    return tmp_path
+
+
+def _manifest(project: Path):
+    return load_manifest(str(project / "pool.json"))
+
+
+def test_lock_records_inputs_models_tokenizer_and_version(project):
+    path = write_lock(_manifest(project))
+    assert path == str(project / "pool.lock.json") == lock_path_for(str(project / "pool.json"))
+    lock = read_lock(path)
+    assert lock["format"] == "dolmino-lock/1" and lock["dolmino_version"] not in ("", "unknown")
+    assert lock["manifest"]["name"] == "locked-pool" and lock["hash"] == "sha256" and lock["data_root"] == "data"
+    web = {e["name"]: e for e in lock["inputs"]["web"]}
+    assert sorted(web) == ["web/a.jsonl", "web/b.jsonl"]
+    a = project / "data" / "web" / "a.jsonl"
+    assert web["web/a.jsonl"]["sha256"] == sha256_file(str(a)) and web["web/a.jsonl"]["size"] == a.stat().st_size
+    resources = {r["path"]: r for r in lock["resources"]}
+    assert resources["models/quality.bin"]["sha256"] == sha256_file(str(project / "models" / "quality.bin"))
+    assert resources["models/index"]["kind"] == "directory"
+    assert len(lock["tokenizer"]["sha256"]) == 64 and lock["tokenizer"]["packaged"] is True
+    # one input per line: a re-lock diffs file by file
+    text = Path(path).read_text()
+    assert sum('"name": "web/' in line for line in text.splitlines()) == 2
+    assert check_lock(_manifest(project), path) == []
+
+
+def test_changed_input_is_named(project):
+    path = write_lock(_manifest(project))
+    (project / "data" / "web" / "b.jsonl").write_text("".join(_doc(i, "Changed text!") for i in range(5, 9)))
+    problems = check_lock(_manifest(project), path)
+    assert len(problems) == 1 and problems[0].startswith("web: web/b.jsonl: size ")
+
+
+def test_same_size_new_content_is_found_by_its_hash(project):
+    path = write_lock(_manifest(project))
+    target = project / "data" / "code" / "c.jsonl"
+    before = target.stat()
+    target.write_text(target.read_text().replace("curation", "cur4tion"))  # same size
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    problems = check_lock(_manifest(project), path)
+    assert problems == [problems[0]] and "code: code/c.jsonl: SHA-256" in problems[0] and "content changed" in problems[0]
+    # size and mtime restored: the quick check trusts them (documented); --rehash does not
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert check_lock(_manifest(project), path) == []
+    assert "code: code/c.jsonl: SHA-256" in check_lock(_manifest(project), path, rehash=True)[0]
+
+
+def test_touched_but_unchanged_input_is_not_drift(project):
+    path = write_lock(_manifest(project))
+    target = project / "data" / "web" / "a.jsonl"
+    os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 5 * 10**9))
+    assert check_lock(_manifest(project), path) == []
+
+
+def test_added_and_removed_inputs_are_named(project):
+    path = write_lock(_manifest(project))
+    (project / "data" / "web" / "c.jsonl").write_text(_doc(99))
+    (project / "data" / "web" / "a.jsonl").unlink()
+    problems = check_lock(_manifest(project), path)
+    assert problems == ["web: web/c.jsonl: not in the lock (a new input file)",
+                        "web: web/a.jsonl: in the lock but no longer listed (removed or renamed)"]
+
+
+def test_source_without_files_is_named(project):
+    path = write_lock(_manifest(project))
+    (project / "data" / "code" / "c.jsonl").unlink()
+    problems = check_lock(_manifest(project), path)
+    assert len(problems) == 1 and "source 'code': no input files match" in problems[0]
+    assert "(the lock has 1 file(s))" in problems[0]
+
+
+def test_changed_model_and_index_are_named(project):
+    path = write_lock(_manifest(project))
+    (project / "models" / "quality.bin").write_bytes(b"model-v2" * 100)
+    (project / "models" / "index" / "part1.bin").write_bytes(b"another part")
+    problems = check_lock(_manifest(project), path)
+    assert len(problems) == 2
+    assert problems[0].startswith("sources[0].filters[0].model_path (web, fasttext_quality): models/quality.bin: SHA-256")
+    assert problems[1].startswith("sources[1].filters[0].model_path (code, score_threshold): models/index: SHA-256")
+
+
+def test_manifest_naming_another_model_is_drift(project):
+    path = write_lock(_manifest(project))
+    m = json.loads((project / "pool.json").read_text())
+    (project / "models" / "quality-v2.bin").write_bytes(b"model-v1" * 100)
+    m["sources"][0]["filters"][0]["model_path"] = "models/quality-v2.bin"
+    (project / "pool.json").write_text(json.dumps(m))
+    problems = check_lock(_manifest(project), path)
+    assert problems == ["sources[0].filters[0].model_path (web, fasttext_quality): the manifest names "
+                        "models/quality-v2.bin, the lock models/quality.bin"]
+
+
+def test_changed_tokenizer_is_named(project):
+    path = write_lock(_manifest(project))
+    lock = json.loads(Path(path).read_text())
+    lock["tokenizer"]["sha256"] = "0" * 64
+    Path(path).write_text(json.dumps(lock))
+    problems = check_lock(_manifest(project), path)
+    assert len(problems) == 1 and problems[0].startswith("tokenizer allenai/dolma2-tokenizer: SHA-256 0000")
+
+
+def test_fast_lock_records_no_hash_and_flags_any_mtime_change(project):
+    path = write_lock(_manifest(project), fast=True)
+    lock = read_lock(path)
+    assert lock["hash"] == "size+mtime" and all("sha256" not in e for e in lock["inputs"]["web"])
+    target = project / "data" / "web" / "a.jsonl"
+    os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 10**9))
+    problems = check_lock(_manifest(project), path)
+    assert problems == ["web: web/a.jsonl: modified since the lock (mtime); the lock was made with --fast, so the "
+                        "content cannot be compared"]
+
+
+def test_lock_of_another_manifest_and_data_root_override(project, tmp_path):
+    path = write_lock(_manifest(project))
+    copy = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(project / "data", copy)  # same files elsewhere: names are relative to the root
+    from dataclasses import replace
+
+    assert check_lock(replace(_manifest(project), data_root=str(copy)), path) == []
+    other = replace(_manifest(project), name="other")
+    assert "the lock is for manifest 'locked-pool', not 'other'" in check_lock(other, path)[0]
+
+
+def test_lock_refuses_a_manifest_that_cannot_build(project):
+    (project / "models" / "quality.bin").unlink()
+    with pytest.raises(BuildError, match=r"models/quality.bin: no such file"):
+        make_lock(_manifest(project))
+
+
+def test_cli_lock_and_check(project, capsys):
+    manifest = str(project / "pool.json")
+    assert lock_cmd.main([manifest]) == 0
+    assert "wrote " + str(project / "pool.lock.json") + ": 3 input file(s) in 2 source(s)" in capsys.readouterr().out
+    assert lock_cmd.main([manifest, "--check"]) == 0
+    (project / "data" / "web" / "new.jsonl").write_text(_doc(1))
+    assert lock_cmd.main([manifest, "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "drift: web: web/new.jsonl: not in the lock" in out and "1 difference(s)" in out
+    assert lock_cmd.main([str(project / "missing.json")]) == 2
+
+
+def test_locked_build_refuses_drift_before_spark(project, capsys):
+    manifest = str(project / "pool.json")
+    assert build_main(["--manifest", manifest, "--locked", "--out", str(project / "out")]) == 2
+    assert "no lock file" in capsys.readouterr().err
+    write_lock(_manifest(project))
+    (project / "data" / "web" / "b.jsonl").unlink()
+    assert build_main(["--manifest", manifest, "--locked", "--out", str(project / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--locked: 1 difference(s) from" in err and "web/b.jsonl: in the lock but no longer listed" in err
+    assert not (project / "out").exists()  # refused before anything was written
+
+
+def test_require_lock_and_place_lock(project, tmp_path):
+    path = write_lock(_manifest(project))
+    assert require_lock(_manifest(project)) == path
+    out = tmp_path / "build"
+    out.mkdir()
+    place_lock(str(out), path)
+    assert (out / BUILD_LOCK_NAME).read_bytes() == Path(path).read_bytes()
+    place_lock(str(out), None)  # an unlocked rebuild of the same output removes the stale lock
+    assert not (out / BUILD_LOCK_NAME).exists()
+
+
+def test_s3_inputs_are_locked_by_etag(s3_server, tmp_path):
+    bucket = f"lock-{uuid.uuid4().hex[:12]}"
+    client = s3.client()
+    client.create_bucket(Bucket=bucket)
+    for name, body in (("web/a.jsonl", _doc(1)), ("web/b.jsonl", _doc(2))):
+        client.put_object(Bucket=bucket, Key=f"pool/{name}", Body=body.encode())
+    manifest = {"name": "s3-pool", "version": 2, "kind": "pool", "seed": 1, "data_root": f"s3://{bucket}/pool",
+                "sources": [{"name": "web", "paths": ["web/*.jsonl"]}]}
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    m = load_manifest(str(tmp_path / "m.json"))
+    path = write_lock(m)
+    entries = read_lock(path)["inputs"]["web"]
+    assert [e["name"] for e in entries] == ["web/a.jsonl", "web/b.jsonl"] and all(e["etag"] for e in entries)
+    assert check_lock(m, path) == []
+    client.put_object(Bucket=bucket, Key="pool/web/b.jsonl", Body=_doc(3).encode())  # same size, new object
+    problems = check_lock(m, path)
+    assert len(problems) == 1 and problems[0].startswith("web: web/b.jsonl: ETag ")
+    # a lock made from S3 cannot vouch for a local copy, and says so
+    local = tmp_path / "local"
+    (local / "web").mkdir(parents=True)
+    (local / "web" / "a.jsonl").write_text(_doc(1))
+    from dataclasses import replace
+
+    problems = check_lock(replace(m, data_root=str(local)), path)
+    assert "web: web/a.jsonl: locked as an S3 object, now read as a local file" in problems[0]

@@ -1,0 +1,257 @@
+"""report.html and the charts: self-contained, deterministic, drawn from the report and sidecars.
+
+The report dict here has the structure `dolmino.report.build_report` writes; the parts are
+real memmaps and sidecars written with MemmapPartWriter, so the tokens-per-document figures
+are checked against lengths the test chose. The last test builds a real mix with Spark
+(`--locked`) and checks what the build leaves in its output: manifest.lock.json, report.html,
+the PNGs, and that a release carries them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dolmino import doc_lengths, report_html
+from dolmino.doc_lengths import BIN_EDGES, histogram, quantile, sidecar_histograms, spread
+from dolmino.memmap import MemmapPartWriter
+
+EOS = 100257
+LENGTHS = {"web": [3, 50, 51, 700, 1200, 5000], "code": [10, 10, 40, 8000], "math": [100, 101]}
+
+
+def _source(name: str, planned: float, achieved: float, out_tokens: int, *, removed=None, quarantined=None,
+            tok_removed=None, per_task=None) -> dict:
+    removed = removed or {}
+    tok_removed = tok_removed or {}
+    docs_in = 1000
+    kept = docs_in - sum(v["docs"] for v in removed.values()) - sum((quarantined or {}).values())
+    reports = {"filters[0].decontaminate": {"docs_checked": docs_in, "docs_removed": 0, "tokens_removed": 0,
+                                            "per_task": per_task}} if per_task else {}
+    return {
+        "name": name, "files": 2, "docs_in": docs_in, "bytes_in": 10**6, "quarantined": quarantined or {},
+        "removed": removed, "duplicate_ids": 0, "unreadable_bytes": 0, "kept_docs": kept, "kept_bytes": 9 * 10**5,
+        "pool_tokens": 4 * out_tokens, "pool_tokens_exact": True, "pool_tokens_manifest": None,
+        "tokenized": {"docs": 400, "bytes": 10**5, "tokens": out_tokens, "kept_docs": 400 - sum(
+            v["docs"] for v in tok_removed.values()), "kept_tokens": out_tokens, "removed": tok_removed,
+                      "control_token_docs": 0},
+        "target_tokens": out_tokens, "output_docs": 10, "output_tokens": out_tokens, "passes": 0.25,
+        "source_percent_manifest": None, "mix_percent": achieved, "mix_percent_manifest": planned,
+        "filter_chain": [], "filter_reports": reports,
+    }
+
+
+def make_report(out: Path, with_decon: bool = True) -> dict:
+    """A report of three sources whose parts (written here) hold documents of LENGTHS tokens."""
+    parts = []
+    rng = np.random.default_rng(0)
+    layout = ({"web": slice(0, 3), "code": slice(0, 2)}, {"web": slice(3, 6), "math": slice(0, 2)},
+              {"code": slice(2, 4)})
+    for index, chosen in enumerate(layout):
+        writer = MemmapPartWriter(str(out), index, EOS)
+        for src, docs in chosen.items():
+            for i, n in enumerate(LENGTHS[src][docs]):
+                writer.add(rng.integers(0, 1000, n - 1), f"{src}-{index}-{i}", src, f"{src}/f.jsonl:{index}.{i}")
+        stats = writer.close()
+        parts.append({"name": f"part-{index:05d}.npy", "size": 4 * stats.tokens, "sha256": "0" * 64,
+                      "tokens": stats.tokens, "docs": stats.docs})
+    decon = {"gsm8k": {"docs_hit": 4, "tokens_hit": 0, "primary_docs": 4},
+             "mmlu": {"docs_hit": 2, "tokens_hit": 0, "primary_docs": 1}} if with_decon else None
+    sources = [
+        _source("web", 60.0, 59.6, 9000, removed={"decontaminate:overlap>=10%": {"docs": 6, "bytes": 10},
+                                                   "exact_duplicate": {"docs": 30, "bytes": 10}},
+                quarantined={"malformed_json": 2}, tok_removed={"min_length:tokens<40": {"docs": 7, "tokens": 90}},
+                per_task=decon),
+        _source("code", 30.0, 30.3, 4500, removed={"code_stars:stars<2": {"docs": 120, "bytes": 10}},
+                per_task={"mmlu": {"docs_hit": 1, "tokens_hit": 0, "primary_docs": 1}} if with_decon else None),
+        _source("math", 10.0, 10.1, 1500),
+    ]
+    total = sum(p["tokens"] for p in parts)
+    return {
+        "manifest": "charts", "manifest_path": "/x/charts.json", "seed": 3, "budget": 15000,
+        "tokenizer": "allenai/dolma2-tokenizer", "eos_token_id": EOS, "sources": sources,
+        "output": {"tokens": total, "docs": sum(p["docs"] for p in parts), "files": len(parts), "location": str(out),
+                   "parts": parts, "files_sha256": {}},
+        "totals": {"tokens_tokenized": total, "docs_tokenized": 1200, "tokens_written": total,
+                   "tokenized_per_written": 1.0},
+        "warnings": ["source 'math': an example warning"], "attributes": str(out / "attributes"),
+        "run": {"elapsed_s": 12.5, "spark_master": "local[2]", "stages": {}},
+    }
+
+
+def test_histogram_bins_and_quantiles():
+    counts = histogram([1, 2, 3, 1000, 1000, 2**30])
+    assert sum(counts) == 6 and len(counts) == len(BIN_EDGES) - 1
+    assert counts[-1] == 1  # beyond 2^24 tokens: the last bin
+    assert counts[np.searchsorted(BIN_EDGES, 1000, side="right") - 1] == 2
+    h = histogram([100] * 50 + [10000] * 50)
+    assert 90 < quantile(h, 0.25) <= 120 and 9000 < quantile(h, 0.9) <= 12000
+    assert spread(10, 3) == [0, 4, 9] or spread(10, 3) == [0, 5, 9]
+    assert spread(5, None) == [0, 1, 2, 3, 4] and spread(5, 8) == [0, 1, 2, 3, 4]
+
+
+def test_sidecar_histograms_count_every_document(tmp_path):
+    report = make_report(tmp_path)
+    names = [p["name"] for p in report["output"]["parts"]]
+    sample = sidecar_histograms(str(tmp_path), names, None)
+    assert sample.complete and sample.parts_read == 3
+    for src, lengths in LENGTHS.items():
+        assert sample.counts[src] == histogram(lengths), src
+    assert sample.docs == sum(len(v) for v in LENGTHS.values())
+    part = sidecar_histograms(str(tmp_path), names, 1)
+    assert part.parts_read == 1 and not part.complete and sum(part.counts["web"]) == 3
+
+
+def test_report_html_is_self_contained_with_every_chart(tmp_path):
+    report = make_report(tmp_path)
+    written = report_html.write_views(str(tmp_path), report, max_parts=None)
+    assert written == ["report-mix.png", "report-removals.png", "report-doc-tokens.png", "report-decontamination.png",
+                       "report.md", "report.html"]
+    page = (tmp_path / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<style>" in page
+    # nothing fetched from anywhere: no external URL, script, stylesheet link or font
+    assert not re.search(r"https?://", page)
+    assert not re.search(r"<(script|link|iframe|object|embed)\b", page, re.I)
+    assert not re.search(r"@import|url\(", page)
+    refs = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert refs and all(r.startswith("data:image/png;base64,") or r.startswith("#") for r in refs)
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 4
+    files = {name: (tmp_path / name).read_bytes() for name in written if name.endswith(".png")}
+    assert sorted(base64.b64decode(i) for i in images) == sorted(files.values())  # the same PNGs as report.md's
+    for png in files.values():
+        assert png.startswith(b"\x89PNG") and len(png) > 5000
+        assert b"tEXt" not in png and b"tIME" not in png  # no software name, no date: reproducible bytes
+    for title in ("Mix composition", "Removals by reason", "Tokens per document", "Decontamination hits"):
+        assert title in page
+    assert "source &#x27;math&#x27;: an example warning" in page  # warnings shown, escaped
+    assert "Every part&#x27;s sidecar read (12 document instances)" in page
+    md = (tmp_path / "report.md").read_text()
+    for name in files:
+        assert f"]({name})" in md
+    assert md.index("## Charts") < md.index("## Warnings")  # charts right after the summary table
+    assert "| web | decontaminate:overlap>=10% | 6 |" in md  # the build's tables are all still there
+
+
+def test_charts_are_reproducible(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    ra, rb = make_report(a), make_report(b)
+    rb["output"]["location"] = ra["output"]["location"]
+    report_html.write_views(str(a), ra)
+    report_html.write_views(str(b), rb)
+    for name in ("report-mix.png", "report-removals.png", "report-doc-tokens.png", "report-decontamination.png",
+                 "report.html"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_chart_data(tmp_path):
+    report = make_report(tmp_path)
+    reasons, per_source, denominators = report_html._reason_segments(report["sources"], "pool")
+    assert reasons == ["code_stars:stars<2", "exact_duplicate", "decontaminate:overlap>=10%",
+                       "quarantined: malformed_json"]
+    assert per_source[0] == {"decontaminate:overlap>=10%": 6, "exact_duplicate": 30, "quarantined: malformed_json": 2}
+    assert denominators == [1000, 1000, 1000]
+    reasons, per_source, denominators = report_html._reason_segments(report["sources"], "tokenized")
+    assert reasons == ["min_length:tokens<40"] and denominators == [400, 400, 400]
+    assert report_html.decontamination_hits(report) == {"gsm8k": {"web": 4}, "mmlu": {"web": 2, "code": 1}}
+    many = [{**report["sources"][0], "removed": {f"r{i}": {"docs": i + 1, "bytes": 1} for i in range(12)},
+             "quarantined": {}}]
+    reasons, per_source, _ = report_html._reason_segments(many, "pool")
+    assert len(reasons) == report_html.MAX_REASONS and reasons[-1] == "other reasons"
+    assert per_source[0]["other reasons"] == sum(range(1, 5)) and sum(per_source[0].values()) == sum(range(1, 13))
+
+
+def test_charts_follow_the_data(tmp_path):
+    report = make_report(tmp_path)
+    report_html.write_views(str(tmp_path), report)
+    assert (tmp_path / "report-decontamination.png").exists()
+    clean = make_report(tmp_path, with_decon=False)
+    written = report_html.write_views(str(tmp_path), clean)
+    assert "report-decontamination.png" not in written
+    assert not (tmp_path / "report-decontamination.png").exists()  # a stale chart is removed
+    assert "Decontamination hits" not in (tmp_path / "report.html").read_text()
+
+
+def test_exact_histogram_in_the_report_wins(tmp_path):
+    report = make_report(tmp_path)
+    report["doc_tokens_hist"] = {"web": histogram([5] * 9)}
+    counts, note = report_html.length_counts(report, str(tmp_path), 1)
+    assert counts == {"web": histogram([5] * 9)} and note == "Every part counted."
+
+
+def test_build_hook_never_fails_the_build(tmp_path, monkeypatch):
+    report = make_report(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise ValueError("no sidecar today")
+
+    monkeypatch.setattr(report_html, "make_charts", broken)
+    assert report_html.write_views(str(tmp_path), report, strict=False) == ["report.md"]
+    assert "report.html and the charts were not written (ValueError: no sidecar today)" in report["warnings"][-1]
+    assert (tmp_path / "report.md").read_text().startswith("# Mix charts")
+    with pytest.raises(ValueError):
+        report_html.write_views(str(tmp_path), report)
+
+
+def test_cli(tmp_path, capsys):
+    report = make_report(tmp_path)
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert report_html.main([str(tmp_path), "--sample-parts", "2"]) == 0
+    assert "report.html" in capsys.readouterr().out
+    assert "Sidecars of 2 of 3 parts, evenly spaced" in (tmp_path / "report.html").read_text()
+    assert report_html.main([str(tmp_path / "nothing")]) == 2
+    assert "no readable report.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_locked_build_writes_lock_and_report_html_and_releases_carry_them(tmp_path, spark, capsys):
+    """A real build (Spark, real text) with --locked, through the build's command line."""
+    from conftest import shared_corpus_file
+    from dolmino.build.cli import main as build_main
+    from dolmino.documents import Quarantine, read_documents, write_documents
+    from dolmino.lock import write_lock
+    from dolmino.manifest import load_manifest
+    from dolmino.release import collect_build_files
+
+    data = tmp_path / "data"
+    for name, fname in (("web", "web.jsonl.zst"), ("wiki", "encyclopedic.jsonl.zst")):
+        docs = []
+        for _, doc in read_documents(str(shared_corpus_file(fname)), Quarantine()):
+            docs.append(doc)
+            if len(docs) == 40:
+                break
+        write_documents(str(data / name / "a.jsonl.zst"), docs + docs[:5])  # 5 exact duplicates
+    manifest = {"name": "locked-e2e", "version": 1, "seed": 5, "budget": 60000, "data_root": "data",
+                "output_format": {"tokens_per_file": "20K"},
+                "sources": [{"name": "web", "paths": ["web/*.jsonl.zst"], "mix_percent": 70.0,
+                             "filters": [{"type": "repeated_ngrams"}]},
+                            {"name": "wiki", "paths": ["wiki/*.jsonl.zst"], "mix_percent": 30.0,
+                             "dedup": {"exact": True}}]}
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(manifest))
+    lock = write_lock(load_manifest(str(path)))
+    out = tmp_path / "out"
+    assert build_main(["--manifest", str(path), "--out", str(out), "--locked", "--quiet", "--master", "local[2]"]) == 0
+    capsys.readouterr()
+    assert (out / "manifest.lock.json").read_bytes() == Path(lock).read_bytes()
+    report = json.loads((out / "report.json").read_text())
+    assert not any("report.html" in w for w in report["warnings"])
+    page = (out / "report.html").read_text()
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 3  # no decontamination in this manifest
+    assert report["sources"][1]["removed"]["exact_duplicate"]["docs"] == 5
+    assert not (out / "report-decontamination.png").exists() and (out / "report-removals.png").exists()
+    names = [p["name"] for p in report["output"]["parts"]]
+    assert len(names) >= 3
+    # the histogram drawn is the one of the memmaps' own sidecars
+    counts, _ = report_html.length_counts(report, str(out), None)
+    assert sum(sum(c) for c in counts.values()) == report["output"]["docs"]
+    released = {rel for rel, _ in collect_build_files(str(out))}
+    assert {"manifest.lock.json", "report.html", "report-mix.png", "report.md", "report.json"} <= released
+    assert doc_lengths.sidecar_name(names[0]) == "part-00000.csv.gz"
