@@ -133,6 +133,7 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
                              for p in parts for f in p.files if f.name.endswith(".npy")
                              and not f.name.endswith(".label_mask.npy")],
                    "files_sha256": {f.name: f.sha256 for p in parts for f in p.files}},
+        "doc_tokens_hist": _doc_hist(parts),
         "totals": {"tokens_tokenized": tokenized_total["tokens"], "docs_tokenized": tokenized_total["docs"],
                    "tokens_written": total_tokens,
                    "tokenized_per_written": tokenized_total["tokens"] / total_tokens if total_tokens else 0.0},
@@ -142,6 +143,17 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
                 "persisted_bytes": state.persisted, "python": platform.python_version(),
                 "machine": platform.machine()},
     }
+
+
+def _doc_hist(parts) -> dict[str, list[int]]:
+    """Tokens-per-document histograms per source, summed over parts (dolmino.doc_lengths bins)."""
+    total: dict[str, list[int]] = {}
+    for part in parts:
+        for source, counts in part.doc_hist.items():
+            acc = total.setdefault(source, [0] * len(counts))
+            for i, n in enumerate(counts):
+                acc[i] += n
+    return dict(sorted(total.items()))
 
 
 def _pct(value) -> str:

@@ -104,7 +104,8 @@ def committed_parts(out: str, plan_hash: str, num_parts: int) -> dict[int, PartR
         files = tuple(_part_file(f) for f in record["files"])
         if all(sizes.get(f.name) == f.size for f in files):
             done[record["index"]] = PartResult(record["index"], record["tokens"], record["docs"],
-                                               record["tokens_by_source"], record["docs_by_source"], files, True)
+                                               record["tokens_by_source"], record["docs_by_source"], files,
+                                               record.get("doc_hist", {}), True)
     return done
 
 

@@ -28,6 +28,7 @@ from dolmino.build.attributes import AttributeStore, write_bytes
 from dolmino.build.inputs import Unit
 from dolmino.build.read import read_lines
 from dolmino.build.select import PoolDoc, loc_of
+from dolmino.doc_lengths import histogram
 from dolmino.memmap import MemmapPartWriter, part_name
 from mixers.sampling import seeded_hash
 
@@ -80,6 +81,7 @@ class PartResult(NamedTuple):
     tokens_by_source: dict
     docs_by_source: dict
     files: tuple  # PartFile, ...
+    doc_hist: dict  # source -> tokens-per-document histogram (dolmino.doc_lengths bins)
     skipped: bool = False  # committed by an earlier run of the same plan
 
 
@@ -216,8 +218,10 @@ def write_part(index: int, items, ctx_b, counters) -> Iterator[PartResult]:
     workdir = tempfile.mkdtemp(prefix="dolmino-part-") if remote else ctx.out
     try:
         writer = MemmapPartWriter(workdir, index, ctx.eos, label_mask=ctx.label_mask)
+        lengths: dict[int, list[int]] = {}
         for _key, doc in items:
             ids = np.frombuffer(doc.tokens, dtype="<u4")
+            lengths.setdefault(doc.source_index, []).append(len(ids))
             mask = None
             if ctx.label_mask:
                 mask = np.append(repeated_ngram_mask(ids[:-1]), True)
@@ -231,7 +235,8 @@ def write_part(index: int, items, ctx_b, counters) -> Iterator[PartResult]:
             if remote:
                 _put(path, f"{ctx.out.rstrip('/')}/{name}", digest)
         result = PartResult(index, stats.tokens, stats.docs, stats.tokens_by_source, stats.docs_by_source,
-                            tuple(sorted(files)))
+                            tuple(sorted(files)),
+                            {ctx.source_names[si]: histogram(n) for si, n in sorted(lengths.items())})
         record = {"plan": ctx.plan_hash, **result._asdict(), "files": [f._asdict() for f in result.files]}
         write_bytes(f"{ctx.out.rstrip('/')}/{PARTS_DIR}/{part_name(index)}.json",
                     json.dumps(record, sort_keys=True).encode("utf-8"))
