@@ -12,7 +12,7 @@ from bench.run import validate_figures
 
 
 def test_bench_prints_valid_figures_for_trainer_and_raw(capsys):
-    assert bench_trainer.main(["--model", "tiny", "--seq-len", "32", "--batch-size", "2", "--steps", "1",
+    assert bench_trainer.main(["--no-peers", "--model", "tiny", "--seq-len", "32", "--batch-size", "2", "--steps", "1",
                                "--warmup", "1", "--device", "cpu", "--no-compile"]) == 0
     out = json.loads(capsys.readouterr().out)  # the whole stdout is one JSON object
     good, problems = validate_figures(out)

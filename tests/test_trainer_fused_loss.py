@@ -323,3 +323,13 @@ def test_function_is_the_one_autograd_node():
     out = fused_lm_loss(hidden.requires_grad_(), weight.requires_grad_(), labels)
     assert type(out.loss.grad_fn).__name__ == "FusedLinearCrossEntropyBackward"
     assert issubclass(FusedLinearCrossEntropy, torch.autograd.Function)
+
+
+def test_no_tokens_at_all():
+    _, weight, _ = make_inputs()
+    h = torch.empty(0, D, requires_grad=True)
+    wt = weight.clone().requires_grad_()
+    out = fused_lm_loss(h, wt, torch.empty(0, dtype=torch.long))
+    out.loss.backward()
+    assert out.loss.item() == 0.0 and out.n_tokens.item() == 0
+    assert h.grad.shape == (0, D) and torch.count_nonzero(wt.grad) == 0

@@ -141,12 +141,16 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         ce_rows = torch.empty(n, device=device, dtype=torch.float32)
         lse_rows = torch.empty(n, device=device, dtype=torch.float32)
         grad_hidden = torch.empty_like(hidden) if need_hidden_grad else None
-        grad_weight = (torch.zeros(vocab, d, device=device, dtype=torch.float32) if need_weight_grad else None)
+        # The weight's gradient is written by the first chunk's matmul and accumulated by the
+        # others; zero-filling it first would be one more pass over (vocab x d) floats.
+        grad_weight = torch.empty(vocab, d, device=device, dtype=torch.float32) if need_weight_grad else None
         rows = min(chunk_size, max(n, 1))
         # Two buffers reused by every chunk (no allocation, and no page faults on CPU, per chunk).
         logits_buf = torch.empty(rows, vocab, device=device, dtype=compute_dtype)
         probs_buf = torch.empty(rows, vocab, device=device, dtype=torch.float32)
         fp32 = compute_dtype == torch.float32
+        if n == 0 and grad_weight is not None:
+            grad_weight.zero_()  # no chunk will write it
         for start in range(0, n, rows):
             stop = min(start + rows, n)
             c = stop - start
@@ -175,11 +179,17 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             if grad_weight is not None:
                 # (p * coef - onehot * ts)^T @ h = p^T @ (coef * h) - scatter of ts * h into the label rows
                 h_scaled = (h.float() * coef.unsqueeze(1)).to(compute_dtype)
-                if fp32:
+                if fp32 and start == 0:
+                    torch.mm(p.t(), h_scaled, out=grad_weight)
+                elif fp32:
                     grad_weight.addmm_(p.t(), h_scaled)
+                elif start == 0:
+                    grad_weight.copy_(torch.mm(p.t(), h_scaled))
                 else:
                     grad_weight += torch.mm(p.t(), h_scaled).float()
-                grad_weight.index_add_(0, y, h.float() * (-ts).unsqueeze(1))
+                # index_put_ with accumulate, not index_add_: on CPU the latter takes ~0.3 s for a
+                # (100352 x 64) target whatever the number of rows added (torch 2.13)
+                grad_weight.index_put_((y,), h.float() * (-ts).unsqueeze(1), accumulate=True)
         del logits_buf, probs_buf
         ce_sum = (ce_rows * maskf).sum()
         z_sum = (lse_rows.square() * maskf).sum()
