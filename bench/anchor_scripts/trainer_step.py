@@ -20,12 +20,19 @@ training loop does per batch, minus data loading and logging:
   (torch's fused AdamW: the fastest optimizer it offers on CPU; OLMo 2's own recipes use
   SkipStepAdamW, which does more work per step).
 
+On a GPU (spec "device": "cuda") the forward runs under bf16 autocast when
+"autocast_bf16" is set and each model is compiled as its project compiles it when "compile"
+is set (dolmino: each block; transformers: torch.compile(model), as the HF Trainer's
+torch_compile=True; OLMo-core: Transformer.apply_compile()); steps are timed between device
+synchronisations and the peak allocated device memory is reported.
+
 This file imports only torch and the implementation it runs (dolmino's `trainer` package
 only for impl "dolmino"), so the OLMo-core process never loads dolmino code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -110,7 +117,9 @@ def build(spec: dict):
     impl, m = spec["impl"], spec["model"]
     state = torch.load(spec["weights"], map_location="cpu", mmap=True, weights_only=True)
     state = rename(state, impl)
-    ids = torch.load(spec["batch"], weights_only=True)
+    device = torch.device(spec.get("device", "cpu"))
+    compile_ = bool(spec.get("compile", False))
+    ids = torch.load(spec["batch"], weights_only=True).to(device)
     inputs, labels = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
     n_targets = float((labels != -100).sum())
     mb = spec["micro_batch_size"]
@@ -130,6 +139,10 @@ def build(spec: dict):
                           norm_eps=m["norm_eps"], max_seq_len=m["max_seq_len"])
         model = OLMo2(cfg)
         model.load_state_dict(state, strict=True)
+        model.to(device)
+        if compile_:
+            for block in model.blocks:  # as trainer.train does with --compile
+                block.compile()
         opt = build_optimizer(model, TrainConfig(lr=lr, weight_decay=wd, betas=betas,
                                                  seq_len=inputs.shape[1], global_batch_size=inputs.shape[0],
                                                  micro_batch_size=mb))
@@ -158,13 +171,18 @@ def build(spec: dict):
                              tie_word_embeddings=False, pad_token_id=None, bos_token_id=None, eos_token_id=None)
         model = Olmo2ForCausalLM(config)
         model.load_state_dict(state, strict=True)
+        model.to(device)
         model.train()
         opt = torch.optim.AdamW(adamw_groups(model, impl, wd), lr=lr, betas=betas, eps=1e-8, fused=True)
+        if compile_:
+            model = torch.compile(model)  # HF Trainer with torch_compile=True
+
+        n_items = torch.tensor(n_targets, device=device)
 
         def forward_backward(x, y):
             # labels are already shifted: shift_labels skips HF's own shift, so all three
             # implementations score exactly the same B x T targets
-            out = model(input_ids=x, labels=y, shift_labels=y, num_items_in_batch=torch.tensor(n_targets))
+            out = model(input_ids=x, labels=y, shift_labels=y, num_items_in_batch=n_items)
             out.loss.backward()
             return out.loss.detach(), None
 
@@ -188,12 +206,15 @@ def build(spec: dict):
             layer_norm_eps=m["norm_eps"], feed_forward=FeedForwardConfig(hidden_size=m["mlp_hidden"], bias=False))
         model = cfg.build(init_device="cpu")
         model.load_state_dict(state, strict=True)
+        model.to(device)
         model.train()
+        if compile_:
+            model.apply_compile()  # what its train module does with compile_model=True
         names = [n for n, _ in model.named_parameters()]
         skip = sorted(no_decay(names, impl))
         opt = AdamWConfig(lr=lr, betas=betas, eps=1e-8, weight_decay=wd, fused=True,
                           group_overrides=[OptimGroupOverride(params=skip, opts=dict(weight_decay=0.0))]).build(model)
-        div = torch.tensor(n_targets)
+        div = torch.tensor(n_targets, device=device)
 
         def forward_backward(x, y):
             out = model(x, labels=y, ignore_index=-100, loss_reduction="sum", z_loss_multiplier=w,
@@ -214,11 +235,15 @@ def build(spec: dict):
     else:
         raise ValueError(f"unknown impl {impl!r}")
     del state
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if spec.get("autocast_bf16")
+                else contextlib.nullcontext())
+    info["compile"] = compile_
 
     def step():
         ce_sum, z_sum = 0.0, 0.0
         for x, y in micro:
-            ce, z = forward_backward(x, y)
+            with autocast:
+                ce, z = forward_backward(x, y)
             ce_sum = ce_sum + ce
             z_sum = z_sum + (z if z is not None else 0.0)
         clip()
@@ -234,6 +259,11 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     step, info = build(spec)
+    device = torch.device(spec.get("device", "cpu"))
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
     rss_built = _status_kib("VmRSS")
     first_ce = first_z = None
     times, step_peaks = [], []
@@ -242,8 +272,10 @@ def main(argv: list[str]) -> int:
         before = _status_kib("VmRSS")
         if can_reset:
             _reset_peak()
+        sync()
         t0 = time.perf_counter()
         ce, z = step()
+        sync()
         elapsed = time.perf_counter() - t0
         peak = _status_kib("VmHWM")
         if i == 0:
@@ -266,6 +298,8 @@ def main(argv: list[str]) -> int:
         "step_peak_increase_mib": max(step_peaks) if step_peaks else None,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
+    if device.type == "cuda":
+        out["peak_cuda_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
     print(json.dumps(out))
     return 0
 
