@@ -12,7 +12,7 @@ from bench.run import validate_figures
 
 
 def test_bench_prints_valid_figures_for_trainer_and_raw(capsys):
-    assert bench_trainer.main(["--model", "tiny", "--seq-len", "32", "--batch-size", "2", "--steps", "1",
+    assert bench_trainer.main(["--no-peers", "--model", "tiny", "--seq-len", "32", "--batch-size", "2", "--steps", "1",
                                "--warmup", "1", "--device", "cpu", "--no-compile"]) == 0
     out = json.loads(capsys.readouterr().out)  # the whole stdout is one JSON object
     good, problems = validate_figures(out)
@@ -39,3 +39,109 @@ def test_gpu_figures_carry_mfu_and_the_published_anchor():
     assert named[("trainer_mfu_1B_seq4096_gpu", "dolmino")] == 0.41
     other = bench_trainer.figures({**result, "device": "NVIDIA A100", "mfu": None}, None, torch.device("cuda"))
     assert [(f["impl"]) for f in other] == ["dolmino"]  # no H100 anchor elsewhere, no MFU without a peak
+
+
+# ----------------------------------------------------------------------------- peers
+
+def _load_worker():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("trainer_step", bench_trainer.WORKER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_worker_maps_every_parameter_like_the_hf_exporter():
+    from trainer.config import ModelConfig
+    from trainer.export_hf import hf_name
+    from trainer.model import OLMo2
+
+    worker = _load_worker()
+    state = OLMo2(ModelConfig(d_model=32, n_layers=2, n_heads=2, vocab_size=128, max_seq_len=16)).state_dict()
+    hf = worker.rename(state, "transformers")
+    assert sorted(hf) == sorted(hf_name(n) for n in state)  # the exporter is tested against transformers itself
+    core = worker.rename(state, "olmo-core")
+    assert len(core) == len(state) and len(set(core)) == len(core)
+    assert {"embeddings.weight", "lm_head.w_out.weight", "lm_head.norm.weight", "blocks.1.feed_forward.w2.weight",
+            "blocks.0.attention.q_norm.weight", "blocks.0.attention_norm.weight"} <= set(core)
+    assert core["blocks.0.feed_forward.w1.weight"] is state["blocks.0.mlp.gate_proj.weight"]
+    assert worker.no_decay(list(core), "olmo-core") == {n for n in core if n.endswith("norm.weight")} | {
+        "embeddings.weight"}
+    with pytest.raises(KeyError):
+        worker.rename({"blocks.0.bogus.weight": torch.zeros(1)}, "transformers")
+
+
+def _comparison(model, times, ces):
+    return {"model": model, "batch_size": 1, "seq_len": 256, "threads": 2, "errors": [],
+            "impls": {impl: {"step_seconds_median": t, "tokens_per_second": 256 / t, "first_step_ce": ces[impl],
+                             "loss": "x", "optimizer": "y", "clipping": "z", "version": "v"}
+                      for impl, t in times.items()}}
+
+
+def test_peer_figures_carry_issue_17_goals_into_the_harness():
+    from bench.run import compare, median_figures
+
+    comp = _comparison("20M", {"dolmino": 10.0, "transformers": 12.5, "olmo-core": 13.0},
+                       {"dolmino": 11.5, "transformers": 11.5, "olmo-core": 11.5000001})
+    memory = {"model": "20M", "batch_size": 1, "seq_len": 4096, "threads": 2, "errors": [],
+              "impls": {"dolmino": {"peak_rss_mib": 3000.0, "step_peak_increase_mib": 500.0, "first_step_ce": 11.5},
+                        "transformers": {"peak_rss_mib": 7000.0, "step_peak_increase_mib": 5000.0,
+                                         "first_step_ce": 11.5},
+                        "olmo-core": {"peak_rss_mib": 2500.0, "step_peak_increase_mib": 4000.0,
+                                      "first_step_ce": 11.5}}}
+    figs = bench_trainer.peer_figures([comp], memory)
+    good, problems = validate_figures({"figures": figs})
+    assert problems == [] and len(good) == len(figs)
+    by = {c["name"]: c for c in compare(median_figures([good]))}
+    step = by["trainer vs peers: step time, 20M 1x256 cpu 2 threads"]
+    assert step["best_anchor"] == "transformers" and step["ratio"] == pytest.approx(1.25)
+    assert step["meets_goal"] is True and step["goal"].startswith(">= 1.2 x transformers")
+    tok = by["trainer vs peers: tokens/s, 20M 1x256 cpu 2 threads"]
+    assert tok["meets_goal"] is True and tok["ratio"] == pytest.approx(1.25)
+    mem = by["trainer vs peers: peak RSS of a step, 20M 1x4096 cpu"]
+    # the memory goal is against transformers even when another anchor uses less
+    assert mem["best_anchor"] == "olmo-core" and mem["meets_goal"] is True
+    assert mem["goal"].startswith(">= 2 x transformers (is 2.33")
+    slow = _comparison("150M", {"dolmino": 10.0, "transformers": 11.0, "olmo-core": 15.0},
+                       {"dolmino": 11.5, "transformers": 11.5, "olmo-core": 11.5})
+    (c,) = [c for c in compare(median_figures([bench_trainer.peer_figures([slow], None)]))
+            if c["unit"] == "s/step"]
+    assert c["meets_goal"] is False  # 1.1x the faster peer is short of 1.2x
+    notes = bench_trainer.peer_notes([comp], memory)
+    assert "agree" in notes[0] and "DISAGREE" not in notes[0]
+    bad = _comparison("20M", {"dolmino": 1.0, "transformers": 1.0}, {"dolmino": 11.5, "transformers": 10.0})
+    assert "DISAGREE" in bench_trainer.peer_notes([bad], None)[0]
+
+
+@pytest.mark.slow
+def test_peers_run_side_by_side_on_the_same_weights_and_batch():
+    """Two real worker processes (dolmino, transformers) on a tiny model: the same first-step loss."""
+    pytest.importorskip("transformers")
+    out = bench_trainer.compare_peers("tiny", 16, 2, 2, rounds=1, steps=1, warmup=0, threads=1,
+                                      impls=("dolmino", "transformers"), timeout_s=600, log=lambda _m: None)
+    assert out["errors"] == []
+    d, t = out["impls"]["dolmino"], out["impls"]["transformers"]
+    assert d["first_step_ce"] == pytest.approx(t["first_step_ce"], rel=1e-5)
+    assert d["first_step_z_loss"] > 0 and t["first_step_z_loss"] == 0  # transformers computes no z-loss
+    assert d["step_seconds_median"] > 0 and d["peak_rss_mib"] > 0 and len(d["step_seconds"]) == 1
+
+
+def test_gpu_script_says_the_figure_is_missing_without_cuda(capsys):
+    from bench import bench_trainer_gpu
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert bench_trainer_gpu.main([]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["figures"] == [] and "missing" in out["notes"][0]
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_on_cpu(capsys):
+    from bench import bench_trainer_gpu
+
+    assert bench_trainer_gpu.main(["--dry-run", "--impls", "dolmino"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["impls"]["dolmino"]["tokens_per_second_per_gpu"] > 0 and out["errors"] == []
+    assert validate_figures(out)[1] == []

@@ -238,6 +238,10 @@ class TrainConfig:
     weight_decay: float = 0.1
     max_grad_norm: float = 1.0
     z_loss_weight: float = 1e-5
+    # The output layer and loss as one chunked autograd function (trainer.loss.fused_lm_loss);
+    # False: lm_head, then trainer.loss.lm_loss on the full logits. Same loss either way.
+    fused_loss: bool = True
+    loss_chunk_size: int | None = None  # tokens per chunk of the fused loss; None: fit 256 MiB
     seed: int = 1124
     data_seed: int | None = None
     save_interval: int | None = None
@@ -272,6 +276,10 @@ class TrainConfig:
         if self.horizon_tokens is not None and self.horizon_tokens < self.tokens_per_step:
             raise ValueError(f"horizon_tokens {self.horizon_tokens} is shorter than one step "
                              f"({self.tokens_per_step} tokens)")
+        if self.loss_chunk_size is not None and (not isinstance(self.loss_chunk_size, int)
+                                                 or isinstance(self.loss_chunk_size, bool)
+                                                 or self.loss_chunk_size < 1):
+            raise ValueError(f"loss_chunk_size must be a positive integer or None, got {self.loss_chunk_size!r}")
         if self.save_interval is not None and self.save_interval < 1:
             raise ValueError(f"save_interval must be >= 1 or None, got {self.save_interval}")
         self.betas = tuple(self.betas)

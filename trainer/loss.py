@@ -1,9 +1,33 @@
-"""Language-model loss: cross-entropy plus OLMo 2's z-loss.
+"""Language-model loss: cross-entropy plus OLMo 2's z-loss, plain and fused with the output layer.
 
 z-loss = weight * (log Z)^2 with Z the softmax denominator; it keeps the output logits from
 drifting to large magnitudes, one of the stability fixes in the OLMo 2 report. Everything
-stays on the device: the function returns tensors and never calls `.item()`, so a training
+stays on the device: the functions return tensors and never call `.item()`, so a training
 step does not wait for the GPU (SPEC.md's "no host-device syncs in the step").
+
+Two implementations of the same loss:
+
+- `lm_loss(logits, labels)`: from logits the caller has already materialised, through
+  autograd. Simple, and the reference the fused path is tested against.
+- `fused_lm_loss(hidden, weight, labels)`: the output layer, cross-entropy and z-loss in one
+  `torch.autograd.Function` (`FusedLinearCrossEntropy`). The tokens x vocab logits are the
+  largest activation of a small model's step (4,096 tokens x 100,352 fp32 logits = 1.6 GB,
+  and autograd keeps them and then allocates their gradient, as large again). The fused
+  function works through the tokens in chunks, so only one chunk's logits and softmax exist
+  at a time, and it writes the gradients of the hidden states and of the output embedding in
+  closed form while the chunk's softmax is at hand:
+
+      d loss / d logits = (softmax * (1 + 2 w log Z) - onehot(label)) * mask / denominator
+
+  The backward pass is then only a multiplication by the incoming gradient (1 in training).
+  Both `(1 + 2 w log Z)` and the one-hot are folded into the two (chunk x d) matrices that
+  multiply the softmax, so no extra pass runs over the (chunk x vocab) block: per chunk
+  there is one matmul for the logits, a row max, one softmax, and the two gradient matmuls.
+
+No Triton or CUDA kernel: a fused kernel (Liger's / OLMo-core's fused linear cross-entropy)
+saves the softmax write and the reads of it by the two gradient matmuls, but whether that
+beats two cuBLAS matmuls plus one softmax on a GPU is a question for a GPU profile, and none
+has been taken (this project's machines have no GPU). The torch version runs on any device.
 """
 
 from __future__ import annotations
@@ -14,6 +38,11 @@ import torch
 
 IGNORE_INDEX = -100
 
+# One chunk's working set: its logits in the compute dtype plus their fp32 softmax. 256 MiB
+# keeps a 100,352-word vocabulary at ~330 tokens per chunk in fp32 (~450 under bf16), large
+# enough for the matmuls to run at full speed, small next to a step's other activations.
+DEFAULT_CHUNK_BYTES = 256 * 2**20
+
 
 class LossOutput(NamedTuple):
     loss: torch.Tensor      # ce + z_loss: what is backpropagated
@@ -22,9 +51,19 @@ class LossOutput(NamedTuple):
     n_tokens: torch.Tensor  # number of unmasked tokens (int64 tensor)
 
 
+def _target_mask(labels: torch.Tensor, label_mask: torch.Tensor | None, ignore_index: int) -> torch.Tensor:
+    mask = labels != ignore_index
+    if label_mask is not None:
+        if label_mask.shape != labels.shape:
+            raise ValueError(f"label_mask shape {tuple(label_mask.shape)} != labels shape {tuple(labels.shape)}")
+        mask = mask & label_mask.to(torch.bool)
+    return mask
+
+
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor, z_loss_weight: float = 1e-5,
-            denominator: torch.Tensor | float | None = None) -> LossOutput:
-    """Token-mean cross-entropy + z-loss over labels != -100.
+            denominator: torch.Tensor | float | None = None, *, label_mask: torch.Tensor | None = None,
+            ignore_index: int = IGNORE_INDEX) -> LossOutput:
+    """Token-mean cross-entropy + z-loss over labels != ignore_index (and label_mask True).
 
     logits: (..., vocab), any float dtype (upcast to fp32 here); labels: (...) int64.
     `denominator` overrides the token count the sums are divided by: with gradient
@@ -33,7 +72,7 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, z_loss_weight: float = 1
     """
     logits = logits.reshape(-1, logits.shape[-1]).float()
     labels = labels.reshape(-1)
-    mask = labels != IGNORE_INDEX
+    mask = _target_mask(labels, None if label_mask is None else label_mask.reshape(-1), ignore_index)
     n_tokens = mask.sum()
     # One log-sum-exp serves both terms: ce = log Z - logit[label]. F.cross_entropy would
     # run its own log-softmax over the (tokens x vocab) logits and keep that copy for backward.
@@ -45,3 +84,163 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, z_loss_weight: float = 1
     ce = ce_sum / denom
     z = z_loss_weight * z_sum / denom
     return LossOutput(ce + z, ce, z, n_tokens)
+
+
+def chunk_rows(vocab_size: int, chunk_size: int | None = None, compute_dtype: torch.dtype = torch.float32,
+               chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Tokens per chunk: `chunk_size` when given, else as many as fit `chunk_bytes`.
+
+    A chunk holds its logits in the compute dtype and their softmax in fp32.
+    """
+    if chunk_size is not None:
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        return chunk_size
+    per_row = vocab_size * (torch.empty((), dtype=compute_dtype).element_size() + 4)
+    return max(1, chunk_bytes // per_row)
+
+
+def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The matmul dtype: autocast's when it is on for this device, else the inputs' common dtype."""
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return torch.promote_types(hidden.dtype, weight.dtype)
+
+
+class FusedLinearCrossEntropy(torch.autograd.Function):
+    """(hidden [N, d], weight [V, d], labels [N]) -> (loss, ce, z_loss, n_tokens), chunked over N.
+
+    Forward computes the loss and, when asked, the gradients of `hidden` and `weight`;
+    backward scales them by the incoming gradient of `loss`. `ce`, `z_loss` and `n_tokens`
+    are for logging and are not differentiable (backpropagating `ce` alone raises instead of
+    returning the gradient of the sum). Backward runs once per forward: the gradients are
+    handed to autograd without a copy and are not kept.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+                z_loss_weight: float, denominator: torch.Tensor | float | None, chunk_size: int,
+                compute_dtype: torch.dtype, need_hidden_grad: bool, need_weight_grad: bool):
+        n, d = hidden.shape
+        vocab = weight.shape[0]
+        device = hidden.device
+        n_tokens = mask.sum()
+        denom = n_tokens.clamp_min(1) if denominator is None else denominator
+        if isinstance(denom, torch.Tensor):
+            inv_denom = denom.to(device=device, dtype=torch.float32).reciprocal()
+        else:
+            inv_denom = 1.0 / float(denom)
+        maskf = mask.to(torch.float32)
+        # Per-token weight of the one-hot term; rows that are masked out get 0 everywhere.
+        target_scale = maskf * inv_denom
+        safe_labels = torch.where(mask, labels, 0)
+
+        h_all = hidden.to(compute_dtype)
+        w = weight.to(compute_dtype)
+        ce_rows = torch.empty(n, device=device, dtype=torch.float32)
+        lse_rows = torch.empty(n, device=device, dtype=torch.float32)
+        grad_hidden = torch.empty_like(hidden) if need_hidden_grad else None
+        # The weight's gradient is written by the first chunk's matmul and accumulated by the
+        # others; zero-filling it first would be one more pass over (vocab x d) floats.
+        grad_weight = torch.empty(vocab, d, device=device, dtype=torch.float32) if need_weight_grad else None
+        rows = min(chunk_size, max(n, 1))
+        # Two buffers reused by every chunk (no allocation, and no page faults on CPU, per chunk).
+        logits_buf = torch.empty(rows, vocab, device=device, dtype=compute_dtype)
+        probs_buf = torch.empty(rows, vocab, device=device, dtype=torch.float32)
+        fp32 = compute_dtype == torch.float32
+        if n == 0 and grad_weight is not None:
+            grad_weight.zero_()  # no chunk will write it
+        for start in range(0, n, rows):
+            stop = min(start + rows, n)
+            c = stop - start
+            h = h_all[start:stop]
+            y = safe_labels[start:stop]
+            logits = torch.mm(h, w.t(), out=logits_buf[:c])
+            row_max, argmax = logits.max(dim=-1)
+            target_logit = logits.gather(1, y.unsqueeze(1)).squeeze(1).float()
+            probs = torch.softmax(logits, dim=-1, dtype=torch.float32, out=probs_buf[:c])
+            # log Z = max - log p[argmax]: p[argmax] >= 1/vocab, so the log is exact to fp32
+            # rounding, and there is no second pass over the block as logsumexp would make.
+            log_z = row_max.float() - probs.gather(1, argmax.unsqueeze(1)).squeeze(1).log()
+            lse_rows[start:stop] = log_z
+            ce_rows[start:stop] = log_z - target_logit
+            if grad_hidden is None and grad_weight is None:
+                continue
+            ts = target_scale[start:stop]
+            # softmax coefficient per row: (1 + 2 w log Z) * mask / denominator
+            coef = (1.0 + 2.0 * z_loss_weight * log_z) * ts
+            p = probs if fp32 else logits.copy_(probs)  # the matmuls run in the compute dtype
+            if grad_hidden is not None:
+                # (p * coef - onehot * ts) @ W = coef * (p @ W) - ts * W[label]
+                gh = torch.mm(p, w)
+                gh = gh.float().mul_(coef.unsqueeze(1)).sub_(w.index_select(0, y).float() * ts.unsqueeze(1))
+                grad_hidden[start:stop] = gh
+            if grad_weight is not None:
+                # (p * coef - onehot * ts)^T @ h = p^T @ (coef * h) - scatter of ts * h into the label rows
+                h_scaled = (h.float() * coef.unsqueeze(1)).to(compute_dtype)
+                if fp32 and start == 0:
+                    torch.mm(p.t(), h_scaled, out=grad_weight)
+                elif fp32:
+                    grad_weight.addmm_(p.t(), h_scaled)
+                elif start == 0:
+                    grad_weight.copy_(torch.mm(p.t(), h_scaled))
+                else:
+                    grad_weight += torch.mm(p.t(), h_scaled).float()
+                # index_put_ with accumulate, not index_add_: on CPU the latter takes ~0.3 s for a
+                # (100352 x 64) target whatever the number of rows added (torch 2.13)
+                grad_weight.index_put_((y,), h.float() * (-ts).unsqueeze(1), accumulate=True)
+        del logits_buf, probs_buf
+        ce_sum = (ce_rows * maskf).sum()
+        z_sum = (lse_rows.square() * maskf).sum()
+        ce = ce_sum * inv_denom
+        z = z_loss_weight * z_sum * inv_denom
+        loss = ce + z
+        if grad_weight is not None and grad_weight.dtype != weight.dtype:
+            grad_weight = grad_weight.to(weight.dtype)
+        ctx.grads = (grad_hidden, grad_weight)
+        ctx.mark_non_differentiable(ce, z, n_tokens)
+        return loss, ce, z, n_tokens
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_ce, _grad_z, _grad_n):
+        if ctx.grads is None:
+            raise RuntimeError("FusedLinearCrossEntropy: backward ran twice for one forward; its gradients "
+                               "are computed once in forward and handed over, not kept")
+        grad_hidden, grad_weight = ctx.grads
+        ctx.grads = None  # autograd may take these tensors as .grad without a copy
+        if grad_hidden is not None:
+            grad_hidden.mul_(grad_loss.to(grad_hidden.dtype))
+        if grad_weight is not None:
+            grad_weight.mul_(grad_loss.to(grad_weight.dtype))
+        return grad_hidden, grad_weight, None, None, None, None, None, None, None, None
+
+
+def fused_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, z_loss_weight: float = 1e-5,
+                  denominator: torch.Tensor | float | None = None, *, label_mask: torch.Tensor | None = None,
+                  ignore_index: int = IGNORE_INDEX, chunk_size: int | None = None) -> LossOutput:
+    """`lm_loss(hidden @ weight.T, labels, ...)` without ever holding the full logits.
+
+    hidden: (..., d) final hidden states (after the last norm); weight: (vocab, d) output
+    embedding; labels: (...) int64, `ignore_index` = no target; label_mask: optional bool
+    (...), False = no target. `denominator` as in `lm_loss` (None: the unmasked token count).
+    `chunk_size` is in tokens (None: as many as fit DEFAULT_CHUNK_BYTES). Under autocast the
+    matmuls run in autocast's dtype and the softmax, log Z and the gradient accumulation of
+    the weight in fp32. Labels must lie in [0, vocab) where unmasked (not checked: a check
+    would sync with the device).
+    """
+    if hidden.shape[-1] != weight.shape[-1] or weight.dim() != 2:
+        raise ValueError(f"hidden (..., {hidden.shape[-1]}) does not match weight {tuple(weight.shape)}")
+    if hidden.shape[:-1] != labels.shape:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and labels {tuple(labels.shape)} disagree on the tokens")
+    hidden2d = hidden.reshape(-1, hidden.shape[-1])
+    labels1d = labels.reshape(-1)
+    mask = _target_mask(labels1d, None if label_mask is None else label_mask.reshape(-1), ignore_index)
+    compute_dtype = _compute_dtype(hidden, weight)
+    rows = chunk_rows(weight.shape[0], chunk_size, compute_dtype)
+    grad_on = torch.is_grad_enabled()
+    with torch.autocast(hidden.device.type, enabled=False):
+        loss, ce, z, n_tokens = FusedLinearCrossEntropy.apply(
+            hidden2d, weight, labels1d, mask, float(z_loss_weight), denominator, rows, compute_dtype,
+            grad_on and hidden.requires_grad, grad_on and weight.requires_grad)
+    return LossOutput(loss, ce, z, n_tokens)

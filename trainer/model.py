@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from trainer.config import ModelConfig
+from trainer.loss import LossOutput, fused_lm_loss, lm_loss
 
 
 class RMSNorm(nn.Module):
@@ -100,7 +101,7 @@ class Block(nn.Module):
 
 
 class OLMo2(nn.Module):
-    """Token ids (batch, seq) -> logits (batch, seq, padded_vocab_size)."""
+    """Token ids (batch, seq) -> logits (batch, seq, padded_vocab_size), or the loss given labels."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -132,7 +133,8 @@ class OLMo2(nn.Module):
                                device=device or self.embed.weight.device)
         self.rope_cos, self.rope_sin = cos, sin
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (batch, seq) -> final hidden states (batch, seq, d_model), after the last norm."""
         t = input_ids.shape[1]
         if t > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {t} exceeds max_seq_len {self.cfg.max_seq_len}")
@@ -140,7 +142,25 @@ class OLMo2(nn.Module):
         x = self.embed(input_ids)
         for block in self.blocks:
             x = block(x, cos, sin)
-        return self.lm_head(self.norm(x))
+        return self.norm(x)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *, z_loss_weight: float = 1e-5,
+                denominator: torch.Tensor | float | None = None, fused_loss: bool = True,
+                loss_chunk_size: int | None = None) -> torch.Tensor | LossOutput:
+        """Logits without `labels`; with them, the loss (trainer.loss.LossOutput) and no logits.
+
+        The loss is computed inside forward so that DDP's and FSDP's hooks see the output
+        layer's weight used (FSDP gathers it for forward only). `fused_loss` picks
+        trainer.loss.fused_lm_loss (chunked output layer + loss, gradients in closed form)
+        over lm_head followed by trainer.loss.lm_loss; both compute the same loss.
+        """
+        h = self.hidden_states(input_ids)
+        if labels is None:
+            return self.lm_head(h)
+        if fused_loss:
+            return fused_lm_loss(h, self.lm_head.weight, labels, z_loss_weight, denominator,
+                                 chunk_size=loss_chunk_size)
+        return lm_loss(self.lm_head(h), labels, z_loss_weight, denominator)
 
 
 def no_decay_param_names(model: nn.Module, decay_norms: bool = True) -> set[str]:

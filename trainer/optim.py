@@ -5,8 +5,11 @@ true`, `decay_embeddings: false`; OLMo-core's OLMo 2 scripts set weight_decay 0 
 `embeddings.weight` only). `decay_norms=False` (`--no-decay-norms`) exempts the norm gains
 as well, the common GPT-2 / Llama practice. Two parameter groups are built from the model's
 module types (trainer.model.no_decay_param_names), not from name patterns, so a renamed
-module cannot silently start decaying its embedding. The fused CUDA kernel is used on GPU (one launch for the whole
-update), the multi-tensor "foreach" path elsewhere; both keep the step free of host syncs.
+module cannot silently start decaying its embedding. The fused kernel is used on GPU (one
+launch for the whole update) and on CPU, where torch's fused AdamW makes one pass over
+parameter, gradient and moments instead of the "foreach" path's dozen (about 10x faster on
+this project's 2-core machines); both keep the step free of host syncs. Other devices get
+"foreach".
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norms: bool = True
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     groups = param_groups(model, cfg.weight_decay, decay_norms=cfg.decay_norms)
-    on_cuda = next(model.parameters()).device.type == "cuda"
-    kwargs = {"fused": True} if on_cuda else {"foreach": True}
+    fused = next(model.parameters()).device.type in ("cuda", "cpu")
+    kwargs = {"fused": True} if fused else {"foreach": True}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps,
                              weight_decay=cfg.weight_decay, **kwargs)
 

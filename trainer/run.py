@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-repetition-mask", dest="repetition", action="store_const", const="off",
                    help="same as --repetition off")
     p.add_argument("--z-loss-weight", type=float, default=1e-5, help="weight of log^2 Z in the loss")
+    p.add_argument("--fused-loss", action=argparse.BooleanOptionalAction, default=True,
+                   help="output layer + cross-entropy + z-loss as one chunked function that never holds the "
+                        "tokens x vocab logits; --no-fused-loss: lm_head, then the loss on full logits")
+    p.add_argument("--loss-chunk-size", type=int, default=None,
+                   help="tokens per chunk of the fused loss (default: as many as fit 256 MiB of logits + softmax)")
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="clip the global gradient L2 norm")
     p.add_argument("--seed", type=int, default=1124, help="model init and data order seed")
     p.add_argument("--data-seed", type=int, default=None, help="data order seed (default: --seed)")
@@ -89,6 +94,7 @@ def run_config_from_args(args: argparse.Namespace, data_paths: list[str], world_
         micro_batch_size=min(args.micro_batch_size, per_rank), max_steps=plan.steps, lr=plan.lr,
         warmup_steps=plan.warmup_steps, schedule=args.schedule, final_lr_fraction=args.final_lr_fraction,
         horizon_tokens=plan.horizon_tokens, weight_decay=args.weight_decay, z_loss_weight=args.z_loss_weight,
+        fused_loss=args.fused_loss, loss_chunk_size=args.loss_chunk_size,
         max_grad_norm=args.max_grad_norm, seed=args.seed, data_seed=args.data_seed,
         save_interval=args.save_interval, metrics_interval=args.metrics_interval, gc_interval=args.gc_interval,
         compile=(device.type == "cuda") if args.compile is None else args.compile, fsdp=args.fsdp,

@@ -8,6 +8,9 @@ gradient accumulation. The practices SPEC.md lists are what shape the code:
 - Python's garbage collector is disabled and run explicitly every `gc_interval` steps, at the
   same step on every rank, so that no rank stalls the others at a random moment;
 - checkpoints are copied to CPU in the loop and written by a background thread;
+- the output layer and the loss run as one chunked autograd function
+  (trainer.loss.fused_lm_loss): the tokens x vocab logits are never held whole, and their
+  gradient is written in closed form; `fused_loss=False` is lm_head + trainer.loss.lm_loss;
 - bf16 autocast on CUDA (weights and optimizer state stay fp32), torch.compile per block
   when asked, DDP under torchrun, FSDP2 (fully_shard per block) with `fsdp=True`.
 
@@ -36,7 +39,6 @@ from trainer.checkpoint import Checkpointer, load_checkpoint, resolve_checkpoint
 from trainer.config import ModelConfig, RunConfig, TrainConfig
 from trainer.data import DataLoader, MemmapDataset
 from trainer.distributed import DistEnv, all_reduce_mean, barrier
-from trainer.loss import lm_loss
 from trainer.model import OLMo2
 from trainer.optim import build_optimizer, clip_grad_norm, set_lr
 from trainer.schedule import LRSchedule
@@ -213,8 +215,8 @@ class Trainer:
             sync_ctx = self.model.no_sync() if is_ddp and i < self.accum - 1 else contextlib.nullcontext()
             with sync_ctx:
                 with self._autocast():
-                    logits = self.model(ids)
-                out = lm_loss(logits, labels, tc.z_loss_weight, denominator=denominator)
+                    out = self.model(ids, labels, z_loss_weight=tc.z_loss_weight, denominator=denominator,
+                                     fused_loss=tc.fused_loss, loss_chunk_size=tc.loss_chunk_size)
                 out.loss.backward()
             sums[0] += out.loss.detach()
             sums[1] += out.ce.detach()

@@ -1,0 +1,335 @@
+"""The fused output layer + cross-entropy + z-loss against the plain path and a float64 reference.
+
+Parity is asserted at 1e-6 relative in fp32 (against float64: the fused path's own error;
+against `lm_loss` in fp32: both paths' errors together), for the loss, its parts and the
+gradients of the hidden states and the output embedding, across chunk sizes that do and do
+not divide the token count, masks, and accumulation denominators. Peak memory is read from
+the kernel's high-water mark of this process's resident memory, which large tensors (>= 32
+MiB: glibc serves them with mmap) always move.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainer.config import ModelConfig
+from trainer.loss import IGNORE_INDEX, FusedLinearCrossEntropy, chunk_rows, fused_lm_loss, lm_loss
+from trainer.model import OLMo2
+
+N, D, V = 53, 24, 211  # prime token count and vocabulary: no chunk size divides them evenly
+
+
+def make_inputs(seed: int = 0, n: int = N, d: int = D, v: int = V, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, d, generator=gen, dtype=torch.float64)  # unit RMS, as after the final RMSNorm
+    # logits of a few units with an offset, so that log Z is far from 0 and the z-loss term matters
+    weight = torch.randn(v, d, generator=gen, dtype=torch.float64) * 0.5 + 0.2
+    labels = torch.randint(0, v, (n,), generator=gen)
+    labels[::7] = IGNORE_INDEX
+    return hidden.to(dtype), weight.to(dtype), labels
+
+
+def reference(hidden, weight, labels, w, denominator=None, label_mask=None):
+    """F.cross_entropy + explicit z-loss in float64: loss, ce, z, grad hidden, grad weight."""
+    h = hidden.detach().double().requires_grad_()
+    wt = weight.detach().double().requires_grad_()
+    logits = h @ wt.T
+    mask = labels != IGNORE_INDEX
+    if label_mask is not None:
+        mask = mask & label_mask
+    target = torch.where(mask, labels, IGNORE_INDEX)
+    denom = mask.sum().clamp_min(1).double() if denominator is None else torch.as_tensor(denominator).double()
+    ce = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum") / denom
+    z = w * (torch.logsumexp(logits, -1).square() * mask).sum() / denom
+    (ce + z).backward()
+    return (ce + z).detach(), ce.detach(), z.detach(), h.grad, wt.grad
+
+
+def fused(hidden, weight, labels, w, denominator=None, **kw):
+    h = hidden.detach().clone().requires_grad_()
+    wt = weight.detach().clone().requires_grad_()
+    out = fused_lm_loss(h, wt, labels, w, denominator, **kw)
+    out.loss.backward()
+    return out, h.grad, wt.grad
+
+
+def assert_rel(actual, expected, rel=1e-6):
+    """Relative error ||actual - expected|| / ||expected|| <= rel, and no element off by more than
+    10 x rel of the largest reference element (a gradient entry is a sum over the vocabulary with
+    cancellation, so single entries carry more fp32 rounding than the tensor as a whole)."""
+    actual, expected = actual.double(), expected.double()
+    norm_err = (actual - expected).norm() / expected.norm().clamp_min(1e-30)
+    assert norm_err <= rel, f"relative error {norm_err:.3g} > {rel}"
+    scale = expected.abs().max().clamp_min(1e-30)
+    err = (actual - expected).abs().max() / scale
+    assert err <= 10 * rel, f"max elementwise error {err:.3g} x max|ref| > {10 * rel}"
+
+
+@pytest.mark.parametrize("chunk_size", [1, 8, 16, N, 4 * N])
+@pytest.mark.parametrize("denominator", [None, 91.0, "tensor"])
+def test_matches_float64_reference_and_lm_loss(chunk_size, denominator):
+    hidden, weight, labels = make_inputs()
+    if denominator == "tensor":  # what DDP passes: a device tensor (global count / world size)
+        denominator = torch.tensor(67.5, dtype=torch.float32)
+    w = 1e-2
+    loss, ce, z, gh, gw = reference(hidden, weight, labels, w, denominator)
+    out, fh, fw = fused(hidden, weight, labels, w, denominator, chunk_size=chunk_size)
+    assert out.loss.dtype == torch.float32 and out.n_tokens.item() == int((labels != IGNORE_INDEX).sum())
+    for a, b in ((out.loss, loss), (out.ce, ce), (out.z_loss, z), (fh, gh), (fw, gw)):
+        assert_rel(a, b)
+    assert out.z_loss.item() > 1e-3 * out.ce.item()  # the z-loss term is really exercised
+
+    # the current path, in fp32, on materialised logits
+    h = hidden.clone().requires_grad_()
+    wt = weight.clone().requires_grad_()
+    plain = lm_loss(F.linear(h, wt), labels, w, denominator)
+    plain.loss.backward()
+    for a, b in ((out.loss, plain.loss), (out.ce, plain.ce), (out.z_loss, plain.z_loss), (fh, h.grad), (fw, wt.grad)):
+        assert_rel(a, b)
+
+
+@pytest.mark.parametrize("chunk_size", [5, 64])
+def test_label_mask_and_ignore_index_together(chunk_size):
+    hidden, weight, labels = make_inputs(seed=3)
+    gen = torch.Generator().manual_seed(4)
+    label_mask = torch.rand(N, generator=gen) > 0.4
+    loss, ce, z, gh, gw = reference(hidden, weight, labels, 1e-3, label_mask=label_mask)
+    out, fh, fw = fused(hidden, weight, labels, 1e-3, label_mask=label_mask, chunk_size=chunk_size)
+    expected_tokens = int(((labels != IGNORE_INDEX) & label_mask).sum())
+    assert 0 < expected_tokens < int((labels != IGNORE_INDEX).sum())
+    assert out.n_tokens.item() == expected_tokens
+    for a, b in ((out.loss, loss), (out.ce, ce), (out.z_loss, z), (fh, gh), (fw, gw)):
+        assert_rel(a, b)
+    masked_rows = ~((labels != IGNORE_INDEX) & label_mask)
+    assert torch.count_nonzero(fh[masked_rows]) == 0  # no gradient reaches a masked token
+    # lm_loss takes the same label mask
+    plain = lm_loss(hidden @ weight.T, labels, 1e-3, label_mask=label_mask)
+    assert_rel(out.loss.detach(), plain.loss)
+
+
+def test_gradient_accumulation_adds_up_to_the_full_batch():
+    hidden, weight, labels = make_inputs(seed=5)
+    n_targets = float((labels != IGNORE_INDEX).sum())
+    full, full_h, full_w = fused(hidden, weight, labels, 1e-4, chunk_size=9)
+    wt = weight.clone().requires_grad_()
+    h = hidden.clone().requires_grad_()
+    total = 0.0
+    for part in (slice(0, 20), slice(20, 41), slice(41, N)):  # micro-batches of unequal size
+        out = fused_lm_loss(h[part], wt, labels[part], 1e-4, denominator=n_targets, chunk_size=9)
+        out.loss.backward()
+        total = total + out.loss.detach()
+    assert_rel(total, full.loss.detach())
+    assert_rel(h.grad, full_h)
+    assert_rel(wt.grad, full_w)
+
+
+def test_three_dim_inputs_and_the_gradient_scale():
+    hidden, weight, labels = make_inputs(seed=6, n=4 * 13)
+    out1, h1, w1 = fused(hidden, weight, labels, 1e-4, chunk_size=10)
+    h = hidden.view(4, 13, D).clone().requires_grad_()
+    wt = weight.clone().requires_grad_()
+    out = fused_lm_loss(h, wt, labels.view(4, 13), 1e-4, chunk_size=10)
+    (3.0 * out.loss).backward()  # backward is a scale by the incoming gradient
+    assert h.grad.shape == (4, 13, D)
+    assert_rel(out.loss.detach(), out1.loss.detach())
+    assert_rel(h.grad.reshape(-1, D), 3.0 * h1)
+    assert_rel(wt.grad, 3.0 * w1)
+
+
+def test_all_masked_is_zero_with_zero_gradients():
+    hidden, weight, _ = make_inputs(seed=7)
+    labels = torch.full((N,), IGNORE_INDEX)
+    out, gh, gw = fused(hidden, weight, labels, 1e-4, chunk_size=8)
+    assert out.loss.item() == 0.0 and out.n_tokens.item() == 0
+    assert torch.count_nonzero(gh) == 0 and torch.count_nonzero(gw) == 0
+    assert torch.isfinite(gh).all() and torch.isfinite(gw).all()
+
+
+def test_logging_outputs_are_not_differentiable_and_backward_runs_once():
+    hidden, weight, labels = make_inputs(seed=8)
+    h = hidden.clone().requires_grad_()
+    out = fused_lm_loss(h, weight.clone().requires_grad_(), labels, 1e-4)
+    assert out.loss.requires_grad and not out.ce.requires_grad and not out.z_loss.requires_grad
+    out.loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        out.loss.backward()
+
+
+def test_no_grad_and_frozen_inputs_compute_only_what_is_needed():
+    hidden, weight, labels = make_inputs(seed=9)
+    with torch.no_grad():
+        out = fused_lm_loss(hidden.requires_grad_(), weight.requires_grad_(), labels, 1e-4, chunk_size=7)
+    assert not out.loss.requires_grad
+    ref = lm_loss(hidden.detach() @ weight.detach().T, labels, 1e-4)
+    assert_rel(out.loss, ref.loss)
+    # frozen output embedding: only the hidden states get a gradient, and it is still exact
+    h = hidden.detach().clone().requires_grad_()
+    frozen = weight.detach()
+    fused_lm_loss(h, frozen, labels, 1e-4, chunk_size=7).loss.backward()
+    _, _, _, gh, _ = reference(hidden, weight, labels, 1e-4)
+    assert_rel(h.grad, gh)
+
+
+def test_bf16_autocast_accumulates_in_fp32():
+    hidden, weight, labels = make_inputs(seed=10, n=64, d=32, v=300)
+    _, _, _, gh, gw = reference(hidden, weight, labels, 1e-4)
+    ref = reference(hidden, weight, labels, 1e-4)[0]
+    h = hidden.clone().requires_grad_()
+    wt = weight.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fused_lm_loss(h, wt, labels, 1e-4, chunk_size=24)
+    out.loss.backward()
+    assert out.loss.dtype == torch.float32
+    assert h.grad.dtype == torch.float32 and wt.grad.dtype == torch.float32  # the parameters' dtype
+    # bf16 matmuls: ~3 significant digits, the same as autocast gives the plain path
+    assert out.loss.item() == pytest.approx(ref.item(), rel=1e-2)
+    assert ((h.grad.double() - gh).norm() / gh.norm()).item() < 3e-2
+    assert ((wt.grad.double() - gw).norm() / gw.norm()).item() < 3e-2
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = lm_loss(F.linear(hidden, weight), labels, 1e-4)
+    assert out.loss.item() == pytest.approx(plain.loss.item(), rel=1e-2)
+
+
+def test_bf16_parameters_without_autocast_get_bf16_gradients():
+    """FSDP's mixed-precision policy hands the layer bf16 parameters and no autocast."""
+    hidden, weight, labels = make_inputs(seed=11, n=32, d=16, v=128)
+    h = hidden.bfloat16().requires_grad_()
+    wt = weight.bfloat16().requires_grad_()
+    out = fused_lm_loss(h, wt, labels, 1e-4, chunk_size=10)
+    out.loss.backward()
+    assert out.loss.dtype == torch.float32 and h.grad.dtype == wt.grad.dtype == torch.bfloat16
+    plain = lm_loss(h.detach().float() @ wt.detach().float().T, labels, 1e-4)
+    assert out.loss.item() == pytest.approx(plain.loss.item(), rel=1e-2)
+
+
+def test_bad_arguments_are_clear_errors():
+    hidden, weight, labels = make_inputs()
+    with pytest.raises(ValueError, match="chunk_size"):
+        fused_lm_loss(hidden, weight, labels, chunk_size=0)
+    with pytest.raises(ValueError, match="does not match weight"):
+        fused_lm_loss(hidden, weight[:, :-1], labels)
+    with pytest.raises(ValueError, match="disagree on the tokens"):
+        fused_lm_loss(hidden, weight, labels[:-1])
+    with pytest.raises(ValueError, match="label_mask shape"):
+        fused_lm_loss(hidden, weight, labels, label_mask=torch.ones(N - 1, dtype=torch.bool))
+    assert chunk_rows(100_352) == 256 * 2**20 // (100_352 * 8)
+    assert chunk_rows(100_352, compute_dtype=torch.bfloat16) == 256 * 2**20 // (100_352 * 6)
+    assert chunk_rows(10**9) == 1
+
+
+def test_model_fused_and_plain_paths_agree():
+    """OLMo2.forward(ids, labels): same loss and same gradient of every parameter either way."""
+    cfg = ModelConfig(d_model=32, n_layers=2, n_heads=4, vocab_size=500, max_seq_len=32)
+    torch.manual_seed(0)
+    model = OLMo2(cfg)
+    ids = torch.randint(0, cfg.vocab_size, (3, 17))
+    labels = torch.randint(0, cfg.vocab_size, (3, 17))
+    labels[:, -1] = IGNORE_INDEX
+    grads = {}
+    for fused_loss in (True, False):
+        model.zero_grad(set_to_none=True)
+        out = model(ids, labels, z_loss_weight=1e-2, denominator=40.0, fused_loss=fused_loss, loss_chunk_size=11)
+        out.loss.backward()
+        grads[fused_loss] = (out, {n: p.grad.clone() for n, p in model.named_parameters()})
+    (a, ga), (b, gb) = grads[True], grads[False]
+    assert_rel(a.loss.detach(), b.loss.detach())
+    assert_rel(a.z_loss, b.z_loss)
+    assert set(ga) == set(gb)
+    for name in ga:
+        assert_rel(ga[name], gb[name], rel=2e-6)
+    assert torch.equal(model(ids), model.lm_head(model.hidden_states(ids)))  # no labels: logits
+
+
+# ------------------------------------------------------------------------------- memory
+
+
+def _status_kib(field: str) -> int:
+    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    return int(match.group(1))
+
+
+def peak_rss_increase(fn) -> int:
+    """Bytes the process's resident high-water mark rose above its resident size while fn ran."""
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current VmRSS
+    base = _status_kib("VmRSS")
+    fn()
+    return (_status_kib("VmHWM") - base) * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak-RSS reset")
+def test_peak_memory_is_one_chunk_not_tokens_times_vocab():
+    d, v, chunk = 32, 8192, 128
+    torch.manual_seed(0)
+    weight = (torch.randn(v, d) * 0.1).requires_grad_()
+    fixed = 3 * v * d * 4  # the weight's gradient (+ copy on accumulation) and slack, independent of N
+
+    def run(n: int, fused_path: bool):
+        hidden = torch.randn(n, d).requires_grad_()
+        labels = torch.randint(0, v, (n,))
+        weight.grad = None
+        if fused_path:
+            step = lambda: fused_lm_loss(hidden, weight, labels, 1e-4, chunk_size=chunk).loss.backward()  # noqa: E731
+        else:
+            step = lambda: lm_loss(F.linear(hidden, weight), labels, 1e-4).loss.backward()  # noqa: E731
+        return peak_rss_increase(step)
+
+    one_chunk = chunk * v * (4 + 4)  # logits + softmax of one chunk
+    small, large = 1024, 4096
+    full_logits = large * v * 4  # 128 MiB
+    run(small, True)  # warm-up: first-call allocations (thread pools, MKL buffers) are not the loss's
+    fused_small, fused_large = run(small, True), run(large, True)
+    plain_large = run(large, False)
+    # the meter sees a tokens x vocab activation when there is one ...
+    assert plain_large >= full_logits, (plain_large, full_logits)
+    # ... and the fused path holds one chunk plus what does not depend on N x V
+    per_token = large * d * 4 * 4  # hidden, its gradient, per-row stats (small)
+    assert fused_large <= one_chunk + fixed + per_token + 16 * 2**20, (fused_large, one_chunk)
+    assert fused_large < full_logits / 4
+    # 4x the tokens: the peak grows by per-token vectors only, nowhere near 3 x N x V floats
+    assert fused_large - fused_small <= (large - small) * d * 4 * 4 + 16 * 2**20, (fused_small, fused_large)
+
+
+@pytest.mark.gpu
+def test_fused_no_host_device_sync_and_matches_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    hidden, weight, labels = make_inputs(seed=12, n=512, d=64, v=1000)
+    hidden, weight, labels = hidden.cuda().requires_grad_(), weight.cuda().requires_grad_(), labels.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = fused_lm_loss(hidden, weight, labels, 1e-4, denominator=torch.tensor(300.0, device="cuda"),
+                            chunk_size=100)
+        out.loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    ref = reference(hidden.cpu(), weight.cpu(), labels.cpu(), 1e-4, torch.tensor(300.0))
+    assert_rel(out.loss.detach().cpu(), ref[0], rel=1e-5)  # TF32 may be on: a looser bound
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out16 = fused_lm_loss(hidden.detach(), weight.detach(), labels, 1e-4, chunk_size=100)
+    assert out16.loss.item() == pytest.approx(ref[0].item(), rel=1e-2)
+
+
+def test_function_is_the_one_autograd_node():
+    """The loss's graph is one FusedLinearCrossEntropy node over hidden and weight: no logits in it."""
+    hidden, weight, labels = make_inputs(seed=13)
+    out = fused_lm_loss(hidden.requires_grad_(), weight.requires_grad_(), labels)
+    assert type(out.loss.grad_fn).__name__ == "FusedLinearCrossEntropyBackward"
+    assert issubclass(FusedLinearCrossEntropy, torch.autograd.Function)
+
+
+def test_no_tokens_at_all():
+    _, weight, _ = make_inputs()
+    h = torch.empty(0, D, requires_grad=True)
+    wt = weight.clone().requires_grad_()
+    out = fused_lm_loss(h, wt, torch.empty(0, dtype=torch.long))
+    out.loss.backward()
+    assert out.loss.item() == 0.0 and out.n_tokens.item() == 0
+    assert h.grad.shape == (0, D) and torch.count_nonzero(wt.grad) == 0
