@@ -245,8 +245,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="download nothing; list what is cached and exit 1 if anything is missing")
     args = parser.parse_args(argv)
-    if args.cache_dir:
+    saved = os.environ.get("DOLMINO_CACHE")
+    if args.cache_dir:  # for this command only: main() also runs in-process (dolmino CLI, tests)
         os.environ["DOLMINO_CACHE"] = os.path.abspath(args.cache_dir)
+    try:
+        return _run(args)
+    finally:
+        if saved is None:
+            os.environ.pop("DOLMINO_CACHE", None)
+        else:
+            os.environ["DOLMINO_CACHE"] = saved
+
+
+def _run(args) -> int:
     if args.check:
         missing = 0
         for project in WHEELS:
