@@ -139,7 +139,8 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
                    "tokenized_per_written": tokenized_total["tokens"] / total_tokens if total_tokens else 0.0},
         "warnings": warnings,
         "attributes": attributes,
-        "run": {"elapsed_s": round(elapsed_s, 2), **cluster, "resumed": resumed, "stages": state.stages,
+        "run": {"elapsed_s": round(elapsed_s, 2), **cluster, "resumed": resumed,
+                "parts_reused": sum(1 for p in parts if p.skipped), "stages": state.stages,
                 "persisted_bytes": state.persisted, "python": platform.python_version(),
                 "machine": platform.machine()},
     }

@@ -187,16 +187,21 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
 
         with Stage(sc, "tokenize", quiet=options.quiet) as st:
             rdd = _tokenize(eligible.filter(wanted), groups, task_of, tok_ctx, st.counters)
-            tok_stats += rdd.filter(lambda r: isinstance(r, TokStats)).collect()
+            rerun_stats = rdd.filter(lambda r: isinstance(r, TokStats)).collect()
             tokenized.append(rdd)
         state.stages["tokenize"] = st.record
+        # The report describes the build, not this run (whose work is in its stages): the
+        # selection's tokenize accounting, saved with the plan, as a clean build reports it.
+        saved_stats = saved.get("tokenized")
+        tok_stats += rerun_stats if saved_stats is None else [TokStats(**d) for d in saved_stats]
     else:
         selections = _select(sc, manifest, options, state, eligible, sources, targets, groups, task_of, tok_ctx,
                              tok_stats, tokenized)
         planned = sum(s.target_tokens for s in selections)
         num_parts = max(1, math.ceil(planned / manifest.output_spec.tokens_per_file))
         output.write_json(options.out, output.PLAN_FILE,
-                          {"plan": plan_hash, "parts": num_parts, "selections": [s.to_dict() for s in selections]})
+                          {"plan": plan_hash, "parts": num_parts, "selections": [s.to_dict() for s in selections],
+                           "tokenized": [ts._asdict() for ts in tok_stats]})
     for sel in selections:
         state.warnings += sel.warnings
 

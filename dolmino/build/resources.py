@@ -4,11 +4,13 @@ On a cluster the executors do not share the driver's disk, so a path the driver 
 never opened on an executor. Instead, on the driver:
 
 - a local file or directory is hashed (SHA-256) and, unless Spark runs in local mode,
-  shipped with `SparkContext.addFile` under a name that carries its digest;
+  shipped with `SparkContext.addFile` under a name that carries its digest (a directory as
+  a tar archive: addFile refuses local directories outside local mode);
 - an s3:// object (or prefix, for a model directory) is hashed by streaming it once.
 
-On an executor, `localize` returns a local path: the shipped copy, or a download into a
-per-node cache (`$DOLMINO_CACHE`, default ~/.cache/dolmino/resources) keyed by the digest.
+On an executor, `localize` returns a local path: the shipped copy (a directory unpacked into
+the cache), or a download into a per-node cache (`$DOLMINO_CACHE`, default
+~/.cache/dolmino/resources) keyed by the digest.
 Either way the bytes are checked against the driver's SHA-256 once per node (a marker file
 records the check), so every executor scores with exactly the model the driver saw.
 Attribute sets are keyed by these digests, not by paths: moving a model does not re-tag,
@@ -21,6 +23,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import tarfile
 import tempfile
 from typing import NamedTuple
 
@@ -104,11 +107,20 @@ def stage(uri: str, sc=None, ship: bool = False) -> Resource:
     digest, is_dir = local_digest(uri)
     if not ship:
         return Resource(uri, digest, is_dir)
-    name = f"{digest[:16]}-{os.path.basename(os.path.normpath(uri))}"
-    staging = tempfile.mkdtemp(prefix="dolmino-ship-")
-    link = os.path.join(staging, name)
-    os.symlink(os.path.abspath(uri), link)
-    sc.addFile(link, recursive=is_dir)
+    name = f"{digest[:16]}-{os.path.basename(os.path.normpath(uri))}" + (".tar" if is_dir else "")
+    staging = os.path.join(tempfile.mkdtemp(prefix="dolmino-ship-"), name)
+    if is_dir:  # Spark's addFile refuses local directories outside local mode: ship an archive
+        with tarfile.open(staging, "w", dereference=True) as tar:
+            tar.add(os.path.abspath(uri), arcname=".")
+    else:
+        # A directory entry of its own under the digest name (hard link, else a copy): Spark
+        # resolves a symlink and ships the target under the target's name, which executors
+        # then do not find (and two different model.bin files would collide).
+        try:
+            os.link(os.path.abspath(uri), staging)
+        except OSError:  # another filesystem, or links not allowed
+            shutil.copy2(uri, staging)
+    sc.addFile(staging)
     return Resource(uri, digest, is_dir, shipped_as=name)
 
 
@@ -133,26 +145,43 @@ def _verified(path: str, resource: Resource) -> str:
     return path
 
 
-def _download(resource: Resource) -> str:
-    from dolmino.s3 import open_uri
-
+def _in_cache(resource: Resource, fill) -> str:
+    """The node's cached copy of a resource: made once per node by `fill(dest)`, then checked."""
     base = os.path.join(_cache_root(), "resources", resource.sha256[:32])
     target = os.path.join(base, os.path.basename(resource.uri.rstrip("/")) or "object")
     os.makedirs(base, exist_ok=True)
     with open(os.path.join(base, ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one download per node, whatever the number of workers
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one copy per node, whatever the number of workers
         if not os.path.exists(target):
             tmp = tempfile.mkdtemp(dir=base, prefix=".partial-")
-            members, is_dir = _s3_members(resource.uri)
-            dest_root = os.path.join(tmp, "x")
-            for rel, member in members:
-                dest = os.path.join(dest_root, rel) if is_dir else dest_root
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-                with open_uri(member, "rb") as src, open(dest, "wb") as out:
-                    shutil.copyfileobj(src, out, HASH_CHUNK)
-            os.replace(dest_root, target)
+            dest = os.path.join(tmp, "x")
+            fill(dest)
+            os.replace(dest, target)
             shutil.rmtree(tmp, ignore_errors=True)
         return _verified(target, resource)
+
+
+def _download(resource: Resource) -> str:
+    from dolmino.s3 import open_uri
+
+    def fill(dest_root: str) -> None:
+        members, is_dir = _s3_members(resource.uri)
+        for rel, member in members:
+            dest = os.path.join(dest_root, rel) if is_dir else dest_root
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with open_uri(member, "rb") as src, open(dest, "wb") as out:
+                shutil.copyfileobj(src, out, HASH_CHUNK)
+
+    return _in_cache(resource, fill)
+
+
+def _unpack(archive: str, resource: Resource) -> str:
+    def fill(dest: str) -> None:
+        os.makedirs(dest)
+        with tarfile.open(archive) as tar:
+            tar.extractall(dest, filter="data")
+
+    return _in_cache(resource, fill)
 
 
 def localize(resource: Resource) -> str:
@@ -160,7 +189,8 @@ def localize(resource: Resource) -> str:
     if resource.shipped_as:
         from pyspark import SparkFiles
 
-        return _verified(SparkFiles.get(resource.shipped_as), resource)
+        shipped = SparkFiles.get(resource.shipped_as)
+        return _unpack(shipped, resource) if resource.is_dir else _verified(shipped, resource)
     if resource.uri.startswith("s3://"):
         return _download(resource)
     return resource.uri  # local mode: the driver's own disk

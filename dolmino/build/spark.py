@@ -69,7 +69,8 @@ def _rest(sc, path: str):
 
 def cluster_info(sc) -> dict:
     """The master and the executors the build actually ran on."""
-    info = {"spark_master": sc.master, "default_parallelism": sc.defaultParallelism}
+    info = {"spark_master": sc.master, "application_id": sc.applicationId,
+            "default_parallelism": sc.defaultParallelism}
     executors = _rest(sc, "/allexecutors") or _rest(sc, "/executors")
     if executors is not None:
         workers = [e for e in executors if e.get("id") != "driver"] or executors

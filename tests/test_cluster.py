@@ -1,0 +1,365 @@
+"""The build on a real Spark standalone cluster, submitted exactly as the README shows.
+
+A master and two workers are started from pyspark's own `spark-class` (tests/cluster.py),
+each worker with its own work directory, local dirs and resource cache, and the S3
+endpoint and credentials in its environment as a node has them from its instance role.
+Inputs, attributes and outputs live on a moto S3 server. When the tests run as root,
+both workers run in private mount namespaces with a tmpfs over the driver's directory
+(inputs on disk, the manifest, the local decontamination index, a local --out): nothing
+but the code (venv and repository) is shared between the driver and the executors.
+
+The build is `spark-submit --master spark://... dolmino/build_mix.py --manifest M --out
+s3://... --attributes s3://... --data-root s3://...` in a subprocess. One source filters
+with a fastText model given as s3:// (downloaded into each node's cache, SHA-256 checked),
+another with a decontamination index given as a local path of the driver's (shipped with
+SparkContext.addFile). The parts must equal, byte for byte, those of a local-mode build
+of the same manifest over the same data on local disk, with the same accounting.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import itertools
+import json
+import os
+import signal
+import time
+import uuid
+from collections import namedtuple
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cluster import (
+    StandaloneCluster, Submitted, jvm_env, kill_group, python_env, run_submit, start_submit, submit_argv,
+    unshare_usable,
+)
+from conftest import REPO, S3_TEST_CREDENTIALS, shared_corpus_file
+from dolmino import s3
+from dolmino.documents import Quarantine, read_documents, write_documents
+
+pytestmark = pytest.mark.slow
+
+# Pools sized so that every source is tokenized whole (pool <= 1.5x its target): a prefix
+# cut of a pool of a few dozen large documents needs many selection rounds (see the report).
+BUDGET = 64_000
+TOKENS_PER_FILE = 8_000  # 8 parts
+NUM_PARTS = 8
+SUBMIT_TIMEOUT_S = 900  # a loaded 2-core machine; a healthy run takes a small fraction of it
+FASTTEXT_THRESHOLD = 0.87  # the tiny model below scores the web sample between ~0.7 and ~1.0
+DECON_DOCS = 5  # wiki documents whose text is the "evaluation set": removed by decontamination
+AWS_NAMES = ("AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
+             "AWS_EC2_METADATA_DISABLED", *S3_TEST_CREDENTIALS)
+RUN_FIELDS = ("run", "attributes", "manifest_path")  # where and how it ran; everything else must match
+
+
+@dataclass
+class World:
+    root: Path
+    driver: Path  # the driver's own files: invisible to private workers
+    bucket: str
+    manifest: Path  # the cluster manifest (data and model on s3://, index local)
+    local_manifest: dict  # the same mix over local copies of the data and model
+    model_sha256: str
+
+    def s3(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+
+def _docs(name: str, n: int, max_chars: int | None = None) -> list[dict]:
+    docs = (d for _, d in read_documents(str(shared_corpus_file(name)), Quarantine()))
+    if max_chars:
+        docs = (d for d in docs if len(d["text"]) <= max_chars)
+    return list(itertools.islice(docs, n))
+
+
+def _manifest(data_root: str, model: str, index: str) -> dict:
+    return {
+        "name": "cluster", "version": 1, "seed": 5, "budget": BUDGET, "data_root": data_root,
+        "output_format": {"tokens_per_file": TOKENS_PER_FILE, "label_mask": True},
+        "sources": [
+            {"name": "web", "paths": ["web/*.jsonl*"], "mix_percent": 50.0,
+             "filters": [{"type": "fasttext_quality", "model_path": model, "label": "__label__hq",
+                          "threshold": FASTTEXT_THRESHOLD}]},
+            {"name": "wiki", "paths": ["wiki/*.jsonl*"], "mix_percent": 30.0,
+             "filters": [{"type": "decontaminate", "index_path": index, "threshold": 0.5}]},
+            {"name": "code", "paths": ["code/*.jsonl*"], "mix_percent": 20.0, "dedup": {"exact": True}},
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, s3_server) -> World:
+    from filters.decontamination import build_index
+    from filters.quality import train_fasttext_classifier
+
+    root = tmp_path_factory.mktemp("cluster")
+    driver = root / "driver"
+    inputs = driver / "inputs"
+    web, wiki, code = _docs("web.jsonl.zst", 16), _docs("encyclopedic.jsonl.zst", 16), \
+        _docs("code.jsonl.zst", 16, max_chars=8_000)
+    code.append(dict(code[3], id="copy-of-3"))  # exact dedup has work
+    for name, docs in (("web", web), ("wiki", wiki), ("code", code)):
+        write_documents(str(inputs / name / "a.jsonl.zst"), docs[: len(docs) // 2])
+        write_documents(str(inputs / name / "b.jsonl.gz"), docs[len(docs) // 2:])
+    import zstandard
+
+    bad = b'{"id": "cut", "text": "no end\n' + json.dumps({"id": "fine", "text": "A short web page."}).encode() + b"\n"
+    (inputs / "web" / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(bad))
+
+    models = driver / "models"
+    model = str(models / "quality.bin")
+    train_fasttext_classifier([d["text"] for d in _docs("academic.jsonl.zst", 100)],
+                              [d["text"] for d in _docs("encyclopedic.jsonl.zst", 600)[500:]], model,
+                              pos_label="__label__hq", neg_label="__label__lq", epoch=5, word_ngrams=1, dim=16,
+                              bucket=1000)
+    Instance = namedtuple("Instance", "task split text")
+    index = str(models / "decon.npz")
+    build_index([Instance("dict_quiz", "test", d["text"]) for d in wiki[10:10 + DECON_DOCS]], index)
+
+    bucket = f"cluster-{uuid.uuid4().hex[:12]}"
+    s3.client().create_bucket(Bucket=bucket)
+    for path in sorted(inputs.rglob("*")):
+        if path.is_file():
+            s3.client().upload_file(str(path), bucket, f"data/{path.relative_to(inputs).as_posix()}")
+    s3.client().upload_file(model, bucket, "models/quality.bin")
+
+    manifest = driver / "manifest.json"
+    # data_root names the driver's copy, which private workers cannot read: the cluster build
+    # reads the bucket because --data-root s3://... says so, as the README shows
+    manifest.write_text(json.dumps(_manifest(str(inputs), f"s3://{bucket}/models/quality.bin", index)))
+    return World(root, driver, bucket, manifest, _manifest(str(inputs), model, index),
+                 hashlib.sha256(Path(model).read_bytes()).hexdigest())
+
+
+def _node_env() -> dict:
+    """What every node and the submitting machine have: the code's Python, the S3 endpoint and credentials."""
+    return {**python_env(), **jvm_env(), **{n: os.environ[n] for n in AWS_NAMES}}
+
+
+@pytest.fixture(scope="module")
+def cluster(world):
+    why_not = unshare_usable()
+    private = (0, 1) if why_not is None else ()
+    c = StandaloneCluster(world.root / "spark", env=_node_env(), workers=2, private=private, hidden=world.driver)
+    c.private_reason = why_not
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def _submit_env() -> dict:
+    keep = {k: os.environ[k] for k in ("PATH", "HOME", "JAVA_HOME", "LANG", "TZ") if k in os.environ}
+    return {**keep, **_node_env(), "SPARK_LOCAL_IP": "127.0.0.1", "DOLMINO_PROGRESS_S": "5"}
+
+
+def _build_args(world: World, out: str, attributes: str) -> list[str]:
+    return ["--manifest", str(world.manifest), "--out", out, "--attributes", attributes,
+            "--data-root", world.s3("data"), "--task-size", "64K"]
+
+
+def _submit(cluster, world, name: str, out: str, attributes: str) -> Submitted:
+    argv = submit_argv(cluster.master_url, "dolmino/build_mix.py", _build_args(world, out, attributes))
+    return run_submit(argv, _submit_env(), str(REPO), world.root / "logs", name, SUBMIT_TIMEOUT_S)
+
+
+def _keys(prefix_uri: str) -> dict[str, int]:
+    bucket, key = s3.split_uri(prefix_uri.rstrip("/") + "/")
+    return {k[len(key):]: size for k, size in s3.iter_keys(bucket, key)}
+
+
+def _s3_parts(out: str) -> dict[str, bytes]:
+    bucket, key = s3.split_uri(out.rstrip("/") + "/")
+    return {name: s3.client().get_object(Bucket=bucket, Key=key + name)["Body"].read()
+            for name in sorted(_keys(out)) if name.startswith("part-")}
+
+
+def _s3_report(out: str) -> dict | None:
+    if "report.json" not in _keys(out):
+        return None
+    bucket, key = s3.split_uri(f"{out.rstrip('/')}/report.json")
+    return json.loads(s3.client().get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def _explain(result: Submitted, cluster) -> str:
+    return (f"exit {result.returncode} after {result.seconds:.0f}s\nstdout:\n{result.stdout[-3000:]}\nstderr:\n"
+            f"{result.stderr[-6000:]}\n{cluster.logs()}")
+
+
+def _accounting(report: dict) -> dict:
+    out = {k: v for k, v in report.items() if k not in RUN_FIELDS}
+    out["output"] = {k: v for k, v in report["output"].items() if k != "location"}
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_build(world, spark):
+    """The reference: local mode, data and model on the driver's disk."""
+    from dolmino.build.mix import build
+    from dolmino.manifest import manifest_from_dict
+
+    out = world.driver / "local-mix"
+    started = time.time()
+    report = build(manifest_from_dict(world.local_manifest), BUDGET, str(out), spark,
+                   attributes=str(world.driver / "local-attributes"))
+    parts = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name.startswith("part-")}
+    print(f"local-mode build: {time.time() - started:.0f}s")
+    return report, parts
+
+
+@pytest.fixture(scope="module")
+def clean_run(world, cluster):
+    out = world.s3("mix-clean")
+    result = _submit(cluster, world, "clean", out, world.s3("attributes"))
+    print(f"cluster build: {result.seconds:.0f}s")
+    assert result.returncode == 0, _explain(result, cluster)
+    return result, _s3_report(out), _s3_parts(out)
+
+
+# ---------------------------------------------------------------------------- the clean build
+
+
+def test_cluster_build_equals_local_mode_build(clean_run, local_build):
+    _, report, parts = clean_run
+    local_report, local_parts = local_build
+    assert report is not None, "exit 0 but no report.json at --out"
+    kinds = [n.split(".", 1)[1] for n in parts]
+    assert sorted(set(kinds)) == ["csv.gz", "label_mask.npy", "npy"] and len(kinds) == 3 * NUM_PARTS
+    assert sorted(parts) == sorted(local_parts)
+    for name in local_parts:  # memmaps, sidecars and label masks, byte for byte
+        assert parts[name] == local_parts[name], name
+    assert _accounting(report) == _accounting(local_report)
+    by_name = {s["name"]: s for s in report["sources"]}
+    assert by_name["web"]["quarantined"] == {"malformed_json": 1}
+    web_removed = by_name["web"]["removed"]
+    assert sum(r["docs"] for k, r in web_removed.items() if k.startswith("fasttext_quality")) > 0
+    assert by_name["web"]["kept_docs"] > 0
+    wiki_removed = by_name["wiki"]["removed"]
+    assert sum(r["docs"] for k, r in wiki_removed.items() if k.startswith("decontaminate")) == DECON_DOCS
+    assert by_name["code"]["removed"]["exact_duplicate"]["docs"] == 1
+    written = _keys(report["output"]["location"])
+    assert {"report.json", "report.md", "manifest.json"} <= written.keys()
+    quarantine = [k for k in written if k.startswith("quarantine/web/")]
+    assert len(quarantine) == 1  # copied by the driver from the attributes root, S3 to S3
+    bucket, key = s3.split_uri(f"{report['output']['location']}/{quarantine[0]}")
+    rows = gzip.decompress(s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()).splitlines()
+    assert [json.loads(r)["reason"] for r in rows] == ["malformed_json"]
+
+
+def test_spark_submit_master_runs_on_the_cluster(clean_run, cluster):
+    """Issue 15.1: the master given to spark-submit (not to the script) is the one the build runs on."""
+    _, report, _ = clean_run
+    run = report["run"]
+    assert run["spark_master"] == cluster.master_url
+    assert run["executors"] >= 2 and run["executor_cores"] >= 2
+    assert run["executor_hosts"] == ["127.0.0.1"]
+    state = cluster.state()
+    apps = {a["id"]: a for a in state["completedapps"]}
+    assert run["application_id"] in apps, (run["application_id"], list(apps))
+    app = apps[run["application_id"]]
+    assert app["name"] == "dolmino-all-cluster" and app["state"] == "FINISHED"
+    assert not state["activeapps"]
+
+
+def test_filter_files_reach_executors_without_a_shared_disk(clean_run, cluster, world):
+    """The s3:// model is downloaded into each node's cache and checked; the local index travels with addFile."""
+    cached = []
+    for node in cluster.nodes:
+        for path in node.cache_dir.glob("resources/*/quality.bin"):
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == world.model_sha256
+            assert list(path.parent.glob(f"quality.bin.sha256-{world.model_sha256[:16]}.ok"))
+            cached.append(node.index)
+    assert cached, "no worker downloaded the s3:// model into its DOLMINO_CACHE"
+    # The index lives in the driver's directory, which private workers cannot see: there the
+    # exact decontamination count (test above) proves executors scored with the shipped copy.
+
+
+# ---------------------------------------------------------------------------- no shared filesystem
+
+
+def test_local_out_on_workers_without_the_drivers_disk_fails_loudly(clean_run, cluster, world):
+    if not cluster.private:
+        pytest.skip(f"needs workers in private mount namespaces: {cluster.private_reason}")
+    out = world.driver / "local-out"
+    result = _submit(cluster, world, "local-out", str(out), world.s3("attributes"))
+    assert result.returncode == 2, _explain(result, cluster)
+    # spark-submit's PythonRunner sends the Python driver's stderr to its own stdout
+    assert "build_mix: error:" in result.output and "are not as reported" in result.output
+    assert "part-00000.npy: missing" in result.output
+    assert "write --out to s3://" in result.output and "no report.json" in result.output
+    assert not (out / "report.json").exists()
+    assert not list(out.glob("part-*")), "parts appeared on the driver's disk though no worker can write there"
+    assert "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------------------- failures and resume
+
+
+def _wait_for(predicate, proc, timeout_s: float, what: str, interval: float = 0.1):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc.poll() is not None:
+            raise AssertionError(f"spark-submit exited ({proc.returncode}) before {what}")
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_resume_after_the_driver_is_killed(clean_run, cluster, world):
+    _, clean_report, clean_parts = clean_run
+    out = world.s3("mix-resume")
+    argv = submit_argv(cluster.master_url, "dolmino/build_mix.py", _build_args(world, out, world.s3("attributes")))
+    proc, _, _ = start_submit(argv, _submit_env(), str(REPO), world.root / "logs", "resume-killed")
+    try:
+        _wait_for(lambda: any(k.startswith("_parts/") for k in _keys(out)), proc, SUBMIT_TIMEOUT_S,
+                  "the first part commit record")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        kill_group(proc)
+    cluster.wait_for_no_active_apps()
+    cluster.wait_for_idle_workers()  # no executor or Python worker of the killed app still writing
+    listing = _keys(out)
+    committed = sorted(k for k in listing if k.startswith("_parts/"))
+    assert "report.json" not in listing, "the driver finished before it was killed: nothing to resume"
+    assert 0 < len(committed) < NUM_PARTS, committed
+
+    result = _submit(cluster, world, "resume-rerun", out, world.s3("attributes"))
+    assert result.returncode == 0, _explain(result, cluster)
+    report = _s3_report(out)
+    assert report["run"]["resumed"] is True
+    assert report["run"]["parts_reused"] == len(committed)
+    assert report["run"]["stages"]["write"]["units"] == NUM_PARTS - len(committed)
+    assert _s3_parts(out) == clean_parts
+    assert _accounting(report) == _accounting(clean_report)  # the build's accounting, not the rerun's
+
+
+def test_killed_executor_is_retried_and_output_unchanged(clean_run, cluster, world):
+    """SIGKILL one executor JVM while the pool stage runs: its tasks and cached blocks are lost."""
+    _, clean_report, clean_parts = clean_run
+    out = world.s3("mix-executor-killed")
+    argv = submit_argv(cluster.master_url, "dolmino/build_mix.py", _build_args(world, out, world.s3("attributes")))
+    proc, out_log, err = start_submit(argv, _submit_env(), str(REPO), world.root / "logs", "executor-killed")
+    node = cluster.nodes[0]
+    try:
+        # the pool stage's first progress line (DOLMINO_PROGRESS_S=5): tokenize and write are still to come
+        _wait_for(lambda: "[pool]" in out_log.read_text(errors="replace"), proc, SUBMIT_TIMEOUT_S,
+                  "the pool stage")
+        victims = _wait_for(node.executor_pids, proc, 60, "worker 0's executor")
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=SUBMIT_TIMEOUT_S)
+    finally:
+        kill_group(proc)
+    log = out_log.read_text(errors="replace") + err.read_text(errors="replace")
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{log[-6000:]}\n{cluster.logs()}"
+    assert "Lost executor" in log, log[-4000:]  # the driver saw it go while the build still ran
+    report = _s3_report(out)
+    assert _s3_parts(out) == clean_parts
+    assert _accounting(report) == _accounting(clean_report)

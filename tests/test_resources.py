@@ -1,0 +1,66 @@
+"""Filter models and indexes shipped to executors (dolmino/build/resources.py).
+
+`stage(..., ship=True)` is what a build does on any master but local mode: it sends a local
+file or directory with SparkContext.addFile under a digest-carrying name, and `localize`
+on the executor must find exactly those bytes. Spark's local mode runs the same addFile
+and SparkFiles code paths, so these run without a cluster (tests/test_cluster.py covers
+the cluster).
+"""
+
+from __future__ import annotations
+
+import os
+
+from dolmino.build.resources import localize, stage
+
+
+def _localized_tree(spark, resource, cache: str) -> tuple[dict[str, bytes], set[str]]:
+    """Run `localize` in a Spark task: the files it points at (relative name -> bytes), and its basename."""
+    def task(_):
+        os.environ["DOLMINO_CACHE"] = cache
+        path = localize(resource)
+        if os.path.isfile(path):
+            with open(path, "rb") as fh:
+                return [("", os.path.basename(path), fh.read())]
+        out = []
+        for d, _dirs, files in os.walk(path):
+            for f in files:
+                full = os.path.join(d, f)
+                with open(full, "rb") as fh:
+                    out.append((os.path.relpath(full, path), os.path.basename(path), fh.read()))
+        return out
+
+    rows = spark.sparkContext.parallelize([0], 1).flatMap(task).collect()
+    return {rel: data for rel, _name, data in rows}, {name for _rel, name, _data in rows}
+
+
+def test_shipped_files_keep_their_digest_names_and_bytes(spark, tmp_path):
+    """Two different files both called model.bin: each executor copy holds its own bytes."""
+    a, b = tmp_path / "a" / "model.bin", tmp_path / "b" / "model.bin"
+    a.parent.mkdir()
+    b.parent.mkdir()
+    a.write_bytes(b"model A" * 1000)
+    b.write_bytes(b"model B" * 1000)
+    ra, rb = stage(str(a), spark.sparkContext, ship=True), stage(str(b), spark.sparkContext, ship=True)
+    assert ra.shipped_as != rb.shipped_as and ra.shipped_as.endswith("-model.bin")
+    for resource, path in ((ra, a), (rb, b)):
+        files, names = _localized_tree(spark, resource, str(tmp_path / "cache"))
+        assert files == {"": path.read_bytes()}
+        assert names == {resource.shipped_as}
+
+
+def test_shipped_directory_is_unpacked_into_the_node_cache(spark, tmp_path):
+    model = tmp_path / "classifier"
+    (model / "sub").mkdir(parents=True)
+    (model / "config.json").write_text('{"labels": 6}')
+    (model / "sub" / "weights.bin").write_bytes(bytes(range(256)) * 64)
+    resource = stage(str(model), spark.sparkContext, ship=True)
+    assert resource.is_dir and resource.shipped_as.endswith("-classifier.tar")
+    cache = tmp_path / "cache"
+    files, names = _localized_tree(spark, resource, str(cache))
+    assert files == {"config.json": b'{"labels": 6}', os.path.join("sub", "weights.bin"): bytes(range(256)) * 64}
+    assert names == {"classifier"}
+    unpacked = list(cache.glob("resources/*/classifier"))
+    assert len(unpacked) == 1 and list(cache.glob(f"resources/*/classifier.sha256-{resource.sha256[:16]}.ok"))
+    again, _ = _localized_tree(spark, resource, str(cache))  # the second task reuses the node's copy
+    assert again == files
