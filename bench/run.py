@@ -80,6 +80,7 @@ class Benchmark:
 
 BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("tokenize", "bench_tokenize.py", quick_args=(("--quick",),), needs_anchors=True),
+    Benchmark("encode_documents", "bench_encode_documents.py", quick_args=(("--quick",),)),
     Benchmark("filters", "bench_filters.py", quick_args=(("--quick",), ("--limit-per-file", "1000")),
               needs_anchors=True),
     Benchmark("dedup", "bench_dedup.py", quick_args=(("--quick",), ("--limit-per-file", "1000")),

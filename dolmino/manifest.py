@@ -70,7 +70,8 @@ MANIFEST_FIELDS = ("name", "description", "version", "kind", "seed", "budget", "
                    "output_format", "sources")
 SOURCE_FIELDS = ("name", "description", "paths", "format", "pool_tokens", "pool_docs", "source_percent",
                  "mix_percent", "max_doc_bytes", "max_doc_tokens", "filters", "dedup")
-TOKENIZER_FIELDS = ("name", "path", "eos_token_id", "pad_token_id", "vocab_size")
+TOKENIZER_FIELDS = ("name", "path", "eos_token_id", "pad_token_id", "vocab_size", "bos_token_id", "semantics",
+                    "control_tokens")
 OUTPUT_FORMAT_FIELDS = ("tokens_per_file", "label_mask")
 DEDUP_FIELDS = ("exact", "minhash")
 MINHASH_FIELDS = ("num_perm", "ngram", "threshold", "seed")
@@ -134,11 +135,29 @@ class SourceSpec:
 
 @dataclass(frozen=True)
 class TokenizerSpec:
+    """The tokenizer and how documents become ids (docs/DESIGN.md "Tokenization").
+
+    `semantics` "dolma" = what `dolma tokens` (dolma 1.2.1) does, so a mix holds the same ids
+    per document as OLMo 2's released token files: text.strip(), documents empty after
+    stripping skipped (counted), EOS appended unless the ids already end in it, BOS (when
+    set) prepended unless already first. "raw" = the text as is, EOS (and BOS) always added.
+    `control_tokens` "dolma" = control-token strings in text (<|endoftext|>, <|pad|>, FIM and
+    chat markers, reserved extra ids) encode to their ids, as in the released data;
+    "literal" = they encode as the characters they are. PII placeholders
+    (|||EMAIL_ADDRESS||| ...) encode to their ids under both.
+    """
+
+    SEMANTICS = ("dolma", "raw")
+    CONTROL_TOKEN_POLICIES = ("dolma", "literal")
+
     name: str = "allenai/dolma2-tokenizer"
     path: str | None = None
     eos_token_id: int = 100257
     pad_token_id: int = 100277
     vocab_size: int = 100278
+    bos_token_id: int | None = None
+    semantics: str = "dolma"
+    control_tokens: str = "dolma"
 
 
 @dataclass(frozen=True)
@@ -485,14 +504,26 @@ def _parse_tokenizer(obj: Any, base_dir: str | None) -> TokenizerSpec:
     elif name != TokenizerSpec.name:
         raise ManifestError(f"{where}.path: required for tokenizer {name!r} (only {TokenizerSpec.name} is packaged)")
     ints = {}
-    for key in ("eos_token_id", "pad_token_id", "vocab_size"):
+    for key in ("eos_token_id", "pad_token_id", "vocab_size", "bos_token_id"):
         value = obj.get(key, getattr(spec, key))
+        if value is None and key == "bos_token_id":
+            ints[key] = None
+            continue
         _expect(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-                f"{where}.{key}", f"expected a non-negative integer, got {value!r}")
+                f"{where}.{key}", f"expected a non-negative integer{' or null' if key == 'bos_token_id' else ''}, "
+                f"got {value!r}")
         ints[key] = value
-    _expect(ints["eos_token_id"] < ints["vocab_size"], f"{where}.eos_token_id", "must be below vocab_size")
+    for key in ("eos_token_id", "pad_token_id", "bos_token_id"):
+        if ints[key] is not None:
+            _expect(ints[key] < ints["vocab_size"], f"{where}.{key}", "must be below vocab_size")
     _expect(ints["vocab_size"] <= 2**32, f"{where}.vocab_size", "must fit in uint32")
-    return TokenizerSpec(name=name, path=_resolve_relative(base_dir, path), **ints)
+    choices = {}
+    for key, allowed in (("semantics", TokenizerSpec.SEMANTICS),
+                         ("control_tokens", TokenizerSpec.CONTROL_TOKEN_POLICIES)):
+        value = obj.get(key, getattr(spec, key))
+        _expect(value in allowed, f"{where}.{key}", f"expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+        choices[key] = value
+    return TokenizerSpec(name=name, path=_resolve_relative(base_dir, path), **ints, **choices)
 
 
 def _parse_output_spec(obj: Any) -> OutputSpec:

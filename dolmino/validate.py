@@ -11,12 +11,20 @@ every part `<stem>.npy` under BUILD_DIR (docs/DESIGN.md "Memmaps"):
   contiguous and non-overlapping (row 0 starts at 0, each row starts where the previous
   one ended, start < end) and cover the file exactly (the last end is the token count);
 - the token at every row's `end - 1` is EOS (manifest's eos_token_id, else 100257);
+- no row holds EOS before its last token: a document whose text contained "<|endoftext|>"
+  (encoded as EOS under the default control-token policy, as `dolma tokens` does) would be
+  split in two by OLMo-core or any loader that treats EOS as a document boundary. This is
+  a warning with the count (the released OLMo 2 data has such documents); `--strict` makes
+  it an error;
 - the optional `<stem>.label_mask.npy` has one 0/1 byte per token;
 - no sidecar or label mask is left without its token file.
 
-The token scan runs in C++ (csrc) when built, else numpy; `--backend` forces one.
-Exit status 0 with a summary when every part is fine, 1 with one line per problem (each
-naming its file) otherwise.
+The token scan runs in C++ (csrc) when built, else numpy; `--backend` forces one. The EOS
+count of that scan makes the inside-a-span check free in the usual case: when every row
+ends in EOS and the part holds exactly one EOS per row, none can be inside. Only otherwise
+are the EOS offsets found (numpy, chunked) and placed in their rows with one searchsorted.
+Exit status 0 with a summary (and warnings) when every part is fine, 1 with one line per
+problem (each naming its file) otherwise.
 """
 
 from __future__ import annotations
@@ -49,10 +57,15 @@ class PartResult:
     docs: int = 0
     max_id: int = -1
     eos: int = 0
+    eos_inside_docs: int = 0  # rows whose span holds EOS before its last token
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def error(self, message: str) -> None:
         self.errors.append(f"{self.path}: {message}")
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(f"{self.path}: {message}")
 
 
 @dataclass
@@ -71,13 +84,22 @@ class BuildResult:
     def all_errors(self) -> list[str]:
         return self.errors + [e for p in self.parts for e in p.errors]
 
+    def all_warnings(self) -> list[str]:
+        return [w for p in self.parts for w in p.warnings]
+
+    @property
+    def eos_inside_docs(self) -> int:
+        return sum(p.eos_inside_docs for p in self.parts)
+
     def summary(self) -> str:
         tokens = sum(p.tokens for p in self.parts)
         docs = sum(p.docs for p in self.parts)
         max_id = max((p.max_id for p in self.parts), default=-1)
+        inside = (f"; WARNING: {self.eos_inside_docs:,} document(s) hold EOS inside their span"
+                  if self.eos_inside_docs else "; no EOS inside a document")
         return (f"{self.build_dir}: {len(self.parts)} part(s) OK, {tokens:,} tokens, {docs:,} documents, "
-                f"max id {max_id} < vocab_size {self.vocab_size}, EOS {self.eos_id} ends every document "
-                f"(scan: {self.backend})")
+                f"max id {max_id} < vocab_size {self.vocab_size}, EOS {self.eos_id} ends every document"
+                f"{inside} (scan: {self.backend})")
 
 
 def _read_settings(build_dir: Path) -> tuple[int | None, int | None, str | None]:
@@ -174,6 +196,46 @@ def _check_layout(part: PartResult, sidecar: str, starts: np.ndarray, ends: np.n
     return ok
 
 
+def eos_inside_rows(tokens: np.ndarray, ends: np.ndarray, eos_id: int) -> np.ndarray:
+    """Rows (int64, ascending, unique) whose span holds EOS before its last token.
+
+    Rows must tile the tokens (row k spans [ends[k-1], ends[k]), row 0 from 0). EOS offsets
+    are found chunk by chunk (temporaries bounded as in csrc's scan) and each is placed in
+    its row with searchsorted; an EOS is inside when it is not its row's last token.
+    """
+    ends = np.asarray(ends, dtype=np.int64)
+    if not 0 <= eos_id <= np.iinfo(np.uint32).max:
+        return np.zeros(0, np.int64)
+    found = []
+    for lo in range(0, len(tokens), csrc.SCAN_CHUNK):
+        offsets = np.flatnonzero(np.asarray(tokens[lo: lo + csrc.SCAN_CHUNK]) == eos_id) + lo
+        if not len(offsets):
+            continue
+        rows = np.searchsorted(ends, offsets, side="right")
+        within = rows < len(ends)
+        rows, offsets = rows[within], offsets[within]
+        found.append(np.unique(rows[offsets != ends[rows] - 1]))
+    return np.unique(np.concatenate(found)).astype(np.int64) if found else np.zeros(0, np.int64)
+
+
+def _check_eos_inside(part: PartResult, tokens: np.ndarray, ends: np.ndarray, eos_id: int, ends_ok: bool,
+                      strict: bool) -> None:
+    if ends_ok and part.eos == len(ends):
+        return  # one EOS per row and each row's last token is one: none can be inside
+    rows = eos_inside_rows(tokens, ends, eos_id)
+    part.eos_inside_docs = len(rows)
+    if not len(rows):
+        return
+    k = int(rows[0])
+    start = int(ends[k - 1]) if k else 0
+    offset = start + int(np.argmax(np.asarray(tokens[start: int(ends[k]) - 1]) == eos_id))
+    message = (f"{len(rows)} document(s) hold EOS {eos_id} before their last token (sidecar rows {_rows(rows)}; "
+               f"row {k}: EOS at offset {offset}, the row ends at {int(ends[k])}); a loader that treats EOS as a "
+               f"document boundary splits them (their text contained the EOS string: tokenizer.control_tokens "
+               f"'literal' encodes it as text)")
+    (part.error if strict else part.warn)(message)
+
+
 def _check_mask(part: PartResult, mask_path: Path, n_tokens: int) -> None:
     with open(mask_path, "rb") as fh:
         has_header = fh.read(len(NPY_MAGIC)) == NPY_MAGIC
@@ -196,7 +258,7 @@ def _check_mask(part: PartResult, mask_path: Path, n_tokens: int) -> None:
         part.error(f"label mask {mask_path.name} holds bytes other than 0/1 (not a bool mask)")
 
 
-def validate_part(path: Path, vocab_size: int, eos_id: int, backend: str = "auto") -> PartResult:
+def validate_part(path: Path, vocab_size: int, eos_id: int, backend: str = "auto", strict: bool = False) -> PartResult:
     part = PartResult(path)
     tokens = _open_tokens(part)
     stem = path.name[: -len(".npy")]
@@ -224,6 +286,7 @@ def validate_part(path: Path, vocab_size: int, eos_id: int, backend: str = "auto
                     k = int(bad[0])
                     part.error(f"document(s) not ending in EOS {eos_id}: sidecar rows {_rows(bad)} (row {k}: "
                                f"token {int(tokens[ends[k] - 1])} at offset {int(ends[k] - 1)})")
+                _check_eos_inside(part, tokens, ends, eos_id, ends_ok=not len(bad), strict=strict)
     if mask_path.exists():
         _check_mask(part, mask_path, part.tokens)
     return part
@@ -235,8 +298,11 @@ def _token_files(build_dir: Path) -> list[Path]:
 
 
 def validate_build(build_dir: str | Path, *, vocab_size: int | None = None, eos_id: int | None = None,
-                   backend: str = "auto") -> BuildResult:
-    """Check every part under build_dir; explicit vocab_size / eos_id override the build's manifest."""
+                   backend: str = "auto", strict: bool = False) -> BuildResult:
+    """Check every part under build_dir; explicit vocab_size / eos_id override the build's manifest.
+
+    `strict` turns warnings (EOS inside a document's span) into errors.
+    """
     build_dir = Path(build_dir)
     m_vocab, m_eos, m_error = _read_settings(build_dir) if build_dir.is_dir() else (None, None, None)
     vocab = vocab_size if vocab_size is not None else (m_vocab if m_vocab is not None else DEFAULT_VOCAB_SIZE)
@@ -257,7 +323,7 @@ def validate_build(build_dir: str | Path, *, vocab_size: int | None = None, eos_
             if orphan.with_name(orphan.name[: -len(suffix)]) not in have and orphan.parent.name != "quarantine":
                 result.errors.append(f"{orphan}: has no token file {orphan.name[: -len(suffix)]}.npy beside it")
     for path in files:
-        result.parts.append(validate_part(path, vocab, eos, backend))
+        result.parts.append(validate_part(path, vocab, eos, backend, strict))
     return result
 
 
@@ -272,13 +338,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eos-id", type=int, default=None,
                         help=f"end-of-document token (default: the build's manifest.json, else {DEFAULT_EOS_ID})")
     parser.add_argument("--backend", choices=csrc.BACKENDS, default="auto",
-                        help="token scan implementation: the C++ extension, the numpy fallback, or auto")
+                        help="token scan implementation: the C++ extension, the numpy fallback, or auto "
+                             "(default: %(default)s)")
+    parser.add_argument("--strict", action="store_true",
+                        help="treat warnings (documents holding EOS before their last token) as errors (default: off, "
+                             "they are reported with their count)")
     args = parser.parse_args(argv)
     try:
-        result = validate_build(args.build_dir, vocab_size=args.vocab_size, eos_id=args.eos_id, backend=args.backend)
+        result = validate_build(args.build_dir, vocab_size=args.vocab_size, eos_id=args.eos_id, backend=args.backend,
+                                strict=args.strict)
     except RuntimeError as exc:  # --backend native without the extension
         print(f"dolmino validate: {exc}", file=sys.stderr)
         return 2
+    for line in result.all_warnings():
+        print(f"warning: {line}", file=sys.stderr)
     if result.ok:
         print(result.summary())
         return 0

@@ -260,6 +260,14 @@ def _base() -> dict:
     (lambda m: m["sources"][0].update(filters={"type": "min_length"}), "sources[0].filters:"),
     (lambda m: m.update(tokenizer={"eos_token_id": 200000}), "tokenizer.eos_token_id:"),
     (lambda m: m.update(tokenizer={"name": "gpt2"}), "tokenizer.path: required"),
+    (lambda m: m.update(tokenizer={"semantics": "strip"}), "tokenizer.semantics: expected one of 'dolma', 'raw'"),
+    (lambda m: m.update(tokenizer={"semantics": None}), "tokenizer.semantics:"),
+    (lambda m: m.update(tokenizer={"control_tokens": "text"}), "tokenizer.control_tokens: expected one of"),
+    (lambda m: m.update(tokenizer={"control_tokens": ["literal"]}), "tokenizer.control_tokens:"),
+    (lambda m: m.update(tokenizer={"bos_token_id": "1"}), "tokenizer.bos_token_id: expected a non-negative integer"),
+    (lambda m: m.update(tokenizer={"bos_token_id": 100278}), "tokenizer.bos_token_id: must be below vocab_size"),
+    (lambda m: m.update(tokenizer={"pad_token_id": 100278}), "tokenizer.pad_token_id: must be below vocab_size"),
+    (lambda m: m.update(tokenizer={"threads": 4}), "tokenizer.threads: unknown field"),
     (lambda m: m.update(output_format={"label_mask": "yes"}), "output_format.label_mask:"),
 ])
 def test_errors_name_the_bad_field(mutate, field):
@@ -289,3 +297,15 @@ def test_validate_cli(capsys):
 
     assert main([str(MANIFESTS / "50B.json")]) == 0
     assert "ok" in capsys.readouterr().out
+
+
+def test_tokenizer_semantics_default_to_dolma_and_parse():
+    m = load_manifest(str(MANIFESTS / "demo.json"))
+    tok = m.tokenizer
+    assert (tok.semantics, tok.control_tokens, tok.bos_token_id) == ("dolma", "dolma", None)
+    data = _base()
+    data["tokenizer"] = {"semantics": "raw", "control_tokens": "literal", "bos_token_id": 100256}
+    tok = manifest_from_dict(data, str(MANIFESTS / "demo.json")).tokenizer
+    assert (tok.semantics, tok.control_tokens, tok.bos_token_id) == ("raw", "literal", 100256)
+    data["tokenizer"] = {"bos_token_id": None}
+    assert manifest_from_dict(data, str(MANIFESTS / "demo.json")).tokenizer.bos_token_id is None

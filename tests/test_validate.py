@@ -217,3 +217,83 @@ def test_empty_part_is_valid(tmp_path, capsys):
     MemmapPartWriter(str(tmp_path), 0, EOS).close()
     code, out = _run(tmp_path, capsys, "auto")
     assert code == 0 and "1 part(s) OK, 0 tokens, 0 documents" in out
+
+
+# --- EOS inside a document's span --------------------------------------------------------
+
+def _set_tokens(part, offsets, value):
+    tokens = np.fromfile(part, dtype="<u4")
+    tokens[list(offsets)] = value
+    tokens.tofile(part)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eos_inside_span_warns_then_fails_under_strict(build, capsys, backend):
+    part = build / "part-00000.npy"
+    rows = [(int(r[0]), int(r[1])) for r in _sidecar_rows(build / "part-00000.csv.gz")]
+    # row 2: one EOS in the middle; row 7: two, one of them its first token; row 9: none added
+    _set_tokens(part, [rows[2][0] + 3, rows[7][0], rows[7][0] + 5], EOS)
+    code, out = _run(build, capsys, backend)
+    assert code == 0, out
+    assert (f"warning: {part}: 2 document(s) hold EOS {EOS} before their last token (sidecar rows 2, 7; "
+            f"row 2: EOS at offset {rows[2][0] + 3}, the row ends at {rows[2][1]})") in out
+    assert "WARNING: 2 document(s) hold EOS inside their span" in out and "2 part(s) OK" in out
+    result = validate_build(build, backend=backend)
+    assert result.ok and result.eos_inside_docs == 2 and [p.eos_inside_docs for p in result.parts] == [2, 0]
+    code, out = _run(build, capsys, backend, "--strict")
+    assert code == 1 and "INVALID: 1 problem(s) in 1 of 2 part(s)" in out
+    assert f"{part}: 2 document(s) hold EOS" in out and "warning:" not in out
+    assert not validate_build(build, backend=backend, strict=True).ok
+
+
+def test_clean_build_reports_no_eos_inside(build, capsys):
+    code, out = _run(build, capsys, "auto")
+    assert code == 0 and "no EOS inside a document" in out and "warning" not in out.lower()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eos_inside_found_when_counts_balance(build, capsys, backend):
+    """A row that lost its final EOS while another row gained one inside: the EOS count still
+    equals the row count, so the fast path must not be taken."""
+    part = build / "part-00001.npy"
+    rows = [(int(r[0]), int(r[1])) for r in _sidecar_rows(build / "part-00001.csv.gz")]
+    _set_tokens(part, [rows[4][1] - 1], 11)
+    _set_tokens(part, [rows[6][0] + 1], EOS)
+    result = validate_build(build, backend=backend)
+    assert result.parts[1].eos == result.parts[1].docs
+    assert result.parts[1].eos_inside_docs == 1
+    assert any("not ending in EOS" in e for e in result.all_errors())
+    assert any("1 document(s) hold EOS" in w for w in result.all_warnings())
+
+
+def test_eos_inside_rows_matches_a_plain_loop(monkeypatch):
+    from dolmino.validate import eos_inside_rows
+
+    monkeypatch.setattr(csrc, "SCAN_CHUNK", 64)  # many chunks, rows crossing chunk edges
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        lengths = rng.integers(1, 40, size=rng.integers(1, 60))
+        ends = np.cumsum(lengths)
+        tokens = rng.integers(0, 6, size=int(ends[-1])).astype(np.uint32)
+        tokens[ends - 1] = 5
+        expected = [k for k, (lo, hi) in enumerate(zip(np.r_[0, ends[:-1]], ends)) if (tokens[lo:hi - 1] == 5).any()]
+        assert eos_inside_rows(tokens, ends, 5).tolist() == expected
+    assert eos_inside_rows(np.zeros(0, np.uint32), np.zeros(0, np.int64), 5).tolist() == []
+
+
+def test_validate_counts_what_encode_documents_reports(tmp_path, capsys):
+    """Ids from encode_documents written as a part: validate's count of documents with EOS
+    inside equals the tokenizer's eos_in_span_docs (the build report's figure)."""
+    from dolmino.manifest import TokenizerSpec
+    from dolmino.tokenizer import Dolma2Tokenizer
+
+    texts = ["plain text", "a <|endoftext|> b", "ends in EOS<|endoftext|>", "  ", "<|endoftext|>",
+             "<|endoftext|>x<|endoftext|>y", "pad <|pad|> only"]
+    encoded = Dolma2Tokenizer.from_spec(TokenizerSpec()).encode_documents(texts)
+    docs = [a for a in encoded.ids if a is not None]
+    np.concatenate(docs).astype("<u4").tofile(tmp_path / "part-00000.npy")
+    ends = np.cumsum([len(a) for a in docs])
+    _rewrite_sidecar(tmp_path / "part-00000.csv.gz",
+                     [(int(e - len(a)), int(e), f"d{k}", "src", f"f:{k}") for k, (a, e) in enumerate(zip(docs, ends))])
+    result = validate_build(tmp_path)
+    assert result.ok and encoded.eos_in_span_docs == result.eos_inside_docs == 2

@@ -33,6 +33,8 @@ def main() -> int:
     ap.add_argument("--processes", type=int, default=1)
     ap.add_argument("--eos", type=int, default=100257)
     ap.add_argument("--pad", type=int, default=100277)
+    ap.add_argument("--encode-special-tokens", action="store_true",
+                    help="pass --tokenizer.encode_special_tokens (special tokens in text stay text)")
     args = ap.parse_args()
 
     from dolma.cli.__main__ import main as dolma_main
@@ -43,6 +45,8 @@ def main() -> int:
             "--tokenizer.eos_token_id", str(args.eos),
             "--tokenizer.pad_token_id", str(args.pad),
             "--dtype", "uint32", "--processes", str(args.processes), "--seed", "3920"]
+    if args.encode_special_tokens:
+        argv += ["--tokenizer.encode_special_tokens"]
     # dolma's own log lines go to stderr; stdout carries only our JSON.
     real_stdout = sys.stdout
     sys.stdout = sys.stderr
