@@ -69,13 +69,14 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
     warnings = list(state.warnings)
     for si, (source, acc, sel) in enumerate(zip(manifest.sources, sources, selections)):
         tok = {"docs": 0, "bytes": 0, "tokens": 0, "kept_docs": 0, "kept_tokens": 0, "removed": {},
-               "control_token_docs": 0}
+               "control_token_docs": 0, "eos_in_span_docs": 0}
         for ts in tok_stats:
             if ts.source_index != si:
                 continue
             for key in ("docs", "bytes", "tokens", "kept_docs", "kept_tokens"):
                 tok[key] += getattr(ts, key)
             tok["control_token_docs"] += ts.control_token_docs
+            tok["eos_in_span_docs"] += ts.eos_in_span_docs
             for reason, (docs, tokens) in ts.removed.items():
                 entry = tok["removed"].setdefault(reason, {"docs": 0, "tokens": 0})
                 entry["docs"] += docs
@@ -188,6 +189,16 @@ def render_markdown(report: dict) -> str:
               f"Output: {out['docs']:,} document instances, {out['tokens']:,} tokens in {out['files']} part(s). "
               f"Tokenized {totals['tokens_tokenized']:,} tokens for {totals['tokens_written']:,} written "
               f"({totals['tokenized_per_written']:.3f} per token written).", ""]
+    control = [(s["name"], s["tokenized"].get("control_token_docs", 0), s["tokenized"].get("eos_in_span_docs", 0))
+               for s in report["sources"]]
+    if any(c or e for _, c, e in control):
+        lines += ["## Control tokens in text", "",
+                  "Documents whose text holds control-token strings (`<|endoftext|>`, `<|pad|>`, ...), tokenized "
+                  "as the manifest's `tokenizer.control_tokens` says; with \"dolma\" an EOS string inside a text "
+                  "becomes an EOS inside the document (`dolmino validate` counts those).", "",
+                  "| source | docs with control tokens | docs with EOS inside |", "|---|---|---|"]
+        lines += [f"| {n} | {c:,} | {e:,} |" for n, c, e in control if c or e]
+        lines.append("")
     if report.get("warnings"):
         lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
     removal_rows = [(s["name"], reason, r["docs"], r.get("bytes")) for s in report["sources"]

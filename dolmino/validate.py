@@ -297,6 +297,32 @@ def _token_files(build_dir: Path) -> list[Path]:
                   key=lambda p: p.relative_to(build_dir).as_posix())
 
 
+# A dolmino build writes these while it runs and report.json last: its completion marker.
+BUILD_MARKERS = ("_plan.json", "_parts")
+COMPLETION_MARKER = "report.json"
+
+
+def _completion_errors(build_dir: Path) -> list[str]:
+    """An unfinished build (markers but no report.json), or parts that the report does not list."""
+    report_path = build_dir / COMPLETION_MARKER
+    if not report_path.is_file():
+        if any((build_dir / m).exists() for m in BUILD_MARKERS):
+            return [f"{build_dir}: incomplete build: no {COMPLETION_MARKER}, which a build writes last (it was "
+                    "interrupted or is still running; rerun the same build command to finish it)"]
+        return []
+    try:
+        listed = json.loads(report_path.read_text(encoding="utf-8")).get("output", {}).get("files_sha256")
+    except (OSError, ValueError, AttributeError) as exc:
+        return [f"{report_path}: cannot read the build report ({exc})"]
+    if not listed:
+        return []
+    on_disk = {p.name for p in build_dir.glob("part-*") if p.is_file()}
+    errors = [f"{build_dir / name}: listed in {COMPLETION_MARKER} but missing" for name in sorted(set(listed) - on_disk)]
+    errors += [f"{build_dir / name}: not written by the build that {COMPLETION_MARKER} describes (stale?)"
+               for name in sorted(on_disk - set(listed))]
+    return errors
+
+
 def validate_build(build_dir: str | Path, *, vocab_size: int | None = None, eos_id: int | None = None,
                    backend: str = "auto", strict: bool = False) -> BuildResult:
     """Check every part under build_dir; explicit vocab_size / eos_id override the build's manifest.
@@ -314,6 +340,7 @@ def validate_build(build_dir: str | Path, *, vocab_size: int | None = None, eos_
         return result
     if m_error:
         result.errors.append(m_error)
+    result.errors += _completion_errors(build_dir)
     files = _token_files(build_dir)
     if not files:
         result.errors.append(f"{build_dir}: no token files (*.npy) found")

@@ -297,3 +297,30 @@ def test_validate_counts_what_encode_documents_reports(tmp_path, capsys):
                      [(int(e - len(a)), int(e), f"d{k}", "src", f"f:{k}") for k, (a, e) in enumerate(zip(docs, ends))])
     result = validate_build(tmp_path)
     assert result.ok and encoded.eos_in_span_docs == result.eos_inside_docs == 2
+
+
+def test_incomplete_and_stale_builds_are_refused(tmp_path):
+    """No report.json beside a build's commit records: interrupted; a part the report does not
+    list: stale; a listed part that is gone: missing."""
+    import json
+
+    from dolmino.validate import validate_build
+
+    out = tmp_path / "b"
+    out.mkdir()
+    writer = MemmapPartWriter(str(out), 0, EOS)
+    writer.add(np.arange(5, dtype=np.uint32), "d", "s", "s:1")
+    writer.close()
+    assert validate_build(out).ok  # plain memmaps, not a dolmino build: checked as they are
+    (out / "_parts").mkdir()
+    result = validate_build(out)
+    assert not result.ok and "incomplete build" in result.all_errors()[0]
+    (out / "report.json").write_text(json.dumps({"output": {"files_sha256": {"part-00000.npy": "x",
+                                                                               "part-00000.csv.gz": "y"}}}))
+    assert validate_build(out).ok
+    (out / "part-00001.npy").write_bytes(b"")
+    errors = validate_build(out).all_errors()
+    assert any("part-00001.npy: not written by the build" in e for e in errors)
+    (out / "part-00001.npy").unlink()
+    (out / "part-00000.csv.gz").unlink()
+    assert any("part-00000.csv.gz: listed in report.json but missing" in e for e in validate_build(out).all_errors())

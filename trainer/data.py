@@ -72,7 +72,7 @@ def _is_token_file(path: Path) -> bool:
 
 
 # A dolmino build writes these while it runs and report.json last (its completion marker).
-BUILD_MARKERS = ("_plan.json", "_parts", "manifest.json", "report.md")
+BUILD_MARKERS = ("_plan.json", "_parts")
 COMPLETION_MARKER = "report.json"
 
 

@@ -82,7 +82,7 @@ def _stage_resources(manifest: Manifest, sc) -> dict:
 
 def skips_blank(manifest: Manifest) -> bool:
     """dolma's tokenization skips documents that are empty after strip (docs/DESIGN.md "Tokenization")."""
-    return getattr(manifest.tokenizer, "semantics", "raw") == "dolma"
+    return manifest.tokenizer.semantics == "dolma"
 
 
 def _task_partitioner(groups) -> dict[int, int]:
@@ -102,8 +102,10 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     groups = group_tasks(units, options.task_bytes)
     any_s3 = any(u.file.uri.startswith("s3://") for u in units) or options.out.startswith("s3://") \
         or options.attributes.startswith("s3://")
-    forward_environment(sc, any_s3)
-    tokenizer = Dolma2Tokenizer.from_spec(manifest.tokenizer)
+    task_cpus = int(sc.getConf().get("spark.task.cpus", "1"))
+    forward_environment(sc, any_s3, task_cpus)
+    # Each executor task tokenizes with the cores Spark reserved for it, no more.
+    tokenizer = Dolma2Tokenizer.from_spec(manifest.tokenizer, threads=task_cpus)
     tok_digest = tokenizer_digest(tokenizer, manifest.tokenizer)
     resources = _stage_resources(manifest, sc)
     store = AttributeStore(options.attributes)

@@ -53,7 +53,8 @@ class TokStats(NamedTuple):
     kept_docs: int
     kept_tokens: int
     removed: dict  # reason -> [docs, tokens]
-    control_token_docs: int
+    control_token_docs: int  # text holding control-token strings (EOS, pad, ...): see docs "Tokenization"
+    eos_in_span_docs: int  # of those, documents whose ids hold EOS before their last token
     cpu_s: float
 
 
@@ -85,16 +86,6 @@ class PartResult(NamedTuple):
     skipped: bool = False  # committed by an earlier run of the same plan
 
 
-def encode(tokenizer, texts: list[str]) -> tuple[list, int]:
-    """(ids per text as stored, EOS included, or None when skipped; documents with control tokens)."""
-    encode_documents = getattr(tokenizer, "encode_documents", None)
-    if encode_documents is not None:
-        out = encode_documents(texts)
-        return out.ids, out.control_token_docs
-    eos = np.asarray([tokenizer.eos_token_id], dtype=np.uint32)
-    return [np.concatenate([ids, eos]) for ids in tokenizer.encode_batch(texts)], 0
-
-
 def unit_source_uri(unit: Unit, plan, store: AttributeStore) -> str:
     """Where the mix reads a unit's documents: the input, or its Stack Exchange documents."""
     return store.documents_path(plan.name, unit) if plan.format == "stackexchange" else unit.file.uri
@@ -119,7 +110,7 @@ def tokenize_units(groups, ctx_b, counters) -> Iterator[TokDoc | TokStats]:
             filters[si] = [build_filter(localized_spec(spec, ctx.resources), f"{plan.name}.filters[{i}]")
                            for i, spec in ctx.token_filters[si]]
         st = stats.setdefault(si, {"docs": 0, "bytes": 0, "tokens": 0, "kept_docs": 0, "kept_tokens": 0, "removed": {},
-                                   "control": 0})
+                                   "control": 0, "eos_in_span": 0})
         by_line = {d.line: d for d in docs}
         wanted = sorted(by_line)
         uri = unit_source_uri(unit, plan, ctx.store)
@@ -128,15 +119,17 @@ def tokenize_units(groups, ctx_b, counters) -> Iterator[TokDoc | TokStats]:
         batch_bytes = 0
 
         def flush(batch):
-            ids_list, control = encode(ctx.tokenizer, [doc["text"] for _, doc in batch])
-            st["control"] += control
+            encoded = ctx.tokenizer.encode_documents([doc["text"] for _, doc in batch])
+            ids_list = encoded.ids
+            st["control"] += encoded.control_token_docs
+            st["eos_in_span"] += encoded.eos_in_span_docs
             for (pd, doc), ids in zip(batch, ids_list):
                 loc = loc_of(unit.file.name, ctx.offsets[unit_index], pd.loc_line)
                 n = 0 if ids is None else len(ids)
                 st["docs"] += 1
                 st["bytes"] += pd.bytes
                 st["tokens"] += n
-                reason = "tokenizer:skipped" if ids is None else None
+                reason = "tokenizer:empty" if ids is None else None
                 if reason is None and max_tokens is not None and n - 1 > max_tokens:
                     reason = f"doc_too_long:tokens>{max_tokens}"
                 if reason is None and filters[si]:
@@ -169,7 +162,7 @@ def tokenize_units(groups, ctx_b, counters) -> Iterator[TokDoc | TokStats]:
     counters.add("cpu_s", cpu)
     for si, st in stats.items():
         yield TokStats(si, st["docs"], st["bytes"], st["tokens"], st["kept_docs"], st["kept_tokens"], st["removed"],
-                       st["control"], cpu)
+                       st["control"], st["eos_in_span"], cpu)
 
 
 # ---------------------------------------------------------------------------- order and parts
