@@ -146,7 +146,7 @@ def test_synth_run_shows_items_and_partitions_and_leaves_the_output_unchanged(sp
 def test_llm_generator_exposes_live_request_counts():
     from dolmino.synth.llm import MindGenerator
 
-    gen = MindGenerator(endpoint="http://127.0.0.1:9", model="m", num_docs=1)
+    gen = MindGenerator(endpoint="http://127.0.0.1:9", model="m", num_docs=1, input_path="unused-*.jsonl")
     assert gen.live_request_counts() == {}
     client = gen.client(seed=1, partition=0)
     client.counts["requests"] += 3

@@ -139,6 +139,9 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
     from dolmino.build.mix import run_build
     from dolmino.build.spark import make_spark
 
+    from pyspark.sql import SparkSession
+
+    existing = SparkSession.getActiveSession()  # main() called in a process that already runs Spark
     spark = make_spark(f"dolmino-{phase}-{manifest.name}", args.master, args.driver_memory)
     spark.sparkContext.setLogLevel("WARN")
     try:
@@ -150,7 +153,8 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
             return 2
         return errors.report(exc)
     finally:
-        spark.stop()
+        if existing is None:  # stop only the session this command started
+            spark.stop()
     for warning in result.get("warnings", []):
         print(f"{prog}: warning: {warning}", file=sys.stderr)
     if phase == "tag":
