@@ -16,7 +16,6 @@ if __package__ in (None, ""):  # run as a file (spark-submit dolmino/build_mix.p
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dolmino.build.cli import main  # noqa: E402
-from dolmino.errors import BuildError  # noqa: E402,F401 - re-exported for callers
 
 if __name__ == "__main__":
     sys.exit(main())

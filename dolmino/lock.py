@@ -44,12 +44,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
+from dolmino.checksums import sha256_file
 from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import Manifest, load_manifest
 
 LOCK_FORMAT = "dolmino-lock/1"
 BUILD_LOCK_NAME = "manifest.lock.json"  # the lock's name inside a build output and a release
-HASH_CHUNK = 8 << 20
 # Problems shown in a BuildError before "... and N more".
 SHOWN_PROBLEMS = 25
 
@@ -75,14 +75,6 @@ def project_version() -> str:
                 return str(tomllib.load(fh)["project"]["version"])
         except (OSError, KeyError, ValueError):
             return "unknown"
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _manifest_digest(manifest: Manifest) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 
 from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import (
-    PASSES_TOLERANCE, Manifest, SourcePlanRow, format_count, load_manifest, parse_count, plan_warnings,
+    Manifest, SourcePlanRow, format_count, load_manifest, parse_count, plan_warnings,
 )
 
 FORMATS = ("text", "markdown", "json")

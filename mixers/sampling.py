@@ -5,7 +5,8 @@ whole copies, 6.85 a 6.85% sample. We do the same: `copies = floor(r)` whole cop
 fractional remainder chosen by a seeded hash, where `r = target tokens / available tokens`.
 
 The fractional sample walks documents in seeded-hash order. Both rules below are
-deterministic and independent of how Spark partitions the data:
+deterministic and independent of how Spark partitions the data (the build applies them in
+`dolmino.build.select`, over what it tokenized of each pool):
 
 - small sources (up to SMALL_SOURCE_DOCS documents): the driver sees every (hash, tokens)
   pair and fills greedily: take each document in hash order unless it would overshoot the
@@ -21,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from dataclasses import dataclass, replace
 
 BUCKET_BITS = 16
 # Up to this many documents the fractional sample is chosen exactly on the driver
@@ -42,49 +42,6 @@ def seeded_hash(seed: int, *parts: str) -> int:
 
 def bucket_of(h: int) -> int:
     return h >> (63 - BUCKET_BITS)
-
-
-@dataclass(frozen=True)
-class SourcePlan:
-    """How one source is sampled: whole copies plus a fraction of one more copy."""
-
-    source: str
-    available_tokens: int
-    target_tokens: int
-    copies: int
-    fraction: float
-    cut_bucket: int = -1  # documents in buckets below this are in the fractional copy
-    cut_hash: int = -1  # ... and in the cut bucket, those with hash <= cut_hash
-    selected: frozenset | None = None  # small sources: the exact hashes in the fractional copy
-
-    @property
-    def fraction_tokens(self) -> int:
-        return int(round(self.fraction * self.available_tokens))
-
-    def in_fraction(self, h: int) -> bool:
-        if self.selected is not None:
-            return h in self.selected
-        b = bucket_of(h)
-        return b < self.cut_bucket or (b == self.cut_bucket and h <= self.cut_hash)
-
-    def instances(self, h: int) -> int:
-        """How many times a document with seeded hash `h` appears in the output."""
-        return self.copies + (1 if self.fraction > 0 and self.in_fraction(h) else 0)
-
-
-class SamplingError(RuntimeError):
-    pass
-
-
-def plan_copies(source: str, available_tokens: int, target_tokens: int) -> SourcePlan:
-    if available_tokens <= 0:
-        raise SamplingError(f"source {source!r} has no tokens left after filtering; cannot fill {target_tokens} tokens")
-    ratio = target_tokens / available_tokens
-    copies = math.floor(ratio)
-    fraction = ratio - copies
-    if fraction < 1e-12:
-        fraction = 0.0
-    return SourcePlan(source, available_tokens, target_tokens, copies, fraction)
 
 
 def find_cut_bucket(bucket_tokens: dict[int, int], fraction_tokens: int) -> tuple[int, int]:
@@ -114,10 +71,6 @@ def find_cut_hash(bucket_docs: list[tuple[int, int]], tokens_before: int, fracti
     return best_hash
 
 
-def with_cut(plan: SourcePlan, cut_bucket: int, cut_hash: int) -> SourcePlan:
-    return replace(plan, cut_bucket=cut_bucket, cut_hash=cut_hash)
-
-
 def greedy_fill(docs: list[tuple[int, int]], fraction_tokens: int) -> frozenset:
     """Hashes chosen by walking (hash, tokens) in hash order, skipping documents that overshoot."""
     chosen = []
@@ -129,10 +82,6 @@ def greedy_fill(docs: list[tuple[int, int]], fraction_tokens: int) -> frozenset:
             chosen.append(h)
             running += n
     return frozenset(chosen)
-
-
-def with_selection(plan: SourcePlan, docs: list[tuple[int, int]]) -> SourcePlan:
-    return replace(plan, selected=greedy_fill(docs, plan.fraction_tokens))
 
 
 def split_budget(budget: int, mix_fractions: dict[str, float]) -> dict[str, int]:

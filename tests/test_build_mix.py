@@ -10,7 +10,6 @@ import csv
 import gzip
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np

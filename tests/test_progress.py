@@ -143,10 +143,13 @@ def test_synth_run_shows_items_and_partitions_and_leaves_the_output_unchanged(sp
     assert "200/200" in cached.getvalue() and "partitions 4/4" in cached.getvalue()
 
 
-def test_llm_generator_exposes_live_request_counts():
+def test_llm_generator_exposes_live_request_counts(tmp_path):
+    from dolmino.documents import write_documents
     from dolmino.synth.llm import MindGenerator
 
-    gen = MindGenerator(endpoint="http://127.0.0.1:9", model="m", num_docs=1, input_path="unused-*.jsonl")
+    inputs = tmp_path / "in.jsonl"
+    write_documents(str(inputs), [{"id": "1", "text": "2 + 2 = 4"}])
+    gen = MindGenerator(endpoint="http://127.0.0.1:9", model="m", num_docs=1, input_path=str(inputs))
     assert gen.live_request_counts() == {}
     client = gen.client(seed=1, partition=0)
     client.counts["requests"] += 3

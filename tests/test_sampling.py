@@ -6,9 +6,8 @@ import random
 
 import pytest
 
-from mixers.sampling import (
-    bucket_of, find_cut_bucket, find_cut_hash, plan_copies, seeded_hash, split_budget, with_cut,
-)
+from dolmino.build.select import SourceSelection, finish, initial_selection
+from mixers.sampling import NUM_BUCKETS, bucket_of, seeded_hash, split_budget
 
 
 def test_seeded_hash_is_stable_and_seed_dependent():
@@ -21,17 +20,32 @@ def test_seeded_hash_is_stable_and_seed_dependent():
     assert seeded_hash(1124, "dclm", "doc-1", "f:1") == seeded_hash(1124, "dclm", "doc-1", "f:1")
 
 
-@pytest.mark.parametrize("available,target,copies,fraction", [
-    (100, 400, 4, 0.0), (100, 50, 0, 0.5), (1000, 2350, 2, 0.35), (10, 10, 1, 0.0),
+def _selection(docs, target, **kw) -> SourceSelection:
+    """The build's selection of a pool of (hash, tokens) documents, everything tokenized."""
+    bucket_bytes, bucket_tokens = {}, {}
+    for h, n in docs:
+        bucket_bytes[bucket_of(h)] = bucket_bytes.get(bucket_of(h), 0) + 4 * n
+        bucket_tokens[bucket_of(h)] = bucket_tokens.get(bucket_of(h), 0) + n
+    sel = initial_selection("s", target, len(docs), sum(bucket_bytes.values()), 0.25, bucket_bytes)
+    for key, value in kw.items():
+        setattr(sel, key, value)
+    if sel.mode == "prefix":  # only the buckets the prefix holds were tokenized
+        bucket_tokens = {b: n for b, n in bucket_tokens.items() if b < sel.bucket_hi}
+    members = lambda b: [(h, n) for h, n in docs if b is None or bucket_of(h) == b]  # noqa: E731
+    return finish(sel, bucket_tokens, members)
+
+
+@pytest.mark.parametrize("available,target,copies,fraction_tokens", [
+    (100, 400, 4, 0), (100, 50, 0, 50), (1000, 2350, 2, 350), (10, 10, 1, 0),
 ])
-def test_plan_copies(available, target, copies, fraction):
-    p = plan_copies("s", available, target)
-    assert p.copies == copies and p.fraction == pytest.approx(fraction)
+def test_whole_copies_and_the_fraction(available, target, copies, fraction_tokens):
+    sel = _selection([(seeded_hash(1, "d"), available)], target, mode="all", bucket_hi=NUM_BUCKETS)
+    assert (sel.copies, sel.fraction_tokens, sel.pool_tokens) == (copies, fraction_tokens, available)
 
 
-def test_plan_copies_refuses_empty_source():
-    with pytest.raises(Exception, match="no tokens left"):
-        plan_copies("s", 0, 10)
+def test_empty_pool_is_a_warning_not_a_crash():
+    sel = finish(SourceSelection("s", 10, 0, 0, 0.25, "all"), {}, lambda b: [])
+    assert sel.copies == 0 and "no documents left" in sel.warnings[0]
 
 
 def test_split_budget_sums_exactly():
@@ -44,19 +58,24 @@ def test_fraction_cut_hits_token_target_within_one_doc():
     rng = random.Random(0)
     docs = [(seeded_hash(7, str(i)), rng.randint(50, 2000)) for i in range(20000)]
     total = sum(n for _, n in docs)
-    plan = plan_copies("s", total, int(total * 2.37))
-    buckets: dict[int, int] = {}
-    for h, n in docs:
-        buckets[bucket_of(h)] = buckets.get(bucket_of(h), 0) + n
-    cut_bucket, before = find_cut_bucket(buckets, plan.fraction_tokens)
-    members = [(h, n) for h, n in docs if bucket_of(h) == cut_bucket]
-    plan = with_cut(plan, cut_bucket, find_cut_hash(members, before, plan.fraction_tokens))
-    emitted = sum(n * plan.instances(h) for h, n in docs)
-    assert plan.copies == 2
-    assert abs(emitted - plan.target_tokens) <= 2000
+    sel = _selection(docs, int(total * 2.37), greedy=False)
+    emitted = sum(n * sel.instances(h) for h, n in docs)
+    assert sel.copies == 2 and sel.mode == "all"
+    assert abs(emitted - sel.target_tokens) <= 2000
     # the fractional documents are exactly the smallest hashes
-    chosen = sorted(h for h, _ in docs if plan.in_fraction(h))
+    chosen = sorted(h for h, _ in docs if sel.in_fraction(h))
     assert chosen == sorted(h for h, _ in docs)[: len(chosen)]
+
+
+def test_large_pool_is_cut_by_prefix_and_lands_on_the_target():
+    rng = random.Random(2)
+    docs = [(seeded_hash(9, str(i)), rng.randint(50, 2000)) for i in range(20000)]
+    total = sum(n for _, n in docs)
+    sel = _selection(docs, total // 20, greedy=False)
+    assert sel.mode == "prefix" and sel.copies == 0 and sel.bucket_hi < NUM_BUCKETS // 10
+    emitted = sum(n * sel.instances(h) for h, n in docs)
+    assert abs(emitted - total // 20) <= 2000
+    assert all(bucket_of(h) < sel.bucket_hi for h, _ in docs if sel.in_fraction(h))
 
 
 def test_greedy_fill_for_small_sources_is_near_exact():

@@ -170,7 +170,7 @@ def _mind_reply(prompt: str) -> str:
 
 @pytest.mark.slow
 def test_tinygsm_mind_pipeline_builds_as_a_source(spark, tmp_path):
-    from dolmino.build_mix import build
+    from dolmino.build.mix import build
     from dolmino.manifest import manifest_from_dict
     from dolmino.synth.llm import MindGenerator
     from dolmino.synth.runner import REPORT_NAME, run

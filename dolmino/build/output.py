@@ -13,12 +13,12 @@ integrity); re-reading a 200 GB mix through the driver would cost more than the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 from dolmino.build.attributes import read_bytes, write_bytes
+from dolmino.checksums import sha256_file
 from dolmino.build.write import PARTS_DIR, PartResult
 from dolmino.errors import BuildError
 
@@ -115,14 +115,6 @@ def _part_file(d: dict):
     return PartFile(d["name"], d["size"], d["sha256"])
 
 
-def _local_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_one(out: str, name: str, size: int, sha256: str) -> str | None:
     if is_remote(out):
         from botocore.exceptions import ClientError
@@ -144,7 +136,7 @@ def _check_one(out: str, name: str, size: int, sha256: str) -> str | None:
         return f"{name}: missing"
     if os.path.getsize(path) != size:
         return f"{name}: {os.path.getsize(path)} bytes, the executor wrote {size}"
-    if _local_sha256(path) != sha256:
+    if sha256_file(path) != sha256:
         return f"{name}: SHA-256 differs from the executor's"
     return None
 

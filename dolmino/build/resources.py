@@ -27,6 +27,7 @@ import tarfile
 import tempfile
 from typing import NamedTuple
 
+from dolmino.checksums import sha256_file, sha256_stream
 from dolmino.errors import BuildError
 
 HASH_CHUNK = 8 << 20
@@ -43,18 +44,6 @@ def file_params(spec: dict) -> list[str]:
     return sorted(k for k, v in spec.items() if k.endswith("_path") and isinstance(v, str) and v)
 
 
-def _sha256_stream(read) -> str:
-    h = hashlib.sha256()
-    while chunk := read(HASH_CHUNK):
-        h.update(chunk)
-    return h.hexdigest()
-
-
-def _sha256_local(path: str) -> str:
-    with open(path, "rb") as fh:
-        return _sha256_stream(fh.read)
-
-
 def _digest_listing(entries: list[tuple[str, str]]) -> str:
     h = hashlib.sha256()
     for rel, digest in sorted(entries):
@@ -68,8 +57,8 @@ def _local_files(root: str) -> list[str]:
 
 def local_digest(path: str) -> tuple[str, bool]:
     if os.path.isdir(path):
-        return _digest_listing([(rel, _sha256_local(os.path.join(path, rel))) for rel in _local_files(path)]), True
-    return _sha256_local(path), False
+        return _digest_listing([(rel, sha256_file(os.path.join(path, rel))) for rel in _local_files(path)]), True
+    return sha256_file(path), False
 
 
 def _s3_members(uri: str) -> tuple[list[tuple[str, str]], bool]:
@@ -93,7 +82,7 @@ def s3_digest(uri: str) -> tuple[str, bool]:
     digests = []
     for rel, member in members:
         with open_uri(member, "rb") as fh:
-            digests.append((rel, _sha256_stream(fh.read)))
+            digests.append((rel, sha256_stream(fh.read)))
     return (_digest_listing(digests) if is_dir else digests[0][1]), is_dir
 
 

@@ -29,11 +29,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple
 
-import numpy as np
-
 from dolmino.build.attributes import (
-    ATTRIBUTE_FORMAT, AttributeStore, DOCUMENTS_DIR, QUARANTINE_DIR, read_bytes, read_table, spec_key,
-    unit_version, write_bytes, write_table,
+    ATTRIBUTE_FORMAT, AttributeStore, read_bytes, read_table, spec_key, unit_version, write_bytes, write_table,
 )
 from dolmino.build.inputs import Unit
 from dolmino.build.read import read_unit

@@ -14,7 +14,6 @@ rerun of the same plan skips parts whose record is there and whose files match i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from dolmino.build.attributes import AttributeStore, write_bytes
 from dolmino.build.inputs import Unit
 from dolmino.build.read import read_lines
 from dolmino.build.select import PoolDoc, loc_of
+from dolmino.checksums import sha256_file
 from dolmino.doc_lengths import histogram
 from dolmino.memmap import MemmapPartWriter, part_name
 from mixers.sampling import seeded_hash
@@ -184,14 +184,6 @@ class WriteContext(NamedTuple):
     done: frozenset  # part indices committed by an earlier run of this plan
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _put(local: str, uri: str, sha256: str) -> None:
     from dolmino.s3 import client, split_uri
 
@@ -223,7 +215,7 @@ def write_part(index: int, items, ctx_b, counters) -> Iterator[PartResult]:
         files = []
         for path in writer.paths.values():
             name = os.path.basename(path)
-            digest = _sha256(path)
+            digest = sha256_file(path)
             files.append(PartFile(name, os.path.getsize(path), digest))
             if remote:
                 _put(path, f"{ctx.out.rstrip('/')}/{name}", digest)

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from dolmino.build_mix import make_spark
+    from dolmino.build.spark import make_spark
     from dolmino.synth.runner import run
 
     spark = make_spark(f"dolmino-synth-{args.generator}", args.master, args.driver_memory)

@@ -30,6 +30,7 @@ from collections import Counter
 
 import zstandard
 
+from dolmino.checksums import sha256_file
 from dolmino.synth.base import config_hash, is_quarantine, is_rejection, is_request_stats, partition_range
 
 PART_RE = re.compile(r"^part-(\d{5})\.(jsonl\.zst|done\.json)$")
@@ -49,14 +50,6 @@ def done_name(partition: int) -> str:
     return f"part-{partition:05d}.done.json"
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def cached_stats(out_dir: str, partition: int, chash: str) -> dict | None:
     """The done-file's stats if this partition is complete for this config, else None."""
     done = os.path.join(out_dir, done_name(partition))
@@ -68,7 +61,7 @@ def cached_stats(out_dir: str, partition: int, chash: str) -> dict | None:
         return None
     if not isinstance(stats, dict) or stats.get("config_hash") != chash or not os.path.exists(part):
         return None
-    if os.path.getsize(part) != stats.get("bytes") or _sha256(part) != stats.get("sha256"):
+    if os.path.getsize(part) != stats.get("bytes") or sha256_file(part) != stats.get("sha256"):
         return None
     return stats
 
