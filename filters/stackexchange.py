@@ -35,8 +35,19 @@ lines included); inline `<code>` keeps its text; script/style are dropped; runs 
 whitespace outside `<pre>` collapse to one space.
 
 Accounting: every question row is `kept` or removed with one reason
-(`no_accepted_answer`, `question_score<3`, `answer_missing`, `answer_score<5`); malformed
-rows of any type are quarantined by reason. `questions_seen == kept + sum(removed)`.
+(`no_accepted_answer`, `question_score<3`, `answer_missing`, `answer_score<5`, and
+`duplicate_question` for a candidate question row replaced by a later row with the same Id
+while it waited for its answer); malformed rows of any type are quarantined by reason.
+`questions_seen == kept + sum(removed)`.
+
+Byte ranges. Rows are one per line, so an uncompressed Posts.xml can be read in byte ranges
+(a row belongs to the range in which it starts; a compressed one only whole). The build
+converts a large file that way (`dolmino/build/stackexchange.py`) from the pieces here:
+`scan_keys` (pass 1 of one range, with the (id, ParentId) of its answer rows),
+`range_halves` (pass 2 of one range: quarantine, question rules, and the halves of candidate
+pairs, lines numbered in the whole file) and `pair_halves` (one question id's halves in
+line order, through the same `_pair_step` as the whole-file reader's pending store), with
+the same documents, counts and quarantine records as `iter_stackexchange`.
 
     python -m filters.stackexchange Posts.xml --out se.jsonl.zst [--site math.stackexchange.com]
 """
@@ -461,9 +472,10 @@ def _attr_values(pattern: re.Pattern, line: bytes) -> list[bytes]:
     return [m.group(1) for m in pattern.finditer(line) if m.start() > 0 and line[m.start() - 1] in _XML_SPACE]
 
 
-def _candidate_fields(line: bytes) -> tuple[int, int, int | None] | None | bool:
-    """Pass 1's fields read straight from a canonical row: (id, score, accepted answer id), or
-    False when the row is not a question, or None when the row must be parsed as XML.
+def _candidate_fields(line: bytes, answer_keys: bool = False) -> tuple | None | bool:
+    """Pass 1's fields read straight from a canonical row: (id, score, accepted answer id) of a
+    question; with `answer_keys`, (id, parent id) of an answer; False when the row is neither
+    (or an answer not asked for); None when the row must be parsed as XML.
 
     Dump rows are `<row Name="value" .../>` with double quotes, where a value cannot hold a raw
     `"`; so each `Name="digits"` match after whitespace is that attribute. Anything else (a
@@ -474,7 +486,13 @@ def _candidate_fields(line: bytes) -> tuple[int, int, int | None] | None | bool:
     kinds = _attr_values(_QUESTION_TYPE, line)
     if len(kinds) != 1:
         return None
-    if int(kinds[0]) != 1:  # int(), as the XML path reads it: "01" is a question too
+    kind = int(kinds[0])  # int(), as the XML path reads it: "01" is a question too
+    if kind == 2 and answer_keys:
+        found = [_attr_values(pattern, line) for pattern in _ANSWER_ATTRS.values()]
+        if any(len(values) != 1 for values in found):
+            return None
+        return int(found[0][0]), int(found[1][0])
+    if kind != 1:
         return False
     fields = {}
     for name, pattern in _NUMERIC_ATTRS.items():
@@ -488,22 +506,6 @@ def _candidate_fields(line: bytes) -> tuple[int, int, int | None] | None | bool:
 
 
 _ANSWER_ATTRS = {name: re.compile(name.encode() + rb'="(-?\d+)"') for name in ("Id", "ParentId")}
-
-
-def _answer_fields(line: bytes) -> tuple[int, int] | None | bool:
-    """(id, parent id) read straight from a canonical answer row, False when the row is not an
-    answer, None when it must be parsed as XML (the rules of `_candidate_fields`)."""
-    if _SINGLE_QUOTED.search(line):
-        return None
-    kinds = _attr_values(_QUESTION_TYPE, line)
-    if len(kinds) != 1:
-        return None
-    if int(kinds[0]) != 2:
-        return False
-    found = [_attr_values(pattern, line) for pattern in _ANSWER_ATTRS.values()]
-    if any(len(values) != 1 for values in found):
-        return None
-    return int(found[0][0]), int(found[1][0])
 
 
 class KeyScan(NamedTuple):
@@ -535,19 +537,14 @@ def scan_keys(path: str, config: StackExchangeConfig, byte_range: tuple[int, int
     lines = 0
     try:
         for lines, line in enumerate(_iter_lines(path, byte_range), start=1):
-            fields = _candidate_fields(line)
+            fields = _candidate_fields(line, answer_keys)
             if fields is False:
-                if answer_keys:
-                    keys = _answer_fields(line)
-                    if keys:
-                        answer_ids.append(keys[0])
-                        answer_parents.append(keys[1])
-                        continue
-                    if keys is False:
-                        continue
-                else:
-                    continue
-            if fields is None or fields is False:
+                continue
+            if fields is not None and len(fields) == 2:
+                answer_ids.append(fields[0])
+                answer_parents.append(fields[1])
+                continue
+            if fields is None:
                 try:
                     post = _parse_post(0, line)
                 except _BadRow:
@@ -657,15 +654,19 @@ def _half(post: _Post, lookup: tuple[array, array], config: StackExchangeConfig,
         "tags": attrib.get("Tags"), "created": attrib.get("CreationDate"), "line": post.line})
 
 
-def _pair_step(waiting: tuple[str, dict] | None, half: PostHalf) -> tuple[tuple[str, dict] | None, tuple | None]:
-    """One question id's pending state after `half` arrives: (what waits now, (question, answer) completed).
+def _pair_step(waiting: tuple[str, dict] | None,
+               half: PostHalf) -> tuple[tuple[str, dict] | None, tuple | None, dict | None]:
+    """One question id's pending state after `half` arrives: (what waits now, (question, answer)
+    completed, a waiting question that `half` replaced).
 
     The first half waits; the other kind completes the pair; a repeated half of the same kind
-    replaces the waiting one (the last answer row wins)."""
+    replaces the waiting one (the last row wins). A replaced question is removed as
+    `duplicate_question`, so that every question row is accounted for."""
     if waiting is not None and waiting[0] != half.kind:
         pair = (waiting[1], half.payload) if half.kind == "answer" else (half.payload, waiting[1])
-        return None, pair
-    return (half.kind, half.payload), None
+        return None, pair, None
+    replaced = waiting[1] if waiting is not None and waiting[0] == "question" else None
+    return (half.kind, half.payload), None, replaced
 
 
 def _finish(q: dict, a: dict, config: StackExchangeConfig, stats: StackExchangeStats, site: str,
@@ -704,9 +705,11 @@ def iter_stackexchange(path: str, config: StackExchangeConfig = StackExchangeCon
             half = _half(post, lookup, config, stats)
             if half is None:
                 continue
-            waiting, pair = _pair_step(pending.pop(half.question_id), half)
+            waiting, pair, replaced = _pair_step(pending.pop(half.question_id), half)
             if waiting is not None:
                 pending.put(half.question_id, *waiting)
+            if replaced is not None:
+                stats.removed["duplicate_question"] += 1
             if pair is not None:
                 doc, _reason = _finish(*pair, config, stats, site, path)
                 if doc is not None:
@@ -725,7 +728,8 @@ def iter_stackexchange(path: str, config: StackExchangeConfig = StackExchangeCon
 class PairOutcome(NamedTuple):
     """What became of one candidate pair, at the row where the whole-file reader decides it."""
 
-    line: int  # the completing row (a document, `answer_score<N`); the question row (`answer_missing`)
+    line: int  # the completing row (a document, `answer_score<N`); the question row (`answer_missing`,
+    #            `duplicate_question`)
     doc: dict | None
     reason: str | None  # None: kept
 
@@ -750,7 +754,10 @@ def pair_halves(halves, config: StackExchangeConfig, stats: StackExchangeStats, 
     site = config.site or site_of(path)
     waiting = None
     for half in halves:
-        waiting, pair = _pair_step(waiting, half)
+        waiting, pair, replaced = _pair_step(waiting, half)
+        if replaced is not None:
+            stats.removed["duplicate_question"] += 1
+            yield PairOutcome(replaced["line"], None, "duplicate_question")
         if pair is not None:
             doc, reason = _finish(*pair, config, stats, site, path)
             yield PairOutcome(half.line, doc, reason)
