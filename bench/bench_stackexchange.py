@@ -1,7 +1,7 @@
 """Benchmark the Stack Exchange Posts.xml reader (filters/stackexchange.py): throughput and memory.
 
-    python bench/bench_stackexchange.py              # 1x, 8x and 32x the embedded dump
-    python bench/bench_stackexchange.py --quick      # 1x and 8x
+    python bench/bench_stackexchange.py              # 1x, 8x and 32x the embedded dump; split at 128x
+    python bench/bench_stackexchange.py --quick      # 1x and 8x; split at 32x
 
 Input: the embedded default corpus's Posts.xml (real TriviaQA / NQ questions and answers in
 the dump schema, answers before and after their questions), repeated N times with every
@@ -12,9 +12,9 @@ is the reader's own: a streaming reader keeps it flat as the file grows, which i
 100 GB stackoverflow Posts.xml needs. Figures are per core (one process). No anchor: neither
 dolma nor datatrove reads Posts.xml.
 
-Split conversion (the build's tag phase, `dolmino.build.stackexchange`): the largest file is
-converted into documents files twice, each in a fresh interpreter writing to a local
-attributes root: whole (`convert_whole`, what one tag task does, one core) and cut into
+Split conversion (the build's tag phase, `dolmino.build.stackexchange`): a `--split-scale`
+file (default 128x, ~108 MB) is converted into documents files twice, each in a fresh
+interpreter writing to a local attributes root: whole (`convert_whole`, what one tag task does, one core) and cut into
 `--ranges` byte ranges by the Spark stages (`convert_ranges`, Spark local[2]; not timed: the
 session's start and one job that starts the Python workers, as earlier stages of a build
 would have). Both read the same file and write the same documents; the split side also
@@ -181,8 +181,10 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="sizes 1x and 8x only")
     ap.add_argument("--scales", default=None, help="comma-separated copies of the embedded dump (default 1,8,32)")
-    ap.add_argument("--ranges", type=int, default=8,
-                    help="byte ranges for the split conversion of the largest file (0: skip it)")
+    ap.add_argument("--split-scale", type=int, default=None,
+                    help="copies of the embedded dump for the whole vs split conversion (default 128, quick 32; "
+                         "0: skip it)")
+    ap.add_argument("--ranges", type=int, default=4, help="byte ranges the split conversion cuts that file into")
     args = ap.parse_args(argv)
     scales = [int(s) for s in (args.scales or ("1,8" if args.quick else "1,8,32")).split(",")]
 
@@ -190,16 +192,19 @@ def main(argv=None) -> dict:
 
     base = _posts_xml()
     points = []
-    split = None
     for scale in scales:
         path = scaled_posts(base, scale, TMP / f"{scale}x" / "Posts.xml")
         points.append({"scale": scale, **measure(path)})
-        if scale == scales[-1] and args.ranges:
-            whole = measure_conversion(path, "whole", 1)
-            ranged = measure_conversion(path, "split", args.ranges)
-            if whole["documents_bytes"] <= 0 or ranged["documents_bytes"] <= 0:
-                raise RuntimeError("a conversion wrote no documents")
-            split = {"scale": scale, "mb": points[-1]["mb"], "whole": whole, "split": ranged}
+        path.unlink()
+    split = None
+    split_scale = args.split_scale if args.split_scale is not None else (32 if args.quick else 128)
+    if split_scale and args.ranges > 1:
+        path = scaled_posts(base, split_scale, TMP / f"{split_scale}x" / "Posts.xml")
+        whole = measure_conversion(path, "whole", 1)
+        ranged = measure_conversion(path, "split", args.ranges)
+        if whole["documents_bytes"] <= 0 or ranged["documents_bytes"] <= 0:
+            raise RuntimeError("a conversion wrote no documents")
+        split = {"scale": split_scale, "mb": round(path.stat().st_size / 1e6, 2), "whole": whole, "split": ranged}
         path.unlink()
     largest = points[-1]
     figures = [
