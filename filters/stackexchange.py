@@ -35,8 +35,19 @@ lines included); inline `<code>` keeps its text; script/style are dropped; runs 
 whitespace outside `<pre>` collapse to one space.
 
 Accounting: every question row is `kept` or removed with one reason
-(`no_accepted_answer`, `question_score<3`, `answer_missing`, `answer_score<5`); malformed
-rows of any type are quarantined by reason. `questions_seen == kept + sum(removed)`.
+(`no_accepted_answer`, `question_score<3`, `answer_missing`, `answer_score<5`, and
+`duplicate_question` for a candidate question row replaced by a later row with the same Id
+while it waited for its answer); malformed rows of any type are quarantined by reason.
+`questions_seen == kept + sum(removed)`.
+
+Byte ranges. Rows are one per line, so an uncompressed Posts.xml can be read in byte ranges
+(a row belongs to the range in which it starts; a compressed one only whole). The build
+converts a large file that way (`dolmino/build/stackexchange.py`) from the pieces here:
+`scan_keys` (pass 1 of one range, with the (id, ParentId) of its answer rows),
+`range_halves` (pass 2 of one range: quarantine, question rules, and the halves of candidate
+pairs, lines numbered in the whole file) and `pair_halves` (one question id's halves in
+line order, through the same `_pair_step` as the whole-file reader's pending store), with
+the same documents, counts and quarantine records as `iter_stackexchange`.
 
     python -m filters.stackexchange Posts.xml --out se.jsonl.zst [--site math.stackexchange.com]
 """
@@ -57,12 +68,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import PurePosixPath
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import zstandard
 
-from dolmino.documents import Quarantine, _gzip_chunks, _plain_chunks, _zstd_chunks, open_binary
+from dolmino.documents import Quarantine, _gzip_chunks, _plain_chunks, _range_chunks, _zstd_chunks, open_binary
 
 SOURCE = "stackexchange"
 
@@ -258,8 +269,15 @@ def _chunks_for(path: str):
     raise ValueError(f"{path}: expected Posts.xml, .xml.gz or .xml.zst (extract .7z dump archives first)")
 
 
-def _iter_lines(path: str) -> Iterator[bytes]:
+def _iter_lines(path: str, byte_range: tuple[int, int] | None = None) -> Iterator[bytes]:
+    """Raw lines (without the newline); with `byte_range=(start, end)`, the lines that start in
+    that range of an uncompressed file (`dolmino.documents._range_chunks`: ranges tile a file)."""
     chunks = _chunks_for(path)
+    if byte_range is not None:
+        if chunks is not _plain_chunks:
+            raise ValueError(f"{path}: a compressed Posts.xml can only be read whole, not by byte range")
+        start, end = byte_range
+        chunks = lambda raw: _range_chunks(raw, start, end)  # noqa: E731
     tail = b""
     with open_binary(path) as raw:
         for chunk in chunks(raw):
@@ -340,12 +358,13 @@ def _parse_post(line_no: int, raw: bytes) -> _Post | None:
     return _Post("other", post_id, line_no, attrib)
 
 
-def _posts(path: str, on_bad=None) -> Iterator[_Post]:
+def _posts(path: str, on_bad=None, byte_range: tuple[int, int] | None = None, first_line: int = 0) -> Iterator[_Post]:
     """Parsed rows; a compressed stream that breaks part-way ends the file with one
-    `corrupt_stream` quarantine record (the rows before the break are kept)."""
-    line_no = 0
+    `corrupt_stream` quarantine record (the rows before the break are kept). Rows of a
+    byte range are numbered from `first_line + 1` (the lines of the ranges before it)."""
+    line_no = first_line
     try:
-        for line_no, raw in enumerate(_iter_lines(path), start=1):
+        for line_no, raw in enumerate(_iter_lines(path, byte_range), start=first_line + 1):
             try:
                 post = _parse_post(line_no, raw)
             except _BadRow as bad:
@@ -453,9 +472,10 @@ def _attr_values(pattern: re.Pattern, line: bytes) -> list[bytes]:
     return [m.group(1) for m in pattern.finditer(line) if m.start() > 0 and line[m.start() - 1] in _XML_SPACE]
 
 
-def _candidate_fields(line: bytes) -> tuple[int, int, int | None] | None | bool:
-    """Pass 1's fields read straight from a canonical row: (id, score, accepted answer id), or
-    False when the row is not a question, or None when the row must be parsed as XML.
+def _candidate_fields(line: bytes, answer_keys: bool = False) -> tuple | None | bool:
+    """Pass 1's fields read straight from a canonical row: (id, score, accepted answer id) of a
+    question; with `answer_keys`, (id, parent id) of an answer; False when the row is neither
+    (or an answer not asked for); None when the row must be parsed as XML.
 
     Dump rows are `<row Name="value" .../>` with double quotes, where a value cannot hold a raw
     `"`; so each `Name="digits"` match after whitespace is that attribute. Anything else (a
@@ -466,7 +486,13 @@ def _candidate_fields(line: bytes) -> tuple[int, int, int | None] | None | bool:
     kinds = _attr_values(_QUESTION_TYPE, line)
     if len(kinds) != 1:
         return None
-    if int(kinds[0]) != 1:  # int(), as the XML path reads it: "01" is a question too
+    kind = int(kinds[0])  # int(), as the XML path reads it: "01" is a question too
+    if kind == 2 and answer_keys:
+        found = [_attr_values(pattern, line) for pattern in _ANSWER_ATTRS.values()]
+        if any(len(values) != 1 for values in found):
+            return None
+        return int(found[0][0]), int(found[1][0])
+    if kind != 1:
         return False
     fields = {}
     for name, pattern in _NUMERIC_ATTRS.items():
@@ -479,29 +505,59 @@ def _candidate_fields(line: bytes) -> tuple[int, int, int | None] | None | bool:
     return fields["Id"], fields["Score"], fields["AcceptedAnswerId"]
 
 
-def _candidates(path: str, config: StackExchangeConfig) -> tuple[array, array]:
-    """Pass 1: (accepted answer id, question id) pairs of questions that may be kept, sorted.
+_ANSWER_ATTRS = {name: re.compile(name.encode() + rb'="(-?\d+)"') for name in ("Id", "ParentId")}
+
+
+class KeyScan(NamedTuple):
+    """Pass 1 over a file or one byte range of it: int64 arrays in file order."""
+
+    lines: int  # lines read: a byte range's rows are numbered after the lines of the ranges before it
+    candidate_answers: np.ndarray  # accepted answer id of each question that may be kept
+    candidate_questions: np.ndarray  # that question's id
+    answer_ids: np.ndarray  # with answer_keys: the id of every answer row
+    answer_parents: np.ndarray  # and its ParentId
+
+
+def _int64(values: array) -> np.ndarray:
+    return np.frombuffer(values, dtype=np.int64).copy() if len(values) else np.empty(0, np.int64)
+
+
+def scan_keys(path: str, config: StackExchangeConfig, byte_range: tuple[int, int] | None = None,
+              answer_keys: bool = False) -> KeyScan:
+    """Pass 1: (accepted answer id, question id) of every question that may be kept, and with
+    `answer_keys` (id, ParentId) of every answer row (the split conversion's join keys).
 
     Reads the numeric attributes without an XML parse where the row is in the dumps'
     canonical form (two thirds of pass 1's time was ElementTree); a row that fails pass 2's
     parse may add a pair here, which is harmless: pass 2 quarantines that question, and an
     answer is matched on (its id, its ParentId), so a stray pair cannot take another
-    question's answer."""
-    answers, questions = array("q"), array("q")
+    question's answer. Answer keys may likewise hold rows pass 2 refuses; they are only
+    intersected with the candidate pairs, never trusted on their own."""
+    answers, questions, answer_ids, answer_parents = array("q"), array("q"), array("q"), array("q")
+    lines = 0
     try:
-        for line in _iter_lines(path):
-            fields = _candidate_fields(line)
+        for lines, line in enumerate(_iter_lines(path, byte_range), start=1):
+            fields = _candidate_fields(line, answer_keys)
+            if fields is False:
+                continue
+            if fields is not None and len(fields) == 2:
+                answer_ids.append(fields[0])
+                answer_parents.append(fields[1])
+                continue
             if fields is None:
                 try:
                     post = _parse_post(0, line)
                 except _BadRow:
                     continue
-                if post is None or post.kind != "question":
+                if post is None:
+                    continue
+                if post.kind == "answer" and answer_keys:
+                    answer_ids.append(post.id)
+                    answer_parents.append(int(post.attrib["ParentId"]))
+                if post.kind != "question":
                     continue
                 fields = (post.id, int(post.attrib["Score"]),
                           _int_field(post.attrib, "AcceptedAnswerId", required=False))
-            elif fields is False:
-                continue
             post_id, score, accepted = fields
             if accepted is None or score < config.min_question_score:
                 continue
@@ -511,13 +567,22 @@ def _candidates(path: str, config: StackExchangeConfig) -> tuple[array, array]:
         if isinstance(exc, FileNotFoundError):
             raise
         # A stream that breaks part-way: pass 2 reads up to the same point and quarantines the break.
-    a = np.frombuffer(answers, dtype=np.int64) if len(answers) else np.empty(0, np.int64)
-    q = np.frombuffer(questions, dtype=np.int64) if len(questions) else np.empty(0, np.int64)
-    order = np.lexsort((q, a))
+    return KeyScan(lines, _int64(answers), _int64(questions), _int64(answer_ids), _int64(answer_parents))
+
+
+def accepted_lookup(answer_ids: np.ndarray, question_ids: np.ndarray) -> tuple[array, array]:
+    """(accepted answer id, question id) pairs sorted for `_is_accepted_pair`."""
+    order = np.lexsort((question_ids, answer_ids))
     sorted_answers, sorted_questions = array("q"), array("q")
-    sorted_answers.frombytes(a[order].tobytes())
-    sorted_questions.frombytes(q[order].tobytes())
+    sorted_answers.frombytes(np.ascontiguousarray(answer_ids[order], dtype=np.int64).tobytes())
+    sorted_questions.frombytes(np.ascontiguousarray(question_ids[order], dtype=np.int64).tobytes())
     return sorted_answers, sorted_questions
+
+
+def _candidates(path: str, config: StackExchangeConfig) -> tuple[array, array]:
+    """Pass 1 over a whole file: its candidate pairs, sorted (see `scan_keys`)."""
+    scan = scan_keys(path, config)
+    return accepted_lookup(scan.candidate_answers, scan.candidate_questions)
 
 
 def _is_accepted_pair(answer_ids: array, question_ids: array, answer_id: int, question_id: int) -> bool:
@@ -547,6 +612,84 @@ def _document(site: str, path: str, q: dict, a: dict) -> dict:
     return doc
 
 
+# ---------------------------------------------------------------------------- pass 2: halves and pairs
+
+
+class PostHalf(NamedTuple):
+    """One half of a candidate Q&A pair, as pass 2 holds it until the other half arrives."""
+
+    question_id: int
+    line: int  # the row's line in the file
+    kind: str  # "question" | "answer"
+    payload: dict  # question: id, score, title, body, tags, created, line; answer: id, score, body
+
+
+def _half(post: _Post, lookup: tuple[array, array], config: StackExchangeConfig,
+          stats: StackExchangeStats) -> PostHalf | None:
+    """A parsed row -> the half it contributes, or None (counted: other post, question rule, not accepted)."""
+    attrib = post.attrib
+    if post.kind == "other":
+        stats.other_posts += 1
+        return None
+    if post.kind == "answer":
+        stats.answers_seen += 1
+        qid = int(attrib["ParentId"])
+        if not _is_accepted_pair(*lookup, post.id, qid):
+            return None
+        score = int(attrib["Score"])
+        # A low-scored answer only needs its score: its pair is removed anyway.
+        body = attrib["Body"] if score >= config.min_answer_score else ""
+        return PostHalf(qid, post.line, "answer", {"id": post.id, "score": score, "body": body})
+    stats.questions_seen += 1
+    accepted = _int_field(attrib, "AcceptedAnswerId", required=False)
+    score = int(attrib["Score"])
+    if accepted is None:
+        stats.removed["no_accepted_answer"] += 1
+        return None
+    if score < config.min_question_score:
+        stats.removed[f"question_score<{config.min_question_score}"] += 1
+        return None
+    return PostHalf(post.id, post.line, "question", {
+        "id": post.id, "score": score, "title": attrib["Title"], "body": attrib["Body"],
+        "tags": attrib.get("Tags"), "created": attrib.get("CreationDate"), "line": post.line})
+
+
+def _pair_step(waiting: tuple[str, dict] | None,
+               half: PostHalf) -> tuple[tuple[str, dict] | None, tuple | None, dict | None]:
+    """One question id's pending state after `half` arrives: (what waits now, (question, answer)
+    completed, a waiting question that `half` replaced).
+
+    The first half waits; the other kind completes the pair; a repeated half of the same kind
+    replaces the waiting one (the last row wins). A replaced question is removed as
+    `duplicate_question`, so that every question row is accounted for."""
+    if waiting is not None and waiting[0] != half.kind:
+        pair = (waiting[1], half.payload) if half.kind == "answer" else (half.payload, waiting[1])
+        return None, pair, None
+    replaced = waiting[1] if waiting is not None and waiting[0] == "question" else None
+    return (half.kind, half.payload), None, replaced
+
+
+def _finish(q: dict, a: dict, config: StackExchangeConfig, stats: StackExchangeStats, site: str,
+            path: str) -> tuple[dict | None, str | None]:
+    """(document, None), or (None, reason) when the accepted answer's score is too low."""
+    if a["score"] < config.min_answer_score:
+        reason = f"answer_score<{config.min_answer_score}"
+        stats.removed[reason] += 1
+        return None, reason
+    stats.kept += 1
+    return _document(site, path, q, a), None
+
+
+def _quarantiner(path: str, stats: StackExchangeStats, quarantine: Quarantine | None):
+    def on_bad(line_no: int, reason: str, detail: str, raw: bytes) -> None:
+        stats.rows += 1
+        stats.quarantined[reason] += 1
+        if quarantine is not None:
+            quarantine.add(path, line_no, reason, detail, raw)
+
+    return on_bad
+
+
 def iter_stackexchange(path: str, config: StackExchangeConfig = StackExchangeConfig(),
                        stats: StackExchangeStats | None = None,
                        quarantine: Quarantine | None = None) -> Iterator[dict]:
@@ -554,72 +697,73 @@ def iter_stackexchange(path: str, config: StackExchangeConfig = StackExchangeCon
     path = str(path)
     stats = StackExchangeStats() if stats is None else stats
     site = config.site or site_of(path)
-    answer_ids, question_ids = _candidates(path, config)
+    lookup = _candidates(path, config)
     pending = _PendingStore(config.max_pending_bytes)
-    min_q, min_a = config.min_question_score, config.min_answer_score
-
-    def on_bad(line_no: int, reason: str, detail: str, raw: bytes) -> None:
-        stats.rows += 1
-        stats.quarantined[reason] += 1
-        if quarantine is not None:
-            quarantine.add(path, line_no, reason, detail, raw)
-
-    def finish(q: dict, a: dict) -> dict | None:
-        if a["score"] < min_a:
-            stats.removed[f"answer_score<{min_a}"] += 1
-            return None
-        stats.kept += 1
-        return _document(site, path, q, a)
-
     try:
-        for post in _posts(path, on_bad):
+        for post in _posts(path, _quarantiner(path, stats, quarantine)):
             stats.rows += 1
-            attrib = post.attrib
-            if post.kind == "other":
-                stats.other_posts += 1
+            half = _half(post, lookup, config, stats)
+            if half is None:
                 continue
-            if post.kind == "answer":
-                stats.answers_seen += 1
-                qid = int(attrib["ParentId"])
-                if not _is_accepted_pair(answer_ids, question_ids, post.id, qid):
-                    continue
-                score = int(attrib["Score"])
-                # A low-scored answer only needs its score: its pair is removed anyway.
-                a = {"id": post.id, "score": score, "body": attrib["Body"] if score >= min_a else ""}
-                waiting = pending.pop(qid)
-                if waiting is None:
-                    pending.put(qid, "answer", a)
-                elif waiting[0] == "question":
-                    doc = finish(waiting[1], a)
-                    if doc is not None:
-                        yield doc
-                else:
-                    pending.put(qid, "answer", a)  # a repeated answer row: the last one wins
-                continue
-            stats.questions_seen += 1
-            accepted = _int_field(attrib, "AcceptedAnswerId", required=False)
-            score = int(attrib["Score"])
-            if accepted is None:
-                stats.removed["no_accepted_answer"] += 1
-                continue
-            if score < min_q:
-                stats.removed[f"question_score<{min_q}"] += 1
-                continue
-            q = {"id": post.id, "score": score, "title": attrib["Title"], "body": attrib["Body"],
-                 "tags": attrib.get("Tags"), "created": attrib.get("CreationDate"), "line": post.line}
-            waiting = pending.pop(post.id)
-            if waiting is not None and waiting[0] == "answer":
-                doc = finish(q, waiting[1])
+            waiting, pair, replaced = _pair_step(pending.pop(half.question_id), half)
+            if waiting is not None:
+                pending.put(half.question_id, *waiting)
+            if replaced is not None:
+                stats.removed["duplicate_question"] += 1
+            if pair is not None:
+                doc, _reason = _finish(*pair, config, stats, site, path)
                 if doc is not None:
                     yield doc
-            else:
-                pending.put(post.id, "question", q)
         for _qid, kind, _payload in pending.remaining():
             if kind == "question":
                 stats.removed["answer_missing"] += 1
         stats.spilled_posts += pending.spilled
     finally:
         pending.close()
+
+
+# ---------------------------------------------------------------------------- split conversion
+
+
+class PairOutcome(NamedTuple):
+    """What became of one candidate pair, at the row where the whole-file reader decides it."""
+
+    line: int  # the completing row (a document, `answer_score<N`); the question row (`answer_missing`,
+    #            `duplicate_question`)
+    doc: dict | None
+    reason: str | None  # None: kept
+
+
+def range_halves(path: str, byte_range: tuple[int, int], first_line: int, lookup: tuple[array, array],
+                 config: StackExchangeConfig, stats: StackExchangeStats,
+                 quarantine: Quarantine | None = None) -> Iterator[PostHalf]:
+    """Pass 2 over one byte range: the halves its rows contribute, with lines numbered after
+    `first_line`; `lookup` needs only the candidate pairs whose answer row lies in this range."""
+    path = str(path)
+    for post in _posts(path, _quarantiner(path, stats, quarantine), byte_range, first_line):
+        stats.rows += 1
+        half = _half(post, lookup, config, stats)
+        if half is not None:
+            yield half
+
+
+def pair_halves(halves, config: StackExchangeConfig, stats: StackExchangeStats, path: str) -> Iterator[PairOutcome]:
+    """One question id's halves, in line order -> outcomes, exactly as `iter_stackexchange`'s
+    pending store decides them (the same `_pair_step`)."""
+    path = str(path)
+    site = config.site or site_of(path)
+    waiting = None
+    for half in halves:
+        waiting, pair, replaced = _pair_step(waiting, half)
+        if replaced is not None:
+            stats.removed["duplicate_question"] += 1
+            yield PairOutcome(replaced["line"], None, "duplicate_question")
+        if pair is not None:
+            doc, reason = _finish(*pair, config, stats, site, path)
+            yield PairOutcome(half.line, doc, reason)
+    if waiting is not None and waiting[0] == "question":
+        stats.removed["answer_missing"] += 1
+        yield PairOutcome(waiting[1]["line"], None, "answer_missing")
 
 
 def read_stackexchange(path: str, min_question_score: int = 3, min_answer_score: int = 5,

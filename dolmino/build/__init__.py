@@ -1,7 +1,7 @@
 """The build, as stages that read top to bottom (docs/DESIGN.md "Build at scale").
 
     inputs   list every source's files, cut them into units (whole files, or byte ranges of
-             large plain .jsonl) and group units into tasks of a target size in bytes
+             large plain .jsonl and Posts.xml) and group units into tasks of a target size in bytes
     tag      once per pool: read every unit, quarantine bad lines, and write its attribute
              files (id, line, bytes, content hash; each filter's scores or verdicts; MinHash
              clusters) under the attributes root                       `dolmino tag`

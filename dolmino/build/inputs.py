@@ -1,9 +1,9 @@
 """Input files, units and tasks: what a build reads, and how the work is cut.
 
 A *unit* is the piece of input that one set of attribute files describes: a whole file or,
-for a large uncompressed .jsonl, a byte range [start, end). A line belongs to the range in
-which it starts (as in Hadoop's TextInputFormat), so ranges tile a file without cutting a
-document. Units are numbered in a fixed order (source, file name, start), so a rerun over
+for a large uncompressed .jsonl or Posts.xml, a byte range [start, end). A line belongs to
+the range in which it starts (as in Hadoop's TextInputFormat), so ranges tile a file without
+cutting a document. Units are numbered in a fixed order (source, file name, start), so a rerun over
 the same inputs finds the same units and reuses their finished attribute files.
 
 A *task* groups consecutive units up to a target size in bytes: 20,000 small files become a
@@ -14,7 +14,9 @@ Which files are documents is decided by name, so a stray README.txt in a source 
 is reported and skipped at listing time, not found broken an hour into the job:
 `.jsonl` / `.json` / `.ndjson`, optionally compressed (`.gz`, `.zst`, `.zstd`); Stack
 Exchange sources read `.xml` the same way. Only uncompressed files split into ranges
-(a gzip or zstd stream can only be read from its start).
+(a gzip or zstd stream can only be read from its start): plain .jsonl, and plain Posts.xml,
+whose ranges the tag phase converts into Q&A documents with Spark stages
+(`dolmino.build.stackexchange`); a Posts.xml.gz / .zst is one unit, converted in one task.
 """
 
 from __future__ import annotations
@@ -47,8 +49,9 @@ def readable_by_name(name: str, fmt: str) -> bool:
 
 
 def splittable(name: str, fmt: str) -> bool:
-    """Plain (uncompressed) Dolma JSONL can be read from any byte offset."""
-    return fmt == "dolma" and name.lower().endswith(DOCUMENT_STEMS)
+    """Plain (uncompressed) files can be read from any byte offset: Dolma JSONL, and Stack
+    Exchange Posts.xml (one row per line; `dolmino.build.stackexchange` converts the ranges)."""
+    return name.lower().endswith(DOCUMENT_STEMS if fmt == "dolma" else STACKEXCHANGE_STEMS)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ from dolmino.documents import DEFAULT_MAX_DOC_BYTES, OversizeLine, Quarantine, i
 
 
 def byte_range(unit: Unit) -> tuple[int, int] | None:
-    return (unit.start, unit.end) if unit.is_range else None
+    """The range of the unit's input to read; None for a whole file, and for every Stack
+    Exchange unit, whose documents file (derived by the tag phase, one per unit) is read whole."""
+    return (unit.start, unit.end) if unit.is_range and unit.file.format != "stackexchange" else None
 
 
 def read_unit(uri: str, unit: Unit, quarantine: Quarantine,

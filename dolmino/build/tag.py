@@ -8,7 +8,9 @@ Per unit (one executor task handles several), in input order:
   sample: the dolma2 token count of the ~1/1024 of documents whose content hash starts
   with ten zero bits, so the mix phase can estimate a pool's tokens without tokenizing it);
 - one set per tagging filter of the source (`filters/base.py`: scores, or verdicts);
-- for Stack Exchange sources, the Q&A documents made from Posts.xml (the mix reads those).
+- for Stack Exchange sources, the Q&A documents made from Posts.xml (the mix reads those):
+  a whole file inside its tag task, a large uncompressed one by Spark stages over its byte
+  ranges before the tag stage (`dolmino.build.stackexchange`), with the same documents.
 
 Then, per source with MinHash dedup, a source-wide stage: signatures of every document,
 LSH banding and connected components (`filters.dedup`), and a `minhash-<key>` set that
@@ -23,7 +25,6 @@ checks it can see every file before it goes on.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,7 +36,8 @@ from dolmino.build.attributes import (
 from dolmino.build.inputs import Unit
 from dolmino.build.read import read_unit
 from dolmino.build.resources import Resource, keyed_spec, localized_spec
-from dolmino.documents import Quarantine, QuarantineRecord, write_documents
+from dolmino.build.stackexchange import RangeConverted, apply_conversion, convert_ranges, convert_whole
+from dolmino.documents import Quarantine, QuarantineRecord
 from dolmino.errors import BuildError
 from dolmino.manifest import Manifest
 
@@ -66,6 +68,7 @@ class UnitWork(NamedTuple):
     unit: Unit
     sets: tuple[str, ...]  # attribute sets to write for this unit
     signatures: bool  # emit MinHash signatures (the source's cluster set is being computed)
+    converted: RangeConverted | None = None  # a Stack Exchange byte range converted before the tag stage
 
 
 class UnitTagged(NamedTuple):
@@ -162,33 +165,6 @@ def _documents(unit: Unit, plan: SourceTagPlan, ctx: TagContext,
         yield line, int(doc["metadata"]["line"]), doc
 
 
-def _convert_stackexchange(unit: Unit, plan: SourceTagPlan, ctx: TagContext, quarantine: Quarantine,
-                           stats: UnitStats, files: dict) -> None:
-    """Posts.xml -> Q&A documents under the attributes root (the mix phase reads these)."""
-    from filters.stackexchange import StackExchangeStats, read_stackexchange
-
-    se_stats = StackExchangeStats()
-    path = ctx.store.documents_path(plan.name, unit)
-    local = path if not path.startswith("s3://") else None
-    docs = read_stackexchange(unit.file.uri, stats=se_stats, quarantine=quarantine)
-    if local:
-        write_documents(local, docs)
-        files[path] = os.path.getsize(local)
-    else:
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="dolmino-se-") as tmp:
-            tmp_path = os.path.join(tmp, "docs.jsonl.zst")
-            write_documents(tmp_path, docs)
-            with open(tmp_path, "rb") as fh:
-                data = fh.read()
-            write_bytes(path, data)
-            files[path] = len(data)
-    for reason, n in se_stats.removed.items():
-        stats.removed[f"stackexchange:{reason}"] += n
-    stats.lines = se_stats.rows
-
-
 def _write_quarantine(path: str, records: list[QuarantineRecord]) -> int:
     import gzip
 
@@ -211,7 +187,10 @@ def tag_unit(work: UnitWork, ctx: TagContext) -> Iterator[UnitTagged | Signature
     quarantine = Quarantine()
     write_docs = plan.docs_set in work.sets
     if plan.format == "stackexchange" and write_docs:
-        _convert_stackexchange(unit, plan, ctx, quarantine, stats, files)
+        if work.converted is not None:
+            apply_conversion(work.converted, stats, files)
+        else:
+            convert_whole(unit, plan.name, ctx.store, quarantine, stats, files)
     tags = [t for t in plan.filters if t.set_name in work.sets]
     filters = [build_filter(localized_spec(t.spec, ctx.resources), f"{plan.name}.filters[{t.index}]") for t in tags]
     hasher = None
@@ -318,12 +297,16 @@ def _docs_stats(unit: Unit, path: str) -> tuple[int, dict]:
 
 
 def first_lines(units: list[Unit], stats: dict) -> dict[int, int]:
-    """Lines before each unit in its file: 0 for whole files, the earlier ranges' lines otherwise."""
+    """Lines before each unit in its file: 0 for whole files, the earlier ranges' lines otherwise.
+
+    Stack Exchange units get 0: their documents name their question row's line in the whole
+    Posts.xml already (`dolmino.build.stackexchange`)."""
     offsets: dict[int, int] = {}
     running: dict[str, int] = {}
     for unit in sorted(units, key=lambda u: (u.file.uri, u.start)):
-        offsets[unit.index] = running.get(unit.file.uri, 0) if unit.is_range else 0
-        if unit.is_range:
+        split = unit.is_range and unit.file.format != "stackexchange"
+        offsets[unit.index] = running.get(unit.file.uri, 0) if split else 0
+        if split:
             running[unit.file.uri] = offsets[unit.index] + stats[unit.index]["lines"]
     return offsets
 
@@ -393,13 +376,21 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], ta
         raise BuildError(f"{len(works_by_unit)} of {len(units)} units have no (current) attributes under "
                          f"{store.root} (first: {first.unit.key}, missing {', '.join(first.sets) or 'MinHash clusters'}); "
                          "run `dolmino tag` with the same manifest first")
+    stages = {}
+    se_due = {i for i, w in works_by_unit.items()
+              if w.unit.is_range and plans[w.unit.source_index].format == "stackexchange"
+              and plans[w.unit.source_index].docs_set in w.sets}
+    if se_due:
+        converted, stages = convert_ranges(sc, units, se_due, {si: p.name for si, p in enumerate(plans)}, store,
+                                           quiet=quiet)
+        for i in se_due:
+            works_by_unit[i] = works_by_unit[i]._replace(converted=converted[i])
     groups = [[works_by_unit[u.index] for u in group if u.index in works_by_unit] for group in task_groups]
     groups = [g for g in groups if g]
 
     ctx_b = sc.broadcast(TagContext(store, plans, resources, tokenizer, manifest.seed))
     records = None
     results: list[UnitTagged] = []
-    stages = {}
     todo_bytes = sum(w.unit.size for w in works_by_unit.values())
     with Stage(sc, "tag", total_bytes=todo_bytes, total_units=len(works_by_unit), quiet=quiet) as stage:
         if groups:

@@ -1,0 +1,279 @@
+"""A Posts.xml split into byte ranges converts exactly as the whole file does.
+
+The fixture is written like the official dump (see tests/test_stackexchange.py) with every case
+that couples rows far apart: answers before and after their questions and ranges away from
+them, malformed rows (one of them claiming another question's accepted answer), repeated
+question and answer rows, a non-canonical answer row that pass 1 reads through the XML
+parser, a CRLF line, and rows much longer than the smallest split. First the reader's range
+functions on their own, against the whole-file reader, for many cut points; then the build
+(`dolmino.build.mix.build`, Spark local[2]): tagged whole and with small split sizes, the
+memmaps are byte-identical, the reports equal, and the ranges' documents and quarantine
+files are the whole file's, cut.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dolmino.documents import Quarantine, read_documents
+from filters import stackexchange as se
+from test_stackexchange import answer, posts_xml, question, row
+
+WORDS = ("dough flour yeast oven crust proof knead rest bake salt water butter sugar heat pan steam "
+         "rise bread loaf crumb sour starter rye wheat bowl timer fold shape score cool slice").split()
+
+
+def _text(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def generated_posts(seed: int = 1, pairs: int = 90) -> bytes:
+    """Posts.xml bytes with every case that couples rows far apart."""
+    rng = random.Random(seed)
+    rows: list[str] = []
+    late: list[str] = []  # answers held back to land far after their questions
+    for k in range(pairs):
+        qid, aid = 100 + 3 * k, 101 + 3 * k
+        body = "<p>" + _text(rng, rng.randint(8, 60)) + "</p>" + ("<pre><code>x = 1\n\n\ny = 2</code></pre>" if k % 5 == 0 else "")
+        title, a_body = f"Question {k} " + _text(rng, 3), "<p>" + _text(rng, rng.randint(5, 80)) + "</p>"
+        if k % 9 == 4:  # the same Q&A under other ids: exact duplicates
+            title, body, a_body = "Asked again", "<p>the same question, asked again</p>", "<p>the same answer</p>"
+        q = question(qid, rng.choice([1, 3, 4, 12]), title, body, accepted=None if k % 11 == 7 else aid)
+        a = answer(aid, qid, rng.choice([2, 5, 9, 40]), a_body)
+        other = answer(102 + 3 * k, qid, 1, "<p>not the accepted one</p>")
+        where = k % 6
+        if where == 0:  # answer first
+            rows += [a, q, other]
+        elif where == 1:  # answer far after its question
+            rows += [q, other]
+            late.append(a)
+        elif where == 2:  # answer far before its question
+            rows.insert(rng.randrange(len(rows) + 1) // 4, a)
+            rows += [q]
+        elif where == 3:  # answer never shows up
+            rows += [q, other]
+        else:
+            rows += [q, a, other]
+        if k % 13 == 0:
+            rows.insert(rng.randrange(len(rows) + 1), late.pop(0) if late else row(Id=9000 + k, PostTypeId=5,
+                                                                                     Body="<p>tag wiki</p>"))
+    rows += late
+    # a question asked twice (the second row replaces the waiting first), and an answer given twice
+    rows.insert(10, question(5000, 9, "Twice asked", "<p>first copy</p>", accepted=5001))
+    rows.append(question(5000, 9, "Twice asked", "<p>second copy</p>", accepted=5001))
+    rows.append(answer(5001, 5000, 8, "<p>answer to the twice asked</p>"))
+    rows.insert(30, answer(5011, 5010, 6, "<p>first answer row</p>"))
+    rows.insert(31, answer(5011, 5010, 7, "<p>repeated answer row</p>"))
+    rows.append(question(5010, 5, "Answered twice before", "<p>q</p>", accepted=5011))
+    # a broken question claims an answer that belongs to a good question in another part of the file
+    rows.insert(5, '  <row Id="6000" PostTypeId="1" Score="9" AcceptedAnswerId="6002" Title="Broken" '
+                   'Body="<p>unescaped</p>" />')
+    rows.append(question(6001, 9, "Owner of 6002", "<p>mine</p>", accepted=6002))
+    rows.insert(20, answer(6002, 6001, 9, "<p>the real answer</p>"))
+    # a non-canonical answer row (single quotes): pass 1 must read it through the XML parser
+    rows.insert(40, "  <row PostTypeId='2' Id='7001' ParentId='7000' Score='9' Body='&lt;p&gt;single&lt;/p&gt;' />")
+    rows.append(question(7000, 9, "Single-quoted answer", "<p>q</p>", accepted=7001))
+    # malformed rows of several kinds, and one very long row
+    rows.insert(15, '  <row Id="8000" PostTypeId="2" ParentId="1" Score="high" Body="x" />')
+    rows.insert(60, "garbage that is not a row")
+    rows.insert(90, '  <row Id="8001" PostTypeId="1" Score="4" Body="no title" AcceptedAnswerId="8002" />')
+    rows.insert(100, question(8003, 9, "Long one", "<p>" + "long " * 3000 + "</p>", accepted=8004))
+    rows.insert(101, answer(8004, 8003, 9, "<p>" + "answer " * 2000 + "</p>"))
+    data = posts_xml(rows).encode("utf-8")
+    return data.replace(b"not a row\n", b"not a row\r\n", 1)
+
+
+def _whole(path: Path):
+    stats, quarantine = se.StackExchangeStats(), Quarantine()
+    docs = list(se.read_stackexchange(str(path), stats=stats, quarantine=quarantine))
+    return docs, stats, quarantine
+
+
+def _split(path: Path, bounds: list[int]):
+    """The split conversion's steps in plain Python: keys per range, the join, halves, pairing."""
+    config = se.StackExchangeConfig()
+    ranges = list(zip(bounds[:-1], bounds[1:]))
+    scans = [se.scan_keys(str(path), config, r, answer_keys=True) for r in ranges]
+    candidates = {(a, q) for s in scans for a, q in zip(s.candidate_answers.tolist(), s.candidate_questions.tolist())}
+    stats, quarantine = se.StackExchangeStats(), Quarantine()
+    halves, first = [], 0
+    for r, scan in zip(ranges, scans):
+        accepted = [(a, p) for a, p in zip(scan.answer_ids.tolist(), scan.answer_parents.tolist()) if (a, p) in candidates]
+        lookup = se.accepted_lookup(np.array([a for a, _ in accepted], dtype=np.int64),
+                                    np.array([p for _, p in accepted], dtype=np.int64))
+        halves += list(se.range_halves(str(path), r, first, lookup, config, stats, quarantine))
+        first += scan.lines
+    by_question: dict[int, list] = {}
+    for half in sorted(halves, key=lambda h: h.line):
+        by_question.setdefault(half.question_id, []).append(half)
+    outcomes = [o for hs in by_question.values() for o in se.pair_halves(hs, config, stats, str(path))]
+    assert len({o.line for o in outcomes}) == len(outcomes)  # one decision per row
+    docs = [o.doc for o in sorted(outcomes, key=lambda o: o.line) if o.doc is not None]
+    return docs, stats, quarantine, first
+
+
+@pytest.fixture(scope="module")
+def posts(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("se") / "cooking.stackexchange.com"
+    d.mkdir()
+    path = d / "Posts.xml"
+    path.write_bytes(generated_posts())
+    return path
+
+
+def _records(quarantine: Quarantine) -> list[tuple]:
+    return [(r.path, r.line, r.reason, r.detail, r.raw) for r in quarantine.records]
+
+
+def test_ranges_convert_like_the_whole_file(posts):
+    docs, stats, quarantine = _whole(posts)
+    size = posts.stat().st_size
+    # the fixture covers what it claims
+    assert stats.removed["answer_missing"] and stats.removed["answer_score<5"] and stats.removed["no_accepted_answer"]
+    assert stats.removed["question_score<3"] and len(quarantine.records) >= 4 and len(docs) > 20
+    assert stats.removed["duplicate_question"] == 1  # every question row is kept or removed by reason
+    stats.check_balance()
+    assert any("the real answer" in d["text"] for d in docs) and any("single" in d["text"] for d in docs)
+    assert any("second copy" in d["text"] and "answer to the twice" in d["text"] for d in docs)
+    assert any("repeated answer row" in d["text"] for d in docs)
+    lines = len(posts.read_bytes().split(b"\n")) - 1
+    rng = random.Random(0)
+    cuts = [[], [size // 2], [1], [size - 1], list(range(0, size, 997))[1:], list(range(0, size, 61))[1:]]
+    cuts += [sorted(rng.sample(range(1, size), rng.randint(2, 40))) for _ in range(12)]
+    for inner in cuts:
+        got, got_stats, got_quarantine, got_lines = _split(posts, [0, *inner, size])
+        assert got == docs, f"cuts {inner[:5]}..."
+        assert got_stats.to_dict() == stats.to_dict()
+        assert _records(got_quarantine) == _records(quarantine)
+        assert got_lines == lines
+
+
+def test_compressed_posts_cannot_be_read_by_range(tmp_path):
+    path = tmp_path / "Posts.xml.gz"
+    path.write_bytes(gzip.compress(posts_xml([]).encode()))
+    with pytest.raises(ValueError, match="compressed Posts.xml can only be read whole"):
+        se.scan_keys(str(path), se.StackExchangeConfig(), (0, 10))
+
+
+def test_pass_one_answer_keys_agree_with_the_xml_parser(posts, monkeypatch):
+    config = se.StackExchangeConfig()
+    fast = se.scan_keys(str(posts), config, answer_keys=True)
+    monkeypatch.setattr(se, "_candidate_fields", lambda line, answer_keys=False: None)
+    slow = se.scan_keys(str(posts), config, answer_keys=True)
+    def pairs(scan, first, second):
+        return list(zip(getattr(scan, first).tolist(), getattr(scan, second).tolist()))
+
+    assert len(fast.answer_ids) > 100 and fast.lines == slow.lines
+    # the regex path reads what the parser reads; beyond it only rows that pass 2 quarantines
+    # (a question with unescaped markup or no title, an answer with a bad score)
+    for first, second, broken in (("candidate_answers", "candidate_questions", [(6002, 6000), (8002, 8001)]),
+                                  ("answer_ids", "answer_parents", [(8000, 1)])):
+        got = pairs(fast, first, second)
+        assert [p for p in got if p not in broken] == pairs(slow, first, second)
+        assert set(broken) <= set(got)
+    assert (7001, 7000) in pairs(slow, "answer_ids", "answer_parents")
+
+
+# ---------------------------------------------------------------------------- the build
+
+
+def _manifest(root: Path) -> dict:
+    return {
+        "name": "se-split", "version": 2, "kind": "pool", "seed": 11, "data_root": str(root),
+        "output_format": {"tokens_per_file": "1K", "label_mask": False},
+        "sources": [{"name": "stackexchange", "paths": ["**/Posts.xml"], "format": "stackexchange", "pool_tokens": "30K",
+                     "filters": [{"type": "repeated_ngrams", "max_n": 13, "min_repeats": 32}],
+                     "dedup": {"exact": True}}],
+    }
+
+
+def _parts(out: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("part-*"))}
+
+
+def _comparable(report: dict) -> dict:
+    """A report without what describes the run (timings, stages, cluster) or where it wrote."""
+    out = {k: v for k, v in report.items() if k not in ("run", "attributes")}
+    out["output"] = {k: v for k, v in report["output"].items() if k != "location"}
+    return out
+
+
+def _unit_files(attributes: Path, kind: str) -> list[Path]:
+    return sorted((p for p in (attributes / "stackexchange" / kind).rglob("*") if p.is_file()), key=lambda p: p.name)
+
+
+def _documents(attributes: Path) -> list[dict]:
+    return [doc for p in _unit_files(attributes, "documents") for _, doc in read_documents(str(p), Quarantine())]
+
+
+def _quarantine_rows(attributes: Path) -> list[dict]:
+    return [json.loads(line) for p in _unit_files(attributes, "quarantine") for line in gzip.open(p, "rt")]
+
+
+@pytest.fixture(scope="module")
+def builds(posts, spark, tmp_path_factory):
+    """The same manifest built with the file whole, and split into 7 ranges (each its own task)."""
+    from dolmino.build.mix import build
+    from dolmino.manifest import manifest_from_dict
+
+    base = tmp_path_factory.mktemp("builds")
+    manifest = _manifest(posts.parent.parent)
+    whole = build(manifest_from_dict(manifest), 0, str(base / "whole"), spark, attributes=str(base / "attributes-whole"))
+    split = -(-posts.stat().st_size // 7)
+    ranged = build(manifest_from_dict(manifest), 0, str(base / "split"), spark, attributes=str(base / "attributes-split"),
+                   split_bytes=split, task_bytes=1)
+    return base, whole, ranged, split
+
+
+@pytest.mark.slow
+def test_split_build_is_byte_identical_to_the_whole_file_build(posts, builds):
+    base, whole, ranged, _split_bytes = builds
+    whole_docs = _documents(base / "attributes-whole")
+    assert len(_unit_files(base / "attributes-whole", "documents")) == 1
+    assert whole_docs == _whole(posts)[0]
+    source = whole["sources"][0]
+    assert source["removed"]["stackexchange:answer_missing"]["docs"] > 0 and sum(source["quarantined"].values()) >= 4
+    assert source["removed"]["exact_duplicate"]["docs"] > 0
+    assert len(_unit_files(base / "attributes-split", "documents")) == 7
+    assert _parts(base / "split") == _parts(base / "whole") and whole["output"]["files"] >= 2
+    assert _comparable(ranged) == _comparable(whole)
+    # the ranges' documents and quarantine files are the whole file's, cut
+    assert _documents(base / "attributes-split") == whole_docs
+    assert _quarantine_rows(base / "attributes-split") == _quarantine_rows(base / "attributes-whole")
+    assert {"stackexchange:keys", "stackexchange:pair"} <= set(ranged["run"]["stages"])
+    assert "stackexchange:pair" not in whole["run"]["stages"]
+
+
+@pytest.mark.slow
+def test_an_interrupted_split_tag_resumes(posts, builds, spark, tmp_path):
+    """A range whose docs set is missing (the job died before writing it) is converted again and
+    only its files are written; the build still equals the whole-file build."""
+    import shutil
+
+    from dolmino.build.mix import build
+    from dolmino.manifest import manifest_from_dict
+
+    base, whole, _ranged, split = builds
+    attributes = tmp_path / "attributes"
+    shutil.copytree(base / "attributes-split", attributes)
+    docs_sets = sorted((attributes / "stackexchange").glob("docs-*/**/*.parquet"))
+    assert len(docs_sets) == 7
+    lost = docs_sets[3]
+    stem = lost.name[: -len(".parquet")]
+    lost.unlink()
+    (attributes / "stackexchange" / "documents" / lost.parent.name / f"{stem}.jsonl.zst").unlink()
+    kept = {p: p.stat().st_mtime_ns for p in _unit_files(attributes, "documents")}
+    out = tmp_path / "resumed"
+    got = build(manifest_from_dict(_manifest(posts.parent.parent)), 0, str(out), spark, attributes=str(attributes),
+                split_bytes=split, task_bytes=1)
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
+    assert len(_unit_files(attributes, "documents")) == 7
+    assert _parts(out) == _parts(base / "whole")
+    assert _comparable(got) == _comparable(whole)
