@@ -131,6 +131,13 @@ def test_hf_errors_name_the_problem(tmp_path):
         check_compatible(info, ModelConfig(d_model=64, n_layers=2, n_heads=4, mlp_hidden=256, vocab_size=VOCAB))
     with pytest.raises(CheckpointFormatError, match="n_heads 4 != 8"):
         check_compatible(info, ModelConfig(d_model=64, n_layers=3, n_heads=8, mlp_hidden=256, vocab_size=VOCAB))
+    (tmp_path / "config-only").mkdir()  # a config without weights: its architecture is checked first
+    (tmp_path / "config-only" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointFormatError, match="config.json but no weights: expected model.safetensors"):
+        inspect_checkpoint(tmp_path / "config-only")
+    (tmp_path / "config-only" / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
+    with pytest.raises(CheckpointFormatError, match="'llama' is not Olmo2ForCausalLM"):
+        inspect_checkpoint(tmp_path / "config-only")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointFormatError, match="not a checkpoint this trainer reads"):
         inspect_checkpoint(tmp_path / "empty")
