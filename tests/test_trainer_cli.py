@@ -272,15 +272,41 @@ def test_recipes_give_the_papers_settings_and_explicit_flags_win():
     assert local.train.global_batch_size == 8 and local.train.micro_batch_size == 1  # 8 / 8 ranks
 
 
-@pytest.mark.parametrize("module", ["trainer.run", "trainer.schedule", "trainer.soup", "trainer.export_hf"])
+def option_entries(help_text: str) -> dict[str, str]:
+    """--option -> its help text, for every optional argument in an argparse --help output."""
+    entries: dict[str, str] = {}
+    current = None
+    for line in help_text.splitlines():
+        match = re.match(r"^  (-\S.*?)(?:\s{2,}(.*))?$", line)
+        if match:
+            names = [n.split()[0] for n in match.group(1).split(", ")]
+            current = next((n for n in names if n.startswith("--")), names[0])
+            entries[current] = match.group(2) or ""
+        elif current and line.startswith("    "):
+            entries[current] += " " + line.strip()
+        elif not line.strip() or not line.startswith(" "):
+            current = None
+    return entries
+
+
+@pytest.mark.parametrize("module", ["trainer.run", "trainer.eval", "trainer.schedule", "trainer.soup",
+                                    "trainer.export_hf"])
 def test_every_trainer_command_shows_its_defaults(module, capsys):
     import importlib
 
     with pytest.raises(SystemExit) as exc:
         importlib.import_module(module).main(["--help"])
     assert exc.value.code == 0
-    text = " ".join(capsys.readouterr().out.split())
+    raw = capsys.readouterr().out
+    text = " ".join(raw.split())
     assert "(default: " in text, module
+    entries = option_entries(raw)
+    assert len(entries) >= 2 and "--help" in entries, entries
+    required = {"--checkpoint", "--mix", "--data"} if module in ("trainer.eval", "trainer.run") else set()
+    silent = [name for name, help_ in entries.items()
+              if name not in {"--help"} | required and "default" not in help_.lower()
+              and not help_.startswith("same as")]
+    assert silent == [], f"{module}: options whose --help shows no default: {silent}"
     if module in ("trainer.run", "trainer.schedule"):
         assert "(default: 1024)" in text and "(default: 8)" in text
         assert "29.1M non-embedding / 54.8M total parameters" in text  # presets state both counts

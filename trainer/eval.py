@@ -62,6 +62,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainer.cli import HelpFormatter
 from trainer.config import ModelConfig
 from trainer.model import OLMo2, apply_rope
 
@@ -796,28 +797,26 @@ def _task_table() -> str:
     return "\n".join(lines)
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer.eval", description=__doc__.split("\n\n")[0],
-                                epilog=_task_table(), formatter_class=_HelpFormatter)
+                                epilog=_task_table(), formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True,
                    help="trainer checkpoint dir (or save dir: its latest), an HF Olmo2 directory, or an OLMo-core "
                         "checkpoint (stepN or stepN/model_and_optim)")
     p.add_argument("--tasks", type=_task_list, default=DEFAULT_TASKS, help="comma-separated tasks and groups")
-    p.add_argument("--limit", type=_positive_int, default=None, help="score only the first N instances of each task")
+    p.add_argument("--limit", type=_positive_int, default=None,
+                   help="score only the first N instances of each task (default: all)")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="sequences per forward pass")
     p.add_argument("--max-new-tokens", type=_positive_int, default=None,
-                   help="GSM8K generation budget; None takes oe-eval's (512)")
+                   help="GSM8K generation budget (default: oe-eval's, 512)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="weights and activations: auto = bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--tokenizer", default=None, help="tokenizers JSON file; None is the packaged dolma2")
-    p.add_argument("--out", default=None, help="also write the results JSON here")
-    p.add_argument("--details", default=None, help="write one JSON line per scored instance here")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--tokenizer", default=None, help="tokenizers JSON file (default: the packaged dolma2)")
+    p.add_argument("--out", default=None, help="also write the results JSON here (default: stdout only)")
+    p.add_argument("--details", default=None,
+                   help="write one JSON line per scored instance here (default: not written)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return p
 
 
