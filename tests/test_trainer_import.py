@@ -120,6 +120,10 @@ def test_hf_errors_name_the_problem(tmp_path):
         inspect_checkpoint(variant("llama", {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
     with pytest.raises(CheckpointFormatError, match="grouped-query"):
         inspect_checkpoint(variant("gqa", {"num_key_value_heads": 2}))
+    for name, scaled in (("rope4", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),  # transformers 4
+                         ("rope5", {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5}})):
+        with pytest.raises(CheckpointFormatError, match="RoPE scaling .*linear"):
+            inspect_checkpoint(variant(name, scaled))
     with pytest.raises(CheckpointFormatError, match="missing model.layers.1.mlp.up_proj.weight, unexpected none"):
         inspect_checkpoint(variant("missing", drop="model.layers.1.mlp.up_proj.weight"))
     with pytest.raises(CheckpointFormatError, match="unexpected model.layers.0.self_attn.q_proj.bias"):

@@ -238,8 +238,13 @@ def model_config_from_hf(hf: dict, where: str) -> ModelConfig:
         problems.append("tie_word_embeddings is true (OLMo 2 has an untied LM head)")
     if hf.get("attention_bias"):
         problems.append("attention_bias is true (OLMo 2 has no biases)")
-    if hf.get("rope_scaling"):
-        problems.append(f"rope_scaling {hf['rope_scaling']!r} is not supported")
+    # transformers < 5 writes RoPE scaling as rope_scaling, >= 5 as a rope_type other than "default"
+    # inside rope_parameters (which then also holds rope_theta)
+    rope_parameters = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or (rope_parameters if rope_parameters.get("rope_type", "default") != "default"
+                                         else None)
+    if scaling:
+        problems.append(f"RoPE scaling {scaling!r} is not supported")
     if hf.get("hidden_act", "silu") != "silu":
         problems.append(f"hidden_act {hf['hidden_act']!r} is not silu")
     if problems:
