@@ -1,8 +1,8 @@
 """Benchmark the trainer's step: its own loop, and side by side with transformers and OLMo-core.
 
-    python bench/bench_trainer.py                       # CPU: loop + peers at the 20M and 150M shapes
+    python bench/bench_trainer.py                       # CPU: loop + peers at the olmo2-30M and olmo2-190M shapes
     python bench/bench_trainer.py --quick               # smaller batches, fewer rounds (what bench.run --quick runs)
-    python bench/bench_trainer.py --model 1B --seq-len 4096 --batch-size 4 --micro-batch-size 2 --no-peers  # GPU
+    python bench/bench_trainer.py --model olmo2-1b --seq-len 4096 --batch-size 4 --micro-batch-size 2 --no-peers  # GPU
     python bench/bench_trainer_gpu.py                   # the OLMo2-1B bf16 comparison on one GPU (see there)
 
 Prints one JSON object. Two measurements:
@@ -17,7 +17,9 @@ Prints one JSON object. Two measurements:
    bf16 at 4096 context on H100s).
 
 2. Peers (CPU, `--peers`, on by default there): dolmino's step against transformers'
-   Olmo2ForCausalLM and OLMo-core's Transformer at the 20M and 150M presets' shapes. Each
+   Olmo2ForCausalLM and OLMo-core's Transformer at the olmo2-30M and olmo2-190M presets'
+   shapes (issue 17's "20M" and "150M" were the legacy presets of those names, 512 x 6 and
+   1024 x 12; `--peer-models 20M,150M` still measures exactly those). Each
    implementation runs in its own process (bench/anchor_scripts/trainer_step.py; OLMo-core
    from bench/.venvs/olmo-core, a venv holding ai2-olmo-core and the modules its imports
    need, installed --no-deps, that reaches torch through a .pth to this interpreter's
@@ -123,6 +125,11 @@ def raw_tokens_per_second(cfg: ModelConfig, seq_len: int, batch_size: int, micro
     return steps * batch_size * seq_len / (time.perf_counter() - t0)
 
 
+def is_olmo2_1b(model: str) -> bool:
+    """Whether the preset `model` has OLMo 2 1B's shape (OLMo-core's published figure is for it)."""
+    return not ModelConfig.preset(model).same_shape(ModelConfig.preset("olmo2-1b"))
+
+
 def figures(result: dict, raw_tok_s: float | None, dev: torch.device) -> list[dict]:
     """bench/run.py's figures: per-core tokens/s on CPU, per-GPU tokens/s and MFU on a GPU."""
     model, seq = result["model"], result["seq_len"]
@@ -135,7 +142,7 @@ def figures(result: dict, raw_tok_s: float | None, dev: torch.device) -> list[di
     if raw_tok_s is not None:
         out.append({"name": name, "impl": "raw", "value": raw_tok_s / per, "unit": unit, "better": "higher"})
     if dev.type == "cuda":
-        if model == "1B" and seq == 4096 and "H100" in result["device"]:
+        if is_olmo2_1b(model) and seq == 4096 and "H100" in result["device"]:
             out.append({"name": name, "impl": "olmo-core-published", "value": float(OLMO_CORE_1B_H100_TOKENS_PER_S),
                         "unit": unit, "better": "higher"})
         if result["mfu"] is not None:
@@ -463,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     loop = p.add_argument_group("the trainer's own loop (vs the bare-loop ceiling)")
-    loop.add_argument("--model", default="1B" if on_gpu else "20M", help="model preset")
+    loop.add_argument("--model", default="olmo2-1b" if on_gpu else "olmo2-30M", help="model preset")
     loop.add_argument("--seq-len", type=int, default=4096 if on_gpu else 256, help="tokens per instance")
     loop.add_argument("--batch-size", type=int, default=8 if on_gpu else 4, help="instances per step")
     loop.add_argument("--micro-batch-size", type=int, default=2 if on_gpu else None,
@@ -478,13 +485,14 @@ def main(argv: list[str] | None = None) -> int:
     peers = p.add_argument_group("peers: transformers Olmo2ForCausalLM and OLMo-core Transformer (CPU)")
     peers.add_argument("--peers", action=argparse.BooleanOptionalAction, default=not on_gpu,
                        help="run the side-by-side comparison (on GPU use bench/bench_trainer_gpu.py)")
-    peers.add_argument("--peer-models", default="20M,150M", help="comma-separated model presets")
+    peers.add_argument("--peer-models", default="olmo2-30M,olmo2-190M",
+                       help="comma-separated model presets (issue 17's shapes: the legacy 20M,150M)")
     peers.add_argument("--peer-seq-len", type=int, default=512, help="tokens per instance")
     peers.add_argument("--peer-batch-size", type=int, default=2, help="instances per step (one micro-batch)")
     peers.add_argument("--rounds", type=int, default=5, help="interleaved rounds (one process per impl each)")
     peers.add_argument("--peer-steps", type=int, default=2, help="timed steps per process")
     peers.add_argument("--peer-warmup", type=int, default=1, help="untimed steps per process before the timed ones")
-    peers.add_argument("--memory-model", default="20M", help="model of the peak-memory comparison")
+    peers.add_argument("--memory-model", default="olmo2-30M", help="model of the peak-memory comparison")
     peers.add_argument("--memory-seq-len", type=int, default=4096,
                        help="sequence length of the peak-memory comparison (batch 1); 0 skips it")
     peers.add_argument("--variants", action=argparse.BooleanOptionalAction, default=True,
@@ -492,8 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     peers.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per process")
     peers.add_argument("--worker-timeout", type=float, default=3600, help="seconds before a worker is killed")
     p.add_argument("--quick", action="store_true",
-                   help="shorter run (CPU loop: seq 128, batch 2, 1 timed step; peers: batch 1, seq 256 for 20M and "
-                        "128 for larger models, 2 rounds of 1 timed step, no variants; the peak-memory run is kept)")
+                   help="shorter run (CPU loop: seq 128, batch 2, 1 timed step; peers: batch 1, seq 256 up to d_model "
+                        "512 (olmo2-30M) and 128 above (olmo2-190M), 2 rounds of 1 timed step, no variants; the "
+                        "peak-memory run is kept)")
     args = p.parse_args(argv)
     if args.quick and not on_gpu:
         args.seq_len, args.batch_size, args.steps, args.warmup = min(args.seq_len, 128), 2, 1, 1
@@ -510,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
                        args.device, args.compile, raw=not args.no_raw)
     if args.peers:
         impls = PEERS + (("dolmino_lm_loss",) if args.variants else ())
-        def seq_for(model: str) -> int:  # --quick: the 150M step at 128 tokens keeps the run under an hour here
+        def seq_for(model: str) -> int:  # --quick: olmo2-190M at 128 tokens keeps the run under an hour here
             if getattr(args, "quick_seq_len_large", None) and ModelConfig.preset(model).d_model > 512:
                 return args.quick_seq_len_large
             return args.peer_seq_len

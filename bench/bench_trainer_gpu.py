@@ -33,7 +33,7 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from bench.bench_trainer import (OLMO_CORE_1B_H100_TOKENS_PER_S, PEERS, _base_spec, available_peers,  # noqa: E402
-                                 run_worker, write_inputs)
+                                 is_olmo2_1b, run_worker, write_inputs)
 from trainer.config import ModelConfig  # noqa: E402
 from trainer.throughput import mfu, peak_flops  # noqa: E402
 
@@ -80,7 +80,7 @@ def run(model: str, seq_len: int, batch_size: int, micro_batch_size: int, steps:
         if r["mfu"] is not None:
             figures.append({"name": f"trainer_mfu_{model}_seq{seq_len}_{dev.type}", "impl": impl, "value": r["mfu"],
                             "unit": "fraction of peak bf16", "better": "higher"})
-    if dev.type == "cuda" and model == "1B" and seq_len == 4096:
+    if dev.type == "cuda" and is_olmo2_1b(model) and seq_len == 4096:
         figures.append({"name": name, "impl": "olmo-core-published", "value": float(OLMO_CORE_1B_H100_TOKENS_PER_S),
                         "unit": unit, "better": "higher"})
     return {"benchmark": "trainer_step_gpu", "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
@@ -95,7 +95,7 @@ def run(model: str, seq_len: int, batch_size: int, micro_batch_size: int, steps:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="1B", help="model preset")
+    p.add_argument("--model", default="olmo2-1b", help="model preset")
     p.add_argument("--seq-len", type=int, default=4096, help="tokens per instance")
     p.add_argument("--batch-size", type=int, default=8, help="instances per optimizer step")
     p.add_argument("--micro-batch-size", type=int, default=2, help="instances per forward pass")

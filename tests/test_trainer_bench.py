@@ -29,16 +29,17 @@ def test_bench_prints_valid_figures_for_trainer_and_raw(capsys):
 
 
 def test_gpu_figures_carry_mfu_and_the_published_anchor():
-    result = {"model": "1B", "seq_len": 4096, "tokens_per_second": 50_000.0, "threads": 16, "mfu": 0.41,
+    result = {"model": "olmo2-1b", "seq_len": 4096, "tokens_per_second": 50_000.0, "threads": 16, "mfu": 0.41,
               "device": "NVIDIA H100 80GB HBM3"}
     figs = bench_trainer.figures(result, 52_000.0, torch.device("cuda"))
     assert validate_figures({"figures": figs})[1] == []
     named = {(f["name"], f["impl"]): f["value"] for f in figs}
-    assert named[("trainer_step_1B_seq4096_gpu", "dolmino")] == 50_000.0  # per GPU, not per core
-    assert named[("trainer_step_1B_seq4096_gpu", "olmo-core-published")] == 55_000.0
-    assert named[("trainer_mfu_1B_seq4096_gpu", "dolmino")] == 0.41
+    assert named[("trainer_step_olmo2-1b_seq4096_gpu", "dolmino")] == 50_000.0  # per GPU, not per core
+    assert named[("trainer_step_olmo2-1b_seq4096_gpu", "olmo-core-published")] == 55_000.0
+    assert named[("trainer_mfu_olmo2-1b_seq4096_gpu", "dolmino")] == 0.41
     other = bench_trainer.figures({**result, "device": "NVIDIA A100", "mfu": None}, None, torch.device("cuda"))
     assert [(f["impl"]) for f in other] == ["dolmino"]  # no H100 anchor elsewhere, no MFU without a peak
+    assert bench_trainer.is_olmo2_1b("1B") and not bench_trainer.is_olmo2_1b("olmo2-190M")  # legacy name, same shape
 
 
 # ----------------------------------------------------------------------------- peers
@@ -66,8 +67,8 @@ def test_worker_maps_every_parameter_like_the_hf_exporter():
     assert {"embeddings.weight", "lm_head.w_out.weight", "lm_head.norm.weight", "blocks.1.feed_forward.w2.weight",
             "blocks.0.attention.q_norm.weight", "blocks.0.attention_norm.weight"} <= set(core)
     assert core["blocks.0.feed_forward.w1.weight"] is state["blocks.0.mlp.gate_proj.weight"]
-    assert worker.no_decay(list(core), "olmo-core") == {n for n in core if n.endswith("norm.weight")} | {
-        "embeddings.weight"}
+    assert worker.no_decay(list(core), "olmo-core") == {"embeddings.weight"}  # OLMo 2: norms are decayed
+    assert worker.no_decay(list(hf), "transformers") == {"model.embed_tokens.weight"}
     with pytest.raises(KeyError):
         worker.rename({"blocks.0.bogus.weight": torch.zeros(1)}, "transformers")
 
@@ -82,9 +83,9 @@ def _comparison(model, times, ces):
 def test_peer_figures_carry_issue_17_goals_into_the_harness():
     from bench.run import compare, median_figures
 
-    comp = _comparison("20M", {"dolmino": 10.0, "transformers": 12.5, "olmo-core": 13.0},
+    comp = _comparison("olmo2-30M", {"dolmino": 10.0, "transformers": 12.5, "olmo-core": 13.0},
                        {"dolmino": 11.5, "transformers": 11.5, "olmo-core": 11.5000001})
-    memory = {"model": "20M", "batch_size": 1, "seq_len": 4096, "threads": 2, "errors": [],
+    memory = {"model": "olmo2-30M", "batch_size": 1, "seq_len": 4096, "threads": 2, "errors": [],
               "impls": {"dolmino": {"peak_rss_mib": 3000.0, "step_peak_increase_mib": 500.0, "first_step_ce": 11.5},
                         "transformers": {"peak_rss_mib": 7000.0, "step_peak_increase_mib": 5000.0,
                                          "first_step_ce": 11.5},
@@ -94,23 +95,23 @@ def test_peer_figures_carry_issue_17_goals_into_the_harness():
     good, problems = validate_figures({"figures": figs})
     assert problems == [] and len(good) == len(figs)
     by = {c["name"]: c for c in compare(median_figures([good]))}
-    step = by["trainer vs peers: step time, 20M 1x256 cpu 2 threads"]
+    step = by["trainer vs peers: step time, olmo2-30M 1x256 cpu 2 threads"]
     assert step["best_anchor"] == "transformers" and step["ratio"] == pytest.approx(1.25)
     assert step["meets_goal"] is True and step["goal"].startswith(">= 1.2 x transformers")
-    tok = by["trainer vs peers: tokens/s, 20M 1x256 cpu 2 threads"]
+    tok = by["trainer vs peers: tokens/s, olmo2-30M 1x256 cpu 2 threads"]
     assert tok["meets_goal"] is True and tok["ratio"] == pytest.approx(1.25)
-    mem = by["trainer vs peers: peak RSS of a step, 20M 1x4096 cpu"]
+    mem = by["trainer vs peers: peak RSS of a step, olmo2-30M 1x4096 cpu"]
     # the memory goal is against transformers even when another anchor uses less
     assert mem["best_anchor"] == "olmo-core" and mem["meets_goal"] is True
     assert mem["goal"].startswith(">= 2 x transformers (is 2.33")
-    slow = _comparison("150M", {"dolmino": 10.0, "transformers": 11.0, "olmo-core": 15.0},
+    slow = _comparison("olmo2-190M", {"dolmino": 10.0, "transformers": 11.0, "olmo-core": 15.0},
                        {"dolmino": 11.5, "transformers": 11.5, "olmo-core": 11.5})
     (c,) = [c for c in compare(median_figures([bench_trainer.peer_figures([slow], None)]))
             if c["unit"] == "s/step"]
     assert c["meets_goal"] is False  # 1.1x the faster peer is short of 1.2x
     notes = bench_trainer.peer_notes([comp], memory)
     assert "agree" in notes[0] and "DISAGREE" not in notes[0]
-    bad = _comparison("20M", {"dolmino": 1.0, "transformers": 1.0}, {"dolmino": 11.5, "transformers": 10.0})
+    bad = _comparison("olmo2-30M", {"dolmino": 1.0, "transformers": 1.0}, {"dolmino": 11.5, "transformers": 10.0})
     assert "DISAGREE" in bench_trainer.peer_notes([bad], None)[0]
 
 

@@ -136,26 +136,47 @@ def test_parse_count():
         parse_count("lots")
 
 
+def plant_repeated_runs(data_dir: Path, out: Path, seq_len: int) -> Path:
+    """A copy of a built mix in which every other `seq_len`-token instance holds 34 copies of one
+    token in a row: OLMo 2's instance filter (the default) drops all of that instance's labels."""
+    shutil.copytree(data_dir, out)
+    for part in sorted(out.glob("part-*.npy")):
+        if part.name.endswith(".label_mask.npy"):
+            continue
+        tokens = np.memmap(part, dtype="<u4", mode="r+")
+        for start in range(0, len(tokens) - seq_len + 1, 2 * seq_len):
+            tokens[start + 8: start + 42] = 7
+        tokens.flush()
+        del tokens
+    return out
+
+
 @pytest.mark.slow
 def test_torchrun_ddp_and_fsdp_match_single_process(data_dir, tmp_path):
     """2 gloo ranks x 1 instance == 1 process x 2 micro-batches of 1 (same global batch, same data).
 
-    The data carries label masks, so the two ranks hold different numbers of targets: only
-    a loss divided by the global target count (not a mean of per-rank means) matches."""
+    The data carries label masks and instances that the instance filter drops whole, so the two
+    ranks hold different numbers of targets (sometimes none): only a loss divided by the global
+    target count (not a mean of per-rank means) matches. The single process runs the plain
+    output layer + loss (--no-fused-loss), the ranks the fused one (the default)."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     if torchrun is None:
         pytest.skip("torchrun is not installed next to this interpreter")
-    common = ["--data", data_dir, "--model", "tiny", "--steps", 3, "--seq-len", 32, "--batch-size", 2,
+    data = plant_repeated_runs(data_dir, tmp_path / "mix", 64)
+    common = ["--data", data, "--model", "tiny", "--steps", 3, "--seq-len", 64, "--batch-size", 2,
               "--metrics-interval", 1, "--device", "cpu"]
-    single = run_cli(*common, "--micro-batch-size", 1, "--save-dir", tmp_path / "single")
+    single = run_cli(*common, "--micro-batch-size", 1, "--no-fused-loss", "--save-dir", tmp_path / "single")
     assert single.returncode == 0, single.stderr
     assert re.search(r"[1-9][\d,]* masked by label mask", single.stdout), single.stdout[-500:]
+    filtered = re.search(r"\(([1-9]) instances filtered\)", single.stdout)
+    assert filtered and int(filtered.group(1)) < 6, single.stdout[-500:]  # some, not all, of the 6 instances
     reference = metrics(tmp_path / "single")
     launcher = [torchrun, "--standalone", "--nproc_per_node", "2", "-m"]
     for mode, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
         proc = run_cli(*common, *extra, "--save-dir", tmp_path / mode, launcher=launcher)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "x2" in proc.stdout and "data: 6 instances" in proc.stdout  # stats summed over ranks
+        assert f"({filtered.group(1)} instances filtered)" in proc.stdout
         rows = metrics(tmp_path / mode)
         assert [r["step"] for r in rows] == [1, 2, 3]
         for ra, rb in zip(reference, rows):
@@ -251,15 +272,41 @@ def test_recipes_give_the_papers_settings_and_explicit_flags_win():
     assert local.train.global_batch_size == 8 and local.train.micro_batch_size == 1  # 8 / 8 ranks
 
 
-@pytest.mark.parametrize("module", ["trainer.run", "trainer.schedule", "trainer.soup", "trainer.export_hf"])
+def option_entries(help_text: str) -> dict[str, str]:
+    """--option -> its help text, for every optional argument in an argparse --help output."""
+    entries: dict[str, str] = {}
+    current = None
+    for line in help_text.splitlines():
+        match = re.match(r"^  (-\S.*?)(?:\s{2,}(.*))?$", line)
+        if match:
+            names = [n.split()[0] for n in match.group(1).split(", ")]
+            current = next((n for n in names if n.startswith("--")), names[0])
+            entries[current] = match.group(2) or ""
+        elif current and line.startswith("    "):
+            entries[current] += " " + line.strip()
+        elif not line.strip() or not line.startswith(" "):
+            current = None
+    return entries
+
+
+@pytest.mark.parametrize("module", ["trainer.run", "trainer.eval", "trainer.schedule", "trainer.soup",
+                                    "trainer.export_hf"])
 def test_every_trainer_command_shows_its_defaults(module, capsys):
     import importlib
 
     with pytest.raises(SystemExit) as exc:
         importlib.import_module(module).main(["--help"])
     assert exc.value.code == 0
-    text = " ".join(capsys.readouterr().out.split())
+    raw = capsys.readouterr().out
+    text = " ".join(raw.split())
     assert "(default: " in text, module
+    entries = option_entries(raw)
+    assert len(entries) >= 2 and "--help" in entries, entries
+    required = {"--checkpoint", "--mix", "--data"} if module in ("trainer.eval", "trainer.run") else set()
+    silent = [name for name, help_ in entries.items()
+              if name not in {"--help"} | required and "default" not in help_.lower()
+              and not help_.startswith("same as")]
+    assert silent == [], f"{module}: options whose --help shows no default: {silent}"
     if module in ("trainer.run", "trainer.schedule"):
         assert "(default: 1024)" in text and "(default: 8)" in text
         assert "29.1M non-embedding / 54.8M total parameters" in text  # presets state both counts

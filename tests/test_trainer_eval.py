@@ -22,7 +22,7 @@ from dolmino.assets import AssetError, dolma2_tokenizer_path, read_member, wheel
 from trainer.config import ModelConfig
 from trainer.eval import (
     METRICS, TASKS, Choice, GenDoc, MCDoc, Tokenizer, _forward_cached, canonical_number, choose, evaluate, evaluate_gen,
-    evaluate_mc, extract_answer, final_hidden, greedy_generate, load_gen_docs, load_mc_docs, load_model, main,
+    evaluate_mc, extract_answer, greedy_generate, load_gen_docs, load_mc_docs, load_model, main,
     mmlu_prompt, resolve_tasks, run_task,
 )
 from trainer.model import OLMo2
@@ -167,13 +167,6 @@ def small_model(seed: int = 0, **overrides) -> OLMo2:
                 p.mul_(1 + 0.3 * torch.randn_like(p))
         model.lm_head.weight.mul_(20)  # peaked predictions, far from ties
     return model
-
-
-def test_final_hidden_is_the_forward_pass_without_the_head():
-    model = small_model(vocab_size=1000)
-    ids = torch.randint(0, 1000, (3, 50))
-    with torch.no_grad():
-        assert torch.equal(model.lm_head(final_hidden(model, ids)), model(ids))
 
 
 def test_cached_decoding_with_left_padding_matches_the_full_forward_pass():
@@ -328,11 +321,16 @@ def test_greedy_gsm8k_tokens_equal_a_transformers_only_loop(wheels, tokenizer, h
         assert generation.text == tokenizer.decode(expected) and generation.stop == "length"
 
 
-def test_a_trainer_checkpoint_and_its_hf_export_score_identically(wheels, tmp_path, capsys):
+def test_a_trainer_checkpoint_its_hf_export_and_an_olmo_core_copy_score_identically(wheels, tmp_path, capsys):
+    """One importer (trainer.weights) for the three formats: the same weights give the same bits."""
+    from test_trainer_import import as_if_written_by_olmo_core, write_olmo_core_checkpoint
     from trainer.export_hf import export
 
-    save_trainer_checkpoint(tmp_path / "ckpt", small_model(seed=5, max_seq_len=1024))
+    model = small_model(seed=5, max_seq_len=1024)
+    save_trainer_checkpoint(tmp_path / "ckpt", model)
     export(tmp_path / "ckpt", tmp_path / "hf")
+    olmo_core = write_olmo_core_checkpoint(tmp_path / "olmo-core-run", 42, model)  # DCP + OLMo-core's config.json
+    as_if_written_by_olmo_core(olmo_core / "model_and_optim")  # its own pickled metadata classes
     args = ["--tasks", "arc_easy,winogrande", "--limit", "3", "--batch-size", "4", "--device", "cpu"]
     assert main(["--checkpoint", str(tmp_path / "ckpt"), *args, "--out", str(tmp_path / "a.json"),
                  "--details", str(tmp_path / "a.jsonl")]) == 0
@@ -344,8 +342,14 @@ def test_a_trainer_checkpoint_and_its_hf_export_score_identically(wheels, tmp_pa
     assert result["n"] == 3 and result["metric"] == "acc_per_char" and result["accuracy"] in (0, 1 / 3, 2 / 3, 1)
     assert result["settings"]["olmes"] == "arc_easy:rc::olmes:full" and result["settings"]["limit"] == 3
     assert a["results"]["winogrande"]["metrics"]["acc_uncond"] is None  # no unconditional requests in its dump
-    # bitwise: the same model, loaded from the two formats
+    # bitwise: the same model, loaded from the three formats
     assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+    assert main(["--checkpoint", str(olmo_core), *args, "--out", str(tmp_path / "c.json"),
+                 "--details", str(tmp_path / "c.jsonl")]) == 0
+    c = json.loads((tmp_path / "c.json").read_text())
+    assert c["checkpoint_format"] == "olmo-core" and c["step"] == 42
+    assert c["checkpoint"] == str(olmo_core / "model_and_optim") and c["parameters"] == a["parameters"]
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "c.jsonl").read_text()
 
 
 def test_context_longer_than_max_seq_len_is_truncated_from_the_left_and_counted(wheels, tmp_path):
@@ -366,7 +370,10 @@ def test_cli_errors(wheels, tmp_path, capsys):
     (tmp_path / "llama").mkdir()
     (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
     assert main(["--checkpoint", str(tmp_path / "llama"), "--tasks", "arc_easy"]) == 2
-    assert "only Olmo2 checkpoints are supported" in capsys.readouterr().err
+    assert "'llama' is not Olmo2ForCausalLM" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["--checkpoint", str(tmp_path / "empty"), "--tasks", "arc_easy"]) == 2
+    assert "not a checkpoint this trainer reads" in capsys.readouterr().err
 
 
 def test_help_lists_tasks_and_defaults(capsys):

@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.config import ModelConfig
+from trainer.config import ModelConfig, TrainConfig
 from trainer.loss import IGNORE_INDEX, FusedLinearCrossEntropy, chunk_rows, fused_lm_loss, lm_loss
 from trainer.model import OLMo2
 
@@ -333,3 +333,110 @@ def test_no_tokens_at_all():
     out.loss.backward()
     assert out.loss.item() == 0.0 and out.n_tokens.item() == 0
     assert h.grad.shape == (0, D) and torch.count_nonzero(wt.grad) == 0
+
+
+# ------------------------------------------------------------------------------- training paths
+
+
+def filtered_mix(directory: Path, seq_len: int, n_instances: int, filtered: set[int], seed: int = 0):
+    """Random tokens with a label mask; the instances in `filtered` hold a run of 40 copies of one
+    token, so OLMo 2's instance filter (the default) drops all of their labels."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(10, 500, n_instances * seq_len)
+    for i in filtered:
+        tokens[i * seq_len + 10: i * seq_len + 50] = 7
+    directory.mkdir(parents=True)
+    tokens.astype("<u4").tofile(directory / "part-00000.npy")
+    mask = rng.random(len(tokens)) > 0.25
+    mask.tofile(directory / "part-00000.label_mask.npy")
+    return tokens.reshape(n_instances, seq_len), mask.reshape(n_instances, seq_len)
+
+
+def one_train_step(data: Path, save_dir: Path, cfg: ModelConfig, monkeypatch, **train) -> tuple:
+    """One Trainer.train_step: the loss it logged, every gradient as the optimizer saw it, the
+    batch, and how many times the fused output layer + loss ran."""
+    from trainer import model as model_module
+    from trainer.config import RunConfig
+    from trainer.distributed import DistEnv
+    from trainer.train import Trainer
+
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return fused_lm_loss(*args, **kwargs)
+
+    monkeypatch.setattr(model_module, "fused_lm_loss", counting)
+    tc = TrainConfig(**{**dict(seq_len=64, global_batch_size=4, micro_batch_size=1, max_steps=1, warmup_steps=0,
+                               lr=1e-3, z_loss_weight=1e-2, max_grad_norm=1e9), **train})
+    trainer = Trainer(RunConfig(model=cfg, train=tc, data_paths=[str(data)]),
+                      DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu")), save_dir,
+                      log=lambda _msg: None)
+    grads, batches = {}, []
+    step, next_batch = trainer.optimizer.step, trainer.loader.next_batch
+
+    def spy_step(*args, **kwargs):
+        grads.update({n: p.grad.clone() for n, p in trainer.raw_model.named_parameters()})
+        return step(*args, **kwargs)
+
+    def spy_batch():
+        batches.append(next_batch())
+        return batches[-1]
+
+    trainer.optimizer.step, trainer.loader.next_batch = spy_step, spy_batch
+    sums = torch.zeros(4)
+    trainer.train_step(sums)
+    trainer.loader.close()
+    return sums, grads, batches[0], len(calls), trainer.loader.stats
+
+
+def test_train_step_with_the_instance_filter_fused_and_plain_give_the_reference_gradients(tmp_path, monkeypatch):
+    """The training path after the merge: Trainer.train_step uses the fused output layer + loss
+    for every micro-batch by default; with OLMo 2's instance filter, label masks and gradient
+    accumulation (4 micro-batches of 1, two of them filtered whole), the filtered instances
+    contribute no label and the loss is divided by the step's remaining targets only. Both
+    loss paths give the loss and gradients of a reference computed here from the raw tokens,
+    and differ from a wrong normalisation that counts the filtered instances' tokens."""
+    cfg = ModelConfig(d_model=32, n_layers=2, n_heads=4, vocab_size=500, max_seq_len=64)
+    tokens, mask = filtered_mix(tmp_path / "data", 64, 4, filtered={0, 2})
+    fused_run = one_train_step(tmp_path / "data", tmp_path / "a", cfg, monkeypatch)
+    plain_run = one_train_step(tmp_path / "data", tmp_path / "b", cfg, monkeypatch, fused_loss=False)
+    (sums, grads, batch, fused_calls, stats), (plain_sums, plain_grads, plain_batch, plain_calls, _) = fused_run, plain_run
+    assert fused_calls == 4 and plain_calls == 0  # one fused call per micro-batch; none with --no-fused-loss
+    assert stats["instances_filtered"] == 2 and batch.instances_filtered == 2
+    assert torch.equal(batch.labels, plain_batch.labels)
+
+    # the labels, from the raw tokens: next token where the mask allows it, none in filtered instances
+    order = batch.indices.tolist()
+    expected = torch.full((4, 64), IGNORE_INDEX, dtype=torch.long)
+    for row, i in enumerate(order):
+        if i in (0, 2):
+            continue
+        keep = torch.from_numpy(mask[i, 1:].copy())
+        expected[row, :-1] = torch.where(keep, torch.from_numpy(tokens[i, 1:].astype("int64")), IGNORE_INDEX)
+    assert torch.equal(batch.labels, expected)
+    n_targets = int((expected != IGNORE_INDEX).sum())
+    assert batch.n_targets == n_targets and stats["targets"] == n_targets and 0 < n_targets < 2 * 63
+
+    # the reference: the same initial weights, the whole batch at once, F.cross_entropy + z-loss
+    torch.manual_seed(TrainConfig().seed)  # Trainer builds its model after seeding with it
+    ref = OLMo2(cfg)
+    logits = ref(batch.input_ids).flatten(0, 1)
+    targets = expected.flatten()
+    valid = targets != IGNORE_INDEX
+    ce = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum") / n_targets
+    z = 1e-2 * (torch.logsumexp(logits, -1).square() * valid).sum() / n_targets
+    (ce + z).backward()
+    for logged in (sums, plain_sums):
+        assert logged[0].item() == pytest.approx((ce + z).item(), rel=1e-5)
+        assert logged[1].item() == pytest.approx(ce.item(), rel=1e-5)
+        assert logged[2].item() == pytest.approx(z.item(), rel=1e-5)
+    for name, p in ref.named_parameters():
+        assert_rel(grads[name], p.grad, rel=2e-5)
+        assert_rel(plain_grads[name], p.grad, rel=2e-5)
+        assert_rel(grads[name], plain_grads[name], rel=2e-5)
+    # had the filtered instances' 2 x 63 labels been counted, the loss would be this much smaller
+    wrong = (ce + z).item() * n_targets / (n_targets + 2 * 63)
+    assert sums[0].item() != pytest.approx(wrong, rel=1e-3)

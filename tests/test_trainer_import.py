@@ -120,6 +120,10 @@ def test_hf_errors_name_the_problem(tmp_path):
         inspect_checkpoint(variant("llama", {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
     with pytest.raises(CheckpointFormatError, match="grouped-query"):
         inspect_checkpoint(variant("gqa", {"num_key_value_heads": 2}))
+    for name, scaled in (("rope4", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),  # transformers 4
+                         ("rope5", {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5}})):
+        with pytest.raises(CheckpointFormatError, match="RoPE scaling .*linear"):
+            inspect_checkpoint(variant(name, scaled))
     with pytest.raises(CheckpointFormatError, match="missing model.layers.1.mlp.up_proj.weight, unexpected none"):
         inspect_checkpoint(variant("missing", drop="model.layers.1.mlp.up_proj.weight"))
     with pytest.raises(CheckpointFormatError, match="unexpected model.layers.0.self_attn.q_proj.bias"):
@@ -131,6 +135,13 @@ def test_hf_errors_name_the_problem(tmp_path):
         check_compatible(info, ModelConfig(d_model=64, n_layers=2, n_heads=4, mlp_hidden=256, vocab_size=VOCAB))
     with pytest.raises(CheckpointFormatError, match="n_heads 4 != 8"):
         check_compatible(info, ModelConfig(d_model=64, n_layers=3, n_heads=8, mlp_hidden=256, vocab_size=VOCAB))
+    (tmp_path / "config-only").mkdir()  # a config without weights: its architecture is checked first
+    (tmp_path / "config-only" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointFormatError, match="config.json but no weights: expected model.safetensors"):
+        inspect_checkpoint(tmp_path / "config-only")
+    (tmp_path / "config-only" / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
+    with pytest.raises(CheckpointFormatError, match="'llama' is not Olmo2ForCausalLM"):
+        inspect_checkpoint(tmp_path / "config-only")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointFormatError, match="not a checkpoint this trainer reads"):
         inspect_checkpoint(tmp_path / "empty")

@@ -3,10 +3,13 @@
     python -m trainer.eval --checkpoint build/checkpoints/demo --tasks arc_easy,mmlu,gsm8k --limit 20
     python -m trainer.eval --checkpoint HF_DIR --tasks olmes,gsm8k --out results.json
 
-`--checkpoint` is a trainer checkpoint (trainer/checkpoint.py; a save dir means its latest, a
-soup directory works too) or a Hugging Face `Olmo2ForCausalLM` directory (config.json +
-safetensors, sharded or not: what trainer/export_hf.py writes and what a hub download holds).
-Both are loaded into trainer.model.OLMo2, which gives transformers' logits (tests check it).
+`--checkpoint` is anything trainer/weights.py reads, the project's one importer: a trainer
+checkpoint (a save dir means its latest, a soup directory works too), a Hugging Face
+`Olmo2ForCausalLM` directory (config.json + safetensors, sharded or not: what
+trainer/export_hf.py writes and what a hub download holds) or an OLMo-core checkpoint
+(`stepN/` or `stepN/model_and_optim/`, read with torch.distributed.checkpoint, with OLMo-core's
+config.json in its save folder). All are loaded into trainer.model.OLMo2, which gives
+transformers' logits (tests check it).
 
 Multiple choice, OLMES "RC" (cloze) form. The prompt is the question in the task's template
 after its fixed few-shot exemplars; every answer choice is a continuation; the model picks
@@ -59,6 +62,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainer.cli import HelpFormatter
 from trainer.config import ModelConfig
 from trainer.model import OLMo2, apply_rope
 
@@ -366,7 +370,7 @@ def extract_answer(generation: str) -> str | None:
 @dataclass
 class LoadedModel:
     model: OLMo2
-    format: str          # "trainer" or "hf"
+    format: str          # trainer.weights.FORMATS: "trainer", "hf" or "olmo-core"
     path: Path
     step: int | None
 
@@ -384,113 +388,29 @@ def _empty_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> 
     return model.eval()
 
 
-def _copy_into(model: OLMo2, tensors, origin: str) -> None:
-    """Copy (name, tensor) pairs into the model one at a time, checking names and shapes."""
-    params = dict(model.named_parameters())
-    loaded: set[str] = set()
-    with torch.no_grad():
-        for name, tensor in tensors:
-            if name not in params:
-                raise EvalError(f"{origin}: unexpected tensor {name!r} for an OLMo 2 model of this shape")
-            if tuple(tensor.shape) != tuple(params[name].shape):
-                raise EvalError(f"{origin}: {name} has shape {tuple(tensor.shape)}, the config implies "
-                                f"{tuple(params[name].shape)}")
-            params[name].copy_(tensor)
-            loaded.add(name)
-    missing = sorted(set(params) - loaded)
-    if missing:
-        raise EvalError(f"{origin}: missing {len(missing)} tensor(s), e.g. {missing[:3]}")
-
-
-def hf_model_config(config: dict, origin: str = "config.json") -> ModelConfig:
-    """ModelConfig of a transformers Olmo2 config; anything this model cannot express is an error."""
-    if config.get("model_type") != "olmo2":
-        raise EvalError(f"{origin}: model_type {config.get('model_type')!r}; only Olmo2 checkpoints are supported")
-    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                           "vocab_size") if k not in config]
-    if missing:
-        raise EvalError(f"{origin}: missing {', '.join(missing)}")
-    rope = config.get("rope_parameters") or {}
-    theta = config.get("rope_theta", rope.get("rope_theta"))
-    scaling = config.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
-    problems = []
-    if scaling:
-        problems.append(f"RoPE scaling {scaling}")
-    if config.get("num_key_value_heads", config["num_attention_heads"]) != config["num_attention_heads"]:
-        problems.append("grouped-query attention")
-    if config.get("attention_bias"):
-        problems.append("attention biases")
-    if config.get("tie_word_embeddings"):
-        problems.append("tied embeddings")
-    if config.get("hidden_act", "silu") != "silu":
-        problems.append(f"activation {config['hidden_act']}")
-    if problems:
-        raise EvalError(f"{origin}: not an OLMo 2 layout this trainer has: {', '.join(problems)}")
-    return ModelConfig(
-        d_model=config["hidden_size"], n_layers=config["num_hidden_layers"], n_heads=config["num_attention_heads"],
-        mlp_hidden=config["intermediate_size"], vocab_size=config["vocab_size"], vocab_multiple=1,
-        rope_theta=float(theta if theta is not None else 10_000.0), norm_eps=config.get("rms_norm_eps", 1e-6),
-        max_seq_len=config.get("max_position_embeddings", 4096))
-
-
-def _hf_tensors(path: Path, names: dict[str, str]):
-    """(our name, tensor) from the safetensors file(s) of an HF directory, one tensor in memory at a time."""
-    from safetensors import safe_open
-
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (path / "model.safetensors").is_file():
-        shards = ["model.safetensors"]
-    else:
-        raise EvalError(f"{path}: no model.safetensors or model.safetensors.index.json (only safetensors are read)")
-    for shard in shards:
-        with safe_open(str(path / shard), framework="pt") as fh:
-            for key in fh.keys():
-                if key.endswith("rotary_emb.inv_freq"):
-                    continue  # derived from the config, as here
-                if key not in names:
-                    raise EvalError(f"{path / shard}: unexpected tensor {key!r} for an Olmo2 model of this shape")
-                yield names[key], fh.get_tensor(key)
-
-
 def load_model(checkpoint: str | Path, device: torch.device | str = "cpu",
                dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """A trainer checkpoint or an HF Olmo2 directory as an OLMo2 in eval mode on `device`."""
-    from trainer.checkpoint import load_model_weights, resolve_checkpoint
-    from trainer.export_hf import hf_name
+    """Any checkpoint trainer.weights reads, as an OLMo2 in eval mode on `device`.
 
-    path, device = Path(checkpoint), torch.device(device)
-    config_file = path / "config.json"
-    if config_file.is_file() and not (path / "model.pt").is_file():
-        config = json.loads(config_file.read_text())
-        if "model_type" in config or "architectures" in config:
-            cfg = hf_model_config(config, str(config_file))
-            model = _empty_model(cfg, device, dtype)
-            names = {hf_name(name): name for name, _ in model.named_parameters()}
-            _copy_into(model, _hf_tensors(path, names), str(path))
-            return LoadedModel(model, "hf", path, None)
+    The one importer of the project: a trainer checkpoint or soup (a save dir means its
+    latest), a Hugging Face Olmo2 directory (sharded or not), or an OLMo-core checkpoint.
+    Names, shapes and vocabulary are checked from the metadata before the model is built, then
+    the weights are copied in one tensor at a time.
+    """
+    from trainer.weights import CheckpointFormatError, check_compatible, inspect_checkpoint, load_weights_into
+
+    device = torch.device(device)
     try:
-        resolved = resolve_checkpoint(path)
-    except FileNotFoundError as exc:
-        raise EvalError(f"{exc}; or an HF Olmo2 directory (config.json + safetensors)") from None
-    state, config = load_model_weights(resolved)
-    cfg = ModelConfig.from_dict(config["model"])
-    model = _empty_model(cfg, device, dtype)
-    _copy_into(model, state.items(), str(resolved))
-    del state
-    return LoadedModel(model, "trainer", resolved, config.get("step"))
-
-
-def final_hidden(model: OLMo2, input_ids: torch.Tensor) -> torch.Tensor:
-    """OLMo2.forward up to the output layer: (batch, seq, d_model), so that only the positions
-    that are scored go through the (vocab-wide) head. tests check it against model(input_ids)."""
-    t = input_ids.shape[1]
-    cos, sin = model.rope_cos[:t], model.rope_sin[:t]
-    x = model.embed(input_ids)
-    for block in model.blocks:
-        x = block(x, cos, sin)
-    return model.norm(x)
+        info = inspect_checkpoint(checkpoint)
+        if info.model is None:
+            raise EvalError(f"{info.describe()} does not say its number of attention heads and no preset has its "
+                            f"shape; put OLMo-core's experiment config.json (its save folder's) beside it")
+        check_compatible(info, info.model)
+        loaded = _empty_model(info.model, device, dtype)
+        load_weights_into(loaded, info)
+    except CheckpointFormatError as exc:
+        raise EvalError(str(exc)) from None
+    return LoadedModel(loaded, info.format, info.path, info.step)
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -552,7 +472,7 @@ def score_requests(model: OLMo2, pairs: list[tuple[np.ndarray, np.ndarray]], bat
             row_index += [r] * n
             col_index += range(len(seq) - n, len(seq))  # the positions that predict the continuation
             targets.append(torch.as_tensor(pairs[i][1], dtype=torch.long))
-        hidden = final_hidden(model, ids.to(device))
+        hidden = model.hidden_states(ids.to(device))  # forward without the head: only scored positions go through it
         picked = hidden[torch.tensor(row_index, device=device), torch.tensor(col_index, device=device)]
         wanted = torch.cat(targets).to(device)
         token_lp = torch.cat([  # vocab-wide float32 rows, HEAD_CHUNK at a time
@@ -877,27 +797,26 @@ def _task_table() -> str:
     return "\n".join(lines)
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer.eval", description=__doc__.split("\n\n")[0],
-                                epilog=_task_table(), formatter_class=_HelpFormatter)
+                                epilog=_task_table(), formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True,
-                   help="trainer checkpoint dir (or save dir: its latest), or an HF Olmo2 directory")
+                   help="trainer checkpoint dir (or save dir: its latest), an HF Olmo2 directory, or an OLMo-core "
+                        "checkpoint (stepN or stepN/model_and_optim)")
     p.add_argument("--tasks", type=_task_list, default=DEFAULT_TASKS, help="comma-separated tasks and groups")
-    p.add_argument("--limit", type=_positive_int, default=None, help="score only the first N instances of each task")
+    p.add_argument("--limit", type=_positive_int, default=None,
+                   help="score only the first N instances of each task (default: all)")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="sequences per forward pass")
     p.add_argument("--max-new-tokens", type=_positive_int, default=None,
-                   help="GSM8K generation budget; None takes oe-eval's (512)")
+                   help="GSM8K generation budget (default: oe-eval's, 512)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="weights and activations: auto = bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--tokenizer", default=None, help="tokenizers JSON file; None is the packaged dolma2")
-    p.add_argument("--out", default=None, help="also write the results JSON here")
-    p.add_argument("--details", default=None, help="write one JSON line per scored instance here")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--tokenizer", default=None, help="tokenizers JSON file (default: the packaged dolma2)")
+    p.add_argument("--out", default=None, help="also write the results JSON here (default: stdout only)")
+    p.add_argument("--details", default=None,
+                   help="write one JSON line per scored instance here (default: not written)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return p
 
 

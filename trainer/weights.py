@@ -161,6 +161,11 @@ def detect_format(path: str | Path) -> str:
             raise CheckpointFormatError(
                 f"{path} holds pytorch_model*.bin weights; only safetensors are read (re-save it with "
                 f"model.save_pretrained(dir, safe_serialization=True))")
+        hf_config = _hf_config_file(path)
+        if hf_config is not None:  # a transformers config without weights: say what is wrong with it first
+            model_config_from_hf(hf_config, str(path / "config.json"))
+            raise CheckpointFormatError(f"{path} has a Hugging Face config.json but no weights: expected "
+                                        f"{HF_SINGLE} or {HF_INDEX} with its shards")
         try:
             resolve_checkpoint(path)
             return "trainer"
@@ -170,6 +175,17 @@ def detect_format(path: str | Path) -> str:
         f"{path} is not a checkpoint this trainer reads: expected a trainer checkpoint (model.pt + config.json, "
         f"or a save dir), a Hugging Face directory (config.json + model.safetensors or {HF_INDEX}), or an "
         f"OLMo-core DCP directory (.metadata, e.g. stepN/model_and_optim)")
+
+
+def _hf_config_file(path: Path) -> dict | None:
+    """The directory's config.json when it is a transformers config (it names a model_type)."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if isinstance(config, dict) and ("model_type" in config or "architectures" in config):
+        return config
+    return None
 
 
 def inspect_checkpoint(path: str | Path, step: int | None = None, step_source: str | None = None) -> CheckpointInfo:
@@ -222,8 +238,13 @@ def model_config_from_hf(hf: dict, where: str) -> ModelConfig:
         problems.append("tie_word_embeddings is true (OLMo 2 has an untied LM head)")
     if hf.get("attention_bias"):
         problems.append("attention_bias is true (OLMo 2 has no biases)")
-    if hf.get("rope_scaling"):
-        problems.append(f"rope_scaling {hf['rope_scaling']!r} is not supported")
+    # transformers < 5 writes RoPE scaling as rope_scaling, >= 5 as a rope_type other than "default"
+    # inside rope_parameters (which then also holds rope_theta)
+    rope_parameters = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or (rope_parameters if rope_parameters.get("rope_type", "default") != "default"
+                                         else None)
+    if scaling:
+        problems.append(f"RoPE scaling {scaling!r} is not supported")
     if hf.get("hidden_act", "silu") != "silu":
         problems.append(f"hidden_act {hf['hidden_act']!r} is not silu")
     if problems:

@@ -99,10 +99,11 @@ def _reset_peak() -> bool:
 
 
 def no_decay(names: list[str], impl: str) -> set[str]:
-    """Input embedding and norm gains: no weight decay (dolmino's and OLMo 2's rule, same for all)."""
+    """The input embedding only: no weight decay there (OLMo 2's rule, which dolmino's trainer.optim
+    applies by default and OLMo-core's OLMo 2 scripts set; norm gains are decayed), same for all."""
     embed = {"dolmino": "embed.weight", "transformers": "model.embed_tokens.weight",
              "olmo-core": "embeddings.weight"}[impl]
-    return {n for n in names if n == embed or n.endswith("norm.weight")}
+    return {n for n in names if n == embed}
 
 
 def adamw_groups(model: torch.nn.Module, impl: str, weight_decay: float) -> list[dict]:
