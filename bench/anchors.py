@@ -4,7 +4,10 @@ Benchmarks report dolmino's figures as ratios against the tools people would oth
 use, measured in the same run on the same machine. The anchors cannot share dolmino's venv
 (dolma pins an old botocore stack, datatrove wants its own extras), so each gets a venv
 under `bench/.venvs/<name>` with the pins from DEVELOPERS.md, created on first use and
-reused afterwards (a marker file records the pins it was made with).
+reused afterwards (a marker file records the pins it was made with). The packages an
+anchor's figures depend on besides the anchor itself (its tokenizers, its fastText binding,
+numpy, spaCy) are pinned too and reported with its version (`anchor_version`), so a ratio
+says which tokenizer and fastText build it was measured against.
 
     python -m bench.anchors            # create / check both, print their interpreters
 """
@@ -25,9 +28,13 @@ ANCHORS: dict[str, tuple[str, ...]] = {
     # without it every .jsonl.zst input fails inside `dolma tokens` and yields zero tokens.
     "dolma": ("dolma==1.2.1", "aiobotocore==2.5.4", "boto3==1.28.17", "botocore==1.31.17", "backports.zstd",
               # dolma's code taggers need its `code` extras
-              "detect-secrets", "beautifulsoup4"),
+              "detect-secrets", "beautifulsoup4",
+              # what the anchor's speed depends on, pinned to what dolma 1.2.1 resolved to (Dec 2026)
+              "tokenizers==0.19.1", "fasttext-wheel==0.9.2", "numpy==1.26.4"),
     "datatrove": ("datatrove[processing]==0.10.1", "zstandard", "orjson",
-                  "spacy"),  # its English word tokenizer (repetition filter, MinHash)
+                  "spacy==3.8.18",  # its English word tokenizer (repetition filter, MinHash)
+                  # what the anchor's speed depends on, pinned to what datatrove 0.10.1 resolved to (Dec 2026)
+                  "tokenizers==0.23.3", "fasttext-numpy2-wheel==0.9.2", "numpy==2.4.6"),
 }
 
 
@@ -63,13 +70,32 @@ def anchor_python(name: str, *, create: bool = True) -> Path:
     return _python(root)
 
 
-def anchor_version(name: str) -> str:
-    """The installed version of the anchor's main package, as its venv reports it."""
+# Packages an anchor's figures depend on (the tokenizer, the fastText binding, numpy): their
+# installed versions are reported next to the anchor's own, whichever of them the venv has.
+REPORTED_PACKAGES = ("tokenizers", "fasttext", "fasttext-wheel", "fasttext-numpy2-wheel", "fasttext-numpy2",
+                     "numpy", "spacy")
+
+
+def anchor_packages(name: str) -> dict[str, str]:
+    """{package: version} of the anchor's main package and of REPORTED_PACKAGES present in its venv."""
     package = ANCHORS[name][0].split("[")[0].split("==")[0]
-    out = subprocess.run([str(anchor_python(name)), "-c",
-                          f"import importlib.metadata as m; print(m.version({package!r}))"],
-                         capture_output=True, text=True, check=True)
-    return out.stdout.strip()
+    wanted = [package, *REPORTED_PACKAGES]
+    code = ("import importlib.metadata as m, json, sys\n"
+            "out = {}\n"
+            "for p in sys.argv[1:]:\n"
+            "    try: out[p] = m.version(p)\n"
+            "    except m.PackageNotFoundError: pass\n"
+            "print(json.dumps(out))")
+    out = subprocess.run([str(anchor_python(name)), "-c", code, *wanted], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def anchor_version(name: str) -> str:
+    """The anchor's version with what its figures depend on, e.g. '1.2.1 (tokenizers 0.19.1, ...)'."""
+    package = ANCHORS[name][0].split("[")[0].split("==")[0]
+    versions = anchor_packages(name)
+    main = versions.pop(package)
+    return main + (" (" + ", ".join(f"{p} {v}" for p, v in versions.items()) + ")" if versions else "")
 
 
 def main() -> int:

@@ -8,24 +8,31 @@ Three measurements:
 1. `signature_throughput`: MinHash signatures in one process (docs/s, MB/s and shingles/s
    per core), against datasketch's own MinHash.update_batch on a sample, plus the peak
    extra memory of signing the largest document (tracemalloc) and the process peak RSS.
-2. `spark_minhash`: the whole `near_duplicate_clusters` + filter on local[cores] over a
-   corpus with planted near-duplicates: wall time, docs/s per core, peak RSS of the JVM and
-   of the Python workers (VmHWM from /proc), and the stage stats.
+2. `spark_minhash`: end to end on local[cores] over a corpus with planted near-duplicates,
+   written as JSONL shards: read the shards, `near_duplicate_clusters`, filter (reading the
+   shards again) and write the kept documents as JSONL, as datatrove's pipeline does. Its
+   cost is the CPU time of every process of the Spark session over that span (driver
+   Python, JVM, PySpark daemon and workers, sampled from /proc: bench/proctree.CpuMeter), after an
+   untimed warm-up job on the same session (JVM start, worker start, numba compiles, like
+   datatrove's interpreter start and imports, which its figure leaves out too). Also wall
+   time, peak RSS of the JVM and of the Python workers (VmHWM), and the stage stats.
 3. `score_clusters`: recall (planted copies removed, also by true-Jaccard band, next to the
    LSH S-curve's prediction) and precision (a removal is right when the document and its
    survivor are in the same planted group or have true Jaccard >= threshold - 0.1).
 
 4. `datatrove_minhash`: datatrove 0.10.1's four MinHash stages (signatures, buckets,
    clustering, filter) with LocalPipelineExecutor(workers=1) in the datatrove anchor venv
-   (bench/anchor_scripts/minhash_datatrove.py) on the SAME planted corpus and the same
-   banding, scored by the same `score_clusters`: seconds per stage, docs/s per core, peak
-   RSS of its one process.
+   (bench/anchor_scripts/minhash_datatrove.py) on the SAME JSONL shards and the same
+   banding, scored by the same `score_clusters`: seconds per stage, CPU seconds of the four
+   stages (its process and any child it waited for: reading, intermediate files and the
+   kept output included), peak RSS of its one process.
 
-"figures" compares them: MinHash end to end (dolmino's Spark stages on local[cores],
-divided by cores, vs datatrove's four stages on one core), signatures alone (dolmino's
-one-process signer vs datatrove's stage 1), peak memory (dolmino: JVM + Python workers;
-datatrove: its process) and recall/precision. The default is local[1] so that both are
-measured on one core; Spark's fixed per-job cost weighs more on small corpora.
+"figures" compares them: MinHash end to end in documents per CPU-second (all processes,
+I/O included, on both sides; the same input bytes in, the kept documents out as JSONL),
+signatures alone (dolmino's one-process signer vs datatrove's stage 1, which also reads
+its input), peak memory (dolmino: JVM + Python workers; datatrove: its process) and
+recall/precision. The default is local[1]; Spark's fixed per-job cost weighs more on small
+corpora.
 """
 
 from __future__ import annotations
@@ -177,45 +184,6 @@ def signature_throughput(docs: list[dict], num_perm: int = 128, ngram: int = 5, 
     }
 
 
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for c in children.get(p, []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def process_tree_peaks() -> dict:
-    """Peak RSS (VmHWM) of the JVM and of the Python workers started under this process."""
-    jvm, workers = 0.0, []
-    for pid in _descendants(os.getpid()):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ")
-            with open(f"/proc/{pid}/status") as f:
-                hwm = next((int(line.split()[1]) / 1024.0 for line in f if line.startswith("VmHWM:")), 0.0)
-        except OSError:
-            continue
-        if b"java" in cmd.split(b" ")[0]:
-            jvm = max(jvm, hwm)
-        elif b"pyspark" in cmd or b"python" in cmd.split(b" ")[0]:
-            workers.append(hwm)
-    return {"jvm_peak_rss_mb": round(jvm, 1), "python_worker_peak_rss_mb": round(max(workers, default=0.0), 1),
-            "python_processes": len(workers)}
-
-
 def make_spark(cores: int, driver_memory: str = "4g"):
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -228,24 +196,63 @@ def make_spark(cores: int, driver_memory: str = "4g"):
     return spark
 
 
-def spark_minhash(spark, docs: list[dict], partitions: int, **params) -> dict:
-    """Run stages 1-3 plus the final filter; returns timings, stats and the removal map."""
+def write_shards(docs: list[dict], directory: Path, shards: int) -> list[Path]:
+    """The benchmark input as JSONL shards ({"id": loc, "text"}), read by both tools."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / f"part-{i:03d}.jsonl" for i in range(shards)]
+    per = -(-len(docs) // shards)
+    for i, path in enumerate(paths):
+        with open(path, "w", encoding="utf-8") as f:
+            for d in docs[i * per:(i + 1) * per]:
+                f.write(json.dumps({"id": d["loc"], "text": d["text"]}, ensure_ascii=False) + "\n")
+    return paths
+
+
+def _read_shard(path: str):
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)
+
+
+def _write_kept(out_dir: str, index: int, docs) -> list[int]:
+    n = 0
+    with open(os.path.join(out_dir, f"kept-{index:05d}.jsonl"), "w", encoding="utf-8") as f:
+        for d in docs:
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+            n += 1
+    return [n]
+
+
+def spark_minhash(spark, shards: list[Path], out_dir: Path, **params) -> dict:
+    """Read shards -> clusters -> filter (reads the shards again) -> kept JSONL; CPU of every process.
+
+    Returns timings, stats and the removal map {keep key: survivor keep key} (keys of the
+    shard records, whose id is the document's loc)."""
+    from bench.proctree import CpuMeter, SparkProcesses
+
     sc = spark.sparkContext
-    rdd = sc.parallelize(docs, partitions)
-    rdd.cache().count()  # keep reading/pickling the input out of the timing
+    out_dir.mkdir(parents=True, exist_ok=True)
+    warm = sc.parallelize([{"id": f"w{i}", "text": f"warm up document number {i} " * 20} for i in range(64)], 2)
+    near_duplicate_clusters(warm, **params)[0].unpersist()  # untimed: worker start, numba compiles
     start = time.perf_counter()
-    roots, stats = near_duplicate_clusters(rdd, **params)
-    clustered = time.perf_counter()
-    removed = dict(roots.collect())
-    kept = drop_keys(rdd, document_key, roots, stats["removed_docs"]).count()
+    with CpuMeter() as meter:
+        rdd = sc.parallelize([str(p) for p in shards], len(shards)).flatMap(_read_shard)
+        roots, stats = near_duplicate_clusters(rdd, **params)
+        clustered = time.perf_counter()
+        kept_rdd = drop_keys(rdd, document_key, roots, stats["removed_docs"])
+        target = str(out_dir)
+        kept = sum(kept_rdd.mapPartitionsWithIndex(lambda i, it: _write_kept(target, i, it)).collect())
     elapsed = time.perf_counter() - start
-    rdd.unpersist()
+    cpu = meter.result()
+    removed = dict(roots.collect())  # for scoring, after the clock
     roots.unpersist()
     assert kept == stats["kept_docs"], (kept, stats["kept_docs"])
     cores = sc.defaultParallelism
+    docs = stats["docs_in"]
     return {"seconds": round(elapsed, 3), "cluster_seconds": round(clustered - start, 3), "cores": cores,
-            "docs_per_s_per_core": round(len(docs) / elapsed / cores, 1), "stats": stats,
-            "memory": process_tree_peaks(), "removed": removed}
+            "cpu_seconds": cpu, "docs": docs, "docs_per_cpu_s": round(docs / cpu["total"], 1),
+            "docs_per_s_per_core": round(docs / elapsed / cores, 1), "stats": stats,
+            "memory": SparkProcesses.find().peaks_mb(), "removed": removed}
 
 
 def score_clusters(docs: list[dict], groups: dict[str, list[str]], similarity: dict[str, float],
@@ -307,9 +314,10 @@ def score_clusters(docs: list[dict], groups: dict[str, list[str]], similarity: d
     }
 
 
-def datatrove_minhash(docs: list[dict], groups: dict[str, list[str]], similarity: dict[str, float],
-                      num_perm: int = 128, ngram: int = 5, threshold: float = 0.8, seed: int = 1) -> dict:
-    """datatrove's four MinHash stages on `docs` (one process), scored like dolmino's run."""
+def datatrove_minhash(docs: list[dict], shards_dir: Path, groups: dict[str, list[str]],
+                      similarity: dict[str, float], num_perm: int = 128, ngram: int = 5, threshold: float = 0.8,
+                      seed: int = 1) -> dict:
+    """datatrove's four MinHash stages on the JSONL shards (one process), scored like dolmino's run."""
     import shutil
     import subprocess
     import tempfile
@@ -325,12 +333,7 @@ def datatrove_minhash(docs: list[dict], groups: dict[str, list[str]], similarity
     tmp_root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="dedup-datatrove-", dir=tmp_root))
     try:
-        data = work / "input" / "docs.jsonl"
-        data.parent.mkdir()
-        with open(data, "w", encoding="utf-8") as f:
-            for d in docs:
-                f.write(json.dumps({"id": d["loc"], "text": d["text"]}, ensure_ascii=False) + "\n")
-        cmd = [str(python), str(REPO / "bench" / "anchor_scripts" / "minhash_datatrove.py"), "--input", str(data),
+        cmd = [str(python), str(REPO / "bench" / "anchor_scripts" / "minhash_datatrove.py"), "--input", str(shards_dir),
                "--work", str(work / "run"), "--bands", str(bands), "--rows", str(rows), "--ngram", str(ngram),
                "--seed", str(seed)]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO))
@@ -343,6 +346,7 @@ def datatrove_minhash(docs: list[dict], groups: dict[str, list[str]], similarity
     removed = {key_of[a]: key_of[b] for a, b in out.pop("removed").items()}
     out["bands"], out["rows"] = bands, rows
     out["docs_per_s_per_core"] = round(len(docs) / out["total_seconds"], 1)
+    out["docs_per_cpu_s"] = round(len(docs) / out["cpu_seconds"], 1)
     out["quality"] = score_clusters(docs, groups, similarity, removed, threshold, num_perm)
     return out
 
@@ -364,16 +368,19 @@ def figures(result: dict) -> list[dict]:
     spark, dt = result.get("spark_minhash"), result.get("datatrove_minhash")
     if spark:
         mem = spark["memory"]
-        add("dedup/minhash end-to-end docs/s per core", "dolmino", spark["docs_per_s_per_core"], "docs/s", "higher",
-            note=f"Spark local[{spark['cores']}], signatures+LSH+verify+components+filter")
+        add("dedup/minhash end-to-end docs per CPU-second (all processes, I/O included)", "dolmino",
+            spark["docs_per_cpu_s"], "docs/s", "higher",
+            note=f"Spark local[{spark['cores']}]: read shards, signatures+LSH+verify+components, filter, write kept; "
+                 "CPU of driver, JVM and Python workers")
         add("dedup/minhash peak RSS", "dolmino",
-            mem["jvm_peak_rss_mb"] + mem["python_worker_peak_rss_mb"] * max(1, spark["cores"]), "MB", "lower",
+            mem["jvm_mb"] + mem["python_worker_max_mb"] * max(1, spark["cores"]), "MB", "lower",
             note="JVM + Python workers (VmHWM)")
         add("dedup/minhash recall", "dolmino", spark["quality"]["recall"], "fraction", "higher")
         add("dedup/minhash precision", "dolmino", spark["quality"]["precision"], "fraction", "higher")
     if dt and "unavailable" not in dt:
-        add("dedup/minhash end-to-end docs/s per core", "datatrove", dt["docs_per_s_per_core"], "docs/s", "higher",
-            note="4 stages, LocalPipelineExecutor workers=1")
+        add("dedup/minhash end-to-end docs per CPU-second (all processes, I/O included)", "datatrove",
+            dt["docs_per_cpu_s"], "docs/s", "higher",
+            note="4 stages, LocalPipelineExecutor workers=1: read, intermediate files, write kept; CPU of its process")
         add("dedup/minhash signatures docs/s per core", "datatrove", dt["docs"] / dt["seconds"]["signatures"],
             "docs/s", "higher", note="stage 1 (includes reading the JSONL input)")
         add("dedup/minhash peak RSS", "datatrove", dt["peak_rss_mb"], "MB", "lower")
@@ -402,17 +409,29 @@ def main(argv=None) -> dict:
     result = {"corpus_docs": len(docs),
               "signatures": signature_throughput(docs, args.num_perm, args.ngram, args.seed)}
     if not args.skip_spark:
+        import shutil
+        import tempfile
+
         planted, groups, similarity = plant_near_duplicates(docs, args.plant_rate, seed=args.seed)
-        spark = make_spark(args.cores)
-        run = spark_minhash(spark, planted, args.partitions or 4 * args.cores, num_perm=args.num_perm,
-                            ngram=args.ngram, threshold=args.threshold, seed=args.seed, verify=not args.no_verify)
-        removed = run.pop("removed")
-        run["quality"] = score_clusters(planted, groups, similarity, removed, args.threshold, args.num_perm)
-        result["spark_minhash"] = run
-        spark.stop()
-        if not args.skip_datatrove:
-            result["datatrove_minhash"] = datatrove_minhash(planted, groups, similarity, args.num_perm, args.ngram,
-                                                            args.threshold, args.seed)
+        tmp_root = REPO / "bench" / "results" / "tmp"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="dedup-", dir=tmp_root))
+        try:
+            shards = write_shards(planted, work / "input", args.partitions or 4 * args.cores)
+            spark = make_spark(args.cores)
+            run = spark_minhash(spark, shards, work / "kept", num_perm=args.num_perm, ngram=args.ngram,
+                                threshold=args.threshold, seed=args.seed, verify=not args.no_verify)
+            spark.stop()
+            # The shard records' keys (id = loc) back to the planted documents' keys, for scoring.
+            key_of = {document_key({"id": d["loc"]}): document_key(d) for d in planted}
+            removed = {key_of[k]: key_of[v] for k, v in run.pop("removed").items()}
+            run["quality"] = score_clusters(planted, groups, similarity, removed, args.threshold, args.num_perm)
+            result["spark_minhash"] = run
+            if not args.skip_datatrove:
+                result["datatrove_minhash"] = datatrove_minhash(planted, work / "input", groups, similarity,
+                                                                args.num_perm, args.ngram, args.threshold, args.seed)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     result["figures"] = figures(result)
     print(json.dumps(result, indent=2))
     return result

@@ -21,7 +21,11 @@ Stages and their anchors (see the anchor scripts for what each anchor computes):
   with its numba engine (filters/fasttext_numba.py); `dolmino_fasttext_binding` is the same
   filter on the fastText binding, for the engine's own gain.
 - code_stars / code_word_frequency: code documents only; dolma's starcoder / RedPajama
-  code taggers (the latter a different check); datatrove has no code filters.
+  code taggers are measured but NOT compared (marked `not_comparable`, so the report takes
+  no ratio): `code_starcoder_taggers_v2` computes several StarCoder statistics of the text
+  (comment and code line ratios, ...) besides the star count dolmino reads from metadata,
+  and `code_redpajama_taggers_v1` computes RedPajama's line-length / alphanumeric rules,
+  not dolmino's word-frequency check. datatrove has no code filters.
 
 "agreement" gives each tool's flagged share and the overlap of flagged sets, so that a
 fast tool that flags something else is visible.
@@ -138,6 +142,15 @@ def _overlap(a: list[int], b: list[int]) -> float | None:
     return round(len(sa & sb) / len(sa | sb), 4) if sa | sb else 1.0
 
 
+# Anchors that run a different computation than dolmino's filter for the same stage: their
+# figures are reported with this reason and never used for a ratio (bench/run.py).
+NOT_COMPARABLE = {
+    "code_stars": "dolma's code_starcoder_taggers_v2 computes StarCoder's text statistics (comment/code ratios, ...) "
+                  "besides the star count; dolmino only reads the count from metadata: different work",
+    "code_word_frequency": "dolma's code_redpajama_taggers_v1 computes RedPajama's line-length and alphanumeric "
+                           "rules, not dolmino's top-1/top-2 word-frequency check: different work",
+}
+
 # dolmino variants measured beside the default path: (stage, impl) they are reported as.
 VARIANTS = {
     "repeated_ngrams_token_ids": ("repeated_ngrams", "dolmino_token_ids"),  # as the build runs it
@@ -157,7 +170,9 @@ def summarise(docs: list[dict], results: dict[str, dict]) -> tuple[list[dict], d
             figures.append({"name": f"filters/{name} docs/s per core", "impl": label,
                             "value": round(n / r["seconds"], 1) if r["seconds"] > 0 else float("inf"),
                             "unit": "docs/s", "better": "higher",
-                            **({"note": r["note"]} if r.get("note") else {})})
+                            **({"note": r["note"]} if r.get("note") else {}),
+                            **({"not_comparable": NOT_COMPARABLE[name]}
+                               if name in NOT_COMPARABLE and not label.startswith("dolmino") else {})})
             entry = agreement.setdefault(name, {})
             entry[label] = {"docs": n, "flagged": len(r["flagged"]),
                             "share": round(len(r["flagged"]) / n, 4) if n else None}

@@ -5,7 +5,8 @@ people would otherwise use do on the same machine at the same moment. So each be
 script measures dolmino *and* its anchors (dolma 1.2.1, datatrove 0.10.1, the raw Rust
 tokenizer, ...) in one process tree, and this harness:
 
-1. runs each script as a `nice`d subprocess N times (default 3, `--quick` 1),
+1. runs each script as a `nice`d subprocess N times (default 3, `--quick` 1; `--nice 0` on a
+   machine other people load, where a niced benchmark would barely run),
 2. parses the one JSON object it prints and its `figures` list
    (`{"name", "impl", "value", "unit", "better": "higher"|"lower"}`, optionally with a
    figure's own goal: `"goal": 1.2` = dolmino at least 1.2x better than the best anchor,
@@ -20,7 +21,9 @@ A script that is missing, crashes, times out or prints no figures is reported as
 ceiling (e.g. the tokenizer's own encode_batch), not an anchor: it gets its own ratio
 column and is never the "best anchor"; impls named "dolmino<suffix>" are variants of
 dolmino, listed but never anchors. Figures with no impl "dolmino" (e.g. native vs
-fallback kernels) appear only in the all-figures table.
+fallback kernels) appear only in the all-figures table. A figure may carry
+`"not_comparable": "<why>"` (an anchor that does different work: shown, never used for a
+ratio) or its own `"goal": ["<=", 1.15]` (checked instead of the automatic goals).
 
     python -m bench.run                       # everything, 3 repeats, bench/results/
     python -m bench.run --quick               # smaller inputs, 1 repeat
@@ -61,6 +64,9 @@ def is_variant(impl: str) -> bool:
 # carries its own "goal" (e.g. issue 17's trainer step: >= 1.2x both peers) is judged by it.
 GOAL_VS_ANCHOR = 2.0
 GOAL_VS_RAW = 1 / 1.2
+# A figure may state its own goal, e.g. "goal": ["<=", 1.15] (issue 10's scale figures);
+# it replaces the automatic ones above.
+GOAL_OPS = {"<=": lambda value, target: value <= target, ">=": lambda value, target: value >= target}
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               quick_args=(("--quick",), ("--limit-per-file", "1000"))),
     Benchmark("stackexchange", "bench_stackexchange.py", quick_args=(("--quick",),)),
     Benchmark("build", "bench_build.py", quick_args=(("--quick",),)),
+    Benchmark("scale", "bench_scale.py", quick_args=(("--quick",),)),
     Benchmark("native", "bench_native.py", quick_args=(("--quick",),)),
     Benchmark("trainer", "bench_trainer.py", quick_args=(("--quick",),)),
 )
@@ -152,12 +159,24 @@ def validate_figures(obj: dict) -> tuple[list[dict], list[str]]:
                "unit": str(fig["unit"]), "better": fig["better"]}
         goal = fig.get("goal")
         if goal is not None:
-            if isinstance(goal, bool) or not isinstance(goal, (int, float)) or not goal > 0:
-                problems.append(f"figures[{i}] ({fig['name']}): goal {goal!r} is not a positive number")
-                continue
-            row["goal"] = float(goal)
-            if fig.get("goal_anchor") is not None:
-                row["goal_anchor"] = str(fig["goal_anchor"])
+            if isinstance(goal, (list, tuple)):
+                # an absolute goal on the figure itself: [op, value]
+                if not (len(goal) == 2 and goal[0] in GOAL_OPS
+                        and isinstance(goal[1], (int, float)) and not isinstance(goal[1], bool)):
+                    problems.append(f"figures[{i}] ({fig['name']}): goal {goal!r} is not [\"<=\"|\">=\", number]")
+                    continue
+                row["goal"] = [goal[0], float(goal[1])]
+            else:
+                # a ratio goal against an anchor (goal_anchor, else the best anchor)
+                if isinstance(goal, bool) or not isinstance(goal, (int, float)) or not goal > 0:
+                    problems.append(f"figures[{i}] ({fig['name']}): goal {goal!r} is neither a positive ratio "
+                                    f"nor [\"<=\"|\">=\", number]")
+                    continue
+                row["goal"] = float(goal)
+                if fig.get("goal_anchor") is not None:
+                    row["goal_anchor"] = str(fig["goal_anchor"])
+        if fig.get("not_comparable"):
+            row["not_comparable"] = str(fig["not_comparable"])
         good.append(row)
     return good, problems
 
@@ -177,7 +196,7 @@ def median_figures(runs: list[list[dict]]) -> list[dict]:
             key = (fig["name"], fig["impl"])
             row = rows.setdefault(key, {"name": fig["name"], "impl": fig["impl"], "unit": fig["unit"],
                                         "better": fig["better"], "values": []})
-            for extra in ("goal", "goal_anchor"):
+            for extra in ("goal", "goal_anchor", "not_comparable"):
                 if extra in fig:
                     row.setdefault(extra, fig[extra])
             if (row["unit"], row["better"]) != (fig["unit"], fig["better"]):
@@ -220,13 +239,17 @@ def compare(rows: list[dict]) -> list[dict]:
         if not mine:
             continue
         d = mine[0]
-        anchors = [r for r in group if r["impl"] not in (DOLMINO, *CEILING_IMPLS) and not is_variant(r["impl"])]
+        others = [r for r in group if r["impl"] not in (DOLMINO, *CEILING_IMPLS) and not is_variant(r["impl"])]
+        anchors = [r for r in others if not r.get("not_comparable")]
+        unlike = {r["impl"]: r["not_comparable"] for r in others if r.get("not_comparable")}
         raws = [r for r in group if r["impl"] in CEILING_IMPLS]
         entry = {"name": name, "unit": d["unit"], "better": d["better"], "dolmino": d["median"],
                  "anchors": {r["impl"]: r["median"] for r in anchors},
                  "variants": {r["impl"]: r["median"] for r in group if is_variant(r["impl"])},
                  "best_anchor": None, "best_anchor_value": None, "ratio": None,
                  "raw": raws[0]["median"] if raws else None, "ratio_vs_raw": None,
+                 "not_comparable": {impl: {"value": next(r["median"] for r in others if r["impl"] == impl),
+                                           "why": why} for impl, why in unlike.items()},
                  "goal": None, "meets_goal": None}
         if anchors:
             pick = max if d["better"] == "higher" else min
@@ -235,8 +258,12 @@ def compare(rows: list[dict]) -> list[dict]:
                          ratio=ratio(d["median"], best["median"], d["better"]))
         if raws:
             entry["ratio_vs_raw"] = ratio(d["median"], raws[0]["median"], d["better"])
-        if d.get("goal") is not None:
-            # the figure's own goal, against the anchor it names (else the best anchor)
+        if isinstance(d.get("goal"), list):
+            op, target = d["goal"]
+            entry["goal"] = f"{op} {target:g}"
+            entry["meets_goal"] = GOAL_OPS[op](d["median"], target)
+        elif d.get("goal") is not None:
+            # the figure's own ratio goal, against the anchor it names (else the best anchor)
             wanted = d.get("goal_anchor")
             target = (next((r for r in anchors if r["impl"] == wanted), None) if wanted
                       else (best if anchors else None))
@@ -307,13 +334,14 @@ def _child_env() -> dict:
 
 
 def run_benchmark(bench: Benchmark, *, repeats: int, quick: bool, timeout_s: float,
-                  python: str = sys.executable, bench_dir: Path = BENCH_DIR, log=print) -> BenchResult:
+                  python: str = sys.executable, bench_dir: Path = BENCH_DIR, log=print,
+                  niceness: int = 10) -> BenchResult:
     script = bench_dir / bench.script
     if not script.exists():
         return BenchResult(bench.name, bench.script, "missing", errors=[f"{script} does not exist"])
     args = script_options(script, bench, quick, python)
     result = BenchResult(bench.name, bench.script, "ok", args=args)
-    nice = ["nice", "-n", "10"] if _has_nice() else []
+    nice = ["nice", "-n", str(niceness)] if niceness and _has_nice() else []
     for i in range(repeats):
         log(f"[bench] {bench.name} run {i + 1}/{repeats}: {bench.script} {' '.join(args)}")
         started = time.perf_counter()
@@ -385,7 +413,8 @@ def machine_info(anchor_versions: dict[str, str] | None = None) -> dict:
         "memory_gib": round(int(mem.group(1)) / 2**20, 1) if mem else None,
         "os": platform.platform(), "python": platform.python_version(),
         "load_avg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "versions": {p: _version(p) for p in ("torch", "numpy", "pyspark", "tokenizers", "zstandard")},
+        "versions": {p: _version(p) for p in ("torch", "numpy", "pyspark", "tokenizers", "zstandard", "pyarrow",
+                                              "numba", "fasttext-numpy2", "datasketch")},
         "anchors": anchor_versions or {},
         "git": git_info(),
     }
@@ -399,7 +428,8 @@ def git_info() -> dict:
             return subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO, timeout=30).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             return ""
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
+    return {"commit": git("rev-parse", "HEAD") or None,
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}  # tracked files only
 
 
 def anchor_versions(create: bool) -> dict[str, str]:
@@ -444,6 +474,29 @@ def build_report(results: list[BenchResult], machine: dict, options: dict, note:
     }
 
 
+def merge_reports(earlier: dict, new: dict) -> dict:
+    """`new`, plus every benchmark of `earlier` that `new` did not run (with its figures).
+
+    A kept benchmark records where it was measured (`measured`: date, commit, load, options
+    of its run), so a report assembled from several runs says which figure came from which.
+    The machine, versions and anchors in the header are the new run's."""
+    ran = {b["name"] for b in new["benchmarks"]}
+    origin = {"generated": earlier.get("generated"),
+              "commit": ((earlier.get("machine") or {}).get("git") or {}).get("commit"),
+              "load_avg_at_start": (earlier.get("machine") or {}).get("load_avg_at_start"),
+              "options": earlier.get("options"), "note": earlier.get("note")}
+    kept = [{**b, "measured": b.get("measured") or origin} for b in earlier.get("benchmarks", [])
+            if b["name"] not in ran]
+    keep = {b["name"] for b in kept}
+    order = [b["name"] for b in earlier.get("benchmarks", [])]
+    benchmarks = sorted([*kept, *new["benchmarks"]],
+                        key=lambda b: (order.index(b["name"]) if b["name"] in order else len(order)))
+    return {**new, "benchmarks": benchmarks,
+            "figures": [f for f in earlier.get("figures", []) if f["benchmark"] in keep] + new["figures"],
+            "comparisons": [c for c in earlier.get("comparisons", []) if c["benchmark"] in keep] + new["comparisons"],
+            "merged": {"kept_from_earlier": sorted(keep), "ran_now": sorted(ran)}}
+
+
 def _fmt(x) -> str:
     if x is None:
         return "–"
@@ -471,7 +524,10 @@ def render_markdown(report: dict) -> str:
         lines += [f"> {report['note']}", ""]
     opts = report["options"]
     lines += [f"Generated {report['generated']} with `python -m bench.run"
-              + (" --quick" if opts.get("quick") else "") + f"` ({opts.get('repeats')} run(s) per benchmark; "
+              + (" --quick" if opts.get("quick") else "")
+              + (f" --nice {opts['nice']}" if opts.get("nice", 10) != 10 else "")
+              + "".join(f" --only {n}" for n in opts.get("only") or [])
+              + (" --merge" if report.get("merged") else "") + f"` ({opts.get('repeats')} run(s) per benchmark; "
               "each figure is the median of the runs). A ratio > 1 means dolmino is better, whatever "
               "the direction of the unit: value/anchor when higher is better, anchor/value when lower is.", ""]
     git = m.get("git") or {}
@@ -486,12 +542,20 @@ def render_markdown(report: dict) -> str:
         lines.append(f"| anchor {pkg} | {_cell(ver)} |")
     lines += [f"| git commit | {git.get('commit') or 'unknown'}{' (uncommitted changes)' if git.get('dirty') else ''} |", ""]
 
-    lines += ["## Benchmarks", "", "| benchmark | status | runs | wall s (each) | cores | args | problems |",
-              "|---|---|---|---|---|---|---|"]
+    merged = report.get("merged")
+    if merged:
+        lines += [f"Benchmarks run now: {', '.join(merged['ran_now'])}. Kept from earlier runs (column "
+                  f"\"measured\"): {', '.join(merged['kept_from_earlier']) or 'none'}.", ""]
+    lines += ["## Benchmarks", "", "| benchmark | status | runs | wall s (each) | cores | args | measured | problems |",
+              "|---|---|---|---|---|---|---|---|"]
     for b in report["benchmarks"]:
         errs = "; ".join(b["errors"])[:300]
+        when = "this run"
+        if b.get("measured"):
+            m_ = b["measured"]
+            when = f"earlier: {m_.get('generated') or '?'} @ {(m_.get('commit') or '?')[:10]}"
         lines.append(f"| {b['name']} | {b['status']} | {b['runs_ok']} | {', '.join(f'{w:.0f}' for w in b['wall_s']) or '–'} "
-                     f"| {_fmt(b.get('cores'))} | `{' '.join(b['args'])}` | {_cell(errs) or '–'} |")
+                     f"| {_fmt(b.get('cores'))} | `{' '.join(b['args'])}` | {when} | {_cell(errs) or '–'} |")
     lines.append("")
 
     if report["comparisons"]:
@@ -499,10 +563,21 @@ def render_markdown(report: dict) -> str:
                   "| benchmark | figure | unit | dolmino | best anchor | anchor value | ratio | raw | ratio vs raw | goal | met |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for c in report["comparisons"]:
+            anchor = c['best_anchor'] or '–'
+            if not c["best_anchor"] and c.get("not_comparable"):
+                anchor = "– (" + ", ".join(f"{impl} {_fmt(v['value'])}: not comparable" for impl, v in
+                                           c["not_comparable"].items()) + ")"
             lines.append(f"| {c['benchmark']} | {_cell(c['name'])} | {_cell(c['unit'])} ({c['better']}) | {_fmt(c['dolmino'])} "
-                         f"| {c['best_anchor'] or '–'} | {_fmt(c['best_anchor_value'])} | {_fmt(c['ratio'])} "
+                         f"| {_cell(anchor)} | {_fmt(c['best_anchor_value'])} | {_fmt(c['ratio'])} "
                          f"| {_fmt(c['raw'])} | {_fmt(c['ratio_vs_raw'])} | {c['goal'] or '–'} | {_fmt(c['meets_goal'])} |")
         lines.append("")
+        unlike = [(c, impl, v) for c in report["comparisons"] for impl, v in (c.get("not_comparable") or {}).items()]
+        if unlike:
+            lines += ["Measured but not compared (the two sides do different work, so no ratio is taken):", ""]
+            for c, impl, v in unlike:
+                lines.append(f"- {c['benchmark']} / {_cell(c['name'])}: {impl} {_fmt(v['value'])} {_cell(c['unit'])}: "
+                             f"{_cell(v['why'])}")
+            lines.append("")
 
     if report["figures"]:
         lines += ["## All figures (median of runs)", "", "| benchmark | figure | impl | median | unit | better | runs |",
@@ -541,6 +616,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report directory (default {DEFAULT_OUT})")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per benchmark run before it is killed")
     p.add_argument("--note", default="", help="a line for the report header (e.g. 'shared machine, noisy')")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the benchmarks of OUT/report.json that this run does not rerun (with --only)")
+    p.add_argument("--nice", type=int, default=10,
+                   help="niceness of the benchmark processes (0: compete evenly with a loaded machine's other work)")
     p.add_argument("--no-anchor-setup", action="store_true",
                    help="do not create missing anchor venvs (benchmarks then report those anchors as unavailable)")
     args = p.parse_args(argv)
@@ -560,9 +639,14 @@ def main(argv=None) -> int:
     selected = [b for b in BENCHMARKS if not args.only or b.name in args.only]
     anchors = anchor_versions(create=not args.no_anchor_setup) if any(b.needs_anchors for b in selected) else {}
     machine = machine_info(anchors)
-    results = [run_benchmark(b, repeats=args.repeats, quick=args.quick, timeout_s=args.timeout) for b in selected]
-    options = {"quick": args.quick, "repeats": args.repeats, "only": args.only, "timeout_s": args.timeout}
+    results = [run_benchmark(b, repeats=args.repeats, quick=args.quick, timeout_s=args.timeout, niceness=args.nice)
+               for b in selected]
+    options = {"quick": args.quick, "repeats": args.repeats, "only": args.only, "timeout_s": args.timeout,
+               "nice": args.nice}
     report = build_report(results, machine, options, note=args.note)
+    earlier = args.out / "report.json"
+    if args.merge and earlier.exists():
+        report = merge_reports(json.loads(earlier.read_text()), report)
     json_path, md_path = write_report(report, args.out)
     print(f"[bench] wrote {md_path} and {json_path}")
     for b in report["benchmarks"]:

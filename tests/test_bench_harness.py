@@ -109,6 +109,36 @@ def test_goal_vs_anchor_needs_twice_the_best():
     assert c["meets_goal"] is False and c["goal"].startswith(">= 2")
 
 
+def test_a_figures_own_goal_replaces_the_automatic_one():
+    rows = harness.median_figures([[{**fig("ratio", "dolmino", 1.2, "ratio", "lower"), "goal": ["<=", 1.15]}],
+                                   [{**fig("ratio", "dolmino", 1.1, "ratio", "lower"), "goal": ["<=", 1.15]}],
+                                   [{**fig("ratio", "dolmino", 1.3, "ratio", "lower"), "goal": ["<=", 1.15]}]])
+    (c,) = harness.compare(rows)
+    assert c["dolmino"] == pytest.approx(1.2) and c["goal"] == "<= 1.15" and c["meets_goal"] is False
+    fast = harness.median_figures([[{**fig("tok", "dolmino", 70), "goal": [">=", 0.5]}, fig("tok", "raw", 100)]])
+    (c,) = harness.compare(fast)
+    assert c["ratio_vs_raw"] == pytest.approx(0.7) and c["goal"] == ">= 0.5" and c["meets_goal"] is True
+    good, problems = harness.validate_figures({"figures": [{**fig("a", "dolmino", 1), "goal": ["<", 1]},
+                                                           {**fig("b", "dolmino", 1), "goal": ["<=", "1"]}]})
+    assert good == [] and len(problems) == 2
+
+
+def test_not_comparable_anchors_are_listed_but_never_give_a_ratio(tmp_path):
+    why = "dolma's tagger computes RedPajama's code rules, not this filter"
+    rows = harness.median_figures([[fig("code", "dolmino", 1000), {**fig("code", "dolma", 400), "not_comparable": why},
+                                    fig("ft", "dolmino", 90), fig("ft", "datatrove", 30),
+                                    {**fig("ft", "dolma", 80), "not_comparable": "other model"}]])
+    by = {c["name"]: c for c in harness.compare(rows)}
+    assert by["code"]["best_anchor"] is None and by["code"]["ratio"] is None and by["code"]["meets_goal"] is None
+    assert by["code"]["not_comparable"] == {"dolma": {"value": 400, "why": why}}
+    assert by["ft"]["best_anchor"] == "datatrove" and by["ft"]["ratio"] == pytest.approx(3.0)  # dolma's 80 skipped
+    report = {"generated": "now", "note": "", "options": {"repeats": 1}, "machine": harness.machine_info({}),
+              "benchmarks": [], "figures": [], "comparisons": [{"benchmark": "filters", **c} for c in by.values()]}
+    md = harness.render_markdown(report)
+    assert "| – (dolma 400: not comparable) | – | – |" in md  # no anchor value, no ratio
+    assert f"- filters / code: dolma 400 tokens/s/core: {why}" in md
+
+
 # ---------------------------------------------------------------- running stand-ins
 
 def _script(tmp_path, name, body):
@@ -185,6 +215,26 @@ def test_report_and_markdown_from_mixed_results(stand_ins, tmp_path):
     assert "| ghost | missing | 0 |" in md and "| crash | failed | 0 |" in md
     assert "unavailable: no network" in md and "- **good**: equivalent" in md
     assert machine["cores"] >= 1 and machine["python"].count(".") == 2
+
+
+def test_merge_keeps_the_benchmarks_not_rerun_and_says_where_they_come_from(stand_ins):
+    machine = harness.machine_info({})
+    first = harness.build_report([_run(stand_ins, "good", "good.py", repeats=1), _run(stand_ins, "other", "good.py",
+                                                                                      repeats=1)],
+                                 {**machine, "git": {"commit": "a" * 40}}, {"quick": True, "repeats": 1})
+    second = harness.build_report([_run(stand_ins, "good", "good.py", repeats=1)], machine,
+                                  {"quick": True, "repeats": 1, "only": ["good"]})
+    merged = harness.merge_reports(first, second)
+    assert [b["name"] for b in merged["benchmarks"]] == ["good", "other"]
+    good, other = merged["benchmarks"]
+    assert "measured" not in good and other["measured"]["commit"] == "a" * 40
+    assert sorted({f["benchmark"] for f in merged["figures"]}) == ["good", "other"]
+    assert [c["benchmark"] for c in merged["comparisons"]] == ["other", "good"]
+    assert len([f for f in merged["figures"] if f["benchmark"] == "good"]) == len(second["figures"])
+    md = harness.render_markdown(merged)
+    assert f"earlier: {first['generated']} @ aaaaaaaaaa" in md and "--only good --merge" in md
+    again = harness.merge_reports(merged, second)  # a kept benchmark keeps its first origin
+    assert again["benchmarks"][1]["measured"]["commit"] == "a" * 40
 
 
 def test_parse_args_defaults_and_errors(capsys):

@@ -26,3 +26,9 @@ def peak_rss_fields() -> dict:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"peak_rss_kib": max(own, children), "peak_rss_self_kib": own, "peak_rss_children_kib": children}
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and of the children it waited for (pool workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime

@@ -11,8 +11,12 @@ datatrove must). English word tokenization is datatrove's default (spaCy blank "
 The banding (bands x rows) is the one dolmino picks for the same num_perm/threshold,
 so both tools run the same LSH.
 
-Prints one JSON object: seconds per stage and in all, peak RSS (ru_maxrss of this
-process, which ran every stage) and the removals {removed id: kept id of its cluster}.
+`--input` is one JSONL file or a directory of them (read in sorted order, as datatrove's
+reader lists them). Prints one JSON object: seconds per stage and in all, CPU seconds of the
+four stages (user + system time of this process and of any child it waited for, from
+getrusage, so reading the input, writing every intermediate file and the output are all
+counted; interpreter start-up and imports are not), peak RSS (ru_maxrss of this process,
+which ran every stage) and the removals {removed id: kept id of its cluster}.
 """
 
 from __future__ import annotations
@@ -50,7 +54,12 @@ def main() -> None:
     config = MinhashConfig(n_grams=args.ngram, num_buckets=args.bands, hashes_per_bucket=args.rows, seed=args.seed,
                            hash_config=HashConfig(precision=64))
     work = args.work
-    in_dir, name = os.path.dirname(os.path.abspath(args.input)), os.path.basename(args.input)
+    if os.path.isdir(args.input):
+        in_dir, name = os.path.abspath(args.input), "*.jsonl"
+        inputs = sorted(os.path.join(in_dir, f) for f in os.listdir(in_dir) if f.endswith(".jsonl"))
+    else:
+        in_dir, name = os.path.dirname(os.path.abspath(args.input)), os.path.basename(args.input)
+        inputs = [args.input]
 
     def reader():
         return JsonlReader(in_dir, glob_pattern=name, compression=None)
@@ -62,12 +71,18 @@ def main() -> None:
         "filter": ([reader(), MinhashDedupFilter(f"{work}/remove", load_cluster_ids=True),
                     JsonlWriter(f"{work}/kept", output_filename="kept.jsonl", compression=None)], 1),
     }
+    def cpu_now() -> float:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
     seconds = {}
+    cpu0 = cpu_now()
     for stage, (pipeline, tasks) in stages.items():
         start = time.perf_counter()
         LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=1, logging_dir=f"{work}/logs/{stage}",
                               skip_completed=False).run()
         seconds[stage] = time.perf_counter() - start
+    cpu_seconds = cpu_now() - cpu0
 
     # Which documents survived, and each removed document's cluster survivor.
     kept_ids, cluster_of_kept = set(), {}
@@ -82,8 +97,9 @@ def main() -> None:
     import struct
 
     ids = []
-    with open(args.input, encoding="utf-8") as f:
-        ids = [json.loads(line)["id"] for line in f]
+    for path in inputs:
+        with open(path, encoding="utf-8") as f:
+            ids += [json.loads(line)["id"] for line in f]
     removed = {}
     with open(f"{work}/remove/000000.clusters", "rb") as f:
         data = f.read()
@@ -91,7 +107,8 @@ def main() -> None:
         doc_id = ids[idx]
         if doc_id not in kept_ids:
             removed[doc_id] = cluster_of_kept.get(cid, doc_id)
-    print(json.dumps({"seconds": seconds, "total_seconds": sum(seconds.values()), "docs": len(ids),
+    print(json.dumps({"seconds": seconds, "total_seconds": sum(seconds.values()), "cpu_seconds": cpu_seconds,
+                      "docs": len(ids),
                       "kept": len(kept_ids), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
                       "removed": removed}))
 

@@ -8,7 +8,8 @@ One task, one worker (the caller pins the CPU), the same tokenizer file, EOS
 no BOS, and no shuffling, so the output order is the reader's: files sorted by name,
 lines in order, documents with empty text skipped. Output: `<name>.ds` (raw uint32 token
 ids, 4 bytes since the vocabulary exceeds 65,536) and `<name>.ds.index` (uint64 document
-ends). Prints one JSON object with seconds, peak RSS and the output paths.
+ends). Prints one JSON object with seconds, CPU seconds (this process and any child it waited
+for), peak RSS and the output paths.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 import sys
 import time
 
-from _common import peak_rss_fields
+from _common import peak_rss_fields, cpu_seconds
 
 
 def main() -> int:
@@ -33,7 +34,7 @@ def main() -> int:
 
     real_stdout = sys.stdout
     sys.stdout = sys.stderr  # datatrove logs and prints stats; keep stdout for our JSON
-    started = time.perf_counter()
+    started, cpu0 = time.perf_counter(), cpu_seconds()
     try:
         from datatrove.executor.local import LocalPipelineExecutor
         from datatrove.pipeline.readers import JsonlReader
@@ -51,9 +52,9 @@ def main() -> int:
         executor.run()
     finally:
         sys.stdout = real_stdout
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu0
     print(json.dumps({
-        "seconds": seconds, **peak_rss_fields(),
+        "seconds": seconds, "cpu_seconds": cpu, **peak_rss_fields(),
         "ds": sorted(p for p in glob.glob(os.path.join(args.out, "*.ds"))),
     }))
     return 0

@@ -5,7 +5,8 @@
 
 Runs the real CLI entry point in this process (so the timing includes what a user of
 `dolma tokens` pays: config parsing, the process pool, the shuffling ring) and prints one
-JSON object: seconds, peak RSS of this process and of its pool workers, and the output
+JSON object: seconds, CPU seconds (this process and its reaped pool workers), peak RSS of this
+process and of its pool workers, and the output
 files. Options match OLMo 2 / dolma2: EOS 100257 after each document, no BOS, uint32
 memmaps. dolma itself differs from dolmino in ways the caller must account for when it
 compares outputs: documents are shuffled within and across output files, text is
@@ -22,7 +23,7 @@ import os
 import sys
 import time
 
-from _common import peak_rss_fields
+from _common import peak_rss_fields, cpu_seconds
 
 
 def main() -> int:
@@ -50,14 +51,14 @@ def main() -> int:
     # dolma's own log lines go to stderr; stdout carries only our JSON.
     real_stdout = sys.stdout
     sys.stdout = sys.stderr
-    started = time.perf_counter()
+    started, cpu0 = time.perf_counter(), cpu_seconds()
     try:
         dolma_main(argv)
     finally:
         sys.stdout = real_stdout
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu0
     print(json.dumps({
-        "seconds": seconds, **peak_rss_fields(),
+        "seconds": seconds, "cpu_seconds": cpu, **peak_rss_fields(),
         "npy": sorted(glob.glob(os.path.join(args.out, "*.npy"))),
         "csv": sorted(glob.glob(os.path.join(args.out, "*.csv.gz"))),
         "argv": argv,

@@ -133,6 +133,8 @@ def read_table(path: str, columns: list[str] | None = None):
     """(pyarrow Table, metadata dict) of one attribute file."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(io.BytesIO(read_bytes(path)), columns=columns)
+    # ParquetFile.read, not pq.read_table: the same table and metadata without the datasets
+    # layer, which costs ~0.5 ms per small file (the mix reads every unit's attribute files).
+    table = pq.ParquetFile(io.BytesIO(read_bytes(path))).read(columns=columns)
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
     return table, (json.loads(raw) if raw else {})

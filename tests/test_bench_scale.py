@@ -1,0 +1,85 @@
+"""bench/proctree.py's CPU accounting and bench/bench_scale.py's pool construction (no Spark, no timing)."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+from bench import bench_scale, proctree
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
+
+BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\n"
+
+
+def test_tree_cpu_counts_a_child_while_it_runs_and_after_it_is_reaped():
+    before = proctree.tree_cpu_s()
+    child = subprocess.Popen([sys.executable, "-c", BURN + "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        while proctree.process_cpu_s(child.pid) < 0.4:  # burning, then waiting on stdin
+            pass
+        assert child.pid in proctree.descendants() and child.pid in proctree.children_of(os.getpid())
+        alive = proctree.tree_cpu_s() - before
+    finally:
+        child.communicate(b"")
+    reaped = proctree.tree_cpu_s() - before  # now in this process's cutime
+    assert alive >= 0.4 and reaped >= 0.4
+    assert child.pid not in proctree.descendants()
+
+
+IGNORING_PARENT = """
+import os, signal, sys, time
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # as PySpark's daemon: exited children are reaped unaccounted
+pid = os.fork()
+if pid == 0:
+    t = time.process_time()
+    while time.process_time() - t < 0.5:
+        pass
+    time.sleep(0.5)  # idle before exiting, as PySpark's idle workers are killed
+    os._exit(0)
+time.sleep(1.6)
+"""
+
+
+def test_meter_keeps_the_cpu_of_a_grandchild_that_was_reaped_unaccounted():
+    before = proctree.tree_cpu_s()
+    with proctree.CpuMeter(interval=0.05) as meter:
+        subprocess.run([sys.executable, "-c", IGNORING_PARENT], check=True)
+    result = meter.result()
+    assert proctree.tree_cpu_s() - before < 0.45  # a plain before/after reading loses the grandchild
+    assert result["total"] >= 0.5 and result["other"] + result["python_workers"] >= 0.5
+    assert result["processes_seen"] >= 3 and result["meter_cpu_s"] >= 0
+
+
+def test_peak_rss_reads_vmhwm_of_this_process():
+    assert proctree.peak_rss_mb(os.getpid()) > 1.0
+    assert proctree.peak_rss_mb(2**22 + 12345) == 0.0  # no such process
+
+
+def test_perturb_is_seeded_keeps_the_words_and_breaks_shingles():
+    text = " ".join(f"word{i}" for i in range(400)) + "\n\tend"
+    a = bench_scale.perturb(text, random.Random("s:1"))
+    assert a == bench_scale.perturb(text, random.Random("s:1")) and a != text
+    assert a != bench_scale.perturb(text, random.Random("s:2"))
+    assert set(a.split()) <= set(text.split())  # only the document's own words
+    assert a.count("\n") == 1 and a.count("\t") == 1  # whitespace kept
+    changed = sum(x != y for x, y in zip(a.split(), text.split()))
+    assert 0.05 * 400 < changed <= bench_scale.SWAP_RATE * 400
+    # MinHash's 5-word shingles: well under the 0.8 Jaccard threshold
+    shingles = lambda t: {tuple(t.split()[i:i + 5]) for i in range(len(t.split()) - 4)}  # noqa: E731
+    sa, st = shingles(a), shingles(text)
+    assert len(sa & st) / len(sa | st) < 0.6
+
+
+def test_budget_makes_every_source_the_same_multiple_of_its_target():
+    meta = {"sources": {"a": {"text_bytes": 1000, "tokens_per_byte": 0.3},
+                        "b": {"text_bytes": 3000, "tokens_per_byte": 0.2}}}
+    budget, mix = bench_scale.plan_budget(meta, 20.0)
+    assert budget == int((300 + 600) / 20)
+    assert mix == {"a": pytest.approx(100 * 300 / 900, abs=1e-3), "b": pytest.approx(100 * 600 / 900, abs=1e-3)}
+    spec = bench_scale.manifest_dict(bench_scale.TMP, 4, budget, {name: 25.0 for name in bench_scale.SOURCES})
+    assert all(len(s["paths"]) == 4 * bench_scale.FILES_PER_UNIT for s in spec["sources"])
