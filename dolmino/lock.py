@@ -413,10 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     errors = cli_errors("dolmino lock", expected=(ManifestError, BuildError))
     try:
-        manifest = load_manifest(args.manifest)
-        if args.data_root:
-            root = args.data_root if args.data_root.startswith("s3://") else os.path.abspath(args.data_root)
-            manifest = replace(manifest, data_root=root)
+        manifest = load_manifest(args.manifest, args.data_root)
         path = args.lockfile or lock_path_for(args.manifest)
         if args.check:
             problems = check_lock(manifest, path, rehash=args.rehash, jobs=args.jobs)

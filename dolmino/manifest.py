@@ -616,8 +616,14 @@ def read_manifest_json(path: str) -> Any:
         raise ManifestError(f"{path}: {exc}") from None
 
 
-def load_manifest(path: str) -> Manifest:
-    return manifest_from_dict(read_manifest_json(path), path)
+def load_manifest(path: str, data_root: str | None = None) -> Manifest:
+    """The manifest at `path`; `data_root` (a command's --data-root) replaces the manifest's,
+    made absolute when local so executors and later steps resolve the same place."""
+    manifest = manifest_from_dict(read_manifest_json(path), path)
+    if data_root:
+        manifest = replace(manifest, data_root=data_root if data_root.startswith("s3://")
+                           else os.path.abspath(data_root))
+    return manifest
 
 
 LOCKFILE_SUFFIX = ".lock.json"

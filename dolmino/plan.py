@@ -276,12 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     errors = cli_errors("dolmino plan", expected=(ManifestError, BuildError))
     try:
-        manifest = load_manifest(args.manifest)
-        if args.data_root:
-            import os
-
-            root = args.data_root if args.data_root.startswith("s3://") else os.path.abspath(args.data_root)
-            manifest = replace(manifest, data_root=root)
+        manifest = load_manifest(args.manifest, args.data_root)
         budget = parse_count(args.budget, "--budget") if args.budget else None
         plan = make_plan(manifest, budget, list_files=not args.no_inputs)
     except Exception as exc:  # noqa: BLE001 - one redacted line

@@ -343,19 +343,27 @@ def bucket_directory(hashes: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
+def _first_at_least(hashes, directory, shift, x):  # pragma: no cover - compiled
+    """(first position in x's bucket whose hash is >= x, the bucket's end): a binary search
+    inside the bucket the directory names by x's top bits."""
+    b = x >> shift
+    lo = directory[b]
+    end = directory[b + 1]
+    hi = end
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if hashes[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo, end
+
+
+@njit(cache=True, nogil=True)
 def _contains(hashes, directory, shift, query, out):  # pragma: no cover - compiled
     for i in range(query.shape[0]):
         x = query[i]
-        b = x >> shift
-        lo = directory[b]
-        end = directory[b + 1]
-        hi = end
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if hashes[mid] < x:
-                lo = mid + 1
-            else:
-                hi = mid
+        lo, end = _first_at_least(hashes, directory, shift, x)
         out[i] = lo < end and hashes[lo] == x
 
 
@@ -365,16 +373,7 @@ def _contains_allowed(hashes, set_ids, directory, shift, allowed, query, out):  
     holds one entry per set; it is one or two entries long)."""
     for i in range(query.shape[0]):
         x = query[i]
-        b = x >> shift
-        lo = directory[b]
-        end = directory[b + 1]
-        hi = end
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if hashes[mid] < x:
-                lo = mid + 1
-            else:
-                hi = mid
+        lo, end = _first_at_least(hashes, directory, shift, x)
         hit = False
         while lo < end and hashes[lo] == x:
             if allowed[set_ids[lo]]:

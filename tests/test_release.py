@@ -426,6 +426,33 @@ def _check_single_winner(root: str, name: str, winner: dict, builds: list[Path],
         f"{prefix}{winner['data_prefix']}{e['path']}" for e in winner["files"]}
 
 
+def _publish_twice_at_once(small_builds, root: str, name: str, hook) -> tuple[list, list]:
+    """Publish both builds under one name from two threads, `hook` registered on every S3
+    request's parameters; (winners' releases, losers' exceptions)."""
+    import threading
+
+    events = s3.client().meta.events
+    results: dict[int, object] = {}
+
+    def run(i: int) -> None:
+        try:
+            results[i] = release.publish(str(small_builds[i]), root, name)
+        except Exception as exc:  # noqa: BLE001 - recorded and checked by the caller
+            results[i] = exc
+
+    events.register("before-parameter-build.s3", hook)
+    try:
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        events.unregister("before-parameter-build.s3", hook)
+    return ([r for r in results.values() if isinstance(r, dict)],
+            [r for r in results.values() if not isinstance(r, dict)])
+
+
 @pytest.mark.slow
 def test_concurrent_publishes_of_one_name_have_exactly_one_winner(small_builds, root, tmp_path,
                                                                   atomic_conditional_puts):
@@ -436,7 +463,6 @@ def test_concurrent_publishes_of_one_name_have_exactly_one_winner(small_builds, 
     """
     import threading
 
-    events = s3.client().meta.events
     for rnd in range(20):
         name = f"race-{rnd}"
         barrier = threading.Barrier(2, timeout=60) if rnd % 2 == 0 else None
@@ -445,26 +471,8 @@ def test_concurrent_publishes_of_one_name_have_exactly_one_winner(small_builds, 
             if barrier is not None and model.name == "PutObject" and params["Key"].endswith(f"/{name}/RELEASE.json"):
                 barrier.wait()
 
-        results: dict[int, object] = {}
-
-        def run(i: int) -> None:
-            try:
-                results[i] = release.publish(str(small_builds[i]), root, name)
-            except Exception as exc:  # noqa: BLE001 - recorded and checked below
-                results[i] = exc
-
-        events.register("before-parameter-build.s3", at_commit)
-        try:
-            threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(120)
-        finally:
-            events.unregister("before-parameter-build.s3", at_commit)
-        winners = [r for r in results.values() if isinstance(r, dict)]
-        losers = [r for r in results.values() if not isinstance(r, dict)]
-        assert len(winners) == 1 and len(losers) == 1, results
+        winners, losers = _publish_twice_at_once(small_builds, root, name, at_commit)
+        assert len(winners) == 1 and len(losers) == 1, (winners, losers)
         assert isinstance(losers[0], release.ReleaseExistsError), repr(losers[0])
         message = str(losers[0])
         assert "another publish of this name committed first" in message or "already exists" in message
@@ -502,7 +510,6 @@ def test_store_that_ignores_if_none_match_still_ends_consistent(small_builds, ro
     overwritten removes its own objects and fails, so exactly one wins here too."""
     import threading
 
-    events = s3.client().meta.events
     for rnd in range(3):
         name = f"no-cas-{rnd}"
         before_put, before_read_back = threading.Barrier(2, timeout=60), threading.Barrier(2, timeout=60)
@@ -518,26 +525,8 @@ def test_store_that_ignores_if_none_match_still_ends_consistent(small_builds, ro
                     state.put = False
                     before_read_back.wait()  # both writes have landed before either reads back
 
-        results: dict[int, object] = {}
-
-        def run(i: int) -> None:
-            try:
-                results[i] = release.publish(str(small_builds[i]), root, name)
-            except Exception as exc:  # noqa: BLE001 - recorded and checked below
-                results[i] = exc
-
-        events.register("before-parameter-build.s3", store_without_conditions)
-        try:
-            threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(120)
-        finally:
-            events.unregister("before-parameter-build.s3", store_without_conditions)
-        winners = [r for r in results.values() if isinstance(r, dict)]
-        losers = [r for r in results.values() if not isinstance(r, dict)]
-        assert len(winners) == 1 and len(losers) == 1, results
+        winners, losers = _publish_twice_at_once(small_builds, root, name, store_without_conditions)
+        assert len(winners) == 1 and len(losers) == 1, (winners, losers)
         assert "another publish of this name committed first" in str(losers[0])
         _check_single_winner(root, name, winners[0], small_builds, tmp_path)
 

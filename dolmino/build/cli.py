@@ -73,16 +73,12 @@ def _location(value: str) -> str:
 
 def prepare(args: argparse.Namespace, phase: str):
     """(manifest, BuildOptions) from the command line; raises ManifestError/BuildError."""
-    from dataclasses import replace
-
     from dolmino.build.inputs import list_inputs
     from dolmino.build.mix import BuildOptions, default_attributes_root
     from dolmino.lock import require_lock
     from dolmino.manifest import load_manifest, parse_count
 
-    manifest = load_manifest(args.manifest or default_manifest(args.budget))
-    if args.data_root:
-        manifest = replace(manifest, data_root=_location(args.data_root))
+    manifest = load_manifest(args.manifest or default_manifest(args.budget), args.data_root)
     if args.budget and (args.manifest is not None or args.budget.upper() not in NAMED_BUDGETS):
         budget = parse_count(args.budget, "--budget")
     else:  # `--budget 50B` alone names manifests/50B.json: build it as released (its passes)
