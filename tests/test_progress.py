@@ -251,3 +251,19 @@ def test_trainer_fit_silent_off_a_terminal(tiny_mix, tmp_path, capsys, no_env):
     cpu = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     Trainer(run, cpu, tmp_path / "run", log=lambda _line: None).fit()
     assert capsys.readouterr().err == ""
+
+
+def test_build_stage_final_line_counts_skipped_stages_apart(spark):
+    """A second job over a cached shuffle skips its map stage: the final line must read n/n
+    tasks with the skipped ones named, not stop short as if the stage were unfinished."""
+    from dolmino.build.progress import Stage
+
+    sc = spark.sparkContext
+    pairs = sc.parallelize(range(100), 4).map(lambda x: (x % 7, 1)).reduceByKey(lambda a, b: a + b, 3)
+    out = io.StringIO()
+    with Stage(sc, "reuse", stream=out) as st:
+        assert pairs.count() == 7
+        assert sorted(pairs.collect())[0] == (0, 15)  # the map stage's shuffle output is reused
+    final = out.getvalue().strip().splitlines()[-1]
+    assert final.startswith("[reuse] 10/10 tasks (4 skipped)"), final  # 4 + 3, then 3
+    assert st.record["wall_s"] >= 0

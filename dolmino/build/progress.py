@@ -78,23 +78,31 @@ class Stage:
             self._thread.start()
         return self
 
-    def _tasks(self) -> tuple[int, int]:
+    def _tasks(self) -> tuple[int, int, int]:
+        """(tasks done, tasks to run, tasks skipped). A stage of a finished job that ran no task
+        was skipped (Spark reused its shuffle output): counting it as pending would leave
+        the final line at e.g. 19/39."""
         tracker = self.sc.statusTracker()
-        done = total = 0
+        done = total = skipped = 0
         for job_id in tracker.getJobIdsForGroup(self.name):
             job = tracker.getJobInfo(job_id)
+            finished = job is not None and str(job.status) == "SUCCEEDED"
             for sid in (job.stageIds if job else ()):
                 info = tracker.getStageInfo(sid)
-                if info:
-                    done += info.numCompletedTasks
-                    total += info.numTasks
-        return done, total
+                if not info:
+                    continue
+                if finished and info.numCompletedTasks == 0 and info.numActiveTasks == 0:
+                    skipped += info.numTasks
+                    continue
+                done += info.numCompletedTasks
+                total += info.numTasks
+        return done, total, skipped
 
-    def line(self) -> str:
+    def line(self, final: bool = False) -> str:
         v = self.counters.values()
         elapsed = max(time.time() - self.started, 1e-9)
-        done, total = self._tasks()
-        parts = [f"[{self.name}] {done}/{total} tasks"]
+        done, total, skipped = self._tasks()
+        parts = [f"[{self.name}] {done}/{total} tasks" + (f" ({skipped:,} skipped)" if skipped else "")]
         if self.total_units:
             parts.append(f"{int(v['units']):,}/{self.total_units:,} units")
         if self.total_bytes:
@@ -103,7 +111,7 @@ class Stage:
         if v["tokens"]:
             parts.append(f"{format_count(v['tokens'] / elapsed)} tokens/s")
         by = (v["bytes"], self.total_bytes) if self.total_bytes else (v["units"], self.total_units)
-        parts.append(f"ETA {_eta(by[0], by[1], elapsed)}")
+        parts.append(f"done in {elapsed:,.1f} s" if final else f"ETA {_eta(by[0], by[1], elapsed)}")
         return " · ".join(parts)
 
     def _run(self) -> None:
@@ -111,7 +119,7 @@ class Stage:
             self._emit(final=False)
 
     def _emit(self, final: bool) -> None:
-        text = self.line()
+        text = self.line(final)
         if self.tty:
             self.stream.write("\r" + text + ("\n" if final else "\x1b[K"))
         else:
