@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from dolmino.build import output
+from dolmino.build import output, worker_heap
 from dolmino.build.attributes import ATTRIBUTE_FORMAT, AttributeStore, spec_key
 from dolmino.build.inputs import DEFAULT_SPLIT_BYTES, DEFAULT_TASK_BYTES, group_tasks, list_inputs, plan_units
 from dolmino.build.progress import Stage
@@ -250,6 +250,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
 
 def _pool_group(units, ctx_b, counters):
     ctx = ctx_b.value
+    worker_heap.freeze()
     started = time.process_time()
     for unit in units:
         for record in pool_unit(unit, ctx):

@@ -30,6 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple
 
+from dolmino.build import worker_heap
 from dolmino.build.attributes import (
     ATTRIBUTE_FORMAT, AttributeStore, read_bytes, read_table, spec_key, unit_version, write_bytes, write_table,
 )
@@ -267,6 +268,7 @@ def tag_unit(work: UnitWork, ctx: TagContext) -> Iterator[UnitTagged | Signature
 
 def run_tag_task(works: list[UnitWork], ctx_b, counters) -> Iterator[UnitTagged | Signature]:
     ctx = ctx_b.value
+    worker_heap.freeze()
     for work in works:
         started = time.process_time()
         for record in tag_unit(work, ctx):

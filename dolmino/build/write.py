@@ -23,6 +23,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
+from dolmino.build import worker_heap
 from dolmino.build.attributes import AttributeStore, write_bytes
 from dolmino.build.inputs import Unit
 from dolmino.build.read import read_lines
@@ -99,6 +100,7 @@ def tokenize_units(groups, ctx_b, counters) -> Iterator[TokDoc | TokStats]:
     from dolmino.build.resources import localized_spec
 
     ctx = ctx_b.value
+    worker_heap.freeze()
     started = time.process_time()
     filters: dict[int, list] = {}
     stats: dict[int, dict] = {}
@@ -194,6 +196,7 @@ def _put(local: str, uri: str, sha256: str) -> None:
 def write_part(index: int, items, ctx_b, counters) -> Iterator[PartResult]:
     """mapPartitionsWithIndex: the sorted instances of one part -> its files and commit record."""
     ctx = ctx_b.value
+    worker_heap.freeze()
     if index in ctx.done:
         return
     started = time.process_time()
