@@ -351,10 +351,11 @@ def available_peers(impls: tuple[str, ...], log) -> tuple[dict[str, Path], dict[
     return pythons, missing
 
 
-def compare_peers(model: str, seq_len: int, batch_size: int, micro_batch_size: int, rounds: int, steps: int,
-                  warmup: int, threads: int, impls: tuple[str, ...], timeout_s: float = 3600, log=print) -> dict:
-    """Interleaved rounds of one process per implementation; medians of the timed steps."""
-    cfg = ModelConfig.preset(model, max_seq_len=max(seq_len, ModelConfig.preset(model).max_seq_len))
+def run_interleaved(cfg: ModelConfig, impls: tuple[str, ...], batch_size: int, seq_len: int, rounds: int,
+                    spec_for, timeout_s: float, log, label: str) -> tuple[dict[str, list[dict]], list[str]]:
+    """Rounds of one worker process per implementation, the order rotated every round, all on the
+    same weights and batch: ({impl: [worker outputs]}, [errors]). `spec_for(impl, weights, batch)`
+    gives each worker's spec."""
     pythons, missing = available_peers(impls, log)
     runs: dict[str, list[dict]] = {impl: [] for impl in pythons}
     errors: list[str] = [f"{impl}: {why}" for impl, why in missing.items()]
@@ -364,14 +365,26 @@ def compare_peers(model: str, seq_len: int, batch_size: int, micro_batch_size: i
         for r in range(rounds):
             shift = r % max(len(order), 1)
             for impl in order[shift:] + order[:shift]:
-                spec = _base_spec(impl.removesuffix("_lm_loss"), cfg, weights, batch, micro_batch_size, steps, warmup,
-                                  threads, fused_loss=not impl.endswith("_lm_loss"))
-                log(f"[bench_trainer] {model} {batch_size}x{seq_len} round {r + 1}/{rounds}: {impl}")
-                out = run_worker(pythons[impl], spec, Path(tmp), timeout_s)
+                log(f"{label} {batch_size}x{seq_len} round {r + 1}/{rounds}: {impl}")
+                out = run_worker(pythons[impl], spec_for(impl, weights, batch), Path(tmp), timeout_s)
                 if "error" in out:
                     errors.append(f"{impl} round {r + 1}: {out['error']}")
                 else:
                     runs[impl].append(out)
+    return runs, errors
+
+
+def compare_peers(model: str, seq_len: int, batch_size: int, micro_batch_size: int, rounds: int, steps: int,
+                  warmup: int, threads: int, impls: tuple[str, ...], timeout_s: float = 3600, log=print) -> dict:
+    """Interleaved rounds of one process per implementation; medians of the timed steps."""
+    cfg = ModelConfig.preset(model, max_seq_len=max(seq_len, ModelConfig.preset(model).max_seq_len))
+
+    def spec_for(impl: str, weights: Path, batch: Path) -> dict:
+        return _base_spec(impl.removesuffix("_lm_loss"), cfg, weights, batch, micro_batch_size, steps, warmup,
+                          threads, fused_loss=not impl.endswith("_lm_loss"))
+
+    runs, errors = run_interleaved(cfg, impls, batch_size, seq_len, rounds, spec_for, timeout_s, log,
+                                   label=f"[bench_trainer] {model}")
     tokens = batch_size * seq_len
     per_impl = {}
     for impl, outs in runs.items():

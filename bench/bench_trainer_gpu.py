@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,8 +31,8 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from bench.bench_trainer import (OLMO_CORE_1B_H100_TOKENS_PER_S, PEERS, _base_spec, available_peers,  # noqa: E402
-                                 is_olmo2_1b, run_worker, write_inputs)
+from bench.bench_trainer import (OLMO_CORE_1B_H100_TOKENS_PER_S, PEERS, _base_spec, is_olmo2_1b,  # noqa: E402
+                                 run_interleaved)
 from trainer.config import ModelConfig  # noqa: E402
 from trainer.throughput import mfu, peak_flops  # noqa: E402
 
@@ -42,20 +41,13 @@ def run(model: str, seq_len: int, batch_size: int, micro_batch_size: int, steps:
         impls: tuple[str, ...], device: str, compile_: bool, timeout_s: float, log=print) -> dict:
     dev = torch.device(device)
     cfg = ModelConfig.preset(model, max_seq_len=max(seq_len, ModelConfig.preset(model).max_seq_len))
-    pythons, missing = available_peers(impls, log)
-    results: dict[str, list[dict]] = {impl: [] for impl in pythons}
-    errors = [f"{impl}: {why}" for impl, why in missing.items()]
-    with tempfile.TemporaryDirectory(prefix="bench-trainer-gpu-") as tmp:
-        weights, batch = write_inputs(Path(tmp), cfg, batch_size, seq_len)
-        order = list(pythons)
-        for r in range(rounds):
-            shift = r % max(len(order), 1)
-            for impl in order[shift:] + order[:shift]:
-                spec = _base_spec(impl, cfg, weights, batch, micro_batch_size, steps, warmup, torch.get_num_threads())
-                spec.update(device=str(dev), autocast_bf16=True, compile=compile_)
-                log(f"[bench_trainer_gpu] {model} {batch_size}x{seq_len} round {r + 1}/{rounds}: {impl}")
-                out = run_worker(pythons[impl], spec, Path(tmp), timeout_s)
-                (errors.append(f"{impl}: {out['error']}") if "error" in out else results[impl].append(out))
+
+    def spec_for(impl: str, weights: Path, batch: Path) -> dict:
+        spec = _base_spec(impl, cfg, weights, batch, micro_batch_size, steps, warmup, torch.get_num_threads())
+        return {**spec, "device": str(dev), "autocast_bf16": True, "compile": compile_}
+
+    results, errors = run_interleaved(cfg, impls, batch_size, seq_len, rounds, spec_for, timeout_s, log,
+                                      label=f"[bench_trainer_gpu] {model}")
     tokens = batch_size * seq_len
     fpt = cfg.flops_per_token(seq_len)
     peak = peak_flops(dev)
