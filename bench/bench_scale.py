@@ -42,6 +42,8 @@ Ratios, all per output token (tokens written, EOS included):
   mix / tokenize-only        the goal <= 1.5 at a pool >= 20x the budget (paid per mix)
   tag / tokenize-only        paid once per pool, whatever number of mixes use it
   (tag + mix) / tokenize-only   a full build from nothing
+  marginal / tokenize-only   largest scale only: per extra output token, the median over
+                             three alternating mixes at the budget and at twice it
 Also tokens tokenized / written (goal <= 1.15 at >= 20x), persisted + shuffled bytes per
 output token (from report.json: `run.persisted_bytes`, each stage's Spark shuffle write),
 and driver peak RSS (driver Python + JVM; in local mode the JVM also holds the executor).
@@ -359,18 +361,16 @@ def child_point(args) -> dict:
             raise RuntimeError("the repeated mix wrote different bytes than the first")
         double = None
         if args.marginal:
-            # The same pool at twice the budget, warm session: the difference to `mix again` is
-            # what one more output token costs once the per-mix fixed costs (Spark jobs, driver
-            # planning, reading every unit of the pool once) are paid; a 50B build is nearly
-            # all marginal tokens.
-            # One difference of two mixes is as noisy as the shared host (1.03x and 1.87x in two
-            # runs): alternate the budget and twice it MARGINAL_ROUNDS times, take the median
-            # of the differences.
+            # The same pool at the budget and at twice it, warm session: the difference is what
+            # one more output token costs once the per-mix fixed costs (Spark jobs, driver
+            # planning, reading every unit of the pool once) are paid; a 50B build is nearly all
+            # marginal tokens. One difference is as noisy as the shared host (1.03x and 1.87x in
+            # two runs): MARGINAL_ROUNDS alternating pairs, the median of their differences.
             pairs = []
             for r in range(MARGINAL_ROUNDS):
                 _, _, one_cpu = _measured(lambda: build(manifest, args.budget, str(work / f"out-m{r}"), spark,
                                                         attributes=attributes, phase="mix", **sizing))
-                doubled, double_wall, double_cpu = _measured(lambda: build(
+                doubled, _, double_cpu = _measured(lambda: build(
                     manifest, 2 * args.budget, str(work / f"out-double{r}"), spark, attributes=attributes,
                     phase="mix", **sizing))
                 pairs.append([one_cpu["total"], double_cpu["total"]])
