@@ -9,8 +9,8 @@ a loaded machine does not distort it). Every step runs three times: once to warm
 (imports, first-call set-up), once timed by process CPU time without the profiler (the
 figure printed), once under the profiler (the breakdown, inflated by its own overhead):
 
-1. tag      `dolmino.build.tag.tag_unit`: read, hash, write the unit's attribute files
-2. pool     `dolmino.build.select.pool_unit`: decide from the attributes, sampling hashes
+1. tag      `dolmino.build.tag.tag_bundle`: read, hash, write the bundle's attribute files
+2. pool     `dolmino.build.select.pool_bundle`: decide from the attributes, sampling hashes
 3. tokenize `dolmino.build.write.tokenize_units`: the `--share` of the unit's documents
             with the smallest sampling hashes (a prefix, as a mix of a large pool takes),
             with the manifest's token filters (min_length, repeated_ngrams)
@@ -81,11 +81,11 @@ def main(argv=None) -> dict:
 
     from bench.bench_scale import CORPUS, make_pool, manifest_dict
     from dolmino.assets import dolma2_tokenizer_path
-    from dolmino.build.attributes import AttributeStore
+    from dolmino.build.attributes import AttributeStore, plan_bundles
     from dolmino.build.inputs import list_inputs, plan_units
     from dolmino.build.mix import _token_filters, skips_blank, tokenizer_digest
-    from dolmino.build.select import PoolContext, PoolDoc, UnitPool, pool_unit
-    from dolmino.build.tag import TagContext, UnitWork, tag_plans, tag_unit
+    from dolmino.build.select import PoolContext, PoolDoc, UnitPool, pool_bundle
+    from dolmino.build.tag import BundleTagged, BundleWork, TagContext, tag_bundle, tag_plans
     from dolmino.build.write import TokContext, TokDoc, WriteContext, order_key, tokenize_units, write_part
     from dolmino.manifest import manifest_from_dict
     from dolmino.tokenizer import Dolma2Tokenizer
@@ -103,6 +103,7 @@ def main(argv=None) -> dict:
     tokenizer = Dolma2Tokenizer(dolma2_tokenizer_path().read_text(encoding="utf-8"))
     tokenizer.encode_batch(["warm up the tokenizer"])
     units = plan_units(list_inputs(manifest))
+    bundles = plan_bundles(units)
     steps: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="profile-build-") as tmp:
         store = AttributeStore(os.path.join(tmp, "attributes"))
@@ -110,13 +111,15 @@ def main(argv=None) -> dict:
         plan = plans[0]
         tag_ctx = TagContext(store, plans, {}, tokenizer, manifest.seed)
         sets = (plan.docs_set, *(t.set_name for t in plan.filters))
-        records, cpu, prof = _profiled(lambda: [r for u in units for r in tag_unit(UnitWork(u, sets, False), tag_ctx)])
-        steps["tag"] = {"cpu_s": cpu, "units": len(units), "docs": sum(r.stats["docs"] for r in records),
-                        "bytes": sum(r.stats["bytes"] for r in records), "profile": prof}
+        records, cpu, prof = _profiled(lambda: [r for b in bundles for r in tag_bundle(BundleWork(b, sets, False, {}),
+                                                                                        tag_ctx)])
+        unit_stats = [st for r in records if isinstance(r, BundleTagged) for st in r.stats.values()]
+        steps["tag"] = {"cpu_s": cpu, "units": len(units), "docs": sum(st["docs"] for st in unit_stats),
+                        "bytes": sum(st["bytes"] for st in unit_stats), "profile": prof}
 
         pool_ctx = PoolContext(store, plans, manifest.sources, {}, manifest.seed, {u.index: u.file.name for u in units},
                                {u.index: 0 for u in units}, skips_blank(manifest))
-        records, cpu, prof = _profiled(lambda: [r for u in units for r in pool_unit(u, pool_ctx)])
+        records, cpu, prof = _profiled(lambda: [r for b in bundles for r in pool_bundle(b, pool_ctx)])
         docs = [r for r in records if isinstance(r, PoolDoc)]
         steps["pool"] = {"cpu_s": cpu, "docs": len(docs), "profile": prof}
         assert sum(isinstance(r, UnitPool) for r in records) == len(units)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import io
 import json
 import math
 import os
@@ -251,8 +252,104 @@ def _coalesce(blocks: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def _zstd_chunks(raw: IO[bytes]) -> Iterator[bytes]:
-    """Decompressed chunks of a (multi-frame) zstd stream; CorruptStreamError where it breaks."""
-    return _coalesce(_zstd_blocks(raw))
+    """Decompressed chunks of a (multi-frame) zstd stream; CorruptStreamError where it breaks.
+
+    A file that fits in one read and decodes cleanly takes one decompress call per frame
+    (`_zstd_small`); every other file, and every irregular one, goes block by block."""
+    head = _first_read(raw)
+    if len(head) < READ_SIZE and not raw.read(1):
+        whole = _zstd_small(head)
+        if whole is not None:
+            if whole:
+                yield whole
+            return
+        raw = io.BytesIO(head)
+    else:
+        raw = _Prefixed(head, raw)
+    yield from _coalesce(_zstd_blocks(raw))
+
+
+def _first_read(raw: IO[bytes]) -> bytes:
+    """Up to READ_SIZE bytes; a small local file in one read of its size.
+
+    read(READ_SIZE) allocates a 1 MiB buffer whatever the file holds: on 20,000 files of 1 KB
+    that was ~25 us per file, a third of reading one."""
+    size = None
+    try:
+        size = os.fstat(raw.fileno()).st_size - raw.tell()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        pass
+    return raw.read(size + 1 if size is not None and 0 <= size < READ_SIZE else READ_SIZE)
+
+
+class _Prefixed:
+    """A stream with its first bytes already read: they are served again first."""
+
+    def __init__(self, head: bytes, raw: IO[bytes]):
+        self.head, self.raw = head, raw
+
+    def read(self, n: int = -1) -> bytes:
+        if not self.head:
+            return self.raw.read(n)
+        if n < 0:
+            out, self.head = self.head + self.raw.read(), b""
+            return out
+        out, self.head = self.head[:n], self.head[n:]
+        return out
+
+    def seekable(self) -> bool:
+        return False
+
+
+# Output bound under which a whole small file is decoded in one call per frame: two of the
+# careful path's ~READ_SIZE chunks, so that memory stays what the careful path holds.
+_ZSTD_SMALL_MAX_OUT = 2 * READ_SIZE
+
+
+def _zstd_small(data: bytes) -> bytes | None:
+    """The decompressed bytes of a complete, well-formed zstd file, or None: take the careful path.
+
+    Frame and block headers are walked first (RFC 8878) to bound the output: a raw or RLE
+    block regenerates the size its header gives, a compressed block at most 128 KiB. Only a
+    file whose bound is under `_ZSTD_SMALL_MAX_OUT` reaches the decompressor, so a bomb never
+    inflates here. Skippable frames, truncation, garbage and any decoder error return None,
+    and `_zstd_blocks` then yields what was readable and says exactly where the file breaks.
+    On small files this is ~3x faster: 20,000 files of 1 KB were read at ~65 us each."""
+    n, pos, bound = len(data), 0, 0
+    frames = []
+    while pos < n:
+        if n - pos < 6 or data[pos:pos + 4] != _ZSTD_MAGIC:
+            return None
+        start = pos
+        descriptor = data[pos + 4]
+        single_segment = (descriptor >> 5) & 1
+        pos += (5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 3]
+                + ((1 if single_segment else 0), 2, 4, 8)[descriptor >> 6])
+        last = 0
+        while not last:
+            if pos + 3 > n:
+                return None
+            value = int.from_bytes(data[pos:pos + 3], "little")
+            last, block_type, block_size = value & 1, (value >> 1) & 3, value >> 3
+            if block_type == 3 or block_size > _ZSTD_MAX_BLOCK:
+                return None
+            pos += 3 + (1 if block_type == 1 else block_size)
+            bound += _ZSTD_MAX_BLOCK if block_type == 2 else block_size
+        pos += 4 * ((descriptor >> 2) & 1)
+        if pos > n or bound > _ZSTD_SMALL_MAX_OUT:
+            return None
+        frames.append((start, pos))
+    dctx = zstandard.ZstdDecompressor()
+    out = []
+    for start, end in frames:
+        obj = dctx.decompressobj()
+        try:
+            out.append(obj.decompress(data[start:end]))
+        except zstandard.ZstdError:
+            return None
+        if not obj.eof or obj.unused_data:
+            return None
+    return b"".join(out)
 
 
 def _zstd_blocks(raw: IO[bytes]) -> Iterator[bytes]:
@@ -417,8 +514,10 @@ def _gzip_chunks(raw: IO[bytes]) -> Iterator[bytes]:
 
 
 def _plain_chunks(raw: IO[bytes]) -> Iterator[bytes]:
-    while chunk := raw.read(READ_SIZE):
+    chunk = _first_read(raw)
+    while chunk:
         yield chunk
+        chunk = raw.read(READ_SIZE)
 
 
 def _chunk_reader(path: str):

@@ -524,3 +524,51 @@ def test_read_documents_counts_lines_of_a_range(tmp_path):
     whole = [(n, d["id"]) for n, d in read_documents(str(path), Quarantine())]
     assert first.lines + second.lines == 11
     assert a + [(n + first.lines, i) for n, i in b] == whole
+
+
+def test_small_zstd_fast_path_equals_the_block_reader_or_steps_aside():
+    """`_zstd_small` decodes a whole small file in one call per frame. Where it answers, it
+    gives exactly the block-by-block reader's bytes; on anything irregular it answers None
+    (the careful reader then says where the file breaks), and it never inflates a bomb."""
+    import io
+
+    from dolmino.documents import _ZSTD_SMALL_MAX_OUT, _coalesce, _zstd_blocks, _zstd_small
+
+    text = b"".join(json.dumps({"id": str(i), "text": "words " * i}).encode() + b"\n" for i in range(300))
+    plain = zstandard.ZstdCompressor().compress(text)
+    checked = zstandard.ZstdCompressor(write_checksum=True).compress(text[:5000])
+    streamed = io.BytesIO()
+    with zstandard.ZstdCompressor().stream_writer(streamed, closefd=False) as w:  # no content size
+        w.write(text)
+    two_frames = plain + checked + streamed.getvalue()
+
+    def careful(data: bytes) -> bytes:
+        return b"".join(_coalesce(_zstd_blocks(io.BytesIO(data))))
+
+    for data in (plain, checked, streamed.getvalue(), two_frames):
+        assert _zstd_small(data) == careful(data) != b""
+    skippable = b"\x50\x2a\x4d\x18" + (4).to_bytes(4, "little") + b"skip" + plain
+    bad_checksum = checked[:-1] + bytes([checked[-1] ^ 0xFF])
+    for irregular in (plain[:-3], plain + b"garbage", skippable, bad_checksum, plain[:5]):
+        assert _zstd_small(irregular) is None
+    assert _zstd_small(b"") == b""  # an empty file holds no frame and no document
+    bomb = zstandard.ZstdCompressor(level=19).compress(b"\0" * (4 * _ZSTD_SMALL_MAX_OUT))
+    assert len(bomb) < 4096 and _zstd_small(bomb) is None
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_small_damaged_zstd_file_reads_like_before(tmp_path, damage):
+    """A small file goes through the fast path first; a damaged one must still give every
+    document before the break and one counted corrupt_stream record."""
+    docs = [{"id": str(i), "text": f"document number {i}"} for i in range(50)]
+    good = zstandard.ZstdCompressor().compress(b"".join(json.dumps(d).encode() + b"\n" for d in docs))
+    path = tmp_path / "d.jsonl.zst"
+    path.write_bytes(good[:-3] if damage == "truncated" else good + b"garbage!")
+    q = Quarantine()
+    ids = [d["id"] for _, d in read_documents(str(path), q)]
+    assert dict(q.counts) == {"corrupt_stream": 1}
+    if damage == "garbage":
+        assert ids == [d["id"] for d in docs]
+        assert q.records[0].unreadable_bytes == len(b"garbage!")
+    else:
+        assert ids == [d["id"] for d in docs][:len(ids)] and q.records[0].unreadable_bytes > 0

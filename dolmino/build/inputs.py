@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 from dataclasses import dataclass
 
 from dolmino.errors import BuildError
@@ -98,26 +99,43 @@ def _relative_name(path: str, root: str | None) -> str:
     return path.lstrip("/")
 
 
+def _regular(paths) -> list[tuple[str, os.stat_result]]:
+    """(path, stat) of the regular files among `paths`, sorted: one stat call each."""
+    found = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            found.append((p, st))
+    return sorted(found, key=lambda item: item[0])
+
+
+def _expand_local_stat(pattern: str) -> tuple[list[tuple[str, os.stat_result]], bool]:
+    if any(ch in pattern for ch in "*?["):
+        return _regular(glob.glob(pattern, recursive=True)), True
+    if os.path.isdir(pattern):
+        return _regular(p for p in glob.glob(os.path.join(pattern, "**", "*"), recursive=True)
+                        if not os.path.basename(p).startswith(".")), False
+    return _regular([pattern]), True
+
+
 def expand_local(pattern: str) -> tuple[list[str], bool]:
     """(sorted files a local glob, directory or file names; whether the pattern named files explicitly).
 
     A directory expands to every file below it except hidden ones; globs follow
     glob.glob(recursive=True), whose semantics `dolmino.s3.expand_uri_glob` copies."""
-    if any(ch in pattern for ch in "*?["):
-        return sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)), True
-    if os.path.isdir(pattern):
-        return sorted(p for p in glob.glob(os.path.join(pattern, "**", "*"), recursive=True)
-                      if os.path.isfile(p) and not os.path.basename(p).startswith(".")), False
-    return ([pattern] if os.path.isfile(pattern) else []), True
+    found, explicit = _expand_local_stat(pattern)
+    return [p for p, _ in found], explicit
 
 
 def _list_local(pattern: str, fmt: str, skipped: list[str]) -> tuple[list[tuple[str, int, str]], list[str]]:
     """(path, size, version) of matching document files, and explicit matches that are not documents."""
-    paths, explicit = expand_local(pattern)
+    paths, explicit = _expand_local_stat(pattern)
     found, refused = [], []
-    for path in paths:
+    for path, st in paths:
         if readable_by_name(path, fmt):
-            st = os.stat(path)
             found.append((path, st.st_size, str(st.st_mtime_ns)))
         elif explicit:
             refused.append(path)
@@ -199,10 +217,11 @@ def plan_units(listing: Listing, split_bytes: int = DEFAULT_SPLIT_BYTES) -> list
     return units
 
 
-def group_tasks(units: list[Unit], task_bytes: int = DEFAULT_TASK_BYTES) -> list[tuple[Unit, ...]]:
-    """Consecutive units, packed up to `task_bytes` each (a larger unit is a task of its own)."""
-    tasks: list[tuple[Unit, ...]] = []
-    current: list[Unit] = []
+def group_tasks(units: list, task_bytes: int = DEFAULT_TASK_BYTES) -> list[tuple]:
+    """Consecutive units (or attribute bundles: anything with a `size`), packed up to
+    `task_bytes` each (a larger one is a task of its own)."""
+    tasks: list[tuple] = []
+    current: list = []
     size = 0
     for unit in units:
         if current and size + unit.size > task_bytes:

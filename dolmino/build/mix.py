@@ -16,12 +16,12 @@ import time
 from dataclasses import dataclass, field
 
 from dolmino.build import output, worker_heap
-from dolmino.build.attributes import ATTRIBUTE_FORMAT, AttributeStore, spec_key
+from dolmino.build.attributes import ATTRIBUTE_FORMAT, AttributeStore, plan_bundles, spec_key
 from dolmino.build.inputs import DEFAULT_SPLIT_BYTES, DEFAULT_TASK_BYTES, group_tasks, list_inputs, plan_units
 from dolmino.build.progress import Stage
 from dolmino.build.resources import file_params, stage
 from dolmino.build.select import (
-    PoolContext, PoolDoc, SourceSelection, UnitIds, UnitPool, dedup, duplicate_ids, finish, initial_selection, pool_unit,
+    PoolContext, PoolDoc, SourceSelection, UnitIds, UnitPool, dedup, duplicate_ids, finish, initial_selection, pool_bundle,
     refill, slim, split_targets, tokens_per_byte,
 )
 from dolmino.build.spark import cluster_info, forward_environment, is_local, persisted_bytes
@@ -86,7 +86,8 @@ def skips_blank(manifest: Manifest) -> bool:
 
 
 def _task_partitioner(groups) -> dict[int, int]:
-    return {u.index: t for t, group in enumerate(groups) for u in group}
+    """unit index -> the task (group of bundles) whose partition tokenizes it."""
+    return {u.index: t for t, group in enumerate(groups) for bundle in group for u in bundle.units}
 
 
 def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
@@ -99,7 +100,8 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
         state.warnings.append(f"skipped {len(listing.skipped)} file(s) in source directories that are not documents "
                               f"by name: {shown}")
     units = plan_units(listing, options.split_bytes)
-    groups = group_tasks(units, options.task_bytes)
+    bundles = plan_bundles(units)
+    groups = group_tasks(bundles, options.task_bytes)
     any_s3 = any(u.file.uri.startswith("s3://") for u in units) or options.out.startswith("s3://") \
         or options.attributes.startswith("s3://")
     task_cpus = int(sc.getConf().get("spark.task.cpus", "1"))
@@ -110,8 +112,8 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     resources = _stage_resources(manifest, sc)
     store = AttributeStore(options.attributes)
 
-    tagged = run_tag(sc, manifest, store, units, groups, resources, tokenizer, tok_digest, quiet=options.quiet,
-                     allow_work=options.phase != "mix")
+    tagged = run_tag(sc, manifest, store, units, bundles, groups, resources, tokenizer, tok_digest,
+                     quiet=options.quiet, allow_work=options.phase != "mix")
     state.stages.update(tagged.stages)
     if options.phase == "tag":
         return _tag_summary(manifest, options, tagged, units, listing, time.time() - started, sc, state)
@@ -248,12 +250,12 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
 # ---------------------------------------------------------------------------- helpers
 
 
-def _pool_group(units, ctx_b, counters):
+def _pool_group(bundles, ctx_b, counters):
     ctx = ctx_b.value
     worker_heap.freeze()
     started = time.process_time()
-    for unit in units:
-        for record in pool_unit(unit, ctx):
+    for bundle in bundles:
+        for record in pool_bundle(bundle, ctx):
             if isinstance(record, UnitPool):
                 counters.add("units", 1)
                 counters.add("docs", record.stats["docs_in"])
@@ -445,6 +447,7 @@ def _copy_quarantine(store: AttributeStore, tagged, units, out: str) -> None:
 def _tag_summary(manifest, options, tagged, units, listing, elapsed, sc, state) -> dict:
     return {
         "manifest": manifest.name, "attributes": options.attributes, "units": len(units),
+        "bundles": len(tagged.bundles),
         "tagged_units": tagged.tagged_units, "reused_units": len(units) - tagged.tagged_units,
         "input_bytes": listing.total_bytes, "files_written": len(tagged.written),
         "bytes_written": sum(tagged.written.values()), "minhash": tagged.minhash, "stages": state.stages,

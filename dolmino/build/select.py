@@ -22,8 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple
 
-from dolmino.build.attributes import AttributeStore, read_table
-from dolmino.build.inputs import Unit
+from dolmino.build.attributes import AttributeStore, Bundle, read_table, unit_rows
 from mixers.sampling import (
     NUM_BUCKETS, SMALL_SOURCE_DOCS, bucket_of, find_cut_bucket, find_cut_hash, greedy_fill, seeded_hash,
 )
@@ -73,7 +72,7 @@ class UnitPool(NamedTuple):
 
 
 class UnitIds(NamedTuple):
-    """64-bit hashes of every document id of a unit: duplicate ids across files are counted
+    """64-bit hashes of every document id of a bundle: duplicate ids across files are counted
     with one small shuffle (within a unit the tag phase already counted them)."""
 
     source_index: int
@@ -115,69 +114,90 @@ def duplicate_ids(records) -> dict[int, int]:
                 .reduceByKey(lambda a, b: a + b).collect())
 
 
-def pool_unit(unit: Unit, ctx: PoolContext) -> Iterator[PoolDoc | UnitPool | UnitIds]:
+def _unit_slices(path: str, bundle: Bundle, columns: list[str] | None = None) -> tuple[object, list, dict]:
+    """(table, [(start, end) rows per unit], metadata) of one of a bundle's attribute files."""
+    table, meta = read_table(path, columns)
+    return table, unit_rows(meta, bundle), meta
+
+
+def pool_bundle(bundle: Bundle, ctx: PoolContext) -> Iterator[PoolDoc | UnitPool | UnitIds]:
+    """Decide every document of a bundle from its attribute files (each read once)."""
     from filters.base import decide
     from filters.dedup import document_key
     from filters.registry import build_filter
 
     from dolmino.build.resources import localized_spec
 
-    si = unit.source_index
+    si = bundle.source_index
     plan, source = ctx.plans[si], ctx.sources[si]
-    docs, meta = read_table(ctx.store.path(plan.name, plan.docs_set, unit))
-    stats = meta["stats"]
-    filters = [(t.index, build_filter(localized_spec(t.spec, ctx.resources), f"{plan.name}.filters[{t.index}]"),
-                _rows(read_table(ctx.store.path(plan.name, t.set_name, unit))[0])) for t in plan.filters]
-    clusters = {}
+    docs, doc_spans, meta = _unit_slices(ctx.store.path(plan.name, plan.docs_set, bundle), bundle)
+    filters = []
+    for t in plan.filters:
+        table, spans, _ = _unit_slices(ctx.store.path(plan.name, t.set_name, bundle), bundle)
+        if spans != doc_spans:
+            raise ValueError(f"{bundle.key}: {t.set_name} rows per unit {spans[:3]}... differ from the docs set's")
+        filters.append((t.index, build_filter(localized_spec(t.spec, ctx.resources), f"{plan.name}.filters[{t.index}]"),
+                        _rows(table)))
+    cluster_rows = None
     if plan.minhash_set:
-        table, _ = read_table(ctx.store.path(plan.name, plan.minhash_set, unit))
-        clusters = dict(zip(table.column("line").to_pylist(), table.column("cluster").to_pylist()))
+        table, cluster_spans, _ = _unit_slices(ctx.store.path(plan.name, plan.minhash_set, bundle), bundle)
+        cluster_rows = (table.column("line").to_pylist(), table.column("cluster").to_pylist(), cluster_spans)
     exact = source.dedup.exact
-    removed: dict[str, list[int]] = {}
-    kept_docs = kept_bytes = 0
-    name, offset = ctx.names[unit.index], ctx.offsets[unit.index]
     cols = {c: docs.column(c).to_pylist() for c in ("line", "loc_line", "id", "bytes", "blank", "text_hash")}
-    for i in range(docs.num_rows):
-        n_bytes = cols["bytes"][i]
-        reason = BLANK_REASON if ctx.strip_blank and cols["blank"][i] else None
-        if reason is None:
-            for index, filt, rows in filters:
-                verdict = decide(filt, rows[i])
-                if verdict is not None:
-                    reason = f"{filt.name}:{verdict}"
-                    break
-        if reason is not None:
-            entry = removed.setdefault(reason, [0, 0])
-            entry[0] += 1
-            entry[1] += n_bytes
-            continue
-        kept_docs += 1
-        kept_bytes += n_bytes
-        loc = loc_of(name, offset, cols["loc_line"][i])
-        doc_id = cols["id"][i]
-        cluster = clusters.get(cols["loc_line"][i])
-        dedup = exact or cluster is not None
-        yield PoolDoc(si, unit.index, cols["line"][i], cols["loc_line"][i],
-                      seeded_hash(ctx.seed, plan.name, doc_id, loc), n_bytes,
-                      cols["text_hash"][i] if exact else None, cluster,
-                      document_key({"id": doc_id, "loc": loc}) if dedup else None)
-    reports = {}
-    for index, filt, _rows_ in filters:
-        report = getattr(filt, "report", None)
-        if report is not None and hasattr(report, "merge") and hasattr(report, "to_dict"):
-            reports[f"filters[{index}].{filt.name}"] = report
+    for position, (unit, entry) in enumerate(zip(bundle.units, meta["units"])):
+        stats = entry["stats"]
+        clusters = {}
+        if cluster_rows is not None:
+            lines, roots, spans = cluster_rows
+            lo, hi = spans[position]
+            clusters = dict(zip(lines[lo:hi], roots[lo:hi]))
+        removed: dict[str, list[int]] = {}
+        kept_docs = kept_bytes = 0
+        name, offset = ctx.names[unit.index], ctx.offsets[unit.index]
+        start, end = doc_spans[position]
+        for i in range(start, end):
+            n_bytes = cols["bytes"][i]
+            reason = BLANK_REASON if ctx.strip_blank and cols["blank"][i] else None
+            if reason is None:
+                for _index, filt, rows in filters:
+                    verdict = decide(filt, rows[i])
+                    if verdict is not None:
+                        reason = f"{filt.name}:{verdict}"
+                        break
+            if reason is not None:
+                entry_removed = removed.setdefault(reason, [0, 0])
+                entry_removed[0] += 1
+                entry_removed[1] += n_bytes
+                continue
+            kept_docs += 1
+            kept_bytes += n_bytes
+            loc = loc_of(name, offset, cols["loc_line"][i])
+            doc_id = cols["id"][i]
+            cluster = clusters.get(cols["loc_line"][i])
+            dedup = exact or cluster is not None
+            yield PoolDoc(si, unit.index, cols["line"][i], cols["loc_line"][i],
+                          seeded_hash(ctx.seed, plan.name, doc_id, loc), n_bytes,
+                          cols["text_hash"][i] if exact else None, cluster,
+                          document_key({"id": doc_id, "loc": loc}) if dedup else None)
+        docs_in = stats["docs"] + sum(stats["quarantined"].values()) + sum(stats["removed"].values())
+        for reason, n in stats["removed"].items():  # removed while reading (Stack Exchange rules): no bytes
+            removed.setdefault(reason, [0, 0])[0] += n
+        last = position == len(bundle.units) - 1
+        reports = {}
+        if last:  # the filters saw the whole bundle: their reports go with its last unit
+            for index, filt, _rows_ in filters:
+                report = getattr(filt, "report", None)
+                if report is not None and hasattr(report, "merge") and hasattr(report, "to_dict"):
+                    reports[f"filters[{index}].{filt.name}"] = report
+        yield UnitPool(unit.index, si, {
+            "docs_in": docs_in, "bytes_in": stats["bytes"], "quarantined": stats["quarantined"],
+            "removed": removed, "kept_docs": kept_docs, "kept_bytes": kept_bytes,
+            "files": int(not unit.is_range or unit.start == 0),
+            "unreadable_bytes": stats.get("unreadable_bytes", 0), "sample_bytes": stats["sample_bytes"],
+            "sample_tokens": stats["sample_tokens"], "sample_docs": stats["sample_docs"]}, reports)
     import numpy as np
 
     yield UnitIds(si, np.asarray([id_hash(i) for i in cols["id"]], dtype="<u8").tobytes())
-    docs_in = stats["docs"] + sum(stats["quarantined"].values()) + sum(stats["removed"].values())
-    for reason, n in stats["removed"].items():  # removed while reading (Stack Exchange rules): no bytes
-        removed.setdefault(reason, [0, 0])[0] += n
-    yield UnitPool(unit.index, si, {
-        "docs_in": docs_in, "bytes_in": stats["bytes"], "quarantined": stats["quarantined"],
-        "removed": removed, "kept_docs": kept_docs, "kept_bytes": kept_bytes,
-        "files": int(not unit.is_range or unit.start == 0),
-        "unreadable_bytes": stats.get("unreadable_bytes", 0), "sample_bytes": stats["sample_bytes"],
-        "sample_tokens": stats["sample_tokens"], "sample_docs": stats["sample_docs"]}, reports)
 
 
 # ---------------------------------------------------------------------------- dedup

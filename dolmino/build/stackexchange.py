@@ -143,7 +143,7 @@ class RangeAccount(NamedTuple):
 
 
 class RangeConverted(NamedTuple):
-    """What the driver learns about one converted range; tag.tag_unit puts it in the docs set."""
+    """What the driver learns about one converted range; tag.tag_unit puts it in its bundle's docs set."""
 
     unit_index: int
     lines: int

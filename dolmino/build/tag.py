@@ -32,12 +32,13 @@ from typing import Iterator, NamedTuple
 
 from dolmino.build import worker_heap
 from dolmino.build.attributes import (
-    ATTRIBUTE_FORMAT, AttributeStore, read_bytes, read_table, spec_key, unit_version, write_bytes, write_table,
+    ATTRIBUTE_FORMAT, AttributeStore, Bundle, read_bytes, read_table, spec_key, unit_rows, unit_version, write_bytes,
+    write_table,
 )
 from dolmino.build.inputs import Unit
 from dolmino.build.read import read_unit
 from dolmino.build.resources import Resource, keyed_spec, localized_spec
-from dolmino.build.stackexchange import RangeConverted, apply_conversion, convert_ranges, convert_whole
+from dolmino.build.stackexchange import apply_conversion, convert_ranges, convert_whole
 from dolmino.documents import Quarantine, QuarantineRecord
 from dolmino.errors import BuildError
 from dolmino.manifest import Manifest
@@ -65,16 +66,16 @@ class SourceTagPlan(NamedTuple):
     minhash: dict | None  # MinHash parameters (seed filled in)
 
 
-class UnitWork(NamedTuple):
-    unit: Unit
-    sets: tuple[str, ...]  # attribute sets to write for this unit
+class BundleWork(NamedTuple):
+    bundle: Bundle
+    sets: tuple[str, ...]  # attribute sets to write for this bundle
     signatures: bool  # emit MinHash signatures (the source's cluster set is being computed)
-    converted: RangeConverted | None = None  # a Stack Exchange byte range converted before the tag stage
+    converted: dict  # unit index -> stackexchange.RangeConverted: Stack Exchange byte ranges converted before the tag stage
 
 
-class UnitTagged(NamedTuple):
-    unit_index: int
-    stats: dict  # UnitStats.to_dict(), when the docs set was written now
+class BundleTagged(NamedTuple):
+    bundle_index: int
+    stats: dict  # unit index -> UnitStats.to_dict(), when the docs set was written now
     files: dict  # path -> size of every file written
 
 
@@ -174,41 +175,44 @@ def _write_quarantine(path: str, records: list[QuarantineRecord]) -> int:
     return len(data)
 
 
-def tag_unit(work: UnitWork, ctx: TagContext) -> Iterator[UnitTagged | Signature]:
-    import pyarrow as pa
+class BundleColumns:
+    """What a tag task gathers for one bundle before it writes one file per attribute set."""
 
+    def __init__(self, n_filters: int):
+        self.base: dict[str, list] = {"line": [], "loc_line": [], "id": [], "bytes": [], "blank": [], "text_hash": []}
+        self.tagged: list[dict[str, list]] = [dict() for _ in range(n_filters)]
+        self.rows: list[int] = []  # documents per unit, in unit order
+        self.stats: dict[int, dict] = {}  # unit index -> UnitStats dict
+        self.files: dict[str, int] = {}  # quarantine and Stack Exchange documents, per unit
+
+
+def tag_unit(unit: Unit, work: BundleWork, ctx: TagContext, filters: list, hasher,
+             acc: BundleColumns) -> Iterator[Signature]:
+    """Read one unit, append its rows to the bundle's columns, yield its MinHash signatures."""
     from filters.base import tag_columns
-    from filters.registry import build_filter
 
-    unit, si = work.unit, work.unit.source_index
+    si = unit.source_index
     plan = ctx.plans[si]
     store = ctx.store
-    files: dict[str, int] = {}
     stats = UnitStats()
     quarantine = Quarantine()
     write_docs = plan.docs_set in work.sets
     if plan.format == "stackexchange" and write_docs:
-        if work.converted is not None:
-            apply_conversion(work.converted, stats, files)
+        if unit.index in work.converted:
+            apply_conversion(work.converted[unit.index], stats, acc.files)
         else:
-            convert_whole(unit, plan.name, ctx.store, quarantine, stats, files)
-    tags = [t for t in plan.filters if t.set_name in work.sets]
-    filters = [build_filter(localized_spec(t.spec, ctx.resources), f"{plan.name}.filters[{t.index}]") for t in tags]
-    hasher = None
-    if work.signatures:
-        from filters.minhash import MinHasher
-
-        hasher = MinHasher(plan.minhash.get("num_perm", 128), plan.minhash["seed"])
-    base = {"line": [], "loc_line": [], "id": [], "bytes": [], "blank": [], "text_hash": []}
-    tagged: list[dict[str, list]] = [dict() for _ in tags]
+            convert_whole(unit, plan.name, ctx.store, quarantine, stats, acc.files)
+    base = acc.base
     seen_ids: set[str] = set()
     sample_texts: list[str] = []
+    docs_before = len(base["line"])
+    rows = 0
 
     def flush(batch: list[tuple[int, int, dict]]) -> Iterator[Signature]:
         docs = [d for _, _, d in batch]
         for k, filt in enumerate(filters):
             for name, values in tag_columns(filt, docs).items():
-                tagged[k].setdefault(name, []).extend(values)
+                acc.tagged[k].setdefault(name, []).extend(values)
         if hasher is not None:
             ngram = plan.minhash.get("ngram", 5)
             for _line, loc_line, doc in batch:
@@ -217,9 +221,10 @@ def tag_unit(work: UnitWork, ctx: TagContext) -> Iterator[UnitTagged | Signature
 
     batch: list[tuple[int, int, dict]] = []
     for line, loc_line, doc in _documents(unit, plan, ctx, quarantine):
-        text_bytes = doc["text"].encode("utf-8")
-        digest = hashlib.blake2b(text_bytes, digest_size=16, person=b"dolmino-exact").digest()
+        rows += 1
         if write_docs:
+            text_bytes = doc["text"].encode("utf-8")
+            digest = hashlib.blake2b(text_bytes, digest_size=16, person=b"dolmino-exact").digest()
             base["line"].append(line)
             base["loc_line"].append(loc_line)
             base["id"].append(doc["id"])
@@ -235,20 +240,16 @@ def tag_unit(work: UnitWork, ctx: TagContext) -> Iterator[UnitTagged | Signature
                 sample_texts.append(doc["text"])
                 stats.sample_docs += 1
                 stats.sample_bytes += len(text_bytes)
-        batch.append((line, loc_line, doc))
-        if len(batch) >= BATCH:
-            yield from flush(batch)
-            batch = []
+        if filters or hasher is not None:
+            batch.append((line, loc_line, doc))
+            if len(batch) >= BATCH:
+                yield from flush(batch)
+                batch = []
     if batch:
         yield from flush(batch)
-
-    meta = {"unit": unit.key, "version": unit_version(unit), "source": plan.name}
-    for k, tag in enumerate(tags):
-        columns = tagged[k] or {"reason": []}
-        schema = pa.schema([(name, pa.array(values).type) for name, values in columns.items()])
-        path = store.path(plan.name, tag.set_name, unit)
-        files[path] = write_table(path, columns, schema, {**meta, "spec": tag.spec})
+    acc.rows.append(rows)
     if write_docs:
+        assert len(base["line"]) - docs_before == rows
         if sample_texts:
             stats.sample_tokens = sum(len(ids) + 1 for ids in ctx.tokenizer.encode_batch(sample_texts))
         stats.quarantined.update(quarantine.counts)
@@ -257,25 +258,64 @@ def tag_unit(work: UnitWork, ctx: TagContext) -> Iterator[UnitTagged | Signature
             stats.lines = quarantine.lines
         if quarantine.records:
             qpath = store.quarantine_path(plan.name, unit)
-            files[qpath] = _write_quarantine(qpath, quarantine.records)
-        schema = pa.schema([("line", pa.int64()), ("loc_line", pa.int64()), ("id", pa.string()),
-                            ("bytes", pa.int64()), ("blank", pa.bool_()), ("text_hash", pa.binary(16))])
-        path = store.path(plan.name, plan.docs_set, unit)
-        # Written last: its presence means the unit's quarantine and documents are in place.
-        files[path] = write_table(path, base, schema, {**meta, "stats": stats.to_dict()})
-    yield UnitTagged(unit.index, stats.to_dict() if write_docs else {}, files)
+            acc.files[qpath] = _write_quarantine(qpath, quarantine.records)
+        acc.stats[unit.index] = stats.to_dict()
 
 
-def run_tag_task(works: list[UnitWork], ctx_b, counters) -> Iterator[UnitTagged | Signature]:
+def _docs_schema():
+    import pyarrow as pa
+
+    return pa.schema([("line", pa.int64()), ("loc_line", pa.int64()), ("id", pa.string()), ("bytes", pa.int64()),
+                      ("blank", pa.bool_()), ("text_hash", pa.binary(16))])
+
+
+def tag_bundle(work: BundleWork, ctx: TagContext) -> Iterator[BundleTagged | Signature]:
+    """Tag a bundle's units in order, then write one file per due attribute set (docs last)."""
+    import pyarrow as pa
+
+    from filters.registry import build_filter
+
+    bundle = work.bundle
+    plan = ctx.plans[bundle.source_index]
+    store = ctx.store
+    tags = [t for t in plan.filters if t.set_name in work.sets]
+    filters = [build_filter(localized_spec(t.spec, ctx.resources), f"{plan.name}.filters[{t.index}]") for t in tags]
+    hasher = None
+    if work.signatures:
+        from filters.minhash import MinHasher
+
+        hasher = MinHasher(plan.minhash.get("num_perm", 128), plan.minhash["seed"])
+    acc = BundleColumns(len(tags))
+    for unit in bundle.units:
+        yield from tag_unit(unit, work, ctx, filters, hasher, acc)
+
+    listed = [{"unit": u.key, "version": unit_version(u), "rows": n} for u, n in zip(bundle.units, acc.rows)]
+    meta = {"bundle": bundle.key, "version": bundle.version, "source": plan.name, "units": listed}
+    files = acc.files
+    for k, tag in enumerate(tags):
+        columns = acc.tagged[k] or {"reason": []}
+        schema = pa.schema([(name, pa.array(values).type) for name, values in columns.items()])
+        path = store.path(plan.name, tag.set_name, bundle)
+        files[path] = write_table(path, columns, schema, {**meta, "spec": tag.spec})
+    if plan.docs_set in work.sets:
+        for entry, unit in zip(listed, bundle.units):
+            entry["stats"] = acc.stats[unit.index]
+        path = store.path(plan.name, plan.docs_set, bundle)
+        # Written last: its presence means the units' quarantine and documents are in place.
+        files[path] = write_table(path, acc.base, _docs_schema(), meta)
+    yield BundleTagged(bundle.index, acc.stats, files)
+
+
+def run_tag_task(works: list[BundleWork], ctx_b, counters) -> Iterator[BundleTagged | Signature]:
     ctx = ctx_b.value
     worker_heap.freeze()
     for work in works:
         started = time.process_time()
-        for record in tag_unit(work, ctx):
-            if isinstance(record, UnitTagged):
-                counters.add("units", 1)
-                counters.add("bytes", work.unit.size)
-                counters.add("docs", record.stats.get("docs", 0))
+        for record in tag_bundle(work, ctx):
+            if isinstance(record, BundleTagged):
+                counters.add("units", len(work.bundle.units))
+                counters.add("bytes", work.bundle.size)
+                counters.add("docs", sum(st.get("docs", 0) for st in record.stats.values()))
             yield record
         counters.add("cpu_s", time.process_time() - started)
 
@@ -285,6 +325,7 @@ def run_tag_task(works: list[UnitWork], ctx_b, counters) -> Iterator[UnitTagged 
 
 class TagResult(NamedTuple):
     plans: tuple[SourceTagPlan, ...]
+    bundles: tuple[Bundle, ...]
     unit_stats: dict  # unit index -> UnitStats dict, for every unit
     first_lines: dict  # unit index -> lines before the unit in its file (byte ranges)
     tagged_units: int  # units whose docs set was written by this run
@@ -293,9 +334,10 @@ class TagResult(NamedTuple):
     stages: dict  # stage name -> progress record
 
 
-def _docs_stats(unit: Unit, path: str) -> tuple[int, dict]:
+def _docs_stats(bundle: Bundle, path: str) -> list[tuple[int, dict]]:
     _table, meta = read_table(path, columns=[])
-    return unit.index, meta["stats"]
+    unit_rows(meta, bundle)  # the file lists exactly the bundle's units
+    return [(unit.index, entry["stats"]) for unit, entry in zip(bundle.units, meta["units"])]
 
 
 def first_lines(units: list[Unit], stats: dict) -> dict[int, int]:
@@ -336,10 +378,12 @@ def _listing(store: AttributeStore, paths) -> set[str]:
     return found
 
 
-def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], task_groups: list[tuple[Unit, ...]],
-            resources: dict[str, Resource], tokenizer, tokenizer_digest: str, *, quiet: bool = False,
-            allow_work: bool = True) -> TagResult:
-    """Tag every unit that lacks an attribute set; with allow_work=False, refuse instead (`dolmino mix`)."""
+def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bundles: list[Bundle],
+            task_groups: list[tuple[Bundle, ...]], resources: dict[str, Resource], tokenizer, tokenizer_digest: str, *,
+            quiet: bool = False, allow_work: bool = True) -> TagResult:
+    """Tag every bundle that lacks an attribute set; with allow_work=False, refuse instead (`dolmino mix`)."""
+    import json
+
     from pyspark import StorageLevel
 
     from dolmino.build.progress import Stage
@@ -357,73 +401,75 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], ta
         if plan.minhash_set:
             digest = units_digest(by_source.get(si, []))
             try:
-                import json
-
                 done = json.loads(read_bytes(minhash_manifest_path(store, plan)))
             except (OSError, ValueError, KeyError):
                 done = None
             if not done or done.get("units") != digest:
                 minhash_due[si] = digest
 
-    works_by_unit: dict[int, UnitWork] = {}
-    for unit in units:
-        plan = plans[unit.source_index]
+    works: dict[int, BundleWork] = {}
+    for bundle in bundles:
+        si = bundle.source_index
+        plan = plans[si]
         sets = tuple(s for s in [plan.docs_set, *(t.set_name for t in plan.filters)]
-                     if store.path(plan.name, s, unit) not in listed[(unit.source_index, s)])
-        signatures = unit.source_index in minhash_due
+                     if store.path(plan.name, s, bundle) not in listed[(si, s)])
+        signatures = si in minhash_due
         if sets or signatures:
-            works_by_unit[unit.index] = UnitWork(unit, sets, signatures)
-    if works_by_unit and not allow_work:
-        first = next(iter(works_by_unit.values()))
-        raise BuildError(f"{len(works_by_unit)} of {len(units)} units have no (current) attributes under "
-                         f"{store.root} (first: {first.unit.key}, missing {', '.join(first.sets) or 'MinHash clusters'}); "
-                         "run `dolmino tag` with the same manifest first")
+            works[bundle.index] = BundleWork(bundle, sets, signatures, {})
+    if works and not allow_work:
+        first = next(iter(works.values()))
+        due_units = sum(len(w.bundle.units) for w in works.values())
+        raise BuildError(f"{due_units} of {len(units)} units have no (current) attributes under "
+                         f"{store.root} (first: {first.bundle.units[0].key}, missing "
+                         f"{', '.join(first.sets) or 'MinHash clusters'}); run `dolmino tag` with the same manifest first")
     stages = {}
-    se_due = {i for i, w in works_by_unit.items()
-              if w.unit.is_range and plans[w.unit.source_index].format == "stackexchange"
-              and plans[w.unit.source_index].docs_set in w.sets}
+    se_due = {u.index: w.bundle.index for w in works.values() for u in w.bundle.units
+              if u.is_range and plans[u.source_index].format == "stackexchange"
+              and plans[u.source_index].docs_set in w.sets}
     if se_due:
-        converted, stages = convert_ranges(sc, units, se_due, {si: p.name for si, p in enumerate(plans)}, store,
+        converted, stages = convert_ranges(sc, units, set(se_due), {si: p.name for si, p in enumerate(plans)}, store,
                                            quiet=quiet)
-        for i in se_due:
-            works_by_unit[i] = works_by_unit[i]._replace(converted=converted[i])
-    groups = [[works_by_unit[u.index] for u in group if u.index in works_by_unit] for group in task_groups]
+        for unit_index, bundle_index in se_due.items():
+            works[bundle_index].converted[unit_index] = converted[unit_index]
+    groups = [[works[b.index] for b in group if b.index in works] for group in task_groups]
     groups = [g for g in groups if g]
 
     ctx_b = sc.broadcast(TagContext(store, plans, resources, tokenizer, manifest.seed))
     records = None
-    results: list[UnitTagged] = []
-    todo_bytes = sum(w.unit.size for w in works_by_unit.values())
-    with Stage(sc, "tag", total_bytes=todo_bytes, total_units=len(works_by_unit), quiet=quiet) as stage:
+    results: list[BundleTagged] = []
+    todo_bytes = sum(w.bundle.size for w in works.values())
+    todo_units = sum(len(w.bundle.units) for w in works.values())
+    with Stage(sc, "tag", total_bytes=todo_bytes, total_units=todo_units, quiet=quiet) as stage:
         if groups:
             counters = stage.counters
             records = sc.parallelize(groups, len(groups)).flatMap(lambda g: run_tag_task(g, ctx_b, counters))
             if minhash_due:
                 records.persist(StorageLevel.MEMORY_AND_DISK)
-            results = records.filter(lambda r: isinstance(r, UnitTagged)).collect()
+            results = records.filter(lambda r: isinstance(r, BundleTagged)).collect()
     stages["tag"] = stage.record
     written = {p: n for r in results for p, n in r.files.items()}
     if written:
         check_visible(written, _listing(store, written), "attribute files")
 
-    stats = {r.unit_index: r.stats for r in results if r.stats}
-    missing = [u for u in units if u.index not in stats]
+    stats = {ui: st for r in results for ui, st in r.stats.items()}
+    missing = [b for b in bundles if any(u.index not in stats for u in b.units)]
     if missing:
-        docs_sets = [plans[u.source_index].docs_set for u in missing]
-        pairs = [(u, store.path(plans[u.source_index].name, s, u)) for u, s in zip(missing, docs_sets)]
+        pairs = [(b, store.path(plans[b.source_index].name, plans[b.source_index].docs_set, b)) for b in missing]
         n = max(1, min(len(pairs), sc.defaultParallelism * 4))
-        stats.update(sc.parallelize(pairs, n).map(lambda p: _docs_stats(*p)).collect())
+        stats.update(sc.parallelize(pairs, n).flatMap(lambda p: _docs_stats(*p)).collect())
     offsets = first_lines(units, stats)
 
     minhash_stats = {}
     for si, digest in minhash_due.items():
         with Stage(sc, f"minhash:{plans[si].name}", total_units=len(by_source.get(si, [])), quiet=quiet) as stage:
-            minhash_stats[plans[si].name] = _cluster_source(sc, records, si, plans[si], by_source.get(si, []),
-                                                            offsets, store, digest, written)
+            minhash_stats[plans[si].name] = _cluster_source(
+                sc, records, si, plans[si], [b for b in bundles if b.source_index == si], offsets, store, digest,
+                written)
         stages[f"minhash:{plans[si].name}"] = stage.record
     if records is not None:
         records.unpersist()
-    return TagResult(plans, stats, offsets, sum(1 for r in results if r.stats), written, minhash_stats, stages)
+    tagged_units = sum(len(r.stats) for r in results)
+    return TagResult(plans, tuple(bundles), stats, offsets, tagged_units, written, minhash_stats, stages)
 
 
 # ---------------------------------------------------------------------------- MinHash clusters
@@ -436,20 +482,29 @@ def _keyed_signature(sig: Signature, names, offsets) -> tuple:
     return (document_key({"id": sig.doc_id, "loc": loc}), sig.unit_index, sig.line), sig.signature
 
 
-def _write_clusters(unit: Unit, members, store: AttributeStore, plan: SourceTagPlan) -> tuple[str, int]:
+def _write_clusters(bundle: Bundle, members, store: AttributeStore, plan: SourceTagPlan) -> tuple[str, int]:
+    """One bundle's cluster file: (line, cluster) of its clustered documents, unit by unit."""
     import pyarrow as pa
 
-    rows = sorted(members or [])
-    columns = {"line": [line for line, _ in rows], "cluster": [root.to_bytes(16, "big") for _, root in rows]}
+    by_unit: dict[int, list] = {}
+    for unit_index, line, root in members or ():
+        by_unit.setdefault(unit_index, []).append((line, root))
+    lines, clusters, listed = [], [], []
+    for unit in bundle.units:
+        rows = sorted(by_unit.get(unit.index, ()))
+        lines += [line for line, _ in rows]
+        clusters += [root.to_bytes(16, "big") for _, root in rows]
+        listed.append({"unit": unit.key, "version": unit_version(unit), "rows": len(rows)})
     schema = pa.schema([("line", pa.int64()), ("cluster", pa.binary(16))])
-    path = store.path(plan.name, plan.minhash_set, unit)
-    return path, write_table(path, columns, schema, {"unit": unit.key, "version": unit_version(unit),
-                                                     "source": plan.name, "minhash": plan.minhash})
+    path = store.path(plan.name, plan.minhash_set, bundle)
+    meta = {"bundle": bundle.key, "version": bundle.version, "source": plan.name, "units": listed,
+            "minhash": plan.minhash}
+    return path, write_table(path, {"line": lines, "cluster": clusters}, schema, meta)
 
 
-def _cluster_source(sc, records, si: int, plan: SourceTagPlan, units: list[Unit], offsets: dict, store,
+def _cluster_source(sc, records, si: int, plan: SourceTagPlan, bundles: list[Bundle], offsets: dict, store,
                     digest: str, written: dict) -> dict:
-    """Signatures -> LSH -> connected components -> one cluster file per unit, then _SOURCE.json."""
+    """Signatures -> LSH -> connected components -> one cluster file per bundle, then _SOURCE.json."""
     import json
     from operator import add
 
@@ -461,8 +516,10 @@ def _cluster_source(sc, records, si: int, plan: SourceTagPlan, units: list[Unit]
     params = plan.minhash
     config = MinHashConfig(num_perm=params.get("num_perm", 128), ngram=params.get("ngram", 5),
                            threshold=params.get("threshold", 0.8), seed=params["seed"])
+    units = [u for b in bundles for u in b.units]
     names_b = sc.broadcast({u.index: u.file.name for u in units})
     offsets_b = sc.broadcast({u.index: offsets[u.index] for u in units})
+    bundle_of = sc.broadcast({u.index: b.index for b in bundles for u in b.units})
     sigs = (records.filter(lambda r: isinstance(r, Signature) and r.source_index == si)
             .map(lambda s: _keyed_signature(s, names_b.value, offsets_b.value)))
     sigs.persist(StorageLevel.MEMORY_AND_DISK)
@@ -474,10 +531,10 @@ def _cluster_source(sc, records, si: int, plan: SourceTagPlan, units: list[Unit]
     members = roots.flatMap(lambda nr: ((nr[0][1], (nr[0][2], nr[1][0])), (nr[1][1], (nr[1][2], nr[1][0])))).distinct()
     members.persist(StorageLevel.MEMORY_AND_DISK)
     tally = _tally_sizes(members.map(lambda m: (m[1][1], 1)).reduceByKey(add).map(lambda kv: kv[1]))
-    by_index = {u.index: u for u in units}
-    per_unit = members.groupByKey()
-    targets = sc.parallelize([(u.index, None) for u in units], max(1, min(len(units), sc.defaultParallelism * 4)))
-    files = dict(targets.leftOuterJoin(per_unit)
+    by_index = {b.index: b for b in bundles}
+    per_bundle = members.map(lambda m: (bundle_of.value[m[0]], (m[0], m[1][0], m[1][1]))).groupByKey()
+    targets = sc.parallelize([(b.index, None) for b in bundles], max(1, min(len(bundles), sc.defaultParallelism * 4)))
+    files = dict(targets.leftOuterJoin(per_bundle)
                  .map(lambda kv: _write_clusters(by_index[kv[0]], kv[1][1], store, plan)).collect())
     members.unpersist()
     roots.unpersist()

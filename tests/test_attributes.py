@@ -1,0 +1,176 @@
+"""Attribute bundles, and tag once / mix many on them.
+
+Bundles (`dolmino.build.attributes.plan_bundles`): small whole files of one source share one
+Parquet file per attribute set; large files and byte ranges keep a file of their own;
+boundaries depend only on names and sizes, so one added or changed file re-tags only its
+neighbourhood. The build tests run `dolmino.build.mix.build` on Spark local[2]: a changed
+threshold is mixed from the stored scores with no tagging and gives the bytes a fresh build
+gives, and a changed input file re-tags its bundle only.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from conftest import shared_corpus_file
+from dolmino.build import attributes
+from dolmino.build.attributes import Bundle, plan_bundles
+from dolmino.build.inputs import InputFile, Unit
+from dolmino.build.mix import build
+from dolmino.documents import Quarantine, read_documents, write_documents
+from dolmino.errors import BuildError
+from dolmino.manifest import manifest_from_dict
+
+
+def _units(sizes: list[int], source_index: int = 0, prefix: str = "f", start_index: int = 0) -> list[Unit]:
+    return [Unit(start_index + i, source_index, InputFile("s", f"/in/{prefix}{i:04d}.jsonl.zst",
+                                                          f"{prefix}{i:04d}.jsonl.zst", size, "v1"))
+            for i, size in enumerate(sizes)]
+
+
+def _renumber(units: list[Unit]) -> list[Unit]:
+    return [Unit(i, u.source_index, u.file, u.start, u.end) for i, u in enumerate(units)]
+
+
+def _signature(bundles: list[Bundle]) -> list[tuple[str, str]]:
+    return [(b.key, b.version) for b in bundles]
+
+
+def test_small_files_share_bundles_and_large_units_keep_their_own():
+    small = _units([1000] * 5)
+    big_file = InputFile("s", "/in/big.jsonl", "big.jsonl", 600 << 20, "v1")
+    ranges = [Unit(5, 0, big_file, 0, 300 << 20), Unit(6, 0, big_file, 300 << 20, 600 << 20)]
+    large = Unit(7, 0, InputFile("s", "/in/large.jsonl.zst", "large.jsonl.zst", 9 << 20, "v1"))
+    other = _units([1000] * 3, source_index=1, prefix="g", start_index=8)
+    bundles = plan_bundles([*small, *ranges, large, *other])
+    assert [len(b.units) for b in bundles] == [5, 1, 1, 1, 3]
+    assert [b.index for b in bundles] == list(range(5))
+    assert {u.source_index for u in bundles[4].units} == {1}  # never across sources
+    # A bundle of one keeps the unit's own key: large files are laid out as before bundling.
+    assert bundles[1].key == ranges[0].key and bundles[1].version == attributes.unit_version(ranges[0])
+    assert bundles[0].key == "f0000.jsonl.zst+4"
+    assert bundles[0].size == 5000
+
+
+def test_caps_bound_a_bundle(monkeypatch):
+    monkeypatch.setattr(attributes, "BUNDLE_TARGET_BYTES", 1 << 60)  # no hashed boundary
+    monkeypatch.setattr(attributes, "BUNDLE_MAX_UNITS", 4)
+    assert [len(b.units) for b in plan_bundles(_units([10] * 10))] == [4, 4, 2]
+    monkeypatch.setattr(attributes, "BUNDLE_MAX_UNITS", 4096)
+    monkeypatch.setattr(attributes, "BUNDLE_MAX_BYTES", 25)
+    assert [len(b.units) for b in plan_bundles(_units([10] * 5))] == [2, 2, 1]
+
+
+def test_an_added_or_changed_file_moves_only_its_own_bundle(monkeypatch):
+    """Boundaries are content-defined (a hash of each name), so the bundles before and after
+    an inserted file keep their keys and versions: their attributes are reused."""
+    monkeypatch.setattr(attributes, "BUNDLE_TARGET_BYTES", 8_000)  # ~8 files of 1 KB per bundle
+    units = _units([1000] * 200)
+    before = plan_bundles(units)
+    assert 10 < len(before) < 60
+
+    inserted = _renumber(units[:100] + [_units([1000], prefix="f0099x")[0]] + units[100:])
+    after = plan_bundles(inserted)
+    changed = set(_signature(after)) ^ set(_signature(before))
+    assert 1 <= len(changed) <= 4, changed  # the bundle that gained the file (+ a merge at most)
+    assert any("f0099x" in u.file.name for b in after if (b.key, b.version) in changed for u in b.units)
+
+    edited = list(units)
+    edited[57] = Unit(57, 0, InputFile("s", units[57].file.uri, units[57].file.name, 1000, "v2"))
+    moved = set(_signature(plan_bundles(edited))) ^ set(_signature(before))
+    assert len(moved) == 2  # one bundle, old and new version
+    owner = next(b for b in before if any(u.index == 57 for u in b.units))
+    assert (owner.key, owner.version) in moved
+
+
+# ---------------------------------------------------------------------------- builds
+
+THRESHOLD = 0.5
+FILES = 24
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from filters.quality import train_fasttext_classifier
+
+    root = tmp_path_factory.mktemp("tag-once")
+    docs = list(itertools.islice((d for _, d in read_documents(str(shared_corpus_file("web.jsonl.zst")), Quarantine())),
+                                 FILES * 4))
+    for i in range(FILES):
+        write_documents(str(root / "inputs" / "web" / f"page-{i:03d}.jsonl.zst"), docs[i * 4:(i + 1) * 4])
+    model = str(root / "quality.bin")
+    academic = [d["text"] for _, d in itertools.islice(read_documents(str(shared_corpus_file("academic.jsonl.zst")),
+                                                                      Quarantine()), 60)]
+    train_fasttext_classifier(academic, [d["text"] for d in docs[:60]], model, pos_label="__label__hq",
+                              neg_label="__label__lq", epoch=5, word_ngrams=1, dim=16, bucket=1000)
+    return root, model
+
+
+def _spec(root: Path, model: str, threshold: float) -> dict:
+    return {"name": "tag-once", "version": 1, "seed": 3, "budget": 4_000, "data_root": str(root / "inputs"),
+            "output_format": {"tokens_per_file": "2K"},
+            "sources": [{"name": "web", "paths": ["web/*.jsonl.zst"], "mix_percent": 100.0,
+                         "filters": [{"type": "fasttext_quality", "model_path": model, "label": "__label__hq",
+                                      "threshold": threshold}]}]}
+
+
+def _parts(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("part-*"))}
+
+
+def test_a_changed_threshold_mixes_from_stored_scores(world, spark, tmp_path, monkeypatch):
+    monkeypatch.setattr(attributes, "BUNDLE_TARGET_BYTES", 4_000)  # several bundles of a few files
+    root, model = world
+    attrs = tmp_path / "attributes"
+    tag = build(manifest_from_dict(_spec(root, model, THRESHOLD)), 4_000, str(tmp_path / "o0"), spark,
+                attributes=str(attrs), phase="tag")
+    assert tag["units"] == FILES and tag["tagged_units"] == FILES and 1 < tag["bundles"] < FILES
+    # one docs file and one fastText score file per bundle, nothing per input file
+    assert len(list(attrs.rglob("*.parquet"))) == 2 * tag["bundles"] == tag["files_written"]
+
+    import pyarrow.parquet as pq
+
+    scores = sorted(v for f in attrs.glob("web/fasttext_quality-*/**/*.parquet") for v in pq.read_table(f).column(0).to_pylist())
+    assert len(scores) == FILES * 4
+    thresholds = (scores[len(scores) // 3], scores[2 * len(scores) // 3])  # from the stored scores themselves
+    kept = []
+    for threshold in thresholds:
+        out = tmp_path / f"mix-{threshold}"
+        report = build(manifest_from_dict(_spec(root, model, threshold)), 4_000, str(out), spark,
+                       attributes=str(attrs), phase="mix")  # refuses to tag: the scores are reused
+        fresh = tmp_path / f"fresh-{threshold}"
+        build(manifest_from_dict(_spec(root, model, threshold)), 4_000, str(fresh), spark,
+              attributes=str(tmp_path / f"attributes-{threshold}"))
+        assert _parts(out) == _parts(fresh) and _parts(out)
+        kept.append(report["sources"][0]["kept_docs"])
+    assert FILES * 4 > kept[0] > kept[1] > 0  # the stricter threshold removed more, from the same stored scores
+
+
+def test_a_changed_file_retags_its_bundle_only(world, spark, tmp_path, monkeypatch):
+    monkeypatch.setattr(attributes, "BUNDLE_TARGET_BYTES", 4_000)
+    root, model = world
+    inputs = tmp_path / "inputs"
+    for path in sorted((root / "inputs" / "web").glob("*.jsonl.zst")):
+        (inputs / "web").mkdir(parents=True, exist_ok=True)
+        (inputs / "web" / path.name).write_bytes(path.read_bytes())
+    spec = _spec(tmp_path, model, THRESHOLD)
+    attrs = str(tmp_path / "attributes")
+    first = build(manifest_from_dict(spec), 4_000, str(tmp_path / "o"), spark, attributes=attrs, phase="tag")
+    again = build(manifest_from_dict(spec), 4_000, str(tmp_path / "o"), spark, attributes=attrs, phase="tag")
+    assert again["tagged_units"] == 0 and again["files_written"] == 0
+
+    victim = inputs / "web" / "page-013.jsonl.zst"
+    docs = [d for _, d in read_documents(str(victim), Quarantine())]
+    write_documents(str(victim), docs + [{"id": "added", "text": "A page that was added later to this file."}])
+    with pytest.raises(BuildError, match="run `dolmino tag`"):
+        build(manifest_from_dict(spec), 4_000, str(tmp_path / "o"), spark, attributes=attrs, phase="mix")
+
+    units = [Unit(i, 0, InputFile("web", str(p), f"web/{p.name}", p.stat().st_size, str(p.stat().st_mtime_ns)))
+             for i, p in enumerate(sorted((inputs / "web").glob("*.jsonl.zst")))]
+    owner = next(b for b in plan_bundles(units) if any(u.file.name == f"web/{victim.name}" for u in b.units))
+    retag = build(manifest_from_dict(spec), 4_000, str(tmp_path / "o"), spark, attributes=attrs, phase="tag")
+    assert retag["tagged_units"] == len(owner.units) < first["tagged_units"]
+    assert retag["files_written"] == 2
