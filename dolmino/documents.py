@@ -25,6 +25,7 @@ import io
 import json
 import math
 import os
+import threading
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -306,6 +307,18 @@ class _Prefixed:
 _ZSTD_SMALL_MAX_OUT = 2 * READ_SIZE
 
 
+_LOCAL = threading.local()
+
+
+def _thread_dctx() -> zstandard.ZstdDecompressor:
+    """One decompressor per thread (they are not thread-safe): creating one allocates its
+    ~160 KB context, which cost as much as decoding a 1 KB file."""
+    dctx = getattr(_LOCAL, "dctx", None)
+    if dctx is None:
+        dctx = _LOCAL.dctx = zstandard.ZstdDecompressor()
+    return dctx
+
+
 def _zstd_small(data: bytes) -> bytes | None:
     """The decompressed bytes of a complete, well-formed zstd file, or None: take the careful path.
 
@@ -339,7 +352,7 @@ def _zstd_small(data: bytes) -> bytes | None:
         if pos > n or bound > _ZSTD_SMALL_MAX_OUT:
             return None
         frames.append((start, pos))
-    dctx = zstandard.ZstdDecompressor()
+    dctx = _thread_dctx()
     out = []
     for start, end in frames:
         obj = dctx.decompressobj()
