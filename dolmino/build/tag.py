@@ -186,11 +186,25 @@ class BundleColumns:
         self.files: dict[str, int] = {}  # quarantine and Stack Exchange documents, per unit
 
 
+def _flush(batch: list[tuple[int, int, dict]], filters: list, hasher, acc: BundleColumns, plan: SourceTagPlan,
+           unit: Unit) -> Iterator[Signature]:
+    """Score a batch of documents with the bundle's filters; their MinHash signatures."""
+    from filters.base import tag_columns
+
+    docs = [d for _, _, d in batch]
+    for k, filt in enumerate(filters):
+        for name, values in tag_columns(filt, docs).items():
+            acc.tagged[k].setdefault(name, []).extend(values)
+    if hasher is not None:
+        ngram = plan.minhash.get("ngram", 5)
+        for _line, loc_line, doc in batch:
+            sig = hasher.text_signature(doc["text"], ngram)
+            yield Signature(unit.source_index, unit.index, loc_line, doc["id"], None if sig is None else sig.tobytes())
+
+
 def tag_unit(unit: Unit, work: BundleWork, ctx: TagContext, filters: list, hasher,
              acc: BundleColumns) -> Iterator[Signature]:
     """Read one unit, append its rows to the bundle's columns, yield its MinHash signatures."""
-    from filters.base import tag_columns
-
     si = unit.source_index
     plan = ctx.plans[si]
     store = ctx.store
@@ -207,17 +221,6 @@ def tag_unit(unit: Unit, work: BundleWork, ctx: TagContext, filters: list, hashe
     sample_texts: list[str] = []
     docs_before = len(base["line"])
     rows = 0
-
-    def flush(batch: list[tuple[int, int, dict]]) -> Iterator[Signature]:
-        docs = [d for _, _, d in batch]
-        for k, filt in enumerate(filters):
-            for name, values in tag_columns(filt, docs).items():
-                acc.tagged[k].setdefault(name, []).extend(values)
-        if hasher is not None:
-            ngram = plan.minhash.get("ngram", 5)
-            for _line, loc_line, doc in batch:
-                sig = hasher.text_signature(doc["text"], ngram)
-                yield Signature(si, unit.index, loc_line, doc["id"], None if sig is None else sig.tobytes())
 
     batch: list[tuple[int, int, dict]] = []
     for line, loc_line, doc in _documents(unit, plan, ctx, quarantine):
@@ -243,10 +246,10 @@ def tag_unit(unit: Unit, work: BundleWork, ctx: TagContext, filters: list, hashe
         if filters or hasher is not None:
             batch.append((line, loc_line, doc))
             if len(batch) >= BATCH:
-                yield from flush(batch)
+                yield from _flush(batch, filters, hasher, acc, plan, unit)
                 batch = []
     if batch:
-        yield from flush(batch)
+        yield from _flush(batch, filters, hasher, acc, plan, unit)
     acc.rows.append(rows)
     if write_docs:
         assert len(base["line"]) - docs_before == rows
