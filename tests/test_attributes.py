@@ -86,18 +86,6 @@ def test_an_added_or_changed_file_moves_only_its_own_bundle(monkeypatch):
     assert (owner.key, owner.version) in moved
 
 
-def test_a_small_pool_still_gets_one_task_per_core():
-    from dolmino.build.inputs import group_tasks
-    from dolmino.build.mix import task_bytes
-
-    bundles = [Bundle(i, (u,)) for i, u in enumerate(_units([10 << 20] * 8))]  # 80 MB in 8 units
-    assert len(group_tasks(bundles, task_bytes(bundles, 128 << 20, 1))) == 1
-    assert len(group_tasks(bundles, task_bytes(bundles, 128 << 20, 4))) == 4
-    assert len(group_tasks(bundles, task_bytes(bundles, 20 << 20, 4))) == 4  # the requested size is a maximum
-    assert len(group_tasks(bundles, task_bytes(bundles, 10 << 20, 4))) == 8
-    assert task_bytes([], 128 << 20, 4) == 1
-
-
 # ---------------------------------------------------------------------------- builds
 
 THRESHOLD = 0.5

@@ -47,8 +47,7 @@ def parse_args(argv: list[str] | None, phase: str) -> argparse.Namespace:
     parser.add_argument("--driver-memory", default=None, help="driver memory when this script starts Spark itself "
                                                               "(default: Spark's)")
     parser.add_argument("--task-size", default="128M", help="input bytes per task (small files are grouped, "
-                                                            "large plain .jsonl split; a smaller pool still gets "
-                                                            "one task per core)")
+                                                            "large plain .jsonl split)")
     parser.add_argument("--quiet", action="store_true", help="no live progress lines")
     parser.add_argument("--locked", action="store_true", help="refuse to build if any input, model, index or the "
                                                               "tokenizer differs from the manifest's lock (dolmino lock)")

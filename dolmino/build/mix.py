@@ -85,13 +85,6 @@ def skips_blank(manifest: Manifest) -> bool:
     return manifest.tokenizer.semantics == "dolma"
 
 
-def task_bytes(bundles, requested: int, parallelism: int) -> int:
-    """The task size: as requested, but a pool smaller than one task per core is still cut
-    into one task per core (20,000 small files of 36 MB ran as one task on one core)."""
-    total = sum(b.size for b in bundles)
-    return max(1, min(requested, -(-total // max(1, parallelism))))
-
-
 def _task_partitioner(groups) -> dict[int, int]:
     """unit index -> the task (group of bundles) whose partition tokenizes it."""
     return {u.index: t for t, group in enumerate(groups) for bundle in group for u in bundle.units}
@@ -108,7 +101,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
                               f"by name: {shown}")
     units = plan_units(listing, options.split_bytes)
     bundles = plan_bundles(units)
-    groups = group_tasks(bundles, task_bytes(bundles, options.task_bytes, sc.defaultParallelism))
+    groups = group_tasks(bundles, options.task_bytes)
     any_s3 = any(u.file.uri.startswith("s3://") for u in units) or options.out.startswith("s3://") \
         or options.attributes.startswith("s3://")
     task_cpus = int(sc.getConf().get("spark.task.cpus", "1"))
