@@ -114,9 +114,9 @@ def duplicate_ids(records) -> dict[int, int]:
                 .reduceByKey(lambda a, b: a + b).collect())
 
 
-def _unit_slices(path: str, bundle: Bundle, columns: list[str] | None = None) -> tuple[object, list, dict]:
+def _unit_slices(path: str, bundle: Bundle) -> tuple[object, list, dict]:
     """(table, [(start, end) rows per unit], metadata) of one of a bundle's attribute files."""
-    table, meta = read_table(path, columns)
+    table, meta = read_table(path)
     return table, unit_rows(meta, bundle), meta
 
 
