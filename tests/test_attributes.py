@@ -174,3 +174,47 @@ def test_a_changed_file_retags_its_bundle_only(world, spark, tmp_path, monkeypat
     retag = build(manifest_from_dict(spec), 4_000, str(tmp_path / "o"), spark, attributes=attrs, phase="tag")
     assert retag["tagged_units"] == len(owner.units) < first["tagged_units"]
     assert retag["files_written"] == 2
+
+
+def _near_copy(text: str, tag: str) -> str:
+    words = text.split(" ")
+    words[len(words) // 2] = tag  # one word changed: Jaccard of 5-gram shingles stays ~0.99
+    return " ".join(words)
+
+
+def test_minhash_clusters_span_bundles(world, spark, tmp_path, monkeypatch):
+    """Near duplicates planted in three files: bundled finely (the copies span bundles) or all
+    in one bundle, a cluster file is written per bundle, the mix removes all but one of the
+    cluster, and the two mixes are byte-identical."""
+    root, _model = world
+    inputs = tmp_path / "inputs" / "web"
+    docs = [d for p in sorted((root / "inputs" / "web").glob("*.jsonl.zst"))
+            for _, d in read_documents(str(p), Quarantine())]
+    planted = max(docs[4:8], key=lambda d: len(d["text"]))  # a long page of page-001: one word is a small change
+    assert len(planted["text"]) > 2_000
+    for i in range(FILES):
+        part = docs[i * 4:(i + 1) * 4]
+        if i in (2, 17):  # a near copy in the next file and one far away
+            part = part + [{"id": f"near-{i}", "text": _near_copy(planted["text"], f"changed{i}")}]
+        write_documents(str(inputs / f"page-{i:03d}.jsonl.zst"), part)
+    spec = {"name": "near", "version": 1, "seed": 3, "budget": 4_000, "data_root": str(tmp_path / "inputs"),
+            "output_format": {"tokens_per_file": "2K"},
+            "sources": [{"name": "web", "paths": ["web/*.jsonl.zst"], "mix_percent": 100.0,
+                         "dedup": {"minhash": {"threshold": 0.8, "num_perm": 64}}}]}
+    units = [Unit(i, 0, InputFile("web", str(p), f"web/{p.name}", p.stat().st_size, "x"))
+             for i, p in enumerate(sorted(inputs.glob("*.jsonl.zst")))]
+    parts = []
+    for target in (4_000, attributes.BUNDLE_TARGET_BYTES):
+        monkeypatch.setattr(attributes, "BUNDLE_TARGET_BYTES", target)
+        bundles = plan_bundles(units)
+        owners = {b.index for b in bundles for u in b.units
+                  if u.file.name in ("web/page-001.jsonl.zst", "web/page-002.jsonl.zst", "web/page-017.jsonl.zst")}
+        assert (len(owners) == 1) == (len(bundles) == 1)  # fine bundles: the copies span bundles
+        out, attrs = tmp_path / f"out-{target}", tmp_path / f"attributes-{target}"
+        report = build(manifest_from_dict(spec), 4_000, str(out), spark, attributes=str(attrs))
+        src = report["sources"][0]
+        assert src["removed"]["near_duplicate"]["docs"] == 2  # one cluster of three keeps one
+        assert src["minhash"]["duplicate_clusters"] == 1 and src["docs_in"] == FILES * 4 + 2
+        assert len(sorted((attrs / "web").glob("minhash-*/**/*.parquet"))) == len(bundles)
+        parts.append({p.name: p.read_bytes() for p in sorted(out.glob("part-*"))})
+    assert parts[0] == parts[1] and parts[0]  # bundled finely or as one bundle: the same mix
