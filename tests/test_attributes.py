@@ -133,7 +133,8 @@ def test_a_changed_threshold_mixes_from_stored_scores(world, spark, tmp_path, mo
 
     import pyarrow.parquet as pq
 
-    scores = sorted(v for f in attrs.glob("web/fasttext_quality-*/**/*.parquet") for v in pq.read_table(f).column(0).to_pylist())
+    score_files = attrs.glob("web/fasttext_quality-*/**/*.parquet")
+    scores = sorted(v for f in score_files for v in pq.read_table(f).column(0).to_pylist())
     assert len(scores) == FILES * 4
     thresholds = (scores[len(scores) // 3], scores[2 * len(scores) // 3])  # from the stored scores themselves
     kept = []

@@ -70,7 +70,8 @@ class BundleWork(NamedTuple):
     bundle: Bundle
     sets: tuple[str, ...]  # attribute sets to write for this bundle
     signatures: bool  # emit MinHash signatures (the source's cluster set is being computed)
-    converted: dict  # unit index -> stackexchange.RangeConverted: Stack Exchange byte ranges converted before the tag stage
+    # unit index -> stackexchange.RangeConverted: Stack Exchange byte ranges converted before the tag stage
+    converted: dict
 
 
 class BundleTagged(NamedTuple):
@@ -422,9 +423,10 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
     if works and not allow_work:
         first = next(iter(works.values()))
         due_units = sum(len(w.bundle.units) for w in works.values())
-        raise BuildError(f"{due_units} of {len(units)} units have no (current) attributes under "
-                         f"{store.root} (first: {first.bundle.units[0].key}, missing "
-                         f"{', '.join(first.sets) or 'MinHash clusters'}); run `dolmino tag` with the same manifest first")
+        absent = ", ".join(first.sets) or "MinHash clusters"
+        raise BuildError(f"{due_units} of {len(units)} units have no (current) attributes under {store.root} "
+                         f"(first: {first.bundle.units[0].key}, missing {absent}); "
+                         "run `dolmino tag` with the same manifest first")
     stages = {}
     se_due = {u.index: w.bundle.index for w in works.values() for u in w.bundle.units
               if u.is_range and plans[u.source_index].format == "stackexchange"
