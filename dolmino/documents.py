@@ -252,6 +252,23 @@ def _coalesce(blocks: Iterator[bytes]) -> Iterator[bytes]:
         yield b"".join(pending)
 
 
+def _frame_header_size(descriptor: int) -> int:
+    """Bytes of a zstd frame header (magic included) from its descriptor byte (RFC 8878 3.1.1.1)."""
+    single_segment = (descriptor >> 5) & 1
+    return (5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 3]
+            + ((1 if single_segment else 0), 2, 4, 8)[descriptor >> 6])
+
+
+def _block_header(head: bytes) -> tuple[int, int, int] | None:
+    """(last, type, size) of a 3-byte zstd block header; None for a reserved type or an
+    oversize block (RFC 8878 3.1.1.2)."""
+    value = int.from_bytes(head, "little")
+    last, block_type, block_size = value & 1, (value >> 1) & 3, value >> 3
+    if block_type == 3 or block_size > _ZSTD_MAX_BLOCK:
+        return None
+    return last, block_type, block_size
+
+
 def _zstd_chunks(raw: IO[bytes]) -> Iterator[bytes]:
     """Decompressed chunks of a (multi-frame) zstd stream; CorruptStreamError where it breaks.
 
@@ -327,7 +344,8 @@ def _zstd_small(data: bytes) -> bytes | None:
     file whose bound is under `_ZSTD_SMALL_MAX_OUT` reaches the decompressor, so a bomb never
     inflates here. Skippable frames, truncation, garbage and any decoder error return None,
     and `_zstd_blocks` then yields what was readable and says exactly where the file breaks.
-    On small files this is ~3x faster: 20,000 files of 1 KB were read at ~65 us each."""
+    `read_documents` over the 20,000 ~1 KB files of bench_scale's small-files set took 1.34 s
+    of CPU with the careful path alone and 0.98 s with this one (same loop, same files)."""
     n, pos, bound = len(data), 0, 0
     frames = []
     while pos < n:
@@ -335,17 +353,13 @@ def _zstd_small(data: bytes) -> bytes | None:
             return None
         start = pos
         descriptor = data[pos + 4]
-        single_segment = (descriptor >> 5) & 1
-        pos += (5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 3]
-                + ((1 if single_segment else 0), 2, 4, 8)[descriptor >> 6])
+        pos += _frame_header_size(descriptor)
         last = 0
         while not last:
-            if pos + 3 > n:
+            block = _block_header(data[pos:pos + 3]) if pos + 3 <= n else None
+            if block is None:
                 return None
-            value = int.from_bytes(data[pos:pos + 3], "little")
-            last, block_type, block_size = value & 1, (value >> 1) & 3, value >> 3
-            if block_type == 3 or block_size > _ZSTD_MAX_BLOCK:
-                return None
+            last, block_type, block_size = block
             pos += 3 + (1 if block_type == 1 else block_size)
             bound += _ZSTD_MAX_BLOCK if block_type == 2 else block_size
         pos += 4 * ((descriptor >> 2) & 1)
@@ -396,12 +410,9 @@ def _zstd_blocks(raw: IO[bytes]) -> Iterator[bytes]:
         if fhd is None:
             raise broken(frame_start, "zstd stream ends inside a frame header (truncated file?)", TruncatedStreamError)
         descriptor = fhd[4]
-        single_segment = (descriptor >> 5) & 1
-        header_size = (5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 3]
-                       + ((1 if single_segment else 0), 2, 4, 8)[descriptor >> 6])
         has_checksum = (descriptor >> 2) & 1
         obj = dctx.decompressobj()
-        unit = buf.take(header_size)
+        unit = buf.take(_frame_header_size(descriptor))
         if unit is None:
             raise broken(frame_start, "zstd stream ends inside a frame header (truncated file?)", TruncatedStreamError)
         try:
@@ -414,10 +425,10 @@ def _zstd_blocks(raw: IO[bytes]) -> Iterator[bytes]:
             head = buf.peek(3)
             if head is None:
                 raise broken(block_start, "zstd stream ends inside a frame (truncated file?)", TruncatedStreamError)
-            value = int.from_bytes(head, "little")
-            last, block_type, block_size = value & 1, (value >> 1) & 3, value >> 3
-            if block_type == 3 or block_size > _ZSTD_MAX_BLOCK:
+            block = _block_header(head)
+            if block is None:
                 raise broken(block_start, "corrupt zstd block header")
+            last, block_type, block_size = block
             unit = buf.take(3 + (1 if block_type == 1 else block_size))
             if unit is None:
                 raise broken(block_start, "zstd stream ends inside a block (truncated file?)", TruncatedStreamError)
