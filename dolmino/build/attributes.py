@@ -137,6 +137,11 @@ def plan_bundles(units: list[Unit]) -> list[Bundle]:
     return bundles
 
 
+def unit_listing(bundle: Bundle, rows: list[int]) -> list[dict]:
+    """The metadata's `units` entry: each unit of the bundle with its rows in one attribute file."""
+    return [{"unit": u.key, "version": unit_version(u), "rows": n} for u, n in zip(bundle.units, rows, strict=True)]
+
+
 def unit_rows(meta: dict, bundle: Bundle) -> list[tuple[int, int]]:
     """[start, end) rows of each of the bundle's units in one of its attribute files."""
     listed = meta.get("units") or []

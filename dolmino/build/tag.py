@@ -32,8 +32,8 @@ from typing import Iterator, NamedTuple
 
 from dolmino.build import worker_heap
 from dolmino.build.attributes import (
-    ATTRIBUTE_FORMAT, AttributeStore, Bundle, read_bytes, read_table, spec_key, unit_rows, unit_version, write_bytes,
-    write_table,
+    ATTRIBUTE_FORMAT, AttributeStore, Bundle, read_bytes, read_table, spec_key, unit_listing, unit_rows, unit_version,
+    write_bytes, write_table,
 )
 from dolmino.build.inputs import Unit
 from dolmino.build.read import read_unit
@@ -293,7 +293,7 @@ def tag_bundle(work: BundleWork, ctx: TagContext) -> Iterator[BundleTagged | Sig
     for unit in bundle.units:
         yield from tag_unit(unit, work, ctx, filters, hasher, acc)
 
-    listed = [{"unit": u.key, "version": unit_version(u), "rows": n} for u, n in zip(bundle.units, acc.rows)]
+    listed = unit_listing(bundle, acc.rows)
     meta = {"bundle": bundle.key, "version": bundle.version, "source": plan.name, "units": listed}
     files = acc.files
     for k, tag in enumerate(tags):
@@ -494,16 +494,16 @@ def _write_clusters(bundle: Bundle, members, store: AttributeStore, plan: Source
     by_unit: dict[int, list] = {}
     for unit_index, line, root in members or ():
         by_unit.setdefault(unit_index, []).append((line, root))
-    lines, clusters, listed = [], [], []
+    lines, clusters, counts = [], [], []
     for unit in bundle.units:
         rows = sorted(by_unit.get(unit.index, ()))
         lines += [line for line, _ in rows]
         clusters += [root.to_bytes(16, "big") for _, root in rows]
-        listed.append({"unit": unit.key, "version": unit_version(unit), "rows": len(rows)})
+        counts.append(len(rows))
     schema = pa.schema([("line", pa.int64()), ("cluster", pa.binary(16))])
     path = store.path(plan.name, plan.minhash_set, bundle)
-    meta = {"bundle": bundle.key, "version": bundle.version, "source": plan.name, "units": listed,
-            "minhash": plan.minhash}
+    meta = {"bundle": bundle.key, "version": bundle.version, "source": plan.name,
+            "units": unit_listing(bundle, counts), "minhash": plan.minhash}
     return path, write_table(path, {"line": lines, "cluster": clusters}, schema, meta)
 
 
