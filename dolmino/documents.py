@@ -647,6 +647,39 @@ def _range_chunks(raw: IO[bytes], start: int, end: int) -> Iterator[bytes]:
         pending = b""
 
 
+def _small_local_file(path: str, chunks) -> bytes | None:
+    """The decoded bytes of a small, well-formed local .jsonl or .jsonl.zst, else None.
+
+    One open, stat and read through the OS, no buffered file object and no chunk
+    generators: on 20,000 files of ~1 KB this path, not the documents, was most of the tag
+    phase's cost. None sends the file through the streaming readers: S3, gzip, anything of
+    READ_SIZE or more, and every zstd file `_zstd_small` does not take (irregular or broken
+    ones, which the block reader then reports exactly).
+    """
+    if _is_s3(path) or chunks is _gzip_chunks:
+        return None
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        size = os.fstat(fd).st_size
+        if size >= READ_SIZE:
+            return None
+        data = os.read(fd, size + 1)
+        if len(data) != size:  # changed while read: the streaming reader copes
+            return None
+    finally:
+        os.close(fd)
+    return data if chunks is _plain_chunks else _zstd_small(data)
+
+
+def _whole_lines(data: bytes, max_line_bytes: int | None) -> list[bytes]:
+    """The lines of a decoded file held whole, exactly as `_split_lines` cuts a stream."""
+    lines = data.split(b"\n")
+    if not lines[-1]:
+        lines.pop()
+    limit = max_line_bytes if max_line_bytes else math.inf
+    return [OversizeLine(line, len(line)) if len(line) > limit else line.rstrip(b"\r") for line in lines]
+
+
 def iter_lines(path: str, max_line_bytes: int | None = None,
                byte_range: tuple[int, int] | None = None) -> Iterator[bytes]:
     """Raw lines (without the newline) of a possibly compressed file.
@@ -656,10 +689,21 @@ def iter_lines(path: str, max_line_bytes: int | None = None,
     CorruptStreamError after every complete line before the break has been yielded; the
     decoded bytes after the last newline are on the exception as `partial_line`.
     `byte_range=(start, end)` reads only the lines starting in that range of an
-    uncompressed file (see `_range_chunks`).
+    uncompressed file (see `_range_chunks`). A small local file is read, decoded and split
+    at once (no generator per file: on 20,000 small files they were a tenth of the tag time);
+    a missing file then raises here rather than at the first line.
     """
     path = str(path)
     chunks = _chunk_reader(path)
+    if byte_range is None:
+        whole = _small_local_file(path, chunks)
+        if whole is not None:
+            return iter(_whole_lines(whole, max_line_bytes))
+    return _stream_lines(path, chunks, max_line_bytes, byte_range)
+
+
+def _stream_lines(path: str, chunks, max_line_bytes: int | None,
+                  byte_range: tuple[int, int] | None) -> Iterator[bytes]:
     with open_binary(path) as raw:
         if byte_range is not None:
             if chunks is not _plain_chunks:

@@ -556,6 +556,43 @@ def test_small_zstd_fast_path_equals_the_block_reader_or_steps_aside():
     assert len(bomb) < 4096 and _zstd_small(bomb) is None
 
 
+def test_small_local_file_is_split_at_once_exactly_as_the_stream_reader(tmp_path, monkeypatch):
+    """A small local .jsonl or .jsonl.zst is read, decoded and split in one go
+    (`_small_local_file`, `_whole_lines`); its lines, oversize ones included, must be the
+    streaming reader's. A file of READ_SIZE or more, a gzip file and an irregular zstd file
+    take the streaming reader."""
+    import gzip
+    import random
+
+    from dolmino import documents
+    from dolmino.documents import OversizeLine, _chunk_reader, _small_local_file, _stream_lines, iter_lines
+
+    rng = random.Random(1)
+    for trial in range(200):
+        lines = [("y" * rng.choice([0, 1, 3, 9, 40]) + ("\r" if rng.random() < 0.1 else "")).encode()
+                 for _ in range(rng.randint(0, 30))]
+        data = b"\n".join(lines) + (b"\n" if rng.random() < 0.5 else b"")
+        for name, stored in ((f"t{trial}.jsonl", data), (f"t{trial}.jsonl.zst", zstandard.compress(data))):
+            path = str(tmp_path / name)
+            (tmp_path / name).write_bytes(stored)
+            assert _small_local_file(path, _chunk_reader(path)) == data
+            fast = list(iter_lines(path, 8))
+            slow = list(_stream_lines(path, _chunk_reader(path), 8, None))
+            assert fast == slow, (trial, name, data)
+            assert [type(x) is OversizeLine and x.size for x in fast] == \
+                [type(x) is OversizeLine and x.size for x in slow]
+    gz = tmp_path / "g.jsonl.gz"
+    gz.write_bytes(gzip.compress(b"a\nb\n"))
+    assert _small_local_file(str(gz), _chunk_reader(str(gz))) is None and list(iter_lines(str(gz))) == [b"a", b"b"]
+    broken = tmp_path / "b.jsonl.zst"
+    broken.write_bytes(zstandard.compress(b"a\nb\n")[:-2])
+    assert _small_local_file(str(broken), _chunk_reader(str(broken))) is None
+    big = tmp_path / "big.jsonl"
+    big.write_bytes(b"x\n" * 100)
+    monkeypatch.setattr(documents, "READ_SIZE", 64)
+    assert _small_local_file(str(big), _chunk_reader(str(big))) is None and list(iter_lines(str(big))) == [b"x"] * 100
+
+
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_small_damaged_zstd_file_reads_like_before(tmp_path, damage):
     """A small file goes through the fast path first; a damaged one must still give every

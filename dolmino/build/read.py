@@ -25,7 +25,7 @@ def read_unit(uri: str, unit: Unit, quarantine: Quarantine,
               max_doc_bytes: int | None = DEFAULT_MAX_DOC_BYTES) -> Iterator[tuple[int, dict]]:
     """(line within the unit, document) for every good line; bad lines go to the quarantine,
     and `quarantine.lines` counts the unit's lines."""
-    yield from read_documents(uri, quarantine, max_doc_bytes=max_doc_bytes, byte_range=byte_range(unit))
+    return read_documents(uri, quarantine, max_doc_bytes=max_doc_bytes, byte_range=byte_range(unit))
 
 
 def read_lines(uri: str, unit: Unit, wanted: list[int],
