@@ -55,6 +55,26 @@ def test_small_files_share_bundles_and_large_units_keep_their_own():
     assert bundles[0].size == 5000
 
 
+def test_unit_stats_store_non_zero_counts_and_read_back_whole():
+    """The docs set stores a unit's non-zero counts only (a bundle of 4,096 one-document files
+    spent its footer on zeros); reading restores every count, and a file that stored them all
+    (written before) reads the same."""
+    from dolmino.build.tag import UnitStats
+
+    stats = UnitStats()
+    stats.lines, stats.docs, stats.bytes = 3, 2, 40
+    stats.quarantined = {"malformed_json": 1, "bad_id": 2}
+    stored = stats.to_dict()
+    assert stored == {"lines": 3, "docs": 2, "bytes": 40, "quarantined": {"bad_id": 2, "malformed_json": 1}}
+    full = attributes.unit_stats(stored)
+    assert full == {"lines": 3, "docs": 2, "bytes": 40, "unreadable_bytes": 0, "duplicate_ids": 0, "sample_docs": 0,
+                    "sample_bytes": 0, "sample_tokens": 0, "quarantined": {"bad_id": 2, "malformed_json": 1},
+                    "removed": {}}
+    assert attributes.unit_stats(full) == full
+    assert attributes.unit_stats(UnitStats().to_dict())["removed"] == {}
+    assert set(full) == set(attributes.STAT_COUNTS) | set(attributes.STAT_MAPS)
+
+
 def test_caps_bound_a_bundle(monkeypatch):
     monkeypatch.setattr(attributes, "BUNDLE_TARGET_BYTES", 1 << 60)  # no hashed boundary
     monkeypatch.setattr(attributes, "BUNDLE_MAX_UNITS", 4)

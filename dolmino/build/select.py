@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple
 
-from dolmino.build.attributes import AttributeStore, Bundle, read_table, unit_rows
+from dolmino.build.attributes import AttributeStore, Bundle, read_table, unit_rows, unit_stats
 from mixers.sampling import (
     NUM_BUCKETS, SMALL_SOURCE_DOCS, bucket_of, find_cut_bucket, find_cut_hash, greedy_fill, seeded_hash,
 )
@@ -145,7 +145,7 @@ def pool_bundle(bundle: Bundle, ctx: PoolContext) -> Iterator[PoolDoc | UnitPool
     exact = source.dedup.exact
     cols = {c: docs.column(c).to_pylist() for c in ("line", "loc_line", "id", "bytes", "blank", "text_hash")}
     for position, (unit, entry) in enumerate(zip(bundle.units, meta["units"])):
-        stats = entry["stats"]
+        stats = unit_stats(entry["stats"])
         clusters = {}
         if cluster_rows is not None:
             lines, roots, spans = cluster_rows

@@ -64,7 +64,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from dolmino.build.attributes import AttributeStore, write_bytes
+from dolmino.build.attributes import AttributeStore, add_counts, write_bytes
 from dolmino.build.inputs import Unit
 from dolmino.documents import Quarantine, write_documents
 
@@ -99,8 +99,7 @@ def convert_whole(unit: Unit, source: str, store: AttributeStore, quarantine: Qu
     se_stats = StackExchangeStats()
     path = store.documents_path(source, unit)
     files[path] = put_documents(path, iter_stackexchange(unit.file.uri, _config(), se_stats, quarantine))
-    for reason, n in se_stats.removed.items():
-        stats.removed[f"{REMOVED_PREFIX}{reason}"] += n
+    add_counts(stats.removed, {f"{REMOVED_PREFIX}{reason}": n for reason, n in se_stats.removed.items()})
     stats.lines = se_stats.rows
 
 
@@ -359,7 +358,7 @@ def convert_ranges(sc, units: list[Unit], due: set[int], sources: dict[int, str]
 def apply_conversion(converted: RangeConverted, stats, files: dict) -> None:
     """A converted range's counts into its tag.UnitStats (the docs set's metadata)."""
     stats.lines = converted.lines
-    stats.removed.update(converted.removed)
-    stats.quarantined.update(converted.quarantined)
+    add_counts(stats.removed, converted.removed)
+    add_counts(stats.quarantined, converted.quarantined)
     files.update(converted.files)
 

@@ -26,18 +26,17 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple
 
 from dolmino.build import worker_heap
 from dolmino.build.attributes import (
-    ATTRIBUTE_FORMAT, AttributeStore, Bundle, read_bytes, read_table, spec_key, unit_listing, unit_rows, unit_version,
-    write_bytes, write_table,
+    ATTRIBUTE_FORMAT, STAT_COUNTS, STAT_MAPS, AttributeStore, Bundle, add_counts, read_bytes, read_table, spec_key,
+    unit_listing, unit_rows, unit_stats, unit_version, write_bytes, write_table,
 )
 from dolmino.build.inputs import Unit
 from dolmino.build.read import read_unit
 from dolmino.build.resources import Resource, keyed_spec, localized_spec
+from dolmino.build.spark import parallelize_tasks
 from dolmino.build.stackexchange import apply_conversion, convert_ranges, convert_whole
 from dolmino.documents import Quarantine, QuarantineRecord
 from dolmino.errors import BuildError
@@ -98,24 +97,30 @@ class TagContext(NamedTuple):
     seed: int
 
 
-@dataclass
 class UnitStats:
-    lines: int = 0  # lines in the unit (blank and bad ones included): offsets the next range
-    docs: int = 0
-    bytes: int = 0
-    quarantined: Counter = field(default_factory=Counter)
-    unreadable_bytes: int = 0  # compressed bytes of a broken stream that yielded nothing
-    removed: Counter = field(default_factory=Counter)  # removed while reading (Stack Exchange rules)
-    duplicate_ids: int = 0  # documents whose id already appeared earlier in the unit
-    sample_docs: int = 0
-    sample_bytes: int = 0
-    sample_tokens: int = 0
+    """A unit's counts, gathered while it is tagged; `to_dict` is what its metadata stores."""
+
+    __slots__ = (*STAT_COUNTS, *STAT_MAPS)
+
+    def __init__(self):
+        self.lines = 0  # lines in the unit (blank and bad ones included): offsets the next range
+        self.docs = 0
+        self.bytes = 0
+        self.unreadable_bytes = 0  # compressed bytes of a broken stream that yielded nothing
+        self.duplicate_ids = 0  # documents whose id already appeared earlier in the unit
+        self.sample_docs = 0
+        self.sample_bytes = 0
+        self.sample_tokens = 0
+        self.quarantined: dict[str, int] = {}
+        self.removed: dict[str, int] = {}  # removed while reading (Stack Exchange rules)
 
     def to_dict(self) -> dict:
-        return {"lines": self.lines, "docs": self.docs, "bytes": self.bytes,
-                "quarantined": dict(sorted(self.quarantined.items())), "unreadable_bytes": self.unreadable_bytes, "removed": dict(sorted(self.removed.items())),
-                "duplicate_ids": self.duplicate_ids, "sample_docs": self.sample_docs,
-                "sample_bytes": self.sample_bytes, "sample_tokens": self.sample_tokens}
+        """The non-zero counts (attributes.unit_stats restores the rest), maps sorted by reason."""
+        out = {name: n for name in STAT_COUNTS if (n := getattr(self, name))}
+        for name in STAT_MAPS:
+            if counts := getattr(self, name):
+                out[name] = dict(sorted(counts.items()))
+        return out
 
 
 # ---------------------------------------------------------------------------- driver: what to tag
@@ -157,15 +162,12 @@ def units_digest(units: list[Unit]) -> str:
 # ---------------------------------------------------------------------------- executor: one unit
 
 
-def _documents(unit: Unit, plan: SourceTagPlan, ctx: TagContext,
-               quarantine: Quarantine) -> Iterator[tuple[int, int, dict]]:
-    """(read line, loc line, document): from the input, or from this unit's Stack Exchange documents."""
+def _documents(unit: Unit, plan: SourceTagPlan, ctx: TagContext, quarantine: Quarantine) -> Iterator[tuple[int, dict]]:
+    """(read line, document): from the input, or from this unit's Stack Exchange documents
+    (whose loc line is in their metadata)."""
     if plan.format != "stackexchange":
-        for line, doc in read_unit(unit.file.uri, unit, quarantine, plan.max_doc_bytes):
-            yield line, line, doc
-        return
-    for line, doc in read_unit(ctx.store.documents_path(plan.name, unit), unit, Quarantine(), None):
-        yield line, int(doc["metadata"]["line"]), doc
+        return read_unit(unit.file.uri, unit, quarantine, plan.max_doc_bytes)
+    return read_unit(ctx.store.documents_path(plan.name, unit), unit, Quarantine(), None)
 
 
 def _write_quarantine(path: str, records: list[QuarantineRecord]) -> int:
@@ -223,8 +225,10 @@ def tag_unit(unit: Unit, work: BundleWork, ctx: TagContext, filters: list, hashe
     docs_before = len(base["line"])
     rows = 0
 
+    se = plan.format == "stackexchange"
     batch: list[tuple[int, int, dict]] = []
-    for line, loc_line, doc in _documents(unit, plan, ctx, quarantine):
+    for line, doc in _documents(unit, plan, ctx, quarantine):
+        loc_line = int(doc["metadata"]["line"]) if se else line
         rows += 1
         if write_docs:
             text_bytes = doc["text"].encode("utf-8")
@@ -256,7 +260,8 @@ def tag_unit(unit: Unit, work: BundleWork, ctx: TagContext, filters: list, hashe
         assert len(base["line"]) - docs_before == rows
         if sample_texts:
             stats.sample_tokens = sum(len(ids) + 1 for ids in ctx.tokenizer.encode_batch(sample_texts))
-        stats.quarantined.update(quarantine.counts)
+        if quarantine.counts:
+            add_counts(stats.quarantined, quarantine.counts)
         stats.unreadable_bytes = quarantine.unreadable_bytes
         if plan.format != "stackexchange":
             stats.lines = quarantine.lines
@@ -341,7 +346,7 @@ class TagResult(NamedTuple):
 def _docs_stats(bundle: Bundle, path: str) -> list[tuple[int, dict]]:
     _table, meta = read_table(path, columns=[])
     unit_rows(meta, bundle)  # the file lists exactly the bundle's units
-    return [(unit.index, entry["stats"]) for unit, entry in zip(bundle.units, meta["units"])]
+    return [(unit.index, unit_stats(entry["stats"])) for unit, entry in zip(bundle.units, meta["units"])]
 
 
 def first_lines(units: list[Unit], stats: dict) -> dict[int, int]:
@@ -447,7 +452,7 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
     with Stage(sc, "tag", total_bytes=todo_bytes, total_units=todo_units, quiet=quiet) as stage:
         if groups:
             counters = stage.counters
-            records = sc.parallelize(groups, len(groups)).flatMap(lambda g: run_tag_task(g, ctx_b, counters))
+            records = parallelize_tasks(sc, groups).flatMap(lambda g: run_tag_task(g, ctx_b, counters))
             if minhash_due:
                 records.persist(StorageLevel.MEMORY_AND_DISK)
             results = records.filter(lambda r: isinstance(r, BundleTagged)).collect()
@@ -456,7 +461,7 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
     if written:
         check_visible(written, _listing(store, written), "attribute files")
 
-    stats = {ui: st for r in results for ui, st in r.stats.items()}
+    stats = {ui: unit_stats(st) for r in results for ui, st in r.stats.items()}
     missing = [b for b in bundles if any(u.index not in stats for u in b.units)]
     if missing:
         pairs = [(b, store.path(plans[b.source_index].name, plans[b.source_index].docs_set, b)) for b in missing]
