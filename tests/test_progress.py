@@ -267,3 +267,21 @@ def test_build_stage_final_line_counts_skipped_stages_apart(spark):
     final = out.getvalue().strip().splitlines()[-1]
     assert final.startswith("[reuse] 10/10 tasks (4 skipped)"), final  # 4 + 3, then 3
     assert " · done in " in final and "ETA" not in final and st.record["wall_s"] > 0
+
+
+def test_build_stage_record_counts_only_its_own_jobs(spark):
+    """Two stages of one name in one session (a second build, the bench's warm runs): each
+    record's tasks and final line are its own jobs', not the sum of every run so far."""
+    from dolmino.build.progress import Stage
+
+    sc = spark.sparkContext
+    records, finals = [], []
+    for _ in range(2):
+        out = io.StringIO()
+        with Stage(sc, "again", stream=out) as st:
+            assert sc.parallelize(range(10), 3).map(lambda x: x + 1).sum() == 55
+        records.append(st.record)
+        finals.append(out.getvalue().strip().splitlines()[-1])
+    assert all(f.startswith("[again] 3/3 tasks") for f in finals), finals
+    if records[0]["spark"] is not None:  # None when the session runs without its UI
+        assert records[0]["spark"]["tasks"] == records[1]["spark"]["tasks"] == 3

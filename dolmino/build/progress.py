@@ -13,6 +13,7 @@ display and the CPU figure, never the accounting (which comes from collected rec
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import threading
@@ -21,6 +22,7 @@ import time
 from dolmino.manifest import format_count
 
 COUNTERS = ("units", "bytes", "docs", "tokens", "cpu_s")
+_STAGE_RUNS = itertools.count(1)
 
 
 class Counters:
@@ -59,6 +61,10 @@ class Stage:
                  stream=None):
         self.sc = sc
         self.name = name
+        # The job group is this stage run's own: named after the stage alone, a second build in
+        # the same session (the bench's warm runs, a notebook) summed the earlier builds' jobs
+        # into its tasks and shuffle bytes.
+        self.group = f"{name}#{next(_STAGE_RUNS)}"
         self.total_bytes = total_bytes
         self.total_units = total_units
         self.counters = Counters(sc)
@@ -72,7 +78,7 @@ class Stage:
 
     def __enter__(self) -> "Stage":
         self.started = time.time()
-        self.sc.setJobGroup(self.name, f"dolmino {self.name}", interruptOnCancel=True)
+        self.sc.setJobGroup(self.group, f"dolmino {self.name}", interruptOnCancel=True)
         if not self.quiet:
             self._thread = threading.Thread(target=self._run, name=f"progress-{self.name}", daemon=True)
             self._thread.start()
@@ -84,7 +90,7 @@ class Stage:
         the final line at e.g. 19/39."""
         tracker = self.sc.statusTracker()
         done = total = skipped = 0
-        for job_id in tracker.getJobIdsForGroup(self.name):
+        for job_id in tracker.getJobIdsForGroup(self.group):
             job = tracker.getJobInfo(job_id)
             finished = job is not None and str(job.status) == "SUCCEEDED"
             for sid in (job.stageIds if job else ()):
@@ -137,5 +143,5 @@ class Stage:
         v = self.counters.values()
         self.record = {"wall_s": round(time.time() - self.started, 3), "task_cpu_s": round(v["cpu_s"], 3),
                        "units": int(v["units"]), "bytes": int(v["bytes"]), "docs": int(v["docs"]),
-                       "tokens": int(v["tokens"]), "spark": group_metrics(self.sc, self.name)}
+                       "tokens": int(v["tokens"]), "spark": group_metrics(self.sc, self.group)}
         self.sc.setLocalProperty("spark.jobGroup.id", None)
