@@ -36,7 +36,8 @@ What runs (issue 10, "Measured in bench/"):
    the tokens written.
 5. 20,000 small files: the same 20,000 documents (the first ~2 KB of pool documents) as
    20,000 one-document files and as 20 files of 1,000; the tag phase of each in one warm
-   session, default task size; wall time and process-tree CPU of the phase.
+   session, default task size; wall time and process-tree CPU of the phase, median of 3
+   runs of each, alternating.
 
 Ratios, all per output token (tokens written, EOS included):
   mix / tokenize-only        the goal <= 1.5 at a pool >= 20x the budget (paid per mix)
@@ -85,6 +86,7 @@ FILES_PER_UNIT = 2  # per source
 SEED = 10
 SCALES = (1, 4, 16)
 SMALL_FILES = 20_000
+SMALL_FILES_ROUNDS = 3  # runs of each layout, alternating; figures are medians
 SMALL_DOC_CHARS = 2_000
 TOKENIZE_SAMPLE_DOCS = 200
 TOKENIZE_RUNS = 3  # tokenize-only runs; the median CPU time is the yardstick (the machine's load varies)
@@ -414,29 +416,44 @@ def child_point(args) -> dict:
 
 
 def child_small_files(args) -> dict:
-    """Tag phase of the same documents as 20 files and as 20,000 files, in one warm session."""
+    """Tag phase of the same documents as 20 files and as 20,000 files, in one warm session.
+
+    The two run alternately, SMALL_FILES_ROUNDS times each, each time into a new attribute
+    root (so every run tags everything): one run's process-tree CPU moved by 0.3 core-s
+    (the JVM's, mostly) between identical runs on this shared host, a third of the 20
+    files' whole figure. The figures are the medians; every run is kept."""
     from dolmino.build.mix import build
     from dolmino.manifest import manifest_from_dict
 
     work = Path(args.work)
     spec_small = json.loads(Path(args.manifest).read_text())
-    out = {}
+    runs: dict[str, list] = {"few": [], "many": []}
     spark = make_spark(args.cores, args.driver_memory)
     try:
         warm = {**spec_small, "name": "warmup", "data_root": str(Path(spec_small["data_root"]).parent / "few"),
                 "sources": [{**spec_small["sources"][0], "paths": ["part-000.jsonl.zst"]}]}
         build(manifest_from_dict(warm), 10_000, str(work / "warmup-out"), spark,
               attributes=str(work / "warmup-attributes"), phase="tag")
-        for label in ("few", "many"):
-            spec = {**spec_small, "data_root": str(Path(spec_small["data_root"]).parent / label)}
-            manifest = manifest_from_dict(spec)
-            tag, wall, cpu = _measured(lambda: build(manifest, 10_000, str(work / f"out-{label}"), spark,
-                                                     attributes=str(work / f"attributes-{label}"), phase="tag"))
-            out[label] = {"wall_s": wall, "cpu_s": cpu, "stages": tag["stages"], "units": tag["units"],
-                          "input_bytes": tag["input_bytes"], "files_written": tag["files_written"]}
-            log(f"small files, {label}: tag {cpu['total']:.1f} CPU s, {wall:.1f} s, {tag['units']} units")
+        for r in range(SMALL_FILES_ROUNDS):
+            for label in (("few", "many") if r % 2 == 0 else ("many", "few")):
+                spec = {**spec_small, "data_root": str(Path(spec_small["data_root"]).parent / label)}
+                manifest = manifest_from_dict(spec)
+                attributes = work / f"attributes-{label}-{r}"
+                tag, wall, cpu = _measured(lambda: build(manifest, 10_000, str(work / f"out-{label}-{r}"), spark,
+                                                         attributes=str(attributes), phase="tag"))
+                shutil.rmtree(attributes, ignore_errors=True)
+                runs[label].append({"wall_s": wall, "cpu_s": cpu, "stages": tag["stages"], "units": tag["units"],
+                                    "input_bytes": tag["input_bytes"], "files_written": tag["files_written"]})
+                log(f"small files, {label}, round {r + 1}: tag {cpu['total']:.1f} CPU s, {wall:.1f} s, "
+                    f"{tag['units']} units")
     finally:
         spark.stop()
+    out = {}
+    for label, done in runs.items():
+        median = {"wall_s": statistics.median(run["wall_s"] for run in done),
+                  "cpu_s": {key: statistics.median(run["cpu_s"][key] for run in done)
+                            for key in done[0]["cpu_s"] if isinstance(done[0]["cpu_s"][key], (int, float))}}
+        out[label] = {**done[0], **median, "runs": done}
     return out
 
 
@@ -625,6 +642,10 @@ def main(argv=None) -> dict:
             small["input"] = info
             result["small_files"] = small
             ratio_cpu = small["many"]["cpu_s"]["total"] / small["few"]["cpu_s"]["total"]
+
+            def totals(label: str) -> str:
+                return ", ".join(f"{run['cpu_s']['total']:.2f}" for run in small[label]["runs"])
+
             ratio_wall = small["many"]["wall_s"] / small["few"]["wall_s"]
             figures.append(fig(f"scale: tag core-s, {info['docs']:,} files / 20 files (same bytes)", ratio_cpu,
                                "ratio", "lower", ("<=", GOAL_SMALL_FILES)))
@@ -633,7 +654,9 @@ def main(argv=None) -> dict:
             notes.append(f"small files: {info['docs']:,} documents ({info['text_bytes'] / 1e6:.1f} MB of text) as "
                          f"{info['docs']:,} files: tag {small['many']['cpu_s']['total']:.1f} core-s, "
                          f"{small['many']['wall_s']:.1f} s wall; as 20 files: {small['few']['cpu_s']['total']:.1f} "
-                         f"core-s, {small['few']['wall_s']:.1f} s wall (default task size, one warm session)")
+                         f"core-s, {small['few']['wall_s']:.1f} s wall (default task size, one warm session; "
+                         f"medians of {SMALL_FILES_ROUNDS} runs each, alternating; totals of the runs: many "
+                         f"{totals('many')}, few {totals('few')} core-s)")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
