@@ -24,7 +24,7 @@ from dolmino.build.select import (
     PoolContext, PoolDoc, SourceSelection, UnitIds, UnitPool, dedup, duplicate_ids, finish, initial_selection, pool_bundle,
     refill, slim, split_targets, tokens_per_byte,
 )
-from dolmino.build.spark import cluster_info, forward_environment, is_local, parallelize_tasks, persisted_bytes
+from dolmino.build.spark import cluster_info, forward_environment, is_local, parallelize_pickled, persisted_bytes
 from dolmino.build.tag import run_tag
 from dolmino.build.write import (
     PARTS_DIR, TokContext, TokDoc, TokStats, WriteContext, order_key, tokenize_units, write_part,
@@ -142,7 +142,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
                                         tagged.first_lines, skips_blank(manifest)))
     with Stage(sc, "pool", total_units=len(units), quiet=options.quiet) as st:
         counters = st.counters
-        records = (parallelize_tasks(sc, [list(g) for g in groups])
+        records = (parallelize_pickled(sc, [list(g) for g in groups])
                    .flatMap(lambda g: _pool_group(g, pool_ctx, counters)))
         records.persist(StorageLevel.MEMORY_AND_DISK)
         unit_pools: list[UnitPool] = records.filter(lambda r: isinstance(r, UnitPool)).collect()

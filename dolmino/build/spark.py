@@ -53,14 +53,14 @@ def forward_environment(sc, any_s3: bool, task_cpus: int | None = None) -> None:
     sc.environment.setdefault("OMP_NUM_THREADS", str(cpus))
 
 
-def parallelize_tasks(sc, tasks: list):
-    """An RDD with one partition per task, each holding that task (any picklable object).
+def parallelize_pickled(sc, items: list, slices: int | None = None):
+    """An RDD of `items` (any picklable objects) in `slices` partitions, one per item by default.
 
-    Each task is pickled here with the standard pickler and shipped as bytes: Spark's
+    Each item is pickled here with the standard pickler and shipped as bytes: Spark's
     cloudpickle calls back into Python for every object it writes, which took 0.126 s of
     driver CPU for the 20,000 units of bench_scale's small-files set, against 0.056 s."""
-    blobs = [pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL) for task in tasks]
-    return sc.parallelize(blobs, max(len(blobs), 1)).map(pickle.loads)
+    blobs = [pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL) for item in items]
+    return sc.parallelize(blobs, slices or max(len(blobs), 1)).map(pickle.loads)
 
 
 def is_local(sc) -> bool:

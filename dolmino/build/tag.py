@@ -36,7 +36,7 @@ from dolmino.build.attributes import (
 from dolmino.build.inputs import Unit
 from dolmino.build.read import read_unit
 from dolmino.build.resources import Resource, keyed_spec, localized_spec
-from dolmino.build.spark import parallelize_tasks
+from dolmino.build.spark import parallelize_pickled
 from dolmino.build.stackexchange import apply_conversion, convert_ranges, convert_whole
 from dolmino.documents import Quarantine, QuarantineRecord
 from dolmino.errors import BuildError
@@ -452,7 +452,7 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
     with Stage(sc, "tag", total_bytes=todo_bytes, total_units=todo_units, quiet=quiet) as stage:
         if groups:
             counters = stage.counters
-            records = parallelize_tasks(sc, groups).flatMap(lambda g: run_tag_task(g, ctx_b, counters))
+            records = parallelize_pickled(sc, groups).flatMap(lambda g: run_tag_task(g, ctx_b, counters))
             if minhash_due:
                 records.persist(StorageLevel.MEMORY_AND_DISK)
             results = records.filter(lambda r: isinstance(r, BundleTagged)).collect()
@@ -466,7 +466,7 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
     if missing:
         pairs = [(b, store.path(plans[b.source_index].name, plans[b.source_index].docs_set, b)) for b in missing]
         n = max(1, min(len(pairs), sc.defaultParallelism * 4))
-        stats.update(sc.parallelize(pairs, n).flatMap(lambda p: _docs_stats(*p)).collect())
+        stats.update(parallelize_pickled(sc, pairs, n).flatMap(lambda p: _docs_stats(*p)).collect())
     offsets = first_lines(units, stats)
 
     minhash_stats = {}
