@@ -653,9 +653,9 @@ def _small_local_file(path: str, chunks) -> bytes | None:
     One open, stat and read through the OS, no buffered file object and no chunk
     generators. With `iter_lines` returning the split lines whole, the tag work of
     bench_scale's 20,000 one-document files fell from 1.62 s to 1.33 s of CPU in one process
-    (the same documents as 20 files: ~0.37 s). None sends the file through the streaming readers: S3, gzip, anything of
-    READ_SIZE or more, and every zstd file `_zstd_small` does not take (irregular or broken
-    ones, which the block reader then reports exactly).
+    (the same documents as 20 files: ~0.37 s). None sends the file through the streaming
+    readers: S3, gzip, anything of READ_SIZE or more, and every zstd file `_zstd_small` does
+    not take (irregular or broken ones, which the block reader then reports exactly).
     """
     if _is_s3(path) or chunks is _gzip_chunks:
         return None

@@ -214,7 +214,8 @@ def tag_unit(unit: Unit, work: BundleWork, ctx: TagContext, filters: list, hashe
     stats = UnitStats()
     quarantine = Quarantine()
     write_docs = plan.docs_set in work.sets
-    if plan.format == "stackexchange" and write_docs:
+    se = plan.format == "stackexchange"
+    if se and write_docs:
         if unit.index in work.converted:
             apply_conversion(work.converted[unit.index], stats, acc.files)
         else:
@@ -225,7 +226,6 @@ def tag_unit(unit: Unit, work: BundleWork, ctx: TagContext, filters: list, hashe
     docs_before = len(base["line"])
     rows = 0
 
-    se = plan.format == "stackexchange"
     batch: list[tuple[int, int, dict]] = []
     for line, doc in _documents(unit, plan, ctx, quarantine):
         loc_line = int(doc["metadata"]["line"]) if se else line
@@ -263,7 +263,7 @@ def tag_unit(unit: Unit, work: BundleWork, ctx: TagContext, filters: list, hashe
         if quarantine.counts:
             add_counts(stats.quarantined, quarantine.counts)
         stats.unreadable_bytes = quarantine.unreadable_bytes
-        if plan.format != "stackexchange":
+        if not se:
             stats.lines = quarantine.lines
         if quarantine.records:
             qpath = store.quarantine_path(plan.name, unit)
