@@ -453,7 +453,9 @@ def child_small_files(args) -> dict:
         median = {"wall_s": statistics.median(run["wall_s"] for run in done),
                   "cpu_s": {key: statistics.median(run["cpu_s"][key] for run in done)
                             for key in done[0]["cpu_s"] if isinstance(done[0]["cpu_s"][key], (int, float))}}
-        out[label] = {**done[0], **median, "runs": done}
+        # What every run shares (the same input, tagged whole each time), then the medians.
+        same = {key: done[0][key] for key in ("units", "input_bytes", "files_written")}
+        out[label] = {**same, **median, "runs": done}
     return out
 
 
