@@ -163,6 +163,31 @@ def test_pickle_keeps_the_policy_and_rebuilds_lazily():
     assert as_lists(copy.encode_documents(["<|pad|> x "])) == as_lists(tok.encode_documents(["<|pad|> x "]))
 
 
+def test_a_process_builds_each_tokenizer_once(monkeypatch):
+    """Every phase of a build broadcasts its own copy; a worker builds from the JSON once."""
+    import hashlib
+
+    monkeypatch.setattr(tokmod, "_BUILT", {})
+    built = []
+    real_build = Dolma2Tokenizer._build
+    monkeypatch.setattr(Dolma2Tokenizer, "_build", lambda self, text: built.append(1) or real_build(self, text))
+    blob = pickle.dumps(make())
+    first, second = pickle.loads(blob), pickle.loads(blob)
+    assert first.__getstate__()["_json_digest"] == hashlib.sha256(first.json_text.encode("utf-8")).hexdigest()
+    texts = [" a <|endoftext|> b ", "plain text", "   "]
+    expected = as_lists(first.encode_documents(texts))
+    assert as_lists(second.encode_documents(texts)) == expected and len(built) == 1
+    assert second.backend is first.backend and second.document_backend is first.document_backend
+    # Another control-token policy of the same JSON shares the raw tokenizer, not the document one.
+    literal = pickle.loads(pickle.dumps(make(control_tokens="literal")))
+    assert as_lists(literal.encode_documents(texts)) != expected and len(built) == 2
+    assert literal.backend is first.backend and literal.document_backend is not first.document_backend
+    # A remembered tokenizer is still checked against each instance's declared vocabulary.
+    with pytest.raises(ValueError, match="manifest says vocab_size 1000"):
+        Dolma2Tokenizer(first.json_text, vocab_size=1000).encode_batch(["x"])
+    assert len(built) == 2
+
+
 def test_constructor_rejects_unknown_policies():
     with pytest.raises(ValueError, match="semantics must be one of"):
         Dolma2Tokenizer("{}", semantics="dolmaa")
