@@ -133,9 +133,9 @@ _BUILT_MAX = 4
 
 
 def _remember(key: tuple, value):
-    _BUILT.pop(key, None)
+    """Keep a newly built tokenizer (callers ask only after a miss), dropping the oldest beyond _BUILT_MAX."""
     _BUILT[key] = value
-    while len(_BUILT) > _BUILT_MAX:  # the oldest first: dicts keep insertion order
+    while len(_BUILT) > _BUILT_MAX:  # dicts keep insertion order
         _BUILT.pop(next(iter(_BUILT)))
     return value
 
