@@ -241,8 +241,8 @@ def make_spark(cores: int, driver_memory: str):
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
-    # The UI stays on (port 0: any free port) because the build reads shuffle, spill and
-    # storage figures from Spark's REST API; without it they are unknown.
+    # The UI stays on (port 0: any free port), as spark-submit leaves it: its listeners and
+    # server are part of what a user's build costs.
     spark = (SparkSession.builder.master(f"local[{cores}]").appName("dolmino-bench-scale")
              .config("spark.ui.port", "0").config("spark.ui.showConsoleProgress", "false")
              .config("spark.driver.memory", driver_memory).getOrCreate())
@@ -296,11 +296,10 @@ def jvm_heap_mb(spark) -> dict:
 
 
 def _job_count(spark) -> int | None:
-    """Spark jobs the session has run so far (REST API), to count each phase's jobs."""
-    from dolmino.build.spark import _rest
+    """Spark jobs the session has run so far, to count each phase's jobs."""
+    from dolmino.build.spark import job_count
 
-    jobs = _rest(spark.sparkContext, "/jobs")
-    return None if jobs is None else len(jobs)
+    return job_count(spark.sparkContext)
 
 
 def _delta(a, b):

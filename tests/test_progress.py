@@ -283,5 +283,30 @@ def test_build_stage_record_counts_only_its_own_jobs(spark):
         records.append(st.record)
         finals.append(out.getvalue().strip().splitlines()[-1])
     assert all(f.startswith("[again] 3/3 tasks") for f in finals), finals
-    if records[0]["spark"] is not None:  # None when the session runs without its UI
-        assert records[0]["spark"]["tasks"] == records[1]["spark"]["tasks"] == 3
+    assert records[0]["spark"]["tasks"] == records[1]["spark"]["tasks"] == 3
+
+
+def test_build_stage_record_has_spark_figures_without_the_ui(spark):
+    """The tests' session runs with the UI disabled: shuffle bytes, tasks and storage still come
+    from the driver's status store. A reused (skipped) map stage is not counted twice."""
+    from pyspark import StorageLevel
+
+    from dolmino.build.progress import Stage
+    from dolmino.build.spark import cluster_info, persisted_bytes
+
+    sc = spark.sparkContext
+    assert sc.getConf().get("spark.ui.enabled") == "false"
+    with Stage(sc, "figures", quiet=True) as st:
+        pairs = sc.parallelize(range(1000), 4).map(lambda x: (x % 7, x)).reduceByKey(lambda a, b: a + b, 3)
+        pairs.persist(StorageLevel.MEMORY_ONLY)
+        assert pairs.count() == 7
+        assert persisted_bytes(sc, pairs) > 0
+        assert dict(pairs.collect())[0] == sum(range(0, 1000, 7))  # map stage skipped, cached result read
+    figures = st.record["spark"]
+    assert figures["tasks"] == 4 + 3 + 3, figures
+    assert figures["shuffle_write_bytes"] > 0 and figures["shuffle_write_bytes"] == figures["shuffle_read_bytes"]
+    assert figures["executor_run_s"] >= 0 and figures["spilled_bytes"] == 0
+    pairs.unpersist(blocking=True)
+    assert persisted_bytes(sc, pairs) == 0
+    info = cluster_info(sc)
+    assert info["executors"] == 1 and info["executor_cores"] >= 1  # local mode: the driver is the executor
