@@ -14,6 +14,7 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from dolmino.build import output, worker_heap
 from dolmino.build.attributes import ATTRIBUTE_FORMAT, AttributeStore, plan_bundles, spec_key
@@ -21,8 +22,8 @@ from dolmino.build.inputs import DEFAULT_SPLIT_BYTES, DEFAULT_TASK_BYTES, group_
 from dolmino.build.progress import Stage
 from dolmino.build.resources import file_params, stage
 from dolmino.build.select import (
-    PoolContext, PoolDoc, SourceSelection, UnitIds, UnitPool, dedup, duplicate_ids, finish, initial_selection, pool_bundle,
-    refill, slim, split_targets, tokens_per_byte,
+    ALL_MEMBERS, PoolContext, PoolDoc, SourceSelection, UnitIds, UnitPool, cut, dedup, duplicate_ids, initial_selection,
+    pool_bundle, refill, settle, slim, split_targets, tokens_per_byte,
 )
 from dolmino.build.spark import cluster_info, forward_environment, is_local, parallelize_pickled, persisted_bytes
 from dolmino.build.tag import run_tag
@@ -379,14 +380,16 @@ def _select(sc, manifest, options, state, eligible, sources, targets, groups, ta
         name = "tokenize" if round_no == 1 else f"tokenize:refill{round_no - 1}"
         with Stage(sc, name, quiet=options.quiet) as st:
             rdd = _tokenize(eligible.filter(in_round), groups, task_of, tok_ctx, st.counters)
-            tok_stats += rdd.filter(lambda r: isinstance(r, TokStats)).collect()
-            rows = (rdd.filter(lambda r: isinstance(r, TokDoc)).map(lambda d: ((d.source_index, bucket_of(d.hash)), len(d.tokens) // 4))
-                    .reduceByKey(lambda a, b: a + b).collect())
+            summary = rdd.mapPartitions(_round_summary).collect()  # one job: stats and tokens per bucket
             state.persisted[name] = persisted_bytes(sc, rdd)
         state.stages[name] = st.record
         tokenized.append(rdd)
-        for (si, b), n in rows:
-            bucket_tokens[si][b] = bucket_tokens[si].get(b, 0) + n
+        for record in summary:
+            if isinstance(record, TokStats):
+                tok_stats.append(record)
+                continue
+            for (si, b), n in record.tokens.items():
+                bucket_tokens[si][b] = bucket_tokens[si].get(b, 0) + n
         for si, sel in enumerate(selections):
             sel.rounds += int(hi[si] > lo[si])
         lo = hi
@@ -396,21 +399,55 @@ def _select(sc, manifest, options, state, eligible, sources, targets, groups, ta
         if not more:
             break
 
+    needs = {}
     for si, sel in enumerate(selections):
         if sel.pool_docs:
-            finish(sel, bucket_tokens[si], lambda bucket, si=si: _members(sc, tokenized, si, bucket))
+            need = settle(sel, bucket_tokens[si])
+            if need is not None:
+                needs[si] = need
         else:
             sel.warnings.append(f"source {sel.name!r}: no documents left after filtering and dedup; "
                                 f"it contributes 0 of its {sel.target_tokens:,} target tokens")
+    if needs:
+        with Stage(sc, "cut", quiet=options.quiet) as st:
+            members = _members(sc, tokenized, needs)
+        state.stages["cut"] = st.record
+        for si, need in needs.items():
+            cut(selections[si], bucket_tokens[si], members.get(si, []))
     return selections
 
 
-def _members(sc, tokenized, si: int, bucket: int | None) -> list[tuple[int, int]]:
-    """(hash, tokens) of one source's tokenized documents, in one bucket or all of them."""
-    rdd = _tok_docs(sc, tokenized).filter(lambda d: d.source_index == si)
-    if bucket is not None:
-        rdd = rdd.filter(lambda d: bucket_of(d.hash) == bucket)
-    return rdd.map(lambda d: (d.hash, len(d.tokens) // 4)).collect()
+class RoundTokens(NamedTuple):
+    """A tokenize task's tokens per (source index, bucket): the round's bucket totals."""
+
+    tokens: dict
+
+
+def _round_summary(records):
+    tokens: dict[tuple[int, int], int] = {}
+    for record in records:
+        if isinstance(record, TokStats):
+            yield record
+        else:
+            key = (record.source_index, bucket_of(record.hash))
+            tokens[key] = tokens.get(key, 0) + len(record.tokens) // 4
+    yield RoundTokens(tokens)
+
+
+def _members(sc, tokenized, needs: dict[int, int]) -> dict[int, list[tuple[int, int]]]:
+    """{source index: (hash, tokens) of its tokenized documents in the bucket it needs (or all,
+    ALL_MEMBERS)}, for every source in one Spark job."""
+    needs_b = sc.broadcast(needs)
+
+    def wanted(d: TokDoc) -> bool:
+        need = needs_b.value.get(d.source_index)
+        return need is not None and (need == ALL_MEMBERS or bucket_of(d.hash) == need)
+
+    out: dict[int, list[tuple[int, int]]] = {}
+    for si, member in _tok_docs(sc, tokenized).filter(wanted).map(
+            lambda d: (d.source_index, (d.hash, len(d.tokens) // 4))).collect():
+        out.setdefault(si, []).append(member)
+    return out
 
 
 def _decontamination_coverage(manifest: Manifest, resources: dict) -> dict[int, list[dict]]:

@@ -363,38 +363,57 @@ def refill(sel: SourceSelection, bucket_bytes: dict[int, int], bucket_tokens: di
     return True
 
 
-def finish(sel: SourceSelection, bucket_tokens: dict[int, int], cut_members) -> SourceSelection:
-    """The exact rule, from real token counts of every tokenized bucket.
+ALL_MEMBERS = -1  # `settle`: the cut needs every tokenized document of the source (greedy fill)
 
-    `cut_members(bucket) -> [(hash, tokens)]` fetches one bucket's documents (only the cut
-    bucket's, or a small source's whole pool for the greedy fill)."""
+
+def settle(sel: SourceSelection, bucket_tokens: dict[int, int]) -> int | None:
+    """Copies and fraction from the real token counts of every tokenized bucket.
+
+    Returns what the exact cut still needs: None (nothing: whole copies, or an empty pool),
+    ALL_MEMBERS (a small source's greedy fill looks at all of its tokenized documents), or
+    the one bucket whose documents hold the cut. The driver fetches every source's members
+    in one Spark job, then calls `cut`."""
     total = sum(bucket_tokens.values())
     if sel.mode == "prefix" and sel.bucket_hi >= NUM_BUCKETS:
         sel.mode = "all"  # refilled to the end: the whole pool is tokenized
     if sel.whole_pool:
         sel.pool_tokens = sel.target_tokens = total
         sel.copies = 1
-        return sel
+        return None
     if sel.mode == "all":
         sel.pool_tokens = total
         if total <= 0:
             sel.warnings.append(f"source {sel.name!r}: no documents left after filtering and dedup; "
                                 f"it contributes 0 of its {sel.target_tokens:,} target tokens")
-            return sel
+            return None
         sel.copies = sel.target_tokens // total
         sel.fraction_tokens = sel.target_tokens - sel.copies * total
     else:
         sel.fraction_tokens = sel.target_tokens
     if sel.fraction_tokens <= 0:
-        return sel
+        return None
     if sel.greedy:
-        members = cut_members(None)
+        return ALL_MEMBERS
+    sel.cut_bucket, _before = find_cut_bucket(bucket_tokens, sel.fraction_tokens)
+    return sel.cut_bucket
+
+
+def cut(sel: SourceSelection, bucket_tokens: dict[int, int], members: list[tuple[int, int]]) -> SourceSelection:
+    """The exact rule, from the (hash, tokens) of the documents `settle` asked for."""
+    if sel.greedy:
         sel.selected = greedy_fill(members, sel.fraction_tokens)
         return sel
     bucket, before = find_cut_bucket(bucket_tokens, sel.fraction_tokens)
-    sel.cut_bucket = bucket
-    sel.cut_hash = find_cut_hash(cut_members(bucket), before, sel.fraction_tokens)
+    sel.cut_hash = find_cut_hash(members, before, sel.fraction_tokens)
     return sel
+
+
+def finish(sel: SourceSelection, bucket_tokens: dict[int, int], cut_members) -> SourceSelection:
+    """`settle`, then `cut` with `cut_members(bucket or None) -> [(hash, tokens)]` (one source at a time)."""
+    need = settle(sel, bucket_tokens)
+    if need is None:
+        return sel
+    return cut(sel, bucket_tokens, cut_members(None if need == ALL_MEMBERS else need))
 
 
 def split_targets(budget: int, fractions: dict[str, float]) -> dict[str, int]:
