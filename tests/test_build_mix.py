@@ -169,6 +169,32 @@ def test_accounting_and_quarantine_add_up(built):
     assert "| web | 305 | 3 |" in md and "## Quarantined" in md and "| web | invalid_utf8 | 1 |" in md
 
 
+def test_mix_on_stored_attributes_copies_the_quarantine(built, inputs, spark, tmp_path):
+    """`dolmino mix` after the tag phase: nothing is tagged or read back for the counts, every
+    Spark task is in some stage's record, and the quarantined lines still reach the output
+    (from the pool stage's per-unit counts)."""
+    out, report = built
+    again = tmp_path / "again"
+    store = spark.sparkContext._jsc.sc().statusStore()
+
+    def jobs() -> dict[int, int]:
+        listed = store.jobsList(None)
+        return {job.jobId(): job.numCompletedTasks() for job in (listed.apply(i) for i in range(listed.size()))}
+
+    before = jobs()
+    mixed = build(manifest_from_dict(_manifest(inputs)), BUDGET, str(again), spark,
+                  attributes=report["attributes"], phase="mix")
+    ran = sum(n for job_id, n in jobs().items() if job_id not in before)
+    stages = mixed["run"]["stages"]
+    assert stages["tag"]["spark"]["tasks"] == 0
+    assert sum(st["spark"]["tasks"] for st in stages.values()) == ran, stages
+    assert _digest(again) == _digest(out)
+    copied = sorted(p.relative_to(again) for p in (again / "quarantine").rglob("*.jsonl.gz"))
+    assert copied == sorted(p.relative_to(out) for p in (out / "quarantine").rglob("*.jsonl.gz")) and copied
+    web = next(s for s in mixed["sources"] if s["name"] == "web")
+    assert web["quarantined"] == {"invalid_utf8": 1, "malformed_json": 1, "missing_text": 1}
+
+
 def _digest(out: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(out.iterdir()) if p.is_file() and p.name.startswith("part-")}

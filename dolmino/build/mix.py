@@ -232,7 +232,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
         raise BuildError(f"parts {missing[:10]} were neither written nor committed earlier; the build is incomplete")
     keep = {f.name for p in parts for f in p.files} | {f"{PARTS_DIR}/{part_name(p.index)}.json" for p in parts}
     output.remove_stale(options.out, keep)
-    _copy_quarantine(store, tagged, units, options.out)
+    _copy_quarantine(store, tagged, units, unit_pools, options.out)
 
     from dolmino.lock import place_lock
     from dolmino.report import build_report, write_report
@@ -470,11 +470,11 @@ def _decontamination_coverage(manifest: Manifest, resources: dict) -> dict[int, 
     return out
 
 
-def _copy_quarantine(store: AttributeStore, tagged, units, out: str) -> None:
+def _copy_quarantine(store: AttributeStore, tagged, units, unit_pools: list[UnitPool], out: str) -> None:
+    quarantined = {up.unit_index for up in unit_pools if sum(up.stats["quarantined"].values())}
     pairs = []
     for unit in units:
-        stats = tagged.unit_stats.get(unit.index, {})
-        if sum(stats.get("quarantined", {}).values()):
+        if unit.index in quarantined:
             plan = tagged.plans[unit.source_index]
             safe = unit.key.replace("/", "__")
             pairs.append((store.quarantine_path(plan.name, unit), f"{out.rstrip('/')}/quarantine/{plan.name}/{safe}.jsonl.gz"))

@@ -335,7 +335,7 @@ def run_tag_task(works: list[BundleWork], ctx_b, counters) -> Iterator[BundleTag
 class TagResult(NamedTuple):
     plans: tuple[SourceTagPlan, ...]
     bundles: tuple[Bundle, ...]
-    unit_stats: dict  # unit index -> UnitStats dict, for every unit
+    unit_stats: dict  # unit index -> UnitStats dict: units tagged by this run, and ranges of split files
     first_lines: dict  # unit index -> lines before the unit in its file (byte ranges)
     tagged_units: int  # units whose docs set was written by this run
     written: dict  # path -> size of every attribute file written by this run
@@ -349,6 +349,11 @@ def _docs_stats(bundle: Bundle, path: str) -> list[tuple[int, dict]]:
     return [(unit.index, unit_stats(entry["stats"])) for unit, entry in zip(bundle.units, meta["units"])]
 
 
+def _split(unit: Unit) -> bool:
+    """A range of a file whose `loc` lines count from the file's start (not Stack Exchange)."""
+    return unit.is_range and unit.file.format != "stackexchange"
+
+
 def first_lines(units: list[Unit], stats: dict) -> dict[int, int]:
     """Lines before each unit in its file: 0 for whole files, the earlier ranges' lines otherwise.
 
@@ -357,7 +362,7 @@ def first_lines(units: list[Unit], stats: dict) -> dict[int, int]:
     offsets: dict[int, int] = {}
     running: dict[str, int] = {}
     for unit in sorted(units, key=lambda u: (u.file.uri, u.start)):
-        split = unit.is_range and unit.file.format != "stackexchange"
+        split = _split(unit)
         offsets[unit.index] = running.get(unit.file.uri, 0) if split else 0
         if split:
             running[unit.file.uri] = offsets[unit.index] + stats[unit.index]["lines"]
@@ -462,7 +467,10 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
         check_visible(written, _listing(store, written), "attribute files")
 
     stats = {ui: unit_stats(st) for r in results for ui, st in r.stats.items()}
-    missing = [b for b in bundles if any(u.index not in stats for u in b.units)]
+    # Lines before each range of a split file come from the earlier ranges' counts: only bundles
+    # with such ranges have their stored counts read (one Spark job). The mix phase gets every
+    # unit's counts again from the pool stage, which reads the same files whole.
+    missing = [b for b in bundles if any(u.index not in stats and _split(u) for u in b.units)]
     if missing:
         pairs = [(b, store.path(plans[b.source_index].name, plans[b.source_index].docs_set, b)) for b in missing]
         n = max(1, min(len(pairs), sc.defaultParallelism * 4))
