@@ -82,7 +82,7 @@ class Bundle:
     def source_index(self) -> int:
         return self.units[0].source_index
 
-    @property
+    @cached_property  # asked by task grouping, progress totals and counters: a sum over up to 4,096 units
     def size(self) -> int:
         return sum(u.size for u in self.units)
 
