@@ -403,7 +403,7 @@ def cut(sel: SourceSelection, bucket_tokens: dict[int, int], members: list[tuple
     if sel.greedy:
         sel.selected = greedy_fill(members, sel.fraction_tokens)
         return sel
-    bucket, before = find_cut_bucket(bucket_tokens, sel.fraction_tokens)
+    _bucket, before = find_cut_bucket(bucket_tokens, sel.fraction_tokens)
     sel.cut_hash = find_cut_hash(members, before, sel.fraction_tokens)
     return sel
 
