@@ -410,7 +410,7 @@ def _select(sc, manifest, options, state, eligible, sources, targets, groups, ta
                                 f"it contributes 0 of its {sel.target_tokens:,} target tokens")
     if needs:
         with Stage(sc, "cut", quiet=options.quiet) as st:
-            members = _members(sc, tokenized, needs)
+            members = _members(sc, tokenized, needs, st.counters)
         state.stages["cut"] = st.record
         for si, need in needs.items():
             cut(selections[si], bucket_tokens[si], members.get(si, []))
@@ -434,18 +434,24 @@ def _round_summary(records):
     yield RoundTokens(tokens)
 
 
-def _members(sc, tokenized, needs: dict[int, int]) -> dict[int, list[tuple[int, int]]]:
+def _members(sc, tokenized, needs: dict[int, int], counters) -> dict[int, list[tuple[int, int]]]:
     """{source index: (hash, tokens) of its tokenized documents in the bucket it needs (or all,
-    ALL_MEMBERS)}, for every source in one Spark job."""
+    ALL_MEMBERS)}, for every source in one Spark job (the progress line counts the documents
+    scanned)."""
     needs_b = sc.broadcast(needs)
 
-    def wanted(d: TokDoc) -> bool:
-        need = needs_b.value.get(d.source_index)
-        return need is not None and (need == ALL_MEMBERS or bucket_of(d.hash) == need)
+    def scan(docs):
+        need_of = needs_b.value
+        scanned = 0
+        for d in docs:
+            scanned += 1
+            need = need_of.get(d.source_index)
+            if need is not None and (need == ALL_MEMBERS or bucket_of(d.hash) == need):
+                yield d.source_index, (d.hash, len(d.tokens) // 4)
+        counters.add("docs", scanned)
 
     out: dict[int, list[tuple[int, int]]] = {}
-    for si, member in _tok_docs(sc, tokenized).filter(wanted).map(
-            lambda d: (d.source_index, (d.hash, len(d.tokens) // 4))).collect():
+    for si, member in _tok_docs(sc, tokenized).mapPartitions(scan).collect():
         out.setdefault(si, []).append(member)
     return out
 

@@ -6,11 +6,12 @@ one); the script's `--master` and `--driver-memory` apply only when given. Forci
 `local[*]` from a fresh SparkConf() (which sees none of spark-submit's settings, because
 the JVM is not up yet when Python reads it) ran "cluster" builds in local mode.
 
-Stage metrics (shuffle and spill bytes, executor run time), storage and executors come from
-the driver's status store, the one behind Spark's UI and REST API, read through py4j. It is
+Stage metrics (shuffle and spill bytes, executor run time) and executors come from the
+driver's status store, the one behind Spark's UI and REST API, read through py4j. It is
 there with the UI disabled too. The REST API served the same figures as JSON of every job
 and stage of the session on each call: ~0.7 core-s of the driver JVM per mix on
-bench_scale's pool (serving and compiling the JSON), against ~0.05 s of py4j calls.
+bench_scale's pool (serving and compiling the JSON), against ~0.05 s of py4j calls. Storage
+comes from the block managers' master (`getRDDStorageInfo`).
 """
 
 from __future__ import annotations
@@ -152,12 +153,14 @@ def job_count(sc) -> int | None:
 
 
 def persisted_bytes(sc, rdd) -> int | None:
-    """Memory + disk bytes Spark holds for a persisted RDD (0 when nothing is stored; None if unknown)."""
-    store = _store(sc)
+    """Memory + disk bytes Spark holds for a persisted RDD (0 when nothing is stored; None if unknown).
+
+    Asked of the block managers' master, which answers as of now; the status store learns of
+    stored and dropped blocks through the listener bus, a moment late."""
     try:
-        for info in _seq(store.rddList(True)):
+        for info in sc._jsc.sc().getRDDStorageInfo():
             if info.id() == rdd.id():
-                return int(info.memoryUsed()) + int(info.diskUsed())
-    except Exception:  # noqa: BLE001
+                return int(info.memSize()) + int(info.diskSize())
+    except Exception:  # noqa: BLE001 - metrics are optional; the build never depends on them
         return None
     return 0
