@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from dolmino.build.select import SourceSelection, finish, initial_selection
+from dolmino.build.select import ALL_MEMBERS, SourceSelection, cut, initial_selection, settle
 from mixers.sampling import NUM_BUCKETS, bucket_of, seeded_hash, split_budget
 
 
@@ -31,8 +31,15 @@ def _selection(docs, target, **kw) -> SourceSelection:
         setattr(sel, key, value)
     if sel.mode == "prefix":  # only the buckets the prefix holds were tokenized
         bucket_tokens = {b: n for b, n in bucket_tokens.items() if b < sel.bucket_hi}
-    members = lambda b: [(h, n) for h, n in docs if b is None or bucket_of(h) == b]  # noqa: E731
-    return finish(sel, bucket_tokens, members)
+    return finish(sel, bucket_tokens, lambda b: [(h, n) for h, n in docs if b is None or bucket_of(h) == b])
+
+
+def finish(sel: SourceSelection, bucket_tokens: dict[int, int], cut_members) -> SourceSelection:
+    """What the build does for one source: `settle`, then `cut` with the members it asked for."""
+    need = settle(sel, bucket_tokens)
+    if need is None:
+        return sel
+    return cut(sel, bucket_tokens, cut_members(None if need == ALL_MEMBERS else need))
 
 
 @pytest.mark.parametrize("available,target,copies,fraction_tokens", [

@@ -408,14 +408,6 @@ def cut(sel: SourceSelection, bucket_tokens: dict[int, int], members: list[tuple
     return sel
 
 
-def finish(sel: SourceSelection, bucket_tokens: dict[int, int], cut_members) -> SourceSelection:
-    """`settle`, then `cut` with `cut_members(bucket or None) -> [(hash, tokens)]` (one source at a time)."""
-    need = settle(sel, bucket_tokens)
-    if need is None:
-        return sel
-    return cut(sel, bucket_tokens, cut_members(None if need == ALL_MEMBERS else need))
-
-
 def split_targets(budget: int, fractions: dict[str, float]) -> dict[str, int]:
     from mixers.sampling import split_budget
 
