@@ -144,7 +144,7 @@ def child_dolmino(input_dir: Path, tokenizer_path: Path, out_dir: Path) -> dict:
     from types import SimpleNamespace
 
     from dolmino.build.inputs import InputFile, Unit
-    from dolmino.build.select import PoolDoc
+    from dolmino.build.pool import PoolDoc
     from dolmino.build.write import TokContext, TokDoc, TokStats, tokenize_units
     from dolmino.memmap import MemmapPartWriter
     from dolmino.tokenizer import Dolma2Tokenizer

@@ -10,7 +10,7 @@ a loaded machine does not distort it). Every step runs three times: once to warm
 figure printed), once under the profiler (the breakdown, inflated by its own overhead):
 
 1. tag      `dolmino.build.tag.tag_bundle`: read, hash, write the bundle's attribute files
-2. pool     `dolmino.build.select.pool_bundle`: decide from the attributes, sampling hashes
+2. pool     `dolmino.build.pool.pool_bundle`: decide from the attributes, sampling hashes
 3. tokenize `dolmino.build.write.tokenize_units`: the `--share` of the unit's documents
             with the smallest sampling hashes (a prefix, as a mix of a large pool takes),
             with the manifest's token filters (min_length, repeated_ngrams)
@@ -84,7 +84,7 @@ def main(argv=None) -> dict:
     from dolmino.build.attributes import AttributeStore, plan_bundles
     from dolmino.build.inputs import list_inputs, plan_units
     from dolmino.build.mix import _token_filters, skips_blank, tokenizer_digest
-    from dolmino.build.select import PoolContext, PoolDoc, UnitPool, pool_bundle
+    from dolmino.build.pool import PoolBlock, PoolContext, UnitPool, pool_bundle
     from dolmino.build.tag import BundleTagged, BundleWork, TagContext, tag_bundle, tag_plans
     from dolmino.build.write import TokContext, TokDoc, WriteContext, order_key, tokenize_units, write_part
     from dolmino.manifest import manifest_from_dict
@@ -120,7 +120,7 @@ def main(argv=None) -> dict:
         pool_ctx = PoolContext(store, plans, manifest.sources, {}, manifest.seed, {u.index: u.file.name for u in units},
                                {u.index: 0 for u in units}, skips_blank(manifest))
         records, cpu, prof = _profiled(lambda: [r for b in bundles for r in pool_bundle(b, pool_ctx)])
-        docs = [r for r in records if isinstance(r, PoolDoc)]
+        docs = [d for r in records if isinstance(r, PoolBlock) for _u, ds in r.docs(slice(None)) for d in ds]
         steps["pool"] = {"cpu_s": cpu, "docs": len(docs), "profile": prof}
         assert sum(isinstance(r, UnitPool) for r in records) == len(units)
 

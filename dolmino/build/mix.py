@@ -21,9 +21,12 @@ from dolmino.build.attributes import ATTRIBUTE_FORMAT, AttributeStore, plan_bund
 from dolmino.build.inputs import DEFAULT_SPLIT_BYTES, DEFAULT_TASK_BYTES, group_tasks, list_inputs, plan_units
 from dolmino.build.progress import Stage
 from dolmino.build.resources import file_params, stage
+from dolmino.build.pool import (
+    PoolBlock, PoolContext, UnitIds, UnitPool, bucket_range, bucket_totals, candidates, dedup, duplicate_ids,
+    pool_bundle,
+)
 from dolmino.build.select import (
-    ALL_MEMBERS, PoolContext, PoolDoc, SourceSelection, UnitIds, UnitPool, cut, dedup, duplicate_ids, initial_selection,
-    pool_bundle, refill, settle, slim, split_targets, tokens_per_byte,
+    ALL_MEMBERS, SourceSelection, cut, initial_selection, refill, settle, split_targets, tokens_per_byte,
 )
 from dolmino.build.spark import cluster_info, forward_environment, is_local, parallelize_pickled, persisted_bytes
 from dolmino.build.tag import run_tag
@@ -86,9 +89,9 @@ def skips_blank(manifest: Manifest) -> bool:
     return manifest.tokenizer.semantics == "dolma"
 
 
-def _task_partitioner(groups) -> dict[int, int]:
-    """unit index -> the task (group of bundles) whose partition tokenizes it."""
-    return {u.index: t for t, group in enumerate(groups) for bundle in group for u in bundle.units}
+def _task_of_bundle(groups) -> dict[int, int]:
+    """bundle index -> the task (group of bundles) whose partition holds its pool and tokenizes it."""
+    return {bundle.index: t for t, group in enumerate(groups) for bundle in group}
 
 
 def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
@@ -141,28 +144,31 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     names = {u.index: u.file.name for u in units}
     pool_ctx = sc.broadcast(PoolContext(store, tagged.plans, manifest.sources, resources, manifest.seed, names,
                                         tagged.first_lines, skips_blank(manifest)))
+    task_of_bundle = sc.broadcast(_task_of_bundle(groups))
     with Stage(sc, "pool", total_units=len(units), quiet=options.quiet) as st:
         counters = st.counters
+        # One partition per tokenize task: the pool's blocks stay where their task reads them.
         records = (parallelize_pickled(sc, [list(g) for g in groups])
-                   .flatMap(lambda g: _pool_group(g, pool_ctx, counters)))
+                   .flatMap(lambda g: _pool_group(g, pool_ctx, counters), preservesPartitioning=True))
         records.persist(StorageLevel.MEMORY_AND_DISK)
         unit_pools: list[UnitPool] = records.filter(lambda r: isinstance(r, UnitPool)).collect()
-        repeated_ids = duplicate_ids(records.filter(lambda r: isinstance(r, UnitIds)))
+        repeated_ids = duplicate_ids(sc, records.filter(lambda r: isinstance(r, UnitIds)))
         state.persisted["pool"] = persisted_bytes(sc, records)
-        eligible, dedup_removed = dedup(records.filter(lambda r: isinstance(r, PoolDoc)), manifest.sources)
-        eligible = eligible.map(slim)
+        eligible, dedup_removed, held = dedup(sc, records.filter(lambda r: isinstance(r, PoolBlock)),
+                                              manifest.sources, task_of_bundle, len(groups))
+        eligible = eligible.map(lambda b: b.slim(), preservesPartitioning=True)
         eligible.persist(StorageLevel.MEMORY_AND_DISK)
-        bucket_rows = (eligible.map(lambda d: ((d.source_index, bucket_of(d.hash)), (1, d.bytes)))
-                       .reduceByKey(lambda a, b: (a[0] + b[0], a[1] + b[1])).collect())
+        buckets = bucket_totals(eligible)
         state.persisted["eligible"] = persisted_bytes(sc, eligible)
     state.stages["pool"] = st.record
     records.unpersist()
-    sources = _source_accounts(manifest, unit_pools, dedup_removed, bucket_rows)
+    for rdd in held:
+        rdd.unpersist()
+    sources = _source_accounts(manifest, unit_pools, dedup_removed, buckets)
     for si, n in repeated_ids.items():
         sources[si]["duplicate_ids"] = n
 
     # ---- selection: tokenize what the mix may take, cut exactly
-    task_of = sc.broadcast(_task_partitioner(groups))
     tok_ctx = sc.broadcast(TokContext(
         store, tagged.plans, _token_filters(manifest), tuple(s.max_doc_tokens for s in manifest.sources), resources,
         {u.index: u for u in units}, tagged.first_lines, tokenizer))
@@ -181,17 +187,22 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
         offsets_b = sc.broadcast(tagged.first_lines)
         names_b = sc.broadcast(names)
 
-        def wanted(d: PoolDoc) -> bool:
-            sel = sel_b.value[d.source_index]
-            copies = sel.instances(d.hash)
-            if not copies:
-                return False
-            loc = f"{names_b.value[d.unit_index]}:{offsets_b.value[d.unit_index] + d.loc_line}"
-            return any(order_key(seed, source_names[d.source_index], loc, c) % num_parts not in done_set
-                       for c in range(copies))
+        def wanted(block: PoolBlock):
+            """Rows with an instance in a part not committed yet."""
+            import numpy as np
+
+            copies = sel_b.value[block.source_index].instances_of(block.hash)
+            mask = np.zeros(block.size, dtype=bool)
+            name = source_names[block.source_index]
+            for row in np.flatnonzero(copies).tolist():
+                unit = int(block.unit[row])
+                loc = f"{names_b.value[unit]}:{offsets_b.value[unit] + int(block.loc_line[row])}"
+                mask[row] = any(order_key(seed, name, loc, c) % num_parts not in done_set
+                                for c in range(int(copies[row])))
+            return mask
 
         with Stage(sc, "tokenize", quiet=options.quiet) as st:
-            rdd = _tokenize(eligible.filter(wanted), groups, task_of, tok_ctx, st.counters)
+            rdd = _tokenize(eligible, wanted, tok_ctx, st.counters)
             rerun_stats = rdd.filter(lambda r: isinstance(r, TokStats)).collect()
             tokenized.append(rdd)
         state.stages["tokenize"] = st.record
@@ -200,8 +211,8 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
         saved_stats = saved.get("tokenized")
         tok_stats += rerun_stats if saved_stats is None else [TokStats(**d) for d in saved_stats]
     else:
-        selections = _select(sc, manifest, options, state, eligible, sources, targets, groups, task_of, tok_ctx,
-                             tok_stats, tokenized)
+        selections = _select(sc, manifest, options, state, eligible, sources, targets, tok_ctx, tok_stats,
+                             tokenized)
         planned = sum(s.target_tokens for s in selections)
         num_parts = max(1, math.ceil(planned / manifest.output_spec.tokens_per_file))
         output.write_json(options.out, output.PLAN_FILE,
@@ -279,13 +290,11 @@ def _token_filters(manifest: Manifest) -> tuple:
     return tuple(out)
 
 
-def _tokenize(candidates, groups, task_of, tok_ctx, counters):
+def _tokenize(eligible, pick, tok_ctx, counters):
+    """Tokenize the pool's rows `pick(block)` chooses, each task its own partition's blocks (no shuffle)."""
     from pyspark import StorageLevel
 
-    n = max(1, len(groups))
-    rdd = (candidates.map(lambda d: (d.unit_index, d))
-           .groupByKey(numPartitions=n, partitionFunc=lambda u: task_of.value[u])
-           .mapPartitions(lambda it: tokenize_units(it, tok_ctx, counters)))
+    rdd = eligible.mapPartitions(lambda blocks: tokenize_units(candidates(blocks, pick), tok_ctx, counters))
     rdd.persist(StorageLevel.MEMORY_AND_DISK)
     return rdd
 
@@ -307,7 +316,7 @@ def _instances(doc: TokDoc, sel_b, wctx_b):
             yield key, doc
 
 
-def _source_accounts(manifest: Manifest, unit_pools: list[UnitPool], dedup_removed: dict, bucket_rows) -> list[dict]:
+def _source_accounts(manifest: Manifest, unit_pools: list[UnitPool], dedup_removed: dict, buckets: dict) -> list[dict]:
     """Per source: what came in, what was removed by reason, and the pool left (docs, bytes per bucket)."""
     accounts = []
     for si, source in enumerate(manifest.sources):
@@ -338,9 +347,9 @@ def _source_accounts(manifest: Manifest, unit_pools: list[UnitPool], dedup_remov
             acc["removed"][reason] = {"docs": docs, "bytes": nbytes}
             acc["kept_docs"] -= docs
             acc["kept_bytes"] -= nbytes
-    for (si, bucket), (docs, nbytes) in bucket_rows:
-        accounts[si]["bucket_docs"][bucket] = docs
-        accounts[si]["bucket_bytes"][bucket] = nbytes
+    for si, totals in buckets.items():
+        accounts[si]["bucket_docs"] = dict(zip(totals.bucket.tolist(), totals.docs.tolist()))
+        accounts[si]["bucket_bytes"] = dict(zip(totals.bucket.tolist(), totals.bytes.tolist()))
     for acc in accounts:
         pool_docs = sum(acc["bucket_docs"].values())
         if pool_docs != acc["kept_docs"]:
@@ -354,7 +363,7 @@ def _source_accounts(manifest: Manifest, unit_pools: list[UnitPool], dedup_remov
     return accounts
 
 
-def _select(sc, manifest, options, state, eligible, sources, targets, groups, task_of, tok_ctx, tok_stats,
+def _select(sc, manifest, options, state, eligible, sources, targets, tok_ctx, tok_stats,
             tokenized) -> list[SourceSelection]:
     """Rounds of tokenizing hash-bucket ranges until every source can be cut exactly."""
     selections = []
@@ -371,15 +380,9 @@ def _select(sc, manifest, options, state, eligible, sources, targets, groups, ta
         if not any(h > l for h, l in zip(hi, lo)):
             break
         round_no += 1
-        bounds = sc.broadcast((tuple(lo), tuple(hi)))
-
-        def in_round(d: PoolDoc) -> bool:
-            b = bucket_of(d.hash)
-            return bounds.value[0][d.source_index] <= b < bounds.value[1][d.source_index]
-
         name = "tokenize" if round_no == 1 else f"tokenize:refill{round_no - 1}"
         with Stage(sc, name, quiet=options.quiet) as st:
-            rdd = _tokenize(eligible.filter(in_round), groups, task_of, tok_ctx, st.counters)
+            rdd = _tokenize(eligible, bucket_range(tuple(lo), tuple(hi)), tok_ctx, st.counters)
             summary = rdd.mapPartitions(_round_summary).collect()  # one job: stats and tokens per bucket
             state.persisted[name] = persisted_bytes(sc, rdd)
         state.stages[name] = st.record

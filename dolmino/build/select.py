@@ -1,12 +1,8 @@
 """Selection: from attributes to the documents a mix takes, without tokenizing the pool.
 
-1. Pool (executors read attribute files only): every tagged document is decided by the
-   source's tagging filters in chain order, then kept documents get their sampling hash
-   `seeded_hash(seed, source, id, loc)`.
-2. Dedup on small records: exact duplicates share a content hash, near duplicates a
-   MinHash cluster; in each group the document with the smallest keep key survives
-   (blake2b of id and loc, independent of the seed and of the partitioning).
-3. Plan (driver): each source's target tokens come from the budget; the pool's tokens are
+1. Pool and dedup (`dolmino.build.pool`): the documents that passed the tagging filters
+   and dedup, with their sampling hashes, decided from attributes alone.
+2. Plan (driver): each source's target tokens come from the budget; the pool's tokens are
    estimated from its bytes and the tag phase's tokens-per-byte sample. A pool much larger
    than its target is cut in seeded-hash order: only the hash buckets that can hold the
    target (plus a margin) are tokenized, and the exact cut is made on their real token
@@ -20,12 +16,8 @@ partitions the work, so the same inputs give byte-identical output.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, NamedTuple
 
-from dolmino.build.attributes import AttributeStore, Bundle, read_table, unit_rows, unit_stats
-from mixers.sampling import (
-    NUM_BUCKETS, SMALL_SOURCE_DOCS, bucket_of, find_cut_bucket, find_cut_hash, greedy_fill, seeded_hash,
-)
+from mixers.sampling import BUCKET_BITS, NUM_BUCKETS, SMALL_SOURCE_DOCS, bucket_of, find_cut_bucket, find_cut_hash, greedy_fill
 
 # A pool whose estimated tokens exceed its target by this factor is cut by prefix (only the
 # needed hash buckets are tokenized); below it the whole pool is tokenized.
@@ -45,211 +37,6 @@ PRIOR_BYTES = 16 << 10
 GREEDY_SPARE_DOCS = 32
 # Refill rounds after which the rest of a pool is tokenized at once (a bound on Spark jobs).
 MAX_ROUNDS = 4
-BLANK_REASON = "tokenizer:empty_after_strip"
-
-
-class PoolDoc(NamedTuple):
-    """One pool document that passed the tagging filters (dedup fields only where needed)."""
-
-    source_index: int
-    unit_index: int
-    line: int  # read line within the unit
-    loc_line: int  # the line named in `loc` (global within the file)
-    hash: int  # sampling order
-    bytes: int
-    text_hash: bytes | None = None
-    cluster: bytes | None = None
-    keep_key: int | None = None
-
-
-class UnitPool(NamedTuple):
-    """A unit's accounting from its attributes: what came in, what each filter removed."""
-
-    unit_index: int
-    source_index: int
-    stats: dict  # docs_in, bytes_in, quarantined, removed {reason: [docs, bytes]}, kept docs/bytes, ...
-    filter_reports: dict  # "filters[i].<type>" -> mergeable report (decontamination hits)
-
-
-class UnitIds(NamedTuple):
-    """64-bit hashes of every document id of a bundle: duplicate ids across files are counted
-    with one small shuffle (within a unit the tag phase already counted them)."""
-
-    source_index: int
-    hashes: bytes  # little-endian uint64
-
-
-def id_hash(doc_id: str) -> int:
-    import hashlib
-
-    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
-
-
-class PoolContext(NamedTuple):
-    store: AttributeStore
-    plans: tuple  # tag.SourceTagPlan per source
-    sources: tuple  # manifest SourceSpec per source
-    resources: dict
-    seed: int
-    names: dict  # unit index -> input name
-    offsets: dict  # unit index -> lines before it in its file
-    strip_blank: bool  # dolma tokenization semantics: blank documents are skipped
-
-
-def loc_of(name: str, offset: int, loc_line: int) -> str:
-    return f"{name}:{offset + loc_line}"
-
-
-def _rows(table) -> list[dict]:
-    return table.to_pylist()
-
-
-def duplicate_ids(records) -> dict[int, int]:
-    """{source index: documents whose id occurred before in the same source} (any unit)."""
-    import numpy as np
-
-    pairs = records.flatMap(lambda r: ((r.source_index, h) for h in np.frombuffer(r.hashes, dtype="<u8").tolist()))
-    return dict(pairs.map(lambda p: (p, 1)).reduceByKey(lambda a, b: a + b)
-                .filter(lambda kv: kv[1] > 1).map(lambda kv: (kv[0][0], kv[1] - 1))
-                .reduceByKey(lambda a, b: a + b).collect())
-
-
-def _unit_slices(path: str, bundle: Bundle) -> tuple[object, list, dict]:
-    """(table, [(start, end) rows per unit], metadata) of one of a bundle's attribute files."""
-    table, meta = read_table(path)
-    return table, unit_rows(meta, bundle), meta
-
-
-def pool_bundle(bundle: Bundle, ctx: PoolContext) -> Iterator[PoolDoc | UnitPool | UnitIds]:
-    """Decide every document of a bundle from its attribute files (each read once)."""
-    from filters.base import decide
-    from filters.dedup import document_key
-    from filters.registry import build_filter
-
-    from dolmino.build.resources import localized_spec
-
-    si = bundle.source_index
-    plan, source = ctx.plans[si], ctx.sources[si]
-    docs, doc_spans, meta = _unit_slices(ctx.store.path(plan.name, plan.docs_set, bundle), bundle)
-    filters = []
-    for t in plan.filters:
-        table, spans, _ = _unit_slices(ctx.store.path(plan.name, t.set_name, bundle), bundle)
-        if spans != doc_spans:
-            raise ValueError(f"{bundle.key}: {t.set_name} rows per unit {spans[:3]}... differ from the docs set's")
-        filters.append((t.index, build_filter(localized_spec(t.spec, ctx.resources), f"{plan.name}.filters[{t.index}]"),
-                        _rows(table)))
-    cluster_rows = None
-    if plan.minhash_set:
-        table, cluster_spans, _ = _unit_slices(ctx.store.path(plan.name, plan.minhash_set, bundle), bundle)
-        cluster_rows = (table.column("line").to_pylist(), table.column("cluster").to_pylist(), cluster_spans)
-    exact = source.dedup.exact
-    cols = {c: docs.column(c).to_pylist() for c in ("line", "loc_line", "id", "bytes", "blank", "text_hash")}
-    for position, (unit, entry) in enumerate(zip(bundle.units, meta["units"])):
-        stats = unit_stats(entry["stats"])
-        clusters = {}
-        if cluster_rows is not None:
-            lines, roots, spans = cluster_rows
-            lo, hi = spans[position]
-            clusters = dict(zip(lines[lo:hi], roots[lo:hi]))
-        removed: dict[str, list[int]] = {}
-        kept_docs = kept_bytes = 0
-        name, offset = ctx.names[unit.index], ctx.offsets[unit.index]
-        start, end = doc_spans[position]
-        for i in range(start, end):
-            n_bytes = cols["bytes"][i]
-            reason = BLANK_REASON if ctx.strip_blank and cols["blank"][i] else None
-            if reason is None:
-                for _index, filt, rows in filters:
-                    verdict = decide(filt, rows[i])
-                    if verdict is not None:
-                        reason = f"{filt.name}:{verdict}"
-                        break
-            if reason is not None:
-                entry_removed = removed.setdefault(reason, [0, 0])
-                entry_removed[0] += 1
-                entry_removed[1] += n_bytes
-                continue
-            kept_docs += 1
-            kept_bytes += n_bytes
-            loc = loc_of(name, offset, cols["loc_line"][i])
-            doc_id = cols["id"][i]
-            cluster = clusters.get(cols["loc_line"][i])
-            dedup = exact or cluster is not None
-            yield PoolDoc(si, unit.index, cols["line"][i], cols["loc_line"][i],
-                          seeded_hash(ctx.seed, plan.name, doc_id, loc), n_bytes,
-                          cols["text_hash"][i] if exact else None, cluster,
-                          document_key({"id": doc_id, "loc": loc}) if dedup else None)
-        docs_in = stats["docs"] + sum(stats["quarantined"].values()) + sum(stats["removed"].values())
-        for reason, n in stats["removed"].items():  # removed while reading (Stack Exchange rules): no bytes
-            removed.setdefault(reason, [0, 0])[0] += n
-        last = position == len(bundle.units) - 1
-        reports = {}
-        if last:  # the filters saw the whole bundle: their reports go with its last unit
-            for index, filt, _rows_ in filters:
-                report = getattr(filt, "report", None)
-                if report is not None and hasattr(report, "merge") and hasattr(report, "to_dict"):
-                    reports[f"filters[{index}].{filt.name}"] = report
-        yield UnitPool(unit.index, si, {
-            "docs_in": docs_in, "bytes_in": stats["bytes"], "quarantined": stats["quarantined"],
-            "removed": removed, "kept_docs": kept_docs, "kept_bytes": kept_bytes,
-            "files": int(not unit.is_range or unit.start == 0),
-            "unreadable_bytes": stats.get("unreadable_bytes", 0), "sample_bytes": stats["sample_bytes"],
-            "sample_tokens": stats["sample_tokens"], "sample_docs": stats["sample_docs"]}, reports)
-    import numpy as np
-
-    yield UnitIds(si, np.asarray([id_hash(i) for i in cols["id"]], dtype="<u8").tobytes())
-
-
-# ---------------------------------------------------------------------------- dedup
-
-
-def _keep_min(a: tuple, b: tuple) -> tuple:
-    """Reduce (keep key, count, bytes, doc) holders of one group to its survivor."""
-    winner = a if a[0] <= b[0] else b
-    return winner[0], a[1] + b[1], a[2] + b[2], winner[3]
-
-
-def _group_removed(kv) -> tuple[int, tuple[int, int]]:
-    key, (_k, count, total_bytes, doc) = kv
-    return doc.source_index, (count - 1, total_bytes - doc.bytes)
-
-
-def _add_pairs(a: tuple, b: tuple) -> tuple:
-    return a[0] + b[0], a[1] + b[1]
-
-
-def dedup(pool, sources) -> tuple[object, dict[int, dict[str, tuple[int, int]]]]:
-    """(surviving documents, {source index: {reason: (docs, bytes) removed}})."""
-    exact = {si for si, s in enumerate(sources) if s.dedup.exact}
-    near = {si for si, s in enumerate(sources) if s.dedup.minhash}
-    removed: dict[int, dict[str, tuple[int, int]]] = {}
-    if not exact and not near:
-        return pool, removed
-    parts = [pool.filter(lambda d: d.source_index not in exact and d.cluster is None)]
-    survivors = pool.filter(lambda d: d.source_index in exact)
-    if exact:
-        groups = (survivors.map(lambda d: ((d.source_index, d.text_hash), (d.keep_key, 1, d.bytes, d)))
-                  .reduceByKey(_keep_min))
-        for si, pair in groups.map(_group_removed).reduceByKey(_add_pairs).collect():
-            removed.setdefault(si, {})["exact_duplicate"] = pair
-        survivors = groups.map(lambda kv: kv[1][3])
-    # Near duplicates: documents of exact-deduped sources after that stage, others directly.
-    clustered = survivors.filter(lambda d: d.cluster is not None).union(
-        pool.filter(lambda d: d.source_index not in exact and d.cluster is not None))
-    parts.append(survivors.filter(lambda d: d.cluster is None))
-    if near:
-        groups = (clustered.map(lambda d: ((d.source_index, d.cluster), (d.keep_key, 1, d.bytes, d)))
-                  .reduceByKey(_keep_min))
-        for si, pair in groups.map(_group_removed).reduceByKey(_add_pairs).collect():
-            removed.setdefault(si, {})["near_duplicate"] = pair
-        parts.append(groups.map(lambda kv: kv[1][3]))
-    else:
-        parts.append(clustered)
-    return pool.context.union(parts), removed
-
-
-def slim(doc: PoolDoc) -> PoolDoc:
-    return doc._replace(text_hash=None, cluster=None, keep_key=None)
 
 
 # ---------------------------------------------------------------------------- plan
@@ -294,6 +81,19 @@ class SourceSelection:
     def instances(self, h: int) -> int:
         """How many times the document with sampling hash `h` appears in the output."""
         return self.copies + (1 if self.fraction_tokens > 0 and self.in_fraction(h) else 0)
+
+    def instances_of(self, hashes):
+        """`instances` of every hash of a numpy int64 array, as an array."""
+        import numpy as np
+
+        if self.fraction_tokens > 0:
+            if self.selected is not None:
+                inside = np.isin(hashes, np.fromiter(self.selected, dtype=np.int64, count=len(self.selected)))
+            else:
+                b = hashes >> (63 - BUCKET_BITS)
+                inside = (b < self.cut_bucket) | ((b == self.cut_bucket) & (hashes <= self.cut_hash))
+            return self.copies + inside.astype(np.int64)
+        return np.full(len(hashes), self.copies, dtype=np.int64)
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "selected"}

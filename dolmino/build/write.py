@@ -27,7 +27,7 @@ from dolmino.build import worker_heap
 from dolmino.build.attributes import AttributeStore, write_bytes
 from dolmino.build.inputs import Unit
 from dolmino.build.read import read_lines
-from dolmino.build.select import PoolDoc, loc_of
+from dolmino.build.pool import PoolDoc, loc_of
 from dolmino.checksums import sha256_file
 from dolmino.doc_lengths import histogram
 from dolmino.memmap import MemmapPartWriter, part_name
