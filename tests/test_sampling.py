@@ -95,3 +95,21 @@ def test_greedy_fill_for_small_sources_is_near_exact():
     got = sum(n for h, n in docs if h in chosen)
     assert target - 20 < got <= target
     assert greedy_fill(docs, target) == chosen  # deterministic
+
+
+def test_instances_of_an_array_equals_instances_per_hash():
+    """The resume path decides on a block's hash column at once; it must agree with the per-document rule."""
+    import numpy as np
+
+    rng = random.Random(5)
+    hashes = [rng.getrandbits(63) for _ in range(3_000)]
+    cut_at = sorted(hashes)[1_000]
+    cases = [SourceSelection("a", 10, 3, 3, 0.3, "prefix", copies=0, fraction_tokens=5, cut_bucket=bucket_of(cut_at),
+                             cut_hash=cut_at),
+             SourceSelection("b", 10, 3, 3, 0.3, "all", copies=2, fraction_tokens=5,
+                             selected=frozenset(rng.sample(hashes, 700))),
+             SourceSelection("c", 10, 3, 3, 0.3, "all", copies=3, fraction_tokens=0)]
+    for sel in cases:
+        got = sel.instances_of(np.asarray(hashes, dtype=np.int64)).tolist()
+        assert got == [sel.instances(h) for h in hashes]
+        assert len(set(got)) == (1 if sel.fraction_tokens == 0 else 2)
