@@ -151,6 +151,93 @@ def test_charts_are_reproducible(tmp_path):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
+def _many_sources_report(tmp_path: Path) -> dict:
+    """Fourteen sources with long names, many removal reasons, decontamination hits from most of
+    them and lengths from tens to millions of tokens: the layout's hard cases."""
+    report = make_report(tmp_path)
+    rng = np.random.default_rng(1)
+    names = ["dclm-baseline-1.0-fasttext-top10pct", "starcoder", "pes2o", "arxiv", "open-web-math", "algebraic-stack",
+             "wiki", "flan", "stackexchange-qa", "tulu-math", "gsm8k-synth", "metamath-owmfilter",
+             "codesearchnet-owmfilter", "mathcoder2-synthmath"]
+    reasons = ["exact_duplicate", "minhash_duplicate", "code_stars:stars<2", "quality:fasttext<0.1", "language:not_en",
+               "repetition:lines>30%", "decontaminate:overlap>=10%", "pii:emails>5", "url_blocklist:adult",
+               "length:chars<100", "toxicity:score>0.4"]
+    tasks = ["gsm8k", "mmlu", "arc_challenge", "hellaswag", "piqa", "winogrande", "boolq", "triviaqa", "naturalqs",
+             "minerva_math"]
+    report["sources"] = [
+        _source(n, 100 / len(names), 100 / len(names) * (1 + rng.normal(0, 0.05)), int(rng.integers(10**5, 10**9)),
+                removed={r: {"docs": int(rng.integers(1, 200)), "bytes": 1}
+                         for r in rng.choice(reasons, 4, replace=False)},
+                quarantined={"malformed_json": 3} if i % 3 == 0 else None,
+                tok_removed={"min_length:tokens<40": {"docs": int(rng.integers(1, 30)), "tokens": 9}},
+                per_task={t: {"docs_hit": int(rng.integers(1, 50)), "tokens_hit": 0, "primary_docs": 1}
+                          for t in rng.choice(tasks, 5, replace=False)})
+        for i, n in enumerate(names)]
+    report["doc_tokens_hist"] = {n: histogram(np.exp(rng.normal(rng.uniform(3, 9), rng.uniform(0.1, 2.5), 200))
+                                              .astype(int) + 1) for n in names}
+    return report
+
+
+def _layout_boxes(fig) -> list[tuple[str, object]]:
+    """(what, window extent) of everything a reader reads: titles, axis and tick labels, texts, legends."""
+    from matplotlib.legend import Legend
+    from matplotlib.text import Text
+
+    renderer = fig.canvas.get_renderer()
+    boxes = []
+
+    def add(artist, what):
+        if artist.get_visible() and (not isinstance(artist, Text) or artist.get_text()):
+            boxes.append((what, artist.get_window_extent(renderer)))
+
+    for a in fig.get_children():
+        if isinstance(a, Text):
+            add(a, f"figure text {a.get_text()!r}")
+    for ax in fig.axes:
+        for a in ax.get_children():
+            if isinstance(a, Text):
+                add(a, f"text {a.get_text()!r}")
+            elif isinstance(a, Legend):
+                add(a, f"legend of {ax.get_title(loc='left')!r}")
+        for axis in (ax.xaxis, ax.yaxis):
+            add(axis.label, f"axis label {axis.label.get_text()!r}")
+            axis.get_majorticklabels()  # ticks and labels as drawn
+            lo, hi = sorted(axis.get_view_interval())
+            for tick in axis.get_major_ticks():  # those in the view are drawn
+                if lo - 1e-9 * (hi - lo) <= tick.get_loc() <= hi + 1e-9 * (hi - lo):
+                    add(tick.label1, f"tick label {tick.label1.get_text()!r} of {ax.get_title(loc='left')!r}")
+    return boxes
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["three-sources", "fourteen-sources"])
+def test_chart_texts_are_inside_and_apart(tmp_path, monkeypatch, many):
+    """Margins are computed, not searched: every title, label, tick label, text and legend lies
+    inside its figure and overlaps no other (a margin too small clips, one placed wrong overlaps)."""
+    report = _many_sources_report(tmp_path) if many else make_report(tmp_path)
+    checked = []
+    png = report_html._png
+
+    def check(fig):
+        out = png(fig)  # drawn: the positions are final
+        boxes = _layout_boxes(fig)
+        page = fig.bbox
+        for what, b in boxes:
+            assert b.x0 >= page.x0 - 1 and b.y0 >= page.y0 - 1 and b.x1 <= page.x1 + 1 and b.y1 <= page.y1 + 1, \
+                f"{what} is clipped: {b} outside {page}"
+        for i, (what, b) in enumerate(boxes):
+            for other, c in boxes[i + 1:]:
+                overlap_w = min(b.x1, c.x1) - max(b.x0, c.x0)
+                overlap_h = min(b.y1, c.y1) - max(b.y0, c.y0)
+                assert overlap_w <= 1 or overlap_h <= 1, f"{what} overlaps {other}"
+        checked.append(len(boxes))
+        return out
+
+    monkeypatch.setattr(report_html, "_png", check)
+    charts = report_html.make_charts(report, str(tmp_path), None)
+    assert [c.key for c in charts] == ["mix", "removals", "doc_tokens", "decontamination"]
+    assert len(checked) == 4 and min(checked) > 10
+
+
 def test_chart_data(tmp_path):
     report = make_report(tmp_path)
     reasons, per_source, denominators = report_html._reason_segments(report["sources"], "pool")
