@@ -23,7 +23,7 @@ from dolmino.build.progress import Stage
 from dolmino.build.resources import file_params, stage
 from dolmino.build.pool import (
     PoolBlock, PoolContext, UnitIds, UnitPool, bucket_range, bucket_totals, candidates, dedup, duplicate_ids,
-    pool_bundle,
+    loc_of, pool_bundle,
 )
 from dolmino.build.select import (
     ALL_MEMBERS, SourceSelection, cut, initial_selection, refill, settle, split_targets, tokens_per_byte,
@@ -149,7 +149,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
         counters = st.counters
         # One partition per tokenize task: the pool's blocks stay where their task reads them.
         records = (parallelize_pickled(sc, [list(g) for g in groups])
-                   .flatMap(lambda g: _pool_group(g, pool_ctx, counters), preservesPartitioning=True))
+                   .flatMap(lambda g: _pool_group(g, pool_ctx, counters)))
         records.persist(StorageLevel.MEMORY_AND_DISK)
         unit_pools: list[UnitPool] = records.filter(lambda r: isinstance(r, UnitPool)).collect()
         repeated_ids = duplicate_ids(sc, records.filter(lambda r: isinstance(r, UnitIds)))
@@ -196,7 +196,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
             name = source_names[block.source_index]
             for row in np.flatnonzero(copies).tolist():
                 unit = int(block.unit[row])
-                loc = f"{names_b.value[unit]}:{offsets_b.value[unit] + int(block.loc_line[row])}"
+                loc = loc_of(names_b.value[unit], offsets_b.value[unit], int(block.loc_line[row]))
                 mask[row] = any(order_key(seed, name, loc, c) % num_parts not in done_set
                                 for c in range(int(copies[row])))
             return mask

@@ -24,7 +24,7 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 
 from dolmino.build.attributes import AttributeStore, Bundle, read_table, unit_rows, unit_stats
-from mixers.sampling import BUCKET_BITS, seeded_hash
+from mixers.sampling import bucket_of, seeded_hash
 
 BLANK_REASON = "tokenizer:empty_after_strip"
 _U64 = (1 << 64) - 1
@@ -426,7 +426,7 @@ def partition_totals(blocks: Iterable[PoolBlock]) -> Iterator[tuple[int, BucketT
     for block in blocks:
         per_source.setdefault(block.source_index, []).append(block)
     for si, mine in sorted(per_source.items()):
-        buckets = np.concatenate([b.hash for b in mine]) >> (63 - BUCKET_BITS)
+        buckets = bucket_of(np.concatenate([b.hash for b in mine]))
         sizes = np.concatenate([b.bytes for b in mine])
         yield si, _summed(buckets, np.ones(len(buckets), dtype=np.int64), sizes)
 
@@ -447,6 +447,6 @@ def candidates(blocks: Iterable[PoolBlock], pick) -> Iterator[tuple[int, list[Po
 def bucket_range(lo: tuple, hi: tuple):
     """pick: documents whose bucket is in [lo, hi) of their source."""
     def pick(block: PoolBlock) -> np.ndarray:
-        b = block.hash >> (63 - BUCKET_BITS)
+        b = bucket_of(block.hash)
         return (b >= lo[block.source_index]) & (b < hi[block.source_index])
     return pick

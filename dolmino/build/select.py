@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mixers.sampling import BUCKET_BITS, NUM_BUCKETS, SMALL_SOURCE_DOCS, bucket_of, find_cut_bucket, find_cut_hash, greedy_fill
+from mixers.sampling import NUM_BUCKETS, SMALL_SOURCE_DOCS, bucket_of, find_cut_bucket, find_cut_hash, greedy_fill
 
 # A pool whose estimated tokens exceed its target by this factor is cut by prefix (only the
 # needed hash buckets are tokenized); below it the whole pool is tokenized.
@@ -90,7 +90,7 @@ class SourceSelection:
             if self.selected is not None:
                 inside = np.isin(hashes, np.fromiter(self.selected, dtype=np.int64, count=len(self.selected)))
             else:
-                b = hashes >> (63 - BUCKET_BITS)
+                b = bucket_of(hashes)
                 inside = (b < self.cut_bucket) | ((b == self.cut_bucket) & (hashes <= self.cut_hash))
             return self.copies + inside.astype(np.int64)
         return np.full(len(hashes), self.copies, dtype=np.int64)
