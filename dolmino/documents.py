@@ -714,6 +714,113 @@ def _stream_lines(path: str, chunks, max_line_bytes: int | None,
         yield from _split_lines(chunks(raw), max_line_bytes)
 
 
+def pick_lines(path: str, wanted: Iterable[int], max_line_bytes: int | None = None,
+               byte_range: tuple[int, int] | None = None) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) for each of the ascending line numbers `wanted`, numbered and
+    cut exactly as `iter_lines` numbers and cuts them; it stops early where the file ends first
+    (the caller sees which lines are missing).
+
+    What the write phase reads: a few lines of each pool file, whose other lines are only
+    counted, never cut out or copied (`_pick`). A stream that breaks ends the lines: its cut
+    last line comes out if it is wanted (`read_documents` keeps such a line when it parses).
+    """
+    path = str(path)
+    targets = list(wanted)
+    chunks = _chunk_reader(path)
+    if byte_range is None:
+        whole = _small_local_file(path, chunks)
+        if whole is not None:
+            lines = _whole_lines(whole, max_line_bytes)
+            for target in targets:
+                if target > len(lines):
+                    return
+                yield target, lines[target - 1]
+            return
+    done = 0
+    if chunks is _zstd_chunks and byte_range is None:
+        try:
+            with open_binary(path) as raw:
+                for pair in _pick(_zstd_stream(raw), iter(targets), max_line_bytes):
+                    yield pair
+                    done += 1
+            return
+        except zstandard.ZstdError:
+            pass  # the careful reader below reads the rest again and stops exactly where the file breaks
+    with open_binary(path) as raw:
+        if byte_range is not None:
+            if chunks is not _plain_chunks:
+                raise DocumentFormatError(f"{path}: a compressed file can only be read whole, not by byte range")
+            source = _range_chunks(raw, *byte_range)
+        else:
+            source = chunks(raw)
+        yield from _pick(source, iter(targets[done:]), max_line_bytes)
+
+
+def _zstd_stream(raw: IO[bytes]) -> Iterator[bytes]:
+    """zstandard's own streaming decoder, at most READ_SIZE bytes per read (no bomb inflates).
+
+    Up to 1.6x faster than the block reader (`_zstd_blocks`), which the tag phase needs to
+    keep every byte before a break. Where this one stops without an error (a truncated
+    file), it has given exactly the bytes the block reader gives; where it raises
+    zstandard.ZstdError (garbage, a corrupt block, a wrong checksum), `pick_lines` reads the
+    file again with the block reader."""
+    with zstandard.ZstdDecompressor().stream_reader(raw, read_size=READ_SIZE, read_across_frames=True,
+                                                    closefd=False) as reader:
+        while chunk := reader.read(READ_SIZE):
+            yield chunk
+
+
+def _pick(chunks: Iterable[bytes], targets: Iterator[int], max_line_bytes: int | None) -> Iterator[tuple[int, bytes]]:
+    """The scan behind `pick_lines`: lines are passed with `find` (memchr; `bytes.count` costs
+    ~0.6 s per GB here, more than the scan saves), and only target lines are copied."""
+    limit = max_line_bytes if max_line_bytes else math.inf
+    cap = max(limit, MAX_QUARANTINED_BYTES)  # bytes of a line held: an oversize one keeps its head
+    target = next(targets, None)
+    line_no = 1  # the line the next byte belongs to
+    parts: list[bytes] = []  # the target line so far (its first `cap` bytes)
+    size = held = 0
+    try:
+        for chunk in chunks:
+            if target is None:
+                return
+            pos, end = 0, len(chunk)
+            while pos < end:
+                nl = chunk.find(b"\n", pos)
+                if line_no < target:
+                    if nl < 0:
+                        break
+                    line_no += 1
+                    pos = nl + 1
+                    continue
+                stop = end if nl < 0 else nl
+                if held < cap:
+                    piece = chunk[pos:min(stop, pos + cap - held)]
+                    parts.append(piece)
+                    held += len(piece)
+                size += stop - pos
+                if nl < 0:
+                    break
+                yield target, _picked_line(parts, size, limit)
+                parts, size, held = [], 0, 0
+                line_no += 1
+                pos = nl + 1
+                target = next(targets, None)
+                if target is None:
+                    return
+    except CorruptStreamError:
+        if target is not None and line_no == target and size:
+            yield target, _picked_line(parts, size, limit)
+        return
+    if target is not None and line_no == target and size:
+        yield target, _picked_line(parts, size, limit)
+
+
+def _picked_line(parts: list[bytes], size: int, limit: float) -> bytes:
+    if size > limit:
+        return OversizeLine(b"".join(parts), size)
+    return (parts[0] if len(parts) == 1 else b"".join(parts)).rstrip(b"\r")
+
+
 # ---------------------------------------------------------------- parsing
 
 

@@ -262,3 +262,28 @@ def test_rerun_keeps_committed_parts_and_rebuilds_missing_ones(built, inputs, sp
     # Only the lost part was rewritten; the accounting is the clean build's (saved in _plan.json).
     assert resumed["run"]["parts_reused"] == report["output"]["files"] - 1
     assert resumed["totals"] == report["totals"] and resumed["sources"] == report["sources"]
+
+
+def test_a_broken_stream_builds_with_every_document_before_the_break(spark, tmp_path, monkeypatch):
+    """A .zst whose stream breaks right after a document that lacks its newline: the tag phase
+    keeps that cut line (it parses), so the write phase must read it back too, from the same
+    damaged file, through both decoders (zstandard's stream decoder raises on the garbage,
+    the block reader then says where the stream breaks). A pool build takes every document."""
+    from dolmino import documents
+
+    monkeypatch.setattr(documents, "READ_SIZE", 4096)  # the file streams (no one-read fast path)
+    docs = []
+    for _, doc in read_documents(str(shared_corpus_file("web.jsonl.zst")), Quarantine()):
+        docs.append({"id": f"w{len(docs)}", "text": doc["text"]})
+        if len(docs) == 40:
+            break
+    frame = zstandard.ZstdCompressor().compress("\n".join(json.dumps(d) for d in docs).encode())
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "broken.jsonl.zst").write_bytes(frame + b"garbage, not a zstd frame")
+    manifest = manifest_from_dict({"name": "broken", "version": 1, "seed": 3, "data_root": str(tmp_path / "data"),
+                                   "sources": [{"name": "web", "paths": ["*.jsonl.zst"], "mix_percent": 100.0}]})
+    report = build(manifest, 10_000_000, str(tmp_path / "out"), spark, attributes=str(tmp_path / "attributes"))
+    source = report["sources"][0]
+    assert source["quarantined"] == {"corrupt_stream": 1}
+    _, rows = read_mix(tmp_path / "out")
+    assert {doc_id for doc_id, *_ in rows} == {d["id"] for d in docs}

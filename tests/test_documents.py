@@ -609,3 +609,67 @@ def test_small_damaged_zstd_file_reads_like_before(tmp_path, damage):
         assert q.records[0].unreadable_bytes == len(b"garbage!")
     else:
         assert ids == [d["id"] for d in docs][:len(ids)] and q.records[0].unreadable_bytes > 0
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "jsonl.zst", "jsonl.gz"])
+def test_pick_lines_gives_the_lines_iter_lines_numbers(tmp_path, monkeypatch, fmt):
+    """`pick_lines` (what the write phase reads: some lines of a file) must give exactly the
+    lines `iter_lines` gives at those numbers, oversize ones included, with chunks far smaller
+    than the lines (so lines span chunks),
+    and stop where the file ends."""
+    import gzip
+    import random
+
+    from dolmino import documents
+    from dolmino.documents import OversizeLine, iter_lines, pick_lines
+
+    monkeypatch.setattr(documents, "READ_SIZE", 16)  # every file streams, in many small chunks
+
+    def seen(pairs):
+        """An oversize line as its size (the head it keeps for the quarantine depends on the chunks)."""
+        return [(n, ("oversize", x.size) if type(x) is OversizeLine else bytes(x)) for n, x in pairs]
+
+    rng = random.Random(7)
+    for trial in range(150):
+        lines = [("z" * rng.choice([0, 1, 4, 9, 40]) + ("\r" if rng.random() < 0.1 else "")).encode()
+                 for _ in range(rng.randint(0, 40))]
+        data = b"\n".join(lines) + (b"\n" if rng.random() < 0.5 else b"")
+        stored = {"jsonl": data, "jsonl.zst": zstandard.compress(data), "jsonl.gz": gzip.compress(data)}[fmt]
+        path = tmp_path / f"t{trial}.{fmt}"
+        path.write_bytes(stored)
+        limit = rng.choice([None, 8])
+        every = list(iter_lines(str(path), limit))
+        wanted = sorted(rng.sample(range(1, len(every) + 3), min(len(every) + 2, rng.randint(0, 6))))
+        picked = seen(pick_lines(str(path), wanted, limit))
+        assert picked == seen((n, every[n - 1]) for n in wanted if n <= len(every)), (trial, data, wanted)
+        if fmt == "jsonl" and data:
+            cut = rng.randint(1, len(data))
+            for byte_range in ((0, cut), (cut, len(data))):
+                ranged = list(iter_lines(str(path), limit, byte_range))
+                want = [n for n in wanted if n <= len(ranged)]
+                assert seen(pick_lines(str(path), want, limit, byte_range)) == seen((n, ranged[n - 1]) for n in want)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "checksum"])
+def test_pick_lines_reads_a_broken_stream_as_read_documents_does(tmp_path, damage):
+    """A damaged .zst: `read_documents` keeps the documents before the break (and the cut last
+    line when it still parses); `pick_lines` gives those same lines. zstandard's streaming
+    decoder, which `pick_lines` tries first, stops silently on a truncated file and raises on
+    the other damage, where the block reader takes over from the start."""
+    from dolmino.documents import pick_lines
+
+    docs = [json.dumps({"id": str(i), "text": "words " * (50 + i)}) for i in range(400)]
+    text = ("\n".join(docs) + "\n").encode()
+    whole = zstandard.ZstdCompressor(level=1, write_checksum=True).compress(text)
+    data = {"truncated": whole[: len(whole) * 2 // 3],
+            "garbage": whole + b"not a zstd frame" * 10,
+            "checksum": whole[:-1] + bytes([whole[-1] ^ 0xFF])}[damage]
+    path = tmp_path / "broken.jsonl.zst"
+    path.write_bytes(data)
+    quarantine = Quarantine()
+    kept = [n for n, _ in read_documents(str(path), quarantine)]
+    assert quarantine.counts["corrupt_stream"] == 1 and kept
+    picked = list(pick_lines(str(path), list(range(1, 401))))
+    assert [n for n, _ in picked][: len(kept)] == kept
+    assert all(json.loads(raw)["id"] == str(n - 1) for n, raw in picked[: len(kept)])
+    assert len(picked) <= len(kept) + 1  # at most the cut line after them

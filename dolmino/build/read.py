@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from dolmino.build.inputs import Unit
-from dolmino.documents import DEFAULT_MAX_DOC_BYTES, OversizeLine, Quarantine, iter_lines, parse_line, read_documents
+from dolmino.documents import DEFAULT_MAX_DOC_BYTES, OversizeLine, Quarantine, parse_line, pick_lines, read_documents
 
 
 def byte_range(unit: Unit) -> tuple[int, int] | None:
@@ -36,17 +36,14 @@ def read_lines(uri: str, unit: Unit, wanted: list[int],
     the input changed under the build, which must not pass silently."""
     if not wanted:
         return
-    targets = iter(wanted)
-    target = next(targets)
-    for line_no, raw in enumerate(iter_lines(uri, max_doc_bytes, byte_range(unit)), start=1):
-        if line_no < target:
-            continue
+    missing = iter(wanted)
+    for line_no, raw in pick_lines(uri, wanted, max_doc_bytes, byte_range(unit)):
+        next(missing)
         doc, reason, detail = (None, "doc_too_large", "") if type(raw) is OversizeLine else parse_line(raw)
         if doc is None:
             raise OSError(f"{uri}: line {line_no} was a document when tagged but now is not ({reason}: {detail}); "
                           "the input changed during the build")
         yield line_no, doc
-        target = next(targets, None)
-        if target is None:
-            return
-    raise OSError(f"{uri}: ends before line {target}, which was a document when tagged; the input changed")
+    target = next(missing, None)
+    if target is not None:
+        raise OSError(f"{uri}: ends before line {target}, which was a document when tagged; the input changed")
