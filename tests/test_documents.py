@@ -673,3 +673,38 @@ def test_pick_lines_reads_a_broken_stream_as_read_documents_does(tmp_path, damag
     assert [n for n, _ in picked][: len(kept)] == kept
     assert all(json.loads(raw)["id"] == str(n - 1) for n, raw in picked[: len(kept)])
     assert len(picked) <= len(kept) + 1  # at most the cut line after them
+
+
+def test_zstd_stream_stops_where_the_block_reader_stops_or_raises():
+    """`pick_lines` trusts zstandard's stream decoder where it ends without an error: on a
+    file cut anywhere, it must then have given exactly the bytes the block reader gives
+    before it reports the break (otherwise a document kept by the tag phase could be missed
+    or cut differently by the write phase)."""
+    import io
+    import random
+
+    from dolmino.documents import CorruptStreamError, _zstd_blocks, _zstd_stream
+
+    rng = random.Random(5)
+    checked = 0
+    for trial in range(12):
+        text = b"".join(json.dumps({"id": i, "text": " ".join(rng.choice(["ab", "cde", "f", str(rng.random())])
+                                                              for _ in range(rng.randint(1, 4000)))}).encode() + b"\n"
+                        for i in range(rng.randint(1, 40)))
+        frames = [zstandard.ZstdCompressor(level=rng.choice([1, 3, 9]), write_checksum=rng.random() < 0.5,
+                                           write_content_size=rng.random() < 0.5).compress(text)
+                  for _ in range(rng.randint(1, 2))]
+        data = b"".join(frames)
+        for cut in sorted({rng.randint(0, len(data)) for _ in range(30)} | {len(data)}):
+            careful = []
+            try:
+                careful.extend(_zstd_blocks(io.BytesIO(data[:cut])))
+            except CorruptStreamError:
+                pass
+            try:
+                fast = b"".join(_zstd_stream(io.BytesIO(data[:cut])))
+            except zstandard.ZstdError:
+                continue
+            assert fast == b"".join(careful), (trial, cut, len(data))
+            checked += 1
+    assert checked > 100
