@@ -708,3 +708,23 @@ def test_zstd_stream_stops_where_the_block_reader_stops_or_raises():
             assert fast == b"".join(careful), (trial, cut, len(data))
             checked += 1
     assert checked > 100
+
+
+def test_read_lines_refuses_a_file_changed_since_it_was_tagged(tmp_path):
+    """The write phase reads lines that were documents when tagged: one that no longer
+    parses, or a file that now ends before it, is an error naming the line, never a
+    silently shorter mix."""
+    from dolmino.build.inputs import InputFile, Unit
+    from dolmino.build.read import read_lines
+
+    path = tmp_path / "a.jsonl.zst"
+    lines = [json.dumps({"id": str(i), "text": f"document {i}"}) for i in range(6)]
+    path.write_bytes(zstandard.compress(("\n".join(lines) + "\n").encode()))
+    unit = Unit(0, 0, InputFile("s", str(path), "a.jsonl.zst", path.stat().st_size, "v"))
+    assert [d["id"] for _, d in read_lines(str(path), unit, [2, 5])] == ["1", "4"]
+    path.write_bytes(zstandard.compress(("\n".join(lines[:3]) + "\n").encode()))
+    with pytest.raises(OSError, match="ends before line 5"):
+        list(read_lines(str(path), unit, [2, 5]))
+    path.write_bytes(zstandard.compress(("\n".join(lines[:4] + ["{broken"] + lines[5:]) + "\n").encode()))
+    with pytest.raises(OSError, match="line 5 was a document when tagged"):
+        list(read_lines(str(path), unit, [2, 5]))

@@ -36,14 +36,14 @@ def read_lines(uri: str, unit: Unit, wanted: list[int],
     the input changed under the build, which must not pass silently."""
     if not wanted:
         return
-    missing = iter(wanted)
+    expected = iter(wanted)
     for line_no, raw in pick_lines(uri, wanted, max_doc_bytes, byte_range(unit)):
-        next(missing)
+        next(expected)  # pick_lines gives the wanted lines in order, stopping where the file ends
         doc, reason, detail = (None, "doc_too_large", "") if type(raw) is OversizeLine else parse_line(raw)
         if doc is None:
             raise OSError(f"{uri}: line {line_no} was a document when tagged but now is not ({reason}: {detail}); "
                           "the input changed during the build")
         yield line_no, doc
-    target = next(missing, None)
+    target = next(expected, None)
     if target is not None:
         raise OSError(f"{uri}: ends before line {target}, which was a document when tagged; the input changed")
