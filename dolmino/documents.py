@@ -706,12 +706,17 @@ def iter_lines(path: str, max_line_bytes: int | None = None,
 def _stream_lines(path: str, chunks, max_line_bytes: int | None,
                   byte_range: tuple[int, int] | None) -> Iterator[bytes]:
     with open_binary(path) as raw:
-        if byte_range is not None:
-            if chunks is not _plain_chunks:
-                raise DocumentFormatError(f"{path}: a compressed file can only be read whole, not by byte range")
-            yield from _split_lines(_range_chunks(raw, *byte_range), max_line_bytes)
-            return
-        yield from _split_lines(chunks(raw), max_line_bytes)
+        yield from _split_lines(_decoded(path, raw, chunks, byte_range), max_line_bytes)
+
+
+def _decoded(path: str, raw: IO[bytes], chunks, byte_range: tuple[int, int] | None) -> Iterable[bytes]:
+    """The careful readers' decoded chunks of the whole file, or of the lines starting in a
+    byte range of an uncompressed one."""
+    if byte_range is None:
+        return chunks(raw)
+    if chunks is not _plain_chunks:
+        raise DocumentFormatError(f"{path}: a compressed file can only be read whole, not by byte range")
+    return _range_chunks(raw, *byte_range)
 
 
 def pick_lines(path: str, wanted: Iterable[int], max_line_bytes: int | None = None,
@@ -749,13 +754,7 @@ def pick_lines(path: str, wanted: Iterable[int], max_line_bytes: int | None = No
         except zstandard.ZstdError:
             pass  # the careful reader below reads the rest again and stops exactly where the file breaks
     with open_binary(path) as raw:
-        if byte_range is not None:
-            if chunks is not _plain_chunks:
-                raise DocumentFormatError(f"{path}: a compressed file can only be read whole, not by byte range")
-            source = _range_chunks(raw, *byte_range)
-        else:
-            source = chunks(raw)
-        yield from _pick(source, iter(targets[done:]), max_line_bytes)
+        yield from _pick(_decoded(path, raw, chunks, byte_range), iter(targets[done:]), max_line_bytes)
 
 
 def _zstd_stream(raw: IO[bytes]) -> Iterator[bytes]:
@@ -779,13 +778,13 @@ def _pick(chunks: Iterable[bytes], targets: Iterator[int], max_line_bytes: int |
     limit = max_line_bytes if max_line_bytes else math.inf
     cap = max(limit, MAX_QUARANTINED_BYTES)  # bytes of a line held: an oversize one keeps its head
     target = next(targets, None)
+    if target is None:
+        return
     line_no = 1  # the line the next byte belongs to
     parts: list[bytes] = []  # the target line so far (its first `cap` bytes)
     size = held = 0
     try:
         for chunk in chunks:
-            if target is None:
-                return
             pos, end = 0, len(chunk)
             while pos < end:
                 nl = chunk.find(b"\n", pos)
@@ -811,10 +810,8 @@ def _pick(chunks: Iterable[bytes], targets: Iterator[int], max_line_bytes: int |
                 if target is None:
                     return
     except CorruptStreamError:
-        if target is not None and line_no == target and size:
-            yield target, _picked_line(parts, size, limit)
-        return
-    if target is not None and line_no == target and size:
+        pass  # the lines end at the break; its cut last line, if wanted, comes out below
+    if line_no == target and size:  # the last line, without a newline
         yield target, _picked_line(parts, size, limit)
 
 

@@ -615,8 +615,7 @@ def test_small_damaged_zstd_file_reads_like_before(tmp_path, damage):
 def test_pick_lines_gives_the_lines_iter_lines_numbers(tmp_path, monkeypatch, fmt):
     """`pick_lines` (what the write phase reads: some lines of a file) must give exactly the
     lines `iter_lines` gives at those numbers, oversize ones included, with chunks far smaller
-    than the lines (so lines span chunks),
-    and stop where the file ends."""
+    than the lines (so lines span chunks), and stop where the file ends."""
     import gzip
     import random
 
