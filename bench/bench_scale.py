@@ -3,6 +3,7 @@
     python bench/bench_scale.py                 # pool unit 40 MB of text: 1x / 4x / 16x = 40 / 160 / 640 MB
     python bench/bench_scale.py --quick         # pool unit 20 MB: 20 / 80 / 320 MB
     python bench/bench_scale.py --only small-files
+    python bench/bench_scale.py --only cluster-memory
 
 What runs (issue 10, "Measured in bench/"):
 
@@ -38,6 +39,13 @@ What runs (issue 10, "Measured in bench/"):
    20,000 one-document files and as 20 files of 1,000; the tag phase of each in one warm
    session, default task size; wall time and process-tree CPU of the phase, median of 3
    runs of each, alternating.
+6. Driver memory on a cluster: in local mode the driver's JVM is also the executor, so its
+   peak RSS follows what the executor moves. `--child cluster-memory` starts a standalone
+   master and one Worker (all cores) from pyspark's `spark-class` and runs the README's
+   `spark-submit --master spark://... dolmino/build_mix.py` (tag + mix) at the smallest
+   and the largest pool, default JVM and Spark memory settings, sampling every process's
+   VmHWM: the driver's (spark-submit's JVM, the Python driver) and the executor's (its
+   JVM, PySpark's daemon and workers) apart.
 
 Ratios, all per output token (tokens written, EOS included):
   mix / tokenize-only        the goal <= 1.5 at a pool >= 20x the budget (paid per mix)
@@ -47,7 +55,8 @@ Ratios, all per output token (tokens written, EOS included):
                              three alternating mixes at the budget and at twice it
 Also tokens tokenized / written (goal <= 1.15 at >= 20x), persisted + shuffled bytes per
 output token (from report.json: `run.persisted_bytes`, each stage's Spark shuffle write),
-and driver peak RSS (driver Python + JVM; in local mode the JVM also holds the executor).
+peak RSS in local mode (driver Python + the JVM that also holds the executor), and driver
+peak RSS growth on the cluster, largest / smallest pool (goal <= 1.25: "flat").
 """
 
 from __future__ import annotations
@@ -475,6 +484,91 @@ def child_small_files(args) -> dict:
     return out
 
 
+CLUSTER_SCALES = (SCALES[0], SCALES[-1])
+
+
+def _sample_peaks(roots: dict[str, tuple[int, bool]], peaks: dict[int, tuple[str, str, float]]) -> None:
+    """Record the VmHWM (peak RSS so far) of every process below each root (and the root itself
+    where asked) under (root name, jvm or python). By descent, not process group: PySpark's
+    daemon starts a process group of its own."""
+    from bench.proctree import cmdline, descendants, peak_rss_mb
+
+    for name, (root, with_root) in roots.items():
+        for pid in ([root] if with_root else []) + descendants(root):
+            head = cmdline(pid).split(" ", 1)[0]
+            kind = "jvm" if head.endswith("java") else "python" if "python" in os.path.basename(head) else None
+            peak = peak_rss_mb(pid) if kind else 0.0
+            if peak:
+                peaks[pid] = (name, kind, max(peak, peaks.get(pid, (name, kind, 0.0))[2]))
+
+
+def child_cluster_memory(args) -> dict:
+    """Peak RSS of the driver and of the executor in `spark-submit --master spark://...` builds.
+
+    In local mode the driver's JVM is also the executor, so its peak RSS follows the data
+    the executor moves. Here the driver is alone in its processes (spark-submit's JVM and
+    the Python driver it starts, client mode as the README runs it) and the executor in its
+    own (the executor JVM a Worker launched, PySpark's daemon and workers): a standalone
+    master and one Worker with all cores on localhost, default JVM and Spark memory
+    settings, the full build (tag + mix) of the same manifest as the scale points at the
+    smallest and the largest pool. VmHWM of every process of both groups is sampled every
+    0.2 s while the build runs (a peak in a process's last 0.2 s would be missed)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from cluster import StandaloneCluster, kill_group, python_env, start_submit, submit_argv
+
+    work = Path(args.work)
+    manifests = json.loads(args.manifest)
+    env_code = python_env()
+    cluster = StandaloneCluster(work / "cluster", env=env_code, workers=1, cores=args.cores,
+                                memory="4g").start()
+    out = {}
+    try:
+        for label, mpath in manifests.items():
+            argv = submit_argv(cluster.master_url, str(REPO / "dolmino" / "build_mix.py"),
+                               ["--manifest", mpath, "--out", str(work / f"out-{label}"), "--attributes",
+                                str(work / f"attributes-{label}")])
+            env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_DRIVER_PYTHON", "JAVA_TOOL_OPTIONS")}
+            env.update(env_code, SPARK_LOCAL_IP="127.0.0.1")
+            started = time.perf_counter()
+            proc, stdout, stderr = start_submit(argv, env, str(REPO), work / "logs", label)
+            peaks: dict[int, tuple[str, str, float]] = {}
+            try:
+                while proc.poll() is None:
+                    # the Worker daemon itself serves every application alike: only what it launched
+                    _sample_peaks({"driver": (proc.pid, True), "executor": (cluster.nodes[0].daemon.proc.pid, False)},
+                                  peaks)
+                    if time.perf_counter() - started > args.timeout:
+                        raise RuntimeError(f"cluster build {label} ran past {args.timeout}s")
+                    time.sleep(0.2)
+            finally:
+                if proc.poll() is None:
+                    kill_group(proc)
+            if proc.returncode != 0:
+                raise RuntimeError(f"cluster build {label} exited {proc.returncode}: "
+                                   f"{stderr.read_text(errors='replace')[-3000:]}")
+            report = json.loads((work / f"out-{label}" / "report.json").read_text())
+
+            def total(name: str, kind: str) -> float:
+                return round(sum(p for n, k, p in peaks.values() if n == name and k == kind), 1)
+
+            workers = [p for n, k, p in peaks.values() if n == "executor" and k == "python"]
+            out[label] = {"wall_s": round(time.perf_counter() - started, 1),
+                          "driver_jvm_mb": total("driver", "jvm"), "driver_python_mb": total("driver", "python"),
+                          "driver_total_mb": round(total("driver", "jvm") + total("driver", "python"), 1),
+                          "executor_jvm_mb": total("executor", "jvm"),
+                          "executor_python_max_mb": round(max(workers, default=0.0), 1),
+                          "executor_python_processes": len(workers),
+                          "tokens_written": report["totals"]["tokens_written"]}
+            log(f"cluster {label}: driver peak RSS {out[label]['driver_total_mb']:.0f} MB "
+                f"(JVM {out[label]['driver_jvm_mb']:.0f} + Python {out[label]['driver_python_mb']:.0f}), executor "
+                f"JVM {out[label]['executor_jvm_mb']:.0f} MB, {out[label]['wall_s']:.0f} s")
+            shutil.rmtree(work / f"attributes-{label}", ignore_errors=True)
+            shutil.rmtree(work / f"out-{label}", ignore_errors=True)
+    finally:
+        cluster.stop()
+    return out
+
+
 def child_tokenize(args) -> dict:
     """Tokenize-only ceiling: encode_batch (encode_batch_fast) over texts in memory, one thread."""
     from dolmino.assets import dolma2_tokenizer_path
@@ -587,11 +681,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--task-mb", type=float, default=None,
                     help="input MB (compressed, as on disk) per task for the scale builds (default: the build's "
                          "own, 128 MB: per-task work as large as at real scale, one task per stage here)")
-    ap.add_argument("--only", choices=("scale", "small-files"), action="append", default=[])
+    ap.add_argument("--only", choices=("scale", "small-files", "cluster-memory"), action="append", default=[])
     ap.add_argument("--small-files", type=int, default=SMALL_FILES)
     ap.add_argument("--timeout", type=float, default=3000, help="seconds per child process")
     ap.add_argument("--keep", action="store_true", help="keep the build outputs (the pool is always kept)")
-    ap.add_argument("--child", choices=("point", "small-files", "tokenize"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("point", "small-files", "tokenize", "cluster-memory"), help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--manifest", help=argparse.SUPPRESS)
     ap.add_argument("--budget", type=int, help=argparse.SUPPRESS)
@@ -602,12 +696,13 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     if args.child:
-        result = {"point": child_point, "small-files": child_small_files, "tokenize": child_tokenize}[args.child](args)
+        result = {"point": child_point, "small-files": child_small_files, "tokenize": child_tokenize,
+                  "cluster-memory": child_cluster_memory}[args.child](args)
         print(json.dumps(result))
         return result
 
     unit_mb = args.unit_mb or (20.0 if args.quick else 40.0)
-    parts = args.only or ["scale", "small-files"]
+    parts = args.only or ["scale", "small-files", "cluster-memory"]
     TMP.mkdir(parents=True, exist_ok=True)
     pool = make_pool(args.corpus, unit_mb)
     meta = json.loads((pool / "pool.json").read_text())
@@ -639,13 +734,41 @@ def main(argv=None) -> dict:
             first, last = result["points"].get(f"{SCALES[0]}x"), result["points"].get(f"{SCALES[-1]}x")
             if first and last:
                 growth = last["memory"]["driver_total_mb"] / first["memory"]["driver_total_mb"]
-                figures.append(fig(f"scale: driver peak RSS growth, {SCALES[-1]}x pool / {SCALES[0]}x pool", growth,
-                                   "ratio", "lower", ("<=", GOAL_DRIVER_RSS_GROWTH)))
-                notes.append(f"driver memory: peak RSS (driver Python + JVM) {first['memory']['driver_total_mb']:.0f} MB "
-                             f"at {SCALES[0]}x, {last['memory']['driver_total_mb']:.0f} MB at {SCALES[-1]}x; JVM heap "
+                figures.append(fig(f"scale: local mode peak RSS growth (driver Python + the JVM that is driver and "
+                                   f"executor), {SCALES[-1]}x pool / {SCALES[0]}x pool", growth, "ratio", "lower"))
+                notes.append(f"local mode memory: peak RSS (driver Python + the JVM, which also runs the executor) "
+                             f"{first['memory']['driver_total_mb']:.0f} MB at {SCALES[0]}x, "
+                             f"{last['memory']['driver_total_mb']:.0f} MB at {SCALES[-1]}x; JVM heap "
                              f"live after a full GC at the end {first['memory']['jvm_heap_live_after_gc_mb']:.0f} / "
-                             f"{last['memory']['jvm_heap_live_after_gc_mb']:.0f} MB; \"flat\" is read as at most "
-                             f"{GOAL_DRIVER_RSS_GROWTH:g}x for {SCALES[-1] // SCALES[0]}x the pool")
+                             f"{last['memory']['jvm_heap_live_after_gc_mb']:.0f} MB")
+        if "cluster-memory" in parts:
+            mpaths = {}
+            for scale in CLUSTER_SCALES:
+                mpath = work / f"manifest-cluster-{scale}x.json"
+                mpath.write_text(json.dumps(manifest_dict(pool, scale, budget, mix)))
+                mpaths[f"{scale}x"] = str(mpath)
+            log(f"cluster memory: {', '.join(mpaths)} pools on a standalone master + 1 worker ({args.cores} cores)")
+            mem = run_child("cluster-memory", ["--work", str(work / "cluster-memory"), "--manifest", json.dumps(mpaths),
+                                               "--cores", str(args.cores), "--timeout", str(args.timeout)],
+                            args.timeout)
+            result["cluster_memory"] = mem
+            lo, hi = mem[f"{CLUSTER_SCALES[0]}x"], mem[f"{CLUSTER_SCALES[-1]}x"]
+            for label, m in mem.items():
+                figures.append(fig(f"scale: driver peak RSS on a standalone cluster (spark-submit JVM + Python "
+                                   f"driver), tag + mix, {label} pool", m["driver_total_mb"], "MB", "lower"))
+                figures.append(fig(f"scale: executor JVM peak RSS on a standalone cluster, tag + mix, {label} pool",
+                                   m["executor_jvm_mb"], "MB", "lower"))
+            figures.append(fig(f"scale: driver peak RSS growth on a standalone cluster, {CLUSTER_SCALES[-1]}x pool / "
+                               f"{CLUSTER_SCALES[0]}x pool", hi["driver_total_mb"] / lo["driver_total_mb"], "ratio",
+                               "lower", ("<=", GOAL_DRIVER_RSS_GROWTH)))
+            notes.append(
+                "cluster memory (`spark-submit --master spark://...` of the full build, default JVM and Spark memory "
+                "settings, one Worker with all cores): " + "; ".join(
+                    f"{label}: driver {m['driver_total_mb']:.0f} MB (JVM {m['driver_jvm_mb']:.0f} + Python "
+                    f"{m['driver_python_mb']:.0f}), executor JVM {m['executor_jvm_mb']:.0f} MB, largest Python "
+                    f"worker {m['executor_python_max_mb']:.0f} MB, {m['wall_s']:.0f} s" for label, m in mem.items())
+                + f"; \"flat\" is read as at most {GOAL_DRIVER_RSS_GROWTH:g}x for "
+                  f"{CLUSTER_SCALES[-1] // CLUSTER_SCALES[0]}x the pool")
         if "small-files" in parts:
             small_root = TMP / f"small-files-{args.small_files}-v{POOL_FORMAT}"
             info = make_small_files(pool, small_root, args.small_files)
