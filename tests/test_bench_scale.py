@@ -66,6 +66,28 @@ def test_peak_rss_reads_vmhwm_of_this_process():
     assert proctree.peak_rss_mb(2**22 + 12345) == 0.0  # no such process
 
 
+def test_cluster_memory_samples_the_peak_of_every_process_below_a_root_by_kind():
+    # a grandchild that held 64 MB and let go of it: its VmHWM keeps the peak, and it is found
+    # by descent (PySpark's daemon starts a process group of its own)
+    code = ("import subprocess, sys\n"
+            "subprocess.run([sys.executable, '-c', \"b = bytearray(64 << 20); del b; "
+            "print('ready', flush=True); import sys; sys.stdin.read()\"], start_new_session=True)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline().strip() == b"ready"
+        peaks: dict = {}
+        bench_scale._sample_peaks({"driver": (os.getpid(), False)}, peaks)
+        mine = {pid: v for pid, v in peaks.items() if pid in proctree.descendants()}
+        assert child.pid in mine and os.getpid() not in peaks
+        grandchild = [pid for pid in mine if pid != child.pid]
+        assert len(grandchild) == 1
+        name, kind, peak = mine[grandchild[0]]
+        assert (name, kind) == ("driver", "python") and peak >= 64
+        assert mine[child.pid][2] < peak
+    finally:
+        child.communicate(b"")
+
+
 def test_perturb_is_seeded_keeps_the_words_and_breaks_shingles():
     text = " ".join(f"word{i}" for i in range(400)) + "\n\tend"
     a = bench_scale.perturb(text, random.Random("s:1"))
