@@ -485,17 +485,22 @@ def child_small_files(args) -> dict:
 
 
 CLUSTER_SCALES = (SCALES[0], SCALES[-1])
+SPARK_LAUNCHER = "org.apache.spark.launcher.Main"
 
 
 def _sample_peaks(roots: dict[str, tuple[int, bool]], peaks: dict[int, tuple[str, str, float]]) -> None:
     """Record the VmHWM (peak RSS so far) of every process below each root (and the root itself
     where asked) under (root name, jvm or python). By descent, not process group: PySpark's
-    daemon starts a process group of its own."""
+    daemon starts a process group of its own. Peaks of one kind are summed per root, so the
+    launcher JVM that runs before spark-submit's own (never beside it) is left out."""
     from bench.proctree import cmdline, descendants, peak_rss_mb
 
     for name, (root, with_root) in roots.items():
         for pid in ([root] if with_root else []) + descendants(root):
-            head = cmdline(pid).split(" ", 1)[0]
+            command = cmdline(pid)
+            if SPARK_LAUNCHER in command:
+                continue  # spark-class's short-lived JVM that prints the command it then execs
+            head = command.split(" ", 1)[0]
             kind = "jvm" if head.endswith("java") else "python" if "python" in os.path.basename(head) else None
             peak = peak_rss_mb(pid) if kind else 0.0
             if peak:

@@ -88,6 +88,17 @@ def test_cluster_memory_samples_the_peak_of_every_process_below_a_root_by_kind()
         child.communicate(b"")
 
 
+def test_cluster_memory_leaves_out_spark_class_launcher():
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", bench_scale.SPARK_LAUNCHER],
+                             stdin=subprocess.PIPE)
+    try:
+        peaks: dict = {}
+        bench_scale._sample_peaks({"driver": (child.pid, True)}, peaks)  # Popen returns after the exec
+        assert peaks == {}
+    finally:
+        child.communicate(b"")
+
+
 def test_perturb_is_seeded_keeps_the_words_and_breaks_shingles():
     text = " ".join(f"word{i}" for i in range(400)) + "\n\tend"
     a = bench_scale.perturb(text, random.Random("s:1"))
