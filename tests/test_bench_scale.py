@@ -76,14 +76,16 @@ def test_cluster_memory_samples_the_peak_of_every_process_below_a_root_by_kind()
     try:
         assert child.stdout.readline().strip() == b"ready"
         peaks: dict = {}
-        bench_scale._sample_peaks({"driver": (os.getpid(), False)}, peaks)
-        mine = {pid: v for pid, v in peaks.items() if pid in proctree.descendants()}
-        assert child.pid in mine and os.getpid() not in peaks
-        grandchild = [pid for pid in mine if pid != child.pid]
+        bench_scale._sample_peaks({"driver": (child.pid, True)}, peaks)
+        assert child.pid in peaks and os.getpid() not in peaks
+        grandchild = [pid for pid in peaks if pid != child.pid]
         assert len(grandchild) == 1
-        name, kind, peak = mine[grandchild[0]]
+        name, kind, peak = peaks[grandchild[0]]
         assert (name, kind) == ("driver", "python") and peak >= 64
-        assert mine[child.pid][2] < peak
+        assert peaks[child.pid][2] < peak
+        peaks = {}
+        bench_scale._sample_peaks({"driver": (child.pid, False)}, peaks)  # the root itself left out
+        assert list(peaks) == grandchild
     finally:
         child.communicate(b"")
 
