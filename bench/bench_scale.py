@@ -493,15 +493,14 @@ def _sample_peaks(roots: dict[str, tuple[int, bool]], peaks: dict[int, tuple[str
     where asked) under (root name, jvm or python). By descent, not process group: PySpark's
     daemon starts a process group of its own. Peaks of one kind are summed per root, so the
     launcher JVM that runs before spark-submit's own (never beside it) is left out."""
-    from bench.proctree import cmdline, descendants, peak_rss_mb
+    from bench.proctree import cmdline, descendants, peak_rss_mb, process_kind
 
     for name, (root, with_root) in roots.items():
         for pid in ([root] if with_root else []) + descendants(root):
             command = cmdline(pid)
             if SPARK_LAUNCHER in command:
                 continue  # spark-class's short-lived JVM that prints the command it then execs
-            head = command.split(" ", 1)[0]
-            kind = "jvm" if head.endswith("java") else "python" if "python" in os.path.basename(head) else None
+            kind = process_kind(command)
             peak = peak_rss_mb(pid) if kind else 0.0
             if peak:
                 peaks[pid] = (name, kind, max(peak, peaks.get(pid, (name, kind, 0.0))[2]))
@@ -532,10 +531,10 @@ def child_cluster_memory(args) -> dict:
             argv = submit_argv(cluster.master_url, str(REPO / "dolmino" / "build_mix.py"),
                                ["--manifest", mpath, "--out", str(work / f"out-{label}"), "--attributes",
                                 str(work / f"attributes-{label}")])
-            env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_DRIVER_PYTHON", "JAVA_TOOL_OPTIONS")}
+            env = {k: v for k, v in os.environ.items() if k != "JAVA_TOOL_OPTIONS"}  # default JVM flags
             env.update(env_code, SPARK_LOCAL_IP="127.0.0.1")
             started = time.perf_counter()
-            proc, stdout, stderr = start_submit(argv, env, str(REPO), work / "logs", label)
+            proc, _, stderr = start_submit(argv, env, str(REPO), work / "logs", label)
             peaks: dict[int, tuple[str, str, float]] = {}
             try:
                 while proc.poll() is None:

@@ -109,6 +109,16 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def process_kind(command: str) -> str | None:
+    """"jvm" or "python" for a Spark process's command line (cmdline), else None."""
+    head = command.split(" ", 1)[0]
+    if head.endswith("java"):
+        return "jvm"
+    if "pyspark" in command or os.path.basename(head).startswith("python"):
+        return "python"
+    return None
+
+
 def peak_rss_mb(pid: int) -> float:
     """VmHWM of one process in MiB (0 when it is gone)."""
     try:
@@ -144,11 +154,10 @@ class SparkProcesses:
         me = os.getpid()
         jvm, workers = [], []
         for pid in descendants(me):
-            cmd = cmdline(pid)
-            head = cmd.split(" ", 1)[0]
-            if head.endswith("java"):
+            kind = process_kind(cmdline(pid))
+            if kind == "jvm":
                 jvm.append(pid)
-            elif "pyspark" in cmd or os.path.basename(head).startswith("python"):
+            elif kind == "python":
                 workers.append(pid)
         return cls(me, jvm, workers)
 
@@ -171,13 +180,8 @@ def _start_time(fields: list[str]) -> int:
 def _role(pid: int, root: int) -> str:
     if pid == root:
         return "driver_python"
-    cmd = cmdline(pid)
-    head = cmd.split(" ", 1)[0]
-    if head.endswith("java"):
-        return "jvm"
-    if "pyspark" in cmd or os.path.basename(head).startswith("python"):
-        return "python_workers"
-    return "other"
+    kind = process_kind(cmdline(pid))
+    return {"jvm": "jvm", "python": "python_workers"}.get(kind, "other")
 
 
 class CpuMeter:
