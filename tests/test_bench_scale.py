@@ -14,20 +14,26 @@ from bench import bench_scale, proctree
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
 
 BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\n"
+# /proc/<pid>/stat truncates utime and stime to clock ticks each: a process that burnt 0.4 s
+# can read 0.38 s
+TICKS_LOST = 2 / proctree.CLOCK_TICKS
 
 
 def test_tree_cpu_counts_a_child_while_it_runs_and_after_it_is_reaped():
     before = proctree.tree_cpu_s()
-    child = subprocess.Popen([sys.executable, "-c", BURN + "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    code = BURN + "print('burnt', flush=True)\nimport sys; sys.stdin.read()"
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        while proctree.process_cpu_s(child.pid) < 0.4:  # burning, then waiting on stdin
-            pass
+        # the child says when it has burnt its CPU (a loop on /proc's reading could wait forever
+        # on a tick lost to truncation)
+        assert child.stdout.readline().strip() == b"burnt"
+        assert proctree.process_cpu_s(child.pid) >= 0.4 - TICKS_LOST
         assert child.pid in proctree.descendants() and child.pid in proctree.children_of(os.getpid())
         alive = proctree.tree_cpu_s() - before
     finally:
         child.communicate(b"")
     reaped = proctree.tree_cpu_s() - before  # now in this process's cutime
-    assert alive >= 0.4 and reaped >= 0.4
+    assert alive >= 0.4 - TICKS_LOST and reaped >= 0.4 - TICKS_LOST
     assert child.pid not in proctree.descendants()
 
 
