@@ -43,6 +43,10 @@ def spark():
                .config("spark.ui.showConsoleProgress", "false")
                .config("spark.sql.shuffle.partitions", "4")
                .config("spark.default.parallelism", "2")
+               # PySpark's merge spills to disk once its worker's RSS passes this (default
+               # 512m), and a worker reused after earlier tests' imports can: pinned above any
+               # test's worker, spill figures do not depend on test order.
+               .config("spark.python.worker.memory", "4g")
                .getOrCreate())
     session.sparkContext.setLogLevel("ERROR")
     yield session
