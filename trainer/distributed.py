@@ -8,6 +8,7 @@ touches torch.distributed. NCCL is used with CUDA, gloo on CPU (tests run 2 CPU 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -77,3 +78,22 @@ def shutdown(env: DistEnv, finished: bool = True) -> None:
                 dist.barrier()
         finally:
             dist.destroy_process_group()
+
+
+def exit_rank(code: int) -> None:
+    """End a torchrun rank without Python's finalization, once its work is done and written.
+
+    gloo's worker threads outlive destroy_process_group (gloo has no shutdown; its threads stop
+    with the last reference to the group, which FSDP's and DDP's state hold). After the final
+    barrier returns, a worker thread may still be freeing that barrier's work and the
+    collectives it waited on, whose tensors are Python objects: freeing them takes the GIL. If
+    the main thread is finalizing the interpreter by then, the thread is told to exit inside a
+    C++ destructor and the process aborts ("terminate called without an active exception"),
+    turning a finished run into a failed one (seen in a core dump: AsyncBarrierWork ->
+    AsyncAllreduceWork -> decref_pyobject -> take_gil -> PyThread_exit_thread). Call it only
+    after a run that finished: then every thread and file of the trainer's own is closed (the
+    checkpoint writer joined, the data loader shut down), and only the interpreter's teardown
+    is skipped. A failed rank exits normally, so a checkpoint still being written is waited for."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
