@@ -44,8 +44,13 @@ def pick_device(requested: str | None, local_rank: int = 0) -> torch.device:
     return device
 
 
+def launched_world_size() -> int:
+    """The number of ranks torchrun started (1 for a plain `python -m ...`)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed(requested_device: str | None = None) -> DistEnv:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = launched_world_size()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(requested_device, local_rank)
@@ -80,8 +85,8 @@ def shutdown(env: DistEnv, finished: bool = True) -> None:
             dist.destroy_process_group()
 
 
-def exit_rank(code: int) -> None:
-    """End a torchrun rank without Python's finalization, once its work is done and written.
+def exit_process(code: int) -> None:
+    """Exit with `code`; a torchrun rank whose run finished (code 0) skips Python's finalization.
 
     gloo's worker threads outlive destroy_process_group (gloo has no shutdown; its threads stop
     with the last reference to the group, which FSDP's and DDP's state hold). After the final
@@ -93,7 +98,10 @@ def exit_rank(code: int) -> None:
     AsyncAllreduceWork -> decref_pyobject -> take_gil -> PyThread_exit_thread). Call it only
     after a run that finished: then every thread and file of the trainer's own is closed (the
     checkpoint writer joined, the data loader shut down), and only the interpreter's teardown
-    is skipped. A failed rank exits normally, so a checkpoint still being written is waited for."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    is skipped. A failed rank, or a single process, exits normally, so a checkpoint still
+    being written is waited for."""
+    if code == 0 and launched_world_size() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

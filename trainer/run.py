@@ -20,7 +20,6 @@ micro-batches of 2 instances, which fits a 2-core / 24 GB machine.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import torch
 from trainer.cli import HelpFormatter, parse_count  # noqa: F401  (parse_count: part of this module's API)
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
 from trainer.data import DataError
-from trainer.distributed import exit_rank, init_distributed, shutdown
+from trainer.distributed import exit_process, init_distributed, shutdown
 from trainer.eval import add_training_arguments as add_eval_arguments, evaluate_after_training
 from trainer.plan import (
     Plan, add_plan_arguments, data_tokens, inspect_init, make_plan, mix_output_dir, parse_with_recipe,
@@ -173,7 +172,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    if code == 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        exit_rank(code)  # a finished rank: its checkpoint is written and its threads joined
-    sys.exit(code)
+    exit_process(main())
