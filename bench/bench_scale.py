@@ -3,6 +3,7 @@
     python bench/bench_scale.py                 # pool unit 40 MB of text: 1x / 4x / 16x = 40 / 160 / 640 MB
     python bench/bench_scale.py --quick         # pool unit 20 MB: 20 / 80 / 320 MB
     python bench/bench_scale.py --only small-files
+    python bench/bench_scale.py --only s3-small-files
     python bench/bench_scale.py --only cluster-memory
 
 What runs (issue 10, "Measured in bench/"):
@@ -39,6 +40,9 @@ What runs (issue 10, "Measured in bench/"):
    20,000 one-document files and as 20 files of 1,000; the tag phase of each in one warm
    session, default task size; wall time and process-tree CPU of the phase, median of 3
    runs of each, alternating.
+   Small files on S3 (`--only s3-small-files`): the first 1,000 of them as objects on a
+   moto server that waits 20 ms before every GET / HEAD; the tag phase's wall time with the
+   default read-ahead against `read_ahead=0` (each object opened in turn), alternating.
 6. Driver memory on a cluster: in local mode the driver's JVM is also the executor, so its
    peak RSS follows what the executor moves. `--child cluster-memory` starts a standalone
    master and one Worker (all cores) from pyspark's `spark-class` and runs the README's
@@ -98,6 +102,9 @@ SEED = 10
 SCALES = (1, 4, 16)
 SMALL_FILES = 20_000
 SMALL_FILES_ROUNDS = 3  # runs of each layout, alternating; figures are medians
+S3_SMALL_FILES = 1_000  # the first of the small files, as objects on a local S3 server
+S3_LATENCY_S = 0.020  # added before every GET / HEAD: S3's first-byte latency for small objects
+S3_ROUNDS = 2  # runs with and without read-ahead, alternating
 SMALL_DOC_CHARS = 2_000
 TOKENIZE_SAMPLE_DOCS = 200
 TOKENIZE_RUNS = 3  # tokenize-only runs; the median CPU time is the yardstick (the machine's load varies)
@@ -485,6 +492,102 @@ def child_small_files(args) -> dict:
     return out
 
 
+class _FirstByteLatency:
+    """WSGI middleware: every GET and HEAD waits `delay` seconds first, as a request to a
+    remote S3 endpoint waits for its first byte; moto on loopback answers in ~1 ms."""
+
+    def __init__(self, app, delay: float):
+        self.app, self.delay = app, delay
+
+    def __call__(self, environ, start_response):
+        if environ["REQUEST_METHOD"] in ("GET", "HEAD"):
+            time.sleep(self.delay)
+        return self.app(environ, start_response)
+
+
+def _start_slow_s3(delay: float):
+    """A moto S3 server on 127.0.0.1 (threaded: requests overlap, as on S3) with `delay`
+    before each read; sets the environment boto3 (and Spark's Python workers) read."""
+    import logging
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from moto.server import ThreadedMotoServer
+    from werkzeug.serving import make_server
+
+    class Server(ThreadedMotoServer):
+        def _server_entry(self) -> None:
+            from moto.moto_server.werkzeug_app import MotoRequestHandler
+
+            app = _FirstByteLatency(DomainDispatcherApplication(create_backend_app), delay)
+            self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull,
+                       "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_EC2_METADATA_DISABLED": "true"})
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        os.environ.pop(name, None)
+    server = Server(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ["AWS_ENDPOINT_URL_S3"] = f"http://{host}:{port}"
+    return server
+
+
+def child_s3_small_files(args) -> dict:
+    """Tag phase of small files on S3 with a first-byte latency: read-ahead vs one at a time.
+
+    The inputs are S3 objects on a local moto server that waits S3_LATENCY_S before every
+    GET; the attributes go to local disk, so only the input reads see the latency. The same
+    files are tagged with the default read-ahead and with `read_ahead=0` (every object opened
+    in turn, as before read-ahead), alternately, each into a new attribute root. Only wall
+    time is compared: moto serves from this process, so its CPU is in the driver's figure."""
+    from dolmino.build.mix import build
+    from dolmino.manifest import manifest_from_dict
+    from dolmino.prefetch import DEFAULT_READ_AHEAD
+
+    work = Path(args.work)
+    files = sorted(Path(args.inputs).glob("part-*.jsonl.zst"))[:args.small_files]
+    server = _start_slow_s3(S3_LATENCY_S)
+    try:
+        from dolmino.s3 import client
+
+        client().create_bucket(Bucket="bench-small-files")
+        for path in files:
+            client().put_object(Bucket="bench-small-files", Key=f"many/{path.name}", Body=path.read_bytes())
+        spec = {"name": "bench-s3-small-files", "version": 1, "seed": 11, "budget": 10_000,
+                "data_root": "s3://bench-small-files/many",
+                "sources": [{"name": "small", "paths": ["*.jsonl.zst"], "mix_percent": 100.0}]}
+        manifest = manifest_from_dict(spec)
+        spark = make_spark(args.cores, args.driver_memory)
+        runs: dict[str, list] = {"read_ahead": [], "one_at_a_time": []}
+        try:
+            build(manifest, 10_000, str(work / "warmup-out"), spark, attributes=str(work / "warmup-attributes"),
+                  phase="tag")
+            for r in range(S3_ROUNDS):
+                order = ("read_ahead", "one_at_a_time") if r % 2 == 0 else ("one_at_a_time", "read_ahead")
+                for label in order:
+                    ahead = DEFAULT_READ_AHEAD if label == "read_ahead" else 0
+                    attributes = work / f"attributes-{label}-{r}"
+                    tag, wall, cpu = _measured(lambda: build(manifest, 10_000, str(work / f"out-{label}-{r}"), spark,
+                                                             attributes=str(attributes), phase="tag",
+                                                             read_ahead=ahead))
+                    shutil.rmtree(attributes, ignore_errors=True)
+                    runs[label].append({"wall_s": wall, "read_ahead": ahead, "units": tag["units"],
+                                        "fetched_ahead": tag["stages"]["tag"]["fetched_ahead"]})
+                    log(f"small files on S3, {label}, round {r + 1}: tag {wall:.1f} s wall, {tag['units']} units, "
+                        f"{tag['stages']['tag']['fetched_ahead']} fetched ahead")
+        finally:
+            spark.stop()
+    finally:
+        server.stop()
+    return {"files": len(files), "latency_s": S3_LATENCY_S, "threads": DEFAULT_READ_AHEAD,
+            **{label: {"wall_s": statistics.median(run["wall_s"] for run in done), "runs": done}
+               for label, done in runs.items()}}
+
+
 CLUSTER_SCALES = SCALES  # the issue asks for driver memory at 1x / 4x / 16x
 SPARK_LAUNCHER = "org.apache.spark.launcher.Main"
 
@@ -686,28 +789,31 @@ def main(argv=None) -> dict:
     ap.add_argument("--task-mb", type=float, default=None,
                     help="input MB (compressed, as on disk) per task for the scale builds (default: the build's "
                          "own, 128 MB: per-task work as large as at real scale, one task per stage here)")
-    ap.add_argument("--only", choices=("scale", "small-files", "cluster-memory"), action="append", default=[])
+    ap.add_argument("--only", choices=("scale", "small-files", "s3-small-files", "cluster-memory"), action="append",
+                    default=[])
     ap.add_argument("--small-files", type=int, default=SMALL_FILES)
     ap.add_argument("--timeout", type=float, default=3000, help="seconds per child process")
     ap.add_argument("--keep", action="store_true", help="keep the build outputs (the pool is always kept)")
-    ap.add_argument("--child", choices=("point", "small-files", "tokenize", "cluster-memory"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("point", "small-files", "s3-small-files", "tokenize", "cluster-memory"),
+                    help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--manifest", help=argparse.SUPPRESS)
     ap.add_argument("--budget", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--label", default="", help=argparse.SUPPRESS)
     ap.add_argument("--task-bytes", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--texts", help=argparse.SUPPRESS)
+    ap.add_argument("--inputs", help=argparse.SUPPRESS)
     ap.add_argument("--marginal", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.child:
-        result = {"point": child_point, "small-files": child_small_files, "tokenize": child_tokenize,
-                  "cluster-memory": child_cluster_memory}[args.child](args)
+        result = {"point": child_point, "small-files": child_small_files, "s3-small-files": child_s3_small_files,
+                  "tokenize": child_tokenize, "cluster-memory": child_cluster_memory}[args.child](args)
         print(json.dumps(result))
         return result
 
     unit_mb = args.unit_mb or (20.0 if args.quick else 40.0)
-    parts = args.only or ["scale", "small-files", "cluster-memory"]
+    parts = args.only or ["scale", "small-files", "s3-small-files", "cluster-memory"]
     TMP.mkdir(parents=True, exist_ok=True)
     pool = make_pool(args.corpus, unit_mb)
     meta = json.loads((pool / "pool.json").read_text())
@@ -805,6 +911,29 @@ def main(argv=None) -> dict:
                          f"core-s, {small['few']['wall_s']:.1f} s wall (default task size, one warm session; "
                          f"medians of {SMALL_FILES_ROUNDS} runs each, alternating; totals of the runs: many "
                          f"{totals('many')}, few {totals('few')} core-s)")
+        if "s3-small-files" in parts:
+            small_root = TMP / f"small-files-{args.small_files}-v{POOL_FORMAT}"
+            make_small_files(pool, small_root, args.small_files)
+            count = min(S3_SMALL_FILES, args.small_files)
+            s3 = run_child("s3-small-files", ["--work", str(work / "s3-small"), "--inputs", str(small_root / "many"),
+                                              "--small-files", str(count), "--cores", str(args.cores),
+                                              "--driver-memory", args.driver_memory], args.timeout)
+            result["s3_small_files"] = s3
+            ms = f"{s3['latency_s'] * 1000:.0f} ms"
+            ahead, serial = s3["read_ahead"], s3["one_at_a_time"]
+            ahead_runs = ", ".join(f"{run['wall_s']:.1f}" for run in ahead["runs"])
+            serial_runs = ", ".join(f"{run['wall_s']:.1f}" for run in serial["runs"])
+            figures.append(fig(f"scale: tag wall, {s3['files']:,} small files on S3 ({ms} first-byte latency), "
+                               f"read-ahead {s3['threads']} / one object at a time",
+                               ahead["wall_s"] / serial["wall_s"], "ratio", "lower"))
+            notes.append(f"small files on S3: the first {s3['files']:,} of the small files as objects on a moto server "
+                         f"that waits {ms} before every GET and HEAD, attributes on local disk; tag wall "
+                         f"{ahead['wall_s']:.1f} s with read-ahead {s3['threads']} (runs "
+                         f"{ahead_runs}), "
+                         f"{serial['wall_s']:.1f} s one object at a time (--read-ahead 0, as before read-ahead; runs "
+                         f"{serial_runs}); the wait alone, one "
+                         f"GET per object in turn, is {s3['files'] * s3['latency_s']:.0f} s. Wall time only: moto "
+                         f"serves from the build's driver process, so its CPU is in the driver's")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -147,6 +147,7 @@ def child_dolmino(input_dir: Path, tokenizer_path: Path, out_dir: Path) -> dict:
     from dolmino.build.pool import PoolDoc
     from dolmino.build.write import TokContext, TokDoc, TokStats, tokenize_units
     from dolmino.memmap import MemmapPartWriter
+    from dolmino.prefetch import DEFAULT_READ_AHEAD
     from dolmino.tokenizer import Dolma2Tokenizer
 
     paths = sorted(input_dir.glob("*.jsonl.zst"))
@@ -156,7 +157,7 @@ def child_dolmino(input_dir: Path, tokenizer_path: Path, out_dir: Path) -> dict:
     started, cpu0 = time.perf_counter(), _cpu_seconds()
     tokenizer = Dolma2Tokenizer(tokenizer_path.read_text(encoding="utf-8"))
     ctx = SimpleNamespace(value=TokContext(None, plans, tuple(() for _ in paths), {}, units, {i: 0 for i in units},
-                                           tokenizer))
+                                           tokenizer, DEFAULT_READ_AHEAD))
     tokens = docs = 0
     for i, path in enumerate(paths):
         groups = [(i, [PoolDoc(i, i, line, line, 0, 0) for line in wanted[i]])]

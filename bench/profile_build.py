@@ -88,6 +88,7 @@ def main(argv=None) -> dict:
     from dolmino.build.tag import BundleTagged, BundleWork, TagContext, tag_bundle, tag_plans
     from dolmino.build.write import TokContext, TokDoc, WriteContext, order_key, tokenize_units, write_part
     from dolmino.manifest import manifest_from_dict
+    from dolmino.prefetch import DEFAULT_READ_AHEAD, ReadAhead
     from dolmino.tokenizer import Dolma2Tokenizer
 
     if args.files is None:
@@ -109,10 +110,10 @@ def main(argv=None) -> dict:
         store = AttributeStore(os.path.join(tmp, "attributes"))
         plans = tag_plans(manifest, {}, tokenizer_digest(tokenizer, manifest.tokenizer))
         plan = plans[0]
-        tag_ctx = TagContext(store, plans, {}, tokenizer, manifest.seed)
+        tag_ctx = TagContext(store, plans, {}, tokenizer, manifest.seed, DEFAULT_READ_AHEAD)
         sets = (plan.docs_set, *(t.set_name for t in plan.filters))
         records, cpu, prof = _profiled(lambda: [r for b in bundles for r in tag_bundle(BundleWork(b, sets, False, {}),
-                                                                                        tag_ctx)])
+                                                                                        tag_ctx, ReadAhead(()))])
         unit_stats = [st for r in records if isinstance(r, BundleTagged) for st in r.stats.values()]
         steps["tag"] = {"cpu_s": cpu, "units": len(units), "docs": sum(st.get("docs", 0) for st in unit_stats),
                         "bytes": sum(st.get("bytes", 0) for st in unit_stats), "profile": prof}
@@ -132,7 +133,7 @@ def main(argv=None) -> dict:
         tok_ctx = SimpleNamespace(value=TokContext(store, plans, _token_filters(manifest),
                                                    tuple(s.max_doc_tokens for s in manifest.sources), {},
                                                    {u.index: u for u in units}, {u.index: 0 for u in units},
-                                                   tokenizer))
+                                                   tokenizer, DEFAULT_READ_AHEAD))
         records, cpu, prof = _profiled(lambda: list(tokenize_units(groups, tok_ctx, _Counters())))
         tok_docs = [r for r in records if isinstance(r, TokDoc)]
         tokens = sum(len(d.tokens) // 4 for d in tok_docs)

@@ -669,7 +669,24 @@ def _small_local_file(path: str, chunks) -> bytes | None:
             return None
     finally:
         os.close(fd)
+    return _small_decoded(data, chunks)
+
+
+def _small_decoded(data: bytes, chunks) -> bytes | None:
+    """A small file's bytes decoded at once, or None: the streaming readers take it."""
+    if chunks is _gzip_chunks or len(data) >= READ_SIZE:
+        return None
     return data if chunks is _plain_chunks else _zstd_small(data)
+
+
+def _whole_file(path: str, chunks, data: bytes | None) -> bytes | None:
+    """The decoded bytes of a small file held whole (fetched ahead, or local), else None."""
+    return _small_local_file(path, chunks) if data is None else _small_decoded(data, chunks)
+
+
+def _open_raw(path: str, data: bytes | None) -> IO[bytes]:
+    """The file's raw bytes as a stream: those fetched ahead (`dolmino.prefetch`), or the file."""
+    return open_binary(path) if data is None else io.BytesIO(data)
 
 
 def _whole_lines(data: bytes, max_line_bytes: int | None) -> list[bytes]:
@@ -682,7 +699,7 @@ def _whole_lines(data: bytes, max_line_bytes: int | None) -> list[bytes]:
 
 
 def iter_lines(path: str, max_line_bytes: int | None = None,
-               byte_range: tuple[int, int] | None = None) -> Iterator[bytes]:
+               byte_range: tuple[int, int] | None = None, data: bytes | None = None) -> Iterator[bytes]:
     """Raw lines (without the newline) of a possibly compressed file.
 
     With `max_line_bytes`, a longer line comes out as an `OversizeLine` (its head and size)
@@ -692,20 +709,21 @@ def iter_lines(path: str, max_line_bytes: int | None = None,
     `byte_range=(start, end)` reads only the lines starting in that range of an
     uncompressed file (see `_range_chunks`). A small local file is read, decoded and split
     at once (`_small_local_file`), with no generator of its own; a missing file then raises
-    here rather than at the first line.
+    here rather than at the first line. `data`: the whole file's raw bytes, already fetched
+    (`dolmino.prefetch`); they are read exactly as the file would be.
     """
     path = str(path)
     chunks = _chunk_reader(path)
     if byte_range is None:
-        whole = _small_local_file(path, chunks)
+        whole = _whole_file(path, chunks, data)
         if whole is not None:
             return iter(_whole_lines(whole, max_line_bytes))
-    return _stream_lines(path, chunks, max_line_bytes, byte_range)
+    return _stream_lines(path, chunks, max_line_bytes, byte_range, data)
 
 
 def _stream_lines(path: str, chunks, max_line_bytes: int | None,
-                  byte_range: tuple[int, int] | None) -> Iterator[bytes]:
-    with open_binary(path) as raw:
+                  byte_range: tuple[int, int] | None, data: bytes | None = None) -> Iterator[bytes]:
+    with _open_raw(path, data) as raw:
         yield from _split_lines(_decoded(path, raw, chunks, byte_range), max_line_bytes)
 
 
@@ -720,7 +738,7 @@ def _decoded(path: str, raw: IO[bytes], chunks, byte_range: tuple[int, int] | No
 
 
 def pick_lines(path: str, wanted: Iterable[int], max_line_bytes: int | None = None,
-               byte_range: tuple[int, int] | None = None) -> Iterator[tuple[int, bytes]]:
+               byte_range: tuple[int, int] | None = None, data: bytes | None = None) -> Iterator[tuple[int, bytes]]:
     """(line number, raw line) for each of the ascending line numbers `wanted`, numbered and
     cut exactly as `iter_lines` numbers and cuts them; it stops early where the file ends first
     (the caller sees which lines are missing).
@@ -728,6 +746,7 @@ def pick_lines(path: str, wanted: Iterable[int], max_line_bytes: int | None = No
     What the write phase reads: a few lines of each pool file, whose other lines are only
     counted, never cut out or copied (`_pick`). A stream that breaks ends the lines: its cut
     last line comes out if it is wanted (`read_documents` keeps such a line when it parses).
+    `data`: the whole file's raw bytes, already fetched, as in `iter_lines`.
     """
     path = str(path)
     targets = list(wanted)
@@ -735,7 +754,7 @@ def pick_lines(path: str, wanted: Iterable[int], max_line_bytes: int | None = No
         return
     chunks = _chunk_reader(path)
     if byte_range is None:
-        whole = _small_local_file(path, chunks)
+        whole = _whole_file(path, chunks, data)
         if whole is not None:
             lines = _whole_lines(whole, max_line_bytes)
             for target in targets:
@@ -746,14 +765,14 @@ def pick_lines(path: str, wanted: Iterable[int], max_line_bytes: int | None = No
     done = 0
     if chunks is _zstd_chunks and byte_range is None:
         try:
-            with open_binary(path) as raw:
+            with _open_raw(path, data) as raw:
                 for pair in _pick(_zstd_stream(raw), iter(targets), max_line_bytes):
                     yield pair
                     done += 1
             return
         except zstandard.ZstdError:
             pass  # the careful reader below reads the rest again and stops exactly where the file breaks
-    with open_binary(path) as raw:
+    with _open_raw(path, data) as raw:
         yield from _pick(_decoded(path, raw, chunks, byte_range), iter(targets[done:]), max_line_bytes)
 
 
@@ -923,7 +942,7 @@ def parse_line(raw: bytes) -> tuple[dict | None, str, str]:
 
 
 def read_documents(path: str, quarantine: Quarantine, *, max_doc_bytes: int | None = DEFAULT_MAX_DOC_BYTES,
-                   byte_range: tuple[int, int] | None = None) -> Iterator[tuple[int, dict]]:
+                   byte_range: tuple[int, int] | None = None, data: bytes | None = None) -> Iterator[tuple[int, dict]]:
     """Yield (1-based line number, document) for every good line; bad lines go to `quarantine`.
 
     Blank lines are not documents and are skipped without being counted. A line longer than
@@ -933,12 +952,13 @@ def read_documents(path: str, quarantine: Quarantine, *, max_doc_bytes: int | No
     unreadable compressed bytes). A missing file raises FileNotFoundError, and a read error
     of the storage itself raises too: neither is a property of the data. With `byte_range`,
     only the lines starting in that range are read, numbered from 1; `quarantine.lines`
-    grows by the number of lines read (the next range's numbering starts after them).
+    grows by the number of lines read (the next range's numbering starts after them). `data`:
+    the whole file's raw bytes, already fetched (`dolmino.prefetch`).
     """
     path = str(path)
     line_no = 0
     try:
-        for line_no, raw in enumerate(iter_lines(path, max_doc_bytes, byte_range), start=1):
+        for line_no, raw in enumerate(iter_lines(path, max_doc_bytes, byte_range, data), start=1):
             if type(raw) is OversizeLine:
                 quarantine.add(path, line_no, "doc_too_large",
                                f"line of {raw.size:,} bytes exceeds the limit of {max_doc_bytes:,}",

@@ -101,6 +101,18 @@ def test_build_from_s3_is_byte_identical_to_local(inputs, spark_with_s3, tmp_pat
     quarantined = list((s3_out / "quarantine" / "web").glob("*.jsonl.gz"))
     assert len(quarantined) == 1
 
+    # Small S3 objects were fetched ahead (dolmino.prefetch), local files never are; with
+    # --read-ahead 0 every object is opened in turn, and the output is the same.
+    assert local_report["run"]["stages"]["tag"]["fetched_ahead"] == 0
+    assert s3_report["run"]["stages"]["tag"]["fetched_ahead"] == 5  # both zst and gz, the broken one too
+    assert s3_report["run"]["stages"]["tokenize"]["fetched_ahead"] > 0
+    one_at_a_time = tmp_path / "s3-no-read-ahead"
+    report = build(manifest_from_dict(_manifest(s3_root)), BUDGET, str(one_at_a_time), spark_with_s3,
+                   attributes=str(tmp_path / "attributes-no-read-ahead"), read_ahead=0)
+    assert _outputs(one_at_a_time) == s3_parts
+    assert report["run"]["stages"]["tag"]["fetched_ahead"] == 0
+    assert report["run"]["stages"]["tokenize"]["fetched_ahead"] == 0
+
 
 def test_build_with_missing_s3_source_fails_clearly(inputs, spark_with_s3, tmp_path):
     _, s3_root = inputs

@@ -227,6 +227,13 @@ def test_cli_rejects_bad_budget(tmp_path, capsys):
     assert "--budget" in capsys.readouterr().err
 
 
+def test_cli_rejects_negative_read_ahead(tmp_path, capsys):
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(_manifest(tmp_path)))
+    assert build_main(["--manifest", str(path), "--out", str(tmp_path / "o"), "--read-ahead", "-1"]) == 2
+    assert "--read-ahead must be 0 or more" in capsys.readouterr().err
+
+
 def test_report_filter_chain_accounts_for_every_document(built):
     _, report = built
     for s in report["sources"]:

@@ -727,3 +727,32 @@ def test_read_lines_refuses_a_file_changed_since_it_was_tagged(tmp_path):
     path.write_bytes(zstandard.compress(("\n".join(lines[:4] + ["{broken"] + lines[5:]) + "\n").encode()))
     with pytest.raises(OSError, match="line 5 was a document when tagged"):
         list(read_lines(str(path), unit, [2, 5]))
+
+
+@pytest.mark.parametrize("damage", ["none", "truncated", "garbage"])
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst"])
+def test_bytes_fetched_ahead_read_exactly_as_the_file(tmp_path, monkeypatch, suffix, damage):
+    """A small S3 object's bytes fetched ahead (`dolmino.prefetch`) go through the same
+    readers as the object itself: the same documents, quarantine records and line counts, and
+    the same picked lines, for small files (decoded at once) and for large ones (streamed).
+    The bytes are read under a name with no file behind it, as an S3 object's would be."""
+    from dolmino import documents
+    from dolmino.documents import pick_lines
+
+    lines = _doc_lines(300, seed=3) + [b'{"id": "cut", "text": "no end', b"\xff\xfe"]
+    path = _lines_file(tmp_path, f"f{suffix}", lines)
+    raw = open(path, "rb").read()
+    raw = {"none": raw, "truncated": raw[: len(raw) * 2 // 3], "garbage": raw + b"not a frame" * 3}[damage]
+    with open(path, "wb") as f:
+        f.write(raw)
+    elsewhere = str(tmp_path / "not-here" / f"f{suffix}")
+    for read_size in (documents.READ_SIZE, 256):  # decoded at once, then streamed in small reads
+        monkeypatch.setattr(documents, "READ_SIZE", read_size)
+        from_file, from_bytes = Quarantine(), Quarantine()
+        want = list(read_documents(path, from_file))
+        assert list(read_documents(elsewhere, from_bytes, data=raw)) == want
+        assert [(r.line, r.reason, r.unreadable_bytes) for r in from_bytes.records] == \
+               [(r.line, r.reason, r.unreadable_bytes) for r in from_file.records]
+        assert from_bytes.lines == from_file.lines and from_file.records
+        wanted = [n for n, _ in want][::7]
+        assert list(pick_lines(elsewhere, wanted, data=raw)) == list(pick_lines(path, wanted))

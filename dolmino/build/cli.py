@@ -13,6 +13,7 @@ import re
 import sys
 
 from dolmino.errors import BuildError, ManifestError
+from dolmino.prefetch import DEFAULT_READ_AHEAD
 
 PHASES = {
     "all": ("build_mix", "Build a data mix from a manifest: tag the pools (reusing attributes), select, tokenize, "
@@ -48,6 +49,9 @@ def parse_args(argv: list[str] | None, phase: str) -> argparse.Namespace:
                                                               "(default: Spark's)")
     parser.add_argument("--task-size", default="128M", help="input bytes per task (small files are grouped, "
                                                             "large plain .jsonl split)")
+    parser.add_argument("--read-ahead", type=int, default=DEFAULT_READ_AHEAD,
+                        help="S3 input objects of up to 4 MB that each task fetches ahead, concurrently, so a task of "
+                             "many small files does not wait for each GET in turn (0: one at a time)")
     parser.add_argument("--quiet", action="store_true", help="no live progress lines")
     parser.add_argument("--locked", action="store_true", help="refuse to build if any input, model, index or the "
                                                               "tokenizer differs from the manifest's lock (dolmino lock)")
@@ -95,10 +99,13 @@ def prepare(args: argparse.Namespace, phase: str):
     out = _location(out)
     attributes = _location(args.attributes) if args.attributes else default_attributes_root(out)
     task_bytes = parse_count(args.task_size, "--task-size")
+    if args.read_ahead < 0:
+        raise BuildError(f"--read-ahead must be 0 or more, got {args.read_ahead}")
     lock = require_lock(manifest, args.lockfile) if args.locked else None  # BuildError naming every drifted file
     list_inputs(manifest)  # every missing input named before Spark starts
     options = BuildOptions(budget or 0, out, attributes, phase=phase, task_bytes=task_bytes,
-                           split_bytes=max(task_bytes * 2, 1), quiet=args.quiet, lock=lock)
+                           split_bytes=max(task_bytes * 2, 1), read_ahead=args.read_ahead, quiet=args.quiet,
+                           lock=lock)
     return manifest, options
 
 

@@ -36,6 +36,7 @@ from dolmino.build.write import (
 from dolmino.errors import BuildError
 from dolmino.manifest import Manifest
 from dolmino.memmap import part_name
+from dolmino.prefetch import DEFAULT_READ_AHEAD
 from dolmino.tokenizer import Dolma2Tokenizer
 from mixers.sampling import bucket_of
 
@@ -48,6 +49,7 @@ class BuildOptions:
     phase: str = "all"  # "all" | "tag" | "mix"
     split_bytes: int = DEFAULT_SPLIT_BYTES
     task_bytes: int = DEFAULT_TASK_BYTES
+    read_ahead: int = DEFAULT_READ_AHEAD  # S3 objects each task fetches ahead (dolmino.prefetch)
     quiet: bool = False
     lock: str | None = None  # a lock file checked by --locked: copied into the output (dolmino.lock)
 
@@ -117,7 +119,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     store = AttributeStore(options.attributes)
 
     tagged = run_tag(sc, manifest, store, units, bundles, groups, resources, tokenizer, tok_digest,
-                     quiet=options.quiet, allow_work=options.phase != "mix")
+                     quiet=options.quiet, allow_work=options.phase != "mix", read_ahead=options.read_ahead)
     state.stages.update(tagged.stages)
     if options.phase == "tag":
         return _tag_summary(manifest, options, tagged, units, listing, time.time() - started, sc, state)
@@ -171,7 +173,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     # ---- selection: tokenize what the mix may take, cut exactly
     tok_ctx = sc.broadcast(TokContext(
         store, tagged.plans, _token_filters(manifest), tuple(s.max_doc_tokens for s in manifest.sources), resources,
-        {u.index: u for u in units}, tagged.first_lines, tokenizer))
+        {u.index: u for u in units}, tagged.first_lines, tokenizer, options.read_ahead))
     saved = output.read_json(options.out, output.PLAN_FILE)
     resume = bool(saved and saved.get("plan") == plan_hash)
     num_parts = saved["parts"] if resume else 0

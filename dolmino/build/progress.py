@@ -21,7 +21,7 @@ import time
 
 from dolmino.manifest import format_count
 
-COUNTERS = ("units", "bytes", "docs", "tokens", "cpu_s")
+COUNTERS = ("units", "bytes", "docs", "tokens", "cpu_s", "fetched_ahead")
 _STAGE_RUNS = itertools.count(1)
 
 
@@ -143,5 +143,6 @@ class Stage:
         v = self.counters.values()
         self.record = {"wall_s": round(time.time() - self.started, 3), "task_cpu_s": round(v["cpu_s"], 3),
                        "units": int(v["units"]), "bytes": int(v["bytes"]), "docs": int(v["docs"]),
-                       "tokens": int(v["tokens"]), "spark": group_metrics(self.sc, self.group)}
+                       "tokens": int(v["tokens"]), "fetched_ahead": int(v["fetched_ahead"]),
+                       "spark": group_metrics(self.sc, self.group)}
         self.sc.setLocalProperty("spark.jobGroup.id", None)

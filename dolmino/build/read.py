@@ -13,6 +13,7 @@ from typing import Iterator
 
 from dolmino.build.inputs import Unit
 from dolmino.documents import DEFAULT_MAX_DOC_BYTES, OversizeLine, Quarantine, parse_line, pick_lines, read_documents
+from dolmino.prefetch import ReadAhead
 
 
 def byte_range(unit: Unit) -> tuple[int, int] | None:
@@ -22,20 +23,28 @@ def byte_range(unit: Unit) -> tuple[int, int] | None:
 
 
 def read_unit(uri: str, unit: Unit, quarantine: Quarantine,
-              max_doc_bytes: int | None = DEFAULT_MAX_DOC_BYTES) -> Iterator[tuple[int, dict]]:
+              max_doc_bytes: int | None = DEFAULT_MAX_DOC_BYTES, data: bytes | None = None) -> Iterator[tuple[int, dict]]:
     """(line within the unit, document) for every good line; bad lines go to the quarantine,
-    and `quarantine.lines` counts the unit's lines."""
-    return read_documents(uri, quarantine, max_doc_bytes=max_doc_bytes, byte_range=byte_range(unit))
+    and `quarantine.lines` counts the unit's lines. `data`: the file's bytes, fetched ahead."""
+    return read_documents(uri, quarantine, max_doc_bytes=max_doc_bytes, byte_range=byte_range(unit), data=data)
+
+
+def read_ahead(units, threads: int) -> ReadAhead:
+    """A task's read-ahead over its units, in the order it reads them. Only whole input files
+    are fetched ahead: a range is read from its own offset, and a Stack Exchange unit's
+    documents file (which the reader asks for by its own URI) is read as before."""
+    return ReadAhead(((unit.file.uri, unit.file.size) for unit in units
+                      if not unit.is_range and unit.file.format != "stackexchange"), threads)
 
 
 def read_lines(uri: str, unit: Unit, wanted: list[int],
-               max_doc_bytes: int | None = DEFAULT_MAX_DOC_BYTES) -> Iterator[tuple[int, dict]]:
+               max_doc_bytes: int | None = DEFAULT_MAX_DOC_BYTES, data: bytes | None = None) -> Iterator[tuple[int, dict]]:
     """The documents at the given (sorted) lines of a unit, parsing nothing else.
 
     The lines were good documents when the unit was tagged; one that no longer parses means
     the input changed under the build, which must not pass silently."""
     expected = iter(wanted)
-    for line_no, raw in pick_lines(uri, wanted, max_doc_bytes, byte_range(unit)):
+    for line_no, raw in pick_lines(uri, wanted, max_doc_bytes, byte_range(unit), data):
         next(expected)  # pick_lines gives the wanted lines in order, stopping where the file ends
         doc, reason, detail = (None, "doc_too_large", "") if type(raw) is OversizeLine else parse_line(raw)
         if doc is None:

@@ -34,13 +34,14 @@ from dolmino.build.attributes import (
     unit_listing, unit_rows, unit_stats, unit_version, write_bytes, write_table,
 )
 from dolmino.build.inputs import Unit
-from dolmino.build.read import read_unit
+from dolmino.build.read import read_ahead, read_unit
 from dolmino.build.resources import Resource, keyed_spec, localized_spec
 from dolmino.build.spark import parallelize_pickled
 from dolmino.build.stackexchange import apply_conversion, convert_ranges, convert_whole
 from dolmino.documents import Quarantine, QuarantineRecord
 from dolmino.errors import BuildError
 from dolmino.manifest import Manifest
+from dolmino.prefetch import DEFAULT_READ_AHEAD, ReadAhead
 
 BATCH = 512
 SAMPLE_BITS = 10  # documents whose content hash starts with this many zero bits form the token sample
@@ -95,6 +96,7 @@ class TagContext(NamedTuple):
     resources: dict
     tokenizer: object
     seed: int
+    read_ahead: int  # S3 objects a task fetches ahead (dolmino.prefetch)
 
 
 class UnitStats:
@@ -162,11 +164,12 @@ def units_digest(units: list[Unit]) -> str:
 # ---------------------------------------------------------------------------- executor: one unit
 
 
-def _documents(unit: Unit, plan: SourceTagPlan, ctx: TagContext, quarantine: Quarantine) -> Iterator[tuple[int, dict]]:
+def _documents(unit: Unit, plan: SourceTagPlan, ctx: TagContext, quarantine: Quarantine,
+               ahead: ReadAhead) -> Iterator[tuple[int, dict]]:
     """(read line, document): from the input, or from this unit's Stack Exchange documents
     (whose loc line is in their metadata)."""
     if plan.format != "stackexchange":
-        return read_unit(unit.file.uri, unit, quarantine, plan.max_doc_bytes)
+        return read_unit(unit.file.uri, unit, quarantine, plan.max_doc_bytes, ahead.take(unit.file.uri))
     return read_unit(ctx.store.documents_path(plan.name, unit), unit, Quarantine(), None)
 
 
@@ -206,7 +209,7 @@ def _flush(batch: list[tuple[int, int, dict]], filters: list, hasher, acc: Bundl
 
 
 def tag_unit(unit: Unit, work: BundleWork, ctx: TagContext, filters: list, hasher,
-             acc: BundleColumns) -> Iterator[Signature]:
+             acc: BundleColumns, ahead: ReadAhead) -> Iterator[Signature]:
     """Read one unit, append its rows to the bundle's columns, yield its MinHash signatures."""
     si = unit.source_index
     plan = ctx.plans[si]
@@ -227,7 +230,7 @@ def tag_unit(unit: Unit, work: BundleWork, ctx: TagContext, filters: list, hashe
     rows = 0
 
     batch: list[tuple[int, int, dict]] = []
-    for line, doc in _documents(unit, plan, ctx, quarantine):
+    for line, doc in _documents(unit, plan, ctx, quarantine, ahead):
         loc_line = int(doc["metadata"]["line"]) if se else line
         rows += 1
         if write_docs:
@@ -278,7 +281,7 @@ def _docs_schema():
                       ("blank", pa.bool_()), ("text_hash", pa.binary(16))])
 
 
-def tag_bundle(work: BundleWork, ctx: TagContext) -> Iterator[BundleTagged | Signature]:
+def tag_bundle(work: BundleWork, ctx: TagContext, ahead: ReadAhead) -> Iterator[BundleTagged | Signature]:
     """Tag a bundle's units in order, then write one file per due attribute set (docs last)."""
     import pyarrow as pa
 
@@ -296,7 +299,7 @@ def tag_bundle(work: BundleWork, ctx: TagContext) -> Iterator[BundleTagged | Sig
         hasher = MinHasher(plan.minhash.get("num_perm", 128), plan.minhash["seed"])
     acc = BundleColumns(len(tags))
     for unit in bundle.units:
-        yield from tag_unit(unit, work, ctx, filters, hasher, acc)
+        yield from tag_unit(unit, work, ctx, filters, hasher, acc, ahead)
 
     listed = unit_listing(bundle, acc.rows)
     meta = {"bundle": bundle.key, "version": bundle.version, "source": plan.name, "units": listed}
@@ -318,15 +321,17 @@ def tag_bundle(work: BundleWork, ctx: TagContext) -> Iterator[BundleTagged | Sig
 def run_tag_task(works: list[BundleWork], ctx_b, counters) -> Iterator[BundleTagged | Signature]:
     ctx = ctx_b.value
     worker_heap.freeze()
-    for work in works:
-        started = time.process_time()
-        for record in tag_bundle(work, ctx):
-            if isinstance(record, BundleTagged):
-                counters.add("units", len(work.bundle.units))
-                counters.add("bytes", work.bundle.size)
-                counters.add("docs", sum(st.get("docs", 0) for st in record.stats.values()))
-            yield record
-        counters.add("cpu_s", time.process_time() - started)
+    with read_ahead([u for work in works for u in work.bundle.units], ctx.read_ahead) as ahead:
+        for work in works:
+            started = time.process_time()
+            for record in tag_bundle(work, ctx, ahead):
+                if isinstance(record, BundleTagged):
+                    counters.add("units", len(work.bundle.units))
+                    counters.add("bytes", work.bundle.size)
+                    counters.add("docs", sum(st.get("docs", 0) for st in record.stats.values()))
+                yield record
+            counters.add("cpu_s", time.process_time() - started)
+        counters.add("fetched_ahead", ahead.fetched)
 
 
 # ---------------------------------------------------------------------------- driver
@@ -394,7 +399,7 @@ def _listing(store: AttributeStore, paths) -> set[str]:
 
 def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bundles: list[Bundle],
             task_groups: list[tuple[Bundle, ...]], resources: dict[str, Resource], tokenizer, tokenizer_digest: str, *,
-            quiet: bool = False, allow_work: bool = True) -> TagResult:
+            quiet: bool = False, allow_work: bool = True, read_ahead: int = DEFAULT_READ_AHEAD) -> TagResult:
     """Tag every bundle that lacks an attribute set; with allow_work=False, refuse instead (`dolmino mix`)."""
     import json
 
@@ -449,7 +454,7 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
     groups = [[works[b.index] for b in group if b.index in works] for group in task_groups]
     groups = [g for g in groups if g]
 
-    ctx_b = sc.broadcast(TagContext(store, plans, resources, tokenizer, manifest.seed))
+    ctx_b = sc.broadcast(TagContext(store, plans, resources, tokenizer, manifest.seed, read_ahead))
     records = None
     results: list[BundleTagged] = []
     todo_bytes = sum(w.bundle.size for w in works.values())

@@ -26,11 +26,12 @@ import numpy as np
 from dolmino.build import worker_heap
 from dolmino.build.attributes import AttributeStore, write_bytes
 from dolmino.build.inputs import Unit
-from dolmino.build.read import read_lines
+from dolmino.build.read import read_ahead, read_lines
 from dolmino.build.pool import PoolDoc, loc_of
 from dolmino.checksums import sha256_file
 from dolmino.doc_lengths import histogram
 from dolmino.memmap import MemmapPartWriter, part_name
+from dolmino.prefetch import ReadAhead
 from mixers.sampling import seeded_hash
 
 TOKENIZE_BATCH = 256
@@ -68,6 +69,7 @@ class TokContext(NamedTuple):
     units: dict  # unit index -> Unit
     offsets: dict  # unit index -> lines before the unit in its file
     tokenizer: object
+    read_ahead: int  # S3 objects a task fetches ahead (dolmino.prefetch)
 
 
 class PartFile(NamedTuple):
@@ -94,16 +96,29 @@ def unit_source_uri(unit: Unit, plan, store: AttributeStore) -> str:
 
 def tokenize_units(groups, ctx_b, counters) -> Iterator[TokDoc | TokStats]:
     """mapPartitions: (unit index, [PoolDoc]) groups -> tokenized documents, then per-source stats."""
-    from filters.base import apply_chain
-    from filters.registry import build_filter
-
-    from dolmino.build.resources import localized_spec
-
     ctx = ctx_b.value
     worker_heap.freeze()
     started = time.process_time()
     filters: dict[int, list] = {}
     stats: dict[int, dict] = {}
+    groups = list(groups)  # (unit index, its few chosen documents' records): the units to fetch ahead
+    with read_ahead([ctx.units[unit_index] for unit_index, _ in groups], ctx.read_ahead) as ahead:
+        yield from _tokenize_groups(groups, ctx, filters, stats, ahead, counters)
+        counters.add("fetched_ahead", ahead.fetched)
+    cpu = time.process_time() - started
+    counters.add("cpu_s", cpu)
+    for si, st in stats.items():
+        yield TokStats(si, st["docs"], st["bytes"], st["tokens"], st["kept_docs"], st["kept_tokens"], st["removed"],
+                       st["control"], st["eos_in_span"], cpu)
+
+
+def _tokenize_groups(groups, ctx: TokContext, filters: dict, stats: dict, ahead: ReadAhead,
+                     counters) -> Iterator[TokDoc]:
+    from filters.base import apply_chain
+    from filters.registry import build_filter
+
+    from dolmino.build.resources import localized_spec
+
     for unit_index, docs in groups:
         unit = ctx.units[unit_index]
         si = unit.source_index
@@ -149,7 +164,7 @@ def tokenize_units(groups, ctx_b, counters) -> Iterator[TokDoc | TokStats]:
             counters.add("docs", len(batch))
             counters.add("tokens", sum(0 if ids is None else len(ids) for ids in ids_list))
 
-        for line, doc in read_lines(uri, unit, wanted, None):
+        for line, doc in read_lines(uri, unit, wanted, None, ahead.take(uri)):
             pd = by_line[line]
             batch.append((pd, doc))
             batch_bytes += pd.bytes
@@ -160,11 +175,6 @@ def tokenize_units(groups, ctx_b, counters) -> Iterator[TokDoc | TokStats]:
             yield from flush(batch)
         counters.add("units", 1)
         counters.add("bytes", sum(d.bytes for d in docs))
-    cpu = time.process_time() - started
-    counters.add("cpu_s", cpu)
-    for si, st in stats.items():
-        yield TokStats(si, st["docs"], st["bytes"], st["tokens"], st["kept_docs"], st["kept_tokens"], st["removed"],
-                       st["control"], st["eos_in_span"], cpu)
 
 
 # ---------------------------------------------------------------------------- order and parts
