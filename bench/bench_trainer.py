@@ -26,8 +26,12 @@ Prints one JSON object. Two measurements:
    site-packages, so all three run the same torch build). Every process loads the same
    initial weights (dolmino's init, renamed) and the same batch; processes run one at a
    time, interleaved: round r runs every implementation once, in an order rotated per round,
-   and each reports `--peer-steps` timed steps after `--peer-warmup` untimed ones. Figures
-   are medians over all timed steps of all rounds. The step is each project's own per-batch
+   and each reports `--peer-steps` timed steps after `--peer-warmup` untimed ones (default
+   2: with one, the run of 2026-12-04 02:05 showed every process of every implementation
+   taking ~1.5x as long for its first timed step as for its second, e.g. at olmo2-190M
+   dolmino 7.8-8.3 s then 5.1-5.5, transformers 8.6-9.9 then 5.5-6.4; a warm-up each process
+   pays once, not a training step's cost, and a median over both kinds of step fell between
+   them). Figures are medians over all timed steps of all rounds. The step is each project's own per-batch
    work (see trainer_step.py): dolmino and OLMo-core compute cross-entropy + z-loss,
    transformers' model has no z-loss and computes cross-entropy only; all clip at 1.0 and
    use torch's fused AdamW. Peak memory is each process's resident high-water mark (weights,
@@ -504,7 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     peers.add_argument("--peer-batch-size", type=int, default=2, help="instances per step (one micro-batch)")
     peers.add_argument("--rounds", type=int, default=5, help="interleaved rounds (one process per impl each)")
     peers.add_argument("--peer-steps", type=int, default=2, help="timed steps per process")
-    peers.add_argument("--peer-warmup", type=int, default=1, help="untimed steps per process before the timed ones")
+    peers.add_argument("--peer-warmup", type=int, default=2,
+                       help="untimed steps per process before the timed ones (with 1, every process's first timed "
+                            "step took ~1.5x its second: a warm-up paid once per process)")
     peers.add_argument("--memory-model", default="olmo2-30M", help="model of the peak-memory comparison")
     peers.add_argument("--memory-seq-len", type=int, default=4096,
                        help="sequence length of the peak-memory comparison (batch 1); 0 skips it")
