@@ -65,13 +65,14 @@ class ReadAhead:
     def take(self, uri: str) -> bytes | None:
         if not self._waiting[uri]:
             return None
-        if not any(queued == uri for queued, _, _ in self._ahead):
+        skipped = next((i for i, (queued, _, _) in enumerate(self._ahead) if queued == uri), None)
+        if skipped is None:
             # The reader skipped everything in flight: drop it, and the queue up to `uri`.
             self._drop(len(self._ahead))
             while self._todo[0][0] != uri:
                 self._waiting[self._todo.popleft()[0]] -= 1
             self._fill()
-        skipped = next(i for i, (queued, _, _) in enumerate(self._ahead) if queued == uri)
+            skipped = 0
         self._drop(skipped)
         _, size, future = self._ahead.popleft()
         self._bytes -= size

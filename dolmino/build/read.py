@@ -29,7 +29,7 @@ def read_unit(uri: str, unit: Unit, quarantine: Quarantine,
     return read_documents(uri, quarantine, max_doc_bytes=max_doc_bytes, byte_range=byte_range(unit), data=data)
 
 
-def read_ahead(units, threads: int) -> ReadAhead:
+def fetch_ahead(units, threads: int) -> ReadAhead:
     """A task's read-ahead over its units, in the order it reads them. Only whole input files
     are fetched ahead: a range is read from its own offset, and a Stack Exchange unit's
     documents file (which the reader asks for by its own URI) is read as before."""

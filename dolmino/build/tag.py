@@ -34,7 +34,7 @@ from dolmino.build.attributes import (
     unit_listing, unit_rows, unit_stats, unit_version, write_bytes, write_table,
 )
 from dolmino.build.inputs import Unit
-from dolmino.build.read import read_ahead, read_unit
+from dolmino.build.read import fetch_ahead, read_unit
 from dolmino.build.resources import Resource, keyed_spec, localized_spec
 from dolmino.build.spark import parallelize_pickled
 from dolmino.build.stackexchange import apply_conversion, convert_ranges, convert_whole
@@ -321,7 +321,7 @@ def tag_bundle(work: BundleWork, ctx: TagContext, ahead: ReadAhead) -> Iterator[
 def run_tag_task(works: list[BundleWork], ctx_b, counters) -> Iterator[BundleTagged | Signature]:
     ctx = ctx_b.value
     worker_heap.freeze()
-    with read_ahead([u for work in works for u in work.bundle.units], ctx.read_ahead) as ahead:
+    with fetch_ahead([u for work in works for u in work.bundle.units], ctx.read_ahead) as ahead:
         for work in works:
             started = time.process_time()
             for record in tag_bundle(work, ctx, ahead):

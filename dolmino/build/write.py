@@ -26,7 +26,7 @@ import numpy as np
 from dolmino.build import worker_heap
 from dolmino.build.attributes import AttributeStore, write_bytes
 from dolmino.build.inputs import Unit
-from dolmino.build.read import read_ahead, read_lines
+from dolmino.build.read import fetch_ahead, read_lines
 from dolmino.build.pool import PoolDoc, loc_of
 from dolmino.checksums import sha256_file
 from dolmino.doc_lengths import histogram
@@ -99,11 +99,10 @@ def tokenize_units(groups, ctx_b, counters) -> Iterator[TokDoc | TokStats]:
     ctx = ctx_b.value
     worker_heap.freeze()
     started = time.process_time()
-    filters: dict[int, list] = {}
     stats: dict[int, dict] = {}
     groups = list(groups)  # (unit index, its few chosen documents' records): the units to fetch ahead
-    with read_ahead([ctx.units[unit_index] for unit_index, _ in groups], ctx.read_ahead) as ahead:
-        yield from _tokenize_groups(groups, ctx, filters, stats, ahead, counters)
+    with fetch_ahead([ctx.units[unit_index] for unit_index, _ in groups], ctx.read_ahead) as ahead:
+        yield from _tokenize_groups(groups, ctx, stats, ahead, counters)
         counters.add("fetched_ahead", ahead.fetched)
     cpu = time.process_time() - started
     counters.add("cpu_s", cpu)
@@ -112,13 +111,14 @@ def tokenize_units(groups, ctx_b, counters) -> Iterator[TokDoc | TokStats]:
                        st["control"], st["eos_in_span"], cpu)
 
 
-def _tokenize_groups(groups, ctx: TokContext, filters: dict, stats: dict, ahead: ReadAhead,
-                     counters) -> Iterator[TokDoc]:
+def _tokenize_groups(groups, ctx: TokContext, stats: dict, ahead: ReadAhead, counters) -> Iterator[TokDoc]:
+    """Each unit's chosen lines, tokenized and filtered; per-source counts go into `stats`."""
     from filters.base import apply_chain
     from filters.registry import build_filter
 
     from dolmino.build.resources import localized_spec
 
+    filters: dict[int, list] = {}
     for unit_index, docs in groups:
         unit = ctx.units[unit_index]
         si = unit.source_index
