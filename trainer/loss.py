@@ -36,6 +36,8 @@ from typing import NamedTuple
 
 import torch
 
+from trainer.buffers import DEFAULT_POOL
+
 IGNORE_INDEX = -100
 
 # One chunk's working set: its logits in the compute dtype plus their fp32 softmax. 256 MiB
@@ -143,7 +145,8 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if need_hidden_grad else None
         # The weight's gradient is written by the first chunk's matmul and accumulated by the
         # others; zero-filling it first would be one more pass over (vocab x d) floats.
-        grad_weight = torch.empty(vocab, d, device=device, dtype=torch.float32) if need_weight_grad else None
+        # On CPU its memory is kept from the last step's (trainer.buffers): no page faults.
+        grad_weight = DEFAULT_POOL.empty((vocab, d), torch.float32, device) if need_weight_grad else None
         rows = min(chunk_size, max(n, 1))
         # Two buffers reused by every chunk (no allocation, and no page faults on CPU, per chunk).
         logits_buf = torch.empty(rows, vocab, device=device, dtype=compute_dtype)

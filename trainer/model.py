@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from trainer.buffers import DEFAULT_POOL
 from trainer.config import ModelConfig
 from trainer.loss import LossOutput, fused_lm_loss, lm_loss
 
@@ -100,13 +101,55 @@ class Block(nn.Module):
         return h + self.mlp_norm(self.mlp(h))
 
 
+class _EmbeddingPooledGrad(torch.autograd.Function):
+    """F.embedding whose weight gradient is written into memory kept from the last step.
+
+    The gradient is the same sum, in the same order, as torch's CPU embedding backward
+    (each row adds its tokens' gradients in token order), so it is bitwise the same; only
+    where its (vocab x d) block comes from differs (trainer.buffers).
+    """
+
+    @staticmethod
+    def forward(ctx, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(ids)
+        ctx.weight_shape, ctx.weight_dtype = weight.shape, weight.dtype
+        return F.embedding(ids, weight)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        if not ctx.needs_input_grad[1]:
+            return None, None
+        (ids,) = ctx.saved_tensors
+        grad = DEFAULT_POOL.empty(ctx.weight_shape, ctx.weight_dtype, grad_out.device).zero_()
+        grad.index_add_(0, ids.reshape(-1), grad_out.reshape(-1, grad.shape[1]).to(grad.dtype))
+        return None, grad
+
+
+class Embedding(nn.Embedding):
+    """nn.Embedding whose weight gradient reuses the last step's memory on CPU.
+
+    The (vocab x d) gradient is allocated anew every step, and on CPU that memory is faulted
+    in page by page (trainer.buffers). On CUDA, under torch.compile, and for the options
+    this model never sets (padding_idx, max_norm, sparse, scaled by frequency), it is
+    nn.Embedding.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if (w.device.type != "cpu" or not (torch.is_grad_enabled() and w.requires_grad)
+                or torch.compiler.is_compiling() or self.padding_idx is not None or self.max_norm is not None
+                or self.sparse or self.scale_grad_by_freq):
+            return super().forward(input)
+        return _EmbeddingPooledGrad.apply(input, w)
+
+
 class OLMo2(nn.Module):
     """Token ids (batch, seq) -> logits (batch, seq, padded_vocab_size), or the loss given labels."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
+        self.embed = Embedding(cfg.padded_vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab_size, bias=False)
