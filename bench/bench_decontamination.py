@@ -6,7 +6,7 @@
 Prints one JSON object with three measurements:
 
 1. `index_build`: instances read from the wheels, n-grams hashed, index written, for the
-   chosen tasks. Run in a child process so that its peak RSS (ru_maxrss of the child) is
+   chosen tasks. Run in a child process so that its peak RSS (VmHWM of the child) is
    the build's own; also wall time split into reading instances vs hashing + sorting,
    index bytes, distinct hashes and the false-positive rate per lookup (N / 2^64).
 2. `index_load`: time to open the index (memory-mapped) and the RSS it adds once every
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ def _rss_mb() -> float:
 
 def _build_child(tasks: str, out: str, ngram_size: int) -> None:
     """Runs in a fresh interpreter: build and print timings as JSON."""
+    from bench.proctree import self_peak_rss_mb
     from dolmino import evalsets
     from filters.decontamination import build_index, char_classes, ngram_hashes
 
@@ -63,7 +63,7 @@ def _build_child(tasks: str, out: str, ngram_size: int) -> None:
         "distinct_hashes": index.distinct_hashes, "pairs": len(index),
         "index_file_mb": round(os.path.getsize(out) / 2**20, 1),
         "false_positive_rate_per_lookup": index.meta["false_positive_rate_per_lookup"],
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "peak_rss_mb": round(self_peak_rss_mb(), 1),
     }))
 
 

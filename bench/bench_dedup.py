@@ -41,7 +41,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import sys
 import time
 import tracemalloc
@@ -130,7 +129,9 @@ def plant_near_duplicates(docs: list[dict], rate: float = 0.05, seed: int = 0, m
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    from bench.proctree import self_peak_rss_mb
+
+    return self_peak_rss_mb()
 
 
 def signature_throughput(docs: list[dict], num_perm: int = 128, ngram: int = 5, seed: int = 1,

@@ -7,7 +7,7 @@ Input: the embedded default corpus's Posts.xml (real TriviaQA / NQ questions and
 the dump schema, answers before and after their questions), repeated N times with every
 Id / ParentId / AcceptedAnswerId shifted per copy, so an Nx file holds N times the posts with
 the same structure. Each size runs `iter_stackexchange` (both passes: candidate pairs, then
-parse, pair, filter and HTML-to-text) in a fresh interpreter, so its peak RSS (ru_maxrss)
+parse, pair, filter and HTML-to-text) in a fresh interpreter, so its peak RSS (VmHWM)
 is the reader's own: a streaming reader keeps it flat as the file grows, which is what a
 100 GB stackoverflow Posts.xml needs. Figures are per core (one process). No anchor: neither
 dolma nor datatrove reads Posts.xml.
@@ -61,8 +61,7 @@ def scaled_posts(base: bytes, copies: int, out: Path) -> Path:
 
 def _child(path: str) -> None:
     """Runs in a fresh interpreter: read one Posts.xml, print timings, counts and peak RSS as JSON."""
-    import resource
-
+    from bench.proctree import self_peak_rss_mb
     from filters.stackexchange import StackExchangeStats, iter_stackexchange
 
     stats = StackExchangeStats()
@@ -70,7 +69,7 @@ def _child(path: str) -> None:
     kept = sum(1 for _ in iter_stackexchange(path, stats=stats))
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "kept": kept, "rows": stats.rows, "questions": stats.questions_seen,
-                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)}))
+                      "peak_rss_mb": round(self_peak_rss_mb(), 1)}))
 
 
 def _tree_cpu_s(root_pid: int) -> float:

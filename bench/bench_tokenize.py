@@ -28,7 +28,7 @@ Timing starts when the tool starts loading its tokenizer and ends when its outpu
 disk (interpreter start-up is excluded). Two figures come from that span: wall-clock
 tokens/s per core, and tokens per CPU-second (user + system time of the process and of the
 children it waited for, e.g. dolma's pool worker), which a loaded machine distorts far less. Peak memory is the largest resident set of the
-process or of any process it waited for (ru_maxrss). Afterwards every output is decoded
+process (VmHWM) or of any process it waited for (ru_maxrss). Afterwards every output is decoded
 back into per-document token lists and compared with dolmino's, document by document.
 The anchors' tokenizers versions (their venvs pin them) are in the JSON (`anchor_versions`).
 """
@@ -100,8 +100,11 @@ def _cpu_seconds() -> float:
 
 
 def _peak_rss_kib() -> int:
-    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    """The largest peak of this process (VmHWM: bench.proctree.self_peak_rss_mb says why not
+    ru_maxrss) and of the children it waited for."""
+    from bench.proctree import self_peak_rss_mb
+
+    return max(int(self_peak_rss_mb() * 1024), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
 # ------------------------------------------------------------- children (this venv)

@@ -15,8 +15,8 @@ so both tools run the same LSH.
 reader lists them). Prints one JSON object: seconds per stage and in all, CPU seconds of the
 four stages (user + system time of this process and of any child it waited for, from
 getrusage, so reading the input, writing every intermediate file and the output are all
-counted; interpreter start-up and imports are not), peak RSS (ru_maxrss of this process,
-which ran every stage) and the removals {removed id: kept id of its cluster}.
+counted; interpreter start-up and imports are not), peak RSS (VmHWM of this process,
+which ran every stage; _common.self_peak_rss_kib says why not ru_maxrss) and the removals {removed id: kept id of its cluster}.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import logging
 import os
 import resource
 import time
+
+from _common import self_peak_rss_kib
 
 
 def main() -> None:
@@ -109,7 +111,7 @@ def main() -> None:
             removed[doc_id] = cluster_of_kept.get(cid, doc_id)
     print(json.dumps({"seconds": seconds, "total_seconds": sum(seconds.values()), "cpu_seconds": cpu_seconds,
                       "docs": len(ids),
-                      "kept": len(kept_ids), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+                      "kept": len(kept_ids), "peak_rss_mb": self_peak_rss_kib() / 1024.0,
                       "removed": removed}))
 
 
