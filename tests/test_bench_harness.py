@@ -267,3 +267,23 @@ def test_growth_exponent_recovers_known_powers():
         fit_exponent([2, 2], [1.0, 2.0])
     with pytest.raises(ValueError):
         fit_exponent([1], [1.0])
+
+
+@pytest.mark.parametrize("helper", ["bench", "anchor"])
+def test_a_childs_peak_rss_is_its_own_not_its_parents(helper):
+    """Linux carries a parent's high-water mark across fork + exec into the child's ru_maxrss;
+    the bench's peak figures must be the child's own."""
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    big = bytearray(400 * 2**20)
+    big[::4096] = b"\1" * len(big[::4096])  # resident, not just reserved
+    if helper == "bench":
+        code = "from bench.proctree import self_peak_rss_mb as p; print(p())"
+    else:
+        code = (f"import sys; sys.path.insert(0, {str(repo / 'bench' / 'anchor_scripts')!r}); "
+                "from _common import self_peak_rss_kib as p; print(p() / 1024)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, check=True)
+    assert float(out.stdout) < 200, out.stdout  # ru_maxrss said > 400 here
+    del big
