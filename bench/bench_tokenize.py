@@ -159,8 +159,9 @@ def child_dolmino(input_dir: Path, tokenizer_path: Path, out_dir: Path) -> dict:
     plans = tuple(SimpleNamespace(name=p.name, format="dolma") for p in paths)
     started, cpu0 = time.perf_counter(), _cpu_seconds()
     tokenizer = Dolma2Tokenizer(tokenizer_path.read_text(encoding="utf-8"))
-    ctx = SimpleNamespace(value=TokContext(None, plans, tuple(() for _ in paths), {}, units, {i: 0 for i in units},
-                                           tokenizer, DEFAULT_READ_AHEAD))
+    ctx = SimpleNamespace(value=TokContext(
+        store=None, plans=plans, token_filters=tuple(() for _ in paths), max_doc_tokens=tuple(None for _ in paths),
+        resources={}, units=units, offsets={i: 0 for i in units}, tokenizer=tokenizer, read_ahead=DEFAULT_READ_AHEAD))
     tokens = docs = 0
     for i, path in enumerate(paths):
         groups = [(i, [PoolDoc(i, i, line, line, 0, 0) for line in wanted[i]])]

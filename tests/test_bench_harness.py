@@ -287,3 +287,14 @@ def test_a_childs_peak_rss_is_its_own_not_its_parents(helper):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, check=True)
     assert float(out.stdout) < 200, out.stdout  # ru_maxrss said > 400 here
     del big
+
+
+def test_tokenize_bench_runs_dolminos_tokenize_path():
+    """bench_tokenize builds the mix's tokenize context itself; it must follow the build's
+    signatures (it silently lost its dolmino figure when TokContext grew a field)."""
+    from bench import bench_tokenize
+
+    result = bench_tokenize.main(["--limit", "20", "--impls", "raw,dolmino"])
+    assert not result["errors"] and not result.get("notes"), (result["errors"], result.get("notes"))
+    dolmino = {f["name"] for f in result["figures"] if f["impl"] == "dolmino"}
+    assert {"tokenize: tokens/s per core", "tokenize: peak RSS"} <= dolmino

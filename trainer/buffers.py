@@ -31,8 +31,30 @@ from collections import OrderedDict
 
 import torch
 
+
+
+def _storage_use_count():
+    """torch's count of references to a storage, if it behaves as the pool relies on: 1 when only
+    the pool's storage object refers to the memory, more while any tensor or view does. It is
+    a private function; where it is missing or counts otherwise, nothing is pooled."""
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    if count is None:
+        return None
+    try:
+        tensor = torch.empty(4)
+        storage = tensor.untyped_storage()
+        view = tensor[1:]
+        del tensor
+        with_view = count(storage._cdata)
+        del view
+        alone = count(storage._cdata)
+    except Exception:  # noqa: BLE001 - any failure means: do not pool
+        return None
+    return count if alone == 1 and with_view > 1 else None
+
+
 # The count of references to a storage is what makes reuse safe; without it, nothing is pooled.
-_use_count = getattr(torch._C, "_storage_Use_Count", None)
+_use_count = _storage_use_count()
 
 
 class BufferPool:
