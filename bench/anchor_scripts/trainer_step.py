@@ -300,7 +300,7 @@ def main(argv: list[str]) -> int:
         # interpreter and the libraries it imported. Not ru_maxrss: Linux carries the parent's
         # high-water mark across fork + exec into it, so it reported the bench process's size
         # whenever that was larger than this step's (dolmino's 30M step: 3,060 MiB against its
-        # own 1,650).
+        # own 1,733).
         "peak_rss_mib": (max(known) if known else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024,
         "rss_after_build_mib": None if rss_built is None else rss_built / 1024,
         # the most any step raised resident memory above what it started with
