@@ -32,7 +32,6 @@ from collections import OrderedDict
 import torch
 
 
-
 def _storage_use_count():
     """torch's count of references to a storage, if it behaves as the pool relies on: 1 when only
     the pool's storage object refers to the memory, more while any tensor or view does. It is
