@@ -16,7 +16,8 @@ reader lists them). Prints one JSON object: seconds per stage and in all, CPU se
 four stages (user + system time of this process and of any child it waited for, from
 getrusage, so reading the input, writing every intermediate file and the output are all
 counted; interpreter start-up and imports are not), peak RSS (VmHWM of this process,
-which ran every stage; _common.self_peak_rss_kib says why not ru_maxrss) and the removals {removed id: kept id of its cluster}.
+which ran every stage; _common.self_peak_rss_kib says why not ru_maxrss) and the removals
+{removed id: kept id of its cluster}.
 """
 
 from __future__ import annotations
