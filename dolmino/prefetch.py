@@ -11,6 +11,11 @@ bytes to the reader in order.
 It only ever speeds a read up: local paths, objects over `MAX_OBJECT_BYTES`, a URI asked
 for out of order and any failed fetch give None, and the reader then opens the object
 itself, as it would without read-ahead, and reports any error the usual way.
+
+A size may be unknown (None): the mix's pool stage reads attribute files whose sizes no
+listing gave it. Such an object holds `MAX_OBJECT_BYTES` of the byte bound while in flight,
+and its fetch gives up when the response's length says it is larger (the reader then streams
+it, one request more than without read-ahead, for an object large enough to dwarf it).
 """
 
 from __future__ import annotations
@@ -28,28 +33,36 @@ MAX_OBJECT_BYTES = 4 << 20
 MAX_BYTES_AHEAD = 32 << 20
 
 
-def _get_object(uri: str) -> bytes:
+def _get_object(uri: str, max_bytes: int) -> bytes | None:
+    """The object's bytes; None, without reading its body, when it is larger than `max_bytes`."""
     from dolmino.s3 import client, split_uri
 
     bucket, key = split_uri(uri)
-    return client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    response = client().get_object(Bucket=bucket, Key=key)
+    if int(response.get("ContentLength", 0)) > max_bytes:
+        response["Body"].close()
+        return None
+    return response["Body"].read()
 
 
 class ReadAhead:
-    """`take(uri)`, called in the order of `items` ((uri, size) pairs), gives the object's
-    bytes, or None when it was not fetched ahead. Use it as a context manager: leaving
-    cancels the fetches nobody will take."""
+    """`take(uri)`, called in the order of `items` ((uri, size or None) pairs), gives the
+    object's bytes, or None when it was not fetched ahead. Use it as a context manager:
+    leaving cancels the fetches nobody will take. `fetch(uri, max_bytes)` gives the bytes,
+    or None for an object larger than `max_bytes`."""
 
-    def __init__(self, items: Iterable[tuple[str, int]], threads: int = DEFAULT_READ_AHEAD, *,
+    def __init__(self, items: Iterable[tuple[str, int | None]], threads: int = DEFAULT_READ_AHEAD, *,
                  max_object_bytes: int = MAX_OBJECT_BYTES, max_bytes_ahead: int = MAX_BYTES_AHEAD,
-                 fetch: Callable[[str], bytes] = _get_object):
-        self._todo = deque((uri, size) for uri, size in items
-                           if threads > 0 and uri.startswith("s3://") and size <= max_object_bytes)
+                 fetch: Callable[[str, int], bytes | None] = _get_object):
+        # An unknown size reserves the largest an object may be.
+        self._todo = deque((uri, max_object_bytes if size is None else size) for uri, size in items
+                           if threads > 0 and uri.startswith("s3://") and (size is None or size <= max_object_bytes))
         self._ahead: deque[tuple[str, int, Future]] = deque()
         self._waiting = Counter(uri for uri, _ in self._todo)  # in _todo or _ahead, not taken yet
         self._bytes = 0
         self._threads = threads
         self._max_bytes = max_bytes_ahead
+        self._max_object = max_object_bytes
         self._fetch = fetch
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="read-ahead") if self._todo else None
         self.fetched = 0  # objects whose bytes were handed to the reader
@@ -59,7 +72,7 @@ class ReadAhead:
         while self._todo and len(self._ahead) < self._threads and (
                 not self._ahead or self._bytes + self._todo[0][1] <= self._max_bytes):
             uri, size = self._todo.popleft()
-            self._ahead.append((uri, size, self._pool.submit(self._fetch, uri)))
+            self._ahead.append((uri, size, self._pool.submit(self._fetch, uri, self._max_object)))
             self._bytes += size
 
     def take(self, uri: str) -> bytes | None:

@@ -88,7 +88,9 @@ def test_build_from_s3_is_byte_identical_to_local(inputs, spark_with_s3, tmp_pat
     local_root, s3_root = inputs
     local_out, s3_out = tmp_path / "local", tmp_path / "s3"
     local_report = build(manifest_from_dict(_manifest(local_root)), BUDGET, str(local_out), spark_with_s3)
-    s3_report = build(manifest_from_dict(_manifest(s3_root)), BUDGET, str(s3_out), spark_with_s3)
+    # Attributes on S3 too: the pool stage reads them there.
+    s3_report = build(manifest_from_dict(_manifest(s3_root)), BUDGET, str(s3_out), spark_with_s3,
+                      attributes=f"{s3_root}-attributes")
 
     local_parts, s3_parts = _outputs(local_out), _outputs(s3_out)
     assert len([n for n in local_parts if n.endswith(".npy")]) >= 2
@@ -106,12 +108,17 @@ def test_build_from_s3_is_byte_identical_to_local(inputs, spark_with_s3, tmp_pat
     assert local_report["run"]["stages"]["tag"]["fetched_ahead"] == 0
     assert s3_report["run"]["stages"]["tag"]["fetched_ahead"] == 5  # both zst and gz, the broken one too
     assert s3_report["run"]["stages"]["tokenize"]["fetched_ahead"] > 0
+    # The pool stage fetched every attribute file it read ahead: every Parquet file of the root.
+    bucket, prefix = s3.split_uri(f"{s3_root}-attributes/")
+    parquet = [key for key, _ in s3.iter_keys(bucket, prefix) if key.endswith(".parquet")]
+    assert s3_report["run"]["stages"]["pool"]["fetched_ahead"] == len(parquet) > 0
     one_at_a_time = tmp_path / "s3-no-read-ahead"
     report = build(manifest_from_dict(_manifest(s3_root)), BUDGET, str(one_at_a_time), spark_with_s3,
-                   attributes=str(tmp_path / "attributes-no-read-ahead"), read_ahead=0)
+                   attributes=f"{s3_root}-attributes-no-read-ahead", read_ahead=0)
     assert _outputs(one_at_a_time) == s3_parts
     assert report["run"]["stages"]["tag"]["fetched_ahead"] == 0
     assert report["run"]["stages"]["tokenize"]["fetched_ahead"] == 0
+    assert report["run"]["stages"]["pool"]["fetched_ahead"] == 0
 
 
 def test_build_with_missing_s3_source_fails_clearly(inputs, spark_with_s3, tmp_path):

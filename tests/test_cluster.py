@@ -263,8 +263,10 @@ def test_spark_submit_master_runs_on_the_cluster(clean_run, cluster):
     app = apps[run["application_id"]]
     assert app["name"] == "dolmino-all-cluster" and app["state"] == "FINISHED"
     assert not state["activeapps"]
-    # The executors fetched their small S3 inputs ahead (dolmino.prefetch), in both phases.
+    # The executors fetched their small S3 inputs ahead (dolmino.prefetch), in both phases,
+    # and the pool stage its attribute files.
     assert run["stages"]["tag"]["fetched_ahead"] > 0 and run["stages"]["tokenize"]["fetched_ahead"] > 0
+    assert run["stages"]["pool"]["fetched_ahead"] > 0
 
 
 def test_filter_files_reach_executors_without_a_shared_disk(clean_run, cluster, world):

@@ -22,12 +22,13 @@ class Recorder:
         self.lock = threading.Lock()
         self.fail = fail
 
-    def __call__(self, uri: str) -> bytes:
+    def __call__(self, uri: str, max_bytes: int) -> bytes | None:
         with self.lock:
             self.calls.append(uri)
         if uri in self.fail:
             raise OSError(f"{uri}: connection reset")
-        return uri.encode()
+        data = uri.encode()
+        return None if len(data) > max_bytes else data
 
     def wait_for(self, n: int) -> None:
         deadline = time.monotonic() + 5
@@ -50,7 +51,7 @@ def test_fetches_run_concurrently():
     """Four fetches that can only finish together: one at a time they would wait forever."""
     barrier = threading.Barrier(4, timeout=10)
 
-    def fetch(uri: str) -> bytes:
+    def fetch(uri: str, max_bytes: int) -> bytes:
         barrier.wait()
         return uri.encode()
 
@@ -113,3 +114,45 @@ def test_zero_threads_and_close_fetch_nothing_more():
     ahead = ReadAhead([(u, 10) for u in _uris(5)], 2, fetch=fetch)
     ahead.close()
     assert all(ahead.take(u) is None for u in _uris(5))
+
+
+def test_unknown_sizes_hold_the_largest_object_each_and_large_ones_go_to_the_reader():
+    """Attribute files come without sizes: each in flight counts as max_object_bytes, and one
+    that turns out larger is handed back as None (the reader opens it), the rest in order."""
+    fetch = Recorder()
+    uris = _uris(8)
+    long_uri = "s3://bucket/" + "x" * 60 + ".parquet"  # Recorder's object is its URI: 72 bytes
+    with ReadAhead([(u, None) for u in uris] + [(long_uri, None)], 8, fetch=fetch, max_object_bytes=64,
+                   max_bytes_ahead=64 * 3) as ahead:
+        fetch.wait_for(3)
+        time.sleep(0.05)
+        assert fetch.calls == uris[:3]  # 3 x 64 bytes reserved, though each is 30
+        assert [ahead.take(u) for u in uris] == [u.encode() for u in uris]
+        assert ahead.take(long_uri) is None
+        assert ahead.fetched == 8
+    assert fetch.calls == uris + [long_uri]
+
+
+def test_get_object_leaves_an_object_over_the_limit_unread(monkeypatch):
+    import io
+
+    import dolmino.s3
+    from dolmino.prefetch import _get_object
+
+    class Body(io.BytesIO):
+        read_calls = 0
+
+        def read(self, *a):
+            Body.read_calls += 1
+            return super().read(*a)
+
+    class Client:
+        def get_object(self, Bucket, Key):
+            data = f"{Bucket}/{Key}".encode()
+            return {"ContentLength": len(data), "Body": Body(data)}
+
+    monkeypatch.setattr(dolmino.s3, "client", lambda: Client())
+    assert _get_object("s3://bucket/key", 100) == b"bucket/key"
+    assert Body.read_calls == 1
+    assert _get_object("s3://bucket/key", 4) is None
+    assert Body.read_calls == 1  # the body was closed, not read

@@ -50,8 +50,9 @@ def parse_args(argv: list[str] | None, phase: str) -> argparse.Namespace:
     parser.add_argument("--task-size", default="128M", help="input bytes per task (small files are grouped, "
                                                             "large plain .jsonl split)")
     parser.add_argument("--read-ahead", type=int, default=DEFAULT_READ_AHEAD,
-                        help="S3 input objects of up to 4 MB that each task fetches ahead, concurrently, so a task of "
-                             "many small files does not wait for each GET in turn (0: one at a time)")
+                        help="S3 objects of up to 4 MB (inputs, attribute files) that each task fetches ahead, "
+                             "concurrently, so a task of many small files does not wait for each GET in turn "
+                             "(0: one at a time)")
     parser.add_argument("--quiet", action="store_true", help="no live progress lines")
     parser.add_argument("--locked", action="store_true", help="refuse to build if any input, model, index or the "
                                                               "tokenizer differs from the manifest's lock (dolmino lock)")

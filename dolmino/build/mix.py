@@ -23,7 +23,7 @@ from dolmino.build.progress import Stage
 from dolmino.build.resources import file_params, stage
 from dolmino.build.pool import (
     PoolBlock, PoolContext, UnitIds, UnitPool, bucket_range, bucket_totals, candidates, dedup, duplicate_ids,
-    loc_of, pool_bundle,
+    fetch_attributes, loc_of, pool_bundle,
 )
 from dolmino.build.select import (
     ALL_MEMBERS, SourceSelection, cut, initial_selection, refill, settle, split_targets, tokens_per_byte,
@@ -145,7 +145,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
 
     names = {u.index: u.file.name for u in units}
     pool_ctx = sc.broadcast(PoolContext(store, tagged.plans, manifest.sources, resources, manifest.seed, names,
-                                        tagged.first_lines, skips_blank(manifest)))
+                                        tagged.first_lines, skips_blank(manifest), options.read_ahead))
     task_of_bundle = sc.broadcast(_task_of_bundle(groups))
     with Stage(sc, "pool", total_units=len(units), quiet=options.quiet) as st:
         counters = st.counters
@@ -268,13 +268,15 @@ def _pool_group(bundles, ctx_b, counters):
     ctx = ctx_b.value
     worker_heap.freeze()
     started = time.process_time()
-    for bundle in bundles:
-        for record in pool_bundle(bundle, ctx):
-            if isinstance(record, UnitPool):
-                counters.add("units", 1)
-                counters.add("docs", record.stats["docs_in"])
-                counters.add("bytes", record.stats["bytes_in"])
-            yield record
+    with fetch_attributes(bundles, ctx) as ahead:
+        for bundle in bundles:
+            for record in pool_bundle(bundle, ctx, ahead):
+                if isinstance(record, UnitPool):
+                    counters.add("units", 1)
+                    counters.add("docs", record.stats["docs_in"])
+                    counters.add("bytes", record.stats["bytes_in"])
+                yield record
+        counters.add("fetched_ahead", ahead.fetched)
     counters.add("cpu_s", time.process_time() - started)
 
 

@@ -24,6 +24,7 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 
 from dolmino.build.attributes import AttributeStore, Bundle, read_table, unit_rows, unit_stats
+from dolmino.prefetch import DEFAULT_READ_AHEAD, ReadAhead
 from mixers.sampling import bucket_of, seeded_hash
 
 BLANK_REASON = "tokenizer:empty_after_strip"
@@ -120,6 +121,7 @@ class PoolContext(NamedTuple):
     names: dict  # unit index -> input name
     offsets: dict  # unit index -> lines before it in its file
     strip_blank: bool  # dolma tokenization semantics: blank documents are skipped
+    read_ahead: int = DEFAULT_READ_AHEAD  # attribute files on S3 a task keeps in flight
 
 
 def loc_of(name: str, offset: int, loc_line: int) -> str:
@@ -154,9 +156,22 @@ def duplicate_ids(sc, records) -> dict[int, int]:
     return out
 
 
-def _unit_slices(path: str, bundle: Bundle) -> tuple[object, list, dict]:
+def attribute_paths(bundle: Bundle, ctx: PoolContext) -> list[str]:
+    """The bundle's attribute files in the order pool_bundle reads them: docs, filters, clusters."""
+    plan = ctx.plans[bundle.source_index]
+    sets = [plan.docs_set, *(t.set_name for t in plan.filters), *([plan.minhash_set] if plan.minhash_set else [])]
+    return [ctx.store.path(plan.name, set_name, bundle) for set_name in sets]
+
+
+def fetch_attributes(bundles: Iterable[Bundle], ctx: PoolContext) -> ReadAhead:
+    """A pool task's attribute files on S3, fetched ahead in the order it reads them (sizes
+    unknown: the driver's listing does not travel to the tasks)."""
+    return ReadAhead(((path, None) for bundle in bundles for path in attribute_paths(bundle, ctx)), ctx.read_ahead)
+
+
+def _unit_slices(path: str, bundle: Bundle, ahead: ReadAhead | None) -> tuple[object, list, dict]:
     """(table, [(start, end) rows per unit], metadata) of one of a bundle's attribute files."""
-    table, meta = read_table(path)
+    table, meta = read_table(path, data=None if ahead is None else ahead.take(path))
     return table, unit_rows(meta, bundle), meta
 
 
@@ -169,8 +184,10 @@ def _int_keys(values: list[int]) -> np.ndarray:
     return np.array([(v >> 64, v & _U64) for v in values], dtype=np.uint64).reshape(-1, 2)
 
 
-def pool_bundle(bundle: Bundle, ctx: PoolContext) -> Iterator[PoolBlock | UnitPool | UnitIds]:
-    """Decide every document of a bundle from its attribute files (each read once)."""
+def pool_bundle(bundle: Bundle, ctx: PoolContext,
+                ahead: ReadAhead | None = None) -> Iterator[PoolBlock | UnitPool | UnitIds]:
+    """Decide every document of a bundle from its attribute files (each read once, in
+    `attribute_paths` order: `ahead` may hold their bytes)."""
     from filters.base import decide
     from filters.dedup import document_key
     from filters.registry import build_filter
@@ -179,17 +196,18 @@ def pool_bundle(bundle: Bundle, ctx: PoolContext) -> Iterator[PoolBlock | UnitPo
 
     si = bundle.source_index
     plan, source = ctx.plans[si], ctx.sources[si]
-    docs, doc_spans, meta = _unit_slices(ctx.store.path(plan.name, plan.docs_set, bundle), bundle)
+    docs, doc_spans, meta = _unit_slices(ctx.store.path(plan.name, plan.docs_set, bundle), bundle, ahead)
     filters = []
     for t in plan.filters:
-        table, spans, _ = _unit_slices(ctx.store.path(plan.name, t.set_name, bundle), bundle)
+        table, spans, _ = _unit_slices(ctx.store.path(plan.name, t.set_name, bundle), bundle, ahead)
         if spans != doc_spans:
             raise ValueError(f"{bundle.key}: {t.set_name} rows per unit {spans[:3]}... differ from the docs set's")
         filters.append((t.index, build_filter(localized_spec(t.spec, ctx.resources), f"{plan.name}.filters[{t.index}]"),
                         table.to_pylist()))
     cluster_rows = None
     if plan.minhash_set:
-        table, cluster_spans, _ = _unit_slices(ctx.store.path(plan.name, plan.minhash_set, bundle), bundle)
+        minhash_path = ctx.store.path(plan.name, plan.minhash_set, bundle)
+        table, cluster_spans, _ = _unit_slices(minhash_path, bundle, ahead)
         cluster_rows = (table.column("line").to_pylist(), table.column("cluster").to_pylist(), cluster_spans)
     exact = source.dedup.exact
     cols = {c: docs.column(c).to_pylist() for c in ("loc_line", "id", "bytes", "blank")}
