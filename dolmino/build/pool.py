@@ -196,18 +196,18 @@ def pool_bundle(bundle: Bundle, ctx: PoolContext,
 
     si = bundle.source_index
     plan, source = ctx.plans[si], ctx.sources[si]
-    docs, doc_spans, meta = _unit_slices(ctx.store.path(plan.name, plan.docs_set, bundle), bundle, ahead)
+    docs_path, *set_paths = attribute_paths(bundle, ctx)  # the order fetch_attributes fetches them in
+    docs, doc_spans, meta = _unit_slices(docs_path, bundle, ahead)
     filters = []
-    for t in plan.filters:
-        table, spans, _ = _unit_slices(ctx.store.path(plan.name, t.set_name, bundle), bundle, ahead)
+    for t, path in zip(plan.filters, set_paths):
+        table, spans, _ = _unit_slices(path, bundle, ahead)
         if spans != doc_spans:
             raise ValueError(f"{bundle.key}: {t.set_name} rows per unit {spans[:3]}... differ from the docs set's")
         filters.append((t.index, build_filter(localized_spec(t.spec, ctx.resources), f"{plan.name}.filters[{t.index}]"),
                         table.to_pylist()))
     cluster_rows = None
     if plan.minhash_set:
-        minhash_path = ctx.store.path(plan.name, plan.minhash_set, bundle)
-        table, cluster_spans, _ = _unit_slices(minhash_path, bundle, ahead)
+        table, cluster_spans, _ = _unit_slices(set_paths[-1], bundle, ahead)
         cluster_rows = (table.column("line").to_pylist(), table.column("cluster").to_pylist(), cluster_spans)
     exact = source.dedup.exact
     cols = {c: docs.column(c).to_pylist() for c in ("loc_line", "id", "bytes", "blank")}
