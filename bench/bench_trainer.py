@@ -45,6 +45,7 @@ Prints one JSON object. Two measurements:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -253,6 +254,10 @@ def olmo_core_python(create: bool = True) -> Path:
     site-packages to its path: OLMo-core then imports the very torch (and numpy, safetensors,
     ...) that dolmino and transformers use, and only its own packages live in the venv.
     """
+    if importlib.util.find_spec("olmo_core") is not None:
+        # an image that carries OLMo-core beside torch (a GPU machine with no package index):
+        # the peer runs in this very interpreter, as it would in the venv
+        return Path(sys.executable)
     python = OLMO_CORE_VENV / "bin" / "python"
     marker = OLMO_CORE_VENV / ".dolmino-peer.json"
     shared = str(_shared_site_packages())
@@ -315,7 +320,13 @@ def run_worker(python: Path, spec: dict, directory: Path, timeout_s: float) -> d
     path.write_text(json.dumps(spec))
     env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]),
                TOKENIZERS_PARALLELISM="false")
-    env.pop("PYTHONPATH", None)  # the OLMo-core process must not see the worktree; dolmino's adds it itself
+    # the OLMo-core process must not see the worktree (dolmino's adds it itself); other entries
+    # stay, such as a folder of wheels installed with --target on a machine with no index
+    kept = [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+            if p and Path(p).resolve() != REPO.resolve()]
+    env.pop("PYTHONPATH", None)
+    if kept:
+        env["PYTHONPATH"] = os.pathsep.join(kept)
     started = time.perf_counter()
     try:
         proc = subprocess.run([str(python), str(WORKER), str(path)], capture_output=True, text=True,
@@ -373,8 +384,11 @@ def run_interleaved(cfg: ModelConfig, impls: tuple[str, ...], batch_size: int, s
                 out = run_worker(pythons[impl], spec_for(impl, weights, batch), Path(tmp), timeout_s)
                 if "error" in out:
                     errors.append(f"{impl} round {r + 1}: {out['error']}")
+                    log(f"{label} {impl} round {r + 1} failed: {out['error'][-300:]}")
                 else:
                     runs[impl].append(out)
+                    # each worker's result as it lands: a run cut short still leaves its figures
+                    log(f"{label} {impl} round {r + 1} result: {json.dumps(out)}")
     return runs, errors
 
 

@@ -146,3 +146,51 @@ def test_gpu_script_dry_run_on_cpu(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["impls"]["dolmino"]["tokens_per_second_per_gpu"] > 0 and out["errors"] == []
     assert validate_figures(out)[1] == []
+
+
+def test_loss_layer_dry_run_compares_variants_on_the_same_inputs(capsys):
+    """--loss-layer --dry-run: every variant scores the same loss, and each is timed against the
+    matmul floor (on CPU: no peak memory, no compiled variants)."""
+    from bench import bench_trainer_gpu
+
+    assert bench_trainer_gpu.main(["--loss-layer", "--dry-run"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    variants = out["variants"]
+    assert set(variants) == {"fused eager chunk 64 (default)", "fused eager chunk 16", "unfused eager"}
+    assert out["max_loss_difference"] < 1e-4 and out["matmul_floor_ms"] > 0
+    for v in variants.values():
+        assert v["ms"] > 0 and v["x_floor"] == pytest.approx(v["ms"] / out["matmul_floor_ms"], rel=1e-2)
+        assert v["peak_mib"] is None
+
+
+def test_olmo_core_runs_in_this_interpreter_when_it_imports_here(monkeypatch):
+    """On a machine with no package index (a lent GPU), OLMo-core's wheels are installed beside
+    torch: the peer then runs in this interpreter instead of a venv that cannot be made."""
+    import importlib.util
+    import sys
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "olmo_core" else real(name, *a))
+    monkeypatch.setattr(bench_trainer, "OLMO_CORE_VENV", bench_trainer.BENCH_DIR / "no-such-venv")
+    assert bench_trainer.olmo_core_python(create=False) == bench_trainer.Path(sys.executable)
+
+
+def test_worker_keeps_pythonpath_but_not_the_worktree(monkeypatch, tmp_path):
+    """The worker's PYTHONPATH loses the worktree (OLMo-core must not import dolmino) and keeps
+    the rest (wheels installed with --target)."""
+    import os
+    import sys
+
+    seen = {}
+
+    def fake_run(cmd, **kw):
+        seen.update(kw["env"])
+        raise bench_trainer.subprocess.TimeoutExpired(cmd, 1)
+
+    monkeypatch.setattr(bench_trainer.subprocess, "run", fake_run)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(bench_trainer.REPO), str(tmp_path)]))
+    out = bench_trainer.run_worker(bench_trainer.Path(sys.executable), {"impl": "olmo-core", "threads": 1},
+                                   tmp_path, 1)
+    assert "timed out" in out["error"]
+    assert seen["PYTHONPATH"] == str(tmp_path)

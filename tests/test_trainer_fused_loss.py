@@ -221,6 +221,10 @@ def test_bad_arguments_are_clear_errors():
     assert chunk_rows(100_352) == 256 * 2**20 // (100_352 * 8)
     assert chunk_rows(100_352, compute_dtype=torch.bfloat16) == 256 * 2**20 // (100_352 * 6)
     assert chunk_rows(10**9) == 1
+    # on a GPU, chunks of 4 GiB; compiled, a chunk holds its logits and their gradient
+    assert chunk_rows(100_352, compute_dtype=torch.bfloat16, device_type="cuda") == 4 * 2**30 // (100_352 * 6)
+    assert chunk_rows(100_352, compute_dtype=torch.bfloat16, device_type="cuda",
+                      compiled=True) == 4 * 2**30 // (100_352 * 4)
 
 
 def test_model_fused_and_plain_paths_agree():
@@ -302,19 +306,30 @@ def test_fused_no_host_device_sync_and_matches_on_cuda():
         pytest.skip("needs CUDA")
     hidden, weight, labels = make_inputs(seed=12, n=512, d=64, v=1000)
     hidden, weight, labels = hidden.cuda().requires_grad_(), weight.cuda().requires_grad_(), labels.cuda()
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        out = fused_lm_loss(hidden, weight, labels, 1e-4, denominator=torch.tensor(300.0, device="cuda"),
-                            chunk_size=100)
-        out.loss.backward()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    # made before the check: a tensor built from a Python number is a synchronising copy
+    denominator = torch.tensor(300.0, device="cuda")
     ref = reference(hidden.cpu(), weight.cpu(), labels.cpu(), 1e-4, torch.tensor(300.0))
-    assert_rel(out.loss.detach().cpu(), ref[0], rel=1e-5)  # TF32 may be on: a looser bound
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        out16 = fused_lm_loss(hidden.detach(), weight.detach(), labels, 1e-4, chunk_size=100)
-    assert out16.loss.item() == pytest.approx(ref[0].item(), rel=1e-2)
+    for compiled in (False, True):
+        hidden.grad = weight.grad = None
+        if compiled:  # the first call compiles, which may synchronise: check the second
+            fused_lm_loss(hidden, weight, labels, 1e-4, denominator=denominator, chunk_size=100,
+                          compiled=True).loss.backward()
+            hidden.grad = weight.grad = None
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = fused_lm_loss(hidden, weight, labels, 1e-4, denominator=denominator, chunk_size=100,
+                                compiled=compiled)
+            out.loss.backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert_rel(out.loss.detach().cpu(), ref[0], rel=1e-5)  # TF32 may be on: a looser bound
+        assert_rel(hidden.grad.cpu(), ref[3], rel=1e-4)
+        assert_rel(weight.grad.cpu(), ref[4], rel=1e-4)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out16 = fused_lm_loss(hidden.detach(), weight.detach(), labels, 1e-4, denominator=denominator,
+                                  chunk_size=100, compiled=compiled)
+        assert out16.loss.item() == pytest.approx(ref[0].item(), rel=1e-2)
 
 
 def test_function_is_the_one_autograd_node():
@@ -440,3 +455,68 @@ def test_train_step_with_the_instance_filter_fused_and_plain_give_the_reference_
     # had the filtered instances' 2 x 63 labels been counted, the loss would be this much smaller
     wrong = (ce + z).item() * n_targets / (n_targets + 2 * 63)
     assert sums[0].item() != pytest.approx(wrong, rel=1e-3)
+
+
+def compiled_path(hidden, weight, labels, w, denominator=None, chunk_size=16, compute_dtype=torch.float32):
+    """FusedLinearCrossEntropy with compiled=True, as fused_lm_loss calls it on CUDA."""
+    h = hidden.detach().clone().requires_grad_()
+    wt = weight.detach().clone().requires_grad_()
+    mask = labels != IGNORE_INDEX
+    loss, ce, z, _n = FusedLinearCrossEntropy.apply(h, wt, labels, mask, w, denominator, chunk_size, compute_dtype,
+                                                    True, True, True)
+    loss.backward()
+    return (loss.detach(), ce, z), h.grad, wt.grad
+
+
+@pytest.mark.parametrize("chunk_size", [1, 16, N, 4 * N])
+@pytest.mark.parametrize("denominator", [None, 91.0, "tensor"])
+def test_gpu_chunk_loop_matches_float64_reference(monkeypatch, chunk_size, denominator):
+    """The chunk loop CUDA runs with compiled=True, its per-chunk function run eagerly here (the
+    same ops; torch.compile only fuses them): the same 1e-6 parity as the CPU loop."""
+    import trainer.loss as loss_module
+
+    calls = []
+
+    def counted(*args):
+        calls.append(args[0].shape[0])
+        return loss_module._chunk_softmax_grad(*args)
+
+    monkeypatch.setattr(loss_module, "compiled_chunk_softmax_grad", lambda: counted)
+    hidden, weight, labels = make_inputs(seed=21)
+    if denominator == "tensor":
+        denominator = torch.tensor(67.5, dtype=torch.float32)
+    w = 1e-2
+    (loss, ce, z), gh, gw = compiled_path(hidden, weight, labels, w, denominator, chunk_size)
+    assert sum(calls) == N and len(calls) == -(-N // chunk_size)  # every chunk went through it
+    ref = reference(hidden, weight, labels, w, denominator)
+    for actual, expected in zip((loss, ce, z, gh, gw), ref):
+        assert_rel(actual, expected)
+    eager, egh, egw = fused(hidden, weight, labels, w, denominator, chunk_size=chunk_size)
+    assert_rel(loss, eager.loss.detach())
+    assert_rel(gh, egh)
+    assert_rel(gw, egw)
+    # bf16 matmuls: the two loops agree to bf16's precision
+    (loss16, _, _), gh16, gw16 = compiled_path(hidden, weight, labels, w, denominator, chunk_size,
+                                               compute_dtype=torch.bfloat16)
+    assert loss16.dtype == torch.float32 and gw16.dtype == torch.float32
+    assert_rel(loss16, ref[0], rel=1e-2)
+    assert_rel(gh16, ref[3], rel=2e-2)
+    assert_rel(gw16, ref[4], rel=2e-2)
+
+
+def test_compiled_chunk_function_matches_eager():
+    """torch.compile of the per-chunk softmax + gradient gives what the eager ops give."""
+    import shutil
+
+    import trainer.loss as loss_module
+
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("torch.compile on CPU needs a C++ compiler")
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(37, 211, generator=gen) * 3 + 1
+    labels = torch.randint(0, 211, (37,), generator=gen)
+    scale = (torch.rand(37, generator=gen) > 0.2).float() / 29.0
+    expected = loss_module._chunk_softmax_grad(logits, labels, scale, 1e-2)
+    actual = torch.compile(loss_module._chunk_softmax_grad)(logits, labels, scale, 1e-2)
+    for a, e in zip(actual, expected):
+        assert_rel(a, e)

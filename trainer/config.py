@@ -241,7 +241,7 @@ class TrainConfig:
     # The output layer and loss as one chunked autograd function (trainer.loss.fused_lm_loss);
     # False: lm_head, then trainer.loss.lm_loss on the full logits. Same loss either way.
     fused_loss: bool = True
-    loss_chunk_size: int | None = None  # tokens per chunk of the fused loss; None: fit 256 MiB
+    loss_chunk_size: int | None = None  # tokens per chunk of the fused loss; None: fit 256 MiB (CUDA: 4 GiB)
     seed: int = 1124
     data_seed: int | None = None
     save_interval: int | None = None

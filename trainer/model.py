@@ -189,20 +189,21 @@ class OLMo2(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *, z_loss_weight: float = 1e-5,
                 denominator: torch.Tensor | float | None = None, fused_loss: bool = True,
-                loss_chunk_size: int | None = None) -> torch.Tensor | LossOutput:
+                loss_chunk_size: int | None = None, compile_loss: bool = False) -> torch.Tensor | LossOutput:
         """Logits without `labels`; with them, the loss (trainer.loss.LossOutput) and no logits.
 
         The loss is computed inside forward so that DDP's and FSDP's hooks see the output
         layer's weight used (FSDP gathers it for forward only). `fused_loss` picks
         trainer.loss.fused_lm_loss (chunked output layer + loss, gradients in closed form)
         over lm_head followed by trainer.loss.lm_loss; both compute the same loss.
+        `compile_loss` compiles the fused loss's per-chunk softmax and gradient (CUDA only).
         """
         h = self.hidden_states(input_ids)
         if labels is None:
             return self.lm_head(h)
         if fused_loss:
             return fused_lm_loss(h, self.lm_head.weight, labels, z_loss_weight, denominator,
-                                 chunk_size=loss_chunk_size)
+                                 chunk_size=loss_chunk_size, compiled=compile_loss)
         return lm_loss(self.lm_head(h), labels, z_loss_weight, denominator)
 
 

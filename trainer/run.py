@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output layer + cross-entropy + z-loss as one chunked function that never holds the "
                         "tokens x vocab logits; --no-fused-loss: lm_head, then the loss on full logits")
     p.add_argument("--loss-chunk-size", type=int, default=None,
-                   help="tokens per chunk of the fused loss (default: as many as fit 256 MiB of logits + softmax)")
+                   help="tokens per chunk of the fused loss (default: as many as fit 256 MiB of logits + "
+                        "softmax, 4 GiB on CUDA)")
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="clip the global gradient L2 norm")
     p.add_argument("--seed", type=int, default=1124, help="model init and data order seed")
     p.add_argument("--data-seed", type=int, default=None, help="data order seed (default: --seed)")
@@ -73,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gc-interval", type=int, default=100, help="run Python's gc every N steps")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile each block (default: on with CUDA, off on CPU)")
+                   help="torch.compile each block and, on CUDA, the fused loss's per-chunk softmax and "
+                        "gradient (default: on with CUDA, off on CPU)")
     p.add_argument("--fsdp", action="store_true", help="shard with FSDP2 (fully_shard) instead of DDP")
     p.add_argument("--sync-debug", action="store_true", help="warn on every host-device sync (CUDA)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

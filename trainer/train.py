@@ -12,7 +12,8 @@ gradient accumulation. The practices SPEC.md lists are what shape the code:
   (trainer.loss.fused_lm_loss): the tokens x vocab logits are never held whole, and their
   gradient is written in closed form; `fused_loss=False` is lm_head + trainer.loss.lm_loss;
 - bf16 autocast on CUDA (weights and optimizer state stay fp32), torch.compile per block
-  when asked, DDP under torchrun, FSDP2 (fully_shard per block) with `fsdp=True`.
+  when asked (on CUDA also the fused loss's per-chunk softmax and gradient), DDP under
+  torchrun, FSDP2 (fully_shard per block) with `fsdp=True`.
 
 The loss of a step is the mean over every target token of the *global* batch, whatever the
 world size: ranks all-reduce their target counts (a device tensor with NCCL, so still no
@@ -216,7 +217,8 @@ class Trainer:
             with sync_ctx:
                 with self._autocast():
                     out = self.model(ids, labels, z_loss_weight=tc.z_loss_weight, denominator=denominator,
-                                     fused_loss=tc.fused_loss, loss_chunk_size=tc.loss_chunk_size)
+                                     fused_loss=tc.fused_loss, loss_chunk_size=tc.loss_chunk_size,
+                                     compile_loss=tc.compile)
                 out.loss.backward()
             sums[0] += out.loss.detach()
             sums[1] += out.ce.detach()

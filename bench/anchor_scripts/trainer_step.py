@@ -10,7 +10,8 @@ parameter names, mapped here to the implementation's) and the same batch, then r
 training loop does per batch, minus data loading and logging:
 
 - dolmino: OLMo2(ids, labels) with the fused output layer + cross-entropy + z-loss,
-  trainer.optim's clip and AdamW (as trainer.train.Trainer.train_step does);
+  trainer.optim's clip and AdamW (as trainer.train.Trainer.train_step does; with "compile"
+  on CUDA the fused loss's per-chunk softmax and gradient are compiled too, as --compile does);
 - transformers: Olmo2ForCausalLM(input_ids, labels) (plain cross-entropy, no z-loss: the
   model has none), torch's clip_grad_norm_, AdamW(fused=True) (the HF Trainer default,
   "adamw_torch_fused", on torch >= 2.8);
@@ -148,17 +149,20 @@ def build(spec: dict):
                                                  seq_len=inputs.shape[1], global_batch_size=inputs.shape[0],
                                                  micro_batch_size=mb))
         fused = spec.get("fused_loss", True)
+        compile_loss = bool(spec.get("compile_loss", compile_))  # the trainer's --compile does both
 
         def forward_backward(x, y):
             out = model(x, y, z_loss_weight=w, denominator=n_targets, fused_loss=fused,
-                        loss_chunk_size=spec.get("loss_chunk_size"))
+                        loss_chunk_size=spec.get("loss_chunk_size"), compile_loss=compile_loss)
             out.loss.backward()
             return out.ce.detach(), out.z_loss.detach()
 
         def clip():
             clip_grad_norm(model, max_norm)
 
-        info.update(loss="fused output layer + CE + z-loss" if fused else "lm_head + CE + z-loss (lm_loss)",
+        info.update(loss=(("fused output layer + CE + z-loss" + (" (compiled chunk kernel)" if compile_loss and
+                                                                   device.type == "cuda" else ""))
+                          if fused else "lm_head + CE + z-loss (lm_loss)"),
                     z_loss=True, optimizer="torch AdamW fused=True (trainer.optim)",
                     clipping="clip_grad_norm_ foreach=True", version="worktree")
     elif impl == "transformers":
