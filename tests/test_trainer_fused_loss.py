@@ -507,11 +507,14 @@ def test_gpu_chunk_loop_matches_float64_reference(monkeypatch, chunk_size, denom
 def test_compiled_chunk_function_matches_eager():
     """torch.compile of the per-chunk softmax + gradient gives what the eager ops give."""
     import shutil
+    import sysconfig
 
     import trainer.loss as loss_module
 
     if shutil.which("g++") is None and shutil.which("c++") is None:
         pytest.skip("torch.compile on CPU needs a C++ compiler")
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
+        pytest.skip("torch.compile on CPU needs Python's headers")
     gen = torch.Generator().manual_seed(3)
     logits = torch.randn(37, 211, generator=gen) * 3 + 1
     labels = torch.randint(0, 211, (37,), generator=gen)
