@@ -521,5 +521,7 @@ def test_compiled_chunk_function_matches_eager():
     scale = (torch.rand(37, generator=gen) > 0.2).float() / 29.0
     expected = loss_module._chunk_softmax_grad(logits, labels, scale, 1e-2)
     actual = torch.compile(loss_module._chunk_softmax_grad)(logits, labels, scale, 1e-2)
+    # 1e-5: inductor sums the row in its own (vectorised) order with its own exp; once, out of
+    # many runs here, 1e-6 did not hold
     for a, e in zip(actual, expected):
-        assert_rel(a, e)
+        assert_rel(a, e, rel=1e-5)
