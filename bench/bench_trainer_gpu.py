@@ -165,30 +165,35 @@ def loss_layer(n_tokens: int, d_model: int, vocab: int, chunk_sizes: tuple[int, 
     def unfused(h, w, y):
         return lm_loss(F.linear(h, w), y, z_weight, denominator=float(n_tokens)).loss
 
-    variants: dict[str, object] = {}
+    # label -> (function, what it is: fused variants carry their loop and chunk size, which
+    # bench/gpu_checks.sh passes on to the step benchmark)
+    variants: dict[str, tuple[object, dict]] = {}
     for path in ("eager", "compiled") if compile_ and dev.type == "cuda" else ("eager",):
         compiled = path == "compiled"
         default_rows = min(n_tokens, chunk_rows(vocab, None, torch.bfloat16, device_type=dev.type, compiled=compiled))
         for rows in (None, *(c for c in chunk_sizes if c != default_rows)):
             label = f"fused {path} chunk {default_rows if rows is None else rows}{' (default)' if rows is None else ''}"
-            variants[label] = run_variant(lambda h, w, y, rows=rows, compiled=compiled: fused_lm_loss(
-                h, w, y, z_weight, denominator=float(n_tokens), chunk_size=rows, compiled=compiled).loss)
-    variants["unfused eager"] = run_variant(unfused)
+            variants[label] = (run_variant(lambda h, w, y, rows=rows, compiled=compiled: fused_lm_loss(
+                h, w, y, z_weight, denominator=float(n_tokens), chunk_size=rows, compiled=compiled).loss),
+                {"loss_path": path, "chunk": default_rows if rows is None else rows})
+    variants["unfused eager"] = (run_variant(unfused), {})
     if compile_:
-        variants["unfused compiled"] = run_variant(torch.compile(unfused))
+        variants["unfused compiled"] = (run_variant(torch.compile(unfused)), {})
     results: dict[str, dict] = {}
     reference = None
-    for label, fn in variants.items():
+    for label, (fn, what) in variants.items():
         log(f"[bench_trainer_gpu] loss layer {n_tokens} x {d_model} -> {vocab}: {label}")
         try:
             loss = float(fn().detach())
             ms, peak = _time_ms(fn, reps, warmup, dev)
         except Exception as exc:  # noqa: BLE001 - one variant's failure (memory, compile) must not hide the others
-            results[label] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
+            results[label] = {**what, "error": f"{type(exc).__name__}: "
+                                               f"{str(exc).splitlines()[0][:300] if str(exc) else ''}"}
             log(f"[bench_trainer_gpu] loss layer {label} failed: {results[label]['error']}")
             continue
         reference = loss if reference is None else reference
-        results[label] = {"ms": round(ms, 3), "peak_mib": None if peak is None else round(peak, 1), "loss": loss}
+        results[label] = {**what, "ms": round(ms, 3), "peak_mib": None if peak is None else round(peak, 1),
+                          "loss": loss}
     hidden.grad = weight.grad = None
     hb, wb = hidden.detach().to(torch.bfloat16), weight.detach().to(torch.bfloat16)
     g = torch.randn(n_tokens, vocab, generator=gen).to(dev, torch.bfloat16)

@@ -29,10 +29,10 @@ try:
     variants = json.load(open(sys.argv[1]))["variants"]
 except (OSError, ValueError, KeyError):
     sys.exit(0)
-fused = {k: v["ms"] for k, v in variants.items() if k.startswith("fused") and "ms" in v}
+fused = [v for v in variants.values() if "loss_path" in v and "ms" in v]
 if fused:
-    _, path, _, rows = min(fused, key=fused.get).split()[:4]
-    print(f"--loss-path {path} --loss-chunk-size {rows}")
+    best = min(fused, key=lambda v: v["ms"])
+    print(f"--loss-path {best['loss_path']} --loss-chunk-size {best['chunk']}")
 PY
 )
 echo "dolmino loss layer for the step: ${loss_args:-default}" >> "$out/machine.txt"

@@ -161,6 +161,9 @@ def test_loss_layer_dry_run_compares_variants_on_the_same_inputs(capsys):
     for v in variants.values():
         assert v["ms"] > 0 and v["x_floor"] == pytest.approx(v["ms"] / out["matmul_floor_ms"], rel=1e-2)
         assert v["peak_mib"] is None
+    # what bench/gpu_checks.sh reads to pick dolmino's loop and chunk for the step benchmark
+    assert variants["fused eager chunk 64 (default)"]["loss_path"] == "eager"
+    assert variants["fused eager chunk 16"]["chunk"] == 16 and "loss_path" not in variants["unfused eager"]
 
 
 def test_olmo_core_runs_in_this_interpreter_when_it_imports_here(monkeypatch):

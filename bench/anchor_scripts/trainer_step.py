@@ -160,10 +160,10 @@ def build(spec: dict):
         def clip():
             clip_grad_norm(model, max_norm)
 
-        info.update(loss=(("fused output layer + CE + z-loss" + (" (compiled chunk kernel)" if compile_loss and
-                                                                   device.type == "cuda" else ""))
-                          if fused else "lm_head + CE + z-loss (lm_loss)"),
-                    z_loss=True, optimizer="torch AdamW fused=True (trainer.optim)",
+        loss = "fused output layer + CE + z-loss" if fused else "lm_head + CE + z-loss (lm_loss)"
+        if fused and compile_loss and device.type == "cuda":
+            loss += " (compiled chunk kernel)"
+        info.update(loss=loss, z_loss=True, optimizer="torch AdamW fused=True (trainer.optim)",
                     clipping="clip_grad_norm_ foreach=True", version="worktree")
     elif impl == "transformers":
         import transformers
