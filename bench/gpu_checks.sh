@@ -7,7 +7,8 @@
 #    (bench_trainer_gpu.py), dolmino with the fused loop and chunk size step 1 found fastest;
 # 3. the CUDA tests (pytest -m gpu).
 # Each step has its own time limit and writes into OUT_DIR as it goes, so a step that runs
-# out of time leaves the others' results. PYTHON picks the interpreter (default python3); it
+# out of time leaves the others' results. LOSS_LAYER_S=0 skips step 1 (step 2 then runs
+# dolmino's defaults). PYTHON picks the interpreter (default python3); it
 # needs torch with CUDA, transformers, and OLMo-core importable for the third peer.
 # DRY_RUN=1 runs both benches with --dry-run (CPU, tiny model): the plumbing, no figure.
 set -uo pipefail
@@ -21,6 +22,8 @@ export PYTHONUNBUFFERED=1
   "$py" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 } > "$out/machine.txt" 2>&1
 
+loss_args=""
+if [ "${LOSS_LAYER_S:-120}" != 0 ]; then
 timeout "${LOSS_LAYER_S:-120}" "$py" bench/bench_trainer_gpu.py --loss-layer $dry > "$out/loss_layer.json" 2> "$out/loss_layer.log"
 echo "loss layer rc=$?" >> "$out/machine.txt"
 loss_args=$("$py" - "$out/loss_layer.json" <<'PY'
@@ -35,6 +38,7 @@ if fused:
     print(f"--loss-path {best['loss_path']} --loss-chunk-size {best['chunk']}")
 PY
 )
+fi
 echo "dolmino loss layer for the step: ${loss_args:-default}" >> "$out/machine.txt"
 
 timeout "${STEP_S:-330}" "$py" bench/bench_trainer_gpu.py $dry --impls dolmino,olmo-core,transformers --timeout "${WORKER_S:-240}" \
