@@ -8,8 +8,9 @@
 # 3. the CUDA tests (pytest -m gpu).
 # Each step has its own time limit and writes into OUT_DIR as it goes, so a step that runs
 # out of time leaves the others' results. LOSS_LAYER_S=0 skips step 1 (step 2 then runs
-# dolmino's defaults). PYTHON picks the interpreter (default python3); it
-# needs torch with CUDA, transformers, and OLMo-core importable for the third peer.
+# dolmino's defaults); IMPLS picks the step's implementations. PYTHON picks the interpreter
+# (default python3); it needs torch with CUDA, transformers, and OLMo-core importable for
+# the third peer.
 # DRY_RUN=1 runs both benches with --dry-run (CPU, tiny model): the plumbing, no figure.
 set -uo pipefail
 out=${1:?usage: bench/gpu_checks.sh OUT_DIR}
@@ -41,7 +42,7 @@ PY
 fi
 echo "dolmino loss layer for the step: ${loss_args:-default}" >> "$out/machine.txt"
 
-timeout "${STEP_S:-330}" "$py" bench/bench_trainer_gpu.py $dry --impls dolmino,olmo-core,transformers --timeout "${WORKER_S:-240}" \
+timeout "${STEP_S:-330}" "$py" bench/bench_trainer_gpu.py $dry --impls "${IMPLS:-dolmino,olmo-core,transformers}" --timeout "${WORKER_S:-240}" \
   $loss_args > "$out/trainer_gpu.json" 2> "$out/trainer_gpu.log"
 echo "step bench rc=$?" >> "$out/machine.txt"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -197,3 +198,26 @@ def test_worker_keeps_pythonpath_but_not_the_worktree(monkeypatch, tmp_path):
                                    tmp_path, 1)
     assert "timed out" in out["error"]
     assert seen["PYTHONPATH"] == str(tmp_path)
+
+
+@pytest.mark.slow
+def test_gpu_checks_script_runs_end_to_end_in_dry_run(tmp_path):
+    """bench/gpu_checks.sh is what a lent GPU runs, once: its shell plumbing (the loss layer's
+    pick passed to the step, each step's status, the output files) runs here with DRY_RUN=1."""
+    import subprocess
+    import sys
+
+    # OLMo-core is left out: without its venv the bench would make one (network, minutes)
+    env = {**os.environ, "PYTHON": sys.executable, "DRY_RUN": "1", "IMPLS": "dolmino,transformers"}
+    proc = subprocess.run(["bash", "bench/gpu_checks.sh", str(tmp_path)], cwd=bench_trainer.REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    status = (tmp_path / "machine.txt").read_text()
+    for step in ("loss layer", "step bench", "gpu tests"):
+        assert f"{step} rc=0" in status, status
+    # the fastest fused variant of the dry run's loss layer is handed to the step benchmark
+    picked = json.loads((tmp_path / "loss_layer.json").read_text())["variants"]
+    best = min((v for v in picked.values() if "loss_path" in v), key=lambda v: v["ms"])
+    assert f"--loss-path {best['loss_path']} --loss-chunk-size {best['chunk']}" in status
+    step = json.loads((tmp_path / "trainer_gpu.json").read_text())
+    assert step["dolmino_loss_chunk_size"] == best["chunk"] and set(step["impls"]) == {"dolmino", "transformers"}
