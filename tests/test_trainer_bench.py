@@ -183,7 +183,6 @@ def test_olmo_core_runs_in_this_interpreter_when_it_imports_here(monkeypatch):
 def test_worker_keeps_pythonpath_but_not_the_worktree(monkeypatch, tmp_path):
     """The worker's PYTHONPATH loses the worktree (OLMo-core must not import dolmino) and keeps
     the rest (wheels installed with --target)."""
-    import os
     import sys
 
     seen = {}

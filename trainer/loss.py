@@ -51,7 +51,8 @@ IGNORE_INDEX = -100
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 # On a GPU every chunk is one launch of each kernel and one pass over the fp32 weight
 # gradient, so small chunks leave it waiting: on an H200 (OLMo2-1B, 8,192 tokens, bf16) the
-# layer took 47.5 ms at the CPU's 445-token chunk and 23.1 ms at 8,192 (bench/README).
+# layer took 47.5 ms at the CPU's 445-token chunk and 23.1 ms at 8,192 in one run
+# (bench/results/gpu/run1_loss_layer.json).
 DEFAULT_CUDA_CHUNK_BYTES = 4 * 2**30
 
 
