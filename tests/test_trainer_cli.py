@@ -188,6 +188,53 @@ def test_torchrun_ddp_and_fsdp_match_single_process(data_dir, tmp_path):
     assert (tmp_path / "fsdp" / "step000004" / "model.pt").is_file()
 
 
+def test_process_group_backend_is_nccl_with_cuda_gloo_on_cpu_and_nccl_needs_cuda():
+    import torch
+
+    from trainer.distributed import process_group_backend
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert process_group_backend("auto", cpu) == "gloo"
+    assert process_group_backend(None, cuda) == "nccl"
+    assert process_group_backend("gloo", cuda) == "gloo"  # a machine without NCCL; two ranks on one GPU
+    with pytest.raises(ValueError, match="nccl backend needs CUDA devices"):
+        process_group_backend("nccl", cpu)
+    with pytest.raises(ValueError, match="unknown process group backend"):
+        process_group_backend("mpi", cpu)
+    assert process_group_backend("gloo", cpu, fsdp=True) == "gloo"  # the CPU tests' FSDP
+    assert process_group_backend("auto", cuda, fsdp=True) == "nccl"
+    with pytest.raises(ValueError, match="--fsdp over gloo on CUDA is not supported"):
+        process_group_backend("gloo", cuda, fsdp=True)  # its checkpoint gather crashed on an H200
+
+
+def test_a_rank_without_a_gpu_of_its_own_is_refused_with_the_fix(monkeypatch):
+    """torchrun --nproc_per_node 2 on a one-GPU machine: rank 1 would ask for cuda:1, which
+    torch answers with "invalid device ordinal"; the trainer says what to change instead."""
+    import torch
+
+    from trainer.distributed import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    assert pick_device("cuda", 0) == torch.device("cuda", 0)
+    with pytest.raises(RuntimeError, match=r"local rank 1 has no CUDA device of its own: this machine has 1.*"
+                                           r"--nproc_per_node.*--device cuda:0"):
+        pick_device("auto", 1)
+    assert pick_device("cuda:0", 1) == torch.device("cuda", 0)  # a named device holds every rank
+    assert chosen == [torch.device("cuda", 0)] * 2
+
+
+def test_cli_refuses_nccl_on_cpu_before_building_anything(data_dir, tmp_path):
+    proc = run_cli("--data", data_dir, "--model", "tiny", "--steps", 1, "--device", "cpu", "--dist-backend", "nccl",
+                   "--save-dir", tmp_path / "run")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "trainer.run: error: the nccl backend needs CUDA devices, and this run is on cpu; use gloo" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_init_from_starts_an_anneal_from_pretrained_weights(data_dir, tmp_path, capsys):
     from trainer.run import main
 

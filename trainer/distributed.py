@@ -2,7 +2,9 @@
 
 Under `torchrun --nproc_per_node N -m trainer.run ...` the environment carries RANK,
 LOCAL_RANK and WORLD_SIZE; a plain `python -m trainer.run` is world size 1 and never
-touches torch.distributed. NCCL is used with CUDA, gloo on CPU (tests run 2 CPU ranks).
+touches torch.distributed. NCCL is used with CUDA, gloo on CPU (tests run 2 CPU ranks);
+`--dist-backend gloo` with CUDA (DDP only) is for a machine without NCCL, and lets the CUDA
+tests run two ranks on one GPU, which NCCL refuses (every collective goes through host memory).
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ def pick_device(requested: str | None, local_rank: int = 0) -> torch.device:
         if not torch.cuda.is_available():
             raise RuntimeError("--device cuda was requested but CUDA is not available")
         if device.index is None:
+            count = torch.cuda.device_count()
+            if local_rank >= count:
+                raise RuntimeError(f"local rank {local_rank} has no CUDA device of its own: this machine has "
+                                   f"{count}; start at most {count} rank(s) per node (torchrun "
+                                   "--nproc_per_node), or name one device for all (--device cuda:0)")
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     return device
@@ -49,13 +56,37 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init_distributed(requested_device: str | None = None) -> DistEnv:
+BACKENDS = ("auto", "nccl", "gloo")
+
+
+def process_group_backend(requested: str | None, device: torch.device, fsdp: bool = False) -> str:
+    """auto: NCCL with CUDA, gloo on CPU. NCCL cannot hold CPU tensors, so it is refused there.
+
+    FSDP over gloo on CUDA is refused too: its training steps run, but the checkpoint's full
+    state dict is gathered with torch's functional all-gather, and under gloo on CUDA tensors
+    that killed both ranks with SIGSEGV (torch 2.11 + CUDA 13 on an H200: a run that trains
+    and then loses its checkpoint). DDP over gloo on CUDA trains and saves."""
+    if requested in (None, "auto"):
+        return "nccl" if device.type == "cuda" else "gloo"
+    if requested not in BACKENDS:
+        raise ValueError(f"unknown process group backend {requested!r}; expected one of {BACKENDS}")
+    if requested == "nccl" and device.type != "cuda":
+        raise ValueError(f"the nccl backend needs CUDA devices, and this run is on {device.type}; use gloo")
+    if requested == "gloo" and device.type == "cuda" and fsdp:
+        raise ValueError("--fsdp over gloo on CUDA is not supported: gathering the checkpoint's full state dict "
+                         "crashes there (torch's functional all-gather); use nccl on CUDA, or DDP (no --fsdp)")
+    return requested
+
+
+def init_distributed(requested_device: str | None = None, backend: str | None = "auto",
+                     fsdp: bool = False) -> DistEnv:
     world_size = launched_world_size()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(requested_device, local_rank)
+    backend = process_group_backend(backend, device, fsdp)  # checked in a single process too
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend=backend)
     return DistEnv(rank, local_rank, world_size, device)
 
 

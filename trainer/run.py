@@ -28,7 +28,7 @@ import torch
 from trainer.cli import HelpFormatter, parse_count  # noqa: F401  (parse_count: part of this module's API)
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
 from trainer.data import DataError
-from trainer.distributed import exit_process, init_distributed, shutdown
+from trainer.distributed import BACKENDS, exit_process, init_distributed, shutdown
 from trainer.eval import add_training_arguments as add_eval_arguments, evaluate_after_training
 from trainer.plan import (
     Plan, add_plan_arguments, data_tokens, inspect_init, make_plan, mix_output_dir, parse_with_recipe,
@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-interval", type=int, default=10, help="copy metrics to the host and print every N")
     p.add_argument("--gc-interval", type=int, default=100, help="run Python's gc every N steps")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--dist-backend", choices=BACKENDS, default="auto",
+                   help="process group backend under torchrun: auto is NCCL with CUDA, gloo on CPU; gloo with "
+                        "CUDA (DDP only, not --fsdp) copies every collective through host memory: a machine "
+                        "without NCCL, or several ranks sharing one GPU with --device cuda:0")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile each block and, on CUDA, the fused loss's per-chunk softmax and "
                         "gradient (default: on with CUDA, off on CPU)")
@@ -124,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trainer.run: error: --recipe {args.recipe} anneals a pretrained model; pass --init-from CKPT "
               f"(a trainer checkpoint, a Hugging Face Olmo2 directory or an OLMo-core checkpoint)", file=sys.stderr)
         return 2
-    env = init_distributed(args.device)
+    try:
+        env = init_distributed(args.device, args.dist_backend, fsdp=args.fsdp)
+    except (ValueError, RuntimeError) as exc:  # a device or backend this machine does not have
+        print(f"trainer.run: error: {exc}", file=sys.stderr)
+        return 2
     log = print if env.is_main else (lambda _msg: None)
     finished = False
     try:
