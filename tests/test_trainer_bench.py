@@ -110,6 +110,12 @@ def test_peer_figures_carry_issue_17_goals_into_the_harness():
     (c,) = [c for c in compare(median_figures([bench_trainer.peer_figures([slow], None)]))
             if c["unit"] == "s/step"]
     assert c["meets_goal"] is False  # 1.1x the faster peer is short of 1.2x
+    # --peer-compile: figures of their own, judged by the same goal
+    compiled = {**slow, "compile": True}
+    (c,) = [c for c in compare(median_figures([bench_trainer.peer_figures([compiled], None)]))
+            if c["unit"] == "s/step"]
+    assert c["name"].endswith("all torch.compile'd") and c["ratio"] == pytest.approx(1.1)
+    assert c["goal"].startswith(">= 1.2 x transformers") and c["meets_goal"] is False
     notes = bench_trainer.peer_notes([comp], memory)
     assert "agree" in notes[0] and "DISAGREE" not in notes[0]
     bad = _comparison("olmo2-30M", {"dolmino": 1.0, "transformers": 1.0}, {"dolmino": 11.5, "transformers": 10.0})
