@@ -235,6 +235,18 @@ def test_cli_refuses_nccl_on_cpu_before_building_anything(data_dir, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_cli_refuses_a_device_this_machine_does_not_have(data_dir, tmp_path):
+    import torch
+
+    wanted = ["tpu:0"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in wanted:
+        proc = run_cli("--data", data_dir, "--model", "tiny", "--steps", 1, "--device", device,
+                       "--save-dir", tmp_path / "run")
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.startswith("trainer.run: error: --device ") and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_init_from_starts_an_anneal_from_pretrained_weights(data_dir, tmp_path, capsys):
     from trainer.run import main
 

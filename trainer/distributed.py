@@ -33,19 +33,27 @@ class DistEnv:
         return self.world_size > 1
 
 
+class DeviceUnavailable(RuntimeError):
+    """The device asked for is not on this machine (what `trainer.run` reports in one line;
+    errors of torch.distributed itself, such as a failed rendezvous, keep their traceback)."""
+
+
 def pick_device(requested: str | None, local_rank: int = 0) -> torch.device:
     if requested in (None, "auto"):
         requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError as exc:  # torch's own words for a string that names no device
+        raise DeviceUnavailable(f"--device {requested!r}: {exc}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was requested but CUDA is not available")
+            raise DeviceUnavailable("--device cuda was requested but CUDA is not available")
         if device.index is None:
             count = torch.cuda.device_count()
             if local_rank >= count:
-                raise RuntimeError(f"local rank {local_rank} has no CUDA device of its own: this machine has "
-                                   f"{count}; start at most {count} rank(s) per node (torchrun "
-                                   "--nproc_per_node), or name one device for all (--device cuda:0)")
+                raise DeviceUnavailable(f"local rank {local_rank} has no CUDA device of its own: this machine "
+                                        f"has {count}; start at most {count} rank(s) per node (torchrun "
+                                        "--nproc_per_node), or name one device for all (--device cuda:0)")
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     return device

@@ -28,7 +28,7 @@ import torch
 from trainer.cli import HelpFormatter, parse_count  # noqa: F401  (parse_count: part of this module's API)
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
 from trainer.data import DataError
-from trainer.distributed import BACKENDS, exit_process, init_distributed, shutdown
+from trainer.distributed import BACKENDS, DeviceUnavailable, exit_process, init_distributed, shutdown
 from trainer.eval import add_training_arguments as add_eval_arguments, evaluate_after_training
 from trainer.plan import (
     Plan, add_plan_arguments, data_tokens, inspect_init, make_plan, mix_output_dir, parse_with_recipe,
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         env = init_distributed(args.device, args.dist_backend, fsdp=args.fsdp)
-    except (ValueError, RuntimeError) as exc:  # a device or backend this machine does not have
+    except (ValueError, DeviceUnavailable) as exc:  # a device or backend this machine does not have
         print(f"trainer.run: error: {exc}", file=sys.stderr)
         return 2
     log = print if env.is_main else (lambda _msg: None)
