@@ -101,7 +101,16 @@ def configure_threads(threads: int | None = None) -> int | None:
 # --- the tokenizer -----------------------------------------------------------------------
 
 def tokenizer_json(spec: TokenizerSpec) -> str:
-    """The tokenizer's JSON definition, from `spec.path` or the packaged dolma2 file."""
+    """The tokenizer's JSON definition, from `spec.path` (a local file or an s3:// object) or
+    the packaged dolma2 file.
+
+    Only the driver reads it; executors get the text in a broadcast, so an s3:// tokenizer
+    needs no copy on any node."""
+    if spec.path and spec.path.startswith("s3://"):
+        from dolmino.s3 import open_uri
+
+        with open_uri(spec.path) as fh:  # a missing object: FileNotFoundError naming the URI
+            return fh.read().decode("utf-8")
     if spec.path:
         return Path(spec.path).read_text(encoding="utf-8")
     from dolmino.assets import dolma2_tokenizer_path

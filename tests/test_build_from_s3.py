@@ -88,8 +88,14 @@ def test_build_from_s3_is_byte_identical_to_local(inputs, spark_with_s3, tmp_pat
     local_root, s3_root = inputs
     local_out, s3_out = tmp_path / "local", tmp_path / "s3"
     local_report = build(manifest_from_dict(_manifest(local_root)), BUDGET, str(local_out), spark_with_s3)
-    # Attributes on S3 too: the pool stage reads them there.
-    s3_report = build(manifest_from_dict(_manifest(s3_root)), BUDGET, str(s3_out), spark_with_s3,
+    # Attributes on S3 too: the pool stage reads them there. And the tokenizer: only the driver
+    # reads its JSON, which reaches the executors in a broadcast.
+    from dolmino.assets import dolma2_tokenizer_path
+
+    bucket, key = s3.split_uri(f"{s3_root}-tokenizer/tokenizer.json")
+    s3.client().put_object(Bucket=bucket, Key=key, Body=dolma2_tokenizer_path().read_bytes())
+    s3_manifest = {**_manifest(s3_root), "tokenizer": {"path": f"{s3_root}-tokenizer/tokenizer.json"}}
+    s3_report = build(manifest_from_dict(s3_manifest), BUDGET, str(s3_out), spark_with_s3,
                       attributes=f"{s3_root}-attributes")
 
     local_parts, s3_parts = _outputs(local_out), _outputs(s3_out)

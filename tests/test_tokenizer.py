@@ -188,6 +188,22 @@ def test_a_process_builds_each_tokenizer_once(monkeypatch):
     assert len(built) == 2
 
 
+def test_tokenizer_json_reads_an_s3_object(s3_server):
+    """A manifest may name its tokenizer by an s3:// URI (issue 10: no shared filesystem)."""
+    import uuid
+
+    from dolmino import s3
+    from dolmino.assets import dolma2_tokenizer_path
+
+    packaged = tokmod.tokenizer_json(TokenizerSpec())
+    bucket = f"tok-{uuid.uuid4().hex[:16]}"
+    s3.client().create_bucket(Bucket=bucket)
+    s3.client().put_object(Bucket=bucket, Key="tok/tokenizer.json", Body=dolma2_tokenizer_path().read_bytes())
+    assert tokmod.tokenizer_json(TokenizerSpec(path=f"s3://{bucket}/tok/tokenizer.json")) == packaged
+    with pytest.raises(FileNotFoundError, match=f"s3://{bucket}/tok/missing.json"):
+        tokmod.tokenizer_json(TokenizerSpec(path=f"s3://{bucket}/tok/missing.json"))
+
+
 def test_constructor_rejects_unknown_policies():
     with pytest.raises(ValueError, match="semantics must be one of"):
         Dolma2Tokenizer("{}", semantics="dolmaa")
