@@ -1,6 +1,6 @@
 """Releases: publish a built mix to S3, then list, pull and verify it, all-or-nothing.
 
-    dolmino release publish BUILD_DIR s3://bucket/prefix --name NAME
+    dolmino release publish BUILD_DIR s3://bucket/prefix --name NAME   (or a build's s3:// --out)
     dolmino release list    s3://bucket/prefix
     dolmino release pull    s3://bucket/prefix/NAME DEST
     dolmino release verify  s3://bucket/prefix/NAME
@@ -48,6 +48,9 @@ Why this design:
   main() is wrapped in dolmino.s3.cli_errors (S3 failures: one line, exit status 2).
 - Large files use multipart upload/download (boto3 transfer manager, 64 MiB parts); a
   progress bar (bytes and files) is shown on stderr when it is a terminal.
+- A build on S3 (`--out s3://...`) is published where it is: its parts are copied
+  server-side with the digests of the build's commit records (`_S3Build`), the small files
+  read and hashed here.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ import sys
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from dolmino import s3
 
@@ -224,12 +227,135 @@ def _build_summary(build_dir: str) -> dict:
         manifest = json.load(fh)
     with open(os.path.join(build_dir, "report.json"), encoding="utf-8") as fh:
         report = json.load(fh)
+    return _summary(manifest, report)
+
+
+def _summary(manifest, report) -> dict:
+    """What RELEASE.json repeats of a build's manifest.json and report.json."""
     output = report.get("output", {}) if isinstance(report, dict) else {}
     return {
         "manifest": {k: manifest.get(k) for k in ("name", "version", "seed", "budget")}
         if isinstance(manifest, dict) else {},
         "output": {k: output.get(k) for k in ("tokens", "docs", "files") if k in output},
     }
+
+
+class BuildFile(NamedTuple):
+    """One file of a build to publish."""
+
+    path: str  # relative to the build: the release's key
+    size: int
+    source: str  # a local build's absolute path; an S3 build's object ETag
+
+
+class _LocalBuild:
+    """A finished build in a local directory: every file is hashed here, then uploaded."""
+
+    def __init__(self, build_dir: str):
+        self.where = os.path.abspath(build_dir)
+        self.files = [BuildFile(rel, os.path.getsize(full), full) for rel, full in collect_build_files(build_dir)]
+
+    def summary(self) -> dict:
+        return _build_summary(self.where)
+
+    def stage(self, item: BuildFile, bucket: str, key: str, config, bar: _Progress) -> tuple[str, int]:
+        """Put one file at bucket/key with its SHA-256 in the metadata; (sha256, size)."""
+        rel, full = item.path, item.source
+        before = os.stat(full)
+        digest, size = sha256_file(full)
+        s3.client().upload_file(full, bucket, key, Config=config, Callback=bar.add_bytes,
+                                ExtraArgs={"Metadata": {"sha256": digest}})
+        after = os.stat(full)
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or size != after.st_size:
+            raise ReleaseIntegrityError(f"{rel}: the file changed while it was being published; nothing was released")
+        return digest, size
+
+
+class _S3Build:
+    """A finished build under an s3:// prefix (`--out s3://...`), published without its bytes
+    passing through this machine: a 50B-token mix is ~200 GB of parts.
+
+    Parts are copied server-side (CopyObject, or UploadPartCopy for large ones), each with
+    the SHA-256 of its build's commit record (`_parts/part-XXXXX.json`, written by the
+    executor from the bytes it uploaded); the object's stored digest and size must agree with
+    that record, and the copy is of the very object checked (CopySourceIfMatch on its ETag).
+    Every other object (reports, manifest, commit records, quarantine) is small: it is read
+    here, hashed and uploaded like a local file. `verify` re-hashes every object of the release."""
+
+    def __init__(self, build_uri: str):
+        self.where = build_uri.rstrip("/")
+        self.bucket, self.prefix = s3.split_uri(self.where + "/")
+        s3.check_bucket(self.bucket)
+        objects = [o for o in s3.iter_objects(self.bucket, self.prefix) if not o["Key"].endswith("/")]
+        self.files = [BuildFile(o["Key"][len(self.prefix):], int(o["Size"]), o["ETag"]) for o in objects]
+        _check_build_listing(self.where, [f.path for f in self.files])
+        self.parts = self._committed()
+
+    def _committed(self) -> dict[str, dict]:
+        """name -> {"size", "sha256"} of every file the build's commit records name."""
+        committed: dict[str, dict] = {}
+        for item in self.files:
+            if item.path.startswith("_parts/") and item.path.endswith(".json"):
+                record = _get_json(self.bucket, self.prefix + item.path)
+                for f in record.get("files", ()) if isinstance(record, dict) else ():
+                    if isinstance(f, dict) and isinstance(f.get("name"), str) \
+                            and _SHA256_RE.match(str(f.get("sha256"))):
+                        committed[f["name"]] = {"size": f.get("size"), "sha256": f["sha256"]}
+        return committed
+
+    def summary(self) -> dict:
+        return _summary(_get_json(self.bucket, self.prefix + "manifest.json"),
+                        _get_json(self.bucket, self.prefix + "report.json"))
+
+    def stage(self, item: BuildFile, bucket: str, key: str, config, bar: _Progress) -> tuple[str, int]:
+        import tempfile
+
+        rel, size, etag = item
+        cl = s3.client()
+        committed = self.parts.get(rel)
+        if committed is not None:
+            head = cl.head_object(Bucket=self.bucket, Key=self.prefix + rel, IfMatch=etag)
+            stored = head.get("Metadata", {}).get("sha256")
+            if int(head["ContentLength"]) != committed["size"] or stored != committed["sha256"]:
+                raise ReleaseIntegrityError(
+                    f"{self.where}/{rel}: {head['ContentLength']} bytes with stored SHA-256 {stored}, but the build's "
+                    f"commit record says {committed['size']} bytes, {committed['sha256']}: the object changed after "
+                    "the build checked it; nothing was released")
+            cl.copy({"Bucket": self.bucket, "Key": self.prefix + rel}, bucket, key, Config=config,
+                    Callback=bar.add_bytes, ExtraArgs={"Metadata": {"sha256": committed["sha256"]},
+                                                       "MetadataDirective": "REPLACE", "CopySourceIfMatch": etag})
+            return committed["sha256"], size
+        with tempfile.TemporaryDirectory(prefix="dolmino-publish-") as tmp:
+            local = os.path.join(tmp, "object")
+            body = cl.get_object(Bucket=self.bucket, Key=self.prefix + rel, IfMatch=etag)["Body"]
+            hasher, got = hashlib.sha256(), 0
+            with open(local, "wb") as fh:
+                for chunk in body.iter_chunks(_HASH_CHUNK):
+                    hasher.update(chunk)
+                    fh.write(chunk)
+                    got += len(chunk)
+            digest = hasher.hexdigest()
+            cl.upload_file(local, bucket, key, Config=config, Callback=bar.add_bytes,
+                           ExtraArgs={"Metadata": {"sha256": digest}})
+        return digest, got
+
+
+def _check_build_listing(where: str, names: list[str]) -> None:
+    """The objects under an s3:// build prefix are a finished build (as collect_build_files checks a directory)."""
+    if not names:
+        raise ReleaseError(f"{where}: no objects under this prefix (not a build)")
+    for rel in names:
+        validate_key(rel, "object")
+        if rel == RELEASE_FILE:
+            raise ReleaseError(f"{rel}: the build prefix already holds a {RELEASE_FILE} "
+                               "(it looks like a release; publish the original build)")
+    present = set(names)
+    missing = [f for f in REQUIRED_FILES if f not in present]
+    if missing:
+        raise ReleaseError(f"{where}: not a finished build (missing {', '.join(missing)}; a build writes "
+                           "report.json last, so it is still running or was killed: rerun it)")
+    if not any(rel.startswith("part-") and rel.endswith(".npy") for rel in present):
+        raise ReleaseError(f"{where}: no part-*.npy token files")
 
 
 # ---------------------------------------------------------------- progress
@@ -475,7 +601,11 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
     bucket, prefix = split_root(root_uri)
     key_prefix = f"{prefix}{name}/"
     release_uri = s3.join_uri(bucket, key_prefix.rstrip("/"))
-    files = collect_build_files(build_dir)
+    source = _S3Build(build_dir) if s3.is_s3(build_dir) else _LocalBuild(build_dir)
+    if isinstance(source, _S3Build) and bucket == source.bucket and key_prefix.startswith(source.prefix):
+        raise ReleaseError(f"{release_uri}: inside the build {source.where} it would publish; "
+                           "put releases under another prefix")
+    files = source.files
     s3.check_bucket(bucket)
 
     def exists_error() -> ReleaseExistsError:
@@ -493,16 +623,11 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
     config = _transfer_config(part_size)
     entries = []
     commit_attempted = False
-    bar = _Progress(progress, f"publish {name}", sum(os.path.getsize(full) for _, full in files), len(files))
+    bar = _Progress(progress, f"publish {name}", sum(item.size for item in files), len(files))
     try:
-        for rel, full in files:
-            before = os.stat(full)
-            digest, size = sha256_file(full)
-            cl.upload_file(full, bucket, staging + rel, Config=config, Callback=bar.add_bytes,
-                           ExtraArgs={"Metadata": {"sha256": digest}})
-            after = os.stat(full)
-            if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or size != after.st_size:
-                raise ReleaseIntegrityError(f"{rel}: the file changed while it was being published; nothing was released")
+        for item in files:
+            rel = item.path
+            digest, size = source.stage(item, bucket, staging + rel, config, bar)
             entries.append({"path": rel, "size": size, "sha256": digest})
             bar.file_done()
             log(f"uploaded {rel} ({size:,} bytes)")
@@ -521,7 +646,7 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
             "data_prefix": data_prefix,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "dolmino_version": _dolmino_version(),
-            **_build_summary(os.path.abspath(build_dir)),
+            **source.summary(),
             "total_bytes": sum(e["size"] for e in entries),
             "files": entries,
         }
@@ -776,7 +901,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="dolmino release", description=__doc__.split("\n\n")[0], formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("publish", help="upload a finished build as an immutable release", formatter_class=fmt)
-    p.add_argument("build_dir")
+    p.add_argument("build_dir", help="a finished build: its directory, or the s3:// prefix a build wrote with "
+                                     "--out s3://... (parts are then copied server-side)")
     p.add_argument("root", help="s3://bucket/prefix under which NAME/ is created")
     p.add_argument("--name", required=True)
     p.add_argument("--part-size-mb", type=int, default=DEFAULT_PART_SIZE // (1024 * 1024),

@@ -250,6 +250,25 @@ def test_cluster_build_equals_local_mode_build(clean_run, local_build):
     assert [json.loads(r)["reason"] for r in rows] == ["malformed_json"]
 
 
+def test_the_s3_build_is_published_and_pulled_as_a_release(clean_run, local_build, world, tmp_path):
+    """`dolmino release publish s3://<--out> ...` takes the build where it is: parts copied
+    server-side under the SHA-256 of the executors' commit records, the rest read and hashed.
+    The pulled release (every digest checked) holds the local-mode build's parts, and
+    `dolmino validate` passes it."""
+    from dolmino import release
+    from dolmino.validate import main as validate_main
+
+    _, report, _ = clean_run
+    root = world.s3("releases")
+    assert release.main(["publish", report["output"]["location"], root, "--name", "cluster-mix", "--no-progress"]) == 0
+    dest = tmp_path / "pulled"
+    assert release.main(["pull", f"{root}/cluster-mix", str(dest), "--no-progress"]) == 0
+    _, local_parts = local_build
+    assert {p.name: p.read_bytes() for p in dest.iterdir() if p.name.startswith("part-")} == local_parts
+    assert json.loads((dest / "report.json").read_text())["output"] == report["output"]
+    assert validate_main([str(dest)]) == 0
+
+
 def test_spark_submit_master_runs_on_the_cluster(clean_run, cluster):
     """Issue 15.1: the master given to spark-submit (not to the script) is the one the build runs on."""
     _, report, _ = clean_run

@@ -311,6 +311,83 @@ def test_publish_refuses_unfinished_builds(build_dir, root, tmp_path):
     assert release.list_releases(root) == ([], [])
 
 
+def _upload_as_build(build_dir: Path, uri: str) -> dict[str, bytes]:
+    """The build's files under an s3:// prefix as `--out s3://...` leaves them: each part file an
+    object with its SHA-256 in the metadata, and a commit record per part naming its files."""
+    bucket, prefix = s3.split_uri(uri + "/")
+    files = _files(build_dir)
+    records: dict[str, list] = {}
+    for rel, data in sorted(files.items()):
+        meta = {}
+        if rel.startswith("part-"):
+            meta = {"sha256": hashlib.sha256(data).hexdigest()}
+            records.setdefault(rel.split(".")[0], []).append({"name": rel, "size": len(data), **meta})
+        s3.client().put_object(Bucket=bucket, Key=prefix + rel, Body=data, Metadata=meta)
+    for part, entries in records.items():
+        body = json.dumps({"plan": "0123abcd", "index": int(part.split("-")[1]), "files": entries}).encode()
+        files[f"_parts/{part}.json"] = body
+        s3.client().put_object(Bucket=bucket, Key=f"{prefix}_parts/{part}.json", Body=body)
+    return files
+
+
+def test_publish_from_an_s3_build_copies_its_parts_server_side(build_dir, root, tmp_path):
+    bucket, _ = s3.split_uri(root)
+    build_uri = f"s3://{bucket}/builds/demo"
+    files = _upload_as_build(build_dir, build_uri)
+    calls: list = []
+    events = s3.client().meta.events
+    hook = _s3_calls(calls)
+    events.register("before-parameter-build.s3", hook)
+    try:
+        record = _publish(build_uri, root, "from-s3")
+    finally:
+        events.unregister("before-parameter-build.s3", hook)
+    assert {e["path"]: e["size"] for e in record["files"]} == {rel: len(data) for rel, data in files.items()}
+    assert record["manifest"]["name"] == "demo" and record["output"]["files"] == 2
+
+    # No part's bytes came through this process: the big one by UploadPartCopy, the rest by
+    # CopyObject; the small files (reports, commit records, quarantine) were read and uploaded.
+    parts = [rel for rel in files if rel.startswith("part-")]
+    staged = f"mixes/olmo2/from-s3/{record['data_prefix']}"
+    source_reads = {key for op, key in calls if op in ("GetObject",) and key and key.startswith("builds/demo/")}
+    assert not {f"builds/demo/{rel}" for rel in parts} & source_reads
+    assert {f"builds/demo/{rel}" for rel in files if rel not in parts} <= source_reads
+    writes = {(op, key) for op, key in calls if key and key.startswith(staged)}
+    assert ("UploadPartCopy", f"{staged}part-00001.npy") in writes
+    assert ("CopyObject", f"{staged}part-00000.npy") in writes
+    assert not {(op, f"{staged}{rel}") for rel in parts for op in ("PutObject", "UploadPart")} & writes
+
+    dest = tmp_path / "pulled"
+    release.pull(f"{root}/from-s3", str(dest), part_size=PART_SIZE)  # checks every SHA-256
+    got = _files(dest)
+    assert json.loads(got.pop("RELEASE.json")) == record
+    assert got == files
+    assert release.verify(f"{root}/from-s3") == []
+
+
+def test_publish_from_s3_refuses_a_changed_part_or_an_unfinished_build(build_dir, root):
+    bucket, _ = s3.split_uri(root)
+    build_uri = f"s3://{bucket}/builds/changed"
+    files = _upload_as_build(build_dir, build_uri)
+    # Rewritten after the build checked it, with the digest of the old bytes left in its metadata.
+    old = files["part-00000.npy"]
+    s3.client().put_object(Bucket=bucket, Key="builds/changed/part-00000.npy", Body=old[:-4] + b"\1\0\0\0",
+                           Metadata={"sha256": "0" * 64})
+    with pytest.raises(release.ReleaseIntegrityError, match="part-00000.npy: .* changed after the build checked it"):
+        _publish(build_uri, root, "changed")
+    assert release.list_releases(root) == ([], [])
+    assert list(s3.iter_keys(bucket, "mixes/olmo2/changed/")) == []  # its staged copies were removed
+
+    with pytest.raises(release.ReleaseError, match="inside the build .* it would publish"):
+        _publish(build_uri, f"{build_uri}/releases", "changed")
+
+    s3.client().delete_object(Bucket=bucket, Key="builds/changed/report.json")
+    with pytest.raises(release.ReleaseError, match="not a finished build .missing report.json"):
+        _publish(build_uri, root, "changed")
+    with pytest.raises(release.ReleaseError, match="no objects under this prefix"):
+        _publish(f"s3://{bucket}/builds/nothing-here", root, "changed")
+
+
 def test_delete_removes_commit_record_and_objects(build_dir, root):
     _publish(build_dir, root, "v7")
     bucket, _ = s3.split_uri(root)

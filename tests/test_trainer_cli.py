@@ -106,6 +106,20 @@ def test_mix_output_resolves_relative_to_the_manifest(data_dir, tmp_path):
         mix_output_dir(manifest)
 
 
+def test_a_build_on_s3_is_refused_with_how_to_copy_it(tmp_path, capsys):
+    """The trainer reads local token files; a build whose --out was s3:// is named with the way to fetch it."""
+    from trainer.run import main
+
+    assert main(["--data", "s3://bucket/mixes/dolmino-50B", "--model", "tiny", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--data s3://bucket/mixes/dolmino-50B: the trainer reads token files from a local directory" in err
+    assert "dolmino release publish s3://bucket/mixes/dolmino-50B" in err and "dolmino release pull" in err
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"name": "m", "output": "s3://bucket/mixes/m"}))
+    with pytest.raises(SystemExit, match="the mix output s3://bucket/mixes/m is remote; .*dolmino release pull"):
+        mix_output_dir(manifest)
+
+
 def test_incomplete_build_is_refused(data_dir, tmp_path):
     """A build directory without report.json (killed or still running) is not trained on."""
     from trainer.data import DataError, discover_token_files

@@ -324,3 +324,10 @@ def test_incomplete_and_stale_builds_are_refused(tmp_path):
     (out / "part-00001.npy").unlink()
     (out / "part-00000.csv.gz").unlink()
     assert any("part-00000.csv.gz: listed in report.json but missing" in e for e in validate_build(out).all_errors())
+
+
+def test_a_build_on_s3_is_refused_with_how_to_copy_it(capsys):
+    assert main(["s3://bucket/mixes/dolmino-50B/"]) == 2
+    err = capsys.readouterr().err
+    assert "s3://bucket/mixes/dolmino-50B: validation reads every token, from a local directory" in err
+    assert "dolmino release publish s3://bucket/mixes/dolmino-50B s3://" in err and "dolmino release pull" in err

@@ -106,6 +106,14 @@ def parse_init_step(text: str | None) -> tuple[int | None, str | None]:
 
 
 # ----------------------------------------------------------------------------- data
+def remote_build_hint(location: str) -> str:
+    """How to get a build that lives on S3 onto this machine's disk, where training reads it."""
+    return ("the trainer reads token files from a local directory. Copy the build first: "
+            f"`dolmino release publish {location} s3://BUCKET/releases --name NAME` (server-side copies), then "
+            "`dolmino release pull s3://BUCKET/releases/NAME DIR` (every SHA-256 checked), or `aws s3 sync`; "
+            "then pass --data DIR")
+
+
 def mix_output_dir(manifest_path: str | Path, prog: str = "trainer.run") -> Path:
     """The built mix directory a manifest names; exits with a clear message if it is not built."""
     manifest_path = Path(manifest_path)
@@ -119,7 +127,7 @@ def mix_output_dir(manifest_path: str | Path, prog: str = "trainer.run") -> Path
     if not isinstance(output, str) or not output:
         raise SystemExit(f"{prog}: manifest {manifest_path} has no \"output\" directory; pass --data instead")
     if "://" in output:
-        raise SystemExit(f"{prog}: the mix output {output} is remote; copy it locally and pass --data")
+        raise SystemExit(f"{prog}: the mix output {output} is remote; {remote_build_hint(output)}")
     out = Path(output)
     if not out.is_absolute():
         out = (manifest_path.resolve().parent / out).resolve()

@@ -32,6 +32,7 @@ from trainer.distributed import BACKENDS, DeviceUnavailable, exit_process, init_
 from trainer.eval import add_training_arguments as add_eval_arguments, evaluate_after_training
 from trainer.plan import (
     Plan, add_plan_arguments, data_tokens, inspect_init, make_plan, mix_output_dir, parse_with_recipe,
+    remote_build_hint,
 )
 
 __all__ = ["build_parser", "main", "mix_output_dir", "parse_args", "parse_count", "run_config_from_args"]
@@ -120,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.mix:
         data_paths = [str(mix_output_dir(args.mix))]
     else:
+        remote = next((d for d in args.data if "://" in d), None)
+        if remote is not None:
+            print(f"trainer.run: error: --data {remote}: {remote_build_hint(remote)}", file=sys.stderr)
+            return 2
         data_paths = [str(Path(d).resolve()) for d in args.data]
     resume = None
     if args.resume is not None:
