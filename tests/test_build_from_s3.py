@@ -6,6 +6,7 @@ not show up in the output. The executors (Spark Python workers) do the S3 reads 
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import uuid
@@ -20,6 +21,7 @@ from dolmino.documents import Quarantine, read_documents, write_documents
 from dolmino.manifest import manifest_from_dict
 
 BUDGET = 80_000
+SPLIT_BYTES = 6_000  # plain .jsonl files larger than this are read as byte ranges
 SOURCES = {"web": ("web.jsonl.zst", 60, 60.0), "code": ("code.jsonl.zst", 80, 40.0)}
 
 
@@ -58,6 +60,14 @@ def inputs(tmp_path_factory, s3_server):
                 break
         write_documents(str(local / name / "part-0.jsonl.zst"), docs[: n // 2])
         write_documents(str(local / name / "sub" / "part-1.jsonl.gz"), docs[n // 2:])
+    # A plain .jsonl that the builds below split into byte ranges (ranged GETs on S3).
+    plain = []
+    for _, doc in read_documents(str(shared_corpus_file("academic.jsonl.zst")), Quarantine()):
+        plain.append({**doc, "id": f"plain-{len(plain)}"})
+        if len(plain) == 12:
+            break
+    write_documents(str(local / "code" / "part-2.jsonl"), plain)
+    assert (local / "code" / "part-2.jsonl").stat().st_size > 4 * SPLIT_BYTES
     broken = [json.dumps({"id": "ok", "text": "A fine short line of web text.", "source": "web"}).encode(),
               b'{"id": "cut", "text": "no end', b"\xff\xfe\xfd"]
     (local / "web" / "part-2.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(b"\n".join(broken) + b"\n"))
@@ -87,7 +97,8 @@ def _outputs(out) -> dict[str, bytes]:
 def test_build_from_s3_is_byte_identical_to_local(inputs, spark_with_s3, tmp_path):
     local_root, s3_root = inputs
     local_out, s3_out = tmp_path / "local", tmp_path / "s3"
-    local_report = build(manifest_from_dict(_manifest(local_root)), BUDGET, str(local_out), spark_with_s3)
+    local_report = build(manifest_from_dict(_manifest(local_root)), BUDGET, str(local_out), spark_with_s3,
+                         split_bytes=SPLIT_BYTES)
     # Attributes on S3 too: the pool stage reads them there. And the tokenizer: only the driver
     # reads its JSON, which reaches the executors in a broadcast.
     from dolmino.assets import dolma2_tokenizer_path
@@ -96,13 +107,20 @@ def test_build_from_s3_is_byte_identical_to_local(inputs, spark_with_s3, tmp_pat
     s3.client().put_object(Bucket=bucket, Key=key, Body=dolma2_tokenizer_path().read_bytes())
     s3_manifest = {**_manifest(s3_root), "tokenizer": {"path": f"{s3_root}-tokenizer/tokenizer.json"}}
     s3_report = build(manifest_from_dict(s3_manifest), BUDGET, str(s3_out), spark_with_s3,
-                      attributes=f"{s3_root}-attributes")
+                      attributes=f"{s3_root}-attributes", split_bytes=SPLIT_BYTES)
 
     local_parts, s3_parts = _outputs(local_out), _outputs(s3_out)
     assert len([n for n in local_parts if n.endswith(".npy")]) >= 2
     assert local_parts == s3_parts  # memmaps and sidecars, byte for byte
     for a, b in zip(local_report["sources"], s3_report["sources"]):
         assert {k: v for k, v in a.items() if k != "files"} == {k: v for k, v in b.items() if k != "files"}
+    # The plain .jsonl was read as byte ranges (ranged GETs on S3), its documents named by
+    # their line in the whole file.
+    assert s3_report["run"]["stages"]["tag"]["units"] > 6 == sum(s["files"] for s in s3_report["sources"])
+    rows = [r.split(",") for name, data in s3_parts.items() if name.endswith(".csv.gz")
+            for r in gzip.decompress(data).decode().splitlines()]
+    plain = [(doc_id, loc) for _start, _end, doc_id, _src, loc in rows if doc_id.startswith("plain-")]
+    assert plain and all(loc == f"code/part-2.jsonl:{int(doc_id.split('-')[1]) + 1}" for doc_id, loc in plain)
     web = next(s for s in s3_report["sources"] if s["name"] == "web")
     assert web["quarantined"] == {"invalid_utf8": 1, "malformed_json": 1}
     assert web["files"] == 3
@@ -120,7 +138,7 @@ def test_build_from_s3_is_byte_identical_to_local(inputs, spark_with_s3, tmp_pat
     assert s3_report["run"]["stages"]["pool"]["fetched_ahead"] == len(parquet) > 0
     one_at_a_time = tmp_path / "s3-no-read-ahead"
     report = build(manifest_from_dict(_manifest(s3_root)), BUDGET, str(one_at_a_time), spark_with_s3,
-                   attributes=f"{s3_root}-attributes-no-read-ahead", read_ahead=0)
+                   attributes=f"{s3_root}-attributes-no-read-ahead", read_ahead=0, split_bytes=SPLIT_BYTES)
     assert _outputs(one_at_a_time) == s3_parts
     assert report["run"]["stages"]["tag"]["fetched_ahead"] == 0
     assert report["run"]["stages"]["tokenize"]["fetched_ahead"] == 0
