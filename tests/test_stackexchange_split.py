@@ -155,6 +155,27 @@ def test_ranges_convert_like_the_whole_file(posts):
         assert got_lines == lines
 
 
+def test_ranges_of_a_posts_xml_on_s3_convert_like_the_local_file(posts, s3_server):
+    """A cluster reads Posts.xml from S3: each range is a ranged GET, with the same documents."""
+    import uuid
+
+    from dolmino import s3
+
+    bucket = f"se-{uuid.uuid4().hex[:16]}"
+    s3.client().create_bucket(Bucket=bucket)
+    s3.client().put_object(Bucket=bucket, Key="cooking.stackexchange.com/Posts.xml", Body=posts.read_bytes())
+    uri = f"s3://{bucket}/cooking.stackexchange.com/Posts.xml"
+    docs, stats, quarantine = _whole(posts)
+    size = posts.stat().st_size
+    got, got_stats, got_quarantine, _lines = _split(uri, [0, size // 3, 2 * size // 3, size])
+    assert {d["metadata"]["path"] for d in got} == {uri}  # the one difference: where it was read
+    for doc in got:
+        doc["metadata"]["path"] = str(posts)
+    assert got == docs and got_stats.to_dict() == stats.to_dict()
+    assert [r[1:] for r in _records(got_quarantine)] == [r[1:] for r in _records(quarantine)]
+    assert {r.path for r in got_quarantine.records} == {uri}
+
+
 def test_compressed_posts_cannot_be_read_by_range(tmp_path):
     path = tmp_path / "Posts.xml.gz"
     path.write_bytes(gzip.compress(posts_xml([]).encode()))
