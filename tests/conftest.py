@@ -96,3 +96,26 @@ def s3_server():
     finally:
         patch.undo()
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def spark_with_s3(spark, s3_server):
+    """Spark whose Python workers see the S3 endpoint and credentials.
+
+    Workers started by an earlier test module inherited the JVM's environment from before
+    the S3 server existed; sc.environment is added to the environment of every Python
+    worker started for functions created from now on, so set it there too.
+    """
+    names = ["AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
+             "AWS_EC2_METADATA_DISABLED", *S3_TEST_CREDENTIALS]
+    env = spark.sparkContext.environment
+    saved = {n: env.get(n) for n in names}
+    env.update({n: os.environ[n] for n in names})
+    try:
+        yield spark
+    finally:
+        for n, v in saved.items():
+            if v is None:
+                env.pop(n, None)
+            else:
+                env[n] = v

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import uuid
 
 import pytest
 import zstandard
 
-from conftest import S3_TEST_CREDENTIALS, shared_corpus_file
+from conftest import shared_corpus_file
 from dolmino import s3
 from dolmino.build.mix import build
 from dolmino.documents import Quarantine, read_documents, write_documents
@@ -23,29 +22,6 @@ from dolmino.manifest import manifest_from_dict
 BUDGET = 80_000
 SPLIT_BYTES = 6_000  # plain .jsonl files larger than this are read as byte ranges
 SOURCES = {"web": ("web.jsonl.zst", 60, 60.0), "code": ("code.jsonl.zst", 80, 40.0)}
-
-
-@pytest.fixture(scope="module")
-def spark_with_s3(spark, s3_server):
-    """Spark whose Python workers see the S3 endpoint and credentials.
-
-    Workers started by an earlier test module inherited the JVM's environment from before
-    the S3 server existed; sc.environment is added to the environment of every Python
-    worker started for functions created from now on, so set it there too.
-    """
-    names = ["AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
-             "AWS_EC2_METADATA_DISABLED", *S3_TEST_CREDENTIALS]
-    env = spark.sparkContext.environment
-    saved = {n: env.get(n) for n in names}
-    env.update({n: os.environ[n] for n in names})
-    try:
-        yield spark
-    finally:
-        for n, v in saved.items():
-            if v is None:
-                env.pop(n, None)
-            else:
-                env[n] = v
 
 
 @pytest.fixture(scope="module")

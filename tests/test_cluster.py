@@ -301,6 +301,36 @@ def test_filter_files_reach_executors_without_a_shared_disk(clean_run, cluster, 
     # exact decontamination count (test above) proves executors scored with the shipped copy.
 
 
+def _synth(cluster, world, name: str, out: str) -> Submitted:
+    """`python -m dolmino.synth --master spark://...`, as the README runs it, in a subprocess."""
+    import sys
+
+    argv = [sys.executable, "-m", "dolmino.synth", "--generator", "arithmetic", "--master", cluster.master_url,
+            "--out", out, "--num-docs", "200", "--partitions", "4", "--seed", "3"]
+    return run_submit(argv, _submit_env(), str(REPO), world.root / "logs", name, SUBMIT_TIMEOUT_S)
+
+
+def test_synth_writes_its_partitions_to_s3_from_the_cluster(cluster, world):
+    """Synthetic math on the cluster: each executor writes its partitions to --out s3://, and a
+    local --out that the workers cannot see fails naming what is missing, with no report."""
+    out = world.s3("synth/arith")
+    result = _synth(cluster, world, "synth-s3", out)
+    assert result.returncode == 0, _explain(result, cluster)
+    keys = _keys(out)
+    assert {f"part-{i:05d}.{kind}" for i in range(4) for kind in ("jsonl.zst", "done.json")} <= keys.keys()
+    bucket, key = s3.split_uri(f"{out}/synth-report.json")
+    report = json.loads(s3.client().get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert report["attempted"] == 200 and report["partitions_generated"] == [0, 1, 2, 3]
+    if not cluster.private:
+        pytest.skip(f"the local --out half needs workers in private mount namespaces: {cluster.private_reason}")
+    local = world.driver / "synth-local"
+    result = _synth(cluster, world, "synth-local", str(local))
+    assert result.returncode == 2, _explain(result, cluster)
+    assert "partitions the executors wrote are not visible at" in result.stderr
+    assert "write --out to s3://" in result.stderr and "Traceback" not in result.stderr
+    assert not (local / "synth-report.json").exists()
+
+
 # ---------------------------------------------------------------------------- no shared filesystem
 
 

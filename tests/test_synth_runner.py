@@ -98,6 +98,64 @@ def test_generate_kill_resume_and_cache(spark, tmp_path):
     assert json.loads(frame.split(b"\n")[0])["source"] == "dolmino_synthmath_arithmetic"
 
 
+def _s3_files(uri: str) -> dict[str, bytes]:
+    from dolmino import s3
+
+    bucket, prefix = s3.split_uri(uri + "/")
+    return {key[len(prefix):]: s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+            for key, _ in s3.iter_keys(bucket, prefix)}
+
+
+def test_s3_out_holds_what_a_local_out_holds_and_resumes(spark_with_s3, tmp_path):
+    """On a cluster whose nodes share no disk, --out s3://: each executor writes its partitions there."""
+    import uuid
+
+    from dolmino import s3
+
+    local = tmp_path / "local"
+    local_report = run(ArithmeticGenerator(num_docs=300), str(local), 3, 5, spark_with_s3)
+    bucket = f"synth-{uuid.uuid4().hex[:16]}"
+    s3.client().create_bucket(Bucket=bucket)
+    out = f"s3://{bucket}/synth/arith"
+    report = run(ArithmeticGenerator(num_docs=300), out, 3, 5, spark_with_s3)
+    assert report == local_report
+    files = _s3_files(out)
+
+    def timeless(name: str, data: bytes):  # a done-file records how long its partition took
+        return {k: v for k, v in json.loads(data).items() if k != "elapsed_s"} if name.endswith(".done.json") else data
+
+    assert {name: timeless(name, data) for name, data in files.items()} == {
+        p.relative_to(local).as_posix(): timeless(p.name, p.read_bytes()) for p in local.rglob("*") if p.is_file()}
+    assert {"rejected/part-00002.jsonl.zst", "quarantine/part-00002.jsonl.zst", REPORT_NAME} <= files.keys()
+
+    # Rerun: every partition cached; a damaged part on S3 is made again, byte-identical.
+    assert run(ArithmeticGenerator(num_docs=300), out, 3, 5, spark_with_s3)["partitions_cached"] == [0, 1, 2]
+    s3.client().put_object(Bucket=bucket, Key="synth/arith/part-00001.jsonl.zst", Body=b"broken")
+    assert run(ArithmeticGenerator(num_docs=300), out, 3, 5, spark_with_s3)["partitions_generated"] == [1]
+    again = _s3_files(out)
+    parts = [name for name in files if name.endswith(".jsonl.zst")]
+    assert {n: again[n] for n in parts} == {n: files[n] for n in parts}
+    # Fewer partitions: the stale ones (and their rejected / quarantine files) are removed.
+    run(ArithmeticGenerator(num_docs=300), out, 2, 5, spark_with_s3)
+    assert not [name for name in _s3_files(out) if "part-00002" in name]
+
+
+def test_partitions_the_driver_cannot_see_fail_the_run(tmp_path):
+    """A local --out on a cluster without a shared disk: each partition lands on the node that
+    made it. The driver finds them missing and says so, and writes no report."""
+    from dolmino.synth.base import config_hash
+    from dolmino.synth.runner import SynthRunError, check_visible, run_partition
+
+    gen = ArithmeticGenerator(num_docs=40)
+    executor_disk, driver_disk = tmp_path / "executor", tmp_path / "driver"
+    executor_disk.mkdir(), driver_disk.mkdir()
+    stats = [run_partition(gen, i, 2, 5, str(executor_disk), config_hash(gen, 2, 5)) for i in range(2)]
+    check_visible(str(executor_disk), stats)
+    with pytest.raises(SynthRunError, match=r"2 of 2 partitions .* not visible at .*driver \(first: "
+                                            r"part-00000.jsonl.zst\); .* write --out to s3://"):
+        check_visible(str(driver_disk), stats)
+
+
 def test_cli_and_rejections_are_written(tmp_path, capsys, spark):
     from dolmino.synth.__main__ import main
 

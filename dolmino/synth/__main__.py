@@ -39,7 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m dolmino.synth", description=__doc__,
                                 formatter_class=DefaultsHelpFormatter)
     p.add_argument("--generator", required=True, choices=sorted(REGISTRY), help="what to generate")
-    p.add_argument("--out", required=True, help="output directory (shared filesystem on a cluster)")
+    p.add_argument("--out", required=True, help="output directory, or an s3:// prefix (on a cluster whose nodes "
+                                                "share no filesystem)")
     p.add_argument("--num-docs", type=int, help="items to attempt (kept + rejected + quarantined); "
                                                 "default for input-driven generators: every input row")
     p.add_argument("--partitions", type=int, default=1, help="Spark tasks; each writes one part file")
@@ -127,11 +128,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from dolmino.build.spark import make_spark
-    from dolmino.synth.runner import run
+    from dolmino.synth.runner import SynthRunError, run
 
     spark = make_spark(f"dolmino-synth-{args.generator}", args.master, args.driver_memory)
     try:
         report = run(generator, args.out, args.partitions, args.seed, spark)
+    except SynthRunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
         spark.stop()
     print(json.dumps(report, indent=1, sort_keys=True))

@@ -10,6 +10,13 @@ Layout of the output directory:
     .progress/00000.json          while a run shows progress: items done and requests made
                                   so far per partition (removed when the run ends)
 
+`out_dir` is a local directory or an s3:// prefix. On a cluster whose nodes share no
+filesystem it must be s3://: each executor writes its own partitions there (one PUT per
+file: atomic), and the driver then checks that it sees every partition at the size its
+executor reported, and fails naming the first missing one when it does not (a local path
+on such a cluster, where each partition landed on the disk of the node that made it).
+Progress (below) is shown for a local `out_dir` only.
+
 A partition is written to temporary names and renamed; its done-file is written last and
 is the commit marker. A rerun skips every partition whose done-file carries the same
 config hash and whose part file still has the recorded sha256, so a killed job resumes
@@ -31,6 +38,7 @@ from collections import Counter
 import zstandard
 
 from dolmino.checksums import sha256_file
+from dolmino.s3 import is_s3
 from dolmino.synth.base import config_hash, is_quarantine, is_rejection, is_request_stats, partition_range
 
 PART_RE = re.compile(r"^part-(\d{5})\.(jsonl\.zst|done\.json)$")
@@ -50,23 +58,56 @@ def done_name(partition: int) -> str:
     return f"part-{partition:05d}.done.json"
 
 
+def _join(out_dir: str, *names: str) -> str:
+    return "/".join([out_dir.rstrip("/"), *names]) if is_s3(out_dir) else os.path.join(out_dir, *names)
+
+
+def _read(path: str) -> bytes | None:
+    """A file's bytes, or None when it does not exist."""
+    if is_s3(path):
+        from dolmino.s3 import S3PathError, open_uri
+
+        try:
+            with open_uri(path) as fh:
+                return fh.read()
+        except S3PathError:
+            return None
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
 def cached_stats(out_dir: str, partition: int, chash: str) -> dict | None:
     """The done-file's stats if this partition is complete for this config, else None."""
-    done = os.path.join(out_dir, done_name(partition))
-    part = os.path.join(out_dir, part_name(partition))
     try:
-        with open(done) as fh:
-            stats = json.load(fh)
-    except (OSError, json.JSONDecodeError):
+        stats = json.loads(_read(_join(out_dir, done_name(partition))) or b"null")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if not isinstance(stats, dict) or stats.get("config_hash") != chash or not os.path.exists(part):
+    if not isinstance(stats, dict) or stats.get("config_hash") != chash:
         return None
-    if os.path.getsize(part) != stats.get("bytes") or sha256_file(part) != stats.get("sha256"):
+    part = _join(out_dir, part_name(partition))
+    if is_s3(part):
+        data = _read(part)
+        if data is None or len(data) != stats.get("bytes") or hashlib.sha256(data).hexdigest() != stats.get("sha256"):
+            return None
+        return stats
+    if not os.path.exists(part) or os.path.getsize(part) != stats.get("bytes") \
+            or sha256_file(part) != stats.get("sha256"):
         return None
     return stats
 
 
 def _write_atomic(path: str, data: bytes, sync: bool = True) -> None:
+    """Write a whole file: to a temporary name, then renamed; on S3 one PUT (atomic itself)."""
+    if is_s3(path):
+        from dolmino.s3 import client, split_uri
+
+        bucket, key = split_uri(path)
+        client().put_object(Bucket=bucket, Key=key, Body=data)
+        return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as fh:
         fh.write(data)
@@ -74,6 +115,38 @@ def _write_atomic(path: str, data: bytes, sync: bool = True) -> None:
             fh.flush()
             os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def _listing(out_dir: str) -> dict[str, int]:
+    """name -> size of the files directly in out_dir (partition files, not rejected/ or quarantine/)."""
+    if is_s3(out_dir):
+        from dolmino.s3 import iter_keys, split_uri
+
+        bucket, prefix = split_uri(out_dir.rstrip("/") + "/")
+        return {key[len(prefix):]: size for key, size in iter_keys(bucket, prefix) if "/" not in key[len(prefix):]}
+    return {e.name: e.stat().st_size for e in os.scandir(out_dir) if e.is_file()}
+
+
+def _delete(path: str) -> None:
+    if is_s3(path):
+        from dolmino.s3 import client, split_uri
+
+        bucket, key = split_uri(path)
+        client().delete_object(Bucket=bucket, Key=key)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def check_visible(out_dir: str, stats: list[dict]) -> None:
+    """Every partition the executors reported is where the driver looks, at the reported size."""
+    found = _listing(out_dir)
+    missing = [s["file"] for s in stats
+               if found.get(s["file"]) != s["bytes"] or done_name(s["partition"]) not in found]
+    if missing:
+        raise SynthRunError(
+            f"{len(missing)} of {len(stats)} partitions the executors wrote are not visible at {out_dir} (first: "
+            f"{missing[0]}); on a cluster without a shared filesystem, write --out to s3:// (or a filesystem "
+            f"mounted at the same path on every node). No {REPORT_NAME} was written.")
 
 
 def _zstd_lines(records) -> bytes:
@@ -198,18 +271,16 @@ def run_partition(generator, partition: int, num_partitions: int, seed: int, out
     if attempted != expected:
         raise SynthRunError(f"partition {partition}: generator yielded {attempted} items for {expected} attempts")
     data = _zstd_lines(docs)
-    part = os.path.join(out_dir, part_name(partition))
-    os.makedirs(os.path.join(out_dir, "rejected"), exist_ok=True)
-    _write_atomic(os.path.join(out_dir, "rejected", part_name(partition)), _zstd_lines(rejected))
-    os.makedirs(os.path.join(out_dir, "quarantine"), exist_ok=True)
-    _write_atomic(os.path.join(out_dir, "quarantine", part_name(partition)), _zstd_lines(quarantined))
+    part = _join(out_dir, part_name(partition))
+    _write_atomic(_join(out_dir, "rejected", part_name(partition)), _zstd_lines(rejected))
+    _write_atomic(_join(out_dir, "quarantine", part_name(partition)), _zstd_lines(quarantined))
     _write_atomic(part, data)
     stats = {"partition": partition, "num_partitions": num_partitions, "generator": generator.name, "seed": seed,
              "config_hash": chash, "file": part_name(partition), "bytes": len(data),
              "sha256": hashlib.sha256(data).hexdigest(), "attempted": attempted, "kept": len(docs),
              "rejected": dict(sorted(reasons.items())), "quarantined": dict(sorted(quarantine_reasons.items())),
              "requests": dict(sorted(requests.items())), "elapsed_s": round(time.time() - started, 3)}
-    _write_atomic(os.path.join(out_dir, done_name(partition)), json.dumps(stats, indent=1).encode())
+    _write_atomic(_join(out_dir, done_name(partition)), json.dumps(stats, indent=1).encode())
     if tracker is not None:
         tracker.write(done=True)
     return {**stats, "cached": False}
@@ -218,16 +289,14 @@ def run_partition(generator, partition: int, num_partitions: int, seed: int, out
 def _remove_stale_parts(out_dir: str, num_partitions: int) -> list[str]:
     """Parts numbered beyond this run's partition count are from an older layout: remove them."""
     removed = []
-    for name in sorted(os.listdir(out_dir)):
+    for name in sorted(_listing(out_dir)):
         m = PART_RE.match(name)
         if m and int(m.group(1)) >= num_partitions:
-            os.remove(os.path.join(out_dir, name))
+            _delete(_join(out_dir, name))
             removed.append(name)
             if m.group(2) == "jsonl.zst":
                 for side in ("rejected", "quarantine"):
-                    stale = os.path.join(out_dir, side, name)
-                    if os.path.exists(stale):
-                        os.remove(stale)
+                    _delete(_join(out_dir, side, name))
     return removed
 
 
@@ -259,21 +328,29 @@ def run(generator, out_dir: str, num_partitions: int, seed: int, spark, progress
         progress_file=None) -> dict:
     """Generate `generator`'s documents into `out_dir` with Spark; returns (and writes) the report.
 
-    `out_dir` must be visible to every executor (local disk in local mode, a shared
-    filesystem on a cluster). `progress`: a bar of items done, partitions finished and LLM
-    requests made (None: only when stderr is a terminal; `progress_file` replaces stderr).
+    `out_dir`: a local directory (local mode, or a filesystem every node mounts at the same
+    path) or an s3:// prefix; the driver checks it sees every partition before it writes the
+    report. `progress`: a bar of items done, partitions finished and LLM requests made (None:
+    only when stderr is a terminal; `progress_file` replaces stderr; never for an s3:// out).
     """
     from dolmino.progress import enabled as progress_enabled
     from dolmino.progress import progress as progress_bar
 
     if num_partitions < 1:
         raise ValueError("num_partitions must be >= 1")
-    os.makedirs(out_dir, exist_ok=True)
-    out_dir = os.path.abspath(out_dir)
+    if is_s3(out_dir):
+        from dolmino.s3 import check_bucket, split_uri
+
+        out_dir = out_dir.rstrip("/")
+        check_bucket(split_uri(out_dir)[0])
+    else:
+        os.makedirs(out_dir, exist_ok=True)
+        out_dir = os.path.abspath(out_dir)
+    _delete(_join(out_dir, REPORT_NAME))  # its presence says the directory holds a finished run
     _remove_stale_parts(out_dir, num_partitions)
     chash = config_hash(generator, num_partitions, seed)
     sc = spark.sparkContext
-    show = progress_enabled(progress_file) if progress is None else progress
+    show = (progress_enabled(progress_file) if progress is None else progress) and not is_s3(out_dir)
     progress_dir = os.path.join(out_dir, PROGRESS_DIR) if show else None
     if progress_dir:
         shutil.rmtree(progress_dir, ignore_errors=True)  # a killed run's counts are not this run's
@@ -295,6 +372,7 @@ def run(generator, out_dir: str, num_partitions: int, seed: int, spark, progress
             bar.close()
             shutil.rmtree(progress_dir, ignore_errors=True)
     stats.sort(key=lambda s: s["partition"])
+    check_visible(out_dir, stats)
     report = summarize(generator, stats, seed, num_partitions, chash)
-    _write_atomic(os.path.join(out_dir, REPORT_NAME), json.dumps(report, indent=1, sort_keys=True).encode())
+    _write_atomic(_join(out_dir, REPORT_NAME), json.dumps(report, indent=1, sort_keys=True).encode())
     return report
