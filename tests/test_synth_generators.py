@@ -184,6 +184,26 @@ def test_evaluator_and_formatting():
     assert format_number(Fraction(1, 3), "2") is None and format_number(Fraction(9, 4), "2") == "2.25"
 
 
+def test_gsm8k_train_file_on_s3_gives_the_local_items(tmp_path, s3_server):
+    """Executors load --gsm8k-jsonl themselves: on a cluster without a shared disk it is on S3."""
+    import gzip
+    import uuid
+
+    from dolmino import s3
+
+    rows = ['{"question": "Ann has 4 cats and 3 dogs. How many pets?", "answer": "4+3=<<4+3=7>>7\\n#### 7"}',
+            '{"question": "Bo has 2 pens \u2028and 5 more. How many?", "answer": "2+5=<<2+5=7>>7\\n#### 7"}']
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    bucket = f"gsm8k-{uuid.uuid4().hex[:16]}"
+    s3.client().create_bucket(Bucket=bucket)
+    s3.client().put_object(Bucket=bucket, Key="gsm8k/train.jsonl.gz", Body=gzip.compress(path.read_bytes()))
+    local = Gsm8kNumberGenerator(num_docs=4, data_path=str(path))
+    remote = Gsm8kNumberGenerator(num_docs=4, data_path=f"s3://{bucket}/gsm8k/train.jsonl.gz")
+    assert len(remote.items) == 2 and remote.items == local.items  # U+2028 inside a string is no line break
+    assert list(remote.generate(0, 1, seed=1)) == list(local.generate(0, 1, seed=1))
+
+
 def test_gsm8k_file_input_is_validated(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text('{"question": "Ann has 4 cats and 3 dogs. How many pets?", "answer": "4+3=<<4+3=7>>7\\n#### 7"}\n'

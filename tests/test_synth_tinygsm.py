@@ -160,6 +160,29 @@ def test_tinygsm_generator_accounts_for_every_row(tmp_path):
         TinyGsmGenerator(str(tmp_path / "missing-*.jsonl")).config()
 
 
+def test_tinygsm_input_on_s3_gives_what_the_local_file_gives(tmp_path, s3_server):
+    """On a cluster whose nodes share no disk, --input s3://...: each executor reads its slice there."""
+    import uuid
+
+    from dolmino import s3
+
+    path = tmp_path / "tinygsm.jsonl"
+    path.write_text("\n".join(_tinygsm_rows()) + "\n")
+    bucket = f"tinygsm-{uuid.uuid4().hex[:16]}"
+    s3.client().create_bucket(Bucket=bucket)
+    s3.client().put_object(Bucket=bucket, Key="in/tinygsm.jsonl", Body=path.read_bytes())
+    local, remote = TinyGsmGenerator(str(path)), TinyGsmGenerator(f"s3://{bucket}/in/*.jsonl")
+    assert remote.config() == local.config()  # the same input fingerprint: names, rows, sha256
+    uri = f"s3://{bucket}/in/tinygsm.jsonl"
+
+    def records(gen):
+        return [r for p in range(3) for r in gen.generate(p, 3, seed=1)]
+
+    assert records(remote) == [{**r, "path": uri} if "path" in r else r for r in records(local)]
+    with pytest.raises(ValueError, match="no input objects match"):
+        TinyGsmGenerator(f"s3://{bucket}/in/missing-*.jsonl").config()
+
+
 def _mind_reply(prompt: str) -> str:
     """A conversation that quotes the annotated result, or a malformed one for item 'Sam has 3'."""
     if "Sam has 3 apples" in prompt:

@@ -56,8 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, help="max_tokens sent to the endpoint (default: 2048; owm_label 8)")
     p.add_argument("--personas", help="tulu_math: personas, JSONL ('persona' field) or one per line")
     p.add_argument("--style", action="append", help="mind: two_students / problem_solving (repeatable; default both)")
-    p.add_argument("--input", action="append", help="mind / tinygsm / owm_label: input JSONL files or globs "
-                                                    "(repeatable)")
+    p.add_argument("--input", action="append", help="mind / tinygsm / owm_label: input JSONL files or globs, "
+                                                    "local or s3:// (repeatable)")
     p.add_argument("--gsm8k-jsonl", help="gsm8k_numbers / gsm8k_train / mind: GSM8K *train* JSONL "
                                          "('question', 'answer'); required unless --demo-gsm8k-test")
     p.add_argument("--demo-gsm8k-test", action="store_true",

@@ -380,9 +380,12 @@ def load_items(data_path: str | None = None, *, demo_test_split: bool = False) -
         rows = [json.loads(line)["doc"] for line in raw.decode("utf-8").splitlines() if line.strip()]
         split = "test"
     else:
-        opener = gzip.open if data_path.endswith(".gz") else open
-        with opener(data_path, "rt", encoding="utf-8") as fh:
-            rows = [json.loads(line) for line in fh if line.strip()]
+        # Local or s3:// (every executor loads it: on a cluster without a shared disk, from S3).
+        from dolmino.documents import open_binary
+
+        with open_binary(data_path) as fh:
+            raw = gzip.decompress(fh.read()) if data_path.endswith(".gz") else fh.read()
+        rows = [json.loads(line) for line in raw.decode("utf-8").split("\n") if line.strip()]
         split = "file"
     items = []
     for k, row in enumerate(rows):

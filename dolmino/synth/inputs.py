@@ -7,7 +7,9 @@ generator, so a partition opens only the files that overlap its slice of items a
 loads the whole input (TinyGSM is 12M rows). The sha256s make the input part of the
 generator's config hash: a changed input file regenerates, an unchanged one resumes.
 
-Paths are local (or shared-filesystem) files and globs, as every executor must read them.
+Paths are files and globs, local or s3:// (`**` recursive in both). Every executor reads
+the files of its own partitions, so on a cluster whose nodes share no filesystem the input
+must be on S3.
 A line that is not a JSON object is still an item: it is handed back as a quarantine
 record (`invalid_utf8`, `malformed_json`, `not_an_object`) with its file and line number,
 so attempted = kept + rejected + quarantined holds for every run.
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from dolmino.documents import iter_lines
+from dolmino.s3 import is_s3
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,13 @@ def expand_inputs(patterns: str | list[str] | tuple[str, ...]) -> list[str]:
         patterns = [patterns]
     files: list[str] = []
     for pattern in patterns:
+        if is_s3(pattern):
+            from dolmino.s3 import expand_uri_glob
+
+            if not (matched := expand_uri_glob(pattern)):
+                raise ValueError(f"no input objects match {pattern!r}")
+            files.extend(matched)
+            continue
         if any(ch in pattern for ch in "*?["):
             matched = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
         else:
@@ -70,7 +80,13 @@ def index_file(path: str) -> InputFile:
         digest.update(raw + b"\n")
         if raw.strip():
             rows += 1
-    return InputFile(path, os.path.getsize(path), rows, digest.hexdigest())
+    if is_s3(path):
+        from dolmino.s3 import object_size
+
+        size = object_size(path)
+    else:
+        size = os.path.getsize(path)
+    return InputFile(path, size, rows, digest.hexdigest())
 
 
 def parse_row(raw: bytes) -> tuple[dict | None, str, str]:
