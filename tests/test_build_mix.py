@@ -227,6 +227,20 @@ def test_cli_rejects_bad_budget(tmp_path, capsys):
     assert "--budget" in capsys.readouterr().err
 
 
+def test_cli_out_at_a_bucket_root_needs_explicit_attributes(tmp_path, capsys):
+    """The default attributes root is beside --out; s3://bucket has no such place (its naive
+    parent, s3://attributes, is another bucket)."""
+    from dolmino.build.mix import default_attributes_root
+
+    assert default_attributes_root("s3://bucket/mixes/50B") == "s3://bucket/mixes/attributes"
+    assert default_attributes_root("s3://bucket/50B/") == "s3://bucket/attributes"
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(_manifest(tmp_path)))
+    for out in ("s3://my-mix-bucket", "s3://my-mix-bucket/"):
+        assert build_main(["--manifest", str(path), "--out", out]) == 2
+        assert "is a bucket's root" in capsys.readouterr().err
+
+
 def test_cli_rejects_negative_read_ahead(tmp_path, capsys):
     path = tmp_path / "m.json"
     path.write_text(json.dumps(_manifest(tmp_path)))

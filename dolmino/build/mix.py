@@ -64,7 +64,14 @@ class BuildState:
 
 
 def default_attributes_root(out: str) -> str:
-    """Beside the outputs, shared by every mix built there: `<parent of out>/attributes`."""
+    """Beside the outputs, shared by every mix built there: `<parent of out>/attributes`.
+
+    An --out at a bucket's root has no parent inside the bucket (the naive parent of
+    s3://bucket is s3://, which would put the attributes in a bucket named "attributes"):
+    such a build must name its --attributes."""
+    if out.startswith("s3://") and "/" not in out[len("s3://"):].strip("/"):
+        raise BuildError(f"--out {out} is a bucket's root, which has no parent for the default attributes root; "
+                         "pass --attributes s3://BUCKET/PREFIX (outside --out)")
     return out.rstrip("/").rsplit("/", 1)[0] + "/attributes" if "/" in out.rstrip("/") else "attributes"
 
 
