@@ -118,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    for flag, value in (("--save-dir", args.save_dir), ("--resume", args.resume), ("--init-from", args.init_from)):
+        if value and "://" in value:  # Path("s3://b/k") is the relative directory "s3:/b/k": refuse, never misplace
+            print(f"trainer.run: error: {flag} {value}: checkpoints are read and written on a filesystem path "
+                  "(local, or shared by the nodes); copy remote ones there first (e.g. `aws s3 sync`)", file=sys.stderr)
+            return 2
     if args.mix:
         data_paths = [str(mix_output_dir(args.mix))]
     else:
