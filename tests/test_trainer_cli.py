@@ -115,9 +115,10 @@ def test_a_build_on_s3_is_refused_with_how_to_copy_it(tmp_path, capsys):
     assert "--data s3://bucket/mixes/dolmino-50B: the trainer reads token files from a local directory" in err
     assert "dolmino release publish s3://bucket/mixes/dolmino-50B" in err and "dolmino release pull" in err
     for flag in ("--save-dir", "--resume", "--init-from"):  # never a local directory named "s3:"
-        assert main(["--data", str(tmp_path), flag, "s3://bucket/ckpt", "--steps", "1"]) == 2
-        assert f"{flag} s3://bucket/ckpt: checkpoints are read and written on a filesystem path" in \
-            capsys.readouterr().err
+        with pytest.raises(SystemExit) as exc:
+            main(["--data", str(tmp_path), flag, "s3://bucket/ckpt", "--steps", "1"])
+        assert exc.value.code == 2
+        assert f"argument {flag}: 's3://bucket/ckpt' is a URL; this needs a local path" in capsys.readouterr().err
     assert not (REPO / "s3:").exists() and not (Path.cwd() / "s3:").exists()
     manifest = tmp_path / "m.json"
     manifest.write_text(json.dumps({"name": "m", "output": "s3://bucket/mixes/m"}))

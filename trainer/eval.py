@@ -62,6 +62,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dolmino.s3 import local_path
 from trainer.cli import HelpFormatter
 from trainer.config import ModelConfig
 from trainer.model import OLMo2, apply_rope
@@ -813,7 +814,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="weights and activations: auto = bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--tokenizer", default=None, help="tokenizers JSON file (default: the packaged dolma2)")
-    p.add_argument("--out", default=None, help="also write the results JSON here (default: stdout only)")
+    p.add_argument("--out", default=None, type=local_path,
+                   help="also write the results JSON here (default: stdout only)")
     p.add_argument("--details", default=None,
                    help="write one JSON line per scored instance here (default: not written)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

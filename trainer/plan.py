@@ -32,6 +32,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dolmino.s3 import local_path
 from trainer.cli import HelpFormatter, parse_count
 from trainer.config import (
     ANNEAL_RECIPES, LEGACY_PRESETS, MODEL_PRESETS, RECIPE_HELP, RECIPES, SCHEDULES, STAGE1_END_STEP, ModelConfig,
@@ -71,7 +72,7 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
                    help="schedule length in tokens (e.g. 5T); training may stop earlier (default: the recipe's, "
                         "else the run's length)")
     p.add_argument("--final-lr-fraction", type=float, default=0.1, help="cosine floor as a fraction of the peak")
-    p.add_argument("--init-from", default=None,
+    p.add_argument("--init-from", default=None, type=local_path,
                    help="start from these weights with a fresh optimizer at step 0 (default: random init): a "
                         "trainer checkpoint or save dir, a Hugging Face Olmo2 directory (safetensors, sharded or "
                         "not), or an OLMo-core DCP checkpoint (stepN or stepN/model_and_optim)")

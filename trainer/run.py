@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from dolmino.s3 import local_path
 from trainer.cli import HelpFormatter, parse_count  # noqa: F401  (parse_count: part of this module's API)
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
 from trainer.data import DataError
@@ -66,10 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="clip the global gradient L2 norm")
     p.add_argument("--seed", type=int, default=1124, help="model init and data order seed")
     p.add_argument("--data-seed", type=int, default=None, help="data order seed (default: --seed)")
-    p.add_argument("--save-dir", default="build/checkpoints/run", help="where checkpoints and metrics.jsonl go")
+    p.add_argument("--save-dir", default="build/checkpoints/run", type=local_path,
+                   help="where checkpoints and metrics.jsonl go")
     p.add_argument("--save-interval", type=int, default=None, help="also save every N steps (default: at the end)")
     p.add_argument("--keep-last", type=int, default=None, help="keep only the newest N checkpoints (default: all)")
-    p.add_argument("--resume", nargs="?", const="latest", default=None,
+    p.add_argument("--resume", nargs="?", const="latest", default=None, type=local_path,
                    help="resume from a checkpoint dir (no value: the latest in --save-dir; default: start afresh)")
     p.add_argument("--metrics-interval", type=int, default=10, help="copy metrics to the host and print every N")
     p.add_argument("--gc-interval", type=int, default=100, help="run Python's gc every N steps")
@@ -118,11 +120,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    for flag, value in (("--save-dir", args.save_dir), ("--resume", args.resume), ("--init-from", args.init_from)):
-        if value and "://" in value:  # Path("s3://b/k") is the relative directory "s3:/b/k": refuse, never misplace
-            print(f"trainer.run: error: {flag} {value}: checkpoints are read and written on a filesystem path "
-                  "(local, or shared by the nodes); copy remote ones there first (e.g. `aws s3 sync`)", file=sys.stderr)
-            return 2
     if args.mix:
         data_paths = [str(mix_output_dir(args.mix))]
     else:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from dolmino.s3 import local_path
 from trainer.checkpoint import CONFIG_FILE, MODEL_FILE
 from trainer.cli import HelpFormatter
 
@@ -136,7 +137,7 @@ def soup(out_dir: str | Path, checkpoints: list[str | Path], dtype: str | None =
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.soup", description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("out", help="output directory for the averaged model")
+    parser.add_argument("out", type=local_path, help="output directory for the averaged model")
     parser.add_argument("checkpoints", nargs="+",
                         help="checkpoint directories (save dirs: their latest), HF Olmo2 or OLMo-core checkpoints")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,

@@ -33,6 +33,7 @@ import os
 import sys
 from typing import Iterator
 
+from dolmino.s3 import local_path
 from dolmino.synth import prompts
 from dolmino.synth.base import make_doc, partition_range, quarantine, request_stats
 from dolmino.synth.inputs import InputFiles
@@ -139,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     tr = sub.add_parser("train", help="train the fastText math classifier",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     tr.add_argument("--labelled", nargs="+", required=True, help="owm_label output files or globs")
-    tr.add_argument("--out", required=True, help="model path (.bin); the summary goes to <out>.json")
+    tr.add_argument("--out", required=True, type=local_path,
+                    help="model path (.bin); the summary goes to <out>.json")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--epoch", type=int, default=25)
     tr.add_argument("--lr", type=float, default=0.5)
