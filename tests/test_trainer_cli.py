@@ -206,6 +206,39 @@ def test_torchrun_ddp_and_fsdp_match_single_process(data_dir, tmp_path):
     more = run_cli(*common, "--steps", 4, "--save-dir", tmp_path / "fsdp", "--resume")
     assert more.returncode == 0, more.stderr
     assert (tmp_path / "fsdp" / "step000004" / "model.pt").is_file()
+    # two ranks resume too, after checking that they read the same checkpoint
+    more = run_cli(*common, "--steps", 4, "--save-dir", tmp_path / "ddp", "--resume", launcher=launcher)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert (tmp_path / "ddp" / "step000004" / "model.pt").is_file()
+
+
+def _ranks_agree_worker(rank: int, store: str, values: list, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from trainer.distributed import DistEnv, ranks_agree
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        env = DistEnv(rank, rank, 2, torch.device("cpu"))
+        same = ranks_agree([7, 1 << 50], env)
+        differ = ranks_agree(values[rank], env)
+        Path(f"{out}.{rank}").write_text(json.dumps([same, differ]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_agree_tells_ranks_that_resumed_different_checkpoints(tmp_path):
+    """What Trainer._resume checks: ranks whose (step, tokens, cursor) differ, as when nodes that
+    do not share --save-dir hold different checkpoints."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "result")
+    mp.spawn(_ranks_agree_worker, args=(str(tmp_path / "store"), [[100, 5, 3], [80, 5, 3]], out), nprocs=2)
+    for rank in (0, 1):
+        same, differ = json.loads(Path(f"{out}.{rank}").read_text())
+        assert same == [[7, 1 << 50], [7, 1 << 50]]
+        assert differ == [[80, 5, 3], [100, 5, 3]]
 
 
 def test_process_group_backend_is_nccl_with_cuda_gloo_on_cpu_and_nccl_needs_cuda():

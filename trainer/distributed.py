@@ -105,6 +105,18 @@ def all_reduce_mean(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return tensor
 
 
+def ranks_agree(values: list[int], env: DistEnv) -> tuple[list[int], list[int]]:
+    """(smallest, largest) of each value over the ranks; equal lists mean every rank holds the
+    same values. Collective. Integers below 2**53 (float64 carries them exactly, on any backend)."""
+    if not env.distributed:
+        return list(values), list(values)
+    low = torch.tensor(values, dtype=torch.float64, device=env.device)
+    high = low.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    return [int(v) for v in low.cpu().tolist()], [int(v) for v in high.cpu().tolist()]
+
+
 def barrier(env: DistEnv) -> None:
     if env.distributed:
         dist.barrier()

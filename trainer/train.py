@@ -39,7 +39,7 @@ import torch.nn as nn
 from trainer.checkpoint import Checkpointer, load_checkpoint, resolve_checkpoint
 from trainer.config import ModelConfig, RunConfig, TrainConfig
 from trainer.data import DataLoader, MemmapDataset
-from trainer.distributed import DistEnv, all_reduce_mean, barrier
+from trainer.distributed import DistEnv, all_reduce_mean, barrier, ranks_agree
 from trainer.model import OLMo2
 from trainer.optim import build_optimizer, clip_grad_norm, set_lr
 from trainer.schedule import LRSchedule
@@ -161,6 +161,14 @@ class Trainer:
         self.step = int(state["step"])
         self.tokens_seen = int(state.get("tokens_seen", 0))
         self._data_stats_base = {k: int(v) for k, v in state.get("data_stats", {}).items()}
+        # Every rank read a checkpoint of its own (rank 0 alone writes them): on nodes that do
+        # not share --save-dir, a node may hold an older one. Ranks with different weights would
+        # train on silently (DDP broadcast rank 0's parameters only when it wrapped the model).
+        low, high = ranks_agree([self.step, self.tokens_seen, self.loader.cursor], self.env)
+        if low != high:
+            raise RuntimeError(f"ranks resumed from different checkpoints: steps {low[0]}..{high[0]}, tokens seen "
+                               f"{low[1]:,}..{high[1]:,} (this rank: {path}); put --save-dir (or --resume's "
+                               "checkpoint) on a filesystem every node sees")
         self.log(f"resumed from {path} at step {self.step} (epoch {self.loader.epoch}, instance cursor "
                  f"{self.loader.cursor})")
 
