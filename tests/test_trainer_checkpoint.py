@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from trainer.checkpoint import (
-    Checkpointer, capture_rng_state, latest_checkpoint, load_checkpoint, load_model_weights, restore_rng_state,
+    Checkpointer, capture_rng_state, files_fingerprint, latest_checkpoint, load_checkpoint, load_model_weights,
+    restore_rng_state,
 )
 from trainer.config import ModelConfig, RunConfig, TrainConfig
 from trainer.distributed import DistEnv
@@ -107,6 +108,24 @@ def test_checkpoint_files_are_complete_and_weights_only_loadable(tmp_path):
     live = dict(model.named_parameters())
     assert all(torch.equal(weights[k] + 1.0, live[k].detach()) for k in weights)
     assert json.loads((path / "config.json").read_text())["step"] == 7
+
+
+def test_files_fingerprint_tells_copies_from_other_weights(tmp_path):
+    """What ranks compare after loading --init-from or resuming: a copy matches, other weights of
+    the same shapes (another seed) do not, nor does a file that is missing or renamed."""
+    import shutil
+
+    data = make_data(tmp_path / "data")
+    for seed in (5, 6):
+        Trainer(make_run(data, max_steps=1, warmup_steps=0, seed=seed), CPU, tmp_path / f"seed{seed}", log=quiet).fit()
+    a, b = tmp_path / "seed5" / "step000001", tmp_path / "seed6" / "step000001"
+    assert (a / "model.pt").stat().st_size == (b / "model.pt").stat().st_size > 16 * 4096  # sampled, not read whole
+    shutil.copytree(a, tmp_path / "copy")
+    assert files_fingerprint(a) == files_fingerprint(tmp_path / "copy") < 1 << 48
+    assert files_fingerprint(a / "model.pt") == files_fingerprint(tmp_path / "copy" / "model.pt")
+    assert files_fingerprint(a / "model.pt") != files_fingerprint(b / "model.pt")
+    (tmp_path / "copy" / "optim.pt").rename(tmp_path / "copy" / "optim.pt.old")
+    assert files_fingerprint(tmp_path / "copy") != files_fingerprint(a)
 
 
 def test_rng_state_round_trip():

@@ -206,10 +206,13 @@ def test_torchrun_ddp_and_fsdp_match_single_process(data_dir, tmp_path):
     more = run_cli(*common, "--steps", 4, "--save-dir", tmp_path / "fsdp", "--resume")
     assert more.returncode == 0, more.stderr
     assert (tmp_path / "fsdp" / "step000004" / "model.pt").is_file()
-    # two ranks resume too, after checking that they read the same checkpoint
+    # two ranks resume too, and start from --init-from, after checking that they read the same files
     more = run_cli(*common, "--steps", 4, "--save-dir", tmp_path / "ddp", "--resume", launcher=launcher)
     assert more.returncode == 0, more.stderr[-3000:]
     assert (tmp_path / "ddp" / "step000004" / "model.pt").is_file()
+    init = run_cli(*common, "--steps", 1, "--init-from", tmp_path / "single" / "step000003", "--save-dir",
+                   tmp_path / "init", launcher=launcher)
+    assert init.returncode == 0 and "initialised" in init.stdout, init.stderr[-3000:]
 
 
 def _ranks_agree_worker(rank: int, store: str, values: list, out: str) -> None:

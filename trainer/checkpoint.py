@@ -113,6 +113,34 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return found
 
 
+# Bytes read from each large file to fingerprint a checkpoint: every rank does it, at start.
+_FINGERPRINT_SAMPLES = 16
+_FINGERPRINT_SAMPLE_BYTES = 4096
+
+
+def files_fingerprint(path: str | Path) -> int:
+    """A 48-bit digest of a checkpoint as files: every file's name and size, small files whole
+    and 16 spread 4 KB samples of each large one. Two revisions of one model have the same
+    sizes but different weights everywhere, so their samples differ; a few MB are read at most.
+    Ranks compare it (`trainer.distributed.ranks_agree`) to find a node holding another copy."""
+    import hashlib
+
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        digest.update(f"{f.relative_to(root) if f != root else f.name}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            if size <= _FINGERPRINT_SAMPLES * _FINGERPRINT_SAMPLE_BYTES:
+                digest.update(fh.read())
+                continue
+            for k in range(_FINGERPRINT_SAMPLES):
+                fh.seek((size - _FINGERPRINT_SAMPLE_BYTES) * k // (_FINGERPRINT_SAMPLES - 1))
+                digest.update(fh.read(_FINGERPRINT_SAMPLE_BYTES))
+    return int.from_bytes(digest.digest()[:6], "big")
+
+
 class Checkpointer:
     """Writes checkpoints from rank 0 in a background thread; all ranks must call `save`
     (FSDP gathers full tensors collectively)."""

@@ -26,10 +26,13 @@ from pathlib import Path
 import torch
 
 from dolmino.s3 import local_path
+from trainer.checkpoint import files_fingerprint
 from trainer.cli import HelpFormatter, parse_count  # noqa: F401  (parse_count: part of this module's API)
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
 from trainer.data import DataError
-from trainer.distributed import BACKENDS, DeviceUnavailable, exit_process, init_distributed, shutdown
+from trainer.distributed import (
+    BACKENDS, DeviceUnavailable, exit_process, init_distributed, ranks_agree, shutdown,
+)
 from trainer.eval import add_training_arguments as add_eval_arguments, evaluate_after_training
 from trainer.plan import (
     Plan, add_plan_arguments, data_tokens, inspect_init, make_plan, mix_output_dir, parse_with_recipe,
@@ -157,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.set_sync_debug_mode("warn")
         trainer = Trainer(run, env, args.save_dir, resume=resume, log=log, keep_last=args.keep_last)
         if init is not None and resume is None:
+            # Each rank reads the weights itself (after DDP's broadcast; FSDP never broadcasts):
+            # a node holding another copy of --init-from would train with other weights, silently.
+            low, high = ranks_agree([files_fingerprint(init.path) if env.distributed else 0], env)
+            if low != high:
+                raise ValueError(f"--init-from {init.path} differs between nodes (its files do not match on every "
+                                 "rank); give every node the same copy, or a shared filesystem")
             n = load_weights_into(trainer.raw_model, init)
             log(f"initialised {n} tensors from {init.describe()}")
         tc = run.train

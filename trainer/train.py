@@ -36,7 +36,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from trainer.checkpoint import Checkpointer, load_checkpoint, resolve_checkpoint
+from trainer.checkpoint import Checkpointer, files_fingerprint, load_checkpoint, resolve_checkpoint
 from trainer.config import ModelConfig, RunConfig, TrainConfig
 from trainer.data import DataLoader, MemmapDataset
 from trainer.distributed import DistEnv, all_reduce_mean, barrier, ranks_agree
@@ -164,11 +164,13 @@ class Trainer:
         # Every rank read a checkpoint of its own (rank 0 alone writes them): on nodes that do
         # not share --save-dir, a node may hold an older one. Ranks with different weights would
         # train on silently (DDP broadcast rank 0's parameters only when it wrapped the model).
-        low, high = ranks_agree([self.step, self.tokens_seen, self.loader.cursor], self.env)
+        files = files_fingerprint(path) if self.env.distributed else 0
+        low, high = ranks_agree([self.step, self.tokens_seen, self.loader.cursor, files], self.env)
         if low != high:
-            raise RuntimeError(f"ranks resumed from different checkpoints: steps {low[0]}..{high[0]}, tokens seen "
-                               f"{low[1]:,}..{high[1]:,} (this rank: {path}); put --save-dir (or --resume's "
-                               "checkpoint) on a filesystem every node sees")
+            raise ValueError(f"ranks resumed from different checkpoints: steps {low[0]}..{high[0]}, tokens seen "
+                               f"{low[1]:,}..{high[1]:,}, {'different' if low[3] != high[3] else 'the same'} files "
+                               f"(this rank: {path}); put --save-dir (or --resume's checkpoint) on a filesystem "
+                               "every node sees")
         self.log(f"resumed from {path} at step {self.step} (epoch {self.loader.epoch}, instance cursor "
                  f"{self.loader.cursor})")
 
