@@ -131,6 +131,12 @@ class Trainer:
                                      repetition_min_repeats=tc.repetition_min_repeats)
         self.loader = DataLoader(self.dataset, tc.global_batch_size, rank=env.rank, world_size=env.world_size,
                                  seed=tc.seed if tc.data_seed is None else tc.data_seed)
+        if env.distributed:  # each rank strides over its own copy of the token files: they must be one mix
+            low, high = ranks_agree([len(self.dataset), *map(files_fingerprint, run.data_paths)], env)
+            if low != high:
+                raise ValueError(f"the ranks read different training data ({low[0]:,}..{high[0]:,} instances"
+                                 f"{'' if low[0] != high[0] else ', different files'}); give every node the same "
+                                 "copy of the mix, or a shared filesystem")
         self.raw_model = build_model(mc, env.device, tc.seed)
         self.model = _wrap(self.raw_model, run, env)
         self.optimizer = build_optimizer(self.model, tc)
