@@ -128,6 +128,48 @@ def test_files_fingerprint_tells_copies_from_other_weights(tmp_path):
     assert files_fingerprint(tmp_path / "copy") != files_fingerprint(a)
 
 
+def _two_ranks_worker(rank: int, store: str, data: list, resume: list, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    env = DistEnv(rank=rank, local_rank=rank, world_size=2, device=torch.device("cpu"))
+    try:
+        Trainer(make_run(Path(data[rank])), env, Path(out) / f"run{rank}", resume=resume[rank], log=quiet)
+        outcome = "ok"
+    except ValueError as exc:
+        outcome = str(exc)
+    finally:
+        dist.destroy_process_group()
+    Path(f"{out}/outcome{rank}").write_text(outcome)
+
+
+def _two_ranks(tmp_path, data: list, resume: list) -> list[str]:
+    import torch.multiprocessing as mp
+
+    out = tmp_path / f"ranks-{len(list(tmp_path.glob('ranks-*')))}"
+    out.mkdir()
+    mp.spawn(_two_ranks_worker, args=(str(out / "store"), [str(d) for d in data],
+                                      [None if r is None else str(r) for r in resume], str(out)), nprocs=2)
+    return [(out / f"outcome{rank}").read_text() for rank in (0, 1)]
+
+
+def test_ranks_that_read_different_data_or_checkpoints_stop(tmp_path):
+    """Nodes that do not share a filesystem may hold different copies of the mix or of a
+    checkpoint: every rank then stops at start with the reason, instead of training on."""
+    same = make_data(tmp_path / "data")
+    other = make_data(tmp_path / "other", seed=1)  # same size, other tokens
+    assert all("the ranks read different training data (20..20 instances, different files)" in o
+               for o in _two_ranks(tmp_path, [same, other], [None, None]))
+    for seed, steps in ((5, 2), (6, 2), (5, 3)):
+        Trainer(make_run(same, max_steps=steps, seed=seed, save_interval=1), CPU, tmp_path / f"s{seed}-{steps}",
+                log=quiet).fit()
+    step2 = tmp_path / "s5-2" / "step000002"  # two ranks resuming the same checkpoint: tests/test_trainer_cli.py
+    older = _two_ranks(tmp_path, [same, same], [step2, tmp_path / "s5-3" / "step000001"])
+    assert all("ranks resumed from different checkpoints: steps 1..2" in o for o in older)
+    reseeded = _two_ranks(tmp_path, [same, same], [step2, tmp_path / "s6-2" / "step000002"])
+    assert all("steps 2..2" in o and "different files" in o for o in reseeded)
+
+
 def test_rng_state_round_trip():
     state = capture_rng_state()
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
