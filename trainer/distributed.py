@@ -110,7 +110,9 @@ def ranks_agree(values: list[int], env: DistEnv) -> tuple[list[int], list[int]]:
     same values. Collective. Integers below 2**53 (float64 carries them exactly, on any backend)."""
     if not env.distributed:
         return list(values), list(values)
-    low = torch.tensor(values, dtype=torch.float64, device=env.device)
+    # NCCL reduces only GPU tensors; gloo's own home is host memory (its CUDA path copies there).
+    device = env.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    low = torch.tensor(values, dtype=torch.float64, device=device)
     high = low.clone()
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
