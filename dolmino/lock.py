@@ -47,6 +47,7 @@ from dataclasses import replace
 from dolmino.checksums import sha256_file
 from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import Manifest, load_manifest
+from dolmino.s3 import local_path
 
 LOCK_FORMAT = "dolmino-lock/1"
 BUILD_LOCK_NAME = "manifest.lock.json"  # the lock's name inside a build output and a release
@@ -394,8 +395,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "(SHA-256) a manifest reads, in MANIFEST.lock.json; `--check` reports drift, and "
                     "build_mix.py --locked refuses to build on any.")
     parser.add_argument("manifest", help="mix or pool manifest JSON")
-    parser.add_argument("--lockfile", default=None, help="lock file path (default: MANIFEST.lock.json beside the "
-                                                         "manifest)")
+    parser.add_argument("--lockfile", default=None, type=local_path,
+                        help="lock file path (default: MANIFEST.lock.json beside the manifest)")
     parser.add_argument("--data-root", default=None, help="where the manifest's relative paths live, local or s3:// "
                                                           "(default: the manifest's data_root)")
     parser.add_argument("--fast", action="store_true", help="record size and mtime of local files instead of "

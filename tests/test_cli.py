@@ -229,6 +229,9 @@ def test_cli_module_runs_as_a_script():
     ("trainer.soup", ["s3://bucket/soup", "a", "b"]),
     ("trainer.eval", ["--checkpoint", "ckpt", "--out", "s3://bucket/eval.json"]),
     ("dolmino.release", ["pull", "s3://bucket/releases/v1", "s3://bucket/copy"]),
+    ("trainer.export_hf", ["ckpt", "s3://bucket/hf"]),
+    ("dolmino.lock", ["m.json", "--lockfile", "s3://bucket/m.lock.json"]),
+    ("dolmino.build.cli", ["--manifest", "m.json", "--locked", "--lockfile", "s3://bucket/m.lock.json"]),
 ])
 def test_local_only_outputs_refuse_a_url_instead_of_making_a_directory_named_s3(module, argv, capsys, tmp_path,
                                                                                monkeypatch):

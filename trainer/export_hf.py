@@ -26,6 +26,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from dolmino.s3 import local_path
 from trainer.cli import HelpFormatter
 from trainer.config import ModelConfig
 
@@ -176,9 +177,9 @@ def export(checkpoint: str | Path, out_dir: str | Path, dtype: str | None = None
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.export_hf", description=__doc__,
                                      formatter_class=HelpFormatter)
-    parser.add_argument("checkpoint", help="checkpoint or soup directory, a save dir (its latest), or an OLMo-core "
-                                           "DCP checkpoint")
-    parser.add_argument("out_dir", help="the Hugging Face directory to write")
+    parser.add_argument("checkpoint", type=local_path,
+                        help="checkpoint or soup directory, a save dir (its latest), or an OLMo-core DCP checkpoint")
+    parser.add_argument("out_dir", type=local_path, help="the Hugging Face directory to write")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                         help="cast the weights (default: keep the checkpoint's dtype)")
     args = parser.parse_args(argv)

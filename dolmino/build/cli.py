@@ -14,6 +14,7 @@ import sys
 
 from dolmino.errors import BuildError, ManifestError
 from dolmino.prefetch import DEFAULT_READ_AHEAD
+from dolmino.s3 import local_path
 
 PHASES = {
     "all": ("build_mix", "Build a data mix from a manifest: tag the pools (reusing attributes), select, tokenize, "
@@ -56,8 +57,8 @@ def parse_args(argv: list[str] | None, phase: str) -> argparse.Namespace:
     parser.add_argument("--quiet", action="store_true", help="no live progress lines")
     parser.add_argument("--locked", action="store_true", help="refuse to build if any input, model, index or the "
                                                               "tokenizer differs from the manifest's lock (dolmino lock)")
-    parser.add_argument("--lockfile", default=None, help="the lock for --locked (default: MANIFEST.lock.json beside "
-                                                         "the manifest)")
+    parser.add_argument("--lockfile", default=None, type=local_path,
+                        help="the lock for --locked (default: MANIFEST.lock.json beside the manifest)")
     return parser.parse_args(argv)
 
 
