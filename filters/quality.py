@@ -23,10 +23,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import multiprocessing
 import os
 import random
 import re
+import subprocess
 import sys
 import tempfile
 from typing import Iterable, Protocol
@@ -302,21 +302,27 @@ def train_fasttext_classifier(positives: list[str], negatives: list[str], out_pa
     params = dict(epoch=epoch, lr=lr, wordNgrams=word_ngrams, dim=dim, minCount=min_count, seed=seed,
                   bucket=bucket, thread=1, verbose=0)
     try:
-        ctx = multiprocessing.get_context("spawn")
-        child = ctx.Process(target=_train_and_save, args=(train_file, out_path, params))
-        child.start()
-        child.join()
+        child = subprocess.run([sys.executable, "-I", "-c", _TRAIN_SCRIPT, train_file, out_path, json.dumps(params)],
+                               stdin=subprocess.DEVNULL, capture_output=True, text=True)
     finally:
         os.unlink(train_file)
-    if child.exitcode != 0 or not os.path.exists(out_path):
-        raise RuntimeError(f"fastText training failed (exit code {child.exitcode}) for {out_path}")
+    if child.returncode != 0 or not os.path.exists(out_path):
+        why = (child.stderr.strip().splitlines() or [""])[-1]
+        raise RuntimeError(f"fastText training failed (exit code {child.returncode}) for {out_path}: {why}")
     return out_path
 
 
-def _train_and_save(train_file: str, out_path: str, params: dict) -> None:
-    import fasttext
-
-    fasttext.train_supervised(train_file, **params).save_model(out_path)
+# Training runs in a bare interpreter that imports fasttext alone (`-I`: no site, no
+# PYTHONPATH). In a process that had imported more, the fasttext-numpy2 binding diverged
+# ("Encountered NaN") on the same data and seed: a second `train_supervised` call, and a first
+# one after unrelated imports (json, or dolmino.s3, before fasttext), did. The bare state is the
+# same wherever training is started from (a CLI, pytest, a Spark worker).
+_TRAIN_SCRIPT = """
+import json, sys
+import fasttext
+train_file, out_path, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+fasttext.train_supervised(train_file, **params).save_model(out_path)
+"""
 
 
 def percentile_report(scores: np.ndarray, weights: np.ndarray, thresholds: list[float]) -> list[dict]:
