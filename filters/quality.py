@@ -312,11 +312,12 @@ def train_fasttext_classifier(positives: list[str], negatives: list[str], out_pa
     return out_path
 
 
-# Training runs in a bare interpreter that imports fasttext alone (`-I`: no site, no
-# PYTHONPATH). In a process that had imported more, the fasttext-numpy2 binding diverged
-# ("Encountered NaN") on the same data and seed: a second `train_supervised` call, and a first
-# one after unrelated imports (json, or dolmino.s3, before fasttext), did. The bare state is the
-# same wherever training is started from (a CLI, pytest, a Spark worker).
+# Training runs in a bare interpreter that imports fasttext alone (`-I`: no user site, no
+# PYTHONPATH). The fasttext-numpy2 binding's result depends on the process it runs in: a second
+# `train_supervised` call in one process diverges ("Encountered NaN"), and so did a first call
+# in a spawned child once this module gained one unrelated import (dolmino.s3; adding
+# `import json` instead did the same), on the same data and seed. The bare interpreter's
+# state is the same wherever training is started from (a CLI, pytest, a Spark driver).
 _TRAIN_SCRIPT = """
 import json, sys
 import fasttext
