@@ -174,9 +174,9 @@ class Trainer:
         low, high = ranks_agree([self.step, self.tokens_seen, self.loader.cursor, files], self.env)
         if low != high:
             raise ValueError(f"ranks resumed from different checkpoints: steps {low[0]}..{high[0]}, tokens seen "
-                               f"{low[1]:,}..{high[1]:,}, {'different' if low[3] != high[3] else 'the same'} files "
-                               f"(this rank: {path}); put --save-dir (or --resume's checkpoint) on a filesystem "
-                               "every node sees")
+                             f"{low[1]:,}..{high[1]:,}, {'different' if low[3] != high[3] else 'the same'} files "
+                             f"(this rank: {path}); put --save-dir (or --resume's checkpoint) on a filesystem "
+                             "every node sees")
         self.log(f"resumed from {path} at step {self.step} (epoch {self.loader.epoch}, instance cursor "
                  f"{self.loader.cursor})")
 
