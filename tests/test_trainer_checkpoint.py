@@ -160,6 +160,14 @@ def test_ranks_that_read_different_data_or_checkpoints_stop(tmp_path):
     other = make_data(tmp_path / "other", seed=1)  # same size, other tokens
     assert all("the ranks read different training data (20..20 instances, different files)" in o
                for o in _two_ranks(tmp_path, [same, other], [None, None]))
+    # what is compared is the files the dataset reads: a copy with other files beside them (a
+    # pulled release's RELEASE.json) is the same data
+    import shutil
+
+    pulled = tmp_path / "pulled"
+    shutil.copytree(same, pulled)
+    (pulled / "RELEASE.json").write_text("{}")
+    assert _two_ranks(tmp_path, [same, pulled], [None, None]) == ["ok", "ok"]
     for seed, steps in ((5, 2), (6, 2), (5, 3)):
         Trainer(make_run(same, max_steps=steps, seed=seed, save_interval=1), CPU, tmp_path / f"s{seed}-{steps}",
                 log=quiet).fit()

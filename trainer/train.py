@@ -28,6 +28,7 @@ import contextlib
 import gc
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,7 +133,9 @@ class Trainer:
         self.loader = DataLoader(self.dataset, tc.global_batch_size, rank=env.rank, world_size=env.world_size,
                                  seed=tc.seed if tc.data_seed is None else tc.data_seed)
         if env.distributed:  # each rank strides over its own copy of the token files: they must be one mix
-            low, high = ranks_agree([len(self.dataset), *map(files_fingerprint, run.data_paths)], env)
+            read = [p for f in self.dataset.files for p in (f.path, f.mask_path) if p is not None]
+            common = Path(os.path.commonpath([str(p.parent) for p in read]))
+            low, high = ranks_agree([len(self.dataset), files_fingerprint(common, read)], env)
             if low != high:
                 raise ValueError(f"the ranks read different training data ({low[0]:,}..{high[0]:,} instances"
                                  f"{'' if low[0] != high[0] else ', different files'}); give every node the same "
