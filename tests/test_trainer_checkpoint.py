@@ -12,7 +12,7 @@ import torch
 
 from trainer.checkpoint import (
     Checkpointer, capture_rng_state, files_fingerprint, latest_checkpoint, load_checkpoint, load_model_weights,
-    restore_rng_state,
+    restore_rng_state, weight_files,
 )
 from trainer.config import ModelConfig, RunConfig, TrainConfig
 from trainer.distributed import DistEnv
@@ -126,6 +126,14 @@ def test_files_fingerprint_tells_copies_from_other_weights(tmp_path):
     assert files_fingerprint(a / "model.pt") != files_fingerprint(b / "model.pt")
     (tmp_path / "copy" / "optim.pt").rename(tmp_path / "copy" / "optim.pt.old")
     assert files_fingerprint(tmp_path / "copy") != files_fingerprint(a)
+    # --init-from compares the weight files only: a hub download's own records may differ
+    hub = tmp_path / "hub"
+    shutil.copytree(a, hub)
+    (hub / ".cache" / "huggingface").mkdir(parents=True)
+    (hub / ".cache" / "huggingface" / "model.pt.metadata").write_text("etag\n1733300000.123")
+    (hub / "README.md").write_text("downloaded on node 3")
+    assert weight_files(hub) == [hub / "model.pt", hub / "optim.pt", hub / "train_state.pt"]
+    assert files_fingerprint(hub, weight_files(hub)) == files_fingerprint(a, weight_files(a))
 
 
 def _two_ranks_worker(rank: int, store: str, data: list, resume: list, out: str) -> None:

@@ -118,6 +118,21 @@ _FINGERPRINT_SAMPLES = 16
 _FINGERPRINT_SAMPLE_BYTES = 4096
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".distcp")
+
+
+def weight_files(path: str | Path) -> list[Path]:
+    """The files that hold a checkpoint's weights (this trainer's, Hugging Face, OLMo-core DCP's
+    `.metadata` and shards), without what a download tool keeps beside them: a hub download's
+    `.cache/` records timestamps, and differs between two nodes that fetched the same revision."""
+    root = Path(path)
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.is_file()
+                  and (p.suffix in WEIGHT_SUFFIXES or p.name == ".metadata")
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts[:-1]))
+
+
 def files_fingerprint(path: str | Path, files: list[Path] | None = None) -> int:
     """A 48-bit digest of a checkpoint as files: every file's name and size, small files whole
     and 16 spread 4 KB samples of each large one. Two revisions of one model have the same
