@@ -177,6 +177,23 @@ def sha256_file(path: str) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def check_build_names(where: str, names: list[str]) -> None:
+    """The files of a build (a directory's, or the objects under an s3:// prefix, relative to
+    it) are those of a finished build, each a safe key: what publish refuses before any upload."""
+    for rel in names:
+        validate_key(rel, "file")
+        if rel == RELEASE_FILE:
+            raise ReleaseError(f"{rel}: the build already holds a {RELEASE_FILE} "
+                               "(it looks like a pulled release; publish the original build)")
+    present = set(names)
+    missing = [f for f in REQUIRED_FILES if f not in present]
+    if missing:
+        raise ReleaseError(f"{where}: not a finished build (missing {', '.join(missing)}; a build writes "
+                           "report.json last, so it is still running or was killed: rerun it)")
+    if not any(rel.startswith("part-") and rel.endswith(".npy") for rel in present):
+        raise ReleaseError(f"{where}: no part-*.npy token files")
+
+
 def collect_build_files(build_dir: str) -> list[tuple[str, str]]:
     """(relative key, absolute path) of every file of a finished build, sorted.
 
@@ -200,17 +217,17 @@ def collect_build_files(build_dir: str) -> list[tuple[str, str]]:
             if _TMP_RE.search(fname):
                 raise ReleaseError(f"{rel}: a file is still being written (or a build crashed); "
                                    "finish or re-run the build before publishing")
-            if rel == RELEASE_FILE:
-                raise ReleaseError(f"{rel}: the build directory already holds a {RELEASE_FILE} "
-                                   "(it looks like a pulled release; publish the original build)")
-            files.append((validate_key(rel, "file"), full))
-    present = {rel for rel, _ in files}
-    missing = [f for f in REQUIRED_FILES if f not in present]
-    if missing:
-        raise ReleaseError(f"{build_dir}: not a finished build (missing {', '.join(missing)})")
-    if not any(rel.startswith("part-") and rel.endswith(".npy") for rel in present):
-        raise ReleaseError(f"{build_dir}: no part-*.npy token files")
+            files.append((rel, full))
+    check_build_names(build_dir, [rel for rel, _ in files])
     return sorted(files)
+
+
+def fetch_hint(location: str, then: str) -> str:
+    """How to bring a build that `--out s3://` left on S3 to a local directory, which is what
+    `dolmino validate` and the trainer read; `then`: what to do with it."""
+    return (f"Copy the build first: `dolmino release publish {location} s3://BUCKET/releases --name NAME` "
+            "(server-side copies), then `dolmino release pull s3://BUCKET/releases/NAME DIR` (every SHA-256 "
+            f"checked), or `aws s3 sync`; then {then}")
 
 
 def _dolmino_version() -> str:
@@ -288,7 +305,9 @@ class _S3Build:
         s3.check_bucket(self.bucket)
         objects = [o for o in s3.iter_objects(self.bucket, self.prefix) if not o["Key"].endswith("/")]
         self.files = [BuildFile(o["Key"][len(self.prefix):], int(o["Size"]), o["ETag"]) for o in objects]
-        _check_build_listing(self.where, [f.path for f in self.files])
+        if not self.files:
+            raise ReleaseError(f"{self.where}: no objects under this prefix (not a build)")
+        check_build_names(self.where, [f.path for f in self.files])
         self.parts = self._committed()
 
     def _committed(self) -> dict[str, dict]:
@@ -338,24 +357,6 @@ class _S3Build:
             cl.upload_file(local, bucket, key, Config=config, Callback=bar.add_bytes,
                            ExtraArgs={"Metadata": {"sha256": digest}})
         return digest, got
-
-
-def _check_build_listing(where: str, names: list[str]) -> None:
-    """The objects under an s3:// build prefix are a finished build (as collect_build_files checks a directory)."""
-    if not names:
-        raise ReleaseError(f"{where}: no objects under this prefix (not a build)")
-    for rel in names:
-        validate_key(rel, "object")
-        if rel == RELEASE_FILE:
-            raise ReleaseError(f"{rel}: the build prefix already holds a {RELEASE_FILE} "
-                               "(it looks like a release; publish the original build)")
-    present = set(names)
-    missing = [f for f in REQUIRED_FILES if f not in present]
-    if missing:
-        raise ReleaseError(f"{where}: not a finished build (missing {', '.join(missing)}; a build writes "
-                           "report.json last, so it is still running or was killed: rerun it)")
-    if not any(rel.startswith("part-") and rel.endswith(".npy") for rel in present):
-        raise ReleaseError(f"{where}: no part-*.npy token files")
 
 
 # ---------------------------------------------------------------- progress

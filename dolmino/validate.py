@@ -372,11 +372,11 @@ def main(argv: list[str] | None = None) -> int:
                              "they are reported with their count)")
     args = parser.parse_args(argv)
     if "://" in args.build_dir:
+        from dolmino.release import fetch_hint
+
         location = args.build_dir.rstrip("/")
-        print(f"dolmino validate: {location}: validation reads every token, from a local directory. Copy the build "
-              f"first: `dolmino release publish {location} s3://BUCKET/releases --name NAME` (server-side copies), "
-              "then `dolmino release pull s3://BUCKET/releases/NAME DIR` (every SHA-256 checked), or `aws s3 sync`; "
-              "then `dolmino validate DIR`", file=sys.stderr)
+        print(f"dolmino validate: {location}: validation reads every token, from a local directory. "
+              f"{fetch_hint(location, '`dolmino validate DIR`')}", file=sys.stderr)
         return 2
     try:
         result = validate_build(args.build_dir, vocab_size=args.vocab_size, eos_id=args.eos_id, backend=args.backend,

@@ -138,12 +138,13 @@ def files_fingerprint(path: str | Path, files: list[Path] | None = None) -> int:
     and 16 spread 4 KB samples of each large one. Two revisions of one model have the same
     sizes but different weights everywhere, so their samples differ; a few MB are read at most.
     Ranks compare it (`trainer.distributed.ranks_agree`) to find a node holding another copy.
-    `files`: only these (under `path`, in this order), e.g. the token files a dataset reads."""
+    `files`: those to digest (under `path`, in this order; default: its `weight_files`), e.g.
+    the token files a dataset reads."""
     import hashlib
 
     root = Path(path)
     if files is None:
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        files = weight_files(root)
     digest = hashlib.sha256()
     for f in files:
         size = f.stat().st_size

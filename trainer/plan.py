@@ -109,10 +109,9 @@ def parse_init_step(text: str | None) -> tuple[int | None, str | None]:
 # ----------------------------------------------------------------------------- data
 def remote_build_hint(location: str) -> str:
     """How to get a build that lives on S3 onto this machine's disk, where training reads it."""
-    return ("the trainer reads token files from a local directory. Copy the build first: "
-            f"`dolmino release publish {location} s3://BUCKET/releases --name NAME` (server-side copies), then "
-            "`dolmino release pull s3://BUCKET/releases/NAME DIR` (every SHA-256 checked), or `aws s3 sync`; "
-            "then pass --data DIR")
+    from dolmino.release import fetch_hint
+
+    return f"the trainer reads token files from a local directory. {fetch_hint(location, 'pass --data DIR')}"
 
 
 def mix_output_dir(manifest_path: str | Path, prog: str = "trainer.run") -> Path:

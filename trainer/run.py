@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from dolmino.s3 import local_path
-from trainer.checkpoint import files_fingerprint, weight_files
+from trainer.checkpoint import files_fingerprint
 from trainer.cli import HelpFormatter, parse_count  # noqa: F401  (parse_count: part of this module's API)
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
 from trainer.data import DataError
@@ -162,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         if init is not None and resume is None:
             # Each rank reads the weights itself (after DDP's broadcast; FSDP never broadcasts):
             # a node holding another copy of --init-from would train with other weights, silently.
-            low, high = ranks_agree([files_fingerprint(init.path, weight_files(init.path)) if env.distributed else 0],
-                                    env)
+            low, high = ranks_agree([files_fingerprint(init.path) if env.distributed else 0], env)
             if low != high:
                 raise ValueError(f"--init-from {init.path} differs between nodes (its files do not match on every "
                                  "rank); give every node the same copy, or a shared filesystem")

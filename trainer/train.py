@@ -37,7 +37,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from trainer.checkpoint import Checkpointer, files_fingerprint, load_checkpoint, resolve_checkpoint, weight_files
+from trainer.checkpoint import Checkpointer, files_fingerprint, load_checkpoint, resolve_checkpoint
 from trainer.config import ModelConfig, RunConfig, TrainConfig
 from trainer.data import DataLoader, MemmapDataset
 from trainer.distributed import DistEnv, all_reduce_mean, barrier, ranks_agree
@@ -173,7 +173,7 @@ class Trainer:
         # Every rank read a checkpoint of its own (rank 0 alone writes them): on nodes that do
         # not share --save-dir, a node may hold an older one. Ranks with different weights would
         # train on silently (DDP broadcast rank 0's parameters only when it wrapped the model).
-        files = files_fingerprint(path, weight_files(path)) if self.env.distributed else 0
+        files = files_fingerprint(path) if self.env.distributed else 0
         low, high = ranks_agree([self.step, self.tokens_seen, self.loader.cursor, files], self.env)
         if low != high:
             raise ValueError(f"ranks resumed from different checkpoints: steps {low[0]}..{high[0]}, tokens seen "
