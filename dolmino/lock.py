@@ -372,8 +372,7 @@ def require_lock(manifest: Manifest, lock_path: str | None = None) -> str:
 def place_lock(out: str, lock_path: str | None) -> None:
     """Copy the verified lock into a build output as manifest.lock.json (local or s3://), or
     remove a stale one when the build was not locked."""
-    from dolmino.build.attributes import write_bytes
-    from dolmino.build.output import delete
+    from dolmino.storage import delete, write_bytes
 
     target = f"{out.rstrip('/')}/{BUILD_LOCK_NAME}"
     if lock_path is None:

@@ -409,32 +409,16 @@ def _transfer_config(part_size: int):
 
 
 def _get_json(bucket: str, key: str) -> dict | None:
-    from botocore.exceptions import ClientError
-
     try:
-        body = s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as exc:
-        if s3._is_missing(exc) and s3._error_code(exc) != "NoSuchBucket":  # noqa: SLF001
-            return None
-        if s3._error_code(exc) == "NoSuchBucket":  # noqa: SLF001
-            raise s3.S3PathError(f"s3://{bucket}: bucket does not exist") from None
+        body = s3.get_bytes(s3.join_uri(bucket, key))
+    except s3.NoSuchBucket:
         raise
+    except s3.S3PathError:
+        return None
     try:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ReleaseError(f"s3://{bucket}/{key}: not valid JSON ({exc})") from None
-
-
-def _delete_keys(bucket: str, keys: list[str]) -> None:
-    cl = s3.client()
-    for i in range(0, len(keys), 1000):
-        batch = keys[i:i + 1000]
-        result = cl.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
-        errors = result.get("Errors") or []
-        if errors:
-            first = errors[0]
-            raise ReleaseError(f"could not delete {len(errors)} object(s), e.g. s3://{bucket}/{first.get('Key')}: "
-                               f"{first.get('Code')} {first.get('Message', '')}")
 
 
 def _multipart_uploads(bucket: str, prefix: str) -> list[dict]:
@@ -454,7 +438,7 @@ def _abort_uploads(bucket: str, uploads: list[dict]) -> None:
 def _remove_prefix(bucket: str, prefix: str) -> int:
     """Delete every object and unfinished multipart upload under `prefix`; returns the object count."""
     keys = [k for k, _ in s3.iter_keys(bucket, prefix)]
-    _delete_keys(bucket, keys)
+    s3.delete_keys(bucket, keys)
     _abort_uploads(bucket, _multipart_uploads(bucket, prefix))
     return len(keys)
 
@@ -570,7 +554,7 @@ def _clean_leftovers(bucket: str, key_prefix: str, older_than_s: float, release_
     for name, g in sorted(groups.items()):
         idle = (now - g["last"]).total_seconds()
         if idle >= older_than_s:
-            _delete_keys(bucket, g["keys"])
+            s3.delete_keys(bucket, g["keys"])
             _abort_uploads(bucket, g["uploads"])
             removed += len(g["keys"])
             log(f"{release_uri}: removed {name} ({len(g['keys'])} object(s), {len(g['uploads'])} unfinished "
@@ -874,7 +858,7 @@ def delete(release_uri: str, *, log: Log = _quiet, stale_after_s: float = DEFAUL
             removed += _remove_prefix(bucket, key_prefix + data_prefix_of(record))
         elif record is not None:
             keys = [key_prefix + e["path"] for e in record["files"]]
-            _delete_keys(bucket, keys)
+            s3.delete_keys(bucket, keys)
             removed += len(keys)
     removed += _clean_leftovers(bucket, key_prefix, stale_after_s, release_uri, log)
     log(f"deleted {release_uri} ({removed} objects)")

@@ -255,7 +255,7 @@ def render_markdown(report: dict) -> str:
 def write_report(out_dir: str, report: dict, manifest: Manifest) -> None:
     """manifest.json, report.md / report.html / report-*.png, then report.json: the completion
     marker, written last."""
-    from dolmino.build.attributes import write_bytes
+    from dolmino.storage import write_bytes
     from dolmino.report_html import write_views
 
     base = out_dir.rstrip("/")

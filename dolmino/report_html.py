@@ -753,7 +753,7 @@ def write_views(out: str, report: dict, *, max_parts: int | None = 8, strict: bo
     With `strict=False` (the build, before it writes report.json) a chart that cannot be
     drawn does not fail the build: report.md is written without charts, no report.html, and
     a warning naming the cause is appended to `report["warnings"]`."""
-    from dolmino.build.attributes import write_bytes
+    from dolmino.storage import delete, write_bytes
 
     base = out.rstrip("/")
     try:
@@ -769,7 +769,6 @@ def write_views(out: str, report: dict, *, max_parts: int | None = 8, strict: bo
             f"report.html and the charts were not written ({type(exc).__name__}: {redact(str(exc))}); "
             f"run `dolmino report {out}`")
         return ["report.md"]
-    from dolmino.build.output import delete
 
     names = []
     for c in charts:

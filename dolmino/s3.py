@@ -51,6 +51,17 @@ class S3PathError(FileNotFoundError):
     """An s3:// location that does not exist (bucket or object)."""
 
 
+class NoSuchBucket(S3PathError):
+    """The bucket itself is missing: a wrong name or endpoint, never "not written yet"."""
+
+    def __init__(self, bucket: str):
+        super().__init__(f"s3://{bucket}: bucket does not exist")
+
+
+class S3DeleteError(OSError):
+    """DeleteObjects answered 200 yet named keys it did not delete (S3 reports failures per key)."""
+
+
 # ---------------------------------------------------------------- URIs
 
 
@@ -175,7 +186,7 @@ _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToke
 
 def _one_s3_failure(exc: BaseException) -> str | None:
     """The message for one exception of the chain, or None if it is not an S3/network failure."""
-    if isinstance(exc, S3PathError):
+    if isinstance(exc, (S3PathError, S3DeleteError)):
         return str(exc)
     if "botocore" in sys.modules:  # not imported: the exception cannot be one of its classes
         from botocore import exceptions as bex
@@ -306,7 +317,7 @@ def check_bucket(bucket: str) -> None:
         client().head_bucket(Bucket=bucket)
     except ClientError as exc:
         if _is_missing(exc):
-            raise S3PathError(f"s3://{bucket}: bucket does not exist") from None
+            raise NoSuchBucket(bucket) from None
         raise
 
 
@@ -321,6 +332,42 @@ def object_size(uri: str) -> int | None:
         if _is_missing(exc):
             return None
         raise
+
+
+def get_bytes(uri: str) -> bytes:
+    """A whole object's bytes; S3PathError when the object or its bucket does not exist.
+
+    botocore's NoSuchKey is a ClientError, not an OSError: a caller's `except OSError` for "not
+    written yet" would let it through on S3 while catching FileNotFoundError on disk.
+    """
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_uri(uri)
+    try:
+        return client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if _error_code(exc) == "NoSuchBucket":
+            raise NoSuchBucket(bucket) from None
+        if _is_missing(exc):
+            raise S3PathError(f"{uri}: no such object") from None
+        raise
+
+
+def delete_keys(bucket: str, keys: list[str]) -> None:
+    """Delete objects in batches of 1,000; S3DeleteError names any key S3 did not delete.
+
+    DeleteObjects answers 200 when some keys failed (AccessDenied on one prefix, say) and lists
+    them in `Errors`; unchecked, a completion marker that should be gone would stay.
+    """
+    cl = client()
+    for i in range(0, len(keys), 1000):
+        batch = keys[i:i + 1000]
+        result = cl.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+        errors = result.get("Errors") or []
+        if errors:
+            first = errors[0]
+            raise S3DeleteError(f"could not delete {len(errors)} object(s), e.g. s3://{bucket}/{first.get('Key')}: "
+                                f"{first.get('Code')} {first.get('Message', '')}".rstrip())
 
 
 def open_uri(uri: str, mode: str = "rb", compression: str = "disable") -> IO:
@@ -357,7 +404,7 @@ def iter_keys(bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
                 yield obj["Key"], int(obj["Size"])
     except ClientError as exc:
         if _error_code(exc) == "NoSuchBucket":
-            raise S3PathError(f"s3://{bucket}: bucket does not exist") from None
+            raise NoSuchBucket(bucket) from None
         raise
 
 
@@ -371,7 +418,7 @@ def iter_objects(bucket: str, prefix: str) -> Iterator[dict]:
             yield from page.get("Contents", ())
     except ClientError as exc:
         if _error_code(exc) == "NoSuchBucket":
-            raise S3PathError(f"s3://{bucket}: bucket does not exist") from None
+            raise NoSuchBucket(bucket) from None
         raise
 
 
@@ -402,7 +449,7 @@ def download_prefix(uri: str, dest: str | os.PathLike) -> list[str]:
                 listing[rel] = {"size": int(obj["Size"]), "etag": str(obj.get("ETag", "")).strip('"')}
     except ClientError as exc:
         if _error_code(exc) == "NoSuchBucket":
-            raise S3PathError(f"s3://{bucket}: bucket does not exist") from None
+            raise NoSuchBucket(bucket) from None
         raise OSError(f"{uri}: cannot list: {describe_error(exc)}") from None
     if not listing:
         check_bucket(bucket)
@@ -543,7 +590,7 @@ def _iter_key_info(bucket: str, prefix: str) -> Iterator[tuple[str, int, str]]:
                 yield obj["Key"], int(obj["Size"]), str(obj.get("ETag", "")).strip('"')
     except ClientError as exc:
         if _error_code(exc) == "NoSuchBucket":
-            raise S3PathError(f"s3://{bucket}: bucket does not exist") from None
+            raise NoSuchBucket(bucket) from None
         raise
 
 

@@ -34,6 +34,8 @@ def inputs(tmp_path_factory, s3_server):
             docs.append(doc)
             if len(docs) == n:
                 break
+        if name == "web":  # a near-duplicate across the two files: MinHash clusters (attributes on S3) have work
+            docs.append({**docs[0], "id": "near-copy-of-0", "text": docs[0]["text"] + " Shared on the web."})
         write_documents(str(local / name / "part-0.jsonl.zst"), docs[: n // 2])
         write_documents(str(local / name / "sub" / "part-1.jsonl.gz"), docs[n // 2:])
     # A plain .jsonl that the builds below split into byte ranges (ranged GETs on S3).
@@ -60,7 +62,8 @@ def _manifest(data_root: str) -> dict:
     return {
         "name": "s3-parity", "version": 1, "seed": 11, "budget": BUDGET, "data_root": data_root,
         "output_format": {"tokens_per_file": "40K"},
-        "sources": [{"name": name, "paths": [f"{name}/**/*.jsonl*"], "mix_percent": pct}
+        "sources": [{"name": name, "paths": [f"{name}/**/*.jsonl*"], "mix_percent": pct,
+                     **({"dedup": {"minhash": {"num_perm": 64, "threshold": 0.8}}} if name == "web" else {})}
                     for name, (_, _, pct) in SOURCES.items()],
     }
 
@@ -99,6 +102,10 @@ def test_build_from_s3_is_byte_identical_to_local(inputs, spark_with_s3, tmp_pat
     assert plain and all(loc == f"code/part-2.jsonl:{int(doc_id.split('-')[1]) + 1}" for doc_id, loc in plain)
     web = next(s for s in s3_report["sources"] if s["name"] == "web")
     assert web["quarantined"] == {"invalid_utf8": 1, "malformed_json": 1}
+    # Near-duplicate clusters computed and stored under an S3 attributes root (its record of
+    # done units is read back on the next run, missing on this first one).
+    assert web["removed"]["near_duplicate"]["docs"] == 1 and web["minhash"]["duplicate_clusters"] == 1
+    assert "minhash:web" in s3_report["run"]["stages"]
     assert web["files"] == 3
     quarantined = list((s3_out / "quarantine" / "web").glob("*.jsonl.gz"))
     assert len(quarantined) == 1
@@ -112,6 +119,10 @@ def test_build_from_s3_is_byte_identical_to_local(inputs, spark_with_s3, tmp_pat
     bucket, prefix = s3.split_uri(f"{s3_root}-attributes/")
     parquet = [key for key, _ in s3.iter_keys(bucket, prefix) if key.endswith(".parquet")]
     assert s3_report["run"]["stages"]["pool"]["fetched_ahead"] == len(parquet) > 0
+    remix = build(manifest_from_dict(s3_manifest), BUDGET, str(tmp_path / "s3-remix"), spark_with_s3,
+                  attributes=f"{s3_root}-attributes", split_bytes=SPLIT_BYTES)
+    assert "minhash:web" not in remix["run"]["stages"]  # the clusters stored on S3 were reused
+    assert _outputs(tmp_path / "s3-remix") == s3_parts
     one_at_a_time = tmp_path / "s3-no-read-ahead"
     report = build(manifest_from_dict(_manifest(s3_root)), BUDGET, str(one_at_a_time), spark_with_s3,
                    attributes=f"{s3_root}-attributes-no-read-ahead", read_ahead=0, split_bytes=SPLIT_BYTES)

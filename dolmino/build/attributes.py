@@ -35,11 +35,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
+import re
 from dataclasses import dataclass
 from functools import cached_property
 
 from dolmino.build.inputs import Unit
+from dolmino.storage import join, list_files, read_bytes, write_bytes
+
+_TMP_SUFFIX = re.compile(r"\.tmp\d+$")
 
 # Bump when the meaning of the stored columns changes: every unit is then tagged again.
 ATTRIBUTE_FORMAT = 2
@@ -183,23 +186,19 @@ def unit_rows(meta: dict, bundle: Bundle) -> list[tuple[int, int]]:
     return spans
 
 
-def _join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts])
-
-
 @dataclass(frozen=True)
 class AttributeStore:
     root: str
 
     def set_dir(self, source: str, set_name: str) -> str:
-        return _join(self.root, source, set_name)
+        return join(self.root, source, set_name)
 
     def path(self, source: str, set_name: str, bundle: Bundle) -> str:
         """A bundle's Parquet file of one attribute set."""
-        return _join(self.root, source, set_name, f"{bundle.key}.{bundle.version}.parquet")
+        return join(self.root, source, set_name, f"{bundle.key}.{bundle.version}.parquet")
 
     def unit_path(self, source: str, dir_name: str, unit: Unit, suffix: str) -> str:
-        return _join(self.root, source, dir_name, f"{unit.key}.{unit_version(unit)}{suffix}")
+        return join(self.root, source, dir_name, f"{unit.key}.{unit_version(unit)}{suffix}")
 
     def documents_path(self, source: str, unit: Unit) -> str:
         return self.unit_path(source, DOCUMENTS_DIR, unit, ".jsonl.zst")
@@ -210,45 +209,11 @@ class AttributeStore:
     def existing(self, source: str, set_name: str) -> set[str]:
         """Paths of the files under one set (one listing, on the driver)."""
         base = self.set_dir(source, set_name)
-        if base.startswith("s3://"):
-            from dolmino.s3 import iter_keys, join_uri, split_uri
-
-            bucket, key = split_uri(base + "/")
-            return {join_uri(bucket, k) for k, _ in iter_keys(bucket, key)}
-        found = set()
-        for dirpath, _dirs, files in os.walk(base):
-            for name in files:
-                if ".tmp" not in name:
-                    found.add(os.path.join(dirpath, name))
-        return found
+        # Not a local write's temporary file (storage.write_bytes: <name>.tmp<pid>).
+        return {join(base, name) for name in list_files(base) if not _TMP_SUFFIX.search(name)}
 
 
-# ---------------------------------------------------------------------------- file I/O
-
-
-def write_bytes(path: str, data: bytes) -> None:
-    """Write a whole file atomically: a local temporary file renamed, or one S3 PUT."""
-    if path.startswith("s3://"):
-        from dolmino.s3 import client, split_uri
-
-        bucket, key = split_uri(path)
-        client().put_object(Bucket=bucket, Key=key, Body=data)
-        return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
-def read_bytes(path: str) -> bytes:
-    if path.startswith("s3://"):
-        from dolmino.s3 import client, split_uri
-
-        bucket, key = split_uri(path)
-        return client().get_object(Bucket=bucket, Key=key)["Body"].read()
-    with open(path, "rb") as fh:
-        return fh.read()
+# ---------------------------------------------------------------------------- Parquet
 
 
 def write_table(path: str, columns: dict, schema, meta: dict) -> int:

@@ -17,56 +17,14 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from dolmino.build.attributes import read_bytes, write_bytes
-from dolmino.checksums import sha256_file
 from dolmino.build.write import PARTS_DIR, PartResult
+from dolmino.checksums import sha256_file
 from dolmino.errors import BuildError
+from dolmino.storage import delete, is_remote, join, list_files, read_bytes, read_if_exists, write_bytes
 
 COMPLETION_MARKER = "report.json"
 PLAN_FILE = "_plan.json"
 REPORT_FILES = ("report.md", "manifest.json")
-
-
-def _join(out: str, *parts: str) -> str:
-    return "/".join([out.rstrip("/"), *parts])
-
-
-def is_remote(out: str) -> bool:
-    return out.startswith("s3://")
-
-
-def list_files(out: str, prefix: str = "") -> dict[str, int]:
-    """name (relative to out) -> size of every file under out/prefix."""
-    if is_remote(out):
-        from dolmino.s3 import iter_keys, split_uri
-
-        bucket, key = split_uri(out.rstrip("/") + "/")
-        return {k[len(key):]: size for k, size in iter_keys(bucket, key + prefix)}
-    base = os.path.join(out, prefix)
-    found = {}
-    if os.path.isdir(base) or not prefix:
-        for dirpath, _dirs, files in os.walk(base if os.path.isdir(base) else out):
-            for name in files:
-                path = os.path.join(dirpath, name)
-                found[os.path.relpath(path, out)] = os.path.getsize(path)
-    return found
-
-
-def delete(out: str, names: list[str]) -> None:
-    if not names:
-        return
-    if is_remote(out):
-        from dolmino.s3 import client, split_uri
-
-        bucket, key = split_uri(out.rstrip("/") + "/")
-        for start in range(0, len(names), 1000):
-            client().delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": key + n} for n in names[start:start + 1000]]})
-        return
-    for name in names:
-        try:
-            os.remove(os.path.join(out, name))
-        except FileNotFoundError:
-            pass
 
 
 def start(out: str) -> None:
@@ -77,18 +35,16 @@ def start(out: str) -> None:
 
 
 def read_json(out: str, name: str) -> dict | None:
+    """A JSON file of the output; None when it is missing or not JSON (a torn earlier run)."""
+    data = read_if_exists(join(out, name))
     try:
-        return json.loads(read_bytes(_join(out, name)))
-    except (OSError, ValueError):
+        return None if data is None else json.loads(data)
+    except ValueError:
         return None
-    except Exception as exc:  # botocore's NoSuchKey and friends
-        if "NoSuchKey" in type(exc).__name__ or "404" in str(exc) or "NoSuchKey" in str(exc):
-            return None
-        raise
 
 
 def write_json(out: str, name: str, data: dict) -> None:
-    write_bytes(_join(out, name), (json.dumps(data, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+    write_bytes(join(out, name), (json.dumps(data, indent=2, sort_keys=False) + "\n").encode("utf-8"))
 
 
 def committed_parts(out: str, plan_hash: str, num_parts: int) -> dict[int, PartResult]:
@@ -121,7 +77,7 @@ def _check_one(out: str, name: str, size: int, sha256: str) -> str | None:
 
         from dolmino.s3 import client, split_uri
 
-        bucket, key = split_uri(_join(out, name))
+        bucket, key = split_uri(join(out, name))
         try:
             head = client().head_object(Bucket=bucket, Key=key)
         except ClientError:

@@ -64,9 +64,10 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from dolmino.build.attributes import AttributeStore, add_counts, write_bytes
+from dolmino.build.attributes import AttributeStore, add_counts
 from dolmino.build.inputs import Unit
 from dolmino.documents import Quarantine, write_documents
+from dolmino.storage import write_bytes
 
 REMOVED_PREFIX = "stackexchange:"
 

@@ -30,8 +30,8 @@ from typing import Iterator, NamedTuple
 
 from dolmino.build import worker_heap
 from dolmino.build.attributes import (
-    ATTRIBUTE_FORMAT, STAT_COUNTS, STAT_MAPS, AttributeStore, Bundle, add_counts, read_bytes, read_table, spec_key,
-    unit_listing, unit_rows, unit_stats, unit_version, write_bytes, write_table,
+    ATTRIBUTE_FORMAT, STAT_COUNTS, STAT_MAPS, AttributeStore, Bundle, add_counts, read_table, spec_key, unit_listing,
+    unit_rows, unit_stats, unit_version, write_table,
 )
 from dolmino.build.inputs import Unit
 from dolmino.build.read import fetch_ahead, read_unit
@@ -42,6 +42,7 @@ from dolmino.documents import Quarantine, QuarantineRecord
 from dolmino.errors import BuildError
 from dolmino.manifest import Manifest
 from dolmino.prefetch import DEFAULT_READ_AHEAD, ReadAhead
+from dolmino.storage import read_if_exists, write_bytes
 
 BATCH = 512
 SAMPLE_BITS = 10  # documents whose content hash starts with this many zero bits form the token sample
@@ -419,11 +420,12 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
     for si, plan in enumerate(plans):
         if plan.minhash_set:
             digest = units_digest(by_source.get(si, []))
+            stored = read_if_exists(minhash_manifest_path(store, plan))
             try:
-                done = json.loads(read_bytes(minhash_manifest_path(store, plan)))
-            except (OSError, ValueError, KeyError):
+                done = json.loads(stored) if stored is not None else None
+            except ValueError:
                 done = None
-            if not done or done.get("units") != digest:
+            if not isinstance(done, dict) or done.get("units") != digest:
                 minhash_due[si] = digest
 
     works: dict[int, BundleWork] = {}

@@ -24,7 +24,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from dolmino.build import worker_heap
-from dolmino.build.attributes import AttributeStore, write_bytes
+from dolmino.build.attributes import AttributeStore
 from dolmino.build.inputs import Unit
 from dolmino.build.read import fetch_ahead, read_lines
 from dolmino.build.pool import PoolDoc, loc_of
@@ -32,6 +32,7 @@ from dolmino.checksums import sha256_file
 from dolmino.doc_lengths import histogram
 from dolmino.memmap import MemmapPartWriter, part_name
 from dolmino.prefetch import ReadAhead
+from dolmino.storage import write_bytes
 from mixers.sampling import seeded_hash
 
 TOKENIZE_BATCH = 256

@@ -39,6 +39,7 @@ import zstandard
 
 from dolmino.checksums import sha256_file
 from dolmino.s3 import is_s3
+from dolmino.storage import delete, join, list_files, read_if_exists, write_bytes
 from dolmino.synth.base import config_hash, is_quarantine, is_rejection, is_request_stats, partition_range
 
 PART_RE = re.compile(r"^part-(\d{5})\.(jsonl\.zst|done\.json)$")
@@ -58,38 +59,17 @@ def done_name(partition: int) -> str:
     return f"part-{partition:05d}.done.json"
 
 
-def _join(out_dir: str, *names: str) -> str:
-    return "/".join([out_dir.rstrip("/"), *names]) if is_s3(out_dir) else os.path.join(out_dir, *names)
-
-
-def _read(path: str) -> bytes | None:
-    """A file's bytes, or None when it does not exist."""
-    if is_s3(path):
-        from dolmino.s3 import S3PathError, open_uri
-
-        try:
-            with open_uri(path) as fh:
-                return fh.read()
-        except S3PathError:
-            return None
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        return None
-
-
 def cached_stats(out_dir: str, partition: int, chash: str) -> dict | None:
     """The done-file's stats if this partition is complete for this config, else None."""
     try:
-        stats = json.loads(_read(_join(out_dir, done_name(partition))) or b"null")
+        stats = json.loads(read_if_exists(join(out_dir, done_name(partition))) or b"null")
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     if not isinstance(stats, dict) or stats.get("config_hash") != chash:
         return None
-    part = _join(out_dir, part_name(partition))
+    part = join(out_dir, part_name(partition))
     if is_s3(part):
-        data = _read(part)
+        data = read_if_exists(part)
         if data is None or len(data) != stats.get("bytes") or hashlib.sha256(data).hexdigest() != stats.get("sha256"):
             return None
         return stats
@@ -99,42 +79,9 @@ def cached_stats(out_dir: str, partition: int, chash: str) -> dict | None:
     return stats
 
 
-def _write_atomic(path: str, data: bytes, sync: bool = True) -> None:
-    """Write a whole file: to a temporary name, then renamed; on S3 one PUT (atomic itself)."""
-    if is_s3(path):
-        from dolmino.s3 import client, split_uri
-
-        bucket, key = split_uri(path)
-        client().put_object(Bucket=bucket, Key=key, Body=data)
-        return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        if sync:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _listing(out_dir: str) -> dict[str, int]:
     """name -> size of the files directly in out_dir (partition files, not rejected/ or quarantine/)."""
-    if is_s3(out_dir):
-        from dolmino.s3 import iter_keys, split_uri
-
-        bucket, prefix = split_uri(out_dir.rstrip("/") + "/")
-        return {key[len(prefix):]: size for key, size in iter_keys(bucket, prefix) if "/" not in key[len(prefix):]}
-    return {e.name: e.stat().st_size for e in os.scandir(out_dir) if e.is_file()}
-
-
-def _delete(path: str) -> None:
-    if is_s3(path):
-        from dolmino.s3 import client, split_uri
-
-        bucket, key = split_uri(path)
-        client().delete_object(Bucket=bucket, Key=key)
-    elif os.path.exists(path):
-        os.remove(path)
+    return {name: size for name, size in list_files(out_dir).items() if "/" not in name}
 
 
 def check_visible(out_dir: str, stats: list[dict]) -> None:
@@ -181,7 +128,7 @@ class PartitionProgress:
         self._last = self.clock()
         record = {"attempted": self.attempted, "expected": self.expected, "requests": self.requests(),
                   "done": done, "cached": cached}
-        _write_atomic(self.path, json.dumps(record).encode(), sync=False)
+        write_bytes(self.path, json.dumps(record).encode())
 
 
 def read_progress(progress_dir: str) -> dict:
@@ -271,16 +218,16 @@ def run_partition(generator, partition: int, num_partitions: int, seed: int, out
     if attempted != expected:
         raise SynthRunError(f"partition {partition}: generator yielded {attempted} items for {expected} attempts")
     data = _zstd_lines(docs)
-    part = _join(out_dir, part_name(partition))
-    _write_atomic(_join(out_dir, "rejected", part_name(partition)), _zstd_lines(rejected))
-    _write_atomic(_join(out_dir, "quarantine", part_name(partition)), _zstd_lines(quarantined))
-    _write_atomic(part, data)
+    part = join(out_dir, part_name(partition))
+    write_bytes(join(out_dir, "rejected", part_name(partition)), _zstd_lines(rejected), sync=True)
+    write_bytes(join(out_dir, "quarantine", part_name(partition)), _zstd_lines(quarantined), sync=True)
+    write_bytes(part, data, sync=True)
     stats = {"partition": partition, "num_partitions": num_partitions, "generator": generator.name, "seed": seed,
              "config_hash": chash, "file": part_name(partition), "bytes": len(data),
              "sha256": hashlib.sha256(data).hexdigest(), "attempted": attempted, "kept": len(docs),
              "rejected": dict(sorted(reasons.items())), "quarantined": dict(sorted(quarantine_reasons.items())),
              "requests": dict(sorted(requests.items())), "elapsed_s": round(time.time() - started, 3)}
-    _write_atomic(_join(out_dir, done_name(partition)), json.dumps(stats, indent=1).encode())
+    write_bytes(join(out_dir, done_name(partition)), json.dumps(stats, indent=1).encode(), sync=True)
     if tracker is not None:
         tracker.write(done=True)
     return {**stats, "cached": False}
@@ -292,11 +239,9 @@ def _remove_stale_parts(out_dir: str, num_partitions: int) -> list[str]:
     for name in sorted(_listing(out_dir)):
         m = PART_RE.match(name)
         if m and int(m.group(1)) >= num_partitions:
-            _delete(_join(out_dir, name))
+            delete(out_dir, [name] + ([f"{side}/{name}" for side in ("rejected", "quarantine")]
+                                      if m.group(2) == "jsonl.zst" else []))
             removed.append(name)
-            if m.group(2) == "jsonl.zst":
-                for side in ("rejected", "quarantine"):
-                    _delete(_join(out_dir, side, name))
     return removed
 
 
@@ -346,7 +291,7 @@ def run(generator, out_dir: str, num_partitions: int, seed: int, spark, progress
     else:
         os.makedirs(out_dir, exist_ok=True)
         out_dir = os.path.abspath(out_dir)
-    _delete(_join(out_dir, REPORT_NAME))  # its presence says the directory holds a finished run
+    delete(out_dir, [REPORT_NAME])  # its presence says the directory holds a finished run
     _remove_stale_parts(out_dir, num_partitions)
     chash = config_hash(generator, num_partitions, seed)
     sc = spark.sparkContext
@@ -374,5 +319,5 @@ def run(generator, out_dir: str, num_partitions: int, seed: int, spark, progress
     stats.sort(key=lambda s: s["partition"])
     check_visible(out_dir, stats)
     report = summarize(generator, stats, seed, num_partitions, chash)
-    _write_atomic(_join(out_dir, REPORT_NAME), json.dumps(report, indent=1, sort_keys=True).encode())
+    write_bytes(join(out_dir, REPORT_NAME), json.dumps(report, indent=1, sort_keys=True).encode(), sync=True)
     return report

@@ -1,0 +1,91 @@
+"""Whole files under a location that is a local directory or an s3:// prefix.
+
+The build (attribute files, parts' commit records, reports, the lock), synthetic data and the
+report command all keep small files wherever --out / --attributes point, and must behave the
+same on a laptop and on a cluster whose only shared storage is S3. One module, so that:
+- a missing file is FileNotFoundError on both (S3PathError on S3), never a botocore class that
+  an `except OSError` meant for "not written yet" lets through;
+- a write is all or nothing on both: a local temporary file renamed, or one PUT;
+- a delete that S3 refuses for some keys raises (S3DeleteError) instead of passing quietly.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dolmino import s3
+
+
+def is_remote(location: str) -> bool:
+    return s3.is_s3(location)
+
+
+def join(root: str, *names: str) -> str:
+    """root/names...; "/" on both kinds of location (local paths here are POSIX)."""
+    return "/".join([root.rstrip("/"), *names])
+
+
+def read_bytes(path: str) -> bytes:
+    """A whole file; FileNotFoundError (S3PathError on S3) when it does not exist."""
+    if is_remote(path):
+        return s3.get_bytes(path)
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def read_if_exists(path: str) -> bytes | None:
+    """A whole file, or None when the file does not exist (a missing bucket still raises)."""
+    try:
+        return read_bytes(path)
+    except s3.NoSuchBucket:
+        raise
+    except FileNotFoundError:
+        return None
+
+
+def write_bytes(path: str, data: bytes, *, sync: bool = False) -> None:
+    """Write a whole file atomically: a local temporary file renamed (fsynced first with
+    `sync`), or one S3 PUT, which is atomic itself."""
+    if is_remote(path):
+        bucket, key = s3.split_uri(path)
+        s3.client().put_object(Bucket=bucket, Key=key, Body=data)
+        return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        if sync:
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def list_files(root: str, prefix: str = "") -> dict[str, int]:
+    """name (relative to root, "/"-separated) -> size of every file under root/prefix; {} when
+    there is none (a local root that does not exist, an empty prefix)."""
+    if is_remote(root):
+        bucket, key = s3.split_uri(root.rstrip("/") + "/")
+        return {k[len(key):]: size for k, size in s3.iter_keys(bucket, key + prefix)}
+    base = os.path.join(root, prefix)
+    found = {}
+    if os.path.isdir(base) or not prefix:
+        for dirpath, _dirs, files in os.walk(base if os.path.isdir(base) else root):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                found[os.path.relpath(path, root)] = os.path.getsize(path)
+    return found
+
+
+def delete(root: str, names: list[str]) -> None:
+    """Delete root/name for each name; a name that is already gone is not an error."""
+    if not names:
+        return
+    if is_remote(root):
+        bucket, key = s3.split_uri(root.rstrip("/") + "/")
+        s3.delete_keys(bucket, [key + n for n in names])
+        return
+    for name in names:
+        try:
+            os.remove(os.path.join(root, name))
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,75 @@
+"""dolmino.storage: the same answers from a local directory and from an s3:// prefix (moto).
+
+The build, synth, reports and the lock keep small files wherever --out / --attributes point;
+a difference between the two kinds of location is a bug that only shows on a cluster.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from dolmino import s3, storage
+from dolmino.build import output
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "out")
+    request.getfixturevalue("s3_server")
+    bucket = f"storage-{uuid.uuid4().hex[:16]}"
+    s3.client().create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/build/out"
+
+
+def test_write_read_list_delete_agree_on_both_kinds(root):
+    assert storage.list_files(root) == {}
+    assert storage.read_if_exists(storage.join(root, "report.json")) is None
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(storage.join(root, "report.json"))
+    storage.write_bytes(storage.join(root, "_parts", "part-00000.json"), b'{"index": 0}')
+    storage.write_bytes(storage.join(root, "report.json"), b"{}", sync=True)
+    assert storage.list_files(root) == {"_parts/part-00000.json": 12, "report.json": 2}
+    assert storage.list_files(root, "_parts/") == {"_parts/part-00000.json": 12}
+    assert storage.read_bytes(storage.join(root, "_parts/part-00000.json")) == b'{"index": 0}'
+    storage.delete(root, ["report.json", "never-written.json"])  # a missing name is not an error
+    assert storage.list_files(root) == {"_parts/part-00000.json": 12}
+    assert output.read_json(root, "report.json") is None
+    assert output.read_json(root, "_parts/part-00000.json") == {"index": 0}
+    storage.write_bytes(storage.join(root, "torn.json"), b'{"ind')
+    assert output.read_json(root, "torn.json") is None  # not JSON: as if absent
+
+
+def test_a_missing_bucket_is_not_a_missing_file(s3_server):
+    path = f"s3://no-such-bucket-{uuid.uuid4().hex[:12]}/out/report.json"
+    with pytest.raises(s3.NoSuchBucket, match="bucket does not exist"):
+        storage.read_if_exists(path)
+    with pytest.raises(s3.NoSuchBucket):
+        output.read_json(path.rsplit("/", 1)[0], "report.json")
+
+
+def test_a_delete_that_s3_refuses_for_some_keys_raises(s3_server, monkeypatch):
+    """DeleteObjects answers 200 and lists refused keys in Errors. A build starts by deleting
+    its completion marker: were a refusal passed over, an interrupted rebuild would keep the
+    old report.json and read as finished."""
+    bucket = f"storage-{uuid.uuid4().hex[:16]}"
+    s3.client().create_bucket(Bucket=bucket)
+    out = f"s3://{bucket}/out"
+    storage.write_bytes(storage.join(out, "report.json"), b"{}")
+    real = s3.client()
+
+    class RefusingClient:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def delete_objects(self, Bucket, Delete):  # noqa: N803 - boto3's argument names
+            return {"Errors": [{"Key": o["Key"], "Code": "AccessDenied", "Message": "Access Denied"}
+                               for o in Delete["Objects"]]}
+
+    monkeypatch.setattr(s3, "client", lambda: RefusingClient())
+    with pytest.raises(s3.S3DeleteError, match=r"could not delete 1 object\(s\), e.g. s3://.*/out/report.json: "
+                                               "AccessDenied"):
+        output.start(out)
+    assert s3.s3_failure_message(s3.S3DeleteError("could not delete 1 object(s)")) == "could not delete 1 object(s)"
