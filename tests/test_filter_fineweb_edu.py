@@ -347,3 +347,49 @@ def test_gpu_scores_match_cpu(model_dir, docs):
     gpu = FineWebEduFilter(model_dir, device="cuda", batch_size=64).tag(docs)
     np.testing.assert_allclose(gpu["score"], cpu["score"], rtol=0, atol=1e-4)
     assert FineWebEduFilter(model_dir).scorer.loaded()[2] == "cuda"
+
+
+@pytest.mark.slow
+def test_build_with_the_filter_equals_the_model_card_and_reads_the_model_from_s3(
+        spark_with_s3, model_dir, docs, tmp_path, monkeypatch):
+    """The filter inside a whole build: tagged by the executors (the model directory shipped
+    from the driver, or fetched by each node from s3://), decided from the stored int_score.
+    The documents removed are exactly those the model card's loop scores below the threshold,
+    and the model's location does not change a byte of the output."""
+    import uuid
+
+    from dolmino import s3
+    from dolmino.build.mix import build
+    from dolmino.manifest import manifest_from_dict
+
+    monkeypatch.setenv("DOLMINO_CACHE", str(tmp_path / "cache"))
+    texts = [d for d in docs if d.get("text")]
+    write_documents(str(tmp_path / "data" / "web" / "a.jsonl.zst"), texts[: len(texts) // 2])
+    write_documents(str(tmp_path / "data" / "web" / "b.jsonl.gz"), texts[len(texts) // 2:])
+    _, expected = _reference(model_dir, _texts_of(texts), batch_size=8)
+    low = sum(1 for s in expected if s < 2)
+    assert 0 < low < len(texts)
+    bucket = f"edu-build-{uuid.uuid4().hex[:12]}"
+    s3.client().create_bucket(Bucket=bucket)
+    for name in sorted(os.listdir(model_dir)):
+        s3.client().upload_file(os.path.join(model_dir, name), bucket, f"models/edu/{name}")
+
+    def run(model: str, out: str, attributes: str) -> dict:
+        spec = {"name": "edu", "version": 1, "seed": 3, "budget": 20_000, "data_root": str(tmp_path / "data"),
+                "sources": [{"name": "web", "paths": ["web/*"], "mix_percent": 100.0,
+                             "filters": [{"type": "fineweb_edu", "model_path": model, "min_int_score": 2,
+                                          "batch_size": 8}]}]}
+        return build(manifest_from_dict(spec), 20_000, out, spark_with_s3, attributes=attributes)
+
+    local = run(model_dir, str(tmp_path / "out-local"), str(tmp_path / "attributes"))
+    remote = run(f"s3://{bucket}/models/edu/", f"s3://{bucket}/out", f"s3://{bucket}/attributes")
+    src = local["sources"][0]
+    assert src["docs_in"] == len(texts)
+    assert src["removed"] == {"fineweb_edu:int_score<2": {"docs": low, "bytes": _bytes_below(texts, expected, 2)}}
+    assert remote["sources"][0]["removed"] == src["removed"]
+    parts = {p.name: p.read_bytes() for p in sorted((tmp_path / "out-local").glob("part-*"))}
+    assert parts and {name: s3.get_bytes(f"s3://{bucket}/out/{name}") for name in parts} == parts
+
+
+def _bytes_below(texts: list[dict], int_scores: list[int], threshold: int) -> int:
+    return sum(len(d["text"].encode("utf-8")) for d, s in zip(texts, int_scores) if s < threshold)
