@@ -298,3 +298,30 @@ def test_an_interrupted_split_tag_resumes(posts, builds, spark, tmp_path):
     assert len(_unit_files(attributes, "documents")) == 7
     assert _parts(out) == _parts(base / "whole")
     assert _comparable(got) == _comparable(whole)
+
+
+@pytest.mark.slow
+def test_split_build_from_s3_with_attributes_and_output_there(posts, builds, spark_with_s3):
+    """The cluster's layout: Posts.xml, the attribute root (converted documents, quarantine,
+    the pairing's key sets) and the output all on S3. Same parts and report as the local
+    whole-file build."""
+    import uuid
+
+    from dolmino import s3
+    from dolmino.build.mix import build
+    from dolmino.manifest import manifest_from_dict
+
+    base, whole, _ranged, split = builds
+    bucket = f"se-build-{uuid.uuid4().hex[:12]}"
+    s3.client().create_bucket(Bucket=bucket)
+    s3.client().put_object(Bucket=bucket, Key="data/cooking.stackexchange.com/Posts.xml", Body=posts.read_bytes())
+    manifest = manifest_from_dict({**_manifest(posts.parent.parent), "data_root": f"s3://{bucket}/data"})
+    got = build(manifest, 0, f"s3://{bucket}/out", spark_with_s3, attributes=f"s3://{bucket}/attributes",
+                split_bytes=split, task_bytes=1)
+    parts = {key[len("out/"):]: hashlib.sha256(s3.get_bytes(f"s3://{bucket}/{key}")).hexdigest()
+             for key, _ in s3.iter_keys(bucket, "out/part-")}
+    assert parts == _parts(base / "whole")
+    assert _comparable(got) == _comparable(whole)
+    assert {"stackexchange:keys", "stackexchange:pair"} <= set(got["run"]["stages"])
+    documents = [k for k, _ in s3.iter_keys(bucket, "attributes/stackexchange/documents/")]
+    assert len(documents) == 7
