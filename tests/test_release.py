@@ -352,6 +352,8 @@ def test_publish_from_an_s3_build_copies_its_parts_server_side(build_dir, root, 
     source_reads = {key for op, key in calls if op in ("GetObject",) and key and key.startswith("builds/demo/")}
     assert not {f"builds/demo/{rel}" for rel in parts} & source_reads
     assert {f"builds/demo/{rel}" for rel in files if rel not in parts} <= source_reads
+    record_reads = [key for op, key in calls if op == "GetObject" and key and key.startswith("builds/demo/_parts/")]
+    assert sorted(record_reads) == sorted(f"builds/demo/{rel}" for rel in files if rel.startswith("_parts/"))  # once
     writes = {(op, key) for op, key in calls if key and key.startswith(staged)}
     assert ("UploadPartCopy", f"{staged}part-00001.npy") in writes
     assert ("CopyObject", f"{staged}part-00000.npy") in writes
