@@ -297,6 +297,27 @@ def test_cli(tmp_path, capsys):
     assert "no readable report.json" in capsys.readouterr().err
 
 
+def test_cli_on_a_build_on_s3(tmp_path, capsys, s3_server):
+    """`dolmino report s3://...`: report.json and the sidecars read from the bucket, the views
+    written back beside them."""
+    import uuid
+
+    from dolmino import s3
+
+    report = make_report(tmp_path)
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    bucket = f"report-{uuid.uuid4().hex[:12]}"
+    s3.client().create_bucket(Bucket=bucket)
+    for path in sorted(tmp_path.iterdir()):
+        s3.client().upload_file(str(path), bucket, f"builds/b1/{path.name}")
+    assert report_html.main([f"s3://{bucket}/builds/b1", "--sample-parts", "2"]) == 0
+    html = s3.get_bytes(f"s3://{bucket}/builds/b1/report.html").decode()
+    assert "Sidecars of 2 of 3 parts, evenly spaced" in html and "<img" in html
+    assert s3.get_bytes(f"s3://{bucket}/builds/b1/report.md").decode().startswith("#")
+    assert report_html.main([f"s3://{bucket}/builds/nothing"]) == 2
+    assert "no readable report.json" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_locked_build_writes_lock_and_report_html_and_releases_carry_them(tmp_path, spark, capsys):
     """A real build (Spark, real text) with --locked, through the build's command line."""
