@@ -106,7 +106,11 @@ def _budget(manifest: Manifest, budget: int | None) -> tuple[int, str]:
         if budget is not None:
             raise ManifestError("--budget: a pool manifest takes every source once; it has no budget")
         if manifest.budget is None:
-            raise ManifestError("pool_tokens: this pool manifest states no pool sizes, so there is nothing to plan")
+            missing = [s.name for s in manifest.sources if s.pool_tokens is None]
+            raise ManifestError(f"pool_tokens: this pool manifest does not state the size of {len(missing)} of its "
+                                f"{len(manifest.sources)} pools ({', '.join(missing[:5])}"
+                                f"{', ...' if len(missing) > 5 else ''}), so there is nothing to plan; a build "
+                                "measures them (its report.json's sources[].output_tokens)")
         return manifest.budget, "every pool once, at the sizes the manifest expects"
     if budget is not None:
         return budget, "--budget"

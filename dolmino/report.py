@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import platform
 
+from dolmino.errors import ManifestError
 from dolmino.manifest import Manifest, format_count
 
 SHORTFALL_TOLERANCE = 0.005
@@ -59,11 +60,24 @@ def _pool_filter_chain(source, acc: dict) -> list[dict]:
     return rows
 
 
+def _stated_fractions(manifest: Manifest, parts) -> dict[str, float]:
+    """Each source's Mix % as the manifest states it. A pool manifest need not state its pools'
+    sizes (measuring them is what it is for): a size it leaves out is the one just measured."""
+    if manifest.kind != "pool":
+        return manifest.mix_fractions()
+    measured = {s.name: sum(p.tokens_by_source.get(s.name, 0) for p in parts)
+                for s in manifest.sources if s.pool_tokens is None}
+    try:
+        return manifest.mix_fractions(measured)
+    except ManifestError:  # every pool empty: each source's warning says so
+        return {s.name: 0.0 for s in manifest.sources}
+
+
 def build_report(manifest: Manifest, budget: int, sources: list[dict], selections, tok_stats, parts, tagged, state,
                  *, elapsed_s: float, cluster: dict, out: str, attributes: str, resumed: bool) -> dict:
     total_tokens = sum(p.tokens for p in parts)
     total_docs = sum(p.docs for p in parts)
-    fractions = manifest.mix_fractions()
+    fractions = _stated_fractions(manifest, parts)
     tokenized_total = {"docs": 0, "tokens": 0}
     report_sources = []
     warnings = list(state.warnings)

@@ -156,6 +156,17 @@ def test_plan_pool_manifest_and_errors(capsys):
     assert "manifest file not found" in capsys.readouterr().err
 
 
+def test_plan_of_a_pool_manifest_without_sizes_names_the_pools(tmp_path, capsys):
+    """A pool manifest may leave its pools' sizes out (a build measures them; see
+    tests/test_released_manifests.py); there is then no plan, and the error says which."""
+    spec = {"name": "p", "version": 2, "kind": "pool", "seed": 1, "data_root": str(tmp_path),
+            "sources": [{"name": "web", "paths": ["web/*"]}, {"name": "code", "paths": ["code/*"], "pool_tokens": "1M"}]}
+    path = tmp_path / "pool.json"
+    path.write_text(json.dumps(spec))
+    assert plan_cmd.main([str(path), "--no-inputs"]) == 2
+    assert "does not state the size of 1 of its 2 pools (web)" in capsys.readouterr().err
+
+
 def test_diff_50B_to_100B(capsys):
     a, b = load_manifest(str(MANIFESTS / "50B.json")), load_manifest(str(MANIFESTS / "100B.json"))
     d = diff_manifests(a, b)
