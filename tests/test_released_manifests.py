@@ -6,7 +6,8 @@ budget: the budget is passes x pool tokens, and Mix % follows. A miniature of th
 folder layout (`data/dclm/...`, `data/math/tinyGSM-MIND/...`, files named `*.json.gz` and
 `*.json.zst` as dolma writes them) is first built as a pool manifest to measure each
 source's tokens; the manifest, with those pool sizes in place of the released ones, must
-then write each source's passes x pool, within one document, and warn of nothing. Given
+then write each source's passes x pool, within one document, and warn of nothing; so must
+100B.json on the same attribute files (whole copies where passes exceed one). Given
 another budget (`--budget` with `--manifest`), every source takes the same share of it, and
 the report says each one misses the manifest's passes and why.
 """
@@ -74,7 +75,10 @@ def test_released_manifest_writes_each_source_its_passes(released, miniature, sp
     manifest = manifest_from_dict(spec)
     assert "budget" not in spec and manifest.budget == round(sum(
         s["source_percent"] / 100 * pool_tokens[s["name"]] for s in released["sources"]))
-    report = build(manifest, manifest.budget, str(tmp_path / "mix"), spark, attributes=str(tmp_path / "attributes"))
+    # phase="mix" (`dolmino mix`): the pool build's attribute files serve the mix manifests,
+    # whose sources read the same files; a missing one would fail ("run `dolmino tag`").
+    report = build(manifest, manifest.budget, str(tmp_path / "mix"), spark, attributes=str(tmp_path / "attributes"),
+                   phase="mix")
     assert report["warnings"] == []
     for s in report["sources"]:
         passes, pool = s["source_percent_manifest"] / 100, pool_tokens[s["name"]]
@@ -87,6 +91,19 @@ def test_released_manifest_writes_each_source_its_passes(released, miniature, sp
             assert abs(s["pool_tokens"] / pool - 1) < 0.1
     assert report["output"]["tokens"] == sum(s["output_tokens"] for s in report["sources"])
     assert abs(report["output"]["tokens"] - manifest.budget) <= largest_doc * len(report["sources"])
+
+    # 100B on the same attributes: more passes, whole copies where they exceed one.
+    spec_100 = json.loads((REPO / "manifests" / "100B.json").read_text())
+    manifest_100 = manifest_from_dict({**spec_100, "data_root": str(miniature), "output_format": {"tokens_per_file": "64K"},
+                                       "sources": [{**s, "pool_tokens": pool_tokens[s["name"]]}
+                                                   for s in spec_100["sources"]]})
+    report_100 = build(manifest_100, manifest_100.budget, str(tmp_path / "mix-100"), spark,
+                       attributes=str(tmp_path / "attributes"), phase="mix")
+    assert report_100["warnings"] == []
+    for s in report_100["sources"]:
+        passes, pool = s["source_percent_manifest"] / 100, pool_tokens[s["name"]]
+        assert abs(s["output_tokens"] - passes * pool) <= largest_doc, s["name"]
+        assert s["selection"]["copies"] == int(passes), s["name"]
 
     # Another budget: every source the same share of it, each one warned about.
     half = manifest.budget // 2
