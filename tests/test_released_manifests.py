@@ -94,9 +94,9 @@ def test_released_manifest_writes_each_source_its_passes(released, miniature, sp
 
     # 100B on the same attributes: more passes, whole copies where they exceed one.
     spec_100 = json.loads((REPO / "manifests" / "100B.json").read_text())
-    manifest_100 = manifest_from_dict({**spec_100, "data_root": str(miniature), "output_format": {"tokens_per_file": "64K"},
-                                       "sources": [{**s, "pool_tokens": pool_tokens[s["name"]]}
-                                                   for s in spec_100["sources"]]})
+    manifest_100 = manifest_from_dict({
+        **spec_100, "data_root": str(miniature), "output_format": {"tokens_per_file": "64K"},
+        "sources": [{**s, "pool_tokens": pool_tokens[s["name"]]} for s in spec_100["sources"]]})
     report_100 = build(manifest_100, manifest_100.budget, str(tmp_path / "mix-100"), spark,
                        attributes=str(tmp_path / "attributes"), phase="mix")
     assert report_100["warnings"] == []
