@@ -113,9 +113,12 @@ def prepare(args: argparse.Namespace, phase: str):
 
 # Exceptions raised in an executor reach the driver inside a Py4J error whose text holds the
 # executor's Python traceback; these are the ones that are the data's or the storage's fault.
+# A traceback names a class by its module (`dolmino.s3.S3PathError`, botocore's generated
+# `botocore.errorfactory.NoSuchKey`), builtins by their bare name.
 _EXECUTOR_ERRORS = re.compile(
-    r"^(?:dolmino\.errors\.)?(BuildError|ManifestError|FileNotFoundError|S3PathError|PermissionError"
-    r"|botocore\.exceptions\.\w+|EndpointConnectionError|NoCredentialsError|ClientError): (.*)$", re.MULTILINE)
+    r"^(?:dolmino\.(?:errors|s3)\.)?(BuildError|ManifestError|FileNotFoundError|S3PathError|NoSuchBucket"
+    r"|S3DeleteError|PermissionError|botocore\.(?:exceptions|errorfactory)\.\w+|EndpointConnectionError"
+    r"|NoCredentialsError|ClientError): (.*)$", re.MULTILINE)
 
 
 def executor_failure(exc: BaseException) -> str | None:
