@@ -4,6 +4,7 @@ is missing, `dolmino assets` (it used to crash), and defaults in every --help.""
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import tomllib
@@ -14,6 +15,7 @@ import pytest
 import dolmino
 from dolmino import cli
 from dolmino.cli import COMMANDS, Command, main
+from dolmino.errors import ManifestError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -245,3 +247,22 @@ def test_local_only_outputs_refuse_a_url_instead_of_making_a_directory_named_s3(
     assert exc.value.code == 2
     assert "is a URL; this needs a local path" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tag_needs_no_output_when_attributes_are_named(tmp_path, capsys):
+    """`dolmino tag M --attributes A` writes attributes only: a manifest without `output` is
+    fine; `dolmino mix` (and tag without --attributes) still ask for --out."""
+    from dolmino.build.cli import parse_args, prepare
+
+    data = tmp_path / "data" / "web"
+    data.mkdir(parents=True)
+    (data / "a.jsonl").write_text(json.dumps({"id": "a", "text": "some text"}) + "\n")
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"name": "m", "version": 1, "seed": 1, "budget": 100,
+                                    "data_root": str(tmp_path / "data"),
+                                    "sources": [{"name": "web", "paths": ["web/*.jsonl"], "mix_percent": 100}]}))
+    _, options = prepare(parse_args([str(manifest), "--attributes", str(tmp_path / "attrs")], "tag"), "tag")
+    assert options.attributes == str(tmp_path / "attrs") and options.out == ""
+    for phase, argv in (("tag", []), ("mix", ["--attributes", str(tmp_path / "attrs")])):
+        with pytest.raises(ManifestError, match="no output directory; pass --out"):
+            prepare(parse_args([str(manifest), *argv], phase), phase)

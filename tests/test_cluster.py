@@ -23,7 +23,9 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import signal
+import sys
 import time
 import uuid
 from collections import namedtuple
@@ -299,6 +301,28 @@ def test_filter_files_reach_executors_without_a_shared_disk(clean_run, cluster, 
     assert cached, "no worker downloaded the s3:// model into its DOLMINO_CACHE"
     # The index lives in the driver's directory, which private workers cannot see: there the
     # exact decontamination count (test above) proves executors scored with the shipped copy.
+
+
+def test_tag_and_mix_commands_run_on_the_cluster(clean_run, cluster, world):
+    """README's two-phase form, `dolmino tag` then `dolmino mix`, each with `--master
+    spark://...`: the `dolmino` command is the driver (client mode, no spark-submit), the
+    attribute files go to a fresh S3 root, and the mix equals the one-go build's bytes."""
+    dolmino = str(Path(sys.executable).parent / "dolmino")
+    attributes, out = world.s3("attributes-cli"), world.s3("mix-cli")
+    common = [str(world.manifest), "--attributes", attributes, "--data-root", world.s3("data"), "--task-size", "64K",
+              "--master", cluster.master_url, "--quiet"]
+    tag = run_submit([dolmino, "tag", *common], _submit_env(), str(REPO), world.root / "logs", "cli-tag",
+                     SUBMIT_TIMEOUT_S)
+    assert tag.returncode == 0, _explain(tag, cluster)
+    assert re.search(r"tagged [1-9]\d* unit\(s\), reused 0", tag.stdout), tag.stdout
+    assert any(name.endswith(".parquet") for name in _keys(attributes))
+    mix = run_submit([dolmino, "mix", *common, "--out", out], _submit_env(), str(REPO), world.root / "logs",
+                     "cli-mix", SUBMIT_TIMEOUT_S)
+    assert mix.returncode == 0, _explain(mix, cluster)
+    _, report, parts = clean_run
+    assert _s3_parts(out) == parts
+    assert _accounting(_s3_report(out)) == _accounting(report)
+    assert _s3_report(out)["run"]["spark_master"] == cluster.master_url
 
 
 def _synth(cluster, world, name: str, out: str) -> Submitted:

@@ -96,9 +96,10 @@ def prepare(args: argparse.Namespace, phase: str):
     elif budget is None and phase != "tag":
         raise ManifestError("budget: the manifest has no budget; pass --budget (e.g. --budget 100B)")
     out = args.out or manifest.output
-    if not out:
-        raise ManifestError("output: the manifest has no output directory; pass --out")
-    out = _location(out)
+    if not out and (phase != "tag" or not args.attributes):  # tag writes only attributes: --attributes will do
+        raise ManifestError("output: the manifest has no output directory; pass --out"
+                            + (" (or --attributes)" if phase == "tag" else ""))
+    out = _location(out) if out else ""
     attributes = _location(args.attributes) if args.attributes else default_attributes_root(out)
     task_bytes = parse_count(args.task_size, "--task-size")
     if args.read_ahead < 0:
