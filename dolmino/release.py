@@ -764,6 +764,8 @@ def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log
     All files land in a temporary directory beside DEST first; only when every size and
     SHA-256 matches is it renamed to DEST, so DEST is never a partial or corrupt release.
     """
+    from botocore.exceptions import ClientError
+
     bucket, key_prefix, _name = split_release(release_uri)
     dest = os.path.abspath(dest)
     if os.path.lexists(dest) and not (os.path.isdir(dest) and not os.path.islink(dest) and not os.listdir(dest)):
@@ -783,7 +785,13 @@ def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log
         for entry in record["files"]:
             local = os.path.join(tmp, *entry["path"].split("/"))
             os.makedirs(os.path.dirname(local), exist_ok=True)
-            cl.download_file(bucket, objects + entry["path"], local, Config=config, Callback=bar.add_bytes)
+            try:
+                cl.download_file(bucket, objects + entry["path"], local, Config=config, Callback=bar.add_bytes)
+            except ClientError as exc:  # botocore's message names no object
+                if s3._is_missing(exc) and s3._error_code(exc) != "NoSuchBucket":  # noqa: SLF001
+                    raise ReleaseIntegrityError(f"{entry['path']}: listed in {RELEASE_FILE} but missing from "
+                                                f"s3://{bucket}/{objects}; the release is damaged") from None
+                raise
             _check_local(local, entry)
             bar.file_done()
             log(f"verified {entry['path']} ({entry['size']:,} bytes)")

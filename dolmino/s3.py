@@ -32,8 +32,11 @@ S3_SCHEME = "s3://"
 # Bucket naming rules of S3 (3-63 chars, lower case, digits, dots, hyphens).
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+_CHECKSUM_OPTIONS = ("request_checksum_calculation", "response_checksum_validation")
 _ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
-                 "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE")
+                 "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE", *(f"AWS_{o.upper()}" for o in _CHECKSUM_OPTIONS))
+# Hosts of AWS's own S3 endpoints (standard, China, dual-stack/new-style).
+_AWS_HOST = re.compile(r"(^|\.)(amazonaws\.com|amazonaws\.com\.cn|api\.aws)$")
 DEFAULT_MAX_ATTEMPTS = 8
 # Things that look like credentials whatever their source: access key ids, SigV4 query
 # parameters of presigned URLs, Authorization headers, user:password@ in URLs.
@@ -121,10 +124,35 @@ def client():
                        "mode": os.environ.get("AWS_RETRY_MODE") or "adaptive"}
             config = Config(retries=retries, max_pool_connections=32, connect_timeout=20, read_timeout=120)
             found = session.client("s3", config=config)
+            checksums = _compatible_checksums(session, found.meta.endpoint_url)
+            if checksums:
+                found = session.client("s3", config=config.merge(Config(**checksums)))
             # Drop clients of other pids (inherited through fork) and stale settings.
             _CLIENTS.clear()
             _CLIENTS[key] = found
     return found
+
+
+def _compatible_checksums(session, endpoint_url: str) -> dict:
+    """Checksum settings for an S3-compatible store that is not AWS: `when_required`.
+
+    boto3 >= 1.36 adds a CRC checksum (x-amz-checksum-*, x-amz-sdk-checksum-algorithm,
+    aws-chunked bodies) to every upload by default. AWS checks it; many S3-compatible stores
+    (older MinIO, Backblaze B2, Qumulo, OVH, ...) reject such a request (InvalidArgument,
+    XAmzContentSHA256Mismatch), so a build whose every read worked fails at its first write.
+    `when_required` sends a checksum only where the operation demands one, as before 1.36.
+    Integrity does not rest on it: SigV4 signs each upload's payload hash, and parts carry
+    the SHA-256 that the driver and `release` check. A setting the user made (environment or
+    profile) is left alone, and so is AWS itself."""
+    from urllib.parse import urlparse
+
+    if _AWS_HOST.search(urlparse(endpoint_url or "").hostname or ""):
+        return {}
+    try:
+        scoped = session._session.get_scoped_config()  # noqa: SLF001 - the profile's settings
+    except Exception:  # noqa: BLE001 - no readable profile: nothing set there
+        scoped = {}
+    return {o: "when_required" for o in _CHECKSUM_OPTIONS if not os.environ.get(f"AWS_{o.upper()}") and o not in scoped}
 
 
 # ---------------------------------------------------------------- redaction

@@ -326,3 +326,44 @@ def test_cli_errors_decorator_and_context_manager(s3_server, capsys, monkeypatch
     with pytest.raises(KeyboardInterrupt):  # not an error to report
         with s3.cli_errors("tool"):
             raise KeyboardInterrupt
+
+
+def _checksum_headers(bucket: str, upload: str) -> dict[str, str]:
+    """The checksum headers of one upload, as sent (botocore's before-send hook)."""
+    sent: dict[str, str] = {}
+
+    def hook(request, **_):
+        if request.method in ("PUT", "POST"):
+            sent.update({k.lower(): str(v) for k, v in request.headers.items()
+                         if "checksum" in k.lower() or k.lower() == "content-encoding"})
+
+    events = s3.client().meta.events
+    events.register("before-send.s3", hook)
+    try:
+        if upload == "put":
+            s3.client().put_object(Bucket=bucket, Key="sum.txt", Body=b"x" * 1000)
+        else:
+            s3.client().upload_fileobj(io.BytesIO(b"y" * 1000), bucket, "sum.txt")
+    finally:
+        events.unregister("before-send.s3", hook)
+    return sent
+
+
+@pytest.mark.parametrize("upload", ["put", "transfer"])
+def test_uploads_to_an_s3_compatible_store_carry_no_default_checksum(bucket, upload, monkeypatch):
+    """boto3 >= 1.36 adds a CRC checksum to every upload, which many S3-compatible stores
+    refuse: an endpoint that is not AWS gets `when_required` (no checksum unless the operation
+    needs one), unless the user chose otherwise; AWS itself keeps boto3's default."""
+    assert _checksum_headers(bucket, upload) == {}
+    assert s3.client().meta.config.request_checksum_calculation == "when_required"
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_supported")  # the user's choice wins
+    assert any(k.startswith("x-amz-checksum-") or k == "x-amz-sdk-checksum-algorithm"
+               for k in _checksum_headers(bucket, upload))
+    import boto3
+
+    session = boto3.session.Session()
+    assert s3._compatible_checksums(session, "https://s3.us-east-1.amazonaws.com") == {}
+    assert s3._compatible_checksums(session, "https://bucket.s3.dualstack.eu-west-1.amazonaws.com") == {}
+    monkeypatch.delenv("AWS_REQUEST_CHECKSUM_CALCULATION")
+    assert s3._compatible_checksums(session, "https://minio.internal:9000") == {
+        "request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}

@@ -21,10 +21,12 @@ import pickle
 import sys
 import time
 
-# Where S3 lives (never credentials): executors must reach the same endpoint as the driver.
+# Where S3 lives and how to talk to it (never credentials): executors must reach the same
+# endpoint as the driver, with the same retry and checksum settings (dolmino.s3.client).
 # On a cluster, credentials come from the executors' own chain (instance roles,
 # spark.executorEnv.*); in local mode the workers inherit the driver's environment.
-S3_ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
+S3_ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_MAX_ATTEMPTS",
+                   "AWS_RETRY_MODE", "AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION")
 
 
 def make_spark(app_name: str, master: str | None = None, driver_memory: str | None = None):
