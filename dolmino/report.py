@@ -21,7 +21,7 @@ import json
 import platform
 
 from dolmino.errors import ManifestError
-from dolmino.manifest import Manifest, format_count
+from dolmino.manifest import PASSES_TOLERANCE, Manifest, format_count
 
 SHORTFALL_TOLERANCE = 0.005
 
@@ -109,6 +109,11 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
         else:
             ratio = tok["kept_tokens"] / tok["bytes"] if tok["bytes"] else sel.tokens_per_byte
             pool_tokens, exact = int(round(acc["kept_bytes"] * ratio)), False
+        if manifest.kind == "pool" and source.pool_tokens and out_tokens \
+                and abs(out_tokens / source.pool_tokens - 1) > PASSES_TOLERANCE:
+            warnings.append(f"source {source.name!r}: the pool holds {format_count(out_tokens)} tokens, the manifest "
+                            f"expects {format_count(source.pool_tokens)} ({out_tokens / source.pool_tokens:.3g}x; "
+                            "a mix manifest's pool_tokens for it should say what the pool holds)")
         if out_tokens < sel.target_tokens * (1 - SHORTFALL_TOLERANCE):
             warnings.append(f"source {source.name!r}: wrote {out_tokens:,} tokens, {sel.target_tokens - out_tokens:,} "
                             f"short of its target {sel.target_tokens:,}")

@@ -20,7 +20,7 @@ from conftest import shared_corpus_file
 from dolmino.build.cli import main as build_main
 from dolmino.build.mix import build
 from dolmino.documents import Quarantine, read_documents, write_documents
-from dolmino.manifest import manifest_from_dict
+from dolmino.manifest import format_count, manifest_from_dict
 
 EOS = 100257
 
@@ -308,3 +308,19 @@ def test_a_broken_stream_builds_with_every_document_before_the_break(spark, tmp_
     assert source["quarantined"] == {"corrupt_stream": 1}
     _, rows = read_mix(tmp_path / "out")
     assert {doc_id for doc_id, *_ in rows} == {d["id"] for d in docs}
+
+
+def test_a_pool_build_warns_of_an_empty_pool_and_of_a_size_off_the_manifest(inputs, spark, tmp_path):
+    """A pool manifest's stated pool_tokens is its plan: a pool built far from it, or built
+    empty, is said so in the report's warnings (not only in its tables)."""
+    spec = {"name": "pools", "version": 2, "kind": "pool", "seed": 1, "data_root": str(inputs),
+            "sources": [{"name": "wiki", "paths": ["wiki/*.jsonl*"], "pool_tokens": "3.66B"},
+                        {"name": "web", "paths": ["web/*.jsonl*"],
+                         "filters": [{"type": "min_length", "min_tokens": 10**9}]}]}
+    report = build(manifest_from_dict(spec), 0, str(tmp_path / "out"), spark, attributes=str(tmp_path / "attrs"))
+    wiki = report["sources"][0]["output_tokens"]
+    assert 0 < wiki < 3.66e9 and report["sources"][1]["output_tokens"] == 0
+    assert report["warnings"] == [
+        "source 'web': no documents left after filtering and dedup; its pool is empty",
+        f"source 'wiki': the pool holds {format_count(wiki)} tokens, the manifest expects 3.66B "
+        f"({wiki / 3.66e9:.3g}x; a mix manifest's pool_tokens for it should say what the pool holds)"]

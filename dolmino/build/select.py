@@ -179,6 +179,8 @@ def settle(sel: SourceSelection, bucket_tokens: dict[int, int]) -> int | None:
     if sel.whole_pool:
         sel.pool_tokens = sel.target_tokens = total
         sel.copies = 1
+        if total <= 0:
+            sel.warnings.append(f"source {sel.name!r}: no documents left after filtering and dedup; its pool is empty")
         return None
     if sel.mode == "all":
         sel.pool_tokens = total
