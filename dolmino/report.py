@@ -73,6 +73,23 @@ def _stated_fractions(manifest: Manifest, parts) -> dict[str, float]:
         return {s.name: 0.0 for s in manifest.sources}
 
 
+def _explain_empty(warnings: list[str], name: str, acc: dict) -> None:
+    """Add what removed everything to a source's "no documents left" warning: a filter that
+    takes a whole source usually means data without the field it reads (`stars_missing`)
+    or a threshold on the wrong scale, not a bad pool."""
+    prefix = f"source {name!r}: no documents left"
+    stages = [acc["removed"], acc.get("tokenized", {}).get("removed", {})]  # pool filters, token filters
+    removed = sorted(((r, e) for stage in stages for r, e in stage.items()), key=lambda kv: -kv[1]["docs"])
+    quarantined = sum(acc["quarantined"].values())
+    if not removed and not quarantined:
+        return
+    why = [f"{reason} {entry['docs']:,}" for reason, entry in removed[:3]] + \
+        ([f"quarantined {quarantined:,}"] if quarantined else [])
+    for i, text in enumerate(warnings):
+        if text.startswith(prefix):
+            warnings[i] = f"{text} (of {acc['docs_in']:,} documents: {', '.join(why)})"
+
+
 def build_report(manifest: Manifest, budget: int, sources: list[dict], selections, tok_stats, parts, tagged, state,
                  *, elapsed_s: float, cluster: dict, out: str, attributes: str, resumed: bool) -> dict:
     total_tokens = sum(p.tokens for p in parts)
@@ -138,6 +155,7 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
             "decontamination_coverage": acc.get("decontamination_coverage", []),
         }
         report_sources.append(entry)
+        _explain_empty(warnings, source.name, acc)
     if total_tokens < budget * (1 - SHORTFALL_TOLERANCE):
         warnings.append(f"the mix holds {total_tokens:,} tokens, {budget - total_tokens:,} short of the budget {budget:,}")
     return {

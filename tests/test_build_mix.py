@@ -318,9 +318,13 @@ def test_a_pool_build_warns_of_an_empty_pool_and_of_a_size_off_the_manifest(inpu
                         {"name": "web", "paths": ["web/*.jsonl*"],
                          "filters": [{"type": "min_length", "min_tokens": 10**9}]}]}
     report = build(manifest_from_dict(spec), 0, str(tmp_path / "out"), spark, attributes=str(tmp_path / "attrs"))
-    wiki = report["sources"][0]["output_tokens"]
-    assert 0 < wiki < 3.66e9 and report["sources"][1]["output_tokens"] == 0
+    wiki, web = report["sources"][0]["output_tokens"], report["sources"][1]
+    assert 0 < wiki < 3.66e9 and web["output_tokens"] == 0
+    short = web["tokenized"]["removed"]["min_length:tokens<1000000000"]["docs"]
+    quarantined = sum(web["quarantined"].values())
+    assert short > 0 and quarantined == 3 and web["docs_in"] == short + quarantined
     assert report["warnings"] == [
-        "source 'web': no documents left after filtering and dedup; its pool is empty",
+        f"source 'web': no documents left after filtering and dedup; its pool is empty (of {web['docs_in']:,} "
+        f"documents: min_length:tokens<1000000000 {short:,}, quarantined 3)",
         f"source 'wiki': the pool holds {format_count(wiki)} tokens, the manifest expects 3.66B "
         f"({wiki / 3.66e9:.3g}x; a mix manifest's pool_tokens for it should say what the pool holds)"]
