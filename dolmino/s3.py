@@ -381,16 +381,44 @@ def get_bytes(uri: str) -> bytes:
         raise
 
 
+_NO_MULTI_DELETE = ("NotImplemented", "MethodNotAllowed", "501", "405")
+
+
+def _delete_each(cl, bucket: str, keys: list[str]) -> None:
+    from botocore.exceptions import ClientError
+
+    for key in keys:
+        try:
+            cl.delete_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if not _is_missing(exc) or _error_code(exc) == "NoSuchBucket":  # gone already is what we wanted
+                raise
+
+
 def delete_keys(bucket: str, keys: list[str]) -> None:
     """Delete objects in batches of 1,000; S3DeleteError names any key S3 did not delete.
 
     DeleteObjects answers 200 when some keys failed (AccessDenied on one prefix, say) and lists
-    them in `Errors`; unchecked, a completion marker that should be gone would stay.
+    them in `Errors`; unchecked, a completion marker that should be gone would stay. A store
+    without DeleteObjects (GCS's XML API answers NotImplemented) gets one DELETE per key.
     """
+    from botocore.exceptions import ClientError
+
     cl = client()
+    one_by_one = False
     for i in range(0, len(keys), 1000):
         batch = keys[i:i + 1000]
-        result = cl.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+        if not one_by_one:
+            try:
+                request = {"Objects": [{"Key": k} for k in batch], "Quiet": True}
+                result = cl.delete_objects(Bucket=bucket, Delete=request)
+            except ClientError as exc:
+                if _error_code(exc) not in _NO_MULTI_DELETE:
+                    raise
+                one_by_one = True  # a store without multi-object delete: GCS's XML API, Riak CS
+        if one_by_one:
+            _delete_each(cl, bucket, batch)
+            continue
         errors = result.get("Errors") or []
         if errors:
             first = errors[0]

@@ -73,3 +73,37 @@ def test_a_delete_that_s3_refuses_for_some_keys_raises(s3_server, monkeypatch):
                                                "AccessDenied"):
         output.start(out)
     assert s3.s3_failure_message(s3.S3DeleteError("could not delete 1 object(s)")) == "could not delete 1 object(s)"
+
+
+def test_a_store_without_multi_object_delete_gets_one_delete_per_key(s3_server, monkeypatch):
+    """GCS's S3-compatible XML API (and Riak CS) answer DeleteObjects with NotImplemented: the
+    keys are then deleted one by one, a key already gone is no error, and only the first
+    batch asks."""
+    from botocore.exceptions import ClientError
+
+    bucket = f"storage-{uuid.uuid4().hex[:16]}"
+    s3.client().create_bucket(Bucket=bucket)
+    out = f"s3://{bucket}/out"
+    names = [f"_parts/part-{i:05d}.json" for i in range(1005)]
+    for name in names[:3]:
+        storage.write_bytes(storage.join(out, name), b"{}")
+    real = s3.client()
+    calls = {"delete_objects": 0, "delete_object": 0}
+
+    class NoMultiDelete:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def delete_objects(self, **_):
+            calls["delete_objects"] += 1
+            raise ClientError({"Error": {"Code": "NotImplemented", "Message": "A header or query you provided "
+                                         "requested a function that is not implemented."}}, "DeleteObjects")
+
+        def delete_object(self, **kwargs):
+            calls["delete_object"] += 1
+            return real.delete_object(**kwargs)
+
+    monkeypatch.setattr(s3, "client", lambda: NoMultiDelete())
+    storage.delete(out, names)  # 1,005 keys: two batches, of which 1,002 were never written
+    assert calls == {"delete_objects": 1, "delete_object": 1005}
+    assert storage.list_files(out) == {}
