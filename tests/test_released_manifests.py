@@ -1,5 +1,5 @@
-"""The released mix manifests (manifests/50B.json, 100B, 300B) built over a miniature of
-their pools: the path the real users take and no other test builds.
+"""The released mix manifests (manifests/50B.json and 100B.json; 300B.json has their form)
+built over a miniature of their pools: the path the real users take and no other test builds.
 
 Those manifests state each source's passes over its pool (Table 13's Source %) and no
 budget: the budget is passes x pool tokens, and Mix % follows. A miniature of the released
@@ -39,7 +39,7 @@ def released() -> dict:
 
 @pytest.fixture(scope="module")
 def miniature(released, tmp_path_factory) -> Path:
-    """The released layout with a few real documents per source."""
+    """The released layout, each source holding hundreds of short real documents."""
     root = tmp_path_factory.mktemp("dolmino-mix-1124")
     corpus = (doc for name in CORPUS for _, doc in read_documents(str(shared_corpus_file(name)), Quarantine()))
     for source in released["sources"]:
