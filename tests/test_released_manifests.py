@@ -1,5 +1,5 @@
-"""The released mix manifests (manifests/50B.json and 100B.json; 300B.json has their form)
-built over a miniature of their pools: the path the real users take and no other test builds.
+"""The released mix manifests (manifests/50B.json, 100B.json, 300B.json) built over a
+miniature of their pools: the path the real users take and no other test builds.
 
 Those manifests state each source's passes over its pool (Table 13's Source %) and no
 budget: the budget is passes x pool tokens, and Mix % follows. A miniature of the released
@@ -7,7 +7,7 @@ folder layout (`data/dclm/...`, `data/math/tinyGSM-MIND/...`, files named `*.jso
 `*.json.zst` as dolma writes them) is first built as a pool manifest to measure each
 source's tokens; the manifest, with those pool sizes in place of the released ones, must
 then write each source's passes x pool, within one document, and warn of nothing; so must
-100B.json on the same attribute files (whole copies where passes exceed one). Given
+100B.json and 300B.json on the same attribute files (whole copies where passes exceed one). Given
 another budget (`--budget` with `--manifest`), every source takes the same share of it, and
 the report says each one misses the manifest's passes and why.
 """
@@ -92,18 +92,19 @@ def test_released_manifest_writes_each_source_its_passes(released, miniature, sp
     assert report["output"]["tokens"] == sum(s["output_tokens"] for s in report["sources"])
     assert abs(report["output"]["tokens"] - manifest.budget) <= largest_doc * len(report["sources"])
 
-    # 100B on the same attributes: more passes, whole copies where they exceed one.
-    spec_100 = json.loads((REPO / "manifests" / "100B.json").read_text())
-    manifest_100 = manifest_from_dict({
-        **spec_100, "data_root": str(miniature), "output_format": {"tokens_per_file": "64K"},
-        "sources": [{**s, "pool_tokens": pool_tokens[s["name"]]} for s in spec_100["sources"]]})
-    report_100 = build(manifest_100, manifest_100.budget, str(tmp_path / "mix-100"), spark,
-                       attributes=str(tmp_path / "attributes"), phase="mix")
-    assert report_100["warnings"] == []
-    for s in report_100["sources"]:
-        passes, pool = s["source_percent_manifest"] / 100, pool_tokens[s["name"]]
-        assert abs(s["output_tokens"] - passes * pool) <= largest_doc, s["name"]
-        assert s["selection"]["copies"] == int(passes), s["name"]
+    # 100B and 300B on the same attributes: more passes, whole copies where they exceed one.
+    for name in ("100B", "300B"):
+        spec_b = json.loads((REPO / "manifests" / f"{name}.json").read_text())
+        manifest_b = manifest_from_dict({
+            **spec_b, "data_root": str(miniature), "output_format": {"tokens_per_file": "64K"},
+            "sources": [{**s, "pool_tokens": pool_tokens[s["name"]]} for s in spec_b["sources"]]})
+        report_b = build(manifest_b, manifest_b.budget, str(tmp_path / f"mix-{name}"), spark,
+                         attributes=str(tmp_path / "attributes"), phase="mix")
+        assert report_b["warnings"] == [], name
+        for s in report_b["sources"]:
+            passes, pool = s["source_percent_manifest"] / 100, pool_tokens[s["name"]]
+            assert abs(s["output_tokens"] - passes * pool) <= largest_doc, (name, s["name"])
+            assert s["selection"]["copies"] == int(passes), (name, s["name"])
 
     # Another budget: every source the same share of it, each one warned about.
     half = manifest.budget // 2
