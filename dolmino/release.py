@@ -788,7 +788,7 @@ def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log
             try:
                 cl.download_file(bucket, objects + entry["path"], local, Config=config, Callback=bar.add_bytes)
             except ClientError as exc:  # botocore's message names no object
-                if s3._is_missing(exc) and s3._error_code(exc) != "NoSuchBucket":  # noqa: SLF001
+                if s3.is_missing_object(exc):
                     raise ReleaseIntegrityError(f"{entry['path']}: listed in {RELEASE_FILE} but missing from "
                                                 f"s3://{bucket}/{objects}; the release is damaged") from None
                 raise

@@ -334,6 +334,18 @@ def _is_missing(exc: BaseException) -> bool:
     return _error_code(exc) in ("404", "NoSuchKey", "NoSuchBucket", "NotFound")
 
 
+def is_missing_object(exc: BaseException) -> bool:
+    """A ClientError that says the object is not there, the bucket being (NoSuchBucket is a
+    wrong name or endpoint, never "not written yet")."""
+    return _is_missing(exc) and _error_code(exc) != "NoSuchBucket"
+
+
+def _raise_no_such_bucket(exc: BaseException, bucket: str) -> None:
+    """Raise NoSuchBucket for a ClientError that says the bucket is missing; else return."""
+    if _error_code(exc) == "NoSuchBucket":
+        raise NoSuchBucket(bucket) from None
+
+
 # ---------------------------------------------------------------- objects
 
 
@@ -374,9 +386,8 @@ def get_bytes(uri: str) -> bytes:
     try:
         return client().get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
-        if _error_code(exc) == "NoSuchBucket":
-            raise NoSuchBucket(bucket) from None
-        if _is_missing(exc):
+        _raise_no_such_bucket(exc, bucket)
+        if is_missing_object(exc):
             raise S3PathError(f"{uri}: no such object") from None
         raise
 
@@ -391,7 +402,7 @@ def _delete_each(cl, bucket: str, keys: list[str]) -> None:
         try:
             cl.delete_object(Bucket=bucket, Key=key)
         except ClientError as exc:
-            if not _is_missing(exc) or _error_code(exc) == "NoSuchBucket":  # gone already is what we wanted
+            if not is_missing_object(exc):  # gone already is what we wanted
                 raise
 
 
@@ -459,8 +470,7 @@ def iter_keys(bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
             for obj in page.get("Contents", ()):
                 yield obj["Key"], int(obj["Size"])
     except ClientError as exc:
-        if _error_code(exc) == "NoSuchBucket":
-            raise NoSuchBucket(bucket) from None
+        _raise_no_such_bucket(exc, bucket)
         raise
 
 
@@ -473,8 +483,7 @@ def iter_objects(bucket: str, prefix: str) -> Iterator[dict]:
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             yield from page.get("Contents", ())
     except ClientError as exc:
-        if _error_code(exc) == "NoSuchBucket":
-            raise NoSuchBucket(bucket) from None
+        _raise_no_such_bucket(exc, bucket)
         raise
 
 
@@ -504,8 +513,7 @@ def download_prefix(uri: str, dest: str | os.PathLike) -> list[str]:
                     raise ValueError(f"{join_uri(bucket, obj['Key'])}: key does not map to a safe local path")
                 listing[rel] = {"size": int(obj["Size"]), "etag": str(obj.get("ETag", "")).strip('"')}
     except ClientError as exc:
-        if _error_code(exc) == "NoSuchBucket":
-            raise NoSuchBucket(bucket) from None
+        _raise_no_such_bucket(exc, bucket)
         raise OSError(f"{uri}: cannot list: {describe_error(exc)}") from None
     if not listing:
         check_bucket(bucket)
@@ -645,8 +653,7 @@ def _iter_key_info(bucket: str, prefix: str) -> Iterator[tuple[str, int, str]]:
             for obj in page.get("Contents", ()):
                 yield obj["Key"], int(obj["Size"]), str(obj.get("ETag", "")).strip('"')
     except ClientError as exc:
-        if _error_code(exc) == "NoSuchBucket":
-            raise NoSuchBucket(bucket) from None
+        _raise_no_such_bucket(exc, bucket)
         raise
 
 
