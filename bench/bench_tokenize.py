@@ -135,11 +135,19 @@ class _Counters:
         pass
 
 
-def document_lines(path: Path) -> list[int]:
-    """Lines of a file that hold documents: what the tag phase's `docs` attribute set lists."""
-    from dolmino.documents import Quarantine, read_documents
+BENCH_SEED = 0
 
-    return [line for line, _ in read_documents(str(path), Quarantine())]
+
+def document_lines(path: Path) -> list[tuple[int, int, int]]:
+    """(line, sampling hash, text bytes) of each document of a file: what the pool stage
+    hands the tokenize stage from the tag phase's `docs` attribute set (the tokenize stage
+    checks the document it reads against the last two)."""
+    from dolmino.build.pool import loc_of
+    from dolmino.documents import Quarantine, read_documents
+    from mixers.sampling import seeded_hash
+
+    return [(line, seeded_hash(BENCH_SEED, path.name, doc["id"], loc_of(path.name, 0, line)),
+             len(doc["text"].encode("utf-8"))) for line, doc in read_documents(str(path), Quarantine())]
 
 
 def child_dolmino(input_dir: Path, tokenizer_path: Path, out_dir: Path) -> dict:
@@ -161,10 +169,11 @@ def child_dolmino(input_dir: Path, tokenizer_path: Path, out_dir: Path) -> dict:
     tokenizer = Dolma2Tokenizer(tokenizer_path.read_text(encoding="utf-8"))
     ctx = SimpleNamespace(value=TokContext(
         store=None, plans=plans, token_filters=tuple(() for _ in paths), max_doc_tokens=tuple(None for _ in paths),
-        resources={}, units=units, offsets={i: 0 for i in units}, tokenizer=tokenizer, read_ahead=DEFAULT_READ_AHEAD))
+        resources={}, units=units, offsets={i: 0 for i in units}, tokenizer=tokenizer, read_ahead=DEFAULT_READ_AHEAD,
+        seed=BENCH_SEED))
     tokens = docs = 0
     for i, path in enumerate(paths):
-        groups = [(i, [PoolDoc(i, i, line, line, 0, 0) for line in wanted[i]])]
+        groups = [(i, [PoolDoc(i, i, line, line, h, n) for line, h, n in wanted[i]])]
         writer = MemmapPartWriter(str(out_dir), i, EOS)
         for record in tokenize_units(groups, ctx, _Counters()):
             if isinstance(record, TokDoc):

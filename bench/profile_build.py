@@ -133,7 +133,7 @@ def main(argv=None) -> dict:
         tok_ctx = SimpleNamespace(value=TokContext(store, plans, _token_filters(manifest),
                                                    tuple(s.max_doc_tokens for s in manifest.sources), {},
                                                    {u.index: u for u in units}, {u.index: 0 for u in units},
-                                                   tokenizer, DEFAULT_READ_AHEAD))
+                                                   tokenizer, DEFAULT_READ_AHEAD, manifest.seed))
         records, cpu, prof = _profiled(lambda: list(tokenize_units(groups, tok_ctx, _Counters())))
         tok_docs = [r for r in records if isinstance(r, TokDoc)]
         tokens = sum(len(d.tokens) // 4 for d in tok_docs)

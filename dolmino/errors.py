@@ -7,3 +7,7 @@ class ManifestError(ValueError):
 
 class BuildError(RuntimeError):
     """A build cannot run or did not produce what it promised; the message says what to fix."""
+
+
+class InputChangedError(OSError):
+    """An input file no longer holds what the build tagged in it (rewritten during the build)."""

@@ -75,6 +75,7 @@ TOKENIZER_FIELDS = ("name", "path", "eos_token_id", "pad_token_id", "vocab_size"
 OUTPUT_FORMAT_FIELDS = ("tokens_per_file", "label_mask")
 DEDUP_FIELDS = ("exact", "minhash")
 MINHASH_FIELDS = ("num_perm", "ngram", "threshold", "seed")
+MINHASH_SEED_LIMIT = 2**32
 
 
 def parse_count(value: Any, where: str) -> int:
@@ -93,8 +94,9 @@ def parse_count(value: Any, where: str) -> int:
     else:
         raise ManifestError(f"{where}: expected a count like '100B', got {type(value).__name__}")
     result = number * scale
-    if not math.isfinite(result) or result <= 0:
-        raise ManifestError(f"{where}: must be a positive count, got {value!r}")
+    if not math.isfinite(result) or round(result) < 1:
+        # Checked after rounding: 0.4 would otherwise pass as a count and build as 0.
+        raise ManifestError(f"{where}: must be a count of at least 1, got {value!r}")
     return int(round(result))
 
 
@@ -354,12 +356,18 @@ def _parse_dedup(obj: Any, where: str) -> DedupConfig:
         _expect(isinstance(minhash, dict), f"{where}.minhash", "expected an object of MinHash parameters")
         _check_keys(minhash, set(MINHASH_FIELDS), set(), f"{where}.minhash")
         if "threshold" in minhash:
-            _number(minhash["threshold"], f"{where}.minhash.threshold", 0.0, 1.0)
-        for key in ("num_perm", "ngram", "seed"):
+            threshold = _number(minhash["threshold"], f"{where}.minhash.threshold", 0.0, 1.0)
+            _expect(threshold > 0, f"{where}.minhash.threshold", "must be above 0 (1 keeps only identical "
+                    "signatures), got 0")
+        for key in ("num_perm", "ngram"):
             if key in minhash:
-                _expect(isinstance(minhash[key], int) and not isinstance(minhash[key], bool)
-                        and minhash[key] >= (0 if key == "seed" else 1),
+                _expect(isinstance(minhash[key], int) and not isinstance(minhash[key], bool) and minhash[key] >= 1,
                         f"{where}.minhash.{key}", f"expected a positive integer, got {minhash[key]!r}")
+        if "seed" in minhash:
+            seed = minhash["seed"]
+            _expect(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < MINHASH_SEED_LIMIT,
+                    f"{where}.minhash.seed", f"expected an integer from 0 to 2**32 - 1 (datasketch's permutations "
+                    f"come from numpy's RandomState), got {seed!r}")
     return DedupConfig(exact=exact, minhash=minhash)
 
 
@@ -565,6 +573,10 @@ def manifest_from_dict(data: Any, path: str | None = None) -> Manifest:
         _expect(s.name not in seen, f"sources[{i}].name", f"duplicate source name {s.name!r}")
         seen.add(s.name)
     sources = _check_shares(sources, version, kind)
+    for i, s in enumerate(sources):
+        _expect(s.dedup.minhash is None or "seed" in s.dedup.minhash or seed < MINHASH_SEED_LIMIT,
+                f"sources[{i}].dedup.minhash.seed", f"MinHash takes the manifest seed by default, and {seed} is "
+                "2**32 or more (datasketch's permutations come from numpy's RandomState); set this seed")
     data_root = data.get("data_root")
     if data_root is not None:
         _string(data_root, "data_root")

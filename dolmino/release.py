@@ -240,11 +240,15 @@ def _dolmino_version() -> str:
 
 
 def _build_summary(build_dir: str) -> dict:
-    with open(os.path.join(build_dir, "manifest.json"), encoding="utf-8") as fh:
-        manifest = json.load(fh)
-    with open(os.path.join(build_dir, "report.json"), encoding="utf-8") as fh:
-        report = json.load(fh)
-    return _summary(manifest, report)
+    docs = []
+    for name in ("manifest.json", "report.json"):
+        path = os.path.join(build_dir, name)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                docs.append(json.load(fh))
+        except ValueError as exc:  # a torn copy: nothing is uploaded (the summary is read first)
+            raise ReleaseError(f"{path}: not valid JSON ({exc}); copy or rebuild the build again") from None
+    return _summary(*docs)
 
 
 def _summary(manifest, report) -> dict:
@@ -608,6 +612,7 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
         raise ReleaseError(f"{release_uri}: inside the build {source.where} it would publish; "
                            "put releases under another prefix")
     files = source.files
+    summary = source.summary()  # before any upload: a torn report.json stops the publish here
     s3.check_bucket(bucket)
 
     def exists_error() -> ReleaseExistsError:
@@ -648,7 +653,7 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
             "data_prefix": data_prefix,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "dolmino_version": _dolmino_version(),
-            **source.summary(),
+            **summary,
             "total_bytes": sum(e["size"] for e in entries),
             "files": entries,
         }

@@ -24,6 +24,9 @@ from dolmino.errors import ManifestError
 from dolmino.manifest import PASSES_TOLERANCE, Manifest, format_count
 
 SHORTFALL_TOLERANCE = 0.005
+# How far an estimated pool (not every document tokenized) may be from the manifest's
+# pool_tokens before the report says the manifest's passes were missed because of it.
+POOL_ESTIMATE_TOLERANCE = 0.05
 
 
 def _pool_filter_chain(source, acc: dict) -> list[dict]:
@@ -90,10 +93,27 @@ def _explain_empty(warnings: list[str], name: str, acc: dict) -> None:
             warnings[i] = f"{text} (of {acc['docs_in']:,} documents: {', '.join(why)})"
 
 
+def _pool_size_missed(source, pool_tokens: int, exact: bool, out_tokens: int) -> list[str]:
+    """A source whose achieved passes miss the manifest's because its pool is not the size the
+    manifest states. The build plans against the stated pool_tokens (a budget that scales
+    every source is warned about when the build starts, from the plan)."""
+    stated = source.pool_tokens
+    if not (source.source_percent and stated and pool_tokens):
+        return []
+    achieved = 100.0 * out_tokens / pool_tokens
+    off_pool = abs(pool_tokens / stated - 1) > (PASSES_TOLERANCE if exact else POOL_ESTIMATE_TOLERANCE)
+    if not off_pool or abs(achieved / source.source_percent - 1) <= PASSES_TOLERANCE:
+        return []
+    return [f"source {source.name!r}: took {achieved:.4g}% of its pool, the manifest says {source.source_percent:.4g}% "
+            f"(the pool holds {'' if exact else '~'}{format_count(pool_tokens)} tokens after filtering, the manifest's "
+            f"pool_tokens {format_count(stated)}; a pool build's report measures it)"]
+
+
 def build_report(manifest: Manifest, budget: int, sources: list[dict], selections, tok_stats, parts, tagged, state,
                  *, elapsed_s: float, cluster: dict, out: str, attributes: str, resumed: bool) -> dict:
     total_tokens = sum(p.tokens for p in parts)
     total_docs = sum(p.docs for p in parts)
+    units = sum(len(b.units) for b in tagged.bundles)
     fractions = _stated_fractions(manifest, parts)
     tokenized_total = {"docs": 0, "tokens": 0}
     report_sources = []
@@ -131,6 +151,8 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
             warnings.append(f"source {source.name!r}: the pool holds {format_count(out_tokens)} tokens, the manifest "
                             f"expects {format_count(source.pool_tokens)} ({out_tokens / source.pool_tokens:.3g}x; "
                             "a mix manifest's pool_tokens for it should say what the pool holds)")
+        if manifest.kind != "pool" and manifest.passes_authority:
+            warnings += _pool_size_missed(source, pool_tokens, exact, out_tokens)
         if out_tokens < sel.target_tokens * (1 - SHORTFALL_TOLERANCE):
             warnings.append(f"source {source.name!r}: wrote {out_tokens:,} tokens, {sel.target_tokens - out_tokens:,} "
                             f"short of its target {sel.target_tokens:,}")
@@ -178,6 +200,7 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
         "warnings": warnings,
         "attributes": attributes,
         "run": {"elapsed_s": round(elapsed_s, 2), **cluster, "resumed": resumed,
+                "units": units, "units_tagged": tagged.tagged_units, "units_reused": units - tagged.tagged_units,
                 "parts_reused": sum(1 for p in parts if p.skipped), "stages": state.stages,
                 "persisted_bytes": state.persisted, "python": platform.python_version(),
                 "machine": platform.machine()},
@@ -203,29 +226,37 @@ def render_markdown(report: dict) -> str:
     lines = [
         f"# Mix {report['manifest']} (budget {format_count(report['budget'])}, seed {report['seed']})",
         "",
-        "| source | docs in | quarantined | removed | pool docs | pool tokens | target | output tokens "
-        "| passes (manifest) | passes (achieved) | Mix % (manifest) | Mix % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| source | docs in | quarantined | removed | pool docs | removed when tokenized | pool tokens | target "
+        "| output tokens | passes (manifest) | passes (achieved) | Mix % (manifest) | Mix % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in report["sources"]:
-        removed = sum(r["docs"] for r in s["removed"].values()) + sum(
-            r["docs"] for r in s["tokenized"]["removed"].values())
+        removed = sum(r["docs"] for r in s["removed"].values())
+        removed_tokenized = sum(r["docs"] for r in s["tokenized"]["removed"].values())
         manifest_passes = None if s["source_percent_manifest"] is None else s["source_percent_manifest"] / 100
         pool = ("" if s["pool_tokens_exact"] else "~") + format_count(s["pool_tokens"])
         lines.append(
             f"| {s['name']} | {s['docs_in']:,} | {sum(s['quarantined'].values()):,} | {removed:,} "
-            f"| {s['kept_docs']:,} | {pool} | {format_count(s['target_tokens'])} | {format_count(s['output_tokens'])} "
+            f"| {s['kept_docs']:,} | {removed_tokenized:,} | {pool} | {format_count(s['target_tokens'])} "
+            f"| {format_count(s['output_tokens'])} "
             f"| {'-' if manifest_passes is None else f'{manifest_passes:.4g}'} | {s['passes']:.4g} "
             f"| {_pct(s['mix_percent_manifest'])} | {_pct(s['mix_percent'])} |")
     out = report["output"]
     totals = report["totals"]
     lines += ["",
+              "Docs in = quarantined + removed + pool docs. Removed when tokenized: documents of the pool that "
+              "filters deciding on token ids removed, among those tokenized (a source cut by hash tokenizes only what "
+              "it may take). "
               "Pool tokens: tokens of the documents that pass filters and dedup (~ = estimated from bytes and the "
               "tokens per byte of what was tokenized). Passes: output tokens / pool tokens (Table 13's Source % / 100). "
               "Mix %: share of the output tokens.", "",
               f"Output: {out['docs']:,} document instances, {out['tokens']:,} tokens in {out['files']} part(s). "
               f"Tokenized {totals['tokens_tokenized']:,} tokens for {totals['tokens_written']:,} written "
               f"({totals['tokenized_per_written']:.3f} per token written).", ""]
+    run = report.get("run", {})
+    if "units_tagged" in run:
+        lines += [f"Attributes ({report.get('attributes')}): {run['units_tagged']:,} of {run['units']:,} input "
+                  f"unit(s) tagged by this build, {run['units_reused']:,} reused.", ""]
     control = [(s["name"], s["tokenized"].get("control_token_docs", 0), s["tokenized"].get("eos_in_span_docs", 0))
                for s in report["sources"]]
     if any(c or e for _, c, e in control):

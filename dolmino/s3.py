@@ -33,6 +33,7 @@ S3_SCHEME = "s3://"
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 _CHECKSUM_OPTIONS = ("request_checksum_calculation", "response_checksum_validation")
+_ENDPOINT_URL_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")  # boto3's order of precedence for S3
 _ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
                  "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE", *(f"AWS_{o.upper()}" for o in _CHECKSUM_OPTIONS))
 # Hosts of AWS's own S3 endpoints (standard, China, dual-stack/new-style).
@@ -52,6 +53,11 @@ _SECRET_PATTERNS = (
 
 class S3PathError(FileNotFoundError):
     """An s3:// location that does not exist (bucket or object)."""
+
+
+class S3URIError(ValueError):
+    """An s3:// URI that cannot name an object (a bucket name S3 does not allow): a user's
+    typo, reported as one line by every command (`cli_errors`)."""
 
 
 class NoSuchBucket(S3PathError):
@@ -92,7 +98,8 @@ def split_uri(uri: str) -> tuple[str, str]:
         raise ValueError(f"{uri!r}: not an s3:// URI")
     bucket, _, key = uri[len(S3_SCHEME):].partition("/")
     if not _BUCKET_RE.match(bucket) or ".." in bucket:
-        raise ValueError(f"{uri!r}: {bucket!r} is not a valid S3 bucket name")
+        raise S3URIError(f"{uri!r}: {bucket!r} is not a valid S3 bucket name (3-63 characters: lower-case letters, "
+                         "digits, '.' and '-')")
     return bucket, key
 
 
@@ -123,14 +130,28 @@ def client():
             retries = {"max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS") or DEFAULT_MAX_ATTEMPTS),
                        "mode": os.environ.get("AWS_RETRY_MODE") or "adaptive"}
             config = Config(retries=retries, max_pool_connections=32, connect_timeout=20, read_timeout=120)
-            found = session.client("s3", config=config)
+            # botocore signs with SigV4 and ignores a URL's user:password@ (it sends neither);
+            # left in, the password would be in every error message that names a URL, on
+            # executors too, where Spark logs tracebacks as they are.
+            endpoint = next((os.environ[n] for n in _ENDPOINT_URL_ENV if os.environ.get(n)), None)
+            bare = {"endpoint_url": without_userinfo(endpoint)} if endpoint and "@" in endpoint else {}
+            found = session.client("s3", config=config, **bare)
             checksums = _compatible_checksums(session, found.meta.endpoint_url)
             if checksums:
-                found = session.client("s3", config=config.merge(Config(**checksums)))
+                found = session.client("s3", config=config.merge(Config(**checksums)), **bare)
             # Drop clients of other pids (inherited through fork) and stale settings.
             _CLIENTS.clear()
             _CLIENTS[key] = found
     return found
+
+
+def without_userinfo(url: str) -> str:
+    """`url` without the user:password@ of its authority (what botocore would ignore anyway)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
 
 
 def _compatible_checksums(session, endpoint_url: str) -> dict:
@@ -163,7 +184,7 @@ def _endpoint_passwords() -> list[str]:
     from urllib.parse import unquote
 
     found = []
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+    for name in _ENDPOINT_URL_ENV:
         url = os.environ.get(name) or ""
         userinfo = url.partition("://")[2].split("/", 1)[0].rpartition("@")[0]
         if ":" in userinfo:
@@ -214,7 +235,7 @@ _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToke
 
 def _one_s3_failure(exc: BaseException) -> str | None:
     """The message for one exception of the chain, or None if it is not an S3/network failure."""
-    if isinstance(exc, (S3PathError, S3DeleteError)):
+    if isinstance(exc, (S3PathError, S3DeleteError, S3URIError)):
         return str(exc)
     if "botocore" in sys.modules:  # not imported: the exception cannot be one of its classes
         from botocore import exceptions as bex

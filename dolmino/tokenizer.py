@@ -149,6 +149,21 @@ def _remember(key: tuple, value):
     return value
 
 
+def control_id_problems(json_text: str, eos_token_id: int, bos_token_id: int | None) -> list[str]:
+    """What is wrong with the ids a build writes around each document, one text per field.
+
+    EOS (and BOS, when set) must be one of the tokenizer's added tokens: an id of ordinary
+    text (`"eos_token_id": 0` is "!" in dolma2) would end every document with a character
+    that text also encodes to, and nothing downstream could find the documents' ends."""
+    added = json.loads(json_text).get("added_tokens") or []
+    ids = {a["id"] for a in added}
+    special = [f"{a['content']} = {a['id']}" for a in sorted(added, key=lambda a: a["id"]) if a.get("special")]
+    named = ", ".join(special[:4]) + (", ..." if len(special) > 4 else "")
+    return [f"tokenizer.{name}: {value} is not one of the tokenizer's added tokens (special ones: {named})"
+            for name, value in (("eos_token_id", eos_token_id), ("bos_token_id", bos_token_id))
+            if value is not None and value not in ids]
+
+
 class Dolma2Tokenizer:
     """Picklable tokenizer: built lazily from JSON text on first use in each process.
 

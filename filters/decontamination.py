@@ -688,7 +688,24 @@ def index_coverage(index_path: str, exclude_tasks: Iterable[str] = (), exclude_s
                             "released_missing": released_missing, "note": note})
         out[status].append(name)
     out["other_tasks"] = {t: dict(v) for t, v in sorted(instances.items()) if t not in PAPER_EVAL_SETS}
+    out["unknown_exclusions"] = _unknown_exclusions(sets, exclude_tasks, exclude_splits)
     return out
+
+
+def _unknown_exclusions(sets: list[tuple[str, str]], exclude_tasks: list[str], exclude_splits: list[str]) -> list[str]:
+    """Exclusions that name neither a set of the index nor a released split of a paper eval set:
+    most likely typos, which would otherwise leave the set they meant in the check, silently.
+    A released split the index lacks (GSM8K train, which is not packaged) is not one."""
+    from dolmino.evalsets import PAPER_EVAL_SETS, RELEASED_SPLITS
+
+    tasks = {t for t, _ in sets} | set(PAPER_EVAL_SETS)
+    known = set(sets) | {(t, sp) for t, splits in RELEASED_SPLITS.items() for sp in (*splits, "fewshot")}
+    unknown = [t for t in exclude_tasks if t not in tasks]
+    for entry in exclude_splits:
+        task, _, split = entry.rpartition(":")
+        if not any(sp == split and (not task or t == task) for t, sp in known):
+            unknown.append(entry)
+    return unknown
 
 
 # ---------------------------------------------------------------------------- report

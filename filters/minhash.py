@@ -63,8 +63,8 @@ class MinHashConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"minhash {name} must be a positive integer, got {value!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"minhash seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"minhash seed must be an integer from 0 to 2**32 - 1, got {self.seed!r}")
         if not (isinstance(self.threshold, (int, float)) and 0.0 < float(self.threshold) <= 1.0):
             raise ValueError(f"minhash threshold must be in (0, 1], got {self.threshold!r}")
         if (self.bands is None) != (self.rows is None):

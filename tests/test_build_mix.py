@@ -241,6 +241,25 @@ def test_cli_out_at_a_bucket_root_needs_explicit_attributes(tmp_path, capsys):
         assert "is a bucket's root" in capsys.readouterr().err
 
 
+def test_cli_checks_out_and_attributes_before_any_work(tmp_path, capsys, s3_server):
+    """Each of these failed only after the tag phase (a traceback for the first two): an --out
+    that is a file, a bucket name S3 does not allow, a bucket that does not exist."""
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(_manifest(tmp_path)))
+    (tmp_path / "afile").write_text("hi")
+    afile, attrs, bad = str(tmp_path / "afile"), str(tmp_path / "a"), "'Bad_Bucket' is not a valid S3 bucket"
+    cases = [(["--out", afile], f"--out {afile}: exists and is not a directory"),
+             (["--out", "s3://Bad_Bucket/x", "--attributes", attrs], bad),
+             (["--out", str(tmp_path / "o"), "--attributes", "s3://Bad_Bucket/a"], bad),
+             (["--out", "s3://no-such-bucket-here/x", "--attributes", str(tmp_path / "a")],
+              "s3://no-such-bucket-here: bucket does not exist")]
+    for args, message in cases:
+        assert build_main(["--manifest", str(path), *args]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "o").exists()
+
+
 def test_cli_rejects_negative_read_ahead(tmp_path, capsys):
     path = tmp_path / "m.json"
     path.write_text(json.dumps(_manifest(tmp_path)))
@@ -263,7 +282,8 @@ def test_report_filter_chain_accounts_for_every_document(built):
 
 def test_rerun_keeps_committed_parts_and_rebuilds_missing_ones(built, inputs, spark, tmp_path):
     """What a killed build leaves (some parts committed, no report.json) is finished by the same
-    command: committed parts are kept, the missing ones rebuilt, the result byte-identical."""
+    command: committed parts are kept, the missing and damaged ones rebuilt, the result
+    byte-identical."""
     import shutil
 
     out, report = built
@@ -276,12 +296,19 @@ def test_rerun_keeps_committed_parts_and_rebuilds_missing_ones(built, inputs, sp
     lost = sorted(again.glob("part-00001*"))
     for p in lost + [again / "_parts" / "part-00001.json"]:
         p.unlink()
+    # A committed part damaged since (same size, one byte changed) is written again, not
+    # certified by the new report: the rerun checks the SHA-256 of every part it keeps.
+    assert report["output"]["files"] >= 3
+    damaged = bytearray((again / "part-00002.npy").read_bytes())
+    damaged[400] ^= 0xFF
+    (again / "part-00002.npy").write_bytes(bytes(damaged))
     kept_mtime = (again / "part-00000.npy").stat().st_mtime_ns
     resumed = build(manifest_from_dict(_manifest(inputs)), BUDGET, str(again), spark, attributes=str(attributes))
     assert _digest(again) == want
     assert resumed["run"]["resumed"] and (again / "part-00000.npy").stat().st_mtime_ns == kept_mtime
-    # Only the lost part was rewritten; the accounting is the clean build's (saved in _plan.json).
-    assert resumed["run"]["parts_reused"] == report["output"]["files"] - 1
+    # Only the lost and the damaged parts were rewritten; the accounting is the clean build's
+    # (saved in _plan.json).
+    assert resumed["run"]["parts_reused"] == report["output"]["files"] - 2
     assert resumed["totals"] == report["totals"] and resumed["sources"] == report["sources"]
 
 
@@ -328,3 +355,78 @@ def test_a_pool_build_warns_of_an_empty_pool_and_of_a_size_off_the_manifest(inpu
         f"documents: min_length:tokens<1000000000 {short:,}, quarantined 3)",
         f"source 'wiki': the pool holds {format_count(wiki)} tokens, the manifest expects 3.66B "
         f"({wiki / 3.66e9:.3g}x; a mix manifest's pool_tokens for it should say what the pool holds)"]
+
+
+def test_an_input_rewritten_after_tagging_fails_instead_of_mixing_other_documents(inputs, spark, tmp_path):
+    """Selection, dedup and verdicts are made on what the tag phase read. A file rewritten
+    since with the same lines in another order (its listed version kept, as a copy that
+    preserves mtimes would keep it) must fail the mix, not put other documents under those
+    decisions: the tokenize stage checks each document against its line's attributes."""
+    import os
+
+    victim = tmp_path / "data" / "wiki" / "a.jsonl"
+    victim.parent.mkdir(parents=True)
+    lines = [json.dumps(d) for _, d in read_documents(str(inputs / "wiki" / "a.jsonl.zst"), Quarantine())]
+    victim.write_text("\n".join(lines) + "\n")
+    spec = {"name": "rewritten", "version": 1, "seed": 5, "budget": 20_000, "data_root": str(victim.parent.parent),
+            "sources": [{"name": "wiki", "paths": ["wiki/*.jsonl*"], "mix_percent": 100.0}]}
+    attrs = str(tmp_path / "attrs")
+    build(manifest_from_dict(spec), 20_000, str(tmp_path / "o"), spark, attributes=attrs, phase="tag")
+    stat = victim.stat()
+    victim.write_text("\n".join(lines[::-1]) + "\n")  # the same bytes in all, other documents at each line
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert victim.stat().st_size == stat.st_size
+    with pytest.raises(Exception, match="is not the document tagged there"):
+        build(manifest_from_dict(spec), 20_000, str(tmp_path / "o"), spark, attributes=attrs, phase="mix")
+
+
+def test_the_tokenizers_eos_must_be_one_of_its_added_tokens(inputs, spark, tmp_path):
+    """`"eos_token_id": 0` is "!" in dolma2: every document would end in a character text also
+    encodes to. The build refuses it before any work, naming the field."""
+    from dolmino.errors import ManifestError
+
+    spec = _manifest(inputs, tokenizer={"eos_token_id": 0})
+    with pytest.raises(ManifestError, match=r"^tokenizer\.eos_token_id: 0 is not one of the tokenizer's added tokens "
+                                            r"\(special ones: <\|endoftext\|> = 100257"):
+        build(manifest_from_dict(spec), BUDGET, str(tmp_path / "o"), spark, attributes=str(tmp_path / "a"))
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_tiny_budget_tokenizes_nothing_for_sources_it_gives_nothing(inputs, spark, tmp_path):
+    """Budget 1: three of the four sources get 0 tokens. They used to be tokenized whole
+    ("all" mode) to take nothing. `"minhash": {}` asks for MinHash dedup with every default
+    (it was read as no MinHash, an empty object being falsy)."""
+    spec = _manifest(inputs, budget=1)
+    spec["sources"][2]["dedup"] = {"minhash": {}}
+    report = build(manifest_from_dict(spec), 1, str(tmp_path / "o"), spark, attributes=str(tmp_path / "a"))
+    zero = [s for s in report["sources"] if s["target_tokens"] == 0]
+    assert len(zero) == 3 and all(s["tokenized"]["docs"] == 0 and s["output_tokens"] == 0 for s in zero)
+    wiki = report["sources"][2]
+    assert wiki["name"] == "wiki" and wiki["minhash"]["docs_in"] == wiki["docs_in"] > 0
+    assert report["run"]["units_tagged"] == report["run"]["units"] > 0
+
+
+def test_passes_missed_because_the_pool_is_not_its_stated_size_are_a_warning(inputs, spark, tmp_path):
+    """A passes manifest plans against its stated pool_tokens; a pool that holds far more
+    takes a smaller share of it than the manifest says, which the report must say, naming
+    both sizes. report.md's summary row balances (docs in = quarantined + removed + pool
+    docs) with token filters removing documents too, which get their own column."""
+    spec = {"name": "passes", "version": 2, "seed": 9, "data_root": str(inputs),
+            "sources": [{"name": "wiki", "paths": ["wiki/*.jsonl*"], "source_percent": 50, "pool_tokens": "10K"},
+                        {"name": "web", "paths": ["web/*.jsonl*"], "source_percent": 100, "pool_tokens": "20K",
+                         "filters": [{"type": "min_length", "min_tokens": 600}]}]}
+    manifest = manifest_from_dict(spec)
+    out = tmp_path / "o"
+    report = build(manifest, manifest.budget, str(out), spark, attributes=str(tmp_path / "a"))
+    wiki = report["sources"][0]
+    assert wiki["pool_tokens"] > 10_500
+    pool = ("" if wiki["pool_tokens_exact"] else "~") + format_count(wiki["pool_tokens"])
+    assert (f"source 'wiki': took {100 * wiki['passes']:.4g}% of its pool, the manifest says 50% (the pool holds "
+            f"{pool} tokens after filtering, the manifest's pool_tokens 10K; a pool build's report measures it)"
+            in report["warnings"])
+    md = (out / "report.md").read_text()
+    web = report["sources"][1]
+    row = next(line for line in md.splitlines() if line.startswith("| web |")).split("|")[2:7]
+    docs_in, quarantined, removed, pool_docs, removed_tokenized = (int(c.strip().replace(",", "")) for c in row)
+    assert docs_in == web["docs_in"] == quarantined + removed + pool_docs
+    assert removed_tokenized == web["tokenized"]["removed"]["min_length:tokens<600"]["docs"] > 0

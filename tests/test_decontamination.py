@@ -694,6 +694,12 @@ def test_index_coverage_record(tmp_path, suite_instances, capsys):
     assert rows["arc_easy"]["note"] == "not in this index" and rows["arc_easy"]["instances_total"] == 0
     assert cov["complete"] == ["GSM8K"] and cov["partial"] == ["MATH"] and len(cov["missing"]) == 18
     assert cov["sources"] == evalsets.source_versions() and cov["other_tasks"] == {}
+    # Exclusions naming no set of the index nor a released split of a paper set: typos, which
+    # would leave the set meant in the check (the build warns of them)
+    typos = decon.index_coverage(str(index_path), exclude_tasks=["boolqq", "bbh", "gsm8k"],
+                                 exclude_splits=["gsm8k:trian", "minerva_math:train", "gsm8k:fewshot", "valdation"])
+    assert typos["unknown_exclusions"] == ["boolqq", "gsm8k:trian", "valdation"]
+    assert cov["unknown_exclusions"] == []
     excluded = decon.index_coverage(str(index_path), exclude_splits=["gsm8k:train"])
     gsm = next(r for r in excluded["sets"] if r["task"] == "gsm8k")
     assert gsm["status"] == "partial" and gsm["excluded"] == ["train"] and gsm["instances"] == {"test": 1319}

@@ -21,6 +21,7 @@ from dolmino.build.cli import executor_failure
     ("no-such-key", "NoSuchKey: An error occurred (NoSuchKey) when calling the GetObject operation: The specified "
                     "key does not exist."),
     ("build", "BuildError: web/a.jsonl.zst: changed since it was tagged; run `dolmino tag`"),
+    ("changed", "InputChangedError: web/a.jsonl: line 3 is not the document tagged there"),
     ("bug", None),
 ])
 def test_an_executor_failure_is_one_line(spark, kind, line):
@@ -28,7 +29,7 @@ def test_an_executor_failure_is_one_line(spark, kind, line):
         from botocore.exceptions import ClientError
 
         from dolmino import s3
-        from dolmino.errors import BuildError
+        from dolmino.errors import BuildError, InputChangedError
 
         if kind == "object":
             raise s3.S3PathError("s3://b/data/web/a.jsonl.zst: no such object")
@@ -46,6 +47,8 @@ def test_an_executor_failure_is_one_line(spark, kind, line):
                                                          "exist."}}, "GetObject")
         if kind == "build":
             raise BuildError("web/a.jsonl.zst: changed since it was tagged; run `dolmino tag`")
+        if kind == "changed":
+            raise InputChangedError("web/a.jsonl: line 3 is not the document tagged there")
         raise RuntimeError("a bug, not the data's fault")
 
     with pytest.raises(Exception) as info:

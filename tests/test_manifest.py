@@ -226,7 +226,7 @@ def test_parse_count(text, expected):
     assert parse_count(text, "budget") == expected
 
 
-@pytest.mark.parametrize("bad", ["", "B", "-5B", "10X", "1e9", True, None, "0"])
+@pytest.mark.parametrize("bad", ["", "B", "-5B", "10X", "1e9", True, None, "0", 0.4, "0.4"])
 def test_parse_count_rejects(bad):
     with pytest.raises(ManifestError, match="^budget:"):
         parse_count(bad, "budget")
@@ -256,6 +256,14 @@ def _base() -> dict:
     (lambda m: m["sources"][4].update(pool_tokens="many"), "sources[4].pool_tokens:"),
     (lambda m: m["sources"][0].update(dedup={"fuzzy": True}), "sources[0].dedup.fuzzy: unknown field"),
     (lambda m: m["sources"][0].update(dedup={"minhash": {"threshold": 2}}), "sources[0].dedup.minhash.threshold:"),
+    # 0 passed the range check and failed in the MinHash stage, after tagging (a counted traceback)
+    (lambda m: m["sources"][0].update(dedup={"minhash": {"threshold": 0}}), "sources[0].dedup.minhash.threshold:"),
+    # numpy's RandomState (datasketch's permutations) takes seeds below 2**32; this failed inside Spark
+    (lambda m: m["sources"][0].update(dedup={"minhash": {"seed": 2**32}}), "sources[0].dedup.minhash.seed:"),
+    (lambda m: (m.update(seed=2**32), m["sources"][0].update(dedup={"minhash": {}})),
+     "sources[0].dedup.minhash.seed: MinHash takes the manifest seed"),
+    (lambda m: m.update(budget=0.4), "budget: must be a count of at least 1"),
+    (lambda m: m.update(output_format={"tokens_per_file": 0.3}), "output_format.tokens_per_file:"),
     (lambda m: m["sources"][0].update(filters=[{"type": "nope"}]), "sources[0].filters[0]"),
     (lambda m: m["sources"][0].update(filters={"type": "min_length"}), "sources[0].filters:"),
     (lambda m: m.update(tokenizer={"eos_token_id": 200000}), "tokenizer.eos_token_id:"),
@@ -276,6 +284,13 @@ def test_errors_name_the_bad_field(mutate, field):
     with pytest.raises(ManifestError) as info:
         manifest_from_dict(m, str(MANIFESTS / "demo.json"))
     assert str(info.value).startswith(field), str(info.value)
+
+
+def test_a_large_manifest_seed_is_fine_when_minhash_states_its_own():
+    m = copy.deepcopy(_base())
+    m["seed"] = 2**40
+    m["sources"][0]["dedup"] = {"minhash": {"seed": 7}}
+    assert manifest_from_dict(m, str(MANIFESTS / "demo.json")).seed == 2**40
 
 
 def test_bad_json_names_position(tmp_path):

@@ -303,6 +303,10 @@ def test_publish_refuses_unfinished_builds(build_dir, root, tmp_path):
     with pytest.raises(release.ReleaseError, match="still being written"):
         release.publish(str(partial), root, "v6")
     os.remove(partial / "part-00002.npy.tmp4242")
+    (partial / "report.json").write_text("{")  # torn: refused by name before anything is uploaded
+    with pytest.raises(release.ReleaseError, match=r"report\.json: not valid JSON"):
+        release.publish(str(partial), root, "v6")
+    assert not list(s3.list_objects(root + "/"))
     os.remove(partial / "report.json")
     with pytest.raises(release.ReleaseError, match="not a finished build .missing report.json"):
         release.publish(str(partial), root, "v6")

@@ -290,6 +290,38 @@ def test_redact_covers_endpoint_userinfo_in_every_form(monkeypatch):
     assert s3.redact("write to a@b.com or s3://bucket/key") == "write to a@b.com or s3://bucket/key"
 
 
+def test_a_password_in_the_endpoint_url_never_reaches_an_error_message(bucket, monkeypatch):
+    """botocore ignores an endpoint URL's user:password@ (it signs with SigV4), yet names the
+    URL in errors: on executors Spark logs those tracebacks unredacted. The client drops the
+    userinfo, and the driver forwards the endpoint to executors without it."""
+    endpoint = s3.client().meta.endpoint_url
+    scheme, _, authority = endpoint.partition("://")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"{scheme}://alice:PASSWORDXYZ9@{authority}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    cl = s3.client()
+    assert cl.meta.endpoint_url == endpoint
+    cl.put_object(Bucket=bucket, Key="k", Body=b"works")  # the same server, reached without the password
+    assert cl.get_object(Bucket=bucket, Key="k")["Body"].read() == b"works"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://alice:PASSWORDXYZ9@127.0.0.1:9/")  # nothing listens there
+    with pytest.raises(Exception) as info:
+        s3.client().get_object(Bucket=bucket, Key="k")
+    assert "127.0.0.1:9" in str(info.value) and "PASSWORDXYZ9" not in str(info.value)
+
+    from dolmino.build.spark import forward_environment
+
+    class FakeContext:
+        environment: dict = {}
+
+        def getConf(self):
+            return {"spark.task.cpus": "1"}
+
+    sc = FakeContext()
+    forward_environment(sc, any_s3=True)
+    assert sc.environment["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:9/"
+    assert s3.without_userinfo("https://a:b@host:1/p@q") == "https://host:1/p@q"
+    assert s3.without_userinfo("http://host") == "http://host"
+
+
 def test_cli_errors_decorator_and_context_manager(s3_server, capsys, monkeypatch):
     from botocore import exceptions as bex
 

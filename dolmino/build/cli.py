@@ -77,6 +77,20 @@ def _location(value: str) -> str:
     return value if value.startswith("s3://") else os.path.abspath(value)
 
 
+def _check_locations(out: str, attributes: str) -> None:
+    """What would otherwise fail only after the tag phase: an --out that is a file, an s3://
+    location whose bucket name is invalid or whose bucket does not exist."""
+    from dolmino import s3
+
+    for flag, location in (("--out", out), ("--attributes", attributes)):
+        if not location:
+            continue
+        if s3.is_s3(location):
+            s3.check_bucket(s3.split_uri(location)[0])  # S3URIError / NoSuchBucket: one line naming it
+        elif os.path.exists(location) and not os.path.isdir(location):
+            raise BuildError(f"{flag} {location}: exists and is not a directory")
+
+
 def prepare(args: argparse.Namespace, phase: str):
     """(manifest, BuildOptions) from the command line; raises ManifestError/BuildError."""
     from dolmino.build.inputs import list_inputs
@@ -101,6 +115,7 @@ def prepare(args: argparse.Namespace, phase: str):
                             + (" (or --attributes)" if phase == "tag" else ""))
     out = _location(out) if out else ""
     attributes = _location(args.attributes) if args.attributes else default_attributes_root(out)
+    _check_locations(out, attributes)
     task_bytes = parse_count(args.task_size, "--task-size")
     if args.read_ahead < 0:
         raise BuildError(f"--read-ahead must be 0 or more, got {args.read_ahead}")
@@ -117,8 +132,8 @@ def prepare(args: argparse.Namespace, phase: str):
 # A traceback names a class by its module (`dolmino.s3.S3PathError`, botocore's generated
 # `botocore.errorfactory.NoSuchKey`), builtins by their bare name.
 _EXECUTOR_ERRORS = re.compile(
-    r"^(?:dolmino\.(?:errors|s3)\.)?(BuildError|ManifestError|FileNotFoundError|S3PathError|NoSuchBucket"
-    r"|S3DeleteError|PermissionError|botocore\.(?:exceptions|errorfactory)\.\w+|EndpointConnectionError"
+    r"^(?:dolmino\.(?:errors|s3)\.)?(BuildError|ManifestError|InputChangedError|FileNotFoundError|S3PathError"
+    r"|NoSuchBucket|S3DeleteError|PermissionError|botocore\.(?:exceptions|errorfactory)\.\w+|EndpointConnectionError"
     r"|NoCredentialsError|ClientError): (.*)$", re.MULTILINE)
 
 

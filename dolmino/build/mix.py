@@ -33,11 +33,11 @@ from dolmino.build.tag import run_tag
 from dolmino.build.write import (
     PARTS_DIR, TokContext, TokDoc, TokStats, WriteContext, order_key, tokenize_units, write_part,
 )
-from dolmino.errors import BuildError
+from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import Manifest
 from dolmino.memmap import part_name
 from dolmino.prefetch import DEFAULT_READ_AHEAD
-from dolmino.tokenizer import Dolma2Tokenizer
+from dolmino.tokenizer import Dolma2Tokenizer, control_id_problems
 from mixers.sampling import bucket_of
 
 
@@ -85,11 +85,14 @@ def _stage_resources(manifest: Manifest, sc) -> dict:
     ship = not is_local(sc)
     resources = {}
     for source in manifest.sources:
-        for spec in source.filters:
+        for i, spec in enumerate(source.filters):
             for param in file_params(spec):
                 uri = spec[param]
                 if uri not in resources:
-                    resources[uri] = stage(uri, sc, ship=ship)
+                    try:
+                        resources[uri] = stage(uri, sc, ship=ship)
+                    except (BuildError, FileNotFoundError) as exc:
+                        raise BuildError(f"source {source.name!r} filters[{i}].{param}: {exc}") from None
     return resources
 
 
@@ -121,6 +124,8 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     forward_environment(sc, any_s3, task_cpus)
     # Each executor task tokenizes with the cores Spark reserved for it, no more.
     tokenizer = Dolma2Tokenizer.from_spec(manifest.tokenizer, threads=task_cpus)
+    if problems := control_id_problems(tokenizer.json_text, tokenizer.eos_token_id, tokenizer.bos_token_id):
+        raise ManifestError("; ".join(problems))
     tok_digest = tokenizer_digest(tokenizer, manifest.tokenizer)
     resources = _stage_resources(manifest, sc)
     store = AttributeStore(options.attributes)
@@ -180,7 +185,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     # ---- selection: tokenize what the mix may take, cut exactly
     tok_ctx = sc.broadcast(TokContext(
         store, tagged.plans, _token_filters(manifest), tuple(s.max_doc_tokens for s in manifest.sources), resources,
-        {u.index: u for u in units}, tagged.first_lines, tokenizer, options.read_ahead))
+        {u.index: u for u in units}, tagged.first_lines, tokenizer, options.read_ahead, manifest.seed))
     saved = output.read_json(options.out, output.PLAN_FILE)
     resume = bool(saved and saved.get("plan") == plan_hash)
     num_parts = saved["parts"] if resume else 0
@@ -259,6 +264,9 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
 
     for si, coverage in _decontamination_coverage(manifest, resources).items():
         sources[si]["decontamination_coverage"] = coverage
+        state.warnings += [f"source {manifest.sources[si].name!r} {c['filter']}: {', '.join(c['unknown_exclusions'])} "
+                           "names no eval set of the index nor a released split of one; nothing is excluded for it"
+                           for c in coverage if c.get("unknown_exclusions")]
     budget = options.budget if manifest.kind != "pool" else sum(s.target_tokens for s in selections)
     report = build_report(manifest, budget, sources, selections, tok_stats, parts, tagged,
                           state, elapsed_s=time.time() - started, cluster=cluster_info(sc),

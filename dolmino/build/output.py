@@ -2,7 +2,8 @@
 
 A build is complete when `report.json` exists: the driver writes it last, after checking
 that every part an executor reported is at the output location with the size and SHA-256
-the executor reported. A run starts by deleting `report.json`, so an interrupted run is
+the executor reported (and, on a rerun, that every part it keeps from the earlier run
+still is). A run starts by deleting `report.json`, so an interrupted run is
 never mistaken for a finished one (`dolmino validate`, the trainer and `dolmino release
 publish` refuse a directory without it).
 
@@ -48,9 +49,11 @@ def write_json(out: str, name: str, data: dict) -> None:
 
 
 def committed_parts(out: str, plan_hash: str, num_parts: int) -> dict[int, PartResult]:
-    """Parts committed by an earlier run of the same plan whose files are all still there."""
+    """Parts committed by an earlier run of the same plan whose files are all still there, as
+    committed: each file is checked as `verify_parts` checks new ones (size and SHA-256), so
+    a part damaged or replaced since is written again instead of certified by the new report."""
     sizes = list_files(out)
-    done = {}
+    candidates = []
     for name in sizes:
         if not (name.startswith(PARTS_DIR + "/") and name.endswith(".json")):
             continue
@@ -59,10 +62,13 @@ def committed_parts(out: str, plan_hash: str, num_parts: int) -> dict[int, PartR
             continue
         files = tuple(_part_file(f) for f in record["files"])
         if all(sizes.get(f.name) == f.size for f in files):
-            done[record["index"]] = PartResult(record["index"], record["tokens"], record["docs"],
-                                               record["tokens_by_source"], record["docs_by_source"], files,
-                                               record.get("doc_hist", {}), True)
-    return done
+            candidates.append((record, files))
+    checks = [(f.name, f.size, f.sha256) for _record, files in candidates for f in files]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        damaged = {c[0] for c, problem in zip(checks, pool.map(lambda c: _check_one(out, *c), checks)) if problem}
+    return {record["index"]: PartResult(record["index"], record["tokens"], record["docs"], record["tokens_by_source"],
+                                        record["docs_by_source"], files, record.get("doc_hist", {}), True)
+            for record, files in candidates if not any(f.name in damaged for f in files)}
 
 
 def _part_file(d: dict):

@@ -403,7 +403,7 @@ def dedup(sc, blocks, sources, task_of_bundle, num_tasks: int):
     stage's layout); the result keeps that layout. Exact dedup runs first; near dedup then
     sees the exact survivors."""
     exact = {si for si, s in enumerate(sources) if s.dedup.exact}
-    near = {si for si, s in enumerate(sources) if s.dedup.minhash}
+    near = {si for si, s in enumerate(sources) if s.dedup.minhash is not None}
     removed: dict[int, dict[str, tuple[int, int]]] = {}
     held = []
     for column, involved, reason in (("text_hash", exact, "exact_duplicate"), ("cluster", near, "near_duplicate")):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from dolmino.build.inputs import Unit
+from dolmino.errors import InputChangedError
 from dolmino.documents import DEFAULT_MAX_DOC_BYTES, OversizeLine, Quarantine, parse_line, pick_lines, read_documents
 from dolmino.prefetch import ReadAhead
 
@@ -48,9 +49,11 @@ def read_lines(uri: str, unit: Unit, wanted: list[int],
         next(expected)  # pick_lines gives the wanted lines in order, stopping where the file ends
         doc, reason, detail = (None, "doc_too_large", "") if type(raw) is OversizeLine else parse_line(raw)
         if doc is None:
-            raise OSError(f"{uri}: line {line_no} was a document when tagged but now is not ({reason}: {detail}); "
+            raise InputChangedError(f"{uri}: line {line_no} was a document when tagged but now is not "
+                                    f"({reason}: {detail}); "
                           "the input changed during the build")
         yield line_no, doc
     target = next(expected, None)
     if target is not None:
-        raise OSError(f"{uri}: ends before line {target}, which was a document when tagged; the input changed")
+        raise InputChangedError(f"{uri}: ends before line {target}, which was a document when tagged; "
+                                "the input changed")

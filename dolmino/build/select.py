@@ -120,7 +120,10 @@ def initial_selection(name: str, target: int | None, pool_docs: int, pool_bytes:
     if target is None:
         return SourceSelection(name, 0, pool_docs, pool_bytes, ratio, "all", whole_pool=True)
     sel = SourceSelection(name, target, pool_docs, pool_bytes, ratio, "all", greedy=pool_docs <= SMALL_SOURCE_DOCS)
-    if pool_docs == 0 or target <= 0:
+    if pool_docs == 0:
+        return sel
+    if target <= 0:  # the mix takes nothing of it (a budget too small to share): tokenize nothing
+        sel.mode, sel.bucket_hi = "prefix", 0
         return sel
     if sel.estimated_pool_tokens > PREFIX_FACTOR * target:
         sel.mode = "prefix"

@@ -49,9 +49,14 @@ def forward_environment(sc, any_s3: bool, task_cpus: int | None = None) -> None:
     Python worker: N workers x N threads on an N-core node. Each task gets the cores Spark
     reserved for it (spark.task.cpus, default 1)."""
     if any_s3:
+        from dolmino.s3 import without_userinfo
+
         for key in S3_ENDPOINT_ENV:
             if os.environ.get(key):
-                sc.environment[key] = os.environ[key]
+                # A password in an endpoint URL is of no use to botocore (dolmino.s3.client drops
+                # it), and executor settings are shown in Spark's UI and event log.
+                value = os.environ[key]
+                sc.environment[key] = without_userinfo(value) if key.startswith("AWS_ENDPOINT_URL") else value
     cpus = task_cpus or int(sc.getConf().get("spark.task.cpus", "1"))
     sc.environment["RAYON_NUM_THREADS"] = str(cpus)
     sc.environment["TOKENIZERS_PARALLELISM"] = "true" if cpus > 1 else "false"

@@ -145,7 +145,7 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
             keyed = keyed_spec({"type": spec["type"], **tag_params(filt, spec)}, resources)
             tags.append(FilterTag(f"{spec['type']}-{spec_key(keyed)}", i, spec))
         minhash = None
-        if source.dedup.minhash:
+        if source.dedup.minhash is not None:  # {} asks for MinHash with every default
             minhash = dict(source.dedup.minhash)
             minhash.setdefault("seed", manifest.seed)
         plans.append(SourceTagPlan(
@@ -343,7 +343,7 @@ class TagResult(NamedTuple):
     bundles: tuple[Bundle, ...]
     unit_stats: dict  # unit index -> UnitStats dict: units tagged by this run, and ranges of split files
     first_lines: dict  # unit index -> lines before the unit in its file (byte ranges)
-    tagged_units: int  # units whose docs set was written by this run
+    tagged_units: int  # units in bundles that had an attribute set (documents or a filter's) written by this run
     written: dict  # path -> size of every attribute file written by this run
     minhash: dict  # source name -> MinHash stage stats
     stages: dict  # stage name -> progress record
@@ -493,7 +493,7 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
         stages[f"minhash:{plans[si].name}"] = stage.record
     if records is not None:
         records.unpersist()
-    tagged_units = sum(len(r.stats) for r in results)
+    tagged_units = sum(len(works[r.bundle_index].bundle.units) for r in results if works[r.bundle_index].sets)
     return TagResult(plans, tuple(bundles), stats, offsets, tagged_units, written, minhash_stats, stages)
 
 

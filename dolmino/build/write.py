@@ -30,6 +30,7 @@ from dolmino.build.read import fetch_ahead, read_lines
 from dolmino.build.pool import PoolDoc, loc_of
 from dolmino.checksums import sha256_file
 from dolmino.doc_lengths import histogram
+from dolmino.errors import InputChangedError
 from dolmino.memmap import MemmapPartWriter, part_name
 from dolmino.prefetch import ReadAhead
 from dolmino.storage import write_bytes
@@ -71,6 +72,7 @@ class TokContext(NamedTuple):
     offsets: dict  # unit index -> lines before the unit in its file
     tokenizer: object
     read_ahead: int  # S3 objects a task fetches ahead (dolmino.prefetch)
+    seed: int  # the manifest's: a document's sampling hash checks that it is the one tagged at its line
 
 
 class PartFile(NamedTuple):
@@ -110,6 +112,19 @@ def tokenize_units(groups, ctx_b, counters) -> Iterator[TokDoc | TokStats]:
     for si, st in stats.items():
         yield TokStats(si, st["docs"], st["bytes"], st["tokens"], st["kept_docs"], st["kept_tokens"], st["removed"],
                        st["control"], st["eos_in_span"], cpu)
+
+
+def _check_tagged(doc: dict, pd: PoolDoc, seed: int, source: str, loc: str, uri: str) -> None:
+    """The document read at a line is the one tagged there: its id (through the sampling hash,
+    which also names the source and loc) and its text's length.
+
+    Selection, dedup and every filter's verdict were made on what the tag phase read; an input
+    rewritten since (same lines in another order, an edited document) would otherwise put
+    other documents under those decisions, silently. Costs one hash per document taken."""
+    if seeded_hash(seed, source, doc["id"], loc) != pd.hash or len(doc["text"].encode("utf-8")) != pd.bytes:
+        raise InputChangedError(f"{uri}: line {pd.line} is not the document tagged there (id {doc['id']!r}: its id "
+                                "or text changed); the input changed after it was tagged. Rerun the build (its tag "
+                                "phase re-tags the changed file)")
 
 
 def _tokenize_groups(groups, ctx: TokContext, stats: dict, ahead: ReadAhead, counters) -> Iterator[TokDoc]:
@@ -167,6 +182,8 @@ def _tokenize_groups(groups, ctx: TokContext, stats: dict, ahead: ReadAhead, cou
 
         for line, doc in read_lines(uri, unit, wanted, None, ahead.take(uri)):
             pd = by_line[line]
+            _check_tagged(doc, pd, ctx.seed, plan.name, loc_of(unit.file.name, ctx.offsets[unit_index], pd.loc_line),
+                          uri)
             batch.append((pd, doc))
             batch_bytes += pd.bytes
             if len(batch) >= TOKENIZE_BATCH or batch_bytes >= TOKENIZE_BATCH_BYTES:
