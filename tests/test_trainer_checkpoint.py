@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from trainer.checkpoint import (
-    Checkpointer, capture_rng_state, files_fingerprint, latest_checkpoint, load_checkpoint, load_model_weights,
-    restore_rng_state, weight_files,
+    STATE_FILE, Checkpointer, capture_rng_state, complete_checkpoints, files_fingerprint, latest_checkpoint,
+    load_checkpoint, load_model_weights, restore_rng_state, step_dir_name, weight_files,
 )
 from trainer.config import ModelConfig, RunConfig, TrainConfig
 from trainer.distributed import DistEnv
@@ -62,6 +62,25 @@ def test_resume_reproduces_the_uninterrupted_run_bitwise(tmp_path):
         assert torch.equal(a, b), name
     assert resumed.loader.state_dict() == full.loader.state_dict()
     assert rest.data_stats == result.data_stats  # accounting carries over the resume
+
+
+def test_resume_with_another_data_seed_warns_and_records_the_order_it_continues(tmp_path):
+    """The position saved in a checkpoint indexes its own seed's order, so that order goes on; the
+    new checkpoint's config.json used to record the seed asked for, which the run never used."""
+    data = make_data(tmp_path / "data")
+    Trainer(make_run(data, max_steps=3), CPU, tmp_path / "run", log=quiet).fit()  # data order from seed=5
+    messages = []
+    resumed = Trainer(make_run(data, data_seed=9), CPU, tmp_path / "run", resume=tmp_path / "run",
+                      log=messages.append)
+    assert any(m.startswith("warning: the data order seed 9 (--data-seed, default --seed) is not used: resuming "
+                            "continues step000003's order, seed 5") for m in messages)
+    resumed.fit()
+    saved = json.loads((tmp_path / "run" / "step000006" / "config.json").read_text())["train"]
+    assert saved["data_seed"] == 5 and resumed.loader.seed == 5
+    same = []
+    Trainer(make_run(data, data_seed=5), CPU, tmp_path / "run", resume=tmp_path / "run" / "step000003",
+            log=same.append)
+    assert not any("data order" in m for m in same)  # data_seed 5 is the order seed=5 drew: nothing changes
 
 
 def test_stop_and_resume_with_a_fixed_horizon(tmp_path):
@@ -231,6 +250,30 @@ def test_keep_last_prunes_old_checkpoints(tmp_path):
     ck.wait()
     assert sorted(p.name for p in tmp_path.glob("step*")) == ["step000002", "step000003"]
     assert latest_checkpoint(tmp_path).name == "step000003"
+
+
+def test_latest_and_pruning_order_checkpoints_by_step_past_six_digits(tmp_path):
+    """step_dir_name pads to 6 digits, so from step 1,000,000 on the names no longer sort as the steps do."""
+    steps = (999_998, 999_999, 1_000_000, 1_000_001)
+    for step in steps:
+        (tmp_path / step_dir_name(step)).mkdir()
+        (tmp_path / step_dir_name(step) / STATE_FILE).write_bytes(b"")
+    (tmp_path / "step1000002").mkdir()  # no train_state.pt: a checkpoint whose write never finished
+    assert [p.name for p in complete_checkpoints(tmp_path)] == [step_dir_name(s) for s in steps]
+    assert latest_checkpoint(tmp_path).name == "step1000001"  # no `latest` file: the fallback
+    Checkpointer(tmp_path, keep_last=2)._prune(keep=tmp_path / "step1000001")
+    assert sorted(p.name for p in tmp_path.glob("step*")) == ["step1000000", "step1000001", "step1000002"]
+    model = OLMo2(ModelConfig(**SMALL))
+    Checkpointer(tmp_path, keep_last=2).save(1_000_003, model, torch.optim.AdamW(model.parameters()), {}, {},
+                                             background=False)
+    assert sorted(p.name for p in complete_checkpoints(tmp_path)) == ["step1000001", "step1000003"]
+
+
+@pytest.mark.parametrize("keep_last", [0, -1])
+def test_keep_last_below_one_is_refused(keep_last):
+    """0 kept every checkpoint (it read as "no limit") and -1 deleted the oldest at each save."""
+    with pytest.raises(ValueError, match=f"keep_last must be >= 1 or None .*got {keep_last}"):
+        Checkpointer("unused", keep_last=keep_last)
 
 
 def test_soup_averages_exactly(tmp_path):

@@ -106,6 +106,18 @@ def test_mix_output_resolves_relative_to_the_manifest(data_dir, tmp_path):
         mix_output_dir(manifest)
 
 
+def test_mix_names_what_it_takes_when_given_a_directory_or_a_binary_file(data_dir, tmp_path):
+    """A built directory given to --mix raised IsADirectoryError; a token file, UnicodeDecodeError."""
+    with pytest.raises(SystemExit, match=f"--mix {data_dir} is a directory; --mix takes the manifest JSON, pass a "
+                                         f"built mix directory as --data {data_dir}$"):
+        mix_output_dir(data_dir)
+    token_file = sorted(data_dir.glob("*.npy"))[0]
+    not_text = tmp_path / "m.json"
+    not_text.write_bytes(b"\xff\xfe" + token_file.read_bytes()[:64])
+    with pytest.raises(SystemExit, match=f"manifest {not_text} is not UTF-8 text .*; --mix takes the manifest JSON"):
+        mix_output_dir(not_text)
+
+
 def test_a_build_on_s3_is_refused_with_how_to_copy_it(tmp_path, capsys):
     """The trainer reads local token files; a build whose --out was s3:// is named with the way to fetch it."""
     from trainer.run import main
@@ -144,6 +156,22 @@ def test_incomplete_build_is_refused(data_dir, tmp_path):
     assert proc.returncode == 2 and "incomplete dolmino build" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_partial_copy_of_a_build_is_refused_even_with_steps(data_dir, tmp_path, capsys):
+    """report.json's token count is checked against the token files whether or not --steps gives
+    the length: a copy that lost a part (and its label mask) trained on silently with --steps."""
+    from trainer.run import main
+
+    partial = tmp_path / "partial"
+    shutil.copytree(data_dir, partial)
+    last = sorted(partial.glob("*.npy"))[-1].name.removesuffix(".label_mask.npy").removesuffix(".npy")
+    for file in partial.glob(f"{last}*.npy"):
+        file.unlink()
+    assert main(["--data", str(partial), *map(str, TINY), "--steps", "1", "--save-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"{partial / 'report.json'} says the mix holds" in err and "is the copy incomplete?" in err
+    assert not (tmp_path / "r").exists()
+
+
 def test_cli_reports_bad_data_clearly(tmp_path):
     (tmp_path / "p.npy").write_bytes(b"\x00" * 10)
     proc = run_cli("--data", tmp_path, "--model", "tiny", "--steps", 1, "--seq-len", 8, "--batch-size", 1)
@@ -152,8 +180,38 @@ def test_cli_reports_bad_data_clearly(tmp_path):
 
 def test_parse_count():
     assert parse_count("5T") == 5 * 10**12 and parse_count("50b") == 5 * 10**10 and parse_count("1000") == 1000
+    assert parse_count("1.4") == 1
     with pytest.raises(Exception):
         parse_count("lots")
+
+
+@pytest.mark.parametrize("text, message", [("inf", "not a finite count"), ("1e400", "not a finite count"),
+                                           ("nan", "not a finite count"), ("0.5", "count must be at least 1"),
+                                           ("-2", "count must be at least 1")])
+def test_a_count_that_is_not_finite_or_rounds_to_zero_is_an_argument_error(text, message, capsys):
+    """`--tokens inf` overflowed int() with a traceback; `--tokens 0.5` passed "> 0" and became 0."""
+    from trainer.plan import build_schedule_parser
+
+    with pytest.raises(SystemExit) as exc:
+        build_schedule_parser().parse_args(["--tokens", text])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"argument --tokens: {message}" in err and repr(text.upper()) in err
+
+
+@pytest.mark.parametrize("module, option", [("trainer.run", "--threads"), ("trainer.run", "--keep-last"),
+                                             ("trainer.eval", "--threads")])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_counts_below_one_are_argument_errors(module, option, value, capsys):
+    """torch.set_num_threads(-1) raised a RuntimeError and 0 was ignored; --keep-last 0 kept every
+    checkpoint and -1 deleted the oldest at each save."""
+    import importlib
+
+    parser = importlib.import_module(module).build_parser()
+    required = ["--data", "d"] if module == "trainer.run" else ["--checkpoint", "c"]
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args([*required, option, value])
+    assert exc.value.code == 2
+    assert f"argument {option}: must be >= 1, got {value}" in capsys.readouterr().err
 
 
 def plant_repeated_runs(data_dir: Path, out: Path, seq_len: int) -> Path:

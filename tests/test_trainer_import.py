@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import types
@@ -218,6 +219,56 @@ def test_init_from_hf_with_a_preset_of_another_shape_fails_before_training(tmp_p
     assert not (tmp_path / "run").exists()
 
 
+def test_data_beyond_the_init_checkpoints_vocabulary_names_the_checkpoint(tmp_path):
+    """Without --model the model takes the checkpoint's vocabulary; data tokenized with a larger one
+    fails at the first batch, and the message used to blame only the token."""
+    path, _ = hf_olmo2(tmp_path)
+    data = random_tokens(tmp_path / "data", 4 * 64, vocab=2 * VOCAB)
+    proc = run_module("trainer.run", "--data", data, "--init-from", path, "--steps", 1, "--seq-len", 64,
+                      "--batch-size", 2, "--device", "cpu", "--save-dir", tmp_path / "run")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert re.search(rf"token \d+ at offset \d+ is >= vocab_size {VOCAB} of the model, which took its vocabulary "
+                     rf"from the --init-from checkpoint {re.escape(str(path))}: the data was tokenized with a larger "
+                     rf"vocabulary than that checkpoint's \(dolma2: 100,278 ids\)", proc.stderr), proc.stderr
+
+
+def truncate(file: Path) -> Path:
+    file.write_bytes(file.read_bytes()[:file.stat().st_size // 2])
+    return file
+
+
+def test_truncated_weight_files_are_named_by_every_command_that_reads_them(tmp_path):
+    """An interrupted download or copy: safetensors' and torch's own errors name no file and ended
+    each command in a traceback."""
+    from trainer.checkpoint import Checkpointer
+
+    hf, _ = hf_olmo2(tmp_path)
+    sharded, _ = hf_olmo2(tmp_path, "sharded", max_shard_size="200KB")
+    shard = truncate(sorted(sharded.glob("model-*.safetensors"))[-1])
+    cfg = ModelConfig(d_model=64, n_layers=3, n_heads=4, mlp_hidden=256, vocab_size=VOCAB, max_seq_len=128)
+    model = OLMo2(cfg)
+    ours = Checkpointer(tmp_path / "ours").save(1, model, torch.optim.AdamW(model.parameters()), {},
+                                                {"model": cfg.to_dict()}, background=False)
+    good = tmp_path / "good"
+    Checkpointer(good).save(1, model, torch.optim.AdamW(model.parameters()), {}, {"model": cfg.to_dict()},
+                            background=False)
+    damaged = {hf: truncate(hf / "model.safetensors"), sharded: shard, ours: truncate(ours / "model.pt")}
+    data = random_tokens(tmp_path / "data", 4 * 64)
+    for ckpt, file in damaged.items():
+        commands = [("trainer.run", "--data", data, "--init-from", ckpt, "--steps", 1, "--seq-len", 64, "--batch-size",
+                     2, "--device", "cpu", "--save-dir", tmp_path / "run"),
+                    ("trainer.schedule", "--init-from", ckpt, "--steps", 1),
+                    ("trainer.soup", tmp_path / "soup", good, ckpt),
+                    ("trainer.export_hf", ckpt, tmp_path / "out"),
+                    ("trainer.eval", "--checkpoint", ckpt, "--tasks", "arc_easy", "--limit", 1, "--device", "cpu")]
+        for module, *args in commands:
+            proc = run_module(module, *args)
+            assert proc.returncode == 2, (module, ckpt, proc.stderr)
+            lines = proc.stderr.strip().splitlines()
+            assert len(lines) == 1 and f"{file} cannot be read (" in lines[0], (module, ckpt, proc.stderr)
+            assert "is it truncated or corrupt" in lines[0]
+
+
 # ----------------------------------------------------------------------------- OLMo-core
 def olmo_core_state(model: OLMo2) -> dict:
     """The model's weights under OLMo-core's OLMo 2 names, as its checkpoints hold them."""
@@ -332,6 +383,20 @@ def test_olmo_core_checkpoint_without_config_needs_a_matching_preset_or_model(tm
     tiny = ModelConfig.preset("tiny")
     step_dir = write_olmo_core_checkpoint(tmp_path / "tiny", 3, OLMo2(tiny), with_config=False)
     assert inspect_checkpoint(step_dir).model.preset_name() == "tiny"
+
+
+def test_export_without_the_number_of_heads_says_the_fix_that_works(tmp_path):
+    """The message suggested `trainer.run ... --steps 0`, which trainer.run refuses."""
+    cfg = ModelConfig(d_model=64, n_layers=2, n_heads=4, vocab_size=VOCAB, max_seq_len=64)
+    with_config = write_olmo_core_checkpoint(tmp_path / "full", 3, OLMo2(cfg))
+    step_dir = write_olmo_core_checkpoint(tmp_path / "bare", 3, OLMo2(cfg), with_config=False)
+    proc = run_module("trainer.export_hf", step_dir, tmp_path / "hf")
+    assert proc.returncode == 2 and "--steps 0" not in proc.stderr
+    assert "copy OLMo-core's experiment config.json" in proc.stderr and "holds the stepN directory" in proc.stderr
+    (tmp_path / "bare" / "config.json").write_bytes((with_config.parent / "config.json").read_bytes())
+    proc = run_module("trainer.export_hf", step_dir, tmp_path / "hf")  # the fix the message gives
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["num_attention_heads"] == 4
 
 
 @pytest.mark.slow

@@ -91,6 +91,28 @@ def test_train_config_defaults_are_the_paper_recipe():
         TrainConfig(lr=-1e-4)
 
 
+@pytest.mark.parametrize("bound", [-1.0, 0.0, math.nan])
+def test_a_clipping_bound_that_would_reverse_or_erase_the_gradient_is_refused(bound):
+    """clip_grad_norm_ scales by bound / norm: -1 is gradient ascent, 0 a step without gradient."""
+    with pytest.raises(ValueError, match=r"max_grad_norm must be > 0, got .* \(to never clip, pass inf\)"):
+        TrainConfig(max_grad_norm=bound)
+
+
+def test_an_infinite_clipping_bound_leaves_the_gradient_as_it_is():
+    model = tiny_model()
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    clip_grad_norm(model, TrainConfig(max_grad_norm=math.inf).max_grad_norm)
+    assert all(torch.equal(p.grad, torch.full_like(p, 3.0)) for p in model.parameters())
+
+
+@pytest.mark.parametrize("weight", [-1e-5, math.inf, math.nan])
+def test_a_z_loss_weight_that_is_negative_or_not_finite_is_refused(weight):
+    with pytest.raises(ValueError, match="z_loss_weight must be a finite number >= 0"):
+        TrainConfig(z_loss_weight=weight)
+    assert TrainConfig(z_loss_weight=0.0).z_loss_weight == 0.0  # no z-loss at all is a legitimate ablation
+
+
 def test_configs_saved_before_the_olmo2_defaults_read_back_as_they_ran():
     legacy = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("repetition", "decay_norms")}
     old = TrainConfig.from_dict({**legacy, "mask_repetitions": True})

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -42,6 +43,20 @@ LATEST = "latest"
 
 def step_dir_name(step: int) -> str:
     return f"step{step:06d}"
+
+
+_STEP_DIR = re.compile(r"step(\d+)")
+
+
+def complete_checkpoints(save_dir: str | Path) -> list[Path]:
+    """The complete checkpoints under save_dir, oldest first. Ordered by the step number, not the
+    name: the zero padding is 6 digits, so "step1000000" sorts before "step999999" as text."""
+    found = []
+    for path in Path(save_dir).glob("step*"):
+        match = _STEP_DIR.fullmatch(path.name)
+        if match and path.is_dir() and (path / STATE_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
 
 
 def capture_rng_state() -> dict:
@@ -97,7 +112,7 @@ def latest_checkpoint(save_dir: str | Path) -> Path | None:
         candidate = save_dir / pointer.read_text().strip()
         if (candidate / STATE_FILE).is_file():
             return candidate
-    steps = sorted(p for p in save_dir.glob("step*") if p.is_dir() and (p / STATE_FILE).is_file())
+    steps = complete_checkpoints(save_dir)
     return steps[-1] if steps else None
 
 
@@ -164,6 +179,8 @@ class Checkpointer:
     (FSDP gathers full tensors collectively)."""
 
     def __init__(self, save_dir: str | Path, rank: int = 0, keep_last: int | None = None):
+        if keep_last is not None and keep_last < 1:  # 0 would keep everything, -1 delete all but the oldest
+            raise ValueError(f"keep_last must be >= 1 or None (keep every checkpoint), got {keep_last}")
         self.save_dir = Path(save_dir)
         self.rank = rank
         self.keep_last = keep_last
@@ -227,9 +244,9 @@ class Checkpointer:
         self._prune(keep=final)
 
     def _prune(self, keep: Path) -> None:
-        if not self.keep_last:
+        if self.keep_last is None:
             return
-        steps = sorted(p for p in self.save_dir.glob("step*") if p.is_dir() and (p / STATE_FILE).is_file())
+        steps = complete_checkpoints(self.save_dir)
         for old in steps[:-self.keep_last]:
             if old != keep:
                 shutil.rmtree(old, ignore_errors=True)

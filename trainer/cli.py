@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 _SUFFIXES = {"K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 
@@ -28,6 +29,20 @@ def parse_count(text: str) -> int:
         value = float(number) * scale
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a count: {text!r} (use e.g. 4T, 50B, 100M)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"count must be positive, got {text!r}")
-    return int(round(value))
+    if not math.isfinite(value):  # "inf", "nan", and "1e400", which float() overflows to inf
+        raise argparse.ArgumentTypeError(f"not a finite count: {text!r} (use e.g. 4T, 50B, 100M)")
+    count = int(round(value))
+    if count < 1:  # checked after rounding: "0.5" passes "> 0" but is a count of 0
+        raise argparse.ArgumentTypeError(f"count must be at least 1, got {text!r}")
+    return count
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for counts of things (checkpoints, threads, instances): an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value

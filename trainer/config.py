@@ -271,6 +271,12 @@ class TrainConfig:
             raise ValueError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
         if not self.lr >= 0:  # 0 is allowed: a step that only checks the pipeline changes no weight
             raise ValueError(f"lr must be >= 0, got {self.lr}")
+        # Clipping scales the gradient by max_grad_norm / norm: a negative bound reverses it (gradient
+        # ascent) and 0 erases it. There is no "off" value; inf (or any bound above the norms) never clips.
+        if not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm} (to never clip, pass inf)")
+        if not 0 <= self.z_loss_weight < math.inf:  # 0 turns the z-loss off; a negative weight rewards large logits
+            raise ValueError(f"z_loss_weight must be a finite number >= 0, got {self.z_loss_weight}")
         if self.repetition not in REPETITION_MODES:
             raise ValueError(f"TrainConfig.repetition must be one of {REPETITION_MODES}, got {self.repetition!r}")
         if self.horizon_tokens is not None and self.horizon_tokens < self.tokens_per_step:

@@ -39,7 +39,7 @@ from typing import Iterable, NamedTuple
 import numpy as np
 import torch
 
-from trainer.config import REPETITION_MODES
+from trainer.config import DOLMA2_VOCAB_SIZE, REPETITION_MODES
 from trainer.loss import IGNORE_INDEX
 from trainer.repetition import repeated_ngram_span_array
 
@@ -140,13 +140,15 @@ class MemmapDataset:
     """Random access to `seq_len`-token training instances (see module docstring)."""
 
     def __init__(self, paths, seq_len: int, *, vocab_size: int | None = None, repetition: str = "instance_filter",
-                 repetition_max_n: int = 13, repetition_min_repeats: int = 32):
+                 repetition_max_n: int = 13, repetition_min_repeats: int = 32, vocab_source: str | None = None):
+        """`vocab_source`: where vocab_size came from when not from a preset (a starting checkpoint),
+        named when a token is out of range: that is then the likely cause, not the data."""
         if seq_len < 2:
             raise DataError(f"seq_len must be >= 2, got {seq_len}")
         if repetition not in REPETITION_MODES:
             raise DataError(f"repetition must be one of {REPETITION_MODES}, got {repetition!r}")
         self.seq_len = seq_len
-        self.vocab_size = vocab_size
+        self.vocab_size, self.vocab_source = vocab_size, vocab_source
         self.repetition = repetition
         self.max_n = repetition_max_n
         self.min_repeats = repetition_min_repeats
@@ -194,8 +196,11 @@ class MemmapDataset:
         ids = np.asarray(tokens[start:end], dtype=np.int64)
         if self.vocab_size is not None and ids.max() >= self.vocab_size:
             bad = int(np.argmax(ids >= self.vocab_size))
+            cause = "" if self.vocab_source is None else (
+                f" of the model, which took its vocabulary from {self.vocab_source}: the data was tokenized with a "
+                f"larger vocabulary than that checkpoint's (dolma2: {DOLMA2_VOCAB_SIZE:,} ids)")
             raise DataError(f"{self.files[file_idx].path}: token {int(ids[bad])} at offset {start + bad} is "
-                            f">= vocab_size {self.vocab_size}")
+                            f">= vocab_size {self.vocab_size}{cause}")
         keep = np.ones(self.seq_len, dtype=np.bool_)
         n_label_masked = n_rep_masked = 0
         mask = self._masks[file_idx]

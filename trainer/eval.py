@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 
 from dolmino.s3 import local_path
-from trainer.cli import HelpFormatter
+from trainer.cli import HelpFormatter, positive_int
 from trainer.config import ModelConfig
 from trainer.model import OLMo2, apply_rope
 
@@ -771,16 +771,6 @@ def evaluate(checkpoint: str | Path, tasks: str | list[str] = DEFAULT_TASKS, lim
 # ---------------------------------------------------------------------------- command line
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _task_list(text: str) -> str:
     try:
         resolve_tasks(text)
@@ -805,10 +795,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trainer checkpoint dir (or save dir: its latest), an HF Olmo2 directory, or an OLMo-core "
                         "checkpoint (stepN or stepN/model_and_optim)")
     p.add_argument("--tasks", type=_task_list, default=DEFAULT_TASKS, help="comma-separated tasks and groups")
-    p.add_argument("--limit", type=_positive_int, default=None,
+    p.add_argument("--limit", type=positive_int, default=None,
                    help="score only the first N instances of each task (default: all)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="sequences per forward pass")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=32, help="sequences per forward pass")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None,
                    help="GSM8K generation budget (default: oe-eval's, 512)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
@@ -818,7 +808,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the results JSON here (default: stdout only)")
     p.add_argument("--details", default=None,
                    help="write one JSON line per scored instance here (default: not written)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     return p
 
 
@@ -826,7 +816,7 @@ def main(argv: list[str] | None = None) -> int:
     from dolmino.assets import AssetError
 
     args = build_parser().parse_args(argv)
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
         report = evaluate(args.checkpoint, args.tasks, args.limit, args.batch_size, args.device, args.dtype,
@@ -851,7 +841,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--eval-tasks", type=_task_list, default=None,
                        help="score the final checkpoint on these tasks, e.g. arc_easy,mmlu,gsm8k (default: none); "
                             "results go to SAVE_DIR/eval/STEPDIR.json")
-    group.add_argument("--eval-limit", type=_positive_int, default=None,
+    group.add_argument("--eval-limit", type=positive_int, default=None,
                        help="score only the first N instances of each eval task (default: all)")
 
 

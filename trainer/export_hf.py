@@ -167,8 +167,11 @@ def export(checkpoint: str | Path, out_dir: str | Path, dtype: str | None = None
 
     info = inspect_checkpoint(checkpoint)
     if info.model is None:
-        raise ValueError(f"{info.describe()} does not say its number of attention heads; export it with "
-                         f"python -m trainer.run --init-from ... --steps 0, or add OLMo-core's config.json")
+        # Only an OLMo-core checkpoint whose shape is no preset's gets here, so `trainer.run --init-from
+        # --model` cannot name one either: the heads can only come from OLMo-core's own config.
+        raise ValueError(f"{info.describe()} does not say its number of attention heads and no preset has its "
+                         f"shape; copy OLMo-core's experiment config.json (from the run's save folder, it gives "
+                         f"model.block.attention.n_heads) into the folder that holds the stepN directory")
     torch_dtype = getattr(torch, dtype) if dtype else info.dtype
     with WeightReader(info) as reader:
         return write_hf_model(out_dir, info.model, reader.names(), reader.get, torch_dtype)

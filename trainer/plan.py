@@ -117,10 +117,16 @@ def remote_build_hint(location: str) -> str:
 def mix_output_dir(manifest_path: str | Path, prog: str = "trainer.run") -> Path:
     """The built mix directory a manifest names; exits with a clear message if it is not built."""
     manifest_path = Path(manifest_path)
+    if manifest_path.is_dir():
+        raise SystemExit(f"{prog}: --mix {manifest_path} is a directory; --mix takes the manifest JSON, pass a "
+                         f"built mix directory as --data {manifest_path}")
     try:
-        data = json.loads(manifest_path.read_text())
+        data = json.loads(manifest_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SystemExit(f"{prog}: manifest {manifest_path} does not exist") from None
+    except UnicodeDecodeError as exc:  # e.g. a token file or a gzipped manifest passed by mistake
+        raise SystemExit(f"{prog}: manifest {manifest_path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                         f"--mix takes the manifest JSON") from None
     except json.JSONDecodeError as exc:
         raise SystemExit(f"{prog}: manifest {manifest_path} is not valid JSON: {exc}") from None
     output = data.get("output") if isinstance(data, dict) else None

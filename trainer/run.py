@@ -27,7 +27,7 @@ import torch
 
 from dolmino.s3 import local_path
 from trainer.checkpoint import files_fingerprint
-from trainer.cli import HelpFormatter, parse_count  # noqa: F401  (parse_count: part of this module's API)
+from trainer.cli import HelpFormatter, parse_count, positive_int  # noqa: F401  (parse_count: this module's API)
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
 from trainer.data import DataError
 from trainer.distributed import (
@@ -60,20 +60,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "instance (OLMo 2 / OLMo-core), mask_spans only the run's tokens, off")
     p.add_argument("--no-repetition-mask", dest="repetition", action="store_const", const="off",
                    help="same as --repetition off")
-    p.add_argument("--z-loss-weight", type=float, default=1e-5, help="weight of log^2 Z in the loss")
+    p.add_argument("--z-loss-weight", type=float, default=1e-5,
+                   help="weight of log^2 Z in the loss (>= 0; 0: no z-loss)")
     p.add_argument("--fused-loss", action=argparse.BooleanOptionalAction, default=True,
                    help="output layer + cross-entropy + z-loss as one chunked function that never holds the "
                         "tokens x vocab logits; --no-fused-loss: lm_head, then the loss on full logits")
     p.add_argument("--loss-chunk-size", type=int, default=None,
                    help="tokens per chunk of the fused loss (default: as many as fit 256 MiB of logits + "
                         "softmax, 4 GiB on CUDA)")
-    p.add_argument("--max-grad-norm", type=float, default=1.0, help="clip the global gradient L2 norm")
+    p.add_argument("--max-grad-norm", type=float, default=1.0,
+                   help="clip the global gradient L2 norm to this (> 0; inf never clips)")
     p.add_argument("--seed", type=int, default=1124, help="model init and data order seed")
     p.add_argument("--data-seed", type=int, default=None, help="data order seed (default: --seed)")
     p.add_argument("--save-dir", default="build/checkpoints/run", type=local_path,
                    help="where checkpoints and metrics.jsonl go")
     p.add_argument("--save-interval", type=int, default=None, help="also save every N steps (default: at the end)")
-    p.add_argument("--keep-last", type=int, default=None, help="keep only the newest N checkpoints (default: all)")
+    p.add_argument("--keep-last", type=positive_int, default=None,
+                   help="keep only the newest N checkpoints (default: all)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, type=local_path,
                    help="resume from a checkpoint dir (no value: the latest in --save-dir; default: start afresh)")
     p.add_argument("--metrics-interval", type=int, default=10, help="copy metrics to the host and print every N")
@@ -88,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "gradient (default: on with CUDA, off on CPU)")
     p.add_argument("--fsdp", action="store_true", help="shard with FSDP2 (fully_shard) instead of DDP")
     p.add_argument("--sync-debug", action="store_true", help="warn on every host-device sync (CUDA)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     add_eval_arguments(p)  # --eval-tasks, --eval-limit (trainer/eval.py)
     return p
 
@@ -121,7 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.mix:
         data_paths = [str(mix_output_dir(args.mix))]
@@ -151,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
 
         # Everything is checked from metadata before anything big is built.
         init = inspect_init(args)
-        tokens, source = (None, None) if args.steps is not None else data_tokens(data_paths)
+        # Also with --steps: data_tokens checks a build's report.json against its token files (file
+        # sizes only), and a partial copy must not train silently just because the length is given.
+        tokens, source = data_tokens(data_paths)
         plan = make_plan(args, tokens, source, init)
         run = run_config_from_args(args, data_paths, env.world_size, env.device, plan)
         if init is not None:

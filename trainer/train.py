@@ -127,9 +127,13 @@ class Trainer:
             raise ValueError(f"seq_len {tc.seq_len} exceeds the model's max_seq_len {mc.max_seq_len}")
         self.save_dir = Path(save_dir)
         self.accum = tc.grad_accum_steps(env.world_size)
+        # With a starting checkpoint the vocabulary is the checkpoint's (check_compatible holds --model to
+        # its rows too), so a token out of range points at the checkpoint: the error says so.
+        init_path = (run.init or {}).get("path")
         self.dataset = MemmapDataset(run.data_paths, tc.seq_len, vocab_size=mc.vocab_size,
                                      repetition=tc.repetition, repetition_max_n=tc.repetition_max_n,
-                                     repetition_min_repeats=tc.repetition_min_repeats)
+                                     repetition_min_repeats=tc.repetition_min_repeats,
+                                     vocab_source=f"the --init-from checkpoint {init_path}" if init_path else None)
         self.loader = DataLoader(self.dataset, tc.global_batch_size, rank=env.rank, world_size=env.world_size,
                                  seed=tc.seed if tc.data_seed is None else tc.data_seed)
         if env.distributed:  # each rank strides over its own copy of the token files: they must be one mix
@@ -164,6 +168,15 @@ class Trainer:
         for change in recipe_changes(saved.get("train"), self.run.train):
             self.log(f"warning: resuming with a different recipe than {path.name}: {change}")
         state = load_checkpoint(path, self.model, self.optimizer)
+        # The data position (epoch, cursor) indexes the order drawn from the checkpoint's seed; a new
+        # seed mid-epoch would repeat some instances and skip others. So the checkpoint's order goes on
+        # (the loader state carries its seed), with a warning as for the recipe changes above, and the
+        # config this run saves records that seed rather than the one asked for.
+        kept, asked = int(state["data"]["seed"]), self.loader.seed
+        if kept != asked:
+            self.log(f"warning: the data order seed {asked} (--data-seed, default --seed) is not used: resuming "
+                     f"continues {path.name}'s order, seed {kept}; a different order needs a fresh run")
+            self.run.train.data_seed = kept
         self.loader.load_state_dict(state["data"])
         for name, tracker in self.spikes.items():
             tracker.load_state_dict(state["spikes"][name])

@@ -215,10 +215,32 @@ def _inspect_trainer(path: Path) -> CheckpointInfo:
 
 def _load_trainer_state(path: Path) -> dict:
     """model.pt memory-mapped: tensors are read from disk when touched, not loaded up front."""
+    file = path / MODEL_FILE
     try:
-        return torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # written in the legacy (non-zip) format: mmap is not possible
-        return torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # written in the legacy (non-zip) format: mmap is not possible
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise _damaged(file, exc) from None
+
+
+def _damaged(file: Path, exc: Exception) -> CheckpointFormatError:
+    """A weight file that does not parse, named: the readers' own errors do not say which file, and
+    torch's goes on for a paragraph, so only its first sentence is kept."""
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+    return CheckpointFormatError(f"{file} cannot be read ({reason}); is it truncated or corrupt, e.g. an "
+                                 f"interrupted download or copy?")
+
+
+def _open_safetensors(file: Path):
+    """safe_open (usable as a context manager), with a damaged file reported by name."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(file), framework="pt")
+    except SafetensorError as exc:
+        raise _damaged(file, exc) from None
 
 
 def model_config_from_hf(hf: dict, where: str) -> ModelConfig:
@@ -282,18 +304,14 @@ def _hf_files(path: Path) -> dict[str, str]:
         if missing:
             raise CheckpointFormatError(f"{index} names shard(s) that are not in {path}: {missing}")
         return dict(weight_map)
-    from safetensors import safe_open
-
-    with safe_open(str(path / HF_SINGLE), framework="pt") as fh:
+    with _open_safetensors(path / HF_SINGLE) as fh:
         return {name: HF_SINGLE for name in fh.keys()}
 
 
 def _hf_shapes_and_dtype(path: Path, files: dict[str, str]) -> tuple[dict[str, tuple], torch.dtype | None]:
-    from safetensors import safe_open
-
     shapes, dtype = {}, None
     for file in sorted(set(files.values())):
-        with safe_open(str(path / file), framework="pt") as fh:
+        with _open_safetensors(path / file) as fh:
             for name in fh.keys():
                 sl = fh.get_slice(name)
                 shapes[name] = tuple(sl.get_shape())
@@ -520,9 +538,7 @@ class WeightReader:
             key = hf_name(name)
             file = self._hf_files[key]
             if file not in self._handles:
-                from safetensors import safe_open
-
-                self._handles[file] = safe_open(str(self.info.path / file), framework="pt")
+                self._handles[file] = _open_safetensors(self.info.path / file)
             return self._handles[file].get_tensor(key)
         return self._get_dcp(name)
 
