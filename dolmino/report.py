@@ -187,6 +187,7 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
         "budget": budget,
         "tokenizer": manifest.tokenizer.name,
         "eos_token_id": manifest.tokenizer.eos_token_id,
+        "vocab_size": manifest.tokenizer.vocab_size,
         "sources": report_sources,
         "output": {"tokens": total_tokens, "docs": total_docs, "files": len(parts), "location": out,
                    "parts": [{"name": f.name, "size": f.size, "sha256": f.sha256, "tokens": p.tokens, "docs": p.docs}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,9 @@ import pytest
 import torch
 
 from trainer.checkpoint import (
-    STATE_FILE, Checkpointer, capture_rng_state, complete_checkpoints, files_fingerprint, latest_checkpoint,
-    load_checkpoint, load_model_weights, restore_rng_state, step_dir_name, weight_files,
+    MODEL_FILE, OPTIM_FILE, STATE_FILE, Checkpointer, CheckpointFormatError, capture_rng_state, complete_checkpoints,
+    files_fingerprint, latest_checkpoint, load_checkpoint, load_model_weights, restore_rng_state, step_dir_name,
+    weight_files,
 )
 from trainer.config import ModelConfig, RunConfig, TrainConfig
 from trainer.distributed import DistEnv
@@ -322,3 +324,26 @@ def test_resume_refuses_other_model_and_weights_only_dirs(tmp_path):
     soup(tmp_path / "soup", [tmp_path / "run", tmp_path / "run"])
     with pytest.raises(FileNotFoundError, match="weights only"):
         Trainer(make_run(data), CPU, tmp_path / "y", resume=tmp_path / "soup", log=quiet)
+
+
+@pytest.mark.parametrize("damaged", [MODEL_FILE, OPTIM_FILE, STATE_FILE])
+def test_a_truncated_checkpoint_file_is_named_when_resuming(tmp_path, capsys, damaged):
+    """A checkpoint cut short by a copy or a full disk: torch's error names no file and --resume
+    ended in a traceback. The message names the file and the checkpoint before it, to resume instead."""
+    from trainer.run import main
+
+    data = make_data(tmp_path / "data")
+    common = ["--data", str(data), "--model", "tiny", "--seq-len", "32", "--batch-size", "2", "--device", "cpu",
+              "--save-dir", str(tmp_path / "run"), "--save-interval", "1"]
+    assert main([*common, "--steps", "2"]) == 0
+    file = tmp_path / "run" / "step000002" / damaged
+    file.write_bytes(file.read_bytes()[:file.stat().st_size // 2])
+    capsys.readouterr()
+    assert main([*common, "--steps", "3", "--resume"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"trainer.run: error: {file} cannot be read ("), lines
+    earlier = tmp_path / "run" / "step000001"
+    assert lines[0].endswith(f"Copy it again, or resume the one before it (--resume {earlier})"), lines
+    if damaged == MODEL_FILE:  # what soups and exports of this trainer's checkpoints read
+        with pytest.raises(CheckpointFormatError, match=f"^{re.escape(str(file))} cannot be read .*truncated"):
+            load_model_weights(tmp_path / "run")

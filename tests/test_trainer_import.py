@@ -232,6 +232,65 @@ def test_data_beyond_the_init_checkpoints_vocabulary_names_the_checkpoint(tmp_pa
                      rf"vocabulary than that checkpoint's \(dolma2: 100,278 ids\)", proc.stderr), proc.stderr
 
 
+def built_mix(directory: Path, n_tokens: int, vocab: int, report_vocab: int | None) -> Path:
+    """Token files and the report.json a finished build writes: the fields the trainer reads, with
+    "vocab_size" (the build's tokenizer's) unless None, as in reports from before it was recorded."""
+    random_tokens(directory, n_tokens, vocab)
+    report = {"manifest": "test-mix", "tokenizer": "test", "eos_token_id": 0, "output": {"tokens": n_tokens}}
+    if report_vocab is not None:
+        report["vocab_size"] = report_vocab
+    (directory / "report.json").write_text(json.dumps(report))
+    return directory
+
+
+def test_a_build_report_records_its_tokenizers_vocabulary():
+    """What the trainer's up-front vocabulary check reads (next test)."""
+    from dolmino.manifest import load_manifest
+    from dolmino.report import build_report
+
+    manifest = load_manifest(str(REPO / "manifests" / "demo.json"))
+    report = build_report(manifest, 0, [], [], [], [], types.SimpleNamespace(bundles=[], tagged_units=0),
+                          types.SimpleNamespace(warnings=[], stages={}, persisted=0), elapsed_s=0.0, cluster={},
+                          out="out", attributes="attributes", resumed=False)
+    assert report["vocab_size"] == manifest.tokenizer.vocab_size == 100_278
+
+
+def test_a_model_vocabulary_below_the_builds_tokenizers_is_refused_before_anything_is_built(tmp_path, monkeypatch):
+    """--init-from a checkpoint of another tokenizer (OLMo 1's 50,304 ids, say) without --model: the
+    model takes the checkpoint's vocabulary, and the run used to stop only at the first batch holding
+    a larger id, after building the model and loading the weights (minutes, for a 7B)."""
+    import trainer.train
+
+    hf, _ = hf_olmo2(tmp_path)
+    common = ["--steps", 1, "--seq-len", 64, "--batch-size", 2, "--device", "cpu", "--save-dir", tmp_path / "run"]
+    larger = built_mix(tmp_path / "larger", 4 * 64, vocab=2 * VOCAB, report_vocab=2 * VOCAB)
+    report = larger / "report.json"
+    def built_anyway(*_args, **_kwargs):
+        raise AssertionError("a Trainer was built before the vocabulary was checked")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer.train, "Trainer", built_anyway)
+        proc = run_module("trainer.run", "--data", larger, "--init-from", hf, *common)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert proc.stderr.startswith(f"trainer.run: error: the --init-from checkpoint {hf} has a vocabulary of "
+                                      f"1,024 ids, smaller than the 2,048 of the tokenizer the data was built with "
+                                      f"({report}); start from a checkpoint trained with the data's tokenizer"), \
+            proc.stderr
+        # a preset's vocabulary is checked the same way
+        built_mix(tmp_path / "huge", 4 * 64, vocab=VOCAB, report_vocab=200_000)
+        proc = run_module("trainer.run", "--data", tmp_path / "huge", "--model", "tiny", *common)
+        assert proc.returncode == 2 and proc.stderr.startswith(
+            "trainer.run: error: --model tiny has a vocabulary of 100,278 ids, smaller than the 200,000 "), proc.stderr
+    # a build whose report predates "vocab_size" is stopped by the first batch, as before
+    older = built_mix(tmp_path / "older", 4 * 64, vocab=2 * VOCAB, report_vocab=None)
+    proc = run_module("trainer.run", "--data", older, "--init-from", hf, *common)
+    assert proc.returncode == 2 and f"is >= vocab_size {VOCAB} of the model" in proc.stderr, proc.stderr
+    # and a tokenizer the checkpoint's vocabulary covers trains
+    fits = built_mix(tmp_path / "fits", 4 * 64, vocab=VOCAB, report_vocab=VOCAB)
+    proc = run_module("trainer.run", "--data", fits, "--init-from", hf, *common)
+    assert proc.returncode == 0, proc.stderr
+
+
 def truncate(file: Path) -> Path:
     file.write_bytes(file.read_bytes()[:file.stat().st_size // 2])
     return file

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -39,6 +40,41 @@ OPTIM_FILE = "optim.pt"
 STATE_FILE = "train_state.pt"
 CONFIG_FILE = "config.json"
 LATEST = "latest"
+
+DAMAGED_FILE_ADVICE = "is it truncated or corrupt, e.g. an interrupted download or copy?"
+
+
+class CheckpointFormatError(ValueError):
+    """A checkpoint that cannot be read, or not mapped onto the trainer's OLMo 2 model; the message
+    says why. It lives here rather than in trainer.weights (which imports this module) so that
+    --resume reports a damaged file the way --init-from does."""
+
+
+def damaged_file_error(file: Path, exc: Exception, advice: str = DAMAGED_FILE_ADVICE) -> CheckpointFormatError:
+    """A file that does not parse, named: the readers' own errors do not say which file, and
+    torch's goes on for a paragraph, so only its first sentence is kept."""
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+    return CheckpointFormatError(f"{file} cannot be read ({reason}); {advice}")
+
+
+def load_torch_file(file: Path, advice: str = DAMAGED_FILE_ADVICE, mmap: bool = False):
+    """torch.load onto the CPU (`mmap`: tensors read from disk when touched), with a damaged file
+    reported by name. What torch raises for a file cut short depends on where it was cut: EOFError
+    (empty), RuntimeError (the zip reader), UnpicklingError (the weights-only unpickler), or an
+    OSError without a file name (the zip reader seeking before the start of the file). An OSError
+    naming the file comes from opening it (missing, unreadable) and says so itself."""
+    try:
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            # written in the legacy (non-zip) format, which cannot be memory-mapped
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.filename is not None:
+            raise
+        raise damaged_file_error(file, exc, advice) from None
 
 
 def step_dir_name(step: int) -> str:
@@ -255,7 +291,7 @@ class Checkpointer:
 def load_model_weights(path: str | Path) -> tuple[dict, dict]:
     """(model state dict, config dict) of a checkpoint directory, on CPU."""
     path = resolve_checkpoint(path)
-    state = torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True)
+    state = load_torch_file(path / MODEL_FILE)
     config = json.loads((path / CONFIG_FILE).read_text())
     return state, config
 
@@ -267,13 +303,23 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"{path} holds weights only (no {STATE_FILE}, e.g. a soup); it cannot be resumed")
     options = StateDictOptions(full_state_dict=True)
-    model_sd = torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True)
+    advice = _resume_advice(path)
+    model_sd = load_torch_file(path / MODEL_FILE, advice)
     set_model_state_dict(model, model_sd, options=options)
     if optimizer is not None:
-        optim_sd = torch.load(path / OPTIM_FILE, map_location="cpu", weights_only=True)
+        optim_sd = load_torch_file(path / OPTIM_FILE, advice)
         set_optimizer_state_dict(model, optimizer, optim_sd, options=options)
-    train_state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    train_state = load_torch_file(path / STATE_FILE, advice)
     if restore_rng:
         restore_rng_state(train_state["rng"])
     train_state["path"] = str(path)
     return train_state
+
+
+def _resume_advice(path: Path) -> str:
+    """What to do when a file of checkpoint `path` is damaged. The writer renames only complete
+    checkpoints into place, so the damage came from a copy or the disk: the one before it may be whole."""
+    names = [p.name for p in complete_checkpoints(path.parent)]
+    earlier = names[:names.index(path.name)] if path.name in names else []
+    instead = f"resume the one before it (--resume {path.parent / earlier[-1]})" if earlier else "start afresh"
+    return f"is it truncated or corrupt, e.g. an interrupted copy? Copy it again, or {instead}"

@@ -168,6 +168,26 @@ def data_tokens(paths: list[str]) -> tuple[int, str]:
     return on_disk, f"{len(files)} token file(s)"
 
 
+def data_vocab_size(paths: list[str]) -> tuple[int, Path] | None:
+    """The vocabulary the data was tokenized with and the report.json recording it (the largest,
+    if builds differ). None unless every path is a built directory whose report has "vocab_size":
+    token files and older builds do not say, and then the first batch holding an id beyond the
+    model's vocabulary is what stops the run."""
+    largest = None
+    for report in (Path(p) / REPORT_FILE for p in paths):
+        if not report.is_file():
+            return None
+        try:
+            vocab = json.loads(report.read_text()).get("vocab_size")
+        except (OSError, json.JSONDecodeError, AttributeError):  # unreadable, or JSON but not an object
+            return None
+        if not isinstance(vocab, int) or isinstance(vocab, bool):
+            return None
+        if largest is None or vocab > largest[0]:
+            largest = (vocab, report)
+    return largest
+
+
 def steps_for_tokens(tokens: int, tokens_per_step: int) -> int:
     """Steps until `tokens` are seen (OLMo-core's Duration.tokens): ceil(tokens / tokens per step)."""
     return max(1, math.ceil(tokens / tokens_per_step))
@@ -297,6 +317,27 @@ def inspect_init(args: argparse.Namespace):
 
     step, source = parse_init_step(args.init_step)
     return inspect_checkpoint(args.init_from, step=step, step_source=source)
+
+
+def check_data_vocab(args: argparse.Namespace, plan: Plan, init, paths: list[str]) -> None:
+    """Refuse a model whose vocabulary is smaller than the data's tokenizer's, from the builds'
+    reports, before anything is built: otherwise only the first batch with a larger id stops the
+    run, after the model, the optimizer and the --init-from weights are in memory."""
+    found = data_vocab_size(paths)
+    if found is None or plan.model.vocab_size >= found[0]:
+        return
+    data_vocab, report = found
+    if args.model:
+        chosen = "model" in getattr(args, "explicit", {"model"})
+        source = f"--model {args.model}" if chosen else f"the {args.recipe} recipe's model {args.model}"
+        fix = "pick a model with at least the data's vocabulary"
+    elif init is not None:
+        source = f"the --init-from checkpoint {init.path}"
+        fix = "start from a checkpoint trained with the data's tokenizer, or build the mix with the checkpoint's"
+    else:
+        source, fix = f"the default model {DEFAULT_MODEL}", "pass --model with at least the data's vocabulary"
+    raise DataError(f"{source} has a vocabulary of {plan.model.vocab_size:,} ids, smaller than the {data_vocab:,} of "
+                    f"the tokenizer the data was built with ({report}); {fix}")
 
 
 # ----------------------------------------------------------------------------- trainer.schedule

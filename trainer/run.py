@@ -35,8 +35,8 @@ from trainer.distributed import (
 )
 from trainer.eval import add_training_arguments as add_eval_arguments, evaluate_after_training
 from trainer.plan import (
-    Plan, add_plan_arguments, data_tokens, inspect_init, make_plan, mix_output_dir, parse_with_recipe,
-    remote_build_hint,
+    Plan, add_plan_arguments, check_data_vocab, data_tokens, inspect_init, make_plan, mix_output_dir,
+    parse_with_recipe, remote_build_hint,
 )
 
 __all__ = ["build_parser", "main", "mix_output_dir", "parse_args", "parse_count", "run_config_from_args"]
@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         # sizes only), and a partial copy must not train silently just because the length is given.
         tokens, source = data_tokens(data_paths)
         plan = make_plan(args, tokens, source, init)
+        check_data_vocab(args, plan, init, data_paths)
         run = run_config_from_args(args, data_paths, env.world_size, env.device, plan)
         if init is not None:
             run.init = {**init.provenance(), "lr_source": plan.lr_source}

@@ -38,7 +38,9 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-from trainer.checkpoint import CONFIG_FILE, MODEL_FILE, resolve_checkpoint
+from trainer.checkpoint import (
+    CONFIG_FILE, MODEL_FILE, CheckpointFormatError, damaged_file_error, load_torch_file, resolve_checkpoint,
+)
 from trainer.config import ModelConfig
 from trainer.export_hf import hf_name
 
@@ -64,10 +66,6 @@ _OLMO_CORE_LAYER = {
 _OLMO_CORE_TOP = {"embeddings.weight": "embed.weight", "lm_head.norm.weight": "norm.weight",
                   "lm_head.w_out.weight": "lm_head.weight"}
 _OLMO_CORE_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
-
-
-class CheckpointFormatError(ValueError):
-    """A checkpoint that cannot be mapped onto the trainer's OLMo 2 model; the message says why."""
 
 
 def olmo_core_to_ours(name: str) -> str | None:
@@ -215,22 +213,7 @@ def _inspect_trainer(path: Path) -> CheckpointInfo:
 
 def _load_trainer_state(path: Path) -> dict:
     """model.pt memory-mapped: tensors are read from disk when touched, not loaded up front."""
-    file = path / MODEL_FILE
-    try:
-        try:
-            return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # written in the legacy (non-zip) format: mmap is not possible
-            return torch.load(file, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        raise _damaged(file, exc) from None
-
-
-def _damaged(file: Path, exc: Exception) -> CheckpointFormatError:
-    """A weight file that does not parse, named: the readers' own errors do not say which file, and
-    torch's goes on for a paragraph, so only its first sentence is kept."""
-    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
-    return CheckpointFormatError(f"{file} cannot be read ({reason}); is it truncated or corrupt, e.g. an "
-                                 f"interrupted download or copy?")
+    return load_torch_file(path / MODEL_FILE, mmap=True)
 
 
 def _open_safetensors(file: Path):
@@ -240,7 +223,7 @@ def _open_safetensors(file: Path):
     try:
         return safe_open(str(file), framework="pt")
     except SafetensorError as exc:
-        raise _damaged(file, exc) from None
+        raise damaged_file_error(file, exc) from None
 
 
 def model_config_from_hf(hf: dict, where: str) -> ModelConfig:
