@@ -208,8 +208,8 @@ def test_gsm8k_file_input_is_validated(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text('{"question": "Ann has 4 cats and 3 dogs. How many pets?", "answer": "4+3=<<4+3=7>>7\\n#### 7"}\n'
                     '{"question": 5}\n')
-    with pytest.raises(ValueError, match="row 2"):
-        Gsm8kNumberGenerator(num_docs=3, data_path=str(path)).config()
+    records = list(Gsm8kNumberGenerator(num_docs=3, data_path=str(path)).generate(0, 1, seed=1))
+    assert [r.get("quarantined") for r in records] == [None, "missing_fields", None]  # see test_synth_inputs
     path.write_text('{"question": "Ann has 4 cats and 3 dogs. How many pets?", "answer": "4+3=<<4+3=7>>7\\n#### 7"}\n')
     docs = list(Gsm8kNumberGenerator(num_docs=3, data_path=str(path)).generate(0, 1, seed=1))
     assert len(docs) == 3 and all(not is_rejection(d) for d in docs)

@@ -255,3 +255,34 @@ def test_mind_generator_and_inputs(server, tmp_path):
     txt = tmp_path / "p.txt"
     txt.write_text("one persona\n\nanother persona\n")
     assert load_personas(str(txt)) == ["one persona", "another persona"]
+
+
+@pytest.mark.parametrize("flags, error", [
+    (["--max-retries", "-3"], "error: --max-retries must be an integer >= 0, got -3"),
+    (["--timeout", "0"], "error: --timeout must be a number of seconds > 0, got 0.0"),
+    (["--timeout", "nan"], "error: --timeout must be a number of seconds > 0, got nan"),
+    (["--requests-per-second", "-1"], "error: --requests-per-second must be a number >= 0 (0: no limit), got -1.0"),
+    (["--max-tokens", "0"], "error: --max-tokens must be an integer >= 1, got 0"),
+    (["--temperature", "-0.5"], "error: --temperature must be a number >= 0, got -0.5"),
+])
+def test_client_settings_are_refused_on_the_command_line(flags, error, tmp_path, capsys, monkeypatch):
+    """Once checked only in ChatClient, in the executors: a Spark traceback per bad flag."""
+    import dolmino.build.spark
+    from dolmino.synth.__main__ import main
+
+    monkeypatch.setattr(dolmino.build.spark, "make_spark", lambda *a, **k: pytest.fail("Spark was started"))
+    personas = tmp_path / "personas.txt"
+    personas.write_text("a sailor\n")
+    assert main(["--generator", "tulu_math", "--personas", str(personas), "--out", str(tmp_path / "o"),
+                 "--num-docs", "2", "--endpoint", "http://127.0.0.1:9", "--model", "m", *flags]) == 2
+    assert capsys.readouterr().err == error + "\n"
+    assert not (tmp_path / "o").exists()
+
+
+def test_client_settings_are_refused_where_they_are_given():
+    with pytest.raises(ValueError, match="tulu_math: max_retries must be an integer >= 0"):
+        TuluMathGenerator("unused", "http://x", "m", max_retries=-1)  # before the personas are read
+    for bad in ({"max_retries": -1}, {"timeout": 0}, {"timeout": float("inf")}, {"requests_per_second": -2},
+                {"backoff_base": float("nan")}, {"max_retry_after": -1}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be"):
+            ChatClient("http://x", "m", **bad)

@@ -156,6 +156,91 @@ def test_partitions_the_driver_cannot_see_fail_the_run(tmp_path):
         check_visible(str(driver_disk), stats)
 
 
+def _tinygsm_parts(folder: Path, n: int) -> dict[str, str]:
+    row = {"question": "Sam has 2 apples. How many?", "code": "def simple_math_problem() -> int:\n"
+           "    apples = 2\n    return apples\n"}
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (folder / f"part-{i:05d}.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(
+            json.dumps(row).encode() + b"\n"))
+    return _digests(folder)
+
+
+def test_an_out_holding_the_inputs_is_refused_before_anything_is_removed(tmp_path, capsys, monkeypatch):
+    """`--input 'D/part-*.jsonl.zst' --out D` once deleted the inputs above --partitions and
+    then crashed reading them; now one error line, exit 2, every input intact, no Spark."""
+    import dolmino.build.spark
+    from dolmino.synth.__main__ import main
+    from dolmino.synth.runner import SynthRunError
+    from dolmino.synth.tinygsm import TinyGsmGenerator
+
+    monkeypatch.setattr(dolmino.build.spark, "make_spark", lambda *a, **k: pytest.fail("Spark was started"))
+    same = tmp_path / "same"
+    before = _tinygsm_parts(same, 3)
+    (tmp_path / "link").symlink_to(same)
+    for out in (same, tmp_path / "link"):
+        assert main(["--generator", "tinygsm", "--input", str(same / "part-*.jsonl.zst"), "--out", str(out),
+                     "--partitions", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"error: input {same / 'part-00000.jsonl.zst'} is in --out")
+    assert _digests(same) == before and sorted(p.name for p in same.iterdir()) == sorted(before)
+    with pytest.raises(SynthRunError, match="give another --out"):  # the library call: before Spark is used
+        run(TinyGsmGenerator(str(same / "part-00002.jsonl.zst")), str(same), 1, 0, spark=None)
+    assert _digests(same) == before
+    # GSM8K read from a part file of --out, too
+    assert main(["--generator", "gsm8k_train", "--gsm8k-jsonl", str(same / "part-00001.jsonl.zst"),
+                 "--out", str(same)]) == 2
+    assert "is in --out" in capsys.readouterr().err and _digests(same) == before
+
+
+def test_only_parts_an_earlier_run_of_the_generator_wrote_are_removed(tmp_path):
+    from dolmino.synth.base import config_hash
+    from dolmino.synth.runner import SynthRunError, check_out_dir, run_partition
+
+    out = tmp_path / "out"
+    gen = ArithmeticGenerator(num_docs=40)
+    for i in range(4):
+        run_partition(gen, i, 4, 5, str(out), config_hash(gen, 4, 5))
+    assert check_out_dir(gen, str(out), 2) == [2, 3]  # run() removes these (test_generate_kill_resume_and_cache)
+    files = sorted(p.relative_to(out) for p in out.rglob("*"))
+
+    foreign = out / "part-00007.jsonl.zst"
+    foreign.write_bytes(b"someone's data")
+    with pytest.raises(SynthRunError, match=r"part-00007.jsonl.zst was not written by a synth run \(no "
+                                            r"part-00007.done.json of arithmetic"):
+        run(gen, str(out), 2, 5, spark=None)
+    foreign.unlink()
+    (out / "part-00003.jsonl.zst").write_bytes(b"replaced since")  # its done-file no longer vouches for it
+    with pytest.raises(SynthRunError, match="part-00003.jsonl.zst was not written by a synth run"):
+        run(gen, str(out), 2, 5, spark=None)
+    done = json.loads((out / "part-00002.done.json").read_text())
+    (out / "part-00002.done.json").write_text(json.dumps({**done, "generator": "tinygsm"}))
+    with pytest.raises(SynthRunError, match="part-00002.done.json was written by generator 'tinygsm', not "
+                                            "'arithmetic'"):
+        run(gen, str(out), 2, 5, spark=None)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == files
+
+
+def test_an_s3_out_is_checked_alike(tmp_path, s3_server):
+    import uuid
+
+    from dolmino import s3
+    from dolmino.synth.gsm8k_train import Gsm8kTrainGenerator
+    from dolmino.synth.runner import SynthRunError, check_out_dir
+
+    bucket = f"synth-{uuid.uuid4().hex[:16]}"
+    s3.client().create_bucket(Bucket=bucket)
+    row = b'{"question": "Ann has 4 cats. How many?", "answer": "#### 4"}\n'
+    s3.client().put_object(Bucket=bucket, Key="d/part-00000.jsonl.zst", Body=zstandard.ZstdCompressor().compress(row))
+    s3.client().put_object(Bucket=bucket, Key="d/part-00004.jsonl.zst", Body=b"someone's data")
+    gen = Gsm8kTrainGenerator(f"s3://{bucket}/d/part-00000.jsonl.zst")
+    with pytest.raises(SynthRunError, match=f"input s3://{bucket}/d/part-00000.jsonl.zst is in --out"):
+        check_out_dir(gen, f"s3://{bucket}/d/", 1)
+    with pytest.raises(SynthRunError, match="part-00004.jsonl.zst was not written by a synth run"):
+        check_out_dir(ArithmeticGenerator(num_docs=4), f"s3://{bucket}/d", 1)
+    assert sorted(key for key, _ in s3.iter_keys(bucket, "d/")) == ["d/part-00000.jsonl.zst", "d/part-00004.jsonl.zst"]
+
+
 def test_cli_and_rejections_are_written(tmp_path, capsys, spark):
     from dolmino.synth.__main__ import main
 

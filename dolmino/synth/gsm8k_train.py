@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from dolmino.synth.base import DEFAULT_ADDED, make_doc, partition_range, quarantine
-from dolmino.synth.gsm8k_numbers import NO_GSM8K_TRAIN, load_items, warn_test_split
+from dolmino.synth.gsm8k_numbers import GSM8K_FIELDS, NO_GSM8K_TRAIN, has_gsm8k_fields, load_items, warn_test_split
 from dolmino.synth.inputs import InputFiles
 
 
@@ -48,6 +48,9 @@ class Gsm8kTrainGenerator:
         total = self.inputs.total_rows if self.inputs is not None else len(self.test_items)
         return total if self.requested is None else min(self.requested, total)
 
+    def input_paths(self) -> list[str]:
+        return self.inputs.paths if self.inputs is not None else []
+
     def config(self) -> dict:
         source = self.inputs.fingerprint() if self.inputs is not None else "packaged-gsm8k-test"
         return {"input": source, "num_docs": self.num_docs, "demo_test_split": self.demo_test_split,
@@ -73,12 +76,11 @@ class Gsm8kTrainGenerator:
                 yield quarantine(self.name, seed, index, where["reason"], where["path"], where["line"],
                                  where["detail"], where["raw"])
                 continue
-            question, answer = row.get("question"), row.get("answer")
-            if not isinstance(question, str) or not question.strip() or not isinstance(answer, str) \
-                    or not answer.strip():
+            if not has_gsm8k_fields(row):
                 yield quarantine(self.name, seed, index, "missing_fields", where.get("path", ""), where.get("line", 0),
-                                 "needs string 'question' and 'answer'")
+                                 GSM8K_FIELDS)
                 continue
+            question, answer = row["question"], row["answer"]
             meta = {"gsm8k_id": str(row.get("id", index)), "gsm8k_split": split}
             yield make_doc(self.name, seed, index, f"Question: {question.strip()}\nAnswer: {answer.strip()}",
                            "gsm8k_train" if split == "train" else "gsm8k_test_demo", meta, self.added)

@@ -11,20 +11,22 @@ Paths are files and globs, local or s3:// (`**` recursive in both). Every execut
 the files of its own partitions, so on a cluster whose nodes share no filesystem the input
 must be on S3.
 A line that is not a JSON object is still an item: it is handed back as a quarantine
-record (`invalid_utf8`, `malformed_json`, `not_an_object`) with its file and line number,
-so attempted = kept + rejected + quarantined holds for every run.
+record (`invalid_utf8`, `malformed_json`, `not_an_object`, ...) with its file and line number,
+so attempted = kept + rejected + quarantined holds for every run. Lines are judged as the
+build's reader judges them (`dolmino.documents.parse_line`): a UTF-8 byte-order mark is
+accepted, and a lone surrogate escape (`\\ud800`), valid JSON that no UTF-8 writer can
+write back, is `invalid_utf8`.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from typing import Iterator
 
-from dolmino.documents import iter_lines
+from dolmino.documents import _BOM, _decode_json, _lone_surrogate, iter_lines
 from dolmino.s3 import is_s3
 
 
@@ -73,12 +75,17 @@ def expand_inputs(patterns: str | list[str] | tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(files))
 
 
+def is_blank(raw: bytes) -> bool:
+    """Not an item: empty, whitespace, or a byte-order mark alone (as the build's reader skips it)."""
+    return not raw.strip() or (raw[:3] == _BOM and not raw[3:].strip())
+
+
 def index_file(path: str) -> InputFile:
     digest = hashlib.sha256()
     rows = 0
     for raw in iter_lines(path):
         digest.update(raw + b"\n")
-        if raw.strip():
+        if not is_blank(raw):
             rows += 1
     if is_s3(path):
         from dolmino.s3 import object_size
@@ -90,16 +97,23 @@ def index_file(path: str) -> InputFile:
 
 
 def parse_row(raw: bytes) -> tuple[dict | None, str, str]:
+    """(object, "", "") or (None, quarantine reason, detail); never raises."""
+    if raw[:3] == _BOM:
+        raw = raw[3:]  # Windows tools start a file with one
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return None, "invalid_utf8", str(exc)
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return None, "malformed_json", str(exc)
+    obj, reason, detail = _decode_json(text)
+    if reason:
+        return None, reason, detail
     if not isinstance(obj, dict):
         return None, "not_an_object", f"top-level JSON is {type(obj).__name__}"
+    # A lone surrogate would only fail later, when the runner encodes the partition's output,
+    # and take every other row of the partition down with it.
+    problem = _lone_surrogate(obj)
+    if problem is not None:
+        return None, "invalid_utf8", f"a string holds unencodable code points: {problem}"
     return obj, "", ""
 
 
@@ -115,6 +129,10 @@ class InputFiles:
         if self._files is None:
             self._files = tuple(index_file(p) for p in expand_inputs(self.patterns))
         return self._files
+
+    @property
+    def paths(self) -> list[str]:
+        return [f.path for f in self.files]
 
     @property
     def total_rows(self) -> int:
@@ -136,7 +154,7 @@ class InputFiles:
                 continue
             k = offset
             for line_no, raw in enumerate(iter_lines(f.path), start=1):
-                if not raw.strip():
+                if is_blank(raw):
                     continue
                 if k >= stop:
                     break

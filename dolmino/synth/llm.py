@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from typing import Iterator
 
 from dolmino.synth import prompts
 from dolmino.synth.base import DEFAULT_ADDED, make_doc, partition_range, quarantine, rejection, request_stats
 from dolmino.synth.inputs import InputFiles
-from dolmino.synth.openai_client import ChatClient
+from dolmino.synth.openai_client import ChatClient, invalid_setting as client_invalid_setting
 
 
 def load_personas(path: str) -> list[str]:
@@ -53,6 +54,20 @@ def _file_sha256(path: str) -> str:
         return hashlib.sha256(fh.read()).hexdigest()
 
 
+def invalid_setting(*, temperature: float = 0.7, max_tokens: int = 2048, **client_settings) -> tuple[str, str] | None:
+    """(setting, what is wrong with it) for the first endpoint setting no request can use
+    (the client's, see openai_client.invalid_setting, and the sampling parameters), or None."""
+    bad = client_invalid_setting(**client_settings)
+    if bad is not None:
+        return bad
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not math.isfinite(temperature) \
+            or temperature < 0:
+        return "temperature", f"must be a number >= 0, got {temperature!r}"
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        return "max_tokens", f"must be an integer >= 1, got {max_tokens!r}"
+    return None
+
+
 class _LlmGenerator:
     """Shared endpoint settings and client construction."""
 
@@ -65,6 +80,10 @@ class _LlmGenerator:
             raise ValueError(f"{self.name}: an --endpoint and a --model are required")
         if not isinstance(num_docs, int) or num_docs < 0:
             raise ValueError(f"num_docs must be a non-negative integer, got {num_docs!r}")
+        bad = invalid_setting(timeout=timeout, max_retries=max_retries, requests_per_second=requests_per_second,
+                              backoff_base=backoff_base, temperature=temperature, max_tokens=max_tokens)
+        if bad is not None:
+            raise ValueError(f"{self.name}: {' '.join(bad)}")
         self.endpoint, self.model, self.num_docs, self.api_key_env = endpoint, model, num_docs, api_key_env
         self.temperature, self.max_tokens = temperature, max_tokens
         self.requests_per_second, self.timeout = requests_per_second, timeout
@@ -112,6 +131,9 @@ class TuluMathGenerator(_LlmGenerator):
         super().__init__(endpoint, model, num_docs, **kwargs)
         self.personas_path = personas_path
         self.personas = load_personas(personas_path)  # fail on the driver, before Spark starts
+
+    def input_paths(self) -> list[str]:
+        return [os.path.abspath(self.personas_path)]
 
     def config(self) -> dict:
         return {**self.endpoint_config(), "personas_sha256": _file_sha256(self.personas_path),
@@ -178,13 +200,15 @@ class MindGenerator(_LlmGenerator):
         return state
 
     @property
-    def gsm8k_contexts(self) -> list[tuple[str, str]]:
-        """(context id, text) of the GSM8K items, calculator annotations stripped."""
+    def gsm8k_contexts(self) -> list[tuple[str, str] | dict]:
+        """(context id, text) of the GSM8K items, calculator annotations stripped; an unusable
+        row of the file stays in its place as load_items' quarantine item (a dict)."""
         if self._gsm8k is None:
-            from dolmino.synth.gsm8k_numbers import load_items, strip_annotations
+            from dolmino.synth.gsm8k_numbers import is_bad_item, load_items, strip_annotations
 
             items = load_items(self.gsm8k_path, demo_test_split=self.demo_gsm8k_test)
-            self._gsm8k = [(f"gsm8k-{it['split']}-{it['id']}",
+            self._gsm8k = [it if is_bad_item(it) else
+                           (f"gsm8k-{it['split']}-{it['id']}",
                             f"Question: {it['question']}\nAnswer: {strip_annotations(it['answer'])}") for it in items]
             if not self._gsm8k:
                 raise ValueError(f"mind: no GSM8K items in {self.gsm8k_path}")
@@ -196,6 +220,13 @@ class MindGenerator(_LlmGenerator):
         if n == 0:
             raise ValueError(f"mind: no input texts in {self.input_path}")
         return n
+
+    def input_paths(self) -> list[str]:
+        if self.inputs is not None:
+            return self.inputs.paths
+        from dolmino.synth.inputs import expand_inputs
+
+        return expand_inputs(self.gsm8k_path) if self.gsm8k_path is not None else []
 
     def config(self) -> dict:
         if self.inputs is not None:
@@ -215,8 +246,14 @@ class MindGenerator(_LlmGenerator):
             first = index % n
             count = min(stop - index, n - first)  # up to the end of this pass over the inputs
             if self.inputs is None:
+                from dolmino.synth.gsm8k_numbers import quarantine_item
+
                 for k in range(count):
-                    yield index + k, self.gsm8k_contexts[first + k], None
+                    context = self.gsm8k_contexts[first + k]
+                    if isinstance(context, dict):
+                        yield index + k, None, quarantine_item(self.name, seed, index + k, context)
+                    else:
+                        yield index + k, context, None
             else:
                 for k, row in enumerate(self.inputs.rows(first, first + count)):
                     if row.obj is None:

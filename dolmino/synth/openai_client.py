@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import random
 import socket
 import time
@@ -85,6 +86,30 @@ class RateLimiter:
         return waited
 
 
+def invalid_setting(*, timeout: float, max_retries: int, requests_per_second: float | None = None,
+                    backoff_base: float = 0.5, backoff_max: float = 30.0,
+                    max_retry_after: float = 120.0) -> tuple[str, str] | None:
+    """(setting, what is wrong with it) for the first setting no client can work with, or None.
+
+    Checked where the settings are given (the command line, a generator's constructor on the
+    driver), not only here in the executors, where a bad value fails every task of a job.
+    """
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+        return "max_retries", f"must be an integer >= 0, got {max_retries!r}"
+    if not number(timeout) or timeout <= 0:
+        return "timeout", f"must be a number of seconds > 0, got {timeout!r}"
+    if requests_per_second is not None and (not number(requests_per_second) or requests_per_second < 0):
+        return "requests_per_second", f"must be a number >= 0 (0: no limit), got {requests_per_second!r}"
+    for name, value in (("backoff_base", backoff_base), ("backoff_max", backoff_max),
+                        ("max_retry_after", max_retry_after)):
+        if not number(value) or value < 0:
+            return name, f"must be a number of seconds >= 0, got {value!r}"
+    return None
+
+
 class ChatClient:
     """Retrying, rate-limited chat-completions client that never raises for a failed request."""
 
@@ -92,8 +117,10 @@ class ChatClient:
                  max_retries: int = 4, backoff_base: float = 0.5, backoff_max: float = 30.0,
                  max_retry_after: float = 120.0, requests_per_second: float | None = None, seed: int = 0,
                  sleep=time.sleep, clock=time.monotonic):
-        if max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
+        bad = invalid_setting(timeout=timeout, max_retries=max_retries, requests_per_second=requests_per_second,
+                              backoff_base=backoff_base, backoff_max=backoff_max, max_retry_after=max_retry_after)
+        if bad is not None:
+            raise ValueError(" ".join(bad))
         self.url = chat_url(endpoint)
         self.model, self.api_key, self.timeout = model, api_key, timeout
         self.max_retries, self.backoff_base, self.backoff_max = max_retries, backoff_base, backoff_max

@@ -61,6 +61,9 @@ class OwmLabelGenerator(_LlmGenerator):
                          temperature=temperature, max_tokens=max_tokens, **kwargs)
         self.input_path, self.max_chars = input_path, max_chars
 
+    def input_paths(self) -> list[str]:
+        return self.inputs.paths
+
     def config(self) -> dict:
         return {**self.endpoint_config(), "input": self.inputs.fingerprint(), "max_chars": self.max_chars,
                 "prompt": prompts.MATH_LABEL_TEMPLATE}

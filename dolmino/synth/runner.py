@@ -233,16 +233,78 @@ def run_partition(generator, partition: int, num_partitions: int, seed: int, out
     return {**stats, "cached": False}
 
 
-def _remove_stale_parts(out_dir: str, num_partitions: int) -> list[str]:
-    """Parts numbered beyond this run's partition count are from an older layout: remove them."""
-    removed = []
-    for name in sorted(_listing(out_dir)):
+def input_paths(generator) -> list[str]:
+    """The files a generator reads (its optional `input_paths()`; none for the pure ones)."""
+    return list(getattr(generator, "input_paths", list)())
+
+
+def _location(path: str) -> str:
+    """A path as a place to compare: symlinks resolved (local), no trailing slash (s3://)."""
+    return path.rstrip("/") if is_s3(path) else os.path.realpath(path)
+
+
+def _parent(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[0] if is_s3(path) else os.path.dirname(os.path.abspath(path))
+
+
+def _done_stats(out_dir: str, partition: int) -> dict | None:
+    try:
+        stats = json.loads(read_if_exists(join(out_dir, done_name(partition))) or b"null")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return stats if isinstance(stats, dict) else None
+
+
+def check_out_dir(generator, out_dir: str, num_partitions: int) -> list[int]:
+    """Refuse an `out_dir` this run would damage, before anything is written or removed, and
+    return the partitions numbered >= num_partitions that an earlier run of this generator
+    left there (an older layout, for `run` to remove).
+
+    A run overwrites part-NNNNN files below num_partitions and removes those above it, so it
+    refuses (SynthRunError) an `out_dir` holding any of its input files under such a name
+    (`--input 'D/part-*.jsonl.zst' --out D` would delete its own input), and a part file
+    above num_partitions that no done-file of this generator vouches for (same name, size
+    and generator): a file synth did not write, or another generator's, is never deleted.
+    """
+    out = _location(out_dir)
+    written = {out} | {_location(join(out_dir, side)) for side in ("rejected", "quarantine")}
+    for path in input_paths(generator):
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        if (PART_RE.match(name) or name == REPORT_NAME) and _location(_parent(path)) in written:
+            raise SynthRunError(f"input {path} is in --out {out_dir}, where this run overwrites and removes "
+                                f"part-NNNNN files: give another --out")
+    if not is_s3(out_dir) and not os.path.isdir(out_dir):
+        return []
+    files = _listing(out_dir)
+    stale: dict[int, dict | None] = {}
+    for name in sorted(files):
         m = PART_RE.match(name)
-        if m and int(m.group(1)) >= num_partitions:
-            delete(out_dir, [name] + ([f"{side}/{name}" for side in ("rejected", "quarantine")]
-                                      if m.group(2) == "jsonl.zst" else []))
-            removed.append(name)
-    return removed
+        if not m or int(m.group(1)) < num_partitions:
+            continue
+        partition = int(m.group(1))
+        if partition not in stale:
+            stale[partition] = _done_stats(out_dir, partition)
+        stats = stale[partition]
+        if stats is not None and stats.get("generator") != generator.name:
+            raise SynthRunError(f"{join(out_dir, name)} was written by generator {stats.get('generator')!r}, not "
+                                f"{generator.name!r}, and a run with --partitions {num_partitions} would remove it: "
+                                f"give another --out (or remove it yourself)")
+        vouched = stats is not None and (m.group(2) == "done.json"
+                                         or (stats.get("file") == name and stats.get("bytes") == files[name]))
+        if not vouched:
+            raise SynthRunError(f"{join(out_dir, name)} was not written by a synth run (no {done_name(partition)} "
+                                f"of {generator.name} with its name and size), and a run with --partitions "
+                                f"{num_partitions} would remove it: give another --out (or remove it yourself)")
+    return sorted(stale)
+
+
+def _remove_stale_parts(out_dir: str, partitions: list[int]) -> None:
+    """Remove what an earlier run with more partitions wrote above this run's count (the
+    done-file last: while any of it is left, the done-file still vouches for it)."""
+    for partition in partitions:
+        name = part_name(partition)
+        delete(out_dir, [name, f"rejected/{name}", f"quarantine/{name}"])
+        delete(out_dir, [done_name(partition)])
 
 
 def summarize(generator, stats: list[dict], seed: int, num_partitions: int, chash: str) -> dict:
@@ -291,8 +353,9 @@ def run(generator, out_dir: str, num_partitions: int, seed: int, spark, progress
     else:
         os.makedirs(out_dir, exist_ok=True)
         out_dir = os.path.abspath(out_dir)
+    stale = check_out_dir(generator, out_dir, num_partitions)
     delete(out_dir, [REPORT_NAME])  # its presence says the directory holds a finished run
-    _remove_stale_parts(out_dir, num_partitions)
+    _remove_stale_parts(out_dir, stale)
     chash = config_hash(generator, num_partitions, seed)
     sc = spark.sparkContext
     show = (progress_enabled(progress_file) if progress is None else progress) and not is_s3(out_dir)

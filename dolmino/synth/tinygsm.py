@@ -226,6 +226,9 @@ class TinyGsmGenerator:
         total = self.inputs.total_rows
         return total if self.requested is None else min(self.requested, total)
 
+    def input_paths(self) -> list[str]:
+        return self.inputs.paths
+
     def config(self) -> dict:
         return {"input": self.inputs.fingerprint(), "num_docs": self.num_docs, "cpu_seconds": self.cpu_seconds,
                 "wall_seconds": self.wall_seconds, "memory_mb": self.memory_mb, "allowed_calls": list(ALLOWED_CALLS),
