@@ -883,7 +883,7 @@ def _decode_json(text: str) -> tuple[object, str, str]:
         return None, "malformed_json", f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
-def _lone_surrogate(value: object) -> str | None:
+def lone_surrogate(value: object) -> str | None:
     """A description of the first string (key or value) that cannot be encoded as UTF-8, or None.
 
     ASCII strings (most of them: CPython knows in O(1)) cannot hold a surrogate; only the
@@ -907,22 +907,36 @@ def _lone_surrogate(value: object) -> str | None:
     return None
 
 
-def parse_line(raw: bytes) -> tuple[dict | None, str, str]:
-    """Turn one JSONL line into a document, or say why not: (doc, reason, detail).
+def is_blank_line(raw: bytes) -> bool:
+    """A line that holds no record: whitespace, or a byte-order mark and whitespace."""
+    return not raw.strip() or (raw[:3] == _BOM and not raw[3:].strip())
 
-    Never raises. A UTF-8 byte-order mark before the JSON is accepted (Windows tools write one).
-    """
+
+def parse_json_object(raw: bytes) -> tuple[dict | None, str, str]:
+    """One JSONL line as a JSON object, or why not: (object, reason, detail). Never raises.
+
+    A UTF-8 byte-order mark before the JSON is accepted (Windows tools write one). The
+    build's documents (`parse_line`) and the synthetic-data inputs (`dolmino.synth.inputs`)
+    judge lines by these rules, so a line is good or bad alike in both."""
     if raw[:3] == _BOM:
         raw = raw[3:]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return None, "invalid_utf8", str(exc)
-    doc, reason, detail = _decode_json(text)
+    obj, reason, detail = _decode_json(text)
     if reason:
         return None, reason, detail
-    if not isinstance(doc, dict):
-        return None, "not_an_object", f"top-level JSON is {type(doc).__name__}"
+    if not isinstance(obj, dict):
+        return None, "not_an_object", f"top-level JSON is {type(obj).__name__}"
+    return obj, "", ""
+
+
+def parse_line(raw: bytes) -> tuple[dict | None, str, str]:
+    """Turn one JSONL line into a document, or say why not: (doc, reason, detail). Never raises."""
+    doc, reason, detail = parse_json_object(raw)
+    if doc is None:
+        return None, reason, detail
     if "text" not in doc:
         return None, "missing_text", "no 'text' field"
     if not isinstance(doc["text"], str):
@@ -935,7 +949,7 @@ def parse_line(raw: bytes) -> tuple[dict | None, str, str]:
         return None, "bad_metadata", f"'metadata' is {type(doc['metadata']).__name__}, expected object"
     # Lone surrogates (\ud800 escapes without their pair) are valid JSON but cannot be written
     # back as UTF-8: in the text, the id, or any metadata string they would crash a writer later.
-    problem = _lone_surrogate(doc)
+    problem = lone_surrogate(doc)
     if problem is not None:
         return None, "invalid_utf8", f"a string holds unencodable code points: {problem}"
     return doc, "", ""
@@ -964,7 +978,7 @@ def read_documents(path: str, quarantine: Quarantine, *, max_doc_bytes: int | No
                                f"line of {raw.size:,} bytes exceeds the limit of {max_doc_bytes:,}",
                                bytes(raw), size=raw.size)
                 continue
-            if not raw.strip() or (raw[:3] == _BOM and not raw[3:].strip()):
+            if is_blank_line(raw):
                 continue
             doc, reason, detail = parse_line(raw)
             if doc is None:

@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterator
 
-from dolmino.documents import _BOM, _decode_json, _lone_surrogate, iter_lines
+from dolmino.documents import is_blank_line, iter_lines, lone_surrogate, parse_json_object
 from dolmino.s3 import is_s3
 
 
@@ -75,17 +75,12 @@ def expand_inputs(patterns: str | list[str] | tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(files))
 
 
-def is_blank(raw: bytes) -> bool:
-    """Not an item: empty, whitespace, or a byte-order mark alone (as the build's reader skips it)."""
-    return not raw.strip() or (raw[:3] == _BOM and not raw[3:].strip())
-
-
 def index_file(path: str) -> InputFile:
     digest = hashlib.sha256()
     rows = 0
     for raw in iter_lines(path):
         digest.update(raw + b"\n")
-        if not is_blank(raw):
+        if not is_blank_line(raw):
             rows += 1
     if is_s3(path):
         from dolmino.s3 import object_size
@@ -98,20 +93,12 @@ def index_file(path: str) -> InputFile:
 
 def parse_row(raw: bytes) -> tuple[dict | None, str, str]:
     """(object, "", "") or (None, quarantine reason, detail); never raises."""
-    if raw[:3] == _BOM:
-        raw = raw[3:]  # Windows tools start a file with one
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return None, "invalid_utf8", str(exc)
-    obj, reason, detail = _decode_json(text)
-    if reason:
+    obj, reason, detail = parse_json_object(raw)
+    if obj is None:
         return None, reason, detail
-    if not isinstance(obj, dict):
-        return None, "not_an_object", f"top-level JSON is {type(obj).__name__}"
     # A lone surrogate would only fail later, when the runner encodes the partition's output,
     # and take every other row of the partition down with it.
-    problem = _lone_surrogate(obj)
+    problem = lone_surrogate(obj)
     if problem is not None:
         return None, "invalid_utf8", f"a string holds unencodable code points: {problem}"
     return obj, "", ""
@@ -154,7 +141,7 @@ class InputFiles:
                 continue
             k = offset
             for line_no, raw in enumerate(iter_lines(f.path), start=1):
-                if is_blank(raw):
+                if is_blank_line(raw):
                     continue
                 if k >= stop:
                     break
