@@ -11,3 +11,12 @@ class BuildError(RuntimeError):
 
 class InputChangedError(OSError):
     """An input file no longer holds what the build tagged in it (rewritten during the build)."""
+
+
+class ResourceError(ValueError):
+    """A filter's model or index file cannot be used (not a model, a directory where a file is
+    needed, an unloadable model directory); the message names the path and the reason.
+
+    A ValueError, so that callers that caught the loaders' ValueError still do; a class of its
+    own, so that raised in an executor it reaches the build's user as one line
+    (`dolmino.build.cli.executor_failure`) rather than as a Spark traceback."""

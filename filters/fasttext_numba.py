@@ -34,6 +34,8 @@ import struct
 import numpy as np
 from numba import njit
 
+from dolmino.errors import ResourceError
+
 FASTTEXT_MAGIC = 793712314
 FASTTEXT_VERSION = 12
 LOSS_HS, LOSS_NS, LOSS_SOFTMAX, LOSS_OVA = 1, 2, 3, 4
@@ -365,15 +367,30 @@ def _dense_matrix(mm: np.memmap, pos: int, size: int, path: str, what: str, rows
 
     fastText writes a matrix as a `quantized` bool, then int64 rows, int64 cols, float32 data."""
     if pos + 17 > size:
-        raise ValueError(f"{path}: truncated before the {what} matrix")
+        raise ResourceError(f"{path}: truncated before the {what} matrix")
     if mm[pos]:
         return None, pos + 1
     got_rows, got_cols = struct.unpack("<qq", bytes(mm[pos + 1:pos + 17]))
     pos += 17
     if got_cols != dim or got_rows != rows or pos + got_rows * got_cols * 4 > size:
-        raise ValueError(f"{path}: {what} matrix {got_rows}x{got_cols} does not match {rows} rows x dim {dim} "
-                         "(truncated or not a supervised fastText model)")
+        raise ResourceError(f"{path}: {what} matrix {got_rows}x{got_cols} does not match {rows} rows x dim {dim} "
+                            "(truncated or not a supervised fastText model)")
     return np.ndarray((rows, dim), dtype=np.float32, buffer=mm, offset=pos), pos + rows * dim * 4
+
+
+def check_fasttext_file(path: str) -> None:
+    """Raise ResourceError unless `path` is a file that starts with fastText's magic number.
+
+    Both formats (.bin, and quantized .ftz) start with it. Without this check a file that is
+    no model at all reaches the binding, whose "has wrong file format!" says neither which
+    filter's model it was nor, inside an executor, anything short of a Spark traceback."""
+    if os.path.isdir(path):
+        raise ResourceError(f"fastText model {path!r} is a directory, not a model file (.bin or .ftz)")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if len(head) < 4 or struct.unpack("<i", head)[0] != FASTTEXT_MAGIC:
+        raise ResourceError(f"fastText model {path!r} is not a fastText model: it starts with {head!r}, "
+                            "not fastText's magic number")
 
 
 def load_fasttext_numba(path: str, projected: bool | None = None) -> FastTextNumba | None:
@@ -400,7 +417,7 @@ def load_fasttext_numba(path: str, projected: bool | None = None) -> FastTextNum
         return None
     vocab_bytes, vocab_offsets, kinds, pos = _parse_dictionary(mm, pos, n_entries)
     if pos < 0:
-        raise ValueError(f"{path}: truncated fastText dictionary")
+        raise ResourceError(f"{path}: truncated fastText dictionary")
     words_then_labels = not np.any(np.diff(kinds.astype(np.int64)) < 0)
     if not words_then_labels or int(np.sum(kinds == 1)) != nlabels or n_entries != nwords + nlabels:
         return None  # fastText saves words, then labels; any other layout is left to the binding

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from dolmino import s3
+from dolmino.errors import ResourceError
 
 PAPER_MIN_INT_SCORE = 2        # OLMo 2 / Dolmino: keep int_score >= 2
 MAX_SCORE = 5
@@ -65,6 +66,9 @@ def local_model_dir(model_path: str) -> str:
     """
     model_path = str(model_path)
     if not s3.is_s3(model_path):
+        if os.path.exists(model_path) and not os.path.isdir(model_path):
+            raise ResourceError(f"model directory {model_path!r} is a file; the FineWeb-Edu filter needs the "
+                                "directory save_pretrained writes (config.json, weights, tokenizer)")
         if not os.path.isdir(model_path):
             raise FileNotFoundError(f"model directory {model_path!r} does not exist (a local directory written "
                                     "by save_pretrained, or an s3:// prefix; hub names are not downloaded)")
@@ -125,22 +129,31 @@ def _load(model_path: str, dtype: str, device: str, max_length: int | None) -> t
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per worker process is noise in Spark logs
-    tokenizer = AutoTokenizer.from_pretrained(local, local_files_only=True)
-    model = AutoModelForSequenceClassification.from_pretrained(local, local_files_only=True,
-                                                               dtype=getattr(torch, dtype))
+    # What is wrong with the directory, with its path, as a ResourceError: transformers' own
+    # errors name neither the filter nor (inside an executor) fit in the one line a build prints.
+    if not os.path.isfile(os.path.join(local, "config.json")):
+        raise ResourceError(f"model directory {model_path!r} has no config.json: not a directory written by "
+                            "save_pretrained")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(local, local_files_only=True)
+        model = AutoModelForSequenceClassification.from_pretrained(local, local_files_only=True,
+                                                                   dtype=getattr(torch, dtype))
+    except (OSError, ValueError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ResourceError(f"model directory {model_path!r} cannot be loaded: {first}") from None
     if model.config.num_labels != 1:
-        raise ValueError(f"model {model_path!r} has {model.config.num_labels} outputs; the FineWeb-Edu filter "
-                         "needs a one-output regression head (num_labels=1)")
+        raise ResourceError(f"model {model_path!r} has {model.config.num_labels} outputs; the FineWeb-Edu filter "
+                            "needs a one-output regression head (num_labels=1)")
     positions = getattr(model.config, "max_position_embeddings", None)
     if max_length is None:
         max_length = tokenizer.model_max_length
         if not max_length or max_length >= _NO_LIMIT:
             if positions is None:
-                raise ValueError(f"model {model_path!r}: the tokenizer has no model_max_length and the config no "
-                                 "max_position_embeddings; give max_length")
+                raise ResourceError(f"model {model_path!r}: the tokenizer has no model_max_length and the config "
+                                    "no max_position_embeddings; give max_length")
             max_length = positions
     if positions is not None and max_length > positions:
-        raise ValueError(f"max_length {max_length} exceeds the {positions} positions of model {model_path!r}")
+        raise ResourceError(f"max_length {max_length} exceeds the {positions} positions of model {model_path!r}")
     model.to(resolved).eval()
     _LOADED[key] = (tokenizer, model, resolved, int(max_length))
     return _LOADED[key]

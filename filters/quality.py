@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import random
 import re
@@ -33,6 +34,7 @@ from typing import Iterable, Protocol
 
 import numpy as np
 
+from dolmino.errors import ResourceError
 from dolmino.s3 import local_path
 
 _NEWLINES = re.compile(r"[\r\n]+")
@@ -56,12 +58,24 @@ _LOADED: dict[tuple, object] = {}
 
 
 def _cached(engine: str, path: str, load):
+    """The model at `path` loaded by `load`, once per process.
+
+    A file that is not a model fails as a ResourceError naming the path (see
+    `filters.fasttext_numba.check_fasttext_file`), which a build reports in one line."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"fastText model {path!r} does not exist")
     st = os.stat(path)
     key = (engine, os.path.abspath(path), st.st_size, st.st_mtime_ns)
     if key not in _LOADED:
-        _LOADED[key] = load(path)
+        from filters.fasttext_numba import check_fasttext_file
+
+        check_fasttext_file(path)
+        try:
+            _LOADED[key] = load(path)
+        except ResourceError:
+            raise
+        except (ValueError, RuntimeError) as exc:  # the binding's words for a damaged or unsupported file
+            raise ResourceError(f"fastText model {path!r} cannot be loaded: {exc}") from None
     return _LOADED[key]
 
 
@@ -202,14 +216,30 @@ SCORERS = {
 }
 
 
+def scorer_factory(scorer: str):
+    """The callable behind a registered scorer name or a "package.module:callable" path.
+
+    Raises ValueError starting with "scorer" (the manifest field) when the path does not
+    resolve, so that a typo fails when the filter is built, not in the first tag task."""
+    if scorer in SCORERS:
+        return SCORERS[scorer]
+    module_name, sep, attr = scorer.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"scorer must be one of {sorted(SCORERS)} or 'module:callable', got {scorer!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - whatever importing the user's module raises, it does not resolve
+        raise ValueError(f"scorer {scorer!r}: module {module_name!r} cannot be imported: "
+                         f"{type(exc).__name__}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"scorer {scorer!r}: module {module_name!r} has no callable {attr!r}")
+    return factory
+
+
 def make_scorer(scorer: str, **params) -> Scorer:
     """A registered scorer name, or "package.module:callable" returning a Scorer."""
-    if scorer in SCORERS:
-        return SCORERS[scorer](**params)
-    if ":" not in scorer:
-        raise ValueError(f"scorer must be one of {sorted(SCORERS)} or 'module:callable', got {scorer!r}")
-    module_name, attr = scorer.split(":", 1)
-    return getattr(importlib.import_module(module_name), attr)(**params)
+    return scorer_factory(scorer)(**params)
 
 
 class FastTextQualityFilter:
@@ -247,10 +277,17 @@ class ScoreThresholdFilter:
     name = "score_threshold"
 
     def __init__(self, scorer: str, min_score: float = 2.0, model_path: str | None = None):
-        if isinstance(min_score, bool) or not isinstance(min_score, (int, float)):
-            raise ValueError(f"min_score must be a number, got {min_score!r}")
-        if not isinstance(scorer, str) or not (scorer in SCORERS or ":" in scorer):
+        # NaN compares False with every score (nothing is ever rejected); an infinity keeps
+        # everything or nothing: neither is a threshold anyone means.
+        if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not math.isfinite(min_score):
+            raise ValueError(f"min_score must be a finite number, got {min_score!r}")
+        if not isinstance(scorer, str):
             raise ValueError(f"scorer must be one of {sorted(SCORERS)} or 'module:callable', got {scorer!r}")
+        scorer_factory(scorer)  # a module path that does not import fails here, not in an executor
+        if model_path is not None and (not isinstance(model_path, str) or not model_path):
+            raise ValueError(f"model_path must be a non-empty string, got {model_path!r}")
+        if scorer in SCORERS and model_path is None:
+            raise ValueError(f"model_path is required by scorer {scorer!r} (a fastText model file)")
         self.scorer_name = scorer
         self.model_path = model_path
         self.min_score = float(min_score)

@@ -66,9 +66,10 @@ def build_filter(spec: dict, where: str = "filter"):
         msg = str(exc)
         raise ManifestError(msg if msg.startswith(where) else f"{where}.{msg}") from None
     except (TypeError, ValueError) as exc:
-        # Filters word their errors "<param> must be ...": point at that field when they do.
+        # Filters word their errors "<param> must be ...": point at that field when they do,
+        # also when it is one left out that the other parameters make necessary.
         msg = str(exc)
         field = msg.split(" ", 1)[0]
-        if field in params:
+        if field in accepted:
             raise ManifestError(f"{where}.{field}: {msg} (filter {type_name!r})") from None
         raise ManifestError(f"{where}: invalid parameters for {type_name!r}: {msg}") from None

@@ -12,10 +12,12 @@ answer, others are wiki/tag posts and are ignored), with the post HTML escaped i
 `Body` attribute and newlines as `&#xA;`. Files reach tens of GB, so rows are parsed one
 line at a time with `xml.etree.ElementTree.fromstring` and dropped right after: memory is
 bounded by the longest row, and a malformed row (bad XML, bytes that are not UTF-8, a
-missing or non-numeric field) is quarantined with its line number and a reason while the
-rest of the file is read. (`iterparse` over the whole file would stop at the first
-malformed row; the dump's one-row-per-line layout makes per-line parsing exact. A file
-with several rows on one line has that line quarantined as `malformed_xml`.)
+missing or non-numeric field, a number beyond int64: numbers are an optional '-' and ASCII
+digits, as the dump writes them) is quarantined with its line number and a reason while the
+rest of the file is read; a UTF-8 byte-order mark before the declaration is dropped.
+(`iterparse` over the whole file would stop at the first malformed row; the dump's
+one-row-per-line layout makes per-line parsing exact. A file with several rows on one line
+has that line quarantined as `malformed_xml`.)
 
 Answers may come before or after their question. Two passes over the file keep memory
 bounded either way:
@@ -271,21 +273,37 @@ def _chunks_for(path: str):
 
 def _iter_lines(path: str, byte_range: tuple[int, int] | None = None) -> Iterator[bytes]:
     """Raw lines (without the newline); with `byte_range=(start, end)`, the lines that start in
-    that range of an uncompressed file (`dolmino.documents._range_chunks`: ranges tile a file)."""
+    that range of an uncompressed file (`dolmino.documents._range_chunks`: ranges tile a file).
+
+    A UTF-8 byte-order mark at the start of the file is dropped (Windows tools write one before
+    the XML declaration), here rather than in the row parser so that both passes, and the range
+    that starts at byte 0, see the same first line as the whole-file reader."""
     chunks = _chunks_for(path)
+    at_file_start = True
     if byte_range is not None:
         if chunks is not _plain_chunks:
             raise ValueError(f"{path}: a compressed Posts.xml can only be read whole, not by byte range")
         start, end = byte_range
+        at_file_start = start == 0
         chunks = lambda raw: _range_chunks(raw, start, end)  # noqa: E731
     tail = b""
     with open_binary(path) as raw:
         for chunk in chunks(raw):
             lines = (tail + chunk).split(b"\n")
             tail = lines.pop()
+            if at_file_start and lines:
+                lines[0] = _strip_bom(lines[0])
+                at_file_start = False
             yield from lines
     if tail:
-        yield tail
+        yield _strip_bom(tail) if at_file_start else tail
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def _strip_bom(line: bytes) -> bytes:
+    return line[len(_BOM):] if line.startswith(_BOM) else line
 
 
 _STRUCTURE = (b"<?xml", b"<posts", b"</posts", b"<!--")
@@ -297,16 +315,30 @@ class _BadRow(ValueError):
         self.reason = reason
 
 
+# What the dump writes for a number: `int()` would also take "1_0", "+5", " 5" and non-ASCII
+# digits, which no dump writes, so such a row is quarantined rather than read as a guess.
+_DUMP_INT = re.compile(r"-?[0-9]+")
+# Ids (and, for one rule, every numeric field) are held in int64 arrays and SQLite INTEGER
+# keys; a value beyond int64 is no real post's and would abort the file there.
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _fits_int64(value: int) -> bool:
+    return _INT64_MIN <= value <= _INT64_MAX
+
+
 def _int_field(attrib: dict, name: str, required: bool = True) -> int | None:
     value = attrib.get(name)
     if value is None or value == "":
         if required:
             raise _BadRow(f"missing_{_snake(name)}", f"row has no {name}")
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise _BadRow(f"bad_{_snake(name)}", f"{name}={value!r} is not an integer") from None
+    if not _DUMP_INT.fullmatch(value):
+        raise _BadRow(f"bad_{_snake(name)}", f"{name}={value!r} is not an integer")
+    number = int(value)
+    if not _fits_int64(number):
+        raise _BadRow(f"bad_{_snake(name)}", f"{name}={value!r} is beyond int64")
+    return number
 
 
 def _snake(name: str) -> str:
@@ -491,7 +523,10 @@ def _candidate_fields(line: bytes, answer_keys: bool = False) -> tuple | None | 
         found = [_attr_values(pattern, line) for pattern in _ANSWER_ATTRS.values()]
         if any(len(values) != 1 for values in found):
             return None
-        return int(found[0][0]), int(found[1][0])
+        answer_id, parent = int(found[0][0]), int(found[1][0])
+        if not (_fits_int64(answer_id) and _fits_int64(parent)):
+            return None  # the parser quarantines it (`_int_field`)
+        return answer_id, parent
     if kind != 1:
         return False
     fields = {}
@@ -500,6 +535,8 @@ def _candidate_fields(line: bytes, answer_keys: bool = False) -> tuple | None | 
         if len(found) > 1 or (not found and name.encode() in line):  # e.g. `Name = "1"`: let XML read it
             return None
         fields[name] = int(found[0]) if found else None
+        if fields[name] is not None and not _fits_int64(fields[name]):
+            return None  # the parser quarantines it (`_int_field`)
     if fields["Id"] is None or fields["Score"] is None:
         return None
     return fields["Id"], fields["Score"], fields["AcceptedAnswerId"]

@@ -54,3 +54,58 @@ def test_an_executor_failure_is_one_line(spark, kind, line):
     with pytest.raises(Exception) as info:
         spark.sparkContext.parallelize([kind], 1).map(_raise).collect()
     assert executor_failure(info.value) == (None if line is None else f"in an executor: {line}")
+
+
+def test_a_model_file_that_cannot_be_used_is_one_line(spark, tmp_path):
+    """A filter's model that is no model, raised while an executor loads it (dolmino.errors.ResourceError)."""
+    not_a_model = tmp_path / "m.bin"
+    not_a_model.write_text("this is not a model\n")
+    empty_dir = tmp_path / "edu-model"
+    empty_dir.mkdir()
+
+    def _load(case: tuple[str, str]):
+        kind, path = case
+        if kind == "fasttext_quality":
+            from filters.quality import FastTextQualityFilter
+
+            return FastTextQualityFilter(path).reject_reason({"text": "x"})
+        from filters.fineweb_edu import FineWebEduFilter
+
+        return FineWebEduFilter(path).reject_reason({"text": "x"})
+
+    for case, line in (
+            (("fasttext_quality", str(not_a_model)), f"ResourceError: fastText model '{not_a_model}' is not a fastText "
+                                                     "model: it starts with b'this', not fastText's magic number"),
+            (("fasttext_quality", str(tmp_path)), f"ResourceError: fastText model '{tmp_path}' is a directory, not a "
+                                                  "model file (.bin or .ftz)"),
+            (("fineweb_edu", str(empty_dir)), f"ResourceError: model directory '{empty_dir}' has no config.json: not a "
+                                              "directory written by save_pretrained")):
+        with pytest.raises(Exception) as info:
+            spark.sparkContext.parallelize([case], 1).map(_load).collect()
+        assert executor_failure(info.value) == f"in an executor: {line}"
+
+
+def test_a_build_whose_model_file_is_not_a_model_fails_in_one_line(spark, tmp_path, capsys):
+    """The whole path: `dolmino build` tags with the fastText filter, an executor finds that the
+    model file is no model, and the user reads one error line naming the file."""
+    import json
+
+    from dolmino.build.cli import main as build_main
+    from dolmino.documents import write_documents
+
+    write_documents(str(tmp_path / "data" / "web" / "a.jsonl.zst"),
+                    [{"id": f"d{i}", "text": f"document number {i} about baking bread"} for i in range(20)])
+    model = tmp_path / "m.bin"
+    model.write_text("this is not a model\n")
+    manifest = {"name": "not-a-model", "version": 1, "seed": 1, "budget": 1000, "data_root": str(tmp_path / "data"),
+                "sources": [{"name": "web", "paths": ["web/*.jsonl.zst"], "mix_percent": 100,
+                             "filters": [{"type": "fasttext_quality", "model_path": str(model)}]}]}
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(manifest))
+    code = build_main(["--manifest", str(path), "--out", str(tmp_path / "out"), "--attributes",
+                       str(tmp_path / "attributes")])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and len(errors) == 1, err
+    assert f"error: in an executor: ResourceError: fastText model '{model}' is not a fastText model" in errors[0]
+    assert "Traceback" not in err and "PythonException" not in err

@@ -22,7 +22,7 @@ import torch
 
 from conftest import shared_corpus_file
 from dolmino.documents import Quarantine, read_documents, write_documents
-from dolmino.errors import ManifestError
+from dolmino.errors import ManifestError, ResourceError
 from filters import fineweb_edu
 from filters.base import decide, tag_columns, tag_params
 from filters.fineweb_edu import FineWebEduFilter, int_score, local_model_dir
@@ -255,8 +255,31 @@ def test_missing_model_and_wrong_head(model_dir, tmp_path):
     three = tmp_path / "three"
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(three)
     _model(1000, num_labels=3).save_pretrained(three)
-    with pytest.raises(ValueError, match="3 outputs.*num_labels=1"):
+    with pytest.raises(ResourceError, match="3 outputs.*num_labels=1"):
         FineWebEduFilter(str(three)).reject_reason({"text": "some text"})
+
+
+def test_a_directory_that_is_not_a_model_is_a_resource_error(model_dir, tmp_path):
+    """One line naming the directory and what is wrong (a build prints a ResourceError raised in
+    an executor as one line), not transformers' error from deep inside its loaders."""
+    import shutil
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    a_file = tmp_path / "model.bin"
+    a_file.write_text("this is not a model\n")
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(model_dir, no_weights)
+    for weights in no_weights.glob("*.safetensors"):
+        weights.unlink()
+    bad_config = tmp_path / "bad-config"
+    shutil.copytree(model_dir, bad_config)
+    (bad_config / "config.json").write_text("{not json")
+    for path, why in ((empty, "has no config.json"), (a_file, "is a file"), (no_weights, "cannot be loaded: "),
+                      (bad_config, "cannot be loaded: ")):
+        with pytest.raises(ResourceError, match=f"^model directory '{path}' {why}") as info:
+            FineWebEduFilter(str(path)).reject_reason({"text": "x"})
+        assert "\n" not in str(info.value)
 
 
 def test_bfloat16_scores_close_to_float32(model_dir, docs):

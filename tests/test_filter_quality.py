@@ -21,7 +21,7 @@ import pytest
 
 from conftest import REPO, shared_corpus_file
 from dolmino.documents import Quarantine, read_documents, write_documents
-from filters import quality
+from dolmino.errors import ResourceError
 from filters.quality import (
     FastTextExpectedLabel, FastTextLabelProbability, FastTextModel, FastTextQualityFilter, ScoreThresholdFilter,
     make_scorer, percentile_report, train_fasttext_classifier,
@@ -157,6 +157,26 @@ def test_missing_model_and_bad_parameters(tmp_path):
         FastTextModel("")
 
 
+@pytest.mark.parametrize("engine", FastTextModel.ENGINES)
+def test_a_file_that_is_not_a_model_is_a_resource_error(model_paths, tmp_path, engine):
+    """One line with the path and the reason, which a build prints as such when an executor
+    raises it, instead of the binding's "wrong file format" or IsADirectoryError."""
+    not_a_model = tmp_path / "m.bin"
+    not_a_model.write_text("this is not a model\n")
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    cases = [(not_a_model, "is not a fastText model: it starts with b'this'"),
+             (empty, "is not a fastText model: it starts with b''"), (tmp_path, "is a directory")]
+    if engine != "fasttext":  # the binding itself never returns on a truncated .bin (fasttext 0.9)
+        truncated = tmp_path / "truncated.bin"
+        truncated.write_bytes(open(model_paths["bin"], "rb").read()[:3000])
+        cases.append((truncated, "truncated"))
+    for path, why in cases:
+        with pytest.raises(ResourceError, match=why) as info:
+            FastTextQualityFilter(str(path), "__label__pos", engine=engine).reject_reason({"text": "x"})
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
 def test_unknown_label_is_an_error(corpus, model_paths):
     scorer = FastTextLabelProbability(model_paths["bin"], label="__label__hq")  # model has pos/neg only
     with pytest.raises(ValueError, match="__label__hq"):
@@ -234,12 +254,21 @@ def test_bad_scorer_names(scorer):
         ScoreThresholdFilter(scorer)
 
 
-def test_bad_min_score_and_unimportable_scorer():
-    with pytest.raises(ValueError, match="min_score"):
-        ScoreThresholdFilter("fasttext_expected_label", min_score="2")
-    f = ScoreThresholdFilter("no_such_module_xyz:Scorer")
-    with pytest.raises(ImportError):
-        f.reject_reason({"text": "anything"})
+def test_bad_parameters_fail_when_the_filter_is_built_not_when_it_tags():
+    """`dolmino manifest check` builds the filters: what would fail in an executor fails there."""
+    for bad in ("2", float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ValueError, match="^min_score must be a finite number"):
+            ScoreThresholdFilter("fasttext_expected_label", min_score=bad, model_path="m.bin")
+    with pytest.raises(ValueError, match="^scorer 'no_such_module_xyz:Scorer': module 'no_such_module_xyz' cannot"):
+        ScoreThresholdFilter("no_such_module_xyz:Scorer")
+    with pytest.raises(ValueError, match="^scorer 'test_filter_quality:KNOWN_SCORES': .* no callable"):
+        ScoreThresholdFilter("test_filter_quality:KNOWN_SCORES")
+    for scorer in ("fasttext_expected_label", "fasttext_label_probability"):
+        with pytest.raises(ValueError, match=f"^model_path is required by scorer '{scorer}'"):
+            ScoreThresholdFilter(scorer)
+    with pytest.raises(ValueError, match="^model_path must be a non-empty string"):
+        ScoreThresholdFilter("fasttext_expected_label", model_path=3)
+    assert ScoreThresholdFilter("fasttext_expected_label", min_score=0, model_path="m.bin").min_score == 0.0
 
 
 # ---------------------------------------------------------------------------- percentile reports

@@ -363,3 +363,58 @@ def test_a_malformed_question_cannot_take_another_questions_answer(tmp_path):
     docs = list(read_stackexchange(str(path), stats=stats, quarantine=quarantine))
     assert quarantine.counts["malformed_xml"] == 1
     assert [d["id"] for d in docs] == ["se-cooking.stackexchange.com-2"] and "an hour" in docs[0]["text"]
+
+
+def test_numbers_are_read_only_as_the_dump_writes_them(tmp_path):
+    """An optional '-' and ASCII digits: `int()`'s other spellings are quarantined, not guessed at."""
+    rows = [question(1, 9, "Good", "<p>q</p>", accepted=2), answer(2, 1, 9, "<p>a</p>")]
+    for k, score in enumerate(["1_0", "+5", " 5", "\u0665", "5 ", "0x5"]):
+        qid = 10 + 2 * k
+        rows += [question(qid, score, f"Score {score!r}", "<p>q</p>", accepted=qid + 1),
+                 answer(qid + 1, qid, 9, "<p>a</p>")]
+    rows += [question(30, 9, "Answer scored 1_0", "<p>q</p>", accepted=31), answer(31, 30, "1_0", "<p>a</p>"),
+             question(32, -1, "Negative", "<p>q</p>", accepted=33), answer(33, 32, 9, "<p>a</p>")]
+    path = write_posts(tmp_path, rows)
+    stats, quarantine = StackExchangeStats(), Quarantine()
+    docs = list(read_stackexchange(str(path), stats=stats, quarantine=quarantine))
+    assert [d["metadata"]["question_id"] for d in docs] == [1]
+    assert quarantine.counts == {"bad_score": 7}
+    assert {r.line for r in quarantine.records} == {5, 7, 9, 11, 13, 15, 18}
+    assert stats.removed == {"answer_missing": 1, "question_score<3": 1}
+    stats.check_balance()
+
+
+def test_ids_beyond_int64_are_quarantined_and_the_rest_is_read(tmp_path):
+    """Ids live in int64 arrays and SQLite keys: a larger one is a bad row, not an OverflowError."""
+    big, small = str(1 << 63), str(-(1 << 63) - 1)
+    rows = [
+        question(big, 9, "Huge id", "<p>q</p>", accepted=11),                       # 3 bad_id
+        question(small, 9, "Huge negative id", "<p>q</p>", accepted=11),            # 4 bad_id
+        question(12, 9, "Huge accepted", "<p>q</p>", accepted=big),                 # 5 bad_accepted_answer_id
+        answer(big, 1, 9, "<p>huge answer id</p>"),                                 # 6 bad_id
+        answer(13, big, 9, "<p>huge parent</p>"),                                   # 7 bad_parent_id
+        question(1, 9, "Good", "<p>q</p>", accepted=2), answer(2, 1, 9, "<p>a</p>"),
+        question(str((1 << 63) - 1), 9, "Largest int64 id", "<p>q</p>", accepted=3),
+        answer(3, str((1 << 63) - 1), 9, "<p>a</p>"),
+    ]
+    path = write_posts(tmp_path, rows)
+    stats, quarantine = StackExchangeStats(), Quarantine()
+    docs = list(read_stackexchange(str(path), stats=stats, quarantine=quarantine))
+    assert [d["metadata"]["question_id"] for d in docs] == [1, (1 << 63) - 1]
+    assert [(r.line, r.reason) for r in quarantine.records] == [
+        (3, "bad_id"), (4, "bad_id"), (5, "bad_accepted_answer_id"), (6, "bad_id"), (7, "bad_parent_id")]
+    stats.check_balance()
+
+
+def test_a_byte_order_mark_before_the_declaration_is_accepted(tmp_path):
+    path = write_posts(tmp_path, [question(1, 9, "Good", "<p>q</p>", accepted=2), answer(2, 1, 9, "<p>a</p>")])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    stats, quarantine = StackExchangeStats(), Quarantine()
+    docs = list(read_stackexchange(str(path), stats=stats, quarantine=quarantine))
+    assert len(docs) == 1 and quarantine.total == 0 and stats.rows == 2
+    assert list(se._iter_lines(str(path), (0, 10))) == [b'<?xml version="1.0" encoding="utf-8"?>']
+    # only the file's first bytes: a mark further on is a line that is not a row
+    path.write_bytes(path.read_bytes().replace(b"<posts>", b"\xef\xbb\xbf<posts>"))
+    quarantine = Quarantine()
+    assert len(list(read_stackexchange(str(path), quarantine=quarantine))) == 1
+    assert [(r.line, r.reason) for r in quarantine.records] == [(2, "not_a_row")]

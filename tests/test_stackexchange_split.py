@@ -86,8 +86,18 @@ def generated_posts(seed: int = 1, pairs: int = 90) -> bytes:
     rows.insert(90, '  <row Id="8001" PostTypeId="1" Score="4" Body="no title" AcceptedAnswerId="8002" />')
     rows.insert(100, question(8003, 9, "Long one", "<p>" + "long " * 3000 + "</p>", accepted=8004))
     rows.insert(101, answer(8004, 8003, 9, "<p>" + "answer " * 2000 + "</p>"))
+    # ids beyond int64 (pass 1's arrays and the join hold int64) and numbers that only int() reads
+    big = str(1 << 63)
+    rows.insert(25, question(big, 9, "Huge id", "<p>q</p>", accepted=8101))
+    rows.insert(26, answer(8101, big, 9, "<p>answer to the huge id</p>"))
+    rows.insert(50, question(8102, 9, "Huge accepted id", "<p>q</p>", accepted=big))
+    rows.insert(70, answer(big, 8103, 9, "<p>huge answer id</p>"))
+    rows.append(question(8103, 9, "Accepts the huge answer id", "<p>q</p>", accepted=big))
+    rows.insert(80, question(8104, "1_0", "Underscored score", "<p>q</p>", accepted=8105))
+    rows.insert(81, answer(8105, 8104, "+9", "<p>plus-signed answer score</p>"))
     data = posts_xml(rows).encode("utf-8")
-    return data.replace(b"not a row\n", b"not a row\r\n", 1)
+    # a byte-order mark before the declaration, as Windows tools write it
+    return b"\xef\xbb\xbf" + data.replace(b"not a row\n", b"not a row\r\n", 1)
 
 
 def _whole(path: Path):
@@ -139,6 +149,9 @@ def test_ranges_convert_like_the_whole_file(posts):
     assert stats.removed["answer_missing"] and stats.removed["answer_score<5"] and stats.removed["no_accepted_answer"]
     assert stats.removed["question_score<3"] and len(quarantine.records) >= 4 and len(docs) > 20
     assert stats.removed["duplicate_question"] == 1  # every question row is kept or removed by reason
+    assert quarantine.counts["bad_id"] == 2 and quarantine.counts["bad_parent_id"] == 1
+    assert quarantine.counts["bad_accepted_answer_id"] == 2 and quarantine.counts["bad_score"] == 3
+    assert quarantine.records[0].line > 2  # the byte-order mark is not a bad first line
     stats.check_balance()
     assert any("the real answer" in d["text"] for d in docs) and any("single" in d["text"] for d in docs)
     assert any("second copy" in d["text"] and "answer to the twice" in d["text"] for d in docs)
@@ -195,7 +208,7 @@ def test_pass_one_answer_keys_agree_with_the_xml_parser(posts, monkeypatch):
     # the regex path reads what the parser reads; beyond it only rows that pass 2 quarantines
     # (a question with unescaped markup or no title, an answer with a bad score)
     for first, second, broken in (("candidate_answers", "candidate_questions", [(6002, 6000), (8002, 8001)]),
-                                  ("answer_ids", "answer_parents", [(8000, 1)])):
+                                  ("answer_ids", "answer_parents", [(8000, 1), (8105, 8104)])):
         got = pairs(fast, first, second)
         assert [p for p in got if p not in broken] == pairs(slow, first, second)
         assert set(broken) <= set(got)

@@ -132,9 +132,9 @@ def prepare(args: argparse.Namespace, phase: str):
 # A traceback names a class by its module (`dolmino.s3.S3PathError`, botocore's generated
 # `botocore.errorfactory.NoSuchKey`), builtins by their bare name.
 _EXECUTOR_ERRORS = re.compile(
-    r"^(?:dolmino\.(?:errors|s3)\.)?(BuildError|ManifestError|InputChangedError|FileNotFoundError|S3PathError"
-    r"|NoSuchBucket|S3DeleteError|PermissionError|botocore\.(?:exceptions|errorfactory)\.\w+|EndpointConnectionError"
-    r"|NoCredentialsError|ClientError): (.*)$", re.MULTILINE)
+    r"^(?:dolmino\.(?:errors|s3)\.)?(BuildError|ManifestError|InputChangedError|ResourceError|FileNotFoundError"
+    r"|S3PathError|NoSuchBucket|S3DeleteError|PermissionError|botocore\.(?:exceptions|errorfactory)\.\w+"
+    r"|EndpointConnectionError|NoCredentialsError|ClientError): (.*)$", re.MULTILINE)
 
 
 def executor_failure(exc: BaseException) -> str | None:
