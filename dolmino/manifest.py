@@ -101,9 +101,12 @@ def parse_count(value: Any, where: str) -> int:
 
 
 def format_count(n: int | float) -> str:
+    """3 significant digits and a K/M/B/T suffix: 51458745000 -> "51.5B", 999954 -> "1M"."""
     for suffix, scale in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{suffix}"
+        text = f"{n / scale:.3g}"
+        # Compared after rounding: 999,954 is "1M", not the next suffix down's "1e+03K".
+        if abs(float(text)) >= 1:
+            return f"{text}{suffix}"
     return str(int(n))
 
 

@@ -262,6 +262,12 @@ def test_build_index_meta_and_aligned_memmap(tmp_path, suite_index, suite_instan
                          EvalInstance("t", "test", "alpha beta gamma delta epsilon zeta eta theta")],
                         str(tmp_path / "short.npz"))
     assert short.meta["instances_without_ngrams"] == {"t": {"test": 1}} and len(short) == 1
+    # The same eval sets give the same file, byte for byte: builds key their attributes on the
+    # index's digest, and a build time in its metadata re-tagged sources after every rebuild.
+    again = build_index(suite_instances[:200], str(tmp_path / "a.npz"))
+    build_index(suite_instances[:200], str(tmp_path / "b.npz"))
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    assert not any("seconds" in key for key in again.meta)
 
 
 def test_index_errors(tmp_path, suite_index):

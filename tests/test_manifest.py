@@ -232,6 +232,15 @@ def test_parse_count_rejects(bad):
         parse_count(bad, "budget")
 
 
+@pytest.mark.parametrize("n, text", [(0, "0"), (999, "999"), (1000, "1K"), (999_499, "999K"), (999_954, "1M"),
+                                     (999_500_000, "1B"), (51_458_745_000, "51.5B"), (-2_500, "-2.5K"),
+                                     (3.9e12, "3.9T")])
+def test_format_count(n, text):
+    from dolmino.manifest import format_count
+
+    assert format_count(n) == text  # 999,954 printed as "1e+03K" in a build's last line
+
+
 def _base() -> dict:
     return json.loads((MANIFESTS / "demo.json").read_text())
 

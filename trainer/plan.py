@@ -8,8 +8,8 @@ them, from the same code, so what a reviewer checks is what runs:
 - Length: --steps; else one pass over the data, ceil(tokens / (batch x seq)) steps, with the
   tokens from the build's report.json ("output.tokens", checked against the token files) or
   the token files' size. This is OLMo-core's `Duration.tokens` rule (train until the tokens
-  seen reach the budget): a 50B mix at 1024 x 4096 is 11,921 steps. OLMo 2's 7B stage 1 was
-  one pass too (3.9T tokens, 928,646 steps). OLMo's official-1124 stage-2 configs stopped 10
+  seen reach the budget): 50B tokens at 1024 x 4096 are 11,921 steps (the released 50B list,
+  51.46B tokens, 12,269). OLMo 2's 7B stage 1 was one pass too (3.9T tokens, 928,646 steps). OLMo's official-1124 stage-2 configs stopped 10
   steps later than round(budget / batch) (11,931 for 13B on 100B); pass --steps to copy that.
 - Learning rate: --lr always wins. Anneal recipes (trainer.config.ANNEAL_RECIPES) start from
   the LR pretraining had reached at the checkpoint's step: the checkpoint's own cosine when
