@@ -341,6 +341,12 @@ def _string(value: Any, where: str) -> str:
     return value
 
 
+def _check_s3_root(root: str, where: str) -> None:
+    """An s3:// root names a bucket: "s3://" alone would resolve sources to the local path "s3:/..."."""
+    _expect(not root.startswith("s3://") or bool(root[len("s3://"):].split("/", 1)[0]), where,
+            f"{root!r} names no bucket; give s3://BUCKET[/PREFIX]")
+
+
 def _resolve_relative(base_dir: str | None, value: str | None) -> str | None:
     if value is None or value.startswith("s3://") or os.path.isabs(value) or base_dir is None:
         return value
@@ -583,6 +589,7 @@ def manifest_from_dict(data: Any, path: str | None = None) -> Manifest:
     data_root = data.get("data_root")
     if data_root is not None:
         _string(data_root, "data_root")
+        _check_s3_root(data_root, "data_root")
     output = data.get("output")
     if output is not None:
         _string(output, "output")
@@ -636,6 +643,7 @@ def load_manifest(path: str, data_root: str | None = None) -> Manifest:
     made absolute when local so executors and later steps resolve the same place."""
     manifest = manifest_from_dict(read_manifest_json(path), path)
     if data_root:
+        _check_s3_root(data_root, "--data-root")
         manifest = replace(manifest, data_root=data_root if data_root.startswith("s3://")
                            else os.path.abspath(data_root))
     return manifest

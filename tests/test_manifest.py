@@ -272,6 +272,7 @@ def _base() -> dict:
     (lambda m: (m.update(seed=2**32), m["sources"][0].update(dedup={"minhash": {}})),
      "sources[0].dedup.minhash.seed: MinHash takes the manifest seed"),
     (lambda m: m.update(budget=0.4), "budget: must be a count of at least 1"),
+    (lambda m: m.update(data_root="s3://"), "data_root: 's3://' names no bucket"),  # read as the local "s3:/"
     (lambda m: m.update(output_format={"tokens_per_file": 0.3}), "output_format.tokens_per_file:"),
     (lambda m: m["sources"][0].update(filters=[{"type": "nope"}]), "sources[0].filters[0]"),
     (lambda m: m["sources"][0].update(filters={"type": "min_length"}), "sources[0].filters:"),
@@ -300,6 +301,12 @@ def test_a_large_manifest_seed_is_fine_when_minhash_states_its_own():
     m["seed"] = 2**40
     m["sources"][0]["dedup"] = {"minhash": {"seed": 7}}
     assert manifest_from_dict(m, str(MANIFESTS / "demo.json")).seed == 2**40
+
+
+def test_a_data_root_override_must_name_a_bucket():
+    with pytest.raises(ManifestError, match="^--data-root: 's3:///x' names no bucket"):
+        load_manifest(str(MANIFESTS / "demo.json"), "s3:///x")
+    assert load_manifest(str(MANIFESTS / "demo.json"), "s3://b/x").data_root == "s3://b/x"
 
 
 def test_bad_json_names_position(tmp_path):
