@@ -326,7 +326,7 @@ def test_resume_refuses_other_model_and_weights_only_dirs(tmp_path):
         Trainer(make_run(data), CPU, tmp_path / "y", resume=tmp_path / "soup", log=quiet)
 
 
-@pytest.mark.parametrize("damaged", [MODEL_FILE, OPTIM_FILE, STATE_FILE])
+@pytest.mark.parametrize("damaged", [MODEL_FILE, OPTIM_FILE, STATE_FILE, "config.json"])
 def test_a_truncated_checkpoint_file_is_named_when_resuming(tmp_path, capsys, damaged):
     """A checkpoint cut short by a copy or a full disk: torch's error names no file and --resume
     ended in a traceback. The message names the file and the checkpoint before it, to resume instead."""

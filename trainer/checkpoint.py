@@ -57,6 +57,15 @@ def damaged_file_error(file: Path, exc: Exception, advice: str = DAMAGED_FILE_AD
     return CheckpointFormatError(f"{file} cannot be read ({reason}); {advice}")
 
 
+def load_json_file(file: Path, advice: str = DAMAGED_FILE_ADVICE):
+    """A checkpoint's JSON file (config.json), with a damaged one reported by name: json's own
+    error says where in the text, not which file."""
+    try:
+        return json.loads(Path(file).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise damaged_file_error(file, exc, advice) from None
+
+
 def load_torch_file(file: Path, advice: str = DAMAGED_FILE_ADVICE, mmap: bool = False):
     """torch.load onto the CPU (`mmap`: tensors read from disk when touched), with a damaged file
     reported by name. What torch raises for a file cut short depends on where it was cut: EOFError
@@ -292,7 +301,7 @@ def load_model_weights(path: str | Path) -> tuple[dict, dict]:
     """(model state dict, config dict) of a checkpoint directory, on CPU."""
     path = resolve_checkpoint(path)
     state = load_torch_file(path / MODEL_FILE)
-    config = json.loads((path / CONFIG_FILE).read_text())
+    config = load_json_file(path / CONFIG_FILE)
     return state, config
 
 
@@ -303,7 +312,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"{path} holds weights only (no {STATE_FILE}, e.g. a soup); it cannot be resumed")
     options = StateDictOptions(full_state_dict=True)
-    advice = _resume_advice(path)
+    advice = resume_advice(path)
     model_sd = load_torch_file(path / MODEL_FILE, advice)
     set_model_state_dict(model, model_sd, options=options)
     if optimizer is not None:
@@ -316,7 +325,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     return train_state
 
 
-def _resume_advice(path: Path) -> str:
+def resume_advice(path: Path) -> str:
     """What to do when a file of checkpoint `path` is damaged. The writer renames only complete
     checkpoints into place, so the damage came from a copy or the disk: the one before it may be whole."""
     names = [p.name for p in complete_checkpoints(path.parent)]

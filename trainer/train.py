@@ -37,7 +37,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from trainer.checkpoint import Checkpointer, files_fingerprint, load_checkpoint, resolve_checkpoint
+from trainer.checkpoint import (
+    CONFIG_FILE, Checkpointer, files_fingerprint, load_checkpoint, load_json_file, resolve_checkpoint, resume_advice,
+)
 from trainer.config import ModelConfig, RunConfig, TrainConfig
 from trainer.data import DataLoader, MemmapDataset
 from trainer.distributed import DistEnv, all_reduce_mean, barrier, ranks_agree
@@ -162,7 +164,7 @@ class Trainer:
     # ----------------------------------------------------------------- resume / save
     def _resume(self, path: str | Path) -> None:
         path = resolve_checkpoint(path)
-        saved = json.loads((path / "config.json").read_text())
+        saved = load_json_file(path / CONFIG_FILE, resume_advice(path))
         if saved.get("model") != self.run.model.to_dict():
             raise ValueError(f"{path} was saved for a different model config; resume with the same --model")
         for change in recipe_changes(saved.get("train"), self.run.train):

@@ -39,7 +39,8 @@ import torch
 import torch.nn as nn
 
 from trainer.checkpoint import (
-    CONFIG_FILE, MODEL_FILE, CheckpointFormatError, damaged_file_error, load_torch_file, resolve_checkpoint,
+    CONFIG_FILE, MODEL_FILE, CheckpointFormatError, damaged_file_error, load_json_file, load_torch_file,
+    resolve_checkpoint,
 )
 from trainer.config import ModelConfig
 from trainer.export_hf import hf_name
@@ -197,8 +198,8 @@ def inspect_checkpoint(path: str | Path, step: int | None = None, step_source: s
 
 def _inspect_trainer(path: Path) -> CheckpointInfo:
     path = resolve_checkpoint(path)
-    config = json.loads((path / CONFIG_FILE).read_text())
-    if "model" not in config:
+    config = load_json_file(path / CONFIG_FILE)
+    if not isinstance(config, dict) or "model" not in config:
         raise CheckpointFormatError(f"{path / CONFIG_FILE} has no \"model\" entry")
     cfg = ModelConfig.from_dict(config["model"])
     state = _load_trainer_state(path)
@@ -311,7 +312,7 @@ def _inspect_hf(path: Path) -> CheckpointInfo:
     config_path = path / "config.json"
     if not config_path.is_file():
         raise CheckpointFormatError(f"{path} has safetensors weights but no config.json")
-    hf = json.loads(config_path.read_text())
+    hf = load_json_file(config_path)
     cfg = model_config_from_hf(hf, str(config_path))
     files = _hf_files(path)
     hf_shapes, dtype = _hf_shapes_and_dtype(path, files)
