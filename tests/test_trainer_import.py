@@ -281,6 +281,10 @@ def test_a_model_vocabulary_below_the_builds_tokenizers_is_refused_before_anythi
         proc = run_module("trainer.run", "--data", tmp_path / "huge", "--model", "tiny", *common)
         assert proc.returncode == 2 and proc.stderr.startswith(
             "trainer.run: error: --model tiny has a vocabulary of 100,278 ids, smaller than the 200,000 "), proc.stderr
+    # trainer.schedule, which prints what trainer.run would do, refuses it alike
+    proc = run_module("trainer.schedule", "--data", larger, "--init-from", hf, "--seq-len", 64, "--batch-size", 2)
+    assert proc.returncode == 2 and proc.stderr.startswith(
+        f"trainer.schedule: error: the --init-from checkpoint {hf} has a vocabulary of 1,024 ids"), proc.stderr
     # a build whose report predates "vocab_size" is stopped by the first batch, as before
     older = built_mix(tmp_path / "older", 4 * 64, vocab=2 * VOCAB, report_vocab=None)
     proc = run_module("trainer.run", "--data", older, "--init-from", hf, *common)

@@ -361,7 +361,7 @@ def schedule_main(argv: list[str] | None = None) -> int:
     parser = build_schedule_parser()
     args = parse_with_recipe(parser, argv)
     try:
-        tokens, source = None, None
+        tokens, source, paths = None, None, []
         if args.tokens is not None:
             tokens, source = args.tokens, "--tokens"
         elif args.mix or args.data:
@@ -374,6 +374,7 @@ def schedule_main(argv: list[str] | None = None) -> int:
             tokens, source = args.horizon_tokens, "the schedule horizon"
         init = inspect_init(args)
         plan = make_plan(args, tokens, source, init)
+        check_data_vocab(args, plan, init, paths)  # what trainer.run would refuse, refused here too
         tc = TrainConfig(seq_len=args.seq_len, global_batch_size=args.batch_size, micro_batch_size=1,
                          max_steps=plan.steps, lr=plan.lr, warmup_steps=plan.warmup_steps, schedule=args.schedule,
                          final_lr_fraction=args.final_lr_fraction, horizon_tokens=plan.horizon_tokens)
