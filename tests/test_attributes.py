@@ -239,3 +239,75 @@ def test_minhash_clusters_span_bundles(world, spark, tmp_path, monkeypatch):
         assert len(sorted((attrs / "web").glob("minhash-*/**/*.parquet"))) == len(bundles)
         parts.append({p.name: p.read_bytes() for p in sorted(out.glob("part-*"))})
     assert parts[0] == parts[1] and parts[0]  # bundled finely or as one bundle: the same mix
+
+
+def test_a_shared_attributes_root_repairs_or_refuses_what_is_not_valid(world, spark, tmp_path):
+    """A team shares one attributes root. MinHash clusters are global to a pool, so two
+    manifests whose source lists other files get their own cluster sets (a killed tag of one
+    overwrote the other's, which then mixed silently). A cluster file that is missing is
+    computed again by the next tag; a file that does not parse, or that was tagged from another
+    version of its input, or clusters of another pool copied in, fail the mix in one line that
+    says to delete it and tag again, which then gives the clean build's bytes."""
+    import json
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from dolmino.build.attributes import METADATA_KEY
+
+    root, _model = world
+
+    def spec(paths: list[str]) -> dict:
+        return {"name": "shared", "version": 1, "seed": 3, "budget": 4_000, "data_root": str(root / "inputs"),
+                "output_format": {"tokens_per_file": "2K"},
+                "sources": [{"name": "web", "paths": paths, "mix_percent": 100.0,
+                             "dedup": {"minhash": {"threshold": 0.8, "num_perm": 64}}}]}
+
+    every, fewer = manifest_from_dict(spec(["web/*.jsonl.zst"])), manifest_from_dict(spec(["web/page-00*.jsonl.zst"]))
+    attrs = tmp_path / "attributes"
+    clean = build(every, 4_000, str(tmp_path / "clean"), spark, attributes=str(attrs))
+    want = _parts(tmp_path / "clean")
+    build(fewer, 4_000, str(tmp_path / "fewer"), spark, attributes=str(attrs))
+    assert len(list((attrs / "web").glob("minhash-*"))) == 2  # one cluster set per pool
+
+    def mix(name: str) -> dict:
+        return build(every, 4_000, str(tmp_path / name), spark, attributes=str(attrs), phase="mix")
+
+    # a mix that reuses the clusters reports their figures (from _SOURCE.json; it wrote null)
+    assert mix("again")["sources"][0]["minhash"] == clean["sources"][0]["minhash"]
+    from dolmino.build.inputs import list_inputs, plan_units
+    from dolmino.build.tag import tag_plans
+
+    cluster_dir = attrs / "web" / tag_plans(every, {}, "", plan_units(list_inputs(every)))[0].minhash_set
+    victim = sorted(cluster_dir.rglob("*.parquet"))[0]
+    victim.unlink()  # a missing cluster file: the next tag computes the clusters again
+    assert build(every, 4_000, str(tmp_path / "retagged"), spark, attributes=str(attrs))["sources"][0]["minhash"]
+    assert _parts(tmp_path / "retagged") == want
+
+    good_clusters = victim.read_bytes()
+    table = pq.read_table(victim)
+    meta = dict(table.schema.metadata)
+    foreign = meta[METADATA_KEY].replace(b'"pool":"', b'"pool":"0')
+    pq.write_table(table.replace_schema_metadata({**meta, METADATA_KEY: foreign}), victim)
+    with pytest.raises(Exception, match="MinHash clusters computed over other input files.*delete it and run "
+                                        "`dolmino tag`"):  # raised in an executor
+        mix("foreign")
+    victim.write_bytes(good_clusters)
+    docs = sorted((attrs / "web").glob("docs-*/**/*.parquet"))[0]
+    saved = docs.read_bytes()
+    docs.write_bytes(saved[:300])
+    with pytest.raises(Exception, match="not a readable attribute file.*delete it and run `dolmino tag`"):
+        mix("truncated")
+    docs.write_bytes(saved)
+    # A file left from another version of its input, under the current version's name.
+    stale_meta = dict(pq.read_table(docs).schema.metadata)
+    listing = json.loads(stale_meta[METADATA_KEY])
+    listing["units"][0]["version"] = "an-earlier-mtime"
+    stale_meta[METADATA_KEY] = json.dumps(listing).encode()
+    pq.write_table(pq.read_table(docs).replace_schema_metadata(stale_meta), docs)
+    with pytest.raises(Exception, match="was tagged from another version of web/"):
+        mix("stale")
+    docs.unlink()
+    shutil.rmtree(tmp_path / "repaired", ignore_errors=True)
+    build(every, 4_000, str(tmp_path / "repaired"), spark, attributes=str(attrs))
+    assert _parts(tmp_path / "repaired") == want

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from dolmino.build.inputs import Unit
+from dolmino.errors import BuildError
 from dolmino.storage import join, list_files, read_bytes, write_bytes
 
 _TMP_SUFFIX = re.compile(r"\.tmp\d+$")
@@ -173,12 +174,25 @@ def unit_stats(stored: dict) -> dict:
     return full
 
 
-def unit_rows(meta: dict, bundle: Bundle) -> list[tuple[int, int]]:
-    """[start, end) rows of each of the bundle's units in one of its attribute files."""
+REMEDY = "delete it and run `dolmino tag` with this manifest again (it tags what is missing)"
+
+
+def unit_rows(meta: dict, bundle: Bundle, path: str = "") -> list[tuple[int, int]]:
+    """[start, end) rows of each of the bundle's units in one of its attribute files.
+
+    The file must describe exactly these units at these versions: one copied over another,
+    or left from an input's earlier version under the current name, would otherwise put
+    other documents' attributes (or another version's) under the current ones, silently."""
     listed = meta.get("units") or []
+    where = path or f"attribute file of bundle {bundle.key}"
     if [u.get("unit") for u in listed] != [u.key for u in bundle.units]:
-        raise ValueError(f"attribute file of bundle {bundle.key} lists units "
-                         f"{[u.get('unit') for u in listed][:3]}..., expected {[u.key for u in bundle.units][:3]}...")
+        raise BuildError(f"{where} lists units {[u.get('unit') for u in listed][:3]}..., expected "
+                         f"{[u.key for u in bundle.units][:3]}...: {REMEDY}")
+    stale = [u.key for u, version, entry in zip(bundle.units, bundle.unit_versions, listed)
+             if entry.get("version") not in (None, version)]  # None: files written before versions were
+    if stale:
+        raise BuildError(f"{where} was tagged from another version of {stale[0]}"
+                         f"{f' (and {len(stale) - 1} more)' if len(stale) > 1 else ''}: {REMEDY}")
     spans, start = [], 0
     for entry in listed:
         spans.append((start, start + entry["rows"]))
@@ -238,6 +252,13 @@ def read_table(path: str, columns: list[str] | None = None, data: bytes | None =
 
     # ParquetFile.read, not pq.read_table: the same table and metadata without the datasets
     # layer, which costs ~0.5 ms per small file (the mix reads every unit's attribute files).
-    table = pq.ParquetFile(io.BytesIO(read_bytes(path) if data is None else data)).read(columns=columns)
-    raw = (table.schema.metadata or {}).get(METADATA_KEY)
-    return table, (json.loads(raw) if raw else {})
+    import pyarrow as pa
+
+    raw_bytes = read_bytes(path) if data is None else data
+    try:
+        table = pq.ParquetFile(io.BytesIO(raw_bytes)).read(columns=columns)
+        raw = (table.schema.metadata or {}).get(METADATA_KEY)
+        return table, (json.loads(raw) if raw else {})
+    except (pa.ArrowException, ValueError) as exc:  # truncated, emptied, not Parquet, bad metadata JSON
+        raise BuildError(f"{path}: not a readable attribute file ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}); {REMEDY}") from None

@@ -23,7 +23,8 @@ from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from dolmino.build.attributes import AttributeStore, Bundle, read_table, unit_rows, unit_stats
+from dolmino.build.attributes import REMEDY, AttributeStore, Bundle, read_table, unit_rows, unit_stats
+from dolmino.errors import BuildError
 from dolmino.prefetch import DEFAULT_READ_AHEAD, ReadAhead
 from mixers.sampling import bucket_of, seeded_hash
 
@@ -172,7 +173,7 @@ def fetch_attributes(bundles: Iterable[Bundle], ctx: PoolContext) -> ReadAhead:
 def _unit_slices(path: str, bundle: Bundle, ahead: ReadAhead | None) -> tuple[object, list, dict]:
     """(table, [(start, end) rows per unit], metadata) of one of a bundle's attribute files."""
     table, meta = read_table(path, data=None if ahead is None else ahead.take(path))
-    return table, unit_rows(meta, bundle), meta
+    return table, unit_rows(meta, bundle, path), meta
 
 
 def _keys(values: list[bytes]) -> np.ndarray:
@@ -207,7 +208,10 @@ def pool_bundle(bundle: Bundle, ctx: PoolContext,
                         table.to_pylist()))
     cluster_rows = None
     if plan.minhash_set:
-        table, cluster_spans, _ = _unit_slices(set_paths[-1], bundle, ahead)
+        table, cluster_spans, cluster_meta = _unit_slices(set_paths[-1], bundle, ahead)
+        if cluster_meta.get("pool") != plan.minhash_pool:  # clusters of another pool: copied in by hand
+            raise BuildError(f"{set_paths[-1]}: MinHash clusters computed over other input files than this "
+                             f"source's; {REMEDY}")
         cluster_rows = (table.column("line").to_pylist(), table.column("cluster").to_pylist(), cluster_spans)
     exact = source.dedup.exact
     cols = {c: docs.column(c).to_pylist() for c in ("loc_line", "id", "bytes", "blank")}

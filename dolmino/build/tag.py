@@ -65,6 +65,7 @@ class SourceTagPlan(NamedTuple):
     filters: tuple[FilterTag, ...]  # the chain's tagging filters (not those that need tokens)
     minhash_set: str | None
     minhash: dict | None  # MinHash parameters (seed filled in)
+    minhash_pool: str | None  # units_digest of the source's units: what its clusters were computed over
 
 
 class BundleWork(NamedTuple):
@@ -129,12 +130,17 @@ class UnitStats:
 # ---------------------------------------------------------------------------- driver: what to tag
 
 
-def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_digest: str) -> tuple[SourceTagPlan, ...]:
+def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_digest: str,
+              units: list[Unit]) -> tuple[SourceTagPlan, ...]:
+    """Each source's attribute sets. A MinHash set is named by its parameters and by the units
+    its clusters were computed over (its pool): clusters are global to a pool, so two
+    manifests whose source lists other files (or a tag of one killed half-way) never share,
+    or overwrite, each other's cluster files."""
     from filters.base import needs_tokens, tag_params
     from filters.registry import build_filter
 
     plans = []
-    for source in manifest.sources:
+    for si, source in enumerate(manifest.sources):
         docs_key = spec_key({"format": ATTRIBUTE_FORMAT, "reader": source.format, "tokenizer": tokenizer_digest,
                              "sample_bits": SAMPLE_BITS, "max_doc_bytes": source.max_doc_bytes})
         tags = []
@@ -144,13 +150,14 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
                 continue
             keyed = keyed_spec({"type": spec["type"], **tag_params(filt, spec)}, resources)
             tags.append(FilterTag(f"{spec['type']}-{spec_key(keyed)}", i, spec))
-        minhash = None
+        minhash = pool = None
         if source.dedup.minhash is not None:  # {} asks for MinHash with every default
             minhash = dict(source.dedup.minhash)
             minhash.setdefault("seed", manifest.seed)
+            pool = units_digest([u for u in units if u.source_index == si])
         plans.append(SourceTagPlan(
             source.name, source.format, source.max_doc_bytes, f"docs-{docs_key}", tuple(tags),
-            f"minhash-{spec_key(minhash)}" if minhash else None, minhash))
+            f"minhash-{spec_key({**minhash, 'pool': pool})}" if minhash else None, minhash, pool))
     return tuple(plans)
 
 
@@ -351,7 +358,7 @@ class TagResult(NamedTuple):
 
 def _docs_stats(bundle: Bundle, path: str) -> list[tuple[int, dict]]:
     _table, meta = read_table(path, columns=[])
-    unit_rows(meta, bundle)  # the file lists exactly the bundle's units
+    unit_rows(meta, bundle, path)  # the file lists exactly the bundle's units
     return [(unit.index, unit_stats(entry["stats"])) for unit, entry in zip(bundle.units, meta["units"])]
 
 
@@ -408,7 +415,7 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
 
     from dolmino.build.progress import Stage
 
-    plans = tag_plans(manifest, resources, tokenizer_digest)
+    plans = tag_plans(manifest, resources, tokenizer_digest, units)
     listed: dict[tuple[int, str], set[str]] = {}
     for si, plan in enumerate(plans):
         for set_name in [plan.docs_set, *(t.set_name for t in plan.filters)]:
@@ -417,16 +424,23 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
     for u in units:
         by_source.setdefault(u.source_index, []).append(u)
     minhash_due: dict[int, str] = {}
+    minhash_stats = {}
     for si, plan in enumerate(plans):
         if plan.minhash_set:
-            digest = units_digest(by_source.get(si, []))
+            digest = plan.minhash_pool
             stored = read_if_exists(minhash_manifest_path(store, plan))
             try:
                 done = json.loads(stored) if stored is not None else None
             except ValueError:
                 done = None
-            if not isinstance(done, dict) or done.get("units") != digest:
+            # Done: _SOURCE.json (written last) says so, and every bundle's cluster file is there.
+            clusters = store.existing(plan.name, plan.minhash_set)
+            complete = all(store.path(plan.name, plan.minhash_set, b) in clusters
+                           for b in bundles if b.source_index == si)
+            if not isinstance(done, dict) or done.get("units") != digest or not complete:
                 minhash_due[si] = digest
+            else:
+                minhash_stats[plan.name] = done.get("stats")  # the report's figures when clusters are reused
 
     works: dict[int, BundleWork] = {}
     for bundle in bundles:
@@ -484,7 +498,6 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
         stats.update(parallelize_pickled(sc, pairs, n).flatMap(lambda p: _docs_stats(*p)).collect())
     offsets = first_lines(units, stats)
 
-    minhash_stats = {}
     for si, digest in minhash_due.items():
         with Stage(sc, f"minhash:{plans[si].name}", total_units=len(by_source.get(si, [])), quiet=quiet) as stage:
             minhash_stats[plans[si].name] = _cluster_source(
@@ -523,7 +536,7 @@ def _write_clusters(bundle: Bundle, members, store: AttributeStore, plan: Source
     schema = pa.schema([("line", pa.int64()), ("cluster", pa.binary(16))])
     path = store.path(plan.name, plan.minhash_set, bundle)
     meta = {"bundle": bundle.key, "version": bundle.version, "source": plan.name,
-            "units": unit_listing(bundle, counts), "minhash": plan.minhash}
+            "units": unit_listing(bundle, counts), "minhash": plan.minhash, "pool": plan.minhash_pool}
     return path, write_table(path, {"line": lines, "cluster": clusters}, schema, meta)
 
 

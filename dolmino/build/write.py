@@ -123,8 +123,9 @@ def _check_tagged(doc: dict, pd: PoolDoc, seed: int, source: str, loc: str, uri:
     other documents under those decisions, silently. Costs one hash per document taken."""
     if seeded_hash(seed, source, doc["id"], loc) != pd.hash or len(doc["text"].encode("utf-8")) != pd.bytes:
         raise InputChangedError(f"{uri}: line {pd.line} is not the document tagged there (id {doc['id']!r}: its id "
-                                "or text changed); the input changed after it was tagged. Rerun the build (its tag "
-                                "phase re-tags the changed file)")
+                                "or text changed); the input changed after it was tagged. A rerun tags it again "
+                                "only if its size or modification time changed (they key its attribute files): "
+                                "if neither did, touch it first")
 
 
 def _tokenize_groups(groups, ctx: TokContext, stats: dict, ahead: ReadAhead, counters) -> Iterator[TokDoc]:
