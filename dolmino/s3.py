@@ -34,7 +34,7 @@ _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 _CHECKSUM_OPTIONS = ("request_checksum_calculation", "response_checksum_validation")
 _ENDPOINT_URL_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")  # boto3's order of precedence for S3
-_ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
+_ENDPOINT_ENV = (*_ENDPOINT_URL_ENV, "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
                  "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE", *(f"AWS_{o.upper()}" for o in _CHECKSUM_OPTIONS))
 # Hosts of AWS's own S3 endpoints (standard, China, dual-stack/new-style).
 _AWS_HOST = re.compile(r"(^|\.)(amazonaws\.com|amazonaws\.com\.cn|api\.aws)$")

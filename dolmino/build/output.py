@@ -64,8 +64,7 @@ def committed_parts(out: str, plan_hash: str, num_parts: int) -> dict[int, PartR
         if all(sizes.get(f.name) == f.size for f in files):
             candidates.append((record, files))
     checks = [(f.name, f.size, f.sha256) for _record, files in candidates for f in files]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        damaged = {c[0] for c, problem in zip(checks, pool.map(lambda c: _check_one(out, *c), checks)) if problem}
+    damaged = {c[0] for c, problem in zip(checks, _check_all(out, checks)) if problem}
     return {record["index"]: PartResult(record["index"], record["tokens"], record["docs"], record["tokens_by_source"],
                                         record["docs_by_source"], files, record.get("doc_hist", {}), True)
             for record, files in candidates if not any(f.name in damaged for f in files)}
@@ -103,11 +102,16 @@ def _check_one(out: str, name: str, size: int, sha256: str) -> str | None:
     return None
 
 
+def _check_all(out: str, checks: list[tuple[str, int, str]]) -> list[str | None]:
+    """`_check_one` of each (name, size, sha256), in order, eight at a time (HEADs on S3)."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(lambda c: _check_one(out, *c), checks))
+
+
 def verify_parts(out: str, parts: list[PartResult]) -> None:
     """Every reported part file is at the output location as reported, or exit-2 BuildError."""
     checks = [(f.name, f.size, f.sha256) for p in parts for f in p.files]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        problems = [p for p in pool.map(lambda c: _check_one(out, *c), checks) if p]
+    problems = [p for p in _check_all(out, checks) if p]
     if problems:
         shown = "\n  ".join(problems[:10]) + ("\n  ..." if len(problems) > 10 else "")
         raise BuildError(

@@ -149,16 +149,15 @@ def _tokenize_groups(groups, ctx: TokContext, stats: dict, ahead: ReadAhead, cou
         wanted = sorted(by_line)
         uri = unit_source_uri(unit, plan, ctx.store)
         max_tokens = ctx.max_doc_tokens[si]
-        batch: list[tuple[PoolDoc, dict]] = []
+        batch: list[tuple[PoolDoc, dict, str]] = []  # (pool document, document read, its loc)
         batch_bytes = 0
 
         def flush(batch):
-            encoded = ctx.tokenizer.encode_documents([doc["text"] for _, doc in batch])
+            encoded = ctx.tokenizer.encode_documents([doc["text"] for _, doc, _ in batch])
             ids_list = encoded.ids
             st["control"] += encoded.control_token_docs
             st["eos_in_span"] += encoded.eos_in_span_docs
-            for (pd, doc), ids in zip(batch, ids_list):
-                loc = loc_of(unit.file.name, ctx.offsets[unit_index], pd.loc_line)
+            for (pd, doc, loc), ids in zip(batch, ids_list):
                 n = 0 if ids is None else len(ids)
                 st["docs"] += 1
                 st["bytes"] += pd.bytes
@@ -183,9 +182,9 @@ def _tokenize_groups(groups, ctx: TokContext, stats: dict, ahead: ReadAhead, cou
 
         for line, doc in read_lines(uri, unit, wanted, None, ahead.take(uri)):
             pd = by_line[line]
-            _check_tagged(doc, pd, ctx.seed, plan.name, loc_of(unit.file.name, ctx.offsets[unit_index], pd.loc_line),
-                          uri)
-            batch.append((pd, doc))
+            loc = loc_of(unit.file.name, ctx.offsets[unit_index], pd.loc_line)
+            _check_tagged(doc, pd, ctx.seed, plan.name, loc, uri)
+            batch.append((pd, doc, loc))
             batch_bytes += pd.bytes
             if len(batch) >= TOKENIZE_BATCH or batch_bytes >= TOKENIZE_BATCH_BYTES:
                 yield from flush(batch)
