@@ -78,26 +78,37 @@ MINHASH_FIELDS = ("num_perm", "ngram", "threshold", "seed")
 MINHASH_SEED_LIMIT = 2**32
 
 
-def parse_count(value: Any, where: str) -> int:
-    """Parse token counts like 100B, 1.5M, 832.6B, 7000 (K/M/B/T suffixes, powers of 10)."""
+def count_value(value: Any) -> int:
+    """Parse token counts like 100B, 1.5M, 832.6B, 7000 (K/M/B/T suffixes, powers of 10).
+
+    Raises ValueError with a message naming the value; the manifest and the trainer's command
+    line each say where it came from."""
     if isinstance(value, bool):
-        raise ManifestError(f"{where}: expected a count like '100B', got {value!r}")
+        raise ValueError(f"expected a count like '100B', got {value!r}")
     if isinstance(value, (int, float)):
         number = float(value)
         scale = 1
     elif isinstance(value, str):
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMBGT]?)\s*", value.upper())
         if not match:
-            raise ManifestError(f"{where}: expected a count like '100B', '1.5M' or 7000, got {value!r}")
+            raise ValueError(f"expected a count like '100B', '1.5M' or 7000, got {value!r}")
         number = float(match.group(1))
         scale = SUFFIXES[match.group(2)]
     else:
-        raise ManifestError(f"{where}: expected a count like '100B', got {type(value).__name__}")
+        raise ValueError(f"expected a count like '100B', got {type(value).__name__}")
     result = number * scale
     if not math.isfinite(result) or round(result) < 1:
         # Checked after rounding: 0.4 would otherwise pass as a count and build as 0.
-        raise ManifestError(f"{where}: must be a count of at least 1, got {value!r}")
+        raise ValueError(f"must be a count of at least 1, got {value!r}")
     return int(round(result))
+
+
+def parse_count(value: Any, where: str) -> int:
+    """`count_value`, its error a ManifestError naming `where`."""
+    try:
+        return count_value(value)
+    except ValueError as exc:
+        raise ManifestError(f"{where}: {exc}") from None
 
 
 def format_count(n: int | float) -> str:

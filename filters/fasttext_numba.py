@@ -385,11 +385,18 @@ def check_fasttext_file(path: str) -> None:
     no model at all reaches the binding, whose "has wrong file format!" says neither which
     filter's model it was nor, inside an executor, anything short of a Spark traceback."""
     if os.path.isdir(path):
-        raise ResourceError(f"fastText model {path!r} is a directory, not a model file (.bin or .ftz)")
+        check_fasttext_head(path, None)
     with open(path, "rb") as fh:
-        head = fh.read(4)
-    if len(head) < 4 or struct.unpack("<i", head)[0] != FASTTEXT_MAGIC:
-        raise ResourceError(f"fastText model {path!r} is not a fastText model: it starts with {head!r}, "
+        check_fasttext_head(path, fh.read(4))
+
+
+def check_fasttext_head(path: str, head: bytes | None) -> None:
+    """`check_fasttext_file` on a model's first four bytes (None: it is a directory), which a
+    build's driver reads before any task starts, also from an s3:// model."""
+    if head is None:
+        raise ResourceError(f"fastText model {path!r} is a directory, not a model file (.bin or .ftz)")
+    if len(head) < 4 or struct.unpack("<i", head[:4])[0] != FASTTEXT_MAGIC:
+        raise ResourceError(f"fastText model {path!r} is not a fastText model: it starts with {head[:4]!r}, "
                             "not fastText's magic number")
 
 

@@ -256,6 +256,8 @@ class FastTextQualityFilter:
 
     # `engine` is not a tag parameter: both engines give the same probabilities (parity-tested).
     tag_params = ("model_path", "label")
+    # Parameters naming a fastText model file: a build's driver checks them before any task.
+    fasttext_model_params = ("model_path",)
 
     def tag(self, docs: list[dict]) -> dict[str, np.ndarray]:
         return {"score": self.scorer.score([doc.get("text", "") for doc in docs]).astype(np.float64)}
@@ -297,6 +299,12 @@ class ScoreThresholdFilter:
         return {**self.__dict__, "_scorer": None}
 
     tag_params = ("scorer", "model_path")
+
+    @property
+    def fasttext_model_params(self) -> tuple[str, ...]:
+        """As FastTextQualityFilter's, for the registered (fastText) scorers; a custom scorer's
+        model_path is its own business."""
+        return ("model_path",) if self.scorer_name in SCORERS else ()
 
     def tag(self, docs: list[dict]) -> dict[str, np.ndarray]:
         if self._scorer is None:

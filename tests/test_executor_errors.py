@@ -85,9 +85,7 @@ def test_a_model_file_that_cannot_be_used_is_one_line(spark, tmp_path):
         assert executor_failure(info.value) == f"in an executor: {line}"
 
 
-def test_a_build_whose_model_file_is_not_a_model_fails_in_one_line(spark, tmp_path, capsys):
-    """The whole path: `dolmino build` tags with the fastText filter, an executor finds that the
-    model file is no model, and the user reads one error line naming the file."""
+def _not_a_model_build(tmp_path, model_uri: str, capsys) -> tuple[int, str]:
     import json
 
     from dolmino.build.cli import main as build_main
@@ -95,17 +93,44 @@ def test_a_build_whose_model_file_is_not_a_model_fails_in_one_line(spark, tmp_pa
 
     write_documents(str(tmp_path / "data" / "web" / "a.jsonl.zst"),
                     [{"id": f"d{i}", "text": f"document number {i} about baking bread"} for i in range(20)])
-    model = tmp_path / "m.bin"
-    model.write_text("this is not a model\n")
     manifest = {"name": "not-a-model", "version": 1, "seed": 1, "budget": 1000, "data_root": str(tmp_path / "data"),
                 "sources": [{"name": "web", "paths": ["web/*.jsonl.zst"], "mix_percent": 100,
-                             "filters": [{"type": "fasttext_quality", "model_path": str(model)}]}]}
+                             "filters": [{"type": "min_length", "min_tokens": 1},
+                                         {"type": "score_threshold", "scorer": "fasttext_expected_label",
+                                          "model_path": model_uri}]}]}
     path = tmp_path / "m.json"
     path.write_text(json.dumps(manifest))
     code = build_main(["--manifest", str(path), "--out", str(tmp_path / "out"), "--attributes",
                        str(tmp_path / "attributes")])
-    err = capsys.readouterr().err
+    return code, capsys.readouterr().err
+
+
+def test_a_build_whose_model_file_is_not_a_model_fails_in_one_line_before_any_task(spark, tmp_path, capsys):
+    """The whole path: `dolmino build` with a fastText filter whose model file is no model. The
+    driver reads the model's first bytes when it stages it, so the user reads one error line
+    naming the filter and the file, and nothing was tagged (it used to fail in the executors,
+    after the tag phase had started)."""
+    model = tmp_path / "m.bin"
+    model.write_text("this is not a model\n")
+    code, err = _not_a_model_build(tmp_path, str(model), capsys)
     errors = [line for line in err.splitlines() if "error:" in line]
     assert code == 2 and len(errors) == 1, err
-    assert f"error: in an executor: ResourceError: fastText model '{model}' is not a fastText model" in errors[0]
-    assert "Traceback" not in err and "PythonException" not in err
+    assert (f"error: source 'web' filters[1].model_path: fastText model '{model}' is not a fastText model: "
+            "it starts with b'this'") in errors[0]
+    assert "Traceback" not in err and "PythonException" not in err and "executor" not in err
+    assert not (tmp_path / "attributes").exists() or not any((tmp_path / "attributes").rglob("*.parquet"))
+
+
+def test_an_s3_model_that_is_not_a_model_is_refused_on_the_driver(spark_with_s3, tmp_path, capsys):
+    """The same check from an s3:// model (a range read of its head; a prefix is a directory)."""
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="not-a-model")
+    boto3.client("s3").put_object(Bucket="not-a-model", Key="models/m.bin", Body=b"PK\x03\x04 a zip")
+    boto3.client("s3").put_object(Bucket="not-a-model", Key="models/dir/model.bin", Body=b"x")
+    for uri, words in (("s3://not-a-model/models/m.bin", "is not a fastText model: it starts with b'PK\\x03\\x04'"),
+                       ("s3://not-a-model/models/dir", "is a directory, not a model file")):
+        code, err = _not_a_model_build(tmp_path, uri, capsys)
+        errors = [line for line in err.splitlines() if "error:" in line]
+        assert code == 2 and len(errors) == 1, err
+        assert f"error: source 'web' filters[1].model_path: fastText model '{uri}' {words}" in errors[0], err

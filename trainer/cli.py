@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
-
-_SUFFIXES = {"K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -21,20 +18,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def parse_count(text: str) -> int:
-    """'4T', '50B', '2.5M', '1000' -> int."""
-    text = str(text).strip().upper()
-    scale = _SUFFIXES.get(text[-1:], 1)
-    number = text[:-1] if text[-1:] in _SUFFIXES else text
+    """'4T', '50B', '2.5M', '1000' -> int, by the manifest's rules (the same counts, the same suffixes)."""
+    from dolmino.manifest import count_value
+
     try:
-        value = float(number) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a count: {text!r} (use e.g. 4T, 50B, 100M)") from None
-    if not math.isfinite(value):  # "inf", "nan", and "1e400", which float() overflows to inf
-        raise argparse.ArgumentTypeError(f"not a finite count: {text!r} (use e.g. 4T, 50B, 100M)")
-    count = int(round(value))
-    if count < 1:  # checked after rounding: "0.5" passes "> 0" but is a count of 0
-        raise argparse.ArgumentTypeError(f"count must be at least 1, got {text!r}")
-    return count
+        return count_value(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def positive_int(text: str) -> int:

@@ -33,9 +33,10 @@ from dolmino.build.tag import run_tag
 from dolmino.build.write import (
     PARTS_DIR, TokContext, TokDoc, TokStats, WriteContext, order_key, tokenize_units, write_part,
 )
-from dolmino.errors import BuildError, ManifestError
+from dolmino.errors import BuildError, ManifestError, ResourceError
 from dolmino.manifest import Manifest
 from dolmino.memmap import part_name
+from dolmino.s3 import is_s3, open_uri
 from dolmino.prefetch import DEFAULT_READ_AHEAD
 from dolmino.tokenizer import Dolma2Tokenizer, control_id_problems
 from mixers.sampling import bucket_of
@@ -93,7 +94,26 @@ def _stage_resources(manifest: Manifest, sc) -> dict:
                         resources[uri] = stage(uri, sc, ship=ship)
                     except (BuildError, FileNotFoundError) as exc:
                         raise BuildError(f"source {source.name!r} filters[{i}].{param}: {exc}") from None
+            _check_models(spec, resources, f"source {source.name!r} filters[{i}]")
     return resources
+
+
+def _check_models(spec: dict, resources: dict, where: str) -> None:
+    """A fastText model that is not one fails here, on the driver, in one line, before any task
+    starts (else every executor task would fail on it after the tag phase began)."""
+    from filters.fasttext_numba import check_fasttext_head
+    from filters.registry import build_filter
+
+    for param in getattr(build_filter(spec, where), "fasttext_model_params", ()):
+        uri = spec[param]
+        head = None
+        if not resources[uri].is_dir:
+            with (open_uri(uri, "rb") if is_s3(uri) else open(uri, "rb")) as fh:
+                head = fh.read(4)
+        try:
+            check_fasttext_head(uri, head)
+        except ResourceError as exc:
+            raise BuildError(f"{where}.{param}: {exc}") from None
 
 
 def skips_blank(manifest: Manifest) -> bool:
