@@ -145,13 +145,20 @@ def client():
     return found
 
 
-def without_userinfo(url: str) -> str:
-    """`url` without the user:password@ of its authority (what botocore would ignore anyway)."""
+def _split_userinfo(url: str) -> tuple[str, str]:
+    """(the userinfo of `url`'s authority, `url` without it and its "@"); ("", url) when none.
+    The one reading of an endpoint URL's authority, for the client and for redaction alike."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return url
+        return "", url
     authority, slash, path = rest.partition("/")
-    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
+    userinfo, _, host = authority.rpartition("@")
+    return userinfo, f"{scheme}://{host}{slash}{path}"
+
+
+def without_userinfo(url: str) -> str:
+    """`url` without the user:password@ of its authority (what botocore would ignore anyway)."""
+    return _split_userinfo(url)[1]
 
 
 def _compatible_checksums(session, endpoint_url: str) -> dict:
@@ -185,8 +192,7 @@ def _endpoint_passwords() -> list[str]:
 
     found = []
     for name in _ENDPOINT_URL_ENV:
-        url = os.environ.get(name) or ""
-        userinfo = url.partition("://")[2].split("/", 1)[0].rpartition("@")[0]
+        userinfo = _split_userinfo(os.environ.get(name) or "")[0]
         if ":" in userinfo:
             password = userinfo.split(":", 1)[1]
             found += [password, unquote(password)]
