@@ -76,21 +76,19 @@ def _stated_fractions(manifest: Manifest, parts) -> dict[str, float]:
         return {s.name: 0.0 for s in manifest.sources}
 
 
-def _explain_empty(warnings: list[str], name: str, acc: dict) -> None:
-    """Add what removed everything to a source's "no documents left" warning: a filter that
+def _empty_source(sel, name: str, acc: dict) -> list[str]:
+    """The warning for a source with no documents left, with what removed them: a filter that
     takes a whole source usually means data without the field it reads (`stars_missing`)
     or a threshold on the wrong scale, not a bad pool."""
-    prefix = f"source {name!r}: no documents left"
+    if sel.empty is None:
+        return []
     stages = [acc["removed"], acc.get("tokenized", {}).get("removed", {})]  # pool filters, token filters
     removed = sorted(((r, e) for stage in stages for r, e in stage.items()), key=lambda kv: -kv[1]["docs"])
     quarantined = sum(acc["quarantined"].values())
-    if not removed and not quarantined:
-        return
     why = [f"{reason} {entry['docs']:,}" for reason, entry in removed[:3]] + \
         ([f"quarantined {quarantined:,}"] if quarantined else [])
-    for i, text in enumerate(warnings):
-        if text.startswith(prefix):
-            warnings[i] = f"{text} (of {acc['docs_in']:,} documents: {', '.join(why)})"
+    return [f"source {name!r}: no documents left after filtering and dedup; {sel.empty}"
+            + (f" (of {acc['docs_in']:,} documents: {', '.join(why)})" if why else "")]
 
 
 def _pool_size_missed(source, pool_tokens: int, exact: bool, out_tokens: int) -> list[str]:
@@ -139,6 +137,7 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
         tokenized_total["docs"] += tok["docs"]
         tokenized_total["tokens"] += tok["tokens"]
         acc = {**acc, "tokenized": tok}
+        warnings += _empty_source(sel, source.name, acc)
         out_tokens = sum(p.tokens_by_source.get(source.name, 0) for p in parts)
         out_docs = sum(p.docs_by_source.get(source.name, 0) for p in parts)
         if sel.pool_tokens is not None:
@@ -165,7 +164,7 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
             "pool_tokens": pool_tokens, "pool_tokens_exact": exact,
             "pool_tokens_manifest": source.pool_tokens,
             "tokenized": tok,
-            "selection": {k: v for k, v in sel.to_dict().items() if k not in ("selected", "warnings")},
+            "selection": {k: v for k, v in sel.to_dict().items() if k not in ("selected", "empty")},
             "target_tokens": sel.target_tokens, "output_docs": out_docs, "output_tokens": out_tokens,
             "passes": out_tokens / pool_tokens if pool_tokens else 0.0,
             "source_percent_manifest": source.source_percent,
@@ -177,7 +176,6 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
             "decontamination_coverage": acc.get("decontamination_coverage", []),
         }
         report_sources.append(entry)
-        _explain_empty(warnings, source.name, acc)
     if total_tokens < budget * (1 - SHORTFALL_TOLERANCE):
         warnings.append(f"the mix holds {total_tokens:,} tokens, {budget - total_tokens:,} short of the budget {budget:,}")
     return {

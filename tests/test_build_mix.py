@@ -351,10 +351,27 @@ def test_a_pool_build_warns_of_an_empty_pool_and_of_a_size_off_the_manifest(inpu
     quarantined = sum(web["quarantined"].values())
     assert short > 0 and quarantined == 3 and web["docs_in"] == short + quarantined
     assert report["warnings"] == [
-        f"source 'web': no documents left after filtering and dedup; its pool is empty (of {web['docs_in']:,} "
-        f"documents: min_length:tokens<1000000000 {short:,}, quarantined 3)",
         f"source 'wiki': the pool holds {format_count(wiki)} tokens, the manifest expects 3.66B "
-        f"({wiki / 3.66e9:.3g}x; a mix manifest's pool_tokens for it should say what the pool holds)"]
+        f"({wiki / 3.66e9:.3g}x; a mix manifest's pool_tokens for it should say what the pool holds)",
+        f"source 'web': no documents left after filtering and dedup; its pool is empty (of {web['docs_in']:,} "
+        f"documents: min_length:tokens<1000000000 {short:,}, quarantined 3)"]
+
+
+def test_a_mix_source_a_filter_empties_is_warned_with_what_removed_it(inputs, spark, tmp_path):
+    """A mix's source with nothing left contributes 0 of its target; the one warning says so
+    and names what removed its documents (a threshold on the wrong scale, usually)."""
+    spec = {"name": "emptied", "version": 1, "seed": 1, "data_root": str(inputs),
+            "sources": [{"name": "wiki", "paths": ["wiki/*.jsonl*"], "mix_percent": 50},
+                        {"name": "web", "paths": ["web/*.jsonl*"], "mix_percent": 50,
+                         "filters": [{"type": "min_length", "min_tokens": 10**9}]}]}
+    report = build(manifest_from_dict(spec), 20_000, str(tmp_path / "out"), spark, attributes=str(tmp_path / "a"))
+    web = report["sources"][1]
+    short = web["tokenized"]["removed"]["min_length:tokens<1000000000"]["docs"]
+    empty = [w for w in report["warnings"] if "no documents left" in w]
+    assert web["output_tokens"] == 0 and short > 0
+    assert empty == [f"source 'web': no documents left after filtering and dedup; it contributes 0 of its "
+                     f"{web['target_tokens']:,} target tokens (of {web['docs_in']:,} documents: "
+                     f"min_length:tokens<1000000000 {short:,}, quarantined 3)"]
 
 
 def test_an_input_rewritten_after_tagging_fails_instead_of_mixing_other_documents(inputs, spark, tmp_path):

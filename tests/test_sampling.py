@@ -52,7 +52,15 @@ def test_whole_copies_and_the_fraction(available, target, copies, fraction_token
 
 def test_empty_pool_is_a_warning_not_a_crash():
     sel = finish(SourceSelection("s", 10, 0, 0, 0.25, "all"), {}, lambda b: [])
-    assert sel.copies == 0 and "no documents left" in sel.warnings[0]
+    assert sel.copies == 0 and sel.empty == "it contributes 0 of its 10 target tokens"
+
+
+def test_a_plan_saved_with_the_empty_warning_still_resumes():
+    """Plans saved before `empty` held the warning text in `warnings`; a resume reads them."""
+    saved = SourceSelection("s", 10, 0, 0, 0.25, "all").to_dict()
+    del saved["empty"]
+    saved["warnings"] = ["source 's': no documents left after filtering and dedup; its pool is empty"]
+    assert SourceSelection.from_dict(saved).empty == "its pool is empty"
 
 
 def test_split_budget_sums_exactly():

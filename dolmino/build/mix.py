@@ -252,9 +252,6 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
         output.write_json(options.out, output.PLAN_FILE,
                           {"plan": plan_hash, "parts": num_parts, "selections": [s.to_dict() for s in selections],
                            "tokenized": [ts._asdict() for ts in tok_stats]})
-    for sel in selections:
-        state.warnings += sel.warnings
-
     # ---- write: order instances, one part per task
     wctx = sc.broadcast(WriteContext(options.out, manifest.seed, num_parts, manifest.tokenizer.eos_token_id,
                                      manifest.output_spec.label_mask, tuple(s.name for s in manifest.sources),
@@ -448,8 +445,7 @@ def _select(sc, manifest, options, state, eligible, sources, targets, tok_ctx, t
             if need is not None:
                 needs[si] = need
         else:
-            sel.warnings.append(f"source {sel.name!r}: no documents left after filtering and dedup; "
-                                f"it contributes 0 of its {sel.target_tokens:,} target tokens")
+            sel.empty = f"it contributes 0 of its {sel.target_tokens:,} target tokens"
     if needs:
         with Stage(sc, "cut", quiet=options.quiet) as st:
             members = _members(sc, tokenized, needs, st.counters)

@@ -15,7 +15,7 @@ partitions the work, so the same inputs give byte-identical output.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 
 from mixers.sampling import NUM_BUCKETS, SMALL_SOURCE_DOCS, bucket_of, find_cut_bucket, find_cut_hash, greedy_fill
 
@@ -66,7 +66,9 @@ class SourceSelection:
     cut_hash: int = -1
     selected: frozenset | None = None
     rounds: int = 0
-    warnings: list = field(default_factory=list)
+    # Why nothing is left ("its pool is empty", ...): the report words the warning, adding
+    # what removed the documents, which only its accounting knows.
+    empty: str | None = None
 
     @property
     def estimated_pool_tokens(self) -> int:
@@ -104,7 +106,10 @@ class SourceSelection:
     def from_dict(cls, d: dict) -> "SourceSelection":
         d = dict(d)
         d["selected"] = frozenset(d["selected"]) if d.get("selected") is not None else None
-        return cls(**d)
+        if d.get("warnings"):  # a plan saved before `empty`: its one warning said why
+            d.setdefault("empty", d["warnings"][0].split("; ", 1)[-1])
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def tokens_per_byte(sample_tokens: int, sample_bytes: int) -> float:
@@ -183,13 +188,12 @@ def settle(sel: SourceSelection, bucket_tokens: dict[int, int]) -> int | None:
         sel.pool_tokens = sel.target_tokens = total
         sel.copies = 1
         if total <= 0:
-            sel.warnings.append(f"source {sel.name!r}: no documents left after filtering and dedup; its pool is empty")
+            sel.empty = "its pool is empty"
         return None
     if sel.mode == "all":
         sel.pool_tokens = total
         if total <= 0:
-            sel.warnings.append(f"source {sel.name!r}: no documents left after filtering and dedup; "
-                                f"it contributes 0 of its {sel.target_tokens:,} target tokens")
+            sel.empty = f"it contributes 0 of its {sel.target_tokens:,} target tokens"
             return None
         sel.copies = sel.target_tokens // total
         sel.fraction_tokens = sel.target_tokens - sel.copies * total
