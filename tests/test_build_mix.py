@@ -374,6 +374,36 @@ def test_a_mix_source_a_filter_empties_is_warned_with_what_removed_it(inputs, sp
                      f"min_length:tokens<1000000000 {short:,}, quarantined 3)"]
 
 
+def test_a_build_overtaken_by_another_into_the_same_out_stops_without_certifying(inputs, spark, tmp_path, monkeypatch):
+    """Two builds into one --out: the one started last owns it. The earlier one used to remove
+    the other's parts as stale and print success; it now stops with one line saying why, and
+    leaves the other's files alone. The owner, finishing, gives a complete build."""
+    from dolmino.build import mix, output
+    from dolmino.errors import BuildError
+
+    spec = {"name": "twice", "version": 1, "seed": 1, "data_root": str(inputs),
+            "sources": [{"name": "wiki", "paths": ["wiki/*.jsonl*"], "mix_percent": 100}]}
+    out = tmp_path / "out"
+    real_split = mix.split_targets
+    other = {}
+
+    def another_build_starts(*args):
+        other.update(output.start(str(out)))  # what the other build's driver does when it starts
+        (out / "part-00007.npy").write_bytes(b"\0" * 8)  # and a part of its own
+        return real_split(*args)
+
+    monkeypatch.setattr(mix, "split_targets", another_build_starts)
+    with pytest.raises(BuildError) as info:
+        build(manifest_from_dict(spec), 20_000, str(out), spark, attributes=str(tmp_path / "a"))
+    assert f"started {other['started']} on {other['host']}, pid {other['pid']}" in str(info.value)
+    assert "this build stops without removing or certifying anything" in str(info.value)
+    assert not (out / "report.json").exists() and (out / "part-00007.npy").exists()
+    monkeypatch.setattr(mix, "split_targets", real_split)
+    report = build(manifest_from_dict(spec), 20_000, str(out), spark, attributes=str(tmp_path / "a"))
+    assert (out / "report.json").exists() and report["output"]["tokens"] > 0
+    assert not (out / "part-00007.npy").exists()  # the owner's build removes what it did not write
+
+
 def test_an_input_rewritten_after_tagging_fails_instead_of_mixing_other_documents(inputs, spark, tmp_path):
     """Selection, dedup and verdicts are made on what the tag phase read. A file rewritten
     since with the same lines in another order (its listed version kept, as a copy that

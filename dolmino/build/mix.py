@@ -156,7 +156,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     if options.phase == "tag":
         return _tag_summary(manifest, options, tagged, units, listing, time.time() - started, sc, state)
 
-    output.start(options.out)
+    owner = output.start(options.out)
     # A pool manifest takes every source's pool exactly once; a mix manifest splits the budget.
     targets = None if manifest.kind == "pool" else split_targets(options.budget, manifest.mix_fractions())
     if targets is not None and manifest.passes_authority:
@@ -267,6 +267,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     for rdd in tokenized:
         rdd.unpersist()
     eligible.unpersist()
+    output.check_owner(options.out, owner)
     output.verify_parts(options.out, written)
     parts = sorted([*written, *done.values()], key=lambda p: p.index)
     missing = sorted(set(range(num_parts)) - {p.index for p in parts})
@@ -288,6 +289,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     report = build_report(manifest, budget, sources, selections, tok_stats, parts, tagged,
                           state, elapsed_s=time.time() - started, cluster=cluster_info(sc),
                           out=options.out, attributes=options.attributes, resumed=resume)
+    output.check_owner(options.out, owner)
     place_lock(options.out, options.lock)  # manifest.lock.json, before report.json marks the build complete
     write_report(options.out, report, manifest)
     return report

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from dolmino.build.write import PARTS_DIR, PartResult
@@ -25,14 +28,38 @@ from dolmino.storage import delete, is_remote, join, list_files, read_bytes, rea
 
 COMPLETION_MARKER = "report.json"
 PLAN_FILE = "_plan.json"
+OWNER_FILE = "_owner.json"
 REPORT_FILES = ("report.md", "manifest.json")
 
 
-def start(out: str) -> None:
-    """Mark the output incomplete before anything else is written."""
+def start(out: str) -> dict:
+    """Mark the output incomplete before anything else is written, and claim it: returns the
+    owner record that `check_owner` compares before this build removes or certifies anything."""
     if not is_remote(out):
         os.makedirs(out, exist_ok=True)
     delete(out, [COMPLETION_MARKER])
+    owner = {"token": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
+             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    write_json(out, OWNER_FILE, owner)
+    return owner
+
+
+def check_owner(out: str, owner: dict) -> None:
+    """BuildError unless this build still owns `out`.
+
+    Two builds into one --out are a mistake no lock prevents here (a lease would need
+    heartbeats, and a killed build's lease would then block its own rerun). The last one
+    started owns the output: an earlier one stops before it removes "stale" parts (the
+    other's) or writes report.json, instead of printing success over files it no longer
+    vouches for. A build that finishes before the next starts is simply replaced by it."""
+    current = read_json(out, OWNER_FILE)
+    if current is None or current.get("token") != owner["token"]:
+        other = "another build" if current is None else (
+            f"another build (started {current.get('started')} on {current.get('host')}, pid {current.get('pid')})")
+        raise BuildError(f"{out}: {other} started writing here after this one (started {owner['started']}); "
+                         "it owns the output now, and this build stops without removing or certifying anything. "
+                         "Run one build per --out; rerun this one when the other is done if its output is the one "
+                         "you want")
 
 
 def read_json(out: str, name: str) -> dict | None:
