@@ -80,6 +80,14 @@ def _cached(engine: str, path: str, load):
 
 
 def _load_fasttext(path: str):
+    """The binding's model. The binding never returns on a .bin cut short after its header
+    (fasttext 0.9 waits for bytes that never come), so the file is first walked as the numba
+    reader walks it (memory-mapped, no matrix read), which names a truncation as such; a model
+    that reader does not parse (quantized, hierarchical softmax, subwords) goes to the binding
+    unchecked."""
+    from filters.fasttext_numba import load_fasttext_numba
+
+    load_fasttext_numba(path, projected=False)
     import fasttext
 
     fasttext.FastText.eprint = lambda *args, **kwargs: None  # silence the load-model warning
