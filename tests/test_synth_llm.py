@@ -257,6 +257,26 @@ def test_mind_generator_and_inputs(server, tmp_path):
     assert load_personas(str(txt)) == ["one persona", "another persona"]
 
 
+@pytest.mark.parametrize("name, data, expected", [
+    ("p.txt", "\ufeffa teacher\r\nan engineer\n".encode(), ["a teacher", "an engineer"]),
+    ("p.jsonl", '\ufeff{"persona": "a teacher"}\n\ufeff\n{"text": "a nurse"}\n'.encode(), ["a teacher", "a nurse"]),
+    ("p.jsonl", b'{"persona": "ok"}\n{"persona": "\\ud800 half"}\n', "p.jsonl:2: .*surrogates not allowed"),
+    ("p.jsonl", b'{"persona": "ok"}\n["a list"]\n', "p.jsonl:2: not a JSON object"),
+    ("p.txt", b"ok\n\xff\xfe bad bytes\n", "p.txt:2: not UTF-8"),
+])
+def test_personas_are_read_by_the_input_rules(tmp_path, name, data, expected):
+    """A byte-order mark (Windows tools write one) is not part of the first persona, nor a
+    reason to refuse a JSONL file; a lone surrogate, which no request could send, and bytes
+    that are not UTF-8 are an error naming the line, not a traceback later."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    if isinstance(expected, list):
+        assert load_personas(str(path)) == expected
+    else:
+        with pytest.raises(ValueError, match=expected):
+            load_personas(str(path))
+
+
 @pytest.mark.parametrize("flags, error", [
     (["--max-retries", "-3"], "error: --max-retries must be an integer >= 0, got -3"),
     (["--timeout", "0"], "error: --timeout must be a number of seconds > 0, got 0.0"),

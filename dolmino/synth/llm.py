@@ -26,24 +26,33 @@ from dolmino.synth.openai_client import ChatClient, invalid_setting as client_in
 
 
 def load_personas(path: str) -> list[str]:
-    """Personas from JSONL (`persona` or `text` field per line) or plain text (one per line)."""
+    """Personas from JSONL (`persona` or `text` field per line) or plain text (one per line).
+
+    Lines are judged as every other dolmino input line (`dolmino.documents`): a byte-order
+    mark is accepted, invalid UTF-8 and a lone surrogate (which no request could send) are
+    an error naming the line."""
+    from dolmino.documents import is_blank_line, lone_surrogate, parse_json_object
+
     personas = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            line = line.strip()
-            if not line:
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, start=1):
+            if is_blank_line(raw):
                 continue
             if path.endswith((".jsonl", ".json")):
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{n}: not JSON ({exc})") from None
-                value = row.get("persona", row.get("text")) if isinstance(row, dict) else None
-                if not isinstance(value, str) or not value.strip():
-                    raise ValueError(f"{path}:{n}: needs a non-empty 'persona' (or 'text') string")
-                personas.append(value.strip())
+                row, reason, detail = parse_json_object(raw)
+                if row is None:
+                    raise ValueError(f"{path}:{n}: not a JSON object ({reason}: {detail})")
+                value = row.get("persona", row.get("text"))
             else:
-                personas.append(line)
+                try:
+                    value = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise ValueError(f"{path}:{n}: not UTF-8 ({exc})") from None
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{path}:{n}: needs a non-empty 'persona' (or 'text') string")
+            if (bad := lone_surrogate(value)) is not None:
+                raise ValueError(f"{path}:{n}: {bad}")
+            personas.append(value.strip())
     if not personas:
         raise ValueError(f"{path}: no personas")
     return personas
