@@ -24,7 +24,11 @@ Why this design:
   overwrite or delete each other's objects: the loser of the race removes only its own
   prefix and fails with a message; the winner's RELEASE.json points at the winner's
   objects, which nobody else touches. After the commit the publisher reads RELEASE.json
-  back, which also catches a store that ignores If-None-Match.
+  back. A store that ignores If-None-Match (s3rver, older gateways) would let two publishers
+  each write and read back their own record, both reporting success: so publish first
+  writes a probe object twice, the second time conditionally, and refuses a store that lets
+  the second write through (`--allow-unconditional-store` publishes anyway, warning that
+  two publishes of one name at once are then not told apart).
 - An interrupted publish (killed process, lost network) leaves a prefix that no RELEASE.json
   points to: invisible. It cannot be told apart from a publish still uploading except by
   age, so it is removed only when provably stale: when nothing under it (objects, multipart
@@ -443,10 +447,20 @@ def _get_json(bucket: str, key: str) -> dict | None:
 
 
 def _multipart_uploads(bucket: str, prefix: str) -> list[dict]:
+    """Unfinished multipart uploads under `prefix`: only clean-up looks for them, so a store
+    that does not list them (NotImplemented: s3rver, some gateways) has none to show; its
+    unfinished uploads are left to the bucket's lifecycle rules."""
+    from botocore.exceptions import ClientError
+
     cl = s3.client()
     found = []
-    for page in cl.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
-        found += page.get("Uploads", ())
+    try:
+        for page in cl.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
+            found += page.get("Uploads", ())
+    except ClientError as exc:
+        if not s3.not_implemented(exc):
+            raise
+        return []
     return found
 
 
@@ -596,8 +610,29 @@ def _is_conditional_failure(exc: BaseException) -> str:
     return code if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409") else ""
 
 
+def _honours_if_none_match(bucket: str, key: str) -> bool:
+    """Whether a PUT with If-None-Match: * of an existing key is refused, as the commit needs.
+    Writes `key` twice (the second time conditionally) and deletes it."""
+    from botocore.exceptions import ClientError
+
+    cl = s3.client()
+    cl.put_object(Bucket=bucket, Key=key, Body=b"probe 1\n")
+    try:
+        cl.put_object(Bucket=bucket, Key=key, Body=b"probe 2\n", IfNoneMatch="*")
+        return False
+    except ClientError as exc:
+        if _is_conditional_failure(exc):
+            return True
+        if s3.not_implemented(exc):  # refuses the header rather than honouring it
+            return False
+        raise
+    finally:
+        s3.delete_keys(bucket, [key])
+
+
 def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAULT_PART_SIZE,
-            log: Log = _quiet, progress: bool = False, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> dict:
+            log: Log = _quiet, progress: bool = False, stale_after_s: float = DEFAULT_STALE_AFTER_S,
+            allow_unconditional_store: bool = False) -> dict:
     """Upload a finished build as release NAME under root_uri; returns the RELEASE.json record.
 
     Raises ReleaseExistsError if the release exists, or if another publish of the same name
@@ -626,6 +661,16 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
     publish_id = new_publish_id()
     data_prefix = f"{DATA_DIR}/{publish_id}/"
     staging = key_prefix + data_prefix
+    if not _honours_if_none_match(bucket, staging + "_conditional-write-probe"):
+        if not allow_unconditional_store:
+            raise ReleaseError(
+                f"s3://{bucket}: this store ignores If-None-Match on PUT (a conditional write of an existing "
+                "object went through), so two publishes of one name at once could both report success and the "
+                "later one silently replace the release. Nothing was uploaded. Use a store with conditional "
+                "writes (AWS S3, Cloudflare R2, GCS, recent MinIO and Ceph), or pass --allow-unconditional-store "
+                "if no other publish of this name can run at the same time")
+        log(f"{release_uri}: warning: the store ignores If-None-Match; publishing anyway "
+            "(--allow-unconditional-store): a publish of this name running at the same time would not be detected")
     cl = s3.client()
     config = _transfer_config(part_size)
     entries = []
@@ -924,6 +969,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="multipart part size (and threshold) in MiB, at least 5")
     p.add_argument("--stale-after-hours", type=float, default=DEFAULT_STALE_AFTER_S / 3600,
                    help="remove staged objects of earlier publishes of NAME idle this long")
+    p.add_argument("--allow-unconditional-store", action="store_true",
+                   help="publish to a store that ignores If-None-Match, where two publishes of one name at once "
+                        "are not told apart (the later silently replaces the earlier)")
     p = sub.add_parser("list", help="list the complete releases under s3://bucket/prefix", formatter_class=fmt)
     p.add_argument("root")
     p.add_argument("--json", action="store_true", help="print the RELEASE.json records as JSON")
@@ -961,7 +1009,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.stale_after_hours < 0:
             raise ValueError("--stale-after-hours must be >= 0")
         publish(args.build_dir, args.root, args.name, part_size=args.part_size_mb * 1024 * 1024, log=say,
-                progress=show, stale_after_s=args.stale_after_hours * 3600)
+                progress=show, stale_after_s=args.stale_after_hours * 3600,
+                allow_unconditional_store=args.allow_unconditional_store)
     elif args.command == "list":
         complete, incomplete = list_releases(args.root)
         if args.json:

@@ -422,6 +422,12 @@ def get_bytes(uri: str) -> bytes:
 _NO_MULTI_DELETE = ("NotImplemented", "MethodNotAllowed", "501", "405")
 
 
+def not_implemented(exc: BaseException) -> bool:
+    """The store does not implement the operation (NotImplemented 501, MethodNotAllowed 405):
+    an S3-compatible store that lacks an optional feature, not a failure of the request."""
+    return _error_code(exc) in _NO_MULTI_DELETE
+
+
 def _delete_each(cl, bucket: str, keys: list[str]) -> None:
     from botocore.exceptions import ClientError
 

@@ -162,8 +162,8 @@ def test_interrupted_publish_is_invisible_then_cleaned_up(build_dir, root, tmp_p
     uploads = []
 
     def network_dies_on_third_upload(params, model, **_):
-        if model.name in ("PutObject", "CreateMultipartUpload"):
-            uploads.append(params["Key"])
+        if model.name in ("PutObject", "CreateMultipartUpload") and "probe" not in params["Key"]:
+            uploads.append(params["Key"])  # the files' uploads (not the conditional-write probe's)
         if len(uploads) >= 3:  # from then on nothing gets through, not even the cleanup
             raise ConnectionError("simulated network loss half-way through a publish")
 
@@ -700,3 +700,60 @@ def test_an_error_after_our_commit_landed_never_removes_the_release(small_builds
     assert fired
     assert release.verify(f"{root}/{name}") == []
     assert release.read_release(f"{root}/{name}")["publish_id"] == record["publish_id"]
+
+
+# ---------------------------------------------------------------- stores without optional features
+
+
+def test_a_store_that_ignores_if_none_match_is_refused_before_anything_is_uploaded(small_builds, root, capsys):
+    """On a store that ignores If-None-Match (s3rver; older gateways) two publishes of one
+    name, each reading back its own record, both reported success and the later silently
+    replaced the release. publish probes the store first and refuses it, uploading nothing;
+    --allow-unconditional-store publishes anyway and says what is then not detected."""
+    events = s3.client().meta.events
+
+    def ignore_conditions(params, model, **_):
+        if model.name == "PutObject":
+            params.pop("IfNoneMatch", None)
+
+    events.register("before-parameter-build.s3", ignore_conditions)
+    try:
+        assert release.main(["publish", str(small_builds[0]), root, "--name", "v1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("release: error: s3://") and "ignores If-None-Match on PUT" in err
+        assert "Nothing was uploaded" in err and "--allow-unconditional-store" in err
+        bucket, prefix = release.split_root(root)
+        assert list(s3.iter_keys(bucket, prefix)) == []
+        assert release.main(["publish", str(small_builds[0]), root, "--name", "v1", "--no-progress",
+                             "--allow-unconditional-store"]) == 0
+        out = capsys.readouterr().out
+        assert "warning: the store ignores If-None-Match; publishing anyway" in out
+    finally:
+        events.unregister("before-parameter-build.s3", ignore_conditions)
+    assert release.read_release(f"{root}/v1")["name"] == "v1"
+    assert not [k for k, _ in s3.iter_keys(bucket, prefix) if "probe" in k]
+
+
+def test_publish_and_delete_work_on_a_store_that_does_not_list_multipart_uploads(small_builds, root, tmp_path):
+    """Listing unfinished uploads is clean-up only: a store that answers NotImplemented to it
+    (s3rver, some gateways) failed every publish before its first upload, and a delete after
+    it had removed RELEASE.json."""
+    from botocore.awsrequest import AWSResponse
+
+    def not_implemented(**_):
+        return AWSResponse("http://store", 501, {}, None), {
+            "Error": {"Code": "NotImplemented", "Message": "A parameter you provided implies functionality that "
+                                                          "is not implemented"},
+            "ResponseMetadata": {"HTTPStatusCode": 501}}
+
+    events = s3.client().meta.events
+    events.register("before-call.s3.ListMultipartUploads", not_implemented)
+    try:
+        release.publish(str(small_builds[0]), root, "v1")
+        release.pull(f"{root}/v1", str(tmp_path / "pulled"))
+        release.delete(f"{root}/v1")
+    finally:
+        events.unregister("before-call.s3.ListMultipartUploads", not_implemented)
+    assert (tmp_path / "pulled" / "report.json").exists()
+    bucket, prefix = release.split_root(root)
+    assert list(s3.iter_keys(bucket, prefix)) == []
