@@ -243,7 +243,8 @@ def _dolmino_version() -> str:
         return "unknown"
 
 
-def _build_summary(build_dir: str) -> dict:
+def _read_build_json(build_dir: str) -> tuple[object, object]:
+    """(manifest.json, report.json) of a local build."""
     docs = []
     for name in ("manifest.json", "report.json"):
         path = os.path.join(build_dir, name)
@@ -252,7 +253,43 @@ def _build_summary(build_dir: str) -> dict:
                 docs.append(json.load(fh))
         except ValueError as exc:  # a torn copy: nothing is uploaded (the summary is read first)
             raise ReleaseError(f"{path}: not valid JSON ({exc}); copy or rebuild the build again") from None
-    return _summary(*docs)
+    return docs[0], docs[1]
+
+
+def listed_files(report: object) -> dict[str, str]:
+    """name -> SHA-256 of every output file report.json certifies ({} for a report without
+    the list: builds older than it)."""
+    output = report.get("output", {}) if isinstance(report, dict) else {}
+    listed = output.get("files_sha256") if isinstance(output, dict) else None
+    return {k: v for k, v in listed.items() if isinstance(k, str) and isinstance(v, str)} \
+        if isinstance(listed, dict) else {}
+
+
+def check_listed(where: str, names: list[str], listed: dict[str, str]) -> None:
+    """The build's part files are exactly those report.json lists, or ReleaseIntegrityError:
+    a part deleted since, or one an earlier build left that this build did not write, would
+    otherwise be released under fresh checksums (as `dolmino validate` refuses them)."""
+    if not listed:
+        return
+    present = set(names)
+    missing = sorted(set(listed) - present)
+    stale = sorted(n for n in present if n.startswith("part-") and n not in listed)
+    if missing or stale:
+        shown = [f"{n}: listed in report.json but missing" for n in missing[:5]] + \
+                [f"{n}: not written by the build that report.json describes" for n in stale[:5]]
+        raise ReleaseIntegrityError(f"{where}: not the build its report.json describes ({'; '.join(shown)}"
+                                    f"{'; ...' if len(missing) + len(stale) > 10 else ''}); `dolmino validate` "
+                                    "names what is wrong; rebuild (the same command resumes) before publishing. "
+                                    "Nothing was released")
+
+
+def check_digest(rel: str, digest: str, listed: dict[str, str]) -> None:
+    """A file whose SHA-256 is not the one report.json certifies is not released."""
+    expected = listed.get(rel)
+    if expected is not None and digest != expected:
+        raise ReleaseIntegrityError(f"{rel}: SHA-256 {digest[:16]}... but report.json certifies {expected[:16]}...: "
+                                    "the file changed after the build finished (`dolmino validate` says how); "
+                                    "nothing was released")
 
 
 def _summary(manifest, report) -> dict:
@@ -281,7 +318,9 @@ class _LocalBuild:
         self.files = [BuildFile(rel, os.path.getsize(full), full) for rel, full in collect_build_files(build_dir)]
 
     def summary(self) -> dict:
-        return _build_summary(self.where)
+        manifest, report = _read_build_json(self.where)
+        self.listed = listed_files(report)
+        return _summary(manifest, report)
 
     def stage(self, item: BuildFile, bucket: str, key: str, config, bar: _Progress) -> tuple[str, int]:
         """Put one file at bucket/key with its SHA-256 in the metadata; (sha256, size)."""
@@ -342,8 +381,9 @@ class _S3Build:
         return committed
 
     def summary(self) -> dict:
-        return _summary(_get_json(self.bucket, self.prefix + "manifest.json"),
-                        _get_json(self.bucket, self.prefix + "report.json"))
+        report = _get_json(self.bucket, self.prefix + "report.json")
+        self.listed = listed_files(report)
+        return _summary(_get_json(self.bucket, self.prefix + "manifest.json"), report)
 
     def stage(self, item: BuildFile, bucket: str, key: str, config, bar: _Progress) -> tuple[str, int]:
         import tempfile
@@ -648,6 +688,7 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
                            "put releases under another prefix")
     files = source.files
     summary = source.summary()  # before any upload: a torn report.json stops the publish here
+    check_listed(source.where, [f.path for f in files], source.listed)
     s3.check_bucket(bucket)
 
     def exists_error() -> ReleaseExistsError:
@@ -680,6 +721,7 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
         for item in files:
             rel = item.path
             digest, size = source.stage(item, bucket, staging + rel, config, bar)
+            check_digest(rel, digest, source.listed)
             entries.append({"path": rel, "size": size, "sha256": digest})
             bar.file_done()
             log(f"uploaded {rel} ({size:,} bytes)")

@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -757,3 +758,39 @@ def test_publish_and_delete_work_on_a_store_that_does_not_list_multipart_uploads
     assert (tmp_path / "pulled" / "report.json").exists()
     bucket, prefix = release.split_root(root)
     assert list(s3.iter_keys(bucket, prefix)) == []
+
+
+def _certified_copy(build: Path, dest: Path) -> Path:
+    """`build` with report.json certifying its part files, as a real build's does."""
+    shutil.copytree(build, dest)
+    report = json.loads((dest / "report.json").read_text())
+    report["output"]["files_sha256"] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                                        for p in sorted(dest.glob("part-*"))}
+    (dest / "report.json").write_text(json.dumps(report) + "\n")
+    return dest
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("flip", "part-00000.npy: SHA-256"),
+    ("remove", "part-00000.csv.gz: listed in report.json but missing"),
+    ("stale", "part-00001.npy: not written by the build that report.json describes"),
+])
+def test_a_build_damaged_since_it_finished_is_not_released(small_builds, root, tmp_path, damage, words):
+    """publish hashed what was on disk and certified it: a part changed, deleted or left by
+    another build was released under fresh checksums, and pull and verify then passed it.
+    The files must be the ones report.json certifies (as `dolmino validate` checks)."""
+    build = _certified_copy(small_builds[0], tmp_path / "build")
+    assert release.publish(str(build), root, "intact")["name"] == "intact"
+    if damage == "flip":
+        data = bytearray((build / "part-00000.npy").read_bytes())
+        data[12] ^= 1
+        (build / "part-00000.npy").write_bytes(bytes(data))
+    elif damage == "remove":
+        (build / "part-00000.csv.gz").unlink()
+    else:
+        (build / "part-00001.npy").write_bytes(b"\0" * 8)
+    with pytest.raises(release.ReleaseIntegrityError, match=re.escape(words)) as info:
+        release.publish(str(build), root, "damaged")
+    assert "nothing was released" in str(info.value).lower()
+    bucket, prefix = release.split_root(root)
+    assert not [k for k, _ in s3.iter_keys(bucket, prefix + "damaged/")]
