@@ -100,6 +100,27 @@ def test_stop_and_resume_with_a_fixed_horizon(tmp_path):
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
 
 
+def test_resume_after_a_kill_keeps_one_metrics_row_per_step(tmp_path):
+    """A run killed after its last checkpoint had logged the steps it then trains again on
+    resume: metrics.jsonl held them twice (and a torn last line). Resume drops the rows past
+    its step, so the file is the one an uninterrupted run writes."""
+    data = make_data(tmp_path / "data")
+    horizon = 6 * 4 * 32
+    whole = Trainer(make_run(data, horizon_tokens=horizon), CPU, tmp_path / "a", log=quiet).fit()
+    Trainer(make_run(data, max_steps=3, horizon_tokens=horizon), CPU, tmp_path / "b", log=quiet).fit()
+    metrics = tmp_path / "b" / "metrics.jsonl"
+    with metrics.open("a") as fh:  # what the killed run logged after step 3's checkpoint
+        fh.write(json.dumps({"step": 4, "loss": 99.0}) + "\n" + json.dumps({"step": 5, "loss": 99.0}) + "\n")
+        fh.write('{"step": 6, "lo')
+    lines: list[str] = []
+    Trainer(make_run(data, horizon_tokens=horizon), CPU, tmp_path / "b", resume=tmp_path / "b",
+            log=lines.append).fit()
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in rows[3:]] == whole.losses[3:]
+    assert "metrics.jsonl: dropped 3 row(s) past step 3, which this run trains again" in lines
+
+
 def test_loss_decreases_and_masks_are_accounted(tmp_path):
     data = make_data(tmp_path / "data")
     run = make_run(data, max_steps=12, lr=1e-2)

@@ -197,6 +197,33 @@ class Trainer:
                              "every node sees")
         self.log(f"resumed from {path} at step {self.step} (epoch {self.loader.epoch}, instance cursor "
                  f"{self.loader.cursor})")
+        if self.env.is_main:
+            self._trim_metrics()
+
+    def _trim_metrics(self) -> None:
+        """Drop metrics.jsonl's rows past the resumed step: a run killed after its last
+        checkpoint logged steps that this run trains again, and a curve or a token count read
+        from the file would otherwise hold them twice (a torn last line too)."""
+        path = self.save_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept, dropped = [], 0
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):
+            try:
+                row = json.loads(line)
+                step = int(row["step"])
+            except (ValueError, KeyError, TypeError):
+                dropped += 1
+                continue
+            if step > self.step or not line.endswith("\n"):
+                dropped += 1
+                continue
+            kept.append(line)
+        if dropped:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(kept), encoding="utf-8")
+            os.replace(tmp, path)
+            self.log(f"metrics.jsonl: dropped {dropped} row(s) past step {self.step}, which this run trains again")
 
     def data_stats(self) -> dict[str, int]:
         """Label accounting summed over ranks and over the resumed-from run(s). Collective."""
