@@ -506,3 +506,25 @@ def test_every_trainer_command_shows_its_defaults(module, capsys):
         assert "6.89B non-embedding / 7.30B total parameters" in text
     if module == "trainer.run":
         assert "(default: instance_filter)" in text and "(default: 0.1)" in text and "(default: True)" in text
+
+
+def test_a_pass_that_reaches_into_a_second_epoch_is_said(tmp_path):
+    """One pass is ceil(tokens / tokens per step) steps, but an epoch holds only whole batches
+    of whole instances: 1,636 tokens at 4 x 128 are 4 steps, 12 instances, 3 full batches.
+    The fourth step drew from a second epoch without a word."""
+    import numpy as np
+
+    from trainer.run import epochs_note
+
+    data = tmp_path / "data"
+    data.mkdir()
+    np.arange(128 * 12 + 100, dtype="<u4").__mod__(500).astype("<u4").tofile(data / "part-00000.npy")
+    proc = run_cli("--data", data, "--model", "tiny", "--seq-len", 128, "--batch-size", 4, "--threads", 1,
+                   "--save-dir", tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
+    assert "schedule: 4 steps (one pass over 1,636 tokens" in proc.stdout
+    assert ("note: 4 steps take 16 instances; an epoch is 3 steps (12 of the data's 12 whole instances: 0 left after "
+            "the last full batch, and 100 tokens of file tails shorter than an instance), so the 1 step(s) after "
+            "step 3 draw from a further epoch in a new order (2 epochs in all)") in proc.stdout
+    whole = type("D", (), {"dropped_tail_tokens": 0})()
+    assert epochs_note(12, 4, 3, whole) is None and epochs_note(3, 4, 100, whole) is None

@@ -20,6 +20,7 @@ micro-batches of 2 instances, which fits a 2-core / 24 GB machine.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -40,6 +41,22 @@ from trainer.plan import (
 )
 
 __all__ = ["build_parser", "main", "mix_output_dir", "parse_args", "parse_count", "run_config_from_args"]
+
+
+def epochs_note(instances: int, batch: int, steps: int, dataset) -> str | None:
+    """Say when the run's steps reach past one epoch. "One pass" is ceil(tokens / tokens per
+    step) steps (OLMo-core's Duration.tokens), but an epoch holds only the whole batches of
+    whole instances: each file's tail shorter than an instance and the last partial batch
+    are left out, so such a run's last step(s) draw from a second epoch, in a new order."""
+    per_epoch = instances // batch
+    if per_epoch == 0 or steps <= per_epoch:
+        return None
+    left = instances - per_epoch * batch
+    return (f"note: {steps:,} steps take {steps * batch:,} instances; an epoch is {per_epoch:,} steps "
+            f"({per_epoch * batch:,} of the data's {instances:,} whole instances: {left:,} left after the last full "
+            f"batch, and {dataset.dropped_tail_tokens:,} tokens of file tails shorter than an instance), so the "
+            f"{steps - per_epoch:,} step(s) after step {per_epoch:,} draw from a further epoch in a new order "
+            f"({math.ceil(steps / per_epoch)} epochs in all)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"schedule: {tc.max_steps:,} steps ({plan.steps_source}) | {tc.schedule} lr {tc.lr:.6g} "
             f"({plan.lr_source}), "
             f"warmup {tc.warmup_steps}, horizon {tc.horizon_steps:,} steps")
+        if note := epochs_note(len(trainer.dataset), tc.global_batch_size, tc.max_steps, trainer.dataset):
+            log(note)
         result = trainer.fit()
         stats = result.data_stats
         if stats.get("labels"):
