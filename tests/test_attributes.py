@@ -311,3 +311,25 @@ def test_a_shared_attributes_root_repairs_or_refuses_what_is_not_valid(world, sp
     shutil.rmtree(tmp_path / "repaired", ignore_errors=True)
     build(every, 4_000, str(tmp_path / "repaired"), spark, attributes=str(attrs))
     assert _parts(tmp_path / "repaired") == want
+
+
+def test_units_read_again_for_minhash_count_as_tagged(world, spark, tmp_path):
+    """A new MinHash seed re-reads the pool for signatures (a new cluster set) while every
+    documents and filter set is reused: the tag said "tagged 0 unit(s)" and the report "0 of N
+    tagged by this build", and the MinHash stage's line "0/N units"."""
+    root, _model = world
+
+    def spec(seed: int) -> dict:
+        return {"name": "reseeded", "version": 1, "seed": 3, "budget": 4_000, "data_root": str(root / "inputs"),
+                "sources": [{"name": "web", "paths": ["web/*.jsonl.zst"], "mix_percent": 100.0,
+                             "dedup": {"minhash": {"threshold": 0.8, "num_perm": 64, "seed": seed}}}]}
+
+    attrs = str(tmp_path / "attributes")
+    first = build(manifest_from_dict(spec(1)), 4_000, str(tmp_path / "o1"), spark, attributes=attrs, phase="tag")
+    again = build(manifest_from_dict(spec(2)), 4_000, str(tmp_path / "o2"), spark, attributes=attrs, phase="tag")
+    assert first["tagged_units"] == first["units"] == FILES
+    assert again["tagged_units"] == FILES and again["files_written"] > 0
+    stage = again["stages"]["minhash:web"]
+    assert stage["units"] == FILES and stage["docs"] > 0
+    same = build(manifest_from_dict(spec(2)), 4_000, str(tmp_path / "o3"), spark, attributes=attrs, phase="tag")
+    assert same["tagged_units"] == 0 and same["files_written"] == 0

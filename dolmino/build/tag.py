@@ -350,7 +350,7 @@ class TagResult(NamedTuple):
     bundles: tuple[Bundle, ...]
     unit_stats: dict  # unit index -> UnitStats dict: units tagged by this run, and ranges of split files
     first_lines: dict  # unit index -> lines before the unit in its file (byte ranges)
-    tagged_units: int  # units in bundles that had an attribute set (documents or a filter's) written by this run
+    tagged_units: int  # units this run read: an attribute set (documents, a filter's) or MinHash signatures due
     written: dict  # path -> size of every attribute file written by this run
     minhash: dict  # source name -> MinHash stage stats
     stages: dict  # stage name -> progress record
@@ -502,11 +502,11 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
         with Stage(sc, f"minhash:{plans[si].name}", total_units=len(by_source.get(si, [])), quiet=quiet) as stage:
             minhash_stats[plans[si].name] = _cluster_source(
                 sc, records, si, plans[si], [b for b in bundles if b.source_index == si], offsets, store, digest,
-                written)
+                written, stage.counters)
         stages[f"minhash:{plans[si].name}"] = stage.record
     if records is not None:
         records.unpersist()
-    tagged_units = sum(len(works[r.bundle_index].bundle.units) for r in results if works[r.bundle_index].sets)
+    tagged_units = sum(len(works[r.bundle_index].bundle.units) for r in results)  # each read again by this run
     return TagResult(plans, tuple(bundles), stats, offsets, tagged_units, written, minhash_stats, stages)
 
 
@@ -541,7 +541,7 @@ def _write_clusters(bundle: Bundle, members, store: AttributeStore, plan: Source
 
 
 def _cluster_source(sc, records, si: int, plan: SourceTagPlan, bundles: list[Bundle], offsets: dict, store,
-                    digest: str, written: dict) -> dict:
+                    digest: str, written: dict, counters) -> dict:
     """Signatures -> LSH -> connected components -> one cluster file per bundle, then _SOURCE.json."""
     import json
     from operator import add
@@ -562,6 +562,7 @@ def _cluster_source(sc, records, si: int, plan: SourceTagPlan, bundles: list[Bun
             .map(lambda s: _keyed_signature(s, names_b.value, offsets_b.value)))
     sigs.persist(StorageLevel.MEMORY_AND_DISK)
     docs_in, no_shingles = sigs.map(lambda kv: (1, int(kv[1] is None))).fold((0, 0), lambda a, b: (a[0] + b[0], a[1] + b[1]))
+    counters.add("docs", docs_in)
     edges, counts = lsh_edges(sigs, config, verify=True)
     sigs.unpersist()
     roots, rounds = connected_components(edges)
@@ -578,6 +579,7 @@ def _cluster_source(sc, records, si: int, plan: SourceTagPlan, bundles: list[Bun
     roots.unpersist()
     check_visible(files, store.existing(plan.name, plan.minhash_set), "MinHash cluster files")
     written.update(files)
+    counters.add("units", len(units))
     stats = {"docs_in": int(docs_in), "docs_without_shingles": int(no_shingles), "docs_in_clusters": tally["docs"],
              "duplicate_clusters": tally["clusters"], "largest_cluster": tally["largest"],
              "cluster_sizes": tally["bins"], "cc_iterations": rounds, "params": {**params, "verify": True},
