@@ -226,9 +226,25 @@ def collect_build_files(build_dir: str) -> list[tuple[str, str]]:
     return sorted(files)
 
 
+def _unfinished_s3_build(location: str) -> bool:
+    """A build started at `location` (its plan is there) that has no report.json yet. False
+    when S3 cannot tell (no credentials, no such bucket): the hint below is then the help."""
+    if not s3.is_s3(location):
+        return False
+    try:
+        return s3.object_size(f"{location}/report.json") is None and s3.object_size(f"{location}/_plan.json") is not None
+    except Exception:  # noqa: BLE001 - only a hint depends on it
+        return False
+
+
 def fetch_hint(location: str, then: str) -> str:
     """How to bring a build that `--out s3://` left on S3 to a local directory, which is what
-    `dolmino validate` and the trainer read; `then`: what to do with it."""
+    `dolmino validate` and the trainer read; `then`: what to do with it. An unfinished build
+    is said to be one (publishing it would be refused for the same reason)."""
+    if _unfinished_s3_build(location):
+        return (f"Besides, {location} is an incomplete build: no report.json, which a build writes last (it was "
+                "interrupted or is still running); rerun the same build command to finish it, then publish and "
+                f"pull it (`dolmino release publish {location} s3://BUCKET/releases --name NAME`), then {then}")
     return (f"Copy the build first: `dolmino release publish {location} s3://BUCKET/releases --name NAME` "
             "(server-side copies), then `dolmino release pull s3://BUCKET/releases/NAME DIR` (every SHA-256 "
             f"checked), or `aws s3 sync`; then {then}")

@@ -331,3 +331,24 @@ def test_a_build_on_s3_is_refused_with_how_to_copy_it(capsys):
     err = capsys.readouterr().err
     assert "s3://bucket/mixes/dolmino-50B: validation reads every token, from a local directory" in err
     assert "dolmino release publish s3://bucket/mixes/dolmino-50B s3://" in err and "dolmino release pull" in err
+
+
+def test_an_unfinished_build_on_s3_is_said_to_be_one(s3_server, capsys):
+    """A build killed before report.json: validate (and the trainer) suggested publishing it,
+    which publish then refused as not finished. They now say it is incomplete, and how to
+    finish it; a finished one keeps the copy hint."""
+    import boto3
+
+    from trainer.plan import remote_build_hint
+
+    boto3.client("s3").create_bucket(Bucket="unfinished")
+    boto3.client("s3").put_object(Bucket="unfinished", Key="mixes/killed/_plan.json", Body=b"{}")
+    boto3.client("s3").put_object(Bucket="unfinished", Key="mixes/killed/part-00000.npy", Body=b"\0" * 8)
+    assert main(["s3://unfinished/mixes/killed"]) == 2
+    err = capsys.readouterr().err
+    assert "s3://unfinished/mixes/killed is an incomplete build: no report.json" in err
+    assert "rerun the same build command to finish it" in err
+    assert "is an incomplete build" in remote_build_hint("s3://unfinished/mixes/killed")
+    boto3.client("s3").put_object(Bucket="unfinished", Key="mixes/killed/report.json", Body=b"{}")
+    assert "is an incomplete build" not in remote_build_hint("s3://unfinished/mixes/killed")
+    assert "Copy the build first" in remote_build_hint("s3://unfinished/mixes/killed")
