@@ -230,6 +230,9 @@ def write_lock(manifest: Manifest, path: str | None = None, **options) -> str:
         if not manifest.path:
             raise ManifestError("lock: the manifest has no file; pass the lock's path")
         path = lock_path_for(manifest.path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):  # found before hashing the pool (hours on a real one), not after
+        raise ManifestError(f"lock: cannot write {path}: no directory {folder}")
     lock = make_lock(manifest, **options)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -353,6 +356,20 @@ def check_lock(manifest: Manifest, lock_path: str, *, rehash: bool = False, jobs
     return problems
 
 
+def manifest_note(manifest: Manifest, lock_path: str) -> str | None:
+    """A note when the manifest's content is not what was locked. Not drift: the lock pins
+    what the manifest reads (checked by `check_lock`), and its SHA-256 of the manifest is
+    provenance, which an edit of the prose changes too. But a budget, seed or filter edited
+    since is a different build, and a --locked build's manifest.lock.json would name it."""
+    locked = read_lock(lock_path)["manifest"].get("sha256")
+    now = _manifest_digest(manifest)
+    if locked == now:
+        return None
+    return (f"{lock_path} was made from another version of this manifest (content SHA-256 {str(locked)[:16]}... "
+            f"then, {now[:16]}... now): the inputs, models and tokenizer it pins are checked, the manifest's own "
+            "settings are not; lock again if the edit is meant")
+
+
 def require_lock(manifest: Manifest, lock_path: str | None = None) -> str:
     """For `--locked` builds: the lock's path when nothing drifted, else a BuildError naming
     every drifted file (the first SHOWN_PROBLEMS)."""
@@ -419,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
             problems = check_lock(manifest, path, rehash=args.rehash, jobs=args.jobs)
             for problem in problems:
                 print(f"drift: {problem}")
+            if note := manifest_note(manifest, path):
+                print(f"note: {note}")
             print(f"{path}: {'no drift' if not problems else f'{len(problems)} difference(s)'}")
             return 1 if problems else 0
         written = write_lock(manifest, path, fast=args.fast, jobs=args.jobs,

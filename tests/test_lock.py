@@ -244,3 +244,33 @@ def test_s3_inputs_are_locked_by_etag(s3_server, tmp_path):
 
     problems = check_lock(replace(m, data_root=str(local)), path)
     assert "web: web/a.jsonl: locked as an S3 object, now read as a local file" in problems[0]
+
+
+def test_a_lockfile_in_a_missing_directory_fails_before_hashing(project, capsys):
+    """It hashed every input (hours on a real pool) and then failed with a traceback."""
+    target = project / "nodir" / "pool.lock.json"
+    assert lock_cmd.main([str(project / "pool.json"), "--lockfile", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {target}: no directory {project / 'nodir'}" in err
+    assert "Traceback" not in err and "sha256" not in err  # nothing was hashed first
+
+
+def test_a_manifest_edited_since_its_lock_is_noted(project, capsys):
+    """The lock pins what the manifest reads; its SHA-256 of the manifest is provenance. A
+    manifest edited since (here a threshold) passed `--check` as "no drift" without a word, and
+    a --locked build copied a lock that names another manifest. Both now say so (not drift)."""
+    manifest = str(project / "pool.json")
+    assert lock_cmd.main([manifest]) == 0
+    capsys.readouterr()
+    assert lock_cmd.main([manifest, "--check"]) == 0
+    assert "note:" not in capsys.readouterr().out
+    spec = json.loads((project / "pool.json").read_text())
+    spec["sources"][0]["filters"][0]["threshold"] = 0.6
+    (project / "pool.json").write_text(json.dumps(spec, indent=2))
+    assert lock_cmd.main([manifest, "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "no drift" in out and "was made from another version of this manifest" in out
+    from dolmino.build.cli import prepare, parse_args as build_args
+
+    prepare(build_args(["--manifest", manifest, "--locked", "--out", str(project / "out")], "all"), "all")
+    assert "warning: " in capsys.readouterr().err

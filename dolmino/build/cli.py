@@ -95,7 +95,7 @@ def prepare(args: argparse.Namespace, phase: str):
     """(manifest, BuildOptions) from the command line; raises ManifestError/BuildError."""
     from dolmino.build.inputs import list_inputs
     from dolmino.build.mix import BuildOptions, default_attributes_root
-    from dolmino.lock import require_lock
+    from dolmino.lock import manifest_note, require_lock
     from dolmino.manifest import load_manifest, parse_count
 
     manifest = load_manifest(args.manifest or default_manifest(args.budget), args.data_root)
@@ -120,6 +120,8 @@ def prepare(args: argparse.Namespace, phase: str):
     if args.read_ahead < 0:
         raise BuildError(f"--read-ahead must be 0 or more, got {args.read_ahead}")
     lock = require_lock(manifest, args.lockfile) if args.locked else None  # BuildError naming every drifted file
+    if lock is not None and (note := manifest_note(manifest, lock)):
+        print(f"{PHASES[phase][0]}: warning: {note}", file=sys.stderr)
     list_inputs(manifest)  # every missing input named before Spark starts
     options = BuildOptions(budget or 0, out, attributes, phase=phase, task_bytes=task_bytes,
                            split_bytes=max(task_bytes * 2, 1), read_ahead=args.read_ahead, quiet=args.quiet,
