@@ -169,7 +169,11 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
             "passes": out_tokens / pool_tokens if pool_tokens else 0.0,
             "source_percent_manifest": source.source_percent,
             "mix_percent": 100.0 * out_tokens / total_tokens if total_tokens else 0.0,
+            # The manifest's plan: its Mix % as its authority resolves it (from Source % x pool
+            # when the passes decide). `dolmino plan`'s "Mix % (manifest)" is the stated value,
+            # here mix_percent_stated (None when the manifest states none).
             "mix_percent_manifest": 100.0 * fractions[source.name],
+            "mix_percent_stated": source.mix_percent,
             "minhash": tagged.minhash.get(source.name),
             "filter_chain": _pool_filter_chain(source, acc),
             "filter_reports": {k: r.to_dict() for k, r in sorted(acc["filter_reports"].items())},
@@ -226,7 +230,7 @@ def render_markdown(report: dict) -> str:
         f"# Mix {report['manifest']} (budget {format_count(report['budget'])}, seed {report['seed']})",
         "",
         "| source | docs in | quarantined | removed | pool docs | removed when tokenized | pool tokens | target "
-        "| output tokens | passes (manifest) | passes (achieved) | Mix % (manifest) | Mix % |",
+        "| output tokens | passes (manifest) | passes (achieved) | Mix % (planned) | Mix % |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in report["sources"]:

@@ -459,7 +459,8 @@ def test_passes_missed_because_the_pool_is_not_its_stated_size_are_a_warning(inp
     both sizes. report.md's summary row balances (docs in = quarantined + removed + pool
     docs) with token filters removing documents too, which get their own column."""
     spec = {"name": "passes", "version": 2, "seed": 9, "data_root": str(inputs),
-            "sources": [{"name": "wiki", "paths": ["wiki/*.jsonl*"], "source_percent": 50, "pool_tokens": "10K"},
+            "sources": [{"name": "wiki", "paths": ["wiki/*.jsonl*"], "source_percent": 50, "pool_tokens": "10K",
+                         "mix_percent": 30},
                         {"name": "web", "paths": ["web/*.jsonl*"], "source_percent": 100, "pool_tokens": "20K",
                          "filters": [{"type": "min_length", "min_tokens": 600}]}]}
     manifest = manifest_from_dict(spec)
@@ -477,3 +478,7 @@ def test_passes_missed_because_the_pool_is_not_its_stated_size_are_a_warning(inp
     docs_in, quarantined, removed, pool_docs, removed_tokenized = (int(c.strip().replace(",", "")) for c in row)
     assert docs_in == web["docs_in"] == quarantined + removed + pool_docs
     assert removed_tokenized == web["tokenized"]["removed"]["min_length:tokens<600"]["docs"] > 0
+    # Mix %: the plan (Source % decides: 5K of 25K = 20%), and apart from it what the manifest
+    # states (30, informational here), which report.md used to show under "Mix % (manifest)".
+    assert wiki["mix_percent_manifest"] == pytest.approx(20.0) and wiki["mix_percent_stated"] == 30
+    assert web["mix_percent_stated"] is None and "| Mix % (planned) | Mix % |" in md
