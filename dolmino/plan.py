@@ -158,7 +158,7 @@ def list_source_inputs(manifest: Manifest) -> tuple[dict[str, SourceInputs], str
         root = manifest.data_root or "the current directory"
         which = "any source" if len(missing) == len(manifest.sources) else \
             f"{len(missing)} of {len(manifest.sources)} sources ({', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''})"
-        note = (f"inputs: not reachable for {which} under {root}"
+        note = (f"inputs: {'not reachable' if failure else 'no files match'} for {which} under {root}"
                 + (f" ({failure})" if failure else "") + "; files and bytes not shown there (--data-root points "
                 "at your copy)")
     warnings = refused + ([f"inputs: {skipped} file(s) in source directories are not documents by name and are "

@@ -135,15 +135,15 @@ def test_plan_lists_files_and_bytes_where_inputs_are_reachable(tmp_path, capsys)
     assert flan.split()[-3:] == ["2", "125", "B"]  # 2 files, 25 + 100 bytes
     dclm = next(line for line in out.splitlines() if line.startswith("dclm "))
     assert dclm.split()[-2:] == ["-", "-"]
-    assert "inputs: not reachable for 10 of 12 sources (dclm, stackexchange, pes2o, tulu_math," in out
+    assert "inputs: no files match for 10 of 12 sources (dclm, stackexchange, pes2o, tulu_math," in out
     assert "inputs: source 'wiki': " in out and "notes.json.txt" in out and "the build refuses these" in out
 
 
 def test_plan_without_any_input_says_so_in_one_line(tmp_path, capsys):
     assert plan_cmd.main([str(MANIFESTS / "100B.json"), "--data-root", str(tmp_path / "none")]) == 0
     out = capsys.readouterr().out
-    assert sum("not reachable" in line for line in out.splitlines()) == 1
-    assert "inputs: not reachable for any source under" in out and "files" not in out.splitlines()[4]
+    assert sum("no files match" in line for line in out.splitlines()) == 1
+    assert "inputs: no files match for any source under" in out and "files" not in out.splitlines()[4]
 
 
 def test_plan_pool_manifest_and_errors(capsys):
