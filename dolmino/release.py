@@ -232,7 +232,8 @@ def _unfinished_s3_build(location: str) -> bool:
     if not s3.is_s3(location):
         return False
     try:
-        return s3.object_size(f"{location}/report.json") is None and s3.object_size(f"{location}/_plan.json") is not None
+        return (s3.object_size(f"{location}/report.json") is None
+                and s3.object_size(f"{location}/_plan.json") is not None)
     except Exception:  # noqa: BLE001 - only a hint depends on it
         return False
 
@@ -294,7 +295,7 @@ def check_listed(where: str, names: list[str], listed: dict[str, str]) -> None:
         shown = [f"{n}: listed in report.json but missing" for n in missing[:5]] + \
                 [f"{n}: not written by the build that report.json describes" for n in stale[:5]]
         raise ReleaseIntegrityError(f"{where}: not the build its report.json describes ({'; '.join(shown)}"
-                                    f"{'; ...' if len(missing) + len(stale) > 10 else ''}); `dolmino validate` "
+                                    f"{'; ...' if len(missing) > 5 or len(stale) > 5 else ''}); `dolmino validate` "
                                     "names what is wrong; rebuild (the same command resumes) before publishing. "
                                     "Nothing was released")
 
