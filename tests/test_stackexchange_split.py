@@ -338,3 +338,22 @@ def test_split_build_from_s3_with_attributes_and_output_there(posts, builds, spa
     assert {"stackexchange:keys", "stackexchange:pair"} <= set(got["run"]["stages"])
     documents = [k for k, _ in s3.iter_keys(bucket, "attributes/stackexchange/documents/")]
     assert len(documents) == 7
+
+
+def test_the_pool_manifest_lists_both_namings_of_a_site(tmp_path):
+    """The README lets a site's file be `<site>/Posts.xml` or `<site>-Posts.xml`; the pool
+    manifest's glob matched only the first, so a site saved the other way was never read,
+    with no warning."""
+    from dolmino.build.inputs import list_inputs
+    from dolmino.manifest import load_manifest
+
+    dump = tmp_path / "stackexchange-2024-09-30"
+    (dump / "math.stackexchange.com").mkdir(parents=True)
+    (dump / "math.stackexchange.com" / "Posts.xml").write_text("<posts>\n</posts>\n")
+    (dump / "chemistry.stackexchange.com-Posts.xml.zst").write_bytes(b"")
+    (dump / "math.stackexchange.com" / "PostHistory.xml").write_text("<posthistory>\n</posthistory>\n")
+    manifest = load_manifest(str(Path(__file__).resolve().parents[1] / "manifests" / "pools" / "stackexchange.json"),
+                             str(tmp_path))
+    names = sorted(f.name for f in list_inputs(manifest).files[0])
+    assert names == ["stackexchange-2024-09-30/chemistry.stackexchange.com-Posts.xml.zst",
+                     "stackexchange-2024-09-30/math.stackexchange.com/Posts.xml"]
