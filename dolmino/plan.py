@@ -136,7 +136,8 @@ def list_source_inputs(manifest: Manifest) -> tuple[dict[str, SourceInputs], str
         try:
             listing = list_inputs(replace(manifest, sources=(source,)))
         except BuildError as exc:
-            problems = [p.strip() for p in str(exc).splitlines()[1:] if p.strip().startswith("source ")]
+            problems = [p.strip().rstrip(";") for p in str(exc).splitlines()[1:]
+                        if p.strip().startswith("source ")]
             if all("no input files match" in p for p in problems):
                 missing.append(source.name)
             else:  # files the build would refuse: say which, as the build would

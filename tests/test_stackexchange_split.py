@@ -357,3 +357,38 @@ def test_the_pool_manifest_lists_both_namings_of_a_site(tmp_path):
     names = sorted(f.name for f in list_inputs(manifest).files[0])
     assert names == ["stackexchange-2024-09-30/chemistry.stackexchange.com-Posts.xml.zst",
                      "stackexchange-2024-09-30/math.stackexchange.com/Posts.xml"]
+
+
+def test_a_file_the_glob_matches_but_no_reader_takes_is_named_with_the_real_suffixes(tmp_path):
+    """The message listed '.jsonl, .jsonl.gz, .jsonl.zst[.gz|.zst]': neither the hub's own
+    .json.gz nor the other accepted names, and a '.jsonl.zst.gz' that is not one."""
+    from dolmino.build.inputs import list_inputs
+    from dolmino.errors import BuildError
+    from dolmino.manifest import manifest_from_dict
+
+    (tmp_path / "wiki").mkdir()
+    (tmp_path / "wiki" / "wiki-0002.json.bz2").write_bytes(b"")
+    manifest = manifest_from_dict({"name": "m", "version": 1, "seed": 1, "budget": 100, "data_root": str(tmp_path),
+                                   "sources": [{"name": "wiki", "paths": ["wiki/*.json*"], "mix_percent": 100}]})
+    with pytest.raises(BuildError) as info:
+        list_inputs(manifest)
+    assert "wiki-0002.json.bz2); documents end in .jsonl, .json or .ndjson, plain or with .gz, .zst or .zstd" \
+        in str(info.value)
+
+
+def test_missing_inputs_are_one_readable_line_naming_the_root_in_use(tmp_path, capsys):
+    """With --data-root the hint blamed "the manifest's data_root" and said to pass
+    --data-root; several missing sources ran together on the one line the CLI prints."""
+    from dolmino.build.cli import main as build_main
+
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"name": "m", "version": 1, "seed": 1, "budget": 100, "data_root": "/nowhere",
+                                    "sources": [{"name": "a", "paths": ["a/*.jsonl"], "mix_percent": 50},
+                                                {"name": "b", "paths": ["b/*.jsonl"], "mix_percent": 50}]}))
+    assert build_main(["--manifest", str(manifest), "--data-root", str(tmp_path / "copy"),
+                       "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert f"no input files match '{tmp_path / 'copy' / 'a/*.jsonl'}'; source 'b': no input files match" in err
+    assert f"relative paths resolve against the data root '{tmp_path / 'copy'}', the manifest's data_root unless " \
+           "--data-root replaces it" in err

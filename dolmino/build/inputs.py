@@ -43,6 +43,15 @@ def _suffixes(stems: tuple[str, ...]) -> tuple[str, ...]:
 
 
 SUFFIXES = {"dolma": _suffixes(DOCUMENT_STEMS), "stackexchange": _suffixes(STACKEXCHANGE_STEMS)}
+STEMS = {"dolma": DOCUMENT_STEMS, "stackexchange": STACKEXCHANGE_STEMS}
+
+
+def suffixes_text(fmt: str) -> str:
+    """The names a format's documents end in, as a user reads them: ".jsonl, .json or .ndjson,
+    plain or with .gz, .zst or .zstd"."""
+    stems = STEMS[fmt]
+    listed = stems[0] if len(stems) == 1 else f"{', '.join(stems[:-1])} or {stems[-1]}"
+    return f"{listed}, plain or with {', '.join(COMPRESSIONS[1:-1])} or {COMPRESSIONS[-1]}"
 
 
 def readable_by_name(name: str, fmt: str) -> bool:
@@ -184,7 +193,7 @@ def list_inputs(manifest: Manifest) -> Listing:
                 shown = ", ".join(refused[:3]) + (", ..." if len(refused) > 3 else "")
                 problems.append(f"source {source.name!r}: {location!r} matches {len(refused)} file(s) that are not "
                                 f"{source.format} documents by name ({shown}); documents end in "
-                                f"{', '.join(SUFFIXES[source.format][:3])}[.gz|.zst]")
+                                f"{suffixes_text(source.format)}")
             if not matched and not refused:
                 problems.append(f"source {source.name!r}: no input files match {location!r}")
             for uri, size, version in matched:
@@ -192,11 +201,15 @@ def list_inputs(manifest: Manifest) -> Listing:
                                                 version, source.format))
         files.append(sorted(found.values(), key=lambda f: f.name))
     if problems:
+        # Where the data root came from is not known here (the manifest's data_root, or a
+        # command's --data-root replacing it): the hint names the root, not its origin.
         hint = ("" if not any("no input files match" in p for p in problems) else
-                "\n  (relative paths resolve against the manifest's data_root"
-                f"{' ' + repr(manifest.data_root) if manifest.data_root else ''}; pass --data-root to point at "
-                "your copy of the data, see README 'Real data')")
-        raise BuildError("input listing failed:\n  " + "\n  ".join(problems) + hint)
+                "\n  (relative paths resolve against the data root"
+                f"{' ' + repr(manifest.data_root) if manifest.data_root else ' (none: the current directory)'}, "
+                "the manifest's data_root unless --data-root replaces it: point it at your copy of the data, "
+                "see README 'Real data')")
+        # ";" ends each problem: the command line prints an error on one line.
+        raise BuildError("input listing failed:\n  " + ";\n  ".join(problems) + hint)
     return Listing(files, skipped)
 
 
