@@ -111,6 +111,16 @@ def parse_count(value: Any, where: str) -> int:
         raise ManifestError(f"{where}: {exc}") from None
 
 
+def share_text(value: float) -> str:
+    """A Mix % (or any percentage): two decimals, two significant digits below 0.1 (0.003% is not 0.00)."""
+    return f"{value:.2f}" if value >= 0.1 or value == 0 else f"{value:.2g}"
+
+
+def ratio_text(value: float) -> str:
+    """A ratio as a percentage or factor in words: three significant digits, never a rounded 0."""
+    return f"{value:.3g}"
+
+
 def format_count(n: int | float) -> str:
     """3 significant digits and a K/M/B/T suffix: 51458745000 -> "51.5B", 999954 -> "1M"."""
     for suffix, scale in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
@@ -508,9 +518,9 @@ def _share_warnings(sources: tuple[SourceSpec, ...], budget: int | None, budget_
                        f"{s.mix_percent:g} ({abs(derived - s.mix_percent):.2f} pp apart; {authority} decides)")
     if budget_stated and budget and abs(budget / total - 1.0) > PASSES_TOLERANCE:
         if passes_authority:
-            out.append(f"budget: {format_count(budget)} is {100.0 * budget / total:.1f}% of the "
+            out.append(f"budget: {format_count(budget)} is {ratio_text(100.0 * budget / total)}% of the "
                        f"{format_count(total)} tokens the sources' passes add up to: every source takes "
-                       f"{budget / total:.3f} x its stated passes")
+                       f"{ratio_text(budget / total)} x its stated passes")
         else:
             out.append(f"budget: {format_count(budget)} is {100.0 * budget / total:.1f}% of the "
                        f"{format_count(total)} tokens the sources' source_percent x pool_tokens add up to")

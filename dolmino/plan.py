@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 
 from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import (
-    Manifest, SourcePlanRow, format_count, load_manifest, parse_count, plan_warnings,
+    Manifest, SourcePlanRow, format_count, load_manifest, parse_count, plan_warnings, ratio_text, share_text,
 )
 
 FORMATS = ("text", "markdown", "json")
@@ -187,17 +187,13 @@ def _plan_warnings(manifest: Manifest, budget: int, rows: list[SourcePlanRow]) -
     if manifest.budget_stated and budget == manifest.budget:
         return []  # the manifest's own "budget: ..." warning says it
     implied = sum(s.passes * s.pool_tokens for s in manifest.sources)
-    return [f"budget: {format_count(budget)} is {100.0 * budget / implied:.1f}% of the {format_count(implied)} "
-            f"tokens the sources' passes add up to: every source takes {budget / implied:.3f} x its stated passes"]
+    return [f"budget: {format_count(budget)} is {ratio_text(100.0 * budget / implied)}% of the "
+            f"{format_count(implied)} tokens the sources' passes add up to: every source takes "
+            f"{ratio_text(budget / implied)} x its stated passes"]
 
 
 def _pct(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}g}"
-
-
-def share_text(value: float) -> str:
-    """A Mix %: two decimals, two significant digits below 0.1 (0.003% is not 0.00)."""
-    return f"{value:.2f}" if value >= 0.1 or value == 0 else f"{value:.2g}"
 
 
 def passes_text(row: SourcePlanRow) -> str:
@@ -205,7 +201,7 @@ def passes_text(row: SourcePlanRow) -> str:
     if row.copies is None:
         return "-"
     frac = row.fraction or 0.0
-    if frac < 5e-5:
+    if frac == 0 or (frac < 5e-5 and row.copies > 0):  # a whole number of copies, up to float noise
         return str(row.copies)
     return f"{row.copies} + {100 * frac:.3g}%"
 

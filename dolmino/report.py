@@ -21,7 +21,7 @@ import json
 import platform
 
 from dolmino.errors import ManifestError
-from dolmino.manifest import PASSES_TOLERANCE, Manifest, format_count
+from dolmino.manifest import PASSES_TOLERANCE, Manifest, format_count, share_text
 
 SHORTFALL_TOLERANCE = 0.005
 # How far an estimated pool (not every document tokenized) may be from the manifest's
@@ -222,7 +222,7 @@ def _doc_hist(parts) -> dict[str, list[int]]:
 
 
 def _pct(value) -> str:
-    return "-" if value is None else f"{value:.2f}"
+    return "-" if value is None else share_text(value)
 
 
 def render_markdown(report: dict) -> str:

@@ -141,7 +141,7 @@ def test_passes_decide_shares_and_budget():
     # A stated budget keeps its value; a pool size the manifest did not expect is named.
     stated = manifest_from_dict(_passes_manifest(budget="150"))
     assert stated.budget == 150 and stated.budget_for({"math": 40}) == 150
-    assert stated.warnings and stated.warnings[0].startswith("budget: 150 is 50.0% of the 300 tokens")
+    assert stated.warnings and stated.warnings[0].startswith("budget: 150 is 50% of the 300 tokens")
     assert "manifest expects 50" in plan_warnings(stated.plan(pool_tokens={"math": 40}))[1]
     with pytest.raises(ManifestError, match="no source named 'code'"):
         m.plan(pool_tokens={"code": 5})

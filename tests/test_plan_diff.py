@@ -237,3 +237,19 @@ def test_diff_compares_counts_as_meant(tmp_path):
     d = diff_manifests(load_manifest(str(pa)), load_manifest(str(pb)))
     changes = [(c.where, c.after) for cs in d.sources.values() for c in cs]
     assert changes == [("flan.max_doc_tokens", 1_000_000)]
+
+
+def test_a_small_budget_shows_small_shares_not_zeros(capsys):
+    """At --budget 200K of the 50B list, every source's copies + sample read "0" and the
+    budget warning "0.0% ... 0.000 x", as if nothing were taken; report.md's Mix % 0.00."""
+    from dolmino.plan import passes_text
+    from dolmino.report import _pct
+
+    assert plan_cmd.main([str(MANIFESTS / "50B.json"), "--budget", "200K", "--no-inputs"]) == 0
+    out = capsys.readouterr().out
+    dclm = next(line for line in out.splitlines() if line.startswith("dclm "))
+    assert " 0 + " in dclm and "0.000 x" not in out and "is 0.0% of" not in out
+    assert "every source takes 3.89e-06 x its stated passes" in out
+    row = make_plan(load_manifest(str(MANIFESTS / "50B.json")), budget=200_000, list_files=False).rows[0]
+    assert passes_text(row).startswith("0 + ") and passes_text(row._replace(copies=2, fraction=1e-9)) == "2"
+    assert _pct(0.0035) == "0.0035" and _pct(12.345) == "12.35" and _pct(None) == "-"
