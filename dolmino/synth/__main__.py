@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from dolmino.help_format import DefaultsHelpFormatter
@@ -131,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         from dolmino.synth.gsm8k_numbers import TEST_SPLIT_WARNING
 
         print(f"WARNING: {TEST_SPLIT_WARNING}", file=sys.stderr)
+        import warnings
+
+        # Said once, above: the same warning from the library (for callers of the API) is not repeated.
+        warnings.filterwarnings("ignore", message=r"using the packaged GSM8K \*test\* split")
+        # and not from the Python workers either (local mode: they inherit this environment)
+        os.environ["PYTHONWARNINGS"] = ",".join(
+            w for w in (os.environ.get("PYTHONWARNINGS"), "ignore:using the packaged GSM8K *test* split") if w)
     from dolmino.synth.runner import SynthRunError, check_out_dir, run
 
     try:
