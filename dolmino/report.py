@@ -237,12 +237,13 @@ def render_markdown(report: dict) -> str:
         removed = sum(r["docs"] for r in s["removed"].values())
         removed_tokenized = sum(r["docs"] for r in s["tokenized"]["removed"].values())
         manifest_passes = None if s["source_percent_manifest"] is None else s["source_percent_manifest"] / 100
-        pool = ("" if s["pool_tokens_exact"] else "~") + format_count(s["pool_tokens"])
+        approx = "" if s["pool_tokens_exact"] or not s["pool_tokens"] else "~"  # an emptied pool is exactly 0
+        pool = approx + format_count(s["pool_tokens"])
         lines.append(
             f"| {s['name']} | {s['docs_in']:,} | {sum(s['quarantined'].values()):,} | {removed:,} "
             f"| {s['kept_docs']:,} | {removed_tokenized:,} | {pool} | {format_count(s['target_tokens'])} "
             f"| {format_count(s['output_tokens'])} "
-            f"| {'-' if manifest_passes is None else f'{manifest_passes:.4g}'} | {s['passes']:.4g} "
+            f"| {'-' if manifest_passes is None else f'{manifest_passes:.4g}'} | {approx}{s['passes']:.4g} "
             f"| {_pct(s['mix_percent_manifest'])} | {_pct(s['mix_percent'])} |")
     out = report["output"]
     totals = report["totals"]
@@ -266,8 +267,9 @@ def render_markdown(report: dict) -> str:
         lines += ["## Control tokens in text", "",
                   "Documents whose text holds control-token strings (`<|endoftext|>`, `<|pad|>`, ...), tokenized "
                   "as the manifest's `tokenizer.control_tokens` says; with \"dolma\" an EOS string inside a text "
-                  "becomes an EOS inside the document (`dolmino validate` counts those).", "",
-                  "| source | docs with control tokens | docs with EOS inside |", "|---|---|---|"]
+                  "becomes an EOS inside the document (`dolmino validate` counts those in the output, each "
+                  "instance of a repeated document apart).", "",
+                  "| source | distinct docs with control tokens | distinct docs with EOS inside |", "|---|---|---|"]
         lines += [f"| {n} | {c:,} | {e:,} |" for n, c, e in control if c or e]
         lines.append("")
     if report.get("warnings"):
@@ -278,7 +280,7 @@ def render_markdown(report: dict) -> str:
                   for reason, r in s["tokenized"]["removed"].items()]
     if removal_rows or token_rows:
         lines += ["## Removed by reason", "", "| source | reason | docs | bytes | tokens |", "|---|---|---|---|---|"]
-        lines += [f"| {a} | {b} | {c:,} | {d:,} | |" for a, b, c, d in removal_rows]
+        lines += [f"| {a} | {b} | {c:,} | {'-' if d is None else f'{d:,}'} | |" for a, b, c, d in removal_rows]
         lines += [f"| {a} | {b} | {c:,} | | {d:,} |" for a, b, c, d in token_rows]
         lines.append("")
     chain_rows = [(s["name"], row) for s in report["sources"] for row in s.get("filter_chain", [])]

@@ -447,7 +447,8 @@ def chart_removals(report: dict) -> Chart | None:
     removed = sum(v["docs"] for s in sources for v in s["removed"].values())
     quarantined = sum(sum(s["quarantined"].values()) for s in sources)
     read = sum(s["docs_in"] for s in sources)
-    caption = (f"Of {read:,} documents read, filters and dedup removed {removed:,} and {quarantined:,} lines were "
+    caption = (f"Of {read:,} documents read, {removed:,} were removed (filters, dedup, blank texts) and {quarantined:,} "
+               "lines were "
                "quarantined before tokenizing. Filters that need token ids (and the document length limit) decide "
                "on the documents a mix tokenizes, a sample of each large pool, so their share is of what was "
                "tokenized.")
@@ -494,7 +495,7 @@ def chart_doc_tokens(report: dict, counts: dict[str, list[int]], note: str) -> C
             ax.set_xticks(major, [_count_label(x) for x in major])
             _minor_marks(ax, minor)
             titles.append(ax.set_title(name, fontsize=9.5))
-            ax.text(0.98, 0.95, f"{int(c.sum()):,} docs\nmedian {format_count(med)}\np90 {format_count(p90)}",
+            ax.text(0.98, 0.95, f"{int(c.sum()):,} docs\nmedian ~{format_count(med)}\np90 ~{format_count(p90)}",
                     transform=ax.transAxes, ha="right", va="top", fontsize=7.5, color="#333333",
                     bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none", "pad": 1.5})
             ax.grid(axis="x", visible=False)
@@ -523,7 +524,8 @@ def chart_doc_tokens(report: dict, counts: dict[str, list[int]], note: str) -> C
         return _png(fig)
 
     caption = ("Tokens per document instance in the output, EOS included (a document repeated by the passes counts "
-               f"each time); dashed line: the median. {note}")
+               "each time); dashed line: the median. The median and p90 are read from the histogram (quarter-octave "
+               f"bins, interpolated within one), hence the ~. {note}")
     return Chart("doc_tokens", "Tokens per document", caption, _styled(draw), 8.6)
 
 

@@ -482,3 +482,6 @@ def test_passes_missed_because_the_pool_is_not_its_stated_size_are_a_warning(inp
     # states (30, informational here), which report.md used to show under "Mix % (manifest)".
     assert wiki["mix_percent_manifest"] == pytest.approx(20.0) and wiki["mix_percent_stated"] == 30
     assert web["mix_percent_stated"] is None and "| Mix % (planned) | Mix % |" in md
+    # passes against an estimated pool are marked as estimates, as the pool is
+    cells = next(line for line in md.splitlines() if line.startswith("| wiki |")).split("|")
+    assert cells[7].strip().startswith("~") == cells[11].strip().startswith("~") == (not wiki["pool_tokens_exact"])

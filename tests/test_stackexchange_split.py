@@ -275,6 +275,13 @@ def test_split_build_is_byte_identical_to_the_whole_file_build(posts, builds):
     source = whole["sources"][0]
     assert source["removed"]["stackexchange:answer_missing"]["docs"] > 0 and sum(source["quarantined"].values()) >= 4
     assert source["removed"]["exact_duplicate"]["docs"] > 0
+    # pairs removed while converting form no document: their bytes are not measured (null, "-"
+    # in report.md), where they read 0 and the source's bytes balance said nothing of them
+    assert source["removed"]["stackexchange:answer_missing"]["bytes"] is None
+    assert source["removed"]["exact_duplicate"]["bytes"] > 0
+    md = (base / "whole" / "report.md").read_text()
+    assert any(line.startswith("| stackexchange | stackexchange:answer_missing | ") and line.endswith(" | - | |")
+               for line in md.splitlines())
     assert len(_unit_files(base / "attributes-split", "documents")) == 7
     assert _parts(base / "split") == _parts(base / "whole") and whole["output"]["files"] >= 2
     assert _comparable(ranged) == _comparable(whole)

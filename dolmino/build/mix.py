@@ -373,7 +373,8 @@ def _source_accounts(manifest: Manifest, unit_pools: list[UnitPool], dedup_remov
         for reason, (docs, nbytes) in st["removed"].items():
             entry = acc["removed"].setdefault(reason, {"docs": 0, "bytes": 0})
             entry["docs"] += docs
-            entry["bytes"] += nbytes
+            # None: not measured (Stack Exchange pairs removed while converting Posts.xml form no document)
+            entry["bytes"] = None if nbytes is None or entry["bytes"] is None else entry["bytes"] + nbytes
         for key, report in up.filter_reports.items():
             if key in acc["filter_reports"]:
                 acc["filter_reports"][key].merge(report)

@@ -260,8 +260,8 @@ def pool_bundle(bundle: Bundle, ctx: PoolContext,
             else:
                 keeps.append(0)
         docs_in = stats["docs"] + sum(stats["quarantined"].values()) + sum(stats["removed"].values())
-        for reason, n in stats["removed"].items():  # removed while reading (Stack Exchange rules): no bytes
-            removed.setdefault(reason, [0, 0])[0] += n
+        for reason, n in stats["removed"].items():  # removed while reading (Stack Exchange rules): bytes
+            removed.setdefault(reason, [0, None])[0] += n  # unknown, none formed a document
         last = position == len(bundle.units) - 1
         reports = {}
         if last:  # the filters saw the whole bundle: their reports go with its last unit
