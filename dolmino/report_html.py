@@ -447,8 +447,8 @@ def chart_removals(report: dict) -> Chart | None:
     removed = sum(v["docs"] for s in sources for v in s["removed"].values())
     quarantined = sum(sum(s["quarantined"].values()) for s in sources)
     read = sum(s["docs_in"] for s in sources)
-    caption = (f"Of {read:,} documents read, {removed:,} were removed (filters, dedup, blank texts) and {quarantined:,} "
-               "lines were "
+    caption = (f"Of {read:,} documents read, {removed:,} were removed (filters, dedup, blank texts) and "
+               f"{quarantined:,} lines were "
                "quarantined before tokenizing. Filters that need token ids (and the document length limit) decide "
                "on the documents a mix tokenizes, a sample of each large pool, so their share is of what was "
                "tokenized.")
