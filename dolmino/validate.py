@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,8 +303,10 @@ BUILD_MARKERS = ("_plan.json", "_parts")
 COMPLETION_MARKER = "report.json"
 
 
-def _completion_errors(build_dir: Path) -> list[str]:
-    """An unfinished build (markers but no report.json), or parts that the report does not list."""
+def _completion_errors(build_dir: Path, checksums: bool = True) -> list[str]:
+    """An unfinished build (markers but no report.json), parts that the report does not list,
+    and (with `checksums`) listed files whose SHA-256 is not the one the report certifies: a part
+    changed since the build, even to other valid ids, is not the data the report describes."""
     report_path = build_dir / COMPLETION_MARKER
     if not report_path.is_file():
         if any((build_dir / m).exists() for m in BUILD_MARKERS):
@@ -320,14 +323,26 @@ def _completion_errors(build_dir: Path) -> list[str]:
     errors = [f"{build_dir / name}: listed in {COMPLETION_MARKER} but missing" for name in sorted(set(listed) - on_disk)]
     errors += [f"{build_dir / name}: not written by the build that {COMPLETION_MARKER} describes (stale?)"
                for name in sorted(on_disk - set(listed))]
+    if checksums:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from dolmino.checksums import sha256_file
+
+        names = sorted(set(listed) & on_disk)
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # hashlib releases the GIL
+            digests = list(pool.map(lambda n: sha256_file(str(build_dir / n)), names))
+        errors += [f"{build_dir / name}: SHA-256 {digest[:16]}... but {COMPLETION_MARKER} certifies "
+                   f"{str(listed[name])[:16]}...: the file changed after the build finished"
+                   for name, digest in zip(names, digests) if digest != listed[name]]
     return errors
 
 
 def validate_build(build_dir: str | Path, *, vocab_size: int | None = None, eos_id: int | None = None,
-                   backend: str = "auto", strict: bool = False) -> BuildResult:
+                   backend: str = "auto", strict: bool = False, checksums: bool = True) -> BuildResult:
     """Check every part under build_dir; explicit vocab_size / eos_id override the build's manifest.
 
-    `strict` turns warnings (EOS inside a document's span) into errors.
+    `strict` turns warnings (EOS inside a document's span) into errors; `checksums` compares
+    every file report.json lists with its SHA-256 (one more read of each file).
     """
     build_dir = Path(build_dir)
     m_vocab, m_eos, m_error = _read_settings(build_dir) if build_dir.is_dir() else (None, None, None)
@@ -340,7 +355,7 @@ def validate_build(build_dir: str | Path, *, vocab_size: int | None = None, eos_
         return result
     if m_error:
         result.errors.append(m_error)
-    result.errors += _completion_errors(build_dir)
+    result.errors += _completion_errors(build_dir, checksums)
     files = _token_files(build_dir)
     if not files:
         result.errors.append(f"{build_dir}: no token files (*.npy) found")
@@ -367,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=csrc.BACKENDS, default="auto",
                         help="token scan implementation: the C++ extension, the numpy fallback, or auto "
                              "(default: %(default)s)")
+    parser.add_argument("--no-checksums", action="store_true",
+                        help="skip comparing each file with the SHA-256 report.json certifies (default: compared; "
+                             "`dolmino release pull` has just checked them, for instance)")
     parser.add_argument("--strict", action="store_true",
                         help="treat warnings (documents holding EOS before their last token) as errors (default: off, "
                              "they are reported with their count)")
@@ -380,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = validate_build(args.build_dir, vocab_size=args.vocab_size, eos_id=args.eos_id, backend=args.backend,
-                                strict=args.strict)
+                                strict=args.strict, checksums=not args.no_checksums)
     except RuntimeError as exc:  # --backend native without the extension
         print(f"dolmino validate: {exc}", file=sys.stderr)
         return 2

@@ -315,8 +315,10 @@ def test_incomplete_and_stale_builds_are_refused(tmp_path):
     (out / "_parts").mkdir()
     result = validate_build(out)
     assert not result.ok and "incomplete build" in result.all_errors()[0]
-    (out / "report.json").write_text(json.dumps({"output": {"files_sha256": {"part-00000.npy": "x",
-                                                                               "part-00000.csv.gz": "y"}}}))
+    import hashlib
+
+    (out / "report.json").write_text(json.dumps({"output": {"files_sha256": {
+        name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in ("part-00000.npy", "part-00000.csv.gz")}}}))
     assert validate_build(out).ok
     (out / "part-00001.npy").write_bytes(b"")
     errors = validate_build(out).all_errors()
@@ -352,3 +354,25 @@ def test_an_unfinished_build_on_s3_is_said_to_be_one(s3_server, capsys):
     boto3.client("s3").put_object(Bucket="unfinished", Key="mixes/killed/report.json", Body=b"{}")
     assert "is an incomplete build" not in remote_build_hint("s3://unfinished/mixes/killed")
     assert "Copy the build first" in remote_build_hint("s3://unfinished/mixes/killed")
+
+
+def test_a_part_changed_to_other_valid_ids_is_refused(tmp_path):
+    """A part rewritten after the build with other in-vocabulary ids passed validate (the
+    names matched report.json; only the ids were checked), while publish refused it and sent
+    the user to validate. The SHA-256 report.json certifies is compared (--no-checksums skips)."""
+    import hashlib
+
+    out = tmp_path / "b"
+    out.mkdir()
+    np.asarray([5, 6, 7, EOS, 8, 9, EOS], dtype="<u4").tofile(out / "part-00000.npy")
+    (out / "part-00000.csv.gz").write_bytes(gzip.compress(b"0,4,a,web,w.jsonl:1\n4,7,b,web,w.jsonl:2\n", mtime=0))
+    listed = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("part-*")}
+    (out / "report.json").write_text(json.dumps({"output": {"files_sha256": listed}}))
+    assert not validate_build(out).all_errors()
+    data = np.fromfile(out / "part-00000.npy", dtype="<u4")
+    data[1] = 17  # another valid id
+    data.tofile(out / "part-00000.npy")
+    errors = validate_build(out).all_errors()
+    assert len(errors) == 1 and "part-00000.npy: SHA-256" in errors[0] and "the file changed after the build" in errors[0]
+    assert main([str(out)]) == 1
+    assert not validate_build(out, checksums=False).all_errors() and main([str(out), "--no-checksums"]) == 0
