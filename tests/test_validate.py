@@ -318,7 +318,8 @@ def test_incomplete_and_stale_builds_are_refused(tmp_path):
     import hashlib
 
     (out / "report.json").write_text(json.dumps({"output": {"files_sha256": {
-        name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in ("part-00000.npy", "part-00000.csv.gz")}}}))
+        name: hashlib.sha256((out / name).read_bytes()).hexdigest()
+        for name in ("part-00000.npy", "part-00000.csv.gz")}}}))
     assert validate_build(out).ok
     (out / "part-00001.npy").write_bytes(b"")
     errors = validate_build(out).all_errors()
@@ -373,6 +374,7 @@ def test_a_part_changed_to_other_valid_ids_is_refused(tmp_path):
     data[1] = 17  # another valid id
     data.tofile(out / "part-00000.npy")
     errors = validate_build(out).all_errors()
-    assert len(errors) == 1 and "part-00000.npy: SHA-256" in errors[0] and "the file changed after the build" in errors[0]
+    assert len(errors) == 1 and "part-00000.npy: SHA-256" in errors[0]
+    assert "the file changed after the build" in errors[0]
     assert main([str(out)]) == 1
     assert not validate_build(out, checksums=False).all_errors() and main([str(out), "--no-checksums"]) == 0
