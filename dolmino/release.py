@@ -741,7 +741,8 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
             check_digest(rel, digest, source.listed)
             entries.append({"path": rel, "size": size, "sha256": digest})
             bar.file_done()
-            log(f"uploaded {rel} ({size:,} bytes)")
+            copied = isinstance(source, _S3Build) and rel in source.parts  # server-side, never through here
+            log(f"{'copied' if copied else 'uploaded'} {rel} ({size:,} bytes)")
 
         # Pre-commit check: what is on S3 now is what we hashed.
         for entry in entries:

@@ -796,7 +796,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "checkpoint (stepN or stepN/model_and_optim)")
     p.add_argument("--tasks", type=_task_list, default=DEFAULT_TASKS, help="comma-separated tasks and groups")
     p.add_argument("--limit", type=positive_int, default=None,
-                   help="score only the first N instances of each task (default: all)")
+                   help="score only the first N instances of each task (default: all; MMLU takes them round-robin "
+                        "over its 57 subjects, so its macro average covers min(N, 57) subjects)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="sequences per forward pass")
     p.add_argument("--max-new-tokens", type=positive_int, default=None,
                    help="GSM8K generation budget (default: oe-eval's, 512)")
