@@ -667,21 +667,22 @@ def _is_conditional_failure(exc: BaseException) -> str:
     return code if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409") else ""
 
 
-def _honours_if_none_match(bucket: str, key: str) -> bool:
-    """Whether a PUT with If-None-Match: * of an existing key is refused, as the commit needs.
-    Writes `key` twice (the second time conditionally) and deletes it."""
+def _conditional_writes(bucket: str, key: str) -> str:
+    """How the store treats a PUT with If-None-Match: * of an existing key: "honoured" (refused,
+    as the commit needs), "ignored" (written over) or "unsupported" (NotImplemented). Writes
+    `key` twice (the second time conditionally) and deletes it."""
     from botocore.exceptions import ClientError
 
     cl = s3.client()
     cl.put_object(Bucket=bucket, Key=key, Body=b"probe 1\n")
     try:
         cl.put_object(Bucket=bucket, Key=key, Body=b"probe 2\n", IfNoneMatch="*")
-        return False
+        return "ignored"
     except ClientError as exc:
         if _is_conditional_failure(exc):
-            return True
-        if s3.not_implemented(exc):  # refuses the header rather than honouring it
-            return False
+            return "honoured"
+        if s3.not_implemented(exc):
+            return "unsupported"
         raise
     finally:
         s3.delete_keys(bucket, [key])
@@ -719,15 +720,17 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
     publish_id = new_publish_id()
     data_prefix = f"{DATA_DIR}/{publish_id}/"
     staging = key_prefix + data_prefix
-    if not _honours_if_none_match(bucket, staging + "_conditional-write-probe"):
+    conditional = _conditional_writes(bucket, staging + "_conditional-write-probe")
+    if conditional != "honoured":
+        what = ("ignores If-None-Match on PUT (a conditional write of an existing object went through)"
+                if conditional == "ignored" else "does not implement If-None-Match on PUT (it answered NotImplemented)")
         if not allow_unconditional_store:
             raise ReleaseError(
-                f"s3://{bucket}: this store ignores If-None-Match on PUT (a conditional write of an existing "
-                "object went through), so two publishes of one name at once could both report success and the "
-                "later one silently replace the release. Nothing was uploaded. Use a store with conditional "
+                f"s3://{bucket}: this store {what}, so two publishes of one name at once could both report success "
+                "and the later one silently replace the release. Nothing was uploaded. Use a store with conditional "
                 "writes (AWS S3, Cloudflare R2, GCS, recent MinIO and Ceph), or pass --allow-unconditional-store "
                 "if no other publish of this name can run at the same time")
-        log(f"{release_uri}: warning: the store ignores If-None-Match; publishing anyway "
+        log(f"{release_uri}: warning: the store {what.split(' (')[0]}; publishing anyway "
             "(--allow-unconditional-store): a publish of this name running at the same time would not be detected")
     cl = s3.client()
     config = _transfer_config(part_size)
@@ -764,7 +767,7 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
         }
         body = json.dumps(record, indent=2, sort_keys=False).encode("utf-8") + b"\n"
         commit_attempted = True
-        current = _commit(bucket, key_prefix + RELEASE_FILE, body)
+        current = _commit(bucket, key_prefix + RELEASE_FILE, body, conditional != "unsupported")
         if current is None or current.get("publish_id") != publish_id:
             raise _LostRace(current)
     except _LostRace as lost:
@@ -806,7 +809,7 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
     return record
 
 
-def _commit(bucket: str, key: str, body: bytes) -> dict | None:
+def _commit(bucket: str, key: str, body: bytes, conditional: bool = True) -> dict | None:
     """Write RELEASE.json if it does not exist yet, then return what RELEASE.json holds.
 
     The caller compares the publish id: a failed condition, a botocore retry of our own write
@@ -818,7 +821,10 @@ def _commit(bucket: str, key: str, body: bytes) -> dict | None:
     cl = s3.client()
     for attempt in range(_COMMIT_RETRIES):
         try:
-            cl.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*")
+            # Unconditional only on a store that does not implement the condition, when the user
+            # allowed it (--allow-unconditional-store): the read-back below still decides.
+            extra = {"IfNoneMatch": "*"} if conditional else {}
+            cl.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", **extra)
             break
         except ClientError as exc:
             code = _is_conditional_failure(exc)

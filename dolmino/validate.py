@@ -319,6 +319,8 @@ def _completion_errors(build_dir: Path, checksums: bool = True) -> list[str]:
         return [f"{report_path}: cannot read the build report ({exc})"]
     if not listed:
         return []
+    if not isinstance(listed, dict):
+        return [f"{report_path}: output.files_sha256 is not a mapping of file names to SHA-256 (a damaged report)"]
     on_disk = {p.name for p in build_dir.glob("part-*") if p.is_file()}
     errors = [f"{build_dir / name}: listed in {COMPLETION_MARKER} but missing" for name in sorted(set(listed) - on_disk)]
     errors += [f"{build_dir / name}: not written by the build that {COMPLETION_MARKER} describes (stale?)"

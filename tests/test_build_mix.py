@@ -404,6 +404,28 @@ def test_a_build_overtaken_by_another_into_the_same_out_stops_without_certifying
     assert not (out / "part-00007.npy").exists()  # the owner's build removes what it did not write
 
 
+def test_a_build_overtaken_while_it_verifies_does_not_remove_the_others_parts(inputs, spark, tmp_path, monkeypatch):
+    """Verifying re-hashes every part (minutes on a real build): a build started meanwhile owns
+    the output, and the earlier one must not then remove its parts as stale."""
+    from dolmino.build import output
+    from dolmino.errors import BuildError
+
+    spec = {"name": "twice", "version": 1, "seed": 1, "data_root": str(inputs),
+            "sources": [{"name": "wiki", "paths": ["wiki/*.jsonl*"], "mix_percent": 100}]}
+    out = tmp_path / "out"
+    real_verify = output.verify_parts
+
+    def another_build_starts_meanwhile(where, parts):
+        real_verify(where, parts)
+        output.start(str(out))
+        (out / "part-00007.npy").write_bytes(b"\0" * 8)
+
+    monkeypatch.setattr(output, "verify_parts", another_build_starts_meanwhile)
+    with pytest.raises(BuildError, match="this build stops without removing or certifying anything"):
+        build(manifest_from_dict(spec), 10_000, str(out), spark, attributes=str(tmp_path / "a"))
+    assert (out / "part-00007.npy").exists() and not (out / "report.json").exists()
+
+
 def test_an_input_rewritten_after_tagging_fails_instead_of_mixing_other_documents(inputs, spark, tmp_path):
     """Selection, dedup and verdicts are made on what the tag phase read. A file rewritten
     since with the same lines in another order (its listed version kept, as a copy that

@@ -728,7 +728,7 @@ def test_a_store_that_ignores_if_none_match_is_refused_before_anything_is_upload
         assert release.main(["publish", str(small_builds[0]), root, "--name", "v1", "--no-progress",
                              "--allow-unconditional-store"]) == 0
         out = capsys.readouterr().out
-        assert "warning: the store ignores If-None-Match; publishing anyway" in out
+        assert "warning: the store ignores If-None-Match on PUT; publishing anyway" in out
     finally:
         events.unregister("before-parameter-build.s3", ignore_conditions)
     assert release.read_release(f"{root}/v1")["name"] == "v1"
@@ -794,3 +794,32 @@ def test_a_build_damaged_since_it_finished_is_not_released(small_builds, root, t
     assert "nothing was released" in str(info.value).lower()
     bucket, prefix = release.split_root(root)
     assert not [k for k, _ in s3.iter_keys(bucket, prefix + "damaged/")]
+
+
+def test_a_store_that_does_not_implement_if_none_match_is_refused_or_published_unconditionally(small_builds, root,
+                                                                                                capsys):
+    """A store answering NotImplemented to If-None-Match was told it "ignores" the header, and
+    --allow-unconditional-store then uploaded everything and failed at the commit, which sent
+    the header again. It is named for what it does, and the flag commits without the header."""
+    from botocore.awsrequest import AWSResponse
+
+    def not_implemented(params, **_):
+        if "If-None-Match" in params.get("headers", {}):
+            return AWSResponse("http://store", 501, {}, None), {
+                "Error": {"Code": "NotImplemented", "Message": "not implemented"},
+                "ResponseMetadata": {"HTTPStatusCode": 501}}
+        return None
+
+    events = s3.client().meta.events
+    events.register("before-call.s3.PutObject", not_implemented)
+    try:
+        assert release.main(["publish", str(small_builds[0]), root, "--name", "v1"]) == 2
+        err = capsys.readouterr().err
+        assert "does not implement If-None-Match on PUT (it answered NotImplemented)" in err
+        assert release.main(["publish", str(small_builds[0]), root, "--name", "v1", "--no-progress",
+                             "--allow-unconditional-store"]) == 0
+        out = capsys.readouterr().out
+        assert "warning: the store does not implement If-None-Match on PUT; publishing anyway" in out
+    finally:
+        events.unregister("before-call.s3.PutObject", not_implemented)
+    assert release.read_release(f"{root}/v1")["name"] == "v1"

@@ -378,3 +378,12 @@ def test_a_part_changed_to_other_valid_ids_is_refused(tmp_path):
     assert "the file changed after the build" in errors[0]
     assert main([str(out)]) == 1
     assert not validate_build(out, checksums=False).all_errors() and main([str(out), "--no-checksums"]) == 0
+
+
+def test_a_report_whose_file_list_is_not_a_mapping_is_one_error(tmp_path):
+    out = tmp_path / "b"
+    out.mkdir()
+    np.asarray([5, 6, EOS], dtype="<u4").tofile(out / "part-00000.npy")
+    (out / "report.json").write_text(json.dumps({"output": {"files_sha256": ["part-00000.npy"]}}))
+    errors = validate_build(out).all_errors()
+    assert any("output.files_sha256 is not a mapping" in e for e in errors)

@@ -267,13 +267,13 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     for rdd in tokenized:
         rdd.unpersist()
     eligible.unpersist()
-    output.check_owner(options.out, owner)
     output.verify_parts(options.out, written)
     parts = sorted([*written, *done.values()], key=lambda p: p.index)
     missing = sorted(set(range(num_parts)) - {p.index for p in parts})
     if missing:
         raise BuildError(f"parts {missing[:10]} were neither written nor committed earlier; the build is incomplete")
     keep = {f.name for p in parts for f in p.files} | {f"{PARTS_DIR}/{part_name(p.index)}.json" for p in parts}
+    output.check_owner(options.out, owner)  # just before removing what it did not write (verifying took a while)
     output.remove_stale(options.out, keep)
     _copy_quarantine(store, tagged, units, unit_pools, options.out)
 
@@ -289,7 +289,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     report = build_report(manifest, budget, sources, selections, tok_stats, parts, tagged,
                           state, elapsed_s=time.time() - started, cluster=cluster_info(sc),
                           out=options.out, attributes=options.attributes, resumed=resume)
-    output.check_owner(options.out, owner)
+    output.check_owner(options.out, owner, "without certifying its output (no report.json)")
     place_lock(options.out, options.lock)  # manifest.lock.json, before report.json marks the build complete
     write_report(options.out, report, manifest)
     return report

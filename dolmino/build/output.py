@@ -44,7 +44,7 @@ def start(out: str) -> dict:
     return owner
 
 
-def check_owner(out: str, owner: dict) -> None:
+def check_owner(out: str, owner: dict, stops: str = "without removing or certifying anything") -> None:
     """BuildError unless this build still owns `out`.
 
     Two builds into one --out are a mistake no lock prevents here (a lease would need
@@ -57,7 +57,7 @@ def check_owner(out: str, owner: dict) -> None:
         other = "another build" if current is None else (
             f"another build (started {current.get('started')} on {current.get('host')}, pid {current.get('pid')})")
         raise BuildError(f"{out}: {other} started writing here after this one (started {owner['started']}); "
-                         "it owns the output now, and this build stops without removing or certifying anything. "
+                         f"it owns the output now, and this build stops {stops}. "
                          "Run one build per --out; rerun this one when the other is done if its output is the one "
                          "you want")
 
