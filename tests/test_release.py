@@ -706,33 +706,40 @@ def test_an_error_after_our_commit_landed_never_removes_the_release(small_builds
 # ---------------------------------------------------------------- stores without optional features
 
 
+def _refused_then_published_anyway(small_builds, root, capsys, event: str, hook, what: str) -> None:
+    """publish on a store `hook` (registered on `event`) makes: refused with `what`, nothing
+    uploaded; then published with --allow-unconditional-store, which warns; no probe left."""
+    events = s3.client().meta.events
+    events.register(event, hook)
+    bucket, prefix = release.split_root(root)
+    try:
+        assert release.main(["publish", str(small_builds[0]), root, "--name", "v1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("release: error: s3://") and what in err
+        assert "Nothing was uploaded" in err and "--allow-unconditional-store" in err
+        assert list(s3.iter_keys(bucket, prefix)) == []
+        assert release.main(["publish", str(small_builds[0]), root, "--name", "v1", "--no-progress",
+                             "--allow-unconditional-store"]) == 0
+        out = capsys.readouterr().out
+        assert f"warning: the store {what.split(' (')[0]}; publishing anyway" in out
+    finally:
+        events.unregister(event, hook)
+    assert release.read_release(f"{root}/v1")["name"] == "v1"
+    assert not [k for k, _ in s3.iter_keys(bucket, prefix) if "probe" in k]
+
+
 def test_a_store_that_ignores_if_none_match_is_refused_before_anything_is_uploaded(small_builds, root, capsys):
     """On a store that ignores If-None-Match (s3rver; older gateways) two publishes of one
     name, each reading back its own record, both reported success and the later silently
     replaced the release. publish probes the store first and refuses it, uploading nothing;
     --allow-unconditional-store publishes anyway and says what is then not detected."""
-    events = s3.client().meta.events
-
     def ignore_conditions(params, model, **_):
         if model.name == "PutObject":
             params.pop("IfNoneMatch", None)
 
-    events.register("before-parameter-build.s3", ignore_conditions)
-    try:
-        assert release.main(["publish", str(small_builds[0]), root, "--name", "v1"]) == 2
-        err = capsys.readouterr().err
-        assert err.startswith("release: error: s3://") and "ignores If-None-Match on PUT" in err
-        assert "Nothing was uploaded" in err and "--allow-unconditional-store" in err
-        bucket, prefix = release.split_root(root)
-        assert list(s3.iter_keys(bucket, prefix)) == []
-        assert release.main(["publish", str(small_builds[0]), root, "--name", "v1", "--no-progress",
-                             "--allow-unconditional-store"]) == 0
-        out = capsys.readouterr().out
-        assert "warning: the store ignores If-None-Match on PUT; publishing anyway" in out
-    finally:
-        events.unregister("before-parameter-build.s3", ignore_conditions)
-    assert release.read_release(f"{root}/v1")["name"] == "v1"
-    assert not [k for k, _ in s3.iter_keys(bucket, prefix) if "probe" in k]
+    _refused_then_published_anyway(small_builds, root, capsys, "before-parameter-build.s3", ignore_conditions,
+                                   "ignores If-None-Match on PUT (a conditional write of an existing object went "
+                                   "through)")
 
 
 def test_publish_and_delete_work_on_a_store_that_does_not_list_multipart_uploads(small_builds, root, tmp_path):
@@ -810,16 +817,5 @@ def test_a_store_that_does_not_implement_if_none_match_is_refused_or_published_u
                 "ResponseMetadata": {"HTTPStatusCode": 501}}
         return None
 
-    events = s3.client().meta.events
-    events.register("before-call.s3.PutObject", not_implemented)
-    try:
-        assert release.main(["publish", str(small_builds[0]), root, "--name", "v1"]) == 2
-        err = capsys.readouterr().err
-        assert "does not implement If-None-Match on PUT (it answered NotImplemented)" in err
-        assert release.main(["publish", str(small_builds[0]), root, "--name", "v1", "--no-progress",
-                             "--allow-unconditional-store"]) == 0
-        out = capsys.readouterr().out
-        assert "warning: the store does not implement If-None-Match on PUT; publishing anyway" in out
-    finally:
-        events.unregister("before-call.s3.PutObject", not_implemented)
-    assert release.read_release(f"{root}/v1")["name"] == "v1"
+    _refused_then_published_anyway(small_builds, root, capsys, "before-call.s3.PutObject", not_implemented,
+                                   "does not implement If-None-Match on PUT (it answered NotImplemented)")
