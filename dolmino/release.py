@@ -282,15 +282,20 @@ def listed_files(report: object) -> dict[str, str]:
         if isinstance(listed, dict) else {}
 
 
+def unlisted_parts(names, listed) -> tuple[list[str], list[str]]:
+    """(files report.json lists that are not among `names`, part files among `names` it does
+    not list), each sorted: what `dolmino validate` and publish both refuse."""
+    present = set(names)
+    return sorted(set(listed) - present), sorted(n for n in present if n.startswith("part-") and n not in listed)
+
+
 def check_listed(where: str, names: list[str], listed: dict[str, str]) -> None:
     """The build's part files are exactly those report.json lists, or ReleaseIntegrityError:
     a part deleted since, or one an earlier build left that this build did not write, would
     otherwise be released under fresh checksums (as `dolmino validate` refuses them)."""
     if not listed:
         return
-    present = set(names)
-    missing = sorted(set(listed) - present)
-    stale = sorted(n for n in present if n.startswith("part-") and n not in listed)
+    missing, stale = unlisted_parts(names, listed)
     if missing or stale:
         shown = [f"{n}: listed in report.json but missing" for n in missing[:5]] + \
                 [f"{n}: not written by the build that report.json describes" for n in stale[:5]]

@@ -419,13 +419,13 @@ def get_bytes(uri: str) -> bytes:
         raise
 
 
-_NO_MULTI_DELETE = ("NotImplemented", "MethodNotAllowed", "501", "405")
+_NOT_IMPLEMENTED = ("NotImplemented", "MethodNotAllowed", "501", "405")
 
 
 def not_implemented(exc: BaseException) -> bool:
     """The store does not implement the operation (NotImplemented 501, MethodNotAllowed 405):
     an S3-compatible store that lacks an optional feature, not a failure of the request."""
-    return _error_code(exc) in _NO_MULTI_DELETE
+    return _error_code(exc) in _NOT_IMPLEMENTED
 
 
 def _delete_each(cl, bucket: str, keys: list[str]) -> None:
@@ -457,7 +457,7 @@ def delete_keys(bucket: str, keys: list[str]) -> None:
                 request = {"Objects": [{"Key": k} for k in batch], "Quiet": True}
                 result = cl.delete_objects(Bucket=bucket, Delete=request)
             except ClientError as exc:
-                if _error_code(exc) not in _NO_MULTI_DELETE:
+                if not not_implemented(exc):
                     raise
                 one_by_one = True  # a store without multi-object delete: GCS's XML API, Riak CS
         if one_by_one:

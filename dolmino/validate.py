@@ -321,10 +321,13 @@ def _completion_errors(build_dir: Path, checksums: bool = True) -> list[str]:
         return []
     if not isinstance(listed, dict):
         return [f"{report_path}: output.files_sha256 is not a mapping of file names to SHA-256 (a damaged report)"]
+    from dolmino.release import unlisted_parts
+
     on_disk = {p.name for p in build_dir.glob("part-*") if p.is_file()}
-    errors = [f"{build_dir / name}: listed in {COMPLETION_MARKER} but missing" for name in sorted(set(listed) - on_disk)]
+    missing, stale = unlisted_parts(on_disk, listed)
+    errors = [f"{build_dir / name}: listed in {COMPLETION_MARKER} but missing" for name in missing]
     errors += [f"{build_dir / name}: not written by the build that {COMPLETION_MARKER} describes (stale?)"
-               for name in sorted(on_disk - set(listed))]
+               for name in stale]
     if checksums:
         from concurrent.futures import ThreadPoolExecutor
 

@@ -36,8 +36,8 @@ from dolmino.build.write import (
 from dolmino.errors import BuildError, ManifestError, ResourceError
 from dolmino.manifest import Manifest
 from dolmino.memmap import part_name
-from dolmino.s3 import is_s3, open_uri
 from dolmino.prefetch import DEFAULT_READ_AHEAD
+from dolmino.s3 import is_s3, open_uri
 from dolmino.tokenizer import Dolma2Tokenizer, control_id_problems
 from mixers.sampling import bucket_of
 
