@@ -579,6 +579,10 @@ def _split_lines(chunks: Iterable[bytes], max_line_bytes: int | None) -> Iterato
         for chunk in chunks:
             if skipped >= 0:
                 nl = chunk.find(b"\n")
+                if len(head) < MAX_QUARANTINED_BYTES:
+                    # the same head however the line was cut into chunks (a limit below
+                    # MAX_QUARANTINED_BYTES started skipping with a shorter one)
+                    head += chunk[:min(len(chunk) if nl < 0 else nl, MAX_QUARANTINED_BYTES - len(head))]
                 if nl < 0:
                     skipped += len(chunk)
                     continue
@@ -612,6 +616,9 @@ def _split_lines(chunks: Iterable[bytes], max_line_bytes: int | None) -> Iterato
         yield b"".join(parts).rstrip(b"\r")
 
 
+RANGE_READ_BYTES = 1 << 20  # one read of a byte range; lines may be any multiple of it
+
+
 def _range_chunks(raw: IO[bytes], start: int, end: int) -> Iterator[bytes]:
     """The bytes of the lines of an uncompressed file that start in [start, end).
 
@@ -623,7 +630,7 @@ def _range_chunks(raw: IO[bytes], start: int, end: int) -> Iterator[bytes]:
     pending = b""
     if start > 0:
         while True:
-            chunk = raw.read(1 << 20)
+            chunk = raw.read(RANGE_READ_BYTES)
             if not chunk:
                 return
             nl = chunk.find(b"\n")
@@ -632,12 +639,15 @@ def _range_chunks(raw: IO[bytes], start: int, end: int) -> Iterator[bytes]:
                 pending = chunk[nl + 1:]
                 break
             pos += len(chunk)
-    while pos < end:
+    if pos >= end:
+        return  # no line starts in this range
+    while True:
         if not pending:
-            pending = raw.read(1 << 20)
+            pending = raw.read(RANGE_READ_BYTES)
             if not pending:
                 return
-        # the first newline at or after end - 1 ends the range
+        # The first newline at or after end - 1 ends the range, however many reads past `end`
+        # it lies: the line that crosses `end` is this range's, and the next range skips it.
         nl = pending.find(b"\n", max(end - 1 - pos, 0))
         if nl >= 0:
             yield pending[:nl + 1]

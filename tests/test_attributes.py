@@ -55,6 +55,17 @@ def test_small_files_share_bundles_and_large_units_keep_their_own():
     assert bundles[0].size == 5000
 
 
+def test_byte_ranges_read_by_an_older_range_reader_are_tagged_again(monkeypatch):
+    """Ranges tagged before the range reader kept a line crossing both a range's end and a
+    1 MiB read lost that line: their version names the reader, whole files' does not."""
+    big_file = InputFile("s", "/in/big.jsonl", "big.jsonl", 600 << 20, "v1")
+    whole, rng = _units([1000])[0], Unit(1, 0, big_file, 0, 300 << 20)
+    now = (attributes.unit_version(whole), attributes.unit_version(rng))
+    monkeypatch.setattr(attributes, "RANGE_READER", attributes.RANGE_READER - 1)
+    assert attributes.unit_version(whole) == now[0]
+    assert attributes.unit_version(rng) != now[1]
+
+
 def test_unit_stats_store_non_zero_counts_and_read_back_whole():
     """The docs set stores a unit's non-zero counts only (a bundle of 4,096 one-document files
     spent its footer on zeros); reading restores every count, and a file that stored them all

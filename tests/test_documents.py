@@ -490,13 +490,18 @@ def test_decompression_bomb_stays_in_bounded_memory(tmp_path, suffix):
     assert peak < 16 << 20, f"peak {peak:,} bytes"
 
 
-def test_byte_ranges_tile_a_plain_file(tmp_path):
+@pytest.mark.parametrize("read_bytes", [None, 1, 3, 7])
+def test_byte_ranges_tile_a_plain_file(tmp_path, monkeypatch, read_bytes):
     """Lines belong to the range in which they start: any cut into ranges reads every line once,
-    oversize lines included, exactly as the whole-file read does."""
+    oversize lines included, exactly as the whole-file read does; also when a line crosses
+    the reads a range is made of (small read sizes stand in for lines of megabytes)."""
     import random
 
+    import dolmino.documents as documents
     from dolmino.documents import OversizeLine, iter_lines
 
+    if read_bytes:
+        monkeypatch.setattr(documents, "RANGE_READ_BYTES", read_bytes)
     rng = random.Random(0)
     for trial in range(300):
         lines = [("x" * rng.choice([0, 1, 2, 5, 30]) + ("\r" if rng.random() < 0.1 else "")).encode()
@@ -510,6 +515,28 @@ def test_byte_ranges_tile_a_plain_file(tmp_path):
                   for line in iter_lines(str(path), 8, (start, min(len(data), start + step)))]
         assert pieces == whole, (trial, data, step)
         assert [type(x) is OversizeLine for x in pieces] == [type(x) is OversizeLine for x in whole]
+
+
+def test_a_line_longer_than_a_read_is_read_whole_by_the_range_it_starts_in(tmp_path):
+    """A 3 MB line crossing a range's end (and so several 1 MiB reads) belongs to that range
+    whole; the next range starts after it. It was cut at the read holding the range's last
+    byte and quarantined as malformed: a split build lost the document (found by a tester)."""
+    path = tmp_path / "long.jsonl"
+    docs = [{"id": "a", "text": "x" * 3_000_000}, {"id": "b", "text": "y"}, {"id": "c", "text": "z" * 1_500_000}]
+    data = b"".join(json.dumps(d).encode() + b"\n" for d in docs)
+    path.write_bytes(data)
+    whole = [(n, d["id"], len(d["text"])) for n, d in read_documents(str(path), Quarantine())]
+    for step in (1000, 1 << 20, (1 << 20) + 1, 2_000_000, len(data)):
+        quarantine = Quarantine()
+        got, before = [], 0
+        for start in range(0, len(data), step):
+            q = Quarantine()
+            got += [(n + before, d["id"], len(d["text"]))
+                    for n, d in read_documents(str(path), q, byte_range=(start, min(len(data), start + step)))]
+            before += q.lines
+            quarantine.counts.update(q.counts)
+        assert got == whole, step
+        assert not quarantine.counts, (step, quarantine.counts)
 
 
 def test_read_documents_counts_lines_of_a_range(tmp_path):

@@ -47,6 +47,7 @@ _TMP_SUFFIX = re.compile(r"\.tmp\d+$")
 
 # Bump when the meaning of the stored columns changes: every unit is then tagged again.
 ATTRIBUTE_FORMAT = 2
+RANGE_READER = 2  # dolmino.documents._range_chunks: part of a byte range's unit version
 # Whole files smaller than this share bundles; a bundle ends after a unit with probability
 # (unit bytes / BUNDLE_TARGET_BYTES), decided by a hash of the unit's name, and always before
 # it would pass BUNDLE_MAX_BYTES or BUNDLE_MAX_UNITS (whose JSON row counts ride in the footer).
@@ -72,6 +73,10 @@ def unit_version(unit: Unit) -> str:
     # A plain joined string, not spec_key's JSON: computed for every unit on the driver and in
     # the tag tasks (~2 us, where the JSON hash took ~10).
     text = f"{ATTRIBUTE_FORMAT}\0{f.name}\0{f.size}\0{f.version}\0{unit.start}\0{unit.end}"
+    if unit.end is not None:
+        # Byte ranges read before RANGE_READER 2 lost a line crossing the range's end and a
+        # 1 MiB read (quarantined as malformed): their stored attributes are not reused.
+        text += f"\0range-reader-{RANGE_READER}"
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
 
 
