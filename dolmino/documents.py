@@ -34,6 +34,8 @@ from typing import IO, Iterable, Iterator
 
 import zstandard
 
+from dolmino.errors import InputChangedError
+
 DOLMA_FIELDS = ("id", "text", "source", "added", "created", "metadata")
 
 # Quarantine keeps at most this many bytes of a bad line: enough to debug, not a second copy
@@ -651,13 +653,63 @@ def _range_chunks(raw: IO[bytes], start: int, end: int) -> Iterator[bytes]:
         nl = pending.find(b"\n", max(end - 1 - pos, 0))
         if nl >= 0:
             yield pending[:nl + 1]
+            if isinstance(raw, _SizeChecked) and end >= raw.size:
+                raw.read(1)  # the last range ends where the file does: a longer one raises here
             return
         yield pending
         pos += len(pending)
         pending = b""
 
 
-def _small_local_file(path: str, chunks) -> bytes | None:
+def size_changed(path: str, got: int, listed: int) -> InputChangedError:
+    return InputChangedError(
+        f"{path}: {got:,} bytes read where the listing found {listed:,}: the file changed after it was listed, "
+        "or its transfer was cut short; rerun the build once the input is stable")
+
+
+class _SizeChecked:
+    """A raw stream that must hold exactly `size` bytes, the size the build listed.
+
+    A body that ends early (an S3 GET cut short with a matching Content-Length, an object
+    replaced by a shorter one) would otherwise read as a broken or shorter file: its lost
+    documents counted as one corrupt line, or not at all, and stored as the file's
+    attributes for every later mix. The check is made where the stream ends (a byte range
+    that stops before the end checks nothing) and where it runs past `size`."""
+
+    def __init__(self, raw: IO[bytes], path: str, size: int):
+        self.raw, self.path, self.size, self.pos = raw, path, size, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.pos += len(data)
+        if self.pos > self.size or (not data and n != 0 and self.pos != self.size):
+            raise size_changed(self.path, self.pos, self.size)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self.pos = self.raw.seek(offset, whence)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seekable(self) -> bool:
+        return self.raw.seekable()
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def __enter__(self) -> "_SizeChecked":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _small_local_file(path: str, chunks, size: int | None = None) -> bytes | None:
     """The decoded bytes of a small, well-formed local .jsonl or .jsonl.zst, else None.
 
     One open, stat and read through the OS, no buffered file object and no chunk
@@ -671,11 +723,13 @@ def _small_local_file(path: str, chunks) -> bytes | None:
         return None
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
-        size = os.fstat(fd).st_size
-        if size >= READ_SIZE:
+        actual = os.fstat(fd).st_size
+        if size is not None and actual != size:
+            raise size_changed(path, actual, size)
+        if actual >= READ_SIZE:
             return None
-        data = os.read(fd, size + 1)
-        if len(data) != size:  # changed while read: the streaming reader copes
+        data = os.read(fd, actual + 1)
+        if len(data) != actual:  # changed while read: the streaming reader copes
             return None
     finally:
         os.close(fd)
@@ -689,14 +743,20 @@ def _small_decoded(data: bytes, chunks) -> bytes | None:
     return data if chunks is _plain_chunks else _zstd_small(data)
 
 
-def _whole_file(path: str, chunks, data: bytes | None) -> bytes | None:
+def _whole_file(path: str, chunks, data: bytes | None, size: int | None = None) -> bytes | None:
     """The decoded bytes of a small file held whole (fetched ahead, or local), else None."""
-    return _small_local_file(path, chunks) if data is None else _small_decoded(data, chunks)
+    if data is None:
+        return _small_local_file(path, chunks, size)
+    if size is not None and len(data) != size:
+        raise size_changed(path, len(data), size)
+    return _small_decoded(data, chunks)
 
 
-def _open_raw(path: str, data: bytes | None) -> IO[bytes]:
-    """The file's raw bytes as a stream: those fetched ahead (`dolmino.prefetch`), or the file."""
-    return open_binary(path) if data is None else io.BytesIO(data)
+def _open_raw(path: str, data: bytes | None, size: int | None = None) -> IO[bytes]:
+    """The file's raw bytes as a stream: those fetched ahead (`dolmino.prefetch`), or the file;
+    with `size`, a stream that must hold exactly that many bytes (`_SizeChecked`)."""
+    raw = open_binary(path) if data is None else io.BytesIO(data)
+    return raw if size is None else _SizeChecked(raw, path, size)
 
 
 def _whole_lines(data: bytes, max_line_bytes: int | None) -> list[bytes]:
@@ -709,7 +769,8 @@ def _whole_lines(data: bytes, max_line_bytes: int | None) -> list[bytes]:
 
 
 def iter_lines(path: str, max_line_bytes: int | None = None,
-               byte_range: tuple[int, int] | None = None, data: bytes | None = None) -> Iterator[bytes]:
+               byte_range: tuple[int, int] | None = None, data: bytes | None = None,
+               size: int | None = None) -> Iterator[bytes]:
     """Raw lines (without the newline) of a possibly compressed file.
 
     With `max_line_bytes`, a longer line comes out as an `OversizeLine` (its head and size)
@@ -720,20 +781,22 @@ def iter_lines(path: str, max_line_bytes: int | None = None,
     uncompressed file (see `_range_chunks`). A small local file is read, decoded and split
     at once (`_small_local_file`), with no generator of its own; a missing file then raises
     here rather than at the first line. `data`: the whole file's raw bytes, already fetched
-    (`dolmino.prefetch`); they are read exactly as the file would be.
+    (`dolmino.prefetch`); they are read exactly as the file would be. `size`: the file's size
+    when it was listed; a file found to hold another number of bytes raises InputChangedError.
     """
     path = str(path)
     chunks = _chunk_reader(path)
     if byte_range is None:
-        whole = _whole_file(path, chunks, data)
+        whole = _whole_file(path, chunks, data, size)
         if whole is not None:
             return iter(_whole_lines(whole, max_line_bytes))
-    return _stream_lines(path, chunks, max_line_bytes, byte_range, data)
+    return _stream_lines(path, chunks, max_line_bytes, byte_range, data, size)
 
 
 def _stream_lines(path: str, chunks, max_line_bytes: int | None,
-                  byte_range: tuple[int, int] | None, data: bytes | None = None) -> Iterator[bytes]:
-    with _open_raw(path, data) as raw:
+                  byte_range: tuple[int, int] | None, data: bytes | None = None,
+                  size: int | None = None) -> Iterator[bytes]:
+    with _open_raw(path, data, size) as raw:
         yield from _split_lines(_decoded(path, raw, chunks, byte_range), max_line_bytes)
 
 
@@ -748,7 +811,8 @@ def _decoded(path: str, raw: IO[bytes], chunks, byte_range: tuple[int, int] | No
 
 
 def pick_lines(path: str, wanted: Iterable[int], max_line_bytes: int | None = None,
-               byte_range: tuple[int, int] | None = None, data: bytes | None = None) -> Iterator[tuple[int, bytes]]:
+               byte_range: tuple[int, int] | None = None, data: bytes | None = None,
+               size: int | None = None) -> Iterator[tuple[int, bytes]]:
     """(line number, raw line) for each of the ascending line numbers `wanted`, numbered and
     cut exactly as `iter_lines` numbers and cuts them; it stops early where the file ends first
     (the caller sees which lines are missing).
@@ -756,7 +820,8 @@ def pick_lines(path: str, wanted: Iterable[int], max_line_bytes: int | None = No
     What the write phase reads: a few lines of each pool file, whose other lines are only
     counted, never cut out or copied (`_pick`). A stream that breaks ends the lines: its cut
     last line comes out if it is wanted (`read_documents` keeps such a line when it parses).
-    `data`: the whole file's raw bytes, already fetched, as in `iter_lines`.
+    `data` and `size`: as in `iter_lines` (a stream is checked against `size` only where it is
+    read to its end).
     """
     path = str(path)
     targets = list(wanted)
@@ -764,7 +829,7 @@ def pick_lines(path: str, wanted: Iterable[int], max_line_bytes: int | None = No
         return
     chunks = _chunk_reader(path)
     if byte_range is None:
-        whole = _whole_file(path, chunks, data)
+        whole = _whole_file(path, chunks, data, size)
         if whole is not None:
             lines = _whole_lines(whole, max_line_bytes)
             for target in targets:
@@ -775,14 +840,14 @@ def pick_lines(path: str, wanted: Iterable[int], max_line_bytes: int | None = No
     done = 0
     if chunks is _zstd_chunks and byte_range is None:
         try:
-            with _open_raw(path, data) as raw:
+            with _open_raw(path, data, size) as raw:
                 for pair in _pick(_zstd_stream(raw), iter(targets), max_line_bytes):
                     yield pair
                     done += 1
             return
         except zstandard.ZstdError:
             pass  # the careful reader below reads the rest again and stops exactly where the file breaks
-    with _open_raw(path, data) as raw:
+    with _open_raw(path, data, size) as raw:
         yield from _pick(_decoded(path, raw, chunks, byte_range), iter(targets[done:]), max_line_bytes)
 
 
@@ -966,7 +1031,8 @@ def parse_line(raw: bytes) -> tuple[dict | None, str, str]:
 
 
 def read_documents(path: str, quarantine: Quarantine, *, max_doc_bytes: int | None = DEFAULT_MAX_DOC_BYTES,
-                   byte_range: tuple[int, int] | None = None, data: bytes | None = None) -> Iterator[tuple[int, dict]]:
+                   byte_range: tuple[int, int] | None = None, data: bytes | None = None,
+                   size: int | None = None) -> Iterator[tuple[int, dict]]:
     """Yield (1-based line number, document) for every good line; bad lines go to `quarantine`.
 
     Blank lines are not documents and are skipped without being counted. A line longer than
@@ -977,12 +1043,13 @@ def read_documents(path: str, quarantine: Quarantine, *, max_doc_bytes: int | No
     of the storage itself raises too: neither is a property of the data. With `byte_range`,
     only the lines starting in that range are read, numbered from 1; `quarantine.lines`
     grows by the number of lines read (the next range's numbering starts after them). `data`:
-    the whole file's raw bytes, already fetched (`dolmino.prefetch`).
+    the whole file's raw bytes, already fetched (`dolmino.prefetch`). `size`: the listed size,
+    as in `iter_lines` (a file that no longer has it raises InputChangedError, not quarantine).
     """
     path = str(path)
     line_no = 0
     try:
-        for line_no, raw in enumerate(iter_lines(path, max_doc_bytes, byte_range, data), start=1):
+        for line_no, raw in enumerate(iter_lines(path, max_doc_bytes, byte_range, data, size), start=1):
             if type(raw) is OversizeLine:
                 quarantine.add(path, line_no, "doc_too_large",
                                f"line of {raw.size:,} bytes exceeds the limit of {max_doc_bytes:,}",

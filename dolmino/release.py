@@ -349,8 +349,9 @@ class _LocalBuild:
         rel, full = item.path, item.source
         before = os.stat(full)
         digest, size = sha256_file(full)
-        s3.client().upload_file(full, bucket, key, Config=config, Callback=bar.add_bytes,
-                                ExtraArgs={"Metadata": {"sha256": digest}})
+        with s3.about(f"s3://{bucket}/{key}"):
+            s3.client().upload_file(full, bucket, key, Config=config, Callback=bar.add_bytes,
+                                    ExtraArgs={"Metadata": {"sha256": digest}})
         after = os.stat(full)
         if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or size != after.st_size:
             raise ReleaseIntegrityError(f"{rel}: the file changed while it was being published; nothing was released")
@@ -906,13 +907,15 @@ def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log
         for entry in record["files"]:
             local = os.path.join(tmp, *entry["path"].split("/"))
             os.makedirs(os.path.dirname(local), exist_ok=True)
-            try:
-                cl.download_file(bucket, objects + entry["path"], local, Config=config, Callback=bar.add_bytes)
-            except ClientError as exc:  # botocore's message names no object
-                if s3.is_missing_object(exc):
-                    raise ReleaseIntegrityError(f"{entry['path']}: listed in {RELEASE_FILE} but missing from "
-                                                f"s3://{bucket}/{objects}; the release is damaged") from None
-                raise
+            with s3.about(f"s3://{bucket}/{objects}{entry['path']}"):  # botocore's message names no object
+                try:
+                    cl.download_file(bucket, objects + entry["path"], local, Config=config, Callback=bar.add_bytes)
+                except ClientError as exc:
+                    if s3.is_missing_object(exc):
+                        raise ReleaseIntegrityError(
+                            f"{entry['path']}: listed in {RELEASE_FILE} but missing from s3://{bucket}/{objects}; "
+                            "the release is damaged") from None
+                    raise
             _check_local(local, entry)
             bar.file_done()
             log(f"verified {entry['path']} ({entry['size']:,} bytes)")

@@ -18,6 +18,7 @@ nothing escapes as a raw traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -69,6 +70,11 @@ class NoSuchBucket(S3PathError):
 
 class S3DeleteError(OSError):
     """DeleteObjects answered 200 yet named keys it did not delete (S3 reports failures per key)."""
+
+
+class S3ObjectError(OSError):
+    """A request about one object failed for good (access denied, retries spent, a transfer
+    cut short): the message names the object, then the failure, on one line (`about`)."""
 
 
 # ---------------------------------------------------------------- URIs
@@ -241,7 +247,7 @@ _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToke
 
 def _one_s3_failure(exc: BaseException) -> str | None:
     """The message for one exception of the chain, or None if it is not an S3/network failure."""
-    if isinstance(exc, (S3PathError, S3DeleteError, S3URIError)):
+    if isinstance(exc, (S3PathError, S3DeleteError, S3URIError, S3ObjectError)):
         return str(exc)
     if "botocore" in sys.modules:  # not imported: the exception cannot be one of its classes
         from botocore import exceptions as bex
@@ -348,6 +354,23 @@ class cli_errors:  # noqa: N801 - used like a function: @cli_errors("prog") / wi
         if exc is None or not isinstance(exc, Exception):
             return False
         raise SystemExit(self.report(exc))
+
+
+@contextlib.contextmanager
+def about(uri: str) -> Iterator[None]:
+    """Name `uri` in an S3 or network failure raised inside (an S3ObjectError from the failure's
+    one line): botocore's and boto3's messages name the operation, never the object, and a
+    build or a pull of thousands of objects has to say which one failed. Anything else, and
+    errors that name their object already, pass through unchanged."""
+    try:
+        yield
+    except (S3PathError, S3ObjectError, S3URIError, S3DeleteError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is an S3 / network failure
+        message = s3_failure_message(exc)
+        if message is None:
+            raise
+        raise S3ObjectError(redact(f"{uri}: {message}")) from None
 
 
 def _error_code(exc: BaseException) -> str:
@@ -490,7 +513,7 @@ def open_uri(uri: str, mode: str = "rb", compression: str = "disable") -> IO:
             raise S3PathError(f"{uri}: no such object") from None
         if "w" in mode:
             check_bucket(bucket)
-        raise OSError(f"{uri}: cannot open for {mode!r}: {redact(str(exc))}") from None
+        raise S3ObjectError(f"{uri}: cannot open for {mode!r}: {s3_failure_message(exc) or redact(str(exc))}") from None
 
 
 def iter_keys(bucket: str, prefix: str) -> Iterator[tuple[str, int]]:

@@ -48,7 +48,8 @@ def write_bytes(path: str, data: bytes, *, sync: bool = False) -> None:
     `sync`), or one S3 PUT, which is atomic itself."""
     if is_remote(path):
         bucket, key = s3.split_uri(path)
-        s3.client().put_object(Bucket=bucket, Key=key, Body=data)
+        with s3.about(path):
+            s3.client().put_object(Bucket=bucket, Key=key, Body=data)
         return
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"

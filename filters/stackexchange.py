@@ -75,7 +75,9 @@ from typing import Iterator, NamedTuple
 import numpy as np
 import zstandard
 
-from dolmino.documents import Quarantine, _gzip_chunks, _plain_chunks, _range_chunks, _zstd_chunks, open_binary
+from dolmino.documents import (
+    Quarantine, _gzip_chunks, _plain_chunks, _range_chunks, _SizeChecked, _zstd_chunks, open_binary,
+)
 
 SOURCE = "stackexchange"
 
@@ -271,13 +273,15 @@ def _chunks_for(path: str):
     raise ValueError(f"{path}: expected Posts.xml, .xml.gz or .xml.zst (extract .7z dump archives first)")
 
 
-def _iter_lines(path: str, byte_range: tuple[int, int] | None = None) -> Iterator[bytes]:
+def _iter_lines(path: str, byte_range: tuple[int, int] | None = None, size: int | None = None) -> Iterator[bytes]:
     """Raw lines (without the newline); with `byte_range=(start, end)`, the lines that start in
     that range of an uncompressed file (`dolmino.documents._range_chunks`: ranges tile a file).
 
     A UTF-8 byte-order mark at the start of the file is dropped (Windows tools write one before
     the XML declaration), here rather than in the row parser so that both passes, and the range
-    that starts at byte 0, see the same first line as the whole-file reader."""
+    that starts at byte 0, see the same first line as the whole-file reader. `size`: the size the
+    build listed; a file holding another number of bytes raises InputChangedError where it ends
+    (`dolmino.documents._SizeChecked`)."""
     chunks = _chunks_for(path)
     at_file_start = True
     if byte_range is not None:
@@ -287,7 +291,7 @@ def _iter_lines(path: str, byte_range: tuple[int, int] | None = None) -> Iterato
         at_file_start = start == 0
         chunks = lambda raw: _range_chunks(raw, start, end)  # noqa: E731
     tail = b""
-    with open_binary(path) as raw:
+    with open_binary(path) if size is None else _SizeChecked(open_binary(path), path, size) as raw:
         for chunk in chunks(raw):
             lines = (tail + chunk).split(b"\n")
             tail = lines.pop()
@@ -390,13 +394,14 @@ def _parse_post(line_no: int, raw: bytes) -> _Post | None:
     return _Post("other", post_id, line_no, attrib)
 
 
-def _posts(path: str, on_bad=None, byte_range: tuple[int, int] | None = None, first_line: int = 0) -> Iterator[_Post]:
+def _posts(path: str, on_bad=None, byte_range: tuple[int, int] | None = None, first_line: int = 0,
+           size: int | None = None) -> Iterator[_Post]:
     """Parsed rows; a compressed stream that breaks part-way ends the file with one
     `corrupt_stream` quarantine record (the rows before the break are kept). Rows of a
     byte range are numbered from `first_line + 1` (the lines of the ranges before it)."""
     line_no = first_line
     try:
-        for line_no, raw in enumerate(_iter_lines(path, byte_range), start=first_line + 1):
+        for line_no, raw in enumerate(_iter_lines(path, byte_range, size), start=first_line + 1):
             try:
                 post = _parse_post(line_no, raw)
             except _BadRow as bad:
@@ -560,7 +565,7 @@ def _int64(values: array) -> np.ndarray:
 
 
 def scan_keys(path: str, config: StackExchangeConfig, byte_range: tuple[int, int] | None = None,
-              answer_keys: bool = False) -> KeyScan:
+              answer_keys: bool = False, size: int | None = None) -> KeyScan:
     """Pass 1: (accepted answer id, question id) of every question that may be kept, and with
     `answer_keys` (id, ParentId) of every answer row (the split conversion's join keys).
 
@@ -573,7 +578,7 @@ def scan_keys(path: str, config: StackExchangeConfig, byte_range: tuple[int, int
     answers, questions, answer_ids, answer_parents = array("q"), array("q"), array("q"), array("q")
     lines = 0
     try:
-        for lines, line in enumerate(_iter_lines(path, byte_range), start=1):
+        for lines, line in enumerate(_iter_lines(path, byte_range, size), start=1):
             fields = _candidate_fields(line, answer_keys)
             if fields is False:
                 continue
@@ -616,9 +621,9 @@ def accepted_lookup(answer_ids: np.ndarray, question_ids: np.ndarray) -> tuple[a
     return sorted_answers, sorted_questions
 
 
-def _candidates(path: str, config: StackExchangeConfig) -> tuple[array, array]:
+def _candidates(path: str, config: StackExchangeConfig, size: int | None = None) -> tuple[array, array]:
     """Pass 1 over a whole file: its candidate pairs, sorted (see `scan_keys`)."""
-    scan = scan_keys(path, config)
+    scan = scan_keys(path, config, size=size)
     return accepted_lookup(scan.candidate_answers, scan.candidate_questions)
 
 
@@ -729,15 +734,16 @@ def _quarantiner(path: str, stats: StackExchangeStats, quarantine: Quarantine | 
 
 def iter_stackexchange(path: str, config: StackExchangeConfig = StackExchangeConfig(),
                        stats: StackExchangeStats | None = None,
-                       quarantine: Quarantine | None = None) -> Iterator[dict]:
-    """Dolma documents (id "se-<site>-<question id>") from one Posts.xml; see the module doc."""
+                       quarantine: Quarantine | None = None, size: int | None = None) -> Iterator[dict]:
+    """Dolma documents (id "se-<site>-<question id>") from one Posts.xml; see the module doc.
+    `size`: the file's listed size (`_iter_lines`)."""
     path = str(path)
     stats = StackExchangeStats() if stats is None else stats
     site = config.site or site_of(path)
-    lookup = _candidates(path, config)
+    lookup = _candidates(path, config, size)
     pending = _PendingStore(config.max_pending_bytes)
     try:
-        for post in _posts(path, _quarantiner(path, stats, quarantine)):
+        for post in _posts(path, _quarantiner(path, stats, quarantine), size=size):
             stats.rows += 1
             half = _half(post, lookup, config, stats)
             if half is None:
@@ -773,11 +779,11 @@ class PairOutcome(NamedTuple):
 
 def range_halves(path: str, byte_range: tuple[int, int], first_line: int, lookup: tuple[array, array],
                  config: StackExchangeConfig, stats: StackExchangeStats,
-                 quarantine: Quarantine | None = None) -> Iterator[PostHalf]:
+                 quarantine: Quarantine | None = None, size: int | None = None) -> Iterator[PostHalf]:
     """Pass 2 over one byte range: the halves its rows contribute, with lines numbered after
     `first_line`; `lookup` needs only the candidate pairs whose answer row lies in this range."""
     path = str(path)
-    for post in _posts(path, _quarantiner(path, stats, quarantine), byte_range, first_line):
+    for post in _posts(path, _quarantiner(path, stats, quarantine), byte_range, first_line, size):
         stats.rows += 1
         half = _half(post, lookup, config, stats)
         if half is not None:

@@ -140,3 +140,33 @@ def test_build_with_missing_s3_source_fails_clearly(inputs, spark_with_s3, tmp_p
 
     with pytest.raises(BuildError, match="no input files match 's3://.*/root/nothing-here/\\*.jsonl.zst'"):
         build(manifest_from_dict(data), BUDGET, str(tmp_path / "out"), spark_with_s3)
+
+
+def test_an_s3_object_without_its_listed_size_stops_the_read(inputs, s3_server):
+    """An S3 body that ends early with a matching Content-Length (a proxy, an object replaced
+    after the listing) read as a broken file: a tester's build lost half a source's documents
+    as one `corrupt_stream` line and stored that as the file's attributes. The tag and write
+    phases' reads (fetched ahead, streamed, and a ranged read of a plain file's last range)
+    now compare the bytes with the listed size and raise InputChangedError naming the object."""
+    from dolmino.build.inputs import InputFile, Unit
+    from dolmino.build.read import read_lines, read_unit
+    from dolmino.errors import InputChangedError
+
+    _, root = inputs
+    for rel in ("web/part-0.jsonl.zst", "code/part-2.jsonl"):
+        uri = f"{root}/{rel}"
+        data = s3.get_bytes(uri)
+        for listed in (len(data) + 7, len(data) - 7):
+            f = InputFile("web", uri, rel, listed, "etag")
+            units = [Unit(0, 0, f)]
+            if rel.endswith(".jsonl"):
+                units.append(Unit(1, 0, f, listed // 2, listed))  # the last byte range of the file
+            for unit in units:
+                for fetched in (None, data):
+                    with pytest.raises(InputChangedError, match=f"{uri}: .* bytes read where the listing found "
+                                                                f"{listed:,}"):
+                        list(read_unit(uri, unit, Quarantine(), data=None if unit.is_range else fetched))
+                    with pytest.raises(InputChangedError):
+                        list(read_lines(uri, unit, [10 ** 6], data=None if unit.is_range else fetched))
+        good = Unit(0, 0, InputFile("web", uri, rel, len(data), "etag"))
+        assert list(read_unit(uri, good, Quarantine())) == list(read_unit(uri, good, Quarantine(), data=data))

@@ -783,3 +783,51 @@ def test_bytes_fetched_ahead_read_exactly_as_the_file(tmp_path, monkeypatch, suf
         assert from_bytes.lines == from_file.lines and from_file.records
         wanted = [n for n, _ in want][::7]
         assert list(pick_lines(elsewhere, wanted, data=raw)) == list(pick_lines(path, wanted))
+
+
+def _sized_inputs(tmp_path) -> dict[str, bytes]:
+    """Files of every reader path: small and large (streamed) plain, zstd and gzip."""
+    docs = [{"id": str(i), "text": f"document {i} " + "word " * (i % 50)} for i in range(400)]
+    lines = b"".join(json.dumps(d).encode() + b"\n" for d in docs)
+    big = (lines * 200)[: 3 << 20]  # over READ_SIZE: read as a stream
+    big = big[: big.rindex(b"\n") + 1]
+    return {"small.jsonl": lines, "small.jsonl.zst": zstandard.ZstdCompressor().compress(lines),
+            "small.jsonl.gz": gzip.compress(lines, mtime=0), "big.jsonl": big,
+            "big.jsonl.zst": zstandard.ZstdCompressor(level=1).compress(big)}
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_a_file_without_its_listed_size_raises_instead_of_reading_as_fewer_documents(tmp_path, delta):
+    """An input that no longer has the size the build listed (an S3 body cut short with a
+    matching Content-Length, an object replaced after listing) read as a broken file: its
+    lost documents became one `corrupt_stream` line, or nothing, and were stored as the
+    file's attributes for every later mix (found by a tester). Every reader path raises
+    InputChangedError naming the file, whether it reads the file, bytes fetched ahead, or a
+    byte range that reaches the end; the listed size reads as before."""
+    from dolmino.documents import iter_lines, pick_lines
+    from dolmino.errors import InputChangedError
+
+    for name, data in _sized_inputs(tmp_path).items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        whole = list(read_documents(str(path), Quarantine()))
+        assert list(read_documents(str(path), Quarantine(), size=len(data))) == whole
+        assert list(read_documents(str(path), Quarantine(), data=data, size=len(data))) == whole
+        wrong = len(data) + delta
+        for kwargs in ({}, {"data": data}):
+            quarantine = Quarantine()
+            with pytest.raises(InputChangedError, match=f"{name}: {len(data):,} bytes read where the listing "
+                                                        f"found {wrong:,}"):
+                list(read_documents(str(path), quarantine, size=wrong, **kwargs))
+            assert not quarantine.counts
+            with pytest.raises(InputChangedError):
+                list(pick_lines(str(path), [len(whole) + 5], size=wrong, **kwargs))
+        if not name.endswith((".zst", ".gz")):
+            if delta == 1:
+                cuts = [0, len(data) // 3, 2 * len(data) // 3, len(data)]
+                assert [line for a, b in zip(cuts, cuts[1:])
+                        for line in iter_lines(str(path), byte_range=(a, b), size=len(data))] == list(
+                    iter_lines(str(path)))
+            last = (len(data) // 2, wrong)  # the last range ends at the listed size and is read to the end
+            with pytest.raises(InputChangedError):
+                list(iter_lines(str(path), byte_range=last, size=wrong))

@@ -22,6 +22,9 @@ from dolmino.build.cli import executor_failure
                     "key does not exist."),
     ("build", "BuildError: web/a.jsonl.zst: changed since it was tagged; run `dolmino tag`"),
     ("changed", "InputChangedError: web/a.jsonl: line 3 is not the document tagged there"),
+    ("object-failed", "S3ObjectError: s3://b/data/web/a.jsonl.zst: cannot open for 'rb': S3 GetObject failed: "
+                      "AccessDenied (403): access denied; check the credentials, the bucket name and the bucket "
+                      "policy"),
     ("bug", None),
 ])
 def test_an_executor_failure_is_one_line(spark, kind, line):
@@ -49,6 +52,11 @@ def test_an_executor_failure_is_one_line(spark, kind, line):
             raise BuildError("web/a.jsonl.zst: changed since it was tagged; run `dolmino tag`")
         if kind == "changed":
             raise InputChangedError("web/a.jsonl: line 3 is not the document tagged there")
+        if kind == "object-failed":
+            with s3.about("s3://b/data/web/a.jsonl.zst"):  # as open_uri names a denied GET
+                raise s3.S3ObjectError("s3://b/data/web/a.jsonl.zst: cannot open for 'rb': S3 GetObject failed: "
+                                       "AccessDenied (403): access denied; check the credentials, the bucket name "
+                                       "and the bucket policy")
         raise RuntimeError("a bug, not the data's fault")
 
     with pytest.raises(Exception) as info:

@@ -399,3 +399,47 @@ def test_uploads_to_an_s3_compatible_store_carry_no_default_checksum(bucket, upl
     monkeypatch.delenv("AWS_REQUEST_CHECKSUM_CALCULATION")
     assert s3._compatible_checksums(session, "https://minio.internal:9000") == {
         "request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}
+
+
+def test_a_failure_about_one_object_names_it():
+    """botocore's messages name the operation, not the object: a build that gave up on one
+    part of thousands said "SlowDown when calling the PutObject operation (reached max
+    retries: 8)", and a pull "Max Retries Exceeded" (found by a tester). `s3.about` puts
+    the object first, on one credential-free line; other errors pass through untouched."""
+    from boto3.exceptions import RetriesExceededError
+    from botocore.exceptions import ClientError
+
+    slow = ClientError({"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."},
+                        "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutObject")
+    with pytest.raises(s3.S3ObjectError) as info:
+        with s3.about("s3://b/out/part-00001.npy"):
+            raise slow
+    assert str(info.value) == ("s3://b/out/part-00001.npy: S3 PutObject failed: SlowDown (503): Please reduce "
+                               "your request rate.")
+    assert s3.s3_failure_message(info.value) == str(info.value)
+    with pytest.raises(s3.S3ObjectError, match=r"^s3://b/rel/part-00001\.npy: S3 transfer failed "
+                                               r"\(RetriesExceededError\): Max Retries Exceeded$"):
+        with s3.about("s3://b/rel/part-00001.npy"):
+            raise RetriesExceededError(ConnectionResetError("reset"))
+    for passes in (KeyError("k"), s3.S3PathError("s3://b/x: no such object")):
+        with pytest.raises(type(passes)) as info:
+            with s3.about("s3://b/other"):
+                raise passes
+        assert info.value is passes
+
+
+def test_an_s3_write_that_fails_for_good_names_its_object(bucket, monkeypatch):
+    """storage.write_bytes (reports, attribute files, commit records) names what it could not write."""
+    from botocore.exceptions import ClientError
+
+    from dolmino import storage
+
+    class Refusing:
+        def put_object(self, **kwargs):
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"},
+                               "ResponseMetadata": {"HTTPStatusCode": 403}}, "PutObject")
+
+    monkeypatch.setattr(s3, "client", lambda: Refusing())
+    with pytest.raises(s3.S3ObjectError, match=rf"^s3://{bucket}/out/report\.json: S3 PutObject failed: "
+                                               r"AccessDenied \(403\): access denied"):
+        storage.write_bytes(f"s3://{bucket}/out/report.json", b"{}")

@@ -135,7 +135,7 @@ def prepare(args: argparse.Namespace, phase: str):
 # `botocore.errorfactory.NoSuchKey`), builtins by their bare name.
 _EXECUTOR_ERRORS = re.compile(
     r"^(?:dolmino\.(?:errors|s3)\.)?(BuildError|ManifestError|InputChangedError|ResourceError|FileNotFoundError"
-    r"|S3PathError|NoSuchBucket|S3DeleteError|PermissionError|botocore\.(?:exceptions|errorfactory)\.\w+"
+    r"|S3PathError|NoSuchBucket|S3DeleteError|S3ObjectError|PermissionError|botocore\.(?:exceptions|errorfactory)\.\w+"
     r"|EndpointConnectionError|NoCredentialsError|ClientError): (.*)$", re.MULTILINE)
 
 

@@ -23,11 +23,18 @@ def byte_range(unit: Unit) -> tuple[int, int] | None:
     return (unit.start, unit.end) if unit.is_range and unit.file.format != "stackexchange" else None
 
 
+def listed_size(uri: str, unit: Unit) -> int | None:
+    """The size the listing found for the input `uri` reads; None for a Stack Exchange
+    unit's documents file, which the tag phase wrote (the unit's input is the Posts.xml)."""
+    return unit.file.size if uri == unit.file.uri else None
+
+
 def read_unit(uri: str, unit: Unit, quarantine: Quarantine,
               max_doc_bytes: int | None = DEFAULT_MAX_DOC_BYTES, data: bytes | None = None) -> Iterator[tuple[int, dict]]:
     """(line within the unit, document) for every good line; bad lines go to the quarantine,
     and `quarantine.lines` counts the unit's lines. `data`: the file's bytes, fetched ahead."""
-    return read_documents(uri, quarantine, max_doc_bytes=max_doc_bytes, byte_range=byte_range(unit), data=data)
+    return read_documents(uri, quarantine, max_doc_bytes=max_doc_bytes, byte_range=byte_range(unit), data=data,
+                          size=listed_size(uri, unit))
 
 
 def fetch_ahead(units, threads: int) -> ReadAhead:
@@ -45,7 +52,7 @@ def read_lines(uri: str, unit: Unit, wanted: list[int],
     The lines were good documents when the unit was tagged; one that no longer parses means
     the input changed under the build, which must not pass silently."""
     expected = iter(wanted)
-    for line_no, raw in pick_lines(uri, wanted, max_doc_bytes, byte_range(unit), data):
+    for line_no, raw in pick_lines(uri, wanted, max_doc_bytes, byte_range(unit), data, listed_size(uri, unit)):
         next(expected)  # pick_lines gives the wanted lines in order, stopping where the file ends
         doc, reason, detail = (None, "doc_too_large", "") if type(raw) is OversizeLine else parse_line(raw)
         if doc is None:

@@ -99,7 +99,8 @@ def convert_whole(unit: Unit, source: str, store: AttributeStore, quarantine: Qu
 
     se_stats = StackExchangeStats()
     path = store.documents_path(source, unit)
-    files[path] = put_documents(path, iter_stackexchange(unit.file.uri, _config(), se_stats, quarantine))
+    files[path] = put_documents(path, iter_stackexchange(unit.file.uri, _config(), se_stats, quarantine,
+                                                                        unit.file.size))
     add_counts(stats.removed, {f"{REMOVED_PREFIX}{reason}": n for reason, n in se_stats.removed.items()})
     stats.lines = se_stats.rows
 
@@ -173,7 +174,7 @@ def _scan_range(unit: Unit, file_index: int, counters) -> RangeKeys:
     from filters.stackexchange import scan_keys
 
     started = time.process_time()
-    scan = scan_keys(unit.file.uri, _config(), (unit.start, unit.end), answer_keys=True)
+    scan = scan_keys(unit.file.uri, _config(), (unit.start, unit.end), answer_keys=True, size=unit.file.size)
     counters.add("units", 1)
     counters.add("bytes", unit.size)
     counters.add("cpu_s", time.process_time() - started)
@@ -224,7 +225,7 @@ def _range_halves(unit_index: int, pieces, ctx_b, counters) -> Iterator[tuple[tu
                              np.concatenate([empty, *(p.question_ids for p in pairs)]))
     stats, quarantine = StackExchangeStats(), Quarantine()
     for half in range_halves(unit.file.uri, (unit.start, unit.end), ctx.first_lines[unit_index], lookup, _config(),
-                             stats, quarantine):
+                             stats, quarantine, unit.file.size):
         yield (file_index, half.question_id, half.line), half
     counters.add("units", 1)
     counters.add("bytes", unit.size)

@@ -215,10 +215,11 @@ class WriteContext(NamedTuple):
 
 
 def _put(local: str, uri: str, sha256: str) -> None:
-    from dolmino.s3 import client, split_uri
+    from dolmino.s3 import about, client, split_uri
 
     bucket, key = split_uri(uri)
-    client().upload_file(local, bucket, key, ExtraArgs={"Metadata": {"sha256": sha256}})
+    with about(uri):
+        client().upload_file(local, bucket, key, ExtraArgs={"Metadata": {"sha256": sha256}})
 
 
 def write_part(index: int, items, ctx_b, counters) -> Iterator[PartResult]:
