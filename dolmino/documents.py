@@ -61,6 +61,19 @@ QUARANTINE_REASONS = (
 )
 
 
+def shift_quarantine_lines(data: bytes, offset: int) -> bytes:
+    """A gzipped quarantine file (one `QuarantineRecord.to_json` per line) with every record's
+    line moved by `offset`: a byte range of a file numbers its lines from the range's start
+    while it is read; the build's output names lines counted over the whole file."""
+    if not offset:
+        return data
+    records = [json.loads(line) for line in gzip.decompress(data).splitlines() if line.strip()]
+    for record in records:
+        record["line"] += offset
+    text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    return gzip.compress(text.encode("utf-8"), mtime=0)
+
+
 @dataclass
 class QuarantineRecord:
     path: str

@@ -507,3 +507,32 @@ def test_passes_missed_because_the_pool_is_not_its_stated_size_are_a_warning(inp
     # passes against an estimated pool are marked as estimates, as the pool is
     cells = next(line for line in md.splitlines() if line.startswith("| wiki |")).split("|")
     assert cells[7].strip().startswith("~") == cells[11].strip().startswith("~") == (not wiki["pool_tokens_exact"])
+
+
+def test_quarantine_names_the_file_line_however_a_file_is_cut_into_ranges(spark, tmp_path):
+    """A plain .jsonl larger than the split size is tagged as byte ranges, each numbering its
+    lines from its own start; the quarantine copied into --out named a bad line by its line
+    in the range (42 for the file's 286th; found by a tester). It names the file's line, as
+    the sidecars' `loc` does, whatever the split size."""
+    docs = []
+    for _, doc in read_documents(str(shared_corpus_file("web.jsonl.zst")), Quarantine()):
+        docs.append(json.dumps({"id": f"d{len(docs)}", "text": doc["text"][:600]}).encode())
+        if len(docs) == 60:
+            break
+    bad = {7: b'{"id": "cut", "text": "no end', 33: b"\xff\xfe not utf-8", 58: b'{"id": "x"}'}
+    lines = [bad.get(n, docs[n - 1]) for n in range(1, 61)]
+    (tmp_path / "web").mkdir()
+    data = b"\n".join(lines) + b"\n"
+    (tmp_path / "web" / "one.jsonl").write_bytes(data)
+    spec = {"name": "ranges", "version": 1, "seed": 3, "budget": 5_000, "data_root": str(tmp_path),
+            "sources": [{"name": "web", "paths": ["web/*.jsonl"], "mix_percent": 100.0}]}
+    records = {}
+    for label, split in (("whole", None), ("ranges", len(data) // 7)):
+        out = tmp_path / f"out-{label}"
+        report = build(manifest_from_dict(spec), 5_000, str(out), spark, attributes=str(tmp_path / f"a-{label}"),
+                       **({"split_bytes": split} if split else {}))
+        assert (report["run"]["stages"]["tag"]["units"] > 1) == (split is not None)
+        records[label] = sorted((r["path"], r["line"], r["reason"]) for f in (out / "quarantine").rglob("*.gz")
+                                for r in map(json.loads, gzip.decompress(f.read_bytes()).splitlines()))
+    assert records["ranges"] == records["whole"]
+    assert [line for _, line, _ in records["whole"]] == [7, 33, 58]

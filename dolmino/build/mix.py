@@ -519,13 +519,16 @@ def _decontamination_coverage(manifest: Manifest, resources: dict) -> dict[int, 
 
 def _copy_quarantine(store: AttributeStore, tagged, units, unit_pools: list[UnitPool], out: str) -> None:
     quarantined = {up.unit_index for up in unit_pools if sum(up.stats["quarantined"].values())}
-    pairs = []
+    copies = []
     for unit in units:
         if unit.index in quarantined:
             plan = tagged.plans[unit.source_index]
             safe = unit.key.replace("/", "__")
-            pairs.append((store.quarantine_path(plan.name, unit), f"{out.rstrip('/')}/quarantine/{plan.name}/{safe}.jsonl.gz"))
-    output.copy_files(pairs)
+            # Tagging numbers a byte range's lines from its start; the output names the file's line.
+            copies.append((store.quarantine_path(plan.name, unit),
+                           f"{out.rstrip('/')}/quarantine/{plan.name}/{safe}.jsonl.gz",
+                           tagged.first_lines.get(unit.index, 0)))
+    output.copy_quarantine(copies)
 
 
 def _tag_summary(manifest, options, tagged, units, listing, elapsed, sc, state) -> dict:

@@ -154,7 +154,10 @@ def remove_stale(out: str, keep: set[str]) -> list[str]:
     return stale
 
 
-def copy_files(pairs: list[tuple[str, str]]) -> None:
-    """(source path, destination path) copies of small files (quarantine records)."""
+def copy_quarantine(copies: list[tuple[str, str, int]]) -> None:
+    """(source path, destination path, line offset): a unit's quarantine file into --out, its
+    records' lines moved by the lines of the file before the unit (byte ranges)."""
+    from dolmino.documents import shift_quarantine_lines
+
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda p: write_bytes(p[1], read_bytes(p[0])), pairs))
+        list(pool.map(lambda c: write_bytes(c[1], shift_quarantine_lines(read_bytes(c[0]), c[2])), copies))
