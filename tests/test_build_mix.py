@@ -509,11 +509,8 @@ def test_passes_missed_because_the_pool_is_not_its_stated_size_are_a_warning(inp
     assert cells[7].strip().startswith("~") == cells[11].strip().startswith("~") == (not wiki["pool_tokens_exact"])
 
 
-def test_quarantine_names_the_file_line_however_a_file_is_cut_into_ranges(spark, tmp_path):
-    """A plain .jsonl larger than the split size is tagged as byte ranges, each numbering its
-    lines from its own start; the quarantine copied into --out named a bad line by its line
-    in the range (42 for the file's 286th; found by a tester). It names the file's line, as
-    the sidecars' `loc` does, whatever the split size."""
+def _one_plain_file(tmp_path: Path) -> tuple[dict, int]:
+    """(manifest, file size) of one plain .jsonl of 60 lines, lines 7, 33 and 58 bad."""
     docs = []
     for _, doc in read_documents(str(shared_corpus_file("web.jsonl.zst")), Quarantine()):
         docs.append(json.dumps({"id": f"d{len(docs)}", "text": doc["text"][:600]}).encode())
@@ -526,8 +523,17 @@ def test_quarantine_names_the_file_line_however_a_file_is_cut_into_ranges(spark,
     (tmp_path / "web" / "one.jsonl").write_bytes(data)
     spec = {"name": "ranges", "version": 1, "seed": 3, "budget": 5_000, "data_root": str(tmp_path),
             "sources": [{"name": "web", "paths": ["web/*.jsonl"], "mix_percent": 100.0}]}
+    return spec, len(data)
+
+
+def test_quarantine_names_the_file_line_however_a_file_is_cut_into_ranges(spark, tmp_path):
+    """A plain .jsonl larger than the split size is tagged as byte ranges, each numbering its
+    lines from its own start; the quarantine copied into --out named a bad line by its line
+    in the range (42 for the file's 286th; found by a tester). It names the file's line, as
+    the sidecars' `loc` does, whatever the split size."""
+    spec, size = _one_plain_file(tmp_path)
     records = {}
-    for label, split in (("whole", None), ("ranges", len(data) // 7)):
+    for label, split in (("whole", None), ("ranges", size // 7)):
         out = tmp_path / f"out-{label}"
         report = build(manifest_from_dict(spec), 5_000, str(out), spark, attributes=str(tmp_path / f"a-{label}"),
                        **({"split_bytes": split} if split else {}))
@@ -536,3 +542,27 @@ def test_quarantine_names_the_file_line_however_a_file_is_cut_into_ranges(spark,
                                 for r in map(json.loads, gzip.decompress(f.read_bytes()).splitlines()))
     assert records["ranges"] == records["whole"]
     assert [line for _, line, _ in records["whole"]] == [7, 33, 58]
+
+
+def test_mix_with_another_task_size_reuses_the_byte_ranges_tag_wrote(spark, tmp_path, capsys):
+    """Byte ranges were cut at twice --task-size: `dolmino mix` with another --task-size than
+    `dolmino tag` found no attributes and said to run `dolmino tag`, which had run (found by
+    a tester), and build_mix.py re-tagged the file. Ranges follow --split-size alone, part
+    of the attribute layout like file names and sizes; a mix given another one is told so."""
+    from dolmino.build.cli import main
+
+    spec, size = _one_plain_file(tmp_path)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(spec))
+    common = [str(path), "--attributes", str(tmp_path / "attrs"), "--split-size", str(size // 4), "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "tagged"), "--task-size", "1M"], phase="tag") == 0
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "mixed"), "--task-size", "1K"], phase="mix") == 0
+    report = json.loads((tmp_path / "mixed" / "report.json").read_text())
+    assert report["run"]["units"] > 1 and report["run"]["units_reused"] == report["run"]["units"]
+    capsys.readouterr()
+    other = [a if a != str(size // 4) else str(size // 3) for a in common]
+    assert main([*other, "--out", str(tmp_path / "other")], phase="mix") == 2
+    err = capsys.readouterr().err
+    assert "run `dolmino tag` with the same manifest first (byte ranges of split files among them: if it ran, " \
+           "give the --split-size it used)" in err, err

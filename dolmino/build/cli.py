@@ -48,8 +48,12 @@ def parse_args(argv: list[str] | None, phase: str) -> argparse.Namespace:
                                                        "spark-defaults.conf; local[*] when nothing sets one)")
     parser.add_argument("--driver-memory", default=None, help="driver memory when this script starts Spark itself "
                                                               "(default: Spark's)")
-    parser.add_argument("--task-size", default="128M", help="input bytes per task (small files are grouped, "
-                                                            "large plain .jsonl split)")
+    parser.add_argument("--task-size", default="128M", help="input bytes per task: small files are grouped, a "
+                                                            "larger unit is a task of its own")
+    parser.add_argument("--split-size", default="256M",
+                        help="plain .jsonl and Posts.xml files larger than this are read as byte ranges of up to "
+                             "this size; part of the attribute layout, so `dolmino tag` and `dolmino mix` take the "
+                             "same one (another one tags the split files again)")
     parser.add_argument("--read-ahead", type=int, default=DEFAULT_READ_AHEAD,
                         help="S3 objects of up to 4 MB (inputs, attribute files) that each task fetches ahead, "
                              "concurrently, so a task of many small files does not wait for each GET in turn "
@@ -117,6 +121,9 @@ def prepare(args: argparse.Namespace, phase: str):
     attributes = _location(args.attributes) if args.attributes else default_attributes_root(out)
     _check_locations(out, attributes)
     task_bytes = parse_count(args.task_size, "--task-size")
+    split_bytes = parse_count(args.split_size, "--split-size")
+    if split_bytes < 1:
+        raise BuildError(f"--split-size must be positive, got {args.split_size}")
     if args.read_ahead < 0:
         raise BuildError(f"--read-ahead must be 0 or more, got {args.read_ahead}")
     lock = require_lock(manifest, args.lockfile) if args.locked else None  # BuildError naming every drifted file
@@ -124,7 +131,7 @@ def prepare(args: argparse.Namespace, phase: str):
         print(f"{PHASES[phase][0]}: warning: {note}", file=sys.stderr)
     list_inputs(manifest)  # every missing input named before Spark starts
     options = BuildOptions(budget or 0, out, attributes, phase=phase, task_bytes=task_bytes,
-                           split_bytes=max(task_bytes * 2, 1), read_ahead=args.read_ahead, quiet=args.quiet,
+                           split_bytes=split_bytes, read_ahead=args.read_ahead, quiet=args.quiet,
                            lock=lock)
     return manifest, options
 

@@ -455,9 +455,12 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
         first = next(iter(works.values()))
         due_units = sum(len(w.bundle.units) for w in works.values())
         absent = ", ".join(first.sets) or "MinHash clusters"
+        ranged = any(u.is_range for w in works.values() for u in w.bundle.units)
         raise BuildError(f"{due_units} of {len(units)} units have no (current) attributes under {store.root} "
                          f"(first: {first.bundle.units[0].key}, missing {absent}); "
-                         "run `dolmino tag` with the same manifest first")
+                         "run `dolmino tag` with the same manifest first"
+                         + (" (byte ranges of split files among them: if it ran, give the --split-size it used)"
+                            if ranged else ""))
     stages = {}
     se_due = {u.index: w.bundle.index for w in works.values() for u in w.bundle.units
               if u.is_range and plans[u.source_index].format == "stackexchange"
