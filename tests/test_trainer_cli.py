@@ -172,6 +172,25 @@ def test_a_partial_copy_of_a_build_is_refused_even_with_steps(data_dir, tmp_path
     assert not (tmp_path / "r").exists()
 
 
+def test_parts_copied_without_report_json_train_with_a_warning(data_dir, tmp_path, capsys):
+    """A directory of dolmino parts without report.json (and without the build's own markers)
+    trained with no word (found by a tester): nothing checks that every part is there. It
+    is not refused (other tools write this layout too); the run says so."""
+    from trainer.run import main
+
+    partial = tmp_path / "parts"
+    partial.mkdir()
+    first = sorted(data_dir.glob("part-*.npy"))[0].name.removesuffix(".label_mask.npy").removesuffix(".npy")
+    for file in data_dir.glob(f"{first}.*"):
+        shutil.copy(file, partial / file.name)
+    assert main(["--data", str(partial), *map(str, TINY), "--steps", "1", "--save-dir", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert (f"trainer.run: warning: {partial} holds dolmino part files but no report.json: nothing checks that "
+            "every part of the build is here") in err
+    main(["--data", str(data_dir), *map(str, TINY), "--steps", "1", "--save-dir", str(tmp_path / "r2")])
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_cli_reports_bad_data_clearly(tmp_path):
     (tmp_path / "p.npy").write_bytes(b"\x00" * 10)
     proc = run_cli("--data", tmp_path, "--model", "tiny", "--steps", 1, "--seq-len", 8, "--batch-size", 1)

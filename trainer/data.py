@@ -86,6 +86,19 @@ def check_complete_build(directory: Path) -> None:
                         "last): it was interrupted or is still running; rerun the same build command to finish it")
 
 
+def unreported_build_note(paths: Iterable[str | Path]) -> str | None:
+    """A note for a directory of dolmino parts (memmaps with their `.csv.gz` sidecars) that
+    has no report.json: a copy that left it behind, or parts copied by hand. Nothing then
+    says whether every part is there (report.json's token count is what is checked), yet
+    the directory is not refused: memmaps of this layout come from other tools as well."""
+    for entry in paths:
+        p = Path(entry)
+        if p.is_dir() and not (p / COMPLETION_MARKER).is_file() and any(p.glob("part-*.csv.gz")):
+            return (f"{p} holds dolmino part files but no {COMPLETION_MARKER}: nothing checks that every part of "
+                    "the build is here; copy the whole build directory (or `dolmino release pull` it)")
+    return None
+
+
 def discover_token_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     """Token files under a directory (recursively, sorted), a single file, or a list of either.
 

@@ -30,7 +30,7 @@ from dolmino.s3 import local_path
 from trainer.checkpoint import files_fingerprint
 from trainer.cli import HelpFormatter, parse_count, positive_int  # noqa: F401  (parse_count: this module's API)
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
-from trainer.data import DataError
+from trainer.data import DataError, unreported_build_note
 from trainer.distributed import (
     BACKENDS, DeviceUnavailable, exit_process, init_distributed, ranks_agree, shutdown,
 )
@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         # Also with --steps: data_tokens checks a build's report.json against its token files (file
         # sizes only), and a partial copy must not train silently just because the length is given.
         tokens, source = data_tokens(data_paths)
+        if (note := unreported_build_note(data_paths)) and env.is_main:
+            print(f"trainer.run: warning: {note}", file=sys.stderr)
         plan = make_plan(args, tokens, source, init)
         check_data_vocab(args, plan, init, data_paths)
         run = run_config_from_args(args, data_paths, env.world_size, env.device, plan)
