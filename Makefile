@@ -35,7 +35,7 @@ build-demo: corpus
 	$(PY) -m dolmino.validate build/mixes/demo
 
 train-demo: setup
-	$(PY) -m trainer.run --mix manifests/demo.json --model tiny --steps 20 --seq-len 128 --batch-size 4 --save-dir build/checkpoints/demo
+	$(PY) -m trainer.run --mix manifests/demo.json --model tiny --steps 20 --seq-len 128 --batch-size 4 --save-dir build/checkpoints/demo --overwrite
 
 demo: build-demo train-demo
 

@@ -191,6 +191,29 @@ def test_parts_copied_without_report_json_train_with_a_warning(data_dir, tmp_pat
     assert "warning" not in capsys.readouterr().err
 
 
+def test_a_fresh_run_into_a_save_dir_holding_a_run_is_refused_unless_overwrite(data_dir, tmp_path, capsys):
+    """Run twice without --resume into one --save-dir: metrics.jsonl held steps 1, 2, 1, 2 and the
+    first run's checkpoints were replaced unsaid (found by a tester). The second start is refused
+    before anything is built; --overwrite removes the old run (only what a run writes) first."""
+    from trainer.run import main
+
+    save = tmp_path / "run"
+    args = ["--data", str(data_dir), *map(str, TINY), "--steps", "2", "--save-dir", str(save)]
+    assert main(args) == 0
+    capsys.readouterr()
+    (save / "notes.txt").write_text("mine")
+    before = (save / "metrics.jsonl").read_bytes()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert (f"trainer.run: error: --save-dir {save} holds a run (1 checkpoint(s), the newest step000002, "
+            "metrics.jsonl); pass --resume to continue it, --overwrite to start afresh there") in err
+    assert (save / "metrics.jsonl").read_bytes() == before
+    assert main([*args, "--steps", "1", "--overwrite"]) == 0
+    assert "--overwrite: removed the run in" in capsys.readouterr().out
+    assert [json.loads(line)["step"] for line in (save / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert sorted(p.name for p in save.iterdir()) == ["latest", "metrics.jsonl", "notes.txt", "step000001"]
+
+
 def test_cli_reports_bad_data_clearly(tmp_path):
     (tmp_path / "p.npy").write_bytes(b"\x00" * 10)
     proc = run_cli("--data", tmp_path, "--model", "tiny", "--steps", 1, "--seq-len", 8, "--batch-size", 1)
@@ -358,6 +381,19 @@ def test_process_group_backend_is_nccl_with_cuda_gloo_on_cpu_and_nccl_needs_cuda
     assert process_group_backend("auto", cuda, fsdp=True) == "nccl"
     with pytest.raises(ValueError, match="--fsdp over gloo on CUDA is not supported"):
         process_group_backend("gloo", cuda, fsdp=True)  # its checkpoint gather crashed on an H200
+
+
+def test_fsdp_without_torchrun_names_torchrun(data_dir, tmp_path, capsys, monkeypatch):
+    """`python -m trainer.run ... --fsdp` said "environment variable RANK expected, but not set"
+    (found by a tester): one line naming --fsdp and torchrun instead."""
+    from trainer.run import main
+
+    monkeypatch.delenv("RANK", raising=False)
+    args = ["--data", str(data_dir), *map(str, TINY), "--steps", "1", "--save-dir", str(tmp_path / "r"), "--fsdp"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("trainer.run: error: --fsdp shards the model over the processes torchrun starts; run it "
+                           "under torchrun (torchrun --nproc_per_node N -m trainer.run ... --fsdp), or drop --fsdp")
 
 
 def test_a_rank_without_a_gpu_of_its_own_is_refused_with_the_fix(monkeypatch):

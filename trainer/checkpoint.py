@@ -161,6 +161,43 @@ def latest_checkpoint(save_dir: str | Path) -> Path | None:
     return steps[-1] if steps else None
 
 
+# What a run writes into its --save-dir (besides nothing else): `existing_run` and `clear_run` look at these only.
+METRICS_FILE = "metrics.jsonl"
+EVAL_DIR = "eval"
+
+
+def existing_run(save_dir: str | Path) -> str | None:
+    """What an earlier run left in `save_dir` (checkpoints, metrics.jsonl), described; None if nothing.
+
+    A fresh run there would add its rows to the old metrics.jsonl (steps 1, 2, 1, 2) and
+    replace the old checkpoints as it saves its own, mixing two runs in one directory."""
+    save_dir = Path(save_dir)
+    steps = [p for p in save_dir.glob("step*") if p.is_dir() and _STEP_DIR.fullmatch(p.name)]
+    found = []
+    if steps:
+        newest = max(steps, key=lambda p: int(_STEP_DIR.fullmatch(p.name).group(1)))
+        found.append(f"{len(steps)} checkpoint(s), the newest {newest.name}")
+    if (save_dir / METRICS_FILE).is_file():
+        found.append(METRICS_FILE)
+    if (save_dir / LATEST).is_file() and not steps:
+        found.append(LATEST)
+    return ", ".join(found) or None
+
+
+def clear_run(save_dir: str | Path) -> None:
+    """Remove what a run writes into `save_dir` (its step*/ checkpoints, `latest`, metrics.jsonl
+    and eval/); anything else there is left alone."""
+    import shutil
+
+    save_dir = Path(save_dir)
+    for path in [*save_dir.glob("step*"), *save_dir.glob(".step*.tmp*")]:  # the latter: writes a kill cut short
+        if path.is_dir() and _STEP_DIR.fullmatch(path.name.lstrip(".").split(".")[0]):
+            shutil.rmtree(path)
+    for name in (LATEST, METRICS_FILE):
+        (save_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(save_dir / EVAL_DIR, ignore_errors=True)
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory (or a soup: model.pt + config.json), or a save_dir meaning its latest."""
     path = Path(path)

@@ -89,6 +89,11 @@ def process_group_backend(requested: str | None, device: torch.device, fsdp: boo
 def init_distributed(requested_device: str | None = None, backend: str | None = "auto",
                      fsdp: bool = False) -> DistEnv:
     world_size = launched_world_size()
+    if fsdp and "RANK" not in os.environ:
+        # FSDP's device mesh would look for torchrun's rendezvous and fail with "environment
+        # variable RANK expected, but not set", naming neither --fsdp nor torchrun.
+        raise ValueError("--fsdp shards the model over the processes torchrun starts; run it under torchrun "
+                         "(torchrun --nproc_per_node N -m trainer.run ... --fsdp), or drop --fsdp")
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(requested_device, local_rank)

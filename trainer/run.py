@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 
 from dolmino.s3 import local_path
-from trainer.checkpoint import files_fingerprint
+from trainer.checkpoint import clear_run, existing_run, files_fingerprint
 from trainer.cli import HelpFormatter, parse_count, positive_int  # noqa: F401  (parse_count: this module's API)
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
 from trainer.data import DataError, unreported_build_note
 from trainer.distributed import (
-    BACKENDS, DeviceUnavailable, exit_process, init_distributed, ranks_agree, shutdown,
+    BACKENDS, DeviceUnavailable, barrier, exit_process, init_distributed, ranks_agree, shutdown,
 )
 from trainer.eval import add_training_arguments as add_eval_arguments, evaluate_after_training
 from trainer.plan import (
@@ -95,7 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-last", type=positive_int, default=None,
                    help="keep only the newest N checkpoints (default: all)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, type=local_path,
-                   help="resume from a checkpoint dir (no value: the latest in --save-dir; default: start afresh)")
+                   help="resume from a checkpoint dir (no value: the latest in --save-dir; default: start afresh, "
+                        "refused where --save-dir holds a run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a --save-dir that holds a run: its checkpoints, metrics.jsonl and eval/ "
+                        "are removed first")
     p.add_argument("--metrics-interval", type=int, default=10, help="copy metrics to the host and print every N")
     p.add_argument("--gc-interval", type=int, default=100, help="run Python's gc every N steps")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -137,6 +141,22 @@ def run_config_from_args(args: argparse.Namespace, data_paths: list[str], world_
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line; a --recipe supplies defaults that explicit flags override."""
     return parse_with_recipe(build_parser(), argv)
+
+
+def start_afresh(save_dir: str, overwrite: bool, env, log) -> None:
+    """A fresh run into a --save-dir that holds one appended to its metrics.jsonl (steps 1, 2,
+    1, 2) and replaced its checkpoints as it saved, unsaid: refused, or with `overwrite` the
+    old run is removed first. Rank 0 writes checkpoints and metrics, so its directory decides."""
+    held = existing_run(save_dir) if env.is_main else None
+    if not ranks_agree([int(held is not None)], env)[1][0]:
+        return
+    if not overwrite:
+        raise ValueError(f"--save-dir {save_dir} holds a run{f' ({held})' if held else ''}; pass --resume to "
+                         "continue it, --overwrite to start afresh there (removing it), or another --save-dir")
+    if env.is_main:
+        clear_run(save_dir)
+        log(f"--overwrite: removed the run in {save_dir} ({held})")
+    barrier(env)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         run = run_config_from_args(args, data_paths, env.world_size, env.device, plan)
         if init is not None:
             run.init = {**init.provenance(), "lr_source": plan.lr_source}
+        if resume is None:
+            start_afresh(args.save_dir, args.overwrite, env, log)
         if args.sync_debug and env.device.type == "cuda":
             torch.cuda.set_sync_debug_mode("warn")
         trainer = Trainer(run, env, args.save_dir, resume=resume, log=log, keep_last=args.keep_last)
