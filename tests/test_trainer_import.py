@@ -497,3 +497,22 @@ def test_init_from_under_fsdp_loads_every_shard(tmp_path, fmt):
     assert sorted(got) == sorted(want)
     for key in want:
         assert torch.equal(got[key], want[key]), key
+
+
+def test_a_checkpoint_shaped_like_a_preset_keeps_its_own_config(tmp_path):
+    """An HF checkpoint with `tiny`'s shape but a 4,096-token context (and the padded vocabulary
+    as its vocab_size) took the preset's config whole: trained and exported as a 512-token
+    model (found by a tester). The checkpoint's config is kept; the preset only names it."""
+    import argparse
+
+    from trainer.plan import inspect_init, resolve_model
+
+    config = transformers.Olmo2Config(vocab_size=100352, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096,
+                                      rope_theta=500_000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                                      pad_token_id=100277, eos_token_id=100257, bos_token_id=None)
+    transformers.Olmo2ForCausalLM(config).save_pretrained(tmp_path / "hf")
+    args = argparse.Namespace(init_from=str(tmp_path / "hf"), init_step=None, model=None, seq_len=128)
+    cfg, label = resolve_model(args, inspect_init(args))
+    assert label == "tiny"
+    assert (cfg.max_seq_len, cfg.vocab_size, cfg.padded_vocab_size) == (4096, 100352, 100352)

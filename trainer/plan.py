@@ -203,8 +203,11 @@ def resolve_model(args: argparse.Namespace, init=None) -> tuple[ModelConfig, str
     elif init is not None:
         if init.model is None:
             raise ValueError(f"{init.describe()} does not say its number of attention heads; pass --model")
+        # The checkpoint's own config, named after the preset of its shape where there is one:
+        # the preset's config lost what the checkpoint says beyond the shape (its context length:
+        # an imported 4,096-token model exported as a 512-token one; found by a tester).
         name = init.model.preset_name()
-        cfg = ModelConfig.preset(name) if name else init.model
+        cfg = init.model
         label = name or f"{cfg.n_layers} x {cfg.d_model} from {init.format} checkpoint"
     else:
         cfg, label = ModelConfig.preset(DEFAULT_MODEL), DEFAULT_MODEL
