@@ -340,7 +340,10 @@ def test_resume_refuses_other_model_and_weights_only_dirs(tmp_path):
     Trainer(make_run(data, max_steps=2), CPU, tmp_path / "run", log=quiet).fit()
     other = make_run(data)
     other.model = ModelConfig(**{**SMALL, "n_layers": 3})
-    with pytest.raises(ValueError, match="different model config"):
+    # The message names what differs (it blamed --model where --seq-len had raised max_seq_len).
+    with pytest.raises(ValueError, match=r"different model config \(n_layers 2 there, 3 here\); resume with the "
+                                         r"settings it was trained with \(the same --model, --init-from and "
+                                         r"--seq-len\)"):
         Trainer(other, CPU, tmp_path / "x", resume=tmp_path / "run", log=quiet)
     soup(tmp_path / "soup", [tmp_path / "run", tmp_path / "run"])
     with pytest.raises(FileNotFoundError, match="weights only"):

@@ -489,6 +489,33 @@ def test_microanneal_starts_where_the_checkpoint_schedule_was_and_runs_one_pass(
     assert "pass --init-from" in capsys.readouterr().err and not (tmp_path / "none").exists()
 
 
+def test_an_anneal_resumes_without_repeating_init_from(data_dir, tmp_path, capsys):
+    """`--resume` of an anneal without --init-from said "pass --lr", then, with --lr, "resume with
+    the same --model" (found by a tester). The resumed checkpoint records its --init-from: the
+    run takes it from there and continues as the uninterrupted one did."""
+    from trainer.run import main
+
+    common = ["--data", str(data_dir), "--seq-len", "32", "--batch-size", "2", "--metrics-interval", "1",
+              "--device", "cpu"]
+    assert main([*common, "--model", "tiny", "--steps", "3", "--horizon-tokens", "640", "--lr", "1e-3",
+                 "--save-dir", str(tmp_path / "pre")]) == 0
+    anneal = [*common, "--recipe", "microanneal", "--steps", "4"]
+    assert main([*anneal, "--init-from", str(tmp_path / "pre"), "--save-dir", str(tmp_path / "whole")]) == 0
+    assert main([*anneal, "--init-from", str(tmp_path / "pre"), "--save-interval", "2",
+                 "--save-dir", str(tmp_path / "cut")]) == 0
+    shutil.rmtree(tmp_path / "cut" / "step000004")
+    (tmp_path / "cut" / "latest").write_text("step000002")
+    capsys.readouterr()
+    assert main([*anneal, "--save-dir", str(tmp_path / "cut"), "--resume"]) == 0
+    assert f"resume: --init-from {tmp_path / 'pre' / 'step000003'} as step000002 records it" in capsys.readouterr().out
+    assert [(r["step"], r["lr"], r["loss"]) for r in metrics(tmp_path / "cut")] == \
+        [(r["step"], r["lr"], r["loss"]) for r in metrics(tmp_path / "whole")]
+    shutil.rmtree(tmp_path / "pre")
+    assert main([*anneal, "--save-dir", str(tmp_path / "cut"), "--resume", str(tmp_path / "cut" / "step000002")]) == 2
+    assert (f"was started from --init-from {tmp_path / 'pre' / 'step000003'}, which is not there any more"
+            in capsys.readouterr().err)
+
+
 def test_recipes_give_the_papers_settings_and_explicit_flags_win():
     import torch
 

@@ -27,7 +27,9 @@ from pathlib import Path
 import torch
 
 from dolmino.s3 import local_path
-from trainer.checkpoint import clear_run, existing_run, files_fingerprint
+from trainer.checkpoint import (
+    CONFIG_FILE, clear_run, existing_run, files_fingerprint, load_json_file, resolve_checkpoint, resume_advice,
+)
 from trainer.cli import HelpFormatter, parse_count, positive_int  # noqa: F401  (parse_count: this module's API)
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
 from trainer.data import DataError, unreported_build_note
@@ -143,6 +145,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parse_with_recipe(build_parser(), argv)
 
 
+def init_from_resumed(args: argparse.Namespace, resume: Path) -> str | None:
+    """Without --init-from, a resumed run takes the one its checkpoint records (and the step
+    given with it): the model's shape and an anneal's starting LR come from there. Resuming
+    an anneal without it failed with "pass --lr", then "resume with the same --model" (found
+    by a tester). Returns the line to print when it did."""
+    if args.init_from:
+        return None
+    try:
+        path = resolve_checkpoint(resume)
+    except FileNotFoundError:
+        return None  # the Trainer names the missing checkpoint
+    recorded = (load_json_file(path / CONFIG_FILE, resume_advice(path)).get("init") or {})
+    if not recorded.get("path"):
+        return None
+    if not Path(recorded["path"]).exists():
+        raise ValueError(f"{path} was started from --init-from {recorded['path']}, which is not there any more; "
+                         "pass --init-from with a copy of it (its shape and schedule are read, not its weights)")
+    args.init_from = recorded["path"]
+    source = recorded.get("step_source") or ""
+    if args.init_step is None and source.startswith("--init-step"):
+        args.init_step = source.removeprefix("--init-step").strip() or str(recorded.get("step"))
+    return f"resume: --init-from {args.init_from} as {path.name} records it"
+
+
 def start_afresh(save_dir: str, overwrite: bool, env, log) -> None:
     """A fresh run into a --save-dir that holds one appended to its metrics.jsonl (steps 1, 2,
     1, 2) and replaced its checkpoints as it saved, unsaid: refused, or with `overwrite` the
@@ -174,6 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     resume = None
     if args.resume is not None:
         resume = Path(args.save_dir) if args.resume == "latest" else Path(args.resume)
+        try:
+            taken = init_from_resumed(args, resume)
+        except ValueError as exc:
+            print(f"trainer.run: error: {exc}", file=sys.stderr)
+            return 2
+        if taken:
+            print(taken)
     if args.recipe in ANNEAL_RECIPES and not args.init_from and resume is None:
         print(f"trainer.run: error: --recipe {args.recipe} anneals a pretrained model; pass --init-from CKPT "
               f"(a trainer checkpoint, a Hugging Face Olmo2 directory or an OLMo-core checkpoint)", file=sys.stderr)

@@ -165,8 +165,14 @@ class Trainer:
     def _resume(self, path: str | Path) -> None:
         path = resolve_checkpoint(path)
         saved = load_json_file(path / CONFIG_FILE, resume_advice(path))
-        if saved.get("model") != self.run.model.to_dict():
-            raise ValueError(f"{path} was saved for a different model config; resume with the same --model")
+        ours = self.run.model.to_dict()
+        if saved.get("model") != ours:
+            theirs = saved.get("model") if isinstance(saved.get("model"), dict) else {}
+            diffs = ", ".join(f"{k} {theirs.get(k)} there, {ours.get(k)} here" for k in sorted({*theirs, *ours})
+                              if theirs.get(k) != ours.get(k))
+            # max_seq_len follows --seq-len where it exceeds the model's; the rest, --model / --init-from
+            raise ValueError(f"{path} was saved for a different model config ({diffs}); resume with the settings it "
+                             "was trained with (the same --model, --init-from and --seq-len)")
         for change in recipe_changes(saved.get("train"), self.run.train):
             self.log(f"warning: resuming with a different recipe than {path.name}: {change}")
         state = load_checkpoint(path, self.model, self.optimizer)
