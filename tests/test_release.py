@@ -172,7 +172,9 @@ def test_interrupted_publish_is_invisible_then_cleaned_up(build_dir, root, tmp_p
     events.register("before-parameter-build.s3", network_dies_on_third_upload)
     messages: list[str] = []
     try:
-        with pytest.raises(ConnectionError):
+        # named: the object it was putting, then the failure (s3.about)
+        with pytest.raises(s3.S3ObjectError, match=r"^s3://.*/mixes/olmo2/v2/data/.*: network failure "
+                                                   r"\(ConnectionError\): simulated network loss"):
             _publish(build_dir, root, "v2", log=messages.append)
     finally:
         events.unregister("before-parameter-build.s3", network_dies_on_third_upload)
