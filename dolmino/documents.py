@@ -674,10 +674,10 @@ def _range_chunks(raw: IO[bytes], start: int, end: int) -> Iterator[bytes]:
         pending = b""
 
 
-def size_changed(path: str, got: int, listed: int) -> InputChangedError:
+def size_changed(path: str, held: str, listed: int) -> InputChangedError:
     return InputChangedError(
-        f"{path}: {got:,} bytes read where the listing found {listed:,}: the file changed after it was listed, "
-        "or its transfer was cut short; rerun the build once the input is stable")
+        f"{path}: {held} where the listing found {listed:,}: the file changed after it was listed, or its "
+        "transfer was cut short; rerun the build once the input is stable")
 
 
 class _SizeChecked:
@@ -695,9 +695,18 @@ class _SizeChecked:
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n)
         self.pos += len(data)
-        if self.pos > self.size or (not data and n != 0 and self.pos != self.size):
-            raise size_changed(self.path, self.pos, self.size)
+        if self.pos > self.size:
+            raise size_changed(self.path, "more bytes", self.size)
+        if not data and n != 0 and self.pos != self.size:
+            raise size_changed(self.path, f"{self._end():,} bytes", self.size)
         return data
+
+    def _end(self) -> int:
+        """Where the stream ended: its size where it can seek (a range may have sought past it)."""
+        try:
+            return self.raw.seek(0, os.SEEK_END) if self.raw.seekable() else self.pos
+        except (OSError, ValueError):
+            return self.pos
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         self.pos = self.raw.seek(offset, whence)
@@ -738,7 +747,7 @@ def _small_local_file(path: str, chunks, size: int | None = None) -> bytes | Non
     try:
         actual = os.fstat(fd).st_size
         if size is not None and actual != size:
-            raise size_changed(path, actual, size)
+            raise size_changed(path, f"{actual:,} bytes", size)
         if actual >= READ_SIZE:
             return None
         data = os.read(fd, actual + 1)
@@ -761,7 +770,7 @@ def _whole_file(path: str, chunks, data: bytes | None, size: int | None = None) 
     if data is None:
         return _small_local_file(path, chunks, size)
     if size is not None and len(data) != size:
-        raise size_changed(path, len(data), size)
+        raise size_changed(path, f"{len(data):,} bytes", size)
     return _small_decoded(data, chunks)
 
 

@@ -508,7 +508,9 @@ def open_uri(uri: str, mode: str = "rb", compression: str = "disable") -> IO:
     try:
         return smart_open.open(uri, mode, compression=compression, transport_params=params)
     except (OSError, ValueError) as exc:
-        if "r" in mode and object_size(uri) is None:
+        with about(uri):  # a denied GET is a denied HEAD too: name the object either way
+            missing = "r" in mode and object_size(uri) is None
+        if missing:
             check_bucket(bucket)
             raise S3PathError(f"{uri}: no such object") from None
         if "w" in mode:

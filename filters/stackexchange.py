@@ -57,12 +57,14 @@ the same documents, counts and quarantine records as `iter_stackexchange`.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import re
 import sqlite3
 import sys
 import tempfile
+import zlib
 import xml.etree.ElementTree as ET
 from array import array
 from bisect import bisect_left, bisect_right
@@ -394,6 +396,12 @@ def _parse_post(line_no: int, raw: bytes) -> _Post | None:
     return _Post("other", post_id, line_no, attrib)
 
 
+# A compressed stream that breaks part-way: the data's fault, quarantined. Not any OSError: a
+# storage failure (S3ObjectError, a missing file) or a file that no longer has its listed size
+# (InputChangedError) must stop the task, not become one `corrupt_stream` line and lost rows.
+_BROKEN_STREAM = (zstandard.ZstdError, EOFError, zlib.error, gzip.BadGzipFile)
+
+
 def _posts(path: str, on_bad=None, byte_range: tuple[int, int] | None = None, first_line: int = 0,
            size: int | None = None) -> Iterator[_Post]:
     """Parsed rows; a compressed stream that breaks part-way ends the file with one
@@ -410,9 +418,7 @@ def _posts(path: str, on_bad=None, byte_range: tuple[int, int] | None = None, fi
                 continue
             if post is not None:
                 yield post
-    except (zstandard.ZstdError, EOFError, OSError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
+    except _BROKEN_STREAM as exc:
         if on_bad is not None:
             on_bad(line_no + 1, "corrupt_stream", f"{type(exc).__name__}: {exc}", b"")
 
@@ -605,10 +611,8 @@ def scan_keys(path: str, config: StackExchangeConfig, byte_range: tuple[int, int
                 continue
             answers.append(accepted)
             questions.append(post_id)
-    except (zstandard.ZstdError, EOFError, OSError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        # A stream that breaks part-way: pass 2 reads up to the same point and quarantines the break.
+    except _BROKEN_STREAM:
+        pass  # a stream that breaks part-way: pass 2 reads up to the same point and quarantines the break
     return KeyScan(lines, _int64(answers), _int64(questions), _int64(answer_ids), _int64(answer_parents))
 
 

@@ -163,7 +163,7 @@ def test_an_s3_object_without_its_listed_size_stops_the_read(inputs, s3_server):
                 units.append(Unit(1, 0, f, listed // 2, listed))  # the last byte range of the file
             for unit in units:
                 for fetched in (None, data):
-                    with pytest.raises(InputChangedError, match=f"{uri}: .* bytes read where the listing found "
+                    with pytest.raises(InputChangedError, match=f"{uri}: .* bytes where the listing found "
                                                                 f"{listed:,}"):
                         list(read_unit(uri, unit, Quarantine(), data=None if unit.is_range else fetched))
                     with pytest.raises(InputChangedError):

@@ -564,5 +564,17 @@ def test_mix_with_another_task_size_reuses_the_byte_ranges_tag_wrote(spark, tmp_
     other = [a if a != str(size // 4) else str(size // 3) for a in common]
     assert main([*other, "--out", str(tmp_path / "other")], phase="mix") == 2
     err = capsys.readouterr().err
-    assert "run `dolmino tag` with the same manifest first (byte ranges of split files among them: if it ran, " \
-           "give the --split-size it used)" in err, err
+    assert "run `dolmino tag` with the same manifest first (plain files that --split-size cuts into byte ranges " \
+           "among them: if it ran, give the --split-size it used)" in err, err
+    # an input rewritten since the tag: named as changed, not as "run dolmino tag" (found by a tester)
+    import os
+
+    plain = tmp_path / "web" / "one.jsonl"
+    os.utime(plain, ns=(plain.stat().st_atime_ns, plain.stat().st_mtime_ns + 10**9))
+    assert main([*common, "--out", str(tmp_path / "changed")], phase="mix") == 2
+    assert f"{plain} changed since it was tagged (another size, ETag or mtime): run `dolmino tag` again for it" \
+        in capsys.readouterr().err
+    # the default split size reads the file whole: its ranges' attributes are not found either, and it says so
+    assert main([str(path), "--attributes", str(tmp_path / "attrs"), "--quiet", "--out", str(tmp_path / "o2")],
+                phase="mix") == 2
+    assert "give the --split-size it used" in capsys.readouterr().err

@@ -418,3 +418,31 @@ def test_a_byte_order_mark_before_the_declaration_is_accepted(tmp_path):
     quarantine = Quarantine()
     assert len(list(read_stackexchange(str(path), quarantine=quarantine))) == 1
     assert [(r.line, r.reason) for r in quarantine.records] == [(2, "not_a_row")]
+
+
+@pytest.mark.parametrize("suffix", ["", ".zst", ".gz"])
+def test_a_posts_file_without_its_listed_size_stops_the_conversion(tmp_path, suffix):
+    """Both passes caught any OSError as a broken stream: a Posts.xml shorter than the listing
+    found (InputChangedError) became one `corrupt_stream` line and lost rows (found by a
+    reviewer). Whole and ranged reads raise instead; the listed size converts as before."""
+    from dolmino.errors import InputChangedError
+
+    rows, _ = _corpus_posts(30, seed=5)
+    data = posts_xml(rows).encode("utf-8")
+    data = {"": data, ".zst": zstandard.ZstdCompressor().compress(data), ".gz": gzip.compress(data, mtime=0)}[suffix]
+    d = tmp_path / "cooking.stackexchange.com"
+    d.mkdir()
+    path = d / f"Posts.xml{suffix}"
+    path.write_bytes(data)
+    whole = list(se.iter_stackexchange(str(path), size=len(data)))
+    assert whole == list(se.iter_stackexchange(str(path)))
+    for wrong in (len(data) + 9, len(data) - 9):
+        quarantine = Quarantine()
+        with pytest.raises(InputChangedError, match="where the listing found"):
+            list(se.iter_stackexchange(str(path), quarantine=quarantine, size=wrong))
+        assert not quarantine.counts
+        with pytest.raises(InputChangedError):
+            se.scan_keys(str(path), se.StackExchangeConfig(), size=wrong)
+        if not suffix:
+            with pytest.raises(InputChangedError):
+                se.scan_keys(str(path), se.StackExchangeConfig(), (len(data) // 2, wrong), size=wrong)

@@ -214,6 +214,33 @@ def test_a_fresh_run_into_a_save_dir_holding_a_run_is_refused_unless_overwrite(d
     assert sorted(p.name for p in save.iterdir()) == ["latest", "metrics.jsonl", "notes.txt", "step000001"]
 
 
+def test_overwrite_keeps_what_the_run_reads_and_what_is_not_a_run(data_dir, tmp_path, capsys):
+    """Found by a reviewer: --overwrite removed an --init-from checkpoint inside --save-dir before
+    loading it, and any `step<N>.<anything>` directory; --resume of a checkpoint elsewhere went on
+    in a --save-dir holding another run (trimming its metrics); --overwrite with --resume was ignored."""
+    from trainer.checkpoint import clear_run
+    from trainer.run import main
+
+    save = tmp_path / "run"
+    base = ["--data", str(data_dir), *map(str, TINY), "--steps", "2"]
+    assert main([*base, "--save-dir", str(save)]) == 0
+    (save / "step000002.bak").mkdir()
+    capsys.readouterr()
+    assert main([*base, "--init-from", str(save), "--save-dir", str(save), "--overwrite"]) == 2
+    assert "lies inside --save-dir" in capsys.readouterr().err and (save / "step000002" / "model.pt").is_file()
+    assert main([*base, "--save-dir", str(save), "--resume", "--overwrite"]) == 2
+    assert "--overwrite removes the run that --resume would continue" in capsys.readouterr().err
+    other = tmp_path / "other"
+    assert main([*base, "--save-dir", str(other)]) == 0
+    capsys.readouterr()
+    assert main([*base, "--steps", "3", "--save-dir", str(other), "--resume", str(save / "step000002")]) == 2
+    assert f"--save-dir {other} holds a run" in capsys.readouterr().err
+    fork = ["--save-dir", str(tmp_path / "fork"), "--resume", str(save / "step000002")]
+    assert main([*base, "--steps", "3", *fork]) == 0
+    clear_run(save)
+    assert sorted(p.name for p in save.iterdir()) == ["step000002.bak"]
+
+
 def test_cli_reports_bad_data_clearly(tmp_path):
     (tmp_path / "p.npy").write_bytes(b"\x00" * 10)
     proc = run_cli("--data", tmp_path, "--model", "tiny", "--steps", 1, "--seq-len", 8, "--batch-size", 1)
@@ -489,7 +516,7 @@ def test_microanneal_starts_where_the_checkpoint_schedule_was_and_runs_one_pass(
     assert "pass --init-from" in capsys.readouterr().err and not (tmp_path / "none").exists()
 
 
-def test_an_anneal_resumes_without_repeating_init_from(data_dir, tmp_path, capsys):
+def test_an_anneal_resumes_without_repeating_init_from(data_dir, tmp_path, capsys, monkeypatch):
     """`--resume` of an anneal without --init-from said "pass --lr", then, with --lr, "resume with
     the same --model" (found by a tester). The resumed checkpoint records its --init-from: the
     run takes it from there and continues as the uninterrupted one did."""
@@ -510,7 +537,16 @@ def test_an_anneal_resumes_without_repeating_init_from(data_dir, tmp_path, capsy
     assert f"resume: --init-from {tmp_path / 'pre' / 'step000003'} as step000002 records it" in capsys.readouterr().out
     assert [(r["step"], r["lr"], r["loss"]) for r in metrics(tmp_path / "cut")] == \
         [(r["step"], r["lr"], r["loss"]) for r in metrics(tmp_path / "whole")]
+    # from another working directory the recorded (absolute) path is the same checkpoint
+    monkeypatch.chdir(tmp_path / "cut")
+    shutil.rmtree(tmp_path / "cut" / "step000004")
+    (tmp_path / "cut" / "latest").write_text("step000002")
+    assert main([*anneal, "--save-dir", str(tmp_path / "cut"), "--resume"]) == 0
     shutil.rmtree(tmp_path / "pre")
+    # not needed when --model and --lr say what it would have: resuming never loads its weights
+    shutil.rmtree(tmp_path / "cut" / "step000004")
+    assert main([*anneal, "--model", "tiny", "--lr", "7.75e-4", "--save-dir", str(tmp_path / "cut"), "--resume",
+                 str(tmp_path / "cut" / "step000002")]) == 0
     assert main([*anneal, "--save-dir", str(tmp_path / "cut"), "--resume", str(tmp_path / "cut" / "step000002")]) == 2
     assert (f"was started from --init-from {tmp_path / 'pre' / 'step000003'}, which is not there any more"
             in capsys.readouterr().err)

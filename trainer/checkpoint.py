@@ -91,6 +91,7 @@ def step_dir_name(step: int) -> str:
 
 
 _STEP_DIR = re.compile(r"step(\d+)")
+_STEP_TMP = re.compile(r"\.step\d+\.tmp\d+")  # Checkpointer._write's temporary directory
 
 
 def complete_checkpoints(save_dir: str | Path) -> list[Path]:
@@ -190,8 +191,10 @@ def clear_run(save_dir: str | Path) -> None:
     import shutil
 
     save_dir = Path(save_dir)
-    for path in [*save_dir.glob("step*"), *save_dir.glob(".step*.tmp*")]:  # the latter: writes a kill cut short
-        if path.is_dir() and _STEP_DIR.fullmatch(path.name.lstrip(".").split(".")[0]):
+    for path in save_dir.iterdir():
+        # checkpoints, and the temporary directories of writes a kill cut short; nothing else
+        ours = _STEP_DIR.fullmatch(path.name) or _STEP_TMP.fullmatch(path.name)
+        if ours and path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
     for name in (LATEST, METRICS_FILE):
         (save_dir / name).unlink(missing_ok=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -159,26 +160,42 @@ def init_from_resumed(args: argparse.Namespace, resume: Path) -> str | None:
     recorded = (load_json_file(path / CONFIG_FILE, resume_advice(path)).get("init") or {})
     if not recorded.get("path"):
         return None
-    if not Path(recorded["path"]).exists():
-        raise ValueError(f"{path} was started from --init-from {recorded['path']}, which is not there any more; "
-                         "pass --init-from with a copy of it (its shape and schedule are read, not its weights)")
-    args.init_from = recorded["path"]
+    explicit = getattr(args, "explicit", set())
+    if args.model and (args.recipe not in ANNEAL_RECIPES or "lr" in explicit):
+        return None  # neither the shape nor the starting LR is read from it (resume never loads its weights)
+    where = Path(recorded["path"])
+    if not where.is_absolute():  # recorded as typed, by runs before paths were made absolute
+        raise ValueError(f"{path} records --init-from {where} relative to the directory its run started in; "
+                         "pass --init-from again (its shape and schedule are read, not its weights)")
+    if not where.exists():
+        raise ValueError(f"{path} was started from --init-from {where}, which is not there any more; pass "
+                         "--init-from with a copy of it (its shape and schedule are read, not its weights)")
+    args.init_from = str(where)
     source = recorded.get("step_source") or ""
     if args.init_step is None and source.startswith("--init-step"):
         args.init_step = source.removeprefix("--init-step").strip() or str(recorded.get("step"))
     return f"resume: --init-from {args.init_from} as {path.name} records it"
 
 
-def start_afresh(save_dir: str, overwrite: bool, env, log) -> None:
+def _inside(path: str | Path, directory: str | Path) -> bool:
+    return Path(path).resolve().is_relative_to(Path(directory).resolve())
+
+
+def start_afresh(save_dir: str, overwrite: bool, env, log, keep: list[Path]) -> None:
     """A fresh run into a --save-dir that holds one appended to its metrics.jsonl (steps 1, 2,
     1, 2) and replaced its checkpoints as it saved, unsaid: refused, or with `overwrite` the
-    old run is removed first. Rank 0 writes checkpoints and metrics, so its directory decides."""
+    old run is removed first. Rank 0 writes checkpoints and metrics, so its directory decides.
+    `keep`: what this run reads (--init-from, a --resume checkpoint elsewhere), never removed."""
     held = existing_run(save_dir) if env.is_main else None
     if not ranks_agree([int(held is not None)], env)[1][0]:
         return
     if not overwrite:
         raise ValueError(f"--save-dir {save_dir} holds a run{f' ({held})' if held else ''}; pass --resume to "
                          "continue it, --overwrite to start afresh there (removing it), or another --save-dir")
+    for path in keep:
+        if _inside(path, save_dir):
+            raise ValueError(f"{path} lies inside --save-dir {save_dir}, whose run --overwrite would remove; copy it "
+                             "elsewhere first, or use another --save-dir")
     if env.is_main:
         clear_run(save_dir)
         log(f"--overwrite: removed the run in {save_dir} ({held})")
@@ -197,16 +214,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"trainer.run: error: --data {remote}: {remote_build_hint(remote)}", file=sys.stderr)
             return 2
         data_paths = [str(Path(d).resolve()) for d in args.data]
-    resume = None
+    resume = resume_from = None
     if args.resume is not None:
         resume = Path(args.save_dir) if args.resume == "latest" else Path(args.resume)
+        try:
+            resume_from = resolve_checkpoint(resume)
+        except FileNotFoundError:
+            resume_from = resume  # the Trainer names what is missing
         try:
             taken = init_from_resumed(args, resume)
         except ValueError as exc:
             print(f"trainer.run: error: {exc}", file=sys.stderr)
             return 2
-        if taken:
+        if taken and os.environ.get("RANK", "0") == "0":  # before the process group: every rank got here
             print(taken)
+        if args.overwrite and _inside(resume, args.save_dir):
+            print("trainer.run: error: --overwrite removes the run that --resume would continue; pass one of them",
+                  file=sys.stderr)
+            return 2
     if args.recipe in ANNEAL_RECIPES and not args.init_from and resume is None:
         print(f"trainer.run: error: --recipe {args.recipe} anneals a pretrained model; pass --init-from CKPT "
               f"(a trainer checkpoint, a Hugging Face Olmo2 directory or an OLMo-core checkpoint)", file=sys.stderr)
@@ -234,8 +259,10 @@ def main(argv: list[str] | None = None) -> int:
         run = run_config_from_args(args, data_paths, env.world_size, env.device, plan)
         if init is not None:
             run.init = {**init.provenance(), "lr_source": plan.lr_source}
-        if resume is None:
-            start_afresh(args.save_dir, args.overwrite, env, log)
+        if resume is None or not _inside(resume_from, args.save_dir):
+            # also a --resume of a checkpoint elsewhere: its run goes on in --save-dir
+            start_afresh(args.save_dir, args.overwrite, env, log,
+                         [p for p in (init.path if init is not None else None, resume_from) if p is not None])
         if args.sync_debug and env.device.type == "cuda":
             torch.cuda.set_sync_debug_mode("warn")
         trainer = Trainer(run, env, args.save_dir, resume=resume, log=log, keep_last=args.keep_last)

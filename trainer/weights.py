@@ -141,7 +141,9 @@ class CheckpointInfo:
 
     def provenance(self) -> dict:
         """What a run started from this checkpoint records in its config (RunConfig.init)."""
-        return {"path": str(self.path), "format": self.format, "step": self.step, "step_source": self.step_source}
+        # absolute: a resume from another directory reads it again (trainer.run.init_from_resumed)
+        return {"path": str(Path(self.path).absolute()), "format": self.format, "step": self.step,
+                "step_source": self.step_source}
 
 
 # ----------------------------------------------------------------------------- inspecting

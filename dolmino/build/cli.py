@@ -12,7 +12,9 @@ import os
 import re
 import sys
 
+from dolmino.build.inputs import DEFAULT_SPLIT_BYTES, DEFAULT_TASK_BYTES
 from dolmino.errors import BuildError, ManifestError
+from dolmino.manifest import format_count
 from dolmino.prefetch import DEFAULT_READ_AHEAD
 from dolmino.s3 import local_path
 
@@ -48,9 +50,9 @@ def parse_args(argv: list[str] | None, phase: str) -> argparse.Namespace:
                                                        "spark-defaults.conf; local[*] when nothing sets one)")
     parser.add_argument("--driver-memory", default=None, help="driver memory when this script starts Spark itself "
                                                               "(default: Spark's)")
-    parser.add_argument("--task-size", default="128M", help="input bytes per task: small files are grouped, a "
-                                                            "larger unit is a task of its own")
-    parser.add_argument("--split-size", default="256M",
+    parser.add_argument("--task-size", default=format_count(DEFAULT_TASK_BYTES),
+                        help="input bytes per task: small files are grouped, a larger unit is a task of its own")
+    parser.add_argument("--split-size", default=format_count(DEFAULT_SPLIT_BYTES),
                         help="plain .jsonl and Posts.xml files larger than this are read as byte ranges of up to "
                              "this size; part of the attribute layout, so `dolmino tag` and `dolmino mix` take the "
                              "same one (another one tags the split files again)")

@@ -32,10 +32,12 @@ from dolmino.manifest import Manifest
 COMPRESSIONS = ("", ".gz", ".zst", ".zstd")
 DOCUMENT_STEMS = (".jsonl", ".json", ".ndjson")
 STACKEXCHANGE_STEMS = (".xml",)
-# A unit covers at most this many bytes of an uncompressed file; larger files are split.
-DEFAULT_SPLIT_BYTES = 256 << 20
+# A unit covers at most this many bytes of an uncompressed file; larger files are split. The
+# command line's defaults ("256M", "128M": K/M/B/T are powers of ten) are these numbers, so
+# builds from the command line and from `build()` cut files alike.
+DEFAULT_SPLIT_BYTES = 256_000_000
 # A task reads about this many input bytes (several units when they are small).
-DEFAULT_TASK_BYTES = 128 << 20
+DEFAULT_TASK_BYTES = 128_000_000
 
 
 def _suffixes(stems: tuple[str, ...]) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ checks it can see every file before it goes on.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from typing import Iterator, NamedTuple
 
@@ -33,7 +34,7 @@ from dolmino.build.attributes import (
     ATTRIBUTE_FORMAT, STAT_COUNTS, STAT_MAPS, AttributeStore, Bundle, add_counts, read_table, spec_key, unit_listing,
     unit_rows, unit_stats, unit_version, write_table,
 )
-from dolmino.build.inputs import Unit
+from dolmino.build.inputs import Unit, splittable
 from dolmino.build.read import fetch_ahead, read_unit
 from dolmino.build.resources import Resource, keyed_spec, localized_spec
 from dolmino.build.spark import parallelize_pickled
@@ -405,6 +406,29 @@ def _listing(store: AttributeStore, paths) -> set[str]:
     return found
 
 
+def _untagged(works: dict, units: list[Unit], plans, store: AttributeStore, listed: dict) -> str:
+    """Why `dolmino mix` cannot go on: units without current attributes, and the likely cause."""
+    first = next(iter(works.values()))
+    due_units = sum(len(w.bundle.units) for w in works.values())
+    absent = ", ".join(first.sets) or "MinHash clusters"
+    head = (f"{due_units} of {len(units)} units have no (current) attributes under {store.root} "
+            f"(first: {first.bundle.units[0].key}, missing {absent})")
+    # The same file stem under another version: the input changed since it was tagged.
+    for work in works.values():
+        bundle, si = work.bundle, work.bundle.source_index
+        stale = re.compile(re.escape(f"{bundle.key}.") + r"[0-9a-f]{10}\.parquet")
+        dirs = {s: store.set_dir(plans[si].name, s).rstrip("/") + "/" for s in work.sets}
+        if any(stale.fullmatch(p.removeprefix(dirs[s])) for s in work.sets for p in listed.get((si, s), ())):
+            changed = bundle.units[0].file.uri if len(bundle.units) == 1 else f"an input of {bundle.key}"
+            return (f"{head}; {changed} changed since it was tagged (another size, ETag or mtime): run `dolmino "
+                    "tag` again for it")
+    # A file another --split-size cut otherwise is a range here, or whole here but cut there.
+    ranged = any(u.is_range or splittable(u.file.name, u.file.format) for w in works.values() for u in w.bundle.units)
+    return (f"{head}; run `dolmino tag` with the same manifest first"
+            + (" (plain files that --split-size cuts into byte ranges among them: if it ran, give the --split-size "
+               "it used)" if ranged else ""))
+
+
 def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bundles: list[Bundle],
             task_groups: list[tuple[Bundle, ...]], resources: dict[str, Resource], tokenizer, tokenizer_digest: str, *,
             quiet: bool = False, allow_work: bool = True, read_ahead: int = DEFAULT_READ_AHEAD) -> TagResult:
@@ -452,15 +476,7 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
         if sets or signatures:
             works[bundle.index] = BundleWork(bundle, sets, signatures, {})
     if works and not allow_work:
-        first = next(iter(works.values()))
-        due_units = sum(len(w.bundle.units) for w in works.values())
-        absent = ", ".join(first.sets) or "MinHash clusters"
-        ranged = any(u.is_range for w in works.values() for u in w.bundle.units)
-        raise BuildError(f"{due_units} of {len(units)} units have no (current) attributes under {store.root} "
-                         f"(first: {first.bundle.units[0].key}, missing {absent}); "
-                         "run `dolmino tag` with the same manifest first"
-                         + (" (byte ranges of split files among them: if it ran, give the --split-size it used)"
-                            if ranged else ""))
+        raise BuildError(_untagged(works, units, plans, store, listed))
     stages = {}
     se_due = {u.index: w.bundle.index for w in works.values() for u in w.bundle.units
               if u.is_range and plans[u.source_index].format == "stackexchange"
