@@ -32,9 +32,35 @@ def enabled(file: IO | None = None) -> bool:
         return False
     stream = sys.stderr if file is None else file
     try:
-        return bool(stream.isatty())
+        if stream.isatty():
+            return True
     except (AttributeError, ValueError):  # closed or not a real stream
         return False
+    return stream in (sys.stderr, sys.stdout) and under_spark_submit() and process_on_terminal(os.getppid())
+
+
+def under_spark_submit() -> bool:
+    """spark-submit starts the Python driver with these set (pyspark's PythonRunner)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def process_on_terminal(pid: int) -> bool:
+    """Whether process `pid` writes its stdout or stderr to a terminal (Linux /proc; else False).
+
+    spark-submit runs the Python driver with stdout and stderr piped through its JVM, which
+    copies the bytes to its own: the driver's streams are never terminals, the JVM's are when
+    a person ran the README's command, and that is where a redrawn line lands."""
+    for fd in (2, 1):
+        try:
+            handle = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            if os.isatty(handle):
+                return True
+        finally:
+            os.close(handle)
+    return False
 
 
 def progress(iterable: Iterable | None = None, *, desc: str | None = None, total: float | None = None,

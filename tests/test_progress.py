@@ -40,6 +40,32 @@ def test_enabled_follows_the_terminal_and_the_environment(monkeypatch, no_env):
     assert enabled(io.StringIO())
 
 
+def test_a_driver_behind_spark_submit_draws_where_its_jvm_writes(monkeypatch, no_env):
+    """spark-submit pipes the Python driver's output through its JVM: the README's build command
+    never showed a live line on a terminal (found by a tester). The JVM's own streams decide."""
+    import os
+    import pty
+    import subprocess
+
+    leader, follower = pty.openpty()
+    on_tty = subprocess.Popen(["sleep", "30"], stdout=follower, stderr=follower)
+    piped = subprocess.Popen(["sleep", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert progress_mod.process_on_terminal(on_tty.pid) and not progress_mod.process_on_terminal(piped.pid)
+        monkeypatch.setattr(progress_mod.os, "getppid", lambda: on_tty.pid)
+        assert not enabled(sys.stderr)  # not under spark-submit
+        monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "1")
+        assert enabled(sys.stderr) and not enabled(io.StringIO())  # a stream of its own is not the JVM's
+        monkeypatch.setattr(progress_mod.os, "getppid", lambda: piped.pid)
+        assert not enabled(sys.stderr)
+    finally:
+        for proc in (on_tty, piped):
+            proc.kill()
+            proc.wait()
+        os.close(leader)
+        os.close(follower)
+
+
 def test_bar_drawn_on_a_terminal_and_silent_elsewhere(no_env):
     tty, log = FakeTTY(), io.StringIO()
     assert sum(progress(range(1000), desc="docs", file=tty)) == sum(range(1000))

@@ -2,8 +2,10 @@
 
 Counts come from Spark accumulators that tasks add to as they finish units (documents,
 bytes, tokens, CPU seconds) and from Spark's status tracker (tasks done / total). On a
-terminal the line is rewritten in place every second; otherwise (CI, a log file) one line
-is printed every `DOLMINO_PROGRESS_S` seconds (default 30) and at the end of each stage.
+terminal the line is rewritten in place every second (under spark-submit too, whose JVM
+copies the driver's output to its terminal; `DOLMINO_PROGRESS=1` / `0` decide outright);
+otherwise (CI, a log file) one line is printed every `DOLMINO_PROGRESS_S` seconds (default
+30) and at the end of each stage.
 
 The stage record (wall time, CPU seconds of the Python work in tasks, Spark's executor run
 time and shuffle/spill bytes for the stage's jobs) goes into report.json's `stages`.
@@ -20,6 +22,7 @@ import threading
 import time
 
 from dolmino.manifest import format_count
+from dolmino.progress import enabled as progress_enabled
 
 COUNTERS = ("units", "bytes", "docs", "tokens", "cpu_s", "fetched_ahead")
 _STAGE_RUNS = itertools.count(1)
@@ -70,7 +73,8 @@ class Stage:
         self.counters = Counters(sc)
         self.stream = stream or sys.stderr
         self.quiet = quiet
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        # a terminal, also behind spark-submit's JVM; DOLMINO_PROGRESS=1/0 decides outright
+        self.tty = progress_enabled(self.stream)
         self.interval = 1.0 if self.tty else float(os.environ.get("DOLMINO_PROGRESS_S", "30"))
         self.record: dict = {}
         self._stop = threading.Event()
