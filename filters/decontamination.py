@@ -692,6 +692,11 @@ def index_coverage(index_path: str, exclude_tasks: Iterable[str] = (), exclude_s
     return out
 
 
+class UnknownExclusionWarning(UserWarning):
+    """An exclude_tasks / exclude_splits entry that names nothing in the index (a typo, usually).
+    A build's driver reports it once, in its warnings; its executors stay quiet about it."""
+
+
 def _unknown_exclusions(sets: list[tuple[str, str]], exclude_tasks: list[str], exclude_splits: list[str]) -> list[str]:
     """Exclusions that name neither a set of the index nor a released split of a paper eval set:
     most likely typos, which would otherwise leave the set they meant in the check, silently.
@@ -862,7 +867,8 @@ class DecontaminationFilter:
                                           [e for e in unmatched if e not in self.exclude_tasks])
             if unknown:
                 warnings.warn(f"decontamination index {self.index_path} has no eval set matching "
-                              f"{', '.join(unknown)}: nothing excluded for those", stacklevel=2)
+                              f"{', '.join(unknown)}: nothing excluded for those", UnknownExclusionWarning,
+                              stacklevel=2)
             self._allowed, self.unmatched_exclusions = allowed, unmatched
             self._index = index
         return self._index

@@ -328,6 +328,12 @@ def tag_bundle(work: BundleWork, ctx: TagContext, ahead: ReadAhead) -> Iterator[
 
 
 def run_tag_task(works: list[BundleWork], ctx_b, counters) -> Iterator[BundleTagged | Signature]:
+    import warnings
+
+    from filters.decontamination import UnknownExclusionWarning
+
+    # the driver's report says it once; printed by every worker it also broke the live stage line
+    warnings.simplefilter("ignore", UnknownExclusionWarning)
     ctx = ctx_b.value
     worker_heap.freeze()
     with fetch_ahead([u for work in works for u in work.bundle.units], ctx.read_ahead) as ahead:
