@@ -76,6 +76,16 @@ def _stated_fractions(manifest: Manifest, parts) -> dict[str, float]:
         return {s.name: 0.0 for s in manifest.sources}
 
 
+def _reused_note(run: dict, files: int) -> str:
+    """A rerun that found its parts committed reads and writes none of them again: the figures
+    above are the build's, not this run's work."""
+    reused = run.get("parts_reused") or 0
+    if not reused:
+        return ""
+    return (f" {reused} of {files} part(s) were already committed by an earlier run of this plan and reused "
+            "(verified, not written again); the figures are the build's.")
+
+
 def _empty_source(sel, name: str, acc: dict) -> list[str]:
     """The warning for a source with no documents left, with what removed them: a filter that
     takes a whole source usually means data without the field it reads (`stars_missing`)
@@ -257,7 +267,8 @@ def render_markdown(report: dict) -> str:
               "Mix %: share of the output tokens.", "",
               f"Output: {out['docs']:,} document instances, {out['tokens']:,} tokens in {out['files']} part(s). "
               f"Tokenized {totals['tokens_tokenized']:,} tokens for {totals['tokens_written']:,} written "
-              f"({totals['tokenized_per_written']:.3f} per token written).", ""]
+              f"({totals['tokenized_per_written']:.3f} per token written)."
+              + _reused_note(report.get("run", {}), out['files']), ""]
     run = report.get("run", {})
     if "units_tagged" in run:
         lines += [f"Attributes ({report.get('attributes')}): {run['units_tagged']:,} of {run['units']:,} input "

@@ -310,6 +310,12 @@ def test_rerun_keeps_committed_parts_and_rebuilds_missing_ones(built, inputs, sp
     # (saved in _plan.json).
     assert resumed["run"]["parts_reused"] == report["output"]["files"] - 2
     assert resumed["totals"] == report["totals"] and resumed["sources"] == report["sources"]
+    # ... and report.md says so: it read as if this run had written and tokenized it all (found by a tester)
+    from dolmino.report import render_markdown
+
+    assert (f"{report['output']['files'] - 2} of {report['output']['files']} part(s) were already committed by an "
+            "earlier run of this plan and reused") in render_markdown(resumed)
+    assert "reused" not in render_markdown(report).split("Output:")[1].split("\n")[0]
 
 
 def test_a_broken_stream_builds_with_every_document_before_the_break(spark, tmp_path, monkeypatch):

@@ -200,8 +200,10 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
     from dolmino.report import render_markdown
 
     print(render_markdown(result))
-    print(f"wrote {result['output']['files']} part(s), {format_count(result['output']['tokens'])} tokens to "
-          f"{options.out} (master {result['run']['spark_master']}, {result['run'].get('executors')} executor(s))")
+    reused = result["run"].get("parts_reused") or 0
+    print(f"wrote {result['output']['files'] - reused} part(s){f' and reused {reused}' if reused else ''}, "
+          f"{format_count(result['output']['tokens'])} tokens in all, to {options.out} (master "
+          f"{result['run']['spark_master']}, {result['run'].get('executors')} executor(s))")
     return 0
 
 
