@@ -12,6 +12,7 @@ import email.utils
 import json
 import threading
 import time
+from pathlib import Path
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -306,3 +307,37 @@ def test_client_settings_are_refused_where_they_are_given():
                 {"backoff_base": float("nan")}, {"max_retry_after": -1}):
         with pytest.raises(ValueError, match=f"{next(iter(bad))} must be"):
             ChatClient("http://x", "m", **bad)
+
+
+def test_an_endpoint_that_never_answers_is_not_cached_and_the_rerun_asks_again(server, tmp_path):
+    """Every request failing (nothing listening) exited 0 and cached the partitions as done: the
+    rerun, with the endpoint up, kept them at 0 documents and never asked again (found by a
+    tester). Unanswered partitions are not cached, the run says so and exits 1, the rerun asks.
+    In subprocesses, as a user runs it (the command stops its Spark session)."""
+    import os
+    import subprocess
+    import sys
+
+    from dolmino.synth.runner import REPORT_NAME
+
+    personas = tmp_path / "personas.jsonl"
+    personas.write_text("".join(json.dumps({"persona": p}) + "\n" for p in PERSONAS))
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "dolmino.synth", "--generator", "tulu_math", "--personas", str(personas),
+            "--out", str(out), "--num-docs", "4", "--partitions", "2", "--model", "test-model", "--max-retries", "0",
+            "--api-key-env", "NO_SUCH_KEY_VAR", "--master", "local[1]"]
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("NO_SUCH_KEY_VAR", None)
+    down = subprocess.run([*args, "--endpoint", "http://127.0.0.1:9/v1"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert down.returncode == 1, down.stderr[-2000:]
+    assert "--api-key-env NO_SUCH_KEY_VAR is not set here" in down.stderr
+    assert "warning: 4 of 4 item(s) got no answer from http://127.0.0.1:9/v1" in down.stderr
+    assert "error: partition(s) 0, 1 got no answer to any request: nothing of them is cached" in down.stderr
+    assert not (out / REPORT_NAME).exists() and not list(out.glob("*.done.json"))
+    up = subprocess.run([*args, "--endpoint", server.url], capture_output=True, text=True, env=env, timeout=300)
+    assert up.returncode == 0, up.stderr[-2000:]
+    report = json.loads((out / REPORT_NAME).read_text())
+    assert report["partitions_generated"] == [0, 1] and report["partitions_unanswered"] == []
+    assert report["kept"] + sum(report["rejected"].values()) == 4 and report["rejected"].get("request_failed") is None

@@ -128,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     if bad is not None:
         print(f"error: --{bad[0].replace('_', '-')} {bad[1]}", file=sys.stderr)
         return 2
+    if getattr(args, "api_key_env", None) and not os.environ.get(args.api_key_env):
+        # The executors read it (in local mode from this environment): unset, requests go out without one.
+        print(f"warning: --api-key-env {args.api_key_env} is not set here; requests carry no API key where it is "
+              "not set in the executors' environment either", file=sys.stderr)
     if args.demo_gsm8k_test:
         from dolmino.synth.gsm8k_numbers import TEST_SPLIT_WARNING
 
@@ -159,6 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         spark.stop()
     print(json.dumps(report, indent=1, sort_keys=True))
+    failed = report["rejected"].get("request_failed", 0)
+    if failed:
+        print(f"warning: {failed:,} of {report['attempted']:,} item(s) got no answer from {args.endpoint} "
+              f"(rejected/ holds each error)", file=sys.stderr)
+    if report["partitions_unanswered"]:
+        print(f"error: partition(s) {', '.join(map(str, report['partitions_unanswered']))} got no answer to any "
+              "request: nothing of them is cached and the run is not finished (no synth-report.json); rerun the "
+              "same command once the endpoint answers", file=sys.stderr)
+        return 1
     return 0
 
 

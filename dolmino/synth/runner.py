@@ -87,8 +87,8 @@ def _listing(out_dir: str) -> dict[str, int]:
 def check_visible(out_dir: str, stats: list[dict]) -> None:
     """Every partition the executors reported is where the driver looks, at the reported size."""
     found = _listing(out_dir)
-    missing = [s["file"] for s in stats
-               if found.get(s["file"]) != s["bytes"] or done_name(s["partition"]) not in found]
+    missing = [s["file"] for s in stats if found.get(s["file"]) != s["bytes"]
+               or (s.get("committed", True) and done_name(s["partition"]) not in found)]
     if missing:
         raise SynthRunError(
             f"{len(missing)} of {len(stats)} partitions the executors wrote are not visible at {out_dir} (first: "
@@ -222,15 +222,20 @@ def run_partition(generator, partition: int, num_partitions: int, seed: int, out
     write_bytes(join(out_dir, "rejected", part_name(partition)), _zstd_lines(rejected), sync=True)
     write_bytes(join(out_dir, "quarantine", part_name(partition)), _zstd_lines(quarantined), sync=True)
     write_bytes(part, data, sync=True)
+    # Every request failed (an endpoint that never answered): nothing was paid for, so nothing is
+    # cached; without a done-file the rerun requests the partition again. A rerun used to keep
+    # such a partition as done and never ask again (found by a tester).
+    answered = not attempted or reasons.get("request_failed", 0) < attempted
     stats = {"partition": partition, "num_partitions": num_partitions, "generator": generator.name, "seed": seed,
              "config_hash": chash, "file": part_name(partition), "bytes": len(data),
              "sha256": hashlib.sha256(data).hexdigest(), "attempted": attempted, "kept": len(docs),
              "rejected": dict(sorted(reasons.items())), "quarantined": dict(sorted(quarantine_reasons.items())),
              "requests": dict(sorted(requests.items())), "elapsed_s": round(time.time() - started, 3)}
-    write_bytes(join(out_dir, done_name(partition)), json.dumps(stats, indent=1).encode(), sync=True)
+    if answered:
+        write_bytes(join(out_dir, done_name(partition)), json.dumps(stats, indent=1).encode(), sync=True)
     if tracker is not None:
         tracker.write(done=True)
-    return {**stats, "cached": False}
+    return {**stats, "cached": False, "committed": answered}
 
 
 def input_paths(generator) -> list[str]:
@@ -328,6 +333,7 @@ def summarize(generator, stats: list[dict], seed: int, num_partitions: int, chas
             "failed_requests": requests.get("failed", 0),
             "partitions_generated": sorted(s["partition"] for s in stats if not s["cached"]),
             "partitions_cached": sorted(s["partition"] for s in stats if s["cached"]),
+            "partitions_unanswered": sorted(s["partition"] for s in stats if not s.get("committed", True)),
             "files": [part_name(p) for p in range(num_partitions)]}
 
 
@@ -382,5 +388,6 @@ def run(generator, out_dir: str, num_partitions: int, seed: int, spark, progress
     stats.sort(key=lambda s: s["partition"])
     check_visible(out_dir, stats)
     report = summarize(generator, stats, seed, num_partitions, chash)
-    write_bytes(join(out_dir, REPORT_NAME), json.dumps(report, indent=1, sort_keys=True).encode(), sync=True)
+    if not report["partitions_unanswered"]:  # the report marks a finished run
+        write_bytes(join(out_dir, REPORT_NAME), json.dumps(report, indent=1, sort_keys=True).encode(), sync=True)
     return report
