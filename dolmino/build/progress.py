@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 
+from dolmino.build.spark import settled_jobs
 from dolmino.manifest import format_count
 from dolmino.progress import enabled as progress_enabled
 
@@ -141,6 +142,9 @@ class Stage:
         if self._thread is not None:
             self._thread.join()
             if exc_type is None:
+                # The tracker takes in a job's end after collect() returns: read at once, a skipped
+                # stage still looked pending and the final line stopped at e.g. "1/5 tasks".
+                settled_jobs(self.sc.statusTracker(), self.group)
                 self._emit(final=True)
         from dolmino.build.spark import group_metrics
 

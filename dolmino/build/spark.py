@@ -116,7 +116,7 @@ def group_metrics(sc, group: str) -> dict | None:
     total = {"executor_run_s": 0.0, "executor_cpu_s": 0.0, "shuffle_write_bytes": 0, "shuffle_read_bytes": 0,
              "spilled_bytes": 0, "input_bytes": 0, "tasks": 0}
     try:
-        jobs = _settled_jobs(tracker, group)
+        jobs = settled_jobs(tracker, group)
         stage_ids = {sid for job in jobs for sid in job.stageIds}
         no_tasks, no_quantiles = gateway.jvm.java.util.ArrayList(), gateway.new_array(gateway.jvm.double, 0)
         for sid in sorted(stage_ids):
@@ -137,7 +137,7 @@ def group_metrics(sc, group: str) -> dict | None:
     return total
 
 
-def _settled_jobs(tracker, group: str, wait_s: float = 5.0) -> list:
+def settled_jobs(tracker, group: str, wait_s: float = 5.0) -> list:
     """The group's jobs, once the status store has taken in their ends.
 
     Spark's listener bus updates the store after `collect()` has returned: read at once, the
