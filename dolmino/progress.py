@@ -45,22 +45,18 @@ def under_spark_submit() -> bool:
 
 
 def process_on_terminal(pid: int) -> bool:
-    """Whether process `pid` writes its stdout or stderr to a terminal (Linux /proc; else False).
+    """Whether process `pid` writes its stdout to a terminal (Linux /proc; elsewhere False).
 
-    spark-submit runs the Python driver with stdout and stderr piped through its JVM, which
-    copies the bytes to its own: the driver's streams are never terminals, the JVM's are when
-    a person ran the README's command, and that is where a redrawn line lands."""
-    for fd in (2, 1):
-        try:
-            handle = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
-        except OSError:
-            continue
-        try:
-            if os.isatty(handle):
-                return True
-        finally:
-            os.close(handle)
-    return False
+    spark-submit runs the Python driver with stdout and stderr merged into one pipe that its
+    JVM copies to its own stdout: the driver's streams are never terminals, the JVM's stdout
+    is when a person ran the README's command (not under `> build.log` or `| tee`), and that
+    is where a redrawn line lands. Read from the link's name: the terminal itself is never
+    opened (it may be another user's)."""
+    try:
+        target = os.readlink(f"/proc/{pid}/fd/1")
+    except OSError:
+        return False
+    return target.startswith(("/dev/pts/", "/dev/tty", "/dev/console"))
 
 
 def progress(iterable: Iterable | None = None, *, desc: str | None = None, total: float | None = None,

@@ -49,7 +49,8 @@ def test_a_driver_behind_spark_submit_draws_where_its_jvm_writes(monkeypatch, no
 
     leader, follower = pty.openpty()
     on_tty = subprocess.Popen(["sleep", "30"], stdout=follower, stderr=follower)
-    piped = subprocess.Popen(["sleep", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # `spark-submit ... > build.log` / `| tee`: the JVM's stdout (the driver's output) is not the terminal
+    piped = subprocess.Popen(["sleep", "30"], stdout=subprocess.PIPE, stderr=follower)
     try:
         assert progress_mod.process_on_terminal(on_tty.pid) and not progress_mod.process_on_terminal(piped.pid)
         monkeypatch.setattr(progress_mod.os, "getppid", lambda: on_tty.pid)

@@ -333,11 +333,20 @@ def test_an_endpoint_that_never_answers_is_not_cached_and_the_rerun_asks_again(s
                           timeout=300)
     assert down.returncode == 1, down.stderr[-2000:]
     assert "--api-key-env NO_SUCH_KEY_VAR is not set here" in down.stderr
-    assert "warning: 4 of 4 item(s) got no answer from http://127.0.0.1:9/v1" in down.stderr
+    assert "warning: 4 of 4 item(s) got no answer from the endpoint" in down.stderr
     assert "error: partition(s) 0, 1 got no answer to any request: nothing of them is cached" in down.stderr
-    assert not (out / REPORT_NAME).exists() and not list(out.glob("*.done.json"))
-    up = subprocess.run([*args, "--endpoint", server.url], capture_output=True, text=True, env=env, timeout=300)
+    assert not (out / REPORT_NAME).exists() and not list(out.glob("*.done.json")) and not list(out.glob("part-*"))
+    # the rerun asks again, with another --partitions too (no part file of the failed run is left to refuse)
+    one = [a if a != "2" else "1" for a in args]
+    up = subprocess.run([*one, "--endpoint", server.url], capture_output=True, text=True, env=env, timeout=300)
     assert up.returncode == 0, up.stderr[-2000:]
     report = json.loads((out / REPORT_NAME).read_text())
-    assert report["partitions_generated"] == [0, 1] and report["partitions_unanswered"] == []
+    assert report["partitions_generated"] == [0] and report["partitions_unanswered"] == []
     assert report["kept"] + sum(report["rejected"].values()) == 4 and report["rejected"].get("request_failed") is None
+    # some requests answered: kept (paid for), and the run says how to ask for the rest again
+    server.queue.extend([("status", 500)])
+    some = subprocess.run([*one, "--out", str(tmp_path / "some"), "--endpoint", server.url], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert some.returncode == 0, some.stderr[-2000:]
+    assert "warning: partition(s) 0 are kept with those items rejected" in some.stderr
+    assert (tmp_path / "some" / "part-00000.done.json").is_file()

@@ -18,8 +18,9 @@ files (tinygsm, mind --input, owm_label, gsm8k_train) take every input row unles
 says fewer (mind: --num-docs is required and may exceed the inputs, cycling styles).
 
 Rerunning the same command resumes: finished partitions are kept. Prints the report JSON
-(attempted / kept / rejected by reason / quarantined / request counters) and exits 0, or 2 on
-bad usage.
+(attempted / kept / rejected by reason / quarantined / request counters) and exits 0; 1 when
+a partition got no answer to any of its requests (not cached: the rerun asks again); 2 on bad
+usage.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad is not None:
         print(f"error: --{bad[0].replace('_', '-')} {bad[1]}", file=sys.stderr)
         return 2
-    if getattr(args, "api_key_env", None) and not os.environ.get(args.api_key_env):
+    if args.endpoint and args.api_key_env and not os.environ.get(args.api_key_env):
         # The executors read it (in local mode from this environment): unset, requests go out without one.
         print(f"warning: --api-key-env {args.api_key_env} is not set here; requests carry no API key where it is "
               "not set in the executors' environment either", file=sys.stderr)
@@ -165,8 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report, indent=1, sort_keys=True))
     failed = report["rejected"].get("request_failed", 0)
     if failed:
-        print(f"warning: {failed:,} of {report['attempted']:,} item(s) got no answer from {args.endpoint} "
-              f"(rejected/ holds each error)", file=sys.stderr)
+        print(f"warning: {failed:,} of {report['attempted']:,} item(s) got no answer from the endpoint (rejected/ "
+              "holds each error)", file=sys.stderr)
+    if report["partitions_with_failed_requests"]:
+        listed = ", ".join(map(str, report["partitions_with_failed_requests"]))
+        print(f"warning: partition(s) {listed} are kept with those items rejected (their answered items were paid "
+              "for and are not requested again); to request the whole partition again, delete its "
+              "part-NNNNN.done.json and rerun", file=sys.stderr)
     if report["partitions_unanswered"]:
         print(f"error: partition(s) {', '.join(map(str, report['partitions_unanswered']))} got no answer to any "
               "request: nothing of them is cached and the run is not finished (no synth-report.json); rerun the "

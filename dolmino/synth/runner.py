@@ -87,8 +87,8 @@ def _listing(out_dir: str) -> dict[str, int]:
 def check_visible(out_dir: str, stats: list[dict]) -> None:
     """Every partition the executors reported is where the driver looks, at the reported size."""
     found = _listing(out_dir)
-    missing = [s["file"] for s in stats if found.get(s["file"]) != s["bytes"]
-               or (s.get("committed", True) and done_name(s["partition"]) not in found)]
+    missing = [s["file"] for s in stats if s.get("committed", True)
+               and (found.get(s["file"]) != s["bytes"] or done_name(s["partition"]) not in found)]
     if missing:
         raise SynthRunError(
             f"{len(missing)} of {len(stats)} partitions the executors wrote are not visible at {out_dir} (first: "
@@ -219,13 +219,16 @@ def run_partition(generator, partition: int, num_partitions: int, seed: int, out
         raise SynthRunError(f"partition {partition}: generator yielded {attempted} items for {expected} attempts")
     data = _zstd_lines(docs)
     part = join(out_dir, part_name(partition))
+    # No request answered, some made (an endpoint down the whole time): nothing was paid for, so
+    # nothing is cached, not even an empty part a build's glob would take; the rerun asks again.
+    # Such a partition used to be kept as done and never asked again (found by a tester).
+    answered = not (requests.get("failed", 0) and not requests.get("ok", 0))
     write_bytes(join(out_dir, "rejected", part_name(partition)), _zstd_lines(rejected), sync=True)
     write_bytes(join(out_dir, "quarantine", part_name(partition)), _zstd_lines(quarantined), sync=True)
-    write_bytes(part, data, sync=True)
-    # Every request failed (an endpoint that never answered): nothing was paid for, so nothing is
-    # cached; without a done-file the rerun requests the partition again. A rerun used to keep
-    # such a partition as done and never ask again (found by a tester).
-    answered = not attempted or reasons.get("request_failed", 0) < attempted
+    if answered:
+        write_bytes(part, data, sync=True)
+    else:
+        delete(out_dir, [done_name(partition), part_name(partition)])  # another config's, left by an older run
     stats = {"partition": partition, "num_partitions": num_partitions, "generator": generator.name, "seed": seed,
              "config_hash": chash, "file": part_name(partition), "bytes": len(data),
              "sha256": hashlib.sha256(data).hexdigest(), "attempted": attempted, "kept": len(docs),
@@ -331,10 +334,13 @@ def summarize(generator, stats: list[dict], seed: int, num_partitions: int, chas
             "rejected": dict(sorted(rejected.items())), "quarantined": dict(sorted(quarantined.items())),
             "requests": dict(sorted(requests.items())), "bad_responses": bad,
             "failed_requests": requests.get("failed", 0),
-            "partitions_generated": sorted(s["partition"] for s in stats if not s["cached"]),
+            "partitions_generated": sorted(s["partition"] for s in stats
+                                           if not s["cached"] and s.get("committed", True)),
             "partitions_cached": sorted(s["partition"] for s in stats if s["cached"]),
             "partitions_unanswered": sorted(s["partition"] for s in stats if not s.get("committed", True)),
-            "files": [part_name(p) for p in range(num_partitions)]}
+            "files": [part_name(s["partition"]) for s in stats if s.get("committed", True)],
+            "partitions_with_failed_requests": sorted(s["partition"] for s in stats if s.get("committed", True)
+                                                      and s["rejected"].get("request_failed"))}
 
 
 def run(generator, out_dir: str, num_partitions: int, seed: int, spark, progress: bool | None = None,
