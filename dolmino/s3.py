@@ -691,8 +691,10 @@ def list_objects(pattern: str) -> list[S3Object]:
                 if not _is_missing(exc):
                     raise
         prefix = key_pattern.rstrip("/") + "/" if key_pattern.strip("/") else ""
+        # As a local directory expands (glob's "**/*"): no hidden file, nor anything under a hidden
+        # directory below the prefix (web/.hidden/h.jsonl was read from S3, skipped on disk).
         matched = [(k, size, etag) for k, size, etag in _iter_key_info(bucket, prefix)
-                   if not k.endswith("/") and not k.rsplit("/", 1)[-1].startswith(".")]
+                   if not k.endswith("/") and not any(part.startswith(".") for part in k[len(prefix):].split("/"))]
         if not matched and not key_pattern:
             check_bucket(bucket)
     else:
@@ -719,21 +721,8 @@ def expand_uri_glob(pattern: str) -> list[str]:
     """Sorted s3:// URIs of the objects matching a glob (`*`, `?`, `[..]`, `**`).
 
     Without wildcards, an existing object matches itself and a "directory" prefix matches
-    every object under it (hidden names and directory markers excepted), as the local
-    branch of build_mix.expand_paths does. A missing bucket raises S3PathError; a pattern
-    that matches nothing returns [].
+    every object under it (hidden names, what lies under hidden directories, and directory
+    markers excepted), as a local directory expands. A missing bucket raises S3PathError;
+    a pattern that matches nothing returns [] (`list_objects`, without sizes and ETags).
     """
-    bucket, key_pattern = split_uri(pattern)
-    if not any(ch in key_pattern for ch in "*?["):
-        if key_pattern and not key_pattern.endswith("/") and object_size(pattern) is not None:
-            return [pattern]
-        prefix = key_pattern.rstrip("/") + "/" if key_pattern.strip("/") else ""
-        keys = [k for k, _ in iter_keys(bucket, prefix)
-                if not k.endswith("/") and not k.rsplit("/", 1)[-1].startswith(".")]
-        if not keys and not key_pattern:
-            check_bucket(bucket)
-        return sorted(join_uri(bucket, k) for k in keys)
-    regex = _glob_regex(key_pattern)
-    prefix = _literal_prefix(key_pattern)
-    matched = [k for k, _ in iter_keys(bucket, prefix) if not k.endswith("/") and regex.match(k)]
-    return sorted(join_uri(bucket, k) for k in matched)
+    return [obj.uri for obj in list_objects(pattern)]

@@ -586,3 +586,60 @@ def test_mix_with_another_task_size_reuses_the_byte_ranges_tag_wrote(spark, tmp_
     assert main([str(path), "--attributes", str(tmp_path / "attrs"), "--quiet", "--out", str(tmp_path / "o2")],
                 phase="mix") == 2
     assert "give the --split-size it used" in capsys.readouterr().err
+
+
+def test_only_the_builds_own_files_are_removed_as_stale(tmp_path):
+    """remove_stale took any path under --out starting "part-", at any depth: inputs kept there
+    (part-backup/, a source directory named part-00001.npy) were deleted unsaid (found by a tester)."""
+    from dolmino.build.output import remove_stale
+
+    names = ["part-00000.npy", "part-00007.npy", "part-00007.csv.gz", "part-00007.label_mask.npy",
+             "_parts/part-00007.json", "part-00000.npy.tmp123", "part-backup/x.jsonl", "part-00001.npy/x.jsonl",
+             "data/part-00002.npy", "notes.txt", "part-00003.npy.bak"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    removed = remove_stale(str(tmp_path), {"part-00000.npy"})
+    assert sorted(removed) == ["_parts/part-00007.json", "part-00000.npy.tmp123", "part-00007.csv.gz",
+                               "part-00007.label_mask.npy", "part-00007.npy"]
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == sorted(
+        set(names) - set(removed))
+
+
+def test_colliding_and_looping_input_names_are_each_read_once(spark, tmp_path):
+    """Found by a tester: web/d/e.jsonl and web/d__e.jsonl wrote one quarantine file in --out (one
+    record lost), and a `loop -> .` symlink in a source directory made every file an input forty
+    times over. Each file is read once, each unit's quarantine kept, a too-long name refused up front."""
+    import os
+
+    from dolmino.build.inputs import list_inputs
+    from dolmino.errors import BuildError
+
+    docs = []
+    for _, doc in read_documents(str(shared_corpus_file("web.jsonl.zst")), Quarantine()):
+        docs.append(doc)
+        if len(docs) == 6:
+            break
+    web = tmp_path / "web"
+    (web / "d").mkdir(parents=True)
+    for name, part in (("d/e.jsonl", docs[:3]), ("d__e.jsonl", docs[3:])):
+        lines = [json.dumps({**d, "id": f"{name}#{i}"}) for i, d in enumerate(part)] + ['{"id": "cut", "text": "no']
+        (web / name).write_text("\n".join(lines) + "\n")
+    os.symlink(".", web / "loop")
+    spec = {"name": "names", "version": 1, "seed": 3, "budget": 3_000, "data_root": str(tmp_path),
+            "sources": [{"name": "web", "paths": ["web"], "mix_percent": 100.0}]}
+    assert sorted(f.name for f in list_inputs(manifest_from_dict(spec)).files[0]) == ["web/d/e.jsonl",
+                                                                                      "web/d__e.jsonl"]
+    out = tmp_path / "out"
+    report = build(manifest_from_dict(spec), 3_000, str(out), spark, attributes=str(tmp_path / "attrs"))
+    source = report["sources"][0]
+    assert source["docs_in"] == 8 and source["quarantined"] == {"malformed_json": 2}
+    records = [json.loads(line) for f in sorted((out / "quarantine").rglob("*.gz"))
+               for line in gzip.decompress(f.read_bytes()).splitlines()]
+    assert sorted(r["path"].rsplit("/web/", 1)[1] for r in records) == ["d/e.jsonl", "d__e.jsonl"]
+    (web / ("L" * 200 + ".jsonl")).write_text(json.dumps(docs[0]) + "\n")
+    with pytest.raises(BuildError, match=r"source 'web': 1 input file name\(s\) longer than 190 bytes"):
+        list_inputs(manifest_from_dict(spec))
+    # a data root is a place, not a pattern: /d[1] matched /d1 and read another directory
+    with pytest.raises(BuildError, match=r"data root '.*/d\[1\]' holds glob characters"):
+        list_inputs(manifest_from_dict({**spec, "data_root": str(tmp_path / "d[1]")}))

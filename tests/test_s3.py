@@ -80,7 +80,7 @@ def test_open_uri_missing_object_and_bucket_are_file_not_found(bucket):
 TREE = [
     "root/web/a.jsonl.zst", "root/web/b.jsonl.gz", "root/web/sub/c.jsonl.zst", "root/web/sub/deeper/d.jsonl",
     "root/web/.hidden.jsonl.zst", "root/code/x.jsonl.zst", "root/code/y.json", "root/web2/z.jsonl.zst",
-    "root/[lit]/e.jsonl",
+    "root/[lit]/e.jsonl", "root/web/.hid/h.jsonl",  # a hidden directory: skipped as glob skips it on disk
 ]
 PATTERNS = [
     "root/web/*.jsonl.zst", "root/web/*", "root/web/**/*.jsonl.zst", "root/web/**", "root/**/*.jsonl*",
@@ -118,7 +118,7 @@ def test_expand_uri_glob_explicit_cases(glob_tree):
     assert "root/web2/z.jsonl.zst" not in rel("root/web")
     assert rel("root/[[]lit]/*") == ["root/[lit]/e.jsonl"]
     assert rel("root/dirmarker") == []
-    assert len(rel("")) == len(TREE) - 1  # whole bucket, hidden file excepted
+    assert len(rel("")) == len(TREE) - 2  # whole bucket, hidden file and hidden directory excepted
 
 
 def test_expand_uri_glob_missing_bucket_is_an_error(s3_server):

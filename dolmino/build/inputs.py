@@ -111,16 +111,24 @@ def _relative_name(path: str, root: str | None) -> str:
 
 
 def _regular(paths) -> list[tuple[str, os.stat_result]]:
-    """(path, stat) of the regular files among `paths`, sorted: one stat call each."""
-    found = []
+    """(path, stat) of the regular files among `paths`, sorted: one stat call each.
+
+    A file reached by several paths (symlinked directories: a `loop -> .` link gave the same
+    file under web/loop/loop/... forty times, each read as another input; found by a tester)
+    is listed once, under its shortest path."""
+    found: dict[tuple[int, int], tuple[str, os.stat_result]] = {}
     for p in paths:
         try:
             st = os.stat(p)
         except OSError:
             continue
-        if stat.S_ISREG(st.st_mode):
-            found.append((p, st))
-    return sorted(found, key=lambda item: item[0])
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        key = (st.st_dev, st.st_ino) if st.st_ino else ("path", p)  # no inode number: no way to tell
+        seen = found.get(key)
+        if seen is None or (len(p), p) < (len(seen[0]), seen[0]):
+            found[key] = (p, st)
+    return sorted(found.values(), key=lambda item: item[0])
 
 
 def _expand_local_stat(pattern: str) -> tuple[list[tuple[str, os.stat_result]], bool]:
@@ -180,11 +188,26 @@ class Listing:
         return sum(f.size for files in self.files for f in files)
 
 
+# An attribute file is named "<input name>[@<range>].<version>.parquet[.tmp<pid>]" (up to 58 bytes
+# more than the input's own name), and a file name holds 255 bytes: a longer input name failed in
+# the middle of the tag stage with a Spark traceback (found by a tester).
+MAX_NAME_BYTES = 190
+
+
+def _name_too_long(name: str) -> int | None:
+    size = len(name.rsplit("/", 1)[-1].encode("utf-8", "surrogateescape"))
+    return size if size > MAX_NAME_BYTES else None
+
+
 def list_inputs(manifest: Manifest) -> Listing:
     """Every source's input files; one BuildError naming every problem at once."""
     files: list[list[InputFile]] = []
     skipped: list[str] = []
     problems: list[str] = []
+    if any(ch in (manifest.data_root or "") for ch in "*?["):
+        # Joined with a source's paths it would be read as a pattern: /data[1] matched /data1 (found by a tester).
+        raise BuildError(f"data root {manifest.data_root!r} holds glob characters (* ? [), which the listing would "
+                         "read as a pattern; rename the directory (or link it under a plain name)")
     for source in manifest.sources:
         found: dict[str, InputFile] = {}
         for pattern in source.paths:
@@ -201,6 +224,11 @@ def list_inputs(manifest: Manifest) -> Listing:
             for uri, size, version in matched:
                 found.setdefault(uri, InputFile(source.name, uri, _relative_name(uri, manifest.data_root), size,
                                                 version, source.format))
+        long = [(uri, n) for uri in found if (n := _name_too_long(uri))]
+        if long:
+            problems.append(f"source {source.name!r}: {len(long)} input file name(s) longer than {MAX_NAME_BYTES} "
+                            f"bytes, which its attribute files cannot be named after (first: {long[0][0]}, "
+                            f"{long[0][1]} bytes); rename them")
         files.append(sorted(found.values(), key=lambda f: f.name))
     if problems:
         # Where the data root came from is not known here (the manifest's data_root, or a

@@ -523,10 +523,11 @@ def _copy_quarantine(store: AttributeStore, tagged, units, unit_pools: list[Unit
     for unit in units:
         if unit.index in quarantined:
             plan = tagged.plans[unit.source_index]
-            safe = unit.key.replace("/", "__")
+            # The input's own path below the source's directory: "/" flattened to "__" made web/d/e.jsonl
+            # and web/d__e.jsonl one file (one overwrote the other) and deep paths too long a name.
             # Tagging numbers a byte range's lines from its start; the output names the file's line.
             copies.append((store.quarantine_path(plan.name, unit),
-                           f"{out.rstrip('/')}/quarantine/{plan.name}/{safe}.jsonl.gz",
+                           f"{out.rstrip('/')}/quarantine/{plan.name}/{unit.key}.jsonl.gz",
                            tagged.first_lines.get(unit.index, 0)))
     output.copy_quarantine(copies)
 

@@ -15,6 +15,7 @@ integrity); re-reading a 200 GB mix through the driver would cost more than the 
 from __future__ import annotations
 
 import json
+import re
 import os
 import socket
 import time
@@ -147,9 +148,16 @@ def verify_parts(out: str, parts: list[PartResult]) -> None:
             "at the same path on every node). The build is not complete (no report.json).")
 
 
+# What a build writes at the top of --out and in _parts/; nothing else is ever removed as stale.
+# It matched any path starting "part-" at any depth: inputs kept under --out (a directory named
+# part-backup/, say) were deleted unsaid (found by a tester).
+_BUILD_FILE = re.compile(r"part-\d{5,}\.(?:npy|label_mask\.npy|csv\.gz)(?:\.tmp\d+)?|"
+                         + re.escape(PARTS_DIR) + r"/part-\d{5,}\.json(?:\.tmp\d+)?")
+
+
 def remove_stale(out: str, keep: set[str]) -> list[str]:
     """Delete part files and commit records that the current build did not write."""
-    stale = [n for n in list_files(out) if (n.startswith("part-") or n.startswith(PARTS_DIR + "/")) and n not in keep]
+    stale = [n for n in list_files(out) if _BUILD_FILE.fullmatch(n) and n not in keep]
     delete(out, stale)
     return stale
 
