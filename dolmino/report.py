@@ -325,11 +325,14 @@ def render_markdown(report: dict) -> str:
         lines.append("")
     stages = report["run"].get("stages", {})
     if stages:
-        lines += ["## Stages", "", "| stage | wall s | task CPU s | executor run s | shuffle written | spilled | docs "
+        lines += ["## Stages", "", "Task CPU s: the Python work of the stage's tasks, where they measure it (-: "
+                  "not measured, as in the MinHash stages' Spark transformations); executor run s: Spark's.", "",
+                  "| stage | wall s | task CPU s | executor run s | shuffle written | spilled | docs "
                   "| bytes | tokens |", "|---|---|---|---|---|---|---|---|---|"]
         for name, st in stages.items():
             spark = st.get("spark") or {}
-            lines.append(f"| {name} | {st['wall_s']:.1f} | {st['task_cpu_s']:.1f} | "
+            cpu = f"{st['task_cpu_s']:.1f}" if st["task_cpu_s"] or not spark.get("executor_run_s") else "-"
+            lines.append(f"| {name} | {st['wall_s']:.1f} | {cpu} | "
                          f"{spark.get('executor_run_s', '-')} | {format_count(spark.get('shuffle_write_bytes', 0))}B | "
                          f"{format_count(spark.get('spilled_bytes', 0))}B | {st['docs']:,} | "
                          f"{format_count(st['bytes'])}B | {format_count(st['tokens'])} |")

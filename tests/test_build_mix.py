@@ -220,6 +220,15 @@ def test_cli_reports_missing_inputs_without_starting_spark(tmp_path, capsys):
     assert "no input files match" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag", ["--split-size", "--task-size"])
+def test_cli_names_sizes_as_bytes(tmp_path, capsys, flag):
+    """They said "expected a count like '100B'" (a token count: B, billions; found by a tester)."""
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(_manifest(tmp_path)))
+    assert build_main(["--manifest", str(path), "--out", str(tmp_path / "o"), flag, "abc"]) == 2
+    assert f"{flag}: expected a size in bytes like 256M, 64K or 1000000" in capsys.readouterr().err
+
+
 def test_cli_rejects_bad_budget(tmp_path, capsys):
     path = tmp_path / "m.json"
     path.write_text(json.dumps(_manifest(tmp_path)))

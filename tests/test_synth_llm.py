@@ -167,6 +167,26 @@ def test_gives_up_without_raising(server):
     assert client.counts["failed"] == 2 and client.counts["requests"] == 4
 
 
+def test_an_endpoint_that_never_responded_is_not_tried_past_the_first_items(server):
+    """Nothing listening: every item was retried in full (~6 s each), a 125-item partition took
+    ~12 minutes to say the endpoint was down (found by a tester). After DOWN_AFTER items without
+    any response the client sends nothing more; once an endpoint has responded it keeps retrying."""
+    from dolmino.synth.openai_client import DOWN_AFTER
+
+    sleeps = []
+    down = _client("http://127.0.0.1:9/v1", sleeps, max_retries=2, backoff_base=0.001)
+    results = [down.complete([{"role": "user", "content": str(i)}]) for i in range(10)]
+    assert down.counts["requests"] == DOWN_AFTER * 3 and down.counts["failed"] == 10
+    assert all(r.error == "connection_error" for r in results[:DOWN_AFTER])
+    assert all(r.error.startswith("endpoint_down") and r.attempts == 0 for r in results[DOWN_AFTER:])
+    flaky = _client(server.url, [], max_retries=1, backoff_base=0.001)
+    assert flaky.complete([{"role": "user", "content": "x"}]).content is not None
+    server.queue.extend([("hangup",)] * 2 * (DOWN_AFTER + 1))
+    for _ in range(DOWN_AFTER + 1):
+        assert flaky.complete([{"role": "user", "content": "x"}]).error == "connection_error"
+    assert flaky.counts["requests"] == 1 + 2 * (DOWN_AFTER + 1)  # every item still tried in full
+
+
 def test_timeouts_and_hangups_are_counted(server):
     server.queue.extend([("slow", 1.0), ("hangup",)])
     client = _client(server.url, [], max_retries=2, timeout=0.3, backoff_base=0.01)

@@ -122,10 +122,7 @@ def prepare(args: argparse.Namespace, phase: str):
     out = _location(out) if out else ""
     attributes = _location(args.attributes) if args.attributes else default_attributes_root(out)
     _check_locations(out, attributes)
-    task_bytes = parse_count(args.task_size, "--task-size")
-    split_bytes = parse_count(args.split_size, "--split-size")
-    if split_bytes < 1:
-        raise BuildError(f"--split-size must be positive, got {args.split_size}")
+    task_bytes, split_bytes = _size(args.task_size, "--task-size"), _size(args.split_size, "--split-size")
     if args.read_ahead < 0:
         raise BuildError(f"--read-ahead must be 0 or more, got {args.read_ahead}")
     lock = require_lock(manifest, args.lockfile) if args.locked else None  # BuildError naming every drifted file
@@ -136,6 +133,17 @@ def prepare(args: argparse.Namespace, phase: str):
                            split_bytes=split_bytes, read_ahead=args.read_ahead, quiet=args.quiet,
                            lock=lock)
     return manifest, options
+
+
+def _size(value: str, flag: str) -> int:
+    """A byte size: the count syntax (K, M: powers of ten), named as bytes in its error."""
+    from dolmino.manifest import count_value
+
+    try:
+        return count_value(value)
+    except ValueError:
+        raise ManifestError(f"{flag}: expected a size in bytes like 256M, 64K or 1000000 (K, M: powers of ten), "
+                            f"got {value!r}") from None
 
 
 # Exceptions raised in an executor reach the driver inside a Py4J error whose text holds the
