@@ -17,6 +17,7 @@ import csv
 import gzip
 import io
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,11 @@ SIDECAR_FIELDS = ("start", "end", "id", "src", "loc")
 
 def part_name(index: int) -> str:
     return f"part-{index:05d}"
+
+
+# A build's part files, by name (token memmap, label mask, sidecar): what publish, validate and
+# a rebuild's stale cleanup hold to report.json; any other file, part-like name or not, is not one.
+PART_FILE = re.compile(r"part-\d{5,}\.(?:npy|label_mask\.npy|csv\.gz)")
 
 
 @dataclass

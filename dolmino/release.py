@@ -72,6 +72,7 @@ from datetime import datetime, timezone
 from typing import Callable, NamedTuple
 
 from dolmino import s3
+from dolmino.memmap import PART_FILE
 
 RELEASE_FILE = "RELEASE.json"
 RELEASE_FORMAT = "dolmino-release/2"
@@ -286,7 +287,7 @@ def unlisted_parts(names, listed) -> tuple[list[str], list[str]]:
     """(files report.json lists that are not among `names`, part files among `names` it does
     not list), each sorted: what `dolmino validate` and publish both refuse."""
     present = set(names)
-    return sorted(set(listed) - present), sorted(n for n in present if n.startswith("part-") and n not in listed)
+    return sorted(set(listed) - present), sorted(n for n in present if PART_FILE.fullmatch(n) and n not in listed)
 
 
 def check_listed(where: str, names: list[str], listed: dict[str, str]) -> None:

@@ -640,15 +640,38 @@ def test_colliding_and_looping_input_names_are_each_read_once(spark, tmp_path):
     assert sorted(f.name for f in list_inputs(manifest_from_dict(spec)).files[0]) == ["web/d/e.jsonl",
                                                                                       "web/d__e.jsonl"]
     out = tmp_path / "out"
+    (out / "quarantine" / "web").mkdir(parents=True)
+    (out / "quarantine" / "web" / "web__d__e.jsonl.jsonl.gz").write_bytes(b"an earlier build's")
+    (out / "quarantine" / "notes.txt").write_text("mine")
     report = build(manifest_from_dict(spec), 3_000, str(out), spark, attributes=str(tmp_path / "attrs"))
     source = report["sources"][0]
     assert source["docs_in"] == 8 and source["quarantined"] == {"malformed_json": 2}
+    # an earlier build's quarantine file is not this build's (a release would hold uncounted lines)
+    assert sorted(p.relative_to(out).as_posix() for p in (out / "quarantine").rglob("*") if p.is_file()) == [
+        "quarantine/notes.txt", "quarantine/web/web/d/e.jsonl.jsonl.gz", "quarantine/web/web/d__e.jsonl.jsonl.gz"]
     records = [json.loads(line) for f in sorted((out / "quarantine").rglob("*.gz"))
                for line in gzip.decompress(f.read_bytes()).splitlines()]
     assert sorted(r["path"].rsplit("/web/", 1)[1] for r in records) == ["d/e.jsonl", "d__e.jsonl"]
+    # a linked file under a name of its own is listed (a shorter link's name once hid its target; found by a reviewer)
+    os.symlink("d__e.jsonl", web / "latest")
+    os.symlink("d/e.jsonl", web / "z.jsonl")
+    assert sorted(f.name for f in list_inputs(manifest_from_dict(spec)).files[0]) == [
+        "web/d/e.jsonl", "web/d__e.jsonl", "web/z.jsonl"]
     (web / ("L" * 200 + ".jsonl")).write_text(json.dumps(docs[0]) + "\n")
     with pytest.raises(BuildError, match=r"source 'web': 1 input file name\(s\) longer than 190 bytes"):
         list_inputs(manifest_from_dict(spec))
     # a data root is a place, not a pattern: /d[1] matched /d1 and read another directory
     with pytest.raises(BuildError, match=r"data root '.*/d\[1\]' holds glob characters"):
         list_inputs(manifest_from_dict({**spec, "data_root": str(tmp_path / "d[1]")}))
+
+
+def test_quarantine_names_are_clean_relative_paths_one_per_key():
+    """S3 keys with "//", a leading "/", or an s3:// source outside the data root gave names that
+    collided on a local --out or that a release refuses (found by a reviewer)."""
+    from dolmino.build.mix import quarantine_name
+
+    keys = ["web/a.jsonl", "web//a.jsonl", "/web/a.jsonl", "web/./a.jsonl", "s3://bkt/web/a.jsonl", "web/../a.jsonl"]
+    names = [quarantine_name(k) for k in keys]
+    assert names[0] == "web/a.jsonl.jsonl.gz" and len(set(names)) == len(keys)
+    assert all("//" not in n and not n.startswith("/") and "/./" not in n and "/../" not in n and ":" not in n
+               for n in names)

@@ -135,7 +135,7 @@ def test_success_and_request_body(server):
     req = server.requests[0]
     assert req["path"] == "/v1/chat/completions" and req["auth"] == "Bearer sk-test"
     assert req["body"]["model"] == "test-model" and req["body"]["temperature"] == 0.5
-    assert client.counts == {"requests": 1, "ok": 1} and sleeps == []
+    assert client.counts == {"requests": 1, "ok": 1, "responses": 1} and sleeps == []
 
 
 def test_retries_count_every_failure_kind(server):
@@ -179,6 +179,12 @@ def test_an_endpoint_that_never_responded_is_not_tried_past_the_first_items(serv
     assert down.counts["requests"] == DOWN_AFTER * 3 and down.counts["failed"] == 10
     assert all(r.error == "connection_error" for r in results[:DOWN_AFTER])
     assert all(r.error.startswith("endpoint_down") and r.attempts == 0 for r in results[DOWN_AFTER:])
+    # a gateway answering 502 for a backend that is down is no answer either (found by a reviewer)
+    gateway = _client(server.url, [], max_retries=1, backoff_base=0.001)
+    server.queue.extend([("status", 502)] * 2 * DOWN_AFTER)
+    results = [gateway.complete([{"role": "user", "content": str(i)}]) for i in range(DOWN_AFTER + 2)]
+    assert [r.error.split(":")[0] for r in results] == ["http_5xx"] * DOWN_AFTER + ["endpoint_down"] * 2
+    assert gateway.counts["responses"] == 0 and not server.queue
     flaky = _client(server.url, [], max_retries=1, backoff_base=0.001)
     assert flaky.complete([{"role": "user", "content": "x"}]).content is not None
     server.queue.extend([("hangup",)] * 2 * (DOWN_AFTER + 1))

@@ -227,7 +227,8 @@ def test_overwrite_keeps_what_the_run_reads_and_what_is_not_a_run(data_dir, tmp_
     (save / "step000002.bak").mkdir()
     capsys.readouterr()
     assert main([*base, "--init-from", str(save), "--save-dir", str(save), "--overwrite"]) == 2
-    assert "lies inside --save-dir" in capsys.readouterr().err and (save / "step000002" / "model.pt").is_file()
+    assert "lies where --overwrite would remove it" in capsys.readouterr().err
+    assert (save / "step000002" / "model.pt").is_file()
     assert main([*base, "--save-dir", str(save), "--resume", "--overwrite"]) == 2
     assert "--overwrite removes the run that --resume would continue" in capsys.readouterr().err
     other = tmp_path / "other"
@@ -237,8 +238,19 @@ def test_overwrite_keeps_what_the_run_reads_and_what_is_not_a_run(data_dir, tmp_
     assert f"--save-dir {other} holds a run" in capsys.readouterr().err
     fork = ["--save-dir", str(tmp_path / "fork"), "--resume", str(save / "step000002")]
     assert main([*base, "--steps", "3", *fork]) == 0
+    # a copy of another run's checkpoint kept in a subdirectory is not --save-dir's own (found by a tester)
+    shutil.copytree(other / "step000002", save / "backup" / "step000002")
+    assert main([*base, "--steps", "3", "--save-dir", str(save), "--resume", str(save / "backup" / "step000002")]) == 2
+    assert "resume it in its own --save-dir, or into an empty one" in capsys.readouterr().err
+    # metrics.jsonl or eval/ without a checkpoint: nothing to resume, said so
+    (tmp_path / "crashed").mkdir()
+    (tmp_path / "crashed" / "eval").mkdir()
+    assert main([*base, "--save-dir", str(tmp_path / "crashed")]) == 2
+    assert "holds a run (eval/); it has no checkpoint to resume; --overwrite" in capsys.readouterr().err
+    os.symlink(other / "step000002", save / "step000009")
     clear_run(save)
-    assert sorted(p.name for p in save.iterdir()) == ["step000002.bak"]
+    assert sorted(p.name for p in save.iterdir()) == ["backup", "step000002.bak"]
+    assert (other / "step000002" / "model.pt").is_file()  # a symlinked checkpoint: the link goes, not its target
 
 
 def test_cli_reports_bad_data_clearly(tmp_path):

@@ -182,7 +182,24 @@ def existing_run(save_dir: str | Path) -> str | None:
         found.append(METRICS_FILE)
     if (save_dir / LATEST).is_file() and not steps:
         found.append(LATEST)
+    if (save_dir / EVAL_DIR).is_dir():  # its scores would read as the new run's (found by a tester)
+        found.append(f"{EVAL_DIR}/")
     return ", ".join(found) or None
+
+
+def has_checkpoint(save_dir: str | Path) -> bool:
+    return any(p.is_dir() and _STEP_DIR.fullmatch(p.name) for p in Path(save_dir).glob("step*"))
+
+
+def cleared_by_overwrite(path: str | Path, save_dir: str | Path) -> bool:
+    """Whether `clear_run(save_dir)` would remove `path` (or what holds it)."""
+    try:
+        rel = Path(path).resolve().relative_to(Path(save_dir).resolve())
+    except ValueError:
+        return False
+    first = rel.parts[0] if rel.parts else ""
+    return not rel.parts or bool(_STEP_DIR.fullmatch(first) or _STEP_TMP.fullmatch(first)) or first in (
+        LATEST, METRICS_FILE, EVAL_DIR)
 
 
 def clear_run(save_dir: str | Path) -> None:
@@ -194,7 +211,9 @@ def clear_run(save_dir: str | Path) -> None:
     for path in save_dir.iterdir():
         # checkpoints, and the temporary directories of writes a kill cut short; nothing else
         ours = _STEP_DIR.fullmatch(path.name) or _STEP_TMP.fullmatch(path.name)
-        if ours and path.is_dir() and not path.is_symlink():
+        if ours and path.is_symlink():
+            path.unlink()  # the link, never what it points to
+        elif ours and path.is_dir():
             shutil.rmtree(path)
     for name in (LATEST, METRICS_FILE):
         (save_dir / name).unlink(missing_ok=True)

@@ -29,7 +29,8 @@ import torch
 
 from dolmino.s3 import local_path
 from trainer.checkpoint import (
-    CONFIG_FILE, clear_run, existing_run, files_fingerprint, load_json_file, resolve_checkpoint, resume_advice,
+    CONFIG_FILE, clear_run, cleared_by_overwrite, existing_run, files_fingerprint, has_checkpoint, load_json_file,
+    resolve_checkpoint, resume_advice,
 )
 from trainer.cli import HelpFormatter, parse_count, positive_int  # noqa: F401  (parse_count: this module's API)
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
@@ -177,24 +178,35 @@ def init_from_resumed(args: argparse.Namespace, resume: Path) -> str | None:
     return f"resume: --init-from {args.init_from} as {path.name} records it"
 
 
-def _inside(path: str | Path, directory: str | Path) -> bool:
-    return Path(path).resolve().is_relative_to(Path(directory).resolve())
+def _own_checkpoint(path: str | Path, save_dir: str | Path) -> bool:
+    """A checkpoint of --save-dir's own run (one of its step*/ directories, or the dir itself):
+    a copy kept in a subdirectory of it is another run's (found by a tester)."""
+    path, save_dir = Path(path).resolve(), Path(save_dir).resolve()
+    return path == save_dir or path.parent == save_dir
 
 
-def start_afresh(save_dir: str, overwrite: bool, env, log, keep: list[Path]) -> None:
+def start_afresh(save_dir: str, overwrite: bool, env, log, keep: list[Path], resuming: bool) -> None:
     """A fresh run into a --save-dir that holds one appended to its metrics.jsonl (steps 1, 2,
     1, 2) and replaced its checkpoints as it saved, unsaid: refused, or with `overwrite` the
     old run is removed first. Rank 0 writes checkpoints and metrics, so its directory decides.
     `keep`: what this run reads (--init-from, a --resume checkpoint elsewhere), never removed."""
     held = existing_run(save_dir) if env.is_main else None
+    resumable = has_checkpoint(save_dir) if env.is_main else False
     if not ranks_agree([int(held is not None)], env)[1][0]:
         return
     if not overwrite:
-        raise ValueError(f"--save-dir {save_dir} holds a run{f' ({held})' if held else ''}; pass --resume to "
-                         "continue it, --overwrite to start afresh there (removing it), or another --save-dir")
+        what = f" ({held})" if held else " (see rank 0)"
+        if resuming:
+            fix = "resume it in its own --save-dir, or into an empty one; --overwrite starts afresh there (removing it)"
+        elif resumable or not env.is_main:
+            fix = "pass --resume to continue it, --overwrite to start afresh there (removing it), or another --save-dir"
+        else:  # metrics.jsonl or eval/ without a checkpoint: a run that stopped before its first save
+            fix = ("it has no checkpoint to resume; --overwrite starts afresh there (removing it), or use another "
+                   "--save-dir")
+        raise ValueError(f"--save-dir {save_dir} holds a run{what}; {fix}")
     for path in keep:
-        if _inside(path, save_dir):
-            raise ValueError(f"{path} lies inside --save-dir {save_dir}, whose run --overwrite would remove; copy it "
+        if cleared_by_overwrite(path, save_dir):
+            raise ValueError(f"{path} lies where --overwrite would remove it in --save-dir {save_dir}; copy it "
                              "elsewhere first, or use another --save-dir")
     if env.is_main:
         clear_run(save_dir)
@@ -228,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if taken and os.environ.get("RANK", "0") == "0":  # before the process group: every rank got here
             print(taken)
-        if args.overwrite and _inside(resume, args.save_dir):
+        if args.overwrite and _own_checkpoint(resume_from, args.save_dir):
             print("trainer.run: error: --overwrite removes the run that --resume would continue; pass one of them",
                   file=sys.stderr)
             return 2
@@ -259,10 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         run = run_config_from_args(args, data_paths, env.world_size, env.device, plan)
         if init is not None:
             run.init = {**init.provenance(), "lr_source": plan.lr_source}
-        if resume is None or not _inside(resume_from, args.save_dir):
+        if resume is None or not _own_checkpoint(resume_from, args.save_dir):
             # also a --resume of a checkpoint elsewhere: its run goes on in --save-dir
             start_afresh(args.save_dir, args.overwrite, env, log,
-                         [p for p in (init.path if init is not None else None, resume_from) if p is not None])
+                         [p for p in (init.path if init is not None else None, resume_from) if p is not None],
+                         resuming=resume is not None)
         if args.sync_debug and env.device.type == "cuda":
             torch.cuda.set_sync_debug_mode("warn")
         trainer = Trainer(run, env, args.save_dir, resume=resume, log=log, keep_last=args.keep_last)

@@ -113,10 +113,12 @@ def _relative_name(path: str, root: str | None) -> str:
 def _regular(paths) -> list[tuple[str, os.stat_result]]:
     """(path, stat) of the regular files among `paths`, sorted: one stat call each.
 
-    A file reached by several paths (symlinked directories: a `loop -> .` link gave the same
-    file under web/loop/loop/... forty times, each read as another input; found by a tester)
-    is listed once, under its shortest path."""
-    found: dict[tuple[int, int], tuple[str, os.stat_result]] = {}
+    A name reached through several directory paths (symlinked directories: a `loop -> .` link
+    gave the same file under web/loop/loop/... forty times, each read as another input; found
+    by a tester) is listed once, under its shortest path. Names are not merged: a symlinked
+    or hard-linked file under a name of its own is an input of its own, as a listing shows it."""
+    found: dict[tuple[str, str], tuple[str, os.stat_result]] = {}
+    real_dirs: dict[str, str] = {}
     for p in paths:
         try:
             st = os.stat(p)
@@ -124,7 +126,10 @@ def _regular(paths) -> list[tuple[str, os.stat_result]]:
             continue
         if not stat.S_ISREG(st.st_mode):
             continue
-        key = (st.st_dev, st.st_ino) if st.st_ino else ("path", p)  # no inode number: no way to tell
+        parent, name = os.path.split(p)
+        if parent not in real_dirs:
+            real_dirs[parent] = os.path.realpath(parent)
+        key = (real_dirs[parent], name)
         seen = found.get(key)
         if seen is None or (len(p), p) < (len(seen[0]), seen[0]):
             found[key] = (p, st)
@@ -204,7 +209,8 @@ def list_inputs(manifest: Manifest) -> Listing:
     files: list[list[InputFile]] = []
     skipped: list[str] = []
     problems: list[str] = []
-    if any(ch in (manifest.data_root or "") for ch in "*?["):
+    relative = any(not (p.startswith("s3://") or os.path.isabs(p)) for src in manifest.sources for p in src.paths)
+    if relative and any(ch in (manifest.data_root or "") for ch in "*?["):
         # Joined with a source's paths it would be read as a pattern: /data[1] matched /data1 (found by a tester).
         raise BuildError(f"data root {manifest.data_root!r} holds glob characters (* ? [), which the listing would "
                          "read as a pattern; rename the directory (or link it under a plain name)")

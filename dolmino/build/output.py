@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dolmino.build.write import PARTS_DIR, PartResult
 from dolmino.checksums import sha256_file
 from dolmino.errors import BuildError
+from dolmino.memmap import PART_FILE
 from dolmino.storage import delete, is_remote, join, list_files, read_bytes, read_if_exists, write_bytes
 
 COMPLETION_MARKER = "report.json"
@@ -151,7 +152,7 @@ def verify_parts(out: str, parts: list[PartResult]) -> None:
 # What a build writes at the top of --out and in _parts/; nothing else is ever removed as stale.
 # It matched any path starting "part-" at any depth: inputs kept under --out (a directory named
 # part-backup/, say) were deleted unsaid (found by a tester).
-_BUILD_FILE = re.compile(r"part-\d{5,}\.(?:npy|label_mask\.npy|csv\.gz)(?:\.tmp\d+)?|"
+_BUILD_FILE = re.compile(f"(?:{PART_FILE.pattern})" + r"(?:\.tmp\d+)?|"
                          + re.escape(PARTS_DIR) + r"/part-\d{5,}\.json(?:\.tmp\d+)?")
 
 
@@ -159,6 +160,16 @@ def remove_stale(out: str, keep: set[str]) -> list[str]:
     """Delete part files and commit records that the current build did not write."""
     stale = [n for n in list_files(out) if _BUILD_FILE.fullmatch(n) and n not in keep]
     delete(out, stale)
+    return stale
+
+
+def remove_stale_quarantine(out: str, keep: set[str]) -> list[str]:
+    """Delete quarantine files under --out that this build did not write (an earlier build's, of
+    inputs clean now or named otherwise): a release would hold lines its report does not count."""
+    root = join(out, "quarantine")
+    kept = {p[len(root.rstrip("/")) + 1:] for p in keep}
+    stale = [n for n in list_files(root) if n.endswith(".jsonl.gz") and n not in kept]
+    delete(root, stale)
     return stale
 
 

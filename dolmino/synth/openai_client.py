@@ -110,18 +110,21 @@ def invalid_setting(*, timeout: float, max_retries: int, requests_per_second: fl
     return None
 
 
-# After this many items in a row whose every try failed to reach the endpoint (connection refused,
-# timeouts), none ever answered, the client sends nothing more: a partition of 125 items spent
-# ~12 minutes retrying an endpoint that was down before it said so (found by a tester).
+# After this many items in a row whose every try got no answer (connection refused, timeouts, a
+# gateway's 502/503/504 or a 429 for a backend that is down), none ever answered, the client
+# sends nothing more: a partition of 125 items spent ~12 minutes retrying an endpoint that was
+# down before it said so (found by a tester).
 DOWN_AFTER = 3
 
 
 class ChatClient:
     """Retrying, rate-limited chat-completions client that never raises for a failed request.
 
-    An endpoint that never answered (no response at all to the first DOWN_AFTER items, each
-    retried) is taken as down: later items fail at once with `endpoint_down`, nothing sent.
-    Once it has answered, failures are retried as usual (an outage mid-run may pass)."""
+    An endpoint that never answered (no final answer, a 200 or a status not worth retrying, to
+    the first DOWN_AFTER items, each retried) is taken as down: later items fail at once with
+    `endpoint_down`, nothing sent. Once it has answered, failures are retried as usual (an
+    outage mid-run may pass). `counts["responses"]` counts the answers (200s, usable or not,
+    and final errors): what an endpoint may bill for."""
 
     def __init__(self, endpoint: str, model: str, api_key: str | None = None, *, timeout: float = 60.0,
                  max_retries: int = 4, backoff_base: float = 0.5, backoff_max: float = 30.0,
@@ -184,7 +187,7 @@ class ChatClient:
         if not self.reached and self.unreached >= DOWN_AFTER:
             self.counts["not_sent_endpoint_down"] += 1
             self.counts["failed"] += 1
-            return ChatResult(None, f"endpoint_down: no response from {self.url} to any try of the first "
+            return ChatResult(None, f"endpoint_down: no answer from {self.url} to any try of the first "
                                     f"{DOWN_AFTER} items; not sent", 0)
         body = json.dumps({"model": self.model, "messages": messages, **params}).encode("utf-8")
         error = None
@@ -203,7 +206,9 @@ class ChatClient:
             except Exception:  # noqa: BLE001 - RemoteDisconnected, reset, bad status line...
                 error = "connection_error"
             else:
-                self.reached = True
+                if status == 200 or status not in RETRYABLE_STATUS:
+                    self.reached = True
+                    self.counts["responses"] += 1
                 if status == 200:
                     content, bad = self.parse(data)
                     if content is not None:

@@ -219,10 +219,11 @@ def run_partition(generator, partition: int, num_partitions: int, seed: int, out
         raise SynthRunError(f"partition {partition}: generator yielded {attempted} items for {expected} attempts")
     data = _zstd_lines(docs)
     part = join(out_dir, part_name(partition))
-    # No request answered, some made (an endpoint down the whole time): nothing was paid for, so
+    # Requests made, none answered (an endpoint down the whole time): nothing was billed, so
     # nothing is cached, not even an empty part a build's glob would take; the rerun asks again.
-    # Such a partition used to be kept as done and never asked again (found by a tester).
-    answered = not (requests.get("failed", 0) and not requests.get("ok", 0))
+    # Such a partition used to be kept as done and never asked again (found by a tester). An
+    # answer that was unusable (a 200 without content) may have been billed: that one is kept.
+    answered = not (requests.get("requests", 0) and not requests.get("responses", 0))
     write_bytes(join(out_dir, "rejected", part_name(partition)), _zstd_lines(rejected), sync=True)
     write_bytes(join(out_dir, "quarantine", part_name(partition)), _zstd_lines(quarantined), sync=True)
     if answered:
