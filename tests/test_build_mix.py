@@ -160,7 +160,7 @@ def test_accounting_and_quarantine_add_up(built):
     assert report["totals"]["tokenized_per_written"] < 1.15
     web = next(s for s in report["sources"] if s["name"] == "web")
     assert web["quarantined"] == {"invalid_utf8": 1, "malformed_json": 1, "missing_text": 1}
-    qfiles = list((out / "quarantine" / "web").glob("*.jsonl.gz"))
+    qfiles = list((out / "quarantine" / "web").rglob("*.jsonl.gz"))  # each under its input path
     rows = [json.loads(line) for f in qfiles for line in gzip.open(f, "rt")]
     assert sorted(r["reason"] for r in rows) == ["invalid_utf8", "malformed_json", "missing_text"]
     code = next(s for s in report["sources"] if s["name"] == "code")

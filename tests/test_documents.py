@@ -749,11 +749,17 @@ def test_read_lines_refuses_a_file_changed_since_it_was_tagged(tmp_path):
     unit = Unit(0, 0, InputFile("s", str(path), "a.jsonl.zst", path.stat().st_size, "v"))
     assert [d["id"] for _, d in read_lines(str(path), unit, [2, 5])] == ["1", "4"]
     path.write_bytes(zstandard.compress(("\n".join(lines[:3]) + "\n").encode()))
-    with pytest.raises(OSError, match="ends before line 5"):
+    with pytest.raises(OSError, match="bytes where the listing found"):  # another size: said first
         list(read_lines(str(path), unit, [2, 5]))
+
+    def relisted() -> Unit:  # the same size as the listing found (a rewrite that kept it)
+        return Unit(0, 0, InputFile("s", str(path), "a.jsonl.zst", path.stat().st_size, "v"))
+
+    with pytest.raises(OSError, match="ends before line 5"):
+        list(read_lines(str(path), relisted(), [2, 5]))
     path.write_bytes(zstandard.compress(("\n".join(lines[:4] + ["{broken"] + lines[5:]) + "\n").encode()))
     with pytest.raises(OSError, match="line 5 was a document when tagged"):
-        list(read_lines(str(path), unit, [2, 5]))
+        list(read_lines(str(path), relisted(), [2, 5]))
 
 
 @pytest.mark.parametrize("damage", ["none", "truncated", "garbage"])
