@@ -524,26 +524,9 @@ def _copy_quarantine(store: AttributeStore, tagged, units, unit_pools: list[Unit
         if unit.index in quarantined:
             plan = tagged.plans[unit.source_index]
             # Tagging numbers a byte range's lines from its start; the output names the file's line.
-            copies.append((store.quarantine_path(plan.name, unit),
-                           f"{out.rstrip('/')}/{QUARANTINE_DIR}/{plan.name}/{quarantine_name(unit.key)}",
+            copies.append((store.quarantine_path(plan.name, unit), output.quarantine_name(plan.name, unit.key),
                            tagged.first_lines.get(unit.index, 0)))
-    output.copy_quarantine(copies)
-    output.remove_stale_quarantine(out, {dest for _, dest, _ in copies})
-
-
-QUARANTINE_DIR = "quarantine"
-
-
-def quarantine_name(key: str) -> str:
-    """A unit's quarantine file under quarantine/<source>/: the input's path relative to the data
-    root ("/" flattened to "__" made web/d/e.jsonl and web/d__e.jsonl one file, one record lost,
-    and deep paths too long a name). A key that is not a clean relative path (S3 keys with "//",
-    an s3:// source outside the data root) is cleaned, plus a hash of itself: still one file."""
-    parts = ["_.." if p == ".." else p for p in key.replace("s3://", "s3/", 1).split("/") if p not in ("", ".")]
-    name = "/".join(parts)
-    if name != key:
-        name += "." + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return name + ".jsonl.gz"
+    output.copy_quarantine(out, copies)
 
 
 def _tag_summary(manifest, options, tagged, units, listing, elapsed, sc, state) -> dict:

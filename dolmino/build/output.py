@@ -14,9 +14,10 @@ integrity); re-reading a 200 GB mix through the driver would cost more than the 
 
 from __future__ import annotations
 
+import hashlib
 import json
-import re
 import os
+import re
 import socket
 import time
 import uuid
@@ -163,20 +164,32 @@ def remove_stale(out: str, keep: set[str]) -> list[str]:
     return stale
 
 
-def remove_stale_quarantine(out: str, keep: set[str]) -> list[str]:
-    """Delete quarantine files under --out that this build did not write (an earlier build's, of
-    inputs clean now or named otherwise): a release would hold lines its report does not count."""
-    root = join(out, "quarantine")
-    kept = {p[len(root.rstrip("/")) + 1:] for p in keep}
-    stale = [n for n in list_files(root) if n.endswith(".jsonl.gz") and n not in kept]
-    delete(root, stale)
-    return stale
+QUARANTINE_DIR = "quarantine"  # under --out: refused input lines, one file per input (or byte range)
 
 
-def copy_quarantine(copies: list[tuple[str, str, int]]) -> None:
-    """(source path, destination path, line offset): a unit's quarantine file into --out, its
-    records' lines moved by the lines of the file before the unit (byte ranges)."""
+def quarantine_name(source: str, key: str) -> str:
+    """A unit's quarantine file, relative to --out's quarantine/: <source>/<input path>.jsonl.gz,
+    the input's path relative to the data root ("/" flattened to "__" made web/d/e.jsonl and
+    web/d__e.jsonl one file, one record lost, and deep paths too long a name). A key that is not
+    a clean relative path (S3 keys with "//", an s3:// source outside the data root) is cleaned,
+    plus a hash of itself: still one file."""
+    parts = ["_.." if p == ".." else p for p in key.replace("s3://", "s3/", 1).split("/") if p not in ("", ".")]
+    name = "/".join(parts)
+    if name != key:
+        name += "." + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{source}/{name}.jsonl.gz"
+
+
+def copy_quarantine(out: str, copies: list[tuple[str, str, int]]) -> None:
+    """(source path, name from `quarantine_name`, line offset): each unit's quarantine file into
+    --out, its records' lines moved by the lines of the file before the unit (byte ranges). Then
+    the quarantine files this build did not write are removed (an earlier build's, of inputs
+    clean now or named otherwise): a release would hold lines its report does not count."""
     from dolmino.documents import shift_quarantine_lines
 
+    root = join(out, QUARANTINE_DIR)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda c: write_bytes(c[1], shift_quarantine_lines(read_bytes(c[0]), c[2])), copies))
+        list(pool.map(lambda c: write_bytes(join(root, c[1]), shift_quarantine_lines(read_bytes(c[0]), c[2])),
+                      copies))
+    written = {name for _, name, _ in copies}
+    delete(root, [n for n in list_files(root) if n.endswith(".jsonl.gz") and n not in written])
