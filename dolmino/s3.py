@@ -77,6 +77,10 @@ class S3ObjectError(OSError):
     cut short): the message names the object, then the failure, on one line (`about`)."""
 
 
+# Errors whose message names their object (or URI) already: shown as they are.
+_NAMED_ERRORS = (S3PathError, S3DeleteError, S3URIError, S3ObjectError)
+
+
 # ---------------------------------------------------------------- URIs
 
 
@@ -247,7 +251,7 @@ _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToke
 
 def _one_s3_failure(exc: BaseException) -> str | None:
     """The message for one exception of the chain, or None if it is not an S3/network failure."""
-    if isinstance(exc, (S3PathError, S3DeleteError, S3URIError, S3ObjectError)):
+    if isinstance(exc, _NAMED_ERRORS):
         return str(exc)
     if "botocore" in sys.modules:  # not imported: the exception cannot be one of its classes
         from botocore import exceptions as bex
@@ -364,7 +368,7 @@ def about(uri: str) -> Iterator[None]:
     errors that name their object already, pass through unchanged."""
     try:
         yield
-    except (S3PathError, S3ObjectError, S3URIError, S3DeleteError):
+    except _NAMED_ERRORS:
         raise
     except Exception as exc:  # noqa: BLE001 - re-raised unless it is an S3 / network failure
         message = s3_failure_message(exc)

@@ -14,7 +14,7 @@ import sys
 
 from dolmino.build.inputs import DEFAULT_SPLIT_BYTES, DEFAULT_TASK_BYTES
 from dolmino.errors import BuildError, ManifestError
-from dolmino.manifest import format_count
+from dolmino.manifest import count_value, format_count
 from dolmino.prefetch import DEFAULT_READ_AHEAD
 from dolmino.s3 import local_path
 
@@ -137,8 +137,6 @@ def prepare(args: argparse.Namespace, phase: str):
 
 def _size(value: str, flag: str) -> int:
     """A byte size: the count syntax (K, M: powers of ten), named as bytes in its error."""
-    from dolmino.manifest import count_value
-
     try:
         return count_value(value)
     except ValueError:
@@ -204,7 +202,6 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
         print(f"tagged {result['tagged_units']} unit(s), reused {result['reused_units']}; attributes under "
               f"{result['attributes']}")
         return 0
-    from dolmino.manifest import format_count
     from dolmino.report import render_markdown
 
     print(render_markdown(result))
