@@ -254,7 +254,31 @@ def read_lock(path: str) -> dict:
     for key in ("inputs", "resources", "tokenizer", "manifest"):
         if key not in lock:
             raise BuildError(f"{path}: the lock has no {key!r}")
+    _check_lock_entries(path, lock)
     return lock
+
+
+def _check_lock_entries(path: str, lock: dict) -> None:
+    """A lock is reviewed and can be edited by hand: an entry without a field the check reads
+    is named here (a resource without "sha256" was a KeyError traceback; found by a tester)."""
+    def need(entry, where: str, fields: dict) -> None:
+        if not isinstance(entry, dict):
+            raise BuildError(f"{path}: malformed lock: {where} is not an object")
+        for name, kind in fields.items():
+            if not isinstance(entry.get(name), kind) or isinstance(entry.get(name), bool):
+                raise BuildError(f"{path}: malformed lock: {where} has no {name!r} ({kind.__name__}); lock the "
+                                 "manifest again (`dolmino lock MANIFEST`)")
+
+    if not isinstance(lock["inputs"], dict) or not isinstance(lock["resources"], list):
+        raise BuildError(f"{path}: malformed lock: 'inputs' must be an object, 'resources' a list")
+    for source, entries in lock["inputs"].items():
+        if not isinstance(entries, list):
+            raise BuildError(f"{path}: malformed lock: inputs[{source!r}] is not a list")
+        for i, entry in enumerate(entries):
+            need(entry, f"inputs[{source!r}][{i}]", {"name": str, "size": int})
+    for i, entry in enumerate(lock["resources"]):
+        need(entry, f"resources[{i}]", {"where": str, "path": str, "sha256": str})
+    need(lock["tokenizer"], "tokenizer", {"sha256": str})
 
 
 # ---------------------------------------------------------------------------- checking

@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from dolmino.errors import ManifestError
 from dolmino.manifest import TokenizerSpec
 
 # Texts are encoded in batches of this many: large enough for the Rust tokenizer's
@@ -106,16 +107,33 @@ def tokenizer_json(spec: TokenizerSpec) -> str:
 
     Only the driver reads it; executors get the text in a broadcast, so an s3:// tokenizer
     needs no copy on any node."""
-    if spec.path and spec.path.startswith("s3://"):
-        from dolmino.s3 import open_uri
+    if not spec.path:
+        from dolmino.assets import dolma2_tokenizer_path
 
-        with open_uri(spec.path) as fh:  # a missing object: FileNotFoundError naming the URI
-            return fh.read().decode("utf-8")
-    if spec.path:
-        return Path(spec.path).read_text(encoding="utf-8")
-    from dolmino.assets import dolma2_tokenizer_path
+        return dolma2_tokenizer_path().read_text(encoding="utf-8")
+    from dolmino.s3 import S3ObjectError, about, open_uri
 
-    return dolma2_tokenizer_path().read_text(encoding="utf-8")
+    # Each failure one line naming tokenizer.path: an unreadable file was a JSONDecodeError
+    # traceback, a missing or denied object named no tokenizer (found by a tester).
+    try:
+        if spec.path.startswith("s3://"):
+            with about(spec.path), open_uri(spec.path) as fh:
+                text = fh.read().decode("utf-8")
+        else:
+            text = Path(spec.path).read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError, PermissionError, S3ObjectError) as exc:
+        raise ManifestError(f"tokenizer.path: {exc}") from None
+    except UnicodeDecodeError:
+        raise ManifestError(f"tokenizer.path {spec.path}: not UTF-8 text; expected a tokenizer.json") from None
+    try:
+        definition = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"tokenizer.path {spec.path}: not JSON (line {exc.lineno}: {exc.msg}); expected a "
+                            "tokenizer.json as Hugging Face tokenizers saves it") from None
+    if not isinstance(definition, dict):
+        raise ManifestError(f"tokenizer.path {spec.path}: a JSON {type(definition).__name__}, not a tokenizer "
+                            "definition; expected a tokenizer.json as Hugging Face tokenizers saves it")
+    return text
 
 
 def _control_token_pattern(tokens: list[str]) -> tuple[str, re.Pattern | None]:

@@ -416,8 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     for line in errors:
         print(line, file=sys.stderr)
     bad_parts = sum(1 for p in result.parts if p.errors)
-    print(f"{result.build_dir}: INVALID: {len(errors)} problem(s) in {bad_parts} of {len(result.parts)} part(s)",
-          file=sys.stderr)
+    # "1 problem(s) in 0 of 4 part(s)" read oddly for a build without report.json (found by a tester)
+    where = f" in {bad_parts} of {len(result.parts)} part(s)" if bad_parts else " with the build as a whole"
+    print(f"{result.build_dir}: INVALID: {len(errors)} problem(s){where}", file=sys.stderr)
     return 1
 
 

@@ -534,6 +534,11 @@ def read_index_meta(path: str) -> dict:
     if not os.path.exists(path):
         raise IndexFileError(f"decontamination index {path} does not exist "
                              f"(build it with `python -m filters.decontamination build --out {path}`)")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head != b"PK\x03\x04":  # np.load would call any other file "pickled (object) data"
+        raise IndexFileError(f"decontamination index {path} is not an index file (a .npz, as `python -m "
+                             f"filters.decontamination build` writes): it starts with {head!r}")
     try:
         with np.load(path, allow_pickle=False) as npz:
             meta = json.loads(npz["meta"].tobytes().decode("utf-8"))

@@ -344,3 +344,29 @@ def test_units_read_again_for_minhash_count_as_tagged(world, spark, tmp_path):
     assert stage["units"] == FILES and stage["docs"] > 0
     same = build(manifest_from_dict(spec(2)), 4_000, str(tmp_path / "o3"), spark, attributes=attrs, phase="tag")
     assert same["tagged_units"] == 0 and same["files_written"] == 0
+
+
+def test_the_tokenizer_digest_keys_its_bytes_and_settings_not_its_path(tmp_path):
+    """Found by a tester: the docs attribute set's key held tokenizer.path, so moving
+    tokenizer.json (or naming a copy of the packaged one) re-tagged the whole pool. Without
+    a path the key is the one earlier versions wrote: their attribute files stay current."""
+    import dataclasses
+    import hashlib
+
+    from dolmino.assets import dolma2_tokenizer_path
+    from dolmino.build.mix import tokenizer_digest
+    from dolmino.manifest import TokenizerSpec
+    from dolmino.tokenizer import Dolma2Tokenizer
+
+    copy = tmp_path / "moved" / "tokenizer.json"
+    copy.parent.mkdir()
+    copy.write_bytes(dolma2_tokenizer_path().read_bytes())
+    packaged = TokenizerSpec()
+    tokenizer = Dolma2Tokenizer.from_spec(packaged)
+    before = hashlib.sha256(tokenizer.json_text.encode("utf-8"))
+    before.update(repr(sorted(vars(packaged).items())).encode("utf-8"))
+    assert tokenizer_digest(tokenizer, packaged) == before.hexdigest()
+    moved = dataclasses.replace(packaged, path=str(copy))
+    assert tokenizer_digest(Dolma2Tokenizer.from_spec(moved), moved) == before.hexdigest()
+    other = dataclasses.replace(packaged, semantics="raw")
+    assert tokenizer_digest(tokenizer, other) != before.hexdigest()

@@ -8,6 +8,10 @@ their module: `dolmino.s3.S3PathError`, botocore's generated `botocore.errorfact
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+
 import pytest
 
 from dolmino.build.cli import executor_failure
@@ -94,8 +98,6 @@ def test_a_model_file_that_cannot_be_used_is_one_line(spark, tmp_path):
 
 
 def _not_a_model_build(tmp_path, model_uri: str, capsys) -> tuple[int, str]:
-    import json
-
     from dolmino.build.cli import main as build_main
     from dolmino.documents import write_documents
 
@@ -142,3 +144,62 @@ def test_an_s3_model_that_is_not_a_model_is_refused_on_the_driver(spark_with_s3,
         errors = [line for line in err.splitlines() if "error:" in line]
         assert code == 2 and len(errors) == 1, err
         assert f"error: source 'web' filters[1].model_path: fastText model '{uri}' {words}" in errors[0], err
+
+
+def _build_with_filters(tmp_path, filters, capsys):
+    from dolmino.build.cli import main as build_main
+    from dolmino.documents import write_documents
+
+    write_documents(str(tmp_path / "data" / "web" / "a.jsonl.zst"),
+                    [{"id": f"d{i}", "text": f"document number {i} about baking bread"} for i in range(20)])
+    manifest = {"name": "bad-resource", "version": 1, "seed": 1, "budget": 1000, "data_root": str(tmp_path / "data"),
+                "sources": [{"name": "web", "paths": ["web/*.jsonl.zst"], "mix_percent": 100, "filters": filters}]}
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(manifest))
+    code = build_main(["--manifest", str(path), "--out", str(tmp_path / "out"), "--attributes",
+                       str(tmp_path / "attributes")])
+    err = capsys.readouterr().err
+    return code, err, [line for line in err.splitlines() if "error:" in line]
+
+
+def test_a_decontamination_index_that_is_no_index_is_refused_on_the_driver(spark, tmp_path, capsys):
+    """Found by a tester: a garbage index failed in the executors after the tag phase began, as
+    a Spark traceback naming a node's cache path and "pickled (object) data"."""
+    index = tmp_path / "index.npz"
+    index.write_bytes(b"garbage" * 100)
+    code, err, errors = _build_with_filters(tmp_path, [{"type": "decontaminate", "index_path": str(index)}], capsys)
+    assert code == 2 and len(errors) == 1, err
+    assert (f"error: source 'web' filters[0].index_path: decontamination index {index} is not an index file (a "
+            ".npz, as `python -m filters.decontamination build` writes): it starts with b'garb'") in errors[0]
+    assert "Traceback" not in err and not any((tmp_path / "attributes").rglob("*.parquet"))
+
+
+def test_a_denied_model_on_s3_names_its_filter_and_object(spark, tmp_path, capsys, monkeypatch):
+    """Found by a tester: with credentials the bucket refused, the error was "S3 HeadObject
+    failed: 403 (403): access denied", naming neither the model nor the filter."""
+    from botocore.exceptions import ClientError
+
+    from dolmino.build import resources
+
+    def denied(uri):
+        raise ClientError({"Error": {"Code": "403", "Message": "Forbidden"},
+                           "ResponseMetadata": {"HTTPStatusCode": 403}}, "HeadObject")
+
+    monkeypatch.setattr(resources, "_s3_members", denied)
+    code, err, errors = _build_with_filters(
+        tmp_path, [{"type": "fasttext_quality", "model_path": "s3://models/q.bin", "threshold": 0.5}], capsys)
+    assert code == 2 and len(errors) == 1, err
+    assert ("error: source 'web' filters[0].model_path: s3://models/q.bin: S3 HeadObject failed: 403 (403): access "
+            "denied; check the credentials") in errors[0]
+
+
+def test_a_killed_python_worker_is_one_line_saying_to_rerun(spark):
+    """Found by a tester: a Python worker killed mid-build (kill -9, the OOM killer) ended the
+    build with Spark's Java stack, a traceback and "unexpected Py4JJavaError", exit 1."""
+    with pytest.raises(Exception) as info:
+        # a lambda: cloudpickle sends it by value (this test module is not importable in a worker)
+        spark.sparkContext.parallelize([1], 1).map(lambda _: os.kill(os.getpid(), signal.SIGKILL)).collect()
+    line = executor_failure(info.value)
+    assert line is not None and line.startswith("a Python worker died (task 0 of stage "), str(info.value)[:2000]
+    assert line.endswith("killed, or out of memory; rerun the same command to resume (finished attribute files "
+                         "and parts are kept)")

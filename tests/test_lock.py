@@ -274,3 +274,23 @@ def test_a_manifest_edited_since_its_lock_is_noted(project, capsys):
 
     prepare(build_args(["--manifest", manifest, "--locked", "--out", str(project / "out")], "all"), "all")
     assert "warning: " in capsys.readouterr().err
+
+
+def test_a_hand_edited_lock_missing_a_field_is_named(project, capsys):
+    """Found by a tester: a resource entry without "sha256" made `dolmino lock --check` and a
+    --locked build fail with a KeyError traceback."""
+    manifest = _manifest(project)
+    path = write_lock(manifest)
+    lock = json.loads(Path(path).read_text())
+    del lock["resources"][0]["sha256"]
+    Path(path).write_text(json.dumps(lock))
+    with pytest.raises(BuildError, match="malformed lock: resources\\[0\\] has no 'sha256' \\(str\\); lock the "
+                                         "manifest again"):
+        check_lock(manifest, path)
+    assert lock_cmd.main([str(project / "pool.json"), "--check"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    lock = json.loads(Path(write_lock(manifest)).read_text())
+    lock["inputs"]["web"][0].pop("size")
+    Path(path).write_text(json.dumps(lock))
+    with pytest.raises(BuildError, match="malformed lock: inputs\\['web'\\]\\[0\\] has no 'size'"):
+        read_lock(path)

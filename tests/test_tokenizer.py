@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import dolmino.tokenizer as tokmod
+from dolmino.errors import ManifestError
 from dolmino.manifest import TokenizerSpec
 from dolmino.tokenizer import Dolma2Tokenizer, EncodedDocuments, configure_threads
 from tests.conftest import REPO, shared_corpus_file
@@ -200,8 +201,22 @@ def test_tokenizer_json_reads_an_s3_object(s3_server):
     s3.client().create_bucket(Bucket=bucket)
     s3.client().put_object(Bucket=bucket, Key="tok/tokenizer.json", Body=dolma2_tokenizer_path().read_bytes())
     assert tokmod.tokenizer_json(TokenizerSpec(path=f"s3://{bucket}/tok/tokenizer.json")) == packaged
-    with pytest.raises(FileNotFoundError, match=f"s3://{bucket}/tok/missing.json"):
+    with pytest.raises(ManifestError, match=f"tokenizer.path: s3://{bucket}/tok/missing.json"):
         tokmod.tokenizer_json(TokenizerSpec(path=f"s3://{bucket}/tok/missing.json"))
+
+
+def test_an_unreadable_tokenizer_path_is_one_line_naming_it(tmp_path):
+    """Found by a tester: a tokenizer.json that is not JSON was a JSONDecodeError traceback
+    naming no tokenizer; a missing file named no tokenizer either."""
+    bad = tmp_path / "tok.json"
+    bad.write_text("{not json")
+    with pytest.raises(ManifestError, match=f"tokenizer.path {bad}: not JSON \\(line 1: "):
+        tokmod.tokenizer_json(TokenizerSpec(path=str(bad)))
+    bad.write_text("[1, 2]")
+    with pytest.raises(ManifestError, match="a JSON list, not a tokenizer definition"):
+        tokmod.tokenizer_json(TokenizerSpec(path=str(bad)))
+    with pytest.raises(ManifestError, match="tokenizer.path: .*missing.json"):
+        tokmod.tokenizer_json(TokenizerSpec(path=str(tmp_path / "missing.json")))
 
 
 def test_constructor_rejects_unknown_policies():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,32 @@ def test_steps_come_from_the_built_mix(tmp_path, capsys):
         data_tokens([str(stale)])
     assert data_tokens([str(stale / "part-00000.npy")]) == (5000, "1 token file(s)")
     assert steps_for_tokens(1, 4096) == 1
+
+
+def test_every_build_among_the_data_is_checked(tmp_path):
+    """Found by a tester: only a lone --data directory was held to its report.json; a partial copy
+    beside another build, or below a parent directory given as --data, trained silently, and so did
+    an interrupted build below a parent; builds of different tokenizers trained together."""
+    good = write_mix(tmp_path / "p" / "good", [4000], 4000)
+    partial = write_mix(tmp_path / "partial", [5000], 8000)
+    for given in ([str(good), str(partial)], [str(tmp_path)]):
+        with pytest.raises(DataError, match=f"{partial}/report.json says the mix holds 8,000 tokens"):
+            data_tokens(given)
+    (partial / "report.json").unlink()
+    (partial / "_plan.json").write_text("{}")  # killed before its report
+    with pytest.raises(DataError, match=f"{partial} is an incomplete dolmino build"):
+        data_tokens([str(tmp_path)])
+    shutil.rmtree(partial)
+    other = write_mix(tmp_path / "other", [1000], 1000)
+    assert data_tokens([str(tmp_path)]) == (5000, "2 token file(s), 2 checked against their report.json")
+    for mix, name, vocab, eos in ((good, "allenai/dolma2-tokenizer", 100278, 100257), (other, "wordpiece", 1000, 3)):
+        report = json.loads((mix / "report.json").read_text())
+        (mix / "report.json").write_text(json.dumps({**report, "tokenizer": name, "vocab_size": vocab,
+                                                     "eos_token_id": eos}))
+    with pytest.raises(DataError, match="the data mixes builds of different tokenizers: .*allenai/dolma2-tokenizer, "
+                                        "vocab 100278, EOS 100257.* and .*wordpiece, vocab 1000, EOS 3"):
+        data_tokens([str(good), str(other)])
+    assert data_tokens([str(good)]) == (4000, str(good / "report.json"))
 
 
 def test_anneal_start_lr_sources():

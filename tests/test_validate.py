@@ -299,7 +299,7 @@ def test_validate_counts_what_encode_documents_reports(tmp_path, capsys):
     assert result.ok and encoded.eos_in_span_docs == result.eos_inside_docs == 2
 
 
-def test_incomplete_and_stale_builds_are_refused(tmp_path):
+def test_incomplete_and_stale_builds_are_refused(tmp_path, capsys):
     """No report.json beside a build's commit records: interrupted; a part the report does not
     list: stale; a listed part that is gone: missing."""
     import json
@@ -315,6 +315,8 @@ def test_incomplete_and_stale_builds_are_refused(tmp_path):
     (out / "_parts").mkdir()
     result = validate_build(out)
     assert not result.ok and "incomplete build" in result.all_errors()[0]
+    assert main([str(out)]) == 1  # the build as a whole, not "in 0 of 1 part(s)" (found by a tester)
+    assert f"{out}: INVALID: 1 problem(s) with the build as a whole" in capsys.readouterr().err
     import hashlib
 
     (out / "report.json").write_text(json.dumps({"output": {"files_sha256": {

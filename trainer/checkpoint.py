@@ -162,7 +162,7 @@ def latest_checkpoint(save_dir: str | Path) -> Path | None:
     return steps[-1] if steps else None
 
 
-# What a run writes into its --save-dir (besides nothing else): `existing_run` and `clear_run` look at these only.
+# What a run writes into its --save-dir; `existing_run` and `clear_run` look at these only.
 METRICS_FILE = "metrics.jsonl"
 EVAL_DIR = "eval"
 
@@ -187,18 +187,43 @@ def existing_run(save_dir: str | Path) -> str | None:
     return ", ".join(found) or None
 
 
-def has_checkpoint(save_dir: str | Path) -> bool:
-    return any(p.is_dir() and _STEP_DIR.fullmatch(p.name) for p in Path(save_dir).glob("step*"))
+def _entry_in(path: str | Path, save_dir: str | Path) -> str | None:
+    """The name of the entry of `save_dir` that holds `path` ("" for save_dir itself), or None.
+
+    Symlinks are followed one directory at a time, never for the entry itself: a step*/ link
+    in save_dir is the run's own checkpoint, which `clear_run` unlinks, wherever it points
+    (resolving it first judged it to lie elsewhere: --overwrite removed an --init-from read
+    through it, and a plain --resume of a linked newest checkpoint was refused; found by a
+    reviewer). A path outside that resolves into save_dir is in it too."""
+    root = os.path.realpath(save_dir)
+    path = Path(os.path.abspath(path))
+    for entry in (path, *path.parents):
+        if os.path.realpath(entry) == root:
+            return ""
+        if entry.parent != entry and os.path.realpath(entry.parent) == root:
+            return entry.name
+    resolved = Path(os.path.realpath(path))
+    if resolved != path:
+        return _entry_in(resolved, save_dir)
+    return None
+
+
+def own_checkpoint(path: str | Path, save_dir: str | Path) -> bool:
+    """A checkpoint of --save-dir's own run: one of its entries (a step*/ link too, as
+    `existing_run` counts it), or the dir itself; a copy kept in a subdirectory of it is
+    another run's (found by a tester)."""
+    root = os.path.realpath(save_dir)
+    path = os.path.abspath(path)
+    return any(os.path.realpath(p) == root or os.path.realpath(os.path.dirname(p)) == root
+               for p in (path, os.path.realpath(path)))
 
 
 def cleared_by_overwrite(path: str | Path, save_dir: str | Path) -> bool:
     """Whether `clear_run(save_dir)` would remove `path` (or what holds it)."""
-    try:
-        rel = Path(path).resolve().relative_to(Path(save_dir).resolve())
-    except ValueError:
+    entry = _entry_in(path, save_dir)
+    if entry is None:
         return False
-    first = rel.parts[0] if rel.parts else ""
-    return not rel.parts or bool(_STEP_DIR.fullmatch(first) or _STEP_TMP.fullmatch(first)) or first in (
+    return entry == "" or bool(_STEP_DIR.fullmatch(entry) or _STEP_TMP.fullmatch(entry)) or entry in (
         LATEST, METRICS_FILE, EVAL_DIR)
 
 

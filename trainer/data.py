@@ -86,14 +86,26 @@ def check_complete_build(directory: Path) -> None:
                         "last): it was interrupted or is still running; rerun the same build command to finish it")
 
 
+def token_dirs(paths: Iterable[str | Path]) -> dict[Path, list[Path]]:
+    """The token files below the given directories, grouped by the directory holding them: each
+    is one build (or a folder of memmaps from elsewhere), whether given or found below a given
+    one (found by a tester: a parent of several builds was not checked). Token files named
+    one by one are the user's pick, not a build, and are left out."""
+    dirs: dict[Path, list[Path]] = {}
+    for entry in paths:
+        if Path(entry).is_dir():
+            for f in discover_token_files(entry):
+                dirs.setdefault(f.parent, []).append(f)
+    return dirs
+
+
 def unreported_build_note(paths: Iterable[str | Path]) -> str | None:
     """A note for a directory of dolmino parts (memmaps with their `.csv.gz` sidecars) that
     has no report.json: a copy that left it behind, or parts copied by hand. Nothing then
     says whether every part is there (report.json's token count is what is checked), yet
     the directory is not refused: memmaps of this layout come from other tools as well."""
-    for entry in paths:
-        p = Path(entry)
-        if p.is_dir() and not (p / COMPLETION_MARKER).is_file() and any(p.glob("part-*.csv.gz")):
+    for p in token_dirs(paths):
+        if not (p / COMPLETION_MARKER).is_file() and any(p.glob("part-*.csv.gz")):
             return (f"{p} holds dolmino part files but no {COMPLETION_MARKER}: nothing checks that every part of "
                     "the build is here; copy the whole build directory (or `dolmino release pull` it)")
     return None
@@ -102,7 +114,8 @@ def unreported_build_note(paths: Iterable[str | Path]) -> str | None:
 def discover_token_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     """Token files under a directory (recursively, sorted), a single file, or a list of either.
 
-    A directory that is an unfinished dolmino build is refused (`check_complete_build`)."""
+    A directory that is an unfinished dolmino build is refused (`check_complete_build`), given
+    or found below a given one."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     found: list[Path] = []
@@ -110,8 +123,11 @@ def discover_token_files(paths: str | Path | Iterable[str | Path]) -> list[Path]
         p = Path(entry)
         if p.is_dir():
             check_complete_build(p)
-            found.extend(sorted((f for f in p.rglob("*.npy") if f.is_file() and _is_token_file(f)),
-                                key=lambda f: f.relative_to(p).as_posix()))
+            below = sorted((f for f in p.rglob("*.npy") if f.is_file() and _is_token_file(f)),
+                           key=lambda f: f.relative_to(p).as_posix())
+            for d in {f.parent for f in below}:
+                check_complete_build(d)
+            found.extend(below)
         elif p.is_file():
             if not _is_token_file(p):
                 raise DataError(f"{p} is not a token file (expected *.npy, not *{LABEL_MASK_SUFFIX})")

@@ -38,7 +38,7 @@ from trainer.config import (
     ANNEAL_RECIPES, LEGACY_PRESETS, MODEL_PRESETS, RECIPE_HELP, RECIPES, SCHEDULES, STAGE1_END_STEP, ModelConfig,
     TrainConfig, describe_params, describe_preset,
 )
-from trainer.data import TOKEN_DTYPE, DataError, discover_token_files
+from trainer.data import TOKEN_DTYPE, DataError, discover_token_files, token_dirs
 from trainer.schedule import LRSchedule
 
 DEFAULT_MODEL = "olmo2-30M"
@@ -147,34 +147,70 @@ def mix_output_dir(manifest_path: str | Path, prog: str = "trainer.run") -> Path
     return out
 
 
+def _read_report(report: Path) -> dict:
+    try:
+        data = json.loads(report.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{report}: unreadable ({exc})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{report}: not a JSON object")
+    return data
+
+
+def _tokenizer_of(data: dict) -> tuple | None:
+    """What a build's ids mean: its tokenizer's name, vocabulary and EOS (None if unrecorded)."""
+    key = (data.get("tokenizer"), data.get("vocab_size"), data.get("eos_token_id"))
+    return key if key[0] is not None else None
+
+
 def data_tokens(paths: list[str]) -> tuple[int, str]:
     """Tokens in the training data and where the number comes from.
 
-    A built mix directory's report.json gives "output.tokens"; it must agree with the token
-    files (a disagreement means a partial copy or a stale report). Otherwise the token files'
-    sizes (4 bytes a token)."""
+    Every directory holding token files (given, or found below a given one) that has a
+    report.json must agree with it in "output.tokens" (a disagreement means a partial copy or
+    a stale report), and builds tokenized with different tokenizers are refused: their ids
+    mean different text (both found by a tester with several --data directories). Otherwise
+    the token files' sizes (4 bytes a token)."""
     files = discover_token_files(paths)
     on_disk = sum(f.stat().st_size for f in files) // TOKEN_DTYPE.itemsize
-    if len(paths) == 1 and Path(paths[0]).is_dir() and (Path(paths[0]) / REPORT_FILE).is_file():
-        report = Path(paths[0]) / REPORT_FILE
+    reports, tokenizers = [], {}
+    builds = token_dirs(paths)
+    for folder, held in builds.items():
+        report = folder / REPORT_FILE
+        if not report.is_file():
+            continue
+        data = _read_report(report)
         try:
-            tokens = int(json.loads(report.read_text())["output"]["tokens"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            tokens = int(data["output"]["tokens"])
+        except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{report}: no output.tokens ({exc})") from None
-        if tokens != on_disk:
-            raise DataError(f"{report} says the mix holds {tokens:,} tokens but its token files hold {on_disk:,}; "
+        here = sum(f.stat().st_size for f in held) // TOKEN_DTYPE.itemsize
+        if tokens != here:
+            raise DataError(f"{report} says the mix holds {tokens:,} tokens but its token files hold {here:,}; "
                             f"is the copy incomplete?")
-        return tokens, str(report)
-    return on_disk, f"{len(files)} token file(s)"
+        reports.append(report)
+        if (tok := _tokenizer_of(data)) is not None:
+            tokenizers.setdefault(tok, report)
+    if len(tokenizers) > 1:
+        (a, ra), (b, rb) = list(tokenizers.items())[:2]
+        raise DataError(f"the data mixes builds of different tokenizers: {ra} ({a[0]}, vocab {a[1]}, EOS {a[2]}) and "
+                        f"{rb} ({b[0]}, vocab {b[1]}, EOS {b[2]}); train on builds of one tokenizer")
+    if len(reports) == 1 and sum(map(len, builds.values())) == len(files):
+        return on_disk, str(reports[0])
+    checked = f", {len(reports)} checked against their report.json" if reports else ""
+    return on_disk, f"{len(files)} token file(s){checked}"
 
 
 def data_vocab_size(paths: list[str]) -> tuple[int, Path] | None:
     """The vocabulary the data was tokenized with and the report.json recording it (the largest,
-    if builds differ). None unless every path is a built directory whose report has "vocab_size":
-    token files and older builds do not say, and then the first batch holding an id beyond the
-    model's vocabulary is what stops the run."""
+    if builds differ). None unless every path is a directory and every directory of token
+    files in them a built one whose report has "vocab_size": token files and older builds do
+    not say, and then the first batch holding an id beyond the model's vocabulary is what
+    stops the run."""
+    if not all(Path(p).is_dir() for p in paths):
+        return None
     largest = None
-    for report in (Path(p) / REPORT_FILE for p in paths):
+    for report in (folder / REPORT_FILE for folder in token_dirs(paths)):
         if not report.is_file():
             return None
         try:

@@ -29,8 +29,8 @@ import torch
 
 from dolmino.s3 import local_path
 from trainer.checkpoint import (
-    CONFIG_FILE, clear_run, cleared_by_overwrite, existing_run, files_fingerprint, has_checkpoint, load_json_file,
-    resolve_checkpoint, resume_advice,
+    CONFIG_FILE, clear_run, cleared_by_overwrite, existing_run, files_fingerprint, latest_checkpoint, load_json_file,
+    own_checkpoint, resolve_checkpoint, resume_advice,
 )
 from trainer.cli import HelpFormatter, parse_count, positive_int  # noqa: F401  (parse_count: this module's API)
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
@@ -147,17 +147,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parse_with_recipe(build_parser(), argv)
 
 
-def init_from_resumed(args: argparse.Namespace, resume: Path) -> str | None:
-    """Without --init-from, a resumed run takes the one its checkpoint records (and the step
-    given with it): the model's shape and an anneal's starting LR come from there. Resuming
-    an anneal without it failed with "pass --lr", then "resume with the same --model" (found
-    by a tester). Returns the line to print when it did."""
+def init_from_resumed(args: argparse.Namespace, path: Path) -> str | None:
+    """Without --init-from, a resumed run takes the one its checkpoint (`path`, resolved)
+    records, and the step given with it: the model's shape and an anneal's starting LR come
+    from there. Resuming an anneal without it failed with "pass --lr", then "resume with the
+    same --model" (found by a tester). Returns the line to print when it did."""
     if args.init_from:
         return None
-    try:
-        path = resolve_checkpoint(resume)
-    except FileNotFoundError:
-        return None  # the Trainer names the missing checkpoint
     recorded = (load_json_file(path / CONFIG_FILE, resume_advice(path)).get("init") or {})
     if not recorded.get("path"):
         return None
@@ -178,20 +174,13 @@ def init_from_resumed(args: argparse.Namespace, resume: Path) -> str | None:
     return f"resume: --init-from {args.init_from} as {path.name} records it"
 
 
-def _own_checkpoint(path: str | Path, save_dir: str | Path) -> bool:
-    """A checkpoint of --save-dir's own run (one of its step*/ directories, or the dir itself):
-    a copy kept in a subdirectory of it is another run's (found by a tester)."""
-    path, save_dir = Path(path).resolve(), Path(save_dir).resolve()
-    return path == save_dir or path.parent == save_dir
-
-
 def start_afresh(save_dir: str, overwrite: bool, env, log, keep: list[Path], resuming: bool) -> None:
     """A fresh run into a --save-dir that holds one appended to its metrics.jsonl (steps 1, 2,
     1, 2) and replaced its checkpoints as it saved, unsaid: refused, or with `overwrite` the
     old run is removed first. Rank 0 writes checkpoints and metrics, so its directory decides.
     `keep`: what this run reads (--init-from, a --resume checkpoint elsewhere), never removed."""
     held = existing_run(save_dir) if env.is_main else None
-    resumable = has_checkpoint(save_dir) if env.is_main else False
+    resumable = latest_checkpoint(save_dir) is not None if env.is_main else False
     if not ranks_agree([int(held is not None)], env)[1][0]:
         return
     if not overwrite:
@@ -231,16 +220,17 @@ def main(argv: list[str] | None = None) -> int:
         resume = Path(args.save_dir) if args.resume == "latest" else Path(args.resume)
         try:
             resume_from = resolve_checkpoint(resume)
+            found = True
         except FileNotFoundError:
-            resume_from = resume  # the Trainer names what is missing
+            resume_from, found = resume, False  # the Trainer names what is missing
         try:
-            taken = init_from_resumed(args, resume)
+            taken = init_from_resumed(args, resume_from) if found else None
         except ValueError as exc:
             print(f"trainer.run: error: {exc}", file=sys.stderr)
             return 2
         if taken and os.environ.get("RANK", "0") == "0":  # before the process group: every rank got here
             print(taken)
-        if args.overwrite and _own_checkpoint(resume_from, args.save_dir):
+        if args.overwrite and own_checkpoint(resume_from, args.save_dir):
             print("trainer.run: error: --overwrite removes the run that --resume would continue; pass one of them",
                   file=sys.stderr)
             return 2
@@ -271,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         run = run_config_from_args(args, data_paths, env.world_size, env.device, plan)
         if init is not None:
             run.init = {**init.provenance(), "lr_source": plan.lr_source}
-        if resume is None or not _own_checkpoint(resume_from, args.save_dir):
+        if resume is None or not own_checkpoint(resume_from, args.save_dir):
             # also a --resume of a checkpoint elsewhere: its run goes on in --save-dir
             start_afresh(args.save_dir, args.overwrite, env, log,
                          [p for p in (init.path if init is not None else None, resume_from) if p is not None],

@@ -154,14 +154,26 @@ _EXECUTOR_ERRORS = re.compile(
     r"|EndpointConnectionError|NoCredentialsError|ClientError): (.*)$", re.MULTILINE)
 
 
+_WORKER_DIED = "Python worker exited unexpectedly"
+_FAILED_TASK = re.compile(r"Task (\d+) in stage ([\d.]+) failed (\d+) times")
+
+
 def executor_failure(exc: BaseException) -> str | None:
     """One line for a known failure raised inside an executor (None when it is something else)."""
     from dolmino.s3 import redact
 
     if type(exc).__name__ not in ("Py4JJavaError", "PythonException"):
         return None
-    found = _EXECUTOR_ERRORS.findall(str(exc))
+    text = str(exc)
+    found = _EXECUTOR_ERRORS.findall(text)
     if not found:
+        if _WORKER_DIED in text:
+            # Killed (the OOM killer, a kill -9) or crashed: Spark's whole Java stack said
+            # nothing of what to do (found by a tester); the rerun resumes.
+            task = _FAILED_TASK.search(text)
+            where = f" (task {task.group(1)} of stage {task.group(2)}, tried {task.group(3)} time(s))" if task else ""
+            return (f"a Python worker died{where}: killed, or out of memory; rerun the same command to resume "
+                    "(finished attribute files and parts are kept)")
         return None
     name, message = found[-1]
     return redact(f"in an executor: {name.rsplit('.', 1)[-1]}: {message.strip()}")

@@ -37,7 +37,7 @@ from dolmino.errors import BuildError, ManifestError, ResourceError
 from dolmino.manifest import Manifest
 from dolmino.memmap import part_name
 from dolmino.prefetch import DEFAULT_READ_AHEAD
-from dolmino.s3 import is_s3, open_uri
+from dolmino.s3 import S3ObjectError, is_s3, open_uri
 from dolmino.tokenizer import Dolma2Tokenizer, control_id_problems
 from mixers.sampling import bucket_of
 
@@ -77,8 +77,11 @@ def default_attributes_root(out: str) -> str:
 
 
 def tokenizer_digest(tokenizer: Dolma2Tokenizer, spec) -> str:
+    """The tokenizer's bytes and settings, not where it lies: moving tokenizer.json (or naming a
+    copy of the packaged one) re-tagged the whole pool (found by a tester). Without a path the
+    digest is the one earlier versions wrote, so their attribute files stay current."""
     h = hashlib.sha256(tokenizer.json_text.encode("utf-8"))
-    h.update(repr(sorted(vars(spec).items())).encode("utf-8"))
+    h.update(repr(sorted({**vars(spec), "path": None}.items())).encode("utf-8"))
     return h.hexdigest()
 
 
@@ -92,10 +95,30 @@ def _stage_resources(manifest: Manifest, sc) -> dict:
                 if uri not in resources:
                     try:
                         resources[uri] = stage(uri, sc, ship=ship)
-                    except (BuildError, FileNotFoundError) as exc:
+                    except (BuildError, FileNotFoundError, S3ObjectError) as exc:
                         raise BuildError(f"source {source.name!r} filters[{i}].{param}: {exc}") from None
             _check_models(spec, resources, f"source {source.name!r} filters[{i}]")
+            _check_index(spec, resources, f"source {source.name!r} filters[{i}]")
     return resources
+
+
+def _check_index(spec: dict, resources: dict, where: str) -> None:
+    """A decontamination index that does not load fails here, in one line naming the filter and
+    the index as the manifest names it; in the executors it failed after the tag phase began,
+    as a Spark traceback naming a node's cache path (found by a tester). The driver reads the
+    index's metadata for the report anyway."""
+    from filters.decontamination import IndexFileError, read_index_meta
+
+    from dolmino.build.resources import localize
+
+    if spec.get("type") != "decontaminate" or not spec.get("index_path"):
+        return
+    resource = resources[spec["index_path"]]
+    path = localize(resource._replace(shipped_as=None))
+    try:
+        read_index_meta(path)
+    except IndexFileError as exc:
+        raise BuildError(f"{where}.index_path: {str(exc).replace(path, resource.uri)}") from None
 
 
 def _check_models(spec: dict, resources: dict, where: str) -> None:

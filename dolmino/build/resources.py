@@ -76,12 +76,15 @@ def _s3_members(uri: str) -> tuple[list[tuple[str, str]], bool]:
 
 
 def s3_digest(uri: str) -> tuple[str, bool]:
-    from dolmino.s3 import open_uri
+    """A failure names the object (S3ObjectError): a denied HEAD named neither the model nor
+    its filter (found by a tester)."""
+    from dolmino.s3 import about, open_uri
 
-    members, is_dir = _s3_members(uri)
+    with about(uri):
+        members, is_dir = _s3_members(uri)
     digests = []
     for rel, member in members:
-        with open_uri(member, "rb") as fh:
+        with about(member), open_uri(member, "rb") as fh:
             digests.append((rel, sha256_stream(fh.read)))
     return (_digest_listing(digests) if is_dir else digests[0][1]), is_dir
 
