@@ -573,7 +573,8 @@ def test_mix_with_another_task_size_reuses_the_byte_ranges_tag_wrote(spark, tmp_
     path.write_text(json.dumps(spec))
     common = [str(path), "--attributes", str(tmp_path / "attrs"), "--split-size", str(size // 4), "--quiet"]
     assert main([*common, "--out", str(tmp_path / "tagged"), "--task-size", "1M"], phase="tag") == 0
-    capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "tagged 5 unit(s), writing 8 attribute file(s); reused 0 unit(s) whole; attributes under" in out, out
     assert main([*common, "--out", str(tmp_path / "mixed"), "--task-size", "1K"], phase="mix") == 0
     report = json.loads((tmp_path / "mixed" / "report.json").read_text())
     assert report["run"]["units"] > 1 and report["run"]["units_reused"] == report["run"]["units"]

@@ -211,8 +211,10 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
     for warning in result.get("warnings", []):
         print(f"{prog}: warning: {warning}", file=sys.stderr)
     if phase == "tag":
-        print(f"tagged {result['tagged_units']} unit(s), reused {result['reused_units']}; attributes under "
-              f"{result['attributes']}")
+        # Per unit: one missing attribute set (a new filter) reads a unit again while its other sets
+        # stay; the files written say how much was new ("reused 0" read as nothing kept; a tester).
+        print(f"tagged {result['tagged_units']} unit(s), writing {result['files_written']} attribute file(s); reused "
+              f"{result['reused_units']} unit(s) whole; attributes under {result['attributes']}")
         return 0
     from dolmino.report import render_markdown
 
