@@ -170,6 +170,29 @@ def make_lock(manifest: Manifest, *, fast: bool = False, jobs: int = 4, log=None
     model: a lock of a manifest that cannot build pins nothing."""
     log = log or (lambda msg: None)
     problems = []
+    # The tokenizer, models and indexes first: one missing is found before hashing the pool
+    # (hours on a real one), not after (found by a reviewer).
+    from dolmino.s3 import S3ObjectError
+
+    tokenizer = None
+    try:
+        tokenizer = _tokenizer_entry(manifest)
+    except ManifestError as exc:
+        problems.append(str(exc))
+    resources = []
+    for where, written, uri in _resource_refs(manifest):
+        try:
+            digest, is_dir = _resource_digest(uri)
+        except FileNotFoundError:
+            problems.append(f"{where}: {written}: no such file or directory")
+            continue
+        except (BuildError, S3ObjectError) as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        resources.append({"where": where, "path": written, "sha256": digest, "kind": "directory" if is_dir else "file"})
+        log(f"{where}: {written} sha256 {digest[:16]}...")
+    if problems:
+        raise BuildError("cannot lock " + repr(manifest.name) + ":\n  " + "\n  ".join(problems))
     inputs: dict[str, list[dict]] = {}
     for i, source in enumerate(manifest.sources):
         try:
@@ -186,18 +209,6 @@ def make_lock(manifest: Manifest, *, fast: bool = False, jobs: int = 4, log=None
         kind = "size+mtime" if fast and local else ("SHA-256" if local else "ETag")
         log(f"{source.name}: {len(files):,} file(s), {sum(f.size for f in files):,} bytes ({kind}, "
             f"{time.time() - started:.1f} s)")
-    resources = []
-    for where, written, uri in _resource_refs(manifest):
-        try:
-            digest, is_dir = _resource_digest(uri)
-        except FileNotFoundError:
-            problems.append(f"{where}: {written}: no such file or directory")
-            continue
-        except BuildError as exc:
-            problems.append(f"{where}: {exc}")
-            continue
-        resources.append({"where": where, "path": written, "sha256": digest, "kind": "directory" if is_dir else "file"})
-        log(f"{where}: {written} sha256 {digest[:16]}...")
     if problems:
         raise BuildError("cannot lock " + repr(manifest.name) + ":\n  " + "\n  ".join(problems))
     return {
@@ -207,7 +218,7 @@ def make_lock(manifest: Manifest, *, fast: bool = False, jobs: int = 4, log=None
                      "sha256": _manifest_digest(manifest)},
         "data_root": _data_root_as_written(manifest),
         "hash": "size+mtime" if fast else "sha256",
-        "tokenizer": _tokenizer_entry(manifest),
+        "tokenizer": tokenizer,
         "resources": resources,
         "inputs": inputs,
     }

@@ -215,6 +215,7 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
         "attributes": attributes,
         "run": {"elapsed_s": round(elapsed_s, 2), **cluster, "resumed": resumed,
                 "units": units, "units_tagged": tagged.tagged_units, "units_reused": units - tagged.tagged_units,
+                "units_read_for_minhash_only": getattr(tagged, "signature_units", 0),
                 "parts_reused": sum(1 for p in parts if p.skipped), "stages": state.stages,
                 "persisted_bytes": state.persisted, "python": platform.python_version(),
                 "machine": platform.machine()},
@@ -271,8 +272,10 @@ def render_markdown(report: dict) -> str:
               + _reused_note(report.get("run", {}), out['files']), ""]
     run = report.get("run", {})
     if "units_tagged" in run:
+        only = run.get("units_read_for_minhash_only") or 0
+        also = f" ({only:,} of them read again only for MinHash signatures)" if only else ""
         lines += [f"Attributes ({report.get('attributes')}): {run['units_tagged']:,} of {run['units']:,} input "
-                  f"unit(s) tagged by this build, {run['units_reused']:,} reused.", ""]
+                  f"unit(s) tagged by this build{also}, {run['units_reused']:,} reused.", ""]
     control = [(s["name"], s["tokenized"].get("control_token_docs", 0), s["tokenized"].get("eos_in_span_docs", 0))
                for s in report["sources"]]
     if any(c or e for _, c, e in control):

@@ -534,6 +534,9 @@ def read_index_meta(path: str) -> dict:
     if not os.path.exists(path):
         raise IndexFileError(f"decontamination index {path} does not exist "
                              f"(build it with `python -m filters.decontamination build --out {path}`)")
+    if os.path.isdir(path):
+        raise IndexFileError(f"decontamination index {path} is a directory, not an index file (a .npz, as "
+                             "`python -m filters.decontamination build` writes)")
     with open(path, "rb") as fh:
         head = fh.read(4)
     if head != b"PK\x03\x04":  # np.load would call any other file "pickled (object) data"

@@ -340,6 +340,15 @@ def test_units_read_again_for_minhash_count_as_tagged(world, spark, tmp_path):
     again = build(manifest_from_dict(spec(2)), 4_000, str(tmp_path / "o2"), spark, attributes=attrs, phase="tag")
     assert first["tagged_units"] == first["units"] == FILES
     assert again["tagged_units"] == FILES and again["files_written"] > 0
+    assert again["signature_units"] == FILES and first["signature_units"] == 0  # said apart (found by a tester)
+    stats = again["minhash"]["web"]  # documents in no cluster are clusters of one; the params used, banding too
+    assert sum(stats["cluster_sizes"].values()) == stats["docs_in"] - stats["docs_in_clusters"] + \
+        stats["duplicate_clusters"] and stats["cluster_sizes"]["1"] > 0
+    from filters.minhash import MinHashConfig
+
+    bands, rows = MinHashConfig(num_perm=64, threshold=0.8, seed=2).banding()
+    assert (stats["params"]["num_perm"], stats["params"]["ngram"], stats["params"]["bands"],
+            stats["params"]["rows"]) == (64, 5, bands, rows)
     stage = again["stages"]["minhash:web"]
     assert stage["units"] == FILES and stage["docs"] > 0
     same = build(manifest_from_dict(spec(2)), 4_000, str(tmp_path / "o3"), spark, attributes=attrs, phase="tag")
@@ -370,3 +379,15 @@ def test_the_tokenizer_digest_keys_its_bytes_and_settings_not_its_path(tmp_path)
     assert tokenizer_digest(Dolma2Tokenizer.from_spec(moved), moved) == before.hexdigest()
     other = dataclasses.replace(packaged, semantics="raw")
     assert tokenizer_digest(tokenizer, other) != before.hexdigest()
+
+
+def test_the_plan_of_a_build_does_not_hold_where_its_tokenizer_lies():
+    """Found by a reviewer: with tokenizer.path in the plan, a moved tokenizer.json dropped a killed
+    build's committed parts on the rerun. Without a path the plan is what earlier versions wrote."""
+    from dolmino.build.mix import _planned_manifest
+
+    raw = {"name": "m", "output": "o", "data_root": "d", "tokenizer": {"name": "t", "path": "/a/tokenizer.json"}}
+    assert _planned_manifest(raw) == {"name": "m", "tokenizer": {"name": "t"}}
+    assert _planned_manifest({**raw, "tokenizer": {"name": "t", "path": "s3://b/tokenizer.json"}}) == \
+        _planned_manifest(raw)
+    assert _planned_manifest({"name": "m", "tokenizer": {"name": "t"}}) == {"name": "m", "tokenizer": {"name": "t"}}

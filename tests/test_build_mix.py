@@ -578,6 +578,9 @@ def test_mix_with_another_task_size_reuses_the_byte_ranges_tag_wrote(spark, tmp_
     assert main([*common, "--out", str(tmp_path / "mixed"), "--task-size", "1K"], phase="mix") == 0
     report = json.loads((tmp_path / "mixed" / "report.json").read_text())
     assert report["run"]["units"] > 1 and report["run"]["units_reused"] == report["run"]["units"]
+    from dolmino.assets import dolma2_tokenizer_path  # what the trainer tells two tokenizers apart by
+
+    assert report["tokenizer_sha256"] == hashlib.sha256(dolma2_tokenizer_path().read_bytes()).hexdigest()
     capsys.readouterr()
     other = [a if a != str(size // 4) else str(size // 3) for a in common]
     assert main([*other, "--out", str(tmp_path / "other")], phase="mix") == 2

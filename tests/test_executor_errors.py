@@ -172,6 +172,11 @@ def test_a_decontamination_index_that_is_no_index_is_refused_on_the_driver(spark
     assert (f"error: source 'web' filters[0].index_path: decontamination index {index} is not an index file (a "
             ".npz, as `python -m filters.decontamination build` writes): it starts with b'garb'") in errors[0]
     assert "Traceback" not in err and not any((tmp_path / "attributes").rglob("*.parquet"))
+    index.unlink()
+    index.mkdir()  # a directory: IsADirectoryError was a traceback (found by a reviewer)
+    code, err, errors = _build_with_filters(tmp_path, [{"type": "decontaminate", "index_path": str(index)}], capsys)
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert f"filters[0].index_path: decontamination index {index} is a directory, not an index file" in errors[0]
 
 
 def test_a_denied_model_on_s3_names_its_filter_and_object(spark, tmp_path, capsys, monkeypatch):

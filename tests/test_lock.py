@@ -294,3 +294,19 @@ def test_a_hand_edited_lock_missing_a_field_is_named(project, capsys):
     Path(path).write_text(json.dumps(lock))
     with pytest.raises(BuildError, match="malformed lock: inputs\\['web'\\]\\[0\\] has no 'size'"):
         read_lock(path)
+
+
+def test_a_missing_tokenizer_or_model_is_found_before_the_inputs_are_hashed(project, monkeypatch):
+    """Found by a reviewer: `dolmino lock` hashed every input (hours on a real pool) before it
+    said the tokenizer.path was missing."""
+    spec = json.loads((project / "pool.json").read_text())
+    spec["tokenizer"] = {"name": "custom", "path": str(project / "missing-tokenizer.json"), "eos_token_id": 0,
+                         "pad_token_id": 1, "vocab_size": 10}
+    (project / "pool.json").write_text(json.dumps(spec))
+
+    def no_hashing(*args, **kwargs):
+        raise AssertionError("inputs hashed before the tokenizer was read")
+
+    monkeypatch.setattr(lock_cmd, "_hash_all", no_hashing)
+    with pytest.raises(BuildError, match="cannot lock 'locked-pool':\n  tokenizer.path: .*missing-tokenizer.json"):
+        make_lock(_manifest(project))

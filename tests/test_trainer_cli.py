@@ -246,11 +246,11 @@ def test_overwrite_keeps_what_the_run_reads_and_what_is_not_a_run(data_dir, tmp_
     (tmp_path / "crashed").mkdir()
     (tmp_path / "crashed" / "eval").mkdir()
     assert main([*base, "--save-dir", str(tmp_path / "crashed")]) == 2
-    assert "holds a run (eval/); it has no checkpoint to resume; --overwrite" in capsys.readouterr().err
+    assert "holds a run (eval/); it has no complete checkpoint to resume; --overwrite" in capsys.readouterr().err
     # a step directory a kill left without its state is no checkpoint --resume could continue
     (tmp_path / "crashed" / "step000004").mkdir()
     assert main([*base, "--save-dir", str(tmp_path / "crashed")]) == 2
-    assert "the newest step000004, eval/); it has no checkpoint to resume" in capsys.readouterr().err
+    assert "the newest step000004, eval/); it has no complete checkpoint to resume" in capsys.readouterr().err
     os.symlink(other / "step000002", save / "step000009")
     # a step*/ link in --save-dir is its own checkpoint (clear_run unlinks it), wherever it points:
     # read through the link, it was judged to lie elsewhere (found by a reviewer)
@@ -261,6 +261,14 @@ def test_overwrite_keeps_what_the_run_reads_and_what_is_not_a_run(data_dir, tmp_
                  "--overwrite"]) == 2
     assert "--overwrite removes the run that --resume would continue" in capsys.readouterr().err
     assert (save / "step000009").is_symlink() and (save / "metrics.jsonl").is_file()
+    # ".." after a symlink climbs out of where the link points, not out of the link (found by a reviewer)
+    (tmp_path / "nest").mkdir()
+    os.symlink(other, tmp_path / "nest" / "cur")
+    climbed = f"{tmp_path / 'nest' / 'cur'}/../run/step000002"  # save/step000002 to the filesystem, not as text
+    assert main([*base, "--init-from", climbed, "--save-dir", str(save), "--overwrite"]) == 2
+    assert "lies where --overwrite would remove it" in capsys.readouterr().err
+    assert main([*base, "--steps", "3", "--save-dir", str(save), "--resume", climbed, "--overwrite"]) == 2
+    assert "--overwrite removes the run that --resume would continue" in capsys.readouterr().err
     moved = tmp_path / "moved"
     shutil.copytree(fork[1], moved / "run", symlinks=True)
     (moved / "run" / "step000003").rename(moved / "step000003")

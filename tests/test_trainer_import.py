@@ -516,3 +516,69 @@ def test_a_checkpoint_shaped_like_a_preset_keeps_its_own_config(tmp_path):
     cfg, label = resolve_model(args, inspect_init(args))
     assert label == "tiny"
     assert (cfg.max_seq_len, cfg.vocab_size, cfg.padded_vocab_size) == (4096, 100352, 100352)
+    # with --model naming that preset, the checkpoint's context length is kept too (found by a tester)
+    cfg, label = resolve_model(argparse.Namespace(**{**vars(args), "model": "tiny"}), inspect_init(args))
+    assert (label, cfg.max_seq_len) == ("tiny", 4096)
+
+
+def test_what_a_config_leaves_out_is_what_transformers_takes(tmp_path):
+    """Found by a tester: a config.json without rms_norm_eps (or max_position_embeddings) was
+    imported with 1e-6 (4,096) where transformers' Olmo2Config takes 1e-5 (2,048): other logits,
+    and an export changed the model; "num_key_value_heads": null was refused as grouped-query."""
+    path, model = hf_olmo2(tmp_path)
+    config = json.loads((path / "config.json").read_text())
+    config.update(rms_norm_eps=1e-5, num_key_value_heads=None)
+    del config["max_position_embeddings"]
+    (path / "config.json").write_text(json.dumps(config))
+    info = inspect_checkpoint(path)
+    assert (info.model.norm_eps, info.model.max_seq_len) == (1e-5, 2048)
+    del config["rms_norm_eps"]
+    (path / "config.json").write_text(json.dumps(config))
+    reference = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    info = inspect_checkpoint(path)
+    assert (info.model.norm_eps, info.model.max_seq_len) == (reference.config.rms_norm_eps, 2048)
+    ours = OLMo2(info.model).eval()
+    load_weights_into(ours, info)
+    ids = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(ours(ids), reference(input_ids=ids).logits)
+
+
+def test_an_export_over_a_sharded_model_leaves_one_model(tmp_path):
+    """Found by a tester: exporting into a directory holding a sharded HF model left its index and
+    shards beside the new model.safetensors; this trainer's importer read the old shards,
+    transformers the new file."""
+    old, _ = hf_olmo2(tmp_path, "dest", max_shard_size="100KB")
+    assert (old / "model.safetensors.index.json").is_file()
+    src, model = hf_olmo2(tmp_path, "src")
+    with torch.no_grad():  # another model than the one in dest
+        for p in model.parameters():
+            p.add_(1.0)
+    model.save_pretrained(src)
+    proc = run_module("trainer.export_hf", src, old)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in old.iterdir() if "safetensors" in p.name) == ["model.safetensors"]
+    with WeightReader(inspect_checkpoint(old)) as exported, WeightReader(inspect_checkpoint(src)) as wanted:
+        assert exported.names() == wanted.names()
+        for name in wanted.names():
+            assert torch.equal(exported.get(name), wanted.get(name)), name
+
+
+def test_an_olmo_core_config_the_model_cannot_express_is_refused(tmp_path):
+    """Found by a tester: only the heads, RoPE theta and norm eps were read from OLMo-core's config,
+    so a pre-norm block or interleaved / scaled RoPE loaded (and exported) as another model."""
+    cfg = ModelConfig(d_model=64, n_layers=2, n_heads=4, vocab_size=VOCAB, max_seq_len=64)
+    step_dir = write_olmo_core_checkpoint(tmp_path / "run", 5, OLMo2(cfg))
+    written = json.loads((tmp_path / "run" / "config.json").read_text())
+    for change, words in (({"name": "default"}, "block 'default' is not OLMo 2's reordered_norm"),
+                          ({"attention": {"n_heads": 4, "rope": {"name": "complex"}}}, "RoPE 'complex' is not"),
+                          ({"attention": {"n_heads": 4, "rope": {"scaling": {"name": "yarn"}}}}, "RoPE scaling"),
+                          ({"attention": {"n_heads": 4, "n_kv_heads": 2}}, "grouped-query")):
+        block = {**written["model"]["block"], **change}
+        (tmp_path / "run" / "config.json").write_text(json.dumps({**written, "model": {**written["model"],
+                                                                                      "block": block}}))
+        with pytest.raises(CheckpointFormatError, match=words):
+            inspect_checkpoint(step_dir)
+    fused = {**written["model"]["block"], "attention": {"n_heads": 4, "rope": {"name": "fused", "theta": 500000}}}
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**written, "model": {**written["model"], "block": fused}}))
+    assert inspect_checkpoint(step_dir).model.n_heads == 4

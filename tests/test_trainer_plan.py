@@ -104,9 +104,31 @@ def test_every_build_among_the_data_is_checked(tmp_path):
         (mix / "report.json").write_text(json.dumps({**report, "tokenizer": name, "vocab_size": vocab,
                                                      "eos_token_id": eos}))
     with pytest.raises(DataError, match="the data mixes builds of different tokenizers: .*allenai/dolma2-tokenizer, "
-                                        "vocab 100278, EOS 100257.* and .*wordpiece, vocab 1000, EOS 3"):
+                                        "EOS 100257\\) and .*wordpiece, EOS 3\\)"):
         data_tokens([str(good), str(other)])
     assert data_tokens([str(good)]) == (4000, str(good / "report.json"))
+    # Found by a reviewer: one tokenizer declared padded in one manifest is the same tokenizer; two
+    # tokenizer.json files under one name are not (where the reports record their digests).
+    def retokenize(mix, **fields):
+        report = json.loads((mix / "report.json").read_text())
+        (mix / "report.json").write_text(json.dumps({**report, **fields}))
+
+    retokenize(other, tokenizer="allenai/dolma2-tokenizer", vocab_size=100352, eos_token_id=100257)
+    assert data_tokens([str(good), str(other)])[0] == 5000
+    retokenize(good, tokenizer_sha256="a" * 64)
+    assert data_tokens([str(good), str(other)])[0] == 5000  # one report without a digest: names decide
+    retokenize(other, tokenizer_sha256="b" * 64)
+    with pytest.raises(DataError, match="tokenizer.json aaaaaaaaaaaa.*tokenizer.json bbbbbbbbbbbb"):
+        data_tokens([str(good), str(other)])
+    retokenize(other, tokenizer_sha256="a" * 64)
+    # the same files through overlapping --data paths: said so, not blamed on an incomplete copy
+    for given in ([str(good), str(good)], [str(tmp_path / "p"), str(good)]):
+        with pytest.raises(DataError, match="is given twice.*the --data paths overlap"):
+            data_tokens(given)
+    # a build with another build inside it: its report.json counts only its own parts
+    inner = write_mix(good / "ablation", [300], 300)
+    with pytest.raises(DataError, match=f"{good} is a build with another build inside it \\({inner}\\)"):
+        data_tokens([str(good)])
 
 
 def test_anneal_start_lr_sources():

@@ -187,6 +187,18 @@ def existing_run(save_dir: str | Path) -> str | None:
     return ", ".join(found) or None
 
 
+def _absolute(path: str | Path) -> Path:
+    """`path` made absolute with its ".." resolved as the filesystem does (through symlinks),
+    and nothing else resolved: os.path.abspath drops "cur/.." as text, which names another
+    directory when cur is a link (--overwrite then removed a checkpoint given as
+    cur/../a/step1; found by a reviewer)."""
+    parts = Path(os.path.join(os.getcwd(), os.fspath(path))).parts
+    last = max((i for i, part in enumerate(parts) if part == ".."), default=None)
+    if last is None:
+        return Path(os.path.abspath(os.path.join(*parts)))
+    return Path(os.path.realpath(os.path.join(*parts[:last + 1])), *[p for p in parts[last + 1:] if p != "."])
+
+
 def _entry_in(path: str | Path, save_dir: str | Path) -> str | None:
     """The name of the entry of `save_dir` that holds `path` ("" for save_dir itself), or None.
 
@@ -196,7 +208,7 @@ def _entry_in(path: str | Path, save_dir: str | Path) -> str | None:
     through it, and a plain --resume of a linked newest checkpoint was refused; found by a
     reviewer). A path outside that resolves into save_dir is in it too."""
     root = os.path.realpath(save_dir)
-    path = Path(os.path.abspath(path))
+    path = _absolute(path)
     for entry in (path, *path.parents):
         if os.path.realpath(entry) == root:
             return ""
@@ -213,7 +225,7 @@ def own_checkpoint(path: str | Path, save_dir: str | Path) -> bool:
     `existing_run` counts it), or the dir itself; a copy kept in a subdirectory of it is
     another run's (found by a tester)."""
     root = os.path.realpath(save_dir)
-    path = os.path.abspath(path)
+    path = str(_absolute(path))
     return any(os.path.realpath(p) == root or os.path.realpath(os.path.dirname(p)) == root
                for p in (path, os.path.realpath(path)))
 

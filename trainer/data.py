@@ -86,17 +86,37 @@ def check_complete_build(directory: Path) -> None:
                         "last): it was interrupted or is still running; rerun the same build command to finish it")
 
 
-def token_dirs(paths: Iterable[str | Path]) -> dict[Path, list[Path]]:
-    """The token files below the given directories, grouped by the directory holding them: each
-    is one build (or a folder of memmaps from elsewhere), whether given or found below a given
-    one (found by a tester: a parent of several builds was not checked). Token files named
-    one by one are the user's pick, not a build, and are left out."""
-    dirs: dict[Path, list[Path]] = {}
+def token_builds(paths: Iterable[str | Path]) -> dict[Path, list[Path]]:
+    """The token files below the given directories, by the build holding them: the nearest
+    directory above a file (up to the given one) that has a report.json, else the file's own
+    directory. Each build is checked against its report whether given or found below a given
+    directory (found by a tester: a parent of several builds was not checked). A build with
+    another build inside it is refused: its report counts only its own parts. Token files
+    named one by one are the user's pick, not a build, and are left out."""
+    builds: dict[Path, list[Path]] = {}
     for entry in paths:
-        if Path(entry).is_dir():
-            for f in discover_token_files(entry):
-                dirs.setdefault(f.parent, []).append(f)
-    return dirs
+        top = Path(entry)
+        if not top.is_dir():
+            continue
+        for f in discover_token_files(top):
+            home = next((d for d in _up_to(f.parent, top) if (d / COMPLETION_MARKER).is_file()), f.parent)
+            builds.setdefault(home, []).append(f)
+    reported = [d for d in builds if (d / COMPLETION_MARKER).is_file()]
+    for outer in reported:
+        inner = next((d for d in reported if d != outer and outer in d.parents), None)
+        if inner is not None:
+            raise DataError(f"{outer} is a build with another build inside it ({inner}), whose token files its "
+                            f"{COMPLETION_MARKER} does not count; pass the build(s) you mean as --data, or move the "
+                            "inner one out")
+    return builds
+
+
+def _up_to(folder: Path, top: Path) -> list[Path]:
+    """`folder` and its parents up to `top` (which holds it), nearest first."""
+    chain = [folder]
+    while chain[-1] != top and chain[-1].parent != chain[-1]:
+        chain.append(chain[-1].parent)
+    return chain
 
 
 def unreported_build_note(paths: Iterable[str | Path]) -> str | None:
@@ -104,7 +124,7 @@ def unreported_build_note(paths: Iterable[str | Path]) -> str | None:
     has no report.json: a copy that left it behind, or parts copied by hand. Nothing then
     says whether every part is there (report.json's token count is what is checked), yet
     the directory is not refused: memmaps of this layout come from other tools as well."""
-    for p in token_dirs(paths):
+    for p in token_builds(paths):
         if not (p / COMPLETION_MARKER).is_file() and any(p.glob("part-*.csv.gz")):
             return (f"{p} holds dolmino part files but no {COMPLETION_MARKER}: nothing checks that every part of "
                     "the build is here; copy the whole build directory (or `dolmino release pull` it)")
@@ -134,6 +154,13 @@ def discover_token_files(paths: str | Path | Iterable[str | Path]) -> list[Path]
             found.append(p)
         else:
             raise DataError(f"data path {p} does not exist")
+    seen: dict[Path, Path] = {}
+    for f in found:  # overlapping --data paths: the same file trained twice, or a report blamed (a reviewer)
+        real = f.resolve()
+        if real in seen:
+            raise DataError(f"{f} is given twice{'' if seen[real] == f else f' (also as {seen[real]})'}: the --data "
+                            "paths overlap; name each build or file once")
+        seen[real] = f
     return found
 
 

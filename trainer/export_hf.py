@@ -137,6 +137,20 @@ def write_safetensors(path: str | Path, specs: Iterable[tuple[str, tuple[int, ..
     return path
 
 
+# Weight files of another model that a directory may hold: transformers' shards and indexes.
+_OTHER_WEIGHTS = re.compile(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?")
+
+
+def _remove_other_weights(out_dir: Path) -> None:
+    """Remove the weight files beside the new model.safetensors, as save_pretrained does: an
+    export over a sharded model left its index and shards, which this trainer's importer reads
+    first while transformers loads model.safetensors, so the two saw different models (found
+    by a tester)."""
+    for path in out_dir.iterdir():
+        if path.name != "model.safetensors" and _OTHER_WEIGHTS.fullmatch(path.name) and path.is_file():
+            path.unlink()
+
+
 def write_hf_model(out_dir: str | Path, cfg: ModelConfig, names: list[str], get: Callable[[str], torch.Tensor],
                    dtype: torch.dtype, config: dict | None = None) -> Path:
     """An Olmo2ForCausalLM directory from this trainer's tensors, `get(name)` one at a time
@@ -154,6 +168,7 @@ def write_hf_model(out_dir: str | Path, cfg: ModelConfig, names: list[str], get:
     by_hf = {hf_name(n): n for n in names}
     specs = [(hf_name(n), shapes[n], dtype) for n in names]
     write_safetensors(out_dir / "model.safetensors", specs, lambda key: get(by_hf[key]).to(dtype))
+    _remove_other_weights(out_dir)
     config = dict(config) if config is not None else hf_config(cfg, dtype)
     config["torch_dtype"] = str(dtype).removeprefix("torch.")
     if "dtype" in config:  # transformers >= 5 writes this name

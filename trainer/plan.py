@@ -38,7 +38,7 @@ from trainer.config import (
     ANNEAL_RECIPES, LEGACY_PRESETS, MODEL_PRESETS, RECIPE_HELP, RECIPES, SCHEDULES, STAGE1_END_STEP, ModelConfig,
     TrainConfig, describe_params, describe_preset,
 )
-from trainer.data import TOKEN_DTYPE, DataError, discover_token_files, token_dirs
+from trainer.data import TOKEN_DTYPE, DataError, discover_token_files, token_builds
 from trainer.schedule import LRSchedule
 
 DEFAULT_MODEL = "olmo2-30M"
@@ -157,10 +157,20 @@ def _read_report(report: Path) -> dict:
     return data
 
 
-def _tokenizer_of(data: dict) -> tuple | None:
-    """What a build's ids mean: its tokenizer's name, vocabulary and EOS (None if unrecorded)."""
-    key = (data.get("tokenizer"), data.get("vocab_size"), data.get("eos_token_id"))
-    return key if key[0] is not None else None
+def _same_tokenizer(a: dict, b: dict) -> bool:
+    """Whether two builds' ids mean the same text: the same tokenizer name and EOS, and the same
+    tokenizer.json where both reports record its digest (older ones do not). Not the declared
+    vocab_size: one tokenizer may be declared padded (100352) in one manifest and not in
+    another (found by a reviewer)."""
+    if (a.get("tokenizer"), a.get("eos_token_id")) != (b.get("tokenizer"), b.get("eos_token_id")):
+        return False
+    return not (a.get("tokenizer_sha256") and b.get("tokenizer_sha256")) or \
+        a["tokenizer_sha256"] == b["tokenizer_sha256"]
+
+
+def _describe_tokenizer(data: dict) -> str:
+    digest = f", tokenizer.json {data['tokenizer_sha256'][:12]}..." if data.get("tokenizer_sha256") else ""
+    return f"{data.get('tokenizer')}, EOS {data.get('eos_token_id')}{digest}"
 
 
 def data_tokens(paths: list[str]) -> tuple[int, str]:
@@ -173,8 +183,8 @@ def data_tokens(paths: list[str]) -> tuple[int, str]:
     the token files' sizes (4 bytes a token)."""
     files = discover_token_files(paths)
     on_disk = sum(f.stat().st_size for f in files) // TOKEN_DTYPE.itemsize
-    reports, tokenizers = [], {}
-    builds = token_dirs(paths)
+    reports: list[tuple[Path, dict]] = []
+    builds = token_builds(paths)
     for folder, held in builds.items():
         report = folder / REPORT_FILE
         if not report.is_file():
@@ -188,15 +198,14 @@ def data_tokens(paths: list[str]) -> tuple[int, str]:
         if tokens != here:
             raise DataError(f"{report} says the mix holds {tokens:,} tokens but its token files hold {here:,}; "
                             f"is the copy incomplete?")
-        reports.append(report)
-        if (tok := _tokenizer_of(data)) is not None:
-            tokenizers.setdefault(tok, report)
-    if len(tokenizers) > 1:
-        (a, ra), (b, rb) = list(tokenizers.items())[:2]
-        raise DataError(f"the data mixes builds of different tokenizers: {ra} ({a[0]}, vocab {a[1]}, EOS {a[2]}) and "
-                        f"{rb} ({b[0]}, vocab {b[1]}, EOS {b[2]}); train on builds of one tokenizer")
+        for other, seen in reports:
+            if data.get("tokenizer") is not None and seen.get("tokenizer") is not None \
+                    and not _same_tokenizer(seen, data):
+                raise DataError(f"the data mixes builds of different tokenizers: {other} ({_describe_tokenizer(seen)}) "
+                                f"and {report} ({_describe_tokenizer(data)}); train on builds of one tokenizer")
+        reports.append((report, data))
     if len(reports) == 1 and sum(map(len, builds.values())) == len(files):
-        return on_disk, str(reports[0])
+        return on_disk, str(reports[0][0])
     checked = f", {len(reports)} checked against their report.json" if reports else ""
     return on_disk, f"{len(files)} token file(s){checked}"
 
@@ -210,7 +219,7 @@ def data_vocab_size(paths: list[str]) -> tuple[int, Path] | None:
     if not all(Path(p).is_dir() for p in paths):
         return None
     largest = None
-    for report in (folder / REPORT_FILE for folder in token_dirs(paths)):
+    for report in (folder / REPORT_FILE for folder in token_builds(paths)):
         if not report.is_file():
             return None
         try:
@@ -236,6 +245,10 @@ def resolve_model(args: argparse.Namespace, init=None) -> tuple[ModelConfig, str
         cfg, label = ModelConfig.preset(args.model), args.model
         if args.model in LEGACY_PRESETS:
             label = f"{args.model} (legacy name; {describe_params(cfg)})"
+        if init is not None and init.model is not None and init.model.max_seq_len > cfg.max_seq_len:
+            # The preset fits the checkpoint's shape (checked later) but not its context length: a
+            # 4,096-token model given --model was exported as a 512-token one (found by a tester).
+            cfg = ModelConfig.from_dict({**cfg.to_dict(), "max_seq_len": init.model.max_seq_len})
     elif init is not None:
         if init.model is None:
             raise ValueError(f"{init.describe()} does not say its number of attention heads; pass --model")

@@ -190,8 +190,8 @@ def start_afresh(save_dir: str, overwrite: bool, env, log, keep: list[Path], res
         elif resumable or not env.is_main:
             fix = "pass --resume to continue it, --overwrite to start afresh there (removing it), or another --save-dir"
         else:  # metrics.jsonl or eval/ without a checkpoint: a run that stopped before its first save
-            fix = ("it has no checkpoint to resume; --overwrite starts afresh there (removing it), or use another "
-                   "--save-dir")
+            fix = ("it has no complete checkpoint to resume; --overwrite starts afresh there (removing it), or use "
+                   "another --save-dir")
         raise ValueError(f"--save-dir {save_dir} holds a run{what}; {fix}")
     for path in keep:
         if cleared_by_overwrite(path, save_dir):

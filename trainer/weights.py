@@ -229,6 +229,12 @@ def _open_safetensors(file: Path):
         raise damaged_file_error(file, exc) from None
 
 
+# What transformers' Olmo2Config takes for a field its config.json leaves out: the same model
+# as transformers builds from a hand-written or converted config (1e-6 and 4096 here gave other
+# logits, and an export changed the model; found by a tester).
+HF_OLMO2_DEFAULTS = {"rms_norm_eps": 1e-5, "max_position_embeddings": 2048}
+
+
 def model_config_from_hf(hf: dict, where: str) -> ModelConfig:
     """Map a transformers Olmo2Config dict onto ModelConfig, refusing what the model cannot express."""
     arch = hf.get("architectures") or []
@@ -239,7 +245,7 @@ def model_config_from_hf(hf: dict, where: str) -> ModelConfig:
             f"put norms before attention and have no QK-norm)")
     problems = []
     heads = hf.get("num_attention_heads")
-    if hf.get("num_key_value_heads", heads) != heads:
+    if (hf.get("num_key_value_heads") or heads) != heads:  # null: as many as heads, as transformers reads it
         problems.append(f"num_key_value_heads {hf.get('num_key_value_heads')} != num_attention_heads {heads} "
                         f"(grouped-query attention is not supported)")
     if hf.get("tie_word_embeddings"):
@@ -264,8 +270,9 @@ def model_config_from_hf(hf: dict, where: str) -> ModelConfig:
             rope = (hf.get("rope_parameters") or {}).get("rope_theta", 10_000.0)
         fields = dict(d_model=int(hf["hidden_size"]), n_layers=int(hf["num_hidden_layers"]), n_heads=int(heads),
                       mlp_hidden=int(hf["intermediate_size"]), vocab_size=vocab, rope_theta=float(rope),
-                      norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-                      max_seq_len=int(hf.get("max_position_embeddings", 4096)))
+                      norm_eps=float(hf.get("rms_norm_eps", HF_OLMO2_DEFAULTS["rms_norm_eps"])),
+                      max_seq_len=int(hf.get("max_position_embeddings",
+                                             HF_OLMO2_DEFAULTS["max_position_embeddings"])))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointFormatError(f"{where}: missing or bad field in the Olmo2 config: {exc}") from None
     cfg = ModelConfig(**fields)
@@ -440,6 +447,26 @@ def _inspect_olmo_core(path: Path) -> CheckpointInfo:
                           step_source=source, dtype=dtype)
 
 
+def _olmo_core_problems(block: dict, attention: dict, rope: dict) -> list[str]:
+    """What in an OLMo-core experiment config this trainer's model cannot express. Only the heads,
+    RoPE theta and norm eps were read, so a pre-norm block, interleaved ("complex") RoPE or RoPE
+    scaling loaded as another model without a word (found by a tester); the HF path refuses them."""
+    problems = []
+    if block.get("name") not in (None, "reordered_norm"):
+        problems.append(f"block {block['name']!r} is not OLMo 2's reordered_norm (norms after attention and MLP)")
+    if rope.get("name") not in (None, "default", "fused"):  # fused: the same rotation, as one kernel
+        problems.append(f"RoPE {rope['name']!r} is not the default (half-split) RoPE")
+    if rope.get("scaling"):
+        problems.append(f"RoPE scaling {rope['scaling']!r} is not supported")
+    kv = attention.get("n_kv_heads")
+    if kv not in (None, attention.get("n_heads")):
+        problems.append(f"n_kv_heads {kv} != n_heads {attention.get('n_heads')} (grouped-query attention is not "
+                        "supported)")
+    if attention.get("bias"):
+        problems.append("attention bias is true (OLMo 2 has no biases)")
+    return problems
+
+
 def _model_config_from_olmo_core(path: Path, shapes: dict[str, tuple]) -> ModelConfig | None:
     """The shape follows from the tensors except the number of heads: take it from OLMo-core's
     config.json when present, else from a preset of the same shape; None if neither tells."""
@@ -456,6 +483,9 @@ def _model_config_from_olmo_core(path: Path, shapes: dict[str, tuple]) -> ModelC
         attention = block.get("attention") or {}
         rope = attention.get("rope") or {}
         norm = block.get("layer_norm") or {}
+        problems = _olmo_core_problems(block, attention, rope)
+        if problems:
+            raise CheckpointFormatError(f"{path}: " + "; ".join(problems))
         if attention.get("n_heads"):
             kwargs = dict(base, n_heads=int(attention["n_heads"]))
             if rope.get("theta"):

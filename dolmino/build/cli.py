@@ -213,8 +213,10 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
     if phase == "tag":
         # Per unit: one missing attribute set (a new filter) reads a unit again while its other sets
         # stay; the files written say how much was new ("reused 0" read as nothing kept; a tester).
-        print(f"tagged {result['tagged_units']} unit(s), writing {result['files_written']} attribute file(s); reused "
-              f"{result['reused_units']} unit(s) whole; attributes under {result['attributes']}")
+        only = result.get("signature_units") or 0
+        also = f" ({only} only read again for MinHash signatures)" if only else ""
+        print(f"tagged {result['tagged_units']} unit(s){also}, writing {result['files_written']} attribute file(s); "
+              f"reused {result['reused_units']} unit(s) whole; attributes under {result['attributes']}")
         return 0
     from dolmino.report import render_markdown
 

@@ -85,6 +85,17 @@ def tokenizer_digest(tokenizer: Dolma2Tokenizer, spec) -> str:
     return h.hexdigest()
 
 
+def _planned_manifest(raw: dict) -> dict:
+    """The manifest as far as it decides the output: not where its output, inputs or tokenizer
+    lie (the tokenizer's bytes are in the plan apart). A moved tokenizer.json dropped a killed
+    build's committed parts on the rerun (found by a reviewer); without a path the plan is the
+    one earlier versions wrote."""
+    planned = {k: v for k, v in raw.items() if k not in ("output", "description", "data_root")}
+    if isinstance(planned.get("tokenizer"), dict) and "path" in planned["tokenizer"]:
+        planned["tokenizer"] = {k: v for k, v in planned["tokenizer"].items() if k != "path"}
+    return planned
+
+
 def _stage_resources(manifest: Manifest, sc) -> dict:
     ship = not is_local(sc)
     resources = {}
@@ -187,8 +198,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
 
         state.warnings += plan_warnings(manifest.plan(options.budget))
     plan_hash = spec_key({
-        "format": ATTRIBUTE_FORMAT, "manifest": {k: v for k, v in manifest.raw.items()
-                                                  if k not in ("output", "description", "data_root")},
+        "format": ATTRIBUTE_FORMAT, "manifest": _planned_manifest(manifest.raw),
         "budget": options.budget, "targets": targets, "tokenizer": tok_digest,
         "tokens_per_file": manifest.output_spec.tokens_per_file,
         "sets": [[p.docs_set, [t.set_name for t in p.filters], p.minhash_set] for p in tagged.plans],
@@ -312,6 +322,9 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     report = build_report(manifest, budget, sources, selections, tok_stats, parts, tagged,
                           state, elapsed_s=time.time() - started, cluster=cluster_info(sc),
                           out=options.out, attributes=options.attributes, resumed=resume)
+    # What the ids mean, beyond the tokenizer's name: the trainer refuses to mix builds of two
+    # tokenizer.json files that share a name (or tell two apart that share one file).
+    report["tokenizer_sha256"] = tokenizer.json_digest
     output.check_owner(options.out, owner, "without certifying its output (no report.json)")
     place_lock(options.out, options.lock)  # manifest.lock.json, before report.json marks the build complete
     write_report(options.out, report, manifest)
@@ -557,6 +570,7 @@ def _tag_summary(manifest, options, tagged, units, listing, elapsed, sc, state) 
         "manifest": manifest.name, "attributes": options.attributes, "units": len(units),
         "bundles": len(tagged.bundles),
         "tagged_units": tagged.tagged_units, "reused_units": len(units) - tagged.tagged_units,
+        "signature_units": tagged.signature_units,
         "input_bytes": listing.total_bytes, "files_written": len(tagged.written),
         "bytes_written": sum(tagged.written.values()), "minhash": tagged.minhash, "stages": state.stages,
         "warnings": state.warnings, "elapsed_s": round(elapsed, 2), "cluster": cluster_info(sc),

@@ -361,6 +361,7 @@ class TagResult(NamedTuple):
     written: dict  # path -> size of every attribute file written by this run
     minhash: dict  # source name -> MinHash stage stats
     stages: dict  # stage name -> progress record
+    signature_units: int = 0  # of tagged_units, those read only for MinHash signatures
 
 
 def _docs_stats(bundle: Bundle, path: str) -> list[tuple[int, dict]]:
@@ -532,7 +533,11 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
     if records is not None:
         records.unpersist()
     tagged_units = sum(len(works[r.bundle_index].bundle.units) for r in results)  # each read again by this run
-    return TagResult(plans, tuple(bundles), stats, offsets, tagged_units, written, minhash_stats, stages)
+    # Of them, those read only for MinHash signatures (another unit of their source changed, or the
+    # MinHash settings): "15 of 15 tagged, 0 reused" read as every attribute set redone (a tester).
+    signature_units = sum(len(works[r.bundle_index].bundle.units) for r in results if not works[r.bundle_index].sets)
+    return TagResult(plans, tuple(bundles), stats, offsets, tagged_units, written, minhash_stats, stages,
+                     signature_units)
 
 
 # ---------------------------------------------------------------------------- MinHash clusters
@@ -605,9 +610,14 @@ def _cluster_source(sc, records, si: int, plan: SourceTagPlan, bundles: list[Bun
     check_visible(files, store.existing(plan.name, plan.minhash_set), "MinHash cluster files")
     written.update(files)
     counters.add("units", len(units))
+    # Documents in no cluster are clusters of one (the "1" bin was always 0), and the params are
+    # the ones used, defaults and banding included, not the manifest's echo (found by a tester).
+    sizes = {**tally["bins"], "1": int(docs_in) - tally["docs"]}
+    bands, rows = config.banding()
+    used = {"num_perm": config.num_perm, "ngram": config.ngram, "threshold": float(config.threshold),
+            "seed": config.seed, "bands": bands, "rows": rows, "verify": True}
     stats = {"docs_in": int(docs_in), "docs_without_shingles": int(no_shingles), "docs_in_clusters": tally["docs"],
              "duplicate_clusters": tally["clusters"], "largest_cluster": tally["largest"],
-             "cluster_sizes": tally["bins"], "cc_iterations": rounds, "params": {**params, "verify": True},
-             **counts}
+             "cluster_sizes": sizes, "cc_iterations": rounds, "params": used, **counts}
     write_bytes(minhash_manifest_path(store, plan), json.dumps({"units": digest, "stats": stats}, indent=2).encode())
     return stats
