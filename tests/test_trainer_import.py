@@ -580,5 +580,6 @@ def test_an_olmo_core_config_the_model_cannot_express_is_refused(tmp_path):
         with pytest.raises(CheckpointFormatError, match=words):
             inspect_checkpoint(step_dir)
     fused = {**written["model"]["block"], "attention": {"n_heads": 4, "rope": {"name": "fused", "theta": 500000}}}
-    (tmp_path / "run" / "config.json").write_text(json.dumps({**written, "model": {**written["model"], "block": fused}}))
+    model = {**written["model"], "block": fused}
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**written, "model": model}))
     assert inspect_checkpoint(step_dir).model.n_heads == 4
