@@ -167,6 +167,22 @@ def test_gives_up_without_raising(server):
     assert client.counts["failed"] == 2 and client.counts["requests"] == 4
 
 
+def test_a_refusing_endpoint_is_no_answer(server):
+    """Found by a tester: a wrong key (401 on every request) counted as answered, so the run was
+    cached as finished with nothing kept and the rerun with the right key asked nothing. 401 /
+    403 / 404 / 405 refuse every request alike: not retried, no answer, and the breaker stops."""
+    from dolmino.synth.openai_client import DOWN_AFTER
+
+    server.queue.extend([("status", 401)] * DOWN_AFTER)
+    client = _client(server.url, [], max_retries=2, backoff_base=0.01)
+    results = [client.complete([{"role": "user", "content": "x"}]) for _ in range(DOWN_AFTER + 2)]
+    assert client.counts["requests"] == DOWN_AFTER and client.counts["responses"] == 0
+    assert client.counts["http_401"] == DOWN_AFTER and client.counts["failed"] == DOWN_AFTER + 2
+    assert results[0].error.startswith(f"refused: HTTP 401 from {server.url}/chat/completions (check the key "
+                                       "--api-key-env names)")
+    assert all(r.error.startswith("endpoint_down") for r in results[DOWN_AFTER:])
+
+
 def test_an_endpoint_that_never_responded_is_not_tried_past_the_first_items(server):
     """Nothing listening: every item was retried in full (~6 s each), a 125-item partition took
     ~12 minutes to say the endpoint was down (found by a tester). After DOWN_AFTER items without
@@ -311,6 +327,9 @@ def test_personas_are_read_by_the_input_rules(tmp_path, name, data, expected):
     (["--requests-per-second", "-1"], "error: --requests-per-second must be a number >= 0 (0: no limit), got -1.0"),
     (["--max-tokens", "0"], "error: --max-tokens must be an integer >= 1, got 0"),
     (["--temperature", "-0.5"], "error: --temperature must be a number >= 0, got -0.5"),
+    # retried as a connection error, then said to be an endpoint that is down (found by a tester)
+    (["--endpoint", "127.0.0.1:9/v1"], "error: --endpoint '127.0.0.1:9/v1' is not an http:// or https:// URL (e.g. "
+                                       "http://127.0.0.1:8000/v1)"),
 ])
 def test_client_settings_are_refused_on_the_command_line(flags, error, tmp_path, capsys, monkeypatch):
     """Once checked only in ChatClient, in the executors: a Spark traceback per bad flag."""
@@ -376,3 +395,10 @@ def test_an_endpoint_that_never_answers_is_not_cached_and_the_rerun_asks_again(s
     assert some.returncode == 0, some.stderr[-2000:]
     assert "warning: partition(s) 0 are kept with those items rejected" in some.stderr
     assert (tmp_path / "some" / "part-00000.done.json").is_file()
+    # a wrong key: no answer either, said so (a run of 401s was cached as finished; found by a tester)
+    server.queue.extend([("status", 401)] * 3)
+    refused = subprocess.run([*one, "--out", str(tmp_path / "refused"), "--endpoint", server.url],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    assert "the endpoint refused them (HTTP 401: check the key --api-key-env names)" in refused.stderr
+    assert not list((tmp_path / "refused").glob("*.done.json"))

@@ -565,7 +565,14 @@ def test_an_anneal_resumes_without_repeating_init_from(data_dir, tmp_path, capsy
     assert main([*common, "--model", "tiny", "--steps", "3", "--horizon-tokens", "640", "--lr", "1e-3",
                  "--save-dir", str(tmp_path / "pre")]) == 0
     anneal = [*common, "--recipe", "microanneal", "--steps", "4"]
+    capsys.readouterr()
     assert main([*anneal, "--init-from", str(tmp_path / "pre"), "--save-dir", str(tmp_path / "whole")]) == 0
+    assert "warning: the learning rate is 0" not in capsys.readouterr().err
+    # one step of a linear decay to 0 is a step at LR 0: said (found by a tester)
+    assert main([*anneal, "--steps", "1", "--init-from", str(tmp_path / "pre"), "--save-dir",
+                 str(tmp_path / "one")]) == 0
+    assert ("trainer.run: warning: the learning rate is 0 on every step this run takes (linear_to_zero, steps 1-1): "
+            "the weights will not change") in capsys.readouterr().err
     assert main([*anneal, "--init-from", str(tmp_path / "pre"), "--save-interval", "2",
                  "--save-dir", str(tmp_path / "cut")]) == 0
     shutil.rmtree(tmp_path / "cut" / "step000004")

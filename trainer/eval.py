@@ -33,7 +33,8 @@ subject's first 5 dev questions as exemplars, "Question: ...\\nAnswer:", test sp
 GSM8K: greedy decoding after OLMES's 8-shot chain-of-thought prompt (the "STD:GSM8k"
 exemplars, taken from oe-eval's dump of the test split), stopping where oe-eval's config says
 ("Question:", "</s>", "<|im_end|>", a blank line; or EOS, or 512 new tokens), then exact match
-of the final number (`extract_answer`).
+of the answer's number: the first after the last "answer is", else after the last "####", else
+the last number in the text (`extract_answer`).
 
 Tokenization: context and continuation are encoded separately with the dolma2 tokenizer and
 concatenated, as OLMo's in-loop evaluator does; no BOS (OLMo 2 was trained without one).
@@ -698,7 +699,8 @@ def run_task(name: str, loaded: LoadedModel, tokenizer: Tokenizer, limit: int | 
         generation["max_new_tokens"] = budget
         metrics, details = evaluate_gen(loaded.model, tokenizer, docs, generation["max_new_tokens"],
                                         generation["stop_sequences"], batch_size, log, name)
-        settings.update(generation, decoding="greedy", answer="final number, exact match (trainer.eval.extract_answer)")
+        settings.update(generation, decoding="greedy", answer="the first number after the last 'answer is', else after the last '####', else the "
+                        "last number; exact match (trainer.eval.extract_answer)")
         result = {"accuracy": metrics["exact_match"], "metric": "exact_match", "n": len(docs), "metrics": metrics}
     else:
         docs = load_mc_docs(spec, limit)

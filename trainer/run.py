@@ -289,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
             f"warmup {tc.warmup_steps}, horizon {tc.horizon_steps:,} steps")
         if note := epochs_note(len(trainer.dataset), tc.global_batch_size, tc.max_steps, trainer.dataset):
             log(note)
+        steps_left = range(trainer.step, tc.max_steps)
+        if env.is_main and steps_left and not any(trainer.schedule.lr_at(s) for s in steps_left):
+            # e.g. a one-step anneal: its linear decay reaches 0 on its last step, its only one (a tester)
+            print(f"trainer.run: warning: the learning rate is 0 on every step this run takes ({tc.schedule}, steps "
+                  f"{trainer.step + 1}-{tc.max_steps}): the weights will not change", file=sys.stderr)
         result = trainer.fit()
         stats = result.data_stats
         if stats.get("labels"):

@@ -129,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     if bad is not None:
         print(f"error: --{bad[0].replace('_', '-')} {bad[1]}", file=sys.stderr)
         return 2
+    if args.endpoint and not _http_url(args.endpoint):
+        # Retried as a connection error and then reported as an endpoint that is down (a tester).
+        print(f"error: --endpoint {args.endpoint!r} is not an http:// or https:// URL (e.g. http://127.0.0.1:8000/v1)",
+              file=sys.stderr)
+        return 2
     if args.endpoint and args.api_key_env and not os.environ.get(args.api_key_env):
         # The executors read it (in local mode from this environment): unset, requests go out without one.
         print(f"warning: --api-key-env {args.api_key_env} is not set here; requests carry no API key where it is "
@@ -174,11 +179,24 @@ def main(argv: list[str] | None = None) -> int:
               "for and are not requested again); to request the whole partition again, delete its "
               "part-NNNNN.done.json and rerun", file=sys.stderr)
     if report["partitions_unanswered"]:
+        from dolmino.synth.openai_client import REFUSED_HINT
+
+        refused = [f"HTTP {code}: {hint}" for code, hint in REFUSED_HINT.items()
+                   if report["requests"].get(f"http_{code}")]
+        cause = (f"the endpoint refused them ({'; '.join(refused)}); rerun the same command once that is fixed"
+                 if refused else "rerun the same command once the endpoint answers")
         print(f"error: partition(s) {', '.join(map(str, report['partitions_unanswered']))} got no answer to any "
-              "request: nothing of them is cached and the run is not finished (no synth-report.json); rerun the "
-              "same command once the endpoint answers", file=sys.stderr)
+              f"request: nothing of them is cached and the run is not finished (no synth-report.json); {cause}",
+              file=sys.stderr)
         return 1
     return 0
+
+
+def _http_url(text: str) -> bool:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,13 @@ from collections import Counter
 from dataclasses import dataclass
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# Statuses that refuse every request alike (a wrong key, --model or --endpoint path): no answer,
+# not retried, and the breaker counts them like an endpoint that is down. As answers they cached
+# a run of 401s as finished, so the rerun with the right key asked nothing (found by a tester).
+REFUSED_STATUS = {401, 403, 404, 405, 407}
+REFUSED_HINT = {401: "check the key --api-key-env names", 403: "check the key --api-key-env names and its access",
+                404: "check --endpoint and --model", 405: "check --endpoint (the chat-completions URL)",
+                407: "a proxy wants credentials"}
 MAX_ERROR_BODY = 500
 
 
@@ -206,6 +213,12 @@ class ChatClient:
             except Exception:  # noqa: BLE001 - RemoteDisconnected, reset, bad status line...
                 error = "connection_error"
             else:
+                if status in REFUSED_STATUS:
+                    self.counts[f"http_{status}"] += 1
+                    self.counts["failed"] += 1
+                    self.unreached = 0 if self.reached else self.unreached + 1
+                    return ChatResult(None, f"refused: HTTP {status} from {self.url} ({REFUSED_HINT[status]}): "
+                                            f"{data[:MAX_ERROR_BODY].decode('utf-8', 'replace')}", attempt + 1)
                 if status == 200 or status not in RETRYABLE_STATUS:
                     self.reached = True
                     self.counts["responses"] += 1
