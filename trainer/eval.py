@@ -699,8 +699,9 @@ def run_task(name: str, loaded: LoadedModel, tokenizer: Tokenizer, limit: int | 
         generation["max_new_tokens"] = budget
         metrics, details = evaluate_gen(loaded.model, tokenizer, docs, generation["max_new_tokens"],
                                         generation["stop_sequences"], batch_size, log, name)
-        settings.update(generation, decoding="greedy", answer="the first number after the last 'answer is', else after the last '####', else the "
-                        "last number; exact match (trainer.eval.extract_answer)")
+        settings.update(generation, decoding="greedy",
+                        answer="the first number after the last 'answer is', else after the last '####', else "
+                               "the last number; exact match (trainer.eval.extract_answer)")
         result = {"accuracy": metrics["exact_match"], "metric": "exact_match", "n": len(docs), "metrics": metrics}
     else:
         docs = load_mc_docs(spec, limit)
