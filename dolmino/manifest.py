@@ -122,12 +122,21 @@ def ratio_text(value: float) -> str:
 
 
 def format_count(n: int | float) -> str:
-    """3 significant digits and a K/M/B/T suffix: 51458745000 -> "51.5B", 999954 -> "1M"."""
+    """3 significant digits and a K/M/B/T suffix: 51458745000 -> "51.5B", 999954 -> "1M".
+
+    Rounded in decimal, half up: 58,550,000,000 is "58.6B" (binary float division made it
+    58.5499... and "58.5B", where SPEC.md and the manifest say 58.6B; found by a tester)."""
+    from decimal import ROUND_HALF_UP, Decimal
+
     for suffix, scale in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
-        text = f"{n / scale:.3g}"
-        # Compared after rounding: 999,954 is "1M", not the next suffix down's "1e+03K".
-        if abs(float(text)) >= 1:
-            return f"{text}{suffix}"
+        value = Decimal(str(n)) / scale
+        if not value:
+            break
+        rounded = value.quantize(Decimal(1).scaleb(value.adjusted() - 2), rounding=ROUND_HALF_UP)
+        # Compared after rounding: 999,954 is "1M", not the next suffix down's "1000K".
+        if abs(rounded) >= 1:
+            text = format(rounded, "f")
+            return f"{text.rstrip('0').rstrip('.') if '.' in text else text}{suffix}"
     return str(int(n))
 
 

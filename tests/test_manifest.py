@@ -234,7 +234,7 @@ def test_parse_count_rejects(bad):
 
 @pytest.mark.parametrize("n, text", [(0, "0"), (999, "999"), (1000, "1K"), (999_499, "999K"), (999_954, "1M"),
                                      (999_500_000, "1B"), (51_458_745_000, "51.5B"), (-2_500, "-2.5K"),
-                                     (3.9e12, "3.9T")])
+                                     (3.9e12, "3.9T"), (58_550_000_000, "58.6B"), (1_500 * 10**12, "1500T")])
 def test_format_count(n, text):
     from dolmino.manifest import format_count
 

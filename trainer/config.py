@@ -201,14 +201,18 @@ ANNEAL_RECIPES: dict[str, str | None] = {"olmo2-7b-anneal": "olmo2-7b", "olmo2-1
 # HF revisions stage1-step928646-tokens3896B of allenai/OLMo-2-1124-7B and step 596,057 of
 # the 13B). Used when the checkpoint an anneal starts from does not record its step.
 STAGE1_END_STEP: dict[str, int] = {"olmo2-7b": 928_646, "olmo2-13b": 596_057}
+# The LR the released mid-training started from at those checkpoints (SPEC.md section 3, from
+# OLMo's official-1124 stage-2 configs). For 7B it is not this project's cosine at the step
+# (6.1351e-5, as OLMo-core's own 7B anneal script computes it): SPEC's number is the default.
+STAGE1_END_LR: dict[str, float] = {"olmo2-7b": 6.1499e-5, "olmo2-13b": 9e-5}
 
 RECIPE_HELP = {
     "olmo2-7b": "OLMo 2 7B pretraining: 1024 x 4096 tokens, 3e-4, 2000 warm-up, cosine to 10%% over 5T",
     "olmo2-13b": "OLMo 2 13B pretraining: 2048 x 4096 tokens, 9e-4, 2000 warm-up, cosine to 10%% over 5T",
-    "olmo2-7b-anneal": "OLMo 2 7B mid-training: from the olmo2-7b cosine's LR at the checkpoint's step "
-                       "(6.135e-5 at 928,646) linearly to 0 over one pass of the mix",
-    "olmo2-13b-anneal": "OLMo 2 13B mid-training: from the olmo2-13b cosine's LR at the checkpoint's step "
-                        "(9e-5 at 596,057) linearly to 0 over one pass of the mix",
+    "olmo2-7b-anneal": "OLMo 2 7B mid-training: from the LR pretraining reached at the checkpoint's step "
+                       "(6.1499e-5 at the stage-1 end, 928,646) linearly to 0 over one pass of the mix",
+    "olmo2-13b-anneal": "OLMo 2 13B mid-training: from the LR pretraining reached at the checkpoint's step "
+                        "(9e-5 at the stage-1 end, 596,057) linearly to 0 over one pass of the mix",
     "microanneal": "a short anneal of any --init-from checkpoint (its shape) on a small mix, 1024 x 4096 "
                    "tokens, LR from the matching pretraining cosine",
 }

@@ -16,9 +16,10 @@ them, from the same code, so what a reviewer checks is what runs:
   it is a trainer checkpoint (it records its schedule and step); otherwise the OLMo 2
   pretraining recipe's cosine at the step the checkpoint is known to be at (an HF revision
   name such as stage1-step928646-tokens3896B, an OLMo-core stepN directory, or --init-step),
-  or at OLMo 2's documented stage-1 end (7B: step 928,646 -> 6.1351e-5 with this project's
-  cosine; OLMo-core's OLMo2-7B anneal script uses 6.135113558e-5, the same curve with the
-  horizon in tokens instead of whole steps; OLMo's official-1124 config says 6.1499e-5.
+  or at OLMo 2's documented stage-1 end. At that step itself (the released checkpoint) the
+  start is the LR the released mid-training used, SPEC.md's 6.1499e-5 for 7B (OLMo's
+  official-1124 config; the cosine gives 6.1351e-5 there, as OLMo-core's OLMo2-7B anneal
+  script computes it) and 9e-5 for 13B.
   13B: step 596,057 is past the 5T horizon, so the floor 9e-5). Other recipes: their LR,
   else 3e-4.
 """
@@ -35,7 +36,7 @@ from pathlib import Path
 from dolmino.s3 import local_path
 from trainer.cli import HelpFormatter, parse_count
 from trainer.config import (
-    ANNEAL_RECIPES, LEGACY_PRESETS, MODEL_PRESETS, RECIPE_HELP, RECIPES, SCHEDULES, STAGE1_END_STEP, ModelConfig,
+    ANNEAL_RECIPES, LEGACY_PRESETS, MODEL_PRESETS, RECIPE_HELP, RECIPES, SCHEDULES, STAGE1_END_LR, STAGE1_END_STEP, ModelConfig,
     TrainConfig, describe_params, describe_preset,
 )
 from trainer.data import TOKEN_DTYPE, DataError, discover_token_files, token_builds
@@ -314,6 +315,9 @@ def anneal_start_lr(recipe: str, model: ModelConfig, init=None, step: int | None
                                                "--init-step sets it"
     else:
         step, how = STAGE1_END_STEP[pretrain], "OLMo 2's stage-1 end"
+    if step == STAGE1_END_STEP[pretrain]:  # the released checkpoint: the LR its mid-training started from
+        return STAGE1_END_LR[pretrain], f"OLMo 2's released mid-training start for the stage-1 checkpoint at step " \
+                                        f"{step:,} (SPEC.md; OLMo's official-1124 config) ({how})"
     return schedule.lr_at(step), f"the {pretrain} pretraining schedule ({_describe_schedule(schedule)}) at step " \
                                  f"{step:,} ({how})"
 
