@@ -36,8 +36,8 @@ from pathlib import Path
 from dolmino.s3 import local_path
 from trainer.cli import HelpFormatter, parse_count
 from trainer.config import (
-    ANNEAL_RECIPES, LEGACY_PRESETS, MODEL_PRESETS, RECIPE_HELP, RECIPES, SCHEDULES, STAGE1_END_LR, STAGE1_END_STEP, ModelConfig,
-    TrainConfig, describe_params, describe_preset,
+    ANNEAL_RECIPES, LEGACY_PRESETS, MODEL_PRESETS, RECIPE_HELP, RECIPES, SCHEDULES, STAGE1_END_LR, STAGE1_END_STEP,
+    ModelConfig, TrainConfig, describe_params, describe_preset,
 )
 from trainer.data import TOKEN_DTYPE, DataError, discover_token_files, token_builds
 from trainer.schedule import LRSchedule
