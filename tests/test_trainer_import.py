@@ -557,6 +557,11 @@ def test_an_export_over_a_sharded_model_leaves_one_model(tmp_path):
     model.save_pretrained(src)
     proc = run_module("trainer.export_hf", src, old)
     assert proc.returncode == 0, proc.stderr
+    (tmp_path / "ckpt").mkdir()  # a trainer checkpoint's own directory: its config.json would be replaced (a reviewer)
+    (tmp_path / "ckpt" / "model.pt").write_bytes(b"")
+    proc = run_module("trainer.export_hf", src, tmp_path / "ckpt")
+    assert proc.returncode == 2 and "holds a trainer checkpoint or run; export into a directory of its own" in \
+        proc.stderr
     assert sorted(p.name for p in old.iterdir() if "safetensors" in p.name) == ["model.safetensors"]
     with WeightReader(inspect_checkpoint(old)) as exported, WeightReader(inspect_checkpoint(src)) as wanted:
         assert exported.names() == wanted.names()
@@ -579,6 +584,13 @@ def test_an_olmo_core_config_the_model_cannot_express_is_refused(tmp_path):
                                                                                       "block": block}}))
         with pytest.raises(CheckpointFormatError, match=words):
             inspect_checkpoint(step_dir)
+    # OLMo-core >= 2.5 writes "sequence_mixer" where older ones wrote "attention" (found by a reviewer)
+    mixer = {k: v for k, v in written["model"]["block"].items() if k != "attention"}
+    mixer["sequence_mixer"] = {"n_heads": 4, "rope": {"name": "complex", "theta": 500000}}
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**written, "model": {**written["model"],
+                                                                                  "block": mixer}}))
+    with pytest.raises(CheckpointFormatError, match="RoPE 'complex' is not"):
+        inspect_checkpoint(step_dir)
     fused = {**written["model"]["block"], "attention": {"n_heads": 4, "rope": {"name": "fused", "theta": 500000}}}
     model = {**written["model"], "block": fused}
     (tmp_path / "run" / "config.json").write_text(json.dumps({**written, "model": model}))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -129,6 +130,20 @@ def test_every_build_among_the_data_is_checked(tmp_path):
     for given in ([str(good), str(good)], [str(tmp_path / "p"), str(good)]):
         with pytest.raises(DataError, match="is given twice.*the --data paths overlap"):
             data_tokens(given)
+    # Found by a reviewer: a build linked into a --data directory was left out (rglob does not enter
+    # directory links); a hard-linked copy trained twice; a report was named for tokens it does not count
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    os.symlink(other, linked / "other")
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    np.zeros(700, dtype="<u4").tofile(loose / "shard.npy")
+    assert data_tokens([str(good), str(linked), str(loose)]) == (5700, "3 token file(s), 2 checked against their "
+                                                                        "report.json")
+    os.link(good / "part-00000.npy", loose / "again.npy")
+    with pytest.raises(DataError, match="again.npy is given twice .also as .*good/part-00000.npy"):
+        data_tokens([str(good), str(loose)])
+    (loose / "again.npy").unlink()
     # a build with another build inside it: its report.json counts only its own parts
     inner = write_mix(good / "ablation", [300], 300)
     with pytest.raises(DataError, match=f"{good} is a build with another build inside it \\({inner}\\)"):

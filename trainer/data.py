@@ -30,6 +30,7 @@ replays exactly the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -101,10 +102,10 @@ def token_builds(paths: Iterable[str | Path]) -> dict[Path, list[Path]]:
         for f in discover_token_files(top):
             home = next((d for d in _up_to(f.parent, top) if (d / COMPLETION_MARKER).is_file()), f.parent)
             builds.setdefault(home, []).append(f)
-    reported = [d for d in builds if (d / COMPLETION_MARKER).is_file()]
-    for outer in reported:
-        inner = next((d for d in reported if d != outer and outer in d.parents), None)
-        if inner is not None:
+    reported = {d for d in builds if (d / COMPLETION_MARKER).is_file()}
+    for inner in sorted(reported):  # each build's parents looked up: linear in the builds (a reviewer)
+        outer = next((p for p in inner.parents if p in reported), None)
+        if outer is not None:
             raise DataError(f"{outer} is a build with another build inside it ({inner}), whose token files its "
                             f"{COMPLETION_MARKER} does not count; pass the build(s) you mean as --data, or move the "
                             "inner one out")
@@ -143,8 +144,7 @@ def discover_token_files(paths: str | Path | Iterable[str | Path]) -> list[Path]
         p = Path(entry)
         if p.is_dir():
             check_complete_build(p)
-            below = sorted((f for f in p.rglob("*.npy") if f.is_file() and _is_token_file(f)),
-                           key=lambda f: f.relative_to(p).as_posix())
+            below = sorted(_npy_files(p), key=lambda f: f.relative_to(p).as_posix())
             for d in {f.parent for f in below}:
                 check_complete_build(d)
             found.extend(below)
@@ -154,14 +154,30 @@ def discover_token_files(paths: str | Path | Iterable[str | Path]) -> list[Path]
             found.append(p)
         else:
             raise DataError(f"data path {p} does not exist")
-    seen: dict[Path, Path] = {}
+    seen: dict[tuple[int, int], Path] = {}
     for f in found:  # overlapping --data paths: the same file trained twice, or a report blamed (a reviewer)
-        real = f.resolve()
-        if real in seen:
-            raise DataError(f"{f} is given twice{'' if seen[real] == f else f' (also as {seen[real]})'}: the --data "
-                            "paths overlap; name each build or file once")
-        seen[real] = f
+        st = f.stat()
+        same = seen.get((st.st_dev, st.st_ino))  # the file itself: through links, hard links too
+        if same is not None:
+            raise DataError(f"{f} is given twice{'' if same == f else f' (also as {same})'}: the --data paths "
+                            "overlap; name each build or file once")
+        seen[(st.st_dev, st.st_ino)] = f
     return found
+
+
+def _npy_files(top: Path) -> list[Path]:
+    """Token files below `top`, through symlinked directories too (Path.rglob does not enter
+    them: a build linked into a --data directory was left out unsaid; found by a reviewer),
+    each real directory once (a link loop ends)."""
+    found, visited = [], set()
+    for folder, dirs, files in os.walk(top, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in visited:
+            dirs[:] = []
+            continue
+        visited.add(real)
+        found += [Path(folder) / name for name in files if _is_token_file(Path(name))]
+    return [f for f in found if f.is_file()]
 
 
 def _open_tokens(path: Path) -> np.ndarray:

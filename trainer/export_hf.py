@@ -187,6 +187,11 @@ def export(checkpoint: str | Path, out_dir: str | Path, dtype: str | None = None
         raise ValueError(f"{info.describe()} does not say its number of attention heads and no preset has its "
                          f"shape; copy OLMo-core's experiment config.json (from the run's save folder, it gives "
                          f"model.block.attention.n_heads) into the folder that holds the stepN directory")
+    out = Path(out_dir)
+    if any((out / name).exists() for name in ("model.pt", "train_state.pt", "latest")):
+        # The HF config.json would replace the checkpoint's own, which a resume then cannot read (a reviewer).
+        raise ValueError(f"{out} holds a trainer checkpoint or run; export into a directory of its own "
+                         f"(e.g. {out / 'hf'})")
     torch_dtype = getattr(torch, dtype) if dtype else info.dtype
     with WeightReader(info) as reader:
         return write_hf_model(out_dir, info.model, reader.names(), reader.get, torch_dtype)

@@ -205,7 +205,7 @@ def data_tokens(paths: list[str]) -> tuple[int, str]:
                 raise DataError(f"the data mixes builds of different tokenizers: {other} ({_describe_tokenizer(seen)}) "
                                 f"and {report} ({_describe_tokenizer(data)}); train on builds of one tokenizer")
         reports.append((report, data))
-    if len(reports) == 1 and sum(map(len, builds.values())) == len(files):
+    if len(reports) == 1 and len(builds) == 1 and sum(map(len, builds.values())) == len(files):
         return on_disk, str(reports[0][0])
     checked = f", {len(reports)} checked against their report.json" if reports else ""
     return on_disk, f"{len(files)} token file(s){checked}"

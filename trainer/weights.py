@@ -480,7 +480,9 @@ def _model_config_from_olmo_core(path: Path, shapes: dict[str, tuple]) -> ModelC
     core = _olmo_core_config(path)
     if core is not None:
         block = core.get("block") or {}
-        attention = block.get("attention") or {}
+        # OLMo-core >= 2.5 writes the attention config as "sequence_mixer" ("attention" is read
+        # for older configs only): reading "attention" alone skipped every check (a reviewer).
+        attention = block.get("sequence_mixer") or block.get("attention") or {}
         rope = attention.get("rope") or {}
         norm = block.get("layer_norm") or {}
         problems = _olmo_core_problems(block, attention, rope)
