@@ -14,16 +14,41 @@ from trainer.schedule import LRSchedule
 
 
 def test_cosine_warmup_then_decay_to_ten_percent():
+    """lr_at(k) is OLMo-core's CosWithWarmup at its step k + 1 (it counts from 1): the peak once,
+    at the end of warm-up, and the floor on the horizon's last step (the cosine ran one step
+    behind: the peak twice, the floor one step after a run as long as its horizon; a tester)."""
     s = LRSchedule(peak_lr=3e-4, warmup_steps=2000, horizon_steps=10_000, kind="cosine")
     assert s.lr_at(0) == pytest.approx(3e-4 / 2000)
     assert s.lr_at(999) == pytest.approx(3e-4 * 1000 / 2000)
     assert s.lr_at(1999) == pytest.approx(3e-4)
-    assert s.lr_at(2000) == pytest.approx(3e-4)
-    assert s.lr_at(6000) == pytest.approx(3e-5 + (3e-4 - 3e-5) * 0.5)  # halfway: cos = 0
-    assert s.lr_at(10_000) == pytest.approx(3e-5)
+    assert s.lr_at(2000) == pytest.approx(3e-5 + 2.7e-4 * 0.5 * (1 + math.cos(math.pi / 8000)))
+    assert s.lr_at(2000) < 3e-4
+    assert s.lr_at(5999) == pytest.approx(3e-5 + (3e-4 - 3e-5) * 0.5)  # halfway: cos = 0
+    assert s.lr_at(9999) == pytest.approx(3e-5) and s.lr_at(9998) > 3e-5
     assert s.lr_at(50_000) == pytest.approx(3e-5)  # flat after the horizon
-    lrs = [s.lr_at(i) for i in range(2000, 10_001, 50)]
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    lrs = [s.lr_at(i) for i in range(1999, 10_001, 50)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:-1]))
+
+
+def olmo_core_cos_with_warmup(initial_lr, step, max_steps, warmup_steps, alpha_f=0.1):
+    """OLMo-core's CosWithWarmup.get_lr (src/olmo_core/optim/scheduler.py), written out for the test."""
+    eta_min = initial_lr * alpha_f
+    if step < warmup_steps:
+        return initial_lr * min(step, warmup_steps) / warmup_steps
+    if step >= max_steps:
+        return eta_min
+    return eta_min + (initial_lr - eta_min) * (1 + math.cos(math.pi * (step - warmup_steps) /
+                                                            (max_steps - warmup_steps))) / 2
+
+
+def test_the_schedules_are_olmo_cores_counted_from_zero():
+    cosine = LRSchedule(peak_lr=3e-4, warmup_steps=20, horizon_steps=100, kind="cosine")
+    for k in range(0, 120):
+        assert cosine.lr_at(k) == pytest.approx(olmo_core_cos_with_warmup(3e-4, k + 1, 100, 20), rel=1e-12), k
+    linear = LRSchedule(peak_lr=1e-4, warmup_steps=0, horizon_steps=50, kind="linear_to_zero")
+    for k in range(0, 60):  # OLMo-core's LinearWithWarmup with alpha_f 0 and no warm-up
+        expected = 0.0 if k + 1 >= 50 else 1e-4 - 1e-4 * (k + 1) / 50
+        assert linear.lr_at(k) == pytest.approx(expected, rel=1e-12, abs=1e-20), k
 
 
 def test_truncated_cosine_follows_the_long_horizon():
@@ -35,32 +60,33 @@ def test_truncated_cosine_follows_the_long_horizon():
     assert cfg.horizon_steps == math.ceil(5e12 / tokens_per_step)
     progress = (cfg.max_steps - 2000) / (cfg.horizon_steps - 2000)
     expected = 3e-5 + 2.7e-4 * 0.5 * (1 + math.cos(math.pi * progress))
-    assert s.lr_at(cfg.max_steps) == pytest.approx(expected)
-    assert s.lr_at(cfg.max_steps) > 3e-5 * 1.5  # truncated: well above the floor
+    assert s.lr_at(cfg.max_steps - 1) == pytest.approx(expected)  # the run's last step
+    assert s.lr_at(cfg.max_steps - 1) > 3e-5 * 1.5  # truncated: well above the floor
 
 
 def test_linear_to_zero_anneal_ends_at_exactly_zero_on_the_last_step():
     s = LRSchedule(peak_lr=1e-4, warmup_steps=0, horizon_steps=1001, kind="linear_to_zero")
-    assert s.lr_at(0) == 1e-4  # the first step runs at the start LR
-    assert s.lr_at(500) == pytest.approx(5e-5)
+    assert s.lr_at(0) == pytest.approx(1e-4 * 1000 / 1001)  # as OLMo-core's first step: one step down
+    assert s.lr_at(500) == pytest.approx(1e-4 * 500 / 1001)
     assert s.lr_at(1000) == 0.0 and s.lr_at(1200) == 0.0  # the last step (1000) at exactly 0
-    assert s.lr_at(999) == pytest.approx(1e-7)
+    assert s.lr_at(999) == pytest.approx(1e-4 / 1001)
     lrs = [s.lr_at(i) for i in range(1001)]
     steps = [a - b for a, b in zip(lrs, lrs[1:])]
-    assert max(steps) == pytest.approx(min(steps)) == pytest.approx(1e-7)  # a straight line
+    assert max(steps) == pytest.approx(min(steps)) == pytest.approx(1e-4 / 1001)  # a straight line
     w = LRSchedule(peak_lr=1e-4, warmup_steps=10, horizon_steps=111, kind="linear_to_zero")
-    assert w.lr_at(9) == pytest.approx(1e-4) and w.lr_at(10) == pytest.approx(1e-4)
-    assert w.lr_at(60) == pytest.approx(5e-5) and w.lr_at(110) == 0.0
-    assert LRSchedule(1e-4, 0, 2, "linear_to_zero").lr_at(0) == 1e-4
+    assert w.lr_at(9) == pytest.approx(1e-4) and w.lr_at(10) == pytest.approx(1e-4 * 100 / 101)
+    assert w.lr_at(59) == pytest.approx(1e-4 * 51 / 101) and w.lr_at(110) == 0.0
+    assert LRSchedule(1e-4, 0, 2, "linear_to_zero").lr_at(0) == 5e-5
     assert LRSchedule(1e-4, 0, 2, "linear_to_zero").lr_at(1) == 0.0
     assert s.key_steps(1001) == {"first": 0, "25%": 250, "50%": 500, "75%": 750, "last": 1000}
     assert w.key_steps(111)["warmup_end"] == 9
 
 
-def test_cosine_is_unchanged_by_the_anneal_rule():
-    """The pretraining cosine keeps its floor at the horizon (anneals start from it)."""
+def test_cosine_reaches_its_floor_on_the_horizons_last_step():
+    """The pretraining cosine's floor is on step horizon_steps - 1 (anneals start from the LR of a
+    checkpoint's last step)."""
     s = LRSchedule(peak_lr=3e-4, warmup_steps=2000, horizon_steps=1_192_093, kind="cosine")
-    assert s.lr_at(1_192_093) == pytest.approx(3e-5) and s.lr_at(1_192_092) > 3e-5
+    assert s.lr_at(1_192_092) == pytest.approx(3e-5) and s.lr_at(1_192_091) > 3e-5
 
 
 def test_schedule_rejects_bad_input():

@@ -33,15 +33,15 @@ def test_7b_anneal_on_50b_tokens(capsys):
     assert out["tokens_per_step"] == 1024 * 4096 and out["warmup_steps"] == 0 and out["horizon_steps"] == 11_921
     # from the stage-1 checkpoint: SPEC's LR (OLMo's official-1124 config), not the cosine's there,
     # which OLMo-core's 7B anneal script uses (found by a tester comparing with SPEC.md)
-    assert pretrain_schedule("olmo2-7b").lr_at(928_646) == pytest.approx(OLMO_CORE_7B_ANNEAL_LR, rel=1e-6)
+    assert pretrain_schedule("olmo2-7b").lr_at(928_645) == pytest.approx(OLMO_CORE_7B_ANNEAL_LR, rel=1e-6)
     start = out["lr"]
     assert start == 6.1499e-5 and "step 928,646" in out["lr_source"] and "SPEC.md" in out["lr_source"]
     other = schedule_json(capsys, "--recipe", "olmo2-7b-anneal", "--tokens", "50B", "--init-step", "900000")
-    assert other["lr"] == pretrain_schedule("olmo2-7b").lr_at(900_000)  # another step: the cosine there
+    assert other["lr"] == pretrain_schedule("olmo2-7b").lr_at(899_999)  # another step: the cosine at its last
     at = out["lr_at"]
-    assert at["first"] == {"step": 0, "lr": start}
+    assert at["first"] == {"step": 0, "lr": pytest.approx(start * 11_920 / 11_921)}  # one step down, as OLMo-core
     assert at["last"] == {"step": 11_920, "lr": 0.0}
-    assert at["50%"]["step"] == 5960 and at["50%"]["lr"] == pytest.approx(start / 2)
+    assert at["50%"]["step"] == 5960 and at["50%"]["lr"] == pytest.approx(start / 2, rel=1e-3)
     assert out["model"] == "olmo2-7b" and out["parameters"]["total"] == ModelConfig.preset("olmo2-7b").num_params()
 
 
@@ -160,9 +160,9 @@ def test_anneal_start_lr_sources():
     revision = CheckpointInfo(path=Path("x"), format="hf", shapes={}, model=seven, step=500_000,
                               step_source="revision stage1-step500000-tokens2098B")
     lr, source = anneal_start_lr("olmo2-7b-anneal", seven, revision)
-    assert lr == pretrain_schedule("olmo2-7b").lr_at(500_000) and "stage1-step500000" in source
+    assert lr == pretrain_schedule("olmo2-7b").lr_at(499_999) and "stage1-step500000" in source
     lr, _ = anneal_start_lr("microanneal", seven, revision)  # shape -> the olmo2-7b cosine
-    assert lr == pretrain_schedule("olmo2-7b").lr_at(500_000)
+    assert lr == pretrain_schedule("olmo2-7b").lr_at(499_999)
     unknown = CheckpointInfo(path=Path("x"), format="hf", shapes={}, model=ModelConfig.preset("olmo2-30M"))
     with pytest.raises(ValueError, match="pass --lr"):
         anneal_start_lr("microanneal", unknown.model, unknown)
@@ -182,5 +182,5 @@ def test_schedule_cli_errors_are_clear(capsys):
 def test_init_step_without_a_checkpoint_sets_the_start(capsys):
     out = schedule_json(capsys, "--recipe", "olmo2-7b-anneal", "--tokens", "50B", "--init-step",
                         "stage1-step500000-tokens2098B")
-    assert out["lr"] == pretrain_schedule("olmo2-7b").lr_at(500_000)
+    assert out["lr"] == pretrain_schedule("olmo2-7b").lr_at(499_999)
     assert "--init-step stage1-step500000-tokens2098B" in out["lr_source"]

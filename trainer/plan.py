@@ -298,7 +298,7 @@ def anneal_start_lr(recipe: str, model: ModelConfig, init=None, step: int | None
         if saved.schedule != "cosine":
             raise ValueError(f"{init.describe()} was itself trained with a {saved.schedule} schedule (an anneal?); "
                              f"pass --lr for the LR to start from")
-        lr = schedule.lr_at(init.step)
+        lr = schedule.lr_at(max(init.step - 1, 0))  # the LR of its last step (lr_at counts from 0)
         return lr, f"the checkpoint's own schedule ({_describe_schedule(schedule)}) at step {init.step:,}"
     pretrain = ANNEAL_RECIPES.get(recipe) or _pretrain_recipe_for(model)
     if pretrain is None:
@@ -318,8 +318,9 @@ def anneal_start_lr(recipe: str, model: ModelConfig, init=None, step: int | None
     if step == STAGE1_END_STEP[pretrain]:  # the released checkpoint: the LR its mid-training started from
         return STAGE1_END_LR[pretrain], f"OLMo 2's released mid-training start for the stage-1 checkpoint at step " \
                                         f"{step:,} (SPEC.md; OLMo's official-1124 config) ({how})"
-    return schedule.lr_at(step), f"the {pretrain} pretraining schedule ({_describe_schedule(schedule)}) at step " \
-                                 f"{step:,} ({how})"
+    # the LR of the checkpoint's last step, its step-th (lr_at counts from 0), as OLMo-core's anneal scripts take it
+    return schedule.lr_at(max(step - 1, 0)), f"the {pretrain} pretraining schedule ({_describe_schedule(schedule)}) " \
+                                             f"at step {step:,} ({how})"
 
 
 # ----------------------------------------------------------------------------- the plan

@@ -1,18 +1,21 @@
 """Learning-rate schedules as pure functions of the step (nothing to save but the step).
 
 - "cosine" (pretraining): linear warm-up from 0 to the peak over `warmup_steps`, then a
-  cosine from the peak down to `final_lr_fraction` x peak (10% in OLMo 2) at
-  `horizon_steps`, flat after that. The horizon is set in tokens and may be longer than
-  the run: OLMo 2 7B followed a 5T-token cosine and stopped ("truncated") at 4T.
+  cosine from the peak down to `final_lr_fraction` x peak (10% in OLMo 2), reached on step
+  `horizon_steps - 1` (the last step of a run as long as its horizon), flat after that. The
+  horizon is set in tokens and may be longer than the run: OLMo 2 7B followed a 5T-token
+  cosine and stopped ("truncated") at 4T.
 - "linear_to_zero" (mid-training / microanneals): optional warm-up, then a straight line
-  from the peak at step `warmup_steps` to exactly 0 at step `horizon_steps - 1`, the last
-  step of a run as long as its horizon (OLMo-core's linear decay likewise reaches 0 on its
-  last step). For an anneal the peak is the LR pretraining had reached at the checkpoint's
-  step (trainer.plan), and there is no warm-up.
+  from the peak down to exactly 0 on step `horizon_steps - 1`. For an anneal the peak is the
+  LR pretraining had reached at the checkpoint's step (trainer.plan), and there is no warm-up.
 
-Step numbering: `lr_at(step)` is the LR used by optimizer step `step`, counting from 0.
-During warm-up that is peak * (step + 1) / warmup_steps, so the first step is not wasted
-at LR 0 and step warmup_steps - 1 reaches the peak.
+Step numbering: `lr_at(step)` is the LR used by optimizer step `step`, counting from 0, and
+is OLMo-core's (and OLMo's) scheduler at its step `step + 1` (they count from 1): warm-up
+peak * (step + 1) / warmup_steps, so the first step is not wasted at LR 0 and step
+warmup_steps - 1 reaches the peak, which no later step repeats; after it the decay's
+progress is (step + 1 - warmup_steps) / (horizon_steps - warmup_steps). (The cosine ran
+one step behind, using the peak twice and missing the floor on its last step; found by a
+tester comparing with OLMo-core's CosWithWarmup.)
 
     python -m trainer.schedule --recipe olmo2-7b-anneal --tokens 50B
     python -m trainer.schedule --recipe microanneal --mix manifests/microanneal-template.json --init-from CKPT
@@ -56,16 +59,10 @@ class LRSchedule:
             raise ValueError(f"step must be >= 0, got {step}")
         if step < self.warmup_steps:
             return self.peak_lr * (step + 1) / self.warmup_steps
-        if self.kind == "linear_to_zero":
-            last = self.horizon_steps - 1
-            if step >= last:
-                return 0.0
-            return self.peak_lr * ((last - step) / (last - self.warmup_steps))
         decay_steps = self.horizon_steps - self.warmup_steps
-        if decay_steps <= 0:
-            progress = 1.0
-        else:
-            progress = min(1.0, (step - self.warmup_steps) / decay_steps)
+        progress = 1.0 if decay_steps <= 0 else min(1.0, (step + 1 - self.warmup_steps) / decay_steps)
+        if self.kind == "linear_to_zero":
+            return self.peak_lr * (1.0 - progress)
         floor = self.peak_lr * self.final_lr_fraction
         return floor + (self.peak_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
