@@ -65,6 +65,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 import time
 import uuid
@@ -318,9 +319,11 @@ def check_digest(rel: str, digest: str, listed: dict[str, str]) -> None:
 def _summary(manifest, report) -> dict:
     """What RELEASE.json repeats of a build's manifest.json and report.json."""
     output = report.get("output", {}) if isinstance(report, dict) else {}
+    summary = {k: manifest.get(k) for k in ("name", "version", "seed", "budget")} if isinstance(manifest, dict) else {}
+    if isinstance(report, dict) and report.get("budget") is not None:
+        summary["budget"] = report["budget"]  # what was built (--budget), not the manifest file's (a tester)
     return {
-        "manifest": {k: manifest.get(k) for k in ("name", "version", "seed", "budget")}
-        if isinstance(manifest, dict) else {},
+        "manifest": summary,
         "output": {k: output.get(k) for k in ("tokens", "docs", "files") if k in output},
     }
 
@@ -591,12 +594,42 @@ def read_release(release_uri: str) -> dict:
 # ---------------------------------------------------------------- leftovers
 
 
-def _group_of(rel: str) -> str:
-    """Objects of one publish share `data/<publish id>/`; anything else is its own group."""
+_PUBLISH_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{12}")
+
+
+def _group_of(rel: str) -> str | None:
+    """Objects of one publish share `data/<publish id>/`: the only place a publish writes besides
+    RELEASE.json. Anything else is not a publish's (None): given a releases root or a build's
+    --out instead of a release, clean and delete removed every committed release below it as
+    "leftovers" (found by a tester)."""
     parts = rel.split("/")
-    if len(parts) >= 3 and parts[0] == DATA_DIR:
+    if len(parts) >= 3 and parts[0] == DATA_DIR and _PUBLISH_ID.fullmatch(parts[1]):
         return f"{DATA_DIR}/{parts[1]}/"
-    return rel
+    return None
+
+
+def _check_is_release(bucket: str, key_prefix: str, release_uri: str, record: dict | None) -> list[str]:
+    """Refuse a prefix holding other releases' commit records (a releases root, a release
+    published inside another); return the objects below it no publish writes (a build's
+    files, a format-1 publish's loose leftovers), which clean and delete leave alone. A
+    format-1 release's own files lie directly under NAME/ (its record lists them)."""
+    own = {e["path"] for e in record["files"]} if record is not None and not data_prefix_of(record) else set()
+    nested, foreign = [], []
+    for key, _size in s3.iter_keys(bucket, key_prefix):
+        rel = key[len(key_prefix):]
+        if rel == RELEASE_FILE or rel in own or _group_of(rel) is not None:
+            continue
+        (nested if rel.endswith("/" + RELEASE_FILE) else foreign).append(rel)
+    if nested:
+        names = ", ".join(sorted({r.rsplit("/", 1)[0] for r in nested})[:5])
+        raise ReleaseError(f"{release_uri} holds other releases ({names}): name one release, not a releases root; "
+                           "nothing was removed")
+    return foreign
+
+
+def _foreign_note(release_uri: str, foreign: list[str]) -> str:
+    return (f"{release_uri}: note: left {len(foreign)} object(s) alone that no publish writes (e.g. {foreign[0]}); "
+            "remove them by hand if they are yours to remove")
 
 
 def _leftover_groups(bucket: str, key_prefix: str, record: dict | None) -> dict[str, dict]:
@@ -614,7 +647,7 @@ def _leftover_groups(bucket: str, key_prefix: str, record: dict | None) -> dict[
 
     def group(rel: str) -> dict | None:
         name = _group_of(rel)
-        if rel in referenced_keys or name == referenced_group:
+        if name is None or rel in referenced_keys or name == referenced_group:
             return None
         return groups.setdefault(name, {"keys": [], "uploads": [], "last": datetime.min.replace(tzinfo=timezone.utc)})
 
@@ -861,9 +894,16 @@ def list_releases(root_uri: str) -> tuple[list[dict], list[str]]:
             validate_name(name)
         except ValueError:
             continue  # not something publish could have written
-        record = _get_json(bucket, sub + RELEASE_FILE)
-        if record is None:
+        try:
+            record = _get_json(bucket, sub + RELEASE_FILE)
+        except ReleaseError:  # torn JSON: one release, not the whole listing (found by a tester)
             incomplete.append(name)
+            continue
+        if record is None:
+            # only a prefix holding a publish's staged objects is an incomplete upload; another
+            # release root or a build's --out beside the releases is not (found by a tester)
+            if f"{sub}{DATA_DIR}/" in s3.list_prefixes(bucket, sub):
+                incomplete.append(name)
             continue
         try:
             complete.append(parse_release_record(record, s3.join_uri(bucket, sub + RELEASE_FILE), name))
@@ -878,6 +918,45 @@ def _check_local(path: str, entry: dict) -> None:
         raise ReleaseIntegrityError(f"{entry['path']}: size {size:,} bytes, RELEASE.json says {entry['size']:,}")
     if digest != entry["sha256"]:
         raise ReleaseIntegrityError(f"{entry['path']}: SHA-256 {digest} does not match RELEASE.json ({entry['sha256']})")
+
+
+def _parents(path: str) -> list[str]:
+    chain = [path]
+    while os.path.dirname(chain[-1]) != chain[-1]:
+        chain.append(os.path.dirname(chain[-1]))
+    return chain
+
+
+# Inside a pull's temporary directory: "host pid" of the pull writing it, so a later pull can
+# tell a download whose process is gone (kill -9, a node's reboot) from one still running.
+_PULL_OWNER = ".pull-owner"
+
+
+def _remove_dead_pulls(parent: str, name: str, log: Log) -> None:
+    """Remove the temporary directories of earlier pulls into `name` whose process is gone: a
+    killed pull left one (the size of the release) beside DEST, which no later pull reused or
+    removed (found by a tester). Another host's, or a live one's, is left alone."""
+    import glob
+
+    host = socket.gethostname()
+    for tmp in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.pull-*")):
+        try:
+            with open(os.path.join(tmp, _PULL_OWNER), encoding="utf-8") as fh:
+                owner_host, pid = fh.read().split()
+            pid = int(pid)
+        except (OSError, ValueError):
+            continue  # not ours to judge
+        if owner_host != host:
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        shutil.rmtree(tmp, ignore_errors=True)
+        log(f"removed {tmp}: the partial download of an earlier pull that was killed (pid {pid})")
 
 
 def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log: Log = _quiet,
@@ -896,10 +975,16 @@ def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log
     record = read_release(release_uri)
     objects = key_prefix + data_prefix_of(record)
     parent = os.path.dirname(dest)
+    above = next((p for p in _parents(parent) if os.path.lexists(p) and not os.path.isdir(p)), None)
+    if above is not None:  # makedirs said "[Errno 17] File exists: <the file>" (a tester)
+        raise ReleaseError(f"{dest}: {above} is a file, not a directory; pull into a directory path")
     os.makedirs(parent, exist_ok=True)
+    _remove_dead_pulls(parent, os.path.basename(dest), log)
     # os.mkdir honours the umask (0777 & ~umask, as the build's directories); mkdtemp would give 0700.
     tmp = os.path.join(parent, f".{os.path.basename(dest)}.pull-{uuid.uuid4().hex[:12]}")
     os.mkdir(tmp)
+    with open(os.path.join(tmp, _PULL_OWNER), "w", encoding="utf-8") as fh:
+        fh.write(f"{socket.gethostname()} {os.getpid()}\n")
     bar = _Progress(progress, f"pull {_name}", record.get("total_bytes") or sum(e["size"] for e in record["files"]),
                     len(record["files"]))
     try:
@@ -923,6 +1008,7 @@ def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log
         with open(os.path.join(tmp, RELEASE_FILE), "w", encoding="utf-8") as fh:
             json.dump(record, fh, indent=2)
             fh.write("\n")
+        os.remove(os.path.join(tmp, _PULL_OWNER))
         if os.path.isdir(dest):
             os.rmdir(dest)  # empty (checked above); rename cannot replace a directory portably
         os.rename(tmp, dest)
@@ -996,12 +1082,17 @@ def delete(release_uri: str, *, log: Log = _quiet, stale_after_s: float = DEFAUL
     record = _get_json(bucket, key_prefix + RELEASE_FILE)
     if record is None and next(s3.iter_keys(bucket, key_prefix), None) is None:
         raise ReleaseNotFoundError(f"{release_uri}: no such release")
-    removed = 0
+    committed = record is not None
     if record is not None:
         try:
             record = parse_release_record(record, f"{release_uri}/{RELEASE_FILE}")
         except ReleaseError:
-            record = None  # unreadable commit record: remove it, then treat the rest as leftovers
+            record = None  # unreadable commit record: removed below, the rest treated as leftovers
+    foreign = _check_is_release(bucket, key_prefix, release_uri, record)
+    if not committed and not any(_group_of(k[len(key_prefix):]) for k, _size in s3.iter_keys(bucket, key_prefix)):
+        raise ReleaseNotFoundError(f"{release_uri}: no such release (nor a publish's staged objects)")
+    removed = 0
+    if committed:
         s3.client().delete_object(Bucket=bucket, Key=key_prefix + RELEASE_FILE)
         removed += 1
         if record is not None and data_prefix_of(record):
@@ -1011,6 +1102,8 @@ def delete(release_uri: str, *, log: Log = _quiet, stale_after_s: float = DEFAUL
             s3.delete_keys(bucket, keys)
             removed += len(keys)
     removed += _clean_leftovers(bucket, key_prefix, stale_after_s, release_uri, log)
+    if foreign:
+        log(_foreign_note(release_uri, foreign))
     log(f"deleted {release_uri} ({removed} objects)")
     return removed
 
@@ -1023,7 +1116,12 @@ def clean(release_uri: str, *, older_than_s: float = DEFAULT_STALE_AFTER_S, log:
     """
     bucket, key_prefix, _name = split_release(release_uri)
     s3.check_bucket(bucket)
+    record = _get_json(bucket, key_prefix + RELEASE_FILE)
+    foreign = _check_is_release(bucket, key_prefix, release_uri, parse_release_record(
+        record, f"{release_uri}/{RELEASE_FILE}") if record is not None else None)
     removed = _clean_leftovers(bucket, key_prefix, older_than_s, release_uri, log)
+    if foreign:
+        log(_foreign_note(release_uri, foreign))
     log(f"{release_uri}: removed {removed} leftover object(s)")
     return removed
 
@@ -1120,14 +1218,28 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_on_sigterm(_signum, _frame):
+    raise SystemExit(143)
+
+
 @s3.cli_errors("release", expected=(ReleaseError, ValueError, OSError))
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     args = parse_args(argv)
+    # SIGTERM (a scheduler's timeout, a preemption) as an exit, so a pull removes its partial
+    # download and a publish stops cleanly instead of vanishing mid-write (found by a tester).
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) \
+        if threading.current_thread() is threading.main_thread() else None
     try:
         return _run(args)
     except ReleaseIntegrityError as exc:
         print(f"release: error: {s3.redact(str(exc))}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

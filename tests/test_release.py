@@ -58,7 +58,7 @@ def build_dir(tmp_path_factory) -> Path:
     big_stats = big.close()
     manifest = json.loads((REPO / "manifests" / "demo.json").read_text())
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    report = {"manifest": manifest["name"], "seed": manifest["seed"],
+    report = {"manifest": manifest["name"], "seed": manifest["seed"], "budget": 100_000,  # --budget 100K
               "output": {"tokens": small_stats.tokens + big_stats.tokens,
                          "docs": small_stats.docs + big_stats.docs, "files": 2}}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -108,6 +108,7 @@ def test_publish_list_pull_verify_round_trip(build_dir, root, tmp_path):
 
     local = _files(build_dir)
     assert {f["path"] for f in record["files"]} == set(local)
+    assert record["manifest"]["budget"] == 100_000  # what was built, not manifest.json's "4M" (found by a tester)
     for entry in record["files"]:
         assert entry["size"] == len(local[entry["path"]])
         assert entry["sha256"] == hashlib.sha256(local[entry["path"]]).hexdigest()
@@ -224,11 +225,38 @@ def test_publish_removes_stale_leftovers_including_unfinished_multipart_uploads(
     cl.put_object(Bucket=bucket, Key="mixes/olmo2/v8/part-09999.npy", Body=b"loose, from an old-style publish")
     messages: list[str] = []
     _publish(build_dir, root, "v8", log=messages.append)  # fresh: left alone
-    assert sum("left 2 staged upload(s) alone" in m for m in messages) == 1
+    assert sum("left 1 staged upload(s) alone" in m for m in messages) == 1  # the loose file is no publish's
     assert len(cl.list_multipart_uploads(Bucket=bucket, Prefix=dead).get("Uploads", [])) == 1
-    release.delete(f"{root}/v8", stale_after_s=0)
-    assert list(s3.iter_keys(bucket, "mixes/olmo2/v8/")) == []
+    release.delete(f"{root}/v8", stale_after_s=0, log=messages.append)
+    # an object no publish writes is left alone, and said (clean took anything as a leftover: a tester)
+    assert list(s3.iter_keys(bucket, "mixes/olmo2/v8/")) == [("mixes/olmo2/v8/part-09999.npy", 32)]
+    assert any("left 1 object(s) alone that no publish writes (e.g. part-09999.npy)" in m for m in messages)
     assert cl.list_multipart_uploads(Bucket=bucket, Prefix="mixes/olmo2/v8/").get("Uploads", []) == []
+
+
+def test_clean_and_delete_never_take_a_releases_root_or_a_build_for_a_release(build_dir, root):
+    """Found by a tester: given a releases root, clean and delete removed every committed release
+    below it once idle ("leftovers"), and clean of a build's --out on S3 removed the build."""
+    _publish(build_dir, root, "keep-1")
+    _publish(build_dir, root, "keep-2")
+    for command in (lambda: release.clean(root, older_than_s=0), lambda: release.delete(root, stale_after_s=0)):
+        with pytest.raises(release.ReleaseError, match="holds other releases .keep-1, keep-2.: name one release"):
+            command()
+    assert [r["name"] for r in release.list_releases(root)[0]] == ["keep-1", "keep-2"]
+    bucket, prefix = s3.split_uri(root)
+    cl = s3.client()
+    for name in ("part-00000.npy", "report.json", "_parts/part-00000.json"):
+        cl.put_object(Bucket=bucket, Key=f"builds/A/{name}", Body=b"a build's file")
+    messages: list[str] = []
+    assert release.clean(f"s3://{bucket}/builds/A", older_than_s=0, log=messages.append) == 0
+    assert len(list(s3.iter_keys(bucket, "builds/A/"))) == 3 and "left 3 object(s) alone" in messages[0]
+    with pytest.raises(release.ReleaseNotFoundError, match="no such release"):
+        release.delete(f"s3://{bucket}/builds/A", stale_after_s=0)
+    # a listing names neither the build beside the releases nor a torn record's neighbours as incomplete
+    cl.put_object(Bucket=bucket, Key=f"{prefix}/torn/RELEASE.json".lstrip("/"), Body=b'{"format": 2, "na')
+    complete, incomplete = release.list_releases(root)
+    assert [r["name"] for r in complete] == ["keep-1", "keep-2"] and incomplete == ["torn"]
+    assert release.list_releases(f"s3://{bucket}/")[1] == []  # builds/ and mixes/ are no uploads
 
 
 @pytest.mark.parametrize("damage", ["flip_byte", "truncate", "delete"])
@@ -266,6 +294,32 @@ def test_pull_refuses_existing_destination(build_dir, root, tmp_path):
     empty.mkdir()
     release.pull(f"{root}/v4", str(empty))  # an empty directory is fine
     assert (empty / "RELEASE.json").exists()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(release.ReleaseError, match=f"{afile} is a file, not a directory"):
+        release.pull(f"{root}/v4", str(afile / "sub"))
+
+
+def test_a_killed_pulls_partial_download_is_removed_by_the_next(build_dir, root, tmp_path):
+    """Found by a tester: a pull killed with -9 (or SIGTERM) left `.DEST.pull-<id>/`, the size of
+    the release, beside DEST; no later pull reused, removed or mentioned it."""
+    import socket
+    import subprocess
+    import sys
+
+    _publish(build_dir, root, "v5")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / ".dest.pull-0123456789ab"
+    left.mkdir()
+    (left / "part-00000.npy").write_bytes(b"half")
+    (left / ".pull-owner").write_text(f"{socket.gethostname()} {dead.stdout.strip()}\n")
+    live = tmp_path / ".dest.pull-fedcba987654"  # a pull still running (this process) is left alone
+    live.mkdir()
+    (live / ".pull-owner").write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    messages: list[str] = []
+    release.pull(f"{root}/v5", str(tmp_path / "dest"), log=messages.append)
+    assert not left.exists() and live.exists() and not (tmp_path / "dest" / ".pull-owner").exists()
+    assert any(m.startswith(f"removed {left}: the partial download of an earlier pull") for m in messages)
 
 
 @pytest.mark.parametrize("key", ["../x", "a/../b", "a/./b", "/etc/passwd", "a//b", "a/", "a\\b", "a\x00b",
