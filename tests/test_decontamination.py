@@ -275,6 +275,9 @@ def test_index_errors(tmp_path, suite_index):
         DecontaminationFilter(str(tmp_path / "nope.npz")).reject_reason({"text": "x " * 20})
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not a zip file at all")
+    with pytest.raises(IndexFileError, match="is not an index file .* it starts with b'not '"):
+        NgramIndex.load(str(garbage))
+    garbage.write_bytes(b"PK\x03\x04 but no zip after all")  # a zip's magic, then nothing readable
     with pytest.raises(IndexFileError, match="unreadable"):
         NgramIndex.load(str(garbage))
     with pytest.raises(IndexFileError, match="holds 8-grams.*ngram_size=13"):
