@@ -339,6 +339,9 @@ def summarize(generator, stats: list[dict], seed: int, num_partitions: int, chas
                                            if not s["cached"] and s.get("committed", True)),
             "partitions_cached": sorted(s["partition"] for s in stats if s["cached"]),
             "partitions_unanswered": sorted(s["partition"] for s in stats if not s.get("committed", True)),
+            # what the unanswered partitions' own requests got: a refusal there names its cause
+            "unanswered_requests": dict(sorted(sum((Counter(s["requests"]) for s in stats
+                                                    if not s.get("committed", True)), Counter()).items())),
             "files": [part_name(s["partition"]) for s in stats if s.get("committed", True)],
             "partitions_with_failed_requests": sorted(s["partition"] for s in stats if s.get("committed", True)
                                                       and s["rejected"].get("request_failed"))}
