@@ -402,3 +402,22 @@ def test_an_endpoint_that_never_answers_is_not_cached_and_the_rerun_asks_again(s
     assert refused.returncode == 1, refused.stderr[-2000:]
     assert "the endpoint refused them (HTTP 401: check the key --api-key-env names)" in refused.stderr
     assert not list((tmp_path / "refused").glob("*.done.json"))
+
+
+def test_an_unanswered_runs_cause_comes_from_its_own_partitions():
+    """Found by a reviewer: the refusal named as the cause was summed over every partition, so a
+    stray 404 in a finished partition was named where another partition's endpoint was down."""
+    import types
+
+    from dolmino.synth.runner import summarize
+
+    def stats(partition, committed, requests):
+        return {"partition": partition, "committed": committed, "cached": False, "attempted": 1, "kept": 0,
+                "rejected": {"request_failed": 1}, "requests": requests}
+
+    generator = types.SimpleNamespace(name="tulu_math", config=lambda: {})
+    report = summarize(generator, [stats(0, True, {"requests": 1, "responses": 1, "http_404": 1}),
+                                   stats(1, False, {"requests": 3, "connection_error": 3})], 0, 2, "h")
+    assert report["partitions_unanswered"] == [1]
+    assert report["unanswered_requests"] == {"connection_error": 3, "requests": 3}
+    assert report["requests"]["http_404"] == 1
