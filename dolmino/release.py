@@ -510,7 +510,11 @@ def _get_json(bucket: str, key: str) -> dict | None:
     try:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ReleaseError(f"s3://{bucket}/{key}: not valid JSON ({exc})") from None
+        remedy = ""
+        if key.endswith("/" + RELEASE_FILE) or key == RELEASE_FILE:
+            remedy = (f"; `dolmino release delete s3://{bucket}/{key[:-len(RELEASE_FILE) - 1]} --yes` removes the "
+                      "release it should commit")
+        raise ReleaseError(f"s3://{bucket}/{key}: not valid JSON ({exc}){remedy}") from None
 
 
 def _multipart_uploads(bucket: str, prefix: str) -> list[dict]:
@@ -594,16 +598,13 @@ def read_release(release_uri: str) -> dict:
 # ---------------------------------------------------------------- leftovers
 
 
-_PUBLISH_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{12}")
-
-
 def _group_of(rel: str) -> str | None:
     """Objects of one publish share `data/<publish id>/`: the only place a publish writes besides
     RELEASE.json. Anything else is not a publish's (None): given a releases root or a build's
     --out instead of a release, clean and delete removed every committed release below it as
     "leftovers" (found by a tester)."""
     parts = rel.split("/")
-    if len(parts) >= 3 and parts[0] == DATA_DIR and _PUBLISH_ID.fullmatch(parts[1]):
+    if len(parts) >= 3 and parts[0] == DATA_DIR and _PUBLISH_ID_RE.match(parts[1]):
         return f"{DATA_DIR}/{parts[1]}/"
     return None
 
@@ -932,21 +933,31 @@ def _parents(path: str) -> list[str]:
 _PULL_OWNER = ".pull-owner"
 
 
+def _pid_namespace() -> str:
+    """This process's PID namespace (Linux), or "-" where it cannot be told."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "-"
+
+
 def _remove_dead_pulls(parent: str, name: str, log: Log) -> None:
     """Remove the temporary directories of earlier pulls into `name` whose process is gone: a
     killed pull left one (the size of the release) beside DEST, which no later pull reused or
     removed (found by a tester). Another host's, or a live one's, is left alone."""
     import glob
 
-    host = socket.gethostname()
+    host, namespace = socket.gethostname(), _pid_namespace()
     for tmp in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.pull-*")):
         try:
             with open(os.path.join(tmp, _PULL_OWNER), encoding="utf-8") as fh:
-                owner_host, pid = fh.read().split()
+                owner_host, pid, owner_namespace = fh.read().split()
             pid = int(pid)
         except (OSError, ValueError):
             continue  # not ours to judge
-        if owner_host != host:
+        # Another host's, or another PID namespace's (containers of one pod share a host name):
+        # its pid means nothing here, and a live download was removed (found by a reviewer).
+        if owner_host != host or owner_namespace != namespace or namespace == "-":
             continue
         try:
             os.kill(pid, 0)
@@ -984,7 +995,7 @@ def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log
     tmp = os.path.join(parent, f".{os.path.basename(dest)}.pull-{uuid.uuid4().hex[:12]}")
     os.mkdir(tmp)
     with open(os.path.join(tmp, _PULL_OWNER), "w", encoding="utf-8") as fh:
-        fh.write(f"{socket.gethostname()} {os.getpid()}\n")
+        fh.write(f"{socket.gethostname()} {os.getpid()} {_pid_namespace()}\n")
     bar = _Progress(progress, f"pull {_name}", record.get("total_bytes") or sum(e["size"] for e in record["files"]),
                     len(record["files"]))
     try:
@@ -1009,9 +1020,13 @@ def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log
             json.dump(record, fh, indent=2)
             fh.write("\n")
         os.remove(os.path.join(tmp, _PULL_OWNER))
-        if os.path.isdir(dest):
-            os.rmdir(dest)  # empty (checked above); rename cannot replace a directory portably
-        os.rename(tmp, dest)
+        try:
+            if os.path.isdir(dest):
+                os.rmdir(dest)  # empty (checked above); rename cannot replace a directory portably
+            os.rename(tmp, dest)
+        except OSError:  # another pull into DEST finished first: "[Errno 39] Directory not empty" (a reviewer)
+            raise ReleaseError(f"{dest}: already exists (another pull into it finished first?); pull into a new "
+                               "directory") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -1079,7 +1094,10 @@ def delete(release_uri: str, *, log: Log = _quiet, stale_after_s: float = DEFAUL
     """
     bucket, key_prefix, _name = split_release(release_uri)
     s3.check_bucket(bucket)
-    record = _get_json(bucket, key_prefix + RELEASE_FILE)
+    try:
+        record = _get_json(bucket, key_prefix + RELEASE_FILE)
+    except ReleaseError:
+        record = {}  # a torn record: delete is its remedy (it failed on it; found by a reviewer)
     if record is None and next(s3.iter_keys(bucket, key_prefix), None) is None:
         raise ReleaseNotFoundError(f"{release_uri}: no such release")
     committed = record is not None
@@ -1194,7 +1212,7 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"{rec['name']}\t{rec.get('created')}\t{len(rec['files'])} files\t{rec.get('total_bytes', 0):,} bytes"
                       f"\tmanifest={m.get('name')} seed={m.get('seed')}")
         if incomplete:
-            print(f"note: ignored {len(incomplete)} incomplete upload(s) without {RELEASE_FILE}: "
+            print(f"note: ignored {len(incomplete)} incomplete upload(s) without a readable {RELEASE_FILE}: "
                   f"{', '.join(incomplete)}", file=sys.stderr)
     elif args.command == "pull":
         pull(args.release, args.dest, log=say, progress=show)

@@ -257,6 +257,14 @@ def test_clean_and_delete_never_take_a_releases_root_or_a_build_for_a_release(bu
     complete, incomplete = release.list_releases(root)
     assert [r["name"] for r in complete] == ["keep-1", "keep-2"] and incomplete == ["torn"]
     assert release.list_releases(f"s3://{bucket}/")[1] == []  # builds/ and mixes/ are no uploads
+    # a torn RELEASE.json: delete removes it and what is behind it; clean and publish say so (a reviewer)
+    record = _publish(build_dir, root, "torn2")
+    key = f"{prefix}/torn2/RELEASE.json".lstrip("/")
+    cl.put_object(Bucket=bucket, Key=key, Body=cl.get_object(Bucket=bucket, Key=key)["Body"].read()[:50])
+    with pytest.raises(release.ReleaseError, match="not valid JSON .*`dolmino release delete s3://.*/torn2 --yes`"):
+        release.clean(f"{root}/torn2")
+    release.delete(f"{root}/torn2", stale_after_s=0)
+    assert list(s3.iter_keys(bucket, f"{prefix}/torn2/".lstrip("/"))) == [] and record["data_prefix"]
 
 
 @pytest.mark.parametrize("damage", ["flip_byte", "truncate", "delete"])
@@ -294,6 +302,16 @@ def test_pull_refuses_existing_destination(build_dir, root, tmp_path):
     empty.mkdir()
     release.pull(f"{root}/v4", str(empty))  # an empty directory is fine
     assert (empty / "RELEASE.json").exists()
+    # another pull into DEST finishing first: said so, not "[Errno 39] Directory not empty" (a reviewer)
+    raced = tmp_path / "raced"
+    raced.mkdir()
+
+    def other_pull_lands(message: str) -> None:
+        (raced / "RELEASE.json").write_text("{}")
+
+    with pytest.raises(release.ReleaseError, match="already exists .another pull into it finished first"):
+        release.pull(f"{root}/v4", str(raced), log=other_pull_lands)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".raced")] == []
     afile = tmp_path / "afile"
     afile.write_text("x")
     with pytest.raises(release.ReleaseError, match=f"{afile} is a file, not a directory"):
@@ -312,13 +330,19 @@ def test_a_killed_pulls_partial_download_is_removed_by_the_next(build_dir, root,
     left = tmp_path / ".dest.pull-0123456789ab"
     left.mkdir()
     (left / "part-00000.npy").write_bytes(b"half")
-    (left / ".pull-owner").write_text(f"{socket.gethostname()} {dead.stdout.strip()}\n")
+    namespace = os.stat("/proc/self/ns/pid").st_ino
+    (left / ".pull-owner").write_text(f"{socket.gethostname()} {dead.stdout.strip()} {namespace}\n")
     live = tmp_path / ".dest.pull-fedcba987654"  # a pull still running (this process) is left alone
     live.mkdir()
-    (live / ".pull-owner").write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    (live / ".pull-owner").write_text(f"{socket.gethostname()} {os.getpid()} {namespace}\n")
+    # another PID namespace's (a container of the same pod): its pid says nothing here (a reviewer)
+    other = tmp_path / ".dest.pull-aaaaaaaaaaaa"
+    other.mkdir()
+    (other / ".pull-owner").write_text(f"{socket.gethostname()} {dead.stdout.strip()} {namespace + 1}\n")
     messages: list[str] = []
     release.pull(f"{root}/v5", str(tmp_path / "dest"), log=messages.append)
-    assert not left.exists() and live.exists() and not (tmp_path / "dest" / ".pull-owner").exists()
+    assert not left.exists() and live.exists() and other.exists()
+    assert not (tmp_path / "dest" / ".pull-owner").exists()
     assert any(m.startswith(f"removed {left}: the partial download of an earlier pull") for m in messages)
 
 

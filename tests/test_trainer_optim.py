@@ -45,6 +45,14 @@ def test_the_schedules_are_olmo_cores_counted_from_zero():
     cosine = LRSchedule(peak_lr=3e-4, warmup_steps=20, horizon_steps=100, kind="cosine")
     for k in range(0, 120):
         assert cosine.lr_at(k) == pytest.approx(olmo_core_cos_with_warmup(3e-4, k + 1, 100, 20), rel=1e-12), k
+    # every warm-up up to the horizon: a warm-up as long as the run ended at the peak (found by a reviewer)
+    for horizon in range(1, 9):
+        for warmup in range(0, horizon + 1):
+            s = LRSchedule(peak_lr=1.0, warmup_steps=warmup, horizon_steps=horizon, kind="cosine")
+            for k in range(horizon + 2):
+                assert s.lr_at(k) == pytest.approx(olmo_core_cos_with_warmup(1.0, k + 1, horizon, warmup)), \
+                    (horizon, warmup, k)
+            assert LRSchedule(1.0, warmup, horizon, "linear_to_zero").lr_at(horizon - 1) == 0.0
     linear = LRSchedule(peak_lr=1e-4, warmup_steps=0, horizon_steps=50, kind="linear_to_zero")
     for k in range(0, 60):  # OLMo-core's LinearWithWarmup with alpha_f 0 and no warm-up
         expected = 0.0 if k + 1 >= 50 else 1e-4 - 1e-4 * (k + 1) / 50

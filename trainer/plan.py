@@ -284,8 +284,8 @@ def pretrain_schedule(recipe: str) -> LRSchedule:
 
 
 def _describe_schedule(s: LRSchedule) -> str:
-    return (f"{s.kind} from {s.peak_lr:g}, {s.warmup_steps:,} warm-up, floor {s.final_lr_fraction:g} x peak at "
-            f"step {s.horizon_steps:,}")
+    return (f"{s.kind} from {s.peak_lr:g}, {s.warmup_steps:,} warm-up, floor {s.final_lr_fraction:g} x peak on "
+            f"its step {s.horizon_steps:,} (counting from 1)")
 
 
 def anneal_start_lr(recipe: str, model: ModelConfig, init=None, step: int | None = None,

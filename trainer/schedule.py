@@ -57,7 +57,10 @@ class LRSchedule:
     def lr_at(self, step: int) -> float:
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
-        if step < self.warmup_steps:
+        # Warm-up up to its last step, except a warm-up as long as the horizon: its last step is the
+        # horizon's, at the floor (OLMo-core checks the horizon first; found by a reviewer).
+        warmup_end = self.warmup_steps if self.warmup_steps < self.horizon_steps else self.warmup_steps - 1
+        if step < warmup_end:
             return self.peak_lr * (step + 1) / self.warmup_steps
         decay_steps = self.horizon_steps - self.warmup_steps
         progress = 1.0 if decay_steps <= 0 else min(1.0, (step + 1 - self.warmup_steps) / decay_steps)
