@@ -386,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="build/default-corpus", help="directory to write the corpus into")
     parser.add_argument("--force", action="store_true", help="rebuild even if a complete corpus is there")
     args = parser.parse_args(argv)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):  # NotADirectoryError's traceback (a tester)
+        print(f"{parser.prog}: error: --out {args.out} exists and is not a directory", file=sys.stderr)
+        return 2
     was_complete = not args.force and is_complete(Path(args.out))
     assemble(args.out, force=args.force)
     print(f"default corpus {'already complete' if was_complete else 'written'} at {os.path.abspath(args.out)}")

@@ -791,10 +791,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "with charts (report-*.png): mix composition, removals by reason, tokens per document, "
                     "decontamination hits.")
     parser.add_argument("build_dir", help="a finished build (holds report.json): local directory or s3:// prefix")
-    parser.add_argument("--sample-parts", type=int, default=8, help="read the sidecars of this many evenly spaced "
-                                                                    "parts for tokens per document")
-    parser.add_argument("--all-parts", action="store_true", help="read every part's sidecar (exact, slower)")
+    parser.add_argument("--sample-parts", type=_positive, default=8,
+                        help="builds whose report.json has no tokens-per-document histogram (older builds): read "
+                             "the sidecars of this many evenly spaced parts for it; current builds record it whole")
+    parser.add_argument("--all-parts", action="store_true",
+                        help="older builds: read every part's sidecar (exact, slower); current builds need neither")
     return parser.parse_args(argv)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:  # 0 and -1 were taken as 1, unsaid (found by a tester)
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1053,6 +1053,9 @@ def _cmd_check(args) -> int:
 
 def _cmd_coverage(args) -> int:
     cov = index_coverage(args.index, args.exclude_tasks, args.exclude_splits)
+    if cov.get("unknown_exclusions"):  # the text output was silent about a misspelt exclusion (a tester)
+        print(f"warning: {', '.join(cov['unknown_exclusions'])} names no eval set of the index nor a released "
+              "split of one; nothing is excluded for it", file=sys.stderr)
     if args.json:
         print(json.dumps(cov, indent=2))
         return 0

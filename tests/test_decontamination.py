@@ -730,3 +730,9 @@ def test_cli_jsonl_spec():
     for bad in ("x.jsonl:q", "x.jsonl:q:task/", "x.jsonl:q:/train", "x.jsonl:q:t/a/b"):
         with pytest.raises(argparse.ArgumentTypeError):
             decon._parse_jsonl_spec(bad)
+
+
+def test_coverage_warns_of_an_exclusion_that_names_nothing(suite_index, capsys):
+    """Found by a tester: the text output of `coverage` was silent about a misspelt --exclude-tasks."""
+    assert decon.main(["coverage", "--index", suite_index, "--exclude-tasks", "gsm8kk"]) == 0
+    assert "warning: gsm8kk names no eval set of the index" in capsys.readouterr().err

@@ -74,3 +74,12 @@ def test_written_files_read_back_and_mark_completion(tmp_path: Path, monkeypatch
     assert not default_corpus.is_complete(out)
     default_corpus.assemble(str(out))
     assert (out / "web" / "web-0000.jsonl.zst").read_bytes() == first
+
+
+def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    """Found by a tester: NotADirectoryError's traceback."""
+    from dolmino.default_corpus import main
+
+    (tmp_path / "afile").write_text("x")
+    assert main(["--out", str(tmp_path / "afile")]) == 2
+    assert "error: --out" in capsys.readouterr().err

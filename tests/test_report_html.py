@@ -363,3 +363,12 @@ def test_locked_build_writes_lock_and_report_html_and_releases_carry_them(tmp_pa
     released = {rel for rel, _ in collect_build_files(str(out))}
     assert {"manifest.lock.json", "report.html", "report-mix.png", "report.md", "report.json"} <= released
     assert doc_lengths.sidecar_name(names[0]) == "part-00000.csv.gz"
+
+
+def test_sample_parts_below_one_is_refused(capsys):
+    """Found by a tester: 0 and -1 were taken as 1, unsaid."""
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_:
+        report_html.main(["unused", "--sample-parts", "0"])
+    assert exit_.value.code == 2 and "--sample-parts: must be >= 1, got 0" in capsys.readouterr().err

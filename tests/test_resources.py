@@ -64,3 +64,34 @@ def test_shipped_directory_is_unpacked_into_the_node_cache(spark, tmp_path):
     assert len(unpacked) == 1 and list(cache.glob(f"resources/*/classifier.sha256-{resource.sha256[:16]}.ok"))
     again, _ = _localized_tree(spark, resource, str(cache))  # the second task reuses the node's copy
     assert again == files
+
+
+def test_a_copy_that_fails_its_check_is_not_cached(s3_server, tmp_path, monkeypatch):
+    """Found by a tester: an s3:// model replaced after the driver hashed it was cached on the node
+    under the driver's digest; every later build there failed on it, also once the object was
+    right again. The fetched copy is checked before it takes the cache's name (and a wrong copy an
+    earlier version cached is fetched again)."""
+    import uuid
+
+    import pytest
+
+    from dolmino import s3
+    from dolmino.errors import BuildError
+
+    monkeypatch.setenv("DOLMINO_CACHE", str(tmp_path / "cache"))
+    bucket = f"res-{uuid.uuid4().hex[:12]}"
+    client = s3.client()
+    client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket=bucket, Key="m.bin", Body=b"model A" * 100)
+    resource = stage(f"s3://{bucket}/m.bin")  # the driver hashes A
+    client.put_object(Bucket=bucket, Key="m.bin", Body=b"model B" * 100)  # replaced during the build
+    with pytest.raises(BuildError, match="nothing was cached, a rerun fetches it again"):
+        localize(resource)
+    client.put_object(Bucket=bucket, Key="m.bin", Body=b"model A" * 100)  # put right
+    path = localize(resource)
+    assert open(path, "rb").read() == b"model A" * 100
+    with open(path, "wb") as fh:  # what an earlier version left: a wrong copy under the digest's name
+        fh.write(b"model B" * 100)
+    for marker in (tmp_path / "cache").rglob("*.ok"):
+        marker.unlink()
+    assert open(localize(resource), "rb").read() == b"model A" * 100

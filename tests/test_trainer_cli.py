@@ -693,3 +693,37 @@ def test_a_pass_that_reaches_into_a_second_epoch_is_said(tmp_path):
             "step 3 draw from a further epoch in a new order (2 epochs in all)") in proc.stdout
     whole = type("D", (), {"dropped_tail_tokens": 0})()
     assert epochs_note(12, 4, 3, whole) is None and epochs_note(3, 4, 100, whole) is None
+
+
+def test_bad_values_and_paths_are_one_line_errors(data_dir, tmp_path, capsys):
+    """Found by a tester sweeping every command: --lr inf trained to NaN and saved it (exit 0);
+    --batch-size 0 without --steps divided by zero; --mix naming no manifest exited 1 without
+    "error:"; a soup into an ingredient's save dir took that run over; trainer.eval's unknown
+    device, bad --tokenizer and --out directory were tracebacks."""
+    from trainer.eval import main as eval_main
+    from trainer.run import main
+    from trainer.schedule import main as schedule_main
+    from trainer.soup import main as soup_main
+
+    assert main(["--data", str(data_dir), *map(str, TINY), "--steps", "1", "--lr", "inf",
+                 "--save-dir", str(tmp_path / "inf")]) == 2
+    assert "lr must be a finite number >= 0, got inf" in capsys.readouterr().err
+    assert main(["--data", str(data_dir), *map(str, TINY), "--steps", "1", "--weight-decay", "inf",
+                 "--save-dir", str(tmp_path / "wd")]) == 2
+    assert "weight_decay must be a finite number >= 0, got inf" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        schedule_main(["--tokens", "1M", "--batch-size", "0"])
+    assert exit_.value.code == 2 and "--batch-size: must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["--mix", str(tmp_path / "nomix.json"), "--model", "tiny", "--steps", "1"]) == 2
+    assert f"trainer.run: error: manifest {tmp_path / 'nomix.json'} does not exist" in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert main(["--data", str(data_dir), *map(str, TINY), "--steps", "1", "--save-dir", str(run)]) == 0
+    assert soup_main([str(run), str(run), str(run), "--no-hf"]) == 2
+    assert "holds a trainer checkpoint or run (latest, step000001)" in capsys.readouterr().err
+    assert not (run / "model.pt").exists()
+    for flags, words in ((["--device", "tpu"], "trainer.eval: error: --device 'tpu'"),
+                         (["--out", str(tmp_path)], f"--out {tmp_path} is a directory"),
+                         (["--tokenizer", str(tmp_path / "none.json")], "trainer.eval: error: --tokenizer: ")):
+        assert eval_main(["--checkpoint", str(run), "--tasks", "arc_easy", "--limit", "1", *flags]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err, err

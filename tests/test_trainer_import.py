@@ -560,8 +560,8 @@ def test_an_export_over_a_sharded_model_leaves_one_model(tmp_path):
     (tmp_path / "ckpt").mkdir()  # a trainer checkpoint's own directory: its config.json would be replaced (a reviewer)
     (tmp_path / "ckpt" / "model.pt").write_bytes(b"")
     proc = run_module("trainer.export_hf", src, tmp_path / "ckpt")
-    assert proc.returncode == 2 and "holds a trainer checkpoint or run; export into a directory of its own" in \
-        proc.stderr
+    assert proc.returncode == 2
+    assert "holds a trainer checkpoint or run (model.pt); export into a directory of its own" in proc.stderr
     assert sorted(p.name for p in old.iterdir() if "safetensors" in p.name) == ["model.safetensors"]
     with WeightReader(inspect_checkpoint(old)) as exported, WeightReader(inspect_checkpoint(src)) as wanted:
         assert exported.names() == wanted.names()

@@ -389,3 +389,11 @@ def test_a_report_whose_file_list_is_not_a_mapping_is_one_error(tmp_path):
     (out / "report.json").write_text(json.dumps({"output": {"files_sha256": ["part-00000.npy"]}}))
     errors = validate_build(out).all_errors()
     assert any("output.files_sha256 is not a mapping" in e for e in errors)
+
+
+@pytest.mark.parametrize("flags", [["--vocab-size", "-1"], ["--vocab-size", "0"], ["--eos-id", "-1"]])
+def test_impossible_ids_are_a_usage_error_not_a_verdict(tmp_path, capsys, flags):
+    """Found by a tester: --vocab-size -1 called a good build INVALID (exit 1, "damaged")."""
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path), *flags])
+    assert exit_.value.code == 2 and "must be >= " in capsys.readouterr().err

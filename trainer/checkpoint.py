@@ -257,6 +257,22 @@ def clear_run(save_dir: str | Path) -> None:
     shutil.rmtree(save_dir / EVAL_DIR, ignore_errors=True)
 
 
+def check_output_dir(out: str | Path, what: str) -> None:
+    """Refuse an output directory that is a file, or holds a trainer checkpoint or run: a soup
+    or an HF export written there replaced its config.json, or made the save dir resolve to the
+    soup instead of its latest checkpoint (found by testers)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a directory; give {what} a directory")
+    if not out.is_dir():
+        return
+    held = [name for name in (STATE_FILE, LATEST) if (out / name).exists()]
+    held += sorted(p.name for p in out.glob("step*") if p.is_dir() and _STEP_DIR.fullmatch(p.name))[:1]
+    if held:
+        raise ValueError(f"{out} holds a trainer checkpoint or run ({', '.join(held)}); write {what} into a directory "
+                         f"of its own (e.g. {out / 'soup'})")
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory (or a soup: model.pt + config.json), or a save_dir meaning its latest."""
     path = Path(path)

@@ -273,8 +273,10 @@ class TrainConfig:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.final_lr_fraction <= 1.0:
             raise ValueError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
-        if not self.lr >= 0:  # 0 is allowed: a step that only checks the pipeline changes no weight
-            raise ValueError(f"lr must be >= 0, got {self.lr}")
+        if not 0 <= self.lr < math.inf:  # 0 is allowed: a step that only checks the pipeline changes no weight
+            raise ValueError(f"lr must be a finite number >= 0, got {self.lr}")  # inf trained to NaN (a tester)
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         # Clipping scales the gradient by max_grad_norm / norm: a negative bound reverses it (gradient
         # ascent) and 0 erases it. There is no "off" value; inf (or any bound above the norms) never clips.
         if not self.max_grad_norm > 0:

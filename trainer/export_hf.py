@@ -187,11 +187,13 @@ def export(checkpoint: str | Path, out_dir: str | Path, dtype: str | None = None
         raise ValueError(f"{info.describe()} does not say its number of attention heads and no preset has its "
                          f"shape; copy OLMo-core's experiment config.json (from the run's save folder, it gives "
                          f"model.block.attention.n_heads) into the folder that holds the stepN directory")
+    from trainer.checkpoint import check_output_dir
+
     out = Path(out_dir)
-    if any((out / name).exists() for name in ("model.pt", "train_state.pt", "latest")):
-        # The HF config.json would replace the checkpoint's own, which a resume then cannot read (a reviewer).
-        raise ValueError(f"{out} holds a trainer checkpoint or run; export into a directory of its own "
+    if (out / "model.pt").exists():  # a soup's or a checkpoint's: the HF config.json would replace its own (a reviewer)
+        raise ValueError(f"{out} holds a trainer checkpoint or run (model.pt); export into a directory of its own "
                          f"(e.g. {out / 'hf'})")
+    check_output_dir(out, "the export")
     torch_dtype = getattr(torch, dtype) if dtype else info.dtype
     with WeightReader(info) as reader:
         return write_hf_model(out_dir, info.model, reader.names(), reader.get, torch_dtype)

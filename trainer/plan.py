@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dolmino.s3 import local_path
-from trainer.cli import HelpFormatter, parse_count
+from trainer.cli import HelpFormatter, parse_count, positive_int
 from trainer.config import (
     ANNEAL_RECIPES, LEGACY_PRESETS, MODEL_PRESETS, RECIPE_HELP, RECIPES, SCHEDULES, STAGE1_END_LR, STAGE1_END_STEP,
     ModelConfig, TrainConfig, describe_params, describe_preset,
@@ -61,8 +61,9 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="optimizer steps, counting resumed ones (default: one pass over the data, "
                         "ceil(tokens / (batch x seq)))")
-    p.add_argument("--seq-len", type=int, default=1024, help="tokens per instance")
-    p.add_argument("--batch-size", type=int, default=8, help="global batch size in instances of --seq-len tokens")
+    p.add_argument("--seq-len", type=positive_int, default=1024, help="tokens per instance")
+    p.add_argument("--batch-size", type=positive_int, default=8,
+                   help="global batch size in instances of --seq-len tokens")
     p.add_argument("--lr", type=float, default=None,
                    help="peak (anneals: start) learning rate (default: the recipe's; anneal recipes: the "
                         "pretraining LR at the checkpoint's step; else 3e-4)")
@@ -423,7 +424,13 @@ def schedule_main(argv: list[str] | None = None) -> int:
             tokens, source = args.tokens, "--tokens"
         elif args.mix or args.data:
             if args.mix and Path(args.mix).is_file():
-                paths = [str(mix_output_dir(args.mix, prog="trainer.schedule"))]
+                try:
+                    paths = [str(mix_output_dir(args.mix, prog="trainer.schedule"))]
+                except SystemExit as exc:  # one line, status 2 (a tester)
+                    if not isinstance(exc.code, str):
+                        raise
+                    print(exc.code.replace("trainer.schedule: ", "trainer.schedule: error: ", 1), file=sys.stderr)
+                    return 2
             else:
                 paths = [args.mix] if args.mix else list(args.data)
             tokens, source = data_tokens(paths)

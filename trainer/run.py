@@ -208,7 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.mix:
-        data_paths = [str(mix_output_dir(args.mix))]
+        try:
+            data_paths = [str(mix_output_dir(args.mix))]
+        except SystemExit as exc:  # one line, status 2, as --data's errors (it exited 1; found by a tester)
+            if not isinstance(exc.code, str):
+                raise
+            print(exc.code.replace("trainer.run: ", "trainer.run: error: ", 1), file=sys.stderr)
+            return 2
     else:
         remote = next((d for d in args.data if "://" in d), None)
         if remote is not None:

@@ -43,6 +43,8 @@ class LRSchedule:
     def __post_init__(self):
         if self.kind not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.kind!r}; choose one of {SCHEDULES}")
+        if not 0 <= self.peak_lr < math.inf:
+            raise ValueError(f"lr must be a finite number >= 0, got {self.peak_lr}")
         if self.horizon_steps < 1 or self.warmup_steps < 0:
             raise ValueError(f"horizon_steps must be >= 1 and warmup_steps >= 0, got "
                              f"{self.horizon_steps} and {self.warmup_steps}")

@@ -89,8 +89,11 @@ def soup(out_dir: str | Path, checkpoints: list[str | Path], dtype: str | None =
     from trainer.export_hf import write_hf_model
     from trainer.weights import WeightReader, check_compatible, inspect_checkpoint
 
+    from trainer.checkpoint import check_output_dir
+
     if len(checkpoints) < 2:
         raise ValueError("a soup needs at least two checkpoints")
+    check_output_dir(out_dir, "the soup")  # an ingredient's save dir was taken over (found by a tester)
     infos = [inspect_checkpoint(c) for c in checkpoints]
     first = infos[0]
     if first.model is None:

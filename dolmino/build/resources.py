@@ -144,13 +144,34 @@ def _in_cache(resource: Resource, fill) -> str:
     os.makedirs(base, exist_ok=True)
     with open(os.path.join(base, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one copy per node, whatever the number of workers
-        if not os.path.exists(target):
-            tmp = tempfile.mkdtemp(dir=base, prefix=".partial-")
+        if os.path.exists(target):
+            try:
+                return _verified(target, resource)
+            except BuildError:  # a wrong copy cached by an earlier version: fetched again below
+                _remove(target)
+        tmp = tempfile.mkdtemp(dir=base, prefix=".partial-")
+        try:
             dest = os.path.join(tmp, "x")
             fill(dest)
+            # Checked before it takes the cache's name: a copy of an object replaced after the driver
+            # hashed it stayed cached under the driver's digest, and every later build on the node
+            # failed on it, also once the object was right again (found by a tester).
+            digest, _ = local_digest(dest)
+            if digest != resource.sha256:
+                raise BuildError(f"{resource.uri}: the copy this executor fetched has SHA-256 {digest[:16]}..., the "
+                                 f"driver's has {resource.sha256[:16]}... (changed during the build?); nothing was "
+                                 "cached, a rerun fetches it again")
             os.replace(dest, target)
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return _verified(target, resource)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        os.remove(path)
 
 
 def _download(resource: Resource) -> str:
