@@ -928,8 +928,8 @@ def _parents(path: str) -> list[str]:
     return chain
 
 
-# Inside a pull's temporary directory: "host pid" of the pull writing it, so a later pull can
-# tell a download whose process is gone (kill -9, a node's reboot) from one still running.
+# Inside a pull's temporary directory: "host pid pid-namespace" of the pull writing it, so a
+# later pull can tell a download whose process is gone (kill -9, a reboot) from a running one.
 _PULL_OWNER = ".pull-owner"
 
 
