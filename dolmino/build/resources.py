@@ -123,18 +123,25 @@ def _cache_root() -> str:
     return os.environ.get("DOLMINO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dolmino")
 
 
+def _marker(path: str, resource: Resource) -> str:
+    return f"{path.rstrip('/')}.sha256-{resource.sha256[:16]}.ok"
+
+
+def _mark_verified(path: str, resource: Resource) -> str:
+    with open(_marker(path, resource), "w") as fh:
+        fh.write(resource.sha256 + "\n")
+    return path
+
+
 def _verified(path: str, resource: Resource) -> str:
     """`path` after checking its digest once per node (a marker beside it records the check)."""
-    marker = f"{path.rstrip('/')}.sha256-{resource.sha256[:16]}.ok"
-    if os.path.exists(marker):
+    if os.path.exists(_marker(path, resource)):
         return path
     digest, _ = local_digest(path)
     if digest != resource.sha256:
         raise BuildError(f"{resource.uri}: the copy on this executor ({path}) has SHA-256 {digest[:16]}..., "
                          f"the driver's has {resource.sha256[:16]}... (changed during the build?)")
-    with open(marker, "w") as fh:
-        fh.write(resource.sha256 + "\n")
-    return path
+    return _mark_verified(path, resource)
 
 
 def _in_cache(resource: Resource, fill) -> str:
@@ -164,7 +171,7 @@ def _in_cache(resource: Resource, fill) -> str:
             os.replace(dest, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return _verified(target, resource)
+        return _mark_verified(target, resource)  # just hashed: a model of GBs is not read a second time
 
 
 def _remove(path: str) -> None:
