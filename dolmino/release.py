@@ -70,6 +70,7 @@ import sys
 import time
 import uuid
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 from dolmino import s3
@@ -609,23 +610,28 @@ def _group_of(rel: str) -> str | None:
     return None
 
 
-def _check_is_release(bucket: str, key_prefix: str, release_uri: str, record: dict | None) -> list[str]:
+def _check_is_release(bucket: str, key_prefix: str, release_uri: str,
+                      record: dict | None) -> tuple[list[str], bool]:
     """Refuse a prefix holding other releases' commit records (a releases root, a release
-    published inside another); return the objects below it no publish writes (a build's
-    files, a format-1 publish's loose leftovers), which clean and delete leave alone. A
-    format-1 release's own files lie directly under NAME/ (its record lists them)."""
+    published inside another). Returns, from one listing, the objects below it no publish
+    writes (a build's files, a format-1 publish's loose leftovers), which clean and delete
+    leave alone, and whether any publish's staged objects are there. A format-1 release's
+    own files lie directly under NAME/ (its record lists them)."""
     own = {e["path"] for e in record["files"]} if record is not None and not data_prefix_of(record) else set()
-    nested, foreign = [], []
+    nested, foreign, staged = [], [], False
     for key, _size in s3.iter_keys(bucket, key_prefix):
         rel = key[len(key_prefix):]
-        if rel == RELEASE_FILE or rel in own or _group_of(rel) is not None:
+        if _group_of(rel) is not None:
+            staged = True
+            continue
+        if rel == RELEASE_FILE or rel in own:
             continue
         (nested if rel.endswith("/" + RELEASE_FILE) else foreign).append(rel)
     if nested:
         names = ", ".join(sorted({r.rsplit("/", 1)[0] for r in nested})[:5])
         raise ReleaseError(f"{release_uri} holds other releases ({names}): name one release, not a releases root; "
                            "nothing was removed")
-    return foreign
+    return foreign, staged
 
 
 def _foreign_note(release_uri: str, foreign: list[str]) -> str:
@@ -921,13 +927,6 @@ def _check_local(path: str, entry: dict) -> None:
         raise ReleaseIntegrityError(f"{entry['path']}: SHA-256 {digest} does not match RELEASE.json ({entry['sha256']})")
 
 
-def _parents(path: str) -> list[str]:
-    chain = [path]
-    while os.path.dirname(chain[-1]) != chain[-1]:
-        chain.append(os.path.dirname(chain[-1]))
-    return chain
-
-
 # Inside a pull's temporary directory: "host pid pid-namespace" of the pull writing it, so a
 # later pull can tell a download whose process is gone (kill -9, a reboot) from a running one.
 _PULL_OWNER = ".pull-owner"
@@ -986,7 +985,8 @@ def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log
     record = read_release(release_uri)
     objects = key_prefix + data_prefix_of(record)
     parent = os.path.dirname(dest)
-    above = next((p for p in _parents(parent) if os.path.lexists(p) and not os.path.isdir(p)), None)
+    above = next((p for p in (parent, *map(str, Path(parent).parents)) if os.path.lexists(p)
+                  and not os.path.isdir(p)), None)
     if above is not None:  # makedirs said "[Errno 17] File exists: <the file>" (a tester)
         raise ReleaseError(f"{dest}: {above} is a file, not a directory; pull into a directory path")
     os.makedirs(parent, exist_ok=True)
@@ -1098,17 +1098,16 @@ def delete(release_uri: str, *, log: Log = _quiet, stale_after_s: float = DEFAUL
         record = _get_json(bucket, key_prefix + RELEASE_FILE)
     except ReleaseError:
         record = {}  # a torn record: delete is its remedy (it failed on it; found by a reviewer)
-    if record is None and next(s3.iter_keys(bucket, key_prefix), None) is None:
-        raise ReleaseNotFoundError(f"{release_uri}: no such release")
     committed = record is not None
     if record is not None:
         try:
             record = parse_release_record(record, f"{release_uri}/{RELEASE_FILE}")
         except ReleaseError:
             record = None  # unreadable commit record: removed below, the rest treated as leftovers
-    foreign = _check_is_release(bucket, key_prefix, release_uri, record)
-    if not committed and not any(_group_of(k[len(key_prefix):]) for k, _size in s3.iter_keys(bucket, key_prefix)):
-        raise ReleaseNotFoundError(f"{release_uri}: no such release (nor a publish's staged objects)")
+    foreign, staged = _check_is_release(bucket, key_prefix, release_uri, record)
+    if not committed and not staged:
+        raise ReleaseNotFoundError(f"{release_uri}: no such release" + (" (nor a publish's staged objects)"
+                                                                         if foreign else ""))
     removed = 0
     if committed:
         s3.client().delete_object(Bucket=bucket, Key=key_prefix + RELEASE_FILE)
@@ -1135,7 +1134,7 @@ def clean(release_uri: str, *, older_than_s: float = DEFAULT_STALE_AFTER_S, log:
     bucket, key_prefix, _name = split_release(release_uri)
     s3.check_bucket(bucket)
     record = _get_json(bucket, key_prefix + RELEASE_FILE)
-    foreign = _check_is_release(bucket, key_prefix, release_uri, parse_release_record(
+    foreign, _staged = _check_is_release(bucket, key_prefix, release_uri, parse_release_record(
         record, f"{release_uri}/{RELEASE_FILE}") if record is not None else None)
     removed = _clean_leftovers(bucket, key_prefix, older_than_s, release_uri, log)
     if foreign:
