@@ -175,6 +175,19 @@ def _describe_tokenizer(data: dict) -> str:
     return f"{data.get('tokenizer')}, EOS {data.get('eos_token_id')}{digest}"
 
 
+def built_mix_paths(manifest_path: str | Path, prog: str) -> list[str] | None:
+    """[the built mix directory of a manifest], or None after printing why not in one line,
+    "PROG: error: ...", for the command to exit with status 2 (a bare SystemExit exited 1
+    without "error:"; found by a tester)."""
+    try:
+        return [str(mix_output_dir(manifest_path, prog=prog))]
+    except SystemExit as exc:
+        if not isinstance(exc.code, str):
+            raise
+        print(exc.code.replace(f"{prog}: ", f"{prog}: error: ", 1), file=sys.stderr)
+        return None
+
+
 def data_tokens(paths: list[str]) -> tuple[int, str]:
     """Tokens in the training data and where the number comes from.
 
@@ -424,12 +437,8 @@ def schedule_main(argv: list[str] | None = None) -> int:
             tokens, source = args.tokens, "--tokens"
         elif args.mix or args.data:
             if args.mix and Path(args.mix).is_file():
-                try:
-                    paths = [str(mix_output_dir(args.mix, prog="trainer.schedule"))]
-                except SystemExit as exc:  # one line, status 2 (a tester)
-                    if not isinstance(exc.code, str):
-                        raise
-                    print(exc.code.replace("trainer.schedule: ", "trainer.schedule: error: ", 1), file=sys.stderr)
+                paths = built_mix_paths(args.mix, "trainer.schedule")
+                if paths is None:
                     return 2
             else:
                 paths = [args.mix] if args.mix else list(args.data)

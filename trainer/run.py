@@ -40,7 +40,7 @@ from trainer.distributed import (
 )
 from trainer.eval import add_training_arguments as add_eval_arguments, evaluate_after_training
 from trainer.plan import (
-    Plan, add_plan_arguments, check_data_vocab, data_tokens, inspect_init, make_plan, mix_output_dir,
+    Plan, add_plan_arguments, built_mix_paths, check_data_vocab, data_tokens, inspect_init, make_plan, mix_output_dir,
     parse_with_recipe, remote_build_hint,
 )
 
@@ -208,12 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.mix:
-        try:
-            data_paths = [str(mix_output_dir(args.mix))]
-        except SystemExit as exc:  # one line, status 2, as --data's errors (it exited 1; found by a tester)
-            if not isinstance(exc.code, str):
-                raise
-            print(exc.code.replace("trainer.run: ", "trainer.run: error: ", 1), file=sys.stderr)
+        data_paths = built_mix_paths(args.mix, "trainer.run")
+        if data_paths is None:
             return 2
     else:
         remote = next((d for d in args.data if "://" in d), None)

@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # from the unanswered partitions' own requests: a stray 404 elsewhere is not their cause (a reviewer)
         refused = [f"HTTP {code}: {hint}" for code, hint in REFUSED_HINT.items()
-                   if report.get("unanswered_requests", report["requests"]).get(f"http_{code}")]
+                   if report["unanswered_requests"].get(f"http_{code}")]
         cause = (f"the endpoint refused them ({'; '.join(refused)}); rerun the same command once that is fixed"
                  if refused else "rerun the same command once the endpoint answers")
         print(f"error: partition(s) {', '.join(map(str, report['partitions_unanswered']))} got no answer to any "
