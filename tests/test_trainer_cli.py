@@ -727,3 +727,17 @@ def test_bad_values_and_paths_are_one_line_errors(data_dir, tmp_path, capsys):
         assert eval_main(["--checkpoint", str(run), "--tasks", "arc_easy", "--limit", "1", *flags]) == 2
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err, err
+
+
+def test_start_up_walks_the_data_once_before_the_dataset(data_dir, tmp_path, monkeypatch):
+    """The start-up checks (report.json token counts and tokenizers, the note for parts without a
+    report, the vocabulary) each walked every --data tree again: six walks of a network mount
+    before the first step. One walk for the checks, one by the dataset that opens the files."""
+    import trainer.data
+    from trainer.run import main
+
+    walks = []
+    real = trainer.data._npy_files
+    monkeypatch.setattr(trainer.data, "_npy_files", lambda top: walks.append(top) or real(top))
+    assert main(["--data", str(data_dir), *map(str, TINY), "--steps", "1", "--save-dir", str(tmp_path / "r")]) == 0
+    assert len(walks) == 2, walks

@@ -87,19 +87,29 @@ def check_complete_build(directory: Path) -> None:
                         "last): it was interrupted or is still running; rerun the same build command to finish it")
 
 
-def token_builds(paths: Iterable[str | Path]) -> dict[Path, list[Path]]:
-    """The token files below the given directories, by the build holding them: the nearest
-    directory above a file (up to the given one) that has a report.json, else the file's own
-    directory. Each build is checked against its report whether given or found below a given
-    directory (found by a tester: a parent of several builds was not checked). A build with
-    another build inside it is refused: its report counts only its own parts. Token files
-    named one by one are the user's pick, not a build, and are left out."""
+@dataclass(frozen=True)
+class DataLayout:
+    """What the --data paths hold, found in one walk: the token files (in `discover_token_files`'
+    order), their sizes, and the builds holding them (`token_builds`). The start-up checks
+    (report.json token counts, tokenizers, vocabulary, the note for parts without a report)
+    each walked every tree again: six walks of a network mount before the first step."""
+
+    paths: tuple[str, ...]
+    files: tuple[Path, ...]
+    sizes: dict[Path, int]  # bytes, from the stat the duplicate check makes
+    builds: dict[Path, list[Path]]
+
+
+def scan_data(paths: Iterable[str | Path] | DataLayout) -> DataLayout:
+    """The layout of `paths` (a layout is returned as it is); refuses what
+    `discover_token_files` and `token_builds` refuse."""
+    if isinstance(paths, DataLayout):
+        return paths
+    paths = tuple(str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths))
+    found = _discover(paths)
     builds: dict[Path, list[Path]] = {}
-    for entry in paths:
-        top = Path(entry)
-        if not top.is_dir():
-            continue
-        for f in discover_token_files(top):
+    for top, f, _ in found:
+        if top is not None:
             home = next((d for d in _up_to(f.parent, top) if (d / COMPLETION_MARKER).is_file()), f.parent)
             builds.setdefault(home, []).append(f)
     reported = {d for d in builds if (d / COMPLETION_MARKER).is_file()}
@@ -109,7 +119,17 @@ def token_builds(paths: Iterable[str | Path]) -> dict[Path, list[Path]]:
             raise DataError(f"{outer} is a build with another build inside it ({inner}), whose token files its "
                             f"{COMPLETION_MARKER} does not count; pass the build(s) you mean as --data, or move the "
                             "inner one out")
-    return builds
+    return DataLayout(paths, tuple(f for _, f, _ in found), {f: size for _, f, size in found}, builds)
+
+
+def token_builds(paths: Iterable[str | Path] | DataLayout) -> dict[Path, list[Path]]:
+    """The token files below the given directories, by the build holding them: the nearest
+    directory above a file (up to the given one) that has a report.json, else the file's own
+    directory. Each build is checked against its report whether given or found below a given
+    directory (found by a tester: a parent of several builds was not checked). A build with
+    another build inside it is refused: its report counts only its own parts. Token files
+    named one by one are the user's pick, not a build, and are left out."""
+    return scan_data(paths).builds
 
 
 def _up_to(folder: Path, top: Path) -> list[Path]:
@@ -120,7 +140,7 @@ def _up_to(folder: Path, top: Path) -> list[Path]:
     return chain
 
 
-def unreported_build_note(paths: Iterable[str | Path]) -> str | None:
+def unreported_build_note(paths: Iterable[str | Path] | DataLayout) -> str | None:
     """A note for a directory of dolmino parts (memmaps with their `.csv.gz` sidecars) that
     has no report.json: a copy that left it behind, or parts copied by hand. Nothing then
     says whether every part is there (report.json's token count is what is checked), yet
@@ -139,7 +159,12 @@ def discover_token_files(paths: str | Path | Iterable[str | Path]) -> list[Path]
     or found below a given one."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    found: list[Path] = []
+    return [f for _, f, _ in _discover(paths)]
+
+
+def _discover(paths: Iterable[str | Path]) -> list[tuple[Path | None, Path, int]]:
+    """(the directory given that holds it, or None for a file given itself; token file; bytes)."""
+    found: list[tuple[Path | None, Path]] = []
     for entry in paths:
         p = Path(entry)
         if p.is_dir():
@@ -147,22 +172,24 @@ def discover_token_files(paths: str | Path | Iterable[str | Path]) -> list[Path]
             below = sorted(_npy_files(p), key=lambda f: f.relative_to(p).as_posix())
             for d in {f.parent for f in below}:
                 check_complete_build(d)
-            found.extend(below)
+            found.extend((p, f) for f in below)
         elif p.is_file():
             if not _is_token_file(p):
                 raise DataError(f"{p} is not a token file (expected *.npy, not *{LABEL_MASK_SUFFIX})")
-            found.append(p)
+            found.append((None, p))
         else:
             raise DataError(f"data path {p} does not exist")
     seen: dict[tuple[int, int], Path] = {}
-    for f in found:  # overlapping --data paths: the same file trained twice, or a report blamed (a reviewer)
+    sized = []
+    for top, f in found:  # overlapping --data paths: the same file trained twice, or a report blamed (a reviewer)
         st = f.stat()
         same = seen.get((st.st_dev, st.st_ino))  # the file itself: through links, hard links too
         if same is not None:
             raise DataError(f"{f} is given twice{'' if same == f else f' (also as {same})'}: the --data paths "
                             "overlap; name each build or file once")
         seen[(st.st_dev, st.st_ino)] = f
-    return found
+        sized.append((top, f, st.st_size))
+    return sized
 
 
 def _npy_files(top: Path) -> list[Path]:

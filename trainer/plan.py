@@ -39,7 +39,7 @@ from trainer.config import (
     ANNEAL_RECIPES, LEGACY_PRESETS, MODEL_PRESETS, RECIPE_HELP, RECIPES, SCHEDULES, STAGE1_END_LR, STAGE1_END_STEP,
     ModelConfig, TrainConfig, describe_params, describe_preset,
 )
-from trainer.data import TOKEN_DTYPE, DataError, discover_token_files, token_builds
+from trainer.data import TOKEN_DTYPE, DataError, DataLayout, discover_token_files, scan_data
 from trainer.schedule import LRSchedule
 
 DEFAULT_MODEL = "olmo2-30M"
@@ -188,7 +188,7 @@ def built_mix_paths(manifest_path: str | Path, prog: str) -> list[str] | None:
         return None
 
 
-def data_tokens(paths: list[str]) -> tuple[int, str]:
+def data_tokens(paths: list[str] | DataLayout) -> tuple[int, str]:
     """Tokens in the training data and where the number comes from.
 
     Every directory holding token files (given, or found below a given one) that has a
@@ -196,10 +196,10 @@ def data_tokens(paths: list[str]) -> tuple[int, str]:
     a stale report), and builds tokenized with different tokenizers are refused: their ids
     mean different text (both found by a tester with several --data directories). Otherwise
     the token files' sizes (4 bytes a token)."""
-    files = discover_token_files(paths)
-    on_disk = sum(f.stat().st_size for f in files) // TOKEN_DTYPE.itemsize
+    layout = scan_data(paths)
+    files, builds = layout.files, layout.builds
+    on_disk = sum(layout.sizes.values()) // TOKEN_DTYPE.itemsize
     reports: list[tuple[Path, dict]] = []
-    builds = token_builds(paths)
     for folder, held in builds.items():
         report = folder / REPORT_FILE
         if not report.is_file():
@@ -209,7 +209,7 @@ def data_tokens(paths: list[str]) -> tuple[int, str]:
             tokens = int(data["output"]["tokens"])
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{report}: no output.tokens ({exc})") from None
-        here = sum(f.stat().st_size for f in held) // TOKEN_DTYPE.itemsize
+        here = sum(layout.sizes[f] for f in held) // TOKEN_DTYPE.itemsize
         if tokens != here:
             raise DataError(f"{report} says the mix holds {tokens:,} tokens but its token files hold {here:,}; "
                             f"is the copy incomplete?")
@@ -225,16 +225,17 @@ def data_tokens(paths: list[str]) -> tuple[int, str]:
     return on_disk, f"{len(files)} token file(s){checked}"
 
 
-def data_vocab_size(paths: list[str]) -> tuple[int, Path] | None:
+def data_vocab_size(paths: list[str] | DataLayout) -> tuple[int, Path] | None:
     """The vocabulary the data was tokenized with and the report.json recording it (the largest,
     if builds differ). None unless every path is a directory and every directory of token
     files in them a built one whose report has "vocab_size": token files and older builds do
     not say, and then the first batch holding an id beyond the model's vocabulary is what
     stops the run."""
-    if not all(Path(p).is_dir() for p in paths):
+    given = paths.paths if isinstance(paths, DataLayout) else paths
+    if not all(Path(p).is_dir() for p in given):
         return None
     largest = None
-    for report in (folder / REPORT_FILE for folder in token_builds(paths)):
+    for report in (folder / REPORT_FILE for folder in scan_data(paths).builds):
         if not report.is_file():
             return None
         try:
@@ -390,7 +391,7 @@ def inspect_init(args: argparse.Namespace):
     return inspect_checkpoint(args.init_from, step=step, step_source=source)
 
 
-def check_data_vocab(args: argparse.Namespace, plan: Plan, init, paths: list[str]) -> None:
+def check_data_vocab(args: argparse.Namespace, plan: Plan, init, paths: list[str] | DataLayout) -> None:
     """Refuse a model whose vocabulary is smaller than the data's tokenizer's, from the builds'
     reports, before anything is built: otherwise only the first batch with a larger id stops the
     run, after the model, the optimizer and the --init-from weights are in memory."""
@@ -442,6 +443,7 @@ def schedule_main(argv: list[str] | None = None) -> int:
                     return 2
             else:
                 paths = [args.mix] if args.mix else list(args.data)
+            paths = scan_data(paths)  # walked once for both checks
             tokens, source = data_tokens(paths)
         elif args.steps is None and args.horizon_tokens is not None:
             tokens, source = args.horizon_tokens, "the schedule horizon"

@@ -34,7 +34,7 @@ from trainer.checkpoint import (
 )
 from trainer.cli import HelpFormatter, parse_count, positive_int  # noqa: F401  (parse_count: this module's API)
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
-from trainer.data import DataError, unreported_build_note
+from trainer.data import DataError, scan_data, unreported_build_note
 from trainer.distributed import (
     BACKENDS, DeviceUnavailable, barrier, exit_process, init_distributed, ranks_agree, shutdown,
 )
@@ -255,11 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         init = inspect_init(args)
         # Also with --steps: data_tokens checks a build's report.json against its token files (file
         # sizes only), and a partial copy must not train silently just because the length is given.
-        tokens, source = data_tokens(data_paths)
-        if (note := unreported_build_note(data_paths)) and env.is_main:
+        layout = scan_data(data_paths)  # one walk of --data for the checks below
+        tokens, source = data_tokens(layout)
+        if (note := unreported_build_note(layout)) and env.is_main:
             print(f"trainer.run: warning: {note}", file=sys.stderr)
         plan = make_plan(args, tokens, source, init)
-        check_data_vocab(args, plan, init, data_paths)
+        check_data_vocab(args, plan, init, layout)
         run = run_config_from_args(args, data_paths, env.world_size, env.device, plan)
         if init is not None:
             run.init = {**init.provenance(), "lr_source": plan.lr_source}
