@@ -397,3 +397,48 @@ def test_impossible_ids_are_a_usage_error_not_a_verdict(tmp_path, capsys, flags)
     with pytest.raises(SystemExit) as exit_:
         main([str(tmp_path), *flags])
     assert exit_.value.code == 2 and "must be >= " in capsys.readouterr().err
+
+
+def test_each_part_is_hashed_while_it_is_checked_not_all_first(tmp_path, monkeypatch):
+    """All certified files were hashed before any part was checked: a build larger than the page
+    cache (a 300B-token build holds 1.2 TB of parts) was read from disk twice. A part's files
+    are hashed beside its check, at most `window` parts behind it."""
+    import hashlib
+    import threading
+
+    from pathlib import Path
+
+    import dolmino.checksums
+    import dolmino.validate as validate
+
+    out = tmp_path / "b"
+    out.mkdir()
+    for i in range(6):
+        np.asarray([5, 6, 7, EOS], dtype="<u4").tofile(out / f"part-{i:05d}.npy")
+        (out / f"part-{i:05d}.csv.gz").write_bytes(gzip.compress(b"0,4,a,web,w.jsonl:1\n", mtime=0))
+    listed = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("part-*")}
+    (out / "report.json").write_text(json.dumps({"output": {"files_sha256": listed}}))
+    events, lock = [], threading.Lock()
+    real_hash, real_check = dolmino.checksums.sha256_file, validate.validate_part
+
+    def hashed(path):
+        digest = real_hash(path)
+        with lock:
+            events.append(("hash", Path(path).name))
+        return digest
+
+    def checked(path, *args):
+        with lock:
+            events.append(("check", path.name))
+        return real_check(path, *args)
+
+    monkeypatch.setattr(dolmino.checksums, "sha256_file", hashed)
+    monkeypatch.setattr(validate, "validate_part", checked)
+    monkeypatch.setattr(validate.os, "cpu_count", lambda: 1)  # a window of one part
+    assert not validate_build(out).all_errors()
+    assert sorted(name for kind, name in events if kind == "hash") == sorted(listed)
+    # Part 5 is hashed after part 0 is checked (not all first), and with a window of one part,
+    # part 0's files are hashed before part 2 is checked.
+    assert events.index(("check", "part-00000.npy")) < events.index(("hash", "part-00005.npy")), events
+    assert max(events.index(("hash", f"part-00000{s}")) for s in (".npy", ".csv.gz")) \
+        < events.index(("check", "part-00002.npy")), events
