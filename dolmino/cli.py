@@ -53,7 +53,7 @@ COMMANDS: dict[str, Command] = {
     "mix": Command("dolmino.build.cli", "build a mix from existing attributes into token memmaps (Spark)",
                    "mix_main"),
     "build": Command("dolmino.build.cli",
-                     "tag (reusing attributes) and mix in one go (as spark-submit dolmino/build_mix.py)"),
+                     "tag (reusing attributes) and mix in one go (as spark-submit dolmino/build_mix.py)", "build_main"),
     "validate": Command("dolmino.validate", "check built memmaps and sidecars"),
     "report": Command("dolmino.report_html", "report.html and charts of a build"),
     "synth": Command("dolmino.synth.__main__", "generate synthetic math sources (Spark)"),

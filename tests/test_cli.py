@@ -109,7 +109,7 @@ def test_registered_commands_point_at_the_right_modules():
     assert COMMANDS["eval"].module == "trainer.eval"
     assert (COMMANDS["tag"].module, COMMANDS["tag"].function) == ("dolmino.build.cli", "tag_main")
     assert (COMMANDS["mix"].module, COMMANDS["mix"].function) == ("dolmino.build.cli", "mix_main")
-    assert (COMMANDS["build"].module, COMMANDS["build"].function) == ("dolmino.build.cli", "main")
+    assert (COMMANDS["build"].module, COMMANDS["build"].function) == ("dolmino.build.cli", "build_main")
     for name in ("assets", "corpus", "manifest", "tag", "mix", "build", "validate", "synth", "train", "eval",
                  "release"):
         assert cli.available(name), name
@@ -266,3 +266,15 @@ def test_tag_needs_no_output_when_attributes_are_named(tmp_path, capsys):
     for phase, argv in (("tag", []), ("mix", ["--attributes", str(tmp_path / "attrs")])):
         with pytest.raises(ManifestError, match="no output directory; pass --out"):
             prepare(parse_args([str(manifest), *argv], phase), phase)
+
+
+def test_dolmino_build_names_itself_in_usage_and_errors(capsys):
+    """`dolmino build --help` printed `usage: build_mix` and its errors said `build_mix: error`
+    (found by the CLI sweep): the user typed `dolmino build`."""
+    from dolmino.cli import main
+
+    assert main(["build", "--budget", "5x"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("dolmino build: error: --budget")
+    with pytest.raises(SystemExit):
+        main(["build", "--help"])
+    assert capsys.readouterr().out.startswith("usage: dolmino build ")

@@ -310,3 +310,13 @@ def test_a_missing_tokenizer_or_model_is_found_before_the_inputs_are_hashed(proj
     monkeypatch.setattr(lock_cmd, "_hash_all", no_hashing)
     with pytest.raises(BuildError, match="cannot lock 'locked-pool':\n  tokenizer.path: .*missing-tokenizer.json"):
         make_lock(_manifest(project))
+
+
+@pytest.mark.parametrize("jobs", ["0", "-2", "many"])
+def test_jobs_below_one_is_a_usage_error(jobs, capsys):
+    """`dolmino lock --jobs 0` hashed on one thread unsaid (found by the CLI sweep)."""
+    from dolmino.lock import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["manifests/demo.json", "--jobs", jobs])
+    assert exc.value.code == 2 and "--jobs" in capsys.readouterr().err

@@ -27,8 +27,10 @@ PHASES = {
 }
 
 
-def parse_args(argv: list[str] | None, phase: str) -> argparse.Namespace:
-    prog, description = PHASES[phase]
+def parse_args(argv: list[str] | None, phase: str, prog: str | None = None) -> argparse.Namespace:
+    """`prog`: the name the user typed, when not the phase's own (`dolmino build` runs build_mix)."""
+    name, description = PHASES[phase]
+    prog = prog or name
     from dolmino.help_format import DefaultsHelpFormatter
 
     parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=DefaultsHelpFormatter)
@@ -65,7 +67,7 @@ def parse_args(argv: list[str] | None, phase: str) -> argparse.Namespace:
                                                               "tokenizer differs from the manifest's lock (dolmino lock)")
     parser.add_argument("--lockfile", default=None, type=local_path,
                         help="the lock for --locked (default: MANIFEST.lock.json beside the manifest)")
-    return parser.parse_args(argv)
+    return parser.parse_args(argv, argparse.Namespace(prog=prog))
 
 
 NAMED_BUDGETS = ("50B", "100B", "300B")
@@ -127,7 +129,7 @@ def prepare(args: argparse.Namespace, phase: str):
         raise BuildError(f"--read-ahead must be 0 or more, got {args.read_ahead}")
     lock = require_lock(manifest, args.lockfile) if args.locked else None  # BuildError naming every drifted file
     if lock is not None and (note := manifest_note(manifest, lock)):
-        print(f"{PHASES[phase][0]}: warning: {note}", file=sys.stderr)
+        print(f"{args.prog}: warning: {note}", file=sys.stderr)
     list_inputs(manifest)  # every missing input named before Spark starts
     options = BuildOptions(budget or 0, out, attributes, phase=phase, task_bytes=task_bytes,
                            split_bytes=split_bytes, read_ahead=args.read_ahead, quiet=args.quiet,
@@ -179,11 +181,11 @@ def executor_failure(exc: BaseException) -> str | None:
     return redact(f"in an executor: {name.rsplit('.', 1)[-1]}: {message.strip()}")
 
 
-def main(argv: list[str] | None = None, phase: str = "all") -> int:
+def main(argv: list[str] | None = None, phase: str = "all", prog: str | None = None) -> int:
     from dolmino.s3 import cli_errors
 
-    args = parse_args(argv, phase)
-    prog = PHASES[phase][0]
+    args = parse_args(argv, phase, prog)
+    prog = args.prog
     errors = cli_errors(prog, expected=(ManifestError, BuildError))
     try:
         manifest, options = prepare(args, phase)
@@ -226,6 +228,11 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
           f"{format_count(result['output']['tokens'])} tokens in all, to {options.out} (master "
           f"{result['run']['spark_master']}, {result['run'].get('executors')} executor(s))")
     return 0
+
+
+def build_main(argv: list[str] | None = None) -> int:
+    """`dolmino build`: build_mix's tag and mix in one go, under the name the user typed."""
+    return main(argv, "all", "dolmino build")
 
 
 def tag_main(argv: list[str] | None = None) -> int:
