@@ -320,16 +320,19 @@ def test_personas_are_read_by_the_input_rules(tmp_path, name, data, expected):
             load_personas(str(path))
 
 
+ERR = "python -m dolmino.synth: error: "
+
+
 @pytest.mark.parametrize("flags, error", [
-    (["--max-retries", "-3"], "error: --max-retries must be an integer >= 0, got -3"),
-    (["--timeout", "0"], "error: --timeout must be a number of seconds > 0, got 0.0"),
-    (["--timeout", "nan"], "error: --timeout must be a number of seconds > 0, got nan"),
-    (["--requests-per-second", "-1"], "error: --requests-per-second must be a number >= 0 (0: no limit), got -1.0"),
-    (["--max-tokens", "0"], "error: --max-tokens must be an integer >= 1, got 0"),
-    (["--temperature", "-0.5"], "error: --temperature must be a number >= 0, got -0.5"),
+    (["--max-retries", "-3"], ERR + "--max-retries must be an integer >= 0, got -3"),
+    (["--timeout", "0"], ERR + "--timeout must be a number of seconds > 0, got 0.0"),
+    (["--timeout", "nan"], ERR + "--timeout must be a number of seconds > 0, got nan"),
+    (["--requests-per-second", "-1"], ERR + "--requests-per-second must be a number >= 0 (0: no limit), got -1.0"),
+    (["--max-tokens", "0"], ERR + "--max-tokens must be an integer >= 1, got 0"),
+    (["--temperature", "-0.5"], ERR + "--temperature must be a number >= 0, got -0.5"),
     # retried as a connection error, then said to be an endpoint that is down (found by a tester)
-    (["--endpoint", "127.0.0.1:9/v1"], "error: --endpoint '127.0.0.1:9/v1' is not an http:// or https:// URL (e.g. "
-                                       "http://127.0.0.1:8000/v1)"),
+    (["--endpoint", "127.0.0.1:9/v1"], ERR + "--endpoint '127.0.0.1:9/v1' is not an http:// or https:// URL "
+                                             "(e.g. http://127.0.0.1:8000/v1)"),
 ])
 def test_client_settings_are_refused_on_the_command_line(flags, error, tmp_path, capsys, monkeypatch):
     """Once checked only in ChatClient, in the executors: a Spark traceback per bad flag."""

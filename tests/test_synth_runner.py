@@ -182,7 +182,8 @@ def test_an_out_holding_the_inputs_is_refused_before_anything_is_removed(tmp_pat
         assert main(["--generator", "tinygsm", "--input", str(same / "part-*.jsonl.zst"), "--out", str(out),
                      "--partitions", "1"]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and err.startswith(f"error: input {same / 'part-00000.jsonl.zst'} is in --out")
+        assert err.count("\n") == 1
+        assert err.startswith(f"python -m dolmino.synth: error: input {same / 'part-00000.jsonl.zst'} is in --out")
     assert _digests(same) == before and sorted(p.name for p in same.iterdir()) == sorted(before)
     with pytest.raises(SynthRunError, match="give another --out"):  # the library call: before Spark is used
         run(TinyGsmGenerator(str(same / "part-00002.jsonl.zst")), str(same), 1, 0, spark=None)

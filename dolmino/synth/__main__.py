@@ -1,4 +1,4 @@
-"""Command line: generate a synthetic math source into a directory of Dolma files.
+r"""Command line: generate a synthetic math source into a directory of Dolma files.
 
     python -m dolmino.synth --generator arithmetic --out build/synth/arith --num-docs 100000 --partitions 16 --seed 1
     python -m dolmino.synth --generator gsm8k_numbers --gsm8k-jsonl gsm8k_train.jsonl --out build/synth/gsm8k \
@@ -37,8 +37,12 @@ LLM_GENERATORS = ("tulu_math", "mind", "owm_label")
 INPUT_GENERATORS = ("tinygsm", "owm_label", "gsm8k_train")  # num_docs defaults to every input row
 
 
+# The name a user types; every line this command prints to stderr starts with it (as argparse's).
+PROG = "python -m dolmino.synth"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m dolmino.synth", description=__doc__,
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                 formatter_class=DefaultsHelpFormatter)
     p.add_argument("--generator", required=True, choices=sorted(REGISTRY), help="what to generate")
     p.add_argument("--out", required=True, help="output directory, or an s3:// prefix (on a cluster whose nodes "
@@ -117,7 +121,7 @@ def generator_params(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if (args.num_docs is not None and args.num_docs < 0) or args.partitions < 1:
-        print("error: --num-docs must be >= 0 and --partitions >= 1", file=sys.stderr)
+        print(f"{PROG}: error: --num-docs must be >= 0 and --partitions >= 1", file=sys.stderr)
         return 2
     from dolmino.synth.llm import invalid_setting
 
@@ -127,17 +131,17 @@ def main(argv: list[str] | None = None) -> int:
                           **{k: v for k, v in (("temperature", args.temperature), ("max_tokens", args.max_tokens))
                              if v is not None})
     if bad is not None:
-        print(f"error: --{bad[0].replace('_', '-')} {bad[1]}", file=sys.stderr)
+        print(f"{PROG}: error: --{bad[0].replace('_', '-')} {bad[1]}", file=sys.stderr)
         return 2
     if args.endpoint and not _http_url(args.endpoint):
         # Retried as a connection error and then reported as an endpoint that is down (a tester).
-        print(f"error: --endpoint {args.endpoint!r} is not an http:// or https:// URL (e.g. http://127.0.0.1:8000/v1)",
-              file=sys.stderr)
+        print(f"{PROG}: error: --endpoint {args.endpoint!r} is not an http:// or https:// URL "
+              "(e.g. http://127.0.0.1:8000/v1)", file=sys.stderr)
         return 2
     if args.endpoint and args.api_key_env and not os.environ.get(args.api_key_env):
         # The executors read it (in local mode from this environment): unset, requests go out without one.
-        print(f"warning: --api-key-env {args.api_key_env} is not set here; requests carry no API key where it is "
-              "not set in the executors' environment either", file=sys.stderr)
+        print(f"{PROG}: warning: --api-key-env {args.api_key_env} is not set here; requests carry no API key "
+              "where it is not set in the executors' environment either", file=sys.stderr)
     if args.demo_gsm8k_test:
         from dolmino.synth.gsm8k_numbers import TEST_SPLIT_WARNING
 
@@ -156,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         generator.config()  # loads inputs now: a missing file fails before Spark starts
         check_out_dir(generator, args.out, args.partitions)  # --out holding inputs or foreign part files
     except (ValueError, OSError, SynthRunError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     from dolmino.build.spark import make_spark
 
@@ -164,19 +168,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = run(generator, args.out, args.partitions, args.seed, spark)
     except SynthRunError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     finally:
         spark.stop()
     print(json.dumps(report, indent=1, sort_keys=True))
     failed = report["rejected"].get("request_failed", 0)
     if failed:
-        print(f"warning: {failed:,} of {report['attempted']:,} item(s) got no answer from the endpoint (rejected/ "
-              "holds each error)", file=sys.stderr)
+        print(f"{PROG}: warning: {failed:,} of {report['attempted']:,} item(s) got no answer from the endpoint "
+              "(rejected/ holds each error)", file=sys.stderr)
     if report["partitions_with_failed_requests"]:
         listed = ", ".join(map(str, report["partitions_with_failed_requests"]))
-        print(f"warning: partition(s) {listed} are kept with those items rejected (their answered items were paid "
-              "for and are not requested again); to request the whole partition again, delete its "
+        print(f"{PROG}: warning: partition(s) {listed} are kept with those items rejected (their answered items "
+              "were paid for and are not requested again); to request the whole partition again, delete its "
               "part-NNNNN.done.json and rerun", file=sys.stderr)
     if report["partitions_unanswered"]:
         from dolmino.synth.openai_client import REFUSED_HINT
@@ -186,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
                    if report["unanswered_requests"].get(f"http_{code}")]
         cause = (f"the endpoint refused them ({'; '.join(refused)}); rerun the same command once that is fixed"
                  if refused else "rerun the same command once the endpoint answers")
-        print(f"error: partition(s) {', '.join(map(str, report['partitions_unanswered']))} got no answer to any "
-              f"request: nothing of them is cached and the run is not finished (no synth-report.json); {cause}",
-              file=sys.stderr)
+        unanswered = ", ".join(map(str, report["partitions_unanswered"]))
+        print(f"{PROG}: error: partition(s) {unanswered} got no answer to any request: nothing of them is cached "
+              f"and the run is not finished (no synth-report.json); {cause}", file=sys.stderr)
         return 1
     return 0
 
