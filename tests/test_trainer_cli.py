@@ -710,7 +710,7 @@ def test_bad_values_and_paths_are_one_line_errors(data_dir, tmp_path, capsys):
     assert "lr must be a finite number >= 0, got inf" in capsys.readouterr().err
     assert main(["--data", str(data_dir), *map(str, TINY), "--steps", "1", "--weight-decay", "inf",
                  "--save-dir", str(tmp_path / "wd")]) == 2
-    assert "weight_decay must be a finite number >= 0, got inf" in capsys.readouterr().err
+    assert "--weight-decay must be a finite number >= 0, got inf" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         schedule_main(["--tokens", "1M", "--batch-size", "0"])
     assert exit_.value.code == 2 and "--batch-size: must be >= 1, got 0" in capsys.readouterr().err
@@ -741,3 +741,20 @@ def test_start_up_walks_the_data_once_before_the_dataset(data_dir, tmp_path, mon
     monkeypatch.setattr(trainer.data, "_npy_files", lambda top: walks.append(top) or real(top))
     assert main(["--data", str(data_dir), *map(str, TINY), "--steps", "1", "--save-dir", str(tmp_path / "r")]) == 0
     assert len(walks) == 2, walks
+
+
+@pytest.mark.parametrize("flags, said", [
+    (["--micro-batch-size", "0"], "trainer.run: error: --micro-batch-size must be a positive integer, got 0"),
+    (["--gc-interval", "-1"], "trainer.run: error: --gc-interval must be a positive integer, got -1"),
+    (["--max-grad-norm", "0"], "trainer.run: error: --max-grad-norm must be > 0"),
+    (["--seed", "-1"], "trainer.run: error: --seed must be an integer >= 0, got -1"),
+    (["--data-seed", "-2"], "trainer.run: error: --data-seed must be an integer >= 0, got -2"),
+])
+def test_bad_training_settings_are_named_by_their_flags(flags, said, data_dir, tmp_path, capsys):
+    """Errors named TrainConfig's fields (`TrainConfig.micro_batch_size`) where the user typed
+    flags; a negative --seed trained until numpy's data order refused it with no name at all."""
+    from trainer.run import main
+
+    assert main(["--data", str(data_dir), *map(str, TINY), "--steps", "1", *flags,
+                 "--save-dir", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip().startswith(said)

@@ -1,8 +1,10 @@
-"""What the trainer's commands share on the command line: help that shows every default."""
+"""What the trainer's commands share on the command line: help that shows every default,
+count and integer types, and TrainConfig's errors in the flags' names."""
 
 from __future__ import annotations
 
 import argparse
+import re
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -36,3 +38,24 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+# TrainConfig's fields whose flag is not the field's name with dashes.
+FLAG_OF_FIELD = {"global_batch_size": "--batch-size", "max_steps": "--steps"}
+
+
+def in_flag_names(message: str) -> str:
+    """A TrainConfig (or ModelConfig) error as the command line's user reads it: the field it
+    starts with named by its flag ("micro_batch_size must be ..." -> "--micro-batch-size must be
+    ..."; a user of `--micro-batch-size 0` was told of `TrainConfig.micro_batch_size`)."""
+    from dataclasses import fields
+
+    from trainer.config import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)}
+
+    def flag(match: re.Match) -> str:
+        name = match.group(1)
+        return FLAG_OF_FIELD.get(name, "--" + name.replace("_", "-")) if name in names else match.group(0)
+
+    return re.sub(r"^(?:TrainConfig\.)?([a-z_]+)\b", flag, message)

@@ -294,6 +294,10 @@ class TrainConfig:
             raise ValueError(f"loss_chunk_size must be a positive integer or None, got {self.loss_chunk_size!r}")
         if self.save_interval is not None and self.save_interval < 1:
             raise ValueError(f"save_interval must be >= 1 or None, got {self.save_interval}")
+        for name in ("seed", "data_seed"):  # numpy's PCG64 (the data order) takes no negative seed
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         self.betas = tuple(self.betas)
 
     @property

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dolmino.s3 import local_path
-from trainer.cli import HelpFormatter, parse_count, positive_int
+from trainer.cli import HelpFormatter, in_flag_names, parse_count, positive_int
 from trainer.config import (
     ANNEAL_RECIPES, LEGACY_PRESETS, MODEL_PRESETS, RECIPE_HELP, RECIPES, SCHEDULES, STAGE1_END_LR, STAGE1_END_STEP,
     ModelConfig, TrainConfig, describe_params, describe_preset,
@@ -450,9 +450,12 @@ def schedule_main(argv: list[str] | None = None) -> int:
         init = inspect_init(args)
         plan = make_plan(args, tokens, source, init)
         check_data_vocab(args, plan, init, paths)  # what trainer.run would refuse, refused here too
-        tc = TrainConfig(seq_len=args.seq_len, global_batch_size=args.batch_size, micro_batch_size=1,
-                         max_steps=plan.steps, lr=plan.lr, warmup_steps=plan.warmup_steps, schedule=args.schedule,
-                         final_lr_fraction=args.final_lr_fraction, horizon_tokens=plan.horizon_tokens)
+        try:
+            tc = TrainConfig(seq_len=args.seq_len, global_batch_size=args.batch_size, micro_batch_size=1,
+                             max_steps=plan.steps, lr=plan.lr, warmup_steps=plan.warmup_steps, schedule=args.schedule,
+                             final_lr_fraction=args.final_lr_fraction, horizon_tokens=plan.horizon_tokens)
+        except ValueError as exc:
+            raise ValueError(in_flag_names(str(exc))) from None
         schedule = LRSchedule.from_config(tc)
     except (ValueError, FileNotFoundError) as exc:
         print(f"trainer.schedule: error: {exc}", file=sys.stderr)

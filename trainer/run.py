@@ -32,7 +32,7 @@ from trainer.checkpoint import (
     CONFIG_FILE, clear_run, cleared_by_overwrite, existing_run, files_fingerprint, latest_checkpoint, load_json_file,
     own_checkpoint, resolve_checkpoint, resume_advice,
 )
-from trainer.cli import HelpFormatter, parse_count, positive_int  # noqa: F401  (parse_count: this module's API)
+from trainer.cli import HelpFormatter, in_flag_names, parse_count, positive_int  # noqa: F401  (parse_count: this module's API)
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
 from trainer.data import DataError, scan_data, unreported_build_note
 from trainer.distributed import (
@@ -129,7 +129,15 @@ def run_config_from_args(args: argparse.Namespace, data_paths: list[str], world_
         tokens, source = (None, None) if args.steps is not None else data_tokens(data_paths)
         plan = make_plan(args, tokens, source)
     per_rank = max(args.batch_size // max(world_size, 1), 1)
-    train = TrainConfig(
+    try:
+        train = _train_config(args, device, plan, per_rank)
+    except ValueError as exc:
+        raise ValueError(in_flag_names(str(exc))) from None
+    return RunConfig(model=plan.model, train=train, data_paths=data_paths)
+
+
+def _train_config(args: argparse.Namespace, device: torch.device, plan: Plan, per_rank: int) -> TrainConfig:
+    return TrainConfig(
         seq_len=args.seq_len, global_batch_size=args.batch_size,
         micro_batch_size=min(args.micro_batch_size, per_rank), max_steps=plan.steps, lr=plan.lr,
         warmup_steps=plan.warmup_steps, schedule=args.schedule, final_lr_fraction=args.final_lr_fraction,
@@ -139,7 +147,6 @@ def run_config_from_args(args: argparse.Namespace, data_paths: list[str], world_
         save_interval=args.save_interval, metrics_interval=args.metrics_interval, gc_interval=args.gc_interval,
         compile=(device.type == "cuda") if args.compile is None else args.compile, fsdp=args.fsdp,
         repetition=args.repetition, decay_norms=args.decay_norms)
-    return RunConfig(model=plan.model, train=train, data_paths=data_paths)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
