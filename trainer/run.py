@@ -32,7 +32,7 @@ from trainer.checkpoint import (
     CONFIG_FILE, clear_run, cleared_by_overwrite, existing_run, files_fingerprint, latest_checkpoint, load_json_file,
     own_checkpoint, resolve_checkpoint, resume_advice,
 )
-from trainer.cli import HelpFormatter, in_flag_names, parse_count, positive_int  # noqa: F401  (parse_count: this module's API)
+from trainer.cli import HelpFormatter, in_flag_names, parse_count, positive_int  # noqa: F401 (parse_count: our API)
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
 from trainer.data import DataError, scan_data, unreported_build_note
 from trainer.distributed import (
