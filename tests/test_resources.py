@@ -95,3 +95,34 @@ def test_a_copy_that_fails_its_check_is_not_cached(s3_server, tmp_path, monkeypa
     for marker in (tmp_path / "cache").rglob("*.ok"):
         marker.unlink()
     assert open(localize(resource), "rb").read() == b"model A" * 100
+
+
+def test_the_driver_removes_its_staged_copies_when_it_exits(tmp_path):
+    """Every build that shipped a local model or index left a `dolmino-ship-*` directory in the
+    driver's temporary directory: a hard link, or a full copy where that is another filesystem
+    (347 of them in one /tmp; found by a tester). One directory per driver process, reused by
+    its builds, removed when it exits."""
+    import subprocess
+    import sys
+
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"weights" * 100)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    script = f"""
+import os
+from dolmino.build.resources import stage
+class Context:
+    def addFile(self, path):
+        print(path)
+first = stage({str(model)!r}, Context(), ship=True)
+again = stage({str(model)!r}, Context(), ship=True)
+assert first == again
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "TMPDIR": str(tmp)}, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode == 0, proc.stderr
+    staged = proc.stdout.split()
+    assert len(staged) == 2 and staged[0] == staged[1] and staged[0].startswith(str(tmp))
+    assert not os.path.exists(staged[0]) and list(tmp.iterdir()) == []
+    assert model.read_bytes() == b"weights" * 100  # a hard link removed, not the model

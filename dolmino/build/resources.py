@@ -19,6 +19,7 @@ changing it does.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import hashlib
 import os
@@ -89,6 +90,37 @@ def s3_digest(uri: str) -> tuple[str, bool]:
     return (_digest_listing(digests) if is_dir else digests[0][1]), is_dir
 
 
+_STAGING: list[str] = []  # this driver process's directory of shipped files, once made
+
+
+def _staging_dir() -> str:
+    """One directory per driver process for the files it ships, removed when the process exits:
+    Spark serves them from there to executors until its context stops, and each build left its
+    own behind (a full copy of a model or index where the temporary directory is another
+    filesystem; 347 of them in one /tmp; found by a tester). A file staged once (its name holds
+    its digest) is reused by later builds of the same process."""
+    if not _STAGING:
+        path = tempfile.mkdtemp(prefix="dolmino-ship-")
+        atexit.register(shutil.rmtree, path, True)
+        _STAGING.append(path)
+    return _STAGING[0]
+
+
+def _put_staged(uri: str, staging: str, is_dir: bool) -> None:
+    if is_dir:  # Spark's addFile refuses local directories outside local mode: ship an archive
+        with tarfile.open(staging + ".part", "w", dereference=True) as tar:
+            tar.add(os.path.abspath(uri), arcname=".")
+        os.replace(staging + ".part", staging)
+        return
+    # A directory entry of its own under the digest name (hard link, else a copy): Spark
+    # resolves a symlink and ships the target under the target's name, which executors
+    # then do not find (and two different model.bin files would collide).
+    try:
+        os.link(os.path.abspath(uri), staging)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(uri, staging)
+
+
 def stage(uri: str, sc=None, ship: bool = False) -> Resource:
     """On the driver: hash a resource and, when `ship`, send it to every executor with addFile."""
     if uri.startswith("s3://"):
@@ -100,18 +132,9 @@ def stage(uri: str, sc=None, ship: bool = False) -> Resource:
     if not ship:
         return Resource(uri, digest, is_dir)
     name = f"{digest[:16]}-{os.path.basename(os.path.normpath(uri))}" + (".tar" if is_dir else "")
-    staging = os.path.join(tempfile.mkdtemp(prefix="dolmino-ship-"), name)
-    if is_dir:  # Spark's addFile refuses local directories outside local mode: ship an archive
-        with tarfile.open(staging, "w", dereference=True) as tar:
-            tar.add(os.path.abspath(uri), arcname=".")
-    else:
-        # A directory entry of its own under the digest name (hard link, else a copy): Spark
-        # resolves a symlink and ships the target under the target's name, which executors
-        # then do not find (and two different model.bin files would collide).
-        try:
-            os.link(os.path.abspath(uri), staging)
-        except OSError:  # another filesystem, or links not allowed
-            shutil.copy2(uri, staging)
+    staging = os.path.join(_staging_dir(), name)
+    if not os.path.exists(staging):  # else staged by an earlier build of this process: the same bytes
+        _put_staged(uri, staging, is_dir)
     sc.addFile(staging)
     return Resource(uri, digest, is_dir, shipped_as=name)
 
