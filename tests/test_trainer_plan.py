@@ -39,9 +39,9 @@ def test_7b_anneal_on_50b_tokens(capsys):
     other = schedule_json(capsys, "--recipe", "olmo2-7b-anneal", "--tokens", "50B", "--init-step", "900000")
     assert other["lr"] == pretrain_schedule("olmo2-7b").lr_at(899_999)  # another step: the cosine at its last
     at = out["lr_at"]
-    assert at["first"] == {"step": 0, "lr": pytest.approx(start * 11_920 / 11_921)}  # one step down, as OLMo-core
-    assert at["last"] == {"step": 11_920, "lr": 0.0}
-    assert at["50%"]["step"] == 5960 and at["50%"]["lr"] == pytest.approx(start / 2, rel=1e-3)
+    assert at["first"] == {"step": 1, "lr": pytest.approx(start * 11_920 / 11_921)}  # one step down, as OLMo-core
+    assert at["last"] == {"step": 11_921, "lr": 0.0}  # as the run logs it
+    assert at["50%"]["step"] == 5961 and at["50%"]["lr"] == pytest.approx(start / 2, rel=1e-3)
     assert out["model"] == "olmo2-7b" and out["parameters"]["total"] == ModelConfig.preset("olmo2-7b").num_params()
 
 
@@ -51,13 +51,13 @@ def test_13b_anneal_starts_at_the_floor_and_lr_wins(capsys):
     assert out["lr_at"]["last"]["lr"] == 0.0
     out = schedule_json(capsys, "--recipe", "olmo2-13b-anneal", "--tokens", "100B", "--lr", "5e-5", "--steps", 10)
     assert out["lr"] == 5e-5 and out["lr_source"] == "--lr" and out["steps"] == 10
-    assert out["lr_at"]["last"] == {"step": 9, "lr": 0.0}
+    assert out["lr_at"]["last"] == {"step": 10, "lr": 0.0}
 
 
 def test_pretraining_recipe_shows_warmup_and_truncation(capsys):
     out = schedule_json(capsys, "--recipe", "olmo2-7b", "--tokens", "4T")
     assert out["horizon_steps"] == math.ceil(5e12 / (1024 * 4096)) and out["steps"] == math.ceil(4e12 / 4194304)
-    assert out["lr_at"]["warmup_end"] == {"step": 1999, "lr": 3e-4}
+    assert out["lr_at"]["warmup_end"] == {"step": 2000, "lr": 3e-4}
     assert out["lr_at"]["first"]["lr"] == pytest.approx(3e-4 / 2000)
     assert 3e-5 < out["lr_at"]["last"]["lr"] < 1e-4  # truncated cosine: above the floor
 
@@ -76,7 +76,7 @@ def test_steps_come_from_the_built_mix(tmp_path, capsys):
     assert data_tokens([str(mix)]) == (8000, str(mix / "report.json"))
     out = schedule_json(capsys, "--recipe", "olmo2-7b-anneal", "--mix", mix, "--seq-len", 64, "--batch-size", 8)
     assert out["tokens"] == 8000 and out["steps"] == math.ceil(8000 / 512) == 16
-    assert out["lr_at"]["last"] == {"step": 15, "lr": 0.0}
+    assert out["lr_at"]["last"] == {"step": 16, "lr": 0.0}
     manifest = tmp_path / "m.json"
     manifest.write_text(json.dumps({"name": "m", "output": "mix"}))
     assert schedule_json(capsys, "--recipe", "olmo2-7b-anneal", "--mix", manifest, "--seq-len", 64,

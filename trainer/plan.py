@@ -469,8 +469,10 @@ def schedule_main(argv: list[str] | None = None) -> int:
         "steps": plan.steps, "steps_source": plan.steps_source,
         "schedule": tc.schedule, "warmup_steps": tc.warmup_steps, "horizon_steps": tc.horizon_steps,
         "lr": plan.lr, "lr_source": plan.lr_source,
-        "lr_at": {label: {"step": step, "lr": schedule.lr_at(step)}
-                  for label, step in schedule.key_steps(plan.steps).items()},
+        # Numbered as the trainer's log and metrics.jsonl number them, from 1 (lr_at takes the
+        # 0-based index: step k + 1 is OLMo-core's step k + 1); the JSON said step 0 for step 1.
+        "lr_at": {label: {"step": k + 1, "lr": schedule.lr_at(k)}
+                  for label, k in schedule.key_steps(plan.steps).items()},
     }
     if init is not None:
         out["init_from"] = init.provenance()
