@@ -10,6 +10,8 @@ the cluster).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 from dolmino.build.resources import localize, stage
 
@@ -100,8 +102,9 @@ def test_a_copy_that_fails_its_check_is_not_cached(s3_server, tmp_path, monkeypa
 def test_the_driver_removes_its_staged_copies_when_it_exits(tmp_path):
     """Every build that shipped a local model or index left a `dolmino-ship-*` directory in the
     driver's temporary directory: a hard link, or a full copy where that is another filesystem
-    (347 of them in one /tmp; found by a tester). One directory per driver process, reused by
-    its builds, removed when it exits."""
+    (347 of them in one /tmp; found by a tester). One directory per driver process, removed
+    when it exits; each build stages afresh inside it (a link an earlier build made shares the
+    inode of a model edited in place since: other bytes under the old digest; a reviewer)."""
     import subprocess
     import sys
 
@@ -110,19 +113,68 @@ def test_the_driver_removes_its_staged_copies_when_it_exits(tmp_path):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     script = f"""
-import os
 from dolmino.build.resources import stage
 class Context:
     def addFile(self, path):
-        print(path)
+        print(path, open(path, "rb").read(7).decode())
 first = stage({str(model)!r}, Context(), ship=True)
+with open({str(model)!r}, "r+b") as fh:
+    fh.write(b"WEIGHTS")  # retrained in place: the same inode
 again = stage({str(model)!r}, Context(), ship=True)
-assert first == again
+assert first.sha256 != again.sha256
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env={**os.environ, "TMPDIR": str(tmp)}, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert proc.returncode == 0, proc.stderr
-    staged = proc.stdout.split()
-    assert len(staged) == 2 and staged[0] == staged[1] and staged[0].startswith(str(tmp))
-    assert not os.path.exists(staged[0]) and list(tmp.iterdir()) == []
-    assert model.read_bytes() == b"weights" * 100  # a hard link removed, not the model
+    (first, first_bytes), (again, again_bytes) = (line.split() for line in proc.stdout.splitlines())
+    assert first != again and (first_bytes, again_bytes) == ("weights", "WEIGHTS")
+    assert os.path.dirname(os.path.dirname(first)) == os.path.dirname(os.path.dirname(again))  # one per process
+    assert first.startswith(str(tmp)) and list(tmp.iterdir()) == []
+    assert model.read_bytes().startswith(b"WEIGHTS")  # hard links removed, not the model
+
+
+def test_a_killed_drivers_staging_is_removed_by_the_next_driver(tmp_path, monkeypatch):
+    """A SIGKILLed (or SIGTERMed) driver runs no exit handler: the next driver on the host
+    removes staging directories of its processes that no longer run, and no other."""
+    import socket
+    import subprocess
+    import sys
+
+    import dolmino.build.resources as resources
+
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    leftovers = {name: tmp_path / name for name in (
+        f"dolmino-ship-{host}-{dead}-abcd1234", f"dolmino-ship-{host}-{os.getpid()}-abcd1234",
+        f"dolmino-ship-other-host-{dead}-abcd1234", "dolmino-ship-abcd1234")}
+    for path in leftovers.values():
+        path.mkdir()
+        (path / "model.bin").write_bytes(b"x")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(resources, "_STAGING", [])
+    made = resources._staging_dir()
+    try:
+        kept = {p.name for p in tmp_path.iterdir()} - {os.path.basename(made)}
+        assert kept == set(leftovers) - {f"dolmino-ship-{host}-{dead}-abcd1234"}
+    finally:
+        shutil.rmtree(made)
+
+
+def test_a_terminated_build_runs_its_exit_handlers():
+    """SIGTERM (`timeout`, a scheduler) killed the driver without its exit handlers: the staged
+    copies stayed. The build's command turns it into SystemExit (Spark stopped, handlers run)."""
+    import subprocess
+    import sys
+
+    script = """
+import atexit, os, signal
+from dolmino.build.cli import _exit_on_sigterm
+atexit.register(print, "handlers ran")
+_exit_on_sigterm()
+os.kill(os.getpid(), signal.SIGTERM)
+signal.pause()
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode == 143 and proc.stdout == "handlers ran\n", proc

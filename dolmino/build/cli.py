@@ -181,6 +181,19 @@ def executor_failure(exc: BaseException) -> str | None:
     return redact(f"in an executor: {name.rsplit('.', 1)[-1]}: {message.strip()}")
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM (`timeout`, a scheduler, `kill`) ends the build as an exception would: Spark is
+    stopped and exit handlers run (the staged copies of models and indexes are removed)."""
+    import signal
+    import threading
+
+    def terminated(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, terminated)
+
+
 def main(argv: list[str] | None = None, phase: str = "all", prog: str | None = None) -> int:
     from dolmino.s3 import cli_errors
 
@@ -197,6 +210,7 @@ def main(argv: list[str] | None = None, phase: str = "all", prog: str | None = N
     from pyspark.sql import SparkSession
 
     existing = SparkSession.getActiveSession()  # main() called in a process that already runs Spark
+    _exit_on_sigterm()
     spark = make_spark(f"dolmino-{phase}-{manifest.name}", args.master, args.driver_memory)
     spark.sparkContext.setLogLevel("WARN")
     try:

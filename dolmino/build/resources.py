@@ -91,34 +91,64 @@ def s3_digest(uri: str) -> tuple[str, bool]:
 
 
 _STAGING: list[str] = []  # this driver process's directory of shipped files, once made
+_STAGING_PREFIX = "dolmino-ship-"
+
+
+def _owner_tag() -> str:
+    import socket
+
+    return f"{socket.gethostname()}-{os.getpid()}-"
+
+
+def _sweep_dead_drivers(tmp: str) -> None:
+    """Remove staging directories of this host's driver processes that no longer run (killed:
+    no exit handler ran). A directory of a live process, or of another host, is left alone."""
+    import socket
+
+    host = socket.gethostname()
+    for entry in os.scandir(tmp):
+        rest = entry.name[len(_STAGING_PREFIX):] if entry.name.startswith(_STAGING_PREFIX) else ""
+        owner, sep, pid = rest[:-9].rpartition("-") if len(rest) > 9 else ("", "", "")
+        if not sep or owner != host or not pid.isdigit() or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:  # alive under another user
+            pass
 
 
 def _staging_dir() -> str:
-    """One directory per driver process for the files it ships, removed when the process exits:
-    Spark serves them from there to executors until its context stops, and each build left its
-    own behind (a full copy of a model or index where the temporary directory is another
-    filesystem; 347 of them in one /tmp; found by a tester). A file staged once (its name holds
-    its digest) is reused by later builds of the same process."""
+    """One directory per driver process for the files it ships, removed when the process exits
+    (and by a later driver on the same host when it was killed): Spark serves them from there
+    to executors until its context stops, and each build left its own behind (a full copy of a
+    model or index where the temporary directory is another filesystem; 347 of them in one
+    /tmp; found by a tester)."""
     if not _STAGING:
-        path = tempfile.mkdtemp(prefix="dolmino-ship-")
+        tmp = tempfile.gettempdir()
+        _sweep_dead_drivers(tmp)
+        path = tempfile.mkdtemp(prefix=_STAGING_PREFIX + _owner_tag(), dir=tmp)
         atexit.register(shutil.rmtree, path, True)
         _STAGING.append(path)
     return _STAGING[0]
 
 
 def _put_staged(uri: str, staging: str, is_dir: bool) -> None:
+    """The file (or a directory's archive) under its staged name, whole or not at all."""
+    part = staging + ".part"
     if is_dir:  # Spark's addFile refuses local directories outside local mode: ship an archive
-        with tarfile.open(staging + ".part", "w", dereference=True) as tar:
+        with tarfile.open(part, "w", dereference=True) as tar:
             tar.add(os.path.abspath(uri), arcname=".")
-        os.replace(staging + ".part", staging)
-        return
-    # A directory entry of its own under the digest name (hard link, else a copy): Spark
-    # resolves a symlink and ships the target under the target's name, which executors
-    # then do not find (and two different model.bin files would collide).
-    try:
-        os.link(os.path.abspath(uri), staging)
-    except OSError:  # another filesystem, or links not allowed
-        shutil.copy2(uri, staging)
+    else:
+        # A directory entry of its own under the digest name (hard link, else a copy): Spark
+        # resolves a symlink and ships the target under the target's name, which executors
+        # then do not find (and two different model.bin files would collide).
+        try:
+            os.link(os.path.abspath(uri), part)
+        except OSError:  # another filesystem, or links not allowed
+            shutil.copy2(uri, part)
+    os.replace(part, staging)
 
 
 def stage(uri: str, sc=None, ship: bool = False) -> Resource:
@@ -132,9 +162,13 @@ def stage(uri: str, sc=None, ship: bool = False) -> Resource:
     if not ship:
         return Resource(uri, digest, is_dir)
     name = f"{digest[:16]}-{os.path.basename(os.path.normpath(uri))}" + (".tar" if is_dir else "")
-    staging = os.path.join(_staging_dir(), name)
-    if not os.path.exists(staging):  # else staged by an earlier build of this process: the same bytes
+    # Staged afresh by every build: a hard link made by an earlier build shares the inode of a
+    # model edited in place since, and would ship other bytes under this digest (a reviewer).
+    staging = os.path.join(tempfile.mkdtemp(dir=_staging_dir()), name)
+    try:
         _put_staged(uri, staging, is_dir)
+    except OSError as exc:  # the temporary directory full or not writable: one line, not a traceback
+        raise BuildError(f"{uri}: cannot stage it for the executors in {os.path.dirname(staging)} ({exc})") from None
     sc.addFile(staging)
     return Resource(uri, digest, is_dir, shipped_as=name)
 
