@@ -305,7 +305,7 @@ COMPLETION_MARKER = "report.json"
 
 def _completion_errors(build_dir: Path) -> tuple[list[str], dict[str, str]]:
     """An unfinished build (markers but no report.json) and parts that the report does not
-    list; and the SHA-256 the report certifies for each listed file on disk (`_checksum_errors`
+    list; and the SHA-256 the report certifies for each listed file on disk (`_Hashing`
     compares them: a part changed since the build, even to other valid ids, is not the data the
     report describes)."""
     report_path = build_dir / COMPLETION_MARKER
@@ -391,6 +391,9 @@ def validate_build(build_dir: str | Path, *, vocab_size: int | None = None, eos_
     files = _token_files(build_dir)
     if not files:
         result.errors.append(f"{build_dir}: no token files (*.npy) found")
+    if (build_dir / COMPLETION_MARKER).is_file():  # a build writes its parts at its top level
+        result.errors += [f"{f}: a token file inside the build that its {COMPLETION_MARKER} does not count (the "
+                          "trainer refuses the build for it); move it out" for f in files if f.parent != build_dir]
     have = {p.with_name(p.name[: -len(".npy")]) for p in files}
     for pattern, suffix in (("*" + SIDECAR_SUFFIX, SIDECAR_SUFFIX), ("*" + MASK_SUFFIX, MASK_SUFFIX)):
         for orphan in sorted(build_dir.rglob(pattern)):

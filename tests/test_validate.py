@@ -442,3 +442,22 @@ def test_each_part_is_hashed_while_it_is_checked_not_all_first(tmp_path, monkeyp
     assert events.index(("check", "part-00000.npy")) < events.index(("hash", "part-00005.npy")), events
     assert max(events.index(("hash", f"part-00000{s}")) for s in (".npy", ".csv.gz")) \
         < events.index(("check", "part-00002.npy")), events
+
+
+def test_a_token_file_below_a_finished_build_is_an_error(tmp_path):
+    """A part copied into a subdirectory of a finished build passed validate (its listing check
+    looked at the top level only) while the trainer refused the build: its report.json does not
+    count the extra tokens (found by a reviewer)."""
+    import hashlib
+
+    out = tmp_path / "b"
+    (out / "sub").mkdir(parents=True)
+    np.asarray([5, 6, 7, EOS], dtype="<u4").tofile(out / "part-00000.npy")
+    (out / "part-00000.csv.gz").write_bytes(gzip.compress(b"0,4,a,web,w.jsonl:1\n", mtime=0))
+    listed = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("part-*")}
+    (out / "report.json").write_text(json.dumps({"output": {"files_sha256": listed, "tokens": 4}}))
+    assert not validate_build(out).all_errors()
+    np.asarray([5, 6, 7, EOS], dtype="<u4").tofile(out / "sub" / "part-00000.npy")
+    shutil.copy(out / "part-00000.csv.gz", out / "sub")
+    errors = validate_build(out).all_errors()
+    assert len(errors) == 1 and "sub/part-00000.npy: a token file inside the build" in errors[0]
