@@ -747,8 +747,9 @@ def test_start_up_walks_the_data_once_before_the_dataset(data_dir, tmp_path, mon
     (["--micro-batch-size", "0"], "trainer.run: error: --micro-batch-size must be a positive integer, got 0"),
     (["--gc-interval", "-1"], "trainer.run: error: --gc-interval must be a positive integer, got -1"),
     (["--max-grad-norm", "0"], "trainer.run: error: --max-grad-norm must be > 0"),
-    (["--seed", "-1"], "trainer.run: error: --seed must be an integer >= 0, got -1"),
-    (["--data-seed", "-2"], "trainer.run: error: --data-seed must be an integer >= 0, got -2"),
+    (["--seed", "-1"], "trainer.run: error: --seed must be an integer from 0 to 2**64 - 1, got -1"),
+    (["--seed", str(2 ** 64)], "trainer.run: error: --seed must be an integer from 0 to 2**64 - 1, got 1844"),
+    (["--data-seed", "-2"], "trainer.run: error: --data-seed must be an integer from 0 to 2**64 - 1, got -2"),
 ])
 def test_bad_training_settings_are_named_by_their_flags(flags, said, data_dir, tmp_path, capsys):
     """Errors named TrainConfig's fields (`TrainConfig.micro_batch_size`) where the user typed

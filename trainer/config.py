@@ -291,13 +291,14 @@ class TrainConfig:
         if self.loss_chunk_size is not None and (not isinstance(self.loss_chunk_size, int)
                                                  or isinstance(self.loss_chunk_size, bool)
                                                  or self.loss_chunk_size < 1):
-            raise ValueError(f"loss_chunk_size must be a positive integer or None, got {self.loss_chunk_size!r}")
+            raise ValueError(f"loss_chunk_size must be a positive integer (or unset), got {self.loss_chunk_size!r}")
         if self.save_interval is not None and self.save_interval < 1:
-            raise ValueError(f"save_interval must be >= 1 or None, got {self.save_interval}")
-        for name in ("seed", "data_seed"):  # numpy's PCG64 (the data order) takes no negative seed
+            raise ValueError(f"save_interval must be >= 1 (or unset), got {self.save_interval}")
+        for name in ("seed", "data_seed"):  # numpy's PCG64 (the data order): >= 0; torch's: < 2**64
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or not 0 <= value < 2 ** 64):
+                raise ValueError(f"{name} must be an integer from 0 to 2**64 - 1, got {value!r}")
         self.betas = tuple(self.betas)
 
     @property
