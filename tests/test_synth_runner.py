@@ -307,3 +307,15 @@ def test_generated_output_builds_as_a_normal_source(spark, tmp_path, gsm8k_index
     for s in report["sources"]:
         assert s["docs_in"] == s["kept_docs"] + sum(r["docs"] for r in s["removed"].values())
     assert list((tmp_path / "mix").glob("part-*.npy"))
+
+
+def test_an_out_that_is_a_file_is_refused_before_spark(tmp_path, capsys, monkeypatch):
+    """A file given as --out reached os.makedirs after Spark started: a FileExistsError traceback."""
+    import dolmino.build.spark
+    from dolmino.synth.__main__ import main
+
+    monkeypatch.setattr(dolmino.build.spark, "make_spark", lambda *a, **k: pytest.fail("Spark was started"))
+    out = tmp_path / "file"
+    out.write_text("x")
+    assert main(["--generator", "arithmetic", "--out", str(out), "--num-docs", "2", "--partitions", "1"]) == 2
+    assert capsys.readouterr().err == f"python -m dolmino.synth: error: --out {out} exists and is not a directory\n"

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.demo_gsm8k_test:
         from dolmino.synth.gsm8k_numbers import TEST_SPLIT_WARNING
 
-        print(f"WARNING: {TEST_SPLIT_WARNING}", file=sys.stderr)
+        print(f"{PROG}: WARNING: {TEST_SPLIT_WARNING}", file=sys.stderr)
         import warnings
 
         # Said once, above: the same warning from the library (for callers of the API) is not repeated.
@@ -154,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PYTHONWARNINGS"] = ",".join(
             w for w in (os.environ.get("PYTHONWARNINGS"), "ignore:using the packaged GSM8K *test* split") if w)
     from dolmino.synth.runner import SynthRunError, check_out_dir, run
+
+    if "://" not in args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        print(f"{PROG}: error: --out {args.out} exists and is not a directory", file=sys.stderr)
+        return 2
 
     try:
         generator = make_generator(args.generator, **generator_params(args))
