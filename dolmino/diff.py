@@ -73,11 +73,13 @@ def _compare_dicts(where: str, a: dict, b: dict, out: list[Change]) -> None:
         _compare(f"{where}.{key}" if where else key, a.get(key, _MISSING), b.get(key, _MISSING), out)
 
 
-def _raw_filters(manifest: Manifest, name: str) -> list[dict]:
-    for obj in manifest.raw.get("sources", []):
-        if obj.get("name") == name:
-            return list(obj.get("filters", []))
-    return []
+# What a MinHash setting left out means (dolmino/build/tag.py); the seed's default is the manifest's.
+MINHASH_DEFAULTS = {"num_perm": 128, "ngram": 5, "threshold": 0.8}
+
+
+def _minhash(source: SourceSpec, manifest: Manifest) -> dict:
+    """The MinHash settings the build uses: a default written out is no change (it showed as one)."""
+    return {**MINHASH_DEFAULTS, "seed": manifest.seed, **source.dedup.minhash}
 
 
 def _filter_changes(name: str, a: list[dict], b: list[dict], out: list[Change]) -> None:
@@ -110,8 +112,9 @@ def _source_changes(a: SourceSpec, b: SourceSpec, ma: Manifest, mb: Manifest) ->
     if (a.dedup.minhash is None) != (b.dedup.minhash is None):
         out.append(Change(f"{n}.dedup.minhash", a.dedup.minhash, b.dedup.minhash))
     elif a.dedup.minhash is not None:
-        _compare_dicts(f"{n}.dedup.minhash", a.dedup.minhash, b.dedup.minhash, out)
-    _filter_changes(n, _raw_filters(ma, n), _raw_filters(mb, n), out)
+        _compare_dicts(f"{n}.dedup.minhash", _minhash(a, ma), _minhash(b, mb), out)
+    # As parsed: model and index paths resolved against each manifest's directory, as the build reads them.
+    _filter_changes(n, list(a.filters), list(b.filters), out)
     if a.description != b.description:
         out.append(Change(f"{n}.description", "(changed)", "(changed)"))
     return out
@@ -130,7 +133,12 @@ def diff_manifests(a: Manifest, b: Manifest, budget: int | None = None, with_pla
         _compare(attr, getattr(a, attr), getattr(b, attr), d.fields)
     _compare("budget", _budget_field(a), _budget_field(b), d.fields)
     for key in ("data_root", "output"):
-        _compare(key, a.raw.get(key, _MISSING), b.raw.get(key, _MISSING), d.fields)
+        # Resolved against each manifest's directory: the same text in a moved manifest reads other
+        # data (shown as "No changes"; found by a tester), other text may name the same directory.
+        if getattr(a, key) != getattr(b, key):
+            ra, rb = a.raw.get(key, _MISSING), b.raw.get(key, _MISSING)
+            d.fields.append(Change(key, ra, rb) if ra != rb else Change(f"{key} (resolved)", getattr(a, key),
+                                                                        getattr(b, key)))
     _compare_dicts("tokenizer", vars(a.tokenizer), vars(b.tokenizer), d.fields)
     _compare_dicts("output_format", vars(a.output_spec), vars(b.output_spec), d.fields)
     if a.description != b.description:
@@ -258,6 +266,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _load(path: str) -> Manifest:
+    """A manifest, or an error naming which of the two it is (both read alike)."""
+    try:
+        return load_manifest(path)
+    except ManifestError as exc:
+        if str(exc).startswith(path):
+            raise
+        raise ManifestError(f"{path}: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     from dolmino.s3 import cli_errors
 
@@ -265,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     errors = cli_errors("dolmino diff", expected=(ManifestError,))
     try:
         budget = parse_count(args.budget, "--budget") if args.budget else None
-        d = diff_manifests(load_manifest(args.before), load_manifest(args.after), budget)
+        d = diff_manifests(_load(args.before), _load(args.after), budget)
     except Exception as exc:  # noqa: BLE001 - one redacted line
         return errors.report(exc)
     sys.stdout.write(render_diff(d, args.format))

@@ -253,3 +253,26 @@ def test_a_small_budget_shows_small_shares_not_zeros(capsys):
     row = make_plan(load_manifest(str(MANIFESTS / "50B.json")), budget=200_000, list_files=False).rows[0]
     assert passes_text(row).startswith("0 + ") and passes_text(row._replace(copies=2, fraction=1e-9)) == "2"
     assert _pct(0.0035) == "0.0035" and _pct(12.345) == "12.35" and _pct(None) == "-"
+
+
+def test_diff_reads_paths_and_defaults_as_the_build_does(tmp_path, capsys):
+    """Found by a tester: a manifest moved to another directory (relative data_root: other data)
+    showed "No changes"; a MinHash default written out showed as a change; an invalid manifest's
+    error did not say which of the two it was."""
+    m = {"name": "r", "version": 2, "kind": "mix", "seed": 7, "budget": "100K", "data_root": "../data",
+         "sources": [{"name": "wiki", "paths": ["*.jsonl.zst"], "mix_percent": 100,
+                      "dedup": {"minhash": {"threshold": 0.9}}}]}
+    (tmp_path / "sub").mkdir()
+    for path in (tmp_path / "a.json", tmp_path / "sub" / "a.json"):
+        path.write_text(json.dumps(m))
+    moved = diff_manifests(load_manifest(str(tmp_path / "a.json")), load_manifest(str(tmp_path / "sub" / "a.json")))
+    assert [c.where for c in moved.fields] == ["data_root (resolved)"]
+    spelled = {**m, "data_root": str(tmp_path.parent / "data"),
+               "sources": [{**m["sources"][0], "dedup": {"minhash": {"threshold": 0.9, "ngram": 5, "seed": 7}}}]}
+    (tmp_path / "b.json").write_text(json.dumps(spelled))
+    same = diff_manifests(load_manifest(str(tmp_path / "a.json")), load_manifest(str(tmp_path / "b.json")))
+    assert same.empty, (same.fields, same.sources)
+    bad = {**m, "seed": "x"}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    assert diff_cmd.main([str(tmp_path / "a.json"), str(tmp_path / "bad.json")]) == 2
+    assert capsys.readouterr().err.startswith(f"dolmino diff: error: {tmp_path / 'bad.json'}: ")
