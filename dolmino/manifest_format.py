@@ -118,14 +118,21 @@ def format_text(data: Any) -> str:
 
 
 def _write_atomic(path: str, text: str) -> None:
+    """Replace the file's text, through a symlink (the link stays: it was replaced by a file and
+    its target left unformatted; found by a tester), and no temporary file left on a failure."""
+    path = os.path.realpath(path)
     tmp = f"{path}.fmt-tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(text)
     try:
-        os.chmod(tmp, os.stat(path).st_mode & 0o7777)
-    except OSError:
-        pass
-    os.replace(tmp, path)
+        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+        try:
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+        except OSError:
+            pass
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def format_files(paths: list[str], check: bool = False, diff: bool = False) -> int:
@@ -145,6 +152,13 @@ def format_files(paths: list[str], check: bool = False, diff: bool = False) -> i
             errors += 1
             continue
         wanted = format_text(data)
+        try:
+            wanted.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a \ud800 escape without its pair: a traceback, a temporary file left
+            print(f"error: {path}: a string holds a lone surrogate escape ({exc.object[exc.start]!a}), which UTF-8 "
+                  "cannot hold; write the character, or its escaped pair", file=sys.stderr)
+            errors += 1
+            continue
         if current == wanted:
             continue
         changed.append(path)

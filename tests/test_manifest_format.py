@@ -189,3 +189,27 @@ def test_python_dash_m_entry_point(tmp_path):
     assert result.returncode == 1 and f"would reformat {path}" in result.stdout
     result = subprocess.run([*run, str(MANIFESTS / "demo.json")], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0 and result.stdout.startswith("ok  ")
+
+
+def test_fmt_writes_through_a_symlink_and_refuses_a_lone_surrogate(tmp_path, capsys):
+    """Found by a tester: fmt on a link replaced the link with a file and left its target
+    unformatted; a \\ud800 escape without its pair was a traceback leaving a temporary file."""
+    import json
+    import os
+
+    from dolmino.manifest_format import format_files
+
+    target = tmp_path / "50B.json"
+    target.write_text(json.dumps({"name": "x", "version": 2, "kind": "mix", "budget": "1M", "sources": []}))
+    link = tmp_path / "current.json"
+    link.symlink_to(target.name)
+    assert format_files([str(link)]) == 0
+    assert link.is_symlink() and format_files([str(target)], check=True) == 0
+    lone = tmp_path / "lone.json"
+    lone.write_text('{"name": "x", "description": "a\\ud800b", "version": 2, "sources": []}')
+    before = lone.read_bytes()
+    capsys.readouterr()
+    assert format_files([str(lone)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {lone}: a string holds a lone surrogate escape") and err.count("\n") == 1
+    assert lone.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["50B.json", "current.json", "lone.json"]
