@@ -21,9 +21,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, timeout=240, module="trainer.run", launcher=None):
+    """The command in a session of its own: on a timeout its whole group is killed (a killed
+    torchrun left its ranks waiting on each other for gloo's 30 minutes)."""
+    import signal
+
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     cmd = (launcher or [sys.executable, "-m"]) + [module, *map(str, args)]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    with subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 @pytest.fixture(scope="module")
