@@ -743,7 +743,7 @@ def test_bad_values_and_paths_are_one_line_errors(data_dir, tmp_path, capsys):
 
 def test_start_up_walks_the_data_once_before_the_dataset(data_dir, tmp_path, monkeypatch):
     """The start-up checks (report.json token counts and tokenizers, the note for parts without a
-    report, the vocabulary) each walked every --data tree again: six walks of a network mount
+    report, the vocabulary) each walked every --data tree again: five walks of a network mount
     before the first step. One walk for the checks, one by the dataset that opens the files."""
     import trainer.data
     from trainer.run import main

@@ -92,7 +92,7 @@ class DataLayout:
     """What the --data paths hold, found in one walk: the token files (in `discover_token_files`'
     order), their sizes, and the builds holding them (`token_builds`). The start-up checks
     (report.json token counts, tokenizers, vocabulary, the note for parts without a report)
-    each walked every tree again: six walks of a network mount before the first step."""
+    each walked every tree again: five walks of a network mount before the first step."""
 
     paths: tuple[str, ...]
     files: tuple[Path, ...]
