@@ -22,7 +22,7 @@ import pytest
 from conftest import REPO, shared_corpus_file
 from dolmino.documents import Quarantine, read_documents
 from filters.fasttext_numba import fasttext_hash, load_fasttext_numba
-from filters.quality import FastTextModel, FastTextQualityFilter, _one_line
+from filters.quality import FastTextModel, FastTextQualityFilter, _numba_text, dclm_line
 
 _TRAIN = """
 import sys, fasttext
@@ -40,6 +40,10 @@ CORNERS = [
     "the __label__neg result", "</s>", "a </s> b", "a\tb\x0bc\x0cd\re\x00f\ng",
     "héllo wörld ünïcode 日本語 ∑∫∂",
     "\x80\xff", "x " * 30_000, "the " * 5000, "word" * 5000, "THE The the tHe", "a" * 300 + " " + "b" * 9,
+    # Unicode whitespace at the edges and Unicode line ends inside: DCLM's strip() and splitlines()
+    # remove / break at them, fastText's own word split does not (the engines disagreed; a tester).
+    "\xa0 the result ", "\u3000 the result\u3000", "the\u2028result", "the\x85result", "the\x1cresult",
+    "the\u2029result\x1d\x1e", "\x1f the result \x1f",
 ]
 
 
@@ -53,7 +57,7 @@ def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("ftnumba")
     pos = _texts("academic.jsonl.zst", 0, 150) + _texts("encyclopedic.jsonl.zst", 0, 150)
     neg = _texts("code.jsonl.zst", 0, 150) + _texts("web.jsonl.zst", 0, 150)
-    rows = [f"__label__pos {_one_line(t)}" for t in pos] + [f"__label__neg {_one_line(t)}" for t in neg]
+    rows = [f"__label__pos {dclm_line(t)}" for t in pos] + [f"__label__neg {dclm_line(t)}" for t in neg]
     train = d / "train.txt"
     train.write_text("\n".join(rows) + "\n", encoding="utf-8")
     paths = {}
@@ -89,7 +93,7 @@ def test_numba_matches_the_binding(models, held_out, loss):
         fast = load_fasttext_numba(models[loss], projected=projected)
         assert fast is not None and (fast.projected is not None) == projected
         index = fast.labels.index("__label__pos")
-        got = np.array([0.0 if (p := fast.probabilities(t)) is None else p[index] for t in held_out])
+        got = np.array([0.0 if (p := fast.probabilities(_numba_text(t))) is None else p[index] for t in held_out])
         worst = int(np.argmax(np.abs(got - expected)))
         assert abs(got[worst] - expected[worst]) <= tol, (projected, repr(held_out[worst][:80]))
 
@@ -163,3 +167,22 @@ def test_a_process_loads_each_model_once(models, tmp_path):
     first = FastTextModel(str(copy)).fast
     os.utime(copy, ns=(1, 1))
     assert FastTextModel(str(copy)).fast is not first
+
+
+def test_both_engines_score_the_text_as_dclm_does(models, held_out):
+    """DCLM's classify_fasttext_hq_prob predicts on `" ".join(text.strip().splitlines())`: both
+    engines, through the filter, give that probability (the numba engine scored the raw text,
+    the binding stripped ASCII newlines only; a no-break space at an edge moved a document
+    across the threshold in one engine; found by a tester)."""
+    import fasttext
+
+    raw = fasttext.load_model(models["softmax"])
+    dclm = []
+    for text in held_out:
+        labels, probs = raw.predict(" ".join(text.strip().splitlines()), k=-1)
+        dclm.append(dict(zip(labels, probs)).get("__label__pos", 0.0))
+    for engine in ("numba", "fasttext"):
+        filt = FastTextQualityFilter(models["softmax"], label="__label__pos", engine=engine)
+        got = filt.tag([{"text": t} for t in held_out])["score"]
+        worst = int(np.argmax(np.abs(got - np.asarray(dclm))))
+        assert abs(got[worst] - dclm[worst]) <= 1e-5, (engine, repr(held_out[worst][:80]))

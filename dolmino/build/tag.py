@@ -150,6 +150,8 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
             if needs_tokens(filt):
                 continue
             keyed = keyed_spec({"type": spec["type"], **tag_params(filt, spec)}, resources)
+            if getattr(filt, "tag_revision", None) is not None:  # its scoring changed: earlier sets are not reused
+                keyed["revision"] = filt.tag_revision
             tags.append(FilterTag(f"{spec['type']}-{spec_key(keyed)}", i, spec))
         minhash = pool = None
         if source.dedup.minhash is not None:  # {} asks for MinHash with every default
