@@ -178,3 +178,34 @@ signal.pause()
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
                           cwd=os.path.dirname(os.path.dirname(__file__)))
     assert proc.returncode == 143 and proc.stdout == "handlers ran\n", proc
+
+
+def test_a_node_whose_cache_cannot_be_made_is_one_line(s3_server, tmp_path, monkeypatch):
+    """A DOLMINO_CACHE below a file (or read-only) failed the task with two Spark tracebacks and a
+    2,000-character line naming no setting (found by a tester): one line naming the node, the
+    cache and the variable, which the build's executor_failure turns into its error line."""
+    import uuid
+
+    import pytest
+
+    from dolmino import s3
+    from dolmino.build.cli import executor_failure
+    from dolmino.errors import BuildError
+
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("DOLMINO_CACHE", str(tmp_path / "file" / "sub"))
+    bucket = f"res-{uuid.uuid4().hex[:12]}"
+    s3.client().create_bucket(Bucket=bucket)
+    s3.client().put_object(Bucket=bucket, Key="m.bin", Body=b"model" * 10)
+    with pytest.raises(BuildError) as exc:
+        localize(stage(f"s3://{bucket}/m.bin"))
+    line = str(exc.value)
+    assert line.startswith(f"s3://{bucket}/m.bin: node ")
+    assert f"cannot use its cache {tmp_path / 'file' / 'sub'}" in line
+    assert "set DOLMINO_CACHE on the executors to a writable directory" in line
+
+    class PythonException(Exception):  # what a failed task raises on the driver, by name
+        pass
+
+    said = executor_failure(PythonException(f"Traceback ...\ndolmino.errors.BuildError: {line}\n"))
+    assert said == f"in an executor: BuildError: {line}"

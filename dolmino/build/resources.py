@@ -205,8 +205,16 @@ def _in_cache(resource: Resource, fill) -> str:
     """The node's cached copy of a resource: made once per node by `fill(dest)`, then checked."""
     base = os.path.join(_cache_root(), "resources", resource.sha256[:32])
     target = os.path.join(base, os.path.basename(resource.uri.rstrip("/")) or "object")
-    os.makedirs(base, exist_ok=True)
-    with open(os.path.join(base, ".lock"), "w") as lock:
+    try:
+        os.makedirs(base, exist_ok=True)
+        lock = open(os.path.join(base, ".lock"), "w")
+    except OSError as exc:  # two Spark tracebacks and a 2,000-character line naming no setting (a tester)
+        import socket
+
+        raise BuildError(f"{resource.uri}: node {socket.gethostname()} cannot use its cache {_cache_root()} "
+                         f"({exc.strerror or exc}); set DOLMINO_CACHE on the executors to a writable directory "
+                         "(default ~/.cache/dolmino)") from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one copy per node, whatever the number of workers
         if os.path.exists(target):
             try:
