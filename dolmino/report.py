@@ -340,7 +340,24 @@ def render_markdown(report: dict) -> str:
                          f"{format_count(spark.get('spilled_bytes', 0))}B | {st['docs']:,} | "
                          f"{format_count(st['bytes'])}B | {format_count(st['tokens'])} |")
         lines.append("")
+    lines += run_lines(report["run"])
     return "\n".join(lines)
+
+
+def run_lines(run: dict) -> list[str]:
+    """report.md's closing lines: the bytes each persisted dataset held, and where the build ran
+    (the README promised them in report.md; they were in report.json only, found by a tester)."""
+    lines = []
+    persisted = run.get("persisted_bytes") or {}
+    if persisted:
+        lines += ["Persisted (Spark storage, memory and disk): " + ", ".join(
+            f"{name} {format_count(n)}B" for name, n in persisted.items()) + ".", ""]
+    if run.get("spark_master"):
+        hosts = run.get("executor_hosts") or []
+        lines += [f"Spark: master {run['spark_master']}, {run.get('executors', '?')} executor(s), "
+                  f"{run.get('executor_cores', '?')} core(s) in all" + (f", on {', '.join(hosts)}" if hosts else "")
+                  + f"; application {run.get('application_id', '?')}.", ""]
+    return lines
 
 
 def write_report(out_dir: str, report: dict, manifest: Manifest) -> None:

@@ -167,6 +167,7 @@ def test_accounting_and_quarantine_add_up(built):
     assert code["removed"]["code_stars:stars<2"]["docs"] > 0  # synthetic star counts give it work
     md = (out / "report.md").read_text()
     assert "| web | 305 | 3 |" in md and "## Quarantined" in md and "| web | invalid_utf8 | 1 |" in md
+    assert f"Spark: master {report['run']['spark_master']}, 1 executor(s)" in md and "Persisted (Spark storage" in md
 
 
 def test_mix_on_stored_attributes_copies_the_quarantine(built, inputs, spark, tmp_path):

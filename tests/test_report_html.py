@@ -372,3 +372,15 @@ def test_sample_parts_below_one_is_refused(capsys):
     with pytest.raises(SystemExit) as exit_:
         report_html.main(["unused", "--sample-parts", "0"])
     assert exit_.value.code == 2 and "--sample-parts: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_report_md_names_the_cluster_and_the_persisted_bytes():
+    """The README says report.md gives the persisted bytes and the master and executors; they
+    were in report.json only (found by a tester)."""
+    from dolmino.report import run_lines
+
+    text = "\n".join(run_lines({"spark_master": "spark://10.0.0.1:7077", "executors": 2, "executor_cores": 8,
+                                "executor_hosts": ["10.0.0.2", "10.0.0.3"], "application_id": "app-1",
+                                "persisted_bytes": {"pool": 2_000_000, "tokenize": 9_000_000}}))
+    assert "Persisted (Spark storage, memory and disk): pool 2MB, tokenize 9MB." in text
+    assert "Spark: master spark://10.0.0.1:7077, 2 executor(s), 8 core(s) in all, on 10.0.0.2, 10.0.0.3" in text
