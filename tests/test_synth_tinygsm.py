@@ -260,3 +260,18 @@ def test_mind_reads_input_files_a_slice_at_a_time(tmp_path):
     assert seen == {"c0": ["two_students", "problem_solving", "two_students"],
                     "c1": ["problem_solving", "two_students"], "c2": ["problem_solving", "two_students"],
                     "c3": ["two_students", "problem_solving"]}
+
+
+def test_a_program_nested_past_the_recursion_limit_is_one_rejection(tmp_path):
+    """`x = 1+1+...+1` of 2,000 terms raised RecursionError in the static check and killed the whole
+    run (its good rows lost too; found by a tester); deeper nesting raised MemoryError in ast.parse."""
+    good = "def f():\n    a = 16\n    b = a - 7\n    return b\n"
+    deep = "def f():\n    x = " + "+".join(["1"] * 2000) + "\n    return x\n"
+    deeper = "def f():\n    x = " + "-" * 100_000 + "1\n    return x\n"
+    assert check_program(deep)[1] == check_program(deeper)[1] == "too_deep"
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"question": q, "code": c}) + "\n"
+                            for q, c in (("ok?", good), ("deep?", deep), ("ok2?", good))))
+    records = list(TinyGsmGenerator(str(path)).generate(0, 1, seed=1))
+    assert [r.get("rejected") for r in records if is_rejection(r)] == ["too_deep"]
+    assert len([r for r in records if not is_rejection(r) and not is_quarantine(r)]) == 2

@@ -482,7 +482,11 @@ class Gsm8kNumberGenerator:
         outcome = Outcome(reason="no_attempt")
         for attempt in range(self.attempts):
             rng = item_rng(seed, self.name, index, salt=str(attempt))
-            outcome = substitute(item["question"], item["answer"], lambda old, tok, pct: sample_value(rng, old, tok, pct))
+            try:
+                outcome = substitute(item["question"], item["answer"],
+                                     lambda old, tok, pct: sample_value(rng, old, tok, pct))
+            except (RecursionError, MemoryError) as exc:  # an annotation nested thousands deep: this item only
+                return item, Outcome(reason="too_deep", detail=f"{type(exc).__name__}: an annotation nests too deeply")
             if outcome.reason is None:
                 break
         return item, outcome

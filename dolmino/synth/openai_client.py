@@ -172,6 +172,14 @@ class ChatClient:
                 data = b""
             return exc.code, dict(exc.headers or {}), data
 
+    def _error_body(self, data: bytes) -> str:
+        """An error answer's body as rejected/ keeps it (its first MAX_ERROR_BODY characters), the
+        API key masked: an endpoint or proxy echoing it ("Incorrect API key provided: Bearer
+        sk-...") wrote the key into the output (found by a tester)."""
+        key = self.api_key or ""
+        text = data[:MAX_ERROR_BODY + 4 * len(key)].decode("utf-8", "replace")  # an echo across the cut is whole
+        return (text.replace(key, "***") if key else text)[:MAX_ERROR_BODY]
+
     @staticmethod
     def parse(data: bytes) -> tuple[str | None, str | None]:
         """(content, None) or (None, bad-response reason) for a 200 body."""
@@ -218,7 +226,7 @@ class ChatClient:
                     self.counts["failed"] += 1
                     self.unreached = 0 if self.reached else self.unreached + 1
                     return ChatResult(None, f"refused: HTTP {status} from {self.url} ({REFUSED_HINT[status]}): "
-                                            f"{data[:MAX_ERROR_BODY].decode('utf-8', 'replace')}", attempt + 1)
+                                            f"{self._error_body(data)}", attempt + 1)
                 if status == 200 or status not in RETRYABLE_STATUS:
                     self.reached = True
                     self.counts["responses"] += 1
@@ -233,8 +241,7 @@ class ChatClient:
                     if status not in RETRYABLE_STATUS:
                         self.counts[error] += 1
                         self.counts["failed"] += 1
-                        return ChatResult(None, f"{error}: {data[:MAX_ERROR_BODY].decode('utf-8', 'replace')}",
-                                          attempt + 1)
+                        return ChatResult(None, f"{error}: {self._error_body(data)}", attempt + 1)
                     retry_after = {k.lower(): v for k, v in headers.items()}.get("retry-after")
                     wait = parse_retry_after(retry_after)
                     if wait is not None:

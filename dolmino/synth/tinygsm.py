@@ -20,7 +20,8 @@ Input rows are TinyGSM's: `question` (the problem) and `code`, one function such
         result = (eggs_per_day - eggs_eaten) * 2
         return result
 
-A program is kept when (1) it parses; (2) it is one function without parameters whose body is
+A program is kept when (1) it parses (`syntax_error`; `too_deep` when it nests past the
+recursion limit); (2) it is one function without parameters whose body is
 an optional docstring, then assignments only (`x = ...`, `x += ...`, `x: int = ...`, names
 or tuples of names as targets), then one `return` (reason `not_assignment_only` otherwise:
 no loops, branches, imports, nested functions, comprehensions, attribute access or
@@ -124,6 +125,15 @@ class Program:
 
 def check_program(code: str) -> tuple[Program | None, str, str]:
     """(program, "", "") when `code` is one assignment-only function, else (None, reason, detail)."""
+    try:
+        return _check_program(code)
+    except (RecursionError, MemoryError) as exc:
+        # `1+1+...+1` of a few thousand terms nests past the recursion limit (ast.parse, or the
+        # walk below): that item is rejected, not the partition (a tester's run died of one row).
+        return None, "too_deep", f"{type(exc).__name__}: the program nests too deeply to check"
+
+
+def _check_program(code: str) -> tuple[Program | None, str, str]:
     try:
         tree = ast.parse(code)
     except (SyntaxError, ValueError) as exc:  # ValueError: NUL bytes in the source
