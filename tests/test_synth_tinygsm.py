@@ -275,3 +275,13 @@ def test_a_program_nested_past_the_recursion_limit_is_one_rejection(tmp_path):
     records = list(TinyGsmGenerator(str(path)).generate(0, 1, seed=1))
     assert [r.get("rejected") for r in records if is_rejection(r)] == ["too_deep"]
     assert len([r for r in records if not is_rejection(r) and not is_quarantine(r)]) == 2
+
+
+def test_a_program_over_its_cpu_seconds_is_a_timeout_whatever_ran_before():
+    """The CPU rlimit counts whole seconds from what the child had spent: a 1.7 s program passed
+    `cpu_seconds=1` in a fresh child (limit 2 s) and the verdict moved with the programs before it
+    (found by a tester). The program's own CPU time decides."""
+    slow = "def f():\n    x = 7 ** (5 * 10 ** 6) % 10\n    return x\n"  # ~1.7 s of CPU here
+    quick = "def f():\n    x = 7 ** 1000 % 10\n    return x\n"
+    with Sandbox(cpu_seconds=1) as box:
+        assert [box.run(code).kind for code in (quick, slow, quick)] == ["ok", "timeout", "ok"]
