@@ -384,7 +384,7 @@ def test_an_endpoint_that_never_answers_is_not_cached_and_the_rerun_asks_again(s
                           timeout=300)
     assert down.returncode == 1, down.stderr[-2000:]
     assert "--api-key-env NO_SUCH_KEY_VAR is not set here" in down.stderr
-    assert "warning: 4 of 4 item(s) got no answer from the endpoint" in down.stderr
+    assert "warning: 4 of 4 item(s) got no usable answer from the endpoint" in down.stderr
     assert "error: partition(s) 0, 1 got no answer to any request: nothing of them is cached" in down.stderr
     assert not (out / REPORT_NAME).exists() and not list(out.glob("*.done.json")) and not list(out.glob("part-*"))
     # the rerun asks again, with another --partitions too (no part file of the failed run is left to refuse)

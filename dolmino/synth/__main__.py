@@ -179,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report, indent=1, sort_keys=True))
     failed = report["rejected"].get("request_failed", 0)
     if failed:
-        print(f"{PROG}: warning: {failed:,} of {report['attempted']:,} item(s) got no answer from the endpoint "
-              "(rejected/ holds each error)", file=sys.stderr)
+        # "no answer" read wrong where the endpoint answered with empty or malformed bodies (a tester)
+        print(f"{PROG}: warning: {failed:,} of {report['attempted']:,} item(s) got no usable answer from the "
+              "endpoint (none, or an empty, malformed or error one; rejected/ holds each)", file=sys.stderr)
     if report["partitions_with_failed_requests"]:
         listed = ", ".join(map(str, report["partitions_with_failed_requests"]))
         print(f"{PROG}: warning: partition(s) {listed} are kept with those items rejected (their answered items "
