@@ -236,6 +236,16 @@ def list_inputs(manifest: Manifest) -> Listing:
                             f"bytes, which its attribute files cannot be named after (first: {long[0][0]}, "
                             f"{long[0][1]} bytes); rename them")
         files.append(sorted(found.values(), key=lambda f: f.name))
+    owners: dict[str, list[str]] = {}
+    for source, listed in zip(manifest.sources, files):
+        for f in listed:
+            owners.setdefault(f.uri, []).append(source.name)
+    shared = [(uri, names) for uri, names in owners.items() if len(names) > 1]
+    if shared:  # read, counted and mixed once per source, unsaid (found by a tester)
+        uri, names = shared[0]
+        problems.append(f"{len(shared)} input file(s) matched by more than one source (first: {uri}, by "
+                        f"{', '.join(repr(n) for n in names)}): each would be read and mixed once per source; "
+                        "narrow the sources' paths so that a file is one source's (passes weight a source)")
     if problems:
         # Where the data root came from is not known here (the manifest's data_root, or a
         # command's --data-root replacing it): the hint names the root, not its origin.
