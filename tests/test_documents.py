@@ -841,3 +841,20 @@ def test_a_file_without_its_listed_size_raises_instead_of_reading_as_fewer_docum
             last = (len(data) // 2, wrong)  # the last range ends at the listed size and is read to the end
             with pytest.raises(InputChangedError):
                 list(iter_lines(str(path), byte_range=last, size=wrong))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])  # read whole, and streamed in chunks
+def test_a_crlf_terminator_does_not_count_toward_max_doc_bytes(tmp_path, suffix):
+    """A document of exactly max_doc_bytes was kept with LF and quarantined as doc_too_large with
+    CRLF (its CR counted; found by a tester). One byte more is too large either way."""
+    from dolmino.documents import Quarantine, read_documents
+
+    line = b'{"id":"a","text":"' + b"x" * 80 + b'"}'  # 100 bytes
+    longer = b'{"id":"b","text":"' + b"x" * 81 + b'"}'  # 101 bytes
+    for end in (b"\n", b"\r\n"):
+        data = line + end + longer + end + line  # the last line unterminated
+        path = tmp_path / f"f{len(end)}{suffix}"
+        path.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+        quarantine = Quarantine()
+        docs = [d["id"] for _, d in read_documents(str(path), quarantine, max_doc_bytes=100)]
+        assert docs == ["a", "a"] and dict(quarantine.counts) == {"doc_too_large": 1}, (end, suffix)
