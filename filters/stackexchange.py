@@ -78,7 +78,7 @@ import numpy as np
 import zstandard
 
 from dolmino.documents import (
-    Quarantine, _gzip_chunks, _plain_chunks, _range_chunks, _SizeChecked, _zstd_chunks, open_binary,
+    CorruptStreamError, Quarantine, _gzip_chunks, _plain_chunks, _range_chunks, _SizeChecked, _zstd_chunks, open_binary,
 )
 
 SOURCE = "stackexchange"
@@ -294,13 +294,17 @@ def _iter_lines(path: str, byte_range: tuple[int, int] | None = None, size: int 
         chunks = lambda raw: _range_chunks(raw, start, end)  # noqa: E731
     tail = b""
     with open_binary(path) if size is None else _SizeChecked(open_binary(path), path, size) as raw:
-        for chunk in chunks(raw):
-            lines = (tail + chunk).split(b"\n")
-            tail = lines.pop()
-            if at_file_start and lines:
-                lines[0] = _strip_bom(lines[0])
-                at_file_start = False
-            yield from lines
+        try:
+            for chunk in chunks(raw):
+                lines = (tail + chunk).split(b"\n")
+                tail = lines.pop()
+                if at_file_start and lines:
+                    lines[0] = _strip_bom(lines[0])
+                    at_file_start = False
+                yield from lines
+        except CorruptStreamError as exc:
+            exc.partial_line = tail  # the cut last line, for its quarantine record (as the JSONL reader's)
+            raise
     if tail:
         yield _strip_bom(tail) if at_file_start else tail
 
@@ -420,7 +424,11 @@ def _posts(path: str, on_bad=None, byte_range: tuple[int, int] | None = None, fi
                 yield post
     except _BROKEN_STREAM as exc:
         if on_bad is not None:
-            on_bad(line_no + 1, "corrupt_stream", f"{type(exc).__name__}: {exc}", b"")
+            # As the JSONL reader records a break: the cut line as raw, its size, the bytes lost.
+            partial = bytes(getattr(exc, "partial_line", None) or b"")
+            named = str(exc) if isinstance(exc, CorruptStreamError) else f"{type(exc).__name__}: {exc}"
+            on_bad(line_no + 1, "corrupt_stream", named + (f"; line cut at {len(partial):,} bytes" if partial else ""),
+                   partial, unreadable_bytes=getattr(exc, "unreadable_bytes", 0))
 
 
 # ---------------------------------------------------------------------------- pending store
@@ -727,11 +735,11 @@ def _finish(q: dict, a: dict, config: StackExchangeConfig, stats: StackExchangeS
 
 
 def _quarantiner(path: str, stats: StackExchangeStats, quarantine: Quarantine | None):
-    def on_bad(line_no: int, reason: str, detail: str, raw: bytes) -> None:
+    def on_bad(line_no: int, reason: str, detail: str, raw: bytes, unreadable_bytes: int = 0) -> None:
         stats.rows += 1
         stats.quarantined[reason] += 1
         if quarantine is not None:
-            quarantine.add(path, line_no, reason, detail, raw)
+            quarantine.add(path, line_no, reason, detail, raw, unreadable_bytes=unreadable_bytes)
 
     return on_bad
 

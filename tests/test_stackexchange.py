@@ -315,8 +315,18 @@ def test_truncated_stream_and_unsupported_suffix(tmp_path):
     path.write_bytes(cctx.compress(data[:cut]) + second[: len(second) // 2])
     stats, quarantine = StackExchangeStats(), Quarantine()
     docs = {x["id"]: x["text"] for x in read_stackexchange(str(path), stats=stats, quarantine=quarantine)}
-    assert quarantine.counts["corrupt_stream"] == 1
+    assert quarantine.counts["corrupt_stream"] == 1 and quarantine.unreadable_bytes > 0  # the lost bytes counted
     assert docs and all(expected[k] == v for k, v in docs.items())       # what was read is exact
+    # A cut gzip: the record holds the cut line and the bytes lost, as the JSONL reader's does (its
+    # raw was empty and its detail named an exception class; found by a tester).
+    gz = d / "Posts.xml.gz"
+    whole = gzip.compress(data, mtime=0)
+    gz.write_bytes(whole[: len(whole) * 3 // 4])
+    quarantine = Quarantine()
+    list(read_stackexchange(str(gz), quarantine=quarantine))
+    record = [r for r in quarantine.records if r.reason == "corrupt_stream"][0]
+    assert record.raw and data.find(record.raw) >= 0
+    assert record.detail.endswith(f"; line cut at {len(record.raw):,} bytes") and not record.detail.startswith("Trunc")
     assert stats.kept == len(docs) and stats.removed["answer_missing"] + len(docs) == stats.questions_seen
     with pytest.raises(ValueError, match="extract"):
         list(read_stackexchange(str(tmp_path / "cooking.stackexchange.com.7z")))
