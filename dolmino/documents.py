@@ -899,7 +899,8 @@ def _pick(chunks: Iterable[bytes], targets: Iterator[int], max_line_bytes: int |
     """The scan behind `pick_lines`: lines are passed with `find` (memchr; `bytes.count` costs
     ~0.6 s per GB here, more than the scan saves), and only target lines are copied."""
     limit = max_line_bytes if max_line_bytes else math.inf
-    cap = max(limit, MAX_QUARANTINED_BYTES)  # bytes of a line held: an oversize one keeps its head
+    # bytes of a line held: an oversize one keeps its head; one over the limit, a CRLF's CR (`_oversize`)
+    cap = max(limit + 1, MAX_QUARANTINED_BYTES)
     target = next(targets, None)
     if target is None:
         return
@@ -939,9 +940,10 @@ def _pick(chunks: Iterable[bytes], targets: Iterator[int], max_line_bytes: int |
 
 
 def _picked_line(parts: list[bytes], size: int, limit: float) -> bytes:
-    if size > limit:
-        return OversizeLine(b"".join(parts), size)
-    return (parts[0] if len(parts) == 1 else b"".join(parts)).rstrip(b"\r")
+    line = parts[0] if len(parts) == 1 else b"".join(parts)
+    if len(line) < size or _oversize(line, limit):  # not held whole: longer than limit + 1
+        return OversizeLine(line, size)
+    return line.rstrip(b"\r")
 
 
 # ---------------------------------------------------------------- parsing

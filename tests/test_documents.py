@@ -847,7 +847,7 @@ def test_a_file_without_its_listed_size_raises_instead_of_reading_as_fewer_docum
 def test_a_crlf_terminator_does_not_count_toward_max_doc_bytes(tmp_path, suffix):
     """A document of exactly max_doc_bytes was kept with LF and quarantined as doc_too_large with
     CRLF (its CR counted; found by a tester). One byte more is too large either way."""
-    from dolmino.documents import Quarantine, read_documents
+    from dolmino.documents import OversizeLine, Quarantine, pick_lines, read_documents
 
     line = b'{"id":"a","text":"' + b"x" * 80 + b'"}'  # 100 bytes
     longer = b'{"id":"b","text":"' + b"x" * 81 + b'"}'  # 101 bytes
@@ -858,3 +858,6 @@ def test_a_crlf_terminator_does_not_count_toward_max_doc_bytes(tmp_path, suffix)
         quarantine = Quarantine()
         docs = [d["id"] for _, d in read_documents(str(path), quarantine, max_doc_bytes=100)]
         assert docs == ["a", "a"] and dict(quarantine.counts) == {"doc_too_large": 1}, (end, suffix)
+        # pick_lines cuts lines exactly as iter_lines does (it still counted the CR; a reviewer)
+        picked = [(n, type(raw) is OversizeLine, len(raw)) for n, raw in pick_lines(str(path), [1, 2, 3], 100)]
+        assert picked == [(1, False, 100), (2, True, 101 + len(end) - 1), (3, False, 100)], (end, suffix)
