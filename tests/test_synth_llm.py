@@ -437,3 +437,14 @@ def test_an_error_body_echoing_the_key_is_kept_without_it(server, status):
     server.queue.append(("echo_key", status))
     result = _client(server.url, [], api_key=key, max_retries=0).complete([{"role": "user", "content": "x"}])
     assert result.content is None and key not in result.error and "Bearer ***" in result.error
+
+
+def test_a_key_after_wide_characters_is_masked_whole():
+    """The body was cut by bytes before the key was masked: 330 accented characters put the cut
+    inside the key, and 32 of its 51 characters were kept (found by a reviewer)."""
+    key = "sk-proj-" + "A1b2C3d4E5" * 4 + "XYZ"
+    client = ChatClient("http://127.0.0.1:9/v1", "m", api_key=key)
+    for width in ("e", "é", "€", "😀"):
+        for before in range(0, 500, 3):
+            out = client._error_body((width * before).encode() + b"Invalid key " + key.encode() + b" tail")
+            assert not any(key[:n] in out for n in range(8, len(key) + 1)), (width, before, out[-60:])

@@ -177,7 +177,9 @@ class ChatClient:
         API key masked: an endpoint or proxy echoing it ("Incorrect API key provided: Bearer
         sk-...") wrote the key into the output (found by a tester)."""
         key = self.api_key or ""
-        text = data[:MAX_ERROR_BODY + 4 * len(key)].decode("utf-8", "replace")  # an echo across the cut is whole
+        # Enough bytes for MAX_ERROR_BODY characters and a key after them whatever their width (UTF-8:
+        # up to 4 bytes each): cut by bytes first, a body of accented text cut the key in two (a reviewer).
+        text = data[:4 * (MAX_ERROR_BODY + len(key))].decode("utf-8", "replace")
         return (text.replace(key, "***") if key else text)[:MAX_ERROR_BODY]
 
     @staticmethod
