@@ -10,8 +10,6 @@ the cluster).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 from dolmino.build.resources import localize, stage
 
@@ -133,32 +131,46 @@ assert first.sha256 != again.sha256
     assert model.read_bytes().startswith(b"WEIGHTS")  # hard links removed, not the model
 
 
-def test_a_killed_drivers_staging_is_removed_by_the_next_driver(tmp_path, monkeypatch):
-    """A SIGKILLed (or SIGTERMed) driver runs no exit handler: the next driver on the host
-    removes staging directories of its processes that no longer run, and no other."""
-    import socket
+def test_a_killed_drivers_staging_is_removed_by_the_next_driver(tmp_path):
+    """A SIGKILLed driver runs no exit handler: the next driver removes staging directories whose
+    owner lock is free (their driver ended) and no other: not a running driver's, also where PIDs
+    say nothing (another PID namespace sharing /tmp; a reviewer), not one without an owner file."""
+    import signal
     import subprocess
     import sys
+    import time
 
-    import dolmino.build.resources as resources
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    repo = os.path.dirname(os.path.dirname(__file__))
+    stage = "from dolmino.build.resources import _staging_dir; import time; print(_staging_dir(), flush=True); "
+    live = subprocess.Popen([sys.executable, "-c", stage + "time.sleep(120)"], env=env, cwd=repo,
+                            stdout=subprocess.PIPE, text=True)
+    # A driver in another PID namespace: its directory names a PID this one does not see running.
+    import socket
 
-    host = socket.gethostname()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
-    leftovers = {name: tmp_path / name for name in (
-        f"dolmino-ship-{host}-{dead}-abcd1234", f"dolmino-ship-{host}-{os.getpid()}-abcd1234",
-        f"dolmino-ship-other-host-{dead}-abcd1234", "dolmino-ship-abcd1234")}
-    for path in leftovers.values():
-        path.mkdir()
-        (path / "model.bin").write_bytes(b"x")
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(resources, "_STAGING", [])
-    made = resources._staging_dir()
+    elsewhere = tmp_path / f"dolmino-ship-{socket.gethostname()}-{gone}-abcd1234"
+    hold = ("import fcntl, os, sys, time; d = sys.argv[1]; os.mkdir(d); f = open(os.path.join(d, '.owner'), 'w'); "
+            "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)")
+    other = subprocess.Popen([sys.executable, "-c", hold, str(elsewhere)], stdout=subprocess.PIPE, text=True)
+    assert other.stdout.readline().strip() == "held"
+    killed = subprocess.Popen([sys.executable, "-c", stage + "time.sleep(120)"], env=env, cwd=repo,
+                              stdout=subprocess.PIPE, text=True)
     try:
-        kept = {p.name for p in tmp_path.iterdir()} - {os.path.basename(made)}
-        assert kept == set(leftovers) - {f"dolmino-ship-{host}-{dead}-abcd1234"}
+        live_dir, killed_dir = live.stdout.readline().strip(), killed.stdout.readline().strip()
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        (tmp_path / "dolmino-ship-old").mkdir()  # an earlier version's: no owner file
+        new = subprocess.run([sys.executable, "-c", stage], env=env, cwd=repo, capture_output=True, text=True)
+        assert new.returncode == 0, new.stderr
+        time.sleep(0.1)
+        assert os.path.isdir(live_dir) and not os.path.exists(killed_dir) and elsewhere.is_dir()
+        assert (tmp_path / "dolmino-ship-old").is_dir() and not os.path.exists(new.stdout.strip())
     finally:
-        shutil.rmtree(made)
+        for proc in (live, other):
+            proc.kill()
+            proc.wait()
 
 
 def test_a_terminated_build_runs_its_exit_handlers():

@@ -90,47 +90,48 @@ def s3_digest(uri: str) -> tuple[str, bool]:
     return (_digest_listing(digests) if is_dir else digests[0][1]), is_dir
 
 
-_STAGING: list[str] = []  # this driver process's directory of shipped files, once made
+_STAGING: list = []  # this driver process's staging directory and the open, locked owner file
 _STAGING_PREFIX = "dolmino-ship-"
-
-
-def _owner_tag() -> str:
-    import socket
-
-    return f"{socket.gethostname()}-{os.getpid()}-"
+_OWNER = ".owner"  # locked (flock) while its driver runs: the kernel releases it when the process ends
 
 
 def _sweep_dead_drivers(tmp: str) -> None:
-    """Remove staging directories of this host's driver processes that no longer run (killed:
-    no exit handler ran). A directory of a live process, or of another host, is left alone."""
-    import socket
-
-    host = socket.gethostname()
+    """Remove staging directories whose driver no longer runs (killed: no exit handler ran). A
+    driver holds an exclusive lock on its directory's owner file for its whole life, so the lock
+    is free only once it has ended: a PID would not say so across PID namespaces (containers of
+    one pod share a hostname and may share /tmp; a reviewer). Directories without an owner file
+    (being made, or older versions') are left alone."""
     for entry in os.scandir(tmp):
-        rest = entry.name[len(_STAGING_PREFIX):] if entry.name.startswith(_STAGING_PREFIX) else ""
-        owner, sep, pid = rest[:-9].rpartition("-") if len(rest) > 9 else ("", "", "")
-        if not sep or owner != host or not pid.isdigit() or not entry.is_dir(follow_symlinks=False):
+        if not entry.name.startswith(_STAGING_PREFIX) or not entry.is_dir(follow_symlinks=False):
             continue
         try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(entry.path, ignore_errors=True)
-        except OSError:  # alive under another user
-            pass
+            fd = os.open(os.path.join(entry.path, _OWNER), os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: its driver runs
+            os.close(fd)
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        os.close(fd)
 
 
 def _staging_dir() -> str:
     """One directory per driver process for the files it ships, removed when the process exits
-    (and by a later driver on the same host when it was killed): Spark serves them from there
-    to executors until its context stops, and each build left its own behind (a full copy of a
-    model or index where the temporary directory is another filesystem; 347 of them in one
-    /tmp; found by a tester)."""
+    (and by a later driver when it was killed): Spark serves them from there to executors until
+    its context stops, and each build left its own behind (a full copy of a model or index where
+    the temporary directory is another filesystem; 347 of them in one /tmp; found by a tester)."""
     if not _STAGING:
         tmp = tempfile.gettempdir()
         _sweep_dead_drivers(tmp)
-        path = tempfile.mkdtemp(prefix=_STAGING_PREFIX + _owner_tag(), dir=tmp)
+        path = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=tmp)
+        # Locked before it takes its name, so a sweep never sees it unlocked.
+        owner = open(os.path.join(path, _OWNER + ".new"), "w")
+        fcntl.flock(owner, fcntl.LOCK_EX)
+        os.rename(os.path.join(path, _OWNER + ".new"), os.path.join(path, _OWNER))
         atexit.register(shutil.rmtree, path, True)
-        _STAGING.append(path)
+        _STAGING.extend([path, owner])
     return _STAGING[0]
 
 
