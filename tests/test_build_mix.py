@@ -701,3 +701,14 @@ def test_a_file_two_sources_match_is_refused_at_listing(tmp_path):
         list_inputs(manifest_from_dict(spec))
     spec["sources"][0]["paths"] = ["web/*.jsonl", "web/a.jsonl"]  # overlap within a source: listed once
     assert [len(files) for files in list_inputs(manifest_from_dict(spec)).files] == [1, 1]
+    # however the path is spelled: a symlinked directory, `//` (a reviewer)
+    import os
+
+    os.symlink("web", tmp_path / "alias")
+    spec["sources"][0]["paths"] = ["web/*.jsonl", "alias/a.jsonl"]
+    assert [[f.name for f in files] for files in list_inputs(manifest_from_dict(spec)).files] == [
+        ["web/a.jsonl"], ["other/o.jsonl"]]
+    for spelled in ("alias/a.jsonl", str(tmp_path) + "//web/a.jsonl"):
+        spec["sources"][1]["paths"] = ["other/*.jsonl", spelled]
+        with pytest.raises(BuildError, match=r"matched by more than one source"):
+            list_inputs(manifest_from_dict(spec))

@@ -214,8 +214,21 @@ def list_inputs(manifest: Manifest) -> Listing:
         # Joined with a source's paths it would be read as a pattern: /data[1] matched /data1 (found by a tester).
         raise BuildError(f"data root {manifest.data_root!r} holds glob characters (* ? [), which the listing would "
                          "read as a pattern; rename the directory (or link it under a plain name)")
+    real_dirs: dict[str, str] = {}
+
+    def file_key(uri: str) -> str:
+        """One key per file however its path is spelled (a symlinked directory, `//`, `..`), as
+        `_regular` folds a name reached through several directories: across patterns and sources
+        the spellings were told apart (found by a reviewer)."""
+        if uri.startswith("s3://"):
+            return uri
+        parent, name = os.path.split(uri)
+        if parent not in real_dirs:
+            real_dirs[parent] = os.path.realpath(parent)
+        return os.path.join(real_dirs[parent], name)
+
     for source in manifest.sources:
-        found: dict[str, InputFile] = {}
+        found: dict[str, InputFile] = {}  # by file_key; the shortest spelling (as `_regular`)
         for pattern in source.paths:
             location = manifest.resolve(pattern)
             lister = _list_s3 if location.startswith("s3://") else _list_local
@@ -228,19 +241,22 @@ def list_inputs(manifest: Manifest) -> Listing:
             if not matched and not refused:
                 problems.append(f"source {source.name!r}: no input files match {location!r}")
             for uri, size, version in matched:
-                found.setdefault(uri, InputFile(source.name, uri, _relative_name(uri, manifest.data_root), size,
-                                                version, source.format))
-        long = [(uri, n) for uri in found if (n := _name_too_long(uri))]
+                key = file_key(uri)
+                seen = found.get(key)
+                if seen is None or (len(uri), uri) < (len(seen.uri), seen.uri):
+                    found[key] = InputFile(source.name, uri, _relative_name(uri, manifest.data_root), size, version,
+                                           source.format)
+        long = [(f.uri, n) for f in found.values() if (n := _name_too_long(f.uri))]
         if long:
             problems.append(f"source {source.name!r}: {len(long)} input file name(s) longer than {MAX_NAME_BYTES} "
                             f"bytes, which its attribute files cannot be named after (first: {long[0][0]}, "
                             f"{long[0][1]} bytes); rename them")
         files.append(sorted(found.values(), key=lambda f: f.name))
-    owners: dict[str, list[str]] = {}
+    owners: dict[str, tuple[str, list[str]]] = {}
     for source, listed in zip(manifest.sources, files):
         for f in listed:
-            owners.setdefault(f.uri, []).append(source.name)
-    shared = [(uri, names) for uri, names in owners.items() if len(names) > 1]
+            owners.setdefault(file_key(f.uri), (f.uri, []))[1].append(source.name)
+    shared = [held for held in owners.values() if len(held[1]) > 1]
     if shared:  # read, counted and mixed once per source, unsaid (found by a tester)
         uri, names = shared[0]
         problems.append(f"{len(shared)} input file(s) matched by more than one source (first: {uri}, by "
