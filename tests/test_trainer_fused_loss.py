@@ -411,9 +411,11 @@ def test_train_step_with_the_instance_filter_fused_and_plain_give_the_reference_
     """The training path after the merge: Trainer.train_step uses the fused output layer + loss
     for every micro-batch by default; with OLMo 2's instance filter, label masks and gradient
     accumulation (4 micro-batches of 1, two of them filtered whole), the filtered instances
-    contribute no label and the loss is divided by the step's remaining targets only. Both
-    loss paths give the loss and gradients of a reference computed here from the raw tokens,
-    and differ from a wrong normalisation that counts the filtered instances' tokens."""
+    contribute no label, and count seq_len zero-loss targets each in the denominator, as
+    OLMo-core's train module adds them back (`batch_num_tokens_for_loss += (~instance_mask).sum()
+    * seq_len`; dividing by the remaining targets only gave a larger loss and gradient than
+    OLMo-core's on such steps, found by a tester). Both loss paths give the loss and gradients
+    of a reference computed here from the raw tokens."""
     cfg = ModelConfig(d_model=32, n_layers=2, n_heads=4, vocab_size=500, max_seq_len=64)
     tokens, mask = filtered_mix(tmp_path / "data", 64, 4, filtered={0, 2})
     fused_run = one_train_step(tmp_path / "data", tmp_path / "a", cfg, monkeypatch)
@@ -441,8 +443,9 @@ def test_train_step_with_the_instance_filter_fused_and_plain_give_the_reference_
     logits = ref(batch.input_ids).flatten(0, 1)
     targets = expected.flatten()
     valid = targets != IGNORE_INDEX
-    ce = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum") / n_targets
-    z = 1e-2 * (torch.logsumexp(logits, -1).square() * valid).sum() / n_targets
+    olmo_core_count = n_targets + 2 * 64  # the two filtered instances, seq_len each
+    ce = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum") / olmo_core_count
+    z = 1e-2 * (torch.logsumexp(logits, -1).square() * valid).sum() / olmo_core_count
     (ce + z).backward()
     for logged in (sums, plain_sums):
         assert logged[0].item() == pytest.approx((ce + z).item(), rel=1e-5)
@@ -452,8 +455,8 @@ def test_train_step_with_the_instance_filter_fused_and_plain_give_the_reference_
         assert_rel(grads[name], p.grad, rel=2e-5)
         assert_rel(plain_grads[name], p.grad, rel=2e-5)
         assert_rel(grads[name], plain_grads[name], rel=2e-5)
-    # had the filtered instances' 2 x 63 labels been counted, the loss would be this much smaller
-    wrong = (ce + z).item() * n_targets / (n_targets + 2 * 63)
+    # divided by the remaining targets only (the earlier rule), the loss would be this much larger
+    wrong = (ce + z).item() * olmo_core_count / n_targets
     assert sums[0].item() != pytest.approx(wrong, rel=1e-3)
 
 

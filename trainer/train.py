@@ -20,6 +20,9 @@ world size: ranks all-reduce their target counts (a device tensor with NCCL, so 
 host sync) and divide their sums by global count / world size, which DDP's and FSDP's
 gradient averaging turns back into the exact global mean. With label masks the ranks hold
 different numbers of targets, and a mean of per-rank means would weight tokens unequally.
+An instance the instance filter ignores counts `seq_len` zero-loss targets in that count, as
+OLMo-core's train module adds them back (`batch_num_tokens_for_loss += (~instance_mask).sum()
+* seq_len`): its step loss and gradient are OLMo-core's, not 1/(1 - filtered share) larger.
 """
 
 from __future__ import annotations
@@ -274,7 +277,8 @@ class Trainer:
         tc = self.run.train
         set_lr(self.optimizer, self.schedule.lr_at(self.step))
         batch = self.loader.next_batch().to(self.env.device)
-        denominator = self._loss_denominator(batch.n_targets)
+        # Filtered instances count as zero-loss targets, as in OLMo-core (module docstring).
+        denominator = self._loss_denominator(batch.n_targets + batch.instances_filtered * tc.seq_len)
         is_ddp = isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
         mb = tc.micro_batch_size
         for i in range(self.accum):
