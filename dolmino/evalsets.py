@@ -708,7 +708,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{r['task']:<32} {r['split']:<11} {r['instances']:>9}  {r['paper']:<18} {r['note']}")
             print(f"{'total':<32} {'':<11} {sum(r['instances'] for r in rows):>9}")
         return 0
-    for r in coverage():
+    try:
+        rows = coverage()
+    except AssetError as exc:  # a traceback (a tester); `list` said it in one line already
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for r in rows:
         status = "MISSING" if r["missing"] else ", ".join(r["packaged"])
         print(f"{r['spec']:<18} {r['task']:<16} {status}" + (f"  ({r['note']})" if r["note"] else ""))
     return 0

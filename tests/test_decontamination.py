@@ -736,3 +736,43 @@ def test_coverage_warns_of_an_exclusion_that_names_nothing(suite_index, capsys):
     """Found by a tester: the text output of `coverage` was silent about a misspelt --exclude-tasks."""
     assert decon.main(["coverage", "--index", suite_index, "--exclude-tasks", "gsm8kk"]) == 0
     assert "warning: gsm8kk names no eval set of the index" in capsys.readouterr().err
+
+
+def test_a_flipped_bit_in_an_index_is_caught_before_use(tmp_path, suite_index, capsys):
+    """The arrays are memory-mapped and no CRC was read: one flipped byte in the hashes stopped an
+    eval n-gram from being found, unsaid (found by a tester). `check_index_file` (the build's
+    driver, `filters.decontamination check`) tests every member's CRC-32."""
+    import shutil
+    import zipfile
+
+    from filters.decontamination import check_index_file, main
+
+    check_index_file(suite_index)
+    flipped = tmp_path / "flipped.npz"
+    shutil.copy(suite_index, flipped)
+    with zipfile.ZipFile(flipped) as zf:
+        info = zf.getinfo("hashes.npy")
+        offset = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.file_size // 2
+    with open(flipped, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0x10]))
+    with pytest.raises(IndexFileError, match="hashes.npy fails its CRC-32 check"):
+        check_index_file(str(flipped))
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"id": "1", "text": "hello"}\n')
+    assert main(["check", "--index", str(flipped), "--input", str(docs), "--no-tokens"]) == 2
+    assert "fails its CRC-32 check" in capsys.readouterr().err
+
+
+def test_check_says_an_unknown_exclusion_in_one_warning_line(tmp_path, suite_index, capsys):
+    """`check --exclude-tasks gsm8` printed Python's warning format, the source line under it (a tester)."""
+    from filters.decontamination import main
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"id": "1", "text": "hello"}\n')
+    assert main(["check", "--index", suite_index, "--input", str(docs), "--no-tokens", "--exclude-tasks",
+                 "gsm8"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "gsm8" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: ") and "UnknownExclusionWarning" not in warned[0]

@@ -118,7 +118,7 @@ def _check_index(spec: dict, resources: dict, where: str) -> None:
     the index as the manifest names it; in the executors it failed after the tag phase began,
     as a Spark traceback naming a node's cache path (found by a tester). The driver reads the
     index's metadata for the report anyway."""
-    from filters.decontamination import IndexFileError, read_index_meta
+    from filters.decontamination import IndexFileError, check_index_file
 
     from dolmino.build.resources import localize
 
@@ -127,7 +127,7 @@ def _check_index(spec: dict, resources: dict, where: str) -> None:
     resource = resources[spec["index_path"]]
     path = localize(resource._replace(shipped_as=None))
     try:
-        read_index_meta(path)
+        check_index_file(path)
     except IndexFileError as exc:
         raise BuildError(f"{where}.index_path: {str(exc).replace(path, resource.uri)}") from None
 
