@@ -44,6 +44,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
+from dolmino.argtypes import positive_int
 from dolmino.checksums import sha256_file
 from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import Manifest, load_manifest
@@ -437,17 +438,6 @@ def place_lock(out: str, lock_path: str | None) -> None:
 # ---------------------------------------------------------------------------- command line
 
 
-def _threads(text: str) -> int:
-    """An argparse type: a thread count of at least 1 (0 or less was taken as 1 unsaid)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from dolmino.plan import HelpFormatter
 
@@ -466,7 +456,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--check", action="store_true", help="do not write: compare with the lock, exit 1 on drift")
     parser.add_argument("--rehash", action="store_true", help="with --check: re-hash every local input, not only "
                                                               "those whose mtime moved")
-    parser.add_argument("--jobs", type=_threads, default=min(8, os.cpu_count() or 1), help="hashing threads")
+    parser.add_argument("--jobs", type=positive_int, default=min(8, os.cpu_count() or 1), help="hashing threads")
     return parser.parse_args(argv)
 
 

@@ -41,6 +41,7 @@ import re
 import sys
 from typing import NamedTuple
 
+from dolmino.argtypes import positive_int
 from dolmino.manifest import format_count
 
 CHART_DPI = 144  # PNG pixels per inch (sharp on high-density screens); shown at 96 px per inch
@@ -791,22 +792,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "with charts (report-*.png): mix composition, removals by reason, tokens per document, "
                     "decontamination hits.")
     parser.add_argument("build_dir", help="a finished build (holds report.json): local directory or s3:// prefix")
-    parser.add_argument("--sample-parts", type=_positive, default=8,
+    parser.add_argument("--sample-parts", type=positive_int, default=8,
                         help="builds whose report.json has no tokens-per-document histogram (older builds): read "
                              "the sidecars of this many evenly spaced parts for it; current builds record it whole")
     parser.add_argument("--all-parts", action="store_true",
                         help="older builds: read every part's sidecar (exact, slower); current builds need neither")
     return parser.parse_args(argv)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:  # 0 and -1 were taken as 1, unsaid (found by a tester)
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 import csrc
+from dolmino.argtypes import at_least
 
 DEFAULT_VOCAB_SIZE = 100278
 DEFAULT_EOS_ID = 100257
@@ -413,29 +414,15 @@ def validate_build(build_dir: str | Path, *, vocab_size: int | None = None, eos_
     return result
 
 
-
-def _at_least(low: int):
-    """An argparse type: an integer >= low (an impossible --vocab-size or --eos-id called a good
-    build INVALID, exit 1, where a usage error is due; found by a tester)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-    return parse
-
 def main(argv: list[str] | None = None) -> int:
     from dolmino.help_format import DefaultsHelpFormatter
 
     parser = argparse.ArgumentParser(prog="dolmino validate", description=__doc__.split("\n\n")[0],
                                      formatter_class=DefaultsHelpFormatter)
     parser.add_argument("build_dir", help="a build's output directory (part-*.npy, part-*.csv.gz, manifest.json)")
-    parser.add_argument("--vocab-size", type=_at_least(1), default=None,
+    parser.add_argument("--vocab-size", type=at_least(1), default=None,
                         help=f"ids must be below this (default: the build's manifest.json, else {DEFAULT_VOCAB_SIZE})")
-    parser.add_argument("--eos-id", type=_at_least(0), default=None,
+    parser.add_argument("--eos-id", type=at_least(0), default=None,
                         help=f"end-of-document token (default: the build's manifest.json, else {DEFAULT_EOS_ID})")
     parser.add_argument("--backend", choices=csrc.BACKENDS, default="auto",
                         help="token scan implementation: the C++ extension, the numpy fallback, or auto "

@@ -6,6 +6,10 @@ from __future__ import annotations
 import argparse
 import re
 
+from dolmino.argtypes import positive_int  # counts of things; this module's API too
+
+__all__ = ["FLAG_OF_FIELD", "HelpFormatter", "in_flag_names", "parse_count", "positive_int"]
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Appends "(default: X)" to every option that has one; an option whose default is None
@@ -28,16 +32,6 @@ def parse_count(text: str) -> int:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
-
-def positive_int(text: str) -> int:
-    """An argparse type for counts of things (checkpoints, threads, instances): an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 # TrainConfig's fields whose flag is not the field's name with dashes.
