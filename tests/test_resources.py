@@ -162,11 +162,15 @@ def test_a_killed_drivers_staging_is_removed_by_the_next_driver(tmp_path):
         killed.send_signal(signal.SIGKILL)
         killed.wait()
         (tmp_path / "dolmino-ship-old").mkdir()  # an earlier version's: no owner file
+        other_host = tmp_path / "dolmino-ship-not-this-host-7-abcd1234"  # its locks may be host-local (NFS)
+        other_host.mkdir()
+        (other_host / ".owner").write_text("")
         new = subprocess.run([sys.executable, "-c", stage], env=env, cwd=repo, capture_output=True, text=True)
         assert new.returncode == 0, new.stderr
         time.sleep(0.1)
         assert os.path.isdir(live_dir) and not os.path.exists(killed_dir) and elsewhere.is_dir()
         assert (tmp_path / "dolmino-ship-old").is_dir() and not os.path.exists(new.stdout.strip())
+        assert other_host.is_dir()
     finally:
         for proc in (live, other):
             proc.kill()
@@ -221,3 +225,25 @@ def test_a_node_whose_cache_cannot_be_made_is_one_line(s3_server, tmp_path, monk
 
     said = executor_failure(PythonException(f"Traceback ...\ndolmino.errors.BuildError: {line}\n"))
     assert said == f"in an executor: BuildError: {line}"
+
+
+def test_a_forked_child_leaves_its_parents_staging_alone(tmp_path):
+    """The exit handler was inherited by a forked child: its normal exit removed the directory its
+    parent still served files from (found by a reviewer)."""
+    import subprocess
+    import sys
+
+    script = """
+import os, sys, time
+from dolmino.build.resources import _staging_dir
+path = _staging_dir()
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)
+os.waitpid(pid, 0)
+print(os.path.isdir(path))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "TMPDIR": str(tmp_path)}, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode == 0 and proc.stdout.strip() == "True", proc
+    assert list(tmp_path.iterdir()) == []  # the parent's exit removed it

@@ -95,14 +95,22 @@ _STAGING_PREFIX = "dolmino-ship-"
 _OWNER = ".owner"  # locked (flock) while its driver runs: the kernel releases it when the process ends
 
 
+def _host_prefix() -> str:
+    import socket
+
+    return f"{_STAGING_PREFIX}{socket.gethostname()}-"
+
+
 def _sweep_dead_drivers(tmp: str) -> None:
-    """Remove staging directories whose driver no longer runs (killed: no exit handler ran). A
-    driver holds an exclusive lock on its directory's owner file for its whole life, so the lock
-    is free only once it has ended: a PID would not say so across PID namespaces (containers of
-    one pod share a hostname and may share /tmp; a reviewer). Directories without an owner file
-    (being made, or older versions') are left alone."""
+    """Remove this host's staging directories whose driver no longer runs (killed: no exit
+    handler ran). A driver holds an exclusive lock on its directory's owner file for its whole
+    life, so the lock is free only once it has ended: a PID would not say so across PID
+    namespaces (containers of one pod share a hostname and may share /tmp; a reviewer). Other
+    hosts' directories (a /tmp shared over NFS, whose locks may be host-local) and directories
+    without an owner file (being made, or older versions') are left alone."""
+    prefix = _host_prefix()
     for entry in os.scandir(tmp):
-        if not entry.name.startswith(_STAGING_PREFIX) or not entry.is_dir(follow_symlinks=False):
+        if not entry.name.startswith(prefix) or not entry.is_dir(follow_symlinks=False):
             continue
         try:
             fd = os.open(os.path.join(entry.path, _OWNER), os.O_RDONLY)
@@ -110,27 +118,42 @@ def _sweep_dead_drivers(tmp: str) -> None:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held: its driver runs
+        except OSError:  # held: its driver runs (or this filesystem has no locks: then never swept)
             os.close(fd)
             continue
         shutil.rmtree(entry.path, ignore_errors=True)
         os.close(fd)
 
 
+def _remove_if_mine(path: str, pid: int) -> None:
+    """The exit handler: a child forked from the driver inherits it, and its exit removed the
+    directory its parent still served files from (a reviewer)."""
+    if os.getpid() == pid:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _staging_dir() -> str:
     """One directory per driver process for the files it ships, removed when the process exits
-    (and by a later driver when it was killed): Spark serves them from there to executors until
-    its context stops, and each build left its own behind (a full copy of a model or index where
-    the temporary directory is another filesystem; 347 of them in one /tmp; found by a tester)."""
+    (and by a later driver on the host when it was killed): Spark serves them from there to
+    executors until its context stops, and each build left its own behind (a full copy of a
+    model or index where the temporary directory is another filesystem; 347 of them in one
+    /tmp; found by a tester)."""
     if not _STAGING:
         tmp = tempfile.gettempdir()
         _sweep_dead_drivers(tmp)
-        path = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=tmp)
-        # Locked before it takes its name, so a sweep never sees it unlocked.
-        owner = open(os.path.join(path, _OWNER + ".new"), "w")
-        fcntl.flock(owner, fcntl.LOCK_EX)
-        os.rename(os.path.join(path, _OWNER + ".new"), os.path.join(path, _OWNER))
-        atexit.register(shutil.rmtree, path, True)
+        path = tempfile.mkdtemp(prefix=_host_prefix(), dir=tmp)
+        atexit.register(_remove_if_mine, path, os.getpid())
+        # Locked before it takes its name, so a sweep never sees it unlocked. A filesystem without
+        # locks (NFS without lockd): no owner file, never swept, still removed at exit.
+        pending = os.path.join(path, _OWNER + ".new")
+        owner = open(pending, "w")
+        try:
+            fcntl.flock(owner, fcntl.LOCK_EX)
+            os.rename(pending, os.path.join(path, _OWNER))
+        except OSError:
+            owner.close()
+            owner = None
+            os.remove(pending)
         _STAGING.extend([path, owner])
     return _STAGING[0]
 
