@@ -712,3 +712,9 @@ def test_a_file_two_sources_match_is_refused_at_listing(tmp_path):
         spec["sources"][1]["paths"] = ["other/*.jsonl", spelled]
         with pytest.raises(BuildError, match=r"matched by more than one source"):
             list_inputs(manifest_from_dict(spec))
+    # an absolute path through '..' named its input "../...": attribute files outside their set (a reviewer)
+    (tmp_path.parent / f"{tmp_path.name}-outside").mkdir()
+    (tmp_path.parent / f"{tmp_path.name}-outside" / "x.jsonl").write_text(json.dumps({"id": "x", "text": "t"}) + "\n")
+    spec["sources"][1]["paths"] = ["other/*.jsonl", f"{tmp_path}/../{tmp_path.name}-outside/x.jsonl"]
+    with pytest.raises(BuildError, match=r"source 'other': 1 input path\(s\) go through '\.\.'"):
+        list_inputs(manifest_from_dict(spec))

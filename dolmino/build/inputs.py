@@ -246,6 +246,10 @@ def list_inputs(manifest: Manifest) -> Listing:
                 if seen is None or (len(uri), uri) < (len(seen.uri), seen.uri):
                     found[key] = InputFile(source.name, uri, _relative_name(uri, manifest.data_root), size, version,
                                            source.format)
+        dotted = sorted(f.uri for f in found.values() if ".." in f.name.split("/"))
+        if dotted:  # the name keys attribute files and `loc`: a `..` in it left its directory (a reviewer)
+            problems.append(f"source {source.name!r}: {len(dotted)} input path(s) go through '..' (first: "
+                            f"{dotted[0]}); write them without '..' (or under the data root)")
         long = [(f.uri, n) for f in found.values() if (n := _name_too_long(f.uri))]
         if long:
             problems.append(f"source {source.name!r}: {len(long)} input file name(s) longer than {MAX_NAME_BYTES} "
