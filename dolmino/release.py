@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -588,8 +589,12 @@ def read_release(release_uri: str) -> dict:
     bucket, key_prefix, name = split_release(release_uri)
     record = _get_json(bucket, key_prefix + RELEASE_FILE)
     if record is None:
-        leftovers = next(s3.iter_keys(bucket, key_prefix), None)
-        if leftovers is not None:
+        below = [key[len(key_prefix):] for key, _size in itertools.islice(s3.iter_keys(bucket, key_prefix), 10_000)]
+        nested = sorted({rel.rsplit("/", 1)[0] for rel in below if rel.endswith("/" + RELEASE_FILE)})
+        if nested:  # a releases root read as an interrupted publish (a tester)
+            raise ReleaseNotFoundError(f"{release_uri} holds other releases ({', '.join(nested[:5])}): name one "
+                                       "release, not a releases root")
+        if below:
             raise ReleaseNotFoundError(f"{release_uri}: incomplete release (objects but no {RELEASE_FILE}: "
                                        "a publish was interrupted or is still running)")
         raise ReleaseNotFoundError(f"{release_uri}: no such release")
@@ -621,12 +626,14 @@ def _check_is_release(bucket: str, key_prefix: str, release_uri: str,
     nested, foreign, staged = [], [], False
     for key, _size in s3.iter_keys(bucket, key_prefix):
         rel = key[len(key_prefix):]
-        if _group_of(rel) is not None:
-            staged = True
-            continue
         if rel == RELEASE_FILE or rel in own:
             continue
-        (nested if rel.endswith("/" + RELEASE_FILE) else foreign).append(rel)
+        if rel.endswith("/" + RELEASE_FILE):  # also below data/<id>/: a release named like a publish id
+            nested.append(rel)  # was taken for staged objects and deleted by clean (found by a tester)
+        elif _group_of(rel) is not None:
+            staged = True
+        else:
+            foreign.append(rel)
     if nested:
         names = ", ".join(sorted({r.rsplit("/", 1)[0] for r in nested})[:5])
         raise ReleaseError(f"{release_uri} holds other releases ({names}): name one release, not a releases root; "
@@ -658,11 +665,17 @@ def _leftover_groups(bucket: str, key_prefix: str, record: dict | None) -> dict[
             return None
         return groups.setdefault(name, {"keys": [], "uploads": [], "last": datetime.min.replace(tzinfo=timezone.utc)})
 
+    releases = set()  # groups holding a commit record: another release, never a leftover
     for obj in s3.iter_objects(bucket, key_prefix):
-        g = group(obj["Key"][len(key_prefix):])
+        rel = obj["Key"][len(key_prefix):]
+        g = group(rel)
         if g is not None:
             g["keys"].append(obj["Key"])
             g["last"] = max(g["last"], obj["LastModified"])
+            if rel.endswith("/" + RELEASE_FILE):
+                releases.add(_group_of(rel))
+    for name in releases:
+        del groups[name]
     cl = s3.client()
     for upload in _multipart_uploads(bucket, key_prefix):
         g = group(upload["Key"][len(key_prefix):])
@@ -762,6 +775,11 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
 
     if _get_json(bucket, key_prefix + RELEASE_FILE) is not None:
         raise exists_error()
+    parts = key_prefix.split("/")[:-2]
+    for above in ("/".join(parts[:i]) + "/" for i in range(1, len(parts) + 1)):
+        if _get_json(bucket, above + RELEASE_FILE) is not None:  # its clean would take this for leftovers
+            raise ReleaseError(f"{release_uri}: inside the release s3://{bucket}/{above.rstrip('/')}; publish "
+                               "releases side by side under a releases root, not into one")
     _clean_leftovers(bucket, key_prefix, stale_after_s, release_uri, log)
 
     publish_id = new_publish_id()
@@ -1009,6 +1027,9 @@ def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log
                     cl.download_file(bucket, objects + entry["path"], local, Config=config, Callback=bar.add_bytes)
                 except ClientError as exc:
                     if s3.is_missing_object(exc):
+                        if _get_json(bucket, key_prefix + RELEASE_FILE) is None:  # "damaged" sent teams
+                            raise ReleaseNotFoundError(f"{release_uri}: deleted while this pull ran ({entry['path']}"
+                                                       " was gone); nothing was kept") from None  # hunting (a tester)
                         raise ReleaseIntegrityError(
                             f"{entry['path']}: listed in {RELEASE_FILE} but missing from s3://{bucket}/{objects}; "
                             "the release is damaged") from None
@@ -1105,9 +1126,10 @@ def delete(release_uri: str, *, log: Log = _quiet, stale_after_s: float = DEFAUL
         except ReleaseError:
             record = None  # unreadable commit record: removed below, the rest treated as leftovers
     foreign, staged = _check_is_release(bucket, key_prefix, release_uri, record)
-    if not committed and not staged:
-        raise ReleaseNotFoundError(f"{release_uri}: no such release" + (" (nor a publish's staged objects)"
-                                                                         if foreign else ""))
+    if not committed:  # "deleted (0 objects)" while a publish of it was uploading, about to commit (a tester)
+        raise ReleaseNotFoundError(f"{release_uri}: no such release" + (
+            " (only a publish's staged objects: it is running, or was killed; `dolmino release clean` removes "
+            "them once idle)" if staged else " (nor a publish's staged objects)" if foreign else ""))
     removed = 0
     if committed:
         s3.client().delete_object(Bucket=bucket, Key=key_prefix + RELEASE_FILE)
@@ -1254,6 +1276,9 @@ def main(argv: list[str] | None = None) -> int:
     except ReleaseIntegrityError as exc:
         print(f"release: error: {s3.redact(str(exc))}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a 40-line traceback through s3transfer's threads (a tester); cleanup has run
+        print("release: interrupted", file=sys.stderr)
+        return 130
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -899,3 +899,53 @@ def test_a_store_that_does_not_implement_if_none_match_is_refused_or_published_u
 
     _refused_then_published_anyway(small_builds, root, capsys, "before-call.s3.PutObject", not_implemented,
                                    "does not implement If-None-Match on PUT (it answered NotImplemented)")
+
+
+def test_a_team_sharing_a_bucket_cannot_lose_a_release_or_be_misled(build_dir, root, tmp_path, monkeypatch, capsys):
+    """Found by a tester: clean of NAME removed a release committed below its data/<publish id>/
+    (named like a publish id), and publish accepted such a root; delete of a name with only a
+    running publish's staged objects said "deleted (0 objects)"; pull and verify of a releases
+    root said "incomplete release"; a pull racing a delete said "damaged"; Ctrl-C printed a
+    traceback."""
+    bucket, prefix = s3.split_uri(root)
+    cl = s3.client()
+    record = _publish(build_dir, root, "mix")
+    inner = f"{prefix}/mix/data/20250101T000000Z-00000000abcd".lstrip("/")
+    cl.put_object(Bucket=bucket, Key=f"{inner}/RELEASE.json", Body=json.dumps({**record, "name": "x"}).encode())
+    cl.put_object(Bucket=bucket, Key=f"{inner}/data/{record['data_prefix'].split('/')[1]}/part-00000.npy", Body=b"x")
+    for command in (lambda: release.clean(f"{root}/mix", older_than_s=0),
+                    lambda: release.delete(f"{root}/mix", stale_after_s=0)):
+        with pytest.raises(release.ReleaseError, match="holds other releases"):
+            command()
+    assert len(list(s3.iter_keys(bucket, inner + "/"))) == 2
+    with pytest.raises(release.ReleaseError, match="inside the release s3://.*/mix; publish releases side by side"):
+        _publish(build_dir, f"{root}/mix/data", "20250101T000000Z-00000000abce")
+
+    cl.put_object(Bucket=bucket, Key=f"{prefix}/running/data/20250101T000000Z-00000000abcd/part-00000.npy".lstrip("/"),
+                  Body=b"staged")
+    with pytest.raises(release.ReleaseNotFoundError, match="no such release .only a publish's staged objects"):
+        release.delete(f"{root}/running", stale_after_s=0)
+
+    for command in (lambda: release.pull(root, str(tmp_path / "p")), lambda: release.verify(root)):
+        with pytest.raises(release.ReleaseNotFoundError, match="holds other releases .*: name one release"):
+            command()
+
+    _publish(build_dir, root, "gone")
+    real = release._check_local
+
+    def delete_after_first(path, entry):
+        real(path, entry)
+        gone = f"{prefix}/gone/".lstrip("/")
+        s3.delete_keys(bucket, [key for key, _ in s3.iter_keys(bucket, gone)])
+
+    monkeypatch.setattr(release, "_check_local", delete_after_first)
+    with pytest.raises(release.ReleaseNotFoundError, match="deleted while this pull ran"):
+        release.pull(f"{root}/gone", str(tmp_path / "g"))
+    assert not (tmp_path / "g").exists()
+
+    def interrupted(_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(release, "_run", interrupted)
+    capsys.readouterr()
+    assert release.main(["list", root]) == 130 and capsys.readouterr().err == "release: interrupted\n"
