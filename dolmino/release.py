@@ -1000,6 +1000,9 @@ def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log
     dest = os.path.abspath(dest)
     if os.path.lexists(dest) and not (os.path.isdir(dest) and not os.path.islink(dest) and not os.listdir(dest)):
         raise ReleaseError(f"{dest}: already exists; pull into a new directory")
+    if os.path.isdir(dest) and os.path.ismount(dest):  # the download went to the parent's disk, then failed
+        raise ReleaseError(f"{dest}: a mount point, which a finished pull cannot be renamed onto; pull into a "
+                           f"new directory inside it (e.g. {os.path.join(dest, _name)})")  # (a tester)
     record = read_release(release_uri)
     objects = key_prefix + data_prefix_of(record)
     parent = os.path.dirname(dest)

@@ -949,3 +949,19 @@ def test_a_team_sharing_a_bucket_cannot_lose_a_release_or_be_misled(build_dir, r
     monkeypatch.setattr(release, "_run", interrupted)
     capsys.readouterr()
     assert release.main(["list", root]) == 130 and capsys.readouterr().err == "release: interrupted\n"
+
+
+def test_a_pull_into_a_mount_point_is_refused_before_downloading(build_dir, root, tmp_path, monkeypatch):
+    """An empty mounted volume as DEST: the release was downloaded beside it, onto the parent's
+    filesystem, then the rename failed with "another pull finished first?" (found by a tester)."""
+    _publish(build_dir, root, "m")
+    dest = tmp_path / "vol"
+    dest.mkdir()
+    real = os.path.ismount
+    monkeypatch.setattr(release.os.path, "ismount", lambda p: str(p) == str(dest) or real(p))
+    downloads = []
+    monkeypatch.setattr(release, "read_release", lambda uri: downloads.append(uri) or pytest.fail("read"))
+    with pytest.raises(release.ReleaseError, match=r"a mount point, .*pull into a new directory inside it \(e\.g\. "
+                                                   rf"{re.escape(str(dest / 'm'))}\)"):
+        release.pull(f"{root}/m", str(dest))
+    assert downloads == [] and list(tmp_path.iterdir()) == [dest]
