@@ -1028,6 +1028,9 @@ def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log
             with s3.about(f"s3://{bucket}/{objects}{entry['path']}"):  # botocore's message names no object
                 try:
                     cl.download_file(bucket, objects + entry["path"], local, Config=config, Callback=bar.add_bytes)
+                except OSError as exc:  # "[Errno 28] No space left on device" named no file (a tester)
+                    raise ReleaseError(f"{dest}: writing {entry['path']} into {tmp} failed: {exc.strerror or exc} "
+                                       "(nothing was kept)") from None
                 except ClientError as exc:
                     if s3.is_missing_object(exc):
                         if _get_json(bucket, key_prefix + RELEASE_FILE) is None:  # "damaged" sent teams
@@ -1183,7 +1186,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--part-size-mb", type=int, default=DEFAULT_PART_SIZE // (1024 * 1024),
                    help="multipart part size (and threshold) in MiB, at least 5")
     p.add_argument("--stale-after-hours", type=float, default=DEFAULT_STALE_AFTER_S / 3600,
-                   help="remove staged objects of earlier publishes of NAME idle this long")
+                   help="remove staged objects of earlier publishes of NAME idle this long (0: all of them; "
+                        "only when no other publish of NAME is running)")
     p.add_argument("--allow-unconditional-store", action="store_true",
                    help="publish to a store that ignores If-None-Match, where two publishes of one name at once "
                         "are not told apart (the later silently replaces the earlier)")
@@ -1199,7 +1203,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("release")
     p.add_argument("--yes", action="store_true", help="required: deleting a release cannot be undone")
     p.add_argument("--stale-after-hours", type=float, default=DEFAULT_STALE_AFTER_S / 3600,
-                   help="also remove staged objects of other publishes of NAME idle this long")
+                   help="also remove staged objects of other publishes of NAME idle this long (0: all of them; "
+                        "only when no publish of NAME is running)")
     p = sub.add_parser("clean", help="remove objects that interrupted or losing publishes left behind",
                        formatter_class=fmt)
     p.add_argument("release")

@@ -965,3 +965,20 @@ def test_a_pull_into_a_mount_point_is_refused_before_downloading(build_dir, root
                                                    rf"{re.escape(str(dest / 'm'))}\)"):
         release.pull(f"{root}/m", str(dest))
     assert downloads == [] and list(tmp_path.iterdir()) == [dest]
+
+
+def test_a_full_disk_during_pull_names_the_file_and_the_directory(build_dir, root, tmp_path, monkeypatch):
+    """"release: error: [Errno 28] No space left on device" named no file or directory (a tester)."""
+    import errno
+
+    _publish(build_dir, root, "full")
+    client = s3.client()
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(client, "download_file", full)
+    monkeypatch.setattr(release.s3, "client", lambda: client)
+    with pytest.raises(release.ReleaseError, match=r"dest: writing .* into .*\.dest\.pull-\w+ failed: No space left"):
+        release.pull(f"{root}/full", str(tmp_path / "dest"))
+    assert list(tmp_path.iterdir()) == []
