@@ -165,7 +165,7 @@ def test_assets_check_finds_the_cache_and_what_changed_in_it(tmp_path, monkeypat
     assert "MISSING" not in capsys.readouterr().out
     tokenizer = assets.dolma2_tokenizer_path()  # extracted from the checked wheel
     tokenizer.write_text(tokenizer.read_text().replace('"Hello":9906,', '"Hello":9907,', 1))
-    assert main(["assets", "--check"]) == 0 and "tokenizer: CHANGED" in capsys.readouterr().out
+    assert main(["assets", "--check"]) == 1 and "tokenizer: CHANGED" in capsys.readouterr().out
     assert assets._sha256(assets.dolma2_tokenizer_path()) == assets.DOLMA2_TOKENIZER_SHA256  # extracted again
     task = next((cache / "sdists").rglob("task.json"))
     data = task.read_bytes()
