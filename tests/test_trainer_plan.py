@@ -184,3 +184,13 @@ def test_init_step_without_a_checkpoint_sets_the_start(capsys):
                         "stage1-step500000-tokens2098B")
     assert out["lr"] == pretrain_schedule("olmo2-7b").lr_at(499_999)
     assert "--init-step stage1-step500000-tokens2098B" in out["lr_source"]
+
+
+def test_the_7b_recipe_stops_at_4t_on_its_5t_cosine(capsys):
+    """SPEC: 7B ran the 5T cosine and was truncated at 4T; the schedule without data showed the
+    whole 5T run (found by a tester). --horizon-tokens or --steps given still win."""
+    out = schedule_json(capsys, "--recipe", "olmo2-7b")
+    assert out["horizon_steps"] == math.ceil(5e12 / (1024 * 4096)) and out["steps"] == math.ceil(4e12 / (1024 * 4096))
+    assert out["tokens_source"] == "the olmo2-7b recipe's stop" and out["lr_at"]["last"]["lr"] > 3e-5
+    assert schedule_json(capsys, "--recipe", "olmo2-13b")["steps"] == math.ceil(5e12 / (2048 * 4096))
+    assert schedule_json(capsys, "--recipe", "olmo2-7b", "--steps", 10)["steps"] == 10

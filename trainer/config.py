@@ -171,7 +171,8 @@ REPETITION_MODES = ("instance_filter", "mask_spans", "off")
 
 # The paper's recipes (SPEC.md section 3), as defaults for `python -m trainer.run --recipe NAME`;
 # any flag given explicitly still wins. Pretraining: warm-up 2000 steps, cosine to 10% of
-# peak over 5T tokens (7B stopped at 4T: pass --steps for the truncation). Mid-training: the
+# peak over 5T tokens (7B stopped at 4T: `stop_tokens`, the length trainer.schedule shows
+# without data; a run's length comes from its data or --steps). Mid-training: the
 # same model and batch from a pretrained checkpoint (--init-from), no warm-up, learning rate
 # from where pretraining left it linearly to exactly 0 over one pass of the mix. All of them
 # decay norm gains (only embeddings are exempt) and filter whole instances with repeated
@@ -179,7 +180,8 @@ REPETITION_MODES = ("instance_filter", "mask_spans", "off")
 _OLMO2 = dict(repetition="instance_filter", decay_norms=True)
 RECIPES: dict[str, dict] = {
     "olmo2-7b": dict(model="olmo2-7b", seq_len=4096, batch_size=1024, lr=3e-4, warmup_steps=2000,
-                     schedule="cosine", final_lr_fraction=0.1, horizon_tokens=5 * 10**12, **_OLMO2),
+                     schedule="cosine", final_lr_fraction=0.1, horizon_tokens=5 * 10**12, stop_tokens=4 * 10**12,
+                     **_OLMO2),
     "olmo2-13b": dict(model="olmo2-13b", seq_len=4096, batch_size=2048, lr=9e-4, warmup_steps=2000,
                       schedule="cosine", final_lr_fraction=0.1, horizon_tokens=5 * 10**12, **_OLMO2),
     "olmo2-7b-anneal": dict(model="olmo2-7b", seq_len=4096, batch_size=1024, warmup_steps=0,

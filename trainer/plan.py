@@ -317,9 +317,10 @@ def anneal_start_lr(recipe: str, model: ModelConfig, init=None, step: int | None
         return lr, f"the checkpoint's own schedule ({_describe_schedule(schedule)}) at step {init.step:,}"
     pretrain = ANNEAL_RECIPES.get(recipe) or _pretrain_recipe_for(model)
     if pretrain is None:
-        where = init.describe() if init is not None else "no --init-from"
-        raise ValueError(f"cannot tell which LR pretraining reached: {where} records no schedule and the model is "
-                         f"not an OLMo 2 {'/'.join(STAGE1_END_STEP)} shape; pass --lr")
+        # "no --init-from records no schedule" read as a double negative (a tester)
+        where = f"{init.describe()} records no schedule" if init is not None else "there is no --init-from"
+        raise ValueError(f"cannot tell which LR pretraining reached: {where}, and the model is not an OLMo 2 "
+                         f"{'/'.join(STAGE1_END_STEP)} shape; pass --lr")
     schedule = pretrain_schedule(pretrain)
     if init is not None and init.step is not None:
         step, how = init.step, init.step_source
@@ -446,7 +447,10 @@ def schedule_main(argv: list[str] | None = None) -> int:
             paths = scan_data(paths)  # walked once for both checks
             tokens, source = data_tokens(paths)
         elif args.steps is None and args.horizon_tokens is not None:
-            tokens, source = args.horizon_tokens, "the schedule horizon"
+            stop = getattr(args, "stop_tokens", None) if "horizon_tokens" not in args.explicit else None
+            # SPEC: 7B ran the 5T cosine and stopped at 4T; the 5T length was shown (a tester)
+            tokens, source = (stop, f"the {args.recipe} recipe's stop") if stop else (args.horizon_tokens,
+                                                                                     "the schedule horizon")
         init = inspect_init(args)
         plan = make_plan(args, tokens, source, init)
         check_data_vocab(args, plan, init, paths)  # what trainer.run would refuse, refused here too
