@@ -733,8 +733,12 @@ def test_bad_values_and_paths_are_one_line_errors(data_dir, tmp_path, capsys):
     assert soup_main([str(run), str(run), str(run), "--no-hf"]) == 2
     assert "holds a trainer checkpoint or run (latest, step000001)" in capsys.readouterr().err
     assert not (run / "model.pt").exists()
+    (tmp_path / "afile").write_text("x")
     for flags, words in ((["--device", "tpu"], "trainer.eval: error: --device 'tpu'"),
                          (["--out", str(tmp_path)], f"--out {tmp_path} is a directory"),
+                         # a parent that is a file: a traceback after scoring, the results lost (a tester)
+                         (["--details", str(tmp_path / "afile" / "d.jsonl")], f"{tmp_path / 'afile'} is a file"),
+                         (["--out", str(tmp_path / "afile" / "r.json")], f"{tmp_path / 'afile'} is a file, not a"),
                          (["--tokenizer", str(tmp_path / "none.json")], "trainer.eval: error: --tokenizer: ")):
         assert eval_main(["--checkpoint", str(run), "--tasks", "arc_easy", "--limit", "1", *flags]) == 2
         err = capsys.readouterr().err

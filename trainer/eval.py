@@ -834,6 +834,19 @@ def main(argv: list[str] | None = None) -> int:
         if path and Path(path).is_dir():
             print(f"trainer.eval: error: {flag} {path} is a directory; give a file path", file=sys.stderr)
             return 2
+        # a parent that is a file, or cannot be made: a traceback after hours of scoring (a tester)
+        above = next((p for p in Path(path).absolute().parents if p.exists() and not p.is_dir()), None) if path \
+            else None
+        if above is not None:
+            print(f"trainer.eval: error: {flag} {path}: {above} is a file, not a directory", file=sys.stderr)
+            return 2
+        if path:
+            try:
+                Path(path).absolute().parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                print(f"trainer.eval: error: {flag} {path}: cannot make its directory ({exc.strerror or exc})",
+                      file=sys.stderr)
+                return 2
     try:
         if args.device is not None:
             pick_device(args.device)
