@@ -110,30 +110,44 @@ def _relative_name(path: str, root: str | None) -> str:
     return path.lstrip("/")
 
 
-def _regular(paths) -> list[tuple[str, os.stat_result]]:
-    """(path, stat) of the regular files among `paths`, sorted: one stat call each.
+class _Spellings:
+    """One entry per file however its path is spelled: a name reached through several directory
+    paths (symlinked directories: a `loop -> .` link gave the same file under web/loop/loop/...
+    forty times, each read as another input; `//`, `..`; found by testers) is kept once, under
+    its shortest path. Names are not merged: a symlinked or hard-linked file under a name of its
+    own is a file of its own, as a listing shows it. s3:// keys are compared as written."""
 
-    A name reached through several directory paths (symlinked directories: a `loop -> .` link
-    gave the same file under web/loop/loop/... forty times, each read as another input; found
-    by a tester) is listed once, under its shortest path. Names are not merged: a symlinked
-    or hard-linked file under a name of its own is an input of its own, as a listing shows it."""
-    found: dict[tuple[str, str], tuple[str, os.stat_result]] = {}
-    real_dirs: dict[str, str] = {}
+    def __init__(self):
+        self.real_dirs: dict[str, str] = {}  # each directory resolved once
+        self.kept: dict[str, tuple[str, object]] = {}  # key -> (shortest path, its value)
+
+    def key(self, path: str) -> str:
+        if path.startswith("s3://"):
+            return path
+        parent, name = os.path.split(path)
+        if parent not in self.real_dirs:
+            self.real_dirs[parent] = os.path.realpath(parent)
+        return os.path.join(self.real_dirs[parent], name)
+
+    def add(self, path: str, value) -> None:
+        key = self.key(path)
+        seen = self.kept.get(key)
+        if seen is None or (len(path), path) < (len(seen[0]), seen[0]):
+            self.kept[key] = (path, value)
+
+
+def _regular(paths) -> list[tuple[str, os.stat_result]]:
+    """(path, stat) of the regular files among `paths`, sorted, each file once (`_Spellings`):
+    one stat call each."""
+    found = _Spellings()
     for p in paths:
         try:
             st = os.stat(p)
         except OSError:
             continue
-        if not stat.S_ISREG(st.st_mode):
-            continue
-        parent, name = os.path.split(p)
-        if parent not in real_dirs:
-            real_dirs[parent] = os.path.realpath(parent)
-        key = (real_dirs[parent], name)
-        seen = found.get(key)
-        if seen is None or (len(p), p) < (len(seen[0]), seen[0]):
-            found[key] = (p, st)
-    return sorted(found.values(), key=lambda item: item[0])
+        if stat.S_ISREG(st.st_mode):
+            found.add(p, st)
+    return sorted(found.kept.values(), key=lambda item: item[0])
 
 
 def _expand_local_stat(pattern: str) -> tuple[list[tuple[str, os.stat_result]], bool]:
@@ -214,21 +228,10 @@ def list_inputs(manifest: Manifest) -> Listing:
         # Joined with a source's paths it would be read as a pattern: /data[1] matched /data1 (found by a tester).
         raise BuildError(f"data root {manifest.data_root!r} holds glob characters (* ? [), which the listing would "
                          "read as a pattern; rename the directory (or link it under a plain name)")
-    real_dirs: dict[str, str] = {}
-
-    def file_key(uri: str) -> str:
-        """One key per file however its path is spelled (a symlinked directory, `//`, `..`), as
-        `_regular` folds a name reached through several directories: across patterns and sources
-        the spellings were told apart (found by a reviewer)."""
-        if uri.startswith("s3://"):
-            return uri
-        parent, name = os.path.split(uri)
-        if parent not in real_dirs:
-            real_dirs[parent] = os.path.realpath(parent)
-        return os.path.join(real_dirs[parent], name)
-
+    # Across patterns and sources too: their spellings of one file were told apart (a reviewer).
+    owners: dict[str, tuple[str, list[str]]] = {}
     for source in manifest.sources:
-        found: dict[str, InputFile] = {}  # by file_key; the shortest spelling (as `_regular`)
+        found = _Spellings()
         for pattern in source.paths:
             location = manifest.resolve(pattern)
             lister = _list_s3 if location.startswith("s3://") else _list_local
@@ -241,25 +244,21 @@ def list_inputs(manifest: Manifest) -> Listing:
             if not matched and not refused:
                 problems.append(f"source {source.name!r}: no input files match {location!r}")
             for uri, size, version in matched:
-                key = file_key(uri)
-                seen = found.get(key)
-                if seen is None or (len(uri), uri) < (len(seen.uri), seen.uri):
-                    found[key] = InputFile(source.name, uri, _relative_name(uri, manifest.data_root), size, version,
-                                           source.format)
-        dotted = sorted(f.uri for f in found.values() if ".." in f.name.split("/"))
+                found.add(uri, (size, version))
+        listed = [InputFile(source.name, uri, _relative_name(uri, manifest.data_root), size, version, source.format)
+                  for uri, (size, version) in found.kept.values()]
+        for key, (uri, _) in found.kept.items():
+            owners.setdefault(key, (uri, []))[1].append(source.name)
+        dotted = sorted(f.uri for f in listed if ".." in f.name.split("/"))
         if dotted:  # the name keys attribute files and `loc`: a `..` in it left its directory (a reviewer)
             problems.append(f"source {source.name!r}: {len(dotted)} input path(s) go through '..' (first: "
                             f"{dotted[0]}); write them without '..' (or under the data root)")
-        long = [(f.uri, n) for f in found.values() if (n := _name_too_long(f.uri))]
+        long = [(f.uri, n) for f in listed if (n := _name_too_long(f.uri))]
         if long:
             problems.append(f"source {source.name!r}: {len(long)} input file name(s) longer than {MAX_NAME_BYTES} "
                             f"bytes, which its attribute files cannot be named after (first: {long[0][0]}, "
                             f"{long[0][1]} bytes); rename them")
-        files.append(sorted(found.values(), key=lambda f: f.name))
-    owners: dict[str, tuple[str, list[str]]] = {}
-    for source, listed in zip(manifest.sources, files):
-        for f in listed:
-            owners.setdefault(file_key(f.uri), (f.uri, []))[1].append(source.name)
+        files.append(sorted(listed, key=lambda f: f.name))
     shared = [held for held in owners.values() if len(held[1]) > 1]
     if shared:  # read, counted and mixed once per source, unsaid (found by a tester)
         uri, names = shared[0]
