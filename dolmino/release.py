@@ -71,10 +71,10 @@ import sys
 import time
 import uuid
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable, NamedTuple
 
 from dolmino import s3
+from dolmino.storage import file_above
 from dolmino.memmap import PART_FILE
 
 RELEASE_FILE = "RELEASE.json"
@@ -1006,9 +1006,8 @@ def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log
     record = read_release(release_uri)
     objects = key_prefix + data_prefix_of(record)
     parent = os.path.dirname(dest)
-    above = next((p for p in (parent, *map(str, Path(parent).parents)) if os.path.lexists(p)
-                  and not os.path.isdir(p)), None)
-    if above is not None:  # makedirs said "[Errno 17] File exists: <the file>" (a tester)
+    above = file_above(dest)
+    if above is not None:
         raise ReleaseError(f"{dest}: {above} is a file, not a directory; pull into a directory path")
     os.makedirs(parent, exist_ok=True)
     _remove_dead_pulls(parent, os.path.basename(dest), log)

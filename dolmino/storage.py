@@ -12,6 +12,7 @@ same on a laptop and on a cluster whose only shared storage is S3. One module, s
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from dolmino import s3
 
@@ -23,6 +24,13 @@ def is_remote(location: str) -> bool:
 def join(root: str, *names: str) -> str:
     """root/names...; "/" on both kinds of location (local paths here are POSIX)."""
     return "/".join([root.rstrip("/"), *names])
+
+
+def file_above(path: str) -> str | None:
+    """The nearest existing path above local `path` (its directory, then theirs) that is not a
+    directory: where making `path`'s directories would fail with "[Errno 17] File exists",
+    a message naming neither path (found by testers of pull and eval), or None."""
+    return next((str(p) for p in Path(path).absolute().parents if os.path.lexists(p) and not p.is_dir()), None)
 
 
 def read_bytes(path: str) -> bytes:

@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 
 from dolmino.s3 import local_path
+from dolmino.storage import file_above
 from trainer.cli import HelpFormatter, positive_int
 from trainer.config import ModelConfig
 from trainer.model import OLMo2, apply_rope
@@ -835,8 +836,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"trainer.eval: error: {flag} {path} is a directory; give a file path", file=sys.stderr)
             return 2
         # a parent that is a file, or cannot be made: a traceback after hours of scoring (a tester)
-        above = next((p for p in Path(path).absolute().parents if p.exists() and not p.is_dir()), None) if path \
-            else None
+        above = file_above(path) if path else None
         if above is not None:
             print(f"trainer.eval: error: {flag} {path}: {above} is a file, not a directory", file=sys.stderr)
             return 2
