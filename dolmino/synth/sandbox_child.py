@@ -33,13 +33,16 @@ def limit_resources(memory_bytes: int) -> None:
         pass
 
 
-def arm_cpu_limit(cpu_seconds: int) -> None:
+def arm_cpu_limit(cpu_seconds: int) -> float:
+    """Raise the CPU rlimit to the whole seconds spent so far + cpu_seconds; the CPU time spent
+    so far (what the next program's own time is measured from)."""
     spent = cpu_spent()
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
     soft = int(math.ceil(spent)) + cpu_seconds
     if hard != resource.RLIM_INFINITY:
         soft = min(soft, hard)
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+    return spent
 
 
 def render(value) -> str:
@@ -101,8 +104,7 @@ def main() -> None:
     for line in sys.stdin:
         try:
             request = json.loads(line)
-            arm_cpu_limit(cpu_seconds)
-            started = cpu_spent()
+            started = arm_cpu_limit(cpu_seconds)
             reply = run_program(request["code"])
             # The rlimit counts whole seconds from what the child spent before (a program got up
             # to one second more after others had run; found by a tester): the program's own CPU
