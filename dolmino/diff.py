@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 
 from dolmino.errors import ManifestError
-from dolmino.manifest import Manifest, SourceSpec, format_count, load_manifest, parse_count
+from dolmino.manifest import MINHASH_DEFAULTS, Manifest, SourceSpec, format_count, load_manifest, parse_count
 from dolmino.plan import Plan, make_plan, render_table, share_text
 
 FORMATS = ("text", "markdown")
@@ -71,10 +71,6 @@ def _compare_dicts(where: str, a: dict, b: dict, out: list[Change]) -> None:
     """One change per key that differs (absent keys shown as '-')."""
     for key in sorted(set(a) | set(b)):
         _compare(f"{where}.{key}" if where else key, a.get(key, _MISSING), b.get(key, _MISSING), out)
-
-
-# What a MinHash setting left out means (dolmino/build/tag.py); the seed's default is the manifest's.
-MINHASH_DEFAULTS = {"num_perm": 128, "ngram": 5, "threshold": 0.8}
 
 
 def _minhash(source: SourceSpec, manifest: Manifest) -> dict:

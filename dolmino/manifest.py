@@ -75,6 +75,9 @@ TOKENIZER_FIELDS = ("name", "path", "eos_token_id", "pad_token_id", "vocab_size"
 OUTPUT_FORMAT_FIELDS = ("tokens_per_file", "label_mask")
 DEDUP_FIELDS = ("exact", "minhash")
 MINHASH_FIELDS = ("num_perm", "ngram", "threshold", "seed")
+# What a `dedup.minhash` key left out means (the seed's default is the manifest's seed). Here,
+# not in filters/minhash.py, so that commands reading manifests need not import numpy.
+MINHASH_DEFAULTS = {"num_perm": 128, "ngram": 5, "threshold": 0.8}
 MINHASH_SEED_LIMIT = 2**32
 
 

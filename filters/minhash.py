@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dolmino.manifest import MINHASH_DEFAULTS
+
 WORD_RE = re.compile(r"\w+")
 MAX_HASH32 = np.uint32(0xFFFFFFFF)
 # Shingles per numpy permutation step (bounds memory at CHUNK x num_perm x 4 bytes); also
@@ -51,9 +53,9 @@ class MinHashConfig:
     false-positive and false-negative areas of the S-curve).
     """
 
-    num_perm: int = 128
-    ngram: int = 5
-    threshold: float = 0.8
+    num_perm: int = MINHASH_DEFAULTS["num_perm"]
+    ngram: int = MINHASH_DEFAULTS["ngram"]
+    threshold: float = MINHASH_DEFAULTS["threshold"]
     seed: int = 1
     bands: int | None = None
     rows: int | None = None

@@ -41,7 +41,7 @@ from dolmino.build.spark import parallelize_pickled
 from dolmino.build.stackexchange import apply_conversion, convert_ranges, convert_whole
 from dolmino.documents import Quarantine, QuarantineRecord
 from dolmino.errors import BuildError
-from dolmino.manifest import Manifest
+from dolmino.manifest import MINHASH_DEFAULTS, Manifest
 from dolmino.prefetch import DEFAULT_READ_AHEAD, ReadAhead
 from dolmino.storage import read_if_exists, write_bytes
 
@@ -213,7 +213,7 @@ def _flush(batch: list[tuple[int, int, dict]], filters: list, hasher, acc: Bundl
         for name, values in tag_columns(filt, docs).items():
             acc.tagged[k].setdefault(name, []).extend(values)
     if hasher is not None:
-        ngram = plan.minhash.get("ngram", 5)
+        ngram = plan.minhash.get("ngram", MINHASH_DEFAULTS["ngram"])
         for _line, loc_line, doc in batch:
             sig = hasher.text_signature(doc["text"], ngram)
             yield Signature(unit.source_index, unit.index, loc_line, doc["id"], None if sig is None else sig.tobytes())
@@ -307,7 +307,7 @@ def tag_bundle(work: BundleWork, ctx: TagContext, ahead: ReadAhead) -> Iterator[
     if work.signatures:
         from filters.minhash import MinHasher
 
-        hasher = MinHasher(plan.minhash.get("num_perm", 128), plan.minhash["seed"])
+        hasher = MinHasher(plan.minhash.get("num_perm", MINHASH_DEFAULTS["num_perm"]), plan.minhash["seed"])
     acc = BundleColumns(len(tags))
     for unit in bundle.units:
         yield from tag_unit(unit, work, ctx, filters, hasher, acc, ahead)
@@ -583,9 +583,7 @@ def _cluster_source(sc, records, si: int, plan: SourceTagPlan, bundles: list[Bun
     from filters.dedup import _tally_sizes, connected_components, lsh_edges
     from filters.minhash import MinHashConfig
 
-    params = plan.minhash
-    config = MinHashConfig(num_perm=params.get("num_perm", 128), ngram=params.get("ngram", 5),
-                           threshold=params.get("threshold", 0.8), seed=params["seed"])
+    config = MinHashConfig(**plan.minhash)
     units = [u for b in bundles for u in b.units]
     names_b = sc.broadcast({u.index: u.file.name for u in units})
     offsets_b = sc.broadcast({u.index: offsets[u.index] for u in units})
