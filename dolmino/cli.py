@@ -105,6 +105,13 @@ def unknown_command(word: str) -> int:
     return USAGE_ERROR
 
 
+def invoked_as(module_prog: str) -> str:
+    """The name a command's usage and messages give: `dolmino NAME` when this launcher runs it
+    (run_command puts that in argv[0]), else `module_prog` (`python -m ...`, torchrun)."""
+    name = sys.argv[0] if sys.argv else ""
+    return name if name.startswith(f"{PROG} ") else module_prog
+
+
 def run_command(name: str, args: list[str]) -> int:
     command = COMMANDS[name]
     try:

@@ -334,6 +334,24 @@ def test_dolmino_build_names_itself_in_usage_and_errors(capsys):
     assert capsys.readouterr().out.startswith("usage: dolmino build ")
 
 
+def test_synth_train_and_eval_name_themselves_as_typed(capsys):
+    """`dolmino synth/train/eval` printed `usage: python -m ...` and synth's errors said
+    `python -m dolmino.synth: error` though the user typed `dolmino synth`; run as modules,
+    they keep their module names."""
+    from dolmino.cli import main
+
+    for name in ("synth", "train", "eval"):
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        assert capsys.readouterr().out.startswith(f"usage: dolmino {name} "), name
+    assert main(["synth", "--generator", "arithmetic", "--out", "unused", "--num-docs", "-1"]) == 2
+    assert capsys.readouterr().err.startswith("dolmino synth: error: --num-docs")
+    from dolmino.synth.__main__ import main as synth_main
+
+    assert synth_main(["--generator", "arithmetic", "--out", "unused", "--num-docs", "-1"]) == 2
+    assert capsys.readouterr().err.startswith("python -m dolmino.synth: error: --num-docs")
+
+
 def test_a_missing_or_damaged_asset_is_one_line_in_every_command(tmp_path, monkeypatch, capsys):
     """`filters.decontamination build`, `evalsets coverage` and `dolmino corpus` ended in a
     traceback on an asset that could not be fetched or was damaged (found by a tester)."""

@@ -63,6 +63,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dolmino.cli import invoked_as
 from dolmino.s3 import local_path
 from dolmino.storage import file_above
 from trainer.cli import HelpFormatter, positive_int
@@ -796,7 +797,7 @@ def _task_table() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer.eval", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=invoked_as("python -m trainer.eval"), description=__doc__.split("\n\n")[0],
                                 epilog=_task_table(), formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True,
                    help="trainer checkpoint dir (or save dir: its latest), an HF Olmo2 directory, or an OLMo-core "

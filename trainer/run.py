@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from dolmino.cli import invoked_as
 from dolmino.s3 import local_path
 from trainer.checkpoint import (
     CONFIG_FILE, clear_run, cleared_by_overwrite, existing_run, files_fingerprint, latest_checkpoint, load_json_file,
@@ -64,7 +65,7 @@ def epochs_note(instances: int, batch: int, steps: int, dataset) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer.run", description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog=invoked_as("python -m trainer.run"), description=__doc__, formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--mix", help="manifest JSON whose \"output\" directory holds the built mix")
     src.add_argument("--data", nargs="+", help="built mix directory (or token files)")

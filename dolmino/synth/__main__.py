@@ -30,6 +30,7 @@ import json
 import os
 import sys
 
+from dolmino.cli import invoked_as
 from dolmino.help_format import DefaultsHelpFormatter
 from dolmino.synth.base import REGISTRY, make_generator
 
@@ -42,7 +43,7 @@ PROG = "python -m dolmino.synth"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
+    p = argparse.ArgumentParser(prog=invoked_as(PROG), description=__doc__,
                                 formatter_class=DefaultsHelpFormatter)
     p.add_argument("--generator", required=True, choices=sorted(REGISTRY), help="what to generate")
     p.add_argument("--out", required=True, help="output directory, or an s3:// prefix (on a cluster whose nodes "
@@ -120,8 +121,9 @@ def generator_params(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    prog = invoked_as(PROG)
     if (args.num_docs is not None and args.num_docs < 0) or args.partitions < 1:
-        print(f"{PROG}: error: --num-docs must be >= 0 and --partitions >= 1", file=sys.stderr)
+        print(f"{prog}: error: --num-docs must be >= 0 and --partitions >= 1", file=sys.stderr)
         return 2
     from dolmino.synth.llm import invalid_setting
 
@@ -131,21 +133,21 @@ def main(argv: list[str] | None = None) -> int:
                           **{k: v for k, v in (("temperature", args.temperature), ("max_tokens", args.max_tokens))
                              if v is not None})
     if bad is not None:
-        print(f"{PROG}: error: --{bad[0].replace('_', '-')} {bad[1]}", file=sys.stderr)
+        print(f"{prog}: error: --{bad[0].replace('_', '-')} {bad[1]}", file=sys.stderr)
         return 2
     if args.endpoint and not _http_url(args.endpoint):
         # Retried as a connection error and then reported as an endpoint that is down (a tester).
-        print(f"{PROG}: error: --endpoint {args.endpoint!r} is not an http:// or https:// URL "
+        print(f"{prog}: error: --endpoint {args.endpoint!r} is not an http:// or https:// URL "
               "(e.g. http://127.0.0.1:8000/v1)", file=sys.stderr)
         return 2
     if args.endpoint and args.api_key_env and not os.environ.get(args.api_key_env):
         # The executors read it (in local mode from this environment): unset, requests go out without one.
-        print(f"{PROG}: warning: --api-key-env {args.api_key_env} is not set here; requests carry no API key "
+        print(f"{prog}: warning: --api-key-env {args.api_key_env} is not set here; requests carry no API key "
               "where it is not set in the executors' environment either", file=sys.stderr)
     if args.demo_gsm8k_test:
         from dolmino.synth.gsm8k_numbers import TEST_SPLIT_WARNING
 
-        print(f"{PROG}: WARNING: {TEST_SPLIT_WARNING}", file=sys.stderr)
+        print(f"{prog}: WARNING: {TEST_SPLIT_WARNING}", file=sys.stderr)
         import warnings
 
         # Said once, above: the same warning from the library (for callers of the API) is not repeated.
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     from dolmino.synth.runner import SynthRunError, check_out_dir, run
 
     if "://" not in args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
-        print(f"{PROG}: error: --out {args.out} exists and is not a directory", file=sys.stderr)
+        print(f"{prog}: error: --out {args.out} exists and is not a directory", file=sys.stderr)
         return 2
 
     try:
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         generator.config()  # loads inputs now: a missing file fails before Spark starts
         check_out_dir(generator, args.out, args.partitions)  # --out holding inputs or foreign part files
     except (ValueError, OSError, SynthRunError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     from dolmino.build.spark import make_spark
 
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = run(generator, args.out, args.partitions, args.seed, spark)
     except SynthRunError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     finally:
         spark.stop()
@@ -180,11 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     failed = report["rejected"].get("request_failed", 0)
     if failed:
         # "no answer" read wrong where the endpoint answered with empty or malformed bodies (a tester)
-        print(f"{PROG}: warning: {failed:,} of {report['attempted']:,} item(s) got no usable answer from the "
+        print(f"{prog}: warning: {failed:,} of {report['attempted']:,} item(s) got no usable answer from the "
               "endpoint (none, or an empty, malformed or error one; rejected/ holds each)", file=sys.stderr)
     if report["partitions_with_failed_requests"]:
         listed = ", ".join(map(str, report["partitions_with_failed_requests"]))
-        print(f"{PROG}: warning: partition(s) {listed} are kept with those items rejected (their answered items "
+        print(f"{prog}: warning: partition(s) {listed} are kept with those items rejected (their answered items "
               "were paid for and are not requested again); to request the whole partition again, delete its "
               "part-NNNNN.done.json and rerun", file=sys.stderr)
     if report["partitions_unanswered"]:
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         cause = (f"the endpoint refused them ({'; '.join(refused)}); rerun the same command once that is fixed"
                  if refused else "rerun the same command once the endpoint answers")
         unanswered = ", ".join(map(str, report["partitions_unanswered"]))
-        print(f"{PROG}: error: partition(s) {unanswered} got no answer to any request: nothing of them is cached "
+        print(f"{prog}: error: partition(s) {unanswered} got no answer to any request: nothing of them is cached "
               f"and the run is not finished (no synth-report.json); {cause}", file=sys.stderr)
         return 1
     return 0
