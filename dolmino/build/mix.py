@@ -449,6 +449,7 @@ def _select(sc, manifest, options, state, eligible, sources, targets, tok_ctx, t
                                             ratio, acc["bucket_bytes"]))
     lo = [0] * len(selections)
     bucket_tokens: list[dict[int, int]] = [{} for _ in selections]
+    tokenized_docs = [0] * len(selections)
     round_no = 0
     while True:
         hi = [s.bucket_hi if s.pool_docs else 0 for s in selections]
@@ -468,12 +469,14 @@ def _select(sc, manifest, options, state, eligible, sources, targets, tok_ctx, t
                 continue
             for (si, b), n in record.tokens.items():
                 bucket_tokens[si][b] = bucket_tokens[si].get(b, 0) + n
+            for si, n in record.docs.items():
+                tokenized_docs[si] += n
         for si, sel in enumerate(selections):
             sel.rounds += int(hi[si] > lo[si])
         lo = hi
         more = False
         for si, sel in enumerate(selections):
-            more |= refill(sel, sources[si]["bucket_bytes"], bucket_tokens[si])
+            more |= refill(sel, sources[si]["bucket_bytes"], bucket_tokens[si], tokenized_docs[si])
         if not more:
             break
 
@@ -495,20 +498,24 @@ def _select(sc, manifest, options, state, eligible, sources, targets, tok_ctx, t
 
 
 class RoundTokens(NamedTuple):
-    """A tokenize task's tokens per (source index, bucket): the round's bucket totals."""
+    """A tokenize task's tokens per (source index, bucket), the round's bucket totals, and its
+    documents per source."""
 
     tokens: dict
+    docs: dict
 
 
 def _round_summary(records):
     tokens: dict[tuple[int, int], int] = {}
+    docs: dict[int, int] = {}
     for record in records:
         if isinstance(record, TokStats):
             yield record
         else:
             key = (record.source_index, bucket_of(record.hash))
             tokens[key] = tokens.get(key, 0) + len(record.tokens) // 4
-    yield RoundTokens(tokens)
+            docs[record.source_index] = docs.get(record.source_index, 0) + 1
+    yield RoundTokens(tokens, docs)
 
 
 def _members(sc, tokenized, needs: dict[int, int], counters) -> dict[int, list[tuple[int, int]]]:

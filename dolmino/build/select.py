@@ -35,6 +35,9 @@ PRIOR_BYTES = 16 << 10
 # A small pool cut by prefix tokenizes at least this many average documents beyond its target,
 # so that its greedy fill has documents small enough for the last gap.
 GREEDY_SPARE_DOCS = 32
+# Fewer spare documents than this after a round (estimates run ~2x off in small pools, so not
+# GREEDY_SPARE_DOCS itself) and a greedy source is refilled.
+GREEDY_MIN_SPARE_DOCS = 8
 # Refill rounds after which the rest of a pool is tokenized at once (a bound on Spark jobs).
 MAX_ROUNDS = 4
 
@@ -132,11 +135,17 @@ def initial_selection(name: str, target: int | None, pool_docs: int, pool_bytes:
         return sel
     if sel.estimated_pool_tokens > PREFIX_FACTOR * target:
         sel.mode = "prefix"
-        want = target * (1 + MARGIN)
-        if sel.greedy:  # room for the greedy fill to find documents that fit the last gap
-            want = max(want, target + GREEDY_SPARE_DOCS * sel.estimated_pool_tokens / pool_docs)
-        sel.bucket_hi = next_bucket_hi(bucket_bytes, 0, want, ratio)
+        sel.bucket_hi = next_bucket_hi(bucket_bytes, 0, _wanted(sel, sel.estimated_pool_tokens / pool_docs), ratio)
     return sel
+
+
+def _wanted(sel: SourceSelection, doc_tokens: float) -> float:
+    """Tokens a prefix source tokenizes toward: its target and a margin, and for a greedy fill
+    room to find documents that fit the last gap (`doc_tokens`: an average document's tokens)."""
+    want = sel.target_tokens * (1 + MARGIN)
+    if sel.greedy:
+        want = max(want, sel.target_tokens + GREEDY_SPARE_DOCS * doc_tokens)
+    return want
 
 
 def next_bucket_hi(bucket_bytes: dict[int, int], done_tokens: float, want_tokens: float, ratio: float,
@@ -150,15 +159,20 @@ def next_bucket_hi(bucket_bytes: dict[int, int], done_tokens: float, want_tokens
     return NUM_BUCKETS
 
 
-def refill(sel: SourceSelection, bucket_bytes: dict[int, int], bucket_tokens: dict[int, int]) -> bool:
-    """After a round: widen the prefix when what was tokenized cannot reach the target.
+def refill(sel: SourceSelection, bucket_bytes: dict[int, int], bucket_tokens: dict[int, int], docs: int) -> bool:
+    """After a round: widen the prefix when what was tokenized (`docs` documents, the tokens
+    of `bucket_tokens`, what token filters left) cannot reach the target, or leaves a greedy
+    fill too few documents beyond it (GREEDY_MIN_SPARE_DOCS) to fit the last gap: when token
+    filters removed much of a round, the fill stopped up to a document short with small
+    documents further on in the pool.
 
     Returns True when another round is needed. The measured tokens per byte of what was
     tokenized replaces the estimate for the next buckets."""
-    if sel.mode != "prefix" or sel.bucket_hi >= NUM_BUCKETS:
+    if sel.mode != "prefix" or sel.bucket_hi >= NUM_BUCKETS or sel.target_tokens <= 0:
         return False
     have = sum(bucket_tokens.values())
-    if have >= sel.target_tokens:
+    doc_tokens = have / docs if docs else sel.estimated_pool_tokens / max(sel.pool_docs, 1)
+    if have >= sel.target_tokens + (GREEDY_MIN_SPARE_DOCS * doc_tokens if sel.greedy else 0):
         return False
     done_bytes = sum(n for b, n in bucket_bytes.items() if b < sel.bucket_hi)
     if done_bytes:
@@ -166,7 +180,7 @@ def refill(sel: SourceSelection, bucket_bytes: dict[int, int], bucket_tokens: di
     if sel.rounds >= MAX_ROUNDS - 1:
         sel.bucket_hi = NUM_BUCKETS
     else:
-        sel.bucket_hi = next_bucket_hi(bucket_bytes, have, sel.target_tokens * (1 + MARGIN), sel.tokens_per_byte,
+        sel.bucket_hi = next_bucket_hi(bucket_bytes, have, _wanted(sel, doc_tokens), sel.tokens_per_byte,
                                        start=sel.bucket_hi)
     return True
 
