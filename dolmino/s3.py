@@ -19,6 +19,7 @@ nothing escapes as a raw traceback.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -309,6 +310,9 @@ def s3_failure_message(exc: BaseException) -> str | None:
     return None
 
 
+_PLACE_ERRNOS = frozenset((errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT))
+
+
 class cli_errors:  # noqa: N801 - used like a function: @cli_errors("prog") / with cli_errors("prog")
     """Turn what escapes a command's main() into a one-line, credential-free error.
 
@@ -317,6 +321,8 @@ class cli_errors:  # noqa: N801 - used like a function: @cli_errors("prog") / wi
 
     - an S3 / network failure (see s3_failure_message): `prog: error: <line>`, exit status 2;
     - an exception of a class in `expected`: `prog: error: <its message>`, exit status 2;
+    - a read-only, forbidden or full place (an OSError naming its file): `prog: error: <file>:
+      <reason>`, exit status 2;
     - anything else is a bug: its traceback is printed with every credential redacted, then
       `prog: error: unexpected <Type>: <message>`, exit status 1.
     As a decorator the wrapped function returns the status; as a context manager it raises
@@ -334,6 +340,10 @@ class cli_errors:  # noqa: N801 - used like a function: @cli_errors("prog") / wi
             return 2
         if self.expected and isinstance(exc, self.expected):
             print(f"{self.prog}: error: {redact(' '.join(str(exc).split()))}", file=sys.stderr)
+            return 2
+        if isinstance(exc, OSError) and exc.errno in _PLACE_ERRNOS and exc.filename:
+            # The place, not a bug: a read-only mount, no permission, a full disk.
+            print(f"{self.prog}: error: {redact(str(exc.filename))}: {exc.strerror}", file=sys.stderr)
             return 2
         import traceback
 

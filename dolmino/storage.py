@@ -33,6 +33,16 @@ def file_above(path: str) -> str | None:
     return next((str(p) for p in Path(path).absolute().parents if os.path.lexists(p) and not p.is_dir()), None)
 
 
+def unwritable_above(path: str) -> str | None:
+    """The nearest existing path at or above local `path` when files cannot be made there (a
+    read-only mount or checkout, no permission), else None: checked before work that would
+    otherwise fail only when it first writes, after minutes of it."""
+    place = Path(path).absolute()
+    while not os.path.lexists(place) and place.parent != place:
+        place = place.parent
+    return None if os.access(place, os.W_OK | os.X_OK) else str(place)
+
+
 def read_bytes(path: str) -> bytes:
     """A whole file; FileNotFoundError (S3PathError on S3) when it does not exist."""
     if is_remote(path):

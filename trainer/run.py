@@ -29,6 +29,7 @@ import torch
 
 from dolmino.cli import invoked_as
 from dolmino.s3 import local_path
+from dolmino.storage import unwritable_above
 from trainer.checkpoint import (
     CONFIG_FILE, clear_run, cleared_by_overwrite, existing_run, files_fingerprint, latest_checkpoint, load_json_file,
     own_checkpoint, resolve_checkpoint, resume_advice,
@@ -272,6 +273,12 @@ def main(argv: list[str] | None = None) -> int:
         run = run_config_from_args(args, data_paths, env.world_size, env.device, plan)
         if init is not None:
             run.init = {**init.provenance(), "lr_source": plan.lr_source}
+        # Rank 0 writes metrics and checkpoints: a read-only --save-dir failed at the first flush,
+        # steps into the run, in a traceback (found by a tester).
+        place = unwritable_above(args.save_dir) if env.is_main else None
+        if ranks_agree([int(place is not None)], env)[1][0]:
+            raise ValueError(f"--save-dir {args.save_dir} cannot be written"
+                             + (f" ({place} is read-only or not writable here)" if place else " (see rank 0)"))
         if resume is None or not own_checkpoint(resume_from, args.save_dir):
             # also a --resume of a checkpoint elsewhere: its run goes on in --save-dir
             start_afresh(args.save_dir, args.overwrite, env, log,

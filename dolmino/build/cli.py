@@ -86,9 +86,10 @@ def _location(value: str) -> str:
 
 
 def _check_locations(out: str, attributes: str) -> None:
-    """What would otherwise fail only after the tag phase: an --out that is a file, an s3://
-    location whose bucket name is invalid or whose bucket does not exist."""
+    """What would otherwise fail only after Spark started: an --out that is a file or cannot be
+    written, an s3:// location whose bucket name is invalid or whose bucket does not exist."""
     from dolmino import s3
+    from dolmino.storage import unwritable_above
 
     for flag, location in (("--out", out), ("--attributes", attributes)):
         if not location:
@@ -97,6 +98,8 @@ def _check_locations(out: str, attributes: str) -> None:
             s3.check_bucket(s3.split_uri(location)[0])  # S3URIError / NoSuchBucket: one line naming it
         elif os.path.exists(location) and not os.path.isdir(location):
             raise BuildError(f"{flag} {location}: exists and is not a directory")
+        elif place := unwritable_above(location):  # it failed in the executors, after Spark started (a tester)
+            raise BuildError(f"{flag} {location}: cannot be written ({place} is read-only or not writable here)")
 
 
 def prepare(args: argparse.Namespace, phase: str):
@@ -152,7 +155,8 @@ def _size(value: str, flag: str) -> int:
 # `botocore.errorfactory.NoSuchKey`), builtins by their bare name.
 _EXECUTOR_ERRORS = re.compile(
     r"^(?:dolmino\.(?:errors|s3)\.)?(BuildError|ManifestError|InputChangedError|ResourceError|FileNotFoundError"
-    r"|S3PathError|NoSuchBucket|S3DeleteError|S3ObjectError|PermissionError|botocore\.(?:exceptions|errorfactory)\.\w+"
+    r"|S3PathError|NoSuchBucket|S3DeleteError|S3ObjectError|PermissionError|OSError"
+    r"|botocore\.(?:exceptions|errorfactory)\.\w+"
     r"|EndpointConnectionError|NoCredentialsError|ClientError): (.*)$", re.MULTILINE)
 
 

@@ -39,7 +39,25 @@ def make_spark(app_name: str, master: str | None = None, driver_memory: str | No
         builder = builder.master(master)
     if driver_memory:
         builder = builder.config("spark.driver.memory", driver_memory)
-    return builder.getOrCreate()
+    spark = builder.getOrCreate()
+    isolate_worker_imports(spark.sparkContext)
+    return spark
+
+
+def isolate_worker_imports(sc) -> None:
+    """Python workers import this project, never a namesake in their working directory.
+
+    PySpark starts workers with `python -m pyspark.daemon`, which puts the working directory
+    (in local mode the driver's) first on sys.path: a user's own `filters.py` there replaced
+    the project's `filters` package in every task (found by a tester). PYTHONSAFEPATH (Python
+    3.11) leaves it out; the project's root joins the workers' PYTHONPATH (Spark prepends its
+    own, and keeps the environment's), where the cwd used to find a checkout not installed."""
+    import dolmino
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(dolmino.__file__)))
+    sc.environment["PYTHONSAFEPATH"] = "1"
+    inherited = sc.environment.get("PYTHONPATH")
+    sc.environment["PYTHONPATH"] = os.pathsep.join(p for p in (root, inherited) if p)
 
 
 def forward_environment(sc, any_s3: bool, task_cpus: int | None = None) -> None:
