@@ -33,14 +33,19 @@ def file_above(path: str) -> str | None:
     return next((str(p) for p in Path(path).absolute().parents if os.path.lexists(p) and not p.is_dir()), None)
 
 
-def unwritable_above(path: str) -> str | None:
-    """The nearest existing path at or above local `path` when files cannot be made there (a
-    read-only mount or checkout, no permission), else None: checked before work that would
-    otherwise fail only when it first writes, after minutes of it."""
+def why_unwritable(path: str) -> str | None:
+    """Why files cannot be made at local `path` (a directory, existing or to be made), from the
+    nearest existing path at or above it; None when they can. Checked before work that would
+    otherwise fail only when it first writes, after minutes of it: a read-only mount or
+    checkout, no permission, a file or a dangling symlink in the way."""
     place = Path(path).absolute()
     while not os.path.lexists(place) and place.parent != place:
         place = place.parent
-    return None if os.access(place, os.W_OK | os.X_OK) else str(place)
+    if place.is_symlink() and not place.exists():
+        return f"{place} is a symlink to a missing target"
+    if not place.is_dir():
+        return f"{place} is a file, not a directory"
+    return None if os.access(place, os.W_OK | os.X_OK) else f"{place} is read-only or not writable here"
 
 
 def read_bytes(path: str) -> bytes:

@@ -10,6 +10,7 @@ import csv
 import gzip
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -289,6 +290,32 @@ def test_cli_refuses_an_out_or_attributes_it_cannot_write_before_spark(tmp_path,
         assert err == (f"build_mix: error: {flag} {readonly / 'mixes' / 'x'}: cannot be written ({readonly} is "
                        "read-only or not writable here)\n"), err
     assert not (tmp_path / "fine").exists()
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for location, reason in ((tmp_path / "afile" / "sub", f"{tmp_path / 'afile'} is a file, not a directory"),
+                             (tmp_path / "dangling", f"{tmp_path / 'dangling'} is a symlink to a missing target")):
+        assert build_main(["--manifest", str(path), "--out", str(location)]) == 2
+        assert capsys.readouterr().err == f"build_mix: error: --out {location}: cannot be written ({reason})\n"
+
+
+def test_workers_get_a_checkouts_root_on_their_path_never_site_packages(tmp_path, monkeypatch):
+    """A non-editable install's "root" is site-packages: on the workers' PYTHONPATH it went
+    before the standard library (found by a reviewer)."""
+    import types
+
+    import dolmino
+    from dolmino.build.spark import isolate_worker_imports
+
+    (tmp_path / "checkout" / "dolmino").mkdir(parents=True)
+    (tmp_path / "checkout" / "pyproject.toml").write_text("")
+    (tmp_path / "site-packages" / "dolmino").mkdir(parents=True)
+    for root, expected in ((tmp_path / "site-packages", "/elsewhere"),
+                           (tmp_path / "checkout", f"{tmp_path / 'checkout'}{os.pathsep}/elsewhere")):
+        monkeypatch.setattr(dolmino, "__file__", str(root / "dolmino" / "__init__.py"))
+        sc = types.SimpleNamespace(environment={"PYTHONPATH": "/elsewhere"})
+        isolate_worker_imports(sc)
+        isolate_worker_imports(sc)  # a second session of the same context adds nothing twice
+        assert sc.environment == {"PYTHONPATH": expected, "PYTHONSAFEPATH": "1"}
 
 
 def test_workers_import_the_project_never_a_namesake_in_the_working_directory(tmp_path):

@@ -377,6 +377,8 @@ def test_synth_train_and_eval_name_themselves_as_typed(capsys):
         with pytest.raises(SystemExit):
             main([name, "--help"])
         assert capsys.readouterr().out.startswith(f"usage: dolmino {name} "), name
+    assert main(["train", "--data", "s3://bucket/mix"]) == 2  # its own error lines too (found by a reviewer)
+    assert capsys.readouterr().err.startswith("dolmino train: error: --data s3://bucket/mix: ")
     assert main(["synth", "--generator", "arithmetic", "--out", "unused", "--num-docs", "-1"]) == 2
     assert capsys.readouterr().err.startswith("dolmino synth: error: --num-docs")
     from dolmino.synth.__main__ import main as synth_main

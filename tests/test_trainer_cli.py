@@ -246,6 +246,10 @@ def test_a_save_dir_that_cannot_be_written_is_refused_before_any_step(data_dir, 
     assert main(["--data", str(data_dir), *map(str, TINY), "--steps", "1", "--save-dir", str(save)]) == 2
     assert capsys.readouterr().err == (f"trainer.run: error: --save-dir {save} cannot be written ({readonly} is "
                                        "read-only or not writable here)\n")
+    (tmp_path / "afile").write_text("")  # a file in the way is not a permission problem (found by a reviewer)
+    assert main(["--data", str(data_dir), *map(str, TINY), "--steps", "1", "--save-dir", str(tmp_path / "afile")]) == 2
+    assert capsys.readouterr().err == (f"trainer.run: error: --save-dir {tmp_path / 'afile'} cannot be written "
+                                       f"({tmp_path / 'afile'} is a file, not a directory)\n")
 
 
 def test_overwrite_keeps_what_the_run_reads_and_what_is_not_a_run(data_dir, tmp_path, capsys):

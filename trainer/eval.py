@@ -828,24 +828,25 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.distributed import DeviceUnavailable, pick_device
 
     args = build_parser().parse_args(argv)
+    prog = invoked_as("trainer.eval")  # `dolmino eval` when the launcher runs it
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     # Found by a tester: an unknown or absent device, a bad --tokenizer and an --out that is a
     # directory were tracebacks (the last after scoring): checked first, one line each.
     for flag, path in (("--out", args.out), ("--details", args.details)):
         if path and Path(path).is_dir():
-            print(f"trainer.eval: error: {flag} {path} is a directory; give a file path", file=sys.stderr)
+            print(f"{prog}: error: {flag} {path} is a directory; give a file path", file=sys.stderr)
             return 2
         # a parent that is a file, or cannot be made: a traceback after hours of scoring (a tester)
         above = file_above(path) if path else None
         if above is not None:
-            print(f"trainer.eval: error: {flag} {path}: {above} is a file, not a directory", file=sys.stderr)
+            print(f"{prog}: error: {flag} {path}: {above} is a file, not a directory", file=sys.stderr)
             return 2
         if path:
             try:
                 Path(path).absolute().parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                print(f"trainer.eval: error: {flag} {path}: cannot make its directory ({exc.strerror or exc})",
+                print(f"{prog}: error: {flag} {path}: cannot make its directory ({exc.strerror or exc})",
                       file=sys.stderr)
                 return 2
     try:
@@ -854,10 +855,10 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate(args.checkpoint, args.tasks, args.limit, args.batch_size, args.device, args.dtype,
                           args.tokenizer, args.max_new_tokens, details_path=args.details)
     except (EvalError, FileNotFoundError, AssetError, DeviceUnavailable) as exc:
-        print(f"trainer.eval: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except ManifestError as exc:  # the tokenizer's reader names a manifest field; here it is the flag
-        print(f"trainer.eval: error: --tokenizer: {str(exc).removeprefix('tokenizer.path: ')}", file=sys.stderr)
+        print(f"{prog}: error: --tokenizer: {str(exc).removeprefix('tokenizer.path: ')}", file=sys.stderr)
         return 2
     text = json.dumps(report, indent=2)
     print(text)

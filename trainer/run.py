@@ -29,7 +29,7 @@ import torch
 
 from dolmino.cli import invoked_as
 from dolmino.s3 import local_path
-from dolmino.storage import unwritable_above
+from dolmino.storage import why_unwritable
 from trainer.checkpoint import (
     CONFIG_FILE, clear_run, cleared_by_overwrite, existing_run, files_fingerprint, latest_checkpoint, load_json_file,
     own_checkpoint, resolve_checkpoint, resume_advice,
@@ -214,16 +214,17 @@ def start_afresh(save_dir: str, overwrite: bool, env, log, keep: list[Path], res
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    prog = invoked_as("trainer.run")  # `dolmino train` when the launcher runs it
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.mix:
-        data_paths = built_mix_paths(args.mix, "trainer.run")
+        data_paths = built_mix_paths(args.mix, prog)
         if data_paths is None:
             return 2
     else:
         remote = next((d for d in args.data if "://" in d), None)
         if remote is not None:
-            print(f"trainer.run: error: --data {remote}: {remote_build_hint(remote)}", file=sys.stderr)
+            print(f"{prog}: error: --data {remote}: {remote_build_hint(remote)}", file=sys.stderr)
             return 2
         data_paths = [str(Path(d).resolve()) for d in args.data]
     resume = resume_from = None
@@ -237,22 +238,22 @@ def main(argv: list[str] | None = None) -> int:
         try:
             taken = init_from_resumed(args, resume_from) if found else None
         except ValueError as exc:
-            print(f"trainer.run: error: {exc}", file=sys.stderr)
+            print(f"{prog}: error: {exc}", file=sys.stderr)
             return 2
         if taken and os.environ.get("RANK", "0") == "0":  # before the process group: every rank got here
             print(taken)
         if args.overwrite and own_checkpoint(resume_from, args.save_dir):
-            print("trainer.run: error: --overwrite removes the run that --resume would continue; pass one of them",
+            print(f"{prog}: error: --overwrite removes the run that --resume would continue; pass one of them",
                   file=sys.stderr)
             return 2
     if args.recipe in ANNEAL_RECIPES and not args.init_from and resume is None:
-        print(f"trainer.run: error: --recipe {args.recipe} anneals a pretrained model; pass --init-from CKPT "
+        print(f"{prog}: error: --recipe {args.recipe} anneals a pretrained model; pass --init-from CKPT "
               f"(a trainer checkpoint, a Hugging Face Olmo2 directory or an OLMo-core checkpoint)", file=sys.stderr)
         return 2
     try:
         env = init_distributed(args.device, args.dist_backend, fsdp=args.fsdp)
     except (ValueError, DeviceUnavailable) as exc:  # a device or backend this machine does not have
-        print(f"trainer.run: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     log = print if env.is_main else (lambda _msg: None)
     finished = False
@@ -267,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         layout = scan_data(data_paths)  # one walk of --data for the checks below
         tokens, source = data_tokens(layout)
         if (note := unreported_build_note(layout)) and env.is_main:
-            print(f"trainer.run: warning: {note}", file=sys.stderr)
+            print(f"{prog}: warning: {note}", file=sys.stderr)
         plan = make_plan(args, tokens, source, init)
         check_data_vocab(args, plan, init, layout)
         run = run_config_from_args(args, data_paths, env.world_size, env.device, plan)
@@ -275,10 +276,9 @@ def main(argv: list[str] | None = None) -> int:
             run.init = {**init.provenance(), "lr_source": plan.lr_source}
         # Rank 0 writes metrics and checkpoints: a read-only --save-dir failed at the first flush,
         # steps into the run, in a traceback (found by a tester).
-        place = unwritable_above(args.save_dir) if env.is_main else None
-        if ranks_agree([int(place is not None)], env)[1][0]:
-            raise ValueError(f"--save-dir {args.save_dir} cannot be written"
-                             + (f" ({place} is read-only or not writable here)" if place else " (see rank 0)"))
+        reason = why_unwritable(args.save_dir) if env.is_main else None
+        if ranks_agree([int(reason is not None)], env)[1][0]:
+            raise ValueError(f"--save-dir {args.save_dir} cannot be written ({reason or 'see rank 0'})")
         if resume is None or not own_checkpoint(resume_from, args.save_dir):
             # also a --resume of a checkpoint elsewhere: its run goes on in --save-dir
             start_afresh(args.save_dir, args.overwrite, env, log,
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         steps_left = range(trainer.step, tc.max_steps)
         if env.is_main and steps_left and not any(trainer.schedule.lr_at(s) for s in steps_left):
             # e.g. a one-step anneal: its linear decay reaches 0 on its last step, its only one (a tester)
-            print(f"trainer.run: warning: the learning rate is 0 on every step this run takes ({tc.schedule}, steps "
+            print(f"{prog}: warning: the learning rate is 0 on every step this run takes ({tc.schedule}, steps "
                   f"{trainer.step + 1}-{tc.max_steps}): the weights will not change", file=sys.stderr)
         result = trainer.fit()
         stats = result.data_stats
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"checkpoint: {result.checkpoint}")
         finished = True
     except (DataError, ValueError, FileNotFoundError) as exc:
-        print(f"trainer.run: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     finally:
         shutdown(env, finished)

@@ -89,7 +89,7 @@ def _check_locations(out: str, attributes: str) -> None:
     """What would otherwise fail only after Spark started: an --out that is a file or cannot be
     written, an s3:// location whose bucket name is invalid or whose bucket does not exist."""
     from dolmino import s3
-    from dolmino.storage import unwritable_above
+    from dolmino.storage import why_unwritable
 
     for flag, location in (("--out", out), ("--attributes", attributes)):
         if not location:
@@ -98,8 +98,8 @@ def _check_locations(out: str, attributes: str) -> None:
             s3.check_bucket(s3.split_uri(location)[0])  # S3URIError / NoSuchBucket: one line naming it
         elif os.path.exists(location) and not os.path.isdir(location):
             raise BuildError(f"{flag} {location}: exists and is not a directory")
-        elif place := unwritable_above(location):  # it failed in the executors, after Spark started (a tester)
-            raise BuildError(f"{flag} {location}: cannot be written ({place} is read-only or not writable here)")
+        elif reason := why_unwritable(location):  # it failed in the executors, after Spark started (a tester)
+            raise BuildError(f"{flag} {location}: cannot be written ({reason})")
 
 
 def prepare(args: argparse.Namespace, phase: str):

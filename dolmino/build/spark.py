@@ -50,14 +50,16 @@ def isolate_worker_imports(sc) -> None:
     PySpark starts workers with `python -m pyspark.daemon`, which puts the working directory
     (in local mode the driver's) first on sys.path: a user's own `filters.py` there replaced
     the project's `filters` package in every task (found by a tester). PYTHONSAFEPATH (Python
-    3.11) leaves it out; the project's root joins the workers' PYTHONPATH (Spark prepends its
-    own, and keeps the environment's), where the cwd used to find a checkout not installed."""
+    3.11) leaves it out. A checkout run in place (not installed) joins the workers' PYTHONPATH,
+    where the cwd used to find it; an installed project is in the workers' own environment
+    (its site-packages on PYTHONPATH would go before the standard library)."""
     import dolmino
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(dolmino.__file__)))
     sc.environment["PYTHONSAFEPATH"] = "1"
-    inherited = sc.environment.get("PYTHONPATH")
-    sc.environment["PYTHONPATH"] = os.pathsep.join(p for p in (root, inherited) if p)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(dolmino.__file__)))
+    if os.path.isfile(os.path.join(root, "pyproject.toml")):  # a checkout, not site-packages
+        inherited = [p for p in sc.environment.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+        sc.environment["PYTHONPATH"] = os.pathsep.join([root, *inherited])
 
 
 def forward_environment(sc, any_s3: bool, task_cpus: int | None = None) -> None:
