@@ -342,6 +342,9 @@ def test_a_trainer_checkpoint_its_hf_export_and_an_olmo_core_copy_score_identica
     assert result["n"] == 3 and result["metric"] == "acc_per_char" and result["accuracy"] in (0, 1 / 3, 2 / 3, 1)
     assert result["settings"]["olmes"] == "arc_easy:rc::olmes:full" and result["settings"]["limit"] == 3
     assert a["results"]["winogrande"]["metrics"]["acc_uncond"] is None  # no unconditional requests in its dump
+    # ... so its settings record no unconditional context (they did; arc_easy's PMI requests use one)
+    assert a["results"]["winogrande"]["settings"]["uncond_context"] is None
+    assert result["settings"]["uncond_context"] == "Answer:"
     # bitwise: the same model, loaded from the three formats
     assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
     assert main(["--checkpoint", str(olmo_core), *args, "--out", str(tmp_path / "c.json"),

@@ -711,7 +711,9 @@ def run_task(name: str, loaded: LoadedModel, tokenizer: Tokenizer, limit: int | 
     else:
         docs = load_mc_docs(spec, limit)
         metrics, details = evaluate_mc(loaded.model, tokenizer, docs, batch_size, log, name)
-        settings.update(format="rc", normalization=spec.metric, uncond_context=UNCOND_CONTEXT)
+        # The unconditional context only where PMI requests were scored (BoolQ and WinoGrande have none).
+        pmi = any(c.uncond_context is not None for d in docs for c in d.choices)
+        settings.update(format="rc", normalization=spec.metric, uncond_context=UNCOND_CONTEXT if pmi else None)
         if metrics[spec.metric] is None:
             raise EvalError(f"{spec.project}:{spec.member}: {spec.metric} needs unconditional requests for every "
                             f"instance")
