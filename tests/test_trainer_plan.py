@@ -81,6 +81,13 @@ def test_steps_come_from_the_built_mix(tmp_path, capsys):
     manifest.write_text(json.dumps({"name": "m", "output": "mix"}))
     assert schedule_json(capsys, "--recipe", "olmo2-7b-anneal", "--mix", manifest, "--seq-len", 64,
                          "--batch-size", 8)["steps"] == 16
+    # Not built yet: the manifest's budget plans the schedule (the --help example needed a built mix)
+    unbuilt = tmp_path / "unbuilt.json"
+    unbuilt.write_text(json.dumps({"name": "u", "version": 1, "seed": 1, "budget": "10K", "output": "nowhere",
+                                   "sources": [{"name": "a", "paths": ["a/*.jsonl"], "mix_percent": 100}]}))
+    out = schedule_json(capsys, "--recipe", "olmo2-7b-anneal", "--mix", unbuilt, "--seq-len", 64, "--batch-size", 8)
+    assert (out["tokens"], out["steps"]) == (10_000, math.ceil(10_000 / 512))
+    assert out["tokens_source"] == "unbuilt.json's budget, not built yet"
     stale = write_mix(tmp_path / "stale", [5000], 8000)
     with pytest.raises(DataError, match="says the mix holds 8,000 tokens but its token files hold 5,000"):
         data_tokens([str(stale)])

@@ -430,6 +430,31 @@ def build_schedule_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _unbuilt_budget(manifest_path: str) -> tuple[int, str] | None:
+    """(budget, where it comes from) of a mix manifest whose output holds no finished build,
+    else None: a schedule is planned before the mix is built (the README's --mix examples
+    failed until it was). The built mix's tokens, which trainer.run counts, differ from the
+    budget by the cut's few tokens per source."""
+    from dolmino.errors import ManifestError
+    from dolmino.manifest import load_manifest
+
+    path = Path(manifest_path)
+    if not path.is_file():
+        return None
+    try:
+        manifest = load_manifest(str(path))
+    except ManifestError:
+        return None  # mix_output_dir names what is wrong with it
+    if manifest.kind == "pool" or not manifest.output or "://" in manifest.output:
+        return None
+    if (Path(manifest.output) / "report.json").is_file():
+        return None
+    budget = manifest.budget_for()
+    if not budget:
+        return None
+    return budget, f"{path.name}'s budget, not built yet"
+
+
 def schedule_main(argv: list[str] | None = None) -> int:
     parser = build_schedule_parser()
     args = parse_with_recipe(parser, argv)
@@ -437,6 +462,8 @@ def schedule_main(argv: list[str] | None = None) -> int:
         tokens, source, paths = None, None, []
         if args.tokens is not None:
             tokens, source = args.tokens, "--tokens"
+        elif args.mix and (planned := _unbuilt_budget(args.mix)) is not None:
+            tokens, source = planned
         elif args.mix or args.data:
             if args.mix and Path(args.mix).is_file():
                 paths = built_mix_paths(args.mix, "trainer.schedule")
