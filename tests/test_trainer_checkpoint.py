@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from pathlib import Path
@@ -12,9 +13,9 @@ import pytest
 import torch
 
 from trainer.checkpoint import (
-    MODEL_FILE, OPTIM_FILE, STATE_FILE, Checkpointer, CheckpointFormatError, capture_rng_state, complete_checkpoints,
-    files_fingerprint, latest_checkpoint, load_checkpoint, load_model_weights, restore_rng_state, step_dir_name,
-    weight_files,
+    MODEL_FILE, OPTIM_FILE, STATE_FILE, Checkpointer, CheckpointFormatError, CheckpointWriteError, capture_rng_state,
+    complete_checkpoints, files_fingerprint, latest_checkpoint, load_checkpoint, load_model_weights, restore_rng_state,
+    step_dir_name, weight_files,
 )
 from trainer.config import ModelConfig, RunConfig, TrainConfig
 from trainer.distributed import DistEnv
@@ -262,6 +263,64 @@ def test_failed_background_write_is_reported(tmp_path):
     ck.save(1, model, torch.optim.AdamW(model.parameters()), {}, {})
     with pytest.raises(RuntimeError, match="writing a checkpoint failed"):
         ck.wait()
+
+
+def test_a_failed_write_names_its_file_and_reason_and_leaves_no_partial_copy(tmp_path, monkeypatch):
+    """A full disk during a save left `.stepN.tmpPID/` (a checkpoint's size, so the resumed run
+    filled the disk again) and ended in ~45 lines of torch's "unexpected pos" with no path and no
+    reason; a kill during a save left the same directory, removed only by --overwrite (found by a
+    tester). Now: the partial copy is removed, one line names the file and the reason, and the next
+    start removes what a dead writer left (a swapped-out step is put back)."""
+    import errno
+    import subprocess
+    import sys
+
+    import trainer.checkpoint as checkpoint
+
+    model = OLMo2(ModelConfig(**SMALL))
+    opt = torch.optim.AdamW(model.parameters())
+    real_save = torch.save
+    for failure, reason in ((OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
+                            (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 52447488"),
+                             "unexpected pos 52447488 (a full disk or a file-size limit")):
+        def fails_on_optim(obj, path, *args, failure=failure, **kwargs):
+            if Path(path).name == "optim.pt":
+                Path(path).write_bytes(b"partial")
+                raise failure
+            return real_save(obj, path, *args, **kwargs)
+
+        monkeypatch.setattr(checkpoint.torch, "save", fails_on_optim)
+        ck = Checkpointer(tmp_path / "run")
+        ck.save(2, model, opt, {}, {})
+        written = tmp_path / "run" / "step000002" / "optim.pt"
+        expected = re.escape(f"writing {written} failed: ") + ".*" + re.escape(reason)
+        with pytest.raises(CheckpointWriteError, match=expected):
+            ck.wait()
+        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == []
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    synced = []
+    real_fsync = checkpoint.os.fsync
+    monkeypatch.setattr(checkpoint.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    Checkpointer(tmp_path / "run").save(3, model, opt, {}, {}, background=False)
+    assert len(synced) >= 7  # four files, the step directory, --save-dir, and `latest` (and --save-dir again)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    (tmp_path / "run" / f".step000004.tmp{pid}").mkdir()
+    (tmp_path / "run" / "step000003").rename(tmp_path / "run" / f".step000003.old{pid}")
+    (tmp_path / "run" / f".step000005.tmp{os.getpid()}").mkdir()  # a live writer's: kept
+    done = Checkpointer(tmp_path / "run").sweep()
+    assert done == [f"restored step000003 from .step000003.old{pid}", f"removed .step000004.tmp{pid}"]
+    assert latest_checkpoint(tmp_path / "run").name == "step000003"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        f".step000005.tmp{os.getpid()}", "latest", "step000003"]
+
+
+def test_a_latest_pointer_that_is_not_text_is_no_pointer(tmp_path):
+    """`latest` holding a non-UTF-8 byte was a UnicodeDecodeError traceback (found by a tester)."""
+    model = OLMo2(ModelConfig(**SMALL))
+    Checkpointer(tmp_path).save(1, model, torch.optim.AdamW(model.parameters()), {}, {}, background=False)
+    (tmp_path / "latest").write_bytes(b"\xff")
+    assert latest_checkpoint(tmp_path).name == "step000001"
 
 
 def test_keep_last_prunes_old_checkpoints(tmp_path):

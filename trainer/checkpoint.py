@@ -92,6 +92,7 @@ def step_dir_name(step: int) -> str:
 
 _STEP_DIR = re.compile(r"step(\d+)")
 _STEP_TMP = re.compile(r"\.step\d+\.tmp\d+")  # Checkpointer._write's temporary directory
+_STEP_OLD = re.compile(r"\.(step\d+)\.old(\d+)")  # a re-saved step's previous copy, while it is swapped
 
 
 def complete_checkpoints(save_dir: str | Path) -> list[Path]:
@@ -144,10 +145,46 @@ def _to_cpu_copy(obj, clone: bool):
     return obj
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file (or a directory's entries) to the disk: a rename is durable only after what
+    it names is, and a node losing power after an unsynced rename kept a checkpoint that looked
+    complete with empty files (found by a tester)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_atomic_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
+    _fsync(tmp)
     os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (a full disk, a file-size limit, a lost mount): one line
+    naming the file and the reason, for the run to end with."""
+
+
+def _write_failure(path: Path, exc: BaseException) -> str:
+    """Why writing `path` failed, in words: torch.save reports a full disk as "unexpected pos"
+    from its zip writer, with no errno and no path."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+        cause = cause.__cause__ or cause.__context__
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if free is not None and free < 64 << 20:
+        return f"the disk is full ({free / 2**20:.0f} MiB free); {first}"
+    return f"{first} (a full disk or a file-size limit, e.g. `ulimit -f`?)"
 
 
 def latest_checkpoint(save_dir: str | Path) -> Path | None:
@@ -155,8 +192,12 @@ def latest_checkpoint(save_dir: str | Path) -> Path | None:
     save_dir = Path(save_dir)
     pointer = save_dir / LATEST
     if pointer.is_file():
-        candidate = save_dir / pointer.read_text().strip()
-        if (candidate / STATE_FILE).is_file():
+        try:
+            name = pointer.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):  # a damaged pointer is no pointer (a traceback; found by a tester)
+            name = ""
+        candidate = save_dir / name
+        if name and (candidate / STATE_FILE).is_file():
             return candidate
     steps = complete_checkpoints(save_dir)
     return steps[-1] if steps else None
@@ -235,7 +276,8 @@ def cleared_by_overwrite(path: str | Path, save_dir: str | Path) -> bool:
     entry = _entry_in(path, save_dir)
     if entry is None:
         return False
-    return entry == "" or bool(_STEP_DIR.fullmatch(entry) or _STEP_TMP.fullmatch(entry)) or entry in (
+    return entry == "" or bool(_STEP_DIR.fullmatch(entry) or _STEP_TMP.fullmatch(entry)
+                               or _STEP_OLD.fullmatch(entry)) or entry in (
         LATEST, METRICS_FILE, EVAL_DIR)
 
 
@@ -247,7 +289,7 @@ def clear_run(save_dir: str | Path) -> None:
     save_dir = Path(save_dir)
     for path in save_dir.iterdir():
         # checkpoints, and the temporary directories of writes a kill cut short; nothing else
-        ours = _STEP_DIR.fullmatch(path.name) or _STEP_TMP.fullmatch(path.name)
+        ours = _STEP_DIR.fullmatch(path.name) or _STEP_TMP.fullmatch(path.name) or _STEP_OLD.fullmatch(path.name)
         if ours and path.is_symlink():
             path.unlink()  # the link, never what it points to
         elif ours and path.is_dir():
@@ -331,6 +373,19 @@ def files_fingerprint(path: str | Path, files: list[Path] | None = None) -> int:
     return int.from_bytes(digest.digest()[:6], "big")
 
 
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (its writes may still be going on)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's: alive
+    return True
+
+
 class Checkpointer:
     """Writes checkpoints from rank 0 in a background thread; all ranks must call `save`
     (FSDP gathers full tensors collectively)."""
@@ -372,7 +427,9 @@ class Checkpointer:
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
-            raise RuntimeError("writing a checkpoint failed") from error
+            if isinstance(error, CheckpointWriteError):
+                raise error
+            raise CheckpointWriteError(f"writing a checkpoint failed: {error}") from error
 
     def _write_guarded(self, *args) -> None:
         try:
@@ -386,10 +443,22 @@ class Checkpointer:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        torch.save(model_sd, tmp / MODEL_FILE)
-        torch.save(optim_sd, tmp / OPTIM_FILE)
-        torch.save(train_state, tmp / STATE_FILE)
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+        current = tmp
+        try:  # a failed write removes its partial copy: a checkpoint's size, kept the disk full (a tester)
+            for name, obj in ((MODEL_FILE, model_sd), (OPTIM_FILE, optim_sd), (STATE_FILE, train_state)):
+                current = tmp / name
+                torch.save(obj, current)
+                _fsync(current)
+            current = tmp / CONFIG_FILE
+            current.write_text(json.dumps(config, indent=2, sort_keys=True))
+            _fsync(current)
+            _fsync(tmp)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, Exception):
+                raise CheckpointWriteError(f"writing {final / current.name} failed: {_write_failure(current, exc)}") \
+                    from exc
+            raise
         if final.exists():  # re-saving a step (e.g. after a resume): swap, then delete the old one
             old = self.save_dir / f".{final.name}.old{os.getpid()}"
             os.rename(final, old)
@@ -397,8 +466,30 @@ class Checkpointer:
             shutil.rmtree(old)
         else:
             os.rename(tmp, final)
+        _fsync(self.save_dir)
         _write_atomic_text(self.save_dir / LATEST, final.name + "\n")
         self._prune(keep=final)
+
+    def sweep(self) -> list[str]:
+        """Remove what writes of this host's dead processes left (rank 0, before the first save):
+        a kill or a failed save left `.stepN.tmpPID/`, a checkpoint's size, that only --overwrite
+        removed (found by a tester). A `.stepN.oldPID/` (killed while re-saving a step) whose step
+        is missing is the complete copy: renamed back. Returns what was done, for the log."""
+        done = []
+        if self.rank != 0 or not self.save_dir.is_dir():
+            return done
+        for path in sorted(self.save_dir.iterdir()):
+            tmp, old = _STEP_TMP.fullmatch(path.name), _STEP_OLD.fullmatch(path.name)
+            pid = int(path.name.rsplit("tmp" if tmp else "old", 1)[1]) if (tmp or old) else None
+            if pid is None or path.is_symlink() or not path.is_dir() or _alive(pid):
+                continue
+            if old and not (self.save_dir / old.group(1)).exists():
+                os.rename(path, self.save_dir / old.group(1))
+                done.append(f"restored {old.group(1)} from {path.name}")
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+                done.append(f"removed {path.name}")
+        return done
 
     def _prune(self, keep: Path) -> None:
         if self.keep_last is None:

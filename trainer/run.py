@@ -31,8 +31,8 @@ from dolmino.cli import invoked_as
 from dolmino.s3 import local_path
 from dolmino.storage import why_unwritable
 from trainer.checkpoint import (
-    CONFIG_FILE, clear_run, cleared_by_overwrite, existing_run, files_fingerprint, latest_checkpoint, load_json_file,
-    own_checkpoint, resolve_checkpoint, resume_advice,
+    CONFIG_FILE, CheckpointWriteError, clear_run, cleared_by_overwrite, existing_run, files_fingerprint,
+    latest_checkpoint, load_json_file, own_checkpoint, resolve_checkpoint, resume_advice,
 )
 from trainer.cli import HelpFormatter, in_flag_names, parse_count, positive_int  # noqa: F401 (parse_count: our API)
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         if result.end_step > result.start_step or result.checkpoint:
             log(f"checkpoint: {result.checkpoint}")
         finished = True
-    except (DataError, ValueError, FileNotFoundError) as exc:
+    except (DataError, ValueError, FileNotFoundError, CheckpointWriteError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -156,6 +156,8 @@ class Trainer:
         self.spikes = {"loss": SpikeTracker(tc.spike_window, tc.spike_n_std),
                        "grad_norm": SpikeTracker(tc.spike_window, tc.spike_n_std)}
         self.checkpointer = Checkpointer(self.save_dir, rank=env.rank, keep_last=keep_last)
+        for done in self.checkpointer.sweep():  # what killed or failed saves left in --save-dir
+            log(f"--save-dir: {done} (left by a save that did not finish)")
         self.step = 0
         self.tokens_seen = 0
         self._data_stats_base: dict[str, int] = {}
