@@ -467,6 +467,41 @@ def test_ranks_agree_tells_ranks_that_resumed_different_checkpoints(tmp_path):
         assert differ == [[80, 5, 3], [100, 5, 3]]
 
 
+def _peer_stops_worker(rank: int, store: str, out: str) -> None:
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from trainer.distributed import DistEnv, peer_stopped, ranks_agree
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    if rank == 1:  # a node whose own start-up check failed: it leaves without the collective
+        os._exit(2)
+    try:
+        ranks_agree([1], DistEnv(rank, rank, 2, torch.device("cpu")))
+        Path(out).write_text("no error")
+    except RuntimeError as exc:
+        Path(out).write_text(json.dumps([peer_stopped(exc), peer_stopped(RuntimeError("a bug of this rank"))]))
+
+
+def test_a_rank_whose_peer_stopped_knows_it(tmp_path):
+    """When one node failed its own start-up check (one line, exit 2), the other ranks died in the
+    next collective with a 50-line gloo traceback and exit 1, like a crash (found by a tester):
+    trainer.run tells that failure apart (`peer_stopped`) and says it in one line instead."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "rank0"
+    ctx = mp.get_context("spawn")  # not mp.spawn: it kills the other ranks when one exits non-zero
+    ranks = [ctx.Process(target=_peer_stops_worker, args=(r, str(tmp_path / "store"), str(out))) for r in (0, 1)]
+    for p in ranks:
+        p.start()
+    for p in ranks:
+        p.join(120)
+    assert [p.exitcode for p in ranks] == [0, 2]
+    assert json.loads(out.read_text()) == [True, False]
+
+
 def test_process_group_backend_is_nccl_with_cuda_gloo_on_cpu_and_nccl_needs_cuda():
     import torch
 

@@ -10,6 +10,7 @@ tests run two ranks on one GPU, which NCCL refuses (every collective goes throug
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -122,6 +123,17 @@ def ranks_agree(values: list[int], env: DistEnv) -> tuple[list[int], list[int]]:
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
     return [int(v) for v in low.cpu().tolist()], [int(v) for v in high.cpu().tolist()]
+
+
+# How a collective fails when a peer has gone: gloo's transport, NCCL, torch's store.
+_PEER_GONE = re.compile(r"gloo/transport|Connection (?:closed|reset) by peer|Broken pipe|NCCL|ProcessGroup")
+
+
+def peer_stopped(exc: BaseException) -> bool:
+    """Whether `exc` is a collective failing because another rank stopped (torch's DistError,
+    or gloo's plain RuntimeError naming its transport), not a failure of this rank's own."""
+    dist_error = getattr(dist, "DistError", None)
+    return (dist_error is not None and isinstance(exc, dist_error)) or bool(_PEER_GONE.search(str(exc)))
 
 
 def barrier(env: DistEnv) -> None:

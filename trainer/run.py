@@ -38,7 +38,7 @@ from trainer.cli import HelpFormatter, in_flag_names, parse_count, positive_int 
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
 from trainer.data import DataError, scan_data, unreported_build_note
 from trainer.distributed import (
-    BACKENDS, DeviceUnavailable, barrier, exit_process, init_distributed, ranks_agree, shutdown,
+    BACKENDS, DeviceUnavailable, barrier, exit_process, init_distributed, peer_stopped, ranks_agree, shutdown,
 )
 from trainer.eval import add_training_arguments as add_eval_arguments, evaluate_after_training
 from trainer.plan import (
@@ -321,8 +321,17 @@ def main(argv: list[str] | None = None) -> int:
         if result.end_step > result.start_step or result.checkpoint:
             log(f"checkpoint: {result.checkpoint}")
         finished = True
-    except (DataError, ValueError, FileNotFoundError, CheckpointWriteError) as exc:
+    except (DataError, ValueError, OSError, CheckpointWriteError) as exc:  # OSError: e.g. --save-dir made read-only
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if not (env.distributed and peer_stopped(exc)):
+            raise
+        # Another rank stopped (its own error line says why; a node's start-up check, a full disk):
+        # this one printed a 50-line gloo/NCCL traceback and exited 1, like a crash (found by a tester).
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+        print(f"{prog}: error: rank {env.rank}: another rank stopped; its error says why ({first[:200]})",
+              file=sys.stderr)
         return 2
     finally:
         shutdown(env, finished)
