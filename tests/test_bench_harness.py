@@ -229,12 +229,32 @@ def test_merge_keeps_the_benchmarks_not_rerun_and_says_where_they_come_from(stan
     good, other = merged["benchmarks"]
     assert "measured" not in good and other["measured"]["commit"] == "a" * 40
     assert sorted({f["benchmark"] for f in merged["figures"]}) == ["good", "other"]
-    assert [c["benchmark"] for c in merged["comparisons"]] == ["other", "good"]
+    assert [c["benchmark"] for c in merged["comparisons"]] == ["good", "other"]  # in the benchmarks' order
     assert len([f for f in merged["figures"] if f["benchmark"] == "good"]) == len(second["figures"])
     md = harness.render_markdown(merged)
     assert f"earlier: {first['generated']} @ aaaaaaaaaa" in md and "--only good --merge" in md
     again = harness.merge_reports(merged, second)  # a kept benchmark keeps its first origin
     assert again["benchmarks"][1]["measured"]["commit"] == "a" * 40
+
+
+def test_comparisons_apply_todays_rules_to_stored_figures():
+    """REPORT.md kept ratios that a rule added later forbids (dolma's code taggers: different
+    work) because --merge copied stored comparisons; and the trainer's "raw" bare loop, slower
+    than dolmino, was judged as a ceiling (found by a reviewer of the bench claims)."""
+    def row(name, impl, median, unit="docs/s"):
+        return {"name": name, "impl": impl, "median": median, "values": [median], "unit": unit, "better": "higher"}
+
+    kept = [row("filters/code_stars docs/s per core", "dolmino", 100.0),
+            row("filters/code_stars docs/s per core", "dolma", 10.0)]
+    (entry,) = harness.compare(kept, "filters")
+    assert entry["ratio"] is None and "different work" in entry["not_comparable"]["dolma"]["why"]
+    (same,) = harness.compare(kept)  # without the benchmark's name no rule applies
+    assert same["ratio"] == 10.0
+    trainer = [row("trainer_step", "dolmino", 383.0, "tokens/s/core"), row("trainer_step", "raw", 336.4, "tokens/s/core")]
+    (step,) = harness.compare(trainer, "trainer")
+    assert step["meets_goal"] is None and step["goal"].startswith("none: raw is slower than dolmino")
+    figures = [{"benchmark": "filters", **r} for r in kept]
+    assert harness.recompare(figures, ["filters"])[0]["ratio"] is None
 
 
 def test_parse_args_defaults_and_errors(capsys):
