@@ -229,7 +229,8 @@ def main(argv=None) -> dict:
         figures += point_figures(f"{p['scale']}x", p)
     if demo_point:
         figures += point_figures("demo mix", demo_point)
-    notes.append(f"growth exponent b = {b:.2f} in core-seconds, {b_wall:.2f} in wall time, over scales {scales} "
+    notes.append(f"this run's growth exponent b = {b:.2f} in core-seconds, {b_wall:.2f} in wall time (the table "
+                 f"gives the median of the runs), over scales {scales} "
                  f"(base {base_docs} docs/source, {points[0]['pool_bytes'] / 1e6:.1f} MB pool at "
                  f"{points[0]['scale']}x); each point is a full build (tag + mix) from empty attributes; "
                  "core-seconds count every process of the build (driver Python, JVM, PySpark workers); "

@@ -18,6 +18,7 @@ looks complete. All files load with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -152,6 +153,9 @@ def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as exc:  # some filesystems cannot sync a directory: its files were synced
+        if not (os.path.isdir(path) and exc.errno in (errno.EINVAL, errno.ENOTSUP, errno.EBADF)):
+            raise
     finally:
         os.close(fd)
 
