@@ -287,12 +287,12 @@ def compare(rows: list[dict], benchmark: str | None = None) -> list[dict]:
                 entry["goal"] = f">= {d['goal']:g} x {target['impl']} (is {shown})"
                 entry["meets_goal"] = goal_ratio is not None and goal_ratio >= d["goal"]
         elif _is_throughput(d["unit"]):
-            if entry.get("raw_not_a_ceiling"):
-                entry["goal"] = "none: raw is slower than dolmino, so not a ceiling"
-            elif entry["ratio_vs_raw"] is not None:
+            if entry["ratio_vs_raw"] is not None and not entry.get("raw_not_a_ceiling"):
                 entry["goal"] = f">= {GOAL_VS_RAW:.3f} x raw (within 1.2x)"
                 entry["meets_goal"] = entry["ratio_vs_raw"] >= GOAL_VS_RAW
-            elif entry["ratio"] is not None:
+            elif entry.get("raw_not_a_ceiling") and entry["ratio"] is None:
+                entry["goal"] = "none: raw is slower than dolmino, so not a ceiling"
+            elif entry["ratio"] is not None:  # also where raw proved no ceiling: the anchors still judge
                 entry["goal"] = f">= {GOAL_VS_ANCHOR:g} x best anchor"
                 entry["meets_goal"] = entry["ratio"] >= GOAL_VS_ANCHOR
         out.append(entry)
@@ -505,8 +505,15 @@ def merge_reports(earlier: dict, new: dict) -> dict:
     benchmarks = sorted([*kept, *new["benchmarks"]],
                         key=lambda b: (order.index(b["name"]) if b["name"] in order else len(order)))
     figures = [f for f in earlier.get("figures", []) if f["benchmark"] in keep] + new["figures"]
-    # Anchor versions of the kept benchmarks' runs stay in the header (a merge showed none).
-    anchors = {**((earlier.get("machine") or {}).get("anchors") or {}), **((new.get("machine") or {}).get("anchors") or {})}
+    # Anchor versions of the kept benchmarks' runs stay in the header (a merge showed none, then
+    # the new run's for every anchor; found by reviewers).
+    before = (earlier.get("machine") or {}).get("anchors") or {}
+    anchors = dict((new.get("machine") or {}).get("anchors") or {})
+    for name, version in before.items():
+        if keep and anchors.get(name) not in (None, version):
+            anchors[name] = f"{anchors[name]} (this run); {version} (kept benchmarks)"
+        elif name not in anchors:
+            anchors[name] = version
     return {**new, "machine": {**new["machine"], "anchors": anchors}, "benchmarks": benchmarks, "figures": figures,
             "comparisons": recompare(figures, [b["name"] for b in benchmarks]),
             "merged": {"kept_from_earlier": sorted(keep), "ran_now": sorted(ran)}}

@@ -255,6 +255,21 @@ def test_comparisons_apply_todays_rules_to_stored_figures():
     assert step["meets_goal"] is None and step["goal"].startswith("none: raw is slower than dolmino")
     figures = [{"benchmark": "filters", **r} for r in kept]
     assert harness.recompare(figures, ["filters"])[0]["ratio"] is None
+    # a raw that proved no ceiling leaves the anchors to judge (a reviewer: a 0.4x figure showed no goal)
+    slow = [row("tokenize", "dolmino", 400.0), row("tokenize", "raw", 300.0), row("tokenize", "dolma", 1000.0)]
+    (tok,) = harness.compare(slow, "tokenize")
+    assert tok["goal"] == ">= 2 x best anchor" and tok["meets_goal"] is False
+
+
+def test_a_merge_keeps_the_anchor_versions_its_kept_benchmarks_ran_with(stand_ins):
+    machine = harness.machine_info({})
+    first = harness.build_report([_run(stand_ins, "good", "good.py", repeats=1), _run(stand_ins, "other", "good.py",
+                                                                                      repeats=1)],
+                                 {**machine, "anchors": {"datatrove": "0.3.0", "dolma": "1.2.1"}}, {"repeats": 1})
+    second = harness.build_report([_run(stand_ins, "good", "good.py", repeats=1)],
+                                  {**machine, "anchors": {"datatrove": "0.10.1", "dolma": "1.2.1"}}, {"repeats": 1})
+    assert harness.merge_reports(first, second)["machine"]["anchors"] == {
+        "datatrove": "0.10.1 (this run); 0.3.0 (kept benchmarks)", "dolma": "1.2.1"}
 
 
 def test_parse_args_defaults_and_errors(capsys):

@@ -297,6 +297,16 @@ def test_a_failed_write_names_its_file_and_reason_and_leaves_no_partial_copy(tmp
         with pytest.raises(CheckpointWriteError, match=expected):
             ck.wait()
         assert sorted(p.name for p in (tmp_path / "run").iterdir()) == []
+    # a full disk: the space measured before the partial copy is removed (it was measured after,
+    # on the removed directory: never "full"; found by a reviewer)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage",
+                        lambda p: (_ for _ in ()).throw(FileNotFoundError(p)) if not os.path.exists(p)
+                        else type("usage", (), {"free": 1 << 20})())
+    ck = Checkpointer(tmp_path / "run")
+    ck.save(2, model, opt, {}, {})
+    with pytest.raises(CheckpointWriteError, match=r"optim.pt failed: the disk is full \(1 MiB free\); \[enforce"):
+        ck.wait()
+    monkeypatch.undo()
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
     synced = []
     real_fsync = checkpoint.os.fsync
@@ -307,12 +317,16 @@ def test_a_failed_write_names_its_file_and_reason_and_leaves_no_partial_copy(tmp
     pid = int(dead.stdout)
     (tmp_path / "run" / f".step000004.tmp{pid}").mkdir()
     (tmp_path / "run" / "step000003").rename(tmp_path / "run" / f".step000003.old{pid}")
-    (tmp_path / "run" / f".step000005.tmp{os.getpid()}").mkdir()  # a live writer's: kept
+    (tmp_path / "run" / ".step000005.tmp1").mkdir()  # pid 1 is alive, but started after this was left:
+    os.utime(tmp_path / "run" / ".step000005.tmp1", (0, 0))  # a predecessor's, in a restarted container
     done = Checkpointer(tmp_path / "run").sweep()
-    assert done == [f"restored step000003 from .step000003.old{pid}", f"removed .step000004.tmp{pid}"]
+    assert done == [f"restored step000003 from .step000003.old{pid}", f"removed .step000004.tmp{pid}",
+                    "removed .step000005.tmp1"]
     assert latest_checkpoint(tmp_path / "run").name == "step000003"
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
-        f".step000005.tmp{os.getpid()}", "latest", "step000003"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["latest", "step000003"]
+    # a restarted container gives the trainer the PID its killed predecessor had (found by a reviewer)
+    (tmp_path / "run" / "step000003").rename(tmp_path / "run" / f".step000003.old{os.getpid()}")
+    assert Checkpointer(tmp_path / "run").sweep() == [f"restored step000003 from .step000003.old{os.getpid()}"]
 
 
 def test_a_latest_pointer_that_is_not_text_is_no_pointer(tmp_path):

@@ -377,17 +377,29 @@ def files_fingerprint(path: str | Path, files: list[Path] | None = None) -> int:
     return int.from_bytes(digest.digest()[:6], "big")
 
 
-def _alive(pid: int) -> bool:
-    """Whether process `pid` runs on this host (its writes may still be going on)."""
+def _writer_alive(pid: int, left: Path) -> bool:
+    """Whether process `pid`, which named `left`, may still be writing it on this host.
+
+    Not this process (sweep runs before its first save), and not a process started after
+    `left` was last changed: a restarted container gives the trainer the same small PID (often
+    1), which `os.kill(pid, 0)` finds alive (found by a reviewer)."""
     if pid == os.getpid():
-        return True
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:
-        return True  # another user's: alive
-    return True
+        pass  # another user's process: alive, unless it started after `left` changed
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as fh:
+            boot = next(int(line.split()[1]) for line in fh if line.startswith("btime "))
+        started = boot + ticks / os.sysconf("SC_CLK_TCK")
+        return started <= left.stat().st_mtime + 1
+    except (OSError, ValueError, IndexError, StopIteration):
+        return True  # no /proc: trust the PID
 
 
 class Checkpointer:
@@ -458,10 +470,10 @@ class Checkpointer:
             _fsync(current)
             _fsync(tmp)
         except BaseException as exc:
+            reason = _write_failure(current, exc) if isinstance(exc, Exception) else None  # before the space is freed
             shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(exc, Exception):
-                raise CheckpointWriteError(f"writing {final / current.name} failed: {_write_failure(current, exc)}") \
-                    from exc
+            if reason is not None:
+                raise CheckpointWriteError(f"writing {final / current.name} failed: {reason}") from exc
             raise
         if final.exists():  # re-saving a step (e.g. after a resume): swap, then delete the old one
             old = self.save_dir / f".{final.name}.old{os.getpid()}"
@@ -485,7 +497,7 @@ class Checkpointer:
         for path in sorted(self.save_dir.iterdir()):
             tmp, old = _STEP_TMP.fullmatch(path.name), _STEP_OLD.fullmatch(path.name)
             pid = int(path.name.rsplit("tmp" if tmp else "old", 1)[1]) if (tmp or old) else None
-            if pid is None or path.is_symlink() or not path.is_dir() or _alive(pid):
+            if pid is None or path.is_symlink() or not path.is_dir() or _writer_alive(pid, path):
                 continue
             if old and not (self.save_dir / old.group(1)).exists():
                 os.rename(path, self.save_dir / old.group(1))

@@ -125,15 +125,17 @@ def ranks_agree(values: list[int], env: DistEnv) -> tuple[list[int], list[int]]:
     return [int(v) for v in low.cpu().tolist()], [int(v) for v in high.cpu().tolist()]
 
 
-# How a collective fails when a peer has gone: gloo's transport, NCCL, torch's store.
-_PEER_GONE = re.compile(r"gloo/transport|Connection (?:closed|reset) by peer|Broken pipe|NCCL|ProcessGroup")
+# How a collective fails when a peer has gone: gloo's transport, a closed connection, NCCL's
+# word for a peer that exited. Not "NCCL" alone: this rank's own CUDA or NCCL fault is a
+# DistBackendError too, and must keep its traceback (found by a reviewer).
+_PEER_GONE = re.compile(r"gloo/transport|Connection (?:closed|reset) by peer|Broken pipe|remote process exited")
 
 
 def peer_stopped(exc: BaseException) -> bool:
-    """Whether `exc` is a collective failing because another rank stopped (torch's DistError,
-    or gloo's plain RuntimeError naming its transport), not a failure of this rank's own."""
-    dist_error = getattr(dist, "DistError", None)
-    return (dist_error is not None and isinstance(exc, dist_error)) or bool(_PEER_GONE.search(str(exc)))
+    """Whether `exc` is a collective failing because another rank stopped (the store or the
+    network gone, or gloo's plain RuntimeError naming its transport), not this rank's own fault."""
+    gone = tuple(t for t in (getattr(dist, "DistNetworkError", None), getattr(dist, "DistStoreError", None)) if t)
+    return isinstance(exc, gone) or bool(_PEER_GONE.search(str(exc)))
 
 
 def barrier(env: DistEnv) -> None:
