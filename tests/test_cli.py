@@ -367,6 +367,34 @@ def test_an_asset_cache_that_cannot_be_made_is_one_line_and_check_only_looks(tmp
     assert not (tmp_path / "none").exists()
 
 
+def test_ctrl_c_in_build_and_synth_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    """Ctrl-C printed a 25-line py4j/PySpark traceback (found by a tester of synth); the rerun
+    resumes, which is what the one line now says."""
+    import types
+
+    import dolmino.build.mix
+    import dolmino.build.spark
+    from dolmino.cli import main
+
+    fake = types.SimpleNamespace(sparkContext=types.SimpleNamespace(setLogLevel=lambda level: None),
+                                 stop=lambda: None)
+    monkeypatch.setattr(dolmino.build.spark, "make_spark", lambda *a, **k: fake)
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dolmino.build.mix, "run_build", interrupted)
+    import dolmino.synth.runner
+
+    monkeypatch.setattr(dolmino.synth.runner, "run", interrupted)
+    assert main(["build", "--budget", "10K", "--out", str(tmp_path / "o"), "--attributes", str(tmp_path / "a")]) == 130
+    assert capsys.readouterr().err == ("dolmino build: interrupted; rerun the same command to resume (finished "
+                                       "attribute files and parts are kept)\n")
+    assert main(["synth", "--generator", "arithmetic", "--num-docs", "10", "--out", str(tmp_path / "s")]) == 130
+    assert capsys.readouterr().err == ("dolmino synth: interrupted; rerun the same command to resume (finished "
+                                       "partitions are kept)\n")
+
+
 def test_synth_train_and_eval_name_themselves_as_typed(capsys):
     """`dolmino synth/train/eval` printed `usage: python -m ...` and synth's errors said
     `python -m dolmino.synth: error` though the user typed `dolmino synth`; run as modules,

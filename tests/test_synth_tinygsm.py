@@ -285,3 +285,8 @@ def test_a_program_over_its_cpu_seconds_is_a_timeout_whatever_ran_before():
     quick = "def f():\n    x = 7 ** 1000 % 10\n    return x\n"
     with Sandbox(cpu_seconds=1) as box:
         assert [box.run(code).kind for code in (quick, slow, quick)] == ["ok", "timeout", "ok"]
+    # ... also when it fails after that: a program erring after ~1.7 s was a runtime error in a
+    # fresh child and a timeout after others had run (its report moved with --partitions; a tester)
+    slow_then_fails = "def f():\n    x = 7 ** (5 * 10 ** 6) % 10\n    y = x // 0\n    return y\n"
+    with Sandbox(cpu_seconds=1) as box:
+        assert box.run(slow_then_fails).kind == "timeout"

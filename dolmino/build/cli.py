@@ -219,6 +219,10 @@ def main(argv: list[str] | None = None, phase: str = "all", prog: str | None = N
     spark.sparkContext.setLogLevel("WARN")
     try:
         result = run_build(manifest, options, spark)
+    except KeyboardInterrupt:  # a py4j/PySpark traceback (found by a tester of synth, which shares it)
+        print(f"{prog}: interrupted; rerun the same command to resume (finished attribute files and parts are "
+              "kept)", file=sys.stderr)
+        return 130
     except Exception as exc:  # noqa: BLE001
         text = executor_failure(exc)
         if text is not None:

@@ -176,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     except SynthRunError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a 25-line py4j/PySpark traceback (found by a tester)
+        print(f"{prog}: interrupted; rerun the same command to resume (finished partitions are kept)",
+              file=sys.stderr)
+        return 130
     finally:
         spark.stop()
     print(json.dumps(report, indent=1, sort_keys=True))

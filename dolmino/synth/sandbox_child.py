@@ -5,8 +5,9 @@ environment, no current directory on the path) and imports only the standard lib
 caps its own address space, file writes and process creation before reading the first
 request, and before each program raises its CPU-time limit to "used so far + CPU_SECONDS", so
 a runaway program is killed by SIGXCPU while a long-lived child can serve millions of short
-ones; a program that finishes after more than CPU_SECONDS of its own CPU time is a timeout
-too (the rlimit counts whole seconds). Programs run with a handful of numeric builtins and nothing else.
+ones; a program that ends (finished or failed) after more than CPU_SECONDS of its own CPU
+time is a timeout too (the rlimit counts whole seconds). Programs run with a handful of
+numeric builtins and nothing else.
 
 Protocol: one JSON object per line on stdin, {"code": "..."}; one JSON object per line on
 stdout: {"ok": true, "values": [...], "result": "...", "numeric": bool} or {"ok": false,
@@ -102,22 +103,24 @@ def main() -> None:
     memory_bytes, cpu_seconds = int(sys.argv[1]), int(sys.argv[2])
     limit_resources(memory_bytes)
     for line in sys.stdin:
+        started = None
         try:
             request = json.loads(line)
             started = arm_cpu_limit(cpu_seconds)
             reply = run_program(request["code"])
-            # The rlimit counts whole seconds from what the child spent before (a program got up
-            # to one second more after others had run; found by a tester): the program's own CPU
-            # time decides, the rlimit only stops one that would run on.
-            if cpu_spent() - started > cpu_seconds:
-                reply = {"ok": False, "kind": "timeout",
-                         "error": f"CPU time limit ({cpu_seconds} s per program) exceeded"}
         except MemoryError:
             reply = {"ok": False, "kind": "resource_limit", "error": "MemoryError: memory limit reached"}
         except RecursionError as exc:
             reply = {"ok": False, "kind": "resource_limit", "error": f"RecursionError: {exc}"}
         except Exception as exc:  # noqa: BLE001 - every failure of the program is its verdict
             reply = {"ok": False, "kind": "runtime_error", "error": f"{type(exc).__name__}: {exc}"[:500]}
+        # The rlimit counts whole seconds from what the child spent before (a program got up to
+        # one second more after others had run; found by a tester): the program's own CPU time
+        # decides, whatever it ended in (a MemoryError after 2.3 s was "resource_limit" in a fresh
+        # child and "timeout" after another program; found by a tester), the rlimit only stops
+        # one that would run on.
+        if started is not None and cpu_spent() - started > cpu_seconds:
+            reply = {"ok": False, "kind": "timeout", "error": f"CPU time limit ({cpu_seconds} s per program) exceeded"}
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
 
