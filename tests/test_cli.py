@@ -387,7 +387,13 @@ def test_ctrl_c_in_build_and_synth_is_one_line_and_exit_130(tmp_path, monkeypatc
     import dolmino.synth.runner
 
     monkeypatch.setattr(dolmino.synth.runner, "run", interrupted)
-    assert main(["build", "--budget", "10K", "--out", str(tmp_path / "o"), "--attributes", str(tmp_path / "a")]) == 130
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.jsonl").write_text('{"id": "1", "text": "one document"}\n')
+    manifest = tmp_path / "m.json"  # the default manifest reads the demo corpus, which a fresh clone lacks
+    manifest.write_text(json.dumps({"name": "m", "version": 1, "seed": 1, "data_root": str(tmp_path / "data"),
+                                    "sources": [{"name": "a", "paths": ["*.jsonl"], "mix_percent": 100}]}))
+    assert main(["build", "--manifest", str(manifest), "--budget", "10K", "--out", str(tmp_path / "o"),
+                 "--attributes", str(tmp_path / "a")]) == 130
     assert capsys.readouterr().err == ("dolmino build: interrupted; rerun the same command to resume (finished "
                                        "attribute files and parts are kept)\n")
     assert main(["synth", "--generator", "arithmetic", "--num-docs", "10", "--out", str(tmp_path / "s")]) == 130
