@@ -49,6 +49,29 @@ def test_shipped_files_keep_their_digest_names_and_bytes(spark, tmp_path):
         assert names == {resource.shipped_as}
 
 
+def test_a_second_build_of_a_session_ships_the_same_model_once(tmp_path):
+    """Spark's file server takes one path per name: the second build of a long-lived session on a
+    cluster staged the same model under the same name at a new path, and addFile failed the build
+    ("already registered with a different path"; found by a tester). Local mode ships nothing, so
+    the fake context below enforces Spark's rule."""
+    class Context:
+        applicationId = "app-1"
+        files: dict = {}
+
+        def addFile(self, path):
+            name = os.path.basename(path)
+            if self.files.setdefault(name, path) != path:
+                raise RuntimeError(f"File {name} was already registered with a different path")
+
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"weights" * 100)
+    context = Context()
+    first, again = stage(str(model), context, ship=True), stage(str(model), context, ship=True)
+    assert first == again and list(context.files) == [first.shipped_as]
+    model.write_bytes(b"retrained" * 100)  # other bytes: another name, shipped too
+    assert stage(str(model), context, ship=True).shipped_as != first.shipped_as and len(context.files) == 2
+
+
 def test_shipped_directory_is_unpacked_into_the_node_cache(spark, tmp_path):
     model = tmp_path / "classifier"
     (model / "sub").mkdir(parents=True)

@@ -186,6 +186,11 @@ def stage(uri: str, sc=None, ship: bool = False) -> Resource:
     if not ship:
         return Resource(uri, digest, is_dir)
     name = f"{digest[:16]}-{os.path.basename(os.path.normpath(uri))}" + (".tar" if is_dir else "")
+    shipped = (getattr(sc, "applicationId", None) or id(sc), name)
+    if shipped in _SHIPPED:  # an earlier build of this session shipped these bytes under this name:
+        # Spark's file server takes one path per name, and a second addFile of it failed the build
+        # (a long-lived session on a cluster; found by a tester). Executors check the digest.
+        return Resource(uri, digest, is_dir, shipped_as=name)
     # Staged afresh by every build: a hard link made by an earlier build shares the inode of a
     # model edited in place since, and would ship other bytes under this digest (a reviewer).
     staging = os.path.join(tempfile.mkdtemp(dir=_staging_dir()), name)
@@ -194,7 +199,12 @@ def stage(uri: str, sc=None, ship: bool = False) -> Resource:
     except OSError as exc:  # the temporary directory full or not writable: one line, not a traceback
         raise BuildError(f"{uri}: cannot stage it for the executors in {os.path.dirname(staging)} ({exc})") from None
     sc.addFile(staging)
+    _SHIPPED.add(shipped)
     return Resource(uri, digest, is_dir, shipped_as=name)
+
+
+# (Spark application, shipped name) of what `stage` has added to a SparkContext's files.
+_SHIPPED: set[tuple[str | int, str]] = set()
 
 
 # ---------------------------------------------------------------------------- executors
