@@ -78,6 +78,42 @@ def test_hf_import_gives_the_same_logits(tmp_path, sharded):
     assert (ours - theirs).abs().max().item() <= 1e-5
 
 
+def test_hf_import_reads_what_transformers_loads_and_export_keeps_every_dtype(tmp_path):
+    """model.safetensors beside an index and shards of other weights: transformers loads the
+    single file, the importer read the shards (two models, one directory); an export of a
+    checkpoint with a bf16 lm_head and fp32 rest wrote every tensor in bf16 (both found by a
+    tester)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from trainer.export_hf import export
+
+    path, model = hf_olmo2(tmp_path)
+    other, _ = hf_olmo2(tmp_path, "other", max_shard_size="100KB")
+    torch.manual_seed(1)
+    for f in other.iterdir():  # shards and index of other weights beside model.safetensors
+        if f.name.endswith(".index.json"):
+            shutil.copy(f, path / f.name)
+        elif f.name.startswith("model-"):
+            save_file({k: torch.randn_like(v) for k, v in load_file(str(f)).items()}, str(path / f.name),
+                      metadata={"format": "pt"})
+    ours = OLMo2(inspect_checkpoint(path).model)
+    load_weights_into(ours, inspect_checkpoint(path))
+    ids = torch.randint(0, VOCAB, (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(ours(ids), model(ids).logits)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tmp_path / "hf", mixed, ignore=shutil.ignore_patterns("model-*", "*.index.json"))
+    tensors = load_file(str(mixed / "model.safetensors"))
+    tensors["lm_head.weight"] = tensors["lm_head.weight"].bfloat16()
+    save_file(tensors, str(mixed / "model.safetensors"), metadata={"format": "pt"})
+    exported = load_file(str(export(mixed, tmp_path / "mixed-hf") / "model.safetensors"))
+    assert {t.dtype for t in exported.values()} == {torch.float32}
+    assert torch.equal(exported["lm_head.weight"], tensors["lm_head.weight"].float())
+    assert torch.equal(exported["model.norm.weight"], tensors["model.norm.weight"])
+
+
 def test_hf_import_reads_one_tensor_at_a_time(tmp_path, monkeypatch):
     """No whole-file load, and each tensor read is released before the next one is read."""
     import safetensors.torch
@@ -125,6 +161,14 @@ def test_hf_errors_name_the_problem(tmp_path):
                          ("rope5", {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5}})):
         with pytest.raises(CheckpointFormatError, match="RoPE scaling .*linear"):
             inspect_checkpoint(variant(name, scaled))
+    # a config with both thetas, disagreeing: transformers 5 and 4 read different ones (a tester)
+    with pytest.raises(CheckpointFormatError, match="rope_theta 12345.0 and rope_parameters.rope_theta 500000.0 "
+                                                    "differ"):
+        inspect_checkpoint(variant("thetas", {"rope_theta": 12345.0,
+                                              "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}}))
+    # what is the same math is not refused: "swish" is SiLU, rope_type "default" is no scaling (a tester)
+    same = inspect_checkpoint(variant("same-math", {"hidden_act": "swish", "rope_scaling": {"rope_type": "default"}}))
+    assert same.model.rope_theta == 500_000.0
     with pytest.raises(CheckpointFormatError, match="missing model.layers.1.mlp.up_proj.weight, unexpected none"):
         inspect_checkpoint(variant("missing", drop="model.layers.1.mlp.up_proj.weight"))
     with pytest.raises(CheckpointFormatError, match="unexpected model.layers.0.self_attn.q_proj.bias"):

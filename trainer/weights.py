@@ -206,7 +206,7 @@ def _inspect_trainer(path: Path) -> CheckpointInfo:
     cfg = ModelConfig.from_dict(config["model"])
     state = _load_trainer_state(path)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
-    dtype = next(iter(state.values())).dtype if state else None
+    dtype = widest_dtype(v.dtype for v in state.values())
     step = config.get("step")
     return CheckpointInfo(path=path, format="trainer", shapes=shapes, model=cfg,
                           step=int(step) if step is not None and "soup" not in config else None,
@@ -255,12 +255,19 @@ def model_config_from_hf(hf: dict, where: str) -> ModelConfig:
     # transformers < 5 writes RoPE scaling as rope_scaling, >= 5 as a rope_type other than "default"
     # inside rope_parameters (which then also holds rope_theta)
     rope_parameters = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or (rope_parameters if rope_parameters.get("rope_type", "default") != "default"
-                                         else None)
+    old_scaling = hf.get("rope_scaling") or {}
+    if (old_scaling.get("rope_type") or old_scaling.get("type")) == "default":
+        old_scaling = {}  # "default" is no scaling
+    scaling = old_scaling or (rope_parameters if rope_parameters.get("rope_type", "default") != "default" else None)
     if scaling:
         problems.append(f"RoPE scaling {scaling!r} is not supported")
-    if hf.get("hidden_act", "silu") != "silu":
+    if hf.get("hidden_act", "silu") not in ("silu", "swish"):  # transformers' "swish" is SiLU
         problems.append(f"hidden_act {hf['hidden_act']!r} is not silu")
+    thetas = {t for t in (hf.get("rope_theta"), rope_parameters.get("rope_theta")) if t is not None}
+    # transformers 5 reads rope_parameters, 4 the top level: which one the model had is unknown
+    if len({float(t) if isinstance(t, (int, float)) else t for t in thetas}) > 1:
+        problems.append(f"rope_theta {hf.get('rope_theta')} and rope_parameters.rope_theta "
+                        f"{rope_parameters.get('rope_theta')} differ (transformers 5 reads the second, 4 the first)")
     if problems:
         raise CheckpointFormatError(f"{where}: " + "; ".join(problems))
     try:
@@ -286,9 +293,11 @@ def model_config_from_hf(hf: dict, where: str) -> ModelConfig:
 
 
 def _hf_files(path: Path) -> dict[str, str]:
-    """HF tensor name -> safetensors file name."""
+    """HF tensor name -> safetensors file name. model.safetensors first, as transformers loads it:
+    beside an index and shards of other weights, the index was read here and the two loaded
+    different models (found by a tester)."""
     index = path / HF_INDEX
-    if index.is_file():
+    if index.is_file() and not (path / HF_SINGLE).is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
@@ -302,18 +311,28 @@ def _hf_files(path: Path) -> dict[str, str]:
 
 
 def _hf_shapes_and_dtype(path: Path, files: dict[str, str]) -> tuple[dict[str, tuple], torch.dtype | None]:
-    shapes, dtype = {}, None
+    shapes, dtypes = {}, []
     for file in sorted(set(files.values())):
         with _open_safetensors(path / file) as fh:
             for name in fh.keys():
                 sl = fh.get_slice(name)
                 shapes[name] = tuple(sl.get_shape())
-                if dtype is None:
-                    dtype = _SAFETENSORS_DTYPES.get(sl.get_dtype())
-    return shapes, dtype
+                dtypes.append(_SAFETENSORS_DTYPES.get(sl.get_dtype()))
+    return shapes, widest_dtype(dtypes)
 
 
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+
+
+def widest_dtype(dtypes) -> torch.dtype | None:
+    """The dtype a checkpoint's tensors all fit in exactly: its own when they share one, else the
+    widest (bf16 and fp16 together: fp32). "Keep the checkpoint's dtype" took the first tensor's,
+    and an export of bf16 lm_head + fp32 rest wrote every tensor in bf16 (found by a tester)."""
+    found = set(dtypes) - {None}
+    if len(found) <= 1:
+        return next(iter(found), None)
+    widest = max(found, key=lambda d: torch.empty((), dtype=d).element_size())
+    return torch.float32 if widest.itemsize == 2 else widest
 _HF_IGNORED = re.compile(r"\.rotary_emb\.inv_freq$")  # a buffer some old exports carry, derived from the config
 
 
@@ -425,7 +444,7 @@ def _inspect_olmo_core(path: Path) -> CheckpointInfo:
 
     dcp_dir = _dcp_dir(path)
     metadata = _dcp_reader(dcp_dir).read_metadata()
-    shapes, unexpected, dtype = {}, [], None
+    shapes, unexpected, dtypes = {}, [], []
     for key, meta in metadata.state_dict_metadata.items():
         if not key.startswith("model."):
             continue
@@ -434,7 +453,8 @@ def _inspect_olmo_core(path: Path) -> CheckpointInfo:
             unexpected.append(key)
             continue
         shapes[ours] = tuple(meta.size)
-        dtype = dtype or meta.properties.dtype
+        dtypes.append(meta.properties.dtype)
+    dtype = widest_dtype(dtypes)
     if not shapes:
         raise CheckpointFormatError(f"{dcp_dir}: no model.* tensors in the DCP metadata (is it an OLMo-core "
                                     f"checkpoint? keys: {_listing(sorted(metadata.state_dict_metadata))})")
