@@ -27,11 +27,13 @@ PHASES = {
 }
 
 
-def parse_args(argv: list[str] | None, phase: str, prog: str | None = None) -> argparse.Namespace:
-    """`prog`: the name the user typed, when not the phase's own (`dolmino build` runs build_mix)."""
-    name, description = PHASES[phase]
-    prog = prog or name
+def parse_args(argv: list[str] | None, phase: str) -> argparse.Namespace:
+    """The name in usage and messages is the one the user typed (`dolmino build` runs build_mix)."""
+    from dolmino.cli import invoked_as
     from dolmino.help_format import DefaultsHelpFormatter
+
+    name, description = PHASES[phase]
+    prog = invoked_as(name)
 
     parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=DefaultsHelpFormatter)
     if phase == "all":
@@ -198,10 +200,10 @@ def _exit_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, terminated)
 
 
-def main(argv: list[str] | None = None, phase: str = "all", prog: str | None = None) -> int:
+def main(argv: list[str] | None = None, phase: str = "all") -> int:
     from dolmino.s3 import cli_errors
 
-    args = parse_args(argv, phase, prog)
+    args = parse_args(argv, phase)
     prog = args.prog
     errors = cli_errors(prog, expected=(ManifestError, BuildError))
     try:
@@ -253,8 +255,8 @@ def main(argv: list[str] | None = None, phase: str = "all", prog: str | None = N
 
 
 def build_main(argv: list[str] | None = None) -> int:
-    """`dolmino build`: build_mix's tag and mix in one go, under the name the user typed."""
-    return main(argv, "all", "dolmino build")
+    """`dolmino build`: build_mix's tag and mix in one go."""
+    return main(argv, "all")
 
 
 def tag_main(argv: list[str] | None = None) -> int:
