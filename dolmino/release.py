@@ -590,7 +590,7 @@ def read_release(release_uri: str) -> dict:
     record = _get_json(bucket, key_prefix + RELEASE_FILE)
     if record is None:
         below = [key[len(key_prefix):] for key, _size in itertools.islice(s3.iter_keys(bucket, key_prefix), 10_000)]
-        nested = sorted({rel.rsplit("/", 1)[0] for rel in below if rel.endswith("/" + RELEASE_FILE)})
+        nested = _nested_releases(below)
         if nested:  # a releases root read as an interrupted publish (a tester)
             raise ReleaseNotFoundError(f"{release_uri} holds other releases ({', '.join(nested[:5])}): name one "
                                        "release, not a releases root")
@@ -602,6 +602,12 @@ def read_release(release_uri: str) -> dict:
 
 
 # ---------------------------------------------------------------- leftovers
+
+
+def _nested_releases(rels) -> list[str]:
+    """The releases committed below a prefix, by name (`rels`: keys relative to it): read,
+    publish, clean and delete each refuse a releases root by this one rule."""
+    return sorted({rel.rsplit("/", 1)[0] for rel in rels if rel.endswith("/" + RELEASE_FILE)})
 
 
 def _group_of(rel: str) -> str | None:
@@ -635,7 +641,7 @@ def _check_is_release(bucket: str, key_prefix: str, release_uri: str,
         else:
             foreign.append(rel)
     if nested:
-        names = ", ".join(sorted({r.rsplit("/", 1)[0] for r in nested})[:5])
+        names = ", ".join(_nested_releases(nested)[:5])
         raise ReleaseError(f"{release_uri} holds other releases ({names}): name one release, not a releases root; "
                            "nothing was removed")
     return foreign, staged

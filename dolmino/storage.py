@@ -26,11 +26,20 @@ def join(root: str, *names: str) -> str:
     return "/".join([root.rstrip("/"), *names])
 
 
+def _nearest_existing(place: Path) -> Path:
+    """`place` if it exists (a dangling symlink does), else its nearest existing ancestor: every
+    ancestor of an existing path is a directory, so only this one can be in the way."""
+    while not os.path.lexists(place) and place.parent != place:
+        place = place.parent
+    return place
+
+
 def file_above(path: str) -> str | None:
     """The nearest existing path above local `path` (its directory, then theirs) that is not a
     directory: where making `path`'s directories would fail with "[Errno 17] File exists",
     a message naming neither path (found by testers of pull and eval), or None."""
-    return next((str(p) for p in Path(path).absolute().parents if os.path.lexists(p) and not p.is_dir()), None)
+    place = _nearest_existing(Path(path).absolute().parent)
+    return None if place.is_dir() else str(place)
 
 
 def why_unwritable(path: str) -> str | None:
@@ -38,9 +47,7 @@ def why_unwritable(path: str) -> str | None:
     nearest existing path at or above it; None when they can. Checked before work that would
     otherwise fail only when it first writes, after minutes of it: a read-only mount or
     checkout, no permission, a file or a dangling symlink in the way."""
-    place = Path(path).absolute()
-    while not os.path.lexists(place) and place.parent != place:
-        place = place.parent
+    place = _nearest_existing(Path(path).absolute())
     if place.is_symlink() and not place.exists():
         return f"{place} is a symlink to a missing target"
     if not place.is_dir():
