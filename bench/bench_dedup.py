@@ -385,7 +385,8 @@ def figures(result: dict) -> list[dict]:
             note="4 stages, LocalPipelineExecutor workers=1: read, intermediate files, write kept; CPU of its process")
         name = "dedup/minhash signatures docs/s per core"
         add(name, "datatrove", dt["docs"] / dt["seconds"]["signatures"], "docs/s", "higher",
-            note="stage 1 (includes reading the JSONL input)", not_comparable=not_comparable("dedup", name, "datatrove"))
+            note="stage 1 (includes reading the JSONL input)",
+            not_comparable=not_comparable("dedup", name, "datatrove"))
         add("dedup/minhash peak RSS", "datatrove", dt["peak_rss_mb"], "MB", "lower")
         add("dedup/minhash recall", "datatrove", dt["quality"]["recall"], "fraction", "higher")
         add("dedup/minhash precision", "datatrove", dt["quality"]["precision"], "fraction", "higher")

@@ -465,7 +465,7 @@ def anchor_versions(create: bool) -> dict[str, str]:
 
 
 def build_report(results: list[BenchResult], machine: dict, options: dict, note: str = "") -> dict:
-    benchmarks, figures, comparisons = [], [], []
+    benchmarks, figures = [], []
     for res in results:
         benchmarks.append(res.to_dict())
         if not res.runs:
@@ -478,8 +478,7 @@ def build_report(results: list[BenchResult], machine: dict, options: dict, note:
             continue
         for row in rows:
             figures.append({"benchmark": res.name, **row})
-        for entry in compare(rows, res.name):
-            comparisons.append({"benchmark": res.name, **entry})
+    comparisons = recompare(figures, [res.name for res in results])
     return {
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "note": note, "options": options, "machine": machine,
@@ -520,8 +519,9 @@ def merge_reports(earlier: dict, new: dict) -> dict:
 
 
 def recompare(figures: list[dict], order: list[str]) -> list[dict]:
-    """Comparisons derived again from stored figures, today's rules applied (a kept run's
-    comparisons were copied as they were: a rule added since did not apply to them)."""
+    """The comparisons of `figures`, per benchmark in `order`, with today's rules: for a fresh
+    report and for a merged or re-rendered one alike (a kept run's comparisons were copied as
+    they were, and a rule added since did not apply to them)."""
     out = []
     for name in order:
         rows = [{k: v for k, v in f.items() if k != "benchmark"} for f in figures if f["benchmark"] == name]

@@ -250,7 +250,8 @@ def test_comparisons_apply_todays_rules_to_stored_figures():
     assert entry["ratio"] is None and "different work" in entry["not_comparable"]["dolma"]["why"]
     (same,) = harness.compare(kept)  # without the benchmark's name no rule applies
     assert same["ratio"] == 10.0
-    trainer = [row("trainer_step", "dolmino", 383.0, "tokens/s/core"), row("trainer_step", "raw", 336.4, "tokens/s/core")]
+    trainer = [row("trainer_step", "dolmino", 383.0, "tokens/s/core"),
+               row("trainer_step", "raw", 336.4, "tokens/s/core")]
     (step,) = harness.compare(trainer, "trainer")
     assert step["meets_goal"] is None and step["goal"].startswith("none: raw is slower than dolmino")
     figures = [{"benchmark": "filters", **r} for r in kept]
