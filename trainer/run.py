@@ -66,7 +66,8 @@ def epochs_note(instances: int, batch: int, steps: int, dataset) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=invoked_as("python -m trainer.run"), description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog=invoked_as("python -m trainer.run"), description=__doc__,
+                                formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--mix", help="manifest JSON whose \"output\" directory holds the built mix")
     src.add_argument("--data", nargs="+", help="built mix directory (or token files)")

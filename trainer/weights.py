@@ -331,7 +331,7 @@ def widest_dtype(dtypes) -> torch.dtype | None:
     found = set(dtypes) - {None}
     if len(found) <= 1:
         return next(iter(found), None)
-    widest = max(found, key=lambda d: torch.empty((), dtype=d).element_size())
+    widest = max(found, key=lambda d: d.itemsize)
     return torch.float32 if widest.itemsize == 2 else widest
 _HF_IGNORED = re.compile(r"\.rotary_emb\.inv_freq$")  # a buffer some old exports carry, derived from the config
 
