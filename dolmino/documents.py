@@ -560,11 +560,12 @@ def _plain_chunks(raw: IO[bytes]) -> Iterator[bytes]:
 
 
 def _chunk_reader(path: str):
-    if path.endswith((".zst", ".zstd")):
+    name = path.lower()  # the listing reads names case-blind: Posts.XML, part.JSONL.ZST
+    if name.endswith((".zst", ".zstd")):
         return _zstd_chunks
-    if path.endswith(".gz"):
+    if name.endswith(".gz"):
         return _gzip_chunks
-    if path.endswith((".jsonl", ".json", ".ndjson")):
+    if name.endswith((".jsonl", ".json", ".ndjson")):
         return _plain_chunks
     raise DocumentFormatError(f"{path}: unknown document file suffix (expected .jsonl, .jsonl.gz or .jsonl.zst)")
 
@@ -1153,12 +1154,13 @@ class DuplicateIds:
 
 
 def _compressing_writer(path: str, raw: IO[bytes]) -> IO[bytes]:
-    if path.endswith((".zst", ".zstd")):
+    name = path.lower()  # as the readers: part.JSONL.ZST is zstd
+    if name.endswith((".zst", ".zstd")):
         return zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False)
-    if path.endswith(".gz"):
+    if name.endswith(".gz"):
         # mtime=0 and no file name: byte-identical output for identical input.
         return gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="")
-    if path.endswith((".jsonl", ".json", ".ndjson")):
+    if name.endswith((".jsonl", ".json", ".ndjson")):
         return raw
     raise DocumentFormatError(f"{path}: unknown document file suffix (expected .jsonl, .jsonl.gz or .jsonl.zst)")
 

@@ -266,11 +266,12 @@ class StackExchangeStats:
 
 
 def _chunks_for(path: str):
-    if path.endswith((".zst", ".zstd")):
+    name = path.lower()  # the listing reads names case-blind: Posts.XML, part.JSONL.ZST
+    if name.endswith((".zst", ".zstd")):
         return _zstd_chunks
-    if path.endswith(".gz"):
+    if name.endswith(".gz"):
         return _gzip_chunks
-    if path.endswith(".xml"):
+    if name.endswith(".xml"):
         return _plain_chunks
     raise ValueError(f"{path}: expected Posts.xml, .xml.gz or .xml.zst (extract .7z dump archives first)")
 

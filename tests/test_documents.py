@@ -7,6 +7,7 @@ import itertools
 import json
 import random
 import zlib
+from pathlib import Path
 from collections import Counter
 
 import pytest
@@ -88,6 +89,22 @@ def test_unknown_suffix_is_a_clear_error(tmp_path):
     path.write_bytes(b"PAR1")
     with pytest.raises(DocumentFormatError, match="unknown document file suffix"):
         list(read_documents(str(path), Quarantine()))
+
+
+@pytest.mark.parametrize("name", ["part.JSONL", "part.jsonl.GZ", "part.JSONL.ZST", "part.ndjson.Zstd"])
+def test_every_name_the_listing_takes_is_read_and_written(tmp_path, name):
+    """inputs.readable_by_name lowers the name; the reader did not, so part.JSONL.ZST was listed,
+    then failed in the executors (found by a tester, for Posts.XML)."""
+    from dolmino.build.inputs import readable_by_name
+
+    docs = [{"id": f"d{i}", "text": f"text {i}"} for i in range(3)]
+    path = str(tmp_path / name)
+    assert readable_by_name(path, "dolma")
+    assert write_documents(path, docs) == 3
+    lowered = tmp_path / name.lower()
+    write_documents(str(lowered), docs)
+    assert Path(path).read_bytes() == lowered.read_bytes()  # compressed as its lower-case name says
+    assert [d for _, d in read_documents(path, Quarantine())] == docs
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst"])

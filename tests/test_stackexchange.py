@@ -456,3 +456,21 @@ def test_a_posts_file_without_its_listed_size_stops_the_conversion(tmp_path, suf
         if not suffix:
             with pytest.raises(InputChangedError):
                 se.scan_keys(str(path), se.StackExchangeConfig(), (len(data) // 2, wrong), size=wrong)
+
+
+@pytest.mark.parametrize("name", ["Posts.XML", "Posts.xml.GZ", "Posts.XML.ZST", "Posts.xml.Zstd"])
+def test_a_name_the_listing_reads_case_blind_is_one_the_reader_reads(tmp_path, name):
+    """The listing takes Posts.XML (inputs.readable_by_name lowers the name); the reader refused it
+    in the executors, a worker traceback on one line (found by a tester)."""
+    from dolmino.build.inputs import readable_by_name
+
+    rows, expected = _corpus_posts(6, seed=7)
+    data = posts_xml(rows).encode("utf-8")
+    lowered = name.lower()
+    packed = (gzip.compress(data) if lowered.endswith(".gz") else
+              zstandard.ZstdCompressor().compress(data) if lowered.endswith((".zst", ".zstd")) else data)
+    d = tmp_path / "cooking.stackexchange.com"
+    d.mkdir()
+    (d / name).write_bytes(packed)
+    assert readable_by_name(str(d / name), "stackexchange")
+    assert {x["id"]: x["text"] for x in read_stackexchange(str(d / name))} == expected
