@@ -163,6 +163,10 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
                             "a mix manifest's pool_tokens for it should say what the pool holds)")
         if manifest.kind != "pool" and manifest.passes_authority:
             warnings += _pool_size_missed(source, pool_tokens, exact, out_tokens)
+        if acc["duplicate_ids"]:  # counted, and unsaid: a site's Posts.xml beside its .xml.zst was read twice
+            warnings.append(f"source {source.name!r}: {acc['duplicate_ids']:,} document(s) repeat an id seen earlier in "
+                            "the source (the same data under two file names, such as Posts.xml beside Posts.xml.zst, "
+                            "or inputs that reuse ids); each is read and may be mixed, told apart by its loc")
         if out_tokens < sel.target_tokens * (1 - SHORTFALL_TOLERANCE) and not empty:  # said once: empty names it
             warnings.append(f"source {source.name!r}: wrote {out_tokens:,} tokens, {sel.target_tokens - out_tokens:,} "
                             f"short of its target {sel.target_tokens:,}")

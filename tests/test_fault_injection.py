@@ -139,6 +139,10 @@ def test_hostile_inputs_build_balances_and_keeps_every_intact_document(hostile, 
         assert source["quarantined"] == reasons[name], name
         assert source["kept_docs"] == len(intact[name]) + (1 if name == "odd" else 0)  # + the repeated id
     assert by_name["odd"]["duplicate_ids"] == 1
+    assert [w for w in report["warnings"] if "repeat an id" in w] == [  # counted, and said (a tester)
+        "source 'odd': 1 document(s) repeat an id seen earlier in the source (the same data under two file names, "
+        "such as Posts.xml beside Posts.xml.zst, or inputs that reuse ids); each is read and may be mixed, told "
+        "apart by its loc"]
     assert by_name["web"]["unreadable_bytes"] > 0
     # every intact document reached the output (budgets above the pools: whole copies)
     written = _sidecar_ids(out)
