@@ -336,6 +336,10 @@ ERR = "python -m dolmino.synth: error: "
     # retried as a connection error, then said to be an endpoint that is down (found by a tester)
     (["--endpoint", "127.0.0.1:9/v1"], ERR + "--endpoint '127.0.0.1:9/v1' is not an http:// or https:// URL "
                                              "(e.g. http://127.0.0.1:8000/v1)"),
+    # not sent by urllib (every request failed as "endpoint down"), and printed in the report (a tester)
+    *((["--endpoint", url], ERR + "--endpoint holds a user name or password (user:password@host), which the client "
+                                  "does not send and the report would show; give the key with --api-key-env")
+      for url in ("http://bob:SEKRETPW@127.0.0.1:9/v1", "https://SEKRETPW@host/v1", "bob:SEKRETPW@127.0.0.1:9/v1")),
 ])
 def test_client_settings_are_refused_on_the_command_line(flags, error, tmp_path, capsys, monkeypatch):
     """Once checked only in ChatClient, in the executors: a Spark traceback per bad flag."""

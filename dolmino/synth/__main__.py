@@ -135,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     if bad is not None:
         print(f"{prog}: error: --{bad[0].replace('_', '-')} {bad[1]}", file=sys.stderr)
         return 2
+    if args.endpoint and _has_user_info(args.endpoint):
+        # urllib sends no credentials from a URL (it read user:password@host as the host name, so every
+        # request failed as an endpoint that is down), and the URL went into the report and rejected/
+        # files, password and all (a tester). Not echoed here either.
+        print(f"{prog}: error: --endpoint holds a user name or password (user:password@host), which the client "
+              "does not send and the report would show; give the key with --api-key-env", file=sys.stderr)
+        return 2
     if args.endpoint and not _http_url(args.endpoint):
         # Retried as a connection error and then reported as an endpoint that is down (a tester).
         print(f"{prog}: error: --endpoint {args.endpoint!r} is not an http:// or https:// URL "
@@ -206,6 +213,13 @@ def main(argv: list[str] | None = None) -> int:
               f"and the run is not finished (no synth-report.json); {cause}", file=sys.stderr)
         return 1
     return 0
+
+
+def _has_user_info(text: str) -> bool:
+    from urllib.parse import urlsplit
+
+    netloc = urlsplit(text).netloc or text.split("/", 1)[0]  # "user:pw@host:8000/v1" has no scheme to split on
+    return "@" in netloc
 
 
 def _http_url(text: str) -> bool:
