@@ -138,16 +138,18 @@ class _Counters:
 BENCH_SEED = 0
 
 
-def document_lines(path: Path) -> list[tuple[int, int, int]]:
-    """(line, sampling hash, text bytes) of each document of a file: what the pool stage
-    hands the tokenize stage from the tag phase's `docs` attribute set (the tokenize stage
-    checks the document it reads against the last two)."""
+def document_lines(path: Path) -> list[tuple[int, int, int, int]]:
+    """(line, sampling hash, text bytes, content digest) of each document of a file: what the
+    pool stage hands the tokenize stage from the tag phase's `docs` attribute set (the tokenize
+    stage checks the document it reads against the last three)."""
+    from dolmino.build.attributes import content_digest
     from dolmino.build.pool import loc_of
     from dolmino.documents import Quarantine, read_documents
     from mixers.sampling import seeded_hash
 
     return [(line, seeded_hash(BENCH_SEED, path.name, doc["id"], loc_of(path.name, 0, line)),
-             len(doc["text"].encode("utf-8"))) for line, doc in read_documents(str(path), Quarantine())]
+             len(text := doc["text"].encode("utf-8")), content_digest(text))
+            for line, doc in read_documents(str(path), Quarantine())]
 
 
 def child_dolmino(input_dir: Path, tokenizer_path: Path, out_dir: Path) -> dict:
@@ -173,7 +175,7 @@ def child_dolmino(input_dir: Path, tokenizer_path: Path, out_dir: Path) -> dict:
         seed=BENCH_SEED))
     tokens = docs = 0
     for i, path in enumerate(paths):
-        groups = [(i, [PoolDoc(i, i, line, line, h, n) for line, h, n in wanted[i]])]
+        groups = [(i, [PoolDoc(i, i, line, line, h, n, d) for line, h, n, d in wanted[i]])]
         writer = MemmapPartWriter(str(out_dir), i, EOS)
         for record in tokenize_units(groups, ctx, _Counters()):
             if isinstance(record, TokDoc):

@@ -536,6 +536,30 @@ def test_an_input_rewritten_after_tagging_fails_instead_of_mixing_other_document
         build(manifest_from_dict(spec), 20_000, str(tmp_path / "o"), spark, attributes=attrs, phase="mix")
 
 
+def test_an_edit_that_keeps_every_length_fails_the_mix_too(inputs, spark, tmp_path):
+    """The tokenize stage compared each document's id and length only: an input rewritten after
+    tagging with an edit that kept every length (and so the file's size: on S3, mid-build, only
+    the ETag changes, and reads do not check it) was mixed with exit 0, its text never tagged
+    (found by a tester). The text's content hash is checked too."""
+    import os
+
+    victim = tmp_path / "data" / "wiki" / "a.jsonl"
+    victim.parent.mkdir(parents=True)
+    lines = [json.dumps(d) for _, d in read_documents(str(inputs / "wiki" / "a.jsonl.zst"), Quarantine())]
+    victim.write_text("\n".join(lines) + "\n")
+    spec = {"name": "edited", "version": 1, "seed": 5, "budget": 20_000, "data_root": str(victim.parent.parent),
+            "sources": [{"name": "wiki", "paths": ["wiki/*.jsonl*"], "mix_percent": 100.0}]}
+    attrs = str(tmp_path / "attrs")
+    build(manifest_from_dict(spec), 20_000, str(tmp_path / "o"), spark, attributes=attrs, phase="tag")
+    stat = victim.stat()
+    edited = victim.read_text().replace(" the ", " THE ")
+    assert edited != victim.read_text() and len(edited.encode()) == stat.st_size
+    victim.write_text(edited)
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(Exception, match="is not the document tagged there"):
+        build(manifest_from_dict(spec), 20_000, str(tmp_path / "o"), spark, attributes=attrs, phase="mix")
+
+
 def test_the_tokenizers_eos_must_be_one_of_its_added_tokens(inputs, spark, tmp_path):
     """`"eos_token_id": 0` is "!" in dolma2: every document would end in a character text also
     encodes to. The build refuses it before any work, naming the field."""

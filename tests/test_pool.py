@@ -50,7 +50,7 @@ def _world(seed: int = 0):
         col = lambda k, dtype=np.int64: np.asarray([r[k] for r in rows], dtype=dtype)  # noqa: E731
         pairs = lambda vals: np.asarray([_pair(v) for v in vals], dtype=np.uint64).reshape(-1, 2)  # noqa: E731
         blocks.append(PoolBlock(
-            si, bundle, col("unit"), col("line"), col("loc_line"), col("hash"), col("bytes"),
+            si, bundle, col("unit"), col("line"), col("loc_line"), col("hash"), col("bytes"), col("hash"),
             keep=pairs([r["keep"] for r in rows]),
             text_hash=pairs([r["text"] for r in rows]) if sources[si].dedup.exact else None,
             cluster=pairs([r["cluster"] or 0 for r in rows]) if si > 0 else None,

@@ -61,6 +61,17 @@ DOCUMENTS_DIR = "documents"
 QUARANTINE_DIR = "quarantine"
 
 
+def text_hash(text: bytes) -> bytes:
+    """The docs set's `text_hash` of a document's UTF-8 text: exact dedup's key, and what the
+    tokenize stage checks the text it reads again against (`content_digest`)."""
+    return hashlib.blake2b(text, digest_size=16, person=b"dolmino-exact").digest()
+
+
+def content_digest(text: bytes) -> int:
+    """The first 8 bytes of `text_hash`, as a signed big-endian integer (pool.content_digests)."""
+    return int.from_bytes(text_hash(text)[:8], "big", signed=True)
+
+
 def spec_key(spec: dict) -> str:
     """A short, stable hash of a JSON-able spec (sorted keys)."""
     text = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)

@@ -41,6 +41,7 @@ class PoolDoc(NamedTuple):
     loc_line: int  # the line named in `loc` (global within the file)
     hash: int  # sampling order
     bytes: int
+    digest: int  # the text's content hash (its first 8 bytes, signed): tokenize checks the text it reads again
 
 
 class PoolBlock(NamedTuple):
@@ -55,6 +56,7 @@ class PoolBlock(NamedTuple):
     loc_line: np.ndarray  # int64
     hash: np.ndarray  # int64: sampling hash (63 bits)
     bytes: np.ndarray  # int64: UTF-8 bytes of the text
+    digest: np.ndarray  # int64: first 8 bytes of the text's content hash (PoolDoc.digest)
     keep: np.ndarray | None = None  # (n, 2) uint64 keep key, where the source dedups
     text_hash: np.ndarray | None = None  # (n, 2) uint64, exact-dedup sources
     cluster: np.ndarray | None = None  # (n, 2) uint64 MinHash cluster; meaningful where `clustered`
@@ -72,20 +74,20 @@ class PoolBlock(NamedTuple):
     def slim(self) -> "PoolBlock":
         """Without the dedup columns: what selection and tokenizing need."""
         return PoolBlock(self.source_index, self.bundle_index, self.unit, self.line, self.loc_line, self.hash,
-                         self.bytes)
+                         self.bytes, self.digest)
 
     def docs(self, rows: np.ndarray) -> Iterator[tuple[int, list[PoolDoc]]]:
         """(unit index, [PoolDoc]) for the given rows (ascending), unit by unit."""
         si = self.source_index
         unit, line, loc_line = self.unit[rows].tolist(), self.line[rows].tolist(), self.loc_line[rows].tolist()
-        hashes, sizes = self.hash[rows].tolist(), self.bytes[rows].tolist()
+        hashes, sizes, digests = self.hash[rows].tolist(), self.bytes[rows].tolist(), self.digest[rows].tolist()
         current, docs = None, []
-        for u, ln, loc, h, n in zip(unit, line, loc_line, hashes, sizes):
+        for u, ln, loc, h, n, d in zip(unit, line, loc_line, hashes, sizes, digests):
             if u != current:
                 if docs:
                     yield current, docs
                 current, docs = u, []
-            docs.append(PoolDoc(si, u, ln, loc, h, n))
+            docs.append(PoolDoc(si, u, ln, loc, h, n, d))
         if docs:
             yield current, docs
 
@@ -179,6 +181,16 @@ def _unit_slices(path: str, bundle: Bundle, ahead: ReadAhead | None) -> tuple[ob
 def _keys(values: list[bytes]) -> np.ndarray:
     """16-byte big-endian keys as (n, 2) uint64."""
     return np.frombuffer(b"".join(values), dtype=">u8").astype(np.uint64).reshape(-1, 2)
+
+
+def content_digests(column) -> np.ndarray:
+    """int64 PoolDoc.digest of each 16-byte text hash of a docs set's `text_hash` column: its
+    first 8 bytes, big-endian, read straight from the column's buffer."""
+    col = column.combine_chunks()
+    if len(col) == 0:
+        return np.zeros(0, dtype=np.int64)
+    words = np.frombuffer(col.buffers()[1], dtype=">i8", count=2 * (col.offset + len(col)))
+    return words[2 * col.offset::2].astype(np.int64)
 
 
 def _int_keys(values: list[int]) -> np.ndarray:
@@ -279,7 +291,7 @@ def pool_bundle(bundle: Bundle, ctx: PoolContext,
     block = PoolBlock(si, bundle.index, np.asarray(kept_units, dtype=np.int64),
                       np.asarray(docs.column("line").to_numpy(), dtype=np.int64)[rows],
                       np.asarray(cols["loc_line"], dtype=np.int64)[rows], np.asarray(hashes, dtype=np.int64),
-                      np.asarray(cols["bytes"], dtype=np.int64)[rows])
+                      np.asarray(cols["bytes"], dtype=np.int64)[rows], content_digests(docs.column("text_hash"))[rows])
     if exact or plan.minhash_set:
         clustered = np.asarray([c is not None for c in clusters], dtype=bool)
         block = block._replace(

@@ -24,7 +24,6 @@ checks it can see every file before it goes on.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from typing import Iterator, NamedTuple
@@ -32,7 +31,7 @@ from typing import Iterator, NamedTuple
 from dolmino.build import worker_heap
 from dolmino.build.attributes import (
     ATTRIBUTE_FORMAT, STAT_COUNTS, STAT_MAPS, AttributeStore, Bundle, add_counts, read_table, spec_key, unit_listing,
-    unit_rows, unit_stats, unit_version, write_table,
+    text_hash, unit_rows, unit_stats, unit_version, write_table,
 )
 from dolmino.build.inputs import Unit, splittable
 from dolmino.build.read import fetch_ahead, read_unit
@@ -246,7 +245,7 @@ def tag_unit(unit: Unit, work: BundleWork, ctx: TagContext, filters: list, hashe
         rows += 1
         if write_docs:
             text_bytes = doc["text"].encode("utf-8")
-            digest = hashlib.blake2b(text_bytes, digest_size=16, person=b"dolmino-exact").digest()
+            digest = text_hash(text_bytes)
             base["line"].append(line)
             base["loc_line"].append(loc_line)
             base["id"].append(doc["id"])

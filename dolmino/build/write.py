@@ -24,7 +24,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from dolmino.build import worker_heap
-from dolmino.build.attributes import AttributeStore
+from dolmino.build.attributes import AttributeStore, content_digest
 from dolmino.build.inputs import Unit
 from dolmino.build.read import fetch_ahead, read_lines
 from dolmino.build.pool import PoolDoc, loc_of
@@ -116,12 +116,16 @@ def tokenize_units(groups, ctx_b, counters) -> Iterator[TokDoc | TokStats]:
 
 def _check_tagged(doc: dict, pd: PoolDoc, seed: int, source: str, loc: str, uri: str) -> None:
     """The document read at a line is the one tagged there: its id (through the sampling hash,
-    which also names the source and loc) and its text's length.
+    which also names the source and loc) and its text (length, then content hash).
 
     Selection, dedup and every filter's verdict were made on what the tag phase read; an input
     rewritten since (same lines in another order, an edited document) would otherwise put
-    other documents under those decisions, silently. Costs one hash per document taken."""
-    if seeded_hash(seed, source, doc["id"], loc) != pd.hash or len(doc["text"].encode("utf-8")) != pd.bytes:
+    other documents under those decisions, silently. An edit that kept every length (and the
+    object's size: an S3 rewrite mid-build changes only its ETag, which reads do not check)
+    passed the length check (found by a tester). Costs two hashes per document taken."""
+    text = doc["text"].encode("utf-8")
+    if seeded_hash(seed, source, doc["id"], loc) != pd.hash or len(text) != pd.bytes \
+            or content_digest(text) != pd.digest:
         raise InputChangedError(f"{uri}: line {pd.line} is not the document tagged there (id {doc['id']!r}: its id "
                                 "or text changed); the input changed after it was tagged. A rerun tags it again "
                                 "only if its size or modification time changed (they key its attribute files): "
