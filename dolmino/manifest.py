@@ -654,11 +654,25 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
     return obj
 
 
+def _not_json_constant(name: str):
+    # Python's json reads NaN / Infinity, which JSON has not: `manifest fmt` then wrote them back
+    # as canonical, a file strict parsers refuse (found by a tester).
+    raise ManifestError(f"{name} is not a JSON value (JSON has no NaN or Infinity)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400: valid JSON text that every reader takes as infinity
+        raise ManifestError(f"the number {text} is too large for a float (it reads as infinity)")
+    return value
+
+
 def read_manifest_json(path: str) -> Any:
     """The parsed JSON of a manifest file (no schema check); every error names the file."""
     try:
         with open(path, encoding="utf-8-sig") as fh:
-            return json.load(fh, object_pairs_hook=_no_duplicate_keys)
+            return json.load(fh, object_pairs_hook=_no_duplicate_keys, parse_constant=_not_json_constant,
+                             parse_float=_finite_float)
     except FileNotFoundError:
         raise ManifestError(f"{path}: manifest file not found") from None
     except IsADirectoryError:

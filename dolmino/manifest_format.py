@@ -105,13 +105,12 @@ def canonical(data: Any) -> Any:
 
 def dumps(data: Any) -> str:
     """Canonical text of already-parsed manifest data."""
-    return json.dumps(canonical(data), indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(canonical(data), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def format_text(data: Any) -> str:
     text = dumps(data)
-    # Layout only: the content must read back identically (key order aside). Compared as
-    # sorted JSON so that NaN (which a later `check` refuses) compares equal to itself.
+    # Layout only: the content must read back identically (key order aside, hence sorted JSON).
     if json.dumps(json.loads(text), sort_keys=True) != json.dumps(data, sort_keys=True):
         raise RuntimeError("canonical formatting would change a manifest's content (a dolmino bug)")
     return text

@@ -117,6 +117,23 @@ def test_duplicate_keys_are_an_error_not_a_silent_drop(tmp_path, capsys):
         load_manifest(str(path))
 
 
+@pytest.mark.parametrize("value, error", [
+    ("NaN", "NaN is not a JSON value"), ("-Infinity", "-Infinity is not a JSON value"),
+    ("1e400", "the number 1e400 is too large for a float"),
+])
+def test_values_json_has_not_are_refused_not_written_back(tmp_path, capsys, value, error):
+    """Python's json reads NaN, Infinity and 1e400 (as inf): fmt wrote `Infinity` back, called it
+    canonical, and `fmt --check` passed a file strict parsers refuse (found by a tester)."""
+    text = '{"name": "x", "sources": [{"name": "a", "paths": ["a/*"], "mix_percent": %s}]}' % value
+    path = _write(tmp_path, text)
+    assert main(["fmt", str(path)]) == 2
+    assert error in capsys.readouterr().err
+    assert path.read_text() == text  # untouched
+    assert main(["fmt", "--check", str(path)]) == 2
+    with pytest.raises(ManifestError, match=error):
+        load_manifest(str(path))
+
+
 def test_invalid_json_is_reported_with_its_position(tmp_path, capsys):
     path = _write(tmp_path, '{"name": "x",\n  "seed": }')
     assert main(["fmt", "--check", str(path)]) == 2
