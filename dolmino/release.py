@@ -298,7 +298,11 @@ def check_listed(where: str, names: list[str], listed: dict[str, str]) -> None:
     a part deleted since, or one an earlier build left that this build did not write, would
     otherwise be released under fresh checksums (as `dolmino validate` refuses them)."""
     if not listed:
-        return
+        # Every report a dolmino build writes certifies its files; a release of one that does not (a
+        # report.json of `{}` was published) would carry checksums of whatever lay there (a tester).
+        raise ReleaseIntegrityError(f"{where}: its report.json certifies no files (no output.files_sha256, which "
+                                    "every dolmino build writes): not a build this can vouch for; rebuild it with "
+                                    "this version of dolmino. Nothing was released")
     missing, stale = unlisted_parts(names, listed)
     if missing or stale:
         shown = [f"{n}: listed in report.json but missing" for n in missing[:5]] + \

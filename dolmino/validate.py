@@ -78,6 +78,7 @@ class BuildResult:
     backend: str
     parts: list[PartResult] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # problems not tied to one part
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -87,7 +88,7 @@ class BuildResult:
         return self.errors + [e for p in self.parts for e in p.errors]
 
     def all_warnings(self) -> list[str]:
-        return [w for p in self.parts for w in p.warnings]
+        return self.warnings + [w for p in self.parts for w in p.warnings]
 
     @property
     def eos_inside_docs(self) -> int:
@@ -388,6 +389,11 @@ def validate_build(build_dir: str | Path, *, vocab_size: int | None = None, eos_
         result.errors.append(m_error)
     incomplete, certified = _completion_errors(build_dir)
     result.errors += incomplete
+    if checksums and not certified and not incomplete and (build_dir / COMPLETION_MARKER).is_file():
+        # It turned every checksum and stale-part check off, unsaid (found by a tester).
+        result.warnings.append(f"{build_dir / COMPLETION_MARKER}: certifies no files (no output.files_sha256, which "
+                               "every dolmino build writes): the parts are checked as memmaps only, not as the ones "
+                               "this build wrote")
     at = len(result.errors)  # checksum errors go after the listing's, before orphans, as one list read
     files = _token_files(build_dir)
     if not files:

@@ -60,7 +60,7 @@ def build_dir(tmp_path_factory) -> Path:
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     report = {"manifest": manifest["name"], "seed": manifest["seed"], "budget": 100_000,  # --budget 100K
               "output": {"tokens": small_stats.tokens + big_stats.tokens,
-                         "docs": small_stats.docs + big_stats.docs, "files": 2}}
+                         "docs": small_stats.docs + big_stats.docs, "files": 2, "files_sha256": _sha256s(out)}}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(f"# Mix {manifest['name']}\n\n{copies} copies of 40 web documents in part 1.\n")
     bad = Quarantine()
@@ -539,8 +539,8 @@ def small_builds(tmp_path_factory) -> list[Path]:
         (out / "part-00000.csv.gz").write_bytes(gzip.compress(f"0,{len(tokens)},doc{i},web,w.jsonl:1\n".encode(),
                                                               mtime=0))
         (out / "manifest.json").write_text(json.dumps(manifest) + "\n")
-        (out / "report.json").write_text(json.dumps({"output": {"tokens": len(tokens), "docs": 1, "files": 1},
-                                                     "build": i}) + "\n")
+        (out / "report.json").write_text(json.dumps({"output": {"tokens": len(tokens), "docs": 1, "files": 1,
+                                                                "files_sha256": _sha256s(out)}, "build": i}) + "\n")
         (out / "report.md").write_text(f"# build {i}\n")
         builds.append(out)
     return builds
@@ -847,14 +847,32 @@ def test_publish_and_delete_work_on_a_store_that_does_not_list_multipart_uploads
     assert list(s3.iter_keys(bucket, prefix)) == []
 
 
+def _sha256s(build: Path) -> dict[str, str]:
+    """What a build's report.json certifies: the SHA-256 of each part file."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(build.glob("part-*"))}
+
+
 def _certified_copy(build: Path, dest: Path) -> Path:
     """`build` with report.json certifying its part files, as a real build's does."""
     shutil.copytree(build, dest)
     report = json.loads((dest / "report.json").read_text())
-    report["output"]["files_sha256"] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-                                        for p in sorted(dest.glob("part-*"))}
+    report["output"]["files_sha256"] = _sha256s(dest)
     (dest / "report.json").write_text(json.dumps(report) + "\n")
     return dest
+
+
+def test_a_build_whose_report_certifies_no_files_is_not_released(small_builds, root, tmp_path):
+    """A report.json of `{}` was published (found by a tester): the release then certified
+    whatever lay beside it. Every dolmino build's report lists its files' SHA-256."""
+    build = tmp_path / "build"
+    shutil.copytree(small_builds[0], build)
+    report = json.loads((build / "report.json").read_text())
+    del report["output"]["files_sha256"]
+    (build / "report.json").write_text(json.dumps(report) + "\n")
+    with pytest.raises(release.ReleaseIntegrityError, match="report.json certifies no files .no output.files_sha256"):
+        release.publish(str(build), root, "uncertified")
+    bucket, prefix = release.split_root(root)
+    assert not [k for k in s3.iter_keys(bucket, prefix) if "/uncertified/" in k]
 
 
 @pytest.mark.parametrize("damage, words", [

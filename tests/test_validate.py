@@ -391,6 +391,26 @@ def test_a_report_whose_file_list_is_not_a_mapping_is_one_error(tmp_path):
     assert any("output.files_sha256 is not a mapping" in e for e in errors)
 
 
+def test_a_report_that_certifies_no_files_is_said_to(tmp_path, capsys):
+    """A report.json without output.files_sha256 (`{}` too) turned every checksum and stale-part
+    check off and validated OK, unsaid (found by a tester): valid memmaps, with a warning."""
+    from dolmino.validate import validate_build
+
+    out = tmp_path / "b"
+    out.mkdir()
+    writer = MemmapPartWriter(str(out), 0, EOS)
+    writer.add(np.arange(5, dtype=np.uint32), "d", "s", "s:1")
+    writer.close()
+    (out / "report.json").write_text("{}")
+    result = validate_build(out)
+    assert result.ok and result.all_warnings() == [
+        f"{out / 'report.json'}: certifies no files (no output.files_sha256, which every dolmino build writes): the "
+        "parts are checked as memmaps only, not as the ones this build wrote"]
+    assert main([str(out)]) == 0
+    assert "warning: " + result.all_warnings()[0] in capsys.readouterr().err
+    assert not validate_build(out, checksums=False).all_warnings()  # --no-checksums asked for no certification
+
+
 @pytest.mark.parametrize("flags", [["--vocab-size", "-1"], ["--vocab-size", "0"], ["--eos-id", "-1"]])
 def test_impossible_ids_are_a_usage_error_not_a_verdict(tmp_path, capsys, flags):
     """Found by a tester: --vocab-size -1 called a good build INVALID (exit 1, "damaged")."""
