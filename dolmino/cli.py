@@ -132,10 +132,6 @@ def run_command(name: str, args: list[str]) -> int:
     try:
         takes_argv = "argv" in entry.__code__.co_varnames[:entry.__code__.co_argcount]
         result = entry(args) if takes_argv else entry()
-    except BrokenPipeError:
-        if not _stdout_closed():
-            raise  # another pipe or socket (an S3 upload cut off): its traceback stays
-        return SIGPIPE_EXIT
     finally:
         sys.argv = saved_argv
     return int(result or 0)
@@ -165,6 +161,17 @@ def _stdout_closed() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _dispatch(argv)
+        sys.stdout.flush()  # into a pipe stdout is block-buffered: a short output is written here, not by print
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # another pipe or socket (an S3 upload cut off): its traceback stays
+        return SIGPIPE_EXIT
+
+
+def _dispatch(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         print(usage())

