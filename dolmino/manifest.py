@@ -89,7 +89,11 @@ def count_value(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError(f"expected a count like '100B', got {value!r}")
     if isinstance(value, (int, float)):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond a float's range
+            raise ValueError(f"must be a count of at least 1 and at most ~1.8e308, got {len(str(value))} digits") \
+                from None
         scale = 1
     elif isinstance(value, str):
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMBGT]?)\s*", value.upper())
@@ -667,12 +671,20 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _int64(text: str) -> int:
+    value = int(text)
+    if not -2**63 <= value < 2**63:  # `"budget": 1` and 400 zeros: OverflowError in float() (a reviewer)
+        shown = text if len(text) <= 24 else f"{text[:12]}...{text[-4:]} ({len(text.lstrip('-'))} digits)"
+        raise ManifestError(f"the integer {shown} is beyond 64 bits")
+    return value
+
+
 def read_manifest_json(path: str) -> Any:
     """The parsed JSON of a manifest file (no schema check); every error names the file."""
     try:
         with open(path, encoding="utf-8-sig") as fh:
             return json.load(fh, object_pairs_hook=_no_duplicate_keys, parse_constant=_not_json_constant,
-                             parse_float=_finite_float)
+                             parse_float=_finite_float, parse_int=_int64)
     except FileNotFoundError:
         raise ManifestError(f"{path}: manifest file not found") from None
     except IsADirectoryError:

@@ -226,7 +226,7 @@ def test_parse_count(text, expected):
     assert parse_count(text, "budget") == expected
 
 
-@pytest.mark.parametrize("bad", ["", "B", "-5B", "10X", "1e9", True, None, "0", 0.4, "0.4"])
+@pytest.mark.parametrize("bad", ["", "B", "-5B", "10X", "1e9", True, None, "0", 0.4, "0.4", 10**400, "1" + "0" * 400])
 def test_parse_count_rejects(bad):
     with pytest.raises(ManifestError, match="^budget:"):
         parse_count(bad, "budget")
