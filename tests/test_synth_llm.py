@@ -309,6 +309,7 @@ def test_mind_generator_and_inputs(server, tmp_path):
     ("p.jsonl", b'{"persona": "ok"}\n{"persona": "\\ud800 half"}\n', "p.jsonl:2: .*surrogates not allowed"),
     ("p.jsonl", b'{"persona": "ok"}\n["a list"]\n', "p.jsonl:2: not a JSON object"),
     ("p.txt", b"ok\n\xff\xfe bad bytes\n", "p.txt:2: not UTF-8"),
+    ("p.JSONL", b'{"persona": "a teacher"}\n', ["a teacher"]),  # read as plain text, the JSON its persona (a reviewer)
 ])
 def test_personas_are_read_by_the_input_rules(tmp_path, name, data, expected):
     """A byte-order mark (Windows tools write one) is not part of the first persona, nor a
@@ -339,7 +340,10 @@ ERR = "python -m dolmino.synth: error: "
     # not sent by urllib (every request failed as "endpoint down"), and printed in the report (a tester)
     *((["--endpoint", url], ERR + "--endpoint holds a user name or password (user:password@host), which the client "
                                   "does not send and the report would show; give the key with --api-key-env")
-      for url in ("http://bob:SEKRETPW@127.0.0.1:9/v1", "https://SEKRETPW@host/v1", "bob:SEKRETPW@127.0.0.1:9/v1")),
+      for url in ("http://bob:SEKRETPW@127.0.0.1:9/v1", "https://SEKRETPW@host/v1", "bob:SEKRETPW@127.0.0.1:9/v1",
+                  "http://bob:SEKRETPW@[::1/v1")),
+    (["--endpoint", "http://[::1/v1"], ERR + "--endpoint 'http://[::1/v1' is not an http:// or https:// URL "
+                                            "(e.g. http://127.0.0.1:8000/v1)"),  # urlsplit raised (a reviewer)
 ])
 def test_client_settings_are_refused_on_the_command_line(flags, error, tmp_path, capsys, monkeypatch):
     """Once checked only in ChatClient, in the executors: a Spark traceback per bad flag."""

@@ -216,16 +216,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _has_user_info(text: str) -> bool:
-    from urllib.parse import urlsplit
-
-    netloc = urlsplit(text).netloc or text.split("/", 1)[0]  # "user:pw@host:8000/v1" has no scheme to split on
-    return "@" in netloc
+    """Whether the URL's host part holds `user[:password]@`, by hand: urlsplit raises on some
+    malformed URLs (`http://u:p@[::1/v1`, a traceback; a reviewer)."""
+    after_scheme = text.split("//", 1)[1] if "//" in text else text  # "user:pw@host:8000/v1" has no scheme
+    return "@" in after_scheme.split("/", 1)[0]
 
 
 def _http_url(text: str) -> bool:
     from urllib.parse import urlsplit
 
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # "Invalid IPv6 URL"
+        return False
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 

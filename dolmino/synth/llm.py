@@ -38,7 +38,7 @@ def load_personas(path: str) -> list[str]:
         for n, raw in enumerate(fh, start=1):
             if is_blank_line(raw):
                 continue
-            if path.endswith((".jsonl", ".json")):
+            if path.lower().endswith((".jsonl", ".json")):  # as every reader: personas.JSONL is JSON (a reviewer)
                 row, reason, detail = parse_json_object(raw)
                 if row is None:
                     raise ValueError(f"{path}:{n}: not a JSON object ({reason}: {detail})")
