@@ -323,7 +323,9 @@ def render_markdown(report: dict) -> str:
         for name, cov in coverage_rows:
             for entry in cov["sets"]:
                 counts = ", ".join(f"{split} {n:,}" for split, n in sorted(entry["instances"].items())) or "-"
-                lines.append(f"| {name} | {entry['name']} | {entry['status']} | {counts} | {entry.get('note') or ''} |")
+                # A note is one cell: an index built before notes were one line held pip's whole error
+                note = " ".join((entry.get("note") or "").split()).replace("|", "\\|")
+                lines.append(f"| {name} | {entry['name']} | {entry['status']} | {counts} | {note} |")
         lines.append("")
     quarantine_rows = [(s["name"], reason, n) for s in report["sources"] for reason, n in s["quarantined"].items()]
     if quarantine_rows:

@@ -1089,7 +1089,7 @@ def _cmd_coverage(args) -> int:
         splits = ", ".join(f"{sp} {n}" for sp, n in row["instances"].items())
         if row["excluded"]:
             splits += f"{'; ' if splits else ''}excluded: {', '.join(row['excluded'])}"
-        note = f"  ({row['note']})" if row["note"] else ""
+        note = f"  ({' '.join(row['note'].split())})" if row["note"] else ""  # one row per set, whatever the note
         print(f"{row['name']:<18} {row['status']:<9} {row['instances_total']:>9}  {splits}{note}")
     if cov["other_tasks"]:
         print(f"also indexed: {', '.join(cov['other_tasks'])}")

@@ -384,3 +384,22 @@ def test_report_md_names_the_cluster_and_the_persisted_bytes():
                                 "persisted_bytes": {"pool": 2_000_000, "tokenize": 9_000_000}}))
     assert "Persisted (Spark storage, memory and disk): pool 2MB, tokenize 9MB." in text
     assert "Spark: master spark://10.0.0.1:7077, 2 executor(s), 8 core(s) in all, on 10.0.0.2, 10.0.0.3" in text
+
+
+def test_a_multi_line_coverage_note_stays_one_table_row(tmp_path):
+    """BBH's note held pip's whole stderr (index warnings, several ERROR lines): report.md's
+    coverage table split at each newline (found by a tester). The fetch keeps pip's ERROR lines
+    as one line, and the table makes any note one cell."""
+    from dolmino.assets import pip_error
+    from dolmino.report import render_markdown
+
+    stderr = ("WARNING: Location 'file:///opt/pypi/simple/bigbench/' is ignored: it is neither a file nor a "
+              "directory.\nERROR: Could not find a version that satisfies the requirement bigbench==1.0.0\n"
+              "ERROR: No matching distribution found for bigbench==1.0.0\n")
+    assert pip_error(stderr) == ("Could not find a version that satisfies the requirement bigbench==1.0.0; No "
+                                 "matching distribution found for bigbench==1.0.0")
+    report = make_report(tmp_path)
+    report["sources"][0]["decontamination_coverage"] = [{"filter": "decontaminate", "sets": [
+        {"name": "BBH", "status": "missing", "instances": {}, "note": "unavailable: pip said\n" + stderr + "a | b"}]}]
+    rows = [line for line in render_markdown(report).splitlines() if line.startswith("| web | BBH |")]
+    assert len(rows) == 1 and rows[0].endswith("bigbench==1.0.0 a \\| b |") and rows[0].count(" | ") == 4
