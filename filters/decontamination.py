@@ -974,6 +974,10 @@ def _parse_jsonl_spec(spec: str) -> tuple[str, str, str, str]:
     if len(parts) != 3 or not all(parts):
         raise argparse.ArgumentTypeError(f"--jsonl expects PATH:FIELDS:TASK[/SPLIT], got {spec!r}")
     path, fields, name = parts
+    if ":" in path and not os.path.exists(path) and os.path.isfile(path.split(":", 1)[0]):
+        # "evalset.jsonl:question:x:y" read as the file "evalset.jsonl:question", then blamed its suffix (a tester)
+        raise argparse.ArgumentTypeError(f"--jsonl {spec!r}: read as PATH {path!r}, FIELDS {fields!r}, TASK {name!r}, "
+                                         "and no such file; eval set names may not contain ':'")
     task, split = name.split("/", 1) if "/" in name else (name, "jsonl")
     if not task or not split or "/" in split:
         raise argparse.ArgumentTypeError(f"--jsonl: TASK[/SPLIT] expected, got {name!r}")

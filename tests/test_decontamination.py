@@ -732,6 +732,18 @@ def test_cli_jsonl_spec():
             decon._parse_jsonl_spec(bad)
 
 
+def test_cli_jsonl_spec_with_a_colon_in_the_task_name(tmp_path, monkeypatch):
+    """"evalset.jsonl:question:x:y" was read as the file "evalset.jsonl:question" and then blamed
+    its suffix (found by a tester)."""
+    import argparse
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "evalset.jsonl").write_text('{"question": "q"}\n')
+    with pytest.raises(argparse.ArgumentTypeError, match="eval set names may not contain ':'"):
+        decon._parse_jsonl_spec("evalset.jsonl:question:x:y")
+    assert decon._parse_jsonl_spec("evalset.jsonl:question:x") == ("evalset.jsonl", "question", "x", "jsonl")
+
+
 def test_coverage_warns_of_an_exclusion_that_names_nothing(suite_index, capsys):
     """Found by a tester: the text output of `coverage` was silent about a misspelt --exclude-tasks."""
     assert decon.main(["coverage", "--index", suite_index, "--exclude-tasks", "gsm8kk"]) == 0
