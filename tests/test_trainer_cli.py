@@ -184,6 +184,22 @@ def test_a_partial_copy_of_a_build_is_refused_even_with_steps(data_dir, tmp_path
     assert not (tmp_path / "r").exists()
 
 
+def test_a_copy_without_its_label_masks_is_refused(data_dir, tmp_path, capsys):
+    """A mask is used where its file exists: a copy of a build without its *.label_mask.npy files
+    trained on every label the build masked, and a resume onto one went on so (found by a
+    tester). report.json certifies the masks; the trainer now checks they are there."""
+    from trainer.run import main
+
+    copy = tmp_path / "nomask"
+    shutil.copytree(data_dir, copy)
+    for mask in copy.glob("*.label_mask.npy"):
+        mask.unlink()
+    assert main(["--data", str(copy), *map(str, TINY), "--steps", "1", "--save-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"{copy / 'report.json'} certifies 2 label mask file(s), 2 of them not here" in err
+    assert "is the copy incomplete?" in err and not (tmp_path / "r").exists()
+
+
 def test_parts_copied_without_report_json_train_with_a_warning(data_dir, tmp_path, capsys):
     """A directory of dolmino parts without report.json (and without the build's own markers)
     trained with no word (found by a tester): nothing checks that every part is there. It

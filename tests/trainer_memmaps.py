@@ -9,6 +9,7 @@ real text, still the writer's format).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -53,5 +54,7 @@ def write_real_text_mix(out_dir: Path, n_parts: int, tokens_per_part: int, sourc
         writer.close()
     # What a finished build writes last (its completion marker), with the fields the trainer reads.
     tokens = sum(p.stat().st_size for p in out_dir.glob("part-*.npy") if not p.name.endswith(".label_mask.npy")) // 4
-    (out_dir / "report.json").write_text(json.dumps({"manifest": "test-mix", "output": {"tokens": tokens}}))
+    certified = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out_dir.glob("part-*"))}
+    (out_dir / "report.json").write_text(json.dumps({"manifest": "test-mix",
+                                                     "output": {"tokens": tokens, "files_sha256": certified}}))
     return out_dir

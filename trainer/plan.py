@@ -39,7 +39,7 @@ from trainer.config import (
     ANNEAL_RECIPES, LEGACY_PRESETS, MODEL_PRESETS, RECIPE_HELP, RECIPES, SCHEDULES, STAGE1_END_LR, STAGE1_END_STEP,
     ModelConfig, TrainConfig, describe_params, describe_preset,
 )
-from trainer.data import TOKEN_DTYPE, DataError, DataLayout, discover_token_files, scan_data
+from trainer.data import LABEL_MASK_SUFFIX, TOKEN_DTYPE, DataError, DataLayout, discover_token_files, scan_data
 from trainer.schedule import LRSchedule
 
 DEFAULT_MODEL = "olmo2-30M"
@@ -213,6 +213,14 @@ def data_tokens(paths: list[str] | DataLayout) -> tuple[int, str]:
         if tokens != here:
             raise DataError(f"{report} says the mix holds {tokens:,} tokens but its token files hold {here:,}; "
                             f"is the copy incomplete?")
+        certified = (data.get("output") or {}).get("files_sha256")
+        masks = [n for n in certified if n.endswith(LABEL_MASK_SUFFIX)] if isinstance(certified, dict) else []
+        if lost := [n for n in masks if not (folder / n).is_file()]:
+            # A mask is used where its file exists: a copy without them trained (and a resume onto
+            # one went on) on every label the build masked, unsaid (found by a tester).
+            raise DataError(f"{report} certifies {len(masks)} label mask file(s), {len(lost)} of them not here (first: "
+                            f"{folder / lost[0]}); is the copy incomplete? Training without them would train on "
+                            "the labels the build masked")
         for other, seen in reports:
             if data.get("tokenizer") is not None and seen.get("tokenizer") is not None \
                     and not _same_tokenizer(seen, data):
