@@ -513,11 +513,9 @@ def test_a_build_overtaken_while_it_verifies_does_not_remove_the_others_parts(in
     assert (out / "part-00007.npy").exists() and not (out / "report.json").exists()
 
 
-def test_an_input_rewritten_after_tagging_fails_instead_of_mixing_other_documents(inputs, spark, tmp_path):
-    """Selection, dedup and verdicts are made on what the tag phase read. A file rewritten
-    since with the same lines in another order (its listed version kept, as a copy that
-    preserves mtimes would keep it) must fail the mix, not put other documents under those
-    decisions: the tokenize stage checks each document against its line's attributes."""
+def _mix_after_rewriting_a_tagged_input(inputs, spark, tmp_path, rewrite) -> None:
+    """Tag a plain copy of wiki/a.jsonl, rewrite it with `rewrite(text) -> text` of the same size,
+    keep its mtime (as a copy that preserves mtimes would), then mix: the mix must fail."""
     import os
 
     victim = tmp_path / "data" / "wiki" / "a.jsonl"
@@ -529,11 +527,21 @@ def test_an_input_rewritten_after_tagging_fails_instead_of_mixing_other_document
     attrs = str(tmp_path / "attrs")
     build(manifest_from_dict(spec), 20_000, str(tmp_path / "o"), spark, attributes=attrs, phase="tag")
     stat = victim.stat()
-    victim.write_text("\n".join(lines[::-1]) + "\n")  # the same bytes in all, other documents at each line
+    rewritten = rewrite(victim.read_text())
+    assert rewritten != victim.read_text() and len(rewritten.encode()) == stat.st_size
+    victim.write_text(rewritten)
     os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert victim.stat().st_size == stat.st_size
     with pytest.raises(Exception, match="is not the document tagged there"):
         build(manifest_from_dict(spec), 20_000, str(tmp_path / "o"), spark, attributes=attrs, phase="mix")
+
+
+def test_an_input_rewritten_after_tagging_fails_instead_of_mixing_other_documents(inputs, spark, tmp_path):
+    """Selection, dedup and verdicts are made on what the tag phase read. A file rewritten
+    since with the same lines in another order (its listed version kept, as a copy that
+    preserves mtimes would keep it) must fail the mix, not put other documents under those
+    decisions: the tokenize stage checks each document against its line's attributes."""
+    _mix_after_rewriting_a_tagged_input(inputs, spark, tmp_path,
+                                        lambda text: "\n".join(text.splitlines()[::-1]) + "\n")
 
 
 def test_an_edit_that_keeps_every_length_fails_the_mix_too(inputs, spark, tmp_path):
@@ -541,23 +549,7 @@ def test_an_edit_that_keeps_every_length_fails_the_mix_too(inputs, spark, tmp_pa
     tagging with an edit that kept every length (and so the file's size: on S3, mid-build, only
     the ETag changes, and reads do not check it) was mixed with exit 0, its text never tagged
     (found by a tester). The text's content hash is checked too."""
-    import os
-
-    victim = tmp_path / "data" / "wiki" / "a.jsonl"
-    victim.parent.mkdir(parents=True)
-    lines = [json.dumps(d) for _, d in read_documents(str(inputs / "wiki" / "a.jsonl.zst"), Quarantine())]
-    victim.write_text("\n".join(lines) + "\n")
-    spec = {"name": "edited", "version": 1, "seed": 5, "budget": 20_000, "data_root": str(victim.parent.parent),
-            "sources": [{"name": "wiki", "paths": ["wiki/*.jsonl*"], "mix_percent": 100.0}]}
-    attrs = str(tmp_path / "attrs")
-    build(manifest_from_dict(spec), 20_000, str(tmp_path / "o"), spark, attributes=attrs, phase="tag")
-    stat = victim.stat()
-    edited = victim.read_text().replace(" the ", " THE ")
-    assert edited != victim.read_text() and len(edited.encode()) == stat.st_size
-    victim.write_text(edited)
-    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    with pytest.raises(Exception, match="is not the document tagged there"):
-        build(manifest_from_dict(spec), 20_000, str(tmp_path / "o"), spark, attributes=attrs, phase="mix")
+    _mix_after_rewriting_a_tagged_input(inputs, spark, tmp_path, lambda text: text.replace(" the ", " THE "))
 
 
 def test_the_tokenizers_eos_must_be_one_of_its_added_tokens(inputs, spark, tmp_path):
