@@ -156,7 +156,7 @@ def client():
     return found
 
 
-def _split_userinfo(url: str) -> tuple[str, str]:
+def split_userinfo(url: str) -> tuple[str, str]:
     """(the userinfo of `url`'s authority, `url` without it and its "@"); ("", url) when none.
     The one reading of an endpoint URL's authority, for the client and for redaction alike."""
     scheme, sep, rest = url.partition("://")
@@ -169,7 +169,7 @@ def _split_userinfo(url: str) -> tuple[str, str]:
 
 def without_userinfo(url: str) -> str:
     """`url` without the user:password@ of its authority (what botocore would ignore anyway)."""
-    return _split_userinfo(url)[1]
+    return split_userinfo(url)[1]
 
 
 def _compatible_checksums(session, endpoint_url: str) -> dict:
@@ -203,7 +203,7 @@ def _endpoint_passwords() -> list[str]:
 
     found = []
     for name in _ENDPOINT_URL_ENV:
-        userinfo = _split_userinfo(os.environ.get(name) or "")[0]
+        userinfo = split_userinfo(os.environ.get(name) or "")[0]
         if ":" in userinfo:
             password = userinfo.split(":", 1)[1]
             found += [password, unquote(password)]

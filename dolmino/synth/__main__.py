@@ -216,10 +216,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _has_user_info(text: str) -> bool:
-    """Whether the URL's host part holds `user[:password]@`, by hand: urlsplit raises on some
-    malformed URLs (`http://u:p@[::1/v1`, a traceback; a reviewer)."""
-    after_scheme = text.split("//", 1)[1] if "//" in text else text  # "user:pw@host:8000/v1" has no scheme
-    return "@" in after_scheme.split("/", 1)[0]
+    """Whether the URL's authority holds `user[:password]@`, read as the S3 endpoint's is (not by
+    urlsplit, which raises on `http://u:p@[::1/v1`: a traceback; a reviewer)."""
+    from dolmino.s3 import split_userinfo
+
+    return bool(split_userinfo(text if "://" in text else f"http://{text}")[0])  # "user:pw@host/v1": no scheme
 
 
 def _http_url(text: str) -> bool:
