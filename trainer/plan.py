@@ -33,6 +33,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dolmino.release import listed_files
 from dolmino.s3 import local_path
 from trainer.cli import HelpFormatter, in_flag_names, parse_count, positive_int
 from trainer.config import (
@@ -213,8 +214,7 @@ def data_tokens(paths: list[str] | DataLayout) -> tuple[int, str]:
         if tokens != here:
             raise DataError(f"{report} says the mix holds {tokens:,} tokens but its token files hold {here:,}; "
                             f"is the copy incomplete?")
-        certified = (data.get("output") or {}).get("files_sha256")
-        masks = [n for n in certified if n.endswith(LABEL_MASK_SUFFIX)] if isinstance(certified, dict) else []
+        masks = [n for n in listed_files(data) if n.endswith(LABEL_MASK_SUFFIX)]
         if lost := [n for n in masks if not (folder / n).is_file()]:
             # A mask is used where its file exists: a copy without them trained (and a resume onto
             # one went on) on every label the build masked, unsaid (found by a tester).
