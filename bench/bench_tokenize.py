@@ -272,6 +272,10 @@ def compare_outputs(reference: dict, other: dict | list, texts: dict, tokenizer_
     from tokenizers import Tokenizer
 
     tok = None
+
+    def encoded(text: str) -> np.ndarray:
+        return np.asarray(tok.encode(text, add_special_tokens=False).ids + [EOS], dtype="<u4")
+
     identical = 0
     differ, explained_by_strip, explained_unstripped, missing = [], 0, 0, []
     for k in keys:
@@ -284,10 +288,6 @@ def compare_outputs(reference: dict, other: dict | list, texts: dict, tokenizer_
             identical += 1
             continue
         tok = tok or Tokenizer.from_file(str(tokenizer_path))
-
-        def encoded(text: str) -> np.ndarray:
-            return np.asarray(tok.encode(text, add_special_tokens=False).ids + [EOS], dtype="<u4")
-
         if np.array_equal(encoded(texts[k]), theirs):
             explained_unstripped += 1
         elif np.array_equal(encoded(texts[k].strip()), theirs):

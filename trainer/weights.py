@@ -333,6 +333,8 @@ def widest_dtype(dtypes) -> torch.dtype | None:
         return next(iter(found), None)
     widest = max(found, key=lambda d: d.itemsize)
     return torch.float32 if widest.itemsize == 2 else widest
+
+
 _HF_IGNORED = re.compile(r"\.rotary_emb\.inv_freq$")  # a buffer some old exports carry, derived from the config
 
 
