@@ -559,14 +559,27 @@ def _plain_chunks(raw: IO[bytes]) -> Iterator[bytes]:
         chunk = raw.read(READ_SIZE)
 
 
-def _chunk_reader(path: str):
-    name = path.lower()  # the listing reads names case-blind: Posts.XML, part.JSONL.ZST
+DOCUMENT_STEMS = (".jsonl", ".json", ".ndjson")
+
+
+def compression(path: str, stems: tuple[str, ...]) -> str | None:
+    """"zstd", "gzip", or "" for a plain file whose name ends in one of `stems`; None: none of
+    them. Read from the lower-cased name, as the build's listing reads names: Posts.XML and
+    part.JSONL.ZST were listed, then refused by a reader (found by a tester)."""
+    name = path.lower()
     if name.endswith((".zst", ".zstd")):
-        return _zstd_chunks
+        return "zstd"
     if name.endswith(".gz"):
-        return _gzip_chunks
-    if name.endswith((".jsonl", ".json", ".ndjson")):
-        return _plain_chunks
+        return "gzip"
+    return "" if name.endswith(stems) else None
+
+
+CHUNK_READERS = {"zstd": _zstd_chunks, "gzip": _gzip_chunks, "": _plain_chunks}
+
+
+def _chunk_reader(path: str):
+    if (found := compression(path, DOCUMENT_STEMS)) is not None:
+        return CHUNK_READERS[found]
     raise DocumentFormatError(f"{path}: unknown document file suffix (expected .jsonl, .jsonl.gz or .jsonl.zst)")
 
 
@@ -1154,13 +1167,13 @@ class DuplicateIds:
 
 
 def _compressing_writer(path: str, raw: IO[bytes]) -> IO[bytes]:
-    name = path.lower()  # as the readers: part.JSONL.ZST is zstd
-    if name.endswith((".zst", ".zstd")):
+    found = compression(path, DOCUMENT_STEMS)
+    if found == "zstd":
         return zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False)
-    if name.endswith(".gz"):
+    if found == "gzip":
         # mtime=0 and no file name: byte-identical output for identical input.
         return gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="")
-    if name.endswith((".jsonl", ".json", ".ndjson")):
+    if found == "":
         return raw
     raise DocumentFormatError(f"{path}: unknown document file suffix (expected .jsonl, .jsonl.gz or .jsonl.zst)")
 

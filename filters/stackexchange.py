@@ -78,7 +78,7 @@ import numpy as np
 import zstandard
 
 from dolmino.documents import (
-    CorruptStreamError, Quarantine, _gzip_chunks, _plain_chunks, _range_chunks, _SizeChecked, _zstd_chunks, open_binary,
+    CHUNK_READERS, CorruptStreamError, Quarantine, _plain_chunks, _range_chunks, _SizeChecked, compression, open_binary,
 )
 
 SOURCE = "stackexchange"
@@ -266,13 +266,8 @@ class StackExchangeStats:
 
 
 def _chunks_for(path: str):
-    name = path.lower()  # the listing reads names case-blind: Posts.XML, part.JSONL.ZST
-    if name.endswith((".zst", ".zstd")):
-        return _zstd_chunks
-    if name.endswith(".gz"):
-        return _gzip_chunks
-    if name.endswith(".xml"):
-        return _plain_chunks
+    if (found := compression(path, (".xml",))) is not None:
+        return CHUNK_READERS[found]
     raise ValueError(f"{path}: expected Posts.xml, .xml.gz or .xml.zst (extract .7z dump archives first)")
 
 

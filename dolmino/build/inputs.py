@@ -26,11 +26,11 @@ import os
 import stat
 from dataclasses import dataclass
 
+from dolmino.documents import DOCUMENT_STEMS
 from dolmino.errors import BuildError
 from dolmino.manifest import Manifest
 
 COMPRESSIONS = ("", ".gz", ".zst", ".zstd")
-DOCUMENT_STEMS = (".jsonl", ".json", ".ndjson")
 STACKEXCHANGE_STEMS = (".xml",)
 # A unit covers at most this many bytes of an uncompressed file; larger files are split. The
 # command line's defaults ("256M", "128M": K/M/B/T are powers of ten) are these numbers, so
