@@ -755,6 +755,27 @@ def test_colliding_and_looping_input_names_are_each_read_once(spark, tmp_path):
         list_inputs(manifest_from_dict({**spec, "data_root": str(tmp_path / "d[1]")}))
 
 
+def test_spellings_of_one_file_share_a_key(tmp_path, monkeypatch):
+    """The listing's key of a path (its directory resolved, then its name) is the same however the
+    path is spelled: relative, absolute, `//`, `./`, `..`, through a directory link; two files differ."""
+    import os
+
+    from dolmino.build.inputs import _Spellings
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.jsonl").write_text("{}\n")
+    os.symlink("d", tmp_path / "link")
+    monkeypatch.chdir(tmp_path)
+    keys = _Spellings()
+    same = {keys.key(p) for p in ("d/a.jsonl", "./d/a.jsonl", "d//a.jsonl", f"{tmp_path}/d/a.jsonl",
+                                   f"{tmp_path}//d/../d/a.jsonl", "link/a.jsonl")}
+    assert same == {os.path.join(os.path.realpath(tmp_path / "d"), "a.jsonl")}
+    assert keys.key("d/b.jsonl") != keys.key("d/a.jsonl")
+    assert keys.key("/etc") == "/etc" and keys.key("s3://b/k//x") == "s3://b/k//x"
+    monkeypatch.chdir(tmp_path / "d")
+    assert _Spellings().key("a.jsonl") in same
+
+
 def test_quarantine_names_are_clean_relative_paths_one_per_key():
     """S3 keys with "//", a leading "/", or an s3:// source outside the data root gave names that
     collided on a local --out or that a release refuses (found by a reviewer)."""
