@@ -38,7 +38,7 @@ What runs (issue 10, "Measured in bench/"):
    token count (ids + EOS) equals the tokens written where no document is repeated.
 5. 20,000 small files: the same 20,000 documents (the first ~2 KB of pool documents) as
    20,000 one-document files and as 20 files of 1,000; the tag phase of each in one warm
-   session, default task size; wall time and process-tree CPU of the phase, median of 3
+   session, default task size; wall time and process-tree CPU of the phase, median of 5
    runs of each, alternating.
    Small files on S3 (`--only s3-small-files`): the first 1,000 of them as objects on a
    moto server that waits 20 ms before every GET / HEAD; the tag phase's wall time with the
@@ -101,7 +101,9 @@ FILES_PER_UNIT = 2  # per source
 SEED = 10
 SCALES = (1, 4, 16)
 SMALL_FILES = 20_000
-SMALL_FILES_ROUNDS = 3  # runs of each layout, alternating; figures are medians
+# Runs of each layout, alternating; figures are medians. Five, not three: the 20 files' runs
+# took 0.57-0.75 core-s (the JVM's share moved 0.16-0.36), and a median of three followed one run.
+SMALL_FILES_ROUNDS = 5
 S3_SMALL_FILES = 1_000  # the first of the small files, as objects on a local S3 server
 S3_LATENCY_S = 0.020  # added before every GET / HEAD: S3's first-byte latency for small objects
 S3_ROUNDS = 2  # runs with and without read-ahead, alternating

@@ -130,3 +130,27 @@ def test_budget_makes_every_source_the_same_multiple_of_its_target():
     assert mix == {"a": pytest.approx(100 * 300 / 900, abs=1e-3), "b": pytest.approx(100 * 600 / 900, abs=1e-3)}
     spec = bench_scale.manifest_dict(bench_scale.TMP, 4, budget, {name: 25.0 for name in bench_scale.SOURCES})
     assert all(len(s["paths"]) == 4 * bench_scale.FILES_PER_UNIT for s in spec["sources"])
+
+
+def test_jvm_threads_sums_threads_by_name_without_digits():
+    """bench/jvm_threads.py: a named thread of a child process (as the JVM names its compiler
+    threads "C2 CompilerThread0", "...1") counts under one kind, with the CPU it burnt."""
+    from bench import jvm_threads
+
+    code = ("import ctypes, threading, time\n"
+            "def burn():\n"
+            "    ctypes.CDLL(None).prctl(15, b'Burner7', 0, 0, 0)  # PR_SET_NAME: this thread's comm\n"
+            "    t = time.thread_time()\n"
+            "    while time.thread_time() - t < 0.4: pass\n"
+            "    print('burnt', flush=True); time.sleep(60)\n"
+            "threading.Thread(target=burn, daemon=True).start(); time.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        before = {"Burner#": 0.0}
+        assert child.stdout.readline().strip() == b"burnt"
+        rows = dict(jvm_threads.spent(before, jvm_threads.thread_cpu(child.pid)))
+    finally:
+        child.kill()
+        child.wait()
+    assert rows["Burner#"] >= 0.4 - TICKS_LOST and "Burner7" not in rows
+    assert list(rows) == sorted(rows, key=lambda n: -rows[n])
