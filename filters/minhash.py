@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dolmino.manifest import MINHASH_DEFAULTS
+from dolmino.manifest import MINHASH_DEFAULTS, MINHASH_MAX_PERM
 
 WORD_RE = re.compile(r"\w+")
 MAX_HASH32 = np.uint32(0xFFFFFFFF)
@@ -65,6 +65,8 @@ class MinHashConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"minhash {name} must be a positive integer, got {value!r}")
+        if self.num_perm > MINHASH_MAX_PERM:
+            raise ValueError(f"minhash num_perm must be at most {MINHASH_MAX_PERM:,}, got {self.num_perm:,}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
             raise ValueError(f"minhash seed must be an integer from 0 to 2**32 - 1, got {self.seed!r}")
         if not (isinstance(self.threshold, (int, float)) and 0.0 < float(self.threshold) <= 1.0):

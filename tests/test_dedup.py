@@ -193,7 +193,7 @@ def test_config_validation_and_band_hashes():
     assert MinHashConfig().banding() == (9, 13)
     assert MinHashConfig(bands=4, rows=32).banding() == (4, 32)
     for bad in (dict(num_perm=0), dict(threshold=0.0), dict(threshold=1.5), dict(bands=3),
-                dict(bands=20, rows=20), dict(seed=-1), dict(ngram=True)):
+                dict(bands=20, rows=20), dict(seed=-1), dict(ngram=True), dict(num_perm=1025)):
         with pytest.raises(ValueError):
             MinHashConfig(**bad)
     sig = MinHasher(128, 1).text_signature("some words to make a signature from here", NGRAM)

@@ -271,6 +271,9 @@ def _base() -> dict:
     (lambda m: m["sources"][0].update(dedup={"minhash": {"seed": 2**32}}), "sources[0].dedup.minhash.seed:"),
     (lambda m: (m.update(seed=2**32), m["sources"][0].update(dedup={"minhash": {}})),
      "sources[0].dedup.minhash.seed: MinHash takes the manifest seed"),
+    # a typo of 10**6 hung the driver in the LSH banding search before the first stage
+    (lambda m: m["sources"][0].update(dedup={"minhash": {"num_perm": 10**6}}),
+     "sources[0].dedup.minhash.num_perm: at most 1,024"),
     (lambda m: m.update(budget=0.4), "budget: must be a count of at least 1"),
     (lambda m: m.update(data_root="s3://"), "data_root: 's3://' names no bucket"),  # read as the local "s3:/"
     (lambda m: m.update(output_format={"tokens_per_file": 0.3}), "output_format.tokens_per_file:"),
