@@ -37,10 +37,13 @@ lines included); inline `<code>` keeps its text; script/style are dropped; runs 
 whitespace outside `<pre>` collapse to one space.
 
 Accounting: every question row is `kept` or removed with one reason
-(`no_accepted_answer`, `question_score<3`, `answer_missing`, `answer_score<5`, and
-`duplicate_question` for a candidate question row replaced by a later row with the same Id
-while it waited for its answer); malformed rows of any type are quarantined by reason.
-`questions_seen == kept + sum(removed)`.
+(`no_accepted_answer`, `question_score<3`, `answer_missing`, `answer_score<5`,
+`answer_empty` for an accepted answer with no text once its HTML is converted (an image
+alone: the document would be the question without an answer), and `duplicate_question`
+for a candidate question row replaced by a later row with the same Id while it waited for
+its answer); malformed rows of any type are quarantined by reason.
+`questions_seen == kept + sum(removed)`. `CONVERSION_REVISION` names these rules in the
+build's attribute keys: a build tagged under other rules converts its Posts.xml again.
 
 Byte ranges. Rows are one per line, so an uncompressed Posts.xml can be read in byte ranges
 (a row belongs to the range in which it starts; a compressed one only whole). The build
@@ -82,6 +85,9 @@ from dolmino.documents import (
 )
 
 SOURCE = "stackexchange"
+# The conversion rules' revision, in a build's attribute keys. 2: an accepted answer without text is
+# removed (`answer_empty`); revision 1 (no key) kept its question as a document of its own.
+CONVERSION_REVISION = 2
 
 
 # ---------------------------------------------------------------------------- HTML -> text
@@ -645,8 +651,8 @@ def _is_accepted_pair(answer_ids: array, question_ids: array, answer_id: int, qu
     return any(question_ids[i] == question_id for i in range(lo, hi))
 
 
-def _document(site: str, path: str, q: dict, a: dict) -> dict:
-    text = join_question_answer(question_text(q["title"], q["body"]), html_to_text(a["body"]))
+def _document(site: str, path: str, q: dict, a: dict, answer: str) -> dict:
+    text = join_question_answer(question_text(q["title"], q["body"]), answer)
     doc = {
         "id": f"se-{site}-{q['id']}",
         "text": text,
@@ -721,13 +727,18 @@ def _pair_step(waiting: tuple[str, dict] | None,
 
 def _finish(q: dict, a: dict, config: StackExchangeConfig, stats: StackExchangeStats, site: str,
             path: str) -> tuple[dict | None, str | None]:
-    """(document, None), or (None, reason) when the accepted answer's score is too low."""
+    """(document, None), or (None, reason) when the accepted answer's score is too low or it
+    holds no text once its HTML is converted (an image alone, an empty element)."""
     if a["score"] < config.min_answer_score:
         reason = f"answer_score<{config.min_answer_score}"
         stats.removed[reason] += 1
         return None, reason
+    answer = html_to_text(a["body"])
+    if not answer.strip():
+        stats.removed["answer_empty"] += 1
+        return None, "answer_empty"
     stats.kept += 1
-    return _document(site, path, q, a), None
+    return _document(site, path, q, a, answer), None
 
 
 def _quarantiner(path: str, stats: StackExchangeStats, quarantine: Quarantine | None):

@@ -161,6 +161,10 @@ def test_thresholds_and_removal_reasons(tmp_path):
                                                                   accepted=106),
         answer(107, 7, 100, "<p>not the accepted one</p>"), answer(108, 7, 6, "<p>accepted</p>"),
         question(7, 3, "two answers", body, accepted=108),
+        # a picture alone, or markup without text: the document would be the question without an answer
+        question(8, 9, "answered with a picture", body, accepted=109),
+        answer(109, 8, 9, '<p><img src="https://i.sstatic.net/x.png" alt="a plot"></p>'),
+        answer(110, 9, 9, "<p> <a href='https://example.com'></a> </p>"), question(9, 9, "empty link", body, accepted=110),
     ]
     path = write_posts(tmp_path, rows)
     stats = StackExchangeStats()
@@ -169,14 +173,14 @@ def test_thresholds_and_removal_reasons(tmp_path):
     assert docs[0]["text"] == "question score 3 (edge, kept)\n\nSome question body text.\n\n\nfive"
     assert docs[1]["text"].endswith("\n\n\naccepted")
     assert stats.removed == {"no_accepted_answer": 1, "question_score<3": 1, "answer_score<5": 1,
-                             "answer_missing": 2}
-    assert stats.questions_seen == 7 and stats.kept == 2
+                             "answer_missing": 2, "answer_empty": 2}
+    assert stats.questions_seen == 9 and stats.kept == 2
     stats.check_balance()
 
     loose = StackExchangeStats()
     docs = list(read_stackexchange(str(path), min_question_score=0, min_answer_score=0, stats=loose))
     assert [d["metadata"]["question_id"] for d in docs] == [2, 3, 4, 7]
-    assert loose.removed == {"no_accepted_answer": 1, "answer_missing": 2}
+    assert loose.removed == {"no_accepted_answer": 1, "answer_missing": 2, "answer_empty": 2}
 
 
 def test_malformed_rows_are_quarantined(tmp_path):

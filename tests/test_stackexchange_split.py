@@ -93,6 +93,9 @@ def generated_posts(seed: int = 1, pairs: int = 90) -> bytes:
     rows.insert(50, question(8102, 9, "Huge accepted id", "<p>q</p>", accepted=big))
     rows.insert(70, answer(big, 8103, 9, "<p>huge answer id</p>"))
     rows.append(question(8103, 9, "Accepts the huge answer id", "<p>q</p>", accepted=big))
+    # an accepted answer that is a picture alone: no answer text, removed as answer_empty
+    rows.insert(45, question(8200, 9, "Answered with a picture", "<p>q</p>", accepted=8201))
+    rows.append(answer(8201, 8200, 9, '<p><img src="https://i.sstatic.net/x.png" alt="a plot"></p>'))
     rows.insert(80, question(8104, "1_0", "Underscored score", "<p>q</p>", accepted=8105))
     rows.insert(81, answer(8105, 8104, "+9", "<p>plus-signed answer score</p>"))
     data = posts_xml(rows).encode("utf-8")
@@ -149,6 +152,7 @@ def test_ranges_convert_like_the_whole_file(posts):
     assert stats.removed["answer_missing"] and stats.removed["answer_score<5"] and stats.removed["no_accepted_answer"]
     assert stats.removed["question_score<3"] and len(quarantine.records) >= 4 and len(docs) > 20
     assert stats.removed["duplicate_question"] == 1  # every question row is kept or removed by reason
+    assert stats.removed["answer_empty"] == 1 and not any("Answered with a picture" in d["text"] for d in docs)
     assert quarantine.counts["bad_id"] == 2 and quarantine.counts["bad_parent_id"] == 1
     assert quarantine.counts["bad_accepted_answer_id"] == 2 and quarantine.counts["bad_score"] == 3
     assert quarantine.records[0].line > 2  # the byte-order mark is not a bad first line
@@ -399,3 +403,26 @@ def test_missing_inputs_are_one_readable_line_naming_the_root_in_use(tmp_path, c
     assert f"no input files match '{tmp_path / 'copy' / 'a/*.jsonl'}'; source 'b': no input files match" in err
     assert f"relative paths resolve against the data root '{tmp_path / 'copy'}', the manifest's data_root unless " \
            "--data-root replaces it" in err
+
+
+def test_changed_conversion_rules_key_a_new_documents_set(posts, monkeypatch):
+    """A build tagged under earlier conversion rules (revision 1 kept an answer without text as a
+    question alone) is not reused: a Stack Exchange source's documents set is keyed by the rules'
+    revision; a Dolma source's key does not move with it."""
+    from dolmino.build.inputs import list_inputs, plan_units
+    from dolmino.build.tag import tag_plans
+    from dolmino.manifest import manifest_from_dict
+
+    spec = _manifest(posts.parent.parent)
+    (posts.parent.parent / "web.jsonl").write_text(json.dumps({"id": "w", "text": "a web page"}) + "\n")
+    spec["sources"].append({"name": "web", "paths": ["web.jsonl"], "pool_tokens": "1K"})
+    manifest = manifest_from_dict(spec)
+    units = plan_units(list_inputs(manifest))
+
+    def docs_sets() -> list[str]:
+        return [plan.docs_set for plan in tag_plans(manifest, {}, "tok", units)]
+
+    now = docs_sets()
+    monkeypatch.setattr(se, "CONVERSION_REVISION", se.CONVERSION_REVISION + 1)
+    later = docs_sets()
+    assert later[0] != now[0] and later[1] == now[1]

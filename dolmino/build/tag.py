@@ -138,11 +138,15 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
     or overwrite, each other's cluster files."""
     from filters.base import needs_tokens, tag_params
     from filters.registry import build_filter
+    from filters.stackexchange import CONVERSION_REVISION
 
     plans = []
     for si, source in enumerate(manifest.sources):
-        docs_key = spec_key({"format": ATTRIBUTE_FORMAT, "reader": source.format, "tokenizer": tokenizer_digest,
-                             "sample_bits": SAMPLE_BITS, "max_doc_bytes": source.max_doc_bytes})
+        docs = {"format": ATTRIBUTE_FORMAT, "reader": source.format, "tokenizer": tokenizer_digest,
+                "sample_bits": SAMPLE_BITS, "max_doc_bytes": source.max_doc_bytes}
+        if source.format == "stackexchange":  # its documents come from rules that changed: convert again
+            docs["conversion"] = CONVERSION_REVISION
+        docs_key = spec_key(docs)
         tags = []
         for i, spec in enumerate(source.filters):
             filt = build_filter(spec, f"{source.name}.filters[{i}]")
