@@ -444,3 +444,29 @@ def test_a_truncated_checkpoint_file_is_named_when_resuming(tmp_path, capsys, da
     if damaged == MODEL_FILE:  # what soups and exports of this trainer's checkpoints read
         with pytest.raises(CheckpointFormatError, match=f"^{re.escape(str(file))} cannot be read .*truncated"):
             load_model_weights(tmp_path / "run")
+
+
+def test_a_failed_background_write_stops_the_run_at_the_next_step(tmp_path, monkeypatch):
+    """A save that failed in its thread (a full disk) was raised only when the next save waited for
+    it, a whole --save-interval later: steps trained with no checkpoint behind them. The loop now
+    asks every step; here the write is made to finish at once, so the error comes at step 3."""
+    import trainer.checkpoint as checkpoint
+
+    def full_disk(self, final, *args):
+        raise OSError(28, "No space left on device")
+
+    real_save = Checkpointer.save
+
+    def save_and_let_it_finish(self, *args, **kwargs):
+        final = real_save(self, *args, **kwargs)
+        if self._thread is not None:
+            self._thread.join()  # the write is over; its error is not raised until someone asks
+        return final
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "_write", full_disk)
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", save_and_let_it_finish)
+    run = Trainer(make_run(make_data(tmp_path / "data"), save_interval=2, max_steps=6), CPU, tmp_path / "run",
+                  log=quiet)
+    with pytest.raises(CheckpointWriteError, match="No space left on device"):
+        run.fit()
+    assert run.step == 3

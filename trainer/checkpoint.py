@@ -447,6 +447,13 @@ class Checkpointer:
                 raise error
             raise CheckpointWriteError(f"writing a checkpoint failed: {error}") from error
 
+    def raise_if_failed(self) -> None:
+        """Re-raise a background write's error once it has finished, without waiting for one
+        still running: the loop asks every step, so a full disk stops the run at the next step,
+        not a whole save interval later when the next save waits for this one."""
+        if self._thread is not None and not self._thread.is_alive():
+            self.wait()
+
     def _write_guarded(self, *args) -> None:
         try:
             self._write(*args)

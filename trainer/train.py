@@ -323,6 +323,7 @@ class Trainer:
             while self.step < tc.max_steps:
                 lr = self.schedule.lr_at(self.step)
                 self.train_step(buffer[len(pending)])
+                self.checkpointer.raise_if_failed()
                 status.update(self.step)
                 pending.append((self.step, lr))
                 window_tokens += tc.tokens_per_step
