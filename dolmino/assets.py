@@ -390,4 +390,6 @@ def _run(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dolmino.stdout_pipe import run_main
+
+    sys.exit(run_main(main))

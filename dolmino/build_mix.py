@@ -18,4 +18,6 @@ if __package__ in (None, ""):  # run as a file (spark-submit dolmino/build_mix.p
 from dolmino.build.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dolmino.stdout_pipe import run_main
+
+    sys.exit(run_main(main))

@@ -25,6 +25,7 @@ import sys
 from dataclasses import dataclass
 
 from dolmino import __version__
+from dolmino.stdout_pipe import run_main
 
 PROG = "dolmino"
 # Exit status of a command-line mistake (no command, unknown command, missing module),
@@ -137,38 +138,8 @@ def run_command(name: str, args: list[str]) -> int:
     return int(result or 0)
 
 
-SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for cat or git stopped by `| head`
-
-
-def _stdout_closed() -> bool:
-    """Whether stdout's reader went away (`dolmino plan ... | head -1` printed a traceback and
-    exit 1; found by a tester); if so, stdout now points at /dev/null, so that Python's own
-    flush at exit does not fail again."""
-    import os
-    import select
-
-    try:  # a pipe whose reader has gone reports an error condition to poll (the write end's POLLERR)
-        poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
-        if not any(events & (select.POLLERR | select.POLLHUP) for _fd, events in poller.poll(0)):
-            return False
-    except (AttributeError, OSError, ValueError):  # no poll, or no stdout descriptor
-        return False
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
-    try:
-        code = _dispatch(argv)
-        sys.stdout.flush()  # into a pipe stdout is block-buffered: a short output is written here, not by print
-        return code
-    except BrokenPipeError:
-        if not _stdout_closed():
-            raise  # another pipe or socket (an S3 upload cut off): its traceback stays
-        return SIGPIPE_EXIT
+    return run_main(_dispatch, argv)
 
 
 def _dispatch(argv: list[str] | None) -> int:

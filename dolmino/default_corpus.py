@@ -404,4 +404,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dolmino.stdout_pipe import run_main
+
+    sys.exit(run_main(main))

@@ -803,4 +803,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from dolmino.stdout_pipe import run_main
+
+    raise SystemExit(run_main(main))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import dolmino
-from dolmino import cli
+from dolmino import cli, stdout_pipe
 from dolmino.cli import COMMANDS, Command, main
 from dolmino.errors import ManifestError
 
@@ -461,7 +461,44 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(args, unbuffered):
                               stderr=subprocess.PIPE, text=True, timeout=120, cwd=str(REPO), env=env)
     finally:
         os.close(write_end)
-    assert (proc.returncode, proc.stderr) == (cli.SIGPIPE_EXIT, "")
+    assert (proc.returncode, proc.stderr) == (stdout_pipe.SIGPIPE_EXIT, "")
+
+
+@pytest.mark.parametrize("module_args", [
+    ["dolmino.plan", str(REPO / "manifests" / "50B.json")],
+    ["trainer.schedule", "--recipe", "olmo2-7b-anneal", "--tokens", "50B"],
+    ["dolmino.diff", str(REPO / "manifests" / "50B.json"), str(REPO / "manifests" / "100B.json")],
+])
+def test_a_module_run_as_a_command_ends_quietly_when_its_reader_stops(module_args):
+    """`python -m trainer.schedule ... | head` (README's spelling) still printed the traceback that
+    `dolmino` no longer did: every module's entry point ends through dolmino.stdout_pipe.run_main."""
+    import os
+    import subprocess
+
+    from dolmino.stdout_pipe import SIGPIPE_EXIT
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", *module_args], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=120, cwd=str(REPO))
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (SIGPIPE_EXIT, "")
+
+
+def test_every_module_run_as_a_command_ends_through_run_main():
+    """No `if __name__ == "__main__":` block calls main() bare (except the sandbox's child
+    protocol, whose stdout is its parent's pipe, read to the end, and dolmino.cli, whose main
+    is run_main itself)."""
+
+    bare = []
+    for path in sorted(p for d in ("dolmino", "trainer", "filters", "mixers") for p in (REPO / d).rglob("*.py")):
+        text = path.read_text()
+        block = text[text.find('if __name__ == "__main__":'):] if 'if __name__ == "__main__":' in text else ""
+        if block and "run_main(main" not in block and path.name not in ("sandbox_child.py", "cli.py"):
+            bare.append(str(path.relative_to(REPO)))
+    assert bare == []
 
 
 def test_a_broken_pipe_elsewhere_keeps_its_traceback(monkeypatch):

@@ -902,4 +902,6 @@ def evaluate_after_training(args: argparse.Namespace, checkpoint: str | Path | N
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dolmino.stdout_pipe import run_main
+
+    sys.exit(run_main(main))

@@ -343,4 +343,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_process(main())
+    from dolmino.stdout_pipe import run_main
+
+    exit_process(run_main(main))

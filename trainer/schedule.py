@@ -92,4 +92,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     import sys
 
-    sys.exit(main())
+    from dolmino.stdout_pipe import run_main
+
+    sys.exit(run_main(main))

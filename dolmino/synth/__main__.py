@@ -234,4 +234,6 @@ def _http_url(text: str) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dolmino.stdout_pipe import run_main
+
+    sys.exit(run_main(main))
