@@ -164,7 +164,8 @@ def test_thresholds_and_removal_reasons(tmp_path):
         # a picture alone, or markup without text: the document would be the question without an answer
         question(8, 9, "answered with a picture", body, accepted=109),
         answer(109, 8, 9, '<p><img src="https://i.sstatic.net/x.png" alt="a plot"></p>'),
-        answer(110, 9, 9, "<p> <a href='https://example.com'></a> </p>"), question(9, 9, "empty link", body, accepted=110),
+        answer(110, 9, 9, "<p> <a href='https://example.com'></a> </p>"),
+        question(9, 9, "empty link", body, accepted=110),
     ]
     path = write_posts(tmp_path, rows)
     stats = StackExchangeStats()
