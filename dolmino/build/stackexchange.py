@@ -43,8 +43,9 @@ Which unit holds what (the mix phase reads each unit's documents file by line):
   documents files, concatenated in unit order, are the whole-file documents file line for
   line; its `metadata.line` and `loc` name its question row's line in the whole file, and the
   tag phase gives Stack Exchange units no line offset (`tag.first_lines`);
-- `answer_score<N` and `answer_empty` are counted in the range of the completing row, `answer_missing` and the
-  question rules in the range of the question row, a quarantined row in its own range.
+- `answer_score<N` and `answer_empty` are counted in the range of the completing row,
+  `answer_missing` and the question rules in the range of the question row, a quarantined
+  row in its own range.
 So the counts by reason, summed over the ranges, equal the whole-file counts.
 
 Resume: a file's ranges are converted together (a range's documents depend on the whole
