@@ -705,6 +705,31 @@ def test_only_the_builds_own_files_are_removed_as_stale(tmp_path):
         set(names) - set(removed))
 
 
+def test_a_lower_max_doc_bytes_scores_the_documents_it_keeps_again(spark, tmp_path):
+    """A filter's scores are read beside the docs set row by row. With a lower max_doc_bytes (or
+    new Stack Exchange rules) the docs set was tagged again but the old scores reused: the pool
+    stage stopped with "rows per unit ... differ" (found by a reviewer). The scores' sets are
+    keyed by what decides the rows, so they are tagged again with it."""
+    docs = []
+    for _, doc in read_documents(str(shared_corpus_file("web.jsonl.zst")), Quarantine()):
+        docs.append(doc)
+        if len(docs) == 40:
+            break
+    (tmp_path / "web").mkdir()
+    write_documents(str(tmp_path / "web" / "part.jsonl"), docs)
+    lengths = sorted(len(line) for line in (tmp_path / "web" / "part.jsonl").read_bytes().splitlines())
+    assert lengths[-3] < lengths[-2]
+    spec = {"name": "limit", "version": 1, "seed": 3, "budget": 2_000, "data_root": str(tmp_path),
+            "sources": [{"name": "web", "paths": ["web"], "mix_percent": 100.0,
+                         "filters": [{"type": "min_length", "min_chars": 200}]}]}
+    attributes = str(tmp_path / "attrs")
+    first = build(manifest_from_dict(spec), 2_000, str(tmp_path / "out1"), spark, attributes=attributes)
+    assert not first["sources"][0]["quarantined"]
+    spec["sources"][0]["max_doc_bytes"] = lengths[-3]  # the two longest lines go over it
+    second = build(manifest_from_dict(spec), 2_000, str(tmp_path / "out2"), spark, attributes=attributes)
+    assert second["sources"][0]["quarantined"] == {"doc_too_large": 2}
+
+
 def test_colliding_and_looping_input_names_are_each_read_once(spark, tmp_path):
     """Found by a tester: web/d/e.jsonl and web/d__e.jsonl wrote one quarantine file in --out (one
     record lost), and a `loop -> .` symlink in a source directory made every file an input forty

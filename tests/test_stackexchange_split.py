@@ -407,22 +407,25 @@ def test_missing_inputs_are_one_readable_line_naming_the_root_in_use(tmp_path, c
 
 def test_changed_conversion_rules_key_a_new_documents_set(posts, monkeypatch):
     """A build tagged under earlier conversion rules (revision 1 kept an answer without text as a
-    question alone) is not reused: a Stack Exchange source's documents set is keyed by the rules'
-    revision; a Dolma source's key does not move with it."""
+    question alone) is not reused: a Stack Exchange source's documents set, and the sets of scores
+    read beside it row by row, are keyed by the rules' revision (the scores' sets were not, and a
+    mix read the new rows against the old scores; a reviewer); a Dolma source's keys do not move."""
     from dolmino.build.inputs import list_inputs, plan_units
     from dolmino.build.tag import tag_plans
     from dolmino.manifest import manifest_from_dict
 
     spec = _manifest(posts.parent.parent)
     (posts.parent.parent / "web.jsonl").write_text(json.dumps({"id": "w", "text": "a web page"}) + "\n")
-    spec["sources"].append({"name": "web", "paths": ["web.jsonl"], "pool_tokens": "1K"})
+    scored = {"type": "min_length", "min_chars": 10}  # a set of scores read beside the documents, row by row
+    spec["sources"][0]["filters"].append(scored)
+    spec["sources"].append({"name": "web", "paths": ["web.jsonl"], "pool_tokens": "1K", "filters": [scored]})
     manifest = manifest_from_dict(spec)
     units = plan_units(list_inputs(manifest))
 
-    def docs_sets() -> list[str]:
-        return [plan.docs_set for plan in tag_plans(manifest, {}, "tok", units)]
+    def sets() -> list[list[str]]:
+        return [[plan.docs_set, *(t.set_name for t in plan.filters)] for plan in tag_plans(manifest, {}, "tok", units)]
 
-    now = docs_sets()
+    now = sets()
     monkeypatch.setattr(se, "CONVERSION_REVISION", se.CONVERSION_REVISION + 1)
-    later = docs_sets()
-    assert later[0] != now[0] and later[1] == now[1]
+    later = sets()
+    assert len(now[0]) == 2 and all(a != b for a, b in zip(later[0], now[0])) and later[1] == now[1]

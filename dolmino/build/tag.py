@@ -142,17 +142,20 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
 
     plans = []
     for si, source in enumerate(manifest.sources):
-        docs = {"format": ATTRIBUTE_FORMAT, "reader": source.format, "tokenizer": tokenizer_digest,
-                "sample_bits": SAMPLE_BITS, "max_doc_bytes": source.max_doc_bytes}
+        # What decides which documents a unit holds, row by row: a filter's set is read beside the
+        # docs set by position, so both are keyed by it (a lower max_doc_bytes, or Stack Exchange
+        # rules that drop a pair, had a new docs set read against the old scores: a pool-stage error).
+        rows = {"format": ATTRIBUTE_FORMAT, "reader": source.format, "max_doc_bytes": source.max_doc_bytes}
         if source.format == "stackexchange":  # its documents come from rules that changed: convert again
-            docs["conversion"] = CONVERSION_REVISION
-        docs_key = spec_key(docs)
+            rows["conversion"] = CONVERSION_REVISION
+        docs_key = spec_key({**rows, "tokenizer": tokenizer_digest, "sample_bits": SAMPLE_BITS})
         tags = []
         for i, spec in enumerate(source.filters):
             filt = build_filter(spec, f"{source.name}.filters[{i}]")
             if needs_tokens(filt):
                 continue
             keyed = keyed_spec({"type": spec["type"], **tag_params(filt, spec)}, resources)
+            keyed["rows"] = spec_key(rows)
             if getattr(filt, "tag_revision", None) is not None:  # its scoring changed: earlier sets are not reused
                 keyed["revision"] = filt.tag_revision
             tags.append(FilterTag(f"{spec['type']}-{spec_key(keyed)}", i, spec))
