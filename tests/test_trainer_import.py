@@ -467,6 +467,22 @@ def test_olmo_core_checkpoint_loads_exactly(tmp_path, olmo_core_metadata):
     assert "olmo_core" not in sys.modules
 
 
+def test_a_damaged_olmo_core_metadata_file_is_named(tmp_path):
+    """An empty or cut `.metadata` (an interrupted copy of an OLMo-core checkpoint) ended every
+    command in EOFError / UnpicklingError tracebacks naming no file (found by a reviewer); under
+    torchrun that rank also skipped the start-up agreement the others waited in."""
+    cfg = ModelConfig(d_model=64, n_layers=2, n_heads=4, vocab_size=VOCAB, max_seq_len=64)
+    step_dir = write_olmo_core_checkpoint(tmp_path / "run", 7, OLMo2(cfg))
+    metadata = step_dir / "model_and_optim" / ".metadata"
+    whole = metadata.read_bytes()
+    for damaged in (b"", whole[:len(whole) // 2]):
+        metadata.write_bytes(damaged)
+        proc = run_module("trainer.schedule", "--init-from", step_dir, "--steps", 1)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{metadata} cannot be read (" in lines[0], proc.stderr
+
+
 def test_olmo_core_checkpoint_exports_to_hf_with_the_same_logits(tmp_path):
     cfg = ModelConfig(d_model=64, n_layers=2, n_heads=4, vocab_size=VOCAB, max_seq_len=64)
     torch.manual_seed(4)

@@ -407,8 +407,12 @@ def _dcp_reader(path: Path):
             if getattr(self, "_cached_metadata", None) is None:
                 from torch.distributed.checkpoint.metadata import StorageMeta
 
-                with open(Path(self.path) / ".metadata", "rb") as fh:
-                    metadata = _MetadataUnpickler(fh).load()
+                file = Path(self.path) / ".metadata"
+                try:
+                    with open(file, "rb") as fh:
+                        metadata = _MetadataUnpickler(fh).load()
+                except (EOFError, pickle.UnpicklingError) as exc:  # empty or cut: one line naming it
+                    raise damaged_file_error(file, exc) from None
                 if getattr(metadata, "storage_meta", None) is None:
                     metadata.storage_meta = StorageMeta()
                 self._cached_metadata = metadata
