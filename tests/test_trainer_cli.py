@@ -522,6 +522,51 @@ def test_a_rank_whose_peer_stopped_knows_it(tmp_path):
     assert json.loads(out.read_text()) == [True, False, False]  # this rank's own NCCL fault keeps its traceback
 
 
+def _startup_worker(rank: int, port: int, data: list, save_dir: str, out: str) -> None:
+    import contextlib
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    from trainer.run import main
+
+    with open(f"{out}.{rank}.err", "w") as err, contextlib.redirect_stderr(err):
+        code = main(["--data", data[rank], "--model", "tiny", "--steps", "1", "--seq-len", "32", "--batch-size",
+                     "2", "--device", "cpu", "--save-dir", f"{save_dir}{rank}"])
+    Path(f"{out}.{rank}.rc").write_text(str(code))
+    os._exit(0)  # as exit_process does for a finished rank: gloo's teardown is not under test
+
+
+def test_a_failed_start_up_check_on_one_rank_stops_every_rank_with_a_line(data_dir, tmp_path):
+    """A node whose copy of the data fails a start-up check stops with its reason; the other ranks
+    learnt it from the next collective breaking (gloo: "another rank stopped"; NCCL: a wait for
+    its timeout). The checks are now agreed on: every rank stops at once, each with one line."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    partial = tmp_path / "partial"  # a node's copy of the mix that lacks a token file its report.json counts
+    shutil.copytree(data_dir, partial)
+    (partial / "part-00001.npy").unlink()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = str(tmp_path / "rank")
+    ctx = mp.get_context("spawn")
+    ranks = [ctx.Process(target=_startup_worker, args=(r, port, [str(data_dir), str(partial)], str(tmp_path / "run"),
+                                                       out)) for r in (0, 1)]
+    for p in ranks:
+        p.start()
+    for p in ranks:
+        p.join(120)
+    codes = [int(Path(f"{out}.{r}.rc").read_text()) for r in (0, 1)]
+    errs = [Path(f"{out}.{r}.err").read_text() for r in (0, 1)]
+    assert codes == [2, 2], errs
+    assert errs[0].strip().endswith("error: rank 0: another rank's start-up checks failed; its error says why"), errs
+    assert "is the copy incomplete?" in errs[1] and errs[1].count("\n") == 1, errs
+    assert not (tmp_path / "run0").exists()  # nothing was started
+
+
 def test_process_group_backend_is_nccl_with_cuda_gloo_on_cpu_and_nccl_needs_cuda():
     import torch
 

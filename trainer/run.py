@@ -258,27 +258,42 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log = print if env.is_main else (lambda _msg: None)
     finished = False
+    # The ranks agreed to stop (a start-up check failed somewhere): they leave through the same
+    # barrier as a finished run, so that none tears the group down while a peer may still be
+    # finishing the agreeing collective (`shutdown`).
+    agreed_stop = False
     try:
         from trainer.train import Trainer
         from trainer.weights import load_weights_into
 
-        # Everything is checked from metadata before anything big is built.
-        init = inspect_init(args)
-        # Also with --steps: data_tokens checks a build's report.json against its token files (file
-        # sizes only), and a partial copy must not train silently just because the length is given.
-        layout = scan_data(data_paths)  # one walk of --data for the checks below
-        tokens, source = data_tokens(layout)
-        if (note := unreported_build_note(layout)) and env.is_main:
-            print(f"{prog}: warning: {note}", file=sys.stderr)
-        plan = make_plan(args, tokens, source, init)
-        check_data_vocab(args, plan, init, layout)
-        run = run_config_from_args(args, data_paths, env.world_size, env.device, plan)
+        # Everything is checked from metadata before anything big is built, and the ranks decide
+        # together: a node whose copy of the data or of --init-from fails a check stops with its
+        # reason and every other rank with a line saying so, where each had learnt it from the
+        # next collective breaking (under NCCL, a wait for its timeout).
+        try:
+            init = inspect_init(args)
+            # Also with --steps: data_tokens checks a build's report.json against its token files (file
+            # sizes only), and a partial copy must not train silently just because the length is given.
+            layout = scan_data(data_paths)  # one walk of --data for the checks below
+            tokens, source = data_tokens(layout)
+            if (note := unreported_build_note(layout)) and env.is_main:
+                print(f"{prog}: warning: {note}", file=sys.stderr)
+            plan = make_plan(args, tokens, source, init)
+            check_data_vocab(args, plan, init, layout)
+            run = run_config_from_args(args, data_paths, env.world_size, env.device, plan)
+            failed = None
+        except Exception as exc:  # noqa: BLE001 - any failure, so that every rank reaches the agreement; re-raised
+            failed = exc
+        if ranks_agree([int(failed is not None)], env)[1][0]:
+            agreed_stop = True
+            raise failed or ValueError(f"rank {env.rank}: another rank's start-up checks failed; its error says why")
         if init is not None:
             run.init = {**init.provenance(), "lr_source": plan.lr_source}
         # Rank 0 writes metrics and checkpoints: a read-only --save-dir failed at the first flush,
         # steps into the run, in a traceback (found by a tester).
         reason = why_unwritable(args.save_dir) if env.is_main else None
         if ranks_agree([int(reason is not None)], env)[1][0]:
+            agreed_stop = True
             raise ValueError(f"--save-dir {args.save_dir} cannot be written ({reason or 'see rank 0'})")
         if resume is None or not own_checkpoint(resume_from, args.save_dir):
             # also a --resume of a checkpoint elsewhere: its run goes on in --save-dir
@@ -335,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     finally:
-        shutdown(env, finished)
+        shutdown(env, finished or agreed_stop)
     if args.eval_tasks and env.is_main:  # after leaving the process group: only this rank scores
         del trainer  # free the training state before the checkpoint is loaded to be scored
         return evaluate_after_training(args, result.checkpoint, env.device, log)
