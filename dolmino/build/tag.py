@@ -149,13 +149,14 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
         if source.format == "stackexchange":  # its documents come from rules that changed: convert again
             rows["conversion"] = CONVERSION_REVISION
         docs_key = spec_key({**rows, "tokenizer": tokenizer_digest, "sample_bits": SAMPLE_BITS})
+        rows_key = spec_key(rows)
         tags = []
         for i, spec in enumerate(source.filters):
             filt = build_filter(spec, f"{source.name}.filters[{i}]")
             if needs_tokens(filt):
                 continue
             keyed = keyed_spec({"type": spec["type"], **tag_params(filt, spec)}, resources)
-            keyed["rows"] = spec_key(rows)
+            keyed["rows"] = rows_key
             if getattr(filt, "tag_revision", None) is not None:  # its scoring changed: earlier sets are not reused
                 keyed["revision"] = filt.tag_revision
             tags.append(FilterTag(f"{spec['type']}-{spec_key(keyed)}", i, spec))
