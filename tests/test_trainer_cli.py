@@ -537,17 +537,23 @@ def _startup_worker(rank: int, port: int, data: list, save_dir: str, out: str) -
     os._exit(0)  # as exit_process does for a finished rank: gloo's teardown is not under test
 
 
-def test_a_failed_start_up_check_on_one_rank_stops_every_rank_with_a_line(data_dir, tmp_path):
+@pytest.mark.parametrize("copy", ["partial", "empty"])
+def test_a_failed_start_up_check_on_one_rank_stops_every_rank_with_a_line(data_dir, tmp_path, copy):
     """A node whose copy of the data fails a start-up check stops with its reason; the other ranks
     learnt it from the next collective breaking (gloo: "another rank stopped"; NCCL: a wait for
-    its timeout). The checks are now agreed on: every rank stops at once, each with one line."""
+    its timeout). The checks are now agreed on: every rank stops at once, each with one line.
+    A node whose --data holds no token file at all failed later, in the Trainer, outside the
+    agreement (its peers then saw "another rank stopped")."""
     import socket
 
     import torch.multiprocessing as mp
 
-    partial = tmp_path / "partial"  # a node's copy of the mix that lacks a token file its report.json counts
-    shutil.copytree(data_dir, partial)
-    (partial / "part-00001.npy").unlink()
+    partial = tmp_path / copy
+    if copy == "partial":  # a node's copy of the mix that lacks a token file its report.json counts
+        shutil.copytree(data_dir, partial)
+        (partial / "part-00001.npy").unlink()
+    else:  # a node whose copy never arrived: an empty directory
+        partial.mkdir()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -563,7 +569,8 @@ def test_a_failed_start_up_check_on_one_rank_stops_every_rank_with_a_line(data_d
     errs = [Path(f"{out}.{r}.err").read_text() for r in (0, 1)]
     assert codes == [2, 2], errs
     assert errs[0].strip().endswith("error: rank 0: another rank's start-up checks failed; its error says why"), errs
-    assert "is the copy incomplete?" in errs[1] and errs[1].count("\n") == 1, errs
+    reason = "is the copy incomplete?" if copy == "partial" else "no token files (*.npy) found in"
+    assert reason in errs[1] and errs[1].count("\n") == 1, errs
     assert not (tmp_path / "run0").exists()  # nothing was started
 
 

@@ -102,11 +102,13 @@ class DataLayout:
 
 def scan_data(paths: Iterable[str | Path] | DataLayout) -> DataLayout:
     """The layout of `paths` (a layout is returned as it is); refuses what
-    `discover_token_files` and `token_builds` refuse."""
+    `discover_token_files` and `token_builds` refuse, and paths that hold no token file."""
     if isinstance(paths, DataLayout):
         return paths
     paths = tuple(str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths))
     found = _discover(paths)
+    if paths and not found:  # here, not in the dataset: trainer.run's start-up checks, which the ranks agree on
+        raise DataError(f"no token files (*.npy) found in {list(paths)}")
     builds: dict[Path, list[Path]] = {}
     for top, f, _ in found:
         if top is not None:
