@@ -687,6 +687,29 @@ def test_mix_with_another_task_size_reuses_the_byte_ranges_tag_wrote(spark, tmp_
     assert "give the --split-size it used" in capsys.readouterr().err
 
 
+def test_mix_on_attributes_tagged_under_other_settings_says_so(spark, tmp_path, capsys):
+    """`dolmino mix` where the pool was tagged under other settings (here max_doc_bytes; also a
+    filter's model or parameters, the tokenizer, or a newer dolmino's rules for them) said to run
+    `dolmino tag` first, as if it had never run. It names the attribute set that holds them."""
+    from dolmino.build.cli import main
+
+    spec, _ = _one_plain_file(tmp_path)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(spec))
+    common = ["--attributes", str(tmp_path / "attrs"), "--quiet"]
+    assert main([str(path), *common, "--out", str(tmp_path / "tagged")], phase="tag") == 0
+    capsys.readouterr()
+    spec["sources"][0]["max_doc_bytes"] = 400
+    path.write_text(json.dumps(spec))
+    assert main([str(path), *common, "--out", str(tmp_path / "mixed")], phase="mix") == 2
+    err = capsys.readouterr().err
+    held = sorted(p.name for p in (tmp_path / "attrs" / "web").iterdir() if p.name.startswith("docs-"))
+    assert len(held) == 1, held
+    assert f"web/one.jsonl's documents were tagged under other settings or rules ({held[0]} holds them: another " \
+           "max_doc_bytes" in err, err
+    assert "run `dolmino tag` with this manifest: it tags what changed and reuses the rest" in err, err
+
+
 def test_only_the_builds_own_files_are_removed_as_stale(tmp_path):
     """remove_stale took any path under --out starting "part-", at any depth: inputs kept there
     (part-backup/, a source directory named part-00001.npy) were deleted unsaid (found by a tester)."""

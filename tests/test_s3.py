@@ -443,3 +443,21 @@ def test_an_s3_write_that_fails_for_good_names_its_object(bucket, monkeypatch):
     with pytest.raises(s3.S3ObjectError, match=rf"^s3://{bucket}/out/report\.json: S3 PutObject failed: "
                                                r"AccessDenied \(403\): access denied"):
         storage.write_bytes(f"s3://{bucket}/out/report.json", b"{}")
+
+
+def test_attribute_store_set_names_alike_on_disk_and_on_s3(bucket, tmp_path):
+    """The sets a source holds (what `dolmino mix` names when a pool was tagged under other
+    settings): its directories, the same on a local root and on an s3:// one."""
+    from dolmino.build.attributes import AttributeStore
+    from dolmino.storage import write_bytes
+
+    names = ["web/docs-aaa/x.1.parquet", "web/docs-bbb/y.2.parquet", "web/fasttext_quality-ccc/x.1.parquet",
+             "web/quarantine/q.jsonl.gz", "code/docs-ddd/z.parquet", "web/top-level-file"]
+    roots = [str(tmp_path / "attrs"), f"s3://{bucket}/attrs"]
+    for root in roots:
+        for name in names:
+            write_bytes(f"{root}/{name}", b"x")
+    for root in roots:
+        store = AttributeStore(root)
+        assert store.set_names("web") == ["docs-aaa", "docs-bbb", "fasttext_quality-ccc", "quarantine"], root
+        assert store.set_names("missing") == [], root

@@ -35,13 +35,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 from dataclasses import dataclass
 from functools import cached_property
 
 from dolmino.build.inputs import Unit
 from dolmino.errors import BuildError
-from dolmino.storage import join, list_files, read_bytes, write_bytes
+from dolmino.s3 import list_prefixes, split_uri
+from dolmino.storage import is_remote, join, list_files, read_bytes, write_bytes
 
 _TMP_SUFFIX = re.compile(r"\.tmp\d+$")
 
@@ -235,6 +237,17 @@ class AttributeStore:
 
     def quarantine_path(self, source: str, unit: Unit) -> str:
         return self.unit_path(source, QUARANTINE_DIR, unit, ".jsonl.gz")
+
+    def set_names(self, source: str) -> list[str]:
+        """The attribute sets stored for a source (its directories), sorted."""
+        base = join(self.root, source)
+        if is_remote(base):
+            bucket, key = split_uri(base.rstrip("/") + "/")
+            return sorted(p[len(key):].rstrip("/") for p in list_prefixes(bucket, key))
+        try:
+            return sorted(e.name for e in os.scandir(base) if e.is_dir())
+        except (FileNotFoundError, NotADirectoryError):
+            return []
 
     def existing(self, source: str, set_name: str) -> set[str]:
         """Paths of the files under one set (one listing, on the driver)."""

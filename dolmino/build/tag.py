@@ -130,6 +130,18 @@ class UnitStats:
 # ---------------------------------------------------------------------------- driver: what to tag
 
 
+def _tagged_otherwise(work: BundleWork, plan: SourceTagPlan, store: AttributeStore) -> tuple[str, str] | None:
+    """(a set the bundle lacks, a stored set of the same kind that holds the bundle), or None."""
+    names = store.set_names(plan.name)
+    for set_name in work.sets:
+        kind = set_name.rsplit("-", 1)[0]
+        for other in names:
+            if other != set_name and other.rsplit("-", 1)[0] == kind \
+                    and store.path(plan.name, other, work.bundle) in store.existing(plan.name, other):
+                return set_name, other
+    return None
+
+
 def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_digest: str,
               units: list[Unit]) -> tuple[SourceTagPlan, ...]:
     """Each source's attribute sets. A MinHash set is named by its parameters and by the units
@@ -438,6 +450,15 @@ def _untagged(works: dict, units: list[Unit], plans, store: AttributeStore, list
             changed = bundle.units[0].file.uri if len(bundle.units) == 1 else f"an input of {bundle.key}"
             return (f"{head}; {changed} changed since it was tagged (another size, ETag or mtime): run `dolmino "
                     "tag` again for it")
+    # Tagged, but under another key of the same set: other settings or rules (a tester ran `dolmino
+    # tag` again as told, which re-tagged, unsaid why the first tag was not enough).
+    if other := _tagged_otherwise(first, plans[first.bundle.source_index], store):
+        set_name, held = other
+        kind = "documents" if set_name.startswith("docs-") else f"{set_name.rsplit('-', 1)[0]} attributes"
+        where = first.bundle.units[0].key if len(first.bundle.units) == 1 else f"the inputs of {first.bundle.key}"
+        return (f"{head}; {where}'s {kind} were tagged under other settings or rules ({held} holds them: another "
+                "max_doc_bytes or tokenizer, another filter model or parameter, or a dolmino whose rules for them "
+                "changed since): run `dolmino tag` with this manifest: it tags what changed and reuses the rest")
     # A file another --split-size cut otherwise is a range here, or whole here but cut there.
     ranged = any(u.is_range or splittable(u.file.name, u.file.format) for w in works.values() for u in w.bundle.units)
     return (f"{head}; run `dolmino tag` with the same manifest first"
