@@ -114,9 +114,9 @@ def main(argv=None) -> dict:
         sets = (plan.docs_set, *(t.set_name for t in plan.filters))
         records, cpu, prof = _profiled(lambda: [r for b in bundles for r in tag_bundle(BundleWork(b, sets, False, {}),
                                                                                         tag_ctx, ReadAhead(()))])
-        unit_stats = [st for r in records if isinstance(r, BundleTagged) for st in r.stats.values()]
-        steps["tag"] = {"cpu_s": cpu, "units": len(units), "docs": sum(st.get("docs", 0) for st in unit_stats),
-                        "bytes": sum(st.get("bytes", 0) for st in unit_stats), "profile": prof}
+        tagged = [r for r in records if isinstance(r, BundleTagged)]
+        steps["tag"] = {"cpu_s": cpu, "units": len(units), "docs": sum(r.docs for r in tagged),
+                        "bytes": sum(r.bytes for r in tagged), "profile": prof}
 
         pool_ctx = PoolContext(store, plans, manifest.sources, {}, manifest.seed, {u.index: u.file.name for u in units},
                                {u.index: 0 for u in units}, skips_blank(manifest))

@@ -78,7 +78,12 @@ class BundleWork(NamedTuple):
 
 class BundleTagged(NamedTuple):
     bundle_index: int
-    stats: dict  # unit index -> UnitStats.to_dict(), when the docs set was written now
+    # unit index -> lines, for the byte ranges of split files whose docs set was written now: what
+    # the driver needs (`first_lines`). Not every unit's counts: 20,000 small files' dicts were
+    # shipped, unpickled and filled in on the driver for nothing (~0.1 core-s).
+    lines: dict
+    docs: int  # documents read, when the docs set was written now
+    bytes: int  # their UTF-8 text bytes
     files: dict  # path -> size of every file written
 
 
@@ -345,7 +350,10 @@ def tag_bundle(work: BundleWork, ctx: TagContext, ahead: ReadAhead) -> Iterator[
         path = store.path(plan.name, plan.docs_set, bundle)
         # Written last: its presence means the units' quarantine and documents are in place.
         files[path] = write_table(path, acc.base, _docs_schema(), meta)
-    yield BundleTagged(bundle.index, acc.stats, files)
+    stats = acc.stats.values()
+    yield BundleTagged(bundle.index, {u.index: acc.stats[u.index].get("lines", 0) for u in bundle.units
+                                      if _split(u) and u.index in acc.stats},
+                       sum(st.get("docs", 0) for st in stats), sum(st.get("bytes", 0) for st in stats), files)
 
 
 def run_tag_task(works: list[BundleWork], ctx_b, counters) -> Iterator[BundleTagged | Signature]:
@@ -364,7 +372,7 @@ def run_tag_task(works: list[BundleWork], ctx_b, counters) -> Iterator[BundleTag
                 if isinstance(record, BundleTagged):
                     counters.add("units", len(work.bundle.units))
                     counters.add("bytes", work.bundle.size)
-                    counters.add("docs", sum(st.get("docs", 0) for st in record.stats.values()))
+                    counters.add("docs", record.docs)
                 yield record
             counters.add("cpu_s", time.process_time() - started)
         counters.add("fetched_ahead", ahead.fetched)
@@ -376,7 +384,6 @@ def run_tag_task(works: list[BundleWork], ctx_b, counters) -> Iterator[BundleTag
 class TagResult(NamedTuple):
     plans: tuple[SourceTagPlan, ...]
     bundles: tuple[Bundle, ...]
-    unit_stats: dict  # unit index -> UnitStats dict: units tagged by this run, and ranges of split files
     first_lines: dict  # unit index -> lines before the unit in its file (byte ranges)
     tagged_units: int  # units this run read: an attribute set (documents, a filter's) or MinHash signatures due
     written: dict  # path -> size of every attribute file written by this run
@@ -385,10 +392,12 @@ class TagResult(NamedTuple):
     signature_units: int = 0  # of tagged_units, those read only for MinHash signatures
 
 
-def _docs_stats(bundle: Bundle, path: str) -> list[tuple[int, dict]]:
+def _stored_lines(bundle: Bundle, path: str) -> list[tuple[int, int]]:
+    """(unit index, lines) of the bundle's split units, from its stored docs set."""
     _table, meta = read_table(path, columns=[])
     unit_rows(meta, bundle, path)  # the file lists exactly the bundle's units
-    return [(unit.index, unit_stats(entry["stats"])) for unit, entry in zip(bundle.units, meta["units"])]
+    return [(unit.index, unit_stats(entry["stats"])["lines"]) for unit, entry in zip(bundle.units, meta["units"])
+            if _split(unit)]
 
 
 def _split(unit: Unit) -> bool:
@@ -396,18 +405,17 @@ def _split(unit: Unit) -> bool:
     return unit.is_range and unit.file.format != "stackexchange"
 
 
-def first_lines(units: list[Unit], stats: dict) -> dict[int, int]:
-    """Lines before each unit in its file: 0 for whole files, the earlier ranges' lines otherwise.
+def first_lines(units: list[Unit], lines: dict[int, int]) -> dict[int, int]:
+    """Lines before each unit in its file: 0 for whole files, the earlier ranges' lines otherwise
+    (`lines`: each range's own lines).
 
     Stack Exchange units get 0: their documents name their question row's line in the whole
     Posts.xml already (`dolmino.build.stackexchange`)."""
-    offsets: dict[int, int] = {}
+    offsets = dict.fromkeys((u.index for u in units), 0)
     running: dict[str, int] = {}
-    for unit in sorted(units, key=lambda u: (u.file.uri, u.start)):
-        split = _split(unit)
-        offsets[unit.index] = running.get(unit.file.uri, 0) if split else 0
-        if split:
-            running[unit.file.uri] = offsets[unit.index] + stats[unit.index]["lines"]
+    for unit in sorted((u for u in units if _split(u)), key=lambda u: (u.file.uri, u.start)):
+        offsets[unit.index] = running.get(unit.file.uri, 0)
+        running[unit.file.uri] = offsets[unit.index] + lines[unit.index]
     return offsets
 
 
@@ -543,16 +551,16 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
     if written:
         check_visible(written, _listing(store, written), "attribute files")
 
-    stats = {ui: unit_stats(st) for r in results for ui, st in r.stats.items()}
+    lines = {ui: n for r in results for ui, n in r.lines.items()}
     # Lines before each range of a split file come from the earlier ranges' counts: only bundles
-    # with such ranges have their stored counts read (one Spark job). The mix phase gets every
-    # unit's counts again from the pool stage, which reads the same files whole.
-    missing = [b for b in bundles if any(u.index not in stats and _split(u) for u in b.units)]
+    # with such ranges not tagged now have their stored counts read (one Spark job). The mix
+    # phase gets every unit's counts from the pool stage, which reads the same files whole.
+    missing = [b for b in bundles if any(_split(u) and u.index not in lines for u in b.units)]
     if missing:
         pairs = [(b, store.path(plans[b.source_index].name, plans[b.source_index].docs_set, b)) for b in missing]
         n = max(1, min(len(pairs), sc.defaultParallelism * 4))
-        stats.update(parallelize_pickled(sc, pairs, n).flatMap(lambda p: _docs_stats(*p)).collect())
-    offsets = first_lines(units, stats)
+        lines.update(parallelize_pickled(sc, pairs, n).flatMap(lambda p: _stored_lines(*p)).collect())
+    offsets = first_lines(units, lines)
 
     for si, digest in minhash_due.items():
         with Stage(sc, f"minhash:{plans[si].name}", total_units=len(by_source.get(si, [])), quiet=quiet) as stage:
@@ -566,7 +574,7 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
     # Of them, those read only for MinHash signatures (another unit of their source changed, or the
     # MinHash settings): "15 of 15 tagged, 0 reused" read as every attribute set redone (a tester).
     signature_units = sum(len(works[r.bundle_index].bundle.units) for r in results if not works[r.bundle_index].sets)
-    return TagResult(plans, tuple(bundles), stats, offsets, tagged_units, written, minhash_stats, stages,
+    return TagResult(plans, tuple(bundles), offsets, tagged_units, written, minhash_stats, stages,
                      signature_units)
 
 
