@@ -671,12 +671,12 @@ def test_mix_with_another_task_size_reuses_the_byte_ranges_tag_wrote(spark, tmp_
     other = [a if a != str(size // 4) else str(size // 3) for a in common]
     assert main([*other, "--out", str(tmp_path / "other")], phase="mix") == 2
     err = capsys.readouterr().err
-    assert "run `dolmino tag` with the same manifest first (plain files that --split-size cuts into byte ranges " \
-           "among them: if it ran, give the --split-size it used)" in err, err
+    plain = tmp_path / "web" / "one.jsonl"
+    assert f"{plain} was tagged in byte ranges at another --split-size (this run cuts it into byte ranges): give the " \
+           "--split-size it used, or run `dolmino tag` again with this one" in err, err
     # an input rewritten since the tag: named as changed, not as "run dolmino tag" (found by a tester)
     import os
 
-    plain = tmp_path / "web" / "one.jsonl"
     os.utime(plain, ns=(plain.stat().st_atime_ns, plain.stat().st_mtime_ns + 10**9))
     assert main([*common, "--out", str(tmp_path / "changed")], phase="mix") == 2
     assert f"{plain} changed since it was tagged (another size, ETag or mtime): run `dolmino tag` again for it" \
@@ -684,7 +684,8 @@ def test_mix_with_another_task_size_reuses_the_byte_ranges_tag_wrote(spark, tmp_
     # the default split size reads the file whole: its ranges' attributes are not found either, and it says so
     assert main([str(path), "--attributes", str(tmp_path / "attrs"), "--quiet", "--out", str(tmp_path / "o2")],
                 phase="mix") == 2
-    assert "give the --split-size it used" in capsys.readouterr().err
+    assert "was tagged in byte ranges at another --split-size (this run reads it whole): give the --split-size it " \
+           "used" in capsys.readouterr().err
 
 
 def test_mix_on_attributes_tagged_under_other_settings_says_so(spark, tmp_path, capsys):
@@ -708,6 +709,54 @@ def test_mix_on_attributes_tagged_under_other_settings_says_so(spark, tmp_path, 
     assert f"web/one.jsonl's documents were tagged under other settings or rules ({held[0]} holds them: another " \
            "max_doc_bytes" in err, err
     assert "run `dolmino tag` with this manifest: it tags what changed and reuses the rest" in err, err
+
+
+def test_mix_names_the_cause_the_attribute_root_shows(spark, tmp_path, capsys):
+    """`dolmino mix` named causes it had guessed (found by a tester): an input "changed (another
+    size, ETag or mtime)" where one file was added and one removed, a --split-size hint for a
+    source renamed, "tagged under other settings" for a new filter beside an unchanged one, and
+    "run dolmino tag first" for MinHash clusters computed under another seed."""
+    from dolmino.build.cli import main
+
+    docs = []
+    for _, doc in read_documents(str(shared_corpus_file("web.jsonl.zst")), Quarantine()):
+        docs.append({"id": f"d{len(docs)}", "text": doc["text"][:400]})
+        if len(docs) == 25:
+            break
+    web = tmp_path / "web"
+    web.mkdir()
+    for i, name in enumerate("abcde"):
+        (web / f"{name}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs[5 * i:5 * i + 5]))
+    spec = {"name": "causes", "version": 1, "seed": 3, "budget": 2_000, "data_root": str(tmp_path),
+            "sources": [{"name": "web", "paths": ["web/[abcd].jsonl"], "mix_percent": 100.0,
+                         "filters": [{"type": "code_stars", "min_stars": 0}], "dedup": {"minhash": {}}}]}
+    path = tmp_path / "m.json"
+    common = ["--attributes", str(tmp_path / "attrs"), "--out", str(tmp_path / "out"), "--quiet"]
+
+    def mix(**change) -> str:
+        source = {**spec["sources"][0], **change.pop("source", {})}
+        path.write_text(json.dumps({**spec, **change, "sources": [source]}))
+        assert main([str(path), *common], phase="mix") == 2
+        return capsys.readouterr().err
+
+    path.write_text(json.dumps(spec))
+    assert main([str(path), *common], phase="tag") == 0
+    capsys.readouterr()
+    assert "nothing is stored for source 'enc' (the root holds web): attributes are stored by source name" \
+        in mix(source={"name": "enc"})
+    err = mix(source={"filters": [{"type": "code_stars", "min_stars": 0}, {"type": "code_stars", "min_stars": 3}]})
+    assert "run `dolmino tag` with the same manifest first" in err and "other settings" not in err, err
+    err = mix(source={"filters": [{"type": "code_stars", "min_stars": 3}]})
+    assert "'s code_stars attributes were tagged under other settings or rules (code_stars-" in err, err
+    err = mix(seed=4)
+    assert "missing MinHash clusters" in err and "'s MinHash clusters were computed under other settings (minhash-" \
+        in err, err
+    err = mix(source={"paths": ["web/[abce].jsonl"]})
+    assert f"since the tag, {web / 'e.jsonl'} is new; web/d.jsonl, tagged in the same attribute files, is no longer " \
+           "listed: run `dolmino tag` again" in err, err
+    (web / "b.jsonl").write_text((web / "b.jsonl").read_text() + json.dumps(docs[-1]) + "\n")
+    err = mix()
+    assert f"{web / 'b.jsonl'} changed since it was tagged (another size, ETag or mtime)" in err, err
 
 
 def test_only_the_builds_own_files_are_removed_as_stale(tmp_path):

@@ -445,9 +445,9 @@ def test_an_s3_write_that_fails_for_good_names_its_object(bucket, monkeypatch):
         storage.write_bytes(f"s3://{bucket}/out/report.json", b"{}")
 
 
-def test_attribute_store_set_names_alike_on_disk_and_on_s3(bucket, tmp_path):
-    """The sets a source holds (what `dolmino mix` names when a pool was tagged under other
-    settings): its directories, the same on a local root and on an s3:// one."""
+def test_attribute_store_sets_and_sources_alike_on_disk_and_on_s3(bucket, tmp_path):
+    """The sets a source holds and the sources a root holds (what `dolmino mix` names when a pool
+    was tagged under other settings, or a source renamed): directories, alike on disk and on S3."""
     from dolmino.build.attributes import AttributeStore
     from dolmino.storage import write_bytes
 
@@ -461,3 +461,5 @@ def test_attribute_store_set_names_alike_on_disk_and_on_s3(bucket, tmp_path):
         store = AttributeStore(root)
         assert store.set_names("web") == ["docs-aaa", "docs-bbb", "fasttext_quality-ccc", "quarantine"], root
         assert store.set_names("missing") == [], root
+        assert store.sources() == ["code", "web"], root
+    assert AttributeStore(str(tmp_path / "none")).sources() == []

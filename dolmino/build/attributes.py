@@ -218,6 +218,17 @@ def unit_rows(meta: dict, bundle: Bundle, path: str = "") -> list[tuple[int, int
     return spans
 
 
+def _directories(base: str) -> list[str]:
+    """Names of the directories (S3: common prefixes) right below `base`, sorted; [] if none."""
+    if is_remote(base):
+        bucket, key = split_uri(base.rstrip("/") + "/")
+        return sorted(p[len(key):].rstrip("/") for p in list_prefixes(bucket, key))
+    try:
+        return sorted(e.name for e in os.scandir(base) if e.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 @dataclass(frozen=True)
 class AttributeStore:
     root: str
@@ -240,14 +251,11 @@ class AttributeStore:
 
     def set_names(self, source: str) -> list[str]:
         """The attribute sets stored for a source (its directories), sorted."""
-        base = join(self.root, source)
-        if is_remote(base):
-            bucket, key = split_uri(base.rstrip("/") + "/")
-            return sorted(p[len(key):].rstrip("/") for p in list_prefixes(bucket, key))
-        try:
-            return sorted(e.name for e in os.scandir(base) if e.is_dir())
-        except (FileNotFoundError, NotADirectoryError):
-            return []
+        return _directories(join(self.root, source))
+
+    def sources(self) -> list[str]:
+        """The sources anything is stored for (the root's directories), sorted."""
+        return _directories(self.root)
 
     def existing(self, source: str, set_name: str) -> set[str]:
         """Paths of the files under one set (one listing, on the driver)."""

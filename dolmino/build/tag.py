@@ -24,16 +24,15 @@ checks it can see every file before it goes on.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Iterator, NamedTuple
 
-from dolmino.build import worker_heap
+from dolmino.build import untagged, worker_heap
 from dolmino.build.attributes import (
     ATTRIBUTE_FORMAT, STAT_COUNTS, STAT_MAPS, AttributeStore, Bundle, add_counts, read_table, spec_key, unit_listing,
     text_hash, unit_rows, unit_stats, unit_version, write_table,
 )
-from dolmino.build.inputs import Unit, splittable
+from dolmino.build.inputs import Unit
 from dolmino.build.read import fetch_ahead, read_unit
 from dolmino.build.resources import Resource, keyed_spec, localized_spec
 from dolmino.build.spark import parallelize_pickled
@@ -133,18 +132,6 @@ class UnitStats:
 
 
 # ---------------------------------------------------------------------------- driver: what to tag
-
-
-def _tagged_otherwise(work: BundleWork, plan: SourceTagPlan, store: AttributeStore) -> tuple[str, str] | None:
-    """(a set the bundle lacks, a stored set of the same kind that holds the bundle), or None."""
-    names = store.set_names(plan.name)
-    for set_name in work.sets:
-        kind = set_name.rsplit("-", 1)[0]
-        for other in names:
-            if other != set_name and other.rsplit("-", 1)[0] == kind \
-                    and store.path(plan.name, other, work.bundle) in store.existing(plan.name, other):
-                return set_name, other
-    return None
 
 
 def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_digest: str,
@@ -442,38 +429,6 @@ def _listing(store: AttributeStore, paths) -> set[str]:
     return found
 
 
-def _untagged(works: dict, units: list[Unit], plans, store: AttributeStore, listed: dict) -> str:
-    """Why `dolmino mix` cannot go on: units without current attributes, and the likely cause."""
-    first = next(iter(works.values()))
-    due_units = sum(len(w.bundle.units) for w in works.values())
-    absent = ", ".join(first.sets) or "MinHash clusters"
-    head = (f"{due_units} of {len(units)} units have no (current) attributes under {store.root} "
-            f"(first: {first.bundle.units[0].key}, missing {absent})")
-    # The same file stem under another version: the input changed since it was tagged.
-    for work in works.values():
-        bundle, si = work.bundle, work.bundle.source_index
-        stale = re.compile(re.escape(f"{bundle.key}.") + r"[0-9a-f]{10}\.parquet")
-        dirs = {s: store.set_dir(plans[si].name, s).rstrip("/") + "/" for s in work.sets}
-        if any(stale.fullmatch(p.removeprefix(dirs[s])) for s in work.sets for p in listed.get((si, s), ())):
-            changed = bundle.units[0].file.uri if len(bundle.units) == 1 else f"an input of {bundle.key}"
-            return (f"{head}; {changed} changed since it was tagged (another size, ETag or mtime): run `dolmino "
-                    "tag` again for it")
-    # Tagged, but under another key of the same set: other settings or rules (a tester ran `dolmino
-    # tag` again as told, which re-tagged, unsaid why the first tag was not enough).
-    if other := _tagged_otherwise(first, plans[first.bundle.source_index], store):
-        set_name, held = other
-        kind = "documents" if set_name.startswith("docs-") else f"{set_name.rsplit('-', 1)[0]} attributes"
-        where = first.bundle.units[0].key if len(first.bundle.units) == 1 else f"the inputs of {first.bundle.key}"
-        return (f"{head}; {where}'s {kind} were tagged under other settings or rules ({held} holds them: another "
-                "max_doc_bytes or tokenizer, another filter model or parameter, or a dolmino whose rules for them "
-                "changed since): run `dolmino tag` with this manifest: it tags what changed and reuses the rest")
-    # A file another --split-size cut otherwise is a range here, or whole here but cut there.
-    ranged = any(u.is_range or splittable(u.file.name, u.file.format) for w in works.values() for u in w.bundle.units)
-    return (f"{head}; run `dolmino tag` with the same manifest first"
-            + (" (plain files that --split-size cuts into byte ranges among them: if it ran, give the --split-size "
-               "it used)" if ranged else ""))
-
-
 def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bundles: list[Bundle],
             task_groups: list[tuple[Bundle, ...]], resources: dict[str, Resource], tokenizer, tokenizer_digest: str, *,
             quiet: bool = False, allow_work: bool = True, read_ahead: int = DEFAULT_READ_AHEAD) -> TagResult:
@@ -521,7 +476,7 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
         if sets or signatures:
             works[bundle.index] = BundleWork(bundle, sets, signatures, {})
     if works and not allow_work:
-        raise BuildError(_untagged(works, units, plans, store, listed))
+        raise BuildError(untagged.describe(works, units, plans, store, listed))
     stages = {}
     se_due = {u.index: w.bundle.index for w in works.values() for u in w.bundle.units
               if u.is_range and plans[u.source_index].format == "stackexchange"

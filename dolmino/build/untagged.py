@@ -1,0 +1,173 @@
+"""Why `dolmino mix` cannot go on: which units lack current attributes, and what the attribute
+root shows about the cause.
+
+Each reason is read from what is stored, never guessed: a tester was told that an input had
+changed its size or mtime when one file had been added and another removed, to give the
+--split-size the tag used for a file no split size had ever cut (its source had been renamed),
+and that a filter was "tagged under other settings" when it was a new filter next to an
+unchanged one. The checks, in order:
+
+1. nothing is stored for the source at all (a renamed source, or a root never tagged);
+2. a unit's file is stored cut at another --split-size (whole where it is a range now, or
+   other ranges);
+3. the stored files of the unit's bundle list other files or versions: files added, removed,
+   or changed (size, ETag or mtime) since the tag;
+4. a missing set has a sibling of its kind that the manifest no longer uses and that holds
+   the bundle: tagged under other settings or rules (max_doc_bytes, the tokenizer, a filter's
+   model or parameters, MinHash settings, a newer dolmino's rules);
+5. otherwise: not tagged with this manifest yet.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+
+from dolmino.build.attributes import AttributeStore, read_table
+from dolmino.build.inputs import Unit, splittable
+from dolmino.errors import BuildError
+
+# A stored attribute file: "<bundle key>.<version>.parquet"; a bundle key is its first unit's key,
+# plus "+<n>" for the n units after it.
+_STORED = re.compile(r"(?P<key>.+)\.[0-9a-f]{10}\.parquet")
+_MORE_UNITS = re.compile(r"\+\d+$")
+_METADATA_READS = 8  # stored files whose unit lists are read to say what changed, at most
+_NAMED = 3
+
+
+def _named(names: list[str]) -> str:
+    shown = ", ".join(names[:_NAMED])
+    return shown + (f" and {len(names) - _NAMED} more" if len(names) > _NAMED else "")
+
+
+def _stored_keys(store: AttributeStore, plan, paths) -> list[tuple[str, str]]:
+    """(first unit key, path) of the source's stored docs files, sorted (a key holds the input's
+    directories: web/a.jsonl.zst is <set dir>/web/a.jsonl.zst.<version>.parquet)."""
+    found = []
+    prefix = store.set_dir(plan.name, plan.docs_set).rstrip("/") + "/"
+    for path in paths:
+        match = _STORED.fullmatch(path.removeprefix(prefix))
+        if match:
+            found.append((_MORE_UNITS.sub("", match["key"]), path))
+    return sorted(found)
+
+
+def _source_not_stored(plan, store: AttributeStore) -> str | None:
+    if store.set_names(plan.name):
+        return None
+    others = store.sources()
+    if not others:
+        return "nothing is tagged under this root yet: run `dolmino tag` with the same manifest first"
+    return (f"nothing is stored for source {plan.name!r} (the root holds {_named(others)}): attributes are stored by "
+            "source name, so a source renamed since the tag is tagged again under its new name: run `dolmino tag` "
+            "with this manifest")
+
+
+def _split_otherwise(works, units: list[Unit], plans, store: AttributeStore, listed) -> str | None:
+    """A plain file whose stored units are cut at other byte offsets than this run's."""
+    current = {u.key for u in units}
+    for work in works:
+        si = work.bundle.source_index
+        stored = {key for key, _ in _stored_keys(store, plans[si], listed.get((si, plans[si].docs_set), ()))}
+        for unit in work.bundle.units:
+            if not splittable(unit.file.name, unit.file.format):
+                continue
+            name = unit.file.name
+            other = [k for k in stored if k not in current and (k == name or k.startswith(name + "@"))]
+            if other:
+                was = "whole" if name in other else "in byte ranges"
+                return (f"{unit.file.uri} was tagged {was} at another --split-size (this run "
+                        f"{'cuts it into byte ranges' if unit.is_range else 'reads it whole'}): give the --split-size "
+                        "it used, or run `dolmino tag` again with this one")
+    return None
+
+
+def _inputs_changed(works, units: list[Unit], plans, store: AttributeStore, listed) -> str | None:
+    """Files added, removed or changed since the tag, from the unit lists of the stored files
+    that hold (or would hold) the due bundles' units."""
+    reads = 0
+    for work in works:
+        bundle, si = work.bundle, work.bundle.source_index
+        stored_files = _stored_keys(store, plans[si], listed.get((si, plans[si].docs_set), ()))
+        if not stored_files:
+            continue
+        firsts = [key for key, _ in stored_files]
+        candidates = set()
+        for unit in bundle.units:  # the stored file holding a key is the one whose first key is the last <= it
+            at = bisect.bisect_right(firsts, unit.key) - 1
+            if at >= 0:
+                candidates.add(stored_files[at][1])
+        stored: dict[str, str | None] = {}
+        for path in sorted(candidates):
+            if reads >= _METADATA_READS:
+                break
+            reads += 1
+            try:
+                _table, meta = read_table(path, columns=[])
+            except BuildError:
+                continue
+            stored.update((entry.get("unit"), entry.get("version")) for entry in meta.get("units") or ())
+        if not stored:
+            continue
+        current = {u.key for u in units if u.source_index == si}
+        versions = dict(zip((u.key for u in bundle.units), bundle.unit_versions))
+        uri = {u.key: u.file.uri for u in bundle.units}
+        # by file (the byte ranges of one file are units of their own)
+        changed = list(dict.fromkeys(uri[k] for k, v in versions.items() if k in stored and stored[k] not in (None, v)))
+        added = list(dict.fromkeys(uri[k] for k in versions if k not in stored))
+        removed = sorted(k for k in stored if k not in current)
+        if changed and not added and not removed:
+            return (f"{_named(changed)} changed since it was tagged (another size, ETag or mtime): run `dolmino tag` "
+                    "again for it")
+        parts = []
+        if changed:
+            parts.append(f"{_named(changed)} changed (another size, ETag or mtime)")
+        if added:
+            parts.append(f"{_named(added)} {'is' if len(added) == 1 else 'are'} new")
+        if removed:
+            parts.append(f"{_named(removed)}, tagged in the same attribute files, "
+                         f"{'is' if len(removed) == 1 else 'are'} no longer listed")
+        if parts:
+            return (f"since the tag, {'; '.join(parts)}: run `dolmino tag` again (it reads again the files grouped "
+                    "with these and reuses the rest)")
+    return None
+
+
+def _tagged_otherwise(work, plan, store: AttributeStore) -> str | None:
+    """A missing set whose bundle file is held by a sibling set the manifest no longer uses."""
+    in_use = {plan.docs_set, *(t.set_name for t in plan.filters), plan.minhash_set}
+    missing = list(work.sets) + ([plan.minhash_set] if work.signatures and plan.minhash_set else [])
+    names = store.set_names(plan.name)
+    for set_name in missing:
+        kind = set_name.rsplit("-", 1)[0]
+        for other in names:
+            if other in in_use or other.rsplit("-", 1)[0] != kind:
+                continue
+            if store.path(plan.name, other, work.bundle) not in store.existing(plan.name, other):
+                continue
+            where = (work.bundle.units[0].key if len(work.bundle.units) == 1
+                     else f"the inputs of {work.bundle.key}")
+            if kind == "minhash":
+                return (f"{where}'s MinHash clusters were computed under other settings ({other} holds them: another "
+                        "seed or MinHash parameter, or other input files of the source, since clusters span all of "
+                        "them): run `dolmino tag` with this manifest")
+            what = "documents" if kind == "docs" else f"{kind} attributes"
+            return (f"{where}'s {what} were tagged under other settings or rules ({other} holds them: another "
+                    "max_doc_bytes or tokenizer, another filter model or parameter, or a dolmino whose rules for "
+                    "them changed since): run `dolmino tag` with this manifest: it tags what changed and reuses the "
+                    "rest")
+    return None
+
+
+def describe(works: dict, units: list[Unit], plans, store: AttributeStore, listed: dict) -> str:
+    """The error `dolmino mix` stops with: how many units are due, the first, and the cause
+    the attribute root shows (`listed`: (source index, set) -> stored paths, as run_tag listed them)."""
+    due = list(works.values())
+    first = due[0]
+    plan = plans[first.bundle.source_index]
+    absent = ", ".join(first.sets) or "MinHash clusters"
+    head = (f"{sum(len(w.bundle.units) for w in due)} of {len(units)} units have no (current) attributes under "
+            f"{store.root} (first: {first.bundle.units[0].key}, missing {absent})")
+    reason = (_source_not_stored(plan, store) or _split_otherwise(due, units, plans, store, listed)
+              or _inputs_changed(due, units, plans, store, listed) or _tagged_otherwise(first, plan, store))
+    return f"{head}; {reason or 'run `dolmino tag` with the same manifest first'}"
