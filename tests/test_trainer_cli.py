@@ -522,7 +522,7 @@ def test_a_rank_whose_peer_stopped_knows_it(tmp_path):
     assert json.loads(out.read_text()) == [True, False, False]  # this rank's own NCCL fault keeps its traceback
 
 
-def _startup_worker(rank: int, port: int, data: list, save_dir: str, out: str) -> None:
+def _startup_worker(rank: int, port: int, data: list, save_dir: str, out: str, resume: bool = False) -> None:
     import contextlib
     import os
 
@@ -532,12 +532,12 @@ def _startup_worker(rank: int, port: int, data: list, save_dir: str, out: str) -
 
     with open(f"{out}.{rank}.err", "w") as err, contextlib.redirect_stderr(err):
         code = main(["--data", data[rank], "--model", "tiny", "--steps", "1", "--seq-len", "32", "--batch-size",
-                     "2", "--device", "cpu", "--save-dir", f"{save_dir}{rank}"])
+                     "2", "--device", "cpu", "--save-dir", f"{save_dir}{rank}", *(["--resume"] if resume else [])])
     Path(f"{out}.{rank}.rc").write_text(str(code))
     os._exit(0)  # as exit_process does for a finished rank: gloo's teardown is not under test
 
 
-@pytest.mark.parametrize("copy", ["partial", "empty"])
+@pytest.mark.parametrize("copy", ["partial", "empty", "cut", "no-checkpoint"])
 def test_a_failed_start_up_check_on_one_rank_stops_every_rank_with_a_line(data_dir, tmp_path, copy):
     """A node whose copy of the data fails a start-up check stops with its reason; the other ranks
     learnt it from the next collective breaking (gloo: "another rank stopped"; NCCL: a wait for
@@ -552,15 +552,27 @@ def test_a_failed_start_up_check_on_one_rank_stops_every_rank_with_a_line(data_d
     if copy == "partial":  # a node's copy of the mix that lacks a token file its report.json counts
         shutil.copytree(data_dir, partial)
         (partial / "part-00001.npy").unlink()
-    else:  # a node whose copy never arrived: an empty directory
+    elif copy == "cut":  # a copy without its report.json, one token file cut mid-token
+        shutil.copytree(data_dir, partial)
+        (partial / "report.json").unlink()
+        token_file = partial / "part-00001.npy"
+        token_file.write_bytes(token_file.read_bytes()[:-2])
+    elif copy == "empty":  # a node whose copy never arrived: an empty directory
         partial.mkdir()
+    else:  # --resume where one node's --save-dir holds no checkpoint
+        partial = data_dir
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     out = str(tmp_path / "rank")
     ctx = mp.get_context("spawn")
+    resume = copy == "no-checkpoint"
+    if resume:  # rank 0's save dir holds a checkpoint, rank 1's none
+        done = run_cli("--data", data_dir, "--model", "tiny", "--steps", 1, "--seq-len", 32, "--batch-size", 2,
+                       "--device", "cpu", "--save-dir", tmp_path / "run0")
+        assert done.returncode == 0, done.stderr
     ranks = [ctx.Process(target=_startup_worker, args=(r, port, [str(data_dir), str(partial)], str(tmp_path / "run"),
-                                                       out)) for r in (0, 1)]
+                                                       out, resume)) for r in (0, 1)]
     for p in ranks:
         p.start()
     for p in ranks:
@@ -569,9 +581,38 @@ def test_a_failed_start_up_check_on_one_rank_stops_every_rank_with_a_line(data_d
     errs = [Path(f"{out}.{r}.err").read_text() for r in (0, 1)]
     assert codes == [2, 2], errs
     assert errs[0].strip().endswith("error: rank 0: another rank's start-up checks failed; its error says why"), errs
-    reason = "is the copy incomplete?" if copy == "partial" else "no token files (*.npy) found in"
+    reason = {"partial": "is the copy incomplete?", "empty": "no token files (*.npy) found in",
+              "cut": "bytes is not a whole number of uint32 tokens", "no-checkpoint": "no checkpoint at"}[copy]
     assert reason in errs[1] and errs[1].count("\n") == 1, errs
-    assert not (tmp_path / "run0").exists()  # nothing was started
+    assert resume or not (tmp_path / "run0").exists()  # nothing was started
+
+
+@pytest.mark.slow
+def test_torchrun_names_the_rank_whose_start_up_check_failed(data_dir, tmp_path):
+    """Under torchrun, the ranks that stop because another rank's check failed leave after it:
+    torchrun names the first rank to exit as the root cause (the others it stops). Both ranks
+    exited 2 at once, and the summary named rank 0, which had only said "another rank's
+    start-up checks failed" (found by a tester). Each rank's line is one write: two ranks'
+    lines printed at the same moment were glued into one."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed next to this interpreter")
+    (tmp_path / "data0").symlink_to(data_dir)
+    (tmp_path / "data1").mkdir()  # rank 1's copy never arrived
+    script = tmp_path / "ranked.py"  # torchrun gives every rank the same arguments
+    script.write_text("import os, runpy, sys\n"
+                      "sys.argv = [a.replace('{RANK}', os.environ['RANK']) for a in sys.argv]\n"
+                      "runpy.run_module('trainer.run', run_name='__main__', alter_sys=True)\n")
+    launcher = [torchrun, "--standalone", "--nproc_per_node", "2"]
+    proc = run_cli("--data", tmp_path / "data{RANK}", "--model", "tiny", "--steps", 1, "--seq-len", 32,
+                   "--batch-size", 2, "--device", "cpu", "--save-dir", tmp_path / "run{RANK}", module=str(script),
+                   launcher=launcher)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if "trainer.run: error:" in line]
+    assert sorted(line.split("error: ", 1)[1].split(" ")[0] for line in lines) == ["no", "rank"], lines
+    assert all(line.count("error:") == 1 for line in lines), lines
+    root = proc.stderr.split("Root Cause", 1)[1]
+    assert re.search(r"rank\s*: 1 \(local_rank: 1\)\s+exitcode\s*: 2 ", root), root[:600]
 
 
 def test_process_group_backend_is_nccl_with_cuda_gloo_on_cpu_and_nccl_needs_cuda():

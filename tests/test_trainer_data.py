@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import re
+
 import numpy as np
 import pytest
 
@@ -124,6 +126,34 @@ def test_bad_inputs_give_clear_errors(tmp_path, case):
     with pytest.raises(DataError, match=match):
         ds = MemmapDataset(d, seq_len=8, vocab_size=100_278)
         ds.instance(0)
+
+
+def test_an_empty_directory_among_several_data_paths_is_refused(tmp_path):
+    """A copy that never arrived, given beside one that did: the run trained on the other alone,
+    unsaid (a missing path was refused; found by a tester)."""
+    write_part(tmp_path / "good", "part-00000", np.arange(16))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=f"no token files \\(\\*.npy\\) found in {tmp_path / 'empty'}$"):
+        discover_token_files([tmp_path / "good", tmp_path / "empty"])
+
+
+@pytest.mark.parametrize("case", ["odd_size", "mask_length", "npy_header"])
+def test_scan_data_refuses_what_the_dataset_would(tmp_path, case):
+    """trainer.run's start-up checks (agreed on by the ranks) go through scan_data: a token file
+    or mask the dataset refuses when the Trainer opens it was found only after the agreement,
+    and the other ranks learnt it from a broken collective (found by a tester)."""
+    from trainer.data import scan_data
+
+    if case == "odd_size":
+        (tmp_path / "p.npy").write_bytes(b"\x01\x00\x00\x00\x02\x00")
+    elif case == "mask_length":
+        write_part(tmp_path, "p", np.arange(16), np.ones(15, dtype=bool))
+    else:
+        np.save(tmp_path / "p.npy", np.arange(16, dtype=np.uint32))
+    with pytest.raises(DataError) as caught:
+        MemmapDataset(tmp_path, seq_len=8)
+    with pytest.raises(DataError, match=re.escape(str(caught.value))):
+        scan_data([tmp_path])
 
 
 def test_discovery_skips_label_masks_and_sorts(tmp_path):

@@ -102,13 +102,20 @@ class DataLayout:
 
 def scan_data(paths: Iterable[str | Path] | DataLayout) -> DataLayout:
     """The layout of `paths` (a layout is returned as it is); refuses what
-    `discover_token_files` and `token_builds` refuse, and paths that hold no token file."""
+    `discover_token_files` and `token_builds` refuse, and token files or label masks that
+    `MemmapDataset` would refuse."""
     if isinstance(paths, DataLayout):
         return paths
     paths = tuple(str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths))
     found = _discover(paths)
-    if paths and not found:  # here, not in the dataset: trainer.run's start-up checks, which the ranks agree on
-        raise DataError(f"no token files (*.npy) found in {list(paths)}")
+    # What the dataset would refuse when it opens them, refused here (metadata and headers only):
+    # trainer.run's start-up checks, which the ranks agree on, call this. A node's truncated copy
+    # failed later, in the Trainer, and its peers learnt it from a broken collective (a tester).
+    for _, f, _ in found:
+        tokens = _open_tokens(f)
+        mask_path = label_mask_path(f)
+        if mask_path.exists():
+            _open_mask(mask_path, len(tokens))
     builds: dict[Path, list[Path]] = {}
     for top, f, _ in found:
         if top is not None:
@@ -172,6 +179,8 @@ def _discover(paths: Iterable[str | Path]) -> list[tuple[Path | None, Path, int]
         if p.is_dir():
             check_complete_build(p)
             below = sorted(_npy_files(p), key=lambda f: f.relative_to(p).as_posix())
+            if not below:  # one of several --data paths trained on the others, unsaid (found by a tester)
+                raise DataError(f"no token files (*.npy) found in {p}")
             for d in {f.parent for f in below}:
                 check_complete_build(d)
             found.extend((p, f) for f in below)
@@ -207,6 +216,11 @@ def _npy_files(top: Path) -> list[Path]:
         visited.add(real)
         found += [Path(folder) / name for name in files if _is_token_file(Path(name))]
     return [f for f in found if f.is_file()]
+
+
+def label_mask_path(token_file: Path) -> Path:
+    """Where a token file's optional label mask lives: part-00000.npy -> part-00000<suffix>."""
+    return token_file.with_name(token_file.name[: -len(".npy")] + LABEL_MASK_SUFFIX)
 
 
 def _open_tokens(path: Path) -> np.ndarray:
@@ -258,7 +272,7 @@ class MemmapDataset:
         files = []
         for path in discover_token_files(paths):
             tokens = _open_tokens(path)
-            mask_path = path.with_name(path.name[: -len(".npy")] + LABEL_MASK_SUFFIX)
+            mask_path = label_mask_path(path)
             mask = _open_mask(mask_path, len(tokens)) if mask_path.exists() else None
             self._tokens.append(tokens)
             self._masks.append(mask)

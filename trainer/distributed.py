@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -157,7 +158,12 @@ def shutdown(env: DistEnv, finished: bool = True) -> None:
             dist.destroy_process_group()
 
 
-def exit_process(code: int) -> None:
+# A rank stopped by another rank's failed start-up check leaves this long after it: torchrun names
+# the first rank to exit as the root cause and stops the rest (its monitor looks every 0.1 s).
+PEER_EXIT_DELAY_S = 1.0
+
+
+def exit_process(code: int, agreed_stop: str | None = None) -> None:
     """Exit with `code`; a torchrun rank whose run finished (code 0) skips Python's finalization.
 
     gloo's worker threads outlive destroy_process_group (gloo has no shutdown; its threads stop
@@ -171,9 +177,18 @@ def exit_process(code: int) -> None:
     after a run that finished: then every thread and file of the trainer's own is closed (the
     checkpoint writer joined, the data loader shut down), and only the interpreter's teardown
     is skipped. A failed rank, or a single process, exits normally, so a checkpoint still
-    being written is waited for."""
-    if code == 0 and launched_world_size() > 1:
+    being written is waited for.
+
+    After a stop the ranks agreed on at start-up (`agreed_stop`: "failed" for the rank whose
+    check failed, "peer" for the others) nothing of the trainer's runs either, and the ranks
+    left through the same barrier: they exit the same quick way, the peers PEER_EXIT_DELAY_S
+    later. Both exited 2 through a full teardown, and whichever finished first was torchrun's
+    "root cause" while the other was killed: often the rank that had only said that another
+    rank's check failed (found by a tester)."""
+    if launched_world_size() > 1 and (code == 0 or agreed_stop is not None):
         sys.stdout.flush()
         sys.stderr.flush()
+        if agreed_stop == "peer":
+            time.sleep(PEER_EXIT_DELAY_S)
         os._exit(code)
     sys.exit(code)

@@ -49,6 +49,18 @@ from trainer.plan import (
 __all__ = ["build_parser", "main", "mix_output_dir", "parse_args", "parse_count", "run_config_from_args"]
 
 
+# How main() stopped, for the process's exit (`exit_process`): "failed" where this rank's start-up
+# check failed and the ranks agreed to stop, "peer" where another rank's did; None otherwise.
+AGREED_STOP: str | None = None
+
+
+def say(line: str) -> None:
+    """One line on stderr in one write: print's two writes (the text, then its newline) let the
+    lines of two ranks stopping at the same moment glue together (found by a tester)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def epochs_note(instances: int, batch: int, steps: int, dataset) -> str | None:
     """Say when the run's steps reach past one epoch. "One pass" is ceil(tokens / tokens per
     step) steps (OLMo-core's Duration.tokens), but an epoch holds only the whole batches of
@@ -225,42 +237,43 @@ def main(argv: list[str] | None = None) -> int:
     else:
         remote = next((d for d in args.data if "://" in d), None)
         if remote is not None:
-            print(f"{prog}: error: --data {remote}: {remote_build_hint(remote)}", file=sys.stderr)
+            say(f"{prog}: error: --data {remote}: {remote_build_hint(remote)}")
             return 2
         data_paths = [str(Path(d).resolve()) for d in args.data]
-    resume = resume_from = None
+    resume = resume_from = resume_missing = None
     if args.resume is not None:
         resume = Path(args.save_dir) if args.resume == "latest" else Path(args.resume)
         try:
             resume_from = resolve_checkpoint(resume)
             found = True
-        except FileNotFoundError:
-            resume_from, found = resume, False  # the Trainer names what is missing
+        except FileNotFoundError as exc:  # raised in the start-up checks, which the ranks agree on
+            resume_from, found, resume_missing = resume, False, exc
         try:
             taken = init_from_resumed(args, resume_from) if found else None
         except ValueError as exc:
-            print(f"{prog}: error: {exc}", file=sys.stderr)
+            say(f"{prog}: error: {exc}")
             return 2
         if taken and os.environ.get("RANK", "0") == "0":  # before the process group: every rank got here
             print(taken)
         if args.overwrite and own_checkpoint(resume_from, args.save_dir):
-            print(f"{prog}: error: --overwrite removes the run that --resume would continue; pass one of them",
-                  file=sys.stderr)
+            say(f"{prog}: error: --overwrite removes the run that --resume would continue; pass one of them")
             return 2
     if args.recipe in ANNEAL_RECIPES and not args.init_from and resume is None:
-        print(f"{prog}: error: --recipe {args.recipe} anneals a pretrained model; pass --init-from CKPT "
-              f"(a trainer checkpoint, a Hugging Face Olmo2 directory or an OLMo-core checkpoint)", file=sys.stderr)
+        say(f"{prog}: error: --recipe {args.recipe} anneals a pretrained model; pass --init-from CKPT "
+            f"(a trainer checkpoint, a Hugging Face Olmo2 directory or an OLMo-core checkpoint)")
         return 2
     try:
         env = init_distributed(args.device, args.dist_backend, fsdp=args.fsdp)
     except (ValueError, DeviceUnavailable) as exc:  # a device or backend this machine does not have
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        say(f"{prog}: error: {exc}")
         return 2
     log = print if env.is_main else (lambda _msg: None)
     finished = False
     # The ranks agreed to stop (a start-up check failed somewhere): they leave through the same
     # barrier as a finished run, so that none tears the group down while a peer may still be
     # finishing the agreeing collective (`shutdown`).
+    global AGREED_STOP
+    AGREED_STOP = None
     agreed_stop = False
     try:
         from trainer.train import Trainer
@@ -271,13 +284,15 @@ def main(argv: list[str] | None = None) -> int:
         # reason and every other rank with a line saying so, where each had learnt it from the
         # next collective breaking (under NCCL, a wait for its timeout).
         try:
+            if resume_missing is not None:  # one node's --save-dir without the checkpoint the others resume
+                raise resume_missing
             init = inspect_init(args)
             # Also with --steps: data_tokens checks a build's report.json against its token files (file
             # sizes only), and a partial copy must not train silently just because the length is given.
             layout = scan_data(data_paths)  # one walk of --data for the checks below
             tokens, source = data_tokens(layout)
             if (note := unreported_build_note(layout)) and env.is_main:
-                print(f"{prog}: warning: {note}", file=sys.stderr)
+                say(f"{prog}: warning: {note}")
             plan = make_plan(args, tokens, source, init)
             check_data_vocab(args, plan, init, layout)
             run = run_config_from_args(args, data_paths, env.world_size, env.device, plan)
@@ -286,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             failed = exc
         if ranks_agree([int(failed is not None)], env)[1][0]:
             agreed_stop = True
+            AGREED_STOP = "failed" if failed is not None else "peer"
             raise failed or ValueError(f"rank {env.rank}: another rank's start-up checks failed; its error says why")
         if init is not None:
             run.init = {**init.provenance(), "lr_source": plan.lr_source}
@@ -294,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         reason = why_unwritable(args.save_dir) if env.is_main else None
         if ranks_agree([int(reason is not None)], env)[1][0]:
             agreed_stop = True
-            raise ValueError(f"--save-dir {args.save_dir} cannot be written ({reason or 'see rank 0'})")
+            AGREED_STOP = "failed" if reason is not None else "peer"
+            raise ValueError(f"--save-dir {args.save_dir} cannot be written ({reason})" if reason is not None else
+                             f"rank {env.rank}: rank 0 cannot write --save-dir {args.save_dir}; its error says why")
         if resume is None or not own_checkpoint(resume_from, args.save_dir):
             # also a --resume of a checkpoint elsewhere: its run goes on in --save-dir
             start_afresh(args.save_dir, args.overwrite, env, log,
@@ -326,8 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         steps_left = range(trainer.step, tc.max_steps)
         if env.is_main and steps_left and not any(trainer.schedule.lr_at(s) for s in steps_left):
             # e.g. a one-step anneal: its linear decay reaches 0 on its last step, its only one (a tester)
-            print(f"{prog}: warning: the learning rate is 0 on every step this run takes ({tc.schedule}, steps "
-                  f"{trainer.step + 1}-{tc.max_steps}): the weights will not change", file=sys.stderr)
+            say(f"{prog}: warning: the learning rate is 0 on every step this run takes ({tc.schedule}, steps "
+                f"{trainer.step + 1}-{tc.max_steps}): the weights will not change")
         result = trainer.fit()
         stats = result.data_stats
         if stats.get("labels"):
@@ -338,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"checkpoint: {result.checkpoint}")
         finished = True
     except (DataError, ValueError, OSError, CheckpointWriteError) as exc:  # OSError: e.g. --save-dir made read-only
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        say(f"{prog}: error: {exc}")
         return 2
     except RuntimeError as exc:
         if not (env.distributed and peer_stopped(exc)):
@@ -346,8 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         # Another rank stopped (its own error line says why; a node's start-up check, a full disk):
         # this one printed a 50-line gloo/NCCL traceback and exited 1, like a crash (found by a tester).
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
-        print(f"{prog}: error: rank {env.rank}: another rank stopped; its error says why ({first[:200]})",
-              file=sys.stderr)
+        say(f"{prog}: error: rank {env.rank}: another rank stopped; its error says why ({first[:200]})")
         return 2
     finally:
         shutdown(env, finished or agreed_stop)
@@ -360,4 +377,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from dolmino.stdout_pipe import run_main
 
-    exit_process(run_main(main))
+    exit_process(run_main(main), agreed_stop=AGREED_STOP)
