@@ -116,6 +116,13 @@ def test_mix_output_resolves_relative_to_the_manifest(data_dir, tmp_path):
     manifest.write_text("{not json")
     with pytest.raises(SystemExit, match="not valid JSON"):
         mix_output_dir(manifest)
+    # a build directory with its report.json and no token file: the line with the build command, not
+    # the data layer's DataError as a traceback (a reviewer)
+    manifest.write_text(json.dumps({"name": "demo", "output": "../build/mixes/bare"}))
+    (tmp_path / "build" / "mixes" / "bare").mkdir()
+    (tmp_path / "build" / "mixes" / "bare" / "report.json").write_text("{}")
+    with pytest.raises(SystemExit, match="no token files .* build the mix first:\n  spark-submit dolmino/build_mix"):
+        mix_output_dir(manifest)
 
 
 def test_mix_names_what_it_takes_when_given_a_directory_or_a_binary_file(data_dir, tmp_path):

@@ -144,7 +144,11 @@ def mix_output_dir(manifest_path: str | Path, prog: str = "trainer.run") -> Path
         state = "is an incomplete build (no report.json)" if out.is_dir() else "does not exist"
         raise SystemExit(f"{prog}: the mix {out} {state}; build (or finish building) it first:\n"
                          f"  spark-submit dolmino/build_mix.py --manifest {manifest_path}")
-    if not discover_token_files(out):
+    try:
+        found = discover_token_files(out)
+    except DataError:  # a directory holding none: said with the command that builds it
+        found = []
+    if not found:
         raise SystemExit(f"{prog}: no token files (*.npy) in {out}; build the mix first:\n"
                          f"  spark-submit dolmino/build_mix.py --manifest {manifest_path}")
     return out

@@ -63,8 +63,16 @@ def _source_not_stored(plan, store: AttributeStore) -> str | None:
             "with this manifest")
 
 
+def _split_message(uri: str, was: str, now_range: bool) -> str:
+    return (f"{uri} was tagged {was} at another --split-size (this run "
+            f"{'cuts it into byte ranges' if now_range else 'reads it whole'}): give the --split-size it used, or run "
+            "`dolmino tag` again with this one")
+
+
 def _split_otherwise(works, units: list[Unit], plans, store: AttributeStore, listed) -> str | None:
-    """A plain file whose stored units are cut at other byte offsets than this run's."""
+    """A plain file whose stored units are cut at other byte offsets than this run's (`works`:
+    bundles whose documents are not stored; a file whole inside a stored bundle of several is
+    found by `_inputs_changed`, from the bundle's unit list)."""
     current = {u.key for u in units}
     for work in works:
         si = work.bundle.source_index
@@ -75,10 +83,7 @@ def _split_otherwise(works, units: list[Unit], plans, store: AttributeStore, lis
             name = unit.file.name
             other = [k for k in stored if k not in current and (k == name or k.startswith(name + "@"))]
             if other:
-                was = "whole" if name in other else "in byte ranges"
-                return (f"{unit.file.uri} was tagged {was} at another --split-size (this run "
-                        f"{'cuts it into byte ranges' if unit.is_range else 'reads it whole'}): give the --split-size "
-                        "it used, or run `dolmino tag` again with this one")
+                return _split_message(unit.file.uri, "whole" if name in other else "in byte ranges", unit.is_range)
     return None
 
 
@@ -116,6 +121,9 @@ def _inputs_changed(works, units: list[Unit], plans, store: AttributeStore, list
         changed = list(dict.fromkeys(uri[k] for k, v in versions.items() if k in stored and stored[k] not in (None, v)))
         added = list(dict.fromkeys(uri[k] for k in versions if k not in stored))
         removed = sorted(k for k in stored if k not in current)
+        ranged = {u.file.name: u.file.uri for u in units if u.source_index == si and u.is_range}
+        if cut := next((ranged[k] for k in removed if k in ranged), None):  # stored whole, a range now
+            return _split_message(cut, "whole", True)
         if changed and not added and not removed:
             return (f"{_named(changed)} changed since it was tagged (another size, ETag or mtime): run `dolmino tag` "
                     "again for it")
@@ -165,9 +173,16 @@ def describe(works: dict, units: list[Unit], plans, store: AttributeStore, liste
     due = list(works.values())
     first = due[0]
     plan = plans[first.bundle.source_index]
+    # Bundles whose documents are not stored (under this docs set): the input side differs for
+    # them. The others are due for a filter's set or MinHash alone (a new filter; a pool whose
+    # added file changed every bundle's clusters): their inputs are as tagged.
+    unread = [w for w in due if plans[w.bundle.source_index].docs_set in w.sets]
     absent = ", ".join(first.sets) or "MinHash clusters"
     head = (f"{sum(len(w.bundle.units) for w in due)} of {len(units)} units have no (current) attributes under "
             f"{store.root} (first: {first.bundle.units[0].key}, missing {absent})")
-    reason = (_source_not_stored(plan, store) or _split_otherwise(due, units, plans, store, listed)
-              or _inputs_changed(due, units, plans, store, listed) or _tagged_otherwise(first, plan, store))
+    try:
+        reason = (_source_not_stored(plan, store) or _split_otherwise(unread, units, plans, store, listed)
+                  or _inputs_changed(unread, units, plans, store, listed) or _tagged_otherwise(first, plan, store))
+    except Exception:  # noqa: BLE001 - a root that cannot be read further: the refusal stands, without a cause
+        reason = None
     return f"{head}; {reason or 'run `dolmino tag` with the same manifest first'}"
