@@ -169,6 +169,8 @@ def make_lock(manifest: Manifest, *, fast: bool = False, jobs: int = 4, log=None
 
     Raises BuildError naming every source whose inputs cannot be listed and every missing
     model: a lock of a manifest that cannot build pins nothing."""
+    from dolmino.build.inputs import shared_inputs, spelling_keys
+
     log = log or (lambda msg: None)
     problems = []
     # The tokenizer, models and indexes first: one missing is found before hashing the pool
@@ -193,14 +195,16 @@ def make_lock(manifest: Manifest, *, fast: bool = False, jobs: int = 4, log=None
         resources.append({"where": where, "path": written, "sha256": digest, "kind": "directory" if is_dir else "file"})
         log(f"{where}: {written} sha256 {digest[:16]}...")
     if problems:
-        raise BuildError("cannot lock " + repr(manifest.name) + ":\n  " + "\n  ".join(problems))
+        raise BuildError("cannot lock " + repr(manifest.name) + ":\n  " + ";\n  ".join(problems))
     inputs: dict[str, list[dict]] = {}
+    listed: list[tuple[str, dict[str, str]]] = []
     for i, source in enumerate(manifest.sources):
         try:
             files = _list_source(manifest, i)
         except BuildError as exc:
-            problems.append(str(exc).replace("input listing failed:\n  ", "").split("\n  (")[0])
+            problems.append(str(exc).replace("input listing failed:\n  ", "").split("\n  (")[0].rstrip(";"))
             continue
+        listed.append((source.name, spelling_keys(files)))
         started = time.time()
         local = [f for f in files if not f.uri.startswith("s3://")]
         digests = {} if fast or not local else dict(zip(
@@ -210,8 +214,12 @@ def make_lock(manifest: Manifest, *, fast: bool = False, jobs: int = 4, log=None
         kind = "size+mtime" if fast and local else ("SHA-256" if local else "ETag")
         log(f"{source.name}: {len(files):,} file(s), {sum(f.size for f in files):,} bytes ({kind}, "
             f"{time.time() - started:.1f} s)")
+    if shared := shared_inputs(listed):  # listed one source at a time: the build's check of them together
+        problems.append(shared)
     if problems:
-        raise BuildError("cannot lock " + repr(manifest.name) + ":\n  " + "\n  ".join(problems))
+        # ";" ends each problem (the command line prints an error on one line); a problem of the
+        # whole listing (a data root it refuses) came back once per source
+        raise BuildError("cannot lock " + repr(manifest.name) + ":\n  " + ";\n  ".join(dict.fromkeys(problems)))
     return {
         "format": LOCK_FORMAT,
         "dolmino_version": project_version(),

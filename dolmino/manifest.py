@@ -252,7 +252,8 @@ class Manifest:
     warnings: tuple[str, ...] = ()  # non-fatal findings of validation (printed by the CLI)
 
     def resolve(self, location: str) -> str:
-        """Resolve a source path: absolute and s3:// stay, others are relative to data_root."""
+        """Resolve a source path: absolute and s3:// stay (`~` is a home), others are relative to data_root."""
+        location = expand_home(location)
         if location.startswith("s3://") or os.path.isabs(location):
             return location
         root = self.data_root or "."
@@ -388,7 +389,16 @@ def _check_s3_root(root: str, where: str) -> None:
             f"{root!r} names no bucket; give s3://BUCKET[/PREFIX]")
 
 
+def expand_home(value: str) -> str:
+    """`~` and `~user` at the start of a local path name a home directory, as in a shell (and in
+    fsspec, which datatrove reads through): they became a directory named "~" beside the
+    manifest (found by a tester)."""
+    return os.path.expanduser(value) if value.startswith("~") else value
+
+
 def _resolve_relative(base_dir: str | None, value: str | None) -> str | None:
+    if value is not None:
+        value = expand_home(value)
     if value is None or value.startswith("s3://") or os.path.isabs(value) or base_dir is None:
         return value
     return os.path.normpath(os.path.join(base_dir, value))
@@ -712,7 +722,7 @@ def load_manifest(path: str, data_root: str | None = None) -> Manifest:
     if data_root:
         _check_s3_root(data_root, "--data-root")
         manifest = replace(manifest, data_root=data_root if data_root.startswith("s3://")
-                           else os.path.abspath(data_root))
+                           else os.path.abspath(expand_home(data_root)))
     return manifest
 
 

@@ -124,10 +124,11 @@ def _budget(manifest: Manifest, budget: int | None) -> tuple[int, str]:
 def list_source_inputs(manifest: Manifest) -> tuple[dict[str, SourceInputs], str | None, list[str]]:
     """Files and bytes of every source whose inputs can be listed; a one-line note on those
     that cannot (missing, or S3 not reachable); warnings of the listing (skipped files)."""
-    from dolmino.build.inputs import list_inputs
+    from dolmino.build.inputs import list_inputs, shared_inputs, spelling_keys
     from dolmino.s3 import s3_failure_message
 
     found: dict[str, SourceInputs] = {}
+    listed: list[tuple[str, dict[str, str]]] = []
     missing: list[str] = []
     refused: list[str] = []
     failure = None
@@ -138,6 +139,8 @@ def list_source_inputs(manifest: Manifest) -> tuple[dict[str, SourceInputs], str
         except BuildError as exc:
             problems = [p.strip().rstrip(";") for p in str(exc).splitlines()[1:]
                         if p.strip().startswith("source ")]
+            if not problems:  # a problem of the whole listing (a data root it refuses), not of this source
+                problems = [str(exc).strip()]
             if all("no input files match" in p for p in problems):
                 missing.append(source.name)
             else:  # files the build would refuse: say which, as the build would
@@ -153,7 +156,11 @@ def list_source_inputs(manifest: Manifest) -> tuple[dict[str, SourceInputs], str
             continue
         files = listing.files[0]
         found[source.name] = SourceInputs(len(files), sum(f.size for f in files))
+        listed.append((source.name, spelling_keys(files)))
         skipped += len(listing.skipped)
+    if shared := shared_inputs(listed):  # listed one source at a time: the build's check of them together
+        refused.append(f"inputs: {shared} (the build refuses these)")
+    refused = list(dict.fromkeys(refused))  # a problem of the whole listing comes back once per source
     note = None
     if missing:
         root = manifest.data_root or "the current directory"

@@ -8,6 +8,7 @@ the mtime quick check and --rehash) and on S3 (ETag, on a moto server).
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import uuid
 from pathlib import Path
@@ -182,6 +183,28 @@ def test_lock_refuses_a_manifest_that_cannot_build(project):
     (project / "models" / "quality.bin").unlink()
     with pytest.raises(BuildError, match=r"models/quality.bin: no such file"):
         make_lock(_manifest(project))
+
+
+def test_lock_refuses_what_the_build_refuses_of_the_sources_together(project, tmp_path, capsys):
+    """A file two sources match, and a data root the listing refuses: the lock listed one source
+    at a time and pinned the first (the build refuses it), and said the second once per source,
+    all on one line without separators (found by a tester)."""
+    spec = json.loads((project / "pool.json").read_text())
+    spec["sources"][1]["paths"].append("web/a.jsonl")
+    (project / "overlap.json").write_text(json.dumps(spec))
+    with pytest.raises(BuildError, match=r"1 input file\(s\) matched by more than one source \(first: .*web/a.jsonl, "
+                                         r"by 'web', 'code'\)"):
+        make_lock(load_manifest(str(project / "overlap.json")))
+    glob_root = tmp_path / "copy[1]"
+    shutil.copytree(project / "data", glob_root)
+    assert lock_cmd.main([str(project / "pool.json"), "--data-root", str(glob_root), "--lockfile",
+                          str(tmp_path / "x.lock.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.count("holds glob characters") == 1, err
+    assert lock_cmd.main([str(project / "pool.json"), "--data-root", str(tmp_path / "none"), "--lockfile",
+                          str(tmp_path / "y.lock.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no input files match '" + str(tmp_path / "none" / "web" / "*.jsonl") + "'; source 'code': no input" in err
 
 
 def test_cli_lock_and_check(project, capsys):

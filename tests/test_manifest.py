@@ -326,6 +326,27 @@ def test_relative_paths_resolve_against_manifest_dir():
     assert m.resolve("s3://bucket/x") == "s3://bucket/x"
 
 
+def test_a_home_in_a_path_is_the_home_directory(tmp_path, monkeypatch):
+    """`~/corpus` as data_root, output or --data-root became a directory named "~" beside the
+    manifest (found by a tester); it is the home directory, as in a shell and in fsspec."""
+    import json
+
+    from trainer.plan import mix_output_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    data = _base()
+    data.update(data_root="~/corpus", output="~/mixes/demo")
+    path = tmp_path / "manifests" / "m.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(data))
+    m = load_manifest(str(path))
+    assert (m.data_root, m.output) == (str(tmp_path / "home" / "corpus"), str(tmp_path / "home" / "mixes" / "demo"))
+    assert m.resolve("~/elsewhere/a.jsonl") == str(tmp_path / "home" / "elsewhere" / "a.jsonl")
+    assert load_manifest(str(path), "~/copy").data_root == str(tmp_path / "home" / "copy")
+    with pytest.raises(SystemExit, match=f"the mix {tmp_path / 'home' / 'mixes' / 'demo'} does not exist"):
+        mix_output_dir(path)
+
+
 def test_validate_cli(capsys):
     from dolmino.manifest import main
 

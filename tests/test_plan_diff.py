@@ -139,6 +139,28 @@ def test_plan_lists_files_and_bytes_where_inputs_are_reachable(tmp_path, capsys)
     assert "inputs: source 'wiki': " in out and "notes.json.txt" in out and "the build refuses these" in out
 
 
+def test_plan_names_what_the_build_refuses_of_the_sources_together(tmp_path, capsys):
+    """Listed one source at a time, plan passed a file two sources match (the build refuses it),
+    and filed a data root the listing refuses as "no files match" (found by a tester)."""
+    corpus = tmp_path / "corpus"
+    (corpus / "web").mkdir(parents=True)
+    for name in ("a", "b"):
+        (corpus / "web" / f"{name}.jsonl").write_text('{"id": "1", "text": "x"}\n')
+    spec = {"name": "overlap", "version": 1, "seed": 1, "budget": 1000, "data_root": str(corpus),
+            "sources": [{"name": "web", "paths": ["web/*.jsonl"], "mix_percent": 50.0},
+                        {"name": "also", "paths": ["web/b.jsonl"], "mix_percent": 50.0}]}
+    (tmp_path / "m.json").write_text(json.dumps(spec))
+    assert plan_cmd.main([str(tmp_path / "m.json")]) == 0
+    out = capsys.readouterr().out
+    assert f"1 input file(s) matched by more than one source (first: {corpus / 'web' / 'b.jsonl'}, by 'web', " \
+           "'also')" in out and "(the build refuses these)" in out, out
+    (corpus / "web" / "b.jsonl").unlink()
+    corpus.rename(tmp_path / "corpus[1]")
+    assert plan_cmd.main([str(tmp_path / "m.json"), "--data-root", str(tmp_path / "corpus[1]")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("holds glob characters") == 1 and "no files match" not in out, out
+
+
 def test_plan_without_any_input_says_so_in_one_line(tmp_path, capsys):
     assert plan_cmd.main([str(MANIFESTS / "100B.json"), "--data-root", str(tmp_path / "none")]) == 0
     out = capsys.readouterr().out

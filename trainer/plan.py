@@ -137,7 +137,7 @@ def mix_output_dir(manifest_path: str | Path, prog: str = "trainer.run") -> Path
         raise SystemExit(f"{prog}: manifest {manifest_path} has no \"output\" directory; pass --data instead")
     if "://" in output:
         raise SystemExit(f"{prog}: the mix output {output} is remote; {remote_build_hint(output)}")
-    out = Path(output)
+    out = Path(output).expanduser()  # as the build resolves it (dolmino.manifest.expand_home)
     if not out.is_absolute():
         out = (manifest_path.resolve().parent / out).resolve()
     if not out.is_dir() or not (out / "report.json").is_file():

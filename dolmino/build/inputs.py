@@ -222,6 +222,29 @@ def _name_too_long(name: str) -> int | None:
     return size if size > MAX_NAME_BYTES else None
 
 
+def shared_inputs(per_source: list[tuple[str, dict[str, str]]]) -> str | None:
+    """The problem of files that more than one source lists (`per_source`: each source's files,
+    spelling key (`_Spellings.key`) -> path), or None. `dolmino plan` and `dolmino lock` list
+    one source at a time and ask this of the sources together, as the build does."""
+    owners: dict[str, tuple[str, list[str]]] = {}
+    for name, files in per_source:
+        for key, uri in files.items():
+            owners.setdefault(key, (uri, []))[1].append(name)
+    shared = [held for held in owners.values() if len(held[1]) > 1]
+    if not shared:  # read, counted and mixed once per source, unsaid (found by a tester)
+        return None
+    uri, names = shared[0]
+    return (f"{len(shared)} input file(s) matched by more than one source (first: {uri}, by "
+            f"{', '.join(repr(n) for n in names)}): each would be read and mixed once per source; "
+            "narrow the sources' paths so that a file is one source's (passes weight a source)")
+
+
+def spelling_keys(files: list[InputFile]) -> dict[str, str]:
+    """Spelling key -> path of listed files, for `shared_inputs`."""
+    spellings = _Spellings()
+    return {spellings.key(f.uri): f.uri for f in files}
+
+
 def list_inputs(manifest: Manifest) -> Listing:
     """Every source's input files; one BuildError naming every problem at once."""
     files: list[list[InputFile]] = []
@@ -233,7 +256,7 @@ def list_inputs(manifest: Manifest) -> Listing:
         raise BuildError(f"data root {manifest.data_root!r} holds glob characters (* ? [), which the listing would "
                          "read as a pattern; rename the directory (or link it under a plain name)")
     # Across patterns and sources too: their spellings of one file were told apart (a reviewer).
-    owners: dict[str, tuple[str, list[str]]] = {}
+    per_source: list[tuple[str, dict[str, str]]] = []
     for source in manifest.sources:
         found = _Spellings()
         for pattern in source.paths:
@@ -251,8 +274,7 @@ def list_inputs(manifest: Manifest) -> Listing:
                 found.add(uri, (size, version))
         listed = [InputFile(source.name, uri, _relative_name(uri, manifest.data_root), size, version, source.format)
                   for uri, (size, version) in found.kept.values()]
-        for key, (uri, _) in found.kept.items():
-            owners.setdefault(key, (uri, []))[1].append(source.name)
+        per_source.append((source.name, {key: uri for key, (uri, _) in found.kept.items()}))
         dotted = sorted(f.uri for f in listed if ".." in f.name.split("/"))
         if dotted:  # the name keys attribute files and `loc`: a `..` in it left its directory (a reviewer)
             problems.append(f"source {source.name!r}: {len(dotted)} input path(s) go through '..' (first: "
@@ -263,12 +285,8 @@ def list_inputs(manifest: Manifest) -> Listing:
                             f"bytes, which its attribute files cannot be named after (first: {long[0][0]}, "
                             f"{long[0][1]} bytes); rename them")
         files.append(sorted(listed, key=lambda f: f.name))
-    shared = [held for held in owners.values() if len(held[1]) > 1]
-    if shared:  # read, counted and mixed once per source, unsaid (found by a tester)
-        uri, names = shared[0]
-        problems.append(f"{len(shared)} input file(s) matched by more than one source (first: {uri}, by "
-                        f"{', '.join(repr(n) for n in names)}): each would be read and mixed once per source; "
-                        "narrow the sources' paths so that a file is one source's (passes weight a source)")
+    if shared := shared_inputs(per_source):
+        problems.append(shared)
     if problems:
         # Where the data root came from is not known here (the manifest's data_root, or a
         # command's --data-root replacing it): the hint names the root, not its origin.
