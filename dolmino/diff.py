@@ -57,6 +57,8 @@ def _show(value: object) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:g}"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
+        return f"{value:,}"  # 752,000,000,000 -> 760,000,000,000, not 12-digit runs to count (a tester)
     if isinstance(value, (dict, list, tuple)):
         return json.dumps(value, sort_keys=True)
     return str(value)

@@ -259,6 +259,10 @@ def test_diff_compares_counts_as_meant(tmp_path):
     d = diff_manifests(load_manifest(str(pa)), load_manifest(str(pb)))
     changes = [(c.where, c.after) for cs in d.sources.values() for c in cs]
     assert changes == [("flan.max_doc_tokens", 1_000_000)]
+    b["sources"][0]["pool_tokens"] = "760B"
+    pb.write_text(json.dumps(b))
+    text = render_diff(diff_manifests(load_manifest(str(pa)), load_manifest(str(pb))))
+    assert "752,000,000,000" in text and "760,000,000,000" in text, text  # not 12-digit runs (a tester)
 
 
 def test_a_small_budget_shows_small_shares_not_zeros(capsys):
