@@ -790,6 +790,11 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
         if _get_json(bucket, above + RELEASE_FILE) is not None:  # its clean would take this for leftovers
             raise ReleaseError(f"{release_uri}: inside the release s3://{bucket}/{above.rstrip('/')}; publish "
                                "releases side by side under a releases root, not into one")
+    # Nor over releases: NAME/ a releases root became a release, and every later publish under the root,
+    # and its delete, were refused (found by a tester).
+    if below := _nested_releases(key[len(key_prefix):] for key, _size in s3.iter_keys(bucket, key_prefix)):
+        raise ReleaseError(f"{release_uri} holds other releases ({', '.join(below[:5])}): it is a releases root; "
+                           "publish under a name of its own beside them")
     _clean_leftovers(bucket, key_prefix, stale_after_s, release_uri, log)
 
     publish_id = new_publish_id()

@@ -198,12 +198,16 @@ def _compatible_checksums(session, endpoint_url: str) -> dict:
 
 
 def _endpoint_passwords() -> list[str]:
-    """Passwords in the userinfo of the endpoint URLs (raw and percent-decoded)."""
+    """Passwords in the userinfo of the endpoint URLs (raw and percent-decoded), read generously:
+    also without a scheme (`user:pass@host`) and with an unencoded "/" in the password, which
+    `split_userinfo` (a URL's reading) does not see, and which botocore then printed back whole in
+    "Invalid endpoint" / "not a valid URI" (found by a tester). A host holds no "@"."""
     from urllib.parse import unquote
 
     found = []
     for name in _ENDPOINT_URL_ENV:
-        userinfo = split_userinfo(os.environ.get(name) or "")[0]
+        value = os.environ.get(name) or ""
+        userinfo = value.partition("://")[2].rpartition("@")[0] if "://" in value else value.rpartition("@")[0]
         if ":" in userinfo:
             password = userinfo.split(":", 1)[1]
             found += [password, unquote(password)]

@@ -938,6 +938,14 @@ def test_a_team_sharing_a_bucket_cannot_lose_a_release_or_be_misled(build_dir, r
     assert len(list(s3.iter_keys(bucket, inner + "/"))) == 2
     with pytest.raises(release.ReleaseError, match="inside the release s3://.*/mix; publish releases side by side"):
         _publish(build_dir, f"{root}/mix/data", "20250101T000000Z-00000000abce")
+    # over releases: a releases root named as the release became one, and then refused every publish
+    # under it and its own delete (found by a tester)
+    _publish(build_dir, f"{root}/team", "v1")
+    with pytest.raises(release.ReleaseError, match=r"s3://.*/team holds other releases \(v1\): it is a releases "
+                                                   "root; publish under a name of its own beside them"):
+        _publish(build_dir, root, "team")
+    assert s3.object_size(f"{root}/team/{release.RELEASE_FILE}") is None
+    _publish(build_dir, f"{root}/team", "v2")
 
     cl.put_object(Bucket=bucket, Key=f"{prefix}/running/data/20250101T000000Z-00000000abcd/part-00000.npy".lstrip("/"),
                   Body=b"staged")
