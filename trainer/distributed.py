@@ -144,13 +144,31 @@ def barrier(env: DistEnv) -> None:
         dist.barrier()
 
 
+# Process groups held until the process exits (see `shutdown`).
+_HELD_GROUPS: list = []
+
+
+def _all_groups() -> list:
+    world = getattr(dist.distributed_c10d, "_world", None)
+    groups = list(getattr(world, "pg_map", None) or ())
+    return groups or [dist.group.WORLD]
+
+
 def shutdown(env: DistEnv, finished: bool = True) -> None:
     """Leave the process group. After a finished run the ranks first meet at a barrier: a rank
     that tears gloo down while a peer is still finishing its last collective can abort the
     peer at exit ("terminate called without an active exception"), turning a finished run
     into a failed one. After an error there is no barrier: the peers may be stuck in a
-    collective and would never reach it, and torchrun stops them once this rank exits."""
+    collective and would never reach it, and torchrun stops them once this rank exits.
+
+    The groups themselves are held until the process exits: destroy_process_group leaves them
+    to their last reference, the trainer's DDP reducer (or FSDP's state), freed when main()
+    returns. A gloo thread still freeing the barrier's work holds the group's work mutex and
+    waits for the GIL, while the main thread, freeing the group, holds the GIL and waits for
+    the mutex: a finished run hung at exit, about one in fifteen 2-rank runs (gdb: Reducer ->
+    ~ProcessGroupGloo -> mutex; runLoop -> ~AsyncBarrierWork -> decref -> take_gil)."""
     if env.distributed and dist.is_initialized():
+        _HELD_GROUPS.extend(_all_groups())
         try:
             if finished:
                 dist.barrier()
