@@ -335,6 +335,33 @@ def _completion_errors(build_dir: Path) -> tuple[list[str], dict[str, str]]:
     return errors, {name: listed[name] for name in sorted(set(listed) & on_disk)}
 
 
+def _count_errors(build_dir: Path, parts: list[PartResult]) -> list[str]:
+    """report.json's token and document counts against what its parts hold (each part checked
+    without errors): the trainer plans from `output.tokens`, and a report edited by hand or
+    copied from another build read as OK (found by a tester)."""
+    try:
+        output = json.loads((build_dir / COMPLETION_MARKER).read_text(encoding="utf-8")).get("output") or {}
+        entries = [e for e in output.get("parts") or () if isinstance(e, dict)]
+    except (OSError, ValueError, AttributeError):  # unreadable: `_completion_errors` says so
+        return []
+    held = {p.path.name: p for p in parts if p.path.parent == build_dir}
+    errors = []
+    for entry in entries:
+        part = held.get(entry.get("name"))
+        if part is None or part.errors:
+            continue
+        errors += [f"{part.path}: {COMPLETION_MARKER} says {entry[key]:,} {key}, the part holds {have:,}"
+                   for key, have in (("tokens", part.tokens), ("docs", part.docs))
+                   if isinstance(entry.get(key), int) and entry[key] != have]
+    if held and not any(p.errors for p in held.values()):
+        for key in ("tokens", "docs"):
+            have = sum(getattr(p, key) for p in held.values())
+            if isinstance(output.get(key), int) and output[key] != have:
+                errors.append(f"{build_dir / COMPLETION_MARKER}: output.{key} is {output[key]:,}, its parts hold "
+                              f"{have:,}")
+    return errors
+
+
 class _Hashing:
     """SHA-256 of the certified files, each read while its part is checked: the check and the
     hash then read a part once from disk and once from the page cache. Hashing every file first
@@ -417,6 +444,8 @@ def validate_build(build_dir: str | Path, *, vocab_size: int | None = None, eos_
     finally:
         hashing.pool.shutdown(wait=True, cancel_futures=True)
     result.errors[at:at] = checksum_errors
+    if not incomplete and (build_dir / COMPLETION_MARKER).is_file():
+        result.errors += _count_errors(build_dir, result.parts)
     return result
 
 

@@ -382,6 +382,25 @@ def test_a_part_changed_to_other_valid_ids_is_refused(tmp_path):
     assert not validate_build(out, checksums=False).all_errors() and main([str(out), "--no-checksums"]) == 0
 
 
+def test_a_report_whose_counts_disagree_with_its_parts_is_refused(tmp_path):
+    """A report.json edited by hand (or copied from another build): its part's token count off
+    by 1,000 read as OK, and publish released it (found by a tester). The trainer plans from
+    output.tokens."""
+    out = tmp_path / "b"
+    out.mkdir()
+    np.asarray([5, 6, 7, EOS, 8, 9, EOS], dtype="<u4").tofile(out / "part-00000.npy")
+    (out / "part-00000.csv.gz").write_bytes(gzip.compress(b"0,4,a,web,w.jsonl:1\n4,7,b,web,w.jsonl:2\n", mtime=0))
+    report = {"output": {"tokens": 7, "docs": 2, "parts": [{"name": "part-00000.npy", "tokens": 7, "docs": 2}]}}
+    (out / "report.json").write_text(json.dumps(report))
+    assert not validate_build(out).all_errors()
+    report["output"]["parts"][0]["tokens"] = 1007
+    report["output"]["docs"] = 3
+    (out / "report.json").write_text(json.dumps(report))
+    errors = validate_build(out).all_errors()
+    assert errors == [f"{out / 'part-00000.npy'}: report.json says 1,007 tokens, the part holds 7",
+                      f"{out / 'report.json'}: output.docs is 3, its parts hold 2"], errors
+
+
 def test_a_report_whose_file_list_is_not_a_mapping_is_one_error(tmp_path):
     out = tmp_path / "b"
     out.mkdir()
