@@ -610,6 +610,8 @@ def test_an_export_over_a_sharded_model_leaves_one_model(tmp_path):
     transformers the new file."""
     old, _ = hf_olmo2(tmp_path, "dest", max_shard_size="100KB")
     assert (old / "model.safetensors.index.json").is_file()
+    # the replaced model's generation settings: generate() stopped at its EOS, not the new config's (a tester)
+    (old / "generation_config.json").write_text(json.dumps({"eos_token_id": 7}))
     src, model = hf_olmo2(tmp_path, "src")
     with torch.no_grad():  # another model than the one in dest
         for p in model.parameters():
@@ -623,6 +625,7 @@ def test_an_export_over_a_sharded_model_leaves_one_model(tmp_path):
     assert proc.returncode == 2
     assert "holds a trainer checkpoint or run (model.pt); export into a directory of its own" in proc.stderr
     assert sorted(p.name for p in old.iterdir() if "safetensors" in p.name) == ["model.safetensors"]
+    assert not (old / "generation_config.json").exists()
     with WeightReader(inspect_checkpoint(old)) as exported, WeightReader(inspect_checkpoint(src)) as wanted:
         assert exported.names() == wanted.names()
         for name in wanted.names():

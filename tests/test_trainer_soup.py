@@ -88,7 +88,7 @@ def test_soup_of_hf_directories_and_a_trainer_checkpoint(tmp_path):
                                           rms_norm_eps=1e-6, pad_token_id=1, eos_token_id=2)
         model = transformers.Olmo2ForCausalLM(hf_cfg)
         model.save_pretrained(tmp_path / f"hf{seed}", max_shard_size="50KB")
-        (tmp_path / f"hf{seed}" / "tokenizer.json").write_text(json.dumps({"seed": seed}))
+        (tmp_path / f"hf{seed}" / "tokenizer.json").write_text(json.dumps({"tokenizer": "one"}))
         dirs.append(tmp_path / f"hf{seed}")
     from trainer.weights import inspect_checkpoint, iter_tensors
 
@@ -101,7 +101,7 @@ def test_soup_of_hf_directories_and_a_trainer_checkpoint(tmp_path):
     want = expected_average(states)
     assert all(torch.equal(averaged[k], want[k]) for k in want)
     assert [c["format"] for c in config["soup"]] == ["hf", "hf", "trainer"]
-    assert json.loads((out / "hf" / "tokenizer.json").read_text()) == {"seed": 1}  # the first HF ingredient's
+    assert json.loads((out / "hf" / "tokenizer.json").read_text()) == {"tokenizer": "one"}  # the ingredients' own
     hf_config = json.loads((out / "hf" / "config.json").read_text())
     assert hf_config["eos_token_id"] == 2 and hf_config["pad_token_id"] == 1
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(out / "hf"), dtype=torch.float32).eval()
@@ -110,6 +110,23 @@ def test_soup_of_hf_directories_and_a_trainer_checkpoint(tmp_path):
     ids = torch.randint(0, 512, (1, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (reloaded(input_ids=ids).logits - ours(ids)).abs().max().item() <= 1e-5
+
+    # Refused (found by a tester): other tokenizers (ids that mean other text), and an output that is
+    # an ingredient or holds a Hugging Face model (its config.json was replaced by the soup's).
+    (dirs[1] / "tokenizer.json").write_text(json.dumps({"tokenizer": "another"}))
+    with pytest.raises(ValueError, match="different tokenizers cannot be averaged .*tokenizer.json sha256"):
+        soup(tmp_path / "soup2", dirs)
+    (dirs[1] / "tokenizer.json").write_text(json.dumps({"tokenizer": "one"}))
+    config = json.loads((dirs[1] / "config.json").read_text())
+    (dirs[1] / "config.json").write_text(json.dumps({**config, "eos_token_id": 7}))
+    with pytest.raises(ValueError, match="different tokenizers cannot be averaged .*EOS id 7 != 2"):
+        soup(tmp_path / "soup2", dirs)
+    (dirs[1] / "config.json").write_text(json.dumps(config))
+    for target in (dirs[0], dirs[1]):
+        before = (target / "config.json").read_bytes()
+        with pytest.raises(ValueError, match="is one of the soup's checkpoints|holds a Hugging Face model"):
+            soup(target, [dirs[0], tmp_path / "run"])
+        assert (target / "config.json").read_bytes() == before and not (target / "model.pt").exists()
 
 
 def test_soup_checks_every_ingredient_before_averaging(tmp_path, capsys):

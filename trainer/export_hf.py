@@ -145,9 +145,11 @@ def _remove_other_weights(out_dir: Path) -> None:
     """Remove the weight files beside the new model.safetensors, as save_pretrained does: an
     export over a sharded model left its index and shards, which this trainer's importer reads
     first while transformers loads model.safetensors, so the two saw different models (found
-    by a tester)."""
+    by a tester). And the replaced model's generation_config.json: transformers' generate()
+    stopped at its EOS, not at the new config.json's (a tester); a soup copies its source's."""
     for path in out_dir.iterdir():
-        if path.name != "model.safetensors" and _OTHER_WEIGHTS.fullmatch(path.name) and path.is_file():
+        other = path.name != "model.safetensors" and _OTHER_WEIGHTS.fullmatch(path.name)
+        if (other or path.name == "generation_config.json") and path.is_file():
             path.unlink()
 
 

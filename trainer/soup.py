@@ -83,6 +83,46 @@ def _streamed_average(readers: list, name: str, dtype: torch.dtype | None) -> to
     return (total / len(readers)).to(dtype or first_dtype)
 
 
+def _check_soup_output(out: Path, checkpoints: list, infos: list) -> None:
+    """Refuse an output that is an ingredient or holds a Hugging Face model: the soup's
+    config.json replaced the model's, which transformers could then not load (found by a tester)."""
+    if not out.exists():
+        return
+    given = {Path(c).resolve() for c in checkpoints} | {Path(info.path).resolve() for info in infos}
+    if out.resolve() in given:
+        raise ValueError(f"{out} is one of the soup's checkpoints; write the soup into a directory of its own")
+    try:
+        held = json.loads((out / CONFIG_FILE).read_text()) if (out / CONFIG_FILE).is_file() else {}
+    except (OSError, ValueError):
+        held = {}
+    if (isinstance(held, dict) and "model_type" in held) or (out / "model.safetensors").exists():
+        raise ValueError(f"{out} holds a Hugging Face model (config.json, model.safetensors); write the soup into a "
+                         "directory of its own")
+
+
+def _check_same_tokenizer(checkpoints: list, infos: list) -> None:
+    """Refuse models of different tokenizers: their ids mean different text, and the average was
+    written with the first one's EOS and tokenizer.json, unsaid (found by a tester). Compared:
+    the EOS and pad ids every config states, and tokenizer.json where HF ingredients hold one."""
+    import hashlib
+
+    def identity(info) -> tuple:
+        tokenizer = Path(info.path) / "tokenizer.json"
+        digest = hashlib.sha256(tokenizer.read_bytes()).hexdigest()[:12] if info.format == "hf" and \
+            tokenizer.is_file() else None
+        model = info.model
+        return (None, None, digest) if model is None else (model.eos_token_id, model.pad_token_id, digest)
+
+    first = identity(infos[0])
+    for i, info in enumerate(infos[1:], start=1):
+        other = identity(info)
+        differ = [f"{what} {a} != {b}" for what, a, b in zip(("EOS id", "pad id", "tokenizer.json sha256"), other, first)
+                  if a != b and a is not None and b is not None]
+        if differ:
+            raise ValueError(f"checkpoints of different tokenizers cannot be averaged (their ids mean different text): "
+                             f"{checkpoints[i]} vs {checkpoints[0]}: {'; '.join(differ)}")
+
+
 def soup(out_dir: str | Path, checkpoints: list[str | Path], dtype: str | None = None,
          write_hf: bool = True) -> Path:
     """Average the model weights of `checkpoints` into `out_dir` (trainer format and `hf/`)."""
@@ -95,6 +135,7 @@ def soup(out_dir: str | Path, checkpoints: list[str | Path], dtype: str | None =
         raise ValueError("a soup needs at least two checkpoints")
     check_output_dir(out_dir, "the soup")  # an ingredient's save dir was taken over (found by a tester)
     infos = [inspect_checkpoint(c) for c in checkpoints]
+    _check_soup_output(Path(out_dir), checkpoints, infos)
     first = infos[0]
     if first.model is None:
         raise ValueError(f"{first.describe()} does not say its number of attention heads")
@@ -108,6 +149,7 @@ def soup(out_dir: str | Path, checkpoints: list[str | Path], dtype: str | None =
         except ValueError as exc:
             raise ValueError(f"checkpoint {i} ({checkpoints[i]}) has different tensors than {checkpoints[0]}: "
                              f"{exc}") from None
+    _check_same_tokenizer(checkpoints, infos)
     names = list(first.shapes)
     out_dtype = getattr(torch, dtype) if dtype else None
     readers = [WeightReader(info) for info in infos]
