@@ -195,6 +195,11 @@ def check_build_names(where: str, names: list[str]) -> None:
                                "(it looks like a pulled release; publish the original build)")
     present = set(names)
     missing = [f for f in REQUIRED_FILES if f not in present]
+    model = {"model.pt", "model.safetensors", "model.safetensors.index.json"} & present
+    if missing and (model or any(re.fullmatch(r"step\d+/model\.pt", rel) for rel in present)):
+        # "still running or was killed: rerun it" sent a checkpoint's owner to rebuild (a tester)
+        raise ReleaseError(f"{where}: a model checkpoint, not a built mix: `release` publishes mixes (copy a "
+                           "checkpoint, or its `python -m trainer.export_hf` directory, with your usual S3 tools)")
     if missing:
         raise ReleaseError(f"{where}: not a finished build (missing {', '.join(missing)}; a build writes "
                            "report.json last, so it is still running or was killed: rerun it)")

@@ -392,6 +392,11 @@ def test_publish_refuses_unfinished_builds(build_dir, root, tmp_path):
     with pytest.raises(release.ReleaseError, match="not a finished build .missing report.json"):
         release.publish(str(partial), root, "v6")
     assert release.list_releases(root) == ([], [])
+    # a trainer checkpoint was told it was a build "still running or killed: rerun it" (a tester)
+    (tmp_path / "ckpt" / "step000010").mkdir(parents=True)
+    (tmp_path / "ckpt" / "step000010" / "model.pt").write_bytes(b"weights")
+    with pytest.raises(release.ReleaseError, match="a model checkpoint, not a built mix"):
+        release.publish(str(tmp_path / "ckpt"), root, "v7")
 
 
 def _upload_as_build(build_dir: Path, uri: str) -> dict[str, bytes]:
