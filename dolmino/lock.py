@@ -47,7 +47,7 @@ from dataclasses import replace
 from dolmino.argtypes import positive_int
 from dolmino.checksums import sha256_file
 from dolmino.errors import BuildError, ManifestError
-from dolmino.manifest import Manifest, load_manifest
+from dolmino.manifest import Manifest, expand_home, load_manifest
 from dolmino.s3 import local_path
 
 LOCK_FORMAT = "dolmino-lock/1"
@@ -160,7 +160,7 @@ def _data_root_as_written(manifest: Manifest) -> str | None:
     written = manifest.raw.get("data_root")
     if written is None or written.startswith("s3://") or os.path.isabs(written) or not manifest.path:
         return manifest.data_root
-    resolved = os.path.normpath(os.path.join(os.path.dirname(manifest.path), written))
+    resolved = os.path.normpath(os.path.join(os.path.dirname(manifest.path), expand_home(written)))
     return written if resolved == manifest.data_root else manifest.data_root
 
 

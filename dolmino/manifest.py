@@ -252,8 +252,8 @@ class Manifest:
     warnings: tuple[str, ...] = ()  # non-fatal findings of validation (printed by the CLI)
 
     def resolve(self, location: str) -> str:
-        """Resolve a source path: absolute and s3:// stay (`~` is a home), others are relative to data_root."""
-        location = expand_home(location)
+        """Resolve a source path: absolute and s3:// stay, others are relative to data_root (a
+        leading `~` too: a source path is a pattern below the data root, which may be s3://)."""
         if location.startswith("s3://") or os.path.isabs(location):
             return location
         root = self.data_root or "."
@@ -390,9 +390,11 @@ def _check_s3_root(root: str, where: str) -> None:
 
 
 def expand_home(value: str) -> str:
-    """`~` and `~user` at the start of a local path name a home directory, as in a shell (and in
-    fsspec, which datatrove reads through): they became a directory named "~" beside the
-    manifest (found by a tester)."""
+    """`~` and `~user` at the start of a local location (data_root, output, a model or index
+    path, --data-root, --out, --attributes) name a home directory, as in a shell (and in fsspec,
+    which datatrove reads through): they became a directory named "~" beside the manifest
+    (found by a tester). An unknown user stays as written. Source paths are not locations but
+    patterns below the data root, and are not expanded."""
     return os.path.expanduser(value) if value.startswith("~") else value
 
 

@@ -207,10 +207,14 @@ def _endpoint_passwords() -> list[str]:
     found = []
     for name in _ENDPOINT_URL_ENV:
         value = os.environ.get(name) or ""
-        userinfo = value.partition("://")[2].rpartition("@")[0] if "://" in value else value.rpartition("@")[0]
-        if ":" in userinfo:
-            password = userinfo.split(":", 1)[1]
-            found += [password, unquote(password)]
+        # The URL's own reading, and the loose one (up to the first "@"): a password is redacted
+        # where either finds it; the loose one may also hide part of an endpoint's path (a "@" in
+        # it), which is harmless.
+        for userinfo in (split_userinfo(value)[0], value.partition("://")[2 if "://" in value else 0].partition("@")[0]
+                         if "@" in value else ""):
+            if ":" in userinfo:
+                password = userinfo.split(":", 1)[1]
+                found += [password, unquote(password)]
     return found
 
 

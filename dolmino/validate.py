@@ -339,15 +339,19 @@ def _count_errors(build_dir: Path, parts: list[PartResult]) -> list[str]:
     """report.json's token and document counts against what its parts hold (each part checked
     without errors): the trainer plans from `output.tokens`, and a report edited by hand or
     copied from another build read as OK (found by a tester)."""
+    report = build_dir / COMPLETION_MARKER
     try:
-        output = json.loads((build_dir / COMPLETION_MARKER).read_text(encoding="utf-8")).get("output") or {}
-        entries = [e for e in output.get("parts") or () if isinstance(e, dict)]
+        output = json.loads(report.read_text(encoding="utf-8")).get("output") or {}
+        listed = output.get("parts") or []
     except (OSError, ValueError, AttributeError):  # unreadable: `_completion_errors` says so
         return []
+    if not isinstance(output, dict) or not isinstance(listed, list) \
+            or not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in listed):
+        return [f"{report}: output.parts is not a list of part records with names (a damaged report)"]
     held = {p.path.name: p for p in parts if p.path.parent == build_dir}
     errors = []
-    for entry in entries:
-        part = held.get(entry.get("name"))
+    for entry in listed:
+        part = held.get(entry["name"])
         if part is None or part.errors:
             continue
         errors += [f"{part.path}: {COMPLETION_MARKER} says {entry[key]:,} {key}, the part holds {have:,}"

@@ -341,9 +341,22 @@ def test_a_home_in_a_path_is_the_home_directory(tmp_path, monkeypatch):
     path.write_text(json.dumps(data))
     m = load_manifest(str(path))
     assert (m.data_root, m.output) == (str(tmp_path / "home" / "corpus"), str(tmp_path / "home" / "mixes" / "demo"))
-    assert m.resolve("~/elsewhere/a.jsonl") == str(tmp_path / "home" / "elsewhere" / "a.jsonl")
     assert load_manifest(str(path), "~/copy").data_root == str(tmp_path / "home" / "copy")
     with pytest.raises(SystemExit, match=f"the mix {tmp_path / 'home' / 'mixes' / 'demo'} does not exist"):
+        mix_output_dir(path)
+    from dolmino.build.cli import _location
+    from dolmino.lock import _data_root_as_written
+
+    assert _location("~/out") == str(tmp_path / "home" / "out")  # --out, --attributes
+    assert _data_root_as_written(m) == "~/corpus"  # the lock keeps it portable
+    # Not expanded (a reviewer): a source path, a pattern below the data root (which may be on S3),
+    # and an unknown user's, as a shell leaves it (the trainer raised for one).
+    assert m.resolve("~/web/*.jsonl") == str(tmp_path / "home" / "corpus" / "~" / "web" / "*.jsonl")
+    assert manifest_from_dict({**data, "data_root": "s3://b/c"}).resolve("~/web/a.jsonl") == "s3://b/c/~/web/a.jsonl"
+    data["output"] = "~no-such-user-here/mix"
+    path.write_text(json.dumps(data))
+    assert load_manifest(str(path)).output == str(path.parent / "~no-such-user-here" / "mix")
+    with pytest.raises(SystemExit, match=f"the mix {path.parent / '~no-such-user-here' / 'mix'} does not exist"):
         mix_output_dir(path)
 
 

@@ -290,7 +290,8 @@ def test_redact_covers_endpoint_userinfo_in_every_form(monkeypatch):
     assert s3.redact("write to a@b.com or s3://bucket/key") == "write to a@b.com or s3://bucket/key"
     # no scheme, and a "/" left unencoded in the password: botocore prints the endpoint back whole
     # ("Invalid endpoint: ...", "... was not a valid URI"; found by a tester)
-    for endpoint in ("alice:Sup3rS3cretPW@127.0.0.1:9", "http://alice:pa/Sup3rS3cretPW@127.0.0.1:9"):
+    for endpoint in ("alice:Sup3rS3cretPW@127.0.0.1:9", "http://alice:pa/Sup3rS3cretPW@127.0.0.1:9",
+                     "http://alice:Sup3rS3cretPW@127.0.0.1:9/tenant@corp"):
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
         assert "Sup3rS3cret" not in s3.redact(f"Invalid endpoint: {endpoint}"), endpoint
 

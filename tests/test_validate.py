@@ -399,6 +399,11 @@ def test_a_report_whose_counts_disagree_with_its_parts_is_refused(tmp_path):
     errors = validate_build(out).all_errors()
     assert errors == [f"{out / 'part-00000.npy'}: report.json says 1,007 tokens, the part holds 7",
                       f"{out / 'report.json'}: output.docs is 3, its parts hold 2"], errors
+    for damaged in (5, [{"name": ["part-00000.npy"]}], ["part-00000.npy"]):  # one line, not a TypeError (a reviewer)
+        report["output"]["parts"] = damaged
+        (out / "report.json").write_text(json.dumps(report))
+        assert validate_build(out).all_errors()[-1] == (f"{out / 'report.json'}: output.parts is not a list of part "
+                                                        "records with names (a damaged report)")
 
 
 def test_a_report_whose_file_list_is_not_a_mapping_is_one_error(tmp_path):

@@ -96,6 +96,7 @@ def init_distributed(requested_device: str | None = None, backend: str | None = 
         # variable RANK expected, but not set", naming neither --fsdp nor torchrun.
         raise ValueError("--fsdp shards the model over the processes torchrun starts; run it under torchrun "
                          "(torchrun --nproc_per_node N -m trainer.run ... --fsdp), or drop --fsdp")
+    _HELD_GROUPS.clear()  # a run before this one in the process (`shutdown`)
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(requested_device, local_rank)
@@ -166,7 +167,9 @@ def shutdown(env: DistEnv, finished: bool = True) -> None:
     returns. A gloo thread still freeing the barrier's work holds the group's work mutex and
     waits for the GIL, while the main thread, freeing the group, holds the GIL and waits for
     the mutex: a finished 2-rank run hung at exit in 2 of 27 runs, none of 45 after (gdb: Reducer ->
-    ~ProcessGroupGloo -> mutex; runLoop -> ~AsyncBarrierWork -> decref -> take_gil)."""
+    ~ProcessGroupGloo -> mutex; runLoop -> ~AsyncBarrierWork -> decref -> take_gil). A process
+    that starts another group (tests, a notebook) lets the held ones go then (`init_distributed`):
+    that barrier's work is long done, and rank 0's store frees its port."""
     if env.distributed and dist.is_initialized():
         _HELD_GROUPS.extend(_all_groups())
         try:

@@ -33,6 +33,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dolmino.manifest import expand_home
 from dolmino.release import listed_files
 from dolmino.s3 import local_path
 from trainer.cli import HelpFormatter, in_flag_names, parse_count, positive_int
@@ -137,7 +138,7 @@ def mix_output_dir(manifest_path: str | Path, prog: str = "trainer.run") -> Path
         raise SystemExit(f"{prog}: manifest {manifest_path} has no \"output\" directory; pass --data instead")
     if "://" in output:
         raise SystemExit(f"{prog}: the mix output {output} is remote; {remote_build_hint(output)}")
-    out = Path(output).expanduser()  # as the build resolves it (dolmino.manifest.expand_home)
+    out = Path(expand_home(output))  # as the build resolves it
     if not out.is_absolute():
         out = (manifest_path.resolve().parent / out).resolve()
     if not out.is_dir() or not (out / "report.json").is_file():

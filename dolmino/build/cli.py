@@ -14,7 +14,7 @@ import sys
 
 from dolmino.build.inputs import DEFAULT_SPLIT_BYTES, DEFAULT_TASK_BYTES
 from dolmino.errors import BuildError, ManifestError
-from dolmino.manifest import count_value, format_count
+from dolmino.manifest import count_value, expand_home, format_count
 from dolmino.prefetch import DEFAULT_READ_AHEAD
 from dolmino.s3 import local_path
 
@@ -84,7 +84,7 @@ def default_manifest(budget: str | None) -> str:
 
 
 def _location(value: str) -> str:
-    return value if value.startswith("s3://") else os.path.abspath(value)
+    return value if value.startswith("s3://") else os.path.abspath(expand_home(value))
 
 
 def _check_locations(out: str, attributes: str) -> None:
