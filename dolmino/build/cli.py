@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
     except Exception as exc:  # noqa: BLE001 - one redacted line (cli_errors)
         return errors.report(exc)
     from dolmino.build.mix import run_build
-    from dolmino.build.spark import make_spark
+    from dolmino.build.spark import make_spark, stop_session
 
     from pyspark.sql import SparkSession
 
@@ -219,9 +219,11 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
     _exit_on_sigterm()
     spark = make_spark(f"dolmino-{phase}-{manifest.name}", args.master, args.driver_memory)
     spark.sparkContext.setLogLevel("WARN")
+    interrupted = False
     try:
         result = run_build(manifest, options, spark)
     except KeyboardInterrupt:  # a py4j/PySpark traceback (found by a tester of synth, which shares it)
+        interrupted = True
         print(f"{prog}: interrupted; rerun the same command to resume (finished attribute files and parts are "
               "kept)", file=sys.stderr)
         return 130
@@ -233,7 +235,7 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
         return errors.report(exc)
     finally:
         if existing is None:  # stop only the session this command started
-            spark.stop()
+            stop_session(spark, interrupted)
     for warning in result.get("warnings", []):
         print(f"{prog}: warning: {warning}", file=sys.stderr)
     if phase == "tag":

@@ -41,7 +41,37 @@ def make_spark(app_name: str, master: str | None = None, driver_memory: str | No
         builder = builder.config("spark.driver.memory", driver_memory)
     spark = builder.getOrCreate()
     isolate_worker_imports(spark.sparkContext)
+    quiet_py4j_send_failures()
     return spark
+
+
+def stop_session(spark, interrupted: bool) -> None:
+    """Stop the session; after Ctrl-C the JVM, which got the same signal from the terminal, may
+    be gone already, and stop() then raised a py4j traceback after the one-line message."""
+    try:
+        spark.stop()
+    except Exception:  # noqa: BLE001 - only where the run was interrupted
+        if not interrupted:
+            raise
+
+
+class _Py4jSendFailures:
+    """Drops py4j's "... while sending command." records (root logger, with a traceback each)."""
+
+    def filter(self, record) -> bool:
+        return not (record.name == "root" and str(record.msg).endswith(" while sending command."))
+
+
+def quiet_py4j_send_failures() -> None:
+    """py4j logs every failed call to the JVM with its traceback on the root logger: on Ctrl-C
+    (PySpark's handler cancels the jobs through a connection the interrupted read broke) ~50
+    lines came before the command's one-line message (found by a tester). The failure itself
+    still reaches the command as an exception, which says it in one line."""
+    import logging
+
+    root = logging.getLogger()
+    if not any(isinstance(f, _Py4jSendFailures) for f in root.filters):
+        root.addFilter(_Py4jSendFailures())
 
 
 def isolate_worker_imports(sc) -> None:

@@ -168,27 +168,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: error: --out {args.out} exists and is not a directory", file=sys.stderr)
         return 2
 
+    from dolmino.s3 import cli_errors
+
+    # S3 without credentials or unreachable: one line, not botocore's traceback (found by a tester)
+    errors = cli_errors(prog, expected=(ValueError, OSError, SynthRunError))
     try:
         generator = make_generator(args.generator, **generator_params(args))
         generator.config()  # loads inputs now: a missing file fails before Spark starts
         check_out_dir(generator, args.out, args.partitions)  # --out holding inputs or foreign part files
-    except (ValueError, OSError, SynthRunError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    from dolmino.build.spark import make_spark
+    except Exception as exc:  # noqa: BLE001 - one redacted line (cli_errors); a bug keeps its traceback
+        return errors.report(exc)
+    from dolmino.build.spark import make_spark, stop_session
 
     spark = make_spark(f"dolmino-synth-{args.generator}", args.master, args.driver_memory)
+    interrupted = False
     try:
         report = run(generator, args.out, args.partitions, args.seed, spark)
     except SynthRunError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a 25-line py4j/PySpark traceback (found by a tester)
+        interrupted = True
         print(f"{prog}: interrupted; rerun the same command to resume (finished partitions are kept)",
               file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - an S3 failure on the driver: one line (cli_errors)
+        return errors.report(exc)
     finally:
-        spark.stop()
+        stop_session(spark, interrupted)
     print(json.dumps(report, indent=1, sort_keys=True))
     failed = report["rejected"].get("request_failed", 0)
     if failed:
