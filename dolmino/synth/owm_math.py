@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = train_math_classifier(args.labelled, args.out, seed=args.seed, epoch=args.epoch, lr=args.lr,
                                         dim=args.dim, word_ngrams=args.word_ngrams, bucket=args.bucket)
     except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)  # named, as every command's errors are
         return 2
     print(json.dumps(summary, indent=1, sort_keys=True))
     return 0
