@@ -207,11 +207,11 @@ def _endpoint_passwords() -> list[str]:
     found = []
     for name in _ENDPOINT_URL_ENV:
         value = os.environ.get(name) or ""
-        # The URL's own reading, and the loose one (up to the first "@"): a password is redacted
-        # where either finds it; the loose one may also hide part of an endpoint's path (a "@" in
-        # it), which is harmless.
-        for userinfo in (split_userinfo(value)[0], value.partition("://")[2 if "://" in value else 0].partition("@")[0]
-                         if "@" in value else ""):
+        # The URL's own reading and two loose ones (up to the first "@", up to the last): a password
+        # is redacted wherever any finds it (an unencoded "@" or "/" in it, a "@" in the endpoint's
+        # path); a loose one may also hide part of an endpoint's path, which is harmless.
+        rest = value.partition("://")[2] if "://" in value else value
+        for userinfo in (split_userinfo(value)[0], rest.partition("@")[0], rest.rpartition("@")[0]):
             if ":" in userinfo:
                 password = userinfo.split(":", 1)[1]
                 found += [password, unquote(password)]

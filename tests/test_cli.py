@@ -404,13 +404,39 @@ def test_ctrl_c_in_build_and_synth_is_one_line_and_exit_130(tmp_path, monkeypatc
     # py4j read: py4j logged ~50 lines of tracebacks on the root logger first (found by a tester)
     import logging
 
-    dolmino.build.spark.quiet_py4j_send_failures()
+    root = logging.getLogger()
+    saved = list(root.filters)
     try:
-        raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        logging.exception("KeyboardInterrupt while sending command.")
-        logging.exception("Exception while sending command.")
-    assert capsys.readouterr().err == ""
+        dolmino.build.spark.quiet_py4j_send_failures()
+        for message in ("KeyboardInterrupt while sending command.", "Exception while sending command."):
+            assert not root.filter(logging.LogRecord("root", logging.ERROR, __file__, 1, message, None, None))
+        assert root.filter(logging.LogRecord("root", logging.ERROR, __file__, 1, "anything else", None, None))
+        assert root.filter(logging.LogRecord("py4j.x", logging.ERROR, __file__, 1, "Exception while sending command.",
+                                             None, None))
+    finally:
+        root.filters[:] = saved
+
+
+def test_a_bug_in_a_synth_run_keeps_its_traceback(tmp_path, monkeypatch, capsys):
+    """A ValueError raised by a bug in the run read as a user's error (one line, exit 2; a reviewer)."""
+    import types
+
+    import dolmino.build.spark
+    import dolmino.synth.runner
+    from dolmino.cli import main
+
+    fake = types.SimpleNamespace(sparkContext=types.SimpleNamespace(setLogLevel=lambda level: None),
+                                 stop=lambda: None)
+    monkeypatch.setattr(dolmino.build.spark, "make_spark", lambda *a, **k: fake)
+
+    def buggy(*_args, **_kwargs):
+        return int("not a number")
+
+    monkeypatch.setattr(dolmino.synth.runner, "run", buggy)
+    assert main(["synth", "--generator", "arithmetic", "--num-docs", "2", "--out", str(tmp_path / "s")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.rstrip().endswith("dolmino synth: error: unexpected ValueError: invalid literal "
+                                                        "for int() with base 10: 'not a number'"), err
 
 
 def test_synth_on_s3_without_credentials_is_one_line(tmp_path, monkeypatch, capsys):

@@ -290,10 +290,15 @@ def test_redact_covers_endpoint_userinfo_in_every_form(monkeypatch):
     assert s3.redact("write to a@b.com or s3://bucket/key") == "write to a@b.com or s3://bucket/key"
     # no scheme, and a "/" left unencoded in the password: botocore prints the endpoint back whole
     # ("Invalid endpoint: ...", "... was not a valid URI"; found by a tester)
-    for endpoint in ("alice:Sup3rS3cretPW@127.0.0.1:9", "http://alice:pa/Sup3rS3cretPW@127.0.0.1:9",
-                     "http://alice:Sup3rS3cretPW@127.0.0.1:9/tenant@corp"):
+    for endpoint, password in (("alice:Sup3rS3cretPW@127.0.0.1:9", "Sup3rS3cretPW"),
+                               ("http://alice:pa/Sup3rS3cretPW@127.0.0.1:9", "pa/Sup3rS3cretPW"),
+                               ("http://alice:Sup3rS3cretPW@127.0.0.1:9/tenant@corp", "Sup3rS3cretPW"),
+                               ("alice:Sup3r@S3cretPW@127.0.0.1:9", "Sup3r@S3cretPW"),
+                               ("http://alice:pa/Sup3r@S3cretPW@127.0.0.1:9", "pa/Sup3r@S3cretPW")):
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
-        assert "Sup3rS3cret" not in s3.redact(f"Invalid endpoint: {endpoint}"), endpoint
+        for text in (f"Invalid endpoint: {endpoint}", f"the password alone: {password} (a reviewer)"):
+            clean = s3.redact(text)
+            assert "S3cret" not in clean, (endpoint, clean)
 
 
 def test_a_password_in_the_endpoint_url_never_reaches_an_error_message(bucket, monkeypatch):

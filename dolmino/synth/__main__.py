@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: interrupted; rerun the same command to resume (finished partitions are kept)",
               file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - an S3 failure on the driver: one line (cli_errors)
-        return errors.report(exc)
+    except Exception as exc:  # noqa: BLE001 - an S3 failure on the driver: one line; a bug keeps its traceback
+        return cli_errors(prog).report(exc)
     finally:
         stop_session(spark, interrupted)
     print(json.dumps(report, indent=1, sort_keys=True))
