@@ -79,7 +79,7 @@ class BundleTagged(NamedTuple):
     bundle_index: int
     # unit index -> lines, for the byte ranges of split files whose docs set was written now: what
     # the driver needs (`first_lines`). Not every unit's counts: 20,000 small files' dicts were
-    # shipped, unpickled and filled in on the driver for nothing (~0.1 core-s).
+    # shipped, unpickled and filled in on the driver for nothing (0.05-0.1 core-s of its run_tag, measured).
     lines: dict
     docs: int  # documents read, when the docs set was written now
     bytes: int  # their UTF-8 text bytes
