@@ -116,8 +116,8 @@ def _check_same_tokenizer(checkpoints: list, infos: list) -> None:
     first = identity(infos[0])
     for i, info in enumerate(infos[1:], start=1):
         other = identity(info)
-        differ = [f"{what} {a} != {b}" for what, a, b in zip(("EOS id", "pad id", "tokenizer.json sha256"), other, first)
-                  if a != b and a is not None and b is not None]
+        named = zip(("EOS id", "pad id", "tokenizer.json sha256"), other, first)
+        differ = [f"{what} {a} != {b}" for what, a, b in named if a != b and a is not None and b is not None]
         if differ:
             raise ValueError(f"checkpoints of different tokenizers cannot be averaged (their ids mean different text): "
                              f"{checkpoints[i]} vs {checkpoints[0]}: {'; '.join(differ)}")
