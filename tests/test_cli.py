@@ -569,3 +569,34 @@ def test_a_broken_pipe_elsewhere_keeps_its_traceback(monkeypatch):
     monkeypatch.setitem(COMMANDS, "upload", Command("fake_upload", "uploads"))
     with pytest.raises(BrokenPipeError):
         main(["upload"])
+
+
+def test_a_master_spark_cannot_use_is_one_line(tmp_path):
+    """A malformed --master (or one that never answers) was a 60-90 line py4j traceback, exit 1
+    (found by a tester); now one line naming the master, exit 2. Spark's own log lines stay."""
+    import subprocess
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.jsonl").write_text('{"id": "1", "text": "one document"}\n')
+    (tmp_path / "m.json").write_text(json.dumps({"name": "m", "version": 1, "seed": 1, "data_root": str(tmp_path / "d"),
+                                                 "sources": [{"name": "a", "paths": ["*.jsonl"], "mix_percent": 100}]}))
+    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable)
+    proc = subprocess.run([sys.executable, "-m", "dolmino.cli", "tag", str(tmp_path / "m.json"), "--attributes",
+                           str(tmp_path / "a"), "--master", "spark//127.0.0.1:7077"], capture_output=True, text=True,
+                          timeout=240, cwd=str(REPO), env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.rstrip().splitlines()[-1] == (
+        "dolmino tag: error: cannot start Spark with --master spark//127.0.0.1:7077: org.apache.spark.SparkException: "
+        "Could not parse Master URL: 'spark//127.0.0.1:7077'")
+
+
+def test_a_master_that_never_answers_is_said_so():
+    from dolmino.build.spark import start_failure
+
+    class JavaError(Exception):
+        java_exception = type("J", (), {"toString": lambda self: "java.lang.IllegalStateException: Cannot call "
+                                        "methods on a stopped SparkContext.\nThis stopped SparkContext was created"})()
+
+    assert start_failure(JavaError("An error occurred while calling None.org.apache.spark.api.java.JavaSparkContext."),
+                         None) == ("cannot start Spark with the master spark-submit was given: the master did not "
+                                   "take the application (is a master running at that URL, with a worker?)")

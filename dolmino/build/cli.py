@@ -211,13 +211,17 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
     except Exception as exc:  # noqa: BLE001 - one redacted line (cli_errors)
         return errors.report(exc)
     from dolmino.build.mix import run_build
-    from dolmino.build.spark import make_spark, stop_session
+    from dolmino.build.spark import make_spark, start_failure, stop_session
 
     from pyspark.sql import SparkSession
 
     existing = SparkSession.getActiveSession()  # main() called in a process that already runs Spark
     _exit_on_sigterm()
-    spark = make_spark(f"dolmino-{phase}-{manifest.name}", args.master, args.driver_memory)
+    try:
+        spark = make_spark(f"dolmino-{phase}-{manifest.name}", args.master, args.driver_memory)
+    except Exception as exc:  # noqa: BLE001 - a master URL Spark refuses or that never answers: one line
+        print(f"{prog}: error: {start_failure(exc, args.master)}", file=sys.stderr)
+        return 2
     spark.sparkContext.setLogLevel("WARN")
     interrupted = False
     try:

@@ -45,6 +45,26 @@ def make_spark(app_name: str, master: str | None = None, driver_memory: str | No
     return spark
 
 
+def start_failure(exc: BaseException, master: str | None) -> str:
+    """One line for a session that could not start: a master URL Spark cannot parse, a master that
+    never answered (Spark then gives up with "Cannot call methods on a stopped SparkContext").
+    Both were a py4j traceback of 60-90 lines, exit 1 (found by a tester)."""
+    text = ""
+    java = getattr(exc, "java_exception", None)
+    if java is not None:
+        try:
+            text = str(java.toString())
+        except Exception:  # noqa: BLE001 - the JVM may be gone: the Python side's text then
+            text = ""
+    lines = [ln.strip() for ln in (text or str(exc)).splitlines() if ln.strip() and not ln.strip().startswith("at ")]
+    reason = next((ln.removeprefix(": ") for ln in lines if not ln.startswith("An error occurred")),
+                  type(exc).__name__)
+    if "stopped SparkContext" in reason:
+        reason = "the master did not take the application (is a master running at that URL, with a worker?)"
+    where = f"--master {master}" if master else "the master spark-submit was given"
+    return f"cannot start Spark with {where}: {reason}"
+
+
 def stop_session(spark, interrupted: bool) -> None:
     """Stop the session; after Ctrl-C the JVM, which got the same signal from the terminal, may
     be gone already, and stop() then raised a py4j traceback after the one-line message."""

@@ -178,9 +178,13 @@ def main(argv: list[str] | None = None) -> int:
         check_out_dir(generator, args.out, args.partitions)  # --out holding inputs or foreign part files
     except Exception as exc:  # noqa: BLE001 - one redacted line (cli_errors); a bug keeps its traceback
         return errors.report(exc)
-    from dolmino.build.spark import make_spark, stop_session
+    from dolmino.build.spark import make_spark, start_failure, stop_session
 
-    spark = make_spark(f"dolmino-synth-{args.generator}", args.master, args.driver_memory)
+    try:
+        spark = make_spark(f"dolmino-synth-{args.generator}", args.master, args.driver_memory)
+    except Exception as exc:  # noqa: BLE001 - a master URL Spark refuses or that never answers: one line
+        print(f"{prog}: error: {start_failure(exc, args.master)}", file=sys.stderr)
+        return 2
     interrupted = False
     try:
         report = run(generator, args.out, args.partitions, args.seed, spark)
