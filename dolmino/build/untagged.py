@@ -21,7 +21,9 @@ unchanged one. The checks, in order:
 from __future__ import annotations
 
 import bisect
+import functools
 import re
+from typing import NamedTuple
 
 from dolmino.build.attributes import AttributeStore, read_table
 from dolmino.build.inputs import Unit, splittable
@@ -31,6 +33,7 @@ from dolmino.errors import BuildError
 # plus "+<n>" for the n units after it.
 _STORED = re.compile(r"(?P<key>.+)\.[0-9a-f]{10}\.parquet")
 _MORE_UNITS = re.compile(r"\+\d+$")
+_RANGE = re.compile(r"@\d{13}-\d{13}$")  # a byte range's key: "<input name>@<start>-<end>" (inputs.Unit.key)
 _METADATA_READS = 8  # stored files whose unit lists are read to say what changed, at most
 _NAMED = 3
 
@@ -40,16 +43,30 @@ def _named(names: list[str]) -> str:
     return shown + (f" and {len(names) - _NAMED} more" if len(names) > _NAMED else "")
 
 
-def _stored_keys(store: AttributeStore, plan, paths) -> list[tuple[str, str]]:
-    """(first unit key, path) of the source's stored docs files, sorted (a key holds the input's
-    directories: web/a.jsonl.zst is <set dir>/web/a.jsonl.zst.<version>.parquet)."""
-    found = []
+class _Source(NamedTuple):
+    """One source's stored docs files and this run's units, read once per source: every due
+    bundle of a source asked again, and the split check compared each unit with every stored
+    key (20,000 plain files all due: 4e8 comparisons before the refusal was printed)."""
+
+    stored: list[tuple[str, str]]  # (first unit key, path) of the stored docs files, sorted
+    firsts: list[str]  # their first keys, for bisect
+    by_file: dict[str, set[str]]  # input name -> the stored first keys of that file (whole, or its ranges)
+    current: set[str]  # the unit keys this run lists
+    ranged: dict[str, str]  # input name -> URI, for the files this run cuts into ranges
+
+
+def _source(si: int, units: list[Unit], plans, store: AttributeStore, listed) -> _Source:
+    plan = plans[si]
+    # A key holds the input's directories: web/a.jsonl.zst is <set dir>/web/a.jsonl.zst.<version>.parquet.
     prefix = store.set_dir(plan.name, plan.docs_set).rstrip("/") + "/"
-    for path in paths:
-        match = _STORED.fullmatch(path.removeprefix(prefix))
-        if match:
-            found.append((_MORE_UNITS.sub("", match["key"]), path))
-    return sorted(found)
+    stored = sorted((_MORE_UNITS.sub("", match["key"]), path) for path in listed.get((si, plan.docs_set), ())
+                    if (match := _STORED.fullmatch(path.removeprefix(prefix))))
+    by_file: dict[str, set[str]] = {}
+    for key, _ in stored:
+        by_file.setdefault(_RANGE.sub("", key), set()).add(key)
+    mine = [u for u in units if u.source_index == si]
+    return _Source(stored, [key for key, _ in stored], by_file, {u.key for u in mine},
+                   {u.file.name: u.file.uri for u in mine if u.is_range})
 
 
 def _source_not_stored(plan, store: AttributeStore) -> str | None:
@@ -69,39 +86,36 @@ def _split_message(uri: str, was: str, now_range: bool) -> str:
             "`dolmino tag` again with this one")
 
 
-def _split_otherwise(works, units: list[Unit], plans, store: AttributeStore, listed) -> str | None:
+def _split_otherwise(works, source) -> str | None:
     """A plain file whose stored units are cut at other byte offsets than this run's (`works`:
     bundles whose documents are not stored; a file whole inside a stored bundle of several is
     found by `_inputs_changed`, from the bundle's unit list)."""
-    current = {u.key for u in units}
     for work in works:
-        si = work.bundle.source_index
-        stored = {key for key, _ in _stored_keys(store, plans[si], listed.get((si, plans[si].docs_set), ()))}
+        known = source(work.bundle.source_index)
         for unit in work.bundle.units:
             if not splittable(unit.file.name, unit.file.format):
                 continue
             name = unit.file.name
-            other = [k for k in stored if k not in current and (k == name or k.startswith(name + "@"))]
+            other = [k for k in known.by_file.get(name, ()) if k not in known.current]
             if other:
                 return _split_message(unit.file.uri, "whole" if name in other else "in byte ranges", unit.is_range)
     return None
 
 
-def _inputs_changed(works, units: list[Unit], plans, store: AttributeStore, listed) -> str | None:
+def _inputs_changed(works, source) -> str | None:
     """Files added, removed or changed since the tag, from the unit lists of the stored files
     that hold (or would hold) the due bundles' units."""
     reads = 0
     for work in works:
-        bundle, si = work.bundle, work.bundle.source_index
-        stored_files = _stored_keys(store, plans[si], listed.get((si, plans[si].docs_set), ()))
-        if not stored_files:
+        bundle = work.bundle
+        known = source(bundle.source_index)
+        if not known.stored:
             continue
-        firsts = [key for key, _ in stored_files]
         candidates = set()
         for unit in bundle.units:  # the stored file holding a key is the one whose first key is the last <= it
-            at = bisect.bisect_right(firsts, unit.key) - 1
+            at = bisect.bisect_right(known.firsts, unit.key) - 1
             if at >= 0:
-                candidates.add(stored_files[at][1])
+                candidates.add(known.stored[at][1])
         stored: dict[str, str | None] = {}
         for path in sorted(candidates):
             if reads >= _METADATA_READS:
@@ -114,15 +128,13 @@ def _inputs_changed(works, units: list[Unit], plans, store: AttributeStore, list
             stored.update((entry.get("unit"), entry.get("version")) for entry in meta.get("units") or ())
         if not stored:
             continue
-        current = {u.key for u in units if u.source_index == si}
         versions = dict(zip((u.key for u in bundle.units), bundle.unit_versions))
         uri = {u.key: u.file.uri for u in bundle.units}
         # by file (the byte ranges of one file are units of their own)
         changed = list(dict.fromkeys(uri[k] for k, v in versions.items() if k in stored and stored[k] not in (None, v)))
         added = list(dict.fromkeys(uri[k] for k in versions if k not in stored))
-        removed = sorted(k for k in stored if k not in current)
-        ranged = {u.file.name: u.file.uri for u in units if u.source_index == si and u.is_range}
-        if cut := next((ranged[k] for k in removed if k in ranged), None):  # stored whole, a range now
+        removed = sorted(k for k in stored if k not in known.current)
+        if cut := next((known.ranged[k] for k in removed if k in known.ranged), None):  # stored whole, a range now
             return _split_message(cut, "whole", True)
         if changed and not added and not removed:
             return (f"{_named(changed)} changed since it was tagged (another size, ETag or mtime): run `dolmino tag` "
@@ -180,9 +192,10 @@ def describe(works: dict, units: list[Unit], plans, store: AttributeStore, liste
     absent = ", ".join(first.sets) or "MinHash clusters"
     head = (f"{sum(len(w.bundle.units) for w in due)} of {len(units)} units have no (current) attributes under "
             f"{store.root} (first: {first.bundle.units[0].key}, missing {absent})")
+    source = functools.cache(lambda si: _source(si, units, plans, store, listed))
     try:
-        reason = (_source_not_stored(plan, store) or _split_otherwise(unread, units, plans, store, listed)
-                  or _inputs_changed(unread, units, plans, store, listed) or _tagged_otherwise(first, plan, store))
+        reason = (_source_not_stored(plan, store) or _split_otherwise(unread, source)
+                  or _inputs_changed(unread, source) or _tagged_otherwise(first, plan, store))
     except Exception:  # noqa: BLE001 - a root that cannot be read further: the refusal stands, without a cause
         reason = None
     return f"{head}; {reason or 'run `dolmino tag` with the same manifest first'}"
