@@ -107,6 +107,18 @@ def list_files(root: str, prefix: str = "") -> dict[str, int]:
     return found
 
 
+def list_dirs(root: str) -> list[str]:
+    """Names of the directories (S3: common prefixes) right below root, sorted; [] when there
+    is none (a local root that does not exist)."""
+    if is_remote(root):
+        bucket, key = s3.split_uri(root.rstrip("/") + "/")
+        return sorted(p[len(key):].rstrip("/") for p in s3.list_prefixes(bucket, key))
+    try:
+        return sorted(e.name for e in os.scandir(root) if e.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 def delete(root: str, names: list[str]) -> None:
     """Delete root/name for each name; a name that is already gone is not an error."""
     if not names:

@@ -35,15 +35,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 from dataclasses import dataclass
 from functools import cached_property
 
 from dolmino.build.inputs import Unit
 from dolmino.errors import BuildError
-from dolmino.s3 import list_prefixes, split_uri
-from dolmino.storage import is_remote, join, list_files, read_bytes, write_bytes
+from dolmino.storage import join, list_dirs, list_files, read_bytes, write_bytes
 
 _TMP_SUFFIX = re.compile(r"\.tmp\d+$")
 
@@ -218,17 +216,6 @@ def unit_rows(meta: dict, bundle: Bundle, path: str = "") -> list[tuple[int, int
     return spans
 
 
-def _directories(base: str) -> list[str]:
-    """Names of the directories (S3: common prefixes) right below `base`, sorted; [] if none."""
-    if is_remote(base):
-        bucket, key = split_uri(base.rstrip("/") + "/")
-        return sorted(p[len(key):].rstrip("/") for p in list_prefixes(bucket, key))
-    try:
-        return sorted(e.name for e in os.scandir(base) if e.is_dir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
 @dataclass(frozen=True)
 class AttributeStore:
     root: str
@@ -251,11 +238,11 @@ class AttributeStore:
 
     def set_names(self, source: str) -> list[str]:
         """The attribute sets stored for a source (its directories), sorted."""
-        return _directories(join(self.root, source))
+        return list_dirs(join(self.root, source))
 
     def sources(self) -> list[str]:
         """The sources anything is stored for (the root's directories), sorted."""
-        return _directories(self.root)
+        return list_dirs(self.root)
 
     def existing(self, source: str, set_name: str) -> set[str]:
         """Paths of the files under one set (one listing, on the driver)."""
