@@ -226,6 +226,8 @@ def start_afresh(save_dir: str, overwrite: bool, env, log, keep: list[Path], res
 
 
 def main(argv: list[str] | None = None) -> int:
+    global AGREED_STOP
+    AGREED_STOP = None  # also where an earlier main() in this process set it and this one returns early
     args = parse_args(argv)
     prog = invoked_as("trainer.run")  # `dolmino train` when the launcher runs it
     if args.threads is not None:
@@ -269,12 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log = print if env.is_main else (lambda _msg: None)
     finished = False
-    # The ranks agreed to stop (a start-up check failed somewhere): they leave through the same
-    # barrier as a finished run, so that none tears the group down while a peer may still be
-    # finishing the agreeing collective (`shutdown`).
-    global AGREED_STOP
-    AGREED_STOP = None
-    agreed_stop = False
+    # The ranks agreed to stop (a start-up check failed somewhere; AGREED_STOP is set): they leave
+    # through the same barrier as a finished run, so that none tears the group down while a peer
+    # may still be finishing the agreeing collective (`shutdown`).
     try:
         from trainer.train import Trainer
         from trainer.weights import load_weights_into
@@ -300,7 +299,6 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - any failure, so that every rank reaches the agreement; re-raised
             failed = exc
         if ranks_agree([int(failed is not None)], env)[1][0]:
-            agreed_stop = True
             AGREED_STOP = "failed" if failed is not None else "peer"
             raise failed or ValueError(f"rank {env.rank}: another rank's start-up checks failed; its error says why")
         if init is not None:
@@ -309,7 +307,6 @@ def main(argv: list[str] | None = None) -> int:
         # steps into the run, in a traceback (found by a tester).
         reason = why_unwritable(args.save_dir) if env.is_main else None
         if ranks_agree([int(reason is not None)], env)[1][0]:
-            agreed_stop = True
             AGREED_STOP = "failed" if reason is not None else "peer"
             raise ValueError(f"--save-dir {args.save_dir} cannot be written ({reason})" if reason is not None else
                              f"rank {env.rank}: rank 0 cannot write --save-dir {args.save_dir}; its error says why")
@@ -367,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{prog}: error: rank {env.rank}: another rank stopped; its error says why ({first[:200]})")
         return 2
     finally:
-        shutdown(env, finished or agreed_stop)
+        shutdown(env, finished or AGREED_STOP is not None)
     if args.eval_tasks and env.is_main:  # after leaving the process group: only this rank scores
         del trainer  # free the training state before the checkpoint is loaded to be scored
         return evaluate_after_training(args, result.checkpoint, env.device, log)
