@@ -42,7 +42,6 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
 from dolmino.argtypes import positive_int
 from dolmino.checksums import sha256_file
@@ -100,13 +99,6 @@ def _hash_all(paths: list[str], sizes: list[int], jobs: int, desc: str) -> list[
 
 
 # ---------------------------------------------------------------------------- what the lock records
-
-
-def _list_source(manifest: Manifest, index: int):
-    """The build's listing of one source (BuildError when nothing matches)."""
-    from dolmino.build.inputs import list_inputs
-
-    return list_inputs(replace(manifest, sources=(manifest.sources[index],))).files[0]
 
 
 def _input_entry(f, digest: str | None) -> dict:
@@ -169,7 +161,7 @@ def make_lock(manifest: Manifest, *, fast: bool = False, jobs: int = 4, log=None
 
     Raises BuildError naming every source whose inputs cannot be listed and every missing
     model: a lock of a manifest that cannot build pins nothing."""
-    from dolmino.build.inputs import shared_inputs, spelling_keys
+    from dolmino.build.inputs import list_sources
 
     log = log or (lambda msg: None)
     problems = []
@@ -197,14 +189,12 @@ def make_lock(manifest: Manifest, *, fast: bool = False, jobs: int = 4, log=None
     if problems:
         raise BuildError("cannot lock " + repr(manifest.name) + ":\n  " + ";\n  ".join(problems))
     inputs: dict[str, list[dict]] = {}
-    listed: list[tuple[str, dict[str, str]]] = []
-    for i, source in enumerate(manifest.sources):
-        try:
-            files = _list_source(manifest, i)
-        except BuildError as exc:
-            problems.append(str(exc).replace("input listing failed:\n  ", "").split("\n  (")[0].rstrip(";"))
+    listing = list_sources(manifest)
+    problems += listing.all_problems()
+    for source in listing.sources:
+        if source.problems:
             continue
-        listed.append((source.name, spelling_keys(files)))
+        files = source.files
         started = time.time()
         local = [f for f in files if not f.uri.startswith("s3://")]
         digests = {} if fast or not local else dict(zip(
@@ -214,12 +204,8 @@ def make_lock(manifest: Manifest, *, fast: bool = False, jobs: int = 4, log=None
         kind = "size+mtime" if fast and local else ("SHA-256" if local else "ETag")
         log(f"{source.name}: {len(files):,} file(s), {sum(f.size for f in files):,} bytes ({kind}, "
             f"{time.time() - started:.1f} s)")
-    if shared := shared_inputs(listed):  # listed one source at a time: the build's check of them together
-        problems.append(shared)
-    if problems:
-        # ";" ends each problem (the command line prints an error on one line); a problem of the
-        # whole listing (a data root it refuses) came back once per source
-        raise BuildError("cannot lock " + repr(manifest.name) + ":\n  " + ";\n  ".join(dict.fromkeys(problems)))
+    if problems:  # ";" ends each problem: the command line prints an error on one line
+        raise BuildError("cannot lock " + repr(manifest.name) + ":\n  " + ";\n  ".join(problems))
     return {
         "format": LOCK_FORMAT,
         "dolmino_version": project_version(),
@@ -350,23 +336,24 @@ def _check_inputs(source: str, locked: list[dict], files, rehash: bool, jobs: in
 def check_lock(manifest: Manifest, lock_path: str, *, rehash: bool = False, jobs: int = 4) -> list[str]:
     """Every way the inputs, models, indexes and tokenizer `manifest` reads now differ from
     the lock at `lock_path`, one line each naming the file; [] when nothing drifted."""
+    from dolmino.build.inputs import list_sources
+
     lock = read_lock(lock_path)
     problems = []
     if lock["manifest"].get("name") != manifest.name:
         problems.append(f"{lock_path}: the lock is for manifest {lock['manifest'].get('name')!r}, not {manifest.name!r}")
     locked_inputs = lock["inputs"]
     names = [s.name for s in manifest.sources]
-    for i, source in enumerate(manifest.sources):
+    listing = list_sources(manifest)
+    problems += listing.problems
+    for source in listing.sources:
         if source.name not in locked_inputs:
             problems.append(f"{source.name}: the source is not in the lock (lock the manifest again)")
             continue
-        try:
-            files = _list_source(manifest, i)
-        except BuildError as exc:
-            detail = str(exc).replace("input listing failed:\n  ", "").split("\n  (")[0]
-            problems.append(f"{detail} (the lock has {len(locked_inputs[source.name]):,} file(s))")
+        if source.problems:
+            problems += [f"{p} (the lock has {len(locked_inputs[source.name]):,} file(s))" for p in source.problems]
             continue
-        problems += _check_inputs(source.name, locked_inputs[source.name], files, rehash, jobs)
+        problems += _check_inputs(source.name, locked_inputs[source.name], source.files, rehash, jobs)
     for name in locked_inputs:
         if name not in names:
             problems.append(f"{name}: in the lock but not a source of the manifest")

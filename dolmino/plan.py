@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import (
@@ -124,43 +124,27 @@ def _budget(manifest: Manifest, budget: int | None) -> tuple[int, str]:
 def list_source_inputs(manifest: Manifest) -> tuple[dict[str, SourceInputs], str | None, list[str]]:
     """Files and bytes of every source whose inputs can be listed; a one-line note on those
     that cannot (missing, or S3 not reachable); warnings of the listing (skipped files)."""
-    from dolmino.build.inputs import list_inputs, shared_inputs, spelling_keys
+    from dolmino.build.inputs import list_sources
     from dolmino.s3 import s3_failure_message
 
+    # An S3 failure is "not reachable" for its source (the others are still listed); anything else a bug.
+    listing = list_sources(manifest, failure_message=s3_failure_message)
     found: dict[str, SourceInputs] = {}
-    listed: list[tuple[str, dict[str, str]]] = []
     missing: list[str] = []
     refused: list[str] = []
     failure = None
-    skipped = 0
-    for source in manifest.sources:
-        try:
-            listing = list_inputs(replace(manifest, sources=(source,)))
-        except BuildError as exc:
-            problems = [p.strip().rstrip(";") for p in str(exc).splitlines()[1:]
-                        if p.strip().startswith("source ")]
-            if not problems:  # a problem of the whole listing (a data root it refuses), not of this source
-                problems = [str(exc).strip()]
-            if all("no input files match" in p for p in problems):
-                missing.append(source.name)
-            else:  # files the build would refuse: say which, as the build would
-                refused += [f"inputs: {p} (the build refuses these)" for p in problems
-                            if "no input files match" not in p]
-            continue
-        except Exception as exc:  # noqa: BLE001 - an S3 failure is "not reachable", anything else a bug
-            message = s3_failure_message(exc)
-            if message is None:
-                raise
+    for source in listing.sources:
+        if source.failure:
             missing.append(source.name)
-            failure = message
-            continue
-        files = listing.files[0]
-        found[source.name] = SourceInputs(len(files), sum(f.size for f in files))
-        listed.append((source.name, spelling_keys(files)))
-        skipped += len(listing.skipped)
-    if shared := shared_inputs(listed):  # listed one source at a time: the build's check of them together
-        refused.append(f"inputs: {shared} (the build refuses these)")
-    refused = list(dict.fromkeys(refused))  # a problem of the whole listing comes back once per source
+            failure = source.failure
+        elif source.unmatched:
+            missing.append(source.name)
+        elif source.problems:  # files the build would refuse: say which, as the build would
+            refused += [f"inputs: {p} (the build refuses these)" for p in source.problems]
+        else:
+            found[source.name] = SourceInputs(len(source.files), sum(f.size for f in source.files))
+    refused += [f"inputs: {p} (the build refuses these)" for p in listing.problems]
+    skipped = len(listing.skipped)
     note = None
     if missing:
         root = manifest.data_root or "the current directory"

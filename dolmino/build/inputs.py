@@ -224,8 +224,7 @@ def _name_too_long(name: str) -> int | None:
 
 def shared_inputs(per_source: list[tuple[str, dict[str, str]]]) -> str | None:
     """The problem of files that more than one source lists (`per_source`: each source's files,
-    spelling key (`_Spellings.key`) -> path), or None. `dolmino plan` and `dolmino lock` list
-    one source at a time and ask this of the sources together, as the build does."""
+    spelling key (`_Spellings.key`) -> path), or None."""
     owners: dict[str, tuple[str, list[str]]] = {}
     for name, files in per_source:
         for key, uri in files.items():
@@ -239,65 +238,113 @@ def shared_inputs(per_source: list[tuple[str, dict[str, str]]]) -> str | None:
             "narrow the sources' paths so that a file is one source's (passes weight a source)")
 
 
-def spelling_keys(files: list[InputFile]) -> dict[str, str]:
-    """Spelling key -> path of listed files, for `shared_inputs`."""
-    spellings = _Spellings()
-    return {spellings.key(f.uri): f.uri for f in files}
+@dataclass
+class SourceFiles:
+    """One source's listing: its files (by name), or what keeps the build from reading them."""
+
+    name: str
+    files: list[InputFile]
+    problems: list[str]  # each names the source; the build refuses a listing with any
+    failure: str | None = None  # the listing itself failed (`list_sources`' `failure_message`)
+
+    @property
+    def unmatched(self) -> bool:
+        """Nothing matched any of its patterns (and nothing else is wrong)."""
+        return bool(self.problems) and all(NO_MATCH in p for p in self.problems)
+
+
+@dataclass
+class SourcesListing:
+    """Every source's `SourceFiles`, and the problems of the listing as a whole: a data root it
+    refuses (then no source is listed), files that more than one source matches."""
+
+    sources: list[SourceFiles]
+    problems: list[str]
+    skipped: list[str]  # files in source directories that are not documents by name
+
+    def all_problems(self) -> list[str]:
+        return [p for s in self.sources for p in s.problems] + self.problems
+
+
+NO_MATCH = "no input files match"
+
+
+def _list_source(manifest: Manifest, source, skipped: list[str]) -> tuple[SourceFiles, dict[str, str]]:
+    """One source's files and problems, and its files by spelling key (`shared_inputs`)."""
+    found = _Spellings()
+    problems = []
+    for pattern in source.paths:
+        location = manifest.resolve(pattern)
+        lister = _list_s3 if location.startswith("s3://") else _list_local
+        matched, refused = lister(location, source.format, skipped)
+        if refused:
+            shown = ", ".join(refused[:3]) + (", ..." if len(refused) > 3 else "")
+            problems.append(f"source {source.name!r}: {location!r} matches {len(refused)} file(s) that are not "
+                            f"{source.format} documents by name ({shown}); documents end in "
+                            f"{suffixes_text(source.format)}")
+        if not matched and not refused:
+            problems.append(f"source {source.name!r}: {NO_MATCH} {location!r}")
+        for uri, size, version in matched:
+            found.add(uri, (size, version))
+    listed = [InputFile(source.name, uri, _relative_name(uri, manifest.data_root), size, version, source.format)
+              for uri, (size, version) in found.kept.values()]
+    dotted = sorted(f.uri for f in listed if ".." in f.name.split("/"))
+    if dotted:  # the name keys attribute files and `loc`: a `..` in it left its directory (a reviewer)
+        problems.append(f"source {source.name!r}: {len(dotted)} input path(s) go through '..' (first: "
+                        f"{dotted[0]}); write them without '..' (or under the data root)")
+    long = [(f.uri, n) for f in listed if (n := _name_too_long(f.uri))]
+    if long:
+        problems.append(f"source {source.name!r}: {len(long)} input file name(s) longer than {MAX_NAME_BYTES} "
+                        f"bytes, which its attribute files cannot be named after (first: {long[0][0]}, "
+                        f"{long[0][1]} bytes); rename them")
+    keys = {key: uri for key, (uri, _) in found.kept.items()}
+    return SourceFiles(source.name, sorted(listed, key=lambda f: f.name), problems), keys
+
+
+def list_sources(manifest: Manifest, failure_message=None) -> SourcesListing:
+    """Every source's files and problems, the build's listing rules one source at a time and
+    across sources. `dolmino plan` and `dolmino lock` report what it finds per source; the build
+    (`list_inputs`) refuses any problem. `failure_message(exc)`: a source whose listing raises
+    gets that message as its `failure` instead (plan: S3 not reachable); None re-raises."""
+    skipped: list[str] = []
+    relative = any(not (p.startswith("s3://") or os.path.isabs(p)) for src in manifest.sources for p in src.paths)
+    if relative and any(ch in (manifest.data_root or "") for ch in "*?["):
+        # Joined with a source's paths it would be read as a pattern: /data[1] matched /data1 (found by a tester).
+        return SourcesListing([], [f"data root {manifest.data_root!r} holds glob characters (* ? [), which the "
+                                   "listing would read as a pattern; rename the directory (or link it under a "
+                                   "plain name)"], skipped)
+    sources: list[SourceFiles] = []
+    # Across patterns and sources too: their spellings of one file were told apart (a reviewer).
+    per_source: list[tuple[str, dict[str, str]]] = []
+    for source in manifest.sources:
+        try:
+            listed, keys = _list_source(manifest, source, skipped)
+        except Exception as exc:
+            message = failure_message(exc) if failure_message is not None else None
+            if message is None:
+                raise
+            sources.append(SourceFiles(source.name, [], [], message))
+            continue
+        sources.append(listed)
+        per_source.append((source.name, keys))
+    shared = shared_inputs(per_source)
+    return SourcesListing(sources, [shared] if shared else [], skipped)
 
 
 def list_inputs(manifest: Manifest) -> Listing:
     """Every source's input files; one BuildError naming every problem at once."""
-    files: list[list[InputFile]] = []
-    skipped: list[str] = []
-    problems: list[str] = []
-    relative = any(not (p.startswith("s3://") or os.path.isabs(p)) for src in manifest.sources for p in src.paths)
-    if relative and any(ch in (manifest.data_root or "") for ch in "*?["):
-        # Joined with a source's paths it would be read as a pattern: /data[1] matched /data1 (found by a tester).
-        raise BuildError(f"data root {manifest.data_root!r} holds glob characters (* ? [), which the listing would "
-                         "read as a pattern; rename the directory (or link it under a plain name)")
-    # Across patterns and sources too: their spellings of one file were told apart (a reviewer).
-    per_source: list[tuple[str, dict[str, str]]] = []
-    for source in manifest.sources:
-        found = _Spellings()
-        for pattern in source.paths:
-            location = manifest.resolve(pattern)
-            lister = _list_s3 if location.startswith("s3://") else _list_local
-            matched, refused = lister(location, source.format, skipped)
-            if refused:
-                shown = ", ".join(refused[:3]) + (", ..." if len(refused) > 3 else "")
-                problems.append(f"source {source.name!r}: {location!r} matches {len(refused)} file(s) that are not "
-                                f"{source.format} documents by name ({shown}); documents end in "
-                                f"{suffixes_text(source.format)}")
-            if not matched and not refused:
-                problems.append(f"source {source.name!r}: no input files match {location!r}")
-            for uri, size, version in matched:
-                found.add(uri, (size, version))
-        listed = [InputFile(source.name, uri, _relative_name(uri, manifest.data_root), size, version, source.format)
-                  for uri, (size, version) in found.kept.values()]
-        per_source.append((source.name, {key: uri for key, (uri, _) in found.kept.items()}))
-        dotted = sorted(f.uri for f in listed if ".." in f.name.split("/"))
-        if dotted:  # the name keys attribute files and `loc`: a `..` in it left its directory (a reviewer)
-            problems.append(f"source {source.name!r}: {len(dotted)} input path(s) go through '..' (first: "
-                            f"{dotted[0]}); write them without '..' (or under the data root)")
-        long = [(f.uri, n) for f in listed if (n := _name_too_long(f.uri))]
-        if long:
-            problems.append(f"source {source.name!r}: {len(long)} input file name(s) longer than {MAX_NAME_BYTES} "
-                            f"bytes, which its attribute files cannot be named after (first: {long[0][0]}, "
-                            f"{long[0][1]} bytes); rename them")
-        files.append(sorted(listed, key=lambda f: f.name))
-    if shared := shared_inputs(per_source):
-        problems.append(shared)
-    if problems:
+    listing = list_sources(manifest)
+    if problems := listing.all_problems():
         # Where the data root came from is not known here (the manifest's data_root, or a
         # command's --data-root replacing it): the hint names the root, not its origin.
-        hint = ("" if not any("no input files match" in p for p in problems) else
+        hint = ("" if not any(NO_MATCH in p for p in problems) else
                 "\n  (relative paths resolve against the data root"
                 f"{' ' + repr(manifest.data_root) if manifest.data_root else ' (none: the current directory)'}, "
                 "the manifest's data_root unless --data-root replaces it: point it at your copy of the data, "
                 "see README 'Real data')")
         # ";" ends each problem: the command line prints an error on one line.
         raise BuildError("input listing failed:\n  " + ";\n  ".join(problems) + hint)
-    return Listing(files, skipped)
+    return Listing([s.files for s in listing.sources], listing.skipped)
 
 
 def plan_units(listing: Listing, split_bytes: int = DEFAULT_SPLIT_BYTES) -> list[Unit]:
