@@ -240,9 +240,9 @@ def _check_eos_inside(part: PartResult, tokens: np.ndarray, ends: np.ndarray, eo
 
 
 def _check_mask(part: PartResult, mask_path: Path, n_tokens: int) -> None:
-    with open(mask_path, "rb") as fh:
-        has_header = fh.read(len(NPY_MAGIC)) == NPY_MAGIC
     try:
+        with open(mask_path, "rb") as fh:  # a directory in its place raised here, a traceback (found by a tester)
+            has_header = fh.read(len(NPY_MAGIC)) == NPY_MAGIC
         if has_header:
             mask = np.load(mask_path, mmap_mode="r")
             if mask.ndim != 1 or mask.dtype.itemsize != 1:
@@ -251,7 +251,7 @@ def _check_mask(part: PartResult, mask_path: Path, n_tokens: int) -> None:
         else:
             size = mask_path.stat().st_size
             mask = np.memmap(mask_path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
-    except ValueError as exc:
+    except (OSError, ValueError) as exc:
         part.error(f"label mask {mask_path.name} cannot be read ({exc})")
         return
     if len(mask) != n_tokens:
@@ -305,21 +305,33 @@ BUILD_MARKERS = ("_plan.json", "_parts")
 COMPLETION_MARKER = "report.json"
 
 
-def _completion_errors(build_dir: Path) -> tuple[list[str], dict[str, str]]:
+def _read_report(build_dir: Path) -> tuple[dict | None, str | None]:
+    """(report.json as an object, None), or (None, why it cannot be read); (None, None) without one."""
+    path = build_dir / COMPLETION_MARKER
+    if not path.exists():
+        return None, None
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return None, f"{path}: cannot read the build report ({exc})"
+    if not isinstance(report, dict):
+        return None, f"{path}: cannot read the build report (a JSON {type(report).__name__}, not an object)"
+    return report, None
+
+
+def _completion_errors(build_dir: Path, report: dict | None) -> tuple[list[str], dict[str, str]]:
     """An unfinished build (markers but no report.json) and parts that the report does not
     list; and the SHA-256 the report certifies for each listed file on disk (`_Hashing`
     compares them: a part changed since the build, even to other valid ids, is not the data the
     report describes)."""
     report_path = build_dir / COMPLETION_MARKER
-    if not report_path.is_file():
+    if report is None:
         if any((build_dir / m).exists() for m in BUILD_MARKERS):
             return [f"{build_dir}: incomplete build: no {COMPLETION_MARKER}, which a build writes last (it was "
                     "interrupted or is still running; rerun the same build command to finish it)"], {}
         return [], {}
-    try:
-        listed = json.loads(report_path.read_text(encoding="utf-8")).get("output", {}).get("files_sha256")
-    except (OSError, ValueError, AttributeError) as exc:
-        return [f"{report_path}: cannot read the build report ({exc})"], {}
+    output = report.get("output")
+    listed = output.get("files_sha256") if isinstance(output, dict) else None
     if not listed:
         return [], {}
     if not isinstance(listed, dict):
@@ -335,19 +347,40 @@ def _completion_errors(build_dir: Path) -> tuple[list[str], dict[str, str]]:
     return errors, {name: listed[name] for name in sorted(set(listed) & on_disk)}
 
 
-def _count_errors(build_dir: Path, parts: list[PartResult]) -> list[str]:
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _report_errors(build_dir: Path, report: dict, vocab_size: int | None) -> list[str]:
+    """What the trainer reads from report.json and would refuse: output.tokens (it plans from
+    them; a report without them validated OK and the trainer refused the build, found by a
+    tester), and a vocab_size other than the build's manifest.json states (the trainer checks
+    the model against it)."""
+    path = build_dir / COMPLETION_MARKER
+    output = report.get("output")
+    errors = []
+    if not isinstance(output, dict) or not _is_count(output.get("tokens")):
+        errors.append(f"{path}: no output.tokens (a count of tokens), which the trainer plans from (a damaged report)")
+    elif "docs" in output and not _is_count(output["docs"]):
+        errors.append(f"{path}: output.docs is {output['docs']!r}, not a count of documents (a damaged report)")
+    stated = report.get("vocab_size")
+    if stated is not None and vocab_size is not None and stated != vocab_size:
+        errors.append(f"{path}: vocab_size is {stated!r}, the build's manifest.json says {vocab_size} (the trainer "
+                      "checks the model against the report's; a damaged report)")
+    return errors
+
+
+def _count_errors(build_dir: Path, report: dict, parts: list[PartResult]) -> list[str]:
     """report.json's token and document counts against what its parts hold (each part checked
     without errors): the trainer plans from `output.tokens`, and a report edited by hand or
     copied from another build read as OK (found by a tester)."""
-    report = build_dir / COMPLETION_MARKER
-    try:
-        output = json.loads(report.read_text(encoding="utf-8")).get("output") or {}
-        listed = output.get("parts") or []
-    except (OSError, ValueError, AttributeError):  # unreadable: `_completion_errors` says so
+    path = build_dir / COMPLETION_MARKER
+    output = report.get("output")
+    if not isinstance(output, dict):  # `_report_errors` says so
         return []
-    if not isinstance(output, dict) or not isinstance(listed, list) \
-            or not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in listed):
-        return [f"{report}: output.parts is not a list of part records with names (a damaged report)"]
+    listed = output.get("parts") or []
+    if not isinstance(listed, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in listed):
+        return [f"{path}: output.parts is not a list of part records with names (a damaged report)"]
     held = {p.path.name: p for p in parts if p.path.parent == build_dir}
     errors = []
     for entry in listed:
@@ -361,7 +394,7 @@ def _count_errors(build_dir: Path, parts: list[PartResult]) -> list[str]:
         for key in ("tokens", "docs"):
             have = sum(getattr(p, key) for p in held.values())
             if isinstance(output.get(key), int) and output[key] != have:
-                errors.append(f"{build_dir / COMPLETION_MARKER}: output.{key} is {output[key]:,}, its parts hold "
+                errors.append(f"{path}: output.{key} is {output[key]:,}, its parts hold "
                               f"{have:,}")
     return errors
 
@@ -418,9 +451,14 @@ def validate_build(build_dir: str | Path, *, vocab_size: int | None = None, eos_
         return result
     if m_error:
         result.errors.append(m_error)
-    incomplete, certified = _completion_errors(build_dir)
+    report, report_error = _read_report(build_dir)
+    incomplete, certified = _completion_errors(build_dir, report)
+    if report_error:
+        incomplete.append(report_error)
+    elif report is not None:
+        incomplete += _report_errors(build_dir, report, m_vocab)
     result.errors += incomplete
-    if checksums and not certified and not incomplete and (build_dir / COMPLETION_MARKER).is_file():
+    if checksums and not certified and not incomplete and report is not None:
         # It turned every checksum and stale-part check off, unsaid (found by a tester).
         result.warnings.append(f"{build_dir / COMPLETION_MARKER}: certifies no files (no output.files_sha256, which "
                                "every dolmino build writes): the parts are checked as memmaps only, not as the ones "
@@ -429,7 +467,7 @@ def validate_build(build_dir: str | Path, *, vocab_size: int | None = None, eos_
     files = _token_files(build_dir)
     if not files:
         result.errors.append(f"{build_dir}: no token files (*.npy) found")
-    if (build_dir / COMPLETION_MARKER).is_file():  # a build writes its parts at its top level
+    if report is not None:  # a build writes its parts at its top level
         result.errors += [f"{f}: a token file inside the build that its {COMPLETION_MARKER} does not count (the "
                           "trainer refuses the build for it); move it out" for f in files if f.parent != build_dir]
     have = {p.with_name(p.name[: -len(".npy")]) for p in files}
@@ -448,8 +486,8 @@ def validate_build(build_dir: str | Path, *, vocab_size: int | None = None, eos_
     finally:
         hashing.pool.shutdown(wait=True, cancel_futures=True)
     result.errors[at:at] = checksum_errors
-    if not incomplete and (build_dir / COMPLETION_MARKER).is_file():
-        result.errors += _count_errors(build_dir, result.parts)
+    if not incomplete and report is not None:
+        result.errors += _count_errors(build_dir, report, result.parts)
     return result
 
 

@@ -319,7 +319,7 @@ def test_incomplete_and_stale_builds_are_refused(tmp_path, capsys):
     assert f"{out}: INVALID: 1 problem(s) with the build as a whole" in capsys.readouterr().err
     import hashlib
 
-    (out / "report.json").write_text(json.dumps({"output": {"files_sha256": {
+    (out / "report.json").write_text(json.dumps({"output": {"tokens": 6, "files_sha256": {
         name: hashlib.sha256((out / name).read_bytes()).hexdigest()
         for name in ("part-00000.npy", "part-00000.csv.gz")}}}))
     assert validate_build(out).ok
@@ -370,7 +370,7 @@ def test_a_part_changed_to_other_valid_ids_is_refused(tmp_path):
     np.asarray([5, 6, 7, EOS, 8, 9, EOS], dtype="<u4").tofile(out / "part-00000.npy")
     (out / "part-00000.csv.gz").write_bytes(gzip.compress(b"0,4,a,web,w.jsonl:1\n4,7,b,web,w.jsonl:2\n", mtime=0))
     listed = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("part-*")}
-    (out / "report.json").write_text(json.dumps({"output": {"files_sha256": listed}}))
+    (out / "report.json").write_text(json.dumps({"output": {"tokens": 7, "files_sha256": listed}}))
     assert not validate_build(out).all_errors()
     data = np.fromfile(out / "part-00000.npy", dtype="<u4")
     data[1] = 17  # another valid id
@@ -425,7 +425,7 @@ def test_a_report_that_certifies_no_files_is_said_to(tmp_path, capsys):
     writer = MemmapPartWriter(str(out), 0, EOS)
     writer.add(np.arange(5, dtype=np.uint32), "d", "s", "s:1")
     writer.close()
-    (out / "report.json").write_text("{}")
+    (out / "report.json").write_text(json.dumps({"output": {"tokens": 6}}))
     result = validate_build(out)
     assert result.ok and result.all_warnings() == [
         f"{out / 'report.json'}: certifies no files (no output.files_sha256, which every dolmino build writes): the "
@@ -433,6 +433,54 @@ def test_a_report_that_certifies_no_files_is_said_to(tmp_path, capsys):
     assert main([str(out)]) == 0
     assert "warning: " + result.all_warnings()[0] in capsys.readouterr().err
     assert not validate_build(out, checksums=False).all_warnings()  # --no-checksums asked for no certification
+
+
+def test_a_report_the_trainer_would_refuse_is_refused(tmp_path, capsys):
+    """report.json without output.tokens (or without output, or `{}`) validated OK, and the
+    trainer then refused the build; a vocab_size other than manifest.json's passed too (found
+    by a tester). A report that is not an object is one line."""
+    from trainer.plan import DataError, data_tokens
+
+    out = tmp_path / "b"
+    out.mkdir()
+    writer = MemmapPartWriter(str(out), 0, EOS)
+    writer.add(np.arange(5, dtype=np.uint32), "d", "s", "s:1")
+    writer.close()
+    (out / "manifest.json").write_text(json.dumps({"tokenizer": {"vocab_size": 100278, "eos_token_id": EOS}}))
+    report_path = out / "report.json"
+    good = {"vocab_size": 100278, "output": {"tokens": 6, "docs": 1}}
+    report_path.write_text(json.dumps(good))
+    assert validate_build(out).ok
+    no_tokens = f"{report_path}: no output.tokens (a count of tokens), which the trainer plans from (a damaged report)"
+    for damaged in ({}, {"vocab_size": 100278}, {"output": {"docs": 1}}, {"output": {"tokens": "6"}},
+                    {"output": {"tokens": True}}, {"output": []}):
+        report_path.write_text(json.dumps(damaged))
+        assert validate_build(out).all_errors() == [no_tokens], damaged
+        assert main([str(out)]) == 1
+        if damaged != {"output": {"tokens": "6"}}:  # the trainer reads int("6"); no build writes a string
+            with pytest.raises(DataError):
+                data_tokens([str(out)])
+    report_path.write_text(json.dumps({"output": {"tokens": 6, "docs": "1"}}))
+    assert validate_build(out).all_errors() == [
+        f"{report_path}: output.docs is '1', not a count of documents (a damaged report)"]
+    report_path.write_text(json.dumps({**good, "vocab_size": 1000}))
+    assert validate_build(out).all_errors() == [
+        f"{report_path}: vocab_size is 1000, the build's manifest.json says 100278 (the trainer checks the model "
+        "against the report's; a damaged report)"]
+    report_path.write_text("[]")
+    assert validate_build(out).all_errors() == [
+        f"{report_path}: cannot read the build report (a JSON list, not an object)"]
+    capsys.readouterr()
+
+
+def test_a_label_mask_that_is_a_directory_is_one_error(build, capsys):
+    mask = build / "part-00000.label_mask.npy"
+    mask.unlink()
+    mask.mkdir()
+    result = validate_build(build, checksums=False)
+    assert [e for e in result.all_errors() if "label mask" in e] == [
+        f"{build / 'part-00000.npy'}: label mask {mask.name} cannot be read ([Errno 21] Is a directory: '{mask}')"]
+    assert main([str(build), "--no-checksums"]) == 1
 
 
 @pytest.mark.parametrize("flags", [["--vocab-size", "-1"], ["--vocab-size", "0"], ["--eos-id", "-1"]])
@@ -461,7 +509,7 @@ def test_each_part_is_hashed_while_it_is_checked_not_all_first(tmp_path, monkeyp
         np.asarray([5, 6, 7, EOS], dtype="<u4").tofile(out / f"part-{i:05d}.npy")
         (out / f"part-{i:05d}.csv.gz").write_bytes(gzip.compress(b"0,4,a,web,w.jsonl:1\n", mtime=0))
     listed = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("part-*")}
-    (out / "report.json").write_text(json.dumps({"output": {"files_sha256": listed}}))
+    (out / "report.json").write_text(json.dumps({"output": {"tokens": 24, "files_sha256": listed}}))
     events, lock = [], threading.Lock()
     real_hash, real_check = dolmino.checksums.sha256_file, validate.validate_part
 
