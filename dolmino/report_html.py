@@ -783,6 +783,44 @@ def write_views(out: str, report: dict, *, max_parts: int | None = 8, strict: bo
     return names + ["report.md", "report.html"]
 
 
+_NUMBER = (int, float)
+# What the views read unguarded, and its type: a report.json missing one (or holding another
+# type) was a traceback from deep in a chart (found by a tester).
+_REPORT_FIELDS = {"manifest": str, "seed": int, "budget": int, "output": dict, "sources": list}
+_OUTPUT_FIELDS = {"tokens": int, "docs": int}
+_SOURCE_FIELDS = {"name": str, "docs_in": int, "output_tokens": int, "mix_percent": _NUMBER, "removed": dict,
+                  "quarantined": dict, "tokenized": dict}
+
+
+def _field_problem(record, fields: dict, where: str) -> str | None:
+    if not isinstance(record, dict):
+        return f"{where.rstrip('.') or 'the file'} is not an object"
+    for name, kind in fields.items():
+        value = record.get(name)
+        if value is None:
+            return f"{where}{name} is missing"
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"{where}{name} is {type(value).__name__} {str(value)[:40]!r}, not {_kind_name(kind)}"
+    return None
+
+
+def _kind_name(kind) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", dict: "an object", list: "a list"}
+    return "a number" if kind is _NUMBER else names[kind]
+
+
+def report_problem(report) -> str | None:
+    """The first field the views need that report.json lacks or holds as another type, or None."""
+    problem = _field_problem(report, _REPORT_FIELDS, "")
+    if problem is None:
+        problem = _field_problem(report["output"], _OUTPUT_FIELDS, "output.")
+    for i, source in enumerate(report["sources"] if problem is None else ()):
+        problem = problem or _field_problem(source, _SOURCE_FIELDS, f"sources[{i}].")
+    if problem is None and not isinstance(report.get("warnings") or [], list):
+        problem = "warnings is not a list"
+    return problem
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from dolmino.plan import HelpFormatter
 
@@ -804,13 +842,22 @@ def main(argv: list[str] | None = None) -> int:
     from dolmino.build.output import read_json
     from dolmino.s3 import cli_errors
 
+    from dolmino.errors import BuildError
+
     args = parse_args(argv)
-    errors = cli_errors("dolmino report")
+    errors = cli_errors("dolmino report", expected=(BuildError,))
     out = args.build_dir
     try:
-        report = read_json(out, "report.json")
+        try:
+            report = read_json(out, "report.json")
+        except IsADirectoryError:
+            report = None
         if report is None:
             print(f"dolmino report: error: {out}: no readable report.json (not a finished build)", file=sys.stderr)
+            return 2
+        if problem := report_problem(report):
+            print(f"dolmino report: error: {out}: report.json is not a build report this version draws: {problem} "
+                  "(a damaged report?)", file=sys.stderr)
             return 2
         written = write_views(out, report, max_parts=None if args.all_parts else max(1, args.sample_parts))
     except Exception as exc:  # noqa: BLE001 - one redacted line

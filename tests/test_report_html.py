@@ -10,6 +10,7 @@ the PNGs, and that a release carries them.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import re
 from pathlib import Path
@@ -295,6 +296,49 @@ def test_cli(tmp_path, capsys):
     assert "Sidecars of 2 of 3 parts, evenly spaced" in (tmp_path / "report.html").read_text()
     assert report_html.main([str(tmp_path / "nothing")]) == 2
     assert "no readable report.json" in capsys.readouterr().err
+
+
+def test_a_damaged_report_or_sidecar_is_one_line(tmp_path, capsys):
+    """A report.json missing a field the views read, or holding another type, and a damaged
+    sidecar (read for builds whose report has no histogram) were tracebacks, exit 1 (found by
+    a tester): one line naming the field or the file, exit 2."""
+    good = make_report(tmp_path)
+    report_path = tmp_path / "report.json"
+    prefix = f"dolmino report: error: {tmp_path}: report.json is not a build report this version draws: "
+    for damage, problem in (
+            (lambda r: r.pop("sources"), "sources is missing"),
+            (lambda r: r.pop("output"), "output is missing"),
+            (lambda r: r["output"].pop("tokens"), "output.tokens is missing"),
+            (lambda r: r["output"].update(tokens="3999275"), "output.tokens is str '3999275', not an integer"),
+            (lambda r: r.update(budget="4M"), "budget is str '4M', not an integer"),
+            (lambda r: r["sources"][1].pop("removed"), "sources[1].removed is missing"),
+            (lambda r: r.update(warnings="one"), "warnings is not a list")):
+        report = json.loads(json.dumps(good))
+        damage(report)
+        report_path.write_text(json.dumps(report))
+        assert report_html.main([str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err == prefix + problem + " (a damaged report?)\n", err
+    report_path.write_text("[]")
+    assert report_html.main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.endswith("report.json is not a build report this version draws: the file is "
+                                            "not an object (a damaged report?)\n")
+    report_path.unlink()
+    report_path.mkdir()
+    assert report_html.main([str(tmp_path)]) == 2
+    assert "no readable report.json" in capsys.readouterr().err
+    report_path.rmdir()
+    report_path.write_text(json.dumps(good))  # no doc_tokens_hist: the sidecars are read
+    sidecar = tmp_path / "part-00001.csv.gz"
+    for data in (gzip.compress(b"hello,world\n"), gzip.compress(b"x,y,id,web,loc\n"), b"not gzip", None):
+        if data is None:
+            sidecar.unlink()
+        else:
+            sidecar.write_bytes(data)
+        assert report_html.main([str(tmp_path), "--all-parts"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"dolmino report: error: {sidecar}: not a readable sidecar (") and \
+            err.endswith("`dolmino validate` checks the build\n") and err.count("\n") == 1, err
 
 
 def test_cli_on_a_build_on_s3(tmp_path, capsys, s3_server):
