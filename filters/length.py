@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 class MinLengthFilter:
-    """Drop documents with fewer than `min_chars` characters or `min_tokens` dolma2 tokens.
+    """Drop documents with fewer than `min_chars` characters, or (another instance) fewer than
+    `min_tokens` dolma2 tokens.
 
     Token length uses the build's `token_ids` when present (no second tokenization);
     otherwise whitespace-separated words stand in for tokens.
@@ -16,6 +17,13 @@ class MinLengthFilter:
         for field, value in (("min_chars", min_chars), ("min_tokens", min_tokens)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{field} must be a non-negative integer, got {value!r}")
+        if min_chars and min_tokens:
+            # One filter decides at one stage: with a token minimum the character minimum waited for the
+            # tokens too, after the filters below it in the chain, which were credited its removals (found by
+            # a tester).
+            raise ValueError("min_tokens cannot be given with min_chars: characters are decided before sampling, "
+                             "in chain order, tokens on the documents the mix tokenizes; give them as two "
+                             "min_length filters")
         self.min_chars = min_chars
         self.min_tokens = min_tokens
         # A token minimum is decided on the build's token ids, i.e. after sampling (filters/base.py).

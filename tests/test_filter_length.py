@@ -9,6 +9,7 @@ import pytest
 
 from conftest import shared_corpus_file
 from dolmino.documents import Quarantine, read_documents
+from dolmino.errors import ManifestError
 from filters.length import MinLengthFilter
 
 
@@ -46,12 +47,24 @@ def test_tokens_prefer_build_token_ids(docs):
     assert MinLengthFilter(min_tokens=1).reject_reason({"text": "x", "token_ids": np.zeros(0, np.uint32)}) == "tokens<1"
 
 
-def test_chars_checked_before_tokens_and_real_corpus_kept(docs):
-    f = MinLengthFilter(min_chars=200, min_tokens=50)
-    assert f.reject_reason({"text": "short"}) == "chars<200"
-    assert all(f.reject_reason(d) is None for d in docs)  # ~4 KB dictionary pages
+def test_real_corpus_kept(docs):
+    chars, tokens = MinLengthFilter(min_chars=200), MinLengthFilter(min_tokens=50)
+    assert chars.reject_reason({"text": "short"}) == "chars<200"
+    assert all(chars.reject_reason(d) is None and tokens.reject_reason(d) is None for d in docs)  # ~4 KB pages
     huge = {"text": "\n".join(d["text"] for d in docs) * 20}
-    assert MinLengthFilter(min_chars=1_000_000, min_tokens=100_000).reject_reason(huge) is None
+    assert MinLengthFilter(min_chars=1_000_000).reject_reason(huge) is None
+    assert MinLengthFilter(min_tokens=100_000).reject_reason(huge) is None
+
+
+def test_chars_and_tokens_in_one_filter_are_refused():
+    """They are decided at different stages: with min_tokens the character minimum waited for the
+    tokens, after the filters below it, which were credited its removals (found by a tester)."""
+    from filters.registry import build_filter
+
+    with pytest.raises(ManifestError, match=r"sources\[0\]\.filters\[1\]\.min_tokens: min_tokens cannot be "
+                                             r"given with min_chars: .* give them as two min_length filters"):
+        build_filter({"type": "min_length", "min_chars": 20, "min_tokens": 16}, "sources[0].filters[1]")
+    assert build_filter({"type": "min_length", "min_chars": 20, "min_tokens": 0}, "f").min_chars == 20
 
 
 @pytest.mark.parametrize("kwargs, field", [({"min_chars": -1}, "min_chars"), ({"min_chars": 1.5}, "min_chars"),
