@@ -790,21 +790,24 @@ class DecontaminationReport:
         return self
 
     def to_dict(self) -> dict:
+        """Token counts are None where no removed document had its tokens: a build decides before
+        tokenizing (the pool stage), and its report said 0 tokens removed (found by a tester)."""
+        unknown = self.docs_removed > 0 and self.docs_without_tokens == self.docs_removed
         return {
             "docs_checked": self.docs_checked, "docs_removed": self.docs_removed,
-            "tokens_removed": self.tokens_removed, "docs_without_tokens": self.docs_without_tokens,
+            "tokens_removed": None if unknown else self.tokens_removed, "docs_without_tokens": self.docs_without_tokens,
             "docs_partial_overlap": self.docs_partial_overlap,
-            "per_task": {t: {"docs_hit": self.docs_hit[t], "tokens_hit": self.tokens_hit[t],
+            "per_task": {t: {"docs_hit": self.docs_hit[t], "tokens_hit": None if unknown else self.tokens_hit[t],
                              "primary_docs": self.primary_docs[t]} for t in sorted(self.docs_hit)},
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "DecontaminationReport":
         per = d.get("per_task", {})
-        return cls(d["docs_checked"], d["docs_removed"], d["tokens_removed"], d.get("docs_without_tokens", 0),
+        return cls(d["docs_checked"], d["docs_removed"], d["tokens_removed"] or 0, d.get("docs_without_tokens", 0),
                    d.get("docs_partial_overlap", 0),
                    Counter({t: v["docs_hit"] for t, v in per.items()}),
-                   Counter({t: v["tokens_hit"] for t, v in per.items()}),
+                   Counter({t: v["tokens_hit"] or 0 for t, v in per.items()}),
                    Counter({t: v["primary_docs"] for t, v in per.items() if v["primary_docs"]}))
 
 

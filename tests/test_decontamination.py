@@ -429,6 +429,22 @@ def test_report_merges_across_spark_partitions(spark, suite_index, suite_instanc
     assert merged.docs_removed == 12 and merged.tokens_removed == sum(51 + k for k in range(12))
 
 
+def test_report_of_documents_without_tokens_says_tokens_unknown():
+    """A build decides before tokenizing: its report said 0 tokens removed (found by a tester)."""
+    from filters.decontamination import DecontaminationReport
+
+    report = DecontaminationReport()
+    report.add(True, {"gsm8k": 3}, None)
+    report.add(False, {"gsm8k": 1}, None)
+    d = report.to_dict()
+    assert d["tokens_removed"] is None and d["per_task"]["gsm8k"]["tokens_hit"] is None
+    assert d["docs_removed"] == 1 and d["docs_without_tokens"] == 1 and d["per_task"]["gsm8k"]["docs_hit"] == 1
+    assert DecontaminationReport.from_dict(d) == report
+    report.add(True, {"gsm8k": 2}, 40)  # some known: counted, and docs_without_tokens says how many were not
+    assert report.to_dict()["tokens_removed"] == 40 and report.to_dict()["per_task"]["gsm8k"]["tokens_hit"] == 40
+    assert DecontaminationReport().to_dict()["tokens_removed"] == 0
+
+
 def test_cli_build_and_check(tmp_path, suite_instances, capsys):
     evals = tmp_path / "evals.jsonl"
     gsm = _gsm8k_test(suite_instances)[:30]
