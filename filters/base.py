@@ -36,7 +36,7 @@ from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 from dolmino.errors import ManifestError
 
 __all__ = ["DocumentFilter", "ManifestError", "TaggingFilter", "apply_chain", "decide", "needs_tokens",
-           "tag_columns", "tag_params"]
+           "number_text", "tag_columns", "tag_params"]
 
 REASON_COLUMN = "reason"
 
@@ -65,6 +65,14 @@ def apply_chain(filters: Iterable[DocumentFilter], doc: dict) -> str | None:
         if reason is not None:
             return f"{f.name}:{reason}"
     return None
+
+
+def number_text(x: float) -> str:
+    """A threshold as a removal reason shows it: short (`:g`) where that is exact, else in full.
+    `:g` keeps 6 digits, so 0.03311014 read "0.0331101" and two thresholds could share one reason
+    (found by a tester)."""
+    short = format(x, "g")
+    return short if float(short) == x else repr(float(x))
 
 
 def needs_tokens(filt) -> bool:

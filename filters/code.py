@@ -10,9 +10,10 @@
 from __future__ import annotations
 
 import math
-
 import re
 from collections import Counter
+
+from filters.base import number_text
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -64,7 +65,7 @@ class CodeWordFrequencyFilter:
             return "no_words"
         top = counts.most_common(2)
         if top[0][1] / total > self.max_top1:
-            return f"top1>{self.max_top1:g}"
+            return f"top1>{number_text(self.max_top1)}"
         if sum(c for _, c in top) / total > self.max_top2:
-            return f"top2>{self.max_top2:g}"
+            return f"top2>{number_text(self.max_top2)}"
         return None

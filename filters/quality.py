@@ -35,6 +35,7 @@ import numpy as np
 
 from dolmino.errors import ResourceError
 from dolmino.s3 import local_path
+from filters.base import number_text
 
 def dclm_line(text: str) -> str:
     """The text as DCLM's `classify_fasttext_hq_prob` gives it to fastText: `" ".join(
@@ -280,7 +281,7 @@ class FastTextQualityFilter:
         return {"score": self.scorer.score([doc.get("text", "") for doc in docs]).astype(np.float64)}
 
     def decide(self, attrs) -> str | None:
-        return f"p<{self.threshold:g}" if attrs["score"] < self.threshold else None
+        return f"p<{number_text(self.threshold)}" if attrs["score"] < self.threshold else None
 
     def reject_reason(self, doc: dict) -> str | None:
         return self.decide({"score": self.scorer.model.label_probability(doc.get("text", ""), self.scorer.label)})
@@ -331,7 +332,7 @@ class ScoreThresholdFilter:
         return {"score": np.asarray(self._scorer.score([doc.get("text", "") for doc in docs]), dtype=np.float64)}
 
     def decide(self, attrs) -> str | None:
-        return f"score<{self.min_score:g}" if float(attrs["score"]) < self.min_score else None
+        return f"score<{number_text(self.min_score)}" if float(attrs["score"]) < self.min_score else None
 
     def reject_reason(self, doc: dict) -> str | None:
         return self.decide({"score": self.tag([doc])["score"][0]})

@@ -184,3 +184,15 @@ def test_word_frequency_non_ascii_words():
 def test_word_frequency_bad_parameters(field, bad):
     with pytest.raises(ValueError, match=field):
         CodeWordFrequencyFilter(**{field: bad})
+
+
+def test_a_threshold_is_shown_in_full_where_six_digits_lose_it():
+    """Reasons showed thresholds with `:g`: 0.03311014 read 0.0331101, and two thresholds could
+    share one reason (found by a tester). The short form stays where it is exact."""
+    from filters.base import number_text
+
+    assert number_text(0.03311014) == "0.03311014" and number_text(0.0331101) == "0.0331101"
+    assert [number_text(x) for x in (2, 2.0, 0.3, 1e-07)] == ["2", "2", "0.3", "1e-07"]
+    words = {"text": "a a a b c d e f g h"}
+    assert CodeWordFrequencyFilter(max_top1=0.2999999).reject_reason(words) == "top1>0.2999999"
+    assert CodeWordFrequencyFilter(max_top1=0.25).reject_reason(words) == "top1>0.25"
