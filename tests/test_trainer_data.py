@@ -165,6 +165,19 @@ def test_discovery_skips_label_masks_and_sorts(tmp_path):
         discover_token_files(tmp_path / "a" / "part-00000.label_mask.npy")
 
 
+def test_a_label_mask_without_its_token_file_is_refused(tmp_path):
+    """A token file renamed without its mask trained on every label the mask held back, unsaid
+    (found by a tester)."""
+    write_part(tmp_path, "part-00000", np.arange(8), np.zeros(8, bool))
+    (tmp_path / "part-00000.npy").rename(tmp_path / "shard0.npy")
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'part-00000.label_mask.npy'}: a label mask with no "
+                                                  "token file part-00000.npy beside it; rename it with its token "
+                                                  "file, or remove it: no mask would apply")):
+        discover_token_files(tmp_path)
+    (tmp_path / "part-00000.label_mask.npy").rename(tmp_path / "shard0.label_mask.npy")
+    assert [f.name for f in discover_token_files(tmp_path)] == ["shard0.npy"]
+
+
 def test_order_is_seeded_and_epochs_reshuffle():
     a, b = epoch_order(1000, 7, 0), epoch_order(1000, 7, 0)
     assert np.array_equal(a, b) and sorted(a.tolist()) == list(range(1000))

@@ -207,7 +207,7 @@ def _npy_files(top: Path) -> list[Path]:
     """Token files below `top`, through symlinked directories too (Path.rglob does not enter
     them: a build linked into a --data directory was left out unsaid; found by a reviewer),
     each real directory once (a link loop ends)."""
-    found, visited = [], set()
+    found, masks, visited = [], [], set()
     for folder, dirs, files in os.walk(top, followlinks=True):
         real = os.path.realpath(folder)
         if real in visited:
@@ -215,7 +215,17 @@ def _npy_files(top: Path) -> list[Path]:
             continue
         visited.add(real)
         found += [Path(folder) / name for name in files if _is_token_file(Path(name))]
-    return [f for f in found if f.is_file()]
+        if COMPLETION_MARKER not in files:  # a build's report.json names what its copy lacks (`data_tokens`)
+            masks += [Path(folder) / name for name in files if name.endswith(LABEL_MASK_SUFFIX)]
+    found = [f for f in found if f.is_file()]
+    named = {label_mask_path(f) for f in found}
+    if orphans := sorted(m for m in masks if m not in named):
+        # Its labels were all trained, unsaid: a token file renamed without its mask (found by a tester).
+        stem = orphans[0].name[:-len(LABEL_MASK_SUFFIX)]
+        raise DataError(f"{orphans[0]}: a label mask with no token file {stem}.npy "
+                        f"beside it{f' ({len(orphans)} such masks)' if len(orphans) > 1 else ''}; rename it with its "
+                        "token file, or remove it: no mask would apply")
+    return found
 
 
 def label_mask_path(token_file: Path) -> Path:
