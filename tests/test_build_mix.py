@@ -612,6 +612,30 @@ def test_passes_missed_because_the_pool_is_not_its_stated_size_are_a_warning(inp
     assert cells[7].strip().startswith("~") == cells[11].strip().startswith("~") == (not wiki["pool_tokens_exact"])
 
 
+def test_a_pool_far_smaller_than_its_target_is_refused_before_writing(inputs, spark, tmp_path):
+    """A 50B build over a partly downloaded pool set out to write its target as 621,074 copies
+    of it, warned about only in the report (found by a tester): MAX_COPIES or more whole copies
+    stop the build before any part is written, naming the pool, the target and the stated size."""
+    import re
+
+    from dolmino.build.select import MAX_COPIES
+    from dolmino.errors import BuildError
+
+    spec = {"name": "tiny-pool", "version": 1, "seed": 3, "data_root": str(inputs),
+            "sources": [{"name": "wiki", "paths": ["wiki/*.jsonl*"], "mix_percent": 100, "pool_tokens": "752B"}]}
+    manifest = manifest_from_dict(spec)
+    out = tmp_path / "o"
+    with pytest.raises(BuildError) as caught:
+        build(manifest, 500_000_000, str(out), spark, attributes=str(tmp_path / "a"))
+    message = str(caught.value)
+    assert re.fullmatch(r"source 'wiki': its pool holds [0-9.]+K tokens after filtering, and its 500M-token target "
+                        r"would repeat it [0-9,]+ times \(at most 999 whole copies are written; the manifest's "
+                        r"pool_tokens is 752B\): is the data root the whole pool\? A lower --budget or Mix % asks "
+                        r"for less", message), message
+    assert int(re.search(r"repeat it ([0-9,]+) times", message)[1].replace(",", "")) >= MAX_COPIES
+    assert not list(out.glob("part-*")) and not (out / "report.json").exists()
+
+
 def _one_plain_file(tmp_path: Path) -> tuple[dict, int]:
     """(manifest, file size) of one plain .jsonl of 60 lines, lines 7, 33 and 58 bad."""
     docs = []

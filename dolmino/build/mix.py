@@ -27,6 +27,7 @@ from dolmino.build.pool import (
 )
 from dolmino.build.select import (
     ALL_MEMBERS, SourceSelection, cut, initial_selection, refill, settle, split_targets, tokens_per_byte,
+    too_many_copies,
 )
 from dolmino.build.spark import cluster_info, forward_environment, is_local, parallelize_pickled, persisted_bytes
 from dolmino.build.tag import run_tag
@@ -488,6 +489,9 @@ def _select(sc, manifest, options, state, eligible, sources, targets, tok_ctx, t
                 needs[si] = need
         else:
             sel.empty = f"it contributes 0 of its {sel.target_tokens:,} target tokens"
+    if refused := [r for si, sel in enumerate(selections)
+                   if (r := too_many_copies(sel, manifest.sources[si].pool_tokens))]:
+        raise BuildError(";\n  ".join(refused))  # before writing: the parts would be nothing but repeats
     if needs:
         with Stage(sc, "cut", quiet=options.quiet) as st:
             members = _members(sc, tokenized, needs, st.counters)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from dolmino.manifest import format_count
 from mixers.sampling import NUM_BUCKETS, SMALL_SOURCE_DOCS, bucket_of, find_cut_bucket, find_cut_hash, greedy_fill
 
 # A pool whose estimated tokens exceed its target by this factor is cut by prefix (only the
@@ -186,6 +187,22 @@ def refill(sel: SourceSelection, bucket_bytes: dict[int, int], bucket_tokens: di
 
 
 ALL_MEMBERS = -1  # `settle`: the cut needs every tokenized document of the source (greedy fill)
+# Whole copies of a pool a mix may write. More is no training mix but a pool that is not the one
+# the manifest describes: a 50B build over a partly downloaded dclm (39K tokens, the manifest's
+# pool_tokens 752B) set out to write its 24B-token target as 621,074 copies, ~100 GB, warned
+# about only when the report was written (found by a tester).
+MAX_COPIES = 1000
+
+
+def too_many_copies(sel: SourceSelection, stated_pool: int | None) -> str | None:
+    """The refusal of a settled selection that repeats its pool MAX_COPIES times or more, or None."""
+    if sel.copies < MAX_COPIES:
+        return None
+    stated = f"; the manifest's pool_tokens is {format_count(stated_pool)}" if stated_pool else ""
+    return (f"source {sel.name!r}: its pool holds {format_count(sel.pool_tokens)} tokens after filtering, and its "
+            f"{format_count(sel.target_tokens)}-token target would repeat it {sel.copies:,} times (at most "
+            f"{MAX_COPIES - 1:,} whole copies are written{stated}): is the data root the whole pool? A lower --budget "
+            "or Mix % asks for less")
 
 
 def settle(sel: SourceSelection, bucket_tokens: dict[int, int]) -> int | None:
