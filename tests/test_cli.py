@@ -368,6 +368,50 @@ def test_an_asset_cache_that_cannot_be_made_is_one_line_and_check_only_looks(tmp
     assert not (tmp_path / "none").exists()
 
 
+def test_sigterm_inside_a_spark_job_is_one_line(tmp_path):
+    """SIGTERM landing in a py4j call (the JVM, signalled too, already gone) came back as a py4j
+    error: ~80 lines of tracebacks, "unexpected Py4JError", and another traceback from stopping
+    the session (found by a tester with `timeout`). One line, exit 128 + 15."""
+    import subprocess
+    import sys
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.jsonl").write_text('{"id": "1", "text": "one document"}\n')
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"name": "m", "version": 1, "seed": 1, "data_root": str(tmp_path / "data"),
+                                    "sources": [{"name": "a", "paths": ["*.jsonl"], "mix_percent": 100}]}))
+    script = f"""
+import os, signal, sys, types
+import dolmino.build.mix, dolmino.build.spark
+from dolmino.cli import main
+
+class Py4JError(Exception):
+    pass
+
+def gone():
+    raise Py4JError("org.apache.spark.sql.classic.SparkSession does not exist in the JVM")
+
+fake = types.SimpleNamespace(sparkContext=types.SimpleNamespace(setLogLevel=lambda level: None), stop=gone)
+dolmino.build.spark.make_spark = lambda *a, **k: fake
+
+def run_build(*_args, **_kwargs):  # as py4j does: the handler's SystemExit, then a call into a dead JVM
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.pause()
+    except SystemExit:
+        raise Py4JError("py4j does not exist in the JVM")
+
+dolmino.build.mix.run_build = run_build
+sys.exit(main(["build", "--manifest", {str(manifest)!r}, "--budget", "10K", "--out", {str(tmp_path / "o")!r},
+               "--attributes", {str(tmp_path / "a")!r}]))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode == 143 and proc.stderr == (
+        "dolmino build: terminated (signal 15); rerun the same command to resume (finished attribute files and "
+        "parts are kept)\n"), proc
+
+
 def test_ctrl_c_in_build_and_synth_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
     """Ctrl-C printed a 25-line py4j/PySpark traceback (found by a tester of synth); the rerun
     resumes, which is what the one line now says."""

@@ -187,13 +187,19 @@ def executor_failure(exc: BaseException) -> str | None:
     return redact(f"in an executor: {name.rsplit('.', 1)[-1]}: {message.strip()}")
 
 
+_TERMINATED: list[int] = []  # the signal that ended the build, once it came
+
+
 def _exit_on_sigterm() -> None:
     """SIGTERM (`timeout`, a scheduler, `kill`) ends the build as an exception would: Spark is
-    stopped and exit handlers run (the staged copies of models and indexes are removed)."""
+    stopped and exit handlers run (the staged copies of models and indexes are removed). Raised
+    inside a py4j call, the exit comes back as a py4j error (the JVM got the signal too): main()
+    reads `_TERMINATED`, not the exception, to tell a termination from a failure."""
     import signal
     import threading
 
     def terminated(signum, _frame):
+        _TERMINATED.append(signum)
         raise SystemExit(128 + signum)
 
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
@@ -231,7 +237,14 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
         print(f"{prog}: interrupted; rerun the same command to resume (finished attribute files and parts are "
               "kept)", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001
+    except (SystemExit, Exception) as exc:  # noqa: BLE001
+        if _TERMINATED:  # ~80 lines of py4j tracebacks and "unexpected Py4JError" (found by a tester)
+            interrupted = True
+            print(f"{prog}: terminated (signal {_TERMINATED[0]}); rerun the same command to resume (finished "
+                  "attribute files and parts are kept)", file=sys.stderr)
+            return 128 + _TERMINATED[0]
+        if isinstance(exc, SystemExit):
+            raise
         text = executor_failure(exc)
         if text is not None:
             print(f"{prog}: error: {text}", file=sys.stderr)
