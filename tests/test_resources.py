@@ -208,9 +208,9 @@ def test_a_terminated_build_runs_its_exit_handlers():
 
     script = """
 import atexit, os, signal
-from dolmino.build.cli import _exit_on_sigterm
+from dolmino.build.spark import exit_on_sigterm
 atexit.register(print, "handlers ran")
-_exit_on_sigterm()
+exit_on_sigterm()
 os.kill(os.getpid(), signal.SIGTERM)
 signal.pause()
 """

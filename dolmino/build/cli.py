@@ -187,25 +187,6 @@ def executor_failure(exc: BaseException) -> str | None:
     return redact(f"in an executor: {name.rsplit('.', 1)[-1]}: {message.strip()}")
 
 
-_TERMINATED: list[int] = []  # the signal that ended the build, once it came
-
-
-def _exit_on_sigterm() -> None:
-    """SIGTERM (`timeout`, a scheduler, `kill`) ends the build as an exception would: Spark is
-    stopped and exit handlers run (the staged copies of models and indexes are removed). Raised
-    inside a py4j call, the exit comes back as a py4j error (the JVM got the signal too): main()
-    reads `_TERMINATED`, not the exception, to tell a termination from a failure."""
-    import signal
-    import threading
-
-    def terminated(signum, _frame):
-        _TERMINATED.append(signum)
-        raise SystemExit(128 + signum)
-
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, terminated)
-
-
 def main(argv: list[str] | None = None, phase: str = "all") -> int:
     from dolmino.s3 import cli_errors
 
@@ -217,33 +198,22 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
     except Exception as exc:  # noqa: BLE001 - one redacted line (cli_errors)
         return errors.report(exc)
     from dolmino.build.mix import run_build
-    from dolmino.build.spark import make_spark, start_failure, stop_session
+    from dolmino.build.spark import SparkCommand
 
     from pyspark.sql import SparkSession
 
     existing = SparkSession.getActiveSession()  # main() called in a process that already runs Spark
-    _exit_on_sigterm()
-    try:
-        spark = make_spark(f"dolmino-{phase}-{manifest.name}", args.master, args.driver_memory)
-    except Exception as exc:  # noqa: BLE001 - a master URL Spark refuses or that never answers: one line
-        print(f"{prog}: error: {start_failure(exc, args.master)}", file=sys.stderr)
+    command = SparkCommand(prog, "finished attribute files and parts are kept")
+    spark = command.start(f"dolmino-{phase}-{manifest.name}", args.master, args.driver_memory)
+    if spark is None:
         return 2
     spark.sparkContext.setLogLevel("WARN")
-    interrupted = False
     try:
         result = run_build(manifest, options, spark)
-    except KeyboardInterrupt:  # a py4j/PySpark traceback (found by a tester of synth, which shares it)
-        interrupted = True
-        print(f"{prog}: interrupted; rerun the same command to resume (finished attribute files and parts are "
-              "kept)", file=sys.stderr)
-        return 130
-    except (SystemExit, Exception) as exc:  # noqa: BLE001
-        if _TERMINATED:  # ~80 lines of py4j tracebacks and "unexpected Py4JError" (found by a tester)
-            interrupted = True
-            print(f"{prog}: terminated (signal {_TERMINATED[0]}); rerun the same command to resume (finished "
-                  "attribute files and parts are kept)", file=sys.stderr)
-            return 128 + _TERMINATED[0]
-        if isinstance(exc, SystemExit):
+    except BaseException as exc:  # noqa: BLE001
+        if (status := command.stopped(exc)) is not None:
+            return status
+        if not isinstance(exc, Exception):
             raise
         text = executor_failure(exc)
         if text is not None:
@@ -252,7 +222,7 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
         return errors.report(exc)
     finally:
         if existing is None:  # stop only the session this command started
-            stop_session(spark, interrupted)
+            command.stop(spark)
     for warning in result.get("warnings", []):
         print(f"{prog}: warning: {warning}", file=sys.stderr)
     if phase == "tag":

@@ -75,6 +75,73 @@ def stop_session(spark, interrupted: bool) -> None:
             raise
 
 
+_TERMINATED: list[int] = []  # the signal that ended the command, once it came
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (`timeout`, a scheduler, `kill`) ends the command as an exception would: Spark is
+    stopped and exit handlers run (the staged copies of models and indexes are removed). Raised
+    inside a py4j call, the exit comes back as a py4j error (the JVM got the signal too):
+    `SparkCommand.stopped` reads `_TERMINATED`, not the exception, to tell it from a failure."""
+    import signal
+    import threading
+
+    def terminated(signum, _frame):
+        _TERMINATED.append(signum)
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, terminated)
+
+
+class SparkCommand:
+    """What the commands that run Spark (build, tag, mix, synth) share around their work: one
+    line for a session that cannot start, for Ctrl-C and for SIGTERM (each was a py4j traceback
+    of tens of lines; found by testers), and a stop that a JVM already gone does not turn into
+    another traceback.
+
+        command = SparkCommand(prog, "finished partitions are kept")
+        spark = command.start(app_name, master, driver_memory)
+        if spark is None:
+            return 2
+        try:
+            ...
+        except BaseException as exc:
+            if (status := command.stopped(exc)) is not None:
+                return status
+            raise
+        finally:
+            command.stop(spark)
+    """
+
+    def __init__(self, prog: str, kept: str):
+        self.prog, self.kept = prog, kept
+        self.interrupted = False
+
+    def start(self, app_name: str, master: str | None, driver_memory: str | None):
+        exit_on_sigterm()
+        try:
+            return make_spark(app_name, master, driver_memory)
+        except Exception as exc:  # noqa: BLE001 - a master URL Spark refuses or that never answers: one line
+            print(f"{self.prog}: error: {start_failure(exc, master)}", file=sys.stderr)
+            return None
+
+    def stopped(self, exc: BaseException) -> int | None:
+        """The exit status where `exc` is Ctrl-C or SIGTERM (its line printed), else None."""
+        if isinstance(exc, KeyboardInterrupt):
+            how, status = "interrupted", 130
+        elif _TERMINATED:
+            how, status = f"terminated (signal {_TERMINATED[0]})", 128 + _TERMINATED[0]
+        else:
+            return None
+        self.interrupted = True
+        print(f"{self.prog}: {how}; rerun the same command to resume ({self.kept})", file=sys.stderr)
+        return status
+
+    def stop(self, spark) -> None:
+        stop_session(spark, self.interrupted)
+
+
 class _Py4jSendFailures:
     """Drops py4j's "... while sending command." records (root logger, with a traceback each)."""
 

@@ -178,28 +178,25 @@ def main(argv: list[str] | None = None) -> int:
         check_out_dir(generator, args.out, args.partitions)  # --out holding inputs or foreign part files
     except Exception as exc:  # noqa: BLE001 - one redacted line (cli_errors); a bug keeps its traceback
         return errors.report(exc)
-    from dolmino.build.spark import make_spark, start_failure, stop_session
+    from dolmino.build.spark import SparkCommand
 
-    try:
-        spark = make_spark(f"dolmino-synth-{args.generator}", args.master, args.driver_memory)
-    except Exception as exc:  # noqa: BLE001 - a master URL Spark refuses or that never answers: one line
-        print(f"{prog}: error: {start_failure(exc, args.master)}", file=sys.stderr)
+    command = SparkCommand(prog, "finished partitions are kept")
+    spark = command.start(f"dolmino-synth-{args.generator}", args.master, args.driver_memory)
+    if spark is None:
         return 2
-    interrupted = False
     try:
         report = run(generator, args.out, args.partitions, args.seed, spark)
     except SynthRunError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # a 25-line py4j/PySpark traceback (found by a tester)
-        interrupted = True
-        print(f"{prog}: interrupted; rerun the same command to resume (finished partitions are kept)",
-              file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - an S3 failure on the driver: one line; a bug keeps its traceback
+    except BaseException as exc:  # noqa: BLE001 - an S3 failure on the driver: one line; a bug keeps its traceback
+        if (status := command.stopped(exc)) is not None:
+            return status
+        if not isinstance(exc, Exception):
+            raise
         return cli_errors(prog).report(exc)
     finally:
-        stop_session(spark, interrupted)
+        command.stop(spark)
     print(json.dumps(report, indent=1, sort_keys=True))
     failed = report["rejected"].get("request_failed", 0)
     if failed:
