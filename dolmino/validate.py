@@ -325,8 +325,8 @@ def _completion_errors(build_dir: Path, report: dict | None) -> tuple[list[str],
     compares them: a part changed since the build, even to other valid ids, is not the data the
     report describes)."""
     report_path = build_dir / COMPLETION_MARKER
-    if report is None:
-        if any((build_dir / m).exists() for m in BUILD_MARKERS):
+    if report is None:  # none, or unreadable (`_read_report` says so)
+        if not report_path.exists() and any((build_dir / m).exists() for m in BUILD_MARKERS):
             return [f"{build_dir}: incomplete build: no {COMPLETION_MARKER}, which a build writes last (it was "
                     "interrupted or is still running; rerun the same build command to finish it)"], {}
         return [], {}

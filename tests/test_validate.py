@@ -467,9 +467,13 @@ def test_a_report_the_trainer_would_refuse_is_refused(tmp_path, capsys):
     assert validate_build(out).all_errors() == [
         f"{report_path}: vocab_size is 1000, the build's manifest.json says 100278 (the trainer checks the model "
         "against the report's; a damaged report)"]
+    (out / "_plan.json").write_text("{}")  # a finished build keeps it: the report is damaged, not missing (a reviewer)
     report_path.write_text("[]")
     assert validate_build(out).all_errors() == [
         f"{report_path}: cannot read the build report (a JSON list, not an object)"]
+    report_path.write_text('{"output": ')
+    assert [e.split(" (")[0] for e in validate_build(out).all_errors()] == [
+        f"{report_path}: cannot read the build report"]
     capsys.readouterr()
 
 
