@@ -57,6 +57,15 @@ class CodeWordFrequencyFilter:
         self.max_top1 = _fraction(max_top1, "max_top1")
         self.max_top2 = _fraction(max_top2, "max_top2")
 
+    @property
+    def tag_revision(self) -> int | None:
+        """Its verdicts (reason strings) are what its attribute sets store: a threshold that six
+        digits did not show (`number_text`) has reasons other than the sets tagged before, which
+        are then not reused (a reviewer); other thresholds keep their sets."""
+        if any(number_text(x) != format(x, "g") for x in (self.max_top1, self.max_top2)):
+            return 2
+        return None
+
     def reject_reason(self, doc: dict) -> str | None:
         counts = Counter(_WORD.findall(doc.get("text", "")))
         total = sum(counts.values())
