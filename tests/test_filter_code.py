@@ -198,4 +198,5 @@ def test_a_threshold_is_shown_in_full_where_six_digits_lose_it():
     assert CodeWordFrequencyFilter(max_top1=0.25).reject_reason(words) == "top1>0.25"
     # its attribute sets store the reasons: those of a threshold shown otherwise before are not reused
     assert CodeWordFrequencyFilter(max_top1=0.2999999).tag_revision == 2
-    assert CodeWordFrequencyFilter(max_top1=0.25).tag_revision is None and CodeWordFrequencyFilter().tag_revision is None
+    assert CodeWordFrequencyFilter(max_top1=0.25).tag_revision is None
+    assert CodeWordFrequencyFilter().tag_revision is None
