@@ -78,8 +78,12 @@ class S3ObjectError(OSError):
     cut short): the message names the object, then the failure, on one line (`about`)."""
 
 
+class S3EndpointError(ValueError):
+    """The endpoint variable holds no URL botocore can use (no scheme): named, without its userinfo."""
+
+
 # Errors whose message names their object (or URI) already: shown as they are.
-_NAMED_ERRORS = (S3PathError, S3DeleteError, S3URIError, S3ObjectError)
+_NAMED_ERRORS = (S3PathError, S3DeleteError, S3URIError, S3ObjectError, S3EndpointError)
 
 
 # ---------------------------------------------------------------- URIs
@@ -144,7 +148,12 @@ def client():
             # botocore signs with SigV4 and ignores a URL's user:password@ (it sends neither);
             # left in, the password would be in every error message that names a URL, on
             # executors too, where Spark logs tracebacks as they are.
-            endpoint = next((os.environ[n] for n in _ENDPOINT_URL_ENV if os.environ.get(n)), None)
+            name = next((n for n in _ENDPOINT_URL_ENV if os.environ.get(n)), None)
+            endpoint = os.environ[name] if name else None
+            if endpoint and "://" not in endpoint:
+                # botocore's ValueError was a traceback, "unexpected ValueError", naming the user (a tester)
+                raise S3EndpointError(f"{name} is not an endpoint URL: {endpoint.rpartition('@')[2]!r} (user info "
+                                      "not shown) has no scheme; write http://HOST:PORT or https://HOST")
             bare = {"endpoint_url": without_userinfo(endpoint)} if endpoint and "@" in endpoint else {}
             found = session.client("s3", config=config, **bare)
             checksums = _compatible_checksums(session, found.meta.endpoint_url)

@@ -333,6 +333,18 @@ def test_a_password_in_the_endpoint_url_never_reaches_an_error_message(bucket, m
     assert s3.without_userinfo("http://host") == "http://host"
 
 
+def test_an_endpoint_without_a_scheme_is_one_line_without_its_user(monkeypatch, capsys):
+    """botocore's "Invalid endpoint" ValueError was a traceback and "unexpected ValueError",
+    naming the endpoint's user (found by a tester)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "AKIAXYZ:SuperSecret123@127.0.0.1:1")
+    with pytest.raises(s3.S3EndpointError) as info:
+        s3.client()
+    assert str(info.value) == ("AWS_ENDPOINT_URL_S3 is not an endpoint URL: '127.0.0.1:1' (user info not shown) has "
+                               "no scheme; write http://HOST:PORT or https://HOST")
+    assert s3.cli_errors("dolmino release").report(info.value) == 2
+    assert capsys.readouterr().err == f"dolmino release: error: {info.value}\n"
+
+
 def test_cli_errors_decorator_and_context_manager(s3_server, capsys, monkeypatch):
     from botocore import exceptions as bex
 
