@@ -312,10 +312,13 @@ def check_listed(where: str, names: list[str], listed: dict[str, str]) -> None:
     if missing or stale:
         shown = [f"{n}: listed in report.json but missing" for n in missing[:5]] + \
                 [f"{n}: not written by the build that report.json describes" for n in stale[:5]]
+        # validate reads local directories and sends an s3:// build to publish: naming it here went round in
+        # a circle (found by a tester)
+        inspect = ("`aws s3 sync` it to a directory and `dolmino validate DIR` names every difference"
+                   if where.startswith("s3://") else "`dolmino validate` names every difference")
         raise ReleaseIntegrityError(f"{where}: not the build its report.json describes ({'; '.join(shown)}"
-                                    f"{'; ...' if len(missing) > 5 or len(stale) > 5 else ''}); `dolmino validate` "
-                                    "names what is wrong; rebuild (the same command resumes) before publishing. "
-                                    "Nothing was released")
+                                    f"{'; ...' if len(missing) > 5 or len(stale) > 5 else ''}); {inspect}; rebuild "
+                                    "(the same command resumes) before publishing. Nothing was released")
 
 
 def check_digest(rel: str, digest: str, listed: dict[str, str]) -> None:

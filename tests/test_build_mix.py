@@ -483,12 +483,30 @@ def test_a_build_overtaken_by_another_into_the_same_out_stops_without_certifying
     with pytest.raises(BuildError) as info:
         build(manifest_from_dict(spec), 20_000, str(out), spark, attributes=str(tmp_path / "a"))
     assert f"started {other['started']} on {other['host']}, pid {other['pid']}" in str(info.value)
-    assert "this build stops without removing or certifying anything" in str(info.value)
+    # its part tasks stop for it (they went on writing over the other's parts; found by a tester)
+    assert "this build stops without writing its parts" in str(info.value)
     assert not (out / "report.json").exists() and (out / "part-00007.npy").exists()
     monkeypatch.setattr(mix, "split_targets", real_split)
     report = build(manifest_from_dict(spec), 20_000, str(out), spark, attributes=str(tmp_path / "a"))
     assert (out / "report.json").exists() and report["output"]["tokens"] > 0
     assert not (out / "part-00007.npy").exists()  # the owner's build removes what it did not write
+
+
+def test_a_part_task_of_an_overtaken_build_writes_nothing(tmp_path):
+    """Ownership was checked on the driver only: an earlier build's executors went on writing
+    parts over those of the build that owned the output, after it had verified them and written
+    report.json (found by a tester, two builds into one s3:// --out). A part's task checks
+    before it writes into the output (and, on S3, again before its uploads)."""
+    from dolmino.build import output, write
+    from dolmino.errors import BuildError
+
+    out = tmp_path / "out"
+    mine = output.start(str(out))
+    other = output.start(str(out))  # another build started here after this one
+    ctx = write.WriteContext(str(out), 1, 4, 100257, False, ("wiki",), "plan", frozenset(), mine)
+    with pytest.raises(BuildError, match=f"started {other['started']} on .*this build stops without writing part 3"):
+        next(write.write_part(3, iter(()), type("Broadcast", (), {"value": ctx})(), None))
+    assert sorted(p.name for p in out.iterdir()) == ["_owner.json"]
 
 
 def test_a_build_overtaken_while_it_verifies_does_not_remove_the_others_parts(inputs, spark, tmp_path, monkeypatch):

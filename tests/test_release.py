@@ -906,6 +906,18 @@ def test_a_build_damaged_since_it_finished_is_not_released(small_builds, root, t
     assert not [k for k, _ in s3.iter_keys(bucket, prefix + "damaged/")]
 
 
+def test_a_damaged_build_on_s3_is_not_sent_to_validate_which_sends_it_back():
+    """validate reads a local directory and sends an s3:// build to publish; publish's refusal
+    sent it to validate: a circle (found by a tester)."""
+    listed = {"part-00000.npy": "0" * 64}
+    with pytest.raises(release.ReleaseIntegrityError) as on_s3:
+        release.check_listed("s3://b/mixes/x", ["part-00000.npy", "part-00001.npy"], listed)
+    assert "`aws s3 sync` it to a directory and `dolmino validate DIR` names every difference" in str(on_s3.value)
+    with pytest.raises(release.ReleaseIntegrityError) as local:
+        release.check_listed("/data/mixes/x", ["part-00000.npy", "part-00001.npy"], listed)
+    assert "; `dolmino validate` names every difference; rebuild" in str(local.value)
+
+
 def test_a_store_that_does_not_implement_if_none_match_is_refused_or_published_unconditionally(small_builds, root,
                                                                                                 capsys):
     """A store answering NotImplemented to If-None-Match was told it "ignores" the header, and

@@ -289,18 +289,23 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     # ---- write: order instances, one part per task
     wctx = sc.broadcast(WriteContext(options.out, manifest.seed, num_parts, manifest.tokenizer.eos_token_id,
                                      manifest.output_spec.label_mask, tuple(s.name for s in manifest.sources),
-                                     plan_hash, frozenset(done)))
+                                     plan_hash, frozenset(done), owner))
     sel_b = sc.broadcast(selections)
     with Stage(sc, "write", total_units=num_parts - len(done), quiet=options.quiet) as st:
         counters = st.counters
         docs = _tok_docs(sc, tokenized)
         instances = docs.flatMap(lambda d: _instances(d, sel_b, wctx))
         ordered = instances.repartitionAndSortWithinPartitions(numPartitions=num_parts, partitionFunc=lambda k: k)
-        written = ordered.mapPartitionsWithIndex(lambda i, it: write_part(i, it, wctx, counters)).collect()
+        try:
+            written = ordered.mapPartitionsWithIndex(lambda i, it: write_part(i, it, wctx, counters)).collect()
+        except Exception:
+            output.check_owner(options.out, owner, "without writing its parts")  # the tasks stopped for it
+            raise
     state.stages["write"] = st.record
     for rdd in tokenized:
         rdd.unpersist()
     eligible.unpersist()
+    output.check_owner(options.out, owner)  # parts another build overwrote would fail verification, naming no cause
     output.verify_parts(options.out, written)
     parts = sorted([*written, *done.values()], key=lambda p: p.index)
     missing = sorted(set(range(num_parts)) - {p.index for p in parts})

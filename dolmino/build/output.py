@@ -47,15 +47,20 @@ def start(out: str) -> dict:
     return owner
 
 
-def check_owner(out: str, owner: dict, stops: str = "without removing or certifying anything") -> None:
+def check_owner(out: str, owner: dict, stops: str = "without removing or certifying anything", *,
+                absent_ok: bool = False) -> None:
     """BuildError unless this build still owns `out`.
 
     Two builds into one --out are a mistake no lock prevents here (a lease would need
     heartbeats, and a killed build's lease would then block its own rerun). The last one
     started owns the output: an earlier one stops before it removes "stale" parts (the
     other's) or writes report.json, instead of printing success over files it no longer
-    vouches for. A build that finishes before the next starts is simply replaced by it."""
+    vouches for. A build that finishes before the next starts is simply replaced by it.
+    `absent_ok`: no owner file is not another build's (an executor that does not see a local
+    --out on the driver's disk; the driver then says so, naming the parts it cannot see)."""
     current = read_json(out, OWNER_FILE)
+    if current is None and absent_ok:
+        return
     if current is None or current.get("token") != owner["token"]:
         other = "another build" if current is None else (
             f"another build (started {current.get('started')} on {current.get('host')}, pid {current.get('pid')})")

@@ -216,6 +216,7 @@ class WriteContext(NamedTuple):
     source_names: tuple
     plan_hash: str
     done: frozenset  # part indices committed by an earlier run of this plan
+    owner: dict | None = None  # this build's claim on `out` (output.start); None: not checked
 
 
 def _put(local: str, uri: str, sha256: str) -> None:
@@ -224,6 +225,17 @@ def _put(local: str, uri: str, sha256: str) -> None:
     bucket, key = split_uri(uri)
     with about(uri):
         client().upload_file(local, bucket, key, ExtraArgs={"Metadata": {"sha256": sha256}})
+
+
+def _still_owner(ctx: WriteContext, index: int) -> None:
+    """Stop a part's task of a build that another build started into the same output after it.
+    Checked on the driver only, an earlier build's executors went on uploading parts over the
+    parts of the later one, which had verified them and written report.json: a complete build
+    whose certified parts had changed (found by a tester, two builds into one s3:// output)."""
+    if ctx.owner is not None:
+        from dolmino.build.output import check_owner  # output builds on this module
+
+        check_owner(ctx.out, ctx.owner, f"without writing part {index}", absent_ok=True)
 
 
 def write_part(index: int, items, ctx_b, counters) -> Iterator[PartResult]:
@@ -236,6 +248,7 @@ def write_part(index: int, items, ctx_b, counters) -> Iterator[PartResult]:
     if ctx.label_mask:
         from filters.repeated_ngrams import repeated_ngram_mask
     remote = ctx.out.startswith("s3://")
+    _still_owner(ctx, index)
     workdir = tempfile.mkdtemp(prefix="dolmino-part-") if remote else ctx.out
     try:
         writer = MemmapPartWriter(workdir, index, ctx.eos, label_mask=ctx.label_mask)
@@ -248,6 +261,8 @@ def write_part(index: int, items, ctx_b, counters) -> Iterator[PartResult]:
                 mask = np.append(repeated_ngram_mask(ids[:-1]), True)
             writer.add_document(ids, doc.doc_id, ctx.source_names[doc.source_index], doc.loc, mask)
         stats = writer.close()
+        if remote:
+            _still_owner(ctx, index)  # just before the uploads: building the part took a while
         files = []
         for path in writer.paths.values():
             name = os.path.basename(path)
