@@ -412,6 +412,30 @@ sys.exit(main(["build", "--manifest", {str(manifest)!r}, "--budget", "10K", "--o
         "parts are kept)\n"), proc
 
 
+def test_spark_gone_from_under_a_command_is_one_line(capsys):
+    """`kill` of spark-submit's JVM alone (the Python driver gets no signal) was a 30-line
+    traceback and "unexpected Py4JJavaError: ... SparkContext has been shutdown" (found by a
+    tester). Anything else is not taken for it."""
+    from dolmino.build.spark import SparkCommand, spark_gone
+
+    class Py4JJavaError(Exception):
+        pass
+
+    try:
+        try:
+            raise Py4JJavaError("An error occurred while calling o1.collect.\n: java.lang.IllegalStateException: "
+                                "SparkContext has been shutdown\n\tat org.apache.spark...")
+        except Py4JJavaError as inner:
+            raise RuntimeError("wrapped") from inner
+    except RuntimeError as exc:
+        wrapped = exc
+    command = SparkCommand("build_mix", "finished attribute files and parts are kept")
+    assert spark_gone(wrapped) and command.stopped(wrapped) == 2 and command.interrupted
+    assert capsys.readouterr().err == ("build_mix: Spark stopped under it (its JVM was terminated, or died); rerun the "
+                                       "same command to resume (finished attribute files and parts are kept)\n")
+    assert not spark_gone(ValueError("a bug")) and SparkCommand("x", "y").stopped(ValueError("a bug")) is None
+
+
 def test_ctrl_c_in_build_and_synth_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
     """Ctrl-C printed a 25-line py4j/PySpark traceback (found by a tester of synth); the rerun
     resumes, which is what the one line now says."""

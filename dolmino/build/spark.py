@@ -94,6 +94,22 @@ def exit_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, terminated)
 
 
+_SPARK_GONE = ("SparkContext has been shutdown", "Cannot call methods on a stopped SparkContext",
+               "SparkContext was shut down")
+
+
+def spark_gone(exc: BaseException) -> bool:
+    """`exc` (or one it was raised from) says the session's JVM is no longer there to answer."""
+    seen: set[int] = set()
+    item: BaseException | None = exc
+    while item is not None and id(item) not in seen:
+        seen.add(id(item))
+        if type(item).__name__ == "Py4JNetworkError" or any(m in str(item) for m in _SPARK_GONE):
+            return True
+        item = item.__cause__ or item.__context__
+    return False
+
+
 class SparkCommand:
     """What the commands that run Spark (build, tag, mix, synth) share around their work: one
     line for a session that cannot start, for Ctrl-C and for SIGTERM (each was a py4j traceback
@@ -127,11 +143,14 @@ class SparkCommand:
             return None
 
     def stopped(self, exc: BaseException) -> int | None:
-        """The exit status where `exc` is Ctrl-C or SIGTERM (its line printed), else None."""
+        """The exit status where `exc` is Ctrl-C, SIGTERM or Spark gone from under the command
+        (its line printed), else None."""
         if isinstance(exc, KeyboardInterrupt):
             how, status = "interrupted", 130
         elif _TERMINATED:
             how, status = f"terminated (signal {_TERMINATED[0]})", 128 + _TERMINATED[0]
+        elif spark_gone(exc):  # `kill` of spark-submit's JVM alone: a 30-line traceback (found by a tester)
+            how, status = "Spark stopped under it (its JVM was terminated, or died)", 2
         else:
             return None
         self.interrupted = True
