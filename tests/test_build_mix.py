@@ -894,6 +894,40 @@ def test_colliding_and_looping_input_names_are_each_read_once(spark, tmp_path):
         list_inputs(manifest_from_dict({**spec, "data_root": str(tmp_path / "d[1]")}))
 
 
+def test_unreadable_links_and_names_that_are_not_utf8_are_refused_at_listing(tmp_path):
+    """A .jsonl link leading nowhere (a git-annex file never fetched) or in a loop was left out
+    unsaid, its documents lost; named explicitly it read "no input files match". A file name
+    that is not UTF-8 failed the build after Spark started, with a traceback (found by a tester)."""
+    from dolmino.build.inputs import list_inputs, list_sources
+    from dolmino.errors import BuildError
+
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "good.jsonl").write_text(json.dumps({"id": "1", "text": "one document"}) + "\n")
+    (web / "README.txt").symlink_to(tmp_path / "nowhere.txt")  # not a document by name: skipped, as before
+    spec = {"name": "links", "version": 1, "seed": 1, "data_root": str(tmp_path),
+            "sources": [{"name": "web", "paths": ["web/*"], "mix_percent": 100}]}
+    assert [f.name for f in list_inputs(manifest_from_dict(spec)).files[0]] == ["web/good.jsonl"]
+    (web / "annexed.jsonl.zst").symlink_to(tmp_path / ".git/annex/objects/never-fetched")
+    (web / "loop1.jsonl").symlink_to(web / "loop2.jsonl")
+    (web / "loop2.jsonl").symlink_to(web / "loop1.jsonl")
+    with pytest.raises(BuildError, match=r"source 'web': 3 input file\(s\) cannot be read \(first: .*/web/"
+                                         r"annexed.jsonl.zst: No such file or directory; a link leading nowhere"):
+        list_inputs(manifest_from_dict(spec))
+    named = {**spec, "sources": [{**spec["sources"][0], "paths": ["web/loop1.jsonl"]}]}
+    with pytest.raises(BuildError, match=r"1 input file\(s\) cannot be read \(first: .*/loop1.jsonl: Too many "
+                                         r"levels of symbolic links"):
+        list_inputs(manifest_from_dict(named))
+    for link in ("annexed.jsonl.zst", "loop1.jsonl", "loop2.jsonl"):
+        (web / link).unlink()
+    latin = os.fsdecode(b"caf\xe9.jsonl")
+    (web / latin).write_text(json.dumps({"id": "2", "text": "another"}) + "\n")
+    with pytest.raises(BuildError, match=r"source 'web': 1 input file name\(s\) are not UTF-8 \(first: "
+                                         r".*/web/caf\\xe9.jsonl\); rename them"):
+        list_inputs(manifest_from_dict(spec))
+    assert list_sources(manifest_from_dict(spec)).sources[0].problems  # dolmino plan and lock say so too
+
+
 def test_spellings_of_one_file_share_a_key(tmp_path, monkeypatch):
     """The listing's key of a path (its directory resolved, then its name) is the same however the
     path is spelled: relative, absolute, `//`, `./`, `..`, through a directory link; two files differ."""

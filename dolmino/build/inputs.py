@@ -140,27 +140,32 @@ class _Spellings:
             self.kept[key] = (path, value)
 
 
-def _regular(paths) -> list[tuple[str, os.stat_result]]:
+def _regular(paths, broken: list[tuple[str, str]] | None = None) -> list[tuple[str, os.stat_result]]:
     """(path, stat) of the regular files among `paths`, sorted, each file once (`_Spellings`):
-    one stat call each."""
+    one stat call each. A name that exists but cannot be followed (a link leading nowhere or
+    in a loop; a git-annex file never fetched) goes to `broken` with why: it was left out
+    unsaid, its documents lost (found by a tester)."""
     found = _Spellings()
     for p in paths:
         try:
             st = os.stat(p)
-        except OSError:
+        except OSError as exc:
+            if broken is not None and os.path.lexists(p):
+                broken.append((p, exc.strerror or type(exc).__name__))
             continue
         if stat.S_ISREG(st.st_mode):
             found.add(p, st)
     return sorted(found.kept.values(), key=lambda item: item[0])
 
 
-def _expand_local_stat(pattern: str) -> tuple[list[tuple[str, os.stat_result]], bool]:
+def _expand_local_stat(pattern: str, broken: list[tuple[str, str]] | None = None
+                       ) -> tuple[list[tuple[str, os.stat_result]], bool]:
     if any(ch in pattern for ch in "*?["):
-        return _regular(glob.glob(pattern, recursive=True)), True
+        return _regular(glob.glob(pattern, recursive=True), broken), True
     if os.path.isdir(pattern):
-        return _regular(p for p in glob.glob(os.path.join(pattern, "**", "*"), recursive=True)
-                        if not os.path.basename(p).startswith(".")), False
-    return _regular([pattern]), True
+        return _regular((p for p in glob.glob(os.path.join(pattern, "**", "*"), recursive=True)
+                         if not os.path.basename(p).startswith(".")), broken), False
+    return _regular([pattern], broken), True
 
 
 def expand_local(pattern: str) -> tuple[list[str], bool]:
@@ -172,9 +177,12 @@ def expand_local(pattern: str) -> tuple[list[str], bool]:
     return [p for p, _ in found], explicit
 
 
-def _list_local(pattern: str, fmt: str, skipped: list[str]) -> tuple[list[tuple[str, int, str]], list[str]]:
-    """(path, size, version) of matching document files, and explicit matches that are not documents."""
-    paths, explicit = _expand_local_stat(pattern)
+def _list_local(pattern: str, fmt: str, skipped: list[str]
+                ) -> tuple[list[tuple[str, int, str]], list[str], list[tuple[str, str]]]:
+    """(path, size, version) of matching document files, explicit matches that are not
+    documents, and documents by name that cannot be read (path, why)."""
+    broken: list[tuple[str, str]] = []
+    paths, explicit = _expand_local_stat(pattern, broken)
     found, refused = [], []
     for path, st in paths:
         if readable_by_name(path, fmt):
@@ -183,10 +191,12 @@ def _list_local(pattern: str, fmt: str, skipped: list[str]) -> tuple[list[tuple[
             refused.append(path)
         else:
             skipped.append(path)
-    return found, refused
+    skipped += [path for path, _ in broken if not readable_by_name(path, fmt)]
+    return found, refused, [(path, why) for path, why in broken if readable_by_name(path, fmt)]
 
 
-def _list_s3(pattern: str, fmt: str, skipped: list[str]) -> tuple[list[tuple[str, int, str]], list[str]]:
+def _list_s3(pattern: str, fmt: str, skipped: list[str]
+             ) -> tuple[list[tuple[str, int, str]], list[str], list[tuple[str, str]]]:
     from dolmino.s3 import list_objects
 
     explicit = any(ch in pattern for ch in "*?[")
@@ -198,7 +208,7 @@ def _list_s3(pattern: str, fmt: str, skipped: list[str]) -> tuple[list[tuple[str
             refused.append(obj.uri)
         else:
             skipped.append(obj.uri)
-    return found, refused
+    return found, refused, []  # an object is there or not: no links
 
 
 @dataclass
@@ -215,6 +225,19 @@ class Listing:
 # more than the input's own name), and a file name holds 255 bytes: a longer input name failed in
 # the middle of the tag stage with a Spark traceback (found by a tester).
 MAX_NAME_BYTES = 190
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the file system gave that are not UTF-8 (os.fsdecode's surrogates)
+        return False
+    return True
+
+
+def _shown(path: str) -> str:
+    """A path as a message can print it: bytes that are not UTF-8 as \\xNN."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _name_too_long(name: str) -> int | None:
@@ -276,13 +299,18 @@ def _list_source(manifest: Manifest, source, skipped: list[str]) -> tuple[Source
     for pattern in source.paths:
         location = manifest.resolve(pattern)
         lister = _list_s3 if location.startswith("s3://") else _list_local
-        matched, refused = lister(location, source.format, skipped)
+        matched, refused, broken = lister(location, source.format, skipped)
+        if broken:
+            path, why = min(broken)
+            problems.append(f"source {source.name!r}: {len(broken)} input file(s) cannot be read (first: "
+                            f"{_shown(path)}: {why}; a link leading nowhere, or a file whose content was never "
+                            "fetched?); fetch or remove them")
         if refused:
             shown = ", ".join(refused[:3]) + (", ..." if len(refused) > 3 else "")
             problems.append(f"source {source.name!r}: {location!r} matches {len(refused)} file(s) that are not "
                             f"{source.format} documents by name ({shown}); documents end in "
                             f"{suffixes_text(source.format)}")
-        if not matched and not refused:
+        if not matched and not refused and not broken:
             problems.append(f"source {source.name!r}: {NO_MATCH} {location!r}")
         for uri, size, version in matched:
             found.add(uri, (size, version))
@@ -292,6 +320,10 @@ def _list_source(manifest: Manifest, source, skipped: list[str]) -> tuple[Source
     if dotted:  # the name keys attribute files and `loc`: a `..` in it left its directory (a reviewer)
         problems.append(f"source {source.name!r}: {len(dotted)} input path(s) go through '..' (first: "
                         f"{dotted[0]}); write them without '..' (or under the data root)")
+    if undecodable := sorted(f.uri for f in listed if not _is_utf8(f.name)):
+        # it names the documents (`loc`) and their attribute files: the build failed with a traceback (a tester)
+        problems.append(f"source {source.name!r}: {len(undecodable)} input file name(s) are not UTF-8 (first: "
+                        f"{_shown(undecodable[0])}); rename them")
     long = [(f.uri, n) for f in listed if (n := _name_too_long(f.uri))]
     if long:
         problems.append(f"source {source.name!r}: {len(long)} input file name(s) longer than {MAX_NAME_BYTES} "
