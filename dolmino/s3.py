@@ -155,7 +155,10 @@ def client():
                 raise S3EndpointError(f"{name} is not an endpoint URL: {endpoint.rpartition('@')[2]!r} (user info "
                                       "not shown) has no scheme; write http://HOST:PORT or https://HOST")
             bare = {"endpoint_url": without_userinfo(endpoint)} if endpoint and "@" in endpoint else {}
-            found = session.client("s3", config=config, **bare)
+            try:
+                found = session.client("s3", config=config, **bare)
+            except ValueError as exc:  # botocore's "Invalid endpoint" (a host with "_", say): a traceback before
+                raise S3EndpointError(f"{name} is not an endpoint URL botocore accepts ({exc})") from None
             checksums = _compatible_checksums(session, found.meta.endpoint_url)
             if checksums:
                 found = session.client("s3", config=config.merge(Config(**checksums)), **bare)
@@ -220,7 +223,10 @@ def _endpoint_passwords() -> list[str]:
         # is redacted wherever any finds it (an unencoded "@" or "/" in it, a "@" in the endpoint's
         # path); a loose one may also hide part of an endpoint's path, which is harmless.
         rest = value.partition("://")[2] if "://" in value else value
-        for userinfo in (split_userinfo(value)[0], rest.partition("@")[0], rest.rpartition("@")[0]):
+        # Without an "@" there is no userinfo: host:port read as user:password redacted every port
+        # number everywhere ("127.0.0.1:***", "part-0***.npy"; found by a reviewer).
+        first = rest.partition("@")[0] if "@" in rest else ""
+        for userinfo in (split_userinfo(value)[0], first, rest.rpartition("@")[0]):
             if ":" in userinfo:
                 password = userinfo.split(":", 1)[1]
                 found += [password, unquote(password)]

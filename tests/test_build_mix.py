@@ -507,6 +507,11 @@ def test_a_part_task_of_an_overtaken_build_writes_nothing(tmp_path):
     with pytest.raises(BuildError, match=f"started {other['started']} on .*this build stops without writing part 3"):
         next(write.write_part(3, iter(()), type("Broadcast", (), {"value": ctx})(), None))
     assert sorted(p.name for p in out.iterdir()) == ["_owner.json"]
+    # an earlier build's file (a node's own disk, a local --out not shared): no later build's claim (a reviewer)
+    output.write_json(str(out), output.OWNER_FILE, {**other, "token": "earlier", "started": "2000-01-01T00:00:00Z"})
+    output.check_owner(str(out), mine, absent_ok=True)
+    with pytest.raises(BuildError):
+        output.check_owner(str(out), mine)  # the driver's own check is strict
 
 
 def test_a_build_overtaken_while_it_verifies_does_not_remove_the_others_parts(inputs, spark, tmp_path, monkeypatch):

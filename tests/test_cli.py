@@ -431,8 +431,9 @@ def test_spark_gone_from_under_a_command_is_one_line(capsys):
         wrapped = exc
     command = SparkCommand("build_mix", "finished attribute files and parts are kept")
     assert spark_gone(wrapped) and command.stopped(wrapped) == 2 and command.interrupted
-    assert capsys.readouterr().err == ("build_mix: Spark stopped under it (its JVM was terminated, or died); rerun the "
-                                       "same command to resume (finished attribute files and parts are kept)\n")
+    assert capsys.readouterr().err == ("build_mix: Spark stopped under it (its JVM was terminated or died, or Spark "
+                                       "shut the application down: the Spark log above says which); rerun the same "
+                                       "command to resume (finished attribute files and parts are kept)\n")
     assert not spark_gone(ValueError("a bug")) and SparkCommand("x", "y").stopped(ValueError("a bug")) is None
 
 

@@ -343,6 +343,27 @@ def test_an_endpoint_without_a_scheme_is_one_line_without_its_user(monkeypatch, 
                                "no scheme; write http://HOST:PORT or https://HOST")
     assert s3.cli_errors("dolmino release").report(info.value) == 2
     assert capsys.readouterr().err == f"dolmino release: error: {info.value}\n"
+    # host:port is no user:password: the port was redacted in every message (found by a reviewer)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "localhost:9000")
+    with pytest.raises(s3.S3EndpointError, match="'localhost:9000' \\(user info not shown\\) has no scheme"):
+        s3.client()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9000")
+    assert s3.redact("budget 9000 tokens; part-09000.npy") == "budget 9000 tokens; part-09000.npy"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://u:pw9000x@127.0.0.1:9000")
+    assert s3.redact("pw9000x at port 9000") == "*** at port 9000"
+    # a URL botocore refuses (a docker-compose host name with "_"): one line too (found by a reviewer)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://minio_1:9000")
+    with pytest.raises(s3.S3EndpointError, match=r"^AWS_ENDPOINT_URL_S3 is not an endpoint URL botocore accepts "
+                                                 r"\(Invalid endpoint: http://minio_1:9000\)$"):
+        s3.client()
+    from dolmino.build.cli import executor_failure
+
+    class PythonException(Exception):  # what a failed task raises on the driver, by name
+        pass
+
+    said = executor_failure(PythonException("Traceback ...\ndolmino.s3.S3EndpointError: AWS_ENDPOINT_URL_S3 is "
+                                            "not an endpoint URL botocore accepts (x)\n"))
+    assert said == "in an executor: S3EndpointError: AWS_ENDPOINT_URL_S3 is not an endpoint URL botocore accepts (x)"
 
 
 def test_cli_errors_decorator_and_context_manager(s3_server, capsys, monkeypatch):

@@ -157,7 +157,7 @@ def _size(value: str, flag: str) -> int:
 # `botocore.errorfactory.NoSuchKey`), builtins by their bare name.
 _EXECUTOR_ERRORS = re.compile(
     r"^(?:dolmino\.(?:errors|s3)\.)?(BuildError|ManifestError|InputChangedError|ResourceError|FileNotFoundError"
-    r"|S3PathError|NoSuchBucket|S3DeleteError|S3ObjectError|PermissionError|OSError"
+    r"|S3PathError|NoSuchBucket|S3DeleteError|S3ObjectError|S3EndpointError|PermissionError|OSError"
     r"|botocore\.(?:exceptions|errorfactory)\.\w+"
     r"|EndpointConnectionError|NoCredentialsError|ClientError): (.*)$", re.MULTILINE)
 

@@ -56,11 +56,12 @@ def check_owner(out: str, owner: dict, stops: str = "without removing or certify
     started owns the output: an earlier one stops before it removes "stale" parts (the
     other's) or writes report.json, instead of printing success over files it no longer
     vouches for. A build that finishes before the next starts is simply replaced by it.
-    `absent_ok`: no owner file is not another build's (an executor that does not see a local
-    --out on the driver's disk; the driver then says so, naming the parts it cannot see)."""
+    `absent_ok` (an executor's check): no owner file, or one of a build started before this one,
+    is no later build's claim (a local --out not on the driver's disk, where a node may hold an
+    earlier build's file; a reviewer): the driver then says so, naming the parts it cannot see."""
     current = read_json(out, OWNER_FILE)
-    if current is None and absent_ok:
-        return
+    if absent_ok and (current is None or str(current.get("started", "")) < owner["started"]):
+        return  # not visible here, or an earlier build's left on a node's own disk: not a later build's claim
     if current is None or current.get("token") != owner["token"]:
         other = "another build" if current is None else (
             f"another build (started {current.get('started')} on {current.get('host')}, pid {current.get('pid')})")

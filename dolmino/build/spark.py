@@ -150,7 +150,8 @@ class SparkCommand:
         elif _TERMINATED:
             how, status = f"terminated (signal {_TERMINATED[0]})", 128 + _TERMINATED[0]
         elif spark_gone(exc):  # `kill` of spark-submit's JVM alone: a 30-line traceback (found by a tester)
-            how, status = "Spark stopped under it (its JVM was terminated, or died)", 2
+            how, status = "Spark stopped under it (its JVM was terminated or died, or Spark shut the application " \
+                          "down: the Spark log above says which)", 2
         else:
             return None
         self.interrupted = True
