@@ -931,6 +931,10 @@ def test_unreadable_links_and_names_that_are_not_utf8_are_refused_at_listing(tmp
                                          r".*/web/caf\\xe9.jsonl\); rename them"):
         list_inputs(manifest_from_dict(spec))
     assert list_sources(manifest_from_dict(spec)).sources[0].problems  # dolmino plan and lock say so too
+    (web / os.fsdecode(b"\xe9" * 200 + b".jsonl")).write_text("{}\n")  # named in two problems: printable in each
+    with pytest.raises(BuildError) as caught:
+        list_inputs(manifest_from_dict(spec))
+    assert "longer than 190 bytes" in str(caught.value) and str(caught.value).encode("utf-8")
 
 
 def test_spellings_of_one_file_share_a_key(tmp_path, monkeypatch):

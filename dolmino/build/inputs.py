@@ -306,7 +306,7 @@ def _list_source(manifest: Manifest, source, skipped: list[str]) -> tuple[Source
                             f"{_shown(path)}: {why}; a link leading nowhere, or a file whose content was never "
                             "fetched?); fetch or remove them")
         if refused:
-            shown = ", ".join(refused[:3]) + (", ..." if len(refused) > 3 else "")
+            shown = ", ".join(map(_shown, refused[:3])) + (", ..." if len(refused) > 3 else "")
             problems.append(f"source {source.name!r}: {location!r} matches {len(refused)} file(s) that are not "
                             f"{source.format} documents by name ({shown}); documents end in "
                             f"{suffixes_text(source.format)}")
@@ -319,7 +319,7 @@ def _list_source(manifest: Manifest, source, skipped: list[str]) -> tuple[Source
     dotted = sorted(f.uri for f in listed if ".." in f.name.split("/"))
     if dotted:  # the name keys attribute files and `loc`: a `..` in it left its directory (a reviewer)
         problems.append(f"source {source.name!r}: {len(dotted)} input path(s) go through '..' (first: "
-                        f"{dotted[0]}); write them without '..' (or under the data root)")
+                        f"{_shown(dotted[0])}); write them without '..' (or under the data root)")
     if undecodable := sorted(f.uri for f in listed if not _is_utf8(f.name)):
         # it names the documents (`loc`) and their attribute files: the build failed with a traceback (a tester)
         problems.append(f"source {source.name!r}: {len(undecodable)} input file name(s) are not UTF-8 (first: "
@@ -327,7 +327,7 @@ def _list_source(manifest: Manifest, source, skipped: list[str]) -> tuple[Source
     long = [(f.uri, n) for f in listed if (n := _name_too_long(f.uri))]
     if long:
         problems.append(f"source {source.name!r}: {len(long)} input file name(s) longer than {MAX_NAME_BYTES} "
-                        f"bytes, which its attribute files cannot be named after (first: {long[0][0]}, "
+                        f"bytes, which its attribute files cannot be named after (first: {_shown(long[0][0])}, "
                         f"{long[0][1]} bytes); rename them")
     keys = {key: uri for key, (uri, _) in found.kept.items()}
     return SourceFiles(source.name, sorted(listed, key=lambda f: f.name), problems), keys
