@@ -147,7 +147,9 @@ def list_source_inputs(manifest: Manifest) -> tuple[dict[str, SourceInputs], str
     skipped = len(listing.skipped)
     note = None
     if missing:
-        root = manifest.data_root or "the current directory"
+        from dolmino.build.inputs import shown_path
+
+        root = shown_path(manifest.data_root) if manifest.data_root else "the current directory"
         which = "any source" if len(missing) == len(manifest.sources) else \
             f"{len(missing)} of {len(manifest.sources)} sources ({', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''})"
         note = (f"inputs: {'not reachable' if failure else 'no files match'} for {which} under {root}"

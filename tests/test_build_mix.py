@@ -935,6 +935,25 @@ def test_unreadable_links_and_names_that_are_not_utf8_are_refused_at_listing(tmp
     with pytest.raises(BuildError) as caught:
         list_inputs(manifest_from_dict(spec))
     assert "longer than 190 bytes" in str(caught.value) and str(caught.value).encode("utf-8")
+    s3_root = {**spec, "data_root": os.fsdecode(b"s3://bucket/r\xe9")}  # botocore raised on it (a reviewer)
+    assert list_sources(manifest_from_dict(s3_root)).sources[0].problems == [
+        "source 'web': 's3://bucket/r\\xe9/web/*' is not UTF-8, which S3 keys are"]
+
+
+def test_a_skipped_file_whose_name_is_not_utf8_is_warned_about_printably(spark, tmp_path):
+    """A non-document whose name is not UTF-8 is skipped; its name in the warning stopped the
+    build at its very end, writing report.md (found by a reviewer)."""
+    web = tmp_path / "web"
+    web.mkdir()
+    docs = [doc for _, doc in read_documents(str(shared_corpus_file("web.jsonl.zst")), Quarantine())][:5]
+    write_documents(str(web / "a.jsonl"), docs)
+    (web / os.fsdecode(b"notes-caf\xe9.txt")).write_text("not a document")
+    spec = {"name": "skipped", "version": 1, "seed": 1, "data_root": str(tmp_path),
+            "sources": [{"name": "web", "paths": ["web"], "mix_percent": 100}]}
+    out = tmp_path / "out"
+    report = build(manifest_from_dict(spec), 2_000, str(out), spark, attributes=str(tmp_path / "a"))
+    assert any(w.startswith("skipped 1 file(s)") and w.endswith("/web/notes-caf\\xe9.txt") for w in report["warnings"])
+    assert (out / "report.json").exists() and (out / "report.md").exists()
 
 
 def test_spellings_of_one_file_share_a_key(tmp_path, monkeypatch):

@@ -235,7 +235,7 @@ def _is_utf8(name: str) -> bool:
     return True
 
 
-def _shown(path: str) -> str:
+def shown_path(path: str) -> str:
     """A path as a message can print it: bytes that are not UTF-8 as \\xNN."""
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
@@ -256,7 +256,7 @@ def shared_inputs(per_source: list[tuple[str, dict[str, str]]]) -> str | None:
     if not shared:  # read, counted and mixed once per source, unsaid (found by a tester)
         return None
     uri, names = shared[0]
-    return (f"{len(shared)} input file(s) matched by more than one source (first: {uri}, by "
+    return (f"{len(shared)} input file(s) matched by more than one source (first: {shown_path(uri)}, by "
             f"{', '.join(repr(n) for n in names)}): each would be read and mixed once per source; "
             "narrow the sources' paths so that a file is one source's (passes weight a source)")
 
@@ -298,15 +298,18 @@ def _list_source(manifest: Manifest, source, skipped: list[str]) -> tuple[Source
     problems = []
     for pattern in source.paths:
         location = manifest.resolve(pattern)
+        if location.startswith("s3://") and not _is_utf8(location):  # no S3 key holds it; botocore raised
+            problems.append(f"source {source.name!r}: '{shown_path(location)}' is not UTF-8, which S3 keys are")
+            continue
         lister = _list_s3 if location.startswith("s3://") else _list_local
         matched, refused, broken = lister(location, source.format, skipped)
         if broken:
             path, why = min(broken)
             problems.append(f"source {source.name!r}: {len(broken)} input file(s) cannot be read (first: "
-                            f"{_shown(path)}: {why}; a link leading nowhere, or a file whose content was never "
+                            f"{shown_path(path)}: {why}; a link leading nowhere, or a file whose content was never "
                             "fetched?); fetch or remove them")
         if refused:
-            shown = ", ".join(map(_shown, refused[:3])) + (", ..." if len(refused) > 3 else "")
+            shown = ", ".join(map(shown_path, refused[:3])) + (", ..." if len(refused) > 3 else "")
             problems.append(f"source {source.name!r}: {location!r} matches {len(refused)} file(s) that are not "
                             f"{source.format} documents by name ({shown}); documents end in "
                             f"{suffixes_text(source.format)}")
@@ -319,15 +322,15 @@ def _list_source(manifest: Manifest, source, skipped: list[str]) -> tuple[Source
     dotted = sorted(f.uri for f in listed if ".." in f.name.split("/"))
     if dotted:  # the name keys attribute files and `loc`: a `..` in it left its directory (a reviewer)
         problems.append(f"source {source.name!r}: {len(dotted)} input path(s) go through '..' (first: "
-                        f"{_shown(dotted[0])}); write them without '..' (or under the data root)")
+                        f"{shown_path(dotted[0])}); write them without '..' (or under the data root)")
     if undecodable := sorted(f.uri for f in listed if not _is_utf8(f.name)):
         # it names the documents (`loc`) and their attribute files: the build failed with a traceback (a tester)
         problems.append(f"source {source.name!r}: {len(undecodable)} input file name(s) are not UTF-8 (first: "
-                        f"{_shown(undecodable[0])}); rename them")
+                        f"{shown_path(undecodable[0])}); rename them")
     long = [(f.uri, n) for f in listed if (n := _name_too_long(f.uri))]
     if long:
         problems.append(f"source {source.name!r}: {len(long)} input file name(s) longer than {MAX_NAME_BYTES} "
-                        f"bytes, which its attribute files cannot be named after (first: {_shown(long[0][0])}, "
+                        f"bytes, which its attribute files cannot be named after (first: {shown_path(long[0][0])}, "
                         f"{long[0][1]} bytes); rename them")
     keys = {key: uri for key, (uri, _) in found.kept.items()}
     return SourceFiles(source.name, sorted(listed, key=lambda f: f.name), problems), keys

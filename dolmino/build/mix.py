@@ -18,7 +18,9 @@ from typing import NamedTuple
 
 from dolmino.build import output, worker_heap
 from dolmino.build.attributes import ATTRIBUTE_FORMAT, AttributeStore, plan_bundles, spec_key
-from dolmino.build.inputs import DEFAULT_SPLIT_BYTES, DEFAULT_TASK_BYTES, group_tasks, list_inputs, plan_units
+from dolmino.build.inputs import (
+    DEFAULT_SPLIT_BYTES, DEFAULT_TASK_BYTES, group_tasks, list_inputs, plan_units, shown_path,
+)
 from dolmino.build.progress import Stage
 from dolmino.build.resources import file_params, stage
 from dolmino.build.pool import (
@@ -167,7 +169,8 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     state = BuildState()
     listing = list_inputs(manifest)
     if listing.skipped:
-        shown = ", ".join(listing.skipped[:5]) + (", ..." if len(listing.skipped) > 5 else "")
+        # a name that is not UTF-8 stopped the build at its end, writing report.md (a reviewer)
+        shown = ", ".join(map(shown_path, listing.skipped[:5])) + (", ..." if len(listing.skipped) > 5 else "")
         state.warnings.append(f"skipped {len(listing.skipped)} file(s) in source directories that are not documents "
                               f"by name: {shown}")
     units = plan_units(listing, options.split_bytes)
