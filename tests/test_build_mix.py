@@ -389,6 +389,7 @@ def test_rerun_keeps_committed_parts_and_rebuilds_missing_ones(built, inputs, sp
     # (saved in _plan.json).
     assert resumed["run"]["parts_reused"] == report["output"]["files"] - 2
     assert resumed["totals"] == report["totals"] and resumed["sources"] == report["sources"]
+    assert resumed["run"]["persisted_bytes"]["tokenize"] > 0  # what this run persisted (left out; a tester)
     # ... and report.md says so: it read as if this run had written and tokenized it all (found by a tester)
     from dolmino.report import render_markdown
 

@@ -296,6 +296,22 @@ def test_build_stage_final_line_counts_skipped_stages_apart(spark):
     assert " · done in " in final and "ETA" not in final and st.record["wall_s"] > 0
 
 
+def test_a_stage_that_knows_its_documents_shows_them_and_an_eta(spark):
+    """The tokenize and cut stages had no total: their lines said `ETA -` from start to end
+    (found by a tester). They give their documents, which the line counts and times."""
+    from dolmino.build.progress import Stage
+
+    sc = spark.sparkContext
+    out = io.StringIO()
+    with Stage(sc, "tokenize", total_docs=40, stream=out) as st:
+        sc.parallelize(range(4), 4).foreach(lambda _x, c=st.counters: c.add("docs", 10))
+        halfway = st.line()
+    assert "40/40 docs" in halfway and "ETA -" in halfway  # all counted: nothing left to time
+    st.counters.add("docs", -20)
+    assert "20/40 docs" in st.line() and "ETA 0m" in st.line()
+    assert "· 40/40 docs ·" in out.getvalue().strip().splitlines()[-1]  # the final line, at the stage's end
+
+
 def test_build_stage_record_counts_only_its_own_jobs(spark):
     """Two stages of one name in one session (a second build, the bench's warm runs): each
     record's tasks and final line are its own jobs', not the sum of every run so far."""

@@ -275,6 +275,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
         with Stage(sc, "tokenize", quiet=options.quiet) as st:
             rdd = _tokenize(eligible, wanted, tok_ctx, st.counters)
             rerun_stats = rdd.filter(lambda r: isinstance(r, TokStats)).collect()
+            state.persisted["tokenize"] = persisted_bytes(sc, rdd)  # a resumed build's left it out (a tester)
             tokenized.append(rdd)
         state.stages["tokenize"] = st.record
         # The report describes the build, not this run (whose work is in its stages): the
@@ -466,7 +467,10 @@ def _select(sc, manifest, options, state, eligible, sources, targets, tok_ctx, t
             break
         round_no += 1
         name = "tokenize" if round_no == 1 else f"tokenize:refill{round_no - 1}"
-        with Stage(sc, name, quiet=options.quiet) as st:
+        # the pool's documents in the round's buckets: the line's total and ETA (it had neither; a tester)
+        round_docs = sum(n for si, acc in enumerate(sources) for b, n in acc["bucket_docs"].items()
+                         if lo[si] <= b < hi[si])
+        with Stage(sc, name, total_docs=round_docs, quiet=options.quiet) as st:
             rdd = _tokenize(eligible, bucket_range(tuple(lo), tuple(hi)), tok_ctx, st.counters)
             summary = rdd.mapPartitions(_round_summary).collect()  # one job: stats and tokens per bucket
             state.persisted[name] = persisted_bytes(sc, rdd)
@@ -501,7 +505,7 @@ def _select(sc, manifest, options, state, eligible, sources, targets, tok_ctx, t
                    if (r := too_many_copies(sel, manifest.sources[si].pool_tokens))]:
         raise BuildError(";\n  ".join(refused))  # before writing: the parts would be nothing but repeats
     if needs:
-        with Stage(sc, "cut", quiet=options.quiet) as st:
+        with Stage(sc, "cut", total_docs=sum(tokenized_docs), quiet=options.quiet) as st:
             members = _members(sc, tokenized, needs, st.counters)
         state.stages["cut"] = st.record
         for si, need in needs.items():

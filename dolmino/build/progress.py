@@ -61,8 +61,8 @@ def _eta(done: float, total: float, elapsed: float) -> str:
 class Stage:
     """`with Stage(sc, "tag", totals) as st:` runs a stage under its own job group with a live line."""
 
-    def __init__(self, sc, name: str, *, total_bytes: int = 0, total_units: int = 0, quiet: bool = False,
-                 stream=None):
+    def __init__(self, sc, name: str, *, total_bytes: int = 0, total_units: int = 0, total_docs: int = 0,
+                 quiet: bool = False, stream=None):
         self.sc = sc
         self.name = name
         # The job group is this stage run's own: named after the stage alone, a second build in
@@ -71,6 +71,7 @@ class Stage:
         self.group = f"{name}#{next(_STAGE_RUNS)}"
         self.total_bytes = total_bytes
         self.total_units = total_units
+        self.total_docs = total_docs  # a stage that knows its documents, not its units (tokenize, cut)
         self.counters = Counters(sc)
         self.stream = stream or sys.stderr
         self.quiet = quiet
@@ -118,10 +119,13 @@ class Stage:
             parts.append(f"{int(v['units']):,}/{self.total_units:,} units")
         if self.total_bytes:
             parts.append(f"{format_count(v['bytes'])}B/{format_count(self.total_bytes)}B")
+        if self.total_docs:
+            parts.append(f"{int(v['docs']):,}/{self.total_docs:,} docs")
         parts.append(f"{v['docs'] / elapsed:,.0f} docs/s")
         if v["tokens"]:
             parts.append(f"{format_count(v['tokens'] / elapsed)} tokens/s")
-        by = (v["bytes"], self.total_bytes) if self.total_bytes else (v["units"], self.total_units)
+        by = ((v["bytes"], self.total_bytes) if self.total_bytes else (v["units"], self.total_units)
+              if self.total_units else (v["docs"], self.total_docs))
         parts.append(f"done in {elapsed:,.1f} s" if final else f"ETA {_eta(by[0], by[1], elapsed)}")
         return " · ".join(parts)
 
