@@ -79,7 +79,8 @@ class S3ObjectError(OSError):
 
 
 class S3EndpointError(ValueError):
-    """The endpoint variable holds no URL botocore can use (no scheme): named, without its userinfo."""
+    """The endpoint variable holds no URL botocore can use (no scheme, or one it refuses): named,
+    without its userinfo."""
 
 
 # Errors whose message names their object (or URI) already: shown as they are.
