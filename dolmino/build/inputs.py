@@ -150,12 +150,24 @@ def _regular(paths, broken: list[tuple[str, str]] | None = None) -> list[tuple[s
         try:
             st = os.stat(p)
         except OSError as exc:
-            if broken is not None and os.path.lexists(p):
+            if broken is not None and os.path.islink(p) and not _readable_elsewhere(p):
                 broken.append((p, exc.strerror or type(exc).__name__))
             continue
         if stat.S_ISREG(st.st_mode):
             found.add(p, st)
     return sorted(found.kept.values(), key=lambda item: item[0])
+
+
+def _readable_elsewhere(path: str) -> bool:
+    """A link that fails only through the path to it: a `loop -> .` directory link gives
+    web/loop/loop/.../z.jsonl until the kernel's limit on links, and z.jsonl, itself a link,
+    is read under its shortest spelling (`_Spellings`). Its real directory's name resolves."""
+    parent, _, name = path.rpartition("/")
+    try:
+        os.stat(os.path.join(os.path.realpath(parent or "."), name))
+    except OSError:
+        return False
+    return True
 
 
 def _expand_local_stat(pattern: str, broken: list[tuple[str, str]] | None = None
