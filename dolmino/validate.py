@@ -105,6 +105,11 @@ class BuildResult:
                 f"{inside} (scan: {self.backend})")
 
 
+def _is_count(value) -> bool:
+    """A non-negative integer (JSON's true and false are not)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _read_settings(build_dir: Path) -> tuple[int | None, int | None, str | None]:
     """(vocab_size, eos_id, error) from the build's manifest.json; Nones when there is none."""
     path = build_dir / "manifest.json"
@@ -114,7 +119,7 @@ def _read_settings(build_dir: Path) -> tuple[int | None, int | None, str | None]
         tok = json.loads(path.read_text(encoding="utf-8")).get("tokenizer", {}) or {}
         vocab, eos = tok.get("vocab_size"), tok.get("eos_token_id")
         for name, value in (("vocab_size", vocab), ("eos_token_id", eos)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            if value is not None and not _is_count(value):
                 return None, None, f"{path}: tokenizer.{name} must be a non-negative integer, got {value!r}"
         return vocab, eos, None
     except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
@@ -345,10 +350,6 @@ def _completion_errors(build_dir: Path, report: dict | None) -> tuple[list[str],
     errors += [f"{build_dir / name}: not written by the build that {COMPLETION_MARKER} describes (stale?)"
                for name in stale]
     return errors, {name: listed[name] for name in sorted(set(listed) & on_disk)}
-
-
-def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _report_errors(build_dir: Path, report: dict, vocab_size: int | None) -> list[str]:
