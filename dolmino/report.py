@@ -335,19 +335,27 @@ def render_markdown(report: dict) -> str:
     stages = report["run"].get("stages", {})
     if stages:
         lines += ["## Stages", "", "Task CPU s: the Python work of the stage's tasks, where they measure it (-: "
-                  "not measured, as in the MinHash stages' Spark transformations); executor run s: Spark's.", "",
+                  "not measured, as in the MinHash stages' Spark transformations); executor run s: Spark's. "
+                  "Tokens read: token ids read back from the tokenized documents (tag and pool read text: bytes); "
+                  "tag tokenizes only its tokens-per-byte sample.", "",
                   "| stage | wall s | task CPU s | executor run s | shuffle written | spilled | docs "
-                  "| bytes | tokens |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| bytes | tokens read | tokenized | written |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, st in stages.items():
             spark = st.get("spark") or {}
             cpu = f"{st['task_cpu_s']:.1f}" if st["task_cpu_s"] or not spark.get("executor_run_s") else "-"
             lines.append(f"| {name} | {st['wall_s']:.1f} | {cpu} | "
                          f"{spark.get('executor_run_s', '-')} | {format_count(spark.get('shuffle_write_bytes', 0))}B | "
                          f"{format_count(spark.get('spilled_bytes', 0))}B | {st['docs']:,} | "
-                         f"{format_count(st['bytes'])}B | {format_count(st['tokens'])} |")
+                         f"{format_count(st['bytes'])}B | {_stage_tokens(st, 'tokens_read')} | "
+                         f"{_stage_tokens(st, 'tokens_tokenized')} | {_stage_tokens(st, 'tokens_written')} |")
         lines.append("")
     lines += run_lines(report["run"])
     return "\n".join(lines)
+
+
+def _stage_tokens(stage: dict, key: str) -> str:
+    """A stage's token figure; `-` in a report.json from before the three were apart (one `tokens`)."""
+    return format_count(stage[key]) if key in stage else "-"
 
 
 def run_lines(run: dict) -> list[str]:

@@ -159,6 +159,20 @@ def test_accounting_and_quarantine_add_up(built):
             assert s["pool_tokens_exact"] and s["selection"]["mode"] == "all"
             assert tok["docs"] == s["kept_docs"]
     assert report["totals"]["tokenized_per_written"] < 1.15
+    # Per stage, tokens read back, tokenized and written apart (one `tokens` figure meant
+    # tokenized in one row and written in the next): tokenize rounds tokenize what the sources'
+    # accounts say, write reads every kept tokenized document once and writes the output.
+    stages = report["run"]["stages"]
+    tokenize = [st for name, st in stages.items() if name.startswith("tokenize")]
+    assert sum(st["tokens_tokenized"] for st in tokenize) == sum(s["tokenized"]["tokens"] for s in report["sources"])
+    kept = sum(s["tokenized"]["kept_tokens"] for s in report["sources"])
+    assert stages["write"]["tokens_read"] == kept and stages["write"]["tokens_tokenized"] == 0
+    assert stages["write"]["tokens_written"] == report["output"]["tokens"]
+    assert stages.get("cut", {"tokens_read": kept})["tokens_read"] == kept
+    # tag tokenizes only its tokens-per-byte sample (1 in 1,024 documents: maybe none of this pool's)
+    assert stages["tag"]["tokens_tokenized"] < 0.01 * report["output"]["tokens"] and stages["tag"]["tokens_read"] == 0
+    assert all(st["tokens_read"] == st["tokens_written"] == 0 for st in tokenize)
+    assert stages["pool"]["tokens_tokenized"] == 0
     web = next(s for s in report["sources"] if s["name"] == "web")
     assert web["quarantined"] == {"invalid_utf8": 1, "malformed_json": 1, "missing_text": 1}
     qfiles = list((out / "quarantine" / "web").rglob("*.jsonl.gz"))  # each under its input path
@@ -167,6 +181,8 @@ def test_accounting_and_quarantine_add_up(built):
     code = next(s for s in report["sources"] if s["name"] == "code")
     assert code["removed"]["code_stars:stars<2"]["docs"] > 0  # synthetic star counts give it work
     md = (out / "report.md").read_text()
+    assert "| tokens read | tokenized | written |" in md
+    assert f"| {format_count(kept)} | 0 | {format_count(report['output']['tokens'])} |" in md  # the write stage's row
     assert "| web | 305 | 3 |" in md and "## Quarantined" in md and "| web | invalid_utf8 | 1 |" in md
     assert f"Spark: master {report['run']['spark_master']}, 1 executor(s)" in md and "Persisted (Spark storage" in md
 

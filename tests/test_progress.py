@@ -373,3 +373,23 @@ def test_build_stage_record_counts_pythons_merge_spills(spark):
     finally:
         conf.set("spark.python.worker.memory", before)
     assert st.record["spark"]["spilled_bytes"] > 0, st.record["spark"]
+
+
+def test_a_stage_line_names_which_tokens_it_counts(spark):
+    """One `tokens` counter meant tokenized in the tokenize stages and written in the write stage,
+    and the line said "tokens/s" for both. The three are apart, in the line and the record."""
+    from dolmino.build.progress import Stage
+
+    sc = spark.sparkContext
+    with Stage(sc, "write", quiet=True) as st:
+        st.counters.add("tokens_read", 5_000)
+        st.counters.add("tokens_written", 4_000)
+        assert " tokens/s written" in st.line() and "tokenized" not in st.line()
+    assert (st.record["tokens_read"], st.record["tokens_tokenized"], st.record["tokens_written"]) == (5_000, 0, 4_000)
+    assert "tokens" not in st.record
+    with Stage(sc, "tokenize", quiet=True) as st:
+        st.counters.add("tokens_tokenized", 3_000)
+        assert " tokens/s tokenized" in st.line()
+    with Stage(sc, "cut", quiet=True) as st:
+        st.counters.add("tokens_read", 3_000)
+        assert " tokens/s read" in st.line()

@@ -277,7 +277,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
             rerun_stats = rdd.filter(lambda r: isinstance(r, TokStats)).collect()
             state.persisted["tokenize"] = persisted_bytes(sc, rdd)  # a resumed build's left it out (a tester)
             tokenized.append(rdd)
-        state.stages["tokenize"] = st.record
+        state.stages["tokenize"] = {**st.record, "tokens_tokenized": sum(ts.tokens for ts in rerun_stats)}
         # The report describes the build, not this run (whose work is in its stages): the
         # selection's tokenize accounting, saved with the plan, as a clean build reports it.
         saved_stats = saved.get("tokenized")
@@ -298,14 +298,14 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     with Stage(sc, "write", total_units=num_parts - len(done), quiet=options.quiet) as st:
         counters = st.counters
         docs = _tok_docs(sc, tokenized)
-        instances = docs.flatMap(lambda d: _instances(d, sel_b, wctx))
+        instances = docs.mapPartitions(lambda ds: _instances(ds, sel_b, wctx, counters))
         ordered = instances.repartitionAndSortWithinPartitions(numPartitions=num_parts, partitionFunc=lambda k: k)
         try:
             written = ordered.mapPartitionsWithIndex(lambda i, it: write_part(i, it, wctx, counters)).collect()
         except Exception:
             output.check_owner(options.out, owner, "without writing its parts")  # the tasks stopped for it
             raise
-    state.stages["write"] = st.record
+    state.stages["write"] = {**st.record, "tokens_written": sum(p.tokens for p in written)}
     for rdd in tokenized:
         rdd.unpersist()
     eligible.unpersist()
@@ -390,14 +390,20 @@ def _tok_docs(sc, tokenized: list):
     return sc.union(tokenized).filter(lambda r: isinstance(r, TokDoc))
 
 
-def _instances(doc: TokDoc, sel_b, wctx_b):
-    sel = sel_b.value[doc.source_index]
+def _instances(docs, sel_b, wctx_b, counters):
+    """mapPartitions: tokenized documents -> (order key, document) per instance in a part still
+    to write. Counts the tokens it reads back (the write stage's `tokens_read`)."""
+    selections = sel_b.value
     ctx = wctx_b.value
-    name = ctx.source_names[doc.source_index]
-    for c in range(sel.instances(doc.hash)):
-        key = order_key(ctx.seed, name, doc.loc, c)
-        if key % ctx.num_parts not in ctx.done:
-            yield key, doc
+    read = 0
+    for doc in docs:
+        read += len(doc.tokens) // 4
+        name = ctx.source_names[doc.source_index]
+        for c in range(selections[doc.source_index].instances(doc.hash)):
+            key = order_key(ctx.seed, name, doc.loc, c)
+            if key % ctx.num_parts not in ctx.done:
+                yield key, doc
+    counters.add("tokens_read", read)
 
 
 def _source_accounts(manifest: Manifest, unit_pools: list[UnitPool], dedup_removed: dict, buckets: dict) -> list[dict]:
@@ -474,7 +480,9 @@ def _select(sc, manifest, options, state, eligible, sources, targets, tok_ctx, t
             rdd = _tokenize(eligible, bucket_range(tuple(lo), tuple(hi)), tok_ctx, st.counters)
             summary = rdd.mapPartitions(_round_summary).collect()  # one job: stats and tokens per bucket
             state.persisted[name] = persisted_bytes(sc, rdd)
-        state.stages[name] = st.record
+        # from the collected records (accumulators count a retried task twice)
+        tokens = sum(r.tokens for r in summary if isinstance(r, TokStats))
+        state.stages[name] = {**st.record, "tokens_tokenized": tokens}
         tokenized.append(rdd)
         for record in summary:
             if isinstance(record, TokStats):
@@ -542,13 +550,15 @@ def _members(sc, tokenized, needs: dict[int, int], counters) -> dict[int, list[t
 
     def scan(docs):
         need_of = needs_b.value
-        scanned = 0
+        scanned = read = 0
         for d in docs:
             scanned += 1
+            read += len(d.tokens) // 4
             need = need_of.get(d.source_index)
             if need is not None and (need == ALL_MEMBERS or bucket_of(d.hash) == need):
                 yield d.source_index, (d.hash, len(d.tokens) // 4)
         counters.add("docs", scanned)
+        counters.add("tokens_read", read)
 
     out: dict[int, list[tuple[int, int]]] = {}
     for si, member in _tok_docs(sc, tokenized).mapPartitions(scan).collect():

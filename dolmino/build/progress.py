@@ -1,14 +1,18 @@
 """A live line per build stage on the driver, and the per-stage record for the report.
 
 Counts come from Spark accumulators that tasks add to as they finish units (documents,
-bytes, tokens, CPU seconds) and from Spark's status tracker (tasks done / total). On a
+bytes, tokens read / tokenized / written, CPU seconds) and from Spark's status tracker (tasks done / total). On a
 terminal the line is rewritten in place every second (under spark-submit too, whose JVM
 copies the driver's output to its terminal; `DOLMINO_PROGRESS=1` / `0` decide outright);
 otherwise (CI, a log file) one line is printed every `DOLMINO_PROGRESS_S` seconds (default
 30) and at the end of each stage.
 
-The stage record (wall time, CPU seconds of the Python work in tasks, Spark's executor run
-time and shuffle/spill bytes for the stage's jobs) goes into report.json's `stages`.
+The stage record (wall time, CPU seconds of the Python work in tasks, tokens read back as ids,
+tokenized and written, Spark's executor run time and shuffle/spill bytes for the stage's jobs)
+goes into report.json's `stages`. Tokens are counted apart because the stages differ in which
+they touch: tag tokenizes only its sample (for tokens per byte) and reads text, the tokenize
+stages tokenize, cut reads the tokenized documents back, write reads them and writes the parts;
+one `tokens` figure meant tokenized in one row and written in the next.
 Accumulators added in transformations can count a retried task twice: they drive the
 display and the CPU figure, never the accounting (which comes from collected records).
 """
@@ -25,7 +29,8 @@ from dolmino.build.spark import settled_jobs
 from dolmino.manifest import format_count
 from dolmino.progress import enabled as progress_enabled
 
-COUNTERS = ("units", "bytes", "docs", "tokens", "cpu_s", "fetched_ahead")
+TOKENS = ("tokens_read", "tokens_tokenized", "tokens_written")
+COUNTERS = ("units", "bytes", "docs", *TOKENS, "cpu_s", "fetched_ahead")
 _STAGE_RUNS = itertools.count(1)
 
 
@@ -122,8 +127,10 @@ class Stage:
         if self.total_docs:
             parts.append(f"{int(v['docs']):,}/{self.total_docs:,} docs")
         parts.append(f"{v['docs'] / elapsed:,.0f} docs/s")
-        if v["tokens"]:
-            parts.append(f"{format_count(v['tokens'] / elapsed)} tokens/s")
+        # the stage's main token figure, named: "tokens/s" alone read as tokenized in every stage
+        kind = next((name for name in ("tokens_tokenized", "tokens_written", "tokens_read") if v[name]), None)
+        if kind:
+            parts.append(f"{format_count(v[kind] / elapsed)} tokens/s {kind.removeprefix('tokens_')}")
         by = ((v["bytes"], self.total_bytes) if self.total_bytes else (v["units"], self.total_units)
               if self.total_units else (v["docs"], self.total_docs))
         parts.append(f"done in {elapsed:,.1f} s" if final else f"ETA {_eta(by[0], by[1], elapsed)}")
@@ -155,6 +162,6 @@ class Stage:
         v = self.counters.values()
         self.record = {"wall_s": round(time.time() - self.started, 3), "task_cpu_s": round(v["cpu_s"], 3),
                        "units": int(v["units"]), "bytes": int(v["bytes"]), "docs": int(v["docs"]),
-                       "tokens": int(v["tokens"]), "fetched_ahead": int(v["fetched_ahead"]),
+                       **{name: int(v[name]) for name in TOKENS}, "fetched_ahead": int(v["fetched_ahead"]),
                        "spark": group_metrics(self.sc, self.group)}
         self.sc.setLocalProperty("spark.jobGroup.id", None)

@@ -84,6 +84,7 @@ class BundleTagged(NamedTuple):
     docs: int  # documents read, when the docs set was written now
     bytes: int  # their UTF-8 text bytes
     files: dict  # path -> size of every file written
+    sample_tokens: int  # tokens of the documents tokenized for the tokens-per-byte sample
 
 
 class Signature(NamedTuple):
@@ -340,7 +341,8 @@ def tag_bundle(work: BundleWork, ctx: TagContext, ahead: ReadAhead) -> Iterator[
     stats = acc.stats.values()
     yield BundleTagged(bundle.index, {u.index: acc.stats[u.index].get("lines", 0) for u in bundle.units
                                       if _split(u) and u.index in acc.stats},
-                       sum(st.get("docs", 0) for st in stats), sum(st.get("bytes", 0) for st in stats), files)
+                       sum(st.get("docs", 0) for st in stats), sum(st.get("bytes", 0) for st in stats), files,
+                       sum(st.get("sample_tokens", 0) for st in stats))
 
 
 def run_tag_task(works: list[BundleWork], ctx_b, counters) -> Iterator[BundleTagged | Signature]:
@@ -502,6 +504,7 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
                 records.persist(StorageLevel.MEMORY_AND_DISK)
             results = records.filter(lambda r: isinstance(r, BundleTagged)).collect()
     stages["tag"] = stage.record
+    stages["tag"]["tokens_tokenized"] = sum(r.sample_tokens for r in results)  # from records: no retried task twice
     written = {p: n for r in results for p, n in r.files.items()}
     if written:
         check_visible(written, _listing(store, written), "attribute files")

@@ -182,7 +182,7 @@ def _tokenize_groups(groups, ctx: TokContext, stats: dict, ahead: ReadAhead, cou
                 st["kept_tokens"] += n
                 yield TokDoc(si, pd.hash, doc["id"], loc, np.asarray(ids, dtype="<u4").tobytes())
             counters.add("docs", len(batch))
-            counters.add("tokens", sum(0 if ids is None else len(ids) for ids in ids_list))
+            counters.add("tokens_tokenized", sum(0 if ids is None else len(ids) for ids in ids_list))
 
         for line, doc in read_lines(uri, unit, wanted, None, ahead.take(uri)):
             pd = by_line[line]
@@ -280,7 +280,7 @@ def write_part(index: int, items, ctx_b, counters) -> Iterator[PartResult]:
         if remote:
             shutil.rmtree(workdir, ignore_errors=True)
     counters.add("units", 1)
-    counters.add("tokens", stats.tokens)
+    counters.add("tokens_written", stats.tokens)
     counters.add("docs", stats.docs)
     counters.add("cpu_s", time.process_time() - started)
     yield result
