@@ -181,6 +181,30 @@ def test_a_changed_threshold_mixes_from_stored_scores(world, spark, tmp_path, mo
     assert FILES * 4 > kept[0] > kept[1] > 0  # the stricter threshold removed more, from the same stored scores
 
 
+def test_another_specs_attribute_file_copied_over_this_ones_fails_the_mix(world, spark, tmp_path):
+    """Scores of another fastText label copied over this spec's file (same bundle, same input
+    versions) were mixed as this label's, exit 0 (found by a tester): each file names its set,
+    and the pool stage refuses one of another set."""
+    import shutil
+
+    root, model = world
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    other = _spec(root, model, THRESHOLD)
+    other["sources"][0]["filters"][0]["label"] = "__label__lq"
+    for spec, attrs in ((_spec(root, model, THRESHOLD), ours), (other, theirs)):
+        build(manifest_from_dict(spec), 4_000, str(tmp_path / f"tag-{attrs.name}"), spark, attributes=str(attrs),
+              phase="tag")
+    [our_set] = (ours / "web").glob("fasttext_quality-*")
+    [their_set] = (theirs / "web").glob("fasttext_quality-*")
+    assert our_set.name != their_set.name
+    victim = sorted(our_set.rglob("*.parquet"))[0]
+    shutil.copyfile(their_set / victim.relative_to(our_set), victim)
+    with pytest.raises(Exception, match=f"belongs to attribute set {their_set.name}, not {our_set.name}.*"
+                                        "delete it and run `dolmino tag`"):  # raised in an executor
+        build(manifest_from_dict(_spec(root, model, THRESHOLD)), 4_000, str(tmp_path / "mix"), spark,
+              attributes=str(ours), phase="mix")
+
+
 def test_a_changed_file_retags_its_bundle_only(world, spark, tmp_path, monkeypatch):
     monkeypatch.setattr(attributes, "BUNDLE_TARGET_BYTES", 4_000)
     root, model = world

@@ -193,14 +193,21 @@ def unit_stats(stored: dict) -> dict:
 REMEDY = "delete it and run `dolmino tag` with this manifest again (it tags what is missing)"
 
 
-def unit_rows(meta: dict, bundle: Bundle, path: str = "") -> list[tuple[int, int]]:
+def unit_rows(meta: dict, bundle: Bundle, path: str = "", set_name: str | None = None) -> list[tuple[int, int]]:
     """[start, end) rows of each of the bundle's units in one of its attribute files.
 
-    The file must describe exactly these units at these versions: one copied over another,
-    or left from an input's earlier version under the current name, would otherwise put
-    other documents' attributes (or another version's) under the current ones, silently."""
+    The file must describe exactly these units at these versions, and belong to `set_name`
+    (its directory): one copied over another, or left from an input's earlier version under
+    the current name, would otherwise put other documents' attributes (or another version's,
+    or another filter spec's: another fastText label's scores, another `min_stars`'s verdicts)
+    under the current ones, silently. Files written before they named their set pass the set
+    check."""
     listed = meta.get("units") or []
     where = path or f"attribute file of bundle {bundle.key}"
+    stored_set = meta.get("set")
+    if set_name is not None and stored_set not in (None, set_name):
+        raise BuildError(f"{where} belongs to attribute set {stored_set}, not {set_name} (copied from another "
+                         f"filter spec's or manifest's set?): {REMEDY}")
     if [u.get("unit") for u in listed] != [u.key for u in bundle.units]:
         raise BuildError(f"{where} lists units {[u.get('unit') for u in listed][:3]}..., expected "
                          f"{[u.key for u in bundle.units][:3]}...: {REMEDY}")

@@ -172,10 +172,10 @@ def fetch_attributes(bundles: Iterable[Bundle], ctx: PoolContext) -> ReadAhead:
     return ReadAhead(((path, None) for bundle in bundles for path in attribute_paths(bundle, ctx)), ctx.read_ahead)
 
 
-def _unit_slices(path: str, bundle: Bundle, ahead: ReadAhead | None) -> tuple[object, list, dict]:
+def _unit_slices(path: str, bundle: Bundle, ahead: ReadAhead | None, set_name: str) -> tuple[object, list, dict]:
     """(table, [(start, end) rows per unit], metadata) of one of a bundle's attribute files."""
     table, meta = read_table(path, data=None if ahead is None else ahead.take(path))
-    return table, unit_rows(meta, bundle, path), meta
+    return table, unit_rows(meta, bundle, path, set_name), meta
 
 
 def _keys(values: list[bytes]) -> np.ndarray:
@@ -210,17 +210,17 @@ def pool_bundle(bundle: Bundle, ctx: PoolContext,
     si = bundle.source_index
     plan, source = ctx.plans[si], ctx.sources[si]
     docs_path, *set_paths = attribute_paths(bundle, ctx)  # the order fetch_attributes fetches them in
-    docs, doc_spans, meta = _unit_slices(docs_path, bundle, ahead)
+    docs, doc_spans, meta = _unit_slices(docs_path, bundle, ahead, plan.docs_set)
     filters = []
     for t, path in zip(plan.filters, set_paths):
-        table, spans, _ = _unit_slices(path, bundle, ahead)
+        table, spans, _ = _unit_slices(path, bundle, ahead, t.set_name)
         if spans != doc_spans:
             raise ValueError(f"{bundle.key}: {t.set_name} rows per unit {spans[:3]}... differ from the docs set's")
         filters.append((t.index, build_filter(localized_spec(t.spec, ctx.resources), f"{plan.name}.filters[{t.index}]"),
                         table.to_pylist()))
     cluster_rows = None
     if plan.minhash_set:
-        table, cluster_spans, cluster_meta = _unit_slices(set_paths[-1], bundle, ahead)
+        table, cluster_spans, cluster_meta = _unit_slices(set_paths[-1], bundle, ahead, plan.minhash_set)
         if cluster_meta.get("pool") != plan.minhash_pool:  # clusters of another pool: copied in by hand
             raise BuildError(f"{set_paths[-1]}: MinHash clusters computed over other input files than this "
                              f"source's; {REMEDY}")

@@ -331,13 +331,13 @@ def tag_bundle(work: BundleWork, ctx: TagContext, ahead: ReadAhead) -> Iterator[
         columns = acc.tagged[k] or {"reason": []}
         schema = pa.schema([(name, pa.array(values).type) for name, values in columns.items()])
         path = store.path(plan.name, tag.set_name, bundle)
-        files[path] = write_table(path, columns, schema, {**meta, "spec": tag.spec})
+        files[path] = write_table(path, columns, schema, {**meta, "set": tag.set_name, "spec": tag.spec})
     if plan.docs_set in work.sets:
         for entry, unit in zip(listed, bundle.units):
             entry["stats"] = acc.stats[unit.index]
         path = store.path(plan.name, plan.docs_set, bundle)
         # Written last: its presence means the units' quarantine and documents are in place.
-        files[path] = write_table(path, acc.base, _docs_schema(), meta)
+        files[path] = write_table(path, acc.base, _docs_schema(), {**meta, "set": plan.docs_set})
     stats = acc.stats.values()
     yield BundleTagged(bundle.index, {u.index: acc.stats[u.index].get("lines", 0) for u in bundle.units
                                       if _split(u) and u.index in acc.stats},
@@ -381,10 +381,10 @@ class TagResult(NamedTuple):
     signature_units: int = 0  # of tagged_units, those read only for MinHash signatures
 
 
-def _stored_lines(bundle: Bundle, path: str) -> list[tuple[int, int]]:
+def _stored_lines(bundle: Bundle, path: str, set_name: str) -> list[tuple[int, int]]:
     """(unit index, lines) of the bundle's split units, from its stored docs set."""
     _table, meta = read_table(path, columns=[])
-    unit_rows(meta, bundle, path)  # the file lists exactly the bundle's units
+    unit_rows(meta, bundle, path, set_name)  # the file lists exactly the bundle's units, and is of its set
     return [(unit.index, unit_stats(entry["stats"])["lines"]) for unit, entry in zip(bundle.units, meta["units"])
             if _split(unit)]
 
@@ -515,7 +515,8 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
     # phase gets every unit's counts from the pool stage, which reads the same files whole.
     missing = [b for b in bundles if any(_split(u) and u.index not in lines for u in b.units)]
     if missing:
-        pairs = [(b, store.path(plans[b.source_index].name, plans[b.source_index].docs_set, b)) for b in missing]
+        pairs = [(b, store.path(plans[b.source_index].name, plans[b.source_index].docs_set, b),
+                  plans[b.source_index].docs_set) for b in missing]
         n = max(1, min(len(pairs), sc.defaultParallelism * 4))
         lines.update(parallelize_pickled(sc, pairs, n).flatMap(lambda p: _stored_lines(*p)).collect())
     offsets = first_lines(units, lines)
@@ -562,7 +563,8 @@ def _write_clusters(bundle: Bundle, members, store: AttributeStore, plan: Source
     schema = pa.schema([("line", pa.int64()), ("cluster", pa.binary(16))])
     path = store.path(plan.name, plan.minhash_set, bundle)
     meta = {"bundle": bundle.key, "version": bundle.version, "source": plan.name,
-            "units": unit_listing(bundle, counts), "minhash": plan.minhash, "pool": plan.minhash_pool}
+            "units": unit_listing(bundle, counts), "minhash": plan.minhash, "pool": plan.minhash_pool,
+            "set": plan.minhash_set}
     return path, write_table(path, {"line": lines, "cluster": clusters}, schema, meta)
 
 
