@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -208,3 +209,33 @@ def test_a_killed_python_worker_is_one_line_saying_to_rerun(spark):
     assert line is not None and line.startswith("a Python worker died (task 0 of stage "), str(info.value)[:2000]
     assert line.endswith("killed, or out of memory; rerun the same command to resume (finished attribute files "
                          "and parts are kept)")
+
+
+def test_spark_submit_prints_one_line_not_sparks_copies_of_the_traceback(spark, tmp_path):
+    """A damaged attribute file, found by a pool task: spark-submit's console showed Spark's
+    own log of the task's Python traceback three times (~120 lines: the block manager, the
+    local executor, the task set) before the command's one line (found by a tester)."""
+    from cluster import jvm_env, python_env, run_submit, submit_argv
+
+    from dolmino.build.mix import build
+    from dolmino.documents import write_documents
+    from dolmino.manifest import manifest_from_dict
+
+    write_documents(str(tmp_path / "data" / "web" / "a.jsonl.zst"),
+                    [{"id": f"d{i}", "text": f"document number {i} about baking bread"} for i in range(20)])
+    manifest = {"name": "damaged", "version": 1, "seed": 1, "budget": 100, "data_root": str(tmp_path / "data"),
+                "sources": [{"name": "web", "paths": ["web/*.jsonl.zst"], "mix_percent": 100}]}
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(manifest))
+    attributes = tmp_path / "attributes"
+    build(manifest_from_dict(manifest), 100, str(tmp_path / "tagged"), spark, attributes=str(attributes), phase="tag")
+    [docs] = attributes.glob("web/docs-*/**/*.parquet")
+    docs.write_bytes(docs.read_bytes()[:300])
+    keep = {k: os.environ[k] for k in ("PATH", "HOME", "JAVA_HOME", "LANG") if k in os.environ}
+    env = {**keep, **python_env(), **jvm_env(), "SPARK_LOCAL_IP": "127.0.0.1"}
+    argv = submit_argv("local[1]", "dolmino/build_mix.py", ["--manifest", str(path), "--attributes", str(attributes),
+                                                           "--out", str(tmp_path / "out")])
+    run = run_submit(argv, env, str(Path(__file__).resolve().parents[1]), tmp_path / "logs", "damaged", 300)
+    assert run.returncode == 2, run.output[-3000:]
+    assert "error: in an executor: BuildError: " in run.output and "not a readable attribute file" in run.output
+    assert "Traceback" not in run.output and "PythonException" not in run.output, run.output[-5000:]

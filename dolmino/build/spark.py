@@ -137,10 +137,12 @@ class SparkCommand:
     def start(self, app_name: str, master: str | None, driver_memory: str | None):
         exit_on_sigterm()
         try:
-            return make_spark(app_name, master, driver_memory)
+            spark = make_spark(app_name, master, driver_memory)
         except Exception as exc:  # noqa: BLE001 - a master URL Spark refuses or that never answers: one line
             print(f"{self.prog}: error: {start_failure(exc, master)}", file=sys.stderr)
             return None
+        quiet_task_failures(spark.sparkContext)
+        return spark
 
     def stopped(self, exc: BaseException) -> int | None:
         """The exit status where `exc` is Ctrl-C, SIGTERM or Spark gone from under the command
@@ -160,6 +162,30 @@ class SparkCommand:
 
     def stop(self, spark) -> None:
         stop_session(spark, self.interrupted)
+
+
+# Loggers of the driver's JVM that print a failed task's Python traceback: the task set's "Lost
+# task" warning (each attempt), the block manager's "Putting block ... failed", and in local mode
+# the executor's own "Exception in task" (an executor of a cluster logs to its worker's files).
+TASK_FAILURE_LOGGERS = {"org.apache.spark.scheduler.TaskSetManager": "ERROR",
+                        "org.apache.spark.storage.BlockManager": "ERROR",
+                        "org.apache.spark.executor.Executor": "FATAL"}
+
+
+def quiet_task_failures(sc) -> None:
+    """Keep Spark's copies of a failed task's traceback off the console: a damaged attribute
+    file printed three tracebacks in ~120 lines of Spark's log before the command's one line
+    (found by a tester). The command says the failure itself in one line (`executor_failure`),
+    and an unexpected one with its traceback; Spark's one-line "Task 0 in stage 3.0 failed 4
+    times; aborting job" stays. On a cluster each executor's log (the Spark UI, the Worker's
+    work directory) keeps the tracebacks, retries included."""
+    try:
+        jvm = sc._jvm  # noqa: SLF001 - log4j2's levels are reachable only through the JVM
+        level = jvm.org.apache.logging.log4j.Level
+        for name, value in TASK_FAILURE_LOGGERS.items():
+            jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, level.getLevel(value))
+    except Exception:  # noqa: BLE001 - another logging backend: Spark's log stays as it was
+        pass
 
 
 class _Py4jSendFailures:
