@@ -336,8 +336,8 @@ def render_markdown(report: dict) -> str:
     if stages:
         lines += ["## Stages", "", "Task CPU s: the Python work of the stage's tasks, where they measure it (-: "
                   "not measured, as in the MinHash stages' Spark transformations); executor run s: Spark's. "
-                  "Tokens read: token ids read back from the tokenized documents (tag and pool read text: bytes); "
-                  "tag tokenizes only its tokens-per-byte sample.", "",
+                  "Tokens read: token ids read back from the tokenized documents (tag reads text, pool attribute "
+                  "files: their bytes are the documents' text); tag tokenizes only its tokens-per-byte sample.", "",
                   "| stage | wall s | task CPU s | executor run s | shuffle written | spilled | docs "
                   "| bytes | tokens read | tokenized | written |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, st in stages.items():

@@ -599,13 +599,18 @@ def _cluster_source(sc, records, si: int, plan: SourceTagPlan, bundles: list[Bun
     by_index = {b.index: b for b in bundles}
     per_bundle = members.map(lambda m: (bundle_of.value[m[0]], (m[0], m[1][0], m[1][1]))).groupByKey()
     targets = sc.parallelize([(b.index, None) for b in bundles], max(1, min(len(bundles), sc.defaultParallelism * 4)))
-    files = dict(targets.leftOuterJoin(per_bundle)
-                 .map(lambda kv: _write_clusters(by_index[kv[0]], kv[1][1], store, plan)).collect())
+
+    def write(kv):
+        bundle = by_index[kv[0]]
+        written_file = _write_clusters(bundle, kv[1][1], store, plan)
+        counters.add("units", len(bundle.units))  # as each bundle's file is written: the line's units move
+        return written_file
+
+    files = dict(targets.leftOuterJoin(per_bundle).map(write).collect())
     members.unpersist()
     roots.unpersist()
     check_visible(files, store.existing(plan.name, plan.minhash_set), "MinHash cluster files")
     written.update(files)
-    counters.add("units", len(units))
     # Documents in no cluster are clusters of one (the "1" bin was always 0), and the params are
     # the ones used, defaults and banding included, not the manifest's echo (found by a tester).
     sizes = {**tally["bins"], "1": int(docs_in) - tally["docs"]}
