@@ -391,7 +391,7 @@ class Py4JError(Exception):
 def gone():
     raise Py4JError("org.apache.spark.sql.classic.SparkSession does not exist in the JVM")
 
-fake = types.SimpleNamespace(sparkContext=types.SimpleNamespace(setLogLevel=lambda level: None), stop=gone)
+fake = types.SimpleNamespace(sparkContext=types.SimpleNamespace(setLogLevel=lambda level: None, getConf=dict), stop=gone)
 dolmino.build.spark.make_spark = lambda *a, **k: fake
 
 def run_build(*_args, **_kwargs):  # as py4j does: the handler's SystemExit, then a call into a dead JVM
@@ -446,7 +446,7 @@ def test_ctrl_c_in_build_and_synth_is_one_line_and_exit_130(tmp_path, monkeypatc
     import dolmino.build.spark
     from dolmino.cli import main
 
-    fake = types.SimpleNamespace(sparkContext=types.SimpleNamespace(setLogLevel=lambda level: None),
+    fake = types.SimpleNamespace(sparkContext=types.SimpleNamespace(setLogLevel=lambda level: None, getConf=dict),
                                  stop=lambda: None)
     monkeypatch.setattr(dolmino.build.spark, "make_spark", lambda *a, **k: fake)
 
@@ -494,7 +494,7 @@ def test_a_bug_in_a_synth_run_keeps_its_traceback(tmp_path, monkeypatch, capsys)
     import dolmino.synth.runner
     from dolmino.cli import main
 
-    fake = types.SimpleNamespace(sparkContext=types.SimpleNamespace(setLogLevel=lambda level: None),
+    fake = types.SimpleNamespace(sparkContext=types.SimpleNamespace(setLogLevel=lambda level: None, getConf=dict),
                                  stop=lambda: None)
     monkeypatch.setattr(dolmino.build.spark, "make_spark", lambda *a, **k: fake)
 

@@ -239,3 +239,34 @@ def test_spark_submit_prints_one_line_not_sparks_copies_of_the_traceback(spark, 
     assert run.returncode == 2, run.output[-3000:]
     assert "error: in an executor: BuildError: " in run.output and "not a readable attribute file" in run.output
     assert "Traceback" not in run.output and "PythonException" not in run.output, run.output[-5000:]
+
+
+def test_task_failure_loggers_are_quieted_only_in_a_session_the_command_started(spark):
+    """A command run in a process with its own Spark session (a notebook) set that session's
+    loggers for good (found by a reviewer); `spark.log.level=INFO` asks for every logger."""
+    from pyspark import SparkConf
+
+    from dolmino.build.spark import TASK_FAILURE_LOGGERS, SparkCommand, console_log_levels
+
+    jvm = spark.sparkContext._jvm
+    log_manager = jvm.org.apache.logging.log4j.LogManager
+
+    def levels() -> list[str]:
+        return [str(log_manager.getLogger(name).getLevel()) for name in TASK_FAILURE_LOGGERS]
+
+    before = levels()
+    assert before != ["ERROR", "ERROR", "FATAL"]
+    assert SparkCommand("dolmino build", "kept").start("in-a-notebook", None, None) is not None
+    assert levels() == before
+
+    class Asked:  # a session started with --conf spark.log.level=INFO
+        _jvm = jvm
+
+        def getConf(self):
+            return SparkConf(loadDefaults=False).set("spark.log.level", "info")
+
+        def setLogLevel(self, level):
+            raise AssertionError("spark.log.level was set: Spark applies it")
+
+    console_log_levels(Asked())
+    assert levels() == before

@@ -207,7 +207,6 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
     spark = command.start(f"dolmino-{phase}-{manifest.name}", args.master, args.driver_memory)
     if spark is None:
         return 2
-    spark.sparkContext.setLogLevel("WARN")
     try:
         result = run_build(manifest, options, spark)
     except BaseException as exc:  # noqa: BLE001

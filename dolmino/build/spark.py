@@ -135,13 +135,17 @@ class SparkCommand:
         self.interrupted = False
 
     def start(self, app_name: str, master: str | None, driver_memory: str | None):
+        from pyspark.sql import SparkSession
+
         exit_on_sigterm()
+        existing = SparkSession.getActiveSession()  # a caller's own session (a notebook): its logging stays
         try:
             spark = make_spark(app_name, master, driver_memory)
         except Exception as exc:  # noqa: BLE001 - a master URL Spark refuses or that never answers: one line
             print(f"{self.prog}: error: {start_failure(exc, master)}", file=sys.stderr)
             return None
-        quiet_task_failures(spark.sparkContext)
+        if existing is None:
+            console_log_levels(spark.sparkContext)
         return spark
 
     def stopped(self, exc: BaseException) -> int | None:
@@ -172,13 +176,29 @@ TASK_FAILURE_LOGGERS = {"org.apache.spark.scheduler.TaskSetManager": "ERROR",
                         "org.apache.spark.executor.Executor": "FATAL"}
 
 
+VERBOSE_LEVELS = ("INFO", "DEBUG", "TRACE", "ALL")
+
+
+def console_log_levels(sc) -> None:
+    """A command's own session logs warnings and up, without Spark's copies of failed tasks'
+    tracebacks; `--conf spark.log.level=...` sets the level instead (Spark applies it), and
+    INFO or more verbose keeps every logger, the task failures' included."""
+    asked = sc.getConf().get("spark.log.level", None)
+    if asked is None:
+        sc.setLogLevel("WARN")
+    if (asked or "WARN").upper() not in VERBOSE_LEVELS:
+        quiet_task_failures(sc)
+
+
 def quiet_task_failures(sc) -> None:
     """Keep Spark's copies of a failed task's traceback off the console: a damaged attribute
     file printed three tracebacks in ~120 lines of Spark's log before the command's one line
     (found by a tester). The command says the failure itself in one line (`executor_failure`),
     and an unexpected one with its traceback; Spark's one-line "Task 0 in stage 3.0 failed 4
-    times; aborting job" stays. On a cluster each executor's log (the Spark UI, the Worker's
-    work directory) keeps the tracebacks, retries included."""
+    times; aborting job" stays, and a lost executor (TaskSchedulerImpl's error). The three loggers'
+    other warnings go too (a task of very large size, a block spilled to disk): levels are per
+    logger. On a cluster each executor's log (the Spark UI, the Worker's work directory) keeps
+    the tracebacks, retries included; `--conf spark.log.level=INFO` keeps them on the console."""
     try:
         jvm = sc._jvm  # noqa: SLF001 - log4j2's levels are reachable only through the JVM
         level = jvm.org.apache.logging.log4j.Level
