@@ -6,7 +6,9 @@ paths, format, document limits, dedup (MinHash threshold and seed included) and 
 filter parameter (thresholds, model files) that changed, the top-level fields (seed,
 budget, tokenizer, output format), and the plan of both manifests side by side (target
 tokens, Source %, Mix % before and after, from `Manifest.plan`, the numbers a build
-targets). Numbers are compared as the manifest means them ("752B" equals 752000000000).
+targets). Numbers are compared as the manifest means them ("752B" equals 752000000000), a
+parameter left out as its default (the filter's, MinHash's), and shown in full where their
+short forms would read the same.
 Descriptions are reported as changed, not shown: the JSON diff holds the prose.
 """
 
@@ -14,13 +16,16 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import inspect
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 
 from dolmino.errors import ManifestError
 from dolmino.manifest import MINHASH_DEFAULTS, Manifest, SourceSpec, format_count, load_manifest, parse_count
 from dolmino.plan import Plan, make_plan, render_table, share_text
+from filters.base import number_text
 
 FORMATS = ("text", "markdown")
 
@@ -56,7 +61,7 @@ def _show(value: object) -> str:
     if value is _MISSING or value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:g}"
+        return number_text(value)  # `:g` keeps 6 digits: 0.03311014 -> 0.03311012 read the same twice (a tester)
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
         return f"{value:,}"  # 752,000,000,000 -> 760,000,000,000, not 12-digit runs to count (a tester)
     if isinstance(value, (dict, list, tuple)):
@@ -80,16 +85,29 @@ def _minhash(source: SourceSpec, manifest: Manifest) -> dict:
     return {**MINHASH_DEFAULTS, "seed": manifest.seed, **source.dedup.minhash}
 
 
+def _filter_defaults(type_name: str) -> dict:
+    """The parameters a filter takes when the manifest leaves them out: its constructor's
+    defaults, where `filters.registry.build_filter` checks the manifest's parameters."""
+    from filters.registry import filter_class
+
+    signature = inspect.signature(filter_class(type_name).__init__)
+    return {n: p.default for n, p in signature.parameters.items()
+            if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty}
+
+
 def _filter_changes(name: str, a: list[dict], b: list[dict], out: list[Change]) -> None:
-    """Filters matched by type in chain order: parameter changes, insertions, removals, moves."""
+    """Filters matched by type in chain order: parameter changes, insertions, removals, moves.
+    A parameter is compared as the filter takes it: a default written out, or removed in favour
+    of the default, is no change, and a side that leaves it out shows the default (a tester)."""
     types_a = [f.get("type") for f in a]
     types_b = [f.get("type") for f in b]
     matcher = difflib.SequenceMatcher(a=types_a, b=types_b, autojunk=False)
     for op, i1, i2, j1, j2 in matcher.get_opcodes():
         if op == "equal":
             for i, j in zip(range(i1, i2), range(j1, j2)):
-                params_a = {k: v for k, v in a[i].items() if k != "type"}
-                params_b = {k: v for k, v in b[j].items() if k != "type"}
+                defaults = _filter_defaults(types_b[j])
+                params_a = {**defaults, **{k: v for k, v in a[i].items() if k != "type"}}
+                params_b = {**defaults, **{k: v for k, v in b[j].items() if k != "type"}}
                 _compare_dicts(f"{name}.filters[{j}] {types_b[j]}", params_a, params_b, out)
             continue
         for i in range(i1, i2):
@@ -118,10 +136,33 @@ def _source_changes(a: SourceSpec, b: SourceSpec, ma: Manifest, mb: Manifest) ->
     return out
 
 
-def _budget_field(m: Manifest) -> str:
-    if m.budget is None:
-        return "-"
-    return format_count(m.budget) + ("" if m.budget_stated or m.kind == "pool" else " (passes x pools)")
+def _counts_text(a: int | None, b: int | None) -> tuple[str, str]:
+    """Two token counts as `format_count` shows them, in full where those read the same but the
+    counts differ: a budget of 50B -> 50.04B read "50B -> 50B" (found by a tester)."""
+    if a is not None and b is not None and a != b and format_count(a) == format_count(b):
+        return f"{a:,}", f"{b:,}"
+    return tuple("-" if n is None else format_count(n) for n in (a, b))
+
+
+def _percents_text(a: float | None, b: float | None, digits: int = 4) -> tuple[str, str]:
+    """Two percentages at `digits` significant digits, more where those read the same but the
+    values differ (Source % 3.23 -> 3.2301), not for float noise."""
+    if a is None or b is None:
+        return tuple("-" if v is None else f"{v:.{digits}g}" for v in (a, b))
+    if not math.isclose(a, b, rel_tol=1e-9):
+        while digits < 17 and f"{a:.{digits}g}" == f"{b:.{digits}g}":
+            digits += 1
+    return f"{a:.{digits}g}", f"{b:.{digits}g}"
+
+
+def _budget_change(a: Manifest, b: Manifest) -> Change | None:
+    """The budgets compared as counts: their 3-digit text hid 50B -> 50.04B ("No changes", exit 0,
+    while every source's target moved; found by a tester)."""
+    how = ["" if m.budget is None or m.budget_stated or m.kind == "pool" else " (passes x pools)" for m in (a, b)]
+    if (a.budget, how[0]) == (b.budget, how[1]):
+        return None
+    before, after = _counts_text(a.budget, b.budget)
+    return Change("budget", before + how[0], after + how[1])
 
 
 def diff_manifests(a: Manifest, b: Manifest, budget: int | None = None, with_plan: bool = True) -> ManifestDiff:
@@ -129,7 +170,8 @@ def diff_manifests(a: Manifest, b: Manifest, budget: int | None = None, with_pla
     d = ManifestDiff(a, b)
     for attr in ("name", "version", "kind", "seed"):
         _compare(attr, getattr(a, attr), getattr(b, attr), d.fields)
-    _compare("budget", _budget_field(a), _budget_field(b), d.fields)
+    if budget_change := _budget_change(a, b):
+        d.fields.append(budget_change)
     for key in ("data_root", "output"):
         # Resolved against each manifest's directory: the same text in a moved manifest reads other
         # data (shown as "No changes"; found by a tester), other text may name the same directory.
@@ -180,19 +222,14 @@ def _plan_side_by_side(d: ManifestDiff, fmt: str) -> list[str]:
     headers = ["source", "target before", "target after", "Source % before", "Source % after", "Mix % before",
                "Mix % after", "Mix % change"]
     rows = []
-
-    def pct(r, attr, digits=4):
-        value = None if r is None else getattr(r, attr)
-        return "-" if value is None else f"{value:.{digits}g}"
-
     for n in names:
         ra, rb = rows_a.get(n), rows_b.get(n)
-        rows.append([n, format_count(ra.target_tokens) if ra else "-", format_count(rb.target_tokens) if rb else "-",
-                     pct(ra, "source_percent"), pct(rb, "source_percent"),
+        rows.append([n, *_counts_text(ra.target_tokens if ra else None, rb.target_tokens if rb else None),
+                     *_percents_text(ra.source_percent if ra else None, rb.source_percent if rb else None),
                      share_text(ra.mix_percent) if ra else "-", share_text(rb.mix_percent) if rb else "-",
                      _delta_pct(ra.mix_percent if ra else 0.0, rb.mix_percent if rb else 0.0)])
-    rows.append(["total", format_count(d.plan_a.budget) if d.plan_a else "-",
-                 format_count(d.plan_b.budget) if d.plan_b else "-", "", "", "", "", ""])
+    rows.append(["total", *_counts_text(d.plan_a.budget if d.plan_a else None, d.plan_b.budget if d.plan_b else None),
+                 "", "", "", "", ""])
     return render_table(headers, rows, fmt)
 
 
@@ -232,7 +269,7 @@ def render_diff(d: ManifestDiff, fmt: str = "text") -> str:
     lines += [heading("Plan before and after"), ""]
     if d.plan_a or d.plan_b:
         if d.plan_a and d.plan_b:
-            lines.append(f"Budget {format_count(d.plan_a.budget)} -> {format_count(d.plan_b.budget)} tokens.")
+            lines.append("Budget {} -> {} tokens.".format(*_counts_text(d.plan_a.budget, d.plan_b.budget)))
             lines.append("")
         lines += _plan_side_by_side(d, fmt)
         lines.append("")

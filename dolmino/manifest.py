@@ -398,7 +398,7 @@ def expand_home(value: str) -> str:
     return os.path.expanduser(value) if value.startswith("~") else value
 
 
-def _resolve_relative(base_dir: str | None, value: str | None) -> str | None:
+def resolve_relative(base_dir: str | None, value: str | None) -> str | None:
     if value is not None:
         value = expand_home(value)
     if value is None or value.startswith("s3://") or os.path.isabs(value) or base_dir is None:
@@ -441,7 +441,7 @@ def _resolve_filter_files(spec: dict, base_dir: str | None) -> dict:
     """Filter parameters naming files (`*_path`: models, indices) resolve like every other
     relative path in a manifest: against the manifest's directory, not the caller's CWD, so a
     build reads the same files wherever it is started from (and executors get absolute paths)."""
-    return {k: _resolve_relative(base_dir, v) if k.endswith("_path") and isinstance(v, str) else v
+    return {k: resolve_relative(base_dir, v) if k.endswith("_path") and isinstance(v, str) else v
             for k, v in spec.items()}
 
 
@@ -597,7 +597,7 @@ def _parse_tokenizer(obj: Any, base_dir: str | None) -> TokenizerSpec:
         value = obj.get(key, getattr(spec, key))
         _expect(value in allowed, f"{where}.{key}", f"expected one of {', '.join(map(repr, allowed))}, got {value!r}")
         choices[key] = value
-    return TokenizerSpec(name=name, path=_resolve_relative(base_dir, path), **ints, **choices)
+    return TokenizerSpec(name=name, path=resolve_relative(base_dir, path), **ints, **choices)
 
 
 def _parse_output_spec(obj: Any) -> OutputSpec:
@@ -658,7 +658,7 @@ def manifest_from_dict(data: Any, path: str | None = None) -> Manifest:
         name=name, seed=seed, sources=sources, budget=budget,
         tokenizer=_parse_tokenizer(data.get("tokenizer"), base_dir),
         output_spec=_parse_output_spec(data.get("output_format")),
-        output=_resolve_relative(base_dir, output), data_root=_resolve_relative(base_dir, data_root),
+        output=resolve_relative(base_dir, output), data_root=resolve_relative(base_dir, data_root),
         description=description, path=os.path.abspath(path) if path else None, raw=data,
         version=version, kind=kind, budget_stated=budget is not None, warnings=tuple(warnings),
     )

@@ -343,3 +343,42 @@ def test_jobs_below_one_is_a_usage_error(jobs, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["manifests/demo.json", "--jobs", jobs])
     assert exc.value.code == 2 and "--jobs" in capsys.readouterr().err
+
+
+def test_a_model_path_written_differently_is_no_drift(project, capsys):
+    """Found by a tester: "./models/quality.bin" for "models/quality.bin" (the same file) was drift
+    to `lock --check` (exit 1) and a --locked build refused, while `dolmino diff` said no change:
+    the check compared the path's text, not what the build opens."""
+    from dolmino.diff import diff_manifests
+
+    path = write_lock(_manifest(project))
+    spec = json.loads((project / "pool.json").read_text())
+    spec["sources"][0]["filters"][0]["model_path"] = "./models/quality.bin"
+    spec["sources"][1]["filters"][0]["model_path"] = "models/../models/index/"
+    (project / "edited.json").write_text(json.dumps(spec))
+    edited = load_manifest(str(project / "edited.json"))
+    assert diff_manifests(_manifest(project), edited, with_plan=False).empty
+    assert check_lock(edited, path) == []
+    assert require_lock(edited, path) == path
+    assert lock_cmd.main([str(project / "edited.json"), "--check", "--lockfile", path]) == 0
+    assert "no drift" in capsys.readouterr().out
+    # what the build opens is still pinned: its bytes, and which file it is
+    (project / "models" / "quality.bin").write_bytes(b"model-v2" * 100)
+    assert "models/quality.bin: SHA-256" in check_lock(_manifest(project), path)[0]
+    assert "./models/quality.bin: SHA-256" in check_lock(edited, path)[0]
+
+
+def test_a_bad_manifest_is_named_by_lock(project, capsys):
+    """Found by a tester: `dolmino lock --check bad.json` said "sources[0].filters[0].thresh:
+    unknown parameter ..." without the file (`dolmino diff` names it)."""
+    spec = json.loads((project / "pool.json").read_text())
+    spec["sources"][0]["filters"][0]["thresh"] = 1
+    bad = project / "bad.json"
+    bad.write_text(json.dumps(spec))
+    assert lock_cmd.main([str(bad), "--check"]) == 2
+    assert capsys.readouterr().err == (f"dolmino lock: error: {bad}: sources[0].filters[0].thresh: unknown parameter "
+                                       "for 'fasttext_quality' (accepted: engine, label, model_path, threshold)\n")
+    assert lock_cmd.main([str(project / "missing.json")]) == 2
+    assert capsys.readouterr().err == f"dolmino lock: error: {project / 'missing.json'}: manifest file not found\n"
+    assert lock_cmd.main([str(project / "pool.json"), "--data-root", "s3://"]) == 2
+    assert capsys.readouterr().err.startswith("dolmino lock: error: --data-root: 's3://' names no bucket")

@@ -302,3 +302,95 @@ def test_diff_reads_paths_and_defaults_as_the_build_does(tmp_path, capsys):
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     assert diff_cmd.main([str(tmp_path / "a.json"), str(tmp_path / "bad.json")]) == 2
     assert capsys.readouterr().err.startswith(f"dolmino diff: error: {tmp_path / 'bad.json'}: ")
+
+
+def _diff_of(tmp_path: Path, a: dict, b: dict):
+    pa, pb = tmp_path / "a.json", tmp_path / "b.json"
+    pa.write_text(json.dumps(a))
+    pb.write_text(json.dumps(b))
+    return diff_manifests(load_manifest(str(pa)), load_manifest(str(pb))), pa, pb
+
+
+def test_diff_compares_budgets_and_shares_as_numbers_and_shows_them_apart(tmp_path, capsys):
+    """Found by a tester: a budget of 50B -> 50.04B was "No changes" (exit 0) though every
+    source's target moved: the budgets were compared as format_count's 3-digit text, and no
+    figure on screen (budget line, targets) differed either."""
+    a = json.loads((MANIFESTS / "50B.json").read_text())
+    a["budget"] = 50_000_000_000
+    b = {**a, "budget": 50_040_000_000}
+    d, pa, pb = _diff_of(tmp_path, a, b)
+    assert [(c.where, c.before, c.after) for c in d.fields] == [("budget", "50,000,000,000", "50,040,000,000")]
+    assert diff_cmd.main([str(pa), str(pb), "--exit-code"]) == 1
+    out = capsys.readouterr().out
+    assert "No changes" not in out and "Budget 50,000,000,000 -> 50,040,000,000 tokens." in out
+    dclm = next(line for line in out.splitlines() if line.startswith("dclm "))
+    before, after = dclm.split()[1:3]
+    assert before != after and before.startswith("23,6") and after.startswith("23,6"), dclm
+    assert next(line for line in out.splitlines() if line.startswith("total ")).split()[1:] == [
+        "50,000,000,000", "50,040,000,000"]
+    # Source % shows the digits that differ; a count whose short form moves stays short
+    a = json.loads((MANIFESTS / "50B.json").read_text())
+    b = json.loads(json.dumps(a))
+    b["sources"][0]["source_percent"] = 3.2301
+    text = render_diff(_diff_of(tmp_path, a, b)[0])
+    assert re.search(r"^dclm\s+24,289,600,000\s+24,290,352,000\s+3\.23\s+3\.2301\s", text, re.M), text
+    assert re.search(r"^flan\s+8\.54B\s+8\.54B\s+50\s+50\s", text, re.M), text
+
+
+def test_diff_shows_a_changed_float_in_full(tmp_path):
+    """Found by a tester: `fasttext_quality.threshold 0.0331101 0.0331101` for 0.03311014 ->
+    0.03311012 (`:g` keeps 6 digits)."""
+    a = json.loads((MANIFESTS / "pools" / "dclm.json").read_text())
+    b = json.loads(json.dumps(a))
+    b["sources"][0]["filters"][0]["threshold"] = 0.03311012
+    a["data_root"] = b["data_root"] = str(tmp_path)
+    text = render_diff(_diff_of(tmp_path, a, b)[0])
+    assert re.search(r"fasttext_quality\.threshold\s+0\.03311014\s+0\.03311012$", text, re.M), text
+    assert diff_cmd._show(0.5) == "0.5" and diff_cmd._show(0.1 + 0.2) == "0.30000000000000004"
+
+
+def test_diff_markdown_cells_render_as_written(tmp_path, capsys):
+    """Found by a tester: a path glob ["data/dclm/**/*.json*"] rendered in italics in a pull-request
+    comment: table cells escaped only '|'."""
+    markdown_it = pytest.importorskip("markdown_it")
+    a = json.loads((MANIFESTS / "50B.json").read_text())
+    b = json.loads(json.dumps(a))
+    b["sources"][0]["paths"] = ["data/dclm/**/*.json.zst"]
+    b["sources"][1]["paths"] = ["data/flan/_x_/__init__|`a`.json"]
+    _, pa, pb = _diff_of(tmp_path, a, b)
+    assert diff_cmd.main([str(pa), str(pb), "--format", "markdown"]) == 0
+    out = capsys.readouterr().out
+    html = markdown_it.MarkdownIt("commonmark").enable("table").render(out)
+    assert "<em>" not in html and "<strong>" not in html and "<code>" not in html.split("</h3>", 1)[1], html
+    import html as html_lib
+
+    cells = [html_lib.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", html)]
+    assert '["data/dclm/**/*.json*"]' in cells and '["data/dclm/**/*.json.zst"]' in cells, cells
+    assert '["data/flan/_x_/__init__|`a`.json"]' in cells and "dclm.paths" in cells, cells
+    assert "| dclm | 24.3B | 24.3B | 3.23 | 3.23 | 47.20 | 47.20 | 0.00 |" in out  # numbers read as before
+
+
+def test_diff_takes_a_left_out_filter_parameter_as_its_default(tmp_path):
+    """Found by a tester: a filter parameter written out at its default, or removed in favour of
+    it, was a change (`fasttext_quality.label __label__hq -`, `repeated_ngrams.max_n 13 -`); a side
+    that leaves one out showed '-', not the value the filter takes."""
+    a = json.loads((MANIFESTS / "pools" / "dclm.json").read_text())
+    a["data_root"] = str(tmp_path)
+    filters = a["sources"][0]["filters"]
+    assert [f["type"] for f in filters] == ["fasttext_quality", "fineweb_edu", "repeated_ngrams"]
+    filters[0]["label"] = "__label__hq"
+    filters[2].update(max_n=13, min_repeats=32)
+    b = json.loads(json.dumps(a))
+    del b["sources"][0]["filters"][0]["label"]
+    b["sources"][0]["filters"][2] = {"type": "repeated_ngrams"}
+    b["sources"][0]["filters"][1]["batch_size"] = 32
+    d, _, _ = _diff_of(tmp_path, a, b)
+    assert d.empty, d.sources
+    b["sources"][0]["filters"][2]["min_repeats"] = 16
+    a["sources"][0]["filters"][0].pop("label")
+    b["sources"][0]["filters"][0]["label"] = "__label__x"
+    d, _, _ = _diff_of(tmp_path, a, b)
+    assert [(c.where, c.before, c.after) for c in d.sources["dclm"]] == [
+        ("dclm.filters[0] fasttext_quality.label", "__label__hq", "__label__x"),
+        ("dclm.filters[2] repeated_ngrams.min_repeats", 32, 16)]
+    assert re.search(r"fasttext_quality\.label\s+__label__hq\s+__label__x$", render_diff(d), re.M)
