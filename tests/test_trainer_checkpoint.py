@@ -337,6 +337,36 @@ def test_a_latest_pointer_that_is_not_text_is_no_pointer(tmp_path):
     assert latest_checkpoint(tmp_path).name == "step000001"
 
 
+def test_a_latest_checkpoint_without_its_train_state_is_refused_not_passed_over(tmp_path):
+    """`latest` naming a step without train_state.pt (damage: checkpoints are renamed into place
+    whole) fell back to the step before it, silently. A step gone altogether or no `latest` keeps
+    the fallback; a file missing from a checkpoint is named, by every reader."""
+    from trainer.checkpoint import load_json_file, resolve_checkpoint
+
+    model = OLMo2(ModelConfig(**SMALL))
+    opt = torch.optim.AdamW(model.parameters())
+    for step in (1, 2):
+        Checkpointer(tmp_path).save(step, model, opt, {}, {}, background=False)
+    (tmp_path / "step000002" / STATE_FILE).unlink()
+    for find in (latest_checkpoint, resolve_checkpoint):
+        with pytest.raises(CheckpointFormatError, match=re.escape(
+                f"{tmp_path / 'step000002'}, the newest checkpoint ({tmp_path / 'latest'} names it), has no "
+                f"{STATE_FILE}; was it left out, e.g. by an interrupted copy? Copy it again, or resume the one before "
+                f"it (--resume {tmp_path / 'step000001'})")):
+            find(tmp_path)
+    (tmp_path / "latest").unlink()  # no pointer: the newest complete one, as before
+    assert latest_checkpoint(tmp_path).name == "step000001"
+    (tmp_path / "latest").write_text("step000003\n")  # names a step that is gone: the same
+    assert latest_checkpoint(tmp_path).name == "step000001"
+    (tmp_path / "step000001" / MODEL_FILE).unlink()
+    with pytest.raises(CheckpointFormatError, match=re.escape(f"{tmp_path / 'step000001' / MODEL_FILE} cannot be read "
+                                                              f"(no such file); was it left out")):
+        load_model_weights(tmp_path)
+    with pytest.raises(CheckpointFormatError, match=re.escape(f"{tmp_path / 'x.json'} cannot be read (no such file); "
+                                                              f"was it left out, e.g. by an interrupted download")):
+        load_json_file(tmp_path / "x.json")
+
+
 def test_keep_last_prunes_old_checkpoints(tmp_path):
     model = OLMo2(ModelConfig(**SMALL))
     opt = torch.optim.AdamW(model.parameters())
@@ -423,6 +453,18 @@ def test_resume_refuses_other_model_and_weights_only_dirs(tmp_path):
         Trainer(make_run(data), CPU, tmp_path / "y", resume=tmp_path / "soup", log=quiet)
 
 
+def test_resuming_with_another_seq_len_names_the_checkpoint_and_the_values(tmp_path):
+    """"saved for different data (files, sizes or seq_len changed)" said neither which checkpoint
+    nor what changed (found by a tester)."""
+    from trainer.data import DataError
+
+    data = make_data(tmp_path / "data")
+    Trainer(make_run(data, max_steps=2), CPU, tmp_path / "run", log=quiet).fit()
+    with pytest.raises(DataError, match=re.escape(f"the data position in {tmp_path / 'run' / 'step000002' / STATE_FILE}"
+                                                  f" was saved for different data (seq_len 32 there, 16 here); ")):
+        Trainer(make_run(data, seq_len=16), CPU, tmp_path / "run", resume=tmp_path / "run", log=quiet)
+
+
 @pytest.mark.parametrize("damaged", [MODEL_FILE, OPTIM_FILE, STATE_FILE, "config.json"])
 def test_a_truncated_checkpoint_file_is_named_when_resuming(tmp_path, capsys, damaged):
     """A checkpoint cut short by a copy or a full disk: torch's error names no file and --resume
@@ -444,6 +486,58 @@ def test_a_truncated_checkpoint_file_is_named_when_resuming(tmp_path, capsys, da
     if damaged == MODEL_FILE:  # what soups and exports of this trainer's checkpoints read
         with pytest.raises(CheckpointFormatError, match=f"^{re.escape(str(file))} cannot be read .*truncated"):
             load_model_weights(tmp_path / "run")
+
+
+def test_a_missing_checkpoint_file_is_named_when_resuming(tmp_path, capsys):
+    """A file gone from the newest checkpoint (a partial copy): config.json was a FileNotFoundError
+    traceback, model.pt / optim.pt a bare "[Errno 2] No such file or directory", and one without
+    train_state.pt was passed over for the one before it, silently (rc 0, its metrics rows after
+    that step dropped). Checkpoints are renamed into place whole, so such a step is damage, never
+    a save cut short: refused before anything is built, naming the file and the one to resume instead."""
+    import shutil
+
+    from trainer.run import main
+
+    data = make_data(tmp_path / "data")
+    whole = tmp_path / "whole"
+
+    def args(save_dir: Path, steps: int, *extra: str) -> list[str]:
+        return ["--data", str(data), "--model", "tiny", "--seq-len", "32", "--batch-size", "2", "--device", "cpu",
+                "--save-dir", str(save_dir), "--save-interval", "1", "--steps", str(steps), *extra]
+
+    assert main(args(whole, 2)) == 0
+    for missing in (MODEL_FILE, OPTIM_FILE, "config.json", STATE_FILE):
+        run = tmp_path / missing
+        shutil.copytree(whole, run)
+        (run / "step000002" / missing).unlink()
+        capsys.readouterr()
+        assert main(args(run, 3, "--resume")) == 2
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        advice = f"was it left out, e.g. by an interrupted copy? Copy it again, or resume the one before it " \
+                 f"(--resume {run / 'step000001'})"
+        if missing == STATE_FILE:
+            assert lines == [f"trainer.run: error: {run / 'step000002'}, the newest checkpoint ({run / 'latest'} "
+                             f"names it), has no {STATE_FILE}; {advice}"]
+            assert "model " not in captured.out  # refused in the start-up checks
+            assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # nothing resumed, nothing dropped
+        else:
+            assert lines == [f"trainer.run: error: {run / 'step000002' / missing} cannot be read (no such file); "
+                             f"{advice}"]
+    # --overwrite still starts afresh over it; and where it is the only checkpoint, the message says what is missing
+    run = tmp_path / STATE_FILE
+    shutil.rmtree(run / "step000001")
+    capsys.readouterr()
+    assert main(args(run, 3, "--resume")) == 2
+    assert capsys.readouterr().err.strip().endswith(f"has no {STATE_FILE}; was it left out, e.g. by an interrupted "
+                                                    f"copy? Copy it again, or start afresh")
+    shutil.copytree(run, tmp_path / "overwritten")
+    assert main(args(tmp_path / "overwritten", 1, "--overwrite")) == 0
+    (run / "latest").unlink()
+    assert main(args(run, 3, "--resume")) == 2
+    assert capsys.readouterr().err.strip() == (f"trainer.run: error: no checkpoint at {run}: no step*/ directory in "
+                                               f"it has a {STATE_FILE} (the newest, step000002, holds config.json, "
+                                               f"model.pt, optim.pt)")
 
 
 def test_a_failed_background_write_stops_the_run_at_the_next_step(tmp_path, monkeypatch):

@@ -228,6 +228,16 @@ def test_loader_rejects_state_for_other_data(tmp_path):
     state = DataLoader(ds, 4, seed=1, prefetch=False).state_dict()
     with pytest.raises(DataError, match="different data"):
         DataLoader(other, 4, seed=1, prefetch=False).load_state_dict(state)
+    # what differs, named ("files, sizes or seq_len changed" left the user to find it; found by a tester)
+    name = ds.files[0].path.name
+    with pytest.raises(DataError, match=re.escape(f"the data position in ck/train_state.pt was saved for different "
+                                                  f"data ({name} of 592 tokens there, 640 here); ")):
+        DataLoader(other, 4, seed=1, prefetch=False).load_state_dict(state, where="ck/train_state.pt")
+    shorter = MemmapDataset(tmp_path / "a", seq_len=8)
+    with pytest.raises(DataError, match=r"^the checkpoint's data position was saved for different data \(seq_len 16 "
+                                        r"there, 8 here\); resuming would not replay the same batches: resume with "
+                                        r"the --data and --seq-len it was trained with$"):
+        DataLoader(shorter, 4, seed=1, prefetch=False).load_state_dict(state)
 
 
 def test_rank_striding_partitions_each_global_batch(tmp_path):

@@ -71,3 +71,26 @@ def test_dtype_cast_on_export(tmp_path):
     tensors = load_file(str(tmp_path / "hf" / "model.safetensors"))
     assert all(t.dtype == torch.bfloat16 for t in tensors.values())
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+
+
+def test_a_failed_write_leaves_no_partial_file_and_is_one_line(tmp_path, capsys):
+    """write_safetensors left its `.model.safetensors.tmp<pid>` (up to a model's size) when reading a
+    tensor failed, e.g. a damaged source; an OUT_DIR that cannot be made was a traceback (found by a tester)."""
+    from trainer.export_hf import write_safetensors
+
+    def damaged(name):
+        if name == "b":
+            raise RuntimeError("the source cannot be read")
+        return torch.zeros(4)
+
+    specs = [("a", (4,), torch.float32), ("b", (4,), torch.float32)]
+    with pytest.raises(RuntimeError, match="the source cannot be read"):
+        write_safetensors(tmp_path / "model.safetensors", specs, damaged)
+    assert list(tmp_path.iterdir()) == []
+    cfg = ModelConfig(d_model=32, n_layers=1, n_heads=2, vocab_size=256, max_seq_len=64)
+    saved_random_model(tmp_path, cfg)
+    (tmp_path / "file").write_text("")
+    capsys.readouterr()
+    assert export_main([str(tmp_path / "ckpt"), str(tmp_path / "file" / "hf")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("export_hf: ") and "Not a directory" in err[0], err

@@ -157,6 +157,14 @@ def test_hf_errors_name_the_problem(tmp_path):
         inspect_checkpoint(variant("llama", {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
     with pytest.raises(CheckpointFormatError, match="grouped-query"):
         inspect_checkpoint(variant("gqa", {"num_key_value_heads": 2}))
+    # no num_attention_heads is the missing field, not "num_key_value_heads 4 != num_attention_heads None
+    # (grouped-query attention is not supported)" (found by a tester)
+    from trainer.weights import model_config_from_hf
+
+    headless = {k: v for k, v in config.items() if k != "num_attention_heads"}
+    with pytest.raises(CheckpointFormatError, match=r"^h/config.json: missing or bad field in the Olmo2 config: "
+                                                    r"'num_attention_heads'$"):
+        model_config_from_hf(headless, "h/config.json")
     for name, scaled in (("rope4", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),  # transformers 4
                          ("rope5", {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5}})):
         with pytest.raises(CheckpointFormatError, match="RoPE scaling .*linear"):
@@ -481,6 +489,49 @@ def test_a_damaged_olmo_core_metadata_file_is_named(tmp_path):
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and f"{metadata} cannot be read (" in lines[0], proc.stderr
+
+
+def test_a_damaged_or_missing_olmo_core_data_file_is_named(tmp_path):
+    """A `.distcp` data file cut short, gone, or garbled inside (an interrupted copy) ended every
+    command in a traceback (torch's zip reader, or FileNotFoundError, wrapped in DCP's
+    CheckpointException); trainer.run got there only after building the model and its data. A
+    missing or short file is refused from the metadata, before anything is built; a garbled one
+    while loading, and a failed export leaves no partial model.safetensors (found by a tester)."""
+    import shutil
+
+    cfg = ModelConfig(d_model=64, n_layers=2, n_heads=4, vocab_size=VOCAB, max_seq_len=64)
+    whole = write_olmo_core_checkpoint(tmp_path / "run", 7, OLMo2(cfg))
+    data = random_tokens(tmp_path / "data", 4 * 64)
+    for damage in ("missing", "truncated", "garbled"):
+        step_dir = tmp_path / damage / "step7"
+        shutil.copytree(whole, step_dir)
+        shutil.copy(whole.parent / "config.json", step_dir.parent / "config.json")
+        file = step_dir / "model_and_optim" / "__0_0.distcp"
+        raw = file.read_bytes()
+        if damage == "missing":
+            file.unlink()
+        elif damage == "truncated":
+            file.write_bytes(raw[:len(raw) // 2])
+        else:  # the same size, its bytes overwritten: only reading it tells
+            file.write_bytes(raw[:100] + bytes(len(raw) - 200) + raw[-100:])
+        save_dir = tmp_path / f"train-{damage}"
+        commands = [("trainer.run", "--data", data, "--init-from", step_dir, "--steps", 1, "--seq-len", 64,
+                     "--batch-size", 2, "--device", "cpu", "--save-dir", save_dir),
+                    ("trainer.soup", tmp_path / f"soup-{damage}", whole, step_dir),
+                    ("trainer.export_hf", step_dir, tmp_path / f"hf-{damage}"),
+                    ("trainer.eval", "--checkpoint", step_dir, "--tasks", "arc_easy", "--limit", 1, "--device", "cpu")]
+        for module, *args in commands:
+            proc = run_module(module, *args)
+            assert proc.returncode == 2, (damage, module, proc.stderr)
+            lines = proc.stderr.strip().splitlines()
+            assert len(lines) == 1 and f"{file} cannot be read (" in lines[0], (damage, module, proc.stderr)
+            assert ("was it left out" if damage == "missing" else "is it truncated or corrupt") in lines[0]
+        if damage != "garbled":  # found from the metadata, in trainer.run's start-up checks: nothing was built
+            with pytest.raises(CheckpointFormatError, match=f"^{re.escape(str(file))} cannot be read"):
+                inspect_checkpoint(step_dir)
+            assert not save_dir.exists()
+        out = tmp_path / f"hf-{damage}"
+        assert not out.exists() or list(out.iterdir()) == []  # no partial .model.safetensors.tmp<pid> left
 
 
 def test_olmo_core_checkpoint_exports_to_hf_with_the_same_logits(tmp_path):

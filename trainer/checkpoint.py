@@ -43,6 +43,8 @@ CONFIG_FILE = "config.json"
 LATEST = "latest"
 
 DAMAGED_FILE_ADVICE = "is it truncated or corrupt, e.g. an interrupted download or copy?"
+# How the advice above (and resume_advice's) asks about a file that is not there at all.
+_DAMAGED_QUESTION, _MISSING_QUESTION = "is it truncated or corrupt, e.g. ", "was it left out, e.g. by "
 
 
 class CheckpointFormatError(ValueError):
@@ -53,17 +55,22 @@ class CheckpointFormatError(ValueError):
 
 def damaged_file_error(file: Path, exc: Exception, advice: str = DAMAGED_FILE_ADVICE) -> CheckpointFormatError:
     """A file that does not parse, named: the readers' own errors do not say which file, and
-    torch's goes on for a paragraph, so only its first sentence is kept."""
-    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+    torch's goes on for a paragraph, so only its first sentence is kept. A missing file is one
+    too: a checkpoint is renamed into place whole, so a file gone from it was lost in a copy, and
+    a bare "[Errno 2] No such file or directory" said neither that nor what to do (a tester)."""
+    if isinstance(exc, FileNotFoundError):
+        reason, advice = "no such file", advice.replace(_DAMAGED_QUESTION, _MISSING_QUESTION, 1)
+    else:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
     return CheckpointFormatError(f"{file} cannot be read ({reason}); {advice}")
 
 
 def load_json_file(file: Path, advice: str = DAMAGED_FILE_ADVICE):
-    """A checkpoint's JSON file (config.json), with a damaged one reported by name: json's own
-    error says where in the text, not which file."""
+    """A checkpoint's JSON file (config.json), with a damaged or missing one reported by name:
+    json's own error says where in the text, not which file."""
     try:
         return json.loads(Path(file).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+    except (ValueError, UnicodeDecodeError, FileNotFoundError) as exc:  # JSONDecodeError is a ValueError
         raise damaged_file_error(file, exc, advice) from None
 
 
@@ -71,8 +78,9 @@ def load_torch_file(file: Path, advice: str = DAMAGED_FILE_ADVICE, mmap: bool = 
     """torch.load onto the CPU (`mmap`: tensors read from disk when touched), with a damaged file
     reported by name. What torch raises for a file cut short depends on where it was cut: EOFError
     (empty), RuntimeError (the zip reader), UnpicklingError (the weights-only unpickler), or an
-    OSError without a file name (the zip reader seeking before the start of the file). An OSError
-    naming the file comes from opening it (missing, unreadable) and says so itself."""
+    OSError without a file name (the zip reader seeking before the start of the file). A missing
+    file is reported so too (`damaged_file_error`); another OSError naming the file comes from
+    opening it (e.g. unreadable) and says so itself."""
     try:
         try:
             return torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
@@ -82,7 +90,7 @@ def load_torch_file(file: Path, advice: str = DAMAGED_FILE_ADVICE, mmap: bool = 
             # written in the legacy (non-zip) format, which cannot be memory-mapped
             return torch.load(file, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as exc:
-        if isinstance(exc, OSError) and exc.filename is not None:
+        if isinstance(exc, OSError) and exc.filename is not None and not isinstance(exc, FileNotFoundError):
             raise
         raise damaged_file_error(file, exc, advice) from None
 
@@ -192,7 +200,13 @@ def _write_failure(path: Path, exc: BaseException) -> str:
 
 
 def latest_checkpoint(save_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint under save_dir, or None."""
+    """The newest complete checkpoint under save_dir, or None: the one `latest` names, else (no
+    readable `latest`, or what it names is gone) the complete one of the highest step.
+
+    A step dir that `latest` names without train_state.pt is refused: the writer renames only
+    complete checkpoints into place and writes `latest` after, so a file missing from it was lost
+    (a copy, the disk), never a save cut short. Taking the one before it resumed from there with
+    only an info line, and the newer steps' metrics rows were dropped (found by a tester)."""
     save_dir = Path(save_dir)
     pointer = save_dir / LATEST
     if pointer.is_file():
@@ -203,6 +217,9 @@ def latest_checkpoint(save_dir: str | Path) -> Path | None:
         candidate = save_dir / name
         if name and (candidate / STATE_FILE).is_file():
             return candidate
+        if name and _STEP_DIR.fullmatch(name) and candidate.is_dir():
+            raise CheckpointFormatError(f"{candidate}, the newest checkpoint ({pointer} names it), has no "
+                                        f"{STATE_FILE}; {resume_advice(candidate, missing=True)}")
     steps = complete_checkpoints(save_dir)
     return steps[-1] if steps else None
 
@@ -320,15 +337,28 @@ def check_output_dir(out: str | Path, what: str) -> None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory (or a soup: model.pt + config.json), or a save_dir meaning its latest."""
+    """A checkpoint directory (or a soup: model.pt + config.json), or a save_dir meaning its latest.
+
+    A checkpoint without one of the two is named with the file it lacks: "no checkpoint at ...
+    (expected model.pt + config.json ...)" sent the user looking for what was there (a tester)."""
     path = Path(path)
     if (path / MODEL_FILE).is_file() and (path / CONFIG_FILE).is_file():
         return path
+    if (path / MODEL_FILE).is_file() or (path / STATE_FILE).is_file():  # only a checkpoint holds these
+        gone = CONFIG_FILE if (path / MODEL_FILE).is_file() else MODEL_FILE
+        advice = resume_advice(path) if _STEP_DIR.fullmatch(path.name) else DAMAGED_FILE_ADVICE
+        raise damaged_file_error(path / gone, FileNotFoundError(gone), advice)
     found = latest_checkpoint(path) if path.is_dir() else None
     if found is None:
+        steps = [p for p in path.glob("step*") if _STEP_DIR.fullmatch(p.name) and p.is_dir()] if path.is_dir() else []
+        if steps:  # "expected model.pt + config.json" where both were there (found by a tester): say what is not
+            newest = max(steps, key=lambda p: int(_STEP_DIR.fullmatch(p.name).group(1)))
+            held = ", ".join(sorted(p.name for p in newest.iterdir())) or "nothing"
+            raise FileNotFoundError(f"no checkpoint at {path}: no step*/ directory in it has a {STATE_FILE} (the "
+                                    f"newest, {newest.name}, holds {held})")
         raise FileNotFoundError(f"no checkpoint at {path} (expected {MODEL_FILE} + {CONFIG_FILE}, or a save dir "
                                 f"with step*/ checkpoints)")
-    return found
+    return resolve_checkpoint(found)  # its model.pt and config.json are there too
 
 
 # Bytes read from each large file to fingerprint a checkpoint: every rank does it, at start.
@@ -551,10 +581,16 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     return train_state
 
 
-def resume_advice(path: Path) -> str:
-    """What to do when a file of checkpoint `path` is damaged. The writer renames only complete
-    checkpoints into place, so the damage came from a copy or the disk: the one before it may be whole."""
+def resume_advice(path: Path, missing: bool = False) -> str:
+    """What to do when a file of checkpoint `path` is damaged (`missing`: not there). The writer
+    renames only complete checkpoints into place, so the damage came from a copy or the disk: the
+    one before it may be whole. Before it by step, as `path` itself may not be complete."""
     names = [p.name for p in complete_checkpoints(path.parent)]
-    earlier = names[:names.index(path.name)] if path.name in names else []
+    mine = _STEP_DIR.fullmatch(path.name)
+    if mine:
+        earlier = [n for n in names if int(_STEP_DIR.fullmatch(n).group(1)) < int(mine.group(1))]
+    else:
+        earlier = names[:names.index(path.name)] if path.name in names else []
     instead = f"resume the one before it (--resume {path.parent / earlier[-1]})" if earlier else "start afresh"
-    return f"is it truncated or corrupt, e.g. an interrupted copy? Copy it again, or {instead}"
+    question = _MISSING_QUESTION if missing else _DAMAGED_QUESTION
+    return f"{question}an interrupted copy? Copy it again, or {instead}"

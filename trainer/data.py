@@ -380,6 +380,27 @@ class Batch:
                      self.masked_by_repetition, self.instances_filtered)
 
 
+def fingerprint_changes(saved: dict, current: dict) -> list[str]:
+    """What differs between a saved and the current `MemmapDataset.fingerprint`, in words ("seq_len
+    64 there, 128 here"): "files, sizes or seq_len changed" left the user to find which (a tester)."""
+    changes = []
+    if saved.get("seq_len") != current.get("seq_len"):
+        changes.append(f"seq_len {saved.get('seq_len')} there, {current.get('seq_len')} here")
+    there, here = [tuple(f) for f in saved.get("files") or []], [tuple(f) for f in current.get("files") or []]
+    if len(there) != len(here):
+        changes.append(f"{len(there)} token file(s) there, {len(here)} here")
+    else:
+        differ = [(a, b) for a, b in zip(there, here) if a != b]
+        if differ:
+            (name_a, tokens_a), (name_b, tokens_b) = differ[0]
+            first = (f"{name_a} of {tokens_a:,} tokens there, {tokens_b:,} here" if name_a == name_b else
+                     f"{name_a} there, {name_b} here")
+            changes.append(first + (f" (and {len(differ) - 1} more file(s))" if len(differ) > 1 else ""))
+    if not changes and saved.get("n_instances") != current.get("n_instances"):
+        changes.append(f"{saved.get('n_instances')} instances there, {current.get('n_instances')} here")
+    return changes
+
+
 class DataLoader:
     """Yields this rank's share of each global batch; state is (epoch, cursor).
 
@@ -415,10 +436,14 @@ class DataLoader:
         return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed,
                 "fingerprint": self.dataset.fingerprint()}
 
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("fingerprint") is not None and state["fingerprint"] != self.dataset.fingerprint():
-            raise DataError("the checkpoint's data position was saved for different data (files, sizes or "
-                            "seq_len changed); resuming would not replay the same batches")
+    def load_state_dict(self, state: dict, where: str | Path | None = None) -> None:
+        """Continue from a saved position; `where`: the file it was read from, for the error."""
+        saved, current = state.get("fingerprint"), self.dataset.fingerprint()
+        if saved is not None and saved != current:
+            what = f"the data position in {where}" if where is not None else "the checkpoint's data position"
+            changes = "; ".join(fingerprint_changes(saved, current)) or "files, sizes or seq_len changed"
+            raise DataError(f"{what} was saved for different data ({changes}); resuming would not replay the same "
+                            f"batches: resume with the --data and --seq-len it was trained with")
         self.epoch, self.cursor, self.seed = int(state["epoch"]), int(state["cursor"]), int(state["seed"])
         with self._orders_lock:
             self._orders.clear()

@@ -109,7 +109,9 @@ def write_safetensors(path: str | Path, specs: Iterable[tuple[str, tuple[int, ..
     """Write a .safetensors file tensor by tensor: `specs` lists (name, shape, dtype) so the
     header can be written first, then `get(name)` supplies each tensor in turn. Unlike
     safetensors.torch.save_file, which serialises every tensor to bytes before writing,
-    memory stays at one tensor. Written under a temporary name and renamed into place."""
+    memory stays at one tensor. Written under a temporary name and renamed into place; a write
+    that fails (a damaged source tensor, a full disk) removes its partial file, which was left
+    beside the output, up to a model's size (found by a tester)."""
     specs = list(specs)
     header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
     offset = 0
@@ -124,16 +126,20 @@ def write_safetensors(path: str | Path, specs: Iterable[tuple[str, tuple[int, ..
     raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(len(raw).to_bytes(8, "little"))
-        fh.write(raw)
-        for name, shape, dtype in specs:
-            t = get(name).detach().to("cpu")
-            if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
-                raise ValueError(f"{name}: got {tuple(t.shape)} {t.dtype}, the header says {tuple(shape)} {dtype}")
-            t = t.contiguous()
-            fh.write(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(len(raw).to_bytes(8, "little"))
+            fh.write(raw)
+            for name, shape, dtype in specs:
+                t = get(name).detach().to("cpu")
+                if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+                    raise ValueError(f"{name}: got {tuple(t.shape)} {t.dtype}, the header says {tuple(shape)} {dtype}")
+                t = t.contiguous()
+                fh.write(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -212,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = export(args.checkpoint, args.out_dir, args.dtype)
-    except (FileNotFoundError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError) as exc:  # OSError: e.g. OUT_DIR cannot be written
         print(f"export_hf: {exc}", file=sys.stderr)
         return 2
     print(f"wrote Olmo2ForCausalLM to {out}")

@@ -31,8 +31,8 @@ from dolmino.cli import invoked_as
 from dolmino.s3 import local_path
 from dolmino.storage import why_unwritable
 from trainer.checkpoint import (
-    CONFIG_FILE, CheckpointWriteError, clear_run, cleared_by_overwrite, existing_run, files_fingerprint,
-    latest_checkpoint, load_json_file, own_checkpoint, resolve_checkpoint, resume_advice,
+    CONFIG_FILE, CheckpointFormatError, CheckpointWriteError, clear_run, cleared_by_overwrite, existing_run,
+    files_fingerprint, latest_checkpoint, load_json_file, own_checkpoint, resolve_checkpoint, resume_advice,
 )
 from trainer.cli import HelpFormatter, in_flag_names, parse_count, positive_int  # noqa: F401 (parse_count: our API)
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
@@ -202,7 +202,10 @@ def start_afresh(save_dir: str, overwrite: bool, env, log, keep: list[Path], res
     old run is removed first. Rank 0 writes checkpoints and metrics, so its directory decides.
     `keep`: what this run reads (--init-from, a --resume checkpoint elsewhere), never removed."""
     held = existing_run(save_dir) if env.is_main else None
-    resumable = latest_checkpoint(save_dir) is not None if env.is_main else False
+    try:
+        resumable = latest_checkpoint(save_dir) is not None if env.is_main else False
+    except CheckpointFormatError:  # its newest checkpoint is damaged: --resume says so, --overwrite removes it
+        resumable = True
     if not ranks_agree([int(held is not None)], env)[1][0]:
         return
     if not overwrite:
@@ -248,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             resume_from = resolve_checkpoint(resume)
             found = True
-        except FileNotFoundError as exc:  # raised in the start-up checks, which the ranks agree on
+        except (FileNotFoundError, CheckpointFormatError) as exc:  # none there, or the newest one is damaged:
+            # raised in the start-up checks, which the ranks agree on
             resume_from, found, resume_missing = resume, False, exc
         try:
             taken = init_from_resumed(args, resume_from) if found else None

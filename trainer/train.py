@@ -41,7 +41,8 @@ import torch
 import torch.nn as nn
 
 from trainer.checkpoint import (
-    CONFIG_FILE, Checkpointer, files_fingerprint, load_checkpoint, load_json_file, resolve_checkpoint, resume_advice,
+    CONFIG_FILE, STATE_FILE, Checkpointer, files_fingerprint, load_checkpoint, load_json_file, resolve_checkpoint,
+    resume_advice,
 )
 from trainer.config import ModelConfig, RunConfig, TrainConfig
 from trainer.data import DataLoader, MemmapDataset
@@ -190,7 +191,7 @@ class Trainer:
             self.log(f"warning: the data order seed {asked} (--data-seed, default --seed) is not used: resuming "
                      f"continues {path.name}'s order, seed {kept}; a different order needs a fresh run")
             self.run.train.data_seed = kept
-        self.loader.load_state_dict(state["data"])
+        self.loader.load_state_dict(state["data"], where=path / STATE_FILE)
         for name, tracker in self.spikes.items():
             tracker.load_state_dict(state["spikes"][name])
         self.step = int(state["step"])

@@ -27,6 +27,7 @@ missing or unexpected tensors, shapes; the messages name the file and the tensor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import re
@@ -245,7 +246,9 @@ def model_config_from_hf(hf: dict, where: str) -> ModelConfig:
             f"put norms before attention and have no QK-norm)")
     problems = []
     heads = hf.get("num_attention_heads")
-    if (hf.get("num_key_value_heads") or heads) != heads:  # null: as many as heads, as transformers reads it
+    # null: as many as heads, as transformers reads it; no heads at all is said below as the missing field
+    # (it read "num_key_value_heads 4 != num_attention_heads None"; found by a tester)
+    if heads is not None and (hf.get("num_key_value_heads") or heads) != heads:
         problems.append(f"num_key_value_heads {hf.get('num_key_value_heads')} != num_attention_heads {heads} "
                         f"(grouped-query attention is not supported)")
     if hf.get("tie_word_embeddings"):
@@ -275,7 +278,8 @@ def model_config_from_hf(hf: dict, where: str) -> ModelConfig:
         rope = hf.get("rope_theta")
         if rope is None:  # transformers >= 5 may keep it under rope_parameters
             rope = (hf.get("rope_parameters") or {}).get("rope_theta", 10_000.0)
-        fields = dict(d_model=int(hf["hidden_size"]), n_layers=int(hf["num_hidden_layers"]), n_heads=int(heads),
+        fields = dict(d_model=int(hf["hidden_size"]), n_layers=int(hf["num_hidden_layers"]),
+                      n_heads=int(hf["num_attention_heads"]),
                       mlp_hidden=int(hf["intermediate_size"]), vocab_size=vocab, rope_theta=float(rope),
                       norm_eps=float(hf.get("rms_norm_eps", HF_OLMO2_DEFAULTS["rms_norm_eps"])),
                       max_seq_len=int(hf.get("max_position_embeddings",
@@ -419,7 +423,41 @@ def _dcp_reader(path: Path):
             self._cached_metadata.storage_meta.load_id = self.load_id
             return self._cached_metadata
 
+        def read_data(self, plan, planner):
+            """torch's reader, one data file at a time, so that a damaged one is named: torch's own
+            error (the zip reader's, or FileNotFoundError) ended every command in a traceback."""
+            by_file: dict[str, list] = {}
+            for item in plan.items:
+                by_file.setdefault(self.storage_data[item.storage_index].relative_path, []).append(item)
+            for relative_path, items in by_file.items():
+                try:
+                    super().read_data(dataclasses.replace(plan, items=items), planner).wait()
+                except (RuntimeError, EOFError, OSError, ValueError, AssertionError, pickle.UnpicklingError) as exc:
+                    # AssertionError: a tensor of another size than the metadata says
+                    raise damaged_file_error(Path(self.path) / relative_path, exc) from None
+            done = torch.futures.Future()
+            done.set_result(None)
+            return done
+
     return _DCPReader(str(path))
+
+
+def _dcp_load(state: dict, reader, no_dist: bool) -> None:
+    """dcp.load, raising the CheckpointFormatError a rank's read raised (`_DCPReader.read_data`):
+    DCP wraps every rank's error in a CheckpointException (a BaseException), a traceback per rank."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(state, storage_reader=reader, no_dist=no_dist)
+    except CheckpointException as exc:
+        named = [failure[0] for _, failure in sorted(exc.failures.items())
+                 if isinstance(failure[0], CheckpointFormatError)]
+        if named:
+            raise CheckpointFormatError(str(named[0])) from None
+        raise
 
 
 def _olmo_core_config(path: Path) -> dict | None:
@@ -445,11 +483,32 @@ def _olmo_core_step(path: Path) -> tuple[int | None, str | None]:
     return None, None
 
 
+def _check_dcp_files(dcp_dir: Path, metadata) -> None:
+    """The data files that hold the model's tensors are there and as long as `.metadata` says:
+    a missing or cut one was found only while loading (after trainer.run had built the model and
+    its data), in a traceback. Damage inside a file of the right size is found by the load
+    (`_DCPReader.read_data`)."""
+    extent: dict[str, int] = {}
+    for index, info in (metadata.storage_data or {}).items():
+        if getattr(index, "fqn", "").startswith("model.") and hasattr(info, "relative_path"):
+            extent[info.relative_path] = max(extent.get(info.relative_path, 0), info.offset + info.length)
+    for relative_path, needed in sorted(extent.items()):
+        file = dcp_dir / relative_path
+        try:
+            size = file.stat().st_size
+        except OSError as exc:
+            raise damaged_file_error(file, exc) from None
+        if size < needed:
+            raise damaged_file_error(file, EOFError(f"{size:,} bytes, where its .metadata places tensors up to byte "
+                                                    f"{needed:,}"))
+
+
 def _inspect_olmo_core(path: Path) -> CheckpointInfo:
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     dcp_dir = _dcp_dir(path)
     metadata = _dcp_reader(dcp_dir).read_metadata()
+    _check_dcp_files(dcp_dir, metadata)
     shapes, unexpected, dtypes = {}, [], []
     for key, meta in metadata.state_dict_metadata.items():
         if not key.startswith("model."):
@@ -587,17 +646,13 @@ class WeightReader:
         return self._get_dcp(name)
 
     def _get_dcp(self, name: str) -> torch.Tensor:
-        import torch.distributed.checkpoint as dcp
-
         if "dcp" not in self._handles:
             self._handles["dcp"] = _dcp_reader(self.info.path)
         reader = self._handles["dcp"]
         key = ours_to_olmo_core(name)
         meta = reader.read_metadata().state_dict_metadata[f"model.{key}"]
         out = torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
-        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-            warnings.simplefilter("ignore", UserWarning)
-            dcp.load({"model": {key: out}}, storage_reader=reader, no_dist=True)
+        _dcp_load({"model": {key: out}}, reader, no_dist=True)
         return out
 
     def close(self) -> None:
@@ -635,13 +690,10 @@ def load_weights_into(model: nn.Module, info: CheckpointInfo) -> int:
         raise CheckpointFormatError(f"{info.describe()} lacks {_listing(missing)}")
     if info.format == "olmo-core":  # DCP reads straight into the parameters (sharded or not)
         import torch.distributed as dist
-        import torch.distributed.checkpoint as dcp
 
         targets = {ours_to_olmo_core(n): p for n, p in params.items()}
         distributed = dist.is_available() and dist.is_initialized()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            dcp.load({"model": targets}, storage_reader=_dcp_reader(info.path), no_dist=not distributed)
+        _dcp_load({"model": targets}, _dcp_reader(info.path), no_dist=not distributed)
         return len(targets)
     with WeightReader(info) as reader:
         for name, param in params.items():
