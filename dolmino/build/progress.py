@@ -1,11 +1,11 @@
 """A live line per build stage on the driver, and the per-stage record for the report.
 
 Counts come from Spark accumulators that tasks add to as they finish units (documents,
-bytes, tokens read / tokenized / written, CPU seconds) and from Spark's status tracker (tasks done / total). On a
-terminal the line is rewritten in place every second (under spark-submit too, whose JVM
-copies the driver's output to its terminal; `DOLMINO_PROGRESS=1` / `0` decide outright);
-otherwise (CI, a log file) one line is printed every `DOLMINO_PROGRESS_S` seconds (default
-30) and at the end of each stage.
+bytes, tokens read / tokenized / written, CPU seconds) and from Spark's status tracker
+(tasks done / total). On a terminal the line is rewritten in place every second (under
+spark-submit too, whose JVM copies the driver's output to its terminal; `DOLMINO_PROGRESS=1`
+/ `0` decide outright); otherwise (CI, a log file) one line is printed every
+`DOLMINO_PROGRESS_S` seconds (default 30) and at the end of each stage.
 
 The stage record (wall time, CPU seconds of the Python work in tasks, tokens read back as ids,
 tokenized and written, Spark's executor run time and shuffle/spill bytes for the stage's jobs)
