@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from dolmino.errors import ManifestError
 from dolmino.manifest import MINHASH_DEFAULTS, Manifest, SourceSpec, format_count, load_manifest, parse_count
-from dolmino.plan import Plan, make_plan, render_table, share_text
+from dolmino.plan import Plan, make_plan, markdown_text, render_table, share_text
 from filters.base import number_text
 
 FORMATS = ("text", "markdown")
@@ -242,6 +242,9 @@ def render_diff(d: ManifestDiff, fmt: str = "text") -> str:
     def code(text: str) -> str:
         return f"`{text}`" if md else text
 
+    def prose(text: str) -> str:  # paths and globs in warnings read as written, not as emphasis
+        return markdown_text(text) if md else text
+
     a_name = d.a.path or d.a.name
     b_name = d.b.path or d.b.name
     lines = [f"### Manifest diff: {code(d.a.name)} -> {code(d.b.name)}" if md else
@@ -265,7 +268,7 @@ def render_diff(d: ManifestDiff, fmt: str = "text") -> str:
         lines.append("")
     unchanged = [n for n, cs in d.sources.items() if not cs]
     if unchanged and (changed or d.added or d.removed):
-        lines += [f"Unchanged sources: {', '.join(unchanged)}.", ""]
+        lines += [prose(f"Unchanged sources: {', '.join(unchanged)}."), ""]
     lines += [heading("Plan before and after"), ""]
     if d.plan_a or d.plan_b:
         if d.plan_a and d.plan_b:
@@ -274,13 +277,13 @@ def render_diff(d: ManifestDiff, fmt: str = "text") -> str:
         lines += _plan_side_by_side(d, fmt)
         lines.append("")
     for label, why in d.plan_errors.items():
-        lines.append(f"No plan {label}: {why}")
+        lines.append(prose(f"No plan {label}: {why}"))
     if d.plan_errors:
         lines.append("")
     warnings = [w for w in (d.plan_b.warnings if d.plan_b else [])
                 if not d.plan_a or w not in d.plan_a.warnings]
     if warnings:
-        lines += [heading("New warnings"), ""] + [f"- {w}" for w in warnings] + [""]
+        lines += [heading("New warnings"), ""] + [f"- {prose(w)}" for w in warnings] + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 

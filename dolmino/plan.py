@@ -258,11 +258,13 @@ def render_plan(plan: Plan, fmt: str = "text") -> str:
     lines += plan_table(plan, fmt)
     lines += ["", "Source %: passes over the pool x 100 (400 = four whole copies, 6.85 = a 6.85% seeded sample); "
                   "Mix %: share of the mix's tokens."]
+    # outside the table too: a warning quoting a glob ("web/*_old_*/**") rendered in italics (a reviewer)
+    prose = markdown_text if md else str
     if plan.inputs_note:
-        lines += ["", plan.inputs_note]
+        lines += ["", prose(plan.inputs_note)]
     if plan.warnings:
         lines += ["", "**Warnings**" if md else "warnings:"]
-        lines += [f"- {w}" for w in plan.warnings]
+        lines += [f"- {prose(w)}" for w in plan.warnings]
     return "\n".join(lines)
 
 

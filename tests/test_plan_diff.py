@@ -119,7 +119,7 @@ def test_plan_markdown_and_validator_warnings(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| source | pool tokens | Source % (manifest) |" in out and "| Mix % (manifest) |" in out
     assert "| dclm | 752B | 3.23 | 3.23 | 0 + 3.23% | 24.3B | 47.20 | 40 |" in out
-    assert "**Warnings**" in out and "sources[0] dclm: source_percent 3.23" in out
+    assert "**Warnings**" in out and "sources\\[0\\] dclm: source_percent 3.23" in out  # escaped: reads as written
 
 
 def test_plan_lists_files_and_bytes_where_inputs_are_reachable(tmp_path, capsys):
@@ -394,3 +394,21 @@ def test_diff_takes_a_left_out_filter_parameter_as_its_default(tmp_path):
         ("dclm.filters[0] fasttext_quality.label", "__label__hq", "__label__x"),
         ("dclm.filters[2] repeated_ngrams.min_repeats", 32, 16)]
     assert re.search(r"fasttext_quality\.label\s+__label__hq\s+__label__x$", render_diff(d), re.M)
+
+
+def test_plan_markdown_warnings_read_as_written(tmp_path, capsys):
+    """Found by a reviewer: the table cells were escaped, the warnings under them not: a glob
+    "web/*_old_*/**" in a warning rendered as web/<em><em>old</em></em>/** in a PR comment."""
+    markdown_it = pytest.importorskip("markdown_it")
+    corpus = tmp_path / "corpus"
+    (corpus / "web").mkdir(parents=True)
+    (corpus / "web" / "a.jsonl").write_text('{"id": "1", "text": "x"}\n')
+    spec = {"name": "globs", "version": 1, "seed": 1, "budget": 1000, "data_root": str(corpus),
+            "sources": [{"name": "web", "paths": ["web/*.jsonl", "web/*_old_*/**"], "mix_percent": 100.0}]}
+    (tmp_path / "m.json").write_text(json.dumps(spec))
+    assert plan_cmd.main([str(tmp_path / "m.json"), "--format", "markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "no input files match" in out, out
+    html = markdown_it.MarkdownIt("commonmark").enable("table").render(out)
+    assert "<em>" not in html and "<strong>Warnings</strong>" in html, html
+    assert f"{corpus}/web/*_old_*/**" in html, html

@@ -284,8 +284,10 @@ class SourceFiles:
 
     @property
     def unmatched(self) -> bool:
-        """Nothing matched any of its patterns (and nothing else is wrong)."""
-        return bool(self.problems) and all(NO_MATCH in p for p in self.problems)
+        """Nothing matched any of its patterns (and nothing else is wrong). A source of which one
+        pattern matched files and another none is not: `dolmino plan` said "no files match for
+        any source" of it (found by a reviewer); the build refuses the pattern, as plan says."""
+        return not self.files and bool(self.problems) and all(NO_MATCH in p for p in self.problems)
 
 
 @dataclass
