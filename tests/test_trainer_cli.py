@@ -340,6 +340,34 @@ def test_overwrite_keeps_what_the_run_reads_and_what_is_not_a_run(data_dir, tmp_
     assert (other / "step000002" / "model.pt").is_file()  # a symlinked checkpoint: the link goes, not its target
 
 
+def test_an_overwrite_cut_short_leaves_no_checkpoint_to_resume(data_dir, tmp_path, capsys, monkeypatch):
+    """Found by a reviewer: --overwrite removed the step dirs before `latest`; cut short, it left
+    `latest` naming a half-removed step, which --resume refused as a file lost in a copy."""
+    import shutil as shutil_mod
+
+    from trainer.run import main
+
+    save = tmp_path / "run"
+    base = ["--data", str(data_dir), *map(str, TINY), "--steps", "2", "--save-interval", "1", "--save-dir", str(save)]
+    assert main(base) == 0
+    capsys.readouterr()
+    real_rmtree = shutil_mod.rmtree
+
+    def cut_short(path, *args, **kwargs):  # the first step dir goes, then the process is killed
+        real_rmtree(path, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil_mod, "rmtree", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        main([*base, "--overwrite"])
+    monkeypatch.setattr(shutil_mod, "rmtree", real_rmtree)
+    assert not (save / "latest").exists() and any(save.glob("step*"))  # one step dir left behind
+    assert main([*base, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "no step*/ directory in it has a train_state.pt" in err and "left out" not in err, err
+    assert main([*base, "--overwrite"]) == 0
+
+
 def test_cli_reports_bad_data_clearly(tmp_path):
     (tmp_path / "p.npy").write_bytes(b"\x00" * 10)
     proc = run_cli("--data", tmp_path, "--model", "tiny", "--steps", 1, "--seq-len", 8, "--batch-size", 1)

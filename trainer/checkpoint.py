@@ -304,19 +304,27 @@ def cleared_by_overwrite(path: str | Path, save_dir: str | Path) -> bool:
 
 def clear_run(save_dir: str | Path) -> None:
     """Remove what a run writes into `save_dir` (its step*/ checkpoints, `latest`, metrics.jsonl
-    and eval/); anything else there is left alone."""
+    and eval/); anything else there is left alone.
+
+    `latest` goes first and each checkpoint's train_state.pt before the rest of it: an
+    --overwrite cut short left `latest` naming a half-removed step, which a later --resume
+    refused as a file lost in a copy (found by a reviewer). Now what is left is no checkpoint."""
     import shutil
 
     save_dir = Path(save_dir)
-    for path in save_dir.iterdir():
-        # checkpoints, and the temporary directories of writes a kill cut short; nothing else
-        ours = _STEP_DIR.fullmatch(path.name) or _STEP_TMP.fullmatch(path.name) or _STEP_OLD.fullmatch(path.name)
-        if ours and path.is_symlink():
+    # checkpoints, and the temporary directories of writes a kill cut short; nothing else
+    ours = [path for path in save_dir.iterdir()
+            if _STEP_DIR.fullmatch(path.name) or _STEP_TMP.fullmatch(path.name) or _STEP_OLD.fullmatch(path.name)]
+    (save_dir / LATEST).unlink(missing_ok=True)
+    for path in ours:
+        if path.is_dir() and not path.is_symlink():
+            (path / STATE_FILE).unlink(missing_ok=True)
+    for path in ours:
+        if path.is_symlink():
             path.unlink()  # the link, never what it points to
-        elif ours and path.is_dir():
+        elif path.is_dir():
             shutil.rmtree(path)
-    for name in (LATEST, METRICS_FILE):
-        (save_dir / name).unlink(missing_ok=True)
+    (save_dir / METRICS_FILE).unlink(missing_ok=True)
     shutil.rmtree(save_dir / EVAL_DIR, ignore_errors=True)
 
 
