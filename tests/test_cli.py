@@ -391,7 +391,8 @@ class Py4JError(Exception):
 def gone():
     raise Py4JError("org.apache.spark.sql.classic.SparkSession does not exist in the JVM")
 
-fake = types.SimpleNamespace(sparkContext=types.SimpleNamespace(setLogLevel=lambda level: None, getConf=dict), stop=gone)
+fake = types.SimpleNamespace(sparkContext=types.SimpleNamespace(setLogLevel=lambda level: None, getConf=dict),
+                             stop=gone)
 dolmino.build.spark.make_spark = lambda *a, **k: fake
 
 def run_build(*_args, **_kwargs):  # as py4j does: the handler's SystemExit, then a call into a dead JVM
