@@ -76,7 +76,31 @@ def test_an_added_file_is_named_however_many_bundles_wait_for_new_clusters(tmp_p
     units = [Unit(i, 0, _file(n, 10 << 20)) for i, n in enumerate(names + ["zz-added.jsonl"])]
     works = [BundleWork(Bundle(u.index, (u,)), () if u.index < 12 else (DOCS,), True, {}) for u in units]
     message = _describe(store, works, units, _plan(minhash_set="minhash-newpool"))
-    assert "since the tag, /data/web/zz-added.jsonl is new: run `dolmino tag` again" in message, message
+    # past every stored file's units: new, or in a bundle a tag has not written yet (below)
+    assert "/data/web/zz-added.jsonl is in no attribute file: new since the tag, or a tag still running" in message, \
+        message
+
+
+def test_a_bundle_a_running_tag_has_not_written_is_not_called_new(tmp_path):
+    """Found by a tester: `dolmino mix` while a tag of the same manifest was still writing said of
+    an unchanged file "since the tag, page-296 is new". A file is new where a stored file's units
+    span it (its bundle was made without it); past them it may be a bundle not written yet."""
+    def units(names):
+        return [Unit(i, 0, _file(f"{n}.jsonl")) for i, n in enumerate(names)]
+
+    store = _store(tmp_path, [Bundle(0, tuple(units("ab")))])  # the tag wrote the first bundle only
+    current = units("abcd")
+    due = BundleWork(Bundle(2, tuple(current[2:])), (DOCS,), False, {})
+    message = _describe(store, [due], current, _plan())
+    assert message.endswith("/data/web/c.jsonl, /data/web/d.jsonl are in no attribute file: new since the tag, "
+                            "or a tag still running or stopped before it got there: run `dolmino tag` (again, once a "
+                            "running one has finished; it reuses what is done)"), message
+    assert "is new" not in message and "are new" not in message
+    store = _store(tmp_path / "spanned", [Bundle(0, tuple(units("ac")))])
+    current = units("abc")
+    message = _describe(store, [BundleWork(Bundle(0, tuple(current)), (DOCS,), False, {})], current, _plan())
+    assert message.endswith("since the tag, /data/web/b.jsonl is new: run `dolmino tag` again (it reads again the "
+                            "files grouped with these and reuses the rest)"), message
 
 
 def test_a_file_stored_whole_inside_a_bundle_and_cut_now_names_the_split_size(tmp_path):

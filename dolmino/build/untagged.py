@@ -117,6 +117,7 @@ def _inputs_changed(works, source) -> str | None:
             if at >= 0:
                 candidates.add(known.stored[at][1])
         stored: dict[str, str | None] = {}
+        spans: list[tuple[str, str]] = []  # (first, last) unit key of each stored file read
         for path in sorted(candidates):
             if reads >= _METADATA_READS:
                 break
@@ -125,15 +126,25 @@ def _inputs_changed(works, source) -> str | None:
                 _table, meta = read_table(path, columns=[])
             except BuildError:
                 continue
-            stored.update((entry.get("unit"), entry.get("version")) for entry in meta.get("units") or ())
+            listed = [(entry.get("unit"), entry.get("version")) for entry in meta.get("units") or ()]
+            stored.update(listed)
+            keys = [k for k, _ in listed if isinstance(k, str)]
+            if keys:
+                spans.append((min(keys), max(keys)))
         if not stored:
             continue
         versions = dict(zip((u.key for u in bundle.units), bundle.unit_versions))
         uri = {u.key: u.file.uri for u in bundle.units}
         # by file (the byte ranges of one file are units of their own)
         changed = list(dict.fromkeys(uri[k] for k, v in versions.items() if k in stored and stored[k] not in (None, v)))
-        added = list(dict.fromkeys(uri[k] for k in versions if k not in stored))
+        unlisted = list(dict.fromkeys(uri[k] for k in versions if k not in stored))
         removed = sorted(k for k in stored if k not in known.current)
+        # A file in no stored file's listing is new where the listing shows other changes or a
+        # stored file's keys span it (its bundle was made without it). Else it may be in a bundle
+        # a tag has not written yet, still running or stopped: "is new" of an unchanged file sent
+        # a colleague looking for a change (found by a tester).
+        spanned = any(lo < k < hi for k in versions if k not in stored for lo, hi in spans)
+        added, unreached = (unlisted, []) if changed or removed or spanned else ([], unlisted)
         if cut := next((known.ranged[k] for k in removed if k in known.ranged), None):  # stored whole, a range now
             return _split_message(cut, "whole", True)
         if changed and not added and not removed:
@@ -147,6 +158,10 @@ def _inputs_changed(works, source) -> str | None:
         if removed:
             parts.append(f"{_named(removed)}, tagged in the same attribute files, "
                          f"{'is' if len(removed) == 1 else 'are'} no longer listed")
+        if unreached:
+            return (f"{_named(unreached)} {'is' if len(unreached) == 1 else 'are'} in no attribute file: new since "
+                    "the tag, or a tag still running or stopped before it got there: run `dolmino tag` (again, "
+                    "once a running one has finished; it reuses what is done)")
         if parts:
             return (f"since the tag, {'; '.join(parts)}: run `dolmino tag` again (it reads again the files grouped "
                     "with these and reuses the rest)")
