@@ -103,7 +103,10 @@ def list_files(root: str, prefix: str = "") -> dict[str, int]:
         for dirpath, _dirs, files in os.walk(base if os.path.isdir(base) else root):
             for name in files:
                 path = os.path.join(dirpath, name)
-                found[os.path.relpath(path, root)] = os.path.getsize(path)
+                try:
+                    found[os.path.relpath(path, root)] = os.path.getsize(path)
+                except FileNotFoundError:  # gone since the walk: another writer's temporary file, renamed
+                    continue
     return found
 
 

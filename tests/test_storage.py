@@ -107,3 +107,22 @@ def test_a_store_without_multi_object_delete_gets_one_delete_per_key(s3_server, 
     storage.delete(out, names)  # 1,005 keys: two batches, of which 1,002 were never written
     assert calls == {"delete_objects": 1, "delete_object": 1005}
     assert storage.list_files(out) == {}
+
+
+def test_a_local_listing_skips_a_file_renamed_away_while_it_walks(tmp_path, monkeypatch):
+    """Two tags share an attributes root: a file the walk saw (another writer's `.tmp<pid>`)
+    may be renamed before its size is read; the listing failed with FileNotFoundError."""
+    import os
+
+    root = tmp_path / "attrs"
+    storage.write_bytes(str(root / "web" / "a.parquet"), b"abc")
+    (root / "web" / "a.parquet.tmp4242").write_bytes(b"x")
+    real_getsize = os.path.getsize
+
+    def renamed_meanwhile(path):
+        if str(path).endswith(".tmp4242"):
+            raise FileNotFoundError(path)
+        return real_getsize(path)
+
+    monkeypatch.setattr(os.path, "getsize", renamed_meanwhile)
+    assert storage.list_files(str(root)) == {"web/a.parquet": 3}
