@@ -352,6 +352,16 @@ def truncate(file: Path) -> Path:
     return file
 
 
+def refused_in_one_line(commands, file, advice: str, case) -> None:
+    """Each command (module, *args) exits 2 with one line that names `file` and gives `advice`."""
+    for module, *args in commands:
+        proc = run_module(module, *args)
+        assert proc.returncode == 2, (case, module, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{file} cannot be read (" in lines[0], (case, module, proc.stderr)
+        assert advice in lines[0], (case, module, lines[0])
+
+
 def test_truncated_weight_files_are_named_by_every_command_that_reads_them(tmp_path):
     """An interrupted download or copy: safetensors' and torch's own errors name no file and ended
     each command in a traceback."""
@@ -376,12 +386,7 @@ def test_truncated_weight_files_are_named_by_every_command_that_reads_them(tmp_p
                     ("trainer.soup", tmp_path / "soup", good, ckpt),
                     ("trainer.export_hf", ckpt, tmp_path / "out"),
                     ("trainer.eval", "--checkpoint", ckpt, "--tasks", "arc_easy", "--limit", 1, "--device", "cpu")]
-        for module, *args in commands:
-            proc = run_module(module, *args)
-            assert proc.returncode == 2, (module, ckpt, proc.stderr)
-            lines = proc.stderr.strip().splitlines()
-            assert len(lines) == 1 and f"{file} cannot be read (" in lines[0], (module, ckpt, proc.stderr)
-            assert "is it truncated or corrupt" in lines[0]
+        refused_in_one_line(commands, file, "is it truncated or corrupt", ckpt)
 
 
 # ----------------------------------------------------------------------------- OLMo-core
@@ -520,12 +525,8 @@ def test_a_damaged_or_missing_olmo_core_data_file_is_named(tmp_path):
                     ("trainer.soup", tmp_path / f"soup-{damage}", whole, step_dir),
                     ("trainer.export_hf", step_dir, tmp_path / f"hf-{damage}"),
                     ("trainer.eval", "--checkpoint", step_dir, "--tasks", "arc_easy", "--limit", 1, "--device", "cpu")]
-        for module, *args in commands:
-            proc = run_module(module, *args)
-            assert proc.returncode == 2, (damage, module, proc.stderr)
-            lines = proc.stderr.strip().splitlines()
-            assert len(lines) == 1 and f"{file} cannot be read (" in lines[0], (damage, module, proc.stderr)
-            assert ("was it left out" if damage == "missing" else "is it truncated or corrupt") in lines[0]
+        refused_in_one_line(commands, file, "was it left out" if damage == "missing" else "is it truncated or corrupt",
+                            damage)
         if damage != "garbled":  # found from the metadata, in trainer.run's start-up checks: nothing was built
             with pytest.raises(CheckpointFormatError, match=f"^{re.escape(str(file))} cannot be read"):
                 inspect_checkpoint(step_dir)
