@@ -105,8 +105,10 @@ def list_files(root: str, prefix: str = "") -> dict[str, int]:
                 path = os.path.join(dirpath, name)
                 try:
                     found[os.path.relpath(path, root)] = os.path.getsize(path)
-                except FileNotFoundError:  # gone since the walk: another writer's temporary file, renamed
-                    continue
+                except FileNotFoundError:
+                    if not os.path.lexists(path):  # gone since the walk: another writer's temporary file, renamed
+                        continue
+                    raise  # a link that leads nowhere: said, not left out
     return found
 
 

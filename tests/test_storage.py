@@ -120,9 +120,13 @@ def test_a_local_listing_skips_a_file_renamed_away_while_it_walks(tmp_path, monk
     real_getsize = os.path.getsize
 
     def renamed_meanwhile(path):
-        if str(path).endswith(".tmp4242"):
-            raise FileNotFoundError(path)
+        if str(path).endswith(".tmp4242"):  # the other writer renames it into place now
+            os.replace(path, str(path).removesuffix(".tmp4242"))
         return real_getsize(path)
 
     monkeypatch.setattr(os.path, "getsize", renamed_meanwhile)
-    assert storage.list_files(str(root)) == {"web/a.parquet": 3}
+    assert list(storage.list_files(str(root))) == ["web/a.parquet"]
+    monkeypatch.undo()
+    (root / "web" / "b.parquet").symlink_to(tmp_path / "unmounted" / "b.parquet")  # found by a reviewer
+    with pytest.raises(FileNotFoundError):  # a link that leads nowhere is no file renamed away: said, not left out
+        storage.list_files(str(root))

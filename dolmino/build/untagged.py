@@ -128,9 +128,9 @@ def _inputs_changed(works, source) -> str | None:
                 continue
             listed = [(entry.get("unit"), entry.get("version")) for entry in meta.get("units") or ()]
             stored.update(listed)
-            keys = [k for k, _ in listed if isinstance(k, str)]
-            if keys:
-                spans.append((min(keys), max(keys)))
+            names = [_RANGE.sub("", k) for k, _ in listed if isinstance(k, str)]  # units go in file-name order
+            if names:
+                spans.append((min(names), max(names)))
         if not stored:
             continue
         versions = dict(zip((u.key for u in bundle.units), bundle.unit_versions))
@@ -139,12 +139,13 @@ def _inputs_changed(works, source) -> str | None:
         changed = list(dict.fromkeys(uri[k] for k, v in versions.items() if k in stored and stored[k] not in (None, v)))
         unlisted = list(dict.fromkeys(uri[k] for k in versions if k not in stored))
         removed = sorted(k for k in stored if k not in known.current)
-        # A file in no stored file's listing is new where the listing shows other changes or a
-        # stored file's keys span it (its bundle was made without it). Else it may be in a bundle
-        # a tag has not written yet, still running or stopped: "is new" of an unchanged file sent
-        # a colleague looking for a change (found by a tester).
-        spanned = any(lo < k < hi for k in versions if k not in stored for lo, hi in spans)
-        added, unreached = (unlisted, []) if changed or removed or spanned else ([], unlisted)
+        # A file in no stored file's listing is new where the listing shows other changes, where
+        # other units of its bundle are stored (in a bundle made without it), or where a stored
+        # file's names span it. Else it may be in a bundle a tag has not written yet, running or
+        # stopped: "is new" of an unchanged file sent a colleague looking for a change (a tester).
+        regrouped = any(k in stored for k in versions)
+        spanned = any(lo < _RANGE.sub("", k) < hi for k in versions if k not in stored for lo, hi in spans)
+        added, unreached = (unlisted, []) if changed or removed or regrouped or spanned else ([], unlisted)
         if cut := next((known.ranged[k] for k in removed if k in known.ranged), None):  # stored whole, a range now
             return _split_message(cut, "whole", True)
         if changed and not added and not removed:
