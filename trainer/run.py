@@ -326,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
             # Each rank reads the weights itself (after DDP's broadcast; FSDP never broadcasts):
             # a node holding another copy of --init-from would train with other weights, silently.
             low, high = ranks_agree([files_fingerprint(init.path) if env.distributed else 0], env)
-            if low != high:
+            if low != high:  # every rank knows it, after a collective: leave as agreed stops do (a tester saw
+                # SIGABRT from a gloo thread freeing this allreduce during teardown, 2 runs in 16)
+                AGREED_STOP = "failed" if env.is_main else "peer"
                 raise ValueError(f"--init-from {init.path} differs between nodes (its files do not match on every "
                                  "rank); give every node the same copy, or a shared filesystem")
             n = load_weights_into(trainer.raw_model, init)
