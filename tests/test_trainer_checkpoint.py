@@ -524,6 +524,12 @@ def test_a_missing_checkpoint_file_is_named_when_resuming(tmp_path, capsys):
         else:
             assert lines == [f"trainer.run: error: {run / 'step000002' / missing} cannot be read (no such file); "
                              f"{advice}"]
+        # the step named with --resume: it said "holds weights only (e.g. a soup)", once the model was built
+        assert main(args(run, 3, "--resume", str(run / "step000002"))) == 2
+        captured = capsys.readouterr()
+        assert captured.err.strip().splitlines() == [f"trainer.run: error: {run / 'step000002' / missing} cannot be "
+                                                     f"read (no such file); {advice}"], captured.err
+        assert "model " not in captured.out  # refused in the start-up checks
     # --overwrite still starts afresh over it; and where it is the only checkpoint, the message says what is missing
     run = tmp_path / STATE_FILE
     shutil.rmtree(run / "step000001")

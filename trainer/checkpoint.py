@@ -569,12 +569,22 @@ def load_model_weights(path: str | Path) -> tuple[dict, dict]:
     return state, config
 
 
+def resumable_checkpoint(path: str | Path) -> Path:
+    """`resolve_checkpoint(path)`, refused where it cannot be resumed: a soup holds weights only;
+    a trainer checkpoint (optim.pt beside its weights) without train_state.pt lost it, and said
+    "e.g. a soup", after the model was built (found by a tester)."""
+    path = resolve_checkpoint(path)
+    if (path / STATE_FILE).is_file():
+        return path
+    if (path / OPTIM_FILE).is_file():
+        raise damaged_file_error(path / STATE_FILE, FileNotFoundError(STATE_FILE), resume_advice(path, missing=True))
+    raise FileNotFoundError(f"{path} holds weights only (no {STATE_FILE}, e.g. a soup); it cannot be resumed")
+
+
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     restore_rng: bool = True) -> dict:
     """Load weights (and optimizer state) into live objects; returns the train state dict."""
-    path = resolve_checkpoint(path)
-    if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"{path} holds weights only (no {STATE_FILE}, e.g. a soup); it cannot be resumed")
+    path = resumable_checkpoint(path)
     options = StateDictOptions(full_state_dict=True)
     advice = resume_advice(path)
     model_sd = load_torch_file(path / MODEL_FILE, advice)

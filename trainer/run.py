@@ -32,7 +32,7 @@ from dolmino.s3 import local_path
 from dolmino.storage import why_unwritable
 from trainer.checkpoint import (
     CONFIG_FILE, CheckpointFormatError, CheckpointWriteError, clear_run, cleared_by_overwrite, existing_run,
-    files_fingerprint, latest_checkpoint, load_json_file, own_checkpoint, resolve_checkpoint, resume_advice,
+    files_fingerprint, latest_checkpoint, load_json_file, own_checkpoint, resumable_checkpoint, resume_advice,
 )
 from trainer.cli import HelpFormatter, in_flag_names, parse_count, positive_int  # noqa: F401 (parse_count: our API)
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume is not None:
         resume = Path(args.save_dir) if args.resume == "latest" else Path(args.resume)
         try:
-            resume_from = resolve_checkpoint(resume)
+            resume_from = resumable_checkpoint(resume)  # in the start-up checks: before a model is built
             found = True
         except (FileNotFoundError, CheckpointFormatError) as exc:  # none there, or the newest one is damaged:
             # raised in the start-up checks, which the ranks agree on
