@@ -108,7 +108,9 @@ def list_files(root: str, prefix: str = "") -> dict[str, int]:
                 except FileNotFoundError:
                     if not os.path.lexists(path):  # gone since the walk: another writer's temporary file, renamed
                         continue
-                    raise  # a link that leads nowhere: said, not left out
+                    # a link that leads nowhere is listed (the link's own size): what reads it names it
+                    # (an attribute file "not readable: delete it and tag again"), a stale part is removed
+                    found[os.path.relpath(path, root)] = os.lstat(path).st_size
     return found
 
 

@@ -333,6 +333,11 @@ def test_a_shared_attributes_root_repairs_or_refuses_what_is_not_valid(world, sp
     docs.write_bytes(saved[:300])
     with pytest.raises(Exception, match="not a readable attribute file.*delete it and run `dolmino tag`"):
         mix("truncated")
+    docs.unlink()
+    docs.symlink_to(tmp_path / "unmounted.parquet")  # a link that leads nowhere: a FileNotFoundError traceback
+    with pytest.raises(Exception, match="not a readable attribute file \\(no such file.*delete it and run"):
+        mix("dangling")
+    docs.unlink()
     docs.write_bytes(saved)
     # A file left from another version of its input, under the current version's name.
     stale_meta = dict(pq.read_table(docs).schema.metadata)

@@ -107,13 +107,22 @@ def test_a_bundle_a_running_tag_has_not_written_is_not_called_new(tmp_path):
     message = _describe(store, [BundleWork(Bundle(0, tuple(current)), (DOCS,), False, {})], current, _plan())
     assert message.endswith("since the tag, /data/web/0.jsonl is new: run `dolmino tag` again (it reads again the "
                             "files grouped with these and reuses the rest)"), message
-    # and names, not keys, are compared: "web/a.jsonl@<range>" sorts after "web/a.jsonl.gz" as a key
+    # in unit order (names, then ranges), not key order: "web/a.jsonl@<range>" sorts after "web/a.jsonl.gz"
+    # as text, so a.jsonl's ranges not written yet were "new", and a new b.jsonl between stored files was
+    # looked for among a.jsonl's range files and "maybe not tagged" (found by reviewers)
     big = _file("a.jsonl", 300)
-    current = [Unit(0, 0, big, 0, 150), Unit(1, 0, big, 150, 300), Unit(2, 0, _file("a.jsonl.gz", 10)),
-               Unit(3, 0, _file("b.jsonl", 10))]
-    store = _store(tmp_path / "ranges", [Bundle(1, tuple(current[2:]))])  # the ranges' bundles not written yet
+    ranges = [Unit(0, 0, big, 0, 150), Unit(1, 0, big, 150, 300)]
+    current = [*ranges, Unit(2, 0, _file("a.jsonl.gz", 10)), Unit(3, 0, _file("c.jsonl", 10))]
+    store = _store(tmp_path / "ranges", [Bundle(2, tuple(current[2:]))])  # the ranges' bundles not written yet
     message = _describe(store, [BundleWork(Bundle(0, (current[0],)), (DOCS,), False, {})], current, _plan())
-    assert "/data/web/a.jsonl is in no attribute file: new since the tag, or a tag still running" in message, message
+    assert message.endswith("run `dolmino tag` with the same manifest first") and "new" not in message, message
+    store = _store(tmp_path / "spanned-by-name", [*(Bundle(i, (u,)) for i, u in enumerate(ranges)),
+                                                  Bundle(2, tuple(current[2:]))])
+    current = [*ranges, Unit(2, 0, _file("a.jsonl.gz", 10)), Unit(3, 0, _file("b.jsonl", 9 << 20)),
+               Unit(4, 0, _file("c.jsonl", 10))]
+    message = _describe(store, [BundleWork(Bundle(3, (current[3],)), (DOCS,), False, {})], current, _plan())
+    assert message.endswith("since the tag, /data/web/b.jsonl is new: run `dolmino tag` again (it reads again the "
+                            "files grouped with these and reuses the rest)"), message
 
 
 def test_a_file_stored_whole_inside_a_bundle_and_cut_now_names_the_split_size(tmp_path):

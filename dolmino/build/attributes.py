@@ -285,7 +285,11 @@ def read_table(path: str, columns: list[str] | None = None, data: bytes | None =
     # layer, which costs ~0.5 ms per small file (the mix reads every unit's attribute files).
     import pyarrow as pa
 
-    raw_bytes = read_bytes(path) if data is None else data
+    try:
+        raw_bytes = read_bytes(path) if data is None else data
+    except FileNotFoundError:  # listed, then gone: a link that leads nowhere (storage.list_files lists those)
+        raise BuildError(f"{path}: not a readable attribute file (no such file: a link that leads nowhere?); "
+                         f"{REMEDY}") from None
     try:
         table = pq.ParquetFile(io.BytesIO(raw_bytes)).read(columns=columns)
         raw = (table.schema.metadata or {}).get(METADATA_KEY)

@@ -49,23 +49,30 @@ class _Source(NamedTuple):
     key (20,000 plain files all due: 4e8 comparisons before the refusal was printed)."""
 
     stored: list[tuple[str, str]]  # (first unit key, path) of the stored docs files, sorted
-    firsts: list[str]  # their first keys, for bisect
+    firsts: list[tuple[str, str]]  # their first keys in unit order (`_unit_order`), for bisect
     by_file: dict[str, set[str]]  # input name -> the stored first keys of that file (whole, or its ranges)
     current: set[str]  # the unit keys this run lists
     ranged: dict[str, str]  # input name -> URI, for the files this run cuts into ranges
+
+
+def _unit_order(key: str) -> tuple[str, str]:
+    """A unit key's place in unit order: by input name, then by key (a file's byte ranges)."""
+    return _RANGE.sub("", key), key
 
 
 def _source(si: int, units: list[Unit], plans, store: AttributeStore, listed) -> _Source:
     plan = plans[si]
     # A key holds the input's directories: web/a.jsonl.zst is <set dir>/web/a.jsonl.zst.<version>.parquet.
     prefix = store.set_dir(plan.name, plan.docs_set).rstrip("/") + "/"
-    stored = sorted((_MORE_UNITS.sub("", match["key"]), path) for path in listed.get((si, plan.docs_set), ())
-                    if (match := _STORED.fullmatch(path.removeprefix(prefix))))
+    # in unit order, file name first: a byte range's key ("a.jsonl@...") sorts after "a.jsonl.gz" as
+    # text, and the file holding "b.jsonl" was looked for among a.jsonl's ranges (found by a reviewer)
+    stored = sorted(((_MORE_UNITS.sub("", match["key"]), path) for path in listed.get((si, plan.docs_set), ())
+                     if (match := _STORED.fullmatch(path.removeprefix(prefix)))), key=lambda kp: _unit_order(kp[0]))
     by_file: dict[str, set[str]] = {}
     for key, _ in stored:
         by_file.setdefault(_RANGE.sub("", key), set()).add(key)
     mine = [u for u in units if u.source_index == si]
-    return _Source(stored, [key for key, _ in stored], by_file, {u.key for u in mine},
+    return _Source(stored, [_unit_order(key) for key, _ in stored], by_file, {u.key for u in mine},
                    {u.file.name: u.file.uri for u in mine if u.is_range})
 
 
@@ -113,7 +120,7 @@ def _inputs_changed(works, source) -> str | None:
             continue
         candidates = set()
         for unit in bundle.units:  # the stored file holding a key is the one whose first key is the last <= it
-            at = bisect.bisect_right(known.firsts, unit.key) - 1
+            at = bisect.bisect_right(known.firsts, _unit_order(unit.key)) - 1
             if at >= 0:
                 candidates.add(known.stored[at][1])
         stored: dict[str, str | None] = {}
