@@ -113,6 +113,11 @@ def all_reduce_mean(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return tensor
 
 
+class RanksDisagree(ValueError):
+    """Every rank found, through a collective, that the ranks' inputs differ: they all stop, and
+    leave as the agreed start-up stops do (trainer.run's AGREED_STOP), not through a teardown."""
+
+
 def ranks_agree(values: list[int], env: DistEnv) -> tuple[list[int], list[int]]:
     """(smallest, largest) of each value over the ranks; equal lists mean every rank holds the
     same values. Collective. Integers below 2**53 (float64 carries them exactly, on any backend)."""

@@ -38,7 +38,8 @@ from trainer.cli import HelpFormatter, in_flag_names, parse_count, positive_int 
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
 from trainer.data import DataError, scan_data, unreported_build_note
 from trainer.distributed import (
-    BACKENDS, DeviceUnavailable, barrier, exit_process, init_distributed, peer_stopped, ranks_agree, shutdown,
+    BACKENDS, DeviceUnavailable, RanksDisagree, barrier, exit_process, init_distributed, peer_stopped, ranks_agree,
+    shutdown,
 )
 from trainer.eval import add_training_arguments as add_eval_arguments, evaluate_after_training
 from trainer.plan import (
@@ -321,16 +322,21 @@ def main(argv: list[str] | None = None) -> int:
                          resuming=resume is not None)
         if args.sync_debug and env.device.type == "cuda":
             torch.cuda.set_sync_debug_mode("warn")
-        trainer = Trainer(run, env, args.save_dir, resume=resume, log=log, keep_last=args.keep_last)
+        try:
+            trainer = Trainer(run, env, args.save_dir, resume=resume, log=log, keep_last=args.keep_last)
+            if init is not None and resume is None:
+                # Each rank reads the weights itself (after DDP's broadcast; FSDP never broadcasts):
+                # a node holding another copy of --init-from would train with other weights, silently.
+                low, high = ranks_agree([files_fingerprint(init.path) if env.distributed else 0], env)
+                if low != high:
+                    raise RanksDisagree(f"--init-from {init.path} differs between nodes (its files do not match on "
+                                        "every rank); give every node the same copy, or a shared filesystem")
+        except RanksDisagree:
+            # every rank knows it, after a collective: leave as agreed stops do (a full teardown, a tester
+            # saw, aborted a rank now and then: SIGABRT from a gloo thread freeing that allreduce, 2 runs in 16)
+            AGREED_STOP = "failed" if env.is_main else "peer"
+            raise
         if init is not None and resume is None:
-            # Each rank reads the weights itself (after DDP's broadcast; FSDP never broadcasts):
-            # a node holding another copy of --init-from would train with other weights, silently.
-            low, high = ranks_agree([files_fingerprint(init.path) if env.distributed else 0], env)
-            if low != high:  # every rank knows it, after a collective: leave as agreed stops do (a tester saw
-                # SIGABRT from a gloo thread freeing this allreduce during teardown, 2 runs in 16)
-                AGREED_STOP = "failed" if env.is_main else "peer"
-                raise ValueError(f"--init-from {init.path} differs between nodes (its files do not match on every "
-                                 "rank); give every node the same copy, or a shared filesystem")
             n = load_weights_into(trainer.raw_model, init)
             log(f"initialised {n} tensors from {init.describe()}")
         tc = run.train

@@ -46,7 +46,7 @@ from trainer.checkpoint import (
 )
 from trainer.config import ModelConfig, RunConfig, TrainConfig
 from trainer.data import DataLoader, MemmapDataset
-from trainer.distributed import DistEnv, all_reduce_mean, barrier, ranks_agree
+from trainer.distributed import DistEnv, RanksDisagree, all_reduce_mean, barrier, ranks_agree
 from trainer.model import OLMo2
 from trainer.optim import build_optimizer, clip_grad_norm, set_lr
 from trainer.schedule import LRSchedule
@@ -147,7 +147,7 @@ class Trainer:
             common = Path(os.path.commonpath([str(p.parent) for p in read]))
             low, high = ranks_agree([len(self.dataset), files_fingerprint(common, read)], env)
             if low != high:
-                raise ValueError(f"the ranks read different training data ({low[0]:,}..{high[0]:,} instances"
+                raise RanksDisagree(f"the ranks read different training data ({low[0]:,}..{high[0]:,} instances"
                                  f"{'' if low[0] != high[0] else ', different files'}); give every node the same "
                                  "copy of the mix, or a shared filesystem")
         self.raw_model = build_model(mc, env.device, tc.seed)
