@@ -48,7 +48,7 @@ class _Source(NamedTuple):
     bundle of a source asked again, and the split check compared each unit with every stored
     key (20,000 plain files all due: 4e8 comparisons before the refusal was printed)."""
 
-    stored: list[tuple[str, str]]  # (first unit key, path) of the stored docs files, sorted
+    stored: list[tuple[str, str]]  # (first unit key, path) of the stored docs files, in unit order
     firsts: list[tuple[str, str]]  # their first keys in unit order (`_unit_order`), for bisect
     by_file: dict[str, set[str]]  # input name -> the stored first keys of that file (whole, or its ranges)
     current: set[str]  # the unit keys this run lists
@@ -124,7 +124,7 @@ def _inputs_changed(works, source) -> str | None:
             if at >= 0:
                 candidates.add(known.stored[at][1])
         stored: dict[str, str | None] = {}
-        spans: list[tuple[str, str]] = []  # (first, last) unit key of each stored file read
+        spans: list[tuple[str, str]] = []  # (first, last) input name of each stored file read
         for path in sorted(candidates):
             if reads >= _METADATA_READS:
                 break
