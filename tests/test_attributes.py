@@ -420,3 +420,20 @@ def test_the_plan_of_a_build_does_not_hold_where_its_tokenizer_lies():
     assert _planned_manifest({**raw, "tokenizer": {"name": "t", "path": "s3://b/tokenizer.json"}}) == \
         _planned_manifest(raw)
     assert _planned_manifest({"name": "m", "tokenizer": {"name": "t"}}) == {"name": "m", "tokenizer": {"name": "t"}}
+
+
+def test_an_attribute_object_gone_from_s3_is_one_line_and_a_missing_bucket_stays_itself(s3_server):
+    """A reviewer: reading an attribute file that a listing named turned every FileNotFoundError
+    into "a link that leads nowhere; delete it", a missing bucket (an executor on another
+    endpoint or region) included: the bucket's own error says what is wrong there."""
+    import uuid
+
+    from dolmino import s3
+    from dolmino.build.attributes import read_table
+
+    bucket = f"attrs-{uuid.uuid4().hex[:12]}"
+    s3.client().create_bucket(Bucket=bucket)
+    with pytest.raises(BuildError, match=r"a\.parquet: no such object \(deleted since it was listed\?\): run "):
+        read_table(f"s3://{bucket}/web/docs-x/a.parquet")
+    with pytest.raises(s3.NoSuchBucket):
+        read_table("s3://no-such-bucket-here/web/docs-x/a.parquet")

@@ -203,7 +203,7 @@ class Trainer:
         files = files_fingerprint(path) if self.env.distributed else 0
         low, high = ranks_agree([self.step, self.tokens_seen, self.loader.cursor, files], self.env)
         if low != high:
-            raise ValueError(f"ranks resumed from different checkpoints: steps {low[0]}..{high[0]}, tokens seen "
+            raise RanksDisagree(f"ranks resumed from different checkpoints: steps {low[0]}..{high[0]}, tokens seen "
                              f"{low[1]:,}..{high[1]:,}, {'different' if low[3] != high[3] else 'the same'} files "
                              f"(this rank: {path}); put --save-dir (or --resume's checkpoint) on a filesystem "
                              "every node sees")

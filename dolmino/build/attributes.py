@@ -285,9 +285,16 @@ def read_table(path: str, columns: list[str] | None = None, data: bytes | None =
     # layer, which costs ~0.5 ms per small file (the mix reads every unit's attribute files).
     import pyarrow as pa
 
+    from dolmino.s3 import NoSuchBucket
+
     try:
         raw_bytes = read_bytes(path) if data is None else data
-    except FileNotFoundError:  # listed, then gone: a link that leads nowhere (storage.list_files lists those)
+    except NoSuchBucket:  # not this file's fault: an executor that sees other buckets (its endpoint, region)
+        raise
+    except FileNotFoundError:  # listed, then gone: locally a link that leads nowhere (list_files lists those)
+        if path.startswith("s3://"):
+            raise BuildError(f"{path}: no such object (deleted since it was listed?): run `dolmino tag` with this "
+                             "manifest again (it tags what is missing)") from None
         raise BuildError(f"{path}: not a readable attribute file (no such file: a link that leads nowhere?); "
                          f"{REMEDY}") from None
     try:
