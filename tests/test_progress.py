@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
+import time
 
 import pytest
 from pyspark import cloudpickle
@@ -294,6 +296,31 @@ def test_build_stage_final_line_counts_skipped_stages_apart(spark):
     final = out.getvalue().strip().splitlines()[-1]
     assert final.startswith("[reuse] 10/10 tasks (4 skipped)"), final  # 4 + 3, then 3
     assert " · done in " in final and "ETA" not in final and st.record["wall_s"] > 0
+
+
+def test_a_running_stage_line_gives_no_task_total_that_will_move(spark):
+    """While a job runs, the stages it will skip look pending and jobs the stage submits later
+    are unknown: a mid-stage "done/total tasks" grew and shrank (found by a tester). The live
+    line says tasks done and running; the stage's whole is its units, which give the ETA."""
+    from pyspark import InheritableThread
+
+    from dolmino.build.progress import Stage
+
+    sc = spark.sparkContext
+    pairs = sc.parallelize(range(100), 4).map(lambda x: (x % 7, 1)).reduceByKey(lambda a, b: a + b, 3)
+    with Stage(sc, "live", total_units=10, quiet=True) as st:
+        assert pairs.count() == 7
+        st.counters.add("units", 4)
+        second = InheritableThread(target=lambda: pairs.map(lambda kv: (time.sleep(0.5), kv)[1]).collect())
+        second.start()  # its map stage will be skipped, its result stage runs
+        deadline = time.time() + 60
+        while re.search(r", [1-9] running", st.line()) is None and time.time() < deadline:
+            time.sleep(0.05)
+        live = st.line()
+        second.join()
+    assert re.match(r"\[live\] (7|8|9) tasks done, [1-3] running · 4/10 units · ", live), live  # not "7/14 tasks"
+    assert "ETA " in live
+    assert st.line(final=True).startswith("[live] 10/10 tasks (4 skipped)")
 
 
 def test_a_stage_that_knows_its_documents_shows_them_and_an_eta(spark):

@@ -2,9 +2,10 @@
 
 Counts come from Spark accumulators that tasks add to as they finish units (documents,
 bytes, tokens read / tokenized / written, CPU seconds) and from Spark's status tracker
-(tasks done / total). On a terminal the line is rewritten in place every second (under
-spark-submit too, whose JVM copies the driver's output to its terminal; `DOLMINO_PROGRESS=1`
-/ `0` decide outright); otherwise (CI, a log file) one line is printed every
+(tasks done and running; done / total on a stage's last line, once it is known). On a
+terminal the line is rewritten in place every second (under spark-submit too, whose JVM
+copies the driver's output to its terminal; `DOLMINO_PROGRESS=1` / `0` decide outright);
+otherwise (CI, a log file) one line is printed every
 `DOLMINO_PROGRESS_S` seconds (default 30) and at the end of each stage.
 
 The stage record (wall time, CPU seconds of the Python work in tasks, tokens read back as ids,
@@ -95,12 +96,16 @@ class Stage:
             self._thread.start()
         return self
 
-    def _tasks(self) -> tuple[int, int, int]:
-        """(tasks done, tasks to run, tasks skipped). A stage of a finished job that ran no task
-        was skipped (Spark reused its shuffle output): counting it as pending would leave
-        the final line at e.g. 19/39."""
+    def _tasks(self) -> tuple[int, int, int, int]:
+        """(tasks done, tasks to run, tasks skipped, tasks running), over the stage's jobs so far.
+
+        Only a finished job's figures are final. A stage of a finished job that ran no task was
+        skipped (Spark reused its shuffle output): counted as pending, the final line stopped at
+        e.g. 19/39. While a job runs, the stages it will skip look pending like the ones still
+        to run (Spark marks them skipped at the job's end), and the jobs a build stage submits
+        later are not known at all: "to run" is a total only on the final line."""
         tracker = self.sc.statusTracker()
-        done = total = skipped = 0
+        done = total = skipped = running = 0
         for job_id in tracker.getJobIdsForGroup(self.group):
             job = tracker.getJobInfo(job_id)
             finished = job is not None and str(job.status) == "SUCCEEDED"
@@ -113,13 +118,20 @@ class Stage:
                     continue
                 done += info.numCompletedTasks
                 total += info.numTasks
-        return done, total, skipped
+                running += info.numActiveTasks
+        return done, total, skipped, running
 
     def line(self, final: bool = False) -> str:
         v = self.counters.values()
         elapsed = max(time.time() - self.started, 1e-9)
-        done, total, skipped = self._tasks()
-        parts = [f"[{self.name}] {done}/{total} tasks" + (f" ({skipped:,} skipped)" if skipped else "")]
+        done, total, skipped, running = self._tasks()
+        if final:
+            parts = [f"[{self.name}] {done}/{total} tasks" + (f" ({skipped:,} skipped)" if skipped else "")]
+        else:
+            # no "done/total" while running: that total grew as the stage submitted jobs and
+            # held stages Spark would skip (found by a tester); the units, bytes or documents
+            # below are the stage's whole and carry its ETA
+            parts = [f"[{self.name}] {done:,} tasks done, {running:,} running"]
         if self.total_units:
             parts.append(f"{int(v['units']):,}/{self.total_units:,} units")
         if self.total_bytes:
