@@ -740,6 +740,16 @@ def test_cli_refuses_nccl_on_cpu_before_building_anything(data_dir, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_cli_refuses_a_loss_chunk_size_for_the_plain_loss(data_dir, tmp_path):
+    """--loss-chunk-size with --no-fused-loss was accepted and did nothing (found by a reviewer)."""
+    proc = run_cli("--data", data_dir, "--model", "tiny", "--steps", 1, "--device", "cpu", "--no-fused-loss",
+                   "--loss-chunk-size", 64, "--save-dir", tmp_path / "run")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "trainer.run: error: --loss-chunk-size sets the chunks of the fused loss, which --no-fused-loss" \
+        in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_refuses_a_device_this_machine_does_not_have(data_dir, tmp_path):
     import torch
 

@@ -196,6 +196,42 @@ def test_bf16_autocast_accumulates_in_fp32():
     assert out.loss.item() == pytest.approx(plain.loss.item(), rel=1e-2)
 
 
+@pytest.mark.parametrize("margin", [20.0, 25.0])
+def test_bf16_confident_labels_keep_their_gradient(margin):
+    """p[label] near 1: its gradient p - 1 is below bf16's step there (2^-8). The softmax was
+    rounded to bf16 before the one-hot came off, so the gradients were 15-60% off, or the
+    label's vanished (found by a reviewer); the plain path, which subtracts in fp32, is ~1%."""
+    gen = torch.Generator().manual_seed(0)
+    n, d, v = 256, 64, 2000
+    weight = torch.randn(v, d, generator=gen) / d ** 0.5
+    labels = torch.randint(0, v, (n,), generator=gen)
+    direction = weight[labels] / weight[labels].norm(dim=1, keepdim=True)
+    hidden = torch.randn(n, d, generator=gen) * 0.5 + margin * direction
+    hidden, weight = hidden.bfloat16().float(), weight.bfloat16().float()  # what the bf16 matmuls see
+    assert torch.softmax(hidden @ weight.T, -1).gather(1, labels[:, None]).mean() > 0.99
+    _, _, _, gh, gw = reference(hidden, weight, labels, 1e-4)
+    errors = {}
+    for name in ("fused", "plain"):
+        h, wt = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = (fused_lm_loss(h, wt, labels, 1e-4, chunk_size=64) if name == "fused"
+                   else lm_loss(F.linear(h, wt), labels, 1e-4))
+        out.loss.backward()
+        errors[name] = [((g.double() - ref).norm() / ref.norm()).item() for g, ref in ((h.grad, gh), (wt.grad, gw))]
+    for fused_err, plain_err in zip(errors["fused"], errors["plain"]):
+        assert fused_err < 3e-2 and fused_err < 1.5 * plain_err, errors
+
+
+def test_create_graph_is_refused_not_silently_first_order():
+    """A gradient penalty through the fused loss got its second-order part silently zero (found
+    by a reviewer): its gradients are made in forward, without a graph."""
+    hidden, weight, labels = make_inputs(seed=12)
+    h = hidden.clone().requires_grad_()
+    out = fused_lm_loss(h, weight.clone().requires_grad_(), labels, 1e-4)
+    with pytest.raises(RuntimeError, match="differentiable once.*--no-fused-loss"):
+        torch.autograd.grad(out.loss + h.square().sum(), h, create_graph=True)
+
+
 def test_bf16_parameters_without_autocast_get_bf16_gradients():
     """FSDP's mixed-precision policy hands the layer bf16 parameters and no autocast."""
     hidden, weight, labels = make_inputs(seed=11, n=32, d=16, v=128)

@@ -20,9 +20,10 @@ Two implementations of the same loss:
       d loss / d logits = (softmax * (1 + 2 w log Z) - onehot(label)) * mask / denominator
 
   The backward pass is then only a multiplication by the incoming gradient (1 in training).
-  Both `(1 + 2 w log Z)` and the one-hot are folded into the two (chunk x d) matrices that
-  multiply the softmax, so no extra pass runs over the (chunk x vocab) block: per chunk
-  there is one matmul for the logits, a row max, one softmax, and the two gradient matmuls.
+  The one-hot is subtracted from the fp32 softmax in place (one element per row) and
+  `(1 + 2 w log Z)` is folded into the two (chunk x d) matrices that multiply it, so no
+  extra pass runs over the (chunk x vocab) block: per chunk there is one matmul for the
+  logits, a row max, one softmax, and the two gradient matmuls.
 
 On a GPU the eager chunk loop is slow for its many passes over each chunk (max, softmax,
 gathers, casts), so with `compiled=True` (the trainer's --compile, on by default with CUDA)
@@ -37,6 +38,7 @@ at 1.21x the matmul floor, one could save at most ~3 ms per micro-batch, ~2% of 
 from __future__ import annotations
 
 import functools
+import operator
 from typing import NamedTuple
 
 import torch
@@ -133,9 +135,13 @@ def chunk_rows(vocab_size: int, chunk_size: int | None = None, compute_dtype: to
     its logits and their gradient in the compute dtype.
     """
     if chunk_size is not None:
-        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        try:  # any integer type (a numpy int64 from a config), not a bool or a float
+            rows = None if isinstance(chunk_size, bool) else operator.index(chunk_size)
+        except TypeError:
+            rows = None
+        if rows is None or rows < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-        return chunk_size
+        return rows
     if chunk_bytes is None:
         chunk_bytes = DEFAULT_CUDA_CHUNK_BYTES if device_type == "cuda" else DEFAULT_CHUNK_BYTES
     size = torch.empty((), dtype=compute_dtype).element_size()
@@ -167,7 +173,7 @@ def _add_weight_grad(grad_weight: torch.Tensor, lhs_t: torch.Tensor, rhs: torch.
 def _eager_chunks(h_all, w, labels, target_scale, z_loss_weight, rows, ce_rows, lse_rows, grad_hidden, grad_weight):
     """The chunk loop in plain torch ops, tuned for CPUs: two buffers reused by every chunk (no
     allocation, and no page faults, per chunk), the softmax written once in fp32, and the
-    one-hot folded into the two small (chunk x d) sides of the gradient matmuls."""
+    per-row coefficient folded into the two small (chunk x d) sides of the gradient matmuls."""
     n, vocab = h_all.shape[0], w.shape[0]
     compute_dtype = h_all.dtype
     fp32 = compute_dtype == torch.float32
@@ -190,21 +196,23 @@ def _eager_chunks(h_all, w, labels, target_scale, z_loss_weight, rows, ce_rows, 
         if grad_hidden is None and grad_weight is None:
             continue
         ts = target_scale[start:stop]
-        # softmax coefficient per row: (1 + 2 w log Z) * mask / denominator
+        # d loss / d logits = p * coef - onehot * ts, coef = (1 + 2 w log Z) * mask / denominator.
+        # The one-hot goes into p itself, in fp32, as p[label] - ts / coef (a write per row,
+        # not a pass over the block), so the gradient is coef * p' and coef goes on the small
+        # sides of the matmuls. Subtracted after the matmuls instead, a confident label's
+        # p - 1 was the difference of two large terms: under bf16 (p rounded to 2^-8 near 1)
+        # its gradient was off by tens of percent, or 0 (found by a reviewer). A masked row
+        # (coef 0) keeps p: its coef zeroes it. So would 1 + 2 w log Z = 0 an unmasked one's
+        # label term: log Z = -1 / (2 w), -50,000 at OLMo 2's weight, far past divergence.
         coef = (1.0 + 2.0 * z_loss_weight * log_z) * ts
+        onehot_in_p = torch.where(coef != 0, ts / torch.where(coef != 0, coef, 1.0), 0.0)
+        probs.scatter_add_(1, y.unsqueeze(1), -onehot_in_p.unsqueeze(1))
         p = probs if fp32 else logits.copy_(probs)  # the matmuls run in the compute dtype
         if grad_hidden is not None:
-            # (p * coef - onehot * ts) @ W = coef * (p @ W) - ts * W[label]
-            gh = torch.mm(p, w)
-            gh = gh.float().mul_(coef.unsqueeze(1)).sub_(w.index_select(0, y).float() * ts.unsqueeze(1))
-            grad_hidden[start:stop] = gh
+            grad_hidden[start:stop] = torch.mm(p, w).float().mul_(coef.unsqueeze(1))  # (p' * coef) @ W
         if grad_weight is not None:
-            # (p * coef - onehot * ts)^T @ h = p^T @ (coef * h) - scatter of ts * h into the label rows
-            h_scaled = (h.float() * coef.unsqueeze(1)).to(compute_dtype)
+            h_scaled = (h.float() * coef.unsqueeze(1)).to(compute_dtype)  # (p' * coef)^T @ h
             _add_weight_grad(grad_weight, p.t(), h_scaled, start == 0)
-            # index_put_ with accumulate, not index_add_: on CPU the latter takes ~0.3 s for a
-            # (100352 x 64) target whatever the number of rows added (torch 2.13)
-            grad_weight.index_put_((y,), h.float() * (-ts).unsqueeze(1), accumulate=True)
 
 
 def _compiled_chunks(h_all, w, labels, target_scale, z_loss_weight, rows, ce_rows, lse_rows, grad_hidden,
@@ -282,6 +290,12 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_ce, _grad_z, _grad_n):
+        if torch.is_grad_enabled():
+            # create_graph=True (a gradient penalty, double backward): the gradients were made
+            # in forward with no graph, so their own derivative would be silently zero
+            # (found by a reviewer); once_differentiable cannot say so where nothing else leads
+            raise RuntimeError("fused_lm_loss is differentiable once: create_graph=True (a gradient penalty, "
+                               "double backward) needs the plain loss (lm_loss; the trainer's --no-fused-loss)")
         if ctx.grads is None:
             raise RuntimeError("FusedLinearCrossEntropy: backward ran twice for one forward; its gradients "
                                "are computed once in forward and handed over, not kept")
@@ -318,9 +332,12 @@ def fused_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tens
     labels1d = labels.reshape(-1)
     mask = _target_mask(labels1d, None if label_mask is None else label_mask.reshape(-1), ignore_index)
     compute_dtype = _compute_dtype(hidden, weight)
-    compiled = compiled and hidden.device.type == "cuda"
-    rows = chunk_rows(weight.shape[0], chunk_size, compute_dtype, device_type=hidden.device.type, compiled=compiled)
     grad_on = torch.is_grad_enabled()
+    need_grads = grad_on and (hidden.requires_grad or weight.requires_grad)
+    # without gradients the eager loop runs (its fp32 softmax: 1.5x the compiled loop's bytes
+    # per row), and its chunks are sized for it
+    compiled = compiled and hidden.device.type == "cuda" and need_grads
+    rows = chunk_rows(weight.shape[0], chunk_size, compute_dtype, device_type=hidden.device.type, compiled=compiled)
     with torch.autocast(hidden.device.type, enabled=False):
         loss, ce, z, n_tokens = FusedLinearCrossEntropy.apply(
             hidden2d, weight, labels1d, mask, float(z_loss_weight), denominator, rows, compute_dtype,

@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--z-loss-weight", type=float, default=1e-5,
                    help="weight of log^2 Z in the loss (>= 0; 0: no z-loss)")
     p.add_argument("--fused-loss", action=argparse.BooleanOptionalAction, default=True,
-                   help="output layer + cross-entropy + z-loss as one chunked function that never holds the "
-                        "tokens x vocab logits; --no-fused-loss: lm_head, then the loss on full logits")
+                   help="output layer + cross-entropy + z-loss as one function that holds the tokens x vocab "
+                        "logits a chunk at a time; --no-fused-loss: lm_head, then the loss on full logits")
     p.add_argument("--loss-chunk-size", type=int, default=None,
                    help="tokens per chunk of the fused loss (default: as many as fit 256 MiB of logits + "
                         "softmax, 4 GiB on CUDA)")
@@ -141,6 +141,9 @@ def run_config_from_args(args: argparse.Namespace, data_paths: list[str], world_
                          device: torch.device, plan: Plan | None = None) -> RunConfig:
     """The RunConfig a command line trains with; `plan` (model, length, LR) is made here when
     not given, from the data and without a starting checkpoint."""
+    if not args.fused_loss and args.loss_chunk_size is not None:  # it was accepted and did nothing (a reviewer)
+        raise ValueError("--loss-chunk-size sets the chunks of the fused loss, which --no-fused-loss turns off: "
+                         "give one or the other")
     if plan is None:
         tokens, source = (None, None) if args.steps is not None else data_tokens(data_paths)
         plan = make_plan(args, tokens, source)

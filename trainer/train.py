@@ -9,8 +9,8 @@ gradient accumulation. The practices SPEC.md lists are what shape the code:
   same step on every rank, so that no rank stalls the others at a random moment;
 - checkpoints are copied to CPU in the loop and written by a background thread;
 - the output layer and the loss run as one chunked autograd function
-  (trainer.loss.fused_lm_loss): the tokens x vocab logits are never held whole, and their
-  gradient is written in closed form; `fused_loss=False` is lm_head + trainer.loss.lm_loss;
+  (trainer.loss.fused_lm_loss): the tokens x vocab logits are held a chunk at a time (on
+  CUDA a chunk's default is ~10,700 tokens), and their gradient is written in closed form; `fused_loss=False` is lm_head + trainer.loss.lm_loss;
 - bf16 autocast on CUDA (weights and optimizer state stay fp32), torch.compile per block
   when asked (on CUDA also the fused loss's per-chunk softmax and gradient), DDP under
   torchrun, FSDP2 (fully_shard per block) with `fsdp=True`.
