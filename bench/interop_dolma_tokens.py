@@ -276,6 +276,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="dolmino's policy; 'literal' runs dolma with --tokenizer.encode_special_tokens")
     ap.add_argument("--work", type=Path, default=None, help="keep inputs and outputs here (default: a temp dir)")
     args = ap.parse_args(argv)
+    missing = [name for name in CORPUS_FILES if not (CORPUS / name).exists()]
+    if missing:  # said before dolma's venv is built (~30 s to 2 min), as one line, not a traceback (a tester)
+        print(f"python -m bench.interop_dolma_tokens: error: the check reads the shared corpus, {CORPUS} "
+              f"(the 'shared' directory beside this checkout), which lacks {', '.join(missing)}",
+              file=sys.stderr)
+        return 2
     if args.work:
         result = run_check(args.work, limit_per_file=args.limit_per_file, control_tokens=args.control_tokens)
     else:

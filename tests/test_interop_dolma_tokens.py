@@ -42,3 +42,15 @@ def test_dolma_tokens_and_dolmino_agree_per_document(tmp_path, dolma_python, con
     assert (EDGE_FILE, "12345") in reasons  # integer id: dolma drops the line
     assert ((EDGE_FILE, "edge-extra_ids") in reasons) == (control_tokens == "literal")
     assert len(reasons) == (2 if control_tokens == "literal" else 1)
+
+
+def test_without_the_shared_corpus_the_check_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    """It built dolma's venv first, then failed with a FileNotFoundError traceback (a tester)."""
+    import bench.interop_dolma_tokens as interop
+
+    monkeypatch.setattr(interop, "CORPUS", tmp_path / "shared" / "corpus")
+    monkeypatch.setattr(interop, "run_check", lambda *a, **k: pytest.fail("ran the check without its corpus"))
+    assert interop.main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m bench.interop_dolma_tokens: error: the check reads the shared corpus, ")
+    assert "which lacks academic.jsonl.zst, code.jsonl.zst" in err and err.count("\n") == 1

@@ -29,12 +29,28 @@ S3_ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS
                    "AWS_RETRY_MODE", "AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION")
 
 
-def make_spark(app_name: str, master: str | None = None, driver_memory: str | None = None):
-    """The SparkSession for a build; explicit arguments override configuration, nothing else does."""
+def make_spark(app_name: str, master: str | None = None, driver_memory: str | None = None,
+               quiet_start: bool = False):
+    """The SparkSession for a build; explicit arguments override configuration, nothing else does.
+
+    `quiet_start` (a session the command starts): under spark-submit, unless spark.log.level is
+    configured (`--conf`, spark-defaults.conf), the context starts at WARN. Set after the start,
+    the level came too late for the ~85 INFO lines SparkContext logs while starting, which the
+    README's `spark-submit dolmino/build_mix.py` printed before the build's first line (found by
+    a tester). A JVM the command launches itself (`dolmino build`) starts quiet already, and is
+    not launched early here: spark.driver.memory must reach its launch."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
+    from dolmino.progress import under_spark_submit
+
     builder = SparkSession.builder.appName(app_name).config("spark.ui.showConsoleProgress", "false")
+    if quiet_start and under_spark_submit():
+        from pyspark import SparkConf, SparkContext
+
+        SparkContext._ensure_initialized()  # connects to spark-submit's JVM, which holds its configuration
+        if SparkConf().get("spark.log.level", None) is None:
+            builder = builder.config("spark.log.level", "WARN")
     if master:
         builder = builder.master(master)
     if driver_memory:
@@ -140,7 +156,7 @@ class SparkCommand:
         exit_on_sigterm()
         existing = SparkSession.getActiveSession()  # a caller's own session (a notebook): its logging stays
         try:
-            spark = make_spark(app_name, master, driver_memory)
+            spark = make_spark(app_name, master, driver_memory, quiet_start=existing is None)
         except Exception as exc:  # noqa: BLE001 - a master URL Spark refuses or that never answers: one line
             print(f"{self.prog}: error: {start_failure(exc, master)}", file=sys.stderr)
             return None
