@@ -379,9 +379,10 @@ def default_corpus_summary(out_dir: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dolmino.cli import invoked_as
     from dolmino.help_format import DefaultsHelpFormatter
 
-    parser = argparse.ArgumentParser(prog="python -m dolmino.default_corpus", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog=invoked_as("python -m dolmino.default_corpus"), description=__doc__.split("\n\n")[0],
                                      formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--out", default="build/default-corpus", help="directory to write the corpus into")
     parser.add_argument("--force", action="store_true", help="rebuild even if a complete corpus is there")

@@ -40,6 +40,9 @@ def parse_args(argv: list[str] | None, phase: str) -> argparse.Namespace:
         parser.add_argument("--manifest", default=None,
                             help="mix or pool manifest JSON (default: manifests/<budget>.json for 50B/100B/300B, "
                                  "built with that manifest's own budget as released, else manifests/demo.json)")
+        # as `dolmino tag MANIFEST` / `dolmino mix MANIFEST` take it: `dolmino build M.json` was refused (a tester)
+        parser.add_argument("manifest_arg", nargs="?", default=None, metavar="MANIFEST",
+                            help="the manifest, as --manifest gives it")
     else:
         parser.add_argument("manifest", help="mix manifest JSON")
     parser.add_argument("--budget", default=None, help="token budget with K/M/B/T suffix, e.g. 100B "
@@ -69,7 +72,13 @@ def parse_args(argv: list[str] | None, phase: str) -> argparse.Namespace:
                                                               "tokenizer differs from the manifest's lock (dolmino lock)")
     parser.add_argument("--lockfile", default=None, type=local_path,
                         help="the lock for --locked (default: MANIFEST.lock.json beside the manifest)")
-    return parser.parse_args(argv, argparse.Namespace(prog=prog))
+    args = parser.parse_args(argv, argparse.Namespace(prog=prog))
+    if phase == "all":
+        given = args.__dict__.pop("manifest_arg")
+        if given is not None and args.manifest is not None and given != args.manifest:
+            parser.error(f"two manifests: {given} and --manifest {args.manifest}; give one")
+        args.manifest = args.manifest or given
+    return args
 
 
 NAMED_BUDGETS = ("50B", "100B", "300B")
