@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -379,6 +380,70 @@ def test_cli_errors(wheels, tmp_path, capsys):
     assert "not a checkpoint this trainer reads" in capsys.readouterr().err
 
 
+def test_a_checkpoint_with_nan_weights_is_refused_not_scored(wheels, tmp_path, capsys):
+    """NaN weights gave all-NaN log-probs, np.argmax picked choice 0 everywhere: BoolQ 0.78, exit 0
+    (found by a tester). The weights are checked at load; non-finite scores are refused too."""
+    model = small_model(seed=3)
+    with torch.no_grad():
+        model.norm.weight[0] = float("nan")
+    save_trainer_checkpoint(tmp_path / "nan", model)
+    assert main(["--checkpoint", str(tmp_path / "nan"), "--tasks", "arc_easy", "--limit", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "weight norm.weight holds NaN or inf (a diverged run, or a damaged file); nothing scored" in err
+    from trainer.eval import EvalError, score_requests
+
+    finite = small_model(seed=3)
+    with torch.no_grad():
+        finite.lm_head.weight.mul_(1e38)  # finite weights, overflowing logits
+    with pytest.raises(EvalError, match="NaN or infinite log-probabilities"):
+        score_requests(finite, [(np.array([1, 2, 3]), np.array([4, 5]))])
+
+
+def test_result_paths_are_checked_before_scoring(wheels, tmp_path, capsys):
+    """Found by a tester: --out over the scored checkpoint's config.json destroyed it (exit 0); --out
+    and --details as one file kept only the summary; --details s3://... wrote a local ./s3:/
+    directory; an unwritable place failed after the scoring, with a traceback."""
+    import os
+
+    save_trainer_checkpoint(tmp_path / "ck", small_model(seed=4))
+    config = (tmp_path / "ck" / "config.json").read_bytes()
+    args = ["--checkpoint", str(tmp_path / "ck"), "--tasks", "arc_easy", "--limit", "1"]
+    assert main([*args, "--out", str(tmp_path / "ck" / "config.json")]) == 2
+    assert "would replace config.json of the checkpoint being scored" in capsys.readouterr().err
+    assert (tmp_path / "ck" / "config.json").read_bytes() == config
+    assert main([*args, "--out", str(tmp_path / "r.json"), "--details", str(tmp_path / "r.json")]) == 2
+    assert "--out and --details are one file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--details", "s3://bucket/details.jsonl"])
+    assert "--details" in capsys.readouterr().err and not Path("s3:").exists()
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", "s3://bucket/ck", "--tasks", "arc_easy"])
+    assert "--checkpoint" in capsys.readouterr().err
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    os.chmod(locked, 0o500)
+    try:
+        if os.access(locked, os.W_OK) and os.geteuid() == 0:  # root writes anyway: /proc refuses a new file
+            target = "/proc/dolmino-eval.json"
+        else:
+            target = str(locked / "r.json")
+        assert main([*args, "--out", target]) == 2
+        assert f"--out {target}: cannot write there (" in capsys.readouterr().err
+    finally:
+        os.chmod(locked, 0o700)
+    (tmp_path / "ck" / "eval").mkdir()
+    (tmp_path / "ck" / "eval" / "old.json").write_text("{}")  # earlier results may be replaced
+    assert main([*args, "--out", str(tmp_path / "ck" / "eval" / "old.json")]) == 0
+    assert json.loads((tmp_path / "ck" / "eval" / "old.json").read_text())["results"]["arc_easy"]["n"] == 1
+
+
+def test_a_checkpoint_of_another_eos_is_refused(wheels, tmp_path, capsys):
+    """It was scored with dolma2's EOS whatever its config said (found by a tester)."""
+    save_trainer_checkpoint(tmp_path / "eos", small_model(seed=5, eos_token_id=100277))
+    assert main(["--checkpoint", str(tmp_path / "eos"), "--tasks", "arc_easy", "--limit", "1"]) == 2
+    assert "was trained with EOS id 100277, the tokenizer's is 100257" in capsys.readouterr().err
+
+
 def test_help_lists_tasks_and_defaults(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
@@ -491,6 +556,13 @@ def test_trainer_run_scores_the_final_checkpoint(wheels, tmp_path, capsys):
     assert report["checkpoint"] == str(tmp_path / "run" / "step000002") and report["step"] == 2
     assert [(r["n"], r["metric"]) for r in report["results"].values()] == [(2, "acc_per_char"), (2, "acc_uncond")]
     assert f"eval results: {tmp_path / 'run' / 'eval' / 'step000002.json'}" in out
+    # scored again with other tasks (a resume with nothing to train): the earlier tasks stay (a tester)
+    assert run_main([*common, "--steps", "2", "--resume", "--eval-tasks", "boolq", "--eval-limit", "2"]) == 0
+    report = json.loads((tmp_path / "run" / "eval" / "step000002.json").read_text())
+    assert sorted(report["results"]) == ["arc_easy", "boolq", "csqa"]
+    # --eval-limit alone was accepted and ran no eval (a tester)
+    assert run_main([*common, "--steps", "2", "--eval-limit", "2", "--resume"]) == 2
+    assert "--eval-limit limits the evaluation --eval-tasks asks for" in capsys.readouterr().err
 
 
 def test_progress_lines_for_long_tasks():

@@ -414,6 +414,12 @@ def load_model(checkpoint: str | Path, device: torch.device | str = "cpu",
         load_weights_into(loaded, info)
     except CheckpointFormatError as exc:
         raise EvalError(str(exc)) from None
+    for name, param in loaded.named_parameters():
+        # all-NaN log-probs made np.argmax pick choice 0 everywhere: a diverged run or a damaged
+        # file scored 0.78 on BoolQ, exit 0 (found by a tester)
+        if not bool(torch.isfinite(param).all()):
+            raise EvalError(f"{info.path}: weight {name} holds NaN or inf (a diverged run, or a damaged file); "
+                            "nothing scored")
     return LoadedModel(loaded, info.format, info.path, info.step)
 
 
@@ -482,6 +488,10 @@ def score_requests(model: OLMo2, pairs: list[tuple[np.ndarray, np.ndarray]], bat
         token_lp = torch.cat([  # vocab-wide float32 rows, HEAD_CHUNK at a time
             torch.log_softmax(model.lm_head(h).float(), dim=-1).gather(1, t[:, None]).squeeze(1)
             for h, t in zip(picked.split(HEAD_CHUNK), wanted.split(HEAD_CHUNK))]).double().cpu()
+        if not bool(torch.isfinite(token_lp).all()):  # finite weights can still overflow (bf16): never scored as is
+            bad = int((~torch.isfinite(token_lp)).sum())
+            raise EvalError(f"the model gave NaN or infinite log-probabilities ({bad} of {token_lp.numel()} tokens "
+                            "of a batch); try --dtype float32")
         for i, chunk in zip(rows, torch.split(token_lp, [cont_lens[i] for i in rows])):
             out[i] = Score(float(chunk.sum()), cont_lens[i], truncated[i])
         if progress is not None:
@@ -757,6 +767,10 @@ def evaluate(checkpoint: str | Path, tasks: str | list[str] = DEFAULT_TASKS, lim
     if tokenizer.vocab_size > loaded.cfg.padded_vocab_size:
         raise EvalError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model's vocabulary only "
                         f"{loaded.cfg.padded_vocab_size}")
+    if loaded.cfg.eos_token_id != tokenizer.eos_token_id:  # generation stopped at another id, unsaid (a tester)
+        raise EvalError(f"{loaded.path} was trained with EOS id {loaded.cfg.eos_token_id}, the tokenizer's is "
+                        f"{tokenizer.eos_token_id} ({tokenizer.source}); pass --tokenizer with the one it was "
+                        "trained with")
     log(f"eval: {loaded.path} ({loaded.format} checkpoint, {loaded.cfg.num_params():,} parameters) on {dev} "
         f"{str(torch_dtype).removeprefix('torch.')}; tasks {', '.join(names)}")
     began = time.perf_counter()
@@ -769,10 +783,13 @@ def evaluate(checkpoint: str | Path, tasks: str | list[str] = DEFAULT_TASKS, lim
         log(f"eval: {name:<14} {result['metric']} {result['accuracy']:.4f}  (n={result['n']}{extra}, "
             f"{result['seconds']:.1f}s)")
     if details_path is not None:
-        Path(details_path).parent.mkdir(parents=True, exist_ok=True)
-        with open(details_path, "w") as fh:
-            for d in all_details:
-                fh.write(json.dumps(d) + "\n")
+        try:
+            Path(details_path).parent.mkdir(parents=True, exist_ok=True)
+            with open(details_path, "w") as fh:
+                for d in all_details:
+                    fh.write(json.dumps(d) + "\n")
+        except OSError as exc:
+            raise EvalError(f"--details {details_path}: cannot write it ({exc.strerror or exc})") from None
     return {"checkpoint": str(loaded.path), "checkpoint_format": loaded.format, "step": loaded.step,
             "parameters": loaded.cfg.num_params(), "device": str(dev), "dtype": str(torch_dtype).removeprefix("torch."),
             "tokenizer": tokenizer.source, "results": results, "seconds": round(time.perf_counter() - began, 3)}
@@ -801,7 +818,7 @@ def _task_table() -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=invoked_as("python -m trainer.eval"), description=__doc__.split("\n\n")[0],
                                 epilog=_task_table(), formatter_class=HelpFormatter)
-    p.add_argument("--checkpoint", required=True,
+    p.add_argument("--checkpoint", required=True, type=local_path,
                    help="trainer checkpoint dir (or save dir: its latest), an HF Olmo2 directory, or an OLMo-core "
                         "checkpoint (stepN or stepN/model_and_optim)")
     p.add_argument("--tasks", type=_task_list, default=DEFAULT_TASKS, help="comma-separated tasks and groups")
@@ -817,7 +834,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="tokenizers JSON file (default: the packaged dolma2)")
     p.add_argument("--out", default=None, type=local_path,
                    help="also write the results JSON here (default: stdout only)")
-    p.add_argument("--details", default=None,
+    p.add_argument("--details", default=None, type=local_path,
                    help="write one JSON line per scored instance here (default: not written)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     return p
@@ -835,7 +852,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     # Found by a tester: an unknown or absent device, a bad --tokenizer and an --out that is a
     # directory were tracebacks (the last after scoring): checked first, one line each.
+    if args.out and args.details and Path(args.out).absolute() == Path(args.details).absolute():
+        print(f"{prog}: error: --out and --details are one file ({args.out}); the summary replaced the details "
+              "(a tester): give two", file=sys.stderr)
+        return 2
     for flag, path in (("--out", args.out), ("--details", args.details)):
+        if path and (inside := overwrites_checkpoint(path, args.checkpoint)):
+            print(f"{prog}: error: {flag} {path} would replace {inside} of the checkpoint being scored; write the "
+                  "results elsewhere (or under its eval/ directory)", file=sys.stderr)
+            return 2
         if path and Path(path).is_dir():
             print(f"{prog}: error: {flag} {path} is a directory; give a file path", file=sys.stderr)
             return 2
@@ -844,13 +869,9 @@ def main(argv: list[str] | None = None) -> int:
         if above is not None:
             print(f"{prog}: error: {flag} {path}: {above} is a file, not a directory", file=sys.stderr)
             return 2
-        if path:
-            try:
-                Path(path).absolute().parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                print(f"{prog}: error: {flag} {path}: cannot make its directory ({exc.strerror or exc})",
-                      file=sys.stderr)
-                return 2
+        if path and (why := unwritable(path)):
+            print(f"{prog}: error: {flag} {path}: {why}", file=sys.stderr)
+            return 2
     try:
         if args.device is not None:
             pick_device(args.device)
@@ -865,9 +886,42 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        try:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(text + "\n")
+        except OSError as exc:  # checked at the start; the place may have changed since (the results are above)
+            print(f"{prog}: error: --out {args.out}: cannot write it ({exc.strerror or exc})", file=sys.stderr)
+            return 2
     return 0
+
+
+def unwritable(path: str | Path) -> str | None:
+    """Why a results file cannot be written at `path`, found by making its directory and a
+    temporary file there; None if it can. A read-only mount or /proc failed only after the
+    scoring, with a traceback (a tester)."""
+    import tempfile
+
+    parent = Path(path).absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".dolmino-eval-probe-"):
+            pass
+    except OSError as exc:
+        return f"cannot write there ({exc.strerror or exc})"
+    return None
+
+
+def overwrites_checkpoint(path: str | Path, checkpoint: str | Path) -> str | None:
+    """The checkpoint's own file that writing `path` would replace, else None. A results file
+    written over the scored checkpoint's config.json destroyed it, exit 0 (a tester); new files
+    beside it, and earlier results under its eval/ directory, are not its files."""
+    target = Path(path).resolve()
+    root = Path(checkpoint).resolve()
+    if not target.exists() or not root.is_dir() or root not in target.parents:
+        return None
+    if "eval" in target.relative_to(root).parts[:-1]:
+        return None
+    return str(target.relative_to(root))
 
 
 # ---------------------------------------------------------------------------- after training (trainer.run)
@@ -895,8 +949,23 @@ def evaluate_after_training(args: argparse.Namespace, checkpoint: str | Path | N
         print(f"trainer.run: evaluation failed: {exc}", file=sys.stderr)
         return 2
     out = Path(args.save_dir) / "eval" / f"{Path(report['checkpoint']).name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    try:
+        earlier = json.loads(out.read_text()) if out.is_file() else None
+    except (OSError, ValueError):
+        earlier = None
+    if isinstance(earlier, dict) and earlier.get("checkpoint") == report["checkpoint"] \
+            and isinstance(earlier.get("results"), dict):
+        # the same checkpoint scored again (a resumed run with nothing to train, other tasks):
+        # its earlier tasks' results were replaced by the new ones alone (a tester)
+        report["results"] = {**earlier["results"], **report["results"]}
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    except OSError as exc:  # the results are not lost with the file: printed
+        print(json.dumps(report, indent=2))
+        print(f"trainer.run: evaluation results could not be written to {out} ({exc.strerror or exc}); they are "
+              "above", file=sys.stderr)
+        return 2
     log(f"eval results: {out}")
     return 0
 

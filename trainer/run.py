@@ -268,6 +268,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.overwrite and own_checkpoint(resume_from, args.save_dir):
             say(f"{prog}: error: --overwrite removes the run that --resume would continue; pass one of them")
             return 2
+    if args.eval_limit is not None and not args.eval_tasks:  # it was accepted, and no eval ran (a tester)
+        say(f"{prog}: error: --eval-limit limits the evaluation --eval-tasks asks for; give both, or neither")
+        return 2
+    if args.eval_tasks and (Path(args.save_dir) / "eval").exists() and not (Path(args.save_dir) / "eval").is_dir():
+        # found only after training and scoring, with a traceback, the results lost (a tester)
+        say(f"{prog}: error: --eval-tasks writes SAVE_DIR/eval/, and {Path(args.save_dir) / 'eval'} is a file; "
+            "move it")
+        return 2
     if args.recipe in ANNEAL_RECIPES and not args.init_from and resume is None:
         say(f"{prog}: error: --recipe {args.recipe} anneals a pretrained model; pass --init-from CKPT "
             f"(a trainer checkpoint, a Hugging Face Olmo2 directory or an OLMo-core checkpoint)")
