@@ -71,6 +71,8 @@ def save_trainer_checkpoint(directory, model: OLMo2) -> None:
     ("#### 72", "72"),
     ("3 + 4 = 7\n#### 7", "7"),
     ("0.5 of the cake", "0.5"),
+    ("The answer is .5", "0.5"),                           # no leading zero (a tester)
+    ("It is 3. 5 more are left.", "5"),                   # a sentence's end is not a decimal point
     ("I do not know.", None),
     ("", None),
 ])

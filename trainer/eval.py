@@ -333,7 +333,7 @@ def load_gen_docs(spec: TaskSpec, limit: int | None = None) -> tuple[list[GenDoc
 
 # A number as written in an answer: optional sign and "$", thousands separators, decimals.
 # Not inside a word or right after another number's digit or dot ("10-5" is 10 and 5, not -5).
-_NUMBER = re.compile(r"(?<![\w.])[-−+]?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\d])")
+_NUMBER = re.compile(r"(?<![\w.])[-−+]?\$?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?![\d])")  # ".5" too
 _ANSWER_IS = re.compile(r"answer is", re.IGNORECASE)
 
 
