@@ -94,3 +94,25 @@ def test_a_failed_write_leaves_no_partial_file_and_is_one_line(tmp_path, capsys)
     assert export_main([str(tmp_path / "ckpt"), str(tmp_path / "file" / "hf")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("export_hf: ") and "Not a directory" in err[0], err
+
+
+def test_export_refuses_a_soups_own_hf_directory(tmp_path, capsys):
+    """An export into a soup's hf/ left the soup's model.pt and hf/ holding different models (found by a
+    tester). Over any other Hugging Face directory the export replaces the model, as save_pretrained does."""
+    from trainer.soup import soup
+
+    cfg = ModelConfig(d_model=32, n_layers=1, n_heads=2, vocab_size=256, max_seq_len=64)
+    saved_random_model(tmp_path, cfg)
+    torch.manual_seed(1)
+    other = OLMo2(cfg)
+    Checkpointer(tmp_path / "ckpt2").save(1, other, torch.optim.AdamW(other.parameters()), {},
+                                          {"model": cfg.to_dict()}, background=False)
+    out = soup(tmp_path / "soup", [tmp_path / "ckpt", tmp_path / "ckpt2"])
+    before = (out / "hf" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert export_main([str(tmp_path / "ckpt"), str(out / "hf")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is the Hugging Face directory of the soup" in err[0], err
+    assert (out / "hf" / "model.safetensors").read_bytes() == before
+    assert export_main([str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
+    assert export_main([str(tmp_path / "ckpt2"), str(tmp_path / "hf")]) == 0

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import weakref
 from pathlib import Path
 
 import pytest
 import torch
 
-from trainer.checkpoint import Checkpointer, load_model_weights
+from trainer.checkpoint import Checkpointer, load_model_weights, resolve_checkpoint
 from trainer.config import ModelConfig
 from trainer.model import OLMo2
 from trainer.soup import main as soup_main, soup
@@ -143,6 +145,122 @@ def test_soup_checks_every_ingredient_before_averaging(tmp_path, capsys):
         soup(tmp_path / "out", [tmp_path / "a"])
     with pytest.raises(FileNotFoundError):
         soup(tmp_path / "out", [tmp_path / "a", tmp_path / "missing"])
-    out = soup(tmp_path / "bf16", [tmp_path / "a", tmp_path / "a"], dtype="bfloat16")
+    trainer_checkpoint(tmp_path / "d", 4)
+    out = soup(tmp_path / "bf16", [tmp_path / "a", tmp_path / "d"], dtype="bfloat16")
     averaged, _ = load_model_weights(out)
     assert all(t.dtype == torch.bfloat16 for t in averaged.values())
+
+
+def poison(run: Path, name: str, value: float) -> None:
+    """Overwrite one weight of a saved checkpoint, as a diverged run or a damaged file has it."""
+    model_file = resolve_checkpoint(run) / "model.pt"
+    state = torch.load(model_file, weights_only=True)
+    state[name].view(-1)[3] = value
+    torch.save(state, model_file)
+
+
+def test_soup_refuses_an_ingredient_with_non_finite_weights(tmp_path, capsys):
+    """NaN / inf weights (a diverged run, bytes overwritten with 0xff) were averaged in unsaid (found by a
+    tester); the check is made as each tensor is averaged, so it names the first one."""
+    trainer_checkpoint(tmp_path / "a", 1)
+    trainer_checkpoint(tmp_path / "b", 2)
+    poison(tmp_path / "b", "lm_head.weight", float("nan"))
+    poison(tmp_path / "b", "blocks.1.mlp.up_proj.weight", float("inf"))
+    assert soup_main([str(tmp_path / "out"), str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "non-finite" in err[0] and "blocks.1.mlp.up_proj.weight" in err[0], err
+    assert str(resolve_checkpoint(tmp_path / "b")) in err[0] and not (tmp_path / "out").exists()
+
+
+def test_soup_checks_that_out_can_be_written_before_averaging(tmp_path, capsys, monkeypatch):
+    """An OUT that cannot be written failed after every ingredient was read, with a traceback; a failed
+    write left what it had written (found by a tester)."""
+    trainer_checkpoint(tmp_path / "a", 1)
+    trainer_checkpoint(tmp_path / "b", 2)
+    reads = []
+    real_get = WeightReader.get
+    monkeypatch.setattr(WeightReader, "get", lambda self, name: reads.append(name) or real_get(self, name))
+    (tmp_path / "file").write_text("")
+    for out in (tmp_path / "file" / "soup", Path("/proc/dolmino-soup-test/soup")):
+        assert soup_main([str(out), str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("soup: ") and str(out) in err[0], err
+        assert reads == []
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "out" / "model.pt"))
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "hf" / "model.safetensors"))
+
+    (tmp_path / "existing").mkdir()
+    for out in (tmp_path / "out" / "soup", tmp_path / "existing"):
+        for target, failure, reason in (("torch.save", read_only, "Read-only file system"),
+                                        ("trainer.export_hf.write_safetensors", full_disk, "No space left")):
+            with monkeypatch.context() as patch:
+                patch.setattr(target, failure)
+                assert soup_main([str(out), str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith("soup: ") and reason in err[0], err
+            assert not (tmp_path / "out").exists() and list((tmp_path / "existing").iterdir()) == []
+    assert soup_main([str(tmp_path / "existing"), str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+
+
+def test_soup_refuses_an_output_inside_an_ingredient_or_around_one(tmp_path):
+    """`trainer.soup soupB soupB/hf run` replaced the ingredient soupB/hf (found by a tester)."""
+    trainer_checkpoint(tmp_path / "a", 1)
+    trainer_checkpoint(tmp_path / "out" / "b", 2)
+    with pytest.raises(ValueError, match="inside"):
+        soup(tmp_path / "a" / "soup", [tmp_path / "a", tmp_path / "out" / "b"])
+    with pytest.raises(ValueError, match="inside"):
+        soup(tmp_path / "out", [tmp_path / "a", tmp_path / "out" / "b"])
+    assert not (tmp_path / "a" / "soup").exists() and not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_soup_refuses_an_output_that_holds_a_model(tmp_path):
+    """A second soup into an existing one replaced it and its hf/ without a word (found by a tester)."""
+    for seed in (1, 2, 3):
+        trainer_checkpoint(tmp_path / f"run{seed}", seed)
+    out = soup(tmp_path / "soup", [tmp_path / "run1", tmp_path / "run2"])
+    before = (out / "model.pt").read_bytes(), (out / "hf" / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="already holds a model .*remove it or write the soup into another"):
+        soup(out, [tmp_path / "run2", tmp_path / "run3"])
+    assert ((out / "model.pt").read_bytes(), (out / "hf" / "model.safetensors").read_bytes()) == before
+    (tmp_path / "other" / "hf").mkdir(parents=True)  # e.g. an export into OUT/hf
+    (tmp_path / "other" / "hf" / "model.safetensors").write_bytes(b"another model")
+    with pytest.raises(ValueError, match="hf holds files"):
+        soup(tmp_path / "other", [tmp_path / "run2", tmp_path / "run3"])
+
+
+def test_soup_refuses_one_checkpoint_given_twice(tmp_path):
+    """`trainer.soup s run run` (or a save dir and its own step dir) doubled its weight (found by a tester)."""
+    trainer_checkpoint(tmp_path / "a", 1)
+    trainer_checkpoint(tmp_path / "b", 2)
+    os.symlink(tmp_path / "a", tmp_path / "link")
+    for twice in (tmp_path / "a", resolve_checkpoint(tmp_path / "a"), tmp_path / "link"):
+        with pytest.raises(ValueError, match="same checkpoint"):
+            soup(tmp_path / "out", [tmp_path / "a", tmp_path / "b", twice])
+    assert not (tmp_path / "out").exists()
+
+
+def test_soup_refuses_ingredients_of_different_model_configs(tmp_path):
+    """The soup's config was the first ingredient's: ingredients of other context lengths or vocabulary
+    sizes gave a soup that depended on their order (found by a tester)."""
+    trainer_checkpoint(tmp_path / "a", 1)
+    trainer_checkpoint(tmp_path / "long", 2, ModelConfig(**{**CFG.to_dict(), "max_seq_len": 128}))
+    trainer_checkpoint(tmp_path / "vocab", 3, ModelConfig(**{**CFG.to_dict(), "vocab_size": 500}))  # also 512 rows
+    for first, other, differ in (("a", "long", "max_seq_len 128 != 64"), ("long", "a", "max_seq_len 64 != 128"),
+                                 ("a", "vocab", "vocab_size 500 != 512")):
+        with pytest.raises(ValueError, match=f"different model configs.*{differ}"):
+            soup(tmp_path / "out", [tmp_path / first, tmp_path / other])
+    trainer_checkpoint(tmp_path / "init", 4, ModelConfig(**{**CFG.to_dict(), "init_std": 0.01}))
+    soup(tmp_path / "out", [tmp_path / "a", tmp_path / "init"])  # how fresh weights are drawn: none are
+
+
+def test_an_s3_ingredient_is_said_to_be_a_url(tmp_path, capsys):
+    """`no checkpoint at s3:/b/ckpt` (the URL read as a local path; found by a tester)."""
+    from trainer.soup import main
+
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "soup"), str(tmp_path), "s3://bucket/ckpt"])
+    assert "'s3://bucket/ckpt' is a URL; this needs a local path" in capsys.readouterr().err

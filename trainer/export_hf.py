@@ -12,6 +12,9 @@ CKPT is any format trainer.weights reads (a trainer checkpoint or soup, or an OL
 checkpoint: this converts OLMo-core OLMo 2 checkpoints to Hugging Face). Tensors are read and
 written one at a time (`write_safetensors` streams the file), so exporting a 7B model needs
 about one tensor of memory beyond the memory-mapped input.
+
+OUT_DIR may be an existing Hugging Face directory: its model is replaced, as save_pretrained
+replaces it. A directory holding a trainer checkpoint or run, or a soup's own `hf/`, is refused.
 """
 
 from __future__ import annotations
@@ -185,6 +188,23 @@ def write_hf_model(out_dir: str | Path, cfg: ModelConfig, names: list[str], get:
     return out_dir
 
 
+def _check_not_a_soups_hf(out: Path) -> None:
+    """Refuse a soup's own hf/ (its parent holds model.pt and a config.json with a "soup" entry):
+    an export there left the soup's model.pt and hf/ holding different models (found by a tester)."""
+    from trainer.checkpoint import CONFIG_FILE, MODEL_FILE
+
+    parent = out.resolve().parent
+    if not (parent / MODEL_FILE).is_file():
+        return
+    try:
+        config = json.loads((parent / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(config, dict) and "soup" in config:
+        raise ValueError(f"{out} is the Hugging Face directory of the soup {parent}, written with it; export into a "
+                         f"directory of its own")
+
+
 def export(checkpoint: str | Path, out_dir: str | Path, dtype: str | None = None) -> Path:
     from trainer.weights import WeightReader, inspect_checkpoint
 
@@ -202,6 +222,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, dtype: str | None = None
         raise ValueError(f"{out} holds a trainer checkpoint or run (model.pt); export into a directory of its own "
                          f"(e.g. {out / 'hf'})")
     check_output_dir(out, "the export")
+    _check_not_a_soups_hf(out)
     torch_dtype = getattr(torch, dtype) if dtype else info.dtype
     with WeightReader(info) as reader:
         return write_hf_model(out_dir, info.model, reader.names(), reader.get, torch_dtype)

@@ -17,8 +17,10 @@ Why it scales: every ingredient is opened lazily (safetensors / memory-mapped mo
 DCP key by key) and the average is built one tensor at a time, summed in float64 and cast
 back to the first ingredient's dtype (or --dtype). Memory is the averaged model plus one
 tensor, whatever the number of ingredients; the float64 sum does not depend on the order
-the ingredients are listed in (up to that final cast). Names, shapes and model shapes are
-checked for every ingredient before anything is averaged.
+the ingredients are listed in (up to that final cast). Names, shapes, model configs and
+tokenizers are checked for every ingredient, and OUT_DIR for being writable, before anything is
+averaged; an ingredient with NaN / inf weights is refused as its tensors are averaged. OUT_DIR
+must not hold a model already, be an ingredient or lie inside one (or hold one).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 import torch
 
 from dolmino.s3 import local_path
-from trainer.checkpoint import CONFIG_FILE, MODEL_FILE
+from trainer.checkpoint import CONFIG_FILE, MODEL_FILE, _write_failure
 from trainer.cli import HelpFormatter
 
 HF_SUBDIR = "hf"
@@ -67,7 +69,9 @@ def _average(tensors: list[torch.Tensor], key: str, dtype: torch.dtype) -> torch
 
 
 def _streamed_average(readers: list, name: str, dtype: torch.dtype | None) -> torch.Tensor:
-    """One tensor averaged over the ingredients, reading one ingredient's copy at a time."""
+    """One tensor averaged over the ingredients, reading one ingredient's copy at a time. A NaN /
+    inf (a diverged run, a damaged file) is refused here, as it is read: it was averaged in unsaid
+    (found by a tester)."""
     total, shape, first_dtype = None, None, None
     for i, reader in enumerate(readers):
         t = reader.get(name)
@@ -78,19 +82,35 @@ def _streamed_average(readers: list, name: str, dtype: torch.dtype | None) -> to
             total = torch.zeros(shape, dtype=torch.float64)
         elif t.shape != shape:
             raise ValueError(f"{name}: shape {tuple(t.shape)} in checkpoint {i} != {tuple(shape)}")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{reader.info.path}: tensor {name} holds non-finite values (NaN or inf: a diverged "
+                             f"run or a damaged file); leave this checkpoint out of the soup")
         total += t.to(torch.float64)
         del t
     return (total / len(readers)).to(dtype or first_dtype)
 
 
 def _check_soup_output(out: Path, checkpoints: list, infos: list) -> None:
-    """Refuse an output that is an ingredient or holds a Hugging Face model: the soup's
-    config.json replaced the model's, which transformers could then not load (found by a tester)."""
+    """Refuse an output that is an ingredient, lies inside one or holds one, or holds a model (an
+    earlier soup, a Hugging Face model): the soup replaced it without a word, or its config.json
+    replaced the model's, which transformers could then not load (found by testers)."""
+    resolved = out.resolve()
+    for given, info in zip(checkpoints, infos):
+        for path in {Path(given).resolve(), Path(info.path).resolve()}:
+            if resolved == path:
+                raise ValueError(f"{out} is one of the soup's checkpoints; write the soup into a directory of its own")
+            if path in resolved.parents or resolved in path.parents:
+                where = (f"the soup's output {out} is inside the checkpoint {given}" if path in resolved.parents
+                         else f"the checkpoint {given} is inside the soup's output {out}")
+                raise ValueError(f"{where}; write the soup into a directory of its own, outside every checkpoint")
     if not out.exists():
         return
-    given = {Path(c).resolve() for c in checkpoints} | {Path(info.path).resolve() for info in infos}
-    if out.resolve() in given:
-        raise ValueError(f"{out} is one of the soup's checkpoints; write the soup into a directory of its own")
+    if (out / MODEL_FILE).exists():
+        raise ValueError(f"{out} already holds a model ({MODEL_FILE}, e.g. an earlier soup); remove it or write the "
+                         f"soup into another directory")
+    if (out / HF_SUBDIR).is_dir() and any((out / HF_SUBDIR).iterdir()):
+        raise ValueError(f"{out / HF_SUBDIR} holds files (another model's Hugging Face directory?), which the soup's "
+                         f"would replace; remove it or write the soup into another directory")
     try:
         held = json.loads((out / CONFIG_FILE).read_text()) if (out / CONFIG_FILE).is_file() else {}
     except (OSError, ValueError):
@@ -98,6 +118,62 @@ def _check_soup_output(out: Path, checkpoints: list, infos: list) -> None:
     if (isinstance(held, dict) and "model_type" in held) or (out / "model.safetensors").exists():
         raise ValueError(f"{out} holds a Hugging Face model (config.json, model.safetensors); write the soup into a "
                          "directory of its own")
+
+
+def _check_distinct(checkpoints: list, infos: list) -> None:
+    """Refuse one checkpoint given twice (`run run`, a save dir and its step dir, a link): it
+    doubled its weight in the average, unsaid (found by a tester)."""
+    seen: dict[Path, str] = {}
+    for given, info in zip(checkpoints, infos):
+        path = Path(info.path).resolve()
+        if path in seen:
+            raise ValueError(f"{seen[path]} and {given} are the same checkpoint ({path}); give each ingredient once "
+                             f"(twice doubles its weight in the average)")
+        seen[path] = str(given)
+
+
+# Model config fields ingredients may differ in: init_std only draws fresh weights (a soup has
+# none), vocab_multiple acts only through padded_vocab_size (compared), and the EOS / pad ids are
+# compared with the tokenizer (_check_same_tokenizer).
+_UNCOMPARED_FIELDS = ("init_std", "vocab_multiple", "eos_token_id", "pad_token_id")
+
+
+def _config_differences(cfg, first) -> list[str]:
+    """Every other field, not only the shape: the soup's config is the first ingredient's, so
+    ingredients of other context lengths or vocabulary sizes gave a soup that depended on their
+    order (found by a tester)."""
+    mine, theirs = cfg.to_dict(), first.to_dict()
+    mine["padded_vocab_size"], theirs["padded_vocab_size"] = cfg.padded_vocab_size, first.padded_vocab_size
+    return [f"{key} {mine.get(key)} != {value}" for key, value in theirs.items()
+            if key not in _UNCOMPARED_FIELDS and mine.get(key) != value]
+
+
+def _claim_output(out: Path) -> list[Path]:
+    """Create OUT and a file in it before anything is averaged: an OUT that cannot be written
+    (read-only, /proc) failed only after every ingredient was read (found by a tester). Returns
+    what the soup will have created there, to remove if it fails."""
+    missing = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".{MODEL_FILE}.probe{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        if missing:
+            shutil.rmtree(missing[-1], ignore_errors=True)
+        raise ValueError(f"{out} cannot be written ({exc.strerror or exc}: {exc.filename or out}); give the soup a "
+                         f"directory you can write") from None
+    if missing:
+        return [missing[-1]]
+    return [out / name for name in (MODEL_FILE, CONFIG_FILE, HF_SUBDIR) if not (out / name).exists()]
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _check_same_tokenizer(checkpoints: list, infos: list) -> None:
@@ -136,14 +212,15 @@ def soup(out_dir: str | Path, checkpoints: list[str | Path], dtype: str | None =
     check_output_dir(out_dir, "the soup")  # an ingredient's save dir was taken over (found by a tester)
     infos = [inspect_checkpoint(c) for c in checkpoints]
     _check_soup_output(Path(out_dir), checkpoints, infos)
+    _check_distinct(checkpoints, infos)
     first = infos[0]
     if first.model is None:
         raise ValueError(f"{first.describe()} does not say its number of attention heads")
     for i, info in enumerate(infos[1:], start=1):
-        if info.model is not None and info.model.same_shape(first.model):
-            raise ValueError(f"checkpoints have different model configs; only runs of one architecture can be "
-                             f"averaged: {checkpoints[i]} vs {checkpoints[0]}: "
-                             f"{'; '.join(info.model.same_shape(first.model))}")
+        differ = _config_differences(info.model, first.model) if info.model is not None else []
+        if differ:
+            raise ValueError(f"checkpoints have different model configs; only runs of one model config can be "
+                             f"averaged: {checkpoints[i]} vs {checkpoints[0]}: {'; '.join(differ)}")
         try:
             check_compatible(info, first.model)
         except ValueError as exc:
@@ -152,38 +229,46 @@ def soup(out_dir: str | Path, checkpoints: list[str | Path], dtype: str | None =
     _check_same_tokenizer(checkpoints, infos)
     names = list(first.shapes)
     out_dtype = getattr(torch, dtype) if dtype else None
-    readers = [WeightReader(info) for info in infos]
-    try:
-        averaged = {name: _streamed_average(readers, name, out_dtype) for name in names}
-    finally:
-        for r in readers:
-            r.close()
-
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config = {"model": first.model.to_dict(), "soup": [info.provenance() for info in infos]}
-    if first.train is not None:
-        config["train"] = first.train
+    created = _claim_output(out_dir)
     tmp = out_dir / f".{MODEL_FILE}.tmp{os.getpid()}"
-    torch.save(averaged, tmp)
-    os.replace(tmp, out_dir / MODEL_FILE)
-    (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
-    if write_hf:
-        hf_source = next((info for info in infos if info.format == "hf"), None)
-        hf_dir = write_hf_model(out_dir / HF_SUBDIR, first.model, names, averaged.__getitem__,
-                                next(iter(averaged.values())).dtype,
-                                config=hf_source.hf_config if hf_source is not None else None)
-        if hf_source is not None:
-            for name in TOKENIZER_FILES:
-                if (hf_source.path / name).is_file():
-                    shutil.copy(hf_source.path / name, hf_dir / name)
+    try:
+        readers = [WeightReader(info) for info in infos]
+        try:
+            averaged = {name: _streamed_average(readers, name, out_dtype) for name in names}
+        finally:
+            for r in readers:
+                r.close()
+        config = {"model": first.model.to_dict(), "soup": [info.provenance() for info in infos]}
+        if first.train is not None:
+            config["train"] = first.train
+        try:  # a failed write was a traceback (found by a tester); torch.save reports a full disk as a RuntimeError
+            torch.save(averaged, tmp)
+            os.replace(tmp, out_dir / MODEL_FILE)
+            (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+            if write_hf:
+                hf_source = next((info for info in infos if info.format == "hf"), None)
+                hf_dir = write_hf_model(out_dir / HF_SUBDIR, first.model, names, averaged.__getitem__,
+                                        next(iter(averaged.values())).dtype,
+                                        config=hf_source.hf_config if hf_source is not None else None)
+                if hf_source is not None:
+                    for name in TOKENIZER_FILES:
+                        if (hf_source.path / name).is_file():
+                            shutil.copy(hf_source.path / name, hf_dir / name)
+        except (OSError, RuntimeError) as exc:
+            where = getattr(exc, "filename", None) or out_dir
+            raise ValueError(f"writing the soup to {where} failed: {_write_failure(out_dir / MODEL_FILE, exc)}; "
+                             f"give the soup a directory you can write, with room for the model") from exc
+    except BaseException:
+        _remove([tmp, *created])
+        raise
     return out_dir
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.soup", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("out", type=local_path, help="output directory for the averaged model")
-    parser.add_argument("checkpoints", nargs="+",
+    parser.add_argument("checkpoints", nargs="+", type=local_path,
                         help="checkpoint directories (save dirs: their latest), HF Olmo2 or OLMo-core checkpoints")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                         help="dtype of the average (default: the first ingredient's)")
@@ -192,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = soup(args.out, args.checkpoints, dtype=args.dtype, write_hf=args.hf)
-    except (ValueError, FileNotFoundError) as exc:
+    except (OSError, ValueError) as exc:  # OSError: e.g. an ingredient that cannot be read
         print(f"soup: {exc}", file=sys.stderr)
         return 2
     print(f"averaged {len(args.checkpoints)} checkpoints into {out}" + (f" (and {out / HF_SUBDIR})" if args.hf else ""))
