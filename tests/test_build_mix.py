@@ -1006,6 +1006,39 @@ def test_quarantine_names_are_clean_relative_paths_one_per_key():
                for n in names)
 
 
+def test_an_unfinished_synth_output_is_refused_at_listing(tmp_path, s3_server):
+    """An interrupted `dolmino synth` (parts and done-files, no synth-report.json) was built as
+    the whole source, one seed's parts beside another's (found by a tester); local and S3."""
+    import boto3
+
+    from dolmino.build.inputs import SYNTH_REPORT, list_inputs
+    from dolmino.documents import write_documents
+    from dolmino.errors import BuildError
+    from dolmino.synth import runner
+
+    assert (SYNTH_REPORT, "part-00001.done.json") == (runner.REPORT_NAME, runner.done_name(1))  # synth's names
+    out = tmp_path / "synth"
+    for i in range(2):
+        write_documents(str(out / f"part-{i:05d}.jsonl.zst"), [{"id": f"d{i}", "text": "two plus two is four"}])
+        (out / runner.done_name(i)).write_text("{}")
+    spec = {"name": "s", "version": 1, "seed": 3, "budget": 1_000, "data_root": str(tmp_path),
+            "sources": [{"name": "math", "paths": ["synth/part-*.jsonl.zst"], "mix_percent": 100.0}]}
+    with pytest.raises(BuildError, match=r"source 'math': .*/synth holds `dolmino synth` parts without its "
+                                         r"synth-report.json \(a run interrupted"):
+        list_inputs(manifest_from_dict(spec))
+    (out / SYNTH_REPORT).write_text("{}")
+    assert [len(files) for files in list_inputs(manifest_from_dict(spec)).files] == [2]
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="unfinished-synth")
+    for name in ("part-00000.jsonl.zst", runner.done_name(0)):
+        s3.put_object(Bucket="unfinished-synth", Key=f"synth/{name}", Body=(out / name).read_bytes())
+    spec["data_root"] = "s3://unfinished-synth"
+    with pytest.raises(BuildError, match="s3://unfinished-synth/synth holds `dolmino synth` parts without"):
+        list_inputs(manifest_from_dict(spec))
+    s3.put_object(Bucket="unfinished-synth", Key=f"synth/{SYNTH_REPORT}", Body=b"{}")
+    assert [len(files) for files in list_inputs(manifest_from_dict(spec)).files] == [1]
+
+
 def test_a_file_two_sources_match_is_refused_at_listing(tmp_path):
     """A file matched by two sources' paths was read, counted and mixed once per source, unsaid (the
     same document in the output under both; found by a tester). Within one source overlapping

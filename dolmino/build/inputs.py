@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import stat
 from dataclasses import dataclass
 
@@ -305,6 +306,32 @@ class SourcesListing:
 
 NO_MATCH = "no input files match"
 
+# `dolmino synth` output (dolmino/synth/runner.py): part files, a done-file per finished
+# partition, and the report written last. Parts without the report are a run that was
+# interrupted or left partitions unanswered; a build took them as the whole source, one seed's
+# parts beside another's (found by a tester).
+SYNTH_PART = re.compile(r"part-\d{5}\.jsonl\.zst$")
+SYNTH_REPORT = "synth-report.json"
+
+
+def unfinished_synth(uris) -> list[str]:
+    """The directories among `uris`' parents that hold `dolmino synth` parts and done-files but
+    no synth-report.json. Looked at only where a part is named as synth names them: one local
+    glob, or one S3 listing, per such directory."""
+    found = []
+    for parent in sorted({uri.rpartition("/")[0] for uri in uris if SYNTH_PART.search(uri)}):
+        if parent.startswith("s3://"):
+            from dolmino.s3 import list_objects
+
+            started = bool(list_objects(f"{parent}/part-*.done.json"))
+            finished = bool(started and list_objects(f"{parent}/{SYNTH_REPORT}"))
+        else:
+            started = bool(glob.glob(os.path.join(glob.escape(parent), "part-*.done.json")))
+            finished = os.path.isfile(os.path.join(parent, SYNTH_REPORT))
+        if started and not finished:
+            found.append(parent)
+    return found
+
 
 def _list_source(manifest: Manifest, source, skipped: list[str]) -> tuple[SourceFiles, dict[str, str]]:
     """One source's files and problems, and its files by spelling key (`shared_inputs`)."""
@@ -346,6 +373,11 @@ def _list_source(manifest: Manifest, source, skipped: list[str]) -> tuple[Source
         problems.append(f"source {source.name!r}: {len(long)} input file name(s) longer than {MAX_NAME_BYTES} "
                         f"bytes, which its attribute files cannot be named after (first: {shown_path(long[0][0])}, "
                         f"{long[0][1]} bytes); rename them")
+    if unfinished := unfinished_synth([f.uri for f in listed]):
+        more = f" (and {len(unfinished) - 1} more)" if len(unfinished) > 1 else ""
+        problems.append(f"source {source.name!r}: {shown_path(unfinished[0])}{more} holds `dolmino synth` parts "
+                        f"without its {SYNTH_REPORT} (a run interrupted, or with partitions unanswered); rerun the "
+                        "synth command to finish it")
     keys = {key: uri for key, (uri, _) in found.kept.items()}
     return SourceFiles(source.name, sorted(listed, key=lambda f: f.name), problems), keys
 
