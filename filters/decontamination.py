@@ -92,6 +92,7 @@ import json
 import os
 import struct
 import sys
+import tempfile
 import time
 import unicodedata
 import warnings
@@ -494,12 +495,17 @@ class NgramIndex:
         meta = dict(self.meta, sets=[list(k) for k in self.sets], tasks=self.tasks, ngram_size=self.ngram_size,
                     hash_version=HASH_VERSION, format_version=INDEX_FORMAT)
         tmp = f"{path}.tmp{os.getpid()}"
-        _write_aligned_npz(tmp, {
-            "hashes": np.asarray(self.hashes, dtype=np.uint64),
-            "set_ids": np.asarray(self.set_ids, dtype=np.uint16),
-            "directory": np.asarray(self.directory, dtype=np.int64),
-            "meta": np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)})
-        os.replace(tmp, path)
+        try:
+            _write_aligned_npz(tmp, {
+                "hashes": np.asarray(self.hashes, dtype=np.uint64),
+                "set_ids": np.asarray(self.set_ids, dtype=np.uint16),
+                "directory": np.asarray(self.directory, dtype=np.int64),
+                "meta": np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)})
+            os.replace(tmp, path)
+        except BaseException:  # also Ctrl-C: a failed save left `out.npz.tmp<pid>` behind (a tester)
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            raise
 
     @classmethod
     def load(cls, path: str, mmap: bool = True) -> "NgramIndex":
@@ -593,47 +599,49 @@ def build_index(instances: Iterable, out_path: str | None = None, ngram_size: in
     compact_at: dict[tuple, int] = defaultdict(lambda: _COMPACT_EVERY)
     instances_per: dict[str, Counter] = defaultdict(Counter)
     short_per: dict[str, Counter] = defaultdict(Counter)
-    current_task = None
-    for inst in instances:
-        key = (str(inst.task), str(inst.split))
-        if ":" in key[0] or ":" in key[1]:
-            raise ValueError(f"eval set names may not contain ':' (it separates task and split): {key}")
-        hashes = ngram_hashes(inst.text, ngram_size)
-        bar.update(1)
-        if inst.task != current_task:
-            current_task = inst.task
-            bar.set_postfix_str(inst.task, refresh=False)
-        instances_per[key[0]][key[1]] += 1
-        if len(hashes) == 0:
-            short_per[key[0]][key[1]] += 1
-            continue
-        buffers[key].append(hashes)
-        buffered[key] += len(hashes)
-        if buffered[key] > compact_at[key]:
-            merged = np.unique(np.concatenate(buffers[key]))
-            buffers[key] = [merged]
-            buffered[key] = len(merged)
-            # Next compaction once the buffer has doubled again: amortised O(total log total).
-            compact_at[key] = max(_COMPACT_EVERY, 2 * len(merged))
-    bar.set_postfix_str("merging n-grams")
-    sets = sorted((task, split) for task, splits in instances_per.items() for split in splits)
-    if len(sets) > np.iinfo(np.uint16).max:
-        raise ValueError(f"too many eval sets for a uint16 set id: {len(sets)}")
-    all_hashes, all_ids, per_set_ngrams = [], [], {}
-    per_task: dict[str, list[np.ndarray]] = defaultdict(list)
-    for sid, key in enumerate(sets):
-        uniq = np.unique(np.concatenate(buffers.pop(key))) if buffered[key] else np.empty(0, np.uint64)
-        per_set_ngrams[f"{key[0]}:{key[1]}"] = int(len(uniq))
-        per_task[key[0]].append(uniq)
-        all_hashes.append(uniq)
-        all_ids.append(np.full(len(uniq), sid, dtype=np.uint16))
-    hashes = np.concatenate(all_hashes) if all_hashes else np.empty(0, np.uint64)
-    set_ids = np.concatenate(all_ids) if all_ids else np.empty(0, np.uint16)
-    order = np.argsort(hashes, kind="stable")
-    hashes, set_ids = hashes[order], set_ids[order]
-    distinct = int(np.count_nonzero(np.diff(hashes)) + 1) if len(hashes) else 0
-    bar.set_postfix_str("done")
-    bar.close()
+    try:  # the bar closed, so that an error or Ctrl-C is said on a line of its own
+        current_task = None
+        for inst in instances:
+            key = (str(inst.task), str(inst.split))
+            if ":" in key[0] or ":" in key[1]:
+                raise ValueError(f"eval set names may not contain ':' (it separates task and split): {key}")
+            hashes = ngram_hashes(inst.text, ngram_size)
+            bar.update(1)
+            if inst.task != current_task:
+                current_task = inst.task
+                bar.set_postfix_str(inst.task, refresh=False)
+            instances_per[key[0]][key[1]] += 1
+            if len(hashes) == 0:
+                short_per[key[0]][key[1]] += 1
+                continue
+            buffers[key].append(hashes)
+            buffered[key] += len(hashes)
+            if buffered[key] > compact_at[key]:
+                merged = np.unique(np.concatenate(buffers[key]))
+                buffers[key] = [merged]
+                buffered[key] = len(merged)
+                # Next compaction once the buffer has doubled again: amortised O(total log total).
+                compact_at[key] = max(_COMPACT_EVERY, 2 * len(merged))
+        bar.set_postfix_str("merging n-grams")
+        sets = sorted((task, split) for task, splits in instances_per.items() for split in splits)
+        if len(sets) > np.iinfo(np.uint16).max:
+            raise ValueError(f"too many eval sets for a uint16 set id: {len(sets)}")
+        all_hashes, all_ids, per_set_ngrams = [], [], {}
+        per_task: dict[str, list[np.ndarray]] = defaultdict(list)
+        for sid, key in enumerate(sets):
+            uniq = np.unique(np.concatenate(buffers.pop(key))) if buffered[key] else np.empty(0, np.uint64)
+            per_set_ngrams[f"{key[0]}:{key[1]}"] = int(len(uniq))
+            per_task[key[0]].append(uniq)
+            all_hashes.append(uniq)
+            all_ids.append(np.full(len(uniq), sid, dtype=np.uint16))
+        hashes = np.concatenate(all_hashes) if all_hashes else np.empty(0, np.uint64)
+        set_ids = np.concatenate(all_ids) if all_ids else np.empty(0, np.uint16)
+        order = np.argsort(hashes, kind="stable")
+        hashes, set_ids = hashes[order], set_ids[order]
+        distinct = int(np.count_nonzero(np.diff(hashes)) + 1) if len(hashes) else 0
+        bar.set_postfix_str("done")
+    finally:
+        bar.close()
     meta = {
         **(meta_extra or {}),
         "instances": {t: dict(sorted(instances_per[t].items())) for t in sorted(instances_per)},
@@ -987,6 +995,47 @@ def _parse_jsonl_spec(spec: str) -> tuple[str, str, str, str]:
     return path, fields, task, split
 
 
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file: through relative parts and symlinks, and hard links."""
+    if a.startswith("s3://") or b.startswith("s3://"):
+        return a == b
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def _check_output(option: str, path: str, inputs: list[tuple[str, str]], documents: bool = False) -> None:
+    """Refuse an output path before any work: a bad one failed only when written, after the whole input
+    was scanned or the whole index built, and one naming an input replaced it (all found by a tester)."""
+    from dolmino.documents import DOCUMENT_STEMS, compression
+    from dolmino.storage import why_unwritable
+
+    for flag, source in inputs:
+        if _same_file(path, source):
+            raise ValueError(f"{option} {path} is the same file as {flag} {source}: name another file")
+    if not path.startswith("s3://") and os.path.isdir(path):
+        raise ValueError(f"{option} {path} is a directory: name a file in it")
+    if documents and compression(path, DOCUMENT_STEMS) is None:
+        raise ValueError(f"{option} {path}: unknown document file suffix (expected .jsonl, .jsonl.gz or .jsonl.zst)")
+    if path.startswith("s3://"):
+        return
+    place = os.path.dirname(os.path.abspath(path))
+    if reason := why_unwritable(place):
+        raise ValueError(f"{option} {path} cannot be written ({reason})")
+    while not os.path.exists(place):
+        place = os.path.dirname(place)
+    try:  # as root, access() calls /proc writable, where no directory or file can be made
+        fd, probe = tempfile.mkstemp(dir=place, prefix=".decontamination-probe")
+    except OSError as exc:
+        reason = f"no file can be made in {place}: {exc.strerror}"
+        raise ValueError(f"{option} {path} cannot be written ({reason})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def coverage_notes(rows: list[dict]) -> dict:
     """What `index_coverage` needs from `dolmino.evalsets.coverage` rows, per task."""
     return {r["task"]: {"subsampled": r["subsampled"], "incomplete": r["incomplete"],
@@ -996,6 +1045,7 @@ def coverage_notes(rows: list[dict]) -> dict:
 def _cmd_build(args) -> int:
     from dolmino import evalsets
 
+    _check_output("--out", args.out, [("--jsonl", spec[0]) for spec in args.jsonl])
     sources = evalsets.discover_sources() if args.tasks != "none" else []
     if args.tasks != "none":
         wanted = evalsets.select_tasks(args.tasks, sources)
@@ -1037,6 +1087,8 @@ def _cmd_build(args) -> int:
 def _cmd_check(args) -> int:
     import warnings
 
+    if args.removed:
+        _check_output("--removed", args.removed, [("--input", args.input), ("--index", args.index)], documents=True)
     check_index_file(args.index)
     with warnings.catch_warnings():
         # as `coverage` says it: one "warning:" line, not Python's with the source line under it (a tester)
@@ -1144,6 +1196,13 @@ def main(argv: list[str] | None = None) -> int:
     except (IndexFileError, ValueError, OSError, AssetError, zipfile.BadZipFile) as exc:  # a missing or
         print(f"error: {exc}", file=sys.stderr)  # damaged asset was a traceback (a tester)
         return 2
+    except (KeyboardInterrupt, SystemError) as exc:
+        # Ctrl-C was a traceback (a tester); `save` removes its temporary file. numba's dispatcher
+        # wraps one that lands while it loads its compiled kernels in a SystemError.
+        if not isinstance(exc, KeyboardInterrupt) and not isinstance(exc.__cause__, KeyboardInterrupt):
+            raise
+        print(f"{parser.prog} {args.command}: interrupted; nothing written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -804,3 +804,112 @@ def test_check_says_an_unknown_exclusion_in_one_warning_line(tmp_path, suite_ind
                  "gsm8"]) == 0
     warned = [line for line in capsys.readouterr().err.splitlines() if "gsm8" in line]
     assert len(warned) == 1 and warned[0].startswith("warning: ") and "UnknownExclusionWarning" not in warned[0]
+
+
+def _no_work(monkeypatch):
+    """Output checks come first: reading the index, scanning the input or building fails the test."""
+    def refuse(*_args, **_kw):
+        raise AssertionError("read or built before the output path was checked")
+
+    monkeypatch.setattr(decon, "check_index_file", refuse)
+    monkeypatch.setattr(decon, "build_index", refuse)
+    monkeypatch.setattr("dolmino.documents.read_documents", refuse)
+
+
+def test_check_refuses_a_removed_file_that_is_an_input(tmp_path, suite_index, monkeypatch, capsys):
+    """`check --removed X --input X` replaced the input's 10 documents with its 5 removed ones (a tester);
+    the same file reached by another name (relative, a symlink, a hard link) is refused too."""
+    import os
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"id": "1", "text": "hello"}\n')
+    (tmp_path / "link.jsonl").symlink_to(docs)
+    os.link(docs, tmp_path / "hard.jsonl")
+    index_link = tmp_path / "index.jsonl"
+    index_link.symlink_to(suite_index)
+    monkeypatch.chdir(tmp_path)
+    _no_work(monkeypatch)
+    for removed in ("docs.jsonl", str(docs), "./sub/../docs.jsonl", "link.jsonl", "hard.jsonl"):
+        assert decon.main(["check", "--index", suite_index, "--input", str(docs), "--removed", removed]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is the same file as --input" in err, (removed, err)
+    assert decon.main(["check", "--index", suite_index, "--input", str(docs), "--removed", str(index_link)]) == 2
+    assert "is the same file as --index" in capsys.readouterr().err
+    assert docs.read_text() == '{"id": "1", "text": "hello"}\n' and os.path.getsize(suite_index) > 0
+
+
+def test_check_refuses_a_bad_removed_path_before_scanning(tmp_path, suite_index, monkeypatch, capsys):
+    """A directory, an unmakeable directory or a suffix the writer cannot produce was reported after the whole
+    input had been scanned (a tester), and left `removed.txt.tmp<pid>` behind."""
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"id": "1", "text": "hello"}\n')
+    (tmp_path / "dir.jsonl").mkdir()
+    (tmp_path / "afile").write_text("")
+    _no_work(monkeypatch)
+    for removed, says in ((tmp_path / "dir.jsonl", "is a directory"), (tmp_path, "is a directory"),
+                          ("/proc/nope/x.jsonl", "cannot be written"),
+                          (tmp_path / "afile" / "x.jsonl", "afile is a file"),
+                          (tmp_path / "removed.txt", "unknown document file suffix")):
+        assert decon.main(["check", "--index", suite_index, "--input", str(docs), "--removed", str(removed)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--removed {removed}" in err and says in err, (removed, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "dir.jsonl", "docs.jsonl"]
+
+
+def test_build_refuses_a_bad_out_before_building(tmp_path, monkeypatch, capsys):
+    """`build --out existing_dir.npz` failed after building the whole index, leaving `dir.npz.tmp<pid>`
+    behind (a tester); an --out that is one of the --jsonl eval sets would have replaced it."""
+    evals = tmp_path / "evals.jsonl"
+    evals.write_text('{"question": "q"}\n')
+    (tmp_path / "dir.npz").mkdir()
+    (tmp_path / "afile").write_text("")
+    _no_work(monkeypatch)
+    for out, says in ((tmp_path / "dir.npz", "is a directory"), (tmp_path / "afile" / "i.npz", "afile is a file"),
+                      ("/proc/nope/i.npz", "cannot be written"), (evals, "is the same file as --jsonl")):
+        assert decon.main(["build", "--out", str(out), "--tasks", "none", "--jsonl", f"{evals}:question:x"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--out {out}" in err and says in err, (out, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "dir.npz", "evals.jsonl"]
+
+
+def test_a_failed_save_leaves_no_temporary_file(tmp_path):
+    index = build_index([EvalInstance("x", "test", "one two three four five six seven eight nine")], None)
+    (tmp_path / "dir.npz").mkdir()
+    with pytest.raises(OSError):
+        index.save(str(tmp_path / "dir.npz"))
+    assert [p.name for p in tmp_path.iterdir()] == ["dir.npz"]
+
+
+@pytest.mark.parametrize("where", ["instances", "kernel", "save"])
+def test_build_interrupted_says_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys, where):
+    """Ctrl-C during `build` printed a KeyboardInterrupt traceback (a tester); in a numba kernel's first
+    call it arrives as a SystemError caused by the KeyboardInterrupt."""
+    evals = tmp_path / "evals.jsonl"
+    evals.write_text('{"question": "one two three four five six seven eight nine"}\n')
+
+    def interrupt(*_args, **_kw):
+        raise KeyboardInterrupt
+
+    def interrupt_mid_write(path, _arrays):
+        with open(path, "wb") as fh:
+            fh.write(b"PK\x03\x04 part")
+        raise KeyboardInterrupt
+
+    def interrupt_in_kernel(*_args, **_kw):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise SystemError("CPUDispatcher(<function _word_hashes>) returned a result with an exception set") \
+                from exc
+
+    if where == "instances":
+        monkeypatch.setattr(evalsets, "iter_jsonl_instances", interrupt)
+    elif where == "kernel":
+        monkeypatch.setattr(decon, "ngram_hashes", interrupt_in_kernel)
+    else:
+        monkeypatch.setattr(decon, "_write_aligned_npz", interrupt_mid_write)
+    assert decon.main(["build", "--out", str(tmp_path / "i.npz"), "--tasks", "none",
+                       "--jsonl", f"{evals}:question:x"]) == 130
+    captured = capsys.readouterr()
+    assert captured.err == "python -m filters.decontamination build: interrupted; nothing written\n"
+    assert captured.out == "" and [p.name for p in tmp_path.iterdir()] == ["evals.jsonl"]
