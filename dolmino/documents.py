@@ -1189,32 +1189,32 @@ def write_documents(path: str, docs: Iterable[dict]) -> int:
     Local files are written to a temporary name and renamed, so a crash never leaves a
     truncated file that looks complete.
     """
-    path = str(path)
-    count = 0
-    tmp = path if _is_s3(path) else f"{path}.tmp{os.getpid()}"
-    with open_binary(tmp, "wb") as raw:
-        writer = _compressing_writer(path, raw)
-        for doc in docs:
-            writer.write(json.dumps(dolma_record(doc), ensure_ascii=False).encode("utf-8") + b"\n")
-            count += 1
-        if writer is not raw:
-            writer.close()
-    if tmp != path:
-        os.replace(tmp, path)
-    return count
+    return _write_lines(str(path), (json.dumps(dolma_record(doc), ensure_ascii=False) for doc in docs))
 
 
 def write_quarantine(path: str, records: Iterable[QuarantineRecord]) -> int:
     """Write quarantine records as JSONL (one object per refused line)."""
+    return _write_lines(path, (rec.to_json() for rec in records))
+
+
+def _write_lines(path: str, lines: Iterable[str]) -> int:
+    """`lines` to `path`, one per line, compressed by its suffix; the number written. Locally
+    through a temporary name, removed if the write fails or is interrupted (it was left behind
+    beside the file; found by a tester)."""
     count = 0
     tmp = path if _is_s3(path) else f"{path}.tmp{os.getpid()}"
-    with open_binary(tmp, "wb") as raw:
-        writer = _compressing_writer(path, raw)
-        for rec in records:
-            writer.write(rec.to_json().encode("utf-8") + b"\n")
-            count += 1
-        if writer is not raw:
-            writer.close()
-    if tmp != path:
-        os.replace(tmp, path)
+    try:
+        with open_binary(tmp, "wb") as raw:
+            writer = _compressing_writer(path, raw)
+            for line in lines:
+                writer.write(line.encode("utf-8") + b"\n")
+                count += 1
+            if writer is not raw:
+                writer.close()
+        if tmp != path:
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp != path and os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
     return count

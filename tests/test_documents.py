@@ -878,3 +878,21 @@ def test_a_crlf_terminator_does_not_count_toward_max_doc_bytes(tmp_path, suffix)
         # pick_lines cuts lines exactly as iter_lines does (it still counted the CR; a reviewer)
         picked = [(n, type(raw) is OversizeLine, len(raw)) for n, raw in pick_lines(str(path), [1, 2, 3], 100)]
         assert picked == [(1, False, 100), (2, True, 101 + len(end) - 1), (3, False, 100)], (end, suffix)
+
+
+def test_a_failed_or_interrupted_write_leaves_no_temporary_file(tmp_path):
+    """write_documents left `path.tmp<pid>` beside the file when the documents failed or Ctrl-C
+    came (found by a tester); the target is never made."""
+    from dolmino.documents import QuarantineRecord, write_documents, write_quarantine
+
+    def then(first, error):
+        yield first
+        raise error
+
+    record = QuarantineRecord(path="in.jsonl", line=1, reason="invalid_json", detail="", raw=b"{")
+    for error in (ValueError("bad document"), KeyboardInterrupt()):
+        with pytest.raises(type(error)):
+            write_documents(str(tmp_path / "out.jsonl.zst"), then({"id": "a", "text": "some text"}, error))
+        with pytest.raises(type(error)):
+            write_quarantine(str(tmp_path / "q.jsonl.gz"), then(record, error))
+    assert list(tmp_path.iterdir()) == []
