@@ -110,3 +110,33 @@ def test_gsm8k_rows_without_question_and_answer_are_quarantined(tmp_path):
     records = list(Gsm8kNumberGenerator(num_docs=4, data_path=str(path)).generate(0, 1, 0))
     assert [r.get("quarantined") for r in records] == [None, "missing_fields", None, "missing_fields"]
     assert records[1]["path"] == str(path) and records[1]["line"] == 2 == records[3]["line"]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.zst", ".jsonl.gz"])
+def test_a_truncated_compressed_input_is_one_corrupt_stream_item(tmp_path, suffix):
+    """A cut .zst / .gz input stopped the run with a TruncatedStreamError traceback (found by a
+    tester); the build keeps the rows before the break and quarantines the rest as one
+    `corrupt_stream` record, and so does a generator reading it: attempted stays balanced."""
+    import gzip
+
+    from dolmino.documents import Quarantine, read_documents
+    from dolmino.synth.tinygsm import TinyGsmGenerator
+
+    rows = [json.dumps({"question": f"Sam has {n} apples. How many?", "text": "t", "id": str(n),
+                        "code": f"def f():\n    x = {n}\n    return x\n"}).encode() for n in range(200)]
+    data = b"\n".join(rows) + b"\n"
+    # zstd: one frame per 50 rows, so that frames before the cut decode (one small frame yields nothing)
+    whole = gzip.compress(data) if suffix == ".jsonl.gz" else b"".join(
+        zstandard.ZstdCompressor().compress(b"".join(row + b"\n" for row in rows[k:k + 50])) for k in range(0, 200, 50))
+    path = tmp_path / f"tinygsm{suffix}"
+    path.write_bytes(whole[:len(whole) * 2 // 3])
+    build = Quarantine()
+    docs = len(list(read_documents(str(path), build)))
+    assert dict(build.counts) == {"corrupt_stream": 1} and 0 < docs < 200
+    gen = TinyGsmGenerator(str(path))
+    assert gen.num_docs == docs + 1
+    records = [r for p in range(3) for r in gen.generate(p, 3, seed=1)]
+    assert len(records) == docs + 1 and len([r for r in records if not is_quarantine(r)]) == docs
+    cut = records[-1]
+    assert cut["quarantined"] == "corrupt_stream" and cut["path"] == str(path) and "truncated" in cut["detail"]
+    assert cut["line"] == build.records[0].line

@@ -113,6 +113,27 @@ def server():
                 self.close_connection = True
                 self.wfile.flush()
                 self.connection.shutdown(2)
+            elif kind == "redirect":
+                self._send(action[1], b"", [("Location", action[2])])
+            elif kind == "drip":  # every byte of the answer in time for a socket timeout, the whole not
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                body = json.dumps(_ok("late")).encode()
+                data = head % len(body) + body
+                start = 0 if action[1] == "headers" else len(head % len(body))
+                try:
+                    self.wfile.write(data[:start])
+                    for k in range(start, len(data)):
+                        self.wfile.write(data[k:k + 1])
+                        self.wfile.flush()
+                        time.sleep(0.05)
+                except OSError:
+                    pass
+
+        def do_GET(self):  # where a followed redirect went: the POST turned into a GET, "answered"
+            with script.lock:
+                script.requests.append({"path": self.path, "method": "GET", "auth": self.headers.get("Authorization"),
+                                        "t": time.monotonic()})
+            self._send(200, json.dumps(_ok("Math problem: fetched by GET")).encode())
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
@@ -344,6 +365,11 @@ ERR = "python -m dolmino.synth: error: "
                   "http://bob:SEKRETPW@[::1/v1")),
     (["--endpoint", "http://[::1/v1"], ERR + "--endpoint 'http://[::1/v1' is not an http:// or https:// URL "
                                             "(e.g. http://127.0.0.1:8000/v1)"),  # urlsplit raised (a reviewer)
+    # the key went into synth-report.json and stdout, the path after the query (a tester)
+    *((["--endpoint", url], ERR + "--endpoint holds a query string or fragment (?... / #...), which the report would "
+                                  "show and the request path would follow; give the base URL (e.g. "
+                                  "http://127.0.0.1:8000/v1) and the key with --api-key-env")
+      for url in ("http://127.0.0.1:9/v1?key=SEKRET", "http://127.0.0.1:9/v1#SEKRET", "127.0.0.1:9/v1?key=SEKRET")),
 ])
 def test_client_settings_are_refused_on_the_command_line(flags, error, tmp_path, capsys, monkeypatch):
     """Once checked only in ChatClient, in the executors: a Spark traceback per bad flag."""
@@ -456,3 +482,72 @@ def test_a_key_after_wide_characters_is_masked_whole():
         for before in range(0, 500, 3):
             out = client._error_body((width * before).encode() + b"Invalid key " + key.encode() + b" tail")
             assert not any(key[:n] in out for n in range(8, len(key) + 1)), (width, before, out[-60:])
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_refused_not_followed(server, status):
+    """urllib followed a redirect: the Authorization header went to the other place, and the POST
+    became a GET whose answer counted as "ok" (found by a tester). A redirect refuses the request."""
+    server.queue.append(("redirect", status, "/elsewhere/v1/chat/completions"))
+    client = _client(server.url, [], api_key="sk-t117-redirect", max_retries=2)
+    result = client.complete([{"role": "user", "content": "x"}])
+    assert [r.get("method", "POST") for r in server.requests] == ["POST"]
+    assert result.content is None and result.attempts == 1 and client.counts[f"http_{status}"] == 1
+    assert result.error == (f"refused: HTTP {status} from {server.url}/chat/completions (a redirect, not followed: "
+                            "the API key would go along; give --endpoint the URL it points to): "
+                            "Location: /elsewhere/v1/chat/completions")
+
+
+@pytest.mark.parametrize("part", ["headers", "body"])
+def test_the_timeout_limits_the_whole_request(server, part):
+    """--timeout limited each read: a server sending a byte a second held a request 19 s under
+    --timeout 3 (found by a tester). Here each byte comes within 0.05 s; the whole takes seconds."""
+    server.queue.append(("drip", part))
+    client = _client(server.url, [], max_retries=0, timeout=0.5)
+    started = time.monotonic()
+    result = client.complete([{"role": "user", "content": "x"}])
+    assert result.error == "timeout" and client.counts["timeout"] == 1
+    assert time.monotonic() - started < 1.5
+
+
+def test_a_key_is_stripped_and_one_no_header_can_carry_is_refused(server, tmp_path, capsys, monkeypatch):
+    """A key read from a secret file ends in a newline: http.client refused it before sending, and
+    each request was reported as a connection error, to be retried (found by a tester)."""
+    import dolmino.build.spark
+    from dolmino.synth.__main__ import main
+
+    client = _client(server.url, [], api_key="  sk-t117-key\n")
+    assert client.complete([{"role": "user", "content": "x"}]).content is not None
+    assert server.requests[-1]["auth"] == "Bearer sk-t117-key"
+    for key in ("sk-t117\n-key", "sk-t117\x7f", "sk-t117-clé"):
+        with pytest.raises(ValueError, match="^the API key holds a control or non-ASCII character") as caught:
+            _client(server.url, [], api_key=key)
+        assert "t117" not in str(caught.value)
+    monkeypatch.setattr(dolmino.build.spark, "make_spark", lambda *a, **k: pytest.fail("Spark was started"))
+    monkeypatch.setenv("T117_KEY", "sk-t117\r\nX-Injected: 1\n")
+    personas = tmp_path / "personas.txt"
+    personas.write_text("a sailor\n")
+    assert main(["--generator", "tulu_math", "--personas", str(personas), "--out", str(tmp_path / "o"),
+                 "--num-docs", "2", "--endpoint", server.url, "--model", "m", "--api-key-env", "T117_KEY"]) == 2
+    assert capsys.readouterr().err == (ERR + "--api-key-env T117_KEY holds a control or non-ASCII character, which "
+                                       "no Authorization header can carry (key not shown); fix the secret\n")
+
+
+def test_an_endpoint_with_a_query_is_refused_and_one_spelled_otherwise_is_the_same_config(tmp_path):
+    """`--endpoint http://host/v1?key=SECRET` put the key into synth-report.json and stdout, and the
+    path went after the query; `.../v1`, `.../v1/` and `.../v1/chat/completions` gave three config
+    hashes, so a rerun spelling it otherwise requested (and paid for) everything again (a tester)."""
+    from dolmino.synth.base import config_hash
+
+    for url in ("http://h:8000/v1?key=SEKRET", "http://h:8000/v1?", "http://h:8000/v1#SEKRET"):
+        with pytest.raises(ValueError, match=r"tulu_math: the endpoint holds a query string or fragment") as caught:
+            TuluMathGenerator("unused", url, "m")
+        assert "SEKRET" not in str(caught.value)
+        with pytest.raises(ValueError, match="query string"):
+            ChatClient(url, "m")
+    personas = tmp_path / "personas.txt"
+    personas.write_text("a sailor\n")
+    spellings = ("http://h:8000", "http://h:8000/v1", "http://h:8000/v1/", "http://h:8000/v1/chat/completions")
+    gens = [TuluMathGenerator(str(personas), url, "m", num_docs=2) for url in spellings]
+    assert {g.config()["endpoint"] for g in gens} == {"http://h:8000/v1"}
+    assert len({config_hash(g, 1, 0) for g in gens}) == 1

@@ -319,3 +319,47 @@ def test_an_out_that_is_a_file_is_refused_before_spark(tmp_path, capsys, monkeyp
     out.write_text("x")
     assert main(["--generator", "arithmetic", "--out", str(out), "--num-docs", "2", "--partitions", "1"]) == 2
     assert capsys.readouterr().err == f"python -m dolmino.synth: error: --out {out} exists and is not a directory\n"
+
+
+def test_an_out_of_another_configuration_is_refused_before_spark(tmp_path, capsys, monkeypatch):
+    """A rerun with another --seed into the same --out replaced its parts one by one; stopped
+    half-way, it left parts 0-1 of seed 2 beside parts 2-7 of seed 1 and no report (found by a
+    tester). The command refuses it, naming both; the same configuration resumes as before."""
+    import dolmino.build.spark
+    from dolmino.synth.__main__ import main
+    from dolmino.synth.base import config_hash
+    from dolmino.synth.runner import check_out_dir, run_partition
+
+    monkeypatch.setattr(dolmino.build.spark, "make_spark", lambda *a, **k: pytest.fail("Spark was started"))
+    out = tmp_path / "arith"
+    gen = ArithmeticGenerator(num_docs=40)
+    for i in range(2):
+        run_partition(gen, i, 2, 1, str(out), config_hash(gen, 2, 1))
+    before = _digests(out)
+    assert check_out_dir(gen, str(out), 2, seed=1) == []  # this configuration: resumed
+    chash = config_hash(gen, 2, 1)[:12]
+    for flags, this in ((["--seed", "2"], "seed 2, 2 partitions"), (["--seed", "1", "--partitions", "3"],
+                                                                     "seed 1, 3 partitions")):
+        assert main(["--generator", "arithmetic", "--num-docs", "40", "--out", str(out), "--partitions", "2",
+                     *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(
+            f"python -m dolmino.synth: error: --out {out} holds part-00000.done.json of another configuration "
+            f"(arithmetic, seed 1, 2 partitions, config hash {chash}; this run: arithmetic, {this}, config hash ")
+        assert err.endswith("give another --out, or remove that one first\n")
+    assert _digests(out) == before
+
+
+@pytest.mark.parametrize("out", ["afile/sub", "/proc/dolmino-synth-out"])
+def test_an_out_that_cannot_be_made_is_refused_before_spark(out, tmp_path, capsys, monkeypatch):
+    """`--out afile/sub` started Spark, then ended in a NotADirectoryError traceback (a tester)."""
+    import dolmino.build.spark
+    from dolmino.synth.__main__ import main
+
+    monkeypatch.setattr(dolmino.build.spark, "make_spark", lambda *a, **k: pytest.fail("Spark was started"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    assert main(["--generator", "arithmetic", "--out", out, "--num-docs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"python -m dolmino.synth: error: --out {out} cannot be made or "
+                                                   "written (") and err.endswith("give a writable directory\n")

@@ -290,3 +290,68 @@ def test_a_program_over_its_cpu_seconds_is_a_timeout_whatever_ran_before():
     slow_then_fails = "def f():\n    x = 7 ** (5 * 10 ** 6) % 10\n    y = x // 0\n    return y\n"
     with Sandbox(cpu_seconds=1) as box:
         assert box.run(slow_then_fails).kind == "timeout"
+
+
+# Python's own functions, reached from a tuple: what a program that got past the checker could call.
+ESCAPE = "[c for c in ().__class__.__base__.__subclasses__() if c.__name__ == '_wrap_close'][0].__init__.__globals__"
+
+
+@pytest.mark.parametrize("code, detail", [
+    # the tester's: a shell command ran as the child evaluated the annotation, and the item was kept
+    (_fn(f"x: {ESCAPE}['system']('touch /tmp/dolmino-pwned') = 5", "return x"), "call to"),
+    (_fn("x: (1).real = 5", "return x"), "Attribute"),
+    (_fn("x: [i for i in (1,)] = 5", "return x"), "ListComp"),
+    (_fn("x: f'{1}' = 5", "return x"), "JoinedStr"),
+    (f"def f() -> {ESCAPE}['system']('id'):\n    x = 1\n    return x\n", "call to"),
+    ("def f() -> (lambda: 1):\n    x = 1\n    return x\n", "Lambda"),
+    (_fn("x = __builtins__", "return 1"), "name __builtins__"),
+    (_fn("__builtins__ = 1", "x = 2", "return x"), "name __builtins__"),
+    (_fn("x = 1", "x += __loader__", "return x"), "name __loader__"),
+    ("@abs\n" + _fn("x = 1", "return x"), "decorated"),
+])
+def test_every_expression_of_a_program_is_checked(code, detail):
+    """Annotations were not checked and were evaluated in the child: a tester ran shell commands,
+    forked, and read the API key from the environment through one (found by a tester)."""
+    program, reason, got = check_program(code)
+    assert (program, reason) == (None, "not_assignment_only") and detail in got
+
+
+def test_annotations_are_kept_in_the_document_but_never_evaluated():
+    ok = _fn("x: int = 5", "y: float = x / 2", "return y")
+    assert check_program(ok)[1] == ""
+    with Sandbox() as sandbox:
+        assert annotate("q", ok, sandbox).text.endswith("    x: int = 5  # = 5\n    y: float = x / 2  # = 2.5\n"
+                                                        "    return y  # = 2.5")
+        # the child itself, past the checker: the annotation is not run
+        marker = Path("/tmp/dolmino-sandbox-annotation")
+        marker.unlink(missing_ok=True)
+        run = sandbox.run(_fn(f"x: {ESCAPE}['system']('touch {marker}') = 5", "return x"))
+        assert run.kind == "ok" and not marker.exists()
+
+
+def test_the_child_has_no_environment_no_privileges_and_no_say_over_its_replies(monkeypatch):
+    """The child inherited the executor's environment (the API key went into rejected/), ran as
+    root (fork() worked under RLIMIT_NPROC 0, any file could be read), and a program writing to
+    its output crashed the Spark job with a JSONDecodeError (found by a tester). Each run below
+    is what a program that got past the static check could do."""
+    import os
+
+    monkeypatch.setenv("DOLMINO_TEST_SECRET", "sk-t117-secret")
+    with Sandbox() as sandbox:
+        assert sandbox.run(_fn("x = 1", "return x")).kind == "ok"
+        pid = sandbox._proc.pid
+        assert Path(f"/proc/{pid}/environ").read_bytes() == b""
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        if os.geteuid() == 0:
+            assert status["Uid"].split() == ["65534"] * 4 and status["Gid"].split() == ["65534"] * 4
+            forked = sandbox.run(_fn(f"x = {ESCAPE}['fork']()", "return 1"))
+            assert forked.kind == "runtime_error" and "Resource temporarily unavailable" in forked.error
+            read = sandbox.run(_fn(f"x = {ESCAPE}['sys'].modules['io'].open('/proc/{os.getpid()}/environ').read()",
+                                   "return 1"))
+            assert read.kind == "runtime_error" and "PermissionError" in read.error
+        wrote = sandbox.run(_fn(f"x = {ESCAPE}['sys'].stdout.write('not a reply\\n')", "return 1"))
+        assert (wrote.kind, wrote.error) == ("runtime_error", "the program wrote to the sandbox's output")
+        forged = '{"ok": true, "values": ["1", "1"], "result": "1", "numeric": true}'
+        sandbox.run(_fn(f"x = {ESCAPE}['sys'].stdout.write('{forged}\\n')", "return 2"))
+        # whatever that one got, the next program is answered by a child in step with it
+        assert sandbox.run(_fn("x = 6 * 7", "return x")).values == ("42", "42")

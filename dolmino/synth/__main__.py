@@ -17,7 +17,8 @@ GSM8K is read only from --gsm8k-jsonl (the train split); --demo-gsm8k-test uses 
 files (tinygsm, mind --input, owm_label, gsm8k_train) take every input row unless --num-docs
 says fewer (mind: --num-docs is required and may exceed the inputs, cycling styles).
 
-Rerunning the same command resumes: finished partitions are kept. Prints the report JSON
+Rerunning the same command resumes: finished partitions are kept; an --out holding another
+configuration's (another --seed, --partitions, input or setting) is refused. Prints the report JSON
 (attempted / kept / rejected by reason / quarantined / request counters) and exits 0; 1 when
 a partition got no answer to any of its requests (not cached: the rerun asks again); 2 on bad
 usage.
@@ -56,7 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", help="model name sent to the endpoint (LLM generators)")
     p.add_argument("--api-key-env", help="environment variable holding the API key (read in the executors)")
     p.add_argument("--requests-per-second", type=float, help="client-side rate limit per partition (default: none)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds each request may take as a whole, connecting to the last byte of its answer "
+                        "(then it is retried)")
     p.add_argument("--max-retries", type=int, default=4, help="retries per request (backoff, Retry-After)")
     p.add_argument("--temperature", type=float,
                    help="sampling temperature sent to the endpoint (default: 0.7; owm_label 0.0)")
@@ -142,12 +145,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: error: --endpoint holds a user name or password (user:password@host), which the client "
               "does not send and the report would show; give the key with --api-key-env", file=sys.stderr)
         return 2
+    from dolmino.synth.openai_client import api_key_problem, endpoint_problem
+
+    if args.endpoint and (problem := endpoint_problem(args.endpoint)) is not None:
+        print(f"{prog}: error: --endpoint {problem}", file=sys.stderr)
+        return 2
     if args.endpoint and not _http_url(args.endpoint):
         # Retried as a connection error and then reported as an endpoint that is down (a tester).
         print(f"{prog}: error: --endpoint {args.endpoint!r} is not an http:// or https:// URL "
               "(e.g. http://127.0.0.1:8000/v1)", file=sys.stderr)
         return 2
-    if args.endpoint and args.api_key_env and not os.environ.get(args.api_key_env):
+    key = os.environ.get(args.api_key_env, "").strip() if args.endpoint and args.api_key_env else ""
+    if key and (problem := api_key_problem(key)) is not None:
+        # in local mode the executors read this one (a newline was sent as a connection error; a tester)
+        print(f"{prog}: error: --api-key-env {args.api_key_env} {problem}; fix the secret", file=sys.stderr)
+        return 2
+    if args.endpoint and args.api_key_env and not key:
         # The executors read it (in local mode from this environment): unset, requests go out without one.
         print(f"{prog}: warning: --api-key-env {args.api_key_env} is not set here; requests carry no API key "
               "where it is not set in the executors' environment either", file=sys.stderr)
@@ -175,9 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         generator = make_generator(args.generator, **generator_params(args))
         generator.config()  # loads inputs now: a missing file fails before Spark starts
-        check_out_dir(generator, args.out, args.partitions)  # --out holding inputs or foreign part files
+        # --out holding inputs, foreign part files or another configuration's partitions
+        check_out_dir(generator, args.out, args.partitions, seed=args.seed)
     except Exception as exc:  # noqa: BLE001 - one redacted line (cli_errors); a bug keeps its traceback
         return errors.report(exc)
+    if "://" not in args.out and (problem := _unwritable(args.out)) is not None:
+        # found only by run() once Spark was up: a NotADirectoryError traceback (a tester)
+        print(f"{prog}: error: --out {args.out} cannot be made or written ({problem}); give a writable directory",
+              file=sys.stderr)
+        return 2
     from dolmino.build.spark import SparkCommand
 
     command = SparkCommand(prog, "finished partitions are kept")
@@ -221,6 +240,19 @@ def main(argv: list[str] | None = None) -> int:
               f"and the run is not finished (no synth-report.json); {cause}", file=sys.stderr)
         return 1
     return 0
+
+
+def _unwritable(out: str) -> str | None:
+    """Why directory `out` cannot be made or a file written in it, or None (it is made if missing)."""
+    import tempfile
+
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
 
 
 def _has_user_info(text: str) -> bool:

@@ -15,7 +15,9 @@ record (`invalid_utf8`, `malformed_json`, `not_an_object`, ...) with its file an
 so attempted = kept + rejected + quarantined holds for every run. Lines are judged as the
 build's reader judges them (`dolmino.documents.parse_line`): a UTF-8 byte-order mark is
 accepted, and a lone surrogate escape (`\\ud800`), valid JSON that no UTF-8 writer can
-write back, is `invalid_utf8`.
+write back, is `invalid_utf8`. A compressed file that breaks off (truncated, corrupt) keeps
+its rows before the break, and the rest is one more item, quarantined as `corrupt_stream`,
+as the build's reader does (`dolmino.documents.read_documents`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterator
 
-from dolmino.documents import is_blank_line, iter_lines, lone_surrogate, parse_json_object
+from dolmino.documents import CorruptStreamError, is_blank_line, iter_lines, lone_surrogate, parse_json_object
 from dolmino.s3 import is_s3
 
 
@@ -75,12 +77,29 @@ def expand_inputs(patterns: str | list[str] | tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(files))
 
 
+def _lines(path: str) -> Iterator[tuple[int, bytes, str | None]]:
+    """(line number, raw line, None) for every line of `path`, blank ones too; where a compressed
+    stream breaks, then (line number, the cut line, what broke) for the rest of the file. A cut
+    line that is a whole JSON object is a line of its own first, as the build reads it."""
+    line_no = 0
+    try:
+        for line_no, raw in enumerate(iter_lines(path), start=1):
+            yield line_no, raw, None
+    except CorruptStreamError as exc:  # a traceback that stopped the run (found by a tester)
+        partial = bytes(exc.partial_line)
+        if partial and not is_blank_line(partial) and parse_row(partial)[0] is not None:
+            line_no += 1
+            yield line_no, partial, None
+            partial = b""
+        yield line_no + 1, partial, str(exc) + (f"; line cut at {len(partial):,} bytes" if partial else "")
+
+
 def index_file(path: str) -> InputFile:
     digest = hashlib.sha256()
     rows = 0
-    for raw in iter_lines(path):
-        digest.update(raw + b"\n")
-        if not is_blank_line(raw):
+    for _, raw, broken in _lines(path):
+        digest.update(raw + b"\n" + (broken or "").encode())
+        if broken is not None or not is_blank_line(raw):
             rows += 1
     if is_s3(path):
         from dolmino.s3 import object_size
@@ -140,13 +159,13 @@ class InputFiles:
                 offset += f.rows
                 continue
             k = offset
-            for line_no, raw in enumerate(iter_lines(f.path), start=1):
-                if is_blank_line(raw):
+            for line_no, raw, broken in _lines(f.path):
+                if broken is None and is_blank_line(raw):
                     continue
                 if k >= stop:
                     break
                 if k >= start:
-                    obj, reason, detail = parse_row(raw)
+                    obj, reason, detail = parse_row(raw) if broken is None else (None, "corrupt_stream", broken)
                     yield InputRow(k, f.path, line_no, obj, reason, detail, b"" if obj is not None else raw)
                 k += 1
             if k < min(stop, offset + f.rows):

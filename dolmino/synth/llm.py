@@ -22,7 +22,8 @@ from typing import Iterator
 from dolmino.synth import prompts
 from dolmino.synth.base import DEFAULT_ADDED, make_doc, partition_range, quarantine, rejection, request_stats
 from dolmino.synth.inputs import InputFiles
-from dolmino.synth.openai_client import ChatClient, invalid_setting as client_invalid_setting
+from dolmino.synth.openai_client import ChatClient, base_url, endpoint_problem
+from dolmino.synth.openai_client import invalid_setting as client_invalid_setting
 
 
 def load_personas(path: str) -> list[str]:
@@ -93,13 +94,17 @@ class _LlmGenerator:
                               backoff_base=backoff_base, temperature=temperature, max_tokens=max_tokens)
         if bad is not None:
             raise ValueError(f"{self.name}: {' '.join(bad)}")
+        if (problem := endpoint_problem(endpoint)) is not None:
+            raise ValueError(f"{self.name}: the endpoint {problem}")
         self.endpoint, self.model, self.num_docs, self.api_key_env = endpoint, model, num_docs, api_key_env
         self.temperature, self.max_tokens = temperature, max_tokens
         self.requests_per_second, self.timeout = requests_per_second, timeout
         self.max_retries, self.backoff_base, self.added = max_retries, backoff_base, added
 
     def endpoint_config(self) -> dict:
-        return {"endpoint": self.endpoint, "model": self.model, "num_docs": self.num_docs,
+        # `.../v1`, `.../v1/` and `.../v1/chat/completions` are one endpoint: one config hash, or a
+        # rerun spelling it otherwise requested (and paid for) everything again (found by a tester)
+        return {"endpoint": base_url(self.endpoint), "model": self.model, "num_docs": self.num_docs,
                 "temperature": self.temperature, "max_tokens": self.max_tokens, "added": self.added}
 
     def client(self, seed: int, partition: int) -> ChatClient:

@@ -3,8 +3,11 @@
 Standard library only (urllib): the executors of a Spark job should not need an SDK, and the
 behaviour we need is narrow and must be exact:
 
-* per-request timeout; retries with exponential backoff and jitter drawn from a seeded RNG
-  (reproducible schedules in tests);
+* per-request timeout, for the whole request (a server sending one byte a second is cut
+  off); retries with exponential backoff and jitter drawn from a seeded RNG (reproducible
+  schedules in tests);
+* redirects are not followed (the API key would go along to wherever they point): a 3xx
+  refuses the request, as a wrong key does;
 * 429 / 503 with `Retry-After` (seconds or an HTTP date) wait at least that long;
 * a client-side rate limit (requests per second) so that many partitions do not stampede;
 * malformed JSON, a missing `choices` list and empty content count as bad responses (and
@@ -20,6 +23,7 @@ import json
 import math
 import random
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,10 +34,15 @@ RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 # Statuses that refuse every request alike (a wrong key, --model or --endpoint path): no answer,
 # not retried, and the breaker counts them like an endpoint that is down. As answers they cached
 # a run of 401s as finished, so the rerun with the right key asked nothing (found by a tester).
-REFUSED_STATUS = {401, 403, 404, 405, 407}
+# A redirect too: followed, urllib re-sent the Authorization header to the other host and
+# turned the POST into a GET (found by a tester).
+REDIRECT_STATUS = {301, 302, 303, 307, 308}
+REFUSED_STATUS = {401, 403, 404, 405, 407} | REDIRECT_STATUS
 REFUSED_HINT = {401: "check the key --api-key-env names", 403: "check the key --api-key-env names and its access",
                 404: "check --endpoint and --model", 405: "check --endpoint (the chat-completions URL)",
-                407: "a proxy wants credentials"}
+                407: "a proxy wants credentials",
+                **{code: "a redirect, not followed: the API key would go along; give --endpoint the URL it points to"
+                   for code in sorted(REDIRECT_STATUS)}}
 MAX_ERROR_BODY = 500
 
 
@@ -52,6 +61,33 @@ def chat_url(endpoint: str) -> str:
     if not url.endswith("/v1"):
         url += "/v1"
     return url + "/chat/completions"
+
+
+def base_url(endpoint: str) -> str:
+    """The endpoint as `.../v1`, however it is spelled (`...`, `.../v1/`, `.../v1/chat/completions`)."""
+    return chat_url(endpoint).removesuffix("/chat/completions")
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """What makes `endpoint` unusable as a base URL, or None; never quotes the URL (a query may hold a key)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(endpoint)
+    except ValueError:  # "Invalid IPv6 URL": said by whoever checks the scheme
+        return None
+    if parts.query or parts.fragment or "?" in endpoint or "#" in endpoint:
+        # `?key=...` went into the report and stdout, and the path was appended after it (a tester)
+        return ("holds a query string or fragment (?... / #...), which the report would show and the request "
+                "path would follow; give the base URL (e.g. http://127.0.0.1:8000/v1) and the key with --api-key-env")
+    return None
+
+
+def api_key_problem(key: str) -> str | None:
+    """What makes a key (surrounding whitespace stripped) unsendable in a header, or None; never quotes it."""
+    if any(not " " <= ch <= "~" for ch in key):
+        return "holds a control or non-ASCII character, which no Authorization header can carry (key not shown)"
+    return None
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -117,6 +153,76 @@ def invalid_setting(*, timeout: float, max_retries: int, requests_per_second: fl
     return None
 
 
+def _shut_down(sock: socket.socket) -> None:
+    try:  # the plain socket's: an SSL socket's shutdown() also drops its TLS state under a reading thread
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class _Deadline:
+    """The whole request's time limit: when it is up, the request's socket is shut down, which
+    ends a read in progress. The socket timeout limits each read only: a server sending one
+    byte a second held a request 19 s under --timeout 3 (found by a tester)."""
+
+    def __init__(self, seconds: float):
+        self.lock = threading.Lock()
+        self.sockets: list[socket.socket] = []
+        self.expired = False
+        self.timer = threading.Timer(seconds, self._expire)
+        self.timer.daemon = True
+
+    def _expire(self) -> None:
+        with self.lock:
+            self.expired = True
+            for sock in self.sockets:
+                _shut_down(sock)
+
+    def watch(self, sock: socket.socket) -> None:
+        with self.lock:
+            self.sockets.append(sock)
+            if self.expired:  # connected after the time was up
+                _shut_down(sock)
+
+    def __enter__(self) -> "_Deadline":
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.timer.cancel()
+
+
+class _WatchedConnections:
+    """A urllib HTTP(S) handler whose connections hand their socket to `deadline` once connected."""
+
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self.deadline = deadline
+
+    def do_open(self, http_class, req, **kwargs):
+        deadline = self.deadline
+
+        class Watched(http_class):
+            def connect(self):
+                super().connect()
+                deadline.watch(self.sock)
+
+        return super().do_open(Watched, req, **kwargs)
+
+
+class _HttpHandler(_WatchedConnections, urllib.request.HTTPHandler):
+    pass
+
+
+class _HttpsHandler(_WatchedConnections, urllib.request.HTTPSHandler):
+    pass
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # urllib then raises HTTPError with the 3xx status
+
+
 # After this many items in a row whose every try got no answer (connection refused, timeouts, a
 # gateway's 502/503/504 or a 429 for a backend that is down), none ever answered, the client
 # sends nothing more: a partition of 125 items spent ~12 minutes retrying an endpoint that was
@@ -141,6 +247,13 @@ class ChatClient:
                               backoff_base=backoff_base, backoff_max=backoff_max, max_retry_after=max_retry_after)
         if bad is not None:
             raise ValueError(" ".join(bad))
+        if (problem := endpoint_problem(endpoint)) is not None:
+            raise ValueError(f"the endpoint {problem}")
+        # A key read from a secret file ends in a newline: http.client refused it before sending,
+        # and every request was a "connection_error" (found by a tester).
+        api_key = api_key.strip() if api_key else api_key
+        if api_key and (problem := api_key_problem(api_key)) is not None:
+            raise ValueError(f"the API key {problem}")
         self.url = chat_url(endpoint)
         self.model, self.api_key, self.timeout = model, api_key, timeout
         self.max_retries, self.backoff_base, self.backoff_max = max_retries, backoff_base, backoff_max
@@ -158,12 +271,26 @@ class ChatClient:
         return delay * (0.5 + 0.5 * self.rng.random())
 
     def _post(self, body: bytes) -> tuple[int, dict, bytes]:
+        """(status, headers, body) of one request, whole within `timeout` seconds (else TimeoutError)."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        with _Deadline(self.timeout) as deadline:
+            opener = urllib.request.build_opener(_NoRedirects, _HttpHandler(deadline), _HttpsHandler(deadline))
+            try:
+                answer = self._open(opener, request)
+            except Exception:
+                if deadline.expired:  # whatever the cut-off read raised
+                    raise TimeoutError(f"no whole answer within {self.timeout:g} s") from None
+                raise
+            if deadline.expired:  # a body without a length, cut off, reads as a whole one
+                raise TimeoutError(f"no whole answer within {self.timeout:g} s")
+        return answer
+
+    def _open(self, opener, request) -> tuple[int, dict, bytes]:
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with opener.open(request, timeout=self.timeout) as response:
                 return response.status, dict(response.headers), response.read()
         except urllib.error.HTTPError as exc:
             try:
@@ -227,6 +354,9 @@ class ChatClient:
                     self.counts[f"http_{status}"] += 1
                     self.counts["failed"] += 1
                     self.unreached = 0 if self.reached else self.unreached + 1
+                    if status in REDIRECT_STATUS:
+                        location = {k.lower(): v for k, v in headers.items()}.get("location", "")
+                        data = f"Location: {location}".encode()
                     return ChatResult(None, f"refused: HTTP {status} from {self.url} ({REFUSED_HINT[status]}): "
                                             f"{self._error_body(data)}", attempt + 1)
                 if status == 200 or status not in RETRYABLE_STATUS:

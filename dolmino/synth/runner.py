@@ -21,7 +21,8 @@ A partition is written to temporary names and renamed; its done-file is written 
 is the commit marker. A rerun skips every partition whose done-file carries the same
 config hash and whose part file still has the recorded sha256, so a killed job resumes
 where it stopped and an LLM is never asked twice for the same item. Changing anything in
-the generator's config, the seed or the partition count changes the hash and regenerates.
+the generator's config, the seed or the partition count changes the hash and regenerates
+(`run`; the command line refuses such an out_dir instead: `check_out_dir` with a seed).
 """
 
 from __future__ import annotations
@@ -264,10 +265,14 @@ def _done_stats(out_dir: str, partition: int) -> dict | None:
     return stats if isinstance(stats, dict) else None
 
 
-def check_out_dir(generator, out_dir: str, num_partitions: int) -> list[int]:
+def check_out_dir(generator, out_dir: str, num_partitions: int, seed: int | None = None) -> list[int]:
     """Refuse an `out_dir` this run would damage, before anything is written or removed, and
     return the partitions numbered >= num_partitions that an earlier run of this generator
     left there (an older layout, for `run` to remove).
+
+    With `seed` (the command line), it also refuses an `out_dir` holding a done-file of another
+    configuration (config hash): its partitions would be replaced one by one, and a run stopped
+    half-way left both configurations mixed there without a report (found by a tester).
 
     A run overwrites part-NNNNN files below num_partitions and removes those above it, so it
     refuses (SynthRunError) an `out_dir` holding any of its input files under such a name
@@ -285,6 +290,8 @@ def check_out_dir(generator, out_dir: str, num_partitions: int) -> list[int]:
     if not is_s3(out_dir) and not os.path.isdir(out_dir):
         return []
     files = _listing(out_dir)
+    if seed is not None:
+        _check_one_config(generator, out_dir, files, num_partitions, seed)
     stale: dict[int, dict | None] = {}
     for name in sorted(files):
         m = PART_RE.match(name)
@@ -305,6 +312,23 @@ def check_out_dir(generator, out_dir: str, num_partitions: int) -> list[int]:
                                 f"of {generator.name} with its name and size), and a run with --partitions "
                                 f"{num_partitions} would remove it: give another --out (or remove it yourself)")
     return sorted(stale)
+
+
+def _check_one_config(generator, out_dir: str, files: dict[str, int], num_partitions: int, seed: int) -> None:
+    chash = config_hash(generator, num_partitions, seed)
+    for name in sorted(files):
+        m = PART_RE.match(name)
+        if not m or m.group(2) != "done.json":
+            continue
+        stats = _done_stats(out_dir, int(m.group(1)))
+        if stats is not None and stats.get("config_hash") == chash:
+            continue
+        theirs = (f"{stats.get('generator')}, seed {stats.get('seed')}, {stats.get('num_partitions')} partitions, "
+                  f"config hash {str(stats.get('config_hash'))[:12]}" if stats is not None else "unreadable")
+        raise SynthRunError(f"--out {out_dir} holds {name} of another configuration ({theirs}; this run: "
+                            f"{generator.name}, seed {seed}, {num_partitions} partitions, config hash {chash[:12]}): "
+                            "a run would replace its partitions one by one, mixing both if stopped; give another "
+                            "--out, or remove that one first")
 
 
 def _remove_stale_parts(out_dir: str, partitions: list[int]) -> None:

@@ -3,12 +3,13 @@
 TinyGSM's solutions are model-written Python. Each program is first checked statically
 (`dolmino.synth.tinygsm.check_program`: one function of assignments and a return, numeric
 expressions, a few numeric builtins) and only then sent to a child interpreter that runs
-isolated (`python -I -S`, no site packages, no environment), with a cap on its address space
+isolated (`python -I -S`, no site packages, an empty environment: no API key, nothing
+inherited; as nobody when this process is root), with a cap on its address space
 (`memory_mb`), no file writes, no child processes, a CPU-time limit per program
 (`cpu_seconds`, SIGXCPU: CPU time, so a loaded machine does not change which programs pass)
 and, from this side, a wall-clock backstop (`wall_seconds`) after which the child is killed.
 A killed or crashed child is replaced on the next program, so one runaway costs one item,
-not the partition.
+not the partition; so does a child that writes anything but one reply per program.
 
 The child is long-lived because starting an interpreter per program (~20 ms) would cost more
 than running 12M tiny programs; the per-program CPU limit keeps it safe to reuse.
@@ -26,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_child.py")
+FAILURE_KINDS = ("runtime_error", "timeout", "resource_limit")
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class Sandbox:
         self._buffer = b""
         return subprocess.Popen(
             [self.python, "-I", "-S", CHILD, str(self.memory_mb * 1024 * 1024), str(self.cpu_seconds)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True, env={})
 
     def close(self) -> None:
         proc, self._proc = self._proc, None
@@ -118,9 +120,13 @@ class Sandbox:
         line, self._buffer = self._buffer.split(b"\n", 1)
         return line, False
 
+    def _out_of_step(self) -> bool:
+        """Whether the child wrote more since its last reply (which the next program would get)."""
+        return bool(self._buffer) or bool(select.select([self._proc.stdout.fileno()], [], [], 0)[0])
+
     def run(self, code: str) -> SandboxResult:
         self.counts["programs"] += 1
-        if self._proc is None or self._proc.poll() is not None:
+        if self._proc is None or self._proc.poll() is not None or self._out_of_step():
             self._kill()
             self._proc = self._start()
         try:
@@ -142,7 +148,26 @@ class Sandbox:
             if code_ == -signal.SIGXCPU:
                 return SandboxResult("timeout", error=f"CPU time limit ({self.cpu_seconds} s per program) exceeded")
             return SandboxResult("resource_limit", error=f"sandbox child died (exit status {code_})")
+        result = _parse_reply(line) if not self._buffer else None
+        if result is None:
+            # Not the child's one reply line (a program wrote to its output): the child is out of
+            # step, and this item fails, not the Spark job (json.loads raised; found by a tester).
+            self._kill()
+            return SandboxResult("runtime_error", error="the program wrote to the sandbox's output")
+        return result
+
+
+def _parse_reply(line: bytes) -> SandboxResult | None:
+    """The child's reply as a result, or None when the line is not one."""
+    try:
         reply = json.loads(line)
-        if not reply.get("ok"):
-            return SandboxResult(reply.get("kind", "runtime_error"), error=reply.get("error", ""))
-        return SandboxResult("ok", tuple(reply["values"]), reply["result"], bool(reply["numeric"]))
+        if not reply["ok"]:
+            kind = reply["kind"]
+            return SandboxResult(kind, error=str(reply["error"])) if kind in FAILURE_KINDS else None
+        values = reply["values"]
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values) \
+                or not isinstance(reply["result"], str):
+            return None
+        return SandboxResult("ok", tuple(values), reply["result"], bool(reply["numeric"]))
+    except (ValueError, TypeError, KeyError, RecursionError):  # not JSON, not an object, a field missing
+        return None

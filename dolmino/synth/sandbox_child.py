@@ -1,13 +1,14 @@
 """The child side of `dolmino.synth.sandbox`: runs checked arithmetic programs, one per request.
 
 Started as `python -I -S sandbox_child.py MEMORY_BYTES CPU_SECONDS` (isolated: no site, no
-environment, no current directory on the path) and imports only the standard library. It
-caps its own address space, file writes and process creation before reading the first
-request, and before each program raises its CPU-time limit to "used so far + CPU_SECONDS", so
-a runaway program is killed by SIGXCPU while a long-lived child can serve millions of short
+environment, no current directory on the path) and imports only the standard library. Run
+as root, it becomes `nobody` (uid / gid 65534, no groups) where it may. It caps its own
+address space, file writes and process creation before reading the first request, and
+before each program raises its CPU-time limit to "used so far + CPU_SECONDS", so a runaway
+program is killed by SIGXCPU while a long-lived child can serve millions of short
 ones; a program that ends (finished or failed) after more than CPU_SECONDS of its own CPU
 time is a timeout too (the rlimit counts whole seconds). Programs run with a handful of
-numeric builtins and nothing else.
+numeric builtins and nothing else, and their annotations are not evaluated.
 
 Protocol: one JSON object per line on stdin, {"code": "..."}; one JSON object per line on
 stdout: {"ok": true, "values": [...], "result": "...", "numeric": bool} or {"ok": false,
@@ -18,11 +19,28 @@ that statement i of the function body (docstring excluded) assigned or returned.
 import ast
 import json
 import math
+import os
 import resource
 import sys
 
 BUILTINS = {"abs": abs, "round": round, "min": min, "max": max, "int": int, "float": float, "sum": sum,
             "pow": pow, "divmod": divmod}
+
+
+NOBODY = 65534
+
+
+def drop_privileges() -> None:
+    """As root, become nobody: root ignores RLIMIT_NPROC (a program that got past the static
+    check forked; found by a tester) and may read or remove any file."""
+    if os.geteuid() != 0:
+        return
+    try:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+    except OSError:  # no CAP_SETUID here (some containers): the static check and rlimits still hold
+        pass
 
 
 def limit_resources(memory_bytes: int) -> None:
@@ -88,6 +106,9 @@ def run_program(code: str) -> dict:
             result = eval(compile(ast.Expression(stmt.value), "<program>", "eval"), namespace)
             values.append(render(result))
             break
+        if isinstance(stmt, ast.AnnAssign):
+            # Executed at module level, `x: A = v` evaluates A (it ran code; found by a tester): not done.
+            stmt = ast.fix_missing_locations(ast.copy_location(ast.Assign([stmt.target], stmt.value), stmt))
         exec(compile(ast.Module([stmt], type_ignores=[]), "<program>", "exec"), namespace)
         target = stmt.targets[-1] if isinstance(stmt, ast.Assign) else stmt.target
         values.append(render(target_value(target, namespace)))
@@ -101,6 +122,7 @@ def cpu_spent() -> float:
 
 def main() -> None:
     memory_bytes, cpu_seconds = int(sys.argv[1]), int(sys.argv[2])
+    drop_privileges()
     limit_resources(memory_bytes)
     for line in sys.stdin:
         started = None

@@ -25,7 +25,8 @@ recursion limit); (2) it is one function without parameters whose body is
 an optional docstring, then assignments only (`x = ...`, `x += ...`, `x: int = ...`, names
 or tuples of names as targets), then one `return` (reason `not_assignment_only` otherwise:
 no loops, branches, imports, nested functions, comprehensions, attribute access or
-subscripts, and calls only to abs / round / min / max / int / float / sum / pow / divmod);
+subscripts, no names starting with `__`, and calls only to abs / round / min / max / int /
+float / sum / pow / divmod; annotations, `-> int` too, follow the rules of values);
 (3) it runs in the sandbox (`dolmino.synth.sandbox`) without error (`runtime_error`),
 within its CPU and wall-clock limits (`timeout`) and memory cap (`resource_limit`); and
 (4) it returns a finite number (`non_numeric_result`). The kept document is the question and
@@ -76,6 +77,7 @@ def _check_expr(node: ast.AST) -> None:
     elif isinstance(node, ast.Name):
         if not isinstance(node.ctx, ast.Load):
             raise NotAssignmentOnly(f"{_where(node)}: {node.id} is not read")
+        _check_name(node)
     elif isinstance(node, ast.BinOp):
         if not isinstance(node.op, _ARITH_OPS):
             raise NotAssignmentOnly(f"{_where(node)}: operator {type(node.op).__name__}")
@@ -100,14 +102,37 @@ def _check_expr(node: ast.AST) -> None:
         raise NotAssignmentOnly(f"{_where(node)}: {type(node).__name__} expression")
 
 
+def _check_name(node: ast.Name) -> None:
+    # `__builtins__` and the like are the interpreter's, not a program's variables
+    if node.id.startswith("__"):
+        raise NotAssignmentOnly(f"{_where(node)}: name {node.id}")
+
+
 def _check_target(node: ast.AST) -> None:
     if isinstance(node, ast.Name):
+        _check_name(node)
         return
     if isinstance(node, (ast.Tuple, ast.List)) and node.elts:
         for elt in node.elts:
             _check_target(elt)
         return
     raise NotAssignmentOnly(f"{_where(node)}: assignment to {type(node).__name__}")
+
+
+# Every node a checked function may hold. Walked over the whole function after the rules
+# above, so that an expression in a place they do not look at (an annotation ran code in
+# the sandbox as it was evaluated; found by a tester) can only be made of these.
+_ALLOWED_NODES = (ast.FunctionDef, ast.arguments, ast.Expr, ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Return,
+                  ast.Constant, ast.Name, ast.Load, ast.Store, ast.BinOp, ast.UnaryOp, ast.Tuple, ast.List,
+                  ast.Call, ast.USub, ast.UAdd, *_ARITH_OPS)
+
+
+def _check_nodes(func: ast.FunctionDef) -> None:
+    for node in ast.walk(func):
+        if not isinstance(node, _ALLOWED_NODES):
+            raise NotAssignmentOnly(f"{_where(node)}: {type(node).__name__} expression")
+        if isinstance(node, ast.Name):
+            _check_name(node)
 
 
 def _is_docstring(stmt: ast.stmt) -> bool:
@@ -151,6 +176,10 @@ def _check_program(code: str) -> tuple[Program | None, str, str]:
         args = func.args
         if args.args or args.posonlyargs or args.kwonlyargs or args.vararg or args.kwarg:
             raise NotAssignmentOnly(f"{_where(func)}: the function takes parameters")
+        if getattr(func, "type_params", None):  # Python 3.12: def f[T]()
+            raise NotAssignmentOnly(f"{_where(func)}: the function takes type parameters")
+        if func.returns is not None:  # re-printed in the document: the rules of values
+            _check_expr(func.returns)
         body = list(func.body)
         docstring = body[0].value.value if body and _is_docstring(body[0]) else None
         if docstring is not None:
@@ -169,10 +198,12 @@ def _check_program(code: str) -> tuple[Program | None, str, str]:
                     raise NotAssignmentOnly(f"{_where(stmt)}: augmented assignment")
             elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
                 _check_target(stmt.target)
+                _check_expr(stmt.annotation)
             else:
                 raise NotAssignmentOnly(f"{_where(stmt)}: {type(stmt).__name__} statement")
             _check_expr(stmt.value)
         _check_expr(body[-1].value)
+        _check_nodes(func)
     except NotAssignmentOnly as exc:
         return None, "not_assignment_only", str(exc)
     return Program(func, tuple(body), docstring), "", ""
