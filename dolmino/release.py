@@ -405,11 +405,11 @@ class _S3Build:
         `stage` releases the very bytes whose digests it trusted, without a second GET."""
         committed: dict[str, dict] = {}
         self.records: dict[str, bytes] = {}
-        cl = s3.client()
         for item in self.files:
             if item.path.startswith("_parts/") and item.path.endswith(".json"):
                 key = self.prefix + item.path
-                body = cl.get_object(Bucket=self.bucket, Key=key, IfMatch=item.source)["Body"].read()
+                with s3.about(s3.join_uri(self.bucket, key)):
+                    body = s3.get_body(self.bucket, key, IfMatch=item.source)
                 self.records[item.path] = body
                 try:
                     record = json.loads(body)
@@ -452,14 +452,22 @@ class _S3Build:
             return digest, len(record)
         with tempfile.TemporaryDirectory(prefix="dolmino-publish-") as tmp:
             local = os.path.join(tmp, "object")
-            body = cl.get_object(Bucket=self.bucket, Key=self.prefix + rel, IfMatch=etag)["Body"]
-            hasher, got = hashlib.sha256(), 0
+            state = {}
             with open(local, "wb") as fh:
-                for chunk in body.iter_chunks(_HASH_CHUNK):
-                    hasher.update(chunk)
+                def restart():  # a body cut off mid-read is read again from its start
+                    fh.seek(0)
+                    fh.truncate()
+                    state.update(hasher=hashlib.sha256(), got=0)
+
+                def take(chunk):
+                    state["hasher"].update(chunk)
                     fh.write(chunk)
-                    got += len(chunk)
-            digest = hasher.hexdigest()
+                    state["got"] += len(chunk)
+
+                restart()
+                with s3.about(s3.join_uri(self.bucket, self.prefix + rel)):
+                    s3.stream_body(self.bucket, self.prefix + rel, take, restart, _HASH_CHUNK, IfMatch=etag)
+            digest, got = state["hasher"].hexdigest(), state["got"]
             cl.upload_file(local, bucket, key, Config=config, Callback=bar.add_bytes,
                            ExtraArgs={"Metadata": {"sha256": digest}})
         return digest, got
@@ -1092,7 +1100,6 @@ def verify(release_uri: str, *, log: Log = _quiet, progress: bool = False) -> li
     bucket, key_prefix, _name = split_release(release_uri)
     record = read_release(release_uri)
     objects = key_prefix + data_prefix_of(record)
-    cl = s3.client()
     problems = []
     listed = {objects + e["path"] for e in record["files"]} | {key_prefix + RELEASE_FILE}
     others = 0
@@ -1110,18 +1117,27 @@ def verify(release_uri: str, *, log: Log = _quiet, progress: bool = False) -> li
     bar = _Progress(progress, f"verify {_name}", sum(e["size"] for e in record["files"]), len(record["files"]))
     try:
         for entry in record["files"]:
+            state = {}
+
+            def restart():  # a body cut off mid-read is read again from its start (a tester)
+                state.update(digest=hashlib.sha256(), size=0)
+
+            def take(chunk):
+                state["digest"].update(chunk)
+                state["size"] += len(chunk)
+                bar.add_bytes(len(chunk))
+
+            restart()
             try:
-                body = cl.get_object(Bucket=bucket, Key=objects + entry["path"])["Body"]
+                s3.stream_body(bucket, objects + entry["path"], take, restart, _HASH_CHUNK)
             except ClientError as exc:
                 if s3._is_missing(exc):  # noqa: SLF001
                     problems.append(f"{entry['path']}: object is missing")
                     continue
-                raise
-            digest, size = hashlib.sha256(), 0
-            for chunk in body.iter_chunks(_HASH_CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-                bar.add_bytes(len(chunk))
+                raise s3.named_failure(s3.join_uri(bucket, objects + entry["path"]), exc) from None
+            except s3.cut_off_errors() as exc:  # its message named no object (a tester)
+                raise s3.named_failure(s3.join_uri(bucket, objects + entry["path"]), exc) from None
+            digest, size = state["digest"], state["size"]
             bar.file_done()
             if size != entry["size"]:
                 problems.append(f"{entry['path']}: size {size:,} bytes, {RELEASE_FILE} says {entry['size']:,}")
