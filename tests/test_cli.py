@@ -363,6 +363,7 @@ def test_dolmino_build_takes_its_manifest_as_tag_and_mix_do(capsys):
     assert parse_args(["m.json"], "all").manifest == "m.json"
     assert parse_args(["--manifest", "m.json"], "all").manifest == "m.json"
     assert parse_args(["m.json", "--manifest", "m.json"], "all").manifest == "m.json"
+    assert parse_args(["m.json", "--manifest", "./m.json"], "all").manifest == "./m.json"  # one file (a reviewer)
     assert parse_args([], "all").manifest is None  # the budget's released manifest, or the demo
     with pytest.raises(SystemExit):
         parse_args(["a.json", "--manifest", "b.json"], "all")

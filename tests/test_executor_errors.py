@@ -242,6 +242,8 @@ def test_spark_submit_prints_one_line_not_sparks_copies_of_the_traceback(spark, 
     # SparkContext's start-up INFO lines (~85) came before the build's first line: the command's
     # session starts at WARN unless spark.log.level is configured; Spark logs 3 before it applies
     assert run.output.count(" INFO ") <= 5, run.output[:3000]
+    assert "Spark UI: http://" in run.output  # the address Spark's quieted INFO line gave (a reviewer)
+    assert "Spark UI: http://" in run.output  # the address Spark's quieted INFO line gave (a reviewer)
 
 
 def test_task_failure_loggers_are_quieted_only_in_a_session_the_command_started(spark):

@@ -321,6 +321,9 @@ def test_a_running_stage_line_gives_no_task_total_that_will_move(spark):
     assert re.match(r"\[live\] (7|8|9) tasks done, [1-3] running · 4/10 units · ", live), live  # not "7/14 tasks"
     assert "ETA " in live
     assert st.line(final=True).startswith("[live] 10/10 tasks (4 skipped)")
+    with Stage(sc, "untotalled", quiet=True) as bare:  # no units, bytes or documents to count by
+        sc.parallelize(range(4), 4).count()
+        assert bare.line().startswith("[untotalled] 4/4 tasks known so far, 0 running"), bare.line()
 
 
 def test_a_stage_that_knows_its_documents_shows_them_and_an_eta(spark):

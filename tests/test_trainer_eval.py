@@ -437,13 +437,12 @@ def test_result_paths_are_checked_before_scoring(wheels, tmp_path, capsys):
     (tmp_path / "ck" / "eval" / "old.json").write_text("{}")  # earlier results may be replaced
     assert main([*args, "--out", str(tmp_path / "ck" / "eval" / "old.json")]) == 0
     assert json.loads((tmp_path / "ck" / "eval" / "old.json").read_text())["results"]["arc_easy"]["n"] == 1
-
-
-def test_a_checkpoint_of_another_eos_is_refused(wheels, tmp_path, capsys):
-    """It was scored with dolma2's EOS whatever its config said (found by a tester)."""
-    save_trainer_checkpoint(tmp_path / "eos", small_model(seed=5, eos_token_id=100277))
-    assert main(["--checkpoint", str(tmp_path / "eos"), "--tasks", "arc_easy", "--limit", "1"]) == 2
-    assert "was trained with EOS id 100277, the tokenizer's is 100257" in capsys.readouterr().err
+    for _ in range(2):  # results beside the checkpoint, written again by the same command (a reviewer)
+        assert main([*args, "--out", str(tmp_path / "ck" / "results.json"),
+                     "--details", str(tmp_path / "ck" / "details.jsonl")]) == 0
+    capsys.readouterr()
+    (tmp_path / "ck" / "model.pt").touch()
+    assert main([*args, "--out", str(tmp_path / "ck" / "model.pt")]) == 2
 
 
 def test_help_lists_tasks_and_defaults(capsys):
@@ -528,6 +527,14 @@ def test_a_hand_made_task_whose_answers_the_model_knows(tokenizer, tmp_path):
     prompts = tokenizer.encode_batch([q.context for q in questions])
     eos, = greedy_generate(model, tokenizer, prompts[:1], 20, stop_sequences=[])
     assert (eos.text, eos.stop, eos.token_ids) == (" The answer is 42.\n\n", "eos", answer + [tokenizer.eos_token_id])
+    # generation ends at the EOS id the checkpoint's config names, not at dolma2's whatever it
+    # says (a tester; refusing such a checkpoint blocked even its multiple-choice tasks: a reviewer)
+    from dataclasses import replace
+
+    model.cfg = replace(model.cfg, eos_token_id=answer[2])
+    early, = greedy_generate(model, tokenizer, prompts[:1], 20, stop_sequences=[])
+    assert (early.stop, early.token_ids) == ("eos", answer[:3])
+    model.cfg = replace(model.cfg, eos_token_id=tokenizer.eos_token_id)
     short, = greedy_generate(model, tokenizer, prompts[:1], 3, stop_sequences=["\n\n"])
     assert (short.text, short.stop) == (" The answer is", "length")
 

@@ -209,12 +209,38 @@ def test_soup_checks_that_out_can_be_written_before_averaging(tmp_path, capsys, 
 def test_soup_refuses_an_output_inside_an_ingredient_or_around_one(tmp_path):
     """`trainer.soup soupB soupB/hf run` replaced the ingredient soupB/hf (found by a tester)."""
     trainer_checkpoint(tmp_path / "a", 1)
-    trainer_checkpoint(tmp_path / "out" / "b", 2)
+    trainer_checkpoint(tmp_path / "out" / "hf", 2)
     with pytest.raises(ValueError, match="inside"):
-        soup(tmp_path / "a" / "soup", [tmp_path / "a", tmp_path / "out" / "b"])
-    with pytest.raises(ValueError, match="inside"):
-        soup(tmp_path / "out", [tmp_path / "a", tmp_path / "out" / "b"])
+        soup(tmp_path / "a" / "soup", [tmp_path / "a", tmp_path / "out" / "hf"])
+    with pytest.raises(ValueError, match="hf, which the soup writes"):
+        soup(tmp_path / "out", [tmp_path / "a", tmp_path / "out" / "hf"])
     assert not (tmp_path / "a" / "soup").exists() and not (tmp_path / "out" / "model.pt").exists()
+    # ingredients in another subdirectory of OUT are not written over (a reviewer: it was refused)
+    trainer_checkpoint(tmp_path / "exp" / "ingredients" / "b", 3)
+    soup(tmp_path / "exp", [tmp_path / "a", tmp_path / "exp" / "ingredients" / "b"])
+    assert (tmp_path / "exp" / "model.pt").is_file()
+
+
+def test_a_failed_soup_removes_only_what_it_wrote(tmp_path, monkeypatch):
+    """It removed the highest directory it had made, whole: a sibling soup written there meanwhile
+    went with it (found by a reviewer)."""
+    import trainer.soup as soup_mod
+
+    trainer_checkpoint(tmp_path / "a", 1)
+    trainer_checkpoint(tmp_path / "b", 2)
+    real = soup_mod._streamed_average
+
+    def sibling_then_fail(readers, name, dtype):
+        (tmp_path / "soups" / "B").mkdir(parents=True, exist_ok=True)  # another soup, meanwhile
+        (tmp_path / "soups" / "B" / "model.pt").write_bytes(b"theirs")
+        real(readers, name, dtype)
+        raise ValueError("tensor x holds non-finite values")
+
+    monkeypatch.setattr(soup_mod, "_streamed_average", sibling_then_fail)
+    with pytest.raises(ValueError, match="non-finite"):
+        soup(tmp_path / "soups" / "A", [tmp_path / "a", tmp_path / "b"])
+    assert not (tmp_path / "soups" / "A").exists()
+    assert (tmp_path / "soups" / "B" / "model.pt").read_bytes() == b"theirs"
 
 
 def test_soup_refuses_an_output_that_holds_a_model(tmp_path):
@@ -248,13 +274,15 @@ def test_soup_refuses_ingredients_of_different_model_configs(tmp_path):
     sizes gave a soup that depended on their order (found by a tester)."""
     trainer_checkpoint(tmp_path / "a", 1)
     trainer_checkpoint(tmp_path / "long", 2, ModelConfig(**{**CFG.to_dict(), "max_seq_len": 128}))
-    trainer_checkpoint(tmp_path / "vocab", 3, ModelConfig(**{**CFG.to_dict(), "vocab_size": 500}))  # also 512 rows
-    for first, other, differ in (("a", "long", "max_seq_len 128 != 64"), ("long", "a", "max_seq_len 64 != 128"),
-                                 ("a", "vocab", "vocab_size 500 != 512")):
+    for first, other, differ in (("a", "long", "max_seq_len 128 != 64"), ("long", "a", "max_seq_len 64 != 128")):
         with pytest.raises(ValueError, match=f"different model configs.*{differ}"):
             soup(tmp_path / "out", [tmp_path / first, tmp_path / other])
     trainer_checkpoint(tmp_path / "init", 4, ModelConfig(**{**CFG.to_dict(), "init_std": 0.01}))
     soup(tmp_path / "out", [tmp_path / "a", tmp_path / "init"])  # how fresh weights are drawn: none are
+    # the same 512 rows stated as the tokenizer's 500 (a trainer checkpoint) or padded (an HF config):
+    # a trainer checkpoint and an HF directory of one shape were refused (a reviewer)
+    trainer_checkpoint(tmp_path / "vocab", 3, ModelConfig(**{**CFG.to_dict(), "vocab_size": 500}))
+    soup(tmp_path / "out-vocab", [tmp_path / "a", tmp_path / "vocab"])
 
 
 def test_an_s3_ingredient_is_said_to_be_a_url(tmp_path, capsys):

@@ -634,7 +634,7 @@ def greedy_generate(model: OLMo2, tokenizer, prompts: list[np.ndarray], max_new_
                 if done[r] is not None:
                     continue
                 generated[r].append(token)
-                if token == tokenizer.eos_token_id:
+                if token == model.cfg.eos_token_id:  # the id the model learnt to end with (its config's)
                     done[r] = Generation(tokenizer.decode(generated[r][:-1]), generated[r], "eos", False)
                     continue
                 text = tokenizer.decode(generated[r])
@@ -767,10 +767,6 @@ def evaluate(checkpoint: str | Path, tasks: str | list[str] = DEFAULT_TASKS, lim
     if tokenizer.vocab_size > loaded.cfg.padded_vocab_size:
         raise EvalError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model's vocabulary only "
                         f"{loaded.cfg.padded_vocab_size}")
-    if loaded.cfg.eos_token_id != tokenizer.eos_token_id:  # generation stopped at another id, unsaid (a tester)
-        raise EvalError(f"{loaded.path} was trained with EOS id {loaded.cfg.eos_token_id}, the tokenizer's is "
-                        f"{tokenizer.eos_token_id} ({tokenizer.source}); pass --tokenizer with the one it was "
-                        "trained with")
     log(f"eval: {loaded.path} ({loaded.format} checkpoint, {loaded.cfg.num_params():,} parameters) on {dev} "
         f"{str(torch_dtype).removeprefix('torch.')}; tasks {', '.join(names)}")
     began = time.perf_counter()
@@ -914,14 +910,25 @@ def unwritable(path: str | Path) -> str | None:
 def overwrites_checkpoint(path: str | Path, checkpoint: str | Path) -> str | None:
     """The checkpoint's own file that writing `path` would replace, else None. A results file
     written over the scored checkpoint's config.json destroyed it, exit 0 (a tester); new files
-    beside it, and earlier results under its eval/ directory, are not its files."""
+    beside it, earlier results and its eval/ directory are not its files."""
     target = Path(path).resolve()
     root = Path(checkpoint).resolve()
     if not target.exists() or not root.is_dir() or root not in target.parents:
         return None
-    if "eval" in target.relative_to(root).parts[:-1]:
-        return None
-    return str(target.relative_to(root))
+    relative = target.relative_to(root)
+    in_step = any(CHECKPOINT_DIR.fullmatch(part) for part in relative.parts[:-1])
+    if "eval" in relative.parts[:-1] or not (in_step or target.name in CHECKPOINT_FILES
+                                             or target.suffix in CHECKPOINT_SUFFIXES):
+        return None  # earlier results, or any other file a user keeps there (a reviewer: a rerun was refused)
+    return str(relative)
+
+
+# What a trainer save dir, a trainer / OLMo-core step directory or an HF directory is made of.
+CHECKPOINT_DIR = re.compile(r"step\d+(-.*)?|model_and_optim|hf")
+CHECKPOINT_FILES = {"config.json", "generation_config.json", "latest", ".metadata", "tokenizer.json",
+                    "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                    "model.safetensors.index.json"}
+CHECKPOINT_SUFFIXES = {".pt", ".safetensors", ".distcp", ".bin"}
 
 
 # ---------------------------------------------------------------------------- after training (trainer.run)

@@ -99,10 +99,12 @@ def _check_soup_output(out: Path, checkpoints: list, infos: list) -> None:
         for path in {Path(given).resolve(), Path(info.path).resolve()}:
             if resolved == path:
                 raise ValueError(f"{out} is one of the soup's checkpoints; write the soup into a directory of its own")
-            if path in resolved.parents or resolved in path.parents:
+            # The soup writes model.pt, config.json and hf/ into OUT: an ingredient there (OUT/hf) would be
+            # replaced; one in another subdirectory of OUT (exp/ingredients/a into exp) is not touched.
+            if path in resolved.parents or (resolved / HF_SUBDIR) == path or (resolved / HF_SUBDIR) in path.parents:
                 where = (f"the soup's output {out} is inside the checkpoint {given}" if path in resolved.parents
-                         else f"the checkpoint {given} is inside the soup's output {out}")
-                raise ValueError(f"{where}; write the soup into a directory of its own, outside every checkpoint")
+                         else f"the checkpoint {given} is in {out / HF_SUBDIR}, which the soup writes")
+                raise ValueError(f"{where}; write the soup into a directory of its own")
     if not out.exists():
         return
     if (out / MODEL_FILE).exists():
@@ -135,7 +137,9 @@ def _check_distinct(checkpoints: list, infos: list) -> None:
 # Model config fields ingredients may differ in: init_std only draws fresh weights (a soup has
 # none), vocab_multiple acts only through padded_vocab_size (compared), and the EOS / pad ids are
 # compared with the tokenizer (_check_same_tokenizer).
-_UNCOMPARED_FIELDS = ("init_std", "vocab_multiple", "eos_token_id", "pad_token_id")
+# vocab_size: HF configs state the padded size, trainer configs the tokenizer's, for the same
+# tensors (padded_vocab_size, compared, is what the weights hold).
+_UNCOMPARED_FIELDS = ("init_std", "vocab_multiple", "vocab_size", "eos_token_id", "pad_token_id")
 
 
 def _config_differences(cfg, first) -> list[str]:
@@ -148,32 +152,37 @@ def _config_differences(cfg, first) -> list[str]:
             if key not in _UNCOMPARED_FIELDS and mine.get(key) != value]
 
 
-def _claim_output(out: Path) -> list[Path]:
+def _claim_output(out: Path) -> tuple[list[Path], list[Path]]:
     """Create OUT and a file in it before anything is averaged: an OUT that cannot be written
     (read-only, /proc) failed only after every ingredient was read (found by a tester). Returns
-    what the soup will have created there, to remove if it fails."""
-    missing = [p for p in (out, *out.parents) if not p.exists()]
+    what the soup will write there that is not there yet, and the directories it made (deepest
+    first), to remove if it fails."""
+    made = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".{MODEL_FILE}.probe{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        if missing:
-            shutil.rmtree(missing[-1], ignore_errors=True)
+        _remove([], made)
         raise ValueError(f"{out} cannot be written ({exc.strerror or exc}: {exc.filename or out}); give the soup a "
                          f"directory you can write") from None
-    if missing:
-        return [missing[-1]]
-    return [out / name for name in (MODEL_FILE, CONFIG_FILE, HF_SUBDIR) if not (out / name).exists()]
+    return [out / name for name in (MODEL_FILE, CONFIG_FILE, HF_SUBDIR) if not (out / name).exists()], made
 
 
-def _remove(paths: list[Path]) -> None:
-    for path in paths:
+def _remove(written: list[Path], made: list[Path]) -> None:
+    """Remove what a failed soup wrote, then the directories it made if nothing else is in them
+    now: removing the highest one whole took a sibling soup written there meanwhile (a reviewer)."""
+    for path in written:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+    for directory in made:  # deepest first
+        try:
+            directory.rmdir()
+        except OSError:  # not empty (another writer's files), or gone
+            break
 
 
 def _check_same_tokenizer(checkpoints: list, infos: list) -> None:
@@ -230,7 +239,7 @@ def soup(out_dir: str | Path, checkpoints: list[str | Path], dtype: str | None =
     names = list(first.shapes)
     out_dtype = getattr(torch, dtype) if dtype else None
     out_dir = Path(out_dir)
-    created = _claim_output(out_dir)
+    written, made = _claim_output(out_dir)
     tmp = out_dir / f".{MODEL_FILE}.tmp{os.getpid()}"
     try:
         readers = [WeightReader(info) for info in infos]
@@ -260,7 +269,7 @@ def soup(out_dir: str | Path, checkpoints: list[str | Path], dtype: str | None =
             raise ValueError(f"writing the soup to {where} failed: {_write_failure(out_dir / MODEL_FILE, exc)}; "
                              f"give the soup a directory you can write, with room for the model") from exc
     except BaseException:
-        _remove([tmp, *created])
+        _remove([tmp, *written], made)
         raise
     return out_dir
 

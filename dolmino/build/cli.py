@@ -11,6 +11,7 @@ import argparse
 import os
 import re
 import sys
+from pathlib import Path
 
 from dolmino.build.inputs import DEFAULT_SPLIT_BYTES, DEFAULT_TASK_BYTES
 from dolmino.errors import BuildError, ManifestError
@@ -75,7 +76,7 @@ def parse_args(argv: list[str] | None, phase: str) -> argparse.Namespace:
     args = parser.parse_args(argv, argparse.Namespace(prog=prog))
     if phase == "all":
         given = args.__dict__.pop("manifest_arg")
-        if given is not None and args.manifest is not None and given != args.manifest:
+        if given is not None and args.manifest is not None and Path(given).resolve() != Path(args.manifest).resolve():
             parser.error(f"two manifests: {given} and --manifest {args.manifest}; give one")
         args.manifest = args.manifest or given
     return args

@@ -127,6 +127,10 @@ class Stage:
         done, total, skipped, running = self._tasks()
         if final:
             parts = [f"[{self.name}] {done}/{total} tasks" + (f" ({skipped:,} skipped)" if skipped else "")]
+        elif not (self.total_units or self.total_bytes or self.total_docs):
+            # nothing else to measure the stage by (a resumed mix's tokenize stage): the tasks
+            # known so far, said to be that (a reviewer: it showed no progress at all)
+            parts = [f"[{self.name}] {done:,}/{total:,} tasks known so far, {running:,} running"]
         else:
             # no "done/total" while running: that total grew as the stage submitted jobs and
             # held stages Spark would skip (found by a tester); the units, bytes or documents

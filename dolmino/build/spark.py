@@ -45,17 +45,21 @@ def make_spark(app_name: str, master: str | None = None, driver_memory: str | No
     from dolmino.progress import under_spark_submit
 
     builder = SparkSession.builder.appName(app_name).config("spark.ui.showConsoleProgress", "false")
+    quieted = False
     if quiet_start and under_spark_submit():
         from pyspark import SparkConf, SparkContext
 
         SparkContext._ensure_initialized()  # connects to spark-submit's JVM, which holds its configuration
         if SparkConf().get("spark.log.level", None) is None:
             builder = builder.config("spark.log.level", "WARN")
+            quieted = True
     if master:
         builder = builder.master(master)
     if driver_memory:
         builder = builder.config("spark.driver.memory", driver_memory)
     spark = builder.getOrCreate()
+    if quieted and spark.sparkContext.uiWebUrl:  # Spark's INFO line with it is quieted (a reviewer)
+        print(f"Spark UI: {spark.sparkContext.uiWebUrl} (stages, executors' logs)", file=sys.stderr)
     isolate_worker_imports(spark.sparkContext)
     quiet_py4j_send_failures()
     return spark
