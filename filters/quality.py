@@ -26,6 +26,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -157,10 +158,15 @@ class FastTextModel:
         """Fail loudly when `label` is not one of the model's labels.
 
         fastText returns no probability for an unknown label, which would score every
-        document 0.0 and silently remove a whole source over a typo in a manifest."""
+        document 0.0 and silently remove a whole source over a typo in a manifest. A
+        ResourceError, so that raised in an executor it reaches the build's user as one line."""
         if label not in self._labels():
-            raise ValueError(f"fastText model {self.model_path!r} has no label {label!r}; "
-                             f"its labels are {sorted(self._labels())}")
+            raise ResourceError(f"fastText model {self.model_path!r} has no label {label!r}; "
+                                f"its labels are {sorted(self._labels())}: name one of them")
+
+    def labels(self) -> list[str]:
+        """The model's labels, sorted."""
+        return sorted(self._labels())
 
     def _labels(self) -> frozenset[str]:
         if self._label_set is None:
@@ -204,9 +210,24 @@ class FastTextLabelProbability:
         self.model = FastTextModel(model_path, engine)
         self.label = label
 
-    def score(self, texts: list[str]) -> np.ndarray:
+    def check_model(self) -> None:
+        """ResourceError unless the model has `label` (see `FastTextQualityFilter.check_model`)."""
         self.model.require_label(self.label)
+
+    def score(self, texts: list[str]) -> np.ndarray:
+        self.check_model()
         return np.asarray([p.get(self.label, 0.0) for p in self.model.label_probabilities(texts)])
+
+
+def _label_number(label: str, prefix: str) -> float | None:
+    """The finite number after `prefix` in `label`, or None."""
+    if not label.startswith(prefix):
+        return None
+    try:
+        value = float(label[len(prefix):])
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 class FastTextExpectedLabel:
@@ -217,12 +238,27 @@ class FastTextExpectedLabel:
     def __init__(self, model_path: str, prefix: str = "__label__", engine: str = "auto"):
         self.model = FastTextModel(model_path, engine)
         self.prefix = prefix
+        self._values = None  # label -> its number, once the model's labels are checked
+
+    def check_model(self) -> None:
+        """ResourceError unless every label is `prefix` and a finite number: a model with other
+        labels (`quality train`'s) failed in an executor on the first label that was not one."""
+        if self._values is not None:
+            return
+        values = {label: _label_number(label, self.prefix) for label in self.model.labels()}
+        bad = [label for label, value in values.items() if value is None]
+        if bad:
+            raise ResourceError(f"fastText model {self.model.model_path!r} has labels that are not {self.prefix!r} "
+                                f"and a number: {bad}; the expected-label scorer needs labels like "
+                                f"{self.prefix}0 .. {self.prefix}5")
+        self._values = values
 
     def score(self, texts: list[str]) -> np.ndarray:
+        self.check_model()
         out = []
         for probs in self.model.label_probabilities(texts):
             total = sum(probs.values()) or 1.0
-            out.append(sum(float(label[len(self.prefix):]) * p for label, p in probs.items()) / total)
+            out.append(sum(self._values[label] * p for label, p in probs.items()) / total)
         return np.asarray(out)
 
 
@@ -267,6 +303,8 @@ class FastTextQualityFilter:
                  engine: str = "auto"):
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
             raise ValueError(f"threshold must be a probability in [0, 1], got {threshold!r}")
+        if not isinstance(label, str) or not label:  # `label: 5` failed only in an executor
+            raise ValueError(f"label must be a non-empty string naming one of the model's labels, got {label!r}")
         self.scorer = FastTextLabelProbability(model_path, label, engine)
         self.threshold = float(threshold)
 
@@ -276,6 +314,13 @@ class FastTextQualityFilter:
     tag_revision = 2
     # Parameters naming a fastText model file: a build's driver checks them before any task.
     fasttext_model_params = ("model_path",)
+
+    def check_model(self) -> None:
+        """ResourceError (one line, naming the model's labels) unless the model has `label`.
+
+        What a build's driver can call before any task, on a local copy of the model; scoring
+        checks it too, but in an executor, after the tag phase began."""
+        self.scorer.check_model()
 
     def tag(self, docs: list[dict]) -> dict[str, np.ndarray]:
         return {"score": self.scorer.score([doc.get("text", "") for doc in docs]).astype(np.float64)}
@@ -325,11 +370,21 @@ class ScoreThresholdFilter:
         model_path is its own business."""
         return ("model_path",) if self.scorer_name in SCORERS else ()
 
-    def tag(self, docs: list[dict]) -> dict[str, np.ndarray]:
+    def _built_scorer(self):
         if self._scorer is None:
             params = {"model_path": self.model_path} if self.model_path else {}
             self._scorer = make_scorer(self.scorer_name, **params)
-        return {"score": np.asarray(self._scorer.score([doc.get("text", "") for doc in docs]), dtype=np.float64)}
+        return self._scorer
+
+    def check_model(self) -> None:
+        """As `FastTextQualityFilter.check_model`, for the registered (fastText) scorers: the
+        label-probability scorer's `__label__hq`, the expected-label scorer's numeric labels."""
+        if self.scorer_name in SCORERS:
+            self._built_scorer().check_model()
+
+    def tag(self, docs: list[dict]) -> dict[str, np.ndarray]:
+        texts = [doc.get("text", "") for doc in docs]
+        return {"score": np.asarray(self._built_scorer().score(texts), dtype=np.float64)}
 
     def decide(self, attrs) -> str | None:
         return f"score<{number_text(self.min_score)}" if float(attrs["score"]) < self.min_score else None
@@ -338,27 +393,45 @@ class ScoreThresholdFilter:
         return self.decide({"score": self.tag([doc])["score"][0]})
 
 
-def _read_texts(paths: Iterable[str]) -> list[str]:
+def _read_texts(paths: Iterable[str], quarantine=None) -> list[str]:
+    """The texts of Dolma files; unreadable lines go to `quarantine` (a fresh one: dropped)."""
     from dolmino.documents import Quarantine, read_documents
 
-    return [doc["text"] for p in paths for _, doc in read_documents(p, Quarantine())]
+    quarantine = Quarantine(keep_records=False) if quarantine is None else quarantine
+    return [doc["text"] for p in paths for _, doc in read_documents(p, quarantine)]
+
+
+# A word fastText reads as a label: one that starts with `__label__` (words end at these bytes).
+_LABEL_WORD = re.compile(r"(?<![^ \n\r\t\v\f\x00])__label__[^ \n\r\t\v\f\x00]*")
+
+
+def training_text(text: str) -> str:
+    """`dclm_line(text)` without the words that start with `__label__`.
+
+    fastText reads such a word in a training line as one more label of the example (a document
+    quoting `__label__neg` was trained as negative too; any other such word became a label of
+    the model), and when scoring it skips such words; dropping them trains on what is scored."""
+    return _LABEL_WORD.sub("", dclm_line(text))
 
 
 def train_fasttext_classifier(positives: list[str], negatives: list[str], out_path: str, *,
-                              pos_label: str = "__label__pos", neg_label: str = "__label__neg",
+                              pos_label: str = "__label__hq", neg_label: str = "__label__lq",
                               seed: int = 0, epoch: int = 25, lr: float = 0.5, word_ngrams: int = 2,
                               dim: int = 64, min_count: int = 1, bucket: int = 2_000_000) -> str:
     """Train a binary fastText classifier from texts (as the paper's OWM math classifier).
 
-    Training runs in a fresh spawned process: the fasttext-numpy2 binding diverges
-    ("Encountered NaN") on a second `train_supervised` call in one process. `bucket` sizes the
-    hashed n-gram table (2M x dim floats by default, ~0.5 GB at dim 64); small classifiers
-    can use far fewer.
+    Positives are labelled `__label__hq` by default, as in DCLM's classifier, so that a
+    `fasttext_quality` filter's default label names them (models of `quality train` before
+    this used `__label__pos` / `__label__neg`: such a filter names `label: __label__pos`). The
+    texts are `training_text`s. Training runs in a fresh spawned process: the fasttext-numpy2
+    binding diverges ("Encountered NaN") on a second `train_supervised` call in one process.
+    `bucket` sizes the hashed n-gram table (2M x dim floats by default, ~0.5 GB at dim 64);
+    small classifiers can use far fewer.
     """
     if not positives or not negatives:
         raise ValueError("training needs at least one positive and one negative document")
-    rows = [f"{pos_label} {dclm_line(t)}" for t in positives]
-    rows += [f"{neg_label} {dclm_line(t)}" for t in negatives]
+    rows = [f"{pos_label} {training_text(t)}" for t in positives]
+    rows += [f"{neg_label} {training_text(t)}" for t in negatives]
     random.Random(seed).shuffle(rows)
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as fh:
         fh.write("\n".join(rows) + "\n")
@@ -399,14 +472,85 @@ def percentile_report(scores: np.ndarray, weights: np.ndarray, thresholds: list[
              "share_weight": float(weights[scores >= t].sum()) / total_w} for t in thresholds]
 
 
+# fastText reads its seed as a C int; 2**31 and above failed after the files were read.
+_MAX_SEED = 2**31 - 1
+
+
+def _check_train_args(args) -> None:
+    """Refuse, before any file is read, values fastText crashes on (SIGFPE, SIGSEGV, bad_alloc) or
+    trains a meaningless model with (--epoch 0, --dim 0)."""
+    for flag, value in (("--epoch", args.epoch), ("--dim", args.dim), ("--word-ngrams", args.word_ngrams),
+                        ("--bucket", args.bucket)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    if not 0 <= args.seed <= _MAX_SEED:
+        raise ValueError(f"--seed must be in [0, {_MAX_SEED}] (fastText's seed is a 32-bit int), got {args.seed}")
+    _check_inputs("--pos", args.pos)
+    _check_inputs("--neg", args.neg)
+    from filters.decontamination import _check_output
+
+    _check_output("--out", args.out, [("--pos", p) for p in args.pos] + [("--neg", p) for p in args.neg])
+
+
+def _check_inputs(flag: str, paths: list[str]) -> None:
+    from dolmino.documents import DOCUMENT_STEMS, compression
+
+    for path in paths:
+        if compression(path, DOCUMENT_STEMS) is None:
+            raise ValueError(f"{flag} {path}: unknown document file suffix (expected .jsonl, .jsonl.gz or .jsonl.zst)")
+        if not path.startswith("s3://") and not os.path.isfile(path):
+            raise ValueError(f"{flag} {path}: " + ("is a directory: name a file in it" if os.path.isdir(path)
+                                                  else "no such file"))
+
+
+def _thresholds(text: str) -> list[float]:
+    """--thresholds as the filter takes a threshold: probabilities in [0, 1] (NaN is none)."""
+    out = []
+    for item in text.split(","):
+        try:
+            value = float(item)
+        except ValueError:
+            value = math.nan
+        if not 0 <= value <= 1:
+            raise ValueError(f"--thresholds: {item.strip()!r} is not a probability in [0, 1] "
+                             "(give comma-separated numbers like 0.01,0.5)")
+        out.append(value)
+    return out
+
+
+def _percentiles(args) -> dict:
+    """The report of `percentiles` (see its --help); every argument is checked before any document is read."""
+    from dolmino.documents import Quarantine
+    from filters.fasttext_numba import check_fasttext_file
+
+    thresholds = _thresholds(args.thresholds)
+    _check_inputs("--input", args.input)
+    if not os.path.exists(args.model):
+        raise ValueError(f"--model {args.model}: no such file")
+    check_fasttext_file(args.model)
+    scorer = FastTextLabelProbability(args.model, args.label)
+    scorer.check_model()  # names the model's labels: --label's default is DCLM's
+    quarantine = Quarantine(keep_records=False)
+    texts = _read_texts(args.input, quarantine)
+    # As a build: blank documents are removed (tokenizer:empty_after_strip) before any filter.
+    scored = [t for t in texts if t.strip()]
+    scores = scorer.score(scored)
+    weights = np.asarray([len(t) for t in scored], dtype=np.float64)
+    return {"docs": len(scored), "blank_docs": len(texts) - len(scored), "quarantined": dict(quarantine.counts),
+            "label": args.label, "rows": percentile_report(scores, weights, thresholds)}
+
+
 def main(argv: list[str] | None = None) -> int:
+    from dolmino.documents import Quarantine
     from dolmino.help_format import DefaultsHelpFormatter
 
     parser = argparse.ArgumentParser(prog="python -m filters.quality", formatter_class=DefaultsHelpFormatter,
                                      description="Train a fastText quality classifier, or see what thresholds keep.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     tr = sub.add_parser("train", help="train a fastText classifier from positive/negative Dolma files",
-                        formatter_class=DefaultsHelpFormatter)
+                        formatter_class=DefaultsHelpFormatter,
+                        description="Train a binary fastText classifier: positives are labelled __label__hq\n"
+                                    "(the fasttext_quality filter's default label), negatives __label__lq.")
     tr.add_argument("--pos", nargs="+", required=True, help="Dolma JSONL files of positive (kept) examples")
     tr.add_argument("--neg", nargs="+", required=True, help="Dolma JSONL files of negative examples")
     tr.add_argument("--out", required=True, type=local_path, help="model file to write (.bin)")
@@ -416,22 +560,34 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--word-ngrams", type=int, default=2, help="word n-gram length (2 = bigrams, as DCLM)")
     tr.add_argument("--bucket", type=int, default=2_000_000, help="hashed n-gram rows (smaller = smaller model)")
     pc = sub.add_parser("percentiles", help="what share of a source each threshold keeps",
-                        formatter_class=DefaultsHelpFormatter)
+                        formatter_class=DefaultsHelpFormatter,
+                        description="Score the documents of the --input files and report, per threshold, how many\n"
+                                    "the filter keeps (docs_kept) and their share of the documents and of the\n"
+                                    "characters. As in a build, blank documents (removed first, as\n"
+                                    "tokenizer:empty_after_strip) are neither scored nor in the shares: they are\n"
+                                    "counted as blank_docs. Unreadable lines are counted under quarantined, by reason.")
     pc.add_argument("--model", required=True, help="fastText model (.bin or .ftz)")
     pc.add_argument("--input", nargs="+", required=True, help="Dolma JSONL files to score")
     pc.add_argument("--label", default="__label__hq", help="label whose probability is the score")
-    pc.add_argument("--thresholds", default="0.01,0.03311014,0.1,0.5", help="comma-separated score thresholds")
+    pc.add_argument("--thresholds", default="0.01,0.03311014,0.1,0.5",
+                    help="comma-separated score thresholds, each in [0, 1]")
     args = parser.parse_args(argv)
-    if args.cmd == "train":
-        train_fasttext_classifier(_read_texts(args.pos), _read_texts(args.neg), args.out, epoch=args.epoch, seed=args.seed,
-                                  dim=args.dim, word_ngrams=args.word_ngrams, bucket=args.bucket)
-        print(f"wrote {args.out}")
-        return 0
-    texts = _read_texts(args.input)
-    scores = FastTextLabelProbability(args.model, args.label).score(texts)
-    weights = np.asarray([len(t) for t in texts], dtype=np.float64)
-    rows = percentile_report(scores, weights, [float(x) for x in args.thresholds.split(",")])
-    print(json.dumps({"docs": len(texts), "label": args.label, "rows": rows}, indent=2))
+    try:
+        if args.cmd == "percentiles":
+            print(json.dumps(_percentiles(args), indent=2))
+            return 0
+        _check_train_args(args)
+        quarantine = Quarantine(keep_records=False)
+        positives, negatives = _read_texts(args.pos, quarantine), _read_texts(args.neg, quarantine)
+        train_fasttext_classifier(positives, negatives, args.out, epoch=args.epoch, seed=args.seed, dim=args.dim,
+                                  word_ngrams=args.word_ngrams, bucket=args.bucket)
+    except (ValueError, OSError, RuntimeError) as exc:  # ResourceError too; a failed training is a RuntimeError
+        print(f"{parser.prog} {args.cmd}: error: {exc}", file=sys.stderr)
+        return 2
+    if quarantine.total:
+        print(f"{parser.prog} train: warning: {quarantine.total} unreadable line(s) not trained on: "
+              f"{dict(quarantine.counts)}", file=sys.stderr)
+    print(f"wrote {args.out}")
     return 0
 
 

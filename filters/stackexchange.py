@@ -850,22 +850,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-question-score", type=int, default=3, help="keep questions with at least this score")
     parser.add_argument("--min-answer-score", type=int, default=5,
                         help="keep accepted answers with at least this score")
-    parser.add_argument("--quarantine", default=None, help="write malformed rows here (JSONL, .gz or .zst)")
+    parser.add_argument("--quarantine", default=None,
+                        help="write malformed rows here (JSONL, .gz or .zst); written every run, empty when none")
     args = parser.parse_args(argv)
     stats = StackExchangeStats()
     quarantine = Quarantine(keep_records=bool(args.quarantine))
     try:
+        _check_paths(args)
         written = write_documents(args.out, read_stackexchange(
             args.posts, args.min_question_score, args.min_answer_score, stats, site=args.site,
             quarantine=quarantine))
+        if args.quarantine:  # also when empty: an earlier run's records would contradict this summary
+            write_quarantine(args.quarantine, quarantine.records)
     except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
-    if args.quarantine and quarantine.records:
-        write_quarantine(args.quarantine, quarantine.records)
     stats.check_balance()
     print(json.dumps({"out": args.out, "documents": written, **stats.to_dict()}, indent=2))
     return 0
+
+
+def _check_paths(args) -> None:
+    """Refuse, before reading, an input the reader refuses and an output that names an input or
+    the other output (through links) or cannot be written: `--out` equal to `--quarantine` kept
+    only the quarantine, and a bad --quarantine failed after --out was written (found by a tester)."""
+    from filters.decontamination import _check_output
+
+    _chunks_for(args.posts)  # the suffix
+    if not args.posts.startswith("s3://") and not os.path.isfile(args.posts):
+        raise ValueError(f"{args.posts}: " + ("is a directory: name the Posts.xml in it" if os.path.isdir(args.posts)
+                                             else "no such file"))
+    _check_output("--out", args.out, [("posts", args.posts)], documents=True)
+    if args.quarantine:
+        _check_output("--quarantine", args.quarantine, [("posts", args.posts), ("--out", args.out)], documents=True)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import REPO, shared_corpus_file
 from dolmino.documents import Quarantine, read_documents, write_documents
-from dolmino.errors import ResourceError
+from dolmino.errors import ManifestError, ResourceError
 from filters.base import number_text
 from filters.quality import (
     FastTextExpectedLabel, FastTextLabelProbability, FastTextModel, FastTextQualityFilter, ScoreThresholdFilter,
@@ -301,14 +301,15 @@ def test_cli_percentiles(corpus, model_paths, tmp_path):
     held_texts = corpus["pos"][TRAIN:TRAIN + 20] + corpus["neg"][TRAIN:TRAIN + 30]
     write_documents(held, ({"id": f"h{i}", "text": t} for i, t in enumerate(held_texts)))
     proc = subprocess.run([sys.executable, "-m", "filters.quality", "percentiles", "--model", model_paths["bin"],
-                           "--input", held, "--label", "__label__pos", "--thresholds", "0,0.5,1.01"],
+                           "--input", held, "--label", "__label__pos", "--thresholds", "0,0.5,1"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["docs"] == 50 and report["label"] == "__label__pos"
+    assert report["blank_docs"] == 0 and report["quarantined"] == {}
     rows = {r["threshold"]: r for r in report["rows"]}
     assert rows[0.0]["docs_kept"] == 50 and rows[0.0]["share_weight"] == pytest.approx(1.0)
-    assert rows[1.01]["docs_kept"] == 0
+    assert rows[1.0]["docs_kept"] <= rows[0.5]["docs_kept"]  # fastText's p + 1e-5 can read 1.00001
     assert 18 <= rows[0.5]["docs_kept"] <= 22  # about the 20 academic documents
     # The chars kept at 0.5 are about those of the academic sections.
     pos_chars = sum(len(t) for t in corpus["pos"][TRAIN:TRAIN + 20])
@@ -325,7 +326,7 @@ def test_cli_train(train_files, corpus, tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert f"wrote {out}" in proc.stdout
-    scorer = FastTextLabelProbability(out, "__label__pos")
+    scorer = FastTextLabelProbability(out, "__label__hq")  # positives are __label__hq, as DCLM's
     pos, neg = scorer.score(corpus["pos"][TRAIN:]), scorer.score(corpus["neg"][TRAIN:])
     assert np.mean(pos[:, None] > neg[None, :]) >= 0.95
     os.unlink(out)
@@ -356,3 +357,176 @@ def test_tag_then_decide_equals_reject_reason(corpus, model_paths):
     edu = ScoreThresholdFilter("test_filter_quality:KnownScores", min_score=3)
     scores = tag_columns(edu, [{"text": t} for t in texts])["score"]
     assert [decide(edu, {"score": s}) for s in scores] == [edu.reject_reason({"text": t}) for t in texts]
+
+
+# ---------------------------------------------------------------------------- labels a model lacks
+
+
+def test_a_label_the_model_lacks_is_one_line_naming_its_labels(model_paths):
+    """`check_model` is what a build's driver calls before any task; scoring raises the same
+    ResourceError, which a build reports in one line when an executor raises it (it was a
+    ValueError: an 87-line Spark traceback; found by a tester)."""
+    labels = "['__label__neg', '__label__pos']"
+    for f in (FastTextQualityFilter(model_paths["bin"]),  # the default __label__hq
+              FastTextQualityFilter(model_paths["bin"], label="__label__nope"),
+              ScoreThresholdFilter("fasttext_label_probability", model_path=model_paths["bin"])):
+        for call in (f.check_model, lambda f=f: f.tag([{"text": "some text"}])):
+            with pytest.raises(ResourceError, match="has no label") as info:
+                call()
+            assert labels in str(info.value) and "\n" not in str(info.value)
+    # The expected-label scorer needs numeric labels: it failed on float('pos') in an executor.
+    f = ScoreThresholdFilter("fasttext_expected_label", model_path=model_paths["bin"])
+    for call in (f.check_model, lambda: f.tag([{"text": "some text"}])):
+        with pytest.raises(ResourceError, match=r"labels that are not '__label__' and a number: \[") as info:
+            call()
+        assert "__label__pos" in str(info.value) and "\n" not in str(info.value)
+    FastTextQualityFilter(model_paths["bin"], label="__label__pos").check_model()
+    ScoreThresholdFilter("fasttext_expected_label", model_path=model_paths["edu"]).check_model()
+    ScoreThresholdFilter("test_filter_quality:KnownScores").check_model()  # a custom scorer's model is its own
+
+
+@pytest.mark.parametrize("label", [5, "", None, ["__label__hq"]])
+def test_a_label_that_is_not_a_string_is_refused_when_the_filter_is_built(label):
+    """`dolmino manifest check` builds the filters: `label: 5` failed only in an executor."""
+    from filters.registry import build_filter
+
+    with pytest.raises(ValueError, match="^label must be a non-empty string"):
+        FastTextQualityFilter("m.bin", label=label)
+    with pytest.raises(ManifestError, match=r"^src\.filters\[0\]\.label: label must be"):
+        build_filter({"type": "fasttext_quality", "model_path": "m.bin", "label": label}, "src.filters[0]")
+
+
+# ---------------------------------------------------------------------------- training text
+
+
+def test_training_text_drops_the_words_fasttext_reads_as_labels():
+    from filters.quality import training_text
+
+    assert training_text("a __label__neg b") == "a  b"
+    assert training_text("__label__x first\nand\t__label__ last __label__y") == " first and\t last "
+    # Not at a word's start: an ordinary word for fastText, kept.
+    assert training_text("x__label__neg and (__label__neg)") == "x__label__neg and (__label__neg)"
+    assert training_text(" plain\ntext ") == "plain text"  # otherwise dclm_line
+
+
+def test_a_document_quoting_a_label_adds_no_label_to_the_model(train_files, tmp_path):
+    """A document holding `__label__neg` was trained with that label too, and one holding another
+    `__label__` word gave the model a third label (found by a tester)."""
+    docs = [{"id": f"p{i}", "text": doc["text"]} for i, (_, doc) in enumerate(read_documents(train_files[0],
+                                                                                                Quarantine()))]
+    docs[0]["text"] += " __label__neg"
+    docs[1]["text"] = "__label__extra " + docs[1]["text"]
+    pos = str(tmp_path / "pos.jsonl")
+    write_documents(pos, docs)
+    out = str(tmp_path / "m.bin")
+    train_in_fresh_process(pos, train_files[1], out)
+    assert FastTextModel(out).labels() == ["__label__neg", "__label__pos"]
+
+
+# ---------------------------------------------------------------------------- CLI arguments
+
+
+def _cli(argv, capsys, monkeypatch) -> tuple[int, str]:
+    """`python -m filters.quality` in this process, failing if any document is read."""
+    from filters import quality
+
+    def no_reading(*_args, **_kwargs):
+        raise AssertionError("documents were read before the arguments were checked")
+
+    monkeypatch.setattr(quality, "_read_texts", no_reading)
+    code = quality.main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_cli_train_refuses_an_output_that_is_an_input(train_files, tmp_path, capsys, monkeypatch):
+    """`--out` naming a training file replaced it with the model, exit 0 (found by a tester)."""
+    pos, neg = str(tmp_path / "pos.jsonl.zst"), str(tmp_path / "neg.jsonl.gz")
+    for src, dst in zip(train_files, (pos, neg)):
+        with open(src, "rb") as fh, open(dst, "wb") as out:
+            out.write(fh.read())
+    before = {p: open(p, "rb").read() for p in (pos, neg)}
+    os.symlink(neg, tmp_path / "link.bin")
+    os.link(pos, tmp_path / "hard.bin")
+    (tmp_path / "sub").mkdir()
+    for out, named in ((pos, "--pos"), (str(tmp_path / "link.bin"), "--neg"), (str(tmp_path / "hard.bin"), "--pos"),
+                       (str(tmp_path / "sub" / ".." / "neg.jsonl.gz"), "--neg")):
+        code, err = _cli(["train", "--pos", pos, "--neg", neg, "--out", out], capsys, monkeypatch)
+        assert code == 2 and err.count("\n") == 1, err
+        assert err.startswith("python -m filters.quality train: error: --out ") and f"same file as {named}" in err
+    assert {p: open(p, "rb").read() for p in (pos, neg)} == before
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--epoch", "0"], "--epoch must be >= 1, got 0"), (["--epoch", "-3"], "--epoch must be >= 1"),
+    (["--dim", "0"], "--dim must be >= 1"), (["--dim", "-5"], "--dim must be >= 1"),
+    (["--bucket", "0"], "--bucket must be >= 1"), (["--bucket", "-1"], "--bucket must be >= 1"),
+    (["--word-ngrams", "0"], "--word-ngrams must be >= 1"),
+    (["--seed", "99999999999"], "--seed must be in [0, 2147483647]"), (["--seed", "-1"], "--seed must be in"),
+    (["--out", "{tmp}"], "is a directory"), (["--pos", "{tmp}/absent.jsonl"], "--pos {tmp}/absent.jsonl: no such file"),
+    (["--neg", "{tmp}/notes.txt"], "--neg {tmp}/notes.txt: unknown document file suffix"),
+])
+def test_cli_train_refuses_bad_arguments_before_reading(train_files, tmp_path, capsys, monkeypatch, extra, message):
+    """They wrote meaningless models (--epoch 0, --dim 0), crashed fastText (SIGFPE at --bucket 0)
+    or failed after training (--out a directory), as tracebacks (found by a tester)."""
+    extra = [x.format(tmp=tmp_path) for x in extra]
+    argv = ["train", "--pos", train_files[0], "--neg", train_files[1], "--out", str(tmp_path / "m.bin"), *extra]
+    code, err = _cli(argv, capsys, monkeypatch)
+    assert code == 2 and err.count("\n") == 1 and message.format(tmp=tmp_path) in err, err
+    assert not os.path.exists(tmp_path / "m.bin")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--thresholds", "0.01,0.5,abc"], "--thresholds: 'abc' is not a probability in [0, 1]"),
+    (["--thresholds", "nan"], "'nan' is not a probability"), (["--thresholds", "-1"], "'-1' is not a probability"),
+    (["--thresholds", "2"], "'2' is not a probability"), (["--thresholds", "1.01"], "'1.01' is not"),
+    (["--thresholds", "0.5,"], "'' is not a probability"),
+    (["--label", "__label__hq"], "has no label '__label__hq'; its labels are ['__label__neg', '__label__pos']"),
+    (["--model", "{tmp}/absent.bin"], "--model {tmp}/absent.bin: no such file"),
+    (["--model", "{tmp}"], "is a directory"),
+    (["--input", "{tmp}/absent.jsonl"], "--input {tmp}/absent.jsonl: no such file"),
+])
+def test_cli_percentiles_refuses_bad_arguments_before_reading(model_paths, train_files, tmp_path, capsys, monkeypatch,
+                                                               extra, message):
+    """A bad threshold failed after every document was scored, and the default label on a model
+    `train` wrote before it named positives __label__hq was a traceback (found by a tester)."""
+    argv = ["percentiles", "--model", model_paths["bin"], "--input", train_files[0], "--label", "__label__pos",
+            *[x.format(tmp=tmp_path) for x in extra]]
+    code, err = _cli(argv, capsys, monkeypatch)
+    assert code == 2 and err.count("\n") == 1 and message.format(tmp=tmp_path) in err, err
+    assert err.startswith("python -m filters.quality percentiles: error: ")
+
+
+def test_cli_percentiles_counts_blank_and_unreadable_lines_as_a_build_would(corpus, model_paths, tmp_path, capsys):
+    """Blank documents were scored and in the shares (a build removes them first), and unreadable
+    lines were dropped without a word (found by a tester)."""
+    from filters.quality import main
+
+    texts = corpus["pos"][TRAIN:TRAIN + 2] + corpus["neg"][TRAIN:TRAIN + 2]
+    lines = [json.dumps({"id": f"d{i}", "text": t}).encode() for i, t in enumerate(texts)]
+    lines[1:1] = [json.dumps({"id": "blank", "text": ""}).encode(), json.dumps({"id": "ws", "text": " \n\t"}).encode(),
+                  b'{"id": "bad", "text": "caf\xe9"}', b'{"id": "cut", "te']
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    assert main(["percentiles", "--model", model_paths["bin"], "--input", str(path), "--label", "__label__pos",
+                 "--thresholds", "0,0.5"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["docs"] == 4 and report["blank_docs"] == 2
+    assert report["quarantined"] == {"invalid_utf8": 1, "malformed_json": 1}
+    rows = {r["threshold"]: r for r in report["rows"]}
+    assert rows[0.0]["share_docs"] == 1.0 and rows[0.5]["docs_kept"] == 2 and rows[0.5]["share_docs"] == 0.5
+
+
+def test_cli_train_labels_positives_as_the_filter_default(train_files, tmp_path):
+    """`quality train` wrote __label__pos / __label__neg, so a `fasttext_quality` filter or
+    `percentiles` with its default label failed on every model it wrote (found by a tester)."""
+    out = str(tmp_path / "m.bin")
+    proc = subprocess.run([sys.executable, "-m", "filters.quality", "train", "--pos", train_files[0], "--neg",
+                           train_files[1], "--out", out, "--epoch", "2", "--dim", "8", "--word-ngrams", "1",
+                           "--bucket", "100"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert FastTextModel(out).labels() == ["__label__hq", "__label__lq"]
+    FastTextQualityFilter(out).check_model()
+    proc = subprocess.run([sys.executable, "-m", "filters.quality", "percentiles", "--model", out, "--input",
+                           train_files[0]], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["label"] == "__label__hq"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 import re
 
@@ -479,3 +480,73 @@ def test_a_name_the_listing_reads_case_blind_is_one_the_reader_reads(tmp_path, n
     (d / name).write_bytes(packed)
     assert readable_by_name(str(d / name), "stackexchange")
     assert {x["id"]: x["text"] for x in read_stackexchange(str(d / name))} == expected
+
+
+# ---------------------------------------------------------------------------- CLI paths
+
+
+def _small_posts(tmp_path, bad: bool = False):
+    rows = [question(1, 5, "Title", "<p>question</p>", accepted=2), answer(2, 1, 9, "<p>answer</p>")]
+    if bad:
+        rows.append('  <row Id="x9" PostTypeId="1" Score="5" Title="t" Body="b" />')
+    return write_posts(tmp_path, rows)
+
+
+def test_cli_refuses_an_output_that_is_an_input_or_the_other_output(tmp_path, capsys, monkeypatch):
+    """`--out x --quarantine x` kept only the quarantine records (every document gone), and an
+    --out naming the Posts.xml replaced it, exit 0 (found by a tester); links count too."""
+    posts = _small_posts(tmp_path, bad=True)
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": "old", "text": "kept"}\n')
+    os.symlink(out, tmp_path / "link.jsonl")
+    os.link(posts, tmp_path / "posts.jsonl")
+    (tmp_path / "sub").mkdir()
+    before = {p: p.read_bytes() for p in (posts, out)}
+    monkeypatch.setattr(se, "read_stackexchange", lambda *a, **k: pytest.fail("read before its paths were checked"))
+    for argv, message in (
+        (["--out", str(tmp_path / "new.jsonl"), "--quarantine", str(tmp_path / "new.jsonl")], "--quarantine"),
+        (["--out", str(out), "--quarantine", str(tmp_path / "link.jsonl")], "--quarantine"),
+        (["--out", str(tmp_path / "posts.jsonl")], "--out"),
+        (["--out", str(tmp_path / "x.jsonl"), "--quarantine", str(tmp_path / "sub" / ".." / "posts.jsonl")],
+         "--quarantine"),
+    ):
+        assert se.main([str(posts), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"python -m filters.stackexchange: error: {message} "), err
+        assert "is the same file as" in err
+    assert {p: p.read_bytes() for p in (posts, out)} == before
+    assert not (tmp_path / "new.jsonl").exists() and not (tmp_path / "x.jsonl").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--quarantine", "{tmp}"], "--quarantine {tmp} is a directory"),
+    (["--quarantine", "{tmp}/q.xml"], "--quarantine {tmp}/q.xml: unknown document file suffix"),
+    (["--out", "{tmp}"], "--out {tmp} is a directory"),
+    (["--out", "{tmp}/out.txt"], "--out {tmp}/out.txt: unknown document file suffix"),
+    (["{tmp}/absent/Posts.xml"], "{tmp}/absent/Posts.xml: no such file"),
+    (["{tmp}/Posts.txt"], "expected Posts.xml, .xml.gz or .xml.zst"),
+])
+def test_cli_checks_every_path_before_reading(tmp_path, capsys, argv, message):
+    """A bad --quarantine failed after --out was written, as a traceback (found by a tester)."""
+    posts = _small_posts(tmp_path)
+    out = tmp_path / "out.jsonl"
+    argv = [x.format(tmp=tmp_path) for x in argv]
+    args = ([] if argv[0].startswith("-") else argv[:1]) or [str(posts)]
+    args += ["--out", str(out), *(argv if argv[0].startswith("-") else [])]
+    assert se.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message.format(tmp=tmp_path) in err, err
+    assert not out.exists()
+
+
+def test_cli_writes_the_quarantine_every_run(tmp_path, capsys):
+    """A rerun on a clean file left the earlier run's records in --quarantine while its summary said
+    `quarantined: {}` (found by a tester)."""
+    q = tmp_path / "q.jsonl"
+    bad, clean = _small_posts(tmp_path / "bad", bad=True), _small_posts(tmp_path / "clean")
+    assert se.main([str(bad), "--out", str(tmp_path / "a.jsonl"), "--quarantine", str(q)]) == 0
+    assert json.loads(capsys.readouterr().out)["quarantined"] == {"bad_id": 1}
+    assert [json.loads(line)["reason"] for line in q.read_text().splitlines()] == ["bad_id"]
+    assert se.main([str(clean), "--out", str(tmp_path / "b.jsonl"), "--quarantine", str(q)]) == 0
+    assert json.loads(capsys.readouterr().out)["quarantined"] == {}
+    assert q.read_text() == ""
