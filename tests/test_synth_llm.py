@@ -551,3 +551,17 @@ def test_an_endpoint_with_a_query_is_refused_and_one_spelled_otherwise_is_the_sa
     gens = [TuluMathGenerator(str(personas), url, "m", num_docs=2) for url in spellings]
     assert {g.config()["endpoint"] for g in gens} == {"http://h:8000/v1"}
     assert len({config_hash(g, 1, 0) for g in gens}) == 1
+    # a run interrupted before the endpoint was normalised hashed it as typed: its done-files are
+    # still this configuration's, to resume, not "another configuration" (a reviewer)
+    from dolmino.synth.base import accepted_hashes
+    from dolmino.synth.runner import check_out_dir, done_name
+
+    typed = gens[2]  # "http://h:8000/v1/"
+    legacy = config_hash(typed, 2, 1, {**typed.config(), "endpoint": "http://h:8000/v1/"})
+    assert accepted_hashes(typed, 2, 1) == {config_hash(typed, 2, 1), legacy}
+    assert accepted_hashes(gens[1], 2, 1) == {config_hash(gens[1], 2, 1)}  # typed as normalised: one hash
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / done_name(0)).write_text(json.dumps({"config_hash": legacy, "generator": "tulu_math", "seed": 1,
+                                                "num_partitions": 2}))
+    check_out_dir(typed, str(out), 2, seed=1)  # no refusal

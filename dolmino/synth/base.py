@@ -71,11 +71,21 @@ def make_generator(name: str, **params):
     return generator_class(name)(**params)
 
 
-def config_hash(generator, num_partitions: int, seed: int) -> str:
+def config_hash(generator, num_partitions: int, seed: int, config: dict | None = None) -> str:
     """Hash of everything that determines a partition's bytes (the cache key of a done-file)."""
-    payload = {"format_version": FORMAT_VERSION, "generator": generator.name, "config": generator.config(),
-               "num_partitions": num_partitions, "seed": seed}
+    payload = {"format_version": FORMAT_VERSION, "generator": generator.name,
+               "config": generator.config() if config is None else config, "num_partitions": num_partitions,
+               "seed": seed}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def accepted_hashes(generator, num_partitions: int, seed: int) -> frozenset[str]:
+    """This configuration's hash, and those earlier versions gave the same configuration
+    (`legacy_configs()`, where a generator has it): the endpoint is hashed in its normalised
+    form since 2026-12-06, and a run interrupted before could not be resumed (a reviewer)."""
+    legacy = getattr(generator, "legacy_configs", lambda: [])()
+    return frozenset([config_hash(generator, num_partitions, seed)]
+                     + [config_hash(generator, num_partitions, seed, config) for config in legacy])
 
 
 def partition_range(partition: int, num_partitions: int, num_items: int) -> range:

@@ -107,6 +107,10 @@ class _LlmGenerator:
         return {"endpoint": base_url(self.endpoint), "model": self.model, "num_docs": self.num_docs,
                 "temperature": self.temperature, "max_tokens": self.max_tokens, "added": self.added}
 
+    def legacy_configs(self) -> list[dict]:
+        """The config as runs before the endpoint was normalised hashed it: the endpoint as typed."""
+        return [{**self.config(), "endpoint": self.endpoint}] if base_url(self.endpoint) != self.endpoint else []
+
     def client(self, seed: int, partition: int) -> ChatClient:
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
         client = ChatClient(self.endpoint, self.model, key, timeout=self.timeout, max_retries=self.max_retries,

@@ -41,7 +41,8 @@ import zstandard
 from dolmino.checksums import sha256_file
 from dolmino.s3 import is_s3
 from dolmino.storage import delete, join, list_files, read_if_exists, write_bytes
-from dolmino.synth.base import config_hash, is_quarantine, is_rejection, is_request_stats, partition_range
+from dolmino.synth.base import (accepted_hashes, config_hash, is_quarantine, is_rejection, is_request_stats,
+                                partition_range)
 
 PART_RE = re.compile(r"^part-(\d{5})\.(jsonl\.zst|done\.json)$")
 REPORT_NAME = "synth-report.json"
@@ -60,13 +61,15 @@ def done_name(partition: int) -> str:
     return f"part-{partition:05d}.done.json"
 
 
-def cached_stats(out_dir: str, partition: int, chash: str) -> dict | None:
-    """The done-file's stats if this partition is complete for this config, else None."""
+def cached_stats(out_dir: str, partition: int, chash: str | frozenset) -> dict | None:
+    """The done-file's stats if this partition is complete for this config (`chash`, or any of
+    a set of hashes it goes by), else None."""
     try:
         stats = json.loads(read_if_exists(join(out_dir, done_name(partition))) or b"null")
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if not isinstance(stats, dict) or stats.get("config_hash") != chash:
+    accepted = {chash} if isinstance(chash, str) else chash
+    if not isinstance(stats, dict) or stats.get("config_hash") not in accepted:
         return None
     part = join(out_dir, part_name(partition))
     if is_s3(part):
@@ -186,12 +189,13 @@ class _ProgressPoller:
 
 
 def run_partition(generator, partition: int, num_partitions: int, seed: int, out_dir: str, chash: str,
-                  progress_dir: str | None = None) -> dict:
+                  progress_dir: str | None = None, accepted: frozenset | None = None) -> dict:
     """Generate (or reuse) one partition; returns its stats. With `progress_dir`, also
-    reports items done so far there (see PartitionProgress)."""
+    reports items done so far there (see PartitionProgress). `accepted`: the hashes a done-file
+    may hold to be reused (default: `chash` alone); a new one gets `chash`."""
     expected = len(partition_range(partition, num_partitions, generator.num_docs))
     tracker = PartitionProgress(progress_dir, partition, expected, generator) if progress_dir else None
-    stats = cached_stats(out_dir, partition, chash)
+    stats = cached_stats(out_dir, partition, accepted or chash)
     if stats is not None:
         if tracker is not None:
             tracker.attempted = expected
@@ -316,12 +320,13 @@ def check_out_dir(generator, out_dir: str, num_partitions: int, seed: int | None
 
 def _check_one_config(generator, out_dir: str, files: dict[str, int], num_partitions: int, seed: int) -> None:
     chash = config_hash(generator, num_partitions, seed)
+    accepted = accepted_hashes(generator, num_partitions, seed)
     for name in sorted(files):
         m = PART_RE.match(name)
         if not m or m.group(2) != "done.json":
             continue
         stats = _done_stats(out_dir, int(m.group(1)))
-        if stats is not None and stats.get("config_hash") == chash:
+        if stats is not None and stats.get("config_hash") in accepted:
             continue
         theirs = (f"{stats.get('generator')}, seed {stats.get('seed')}, {stats.get('num_partitions')} partitions, "
                   f"config hash {str(stats.get('config_hash'))[:12]}" if stats is not None else "unreadable")
@@ -397,6 +402,7 @@ def run(generator, out_dir: str, num_partitions: int, seed: int, spark, progress
     delete(out_dir, [REPORT_NAME])  # its presence says the directory holds a finished run
     _remove_stale_parts(out_dir, stale)
     chash = config_hash(generator, num_partitions, seed)
+    accepted = accepted_hashes(generator, num_partitions, seed)
     sc = spark.sparkContext
     show = (progress_enabled(progress_file) if progress is None else progress) and not is_s3(out_dir)
     progress_dir = os.path.join(out_dir, PROGRESS_DIR) if show else None
@@ -405,7 +411,7 @@ def run(generator, out_dir: str, num_partitions: int, seed: int, spark, progress
         os.makedirs(progress_dir)
 
     def task(index, _items):
-        yield run_partition(generator, index, num_partitions, seed, out_dir, chash, progress_dir)
+        yield run_partition(generator, index, num_partitions, seed, out_dir, chash, progress_dir, accepted)
 
     job = sc.parallelize(range(num_partitions), num_partitions).mapPartitionsWithIndex(task)
     if progress_dir is None:
