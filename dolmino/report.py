@@ -33,26 +33,35 @@ def _pool_filter_chain(source, acc: dict) -> list[dict]:
     """Per filter, in chain order: documents reaching it, removed by it, share kept.
 
     Tagging filters decide in the pool stage (in chain order, after blank documents are
-    skipped); filters that need tokens decide later on what the mix tokenized."""
-    from filters.base import needs_tokens
+    skipped); filters that need tokens decide later on what the mix tokenized. A filter's
+    removals are the reasons that start with its label (`filters.base.chain_labels`, per stage):
+    by type alone, two filters of one type were each credited both's removals (a tester)."""
+    from filters.base import chain_labels, needs_tokens
     from filters.registry import build_filter
 
     removed = acc["removed"]
+    built = [build_filter(spec, f"{source.name}.filters[{i}]") for i, spec in enumerate(source.filters)]
+    tokenized = [needs_tokens(filt) for filt in built]
+    labels = [""] * len(built)
+    for stage in (True, False):
+        mine = [i for i, t in enumerate(tokenized) if t == stage]
+        for i, label in zip(mine, chain_labels(built[i] for i in mine)):
+            labels[i] = label
     rows = []
     pool_filters = []
-    for i, spec in enumerate(source.filters):
-        filt = build_filter(spec, f"{source.name}.filters[{i}]")
-        prefix = f"{spec['type']}:"
-        if needs_tokens(filt):
+    for i, label in enumerate(labels):
+        prefix = f"{label}:"
+        if tokenized[i]:
             tok = acc["tokenized"]["removed"]
+            earlier = tuple(f"{labels[j]}:" for j in range(i) if tokenized[j])
             docs = sum(v["docs"] for r, v in tok.items() if r.startswith(prefix))
-            reached = acc["tokenized"]["docs"] - sum(
-                v["docs"] for r, v in tok.items() if any(r.startswith(f"{s['type']}:") for s in source.filters[:i]))
-            rows.append({"filter": spec["type"], "stage": "tokenized", "docs_reached": reached, "docs_removed": docs,
+            reached = acc["tokenized"]["docs"] - sum(v["docs"] for r, v in tok.items()
+                                                     if earlier and r.startswith(earlier))
+            rows.append({"filter": label, "stage": "tokenized", "docs_reached": reached, "docs_removed": docs,
                          "share_kept": (reached - docs) / reached if reached else 1.0})
         else:
             docs = sum(v["docs"] for r, v in removed.items() if r.startswith(prefix))
-            pool_filters.append((spec["type"], docs, len(rows)))
+            pool_filters.append((label, docs, len(rows)))
             rows.append(None)
     dedup = sum(v["docs"] for r, v in removed.items() if r.endswith("_duplicate"))
     reached = acc["kept_docs"] + dedup + sum(d for _, d, _ in pool_filters)

@@ -5,8 +5,9 @@
         def reject_reason(self, doc) -> str | None
 
 `None` keeps the document; a short reason removes it and is counted in the report as
-"<name>:<reason>" (for example "code_stars:stars<2"). Filters compose by running in
-order and stopping at the first rejection, like datatrove's pipeline steps.
+"<name>:<reason>" (for example "code_stars:stars<2"), or "<name>#<k>:<reason>" for the k-th of
+several filters of one name that decide at the same stage (`chain_labels`). Filters compose by
+running in order and stopping at the first rejection, like datatrove's pipeline steps.
 
 Tag once, mix many. A build scores every pool document once (the *tag* phase, whose
 output is stored as attribute files) and decides from the stored attributes in the *mix*
@@ -35,8 +36,8 @@ from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 from dolmino.errors import ManifestError
 
-__all__ = ["DocumentFilter", "ManifestError", "TaggingFilter", "apply_chain", "decide", "needs_tokens",
-           "number_text", "tag_columns", "tag_params"]
+__all__ = ["DocumentFilter", "ManifestError", "TaggingFilter", "apply_chain", "chain_labels", "decide",
+           "needs_tokens", "number_text", "tag_columns", "tag_params"]
 
 REASON_COLUMN = "reason"
 
@@ -58,12 +59,27 @@ class TaggingFilter(Protocol):
     def decide(self, attrs: Mapping[str, Any]) -> str | None: ...
 
 
+def chain_labels(filters: Iterable) -> list[str]:
+    """What each filter's removal reasons start with, in chain order: its name, and "#k" where
+    the filters given (those of one stage) hold the name more than once, k counting from 1.
+    Two fasttext_quality filters gave one reason, which the report merged and credited to both
+    (found by a tester). Numbered per stage, as the tokenize stage sees only its own filters."""
+    names = [f.name for f in filters]
+    seen: dict[str, int] = {}
+    labels = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        labels.append(f"{name}#{seen[name]}" if names.count(name) > 1 else name)
+    return labels
+
+
 def apply_chain(filters: Iterable[DocumentFilter], doc: dict) -> str | None:
-    """The first rejection in the chain as "<filter name>:<reason>", or None to keep."""
-    for f in filters:
+    """The first rejection in the chain as "<label>:<reason>" (see `chain_labels`), or None to keep."""
+    filters = list(filters)
+    for f, label in zip(filters, chain_labels(filters)):
         reason = f.reject_reason(doc)
         if reason is not None:
-            return f"{f.name}:{reason}"
+            return f"{label}:{reason}"
     return None
 
 

@@ -30,6 +30,8 @@ class CodeStarsFilter:
     def __init__(self, min_stars: int = 2, field: str = "max_stars_count"):
         if isinstance(min_stars, bool) or not isinstance(min_stars, int) or min_stars < 0:
             raise ValueError(f"min_stars must be a non-negative integer, got {min_stars!r}")
+        if not isinstance(field, str) or not field:  # 5 passed, and every document was stars_missing (a tester)
+            raise ValueError(f"field must be the name of a metadata key (a non-empty string), got {field!r}")
         self.min_stars = min_stars
         self.field = field
 
@@ -54,6 +56,8 @@ class CodeWordFrequencyFilter:
     name = "code_word_frequency"
 
     def __init__(self, max_top1: float = 0.30, max_top2: float = 0.50):
+        # max_top1 >= max_top2 is allowed: the top-2 share is never below the top-1 share, so the
+        # top-2 rule alone decides which documents go (top-1 names some of them; 1 turns it off).
         self.max_top1 = _fraction(max_top1, "max_top1")
         self.max_top2 = _fraction(max_top2, "max_top2")
 

@@ -31,6 +31,7 @@ import argparse
 import fcntl
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} asked for, but CUDA is not available")
+        raise ResourceError(f"device {device!r} asked for, but CUDA is not available")
     return device
 
 
@@ -243,7 +244,8 @@ class FineWebEduFilter:
             raise ValueError(f"min_int_score must be an integer 0..{MAX_SCORE}, got {min_int_score!r}")
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-        if not isinstance(device, str) or not (device in ("auto", "cpu") or device.startswith("cuda")):
+        # "cuda:x" passed a prefix check, and the manifest check, to fail in the first tag task (a tester).
+        if not isinstance(device, str) or not (device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", device)):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
         self.model_path = str(model_path)
         self.min_int_score = min_int_score
@@ -272,6 +274,44 @@ class FineWebEduFilter:
 # ---------------------------------------------------------------------------- CLI
 
 
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file: through relative parts and symlinks, and hard links
+    (as filters.decontamination's)."""
+    if s3.is_s3(a) or s3.is_s3(b):
+        return a == b
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def _check_out(out: str, inputs: list[str]) -> None:
+    """Refuse an --out before any scoring: one naming an input replaced it, and a directory
+    failed only after the whole input was scored (found by a tester)."""
+    from dolmino.documents import DOCUMENT_STEMS, compression
+    from dolmino.storage import why_unwritable
+
+    for path in inputs:
+        if _same_file(out, path):
+            raise ValueError(f"--out {out} is the same file as --input {path}: name another file")
+    if os.path.isdir(out):
+        raise ValueError(f"--out {out} is a directory: name a file in it")
+    if compression(out, DOCUMENT_STEMS) is None:
+        raise ValueError(f"--out {out}: unknown suffix (expected .jsonl, .jsonl.gz or .jsonl.zst)")
+    if reason := why_unwritable(os.path.dirname(os.path.abspath(out))):
+        raise ValueError(f"--out {out} cannot be written ({reason})")
+
+
+def _as_option(exc: Exception) -> str:
+    """A filter's error as the command's: "batch_size must be ..." names the option --batch-size."""
+    first, _, rest = str(exc).partition(" ")
+    if first in ("batch_size", "max_length", "dtype", "device"):
+        return f"--{first.replace('_', '-')} {rest}"
+    return str(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m filters.fineweb_edu",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -285,20 +325,40 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--max-length", type=int, default=None, help="default: the tokenizer's model_max_length")
     sc.add_argument("--dtype", choices=DTYPES, default="float32", help="model weights and activations")
     sc.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'")
-    sc.add_argument("--out", type=s3.local_path, help="write id, score, int_score per document here (JSONL)")
+    sc.add_argument("--out", type=s3.local_path,
+                    help="write id, score, int_score per document here (JSONL, compressed by suffix: .gz, .zst)")
     args = parser.parse_args(argv)
-    from dolmino.documents import Quarantine, read_documents
+    from dolmino.documents import Quarantine, _write_lines, read_documents
 
-    filt = FineWebEduFilter(args.model, batch_size=args.batch_size, max_length=args.max_length,
-                            dtype=args.dtype, device=args.device)
-    quarantine = Quarantine(keep_records=False)
-    docs = [doc for path in args.input for _, doc in read_documents(path, quarantine)]
-    columns = filt.tag(docs) if docs else {"score": np.empty(0), "int_score": np.empty(0, np.int64)}
+    # Every argument is checked, and the model loaded, before any document is read or scored:
+    # each of these was a traceback (exit 1), some after the whole input was scored (a tester).
+    try:
+        if args.out:
+            _check_out(args.out, args.input)
+        filt = FineWebEduFilter(args.model, batch_size=args.batch_size, max_length=args.max_length,
+                                dtype=args.dtype, device=args.device)
+        filt.scorer.loaded()
+    except (ValueError, OSError) as exc:
+        print(f"{sc.prog}: error: {_as_option(exc)}", file=sys.stderr)
+        return 2
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as fh:
-            for doc, score, iscore in zip(docs, columns["score"].tolist(), columns["int_score"].tolist()):
-                fh.write(json.dumps({"id": doc.get("id"), "score": score, "int_score": iscore}) + "\n")
+        try:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"{sc.prog}: error: --out {args.out} cannot be written ({exc.strerror}: {exc.filename})",
+                  file=sys.stderr)
+            return 2
+    quarantine = Quarantine(keep_records=False)
+    try:
+        docs = [doc for path in args.input for _, doc in read_documents(path, quarantine)]
+        columns = filt.tag(docs) if docs else {"score": np.empty(0), "int_score": np.empty(0, np.int64)}
+        if args.out:
+            _write_lines(args.out, (json.dumps({"id": doc.get("id"), "score": score, "int_score": iscore})
+                                    for doc, score, iscore in zip(docs, columns["score"].tolist(),
+                                                                  columns["int_score"].tolist())))
+    except (ValueError, OSError) as exc:  # an unreadable --input, a write that failed
+        print(f"{sc.prog}: error: {exc}", file=sys.stderr)
+        return 2
     counts = np.bincount(columns["int_score"], minlength=MAX_SCORE + 1)
     n = len(docs)
     print(json.dumps({

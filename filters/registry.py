@@ -24,6 +24,26 @@ REGISTRY: dict[str, str] = {
 }
 
 
+def _check_scorer(params: dict, where: str) -> None:
+    """score_threshold makes its scorer in the first tag task: a "module:callable" that imports
+    but has no score(texts), such as "os:getcwd", failed there with an AttributeError (a tester)."""
+    import types
+
+    from filters.quality import SCORERS, scorer_factory
+
+    scorer = params["scorer"]
+    factory = scorer_factory(scorer)
+    # a Python function is a factory returning a scorer (as documented): only calling it would tell
+    if scorer in SCORERS or isinstance(factory, types.FunctionType) or callable(getattr(factory, "score", None)):
+        return
+    raise ManifestError(f"{where}.scorer: {scorer!r} has no score(texts) method; name one of {sorted(SCORERS)}, "
+                        "a 'module:Class' whose instances have one, or a function returning such a scorer")
+
+
+# Checks beyond the filter's constructor, made with it: the manifest check builds every filter.
+_SPEC_CHECKS = {"score_threshold": _check_scorer}
+
+
 def registered_types() -> list[str]:
     return sorted(REGISTRY)
 
@@ -61,7 +81,7 @@ def build_filter(spec: dict, where: str = "filter"):
         if p.default is inspect.Parameter.empty and name not in params:
             raise ManifestError(f"{where}.{name}: required parameter of {type_name!r} is missing")
     try:
-        return cls(**params)
+        filt = cls(**params)
     except ManifestError as exc:
         msg = str(exc)
         raise ManifestError(msg if msg.startswith(where) else f"{where}.{msg}") from None
@@ -73,3 +93,6 @@ def build_filter(spec: dict, where: str = "filter"):
         if field in accepted:
             raise ManifestError(f"{where}.{field}: {msg} (filter {type_name!r})") from None
         raise ManifestError(f"{where}: invalid parameters for {type_name!r}: {msg}") from None
+    if type_name in _SPEC_CHECKS:
+        _SPEC_CHECKS[type_name](params, where)
+    return filt

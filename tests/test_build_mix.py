@@ -375,6 +375,34 @@ def test_report_filter_chain_accounts_for_every_document(built):
             assert stars["docs_reached"] == s["docs_in"] - sum(s["quarantined"].values())
 
 
+def test_filters_of_one_type_in_a_chain_are_counted_apart(spark, tmp_path):
+    """Two code_stars filters (on two fields) gave one reason, "code_stars:stars<2": report.json
+    merged their removals and the chain table credited each filter with both's (a tester).
+    Each is numbered where its stage holds its type more than once, a lone one keeps its name."""
+    texts = [d["text"] for _, d in read_documents(str(shared_corpus_file("encyclopedic.jsonl.zst")), Quarantine())
+             if len(d["text"].strip()) >= 2000][:48]
+    assert len(texts) == 48
+    docs = []
+    for i, text in enumerate(texts):
+        a, b = (0, 0) if i % 4 == 0 else (5, 0) if i % 4 == 1 else (5, 5)  # #1 removes 12, #2 then 12
+        cut = (20, 400, None)[(i // 4) % 3]  # ~5, ~90, 400+ tokens: of the 24 kept, 8 below 50, 8 more below 200
+        docs.append({"id": f"d{i}", "text": text[:cut], "metadata": {"a": a, "b": b}})
+    write_documents(str(tmp_path / "data" / "enc" / "a.jsonl.zst"), docs)
+    spec = {"name": "twice", "version": 2, "kind": "pool", "seed": 1, "data_root": str(tmp_path / "data"),
+            "sources": [{"name": "enc", "paths": ["enc/*.jsonl*"], "filters": [
+                {"type": "code_stars", "field": "a"}, {"type": "code_stars", "field": "b"},
+                {"type": "min_length", "min_chars": 10},
+                {"type": "min_length", "min_tokens": 50}, {"type": "min_length", "min_tokens": 200}]}]}
+    report = build(manifest_from_dict(spec), 0, str(tmp_path / "out"), spark, attributes=str(tmp_path / "attrs"))
+    s = report["sources"][0]
+    assert {r: v["docs"] for r, v in s["removed"].items()} == {"code_stars#1:stars<2": 12, "code_stars#2:stars<2": 12}
+    assert {r: v["docs"] for r, v in s["tokenized"]["removed"].items()} == {
+        "min_length#1:tokens<50": 8, "min_length#2:tokens<200": 8}
+    chain = [(r["filter"], r["stage"], r["docs_reached"], r["docs_removed"]) for r in s["filter_chain"]]
+    assert chain == [("code_stars#1", "pool", 48, 12), ("code_stars#2", "pool", 36, 12), ("min_length", "pool", 24, 0),
+                     ("min_length#1", "tokenized", 24, 8), ("min_length#2", "tokenized", 16, 8)]
+
+
 def test_rerun_keeps_committed_parts_and_rebuilds_missing_ones(built, inputs, spark, tmp_path):
     """What a killed build leaves (some parts committed, no report.json) is finished by the same
     command: committed parts are kept, the missing and damaged ones rebuilt, the result

@@ -78,6 +78,13 @@ def test_stars_bad_parameters(bad):
         CodeStarsFilter(min_stars=bad)
 
 
+@pytest.mark.parametrize("bad", [5, "", None])
+def test_stars_field_must_name_a_metadata_key(bad):
+    """`"field": 5` was accepted and made every document stars_missing (found by a tester)."""
+    with pytest.raises(ValueError, match=r"^field must be the name of a metadata key"):
+        CodeStarsFilter(field=bad)
+
+
 # ---------------------------------------------------------------------------- word frequency
 
 
@@ -184,6 +191,16 @@ def test_word_frequency_non_ascii_words():
 def test_word_frequency_bad_parameters(field, bad):
     with pytest.raises(ValueError, match=field):
         CodeWordFrequencyFilter(**{field: bad})
+
+
+def test_top1_above_top2_is_allowed_and_leaves_the_top2_rule_deciding(code_docs):
+    """A tester read max_top1 0.6 > max_top2 0.5 as a rule that never fires: it fires (it is
+    checked first), but removes only documents the top-2 rule removes, as max_top1 = 1 (off) does."""
+    loose, off = CodeWordFrequencyFilter(max_top1=0.6, max_top2=0.5), CodeWordFrequencyFilter(max_top1=1, max_top2=0.5)
+    docs = code_docs + [{"text": "ff " * 50}, {"text": "ab cd " * 40 + "x y z"}]
+    reasons = [loose.reject_reason(d) for d in docs]
+    assert [r is None for r in reasons] == [off.reject_reason(d) is None for d in docs]
+    assert {"top1>0.6", "top2>0.5"} <= set(reasons)
 
 
 def test_a_threshold_is_shown_in_full_where_six_digits_lose_it():

@@ -240,6 +240,7 @@ def test_registry_tag_params_and_pickle(model_dir, docs):
     for bad, field in (({"min_int_score": 6}, "min_int_score"), ({"min_int_score": 2.0}, "min_int_score"),
                        ({"batch_size": 0}, "batch_size"), ({"dtype": "int8"}, "dtype"),
                        ({"max_length": -1}, "max_length"), ({"device": "tpu"}, "device"),
+                       ({"device": "cuda:x"}, "device"), ({"device": "cudax"}, "device"),
                        ({"torch_threads": 0}, "torch_threads"), ({"threshold": 2}, "threshold")):
         with pytest.raises(ManifestError, match=rf"src\.filters\[0\]\.{field}"):
             build_filter({"type": "fineweb_edu", "model_path": model_dir, **bad}, where="src.filters[0]")
@@ -360,6 +361,55 @@ def test_cli_score_histogram(model_dir, docs, tmp_path, capsys):
     assert summary["int_score_histogram"] == {str(k): ints.count(k) for k in range(6)}
     assert summary["share_kept_at"][">=2"] == pytest.approx(sum(i >= 2 for i in ints) / len(ints))
     assert summary["share_kept_at"][">=0"] == 1.0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+    (["--max-length", "0"], "--max-length must be a positive integer, got 0"),
+    (["--max-length", str(POSITIONS + 1)], f"--max-length {POSITIONS + 1} exceeds the {POSITIONS} positions"),
+    (["--device", "tpu"], "--device must be 'auto', 'cpu' or 'cuda[:N]', got 'tpu'"),
+    (["--device", "cuda:x"], "--device must be 'auto', 'cpu' or 'cuda[:N]', got 'cuda:x'"),
+    (["--device", "cuda"], "--device 'cuda' asked for, but CUDA is not available"),
+    (["--model", "{tmp}/nope"], "model directory '{tmp}/nope' does not exist"),
+    (["--model", "{model}/config.json"], "model directory '{model}/config.json' is a file"),
+    (["--out", "{tmp}"], "--out {tmp} is a directory: name a file in it"),
+    (["--out", "{tmp}/scores.txt"], "--out {tmp}/scores.txt: unknown suffix"),
+    (["--out", "{tmp}/./docs.jsonl"], "--out {tmp}/./docs.jsonl is the same file as --input {tmp}/docs.jsonl"),
+])
+def test_cli_argument_errors_are_one_line_before_scoring(model_dir, docs, tmp_path, capsys, monkeypatch, args,
+                                                         message):
+    """Each was a traceback with exit 1, some after the whole input was scored; an --out naming
+    the input replaced it with scores, exit 0 (found by a tester)."""
+    if args == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    path = tmp_path / "docs.jsonl"
+    write_documents(str(path), docs[:4])
+    before = path.read_bytes()
+    monkeypatch.setattr(FineWebEduFilter, "tag", lambda *a: pytest.fail("scored before its arguments were checked"))
+    args = [a.format(tmp=tmp_path, model=model_dir) for a in args]
+    argv = ["score", "--model", model_dir, "--input", str(path), *args]
+    assert fineweb_edu.main(argv) == 2
+    err = capsys.readouterr().err
+    message = message.format(tmp=tmp_path, model=model_dir)
+    assert err.startswith(f"python -m filters.fineweb_edu score: error: {message}"), err
+    assert err.count("\n") == 1
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.zst", ".jsonl.gz"])
+def test_cli_out_is_compressed_by_its_suffix(model_dir, docs, tmp_path, suffix):
+    """A .zst --out held plain JSON lines (found by a tester)."""
+    import gzip
+
+    import zstandard
+
+    path = tmp_path / "docs.jsonl"
+    write_documents(str(path), docs[:5])
+    out = tmp_path / f"scores{suffix}"
+    assert fineweb_edu.main(["score", "--model", model_dir, "--input", str(path), "--out", str(out)]) == 0
+    raw = out.read_bytes()
+    text = zstandard.ZstdDecompressor().stream_reader(raw).read() if suffix.endswith(".zst") else gzip.decompress(raw)
+    assert [json.loads(line)["id"] for line in text.decode().splitlines()] == [d["id"] for d in docs[:5]]
 
 
 @pytest.mark.gpu

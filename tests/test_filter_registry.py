@@ -12,7 +12,7 @@ from conftest import shared_corpus_file
 from dolmino.documents import Quarantine, read_documents
 from dolmino.errors import ManifestError
 from dolmino.manifest import manifest_from_dict
-from filters.base import DocumentFilter, apply_chain
+from filters.base import DocumentFilter, apply_chain, chain_labels
 from filters.registry import REGISTRY, build_filter, filter_class, registered_types
 
 
@@ -46,11 +46,27 @@ def test_every_registered_type_names_its_class():
     ({"type": "repeated_ngrams", "max_n": 0}, "src.filters[0].max_n"),
     ({"type": "code_word_frequency", "max_top2": 2}, "src.filters[0].max_top2"),
     ({"type": "min_length", "min_chars": "10"}, "src.filters[0].min_chars"),
+    # Each passed the manifest check to fail later (a tester): every document stars_missing, a
+    # tag task's AttributeError, a device torch cannot parse.
+    ({"type": "code_stars", "field": 5}, "src.filters[0].field"),
+    ({"type": "code_stars", "field": ""}, "src.filters[0].field"),
+    ({"type": "score_threshold", "scorer": "os:getcwd"}, "src.filters[0].scorer"),
+    ({"type": "score_threshold", "scorer": "os:getcwd", "model_path": "m.bin"}, "src.filters[0].scorer"),
+    ({"type": "fineweb_edu", "model_path": "m", "device": "cuda:x"}, "src.filters[0].device"),
 ])
 def test_errors_name_the_field(spec, where):
     with pytest.raises(ManifestError) as info:
         build_filter(spec, "src.filters[0]")
     assert str(info.value).startswith(where + ":"), str(info.value)
+
+
+def test_a_scorer_is_registered_or_has_the_scorer_interface():
+    assert build_filter({"type": "score_threshold", "scorer": "test_filter_quality:KnownScores"}).min_score == 2.0
+    assert build_filter({"type": "score_threshold", "scorer": "fasttext_expected_label", "model_path": "m.bin"})
+    with pytest.raises(ManifestError, match=r"^src\.scorer: 'os:getcwd' has no score\(texts\) method; name one of "):
+        build_filter({"type": "score_threshold", "scorer": "os:getcwd"}, "src")
+    # a factory function returning a scorer, as make_scorer documents it, is not refused
+    assert build_filter({"type": "score_threshold", "scorer": "filters.quality:make_scorer"})
 
 
 def test_unknown_type_lists_known_ones():
@@ -98,6 +114,19 @@ def test_chain_first_rejection_wins_with_prefixed_reason():
     assert apply_chain(chain, {**low_stars, "metadata": {"max_stars_count": 9}, "text": ""}) == \
         "code_word_frequency:no_words"
     assert apply_chain([], {"text": ""}) is None
+
+
+def test_a_type_that_repeats_in_a_chain_numbers_its_reasons():
+    """Two filters of one type gave one reason, which the report could not tell apart (a
+    tester): where a type repeats, its reasons say which of them removed the document."""
+    chain = [build_filter({"type": "min_length", "min_tokens": 50}), build_filter({"type": "code_stars"}),
+             build_filter({"type": "min_length", "min_tokens": 200})]
+    assert chain_labels(chain) == ["min_length#1", "code_stars", "min_length#2"]
+    doc = {"text": "x", "metadata": {"max_stars_count": 9}}
+    assert apply_chain(chain, {**doc, "token_ids": [1] * 10}) == "min_length#1:tokens<50"
+    assert apply_chain(chain, {**doc, "token_ids": [1] * 100}) == "min_length#2:tokens<200"
+    assert apply_chain(chain, {**doc, "token_ids": [1] * 100, "metadata": {}}) == "code_stars:stars_missing"
+    assert apply_chain(iter(chain[1:]), {**doc, "token_ids": [1] * 100}) == "min_length:tokens<200"  # alone
 
 
 def test_manifest_validation_names_the_filter_field():

@@ -201,7 +201,7 @@ def pool_bundle(bundle: Bundle, ctx: PoolContext,
                 ahead: ReadAhead | None = None) -> Iterator[PoolBlock | UnitPool | UnitIds]:
     """Decide every document of a bundle from its attribute files (each read once, in
     `attribute_paths` order: `ahead` may hold their bytes)."""
-    from filters.base import decide
+    from filters.base import chain_labels, decide
     from filters.dedup import document_key
     from filters.registry import build_filter
 
@@ -225,6 +225,7 @@ def pool_bundle(bundle: Bundle, ctx: PoolContext,
             raise BuildError(f"{set_paths[-1]}: MinHash clusters computed over other input files than this "
                              f"source's; {REMEDY}")
         cluster_rows = (table.column("line").to_pylist(), table.column("cluster").to_pylist(), cluster_spans)
+    labels = chain_labels(filt for _index, filt, _rows in filters)  # "<type>#k" where a type repeats
     exact = source.dedup.exact
     cols = {c: docs.column(c).to_pylist() for c in ("loc_line", "id", "bytes", "blank")}
     text_hashes = docs.column("text_hash").to_pylist() if exact else None
@@ -248,10 +249,10 @@ def pool_bundle(bundle: Bundle, ctx: PoolContext,
             n_bytes = cols["bytes"][i]
             reason = BLANK_REASON if ctx.strip_blank and cols["blank"][i] else None
             if reason is None:
-                for _index, filt, rows in filters:
+                for (_index, filt, rows), label in zip(filters, labels):
                     verdict = decide(filt, rows[i])
                     if verdict is not None:
-                        reason = f"{filt.name}:{verdict}"
+                        reason = f"{label}:{verdict}"
                         break
             if reason is not None:
                 entry_removed = removed.setdefault(reason, [0, 0])
