@@ -55,6 +55,19 @@ def why_unwritable(path: str) -> str | None:
     return None if os.access(place, os.W_OK | os.X_OK) else f"{place} is read-only or not writable here"
 
 
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file: through relative parts, symlinks and hard links (s3://
+    keys as written). An output named as its input replaced it in several commands (testers)."""
+    if s3.is_s3(a) or s3.is_s3(b):
+        return a == b
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
 def read_bytes(path: str) -> bytes:
     """A whole file; FileNotFoundError (S3PathError on S3) when it does not exist."""
     if is_remote(path):

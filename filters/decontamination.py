@@ -92,7 +92,6 @@ import json
 import os
 import struct
 import sys
-import tempfile
 import time
 import unicodedata
 import warnings
@@ -995,47 +994,6 @@ def _parse_jsonl_spec(spec: str) -> tuple[str, str, str, str]:
     return path, fields, task, split
 
 
-def _same_file(a: str, b: str) -> bool:
-    """Whether two paths name one file: through relative parts and symlinks, and hard links."""
-    if a.startswith("s3://") or b.startswith("s3://"):
-        return a == b
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return False
-
-
-def _check_output(option: str, path: str, inputs: list[tuple[str, str]], documents: bool = False) -> None:
-    """Refuse an output path before any work: a bad one failed only when written, after the whole input
-    was scanned or the whole index built, and one naming an input replaced it (all found by a tester)."""
-    from dolmino.documents import DOCUMENT_STEMS, compression
-    from dolmino.storage import why_unwritable
-
-    for flag, source in inputs:
-        if _same_file(path, source):
-            raise ValueError(f"{option} {path} is the same file as {flag} {source}: name another file")
-    if not path.startswith("s3://") and os.path.isdir(path):
-        raise ValueError(f"{option} {path} is a directory: name a file in it")
-    if documents and compression(path, DOCUMENT_STEMS) is None:
-        raise ValueError(f"{option} {path}: unknown document file suffix (expected .jsonl, .jsonl.gz or .jsonl.zst)")
-    if path.startswith("s3://"):
-        return
-    place = os.path.dirname(os.path.abspath(path))
-    if reason := why_unwritable(place):
-        raise ValueError(f"{option} {path} cannot be written ({reason})")
-    while not os.path.exists(place):
-        place = os.path.dirname(place)
-    try:  # as root, access() calls /proc writable, where no directory or file can be made
-        fd, probe = tempfile.mkstemp(dir=place, prefix=".decontamination-probe")
-    except OSError as exc:
-        reason = f"no file can be made in {place}: {exc.strerror}"
-        raise ValueError(f"{option} {path} cannot be written ({reason})") from None
-    os.close(fd)
-    os.unlink(probe)
-
-
 def coverage_notes(rows: list[dict]) -> dict:
     """What `index_coverage` needs from `dolmino.evalsets.coverage` rows, per task."""
     return {r["task"]: {"subsampled": r["subsampled"], "incomplete": r["incomplete"],
@@ -1044,8 +1002,9 @@ def coverage_notes(rows: list[dict]) -> dict:
 
 def _cmd_build(args) -> int:
     from dolmino import evalsets
+    from filters.outputs import check_output
 
-    _check_output("--out", args.out, [("--jsonl", spec[0]) for spec in args.jsonl])
+    check_output("--out", args.out, [("--jsonl", spec[0]) for spec in args.jsonl])
     sources = evalsets.discover_sources() if args.tasks != "none" else []
     if args.tasks != "none":
         wanted = evalsets.select_tasks(args.tasks, sources)
@@ -1087,8 +1046,10 @@ def _cmd_build(args) -> int:
 def _cmd_check(args) -> int:
     import warnings
 
+    from filters.outputs import check_output
+
     if args.removed:
-        _check_output("--removed", args.removed, [("--input", args.input), ("--index", args.index)], documents=True)
+        check_output("--removed", args.removed, [("--input", args.input), ("--index", args.index)], documents=True)
     check_index_file(args.index)
     with warnings.catch_warnings():
         # as `coverage` says it: one "warning:" line, not Python's with the source line under it (a tester)

@@ -274,27 +274,14 @@ class FineWebEduFilter:
 # ---------------------------------------------------------------------------- CLI
 
 
-def _same_file(a: str, b: str) -> bool:
-    """Whether two paths name one file: through relative parts and symlinks, and hard links
-    (as filters.decontamination's)."""
-    if s3.is_s3(a) or s3.is_s3(b):
-        return a == b
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return False
-
-
 def _check_out(out: str, inputs: list[str]) -> None:
     """Refuse an --out before any scoring: one naming an input replaced it, and a directory
     failed only after the whole input was scored (found by a tester)."""
     from dolmino.documents import DOCUMENT_STEMS, compression
-    from dolmino.storage import why_unwritable
+    from dolmino.storage import same_file, why_unwritable
 
     for path in inputs:
-        if _same_file(out, path):
+        if same_file(out, path):
             raise ValueError(f"--out {out} is the same file as --input {path}: name another file")
     if os.path.isdir(out):
         raise ValueError(f"--out {out} is a directory: name a file in it")

@@ -487,9 +487,9 @@ def _check_train_args(args) -> None:
         raise ValueError(f"--seed must be in [0, {_MAX_SEED}] (fastText's seed is a 32-bit int), got {args.seed}")
     _check_inputs("--pos", args.pos)
     _check_inputs("--neg", args.neg)
-    from filters.decontamination import _check_output
+    from filters.outputs import check_output
 
-    _check_output("--out", args.out, [("--pos", p) for p in args.pos] + [("--neg", p) for p in args.neg])
+    check_output("--out", args.out, [("--pos", p) for p in args.pos] + [("--neg", p) for p in args.neg])
 
 
 def _check_inputs(flag: str, paths: list[str]) -> None:

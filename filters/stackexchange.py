@@ -874,15 +874,15 @@ def _check_paths(args) -> None:
     """Refuse, before reading, an input the reader refuses and an output that names an input or
     the other output (through links) or cannot be written: `--out` equal to `--quarantine` kept
     only the quarantine, and a bad --quarantine failed after --out was written (found by a tester)."""
-    from filters.decontamination import _check_output
+    from filters.outputs import check_output
 
     _chunks_for(args.posts)  # the suffix
     if not args.posts.startswith("s3://") and not os.path.isfile(args.posts):
         raise ValueError(f"{args.posts}: " + ("is a directory: name the Posts.xml in it" if os.path.isdir(args.posts)
                                              else "no such file"))
-    _check_output("--out", args.out, [("posts", args.posts)], documents=True)
+    check_output("--out", args.out, [("posts", args.posts)], documents=True)
     if args.quarantine:
-        _check_output("--quarantine", args.quarantine, [("posts", args.posts), ("--out", args.out)], documents=True)
+        check_output("--quarantine", args.quarantine, [("posts", args.posts), ("--out", args.out)], documents=True)
 
 
 if __name__ == "__main__":
