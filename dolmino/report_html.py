@@ -577,7 +577,8 @@ def chart_decontamination(report: dict) -> Chart | None:
         _place_beside_legends(fig, [ax], [title], [legend])
         return _png(fig)
 
-    removed = sum(v["docs"] for s in report["sources"] for r, v in s["removed"].items() if r.startswith("decontaminate:"))
+    removed = sum(v["docs"] for s in report["sources"] for r, v in s["removed"].items()
+                  if re.match(r"decontaminate(#\d+)?:", r))  # "#k": one of several decontaminate filters
     caption = (f"Documents whose n-grams overlap each evaluation set's, per source (a document can overlap several "
                f"sets); {removed:,} documents overlapped enough to be removed.")
     return Chart("decontamination", "Decontamination hits by evaluation set", caption, _styled(draw), 8.6)

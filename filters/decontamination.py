@@ -6,7 +6,7 @@ in any train, validation or test instance of the evaluation suite. Two steps:
 1. `build_index(instances, out_path)` turns eval instances (`dolmino.evalsets`) into an
    index file: every distinct n-gram hash of every instance, with the eval set (task and
    split) it came from. The default build ("paper") indexes every packaged set the OLMo 2
-   report uses: the OLMES suite of SPEC §2 plus MATH, with BBH from BIG-bench's task files.
+   report uses: the OLMES suite of SPEC §2 (../shared/SPEC.md) plus MATH, with BBH from BIG-bench's task files.
 2. `DecontaminationFilter(index_path, threshold=0.10)` computes the same n-gram hashes
    for a document and removes it when `hits / ngrams >= threshold`, with reason
    "overlap>=10%". `ngrams` counts the document's informative n-gram *positions*, `hits`
@@ -1126,8 +1126,8 @@ def main(argv: list[str] | None = None) -> int:
                        formatter_class=DefaultsHelpFormatter)
     b.add_argument("--out", required=True, type=local_path, help="index file to write (.npz)")
     b.add_argument("--tasks", default="paper",
-                   help="'paper' (the report's eval sets that are packaged: SPEC §2 + MATH), 'olmes' (SPEC §2 "
-                        "only), 'all', 'none', or comma-separated names")
+                   help="'paper' (the report's eval sets that are packaged: SPEC §2, ../shared/SPEC.md, + MATH), "
+                        "'olmes' (SPEC §2 only), 'all', 'none', or comma-separated names")
     b.add_argument("--ngram-size", type=int, default=DEFAULT_NGRAM_SIZE, help="words per n-gram")
     b.add_argument("--no-fewshot", action="store_true", help="leave out few-shot exemplars of prompts")
     b.add_argument("--jsonl", type=_parse_jsonl_spec, action="append", default=[],

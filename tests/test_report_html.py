@@ -249,6 +249,11 @@ def test_chart_data(tmp_path):
     reasons, per_source, denominators = report_html._reason_segments(report["sources"], "tokenized")
     assert reasons == ["min_length:tokens<40"] and denominators == [400, 400, 400]
     assert report_html.decontamination_hits(report) == {"gsm8k": {"web": 4}, "mmlu": {"web": 2, "code": 1}}
+    assert "6 documents overlapped enough to be removed" in report_html.chart_decontamination(report).caption
+    # two decontaminate filters in a chain count as "decontaminate#1:" / "#2:" (a reviewer: the caption said 0)
+    numbered = {**report, "sources": [{**report["sources"][0], "removed": {
+        "decontaminate#1:overlap>=10%": {"docs": 4, "bytes": 1}, "decontaminate#2:overlap>=20%": {"docs": 2, "bytes": 1}}}]}
+    assert "6 documents overlapped enough to be removed" in report_html.chart_decontamination(numbered).caption
     many = [{**report["sources"][0], "removed": {f"r{i}": {"docs": i + 1, "bytes": 1} for i in range(12)},
              "quarantined": {}}]
     reasons, per_source, _ = report_html._reason_segments(many, "pool")

@@ -341,7 +341,7 @@ def check_output_dir(out: str | Path, what: str) -> None:
     held += sorted(p.name for p in out.glob("step*") if p.is_dir() and _STEP_DIR.fullmatch(p.name))[:1]
     if held:
         raise ValueError(f"{out} holds a trainer checkpoint or run ({', '.join(held)}); write {what} into a directory "
-                         f"of its own (e.g. {out / 'soup'})")
+                         f"of its own (e.g. {out.parent / (out.name + '-soup')})")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -220,7 +220,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, dtype: str | None = None
     out = Path(out_dir)
     if (out / "model.pt").exists():  # a soup's or a checkpoint's: the HF config.json would replace its own (a reviewer)
         raise ValueError(f"{out} holds a trainer checkpoint or run (model.pt); export into a directory of its own "
-                         f"(e.g. {out / 'hf'})")
+                         f"(e.g. {out.parent / (out.name + '-hf')})")
     check_output_dir(out, "the export")
     _check_not_a_soups_hf(out)
     torch_dtype = getattr(torch, dtype) if dtype else info.dtype

@@ -346,7 +346,7 @@ def anneal_start_lr(recipe: str, model: ModelConfig, init=None, step: int | None
         step, how = STAGE1_END_STEP[pretrain], "OLMo 2's stage-1 end"
     if step == STAGE1_END_STEP[pretrain]:  # the released checkpoint: the LR its mid-training started from
         return STAGE1_END_LR[pretrain], f"OLMo 2's released mid-training start for the stage-1 checkpoint at step " \
-                                        f"{step:,} (OLMo's official-1124 config, as the recipe's SPEC.md gives it; {how})"
+                                        f"{step:,} (OLMo's official-1124 config, as ../shared/SPEC.md gives it; {how})"
     # the LR of the checkpoint's last step, its step-th (lr_at counts from 0), as OLMo-core's anneal scripts take it
     return schedule.lr_at(max(step - 1, 0)), f"the {pretrain} pretraining schedule ({_describe_schedule(schedule)}) " \
                                              f"at step {step:,} ({how})"
