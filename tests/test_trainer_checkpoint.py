@@ -448,7 +448,10 @@ def test_resume_refuses_other_model_and_weights_only_dirs(tmp_path):
                                          r"settings it was trained with \(the same --model, --init-from and "
                                          r"--seq-len\)"):
         Trainer(other, CPU, tmp_path / "x", resume=tmp_path / "run", log=quiet)
-    soup(tmp_path / "soup", [tmp_path / "run", tmp_path / "run"])
+    import shutil
+
+    shutil.copytree(tmp_path / "run", tmp_path / "run-copy")  # a soup takes each checkpoint once
+    soup(tmp_path / "soup", [tmp_path / "run", tmp_path / "run-copy"])
     with pytest.raises(FileNotFoundError, match="weights only"):
         Trainer(make_run(data), CPU, tmp_path / "y", resume=tmp_path / "soup", log=quiet)
 
