@@ -1189,18 +1189,18 @@ def write_documents(path: str, docs: Iterable[dict]) -> int:
     Local files are written to a temporary name and renamed, so a crash never leaves a
     truncated file that looks complete.
     """
-    return _write_lines(str(path), (json.dumps(dolma_record(doc), ensure_ascii=False) for doc in docs))
+    return write_lines(str(path), (json.dumps(dolma_record(doc), ensure_ascii=False) for doc in docs))
 
 
 def write_quarantine(path: str, records: Iterable[QuarantineRecord]) -> int:
     """Write quarantine records as JSONL (one object per refused line)."""
-    return _write_lines(path, (rec.to_json() for rec in records))
+    return write_lines(path, (rec.to_json() for rec in records))
 
 
-def _write_lines(path: str, lines: Iterable[str]) -> int:
-    """`lines` to `path`, one per line, compressed by its suffix; the number written. Locally
-    through a temporary name, removed if the write fails or is interrupted (it was left behind
-    beside the file; found by a tester)."""
+def write_lines(path: str, lines: Iterable[str]) -> int:
+    """JSON `lines` (documents, quarantine records, scores) to `path`, one per line, compressed by
+    its suffix; the number written. Locally through a temporary name, removed if the write fails
+    or is interrupted (it was left behind beside the file; found by a tester)."""
     count = 0
     tmp = path if _is_s3(path) else f"{path}.tmp{os.getpid()}"
     try:

@@ -55,6 +55,21 @@ def why_unwritable(path: str) -> str | None:
     return None if os.access(place, os.W_OK | os.X_OK) else f"{place} is read-only or not writable here"
 
 
+def make_writable_dir(path: str | Path) -> str | None:
+    """Make local directory `path` (and its parents) and a temporary file in it: why that failed
+    (the OS's reason), or None. Unlike `why_unwritable` it tries: as root, access() calls a
+    read-only mount or /proc writable, and a command failed only when it wrote its result."""
+    import tempfile
+
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".dolmino-write-check-"):
+            pass
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
+
+
 def same_file(a: str, b: str) -> bool:
     """Whether two paths name one file: through relative parts, symlinks and hard links (s3://
     keys as written). An output named as its input replaced it in several commands (testers)."""

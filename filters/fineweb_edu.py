@@ -274,23 +274,6 @@ class FineWebEduFilter:
 # ---------------------------------------------------------------------------- CLI
 
 
-def _check_out(out: str, inputs: list[str]) -> None:
-    """Refuse an --out before any scoring: one naming an input replaced it, and a directory
-    failed only after the whole input was scored (found by a tester)."""
-    from dolmino.documents import DOCUMENT_STEMS, compression
-    from dolmino.storage import same_file, why_unwritable
-
-    for path in inputs:
-        if same_file(out, path):
-            raise ValueError(f"--out {out} is the same file as --input {path}: name another file")
-    if os.path.isdir(out):
-        raise ValueError(f"--out {out} is a directory: name a file in it")
-    if compression(out, DOCUMENT_STEMS) is None:
-        raise ValueError(f"--out {out}: unknown suffix (expected .jsonl, .jsonl.gz or .jsonl.zst)")
-    if reason := why_unwritable(os.path.dirname(os.path.abspath(out))):
-        raise ValueError(f"--out {out} cannot be written ({reason})")
-
-
 def _as_option(exc: Exception) -> str:
     """A filter's error as the command's: "batch_size must be ..." names the option --batch-size."""
     first, _, rest = str(exc).partition(" ")
@@ -315,13 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--out", type=s3.local_path,
                     help="write id, score, int_score per document here (JSONL, compressed by suffix: .gz, .zst)")
     args = parser.parse_args(argv)
-    from dolmino.documents import Quarantine, _write_lines, read_documents
+    from dolmino.documents import Quarantine, read_documents, write_lines
+    from filters.outputs import check_output
 
     # Every argument is checked, and the model loaded, before any document is read or scored:
     # each of these was a traceback (exit 1), some after the whole input was scored (a tester).
     try:
         if args.out:
-            _check_out(args.out, args.input)
+            check_output("--out", args.out, [("--input", path) for path in args.input], documents=True)
         filt = FineWebEduFilter(args.model, batch_size=args.batch_size, max_length=args.max_length,
                                 dtype=args.dtype, device=args.device)
         filt.scorer.loaded()
@@ -340,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         docs = [doc for path in args.input for _, doc in read_documents(path, quarantine)]
         columns = filt.tag(docs) if docs else {"score": np.empty(0), "int_score": np.empty(0, np.int64)}
         if args.out:
-            _write_lines(args.out, (json.dumps({"id": doc.get("id"), "score": score, "int_score": iscore})
+            write_lines(args.out, (json.dumps({"id": doc.get("id"), "score": score, "int_score": iscore})
                                     for doc, score, iscore in zip(docs, columns["score"].tolist(),
                                                                   columns["int_score"].tolist())))
     except (ValueError, OSError) as exc:  # an unreadable --input, a write that failed

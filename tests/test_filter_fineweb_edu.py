@@ -373,7 +373,7 @@ def test_cli_score_histogram(model_dir, docs, tmp_path, capsys):
     (["--model", "{tmp}/nope"], "model directory '{tmp}/nope' does not exist"),
     (["--model", "{model}/config.json"], "model directory '{model}/config.json' is a file"),
     (["--out", "{tmp}"], "--out {tmp} is a directory: name a file in it"),
-    (["--out", "{tmp}/scores.txt"], "--out {tmp}/scores.txt: unknown suffix"),
+    (["--out", "{tmp}/scores.txt"], "--out {tmp}/scores.txt: unknown document file suffix"),
     (["--out", "{tmp}/./docs.jsonl"], "--out {tmp}/./docs.jsonl is the same file as --input {tmp}/docs.jsonl"),
 ])
 def test_cli_argument_errors_are_one_line_before_scoring(model_dir, docs, tmp_path, capsys, monkeypatch, args,

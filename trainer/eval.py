@@ -892,19 +892,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def unwritable(path: str | Path) -> str | None:
-    """Why a results file cannot be written at `path`, found by making its directory and a
-    temporary file there; None if it can. A read-only mount or /proc failed only after the
-    scoring, with a traceback (a tester)."""
-    import tempfile
+    """Why a results file cannot be written at `path` (`storage.make_writable_dir` on its
+    directory); None if it can. A read-only mount or /proc failed only after the scoring, with a
+    traceback (a tester)."""
+    from dolmino.storage import make_writable_dir
 
-    parent = Path(path).absolute().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".dolmino-eval-probe-"):
-            pass
-    except OSError as exc:
-        return f"cannot write there ({exc.strerror or exc})"
-    return None
+    reason = make_writable_dir(Path(path).absolute().parent)
+    return None if reason is None else f"cannot write there ({reason})"
 
 
 def overwrites_checkpoint(path: str | Path, checkpoint: str | Path) -> str | None:

@@ -157,16 +157,12 @@ def _claim_output(out: Path) -> tuple[list[Path], list[Path]]:
     (read-only, /proc) failed only after every ingredient was read (found by a tester). Returns
     what the soup will write there that is not there yet, and the directories it made (deepest
     first), to remove if it fails."""
+    from dolmino.storage import make_writable_dir
+
     made = [p for p in (out, *out.parents) if not p.exists()]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".{MODEL_FILE}.probe{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
+    if reason := make_writable_dir(out):
         _remove([], made)
-        raise ValueError(f"{out} cannot be written ({exc.strerror or exc}: {exc.filename or out}); give the soup a "
-                         f"directory you can write") from None
+        raise ValueError(f"{out} cannot be written ({reason}); give the soup a directory you can write")
     return [out / name for name in (MODEL_FILE, CONFIG_FILE, HF_SUBDIR) if not (out / name).exists()], made
 
 

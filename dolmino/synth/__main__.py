@@ -33,6 +33,7 @@ import sys
 
 from dolmino.cli import invoked_as
 from dolmino.help_format import DefaultsHelpFormatter
+from dolmino.storage import make_writable_dir
 from dolmino.synth.base import REGISTRY, make_generator
 
 LLM_GENERATORS = ("tulu_math", "mind", "owm_label")
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         check_out_dir(generator, args.out, args.partitions, seed=args.seed)
     except Exception as exc:  # noqa: BLE001 - one redacted line (cli_errors); a bug keeps its traceback
         return errors.report(exc)
-    if "://" not in args.out and (problem := _unwritable(args.out)) is not None:
+    if "://" not in args.out and (problem := make_writable_dir(args.out)) is not None:
         # found only by run() once Spark was up: a NotADirectoryError traceback (a tester)
         print(f"{prog}: error: --out {args.out} cannot be made or written ({problem}); give a writable directory",
               file=sys.stderr)
@@ -240,19 +241,6 @@ def main(argv: list[str] | None = None) -> int:
               f"and the run is not finished (no synth-report.json); {cause}", file=sys.stderr)
         return 1
     return 0
-
-
-def _unwritable(out: str) -> str | None:
-    """Why directory `out` cannot be made or a file written in it, or None (it is made if missing)."""
-    import tempfile
-
-    try:
-        os.makedirs(out, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-"):
-            pass
-    except OSError as exc:
-        return exc.strerror or type(exc).__name__
-    return None
 
 
 def _has_user_info(text: str) -> bool:
