@@ -181,7 +181,7 @@ class CheckpointWriteError(RuntimeError):
     naming the file and the reason, for the run to end with."""
 
 
-def _write_failure(path: Path, exc: BaseException) -> str:
+def write_failure(path: Path, exc: BaseException) -> str:
     """Why writing `path` failed, in words: torch.save reports a full disk as "unexpected pos"
     from its zip writer, with no errno and no path."""
     cause: BaseException | None = exc
@@ -515,7 +515,7 @@ class Checkpointer:
             _fsync(current)
             _fsync(tmp)
         except BaseException as exc:
-            reason = _write_failure(current, exc) if isinstance(exc, Exception) else None  # before the space is freed
+            reason = write_failure(current, exc) if isinstance(exc, Exception) else None  # before the space is freed
             shutil.rmtree(tmp, ignore_errors=True)
             if reason is not None:
                 raise CheckpointWriteError(f"writing {final / current.name} failed: {reason}") from exc

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from dolmino.s3 import local_path
-from trainer.checkpoint import CONFIG_FILE, MODEL_FILE, _write_failure
+from trainer.checkpoint import CONFIG_FILE, MODEL_FILE, write_failure
 from trainer.cli import HelpFormatter
 
 HF_SUBDIR = "hf"
@@ -262,7 +262,7 @@ def soup(out_dir: str | Path, checkpoints: list[str | Path], dtype: str | None =
                             shutil.copy(hf_source.path / name, hf_dir / name)
         except (OSError, RuntimeError) as exc:
             where = getattr(exc, "filename", None) or out_dir
-            raise ValueError(f"writing the soup to {where} failed: {_write_failure(out_dir / MODEL_FILE, exc)}; "
+            raise ValueError(f"writing the soup to {where} failed: {write_failure(out_dir / MODEL_FILE, exc)}; "
                              f"give the soup a directory you can write, with room for the model") from exc
     except BaseException:
         _remove([tmp, *written], made)
