@@ -400,6 +400,32 @@ def check_fasttext_head(path: str, head: bytes | None) -> None:
                             "not fastText's magic number")
 
 
+def read_fasttext_labels(fh, path: str, chunk: int = 1 << 20) -> list[str]:
+    """The labels of the fastText model that `fh` reads from its start, reading no further than
+    its dictionary (which comes before the matrices in .bin and .ftz alike).
+
+    Why: a build's driver checks a manifest's label against the model before any task, and
+    DCLM's model is GBs of matrices behind a dictionary of some MB, perhaps on S3."""
+    buf = bytearray(fh.read(64 + 28))
+    check_fasttext_head(path, bytes(buf[:4]))
+    if len(buf) < 92:
+        raise ResourceError(f"fastText model {path!r} is truncated: it ends inside its header")
+    n_entries, nwords, nlabels = struct.unpack("<iii", buf[64:76])
+    if n_entries < 0 or nlabels < 0 or nwords < 0:
+        raise ResourceError(f"fastText model {path!r} has a damaged dictionary header")
+    while True:
+        # The dictionary's size is known only once parsed: parse what is read, read more if short.
+        _bytes, offsets, kinds, end = _parse_dictionary(np.frombuffer(bytes(buf), dtype=np.uint8), 92, n_entries)
+        if end >= 0:
+            break
+        more = fh.read(max(chunk, len(buf)))
+        if not more:
+            raise ResourceError(f"fastText model {path!r} is truncated: it ends inside its dictionary")
+        buf += more
+    return [bytes(_bytes[offsets[i]:offsets[i + 1]]).decode("utf-8", "replace")
+            for i in range(n_entries) if kinds[i] == 1]
+
+
 def load_fasttext_numba(path: str, projected: bool | None = None) -> FastTextNumba | None:
     """Read a fastText .bin for `FastTextNumba`, or None when the model needs the fastText binding."""
     size = os.path.getsize(path)

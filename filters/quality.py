@@ -35,7 +35,7 @@ from typing import Iterable, Protocol
 import numpy as np
 
 from dolmino.errors import ResourceError
-from dolmino.s3 import local_path
+from dolmino.s3 import is_s3, local_path, open_uri
 from filters.base import number_text
 
 def dclm_line(text: str) -> str:
@@ -86,6 +86,22 @@ def _cached(engine: str, path: str, load):
         except (ValueError, RuntimeError) as exc:  # the binding's words for a damaged or unsupported file
             raise ResourceError(f"fastText model {path!r} cannot be loaded: {exc}") from None
     return _LOADED[key]
+
+
+def dictionary_labels(path: str) -> list[str]:
+    """The labels in the dictionary of the fastText model at `path` (local: once per process;
+    s3://: read as far as the dictionary)."""
+    from filters.fasttext_numba import read_fasttext_labels
+
+    if is_s3(path):
+        with open_uri(path, "rb") as fh:
+            return read_fasttext_labels(fh, path)
+
+    def read(local):
+        with open(local, "rb") as fh:
+            return read_fasttext_labels(fh, local)
+
+    return _cached("labels", path, read)
 
 
 def _load_fasttext(path: str):
@@ -170,13 +186,19 @@ class FastTextModel:
 
     def _labels(self) -> frozenset[str]:
         if self._label_set is None:
-            self._label_set = frozenset(self.fast.labels if self.fast else self.model.get_labels())
+            if self._fast is None and self._model is None:
+                # Nothing loaded yet (a build's driver checking the manifest's label): the
+                # dictionary alone, not GBs of matrices, and from s3:// as the manifest names it.
+                self._label_set = frozenset(dictionary_labels(self.model_path))
+            else:
+                self._label_set = frozenset(self.fast.labels if self.fast else self.model.get_labels())
         return self._label_set
 
     def label_probability(self, text: str, label: str) -> float:
         """P(label) for one text: a single-line predict, no per-label dict (the filter's hot path)."""
+        fast = self.fast  # loaded first, so that the label check reads its labels, not the file again
         self.require_label(label)
-        if self.fast:
+        if fast:
             probs = self.fast.probabilities(_numba_text(text))
             return 0.0 if probs is None else float(probs[self._label_index[label]])
         labels, probs = self.model.predict(dclm_line(text), k=-1)

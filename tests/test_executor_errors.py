@@ -147,6 +147,46 @@ def test_an_s3_model_that_is_not_a_model_is_refused_on_the_driver(spark_with_s3,
         assert f"error: source 'web' filters[1].model_path: fastText model '{uri}' {words}" in errors[0], err
 
 
+@pytest.fixture(scope="module")
+def hq_lq_model(tmp_path_factory):
+    """A small fastText model from `python -m filters.quality train` (labels __label__hq / __label__lq)."""
+    import subprocess
+    import sys
+
+    from dolmino.documents import write_documents
+
+    d = tmp_path_factory.mktemp("hq-lq")
+    write_documents(str(d / "pos.jsonl"), [{"id": f"p{i}", "text": f"theorem {i} proves the lemma"} for i in range(40)])
+    write_documents(str(d / "neg.jsonl"), [{"id": f"n{i}", "text": f"buy {i} cheap shoes now"} for i in range(40)])
+    proc = subprocess.run([sys.executable, "-m", "filters.quality", "train", "--pos", str(d / "pos.jsonl"), "--neg",
+                           str(d / "neg.jsonl"), "--out", str(d / "q.bin"), "--epoch", "2", "--dim", "8",
+                           "--bucket", "1000"], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return d / "q.bin"
+
+
+def test_a_label_the_model_lacks_is_refused_on_the_driver(spark_with_s3, tmp_path, capsys, hq_lq_model):
+    """The manifest's label against the model's dictionary, before any task: it failed the
+    first tag task (one line, but after the Spark jobs began). Local and s3:// models; the
+    driver reads the dictionary, not the matrices."""
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="labels")
+    boto3.client("s3").upload_file(str(hq_lq_model), "labels", "models/q.bin")
+    for model in (str(hq_lq_model), "s3://labels/models/q.bin"):
+        for spec, words in (({"type": "fasttext_quality", "model_path": model, "label": "__label__pos"},
+                             f"fastText model '{model}' has no label '__label__pos'; its labels are "
+                             "['__label__hq', '__label__lq']"),
+                            ({"type": "score_threshold", "scorer": "fasttext_expected_label", "model_path": model},
+                             f"fastText model '{model}' has labels that are not '__label__' and a number")):
+            code, err, errors = _build_with_filters(tmp_path, [spec], capsys)
+            assert code == 2 and len(errors) == 1, err
+            assert f"error: source 'web' filters[0]: {words}" in errors[0], err
+            assert "Traceback" not in err and "executor" not in err
+            assert not (tmp_path / "attributes").exists() or not any((tmp_path / "attributes").rglob("*.parquet"))
+
+
 def _build_with_filters(tmp_path, filters, capsys):
     from dolmino.build.cli import main as build_main
     from dolmino.documents import write_documents

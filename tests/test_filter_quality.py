@@ -385,6 +385,45 @@ def test_a_label_the_model_lacks_is_one_line_naming_its_labels(model_paths):
     ScoreThresholdFilter("test_filter_quality:KnownScores").check_model()  # a custom scorer's model is its own
 
 
+@pytest.mark.parametrize("fmt", ["bin", "ftz"])
+def test_the_labels_are_read_from_the_dictionary_alone(model_paths, fmt, tmp_path):
+    """What a build's driver checks a manifest's label with: the binding's labels, from the bytes
+    before the matrices; a file cut inside its dictionary is named as truncated."""
+    import io
+
+    import struct
+
+    from filters.fasttext_numba import _parse_dictionary, read_fasttext_labels
+
+    path = model_paths[fmt]
+    data = open(path, "rb").read()
+
+    class Counting(io.BytesIO):
+        taken = 0
+
+        def read(self, n=-1):
+            out = super().read(n)
+            Counting.taken += len(out)
+            return out
+
+    labels = read_fasttext_labels(Counting(data), path, chunk=64)
+    assert sorted(labels) == sorted(FastTextModel(path, engine="fasttext").model.get_labels())
+    n_entries = struct.unpack("<i", data[64:68])[0]
+    dictionary_end = _parse_dictionary(np.frombuffer(data, dtype=np.uint8), 92, n_entries)[3]
+    assert 0 < dictionary_end < len(data) and Counting.taken <= 2 * dictionary_end  # read doubling, from 64 bytes
+    f = FastTextQualityFilter(path, label="__label__nope")
+    with pytest.raises(ResourceError, match="has no label '__label__nope'"):
+        f.check_model()
+    assert f.scorer.model._model is None and f.scorer.model._fast is None  # nothing loaded for the check
+    cut = tmp_path / f"cut.{fmt}"
+    cut.write_bytes(data[:200])
+    with pytest.raises(ResourceError, match="is truncated: it ends inside its dictionary"):
+        read_fasttext_labels(open(cut, "rb"), str(cut))
+    cut.write_bytes(data[:50])
+    with pytest.raises(ResourceError, match="is truncated: it ends inside its header"):
+        read_fasttext_labels(open(cut, "rb"), str(cut))
+
+
 @pytest.mark.parametrize("label", [5, "", None, ["__label__hq"]])
 def test_a_label_that_is_not_a_string_is_refused_when_the_filter_is_built(label):
     """`dolmino manifest check` builds the filters: `label: 5` failed only in an executor."""

@@ -141,7 +141,9 @@ def _check_models(spec: dict, resources: dict, where: str) -> None:
     from filters.fasttext_numba import check_fasttext_head
     from filters.registry import build_filter
 
-    for param in getattr(build_filter(spec, where), "fasttext_model_params", ()):
+    filt = build_filter(spec, where)
+    params = getattr(filt, "fasttext_model_params", ())
+    for param in params:
         uri = spec[param]
         head = None
         if not resources[uri].is_dir:
@@ -151,6 +153,13 @@ def _check_models(spec: dict, resources: dict, where: str) -> None:
             check_fasttext_head(uri, head)
         except ResourceError as exc:
             raise BuildError(f"{where}.{param}: {exc}") from None
+    if params:
+        # The manifest's label against the model's (its dictionary only): a label the model lacks
+        # failed the first tag task, after the Spark jobs began.
+        try:
+            filt.check_model()
+        except ResourceError as exc:
+            raise BuildError(f"{where}: {exc}") from None
 
 
 def skips_blank(manifest: Manifest) -> bool:
