@@ -12,7 +12,7 @@ import torch
 from trainer import train as train_module
 from trainer.config import ModelConfig, RunConfig, TrainConfig
 from trainer.distributed import DistEnv
-from trainer.throughput import mfu, peak_flops
+from trainer.throughput import mfu, peak_flops, peak_for_name
 from trainer.train import Trainer, recipe_changes
 from trainer_memmaps import write_real_text_mix
 
@@ -63,6 +63,12 @@ def test_mfu_arithmetic_and_unknown_devices():
     assert mfu(50_000, 8.6e9, 989.4e12) == pytest.approx(50_000 * 8.6e9 / 989.4e12)
     assert mfu(50_000, 8.6e9, None) is None
     assert peak_flops(torch.device("cpu")) is None
+    # As torch.cuda.get_device_name names them; a substring match read the L40 as an L4 and the GB200 as a B200.
+    for name, peak in (("NVIDIA H100 80GB HBM3", 989.4e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA L40", 181e12),
+                       ("NVIDIA L40S", 362e12), ("NVIDIA L4", 121e12), ("NVIDIA A100-SXM4-80GB", 312e12),
+                       ("NVIDIA GH200 480GB", 989.4e12), ("NVIDIA B200", 2250e12), ("NVIDIA GB200", None),
+                       ("NVIDIA H200", 989.4e12), ("NVIDIA A10", None), ("Tesla T4", None)):
+        assert peak_for_name(name) == peak, name
     cfg = ModelConfig.preset("olmo2-1b")
     assert cfg.flops_per_token(4096) == 6 * cfg.num_params(include_embedding=False) + 12 * 16 * 2048 * 4096
 

@@ -8,6 +8,8 @@ PaLM / OLMo-core convention). The peak is only known for the GPUs listed; elsewh
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, in FLOP/s.
@@ -20,19 +22,25 @@ PEAK_BF16_FLOPS = (
     ("B200", 2250e12),
     ("A100", 312e12),
     ("L40S", 362e12),
+    ("L40", 181e12),
     ("A10G", 70e12),
     ("L4", 121e12),
 )
 
 
+def peak_for_name(name: str) -> float | None:
+    """The peak of the first entry naming a whole word of `name`: a substring match read
+    "NVIDIA L40" as an L4 and "GB200" as a B200 (found by a reviewer)."""
+    for key, flops in PEAK_BF16_FLOPS:
+        if re.search(rf"(?<![A-Za-z0-9]){re.escape(key)}(?![A-Za-z0-9])", name):
+            return flops
+    return None
+
+
 def peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, flops in PEAK_BF16_FLOPS:
-        if key in name:
-            return flops
-    return None
+    return peak_for_name(torch.cuda.get_device_name(device))
 
 
 def mfu(tokens_per_second_per_device: float, flops_per_token: float, peak: float | None) -> float | None:
