@@ -710,3 +710,104 @@ def test_an_olmo_core_config_the_model_cannot_express_is_refused(tmp_path):
     model = {**written["model"], "block": fused}
     (tmp_path / "run" / "config.json").write_text(json.dumps({**written, "model": model}))
     assert inspect_checkpoint(step_dir).model.n_heads == 4
+
+
+def test_a_hostile_olmo_core_metadata_runs_no_code(tmp_path):
+    """`.metadata` was unpickled with every global allowed: a downloaded checkpoint whose
+    `.metadata` reduces to os.system ran it in export / eval / soup / --init-from (found by a
+    reviewer). Only what DCP metadata holds is unpickled; anything else is one line naming the file."""
+    cfg = ModelConfig(d_model=64, n_layers=2, n_heads=4, vocab_size=VOCAB, max_seq_len=64)
+    step_dir = write_olmo_core_checkpoint(tmp_path / "run", 7, OLMo2(cfg))
+    metadata = step_dir / "model_and_optim" / ".metadata"
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __init__(self, call, arg):
+            self.call, self.arg = call, arg
+
+        def __reduce__(self):
+            return self.call, (self.arg,)
+
+    for payload in (Payload(os.system, f"echo ran > {marker}"),
+                    Payload(exec, f"open({str(marker)!r}, 'w').write('ran')")):  # a builtin, not on the list
+        metadata.write_bytes(pickle.dumps(payload))
+        for module, *args in (("trainer.export_hf", step_dir, tmp_path / "hf"),
+                              ("trainer.schedule", "--init-from", step_dir, "--steps", 1)):
+            proc = run_module(module, *args)
+            assert not marker.exists(), (payload.call, module)
+            assert proc.returncode == 2, proc.stderr
+            lines = proc.stderr.strip().splitlines()
+            assert len(lines) == 1 and f"{metadata} cannot be read (it names " in lines[0], proc.stderr
+            assert "which DCP metadata does not hold" in lines[0], proc.stderr
+    # a pickle of something else than DCP Metadata: "'int' object has no attribute 'storage_meta'" (a reviewer)
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    for other, words in ((5, "it holds 'int', not torch.distributed.checkpoint Metadata"),
+                         ({"state_dict_metadata": {}}, "it holds 'dict', not torch.distributed.checkpoint Metadata"),
+                         (Metadata.__new__(Metadata), "its Metadata has no state_dict_metadata / storage_data")):
+        metadata.write_bytes(pickle.dumps(other))
+        proc = run_module("trainer.export_hf", step_dir, tmp_path / "hf")
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{metadata} cannot be read ({words}" in lines[0], proc.stderr
+
+
+def test_dcp_metadata_as_torch_writes_it_passes_the_allow_list(tmp_path):
+    """What torch.distributed.checkpoint pickles into `.metadata` (dtypes, layouts, memory formats,
+    sizes, storage and tensor metadata, the checkpoint's path) is all allowed: the allow-list is
+    read back against a save of a model and its optimizer of several dtypes."""
+    import torch.distributed.checkpoint as dcp
+
+    from trainer.weights import _dcp_reader
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8))
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    model(torch.randn(2, 8)).sum().backward()
+    optim.step()
+    state = {"model": {**model.state_dict(), "half": torch.ones(3, dtype=torch.bfloat16),
+                       "ids": torch.arange(4), "mask": torch.ones(2, dtype=torch.bool),
+                       "image": torch.ones(1, 2, 3, 4).to(memory_format=torch.channels_last)},
+             "optim": optim.state_dict(), "extra": {"name": "x", "none": None, "list": [1, 2.0]}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save(state, checkpoint_id=str(tmp_path / "dcp"), no_dist=True)
+    with open(tmp_path / "dcp" / ".metadata", "rb") as fh:
+        want = pickle.load(fh)
+    got = _dcp_reader(tmp_path / "dcp").read_metadata()
+    assert got.state_dict_metadata == want.state_dict_metadata and got.storage_data == want.storage_data
+    assert got.planner_data == want.planner_data and got.storage_meta.checkpoint_id == want.storage_meta.checkpoint_id
+
+
+def test_an_olmo_core_norm_that_is_not_rms_is_refused(tmp_path):
+    """A LayerNorm without bias has RMSNorm's tensor shapes: an OLMo-core model with "layer_norm":
+    {"name": "default"} imported as RMSNorm without a word (found by a reviewer). The RMSNorm
+    implementations ("rms", "fused_rms", "cute_rms") are the same math and are read."""
+    cfg = ModelConfig(d_model=64, n_layers=2, n_heads=4, vocab_size=VOCAB, max_seq_len=64)
+    step_dir = write_olmo_core_checkpoint(tmp_path / "run", 5, OLMo2(cfg))
+    written = json.loads((tmp_path / "run" / "config.json").read_text())
+
+    def with_norms(name: str, field: str) -> None:
+        model = json.loads(json.dumps(written["model"]))
+        if field == "block.layer_norm":
+            model["block"]["layer_norm"]["name"] = name
+        elif field == "block.attention.qk_norm":
+            model["block"]["attention"]["qk_norm"]["name"] = name
+        else:
+            model["lm_head"] = {"layer_norm": {"name": name, "eps": cfg.norm_eps}}
+        (tmp_path / "run" / "config.json").write_text(json.dumps({**written, "model": model}))
+
+    for field in ("block.layer_norm", "block.attention.qk_norm", "lm_head.layer_norm"):
+        for name in ("default", "l2_norm"):
+            with_norms(name, field)
+            with pytest.raises(CheckpointFormatError, match=rf"{field}.name {name!r} is not RMSNorm"):
+                inspect_checkpoint(step_dir)
+        for name in ("rms", "fused_rms", "cute_rms"):
+            with_norms(name, field)
+            assert inspect_checkpoint(step_dir).model.n_heads == 4
+    # OLMo-core >= 2.5: the attention config is "sequence_mixer", and the field is named so
+    block = {k: v for k, v in written["model"]["block"].items() if k != "attention"}
+    block["sequence_mixer"] = {"n_heads": 4, "qk_norm": {"name": "default"}}
+    model = {**written["model"], "block": block}
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**written, "model": model}))
+    with pytest.raises(CheckpointFormatError, match=r"block.sequence_mixer.qk_norm.name 'default' is not RMSNorm"):
+        inspect_checkpoint(step_dir)

@@ -388,8 +388,30 @@ def _dcp_dir(path: Path) -> Path:
     return path / "model_and_optim" if (path / "model_and_optim" / ".metadata").is_file() else path
 
 
+# The globals torch.distributed.checkpoint pickles into `.metadata` (read back from dcp.save's
+# files, test_dcp_metadata_as_torch_writes_it_passes_the_allow_list), plus torch's dtypes, layouts
+# and memory formats (_MetadataUnpickler.find_class): any other global could run code when
+# unpickled, and a downloaded checkpoint is not trusted (found by a reviewer).
+_DCP_METADATA_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+        "BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING"},
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo", "_StoragePrefix"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},
+    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},  # StorageMeta.checkpoint_id
+    "collections": {"OrderedDict"},
+    "builtins": {"set", "frozenset", "slice", "complex", "bytearray"},
+}
+
+
 class _MetadataUnpickler(pickle.Unpickler):
-    """Unpickles DCP metadata, reading OLMo-core's storage classes as torch's (same fields)."""
+    """Unpickles DCP metadata, reading OLMo-core's storage classes as torch's (same fields) and
+    refusing every global that DCP metadata does not hold."""
+
+    def __init__(self, fh, file: Path):
+        super().__init__(fh)
+        self.file = file
 
     def find_class(self, module: str, name: str):
         if module.startswith("olmo_core"):
@@ -397,10 +419,19 @@ class _MetadataUnpickler(pickle.Unpickler):
 
             if name in ("_StorageInfo", "_StoragePrefix"):
                 return getattr(filesystem, name)
+            # repr: a name in a hostile file may hold a newline
             raise CheckpointFormatError(
-                f"the checkpoint metadata needs {module}.{name}, which only olmo-core provides; unshard it with "
+                f"{self.file} needs {f'{module}.{name}'!r}, which only olmo-core provides; unshard it with "
                 f"OLMo-core (olmo_core.distributed.checkpoint.unshard_checkpoint) or convert it to Hugging Face")
-        return super().find_class(module, name)
+        if module == "torch" and isinstance(vars(torch).get(name), (torch.dtype, torch.layout, torch.memory_format)):
+            return vars(torch)[name]
+        module = "pathlib" if module == "pathlib._local" else module  # where Python >= 3.13 pickles paths from
+        if name in _DCP_METADATA_GLOBALS.get(module, ()):
+            return super().find_class(module, name)
+        raise CheckpointFormatError(
+            f"{self.file} cannot be read (it names {f'{module}.{name}'!r}, which DCP metadata does not hold "
+            f"and which could run code): it is not torch.distributed.checkpoint / OLMo-core metadata; is the "
+            f"checkpoint from a source you trust?")
 
 
 def _dcp_reader(path: Path):
@@ -409,14 +440,24 @@ def _dcp_reader(path: Path):
     class _DCPReader(FileSystemReader):
         def read_metadata(self, *args, **kwargs):
             if getattr(self, "_cached_metadata", None) is None:
-                from torch.distributed.checkpoint.metadata import StorageMeta
+                from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
                 file = Path(self.path) / ".metadata"
                 try:
                     with open(file, "rb") as fh:
-                        metadata = _MetadataUnpickler(fh).load()
-                except (EOFError, pickle.UnpicklingError) as exc:  # empty or cut: one line naming it
+                        metadata = _MetadataUnpickler(fh, file).load()
+                except CheckpointFormatError:
+                    raise
+                except Exception as exc:  # empty, cut, or allowed classes called wrongly: one line naming it
                     raise damaged_file_error(file, exc) from None
+                # another object ended in AttributeError tracebacks (found by a reviewer)
+                if not isinstance(metadata, Metadata):
+                    raise damaged_file_error(file, pickle.UnpicklingError(
+                        f"it holds {type(metadata).__name__!r}, not torch.distributed.checkpoint Metadata"))
+                if not isinstance(getattr(metadata, "state_dict_metadata", None), dict) or \
+                        not isinstance(metadata.storage_data, (dict, type(None))):
+                    raise damaged_file_error(file, pickle.UnpicklingError(
+                        "its Metadata has no state_dict_metadata / storage_data mapping"))
                 if getattr(metadata, "storage_meta", None) is None:
                     metadata.storage_meta = StorageMeta()
                 self._cached_metadata = metadata
@@ -532,11 +573,20 @@ def _inspect_olmo_core(path: Path) -> CheckpointInfo:
                           step_source=source, dtype=dtype)
 
 
-def _olmo_core_problems(block: dict, attention: dict, rope: dict) -> list[str]:
+# OLMo-core's RMSNorm implementations (LayerNormType): one math, other kernels
+_OLMO_CORE_RMS_NORMS = (None, "rms", "fused_rms", "cute_rms")
+
+
+def _olmo_core_problems(block: dict, attention: dict, rope: dict, norms: dict[str, dict]) -> list[str]:
     """What in an OLMo-core experiment config this trainer's model cannot express. Only the heads,
     RoPE theta and norm eps were read, so a pre-norm block, interleaved ("complex") RoPE or RoPE
-    scaling loaded as another model without a word (found by a tester); the HF path refuses them."""
+    scaling loaded as another model without a word (found by a tester); the HF path refuses them.
+    `norms`: field -> its LayerNormConfig; a LayerNorm without bias has RMSNorm's shapes (a reviewer)."""
     problems = []
+    for where, norm in norms.items():
+        if norm.get("name") not in _OLMO_CORE_RMS_NORMS:
+            problems.append(f"{where}.name {norm['name']!r} is not RMSNorm ('rms', 'fused_rms' or 'cute_rms', "
+                            f"as in OLMo 2)")
     if block.get("name") not in (None, "reordered_norm"):
         problems.append(f"block {block['name']!r} is not OLMo 2's reordered_norm (norms after attention and MLP)")
     if rope.get("name") not in (None, "default", "fused"):  # fused: the same rotation, as one kernel
@@ -567,10 +617,13 @@ def _model_config_from_olmo_core(path: Path, shapes: dict[str, tuple]) -> ModelC
         block = core.get("block") or {}
         # OLMo-core >= 2.5 writes the attention config as "sequence_mixer" ("attention" is read
         # for older configs only): reading "attention" alone skipped every check (a reviewer).
-        attention = block.get("sequence_mixer") or block.get("attention") or {}
+        mixer = "sequence_mixer" if block.get("sequence_mixer") else "attention"
+        attention = block.get(mixer) or {}
         rope = attention.get("rope") or {}
         norm = block.get("layer_norm") or {}
-        problems = _olmo_core_problems(block, attention, rope)
+        norms = {"block.layer_norm": norm, f"block.{mixer}.qk_norm": attention.get("qk_norm") or {},
+                 "lm_head.layer_norm": (core.get("lm_head") or {}).get("layer_norm") or {}}
+        problems = _olmo_core_problems(block, attention, rope, norms)
         if problems:
             raise CheckpointFormatError(f"{path}: " + "; ".join(problems))
         if attention.get("n_heads"):
