@@ -95,25 +95,38 @@ def _filter_defaults(type_name: str) -> dict:
             if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty}
 
 
+def _filter_params(spec: dict) -> dict:
+    """A filter's parameters as it takes them: its defaults, then what the manifest writes."""
+    return {**_filter_defaults(spec.get("type")), **{k: v for k, v in spec.items() if k != "type"}}
+
+
 def _filter_changes(name: str, a: list[dict], b: list[dict], out: list[Change]) -> None:
-    """Filters matched by type in chain order: parameter changes, insertions, removals, moves.
-    A parameter is compared as the filter takes it: a default written out, or removed in favour
-    of the default, is no change, and a side that leaves it out shows the default (a tester)."""
-    types_a = [f.get("type") for f in a]
-    types_b = [f.get("type") for f in b]
-    matcher = difflib.SequenceMatcher(a=types_a, b=types_b, autojunk=False)
-    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+    """Filters matched in chain order: parameter changes, insertions, removals, moves.
+    Identical filters (type and parameters) are matched first, then the rest by type: aligned on
+    type alone, a min_length inserted after a min_length read as the first one's parameters
+    changed and a min_length added before it (a tester). A parameter is compared as the filter
+    takes it: a default written out, or removed in favour of the default, is no change, and a
+    side that leaves it out shows the default (a tester)."""
+    def keys(filters: list[dict]) -> list[tuple]:
+        return [(f.get("type"), json.dumps(_filter_params(f), sort_keys=True, default=str)) for f in filters]
+
+    same = difflib.SequenceMatcher(a=keys(a), b=keys(b), autojunk=False)
+    for op, a1, a2, b1, b2 in same.get_opcodes():
         if op == "equal":
-            for i, j in zip(range(i1, i2), range(j1, j2)):
-                defaults = _filter_defaults(types_b[j])
-                params_a = {**defaults, **{k: v for k, v in a[i].items() if k != "type"}}
-                params_b = {**defaults, **{k: v for k, v in b[j].items() if k != "type"}}
-                _compare_dicts(f"{name}.filters[{j}] {types_b[j]}", params_a, params_b, out)
             continue
-        for i in range(i1, i2):
-            out.append(Change(f"{name}.filters[{i}] {types_a[i]}", a[i], _MISSING))
-        for j in range(j1, j2):
-            out.append(Change(f"{name}.filters[{j}] {types_b[j]}", _MISSING, b[j]))
+        types_a = [f.get("type") for f in a[a1:a2]]
+        types_b = [f.get("type") for f in b[b1:b2]]
+        by_type = difflib.SequenceMatcher(a=types_a, b=types_b, autojunk=False)
+        for op, i1, i2, j1, j2 in by_type.get_opcodes():
+            if op == "equal":
+                for i, j in zip(range(a1 + i1, a1 + i2), range(b1 + j1, b1 + j2)):
+                    _compare_dicts(f"{name}.filters[{j}] {b[j].get('type')}", _filter_params(a[i]),
+                                   _filter_params(b[j]), out)
+                continue
+            for i in range(a1 + i1, a1 + i2):
+                out.append(Change(f"{name}.filters[{i}] {a[i].get('type')}", a[i], _MISSING))
+            for j in range(b1 + j1, b1 + j2):
+                out.append(Change(f"{name}.filters[{j}] {b[j].get('type')}", _MISSING, b[j]))
 
 
 def _source_changes(a: SourceSpec, b: SourceSpec, ma: Manifest, mb: Manifest) -> list[Change]:
@@ -153,6 +166,19 @@ def _percents_text(a: float | None, b: float | None, digits: int = 4) -> tuple[s
         while digits < 17 and f"{a:.{digits}g}" == f"{b:.{digits}g}":
             digits += 1
     return f"{a:.{digits}g}", f"{b:.{digits}g}"
+
+
+def _shares_text(a: float | None, b: float | None) -> tuple[str, str]:
+    """Two Mix % as `share_text` shows them, with more digits where those read the same but the
+    values differ (20 -> 20.0001 read "20.00 -> 20.00"; a tester), not for float noise."""
+    texts = tuple("-" if v is None else share_text(v) for v in (a, b))
+    if a is None or b is None or texts[0] != texts[1] or math.isclose(a, b, rel_tol=1e-9):
+        return texts
+    style = "f" if a >= 0.1 else "g"  # as share_text: decimals from 0.1 up, significant digits below
+    for digits in range(3, 18):
+        if f"{a:.{digits}{style}}" != f"{b:.{digits}{style}}":
+            return f"{a:.{digits}{style}}", f"{b:.{digits}{style}}"
+    return repr(a), repr(b)
 
 
 def _budget_change(a: Manifest, b: Manifest) -> Change | None:
@@ -209,10 +235,14 @@ def diff_manifests(a: Manifest, b: Manifest, budget: int | None = None, with_pla
 
 
 def _delta_pct(a: float | None, b: float | None) -> str:
+    """A change of Mix %: two decimals, significant digits where those would read 0.00 (0.0035 ->
+    0.0032 read "0.00"; a tester); 0.00 only for no change or float noise."""
     if a is None or b is None:
         return "-"
     change = b - a
-    return "0.00" if abs(change) < 0.005 else f"{change:+.2f}"
+    if math.isclose(a, b, rel_tol=1e-9):
+        return "0.00"
+    return f"{change:+.2f}" if abs(change) >= 0.005 else f"{change:+.2g}"
 
 
 def _plan_side_by_side(d: ManifestDiff, fmt: str) -> list[str]:
@@ -226,7 +256,7 @@ def _plan_side_by_side(d: ManifestDiff, fmt: str) -> list[str]:
         ra, rb = rows_a.get(n), rows_b.get(n)
         rows.append([n, *_counts_text(ra.target_tokens if ra else None, rb.target_tokens if rb else None),
                      *_percents_text(ra.source_percent if ra else None, rb.source_percent if rb else None),
-                     share_text(ra.mix_percent) if ra else "-", share_text(rb.mix_percent) if rb else "-",
+                     *_shares_text(ra.mix_percent if ra else None, rb.mix_percent if rb else None),
                      _delta_pct(ra.mix_percent if ra else 0.0, rb.mix_percent if rb else 0.0)])
     rows.append(["total", *_counts_text(d.plan_a.budget if d.plan_a else None, d.plan_b.budget if d.plan_b else None),
                  "", "", "", "", ""])

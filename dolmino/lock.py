@@ -165,8 +165,8 @@ def make_lock(manifest: Manifest, *, fast: bool = False, jobs: int = 4, log=None
 
     log = log or (lambda msg: None)
     problems = []
-    # The tokenizer, models and indexes first: one missing is found before hashing the pool
-    # (hours on a real one), not after (found by a reviewer).
+    # The tokenizer, models, indexes and the listing first: a missing model or a glob typo is
+    # found before hashing the pool (hours on a real one), not after (found by a reviewer, a tester).
     from dolmino.s3 import S3ObjectError
 
     tokenizer = None
@@ -186,14 +186,12 @@ def make_lock(manifest: Manifest, *, fast: bool = False, jobs: int = 4, log=None
             continue
         resources.append({"where": where, "path": written, "sha256": digest, "kind": "directory" if is_dir else "file"})
         log(f"{where}: {written} sha256 {digest[:16]}...")
-    if problems:
-        raise BuildError("cannot lock " + repr(manifest.name) + ":\n  " + ";\n  ".join(problems))
-    inputs: dict[str, list[dict]] = {}
     listing = list_sources(manifest)
     problems += listing.all_problems()
+    if problems:  # ";" ends each problem: the command line prints an error on one line
+        raise BuildError("cannot lock " + repr(manifest.name) + ":\n  " + ";\n  ".join(problems))
+    inputs: dict[str, list[dict]] = {}
     for source in listing.sources:
-        if source.problems:
-            continue
         files = source.files
         started = time.time()
         local = [f for f in files if not f.uri.startswith("s3://")]
@@ -204,8 +202,6 @@ def make_lock(manifest: Manifest, *, fast: bool = False, jobs: int = 4, log=None
         kind = "size+mtime" if fast and local else ("SHA-256" if local else "ETag")
         log(f"{source.name}: {len(files):,} file(s), {sum(f.size for f in files):,} bytes ({kind}, "
             f"{time.time() - started:.1f} s)")
-    if problems:  # ";" ends each problem: the command line prints an error on one line
-        raise BuildError("cannot lock " + repr(manifest.name) + ":\n  " + ";\n  ".join(problems))
     return {
         "format": LOCK_FORMAT,
         "dolmino_version": project_version(),

@@ -156,10 +156,11 @@ def list_source_inputs(manifest: Manifest) -> tuple[dict[str, SourceInputs], str
             failure = source.failure
         elif source.unmatched:
             missing.append(source.name)
-        elif source.problems:  # files the build would refuse: say which, as the build would
+        else:  # what matched, even beside a pattern that matched nothing (its columns read '-'; a tester)
+            if source.files:
+                found[source.name] = SourceInputs(len(source.files), sum(f.size for f in source.files))
+            # files the build would refuse: say which, as the build would
             refused += [f"inputs: {p} (the build refuses these)" for p in source.problems]
-        else:
-            found[source.name] = SourceInputs(len(source.files), sum(f.size for f in source.files))
     refused += [f"inputs: {p} (the build refuses these)" for p in listing.problems]
     skipped = len(listing.skipped)
     note = None
@@ -169,9 +170,10 @@ def list_source_inputs(manifest: Manifest) -> tuple[dict[str, SourceInputs], str
         root = shown_path(manifest.data_root) if manifest.data_root else "the current directory"
         which = "any source" if len(missing) == len(manifest.sources) else \
             f"{len(missing)} of {len(manifest.sources)} sources ({', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''})"
+        # A source that matches nothing is refused as a pattern that does (it read as a note only; a tester).
         note = (f"inputs: {'not reachable' if failure else 'no files match'} for {which} under {root}"
-                + (f" ({failure})" if failure else "") + "; files and bytes not shown there (--data-root points "
-                "at your copy)")
+                + (f" ({failure})" if failure else " (the build refuses these)") + "; files and bytes not shown "
+                "there (--data-root points at your copy)")
     warnings = refused + ([f"inputs: {skipped} file(s) in source directories are not documents by name and are "
                            "skipped"] if skipped else [])
     return found, note, warnings
@@ -181,11 +183,24 @@ def make_plan(manifest: Manifest, budget: int | None = None, list_files: bool = 
     """The plan of `manifest` at `budget` (default: the manifest's); lists inputs when asked."""
     budget, note = _budget(manifest, budget)
     rows = manifest.plan(budget)
-    plan = Plan(manifest, budget, note, rows, warnings=[*manifest.warnings, *_plan_warnings(manifest, budget, rows)])
+    plan = Plan(manifest, budget, note, rows, warnings=[*manifest.warnings, *_plan_warnings(manifest, budget, rows),
+                                                        *_copies_refused(rows)])
     if list_files:
         plan.inputs, plan.inputs_note, listing_warnings = list_source_inputs(manifest)
         plan.warnings += listing_warnings
     return plan
+
+
+def _copies_refused(rows: list[SourcePlanRow]) -> list[str]:
+    """The build's refusal of a source planned at MAX_COPIES whole copies of its pool or more:
+    it comes after the pool and tokenize stages (hours), so the plan says it first (a tester)."""
+    from dolmino.build.select import MAX_COPIES
+
+    return [f"source {r.name!r}: its {format_count(r.target_tokens)}-token target would repeat its "
+            f"{format_count(r.pool_tokens)}-token pool {r.copies:,} times (at most {MAX_COPIES - 1:,} whole copies "
+            "are written); a lower --budget or Source % / Mix % asks for less (the build refuses this, after its "
+            "pool and tokenize stages)"
+            for r in rows if r.copies is not None and r.copies >= MAX_COPIES]
 
 
 def _plan_warnings(manifest: Manifest, budget: int, rows: list[SourcePlanRow]) -> list[str]:

@@ -382,3 +382,19 @@ def test_a_bad_manifest_is_named_by_lock(project, capsys):
     assert capsys.readouterr().err == f"dolmino lock: error: {project / 'missing.json'}: manifest file not found\n"
     assert lock_cmd.main([str(project / "pool.json"), "--data-root", "s3://"]) == 2
     assert capsys.readouterr().err.startswith("dolmino lock: error: --data-root: 's3://' names no bucket")
+
+
+def test_a_listing_problem_is_found_before_the_inputs_are_hashed(project, monkeypatch):
+    """Found by a tester: a glob that matches nothing was known before the pool was hashed
+    (hours on a real one) but said after it."""
+    spec = json.loads((project / "pool.json").read_text())
+    spec["sources"][1]["paths"] = ["cdoe/*.jsonl"]  # the typo; 'web' is the pool that would be hashed
+    (project / "pool.json").write_text(json.dumps(spec))
+
+    def no_hashing(*args, **kwargs):
+        raise AssertionError("inputs hashed before a listing problem was said")
+
+    monkeypatch.setattr(lock_cmd, "_hash_all", no_hashing)
+    with pytest.raises(BuildError, match=r"cannot lock 'locked-pool':\n  source 'code': no input files match "
+                                         r"'.*cdoe/\*.jsonl'$"):
+        make_lock(_manifest(project))

@@ -412,3 +412,77 @@ def test_plan_markdown_warnings_read_as_written(tmp_path, capsys):
     html = markdown_it.MarkdownIt("commonmark").enable("table").render(out)
     assert "<em>" not in html and "<strong>Warnings</strong>" in html, html
     assert f"{corpus}/web/*_old_*/**" in html, html
+
+
+def test_diff_matches_identical_filters_before_pairing_by_type(tmp_path):
+    """Found by a tester: a min_length inserted after a min_length showed as filters[0] added and
+    filters[1]'s parameters changed (filters were aligned on their types only)."""
+    min_tokens = {"type": "min_length", "min_tokens": 10}
+    a = {"name": "f", "version": 2, "kind": "mix", "seed": 1, "budget": "100K", "data_root": str(tmp_path),
+         "sources": [{"name": "s", "paths": ["*.jsonl"], "mix_percent": 100,
+                      "filters": [min_tokens, {"type": "repeated_ngrams"}]}]}
+    b = json.loads(json.dumps(a))
+    b["sources"][0]["filters"].insert(1, {"type": "min_length", "min_chars": 50})
+    d, _, _ = _diff_of(tmp_path, a, b)
+    assert [(c.where, c.before, c.after) for c in d.sources["s"]] == [
+        ("s.filters[1] min_length", diff_cmd._MISSING, {"type": "min_length", "min_chars": 50})]
+    c = json.loads(json.dumps(b))  # beside an identical one, a same-type filter changed is still a change
+    c["sources"][0]["filters"][1]["min_chars"] = 60
+    d, _, _ = _diff_of(tmp_path, b, c)
+    assert [(x.where, x.before, x.after) for x in d.sources["s"]] == [("s.filters[1] min_length.min_chars", 50, 60)]
+
+
+def test_diff_shows_a_changed_share_apart(tmp_path, capsys):
+    """Found by a tester: Mix % 20 -> 20.0001 read "20.00 20.00 0.00", and 50B -> 100B's
+    codesearchnet_owm (0.0035 -> 0.0032) a change of "0.00": a changed number reads changed."""
+    a = {"name": "s", "version": 2, "kind": "mix", "seed": 1, "budget": "1B", "data_root": str(tmp_path),
+         "sources": [{"name": "x", "paths": ["x/*.jsonl"], "mix_percent": 20},
+                     {"name": "y", "paths": ["y/*.jsonl"], "mix_percent": 80}]}
+    b = json.loads(json.dumps(a))
+    b["sources"][0]["mix_percent"], b["sources"][1]["mix_percent"] = 20.0001, 79.9999
+    text = render_diff(_diff_of(tmp_path, a, b)[0])
+    assert re.search(r"^x(\s+\S+){4}\s+20\.0000\s+20\.0001\s+\+0\.0001$", text, re.M), text
+    assert re.search(r"^y(\s+\S+){4}\s+80\.0000\s+79\.9999\s+-0\.0001$", text, re.M), text
+    assert diff_cmd.main([str(MANIFESTS / "50B.json"), str(MANIFESTS / "100B.json")]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("codesearchnet_owm "))
+    assert re.search(r"\s0\.0035\s+0\.0032\s+-0\.00031$", row), row
+    assert diff_cmd._shares_text(47.2, 47.2 + 1e-13) == ("47.20", "47.20")  # float noise is no change
+    assert diff_cmd._delta_pct(47.2, 47.2 + 1e-13) == "0.00"
+
+
+def test_plan_says_the_build_refuses_a_thousand_copies(tmp_path, capsys):
+    """Found by a tester: Source % 1,000,000 (10,000 copies of the pool) planned without a word,
+    though the build refuses 1,000 copies or more after its pool and tokenize stages."""
+    from dolmino.build.select import MAX_COPIES
+
+    spec = {"name": "copies", "version": 2, "kind": "mix", "seed": 1, "data_root": str(tmp_path),
+            "sources": [{"name": "few", "paths": ["f/*.jsonl"], "pool_tokens": "100K",
+                         "source_percent": 100.0 * (MAX_COPIES - 1)},
+                        {"name": "many", "paths": ["m/*.jsonl"], "pool_tokens": "100K",
+                         "source_percent": 100.0 * MAX_COPIES}]}
+    (tmp_path / "m.json").write_text(json.dumps(spec))
+    assert plan_cmd.main([str(tmp_path / "m.json"), "--no-inputs"]) == 0
+    out = capsys.readouterr().out
+    assert (f"- source 'many': its 100M-token target would repeat its 100K-token pool {MAX_COPIES:,} times (at most "
+            f"{MAX_COPIES - 1:,} whole copies are written)") in out, out
+    assert "the build refuses this" in out and "'few'" not in out, out
+
+
+def test_plan_says_the_build_refuses_a_source_without_files_and_shows_what_matched(tmp_path, capsys):
+    """Found by a tester: a source whose globs match nothing was an "inputs:" note, not what the
+    build refuses, and a source of which one glob matched showed no files or bytes."""
+    corpus = tmp_path / "corpus"
+    (corpus / "web").mkdir(parents=True)
+    (corpus / "web" / "a.jsonl").write_text('{"id": "1", "text": "x"}\n')
+    (corpus / "code").mkdir()
+    (corpus / "code" / "c.jsonl").write_text('{"id": "2", "text": "y"}\n')
+    spec = {"name": "nomatch", "version": 2, "kind": "mix", "seed": 1, "budget": 1000, "data_root": str(corpus),
+            "sources": [{"name": "web", "paths": ["web/*.jsonl", "web/nope*.jsonl"], "mix_percent": 50.0},
+                        {"name": "code", "paths": ["cdoe/*.jsonl"], "mix_percent": 50.0}]}
+    (tmp_path / "m.json").write_text(json.dumps(spec))
+    assert plan_cmd.main([str(tmp_path / "m.json")]) == 0
+    out = capsys.readouterr().out
+    web = next(line for line in out.splitlines() if line.startswith("web "))
+    assert web.split()[-3:] == ["1", "25", "B"], out
+    assert f"no input files match '{corpus / 'web' / 'nope*.jsonl'}' (the build refuses these)" in out, out
+    assert f"inputs: no files match for 1 of 2 sources (code) under {corpus} (the build refuses these)" in out, out
