@@ -255,6 +255,72 @@ def test_load_checkpoint_restores_optimizer_and_rng(tmp_path):
     assert all(torch.equal(a[k]["exp_avg"], b[k]["exp_avg"]) for k in a)
 
 
+def test_resume_applies_the_current_weight_decay_betas_and_eps(tmp_path):
+    """torch's loader put the checkpoint's group settings back over the ones build_optimizer set: a
+    resume with another --weight-decay logged and recorded the new value and kept the old one (found
+    by a reviewer). As in OLMo-core, the config's settings apply; the moments come from the checkpoint."""
+    import copy
+
+    from trainer.optim import build_optimizer
+
+    data = make_data(tmp_path / "data")
+    Trainer(make_run(data, max_steps=2, weight_decay=0.1), CPU, tmp_path / "run", log=quiet).fit()
+    messages = []
+    resumed = Trainer(make_run(data, max_steps=3, weight_decay=0.05, betas=(0.8, 0.9), adam_eps=1e-6), CPU,
+                      tmp_path / "run", resume=tmp_path / "run", log=messages.append)
+    assert any("different recipe than step000002: weight_decay 0.1 -> 0.05" in m for m in messages)
+    groups = resumed.optimizer.param_groups
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
+    assert all(tuple(g["betas"]) == (0.8, 0.9) and g["eps"] == 1e-6 for g in groups)
+    # a step with them: as an optimizer built for the new config holding the same moments
+    reference = copy.deepcopy(resumed.raw_model)
+    ref_opt = build_optimizer(reference, resumed.run.train)
+    ref_opt.load_state_dict({"state": copy.deepcopy(resumed.optimizer.state_dict()["state"]),
+                             "param_groups": ref_opt.state_dict()["param_groups"]})
+    for opt, model in ((resumed.optimizer, resumed.raw_model), (ref_opt, reference)):
+        torch.manual_seed(1)
+        for group in opt.param_groups:
+            group["lr"] = 0.5  # large, so that a stale decay or beta shows
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        opt.step()
+    for (name, a), b in zip(resumed.raw_model.named_parameters(), reference.parameters()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("legacy_names", [False, True], ids=["now", "saved-with-names"])
+@pytest.mark.parametrize("decay_norms_before", [True, False])
+def test_resume_with_the_other_decay_norms_decays_as_asked(tmp_path, monkeypatch, decay_norms_before, legacy_names):
+    """A --no-decay-norms run resumed with --decay-norms ended in a KeyError traceback
+    (param_groups.1.names.1): the per-group list of names trainer.optim kept was saved in optim.pt,
+    and torch cannot map one whose length changed (found by a reviewer). Checkpoints saved with
+    those names (`legacy_names`) resume too; the norms move group, their moments go with them."""
+    import trainer.optim as optim
+
+    data = make_data(tmp_path / "data")
+    if legacy_names:  # the groups as trainer.optim built them before
+        real = optim.param_groups
+
+        def with_names(model, *args, **kwargs):
+            named = {id(p): n for n, p in model.named_parameters()}
+            return [{**g, "names": [named[id(p)] for p in g["params"]]} for g in real(model, *args, **kwargs)]
+
+        monkeypatch.setattr(optim, "param_groups", with_names)
+    Trainer(make_run(data, max_steps=2, decay_norms=decay_norms_before), CPU, tmp_path / "run", log=quiet).fit()
+    monkeypatch.undo()
+    saved = torch.load(tmp_path / "run" / "step000002" / OPTIM_FILE, weights_only=True)
+    assert ("names" in saved["param_groups"][0]) == legacy_names
+    resumed = Trainer(make_run(data, max_steps=3, decay_norms=not decay_norms_before), CPU, tmp_path / "run",
+                      resume=tmp_path / "run", log=quiet)
+    groups = resumed.optimizer.param_groups
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0] and all("names" not in g for g in groups)
+    norm = resumed.raw_model.norm.weight
+    assert any(p is norm for p in groups[0 if not decay_norms_before else 1]["params"])
+    for name, p in resumed.raw_model.named_parameters():
+        assert torch.equal(resumed.optimizer.state[p]["exp_avg"], saved["state"][name]["exp_avg"]), name
+    resumed.fit()
+
+
 def test_failed_background_write_is_reported(tmp_path):
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("a file where the save dir should be")
@@ -393,6 +459,35 @@ def test_latest_and_pruning_order_checkpoints_by_step_past_six_digits(tmp_path):
     Checkpointer(tmp_path, keep_last=2).save(1_000_003, model, torch.optim.AdamW(model.parameters()), {}, {},
                                              background=False)
     assert sorted(p.name for p in complete_checkpoints(tmp_path)) == ["step1000001", "step1000003"]
+
+
+def test_a_kill_while_pruning_leaves_no_step_that_looks_complete(tmp_path, monkeypatch):
+    """Pruning deleted a step dir in place: a kill part way left one with its train_state.pt but
+    files gone, which complete_checkpoints (and so resume_advice) listed (found by a reviewer)."""
+    model = OLMo2(ModelConfig(**SMALL))
+    opt = torch.optim.AdamW(model.parameters())
+    ck = Checkpointer(tmp_path, keep_last=1)
+    ck.save(1, model, opt, {}, {}, background=False)
+
+    class Killed(BaseException):
+        pass
+
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):  # killed as train_state.pt, the completion marker, was to go
+        if Path(path).name == STATE_FILE:
+            raise Killed
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with pytest.raises(Killed):
+        ck.save(2, model, opt, {}, {}, background=False)
+    monkeypatch.undo()
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step000002"]
+    half = f".step000001.tmp{os.getpid()}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [half, "latest", "step000002"]
+    assert Checkpointer(tmp_path).sweep() == [f"removed {half}"]  # the next start
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step000002"]
 
 
 @pytest.mark.parametrize("keep_last", [0, -1])

@@ -553,12 +553,24 @@ class Checkpointer:
         return done
 
     def _prune(self, keep: Path) -> None:
+        """Remove all but the newest `keep_last` checkpoints. Each is first renamed to a name `sweep`
+        removes: deleted in place, a kill part way left a step dir that still had its train_state.pt,
+        listed as complete with files gone (found by a reviewer)."""
         if self.keep_last is None:
             return
         steps = complete_checkpoints(self.save_dir)
         for old in steps[:-self.keep_last]:
-            if old != keep:
-                shutil.rmtree(old, ignore_errors=True)
+            if old == keep:
+                continue
+            doomed = self.save_dir / f".{old.name}.tmp{os.getpid()}"
+            try:
+                if doomed.exists():  # an earlier removal of this step that failed part way
+                    shutil.rmtree(doomed)
+                os.rename(old, doomed)
+                _fsync(self.save_dir)
+            except OSError:
+                continue  # left whole, for a later save to prune
+            shutil.rmtree(doomed, ignore_errors=True)
 
 
 def load_model_weights(path: str | Path) -> tuple[dict, dict]:
@@ -583,7 +595,12 @@ def resumable_checkpoint(path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     restore_rng: bool = True) -> dict:
-    """Load weights (and optimizer state) into live objects; returns the train state dict."""
+    """Load weights (and optimizer state) into live objects; returns the train state dict.
+
+    The optimizer keeps its param groups' settings (weight decay, betas, eps), which the current
+    config set; only the moments and step counts come from the checkpoint, as in OLMo-core. torch
+    restores the saved settings over them: a resume with another --weight-decay logged and
+    recorded the new value and went on with the old one (found by a reviewer)."""
     path = resumable_checkpoint(path)
     options = StateDictOptions(full_state_dict=True)
     advice = resume_advice(path)
@@ -591,7 +608,15 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     set_model_state_dict(model, model_sd, options=options)
     if optimizer is not None:
         optim_sd = load_torch_file(path / OPTIM_FILE, advice)
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+        known = {k for group in settings for k in group}
+        # Keys the optimizer lacks are dropped: the "names" lists of checkpoints written before
+        # trainer.optim stopped storing them cannot be mapped when --decay-norms moved a parameter.
+        optim_sd["param_groups"] = [{k: v for k, v in group.items() if k == "params" or k in known}
+                                    for group in optim_sd["param_groups"]]
         set_optimizer_state_dict(model, optimizer, optim_sd, options=options)
+        for group, setting in zip(optimizer.param_groups, settings):
+            group.update(setting)
     train_state = load_torch_file(path / STATE_FILE, advice)
     if restore_rng:
         restore_rng_state(train_state["rng"])

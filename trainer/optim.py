@@ -31,17 +31,12 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norms: bool = True
     inner = getattr(model, "module", model)
     no_decay = {_strip_wrappers(n) for n in no_decay_param_names(inner, decay_norms=decay_norms)}
     decay, skip = [], []
-    decay_names, skip_names = [], []
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        clean = _strip_wrappers(name)
-        (skip if clean in no_decay else decay).append(param)
-        (skip_names if clean in no_decay else decay_names).append(clean)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "names": decay_names},
-        {"params": skip, "weight_decay": 0.0, "names": skip_names},
-    ]
+        if param.requires_grad:
+            (skip if _strip_wrappers(name) in no_decay else decay).append(param)
+    # No list of names in a group: it was saved in optim.pt, and torch's loader cannot map one whose
+    # length changed (a resume with another --decay-norms failed with a KeyError; found by a reviewer).
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": skip, "weight_decay": 0.0}]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
