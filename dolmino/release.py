@@ -26,9 +26,15 @@ Why this design:
   objects, which nobody else touches. After the commit the publisher reads RELEASE.json
   back. A store that ignores If-None-Match (s3rver, older gateways) would let two publishers
   each write and read back their own record, both reporting success: so publish first
-  writes a probe object twice, the second time conditionally, and refuses a store that lets
-  the second write through (`--allow-unconditional-store` publishes anyway, warning that
-  two publishes of one name at once are then not told apart).
+  writes a probe object (`data/<publish id>/_conditional-write-probe`) twice, the second time
+  conditionally, and refuses a store that lets the second write through
+  (`--allow-unconditional-store` publishes anyway, warning that two publishes of one name at
+  once are then not told apart). The probe stays, part of the publish's prefix (RELEASE.json
+  does not list it; verify knows it): deleting it made publish need a delete right.
+- Rights: publish needs s3:PutObject, s3:GetObject and s3:ListBucket (s3:ListBucketMultipartUploads
+  and s3:DeleteObject only to remove stale leftovers of earlier publishes, which it says and
+  skips without them), never a delete on its success path: write-once policies for immutable
+  datasets grant no delete. delete and clean need s3:DeleteObject (and s3:AbortMultipartUpload).
 - An interrupted publish (killed process, lost network) leaves a prefix that no RELEASE.json
   points to: invisible. It cannot be told apart from a publish still uploading except by
   age, so it is removed only when provably stale: when nothing under it (objects, multipart
@@ -87,6 +93,8 @@ REQUIRED_FILES = ("manifest.json", "report.json")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _PUBLISH_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{12}$")
 _TMP_RE = re.compile(r"\.tmp\d+$")
+# Kept in each publish's data prefix (see `_conditional_writes`); no build file may take its name.
+PROBE_FILE = "_conditional-write-probe"
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_PART_SIZE = 64 * 1024 * 1024
 DEFAULT_STALE_AFTER_S = 24 * 3600
@@ -193,6 +201,15 @@ def check_build_names(where: str, names: list[str]) -> None:
         if rel == RELEASE_FILE:
             raise ReleaseError(f"{rel}: the build already holds a {RELEASE_FILE} "
                                "(it looks like a pulled release; publish the original build)")
+        if rel in (PROBE_FILE, _PULL_OWNER):
+            raise ReleaseError(f"{where}/{rel}: a name releases reserve for their own bookkeeping; move it out of "
+                               "the build")
+        if _TMP_RE.search(rel):  # on S3 too: an S3 build's was released (a tester)
+            raise ReleaseError(f"{rel}: a file is still being written (or a build crashed); "
+                               "finish or re-run the build before publishing")
+    if clash := _file_and_directory(names):
+        raise ReleaseError(f"{where}: {clash[0]!r} is both an object and a directory (of {clash[1]!r}), which "
+                           "no directory can hold; remove one")
     present = set(names)
     missing = [f for f in REQUIRED_FILES if f not in present]
     model = {"model.pt", "model.safetensors", "model.safetensors.index.json"} & present
@@ -227,9 +244,6 @@ def collect_build_files(build_dir: str) -> list[tuple[str, str]]:
             rel = os.path.relpath(full, build_dir).replace(os.sep, "/")
             if os.path.islink(full):
                 raise ReleaseError(f"{rel}: symlinks cannot be published (copy the file into the build)")
-            if _TMP_RE.search(fname):
-                raise ReleaseError(f"{rel}: a file is still being written (or a build crashed); "
-                                   "finish or re-run the build before publishing")
             files.append((rel, full))
     check_build_names(build_dir, [rel for rel, _ in files])
     return sorted(files)
@@ -298,6 +312,25 @@ def unlisted_parts(names, listed) -> tuple[list[str], list[str]]:
     return sorted(set(listed) - present), sorted(n for n in present if PART_FILE.fullmatch(n) and n not in listed)
 
 
+def _unlisted_data(names, listed) -> list[str]:
+    """Token files (*.npy, label masks included) and sidecars (*.csv.gz, outside quarantine/) among
+    `names` that report.json does not list, wherever they lie: `dolmino validate` and the trainer
+    refuse a build holding a stray part-0000.npy or sub/extra.npy, which publish released (a tester)."""
+    return sorted(n for n in names if n not in listed and (
+        n.endswith(".npy") or (n.endswith(".csv.gz") and not n.startswith("quarantine/"))))
+
+
+def _file_and_directory(paths) -> tuple[str, str] | None:
+    """(a, a/b) where one path is also a directory of another (S3 keys can be both); else None."""
+    present = set(paths)
+    for path in sorted(present):
+        segments = path.split("/")
+        for i in range(1, len(segments)):
+            if "/".join(segments[:i]) in present:
+                return "/".join(segments[:i]), path
+    return None
+
+
 def check_listed(where: str, names: list[str], listed: dict[str, str]) -> None:
     """The build's part files are exactly those report.json lists, or ReleaseIntegrityError:
     a part deleted since, or one an earlier build left that this build did not write, would
@@ -309,6 +342,7 @@ def check_listed(where: str, names: list[str], listed: dict[str, str]) -> None:
                                     "every dolmino build writes): not a build this can vouch for; rebuild it with "
                                     "this version of dolmino. Nothing was released")
     missing, stale = unlisted_parts(names, listed)
+    stale = sorted(set(stale) | set(_unlisted_data(names, listed)))
     if missing or stale:
         shown = [f"{n}: listed in report.json but missing" for n in missing[:5]] + \
                 [f"{n}: not written by the build that report.json describes" for n in stale[:5]]
@@ -321,6 +355,36 @@ def check_listed(where: str, names: list[str], listed: dict[str, str]) -> None:
                                     "(the same command resumes) before publishing. Nothing was released")
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def report_sizes(report: object) -> dict[str, int]:
+    """name -> size of the files whose size report.json states: each token file's (output.parts)
+    and its label mask's (one byte per token)."""
+    output = report.get("output") if isinstance(report, dict) else None
+    parts = output.get("parts") if isinstance(output, dict) else None
+    sizes = {}
+    for part in parts if isinstance(parts, list) else ():
+        if isinstance(part, dict) and isinstance(part.get("name"), str) and part["name"].endswith(".npy"):
+            if _is_count(part.get("size")):
+                sizes[part["name"]] = part["size"]
+            if _is_count(part.get("tokens")):
+                sizes[part["name"][:-len(".npy")] + ".label_mask.npy"] = part["tokens"]
+    return sizes
+
+
+def check_sizes(where: str, files: list[BuildFile], sizes: dict[str, int]) -> None:
+    """Every file of a size report.json states has it, checked before the first upload: a truncated
+    part was found by its digest only after everything before it was uploaded (a tester)."""
+    for item in files:
+        expected = sizes.get(item.path)
+        if expected is not None and item.size != expected:
+            raise ReleaseIntegrityError(f"{where}/{item.path}: {item.size:,} bytes, but report.json says {expected:,}: "
+                                        "the file changed after the build finished (`dolmino validate` says how); "
+                                        "nothing was released")
+
+
 def check_digest(rel: str, digest: str, listed: dict[str, str]) -> None:
     """A file whose SHA-256 is not the one report.json certifies is not released."""
     expected = listed.get(rel)
@@ -330,10 +394,20 @@ def check_digest(rel: str, digest: str, listed: dict[str, str]) -> None:
                                     "nothing was released")
 
 
-def _summary(manifest, report) -> dict:
-    """What RELEASE.json repeats of a build's manifest.json and report.json."""
+def _summary(where: str, manifest, report) -> dict:
+    """What RELEASE.json repeats of a build's manifest.json and report.json. The name and seed are
+    report.json's (what was built); a manifest.json stating others is not the build's, and its
+    name and seed were released unchecked (a tester)."""
     output = report.get("output", {}) if isinstance(report, dict) else {}
     summary = {k: manifest.get(k) for k in ("name", "version", "seed", "budget")} if isinstance(manifest, dict) else {}
+    for key, built in (("name", "manifest"), ("seed", "seed")):
+        if not isinstance(report, dict) or report.get(built) is None:
+            continue  # a report without them (older builds): manifest.json's stand
+        if isinstance(manifest, dict) and manifest.get(key) is not None and manifest[key] != report[built]:
+            raise ReleaseIntegrityError(f"{where}: manifest.json's {key} is {manifest[key]!r}, but report.json says "
+                                        f"the build's was {report[built]!r}: manifest.json is not the build's "
+                                        "(replaced since?); restore it or rebuild. Nothing was released")
+        summary[key] = report[built]
     if isinstance(report, dict) and report.get("budget") is not None:
         summary["budget"] = report["budget"]  # what was built (--budget), not the manifest file's (a tester)
     return {
@@ -359,8 +433,11 @@ class _LocalBuild:
 
     def summary(self) -> dict:
         manifest, report = _read_build_json(self.where)
-        self.listed = listed_files(report)
-        return _summary(manifest, report)
+        self.listed, self.sizes = listed_files(report), report_sizes(report)
+        return _summary(self.where, manifest, report)
+
+    def sha256(self, item: BuildFile) -> str:
+        return sha256_file(item.source)[0]
 
     def stage(self, item: BuildFile, bucket: str, key: str, config, bar: _Progress) -> tuple[str, int]:
         """Put one file at bucket/key with its SHA-256 in the metadata; (sha256, size)."""
@@ -423,8 +500,18 @@ class _S3Build:
 
     def summary(self) -> dict:
         report = _get_json(self.bucket, self.prefix + "report.json")
-        self.listed = listed_files(report)
-        return _summary(_get_json(self.bucket, self.prefix + "manifest.json"), report)
+        self.listed, self.sizes = listed_files(report), report_sizes(report)
+        return _summary(self.where, _get_json(self.bucket, self.prefix + "manifest.json"), report)
+
+    def sha256(self, item: BuildFile) -> str:
+        """A part's digest from its commit record; any other (small) object is read and hashed."""
+        if item.path in self.parts:
+            return self.parts[item.path]["sha256"]
+        body = self.records.get(item.path)
+        if body is None:
+            with s3.about(s3.join_uri(self.bucket, self.prefix + item.path)):
+                body = s3.get_body(self.bucket, self.prefix + item.path, IfMatch=item.source)
+        return hashlib.sha256(body).hexdigest()
 
     def stage(self, item: BuildFile, bucket: str, key: str, config, bar: _Progress) -> tuple[str, int]:
         import tempfile
@@ -447,7 +534,8 @@ class _S3Build:
         record = self.records.get(rel)
         if record is not None:
             digest = hashlib.sha256(record).hexdigest()
-            cl.put_object(Bucket=bucket, Key=key, Body=record, Metadata={"sha256": digest})
+            with s3.about(s3.join_uri(bucket, key)):
+                cl.put_object(Bucket=bucket, Key=key, Body=record, Metadata={"sha256": digest})
             bar.add_bytes(len(record))
             return digest, len(record)
         with tempfile.TemporaryDirectory(prefix="dolmino-publish-") as tmp:
@@ -468,8 +556,9 @@ class _S3Build:
                 with s3.about(s3.join_uri(self.bucket, self.prefix + rel)):
                     s3.stream_body(self.bucket, self.prefix + rel, take, restart, _HASH_CHUNK, IfMatch=etag)
             digest, got = state["hasher"].hexdigest(), state["got"]
-            cl.upload_file(local, bucket, key, Config=config, Callback=bar.add_bytes,
-                           ExtraArgs={"Metadata": {"sha256": digest}})
+            with s3.about(s3.join_uri(bucket, key)):
+                cl.upload_file(local, bucket, key, Config=config, Callback=bar.add_bytes,
+                               ExtraArgs={"Metadata": {"sha256": digest}})
         return digest, got
 
 
@@ -594,13 +683,17 @@ def parse_release_record(record: object, where: str, name: str | None = None) ->
             validate_key(path, f"files[{i}].path")
         except ValueError as exc:
             raise ReleaseError(f"{where}: {exc}") from None
-        if path == RELEASE_FILE or path in seen:
+        # `.pull-owner` is pull's own: pull downloaded such an entry, then removed it, and said success (a tester)
+        if path in (RELEASE_FILE, _PULL_OWNER) or path in seen:
             raise ReleaseError(f"{where}: files[{i}].path {path!r} is reserved or listed twice")
         seen.add(path)
         if not isinstance(entry.get("size"), int) or isinstance(entry.get("size"), bool) or entry["size"] < 0:
             raise ReleaseError(f"{where}: files[{i}].size must be a non-negative integer")
         if not isinstance(entry.get("sha256"), str) or not _SHA256_RE.match(entry["sha256"]):
             raise ReleaseError(f"{where}: files[{i}].sha256 must be 64 lower-case hex digits")
+    if clash := _file_and_directory(seen):  # a raw "[Errno 17] File exists" half-way through a pull (a tester)
+        raise ReleaseError(f"{where}: {clash[0]!r} is listed both as a file and as a directory (of {clash[1]!r}); "
+                           "no directory can hold both")
     return record
 
 
@@ -749,18 +842,21 @@ def _clean_leftovers(bucket: str, key_prefix: str, older_than_s: float, release_
 
 
 def _is_conditional_failure(exc: BaseException) -> str:
-    code = s3._error_code(exc)  # noqa: SLF001
+    code = s3.error_code(exc)
     return code if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409") else ""
 
 
 def _conditional_writes(bucket: str, key: str) -> str:
     """How the store treats a PUT with If-None-Match: * of an existing key: "honoured" (refused,
     as the commit needs), "ignored" (written over) or "unsupported" (NotImplemented). Writes
-    `key` twice (the second time conditionally) and deletes it."""
+    `key` twice (the second time conditionally) and leaves it: deleting it made publish need a
+    delete right, which write-once publishers lack (a tester)."""
     from botocore.exceptions import ClientError
 
     cl = s3.client()
-    cl.put_object(Bucket=bucket, Key=key, Body=b"probe 1\n")
+    uri = s3.join_uri(bucket, key)
+    with s3.about(uri):  # a read-only user's "S3 PutObject failed: AccessDenied" named no key (a tester)
+        cl.put_object(Bucket=bucket, Key=key, Body=b"probe 1\n")
     try:
         cl.put_object(Bucket=bucket, Key=key, Body=b"probe 2\n", IfNoneMatch="*")
         return "ignored"
@@ -769,9 +865,24 @@ def _conditional_writes(bucket: str, key: str) -> str:
             return "honoured"
         if s3.not_implemented(exc):
             return "unsupported"
-        raise
-    finally:
-        s3.delete_keys(bucket, [key])
+        raise s3.named_failure(uri, exc) from None
+
+
+def _denied(exc: BaseException) -> bool:
+    """A request S3 refused for want of the right (DeleteObjects says so per key, in its message)."""
+    if isinstance(exc, s3.S3DeleteError):
+        return "AccessDenied" in str(exc)
+    return s3.error_code(exc) in ("AccessDenied", "403")
+
+
+def _same_content(source, record: dict) -> bool:
+    """Whether the committed `record` holds exactly the build's files: the same paths and sizes, and
+    the digests report.json certifies (other files, all small, are hashed here)."""
+    committed = {e["path"]: (e["size"], e["sha256"]) for e in record["files"]}
+    if set(committed) != {item.path for item in source.files}:
+        return False
+    return all(committed[item.path][0] == item.size for item in source.files) and all(
+        committed[item.path][1] == (source.listed.get(item.path) or source.sha256(item)) for item in source.files)
 
 
 def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAULT_PART_SIZE,
@@ -780,7 +891,8 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
     """Upload a finished build as release NAME under root_uri; returns the RELEASE.json record.
 
     Raises ReleaseExistsError if the release exists, or if another publish of the same name
-    commits first (this publish's objects are then removed again).
+    commits first (this publish's objects are then removed again). Needs s3:PutObject,
+    s3:GetObject and s3:ListBucket, no delete right (the module docstring's "Rights").
     """
     validate_name(name)
     bucket, prefix = split_root(root_uri)
@@ -793,13 +905,21 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
     files = source.files
     summary = source.summary()  # before any upload: a torn report.json stops the publish here
     check_listed(source.where, [f.path for f in files], source.listed)
+    check_sizes(source.where, files, source.sizes)
     s3.check_bucket(bucket)
 
     def exists_error() -> ReleaseExistsError:
         return ReleaseExistsError(f"{release_uri}: release already exists; releases are immutable "
                                   "(publish under a new name, or `dolmino release delete` it first)")
 
-    if _get_json(bucket, key_prefix + RELEASE_FILE) is not None:
+    if (existing := _get_json(bucket, key_prefix + RELEASE_FILE)) is not None:
+        try:
+            same = _same_content(source, parse_release_record(existing, f"{release_uri}/{RELEASE_FILE}", name))
+        except ReleaseError:
+            same = False
+        if same:  # a CI retry could not tell this from a clash (a tester); still an error: nothing was published
+            raise ReleaseExistsError(f"{release_uri}: release already exists with the same content (every file's "
+                                     "size and SHA-256 match this build): nothing to publish")
         raise exists_error()
     parts = key_prefix.split("/")[:-2]
     for above in ("/".join(parts[:i]) + "/" for i in range(1, len(parts) + 1)):
@@ -808,19 +928,36 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
                                "releases side by side under a releases root, not into one")
     # Nor over releases: NAME/ a releases root became a release, and every later publish under the root,
     # and its delete, were refused (found by a tester).
-    if below := _nested_releases(key[len(key_prefix):] for key, _size in s3.iter_keys(bucket, key_prefix)):
+    held = [key[len(key_prefix):] for key, _size in s3.iter_keys(bucket, key_prefix)]
+    if below := _nested_releases(held):
         raise ReleaseError(f"{release_uri} holds other releases ({', '.join(below[:5])}): it is a releases root; "
                            "publish under a name of its own beside them")
-    _clean_leftovers(bucket, key_prefix, stale_after_s, release_uri, log)
+    # Nor into another build's --out: it reported success and broke the build (a tester). A folder
+    # marker (a console's "Create folder") is nobody's data.
+    if foreign := [rel for rel in held if _group_of(rel) is None and rel and not rel.endswith("/")]:
+        raise ReleaseError(f"{release_uri} holds {len(foreign)} object(s) no publish writes (e.g. {foreign[0]}): "
+                           "not a release (a build's --out?); publish under another name. Nothing was uploaded")
+    try:
+        _clean_leftovers(bucket, key_prefix, stale_after_s, release_uri, log)
+    except Exception as exc:  # noqa: BLE001 - only AccessDenied: clean-up is not this publish's job
+        if not _denied(exc):
+            raise
+        log(f"{release_uri}: note: could not remove stale staged objects of earlier publishes ("
+            f"{s3.s3_failure_message(exc) or s3.redact(str(exc))}); `dolmino release clean {release_uri} "
+            f"--older-than-hours {stale_after_s / 3600:g}` by someone with the right to delete removes them")
 
     publish_id = new_publish_id()
     data_prefix = f"{DATA_DIR}/{publish_id}/"
     staging = key_prefix + data_prefix
-    conditional = _conditional_writes(bucket, staging + "_conditional-write-probe")
+    conditional = _conditional_writes(bucket, staging + PROBE_FILE)
     if conditional != "honoured":
         what = ("ignores If-None-Match on PUT (a conditional write of an existing object went through)"
                 if conditional == "ignored" else "does not implement If-None-Match on PUT (it answered NotImplemented)")
         if not allow_unconditional_store:
+            try:
+                s3.delete_keys(bucket, [staging + PROBE_FILE])
+            except Exception:  # noqa: BLE001 - a staged object like any other: clean removes it once stale
+                pass
             raise ReleaseError(
                 f"s3://{bucket}: this store {what}, so two publishes of one name at once could both report success "
                 "and the later one silently replace the release. Nothing was uploaded. Use a store with conditional "
@@ -925,7 +1062,7 @@ def _commit(bucket: str, key: str, body: bytes, conditional: bool = True) -> dic
         except ClientError as exc:
             code = _is_conditional_failure(exc)
             if not code:
-                raise
+                raise s3.named_failure(s3.join_uri(bucket, key), exc) from None
             # 409: a conditional write of the same key is in flight; S3 asks to retry.
             if code in ("ConditionalRequestConflict", "409") and attempt + 1 < _COMMIT_RETRIES \
                     and _get_json(bucket, key) is None:
@@ -989,6 +1126,15 @@ def _pid_namespace() -> str:
         return "-"
 
 
+def _pull_stem(name: str) -> str:
+    """`.<DEST's name>.pull-`: the start of the temporary directories of pulls into DEST. A long
+    name is cut, a hash of it kept, so any DEST that can be created can be pulled into: a
+    250-character one failed with "[Errno 36] File name too long" (a tester)."""
+    if len(os.fsencode(name)) > 200:
+        name = f"{name[:40]}~{hashlib.sha256(os.fsencode(name)).hexdigest()[:16]}"
+    return f".{name}.pull-"
+
+
 def _remove_dead_pulls(parent: str, name: str, log: Log) -> None:
     """Remove the temporary directories of earlier pulls into `name` whose process is gone: a
     killed pull left one (the size of the release) beside DEST, which no later pull reused or
@@ -996,7 +1142,7 @@ def _remove_dead_pulls(parent: str, name: str, log: Log) -> None:
     import glob
 
     host, namespace = socket.gethostname(), _pid_namespace()
-    for tmp in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.pull-*")):
+    for tmp in glob.glob(os.path.join(glob.escape(parent), f"{glob.escape(_pull_stem(name))}*")):
         try:
             with open(os.path.join(tmp, _PULL_OWNER), encoding="utf-8") as fh:
                 owner_host, pid, owner_namespace = fh.read().split()
@@ -1043,7 +1189,7 @@ def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log
     os.makedirs(parent, exist_ok=True)
     _remove_dead_pulls(parent, os.path.basename(dest), log)
     # os.mkdir honours the umask (0777 & ~umask, as the build's directories); mkdtemp would give 0700.
-    tmp = os.path.join(parent, f".{os.path.basename(dest)}.pull-{uuid.uuid4().hex[:12]}")
+    tmp = os.path.join(parent, f"{_pull_stem(os.path.basename(dest))}{uuid.uuid4().hex[:12]}")
     os.mkdir(tmp)
     with open(os.path.join(tmp, _PULL_OWNER), "w", encoding="utf-8") as fh:
         fh.write(f"{socket.gethostname()} {os.getpid()} {_pid_namespace()}\n")
@@ -1102,18 +1248,25 @@ def verify(release_uri: str, *, log: Log = _quiet, progress: bool = False) -> li
     objects = key_prefix + data_prefix_of(record)
     problems = []
     listed = {objects + e["path"] for e in record["files"]} | {key_prefix + RELEASE_FILE}
-    others = 0
+    if data_prefix_of(record):
+        listed.add(objects + PROBE_FILE)  # the publish's own, kept (see `_conditional_writes`)
+    staged = foreign = 0
     for key, _size in s3.iter_keys(bucket, key_prefix):
         rel = key[len(key_prefix):]
         if key in listed:
             continue
         if key.startswith(objects) and _group_of(rel) == (data_prefix_of(record) or rel):
             problems.append(f"{rel}: object is not listed in {RELEASE_FILE}")  # inside the release's own prefix
+        elif _group_of(rel) is not None:
+            staged += 1  # staged by another (interrupted or losing) publish: not part of this release
         else:
-            others += 1  # staged by another (interrupted or losing) publish: not part of this release
-    if others:
-        log(f"note: {others} object(s) under {release_uri}/ belong to no release (other or interrupted "
+            foreign += 1
+    if staged:
+        log(f"note: {staged} object(s) under {release_uri}/ belong to no release (other or interrupted "
             "publishes; `dolmino release clean` removes them once stale)")
+    if foreign:  # said "clean removes them", which it never does (a tester)
+        log(f"note: {foreign} object(s) under {release_uri}/ belong to no release and no publish writes them; "
+            "`dolmino release clean` leaves them alone: remove them by hand if they are yours to remove")
     bar = _Progress(progress, f"verify {_name}", sum(e["size"] for e in record["files"]), len(record["files"]))
     try:
         for entry in record["files"]:
@@ -1303,8 +1456,12 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Terminated(SystemExit):
+    """SIGTERM, raised as an exit (clean-up runs as for any exit) that main() reports."""
+
+
 def _exit_on_sigterm(_signum, _frame):
-    raise SystemExit(143)
+    raise _Terminated(143)
 
 
 @s3.cli_errors("release", expected=(ReleaseError, ValueError, OSError))
@@ -1325,6 +1482,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a 40-line traceback through s3transfer's threads (a tester); cleanup has run
         print("release: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:  # exited 143 without a word (a tester)
+        print("release: interrupted", file=sys.stderr)
+        return 143
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

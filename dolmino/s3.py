@@ -286,7 +286,7 @@ def _one_s3_failure(exc: BaseException) -> str | None:
         from botocore import exceptions as bex
 
         if isinstance(exc, bex.ClientError):
-            code = _error_code(exc)
+            code = error_code(exc)
             op = getattr(exc, "operation_name", "request")
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
             if code == "NoSuchBucket" or (code in ("404", "NotFound") and op == "HeadBucket"):
@@ -415,7 +415,7 @@ def about(uri: str) -> Iterator[None]:
         raise named from None
 
 
-def _error_code(exc: BaseException) -> str:
+def error_code(exc: BaseException) -> str:
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
         return str(response.get("Error", {}).get("Code", ""))
@@ -423,18 +423,18 @@ def _error_code(exc: BaseException) -> str:
 
 
 def _is_missing(exc: BaseException) -> bool:
-    return _error_code(exc) in ("404", "NoSuchKey", "NoSuchBucket", "NotFound")
+    return error_code(exc) in ("404", "NoSuchKey", "NoSuchBucket", "NotFound")
 
 
 def is_missing_object(exc: BaseException) -> bool:
     """A ClientError that says the object is not there, the bucket being (NoSuchBucket is a
     wrong name or endpoint, never "not written yet")."""
-    return _is_missing(exc) and _error_code(exc) != "NoSuchBucket"
+    return _is_missing(exc) and error_code(exc) != "NoSuchBucket"
 
 
 def _raise_no_such_bucket(exc: BaseException, bucket: str) -> None:
     """Raise NoSuchBucket for a ClientError that says the bucket is missing; else return."""
-    if _error_code(exc) == "NoSuchBucket":
+    if error_code(exc) == "NoSuchBucket":
         raise NoSuchBucket(bucket) from None
 
 
@@ -540,7 +540,7 @@ _NOT_IMPLEMENTED = ("NotImplemented", "MethodNotAllowed", "501", "405")
 def not_implemented(exc: BaseException) -> bool:
     """The store does not implement the operation (NotImplemented 501, MethodNotAllowed 405):
     an S3-compatible store that lacks an optional feature, not a failure of the request."""
-    return _error_code(exc) in _NOT_IMPLEMENTED
+    return error_code(exc) in _NOT_IMPLEMENTED
 
 
 def _delete_each(cl, bucket: str, keys: list[str]) -> None:

@@ -154,7 +154,7 @@ def test_published_release_is_immutable(build_dir, root):
     _publish(build_dir, root, "v1")
     bucket, _ = s3.split_uri(root)
     before = sorted(s3.iter_keys(bucket, "mixes/olmo2/v1/"))
-    with pytest.raises(release.ReleaseExistsError, match="already exists; releases are immutable"):
+    with pytest.raises(release.ReleaseExistsError, match="already exists with the same content"):
         _publish(build_dir, root, "v1")
     assert sorted(s3.iter_keys(bucket, "mixes/olmo2/v1/")) == before
 
@@ -210,7 +210,7 @@ def test_interrupted_publish_is_invisible_then_cleaned_up(build_dir, root, tmp_p
     assert release.clean(f"{root}/v2", older_than_s=0) == len(leftovers)
     remaining = {k for k, _ in s3.iter_keys(bucket, "mixes/olmo2/v2/")}
     assert remaining == {"mixes/olmo2/v2/RELEASE.json"} | {f"mixes/olmo2/v2/{record['data_prefix']}{e['path']}"
-                                                           for e in record["files"]}
+                                                           for e in record["files"] + [{"path": release.PROBE_FILE}]}
     assert release.verify(f"{root}/v2") == []
 
 
@@ -222,10 +222,11 @@ def test_publish_removes_stale_leftovers_including_unfinished_multipart_uploads(
     upload = cl.create_multipart_upload(Bucket=bucket, Key=dead + "part-00001.npy")
     cl.upload_part(Bucket=bucket, Key=dead + "part-00001.npy", UploadId=upload["UploadId"], PartNumber=1,
                    Body=b"x" * 1024)
-    cl.put_object(Bucket=bucket, Key="mixes/olmo2/v8/part-09999.npy", Body=b"loose, from an old-style publish")
     messages: list[str] = []
     _publish(build_dir, root, "v8", log=messages.append)  # fresh: left alone
-    assert sum("left 1 staged upload(s) alone" in m for m in messages) == 1  # the loose file is no publish's
+    assert sum("left 1 staged upload(s) alone" in m for m in messages) == 1
+    # (publish refuses a NAME/ holding it: test_publish_refuses_a_name_prefix_holding_objects_no_publish_wrote)
+    cl.put_object(Bucket=bucket, Key="mixes/olmo2/v8/part-09999.npy", Body=b"loose, from an old-style publish")
     assert len(cl.list_multipart_uploads(Bucket=bucket, Prefix=dead).get("Uploads", [])) == 1
     release.delete(f"{root}/v8", stale_after_s=0, log=messages.append)
     # an object no publish writes is left alone, and said (clean took anything as a leftover: a tester)
@@ -481,7 +482,7 @@ def test_publish_from_s3_refuses_a_changed_part_or_an_unfinished_build(build_dir
 def test_delete_removes_commit_record_and_objects(build_dir, root):
     _publish(build_dir, root, "v7")
     bucket, _ = s3.split_uri(root)
-    assert release.delete(f"{root}/v7") == len(_files(build_dir)) + 1
+    assert release.delete(f"{root}/v7") == len(_files(build_dir)) + 2  # and RELEASE.json, and the probe
     assert list(s3.iter_keys(bucket, "mixes/olmo2/v7/")) == []
     with pytest.raises(release.ReleaseNotFoundError, match="no such release"):
         release.pull(f"{root}/v7", "/nonexistent-never-created")
@@ -590,7 +591,7 @@ def _check_single_winner(root: str, name: str, winner: dict, builds: list[Path],
         next(_files(b) for b in builds if _files(b) == got)["report.json"])["build"]
     prefix = f"mixes/olmo2/{name}/"
     assert _release_keys(bucket, prefix) == {prefix + "RELEASE.json"} | {
-        f"{prefix}{winner['data_prefix']}{e['path']}" for e in winner["files"]}
+        f"{prefix}{winner['data_prefix']}{e['path']}" for e in winner["files"] + [{"path": release.PROBE_FILE}]}
 
 
 def _publish_twice_at_once(small_builds, root: str, name: str, hook) -> tuple[list, list]:
@@ -793,7 +794,8 @@ def test_an_error_after_our_commit_landed_never_removes_the_release(small_builds
 
 def _refused_then_published_anyway(small_builds, root, capsys, event: str, hook, what: str) -> None:
     """publish on a store `hook` (registered on `event`) makes: refused with `what`, nothing
-    uploaded; then published with --allow-unconditional-store, which warns; no probe left."""
+    uploaded; then published with --allow-unconditional-store, which warns; the only probe left is
+    the release's own."""
     events = s3.client().meta.events
     events.register(event, hook)
     bucket, prefix = release.split_root(root)
@@ -809,8 +811,9 @@ def _refused_then_published_anyway(small_builds, root, capsys, event: str, hook,
         assert f"warning: the store {what.split(' (')[0]}; publishing anyway" in out
     finally:
         events.unregister(event, hook)
-    assert release.read_release(f"{root}/v1")["name"] == "v1"
-    assert not [k for k, _ in s3.iter_keys(bucket, prefix) if "probe" in k]
+    record = release.read_release(f"{root}/v1")
+    assert [k for k, _ in s3.iter_keys(bucket, prefix) if "probe" in k] == [
+        f"{prefix}v1/{record['data_prefix']}{release.PROBE_FILE}"]
 
 
 def test_a_store_that_ignores_if_none_match_is_refused_before_anything_is_uploaded(small_builds, root, capsys):
@@ -1025,3 +1028,231 @@ def test_a_full_disk_during_pull_names_the_file_and_the_directory(build_dir, roo
     with pytest.raises(release.ReleaseError, match=r"dest: writing .* into .*\.dest\.pull-\w+ failed: No space left"):
         release.pull(f"{root}/full", str(tmp_path / "dest"))
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- fix-t123 (a tester's report)
+
+
+@pytest.fixture
+def no_delete_right():
+    """A write-once publisher (Put but no Delete, the usual policy for immutable datasets): S3 answers
+    DeleteObjects 200 with AccessDenied per key, DeleteObject and AbortMultipartUpload 403. Yields the
+    delete requests made."""
+    from botocore.awsrequest import AWSResponse
+
+    denied: list = []
+
+    def keys(params, model, context, **_):
+        if model.name == "DeleteObjects":
+            context["keys"] = [o["Key"] for o in params["Delete"]["Objects"]]
+
+    def deny(model, context, **_):
+        if model.name not in ("DeleteObjects", "DeleteObject", "AbortMultipartUpload"):
+            return None
+        denied.append(model.name)
+        meta = {"HTTPStatusCode": 200 if model.name == "DeleteObjects" else 403}
+        if model.name == "DeleteObjects":
+            return AWSResponse("http://store", 200, {}, None), {
+                "Errors": [{"Key": k, "Code": "AccessDenied", "Message": "Access Denied"} for k in context["keys"]],
+                "ResponseMetadata": meta}
+        return AWSResponse("http://store", 403, {}, None), {
+            "Error": {"Code": "AccessDenied", "Message": "Access Denied"}, "ResponseMetadata": meta}
+
+    events = s3.client().meta.events
+    events.register("before-parameter-build.s3", keys)
+    events.register("before-call.s3", deny)
+    try:
+        yield denied
+    finally:
+        events.unregister("before-parameter-build.s3", keys)
+        events.unregister("before-call.s3", deny)
+
+
+def test_a_write_once_publisher_needs_no_delete_right(small_builds, root, no_delete_right, capsys):
+    """Found by a tester: the conditional-write probe was deleted after use, so a publisher without
+    s3:DeleteObject got `could not delete 1 object(s) ... AccessDenied`, exit 2, and each retry left
+    a probe. The probe is now kept, part of the release's data prefix; a stale leftover that cannot
+    be removed is said, not fatal."""
+    bucket, prefix = release.split_root(root)
+    s3.client().put_object(Bucket=bucket, Key=f"{prefix}wo/data/20200101T000000Z-0123456789ab/part-00000.npy",
+                           Body=b"a failed publish's, long ago")
+    assert release.main(["publish", str(small_builds[0]), root, "--name", "wo", "--stale-after-hours", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "could not remove" in out and f"`dolmino release clean {root}/wo --older-than-hours 0`" in out
+    record = release.read_release(f"{root}/wo")
+    probe = f"{prefix}wo/{record['data_prefix']}{release.PROBE_FILE}"
+    assert s3.object_size(s3.join_uri(bucket, probe)) is not None
+    notes: list[str] = []
+    assert release.verify(f"{root}/wo", log=notes.append) == []  # the probe is no stray of the release
+    assert not any(release.PROBE_FILE in n for n in notes)
+    assert [r["name"] for r in release.list_releases(root)[0]] == ["wo"]
+    assert no_delete_right == ["DeleteObjects"]  # the stale leftover's, nothing of this publish
+
+
+@pytest.mark.parametrize("stray, words", [
+    ("part-0000.npy", "part-0000.npy: not written by the build"),
+    ("sub/extra.npy", "sub/extra.npy: not written by the build"),
+    ("part-00000.label_mask.npy", "part-00000.label_mask.npy: not written by the build"),
+    ("quarantine/part-00009.npy", "quarantine/part-00009.npy: not written by the build"),
+    ("extra.csv.gz", "extra.csv.gz: not written by the build"),
+])
+def test_a_file_report_json_does_not_list_is_not_released(small_builds, root, tmp_path, stray, words):
+    """Found by a tester: only names like part-NNNNN were checked, so a stray token file, label mask
+    or sidecar was released, which `dolmino validate` and the trainer refuse."""
+    build = _certified_copy(small_builds[0], tmp_path / "build")
+    (build / stray).parent.mkdir(parents=True, exist_ok=True)
+    (build / stray).write_bytes(b"\0" * 8)
+    with pytest.raises(release.ReleaseIntegrityError, match=re.escape(words)):
+        release.publish(str(build), root, "stray")
+    bucket, prefix = release.split_root(root)
+    assert list(s3.iter_keys(bucket, prefix)) == []
+
+
+def test_a_temp_file_in_an_s3_build_is_not_released(small_builds, root, tmp_path):
+    """Found by a tester: a local build with part-NNNNN.npy.tmpNNN was refused, the same on S3 released."""
+    bucket, _ = s3.split_uri(root)
+    _upload_as_build(_certified_copy(small_builds[0], tmp_path / "build"), f"s3://{bucket}/b/t")
+    s3.client().put_object(Bucket=bucket, Key="b/t/part-00000.npy.tmp123", Body=b"half")
+    with pytest.raises(release.ReleaseError, match=r"part-00000\.npy\.tmp123: a file is still being written"):
+        release.publish(f"s3://{bucket}/b/t", root, "tmp")
+    assert release.list_releases(root) == ([], [])
+
+
+@pytest.mark.parametrize("field, value", [("name", "not-demo"), ("seed", 7)])
+def test_a_manifest_json_that_is_not_the_builds_is_not_released(small_builds, root, tmp_path, field, value):
+    """Found by a tester: RELEASE.json's manifest name and seed came from manifest.json, which
+    nothing checked: they come from report.json, and a manifest.json that disagrees is refused."""
+    build = _certified_copy(small_builds[0], tmp_path / "build")
+    report = json.loads((build / "report.json").read_text())
+    (build / "report.json").write_text(json.dumps({**report, "manifest": "demo", "seed": 1124}) + "\n")
+    record = release.publish(str(build), root, "ok")
+    assert record["manifest"]["name"] == "demo" and record["manifest"]["seed"] == 1124
+    manifest = json.loads((build / "manifest.json").read_text())
+    (build / "manifest.json").write_text(json.dumps({**manifest, field: value}) + "\n")
+    with pytest.raises(release.ReleaseIntegrityError, match=f"manifest.json's {field} is {value!r}, but report.json"):
+        release.publish(str(build), root, "bad")
+    assert [r["name"] for r in release.list_releases(root)[0]] == ["ok"]
+
+
+def test_publish_refuses_a_name_prefix_holding_objects_no_publish_wrote(small_builds, root, tmp_path):
+    """Found by a tester: publish into an S3 build's --out (NAME/ = the build) reported success and
+    broke the build."""
+    bucket, _ = s3.split_uri(root)
+    files = _upload_as_build(_certified_copy(small_builds[0], tmp_path / "build"), f"s3://{bucket}/builds/A")
+    with pytest.raises(release.ReleaseError, match=r"s3://.*/builds/A holds \d+ object\(s\) no publish writes "
+                                                   r"\(e\.g\. [^)]+\): not a release"):
+        release.publish(str(small_builds[1]), f"s3://{bucket}/builds", "A")
+    assert {k for k, _ in s3.iter_keys(bucket, "builds/A/")} == {f"builds/A/{rel}" for rel in files}
+
+
+@pytest.mark.parametrize("damaged", ["part-00000.npy", "part-00000.label_mask.npy"])
+def test_a_truncated_file_is_refused_before_the_first_upload(small_builds, root, tmp_path, damaged):
+    """Found by a tester: a damaged part was found by its digest only after every file before it
+    had been uploaded; sizes report.json implies are checked first."""
+    build = tmp_path / "build"
+    shutil.copytree(small_builds[0], build)
+    tokens = (build / "part-00000.npy").stat().st_size // 4
+    (build / "part-00000.label_mask.npy").write_bytes(b"\1" * tokens)
+    report = json.loads((build / "report.json").read_text())
+    report["output"]["files_sha256"] = _sha256s(build)
+    report["output"]["parts"] = [{"name": "part-00000.npy", "size": tokens * 4, "tokens": tokens, "docs": 1}]
+    (build / "report.json").write_text(json.dumps(report) + "\n")
+    with open(build / damaged, "r+b") as fh:
+        fh.truncate(tokens - 1)
+    calls: list = []
+    events = s3.client().meta.events
+    hook = _s3_calls(calls)
+    events.register("before-parameter-build.s3", hook)
+    try:
+        with pytest.raises(release.ReleaseIntegrityError, match=f"{damaged}: {tokens - 1:,} bytes, but report.json"):
+            release.publish(str(build), root, "trunc")
+    finally:
+        events.unregister("before-parameter-build.s3", hook)
+    assert not [op for op, _ in calls if op in ("PutObject", "CreateMultipartUpload")]
+
+
+def test_verifys_note_on_stray_objects_says_what_clean_does(small_builds, root):
+    """Found by a tester: verify said `clean` removes every stray object once stale; it leaves those
+    no publish writes alone."""
+    record = release.publish(str(small_builds[0]), root, "n")
+    bucket, prefix = release.split_root(root)
+    cl = s3.client()
+    cl.put_object(Bucket=bucket, Key=f"{prefix}n/notes.txt", Body=b"mine")
+    cl.put_object(Bucket=bucket, Key=f"{prefix}n/data/20200101T000000Z-0123456789ab/x", Body=b"staged")
+    notes: list[str] = []
+    assert release.verify(f"{root}/n", log=notes.append) == []
+    assert any("1 object(s) under" in n and "clean` removes them once stale" in n for n in notes), notes
+    assert any("1 object(s) under" in n and "no publish writes" in n and "clean` leaves them alone" in n
+               for n in notes), notes
+    assert release.clean(f"{root}/n", older_than_s=0) == 1
+    assert s3.object_size(f"s3://{bucket}/{prefix}n/notes.txt") == 4 and record["files"]
+
+
+@pytest.mark.parametrize("entries, words", [
+    ([".pull-owner"], "'.pull-owner' is reserved"),
+    (["a", "a/b"], "'a' is listed both as a file and as a directory (of 'a/b')"),
+])
+def test_a_release_record_pull_cannot_write_is_refused_when_read(small_builds, root, tmp_path, entries, words):
+    """Found by a tester: an entry `.pull-owner` was downloaded, then removed by pull's own clean-up
+    while pull said success; entries `a` and `a/b` failed with a raw `[Errno 17] File exists`."""
+    record = release.publish(str(small_builds[0]), root, "hostile")
+    bucket, prefix = release.split_root(root)
+    extra = [{"path": p, "size": 0, "sha256": hashlib.sha256(b"").hexdigest()} for p in entries]
+    for p in entries:  # the objects are there: only the names are wrong
+        s3.client().put_object(Bucket=bucket, Key=f"{prefix}hostile/{record['data_prefix']}{p}", Body=b"")
+    s3.client().put_object(Bucket=bucket, Key=f"{prefix}hostile/RELEASE.json",
+                           Body=json.dumps({**record, "files": record["files"] + extra}).encode())
+    with pytest.raises(release.ReleaseError, match=re.escape(words)) as info:
+        release.pull(f"{root}/hostile", str(tmp_path / "dest"))
+    assert len(str(info.value).splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_a_pull_into_a_long_directory_name_works(small_builds, root, tmp_path):
+    """Found by a tester: a 250-character DEST failed with `[Errno 36] File name too long` naming
+    the temporary directory beside it."""
+    release.publish(str(small_builds[0]), root, "long")
+    dest = tmp_path / ("d" * 250)
+    release.pull(f"{root}/long", str(dest))
+    assert (dest / "report.json").exists() and [p.name for p in tmp_path.iterdir()] == [dest.name]
+
+
+def test_sigterm_says_interrupted(monkeypatch, capsys):
+    """Found by a tester: SIGTERM exited 143 with no message (Ctrl-C says `release: interrupted`)."""
+    import signal
+    import time
+
+    def terminated(_args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+
+    monkeypatch.setattr(release, "_run", terminated)
+    assert release.main(["list", "s3://some-bucket/x"]) == 143
+    assert capsys.readouterr().err == "release: interrupted\n"
+
+
+def test_republishing_the_same_build_says_so(small_builds, root, capsys):
+    """Found by a tester: a CI retry could not tell "already released, identical" from a clash."""
+    assert release.main(["publish", str(small_builds[0]), root, "--name", "same"]) == 0
+    capsys.readouterr()
+    assert release.main(["publish", str(small_builds[0]), root, "--name", "same"]) == 2
+    assert "release already exists with the same content" in capsys.readouterr().err
+    assert release.main(["publish", str(small_builds[1]), root, "--name", "same"]) == 2
+    err = capsys.readouterr().err
+    assert "release already exists;" in err and "same content" not in err
+
+
+def test_a_read_only_publisher_is_told_which_key_was_denied(small_builds, root, capsys):
+    """Found by a tester: `S3 PutObject failed: AccessDenied` named no object."""
+    from botocore.awsrequest import AWSResponse
+
+    def deny(**_):
+        return AWSResponse("http://store", 403, {}, None), {
+            "Error": {"Code": "AccessDenied", "Message": "Access Denied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}
+
+    events = s3.client().meta.events
+    events.register("before-call.s3.PutObject", deny)
+    try:
+        assert release.main(["publish", str(small_builds[0]), root, "--name", "ro"]) == 2
+    finally:
+        events.unregister("before-call.s3.PutObject", deny)
+    assert re.match(r"release: error: s3://\S+/ro/data/\S+: S3 PutObject failed: AccessDenied", capsys.readouterr().err)
