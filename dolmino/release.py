@@ -201,7 +201,7 @@ def check_build_names(where: str, names: list[str]) -> None:
         if rel == RELEASE_FILE:
             raise ReleaseError(f"{rel}: the build already holds a {RELEASE_FILE} "
                                "(it looks like a pulled release; publish the original build)")
-        if rel in (PROBE_FILE, _PULL_OWNER):
+        if rel in (PROBE_FILE, PULL_OWNER):
             raise ReleaseError(f"{where}/{rel}: a name releases reserve for their own bookkeeping; move it out of "
                                "the build")
         if _TMP_RE.search(rel):  # on S3 too: an S3 build's was released (a tester)
@@ -684,7 +684,7 @@ def parse_release_record(record: object, where: str, name: str | None = None) ->
         except ValueError as exc:
             raise ReleaseError(f"{where}: {exc}") from None
         # `.pull-owner` is pull's own: pull downloaded such an entry, then removed it, and said success (a tester)
-        if path in (RELEASE_FILE, _PULL_OWNER) or path in seen:
+        if path in (RELEASE_FILE, PULL_OWNER) or path in seen:
             raise ReleaseError(f"{where}: files[{i}].path {path!r} is reserved or listed twice")
         seen.add(path)
         if not isinstance(entry.get("size"), int) or isinstance(entry.get("size"), bool) or entry["size"] < 0:
@@ -1115,7 +1115,7 @@ def _check_local(path: str, entry: dict) -> None:
 
 # Inside a pull's temporary directory: "host pid pid-namespace" of the pull writing it, so a
 # later pull can tell a download whose process is gone (kill -9, a reboot) from a running one.
-_PULL_OWNER = ".pull-owner"
+PULL_OWNER = ".pull-owner"
 
 
 def _pid_namespace() -> str:
@@ -1144,7 +1144,7 @@ def _remove_dead_pulls(parent: str, name: str, log: Log) -> None:
     host, namespace = socket.gethostname(), _pid_namespace()
     for tmp in glob.glob(os.path.join(glob.escape(parent), f"{glob.escape(_pull_stem(name))}*")):
         try:
-            with open(os.path.join(tmp, _PULL_OWNER), encoding="utf-8") as fh:
+            with open(os.path.join(tmp, PULL_OWNER), encoding="utf-8") as fh:
                 owner_host, pid, owner_namespace = fh.read().split()
             pid = int(pid)
         except (OSError, ValueError):
@@ -1191,7 +1191,7 @@ def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log
     # os.mkdir honours the umask (0777 & ~umask, as the build's directories); mkdtemp would give 0700.
     tmp = os.path.join(parent, f"{_pull_stem(os.path.basename(dest))}{uuid.uuid4().hex[:12]}")
     os.mkdir(tmp)
-    with open(os.path.join(tmp, _PULL_OWNER), "w", encoding="utf-8") as fh:
+    with open(os.path.join(tmp, PULL_OWNER), "w", encoding="utf-8") as fh:
         fh.write(f"{socket.gethostname()} {os.getpid()} {_pid_namespace()}\n")
     bar = _Progress(progress, f"pull {_name}", record.get("total_bytes") or sum(e["size"] for e in record["files"]),
                     len(record["files"]))
@@ -1222,7 +1222,7 @@ def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log
         with open(os.path.join(tmp, RELEASE_FILE), "w", encoding="utf-8") as fh:
             json.dump(record, fh, indent=2)
             fh.write("\n")
-        os.remove(os.path.join(tmp, _PULL_OWNER))
+        os.remove(os.path.join(tmp, PULL_OWNER))
         try:
             if os.path.isdir(dest):
                 os.rmdir(dest)  # empty (checked above); rename cannot replace a directory portably
