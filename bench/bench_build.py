@@ -133,7 +133,8 @@ def timed_build(spark, manifest, budget: int, out: Path, attributes: Path) -> di
 
     started = time.perf_counter()
     with CpuMeter() as meter:
-        report = build(manifest, budget, str(out), spark, attributes=str(attributes))
+        # --keep reruns into the last run's outputs, of corpora written again (another plan)
+        report = build(manifest, budget, str(out), spark, attributes=str(attributes), overwrite=True)
     wall = time.perf_counter() - started
     cpu = meter.result()["total"]
     return {"wall_s": wall, "cpu_s": cpu, "pool_bytes": sum(s["bytes_in"] for s in report["sources"]),

@@ -442,6 +442,70 @@ def test_rerun_keeps_committed_parts_and_rebuilds_missing_ones(built, inputs, sp
     assert "reused" not in render_markdown(report).split("Output:")[1].split("\n")[0]
 
 
+def test_a_complete_build_of_another_plan_is_refused_unless_overwrite(built, inputs, spark, tmp_path, capsys):
+    """Two manifests sharing an `output` (or another --budget): the second build replaced the
+    first's complete mix unsaid, exit 0 (found by a tester). It is refused before any Spark job
+    and before report.json is removed, as the trainer refuses a fresh run over an old one;
+    --overwrite replaces it; the same plan again is a rerun that keeps every part."""
+    import shutil
+
+    out, report = built
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(_manifest(inputs)))
+    before = {p.name: p.read_bytes() for p in again.iterdir() if p.is_file()}
+    fresh = tmp_path / "fresh-attributes"
+    assert build_main(["--manifest", str(path), "--out", str(again), "--budget", "600K", "--attributes", str(fresh),
+                       "--quiet"]) == 2
+    assert capsys.readouterr().err == (
+        f"build_mix: error: --out {again} holds a complete build of another plan (manifest 'e2e', budget 1,200,000); "
+        f"this build's is manifest 'e2e' ({path}), budget 600,000 (another manifest, budget, seed, input or setting): "
+        "pass --overwrite to replace it, or pick another --out\n")
+    assert {p.name: p.read_bytes() for p in again.iterdir() if p.is_file()} == before
+    assert not list(fresh.rglob("*.parquet"))  # refused before the tag phase
+    common = ["--manifest", str(path), "--out", str(again), "--budget", "600K", "--attributes", report["attributes"],
+              "--quiet"]
+    assert build_main([*common, "--overwrite"]) == 0
+    replaced = json.loads((again / "report.json").read_text())
+    assert replaced["budget"] == 600_000 and not replaced["run"]["resumed"]
+    assert set(_digest(again)) == set(replaced["output"]["files_sha256"]) and _digest(again) != _digest(out)
+    want = _digest(again)
+    capsys.readouterr()
+    assert build_main(common) == 0  # the same plan into its complete --out: a rerun, every part kept
+    rerun = json.loads((again / "report.json").read_text())
+    assert rerun["run"]["resumed"] and rerun["run"]["parts_reused"] == rerun["output"]["files"]
+    assert _digest(again) == want
+
+
+def test_a_complete_build_on_s3_is_refused_only_for_another_plan(s3_server):
+    """The check reads report.json and _plan.json through the storage helpers: s3:// too."""
+    import uuid
+
+    from dolmino import s3
+    from dolmino.build import output
+    from dolmino.errors import BuildError
+
+    bucket = f"replace-{uuid.uuid4().hex[:12]}"
+    s3.client().create_bucket(Bucket=bucket)
+    out = f"s3://{bucket}/mix"
+    output.refuse_replacing(out, "plan-a", "first", None, 1_000_000)  # nothing there
+    output.write_json(out, output.PLAN_FILE, {"plan": "plan-a", "parts": 1})
+    output.refuse_replacing(out, "plan-b", "second", None, 50_000)  # interrupted (no report.json): replaced
+    output.write_json(out, output.COMPLETION_MARKER, {"manifest": "first", "manifest_path": "m/first.json",
+                                                      "budget": 1_000_000})
+    output.refuse_replacing(out, "plan-a", "first", "m/first.json", 1_000_000)  # the same plan: a rerun
+    with pytest.raises(BuildError) as info:
+        output.refuse_replacing(out, "plan-b", "second", "m/second.json", 50_000)
+    assert str(info.value) == (
+        f"--out {out} holds a complete build of another plan (manifest 'first' (m/first.json), budget 1,000,000); "
+        "this build's is manifest 'second' (m/second.json), budget 50,000 (another manifest, budget, seed, input or "
+        "setting): pass --overwrite to replace it, or pick another --out")
+    output.delete(out, [output.PLAN_FILE])  # a complete build whose plan is unknown is no rerun either
+    with pytest.raises(BuildError, match="holds a complete build of another plan"):
+        output.refuse_replacing(out, "plan-a", "first", "m/first.json", 1_000_000)
+
+
 def test_a_broken_stream_builds_with_every_document_before_the_break(spark, tmp_path, monkeypatch):
     """A .zst whose stream breaks right after a document that lacks its newline: the tag phase
     keeps that cut line (it parses), so the write phase must read it back too, from the same
@@ -510,28 +574,29 @@ def test_a_build_overtaken_by_another_into_the_same_out_stops_without_certifying
     """Two builds into one --out: the one started last owns it. The earlier one used to remove
     the other's parts as stale and print success; it now stops with one line saying why, and
     leaves the other's files alone. The owner, finishing, gives a complete build."""
-    from dolmino.build import mix, output
+    from dolmino.build import output
     from dolmino.errors import BuildError
 
     spec = {"name": "twice", "version": 1, "seed": 1, "data_root": str(inputs),
             "sources": [{"name": "wiki", "paths": ["wiki/*.jsonl*"], "mix_percent": 100}]}
     out = tmp_path / "out"
-    real_split = mix.split_targets
+    real_start = output.start
     other = {}
 
-    def another_build_starts(*args):
-        other.update(output.start(str(out)))  # what the other build's driver does when it starts
+    def another_build_starts(where):
+        mine = real_start(where)
+        other.update(real_start(str(out)))  # what the other build's driver does when it starts, just after
         (out / "part-00007.npy").write_bytes(b"\0" * 8)  # and a part of its own
-        return real_split(*args)
+        return mine
 
-    monkeypatch.setattr(mix, "split_targets", another_build_starts)
+    monkeypatch.setattr(output, "start", another_build_starts)
     with pytest.raises(BuildError) as info:
         build(manifest_from_dict(spec), 20_000, str(out), spark, attributes=str(tmp_path / "a"))
     assert f"started {other['started']} on {other['host']}, pid {other['pid']}" in str(info.value)
     # its part tasks stop for it (they went on writing over the other's parts; found by a tester)
     assert "this build stops without writing its parts" in str(info.value)
     assert not (out / "report.json").exists() and (out / "part-00007.npy").exists()
-    monkeypatch.setattr(mix, "split_targets", real_split)
+    monkeypatch.setattr(output, "start", real_start)
     report = build(manifest_from_dict(spec), 20_000, str(out), spark, attributes=str(tmp_path / "a"))
     assert (out / "report.json").exists() and report["output"]["tokens"] > 0
     assert not (out / "part-00007.npy").exists()  # the owner's build removes what it did not write

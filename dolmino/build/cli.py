@@ -69,6 +69,11 @@ def parse_args(argv: list[str] | None, phase: str) -> argparse.Namespace:
                              "concurrently, so a task of many small files does not wait for each GET in turn "
                              "(0: one at a time)")
     parser.add_argument("--quiet", action="store_true", help="no live progress lines")
+    if phase != "tag":  # tag writes attributes only, never --out
+        parser.add_argument("--overwrite", action="store_true",
+                            help="replace a complete build of another plan (another manifest, budget, seed or "
+                                 "inputs) in --out, which is refused otherwise; a rerun of the same plan needs no "
+                                 "flag (it keeps the parts)")
     parser.add_argument("--locked", action="store_true", help="refuse to build if any input, model, index or the "
                                                               "tokenizer differs from the manifest's lock (dolmino lock)")
     parser.add_argument("--lockfile", default=None, type=local_path,
@@ -148,7 +153,7 @@ def prepare(args: argparse.Namespace, phase: str):
     list_inputs(manifest)  # every missing input named before Spark starts
     options = BuildOptions(budget or 0, out, attributes, phase=phase, task_bytes=task_bytes,
                            split_bytes=split_bytes, read_ahead=args.read_ahead, quiet=args.quiet,
-                           lock=lock)
+                           lock=lock, overwrite=getattr(args, "overwrite", False))
     return manifest, options
 
 

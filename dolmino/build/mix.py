@@ -32,7 +32,7 @@ from dolmino.build.select import (
     too_many_copies,
 )
 from dolmino.build.spark import cluster_info, forward_environment, is_local, parallelize_pickled, persisted_bytes
-from dolmino.build.tag import run_tag
+from dolmino.build.tag import run_tag, tag_plans
 from dolmino.build.write import (
     PARTS_DIR, TokContext, TokDoc, TokStats, WriteContext, order_key, tokenize_units, write_part,
 )
@@ -56,6 +56,7 @@ class BuildOptions:
     read_ahead: int = DEFAULT_READ_AHEAD  # S3 objects each task fetches ahead (dolmino.prefetch)
     quiet: bool = False
     lock: str | None = None  # a lock file checked by --locked: copied into the output (dolmino.lock)
+    overwrite: bool = False  # replace a complete build of another plan in `out` (--overwrite)
 
 
 @dataclass
@@ -196,6 +197,20 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     tok_digest = tokenizer_digest(tokenizer, manifest.tokenizer)
     resources = _stage_resources(manifest, sc)
     store = AttributeStore(options.attributes)
+    if options.phase != "tag":
+        # A pool manifest takes every source's pool exactly once; a mix manifest splits the budget.
+        targets = None if manifest.kind == "pool" else split_targets(options.budget, manifest.mix_fractions())
+        plan_hash = spec_key({
+            "format": ATTRIBUTE_FORMAT, "manifest": _planned_manifest(manifest.raw),
+            "budget": options.budget, "targets": targets, "tokenizer": tok_digest,
+            "tokens_per_file": manifest.output_spec.tokens_per_file,
+            "sets": [[p.docs_set, [t.set_name for t in p.filters], p.minhash_set]
+                     for p in tag_plans(manifest, resources, tok_digest, units)],  # the sets run_tag uses
+            "units": [[u.key, u.file.version, u.start, u.end] for u in units],
+        })
+        if not options.overwrite:  # before any Spark job, and before output.start removes report.json
+            output.refuse_replacing(options.out, plan_hash, manifest.name, manifest.path,
+                                    None if manifest.kind == "pool" else options.budget)
 
     tagged = run_tag(sc, manifest, store, units, bundles, groups, resources, tokenizer, tok_digest,
                      quiet=options.quiet, allow_work=options.phase != "mix", read_ahead=options.read_ahead)
@@ -204,19 +219,10 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
         return _tag_summary(manifest, options, tagged, units, listing, time.time() - started, sc, state)
 
     owner = output.start(options.out)
-    # A pool manifest takes every source's pool exactly once; a mix manifest splits the budget.
-    targets = None if manifest.kind == "pool" else split_targets(options.budget, manifest.mix_fractions())
     if targets is not None and manifest.passes_authority:
         from dolmino.manifest import plan_warnings
 
         state.warnings += plan_warnings(manifest.plan(options.budget))
-    plan_hash = spec_key({
-        "format": ATTRIBUTE_FORMAT, "manifest": _planned_manifest(manifest.raw),
-        "budget": options.budget, "targets": targets, "tokenizer": tok_digest,
-        "tokens_per_file": manifest.output_spec.tokens_per_file,
-        "sets": [[p.docs_set, [t.set_name for t in p.filters], p.minhash_set] for p in tagged.plans],
-        "units": [[u.key, u.file.version, u.start, u.end] for u in units],
-    })
 
     # ---- pool: decisions from attributes, then dedup
     from pyspark import StorageLevel

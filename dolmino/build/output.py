@@ -47,6 +47,37 @@ def start(out: str) -> dict:
     return owner
 
 
+def refuse_replacing(out: str, plan_hash: str, name: str, path: str | None, budget: int | None) -> None:
+    """BuildError when `out` holds a complete build (report.json) of another plan than `plan_hash`.
+
+    Two manifests sharing an `output`, or another --budget, replaced a finished mix unsaid, exit 0
+    (found by a tester); refused as the trainer refuses a fresh run over an old one, unless
+    --overwrite. The same plan again is a rerun that keeps its parts; an interrupted build (no
+    report.json) is replaced. `budget` None: a pool manifest's build."""
+    data = read_if_exists(join(out, COMPLETION_MARKER))
+    if data is None:
+        return
+    saved = read_json(out, PLAN_FILE)
+    if saved is not None and saved.get("plan") == plan_hash:
+        return
+    try:
+        there = json.loads(data)
+    except ValueError:
+        there = None
+    there = there if isinstance(there, dict) else {}  # not a report we can read: still a complete build
+    held_budget = there.get("budget") if isinstance(there.get("budget"), int) else "budget unknown"
+    held = _described(there.get("manifest"), there.get("manifest_path"), held_budget)
+    this = _described(name, path, "a pool (no budget)" if budget is None else budget)
+    raise BuildError(f"--out {out} holds a complete build of another plan ({held}); this build's is {this} "
+                     "(another manifest, budget, seed, input or setting): pass --overwrite to replace it, or pick "
+                     "another --out")
+
+
+def _described(name, path, budget) -> str:
+    shown = (f"manifest {name!r}" if name else "manifest unknown") + (f" ({path})" if path else "")
+    return shown + (f", budget {budget:,}" if isinstance(budget, int) else f", {budget}")
+
+
 def check_owner(out: str, owner: dict, stops: str = "without removing or certifying anything", *,
                 absent_ok: bool = False) -> None:
     """BuildError unless this build still owns `out`.
