@@ -38,6 +38,8 @@ import math
 import os
 import re
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
@@ -45,11 +47,16 @@ from dolmino.documents import DEFAULT_MAX_DOC_BYTES
 from dolmino.errors import ManifestError
 
 SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+# A count: decimal digits and a suffix, or an exponent as JSON writes one (1e9), not both.
+_COUNT_RE = re.compile(r"\s*(?:([0-9]*\.?[0-9]+)\s*([KMBGT]?)|([0-9]*\.?[0-9]+E[+-]?[0-9]+))\s*")
+COUNT_MAX = 2**63 - 1  # what every count's reader holds: JSON integers, numpy int64 token counts
 SOURCE_FORMATS = ("dolma", "stackexchange")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Table 13's mix percentages are rounded, so their sum is 99.94-100.01; beyond this the
 # manifest is probably wrong.
 MIX_SUM_TOLERANCE = 0.5
+# A sum further than this from 100 is rescaled with a warning: beyond the rounding of two-decimal shares.
+MIX_SUM_ROUNDING = 0.1
 # A document of more dolma2 tokens than this is refused (`doc_too_long`): tokenizer memory grows
 # with the document, and no training instance needs millions of tokens of one text.
 DEFAULT_MAX_DOC_TOKENS = 4 << 20
@@ -83,35 +90,50 @@ MINHASH_SEED_LIMIT = 2**32
 # 8,192: a typo of 10**6 would hold the build for an hour or more before its first stage) and each
 # document's signature is 4 x num_perm bytes, shuffled. FineWeb uses 112, datasketch and this recipe 128.
 MINHASH_MAX_PERM = 1024
+# A part (one .npy memmap and its metadata, one partition of the write stage) smaller than one
+# typical web document (~1K tokens) holds a document or two and is all overhead. The released
+# manifests write 512M-token parts, the demos 1M, tests 1K and up.
+MIN_TOKENS_PER_FILE = 1000
+# Parts of one build, at most: each is a reduce partition of the write shuffle (the driver tracks
+# every map task's output per partition) and 2-3 files. OLMo 2's 3.9T mix is ~7,600 parts at 512M;
+# this allows 40M-token parts at 4T. `"tokens_per_file": 1` asked Spark for 51 billion partitions.
+MAX_PARTS = 100_000
 
 
 def count_value(value: Any) -> int:
-    """Parse token counts like 100B, 1.5M, 832.6B, 7000 (K/M/B/T suffixes, powers of 10).
+    """Parse token counts like 100B, 1.5M, 832.6B, 7000, 1e9 (K/M/B/T suffixes, powers of 10).
 
+    Exact: digits are read as decimals, never through a float (a float holds 53 bits: the count
+    "123456789012345678" was planned as ...680), and a count that is not a whole number (1.5,
+    1.0000005M) is refused, not rounded. One upper bound for every spelling: 64 bits.
     Raises ValueError with a message naming the value; the manifest and the trainer's command
     line each say where it came from."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a count like '100B', got {value!r}")
-    if isinstance(value, (int, float)):
-        try:
-            number = float(value)
-        except OverflowError:  # an int beyond a float's range
-            raise ValueError(f"must be a count of at least 1 and at most ~1.8e308, got {len(str(value))} digits") \
-                from None
-        scale = 1
-    elif isinstance(value, str):
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMBGT]?)\s*", value.upper())
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        got = value if isinstance(value, bool) else type(value).__name__
+        raise ValueError(f"expected a count like '100B', got {got}")
+    if isinstance(value, str):
+        match = _COUNT_RE.fullmatch(value.upper())
         if not match:
             raise ValueError(f"expected a count like '100B', '1.5M' or 7000, got {value!r}")
-        number = float(match.group(1))
-        scale = SUFFIXES[match.group(2)]
-    else:
-        raise ValueError(f"expected a count like '100B', got {type(value).__name__}")
-    result = number * scale
-    if not math.isfinite(result) or round(result) < 1:
-        # Checked after rounding: 0.4 would otherwise pass as a count and build as 0.
-        raise ValueError(f"must be a count of at least 1, got {value!r}")
-    return int(round(result))
+        number, scale = Decimal(match.group(1) or match.group(3)), SUFFIXES[match.group(2) or ""]
+        written = repr(shown_number(value))
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"expected a count like '100B', got {value!r}")
+    else:  # a JSON float's own text where the manifest reader kept it; else the shortest decimal
+        # that reads back as this float (what was written, up to a float's 15 digits)
+        text = getattr(value, "text", None) or repr(value)
+        number, scale, written = Decimal(text), 1, shown_number(text)
+    # The magnitude first, from the exponent alone: "1e999999999" must not become an integer
+    # of a billion digits before it is refused (10**19 is beyond 64 bits).
+    magnitude = number.adjusted() + len(str(scale)) - 1
+    tokens = Fraction(number) * scale if 0 <= magnitude < 19 else Fraction(0 if magnitude < 0 else COUNT_MAX + 1)
+    if tokens < 1:
+        raise ValueError(f"must be a count of at least 1, got {written}")
+    if tokens > COUNT_MAX:
+        raise ValueError(f"{written} is beyond 64 bits (a count is at most {COUNT_MAX:,})")
+    if tokens.denominator != 1:
+        raise ValueError(f"{written} is not a whole number (K/M/B/T are powers of 10: 1.5M is 1500000)")
+    return int(tokens)
 
 
 def parse_count(value: Any, where: str) -> int:
@@ -179,6 +201,14 @@ class SourceSpec:
         return None if self.source_percent is None else self.source_percent / 100.0
 
 
+# The packaged dolma2 tokenizer's added tokens (its file is pinned by SHA-256 in dolmino.assets):
+# EOS and BOS must be one of them, as the build checks on the file itself; known here, a manifest
+# check refuses `"eos_token_id": 0` ("!") without reading the 2.7 MB file.
+DOLMA2_ADDED_TOKEN_IDS = range(100256, 100278)
+DOLMA2_SPECIAL_TOKENS = ("<|endoftext|> = 100257, <|fim_prefix|> = 100258, <|fim_middle|> = 100259, "
+                         "<|fim_suffix|> = 100260")
+
+
 @dataclass(frozen=True)
 class TokenizerSpec:
     """The tokenizer and how documents become ids (docs/DESIGN.md "Tokenization").
@@ -231,6 +261,7 @@ class SourcePlanRow(NamedTuple):
     fraction: float | None  # share of one more pass taken as a seeded sample
     mix_percent: float  # derived share of the mix (target / budget x 100)
     mix_percent_manifest: float | None  # the manifest's Mix %, if it states one
+    share_percent: float | None = None  # the share x 100 the budget was split by, before whole tokens
 
 
 @dataclass(frozen=True)
@@ -319,6 +350,7 @@ class Manifest:
         if budget is None or budget <= 0:
             raise ManifestError("budget: this manifest states no budget and its sources' shares are Mix % "
                                 "(no passes to derive one from); pass a budget")
+        check_parts(budget, self.output_spec.tokens_per_file)
         fractions = self.mix_fractions(pool_tokens)
         targets = split_budget(budget, fractions)
         pools = self._pools(pool_tokens)
@@ -332,15 +364,47 @@ class Manifest:
                 pool_tokens_manifest=s.pool_tokens, target_tokens=target,
                 source_percent=100.0 * ratio if ratio is not None else None, copies=copies,
                 fraction=max(0.0, ratio - copies) if ratio is not None else None,
-                mix_percent=100.0 * target / budget, mix_percent_manifest=s.mix_percent))
+                mix_percent=100.0 * target / budget, mix_percent_manifest=s.mix_percent,
+                share_percent=100.0 * fractions[s.name]))
         return rows
 
 
+def check_parts(budget: int | None, tokens_per_file: int) -> None:
+    """Refuse a budget written as more than MAX_PARTS parts: the build learnt it only when it
+    asked Spark for the partitions, after the tag and pool stages."""
+    parts = -(-budget // tokens_per_file) if budget else 0
+    if parts > MAX_PARTS:
+        raise ManifestError(f"output_format.tokens_per_file: {tokens_per_file:,} tokens per file writes a budget of "
+                            f"{format_count(budget)} as {parts:,} parts, more than {MAX_PARTS:,}; raise it to at least "
+                            f"{-(-budget // MAX_PARTS):,} or plan a smaller budget")
+
+
+def budget_scale_warning(budget: int, implied: float) -> str:
+    """One line for a budget that scales every source's passes alike (not one per source)."""
+    return (f"budget: {format_count(budget)} is {ratio_text(100.0 * budget / implied)}% of the "
+            f"{format_count(implied)} tokens the sources' passes add up to: every source takes "
+            f"{ratio_text(budget / implied)} x its stated passes")
+
+
+def zero_target_warning(name: str, share_percent: float, budget: int) -> str:
+    """A source the manifest gives a share that rounds to no token at this budget: it was dropped unsaid."""
+    return (f"{name}: its share {share_text(share_percent)}% of the budget {format_count(budget)} is under one "
+            "token: it gets 0 tokens at this budget (a larger budget or share takes it in)")
+
+
 def plan_warnings(rows: list[SourcePlanRow], tolerance: float = PASSES_TOLERANCE) -> list[str]:
-    """Sources whose planned passes miss the manifest's Source % by more than `tolerance`
-    (relative), naming the reason: a budget other than the one the passes imply, or a pool
-    that does not hold what the manifest expects."""
-    out = []
+    """Sources the plan gives 0 tokens despite a share, and sources whose planned passes miss the
+    manifest's Source % by more than `tolerance` (relative), naming the reason: a pool that does
+    not hold what the manifest expects, or a budget other than the one the passes imply (one
+    line when that is the only reason: every source is scaled alike)."""
+    budget = sum(r.target_tokens for r in rows)
+    out = [zero_target_warning(r.name, r.share_percent, budget) for r in rows
+           if r.target_tokens == 0 and r.share_percent]
+    if rows and all(r.source_percent_manifest and r.pool_tokens_manifest and r.pool_tokens == r.pool_tokens_manifest
+                    for r in rows):
+        implied = sum(r.source_percent_manifest / 100.0 * r.pool_tokens for r in rows)
+        if abs(budget / implied - 1.0) > tolerance:
+            return [*out, budget_scale_warning(budget, implied)]
     for r in rows:
         if r.source_percent_manifest is None or r.source_percent is None or r.source_percent_manifest <= 0:
             continue
@@ -534,6 +598,17 @@ def _check_mix_sum(sources: tuple[SourceSpec, ...]) -> tuple[SourceSpec, ...]:
     return sources
 
 
+def _mix_sum_warning(sources: tuple[SourceSpec, ...]) -> list[str]:
+    """Mix % that sum to 100.4 pass the check and are rescaled by every plan: say so (the plan's
+    30 was 29.88, unsaid)."""
+    total = sum(s.mix_percent for s in sources)
+    if abs(total - 100.0) <= MIX_SUM_ROUNDING:
+        return []
+    shown = [f"{s.name} {s.mix_percent:g} -> {share_text(100.0 * s.mix_percent / total)}" for s in sources[:3]]
+    return [f"sources[*].mix_percent: they sum to {total:g}, not 100; each share is rescaled to sum to 100 "
+            f"({', '.join(shown)}{', ...' if len(sources) > 3 else ''})"]
+
+
 def _share_warnings(sources: tuple[SourceSpec, ...], budget: int | None, budget_stated: bool,
                     passes_authority: bool) -> list[str]:
     """Where a manifest states both Source % and Mix % and they disagree, or states a budget
@@ -554,9 +629,7 @@ def _share_warnings(sources: tuple[SourceSpec, ...], budget: int | None, budget_
                        f"{s.mix_percent:g} ({abs(derived - s.mix_percent):.2f} pp apart; {authority} decides)")
     if budget_stated and budget and abs(budget / total - 1.0) > PASSES_TOLERANCE:
         if passes_authority:
-            out.append(f"budget: {format_count(budget)} is {ratio_text(100.0 * budget / total)}% of the "
-                       f"{format_count(total)} tokens the sources' passes add up to: every source takes "
-                       f"{ratio_text(budget / total)} x its stated passes")
+            out.append(budget_scale_warning(budget, total))
         else:
             out.append(f"budget: {format_count(budget)} is {100.0 * budget / total:.1f}% of the "
                        f"{format_count(total)} tokens the sources' source_percent x pool_tokens add up to")
@@ -590,6 +663,9 @@ def _parse_tokenizer(obj: Any, base_dir: str | None) -> TokenizerSpec:
     for key in ("eos_token_id", "pad_token_id", "bos_token_id"):
         if ints[key] is not None:
             _expect(ints[key] < ints["vocab_size"], f"{where}.{key}", "must be below vocab_size")
+    for key in ("eos_token_id", "bos_token_id"):  # the build's rule (tokenizer.control_id_problems), before Spark
+        _expect(path is not None or ints[key] is None or ints[key] in DOLMA2_ADDED_TOKEN_IDS, f"{where}.{key}",
+                f"{ints[key]} is not one of the tokenizer's added tokens (special ones: {DOLMA2_SPECIAL_TOKENS}, ...)")
     _expect(ints["vocab_size"] <= 2**32, f"{where}.vocab_size", "must fit in uint32")
     choices = {}
     for key, allowed in (("semantics", TokenizerSpec.SEMANTICS),
@@ -607,6 +683,8 @@ def _parse_output_spec(obj: Any) -> OutputSpec:
     _expect(isinstance(obj, dict), where, "expected an object")
     _check_keys(obj, set(OUTPUT_FORMAT_FIELDS), set(), where)
     tpf = parse_count(obj.get("tokens_per_file", OutputSpec.tokens_per_file), f"{where}.tokens_per_file")
+    _expect(tpf >= MIN_TOKENS_PER_FILE, f"{where}.tokens_per_file", f"at least {MIN_TOKENS_PER_FILE:,} (a part "
+            f"smaller than a typical document is all overhead; the released manifests use 512M), got {tpf:,}")
     label_mask = obj.get("label_mask", False)
     _expect(isinstance(label_mask, bool), f"{where}.label_mask", f"expected true/false, got {label_mask!r}")
     return OutputSpec(tokens_per_file=tpf, label_mask=label_mask)
@@ -654,6 +732,8 @@ def manifest_from_dict(data: Any, path: str | None = None) -> Manifest:
     _expect(isinstance(description, str), "description", "expected a string")
     passes_authority = version >= 2 and all(s.source_percent is not None for s in sources)
     warnings = _share_warnings(sources, budget, budget is not None, passes_authority)
+    if kind == "mix" and not passes_authority:
+        warnings += _mix_sum_warning(sources)
     manifest = Manifest(
         name=name, seed=seed, sources=sources, budget=budget,
         tokenizer=_parse_tokenizer(data.get("tokenizer"), base_dir),
@@ -664,7 +744,15 @@ def manifest_from_dict(data: Any, path: str | None = None) -> Manifest:
     )
     if budget is None and passes_authority:
         manifest = replace(manifest, budget=manifest.budget_for())
+    check_parts(manifest.budget, manifest.output_spec.tokens_per_file)
     return manifest
+
+
+class _DuplicateKey(ManifestError):
+    def __init__(self, key: str, line: int | None = None):
+        where = f" in one object, line {line}" if line else " in one object"
+        super().__init__(f"duplicate key {key!r}{where} (JSON would silently keep only the last)")
+        self.key = key
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
@@ -673,9 +761,34 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
         if key in obj:
             # json.load would keep the last value and drop the first without a word; in a
             # reviewed file that is a reviewer reading one number and the build using another.
-            raise ManifestError(f"duplicate key {key!r} in one object (JSON would silently keep only the last)")
+            raise _DuplicateKey(key)
         obj[key] = value
     return obj
+
+
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]]')
+_JSON_COLON = re.compile(r"\s*:")
+
+
+def _duplicate_key_line(text: str) -> int | None:
+    """The line of the repeated key json refused in `text` (valid JSON up to there): json's hooks
+    get no positions, so the text's strings and brackets are walked again. json refuses an
+    object when it closes (an inner one before its outer one): so is it here."""
+    objects: list[tuple[set, list] | None] = []  # per open bracket: (keys seen, repeats' offsets), None: an array
+    for token in _JSON_TOKEN.finditer(text):
+        mark, top = token.group(), objects[-1] if objects else None
+        if mark in "{[":
+            objects.append((set(), []) if mark == "{" else None)
+        elif mark in "}]":
+            if top and top[1]:
+                return text.count("\n", 0, top[1][0]) + 1
+            objects.pop()
+        elif top is not None and _JSON_COLON.match(text, token.end()):
+            key = json.loads(mark)
+            if key in top[0]:
+                top[1].append(token.start())
+            top[0].add(key)
+    return None
 
 
 def _not_json_constant(name: str):
@@ -684,18 +797,34 @@ def _not_json_constant(name: str):
     raise ManifestError(f"{name} is not a JSON value (JSON has no NaN or Infinity)")
 
 
+class _JsonFloat(float):
+    """A JSON number with a point or an exponent, and its text: a count reads the text, exactly
+    (`"budget": 123456789012345678.0` as a float is 123456789012345680)."""
+
+    text: str
+
+
 def _finite_float(text: str) -> float:
-    value = float(text)
+    value = _JsonFloat(text)
     if math.isinf(value):  # 1e400: valid JSON text that every reader takes as infinity
         raise ManifestError(f"the number {text} is too large for a float (it reads as infinity)")
+    value.text = text
     return value
 
 
+def shown_number(text: str) -> str:
+    """A number as an error shows it: 400 digits cut to their ends and their count."""
+    if len(text) <= 24:
+        return text
+    digits = text.lstrip("-")
+    return f"{text[:12]}...{text[-4:]} ({len(digits)} {'digits' if digits.isdigit() else 'characters'})"
+
+
 def _int64(text: str) -> int:
-    value = int(text)
-    if not -2**63 <= value < 2**63:  # `"budget": 1` and 400 zeros: OverflowError in float() (a reviewer)
-        shown = text if len(text) <= 24 else f"{text[:12]}...{text[-4:]} ({len(text.lstrip('-'))} digits)"
-        raise ManifestError(f"the integer {shown} is beyond 64 bits")
+    # Length first: int() of more than 4,300 digits is a ValueError of its own (a traceback).
+    value = int(text) if len(text.lstrip("-")) <= 19 else None
+    if value is None or not -2**63 <= value < 2**63:  # `"budget": 1` and 400 zeros (a reviewer)
+        raise ManifestError(f"the integer {shown_number(text)} is beyond 64 bits")
     return value
 
 
@@ -703,8 +832,9 @@ def read_manifest_json(path: str) -> Any:
     """The parsed JSON of a manifest file (no schema check); every error names the file."""
     try:
         with open(path, encoding="utf-8-sig") as fh:
-            return json.load(fh, object_pairs_hook=_no_duplicate_keys, parse_constant=_not_json_constant,
-                             parse_float=_finite_float, parse_int=_int64)
+            text = fh.read()
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_not_json_constant,
+                          parse_float=_finite_float, parse_int=_int64)
     except FileNotFoundError:
         raise ManifestError(f"{path}: manifest file not found") from None
     except IsADirectoryError:
@@ -713,6 +843,8 @@ def read_manifest_json(path: str) -> Any:
         raise ManifestError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except _DuplicateKey as exc:
+        raise ManifestError(f"{path}: {_DuplicateKey(exc.key, _duplicate_key_line(text))}") from None
     except ManifestError as exc:
         raise ManifestError(f"{path}: {exc}") from None
 

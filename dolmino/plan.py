@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import (
-    Manifest, SourcePlanRow, format_count, load_manifest, parse_count, plan_warnings, ratio_text, share_text,
+    Manifest, SourcePlanRow, format_count, load_manifest, parse_count, plan_warnings, share_text,
 )
 
 FORMATS = ("text", "markdown", "json")
@@ -204,17 +204,13 @@ def _copies_refused(rows: list[SourcePlanRow]) -> list[str]:
 
 
 def _plan_warnings(manifest: Manifest, budget: int, rows: list[SourcePlanRow]) -> list[str]:
-    """`plan_warnings`, in one line when a budget scales every source's passes alike (the
-    manifest's own budget warning already says so when the budget is stated)."""
+    """`plan_warnings` (a budget scaling every source's passes alike is one line there), less that
+    line where the manifest's own budget warning already says it (the budget it states); the
+    lines for sources given no token stay (they were dropped with the per-source ones)."""
     found = plan_warnings(rows)
-    if not found or not manifest.passes_authority or any(r.pool_tokens != r.pool_tokens_manifest for r in rows):
-        return found
-    if manifest.budget_stated and budget == manifest.budget:
-        return []  # the manifest's own "budget: ..." warning says it
-    implied = sum(s.passes * s.pool_tokens for s in manifest.sources)
-    return [f"budget: {format_count(budget)} is {ratio_text(100.0 * budget / implied)}% of the "
-            f"{format_count(implied)} tokens the sources' passes add up to: every source takes "
-            f"{ratio_text(budget / implied)} x its stated passes"]
+    if manifest.passes_authority and manifest.budget_stated and budget == manifest.budget:
+        return [w for w in found if not w.startswith("budget: ")]
+    return found
 
 
 def _pct(value: float | None, digits: int = 4) -> str:

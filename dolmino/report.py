@@ -21,7 +21,7 @@ import json
 import platform
 
 from dolmino.errors import ManifestError
-from dolmino.manifest import PASSES_TOLERANCE, Manifest, format_count, share_text
+from dolmino.manifest import PASSES_TOLERANCE, Manifest, format_count, share_text, zero_target_warning
 
 SHORTFALL_TOLERANCE = 0.005
 # How far an estimated pool (not every document tokenized) may be from the manifest's
@@ -106,23 +106,32 @@ def _empty_source(sel, name: str, acc: dict) -> list[str]:
     quarantined = sum(acc["quarantined"].values())
     why = [f"{reason} {entry['docs']:,}" for reason, entry in removed[:3]] + \
         ([f"quarantined {quarantined:,}"] if quarantined else [])
+    if not acc["docs_in"]:  # nothing was filtered: its inputs were empty (or a glob took the wrong files)
+        return [f"source {name!r}: its inputs hold no documents ({acc['files']:,} file(s), {acc['bytes_in']:,} "
+                f"bytes); {sel.empty}"]
     return [f"source {name!r}: no documents left after filtering and dedup; {sel.empty}"
             + (f" (of {acc['docs_in']:,} documents: {', '.join(why)})" if why else "")]
 
 
-def _pool_size_missed(source, pool_tokens: int, exact: bool, out_tokens: int) -> list[str]:
-    """A source whose achieved passes miss the manifest's because its pool is not the size the
-    manifest states. The build plans against the stated pool_tokens (a budget that scales
-    every source is warned about when the build starts, from the plan)."""
+def _pool_size_missed(source, pool_tokens: int, exact: bool, out_tokens: int, target_tokens: int) -> list[str]:
+    """A source whose achieved passes miss the planned ones because its pool is not the size the
+    manifest states. The build plans against the stated pool_tokens at its budget: another budget
+    scales every source's passes (warned about once, from the plan), so the achieved passes are
+    compared with the planned ones (they were with the manifest's: 179.9% against 200% where
+    the build had planned 500%), the manifest's named beside them."""
     stated = source.pool_tokens
     if not (source.source_percent and stated and pool_tokens):
         return []
     achieved = 100.0 * out_tokens / pool_tokens
+    planned = 100.0 * target_tokens / stated
     off_pool = abs(pool_tokens / stated - 1) > (PASSES_TOLERANCE if exact else POOL_ESTIMATE_TOLERANCE)
-    if not off_pool or abs(achieved / source.source_percent - 1) <= PASSES_TOLERANCE:
+    if not off_pool or not planned or abs(achieved / planned - 1) <= PASSES_TOLERANCE:
         return []
-    return [f"source {source.name!r}: took {achieved:.4g}% of its pool, the manifest says {source.source_percent:.4g}% "
-            f"(the pool holds {'' if exact else '~'}{format_count(pool_tokens)} tokens after filtering, the manifest's "
+    said = (f"the manifest says {source.source_percent:.4g}% ("
+            if abs(planned / source.source_percent - 1) <= PASSES_TOLERANCE else
+            f"this build planned {planned:.4g}% (the manifest says {source.source_percent:.4g}% at its budget; ")
+    return [f"source {source.name!r}: took {achieved:.4g}% of its pool, {said}the pool holds "
+            f"{'' if exact else '~'}{format_count(pool_tokens)} tokens after filtering, the manifest's "
             f"pool_tokens {format_count(stated)}; a pool build's report measures it)"]
 
 
@@ -171,7 +180,11 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
                             f"expects {format_count(source.pool_tokens)} ({out_tokens / source.pool_tokens:.3g}x; "
                             "a mix manifest's pool_tokens for it should say what the pool holds)")
         if manifest.kind != "pool" and manifest.passes_authority:
-            warnings += _pool_size_missed(source, pool_tokens, exact, out_tokens)
+            warnings += _pool_size_missed(source, pool_tokens, exact, out_tokens, sel.target_tokens)
+        if manifest.kind != "pool" and not sel.target_tokens and fractions[source.name] > 0:
+            # said by the plan's warnings where the build asked for them (passes manifests), else here
+            zero = zero_target_warning(source.name, 100.0 * fractions[source.name], budget)
+            warnings += [] if zero in warnings else [zero]
         if acc["duplicate_ids"]:  # counted, and unsaid: a site's Posts.xml beside its .xml.zst was read twice
             warnings.append(f"source {source.name!r}: {acc['duplicate_ids']:,} document(s) repeat an id seen earlier in "
                             "the source (the same data under two file names, such as Posts.xml beside Posts.xml.zst, "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+from fractions import Fraction
 
 BUCKET_BITS = 16
 # Up to this many documents the fractional sample is chosen exactly on the driver
@@ -85,9 +86,11 @@ def greedy_fill(docs: list[tuple[int, int]], fraction_tokens: int) -> frozenset:
 
 
 def split_budget(budget: int, mix_fractions: dict[str, float]) -> dict[str, int]:
-    """Token targets per source; rounding goes to the largest sources so targets sum to the budget."""
-    raw = {name: budget * f for name, f in mix_fractions.items()}
-    targets = {name: int(math.floor(v)) for name, v in raw.items()}
+    """Token targets per source; rounding goes to the largest remainders so targets sum to the budget.
+    In exact arithmetic: a float product holds 53 bits, and a budget of 123456789012345678 split
+    into targets summing to ...681 (a reviewer)."""
+    raw = {name: Fraction(f) * budget for name, f in mix_fractions.items()}
+    targets = {name: math.floor(v) for name, v in raw.items()}
     short = budget - sum(targets.values())
     for name in sorted(raw, key=lambda n: (-(raw[n] - targets[n]), n))[:short]:
         targets[name] += 1

@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -252,6 +253,10 @@ def test_cli_rejects_bad_budget(tmp_path, capsys):
     path.write_text(json.dumps(_manifest(tmp_path)))
     assert build_main(["--manifest", str(path), "--budget", "12Q"]) == 2
     assert "--budget" in capsys.readouterr().err
+    # a --budget written as more parts than a build makes: refused before Spark, not at its partitioning
+    assert json.loads(path.read_text())["output_format"]["tokens_per_file"] == "400K"
+    assert build_main(["--manifest", str(path), "--budget", str(400_000 * 100_001)]) == 2
+    assert "output_format.tokens_per_file: " in capsys.readouterr().err
 
 
 def test_cli_out_at_a_bucket_root_needs_explicit_attributes(tmp_path, capsys):
@@ -1132,6 +1137,27 @@ def test_an_unfinished_synth_output_is_refused_at_listing(tmp_path, s3_server):
     assert [len(files) for files in list_inputs(manifest_from_dict(spec)).files] == [1]
 
 
+def test_two_input_files_of_one_name_are_refused_at_listing(tmp_path):
+    """A path outside the data root is named without its leading '/': /X/a.jsonl and <root>/X/a.jsonl
+    shared one name, so their documents' `loc`, sampling hashes and attribute files (a reviewer)."""
+    from dolmino.build.inputs import list_inputs
+    from dolmino.errors import BuildError
+
+    outside = tmp_path / "outside" / "a.jsonl"
+    inside = tmp_path / "root" / str(outside).lstrip("/")
+    for path in (outside, inside):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"id": str(path), "text": "some words here"}) + "\n")
+    spec = {"name": "clash", "version": 1, "seed": 3, "budget": 1_000, "data_root": str(tmp_path / "root"),
+            "sources": [{"name": "web", "paths": [str(outside).lstrip("/"), str(outside)], "mix_percent": 100.0}]}
+    with pytest.raises(BuildError, match=r"source 'web': 1 name\(s\) given to more than one input file \(first: "
+                                         rf"{re.escape(str(outside))} and {re.escape(str(inside))}, both named "):
+        list_inputs(manifest_from_dict(spec))
+    spec["sources"][0]["paths"] = [str(outside)]
+    assert [[f.name for f in files] for files in list_inputs(manifest_from_dict(spec)).files] == [
+        [str(outside).lstrip("/")]]
+
+
 def test_a_file_two_sources_match_is_refused_at_listing(tmp_path):
     """A file matched by two sources' paths was read, counted and mixed once per source, unsaid (the
     same document in the output under both; found by a tester). Within one source overlapping
@@ -1168,3 +1194,42 @@ def test_a_file_two_sources_match_is_refused_at_listing(tmp_path):
     spec["sources"][1]["paths"] = ["other/*.jsonl", f"{tmp_path}/../{tmp_path.name}-outside/x.jsonl"]
     with pytest.raises(BuildError, match=r"source 'other': 1 input path\(s\) go through '\.\.'"):
         list_inputs(manifest_from_dict(spec))
+
+
+def test_a_budget_that_scales_the_passes_is_said_once_and_misses_compare_with_the_plan(inputs, spark, tmp_path):
+    """Another budget on a passes manifest gave one warning per source, and each pool-size miss
+    quoted the manifest's unscaled Source % ("took 179.9%, the manifest says 200%" where the
+    build had planned 500%; found by a tester). One line for the scale; misses against the plan."""
+    spec = {"name": "scaled", "version": 2, "seed": 9, "data_root": str(inputs),
+            "sources": [{"name": "wiki", "paths": ["wiki/*.jsonl*"], "source_percent": 50, "pool_tokens": "10K"},
+                        {"name": "papers", "paths": ["papers/*.jsonl*"], "source_percent": 100, "pool_tokens": "20K"}]}
+    manifest = manifest_from_dict(spec)
+    report = build(manifest, 2 * manifest.budget, str(tmp_path / "o"), spark, attributes=str(tmp_path / "a"))
+    assert report["warnings"][0] == ("budget: 50K is 200% of the 25K tokens the sources' passes add up to: every "
+                                     "source takes 2 x its stated passes")
+    assert not [w for w in report["warnings"] if w.startswith(("wiki: takes", "papers: takes"))]  # not per source
+    wiki = report["sources"][0]
+    assert wiki["target_tokens"] == 10_000 and wiki["pool_tokens"] > 10_500
+    pool = ("" if wiki["pool_tokens_exact"] else "~") + format_count(wiki["pool_tokens"])
+    assert (f"source 'wiki': took {100 * wiki['passes']:.4g}% of its pool, this build planned 100% (the manifest says "
+            f"50% at its budget; the pool holds {pool} tokens after filtering, the manifest's pool_tokens 10K; a pool "
+            "build's report measures it)") in report["warnings"]
+
+
+def test_a_source_given_no_tokens_or_whose_inputs_are_empty_is_named(inputs, spark, tmp_path):
+    """A positive share that rounds to 0 tokens was dropped unsaid; a source whose inputs hold no
+    documents at all was warned as "no documents left after filtering and dedup" (a tester)."""
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "empty.jsonl").write_text("")
+    spec = {"name": "zero", "version": 1, "seed": 3, "budget": 20_000, "data_root": str(inputs),
+            "sources": [{"name": "wiki", "paths": ["wiki/*.jsonl*"], "mix_percent": 60},
+                        {"name": "papers", "paths": ["papers/*.jsonl*"], "mix_percent": 0.0004},
+                        {"name": "none", "paths": [str(tmp_path / "none" / "*.jsonl")], "mix_percent": 39.9996}]}
+    report = build(manifest_from_dict(spec), 20_000, str(tmp_path / "o"), spark, attributes=str(tmp_path / "a"))
+    papers, none = report["sources"][1:]
+    assert papers["target_tokens"] == 0 and none["target_tokens"] > 0 and none["docs_in"] == 0
+    assert ("papers: its share 0.0004% of the budget 20K is under one token: it gets 0 tokens at this budget (a larger "
+            "budget or share takes it in)") in report["warnings"]
+    assert [w for w in report["warnings"] if w.startswith("source 'none'")] == [
+        f"source 'none': its inputs hold no documents (1 file(s), 0 bytes); it contributes 0 of its "
+        f"{none['target_tokens']:,} target tokens"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -136,8 +137,9 @@ def test_passes_decide_shares_and_budget():
     # A smaller budget scales every source and says why.
     small = m.plan(150)
     assert [r.target_tokens for r in small] == [50, 100]
-    warned = plan_warnings(small)
-    assert len(warned) == 2 and warned[1].startswith("math: takes 200% of its pool") and "budget" in warned[1]
+    warned = plan_warnings(small)  # once, not once per source (the build printed one line per source)
+    assert warned == ["budget: 150 is 50% of the 300 tokens the sources' passes add up to: every source takes 0.5 x "
+                      "its stated passes"]
     # A stated budget keeps its value; a pool size the manifest did not expect is named.
     stated = manifest_from_dict(_passes_manifest(budget="150"))
     assert stated.budget == 150 and stated.budget_for({"math": 40}) == 150
@@ -226,10 +228,125 @@ def test_parse_count(text, expected):
     assert parse_count(text, "budget") == expected
 
 
-@pytest.mark.parametrize("bad", ["", "B", "-5B", "10X", "1e9", True, None, "0", 0.4, "0.4", 10**400, "1" + "0" * 400])
+@pytest.mark.parametrize("bad", ["", "B", "-5B", "10X", "1e3K", True, None, "0", 0.4, "0.4", 10**400, "1" + "0" * 400])
 def test_parse_count_rejects(bad):
     with pytest.raises(ManifestError, match="^budget:"):
         parse_count(bad, "budget")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("123456789012345678", 123456789012345678), ("9223372036854775807", 2**63 - 1),  # were ...680 and 2**63
+    ("1e9", 10**9), (1e9, 10**9), ("2.5E3", 2500), ("1.5B", 1_500_000_000), ("1.0000005M", None), ("1.5", None),
+    (1.5, None), ("100000000000T", "beyond"), ("9223372036854775808", "beyond"), ("1e999999999", "beyond"),
+])
+def test_counts_parse_exactly_whole_and_within_64_bits(text, expected):
+    """Counts went through float: "123456789012345678" planned as ...680, 1.5 as a budget of 2,
+    "100000000000T" was accepted where a JSON integer of 31 digits was beyond 64 bits, and "1e9"
+    was refused where JSON's 1e9 was read (found by a tester)."""
+    if isinstance(expected, int):
+        assert parse_count(text, "--budget") == expected
+        return
+    message = ("is beyond 64 bits (a count is at most 9,223,372,036,854,775,807)" if expected
+               else "is not a whole number")
+    with pytest.raises(ManifestError, match=rf"^--budget: .*{re.escape(message)}"):
+        parse_count(text, "--budget")
+
+
+@pytest.mark.parametrize("written, expected", [
+    ('"123456789012345678"', 123456789012345678), ("123456789012345678", 123456789012345678),
+    ("123456789012345678.0", 123456789012345678), ("1e9", 10**9), ('"1e9"', 10**9),
+    ("1.2345678901234567891e17", "budget: 1.2345678901234567891e17 is not a whole number"),
+    ('"100000000000T"', "budget: '100000000000T' is beyond 64 bits"),
+    ("1" + "0" * 30, "the integer 100000000000...0000 (31 digits) is beyond 64 bits"),
+])
+def test_a_manifest_count_is_read_from_its_text(tmp_path, written, expected):
+    """A JSON float keeps its text for a count: 123456789012345678.0 as a float is ...680."""
+    data = {**_base(), "output_format": {"tokens_per_file": 2**62}}  # parts, at most 100,000
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(data).replace('"budget": "4M"', f'"budget": {written}'))
+    if isinstance(expected, int):
+        assert load_manifest(str(path)).budget == expected
+        return
+    with pytest.raises(ManifestError, match=re.escape(expected)):
+        load_manifest(str(path))
+
+
+def test_the_plan_says_a_budget_scale_once_and_names_a_source_it_gives_nothing():
+    """A source whose positive share rounds to 0 tokens at the budget was dropped unsaid (a tester)."""
+    m = manifest_from_dict({**_base(), "budget": "100K", "sources": [
+        {"name": "tiny", "paths": ["a/*"], "mix_percent": 0.0004}, {"name": "rest", "paths": ["b/*"],
+                                                                    "mix_percent": 99.9996}]})
+    rows = m.plan()
+    assert [r.target_tokens for r in rows] == [0, 100_000]
+    assert plan_warnings(rows) == ["tiny: its share 0.0004% of the budget 100K is under one token: it gets 0 tokens "
+                                   "at this budget (a larger budget or share takes it in)"]
+    assert plan_warnings(m.plan(1_000_000)) == []
+    passes = manifest_from_dict(_passes_manifest())
+    assert [w.split(":")[0] for w in plan_warnings(passes.plan(1))] == ["web", "budget"]
+
+
+def test_mix_percent_that_do_not_sum_to_100_are_said_to_be_rescaled(tmp_path, capsys):
+    """30 + 30 + 40.4 passed the check without a word, and every plan made the 30s 29.88 (a tester)."""
+    from dolmino.manifest import main
+
+    data = _base()
+    data["sources"] = [{"name": n, "paths": [f"{n}/*"], "mix_percent": p} for n, p in
+                       (("pes2o", 30), ("wiki", 30), ("flan", 40.4))]
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(data))
+    assert main(["check", str(path)]) == 0
+    assert (f"warn {path}: sources[*].mix_percent: they sum to 100.4, not 100; each share is rescaled to sum to 100 "
+            "(pes2o 30 -> 29.88, wiki 30 -> 29.88, flan 40.4 -> 40.24)") in capsys.readouterr().out
+    data["sources"][2]["mix_percent"] = 40.01  # the rounding of two-decimal shares (demo.json sums to 100.01)
+    assert manifest_from_dict(data).warnings == ()
+
+
+def test_an_eos_that_is_not_an_added_token_is_refused_at_load():
+    """`"eos_token_id": 0` ("!" in dolma2) passed check, plan and lock; only the build refused it,
+    after Spark started (a tester). The packaged tokenizer's added tokens are known without it."""
+    with pytest.raises(ManifestError, match=r"^tokenizer\.eos_token_id: 0 is not one of the tokenizer's added tokens "
+                                            r"\(special ones: <\|endoftext\|> = 100257"):
+        manifest_from_dict({**_base(), "tokenizer": {"eos_token_id": 0}})
+    with pytest.raises(ManifestError, match=r"^tokenizer\.bos_token_id: 5 is not one"):
+        manifest_from_dict({**_base(), "tokenizer": {"bos_token_id": 5}})
+    tok = manifest_from_dict({**_base(), "tokenizer": {"eos_token_id": 100265, "bos_token_id": 100256}}).tokenizer
+    assert (tok.eos_token_id, tok.bos_token_id) == (100265, 100256)
+    # another tokenizer's file is read by the build, not here
+    other = {"name": "x", "path": "x.json", "eos_token_id": 0, "pad_token_id": 1, "vocab_size": 10}
+    assert manifest_from_dict({**_base(), "tokenizer": other}).tokenizer.eos_token_id == 0
+
+
+def test_the_packaged_tokenizers_added_tokens_are_the_ones_the_manifest_knows():
+    from dolmino.assets import AssetError, dolma2_tokenizer_path
+    from dolmino.manifest import DOLMA2_ADDED_TOKEN_IDS, DOLMA2_SPECIAL_TOKENS
+    from dolmino.tokenizer import control_id_problems
+
+    try:
+        text = dolma2_tokenizer_path().read_text(encoding="utf-8")
+    except AssetError as exc:
+        pytest.skip(f"the packaged tokenizer is not here: {exc}")
+    assert sorted(a["id"] for a in json.loads(text)["added_tokens"]) == list(DOLMA2_ADDED_TOKEN_IDS)
+    assert control_id_problems(text, 0, None) == [f"tokenizer.eos_token_id: 0 is not one of the tokenizer's added "
+                                                  f"tokens (special ones: {DOLMA2_SPECIAL_TOKENS}, ...)"]
+
+
+@pytest.mark.parametrize("tokens_per_file, budget, error", [
+    (1, "51.5B", "output_format.tokens_per_file: at least 1,000 (a part smaller than a typical document"),
+    ("1K", "51.5B", "output_format.tokens_per_file: 1,000 tokens per file writes a budget of 51.5B as 51,500,000 "
+                    "parts, more than 100,000; raise it to at least 515,000 or plan a smaller budget"),
+    ("1K", "100M", None), ("512M", "50T", None),
+])
+def test_tokens_per_file_has_a_floor_and_a_budget_a_ceiling_of_parts(tokens_per_file, budget, error):
+    """`"tokens_per_file": 1` on 50B passed check and would have asked Spark for 51 billion
+    partitions, after hours of tag and pool work (a reviewer)."""
+    data = {**_base(), "budget": budget, "output_format": {"tokens_per_file": tokens_per_file}}
+    if error is None:
+        m = manifest_from_dict(data)
+        with pytest.raises(ManifestError, match="^output_format.tokens_per_file: .* plan a smaller budget"):
+            m.plan(m.budget * 1000)  # `dolmino plan --budget`
+        return
+    with pytest.raises(ManifestError, match=f"^{re.escape(error)}"):
+        manifest_from_dict(data)
 
 
 @pytest.mark.parametrize("n, text", [(0, "0"), (999, "999"), (1000, "1K"), (999_499, "999K"), (999_954, "1M"),

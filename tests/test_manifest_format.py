@@ -117,10 +117,25 @@ def test_duplicate_keys_are_an_error_not_a_silent_drop(tmp_path, capsys):
         load_manifest(str(path))
 
 
+def test_a_duplicate_key_names_its_line(tmp_path):
+    """The error named no place: in a manifest of a dozen sources, which "mix_percent"? (a tester).
+    json refuses an inner object before the outer one it sits in, and so is its line found."""
+    text = ('{\n  "name": "x",\n  "seed": 1,\n  "seed": 2,\n  "sources": [\n    {"name": "a", "paths": ["{\\"}"],\n'
+            '     "mix_percent": 30,\n     "mix_percent": 50}\n  ]\n}\n')
+    path = _write(tmp_path, text)
+    with pytest.raises(ManifestError, match=re.escape(f"{path}: duplicate key 'mix_percent' in one object, line 8 "
+                                                      "(JSON would silently keep only the last)")):
+        load_manifest(str(path))
+    path.write_text(text.replace('"mix_percent": 50', '"share": 50'))
+    with pytest.raises(ManifestError, match=re.escape("duplicate key 'seed' in one object, line 4 (")):
+        load_manifest(str(path))
+
+
 @pytest.mark.parametrize("value, error", [
     ("NaN", "NaN is not a JSON value"), ("-Infinity", "-Infinity is not a JSON value"),
     ("1e400", "the number 1e400 is too large for a float"),
     ("1" + "0" * 400, "the integer 100000000000...0000 (401 digits) is beyond 64 bits"),  # a reviewer
+    ("1" + "0" * 5000, "the integer 100000000000...0000 (5001 digits) is beyond 64 bits"),  # int(): 4,300 at most
 ])
 def test_values_json_has_not_are_refused_not_written_back(tmp_path, capsys, value, error):
     """Python's json reads NaN, Infinity and 1e400 (as inf): fmt wrote `Infinity` back, called it

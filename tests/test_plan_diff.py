@@ -281,6 +281,15 @@ def test_a_small_budget_shows_small_shares_not_zeros(capsys):
     assert _pct(0.0035) == "0.0035" and _pct(12.345) == "12.35" and _pct(None) == "-"
 
 
+def test_plan_of_passes_keeps_the_lines_for_sources_given_no_token(capsys):
+    """The one "budget:" line replaced every warning of a Source % manifest, so a source whose share
+    rounds to no token at the budget was dropped unsaid there (found by a fixer)."""
+    assert plan_cmd.main([str(MANIFESTS / "50B.json"), "--budget", "2K", "--no-inputs"]) == 0
+    warned = [line for line in capsys.readouterr().out.splitlines() if line.startswith("- ")]
+    assert [line.split(":")[0] for line in warned] == ["- codesearchnet_owm", "- gsm8k_train", "- budget"], warned
+    assert "its share 0.0035% of the budget 2K is under one token: it gets 0 tokens" in warned[0]
+
+
 def test_diff_reads_paths_and_defaults_as_the_build_does(tmp_path, capsys):
     """Found by a tester: a manifest moved to another directory (relative data_root: other data)
     showed "No changes"; a MinHash default written out showed as a change; an invalid manifest's

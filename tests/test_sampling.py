@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from fractions import Fraction
 
 import pytest
 
@@ -67,6 +68,11 @@ def test_split_budget_sums_exactly():
     t = split_budget(1_000_003, {"a": 0.472, "b": 0.166, "c": 0.362})
     assert sum(t.values()) == 1_000_003
     assert abs(t["a"] - 472_001) <= 1
+    # beyond a float's 53 bits: exact (the float products summed to the budget + 3; a reviewer)
+    budget = 123456789012345678
+    t = split_budget(budget, {"a": 0.3, "b": 0.3, "c": 0.4})
+    assert sum(t.values()) == budget
+    assert all(abs(t[k] - Fraction(f) * budget) < 1 for k, f in (("a", 0.3), ("b", 0.3), ("c", 0.4)))
 
 
 def test_fraction_cut_hits_token_target_within_one_doc():

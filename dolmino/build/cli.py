@@ -124,11 +124,13 @@ def prepare(args: argparse.Namespace, phase: str):
     from dolmino.build.inputs import list_inputs
     from dolmino.build.mix import BuildOptions, default_attributes_root
     from dolmino.lock import manifest_note, require_lock
-    from dolmino.manifest import load_manifest, parse_count
+    from dolmino.manifest import check_parts, load_manifest, parse_count
 
     manifest = load_manifest(args.manifest or default_manifest(args.budget), args.data_root)
     if args.budget and (args.manifest is not None or args.budget.upper() not in NAMED_BUDGETS):
         budget = parse_count(args.budget, "--budget")
+        # The manifest's own budget is checked at load; this one reached Spark's partitioning, after the tag phase.
+        check_parts(budget, manifest.output_spec.tokens_per_file)
     else:  # `--budget 50B` alone names manifests/50B.json: build it as released (its passes)
         budget = manifest.budget
     if manifest.kind == "pool":

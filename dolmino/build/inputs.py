@@ -373,6 +373,16 @@ def _list_source(manifest: Manifest, source, skipped: list[str]) -> tuple[Source
         problems.append(f"source {source.name!r}: {len(long)} input file name(s) longer than {MAX_NAME_BYTES} "
                         f"bytes, which its attribute files cannot be named after (first: {shown_path(long[0][0])}, "
                         f"{long[0][1]} bytes); rename them")
+    named: dict[str, list[str]] = {}
+    for f in listed:
+        named.setdefault(f.name, []).append(f.uri)
+    if shared := sorted(sorted(uris) for uris in named.values() if len(uris) > 1):
+        # A path outside the data root is named without its leading '/': /mnt/a.jsonl and
+        # <root>/mnt/a.jsonl shared their documents' `loc`, sampling hashes and attribute files (a reviewer).
+        problems.append(f"source {source.name!r}: {len(shared)} name(s) given to more than one input file (first: "
+                        f"{' and '.join(map(shown_path, shared[0]))}, both named "
+                        f"{_relative_name(shared[0][0], manifest.data_root)!r}); the name keys their documents and "
+                        "attribute files: move one of them, or list the one outside the data root from elsewhere")
     if unfinished := unfinished_synth([f.uri for f in listed]):
         more = f" (and {len(unfinished) - 1} more)" if len(unfinished) > 1 else ""
         problems.append(f"source {source.name!r}: {shown_path(unfinished[0])}{more} holds `dolmino synth` parts "
