@@ -137,6 +137,70 @@ def test_mix_names_what_it_takes_when_given_a_directory_or_a_binary_file(data_di
         mix_output_dir(not_text)
 
 
+def test_mix_refuses_a_build_made_from_another_manifest(data_dir, tmp_path):
+    """`--mix edited.json` trained on the build of the manifest before the edit (found by a tester): the
+    build keeps the manifest it was made from as manifest.json; they are compared as the loader reads them."""
+    from dolmino.manifest import count_value
+
+    built = tmp_path / "build" / "mixes" / "demo"
+    shutil.copytree(data_dir, built)
+    manifest = json.loads((REPO / "manifests" / "demo.json").read_text())
+    (built / "manifest.json").write_text(json.dumps({**manifest, "output": "../build/mixes/demo"}, indent=2))
+    given = tmp_path / "edited.json"
+    # the same manifest written otherwise: keys in another order, no spaces, a count spelled out, another
+    # description and "output" (where the build goes), MinHash's seed written out as its default
+    same = {**manifest, "output": str(built), "budget": count_value(manifest["budget"]), "description": "moved"}
+    same["sources"] = [dict(same["sources"][0], dedup={"exact": True, "minhash": {
+        **manifest["sources"][0]["dedup"]["minhash"], "seed": manifest["seed"]}})] + manifest["sources"][1:]
+    given.write_text(json.dumps(dict(reversed(same.items())), separators=(",", ":")))
+    assert mix_output_dir(given) == built
+    given.write_text(json.dumps({**manifest, "output": str(built), "seed": 7}))
+    with pytest.raises(SystemExit, match=re.escape(
+            f"the mix {built} was built from another manifest than {given} (its manifest.json differs in seed, "
+            f"sources.dclm.dedup.minhash.seed); rebuild it (`spark-submit dolmino/build_mix.py --manifest {given}`), "
+            f"or train on the build as it is with --data {built}")):
+        mix_output_dir(given)
+    # one the loader refuses (another tokenizer without its file) is compared as JSON
+    given.write_text(json.dumps({**manifest, "output": str(built), "tokenizer": {"name": "gpt2"}}))
+    with pytest.raises(SystemExit, match=r"was built from another manifest than .* \(its manifest.json differs in "
+                                         r"tokenizer\); rebuild it"):
+        mix_output_dir(given)
+
+
+def test_mix_of_the_manifest_a_build_keeps_names_that_build(data_dir, tmp_path):
+    """`--mix pulled/manifest.json` (the manifest a build or a pulled release keeps) trained on the directory its
+    "output" named when it was built, not on the one holding it (found by a tester)."""
+    elsewhere = tmp_path / "build" / "mixes" / "demo"
+    shutil.copytree(data_dir, elsewhere)
+    pulled = tmp_path / "pulled"
+    shutil.copytree(data_dir, pulled)
+    (pulled / "manifest.json").write_text(json.dumps({"name": "demo", "output": "../build/mixes/demo"}))
+    with pytest.raises(SystemExit, match=re.escape(
+            f"--mix {pulled / 'manifest.json'} is the manifest kept by the build in {pulled} (report.json beside it), "
+            f"and its \"output\" is ../build/mixes/demo; to train on that build pass --data {pulled}")):
+        mix_output_dir(pulled / "manifest.json")
+    (pulled / "manifest.json").write_text(json.dumps({"name": "demo", "output": "s3://bucket/mixes/demo"}))
+    with pytest.raises(SystemExit, match=f"pass --data {re.escape(str(pulled))}$"):
+        mix_output_dir(pulled / "manifest.json")
+    (pulled / "manifest.json").write_text(json.dumps({"name": "demo", "output": "."}))  # the build itself
+    assert mix_output_dir(pulled / "manifest.json") == pulled
+
+
+def test_a_manifest_on_s3_is_named_as_a_url(capsys):
+    """`--mix s3://bkt/.../manifest.json` said "manifest s3:/bkt/... does not exist": the URL went through a Path."""
+    from trainer.run import main
+    from trainer.schedule import main as schedule_main
+
+    url = "s3://bkt/mixes/demo/manifest.json"
+    said = (f"error: --mix {url} is a URL; --mix reads a local manifest file: copy it here first (`aws s3 cp {url} .`) "
+            "and pass the copy, or, to train on the build it lies in, fetch that build and pass --data DIR")
+    assert main(["--mix", url, "--model", "tiny", "--steps", "1"]) == 2
+    assert f"trainer.run: {said}" in capsys.readouterr().err
+    assert schedule_main(["--mix", url, "--model", "tiny", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"trainer.schedule: {said}" in err and "s3:/bkt" not in err
+
+
 def test_a_build_on_s3_is_refused_with_how_to_copy_it(tmp_path, capsys):
     """The trainer reads local token files; a build whose --out was s3:// is named with the way to fetch it."""
     from trainer.run import main
@@ -205,6 +269,116 @@ def test_a_copy_without_its_label_masks_is_refused(data_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{copy / 'report.json'} certifies 2 label mask file(s), 2 of them not here" in err
     assert "is the copy incomplete?" in err and not (tmp_path / "r").exists()
+
+
+def copy_with_report(data_dir: Path, to: Path, **fields) -> Path:
+    """A copy of the built mix whose report.json has `fields` added (None: removed)."""
+    shutil.copytree(data_dir, to)
+    report = json.loads((to / "report.json").read_text())
+    report.update(fields)
+    (to / "report.json").write_text(json.dumps({k: v for k, v in report.items() if v is not None}))
+    return to
+
+
+def test_data_of_another_tokenizer_than_the_model_is_refused(data_dir, tmp_path, capsys):
+    """A build of gpt2 (EOS 50256) trained into a dolma2 checkpoint or preset, exit 0 (found by a tester): the
+    vocabulary check passes a smaller vocabulary. The report's EOS (and pad, where recorded) must be the model's."""
+    from types import SimpleNamespace
+
+    from trainer.config import ModelConfig
+    from trainer.run import main, parse_args
+
+    gpt2 = copy_with_report(data_dir, tmp_path / "gpt2", tokenizer="gpt2", eos_token_id=50256, vocab_size=50257)
+    assert main(["--data", str(gpt2), *map(str, TINY), "--steps", "1", "--save-dir", str(tmp_path / "r")]) == 2
+    assert (f"trainer.run: error: --model tiny has EOS id 100257, but the data was built with a tokenizer whose EOS id "
+            f"is 50256 (gpt2, EOS 50256; {gpt2 / 'report.json'}): its ids mean other text to this model; the model "
+            "presets speak the dolma2 tokenizer: build the mix with it") in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    # from a checkpoint: its own ids, whatever --model says
+    from trainer.plan import check_data_special_ids
+
+    dolma2 = copy_with_report(data_dir, tmp_path / "dolma2", tokenizer="allenai/dolma2-tokenizer",
+                              eos_token_id=100257, pad_token_id=100277)
+    args = parse_args(["--data", str(dolma2), "--model", "tiny"])
+    plan = SimpleNamespace(model=ModelConfig.preset("tiny"))
+    check_data_special_ids(args, plan, None, [str(dolma2)])
+    init = SimpleNamespace(model=ModelConfig.preset("tiny", eos_token_id=50256, pad_token_id=50256), path="ck")
+    with pytest.raises(ValueError, match=r"^the --init-from checkpoint ck has EOS id 50256, but the data was built "
+                                         r"with a tokenizer whose EOS id is 100257 .*; start from a checkpoint of the "
+                                         r"data's tokenizer, or build the mix with the checkpoint's$"):
+        check_data_special_ids(args, plan, init, [str(dolma2)])
+    init.model.eos_token_id = 100257
+    with pytest.raises(ValueError, match="^the --init-from checkpoint ck has pad id 50256, but the data was built "
+                                         "with a tokenizer whose pad id is 100277 "):
+        check_data_special_ids(args, plan, init, [str(dolma2)])
+
+
+def test_a_token_file_named_itself_is_checked_against_its_build(data_dir, tmp_path, capsys):
+    """`--data C1 C2/part-00000.npy`: a build's part named as a file skipped the mixed-tokenizer and
+    vocabulary checks (found by a tester); the report.json beside it is read."""
+    from trainer.run import main
+
+    dolma2 = copy_with_report(data_dir, tmp_path / "c1", tokenizer="allenai/dolma2-tokenizer", eos_token_id=100257)
+    tokens = json.loads((data_dir / "report.json").read_text())["output"]["tokens"]
+    other = copy_with_report(data_dir, tmp_path / "c2", tokenizer="gpt2", eos_token_id=100257, vocab_size=200_000,
+                             output={"tokens": tokens})  # no SHA-256s: not refused as a copy of c1
+    part = sorted(other.glob("part-*[0-9].npy"))[0]
+    assert main(["--data", str(dolma2), str(part), *map(str, TINY), "--steps", "1",
+                 "--save-dir", str(tmp_path / "r")]) == 2
+    assert (f"the data mixes builds of different tokenizers: {dolma2 / 'report.json'} (allenai/dolma2-tokenizer, EOS "
+            f"100257) and {other / 'report.json'} (gpt2, EOS 100257)") in capsys.readouterr().err
+    assert main(["--data", str(part), *map(str, TINY), "--steps", "1", "--save-dir", str(tmp_path / "r")]) == 2
+    assert (f"--model tiny has a vocabulary of 100,278 ids, smaller than the 200,000 of the tokenizer the data was "
+            f"built with ({other / 'report.json'})") in capsys.readouterr().err
+
+
+def test_a_build_and_a_copy_of_it_are_refused_together(data_dir, tmp_path, capsys):
+    """`--data build/mixes/demo pulled/`, pulled a release of the same build: the duplicate check compares
+    inodes and trained every part twice (found by a tester). The reports certify the same SHA-256s."""
+    from trainer.run import main
+
+    copy = tmp_path / "pulled"
+    shutil.copytree(data_dir, copy)
+    first = sorted(data_dir.glob("part-*[0-9].npy"))[0].name
+    for given in ([str(data_dir), str(copy)], [str(data_dir), str(copy / first)]):
+        assert main(["--data", *given, *map(str, TINY), "--steps", "1", "--save-dir", str(tmp_path / "r")]) == 2
+        assert (f"trainer.run: error: {data_dir / first} and {copy / first} are the same token file (their builds' "
+                "report.json certify one SHA-256, ") in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_label_mask_the_report_does_not_certify_is_refused(data_dir, tmp_path, capsys):
+    """A label mask the build did not write (not in report.json's files_sha256) was used, while `dolmino
+    validate` called the build INVALID (found by a tester)."""
+    from trainer.run import main
+
+    copy = tmp_path / "stale"
+    shutil.copytree(data_dir, copy)
+    report = json.loads((copy / "report.json").read_text())
+    mask = sorted(n for n in report["output"]["files_sha256"] if n.endswith(".label_mask.npy"))[0]
+    del report["output"]["files_sha256"][mask]
+    (copy / "report.json").write_text(json.dumps(report))
+    assert main(["--data", str(copy), *map(str, TINY), "--steps", "1", "--save-dir", str(tmp_path / "r")]) == 2
+    assert (f"trainer.run: error: {copy / mask} is not certified by {copy / 'report.json'} (not in its "
+            "output.files_sha256): the build did not write it, and `dolmino validate` calls it stale; remove it, or "
+            "rebuild") in capsys.readouterr().err
+
+
+def test_a_run_that_trains_no_label_says_so_before_its_first_step(tmp_path, capsys):
+    """An all-zero label mask trained "loss 0.0000 | gnorm 0.000" every step, exit 0 (found by a tester)."""
+    from trainer.run import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    np.arange(32 * 8, dtype="<u4").tofile(data / "part.npy")
+    np.zeros(32 * 8, dtype=bool).tofile(data / "part.label_mask.npy")
+    assert main(["--data", str(data), *map(str, TINY), "--steps", "2", "--save-dir", str(tmp_path / "r")]) == 0
+    warning = ("trainer.run: warning: step 1 has no label to train (every one masked by the label mask or the "
+               "repetition filter): its loss and gradients are 0; check the data's label masks")
+    assert capsys.readouterr().err.count(warning) == 1
+    np.ones(32 * 8, dtype=bool).tofile(data / "part.label_mask.npy")
+    assert main(["--data", str(data), *map(str, TINY), "--steps", "2", "--save-dir", str(tmp_path / "r2")]) == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_parts_copied_without_report_json_train_with_a_warning(data_dir, tmp_path, capsys):
@@ -376,12 +550,13 @@ def test_cli_reports_bad_data_clearly(tmp_path):
 
 def test_parse_count():
     assert parse_count("5T") == 5 * 10**12 and parse_count("50b") == 5 * 10**10 and parse_count("1000") == 1000
-    assert parse_count("1.4") == 1
+    with pytest.raises(Exception, match="is not a whole number"):  # it was rounded to 1
+        parse_count("1.4")
     with pytest.raises(Exception):
         parse_count("lots")
 
 
-@pytest.mark.parametrize("text, message", [("inf", "expected a count like"), ("1e400", "expected a count like"),
+@pytest.mark.parametrize("text, message", [("inf", "expected a count like"), ("1e400", "'1e400' is beyond 64 bits"),
                                            ("nan", "expected a count like"), ("0.5", "must be a count of at least 1"),
                                            ("-2", "expected a count like"), ("4 T", None)])
 def test_a_count_that_is_not_finite_or_rounds_to_zero_is_an_argument_error(text, message, capsys):

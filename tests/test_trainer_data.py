@@ -240,6 +240,55 @@ def test_loader_rejects_state_for_other_data(tmp_path):
         DataLoader(shorter, 4, seed=1, prefetch=False).load_state_dict(state)
 
 
+def test_a_label_mask_that_came_or_went_since_the_save_is_refused(tmp_path):
+    """The data fingerprint held file names, token counts and seq_len: a resume onto report-less data
+    whose label mask had appeared or gone since the save went on, on other labels (found by a tester).
+    A state saved before masks were fingerprinted still resumes: unknown is not a change."""
+    ds = make_loader_data(tmp_path)
+    state = DataLoader(ds, 4, seed=1, prefetch=False).state_dict()
+    np.ones(16 * 37, dtype=bool).tofile(tmp_path / "p.label_mask.npy")
+    masked = MemmapDataset(tmp_path, seq_len=16)
+    with pytest.raises(DataError, match=r"saved for different data \(no p\.label_mask\.npy there, one here\); "):
+        DataLoader(masked, 4, seed=1, prefetch=False).load_state_dict(state)
+    with_mask = DataLoader(masked, 4, seed=1, prefetch=False).state_dict()
+    np.save(tmp_path / "p.label_mask.npy", np.ones(16 * 37, dtype=bool))  # the same entries, with a .npy header
+    with pytest.raises(DataError, match=r"\(p\.label_mask\.npy of 592 bytes there, 720 here\)"):
+        DataLoader(MemmapDataset(tmp_path, seq_len=16), 4, seed=1, prefetch=False).load_state_dict(with_mask)
+    (tmp_path / "p.label_mask.npy").unlink()
+    with pytest.raises(DataError, match=r"\(p\.label_mask\.npy there, none here\)"):
+        DataLoader(MemmapDataset(tmp_path, seq_len=16), 4, seed=1, prefetch=False).load_state_dict(with_mask)
+    older = {**with_mask, "fingerprint": {k: v for k, v in with_mask["fingerprint"].items() if k != "label_masks"}}
+    DataLoader(MemmapDataset(tmp_path, seq_len=16), 4, seed=1, prefetch=False).load_state_dict(older)
+
+
+def test_peek_is_the_next_batch_without_moving_on(tmp_path):
+    ds = make_loader_data(tmp_path)
+    reference = collect(DataLoader(ds, 4, seed=2), 3)
+    loader = DataLoader(ds, 4, seed=2)
+    assert loader.peek().indices.tolist() == reference[0] == loader.peek().indices.tolist()
+    assert (loader.epoch, loader.cursor) == (0, 0) and loader.stats["instances"] == 0
+    assert collect(loader, 3) == reference
+    loader.close()
+
+
+def test_an_unfinished_release_pull_is_named_as_one(tmp_path):
+    """A killed `dolmino release pull` leaves `.NAME.pull-XXXX` (holding `.pull-owner`) beside NAME: under a
+    --data directory it was called an incomplete dolmino build, to be finished by rerunning the build (a tester)."""
+    write_part(tmp_path / "demo", "part-00000", np.arange(64))
+    (tmp_path / "demo" / "report.json").write_text("{}")
+    pulling = tmp_path / ".demo.pull-0123456789ab"
+    write_part(pulling, "part-00000", np.arange(64))
+    (pulling / "_plan.json").write_text("{}")
+    (pulling / "report.json").write_text("{}")  # downloaded, yet not every file verified
+    (pulling / ".pull-owner").write_text("host 1 2")  # what dolmino.release's pull writes
+    for given in (tmp_path, pulling):
+        with pytest.raises(DataError, match=f"^{re.escape(str(pulling))} is the temporary directory of an unfinished "
+                                            f"`dolmino release pull` into {re.escape(str(tmp_path / 'demo'))} "
+                                            r"\(it holds \.pull-owner; .*\): rerun that pull to finish it, or remove "
+                                            "the directory$"):
+            discover_token_files(given)
+
+
 def test_rank_striding_partitions_each_global_batch(tmp_path):
     ds = make_loader_data(tmp_path)
     single = collect(DataLoader(ds, 8, seed=5, prefetch=False), 6)

@@ -66,6 +66,7 @@ class TokenFile:
     path: Path
     n_tokens: int
     mask_path: Path | None
+    mask_bytes: int | None = None  # the label mask's file size (fingerprinted: a mask added or removed)
 
 
 def _is_token_file(path: Path) -> bool:
@@ -75,11 +76,21 @@ def _is_token_file(path: Path) -> bool:
 # A dolmino build writes these while it runs and report.json last (its completion marker).
 BUILD_MARKERS = ("_plan.json", "_parts")
 COMPLETION_MARKER = "report.json"
+# What `dolmino release pull` keeps in its temporary directory `.NAME.pull-XXXX` until every file is verified:
+# the name dolmino.release writes (its own constant; one shared constant is for later).
+PULL_OWNER = ".pull-owner"
 
 
 def check_complete_build(directory: Path) -> None:
     """Refuse a dolmino build directory that has no report.json: the build was killed or is
-    still running, so its parts may be missing, stale or from another plan."""
+    still running, so its parts may be missing, stale or from another plan. A pull's temporary
+    directory is refused even with its report.json: its files are not all verified yet."""
+    if (directory / PULL_OWNER).is_file():
+        # It was called an incomplete build, to be finished by rerunning the build (found by a tester).
+        dest = directory.parent / directory.name[1:].rsplit(".pull-", 1)[0]
+        raise DataError(f"{directory} is the temporary directory of an unfinished `dolmino release pull` into {dest} "
+                        f"(it holds {PULL_OWNER}; the pull was killed or is still running): rerun that pull to "
+                        "finish it, or remove the directory")
     if (directory / COMPLETION_MARKER).is_file():
         return
     if any((directory / name).exists() for name in BUILD_MARKERS):
@@ -286,7 +297,8 @@ class MemmapDataset:
             mask = _open_mask(mask_path, len(tokens)) if mask_path.exists() else None
             self._tokens.append(tokens)
             self._masks.append(mask)
-            files.append(TokenFile(path, len(tokens), mask_path if mask is not None else None))
+            files.append(TokenFile(path, len(tokens), mask_path if mask is not None else None,
+                                   mask_path.stat().st_size if mask is not None else None))
         if not files:
             raise DataError(f"no token files (*.npy) found in {paths}")
         self.files = files
@@ -303,9 +315,12 @@ class MemmapDataset:
         return self.n_instances
 
     def fingerprint(self) -> dict:
-        """What must be unchanged for a saved data position to mean the same batches."""
+        """What must be unchanged for a saved data position to mean the same batches. "label_masks"
+        (each file's mask size in bytes, None without one): a mask that appeared or went away since
+        the save changed the labels, and a resume of report-less data went on unsaid (a tester)."""
         return {"seq_len": self.seq_len, "n_instances": self.n_instances,
-                "files": [[f.path.name, f.n_tokens] for f in self.files]}
+                "files": [[f.path.name, f.n_tokens] for f in self.files],
+                "label_masks": [f.mask_bytes for f in self.files]}
 
     def _locate(self, index: int) -> tuple[int, int]:
         if not 0 <= index < self.n_instances:
@@ -396,6 +411,14 @@ def fingerprint_changes(saved: dict, current: dict) -> list[str]:
             first = (f"{name_a} of {tokens_a:,} tokens there, {tokens_b:,} here" if name_a == name_b else
                      f"{name_a} there, {name_b} here")
             changes.append(first + (f" (and {len(differ) - 1} more file(s))" if len(differ) > 1 else ""))
+    masks_there, masks_here = saved.get("label_masks"), current.get("label_masks")
+    if not changes and masks_there is not None and masks_here is not None and masks_there != masks_here:
+        differ = [(name, a, b) for (name, _), a, b in zip(here, masks_there, masks_here) if a != b]
+        name, a, b = differ[0]
+        mask = name[: -len(".npy")] + LABEL_MASK_SUFFIX
+        first = (f"{mask} of {a:,} bytes there, {b:,} here" if a is not None and b is not None else
+                 f"{mask} there, none here" if a is not None else f"no {mask} there, one here")
+        changes.append(first + (f" (and {len(differ) - 1} more mask(s))" if len(differ) > 1 else ""))
     if not changes and saved.get("n_instances") != current.get("n_instances"):
         changes.append(f"{saved.get('n_instances')} instances there, {current.get('n_instances')} here")
     return changes
@@ -439,6 +462,8 @@ class DataLoader:
     def load_state_dict(self, state: dict, where: str | Path | None = None) -> None:
         """Continue from a saved position; `where`: the file it was read from, for the error."""
         saved, current = state.get("fingerprint"), self.dataset.fingerprint()
+        if saved is not None and "label_masks" not in saved:  # saved before masks were fingerprinted: unknown
+            current = {k: v for k, v in current.items() if k != "label_masks"}
         if saved is not None and saved != current:
             what = f"the data position in {where}" if where is not None else "the checkpoint's data position"
             changes = "; ".join(fingerprint_changes(saved, current)) or "files, sizes or seq_len changed"
@@ -448,6 +473,15 @@ class DataLoader:
         with self._orders_lock:
             self._orders.clear()
         self._ahead = None
+
+    def peek(self) -> Batch:
+        """The batch `next_batch` hands out next, without moving on (it is kept for it, not loaded twice)."""
+        position = self._position_after(self.epoch, self.cursor)
+        if self._ahead is None or self._ahead[0] != position:
+            loaded: Future = Future()
+            loaded.set_result(self.batch_at(*position))
+            self._ahead = (position, loaded)
+        return self._ahead[1].result()
 
     def _position_after(self, epoch: int, cursor: int) -> tuple[int, int]:
         if cursor + self.global_batch_size > len(self.dataset):

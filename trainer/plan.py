@@ -41,12 +41,16 @@ from trainer.config import (
     ANNEAL_RECIPES, LEGACY_PRESETS, MODEL_PRESETS, RECIPE_HELP, RECIPES, SCHEDULES, STAGE1_END_LR, STAGE1_END_STEP,
     ModelConfig, TrainConfig, describe_params, describe_preset,
 )
-from trainer.data import LABEL_MASK_SUFFIX, TOKEN_DTYPE, DataError, DataLayout, discover_token_files, scan_data
+from trainer.data import (
+    LABEL_MASK_SUFFIX, TOKEN_DTYPE, DataError, DataLayout, discover_token_files, label_mask_path, scan_data,
+)
 from trainer.schedule import LRSchedule
 
 DEFAULT_MODEL = "olmo2-30M"
 DEFAULT_LR = 3e-4
 REPORT_FILE = "report.json"
+BUILD_MANIFEST = "manifest.json"  # the manifest a build was made from, which it keeps beside its report
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -118,8 +122,37 @@ def remote_build_hint(location: str) -> str:
     return f"the trainer reads token files from a local directory. {fetch_hint(location, 'pass --data DIR')}"
 
 
+def _manifest_changes(given: dict, built: Path) -> list[str]:
+    """The fields in which the parsed manifest `given` differs from `built` (a build's manifest.json),
+    as the manifest loader reads them: key order, spacing, "4M" for 4000000 or a default written out
+    are no change. Not "output", which only says where the build goes, nor the descriptions, which
+    change no token. As plain JSON where either does not load (another dolmino version's)."""
+    from dolmino.diff import diff_manifests
+    from dolmino.manifest import manifest_from_dict
+
+    ignored = ("output", "output (resolved)", "description")
+    try:
+        raw = [json.loads(built.read_text(encoding="utf-8")), given]
+    except (OSError, ValueError):  # a damaged copy: which manifest it was is unknown
+        return []
+    try:
+        diff = diff_manifests(*(manifest_from_dict(r) for r in raw), with_plan=False)  # relative paths as written
+    except ValueError:
+        there, here = (r if isinstance(r, dict) else {} for r in raw)
+        return [k for k in sorted({*there, *here} - set(ignored)) if there.get(k) != here.get(k)]
+    changes = [c.where for c in diff.fields] + [f"sources.{n} (removed)" for n in diff.removed]
+    changes += [f"sources.{n} (added)" for n in diff.added]
+    changes += [f"sources.{c.where}" for per_source in diff.sources.values() for c in per_source]
+    return [c for c in changes if c not in ignored and not c.endswith(".description")]
+
+
 def mix_output_dir(manifest_path: str | Path, prog: str = "trainer.run") -> Path:
-    """The built mix directory a manifest names; exits with a clear message if it is not built."""
+    """The built mix directory a manifest names; exits with a clear message if it is not built,
+    or if it was built from another manifest (its manifest.json differs)."""
+    if "://" in str(manifest_path):  # through Path, s3://b/m.json became "manifest s3:/b/m.json does not exist"
+        raise SystemExit(f"{prog}: --mix {manifest_path} is a URL; --mix reads a local manifest file: copy it here "
+                         f"first (`aws s3 cp {manifest_path} .`) and pass the copy, or, to train on the build it "
+                         "lies in, fetch that build and pass --data DIR")
     manifest_path = Path(manifest_path)
     if manifest_path.is_dir():
         raise SystemExit(f"{prog}: --mix {manifest_path} is a directory; --mix takes the manifest JSON, pass a "
@@ -136,11 +169,17 @@ def mix_output_dir(manifest_path: str | Path, prog: str = "trainer.run") -> Path
     output = data.get("output") if isinstance(data, dict) else None
     if not isinstance(output, str) or not output:
         raise SystemExit(f"{prog}: manifest {manifest_path} has no \"output\" directory; pass --data instead")
-    if "://" in output:
+    out = None if "://" in output else Path(expand_home(output))  # as the build resolves it
+    home = manifest_path.resolve().parent
+    if out is not None and not out.is_absolute():
+        out = (home / out).resolve()
+    if (home / REPORT_FILE).is_file() and (out is None or out.resolve() != home):
+        # The manifest.json a build (or a pulled release) keeps: its "output" is where the build was
+        # first written, which trained instead of the directory holding it (found by a tester).
+        raise SystemExit(f"{prog}: --mix {manifest_path} is the manifest kept by the build in {home} ({REPORT_FILE} "
+                         f"beside it), and its \"output\" is {output}; to train on that build pass --data {home}")
+    if out is None:
         raise SystemExit(f"{prog}: the mix output {output} is remote; {remote_build_hint(output)}")
-    out = Path(expand_home(output))  # as the build resolves it
-    if not out.is_absolute():
-        out = (manifest_path.resolve().parent / out).resolve()
     if not out.is_dir() or not (out / "report.json").is_file():
         state = "is an incomplete build (no report.json)" if out.is_dir() else "does not exist"
         raise SystemExit(f"{prog}: the mix {out} {state}; build (or finish building) it first:\n"
@@ -152,6 +191,12 @@ def mix_output_dir(manifest_path: str | Path, prog: str = "trainer.run") -> Path
     if not found:
         raise SystemExit(f"{prog}: no token files (*.npy) in {out}; build the mix first:\n"
                          f"  spark-submit dolmino/build_mix.py --manifest {manifest_path}")
+    if (out / BUILD_MANIFEST).is_file() and (changes := _manifest_changes(data, out / BUILD_MANIFEST)):
+        # An edited manifest trained on the build of the old one, unsaid (found by a tester).
+        shown = ", ".join(changes[:4]) + (f" and {len(changes) - 4} more" if len(changes) > 4 else "")
+        raise SystemExit(f"{prog}: the mix {out} was built from another manifest than {manifest_path} (its "
+                         f"{BUILD_MANIFEST} differs in {shown}); rebuild it (`spark-submit dolmino/build_mix.py "
+                         f"--manifest {manifest_path}`), or train on the build as it is with --data {out}")
     return out
 
 
@@ -194,32 +239,72 @@ def built_mix_paths(manifest_path: str | Path, prog: str) -> list[str] | None:
         return None
 
 
+def _reported_builds(layout: DataLayout) -> list[tuple[Path, list[Path], bool]]:
+    """(build directory, the token files read from it, whether they are the whole build) for every
+    build with a report.json that the data reads: those below the --data directories, and those
+    beside a token file named itself (`--data C1 C2/part-00000.npy`: the tokenizer and vocabulary
+    checks left such a file out; found by a tester)."""
+    found = [(folder, held, True) for folder, held in layout.builds.items() if (folder / REPORT_FILE).is_file()]
+    below = {f for held in layout.builds.values() for f in held}
+    named: dict[Path, list[Path]] = {}
+    for f in layout.files:
+        if f not in below and (f.parent / REPORT_FILE).is_file():
+            named.setdefault(f.parent, []).append(f)
+    return found + [(folder, held, False) for folder, held in named.items()]
+
+
 def data_tokens(paths: list[str] | DataLayout) -> tuple[int, str]:
     """Tokens in the training data and where the number comes from.
 
     Every directory holding token files (given, or found below a given one) that has a
     report.json must agree with it in "output.tokens" (a disagreement means a partial copy or
     a stale report), and builds tokenized with different tokenizers are refused: their ids
-    mean different text (both found by a tester with several --data directories). Otherwise
-    the token files' sizes (4 bytes a token)."""
+    mean different text (both found by a tester with several --data directories). So are
+    token files and label masks a report does not certify (`dolmino validate`'s stale parts), and
+    two builds certifying the same token file (a build and a copy of it: its data read twice).
+    Otherwise the token files' sizes (4 bytes a token)."""
+    from dolmino.release import unlisted_parts
+
     layout = scan_data(paths)
     files, builds = layout.files, layout.builds
     on_disk = sum(layout.sizes.values()) // TOKEN_DTYPE.itemsize
     reports: list[tuple[Path, dict]] = []
-    for folder, held in builds.items():
+    certified: dict[str, tuple[Path, Path]] = {}  # a token file's SHA-256 as its report certifies it -> (build, file)
+    checked = 0
+    for folder, held, whole in _reported_builds(layout):
         report = folder / REPORT_FILE
-        if not report.is_file():
-            continue
         data = _read_report(report)
-        try:
-            tokens = int(data["output"]["tokens"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"{report}: no output.tokens ({exc})") from None
-        here = sum(layout.sizes[f] for f in held) // TOKEN_DTYPE.itemsize
-        if tokens != here:
-            raise DataError(f"{report} says the mix holds {tokens:,} tokens but its token files hold {here:,}; "
-                            f"is the copy incomplete?")
-        masks = [n for n in listed_files(data) if n.endswith(LABEL_MASK_SUFFIX)]
+        listed = listed_files(data)
+        names = [f.relative_to(folder).as_posix() for f in held]
+        read = names + [n[: -len(".npy")] + LABEL_MASK_SUFFIX for n, f in zip(names, held)
+                        if listed and label_mask_path(f).is_file()]
+        if listed and (stale := unlisted_parts(read, listed)[1]):
+            # A mask is used where its file exists: one the build did not write trained unsaid, while
+            # `dolmino validate` called the build INVALID (found by a tester).
+            raise DataError(f"{folder / stale[0]} is not certified by {report} (not in its output.files_sha256"
+                            f"{f', nor {len(stale) - 1} more file(s)' if len(stale) > 1 else ''}): the build did "
+                            "not write it, and `dolmino validate` calls it stale; remove it, or rebuild")
+        for name, f in zip(names, held):
+            digest = listed.get(name)
+            if digest in (None, EMPTY_SHA256):
+                continue
+            home, same = certified.setdefault(digest, (folder, f))
+            if home != folder:  # the duplicate check compares inodes: a copy passed it (found by a tester)
+                raise DataError(f"{same} and {f} are the same token file (their builds' {REPORT_FILE} certify one "
+                                f"SHA-256, {digest[:12]}...): the --data paths hold one build and a copy of it; "
+                                "name each build once")
+        if whole:
+            try:
+                tokens = int(data["output"]["tokens"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DataError(f"{report}: no output.tokens ({exc})") from None
+            here = sum(layout.sizes[f] for f in held) // TOKEN_DTYPE.itemsize
+            if tokens != here:
+                raise DataError(f"{report} says the mix holds {tokens:,} tokens but its token files hold {here:,}; "
+                                f"is the copy incomplete?")
+            checked += 1
+        wanted = None if whole else {n[: -len(".npy")] + LABEL_MASK_SUFFIX for n in names}
+        masks = [n for n in listed if n.endswith(LABEL_MASK_SUFFIX) and (wanted is None or n in wanted)]
         if lost := [n for n in masks if not (folder / n).is_file()]:
             # A mask is used where its file exists: a copy without them trained (and a resume onto
             # one went on) on every label the build masked, unsaid (found by a tester).
@@ -234,23 +319,22 @@ def data_tokens(paths: list[str] | DataLayout) -> tuple[int, str]:
         reports.append((report, data))
     if len(reports) == 1 and len(builds) == 1 and sum(map(len, builds.values())) == len(files):
         return on_disk, str(reports[0][0])
-    checked = f", {len(reports)} checked against their report.json" if reports else ""
-    return on_disk, f"{len(files)} token file(s){checked}"
+    checked_note = f", {checked} checked against their {REPORT_FILE}" if checked else ""
+    return on_disk, f"{len(files)} token file(s){checked_note}"
 
 
 def data_vocab_size(paths: list[str] | DataLayout) -> tuple[int, Path] | None:
     """The vocabulary the data was tokenized with and the report.json recording it (the largest,
-    if builds differ). None unless every path is a directory and every directory of token
-    files in them a built one whose report has "vocab_size": token files and older builds do
-    not say, and then the first batch holding an id beyond the model's vocabulary is what
-    stops the run."""
-    given = paths.paths if isinstance(paths, DataLayout) else paths
-    if not all(Path(p).is_dir() for p in given):
+    if builds differ). None unless every token file lies in a build (below a --data directory,
+    or beside a token file named itself) whose report has "vocab_size": other token files and
+    older builds do not say, and then the first batch holding an id beyond the model's
+    vocabulary is what stops the run."""
+    layout = scan_data(paths)
+    reported = _reported_builds(layout)
+    if sum(len(held) for _, held, _ in reported) != len(layout.files):
         return None
     largest = None
-    for report in (folder / REPORT_FILE for folder in scan_data(paths).builds):
-        if not report.is_file():
-            return None
+    for report in (folder / REPORT_FILE for folder, _, _ in reported):
         try:
             vocab = json.loads(report.read_text()).get("vocab_size")
         except (OSError, json.JSONDecodeError, AttributeError):  # unreadable, or JSON but not an object
@@ -426,6 +510,36 @@ def check_data_vocab(args: argparse.Namespace, plan: Plan, init, paths: list[str
                     f"the tokenizer the data was built with ({report}); {fix}")
 
 
+def check_data_special_ids(args: argparse.Namespace, plan: Plan, init, paths: list[str] | DataLayout) -> None:
+    """Refuse data whose builds' reports give another EOS id (or pad id, where recorded) than the
+    model's: the data was tokenized with another tokenizer than the model's, whose ids mean other
+    text to it, and the vocabulary check passes a smaller one (a gpt2 build trained into a dolma2
+    checkpoint; found by a tester). The model's ids are the --init-from checkpoint's, else the
+    preset's; a --resume checkpoint's config must equal that model's (the trainer refuses another)."""
+    from_init = init is not None and init.model is not None
+    model = init.model if from_init else plan.model
+    for folder, _, _ in _reported_builds(scan_data(paths)):
+        report = folder / REPORT_FILE
+        data = _read_report(report)
+        for key, what in (("eos_token_id", "EOS"), ("pad_token_id", "pad")):
+            theirs, ours = data.get(key), getattr(model, key)
+            if not isinstance(theirs, int) or isinstance(theirs, bool) or theirs == ours:
+                continue
+            fix = "the model presets speak the dolma2 tokenizer: build the mix with it"
+            if from_init:
+                source = f"the --init-from checkpoint {init.path}"
+                fix = "start from a checkpoint of the data's tokenizer, or build the mix with the checkpoint's"
+            elif args.model and "model" in getattr(args, "explicit", {"model"}):
+                source = f"--model {args.model}"
+            elif args.model:
+                source = f"the {args.recipe} recipe's model {args.model}"
+            else:
+                source = f"the default model {DEFAULT_MODEL}"
+            raise DataError(f"{source} has {what} id {ours}, but the data was built with a tokenizer whose {what} id "
+                            f"is {theirs} ({_describe_tokenizer(data)}; {report}): its ids mean other text to this "
+                            f"model; {fix}")
+
+
 # ----------------------------------------------------------------------------- trainer.schedule
 def build_schedule_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -478,7 +592,7 @@ def schedule_main(argv: list[str] | None = None) -> int:
         elif args.mix and (planned := _unbuilt_budget(args.mix)) is not None:
             tokens, source = planned
         elif args.mix or args.data:
-            if args.mix and Path(args.mix).is_file():
+            if args.mix and (Path(args.mix).is_file() or "://" in args.mix):  # a URL: said by mix_output_dir
                 paths = built_mix_paths(args.mix, "trainer.schedule")
                 if paths is None:
                     return 2
@@ -494,6 +608,7 @@ def schedule_main(argv: list[str] | None = None) -> int:
         init = inspect_init(args)
         plan = make_plan(args, tokens, source, init)
         check_data_vocab(args, plan, init, paths)  # what trainer.run would refuse, refused here too
+        check_data_special_ids(args, plan, init, paths)
         try:
             tc = TrainConfig(seq_len=args.seq_len, global_batch_size=args.batch_size, micro_batch_size=1,
                              max_steps=plan.steps, lr=plan.lr, warmup_steps=plan.warmup_steps, schedule=args.schedule,

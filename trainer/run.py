@@ -43,8 +43,8 @@ from trainer.distributed import (
 )
 from trainer.eval import add_training_arguments as add_eval_arguments, evaluate_after_training
 from trainer.plan import (
-    Plan, add_plan_arguments, built_mix_paths, check_data_vocab, data_tokens, inspect_init, make_plan, mix_output_dir,
-    parse_with_recipe, remote_build_hint,
+    Plan, add_plan_arguments, built_mix_paths, check_data_special_ids, check_data_vocab, data_tokens, inspect_init,
+    make_plan, mix_output_dir, parse_with_recipe, remote_build_hint,
 )
 
 __all__ = ["build_parser", "main", "mix_output_dir", "parse_args", "parse_count", "run_config_from_args"]
@@ -310,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"{prog}: warning: {note}")
             plan = make_plan(args, tokens, source, init)
             check_data_vocab(args, plan, init, layout)
+            check_data_special_ids(args, plan, init, layout)
             run = run_config_from_args(args, data_paths, env.world_size, env.device, plan)
             failed = None
         except Exception as exc:  # noqa: BLE001 - any failure, so that every rank reaches the agreement; re-raised
@@ -366,6 +367,12 @@ def main(argv: list[str] | None = None) -> int:
             # e.g. a one-step anneal: its linear decay reaches 0 on its last step, its only one (a tester)
             say(f"{prog}: warning: the learning rate is 0 on every step this run takes ({tc.schedule}, steps "
                 f"{trainer.step + 1}-{tc.max_steps}): the weights will not change")
+        # Every label masked (an all-zero or inverted label mask) trained "loss 0.0000 | gnorm 0.000" each step,
+        # exit 0 (found by a tester). A run that trains no label has a first step without one, said before it
+        # runs; its batch is loaded now instead of in the first step, and the ranks' counts gathered once.
+        if steps_left and not ranks_agree([trainer.loader.peek().n_targets], env)[1][0] and env.is_main:
+            say(f"{prog}: warning: step {trainer.step + 1} has no label to train (every one masked by the label mask "
+                "or the repetition filter): its loss and gradients are 0; check the data's label masks")
         result = trainer.fit()
         stats = result.data_stats
         if stats.get("labels"):
