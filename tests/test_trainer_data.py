@@ -274,6 +274,10 @@ def test_peek_is_the_next_batch_without_moving_on(tmp_path):
 def test_an_unfinished_release_pull_is_named_as_one(tmp_path):
     """A killed `dolmino release pull` leaves `.NAME.pull-XXXX` (holding `.pull-owner`) beside NAME: under a
     --data directory it was called an incomplete dolmino build, to be finished by rerunning the build (a tester)."""
+    from dolmino import release
+    from trainer import data
+
+    assert data.PULL_OWNER == release.PULL_OWNER  # the trainer's copy of the name, kept without importing boto3
     write_part(tmp_path / "demo", "part-00000", np.arange(64))
     (tmp_path / "demo" / "report.json").write_text("{}")
     pulling = tmp_path / ".demo.pull-0123456789ab"

@@ -77,7 +77,7 @@ def _is_token_file(path: Path) -> bool:
 BUILD_MARKERS = ("_plan.json", "_parts")
 COMPLETION_MARKER = "report.json"
 # What `dolmino release pull` keeps in its temporary directory `.NAME.pull-XXXX` until every file is verified:
-# the name dolmino.release writes (its own constant; one shared constant is for later).
+# dolmino.release.PULL_OWNER, repeated so that reading data does not import the S3 client (a test keeps them equal).
 PULL_OWNER = ".pull-owner"
 
 
