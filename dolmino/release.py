@@ -197,7 +197,14 @@ def check_build_names(where: str, names: list[str]) -> None:
     """The files of a build (a directory's, or the objects under an s3:// prefix, relative to
     it) are those of a finished build, each a safe key: what publish refuses before any upload."""
     for rel in names:
-        validate_key(rel, "file")
+        try:
+            validate_key(rel, "file")
+        except ValueError as exc:
+            # s3://b/out//notes.txt said "file '/notes.txt': must be relative, not absolute", naming neither the
+            # object nor what to do (found by a tester); no build writes such a name, and no release holds one
+            why = "an empty path segment ('//')" if "" in rel.split("/") else str(exc).partition(": ")[2]
+            raise ReleaseError(f"{where}/{rel}: not one of the build's files, and a name no release can hold "
+                               f"({why}); move it out of the build before publishing") from None
         if rel == RELEASE_FILE:
             raise ReleaseError(f"{rel}: the build already holds a {RELEASE_FILE} "
                                "(it looks like a pulled release; publish the original build)")
@@ -250,13 +257,13 @@ def collect_build_files(build_dir: str) -> list[tuple[str, str]]:
 
 
 def _unfinished_s3_build(location: str) -> bool:
-    """A build started at `location` (its plan is there) that has no report.json yet. False
-    when S3 cannot tell (no credentials, no such bucket): the hint below is then the help."""
+    """No report.json at `location` (one HEAD): not a finished build, which publish refuses. A build
+    killed before it wrote its plan was sent to publish (only a plan without report.json counted;
+    found by a tester). False when S3 cannot tell (no credentials, say): the hint below is then the help."""
     if not s3.is_s3(location):
         return False
     try:
-        return (s3.object_size(f"{location}/report.json") is None
-                and s3.object_size(f"{location}/_plan.json") is not None)
+        return s3.object_size(f"{location}/report.json") is None
     except Exception:  # noqa: BLE001 - only a hint depends on it
         return False
 
@@ -265,13 +272,14 @@ def fetch_hint(location: str, then: str) -> str:
     """How to bring a build that `--out s3://` left on S3 to a local directory, which is what
     `dolmino validate` and the trainer read; `then`: what to do with it. An unfinished build
     is said to be one (publishing it would be refused for the same reason)."""
+    copy = (f"`dolmino release publish {location} s3://BUCKET/releases --name NAME` (server-side copies), then "
+            "`dolmino release pull s3://BUCKET/releases/NAME DIR` (every SHA-256 checked), or `aws s3 sync`; "
+            f"then {then}")
     if _unfinished_s3_build(location):
         return (f"Besides, {location} is an incomplete build: no report.json, which a build writes last (it was "
-                "interrupted or is still running); rerun the same build command to finish it, then publish and "
-                f"pull it (`dolmino release publish {location} s3://BUCKET/releases --name NAME`), then {then}")
-    return (f"Copy the build first: `dolmino release publish {location} s3://BUCKET/releases --name NAME` "
-            "(server-side copies), then `dolmino release pull s3://BUCKET/releases/NAME DIR` (every SHA-256 "
-            f"checked), or `aws s3 sync`; then {then}")
+                "interrupted or is still running, or no build ran there); rerun the same build command to finish "
+                f"it, then copy it: {copy}")
+    return f"Copy the build first: {copy}"
 
 
 def _dolmino_version() -> str:
@@ -312,10 +320,11 @@ def unlisted_parts(names, listed) -> tuple[list[str], list[str]]:
     return sorted(set(listed) - present), sorted(n for n in present if PART_FILE.fullmatch(n) and n not in listed)
 
 
-def _unlisted_data(names, listed) -> list[str]:
+def unlisted_data(names, listed) -> list[str]:
     """Token files (*.npy, label masks included) and sidecars (*.csv.gz, outside quarantine/) among
     `names` that report.json does not list, wherever they lie: `dolmino validate` and the trainer
-    refuse a build holding a stray part-0000.npy or sub/extra.npy, which publish released (a tester)."""
+    refuse a build holding a stray part-0000.npy or sub/extra.npy, which publish released (a tester); a
+    build refuses to start beside those it would not remove (`dolmino.build.output.refuse_strays`)."""
     return sorted(n for n in names if n not in listed and (
         n.endswith(".npy") or (n.endswith(".csv.gz") and not n.startswith("quarantine/"))))
 
@@ -342,7 +351,7 @@ def check_listed(where: str, names: list[str], listed: dict[str, str]) -> None:
                                     "every dolmino build writes): not a build this can vouch for; rebuild it with "
                                     "this version of dolmino. Nothing was released")
     missing, stale = unlisted_parts(names, listed)
-    stale = sorted(set(stale) | set(_unlisted_data(names, listed)))
+    stale = sorted(set(stale) | set(unlisted_data(names, listed)))
     if missing or stale:
         shown = [f"{n}: listed in report.json but missing" for n in missing[:5]] + \
                 [f"{n}: not written by the build that report.json describes" for n in stale[:5]]
@@ -350,9 +359,13 @@ def check_listed(where: str, names: list[str], listed: dict[str, str]) -> None:
         # a circle (found by a tester)
         inspect = ("`aws s3 sync` it to a directory and `dolmino validate DIR` names every difference"
                    if where.startswith("s3://") else "`dolmino validate` names every difference")
+        # "rebuild" for a stray file too went round in a circle: a rebuild never removes backup/part-00009.npy
+        # (found by a tester); it is moved out, as `dolmino validate` says
+        todo = [*(["rebuild (the same command resumes) to write the missing files"] if missing else []),
+                *(["move the files it did not write out of the build"] if stale else [])]
         raise ReleaseIntegrityError(f"{where}: not the build its report.json describes ({'; '.join(shown)}"
-                                    f"{'; ...' if len(missing) > 5 or len(stale) > 5 else ''}); {inspect}; rebuild "
-                                    "(the same command resumes) before publishing. Nothing was released")
+                                    f"{'; ...' if len(missing) > 5 or len(stale) > 5 else ''}); {inspect}; "
+                                    f"{' and '.join(todo)} before publishing. Nothing was released")
 
 
 def _is_count(value) -> bool:

@@ -299,6 +299,11 @@ def _one_s3_failure(exc: BaseException) -> str | None:
                         "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN or AWS_PROFILE")
             return describe_error(exc)
         if isinstance(exc, (bex.NoCredentialsError, bex.PartialCredentialsError, bex.CredentialRetrievalError)):
+            if _in_spark_task():  # the driver had them: the executors' environment is the one to fix
+                return (f"no usable S3 credentials in this executor ({type(exc).__name__}): set AWS credentials in "
+                        "the executors' environment (spark.executorEnv.AWS_ACCESS_KEY_ID and "
+                        "spark.executorEnv.AWS_SECRET_ACCESS_KEY, or the Spark workers' own environment, "
+                        "AWS_PROFILE or an instance role)")
             return (f"no usable S3 credentials ({type(exc).__name__}): set AWS_ACCESS_KEY_ID and "
                     "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")
         if isinstance(exc, (bex.ResponseStreamingError, bex.IncompleteReadError)):  # it was reached (a tester)
@@ -320,6 +325,18 @@ def _one_s3_failure(exc: BaseException) -> str | None:
     if isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror)):
         return f"network failure ({type(exc).__name__}): {exc}"
     return None
+
+
+def _in_spark_task() -> bool:
+    """Running a Spark task (an executor's Python worker), not a driver or a command."""
+    if "pyspark" not in sys.modules:
+        return False
+    try:
+        from pyspark import TaskContext
+
+        return TaskContext.get() is not None
+    except Exception:  # noqa: BLE001 - only a hint depends on it
+        return False
 
 
 def s3_failure_message(exc: BaseException) -> str | None:
@@ -596,7 +613,8 @@ def open_uri(uri: str, mode: str = "rb", compression: str = "disable") -> IO:
     bucket, key = split_uri(uri)
     if not key or key.endswith("/"):
         raise ValueError(f"{uri!r}: names a prefix, not an object")
-    params = {"client": client()}
+    with about(uri):  # credentials are resolved here: partial ones (PartialCredentialsError) name the object
+        params = {"client": client()}
     try:
         return smart_open.open(uri, mode, compression=compression, transport_params=params)
     except (OSError, ValueError) as exc:
@@ -608,6 +626,13 @@ def open_uri(uri: str, mode: str = "rb", compression: str = "disable") -> IO:
         if "w" in mode:
             check_bucket(bucket)
         raise S3ObjectError(f"{uri}: cannot open for {mode!r}: {s3_failure_message(exc) or redact(str(exc))}") from None
+    except Exception as exc:  # noqa: BLE001 - re-raised unless an S3 failure, which is named
+        # botocore's own errors are no OSError: a missing executor credential said "NoCredentialsError: Unable
+        # to locate credentials", naming no object, where a 403 named it (found by a tester)
+        named = named_failure(uri, exc)
+        if named is exc:
+            raise
+        raise named from None
 
 
 def iter_keys(bucket: str, prefix: str) -> Iterator[tuple[str, int]]:

@@ -1233,3 +1233,67 @@ def test_a_source_given_no_tokens_or_whose_inputs_are_empty_is_named(inputs, spa
     assert [w for w in report["warnings"] if w.startswith("source 'none'")] == [
         f"source 'none': its inputs hold no documents (1 file(s), 0 bytes); it contributes 0 of its "
         f"{none['target_tokens']:,} target tokens"]
+
+
+def test_token_files_the_build_would_not_remove_are_refused_before_any_work(inputs, spark, tmp_path, capsys,
+                                                                           s3_server):
+    """Found by a tester: a build certified an --out holding backup/part-00009.npy (a user's), exit 0,
+    and `dolmino release publish` then refused it and said to rebuild, which never removes it. The
+    build refuses to start beside token files and sidecars it neither writes nor removes, local or S3."""
+    import uuid
+
+    from dolmino import s3
+    from dolmino.build import output
+    from dolmino.errors import BuildError
+
+    out, attributes = tmp_path / "o", tmp_path / "a"
+    for stray in ("part-backup/part-00000.npy", "backup/part-00009.npy"):
+        (out / stray).parent.mkdir(parents=True, exist_ok=True)
+        (out / stray).write_bytes(b"\0" * 8)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(_manifest(inputs)))
+    args = ["--manifest", str(path), "--out", str(out), "--attributes", str(attributes), "--quiet"]
+    assert build_main(args) == 2
+    assert capsys.readouterr().err == (
+        f"build_mix: error: {out}/backup/part-00009.npy: a token file or sidecar inside --out that this build neither "
+        "writes nor removes (2 such file(s)), which `dolmino validate`, the trainer and `dolmino release publish` "
+        "refuse beside the build; move them out of --out (`mv`, or `aws s3 mv` on S3), then rerun\n")
+    assert build_main([*args, "--overwrite"]) == 2  # --overwrite removes none of them either
+    assert not attributes.exists() and sorted(p.name for p in out.iterdir()) == ["backup", "part-backup"]
+    bucket = f"strays-{uuid.uuid4().hex[:12]}"
+    s3.client().create_bucket(Bucket=bucket)
+    mix = f"s3://{bucket}/mix"
+    for own in ("part-00000.npy", "part-00000.label_mask.npy", "part-00001.csv.gz.tmp42", "_parts/part-00000.json",
+                "quarantine/web/a.jsonl.gz", "report.json", "notes.txt"):
+        s3.client().put_object(Bucket=bucket, Key=f"mix/{own}", Body=b"x")
+    output.refuse_strays(mix)  # what the build writes, or removes as stale; a note is no token file
+    s3.client().put_object(Bucket=bucket, Key="mix/quarantine/part-00009.label_mask.npy", Body=b"x")
+    with pytest.raises(BuildError, match=rf"^{mix}/quarantine/part-00009\.label_mask\.npy: a token file or sidecar "):
+        output.refuse_strays(mix)
+
+
+def test_parts_missing_from_an_s3_out_are_not_sent_to_s3(s3_server, tmp_path):
+    """Parts gone from an s3:// --out (its bucket deleted mid-build) were met with "On a cluster without a
+    shared filesystem, write --out to s3://" (found by a tester): that hint is a local --out's; on S3 the
+    objects are said missing, and a bucket that is gone is said to be."""
+    import uuid
+
+    from dolmino import s3
+    from dolmino.build import output
+    from dolmino.build.write import PartFile, PartResult
+    from dolmino.errors import BuildError
+
+    part = PartResult(0, 2, 1, {}, {}, (PartFile("part-00000.npy", 8, "0" * 64),), {})
+    with pytest.raises(BuildError, match="On a cluster without a shared filesystem, write --out to s3://"):
+        output.verify_parts(str(tmp_path / "o"), [part])
+    bucket = f"gone-{uuid.uuid4().hex[:12]}"
+    s3.client().create_bucket(Bucket=bucket)
+    with pytest.raises(BuildError) as info:
+        output.verify_parts(f"s3://{bucket}/mix", [part])
+    assert "part-00000.npy: missing\nThe executors' objects are missing or changed at S3" in str(info.value)
+    assert "shared filesystem" not in str(info.value)
+    s3.client().delete_bucket(Bucket=bucket)
+    with pytest.raises(BuildError) as info:
+        output.verify_parts(f"s3://{bucket}/mix", [part])
+    assert (f"The bucket s3://{bucket} does not exist any more (deleted while the build ran?): create it again and "
+            "rerun the same command. The build is not complete (no report.json).") in str(info.value)

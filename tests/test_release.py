@@ -918,7 +918,12 @@ def test_a_damaged_build_on_s3_is_not_sent_to_validate_which_sends_it_back():
     assert "`aws s3 sync` it to a directory and `dolmino validate DIR` names every difference" in str(on_s3.value)
     with pytest.raises(release.ReleaseIntegrityError) as local:
         release.check_listed("/data/mixes/x", ["part-00000.npy", "part-00001.npy"], listed)
-    assert "; `dolmino validate` names every difference; rebuild" in str(local.value)
+    assert "; `dolmino validate` names every difference; move the files it did not write out of the build before " \
+        "publishing" in str(local.value)
+    with pytest.raises(release.ReleaseIntegrityError) as both:
+        release.check_listed("/data/mixes/x", ["part-00001.npy"], listed)
+    assert ("rebuild (the same command resumes) to write the missing files and move the files it did not write "
+            "out of the build before publishing") in str(both.value)
 
 
 def test_a_store_that_does_not_implement_if_none_match_is_refused_or_published_unconditionally(small_builds, root,
@@ -1095,15 +1100,19 @@ def test_a_write_once_publisher_needs_no_delete_right(small_builds, root, no_del
     ("part-00000.label_mask.npy", "part-00000.label_mask.npy: not written by the build"),
     ("quarantine/part-00009.npy", "quarantine/part-00009.npy: not written by the build"),
     ("extra.csv.gz", "extra.csv.gz: not written by the build"),
+    ("part-backup/part-00000.npy", "part-backup/part-00000.npy: not written by the build"),
 ])
 def test_a_file_report_json_does_not_list_is_not_released(small_builds, root, tmp_path, stray, words):
     """Found by a tester: only names like part-NNNNN were checked, so a stray token file, label mask
-    or sidecar was released, which `dolmino validate` and the trainer refuse."""
+    or sidecar was released, which `dolmino validate` and the trainer refuse. The refusal said to
+    rebuild, which never removes backup/part-00009.npy (a tester): it says to move it out."""
     build = _certified_copy(small_builds[0], tmp_path / "build")
     (build / stray).parent.mkdir(parents=True, exist_ok=True)
     (build / stray).write_bytes(b"\0" * 8)
-    with pytest.raises(release.ReleaseIntegrityError, match=re.escape(words)):
+    with pytest.raises(release.ReleaseIntegrityError, match=re.escape(words)) as info:
         release.publish(str(build), root, "stray")
+    assert "move the files it did not write out of the build before publishing" in str(info.value)
+    assert "rebuild" not in str(info.value)
     bucket, prefix = release.split_root(root)
     assert list(s3.iter_keys(bucket, prefix)) == []
 
@@ -1115,6 +1124,19 @@ def test_a_temp_file_in_an_s3_build_is_not_released(small_builds, root, tmp_path
     s3.client().put_object(Bucket=bucket, Key="b/t/part-00000.npy.tmp123", Body=b"half")
     with pytest.raises(release.ReleaseError, match=r"part-00000\.npy\.tmp123: a file is still being written"):
         release.publish(f"s3://{bucket}/b/t", root, "tmp")
+    assert release.list_releases(root) == ([], [])
+
+
+def test_a_key_with_a_double_slash_in_an_s3_build_is_named_and_not_released(small_builds, root, tmp_path):
+    """Found by a tester: an object `out//double.txt` beside an S3 build failed the publish with "file
+    '/double.txt': must be relative, not absolute", naming neither the object nor what to do."""
+    bucket, _ = s3.split_uri(root)
+    _upload_as_build(_certified_copy(small_builds[0], tmp_path / "build"), f"s3://{bucket}/b/u1")
+    s3.client().put_object(Bucket=bucket, Key="b/u1//double.txt", Body=b"notes")
+    with pytest.raises(release.ReleaseError) as info:
+        release.publish(f"s3://{bucket}/b/u1", root, "double")
+    assert str(info.value) == (f"s3://{bucket}/b/u1//double.txt: not one of the build's files, and a name no release "
+                               "can hold (an empty path segment ('//')); move it out of the build before publishing")
     assert release.list_releases(root) == ([], [])
 
 

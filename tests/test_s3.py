@@ -569,3 +569,30 @@ def test_retries_are_attempts_in_all_in_standard_mode(monkeypatch, s3_server):
     assert s3.client().meta.config.retries == {"total_max_attempts": 1, "mode": "standard"}
     monkeypatch.delenv("AWS_MAX_ATTEMPTS")
     assert s3.client().meta.config.retries == {"total_max_attempts": s3.DEFAULT_MAX_ATTEMPTS, "mode": "standard"}
+
+
+def test_missing_or_partial_credentials_name_the_object_and_in_an_executor_where_to_set_them(bucket, monkeypatch):
+    """A worker without credentials failed the build with "in an executor: NoCredentialsError: Unable to
+    locate credentials", naming no object, where a 403 or an unreachable endpoint named it (found by a
+    tester): botocore's credential errors are no OSError, and open_uri named only those. In an executor
+    the advice is where executors get theirs."""
+    from pyspark import TaskContext
+
+    uri = f"s3://{bucket}/corpus/web-0000.jsonl.zst"
+    _put(bucket, "corpus/web-0000.jsonl.zst", b"x")
+    for name in S3_TEST_CREDENTIALS:
+        monkeypatch.delenv(name)
+    with pytest.raises(s3.S3ObjectError, match=rf"^{uri}: no usable S3 credentials \(NoCredentialsError\): set "
+                                               "AWS_ACCESS_KEY_ID"):
+        s3.open_uri(uri, "rb")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"])  # no secret
+    with pytest.raises(s3.S3ObjectError, match=rf"^{uri}: no usable S3 credentials \(PartialCredentialsError\)"):
+        s3.open_uri(uri, "rb")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.setattr(TaskContext, "_taskContext", object())  # what TaskContext.get() returns in a task
+    with pytest.raises(s3.S3ObjectError) as info:
+        s3.open_uri(uri, "rb")
+    assert str(info.value) == (
+        f"{uri}: no usable S3 credentials in this executor (NoCredentialsError): set AWS credentials in the "
+        "executors' environment (spark.executorEnv.AWS_ACCESS_KEY_ID and spark.executorEnv.AWS_SECRET_ACCESS_KEY, "
+        "or the Spark workers' own environment, AWS_PROFILE or an instance role)")

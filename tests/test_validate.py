@@ -359,6 +359,21 @@ def test_an_unfinished_build_on_s3_is_said_to_be_one(s3_server, capsys):
     assert "Copy the build first" in remote_build_hint("s3://unfinished/mixes/killed")
 
 
+def test_a_build_on_s3_killed_before_its_plan_is_said_to_be_incomplete(s3_server, capsys):
+    """A build killed before it wrote _plan.json (in its tokenize stage, say) leaves --out without
+    report.json: validate sent it to publish, which refused it as unfinished (found by a tester). One
+    HEAD of report.json tells; the copy advice follows, for once it is finished."""
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="killed-early")
+    boto3.client("s3").put_object(Bucket="killed-early", Key="mixes/p1/_owner.json", Body=b"{}")
+    assert main(["s3://killed-early/mixes/p1"]) == 2
+    err = capsys.readouterr().err
+    assert "s3://killed-early/mixes/p1 is an incomplete build: no report.json" in err
+    assert "rerun the same build command to finish it, then copy it: `dolmino release publish" in err
+    assert "Copy the build first" not in err
+
+
 def test_a_part_changed_to_other_valid_ids_is_refused(tmp_path):
     """A part rewritten after the build with other in-vocabulary ids passed validate (the
     names matched report.json; only the ids were checked), while publish refused it and sent

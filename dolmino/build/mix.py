@@ -208,6 +208,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
                      for p in tag_plans(manifest, resources, tok_digest, units)],  # the sets run_tag uses
             "units": [[u.key, u.file.version, u.start, u.end] for u in units],
         })
+        output.refuse_strays(options.out)  # before any Spark job: neither this build nor --overwrite removes them
         if not options.overwrite:  # before any Spark job, and before output.start removes report.json
             output.refuse_replacing(options.out, plan_hash, manifest.name, manifest.path,
                                     None if manifest.kind == "pool" else options.budget)

@@ -73,6 +73,20 @@ def refuse_replacing(out: str, plan_hash: str, name: str, path: str | None, budg
                      "another --out")
 
 
+def refuse_strays(out: str) -> None:
+    """BuildError when `out` holds token files or sidecars that this build neither writes nor removes
+    (`remove_stale` removes only its own names at the top and in _parts/): `backup/part-00009.npy`,
+    say. The build certified --out beside them, exit 0, and publish then refused it, sending the
+    user to rebuild, which never removes them (found by a tester)."""
+    from dolmino.release import unlisted_data
+
+    if strays := [n for n in unlisted_data(list_files(out), {}) if not _BUILD_FILE.fullmatch(n)]:
+        raise BuildError(f"{join(out, strays[0])}: a token file or sidecar inside --out that this build neither writes "
+                         f"nor removes ({len(strays)} such file(s)), which `dolmino validate`, the trainer and "
+                         "`dolmino release publish` refuse beside the build; move them out of --out (`mv`, or "
+                         "`aws s3 mv` on S3), then rerun")
+
+
 def _described(name, path, budget) -> str:
     shown = (f"manifest {name!r}" if name else "manifest unknown") + (f" ({path})" if path else "")
     return shown + (f", budget {budget:,}" if isinstance(budget, int) else f", {budget}")
@@ -183,8 +197,27 @@ def verify_parts(out: str, parts: list[PartResult]) -> None:
         shown = "\n  ".join(problems[:10]) + ("\n  ..." if len(problems) > 10 else "")
         raise BuildError(
             f"{len(problems)} of {len(checks)} part files the executors reported are not as reported at {out}:\n  "
-            f"{shown}\nOn a cluster without a shared filesystem, write --out to s3:// (or a filesystem mounted "
-            "at the same path on every node). The build is not complete (no report.json).")
+            f"{shown}\n{_not_as_reported(out)} The build is not complete (no report.json).")
+
+
+def _not_as_reported(out: str) -> str:
+    """Why parts an executor reported may not be at `out`. The shared-filesystem hint was given for an
+    s3:// --out too, whose bucket had been deleted mid-build (found by a tester)."""
+    if not is_remote(out):
+        return ("On a cluster without a shared filesystem, write --out to s3:// (or a filesystem mounted at the "
+                "same path on every node).")
+    from dolmino.s3 import NoSuchBucket, check_bucket, split_uri
+
+    bucket = split_uri(out)[0]
+    try:
+        check_bucket(bucket)
+    except NoSuchBucket:
+        return (f"The bucket s3://{bucket} does not exist any more (deleted while the build ran?): create it again "
+                "and rerun the same command.")
+    except Exception:  # noqa: BLE001 - only the hint depends on it (HeadBucket needs s3:ListBucket)
+        pass
+    return ("The executors' objects are missing or changed at S3 (deleted or overwritten while the build ran: a "
+            "lifecycle rule, another tool?); rerun the same command to write them again.")
 
 
 # What a build writes at the top of --out and in _parts/; nothing else is ever removed as stale.
