@@ -268,6 +268,16 @@ def _unfinished_s3_build(location: str) -> bool:
         return False
 
 
+def _is_release(location: str) -> bool:
+    """A RELEASE.json at `location` (one HEAD); False when S3 cannot tell."""
+    if not s3.is_s3(location):
+        return False
+    try:
+        return s3.object_size(f"{location.rstrip('/')}/{RELEASE_FILE}") is not None
+    except Exception:  # noqa: BLE001 - only a hint depends on it
+        return False
+
+
 def fetch_hint(location: str, then: str) -> str:
     """How to bring a build that `--out s3://` left on S3 to a local directory, which is what
     `dolmino validate` and the trainer read; `then`: what to do with it. An unfinished build
@@ -275,6 +285,9 @@ def fetch_hint(location: str, then: str) -> str:
     copy = (f"`dolmino release publish {location} s3://BUCKET/releases --name NAME` (server-side copies), then "
             "`dolmino release pull s3://BUCKET/releases/NAME DIR` (every SHA-256 checked), or `aws s3 sync`; "
             f"then {then}")
+    if _is_release(location):  # publish refuses a release ("publish the original build"; a tester)
+        return f"{location} is a published release: `dolmino release pull {location} DIR` (every SHA-256 checked); " \
+               f"then {then}"
     if _unfinished_s3_build(location):
         return (f"Besides, {location} is an incomplete build: no report.json, which a build writes last (it was "
                 "interrupted or is still running, or no build ran there); rerun the same build command to finish "

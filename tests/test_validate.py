@@ -374,6 +374,18 @@ def test_a_build_on_s3_killed_before_its_plan_is_said_to_be_incomplete(s3_server
     assert "Copy the build first" not in err
 
 
+def test_a_published_release_on_s3_is_sent_to_pull(s3_server, capsys):
+    """A release's location got the publish advice, which publish refuses for a release (found by a tester)."""
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="released")
+    boto3.client("s3").put_object(Bucket="released", Key="mixes/demo-v1/RELEASE.json", Body=b"{}")
+    assert main(["s3://released/mixes/demo-v1"]) == 2
+    err = capsys.readouterr().err
+    assert "s3://released/mixes/demo-v1 is a published release: `dolmino release pull s3://released/mixes/demo-v1 " \
+           "DIR`" in err and "release publish" not in err and "incomplete" not in err
+
+
 def test_a_part_changed_to_other_valid_ids_is_refused(tmp_path):
     """A part rewritten after the build with other in-vocabulary ids passed validate (the
     names matched report.json; only the ids were checked), while publish refused it and sent
