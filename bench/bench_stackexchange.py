@@ -20,7 +20,9 @@ session's start and one job that starts the Python workers, as earlier stages of
 would have). Both read the same file and write the same documents; the split side also
 shuffles keys, halves and documents. Figures: MB/s of input for each, the wall-clock speedup
 (whole seconds / split seconds, at most ~2 on 2 free cores), and the CPU the split conversion
-spends (driver, JVM and Python workers, from /proc) over the whole-file conversion's. On a
+spends (driver, JVM and Python workers, exited ones included: bench/proctree.CpuMeter) over
+the whole-file conversion's. Until 2026-12-06 the split side's CPU was two readings of /proc
+with cutime, which loses a Python worker that exits (PySpark's daemon ignores SIGCHLD). On a
 shared machine the wall-clock figures depend on the load; the CPU ratio much less.
 """
 
@@ -72,31 +74,16 @@ def _child(path: str) -> None:
                       "peak_rss_mb": round(self_peak_rss_mb(), 1)}))
 
 
-def _tree_cpu_s(root_pid: int) -> float:
-    """CPU seconds (user + system) of a process and all its descendants, from /proc: for Spark
-    local mode, the driver, the JVM and the Python workers (exited ones via cutime/cstime)."""
-    import os
+def _metered(fn):
+    """(fn(), wall s, CPU s by role) of this process and every process below it: for Spark local
+    mode the driver, the JVM and the Python workers (bench/proctree.CpuMeter samples them, since
+    PySpark's daemon ignores SIGCHLD and an exited worker's CPU reaches no parent's cutime)."""
+    from bench.proctree import CpuMeter
 
-    parent, cpu = {}, {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        parent[int(entry)] = int(fields[1])
-        cpu[int(entry)] = sum(int(v) for v in fields[11:15])
-    tree, frontier = {root_pid}, [root_pid]
-    while frontier:
-        pid = frontier.pop()
-        for child, ppid in parent.items():
-            if ppid == pid and child not in tree:
-                tree.add(child)
-                frontier.append(child)
-    return sum(cpu.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+    start = time.perf_counter()
+    with CpuMeter() as meter:
+        result = fn()
+    return result, time.perf_counter() - start, meter.result()
 
 
 def _warm(_):
@@ -121,10 +108,10 @@ def _child_convert(path: str, mode: str, ranges: int, root: str) -> None:
     store = AttributeStore(root)
     if mode == "whole":
         files: dict = {}
-        start, cpu = time.perf_counter(), time.process_time()
-        convert_whole(Unit(0, 0, f), "stackexchange", store, Quarantine(), UnitStats(), files)
-        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-        print(json.dumps({"seconds": seconds, "cpu_s": cpu, "documents_bytes": sum(files.values())}))
+        _, seconds, cpu = _metered(lambda: convert_whole(Unit(0, 0, f), "stackexchange", store, Quarantine(),
+                                                         UnitStats(), files))
+        print(json.dumps({"seconds": seconds, "cpu_s": cpu["total"], "cpu_by_role": cpu,
+                          "documents_bytes": sum(files.values())}))
         return
     from pyspark.sql import SparkSession
 
@@ -138,11 +125,10 @@ def _child_convert(path: str, mode: str, ranges: int, root: str) -> None:
     sc = spark.sparkContext
     sc.parallelize(range(2), 2).map(_warm).collect()  # Python workers up, modules imported: as in a build
     units = plan_units(Listing([[f]], []), -(-size // ranges))
-    start, cpu = time.perf_counter(), _tree_cpu_s(os.getpid())
-    converted, _stages = convert_ranges(sc, units, {u.index for u in units}, {0: "stackexchange"}, store, quiet=True)
-    seconds, cpu = time.perf_counter() - start, _tree_cpu_s(os.getpid()) - cpu
+    (converted, _stages), seconds, cpu = _metered(lambda: convert_ranges(
+        sc, units, {u.index for u in units}, {0: "stackexchange"}, store, quiet=True))
     spark.stop()
-    print(json.dumps({"seconds": seconds, "cpu_s": cpu, "ranges": len(units),
+    print(json.dumps({"seconds": seconds, "cpu_s": cpu["total"], "cpu_by_role": cpu, "ranges": len(units),
                       "documents_bytes": sum(n for c in converted.values() for p, n in c.files.items()
                                              if "/documents/" in p)}))
 

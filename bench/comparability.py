@@ -15,6 +15,10 @@ NOT_COMPARABLE: dict[tuple[str, str, str], str] = {
     ("filters", "code_word_frequency", "dolma"):
         "dolma's code_redpajama_taggers_v1 computes RedPajama's line-length and alphanumeric rules, not "
         "dolmino's top-1/top-2 word-frequency check: different work",
+    ("filters", "repeated_ngrams", "datatrove"):
+        "datatrove's GopherRepetitionFilter computes Gopher's duplicate line/paragraph fractions and top / duplicate "
+        "n-gram character fractions over spaCy words, not >= 32 consecutive repeats of a 1..13-token n-gram: "
+        "a different check",
     ("dedup", "minhash signatures docs/s per core", "datatrove"):
         "datatrove's figure is the wall time of its signature stage over its own planted documents (reading "
         "JSONL, word tokenization, writing signature files); dolmino's signs the corpus texts in memory: "

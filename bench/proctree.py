@@ -180,9 +180,15 @@ class SparkProcesses:
         jvm = sum(peak_rss_mb(p) for p in self.jvm)
         driver = peak_rss_mb(self.driver_python)
         workers = [peak_rss_mb(p) for p in self.python_workers]
+        # The JVM starts PySpark's daemon, which forks the workers: telling them apart lets a
+        # figure count the daemon once and the workers once per core.
+        daemon = [(fields := _stat_fields(p)) is not None and int(fields[1]) in self.jvm for p in self.python_workers]
         return {"driver_python_mb": round(driver, 1), "jvm_mb": round(jvm, 1),
                 "driver_total_mb": round(driver + jvm, 1),
-                "python_worker_max_mb": round(max(workers, default=0.0), 1), "python_processes": len(workers)}
+                "python_worker_max_mb": round(max(workers, default=0.0), 1), "python_processes": len(workers),
+                "python_daemon_mb": round(sum(w for w, d in zip(workers, daemon) if d), 1),
+                "python_forked_worker_max_mb": round(max((w for w, d in zip(workers, daemon) if not d),
+                                                         default=0.0), 1)}
 
     def reset_peaks(self) -> bool:
         return all(reset_peak_rss(p) for p in [self.driver_python, *self.jvm, *self.python_workers])

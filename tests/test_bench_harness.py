@@ -262,6 +262,88 @@ def test_comparisons_apply_todays_rules_to_stored_figures():
     assert tok["goal"] == ">= 2 x best anchor" and tok["meets_goal"] is False
 
 
+def test_datatroves_gopher_filter_is_no_anchor_for_repeated_ngrams():
+    """GopherRepetitionFilter measures duplicate-line and n-gram fractions, not >= 32 consecutive
+    repeats: faster or slower, it must not be the anchor (a reviewer found it registered as one)."""
+    def row(name, impl, median):
+        return {"name": name, "impl": impl, "median": median, "values": [median], "unit": "docs/s", "better": "higher"}
+
+    for name in ("filters/repeated_ngrams docs/s per core", "filters/repeated_ngrams_with_repeats docs/s per core"):
+        (entry,) = harness.compare([row(name, "dolmino", 300.0), row(name, "dolma", 100.0),
+                                    row(name, "datatrove", 1000.0)], "filters")
+        assert entry["best_anchor"] == "dolma" and entry["ratio"] == pytest.approx(3.0)
+        assert "different check" in entry["not_comparable"]["datatrove"]["why"]
+
+
+def test_dedup_signature_sample_times_datasketchs_fastest_call_on_the_same_work():
+    """datasketch was timed with a new MinHash per document and dolmino's reference shingler in its
+    clock (a reviewer); now both sides shingle or neither does, at datasketch's faster call."""
+    from bench import bench_dedup
+    from filters.minhash import MinHasher, shingle_spans
+
+    words = [f"w{i % 97}x{i}" for i in range(20000)]  # > CHUNK shingles: text_signature's np.unique path
+    docs = [{"text": " ".join(words[i * 40:(i + 1) * 40 + i])} for i in range(30)] + [{"text": " ".join(words)},
+                                                                                      {"text": "..."}]
+    hasher = MinHasher(128, 1)
+    for d in docs[-2:-1] + docs[:3]:
+        alone = bench_dedup._hash_spans(hasher, shingle_spans(d["text"], 5))
+        assert (alone == hasher.text_signature(d["text"], 5)).all()
+    sig = bench_dedup.signature_throughput(docs, datasketch_sample=len(docs), repeats=1)
+    assert sig["sample_docs"] == len(docs) and sig["datasketch_call"] in ("bulk", "update_batch")
+    calls = sig["datasketch_calls_hashing_only_docs_per_s"]
+    assert sig["datasketch_hashing_only_docs_per_s"] == max(calls.values())
+    assert sig["datasketch_docs_per_s"] < sig["datasketch_hashing_only_docs_per_s"]  # shingling in its clock
+    figures = {(f["name"], f["impl"]) for f in bench_dedup.figures({"signatures": sig})}
+    for how in ("text to signature", "hashing only"):
+        name = f"dedup/minhash signatures docs/s per core (sample, {how})"
+        assert {(name, "dolmino"), (name, "datasketch")} <= figures
+    (note,) = bench_dedup.notes({"signatures": sig})
+    assert "hashing only (shingles made before the clock on both sides)" in note
+
+
+def test_dedup_peak_rss_counts_every_process_as_datatroves_does():
+    """dolmino's figure was the JVM and the largest worker only, against datatrove's whole process
+    (a reviewer): the driver's Python and PySpark's daemon are counted too."""
+    from bench import bench_dedup
+
+    memory = {"driver_python_mb": 150.0, "jvm_mb": 470.0, "python_daemon_mb": 50.0,
+              "python_forked_worker_max_mb": 120.0, "python_worker_max_mb": 120.0}
+    spark = {"memory": memory, "cores": 2, "docs_per_cpu_s": 10.0, "quality": {"recall": 1.0, "precision": 1.0}}
+    (rss,) = [f for f in bench_dedup.figures({"spark_minhash": spark}) if f["name"] == "dedup/minhash peak RSS"]
+    assert rss["value"] == 150.0 + 470.0 + 50.0 + 2 * 120.0
+    assert any("driver Python 150 MB" in n for n in bench_dedup.notes({"spark_minhash": spark}))
+
+
+def test_filters_repeats_slice_is_the_documents_dolmino_must_tokenize(tmp_path):
+    """On the default slice dolmino's byte check spares it the tokenizer for all but 16 of 1,425
+    documents, none holding a repeat, while dolma tokenizes all: the notes say so, and the slice of
+    documents with repeats gives the same-work figure."""
+    from bench import bench_filters
+    from dolmino.documents import write_documents
+    from filters.repeated_ngrams import RepeatedNgramFilter
+
+    table = {"id": "t", "text": "A table:\n" + "| 0 " * 60 + "|\nend"}
+    plain = {"id": "p", "text": "Plain prose that repeats nothing at all, as most documents do."}
+    for name in bench_filters.FILES:
+        write_documents(str(tmp_path / name), [plain, table] if name.startswith("web") else [plain])
+    repeats = bench_filters.repeats_slice(tmp_path, 32, 10)
+    assert [d["id"] for d in repeats] == ["t"] and repeats[0]["source"] == "web"
+    assert bench_filters.repeats_slice(tmp_path, 32, 0) == []
+    rep = RepeatedNgramFilter(min_repeats=32)
+    assert bench_filters.tokenized_count(rep, [plain, table, plain]) == 1
+    results = {"dolmino": {"repeated_ngrams": {"docs": 3, "tokenized": 1, "flagged": [1], "seconds": 1.0},
+                           bench_filters.REPEATS: {"docs": 1, "tokenized": 1, "flagged": [0], "seconds": 1.0}},
+               "dolma": {"repeated_ngrams": {"flagged": [1], "seconds": 2.0},
+                         bench_filters.REPEATS: {"docs": 1, "flagged": [0], "seconds": 2.0}}}
+    text = " ".join(bench_filters.notes(results))
+    assert "dolmino tokenized 1 of 3 documents" in text and "not the same work" in text
+    assert "dolmino flags 1, dolma 1" in text and "GopherRepetitionFilter is a different check" in text
+    figures, agreement = bench_filters.summarise([plain, table, plain], results)
+    names = {(f["name"], f["impl"]) for f in figures}
+    assert ("filters/repeated_ngrams_with_repeats docs/s per core", "dolma") in names
+    assert agreement[bench_filters.REPEATS]["dolma"]["jaccard_with_dolmino"] == 1.0
+
+
 def test_a_merge_keeps_the_anchor_versions_its_kept_benchmarks_ran_with(stand_ins):
     machine = harness.machine_info({})
     first = harness.build_report([_run(stand_ins, "good", "good.py", repeats=1), _run(stand_ins, "other", "good.py",

@@ -67,6 +67,45 @@ def test_meter_keeps_the_cpu_of_a_grandchild_that_was_reaped_unaccounted():
     assert result["processes_seen"] >= 3 and result["meter_cpu_s"] >= 0
 
 
+def test_stackexchange_split_cpu_keeps_a_worker_reaped_unaccounted():
+    """bench_stackexchange read /proc twice with cutime around the split conversion, which loses
+    an exited PySpark worker (its daemon ignores SIGCHLD; a reviewer): it meters like the build."""
+    from bench import bench_stackexchange
+
+    proc, seconds, cpu = bench_stackexchange._metered(
+        lambda: subprocess.run([sys.executable, "-c", IGNORING_PARENT], check=True))
+    assert proc.returncode == 0 and seconds > 0
+    assert cpu["total"] >= 0.75 and cpu["other"] + cpu["python_workers"] >= 0.75
+
+
+FORKED_WORKER = """
+import os, sys
+if os.fork() == 0:  # the daemon
+    if os.fork() == 0:  # the worker it forks
+        b = bytearray(64 << 20)
+        b[::4096] = b"\\1" * len(b[::4096])
+        print("ready", flush=True)
+    sys.stdin.read()
+    os._exit(0)
+sys.stdin.read()
+"""
+
+
+def test_spark_peaks_tell_pysparks_daemon_from_the_workers_it_forks():
+    """bench_dedup counts the daemon once and a worker once per core: they are told apart by
+    parent (the JVM starts the daemon, the daemon forks the workers)."""
+    jvm = subprocess.Popen([sys.executable, "-c", FORKED_WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert jvm.stdout.readline().strip() == b"ready"
+        below = proctree.descendants(jvm.pid)
+        assert len(below) == 2
+        peaks = proctree.SparkProcesses(os.getpid(), [jvm.pid], below).peaks_mb()
+        assert peaks["python_forked_worker_max_mb"] >= 64 > peaks["python_daemon_mb"] > 0
+        assert peaks["python_worker_max_mb"] == peaks["python_forked_worker_max_mb"]
+    finally:
+        jvm.communicate(b"")
+
+
 def test_peak_rss_reads_vmhwm_of_this_process():
     assert proctree.peak_rss_mb(os.getpid()) > 1.0
     assert proctree.peak_rss_mb(2**22 + 12345) == 0.0  # no such process
