@@ -362,3 +362,24 @@ if __name__ == "__main__":
     from dolmino.stdout_pipe import run_main
 
     sys.exit(run_main(main))
+
+
+def manifest_changes(built: object, given: object) -> list[str]:
+    """The fields in which the raw manifest `given` differs from `built` (a build's manifest.json),
+    as the manifest loader reads them: key order, spacing, "4M" for 4000000 or a default written out
+    are no change. Not "output", which only says where the build goes, nor the descriptions, which
+    change no token. As plain JSON where either does not load (another dolmino version's). What the
+    build (a complete build of another manifest in --out) and the trainer (--mix of an edited
+    manifest) tell their user changed."""
+    from dolmino.manifest import manifest_from_dict
+
+    ignored = ("output", "output (resolved)", "description")
+    try:
+        diff = diff_manifests(manifest_from_dict(built), manifest_from_dict(given), with_plan=False)
+    except ValueError:
+        there, here = (r if isinstance(r, dict) else {} for r in (built, given))
+        return [k for k in sorted({*there, *here} - set(ignored)) if there.get(k) != here.get(k)]
+    changes = [c.where for c in diff.fields] + [f"sources.{n} (removed)" for n in diff.removed]
+    changes += [f"sources.{n} (added)" for n in diff.added]
+    changes += [f"sources.{c.where}" for per_source in diff.sources.values() for c in per_source]
+    return [c for c in changes if c not in ignored and not c.endswith(".description")]

@@ -226,6 +226,7 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
         "budget": budget,
         "tokenizer": manifest.tokenizer.name,
         "eos_token_id": manifest.tokenizer.eos_token_id,
+        "pad_token_id": manifest.tokenizer.pad_token_id,  # the trainer checks both against the model's (a reviewer)
         "vocab_size": manifest.tokenizer.vocab_size,
         "sources": report_sources,
         "output": {"tokens": total_tokens, "docs": total_docs, "files": len(parts), "location": out,

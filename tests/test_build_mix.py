@@ -142,6 +142,8 @@ def test_source_shares_match_manifest(built):
         assert abs(got - pct) < 0.5, (name, got, pct)
         entry = next(s for s in report["sources"] if s["name"] == name)
         assert abs(entry["mix_percent"] - got) < 1e-9
+    # the tokenizer's ids the trainer checks against its model's (pad was never recorded: a reviewer)
+    assert (report["eos_token_id"], report["pad_token_id"], report["vocab_size"]) == (EOS, 100277, 100278)
 
 
 def test_accounting_and_quarantine_add_up(built):
@@ -464,9 +466,9 @@ def test_a_complete_build_of_another_plan_is_refused_unless_overwrite(built, inp
     assert build_main(["--manifest", str(path), "--out", str(again), "--budget", "600K", "--attributes", str(fresh),
                        "--quiet"]) == 2
     assert capsys.readouterr().err == (
-        f"build_mix: error: --out {again} holds a complete build of another plan (manifest 'e2e', budget 1,200,000); "
-        f"this build's is manifest 'e2e' ({path}), budget 600,000 (another manifest, budget, seed, input or setting): "
-        "pass --overwrite to replace it, or pick another --out\n")
+        f"build_mix: error: --out {again} holds a complete build of another manifest (manifest 'e2e'; this build's "
+        f"manifest 'e2e' ({path}) differs in budget 1,200,000 -> 600,000): pass --overwrite to replace it, or pick "
+        "another --out\n")
     assert {p.name: p.read_bytes() for p in again.iterdir() if p.is_file()} == before
     assert not list(fresh.rglob("*.parquet"))  # refused before the tag phase
     common = ["--manifest", str(path), "--out", str(again), "--budget", "600K", "--attributes", report["attributes"],
@@ -483,32 +485,40 @@ def test_a_complete_build_of_another_plan_is_refused_unless_overwrite(built, inp
     assert _digest(again) == want
 
 
-def test_a_complete_build_on_s3_is_refused_only_for_another_plan(s3_server):
-    """The check reads report.json and _plan.json through the storage helpers: s3:// too."""
+def test_a_complete_build_on_s3_is_refused_only_for_another_manifest_or_budget(s3_server):
+    """The check reads report.json, _plan.json and manifest.json through the storage helpers: s3://
+    too. The same manifest and budget over a touched input (another plan hash: the file's version)
+    is the same command again, which rebuilds what changed: refused, it named nothing the user could
+    see (a reviewer)."""
     import uuid
 
     from dolmino import s3
     from dolmino.build import output
     from dolmino.errors import BuildError
 
+    first = _manifest("/data")
+    second = {**first, "name": "second", "seed": first["seed"] + 1}
+    m_first, m_second = manifest_from_dict(first), manifest_from_dict(second)
     bucket = f"replace-{uuid.uuid4().hex[:12]}"
     s3.client().create_bucket(Bucket=bucket)
     out = f"s3://{bucket}/mix"
-    output.refuse_replacing(out, "plan-a", "first", None, 1_000_000)  # nothing there
+    output.refuse_replacing(out, "plan-a", m_first, 1_000_000)  # nothing there
     output.write_json(out, output.PLAN_FILE, {"plan": "plan-a", "parts": 1})
-    output.refuse_replacing(out, "plan-b", "second", None, 50_000)  # interrupted (no report.json): replaced
-    output.write_json(out, output.COMPLETION_MARKER, {"manifest": "first", "manifest_path": "m/first.json",
+    output.refuse_replacing(out, "plan-b", m_second, 50_000)  # interrupted (no report.json): replaced
+    output.write_json(out, "manifest.json", first)
+    output.write_json(out, output.COMPLETION_MARKER, {"manifest": "e2e", "manifest_path": "m/first.json",
                                                       "budget": 1_000_000})
-    output.refuse_replacing(out, "plan-a", "first", "m/first.json", 1_000_000)  # the same plan: a rerun
+    output.refuse_replacing(out, "plan-a", m_first, 1_000_000)  # the same plan: a rerun
+    output.refuse_replacing(out, "plan-touched", m_first, 1_000_000)  # the same manifest and budget, a touched input
     with pytest.raises(BuildError) as info:
-        output.refuse_replacing(out, "plan-b", "second", "m/second.json", 50_000)
+        output.refuse_replacing(out, "plan-b", m_second, 50_000)
     assert str(info.value) == (
-        f"--out {out} holds a complete build of another plan (manifest 'first' (m/first.json), budget 1,000,000); "
-        "this build's is manifest 'second' (m/second.json), budget 50,000 (another manifest, budget, seed, input or "
-        "setting): pass --overwrite to replace it, or pick another --out")
-    output.delete(out, [output.PLAN_FILE])  # a complete build whose plan is unknown is no rerun either
-    with pytest.raises(BuildError, match="holds a complete build of another plan"):
-        output.refuse_replacing(out, "plan-a", "first", "m/first.json", 1_000_000)
+        f"--out {out} holds a complete build of another manifest (manifest 'e2e' (m/first.json); this build's "
+        "manifest 'second' differs in name, seed, budget 1,000,000 -> 50,000): pass --overwrite to replace it, or "
+        "pick another --out")
+    output.delete(out, ["manifest.json"])  # a complete build whose manifest is unknown is no rerun either
+    with pytest.raises(BuildError, match=r"differs in manifest.json \(missing or not JSON\)"):
+        output.refuse_replacing(out, "plan-c", m_first, 1_000_000)
 
 
 def test_a_broken_stream_builds_with_every_document_before_the_break(spark, tmp_path, monkeypatch):

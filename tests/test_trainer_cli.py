@@ -157,8 +157,8 @@ def test_mix_refuses_a_build_made_from_another_manifest(data_dir, tmp_path):
     given.write_text(json.dumps({**manifest, "output": str(built), "seed": 7}))
     with pytest.raises(SystemExit, match=re.escape(
             f"the mix {built} was built from another manifest than {given} (its manifest.json differs in seed, "
-            f"sources.dclm.dedup.minhash.seed); rebuild it (`spark-submit dolmino/build_mix.py --manifest {given}`), "
-            f"or train on the build as it is with --data {built}")):
+            f"sources.dclm.dedup.minhash.seed); rebuild it (`spark-submit dolmino/build_mix.py --manifest {given} "
+            f"--overwrite`, which replaces it), or train on the build as it is with --data {built}")):
         mix_output_dir(given)
     # one the loader refuses (another tokenizer without its file) is compared as JSON
     given.write_text(json.dumps({**manifest, "output": str(built), "tokenizer": {"name": "gpt2"}}))

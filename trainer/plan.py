@@ -123,27 +123,14 @@ def remote_build_hint(location: str) -> str:
 
 
 def _manifest_changes(given: dict, built: Path) -> list[str]:
-    """The fields in which the parsed manifest `given` differs from `built` (a build's manifest.json),
-    as the manifest loader reads them: key order, spacing, "4M" for 4000000 or a default written out
-    are no change. Not "output", which only says where the build goes, nor the descriptions, which
-    change no token. As plain JSON where either does not load (another dolmino version's)."""
-    from dolmino.diff import diff_manifests
-    from dolmino.manifest import manifest_from_dict
+    """`dolmino.diff.manifest_changes` of a build's manifest.json; none where it cannot be read (a
+    damaged copy: which manifest it was is unknown)."""
+    from dolmino.diff import manifest_changes
 
-    ignored = ("output", "output (resolved)", "description")
     try:
-        raw = [json.loads(built.read_text(encoding="utf-8")), given]
-    except (OSError, ValueError):  # a damaged copy: which manifest it was is unknown
+        return manifest_changes(json.loads(built.read_text(encoding="utf-8")), given)
+    except (OSError, ValueError):
         return []
-    try:
-        diff = diff_manifests(*(manifest_from_dict(r) for r in raw), with_plan=False)  # relative paths as written
-    except ValueError:
-        there, here = (r if isinstance(r, dict) else {} for r in raw)
-        return [k for k in sorted({*there, *here} - set(ignored)) if there.get(k) != here.get(k)]
-    changes = [c.where for c in diff.fields] + [f"sources.{n} (removed)" for n in diff.removed]
-    changes += [f"sources.{n} (added)" for n in diff.added]
-    changes += [f"sources.{c.where}" for per_source in diff.sources.values() for c in per_source]
-    return [c for c in changes if c not in ignored and not c.endswith(".description")]
 
 
 def mix_output_dir(manifest_path: str | Path, prog: str = "trainer.run") -> Path:
@@ -196,7 +183,8 @@ def mix_output_dir(manifest_path: str | Path, prog: str = "trainer.run") -> Path
         shown = ", ".join(changes[:4]) + (f" and {len(changes) - 4} more" if len(changes) > 4 else "")
         raise SystemExit(f"{prog}: the mix {out} was built from another manifest than {manifest_path} (its "
                          f"{BUILD_MANIFEST} differs in {shown}); rebuild it (`spark-submit dolmino/build_mix.py "
-                         f"--manifest {manifest_path}`), or train on the build as it is with --data {out}")
+                         f"--manifest {manifest_path} --overwrite`, which replaces it), or train on the build as it "
+                         f"is with --data {out}")
     return out
 
 
@@ -511,7 +499,7 @@ def check_data_vocab(args: argparse.Namespace, plan: Plan, init, paths: list[str
 
 
 def check_data_special_ids(args: argparse.Namespace, plan: Plan, init, paths: list[str] | DataLayout) -> None:
-    """Refuse data whose builds' reports give another EOS id (or pad id, where recorded) than the
+    """Refuse data whose builds' reports give another EOS id (or pad id; builds before 2026-12-06 record none) than the
     model's: the data was tokenized with another tokenizer than the model's, whose ids mean other
     text to it, and the vocabulary check passes a smaller one (a gpt2 build trained into a dolma2
     checkpoint; found by a tester). The model's ids are the --init-from checkpoint's, else the

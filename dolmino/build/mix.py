@@ -210,8 +210,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
         })
         output.refuse_strays(options.out)  # before any Spark job: neither this build nor --overwrite removes them
         if not options.overwrite:  # before any Spark job, and before output.start removes report.json
-            output.refuse_replacing(options.out, plan_hash, manifest.name, manifest.path,
-                                    None if manifest.kind == "pool" else options.budget)
+            output.refuse_replacing(options.out, plan_hash, manifest, None if manifest.kind == "pool" else options.budget)
 
     tagged = run_tag(sc, manifest, store, units, bundles, groups, resources, tokenizer, tok_digest,
                      quiet=options.quiet, allow_work=options.phase != "mix", read_ahead=options.read_ahead)

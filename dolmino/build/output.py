@@ -47,13 +47,18 @@ def start(out: str) -> dict:
     return owner
 
 
-def refuse_replacing(out: str, plan_hash: str, name: str, path: str | None, budget: int | None) -> None:
-    """BuildError when `out` holds a complete build (report.json) of another plan than `plan_hash`.
+def refuse_replacing(out: str, plan_hash: str, manifest, budget: int | None) -> None:
+    """BuildError when `out` holds a complete build (report.json) of another manifest or budget.
 
     Two manifests sharing an `output`, or another --budget, replaced a finished mix unsaid, exit 0
     (found by a tester); refused as the trainer refuses a fresh run over an old one, unless
-    --overwrite. The same plan again is a rerun that keeps its parts; an interrupted build (no
-    report.json) is replaced. `budget` None: a pool manifest's build."""
+    --overwrite, naming what differs. The same plan again is a rerun that keeps its parts; the same
+    manifest and budget over changed inputs or settings (a touched file, another --split-size,
+    another dolmino) is the same command run again, which rebuilds what changed, as before (a
+    reviewer: refused, it named nothing the user could see). An interrupted build (no report.json)
+    is replaced. `budget` None: a pool manifest's build."""
+    from dolmino.diff import manifest_changes
+
     data = read_if_exists(join(out, COMPLETION_MARKER))
     if data is None:
         return
@@ -65,12 +70,19 @@ def refuse_replacing(out: str, plan_hash: str, name: str, path: str | None, budg
     except ValueError:
         there = None
     there = there if isinstance(there, dict) else {}  # not a report we can read: still a complete build
-    held_budget = there.get("budget") if isinstance(there.get("budget"), int) else "budget unknown"
-    held = _described(there.get("manifest"), there.get("manifest_path"), held_budget)
-    this = _described(name, path, "a pool (no budget)" if budget is None else budget)
-    raise BuildError(f"--out {out} holds a complete build of another plan ({held}); this build's is {this} "
-                     "(another manifest, budget, seed, input or setting): pass --overwrite to replace it, or pick "
-                     "another --out")
+    built = read_json(out, "manifest.json")
+    changes = ["manifest.json (missing or not JSON)"] if built is None else manifest_changes(built, manifest.raw)
+    held_budget = there.get("budget") if isinstance(there.get("budget"), int) else None
+    if held_budget != budget:
+        changes.append(f"budget {'none' if held_budget is None else f'{held_budget:,}'} -> "
+                       f"{'none' if budget is None else f'{budget:,}'}")
+    if not changes:
+        return
+    shown = ", ".join(changes[:4]) + (f" and {len(changes) - 4} more" if len(changes) > 4 else "")
+    held = _described(there.get("manifest"), there.get("manifest_path"))
+    raise BuildError(f"--out {out} holds a complete build of another manifest ({held}; this build's "
+                     f"{_described(manifest.name, manifest.path)} differs in {shown}): pass --overwrite to replace "
+                     "it, or pick another --out")
 
 
 def refuse_strays(out: str) -> None:
@@ -87,9 +99,8 @@ def refuse_strays(out: str) -> None:
                          "`aws s3 mv` on S3), then rerun")
 
 
-def _described(name, path, budget) -> str:
-    shown = (f"manifest {name!r}" if name else "manifest unknown") + (f" ({path})" if path else "")
-    return shown + (f", budget {budget:,}" if isinstance(budget, int) else f", {budget}")
+def _described(name, path) -> str:
+    return (f"manifest {name!r}" if name else "manifest unknown") + (f" ({path})" if path else "")
 
 
 def check_owner(out: str, owner: dict, stops: str = "without removing or certifying anything", *,
