@@ -199,6 +199,12 @@ def test_a_manifest_on_s3_is_named_as_a_url(capsys):
     assert schedule_main(["--mix", url, "--model", "tiny", "--steps", "1"]) == 2
     err = capsys.readouterr().err
     assert f"trainer.schedule: {said}" in err and "s3:/bkt" not in err
+    # --data s3:// as trainer.run says it (it read "data path s3:/bkt/... does not exist"; a reviewer)
+    for command in (main, schedule_main):
+        assert command(["--data", "s3://bkt/mixes/demo", "--model", "tiny", "--steps", "1"]) == 2
+        err = capsys.readouterr().err
+        assert "error: --data s3://bkt/mixes/demo: the trainer reads token files from a local directory" in err, err
+        assert "s3:/bkt" not in err
 
 
 def test_a_build_on_s3_is_refused_with_how_to_copy_it(tmp_path, capsys):

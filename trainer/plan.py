@@ -586,6 +586,10 @@ def schedule_main(argv: list[str] | None = None) -> int:
                     return 2
             else:
                 paths = [args.mix] if args.mix else list(args.data)
+                # as trainer.run says it: through Path, s3://b/m read "data path s3:/b/m does not exist" (a reviewer)
+                if remote := next((d for d in paths if "://" in d), None):
+                    print(f"trainer.schedule: error: --data {remote}: {remote_build_hint(remote)}", file=sys.stderr)
+                    return 2
             paths = scan_data(paths)  # walked once for both checks
             tokens, source = data_tokens(paths)
         elif args.steps is None and args.horizon_tokens is not None:
