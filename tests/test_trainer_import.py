@@ -776,6 +776,16 @@ def test_dcp_metadata_as_torch_writes_it_passes_the_allow_list(tmp_path):
     got = _dcp_reader(tmp_path / "dcp").read_metadata()
     assert got.state_dict_metadata == want.state_dict_metadata and got.storage_data == want.storage_data
     assert got.planner_data == want.planner_data and got.storage_meta.checkpoint_id == want.storage_meta.checkpoint_id
+    # torch before 2.2 pickled TensorProperties from torch.distributed._shard (a reviewer)
+    import io
+
+    from torch.distributed._shard.sharded_tensor import metadata as before_2_2
+
+    from trainer.weights import _MetadataUnpickler
+
+    old = pickle.dumps(before_2_2.TensorProperties(dtype=torch.bfloat16))
+    assert b"torch.distributed._shard.sharded_tensor.metadata" in old
+    assert _MetadataUnpickler(io.BytesIO(old), tmp_path / ".metadata").load().dtype == torch.bfloat16
 
 
 def test_an_olmo_core_norm_that_is_not_rms_is_refused(tmp_path):
