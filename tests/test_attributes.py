@@ -437,3 +437,70 @@ def test_an_attribute_object_gone_from_s3_is_one_line_and_a_missing_bucket_stays
         read_table(f"s3://{bucket}/web/docs-x/a.parquet")
     with pytest.raises(s3.NoSuchBucket):
         read_table("s3://no-such-bucket-here/web/docs-x/a.parquet")
+
+
+# ---------------------------------------------------------------------------- keys of equivalent specs
+
+
+def _keyed_manifest(index: str, web_filters: list, flan_filter: dict) -> dict:
+    return {"name": "keys", "version": 2, "seed": 1, "budget": 4_000, "data_root": "/nowhere",
+            "sources": [{"name": "web", "paths": ["web/*.jsonl.zst"], "mix_percent": 50, "filters": web_filters},
+                        {"name": "flan", "paths": ["flan/*.jsonl.zst"], "mix_percent": 50,
+                         "filters": [{"type": "decontaminate", "index_path": index, **flan_filter}]}]}
+
+
+def test_attribute_keys_stay_as_manifests_spell_them_and_a_wrong_ngram_size_is_refused(tmp_path):
+    """The keys hash the tag parameters as the manifest spells them. Keying a default written out
+    as if left out (a tester: `dolmino mix` refused sets tagged without it) would rename the sets of
+    every shipped manifest, which spell OLMo's values (max_n 13, min_repeats 32): every attribute
+    root tagged with them re-scored. Pinned here; a wrong ngram_size is refused on the driver."""
+    from filters.decontamination import build_index
+
+    from dolmino.build.resources import Resource
+    from dolmino.build.tag import tag_plans
+    from dolmino.evalsets import EvalInstance
+
+    index = str(tmp_path / "evals.npz")
+    build_index([EvalInstance("boolq", "validation", "is the sky blue on a clear day at noon in summer")], index,
+                ngram_size=8)
+    resources = {p: Resource(p, p.rsplit("/", 1)[-1], False) for p in ("q1.bin", index)}
+
+    def set_names(web_filters, flan_filter) -> list[list[str]]:
+        plans = tag_plans(manifest_from_dict(_keyed_manifest(index, web_filters, flan_filter)), resources, "", [])
+        return [[t.set_name for t in p.filters] for p in plans]
+
+    omitted = set_names([{"type": "min_length", "min_chars": 200},
+                         {"type": "fasttext_quality", "model_path": "q1.bin", "threshold": 0.2}],
+                        {"threshold": 0.1})
+    assert omitted == [["min_length-57f75c85310f", "fasttext_quality-0d3d0f97efe7"], ["decontaminate-6bc8984a7332"]]
+    spelled = set_names([{"type": "min_length", "min_chars": 200, "min_tokens": 0},
+                         {"type": "fasttext_quality", "model_path": "q1.bin", "label": "__label__hq",
+                          "threshold": 0.2, "engine": "auto"}],
+                        {"threshold": 0.1, "ngram_size": 8})
+    assert spelled == [["min_length-c4659c130633", "fasttext_quality-2c9ba873944f"], ["decontaminate-acc96bf2436f"]]
+    with pytest.raises(BuildError, match=r"filters\[0\]\.ngram_size: 5, but the index .* holds 8-grams"):
+        set_names([], {"ngram_size": 5})
+
+
+def test_a_missing_stack_exchange_documents_file_is_converted_again(spark, tmp_path):
+    """The converted Posts.xml under the attributes root, deleted: `dolmino tag` said everything
+    was reused and the build failed on a raw FileNotFoundError in an executor (found by a tester)."""
+    from test_stackexchange import A_BODY, Q_BODY, answer, question, write_posts
+
+    rows = [r for i in range(6) for r in (question(10 * i + 1, 5, f"Sorting question {i}", Q_BODY, accepted=10 * i + 2),
+                                           answer(10 * i + 2, 10 * i + 1, 7, A_BODY))]
+    write_posts(tmp_path / "inputs", rows)
+    spec = {"name": "se", "version": 1, "seed": 3, "budget": 2_000, "data_root": str(tmp_path / "inputs"),
+            "output_format": {"tokens_per_file": "2K"},
+            "sources": [{"name": "se", "paths": ["**/Posts.xml"], "format": "stackexchange", "mix_percent": 100.0}]}
+    attrs = tmp_path / "attributes"
+    build(manifest_from_dict(spec), 2_000, str(tmp_path / "tag"), spark, attributes=str(attrs), phase="tag")
+    [documents] = (attrs / "se" / "documents").rglob("*.jsonl.zst")
+    documents.unlink()
+    with pytest.raises(BuildError, match="Stack Exchange documents converted from .*Posts.xml .* are missing: run "
+                                         "`dolmino tag`"):
+        build(manifest_from_dict(spec), 2_000, str(tmp_path / "mix"), spark, attributes=str(attrs), phase="mix")
+    again = build(manifest_from_dict(spec), 2_000, str(tmp_path / "tag"), spark, attributes=str(attrs), phase="tag")
+    assert again["tagged_units"] == 1 and documents.exists()
+    assert build(manifest_from_dict(spec), 2_000, str(tmp_path / "mix"), spark, attributes=str(attrs),
+                 phase="mix")["sources"][0]["kept_docs"] == 6

@@ -1307,3 +1307,34 @@ def test_parts_missing_from_an_s3_out_are_not_sent_to_s3(s3_server, tmp_path):
         output.verify_parts(f"s3://{bucket}/mix", [part])
     assert (f"The bucket s3://{bucket} does not exist any more (deleted while the build ran?): create it again and "
             "rerun the same command. The build is not complete (no report.json).") in str(info.value)
+
+
+def test_cli_refuses_attributes_in_the_data_tree_before_any_work(tmp_path, capsys, s3_server):
+    """An --attributes that was the data root, or inside a source's directory, was accepted: the build
+    wrote its sets there and a rerun read them as inputs (found by a tester)."""
+    import uuid
+
+    from dolmino import s3
+    from dolmino.build.cli import _check_attributes_root
+
+    data = tmp_path / "data"
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(_manifest(data)))
+    cases = [(data, "is the data root"),
+             (data / "wiki" / "attrs", f"inside {data / 'wiki'}, which source 'wiki' reads")]
+    for attrs, message in cases:
+        args = ["--manifest", str(path), "--out", str(tmp_path / "o"), "--attributes", str(attrs)]
+        assert build_main(args) == 2, attrs
+        err = capsys.readouterr().err
+        assert message in err and "pick another attributes root" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists() and not (data / "wiki").exists()
+    manifest = manifest_from_dict(_manifest(data))
+    _check_attributes_root(manifest, str(data / "attributes"))  # beside the sources' directories: read by none
+    _check_attributes_root(manifest, str(tmp_path / "attributes"))
+    bucket = f"attrs-{uuid.uuid4().hex[:12]}"
+    s3.client().create_bucket(Bucket=bucket)
+    path.write_text(json.dumps(_manifest(f"s3://{bucket}/data")))
+    for attrs in (f"s3://{bucket}/data/", f"s3://{bucket}/data/code/a"):
+        assert build_main(["--manifest", str(path), "--out", str(tmp_path / "o"), "--attributes", attrs]) == 2
+        assert "pick another attributes root" in capsys.readouterr().err
+    _check_attributes_root(manifest_from_dict(_manifest(f"s3://{bucket}/data")), f"s3://{bucket}/database")

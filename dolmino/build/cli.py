@@ -119,6 +119,31 @@ def _check_locations(out: str, attributes: str) -> None:
             raise BuildError(f"{flag} {location}: cannot be written ({reason})")
 
 
+def _check_attributes_root(manifest, attributes: str) -> None:
+    """An attributes root that is the data root, or inside a source's directory: the build wrote
+    its sets there and a rerun read them as inputs (parquet "not dolma documents", MinHash
+    `_SOURCE.json` quarantined; found by a tester). Beside the sources' directories is fine."""
+    def inside(path: str, root: str) -> bool:
+        if path.startswith("s3://") or root.startswith("s3://"):
+            return (path.rstrip("/") + "/").startswith(root.rstrip("/") + "/")
+        path, root = os.path.realpath(path), os.path.realpath(root)
+        return os.path.commonpath([path, root]) == root
+
+    if manifest.data_root and inside(attributes, manifest.data_root) and inside(manifest.data_root, attributes):
+        raise BuildError(f"--attributes {attributes}: is the data root, where a rerun reads attribute files as "
+                         "inputs; pick another attributes root")
+    for source in manifest.sources:
+        for pattern in source.paths:
+            resolved = manifest.resolve(pattern)
+            fixed = re.split(r"[*?\[]", resolved, maxsplit=1)[0]
+            if fixed != resolved:  # a glob: the directory above its first glob character
+                fixed = (fixed.rstrip("/") or "/") if fixed.endswith("/") else os.path.dirname(fixed) or "."
+            if inside(attributes, fixed):
+                raise BuildError(f"--attributes {attributes}: inside {fixed}, which source {source.name!r} reads "
+                                 f"({pattern}): a rerun would read attribute files as inputs; pick another "
+                                 "attributes root")
+
+
 def prepare(args: argparse.Namespace, phase: str):
     """(manifest, BuildOptions) from the command line; raises ManifestError/BuildError."""
     from dolmino.build.inputs import list_inputs
@@ -146,6 +171,7 @@ def prepare(args: argparse.Namespace, phase: str):
     out = _location(out) if out else ""
     attributes = _location(args.attributes) if args.attributes else default_attributes_root(out)
     _check_locations(out, attributes)
+    _check_attributes_root(manifest, attributes)
     task_bytes, split_bytes = _size(args.task_size, "--task-size"), _size(args.split_size, "--split-size")
     if args.read_ahead < 0:
         raise BuildError(f"--read-ahead must be 0 or more, got {args.read_ahead}")

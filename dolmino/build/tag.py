@@ -29,8 +29,8 @@ from typing import Iterator, NamedTuple
 
 from dolmino.build import untagged, worker_heap
 from dolmino.build.attributes import (
-    ATTRIBUTE_FORMAT, STAT_COUNTS, STAT_MAPS, AttributeStore, Bundle, add_counts, read_table, spec_key, unit_listing,
-    text_hash, unit_rows, unit_stats, unit_version, write_table,
+    ATTRIBUTE_FORMAT, DOCUMENTS_DIR, STAT_COUNTS, STAT_MAPS, AttributeStore, Bundle, add_counts, read_table, spec_key,
+    unit_listing, text_hash, unit_rows, unit_stats, unit_version, write_table,
 )
 from dolmino.build.inputs import Unit
 from dolmino.build.read import fetch_ahead, read_unit
@@ -160,6 +160,8 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
             filt = build_filter(spec, f"{source.name}.filters[{i}]")
             if needs_tokens(filt):
                 continue
+            if spec["type"] == "decontaminate" and spec.get("ngram_size") is not None:
+                _check_ngram_size(spec, resources, f"source {source.name!r} filters[{i}]")
             keyed = keyed_spec({"type": spec["type"], **tag_params(filt, spec)}, resources)
             keyed["rows"] = rows_key
             if getattr(filt, "tag_revision", None) is not None:  # its scoring changed: earlier sets are not reused
@@ -174,6 +176,20 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
             source.name, source.format, source.max_doc_bytes, f"docs-{docs_key}", tuple(tags),
             f"minhash-{spec_key({**minhash, 'pool': pool})}" if minhash else None, minhash, pool))
     return tuple(plans)
+
+
+def _check_ngram_size(spec: dict, resources: dict[str, Resource], where: str) -> None:
+    """decontaminate's ngram_size must equal the index's: refused here, on the driver, in one line
+    (else in the first tag task, after the Spark jobs began)."""
+    from filters.decontamination import read_index_meta
+
+    from dolmino.build.resources import localize
+
+    resource = resources[spec["index_path"]]
+    held = read_index_meta(localize(resource._replace(shipped_as=None))).get("ngram_size")
+    if held != spec["ngram_size"]:
+        raise BuildError(f"{where}.ngram_size: {spec['ngram_size']}, but the index {resource.uri} holds {held}-grams; "
+                         "leave ngram_size out (it defaults to the index's)")
 
 
 def minhash_manifest_path(store: AttributeStore, plan: SourceTagPlan) -> str:
@@ -468,12 +484,19 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
             else:
                 minhash_stats[plan.name] = done.get("stats")  # the report's figures when clusters are reused
 
+    # Stack Exchange documents (converted Posts.xml) are read beside the docs set: one gone (deleted,
+    # a lost upload) was reported reused, then failed the build as a raw FileNotFoundError (a tester).
+    converted = {si: store.existing(plan.name, DOCUMENTS_DIR) for si, plan in enumerate(plans)
+                 if plan.format == "stackexchange"}
     works: dict[int, BundleWork] = {}
     for bundle in bundles:
         si = bundle.source_index
         plan = plans[si]
         sets = tuple(s for s in [plan.docs_set, *(t.set_name for t in plan.filters)]
                      if store.path(plan.name, s, bundle) not in listed[(si, s)])
+        if si in converted and plan.docs_set not in sets and any(
+                store.documents_path(plan.name, u) not in converted[si] for u in bundle.units):
+            sets = (plan.docs_set, *sets)  # converted again with the docs set, as when it is missing
         signatures = si in minhash_due
         if sets or signatures:
             works[bundle.index] = BundleWork(bundle, sets, signatures, {})

@@ -25,7 +25,7 @@ import functools
 import re
 from typing import NamedTuple
 
-from dolmino.build.attributes import AttributeStore, read_table
+from dolmino.build.attributes import DOCUMENTS_DIR, AttributeStore, read_table
 from dolmino.build.inputs import Unit, splittable
 from dolmino.errors import BuildError
 
@@ -202,6 +202,19 @@ def _tagged_otherwise(work, plan, store: AttributeStore) -> str | None:
     return None
 
 
+def _documents_gone(works, plans, store: AttributeStore, listed: dict) -> str | None:
+    """A bundle due although its docs set file is stored: its Stack Exchange documents are gone."""
+    for work in works:
+        si, bundle = work.bundle.source_index, work.bundle
+        plan = plans[si]
+        stored = listed[(si, plan.docs_set)]
+        if plan.format == "stackexchange" and store.path(plan.name, plan.docs_set, bundle) in stored:
+            return (f"the Stack Exchange documents converted from {bundle.units[0].file.name} (under "
+                    f"{store.set_dir(plan.name, DOCUMENTS_DIR)}) are missing: run `dolmino tag` with this manifest "
+                    "(it converts them again)")
+    return None
+
+
 def describe(works: dict, units: list[Unit], plans, store: AttributeStore, listed: dict) -> str:
     """The error `dolmino mix` stops with: how many units are due, the first, and the cause
     the attribute root shows (`listed`: (source index, set) -> stored paths, as run_tag listed them)."""
@@ -217,7 +230,8 @@ def describe(works: dict, units: list[Unit], plans, store: AttributeStore, liste
             f"{store.root} (first: {first.bundle.units[0].key}, missing {absent})")
     source = functools.cache(lambda si: _source(si, units, plans, store, listed))
     try:
-        reason = (_source_not_stored(plan, store) or _split_otherwise(unread, source)
+        reason = (_source_not_stored(plan, store) or _documents_gone(unread, plans, store, listed)
+                  or _split_otherwise(unread, source)
                   or _inputs_changed(unread, source) or _tagged_otherwise(first, plan, store))
     except Exception:  # noqa: BLE001 - a root that cannot be read further: the refusal stands, without a cause
         reason = None
