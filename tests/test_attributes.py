@@ -482,6 +482,22 @@ def test_attribute_keys_stay_as_manifests_spell_them_and_a_wrong_ngram_size_is_r
         set_names([], {"ngram_size": 5})
 
 
+def test_a_mix_spelling_a_parameter_otherwise_names_it(world, spark, tmp_path):
+    """`dolmino mix` of a manifest that only wrote out fasttext_quality's default label refused with
+    "another filter model or parameter" (found by a tester): the parameter is named, from the spec
+    stored with the set that holds the bundle."""
+    root, model = world
+    attrs = str(tmp_path / "attributes")
+    omitted = _spec(root, model, THRESHOLD)
+    del omitted["sources"][0]["filters"][0]["label"]
+    build(manifest_from_dict(omitted), 4_000, str(tmp_path / "tag"), spark, attributes=attrs, phase="tag")
+    spelled = _spec(root, model, THRESHOLD)
+    with pytest.raises(BuildError, match=r"tagged with the filter written otherwise: label: left out there, "
+                                         r"'__label__hq' here; sets are keyed by the parameters as the manifest "
+                                         r"spells them"):
+        build(manifest_from_dict(spelled), 4_000, str(tmp_path / "mix"), spark, attributes=attrs, phase="mix")
+
+
 def test_a_missing_stack_exchange_documents_file_is_converted_again(spark, tmp_path):
     """The converted Posts.xml under the attributes root, deleted: `dolmino tag` said everything
     was reused and the build failed on a raw FileNotFoundError in an executor (found by a tester)."""

@@ -195,11 +195,45 @@ def _tagged_otherwise(work, plan, store: AttributeStore) -> str | None:
                         "seed or MinHash parameter, or other input files of the source, since clusters span all of "
                         "them): run `dolmino tag` with this manifest")
             what = "documents" if kind == "docs" else f"{kind} attributes"
-            return (f"{where}'s {what} were tagged under other settings or rules ({other} holds them: another "
-                    "max_doc_bytes or tokenizer, another filter model or parameter, or a dolmino whose rules for "
-                    "them changed since): run `dolmino tag` with this manifest: it tags what changed and reuses the "
-                    "rest")
+            spelled = _spelled_otherwise(store.path(plan.name, other, work.bundle),
+                                         next((t.spec for t in plan.filters if t.set_name == set_name), None))
+            return (f"{where}'s {what} were tagged under other settings or rules ({other} holds them: "
+                    + (spelled or "another max_doc_bytes or tokenizer, another filter model or parameter, or a "
+                       "dolmino whose rules for them changed since")
+                    + "): run `dolmino tag` with this manifest: it tags what changed and reuses the rest")
     return None
+
+
+def _spelled_otherwise(path: str, spec: dict | None) -> str | None:
+    """The filter parameters in which the spec stored with the set at `path` differs from this
+    manifest's `spec`: a default written out in one manifest and left out in the other keys
+    another set, as the manifest spells it (a tester found only "another ... parameter")."""
+    if spec is None:
+        return None
+    try:
+        stored = read_table(path, columns=[])[1].get("spec")
+    except BuildError:
+        return None
+    if not isinstance(stored, dict):
+        return None
+    from filters.base import tag_params
+    from filters.registry import build_filter
+
+    try:
+        names = set(tag_params(build_filter(spec), {**stored, **spec}))
+    except Exception:  # noqa: BLE001 - only the message depends on it
+        return None
+    shown = [f"{k}: {repr(stored[k]) if k in stored else 'left out'} there, "
+             f"{repr(spec[k]) if k in spec else 'left out'} here"
+             for k in sorted(names) if stored.get(k, _ABSENT) != spec.get(k, _ABSENT)]
+    if not shown:
+        return None
+    return ("tagged with the filter written otherwise: " + "; ".join(shown)
+            + "; sets are keyed by the parameters as the manifest spells them: spell them as the tagging manifest did,"
+            " or tag again")
+
+
+_ABSENT = object()
 
 
 def _documents_gone(works, plans, store: AttributeStore, listed: dict) -> str | None:
