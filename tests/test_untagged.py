@@ -142,8 +142,9 @@ def test_files_added_removed_and_changed_are_named_from_the_stored_unit_list(tmp
              Unit(3, 0, _file("e.jsonl"))]
     message = _describe(store, [BundleWork(Bundle(0, tuple(units)), (DOCS,), False, {})], units, _plan())
     assert message.endswith("since the tag, /data/web/b.jsonl changed (another size, ETag or mtime); /data/web/e.jsonl "
-                            "is new; web/d.jsonl, tagged in the same attribute files, is no longer listed: run "
-                            "`dolmino tag` again (it reads again the files grouped with these and reuses the rest)")
+                            "is new; web/d.jsonl, tagged in the same attribute files, is not among this manifest's inputs "
+                            "(removed since, or tagged for a manifest listing more files: attribute files serve the "
+                            "files they were tagged together with): run `dolmino tag` again (it reads again the files grouped with these and reuses the rest)")
 
 
 def test_an_unreadable_root_leaves_the_refusal_without_a_cause(tmp_path, monkeypatch):

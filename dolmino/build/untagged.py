@@ -164,8 +164,11 @@ def _inputs_changed(works, source) -> str | None:
         if added:
             parts.append(f"{_named(added)} {'is' if len(added) == 1 else 'are'} new")
         if removed:
+            # "no longer listed" misled where another manifest lists part of the files tagged together (a tester)
             parts.append(f"{_named(removed)}, tagged in the same attribute files, "
-                         f"{'is' if len(removed) == 1 else 'are'} no longer listed")
+                         f"{'is' if len(removed) == 1 else 'are'} not among this manifest's inputs (removed since, or "
+                         "tagged for a manifest listing more files: attribute files serve the files they were tagged "
+                         "together with)")
         if unreached:
             return (f"{_named(unreached)} {'is' if len(unreached) == 1 else 'are'} in no attribute file: new since "
                     "the tag, or a tag still running or stopped before it got there: run `dolmino tag` (again, "
