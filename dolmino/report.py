@@ -95,6 +95,20 @@ def _reused_note(run: dict, files: int) -> str:
             "(verified, not written again); the figures are the build's.")
 
 
+def _attribute_files_line(files: dict, named: int = 8) -> str:
+    """The attribute files written (with the sets that got them) and reused: by unit alone, "2 of 4
+    tagged" hid that one filter's scores were the only files written (a tester)."""
+    sets = [(f"{source}/{name}", c) for source, by_set in files.items() for name, c in by_set.items()]
+    written = [(name, c) for name, c in sets if c["written"]]
+    n_bytes = sum(c["bytes_written"] for _, c in written)
+    which = ", ".join(f"{name}: {c['written']:,}" for name, c in written[:named])
+    if len(written) > named:
+        which += f", and {len(written) - named} more set(s)"
+    return (f"Attribute files: {sum(c['written'] for _, c in written):,} written"
+            + (f", {format_count(n_bytes)}B ({which})" if written else "")
+            + f", {sum(c['reused'] for _, c in sets):,} reused.")
+
+
 def _empty_source(sel, name: str, acc: dict) -> list[str]:
     """The warning for a source with no documents left, with what removed them: a filter that
     takes a whole source usually means data without the field it reads (`stars_missing`)
@@ -243,6 +257,7 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
         "run": {"elapsed_s": round(elapsed_s, 2), **cluster, "resumed": resumed,
                 "units": units, "units_tagged": tagged.tagged_units, "units_reused": units - tagged.tagged_units,
                 "units_read_for_minhash_only": getattr(tagged, "signature_units", 0),
+                "attribute_files": getattr(tagged, "attribute_files", None) or {},
                 "parts_reused": sum(1 for p in parts if p.skipped), "stages": state.stages,
                 "persisted_bytes": state.persisted, "python": platform.python_version(),
                 "machine": platform.machine()},
@@ -303,6 +318,8 @@ def render_markdown(report: dict) -> str:
         also = f" ({only:,} of them read again only for MinHash signatures)" if only else ""
         lines += [f"Attributes ({report.get('attributes')}): {run['units_tagged']:,} of {run['units']:,} input "
                   f"unit(s) tagged by this build{also}, {run['units_reused']:,} reused.", ""]
+    if run.get("attribute_files"):
+        lines += [_attribute_files_line(run["attribute_files"]), ""]
     control = [(s["name"], s["tokenized"].get("control_token_docs", 0), s["tokenized"].get("eos_in_span_docs", 0))
                for s in report["sources"]]
     if any(c or e for _, c, e in control):

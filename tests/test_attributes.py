@@ -520,3 +520,42 @@ def test_a_missing_stack_exchange_documents_file_is_converted_again(spark, tmp_p
     assert again["tagged_units"] == 1 and documents.exists()
     assert build(manifest_from_dict(spec), 2_000, str(tmp_path / "mix"), spark, attributes=str(attrs),
                  phase="mix")["sources"][0]["kept_docs"] == 6
+
+
+def test_the_report_counts_each_attribute_sets_files_written_and_reused(world, spark, tmp_path, monkeypatch):
+    """Only one filter's parameter changed: report.md said "24 of 24 input unit(s) tagged by this build"
+    while that filter's scores were the only files written, the docs and MinHash sets reused (found by a
+    tester). report.json's run section counts, per source and set, the files written and reused."""
+    import json
+
+    monkeypatch.setattr(attributes, "BUNDLE_TARGET_BYTES", 4_000)  # several bundles of a few files
+    root, model = world
+
+    def spec(label: str) -> dict:
+        raw = _spec(root, model, THRESHOLD)
+        raw["sources"][0]["filters"][0]["label"] = label
+        raw["sources"][0]["dedup"] = {"minhash": {"threshold": 0.8, "num_perm": 64}}
+        return raw
+
+    attrs = tmp_path / "attributes"
+    tag = build(manifest_from_dict(spec("__label__hq")), 4_000, str(tmp_path / "tag"), spark, attributes=str(attrs),
+                phase="tag")
+    bundles = tag["bundles"]
+    tagged_sets = {p.name for p in (attrs / "web").iterdir()}
+    out = tmp_path / "lq"
+    build(manifest_from_dict(spec("__label__lq")), 4_000, str(out), spark, attributes=str(attrs))
+    [new_set] = [p for p in (attrs / "web").iterdir() if p.name not in tagged_sets]
+    assert new_set.name.startswith("fasttext_quality-")
+    files = json.loads((out / "report.json").read_text())["run"]["attribute_files"]
+    assert list(files) == ["web"]
+    by_kind = {name.split("-")[0]: (c["written"], c["reused"]) for name, c in files["web"].items()}
+    assert by_kind == {"docs": (0, bundles), "fasttext_quality": (bundles, 0), "minhash": (0, bundles)}
+    assert files["web"][new_set.name]["bytes_written"] == sum(f.stat().st_size for f in new_set.rglob("*.parquet"))
+    assert f"Attribute files: {bundles} written" in (out / "report.md").read_text()
+    assert f"(web/{new_set.name}: {bundles}), {2 * bundles} reused" in (out / "report.md").read_text()
+
+    fresh = tmp_path / "fresh"
+    build(manifest_from_dict(spec("__label__lq")), 4_000, str(fresh), spark, attributes=str(tmp_path / "attrs-fresh"))
+    files = json.loads((fresh / "report.json").read_text())["run"]["attribute_files"]["web"]
+    assert sorted((c["written"], c["reused"]) for c in files.values()) == [(bundles, 0)] * 3
+    assert all(c["bytes_written"] > 0 for c in files.values())

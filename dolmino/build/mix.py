@@ -618,7 +618,7 @@ def _tag_summary(manifest, options, tagged, units, listing, elapsed, sc, state) 
         "manifest": manifest.name, "attributes": options.attributes, "units": len(units),
         "bundles": len(tagged.bundles),
         "tagged_units": tagged.tagged_units, "reused_units": len(units) - tagged.tagged_units,
-        "signature_units": tagged.signature_units,
+        "signature_units": tagged.signature_units, "attribute_files": tagged.attribute_files,
         "input_bytes": listing.total_bytes, "files_written": len(tagged.written),
         "bytes_written": sum(tagged.written.values()), "minhash": tagged.minhash, "stages": state.stages,
         "warnings": state.warnings, "elapsed_s": round(elapsed, 2), "cluster": cluster_info(sc),

@@ -395,6 +395,7 @@ class TagResult(NamedTuple):
     minhash: dict  # source name -> MinHash stage stats
     stages: dict  # stage name -> progress record
     signature_units: int = 0  # of tagged_units, those read only for MinHash signatures
+    attribute_files: dict | None = None  # source -> set -> files written (and bytes) and reused (attribute_files)
 
 
 def _stored_lines(bundle: Bundle, path: str, set_name: str) -> list[tuple[int, int]]:
@@ -557,7 +558,27 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
     # MinHash settings): "15 of 15 tagged, 0 reused" read as every attribute set redone (a tester).
     signature_units = sum(len(works[r.bundle_index].bundle.units) for r in results if not works[r.bundle_index].sets)
     return TagResult(plans, tuple(bundles), offsets, tagged_units, written, minhash_stats, stages,
-                     signature_units)
+                     signature_units, attribute_files(plans, bundles, store, written))
+
+
+def attribute_files(plans: tuple[SourceTagPlan, ...], bundles: list[Bundle], store: AttributeStore,
+                    written: dict) -> dict:
+    """Per source and attribute set (docs, each filter's, MinHash): its bundle files this run wrote,
+    their bytes, and those reused. Counted by unit, one filter's new scores read as every set of
+    those units redone ("2 of 4 tagged" when one fastText set was written; a tester)."""
+    out: dict[str, dict] = {plan.name: {} for plan in plans}
+    for bundle in bundles:
+        plan = plans[bundle.source_index]
+        names = [plan.docs_set, *(t.set_name for t in plan.filters), *([plan.minhash_set] if plan.minhash_set else [])]
+        for set_name in dict.fromkeys(names):  # two filters spelled alike share a set
+            counts = out[plan.name].setdefault(set_name, {"written": 0, "reused": 0, "bytes_written": 0})
+            size = written.get(store.path(plan.name, set_name, bundle))
+            if size is None:
+                counts["reused"] += 1
+            else:
+                counts["written"] += 1
+                counts["bytes_written"] += size
+    return out
 
 
 # ---------------------------------------------------------------------------- MinHash clusters
