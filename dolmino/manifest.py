@@ -864,12 +864,14 @@ LOCKFILE_SUFFIX = ".lock.json"
 
 
 def expand_manifest_paths(paths: list[str]) -> list[str]:
-    """Files as given; a directory stands for its *.json manifests (sorted, lockfiles left out)."""
+    """Files as given; a directory stands for its *.json manifests (sorted). Lockfiles are left
+    out, also when a glob names them: `manifests/*.json`, the README's check, failed on the
+    demo.lock.json the README's `dolmino lock` writes (found by a tester)."""
     out: list[str] = []
     for p in paths:
         if os.path.isdir(p):
             out.extend(str(f) for f in sorted(Path(p).glob("*.json")) if not f.name.endswith(LOCKFILE_SUFFIX))
-        else:
+        elif not p.endswith(LOCKFILE_SUFFIX):
             out.append(p)
     return out
 
@@ -936,6 +938,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     paths = expand_manifest_paths(args.paths)
+    for lockfile in (p for p in args.paths if p.endswith(LOCKFILE_SUFFIX) and not os.path.isdir(p)):
+        print(f"skip {lockfile}: a lockfile (`dolmino lock`), not a manifest")
     if not paths:
         print(f"dolmino manifest {args.command}: no manifests in {' '.join(args.paths)}", file=sys.stderr)
         return 2

@@ -466,7 +466,7 @@ def test_a_complete_build_of_another_plan_is_refused_unless_overwrite(built, inp
     assert build_main(["--manifest", str(path), "--out", str(again), "--budget", "600K", "--attributes", str(fresh),
                        "--quiet"]) == 2
     assert capsys.readouterr().err == (
-        f"build_mix: error: --out {again} holds a complete build of another manifest (manifest 'e2e'; this build's "
+        f"build_mix: error: --out {again} holds a complete build of another budget (manifest 'e2e'; this build's "
         f"manifest 'e2e' ({path}) differs in budget 1,200,000 -> 600,000): pass --overwrite to replace it, or pick "
         "another --out\n")
     assert {p.name: p.read_bytes() for p in again.iterdir() if p.is_file()} == before
@@ -924,8 +924,8 @@ def test_mix_names_the_cause_the_attribute_root_shows(spark, tmp_path, capsys):
     assert "missing MinHash clusters" in err and "'s MinHash clusters were computed under other settings (minhash-" \
         in err, err
     err = mix(source={"paths": ["web/[abce].jsonl"]})
-    assert f"since the tag, {web / 'e.jsonl'} is new; web/d.jsonl, tagged in the same attribute files, is no longer " \
-           "listed: run `dolmino tag` again" in err, err
+    assert f"since the tag, {web / 'e.jsonl'} is new; web/d.jsonl, tagged in the same attribute files, is not among " \
+           "this manifest's inputs (removed since, or tagged for a manifest listing more files" in err, err
     (web / "b.jsonl").write_text((web / "b.jsonl").read_text() + json.dumps(docs[-1]) + "\n")
     err = mix()
     assert f"{web / 'b.jsonl'} changed since it was tagged (another size, ETag or mtime)" in err, err

@@ -88,6 +88,19 @@ def test_every_shipped_manifest_validates():
         assert m.kind == ("pool" if p.parent.name == "pools" else "mix")
 
 
+def test_a_lockfile_a_glob_names_is_skipped_by_check(tmp_path, capsys):
+    """`python -m dolmino.manifest manifests/*.json` (the README's check) failed on the
+    demo.lock.json the README's `dolmino lock` writes beside demo.json (found by a tester)."""
+    from dolmino.manifest import main
+
+    (tmp_path / "demo.json").write_text((MANIFESTS / "demo.json").read_text())
+    (tmp_path / "demo.lock.json").write_text(json.dumps({"manifest": {"dolmino_version": "x"}}))
+    assert main([str(tmp_path / "demo.json"), str(tmp_path / "demo.lock.json")]) == 0
+    out = capsys.readouterr().out
+    assert f"skip {tmp_path / 'demo.lock.json'}: a lockfile (`dolmino lock`), not a manifest" in out
+    assert f"ok  {tmp_path / 'demo.json'}" in out and "BAD" not in out
+
+
 def test_pool_manifests_carry_each_pools_processing():
     pools = {p.stem: load_manifest(str(p)) for p in sorted(MANIFESTS.glob("pools/*.json"))}
     for m in pools.values():

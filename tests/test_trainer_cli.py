@@ -165,6 +165,17 @@ def test_mix_refuses_a_build_made_from_another_manifest(data_dir, tmp_path):
     with pytest.raises(SystemExit, match=r"was built from another manifest than .* \(its manifest.json differs in "
                                          r"tokenizer\); rebuild it"):
         mix_output_dir(given)
+    # the same manifest built with another --budget, which the build refuses as another mix (found by a tester)
+    given.write_text(json.dumps({**manifest, "output": str(built)}))
+    report = json.loads((built / "report.json").read_text())
+    for budget in (count_value(manifest["budget"]), None):
+        (built / "report.json").write_text(json.dumps({**report, "budget": budget}))
+        assert mix_output_dir(given) == built  # its own budget, or a report that does not say
+    (built / "report.json").write_text(json.dumps({**report, "budget": 3_000_000}))
+    with pytest.raises(SystemExit, match=re.escape(
+            f"the mix {built} was built with a budget of 3,000,000 tokens (report.json), {given} says "
+            f"{count_value(manifest['budget']):,}; rebuild it")):
+        mix_output_dir(given)
 
 
 def test_mix_of_the_manifest_a_build_keeps_names_that_build(data_dir, tmp_path):

@@ -286,9 +286,10 @@ def test_data_beyond_the_init_checkpoints_vocabulary_names_the_checkpoint(tmp_pa
 
 def built_mix(directory: Path, n_tokens: int, vocab: int, report_vocab: int | None) -> Path:
     """Token files and the report.json a finished build writes: the fields the trainer reads, with
-    "vocab_size" (the build's tokenizer's) unless None, as in reports from before it was recorded."""
+    "vocab_size" (the build's tokenizer's) unless None, as in reports from before it was recorded; the EOS id
+    of `hf_olmo2`'s model (the trainer refuses data of another)."""
     random_tokens(directory, n_tokens, vocab)
-    report = {"manifest": "test-mix", "tokenizer": "test", "eos_token_id": 0, "output": {"tokens": n_tokens}}
+    report = {"manifest": "test-mix", "tokenizer": "test", "eos_token_id": 2, "output": {"tokens": n_tokens}}
     if report_vocab is not None:
         report["vocab_size"] = report_vocab
     (directory / "report.json").write_text(json.dumps(report))

@@ -185,7 +185,24 @@ def mix_output_dir(manifest_path: str | Path, prog: str = "trainer.run") -> Path
                          f"{BUILD_MANIFEST} differs in {shown}); rebuild it (`spark-submit dolmino/build_mix.py "
                          f"--manifest {manifest_path} --overwrite`, which replaces it), or train on the build as it "
                          f"is with --data {out}")
+    if (built := _read_report(out / REPORT_FILE).get("budget")) != (wanted := _manifest_budget(data)) and \
+            isinstance(built, int) and wanted is not None:
+        # Built with another --budget: the build refuses that pair, the trainer trained on it (a tester).
+        raise SystemExit(f"{prog}: the mix {out} was built with a budget of {built:,} tokens ({REPORT_FILE}), "
+                         f"{manifest_path} says {wanted:,}; rebuild it (`spark-submit dolmino/build_mix.py "
+                         f"--manifest {manifest_path} --overwrite`, which replaces it), or train on the build as it "
+                         f"is with --data {out}")
     return out
+
+
+def _manifest_budget(data: object) -> int | None:
+    """The budget a manifest builds (stated, or its passes'), None where it does not load."""
+    from dolmino.manifest import manifest_from_dict
+
+    try:
+        return manifest_from_dict(data).budget
+    except ValueError:
+        return None
 
 
 def _read_report(report: Path) -> dict:

@@ -71,9 +71,9 @@ def parse_args(argv: list[str] | None, phase: str) -> argparse.Namespace:
     parser.add_argument("--quiet", action="store_true", help="no live progress lines")
     if phase != "tag":  # tag writes attributes only, never --out
         parser.add_argument("--overwrite", action="store_true",
-                            help="replace a complete build of another plan (another manifest, budget, seed or "
-                                 "inputs) in --out, which is refused otherwise; a rerun of the same plan needs no "
-                                 "flag (it keeps the parts)")
+                            help="replace a complete build of another manifest or budget in --out, which is "
+                                 "refused otherwise; the same manifest and budget again need no flag (a rerun keeps "
+                                 "the parts whose inputs and settings did not change)")
     parser.add_argument("--locked", action="store_true", help="refuse to build if any input, model, index or the "
                                                               "tokenizer differs from the manifest's lock (dolmino lock)")
     parser.add_argument("--lockfile", default=None, type=local_path,

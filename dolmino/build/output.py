@@ -80,7 +80,8 @@ def refuse_replacing(out: str, plan_hash: str, manifest, budget: int | None) -> 
         return
     shown = ", ".join(changes[:4]) + (f" and {len(changes) - 4} more" if len(changes) > 4 else "")
     held = _described(there.get("manifest"), there.get("manifest_path"))
-    raise BuildError(f"--out {out} holds a complete build of another manifest ({held}; this build's "
+    what = "budget" if all(c.startswith("budget ") for c in changes) else "manifest"
+    raise BuildError(f"--out {out} holds a complete build of another {what} ({held}; this build's "
                      f"{_described(manifest.name, manifest.path)} differs in {shown}): pass --overwrite to replace "
                      "it, or pick another --out")
 
