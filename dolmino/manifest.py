@@ -154,6 +154,16 @@ def ratio_text(value: float) -> str:
     return f"{value:.3g}"
 
 
+def format_bytes(n: int | None) -> str:
+    """Decimal units (1 GB = 10^9 bytes), as S3 consoles and `du --si` show them."""
+    if n is None:
+        return "-"
+    for suffix, scale in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {suffix}"
+    return f"{n} B"
+
+
 def format_count(n: int | float) -> str:
     """3 significant digits and a K/M/B/T suffix: 51458745000 -> "51.5B", 999954 -> "1M".
 

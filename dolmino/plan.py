@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import (
-    Manifest, SourcePlanRow, format_count, load_manifest, parse_count, plan_warnings, share_text,
+    Manifest, SourcePlanRow, format_bytes, format_count, load_manifest, parse_count, plan_warnings, share_text,
 )
 
 FORMATS = ("text", "markdown", "json")
@@ -38,16 +38,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "default" in text or action.default in (None, False):
             return text
         return super()._get_help_string(action)
-
-
-def format_bytes(n: int | None) -> str:
-    """Decimal units (1 GB = 10^9 bytes), as S3 consoles and `du --si` show them."""
-    if n is None:
-        return "-"
-    for suffix, scale in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
-        if n >= scale:
-            return f"{n / scale:.3g} {suffix}"
-    return f"{n} B"
 
 
 # Characters with a meaning inside a markdown table cell (emphasis, code, links, HTML, entities,
@@ -168,8 +158,9 @@ def list_source_inputs(manifest: Manifest) -> tuple[dict[str, SourceInputs], str
         from dolmino.build.inputs import shown_path
 
         root = shown_path(manifest.data_root) if manifest.data_root else "the current directory"
+        more = ", ..." if len(missing) > 6 else ""
         which = "any source" if len(missing) == len(manifest.sources) else \
-            f"{len(missing)} of {len(manifest.sources)} sources ({', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''})"
+            f"{len(missing)} of {len(manifest.sources)} sources ({', '.join(missing[:6])}{more})"
         # A source that matches nothing is refused as a pattern that does (it read as a note only; a tester).
         note = (f"inputs: {'not reachable' if failure else 'no files match'} for {which} under {root}"
                 + (f" ({failure})" if failure else " (the build refuses these)") + "; files and bytes not shown "

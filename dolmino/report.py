@@ -21,7 +21,7 @@ import json
 import platform
 
 from dolmino.errors import ManifestError
-from dolmino.manifest import PASSES_TOLERANCE, Manifest, format_count, share_text, zero_target_warning
+from dolmino.manifest import PASSES_TOLERANCE, Manifest, format_bytes, format_count, share_text, zero_target_warning
 
 SHORTFALL_TOLERANCE = 0.005
 # How far an estimated pool (not every document tokenized) may be from the manifest's
@@ -105,7 +105,7 @@ def _attribute_files_line(files: dict, named: int = 8) -> str:
     if len(written) > named:
         which += f", and {len(written) - named} more set(s)"
     return (f"Attribute files: {sum(c['written'] for _, c in written):,} written"
-            + (f", {format_count(n_bytes)}B ({which})" if written else "")
+            + (f", {format_bytes(n_bytes)} ({which})" if written else "")
             + f", {sum(c['reused'] for _, c in sets):,} reused.")
 
 
@@ -384,9 +384,9 @@ def render_markdown(report: dict) -> str:
             spark = st.get("spark") or {}
             cpu = f"{st['task_cpu_s']:.1f}" if st["task_cpu_s"] or not spark.get("executor_run_s") else "-"
             lines.append(f"| {name} | {st['wall_s']:.1f} | {cpu} | "
-                         f"{spark.get('executor_run_s', '-')} | {format_count(spark.get('shuffle_write_bytes', 0))}B | "
-                         f"{format_count(spark.get('spilled_bytes', 0))}B | {st['docs']:,} | "
-                         f"{format_count(st['bytes'])}B | {_stage_tokens(st, 'tokens_read')} | "
+                         f"{spark.get('executor_run_s', '-')} | {format_bytes(spark.get('shuffle_write_bytes', 0))} | "
+                         f"{format_bytes(spark.get('spilled_bytes', 0))} | {st['docs']:,} | "
+                         f"{format_bytes(st['bytes'])} | {_stage_tokens(st, 'tokens_read')} | "
                          f"{_stage_tokens(st, 'tokens_tokenized')} | {_stage_tokens(st, 'tokens_written')} |")
         lines.append("")
     lines += run_lines(report["run"])
@@ -405,7 +405,7 @@ def run_lines(run: dict) -> list[str]:
     persisted = run.get("persisted_bytes") or {}
     if persisted:
         lines += ["Persisted (Spark storage, memory and disk): " + ", ".join(
-            f"{name} {format_count(n)}B" for name, n in persisted.items()) + ".", ""]
+            f"{name} {format_bytes(n)}" for name, n in persisted.items()) + ".", ""]
     if run.get("spark_master"):
         hosts = run.get("executor_hosts") or []
         lines += [f"Spark: master {run['spark_master']}, {run.get('executors', '?')} executor(s), "

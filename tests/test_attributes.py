@@ -493,9 +493,15 @@ def test_a_mix_spelling_a_parameter_otherwise_names_it(world, spark, tmp_path):
     build(manifest_from_dict(omitted), 4_000, str(tmp_path / "tag"), spark, attributes=attrs, phase="tag")
     spelled = _spec(root, model, THRESHOLD)
     with pytest.raises(BuildError, match=r"tagged with the filter written otherwise: label: left out there, "
-                                         r"'__label__hq' here; sets are keyed by the parameters as the manifest "
-                                         r"spells them"):
+                                         r"'__label__hq' here; the same values, but sets are keyed by the "
+                                         r"parameters as the manifest spells them"):
         build(manifest_from_dict(spelled), 4_000, str(tmp_path / "mix"), spark, attributes=attrs, phase="mix")
+    # a real change is named as one, with no advice to undo it (a reviewer)
+    other = _spec(root, model, THRESHOLD)
+    other["sources"][0]["filters"][0]["label"] = "__label__lq"
+    with pytest.raises(BuildError, match=r"tagged with other filter parameters: label: left out there, '__label__lq' "
+                                         r"here\): run `dolmino tag`"):
+        build(manifest_from_dict(other), 4_000, str(tmp_path / "mix2"), spark, attributes=attrs, phase="mix")
 
 
 def test_a_missing_stack_exchange_documents_file_is_converted_again(spark, tmp_path):

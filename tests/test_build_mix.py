@@ -516,6 +516,13 @@ def test_a_complete_build_on_s3_is_refused_only_for_another_manifest_or_budget(s
         f"--out {out} holds a complete build of another manifest (manifest 'e2e' (m/first.json); this build's "
         "manifest 'second' differs in name, seed, budget 1,000,000 -> 50,000): pass --overwrite to replace it, or "
         "pick another --out")
+    # the manifest's own budget edited: one entry, from the report, and "another budget" (a reviewer)
+    edited = manifest_from_dict({**first, "budget": "2M"})
+    with pytest.raises(BuildError, match=r"another budget \(.*differs in budget 1,000,000 -> 2,000,000\): pass"):
+        output.refuse_replacing(out, "plan-d", edited, 2_000_000)
+    # a pool's report holds its measured size: a rerun over touched inputs is no other budget (a reviewer)
+    output.write_json(out, output.COMPLETION_MARKER, {"manifest": "e2e", "budget": 123_456})
+    output.refuse_replacing(out, "plan-pool", m_first, None)
     output.delete(out, ["manifest.json"])  # a complete build whose manifest is unknown is no rerun either
     with pytest.raises(BuildError, match=r"differs in manifest.json \(missing or not JSON\)"):
         output.refuse_replacing(out, "plan-c", m_first, 1_000_000)

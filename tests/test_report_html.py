@@ -430,8 +430,9 @@ def test_report_md_names_the_cluster_and_the_persisted_bytes():
 
     text = "\n".join(run_lines({"spark_master": "spark://10.0.0.1:7077", "executors": 2, "executor_cores": 8,
                                 "executor_hosts": ["10.0.0.2", "10.0.0.3"], "application_id": "app-1",
-                                "persisted_bytes": {"pool": 2_000_000, "tokenize": 9_000_000}}))
-    assert "Persisted (Spark storage, memory and disk): pool 2MB, tokenize 9MB." in text
+                                "persisted_bytes": {"pool": 2_000_000, "tokenize": 2_350_000_000}}))
+    # bytes in bytes' units: format_count's "B" (billions) read "2.35BB" (a reviewer)
+    assert "Persisted (Spark storage, memory and disk): pool 2 MB, tokenize 2.35 GB." in text
     assert "Spark: master spark://10.0.0.1:7077, 2 executor(s), 8 core(s) in all, on 10.0.0.2, 10.0.0.3" in text
 
 

@@ -171,6 +171,14 @@ def test_mix_refuses_a_build_made_from_another_manifest(data_dir, tmp_path):
     for budget in (count_value(manifest["budget"]), None):
         (built / "report.json").write_text(json.dumps({**report, "budget": budget}))
         assert mix_output_dir(given) == built  # its own budget, or a report that does not say
+    # a pool manifest: its report holds the measured size, not the manifest's estimate (a reviewer)
+    pool = json.loads((REPO / "manifests" / "pools" / "wiki.json").read_text())
+    (built / "manifest.json").write_text(json.dumps({**pool, "output": str(built)}))
+    given.write_text(json.dumps({**pool, "output": str(built)}))
+    (built / "report.json").write_text(json.dumps({**report, "budget": 3_512_345_678}))
+    assert mix_output_dir(given) == built
+    (built / "manifest.json").write_text(json.dumps({**manifest, "output": "../build/mixes/demo"}, indent=2))
+    given.write_text(json.dumps({**manifest, "output": str(built)}))
     (built / "report.json").write_text(json.dumps({**report, "budget": 3_000_000}))
     with pytest.raises(SystemExit, match=re.escape(
             f"the mix {built} was built with a budget of 3,000,000 tokens (report.json), {given} says "

@@ -142,9 +142,10 @@ def test_files_added_removed_and_changed_are_named_from_the_stored_unit_list(tmp
              Unit(3, 0, _file("e.jsonl"))]
     message = _describe(store, [BundleWork(Bundle(0, tuple(units)), (DOCS,), False, {})], units, _plan())
     assert message.endswith("since the tag, /data/web/b.jsonl changed (another size, ETag or mtime); /data/web/e.jsonl "
-                            "is new; web/d.jsonl, tagged in the same attribute files, is not among this manifest's inputs "
-                            "(removed since, or tagged for a manifest listing more files: attribute files serve the "
-                            "files they were tagged together with): run `dolmino tag` again (it reads again the files grouped with these and reuses the rest)")
+                            "is new; web/d.jsonl, tagged in the same attribute files, is not among this manifest's "
+                            "inputs (removed since, or tagged for a manifest listing more files: attribute files serve "
+                            "the files they were tagged together with): run `dolmino tag` again (it reads again the "
+                            "files grouped with these and reuses the rest)")
 
 
 def test_an_unreadable_root_leaves_the_refusal_without_a_cause(tmp_path, monkeypatch):
@@ -158,3 +159,20 @@ def test_an_unreadable_root_leaves_the_refusal_without_a_cause(tmp_path, monkeyp
     monkeypatch.setattr(AttributeStore, "set_names", refused)
     message = _describe(store, [BundleWork(Bundle(0, (unit,)), (DOCS,), False, {})], [unit], _plan())
     assert message.endswith("missing docs-111); run `dolmino tag` with the same manifest first"), message
+
+
+def test_the_stack_exchange_documents_file_gone_is_the_one_named(tmp_path):
+    """Small Posts.xml files of one source share a bundle: the message named the bundle's first file
+    whichever one's converted documents were gone (a reviewer)."""
+    from dolmino.storage import write_bytes
+
+    files = [InputFile("web", f"/data/web/{site}/Posts.xml", f"web/{site}/Posts.xml", 100, "m1", "stackexchange")
+             for site in ("a.stackexchange.com", "b.stackexchange.com")]
+    bundle = Bundle(0, tuple(Unit(i, 0, f) for i, f in enumerate(files)))
+    store = _store(tmp_path, [bundle])
+    write_bytes(store.documents_path("web", bundle.units[0]), b"")  # a's documents kept, b's gone
+    plan = SourceTagPlan("web", "stackexchange", None, DOCS, (), None, None, None)
+    message = untagged._documents_gone([BundleWork(bundle, (DOCS,), False, {})], [plan], store,
+                                       {(0, DOCS): store.existing("web", DOCS)})
+    assert message.startswith("the Stack Exchange documents converted from web/b.stackexchange.com/Posts.xml "), \
+        message

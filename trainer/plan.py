@@ -196,13 +196,15 @@ def mix_output_dir(manifest_path: str | Path, prog: str = "trainer.run") -> Path
 
 
 def _manifest_budget(data: object) -> int | None:
-    """The budget a manifest builds (stated, or its passes'), None where it does not load."""
+    """The budget a mix manifest builds (stated, or its passes'); None for a pool manifest, whose
+    report holds the measured size, not its estimate (a reviewer), or where it does not load."""
     from dolmino.manifest import manifest_from_dict
 
     try:
-        return manifest_from_dict(data).budget
+        manifest = manifest_from_dict(data)
     except ValueError:
         return None
+    return None if manifest.kind == "pool" else manifest.budget
 
 
 def _read_report(report: Path) -> dict:

@@ -72,10 +72,13 @@ def refuse_replacing(out: str, plan_hash: str, manifest, budget: int | None) -> 
     there = there if isinstance(there, dict) else {}  # not a report we can read: still a complete build
     built = read_json(out, "manifest.json")
     changes = ["manifest.json (missing or not JSON)"] if built is None else manifest_changes(built, manifest.raw)
+    # The budget the build ran with, from its report (a --budget, or the manifest's): the manifest's
+    # own field is not compared apart (it said "budget, budget 4,000,000 -> 2,000,000"; a reviewer).
+    # A pool's report holds its measured size, which no rebuild is refused for (a reviewer).
+    changes = [c for c in changes if c != "budget"]
     held_budget = there.get("budget") if isinstance(there.get("budget"), int) else None
-    if held_budget != budget:
-        changes.append(f"budget {'none' if held_budget is None else f'{held_budget:,}'} -> "
-                       f"{'none' if budget is None else f'{budget:,}'}")
+    if budget is not None and held_budget != budget:
+        changes.append(f"budget {'none' if held_budget is None else f'{held_budget:,}'} -> {budget:,}")
     if not changes:
         return
     shown = ", ".join(changes[:4]) + (f" and {len(changes) - 4} more" if len(changes) > 4 else "")

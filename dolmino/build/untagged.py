@@ -226,14 +226,21 @@ def _spelled_otherwise(path: str, spec: dict | None) -> str | None:
         names = set(tag_params(build_filter(spec), {**stored, **spec}))
     except Exception:  # noqa: BLE001 - only the message depends on it
         return None
+    differ = [k for k in sorted(names) if stored.get(k, _ABSENT) != spec.get(k, _ABSENT)]
     shown = [f"{k}: {repr(stored[k]) if k in stored else 'left out'} there, "
-             f"{repr(spec[k]) if k in spec else 'left out'} here"
-             for k in sorted(names) if stored.get(k, _ABSENT) != spec.get(k, _ABSENT)]
+             f"{repr(spec[k]) if k in spec else 'left out'} here" for k in differ]
     if not shown:
         return None
-    return ("tagged with the filter written otherwise: " + "; ".join(shown)
-            + "; sets are keyed by the parameters as the manifest spells them: spell them as the tagging manifest did,"
-            " or tag again")
+    import inspect
+
+    defaults = {n: p.default for n, p in inspect.signature(type(build_filter(spec)).__init__).parameters.items()}
+    if all((k not in stored and spec[k] == defaults.get(k, _ABSENT)) or
+           (k not in spec and stored[k] == defaults.get(k, _ABSENT)) for k in differ):
+        return ("tagged with the filter written otherwise: " + "; ".join(shown) + "; the same values, but sets are "
+                "keyed by the parameters as the manifest spells them: write the default as the tagging manifest "
+                "did, or tag again")
+    # a real change (a threshold of a verdict filter, another model): no advice to undo it (a reviewer)
+    return "tagged with other filter parameters: " + "; ".join(shown)
 
 
 _ABSENT = object()
@@ -246,7 +253,9 @@ def _documents_gone(works, plans, store: AttributeStore, listed: dict) -> str | 
         plan = plans[si]
         stored = listed[(si, plan.docs_set)]
         if plan.format == "stackexchange" and store.path(plan.name, plan.docs_set, bundle) in stored:
-            return (f"the Stack Exchange documents converted from {bundle.units[0].file.name} (under "
+            present = store.existing(plan.name, DOCUMENTS_DIR)
+            gone = next((u for u in bundle.units if store.documents_path(plan.name, u) not in present), bundle.units[0])
+            return (f"the Stack Exchange documents converted from {gone.file.name} (under "
                     f"{store.set_dir(plan.name, DOCUMENTS_DIR)}) are missing: run `dolmino tag` with this manifest "
                     "(it converts them again)")
     return None
