@@ -949,7 +949,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     paths = expand_manifest_paths(args.paths)
     for lockfile in (p for p in args.paths if p.endswith(LOCKFILE_SUFFIX) and not os.path.isdir(p)):
-        print(f"skip {lockfile}: a lockfile (`dolmino lock`), not a manifest")
+        # beside check's ok/BAD lines; fmt's stdout may be a diff piped on (a reviewer)
+        print(f"skip {lockfile}: a lockfile (`dolmino lock`), not a manifest",
+              file=sys.stdout if args.command == "check" else sys.stderr)
     if not paths:
         print(f"dolmino manifest {args.command}: no manifests in {' '.join(args.paths)}", file=sys.stderr)
         return 2

@@ -99,6 +99,8 @@ def test_a_lockfile_a_glob_names_is_skipped_by_check(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"skip {tmp_path / 'demo.lock.json'}: a lockfile (`dolmino lock`), not a manifest" in out
     assert f"ok  {tmp_path / 'demo.json'}" in out and "BAD" not in out
+    assert main(["fmt", "--diff", str(tmp_path / "demo.json"), str(tmp_path / "demo.lock.json")]) == 0
+    assert "skip" not in capsys.readouterr().out  # fmt's stdout is the diff
 
 
 def test_pool_manifests_carry_each_pools_processing():
