@@ -247,6 +247,32 @@ class _ByteBuffer:
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
+_SUFFIX = {"gzip": ".gz", "zstd": ".zst"}
+
+
+def _compressed_as(head: bytes) -> str | None:
+    """"gzip" or "zstd" when a file's first bytes are that format's magic number, else None."""
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    return "zstd" if head.startswith(_ZSTD_MAGIC) else None
+
+
+def _misnamed(expected: str, head: bytes) -> str:
+    """Why a file named as `expected` compressed data breaks at its first byte: a plain .jsonl
+    named .jsonl.gz, or zstd data named .gz, was said to be "garbage after the last member" of
+    a file that has none (found by a tester)."""
+    held = _compressed_as(head)
+    if held == expected:  # its magic number, then a header zlib refuses (a flag or header CRC)
+        return f"damaged {expected} header"
+    if held is not None:
+        what = f"the file holds {held} data: rename it to end in {_SUFFIX[held]}"
+    elif head.lstrip(_BOM + b" \t\r\n")[:1] in (b"{", b"[", b"<"):
+        what = "the file holds uncompressed text: drop the compression suffix from its name, or compress it"
+    else:
+        what = f"no {expected} header where the file starts: damaged, or another format under its name"
+    return f"not {expected} data ({what})"
+
+
 def _coalesce(blocks: Iterator[bytes]) -> Iterator[bytes]:
     """Join small outputs into ~READ_SIZE chunks (fewer, larger splits downstream); on a broken
     stream, what was decoded is handed out before the error."""
@@ -420,7 +446,8 @@ def _zstd_blocks(raw: IO[bytes]) -> Iterator[bytes]:
                              TruncatedStreamError)
             continue
         if magic != _ZSTD_MAGIC:
-            raise broken(frame_start, "not a zstd frame (garbage after the last frame?)")
+            raise broken(frame_start, _misnamed("zstd", magic) if frame_start == 0
+                         else "not a zstd frame (garbage after the last frame?)")
         fhd = buf.peek(5)
         if fhd is None:
             raise broken(frame_start, "zstd stream ends inside a frame header (truncated file?)", TruncatedStreamError)
@@ -503,6 +530,7 @@ def _gzip_chunks(raw: IO[bytes]) -> Iterator[bytes]:
     data = b""
     obj = None          # decoder of the current member; None between members
     member_start = member_out = 0
+    members = 0         # members decoded to their end
     while True:
         if not data:
             data = raw.read(READ_SIZE)
@@ -528,13 +556,15 @@ def _gzip_chunks(raw: IO[bytes]) -> Iterator[bytes]:
                 # A member that never produced a byte is unreadable from its first byte (zlib
                 # only rejects a bad magic number at its second byte).
                 at = member_start if member_out == 0 and not good else offset + k
-                what = ("not a gzip member (garbage after the last member?)" if "header" in str(exc)
+                what = (_misnamed("gzip", data[:4]) if at == member_start and not members and "header" in str(exc)
+                        else "not a gzip member (garbage after the last member?)" if "header" in str(exc)
                         else f"corrupt gzip data ({exc})")
                 raise _corrupt(CorruptStreamError, raw, read_so_far, at, what) from None
             if out:
                 member_out += len(out)
                 yield out
             if obj.eof:
+                members += 1
                 rest = obj.unused_data
                 offset += len(data) - len(rest)
                 data, obj = rest, None
@@ -1027,6 +1057,15 @@ def lone_surrogate(value: object) -> str | None:
     return None
 
 
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+               float: "a number", type(None): "null"}
+
+
+def _json_type(value: object) -> str:
+    """A parsed JSON value's type as JSON names it: quarantine details said `NoneType` and `list`."""
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
 def is_blank_line(raw: bytes) -> bool:
     """A line that holds no record: whitespace, or a byte-order mark and whitespace."""
     return not raw.strip() or (raw[:3] == _BOM and not raw[3:].strip())
@@ -1048,7 +1087,7 @@ def parse_json_object(raw: bytes) -> tuple[dict | None, str, str]:
     if reason:
         return None, reason, detail
     if not isinstance(obj, dict):
-        return None, "not_an_object", f"top-level JSON is {type(obj).__name__}"
+        return None, "not_an_object", f"top-level JSON is {_json_type(obj)}"
     return obj, "", ""
 
 
@@ -1060,13 +1099,15 @@ def parse_line(raw: bytes) -> tuple[dict | None, str, str]:
     if "text" not in doc:
         return None, "missing_text", "no 'text' field"
     if not isinstance(doc["text"], str):
-        return None, "bad_text", f"'text' is {type(doc['text']).__name__}, expected string"
+        return None, "bad_text", f"'text' is {_json_type(doc['text'])}, expected a string"
     doc_id = doc.get("id")
     if doc_id is None or isinstance(doc_id, (dict, list, bool)) or str(doc_id) == "":
-        return None, "bad_id", f"'id' is {str(doc_id)[:200]!r}"
+        # a missing or null id was "'id' is 'None'", read as the string "None" (found by a tester)
+        return None, "bad_id", ("no 'id' field" if "id" not in doc else "'id' is empty" if doc_id == ""
+                                else f"'id' is {_json_type(doc_id)}, expected a string or number")
     doc["id"] = str(doc_id)
     if "metadata" in doc and doc["metadata"] is not None and not isinstance(doc["metadata"], dict):
-        return None, "bad_metadata", f"'metadata' is {type(doc['metadata']).__name__}, expected object"
+        return None, "bad_metadata", f"'metadata' is {_json_type(doc['metadata'])}, expected an object"
     # Lone surrogates (\ud800 escapes without their pair) are valid JSON but cannot be written
     # back as UTF-8: in the text, the id, or any metadata string they would crash a writer later.
     problem = lone_surrogate(doc)
@@ -1104,6 +1145,8 @@ def read_documents(path: str, quarantine: Quarantine, *, max_doc_bytes: int | No
                 continue
             doc, reason, detail = parse_line(raw)
             if doc is None:
+                if line_no == 1 and not (byte_range and byte_range[0]) and (held := _compressed_as(raw)):
+                    detail += f"; the file holds {held} data: add {_SUFFIX[held]} to its name"
                 quarantine.add(path, line_no, reason, detail, raw)
             else:
                 yield line_no, doc

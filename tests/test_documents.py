@@ -779,6 +779,26 @@ def test_read_lines_refuses_a_file_changed_since_it_was_tagged(tmp_path):
         list(read_lines(str(path), relisted(), [2, 5]))
 
 
+def test_a_changed_line_of_a_byte_range_is_named_with_its_range(tmp_path):
+    """A byte range numbers its lines from its own start: "line 2" of the second range of a split
+    file named the file's line 2, a line that had not changed (found by a tester)."""
+    from dolmino.build.inputs import InputFile, Unit
+    from dolmino.build.read import read_lines
+
+    path = tmp_path / "a.jsonl"
+    lines = [json.dumps({"id": str(i), "text": f"document {i}"}) for i in range(6)]
+    path.write_text("\n".join(lines) + "\n")
+    size = path.stat().st_size
+    cut = len("\n".join(lines[:3])) + 1
+    second = Unit(1, 0, InputFile("s", str(path), "a.jsonl", size, "v"), cut, size)
+    assert [d["id"] for _, d in read_lines(str(path), second, [2])] == ["4"]
+    path.write_text("\n".join(lines[:4] + ["{" + lines[4][1:-1] + " "] + lines[5:]) + "\n")  # the same size
+    with pytest.raises(OSError, match=f"a.jsonl: line 2 of those starting in its bytes {cut}-{size} was a document"):
+        list(read_lines(str(path), second, [2]))
+    with pytest.raises(OSError, match=f"ends before line 9 of those starting in its bytes {cut}-{size}"):
+        list(read_lines(str(path), second, [9]))
+
+
 @pytest.mark.parametrize("damage", ["none", "truncated", "garbage"])
 @pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst"])
 def test_bytes_fetched_ahead_read_exactly_as_the_file(tmp_path, monkeypatch, suffix, damage):
@@ -896,3 +916,61 @@ def test_a_failed_or_interrupted_write_leaves_no_temporary_file(tmp_path):
         with pytest.raises(type(error)):
             write_quarantine(str(tmp_path / "q.jsonl.gz"), then(record, error))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_not_compressed_as_its_name_says_is_named_so(tmp_path):
+    """A plain .jsonl named .jsonl.gz, or zstd data named .gz, was one corrupt_stream record saying
+    "garbage after the last member?" of a file that has no member (found by a tester): the record
+    says what the file holds and how to name it; garbage after a real member keeps its message."""
+    raw = b"\n".join(BAD_LINES[:1] * 3) + b"\n"
+    held = {"plain": raw, "gzip": gzip.compress(raw), "zstd": zstandard.ZstdCompressor().compress(raw),
+            "junk": b"\x00\x01junk that is no format" * 3}
+    expected = {"plain": "the file holds uncompressed text: drop the compression suffix",
+                "gzip": "the file holds gzip data: rename it to end in .gz",
+                "zstd": "the file holds zstd data: rename it to end in .zst",
+                "junk": "no {fmt} header where the file starts"}
+    for suffix, fmt in ((".jsonl.gz", "gzip"), (".jsonl.zst", "zstd")):
+        for kind, data in held.items():
+            if kind == fmt:
+                continue
+            path = tmp_path / f"{kind}{suffix}"
+            path.write_bytes(data)
+            quarantine = Quarantine()
+            assert list(read_documents(str(path), quarantine)) == []
+            (record,) = quarantine.records
+            assert record.reason == "corrupt_stream" and record.line == 1, (kind, suffix)
+            assert record.detail.startswith(f"not {fmt} data ({expected[kind].format(fmt=fmt)}")
+            assert "garbage" not in record.detail
+            assert quarantine.unreadable_bytes == len(data) - (fmt == "gzip" and kind == "junk")  # a zero is padding
+    damaged = bytearray(held["gzip"])
+    damaged[3] = 0xE0  # reserved header flags: gzip data, not another format
+    path = tmp_path / "flags.jsonl.gz"
+    path.write_bytes(damaged)
+    quarantine = Quarantine()
+    assert list(read_documents(str(path), quarantine)) == []
+    assert quarantine.records[0].detail.startswith("damaged gzip header at compressed byte 0")
+    path = tmp_path / "after.jsonl.gz"
+    path.write_bytes(held["gzip"] + b"garbage")
+    quarantine = Quarantine()
+    assert len(list(read_documents(str(path), quarantine))) == 3
+    assert "garbage after the last member" in quarantine.records[0].detail
+    # compressed data under a plain name: its first line's record says so
+    path = tmp_path / "packed.jsonl"
+    path.write_bytes(held["zstd"])
+    quarantine = Quarantine()
+    list(read_documents(str(path), quarantine))
+    assert quarantine.records[0].detail.endswith("the file holds zstd data: add .zst to its name")
+
+
+def test_quarantine_details_name_json_types_and_a_missing_id():
+    """A missing or null id was "'id' is 'None'" (as if the id were the string "None"), and a null
+    text "'text' is NoneType": the details speak JSON (found by a tester)."""
+    details = {line: parse_line(line)[2] for line in (
+        b'{"text": "no id"}', b'{"id": null, "text": "x"}', b'{"id": "", "text": "x"}',
+        b'{"id": [1], "text": "x"}', b'{"id": "a", "text": null}', b'{"id": "a", "text": 5}',
+        b'{"id": "a", "text": "x", "metadata": []}', b"[1, 2]", b"null")}
+    assert list(details.values()) == [
+        "no 'id' field", "'id' is null, expected a string or number", "'id' is empty",
+        "'id' is an array, expected a string or number", "'text' is null, expected a string",
+        "'text' is a number, expected a string", "'metadata' is an array, expected an object",
+        "top-level JSON is an array", "top-level JSON is null"]

@@ -436,6 +436,27 @@ def test_a_byte_order_mark_before_the_declaration_is_accepted(tmp_path):
     assert [(r.line, r.reason) for r in quarantine.records] == [(2, "not_a_row")]
 
 
+def test_rows_on_a_structure_line_are_quarantined_not_skipped(tmp_path):
+    """A line starting with `<?xml` or `<posts>` was skipped as structure whatever followed it, so a
+    whole Posts.xml on one line (as ElementTree writes one), or `<posts><row .../>`, lost its rows
+    with no document, removal or quarantine record (found by a tester). Such a line is quarantined."""
+    q, a = question(1, 9, "Good", "<p>q</p>", accepted=2).strip(), answer(2, 1, 9, "<p>a</p>").strip()
+    path = tmp_path / "s" / "Posts.xml"
+    path.parent.mkdir()
+    for text, lines in ((f'<?xml version="1.0" encoding="utf-8"?><posts>{q}{a}</posts>', [1]),
+                        (f'<?xml version="1.0" encoding="utf-8"?>\n<posts>{q}\n{a}\n</posts>\n', [2])):
+        path.write_text(text, encoding="utf-8")
+        stats, quarantine = StackExchangeStats(), Quarantine()
+        assert list(read_stackexchange(str(path), stats=stats, quarantine=quarantine)) == []
+        assert [(r.line, r.reason) for r in quarantine.records] == [(line, "malformed_xml") for line in lines]
+        assert "shares its line with XML structure" in quarantine.records[0].detail
+        stats.check_balance()
+    # structure lines alone, and a comment, are still not rows
+    path.write_text(posts_xml([q, a]).replace("<posts>", "<posts><!-- no rows here -->"), encoding="utf-8")
+    quarantine = Quarantine()
+    assert len(list(read_stackexchange(str(path), quarantine=quarantine))) == 1 and quarantine.total == 0
+
+
 @pytest.mark.parametrize("suffix", ["", ".zst", ".gz"])
 def test_a_posts_file_without_its_listed_size_stops_the_conversion(tmp_path, suffix):
     """Both passes caught any OSError as a broken stream: a Posts.xml shorter than the listing

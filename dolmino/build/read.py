@@ -56,11 +56,18 @@ def read_lines(uri: str, unit: Unit, wanted: list[int],
         next(expected)  # pick_lines gives the wanted lines in order, stopping where the file ends
         doc, reason, detail = (None, "doc_too_large", "") if type(raw) is OversizeLine else parse_line(raw)
         if doc is None:
-            raise InputChangedError(f"{uri}: line {line_no} was a document when tagged but now is not "
-                                    f"({reason}: {detail}); "
-                          "the input changed during the build")
+            raise InputChangedError(f"{uri}: {_line_name(unit, line_no)} was a document when tagged but now is not "
+                                    f"({reason}: {detail}); the input changed during the build")
         yield line_no, doc
     target = next(expected, None)
     if target is not None:
-        raise InputChangedError(f"{uri}: ends before line {target}, which was a document when tagged; "
+        raise InputChangedError(f"{uri}: ends before {_line_name(unit, target)}, which was a document when tagged; "
                                 "the input changed")
+
+
+def _line_name(unit: Unit, line: int) -> str:
+    """A unit's line as a message names it: a byte range counts its lines from its own start (the
+    build adds the earlier ranges' lines), so "line 2" of a split file named another line (a tester)."""
+    if byte_range(unit) is None:
+        return f"line {line}"
+    return f"line {line} of those starting in its bytes {unit.start:,}-{unit.end:,}"
