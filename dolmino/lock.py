@@ -150,6 +150,8 @@ def _data_root_as_written(manifest: Manifest) -> str | None:
     """The manifest's data_root as written (portable) when the lock was made against it, else
     the root used (--data-root): informational, inputs are named relative to it."""
     written = manifest.raw.get("data_root")
+    if written is None and manifest.path and manifest.data_root == os.path.dirname(manifest.path):
+        return None  # the manifest's own directory, which it states by leaving data_root out
     if written is None or written.startswith("s3://") or os.path.isabs(written) or not manifest.path:
         return manifest.data_root
     resolved = os.path.normpath(os.path.join(os.path.dirname(manifest.path), expand_home(written)))

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import posixpath
 import re
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -294,12 +295,23 @@ class Manifest:
 
     def resolve(self, location: str) -> str:
         """Resolve a source path: absolute and s3:// stay, others are relative to data_root (a
-        leading `~` too: a source path is a pattern below the data root, which may be s3://)."""
+        leading `~` too: a source path is a pattern below the data root, which may be s3://).
+
+        `.` and `..` segments and doubled slashes are resolved alike below a local and an s3:// root:
+        `./web/*.jsonl` listed the files locally and no object under `--data-root s3://...`, whose
+        keys were matched with the `./` in them (found by a tester)."""
         if location.startswith("s3://") or os.path.isabs(location):
             return location
         root = self.data_root or "."
         if root.startswith("s3://"):
-            return root.rstrip("/") + "/" + location
+            key = posixpath.normpath(location)
+            if key == ".." or key.startswith("../"):  # above the root: left as written, refused at listing
+                key = location
+            elif key == ".":
+                key = ""
+            elif location.endswith("/"):  # a prefix, as written: listed, not first looked up as an object
+                key += "/"
+            return root.rstrip("/") + "/" + key
         return os.path.normpath(os.path.join(root, location))
 
     @property
@@ -748,7 +760,10 @@ def manifest_from_dict(data: Any, path: str | None = None) -> Manifest:
         name=name, seed=seed, sources=sources, budget=budget,
         tokenizer=_parse_tokenizer(data.get("tokenizer"), base_dir),
         output_spec=_parse_output_spec(data.get("output_format")),
-        output=resolve_relative(base_dir, output), data_root=resolve_relative(base_dir, data_root),
+        output=resolve_relative(base_dir, output),
+        # No data_root: the manifest's directory, as for its other relative paths. The current directory
+        # made one manifest read other inputs (or none) from elsewhere while writing the same output (a tester).
+        data_root=resolve_relative(base_dir, data_root) if data_root is not None else base_dir,
         description=description, path=os.path.abspath(path) if path else None, raw=data,
         version=version, kind=kind, budget_stated=budget is not None, warnings=tuple(warnings),
     )

@@ -458,6 +458,51 @@ def test_relative_paths_resolve_against_manifest_dir():
     assert m.resolve("s3://bucket/x") == "s3://bucket/x"
 
 
+def test_a_manifest_without_data_root_reads_its_inputs_below_its_own_directory(tmp_path, monkeypatch):
+    """Its output resolved against its directory and its inputs against the current one: the same
+    command from another directory read other files, or none (found by a tester)."""
+    from dolmino.build.inputs import list_inputs
+    from dolmino.errors import BuildError
+    from dolmino.lock import _data_root_as_written
+
+    data = _base()
+    data.pop("data_root")
+    data["sources"] = [{"name": "web", "paths": ["data/web/*.jsonl"], "mix_percent": 100}]
+    path = tmp_path / "manifests" / "m.json"
+    (path.parent / "data" / "web").mkdir(parents=True)
+    (path.parent / "data" / "web" / "a.jsonl").write_text('{"id": "a", "text": "x"}\n')
+    (tmp_path / "elsewhere" / "data" / "web").mkdir(parents=True)  # a namesake beside the caller is not read
+    (tmp_path / "elsewhere" / "data" / "web" / "b.jsonl").write_text('{"id": "b", "text": "y"}\n')
+    path.write_text(json.dumps(data))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    m = load_manifest(str(path))
+    assert m.data_root == str(path.parent)
+    files = list_inputs(m).files[0]
+    assert [(f.uri, f.name) for f in files] == [(str(path.parent / "data" / "web" / "a.jsonl"), "data/web/a.jsonl")]
+    assert _data_root_as_written(m) is None  # the lock stays portable: the manifest states no root
+    monkeypatch.chdir(path.parent)
+    assert [f.name for f in list_inputs(load_manifest("m.json")).files[0]] == ["data/web/a.jsonl"]
+    data["sources"][0]["paths"] = ["web/*.jsonl"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(BuildError, match=f"data root '{path.parent}', the manifest's own directory"):
+        list_inputs(load_manifest(str(path)))
+
+
+@pytest.mark.parametrize("pattern, key", [
+    ("./web/*.jsonl", "web/*.jsonl"), ("web/../web/*.jsonl", "web/*.jsonl"), ("web//*.jsonl", "web/*.jsonl"),
+    ("web/", "web/"), ("./", ""), (".", ""), ("../up/*.jsonl", "../up/*.jsonl"),
+])
+def test_source_paths_resolve_alike_below_a_local_and_an_s3_root(pattern, key):
+    """`./web/*.jsonl` listed the files under a local root and nothing under `--data-root s3://...`,
+    whose keys were matched with the `./` in them (found by a tester). A path above the root stays as
+    written (the listing refuses a name through '..')."""
+    m = load_manifest(str(MANIFESTS / "demo.json"), "s3://bucket/pools")
+    assert m.resolve(pattern) == f"s3://bucket/pools/{key}"
+    if not key.startswith(".."):
+        local = load_manifest(str(MANIFESTS / "demo.json"), "/data/pools").resolve(pattern)
+        assert local == "/data/pools" + ("/" + key.rstrip("/") if key else "")
+
+
 def test_a_home_in_a_path_is_the_home_directory(tmp_path, monkeypatch):
     """`~/corpus` as data_root, output or --data-root became a directory named "~" beside the
     manifest (found by a tester); it is the home directory, as in a shell and in fsspec."""

@@ -422,6 +422,13 @@ def list_sources(manifest: Manifest, failure_message=None) -> SourcesListing:
     return SourcesListing(sources, [shared] if shared else [], skipped)
 
 
+def _root_origin(manifest: Manifest) -> str:
+    """Where a manifest's data root comes from, as the listing's hint words it."""
+    if manifest.path and manifest.raw.get("data_root") is None and manifest.data_root == os.path.dirname(manifest.path):
+        return "the manifest's own directory (it states no data_root)"
+    return "the manifest's data_root"
+
+
 def list_inputs(manifest: Manifest) -> Listing:
     """Every source's input files; one BuildError naming every problem at once."""
     listing = list_sources(manifest)
@@ -431,7 +438,7 @@ def list_inputs(manifest: Manifest) -> Listing:
         hint = ("" if not any(NO_MATCH in p for p in problems) else
                 "\n  (relative paths resolve against the data root"
                 f"{' ' + repr(manifest.data_root) if manifest.data_root else ' (none: the current directory)'}, "
-                "the manifest's data_root unless --data-root replaces it: point it at your copy of the data, "
+                f"{_root_origin(manifest)} unless --data-root replaces it: point it at your copy of the data, "
                 "see README 'Real data')")
         # ";" ends each problem: the command line prints an error on one line.
         raise BuildError("input listing failed:\n  " + ";\n  ".join(problems) + hint)
