@@ -390,6 +390,11 @@ def select_tasks(spec: str | Iterable[str] | None, sources: list[EvalSource]) ->
     if spec == "all":
         return sorted(available)
     names = [t.strip() for t in (spec.split(",") if isinstance(spec, str) else spec) if t.strip()]
+    if not names:
+        # `--tasks "$TASKS"` with the variable unset built an index of nothing, exit 0, and a
+        # decontamination with it removed nothing (found by a tester)
+        raise ValueError(f"no eval tasks named in {spec if isinstance(spec, str) else list(spec)!r}; give "
+                         "'paper', 'olmes', 'all' or comma-separated task names")
     unknown = [t for t in names if t not in available]
     if unknown:
         missing_olmes = [t for t in unknown if t in PAPER_EVAL_SETS]

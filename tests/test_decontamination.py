@@ -217,6 +217,14 @@ def test_coverage_names_missing_paper_sets(sources):
         evalsets.select_tasks(["gsm8k", "mmlu_pro"], sources)
 
 
+@pytest.mark.parametrize("spec", ["", ",", " , ", []])
+def test_an_empty_task_list_is_refused_not_an_empty_index(spec):
+    """`build --tasks "$TASKS"` with the variable unset wrote an index of no eval set, exit 0,
+    and a decontamination with it removed nothing (found by a tester)."""
+    with pytest.raises(ValueError, match="^no eval tasks named in .*; give 'paper', 'olmes', 'all' or comma-separated"):
+        evalsets.select_tasks(spec, [])
+
+
 def test_jsonl_instances(tmp_path):
     path = tmp_path / "ev.jsonl.gz"
     with gzip.open(path, "wt", encoding="utf-8") as f:

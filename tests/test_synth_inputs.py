@@ -140,3 +140,25 @@ def test_a_truncated_compressed_input_is_one_corrupt_stream_item(tmp_path, suffi
     cut = records[-1]
     assert cut["quarantined"] == "corrupt_stream" and cut["path"] == str(path) and "truncated" in cut["detail"]
     assert cut["line"] == build.records[0].line
+
+
+def test_a_gsm8k_file_spelled_otherwise_is_the_same_configuration(tmp_path, monkeypatch):
+    """`--gsm8k-jsonl train.jsonl` and `--gsm8k-jsonl $PWD/train.jsonl` (or a run from another
+    directory) hashed two configurations: the rerun of a killed mind job was refused, "another
+    configuration" with the same generator, seed and partitions (found by a tester). The file is
+    named by its name and content; a done-file hashed with the path as typed still resumes."""
+    from dolmino.synth.base import accepted_hashes
+
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(_line(ANN) + b"\n" + _line(BO) + b"\n")
+    monkeypatch.chdir(tmp_path)
+    for make in (lambda p: Gsm8kNumberGenerator(num_docs=4, data_path=p),
+                 lambda p: MindGenerator("http://127.0.0.1:9", "m", num_docs=4, gsm8k_path=p)):
+        relative, absolute = make("train.jsonl"), make(str(path))
+        assert config_hash(relative, 2, 1) == config_hash(absolute, 2, 1)
+        older = absolute.config()
+        if "data" in older:
+            older["data"] = str(path)
+        else:
+            older["input"] = {**older["input"], "gsm8k": str(path)}
+        assert config_hash(absolute, 2, 1, older) in accepted_hashes(absolute, 2, 1)

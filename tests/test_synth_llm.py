@@ -533,6 +533,26 @@ def test_a_key_is_stripped_and_one_no_header_can_carry_is_refused(server, tmp_pa
                                        "no Authorization header can carry (key not shown); fix the secret\n")
 
 
+def test_a_key_given_as_api_key_env_is_refused_and_never_echoed(tmp_path, capsys, monkeypatch):
+    """`--api-key-env sk-proj-...` (the key itself, not the name of its variable) was printed back
+    in the "is not set here" warning, into the terminal and the job's log (found by a tester)."""
+    import dolmino.build.spark
+    from dolmino.synth.__main__ import main
+
+    monkeypatch.setattr(dolmino.build.spark, "make_spark", lambda *a, **k: pytest.fail("Spark was started"))
+    personas = tmp_path / "personas.txt"
+    personas.write_text("a sailor\n")
+    assert main(["--generator", "tulu_math", "--personas", str(personas), "--out", str(tmp_path / "o"),
+                 "--num-docs", "2", "--endpoint", "http://127.0.0.1:8000/v1", "--model", "m",
+                 "--api-key-env", "sk-proj-T137secret"]) == 2
+    captured = capsys.readouterr()
+    assert "T137secret" not in captured.out + captured.err
+    assert captured.err == (ERR + "--api-key-env takes the name of the environment variable that holds the API key "
+                            "(e.g. OPENAI_API_KEY), and what was given is not such a name (not shown: it may be the "
+                            "key itself)\n")
+    assert not (tmp_path / "o").exists()
+
+
 def test_an_endpoint_with_a_query_is_refused_and_one_spelled_otherwise_is_the_same_config(tmp_path):
     """`--endpoint http://host/v1?key=SECRET` put the key into synth-report.json and stdout, and the
     path went after the query; `.../v1`, `.../v1/` and `.../v1/chat/completions` gave three config

@@ -114,3 +114,33 @@ def test_training_refuses_one_sided_labels(tmp_path):
     from dolmino.synth.owm_math import main
 
     assert main(["train", "--labelled", str(out), "--out", str(tmp_path / "m.bin")]) == 2
+
+
+def test_training_refuses_labels_of_an_unfinished_run(tmp_path, capsys):
+    """A labelling run that was interrupted (parts and done-files, no synth-report.json) trained
+    the classifier on what it had, exit 0, where a build of the same files refuses them; so did
+    `mind --input` over an unfinished tinygsm run (found by a tester)."""
+    import zstandard
+
+    from dolmino.synth.inputs import InputFiles
+    from dolmino.synth.owm_math import main
+
+    labels = tmp_path / "owm_labels"
+    labels.mkdir()
+    labelled = [("x = 1", "math"), ("a walk", "non_math"), ("y = 2", "math"), ("a meal", "non_math")]
+    rows = [{"id": str(i), "text": text, "metadata": {"math_label": label}} for i, (text, label) in enumerate(labelled)]
+    payload = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    (labels / "part-00000.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(payload))
+    (labels / "part-00000.done.json").write_text("{}")
+    out = tmp_path / "m.bin"
+    assert main(["train", "--labelled", str(labels / "part-*.jsonl.zst"), "--out", str(out), "--bucket", "1000"]) == 2
+    assert capsys.readouterr().err == (
+        f"python -m dolmino.synth.owm_math: error: {labels} holds `dolmino synth` parts without its "
+        "synth-report.json (a run interrupted, or with partitions unanswered); rerun the synth command that writes "
+        "it to finish it first\n")
+    assert not out.exists()
+    with pytest.raises(ValueError, match="without its synth-report.json"):
+        InputFiles(str(labels / "part-*.jsonl.zst")).files
+    (labels / "synth-report.json").write_text("{}")  # the run finished
+    assert InputFiles(str(labels / "part-*.jsonl.zst")).files[0].rows == 4
+    assert main(["train", "--labelled", str(labels / "part-*.jsonl.zst"), "--out", str(out), "--bucket", "1000"]) == 0

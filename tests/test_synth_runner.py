@@ -65,8 +65,10 @@ def test_generate_kill_resume_and_cache(spark, tmp_path):
     assert finished and 2 not in finished
     marker.unlink()
     report = run(gen, str(out), 4, 9, spark)
-    assert report["partitions_cached"] == finished
-    assert report["partitions_generated"] == [i for i in range(4) if i not in finished]
+    # A task Spark was aborting may still finish its partition after run() raised (its Python
+    # worker is not stopped at once; seen on a loaded machine): kept too, as a finished one.
+    assert set(finished) <= set(report["partitions_cached"]) and 2 not in report["partitions_cached"]
+    assert report["partitions_generated"] == [i for i in range(4) if i not in report["partitions_cached"]]
     assert report["attempted"] == report["kept"] == 400 and report["rejected"] == {}
     first = _digests(out)
 
@@ -363,3 +365,16 @@ def test_an_out_that_cannot_be_made_is_refused_before_spark(out, tmp_path, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"python -m dolmino.synth: error: --out {out} cannot be made or "
                                                    "written (") and err.endswith("give a writable directory\n")
+
+
+def test_the_synth_math_demo_manifest_reads_the_index_make_corpus_builds():
+    """manifests/synth-math-demo.json looked for its decontamination index at <repo>/decon/
+    olmes.npz, where nothing writes one: its build failed at once, 'no such file or directory'
+    (found by a tester). The index is the one `make corpus` and README's command write."""
+    from dolmino.manifest import load_manifest
+
+    repo = Path(__file__).resolve().parents[1]
+    assert "--out build/decontamination/olmes.npz" in (repo / "Makefile").read_text()
+    manifest = load_manifest(str(repo / "manifests" / "synth-math-demo.json"))
+    paths = {f["index_path"] for s in manifest.sources for f in s.filters if f["type"] == "decontaminate"}
+    assert paths == {str(repo / "build" / "decontamination" / "olmes.npz")}

