@@ -305,8 +305,10 @@ def _token_files(build_dir: Path) -> list[Path]:
                   key=lambda p: p.relative_to(build_dir).as_posix())
 
 
-# A dolmino build writes these while it runs and report.json last: its completion marker.
-BUILD_MARKERS = ("_plan.json", "_parts")
+# A dolmino build writes these while it runs and report.json last: its completion marker. _owner.json
+# comes first: a build stopped in its pool or tokenize stage left only it, and was called "no token
+# files (*.npy) found", not incomplete (found by a tester; on s3:// it was said to be incomplete).
+BUILD_MARKERS = ("_owner.json", "_plan.json", "_parts")
 COMPLETION_MARKER = "report.json"
 
 
@@ -448,7 +450,8 @@ def validate_build(build_dir: str | Path, *, vocab_size: int | None = None, eos_
     native = backend != "fallback" and csrc.native_available()
     result = BuildResult(build_dir, vocab, eos, "native C++" if native else "numpy fallback")
     if not build_dir.is_dir():
-        result.errors.append(f"{build_dir}: not a directory")
+        # "not a directory" for a path with nothing there sent the user looking for a file (a tester)
+        result.errors.append(f"{build_dir}: {'a file, not a directory' if build_dir.exists() else 'no such directory'}")
         return result
     if m_error:
         result.errors.append(m_error)
@@ -468,6 +471,12 @@ def validate_build(build_dir: str | Path, *, vocab_size: int | None = None, eos_
     files = _token_files(build_dir)
     if not files:
         result.errors.append(f"{build_dir}: no token files (*.npy) found")
+    if report is None and not incomplete and any(build_dir.glob("part-*" + SIDECAR_SUFFIX)):
+        # Checked as memmaps (other tools write this layout too), they validated OK unsaid, while
+        # the trainer warns: a copy without report.json may lack parts (found by a tester).
+        result.warnings.append(f"{build_dir}: holds dolmino part files but no {COMPLETION_MARKER}: nothing checks that "
+                               "every part of the build is here, nor that they are the ones it wrote; copy the whole "
+                               "build directory (or `dolmino release pull` it)")
     if report is not None:  # a build writes its parts at its top level
         result.errors += [f"{f}: a token file inside the build that its {COMPLETION_MARKER} does not count (the "
                           "trainer refuses the build for it); move it out" for f in files if f.parent != build_dir]

@@ -522,6 +522,112 @@ def test_ctrl_c_in_build_and_synth_is_one_line_and_exit_130(tmp_path, monkeypatc
         root.filters[:] = saved
 
 
+def _one_source_manifest(tmp_path) -> Path:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.jsonl").write_text('{"id": "1", "text": "one document"}\n')
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"name": "m", "version": 1, "seed": 1, "data_root": str(tmp_path / "data"),
+                                    "sources": [{"name": "a", "paths": ["*.jsonl"], "mix_percent": 100}]}))
+    return manifest
+
+
+def test_ctrl_c_while_spark_starts_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the session starts (seconds; longer on a busy machine) printed ~45 lines of
+    py4j tracebacks, py4j's logged ones first (found by a tester with `timeout -s INT`)."""
+    import logging
+
+    import dolmino.build.spark
+
+    root = logging.getLogger()
+    saved = list(root.filters)
+    root.filters[:] = [f for f in saved if not isinstance(f, dolmino.build.spark._Py4jSendFailures)]
+    quieted = []
+
+    def starting(*_args, **_kwargs):
+        record = logging.LogRecord("root", logging.ERROR, __file__, 1, "KeyboardInterrupt while sending command.",
+                                   None, None)
+        quieted.append(not root.filter(record))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dolmino.build.spark, "make_spark", starting)
+    manifest = _one_source_manifest(tmp_path)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            main(["build", "--manifest", str(manifest), "--budget", "10K", "--out", str(tmp_path / "o"),
+                  "--attributes", str(tmp_path / "a")])
+    finally:
+        root.filters[:] = saved
+    assert stopped.value.code == 130 and quieted == [True]
+    assert capsys.readouterr().err == ("dolmino build: interrupted; rerun the same command to resume (finished "
+                                       "attribute files and parts are kept)\n")
+
+
+def test_sigterm_while_spark_starts_is_one_line_and_exit_143(tmp_path):
+    """SIGTERM while the session starts ended the command with no word of why (found by a
+    tester); it says what SIGTERM during the build says."""
+    import subprocess
+
+    manifest = _one_source_manifest(tmp_path)
+    script = f"""
+import os, signal, sys
+import dolmino.build.spark
+from dolmino.cli import main
+
+class Py4JError(Exception):
+    pass
+
+def starting(*_args, **_kwargs):  # as py4j does: the handler's SystemExit comes back as a py4j error
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.pause()
+    except SystemExit:
+        raise Py4JError("An error occurred while calling None.org.apache.spark.api.java.JavaSparkContext")
+
+dolmino.build.spark.make_spark = starting
+sys.exit(main(["build", "--manifest", {str(manifest)!r}, "--budget", "10K", "--out", {str(tmp_path / "o")!r},
+               "--attributes", {str(tmp_path / "a")!r}]))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 143 and proc.stderr == (
+        "dolmino build: terminated (signal 15); rerun the same command to resume (finished attribute files and "
+        "parts are kept)\n"), proc
+
+
+def test_an_error_raised_while_handling_ctrl_c_is_the_interrupt(capsys):
+    """Ctrl-C while a `collect()` connected to the JVM: PySpark's cleanup raised UnboundLocalError
+    over the KeyboardInterrupt, and the build said "unexpected UnboundLocalError" with its
+    traceback (found by a tester)."""
+    from dolmino.build.spark import SparkCommand
+
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise UnboundLocalError("cannot access local variable 'sockfile' where it is not associated with a value")
+    except UnboundLocalError as exc:
+        cleanup = exc
+    assert SparkCommand("build_mix", "finished attribute files and parts are kept").stopped(cleanup) == 130
+    assert capsys.readouterr().err == ("build_mix: interrupted; rerun the same command to resume (finished attribute "
+                                       "files and parts are kept)\n")
+    assert SparkCommand("x", "y").stopped(UnboundLocalError("a bug")) is None
+
+
+def test_a_second_ctrl_c_while_spark_stops_is_no_traceback():
+    """Ctrl-C twice (the second while the interrupted command stopped Spark) printed a 30-line
+    traceback from PySpark's stop after the one-line message (found by a tester); a Ctrl-C while
+    a command that was not interrupted stops Spark still interrupts it."""
+    import types
+
+    from dolmino.build.spark import stop_session
+
+    def stop():
+        raise KeyboardInterrupt
+
+    stop_session(types.SimpleNamespace(stop=stop), interrupted=True)
+    with pytest.raises(KeyboardInterrupt):
+        stop_session(types.SimpleNamespace(stop=stop), interrupted=False)
+
+
 def test_a_bug_in_a_synth_run_keeps_its_traceback(tmp_path, monkeypatch, capsys):
     """A ValueError raised by a bug in the run read as a user's error (one line, exit 2; a reviewer)."""
     import types

@@ -315,3 +315,31 @@ def test_task_failure_loggers_are_quieted_only_in_a_session_the_command_started(
 
     console_log_levels(Asked())
     assert levels() == before
+
+
+def test_spark_shutdown_races_are_kept_off_the_console(spark, capsys):
+    """Ctrl-C during a build: the JVM's own shutdown hook stopped the context under running tasks,
+    and Spark printed ~20 lines of Java stack per task that ended (and the driver a Python
+    traceback of the closed accumulator connection) around the command's one line (found by a
+    tester). Those messages go; others of the same loggers stay."""
+    import sys
+
+    from dolmino.build.spark import quiet_shutdown_races
+
+    sc = spark.sparkContext
+    quiet_shutdown_races(sc)
+    jvm = sc._jvm
+    error = jvm.org.apache.logging.log4j.Level.ERROR
+    scheduler = jvm.org.apache.logging.log4j.LogManager.getLogger("org.apache.spark.scheduler.TaskSchedulerImpl")
+    dag = jvm.org.apache.logging.log4j.LogManager.getLogger("org.apache.spark.scheduler.DAGScheduler")
+    assert not scheduler.isEnabled(error, None, "Exception in statusUpdate")
+    assert not dag.isEnabled(error, None, "Failed to update accumulator 0 (PythonAccumulatorV2) for task 0")
+    assert scheduler.isEnabled(error, None, "Lost executor 1 on host: worker lost")
+    server = sc._accumulatorServer
+    for raised in (EOFError(), ValueError("a bug in an update")):
+        try:
+            raise raised
+        except Exception:  # noqa: BLE001 - as socketserver calls handle_error: inside the except
+            server.handle_error(None, ("127.0.0.1", 1))
+    err = capsys.readouterr().err
+    assert "ValueError: a bug in an update" in err and "EOFError" not in err, err

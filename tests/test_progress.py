@@ -342,6 +342,27 @@ def test_a_stage_that_knows_its_documents_shows_them_and_an_eta(spark):
     assert "· 40/40 docs ·" in out.getvalue().strip().splitlines()[-1]  # the final line, at the stage's end
 
 
+def test_a_stage_stopped_under_its_live_line_ends_the_line(spark):
+    """Ctrl-C (or a failure) mid-stage left the live line without its newline on a terminal: the
+    command's one line was written on after it, "... ETA -build_mix: interrupted; ..." (found by
+    a tester)."""
+    from dolmino.build.progress import Stage
+
+    sc = spark.sparkContext
+    out = FakeTTY()
+    stage = Stage(sc, "cut", total_units=4, stream=out)
+    stage.interval = 0.01
+    with pytest.raises(KeyboardInterrupt):
+        with stage:
+            deadline = time.time() + 30
+            while "[cut] " not in out.getvalue() and time.time() < deadline:
+                time.sleep(0.01)
+            raise KeyboardInterrupt
+    drawn = out.getvalue()
+    assert drawn.startswith("\r[cut] 0 tasks done, 0 running · 0/4 units") and drawn.endswith("\x1b[K\n"), drawn
+    assert "done in" not in drawn  # no final line for a stage that did not finish
+
+
 def test_build_stage_record_counts_only_its_own_jobs(spark):
     """Two stages of one name in one session (a second build, the bench's warm runs): each
     record's tasks and final line are its own jobs', not the sum of every run so far."""

@@ -210,7 +210,10 @@ def test_npy_header_and_empty_dir(build, tmp_path, capsys):
     code, out = _run(empty, capsys, "auto")
     assert code == 1 and "no token files (*.npy) found" in out
     code, out = _run(tmp_path / "absent", capsys, "auto")
-    assert code == 1 and "not a directory" in out
+    assert code == 1 and f"{tmp_path / 'absent'}: no such directory\n" in out
+    (tmp_path / "file").write_text("{}")
+    code, out = _run(tmp_path / "file", capsys, "auto")
+    assert code == 1 and f"{tmp_path / 'file'}: a file, not a directory\n" in out
 
 
 def test_empty_part_is_valid(tmp_path, capsys):
@@ -242,13 +245,13 @@ def test_eos_inside_span_warns_then_fails_under_strict(build, capsys, backend):
     assert result.ok and result.eos_inside_docs == 2 and [p.eos_inside_docs for p in result.parts] == [2, 0]
     code, out = _run(build, capsys, backend, "--strict")
     assert code == 1 and "INVALID: 1 problem(s) in 1 of 2 part(s)" in out
-    assert f"{part}: 2 document(s) hold EOS" in out and "warning:" not in out
+    assert f"{part}: 2 document(s) hold EOS" in out and f"warning: {part}" not in out
     assert not validate_build(build, backend=backend, strict=True).ok
 
 
 def test_clean_build_reports_no_eos_inside(build, capsys):
     code, out = _run(build, capsys, "auto")
-    assert code == 0 and "no EOS inside a document" in out and "warning" not in out.lower()
+    assert code == 0 and "no EOS inside a document" in out and "warning: " + str(build / "part-") not in out
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -329,6 +332,30 @@ def test_incomplete_and_stale_builds_are_refused(tmp_path, capsys):
     (out / "part-00001.npy").unlink()
     (out / "part-00000.csv.gz").unlink()
     assert any("part-00000.csv.gz: listed in report.json but missing" in e for e in validate_build(out).all_errors())
+
+
+def test_a_build_stopped_before_its_plan_is_incomplete_not_empty(tmp_path, capsys):
+    """A build stopped in its pool or tokenize stage leaves only _owner.json in --out: validate
+    said "no token files (*.npy) found" (found by a tester with Ctrl-C; on s3:// it said incomplete)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "_owner.json").write_text(json.dumps({"token": "t", "host": "h", "pid": 1, "started": "2026-01-01T00:00Z"}))
+    assert main([str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{out}: incomplete build: no report.json, which a build writes last (it was interrupted or "
+                          "is still running; rerun the same build command to finish it)\n"), err
+
+
+def test_parts_without_report_json_validate_with_a_warning(build, capsys):
+    """Parts copied without their report.json validated OK unsaid, while the trainer warns that
+    nothing checks every part is there (found by a tester: a copy missing its last part passed)."""
+    (build / "part-00001.npy").unlink()
+    (build / "part-00001.csv.gz").unlink()
+    code, out = _run(build, capsys, "auto")
+    assert code == 0 and "1 part(s) OK" in out
+    assert (f"warning: {build}: holds dolmino part files but no report.json: nothing checks that every part of the "
+            "build is here, nor that they are the ones it wrote; copy the whole build directory (or `dolmino release "
+            "pull` it)") in out
 
 
 def test_a_build_on_s3_is_refused_with_how_to_copy_it(capsys):

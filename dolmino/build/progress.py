@@ -87,6 +87,7 @@ class Stage:
         self.record: dict = {}
         self._stop = threading.Event()
         self._thread = None
+        self._drawn = False  # a live line is on the terminal, without its newline
 
     def __enter__(self) -> "Stage":
         self.started = time.time()
@@ -160,6 +161,7 @@ class Stage:
         text = self.line(final)
         if self.tty:
             self.stream.write("\r" + text + ("\n" if final else "\x1b[K"))
+            self._drawn = not final
         else:
             self.stream.write(text + "\n")
         self.stream.flush()
@@ -173,6 +175,11 @@ class Stage:
                 # stage still looked pending and the final line stopped at e.g. "1/5 tasks".
                 settled_jobs(self.sc.statusTracker(), self.group)
                 self._emit(final=True)
+            elif self._drawn:
+                # The stage stopped (Ctrl-C, a failure) under its live line: the command's one line
+                # was written on after it ("... ETA 0m12sbuild_mix: interrupted; ...", found by a tester).
+                self.stream.write("\n")
+                self.stream.flush()
         from dolmino.build.spark import group_metrics
 
         v = self.counters.values()

@@ -87,10 +87,12 @@ def start_failure(exc: BaseException, master: str | None) -> str:
 
 def stop_session(spark, interrupted: bool) -> None:
     """Stop the session; after Ctrl-C the JVM, which got the same signal from the terminal, may
-    be gone already, and stop() then raised a py4j traceback after the one-line message."""
+    be gone already, and stop() then raised a py4j traceback after the one-line message. A
+    second Ctrl-C while an interrupted command stops Spark (an impatient user) raised a
+    30-line traceback out of PySpark's stop (found by a tester): the command is ending already."""
     try:
         spark.stop()
-    except Exception:  # noqa: BLE001 - only where the run was interrupted
+    except (Exception, KeyboardInterrupt):  # noqa: BLE001 - only where the run was interrupted
         if not interrupted:
             raise
 
@@ -130,6 +132,20 @@ def spark_gone(exc: BaseException) -> bool:
     return False
 
 
+def interrupted_by_ctrl_c(exc: BaseException) -> bool:
+    """`exc` is Ctrl-C, or was raised while handling it: PySpark's cleanup of a `collect()`
+    interrupted while it connected to the JVM raises UnboundLocalError in its `finally`, which
+    read as an unexpected error with its traceback (found by a tester)."""
+    seen: set[int] = set()
+    item: BaseException | None = exc
+    while item is not None and id(item) not in seen:
+        seen.add(id(item))
+        if isinstance(item, KeyboardInterrupt):
+            return True
+        item = item.__cause__ or item.__context__
+    return False
+
+
 class SparkCommand:
     """What the commands that run Spark (build, tag, mix, synth) share around their work: one
     line for a session that cannot start, for Ctrl-C and for SIGTERM (each was a py4j traceback
@@ -155,13 +171,24 @@ class SparkCommand:
         self.interrupted = False
 
     def start(self, app_name: str, master: str | None, driver_memory: str | None):
+        """The session, or None (its line printed) where Spark cannot start; Ctrl-C or SIGTERM
+        while it starts ends the command here (SystemExit), with `stopped`'s line and status."""
         from pyspark.sql import SparkSession
 
         exit_on_sigterm()
+        quiet_py4j_send_failures()  # already while the session starts: Ctrl-C there had py4j log its tracebacks
         existing = SparkSession.getActiveSession()  # a caller's own session (a notebook): its logging stays
         try:
             spark = make_spark(app_name, master, driver_memory, quiet_start=existing is None)
-        except Exception as exc:  # noqa: BLE001 - a master URL Spark refuses or that never answers: one line
+        except BaseException as exc:  # noqa: BLE001
+            if interrupted_by_ctrl_c(exc) or _TERMINATED:
+                # Ctrl-C or SIGTERM while Spark starts (seconds, longer on a busy machine) printed ~45
+                # lines of py4j tracebacks, or nothing at all (found by a tester): the line and status
+                # of an interrupted build, which the caller would otherwise take for a start failure.
+                raise SystemExit(self.stopped(exc)) from None
+            if not isinstance(exc, Exception):
+                raise
+            # a master URL Spark refuses or that never answers: one line
             print(f"{self.prog}: error: {start_failure(exc, master)}", file=sys.stderr)
             return None
         if existing is None:
@@ -171,7 +198,7 @@ class SparkCommand:
     def stopped(self, exc: BaseException) -> int | None:
         """The exit status where `exc` is Ctrl-C, SIGTERM or Spark gone from under the command
         (its line printed), else None."""
-        if isinstance(exc, KeyboardInterrupt):
+        if interrupted_by_ctrl_c(exc):
             how, status = "interrupted", 130
         elif _TERMINATED:
             how, status = f"terminated (signal {_TERMINATED[0]})", 128 + _TERMINATED[0]
@@ -208,6 +235,43 @@ def console_log_levels(sc) -> None:
         sc.setLogLevel("WARN")
     if (asked or "WARN").upper() not in VERBOSE_LEVELS:
         quiet_task_failures(sc)
+        quiet_shutdown_races(sc)
+
+
+# What Spark logs, each with its stack trace, about tasks that end while their context stops
+# under them: the scheduler's result pool already shut (a RejectedExecutionException), and an
+# accumulator update whose connection to the driver was interrupted (ClosedByInterruptException).
+SHUTDOWN_RACES = ("Exception in statusUpdate", "Failed to update accumulator")
+
+
+def quiet_shutdown_races(sc) -> None:
+    """Keep Spark's own shutdown races off the console. Ctrl-C or SIGTERM reaches spark-submit's
+    JVM too, whose shutdown hook stops the context under the running tasks: each task that then
+    ended printed ~20 lines of Java stack, and the driver's accumulator server a Python traceback
+    of the JVM's closed connection (EOFError), 20 to 90 lines around the command's one line (found
+    by a tester). Nothing in them is the build's or the user's to act on: the rerun resumes.
+    Dropped by message (log4j's levels are per logger, and these loggers log what matters too);
+    `--conf spark.log.level=INFO` keeps them."""
+    try:
+        jvm = sc._jvm  # noqa: SLF001 - log4j2's configuration is reachable only through the JVM
+        result = getattr(jvm, "org.apache.logging.log4j.core.Filter$Result")
+        context = jvm.org.apache.logging.log4j.LogManager.getContext(False)
+        config = context.getConfiguration()
+        for text in SHUTDOWN_RACES:
+            config.addFilter(jvm.org.apache.logging.log4j.core.filter.StringMatchFilter.newBuilder()
+                             .setMatchString(text).setOnMatch(result.DENY).setOnMismatch(result.NEUTRAL).build())
+        context.updateLoggers()
+    except Exception:  # noqa: BLE001 - another logging backend: Spark's log stays as it was
+        pass
+    server = getattr(sc, "_accumulatorServer", None)  # noqa: SLF001 - PySpark's, in the driver's process
+    if server is not None and hasattr(server, "handle_error"):
+        report = server.handle_error
+
+        def handle_error(request, client_address) -> None:
+            if not isinstance(sys.exc_info()[1], (EOFError, ConnectionError)):  # the JVM went away mid-update
+                report(request, client_address)
+
+        server.handle_error = handle_error
 
 
 def quiet_task_failures(sc) -> None:
