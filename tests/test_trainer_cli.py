@@ -264,6 +264,22 @@ def test_incomplete_build_is_refused(data_dir, tmp_path):
     assert proc.returncode == 2 and "incomplete dolmino build" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_build_stopped_before_its_plan_is_incomplete_not_empty(tmp_path):
+    """A build stopped in its pool or tokenize stage leaves only _owner.json in --out: the trainer
+    said "no token files (*.npy) found" where validate says incomplete (found by a tester); the
+    markers are validate's."""
+    from dolmino import validate
+    from dolmino.build.output import OWNER_FILE
+    from trainer.data import BUILD_MARKERS, DataError, discover_token_files
+
+    assert set(BUILD_MARKERS) == set(validate.BUILD_MARKERS) and OWNER_FILE in BUILD_MARKERS
+    stopped = tmp_path / "build"
+    stopped.mkdir()
+    (stopped / OWNER_FILE).write_text("{}")
+    with pytest.raises(DataError, match="incomplete dolmino build"):
+        discover_token_files(stopped)
+
+
 def test_a_partial_copy_of_a_build_is_refused_even_with_steps(data_dir, tmp_path, capsys):
     """report.json's token count is checked against the token files whether or not --steps gives
     the length: a copy that lost a part (and its label mask) trained on silently with --steps."""

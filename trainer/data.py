@@ -73,8 +73,9 @@ def _is_token_file(path: Path) -> bool:
     return path.name.endswith(".npy") and not path.name.endswith(LABEL_MASK_SUFFIX)
 
 
-# A dolmino build writes these while it runs and report.json last (its completion marker).
-BUILD_MARKERS = ("_plan.json", "_parts")
+# A dolmino build writes these while it runs and report.json last (its completion marker); _owner.json
+# first, so a build stopped in its pool or tokenize stage is incomplete, not "no token files" (as validate's).
+BUILD_MARKERS = ("_owner.json", "_plan.json", "_parts")
 COMPLETION_MARKER = "report.json"
 # What `dolmino release pull` keeps in its temporary directory `.NAME.pull-XXXX` until every file is verified:
 # dolmino.release.PULL_OWNER, repeated so that reading data does not import the S3 client (a test keeps them equal).
