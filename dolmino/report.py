@@ -109,6 +109,53 @@ def _attribute_files_line(files: dict, named: int = 8) -> str:
             + f", {sum(c['reused'] for _, c in sets):,} reused.")
 
 
+def input_accounts(units, unit_pools) -> dict[int, dict]:
+    """Per source index: the bytes its listed input files hold (`file_bytes`; `bytes_in` is the
+    text of the documents read) and its files whose compressed stream breaks part-way
+    (`broken_files`: (name, compressed byte of the break, unreadable bytes), in listing order).
+
+    A file breaks once at most (one `corrupt_stream` record), and is read whole (compressed
+    files are never split), so the break is at its listed size less its unreadable bytes. Both
+    were known only as report.json's `unreadable_bytes` and report.md's "corrupt_stream | 1":
+    every document after the break lost, unsaid on the console (a tester)."""
+    stats = {up.unit_index: up.stats for up in unit_pools}
+    out: dict[int, dict] = {}
+    for unit in units:
+        acc = out.setdefault(unit.source_index, {"file_bytes": 0, "broken_files": []})
+        if not unit.is_range or unit.start == 0:
+            acc["file_bytes"] += unit.file.size
+        st = stats.get(unit.index)
+        if st and st["quarantined"].get("corrupt_stream"):
+            lost = st["unreadable_bytes"]
+            acc["broken_files"].append((unit.file.name, unit.file.size - lost, lost))
+    return out
+
+
+def empty_compressed_warnings(source_names: list[str], units) -> list[str]:
+    """A .gz or .zst of 0 bytes holds not even a compressed header: it reads as a file without
+    documents and was counted nowhere, yet it is usually a write or copy cut short (a tester)."""
+    from dolmino.documents import compression
+
+    empty: dict[int, list[str]] = {}
+    for unit in units:
+        if unit.file.size == 0 and compression(unit.file.name, ()):
+            empty.setdefault(unit.source_index, []).append(unit.file.name)
+    return [f"source {source_names[si]!r}: {len(names):,} compressed input file(s) hold 0 bytes, not even a "
+            f"compression header ({'first: ' if len(names) > 1 else ''}{names[0]}), read as holding no documents; "
+            "usually a write or copy cut short: restore or remove them" for si, names in sorted(empty.items())]
+
+
+def _broken_files(name: str, acc: dict) -> list[str]:
+    """The warning for a source whose compressed inputs break part-way (`input_accounts`)."""
+    broken = acc.get("broken_files") or []
+    if not broken:
+        return []
+    first, at, _lost = broken[0]
+    return [f"source {name!r}: {len(broken):,} input file(s) break part-way ({sum(b[2] for b in broken):,} "
+            f"compressed bytes unreadable, every document after a break lost; first: {first} at byte {at:,}); "
+            f"see quarantine/{name}/"]
+
+
 def _empty_source(sel, name: str, acc: dict) -> list[str]:
     """The warning for a source with no documents left, with what removed them: a filter that
     takes a whole source usually means data without the field it reads (`stars_missing`)
@@ -121,8 +168,11 @@ def _empty_source(sel, name: str, acc: dict) -> list[str]:
     why = [f"{reason} {entry['docs']:,}" for reason, entry in removed[:3]] + \
         ([f"quarantined {quarantined:,}"] if quarantined else [])
     if not acc["docs_in"]:  # nothing was filtered: its inputs were empty (or a glob took the wrong files)
-        return [f"source {name!r}: its inputs hold no documents ({acc['files']:,} file(s), {acc['bytes_in']:,} "
-                f"bytes); {sel.empty}"]
+        # the files' own bytes: `bytes_in` counts documents' text, always 0 here ("3 file(s), 0 bytes"
+        # of files that held 6 bytes of blank lines; a tester)
+        held = acc.get("file_bytes", acc["bytes_in"])
+        return [f"source {name!r}: its inputs hold no documents ({acc['files']:,} file(s), {held:,} bytes); "
+                f"{sel.empty}"]
     return [f"source {name!r}: no documents left after filtering and dedup; {sel.empty}"
             + (f" (of {acc['docs_in']:,} documents: {', '.join(why)})" if why else "")]
 
@@ -203,6 +253,7 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
             warnings.append(f"source {source.name!r}: {acc['duplicate_ids']:,} document(s) repeat an id seen earlier in "
                             "the source (the same data under two file names, such as Posts.xml beside Posts.xml.zst, "
                             "or inputs that reuse ids); each is read and may be mixed, told apart by its loc")
+        warnings += _broken_files(source.name, acc)
         if out_tokens < sel.target_tokens * (1 - SHORTFALL_TOLERANCE) and not empty:  # said once: empty names it
             warnings.append(f"source {source.name!r}: wrote {out_tokens:,} tokens, {sel.target_tokens - out_tokens:,} "
                             f"short of its target {sel.target_tokens:,}")
@@ -211,6 +262,7 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
             "quarantined": dict(sorted(acc["quarantined"].items())),
             "removed": dict(sorted(acc["removed"].items())),
             "duplicate_ids": acc["duplicate_ids"], "unreadable_bytes": acc["unreadable_bytes"],
+            "broken_files": len(acc.get("broken_files") or ()),
             "kept_docs": acc["kept_docs"], "kept_bytes": acc["kept_bytes"],
             "pool_tokens": pool_tokens, "pool_tokens_exact": exact,
             "pool_tokens_manifest": source.pool_tokens,

@@ -1345,3 +1345,41 @@ def test_cli_refuses_attributes_in_the_data_tree_before_any_work(tmp_path, capsy
         assert build_main(["--manifest", str(path), "--out", str(tmp_path / "o"), "--attributes", attrs]) == 2
         assert "pick another attributes root" in capsys.readouterr().err
     _check_attributes_root(manifest_from_dict(_manifest(f"s3://{bucket}/data")), f"s3://{bucket}/database")
+
+
+def test_damaged_compressed_inputs_and_inputs_without_documents_are_warned_about_by_file(spark, tmp_path):
+    """Found by a tester: a .zst cut in half lost every document after the cut, and the console
+    said nothing (report.md had "corrupt_stream | 1"; the file was named only in quarantine/); a
+    .gz of 0 bytes (a write cut short) read as an empty file, counted nowhere; and a source whose
+    files held 6 bytes of blank lines was said to hold "3 file(s), 0 bytes" (its documents' text)."""
+    docs = [{"id": f"w{i}", "text": f"document {i} about baking bread in a wood-fired oven, " * 40} for i in range(60)]
+    frame = zstandard.ZstdCompressor().compress(b"".join(json.dumps(d).encode() + b"\n" for d in docs[30:]))
+    web = tmp_path / "data" / "web"
+    write_documents(str(web / "a.jsonl.zst"), docs[:30])
+    (web / "b.jsonl.zst").write_bytes(frame[:len(frame) // 2])
+    (web / "c.jsonl.gz").write_bytes(b"")
+    (web / "d.jsonl.zst").write_bytes(b"")
+    (tmp_path / "data" / "blank").mkdir()
+    for name in "xyz":
+        (tmp_path / "data" / "blank" / f"{name}.jsonl").write_bytes(b"\n\n")
+    spec = {"name": "damaged", "version": 1, "seed": 3, "data_root": str(tmp_path / "data"),
+            "sources": [{"name": "web", "paths": ["web/*"], "mix_percent": 90},
+                        {"name": "blank", "paths": ["blank/*.jsonl"], "mix_percent": 10}]}
+    report = build(manifest_from_dict(spec), 4_000, str(tmp_path / "out"), spark, attributes=str(tmp_path / "a"))
+    web_report, blank = report["sources"]
+    [record] = [json.loads(line) for line in gzip.decompress(
+        (tmp_path / "out" / "quarantine" / "web" / "web" / "b.jsonl.zst.jsonl.gz").read_bytes()).splitlines()]
+    lost = record["unreadable_bytes"]
+    assert web_report["quarantined"] == {"corrupt_stream": 1} and web_report["broken_files"] == 1 and lost > 0
+    expected = [
+        "source 'web': 2 compressed input file(s) hold 0 bytes, not even a compression header (first: web/c.jsonl.gz), "
+        "read as holding no documents; usually a write or copy cut short: restore or remove them",
+        f"source 'web': 1 input file(s) break part-way ({lost:,} compressed bytes unreadable, every document after a "
+        f"break lost; first: web/b.jsonl.zst at byte {len(frame) // 2 - lost:,}); see quarantine/web/",
+        f"source 'blank': its inputs hold no documents (3 file(s), 6 bytes); it contributes 0 of its "
+        f"{blank['target_tokens']:,} target tokens"]
+    assert [w for w in report["warnings"] if w.startswith(("source 'web'", "source 'blank'"))
+            and " short of its target " not in w] == expected
+    assert f"at compressed byte {len(frame) // 2 - lost:,}" in record["detail"]  # where the reader found the break
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert all(f"- {w}" in markdown for w in expected)

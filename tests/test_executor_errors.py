@@ -322,8 +322,6 @@ def test_spark_shutdown_races_are_kept_off_the_console(spark, capsys):
     and Spark printed ~20 lines of Java stack per task that ended (and the driver a Python
     traceback of the closed accumulator connection) around the command's one line (found by a
     tester). Those messages go; others of the same loggers stay."""
-    import sys
-
     from dolmino.build.spark import quiet_shutdown_races
 
     sc = spark.sparkContext
@@ -343,3 +341,60 @@ def test_spark_shutdown_races_are_kept_off_the_console(spark, capsys):
             server.handle_error(None, ("127.0.0.1", 1))
     err = capsys.readouterr().err
     assert "ValueError: a bug in an update" in err and "EOFError" not in err, err
+
+
+def test_an_input_deleted_after_the_listing_is_one_line_saying_to_rerun(spark, tmp_path, capsys, monkeypatch):
+    """A file deleted between the listing and the tag phase ended `dolmino build` with "in an
+    executor: FileNotFoundError: [Errno 2] No such file or directory: '.../b.jsonl'" (a tester):
+    the line now says the input disappeared during the build and to rerun once inputs are stable."""
+    from dolmino.build import mix
+    from dolmino.build.cli import main as build_main
+
+    web = tmp_path / "data" / "web"
+    web.mkdir(parents=True)
+    for name in ("a", "b"):
+        (web / f"{name}.jsonl").write_text("".join(json.dumps({"id": f"{name}{i}", "text": f"document {i} about bread"})
+                                                   + "\n" for i in range(10)))
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"name": "gone", "version": 1, "seed": 1, "budget": 300,
+                                "data_root": str(tmp_path / "data"),
+                                "sources": [{"name": "web", "paths": ["web/*.jsonl"], "mix_percent": 100}]}))
+    listed = mix.list_inputs
+
+    def list_then_delete(manifest):
+        listing = listed(manifest)
+        (web / "b.jsonl").unlink()
+        return listing
+
+    monkeypatch.setattr(mix, "list_inputs", list_then_delete)
+    code = build_main(["--manifest", str(path), "--out", str(tmp_path / "out"), "--attributes", str(tmp_path / "a"),
+                       "--quiet"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and errors == [
+        f"build_mix: error: in an executor: InputChangedError: {web / 'b.jsonl'}: the input file disappeared during "
+        "the build (it was listed, then not found); rerun once the inputs are stable (finished attribute files and "
+        "parts are kept)"], err
+
+
+def test_an_input_gone_from_s3_or_disk_reads_as_disappeared_in_tag_and_write(s3_server, tmp_path):
+    """The readers behind the tag and the write phases say the same of a local file and of an S3
+    object (NoSuchKey) that were listed, then deleted; a documents file the build derived is not
+    an input and keeps its own error."""
+    import boto3
+
+    from dolmino.build.inputs import InputFile, Unit
+    from dolmino.build.read import read_lines, read_unit
+    from dolmino.documents import Quarantine
+    from dolmino.errors import InputChangedError
+
+    boto3.client("s3").create_bucket(Bucket="gone-inputs")
+    for uri in (str(tmp_path / "web" / "b.jsonl"), "s3://gone-inputs/web/b.jsonl"):
+        unit = Unit(0, 0, InputFile("web", uri, "web/b.jsonl", 120, "v1"))
+        with pytest.raises(InputChangedError, match=r"the input file disappeared during the build .*rerun once"):
+            list(read_unit(uri, unit, Quarantine()))
+        with pytest.raises(InputChangedError, match=r"the input file disappeared during the build .*rerun once"):
+            list(read_lines(uri, unit, [1, 2]))
+    unit = Unit(0, 0, InputFile("se", "/in/Posts.xml", "Posts.xml", 120, "v1", "stackexchange"))
+    with pytest.raises(FileNotFoundError):
+        list(read_unit(str(tmp_path / "documents" / "Posts.jsonl.gz"), unit, Quarantine(), None))

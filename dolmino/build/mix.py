@@ -40,6 +40,7 @@ from dolmino.errors import BuildError, ManifestError, ResourceError
 from dolmino.manifest import Manifest
 from dolmino.memmap import part_name
 from dolmino.prefetch import DEFAULT_READ_AHEAD
+from dolmino.report import empty_compressed_warnings, input_accounts
 from dolmino.s3 import S3ObjectError, is_s3, open_uri
 from dolmino.tokenizer import Dolma2Tokenizer, control_id_problems
 from mixers.sampling import bucket_of
@@ -184,6 +185,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
         state.warnings.append(f"skipped {len(listing.skipped)} file(s) in source directories that are not documents "
                               f"by name: {shown}")
     units = plan_units(listing, options.split_bytes)
+    state.warnings += empty_compressed_warnings([s.name for s in manifest.sources], units)
     bundles = plan_bundles(units)
     groups = group_tasks(bundles, options.task_bytes)
     any_s3 = any(u.file.uri.startswith("s3://") for u in units) or options.out.startswith("s3://") \
@@ -253,6 +255,8 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     sources = _source_accounts(manifest, unit_pools, dedup_removed, buckets)
     for si, n in repeated_ids.items():
         sources[si]["duplicate_ids"] = n
+    for si, inputs in input_accounts(units, unit_pools).items():
+        sources[si].update(inputs)
 
     # ---- selection: tokenize what the mix may take, cut exactly
     tok_ctx = sc.broadcast(TokContext(

@@ -33,8 +33,21 @@ def read_unit(uri: str, unit: Unit, quarantine: Quarantine,
               max_doc_bytes: int | None = DEFAULT_MAX_DOC_BYTES, data: bytes | None = None) -> Iterator[tuple[int, dict]]:
     """(line within the unit, document) for every good line; bad lines go to the quarantine,
     and `quarantine.lines` counts the unit's lines. `data`: the file's bytes, fetched ahead."""
-    return read_documents(uri, quarantine, max_doc_bytes=max_doc_bytes, byte_range=byte_range(unit), data=data,
+    docs = read_documents(uri, quarantine, max_doc_bytes=max_doc_bytes, byte_range=byte_range(unit), data=data,
                           size=listed_size(uri, unit))
+    return docs if uri != unit.file.uri else _still_listed(docs, uri)
+
+
+def _still_listed(items: Iterator, uri: str) -> Iterator:
+    """`items` read from the listed input `uri`, which must still exist: one deleted since the
+    listing (a local file, or an S3 object: both raise FileNotFoundError) ended the build with
+    "in an executor: FileNotFoundError: [Errno 2] No such file or directory" (a tester)."""
+    try:
+        yield from items
+    except FileNotFoundError:
+        raise InputChangedError(f"{uri}: the input file disappeared during the build (it was listed, then not "
+                                "found); rerun once the inputs are stable (finished attribute files and parts are "
+                                "kept)") from None
 
 
 def fetch_ahead(units, threads: int) -> ReadAhead:
@@ -52,7 +65,8 @@ def read_lines(uri: str, unit: Unit, wanted: list[int],
     The lines were good documents when the unit was tagged; one that no longer parses means
     the input changed under the build, which must not pass silently."""
     expected = iter(wanted)
-    for line_no, raw in pick_lines(uri, wanted, max_doc_bytes, byte_range(unit), data, listed_size(uri, unit)):
+    lines = pick_lines(uri, wanted, max_doc_bytes, byte_range(unit), data, listed_size(uri, unit))
+    for line_no, raw in (lines if uri != unit.file.uri else _still_listed(lines, uri)):
         next(expected)  # pick_lines gives the wanted lines in order, stopping where the file ends
         doc, reason, detail = (None, "doc_too_large", "") if type(raw) is OversizeLine else parse_line(raw)
         if doc is None:
