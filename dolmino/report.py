@@ -126,9 +126,27 @@ def input_accounts(units, unit_pools) -> dict[int, dict]:
             acc["file_bytes"] += unit.file.size
         st = stats.get(unit.index)
         if st and st["quarantined"].get("corrupt_stream"):
-            lost = st["unreadable_bytes"]
-            acc["broken_files"].append((unit.file.name, unit.file.size - lost, lost))
+            acc["broken_files"].append(_broken_file(unit, st["unreadable_bytes"]))
     return out
+
+
+def _broken_file(unit, lost: int) -> tuple[str, int, int]:
+    """(name, compressed byte of the break, unreadable bytes) of a whole file that breaks part-way."""
+    return unit.file.name, unit.file.size - lost, lost
+
+
+def tag_warnings(source_names: list[str], units, broken: dict[int, int], attributes: str) -> list[str]:
+    """`dolmino tag`'s warning for each source whose compressed inputs read by this run break
+    part-way (`broken`: unit index -> unreadable bytes, tag.TagResult.broken), as the mix's
+    report says it: the tag phase said nothing of them (a tester). Units reused whole are not
+    read again, so they are not named here (they were when tagged; the mix's report names all)."""
+    files: dict[int, list] = {}
+    for unit in units:
+        if unit.index in broken:
+            files.setdefault(unit.source_index, []).append(_broken_file(unit, broken[unit.index]))
+    root = attributes.rstrip("/")
+    return [w for si, named in sorted(files.items()) for w in _broken_files(
+        source_names[si], {"broken_files": named}, f"{root}/{source_names[si]}/quarantine/")]
 
 
 def empty_compressed_warnings(source_names: list[str], units) -> list[str]:
@@ -145,15 +163,16 @@ def empty_compressed_warnings(source_names: list[str], units) -> list[str]:
             "usually a write or copy cut short: restore or remove them" for si, names in sorted(empty.items())]
 
 
-def _broken_files(name: str, acc: dict) -> list[str]:
-    """The warning for a source whose compressed inputs break part-way (`input_accounts`)."""
+def _broken_files(name: str, acc: dict, quarantine: str | None = None) -> list[str]:
+    """The warning for a source whose compressed inputs break part-way (`input_accounts`);
+    `quarantine`: where their records are (the output's quarantine/<source>/ by default)."""
     broken = acc.get("broken_files") or []
     if not broken:
         return []
     first, at, _lost = broken[0]
     return [f"source {name!r}: {len(broken):,} input file(s) break part-way ({sum(b[2] for b in broken):,} "
             f"compressed bytes unreadable, every document after a break lost; first: {first} at byte {at:,}); "
-            f"see quarantine/{name}/"]
+            f"see {quarantine or f'quarantine/{name}/'}"]
 
 
 def _empty_source(sel, name: str, acc: dict) -> list[str]:

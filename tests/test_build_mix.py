@@ -1383,3 +1383,44 @@ def test_damaged_compressed_inputs_and_inputs_without_documents_are_warned_about
     assert f"at compressed byte {len(frame) // 2 - lost:,}" in record["detail"]  # where the reader found the break
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert all(f"- {w}" in markdown for w in expected)
+
+
+def test_the_tag_phase_warns_of_compressed_inputs_that_break_part_way(spark, tmp_path):
+    """Found by a tester: `dolmino tag` said nothing of a .zst (or a Posts.xml.gz) cut in half,
+    every document after the cut lost; only the mix phase's report did. The tag phase warns of
+    the files it read, naming its quarantine under the attributes root."""
+    from test_stackexchange import answer, posts_xml, question
+
+    docs = [{"id": f"w{i}", "text": f"document {i} about baking bread in a wood-fired oven, " * 40} for i in range(40)]
+    frame = zstandard.ZstdCompressor().compress(b"".join(json.dumps(d).encode() + b"\n" for d in docs[20:]))
+    web = tmp_path / "data" / "web"
+    write_documents(str(web / "a.jsonl.zst"), docs[:20])
+    (web / "b.jsonl.zst").write_bytes(frame[:len(frame) // 2])
+    rows = [r for k in range(40) for r in (question(10 + 2 * k, 9, f"Question {k}", f"<p>rye loaf {k} " * 30 + "</p>",
+                                                    accepted=11 + 2 * k),
+                                           answer(11 + 2 * k, 10 + 2 * k, 9, f"<p>bake it {k} " * 30 + "</p>"))]
+    packed = gzip.compress(posts_xml(rows).encode(), mtime=0)
+    site = tmp_path / "data" / "se" / "cooking.stackexchange.com"
+    site.mkdir(parents=True)
+    (site / "Posts.xml.gz").write_bytes(packed[:len(packed) // 2])
+    spec = {"name": "damaged-tag", "version": 1, "seed": 3, "data_root": str(tmp_path / "data"),
+            "sources": [{"name": "web", "paths": ["web/*"], "mix_percent": 50},
+                        {"name": "se", "paths": ["se/**/Posts.xml.gz"], "format": "stackexchange", "mix_percent": 50}]}
+    attrs = tmp_path / "a"
+    summary = build(manifest_from_dict(spec), 4_000, str(tmp_path / "o"), spark, attributes=str(attrs), phase="tag")
+
+    def lost(source: str) -> int:
+        [path] = (attrs / source / "quarantine").rglob("*.jsonl.gz")
+        [record] = [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()
+                    if json.loads(line)["reason"] == "corrupt_stream"]
+        return record["unreadable_bytes"]
+
+    web_lost, se_lost = lost("web"), lost("se")  # a gzip cut short is read to its end: 0 bytes unreadable
+    assert web_lost > 0
+    assert [w for w in summary["warnings"] if " break part-way " in w] == [
+        f"source 'web': 1 input file(s) break part-way ({web_lost:,} compressed bytes unreadable, every document "
+        f"after a break lost; first: web/b.jsonl.zst at byte {len(frame) // 2 - web_lost:,}); "
+        f"see {attrs}/web/quarantine/",
+        f"source 'se': 1 input file(s) break part-way ({se_lost:,} compressed bytes unreadable, every document after "
+        f"a break lost; first: se/cooking.stackexchange.com/Posts.xml.gz at byte {len(packed) // 2 - se_lost:,}); "
+        f"see {attrs}/se/quarantine/"]

@@ -398,3 +398,67 @@ def test_an_input_gone_from_s3_or_disk_reads_as_disappeared_in_tag_and_write(s3_
     unit = Unit(0, 0, InputFile("se", "/in/Posts.xml", "Posts.xml", 120, "v1", "stackexchange"))
     with pytest.raises(FileNotFoundError):
         list(read_unit(str(tmp_path / "documents" / "Posts.jsonl.gz"), unit, Quarantine(), None))
+
+
+def test_a_posts_xml_deleted_after_the_listing_is_one_line_saying_to_rerun(spark, tmp_path, capsys, monkeypatch):
+    """A Stack Exchange Posts.xml deleted between the listing and its conversion in the tag phase
+    ended the build with "in an executor: FileNotFoundError: [Errno 2] No such file or directory"
+    (a tester): it is the same line as any other input that disappeared."""
+    from dolmino.build import mix
+    from dolmino.build.cli import main as build_main
+
+    site = tmp_path / "data" / "cooking.stackexchange.com"
+    site.mkdir(parents=True)
+    (site / "Posts.xml").write_text('<?xml version="1.0" encoding="utf-8"?>\n<posts>\n</posts>\n')
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"name": "gone", "version": 1, "seed": 1, "budget": 300,
+                                "data_root": str(tmp_path / "data"),
+                                "sources": [{"name": "se", "paths": ["**/Posts.xml"], "format": "stackexchange",
+                                             "mix_percent": 100}]}))
+    listed = mix.list_inputs
+
+    def list_then_delete(manifest):
+        listing = listed(manifest)
+        (site / "Posts.xml").unlink()
+        return listing
+
+    monkeypatch.setattr(mix, "list_inputs", list_then_delete)
+    code = build_main(["--manifest", str(path), "--out", str(tmp_path / "out"), "--attributes", str(tmp_path / "a"),
+                       "--quiet"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and errors == [
+        f"build_mix: error: in an executor: InputChangedError: {site / 'Posts.xml'}: the input file disappeared "
+        "during the build (it was listed, then not found); rerun once the inputs are stable (finished attribute "
+        "files and parts are kept)"], err
+
+
+def test_a_posts_xml_gone_from_s3_or_disk_reads_as_disappeared_in_every_conversion_step(s3_server, tmp_path):
+    """The whole-file conversion and both passes over a split Posts.xml's ranges (the file may go
+    between them) say the same of a local file and of an S3 object listed, then deleted."""
+    import types
+
+    import boto3
+
+    from dolmino.build.attributes import AttributeStore
+    from dolmino.build.inputs import InputFile, Unit
+    from dolmino.build.stackexchange import ConvertContext, _range_halves, _scan_range, convert_whole
+    from dolmino.build.tag import UnitStats
+    from dolmino.documents import Quarantine
+    from dolmino.errors import InputChangedError
+
+    boto3.client("s3").create_bucket(Bucket="gone-posts")
+    counters = types.SimpleNamespace(add=lambda name, n: None)
+    store = AttributeStore(str(tmp_path / "attributes"))
+    for uri in (str(tmp_path / "se" / "Posts.xml"), "s3://gone-posts/se/Posts.xml"):
+        whole = Unit(0, 0, InputFile("se", uri, "se/Posts.xml", 120, "v1", "stackexchange"))
+        split = Unit(0, 0, InputFile("se", uri, "se/Posts.xml", 120, "v1", "stackexchange"), 0, 60)
+        ctx = ConvertContext(store, {0: "se"}, (split,), {0: 0}, (uri,), {0: 0}, {0: 0}, {0: 0}, {0: ([0], [0])},
+                             frozenset({0}))
+        gone = r"se/Posts.xml: the input file disappeared during the build .*rerun once"
+        with pytest.raises(InputChangedError, match=gone):
+            convert_whole(whole, "se", store, Quarantine(), UnitStats(), {})
+        with pytest.raises(InputChangedError, match=gone):
+            _scan_range(split, 0, counters)
+        with pytest.raises(InputChangedError, match=gone):
+            list(_range_halves(0, [None], types.SimpleNamespace(value=ctx), counters))

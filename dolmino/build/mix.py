@@ -40,7 +40,7 @@ from dolmino.errors import BuildError, ManifestError, ResourceError
 from dolmino.manifest import Manifest
 from dolmino.memmap import part_name
 from dolmino.prefetch import DEFAULT_READ_AHEAD
-from dolmino.report import empty_compressed_warnings, input_accounts
+from dolmino.report import empty_compressed_warnings, input_accounts, tag_warnings
 from dolmino.s3 import S3ObjectError, is_s3, open_uri
 from dolmino.tokenizer import Dolma2Tokenizer, control_id_problems
 from mixers.sampling import bucket_of
@@ -217,7 +217,9 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     tagged = run_tag(sc, manifest, store, units, bundles, groups, resources, tokenizer, tok_digest,
                      quiet=options.quiet, allow_work=options.phase != "mix", read_ahead=options.read_ahead)
     state.stages.update(tagged.stages)
-    if options.phase == "tag":
+    if options.phase == "tag":  # the mix phase's report warns of broken inputs from every unit's counts
+        state.warnings += tag_warnings([s.name for s in manifest.sources], units, tagged.broken or {},
+                                       options.attributes)
         return _tag_summary(manifest, options, tagged, units, listing, time.time() - started, sc, state)
 
     owner = output.start(options.out)

@@ -85,6 +85,10 @@ class BundleTagged(NamedTuple):
     bytes: int  # their UTF-8 text bytes
     files: dict  # path -> size of every file written
     sample_tokens: int  # tokens of the documents tokenized for the tokens-per-byte sample
+    # unit index -> unreadable bytes, for the units whose compressed stream broke part-way (docs set
+    # written now): `dolmino tag` warns of them (report.tag_warnings). Empty for sound units, so the
+    # slimmed records stay slim.
+    broken: dict
 
 
 class Signature(NamedTuple):
@@ -358,7 +362,9 @@ def tag_bundle(work: BundleWork, ctx: TagContext, ahead: ReadAhead) -> Iterator[
     yield BundleTagged(bundle.index, {u.index: acc.stats[u.index].get("lines", 0) for u in bundle.units
                                       if _split(u) and u.index in acc.stats},
                        sum(st.get("docs", 0) for st in stats), sum(st.get("bytes", 0) for st in stats), files,
-                       sum(st.get("sample_tokens", 0) for st in stats))
+                       sum(st.get("sample_tokens", 0) for st in stats),
+                       {ui: st.get("unreadable_bytes", 0) for ui, st in acc.stats.items()
+                        if st.get("quarantined", {}).get("corrupt_stream")})
 
 
 def run_tag_task(works: list[BundleWork], ctx_b, counters) -> Iterator[BundleTagged | Signature]:
@@ -396,6 +402,7 @@ class TagResult(NamedTuple):
     stages: dict  # stage name -> progress record
     signature_units: int = 0  # of tagged_units, those read only for MinHash signatures
     attribute_files: dict | None = None  # source -> set -> files written (and bytes) and reused (attribute_files)
+    broken: dict | None = None  # unit index -> unreadable bytes, of units tagged now whose stream broke part-way
 
 
 def _stored_lines(bundle: Bundle, path: str, set_name: str) -> list[tuple[int, int]]:
@@ -558,7 +565,8 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
     # MinHash settings): "15 of 15 tagged, 0 reused" read as every attribute set redone (a tester).
     signature_units = sum(len(works[r.bundle_index].bundle.units) for r in results if not works[r.bundle_index].sets)
     return TagResult(plans, tuple(bundles), offsets, tagged_units, written, minhash_stats, stages,
-                     signature_units, attribute_files(plans, bundles, store, written))
+                     signature_units, attribute_files(plans, bundles, store, written),
+                     {ui: n for r in results for ui, n in r.broken.items()})
 
 
 def attribute_files(plans: tuple[SourceTagPlan, ...], bundles: list[Bundle], store: AttributeStore,
