@@ -585,3 +585,22 @@ def test_an_endpoint_with_a_query_is_refused_and_one_spelled_otherwise_is_the_sa
     (out / done_name(0)).write_text(json.dumps({"config_hash": legacy, "generator": "tulu_math", "seed": 1,
                                                 "num_partitions": 2}))
     check_out_dir(typed, str(out), 2, seed=1)  # no refusal
+
+
+def test_a_key_that_looks_like_a_variable_name_is_not_echoed_either(tmp_path, capsys):
+    """Keys such as `gsk_...`, `hf_...` or `fw_...` are also valid variable names: given to
+    --api-key-env they passed its check and were printed back in the "is not set here" warning,
+    into the terminal and the job's log (found by a reviewer). A name in capitals, as variables
+    are named, is still shown."""
+    from dolmino.synth.__main__ import main
+
+    personas = tmp_path / "personas.txt"
+    personas.write_text("a sailor\n")
+    (tmp_path / "o").write_text("")  # a file: the command stops after its warnings, before any work
+    for given, shown in (("gsk_T141secretKey0123", False), ("T141_UNSET_KEY", True)):
+        assert main(["--generator", "tulu_math", "--personas", str(personas), "--out", str(tmp_path / "o"),
+                     "--num-docs", "2", "--endpoint", "http://127.0.0.1:8000/v1", "--model", "m",
+                     "--api-key-env", given]) == 2
+        warning = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+        assert len(warning) == 1 and "is not set here; requests carry no API key" in warning[0], warning
+        assert (given in warning[0]) == shown, warning

@@ -41,9 +41,15 @@ def read_unit(uri: str, unit: Unit, quarantine: Quarantine,
 def _still_listed(items: Iterator, uri: str) -> Iterator:
     """`items` read from the listed input `uri`, which must still exist: one deleted since the
     listing (a local file, or an S3 object: both raise FileNotFoundError) ended the build with
-    "in an executor: FileNotFoundError: [Errno 2] No such file or directory" (a tester)."""
+    "in an executor: FileNotFoundError: [Errno 2] No such file or directory" (a tester). A missing
+    bucket is not the file's doing (an executor whose endpoint or region sees other buckets) and
+    keeps its own line, as for an attribute file (a reviewer)."""
+    from dolmino.s3 import NoSuchBucket
+
     try:
         yield from items
+    except NoSuchBucket:
+        raise
     except FileNotFoundError:
         raise InputChangedError(f"{uri}: the input file disappeared during the build (it was listed, then not "
                                 "found); rerun once the inputs are stable (finished attribute files and parts are "

@@ -240,8 +240,10 @@ def console_log_levels(sc) -> None:
 
 # What Spark logs, each with its stack trace, about tasks that end while their context stops
 # under them: the scheduler's result pool already shut (a RejectedExecutionException), and an
-# accumulator update whose connection to the driver was interrupted (ClosedByInterruptException).
-SHUTDOWN_RACES = ("Exception in statusUpdate", "Failed to update accumulator")
+# accumulator update whose connection to the driver was interrupted (ClosedByInterruptException),
+# and a task releasing a broadcast block the stopping context removed ("Block broadcast_0 does not
+# exist"; a reviewer): a listener's error also fails its task, which the command reports itself.
+SHUTDOWN_RACES = ("Exception in statusUpdate", "Failed to update accumulator", "Error in TaskCompletionListener")
 
 
 def quiet_shutdown_races(sc) -> None:

@@ -171,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.endpoint and args.api_key_env and not key:
         # The executors read it (in local mode from this environment): unset, requests go out without one.
-        print(f"{prog}: warning: --api-key-env {args.api_key_env} is not set here; requests carry no API key "
+        # Named only when it reads as a variable's name: keys such as gsk_..., hf_... or fw_... pass the
+        # check above and were printed here (a reviewer).
+        named = (args.api_key_env if re.fullmatch(r"[A-Z_][A-Z0-9_]*", args.api_key_env)
+                 else "(its value not shown: not a name in capitals, it may be the key itself)")
+        print(f"{prog}: warning: --api-key-env {named} is not set here; requests carry no API key "
               "where it is not set in the executors' environment either", file=sys.stderr)
     if args.demo_gsm8k_test:
         from dolmino.synth.gsm8k_numbers import TEST_SPLIT_WARNING
