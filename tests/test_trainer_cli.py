@@ -838,6 +838,74 @@ def test_a_failed_start_up_check_on_one_rank_stops_every_rank_with_a_line(data_d
     assert resume or not (tmp_path / "run0").exists()  # nothing was started
 
 
+def _same_args_worker(rank: int, ports: list, argvs: list, out: str) -> None:
+    """Runs main() with each argv in turn, as torchrun's rank `rank`; one process group after another,
+    each on a port of its own (a rank that starts the next one early must not find the last one's store)."""
+    import contextlib
+    import io
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      OMP_NUM_THREADS="1")
+    from trainer import run
+
+    said = []
+    for port, argv in zip(ports, argvs):
+        os.environ["MASTER_PORT"] = str(port)
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            code = run.main(argv)
+        said.append([code, run.AGREED_STOP, err.getvalue()])
+    Path(f"{out}.{rank}").write_text(json.dumps(said))
+    os._exit(0)  # as exit_process does: gloo's teardown is not under test
+
+
+def test_a_setting_every_rank_refuses_is_said_once_by_rank_0(data_dir, tmp_path):
+    """Under torchrun every rank refused a bad batch split or a --resume of another model in the
+    Trainer, after the agreed start-up checks: N ranks printed N copies (in TrainConfig's field
+    names) and left through a teardown that aborted one with SIGABRT (found by a tester). Now
+    they are start-up checks: rank 0 says it, once; the others exit 2 after it, as agreed peers."""
+    import contextlib
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from trainer.run import main
+
+    run = tmp_path / "run"
+    assert main(["--data", str(data_dir), *map(str, TINY), "--steps", "1", "--save-dir", str(run)]) == 0
+    cases = [
+        (["--batch-size", "3"], "--batch-size 3 is not divisible by the 2 ranks: every rank takes an equal share of "
+                                "a step's instances; use a multiple of 2"),
+        (["--batch-size", "6", "--micro-batch-size", "2"], "--micro-batch-size 2 does not divide a rank's share of "
+         "--batch-size 6 (3 instances on each of 2 ranks) into whole micro-batches; use a --micro-batch-size that "
+         "divides 3"),
+        (["--batch-size", "1000"], "fewer than one global batch of 1000; use more data or a smaller batch"),
+        (["--batch-size", "2", "--resume", "--model", "olmo2-30M"], f"{run / 'step000001'} was saved for a different "
+                                                                    "model config"),
+        (["--batch-size", "2", "--resume", "--seq-len", "16"], "was trained on instances of 32 tokens, and this run "
+                                                               "asks for --seq-len 16"),
+    ]
+    argvs = [["--data", str(data_dir), "--model", "tiny", "--steps", "2", "--seq-len", "32", "--device", "cpu",
+              "--save-dir", str(run), *flags] for flags, _ in cases]
+    with contextlib.ExitStack() as held:  # free ports, all different: each socket is open until all are found
+        socks = [held.enter_context(socket.socket()) for _ in argvs]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        ports = [sock.getsockname()[1] for sock in socks]
+    out = str(tmp_path / "rank")
+    ctx = mp.get_context("spawn")
+    ranks = [ctx.Process(target=_same_args_worker, args=(r, ports, argvs, out)) for r in (0, 1)]
+    for p in ranks:
+        p.start()
+    for p in ranks:
+        p.join(120)
+    first, second = (json.loads(Path(f"{out}.{r}").read_text()) for r in (0, 1))
+    for (_, said), (code0, stop0, err0), (code1, stop1, err1) in zip(cases, first, second):
+        assert (code0, stop0, code1, stop1) == (2, "failed", 2, "peer"), (said, err0, err1)
+        assert err0.startswith("trainer.run: error: ") and said in err0 and err0.count("\n") == 1, (said, err0)
+        assert err1 == "", (said, err1)
+
+
 @pytest.mark.slow
 def test_torchrun_names_the_rank_whose_start_up_check_failed(data_dir, tmp_path):
     """Under torchrun, the ranks that stop because another rank's check failed leave after it:
@@ -1227,6 +1295,9 @@ def test_start_up_walks_the_data_once_before_the_dataset(data_dir, tmp_path, mon
 @pytest.mark.parametrize("flags, said", [
     (["--micro-batch-size", "0"], "trainer.run: error: --micro-batch-size must be a positive integer, got 0"),
     (["--gc-interval", "-1"], "trainer.run: error: --gc-interval must be a positive integer, got -1"),
+    (["--batch-size", "3", "--micro-batch-size", "2"], "trainer.run: error: --micro-batch-size 2 does not divide "
+                                                       "--batch-size 3 into whole micro-batches; use a "
+                                                       "--micro-batch-size that divides 3"),
     (["--max-grad-norm", "0"], "trainer.run: error: --max-grad-norm must be > 0"),
     (["--seed", "-1"], "trainer.run: error: --seed must be an integer from 0 to 2**64 - 1, got -1"),
     (["--seed", str(2 ** 64)], "trainer.run: error: --seed must be an integer from 0 to 2**64 - 1, got 1844"),

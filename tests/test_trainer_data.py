@@ -201,6 +201,30 @@ def test_ranks_hand_out_the_global_batches_of_one_rank(tmp_path):
         assert batch[2::4] == ranks[2][step] and batch[3::4] == ranks[3][step]
 
 
+@pytest.mark.parametrize("before, after", [((3, 1), (4, 2)), ((6, 2), (8, 4)), ((5, 1), (6, 3))])
+def test_a_resume_on_other_ranks_and_batch_goes_on_from_the_exact_instance(tmp_path, before, after):
+    """(batch, ranks) before and after a resume: a cursor of 3 instances resumed on 2 ranks took
+    positions 2-5 of the order, not 3-6: one instance trained twice, one skipped, unsaid (a tester)."""
+    ds = make_loader_data(tmp_path)  # 37 instances
+    (batch, world), (new_batch, new_world) = before, after
+    order = epoch_order(len(ds), 5, 0).tolist()
+    first = [DataLoader(ds, batch, seed=5, rank=r, world_size=world, prefetch=False) for r in range(world)]
+    for loader in first:
+        loader.next_batch()
+    state = first[0].state_dict()
+    ranks = [DataLoader(ds, new_batch, seed=0, rank=r, world_size=new_world) for r in range(new_world)]
+    for loader in ranks:
+        loader.load_state_dict(state)
+    for step in range(3):  # the second batch shows what the prefetch thread loaded
+        taken = [loader.next_batch().indices.tolist() for loader in ranks]
+        start = batch + step * new_batch
+        assert sorted(sum(taken, [])) == sorted(order[start: start + new_batch]), step
+        for r in range(new_world):
+            assert taken[r] == order[start + r: start + new_batch: new_world]
+    for loader in ranks:
+        loader.close()
+
+
 def make_loader_data(tmp_path, n_tokens=16 * 37):
     write_part(tmp_path, "p", np.arange(n_tokens) % 50_000)
     return MemmapDataset(tmp_path, seq_len=16)

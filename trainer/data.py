@@ -309,8 +309,7 @@ class MemmapDataset:
         self.total_tokens = sum(f.n_tokens for f in files)
         self.dropped_tail_tokens = self.total_tokens - self.n_instances * seq_len
         if self.n_instances == 0:
-            raise DataError(f"{len(files)} token file(s) with {self.total_tokens} tokens hold no instance of "
-                            f"{seq_len} tokens; use a shorter --seq-len or more data")
+            raise DataError(_no_instance(len(files), self.total_tokens, seq_len))
 
     def __len__(self) -> int:
         return self.n_instances
@@ -431,6 +430,28 @@ def fingerprint_changes(saved: dict, current: dict) -> list[str]:
     return changes
 
 
+def _no_instance(n_files: int, tokens: int, seq_len: int) -> str:
+    return (f"{n_files} token file(s) with {tokens} tokens hold no instance of {seq_len} tokens; use a shorter "
+            "--seq-len or more data")
+
+
+def _less_than_a_batch(instances: int, seq_len: int, global_batch_size: int) -> str:
+    return (f"the data holds {instances} instances of {seq_len} tokens, fewer than one global batch of "
+            f"{global_batch_size}; use more data or a smaller batch")
+
+
+def check_batch_fits(layout: DataLayout, seq_len: int, global_batch_size: int) -> None:
+    """Refuse, from the files' sizes, the data that MemmapDataset and DataLoader would refuse as
+    too short for one instance or one batch. trainer.run calls it in the start-up checks, which
+    the ranks agree on: found in the Trainer, every rank said it and left through a full
+    teardown, in which a gloo thread can abort a rank (found by a tester)."""
+    instances = sum(size // TOKEN_DTYPE.itemsize // seq_len for size in layout.sizes.values())
+    if layout.files and instances == 0:
+        raise DataError(_no_instance(len(layout.files), sum(layout.sizes.values()) // TOKEN_DTYPE.itemsize, seq_len))
+    if layout.files and instances < global_batch_size:
+        raise DataError(_less_than_a_batch(instances, seq_len, global_batch_size))
+
+
 class DataLoader:
     """Yields this rank's share of each global batch; state is (epoch, cursor).
 
@@ -445,8 +466,7 @@ class DataLoader:
         if global_batch_size % world_size:
             raise DataError(f"global batch {global_batch_size} is not divisible by world size {world_size}")
         if len(dataset) < global_batch_size:
-            raise DataError(f"the data holds {len(dataset)} instances of {dataset.seq_len} tokens, fewer than one "
-                            f"global batch of {global_batch_size}; use more data or a smaller batch")
+            raise DataError(_less_than_a_batch(len(dataset), dataset.seq_len, global_batch_size))
         self.dataset = dataset
         self.global_batch_size = global_batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -495,21 +515,27 @@ class DataLoader:
             return epoch + 1, 0
         return epoch, cursor
 
-    def _order_for(self, epoch: int) -> np.ndarray:
+    def _order_for(self, epoch: int, share: int) -> np.ndarray:
         # Shared with the prefetch thread, which may already be in the next epoch.
-        key = (self.seed, epoch)
+        key = (self.seed, epoch, share)
         with self._orders_lock:
             if key not in self._orders:
                 for old in [k for k in self._orders if k[0] != self.seed or k[1] < epoch - 1]:
                     del self._orders[old]
-                self._orders[key] = epoch_order(len(self.dataset), self.seed, epoch, self.rank, self.world_size)
+                self._orders[key] = epoch_order(len(self.dataset), self.seed, epoch, share, self.world_size)
             return self._orders[key]
 
     def batch_at(self, epoch: int, cursor: int) -> Batch:
         """This rank's instances of the global batch starting at `cursor` of `epoch`'s order: its
-        positions cursor + rank, + world_size, ..., which its share of the order holds from cursor / world_size."""
-        start = cursor // self.world_size  # cursor is a whole number of global batches, each of world_size
-        indices = np.asarray(self._order_for(epoch)[start: start + self.global_batch_size // self.world_size],
+        positions cursor + rank, + world_size, ..., which share (cursor + rank) % world_size of the
+        order holds from (cursor + rank) // world_size. In a run the cursor is a whole number of
+        global batches, so that share is the rank's own; a resume with another batch size and
+        world size can leave it anywhere (3 instances into an epoch, resumed on 2 ranks), and
+        each rank's own share from cursor // world_size trained one instance twice and skipped
+        another, unsaid (found by a tester)."""
+        share = (cursor + self.rank) % self.world_size
+        start = (cursor + self.rank) // self.world_size
+        indices = np.asarray(self._order_for(epoch, share)[start: start + self.global_batch_size // self.world_size],
                              dtype=np.int64)
         loaded = [self.dataset.instance(int(i)) for i in indices]
         ids = np.stack([x[0] for x in loaded])

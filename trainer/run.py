@@ -23,6 +23,7 @@ import argparse
 import math
 import os
 import sys
+import zlib
 from pathlib import Path
 
 import torch
@@ -36,7 +37,7 @@ from trainer.checkpoint import (
 )
 from trainer.cli import HelpFormatter, in_flag_names, parse_count, positive_int  # noqa: F401 (parse_count: our API)
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
-from trainer.data import DataError, scan_data, unreported_build_note
+from trainer.data import DataError, check_batch_fits, scan_data, unreported_build_note
 from trainer.distributed import (
     BACKENDS, DeviceUnavailable, RanksDisagree, barrier, exit_process, init_distributed, peer_stopped, ranks_agree,
     shutdown,
@@ -152,7 +153,24 @@ def run_config_from_args(args: argparse.Namespace, data_paths: list[str], world_
         train = _train_config(args, device, plan, per_rank)
     except ValueError as exc:
         raise ValueError(in_flag_names(str(exc))) from None
+    check_batch_split(train, world_size)
     return RunConfig(model=plan.model, train=train, data_paths=data_paths)
+
+
+def check_batch_split(train: TrainConfig, world_size: int) -> None:
+    """Every rank takes an equal share of a step's instances, in whole micro-batches. The Trainer
+    found it otherwise after the start-up checks: every rank printed the error, in TrainConfig's
+    field names, and left through a teardown that aborted a rank (SIGABRT; found by a tester)."""
+    per_rank, uneven = divmod(train.global_batch_size, world_size)
+    if uneven:
+        raise ValueError(f"--batch-size {train.global_batch_size} is not divisible by the {world_size} ranks: every "
+                         f"rank takes an equal share of a step's instances; use a multiple of {world_size}")
+    if per_rank % train.micro_batch_size:
+        share = f"--batch-size {per_rank}" if world_size == 1 else (
+            f"a rank's share of --batch-size {train.global_batch_size} ({per_rank} instances on each of {world_size} "
+            "ranks)")
+        raise ValueError(f"--micro-batch-size {train.micro_batch_size} does not divide {share} into whole "
+                         f"micro-batches; use a --micro-batch-size that divides {per_rank}")
 
 
 def _train_config(args: argparse.Namespace, device: torch.device, plan: Plan, per_rank: int) -> TrainConfig:
@@ -286,12 +304,12 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{prog}: error: {exc}")
         return 2
     log = print if env.is_main else (lambda _msg: None)
-    finished = False
+    finished = quiet = False
     # The ranks agreed to stop (a start-up check failed somewhere; AGREED_STOP is set): they leave
     # through the same barrier as a finished run, so that none tears the group down while a peer
     # may still be finishing the agreeing collective (`shutdown`).
     try:
-        from trainer.train import Trainer
+        from trainer.train import Trainer, check_resume_model
         from trainer.weights import load_weights_into
 
         # Everything is checked from metadata before anything big is built, and the ranks decide
@@ -312,11 +330,25 @@ def main(argv: list[str] | None = None) -> int:
             check_data_vocab(args, plan, init, layout)
             check_data_special_ids(args, plan, init, layout)
             run = run_config_from_args(args, data_paths, env.world_size, env.device, plan)
+            check_batch_fits(layout, run.train.seq_len, run.train.global_batch_size)
+            if resume is not None:  # what Trainer._resume refuses, said by the agreed checks (and before a load)
+                trained = check_resume_model(resume_from, run.model).get("train")
+                was = trained.get("seq_len") if isinstance(trained, dict) else None
+                if was is not None and was != run.train.seq_len:
+                    raise DataError(f"{resume_from} was trained on instances of {was} tokens, and this run asks for "
+                                    f"--seq-len {run.train.seq_len}: resuming would not replay the same batches; "
+                                    "resume with the --seq-len it was trained with")
             failed = None
         except Exception as exc:  # noqa: BLE001 - any failure, so that every rank reaches the agreement; re-raised
             failed = exc
-        if ranks_agree([int(failed is not None)], env)[1][0]:
+        said = 0 if failed is None else zlib.crc32(f"{type(failed).__name__}: {failed}".encode())
+        low, high = ranks_agree([int(failed is not None), said], env)
+        if high[0]:
             AGREED_STOP = "failed" if failed is not None else "peer"
+            if low == high and not env.is_main:
+                # Every rank failed with the same error (a setting, not one node's copy): rank 0's line says
+                # it, once; N ranks printed it N times (found by a tester). It leaves first, torchrun's root cause.
+                AGREED_STOP, quiet = "peer", True
             raise failed or ValueError(f"rank {env.rank}: another rank's start-up checks failed; its error says why")
         if init is not None:
             run.init = {**init.provenance(), "lr_source": plan.lr_source}
@@ -383,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"checkpoint: {result.checkpoint}")
         finished = True
     except (DataError, ValueError, OSError, CheckpointWriteError) as exc:  # OSError: e.g. --save-dir made read-only
-        say(f"{prog}: error: {exc}")
+        if not quiet:
+            say(f"{prog}: error: {exc}")
         return 2
     except RuntimeError as exc:
         if not (env.distributed and peer_stopped(exc)):

@@ -94,6 +94,22 @@ def recipe_changes(saved: dict | None, current: TrainConfig) -> list[str]:
     return changes
 
 
+def check_resume_model(path: Path, model: ModelConfig) -> dict:
+    """The config.json of checkpoint `path`, refused when saved for another model config than
+    `model`. trainer.run calls it in its start-up checks too, which the ranks agree on: found
+    only in the Trainer, every rank printed it (N ranks, N copies; found by a tester)."""
+    saved = load_json_file(path / CONFIG_FILE, resume_advice(path))
+    ours = model.to_dict()
+    if saved.get("model") != ours:
+        theirs = saved.get("model") if isinstance(saved.get("model"), dict) else {}
+        diffs = ", ".join(f"{k} {theirs.get(k)} there, {ours.get(k)} here" for k in sorted({*theirs, *ours})
+                          if theirs.get(k) != ours.get(k))
+        # max_seq_len follows --seq-len where it exceeds the model's; the rest, --model / --init-from
+        raise ValueError(f"{path} was saved for a different model config ({diffs}); resume with the settings it "
+                         "was trained with (the same --model, --init-from and --seq-len)")
+    return saved
+
+
 def build_model(cfg: ModelConfig, device: torch.device, seed: int) -> OLMo2:
     torch.manual_seed(seed)
     return OLMo2(cfg).to(device)
@@ -170,15 +186,7 @@ class Trainer:
     # ----------------------------------------------------------------- resume / save
     def _resume(self, path: str | Path) -> None:
         path = resolve_checkpoint(path)
-        saved = load_json_file(path / CONFIG_FILE, resume_advice(path))
-        ours = self.run.model.to_dict()
-        if saved.get("model") != ours:
-            theirs = saved.get("model") if isinstance(saved.get("model"), dict) else {}
-            diffs = ", ".join(f"{k} {theirs.get(k)} there, {ours.get(k)} here" for k in sorted({*theirs, *ours})
-                              if theirs.get(k) != ours.get(k))
-            # max_seq_len follows --seq-len where it exceeds the model's; the rest, --model / --init-from
-            raise ValueError(f"{path} was saved for a different model config ({diffs}); resume with the settings it "
-                             "was trained with (the same --model, --init-from and --seq-len)")
+        saved = check_resume_model(path, self.run.model)
         for change in recipe_changes(saved.get("train"), self.run.train):
             self.log(f"warning: resuming with a different recipe than {path.name}: {change}")
         state = load_checkpoint(path, self.model, self.optimizer)
