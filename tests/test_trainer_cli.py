@@ -583,6 +583,30 @@ def test_an_overwrite_cut_short_leaves_no_checkpoint_to_resume(data_dir, tmp_pat
     assert main([*base, "--overwrite"]) == 0
 
 
+def test_ctrl_c_during_training_is_one_line_naming_the_checkpoint_to_resume(data_dir, tmp_path, capsys, monkeypatch):
+    """Ctrl-C during a step printed a 30-line traceback from inside the loss (found by a tester):
+    one line, exit 130, naming the checkpoint --resume continues from (or that none was saved)."""
+    from trainer import train as train_mod
+    from trainer.run import main
+
+    save = tmp_path / "run"
+    base = ["--data", str(data_dir), *map(str, TINY), "--save-dir", str(save)]
+    assert main([*base, "--steps", "2", "--save-interval", "1"]) == 0
+    capsys.readouterr()
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod.Trainer, "train_step", interrupted)
+    assert main([*base, "--steps", "4", "--resume"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.endswith(f"interrupted; the last checkpoint is {save / 'step000002'}: rerun with --resume to "
+                        "continue from it\n"), err
+    assert main([*base, "--steps", "4", "--overwrite"]) == 130
+    assert "no checkpoint was saved in this run's --save-dir" in capsys.readouterr().err
+
+
 def test_cli_reports_bad_data_clearly(tmp_path):
     (tmp_path / "p.npy").write_bytes(b"\x00" * 10)
     proc = run_cli("--data", tmp_path, "--model", "tiny", "--steps", 1, "--seq-len", 8, "--batch-size", 1)

@@ -426,6 +426,15 @@ def main(argv: list[str] | None = None) -> int:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
         say(f"{prog}: error: rank {env.rank}: another rank stopped; its error says why ({first[:200]})")
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C printed a 30-line traceback from inside the step on every rank (found by a tester);
+        # the build's commands say one line and exit 130, and what to rerun is the useful part here.
+        if env.is_main:
+            last = latest_checkpoint(args.save_dir) if Path(args.save_dir).is_dir() else None
+            say(f"{prog}: interrupted; " + (f"the last checkpoint is {last}: rerun with --resume to continue from it"
+                                            if last is not None else "no checkpoint was saved in this run's "
+                                            f"--save-dir {args.save_dir} yet (--save-interval N saves every N steps)"))
+        return 130
     finally:
         shutdown(env, finished or AGREED_STOP is not None)
     if args.eval_tasks and env.is_main:  # after leaving the process group: only this rank scores
