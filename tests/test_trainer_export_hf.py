@@ -116,3 +116,25 @@ def test_export_refuses_a_soups_own_hf_directory(tmp_path, capsys):
     assert (out / "hf" / "model.safetensors").read_bytes() == before
     assert export_main([str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
     assert export_main([str(tmp_path / "ckpt2"), str(tmp_path / "hf")]) == 0
+
+
+def test_nan_weights_are_not_exported(tmp_path, capsys):
+    """A diverged run's NaN weights were exported without a word (exit 0), as a model giving NaN
+    logits; eval and soup refuse them (found by a tester). An existing model in OUT_DIR is kept,
+    and an OUT_DIR the export made is not left behind empty."""
+    cfg = ModelConfig(d_model=32, n_layers=2, n_heads=2, vocab_size=256, max_seq_len=64)
+    model = OLMo2(cfg)
+    with torch.no_grad():
+        model.blocks[1].mlp.up_proj.weight[3, 4] = float("nan")
+    Checkpointer(tmp_path / "nan").save(1, model, torch.optim.AdamW(model.parameters()), {},
+                                        {"model": cfg.to_dict()}, background=False)
+    saved_random_model(tmp_path, cfg)
+    assert export_main([str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
+    before = (tmp_path / "hf" / "model.safetensors").read_bytes()
+    for out in (tmp_path / "new", tmp_path / "hf"):
+        capsys.readouterr()
+        assert export_main([str(tmp_path / "nan"), str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "weight blocks.1.mlp.up_proj.weight holds NaN or inf" in err[0], err
+    assert not (tmp_path / "new").exists()
+    assert (tmp_path / "hf" / "model.safetensors").read_bytes() == before

@@ -390,6 +390,84 @@ def test_truncated_weight_files_are_named_by_every_command_that_reads_them(tmp_p
         refused_in_one_line(commands, file, "is it truncated or corrupt", ckpt)
 
 
+
+@pytest.mark.parametrize("case", ["unlisted", "misplaced"])
+def test_an_index_that_does_not_match_its_shards_is_refused_before_training(tmp_path, case):
+    """An index that leaves a tensor out, or names another shard for it (shards and index from
+    different downloads): the load ended in a KeyError or SafetensorError traceback, after the
+    model was built and --save-dir made (found by a tester)."""
+    path, _ = hf_olmo2(tmp_path, max_shard_size="200KB")
+    index_file = path / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    name = "model.layers.1.mlp.up_proj.weight"
+    holder = index["weight_map"][name]
+    if case == "unlisted":
+        del index["weight_map"][name]
+    else:
+        index["weight_map"][name] = next(f for f in sorted(set(index["weight_map"].values())) if f != holder)
+    index_file.write_text(json.dumps(index))
+    data = random_tokens(tmp_path / "data", 4 * 64)
+    commands = [("trainer.run", "--data", data, "--init-from", path, "--steps", 1, "--seq-len", 64, "--batch-size", 2,
+                 "--device", "cpu", "--save-dir", tmp_path / "run"),
+                ("trainer.export_hf", path, tmp_path / "out")]
+    for module, *args in commands:
+        proc = run_module(module, *args)
+        assert proc.returncode == 2, (module, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{index_file} does not match its shards: " in lines[0], (module, proc.stderr)
+        assert f"that it does not name there: {name} in {holder}" in lines[0], lines[0]
+        assert lines[0].endswith("download the checkpoint again"), lines[0]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("field,value,tensor", [("vocab_size", VOCAB - 24, "lm_head.weight"),
+                                                ("intermediate_size", 128, "model.layers.0.mlp.up_proj.weight")])
+def test_a_config_that_does_not_describe_its_weights_is_refused_by_every_command(tmp_path, field, value, tensor):
+    """config.json of one model beside the weights of another (transformers refuses it too):
+    trainer.run said the vocabulary was "a checkpoint for another tokenizer", export_hf failed
+    while writing, on "the header says" (found by a tester)."""
+    path, _ = hf_olmo2(tmp_path)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, field: value}))
+    data = random_tokens(tmp_path / "data", 4 * 64)
+    commands = [("trainer.run", "--data", data, "--init-from", path, "--steps", 1, "--seq-len", 64, "--batch-size", 2,
+                 "--device", "cpu", "--save-dir", tmp_path / "run"),
+                ("trainer.export_hf", path, tmp_path / "out")]
+    for module, *args in commands:
+        proc = run_module(module, *args)
+        assert proc.returncode == 2, (module, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{path}: tensor shapes differ from the model its config.json describes" in lines[0]
+        assert tensor in lines[0] and lines[0].endswith("config.json and the weights belong to different models")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "out").exists()
+
+
+def test_reading_a_checkpoints_metadata_does_not_map_its_weights(tmp_path, monkeypatch):
+    """safetensors' "pt" framework maps the whole file copy-on-write, which Linux refuses for a file
+    larger than the machine's memory (a 7B model in the one file export_hf writes): trainer.schedule and
+    every start-up check, which read names and shapes only, ended in an "unable to mmap" traceback
+    (found by a tester). Reading the tensors still needs the map: that failure is one line."""
+    import safetensors
+
+    path, _ = hf_olmo2(tmp_path)
+    real_safe_open = safetensors.safe_open
+
+    def small_machine(file, framework, **kwargs):
+        if framework == "pt":
+            raise RuntimeError(f"unable to mmap 29194514000 bytes from file <{file}>: Cannot allocate memory (12)")
+        return real_safe_open(file, framework=framework, **kwargs)
+
+    monkeypatch.setattr(safetensors, "safe_open", small_machine)
+    info = inspect_checkpoint(path)
+    assert info.dtype == torch.float32 and info.model.n_layers == 3
+    proc = run_module("trainer.schedule", "--init-from", path, "--steps", 1)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["init_from"]["format"] == "hf", proc.stderr
+    proc = run_module("trainer.export_hf", path, tmp_path / "out")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert f"{path / 'model.safetensors'} (" in lines[0] and "cannot be memory-mapped on this machine (Cannot " \
+        "allocate memory (12)): reading its tensors needs more memory" in lines[0], lines[0]
+
 # ----------------------------------------------------------------------------- OLMo-core
 def olmo_core_state(model: OLMo2) -> dict:
     """The model's weights under OLMo-core's OLMo 2 names, as its checkpoints hold them."""

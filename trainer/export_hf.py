@@ -20,6 +20,7 @@ replaces it. A directory holding a trainer checkpoint or run, or a soup's own `h
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -175,10 +176,17 @@ def write_hf_model(out_dir: str | Path, cfg: ModelConfig, names: list[str], get:
         raise ValueError(f"tensors do not match an OLMo 2 model of this shape: missing {missing[:5]}, "
                          f"unexpected {extra[:5]}")
     out_dir = Path(out_dir)
+    made = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     by_hf = {hf_name(n): n for n in names}
     specs = [(hf_name(n), shapes[n], dtype) for n in names]
-    write_safetensors(out_dir / "model.safetensors", specs, lambda key: get(by_hf[key]).to(dtype))
+    try:
+        write_safetensors(out_dir / "model.safetensors", specs, lambda key: get(by_hf[key]).to(dtype))
+    except BaseException:
+        if made:  # a failed export (its partial file is removed) left an empty OUT_DIR behind
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
     _remove_other_weights(out_dir)
     config = dict(config) if config is not None else hf_config(cfg, dtype)
     config["torch_dtype"] = str(dtype).removeprefix("torch.")
@@ -225,7 +233,16 @@ def export(checkpoint: str | Path, out_dir: str | Path, dtype: str | None = None
     _check_not_a_soups_hf(out)
     torch_dtype = getattr(torch, dtype) if dtype else info.dtype
     with WeightReader(info) as reader:
-        return write_hf_model(out_dir, info.model, reader.names(), reader.get, torch_dtype)
+        def finite(name: str) -> torch.Tensor:
+            """A diverged run's NaN weights were exported without a word, as a model that gives NaN
+            logits; eval and soup refuse them (found by a tester)."""
+            tensor = reader.get(name)
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"{info.describe()}: weight {name} holds NaN or inf (a diverged run, or a damaged "
+                                 f"file); export a checkpoint from before it diverged")
+            return tensor
+
+        return write_hf_model(out_dir, info.model, reader.names(), finite, torch_dtype)
 
 
 def main(argv: list[str] | None = None) -> int:

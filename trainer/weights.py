@@ -220,14 +220,28 @@ def _load_trainer_state(path: Path) -> dict:
     return load_torch_file(path / MODEL_FILE, mmap=True)
 
 
-def _open_safetensors(file: Path):
-    """safe_open (usable as a context manager), with a damaged file reported by name."""
+def _open_safetensors(file: Path, framework: str = "pt"):
+    """safe_open (usable as a context manager), with a damaged file reported by name.
+
+    `framework="numpy"` where only names, shapes and dtypes are read: "pt" maps the whole file
+    copy-on-write, which Linux refuses for a file larger than the machine's memory (a 7B model in
+    one file, as export_hf writes it), so reading a checkpoint's metadata (trainer.schedule, every
+    start-up check) ended in an "unable to mmap" traceback (found by a tester); numpy's read-only
+    map is not charged against memory, and the file is checked the same way."""
     from safetensors import SafetensorError, safe_open
 
     try:
-        return safe_open(str(file), framework="pt")
+        return safe_open(str(file), framework=framework)
     except SafetensorError as exc:
         raise damaged_file_error(file, exc) from None
+    except RuntimeError as exc:
+        if "unable to mmap" not in str(exc):
+            raise
+        reason = str(exc).rsplit(": ", 1)[-1]
+        raise CheckpointFormatError(
+            f"{file} ({file.stat().st_size:,} bytes) cannot be memory-mapped on this machine ({reason}): reading its "
+            f"tensors needs more memory than the file holds, or the model saved in smaller shards (transformers' "
+            f"save_pretrained(dir, max_shard_size=\"5GB\"))") from None
 
 
 # What transformers' Olmo2Config takes for a field its config.json leaves out: the same model
@@ -310,18 +324,33 @@ def _hf_files(path: Path) -> dict[str, str]:
         if missing:
             raise CheckpointFormatError(f"{index} names shard(s) that are not in {path}: {missing}")
         return dict(weight_map)
-    with _open_safetensors(path / HF_SINGLE) as fh:
+    with _open_safetensors(path / HF_SINGLE, "numpy") as fh:
         return {name: HF_SINGLE for name in fh.keys()}
 
 
 def _hf_shapes_and_dtype(path: Path, files: dict[str, str]) -> tuple[dict[str, tuple], torch.dtype | None]:
-    shapes, dtypes = {}, []
+    """Shapes and dtype of the tensors, each read from the shard the index names for it. An index
+    that names a tensor its shard does not hold, or a shard holding one the index does not list,
+    passed here and failed in the load, after the model was built, in a KeyError or SafetensorError
+    traceback (found by a tester): refused now, naming the tensors."""
+    shapes, dtypes, absent, unlisted = {}, [], [], []
     for file in sorted(set(files.values())):
-        with _open_safetensors(path / file) as fh:
+        with _open_safetensors(path / file, "numpy") as fh:
+            held = set(fh.keys())
+            absent += [f"{name} in {file}" for name, f in files.items() if f == file and name not in held]
             for name in fh.keys():
+                if files.get(name) != file:
+                    unlisted.append(f"{name} in {file}")
+                    continue
                 sl = fh.get_slice(name)
                 shapes[name] = tuple(sl.get_shape())
                 dtypes.append(_SAFETENSORS_DTYPES.get(sl.get_dtype()))
+    if absent or unlisted:
+        problems = [f"tensors it names that their shard lacks: {_listing(sorted(absent), 3)}"] if absent else []
+        if unlisted:
+            problems.append(f"tensors in shards that it does not name there: {_listing(sorted(unlisted), 3)}")
+        raise CheckpointFormatError(f"{path / HF_INDEX} does not match its shards: {'; '.join(problems)}; download "
+                                    f"the checkpoint again")
     return shapes, widest_dtype(dtypes)
 
 
@@ -366,6 +395,13 @@ def _inspect_hf(path: Path) -> CheckpointInfo:
         raise CheckpointFormatError(
             f"{path}: tensors do not match an Olmo2ForCausalLM with {cfg.n_layers} layers: "
             f"missing {_listing(missing)}, unexpected {_listing(sorted(unexpected))}")
+    # transformers refuses such a directory too; here trainer.run blamed "another tokenizer" for the config's
+    # vocab_size, and export_hf failed halfway through writing (found by a tester)
+    wrong = [f"{hf_name(n)} {shapes[n]} != {ours[n]}" for n in ours if shapes[n] != ours[n]]
+    if wrong:
+        raise CheckpointFormatError(f"{path}: tensor shapes differ from the model its config.json describes (weights "
+                                    f"vs config): {_listing(wrong, 3)}; config.json and the weights belong to "
+                                    f"different models")
     revision = _hub_revision(path.resolve())
     step, source = None, None
     for candidate in ([revision] if revision else []) + [str(path.resolve())]:
