@@ -607,6 +607,27 @@ def test_ctrl_c_during_training_is_one_line_naming_the_checkpoint_to_resume(data
     assert "no checkpoint was saved in this run's --save-dir" in capsys.readouterr().err
 
 
+def test_nan_starting_weights_are_refused_before_the_first_step(data_dir, tmp_path, capsys):
+    """--init-from weights holding a NaN trained "loss nan" on every step, exit 0, into a NaN
+    checkpoint (found by a tester): one line naming the weight, exit 2, before any step."""
+    import torch
+
+    from trainer.run import main
+
+    base = ["--data", str(data_dir), *map(str, TINY), "--steps", "1"]
+    assert main([*base, "--save-dir", str(tmp_path / "a")]) == 0
+    model_file = tmp_path / "a" / "step000001" / "model.pt"
+    state = torch.load(model_file, weights_only=True)
+    name = next(k for k in state if k.endswith("mlp.up_proj.weight"))
+    state[name][0, 0] = float("nan")
+    torch.save(state, model_file)
+    capsys.readouterr()
+    assert main([*base, "--init-from", str(tmp_path / "a" / "step000001"), "--save-dir", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds NaN or inf" in err[0] and "up_proj.weight" in err[0], err
+    assert not list((tmp_path / "b").glob("step*"))
+
+
 def test_cli_reports_bad_data_clearly(tmp_path):
     (tmp_path / "p.npy").write_bytes(b"\x00" * 10)
     proc = run_cli("--data", tmp_path, "--model", "tiny", "--steps", 1, "--seq-len", 8, "--batch-size", 1)

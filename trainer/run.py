@@ -157,6 +157,16 @@ def run_config_from_args(args: argparse.Namespace, data_paths: list[str], world_
     return RunConfig(model=plan.model, train=train, data_paths=data_paths)
 
 
+def non_finite_weight(model: torch.nn.Module) -> str | None:
+    """The name of the first parameter holding NaN or inf (this rank's shard of it under FSDP), or None."""
+    inner = getattr(model, "module", model)
+    for name, param in inner.named_parameters():
+        local = param.to_local() if hasattr(param, "to_local") else param
+        if local.is_floating_point() and not bool(torch.isfinite(local).all()):
+            return name.replace("_orig_mod.", "")
+    return None
+
+
 def check_batch_split(train: TrainConfig, world_size: int) -> None:
     """Every rank takes an equal share of a step's instances, in whole micro-batches. The Trainer
     found it otherwise after the start-up checks: every rank printed the error, in TrainConfig's
@@ -382,6 +392,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if init is not None and resume is None:
             n = load_weights_into(trainer.raw_model, init)
+            # NaN / inf starting weights trained "loss nan" on every step, exit 0, into a NaN checkpoint
+            # (found by a tester); each rank checks its shard, and the ranks agree before anyone stops.
+            bad = non_finite_weight(trainer.raw_model)
+            if ranks_agree([int(bad is not None)], env)[1][0]:
+                AGREED_STOP, quiet = ("failed", False) if env.is_main else ("peer", True)
+                raise ValueError(f"--init-from {init.describe()}: weight {bad or '(on another rank)'} holds NaN or "
+                                 "inf (a diverged run, or a damaged file); start from a checkpoint from before it")
             log(f"initialised {n} tensors from {init.describe()}")
         tc = run.train
         log(f"model {plan.model_label}: {describe_params(run.model)} on {env.device} x{env.world_size} | data "
