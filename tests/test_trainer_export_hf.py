@@ -138,3 +138,89 @@ def test_nan_weights_are_not_exported(tmp_path, capsys):
         assert len(err) == 1 and "weight blocks.1.mlp.up_proj.weight holds NaN or inf" in err[0], err
     assert not (tmp_path / "new").exists()
     assert (tmp_path / "hf" / "model.safetensors").read_bytes() == before
+
+
+def _weight_files(path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if "safetensors" in p.name)
+
+
+def test_a_large_export_is_sharded_with_an_index_as_save_pretrained_does(tmp_path):
+    """export_hf always wrote one model.safetensors: a 13B fp32 export was one ~55 GB file, over the Hugging
+    Face Hub's 50 GB per-file limit. Past --max-shard-size it now writes save_pretrained's shards and index,
+    which transformers and this trainer's importer load as the same model as the single file; a re-export
+    into the same OUT leaves only the new export's files."""
+    transformers = pytest.importorskip("transformers", reason="transformers loads the sharded export")
+    from safetensors import safe_open
+
+    from trainer.weights import WeightReader, inspect_checkpoint
+
+    cfg = ModelConfig(d_model=64, n_layers=3, n_heads=4, vocab_size=1000, max_seq_len=128)
+    model = saved_random_model(tmp_path, cfg).eval()
+    ckpt, single, sharded = str(tmp_path / "ckpt"), tmp_path / "single", tmp_path / "sharded"
+    assert export_main([ckpt, str(single)]) == 0
+    assert _weight_files(single) == ["model.safetensors"]  # it fits the 5GB default: unchanged output
+    assert export_main([ckpt, str(sharded), "--max-shard-size", "100KB"]) == 0
+    files = _weight_files(sharded)
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    n = len(shards)
+    assert n > 2 and files == sorted(shards + ["model.safetensors.index.json"])
+    assert shards == [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+    total = 0
+    for shard in shards:
+        with safe_open(str(sharded / shard), "pt") as fh:
+            assert sorted(fh.keys()) == sorted(k for k, v in index["weight_map"].items() if v == shard)
+            sizes = [fh.get_tensor(k).numel() * 4 for k in fh.keys()]
+        assert sum(sizes) <= 100_000 or len(sizes) == 1  # only a tensor larger than the limit stands alone
+        total += sum(sizes)
+    assert index["metadata"]["total_size"] == total and len(index["weight_map"]) == 3 + 3 * 11
+
+    ids = torch.randint(0, 1000, (2, 50), generator=torch.Generator().manual_seed(1))
+    logits = []
+    for out in (single, sharded):
+        hf = transformers.Olmo2ForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+        with torch.no_grad():
+            logits.append(hf(input_ids=ids).logits)
+    assert torch.equal(logits[0], logits[1])
+    with WeightReader(inspect_checkpoint(sharded)) as reader:  # --init-from reads it back
+        state = model.state_dict()
+        assert sorted(reader.names()) == sorted(state)
+        for name in reader.names():
+            assert torch.equal(reader.get(name), state[name]), name
+
+    assert export_main([ckpt, str(sharded)]) == 0  # a larger max shard size: no stale shards or index
+    assert _weight_files(sharded) == ["model.safetensors"]
+    assert export_main([ckpt, str(single), "--max-shard-size", "200KB"]) == 0  # and no stale single file
+    assert "model.safetensors" not in _weight_files(single)
+    assert "model.safetensors.index.json" in _weight_files(single)
+
+
+def test_a_failed_sharded_export_leaves_the_old_model_whole(tmp_path, capsys):
+    """A sharded export that fails partway (a damaged source tensor, a full disk) must not leave
+    some new shards beside the old model, nor a mix of old and new files that loads: the old model
+    stays as it was and no staged or partial file is left."""
+    from trainer.export_hf import write_hf_model
+    from trainer.weights import expected_shapes
+
+    cfg = ModelConfig(d_model=32, n_layers=2, n_heads=2, vocab_size=256, max_seq_len=64)
+    model = saved_random_model(tmp_path, cfg)
+    out = tmp_path / "hf"
+    assert export_main([str(tmp_path / "ckpt"), str(out), "--max-shard-size", "20KB"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    state = model.state_dict()
+    names = list(expected_shapes(cfg))
+
+    def damaged(name):
+        if name == names[-1]:
+            raise RuntimeError("the source cannot be read")
+        return state[name] + 1
+
+    for size in (10_000, 10**9):  # into shards, and into one file
+        with pytest.raises(RuntimeError, match="the source cannot be read"):
+            write_hf_model(out, cfg, names, damaged, torch.float32, max_shard_size=size)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        export_main([str(tmp_path / "ckpt"), str(out), "--max-shard-size", "5 parsecs"])
+    assert exit_info.value.code == 2
+    assert "'5 parsecs' is not a size; give a positive number of bytes" in capsys.readouterr().err

@@ -1,12 +1,15 @@
 """Export a checkpoint to a Hugging Face `Olmo2ForCausalLM` directory.
 
-    python -m trainer.export_hf CKPT OUT_DIR [--dtype bfloat16]
+    python -m trainer.export_hf CKPT OUT_DIR [--dtype bfloat16] [--max-shard-size 5GB]
 
 Writes `config.json` and `model.safetensors` with transformers' Olmo2 parameter names, so
 `AutoModelForCausalLM.from_pretrained(OUT_DIR)` loads it (transformers >= 4.47) and gives
 the same logits as trainer.model.OLMo2. The layouts already agree (q/k norms over the whole
 projection, rotate-half RoPE, post-attention / post-feedforward norms), so export is a
-rename; the vocabulary stays padded (100352), as in the released OLMo 2 checkpoints.
+rename; the vocabulary stays padded (100352), as in the released OLMo 2 checkpoints. Weights
+larger than --max-shard-size are written as save_pretrained shards them, to
+`model-0000i-of-0000N.safetensors` with `model.safetensors.index.json`: a 13B fp32 model in one
+file (~55 GB) is over the Hugging Face Hub's 50 GB per-file limit.
 
 CKPT is any format trainer.weights reads (a trainer checkpoint or soup, or an OLMo-core DCP
 checkpoint: this converts OLMo-core OLMo 2 checkpoints to Hugging Face). Tensors are read and
@@ -122,7 +125,7 @@ def write_safetensors(path: str | Path, specs: Iterable[tuple[str, tuple[int, ..
     for name, shape, dtype in specs:
         if dtype not in _SAFETENSORS_DTYPE:
             raise ValueError(f"{name}: dtype {dtype} has no safetensors code")
-        nbytes = int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
+        nbytes = _nbytes(shape, dtype)
         header[name] = {"dtype": _SAFETENSORS_DTYPE[dtype], "shape": list(shape),
                         "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
@@ -149,25 +152,96 @@ def write_safetensors(path: str | Path, specs: Iterable[tuple[str, tuple[int, ..
 
 # Weight files of another model that a directory may hold: transformers' shards and indexes.
 _OTHER_WEIGHTS = re.compile(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?")
+HF_INDEX = "model.safetensors.index.json"
+DEFAULT_MAX_SHARD_SIZE = 5 * 10**9  # transformers' save_pretrained default, "5GB"
+_SIZE = re.compile(r"(\d+)\s*([KMGT]i?B)?", re.IGNORECASE)
+_UNITS = {"": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
-def _remove_other_weights(out_dir: Path) -> None:
-    """Remove the weight files beside the new model.safetensors, as save_pretrained does: an
-    export over a sharded model left its index and shards, which this trainer's importer reads
+def parse_size(text: str) -> int:
+    """Bytes from a size as transformers' max_shard_size takes it: 5GB (10^9), 5GiB (2^30), 500MB, or bytes."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match or int(match.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a size; give a positive number of bytes or one with a unit, e.g. 5GB, "
+                         f"500MB or 2GiB")
+    return int(match.group(1)) * _UNITS[(match.group(2) or "").upper()]
+
+
+def _shard(specs: list[tuple[str, tuple[int, ...], torch.dtype]], max_size: int) -> list[list]:
+    """Group tensors, in order, into shards as huggingface_hub's split_torch_state_dict_into_shards
+    (save_pretrained) does: a new shard starts where the next tensor would take this one past
+    `max_size`, and a tensor larger than `max_size` gets a shard of its own."""
+    shards, current, current_size = [], [], 0
+    for spec in specs:
+        size = _nbytes(spec[1], spec[2])
+        if size > max_size:
+            shards.append([spec])
+            continue
+        if current and current_size + size > max_size:
+            shards.append(current)
+            current, current_size = [], 0
+        current.append(spec)
+        current_size += size
+    return shards + ([current] if current else [])
+
+
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    return int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
+
+
+def _remove_other_weights(out_dir: Path, keep: set[str]) -> None:
+    """Remove the weight files beside the new model (the names in `keep`), as save_pretrained does:
+    an export over a sharded model left its index and shards, which this trainer's importer reads
     first while transformers loads model.safetensors, so the two saw different models (found
-    by a tester). And the replaced model's generation_config.json: transformers' generate()
-    stopped at its EOS, not at the new config.json's (a tester); a soup copies its source's."""
-    for path in out_dir.iterdir():
-        other = path.name != "model.safetensors" and _OTHER_WEIGHTS.fullmatch(path.name)
-        if (other or path.name == "generation_config.json") and path.is_file():
-            path.unlink()
+    by a tester); a sharded export over another left shards of the old one that no index names.
+    The index goes first, so that no index names a mix of old and new shards. And the replaced
+    model's generation_config.json: transformers' generate() stopped at its EOS, not at the new
+    config.json's (a tester); a soup copies its source's."""
+    others = sorted((p for p in out_dir.iterdir() if p.name not in keep and p.is_file() and (
+        _OTHER_WEIGHTS.fullmatch(p.name) or p.name == "generation_config.json")), key=lambda p: p.name != HF_INDEX)
+    for path in others:
+        path.unlink()
+
+
+def _write_weights(out_dir: Path, specs: list, get: Callable[[str], torch.Tensor], max_shard_size: int) -> None:
+    """model.safetensors, or shards and their index when the weights exceed `max_shard_size`.
+    Every file is written under a hidden staging name first; only when all are complete is the old
+    model removed (its index first) and the new files renamed into place, the index last: a failed
+    write leaves the old model whole, and no moment leaves a mix of old and new weights that loads
+    (shards without an index do not)."""
+    shards = _shard(specs, max_shard_size)
+    if len(shards) == 1:
+        names = ["model.safetensors"]
+    else:
+        names = [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+    staged = [out_dir / f".{name}.staged{os.getpid()}" for name in names]
+    try:
+        for shard, path in zip(shards, staged):
+            write_safetensors(path, shard, get)
+        index = None
+        if len(shards) > 1:
+            weight_map = {spec[0]: name for shard, name in zip(shards, names) for spec in shard}
+            total = sum(_nbytes(shape, dtype) for _, shape, dtype in specs)
+            index = out_dir / f".{HF_INDEX}.staged{os.getpid()}"
+            staged.append(index)
+            index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    except BaseException:
+        for path in staged:
+            path.unlink(missing_ok=True)
+        raise
+    _remove_other_weights(out_dir, set(names) | ({HF_INDEX} if index else set()))
+    for path, name in zip(staged, names + [HF_INDEX]):
+        os.replace(path, out_dir / name)
 
 
 def write_hf_model(out_dir: str | Path, cfg: ModelConfig, names: list[str], get: Callable[[str], torch.Tensor],
-                   dtype: torch.dtype, config: dict | None = None) -> Path:
+                   dtype: torch.dtype, config: dict | None = None,
+                   max_shard_size: int = DEFAULT_MAX_SHARD_SIZE) -> Path:
     """An Olmo2ForCausalLM directory from this trainer's tensors, `get(name)` one at a time
-    (cast to `dtype` here). `config` replaces the generated config.json (e.g. a source HF
-    directory's own, to keep its token ids)."""
+    (cast to `dtype` here), sharded as save_pretrained shards when larger than `max_shard_size`
+    bytes. `config` replaces the generated config.json (e.g. a source HF directory's own, to keep
+    its token ids)."""
     from trainer.weights import expected_shapes
 
     shapes = expected_shapes(cfg)
@@ -181,13 +255,12 @@ def write_hf_model(out_dir: str | Path, cfg: ModelConfig, names: list[str], get:
     by_hf = {hf_name(n): n for n in names}
     specs = [(hf_name(n), shapes[n], dtype) for n in names]
     try:
-        write_safetensors(out_dir / "model.safetensors", specs, lambda key: get(by_hf[key]).to(dtype))
+        _write_weights(out_dir, specs, lambda key: get(by_hf[key]).to(dtype), max_shard_size)
     except BaseException:
-        if made:  # a failed export (its partial file is removed) left an empty OUT_DIR behind
+        if made:  # a failed export (its partial files are removed) left an empty OUT_DIR behind
             with contextlib.suppress(OSError):
                 out_dir.rmdir()
         raise
-    _remove_other_weights(out_dir)
     config = dict(config) if config is not None else hf_config(cfg, dtype)
     config["torch_dtype"] = str(dtype).removeprefix("torch.")
     if "dtype" in config:  # transformers >= 5 writes this name
@@ -213,7 +286,8 @@ def _check_not_a_soups_hf(out: Path) -> None:
                          f"directory of its own")
 
 
-def export(checkpoint: str | Path, out_dir: str | Path, dtype: str | None = None) -> Path:
+def export(checkpoint: str | Path, out_dir: str | Path, dtype: str | None = None,
+           max_shard_size: int = DEFAULT_MAX_SHARD_SIZE) -> Path:
     from trainer.weights import WeightReader, inspect_checkpoint
 
     info = inspect_checkpoint(checkpoint)
@@ -242,7 +316,15 @@ def export(checkpoint: str | Path, out_dir: str | Path, dtype: str | None = None
                                  f"file); export a checkpoint from before it diverged")
             return tensor
 
-        return write_hf_model(out_dir, info.model, reader.names(), finite, torch_dtype)
+        return write_hf_model(out_dir, info.model, reader.names(), finite, torch_dtype,
+                              max_shard_size=max_shard_size)
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,9 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", type=local_path, help="the Hugging Face directory to write")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                         help="cast the weights (default: keep the checkpoint's dtype)")
+    parser.add_argument("--max-shard-size", type=_size_arg, default=DEFAULT_MAX_SHARD_SIZE, metavar="SIZE",
+                        help="larger weights are split into shards of at most SIZE (e.g. 5GB, 500MB, 2GiB; one "
+                             "tensor larger than SIZE gets a shard of its own) with model.safetensors.index.json, "
+                             "as save_pretrained does (default: 5GB)")
     args = parser.parse_args(argv)
     try:
-        out = export(args.checkpoint, args.out_dir, args.dtype)
+        out = export(args.checkpoint, args.out_dir, args.dtype, args.max_shard_size)
     except (OSError, KeyError, ValueError) as exc:  # OSError: e.g. OUT_DIR cannot be written
         print(f"export_hf: {exc}", file=sys.stderr)
         return 2
