@@ -441,3 +441,71 @@ def test_killed_executor_is_retried_and_output_unchanged(clean_run, cluster, wor
     report = _s3_report(out)
     assert _s3_parts(out) == clean_parts
     assert _accounting(report) == _accounting(clean_report)
+
+
+def test_a_part_task_killed_mid_upload_leaves_its_files_where_spark_removes_them(tmp_path):
+    """A part task killed while it uploads (Ctrl-C or a killed driver cancelling it, a lost executor:
+    Spark ends its Python worker with SIGKILL, so `finally` never runs) left the part it had staged in
+    the node's /tmp for good (found by a tester, Ctrl-C of spark-submit mid-write). It stages under
+    the executor's SPARK_LOCAL_DIRS, which Spark removes with the executor and the application. Fast:
+    one Python process that kills itself, no cluster."""
+    import subprocess
+
+    script = """if True:
+        import os, signal
+        import numpy as np
+        from dolmino.build import write
+        ctx = write.WriteContext("s3://bucket/out", 1, 4, 100257, False, ("web",), "plan", frozenset(), None)
+        doc = write.TokDoc(0, 1, "d1", "a.jsonl:1", np.asarray([5, 6, 100257], dtype="<u4").tobytes())
+        write._put = lambda local, uri, sha256: os.kill(os.getpid(), signal.SIGKILL)
+        list(write.write_part(2, iter([(0, doc)]), type("Broadcast", (), {"value": ctx})(), None))
+    """
+    local, system_tmp = tmp_path / "spark-local" / "blockmgr-1", tmp_path / "tmp"
+    local.mkdir(parents=True)
+    system_tmp.mkdir()
+    env = {**os.environ, "SPARK_LOCAL_DIRS": str(local), "TMPDIR": str(system_tmp), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not list(system_tmp.iterdir()), "the killed task's part was staged outside Spark's local dirs"
+    assert [p.name for p in local.glob("dolmino-part-*/part-00002.npy")] == ["part-00002.npy"]
+
+
+def test_a_completed_build_aborts_the_uploads_its_killed_tasks_left_open(s3_server):
+    """A part task killed mid-upload (Ctrl-C of spark-submit during the write stage, a lost executor)
+    left its multipart upload open: unlisted, yet stored and billed for good, and the rerun that
+    completed the build left it (found by a tester). The build aborts the open uploads of its own
+    file names under --out once its parts are checked; anything else is not the build's to touch."""
+    from dolmino.build.output import remove_stale
+
+    bucket = f"aborts-{uuid.uuid4().hex[:12]}"
+    cl = s3.client()
+    cl.create_bucket(Bucket=bucket)
+    cl.put_object(Bucket=bucket, Key="mix/part-00000.npy", Body=b"\0" * 8)  # the certified part
+
+    def open_upload(key: str) -> str:
+        upload = cl.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        cl.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"\1" * 1024)
+        return upload
+
+    for key in ("mix/part-00000.npy", "mix/part-00001.label_mask.npy", "mix/notes/big.bin", "mix-2/part-00000.npy"):
+        open_upload(key)
+    assert remove_stale(f"s3://{bucket}/mix", {"part-00000.npy", "_parts/part-00000.json"}) == []
+    left = sorted(u["Key"] for u in cl.list_multipart_uploads(Bucket=bucket).get("Uploads", ()))
+    assert left == ["mix-2/part-00000.npy", "mix/notes/big.bin"]  # another --out's, and no build file's
+    assert cl.get_object(Bucket=bucket, Key="mix/part-00000.npy")["Body"].read() == b"\0" * 8
+
+
+@pytest.mark.parametrize("code", ["NotImplemented", "AccessDenied"])
+def test_a_store_that_cannot_list_uploads_does_not_fail_the_build(monkeypatch, code):
+    """s3rver and some gateways lack ListMultipartUploads, and a policy may not grant it: open
+    uploads are then left to the bucket's lifecycle rules, and the completed build still succeeds."""
+    from botocore.exceptions import ClientError
+
+    from dolmino.build.output import abort_unfinished_uploads
+
+    class Store:
+        def get_paginator(self, operation):
+            raise ClientError({"Error": {"Code": code, "Message": "no"}}, operation)
+
+    monkeypatch.setattr(s3, "client", lambda: Store())
+    assert abort_unfinished_uploads("s3://bucket/mix") == []

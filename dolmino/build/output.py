@@ -243,10 +243,55 @@ _BUILD_FILE = re.compile(f"(?:{PART_FILE.pattern})" + r"(?:\.tmp\d+)?|"
 
 
 def remove_stale(out: str, keep: set[str]) -> list[str]:
-    """Delete part files and commit records that the current build did not write."""
+    """Delete part files and commit records that the current build did not write, and on S3 the
+    unfinished uploads of them (`abort_unfinished_uploads`)."""
     stale = [n for n in list_files(out) if _BUILD_FILE.fullmatch(n) and n not in keep]
     delete(out, stale)
+    abort_unfinished_uploads(out)
     return stale
+
+
+def abort_unfinished_uploads(out: str) -> list[str]:
+    """Abort the unfinished multipart uploads of the build's own file names under an s3:// --out;
+    returns their names. A part task killed mid-upload (Ctrl-C or a killed driver cancelling it, a
+    lost executor) left its upload open: invisible to listings, yet stored and billed for good (up
+    to 2 GB a part at 512M tokens per file), and a rerun that completed the build left it there
+    (found by a tester). Called once every part is written and checked, while this build owns
+    --out: an upload still open then is no part this build needs (a killed task's, or a cancelled
+    duplicate attempt's, whose object would hold the same bytes). A store that does not list or
+    abort multipart uploads (NotImplemented), or a policy that does not grant it (AccessDenied),
+    leaves them to the bucket's lifecycle rules (AbortIncompleteMultipartUpload): the build never
+    fails for it."""
+    if not is_remote(out):
+        return []
+    from botocore.exceptions import ClientError
+
+    from dolmino.s3 import client, error_code, not_implemented, split_uri
+
+    def not_granted(exc: ClientError) -> bool:
+        return not_implemented(exc) or error_code(exc) in ("AccessDenied", "403", "Forbidden")
+
+    bucket, prefix = split_uri(out.rstrip("/") + "/")
+    cl = client()
+    try:
+        uploads = [u for page in cl.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
+                   for u in page.get("Uploads", ()) if _BUILD_FILE.fullmatch(u["Key"][len(prefix):])]
+    except ClientError as exc:
+        if not_granted(exc):
+            return []
+        raise
+    aborted = []
+    for upload in uploads:
+        try:
+            cl.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        except ClientError as exc:
+            if error_code(exc) in ("NoSuchUpload", "404"):  # finished or aborted since it was listed
+                continue
+            if not_granted(exc):
+                break
+            raise
+        aborted.append(upload["Key"][len(prefix):])
+    return aborted
 
 
 QUARANTINE_DIR = "quarantine"  # under --out: refused input lines, one file per input (or byte range)
