@@ -268,6 +268,21 @@ def _unfinished_s3_build(location: str) -> bool:
         return False
 
 
+def _nothing_at(location: str) -> str | None:
+    """What to say where `location` holds no object at all, or its bucket does not exist (one
+    listing), else None. Both read as "an incomplete build ... rerun the same build command",
+    since S3's HEAD answers 404 alike for a missing key and a missing bucket (found by a tester)."""
+    bucket, key = s3.split_uri(location.rstrip("/") + "/")
+    try:
+        empty = next(s3.iter_keys(bucket, key), None) is None
+    except s3.NoSuchBucket:
+        return f"Bucket {bucket} does not exist (as this endpoint and credentials see it): check the URL"
+    except Exception:  # noqa: BLE001 - only a hint depends on it
+        return None
+    return f"Nothing is stored under {location} (no build ran there): check the URL, or the build's --out" \
+        if empty else None
+
+
 def _is_release(location: str) -> bool:
     """A RELEASE.json at `location` (one HEAD); False when S3 cannot tell."""
     if not s3.is_s3(location):
@@ -289,6 +304,8 @@ def fetch_hint(location: str, then: str) -> str:
         return f"{location} is a published release: `dolmino release pull {location} DIR` (every SHA-256 checked); " \
                f"then {then}"
     if _unfinished_s3_build(location):
+        if (nothing := _nothing_at(location)) is not None:
+            return nothing
         return (f"Besides, {location} is an incomplete build: no report.json, which a build writes last (it was "
                 "interrupted or is still running, or no build ran there); rerun the same build command to finish "
                 f"it, then copy it: {copy}")

@@ -401,6 +401,23 @@ def test_a_build_on_s3_killed_before_its_plan_is_said_to_be_incomplete(s3_server
     assert "Copy the build first" not in err
 
 
+def test_a_missing_bucket_or_an_empty_prefix_on_s3_is_not_an_incomplete_build(s3_server, capsys):
+    """`dolmino validate s3://nobucket/x` said "incomplete build ... rerun the same build command"
+    (S3's HEAD answers 404 alike for a missing key and a missing bucket; found by a tester)."""
+    import boto3
+
+    from trainer.plan import remote_build_hint
+
+    assert main(["s3://nobucket/mixes/x"]) == 2
+    err = capsys.readouterr().err
+    assert "Bucket nobucket does not exist" in err and "incomplete build" not in err, err
+    boto3.client("s3").create_bucket(Bucket="emptyish")
+    assert main(["s3://emptyish/mixes/x"]) == 2
+    err = capsys.readouterr().err
+    assert "Nothing is stored under s3://emptyish/mixes/x" in err and "incomplete build" not in err, err
+    assert "Nothing is stored under" in remote_build_hint("s3://emptyish/mixes/x")
+
+
 def test_a_published_release_on_s3_is_sent_to_pull(s3_server, capsys):
     """A release's location got the publish advice, which publish refuses for a release (found by a tester)."""
     import boto3
