@@ -343,38 +343,46 @@ def test_spark_shutdown_races_are_kept_off_the_console(spark, capsys):
     assert "ValueError: a bug in an update" in err and "EOFError" not in err, err
 
 
-def test_an_input_deleted_after_the_listing_is_one_line_saying_to_rerun(spark, tmp_path, capsys, monkeypatch):
-    """A file deleted between the listing and the tag phase ended `dolmino build` with "in an
-    executor: FileNotFoundError: [Errno 2] No such file or directory: '.../b.jsonl'" (a tester):
-    the line now says the input disappeared during the build and to rerun once inputs are stable."""
+def _build_deleting_after_listing(tmp_path, monkeypatch, capsys, source: dict, victim) -> tuple[int, list[str]]:
+    """Run the build command on one source, deleting `victim` right after the input listing; its
+    exit status and error lines."""
     from dolmino.build import mix
     from dolmino.build.cli import main as build_main
 
-    web = tmp_path / "data" / "web"
-    web.mkdir(parents=True)
-    for name in ("a", "b"):
-        (web / f"{name}.jsonl").write_text("".join(json.dumps({"id": f"{name}{i}", "text": f"document {i} about bread"})
-                                                   + "\n" for i in range(10)))
     path = tmp_path / "m.json"
     path.write_text(json.dumps({"name": "gone", "version": 1, "seed": 1, "budget": 300,
-                                "data_root": str(tmp_path / "data"),
-                                "sources": [{"name": "web", "paths": ["web/*.jsonl"], "mix_percent": 100}]}))
+                                "data_root": str(tmp_path / "data"), "sources": [{**source, "mix_percent": 100}]}))
     listed = mix.list_inputs
 
     def list_then_delete(manifest):
         listing = listed(manifest)
-        (web / "b.jsonl").unlink()
+        victim.unlink()
         return listing
 
     monkeypatch.setattr(mix, "list_inputs", list_then_delete)
     code = build_main(["--manifest", str(path), "--out", str(tmp_path / "out"), "--attributes", str(tmp_path / "a"),
                        "--quiet"])
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if "error:" in line]
-    assert code == 2 and errors == [
-        f"build_mix: error: in an executor: InputChangedError: {web / 'b.jsonl'}: the input file disappeared during "
-        "the build (it was listed, then not found); rerun once the inputs are stable (finished attribute files and "
-        "parts are kept)"], err
+    return code, [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+
+
+def _disappeared(path) -> str:
+    return (f"build_mix: error: in an executor: InputChangedError: {path}: the input file disappeared during the "
+            "build (it was listed, then not found); rerun once the inputs are stable (finished attribute files and "
+            "parts are kept)")
+
+
+def test_an_input_deleted_after_the_listing_is_one_line_saying_to_rerun(spark, tmp_path, capsys, monkeypatch):
+    """A file deleted between the listing and the tag phase ended `dolmino build` with "in an
+    executor: FileNotFoundError: [Errno 2] No such file or directory: '.../b.jsonl'" (a tester):
+    the line now says the input disappeared during the build and to rerun once inputs are stable."""
+    web = tmp_path / "data" / "web"
+    web.mkdir(parents=True)
+    for name in ("a", "b"):
+        (web / f"{name}.jsonl").write_text("".join(json.dumps({"id": f"{name}{i}", "text": f"document {i} about bread"})
+                                                   + "\n" for i in range(10)))
+    code, errors = _build_deleting_after_listing(tmp_path, monkeypatch, capsys,
+                                                 {"name": "web", "paths": ["web/*.jsonl"]}, web / "b.jsonl")
+    assert code == 2 and errors == [_disappeared(web / "b.jsonl")], errors
 
 
 def test_an_input_gone_from_s3_or_disk_reads_as_disappeared_in_tag_and_write(s3_server, tmp_path):
@@ -404,33 +412,13 @@ def test_a_posts_xml_deleted_after_the_listing_is_one_line_saying_to_rerun(spark
     """A Stack Exchange Posts.xml deleted between the listing and its conversion in the tag phase
     ended the build with "in an executor: FileNotFoundError: [Errno 2] No such file or directory"
     (a tester): it is the same line as any other input that disappeared."""
-    from dolmino.build import mix
-    from dolmino.build.cli import main as build_main
-
     site = tmp_path / "data" / "cooking.stackexchange.com"
     site.mkdir(parents=True)
     (site / "Posts.xml").write_text('<?xml version="1.0" encoding="utf-8"?>\n<posts>\n</posts>\n')
-    path = tmp_path / "m.json"
-    path.write_text(json.dumps({"name": "gone", "version": 1, "seed": 1, "budget": 300,
-                                "data_root": str(tmp_path / "data"),
-                                "sources": [{"name": "se", "paths": ["**/Posts.xml"], "format": "stackexchange",
-                                             "mix_percent": 100}]}))
-    listed = mix.list_inputs
-
-    def list_then_delete(manifest):
-        listing = listed(manifest)
-        (site / "Posts.xml").unlink()
-        return listing
-
-    monkeypatch.setattr(mix, "list_inputs", list_then_delete)
-    code = build_main(["--manifest", str(path), "--out", str(tmp_path / "out"), "--attributes", str(tmp_path / "a"),
-                       "--quiet"])
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if "error:" in line]
-    assert code == 2 and errors == [
-        f"build_mix: error: in an executor: InputChangedError: {site / 'Posts.xml'}: the input file disappeared "
-        "during the build (it was listed, then not found); rerun once the inputs are stable (finished attribute "
-        "files and parts are kept)"], err
+    code, errors = _build_deleting_after_listing(
+        tmp_path, monkeypatch, capsys, {"name": "se", "paths": ["**/Posts.xml"], "format": "stackexchange"},
+        site / "Posts.xml")
+    assert code == 2 and errors == [_disappeared(site / "Posts.xml")], errors
 
 
 def test_a_posts_xml_gone_from_s3_or_disk_reads_as_disappeared_in_every_conversion_step(s3_server, tmp_path):

@@ -390,6 +390,18 @@ def test_truncated_weight_files_are_named_by_every_command_that_reads_them(tmp_p
         refused_in_one_line(commands, file, "is it truncated or corrupt", ckpt)
 
 
+def _refusals_of_train_and_export(tmp_path, path):
+    """Each of trainer.run --init-from PATH and trainer.export_hf PATH: exit 2 and one stderr line (yielded)."""
+    data = random_tokens(tmp_path / "data", 4 * 64)
+    commands = [("trainer.run", "--data", data, "--init-from", path, "--steps", 1, "--seq-len", 64, "--batch-size", 2,
+                 "--device", "cpu", "--save-dir", tmp_path / "run"),
+                ("trainer.export_hf", path, tmp_path / "out")]
+    for module, *args in commands:
+        proc = run_module(module, *args)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, (module, proc.stderr)
+        yield lines
+
 
 @pytest.mark.parametrize("case", ["unlisted", "misplaced"])
 def test_an_index_that_does_not_match_its_shards_is_refused_before_training(tmp_path, case):
@@ -406,15 +418,8 @@ def test_an_index_that_does_not_match_its_shards_is_refused_before_training(tmp_
     else:
         index["weight_map"][name] = next(f for f in sorted(set(index["weight_map"].values())) if f != holder)
     index_file.write_text(json.dumps(index))
-    data = random_tokens(tmp_path / "data", 4 * 64)
-    commands = [("trainer.run", "--data", data, "--init-from", path, "--steps", 1, "--seq-len", 64, "--batch-size", 2,
-                 "--device", "cpu", "--save-dir", tmp_path / "run"),
-                ("trainer.export_hf", path, tmp_path / "out")]
-    for module, *args in commands:
-        proc = run_module(module, *args)
-        assert proc.returncode == 2, (module, proc.stderr)
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and f"{index_file} does not match its shards: " in lines[0], (module, proc.stderr)
+    for lines in _refusals_of_train_and_export(tmp_path, path):
+        assert f"{index_file} does not match its shards: " in lines[0], lines[0]
         assert f"that it does not name there: {name} in {holder}" in lines[0], lines[0]
         assert lines[0].endswith("download the checkpoint again"), lines[0]
     assert not (tmp_path / "run").exists() and not (tmp_path / "out" / "model.safetensors").exists()
@@ -429,15 +434,8 @@ def test_a_config_that_does_not_describe_its_weights_is_refused_by_every_command
     path, _ = hf_olmo2(tmp_path)
     config = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**config, field: value}))
-    data = random_tokens(tmp_path / "data", 4 * 64)
-    commands = [("trainer.run", "--data", data, "--init-from", path, "--steps", 1, "--seq-len", 64, "--batch-size", 2,
-                 "--device", "cpu", "--save-dir", tmp_path / "run"),
-                ("trainer.export_hf", path, tmp_path / "out")]
-    for module, *args in commands:
-        proc = run_module(module, *args)
-        assert proc.returncode == 2, (module, proc.stderr)
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and f"{path}: tensor shapes differ from the model its config.json describes" in lines[0]
+    for lines in _refusals_of_train_and_export(tmp_path, path):
+        assert f"{path}: tensor shapes differ from the model its config.json describes" in lines[0], lines[0]
         assert tensor in lines[0] and lines[0].endswith("config.json and the weights belong to different models")
     assert not (tmp_path / "run").exists() and not (tmp_path / "out").exists()
 
