@@ -801,13 +801,41 @@ def test_a_master_spark_cannot_use_is_one_line(tmp_path):
         "Could not parse Master URL: 'spark//127.0.0.1:7077'")
 
 
-def test_a_master_that_never_answers_is_said_so():
+def test_a_master_that_never_answers_is_said_so(monkeypatch):
+    from dolmino.build import spark as spark_mod
     from dolmino.build.spark import start_failure
 
     class JavaError(Exception):
         java_exception = type("J", (), {"toString": lambda self: "java.lang.IllegalStateException: Cannot call "
                                         "methods on a stopped SparkContext.\nThis stopped SparkContext was created"})()
 
-    assert start_failure(JavaError("An error occurred while calling None.org.apache.spark.api.java.JavaSparkContext."),
-                         None) == ("cannot start Spark with the master spark-submit was given: the master did not "
-                                   "take the application (is a master running at that URL, with a worker?)")
+    error = JavaError("An error occurred while calling None.org.apache.spark.api.java.JavaSparkContext.")
+    monkeypatch.setattr(spark_mod, "configured_master", lambda: None)  # no JVM to ask
+    assert start_failure(error, None) == ("cannot start Spark with the master spark-submit was given: the master did "
+                                          "not take the application (is a master running at that URL, with a worker?)")
+    # `spark-submit --master spark://127.0.0.1:17999 dolmino/build_mix.py`: the URL is named (found by a tester)
+    monkeypatch.setattr(spark_mod, "configured_master", lambda: "spark://127.0.0.1:17999")
+    assert start_failure(error, None).startswith(
+        "cannot start Spark with master spark://127.0.0.1:17999 (spark-submit's or spark-defaults.conf's): the master "
+        "did not take the application")
+    assert start_failure(error, "spark://h:7077").startswith("cannot start Spark with --master spark://h:7077: ")
+
+
+def test_the_configured_master_is_read_from_the_drivers_jvm(spark, monkeypatch):
+    """Under spark-submit its JVM holds spark.master as a system property, which SparkConf() loads."""
+    from dolmino.build.spark import configured_master
+
+    jvm = spark.sparkContext._jvm
+    previous = jvm.System.getProperty("spark.master")
+    jvm.System.setProperty("spark.master", "spark://127.0.0.1:17999")
+    try:
+        assert configured_master() == "spark://127.0.0.1:17999"
+    finally:
+        if previous is None:
+            jvm.System.clearProperty("spark.master")
+        else:
+            jvm.System.setProperty("spark.master", previous)
+    from pyspark import SparkContext
+
+    monkeypatch.setattr(SparkContext, "_jvm", None)
+    assert configured_master() is None

@@ -298,6 +298,23 @@ def test_build_stage_final_line_counts_skipped_stages_apart(spark):
     assert " · done in " in final and "ETA" not in final and st.record["wall_s"] > 0
 
 
+def test_a_stage_with_nothing_to_do_says_so(spark):
+    """A rerun with every unit tagged printed "[tag] 0/0 tasks · 0 docs/s · done in 0.0 s" (a tester)."""
+    from dolmino.build.progress import Stage
+
+    sc = spark.sparkContext
+    out = io.StringIO()
+    with Stage(sc, "tag", total_units=0, reused_units=12, stream=out):
+        pass
+    assert out.getvalue() == "[tag] nothing to do: 12 units reused\n"
+    with Stage(sc, "write", stream=out):
+        pass
+    assert out.getvalue().splitlines()[-1] == "[write] nothing to do"
+    with Stage(sc, "ran", reused_units=3, stream=out):  # a stage whose jobs ran shows them as ever
+        assert sc.parallelize(range(4), 2).count() == 4
+    assert out.getvalue().splitlines()[-1].startswith("[ran] 2/2 tasks · ")
+
+
 def test_a_running_stage_line_gives_no_task_total_that_will_move(spark):
     """While a job runs, the stages it will skip look pending and jobs the stage submits later
     are unknown: a mid-stage "done/total tasks" grew and shrank (found by a tester). The live

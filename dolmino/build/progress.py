@@ -68,7 +68,7 @@ class Stage:
     """`with Stage(sc, "tag", totals) as st:` runs a stage under its own job group with a live line."""
 
     def __init__(self, sc, name: str, *, total_bytes: int = 0, total_units: int = 0, total_docs: int = 0,
-                 quiet: bool = False, stream=None):
+                 reused_units: int = 0, quiet: bool = False, stream=None):
         self.sc = sc
         self.name = name
         # The job group is this stage run's own: named after the stage alone, a second build in
@@ -78,6 +78,7 @@ class Stage:
         self.total_bytes = total_bytes
         self.total_units = total_units
         self.total_docs = total_docs  # a stage that knows its documents, not its units (tokenize, cut)
+        self.reused_units = reused_units  # the units a rerun found done: its final line says so
         self.counters = Counters(sc)
         self.stream = stream or sys.stderr
         self.quiet = quiet
@@ -126,6 +127,11 @@ class Stage:
         v = self.counters.values()
         elapsed = max(time.time() - self.started, 1e-9)
         done, total, skipped, running = self._tasks()
+        if final and not (total or skipped or any(v.values())):
+            # No job ran: a rerun with every unit done read "[tag] 0/0 tasks · 0 docs/s · done in 0.0 s"
+            # (found by a tester).
+            reused = f": {self.reused_units:,} units reused" if self.reused_units else ""
+            return f"[{self.name}] nothing to do{reused}"
         if final:
             parts = [f"[{self.name}] {done}/{total} tasks" + (f" ({skipped:,} skipped)" if skipped else "")]
         elif not (self.total_units or self.total_bytes or self.total_docs):

@@ -81,8 +81,24 @@ def start_failure(exc: BaseException, master: str | None) -> str:
                   type(exc).__name__)
     if "stopped SparkContext" in reason:
         reason = "the master did not take the application (is a master running at that URL, with a worker?)"
-    where = f"--master {master}" if master else "the master spark-submit was given"
+    configured = None if master else configured_master()
+    where = (f"--master {master}" if master else f"master {configured} (spark-submit's or spark-defaults.conf's)"
+             if configured else "the master spark-submit was given")
     return f"cannot start Spark with {where}: {reason}"
+
+
+def configured_master() -> str | None:
+    """The `spark.master` the driver's JVM was launched with (spark-submit's `--master`, its
+    `--conf`, spark-defaults.conf), where that JVM still answers: a master that never answered
+    was named only as "the master spark-submit was given", not by its URL (found by a tester)."""
+    try:
+        from pyspark import SparkConf, SparkContext
+
+        if SparkContext._jvm is None:  # no JVM: nothing configured one
+            return None
+        return SparkConf().get("spark.master", None)
+    except Exception:  # noqa: BLE001 - the JVM may be gone: the message then names no URL
+        return None
 
 
 def stop_session(spark, interrupted: bool) -> None:

@@ -527,7 +527,8 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
     results: list[BundleTagged] = []
     todo_bytes = sum(w.bundle.size for w in works.values())
     todo_units = sum(len(w.bundle.units) for w in works.values())
-    with Stage(sc, "tag", total_bytes=todo_bytes, total_units=todo_units, quiet=quiet) as stage:
+    with Stage(sc, "tag", total_bytes=todo_bytes, total_units=todo_units, reused_units=len(units) - todo_units,
+               quiet=quiet) as stage:
         if groups:
             counters = stage.counters
             records = parallelize_pickled(sc, groups).flatMap(lambda g: run_tag_task(g, ctx_b, counters))
