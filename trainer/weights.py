@@ -225,9 +225,9 @@ def _open_safetensors(file: Path, framework: str = "pt"):
 
     `framework="numpy"` where only names, shapes and dtypes are read: "pt" maps the whole file
     copy-on-write, which Linux refuses for a file larger than the machine's memory (a 7B model in
-    one file, as export_hf writes it), so reading a checkpoint's metadata (trainer.schedule, every
-    start-up check) ended in an "unable to mmap" traceback (found by a tester); numpy's read-only
-    map is not charged against memory, and the file is checked the same way."""
+    one file, as export_hf wrote it before --max-shard-size), so reading a checkpoint's metadata
+    (trainer.schedule, every start-up check) ended in an "unable to mmap" traceback (found by a
+    tester); numpy's read-only map is not charged against memory, and the file is checked the same way."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -240,8 +240,9 @@ def _open_safetensors(file: Path, framework: str = "pt"):
         reason = str(exc).rsplit(": ", 1)[-1]
         raise CheckpointFormatError(
             f"{file} ({file.stat().st_size:,} bytes) cannot be memory-mapped on this machine ({reason}): reading its "
-            f"tensors needs more memory than the file holds, or the model saved in smaller shards (transformers' "
-            f"save_pretrained(dir, max_shard_size=\"5GB\"))") from None
+            "tensors needs more memory than the file holds, or the model saved in smaller shards "
+            "(`python -m trainer.export_hf CKPT OUT --max-shard-size 5GB`, or transformers' "
+            "save_pretrained(dir, max_shard_size=\"5GB\"))") from None
 
 
 # What transformers' Olmo2Config takes for a field its config.json leaves out: the same model
