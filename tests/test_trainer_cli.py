@@ -226,14 +226,19 @@ def test_a_manifest_on_s3_is_named_as_a_url(capsys):
         assert "s3:/bkt" not in err
 
 
-def test_a_build_on_s3_is_refused_with_how_to_copy_it(tmp_path, capsys):
-    """The trainer reads local token files; a build whose --out was s3:// is named with the way to fetch it."""
+def test_a_build_on_s3_is_refused_with_how_to_copy_it(s3_server, tmp_path, capsys):
+    """The trainer reads local token files; a build whose --out was s3:// is named with the way to fetch it
+    (a finished one, on the S3 server: a missing bucket is said as such)."""
+    import boto3
+
     from trainer.run import main
 
-    assert main(["--data", "s3://bucket/mixes/dolmino-50B", "--model", "tiny", "--steps", "1"]) == 2
+    boto3.client("s3").create_bucket(Bucket="finished-trainer")
+    boto3.client("s3").put_object(Bucket="finished-trainer", Key="mixes/dolmino-50B/report.json", Body=b"{}")
+    assert main(["--data", "s3://finished-trainer/mixes/dolmino-50B", "--model", "tiny", "--steps", "1"]) == 2
     err = capsys.readouterr().err
-    assert "--data s3://bucket/mixes/dolmino-50B: the trainer reads token files from a local directory" in err
-    assert "dolmino release publish s3://bucket/mixes/dolmino-50B" in err and "dolmino release pull" in err
+    assert "--data s3://finished-trainer/mixes/dolmino-50B: the trainer reads token files from a local directory" in err
+    assert "dolmino release publish s3://finished-trainer/mixes/dolmino-50B" in err and "dolmino release pull" in err
     for flag in ("--save-dir", "--resume", "--init-from"):  # never a local directory named "s3:"
         with pytest.raises(SystemExit) as exc:
             main(["--data", str(tmp_path), flag, "s3://bucket/ckpt", "--steps", "1"])
@@ -241,8 +246,9 @@ def test_a_build_on_s3_is_refused_with_how_to_copy_it(tmp_path, capsys):
         assert f"argument {flag}: 's3://bucket/ckpt' is a URL; this needs a local path" in capsys.readouterr().err
     assert not (REPO / "s3:").exists() and not (Path.cwd() / "s3:").exists()
     manifest = tmp_path / "m.json"
-    manifest.write_text(json.dumps({"name": "m", "output": "s3://bucket/mixes/m"}))
-    with pytest.raises(SystemExit, match="the mix output s3://bucket/mixes/m is remote; .*dolmino release pull"):
+    manifest.write_text(json.dumps({"name": "m", "output": "s3://finished-trainer/mixes/dolmino-50B"}))
+    with pytest.raises(SystemExit, match="the mix output s3://finished-trainer/mixes/dolmino-50B is remote; "
+                                         ".*dolmino release pull"):
         mix_output_dir(manifest)
 
 
@@ -573,8 +579,8 @@ def test_an_overwrite_cut_short_leaves_no_checkpoint_to_resume(data_dir, tmp_pat
         raise KeyboardInterrupt
 
     monkeypatch.setattr(shutil_mod, "rmtree", cut_short)
-    with pytest.raises(KeyboardInterrupt):
-        main([*base, "--overwrite"])
+    assert main([*base, "--overwrite"]) == 130  # Ctrl-C's one line and status
+    assert "interrupted; no checkpoint was saved" in capsys.readouterr().err
     monkeypatch.setattr(shutil_mod, "rmtree", real_rmtree)
     assert not (save / "latest").exists() and any(save.glob("step*"))  # one step dir left behind
     assert main([*base, "--resume"]) == 2

@@ -358,11 +358,18 @@ def test_parts_without_report_json_validate_with_a_warning(build, capsys):
             "pull` it)") in out
 
 
-def test_a_build_on_s3_is_refused_with_how_to_copy_it(capsys):
-    assert main(["s3://bucket/mixes/dolmino-50B/"]) == 2
+def test_a_build_on_s3_is_refused_with_how_to_copy_it(s3_server, capsys):
+    """A finished build (its report.json) on S3: validate says how to copy it. On the S3 server, not
+    wherever the session's environment points: a missing bucket is said as such (found by the CI)."""
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="finished-validate")
+    boto3.client("s3").put_object(Bucket="finished-validate", Key="mixes/dolmino-50B/report.json", Body=b"{}")
+    assert main(["s3://finished-validate/mixes/dolmino-50B/"]) == 2
     err = capsys.readouterr().err
-    assert "s3://bucket/mixes/dolmino-50B: validation reads every token, from a local directory" in err
-    assert "dolmino release publish s3://bucket/mixes/dolmino-50B s3://" in err and "dolmino release pull" in err
+    assert "s3://finished-validate/mixes/dolmino-50B: validation reads every token, from a local directory" in err
+    assert "dolmino release publish s3://finished-validate/mixes/dolmino-50B s3://" in err, err
+    assert "dolmino release pull" in err
 
 
 def test_an_unfinished_build_on_s3_is_said_to_be_one(s3_server, capsys):
