@@ -671,35 +671,16 @@ def _get_json(bucket: str, key: str) -> dict | None:
         raise ReleaseError(f"s3://{bucket}/{key}: not valid JSON ({exc}){remedy}") from None
 
 
-def _multipart_uploads(bucket: str, prefix: str) -> list[dict]:
-    """Unfinished multipart uploads under `prefix`: only clean-up looks for them, so a store
-    that does not list them (NotImplemented: s3rver, some gateways) has none to show; its
-    unfinished uploads are left to the bucket's lifecycle rules."""
-    from botocore.exceptions import ClientError
-
-    cl = s3.client()
-    found = []
-    try:
-        for page in cl.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
-            found += page.get("Uploads", ())
-    except ClientError as exc:
-        if not s3.not_implemented(exc):
-            raise
-        return []
-    return found
-
-
 def _abort_uploads(bucket: str, uploads: list[dict]) -> None:
-    cl = s3.client()
     for upload in uploads:
-        cl.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        s3.abort_upload(bucket, upload)
 
 
 def _remove_prefix(bucket: str, prefix: str) -> int:
     """Delete every object and unfinished multipart upload under `prefix`; returns the object count."""
     keys = [k for k, _ in s3.iter_keys(bucket, prefix)]
     s3.delete_keys(bucket, keys)
-    _abort_uploads(bucket, _multipart_uploads(bucket, prefix))
+    _abort_uploads(bucket, s3.multipart_uploads(bucket, prefix))
     return len(keys)
 
 
@@ -839,7 +820,7 @@ def _leftover_groups(bucket: str, key_prefix: str, record: dict | None) -> dict[
     for name in releases:
         del groups[name]
     cl = s3.client()
-    for upload in _multipart_uploads(bucket, key_prefix):
+    for upload in s3.multipart_uploads(bucket, key_prefix):
         g = group(upload["Key"][len(key_prefix):])
         if g is None:
             continue

@@ -560,6 +560,28 @@ def not_implemented(exc: BaseException) -> bool:
     return error_code(exc) in _NOT_IMPLEMENTED
 
 
+def multipart_uploads(bucket: str, prefix: str) -> list[dict]:
+    """Unfinished multipart uploads under `prefix`: only clean-up looks for them, so a store
+    that does not list them (NotImplemented: s3rver, some gateways) has none to show; its
+    unfinished uploads are left to the bucket's lifecycle rules."""
+    from botocore.exceptions import ClientError
+
+    found = []
+    try:
+        for page in client().get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
+            found += page.get("Uploads", ())
+    except ClientError as exc:
+        if not not_implemented(exc):
+            raise
+        return []
+    return found
+
+
+def abort_upload(bucket: str, upload: dict) -> None:
+    """Abort one upload `multipart_uploads` listed."""
+    client().abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+
+
 def _delete_each(cl, bucket: str, keys: list[str]) -> None:
     from botocore.exceptions import ClientError
 

@@ -266,28 +266,24 @@ def abort_unfinished_uploads(out: str) -> list[str]:
         return []
     from botocore.exceptions import ClientError
 
-    from dolmino.s3 import client, error_code, not_implemented, split_uri
+    from dolmino.s3 import abort_upload, error_code, multipart_uploads, not_implemented, split_uri
 
-    def not_granted(exc: ClientError) -> bool:
-        return not_implemented(exc) or error_code(exc) in ("AccessDenied", "403", "Forbidden")
-
+    denied = ("AccessDenied", "403", "Forbidden")  # a policy without the call: as a store without it
     bucket, prefix = split_uri(out.rstrip("/") + "/")
-    cl = client()
     try:
-        uploads = [u for page in cl.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
-                   for u in page.get("Uploads", ()) if _BUILD_FILE.fullmatch(u["Key"][len(prefix):])]
+        uploads = [u for u in multipart_uploads(bucket, prefix) if _BUILD_FILE.fullmatch(u["Key"][len(prefix):])]
     except ClientError as exc:
-        if not_granted(exc):
+        if error_code(exc) in denied:
             return []
         raise
     aborted = []
     for upload in uploads:
         try:
-            cl.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            abort_upload(bucket, upload)
         except ClientError as exc:
             if error_code(exc) in ("NoSuchUpload", "404"):  # finished or aborted since it was listed
                 continue
-            if not_granted(exc):
+            if not_implemented(exc) or error_code(exc) in denied:
                 break
             raise
         aborted.append(upload["Key"][len(prefix):])
