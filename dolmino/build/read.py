@@ -9,6 +9,7 @@ read would.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Iterator
 
 from dolmino.build.inputs import Unit
@@ -35,25 +36,32 @@ def read_unit(uri: str, unit: Unit, quarantine: Quarantine,
     and `quarantine.lines` counts the unit's lines. `data`: the file's bytes, fetched ahead."""
     docs = read_documents(uri, quarantine, max_doc_bytes=max_doc_bytes, byte_range=byte_range(unit), data=data,
                           size=listed_size(uri, unit))
-    return docs if uri != unit.file.uri else _still_listed(docs, uri)
+    return docs if uri != unit.file.uri else still_listed(docs, uri)
 
 
-def _still_listed(items: Iterator, uri: str) -> Iterator:
-    """`items` read from the listed input `uri`, which must still exist: one deleted since the
-    listing (a local file, or an S3 object: both raise FileNotFoundError) ended the build with
-    "in an executor: FileNotFoundError: [Errno 2] No such file or directory" (a tester). A missing
+@contextmanager
+def listed_input(uri: str) -> Iterator[None]:
+    """Reading the listed input `uri`, which must still exist: one deleted since the listing (a
+    local file, or an S3 object: both raise FileNotFoundError) ended the build with "in an
+    executor: FileNotFoundError: [Errno 2] No such file or directory" (a tester). A missing
     bucket is not the file's doing (an executor whose endpoint or region sees other buckets) and
     keeps its own line, as for an attribute file (a reviewer)."""
     from dolmino.s3 import NoSuchBucket
 
     try:
-        yield from items
+        yield
     except NoSuchBucket:
         raise
     except FileNotFoundError:
         raise InputChangedError(f"{uri}: the input file disappeared during the build (it was listed, then not "
                                 "found); rerun once the inputs are stable (finished attribute files and parts are "
                                 "kept)") from None
+
+
+def still_listed(items: Iterator, uri: str) -> Iterator:
+    """`items`, read lazily from the listed input `uri`, under `listed_input`."""
+    with listed_input(uri):
+        yield from items
 
 
 def fetch_ahead(units, threads: int) -> ReadAhead:
@@ -72,7 +80,7 @@ def read_lines(uri: str, unit: Unit, wanted: list[int],
     the input changed under the build, which must not pass silently."""
     expected = iter(wanted)
     lines = pick_lines(uri, wanted, max_doc_bytes, byte_range(unit), data, listed_size(uri, unit))
-    for line_no, raw in (lines if uri != unit.file.uri else _still_listed(lines, uri)):
+    for line_no, raw in (lines if uri != unit.file.uri else still_listed(lines, uri)):
         next(expected)  # pick_lines gives the wanted lines in order, stopping where the file ends
         doc, reason, detail = (None, "doc_too_large", "") if type(raw) is OversizeLine else parse_line(raw)
         if doc is None:

@@ -67,7 +67,7 @@ import numpy as np
 
 from dolmino.build.attributes import AttributeStore, add_counts
 from dolmino.build.inputs import Unit
-from dolmino.build.read import _still_listed
+from dolmino.build.read import listed_input, still_listed
 from dolmino.documents import Quarantine, write_documents
 from dolmino.storage import write_bytes
 
@@ -102,8 +102,8 @@ def convert_whole(unit: Unit, source: str, store: AttributeStore, quarantine: Qu
     se_stats = StackExchangeStats()
     path = store.documents_path(source, unit)
     # Only the reading is wrapped: a FileNotFoundError writing the documents is not the input's.
-    docs = _still_listed(iter_stackexchange(unit.file.uri, _config(), se_stats, quarantine, unit.file.size),
-                         unit.file.uri)
+    docs = still_listed(iter_stackexchange(unit.file.uri, _config(), se_stats, quarantine, unit.file.size),
+                        unit.file.uri)
     files[path] = put_documents(path, docs)
     add_counts(stats.removed, {f"{REMOVED_PREFIX}{reason}": n for reason, n in se_stats.removed.items()})
     stats.lines = se_stats.rows
@@ -176,19 +176,14 @@ class ConvertContext(NamedTuple):
 
 def _scan_range(unit: Unit, file_index: int, counters) -> RangeKeys:
     started = time.process_time()
-    [scan] = _still_listed(_scan_keys(unit), unit.file.uri)
+    from filters.stackexchange import scan_keys
+
+    with listed_input(unit.file.uri):
+        scan = scan_keys(unit.file.uri, _config(), (unit.start, unit.end), answer_keys=True, size=unit.file.size)
     counters.add("units", 1)
     counters.add("bytes", unit.size)
     counters.add("cpu_s", time.process_time() - started)
     return RangeKeys(unit.index, file_index, scan)
-
-
-def _scan_keys(unit: Unit) -> Iterator:
-    """Pass 1 over the range, as a generator of one: so `_still_listed` can say a Posts.xml
-    deleted since the listing disappeared (it was a raw FileNotFoundError; a tester)."""
-    from filters.stackexchange import scan_keys
-
-    yield scan_keys(unit.file.uri, _config(), (unit.start, unit.end), answer_keys=True, size=unit.file.size)
 
 
 def _bucket_pieces(keys: RangeKeys, buckets: int) -> Iterator[tuple[int, KeyPiece]]:
@@ -236,7 +231,7 @@ def _range_halves(unit_index: int, pieces, ctx_b, counters) -> Iterator[tuple[tu
     stats, quarantine = StackExchangeStats(), Quarantine()
     halves = range_halves(unit.file.uri, (unit.start, unit.end), ctx.first_lines[unit_index], lookup, _config(),
                           stats, quarantine, unit.file.size)
-    for half in _still_listed(halves, unit.file.uri):  # deleted between the passes, too
+    for half in still_listed(halves, unit.file.uri):  # deleted between the passes, too
         yield (file_index, half.question_id, half.line), half
     counters.add("units", 1)
     counters.add("bytes", unit.size)
