@@ -145,8 +145,8 @@ def tag_warnings(source_names: list[str], units, broken: dict[int, int], attribu
         if unit.index in broken:
             files.setdefault(unit.source_index, []).append(_broken_file(unit, broken[unit.index]))
     root = attributes.rstrip("/")
-    return [w for si, named in sorted(files.items()) for w in _broken_files(
-        source_names[si], {"broken_files": named}, f"{root}/{source_names[si]}/quarantine/")]
+    return [w for si, named in sorted(files.items())
+            for w in _broken_files(source_names[si], named, f"{root}/{source_names[si]}/quarantine/")]
 
 
 def empty_compressed_warnings(source_names: list[str], units) -> list[str]:
@@ -163,10 +163,9 @@ def empty_compressed_warnings(source_names: list[str], units) -> list[str]:
             "usually a write or copy cut short: restore or remove them" for si, names in sorted(empty.items())]
 
 
-def _broken_files(name: str, acc: dict, quarantine: str | None = None) -> list[str]:
-    """The warning for a source whose compressed inputs break part-way (`input_accounts`);
+def _broken_files(name: str, broken: list[tuple[str, int, int]], quarantine: str | None = None) -> list[str]:
+    """The warning for a source whose compressed inputs break part-way (`input_accounts`' list);
     `quarantine`: where their records are (the output's quarantine/<source>/ by default)."""
-    broken = acc.get("broken_files") or []
     if not broken:
         return []
     first, at, _lost = broken[0]
@@ -272,7 +271,7 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
             warnings.append(f"source {source.name!r}: {acc['duplicate_ids']:,} document(s) repeat an id seen earlier in "
                             "the source (the same data under two file names, such as Posts.xml beside Posts.xml.zst, "
                             "or inputs that reuse ids); each is read and may be mixed, told apart by its loc")
-        warnings += _broken_files(source.name, acc)
+        warnings += _broken_files(source.name, acc.get("broken_files") or [])
         if out_tokens < sel.target_tokens * (1 - SHORTFALL_TOLERANCE) and not empty:  # said once: empty names it
             warnings.append(f"source {source.name!r}: wrote {out_tokens:,} tokens, {sel.target_tokens - out_tokens:,} "
                             f"short of its target {sel.target_tokens:,}")
