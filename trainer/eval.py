@@ -401,7 +401,9 @@ def load_model(checkpoint: str | Path, device: torch.device | str = "cpu",
     Names, shapes and vocabulary are checked from the metadata before the model is built, then
     the weights are copied in one tensor at a time.
     """
-    from trainer.weights import CheckpointFormatError, check_compatible, inspect_checkpoint, load_weights_into
+    from trainer.weights import (
+        CheckpointFormatError, check_compatible, inspect_checkpoint, load_weights_into, non_finite_weight,
+    )
 
     device = torch.device(device)
     try:
@@ -414,12 +416,11 @@ def load_model(checkpoint: str | Path, device: torch.device | str = "cpu",
         load_weights_into(loaded, info)
     except CheckpointFormatError as exc:
         raise EvalError(str(exc)) from None
-    for name, param in loaded.named_parameters():
-        # all-NaN log-probs made np.argmax pick choice 0 everywhere: a diverged run or a damaged
-        # file scored 0.78 on BoolQ, exit 0 (found by a tester)
-        if not bool(torch.isfinite(param).all()):
-            raise EvalError(f"{info.path}: weight {name} holds NaN or inf (a diverged run, or a damaged file); "
-                            "nothing scored")
+    # all-NaN log-probs made np.argmax pick choice 0 everywhere: a diverged run or a damaged
+    # file scored 0.78 on BoolQ, exit 0 (found by a tester)
+    if (name := non_finite_weight(loaded)) is not None:
+        raise EvalError(f"{info.path}: weight {name} holds NaN or inf (a diverged run, or a damaged file); "
+                        "nothing scored")
     return LoadedModel(loaded, info.format, info.path, info.step)
 
 

@@ -157,16 +157,6 @@ def run_config_from_args(args: argparse.Namespace, data_paths: list[str], world_
     return RunConfig(model=plan.model, train=train, data_paths=data_paths)
 
 
-def non_finite_weight(model: torch.nn.Module) -> str | None:
-    """The name of the first parameter holding NaN or inf (this rank's shard of it under FSDP), or None."""
-    inner = getattr(model, "module", model)
-    for name, param in inner.named_parameters():
-        local = param.to_local() if hasattr(param, "to_local") else param
-        if local.is_floating_point() and not bool(torch.isfinite(local).all()):
-            return name.replace("_orig_mod.", "")
-    return None
-
-
 def check_batch_split(train: TrainConfig, world_size: int) -> None:
     """Every rank takes an equal share of a step's instances, in whole micro-batches. The Trainer
     found it otherwise after the start-up checks: every rank printed the error, in TrainConfig's
@@ -320,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     # may still be finishing the agreeing collective (`shutdown`).
     try:
         from trainer.train import Trainer, check_resume_model
-        from trainer.weights import load_weights_into
+        from trainer.weights import load_weights_into, non_finite_weight
 
         # Everything is checked from metadata before anything big is built, and the ranks decide
         # together: a node whose copy of the data or of --init-from fails a check stops with its

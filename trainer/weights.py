@@ -793,6 +793,17 @@ def load_weights_into(model: nn.Module, info: CheckpointInfo) -> int:
     return len(params)
 
 
+def non_finite_weight(model: nn.Module) -> str | None:
+    """The name of the first parameter holding NaN or inf (this rank's shard of it under FSDP), or None:
+    trainer.run refuses such --init-from weights, eval such a checkpoint."""
+    inner = getattr(model, "module", model)
+    for name, param in inner.named_parameters():
+        local = param.to_local() if hasattr(param, "to_local") else param
+        if local.is_floating_point() and not bool(torch.isfinite(local).all()):
+            return name.replace("_orig_mod.", "")
+    return None
+
+
 def iter_tensors(info: CheckpointInfo) -> Iterator[tuple[str, torch.Tensor]]:
     with WeightReader(info) as reader:
         for name in reader.names():
