@@ -794,6 +794,9 @@ def _peer_stops_worker(rank: int, store: str, out: str) -> None:
     from trainer.distributed import DistEnv, peer_stopped, ranks_agree
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    # Both ranks' gloo connections are up before rank 1 leaves: leaving at once, it sometimes closed its
+    # end while rank 0 was still connecting ("connectFullMesh failed", exit 1; seen once by the CI).
+    dist.barrier()
     if rank == 1:  # a node whose own start-up check failed: it leaves without the collective
         os._exit(2)
     try:
