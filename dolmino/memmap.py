@@ -35,6 +35,22 @@ def part_name(index: int) -> str:
 PART_FILE = re.compile(r"part-\d{5,}\.(?:npy|label_mask\.npy|csv\.gz)")
 
 
+def unlisted_parts(names, listed) -> tuple[list[str], list[str]]:
+    """(files report.json lists that are not among `names`, part files among `names` it does
+    not list), each sorted: what `dolmino validate` and publish both refuse."""
+    present = set(names)
+    return sorted(set(listed) - present), sorted(n for n in present if PART_FILE.fullmatch(n) and n not in listed)
+
+
+def unlisted_data(names, listed) -> list[str]:
+    """Token files (*.npy, label masks included) and sidecars (*.csv.gz, outside quarantine/) among
+    `names` that report.json does not list, wherever they lie: `dolmino validate` and the trainer
+    refuse a build holding a stray part-0000.npy or sub/extra.npy, which publish released (a tester); a
+    build refuses to start beside those it would not remove (`dolmino.build.output.refuse_strays`)."""
+    return sorted(n for n in names if n not in listed and (
+        n.endswith(".npy") or (n.endswith(".csv.gz") and not n.startswith("quarantine/"))))
+
+
 @dataclass
 class PartStats:
     tokens: int = 0

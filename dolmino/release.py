@@ -81,7 +81,7 @@ from typing import Callable, NamedTuple
 
 from dolmino import s3
 from dolmino.storage import file_above
-from dolmino.memmap import PART_FILE
+from dolmino.memmap import unlisted_data, unlisted_parts
 
 RELEASE_FILE = "RELEASE.json"
 RELEASE_FORMAT = "dolmino-release/2"
@@ -341,22 +341,6 @@ def listed_files(report: object) -> dict[str, str]:
     listed = output.get("files_sha256") if isinstance(output, dict) else None
     return {k: v for k, v in listed.items() if isinstance(k, str) and isinstance(v, str)} \
         if isinstance(listed, dict) else {}
-
-
-def unlisted_parts(names, listed) -> tuple[list[str], list[str]]:
-    """(files report.json lists that are not among `names`, part files among `names` it does
-    not list), each sorted: what `dolmino validate` and publish both refuse."""
-    present = set(names)
-    return sorted(set(listed) - present), sorted(n for n in present if PART_FILE.fullmatch(n) and n not in listed)
-
-
-def unlisted_data(names, listed) -> list[str]:
-    """Token files (*.npy, label masks included) and sidecars (*.csv.gz, outside quarantine/) among
-    `names` that report.json does not list, wherever they lie: `dolmino validate` and the trainer
-    refuse a build holding a stray part-0000.npy or sub/extra.npy, which publish released (a tester); a
-    build refuses to start beside those it would not remove (`dolmino.build.output.refuse_strays`)."""
-    return sorted(n for n in names if n not in listed and (
-        n.endswith(".npy") or (n.endswith(".csv.gz") and not n.startswith("quarantine/"))))
 
 
 def _file_and_directory(paths) -> tuple[str, str] | None:

@@ -344,7 +344,7 @@ def _completion_errors(build_dir: Path, report: dict | None) -> tuple[list[str],
     if not isinstance(listed, dict):
         return [f"{report_path}: output.files_sha256 is not a mapping of file names to SHA-256 (a damaged "
                 "report)"], {}
-    from dolmino.release import unlisted_parts
+    from dolmino.memmap import unlisted_parts
 
     on_disk = {p.name for p in build_dir.glob("part-*") if p.is_file()}
     missing, stale = unlisted_parts(on_disk, listed)

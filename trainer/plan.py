@@ -270,7 +270,7 @@ def data_tokens(paths: list[str] | DataLayout) -> tuple[int, str]:
     token files and label masks a report does not certify (`dolmino validate`'s stale parts), and
     two builds certifying the same token file (a build and a copy of it: its data read twice).
     Otherwise the token files' sizes (4 bytes a token)."""
-    from dolmino.release import unlisted_parts
+    from dolmino.memmap import unlisted_parts
 
     layout = scan_data(paths)
     files, builds = layout.files, layout.builds

@@ -94,7 +94,7 @@ def refuse_strays(out: str) -> None:
     (`remove_stale` removes only its own names at the top and in _parts/): `backup/part-00009.npy`,
     say. The build certified --out beside them, exit 0, and publish then refused it, sending the
     user to rebuild, which never removes them (found by a tester)."""
-    from dolmino.release import unlisted_data
+    from dolmino.memmap import unlisted_data
 
     if strays := [n for n in unlisted_data(list_files(out), {}) if not _BUILD_FILE.fullmatch(n)]:
         raise BuildError(f"{join(out, strays[0])}: a token file or sidecar inside --out that this build neither writes "
