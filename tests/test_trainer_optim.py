@@ -90,6 +90,14 @@ def test_linear_to_zero_anneal_ends_at_exactly_zero_on_the_last_step():
     assert w.key_steps(111)["warmup_end"] == 9
 
 
+def test_a_run_that_stops_inside_its_warm_up_shows_no_warm_up_end():
+    """`python -m trainer.schedule --recipe olmo2-7b --steps 5` listed "warmup_end" at step 5 with
+    LR 7.5e-7: the last step, labelled as if the warm-up peaked there."""
+    s = LRSchedule(peak_lr=3e-4, warmup_steps=2000, horizon_steps=1_192_093)
+    assert s.key_steps(5) == {"first": 0, "25%": 1, "50%": 2, "75%": 3, "last": 4}
+    assert s.key_steps(2000)["warmup_end"] == 1999 and s.lr_at(1999) == 3e-4
+
+
 def test_cosine_reaches_its_floor_on_the_horizons_last_step():
     """The pretraining cosine's floor is on step horizon_steps - 1 (anneals start from the LR of a
     checkpoint's last step)."""
@@ -100,7 +108,8 @@ def test_cosine_reaches_its_floor_on_the_horizons_last_step():
 def test_schedule_rejects_bad_input():
     with pytest.raises(ValueError, match="unknown schedule"):
         LRSchedule(1e-3, 0, 10, kind="step")
-    with pytest.raises(ValueError, match="warmup"):
+    with pytest.raises(ValueError, match=r"^warmup_steps 20 is longer than the whole schedule \(10 steps\); "
+                                         r"use fewer warm-up steps \(--warmup-steps\) or a longer schedule"):
         LRSchedule(1e-3, 20, 10)
     with pytest.raises(ValueError):
         LRSchedule(1e-3, 0, 10).lr_at(-1)

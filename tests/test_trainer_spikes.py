@@ -84,3 +84,27 @@ def test_short_and_bad_series():
         spike_flags(np.zeros((3, 3)))
     with pytest.raises(ValueError):
         spike_flags([1.0, 2.0], window=0)
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_a_non_finite_value_affects_only_the_windows_that_hold_it(bad):
+    """One inf gradient norm (or NaN loss) early in a series made every later window's sums
+    inf / NaN: the whole series scored 0 offline, while the streaming tracker, whose sums
+    restart with each chunk, still found the spikes. Now only the `window` values after it
+    lose their judgement (as in OLMo-core's monitor), whatever the chunking."""
+    rng = np.random.default_rng(4)
+    x = 1.0 + 0.01 * rng.standard_normal(6000)
+    x[[2500, 5500]] += 1.0
+    x[100] = bad
+    x[4000] = bad
+    expected = [2500, 4000, 5500] if np.isinf(bad) else [2500, 5500]  # an inf after a finite window is a spike
+    spikes, judged = spike_flags(x)
+    assert np.flatnonzero(spikes).tolist() == expected
+    assert judged.sum() == 5000
+    tracker = SpikeTracker()
+    for i in range(0, len(x), 10):
+        tracker.update(x[i: i + 10])
+    assert (tracker.spikes, tracker.judged) == (len(expected), 5000)
+    y = 1.0 + 0.01 * rng.standard_normal(3000)
+    y[2000], y[2500] = bad, 2.0  # 2500 would be a spike, but its window holds the bad value
+    assert np.flatnonzero(spike_flags(y)[0]).tolist() == ([2000] if np.isinf(bad) else [])

@@ -49,8 +49,9 @@ class LRSchedule:
             raise ValueError(f"horizon_steps must be >= 1 and warmup_steps >= 0, got "
                              f"{self.horizon_steps} and {self.warmup_steps}")
         if self.warmup_steps > self.horizon_steps:
-            raise ValueError(f"warmup_steps {self.warmup_steps} is longer than the schedule horizon "
-                             f"{self.horizon_steps}")
+            raise ValueError(f"warmup_steps {self.warmup_steps} is longer than the whole schedule "
+                             f"({self.horizon_steps} steps); use fewer warm-up steps (--warmup-steps) or a longer "
+                             f"schedule (--steps, --horizon-tokens)")
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> "LRSchedule":
@@ -72,11 +73,14 @@ class LRSchedule:
         return floor + (self.peak_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def key_steps(self, max_steps: int) -> dict[str, int]:
-        """The steps a reviewer checks: first, end of warm-up, quartiles of the run, last."""
+        """The steps a reviewer checks: first, end of warm-up, quartiles of the run, last.
+
+        A run that stops inside its warm-up has no "warmup_end": its last step, labelled so,
+        showed a fraction of the peak as if it were where the warm-up ends."""
         last = max_steps - 1
         steps = {"first": 0}
-        if self.warmup_steps:
-            steps["warmup_end"] = min(self.warmup_steps - 1, last)
+        if 0 < self.warmup_steps <= max_steps:
+            steps["warmup_end"] = self.warmup_steps - 1
         for q in (25, 50, 75):
             steps[f"{q}%"] = round(last * q / 100)
         steps["last"] = last

@@ -10,6 +10,13 @@ meaningless and early training would look like nothing but spikes. The score is 
 percentage of *judged* values. Standard deviations are population (ddof=0). After a
 constant history (std 0) a value equal to it is not a spike and any other value is (it is
 infinitely many standard deviations away).
+
+A non-finite value (an inf gradient norm, a NaN loss) leaves the mean of every window that
+holds it undefined, so the values judged against such a window are not spikes (OLMo-core's
+stability monitor compares with a NaN threshold there, which is never exceeded); an inf
+judged against a finite window is one. It is kept out of the running sums, so that it
+affects exactly the `window` values after it, in a whole series as in the streaming
+tracker (it used to poison every later sum: one inf made a series' score 0).
 """
 
 from __future__ import annotations
@@ -35,19 +42,23 @@ def spike_flags(values, window: int = 1000, n_std: float = 7.0,
     if len(x) <= min_history:
         return spikes, judged
     # Rolling moments of the previous `window` values from cumulative sums; values are
-    # shifted by the first one so the sums stay small and the variance well conditioned.
-    shift = x[0]
-    y = x - shift
+    # shifted by the first finite one so the sums stay small and the variance well
+    # conditioned. Non-finite values enter the sums as 0 and are counted apart.
+    finite = np.isfinite(x)
+    shift = x[np.argmax(finite)] if finite.any() else 0.0
+    y = np.where(finite, x - shift, 0.0)
     c1 = np.concatenate([[0.0], np.cumsum(y)])
     c2 = np.concatenate([[0.0], np.cumsum(y * y)])
+    n_bad = np.concatenate([[0], np.cumsum(~finite)])
     idx = np.arange(min_history, len(x))
     lo = np.maximum(0, idx - window)
     count = idx - lo
     mean = (c1[idx] - c1[lo]) / count
     std = np.sqrt(np.maximum((c2[idx] - c2[lo]) / count - mean**2, 0.0))
-    dist = np.abs(y[idx] - mean)
-    tol = 1e-12 * np.maximum(1.0, np.abs(x[idx]))  # round-off of the sums, not a real deviation
-    spikes[idx] = (dist > tol) & (dist >= n_std * std)
+    with np.errstate(invalid="ignore"):  # a NaN value: never a spike
+        dist = np.abs((x[idx] - shift) - mean)
+        tol = 1e-12 * np.maximum(1.0, np.abs(np.where(finite[idx], x[idx], 0.0)))  # round-off, not a deviation
+        spikes[idx] = (n_bad[idx] == n_bad[lo]) & (dist > tol) & (dist >= n_std * std)
     judged[idx] = True
     return spikes, judged
 
