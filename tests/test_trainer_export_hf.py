@@ -224,3 +224,113 @@ def test_a_failed_sharded_export_leaves_the_old_model_whole(tmp_path, capsys):
         export_main([str(tmp_path / "ckpt"), str(out), "--max-shard-size", "5 parsecs"])
     assert exit_info.value.code == 2
     assert "'5 parsecs' is not a size; give a positive number of bytes" in capsys.readouterr().err
+
+
+DOLMA2 = ModelConfig(d_model=16, n_layers=1, n_heads=2, max_seq_len=64)  # dolma2's vocabulary, EOS and pad ids
+
+
+def dolma2_build(path, tokenizer: dict | None = None):
+    """A finished build as trainer.run reads it: a token file and the report.json / manifest.json
+    saying which tokenizer.json (by its SHA-256) made it; the packaged dolma2 one unless `tokenizer`
+    (the manifest's tokenizer entry) names another file."""
+    import hashlib
+
+    import numpy as np
+
+    from dolmino.assets import DOLMA2_TOKENIZER_SHA256
+    from dolmino.memmap import MemmapPartWriter
+
+    path.mkdir(parents=True)
+    writer = MemmapPartWriter(str(path), 0, eos_token_id=100257)
+    writer.add(np.arange(1, 300, dtype=np.uint32), "d0", "web", "web:1")
+    writer.close()
+    tokenizer = tokenizer or {"name": "allenai/dolma2-tokenizer"}
+    digest = DOLMA2_TOKENIZER_SHA256 if "path" not in tokenizer else \
+        hashlib.sha256(open(tokenizer["path"], encoding="utf-8").read().encode("utf-8")).hexdigest()
+    (path / "manifest.json").write_text(json.dumps({"name": "m", "tokenizer": tokenizer}))
+    (path / "report.json").write_text(json.dumps({
+        "manifest": "m", "tokenizer": tokenizer["name"], "eos_token_id": 100257, "pad_token_id": 100277,
+        "vocab_size": 100278, "tokenizer_sha256": digest, "output": {"tokens": 300}}))
+    return path
+
+
+def trained_on(path, data: list, cfg: ModelConfig = DOLMA2, seed: int = 0) -> None:
+    """A trainer checkpoint whose config.json records its training data, as trainer.run writes it."""
+    torch.manual_seed(seed)
+    model = OLMo2(cfg)
+    Checkpointer(path).save(1, model, torch.optim.AdamW(model.parameters()), {},
+                            {"model": cfg.to_dict(), "data_paths": [str(d) for d in data]}, background=False)
+
+
+def test_the_export_carries_the_tokenizer_the_checkpoint_was_trained_with(tmp_path, capsys):
+    """`trainer.export_hf CKPT OUT` wrote config.json and the weights only: AutoTokenizer.from_pretrained(OUT)
+    failed, so the export could not be used as a released OLMo 2 directory is (found by a tester). The
+    tokenizer.json is the one the data's builds record (report.json tokenizer_sha256), with the releases'
+    tokenizer_config.json: the same ids as dolmino's tokenizer, no BOS, EOS 100257, pad 100277."""
+    transformers = pytest.importorskip("transformers", reason="transformers loads the exported tokenizer")
+    from dolmino.assets import dolma2_tokenizer_path
+    from dolmino.tokenizer import Dolma2Tokenizer
+
+    trained_on(tmp_path / "ckpt", [dolma2_build(tmp_path / "mix")])
+    assert export_main([str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    out = capsys.readouterr()
+    assert out.err == "" and "and its tokenizer" in out.out
+    assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == dolma2_tokenizer_path().read_bytes()
+    ours = Dolma2Tokenizer(dolma2_tokenizer_path().read_text(encoding="utf-8"))
+    for text in ("Hello world", "  x<|endoftext|>y |||EMAIL_ADDRESS||| naïve 東京\n"):
+        assert tok(text).input_ids == ours.encode_batch([text])[0].tolist()
+    assert tok("Hello world").input_ids == [9906, 1917]  # no BOS
+    assert (tok.eos_token_id, tok.pad_token_id, tok.eos_token, tok.pad_token) == (100257, 100277, "<|endoftext|>",
+                                                                                 "<|pad|>")
+    config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "GPT2Tokenizer" and config["model_max_length"] == 64
+    eos = "<|endoftext|>"  # the releases' special_tokens_map.json
+    assert json.loads((tmp_path / "hf" / "special_tokens_map.json").read_text()) == {
+        "bos_token": eos, "eos_token": eos, "pad_token": "<|pad|>", "unk_token": eos}
+
+    # A checkpoint that does not say (no data recorded, or its data not here): one line, no tokenizer written.
+    saved_random_model(tmp_path, DOLMA2)  # tmp_path/ckpt again, its config without data_paths
+    trained_on(tmp_path / "moved", [tmp_path / "gone"])
+    for ckpt, why in (("ckpt", "records no training data"), ("moved", "cannot be read here")):
+        assert export_main([str(tmp_path / ckpt), str(tmp_path / f"{ckpt}-hf")]) == 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("export_hf: note: no tokenizer files written") and why in err[0], err
+        assert sorted(p.name for p in (tmp_path / f"{ckpt}-hf").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_the_export_carries_a_tokenizer_the_manifest_named(tmp_path, capsys):
+    """A mix built with another tokenizer.json (the manifest's tokenizer.path) gets that file, with a generic
+    PreTrainedTokenizerFast config; one changed since the build is not passed off as the one it used."""
+    transformers = pytest.importorskip("transformers", reason="transformers loads the exported tokenizer")
+    from dolmino.assets import dolma2_tokenizer_path
+
+    copy = tmp_path / "my-tokenizer.json"  # the same tokens, other bytes: not the packaged file
+    copy.write_text(json.dumps(json.loads(dolma2_tokenizer_path().read_text(encoding="utf-8")), indent=1))
+    trained_on(tmp_path / "ckpt", [dolma2_build(tmp_path / "mix", {"name": "my-tok", "path": str(copy)})])
+    assert export_main([str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == copy.read_bytes()
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert tok("Hello world").input_ids == [9906, 1917] and (tok.eos_token_id, tok.pad_token_id) == (100257, 100277)
+    copy.write_text(copy.read_text() + " ")
+    capsys.readouterr()
+    assert export_main([str(tmp_path / "ckpt"), str(tmp_path / "hf2")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has changed since the build" in err[0], err
+    assert not (tmp_path / "hf2" / "tokenizer.json").exists()
+
+
+def test_an_olmo_core_checkpoint_naming_dolma2_exports_its_tokenizer(tmp_path):
+    """OLMo-core's experiment config names its data's tokenizer (dataset.tokenizer): the dolma2 one is written."""
+    from test_trainer_import import write_olmo_core_checkpoint
+
+    from dolmino.assets import dolma2_tokenizer_path
+
+    torch.manual_seed(0)
+    step_dir = write_olmo_core_checkpoint(tmp_path / "run", 3, OLMo2(DOLMA2))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    config["dataset"] = {"tokenizer": {"identifier": "allenai/dolma2-tokenizer", "vocab_size": 100278,
+                                       "eos_token_id": 100257, "pad_token_id": 100277, "bos_token_id": None}}
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    assert export_main([str(step_dir), str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == dolma2_tokenizer_path().read_bytes()

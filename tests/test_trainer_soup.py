@@ -292,3 +292,50 @@ def test_an_s3_ingredient_is_said_to_be_a_url(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "soup"), str(tmp_path), "s3://bucket/ckpt"])
     assert "'s3://bucket/ckpt' is a URL; this needs a local path" in capsys.readouterr().err
+
+
+def test_the_soups_hf_directory_is_sharded_and_carries_the_tokenizer(tmp_path, capsys):
+    """trainer.soup had no --max-shard-size (export_hf has one, default 5GB): a 13B fp32 soup's hf/ was one
+    ~55 GB file, over the Hub's 50 GB per-file limit. Its hf/ now takes the option and is written by export_hf's
+    writer, shards and index as save_pretrained writes them; and it carries the tokenizer its ingredients were
+    trained with (it had none unless an ingredient was an HF directory, so AutoTokenizer could not load it)."""
+    transformers = pytest.importorskip("transformers", reason="transformers loads the soup's hf/")
+    from safetensors.torch import load_file
+    from test_trainer_export_hf import DOLMA2, dolma2_build, trained_on
+
+    from trainer.export_hf import hf_name
+
+    mix = dolma2_build(tmp_path / "mix")
+    for seed in (1, 2):
+        trained_on(tmp_path / f"run{seed}", [mix], seed=seed)
+    runs = [str(tmp_path / "run1"), str(tmp_path / "run2")]
+    assert soup_main([str(tmp_path / "sharded"), *runs, "--max-shard-size", "1MB"]) == 0
+    assert soup_main([str(tmp_path / "single"), *runs]) == 0
+    assert capsys.readouterr().err == ""
+    hf = tmp_path / "sharded" / "hf"
+    index = json.loads((hf / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 2 and not (hf / "model.safetensors").exists()
+    assert sorted(p.name for p in hf.glob("model*")) == sorted(shards + ["model.safetensors.index.json"])
+    averaged, _ = load_model_weights(tmp_path / "sharded")
+    for shard in shards:
+        for name, tensor in load_file(str(hf / shard)).items():
+            assert torch.equal(tensor, averaged[next(k for k in averaged if hf_name(k) == name)])
+    single = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "single" / "hf"), dtype=torch.float32)
+    sharded = transformers.AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32)
+    ids = torch.randint(0, 100278, (1, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(single(input_ids=ids).logits, sharded(input_ids=ids).logits)
+    tok = transformers.AutoTokenizer.from_pretrained(str(hf))
+    assert tok("Hello world").input_ids == [9906, 1917] and (tok.eos_token_id, tok.pad_token_id) == (100257, 100277)
+    assert DOLMA2.max_seq_len == tok.model_max_length
+
+    # Ingredients that do not say which tokenizer they were trained with: one line, and no tokenizer files.
+    trainer_checkpoint(tmp_path / "a", 1)
+    trainer_checkpoint(tmp_path / "b", 2)
+    capsys.readouterr()  # transformers' loading progress
+    assert soup_main([str(tmp_path / "unsaid"), str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("soup: note: no tokenizer files written to") and \
+        "records no training data" in err[0], err
+    assert not (tmp_path / "unsaid" / "hf" / "tokenizer.json").exists()

@@ -5,13 +5,15 @@ mix with different data orders; 13B of three 100B runs and one 300B run. The run
 starting point, so their weights lie in one basin and the average is a better model than
 each ingredient.
 
-    python -m trainer.soup OUT_DIR CKPT1 CKPT2 [CKPT3 ...] [--dtype bfloat16]
+    python -m trainer.soup OUT_DIR CKPT1 CKPT2 [CKPT3 ...] [--dtype bfloat16] [--max-shard-size 5GB]
 
 Ingredients are any format trainer.weights reads: this trainer's checkpoints (or save dirs,
 meaning their latest), Hugging Face Olmo2 directories, OLMo-core DCP checkpoints; they may
 be mixed. OUT_DIR gets both formats: `model.pt` + `config.json` (loads and resumes nothing,
 but exports, evaluates and seeds `--init-from` like any checkpoint) and `hf/`, an
-Olmo2ForCausalLM directory (with the tokenizer files of the first HF ingredient, if any).
+Olmo2ForCausalLM directory written as `trainer.export_hf` writes one (sharded past
+--max-shard-size, with the tokenizer files of the first HF ingredient that has them, else of
+the tokenizer the first ingredient that says was trained with; one line says so where none does).
 
 Why it scales: every ingredient is opened lazily (safetensors / memory-mapped model.pt /
 DCP key by key) and the average is built one tensor at a time, summed in float64 and cast
@@ -31,16 +33,16 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from dolmino.s3 import local_path
 from trainer.checkpoint import CONFIG_FILE, MODEL_FILE, write_failure
 from trainer.cli import HelpFormatter
+from trainer.export_hf import DEFAULT_MAX_SHARD_SIZE, size_arg
 
 HF_SUBDIR = "hf"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
-                   "vocab.json", "merges.txt")
 
 
 def average_state_dicts(state_dicts: list[dict]) -> dict:
@@ -205,9 +207,12 @@ def _check_same_tokenizer(checkpoints: list, infos: list) -> None:
 
 
 def soup(out_dir: str | Path, checkpoints: list[str | Path], dtype: str | None = None,
-         write_hf: bool = True) -> Path:
-    """Average the model weights of `checkpoints` into `out_dir` (trainer format and `hf/`)."""
-    from trainer.export_hf import write_hf_model
+         write_hf: bool = True, max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+         log: Callable[[str], None] | None = None) -> Path:
+    """Average the model weights of `checkpoints` into `out_dir` (trainer format and `hf/`, its
+    weights sharded past `max_shard_size` bytes). `log` gets the line saying that `hf/` has no
+    tokenizer files, where no ingredient says which tokenizer it was trained with."""
+    from trainer.export_hf import checkpoint_tokenizer, no_tokenizer_note, write_hf_model, write_tokenizer
     from trainer.weights import WeightReader, check_compatible, inspect_checkpoint
 
     from trainer.checkpoint import check_output_dir
@@ -232,6 +237,7 @@ def soup(out_dir: str | Path, checkpoints: list[str | Path], dtype: str | None =
             raise ValueError(f"checkpoint {i} ({checkpoints[i]}) has different tensors than {checkpoints[0]}: "
                              f"{exc}") from None
     _check_same_tokenizer(checkpoints, infos)
+    tokenizer = checkpoint_tokenizer(infos) if write_hf else None
     names = list(first.shapes)
     out_dtype = getattr(torch, dtype) if dtype else None
     out_dir = Path(out_dir)
@@ -255,11 +261,12 @@ def soup(out_dir: str | Path, checkpoints: list[str | Path], dtype: str | None =
                 hf_source = next((info for info in infos if info.format == "hf"), None)
                 hf_dir = write_hf_model(out_dir / HF_SUBDIR, first.model, names, averaged.__getitem__,
                                         next(iter(averaged.values())).dtype,
-                                        config=hf_source.hf_config if hf_source is not None else None)
-                if hf_source is not None:
-                    for name in TOKENIZER_FILES:
-                        if (hf_source.path / name).is_file():
-                            shutil.copy(hf_source.path / name, hf_dir / name)
+                                        config=hf_source.hf_config if hf_source is not None else None,
+                                        max_shard_size=max_shard_size)
+                if isinstance(tokenizer, dict):
+                    write_tokenizer(hf_dir, tokenizer)
+                elif log is not None:
+                    log(no_tokenizer_note(hf_dir, tokenizer))
         except (OSError, RuntimeError) as exc:
             where = getattr(exc, "filename", None) or out_dir
             raise ValueError(f"writing the soup to {where} failed: {write_failure(out_dir / MODEL_FILE, exc)}; "
@@ -279,12 +286,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="dtype of the average (default: the first ingredient's)")
     parser.add_argument("--no-hf", dest="hf", action="store_false",
                         help=f"do not also write the Hugging Face directory OUT/{HF_SUBDIR} (default: write it)")
+    parser.add_argument("--max-shard-size", type=size_arg, default=DEFAULT_MAX_SHARD_SIZE, metavar="SIZE",
+                        help=f"OUT/{HF_SUBDIR}'s weights are split into shards of at most SIZE (e.g. 5GB, 500MB, 2GiB) "
+                             "with model.safetensors.index.json, as trainer.export_hf and save_pretrained do "
+                             "(default: 5GB)")
     args = parser.parse_args(argv)
+    notes: list[str] = []
     try:
-        out = soup(args.out, args.checkpoints, dtype=args.dtype, write_hf=args.hf)
+        out = soup(args.out, args.checkpoints, dtype=args.dtype, write_hf=args.hf, max_shard_size=args.max_shard_size,
+                   log=notes.append)
     except (OSError, ValueError) as exc:  # OSError: e.g. an ingredient that cannot be read
         print(f"soup: {exc}", file=sys.stderr)
         return 2
+    for note in notes:
+        print(f"soup: {note}", file=sys.stderr)
     print(f"averaged {len(args.checkpoints)} checkpoints into {out}" + (f" (and {out / HF_SUBDIR})" if args.hf else ""))
     return 0
 
