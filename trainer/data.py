@@ -315,12 +315,7 @@ class MemmapDataset:
         return self.n_instances
 
     def fingerprint(self) -> dict:
-        """What must be unchanged for a saved data position to mean the same batches. "label_masks"
-        (each file's mask size in bytes, None without one): a mask that appeared or went away since
-        the save changed the labels, and a resume of report-less data went on unsaid (a tester)."""
-        return {"seq_len": self.seq_len, "n_instances": self.n_instances,
-                "files": [[f.path.name, f.n_tokens] for f in self.files],
-                "label_masks": [f.mask_bytes for f in self.files]}
+        return data_fingerprint(self.files, self.seq_len)
 
     def _locate(self, index: int) -> tuple[int, int]:
         if not 0 <= index < self.n_instances:
@@ -399,6 +394,41 @@ class Batch:
             ids, labels = self.input_ids.to(device), self.labels.to(device)
         return Batch(ids, labels, self.indices, self.n_targets, self.masked_by_label_mask,
                      self.masked_by_repetition, self.instances_filtered)
+
+
+def data_fingerprint(files: Iterable[TokenFile], seq_len: int) -> dict:
+    """What must be unchanged for a saved data position to mean the same batches. "label_masks"
+    (each file's mask size in bytes, None without one): a mask that appeared or went away since
+    the save changed the labels, and a resume of report-less data went on unsaid (a tester)."""
+    files = list(files)
+    return {"seq_len": seq_len, "n_instances": sum(f.n_tokens // seq_len for f in files),
+            "files": [[f.path.name, f.n_tokens] for f in files],
+            "label_masks": [f.mask_bytes for f in files]}
+
+
+def layout_fingerprint(layout: DataLayout, seq_len: int) -> dict:
+    """`MemmapDataset.fingerprint` of `layout`'s files, from their sizes (nothing is opened):
+    trainer.run checks a --resume's data position in its start-up checks, which the ranks agree
+    on. Found only in the Trainer, every rank printed it (N ranks, N copies; found by a tester)."""
+    files = []
+    for f in layout.files:
+        mask = label_mask_path(f)
+        mask_bytes = mask.stat().st_size if mask.exists() else None
+        files.append(TokenFile(f, layout.sizes[f] // TOKEN_DTYPE.itemsize, mask if mask_bytes is not None else None,
+                               mask_bytes))
+    return data_fingerprint(files, seq_len)
+
+
+def check_data_position(saved: dict | None, current: dict, where: str | Path | None = None) -> None:
+    """Refuse to continue a data position saved (`saved`: its fingerprint) for other data than
+    `current`; `where`: the file it was read from, for the error."""
+    if saved is not None and "label_masks" not in saved:  # saved before masks were fingerprinted: unknown
+        current = {k: v for k, v in current.items() if k != "label_masks"}
+    if saved is not None and saved != current:
+        what = f"the data position in {where}" if where is not None else "the checkpoint's data position"
+        changes = "; ".join(fingerprint_changes(saved, current)) or "files, sizes or seq_len changed"
+        raise DataError(f"{what} was saved for different data ({changes}); resuming would not replay the same "
+                        f"batches: resume with the --data and --seq-len it was trained with")
 
 
 def fingerprint_changes(saved: dict, current: dict) -> list[str]:
@@ -488,14 +518,7 @@ class DataLoader:
 
     def load_state_dict(self, state: dict, where: str | Path | None = None) -> None:
         """Continue from a saved position; `where`: the file it was read from, for the error."""
-        saved, current = state.get("fingerprint"), self.dataset.fingerprint()
-        if saved is not None and "label_masks" not in saved:  # saved before masks were fingerprinted: unknown
-            current = {k: v for k, v in current.items() if k != "label_masks"}
-        if saved is not None and saved != current:
-            what = f"the data position in {where}" if where is not None else "the checkpoint's data position"
-            changes = "; ".join(fingerprint_changes(saved, current)) or "files, sizes or seq_len changed"
-            raise DataError(f"{what} was saved for different data ({changes}); resuming would not replay the same "
-                            f"batches: resume with the --data and --seq-len it was trained with")
+        check_data_position(state.get("fingerprint"), self.dataset.fingerprint(), where)
         self.epoch, self.cursor, self.seed = int(state["epoch"]), int(state["cursor"]), int(state["seed"])
         with self._orders_lock:
             self._orders.clear()

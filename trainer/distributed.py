@@ -37,7 +37,13 @@ class DistEnv:
 
 class DeviceUnavailable(RuntimeError):
     """The device asked for is not on this machine (what `trainer.run` reports in one line;
-    errors of torch.distributed itself, such as a failed rendezvous, keep their traceback)."""
+    errors of torch.distributed itself, such as a failed rendezvous, keep their traceback).
+    `said_by`: the local rank that says it under torchrun, where the node's ranks find it alike
+    (the first rank that finds it: ranks below it may have a device of their own)."""
+
+    def __init__(self, message: str, said_by: int = 0):
+        super().__init__(message)
+        self.said_by = said_by
 
 
 def pick_device(requested: str | None, local_rank: int = 0) -> torch.device:
@@ -55,7 +61,8 @@ def pick_device(requested: str | None, local_rank: int = 0) -> torch.device:
             if local_rank >= count:
                 raise DeviceUnavailable(f"local rank {local_rank} has no CUDA device of its own: this machine "
                                         f"has {count}; start at most {count} rank(s) per node (torchrun "
-                                        "--nproc_per_node), or name one device for all (--device cuda:0)")
+                                        "--nproc_per_node), or name one device for all (--device cuda:0)",
+                                        said_by=count)
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     return device

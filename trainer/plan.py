@@ -32,6 +32,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from dolmino.manifest import expand_home
 from dolmino.release import listed_files
@@ -233,16 +234,22 @@ def _describe_tokenizer(data: dict) -> str:
     return f"{data.get('tokenizer')}, EOS {data.get('eos_token_id')}{digest}"
 
 
-def built_mix_paths(manifest_path: str | Path, prog: str) -> list[str] | None:
-    """[the built mix directory of a manifest], or None after printing why not in one line,
+def built_mix_paths(manifest_path: str | Path, prog: str, say: Callable[[str], object] | None = None
+                    ) -> list[str] | None:
+    """[the built mix directory of a manifest], or None after saying why not in one line,
     "PROG: error: ...", for the command to exit with status 2 (a bare SystemExit exited 1
-    without "error:"; found by a tester)."""
+    without "error:"; found by a tester). `say` writes the line (default: to stderr; trainer.run's
+    says it once per torchrun node)."""
     try:
         return [str(mix_output_dir(manifest_path, prog=prog))]
     except SystemExit as exc:
         if not isinstance(exc.code, str):
             raise
-        print(exc.code.replace(f"{prog}: ", f"{prog}: error: ", 1), file=sys.stderr)
+        line = exc.code.replace(f"{prog}: ", f"{prog}: error: ", 1)
+        if say is None:
+            print(line, file=sys.stderr)
+        else:
+            say(line)
         return None
 
 

@@ -20,9 +20,12 @@ micro-batches of 2 instances, which fits a 2-core / 24 GB machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import os
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -32,15 +35,18 @@ from dolmino.cli import invoked_as
 from dolmino.s3 import local_path
 from dolmino.storage import why_unwritable
 from trainer.checkpoint import (
-    CONFIG_FILE, CheckpointFormatError, CheckpointWriteError, clear_run, cleared_by_overwrite, existing_run,
-    files_fingerprint, latest_checkpoint, load_json_file, own_checkpoint, resumable_checkpoint, resume_advice,
+    CONFIG_FILE, STATE_FILE, CheckpointFormatError, CheckpointWriteError, clear_run, cleared_by_overwrite,
+    existing_run, files_fingerprint, latest_checkpoint, load_json_file, load_torch_file, own_checkpoint,
+    resumable_checkpoint, resume_advice,
 )
 from trainer.cli import HelpFormatter, in_flag_names, parse_count, positive_int  # noqa: F401 (parse_count: our API)
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
-from trainer.data import DataError, check_batch_fits, scan_data, unreported_build_note
+from trainer.data import (
+    DataError, check_batch_fits, check_data_position, layout_fingerprint, scan_data, unreported_build_note,
+)
 from trainer.distributed import (
-    BACKENDS, DeviceUnavailable, RanksDisagree, barrier, exit_process, init_distributed, peer_stopped, ranks_agree,
-    shutdown,
+    BACKENDS, DeviceUnavailable, RanksDisagree, barrier, exit_process, init_distributed, launched_world_size,
+    peer_stopped, ranks_agree, shutdown,
 )
 from trainer.eval import add_training_arguments as add_eval_arguments, evaluate_after_training
 from trainer.plan import (
@@ -61,6 +67,54 @@ def say(line: str) -> None:
     lines of two ranks stopping at the same moment glue together (found by a tester)."""
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
+
+
+# How long a rank that leaves an error found before the process group to its node's first rank
+# waits for torchrun to stop it (which it does once that rank exits) before it says the error itself.
+UNSAID_WAIT_S = 30.0
+
+
+def speaks_before_group(said_by: int = 0) -> bool:
+    """Whether this process says an error found before the process group exists (the command line,
+    a --mix or --resume that cannot be read, a device this machine lacks). Every rank of a torchrun
+    node finds it alike (one command line, one filesystem), and N ranks printed N copies (found by a
+    tester); they cannot yet agree who says it, so the node's local rank `said_by` does."""
+    return launched_world_size() == 1 or int(os.environ.get("LOCAL_RANK", "0")) == said_by
+
+
+def wait_to_be_stopped() -> None:
+    """A rank that leaves an error to the rank that says it must not exit first: torchrun names the
+    first rank to exit as the root cause and stops the others at once, so the one that was to say
+    why could be stopped before it did (a 1 s head start was not enough where one rank got there
+    seconds after another). It waits for torchrun to stop it instead; if nothing has after
+    UNSAID_WAIT_S, the speaker did not fail alike, and this rank says its error after all."""
+    time.sleep(UNSAID_WAIT_S)
+
+
+def refuse_before_group(line: str, said_by: int = 0) -> int:
+    """Say `line`, from the rank that `speaks_before_group` (the others `wait_to_be_stopped`
+    first), and return exit status 2."""
+    if not speaks_before_group(said_by):
+        wait_to_be_stopped()
+    say(line)
+    return 2
+
+
+def parse_args_once(argv: list[str] | None) -> argparse.Namespace:
+    """`parse_args`, whose usage errors and --help only the node's first rank prints under torchrun
+    (`speaks_before_group`): the other ranks exit 0 after --help without a line, and after a usage
+    error `wait_to_be_stopped`."""
+    if speaks_before_group():
+        return parse_args(argv)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+        try:
+            return parse_args(argv)
+        except SystemExit as exc:
+            failed = exc.code
+    if failed:
+        wait_to_be_stopped()
+        sys.stderr.write(err.getvalue())
+    raise SystemExit(failed)
 
 
 def epochs_note(instances: int, batch: int, steps: int, dataset) -> str | None:
@@ -253,19 +307,18 @@ def start_afresh(save_dir: str, overwrite: bool, env, log, keep: list[Path], res
 def main(argv: list[str] | None = None) -> int:
     global AGREED_STOP
     AGREED_STOP = None  # also where an earlier main() in this process set it and this one returns early
-    args = parse_args(argv)
+    args = parse_args_once(argv)
     prog = invoked_as("trainer.run")  # `dolmino train` when the launcher runs it
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.mix:
-        data_paths = built_mix_paths(args.mix, prog)
+        data_paths = built_mix_paths(args.mix, prog, say=refuse_before_group)
         if data_paths is None:
             return 2
     else:
         remote = next((d for d in args.data if "://" in d), None)
         if remote is not None:
-            say(f"{prog}: error: --data {remote}: {remote_build_hint(remote)}")
-            return 2
+            return refuse_before_group(f"{prog}: error: --data {remote}: {remote_build_hint(remote)}")
         data_paths = [str(Path(d).resolve()) for d in args.data]
     resume = resume_from = resume_missing = None
     if args.resume is not None:
@@ -279,30 +332,27 @@ def main(argv: list[str] | None = None) -> int:
         try:
             taken = init_from_resumed(args, resume_from) if found else None
         except ValueError as exc:
-            say(f"{prog}: error: {exc}")
-            return 2
+            return refuse_before_group(f"{prog}: error: {exc}")
         if taken and os.environ.get("RANK", "0") == "0":  # before the process group: every rank got here
             print(taken)
         if args.overwrite and own_checkpoint(resume_from, args.save_dir):
-            say(f"{prog}: error: --overwrite removes the run that --resume would continue; pass one of them")
-            return 2
+            return refuse_before_group(f"{prog}: error: --overwrite removes the run that --resume would continue; "
+                                       "pass one of them")
     if args.eval_limit is not None and not args.eval_tasks:  # it was accepted, and no eval ran (a tester)
-        say(f"{prog}: error: --eval-limit limits the evaluation --eval-tasks asks for; give both, or neither")
-        return 2
+        return refuse_before_group(f"{prog}: error: --eval-limit limits the evaluation --eval-tasks asks for; give "
+                                   "both, or neither")
     if args.eval_tasks and (Path(args.save_dir) / "eval").exists() and not (Path(args.save_dir) / "eval").is_dir():
         # found only after training and scoring, with a traceback, the results lost (a tester)
-        say(f"{prog}: error: --eval-tasks writes SAVE_DIR/eval/, and {Path(args.save_dir) / 'eval'} is a file; "
-            "move it")
-        return 2
+        return refuse_before_group(f"{prog}: error: --eval-tasks writes SAVE_DIR/eval/, and "
+                                   f"{Path(args.save_dir) / 'eval'} is a file; move it")
     if args.recipe in ANNEAL_RECIPES and not args.init_from and resume is None:
-        say(f"{prog}: error: --recipe {args.recipe} anneals a pretrained model; pass --init-from CKPT "
-            f"(a trainer checkpoint, a Hugging Face Olmo2 directory or an OLMo-core checkpoint)")
-        return 2
+        return refuse_before_group(f"{prog}: error: --recipe {args.recipe} anneals a pretrained model; pass "
+                                   "--init-from CKPT (a trainer checkpoint, a Hugging Face Olmo2 directory or an "
+                                   "OLMo-core checkpoint)")
     try:
         env = init_distributed(args.device, args.dist_backend, fsdp=args.fsdp)
     except (ValueError, DeviceUnavailable) as exc:  # a device or backend this machine does not have
-        say(f"{prog}: error: {exc}")
-        return 2
+        return refuse_before_group(f"{prog}: error: {exc}", getattr(exc, "said_by", 0))
     log = print if env.is_main else (lambda _msg: None)
     finished = quiet = False
     # The ranks agreed to stop (a start-up check failed somewhere; AGREED_STOP is set): they leave
@@ -338,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
                     raise DataError(f"{resume_from} was trained on instances of {was} tokens, and this run asks for "
                                     f"--seq-len {run.train.seq_len}: resuming would not replay the same batches; "
                                     "resume with the --seq-len it was trained with")
+                saved = load_torch_file(resume_from / STATE_FILE, resume_advice(resume_from)).get("data") or {}
+                check_data_position(saved.get("fingerprint"), layout_fingerprint(layout, run.train.seq_len),
+                                    resume_from / STATE_FILE)
             failed = None
         except Exception as exc:  # noqa: BLE001 - any failure, so that every rank reaches the agreement; re-raised
             failed = exc
@@ -361,9 +414,15 @@ def main(argv: list[str] | None = None) -> int:
                              f"rank {env.rank}: rank 0 cannot write --save-dir {args.save_dir}; its error says why")
         if resume is None or not own_checkpoint(resume_from, args.save_dir):
             # also a --resume of a checkpoint elsewhere: its run goes on in --save-dir
-            start_afresh(args.save_dir, args.overwrite, env, log,
-                         [p for p in (init.path if init is not None else None, resume_from) if p is not None],
-                         resuming=resume is not None)
+            try:
+                start_afresh(args.save_dir, args.overwrite, env, log,
+                             [p for p in (init.path if init is not None else None, resume_from) if p is not None],
+                             resuming=resume is not None)
+            except ValueError:
+                # Every rank refuses, after start_afresh's collective. Rank 0's directory decides and its line says
+                # why; the others printed a copy "(see rank 0)" and left through a full teardown (found by a tester).
+                AGREED_STOP, quiet = ("failed", False) if env.is_main else ("peer", True)
+                raise
         if args.sync_debug and env.device.type == "cuda":
             torch.cuda.set_sync_debug_mode("warn")
         try:
