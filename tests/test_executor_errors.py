@@ -8,6 +8,7 @@ their module: `dolmino.s3.S3PathError`, botocore's generated `botocore.errorfact
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -317,30 +318,95 @@ def test_task_failure_loggers_are_quieted_only_in_a_session_the_command_started(
     assert levels() == before
 
 
-def test_spark_shutdown_races_are_kept_off_the_console(spark, capsys):
+@contextlib.contextmanager
+def _armed_shutdown_races(sc):
+    """A command's arming of its session's shutdown races; after the test, the filters come off the
+    tests' shared session and Ctrl-C is PySpark's again."""
+    from dolmino.build.spark import quiet_shutdown_races
+
+    races = quiet_shutdown_races(sc)
+    try:
+        yield races
+    finally:
+        races.disarm()
+        config = sc._jvm.org.apache.logging.log4j.LogManager.getContext(False).getConfiguration()
+        for log_filter in races._filters:
+            config.removeFilter(log_filter)
+
+
+def _log4j_writer(sc, name: str):
+    """A log4j logger of the session whose events go to a StringWriter (and not to the console)."""
+    jvm = sc._jvm
+    layout = jvm.org.apache.logging.log4j.core.layout.PatternLayout.newBuilder().withPattern("%m%n").build()
+    writer = jvm.java.io.StringWriter()
+    appender = (jvm.org.apache.logging.log4j.core.appender.WriterAppender.newBuilder().setName(name)
+                .setTarget(writer).setLayout(layout).build())
+    appender.start()
+    logger = jvm.org.apache.logging.log4j.LogManager.getContext(False).getLogger(name)
+    logger.addAppender(appender)
+    logger.setAdditive(False)
+    return logger, writer
+
+
+def test_spark_shutdown_race_messages_of_a_running_build_reach_the_log(spark):
+    """The shutdown races' messages were dropped for the whole session from its start: a running
+    build's TaskCompletionListener that failed for a reason of its own, or a scheduler's failed
+    status update, never reached the log (found by a tester). They go only once Ctrl-C comes."""
+    sc = spark.sparkContext
+    logger, writer = _log4j_writer(sc, "dolmino.tests.shutdown_races")
+    with _armed_shutdown_races(sc) as races:
+        logger.error("Error in TaskCompletionListener: a listener of the running build failed")
+        logger.error("Exception in statusUpdate: a running build's task result")
+        assert str(writer.toString()).splitlines() == [
+            "Error in TaskCompletionListener: a listener of the running build failed",
+            "Exception in statusUpdate: a running build's task result"]
+        races.drop()  # what the command's `stopped` does for Ctrl-C or SIGTERM, before it stops Spark
+        logger.error("Error in TaskCompletionListener: Block broadcast_0 does not exist")
+        logger.error("Some other error, after Ctrl-C")
+    assert str(writer.toString()).splitlines()[2:] == ["Some other error, after Ctrl-C"]
+
+
+def test_spark_shutdown_races_are_kept_off_the_console(spark, capsys, monkeypatch):
     """Ctrl-C during a build: the JVM's own shutdown hook stopped the context under running tasks,
     and Spark printed ~20 lines of Java stack per task that ended (and the driver a Python
     traceback of the closed accumulator connection) around the command's one line (found by a
-    tester). Those messages go; others of the same loggers stay."""
-    from dolmino.build.spark import quiet_shutdown_races
+    tester). From the Ctrl-C on (the signal itself, before the interrupt comes out of the py4j
+    call), those messages go; others of the same loggers stay, and before it an accumulator
+    connection the JVM closed keeps its traceback."""
+    import time
 
+    from dolmino.build.spark import ShutdownRaces
+
+    monkeypatch.setattr(ShutdownRaces, "JVM_EXIT_S", 0.1)  # the tests' JVM stays
     sc = spark.sparkContext
-    quiet_shutdown_races(sc)
     jvm = sc._jvm
     error = jvm.org.apache.logging.log4j.Level.ERROR
     scheduler = jvm.org.apache.logging.log4j.LogManager.getLogger("org.apache.spark.scheduler.TaskSchedulerImpl")
     dag = jvm.org.apache.logging.log4j.LogManager.getLogger("org.apache.spark.scheduler.DAGScheduler")
-    assert not scheduler.isEnabled(error, None, "Exception in statusUpdate")
-    assert not dag.isEnabled(error, None, "Failed to update accumulator 0 (PythonAccumulatorV2) for task 0")
-    assert scheduler.isEnabled(error, None, "Lost executor 1 on host: worker lost")
     server = sc._accumulatorServer
-    for raised in (EOFError(), ValueError("a bug in an update")):
-        try:
-            raise raised
-        except Exception:  # noqa: BLE001 - as socketserver calls handle_error: inside the except
-            server.handle_error(None, ("127.0.0.1", 1))
-    err = capsys.readouterr().err
-    assert "ValueError: a bug in an update" in err and "EOFError" not in err, err
+
+    def accumulator_errors() -> str:
+        for raised in (EOFError(), ValueError("a bug in an update")):
+            try:
+                raise raised
+            except Exception:  # noqa: BLE001 - as socketserver calls handle_error: inside the except
+                server.handle_error(None, ("127.0.0.1", 1))
+        return capsys.readouterr().err
+
+    with _armed_shutdown_races(sc):
+        assert scheduler.isEnabled(error, None, "Exception in statusUpdate")
+        assert "EOFError" in accumulator_errors()
+        with pytest.raises(KeyboardInterrupt):  # PySpark's handler, wrapped
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        deadline = time.monotonic() + 10  # the filters go in from a thread the handler woke
+        while scheduler.isEnabled(error, None, "Exception in statusUpdate") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not scheduler.isEnabled(error, None, "Exception in statusUpdate")
+        assert not dag.isEnabled(error, None, "Failed to update accumulator 0 (PythonAccumulatorV2) for task 0")
+        assert scheduler.isEnabled(error, None, "Lost executor 1 on host: worker lost")
+        err = accumulator_errors()
+        assert "ValueError: a bug in an update" in err and "EOFError" not in err, err
 
 
 def _build_deleting_after_listing(tmp_path, monkeypatch, capsys, source: dict, victim) -> tuple[int, list[str]]:
@@ -469,17 +535,75 @@ def test_an_input_in_a_bucket_the_executor_cannot_see_keeps_its_own_error(s3_ser
         list(read_lines(uri, unit, [1, 2]))
 
 
+def test_a_closed_accumulator_connection_is_quiet_only_once_the_jvm_went_away(capsys):
+    """Without Ctrl-C, the accumulator server's EOFError is kept off the console only where the
+    JVM the command launched has exited (`kill` of that JVM: the command says Spark stopped under
+    it, and the traceback came after that line); a JVM still there keeps it."""
+    import subprocess
+    import sys
+    import types
+
+    from dolmino.build.spark import ShutdownRaces
+
+    def errors(proc) -> str:
+        server = types.SimpleNamespace(handle_error=lambda request, address: print(
+            f"{type(sys.exc_info()[1]).__name__} from {address[0]}", file=sys.stderr))
+        sc = types.SimpleNamespace(_accumulatorServer=server, _gateway=types.SimpleNamespace(proc=proc))
+        races = ShutdownRaces(sc)
+        races.JVM_EXIT_S = 0.2
+        races.arm()
+        try:
+            for raised in (EOFError(), ConnectionResetError(), ValueError("a bug in an update")):
+                try:
+                    raise raised
+                except Exception:  # noqa: BLE001 - as socketserver calls handle_error: inside the except
+                    server.handle_error(None, ("127.0.0.1", 1))
+        finally:
+            races.disarm()
+        return capsys.readouterr().err
+
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    assert errors(exited) == "ValueError from 127.0.0.1\n"
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert errors(running) == ("EOFError from 127.0.0.1\nConnectionResetError from 127.0.0.1\n"
+                                   "ValueError from 127.0.0.1\n")
+    finally:
+        running.kill()
+        running.wait()
+
+
+def test_a_second_ctrl_c_while_the_races_are_dropped_is_the_first_ones_line(capsys):
+    """`stopped` now calls into the JVM (the filters) before its line: a second Ctrl-C there (an
+    impatient user) does not turn the interrupted command into a traceback."""
+    import types
+
+    from dolmino.build.spark import SparkCommand
+
+    def drop():
+        raise KeyboardInterrupt
+
+    command = SparkCommand("build_mix", "finished attribute files and parts are kept")
+    command.races = types.SimpleNamespace(drop=drop)
+    assert command.stopped(KeyboardInterrupt()) == 130
+    assert capsys.readouterr().err == ("build_mix: interrupted; rerun the same command to resume (finished attribute "
+                                       "files and parts are kept)\n")
+
+
 def test_a_task_whose_broadcast_went_with_the_stopped_context_is_kept_off_the_console(spark):
     """Ctrl-C during the tag phase of `make demo`'s build: after the one interrupted line, ~50
     lines of "ERROR TaskContextImpl: Error in TaskCompletionListener ... Block broadcast_0 does not
     exist" (a task releasing a broadcast its stopped context had removed; found by a reviewer, about
     one Ctrl-C in 15). Such a listener's error also fails its task, which says it in one line."""
-    from dolmino.build.spark import quiet_shutdown_races
+    from dolmino.build.spark import shutting_down
 
     sc = spark.sparkContext
-    quiet_shutdown_races(sc)
     jvm = sc._jvm
     error = jvm.org.apache.logging.log4j.Level.ERROR
     context = jvm.org.apache.logging.log4j.LogManager.getLogger("org.apache.spark.TaskContextImpl")
-    assert not context.isEnabled(error, None, "Error in TaskCompletionListener")
-    assert context.isEnabled(error, None, "Some other error of a task's context")
+    with _armed_shutdown_races(sc) as races:
+        shutting_down()  # as the SIGTERM handler does
+        races.drop()  # and the command's `stopped`, which waits for the handler's thread
+        assert not context.isEnabled(error, None, "Error in TaskCompletionListener")
+        assert context.isEnabled(error, None, "Some other error of a task's context")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import pickle
 import sys
+import threading
 import time
 
 # Where S3 lives and how to talk to it (never credentials): executors must reach the same
@@ -122,10 +123,10 @@ def exit_on_sigterm() -> None:
     inside a py4j call, the exit comes back as a py4j error (the JVM got the signal too):
     `SparkCommand.stopped` reads `_TERMINATED`, not the exception, to tell it from a failure."""
     import signal
-    import threading
 
     def terminated(signum, _frame):
         _TERMINATED.append(signum)
+        shutting_down()
         raise SystemExit(128 + signum)
 
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
@@ -185,6 +186,7 @@ class SparkCommand:
     def __init__(self, prog: str, kept: str):
         self.prog, self.kept = prog, kept
         self.interrupted = False
+        self.races: ShutdownRaces | None = None  # of the session the command started
 
     def start(self, app_name: str, master: str | None, driver_memory: str | None):
         """The session, or None (its line printed) where Spark cannot start; Ctrl-C or SIGTERM
@@ -208,7 +210,7 @@ class SparkCommand:
             print(f"{self.prog}: error: {start_failure(exc, master)}", file=sys.stderr)
             return None
         if existing is None:
-            console_log_levels(spark.sparkContext)
+            self.races = console_log_levels(spark.sparkContext)
         return spark
 
     def stopped(self, exc: BaseException) -> int | None:
@@ -223,12 +225,21 @@ class SparkCommand:
                           "down: the Spark log above says which)", 2
         else:
             return None
+        if status != 2 and self.races is not None:  # Ctrl-C or SIGTERM (not Spark gone): before the stop
+            try:
+                self.races.drop()
+            except KeyboardInterrupt:  # a second Ctrl-C (an impatient user): the command is ending already
+                pass
         self.interrupted = True
         print(f"{self.prog}: {how}; rerun the same command to resume ({self.kept})", file=sys.stderr)
         return status
 
     def stop(self, spark) -> None:
-        stop_session(spark, self.interrupted)
+        try:
+            stop_session(spark, self.interrupted)
+        finally:
+            if self.races is not None:
+                self.races.disarm()
 
 
 # Loggers of the driver's JVM that print a failed task's Python traceback: the task set's "Lost
@@ -242,16 +253,18 @@ TASK_FAILURE_LOGGERS = {"org.apache.spark.scheduler.TaskSetManager": "ERROR",
 VERBOSE_LEVELS = ("INFO", "DEBUG", "TRACE", "ALL")
 
 
-def console_log_levels(sc) -> None:
+def console_log_levels(sc) -> ShutdownRaces | None:
     """A command's own session logs warnings and up, without Spark's copies of failed tasks'
     tracebacks; `--conf spark.log.level=...` sets the level instead (Spark applies it), and
-    INFO or more verbose keeps every logger, the task failures' included."""
+    INFO or more verbose keeps every logger, the task failures' included. The shutdown races
+    that Ctrl-C or SIGTERM will drop, where they are to be dropped."""
     asked = sc.getConf().get("spark.log.level", None)
     if asked is None:
         sc.setLogLevel("WARN")
     if (asked or "WARN").upper() not in VERBOSE_LEVELS:
         quiet_task_failures(sc)
-        quiet_shutdown_races(sc)
+        return quiet_shutdown_races(sc)
+    return None
 
 
 # What Spark logs, each with its stack trace, about tasks that end while their context stops
@@ -261,35 +274,163 @@ def console_log_levels(sc) -> None:
 # exist"; a reviewer): a listener's error also fails its task, which the command reports itself.
 SHUTDOWN_RACES = ("Exception in statusUpdate", "Failed to update accumulator", "Error in TaskCompletionListener")
 
+_ARMED: list[ShutdownRaces] = []  # those of the sessions that running commands started
 
-def quiet_shutdown_races(sc) -> None:
-    """Keep Spark's own shutdown races off the console. Ctrl-C or SIGTERM reaches spark-submit's
-    JVM too, whose shutdown hook stops the context under the running tasks: each task that then
-    ended printed ~20 lines of Java stack, and the driver's accumulator server a Python traceback
-    of the JVM's closed connection (EOFError), 20 to 90 lines around the command's one line (found
-    by a tester). Nothing in them is the build's or the user's to act on: the rerun resumes.
-    Dropped by message (log4j's levels are per logger, and these loggers log what matters too);
-    `--conf spark.log.level=INFO` keeps them."""
-    try:
-        jvm = sc._jvm  # noqa: SLF001 - log4j2's configuration is reachable only through the JVM
-        result = getattr(jvm, "org.apache.logging.log4j.core.Filter$Result")
-        context = jvm.org.apache.logging.log4j.LogManager.getContext(False)
-        config = context.getConfiguration()
-        for text in SHUTDOWN_RACES:
-            config.addFilter(jvm.org.apache.logging.log4j.core.filter.StringMatchFilter.newBuilder()
-                             .setMatchString(text).setOnMatch(result.DENY).setOnMismatch(result.NEUTRAL).build())
-        context.updateLoggers()
-    except Exception:  # noqa: BLE001 - another logging backend: Spark's log stays as it was
-        pass
-    server = getattr(sc, "_accumulatorServer", None)  # noqa: SLF001 - PySpark's, in the driver's process
-    if server is not None and hasattr(server, "handle_error"):
-        report = server.handle_error
 
-        def handle_error(request, client_address) -> None:
-            if not isinstance(sys.exc_info()[1], (EOFError, ConnectionError)):  # the JVM went away mid-update
-                report(request, client_address)
+class ShutdownRaces:
+    """Spark's shutdown races of a session the command started (`SHUTDOWN_RACES`, and the
+    accumulator server's EOFError), dropped from the moment Ctrl-C or SIGTERM reaches the
+    command. Until then the same messages are real errors (a TaskCompletionListener that fails
+    for a reason of its own, a scheduler's failed status update): dropped for the whole session,
+    they hid those from a running build (found by a tester). The accumulator server's closed
+    connection goes too where the JVM the command launched has exited: the command's one line
+    says that Spark stopped under it.
 
-        server.handle_error = handle_error
+    The signal handlers (`shutting_down`) only wake this session's thread, which adds the filters:
+    py4j answers no call from the main thread while its interrupted call waits (PySpark's own
+    cancelAllJobs fails there), and a handler that takes locks (a thread's start) can deadlock.
+    The command's `stopped` drops them itself, waiting for that thread, before it stops Spark."""
+
+    WAIT_S = 10.0  # at most, for a JVM that does not answer: the command ends regardless
+    JVM_EXIT_S = 2.0  # a JVM whose connection closed exits within it (its sockets close as it exits)
+
+    def __init__(self, sc):
+        self.sc = sc
+        self.stopping = False  # Ctrl-C or SIGTERM reached the command
+        self._dropped = False
+        self._lock = threading.Lock()
+        self._signalled = threading.Event()  # the signal came, or the command ended
+        self._context = None
+        self._filters: list = []
+        self._sigint = None  # (PySpark's handler, the one that wraps it)
+        self._server = None  # (the accumulator server, its handle_error, the one that wraps it)
+        try:
+            jvm = sc._jvm  # noqa: SLF001 - log4j2's configuration is reachable only through the JVM
+            result = getattr(jvm, "org.apache.logging.log4j.core.Filter$Result")
+            builder = jvm.org.apache.logging.log4j.core.filter.StringMatchFilter.newBuilder
+            # made now, so that dropping is a few calls into a JVM that may be stopping already
+            self._filters = [builder().setMatchString(text).setOnMatch(result.DENY).setOnMismatch(result.NEUTRAL)
+                             .build() for text in SHUTDOWN_RACES]
+            self._context = jvm.org.apache.logging.log4j.LogManager.getContext(False)
+        except Exception:  # noqa: BLE001 - another logging backend: Spark's log stays as it was
+            self._filters = []
+
+    def arm(self) -> ShutdownRaces:
+        """Ctrl-C (PySpark's SIGINT handler, wrapped) and SIGTERM (`exit_on_sigterm`) drop them."""
+        import signal
+
+        server = getattr(self.sc, "_accumulatorServer", None)  # noqa: SLF001 - PySpark's, in the driver's process
+        if server is not None and hasattr(server, "handle_error"):
+            report = server.handle_error
+
+            def handle_error(request, client_address) -> None:
+                # the JVM's end of the connection went away: because the signal reached it too, or
+                # because it died (the command says so in one line); a JVM still there keeps the
+                # traceback of what it sent (it logs its own "Failed to update accumulator")
+                closed = isinstance(sys.exc_info()[1], (EOFError, ConnectionError))
+                if not (closed and (self.stopping or self._jvm_exited())):
+                    report(request, client_address)
+
+            server.handle_error = handle_error
+            self._server = (server, report, handle_error)
+        previous = signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is threading.main_thread() and callable(previous):
+            def interrupted(signum, frame):
+                shutting_down()
+                return previous(signum, frame)
+
+            signal.signal(signal.SIGINT, interrupted)
+            self._sigint = (previous, interrupted)
+        if self._filters:
+            threading.Thread(target=self._drop_when_signalled, name="dolmino-shutdown-races", daemon=True).start()
+        _ARMED.append(self)
+        return self
+
+    def _jvm_exited(self) -> bool:
+        """The JVM this process launched (`dolmino build`) has exited. spark-submit's JVM is this
+        process's parent: its end takes this process's output with it."""
+        import subprocess
+
+        proc = getattr(getattr(self.sc, "_gateway", None), "proc", None)  # PySpark's Popen of the JVM
+        if proc is None:
+            return False
+        try:
+            proc.wait(timeout=self.JVM_EXIT_S)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def _drop_when_signalled(self) -> None:
+        self._signalled.wait()
+        if self.stopping:
+            self.drop()
+
+    def signalled(self) -> None:
+        """Ctrl-C or SIGTERM: safe in a signal handler (sets an event, calls nothing in the JVM)."""
+        self.stopping = True
+        self._signalled.set()
+
+    def drop(self) -> None:
+        """From now on, off the log: the filters go into the JVM's log4j configuration, once.
+        They stay there after the command's stop: Spark, stopped by the signal in its own JVM,
+        may still be ending tasks after that stop returned."""
+        self.stopping = True
+        if not self._lock.acquire(timeout=self.WAIT_S):
+            return
+        try:
+            if self._dropped or not self._filters:
+                return
+            self._dropped = True
+            config = self._context.getConfiguration()
+            for log_filter in self._filters:
+                config.addFilter(log_filter)
+            self._context.updateLoggers()
+        except Exception:  # noqa: BLE001 - the JVM went already: nothing of it is left to log
+            pass
+        finally:
+            self._lock.release()
+
+    def disarm(self) -> None:
+        """The command ends: its thread ends, and Ctrl-C and the accumulator server are PySpark's again
+        (a process that goes on with the session)."""
+        import signal
+
+        if self in _ARMED:
+            _ARMED.remove(self)
+        self._signalled.set()
+        if self._server is not None:
+            server, report, handle_error = self._server
+            if server.handle_error is handle_error:
+                server.handle_error = report
+            self._server = None
+        if self._sigint is not None and threading.current_thread() is threading.main_thread():
+            previous, interrupted = self._sigint
+            if signal.getsignal(signal.SIGINT) is interrupted:
+                signal.signal(signal.SIGINT, previous)
+            self._sigint = None
+
+
+def shutting_down() -> None:
+    """Ctrl-C or SIGTERM reached the command (called from its signal handlers): the shutdown races
+    of its sessions are dropped from now on. The signal reaches spark-submit's JVM too, whose
+    shutdown hook stops the context at once: the filters go in now, not once the interrupt has
+    come out of the py4j call the command was waiting in (on a busy 2-core machine they were in
+    20 to 50 ms after the signal; the stopped stage failed ~200 ms after it)."""
+    for races in list(_ARMED):
+        races.signalled()
+
+
+def quiet_shutdown_races(sc) -> ShutdownRaces:
+    """Keep Spark's own shutdown races off the console once Ctrl-C or SIGTERM stops the command.
+    The signal reaches spark-submit's JVM too, whose shutdown hook stops the context under the
+    running tasks (`dolmino build`'s JVM ignores SIGINT: the command's stop does it there): each
+    task that then ended printed ~20 lines of Java stack, and the driver's accumulator server a
+    Python traceback of the JVM's closed connection (EOFError), 20 to 90 lines around the
+    command's one line (found by a tester). Nothing in them is the build's or the user's to act
+    on: the rerun resumes. Dropped by message (log4j's levels are per logger, and these loggers
+    log what matters too), and only from the signal on (`ShutdownRaces`); `--conf
+    spark.log.level=INFO` keeps them."""
+    return ShutdownRaces(sc).arm()
 
 
 def quiet_task_failures(sc) -> None:
