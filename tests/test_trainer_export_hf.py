@@ -334,3 +334,71 @@ def test_an_olmo_core_checkpoint_naming_dolma2_exports_its_tokenizer(tmp_path):
     (tmp_path / "run" / "config.json").write_text(json.dumps(config))
     assert export_main([str(step_dir), str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == dolma2_tokenizer_path().read_bytes()
+
+
+def test_a_checkpoint_copied_without_its_data_exports_its_tokenizer(tmp_path, capsys):
+    """export_hf found the tokenizer only by following config.json's data_paths to the builds' report.json:
+    a checkpoint copied to another machine without its mix exported no tokenizer files, one note line (found by
+    a tester). trainer.run keeps what the builds say in each checkpoint's config.json; a resumed run keeps it,
+    also where the build's report.json is gone by then (the same token files: their position is checked)."""
+    transformers = pytest.importorskip("transformers", reason="transformers loads the exported tokenizer")
+    from dolmino.assets import DOLMA2_TOKENIZER_SHA256, dolma2_tokenizer_path
+    from trainer.run import main as train_main
+
+    mix = dolma2_build(tmp_path / "mix")
+    flags = ["--data", str(mix), "--model", "tiny", "--seq-len", "32", "--batch-size", "2", "--device", "cpu",
+             "--save-dir", str(tmp_path / "run")]
+    assert train_main([*flags, "--steps", "1"]) == 0
+    recorded = {"name": "allenai/dolma2-tokenizer", "tokenizer_sha256": DOLMA2_TOKENIZER_SHA256,
+                "eos_token_id": 100257, "pad_token_id": 100277, "bos_token_id": None, "vocab_size": 100278}
+    assert json.loads((tmp_path / "run" / "step000001" / "config.json").read_text())["tokenizer"] == recorded
+    (mix / "report.json").rename(tmp_path / "report.json")
+    assert train_main([*flags, "--steps", "2", "--resume"]) == 0
+    assert json.loads((tmp_path / "run" / "step000002" / "config.json").read_text())["tokenizer"] == recorded
+    capsys.readouterr()
+
+    import shutil
+
+    shutil.rmtree(mix)  # the checkpoint on another machine
+    assert export_main([str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
+    out = capsys.readouterr()
+    assert out.err == "" and "and its tokenizer" in out.out, out
+    assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == dolma2_tokenizer_path().read_bytes()
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert tok("Hello world").input_ids == [9906, 1917] and (tok.eos_token_id, tok.pad_token_id) == (100257, 100277)
+
+
+def test_a_recorded_tokenizer_other_than_dolma2_is_read_from_its_recorded_path(tmp_path, capsys):
+    """Another tokenizer.json is recorded by its absolute path (resolved as the build resolved the manifest's
+    tokenizer.path) and exported while it still has the recorded sha256; moved or changed, one line says so.
+    Data whose builds record no tokenizer_sha256 records nothing, and the export says so as before."""
+    from dolmino.assets import dolma2_tokenizer_path
+    from trainer.data import scan_data
+    from trainer.export_hf import data_tokenizer
+
+    copy = tmp_path / "toks" / "my-tokenizer.json"
+    copy.parent.mkdir()
+    copy.write_text(json.dumps(json.loads(dolma2_tokenizer_path().read_text(encoding="utf-8")), indent=1))
+    mix = dolma2_build(tmp_path / "mix", {"name": "my-tok", "path": str(copy)})
+    report = json.loads((mix / "report.json").read_text())
+    (mix / "manifest.json").write_text(json.dumps({"name": "m", "tokenizer": {"name": "my-tok",
+                                                                                "path": "toks/my-tokenizer.json"}}))
+    (mix / "report.json").write_text(json.dumps({**report, "manifest_path": str(tmp_path / "m.json")}))
+    record = data_tokenizer(scan_data([str(mix)]))
+    assert record["path"] == str(copy) and record["name"] == "my-tok"
+    model = OLMo2(DOLMA2)
+    Checkpointer(tmp_path / "ckpt").save(1, model, torch.optim.AdamW(model.parameters()), {},
+                                         {"model": DOLMA2.to_dict(), "tokenizer": record,
+                                          "data_paths": [str(tmp_path / "gone")]}, background=False)
+    assert export_main([str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == copy.read_bytes()
+    assert json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())["tokenizer_class"] == \
+        "PreTrainedTokenizerFast"
+    capsys.readouterr()
+    copy.write_text(copy.read_text() + " ")
+    assert export_main([str(tmp_path / "ckpt"), str(tmp_path / "hf2")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{copy} has changed since the training data of the checkpoint" in err[0], err
+
+    (mix / "report.json").write_text(json.dumps({k: v for k, v in report.items() if k != "tokenizer_sha256"}))
+    assert "records no tokenizer_sha256" in data_tokenizer(scan_data([str(mix)]))

@@ -87,6 +87,26 @@ def test_a_resume_of_other_data_is_said_once_under_torchrun(data_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("damaged", ["model.pt", "optim.pt"])
+def test_a_damaged_resume_checkpoint_is_said_once_under_torchrun(data_dir, tmp_path, damaged):
+    """Each rank loads the --resume checkpoint in the Trainer, after the agreed start-up checks: every rank
+    printed the same "model.pt cannot be read" (found by a tester). The ranks agree on the load as on the
+    start-up checks: rank 0 says it and exits 2, torchrun's root cause; the weights are read once."""
+    from trainer.run import main
+
+    save = tmp_path / "run"
+    args = ["--data", data_dir, *TINY, "--save-dir", save]
+    assert main(list(map(str, [*args, "--steps", 1]))) == 0
+    with open(save / "step000001" / damaged, "r+b") as fh:
+        fh.truncate(1000)
+    proc, output = torchrun_2(*args, "--steps", 2, "--resume")
+    assert proc.returncode != 0
+    said = f"trainer.run: error: {save / 'step000001' / damaged} cannot be read"
+    assert output.count(said) == 1 and output.count("error:") == 1, output[-3000:]
+    assert root_cause_is_rank_0(output), output[-2000:]
+
+
+@pytest.mark.slow
 def test_a_save_dir_holding_a_run_is_said_once_under_torchrun(data_dir, tmp_path):
     """Rank 0 said why; rank 1 printed the same refusal "(see rank 0)"."""
     from trainer.run import main

@@ -37,13 +37,16 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 
 from dolmino.s3 import local_path
 from trainer.cli import HelpFormatter
 from trainer.config import ModelConfig
+
+if TYPE_CHECKING:
+    from trainer.data import DataLayout
 
 _LAYER_NAMES = {
     "attn.q_proj.weight": "self_attn.q_proj.weight",
@@ -330,7 +333,10 @@ def _trainer_tokenizer(info, depth: int) -> dict[str, bytes]:
         if (path / "hf" / "tokenizer.json").is_file():  # written with the soup
             return _hf_dir_tokenizer(path / "hf")
         return _soup_tokenizer(path, config["soup"], depth)
-    paths = config.get("data_paths") if isinstance(config, dict) else None
+    recorded = config.get("tokenizer") if isinstance(config, dict) else None
+    if isinstance(recorded, dict):  # what trainer.run read from the data's builds when it trained
+        return _recorded_tokenizer(recorded, info.model, f"the training data of the checkpoint {path}")
+    paths = config.get("data_paths") if isinstance(config, dict) else None  # checkpoints from before it was recorded
     if not paths:
         raise _NotSaid(f"the checkpoint {path} records no training data (config.json data_paths)")
     return _data_tokenizer([str(p) for p in paths], info.model)
@@ -357,13 +363,35 @@ def _soup_tokenizer(path: Path, ingredients: list, depth: int) -> dict[str, byte
 def _data_tokenizer(paths: list[str], model: ModelConfig | None) -> dict[str, bytes]:
     """The tokenizer.json the builds of `paths` were tokenized with: the one whose SHA-256 their
     report.json records (the packaged dolma2 one, or the file their manifest.json names)."""
-    from trainer.data import DataError, scan_data
-    from trainer.plan import _reported_builds
+    record, folder = _data_tokenizer_record(paths)
+    return _recorded_tokenizer(record, model, f"the build {folder}")
 
-    shown = ", ".join(paths[:2]) + (f" and {len(paths) - 2} more" if len(paths) > 2 else "")
+
+def data_tokenizer(paths: list[str] | DataLayout) -> dict | str:
+    """What the builds of `paths` (trainer.run's --data) record about their tokenizer, for
+    trainer.run to keep in each checkpoint's config.json: name, tokenizer_sha256, EOS / pad / BOS
+    ids, vocab_size, and the absolute path of a tokenizer.json that is not the packaged dolma2
+    one (its manifest's tokenizer.path). An export found it only through the checkpoint's
+    data_paths, so a checkpoint copied without its mix exported no tokenizer (found by a
+    tester). Else why the data does not say (one sentence): no report, a build from before
+    tokenizer_sha256."""
+    try:
+        return _data_tokenizer_record(paths)[0]
+    except _NotSaid as exc:
+        return str(exc)
+
+
+def _data_tokenizer_record(paths: list[str] | DataLayout) -> tuple[dict, Path]:
+    """(`data_tokenizer`'s record, the build it was read from)."""
+    from dolmino.manifest import resolve_relative
+    from trainer.data import DataError, DataLayout, scan_data
+    from trainer.plan import reported_builds
+
+    given = list(paths.paths if isinstance(paths, DataLayout) else paths)
+    shown = ", ".join(given[:2]) + (f" and {len(given) - 2} more" if len(given) > 2 else "")
     try:
         layout = scan_data(paths)
-        builds = _reported_builds(layout)
+        builds = reported_builds(layout)
     except (OSError, DataError) as exc:
         raise _NotSaid(f"the checkpoint's training data ({shown}) cannot be read here ({exc})") from None
     reported = {f for _, held, _ in builds for f in held}
@@ -389,19 +417,37 @@ def _data_tokenizer(paths: list[str], model: ModelConfig | None) -> dict[str, by
         spec = json.loads((folder / "manifest.json").read_text()).get("tokenizer") or {}
     except (OSError, ValueError, AttributeError):
         spec = {}
-    if spec.get("bos_token_id") is not None:
-        raise _NotSaid(f"the build {folder} put BOS id {spec['bos_token_id']} before every document, which a "
-                       "Hugging Face tokenizer.json alone does not add")
-    text = _tokenizer_text(report["tokenizer_sha256"], spec, report.get("manifest_path"), folder)
-    eos, pad, vocab = report.get("eos_token_id"), report.get("pad_token_id"), report.get("vocab_size")
+    record = {"name": report.get("tokenizer"), "tokenizer_sha256": report["tokenizer_sha256"],
+              "eos_token_id": report.get("eos_token_id"), "pad_token_id": report.get("pad_token_id"),
+              "bos_token_id": spec.get("bos_token_id") if isinstance(spec, dict) else None,
+              "vocab_size": report.get("vocab_size")}
+    path = spec.get("path") if isinstance(spec, dict) else None
+    if record["tokenizer_sha256"] != _dolma2_sha256() and isinstance(path, str):
+        manifest_path = report.get("manifest_path")
+        path = resolve_relative(os.path.dirname(manifest_path) if isinstance(manifest_path, str) else None, path)
+        record["path"] = path if "://" in path else os.path.abspath(path)
+    return record, folder
+
+
+def _recorded_tokenizer(record: dict, model: ModelConfig | None, source: str) -> dict[str, bytes]:
+    """The files of the tokenizer `record` (`data_tokenizer`'s) describes, as the data of
+    `source` (a build, or a checkpoint's training data) was tokenized: the packaged dolma2 file
+    where its SHA-256 is dolma2's, else the recorded path while it still has that SHA-256."""
+    digest = record.get("tokenizer_sha256")
+    if not isinstance(digest, str) or not digest:
+        raise _NotSaid(f"{source} records no tokenizer_sha256")
+    if (bos := record.get("bos_token_id")) is not None:
+        raise _NotSaid(f"{source} has BOS id {bos} before every document, which a Hugging Face tokenizer.json "
+                       "alone does not add")
+    text = _tokenizer_text(digest, record.get("path") if isinstance(record.get("path"), str) else None, source)
+    eos, pad, vocab = record.get("eos_token_id"), record.get("pad_token_id"), record.get("vocab_size")
     if model is not None and (eos, pad) != (model.eos_token_id, model.pad_token_id):
-        raise _NotSaid(f"the build {folder}'s EOS / pad ids {eos} / {pad} are not the model's "
+        raise _NotSaid(f"the EOS / pad ids {eos} / {pad} of {source} are not the model's "
                        f"{model.eos_token_id} / {model.pad_token_id}")
     if model is not None and isinstance(vocab, int) and vocab > model.padded_vocab_size:
-        raise _NotSaid(f"the build {folder}'s tokenizer has {vocab:,} ids, more than the model's "
+        raise _NotSaid(f"the tokenizer of {source} has {vocab:,} ids, more than the model's "
                        f"{model.padded_vocab_size:,} embedding rows")
-    return _tokenizer_files(text, eos, pad, model.max_seq_len if model else None,
-                            dolma2=report["tokenizer_sha256"] == _dolma2_sha256())
+    return _tokenizer_files(text, eos, pad, model.max_seq_len if model else None, dolma2=digest == _dolma2_sha256())
 
 
 def _dolma2_sha256() -> str:
@@ -410,13 +456,13 @@ def _dolma2_sha256() -> str:
     return DOLMA2_TOKENIZER_SHA256
 
 
-def _tokenizer_text(digest: str, spec: dict, manifest_path: str | None, folder: Path) -> str:
+def _tokenizer_text(digest: str, path: str | None, source: str) -> str:
     """The tokenizer.json text whose SHA-256 (of its UTF-8 text, as the build hashed it) is `digest`:
-    the packaged dolma2 file, or the one the build's manifest names."""
+    the packaged dolma2 file, or the one at `path` (that `source` was tokenized with)."""
     import hashlib
 
     from dolmino.errors import ManifestError
-    from dolmino.manifest import TokenizerSpec, resolve_relative
+    from dolmino.manifest import TokenizerSpec
     from dolmino.tokenizer import tokenizer_json
 
     if digest == _dolma2_sha256():
@@ -426,19 +472,18 @@ def _tokenizer_text(digest: str, spec: dict, manifest_path: str | None, folder: 
             return dolma2_tokenizer_path().read_text(encoding="utf-8")
         except (AssetError, OSError) as exc:
             raise _NotSaid(f"the dolma2 tokenizer the data was built with cannot be fetched ({exc})") from None
-    path = spec.get("path") if isinstance(spec.get("path"), str) else None
     if path is None:
-        raise _NotSaid(f"the build {folder} was tokenized with a tokenizer.json (sha256 {digest[:12]}...) that is "
-                       "not the packaged dolma2 one, and its manifest.json does not say where it lies")
-    path = resolve_relative(os.path.dirname(manifest_path) if isinstance(manifest_path, str) else None, path)
+        raise _NotSaid(f"{source} was tokenized with a tokenizer.json (sha256 {digest[:12]}...) that is not the "
+                       "packaged dolma2 one, and where it lies is not recorded (the build's manifest.json names "
+                       "no tokenizer.path)")
     try:
         text = tokenizer_json(TokenizerSpec(path=path))
     except ManifestError as exc:
-        raise _NotSaid(f"the tokenizer the build {folder} names cannot be read "
+        raise _NotSaid(f"the tokenizer {source} was tokenized with cannot be read "
                        f"({str(exc).removeprefix('tokenizer.path: ')})") from None
     if hashlib.sha256(text.encode("utf-8")).hexdigest() != digest:
-        raise _NotSaid(f"{path} has changed since the build {folder} was tokenized with it (its sha256 is not the "
-                       "one the build's report.json records)")
+        raise _NotSaid(f"{path} has changed since {source} was tokenized with it (its sha256 is not the one recorded "
+                       "for it)")
     return text
 
 
@@ -489,7 +534,7 @@ def _olmo_core_tokenizer(info) -> dict[str, bytes]:
                 ids != (DOLMA2_VOCAB_SIZE, DOLMA2_EOS_TOKEN_ID, DOLMA2_PAD_TOKEN_ID, None):
             raise _NotSaid(f"OLMo-core's config {directory / 'config.json'} names the tokenizer "
                            f"{tokenizer.get('identifier')} (vocab, EOS, pad, BOS {ids}), not the dolma2 one")
-        text = _tokenizer_text(_dolma2_sha256(), {}, None, directory)
+        text = _tokenizer_text(_dolma2_sha256(), None, f"OLMo-core's config {directory / 'config.json'}")
         return _tokenizer_files(text, DOLMA2_EOS_TOKEN_ID, DOLMA2_PAD_TOKEN_ID,
                                 info.model.max_seq_len if info.model else None, dolma2=True)
     raise _NotSaid(f"the OLMo-core checkpoint {path} has no experiment config.json naming its tokenizer "

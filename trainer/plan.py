@@ -253,7 +253,7 @@ def built_mix_paths(manifest_path: str | Path, prog: str, say: Callable[[str], o
         return None
 
 
-def _reported_builds(layout: DataLayout) -> list[tuple[Path, list[Path], bool]]:
+def reported_builds(layout: DataLayout) -> list[tuple[Path, list[Path], bool]]:
     """(build directory, the token files read from it, whether they are the whole build) for every
     build with a report.json that the data reads: those below the --data directories, and those
     beside a token file named itself (`--data C1 C2/part-00000.npy`: the tokenizer and vocabulary
@@ -285,7 +285,7 @@ def data_tokens(paths: list[str] | DataLayout) -> tuple[int, str]:
     reports: list[tuple[Path, dict]] = []
     certified: dict[str, tuple[Path, Path]] = {}  # a token file's SHA-256 as its report certifies it -> (build, file)
     checked = 0
-    for folder, held, whole in _reported_builds(layout):
+    for folder, held, whole in reported_builds(layout):
         report = folder / REPORT_FILE
         data = _read_report(report)
         listed = listed_files(data)
@@ -344,7 +344,7 @@ def data_vocab_size(paths: list[str] | DataLayout) -> tuple[int, Path] | None:
     older builds do not say, and then the first batch holding an id beyond the model's
     vocabulary is what stops the run."""
     layout = scan_data(paths)
-    reported = _reported_builds(layout)
+    reported = reported_builds(layout)
     if sum(len(held) for _, held, _ in reported) != len(layout.files):
         return None
     largest = None
@@ -532,7 +532,7 @@ def check_data_special_ids(args: argparse.Namespace, plan: Plan, init, paths: li
     preset's; a --resume checkpoint's config must equal that model's (the trainer refuses another)."""
     from_init = init is not None and init.model is not None
     model = init.model if from_init else plan.model
-    for folder, _, _ in _reported_builds(scan_data(paths)):
+    for folder, _, _ in reported_builds(scan_data(paths)):
         report = folder / REPORT_FILE
         data = _read_report(report)
         for key, what in (("eos_token_id", "EOS"), ("pad_token_id", "pad")):

@@ -359,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     # through the same barrier as a finished run, so that none tears the group down while a peer
     # may still be finishing the agreeing collective (`shutdown`).
     try:
-        from trainer.train import Trainer, check_resume_model
+        from trainer.export_hf import data_tokenizer
+        from trainer.train import ResumeFailed, Trainer, check_resume_model
         from trainer.weights import load_weights_into, non_finite_weight
 
         # Everything is checked from metadata before anything big is built, and the ranks decide
@@ -381,8 +382,13 @@ def main(argv: list[str] | None = None) -> int:
             check_data_special_ids(args, plan, init, layout)
             run = run_config_from_args(args, data_paths, env.world_size, env.device, plan)
             check_batch_fits(layout, run.train.seq_len, run.train.global_batch_size)
+            tokenizer = data_tokenizer(layout)  # kept in each checkpoint's config.json, for trainer.export_hf
+            tokenizer = tokenizer if isinstance(tokenizer, dict) else None
             if resume is not None:  # what Trainer._resume refuses, said by the agreed checks (and before a load)
-                trained = check_resume_model(resume_from, run.model).get("train")
+                resumed = check_resume_model(resume_from, run.model)
+                trained = resumed.get("train")
+                if tokenizer is None and isinstance(resumed.get("tokenizer"), dict):
+                    tokenizer = resumed["tokenizer"]  # its data (the position is checked below), reports gone
                 was = trained.get("seq_len") if isinstance(trained, dict) else None
                 if was is not None and was != run.train.seq_len:
                     raise DataError(f"{resume_from} was trained on instances of {was} tokens, and this run asks for "
@@ -426,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.sync_debug and env.device.type == "cuda":
             torch.cuda.set_sync_debug_mode("warn")
         try:
-            trainer = Trainer(run, env, args.save_dir, resume=resume, log=log, keep_last=args.keep_last)
+            trainer = Trainer(run, env, args.save_dir, resume=resume, log=log, keep_last=args.keep_last,
+                              tokenizer=tokenizer)
             if init is not None and resume is None:
                 # Each rank reads the weights itself (after DDP's broadcast; FSDP never broadcasts):
                 # a node holding another copy of --init-from would train with other weights, silently.
@@ -434,6 +441,15 @@ def main(argv: list[str] | None = None) -> int:
                 if low != high:
                     raise RanksDisagree(f"--init-from {init.path} differs between nodes (its files do not match on "
                                         "every rank); give every node the same copy, or a shared filesystem")
+        except ResumeFailed as exc:
+            # Every rank knows it, after a collective, as after the start-up checks: an error every rank met
+            # alike (a damaged model.pt on a shared filesystem) is said by rank 0 alone, which leaves first.
+            AGREED_STOP = "failed" if exc.error is not None else "peer"
+            if exc.same_everywhere and not env.is_main:
+                AGREED_STOP, quiet = "peer", True
+            if exc.error is not None:
+                raise exc.error from None  # its own type: a damaged file is one line, a fault its traceback
+            raise
         except RanksDisagree:
             # every rank knows it, after a collective: leave as agreed stops do (a full teardown, a tester
             # saw, aborted a rank now and then: SIGABRT from a gloo thread freeing that allreduce, 2 runs in 16)

@@ -33,6 +33,7 @@ import json
 import math
 import os
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -94,6 +95,19 @@ def recipe_changes(saved: dict | None, current: TrainConfig) -> list[str]:
     return changes
 
 
+class ResumeFailed(ValueError):
+    """Loading the --resume checkpoint failed on one rank or more (each reads its own copy), which
+    every rank learnt through one collective (`Trainer._resume`): all stop, and leave as
+    trainer.run's agreed start-up stops do, where each rank printed the same damaged model.pt
+    error (found by a tester). `error`: this rank's own failure, None where only other ranks
+    failed; `same_everywhere`: every rank failed with the same error, which rank 0 says, once."""
+
+    def __init__(self, rank: int, path: Path, error: Exception | None, same_everywhere: bool):
+        super().__init__(str(error) if error is not None else
+                         f"rank {rank}: another rank could not load {path}; its error says why")
+        self.error, self.same_everywhere = error, same_everywhere
+
+
 def check_resume_model(path: Path, model: ModelConfig) -> dict:
     """The config.json of checkpoint `path`, refused when saved for another model config than
     `model`. trainer.run calls it in its start-up checks too, which the ranks agree on: found
@@ -142,8 +156,11 @@ class Trainer:
     """Builds model, optimizer, schedule and data loader from a RunConfig and runs steps."""
 
     def __init__(self, run: RunConfig, env: DistEnv, save_dir: str | Path, *, resume: str | Path | None = None,
-                 log: Callable[[str], None] = print, keep_last: int | None = None):
-        self.run, self.env, self.log = run, env, log
+                 log: Callable[[str], None] = print, keep_last: int | None = None, tokenizer: dict | None = None):
+        """`tokenizer`: what the data's builds say about the tokenizer they were made with
+        (trainer.export_hf.data_tokenizer), kept in each checkpoint's config.json, so that an
+        export of a checkpoint copied without its data still writes the tokenizer's files."""
+        self.run, self.env, self.log, self.tokenizer = run, env, log, tokenizer
         tc, mc = run.train, run.model
         if tc.seq_len > mc.max_seq_len:
             raise ValueError(f"seq_len {tc.seq_len} exceeds the model's max_seq_len {mc.max_seq_len}")
@@ -189,27 +206,39 @@ class Trainer:
         saved = check_resume_model(path, self.run.model)
         for change in recipe_changes(saved.get("train"), self.run.train):
             self.log(f"warning: resuming with a different recipe than {path.name}: {change}")
-        state = load_checkpoint(path, self.model, self.optimizer)
-        # The data position (epoch, cursor) indexes the order drawn from the checkpoint's seed; a new
-        # seed mid-epoch would repeat some instances and skip others. So the checkpoint's order goes on
-        # (the loader state carries its seed), with a warning as for the recipe changes above, and the
-        # config this run saves records that seed rather than the one asked for.
-        kept, asked = int(state["data"]["seed"]), self.loader.seed
-        if kept != asked:
-            self.log(f"warning: the data order seed {asked} (--data-seed, default --seed) is not used: resuming "
-                     f"continues {path.name}'s order, seed {kept}; a different order needs a fresh run")
-            self.run.train.data_seed = kept
-        self.loader.load_state_dict(state["data"], where=path / STATE_FILE)
-        for name, tracker in self.spikes.items():
-            tracker.load_state_dict(state["spikes"][name])
-        self.step = int(state["step"])
-        self.tokens_seen = int(state.get("tokens_seen", 0))
-        self._data_stats_base = {k: int(v) for k, v in state.get("data_stats", {}).items()}
+        try:
+            state = load_checkpoint(path, self.model, self.optimizer)
+            # The data position (epoch, cursor) indexes the order drawn from the checkpoint's seed; a new
+            # seed mid-epoch would repeat some instances and skip others. So the checkpoint's order goes on
+            # (the loader state carries its seed), with a warning as for the recipe changes above, and the
+            # config this run saves records that seed rather than the one asked for.
+            kept, asked = int(state["data"]["seed"]), self.loader.seed
+            if kept != asked:
+                self.log(f"warning: the data order seed {asked} (--data-seed, default --seed) is not used: "
+                         f"resuming continues {path.name}'s order, seed {kept}; a different order needs a fresh run")
+                self.run.train.data_seed = kept
+            self.loader.load_state_dict(state["data"], where=path / STATE_FILE)
+            for name, tracker in self.spikes.items():
+                tracker.load_state_dict(state["spikes"][name])
+            self.step = int(state["step"])
+            self.tokens_seen = int(state.get("tokens_seen", 0))
+            self._data_stats_base = {k: int(v) for k, v in state.get("data_stats", {}).items()}
+            failed = None
+        except Exception as exc:  # noqa: BLE001 - every rank reaches the agreement below; re-raised after it
+            if not self.env.distributed:
+                raise
+            failed = exc
         # Every rank read a checkpoint of its own (rank 0 alone writes them): on nodes that do
         # not share --save-dir, a node may hold an older one. Ranks with different weights would
         # train on silently (DDP broadcast rank 0's parameters only when it wrapped the model).
+        # The same collective tells every rank whether any failed to load it (a damaged model.pt).
         files = files_fingerprint(path) if self.env.distributed else 0
-        low, high = ranks_agree([self.step, self.tokens_seen, self.loader.cursor, files], self.env)
+        said = 0 if failed is None else zlib.crc32(f"{type(failed).__name__}: {failed}".encode())
+        low, high = ranks_agree([int(failed is not None), said, self.step, self.tokens_seen, self.loader.cursor,
+                                 files], self.env)
+        if high[0]:
+            raise ResumeFailed(self.env.rank, path, failed, same_everywhere=low[:2] == high[:2]) from failed
+        low, high = low[2:], high[2:]
         if low != high:
             raise RanksDisagree(f"ranks resumed from different checkpoints: steps {low[0]}..{high[0]}, tokens seen "
                              f"{low[1]:,}..{high[1]:,}, {'different' if low[3] != high[3] else 'the same'} files "
@@ -261,8 +290,11 @@ class Trainer:
                 "spikes": {k: v.state_dict() for k, v in self.spikes.items()}}
 
     def save(self, background: bool = True) -> Path:
-        return self.checkpointer.save(self.step, self.model, self.optimizer, self._train_state(),
-                                      self.run.to_dict(), background=background)
+        config = self.run.to_dict()
+        if self.tokenizer is not None:
+            config["tokenizer"] = dict(self.tokenizer)
+        return self.checkpointer.save(self.step, self.model, self.optimizer, self._train_state(), config,
+                                      background=background)
 
     # ----------------------------------------------------------------- one step
     def _autocast(self):
