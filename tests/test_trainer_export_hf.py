@@ -374,7 +374,7 @@ def test_a_recorded_tokenizer_other_than_dolma2_is_read_from_its_recorded_path(t
     Data whose builds record no tokenizer_sha256 records nothing, and the export says so as before."""
     from dolmino.assets import dolma2_tokenizer_path
     from trainer.data import scan_data
-    from trainer.export_hf import data_tokenizer
+    from trainer.tokenizer_files import data_tokenizer
 
     copy = tmp_path / "toks" / "my-tokenizer.json"
     copy.parent.mkdir()

@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     # through the same barrier as a finished run, so that none tears the group down while a peer
     # may still be finishing the agreeing collective (`shutdown`).
     try:
-        from trainer.export_hf import data_tokenizer
+        from trainer.tokenizer_files import data_tokenizer
         from trainer.train import ResumeFailed, Trainer, check_resume_model
         from trainer.weights import load_weights_into, non_finite_weight
 

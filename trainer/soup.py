@@ -212,7 +212,8 @@ def soup(out_dir: str | Path, checkpoints: list[str | Path], dtype: str | None =
     """Average the model weights of `checkpoints` into `out_dir` (trainer format and `hf/`, its
     weights sharded past `max_shard_size` bytes). `log` gets the line saying that `hf/` has no
     tokenizer files, where no ingredient says which tokenizer it was trained with."""
-    from trainer.export_hf import checkpoint_tokenizer, no_tokenizer_note, write_hf_model, write_tokenizer
+    from trainer.export_hf import write_hf_model
+    from trainer.tokenizer_files import checkpoint_tokenizer, no_tokenizer_note, write_tokenizer
     from trainer.weights import WeightReader, check_compatible, inspect_checkpoint
 
     from trainer.checkpoint import check_output_dir

@@ -158,7 +158,7 @@ class Trainer:
     def __init__(self, run: RunConfig, env: DistEnv, save_dir: str | Path, *, resume: str | Path | None = None,
                  log: Callable[[str], None] = print, keep_last: int | None = None, tokenizer: dict | None = None):
         """`tokenizer`: what the data's builds say about the tokenizer they were made with
-        (trainer.export_hf.data_tokenizer), kept in each checkpoint's config.json, so that an
+        (trainer.tokenizer_files.data_tokenizer), kept in each checkpoint's config.json, so that an
         export of a checkpoint copied without its data still writes the tokenizer's files."""
         self.run, self.env, self.log, self.tokenizer = run, env, log, tokenizer
         tc, mc = run.train, run.model

@@ -1,0 +1,306 @@
+"""Which tokenizer a checkpoint was trained with, as the files a Hugging Face directory holds.
+
+An exported model without its tokenizer cannot be used as a released OLMo 2 directory is
+(`AutoTokenizer.from_pretrained(OUT)` fails). Nothing is guessed from the model's vocabulary
+size or EOS id: a checkpoint says which tokenizer through what `trainer.run` recorded in its
+config.json (`data_tokenizer`), its data's builds (report.json tokenizer_sha256, manifest.json),
+an HF directory's own files, a soup's `hf/` or ingredients, or OLMo-core's experiment config
+naming the dolma2 tokenizer. `trainer.export_hf` and `trainer.soup` write what
+`checkpoint_tokenizer` finds (`write_tokenizer`), or say in one line why there is none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trainer.config import ModelConfig
+
+if TYPE_CHECKING:
+    from trainer.data import DataLayout
+
+# What AutoTokenizer.from_pretrained reads from a Hugging Face directory (a fast tokenizer's
+# tokenizer.json, a slow GPT-2 one's vocab.json + merges.txt), and generation_config.json, in which
+# an HF source's own generate() settings (its stop ids) ride.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
+GENERATION_CONFIG = "generation_config.json"
+DOLMA2_NAME = "allenai/dolma2-tokenizer"
+_SOUP_DEPTH = 4  # a soup of soups of ...: followed this far through its ingredients
+
+
+class _NotSaid(Exception):
+    """Why a checkpoint does not say which tokenizer it was trained with (one sentence)."""
+
+
+def checkpoint_tokenizer(infos: list, depth: int = 0) -> dict[str, bytes] | str:
+    """The files (name -> bytes) of the tokenizer the first of `infos` that says was trained with,
+    else why none says (one sentence: the first asked). An export without them could not be used as a
+    released OLMo 2 directory is: AutoTokenizer.from_pretrained(OUT) failed (found by a tester).
+    Nothing is guessed from the model's vocabulary size or EOS id: only an HF directory's own
+    files, a trainer checkpoint's data (its builds' report.json tokenizer_sha256 and
+    manifest.json), a soup's hf/ or ingredients, or OLMo-core's experiment config naming the
+    dolma2 tokenizer say which. HF sources go first, as a soup's config.json is its first HF
+    ingredient's."""
+    reasons = []
+    for info in sorted(infos, key=lambda i: i.format != "hf"):
+        try:
+            if info.format == "hf":
+                return _hf_dir_tokenizer(Path(info.path))
+            if info.format == "trainer":
+                return _trainer_tokenizer(info, depth)
+            return _olmo_core_tokenizer(info)
+        except _NotSaid as exc:
+            reasons.append(str(exc))
+    return reasons[0] if reasons else "no checkpoint says"
+
+
+def _hf_dir_tokenizer(path: Path) -> dict[str, bytes]:
+    files = {name: (path / name).read_bytes() for name in (*TOKENIZER_FILES, GENERATION_CONFIG)
+             if (path / name).is_file()}
+    if "tokenizer.json" not in files and "vocab.json" not in files:
+        raise _NotSaid(f"the Hugging Face directory {path} holds no tokenizer files")
+    return files
+
+
+def _trainer_tokenizer(info, depth: int) -> dict[str, bytes]:
+    from trainer.checkpoint import CONFIG_FILE, load_json_file
+
+    path = Path(info.path)
+    config = load_json_file(path / CONFIG_FILE)
+    if isinstance(config, dict) and "soup" in config:
+        if (path / "hf" / "tokenizer.json").is_file():  # written with the soup
+            return _hf_dir_tokenizer(path / "hf")
+        return _soup_tokenizer(path, config["soup"], depth)
+    recorded = config.get("tokenizer") if isinstance(config, dict) else None
+    if isinstance(recorded, dict):  # what trainer.run read from the data's builds when it trained
+        return _recorded_tokenizer(recorded, info.model, f"the training data of the checkpoint {path}")
+    paths = config.get("data_paths") if isinstance(config, dict) else None  # checkpoints from before it was recorded
+    if not paths:
+        raise _NotSaid(f"the checkpoint {path} records no training data (config.json data_paths)")
+    return _data_tokenizer([str(p) for p in paths], info.model)
+
+
+def _soup_tokenizer(path: Path, ingredients: list, depth: int) -> dict[str, bytes]:
+    from trainer.weights import inspect_checkpoint
+
+    if depth >= _SOUP_DEPTH:
+        raise _NotSaid(f"the soup {path} nests soups deeper than {_SOUP_DEPTH}")
+    infos = []
+    for ingredient in ingredients:
+        where = ingredient.get("path") if isinstance(ingredient, dict) else None
+        try:
+            infos.append(inspect_checkpoint(where))
+        except (OSError, ValueError, TypeError):
+            raise _NotSaid(f"the soup {path}'s ingredient {where} cannot be read here") from None
+    found = checkpoint_tokenizer(infos, depth + 1)
+    if isinstance(found, str):
+        raise _NotSaid(found)
+    return found
+
+
+def _data_tokenizer(paths: list[str], model: ModelConfig | None) -> dict[str, bytes]:
+    """The tokenizer.json the builds of `paths` were tokenized with: the one whose SHA-256 their
+    report.json records (the packaged dolma2 one, or the file their manifest.json names)."""
+    record, folder = _data_tokenizer_record(paths)
+    return _recorded_tokenizer(record, model, f"the build {folder}")
+
+
+def data_tokenizer(paths: list[str] | DataLayout) -> dict | str:
+    """What the builds of `paths` (trainer.run's --data) record about their tokenizer, for
+    trainer.run to keep in each checkpoint's config.json: name, tokenizer_sha256, EOS / pad / BOS
+    ids, vocab_size, and the absolute path of a tokenizer.json that is not the packaged dolma2
+    one (its manifest's tokenizer.path). An export found it only through the checkpoint's
+    data_paths, so a checkpoint copied without its mix exported no tokenizer (found by a
+    tester). Else why the data does not say (one sentence): no report, a build from before
+    tokenizer_sha256."""
+    try:
+        return _data_tokenizer_record(paths)[0]
+    except _NotSaid as exc:
+        return str(exc)
+
+
+def _data_tokenizer_record(paths: list[str] | DataLayout) -> tuple[dict, Path]:
+    """(`data_tokenizer`'s record, the build it was read from)."""
+    from dolmino.manifest import resolve_relative
+    from trainer.data import DataError, DataLayout, scan_data
+    from trainer.plan import reported_builds
+
+    given = list(paths.paths if isinstance(paths, DataLayout) else paths)
+    shown = ", ".join(given[:2]) + (f" and {len(given) - 2} more" if len(given) > 2 else "")
+    try:
+        layout = scan_data(paths)
+        builds = reported_builds(layout)
+    except (OSError, DataError) as exc:
+        raise _NotSaid(f"the checkpoint's training data ({shown}) cannot be read here ({exc})") from None
+    reported = {f for _, held, _ in builds for f in held}
+    if unreported := [f for f in layout.files if f not in reported]:
+        raise _NotSaid(f"the checkpoint's training data {unreported[0]} lies in no build with a report.json saying "
+                       "which tokenizer made it")
+    if not builds:
+        raise _NotSaid(f"the checkpoint's training data ({shown}) holds no token files")
+    reports = []
+    for folder, _, _ in builds:
+        try:
+            report = json.loads((folder / "report.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise _NotSaid(f"{folder / 'report.json'} cannot be read ({exc})") from None
+        if not isinstance(report, dict) or not report.get("tokenizer_sha256"):
+            raise _NotSaid(f"{folder / 'report.json'} records no tokenizer_sha256 (a build from before it was "
+                           "recorded)")
+        reports.append((folder, report))
+    folder, report = reports[0]
+    if other := next((f for f, r in reports if r["tokenizer_sha256"] != report["tokenizer_sha256"]), None):
+        raise _NotSaid(f"the checkpoint's training data holds builds of different tokenizers ({folder} and {other})")
+    try:
+        spec = json.loads((folder / "manifest.json").read_text()).get("tokenizer") or {}
+    except (OSError, ValueError, AttributeError):
+        spec = {}
+    record = {"name": report.get("tokenizer"), "tokenizer_sha256": report["tokenizer_sha256"],
+              "eos_token_id": report.get("eos_token_id"), "pad_token_id": report.get("pad_token_id"),
+              "bos_token_id": spec.get("bos_token_id") if isinstance(spec, dict) else None,
+              "vocab_size": report.get("vocab_size")}
+    path = spec.get("path") if isinstance(spec, dict) else None
+    if record["tokenizer_sha256"] != _dolma2_sha256() and isinstance(path, str):
+        manifest_path = report.get("manifest_path")
+        path = resolve_relative(os.path.dirname(manifest_path) if isinstance(manifest_path, str) else None, path)
+        record["path"] = path if "://" in path else os.path.abspath(path)
+    return record, folder
+
+
+def _recorded_tokenizer(record: dict, model: ModelConfig | None, source: str) -> dict[str, bytes]:
+    """The files of the tokenizer `record` (`data_tokenizer`'s) describes, as the data of
+    `source` (a build, or a checkpoint's training data) was tokenized: the packaged dolma2 file
+    where its SHA-256 is dolma2's, else the recorded path while it still has that SHA-256."""
+    digest = record.get("tokenizer_sha256")
+    if not isinstance(digest, str) or not digest:
+        raise _NotSaid(f"{source} records no tokenizer_sha256")
+    if (bos := record.get("bos_token_id")) is not None:
+        raise _NotSaid(f"{source} has BOS id {bos} before every document, which a Hugging Face tokenizer.json "
+                       "alone does not add")
+    text = _tokenizer_text(digest, record.get("path") if isinstance(record.get("path"), str) else None, source)
+    eos, pad, vocab = record.get("eos_token_id"), record.get("pad_token_id"), record.get("vocab_size")
+    if model is not None and (eos, pad) != (model.eos_token_id, model.pad_token_id):
+        raise _NotSaid(f"the EOS / pad ids {eos} / {pad} of {source} are not the model's "
+                       f"{model.eos_token_id} / {model.pad_token_id}")
+    if model is not None and isinstance(vocab, int) and vocab > model.padded_vocab_size:
+        raise _NotSaid(f"the tokenizer of {source} has {vocab:,} ids, more than the model's "
+                       f"{model.padded_vocab_size:,} embedding rows")
+    return _tokenizer_files(text, eos, pad, model.max_seq_len if model else None, dolma2=digest == _dolma2_sha256())
+
+
+def _dolma2_sha256() -> str:
+    from dolmino.assets import DOLMA2_TOKENIZER_SHA256
+
+    return DOLMA2_TOKENIZER_SHA256
+
+
+def _tokenizer_text(digest: str, path: str | None, source: str) -> str:
+    """The tokenizer.json text whose SHA-256 (of its UTF-8 text, as the build hashed it) is `digest`:
+    the packaged dolma2 file, or the one at `path` (that `source` was tokenized with)."""
+    import hashlib
+
+    from dolmino.errors import ManifestError
+    from dolmino.manifest import TokenizerSpec
+    from dolmino.tokenizer import tokenizer_json
+
+    if digest == _dolma2_sha256():
+        from dolmino.assets import AssetError, dolma2_tokenizer_path
+
+        try:
+            return dolma2_tokenizer_path().read_text(encoding="utf-8")
+        except (AssetError, OSError) as exc:
+            raise _NotSaid(f"the dolma2 tokenizer the data was built with cannot be fetched ({exc})") from None
+    if path is None:
+        raise _NotSaid(f"{source} was tokenized with a tokenizer.json (sha256 {digest[:12]}...) that is not the "
+                       "packaged dolma2 one, and where it lies is not recorded (the build's manifest.json names "
+                       "no tokenizer.path)")
+    try:
+        text = tokenizer_json(TokenizerSpec(path=path))
+    except ManifestError as exc:
+        raise _NotSaid(f"the tokenizer {source} was tokenized with cannot be read "
+                       f"({str(exc).removeprefix('tokenizer.path: ')})") from None
+    if hashlib.sha256(text.encode("utf-8")).hexdigest() != digest:
+        raise _NotSaid(f"{path} has changed since {source} was tokenized with it (its sha256 is not the one recorded "
+                       "for it)")
+    return text
+
+
+def _tokenizer_files(text: str, eos: int | None, pad: int | None, max_len: int | None,
+                     dolma2: bool) -> dict[str, bytes]:
+    """tokenizer.json as the build used it, with the tokenizer_config.json and special_tokens_map.json
+    that make AutoTokenizer encode as the build did (no BOS) and know the EOS / pad ids: for
+    dolma2 those of allenai's OLMo 2 releases (GPT2Tokenizer, <|endoftext|> as BOS / EOS / unk,
+    add_bos_token false), for another tokenizer PreTrainedTokenizerFast with its EOS and pad."""
+    definition = json.loads(text)
+    vocab = (definition.get("model") or {}).get("vocab")
+    by_id = {i: t for t, i in vocab.items()} if isinstance(vocab, dict) else {}
+    by_id.update({a.get("id"): a.get("content") for a in definition.get("added_tokens") or []})
+    named = {}
+    for key, token_id in (("eos_token", eos), ("pad_token", pad)):
+        if token_id is not None:
+            if by_id.get(token_id) is None:
+                raise _NotSaid(f"the tokenizer has no token of id {token_id} (its {key})")
+            named[key] = by_id[token_id]
+    if dolma2:
+        named = {"bos_token": named["eos_token"], **named, "unk_token": named["eos_token"]}
+    config = {"add_bos_token": False, "add_prefix_space": False, **named, "clean_up_tokenization_spaces": False,
+              "errors": "replace", "tokenizer_class": "GPT2Tokenizer" if dolma2 else "PreTrainedTokenizerFast"}
+    if max_len is not None:
+        config["model_max_length"] = max_len
+    return {"tokenizer.json": text.encode("utf-8"),
+            "tokenizer_config.json": (json.dumps(dict(sorted(config.items())), indent=2) + "\n").encode(),
+            "special_tokens_map.json": (json.dumps(named, indent=2) + "\n").encode()}
+
+
+def _olmo_core_tokenizer(info) -> dict[str, bytes]:
+    """OLMo-core's experiment config names its data's tokenizer (dataset.tokenizer): the dolma2 one,
+    with dolma2's ids, is the packaged file."""
+    from trainer.config import DOLMA2_EOS_TOKEN_ID, DOLMA2_PAD_TOKEN_ID, DOLMA2_VOCAB_SIZE
+
+    path = Path(info.path)
+    for directory in (path, path.parent, path.parent.parent):
+        try:
+            config = json.loads((directory / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        tokenizer = (config.get("dataset") or {}).get("tokenizer") if isinstance(config, dict) else None
+        if not isinstance(tokenizer, dict):
+            continue
+        ids = (tokenizer.get("vocab_size"), tokenizer.get("eos_token_id"), tokenizer.get("pad_token_id"),
+               tokenizer.get("bos_token_id"))
+        if tokenizer.get("identifier") != DOLMA2_NAME or \
+                ids != (DOLMA2_VOCAB_SIZE, DOLMA2_EOS_TOKEN_ID, DOLMA2_PAD_TOKEN_ID, None):
+            raise _NotSaid(f"OLMo-core's config {directory / 'config.json'} names the tokenizer "
+                           f"{tokenizer.get('identifier')} (vocab, EOS, pad, BOS {ids}), not the dolma2 one")
+        text = _tokenizer_text(_dolma2_sha256(), None, f"OLMo-core's config {directory / 'config.json'}")
+        return _tokenizer_files(text, DOLMA2_EOS_TOKEN_ID, DOLMA2_PAD_TOKEN_ID,
+                                info.model.max_seq_len if info.model else None, dolma2=True)
+    raise _NotSaid(f"the OLMo-core checkpoint {path} has no experiment config.json naming its tokenizer "
+                   "(dataset.tokenizer)")
+
+
+def write_tokenizer(out_dir: str | Path, files: dict[str, bytes]) -> None:
+    """The tokenizer `files` into `out_dir`, each written whole and renamed into place. Tokenizer
+    files there that it lacks (a replaced model's slow vocab.json / merges.txt) are removed: they
+    are not this model's."""
+    out_dir = Path(out_dir)
+    for name in TOKENIZER_FILES:
+        if name not in files:
+            (out_dir / name).unlink(missing_ok=True)
+    for name, data in files.items():
+        tmp = out_dir / f".{name}.tmp{os.getpid()}"
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, out_dir / name)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def no_tokenizer_note(out: Path, reason: str) -> str:
+    """The one line saying that `out` got no tokenizer files, and why."""
+    return (f"note: no tokenizer files written to {out}: {reason}; copy those of the tokenizer the model was "
+            f"trained with (tokenizer.json, tokenizer_config.json, special_tokens_map.json) there for "
+            f"AutoTokenizer.from_pretrained to load")
