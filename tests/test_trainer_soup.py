@@ -339,3 +339,105 @@ def test_the_soups_hf_directory_is_sharded_and_carries_the_tokenizer(tmp_path, c
     assert len(err) == 1 and err[0].startswith("soup: note: no tokenizer files written to") and \
         "records no training data" in err[0], err
     assert not (tmp_path / "unsaid" / "hf" / "tokenizer.json").exists()
+
+
+def swapped_tokenizer(path: Path) -> Path:
+    """dolma2's tokenizer.json with two tokens' ids swapped: the same vocabulary size, EOS and pad, other text."""
+    from dolmino.assets import dolma2_tokenizer_path
+
+    definition = json.loads(dolma2_tokenizer_path().read_text(encoding="utf-8"))
+    vocab = definition["model"]["vocab"]
+    vocab["Hello"], vocab["Ġworld"] = vocab["Ġworld"], vocab["Hello"]
+    path.write_text(json.dumps(definition))
+    return path
+
+
+def recorded_copy(run: Path, copy: Path) -> None:
+    """`run` as trainer.run writes a checkpoint since it records its data's tokenizer, its data gone since."""
+    import shutil
+
+    from trainer.data import scan_data
+    from trainer.tokenizer_files import data_tokenizer
+
+    shutil.copytree(run, copy)
+    config_file = resolve_checkpoint(copy) / "config.json"
+    config = json.loads(config_file.read_text())
+    config["tokenizer"] = data_tokenizer(scan_data(config["data_paths"]))
+    config["data_paths"] = [str(copy.parent / "gone")]
+    config_file.write_text(json.dumps(config))
+
+
+def test_soup_refuses_trainer_checkpoints_of_different_tokenizers(tmp_path, capsys):
+    """Runs on builds of two tokenizers of one vocabulary size, EOS and pad (other ids) were averaged into a
+    meaningless model, unsaid, its hf/ getting the first one's tokenizer.json (found by a tester): only HF
+    ingredients' tokenizer.json files were compared. The tokenizer a trainer checkpoint records, or its data's
+    builds (older checkpoints), or a soup (its hf/, else its ingredients), is compared now, before averaging."""
+    from test_trainer_export_hf import dolma2_build, trained_on
+
+    dolma2 = dolma2_build(tmp_path / "mix")
+    swapped = {"name": "my-tok", "path": str(swapped_tokenizer(tmp_path / "t.json"))}
+    other = dolma2_build(tmp_path / "other-mix", swapped)
+    for name, mix, seed in (("a", dolma2, 1), ("b", dolma2, 2), ("x", other, 3)):
+        trained_on(tmp_path / "old" / name, [mix], seed=seed)
+        if name != "b":
+            recorded_copy(tmp_path / "old" / name, tmp_path / "recorded" / name)
+    assert soup_main([str(tmp_path / "ab"), str(tmp_path / "old" / "a"), str(tmp_path / "old" / "b")]) == 0
+    assert soup_main([str(tmp_path / "ab-no-hf"), str(tmp_path / "recorded" / "a"), str(tmp_path / "old" / "b"),
+                      "--no-hf"]) == 0
+    assert capsys.readouterr().err == ""
+    for kind, a, x, said in (("old", "old/a", "old/x", "recorded in " + str(other / "report.json")),
+                             ("recorded", "recorded/a", "recorded/x", "recorded in " + str(tmp_path / "recorded")),
+                             ("soup", "ab", "old/x", "of " + str(tmp_path / "ab" / "hf" / "tokenizer.json")),
+                             ("soup --no-hf", "ab-no-hf", "recorded/x", "recorded in " + str(tmp_path / "recorded"))):
+        out = tmp_path / "refused"
+        assert soup_main([str(out), str(tmp_path / a), str(tmp_path / x)]) == 2, kind
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "checkpoints of different tokenizers cannot be averaged" in err[0], (kind, err)
+        assert f"{tmp_path / x} vs {tmp_path / a}: tokenizer.json sha256 " in err[0] and "(my-tok, recorded in" in \
+            err[0] and "3ca996cca8af..." in err[0] and said in err[0], (kind, err)
+        assert not out.exists()
+
+
+def test_soup_compares_hf_and_trainer_ingredients_tokenizers(tmp_path, capsys):
+    """An HF directory's tokenizer.json and the one a trainer checkpoint's data was built with were not compared
+    (only HF ingredients' files were). An ingredient that does not say is not refused: one line names it. hf/'s
+    tokenizer files come from an ingredient whose tokenizer was compared: an HF ingredient's slow vocab.json +
+    merges.txt (no tokenizer.json to compare) were written whatever the others were trained with."""
+    from test_trainer_export_hf import dolma2_build, trained_on
+
+    from dolmino.assets import dolma2_tokenizer_path
+    from trainer.export_hf import main as export_main
+
+    dolma2 = dolma2_build(tmp_path / "mix")
+    swapped = {"name": "my-tok", "path": str(swapped_tokenizer(tmp_path / "t.json"))}
+    other = dolma2_build(tmp_path / "other-mix", swapped)
+    trained_on(tmp_path / "a", [dolma2], seed=1)
+    trained_on(tmp_path / "b", [dolma2], seed=2)
+    trained_on(tmp_path / "x", [other], seed=3)
+    trained_on(tmp_path / "unsaid", [tmp_path / "gone"], seed=4)
+    assert export_main([str(tmp_path / "a"), str(tmp_path / "hf")]) == 0
+    capsys.readouterr()
+    assert soup_main([str(tmp_path / "refused"), str(tmp_path / "hf"), str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{tmp_path / 'x'} vs {tmp_path / 'hf'}: tokenizer.json sha256" in err[0] and \
+        f"3ca996cca8af... (of {tmp_path / 'hf' / 'tokenizer.json'})" in err[0], err
+    assert not (tmp_path / "refused").exists()
+
+    assert soup_main([str(tmp_path / "mixed"), *(str(tmp_path / name) for name in ("hf", "b", "unsaid"))]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"soup: note: {tmp_path / 'unsaid'} does not say which tokenizer") and \
+        "cannot be read here" in err[0], err
+    assert (tmp_path / "mixed" / "hf" / "tokenizer.json").read_bytes() == dolma2_tokenizer_path().read_bytes()
+
+    slow = tmp_path / "slow"  # an HF directory holding a slow tokenizer's files only
+    slow.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (slow / name).write_bytes((tmp_path / "hf" / name).read_bytes())
+    (slow / "vocab.json").write_text(json.dumps({"another": 0}))
+    (slow / "merges.txt").write_text("#version: 0.2\n")
+    assert soup_main([str(tmp_path / "slow-soup"), str(slow), str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"note: {slow} does not say" in err[0] and "holds no tokenizer.json" in err[0], err
+    hf = tmp_path / "slow-soup" / "hf"
+    assert (hf / "tokenizer.json").read_bytes() == dolma2_tokenizer_path().read_bytes()
+    assert not (hf / "vocab.json").exists() and not (hf / "merges.txt").exists()

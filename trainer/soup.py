@@ -13,16 +13,20 @@ be mixed. OUT_DIR gets both formats: `model.pt` + `config.json` (loads and resum
 but exports, evaluates and seeds `--init-from` like any checkpoint) and `hf/`, an
 Olmo2ForCausalLM directory written as `trainer.export_hf` writes one (sharded past
 --max-shard-size, with the tokenizer files of the first HF ingredient that has them, else of
-the tokenizer the first ingredient that says was trained with; one line says so where none does).
+the tokenizer the first ingredient that says was trained with, taken only from ingredients whose
+tokenizer was compared with the others'; one line says so where none does).
 
 Why it scales: every ingredient is opened lazily (safetensors / memory-mapped model.pt /
 DCP key by key) and the average is built one tensor at a time, summed in float64 and cast
 back to the first ingredient's dtype (or --dtype). Memory is the averaged model plus one
 tensor, whatever the number of ingredients; the float64 sum does not depend on the order
 the ingredients are listed in (up to that final cast). Names, shapes, model configs and
-tokenizers are checked for every ingredient, and OUT_DIR for being writable, before anything is
-averaged; an ingredient with NaN / inf weights is refused as its tensors are averaged. OUT_DIR
-must not hold a model already, be an ingredient or lie inside one (or hold one).
+tokenizers (EOS / pad ids; the tokenizer.json an HF ingredient holds or a trainer checkpoint, its
+data's builds or a soup record, by SHA-256) are checked for every ingredient, and OUT_DIR for
+being writable, before anything is averaged (an ingredient that does not say which tokenizer.json
+it was trained with is not refused: one line names it); an ingredient with NaN / inf weights is
+refused as its tensors are averaged. OUT_DIR must not hold a model already, be an ingredient or
+lie inside one (or hold one).
 """
 
 from __future__ import annotations
@@ -183,27 +187,49 @@ def _remove(written: list[Path], made: list[Path]) -> None:
             break
 
 
-def _check_same_tokenizer(checkpoints: list, infos: list) -> None:
+def _check_same_tokenizer(checkpoints: list, infos: list) -> list:
     """Refuse models of different tokenizers: their ids mean different text, and the average was
-    written with the first one's EOS and tokenizer.json, unsaid (found by a tester). Compared:
-    the EOS and pad ids every config states, and tokenizer.json where HF ingredients hold one."""
-    import hashlib
+    written with the first one's EOS and tokenizer.json, unsaid (found by testers). Compared: the
+    EOS and pad ids every config states, and which tokenizer.json each ingredient was trained with
+    where it says (tokenizer_files.tokenizer_identity: an HF directory's own file, what a trainer
+    checkpoint or its data's builds record); tokenizers of one vocabulary size and EOS with other
+    ids were averaged unsaid. Returns each ingredient's identity (or why it does not say)."""
+    from trainer.tokenizer_files import tokenizer_identity
 
-    def identity(info) -> tuple:
-        tokenizer = Path(info.path) / "tokenizer.json"
-        digest = hashlib.sha256(tokenizer.read_bytes()).hexdigest()[:12] if info.format == "hf" and \
-            tokenizer.is_file() else None
-        model = info.model
-        return (None, None, digest) if model is None else (model.eos_token_id, model.pad_token_id, digest)
+    def ids(info) -> tuple:
+        return (None, None) if info.model is None else (info.model.eos_token_id, info.model.pad_token_id)
 
-    first = identity(infos[0])
+    first = ids(infos[0])
     for i, info in enumerate(infos[1:], start=1):
-        other = identity(info)
-        named = zip(("EOS id", "pad id", "tokenizer.json sha256"), other, first)
+        named = zip(("EOS id", "pad id"), ids(info), first)
         differ = [f"{what} {a} != {b}" for what, a, b in named if a != b and a is not None and b is not None]
         if differ:
             raise ValueError(f"checkpoints of different tokenizers cannot be averaged (their ids mean different text): "
                              f"{checkpoints[i]} vs {checkpoints[0]}: {'; '.join(differ)}")
+    identities = [tokenizer_identity(info) for info in infos]
+    said = [(given, found) for given, found in zip(checkpoints, identities) if isinstance(found, dict)]
+    for given, found in said[1:]:
+        if found["tokenizer_sha256"] != said[0][1]["tokenizer_sha256"]:
+            raise ValueError(f"checkpoints of different tokenizers cannot be averaged (their ids mean different text): "
+                             f"{given} vs {said[0][0]}: tokenizer.json sha256 {_describe_identity(found)} != "
+                             f"{_describe_identity(said[0][1])}")
+    return identities
+
+
+def _describe_identity(found: dict) -> str:
+    name = f"{found['name']}, " if found.get("name") else ""
+    return f"{found['tokenizer_sha256'][:12]}... ({name}{found['source']})"
+
+
+def _unchecked_note(checkpoints: list, identities: list) -> str | None:
+    """The one line saying which ingredients' tokenizers could not be compared with the others',
+    where some say and some do not (where none says, the hf/ note says why)."""
+    unsaid = [(given, why) for given, why in zip(checkpoints, identities) if isinstance(why, str)]
+    if not unsaid or len(unsaid) == len(identities):
+        return None
+    more = f" (and {len(unsaid) - 1} more ingredients)" if len(unsaid) > 1 else ""
+    return (f"note: {unsaid[0][0]}{more} does not say which tokenizer it was trained with ({unsaid[0][1]}), so it "
+            f"was not checked to be the other ingredients'")
 
 
 def soup(out_dir: str | Path, checkpoints: list[str | Path], dtype: str | None = None,
@@ -211,7 +237,8 @@ def soup(out_dir: str | Path, checkpoints: list[str | Path], dtype: str | None =
          log: Callable[[str], None] | None = None) -> Path:
     """Average the model weights of `checkpoints` into `out_dir` (trainer format and `hf/`, its
     weights sharded past `max_shard_size` bytes). `log` gets the line saying that `hf/` has no
-    tokenizer files, where no ingredient says which tokenizer it was trained with."""
+    tokenizer files, where no ingredient says which tokenizer it was trained with, and the line
+    naming the ingredients whose tokenizer could not be compared with the others'."""
     from trainer.export_hf import write_hf_model
     from trainer.tokenizer_files import checkpoint_tokenizer, no_tokenizer_note, write_tokenizer
     from trainer.weights import WeightReader, check_compatible, inspect_checkpoint
@@ -237,8 +264,13 @@ def soup(out_dir: str | Path, checkpoints: list[str | Path], dtype: str | None =
         except ValueError as exc:
             raise ValueError(f"checkpoint {i} ({checkpoints[i]}) has different tensors than {checkpoints[0]}: "
                              f"{exc}") from None
-    _check_same_tokenizer(checkpoints, infos)
-    tokenizer = checkpoint_tokenizer(infos) if write_hf else None
+    identities = _check_same_tokenizer(checkpoints, infos)
+    # hf/'s tokenizer files are those of an ingredient whose tokenizer was compared with the others', where any was
+    # (an HF directory's slow vocab.json + merges.txt went first, whatever the other ingredients were trained with)
+    known = [info for info, found in zip(infos, identities) if isinstance(found, dict)]
+    tokenizer = checkpoint_tokenizer(known or infos) if write_hf else None
+    if log is not None and (note := _unchecked_note(checkpoints, identities)):
+        log(note)
     names = list(first.shapes)
     out_dtype = getattr(torch, dtype) if dtype else None
     out_dir = Path(out_dir)

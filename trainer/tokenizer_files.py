@@ -6,7 +6,8 @@ size or EOS id: a checkpoint says which tokenizer through what `trainer.run` rec
 config.json (`data_tokenizer`), its data's builds (report.json tokenizer_sha256, manifest.json),
 an HF directory's own files, a soup's `hf/` or ingredients, or OLMo-core's experiment config
 naming the dolma2 tokenizer. `trainer.export_hf` and `trainer.soup` write what
-`checkpoint_tokenizer` finds (`write_tokenizer`), or say in one line why there is none.
+`checkpoint_tokenizer` finds (`write_tokenizer`), or say in one line why there is none;
+`trainer.soup` refuses ingredients whose `tokenizer_identity` (the tokenizer.json's SHA-256) differ.
 """
 
 from __future__ import annotations
@@ -83,6 +84,14 @@ def _trainer_tokenizer(info, depth: int) -> dict[str, bytes]:
 
 
 def _soup_tokenizer(path: Path, ingredients: list, depth: int) -> dict[str, bytes]:
+    found = checkpoint_tokenizer(_soup_ingredients(path, ingredients, depth), depth + 1)
+    if isinstance(found, str):
+        raise _NotSaid(found)
+    return found
+
+
+def _soup_ingredients(path: Path, ingredients: list, depth: int) -> list:
+    """The checkpoint infos of the ingredients a soup's config.json lists."""
     from trainer.weights import inspect_checkpoint
 
     if depth >= _SOUP_DEPTH:
@@ -94,10 +103,69 @@ def _soup_tokenizer(path: Path, ingredients: list, depth: int) -> dict[str, byte
             infos.append(inspect_checkpoint(where))
         except (OSError, ValueError, TypeError):
             raise _NotSaid(f"the soup {path}'s ingredient {where} cannot be read here") from None
-    found = checkpoint_tokenizer(infos, depth + 1)
-    if isinstance(found, str):
-        raise _NotSaid(found)
-    return found
+    return infos
+
+
+def tokenizer_identity(info, depth: int = 0) -> dict | str:
+    """Which tokenizer.json the checkpoint `info` was trained with, as {"tokenizer_sha256": the
+    SHA-256 of its UTF-8 text (as a build's report.json records it), "name": its name where said,
+    "source": where that is said}; else why the checkpoint does not say (one sentence). Read from
+    where `checkpoint_tokenizer` finds the files (an HF directory's tokenizer.json, the record in a
+    trainer checkpoint's config.json, its data's builds, a soup's hf/ or ingredients, OLMo-core's
+    config naming dolma2), without needing the file itself: trainer.soup compares them before
+    averaging, as models of tokenizers with one vocabulary size and EOS but other ids were averaged
+    into a meaningless model, unsaid (found by a tester)."""
+    try:
+        if info.format == "hf":
+            return _hf_dir_identity(Path(info.path))
+        if info.format == "trainer":
+            return _trainer_identity(info, depth)
+        config = _olmo_core_dolma2_config(info)
+        return {"tokenizer_sha256": _dolma2_sha256(), "name": DOLMA2_NAME,
+                "source": f"named by OLMo-core's config {config}"}
+    except _NotSaid as exc:
+        return str(exc)
+
+
+def _hf_dir_identity(path: Path) -> dict:
+    import hashlib
+
+    file = path / "tokenizer.json"
+    if not file.is_file():
+        raise _NotSaid(f"the Hugging Face directory {path} holds no tokenizer.json")
+    try:  # read as a build reads tokenizer.path (dolmino.tokenizer.tokenizer_json), so that the digests compare
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _NotSaid(f"{file} cannot be read ({exc})") from None
+    return {"tokenizer_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), "name": None,
+            "source": f"of {file}"}
+
+
+def _trainer_identity(info, depth: int) -> dict:
+    from trainer.checkpoint import CONFIG_FILE, load_json_file
+
+    path = Path(info.path)
+    config = load_json_file(path / CONFIG_FILE)
+    if isinstance(config, dict) and "soup" in config:
+        if (path / "hf" / "tokenizer.json").is_file():  # written with the soup
+            return _hf_dir_identity(path / "hf")
+        for ingredient in _soup_ingredients(path, config["soup"], depth):
+            found = tokenizer_identity(ingredient, depth + 1)
+            if isinstance(found, dict):
+                return found
+        raise _NotSaid(f"no ingredient of the soup {path} says which tokenizer it was trained with")
+    recorded = config.get("tokenizer") if isinstance(config, dict) else None
+    if isinstance(recorded, dict):  # what trainer.run read from the data's builds when it trained
+        digest = recorded.get("tokenizer_sha256")
+        if not isinstance(digest, str) or not digest:
+            raise _NotSaid(f"the training data of the checkpoint {path} records no tokenizer_sha256")
+        return {"tokenizer_sha256": digest, "name": recorded.get("name"), "source": f"recorded in {path / CONFIG_FILE}"}
+    paths = config.get("data_paths") if isinstance(config, dict) else None  # checkpoints from before it was recorded
+    if not paths:
+        raise _NotSaid(f"the checkpoint {path} records no training data (config.json data_paths)")
+    record, folder = _data_tokenizer_record([str(p) for p in paths])
+    return {"tokenizer_sha256": record["tokenizer_sha256"], "name": record.get("name"),
+            "source": f"recorded in {folder / 'report.json'}"}
 
 
 def _data_tokenizer(paths: list[str], model: ModelConfig | None) -> dict[str, bytes]:
@@ -257,6 +325,17 @@ def _tokenizer_files(text: str, eos: int | None, pad: int | None, max_len: int |
 def _olmo_core_tokenizer(info) -> dict[str, bytes]:
     """OLMo-core's experiment config names its data's tokenizer (dataset.tokenizer): the dolma2 one,
     with dolma2's ids, is the packaged file."""
+    from trainer.config import DOLMA2_EOS_TOKEN_ID, DOLMA2_PAD_TOKEN_ID
+
+    config = _olmo_core_dolma2_config(info)
+    text = _tokenizer_text(_dolma2_sha256(), None, f"OLMo-core's config {config}")
+    return _tokenizer_files(text, DOLMA2_EOS_TOKEN_ID, DOLMA2_PAD_TOKEN_ID,
+                            info.model.max_seq_len if info.model else None, dolma2=True)
+
+
+def _olmo_core_dolma2_config(info) -> Path:
+    """The OLMo-core experiment config.json that names the dolma2 tokenizer, with dolma2's ids, as
+    the checkpoint's data's (dataset.tokenizer); else why none does."""
     from trainer.config import DOLMA2_EOS_TOKEN_ID, DOLMA2_PAD_TOKEN_ID, DOLMA2_VOCAB_SIZE
 
     path = Path(info.path)
@@ -274,9 +353,7 @@ def _olmo_core_tokenizer(info) -> dict[str, bytes]:
                 ids != (DOLMA2_VOCAB_SIZE, DOLMA2_EOS_TOKEN_ID, DOLMA2_PAD_TOKEN_ID, None):
             raise _NotSaid(f"OLMo-core's config {directory / 'config.json'} names the tokenizer "
                            f"{tokenizer.get('identifier')} (vocab, EOS, pad, BOS {ids}), not the dolma2 one")
-        text = _tokenizer_text(_dolma2_sha256(), None, f"OLMo-core's config {directory / 'config.json'}")
-        return _tokenizer_files(text, DOLMA2_EOS_TOKEN_ID, DOLMA2_PAD_TOKEN_ID,
-                                info.model.max_seq_len if info.model else None, dolma2=True)
+        return directory / "config.json"
     raise _NotSaid(f"the OLMo-core checkpoint {path} has no experiment config.json naming its tokenizer "
                    "(dataset.tokenizer)")
 
