@@ -441,3 +441,51 @@ def test_soup_compares_hf_and_trainer_ingredients_tokenizers(tmp_path, capsys):
     hf = tmp_path / "slow-soup" / "hf"
     assert (hf / "tokenizer.json").read_bytes() == dolma2_tokenizer_path().read_bytes()
     assert not (hf / "vocab.json").exists() and not (hf / "merges.txt").exists()
+
+
+def saved_by_transformers(source: Path, out: Path) -> Path:
+    """`source` as transformers' save_pretrained rewrites a tokenizer.json (an OLMo 2 release's copy): indented,
+    merges as pairs, a post_processor that adds nothing, BPE fields the packaged file leaves out."""
+    transformers = pytest.importorskip("transformers", reason="transformers writes the Hugging Face copy")
+    transformers.PreTrainedTokenizerFast(tokenizer_file=str(source)).save_pretrained(out)
+    assert (out / "tokenizer.json").read_bytes() != source.read_bytes()
+    return out / "tokenizer.json"
+
+
+def test_soup_compares_tokenizers_of_other_bytes_by_what_they_encode(tmp_path, capsys):
+    """An HF ingredient holding dolma2's tokenizer.json as save_pretrained writes it (a released OLMo 2
+    directory's) was refused with a run on dolma2 builds, their SHA-256s differing though their ids mean the same
+    text (found by a tester). Files of other bytes are compared by what they encode; where one is not at hand
+    (its recorded file changed since), one line says so instead of refusing. Real differences are refused."""
+    from test_trainer_export_hf import dolma2_build, trained_on
+
+    from dolmino.assets import dolma2_tokenizer_path
+    from trainer.export_hf import main as export_main
+
+    dolma2 = dolma2_build(tmp_path / "mix")
+    hf_copy = saved_by_transformers(dolma2_tokenizer_path(), tmp_path / "saved")
+    swapped_copy = saved_by_transformers(swapped_tokenizer(tmp_path / "t.json"), tmp_path / "saved-swapped")
+    copy_mix = dolma2_build(tmp_path / "copy-mix", {"name": "hf-copy", "path": str(hf_copy)})
+    trained_on(tmp_path / "a", [dolma2], seed=1)
+    trained_on(tmp_path / "b", [dolma2], seed=2)
+    trained_on(tmp_path / "c", [copy_mix], seed=3)
+    assert export_main([str(tmp_path / "a"), str(tmp_path / "release")]) == 0
+    (tmp_path / "release" / "tokenizer.json").write_bytes(hf_copy.read_bytes())
+    capsys.readouterr()
+    for name, ingredients in (("hf", ["release", "b"]), ("build", ["c", "b"])):
+        assert soup_main([str(tmp_path / name), *(str(tmp_path / i) for i in ingredients)]) == 0, name
+        assert capsys.readouterr().err == "", name
+
+    (tmp_path / "release" / "tokenizer.json").write_bytes(swapped_copy.read_bytes())
+    assert soup_main([str(tmp_path / "refused"), str(tmp_path / "b"), str(tmp_path / "release")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{tmp_path / 'release'} vs {tmp_path / 'b'}: tokenizer.json sha256" in err[0] and \
+        "their model.vocab differ" in err[0], err
+    assert not (tmp_path / "refused").exists()
+
+    hf_copy.write_text(hf_copy.read_text() + "\n")  # c's recorded tokenizer.path is not the file it was built with
+    assert soup_main([str(tmp_path / "unread"), str(tmp_path / "c"), str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"soup: note: {tmp_path / 'c'} was trained with tokenizer.json ") \
+        and f"other bytes than {tmp_path / 'b'}'s" in err[0] and f"{hf_copy} has changed since" in err[0], err
+    assert (tmp_path / "unread" / "hf" / "tokenizer.json").read_bytes() == dolma2_tokenizer_path().read_bytes()

@@ -22,11 +22,13 @@ back to the first ingredient's dtype (or --dtype). Memory is the averaged model 
 tensor, whatever the number of ingredients; the float64 sum does not depend on the order
 the ingredients are listed in (up to that final cast). Names, shapes, model configs and
 tokenizers (EOS / pad ids; the tokenizer.json an HF ingredient holds or a trainer checkpoint, its
-data's builds or a soup record, by SHA-256) are checked for every ingredient, and OUT_DIR for
-being writable, before anything is averaged (an ingredient that does not say which tokenizer.json
-it was trained with is not refused: one line names it); an ingredient with NaN / inf weights is
-refused as its tensors are averaged. OUT_DIR must not hold a model already, be an ingredient or
-lie inside one (or hold one).
+data's builds or a soup record, by SHA-256, and where those differ by what the files encode:
+vocab, merges, added tokens, normalizer, pre-tokenizer, post-processor, decoder, whatever their
+formatting) are checked for every ingredient, and OUT_DIR for being writable, before anything is
+averaged (an ingredient that does not say which tokenizer.json it was trained with, or whose file
+of other bytes cannot be read to compare, is not refused: one line names it); an ingredient with
+NaN / inf weights is refused as its tensors are averaged. OUT_DIR must not hold a model already,
+be an ingredient or lie inside one (or hold one).
 """
 
 from __future__ import annotations
@@ -187,14 +189,18 @@ def _remove(written: list[Path], made: list[Path]) -> None:
             break
 
 
-def _check_same_tokenizer(checkpoints: list, infos: list) -> list:
+def _check_same_tokenizer(checkpoints: list, infos: list) -> tuple[list, set, str | None]:
     """Refuse models of different tokenizers: their ids mean different text, and the average was
     written with the first one's EOS and tokenizer.json, unsaid (found by testers). Compared: the
     EOS and pad ids every config states, and which tokenizer.json each ingredient was trained with
     where it says (tokenizer_files.tokenizer_identity: an HF directory's own file, what a trainer
     checkpoint or its data's builds record); tokenizers of one vocabulary size and EOS with other
-    ids were averaged unsaid. Returns each ingredient's identity (or why it does not say)."""
-    from trainer.tokenizer_files import tokenizer_identity
+    ids were averaged unsaid. Files of other bytes are compared by what they encode
+    (tokenizer_files.tokenizer_encoding): a released OLMo 2 directory's tokenizer.json, rewritten by
+    save_pretrained, was refused with runs on dolma2 builds though its ids mean the same text (found by
+    a tester). Returns each ingredient's identity (or why it does not say), the indices of those whose
+    other bytes could not be read to compare, and the one line naming them."""
+    from trainer.tokenizer_files import encoding_difference, tokenizer_encoding, tokenizer_identity
 
     def ids(info) -> tuple:
         return (None, None) if info.model is None else (info.model.eos_token_id, info.model.pad_token_id)
@@ -207,13 +213,36 @@ def _check_same_tokenizer(checkpoints: list, infos: list) -> list:
             raise ValueError(f"checkpoints of different tokenizers cannot be averaged (their ids mean different text): "
                              f"{checkpoints[i]} vs {checkpoints[0]}: {'; '.join(differ)}")
     identities = [tokenizer_identity(info) for info in infos]
-    said = [(given, found) for given, found in zip(checkpoints, identities) if isinstance(found, dict)]
-    for given, found in said[1:]:
-        if found["tokenizer_sha256"] != said[0][1]["tokenizer_sha256"]:
+    groups: dict[str, list] = {}  # one file's ingredients (by its SHA-256), in the order given
+    for i, found in enumerate(identities):
+        if isinstance(found, dict):
+            groups.setdefault(found["tokenizer_sha256"], []).append(i)
+    if len(groups) < 2:
+        return identities, set(), None
+    encodings = {digest: tokenizer_encoding(identities[members[0]]) for digest, members in groups.items()}
+    reference = next((d for d, parts in encodings.items() if isinstance(parts, dict)), next(iter(groups)))
+    r = groups[reference][0]
+    unread = []
+    for digest, members in groups.items():
+        if digest == reference:
+            continue
+        i = members[0]
+        if isinstance(encodings[digest], str) or isinstance(encodings[reference], str):
+            unread.append((members, encodings[digest] if isinstance(encodings[digest], str) else encodings[reference]))
+        elif part := encoding_difference(encodings[digest], encodings[reference]):
             raise ValueError(f"checkpoints of different tokenizers cannot be averaged (their ids mean different text): "
-                             f"{given} vs {said[0][0]}: tokenizer.json sha256 {_describe_identity(found)} != "
-                             f"{_describe_identity(said[0][1])}")
-    return identities
+                             f"{checkpoints[i]} vs {checkpoints[r]}: tokenizer.json sha256 "
+                             f"{_describe_identity(identities[i])} != {_describe_identity(identities[r])}, and their "
+                             f"{part} differ")
+    if not unread:
+        return identities, set(), None
+    (members, why), more = unread[0], sum(len(m) for m, _ in unread) - 1
+    others = f" (and {more} more ingredient{'s' if more > 1 else ''})" if more else ""
+    note = (f"note: {checkpoints[members[0]]}{others} was trained with tokenizer.json "
+            f"{_describe_identity(identities[members[0]])}, other bytes than {checkpoints[r]}'s "
+            f"{_describe_identity(identities[r])}, and the two could not be compared by what they encode ({why}), "
+            f"so it was not checked to be the same tokenizer")
+    return identities, {i for m, _ in unread for i in m}, note
 
 
 def _describe_identity(found: dict) -> str:
@@ -264,13 +293,16 @@ def soup(out_dir: str | Path, checkpoints: list[str | Path], dtype: str | None =
         except ValueError as exc:
             raise ValueError(f"checkpoint {i} ({checkpoints[i]}) has different tensors than {checkpoints[0]}: "
                              f"{exc}") from None
-    identities = _check_same_tokenizer(checkpoints, infos)
+    identities, uncompared, uncompared_note = _check_same_tokenizer(checkpoints, infos)
     # hf/'s tokenizer files are those of an ingredient whose tokenizer was compared with the others', where any was
     # (an HF directory's slow vocab.json + merges.txt went first, whatever the other ingredients were trained with)
-    known = [info for info, found in zip(infos, identities) if isinstance(found, dict)]
+    known = [info for i, (info, found) in enumerate(zip(infos, identities))
+             if isinstance(found, dict) and i not in uncompared]
     tokenizer = checkpoint_tokenizer(known or infos) if write_hf else None
-    if log is not None and (note := _unchecked_note(checkpoints, identities)):
-        log(note)
+    if log is not None:
+        for note in (_unchecked_note(checkpoints, identities), uncompared_note):
+            if note:
+                log(note)
     names = list(first.shapes)
     out_dtype = getattr(torch, dtype) if dtype else None
     out_dir = Path(out_dir)

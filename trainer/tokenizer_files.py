@@ -7,7 +7,8 @@ config.json (`data_tokenizer`), its data's builds (report.json tokenizer_sha256,
 an HF directory's own files, a soup's `hf/` or ingredients, or OLMo-core's experiment config
 naming the dolma2 tokenizer. `trainer.export_hf` and `trainer.soup` write what
 `checkpoint_tokenizer` finds (`write_tokenizer`), or say in one line why there is none;
-`trainer.soup` refuses ingredients whose `tokenizer_identity` (the tokenizer.json's SHA-256) differ.
+`trainer.soup` refuses ingredients whose `tokenizer_identity` (the tokenizer.json's SHA-256) differ
+where their definitions do not encode alike (`tokenizer_encoding`).
 """
 
 from __future__ import annotations
@@ -109,8 +110,9 @@ def _soup_ingredients(path: Path, ingredients: list, depth: int) -> list:
 def tokenizer_identity(info, depth: int = 0) -> dict | str:
     """Which tokenizer.json the checkpoint `info` was trained with, as {"tokenizer_sha256": the
     SHA-256 of its UTF-8 text (as a build's report.json records it), "name": its name where said,
-    "source": where that is said}; else why the checkpoint does not say (one sentence). Read from
-    where `checkpoint_tokenizer` finds the files (an HF directory's tokenizer.json, the record in a
+    "source": where that is said, "path": where its text lies where recorded (`tokenizer_encoding`
+    reads it), "subject": what was tokenized with it}; else why the checkpoint does not say (one
+    sentence). Read from where `checkpoint_tokenizer` finds the files (an HF directory's tokenizer.json, the record in a
     trainer checkpoint's config.json, its data's builds, a soup's hf/ or ingredients, OLMo-core's
     config naming dolma2), without needing the file itself: trainer.soup compares them before
     averaging, as models of tokenizers with one vocabulary size and EOS but other ids were averaged
@@ -122,7 +124,8 @@ def tokenizer_identity(info, depth: int = 0) -> dict | str:
             return _trainer_identity(info, depth)
         config = _olmo_core_dolma2_config(info)
         return {"tokenizer_sha256": _dolma2_sha256(), "name": DOLMA2_NAME,
-                "source": f"named by OLMo-core's config {config}"}
+                "source": f"named by OLMo-core's config {config}", "path": None,
+                "subject": f"OLMo-core's config {config}"}
     except _NotSaid as exc:
         return str(exc)
 
@@ -138,7 +141,7 @@ def _hf_dir_identity(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise _NotSaid(f"{file} cannot be read ({exc})") from None
     return {"tokenizer_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), "name": None,
-            "source": f"of {file}"}
+            "source": f"of {file}", "path": str(file), "subject": f"the Hugging Face directory {path}", "own": True}
 
 
 def _trainer_identity(info, depth: int) -> dict:
@@ -159,13 +162,116 @@ def _trainer_identity(info, depth: int) -> dict:
         digest = recorded.get("tokenizer_sha256")
         if not isinstance(digest, str) or not digest:
             raise _NotSaid(f"the training data of the checkpoint {path} records no tokenizer_sha256")
-        return {"tokenizer_sha256": digest, "name": recorded.get("name"), "source": f"recorded in {path / CONFIG_FILE}"}
+        where = recorded.get("path")
+        return {"tokenizer_sha256": digest, "name": recorded.get("name"), "source": f"recorded in {path / CONFIG_FILE}",
+                "path": where if isinstance(where, str) else None,
+                "subject": f"the training data of the checkpoint {path}"}
     paths = config.get("data_paths") if isinstance(config, dict) else None  # checkpoints from before it was recorded
     if not paths:
         raise _NotSaid(f"the checkpoint {path} records no training data (config.json data_paths)")
     record, folder = _data_tokenizer_record([str(p) for p in paths])
     return {"tokenizer_sha256": record["tokenizer_sha256"], "name": record.get("name"),
-            "source": f"recorded in {folder / 'report.json'}"}
+            "source": f"recorded in {folder / 'report.json'}", "path": record.get("path"),
+            "subject": f"the build {folder}"}
+
+
+# tokenizer.json fields that do not change which ids a text encodes to (nor the text ids decode to)
+_NOT_ENCODING = ("version", "truncation", "padding")
+# tokenizers' BPE model fields, as it reads them where a tokenizer.json written by another version leaves one out
+_BPE_DEFAULTS = {"dropout": None, "unk_token": None, "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                 "fuse_unk": False, "byte_fallback": False, "ignore_merges": False}
+# the parts a refusal names first: the ones that decide ids
+_PART_ORDER = ("model", "added_tokens", "normalizer", "pre_tokenizer", "post_processor", "decoder")
+
+
+def tokenizer_encoding(found: dict) -> dict | str:
+    """The parts of the tokenizer.json `found` (`tokenizer_identity`'s) names that decide how text
+    encodes and ids decode, normalized so that two definitions of one tokenizer compare equal:
+    transformers' save_pretrained rewrites the file (indented, merges as pairs, a post_processor that
+    adds nothing, BPE fields another tokenizers version leaves out), so an OLMo 2 release's
+    tokenizer.json and the packaged dolma2 one differ in SHA-256 though their ids mean the same text.
+    Else why its text is not at hand (one sentence): a recorded digest whose file is not recorded or
+    has changed since."""
+    try:
+        if found.get("own"):  # an HF directory's own file, hashed as read: compared whatever it holds
+            text = Path(found["path"]).read_text(encoding="utf-8")
+        else:
+            text = _tokenizer_text(found["tokenizer_sha256"], found.get("path"), found["subject"])
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"{found['path']} cannot be read ({exc})"
+    except _NotSaid as exc:
+        return str(exc)
+    try:
+        definition = json.loads(text)
+    except ValueError:
+        return {"text": text}
+    if not isinstance(definition, dict):
+        return {"text": definition}
+    parts = {key: value for key, value in definition.items() if key not in _NOT_ENCODING}
+    model = parts.get("model")
+    if isinstance(model, dict) and model.get("type", "BPE") == "BPE":
+        model = {**_BPE_DEFAULTS, **model, "type": "BPE"}
+        for key in ("continuing_subword_prefix", "end_of_word_suffix"):  # "" and none add the same nothing
+            model[key] = model[key] or None
+        if isinstance(model.get("merges"), list):  # "a b" (tokenizers < 0.20) and ["a", "b"] are one merge
+            model["merges"] = [m.split(" ", 1) if isinstance(m, str) else m for m in model["merges"]]
+        parts["model"] = model
+    if isinstance(parts.get("added_tokens"), list):
+        parts["added_tokens"] = sorted((_added_token(t, parts.get("normalizer")) for t in parts["added_tokens"]),
+                                       key=lambda t: json.dumps(t, sort_keys=True))  # ids say, not their order
+    if _adds_nothing(parts.get("post_processor")):
+        parts["post_processor"] = None
+    return parts
+
+
+def _added_token(token, normalizer) -> dict:
+    """What of an added token decides encoding: "normalized" only where a normalizer runs."""
+    if not isinstance(token, dict):
+        return {"token": token}
+    special = token.get("special", False)
+    kept = {"id": token.get("id"), "content": token.get("content"), "special": special}
+    kept.update({key: token.get(key, False) for key in ("single_word", "lstrip", "rstrip")})
+    if normalizer is not None:
+        kept["normalized"] = token.get("normalized", not special)
+    return kept
+
+
+def _adds_nothing(processor) -> bool:
+    """A post_processor that leaves a text's ids as the model encoded them: none, ByteLevel (offsets
+    only), a template without special tokens (as save_pretrained writes one), or a sequence of those."""
+    if processor is None:
+        return True
+    if not isinstance(processor, dict):
+        return False
+    kind = processor.get("type")
+    if kind == "ByteLevel":
+        return True
+    if kind == "Sequence":
+        return isinstance(processor.get("processors"), list) and all(map(_adds_nothing, processor["processors"]))
+    if kind != "TemplateProcessing":
+        return False
+
+    def sequences(template) -> list | None:
+        if not isinstance(template, list) or not all(isinstance(p, dict) and "Sequence" in p for p in template):
+            return None
+        return [(p["Sequence"] or {}).get("id") if isinstance(p["Sequence"], dict) else None for p in template]
+
+    return sequences(processor.get("single")) == ["A"] and sequences(processor.get("pair")) == ["A", "B"]
+
+
+def encoding_difference(a: dict, b: dict) -> str | None:
+    """The first part (`tokenizer_encoding`'s) in which `a` and `b` differ, named as in tokenizer.json
+    (model.vocab, added_tokens, ...); None where they encode alike."""
+    keys = [k for k in _PART_ORDER if k in a or k in b] + sorted(k for k in {*a, *b} if k not in _PART_ORDER)
+    for key in keys:
+        if a.get(key) == b.get(key):
+            continue
+        if key == "model" and isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            first = ("type", "vocab", "merges")
+            inner = [*first, *sorted(k for k in {*a[key], *b[key]} if k not in first)]
+            return next(f"model.{k}" for k in inner if a[key].get(k) != b[key].get(k))
+        return key
+    return None
 
 
 def _data_tokenizer(paths: list[str], model: ModelConfig | None) -> dict[str, bytes]:
