@@ -473,6 +473,140 @@ def test_spark_gone_from_under_a_command_is_one_line(capsys):
     assert not spark_gone(ValueError("a bug")) and SparkCommand("x", "y").stopped(ValueError("a bug")) is None
 
 
+def _jvm_gone_client():
+    """py4j's own client of a JVM that is gone: its port is closed, as that of a killed JVM."""
+    import socket
+
+    from py4j.clientserver import JavaClient, JavaParameters, PythonParameters
+    from py4j.java_gateway import GatewayProperty, PythonProxyPool
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    return JavaClient(JavaParameters(address="127.0.0.1", port=port), PythonParameters(),
+                      GatewayProperty(False, PythonProxyPool()))
+
+
+def test_a_jvm_killed_under_a_collect_is_spark_gone_not_a_traceback(capsys):
+    """The JVM of `dolmino build` killed with SIGTERM under a `collect`: the collect's Py4JJavaError,
+    whose text py4j asks of the JVM ("<exception str() failed>"), then py4j's plain
+    ConnectionRefusedError where PySpark's cleanup opened a new connection. `spark_gone` raised
+    out of the str(), and the stop raised again: ~150 lines of traceback and exit 1 (found by a
+    tester). py4j's failures are the real ones, from its own code on a closed port."""
+    import types
+    import warnings
+
+    from py4j.java_gateway import JavaObject
+    from py4j.protocol import Py4JJavaError
+
+    from dolmino.build.spark import SparkCommand, spark_gone, stop_session
+
+    client = _jvm_gone_client()
+    try:
+        try:
+            raise Py4JJavaError("An error occurred while calling z:org.apache.spark.api.python.PythonRDD."
+                                "collectAndServe.\n", JavaObject("o42", client))
+        finally:  # SCCallSiteSync's setCallSite(None), on a fresh connection
+            client.send_command("c\no0\nsetCallSite\nn\ne\n")
+    except ConnectionRefusedError as exc:
+        killed = exc
+    command = SparkCommand("dolmino build", "finished attribute files and parts are kept")
+    assert spark_gone(killed) and command.stopped(killed) == 2
+    assert capsys.readouterr().err == ("dolmino build: Spark stopped under it (its JVM was terminated or died, or "
+                                       "Spark shut the application down: the Spark log above says which); rerun the "
+                                       "same command to resume (finished attribute files and parts are kept)\n")
+    # the Py4JJavaError alone: its text cannot be read, because py4j cannot reach the JVM
+    assert spark_gone(killed.__context__)
+
+    def stop():  # PySpark's stop catches Py4JError only, not the ConnectionRefusedError of a JVM gone
+        client.send_command("c\no0\nstop\ne\n")
+
+    stop_session(types.SimpleNamespace(stop=stop), interrupted=False)
+    with pytest.raises(ValueError):  # a failure of the stop that is not the JVM gone keeps its traceback
+        stop_session(types.SimpleNamespace(stop=lambda: int("x")), interrupted=False)
+
+    def warned():  # PySpark's stop where py4j raised a Py4JError: after the command's line, it said it again
+        warnings.warn("Unable to cleanly shutdown Spark JVM process. It is possible that the process has crashed, "
+                      "been killed or may also be in a zombie state.", RuntimeWarning)
+
+    for interrupted in (True, False):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            stop_session(types.SimpleNamespace(stop=warned), interrupted=interrupted)
+        assert len(caught) == (0 if interrupted else 1)
+
+
+def test_a_connection_error_outside_py4j_is_not_spark_gone(capsys):
+    """Only py4j's own connection failures say the JVM is gone: boto3 in the driver failing to reach
+    S3 (a refused connection under botocore's EndpointConnectionError), or any other refused
+    connection, keeps its own message."""
+    import socket
+    import types
+
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import EndpointConnectionError
+
+    from dolmino.build.spark import SparkCommand, spark_gone, stop_session
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    s3 = boto3.session.Session(aws_access_key_id="x", aws_secret_access_key="y").client(
+        "s3", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{port}",
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=2))
+    with pytest.raises(EndpointConnectionError) as s3_error:
+        s3.head_bucket(Bucket="b")
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+    except ConnectionRefusedError as exc:
+        refused = exc
+    for error in (s3_error.value, refused):
+        assert not spark_gone(error) and SparkCommand("x", "y").stopped(error) is None
+
+        def stop(error=error):
+            raise error
+
+        with pytest.raises(type(error)):  # a stop that fails so keeps its traceback
+            stop_session(types.SimpleNamespace(stop=stop), interrupted=False)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("when", ["while", "just after"])
+def test_a_jvm_killed_as_spark_starts_is_spark_gone_not_the_master(when, monkeypatch, capsys):
+    """The JVM of `dolmino build` killed while the session started said "cannot start Spark with
+    --master local[2]: [Errno 111] Connection refused", blaming the master (found by a tester);
+    killed just after, the first call into it (the log levels) raised py4j's traceback."""
+    import signal
+    import types
+
+    from pyspark import SparkContext
+
+    import dolmino.build.spark
+    from dolmino.build.spark import SparkCommand
+
+    def gone():
+        _jvm_gone_client().send_command("c\no0\ngetConf\ne\n")
+
+    def starting(*_args, **_kwargs):
+        if when == "while":
+            gone()
+        return types.SimpleNamespace(sparkContext=types.SimpleNamespace(getConf=gone, _gateway=None))
+
+    monkeypatch.setattr(dolmino.build.spark, "make_spark", starting)
+    monkeypatch.setattr(SparkContext, "_gateway", None)  # the test session's JVM is not the one that went
+    sigterm = signal.getsignal(signal.SIGTERM)  # the command's handler stays out of this test process
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            SparkCommand("dolmino build", "finished attribute files and parts are kept").start("a", "local[2]", None)
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == ("dolmino build: Spark stopped under it (its JVM was terminated or died, or "
+                                       "Spark shut the application down: the Spark log above says which); rerun the "
+                                       "same command to resume (finished attribute files and parts are kept)\n")
+
+
 def test_ctrl_c_in_build_and_synth_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
     """Ctrl-C printed a 25-line py4j/PySpark traceback (found by a tester of synth); the rerun
     resumes, which is what the one line now says."""

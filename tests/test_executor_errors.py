@@ -607,3 +607,60 @@ def test_a_task_whose_broadcast_went_with_the_stopped_context_is_kept_off_the_co
         races.drop()  # and the command's `stopped`, which waits for the handler's thread
         assert not context.isEnabled(error, None, "Error in TaskCompletionListener")
         assert context.isEnabled(error, None, "Some other error of a task's context")
+
+
+def test_the_jvm_of_dolmino_build_killed_under_a_running_job_is_one_line(tmp_path):
+    """`kill` of the JVM that `dolmino build` launched, while the driver waited in a `collect`:
+    ~150 lines of traceback and exit 1 (found by a tester). The collect's Py4JJavaError, read
+    once the JVM had exited ("<exception str() failed>": py4j asks the JVM for its text), was
+    not taken for Spark gone, and stopping the session raised py4j's ConnectionRefusedError.
+    The driver here reads it after the JVM's exit, as a slow driver (a busy machine) did. The
+    command's own session, in its own process: the test session's JVM stays."""
+    import subprocess
+    import sys
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.jsonl").write_text('{"id": "1", "text": "one document"}\n')
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"name": "m", "version": 1, "seed": 1, "data_root": str(tmp_path / "data"),
+                                    "sources": [{"name": "a", "paths": ["*.jsonl"], "mix_percent": 100}]}))
+    script = f"""
+import sys
+import dolmino.build.mix
+from dolmino.cli import main
+
+def run_build(_manifest, _options, spark):
+    sc = spark.sparkContext
+    jvm = sc._gateway.proc
+
+    def kill_the_jvm(_item, pid=jvm.pid):  # from the task: the driver is in the collect
+        import os, signal, time
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(300):  # until the JVM is gone (its end ends this worker)
+            time.sleep(0.1)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+
+    try:
+        sc.parallelize([1], 1).map(kill_the_jvm).collect()
+    except Exception as exc:
+        failed = exc
+    while failed.__context__ is not None and type(failed).__name__ != "Py4JJavaError":
+        failed = failed.__context__  # the collect's own error, under PySpark's cleanup's
+    jvm.wait(timeout=120)
+    raise failed
+
+dolmino.build.mix.run_build = run_build
+sys.exit(main(["build", "--manifest", {str(manifest)!r}, "--budget", "10K", "--out", {str(tmp_path / "o")!r},
+               "--attributes", {str(tmp_path / "a")!r}, "--master", "local[1]", "--quiet"]))
+"""
+    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240,
+                          cwd=Path(__file__).resolve().parents[1], env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.rstrip("\n").splitlines()[-1] == (
+        "dolmino build: Spark stopped under it (its JVM was terminated or died, or Spark shut the application down: "
+        "the Spark log above says which); rerun the same command to resume (finished attribute files and parts are "
+        "kept)"), proc.stderr[-3000:]

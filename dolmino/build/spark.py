@@ -106,11 +106,19 @@ def stop_session(spark, interrupted: bool) -> None:
     """Stop the session; after Ctrl-C the JVM, which got the same signal from the terminal, may
     be gone already, and stop() then raised a py4j traceback after the one-line message. A
     second Ctrl-C while an interrupted command stops Spark (an impatient user) raised a
-    30-line traceback out of PySpark's stop (found by a tester): the command is ending already."""
+    30-line traceback out of PySpark's stop (found by a tester): the command is ending already.
+    A JVM that is gone (killed, crashed) leaves nothing to stop: PySpark's stop then raised py4j's
+    ConnectionRefusedError with its traceback, or warned "Unable to cleanly shutdown Spark JVM
+    process" after the command's line had said so (found by a tester)."""
+    import warnings
+
     try:
-        spark.stop()
-    except (Exception, KeyboardInterrupt):  # noqa: BLE001 - only where the run was interrupted
-        if not interrupted:
+        with warnings.catch_warnings():
+            if interrupted:
+                warnings.filterwarnings("ignore", "Unable to cleanly shutdown Spark JVM process", RuntimeWarning)
+            spark.stop()
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - only where the run was interrupted or Spark is gone
+        if not (interrupted or jvm_unreachable(exc)):
             raise
 
 
@@ -139,14 +147,65 @@ _SPARK_GONE = ("SparkContext has been shutdown", "Cannot call methods on a stopp
 
 def spark_gone(exc: BaseException) -> bool:
     """`exc` (or one it was raised from) says the session's JVM is no longer there to answer."""
+    return _any_raised(exc, _says_gone)
+
+
+def jvm_unreachable(exc: BaseException) -> bool:
+    """`exc` (or one it was raised from) is py4j failing to reach the session's JVM: the JVM exited
+    (killed, crashed). py4j raises its own Py4JNetworkError, or the socket's ConnectionRefusedError
+    where it opens a new connection; the JVM gone under a `collect` also left a Py4JJavaError whose
+    text py4j must ask of that JVM. The last two were not recognised: ~150 lines of traceback and
+    exit 1 instead of the command's one line (found by a tester). An OSError raised anywhere but in py4j
+    (boto3 reaching S3 from the driver) is not the JVM's, and keeps its own message."""
+    return _any_raised(exc, _unreachable)
+
+
+def _any_raised(exc: BaseException, test) -> bool:
     seen: set[int] = set()
     item: BaseException | None = exc
     while item is not None and id(item) not in seen:
         seen.add(id(item))
-        if type(item).__name__ == "Py4JNetworkError" or any(m in str(item) for m in _SPARK_GONE):
+        if test(item):
             return True
         item = item.__cause__ or item.__context__
     return False
+
+
+def _says_gone(item: BaseException) -> bool:
+    if _py4j_connection_failure(item):
+        return True
+    try:
+        text = str(item)  # a Py4JJavaError asks its JVM for its text ("<exception str() failed>" where it is gone)
+    except Exception as failure:  # noqa: BLE001 - a text that cannot be read says nothing else
+        return jvm_unreachable(failure)
+    return any(m in text for m in _SPARK_GONE)
+
+
+def _unreachable(item: BaseException) -> bool:
+    if _py4j_connection_failure(item):
+        return True
+    try:
+        str(item)
+    except Exception as failure:  # noqa: BLE001
+        return jvm_unreachable(failure)
+    return False
+
+
+_SOCKET_MODULES = ("socket", "ssl", "selectors")  # where py4j's socket calls raise, below py4j's own frame
+
+
+def _py4j_connection_failure(item: BaseException) -> bool:
+    if type(item).__name__ == "Py4JNetworkError":
+        return True
+    if not isinstance(item, OSError):
+        return False
+    raised_in, tb = "", item.__traceback__
+    while tb is not None:
+        module = str(tb.tb_frame.f_globals.get("__name__", ""))
+        if module not in _SOCKET_MODULES:
+            raised_in = module
+        tb = tb.tb_next
+    return raised_in == "py4j" or raised_in.startswith("py4j.")
 
 
 def interrupted_by_ctrl_c(exc: BaseException) -> bool:
@@ -187,6 +246,7 @@ class SparkCommand:
         self.prog, self.kept = prog, kept
         self.interrupted = False
         self.races: ShutdownRaces | None = None  # of the session the command started
+        self.jvm = None  # the Popen of the JVM the command launched (`dolmino build`; spark-submit's is its parent)
 
     def start(self, app_name: str, master: str | None, driver_memory: str | None):
         """The session, or None (its line printed) where Spark cannot start; Ctrl-C or SIGTERM
@@ -199,19 +259,33 @@ class SparkCommand:
         try:
             spark = make_spark(app_name, master, driver_memory, quiet_start=existing is None)
         except BaseException as exc:  # noqa: BLE001
-            if interrupted_by_ctrl_c(exc) or _TERMINATED:
-                # Ctrl-C or SIGTERM while Spark starts (seconds, longer on a busy machine) printed ~45
-                # lines of py4j tracebacks, or nothing at all (found by a tester): the line and status
-                # of an interrupted build, which the caller would otherwise take for a start failure.
-                raise SystemExit(self.stopped(exc)) from None
+            self._end_if_stopped(exc)
             if not isinstance(exc, Exception):
                 raise
             # a master URL Spark refuses or that never answers: one line
             print(f"{self.prog}: error: {start_failure(exc, master)}", file=sys.stderr)
             return None
         if existing is None:
-            self.races = console_log_levels(spark.sparkContext)
+            self.jvm = getattr(getattr(spark.sparkContext, "_gateway", None), "proc", None)  # noqa: SLF001 - PySpark's
+            try:
+                self.races = console_log_levels(spark.sparkContext)
+            except BaseException as exc:  # noqa: BLE001 - its first calls into the JVM just started
+                self._end_if_stopped(exc)
+                raise
         return spark
+
+    def _end_if_stopped(self, exc: BaseException) -> None:
+        """Ctrl-C or SIGTERM while Spark starts (seconds, longer on a busy machine) printed ~45 lines
+        of py4j tracebacks, or nothing at all (found by a tester): the line and status of an
+        interrupted build (SystemExit), which the caller would otherwise take for a start failure.
+        So does a JVM killed while it starts ("cannot start Spark with --master local[2]: [Errno
+        111] Connection refused" blamed the master; found by a tester) or just after."""
+        if interrupted_by_ctrl_c(exc) or _TERMINATED or jvm_unreachable(exc):
+            if self.jvm is None:  # the JVM launched for the session that did not start (none under spark-submit)
+                from pyspark import SparkContext
+
+                self.jvm = getattr(SparkContext._gateway, "proc", None)  # noqa: SLF001 - PySpark's
+            raise SystemExit(self.stopped(exc)) from None
 
     def stopped(self, exc: BaseException) -> int | None:
         """The exit status where `exc` is Ctrl-C, SIGTERM or Spark gone from under the command
@@ -223,6 +297,8 @@ class SparkCommand:
         elif spark_gone(exc):  # `kill` of spark-submit's JVM alone: a 30-line traceback (found by a tester)
             how, status = "Spark stopped under it (its JVM was terminated or died, or Spark shut the application " \
                           "down: the Spark log above says which)", 2
+            if self.jvm is not None and jvm_unreachable(exc):
+                self._wait_for_jvm_exit()
         else:
             return None
         if status != 2 and self.races is not None:  # Ctrl-C or SIGTERM (not Spark gone): before the stop
@@ -233,6 +309,19 @@ class SparkCommand:
         self.interrupted = True
         print(f"{self.prog}: {how}; rerun the same command to resume ({self.kept})", file=sys.stderr)
         return status
+
+    JVM_EXIT_S = 10.0  # at most: the line then comes regardless
+
+    def _wait_for_jvm_exit(self) -> None:
+        """The JVM the command launched, killed with SIGTERM, logs its shutdown (its tasks' "Error in
+        TaskCompletionListener", ~50 lines of Java stack) for a few seconds after py4j lost it: that log
+        came after the one line, which says "the Spark log above" (found by a tester)."""
+        import subprocess
+
+        try:
+            self.jvm.wait(timeout=self.JVM_EXIT_S)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):  # a second Ctrl-C: the command is ending already
+            pass
 
     def stop(self, spark) -> None:
         try:
