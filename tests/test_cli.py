@@ -572,6 +572,44 @@ def test_a_connection_error_outside_py4j_is_not_spark_gone(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_a_driver_out_of_file_descriptors_is_not_spark_gone():
+    """py4j failing to open its socket because the driver has no file descriptor left ("Too many open
+    files") was taken for the JVM gone: "Spark stopped under it ... rerun", exit 2, the cause unsaid. Only
+    a refused or reset connection says the JVM is gone. In a process of its own, its limit lowered."""
+    import subprocess
+
+    script = """
+import os, resource, socket
+from py4j.clientserver import JavaClient, JavaParameters, PythonParameters
+from py4j.java_gateway import GatewayProperty, PythonProxyPool
+from dolmino.build.spark import SparkCommand, jvm_unreachable, spark_gone
+
+with socket.socket() as closed:
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+client = JavaClient(JavaParameters(address="127.0.0.1", port=port), PythonParameters(),
+                    GatewayProperty(False, PythonProxyPool()))
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (256 if hard == resource.RLIM_INFINITY else min(256, hard), hard))
+held = []
+try:
+    while True:
+        held.append(open(os.devnull))
+except OSError:
+    pass
+try:
+    client.send_command("c\\no0\\ngetConf\\ne\\n")
+except OSError as exc:
+    failed = exc
+for f in held:
+    f.close()
+print(failed.errno, jvm_unreachable(failed), spark_gone(failed), SparkCommand("x", "y").stopped(failed))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout.split() == ["24", "False", "False", "None"], proc.stdout + proc.stderr[-2000:]
+
+
 @pytest.mark.parametrize("when", ["while", "just after"])
 def test_a_jvm_killed_as_spark_starts_is_spark_gone_not_the_master(when, monkeypatch, capsys):
     """The JVM of `dolmino build` killed while the session started said "cannot start Spark with

@@ -19,10 +19,12 @@ about one tensor of memory beyond the memory-mapped input.
 The tokenizer the checkpoint was trained with goes beside the model (tokenizer.json,
 tokenizer_config.json, special_tokens_map.json), so that `AutoTokenizer.from_pretrained(OUT_DIR)`
 loads it as it loads a released OLMo 2 directory: for a trainer checkpoint the tokenizer.json its
-data's builds record (report.json tokenizer_sha256: the packaged dolma2 file, with the releases'
-GPT2Tokenizer config, no BOS), an HF source's own files, a soup's, or the dolma2 tokenizer that
-an OLMo-core experiment config names. Where the checkpoint does not say (its data is not here, a
-build from before tokenizer_sha256), one line says so and none are written.
+config.json records (what trainer.run read from its data's builds, so that a checkpoint copied
+without its mix still says), else its data's builds (report.json tokenizer_sha256: the packaged
+dolma2 file, with the releases' GPT2Tokenizer config, no BOS), an HF source's own files, a soup's,
+or the dolma2 tokenizer that an OLMo-core experiment config names. Where the checkpoint does not
+say (an older one whose data is not here, a build from before tokenizer_sha256, another
+tokenizer.json moved or changed since), one line says so and none are written.
 
 OUT_DIR may be an existing Hugging Face directory: its model is replaced, as save_pretrained
 replaces it. A directory holding a trainer checkpoint or run, or a soup's own `hf/`, is refused.

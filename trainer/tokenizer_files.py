@@ -41,10 +41,10 @@ def checkpoint_tokenizer(infos: list, depth: int = 0) -> dict[str, bytes] | str:
     else why none says (one sentence: the first asked). An export without them could not be used as a
     released OLMo 2 directory is: AutoTokenizer.from_pretrained(OUT) failed (found by a tester).
     Nothing is guessed from the model's vocabulary size or EOS id: only an HF directory's own
-    files, a trainer checkpoint's data (its builds' report.json tokenizer_sha256 and
-    manifest.json), a soup's hf/ or ingredients, or OLMo-core's experiment config naming the
-    dolma2 tokenizer say which. HF sources go first, as a soup's config.json is its first HF
-    ingredient's."""
+    files, what a trainer checkpoint's config.json records, else its data (its builds' report.json
+    tokenizer_sha256 and manifest.json), a soup's hf/ or ingredients, or OLMo-core's experiment
+    config naming the dolma2 tokenizer say which. HF sources go first, as a soup's config.json is its
+    first HF ingredient's."""
     reasons = []
     for info in sorted(infos, key=lambda i: i.format != "hf"):
         try:

@@ -195,9 +195,13 @@ _SOCKET_MODULES = ("socket", "ssl", "selectors")  # where py4j's socket calls ra
 
 
 def _py4j_connection_failure(item: BaseException) -> bool:
+    """Py4JNetworkError, or a connection py4j's own code could not open or keep. Only a refused or
+    reset connection says the JVM is gone: any OSError there took a driver out of file descriptors
+    ("Too many open files", as py4j opens its socket) for Spark stopped under it, the cause unsaid
+    (a reviewer)."""
     if type(item).__name__ == "Py4JNetworkError":
         return True
-    if not isinstance(item, OSError):
+    if not isinstance(item, ConnectionError):
         return False
     raised_in, tb = "", item.__traceback__
     while tb is not None:
