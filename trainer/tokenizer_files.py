@@ -66,22 +66,39 @@ def _hf_dir_tokenizer(path: Path) -> dict[str, bytes]:
     return files
 
 
-def _trainer_tokenizer(info, depth: int) -> dict[str, bytes]:
+def _trainer_says(info) -> tuple[str, object]:
+    """Where a trainer checkpoint (or soup) says which tokenizer it was trained with, as (kind,
+    what): ("hf", a soup's hf/ directory), ("soup", its ingredients), ("record", what trainer.run
+    kept in config.json from the data's builds), ("data", its data_paths: checkpoints from before
+    the record). One walk for both the files (`checkpoint_tokenizer`) and the identity
+    (`tokenizer_identity`), which had each their own copy of it (a reviewer)."""
     from trainer.checkpoint import CONFIG_FILE, load_json_file
 
     path = Path(info.path)
     config = load_json_file(path / CONFIG_FILE)
-    if isinstance(config, dict) and "soup" in config:
+    config = config if isinstance(config, dict) else {}
+    if "soup" in config:
         if (path / "hf" / "tokenizer.json").is_file():  # written with the soup
-            return _hf_dir_tokenizer(path / "hf")
-        return _soup_tokenizer(path, config["soup"], depth)
-    recorded = config.get("tokenizer") if isinstance(config, dict) else None
-    if isinstance(recorded, dict):  # what trainer.run read from the data's builds when it trained
-        return _recorded_tokenizer(recorded, info.model, f"the training data of the checkpoint {path}")
-    paths = config.get("data_paths") if isinstance(config, dict) else None  # checkpoints from before it was recorded
+            return "hf", path / "hf"
+        return "soup", config["soup"]
+    if isinstance(config.get("tokenizer"), dict):
+        return "record", config["tokenizer"]
+    paths = config.get("data_paths")
     if not paths:
         raise _NotSaid(f"the checkpoint {path} records no training data (config.json data_paths)")
-    return _data_tokenizer([str(p) for p in paths], info.model)
+    return "data", [str(p) for p in paths]
+
+
+def _trainer_tokenizer(info, depth: int) -> dict[str, bytes]:
+    kind, said = _trainer_says(info)
+    path = Path(info.path)
+    if kind == "hf":
+        return _hf_dir_tokenizer(said)
+    if kind == "soup":
+        return _soup_tokenizer(path, said, depth)
+    if kind == "record":
+        return _recorded_tokenizer(said, info.model, f"the training data of the checkpoint {path}")
+    return _data_tokenizer(said, info.model)
 
 
 def _soup_tokenizer(path: Path, ingredients: list, depth: int) -> dict[str, bytes]:
@@ -145,31 +162,27 @@ def _hf_dir_identity(path: Path) -> dict:
 
 
 def _trainer_identity(info, depth: int) -> dict:
-    from trainer.checkpoint import CONFIG_FILE, load_json_file
+    from trainer.checkpoint import CONFIG_FILE
 
+    kind, said = _trainer_says(info)
     path = Path(info.path)
-    config = load_json_file(path / CONFIG_FILE)
-    if isinstance(config, dict) and "soup" in config:
-        if (path / "hf" / "tokenizer.json").is_file():  # written with the soup
-            return _hf_dir_identity(path / "hf")
-        for ingredient in _soup_ingredients(path, config["soup"], depth):
+    if kind == "hf":
+        return _hf_dir_identity(said)
+    if kind == "soup":
+        for ingredient in _soup_ingredients(path, said, depth):
             found = tokenizer_identity(ingredient, depth + 1)
             if isinstance(found, dict):
                 return found
         raise _NotSaid(f"no ingredient of the soup {path} says which tokenizer it was trained with")
-    recorded = config.get("tokenizer") if isinstance(config, dict) else None
-    if isinstance(recorded, dict):  # what trainer.run read from the data's builds when it trained
-        digest = recorded.get("tokenizer_sha256")
+    if kind == "record":
+        digest = said.get("tokenizer_sha256")
         if not isinstance(digest, str) or not digest:
             raise _NotSaid(f"the training data of the checkpoint {path} records no tokenizer_sha256")
-        where = recorded.get("path")
-        return {"tokenizer_sha256": digest, "name": recorded.get("name"), "source": f"recorded in {path / CONFIG_FILE}",
+        where = said.get("path")
+        return {"tokenizer_sha256": digest, "name": said.get("name"), "source": f"recorded in {path / CONFIG_FILE}",
                 "path": where if isinstance(where, str) else None,
                 "subject": f"the training data of the checkpoint {path}"}
-    paths = config.get("data_paths") if isinstance(config, dict) else None  # checkpoints from before it was recorded
-    if not paths:
-        raise _NotSaid(f"the checkpoint {path} records no training data (config.json data_paths)")
-    record, folder = _data_tokenizer_record([str(p) for p in paths])
+    record, folder = _data_tokenizer_record(said)
     return {"tokenizer_sha256": record["tokenizer_sha256"], "name": record.get("name"),
             "source": f"recorded in {folder / 'report.json'}", "path": record.get("path"),
             "subject": f"the build {folder}"}
