@@ -489,3 +489,28 @@ def test_soup_compares_tokenizers_of_other_bytes_by_what_they_encode(tmp_path, c
     assert len(err) == 1 and err[0].startswith(f"soup: note: {tmp_path / 'c'} was trained with tokenizer.json ") \
         and f"other bytes than {tmp_path / 'b'}'s" in err[0] and f"{hf_copy} has changed since" in err[0], err
     assert (tmp_path / "unread" / "hf" / "tokenizer.json").read_bytes() == dolma2_tokenizer_path().read_bytes()
+
+
+def test_a_soup_missing_one_ingredient_still_says_its_tokenizer(tmp_path, capsys):
+    """A --no-hf soup says its tokenizer through its ingredients, which it checked share one: with one of them
+    deleted since, it said none (an export wrote no tokenizer files, a soup of it checked nothing; a reviewer).
+    The ingredients left say it."""
+    import shutil
+
+    from test_trainer_export_hf import dolma2_build, trained_on
+
+    from trainer.export_hf import main as export_main
+
+    mix = dolma2_build(tmp_path / "mix")
+    for name, seed in (("a", 1), ("b", 2)):
+        trained_on(tmp_path / name, [mix], seed=seed)
+    assert soup_main([str(tmp_path / "ab"), str(tmp_path / "a"), str(tmp_path / "b"), "--no-hf"]) == 0
+    shutil.rmtree(tmp_path / "a")
+    capsys.readouterr()
+    assert export_main([str(tmp_path / "ab"), str(tmp_path / "hf")]) == 0
+    assert capsys.readouterr().err == ""
+    assert (tmp_path / "hf" / "tokenizer.json").is_file()
+    shutil.rmtree(tmp_path / "b")
+    assert export_main([str(tmp_path / "ab"), str(tmp_path / "hf2")]) == 0
+    err = capsys.readouterr().err
+    assert "no tokenizer files written" in err and "cannot be read here" in err, err

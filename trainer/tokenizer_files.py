@@ -109,18 +109,22 @@ def _soup_tokenizer(path: Path, ingredients: list, depth: int) -> dict[str, byte
 
 
 def _soup_ingredients(path: Path, ingredients: list, depth: int) -> list:
-    """The checkpoint infos of the ingredients a soup's config.json lists."""
+    """The checkpoint infos of the ingredients a soup's config.json lists that can still be read
+    here. The soup checked that they share one tokenizer, so any of them says it: one ingredient
+    deleted since made a --no-hf soup say none (a reviewer)."""
     from trainer.weights import inspect_checkpoint
 
     if depth >= _SOUP_DEPTH:
         raise _NotSaid(f"the soup {path} nests soups deeper than {_SOUP_DEPTH}")
-    infos = []
+    infos, unread = [], []
     for ingredient in ingredients:
         where = ingredient.get("path") if isinstance(ingredient, dict) else None
         try:
             infos.append(inspect_checkpoint(where))
         except (OSError, ValueError, TypeError):
-            raise _NotSaid(f"the soup {path}'s ingredient {where} cannot be read here") from None
+            unread.append(where)
+    if not infos:
+        raise _NotSaid(f"the soup {path}'s ingredient {unread[0] if unread else None} cannot be read here")
     return infos
 
 
