@@ -380,6 +380,8 @@ def test_units_read_again_for_minhash_count_as_tagged(world, spark, tmp_path):
             stats["params"]["rows"]) == (64, 5, bands, rows)
     stage = again["stages"]["minhash:web"]
     assert stage["units"] == FILES and stage["docs"] > 0
+    # the tag stage's line counts the documents it read again: "0 docs/s" while it read them all (a tester)
+    assert again["stages"]["tag"]["docs"] == first["stages"]["tag"]["docs"] > 0
     same = build(manifest_from_dict(spec(2)), 4_000, str(tmp_path / "o3"), spark, attributes=attrs, phase="tag")
     assert same["tagged_units"] == 0 and same["files_written"] == 0
 
@@ -502,6 +504,11 @@ def test_a_mix_spelling_a_parameter_otherwise_names_it(world, spark, tmp_path):
     with pytest.raises(BuildError, match=r"tagged with other filter parameters: label: left out there, '__label__lq' "
                                          r"here\): run `dolmino tag`"):
         build(manifest_from_dict(other), 4_000, str(tmp_path / "mix2"), spark, attributes=attrs, phase="mix")
+    # one model at two thresholds: one set, named missing once, not once per filter (a tester)
+    other["sources"][0]["filters"].append({**other["sources"][0]["filters"][0], "threshold": 0.9})
+    with pytest.raises(BuildError) as refused:
+        build(manifest_from_dict(other), 4_000, str(tmp_path / "mix3"), spark, attributes=attrs, phase="mix")
+    assert str(refused.value).split("missing ", 1)[1].split(")", 1)[0].count("fasttext_quality-") == 1, refused.value
 
 
 def test_a_missing_stack_exchange_documents_file_is_converted_again(spark, tmp_path):
@@ -565,3 +572,29 @@ def test_the_report_counts_each_attribute_sets_files_written_and_reused(world, s
     files = json.loads((fresh / "report.json").read_text())["run"]["attribute_files"]["web"]
     assert sorted((c["written"], c["reused"]) for c in files.values()) == [(bundles, 0)] * 3
     assert all(c["bytes_written"] > 0 for c in files.values())
+
+
+def test_filters_that_share_an_attribute_set_are_scored_once(tmp_path, monkeypatch):
+    """Two filters whose tag parameters agree (one fastText model at two thresholds, a verdict filter
+    written twice) share one attribute set: the tag task scored every document once per filter and
+    wrote the same file twice (found by a tester)."""
+    import filters.base
+    from dolmino.build.attributes import AttributeStore
+    from dolmino.build.tag import BundleWork, FilterTag, SourceTagPlan, TagContext, tag_bundle
+    from dolmino.prefetch import ReadAhead
+
+    path = tmp_path / "web" / "a.jsonl"
+    path.parent.mkdir()
+    write_documents(str(path), [{"id": str(i), "text": f"document {i}", "metadata": {"max_stars_count": i}}
+                                for i in range(5)])
+    unit = Unit(0, 0, InputFile("web", str(path), "web/a.jsonl", path.stat().st_size, "v1"))
+    spec = {"type": "code_stars", "min_stars": 2}
+    plan = SourceTagPlan("web", "dolma", None, "docs-1", (FilterTag("code_stars-1", 0, spec),
+                                                          FilterTag("code_stars-1", 1, spec)), None, None, None)
+    ctx = TagContext(AttributeStore(str(tmp_path / "attrs")), (plan,), {}, None, 0, 0)
+    calls = []
+    real = filters.base.tag_columns
+    monkeypatch.setattr(filters.base, "tag_columns", lambda filt, docs: calls.append(len(docs)) or real(filt, docs))
+    [record] = tag_bundle(BundleWork(Bundle(0, (unit,)), ("code_stars-1", "code_stars-1"), False, {}), ctx,
+                          ReadAhead(()))
+    assert calls == [5] and list(record.files) == [ctx.store.path("web", "code_stars-1", Bundle(0, (unit,)))]

@@ -856,10 +856,16 @@ def test_mix_with_another_task_size_reuses_the_byte_ranges_tag_wrote(spark, tmp_
     # an input rewritten since the tag: named as changed, not as "run dolmino tag" (found by a tester)
     import os
 
-    os.utime(plain, ns=(plain.stat().st_atime_ns, plain.stat().st_mtime_ns + 10**9))
+    tagged_ns = plain.stat().st_mtime_ns
+    os.utime(plain, ns=(plain.stat().st_atime_ns, tagged_ns + 10**9))
     assert main([*common, "--out", str(tmp_path / "changed")], phase="mix") == 2
     assert f"{plain} changed since it was tagged (another size, ETag or mtime): run `dolmino tag` again for it" \
         in capsys.readouterr().err
+    # changed and read at another split size: the change is named (the tagged split size would not do)
+    assert main([str(path), "--attributes", str(tmp_path / "attrs"), "--quiet", "--out", str(tmp_path / "o1")],
+                phase="mix") == 2
+    assert f"{plain} changed since it was tagged" in capsys.readouterr().err
+    os.utime(plain, ns=(plain.stat().st_atime_ns, tagged_ns))  # as tagged again
     # the default split size reads the file whole: its ranges' attributes are not found either, and it says so
     assert main([str(path), "--attributes", str(tmp_path / "attrs"), "--quiet", "--out", str(tmp_path / "o2")],
                 phase="mix") == 2

@@ -125,6 +125,38 @@ def test_a_bundle_a_running_tag_has_not_written_is_not_called_new(tmp_path):
                             "files grouped with these and reuses the rest)"), message
 
 
+def test_a_split_file_that_grew_is_named_changed_not_cut_at_another_split_size(tmp_path):
+    """A file's byte ranges are equal parts of its size: one that grew (or shrank) since the tag is
+    cut elsewhere at the same --split-size, and was refused as "tagged in byte ranges at another
+    --split-size" (found by a tester). The stored ranges' versions tell the two apart."""
+    def ranges(f, cuts):
+        return [Unit(i, 0, f, a, b) for i, (a, b) in enumerate(zip(cuts, cuts[1:]))]
+
+    store = _store(tmp_path, [Bundle(u.index, (u,)) for u in ranges(_file("big.jsonl", 300), [0, 150, 300])])
+    for now, cuts in ((_file("big.jsonl", 400, version="m2"), [0, 200, 400]),
+                      (_file("big.jsonl", 300), [0, 100, 200, 300])):
+        units = ranges(now, cuts)
+        works = [BundleWork(Bundle(u.index, (u,)), (DOCS,), False, {}) for u in units]
+        message = _describe(store, works, units, _plan())
+        if now.size == 400:
+            assert message.endswith("/data/web/big.jsonl changed since it was tagged (another size, ETag or mtime): "
+                                    "run `dolmino tag` again for it"), message
+        else:  # the same file, cut at another split size
+            assert message.endswith("/data/web/big.jsonl was tagged in byte ranges at another --split-size (this run "
+                                    "cuts it into byte ranges): give the --split-size it used, or run `dolmino tag` "
+                                    "again with this one"), message
+    # stored whole, alone or with other small files, and grown past the split size since
+    small = _file("a.jsonl", 10)
+    for name, tagged in (("alone", [Bundle(0, (Unit(0, 0, _file("big.jsonl", 300)),))]),
+                         ("bundled", [Bundle(0, (Unit(0, 0, small), Unit(1, 0, _file("big.jsonl", 300))))])):
+        grown = ranges(_file("big.jsonl", 400, version="m2"), [0, 200, 400])
+        units = [Unit(0, 0, small), *(Unit(i + 1, 0, u.file, u.start, u.end) for i, u in enumerate(grown))]
+        works = [BundleWork(Bundle(u.index, (u,)), (DOCS,), False, {}) for u in units]
+        message = _describe(_store(tmp_path / name, tagged), works, units, _plan())
+        assert message.endswith("/data/web/big.jsonl changed since it was tagged (another size, ETag or mtime): "
+                                "run `dolmino tag` again for it"), message
+
+
 def test_a_file_stored_whole_inside_a_bundle_and_cut_now_names_the_split_size(tmp_path):
     a, b = _file("a.jsonl", 1000), _file("b.jsonl", 5000)
     store = _store(tmp_path, [Bundle(0, (Unit(0, 0, a), Unit(1, 0, b)))])
@@ -146,6 +178,22 @@ def test_files_added_removed_and_changed_are_named_from_the_stored_unit_list(tmp
                             "inputs (removed since, or tagged for a manifest listing more files: attribute files serve "
                             "the files they were tagged together with): run `dolmino tag` again (it reads again the "
                             "files grouped with these and reuses the rest)")
+
+
+@pytest.mark.parametrize("trial", range(6))
+def test_a_file_tagged_again_is_not_named_changed_beside_its_stale_bundle_file(tmp_path, trial):
+    """b.jsonl touched and tagged again leaves the bundle's older docs file beside the current one;
+    a file added then was refused as "b.jsonl changed" in about half the roots, by which file the
+    listing put last among those of one first key (found by a tester)."""
+    def units(names, version):
+        return [Unit(i, 0, _file(f"{n}.jsonl", version=version if n == "b" else "m1")) for i, n in enumerate(names)]
+
+    store = _store(tmp_path, [Bundle(0, tuple(units("abc", f"old-{trial}"))),
+                              Bundle(0, tuple(units("abc", f"new-{trial}")))])
+    current = units("abcd", f"new-{trial}")
+    message = _describe(store, [BundleWork(Bundle(0, tuple(current)), (DOCS,), False, {})], current, _plan())
+    assert message.endswith("since the tag, /data/web/d.jsonl is new: run `dolmino tag` again (it reads again the "
+                            "files grouped with these and reuses the rest)"), message
 
 
 def test_an_unreadable_root_leaves_the_refusal_without_a_cause(tmp_path, monkeypatch):

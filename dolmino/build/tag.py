@@ -81,8 +81,10 @@ class BundleTagged(NamedTuple):
     # the driver needs (`first_lines`). Not every unit's counts: 20,000 small files' dicts were
     # shipped, unpickled and filled in on the driver for nothing (0.05-0.1 core-s of its run_tag, measured).
     lines: dict
-    docs: int  # documents read, when the docs set was written now
-    bytes: int  # their UTF-8 text bytes
+    # documents read, whichever sets were due: counted only where the docs set was written, a tag of a new
+    # filter or MinHash setting showed "0 docs/s" while it read the whole pool again (a tester)
+    docs: int
+    bytes: int  # UTF-8 text bytes of the documents read, when the docs set was written now
     files: dict  # path -> size of every file written
     sample_tokens: int  # tokens of the documents tokenized for the tokens-per-byte sample
     # unit index -> unreadable bytes, for the units whose compressed stream broke part-way (docs set
@@ -333,7 +335,13 @@ def tag_bundle(work: BundleWork, ctx: TagContext, ahead: ReadAhead) -> Iterator[
     bundle = work.bundle
     plan = ctx.plans[bundle.source_index]
     store = ctx.store
-    tags = [t for t in plan.filters if t.set_name in work.sets]
+    # One per set: filters whose tag parameters agree (one model at two thresholds) share it, and each
+    # scored every document again into the same file (a tester).
+    firsts = {}
+    for t in plan.filters:
+        if t.set_name in work.sets:
+            firsts.setdefault(t.set_name, t)
+    tags = list(firsts.values())
     filters = [build_filter(localized_spec(t.spec, ctx.resources), f"{plan.name}.filters[{t.index}]") for t in tags]
     hasher = None
     if work.signatures:
@@ -361,7 +369,7 @@ def tag_bundle(work: BundleWork, ctx: TagContext, ahead: ReadAhead) -> Iterator[
     stats = acc.stats.values()
     yield BundleTagged(bundle.index, {u.index: acc.stats[u.index].get("lines", 0) for u in bundle.units
                                       if _split(u) and u.index in acc.stats},
-                       sum(st.get("docs", 0) for st in stats), sum(st.get("bytes", 0) for st in stats), files,
+                       sum(acc.rows), sum(st.get("bytes", 0) for st in stats), files,
                        sum(st.get("sample_tokens", 0) for st in stats),
                        {ui: st.get("unreadable_bytes", 0) for ui, st in acc.stats.items()
                         if st.get("quarantined", {}).get("corrupt_stream")})
@@ -500,7 +508,7 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
     for bundle in bundles:
         si = bundle.source_index
         plan = plans[si]
-        sets = tuple(s for s in [plan.docs_set, *(t.set_name for t in plan.filters)]
+        sets = tuple(s for s in dict.fromkeys([plan.docs_set, *(t.set_name for t in plan.filters)])  # filters may share
                      if store.path(plan.name, s, bundle) not in listed[(si, s)])
         if si in converted and plan.docs_set not in sets and any(
                 store.documents_path(plan.name, u) not in converted[si] for u in bundle.units):

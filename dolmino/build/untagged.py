@@ -9,7 +9,8 @@ unchanged one. The checks, in order:
 
 1. nothing is stored for the source at all (a renamed source, or a root never tagged);
 2. a unit's file is stored cut at another --split-size (whole where it is a range now, or
-   other ranges);
+   other ranges), or, where the stored units' versions are not of the file as it is now, cut
+   elsewhere because it changed size since the tag;
 3. the stored files of the unit's bundle list other files or versions: files added, removed,
    or changed (size, ETag or mtime) since the tag;
 4. a missing set has a sibling of its kind that the manifest no longer uses and that holds
@@ -25,15 +26,15 @@ import functools
 import re
 from typing import NamedTuple
 
-from dolmino.build.attributes import DOCUMENTS_DIR, AttributeStore, read_table
-from dolmino.build.inputs import Unit, splittable
+from dolmino.build.attributes import DOCUMENTS_DIR, AttributeStore, read_table, unit_version
+from dolmino.build.inputs import InputFile, Unit, splittable
 from dolmino.errors import BuildError
 
 # A stored attribute file: "<bundle key>.<version>.parquet"; a bundle key is its first unit's key,
 # plus "+<n>" for the n units after it.
-_STORED = re.compile(r"(?P<key>.+)\.[0-9a-f]{10}\.parquet")
+_STORED = re.compile(r"(?P<key>.+)\.(?P<version>[0-9a-f]{10})\.parquet")
 _MORE_UNITS = re.compile(r"\+\d+$")
-_RANGE = re.compile(r"@\d{13}-\d{13}$")  # a byte range's key: "<input name>@<start>-<end>" (inputs.Unit.key)
+_RANGE = re.compile(r"@(\d{13})-(\d{13})$")  # a byte range's key: "<input name>@<start>-<end>" (inputs.Unit.key)
 _METADATA_READS = 8  # stored files whose unit lists are read to say what changed, at most
 _NAMED = 3
 
@@ -52,7 +53,8 @@ class _Source(NamedTuple):
     firsts: list[tuple[str, str]]  # their first keys in unit order (`_unit_order`), for bisect
     by_file: dict[str, set[str]]  # input name -> the stored first keys of that file (whole, or its ranges)
     current: set[str]  # the unit keys this run lists
-    ranged: dict[str, str]  # input name -> URI, for the files this run cuts into ranges
+    ranged: dict[str, InputFile]  # input name -> file, for the files this run cuts into ranges
+    alone: dict[str, set[str]]  # unit key -> versions of the stored files that hold that unit alone
 
 
 def _unit_order(key: str) -> tuple[str, str]:
@@ -66,14 +68,20 @@ def _source(si: int, units: list[Unit], plans, store: AttributeStore, listed) ->
     prefix = store.set_dir(plan.name, plan.docs_set).rstrip("/") + "/"
     # in unit order, file name first: a byte range's key ("a.jsonl@...") sorts after "a.jsonl.gz" as
     # text, and the file holding "b.jsonl" was looked for among a.jsonl's ranges (found by a reviewer)
-    stored = sorted(((_MORE_UNITS.sub("", match["key"]), path) for path in listed.get((si, plan.docs_set), ())
-                     if (match := _STORED.fullmatch(path.removeprefix(prefix)))), key=lambda kp: _unit_order(kp[0]))
+    matches = [(match, path) for path in listed.get((si, plan.docs_set), ())
+               if (match := _STORED.fullmatch(path.removeprefix(prefix)))]
+    stored = sorted(((_MORE_UNITS.sub("", match["key"]), path) for match, path in matches),
+                    key=lambda kp: _unit_order(kp[0]))
+    alone: dict[str, set[str]] = {}  # a bundle of one unit is versioned as that unit (attributes.Bundle.version)
+    for match, _path in matches:
+        if not _MORE_UNITS.search(match["key"]):
+            alone.setdefault(match["key"], set()).add(match["version"])
     by_file: dict[str, set[str]] = {}
     for key, _ in stored:
         by_file.setdefault(_RANGE.sub("", key), set()).add(key)
     mine = [u for u in units if u.source_index == si]
     return _Source(stored, [_unit_order(key) for key, _ in stored], by_file, {u.key for u in mine},
-                   {u.file.name: u.file.uri for u in mine if u.is_range})
+                   {u.file.name: u.file for u in mine if u.is_range}, alone)
 
 
 def _source_not_stored(plan, store: AttributeStore) -> str | None:
@@ -93,6 +101,21 @@ def _split_message(uri: str, was: str, now_range: bool) -> str:
             "`dolmino tag` again with this one")
 
 
+def _same_input(file: InputFile, key: str, versions) -> bool:
+    """Whether a stored unit `key` at one of `versions` is of `file` as it is now, cut otherwise (by
+    another --split-size), not of an earlier version of it: byte ranges are equal parts of a file's
+    size, so a file that grew or shrank since the tag is cut elsewhere at the same split size, and
+    was refused as tagged "at another --split-size" (found by a tester)."""
+    bounds = _RANGE.search(key)
+    unit = Unit(0, 0, file, int(bounds[1]), int(bounds[2])) if bounds else Unit(0, 0, file)
+    return unit_version(unit) in versions
+
+
+def _changed_message(uris: list[str]) -> str:
+    return (f"{_named(uris)} changed since it was tagged (another size, ETag or mtime): run `dolmino tag` again "
+            "for it")
+
+
 def _split_otherwise(works, source) -> str | None:
     """A plain file whose stored units are cut at other byte offsets than this run's (`works`:
     bundles whose documents are not stored; a file whole inside a stored bundle of several is
@@ -105,6 +128,9 @@ def _split_otherwise(works, source) -> str | None:
             name = unit.file.name
             other = [k for k in known.by_file.get(name, ()) if k not in known.current]
             if other:
+                alone = [k for k in other if k in known.alone]
+                if alone and not any(_same_input(unit.file, k, known.alone[k]) for k in alone):
+                    return _changed_message([unit.file.uri])
                 return _split_message(unit.file.uri, "whole" if name in other else "in byte ranges", unit.is_range)
     return None
 
@@ -118,29 +144,41 @@ def _inputs_changed(works, source) -> str | None:
         known = source(bundle.source_index)
         if not known.stored:
             continue
-        candidates = set()
-        for unit in bundle.units:  # the stored file holding a key is the one whose first key is the last <= it
+        versions = dict(zip((u.key for u in bundle.units), bundle.unit_versions))
+        # The stored files holding a key are those whose first key is the last <= it: several where a
+        # file changed and was tagged again (its bundle's older file stays beside the current one), and
+        # the listing's order picked either, so a file tagged again since was called changed (a tester).
+        generations: dict[int, list[str]] = {}
+        for unit in bundle.units:
             at = bisect.bisect_right(known.firsts, _unit_order(unit.key)) - 1
             if at >= 0:
-                candidates.add(known.stored[at][1])
+                first = bisect.bisect_left(known.firsts, known.firsts[at])
+                generations.setdefault(first, sorted(path for _key, path in known.stored[first:at + 1]))
         stored: dict[str, str | None] = {}
-        spans: list[tuple[str, str]] = []  # (first, last) input name of each stored file read
-        for path in sorted(candidates):
-            if reads >= _METADATA_READS:
-                break
-            reads += 1
-            try:
-                _table, meta = read_table(path, columns=[])
-            except BuildError:
+        spans: list[tuple[str, str]] = []  # (first, last) input name of each stored file used
+        for first in sorted(generations):
+            closest, agreement = None, None
+            for path in generations[first]:  # of one first key, the file that agrees most with this run's units
+                if reads >= _METADATA_READS:
+                    break
+                reads += 1
+                try:
+                    _table, meta = read_table(path, columns=[])
+                except BuildError:
+                    continue
+                listed = [(entry.get("unit"), entry.get("version")) for entry in meta.get("units") or ()]
+                score = (sum(k in versions and v in (None, versions[k]) for k, v in listed),
+                         -sum(k not in known.current for k, _ in listed))
+                if agreement is None or score > agreement:
+                    closest, agreement = listed, score
+            if closest is None:
                 continue
-            listed = [(entry.get("unit"), entry.get("version")) for entry in meta.get("units") or ()]
-            stored.update(listed)
-            names = [_RANGE.sub("", k) for k, _ in listed if isinstance(k, str)]  # units go in file-name order
+            stored.update(closest)
+            names = [_RANGE.sub("", k) for k, _ in closest if isinstance(k, str)]  # units go in file-name order
             if names:
                 spans.append((min(names), max(names)))
         if not stored:
             continue
-        versions = dict(zip((u.key for u in bundle.units), bundle.unit_versions))
         uri = {u.key: u.file.uri for u in bundle.units}
         # by file (the byte ranges of one file are units of their own)
         changed = list(dict.fromkeys(uri[k] for k, v in versions.items() if k in stored and stored[k] not in (None, v)))
@@ -153,11 +191,12 @@ def _inputs_changed(works, source) -> str | None:
         regrouped = any(k in stored for k in versions)
         spanned = any(lo < _RANGE.sub("", k) < hi for k in versions if k not in stored for lo, hi in spans)
         added, unreached = (unlisted, []) if changed or removed or regrouped or spanned else ([], unlisted)
-        if cut := next((known.ranged[k] for k in removed if k in known.ranged), None):  # stored whole, a range now
-            return _split_message(cut, "whole", True)
+        if cut := next((k for k in removed if k in known.ranged), None):  # stored whole, a range now
+            if stored[cut] is not None and not _same_input(known.ranged[cut], cut, {stored[cut]}):
+                return _changed_message([known.ranged[cut].uri])  # grown past the split size
+            return _split_message(known.ranged[cut].uri, "whole", True)
         if changed and not added and not removed:
-            return (f"{_named(changed)} changed since it was tagged (another size, ETag or mtime): run `dolmino tag` "
-                    "again for it")
+            return _changed_message(changed)
         parts = []
         if changed:
             parts.append(f"{_named(changed)} changed (another size, ETag or mtime)")
