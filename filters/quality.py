@@ -311,6 +311,71 @@ def scorer_factory(scorer: str):
     return factory
 
 
+def _package_root(module) -> str | None:
+    """The directory of the outermost regular package (one with an `__init__`) that holds
+    `module` or is `module`; None for a module in no such package."""
+    parts = module.__name__.split(".")
+    for i in range(1, len(parts) + 1):
+        package = sys.modules.get(".".join(parts[:i]))
+        origin = getattr(package, "__file__", None)
+        if getattr(package, "__path__", None) is not None and origin and \
+                os.path.basename(origin).startswith("__init__.") and os.path.isfile(origin):
+            return os.path.dirname(origin)
+    return None
+
+
+def _python_sources(root: str) -> list[str]:
+    """The Python source files under `root`, relative and sorted (caches and hidden directories left out)."""
+    from importlib.machinery import SOURCE_SUFFIXES
+
+    found = []
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = [d for d in subdirs if d != "__pycache__" and not d.startswith(".")]
+        found += [os.path.relpath(os.path.join(directory, f), root) for f in files
+                  if f.endswith(tuple(SOURCE_SUFFIXES))]
+    return sorted(found)
+
+
+def scorer_source(scorer: str) -> tuple[str, str] | None:
+    """(what was hashed, its SHA-256) for a "module:callable" scorer: the code its scores come from,
+    which its attribute set is keyed by, so that an edit scores the documents again instead of
+    reusing scores of the old code (found by a reviewer). None where no source file is found (a
+    module made in memory, a frozen or built-in one) or one cannot be read.
+
+    A module in a package (or a package) is hashed with every Python source file of its outermost
+    regular package, as a digest over (relative name, file SHA-256): a scorer is usually spread
+    over its package's modules (a model wrapper, a text cleaner beside the scorer class), and a
+    changed helper changes the scores as much as the named module does. An edit elsewhere in the
+    package re-tags that one column needlessly; stale scores would be silent. A module in no
+    package is hashed alone. Code outside the package (other top-level modules, libraries) is not
+    covered. A module imported from a zip archive (`spark-submit --py-files code.zip`) is hashed
+    as the whole archive. Run on the driver only (`dolmino.build.tag.tag_plans`)."""
+    import hashlib
+    import zipimport
+
+    from dolmino.checksums import sha256_file
+
+    scorer_factory(scorer)  # imports the module (a ValueError naming the scorer when it does not import)
+    module = sys.modules[scorer.partition(":")[0]]
+    root = _package_root(module)
+    loader = getattr(module, "__loader__", None)
+    try:
+        if isinstance(loader, zipimport.zipimporter) and os.path.isfile(loader.archive):
+            # from a zip (spark-submit --py-files code.zip): the archive is the code shipped, all of it
+            return loader.archive, sha256_file(loader.archive)
+        if root is not None:
+            listing = hashlib.sha256()
+            for rel in _python_sources(root):
+                listing.update(f"{rel}\0{sha256_file(os.path.join(root, rel))}\n".encode("utf-8"))
+            return root, listing.hexdigest()
+        origin = getattr(module, "__file__", None)
+        if not origin or not os.path.isfile(origin):
+            return None
+        return origin, sha256_file(origin)
+    except OSError:  # a source file that cannot be read: keyed as one that is not found, with its warning
+        return None
+
+
 def make_scorer(scorer: str, **params) -> Scorer:
     """A registered scorer name, or "package.module:callable" returning a Scorer."""
     return scorer_factory(scorer)(**params)
@@ -391,6 +456,23 @@ class ScoreThresholdFilter:
         """As FastTextQualityFilter's, for the registered (fastText) scorers; a custom scorer's
         model_path is its own business."""
         return ("model_path",) if self.scorer_name in SCORERS else ()
+
+    def tag_source(self) -> tuple[str | None, str | None]:
+        """(digest, warning) for the attribute set's key, on the driver: a "module:callable"
+        scorer's `scorer_source` digest, so that an edit of its code re-tags this column; a
+        registered scorer's code is dolmino's (versioned by `tag_revision`): (None, None), and
+        shipped sets keep their names. A scorer whose source cannot be found is keyed by its
+        name alone, with a warning that says so."""
+        if self.scorer_name in SCORERS:
+            return None, None
+        found = scorer_source(self.scorer_name)
+        if found is None:
+            module = self.scorer_name.partition(":")[0]
+            return None, (f"scorer {self.scorer_name!r}: the source of module {module!r} cannot be found or read, "
+                          "so its scores are keyed by the scorer's name alone and an edit of its code will not be "
+                          "noticed (the scores tagged before it are reused): tag into a new --attributes root after "
+                          "changing it")
+        return f"sha256:{found[1]}", None
 
     def _built_scorer(self):
         if self._scorer is None:

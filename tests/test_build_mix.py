@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -894,6 +895,58 @@ def test_mix_on_attributes_tagged_under_other_settings_says_so(spark, tmp_path, 
     assert f"web/one.jsonl's documents were tagged under other settings or rules ({held[0]} holds them: another " \
            "max_doc_bytes" in err, err
     assert "run `dolmino tag` with this manifest: it tags what changed and reuses the rest" in err, err
+
+
+
+_EDITED_SCORER = """import numpy as np
+
+class LengthScore:
+    def __init__(self, model_path):
+        with open(model_path) as fh:
+            self.offset = float(fh.read())
+
+    def score(self, texts):
+        return np.asarray([len(t) / {scale} + self.offset for t in texts], dtype=np.float64)
+"""
+
+
+def test_a_scorer_edited_or_a_model_replaced_since_the_tag_is_not_mixed_from_stale_scores(spark, tmp_path,
+                                                                                          monkeypatch):
+    """A "module:callable" scorer's set was keyed by its name alone: `dolmino mix` after an edit of
+    its code mixed the old code's scores without a word. And a model replaced under the same path
+    was refused as "another filter model or parameter" (both found by a reviewer). Each is named."""
+    from dolmino.build.attributes import read_table
+    from dolmino.errors import BuildError
+
+    spec, _ = _one_plain_file(tmp_path)
+    (tmp_path / "code").mkdir()
+    module = tmp_path / "code" / "edited_length_scorer.py"
+    module.write_text(_EDITED_SCORER.format(scale=300.0))
+    model = tmp_path / "offset.txt"
+    model.write_text("0.5")
+    spec["sources"][0]["filters"] = [{"type": "score_threshold", "scorer": "edited_length_scorer:LengthScore",
+                                      "model_path": str(model), "min_score": 1.0}]
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))  # the driver imports it, and the executors:
+    env = spark.sparkContext.environment
+    monkeypatch.setitem(env, "PYTHONPATH", os.pathsep.join(p for p in (str(tmp_path / "code"),
+                                                                        env.get("PYTHONPATH")) if p))
+    attrs = str(tmp_path / "attrs")
+    manifest = manifest_from_dict(spec)
+    try:
+        build(manifest, 5_000, str(tmp_path / "tag"), spark, attributes=attrs, phase="tag")
+        stored = next((tmp_path / "attrs" / "web").glob("score_threshold-*/**/*.parquet"))
+        assert read_table(str(stored), columns=[])[1]["keyed"]["model_path"].startswith("sha256:")
+        module.write_text(_EDITED_SCORER.format(scale=3000.0))
+        with pytest.raises(BuildError, match=r"holds them: the code of scorer 'edited_length_scorer:LengthScore' "
+                                             rf"changed since it was tagged \({re.escape(str(module))}\)\): run "):
+            build(manifest, 5_000, str(tmp_path / "mix"), spark, attributes=attrs, phase="mix")
+        module.write_text(_EDITED_SCORER.format(scale=300.0))  # the code as tagged
+        model.write_text("0.9")
+        with pytest.raises(BuildError, match=rf"holds them: the model at {re.escape(str(model))} changed since it "
+                                             r"was tagged\): run `dolmino tag`"):
+            build(manifest, 5_000, str(tmp_path / "mix"), spark, attributes=attrs, phase="mix")
+    finally:
+        sys.modules.pop("edited_length_scorer", None)
 
 
 def test_mix_names_the_cause_the_attribute_root_shows(spark, tmp_path, capsys):

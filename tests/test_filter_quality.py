@@ -569,3 +569,82 @@ def test_cli_train_labels_positives_as_the_filter_default(train_files, tmp_path)
                            train_files[0]], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["label"] == "__label__hq"
+
+
+# ---------------------------------------------------------------------------- attribute-set keys of scorers
+
+
+def _score_threshold_sets(filters: list[dict]) -> list[str]:
+    """The attribute set names `dolmino tag` gives these filters of one source."""
+    from dolmino.build.resources import Resource
+    from dolmino.build.tag import tag_plans
+    from dolmino.manifest import manifest_from_dict
+
+    manifest = manifest_from_dict({"name": "keys", "version": 1, "seed": 1, "budget": 1000, "data_root": "/nowhere",
+                                   "sources": [{"name": "web", "paths": ["web/*.jsonl"], "mix_percent": 100,
+                                                "filters": filters}]})
+    return [t.set_name for t in tag_plans(manifest, {"edu.bin": Resource("edu.bin", "edu", False)}, "", [])[0].filters]
+
+
+_SCORER_CODE = "import numpy as np\n{helper}\nclass Scorer:\n    def score(self, texts):\n" \
+               "        return np.asarray([len(t) / {scale} for t in texts], dtype=np.float64)\n"
+
+
+def test_a_custom_scorers_set_is_keyed_by_its_source_and_registered_ones_keep_their_keys(tmp_path, monkeypatch,
+                                                                                         capsys):
+    """A "module:callable" scorer's set was keyed by its name alone: after an edit of its code,
+    `dolmino mix` reused the scores of the old code without a word (found by a reviewer). The
+    key now hashes the module's source; for a module in a package, every .py file of the package
+    (a helper's edit changes the scores too); for one imported from a zip (--py-files), the zip.
+    A module without a source file keeps the name-only key, with one warning; registered scorers
+    keep their keys (shipped attribute sets their names)."""
+    import types
+    import zipfile
+
+    from dolmino.build import tag
+
+    monkeypatch.setattr(tag, "_WARNED", set())
+    (tmp_path / "keyed_scorer_pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "keyed_scorer_pkg" / "__init__.py").write_text("")
+    (tmp_path / "keyed_scorer_pkg" / "sub" / "__init__.py").write_text("")
+    (tmp_path / "keyed_scorer_pkg" / "sub" / "helper.py").write_text("SCALE = 100\n")
+    (tmp_path / "keyed_scorer_pkg" / "scorer.py").write_text(_SCORER_CODE.format(
+        helper="from keyed_scorer_pkg.sub.helper import SCALE", scale="SCALE"))
+    (tmp_path / "keyed_scorer_mod.py").write_text(_SCORER_CODE.format(helper="", scale=100))
+
+    def zipped(scale):
+        with zipfile.ZipFile(tmp_path / "zipped.zip", "w") as zf:
+            zf.writestr("keyed_scorer_zip.py", _SCORER_CODE.format(helper="", scale=scale))
+
+    zipped(100)
+    in_memory = types.ModuleType("keyed_scorer_mem")
+    exec(_SCORER_CODE.format(helper="", scale=100), in_memory.__dict__)
+    monkeypatch.setitem(sys.modules, "keyed_scorer_mem", in_memory)
+    monkeypatch.syspath_prepend(str(tmp_path / "zipped.zip"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    filters = [{"type": "score_threshold", "scorer": "fasttext_expected_label", "model_path": "edu.bin"},
+               {"type": "score_threshold", "scorer": "keyed_scorer_mem:Scorer", "min_score": 1},
+               {"type": "score_threshold", "scorer": "keyed_scorer_mod:Scorer"},
+               {"type": "score_threshold", "scorer": "keyed_scorer_pkg.scorer:Scorer"},
+               {"type": "score_threshold", "scorer": "keyed_scorer_zip:Scorer"}]
+    try:
+        before = _score_threshold_sets(filters)
+        # the keys this version had, pinned: a registered scorer, and a scorer without a source file
+        assert before[:2] == ["score_threshold-89dd17a66a6c", "score_threshold-81a62144541f"]
+        assert _score_threshold_sets(filters) == before  # the same sources: the same keys
+        (tmp_path / "keyed_scorer_mod.py").write_text(_SCORER_CODE.format(helper="", scale=1000))
+        (tmp_path / "keyed_scorer_pkg" / "sub" / "helper.py").write_text("SCALE = 1000\n")
+        zipped(1000)
+        edited = _score_threshold_sets(filters)
+        assert edited[:2] == before[:2] and all(a != b for a, b in zip(edited[2:], before[2:]))
+        (tmp_path / "keyed_scorer_pkg" / "sub" / "notes.txt").write_text("not code")  # only Python sources count
+        assert _score_threshold_sets(filters) == edited
+    finally:
+        for name in ("keyed_scorer_mod", "keyed_scorer_zip", "keyed_scorer_pkg", "keyed_scorer_pkg.scorer",
+                     "keyed_scorer_pkg.sub", "keyed_scorer_pkg.sub.helper"):
+            sys.modules.pop(name, None)
+    err = capsys.readouterr().err
+    assert err == ("warning: source 'web' filters[1]: scorer 'keyed_scorer_mem:Scorer': the source of module "
+                   "'keyed_scorer_mem' cannot be found or read, so its scores are keyed by the scorer's name alone and "
+                   "an edit of its code will not be noticed (the scores tagged before it are reused): tag into a new "
+                   "--attributes root after changing it\n")

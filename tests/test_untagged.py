@@ -224,3 +224,27 @@ def test_the_stack_exchange_documents_file_gone_is_the_one_named(tmp_path):
                                        {(0, DOCS): store.existing("web", DOCS)})
     assert message.startswith("the Stack Exchange documents converted from web/b.stackexchange.com/Posts.xml "), \
         message
+
+
+@pytest.mark.parametrize("stored_keyed", [True, False])
+def test_a_model_replaced_in_place_is_named_where_the_set_stored_its_keyed_spec(tmp_path, stored_keyed):
+    """A model file replaced under the same path keys a new set (its SHA-256 is in the key): the
+    refusal said "another filter model or parameter", as the set stored the manifest's spec, not
+    the digest (a reviewer). Sets that store their keyed spec say which file changed; older ones
+    keep the general wording."""
+    unit = Unit(0, 0, _file("a.jsonl"))
+    bundle = Bundle(0, (unit,))
+    store = _store(tmp_path, [bundle])
+    spec = {"type": "fasttext_quality", "model_path": "s3://models/q.bin", "threshold": 0.5}
+    keyed = {"type": "fasttext_quality", "model_path": "sha256:" + "a" * 64, "rows": "r", "revision": 2}
+    meta = {"units": unit_listing(bundle, [0]), "set": "fasttext_quality-old", "spec": spec,
+            **({"keyed": keyed} if stored_keyed else {})}
+    write_table(store.path("web", "fasttext_quality-old", bundle), {"x": []}, SCHEMA, meta)
+    now = FilterTag("fasttext_quality-new", 0, spec, {**keyed, "model_path": "sha256:" + "b" * 64})
+    message = _describe(store, [BundleWork(bundle, ("fasttext_quality-new",), False, {})], [unit], _plan([now]))
+    cause = ("the model at s3://models/q.bin changed since it was tagged" if stored_keyed else
+             "another max_doc_bytes or tokenizer, another filter model or parameter, or a dolmino whose rules for "
+             "them changed since")
+    assert message.endswith(f"web/a.jsonl's fasttext_quality attributes were tagged under other settings or rules "
+                            f"(fasttext_quality-old holds them: {cause}): run `dolmino tag` with this manifest: it "
+                            "tags what changed and reuses the rest"), message

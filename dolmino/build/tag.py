@@ -24,6 +24,7 @@ checks it can see every file before it goes on.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Iterator, NamedTuple
 
@@ -54,6 +55,9 @@ class FilterTag(NamedTuple):
     set_name: str  # "<type>-<key>"
     index: int  # position in the source's filter chain
     spec: dict  # the manifest spec (file parameters as the manifest names them)
+    # what the set name hashes (file parameters as content digests, a custom scorer's source digest): stored
+    # with the set, so that `dolmino mix` can say a model changed in place (`untagged._spelled_otherwise`)
+    keyed: dict | None = None
 
 
 class SourceTagPlan(NamedTuple):
@@ -172,7 +176,12 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
             keyed["rows"] = rows_key
             if getattr(filt, "tag_revision", None) is not None:  # its scoring changed: earlier sets are not reused
                 keyed["revision"] = filt.tag_revision
-            tags.append(FilterTag(f"{spec['type']}-{spec_key(keyed)}", i, spec))
+            source_digest, warning = filt.tag_source() if hasattr(filt, "tag_source") else (None, None)
+            if source_digest is not None:  # a custom scorer's code: an edit of it re-tags this column
+                keyed["scorer_source"] = source_digest
+            if warning is not None:
+                _warn_once(f"source {source.name!r} filters[{i}]: {warning}")
+            tags.append(FilterTag(f"{spec['type']}-{spec_key(keyed)}", i, spec, keyed))
         minhash = pool = None
         if source.dedup.minhash is not None:  # {} asks for MinHash with every default
             minhash = dict(source.dedup.minhash)
@@ -182,6 +191,17 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
             source.name, source.format, source.max_doc_bytes, f"docs-{docs_key}", tuple(tags),
             f"minhash-{spec_key({**minhash, 'pool': pool})}" if minhash else None, minhash, pool))
     return tuple(plans)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """One line on stderr per process: a build plans its sets more than once (its plan hash, its tag
+    stage), and a long-lived driver may build several times."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def _check_ngram_size(spec: dict, resources: dict[str, Resource], where: str) -> None:
@@ -359,7 +379,8 @@ def tag_bundle(work: BundleWork, ctx: TagContext, ahead: ReadAhead) -> Iterator[
         columns = acc.tagged[k] or {"reason": []}
         schema = pa.schema([(name, pa.array(values).type) for name, values in columns.items()])
         path = store.path(plan.name, tag.set_name, bundle)
-        files[path] = write_table(path, columns, schema, {**meta, "set": tag.set_name, "spec": tag.spec})
+        files[path] = write_table(path, columns, schema,
+                                  {**meta, "set": tag.set_name, "spec": tag.spec, "keyed": tag.keyed})
     if plan.docs_set in work.sets:
         for entry, unit in zip(listed, bundle.units):
             entry["stats"] = acc.stats[unit.index]

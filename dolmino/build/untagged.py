@@ -237,8 +237,8 @@ def _tagged_otherwise(work, plan, store: AttributeStore) -> str | None:
                         "seed or MinHash parameter, or other input files of the source, since clusters span all of "
                         "them): run `dolmino tag` with this manifest")
             what = "documents" if kind == "docs" else f"{kind} attributes"
-            spelled = _spelled_otherwise(store.path(plan.name, other, work.bundle),
-                                         next((t.spec for t in plan.filters if t.set_name == set_name), None))
+            tag = next((t for t in plan.filters if t.set_name == set_name), None)
+            spelled = _spelled_otherwise(store.path(plan.name, other, work.bundle), tag)
             return (f"{where}'s {what} were tagged under other settings or rules ({other} holds them: "
                     + (spelled or "another max_doc_bytes or tokenizer, another filter model or parameter, or a "
                        "dolmino whose rules for them changed since")
@@ -246,16 +246,20 @@ def _tagged_otherwise(work, plan, store: AttributeStore) -> str | None:
     return None
 
 
-def _spelled_otherwise(path: str, spec: dict | None) -> str | None:
+def _spelled_otherwise(path: str, tag) -> str | None:
     """The filter parameters in which the spec stored with the set at `path` differs from this
-    manifest's `spec`: a default written out in one manifest and left out in the other keys
-    another set, as the manifest spells it (a tester found only "another ... parameter")."""
-    if spec is None:
+    manifest's (`tag`: the FilterTag of the missing set): a default written out in one manifest
+    and left out in the other keys another set, as the manifest spells it (a tester found only
+    "another ... parameter"); else, from the keyed spec stored beside it (sets tagged since it is),
+    a model or a custom scorer's code that changed in place (a reviewer)."""
+    if tag is None:
         return None
+    spec = tag.spec
     try:
-        stored = read_table(path, columns=[])[1].get("spec")
+        meta = read_table(path, columns=[])[1]
     except BuildError:
         return None
+    stored = meta.get("spec")
     if not isinstance(stored, dict):
         return None
     from filters.base import tag_params
@@ -269,7 +273,7 @@ def _spelled_otherwise(path: str, spec: dict | None) -> str | None:
     shown = [f"{k}: {repr(stored[k]) if k in stored else 'left out'} there, "
              f"{repr(spec[k]) if k in spec else 'left out'} here" for k in differ]
     if not shown:
-        return None
+        return _changed_in_place(meta.get("keyed"), tag.keyed, spec)
     import inspect
 
     defaults = {n: p.default for n, p in inspect.signature(type(build_filter(spec)).__init__).parameters.items()}
@@ -283,6 +287,25 @@ def _spelled_otherwise(path: str, spec: dict | None) -> str | None:
 
 
 _ABSENT = object()
+
+
+def _changed_in_place(stored: dict | None, keyed: dict | None, spec: dict) -> str | None:
+    """What changed under parameters the manifest spells as the tag did: a file parameter's content
+    (the key holds its SHA-256, not its path), or a custom scorer's source. None for a set tagged
+    before its keyed spec was stored (the refusal keeps its general wording)."""
+    from dolmino.build.resources import file_params
+
+    if not isinstance(stored, dict) or not isinstance(keyed, dict):
+        return None
+    changed = [f"the {k.removesuffix('_path').replace('_', ' ')} at {spec[k]} changed since it was tagged"
+               for k in file_params(spec) if k in keyed and stored.get(k) != keyed[k]]
+    if "scorer_source" in keyed and "scorer_source" in stored and stored["scorer_source"] != keyed["scorer_source"]:
+        from filters.quality import scorer_source
+
+        found = scorer_source(spec["scorer"])
+        changed.append(f"the code of scorer {spec['scorer']!r} changed since it was tagged"
+                       + (f" ({found[0]})" if found else ""))
+    return "; ".join(changed) or None
 
 
 def _documents_gone(works, plans, store: AttributeStore, listed: dict) -> str | None:
