@@ -195,6 +195,31 @@ def _empty_source(sel, name: str, acc: dict) -> list[str]:
             + (f" (of {acc['docs_in']:,} documents: {', '.join(why)})" if why else "")]
 
 
+def _no_tokens(accounts: list[dict], budget: int | None, parts: int) -> str:
+    """The warning for a build that holds no tokens at all, with what took every document: its
+    parts are empty files, which the trainer refuses, so the build says so itself instead of
+    "wrote 1 part(s), 0 tokens"."""
+    docs_in = sum(acc["docs_in"] for acc in accounts)
+    quarantined = sum(n for acc in accounts for n in acc["quarantined"].values())
+    removed: dict[str, int] = {}
+    for acc in accounts:
+        for stage in (acc["removed"], acc["tokenized"]["removed"]):  # pool filters and dedup, token filters
+            for reason, entry in stage.items():
+                removed[reason] = removed.get(reason, 0) + entry["docs"]
+    gone = sum(removed.values()) + quarantined
+    reasons = [f"{reason} {n:,}" for reason, n in sorted(removed.items(), key=lambda kv: -kv[1])[:3]] + \
+        ([f"quarantined {quarantined:,}"] if quarantined else [])
+    if not docs_in:
+        why = "its inputs hold no documents"
+    elif gone >= docs_in:
+        why = f"none of its {docs_in:,} documents is left: {', '.join(reasons)}"
+    else:  # documents were left, and no source took any (the sources' warnings say why)
+        why = f"{docs_in - gone:,} of its {docs_in:,} documents were left, and none was written"
+    of_budget = f" of its budget {budget:,}" if budget else ""
+    return (f"the build holds no tokens{of_budget} ({why}): its {parts} part(s) are empty, nothing to train on; "
+            "check the manifest's filters and inputs")
+
+
 def _pool_size_missed(source, pool_tokens: int, exact: bool, out_tokens: int, target_tokens: int) -> list[str]:
     """A source whose achieved passes miss the planned ones because its pool is not the size the
     manifest states. The build plans against the stated pool_tokens at its budget: another budget
@@ -226,6 +251,7 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
     tokenized_total = {"docs": 0, "tokens": 0}
     report_sources = []
     warnings = list(state.warnings)
+    accounts = []  # each source's, with its tokenize stage: what removed everything when nothing is written
     for si, (source, acc, sel) in enumerate(zip(manifest.sources, sources, selections)):
         tok = {"docs": 0, "bytes": 0, "tokens": 0, "kept_docs": 0, "kept_tokens": 0, "removed": {},
                "control_token_docs": 0, "eos_in_span_docs": 0}
@@ -247,6 +273,7 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
         tokenized_total["docs"] += tok["docs"]
         tokenized_total["tokens"] += tok["tokens"]
         acc = {**acc, "tokenized": tok}
+        accounts.append(acc)
         empty = _empty_source(sel, source.name, acc)
         warnings += empty
         out_tokens = sum(p.tokens_by_source.get(source.name, 0) for p in parts)
@@ -301,7 +328,9 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
             "decontamination_coverage": acc.get("decontamination_coverage", []),
         }
         report_sources.append(entry)
-    if total_tokens < budget * (1 - SHORTFALL_TOLERANCE):
+    if not total_tokens:  # "wrote 1 part(s), 0 tokens" and "0 tokens, N short of the budget" were all it said
+        warnings.append(_no_tokens(accounts, budget if manifest.kind != "pool" else None, len(parts)))
+    elif total_tokens < budget * (1 - SHORTFALL_TOLERANCE):
         warnings.append(f"the mix holds {total_tokens:,} tokens, {budget - total_tokens:,} short of the budget {budget:,}")
     return {
         "manifest": manifest.name,

@@ -949,6 +949,83 @@ def test_a_scorer_edited_or_a_model_replaced_since_the_tag_is_not_mixed_from_sta
         sys.modules.pop("edited_length_scorer", None)
 
 
+# A scorer module with no source file to hash: it puts a module made in memory in its place.
+_SOURCELESS_SCORER = """import sys, types
+import numpy as np
+
+class LengthScore:
+    def score(self, texts):
+        return np.asarray([len(t) / 100.0 for t in texts], dtype=np.float64)
+
+sys.modules[__name__] = types.ModuleType(__name__)
+sys.modules[__name__].LengthScore = LengthScore
+"""
+
+
+def test_a_scorer_keyed_by_its_name_alone_is_a_warning_of_the_build(spark, tmp_path, monkeypatch, capsys):
+    """The warning that a scorer's source cannot be found (its edits go unnoticed) was a bare
+    "warning: ..." line on stderr, in neither report.json nor report.md, unlike every other
+    caveat of a build (a tester). It is one of the build's warnings: once on the console in the
+    command's form, and in both reports; the summary line of a build with tokens is as it was."""
+    spec, _ = _one_plain_file(tmp_path)
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "sourceless_scorer.py").write_text(_SOURCELESS_SCORER)
+    spec["sources"][0]["filters"] = [{"type": "score_threshold", "scorer": "sourceless_scorer:LengthScore",
+                                      "min_score": 2.0}]
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(spec))
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))  # the driver imports it, and the executors:
+    env = spark.sparkContext.environment
+    monkeypatch.setitem(env, "PYTHONPATH", os.pathsep.join(p for p in (str(tmp_path / "code"),
+                                                                        env.get("PYTHONPATH")) if p))
+    out = tmp_path / "out"
+    try:
+        assert build_main([str(path), "--out", str(out), "--attributes", str(tmp_path / "a"), "--quiet"]) == 0
+    finally:
+        sys.modules.pop("sourceless_scorer", None)
+    warning = ("source 'web' filters[0]: scorer 'sourceless_scorer:LengthScore': the source of module "
+               "'sourceless_scorer' cannot be found or read, so its scores are keyed by the scorer's name alone and an "
+               "edit of its code will not be noticed (the scores tagged before it are reused): tag into a new "
+               "--attributes root after changing it")
+    captured = capsys.readouterr()
+    assert [line for line in captured.err.splitlines() if "warning" in line] == [f"build_mix: warning: {warning}"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["warnings"] == [warning]
+    assert f"- {warning}" in (out / "report.md").read_text()
+    tokens = report["output"]["tokens"]
+    assert tokens and captured.out.splitlines()[-1] == (
+        f"wrote 1 part(s), {format_count(tokens)} tokens in all, to {out} (master "
+        f"{report['run']['spark_master']}, {report['run']['executors']} executor(s))")
+
+
+def test_a_build_that_holds_no_tokens_says_so(spark, tmp_path, capsys):
+    """A build whose filters removed every document printed "wrote 1 part(s), 0 tokens in all" and
+    exited 0, its report warning only of a shortfall (a pool build: of nothing); its part is an
+    empty file the trainer refuses (a tester). The summary line and a warning of the report say
+    that the build holds no tokens, and what took its documents."""
+    spec, _ = _one_plain_file(tmp_path)
+    spec["sources"][0]["filters"] = [{"type": "min_length", "min_chars": 100_000}]
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(spec))
+    out, attributes = tmp_path / "out", str(tmp_path / "a")
+    assert build_main([str(path), "--out", str(out), "--attributes", attributes, "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["output"]["tokens"] == 0 and [p["size"] for p in report["output"]["parts"]] == [0]
+    said = ("the build holds no tokens{} (none of its 60 documents is left: min_length:chars<100000 57, quarantined "
+            "3): its 1 part(s) are empty, nothing to train on; check the manifest's filters and inputs")
+    assert report["warnings"][-1] == said.format(" of its budget 5,000")
+    assert not [w for w in report["warnings"] if "short of the budget" in w]  # the same said twice
+    assert f"- {said.format(' of its budget 5,000')}" in (out / "report.md").read_text()
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"wrote 1 part(s), all empty, to {out} (master {report['run']['spark_master']}, {report['run']['executors']} "
+        "executor(s)): the build holds no tokens, nothing to train on; its warnings say why")
+    pool = {**spec, "version": 2, "kind": "pool", "sources": [{k: v for k, v in spec["sources"][0].items()
+                                                              if k != "mix_percent"}]}
+    del pool["budget"]
+    report = build(manifest_from_dict(pool), 0, str(tmp_path / "pool"), spark, attributes=attributes)
+    assert report["warnings"][-1] == said.format("")
+
+
 def test_mix_names_the_cause_the_attribute_root_shows(spark, tmp_path, capsys):
     """`dolmino mix` named causes it had guessed (found by a tester): an input "changed (another
     size, ETag or mtime)" where one file was added and one removed, a --split-size hint for a

@@ -574,8 +574,8 @@ def test_cli_train_labels_positives_as_the_filter_default(train_files, tmp_path)
 # ---------------------------------------------------------------------------- attribute-set keys of scorers
 
 
-def _score_threshold_sets(filters: list[dict]) -> list[str]:
-    """The attribute set names `dolmino tag` gives these filters of one source."""
+def _score_threshold_plan(filters: list[dict]):
+    """The tag plan `dolmino tag` makes for these filters of one source."""
     from dolmino.build.resources import Resource
     from dolmino.build.tag import tag_plans
     from dolmino.manifest import manifest_from_dict
@@ -583,15 +583,19 @@ def _score_threshold_sets(filters: list[dict]) -> list[str]:
     manifest = manifest_from_dict({"name": "keys", "version": 1, "seed": 1, "budget": 1000, "data_root": "/nowhere",
                                    "sources": [{"name": "web", "paths": ["web/*.jsonl"], "mix_percent": 100,
                                                 "filters": filters}]})
-    return [t.set_name for t in tag_plans(manifest, {"edu.bin": Resource("edu.bin", "edu", False)}, "", [])[0].filters]
+    return tag_plans(manifest, {"edu.bin": Resource("edu.bin", "edu", False)}, "", [])[0]
+
+
+def _score_threshold_sets(filters: list[dict]) -> list[str]:
+    """The attribute set names `dolmino tag` gives these filters of one source."""
+    return [t.set_name for t in _score_threshold_plan(filters).filters]
 
 
 _SCORER_CODE = "import numpy as np\n{helper}\nclass Scorer:\n    def score(self, texts):\n" \
                "        return np.asarray([len(t) / {scale} for t in texts], dtype=np.float64)\n"
 
 
-def test_a_custom_scorers_set_is_keyed_by_its_source_and_registered_ones_keep_their_keys(tmp_path, monkeypatch,
-                                                                                         capsys):
+def test_a_custom_scorers_set_is_keyed_by_its_source_and_registered_ones_keep_their_keys(tmp_path, monkeypatch):
     """A "module:callable" scorer's set was keyed by its name alone: after an edit of its code,
     `dolmino mix` reused the scores of the old code without a word (found by a reviewer). The
     key now hashes the module's source; for a module in a package, every .py file of the package
@@ -601,9 +605,6 @@ def test_a_custom_scorers_set_is_keyed_by_its_source_and_registered_ones_keep_th
     import types
     import zipfile
 
-    from dolmino.build import tag
-
-    monkeypatch.setattr(tag, "_WARNED", set())
     (tmp_path / "keyed_scorer_pkg" / "sub").mkdir(parents=True)
     (tmp_path / "keyed_scorer_pkg" / "__init__.py").write_text("")
     (tmp_path / "keyed_scorer_pkg" / "sub" / "__init__.py").write_text("")
@@ -639,12 +640,13 @@ def test_a_custom_scorers_set_is_keyed_by_its_source_and_registered_ones_keep_th
         assert edited[:2] == before[:2] and all(a != b for a, b in zip(edited[2:], before[2:]))
         (tmp_path / "keyed_scorer_pkg" / "sub" / "notes.txt").write_text("not code")  # only Python sources count
         assert _score_threshold_sets(filters) == edited
+        # the one warning, a build's (its report's and its summary's: test_build_mix), not a line on stderr
+        assert _score_threshold_plan(filters).warnings == (
+            "source 'web' filters[1]: scorer 'keyed_scorer_mem:Scorer': the source of module 'keyed_scorer_mem' "
+            "cannot be found or read, so its scores are keyed by the scorer's name alone and an edit of its code will "
+            "not be noticed (the scores tagged before it are reused): tag into a new --attributes root after "
+            "changing it",)
     finally:
         for name in ("keyed_scorer_mod", "keyed_scorer_zip", "keyed_scorer_pkg", "keyed_scorer_pkg.scorer",
                      "keyed_scorer_pkg.sub", "keyed_scorer_pkg.sub.helper"):
             sys.modules.pop(name, None)
-    err = capsys.readouterr().err
-    assert err == ("warning: source 'web' filters[1]: scorer 'keyed_scorer_mem:Scorer': the source of module "
-                   "'keyed_scorer_mem' cannot be found or read, so its scores are keyed by the scorer's name alone and "
-                   "an edit of its code will not be noticed (the scores tagged before it are reused): tag into a new "
-                   "--attributes root after changing it\n")

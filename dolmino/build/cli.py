@@ -279,9 +279,14 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
 
     print(render_markdown(result))
     reused = result["run"].get("parts_reused") or 0
-    print(f"wrote {result['output']['files'] - reused} part(s){f' and reused {reused}' if reused else ''}, "
-          f"{format_count(result['output']['tokens'])} tokens in all, to {options.out} (master "
-          f"{result['run']['spark_master']}, {result['run'].get('executors')} executor(s))")
+    tokens = result["output"]["tokens"]
+    parts = f"{result['output']['files'] - reused} part(s){f' and reused {reused}' if reused else ''}"
+    where = f"to {options.out} (master {result['run']['spark_master']}, {result['run'].get('executors')} executor(s))"
+    if not tokens:  # "wrote 1 part(s), 0 tokens in all" read as a finished build (a tester)
+        print(f"wrote {parts}, all empty, {where}: the build holds no tokens, nothing to train on; "
+              "its warnings say why")
+    else:
+        print(f"wrote {parts}, {format_count(tokens)} tokens in all, {where}")
     return 0
 
 

@@ -217,6 +217,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     tagged = run_tag(sc, manifest, store, units, bundles, groups, resources, tokenizer, tok_digest,
                      quiet=options.quiet, allow_work=options.phase != "mix", read_ahead=options.read_ahead)
     state.stages.update(tagged.stages)
+    state.warnings += [w for plan in tagged.plans for w in plan.warnings]  # a scorer keyed by its name alone
     if options.phase == "tag":  # the mix phase's report warns of broken inputs from every unit's counts
         state.warnings += tag_warnings([s.name for s in manifest.sources], units, tagged.broken or {},
                                        options.attributes)

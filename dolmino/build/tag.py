@@ -24,7 +24,6 @@ checks it can see every file before it goes on.
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Iterator, NamedTuple
 
@@ -69,6 +68,9 @@ class SourceTagPlan(NamedTuple):
     minhash_set: str | None
     minhash: dict | None  # MinHash parameters (seed filled in)
     minhash_pool: str | None  # units_digest of the source's units: what its clusters were computed over
+    # caveats of the sets' keys (a scorer whose source cannot be found): warnings of the build that tags or
+    # mixes them, in its summary and report like its other warnings (`run_build`), not a bare line on stderr
+    warnings: tuple[str, ...] = ()
 
 
 class BundleWork(NamedTuple):
@@ -166,6 +168,7 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
         docs_key = spec_key({**rows, "tokenizer": tokenizer_digest, "sample_bits": SAMPLE_BITS})
         rows_key = spec_key(rows)
         tags = []
+        warnings = []
         for i, spec in enumerate(source.filters):
             filt = build_filter(spec, f"{source.name}.filters[{i}]")
             if needs_tokens(filt):
@@ -180,7 +183,7 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
             if source_digest is not None:  # a custom scorer's code: an edit of it re-tags this column
                 keyed["scorer_source"] = source_digest
             if warning is not None:
-                _warn_once(f"source {source.name!r} filters[{i}]: {warning}")
+                warnings.append(f"source {source.name!r} filters[{i}]: {warning}")
             tags.append(FilterTag(f"{spec['type']}-{spec_key(keyed)}", i, spec, keyed))
         minhash = pool = None
         if source.dedup.minhash is not None:  # {} asks for MinHash with every default
@@ -189,19 +192,8 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
             pool = units_digest([u for u in units if u.source_index == si])
         plans.append(SourceTagPlan(
             source.name, source.format, source.max_doc_bytes, f"docs-{docs_key}", tuple(tags),
-            f"minhash-{spec_key({**minhash, 'pool': pool})}" if minhash else None, minhash, pool))
+            f"minhash-{spec_key({**minhash, 'pool': pool})}" if minhash else None, minhash, pool, tuple(warnings)))
     return tuple(plans)
-
-
-_WARNED: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    """One line on stderr per process: a build plans its sets more than once (its plan hash, its tag
-    stage), and a long-lived driver may build several times."""
-    if message not in _WARNED:
-        _WARNED.add(message)
-        print(f"warning: {message}", file=sys.stderr)
 
 
 def _check_ngram_size(spec: dict, resources: dict[str, Resource], where: str) -> None:
