@@ -101,7 +101,7 @@ def test_numpy_header_mask_is_accepted_but_token_header_is_an_error(tmp_path):
         MemmapDataset(bad, seq_len=8)
 
 
-@pytest.mark.parametrize("case", ["odd_size", "mask_length", "vocab", "empty_dir", "too_short", "missing"])
+@pytest.mark.parametrize("case", ["odd_size", "mask_length", "vocab", "empty_dir", "too_short", "no_tokens", "missing"])
 def test_bad_inputs_give_clear_errors(tmp_path, case):
     d = tmp_path / "d"
     d.mkdir()
@@ -120,6 +120,9 @@ def test_bad_inputs_give_clear_errors(tmp_path, case):
     elif case == "too_short":
         write_part(d, "p", np.arange(5))
         match = "hold no instance"
+    elif case == "no_tokens":  # an empty build: "use a shorter --seq-len" could not help (a tester)
+        write_part(d, "p", np.arange(0))
+        match = "hold no tokens at all"
     else:
         d = tmp_path / "nope"
         match = "does not exist"

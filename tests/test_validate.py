@@ -217,9 +217,12 @@ def test_npy_header_and_empty_dir(build, tmp_path, capsys):
 
 
 def test_empty_part_is_valid(tmp_path, capsys):
+    """Valid as memmaps, but a build of nothing: "1 part(s) OK, 0 tokens" alone read as one to train on
+    (a tester); a warning says it holds no tokens."""
     MemmapPartWriter(str(tmp_path), 0, EOS).close()
     code, out = _run(tmp_path, capsys, "auto")
     assert code == 0 and "1 part(s) OK, 0 tokens, 0 documents" in out
+    assert "holds no tokens (its parts are empty files): nothing to train on" in capsys.readouterr().err + out
 
 
 # --- EOS inside a document's span --------------------------------------------------------

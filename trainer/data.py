@@ -461,6 +461,9 @@ def fingerprint_changes(saved: dict, current: dict) -> list[str]:
 
 
 def _no_instance(n_files: int, tokens: int, seq_len: int) -> str:
+    if not tokens:  # "use a shorter --seq-len" cannot help an empty build (a tester)
+        return (f"{n_files} token file(s) hold no tokens at all (an empty build: its report.json warnings say what "
+                "removed every document); nothing to train on")
     return (f"{n_files} token file(s) with {tokens} tokens hold no instance of {seq_len} tokens; use a shorter "
             "--seq-len or more data")
 
