@@ -619,6 +619,7 @@ def test_a_jvm_killed_as_spark_starts_is_spark_gone_not_the_master(when, monkeyp
     import types
 
     from pyspark import SparkContext
+    from pyspark.sql import SparkSession
 
     import dolmino.build.spark
     from dolmino.build.spark import SparkCommand
@@ -633,6 +634,9 @@ def test_a_jvm_killed_as_spark_starts_is_spark_gone_not_the_master(when, monkeyp
 
     monkeypatch.setattr(dolmino.build.spark, "make_spark", starting)
     monkeypatch.setattr(SparkContext, "_gateway", None)  # the test session's JVM is not the one that went
+    # the command starts its own session: another test's active one (the shared fixture) would be taken
+    # for a caller's, whose logging the command leaves alone (the fresh-clone CI's order)
+    monkeypatch.setattr(SparkSession, "getActiveSession", lambda: None)
     sigterm = signal.getsignal(signal.SIGTERM)  # the command's handler stays out of this test process
     try:
         with pytest.raises(SystemExit) as stopped:
