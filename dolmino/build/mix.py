@@ -199,6 +199,8 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     tok_digest = tokenizer_digest(tokenizer, manifest.tokenizer)
     resources = _stage_resources(manifest, sc)
     store = AttributeStore(options.attributes)
+    # Once: building them builds every filter and hashes a custom scorer's source
+    plans = tag_plans(manifest, resources, tok_digest, units)
     if options.phase != "tag":
         # A pool manifest takes every source's pool exactly once; a mix manifest splits the budget.
         targets = None if manifest.kind == "pool" else split_targets(options.budget, manifest.mix_fractions())
@@ -207,17 +209,17 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
             "budget": options.budget, "targets": targets, "tokenizer": tok_digest,
             "tokens_per_file": manifest.output_spec.tokens_per_file,
             "sets": [[p.docs_set, [t.set_name for t in p.filters], p.minhash_set]
-                     for p in tag_plans(manifest, resources, tok_digest, units)],  # the sets run_tag uses
+                     for p in plans],  # the sets run_tag uses
             "units": [[u.key, u.file.version, u.start, u.end] for u in units],
         })
         output.refuse_strays(options.out)  # before any Spark job: neither this build nor --overwrite removes them
         if not options.overwrite:  # before any Spark job, and before output.start removes report.json
             output.refuse_replacing(options.out, plan_hash, manifest, None if manifest.kind == "pool" else options.budget)
 
-    tagged = run_tag(sc, manifest, store, units, bundles, groups, resources, tokenizer, tok_digest,
+    tagged = run_tag(sc, manifest, store, units, bundles, groups, resources, tokenizer, plans,
                      quiet=options.quiet, allow_work=options.phase != "mix", read_ahead=options.read_ahead)
     state.stages.update(tagged.stages)
-    state.warnings += [w for plan in tagged.plans for w in plan.warnings]  # a scorer keyed by its name alone
+    state.warnings += [w for plan in plans for w in plan.warnings]  # a scorer keyed by its name alone
     if options.phase == "tag":  # the mix phase's report warns of broken inputs from every unit's counts
         state.warnings += tag_warnings([s.name for s in manifest.sources], units, tagged.broken or {},
                                        options.attributes)

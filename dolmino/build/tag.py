@@ -477,16 +477,17 @@ def _listing(store: AttributeStore, paths) -> set[str]:
 
 
 def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bundles: list[Bundle],
-            task_groups: list[tuple[Bundle, ...]], resources: dict[str, Resource], tokenizer, tokenizer_digest: str, *,
-            quiet: bool = False, allow_work: bool = True, read_ahead: int = DEFAULT_READ_AHEAD) -> TagResult:
-    """Tag every bundle that lacks an attribute set; with allow_work=False, refuse instead (`dolmino mix`)."""
+            task_groups: list[tuple[Bundle, ...]], resources: dict[str, Resource], tokenizer,
+            plans: tuple[SourceTagPlan, ...], *, quiet: bool = False, allow_work: bool = True,
+            read_ahead: int = DEFAULT_READ_AHEAD) -> TagResult:
+    """Tag every bundle that lacks an attribute set of `plans` (`tag_plans`); with allow_work=False,
+    refuse instead (`dolmino mix`)."""
     import json
 
     from pyspark import StorageLevel
 
     from dolmino.build.progress import Stage
 
-    plans = tag_plans(manifest, resources, tokenizer_digest, units)
     listed: dict[tuple[int, str], set[str]] = {}
     for si, plan in enumerate(plans):
         for set_name in [plan.docs_set, *(t.set_name for t in plan.filters)]:
