@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
 import sys
 import threading
 import time
@@ -174,24 +175,40 @@ def _any_raised(exc: BaseException, test) -> bool:
 def _says_gone(item: BaseException) -> bool:
     if _py4j_connection_failure(item):
         return True
-    try:
-        text = str(item)  # a Py4JJavaError asks its JVM for its text ("<exception str() failed>" where it is gone)
-    except Exception as failure:  # noqa: BLE001 - a text that cannot be read says nothing else
-        return jvm_unreachable(failure)
-    return any(m in text for m in _SPARK_GONE)
+    text = _text(item)
+    return text is None or any(m in text for m in _SPARK_GONE)
 
 
 def _unreachable(item: BaseException) -> bool:
-    if _py4j_connection_failure(item):
-        return True
+    return _py4j_connection_failure(item) or _text(item) is None
+
+
+def _text(item: BaseException) -> str | None:
+    """str(item), or None where py4j cannot reach the JVM to give it: a Py4JJavaError asks its JVM
+    for its text ("<exception str() failed>" where it is gone). A text that cannot be read for
+    another reason says nothing ("")."""
     try:
-        str(item)
-    except Exception as failure:  # noqa: BLE001
-        return jvm_unreachable(failure)
-    return False
+        return str(item)
+    except Exception as failure:  # noqa: BLE001 - a text that cannot be read says nothing else
+        return None if jvm_unreachable(failure) else ""
 
 
 _SOCKET_MODULES = ("socket", "ssl", "selectors")  # where py4j's socket calls raise, below py4j's own frame
+
+
+def launched_jvm(context) -> subprocess.Popen | None:
+    """PySpark's Popen of the JVM it launched for `context` (a SparkContext, or its class): that of
+    `dolmino build`; None under spark-submit, whose JVM launched this process."""
+    return getattr(getattr(context, "_gateway", None), "proc", None)  # noqa: SLF001 - PySpark's
+
+
+def _exits_within(proc, seconds: float) -> bool:
+    """Whether the JVM process `proc` has exited, or exits within `seconds`."""
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def _py4j_connection_failure(item: BaseException) -> bool:
@@ -270,7 +287,7 @@ class SparkCommand:
             print(f"{self.prog}: error: {start_failure(exc, master)}", file=sys.stderr)
             return None
         if existing is None:
-            self.jvm = getattr(getattr(spark.sparkContext, "_gateway", None), "proc", None)  # noqa: SLF001 - PySpark's
+            self.jvm = launched_jvm(spark.sparkContext)
             try:
                 self.races = console_log_levels(spark.sparkContext)
             except BaseException as exc:  # noqa: BLE001 - its first calls into the JVM just started
@@ -288,7 +305,7 @@ class SparkCommand:
             if self.jvm is None:  # the JVM launched for the session that did not start (none under spark-submit)
                 from pyspark import SparkContext
 
-                self.jvm = getattr(SparkContext._gateway, "proc", None)  # noqa: SLF001 - PySpark's
+                self.jvm = launched_jvm(SparkContext)
             raise SystemExit(self.stopped(exc)) from None
 
     def stopped(self, exc: BaseException) -> int | None:
@@ -320,11 +337,9 @@ class SparkCommand:
         """The JVM the command launched, killed with SIGTERM, logs its shutdown (its tasks' "Error in
         TaskCompletionListener", ~50 lines of Java stack) for a few seconds after py4j lost it: that log
         came after the one line, which says "the Spark log above" (found by a tester)."""
-        import subprocess
-
         try:
-            self.jvm.wait(timeout=self.JVM_EXIT_S)
-        except (subprocess.TimeoutExpired, KeyboardInterrupt):  # a second Ctrl-C: the command is ending already
+            _exits_within(self.jvm, self.JVM_EXIT_S)
+        except KeyboardInterrupt:  # a second Ctrl-C: the command is ending already
             pass
 
     def stop(self, spark) -> None:
@@ -442,16 +457,8 @@ class ShutdownRaces:
     def _jvm_exited(self) -> bool:
         """The JVM this process launched (`dolmino build`) has exited. spark-submit's JVM is this
         process's parent: its end takes this process's output with it."""
-        import subprocess
-
-        proc = getattr(getattr(self.sc, "_gateway", None), "proc", None)  # PySpark's Popen of the JVM
-        if proc is None:
-            return False
-        try:
-            proc.wait(timeout=self.JVM_EXIT_S)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
+        proc = launched_jvm(self.sc)
+        return proc is not None and _exits_within(proc, self.JVM_EXIT_S)
 
     def _drop_when_signalled(self) -> None:
         self._signalled.wait()
