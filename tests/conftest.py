@@ -6,6 +6,7 @@ interpreter for Python workers, the UI off and little memory, as CI has 2 cores 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -21,6 +22,17 @@ def shared_corpus_file(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared corpus file {path} is not present (CI clones the repo with shared/ beside it)")
     return path
+
+
+def one_source_manifest(tmp_path: Path) -> Path:
+    """A manifest of one source holding one document (data/a.jsonl under `tmp_path`): for the
+    tests of how a command starts, stops or fails, which need a build but not its output."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.jsonl").write_text('{"id": "1", "text": "one document"}\n')
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"name": "m", "version": 1, "seed": 1, "data_root": str(tmp_path / "data"),
+                                    "sources": [{"name": "a", "paths": ["*.jsonl"], "mix_percent": 100}]}))
+    return manifest
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import dolmino
 from dolmino import cli, stdout_pipe
 from dolmino.cli import COMMANDS, Command, main
 from dolmino.errors import ManifestError
+from tests.conftest import one_source_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -410,11 +411,7 @@ def test_sigterm_inside_a_spark_job_is_one_line(tmp_path):
     import subprocess
     import sys
 
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "a.jsonl").write_text('{"id": "1", "text": "one document"}\n')
-    manifest = tmp_path / "m.json"
-    manifest.write_text(json.dumps({"name": "m", "version": 1, "seed": 1, "data_root": str(tmp_path / "data"),
-                                    "sources": [{"name": "a", "paths": ["*.jsonl"], "mix_percent": 100}]}))
+    manifest = one_source_manifest(tmp_path)
     script = f"""
 import os, signal, sys, types
 import dolmino.build.mix, dolmino.build.spark
@@ -669,11 +666,7 @@ def test_ctrl_c_in_build_and_synth_is_one_line_and_exit_130(tmp_path, monkeypatc
     import dolmino.synth.runner
 
     monkeypatch.setattr(dolmino.synth.runner, "run", interrupted)
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "a.jsonl").write_text('{"id": "1", "text": "one document"}\n')
-    manifest = tmp_path / "m.json"  # the default manifest reads the demo corpus, which a fresh clone lacks
-    manifest.write_text(json.dumps({"name": "m", "version": 1, "seed": 1, "data_root": str(tmp_path / "data"),
-                                    "sources": [{"name": "a", "paths": ["*.jsonl"], "mix_percent": 100}]}))
+    manifest = one_source_manifest(tmp_path)  # the default manifest reads the demo corpus, which a fresh clone lacks
     assert main(["build", "--manifest", str(manifest), "--budget", "10K", "--out", str(tmp_path / "o"),
                  "--attributes", str(tmp_path / "a")]) == 130
     assert capsys.readouterr().err == ("dolmino build: interrupted; rerun the same command to resume (finished "
@@ -698,15 +691,6 @@ def test_ctrl_c_in_build_and_synth_is_one_line_and_exit_130(tmp_path, monkeypatc
         root.filters[:] = saved
 
 
-def _one_source_manifest(tmp_path) -> Path:
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "a.jsonl").write_text('{"id": "1", "text": "one document"}\n')
-    manifest = tmp_path / "m.json"
-    manifest.write_text(json.dumps({"name": "m", "version": 1, "seed": 1, "data_root": str(tmp_path / "data"),
-                                    "sources": [{"name": "a", "paths": ["*.jsonl"], "mix_percent": 100}]}))
-    return manifest
-
-
 def test_ctrl_c_while_spark_starts_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
     """Ctrl-C while the session starts (seconds; longer on a busy machine) printed ~45 lines of
     py4j tracebacks, py4j's logged ones first (found by a tester with `timeout -s INT`)."""
@@ -726,7 +710,7 @@ def test_ctrl_c_while_spark_starts_is_one_line_and_exit_130(tmp_path, monkeypatc
         raise KeyboardInterrupt
 
     monkeypatch.setattr(dolmino.build.spark, "make_spark", starting)
-    manifest = _one_source_manifest(tmp_path)
+    manifest = one_source_manifest(tmp_path)
     try:
         with pytest.raises(SystemExit) as stopped:
             main(["build", "--manifest", str(manifest), "--budget", "10K", "--out", str(tmp_path / "o"),
@@ -743,7 +727,7 @@ def test_sigterm_while_spark_starts_is_one_line_and_exit_143(tmp_path):
     tester); it says what SIGTERM during the build says."""
     import subprocess
 
-    manifest = _one_source_manifest(tmp_path)
+    manifest = one_source_manifest(tmp_path)
     script = f"""
 import os, signal, sys
 import dolmino.build.spark

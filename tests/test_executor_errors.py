@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from dolmino.build.cli import executor_failure
+from tests.conftest import one_source_manifest
 
 
 @pytest.mark.parametrize("kind, line", [
@@ -619,11 +620,7 @@ def test_the_jvm_of_dolmino_build_killed_under_a_running_job_is_one_line(tmp_pat
     import subprocess
     import sys
 
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "a.jsonl").write_text('{"id": "1", "text": "one document"}\n')
-    manifest = tmp_path / "m.json"
-    manifest.write_text(json.dumps({"name": "m", "version": 1, "seed": 1, "data_root": str(tmp_path / "data"),
-                                    "sources": [{"name": "a", "paths": ["*.jsonl"], "mix_percent": 100}]}))
+    manifest = one_source_manifest(tmp_path)
     script = f"""
 import sys
 import dolmino.build.mix
