@@ -324,16 +324,56 @@ def _package_root(module) -> str | None:
     return None
 
 
-def _python_sources(root: str) -> list[str]:
-    """The Python source files under `root`, relative and sorted (caches and hidden directories left out)."""
+def _is_source(rel: str) -> bool:
+    """A Python source file, outside caches and hidden directories (`rel`: a relative path with '/')."""
     from importlib.machinery import SOURCE_SUFFIXES
 
+    *dirs, name = rel.split("/")
+    return name.endswith(tuple(SOURCE_SUFFIXES)) and not any(d == "__pycache__" or d.startswith(".") for d in dirs)
+
+
+def _python_sources(root: str) -> list[str]:
+    """The Python source files under `root`, relative with '/', sorted."""
     found = []
     for directory, subdirs, files in os.walk(root):
         subdirs[:] = [d for d in subdirs if d != "__pycache__" and not d.startswith(".")]
-        found += [os.path.relpath(os.path.join(directory, f), root) for f in files
-                  if f.endswith(tuple(SOURCE_SUFFIXES))]
-    return sorted(found)
+        found += [os.path.relpath(os.path.join(directory, f), root).replace(os.sep, "/") for f in files]
+    return sorted(rel for rel in found if _is_source(rel))
+
+
+def _listing_digest(files: list[tuple[str, str]]) -> str:
+    """SHA-256 over (relative name, file SHA-256), in name order."""
+    import hashlib
+
+    listing = hashlib.sha256()
+    for rel, digest in sorted(files):
+        listing.update(f"{rel}\0{digest}\n".encode("utf-8"))
+    return listing.hexdigest()
+
+
+def _zipped_source(module, loader) -> tuple[str, str] | None:
+    """`scorer_source` of a module imported from a zip (`--py-files code.zip`): the same digest
+    as the same files in a directory give, so that a scorer on the driver's PYTHONPATH and its
+    zip on the executors, or a zip made again from unchanged code, key the same set."""
+    import hashlib
+    import zipfile
+    from importlib.machinery import SOURCE_SUFFIXES
+
+    archive = loader.archive
+    inner = os.path.relpath(module.__file__, archive).replace(os.sep, "/")  # the module's member
+    parts = module.__name__.split(".")
+    here = inner.split("/")
+    # the directories above the module's own: [prefix..., *package parts, file]
+    prefix = here[:len(here) - len(parts) - (1 if here[-1].startswith("__init__.") else 0)]
+    with zipfile.ZipFile(archive) as zf:
+        names = set(zf.namelist())
+        for i in range(1, len(parts) + 1):  # the outermost regular package, as `_package_root` finds it
+            package = "/".join(prefix + parts[:i]) + "/"
+            if any(f"{package}__init__{suffix}" in names for suffix in SOURCE_SUFFIXES):
+                members = sorted(n for n in names if n.startswith(package) and _is_source(n[len(package):]))
+                return f"{archive}/{package}", _listing_digest(
+                    [(n[len(package):], hashlib.sha256(zf.read(n)).hexdigest()) for n in members])
+        return f"{archive}/{inner}", hashlib.sha256(zf.read(inner)).hexdigest()
 
 
 def scorer_source(scorer: str) -> tuple[str, str] | None:
@@ -349,31 +389,94 @@ def scorer_source(scorer: str) -> tuple[str, str] | None:
     package re-tags that one column needlessly; stale scores would be silent. A module in no
     package is hashed alone. Code outside the package (other top-level modules, libraries) is not
     covered. A module imported from a zip archive (`spark-submit --py-files code.zip`) is hashed
-    as the whole archive. Run on the driver only (`dolmino.build.tag.tag_plans`)."""
-    import hashlib
+    the same way from the zip's members, so the digest names the code, not how it travelled: the
+    same files in a directory on the driver and in a zip on the executors agree. Made on the
+    driver for the set's key (`dolmino.build.tag.tag_plans`) and on each executor against it
+    (`check_scorer_code`)."""
+    import zipfile
     import zipimport
 
     from dolmino.checksums import sha256_file
 
     scorer_factory(scorer)  # imports the module (a ValueError naming the scorer when it does not import)
     module = sys.modules[scorer.partition(":")[0]]
-    root = _package_root(module)
     loader = getattr(module, "__loader__", None)
     try:
         if isinstance(loader, zipimport.zipimporter) and os.path.isfile(loader.archive):
-            # from a zip (spark-submit --py-files code.zip): the archive is the code shipped, all of it
-            return loader.archive, sha256_file(loader.archive)
+            return _zipped_source(module, loader)
+        root = _package_root(module)
         if root is not None:
-            listing = hashlib.sha256()
-            for rel in _python_sources(root):
-                listing.update(f"{rel}\0{sha256_file(os.path.join(root, rel))}\n".encode("utf-8"))
-            return root, listing.hexdigest()
+            return root, _listing_digest([(rel, sha256_file(os.path.join(root, rel))) for rel in _python_sources(root)])
         origin = getattr(module, "__file__", None)
         if not origin or not os.path.isfile(origin):
             return None
         return origin, sha256_file(origin)
-    except OSError:  # a source file that cannot be read: keyed as one that is not found, with its warning
+    except (OSError, KeyError, zipfile.BadZipFile):  # a source that cannot be read (KeyError: a zip member gone)
         return None
+
+
+# Spark reuses a Python worker for the session's later jobs, with the modules it imported: the
+# source digest of each scorer module when this process first used it, to tell an edit since.
+_LOADED_SOURCE: dict[str, str | None] = {}
+
+
+def _digest_text(found: tuple[str, str] | None) -> str | None:
+    return None if found is None else f"sha256:{found[1]}"
+
+
+def _forget_module(module) -> None:
+    """Drop `module` (for a module in a package: every module of its outermost package) from
+    sys.modules, so that the next import reads the source files again."""
+    root = _package_root(module)
+    if root is None:
+        names = [module.__name__]
+    else:
+        inside = root + os.sep
+        names = [name for name, held in list(sys.modules.items())
+                 if (origin := getattr(held, "__file__", None)) and os.path.abspath(origin).startswith(inside)]
+    for name in names:
+        sys.modules.pop(name, None)
+    importlib.invalidate_caches()
+
+
+def check_scorer_code(scorer: str, expected: str) -> None:
+    """On an executor, before it scores: the code of a "module:callable" scorer here must be the
+    code whose digest the driver keyed its attribute set by (`scorer_source`), or the set would
+    store other code's scores under that key, reused by every later mix without a word.
+
+    Two ways it is not: a node that imports other code than the driver (another version of the
+    package on its PYTHONPATH) is a BuildError naming the scorer and the node; a Python worker
+    that imported the module in an earlier job of the same Spark session (a notebook calling
+    `build` again after editing the scorer: Spark reuses its Python workers) still runs the old
+    code although the files are the new ones, so the module is imported again here. A module
+    imported from a zip (`--py-files`) cannot be imported again in the same process (zipimport
+    keeps the archive's old index): a BuildError asks for a new Spark session."""
+    import socket
+
+    from dolmino.errors import BuildError
+
+    module_name = scorer.partition(":")[0]
+    here = _digest_text(scorer_source(scorer))
+    if here != expected:
+        what = f"has SHA-256 {here[7:23]}..." if here else "cannot be found or read"
+        raise BuildError(f"scorer {scorer!r}: its code on this executor ({socket.gethostname()}) {what}, the "
+                         f"driver's has {expected[7:23]}...: every node must import the same code (ship it with "
+                         "spark-submit --py-files, or install the same version on every node), and it must not "
+                         "change during the build")
+    loaded = _LOADED_SOURCE.setdefault(module_name, here)
+    if loaded == here:
+        return
+    import zipimport
+
+    module = sys.modules[module_name]
+    if isinstance(getattr(module, "__loader__", None), zipimport.zipimporter):
+        raise BuildError(f"scorer {scorer!r}: this Python worker imported it from a zip before the zip changed (a "
+                         "Spark session used again after the edit): stop the session and start a new one")
+    _forget_module(module)
+    again = _digest_text(scorer_source(scorer))  # imports it again
+    if again != expected:  # edited once more while it was imported
+        raise BuildError(f"scorer {scorer!r}: its code changed during the build; run it again")
+    _LOADED_SOURCE[module_name] = again
 
 
 def make_scorer(scorer: str, **params) -> Scorer:
@@ -473,6 +576,10 @@ class ScoreThresholdFilter:
                           "noticed (the scores tagged before it are reused): tag into a new --attributes root after "
                           "changing it")
         return f"sha256:{found[1]}", None
+
+    def check_source(self, expected: str) -> None:
+        """On an executor: its copy of the scorer's code is the one `tag_source` keyed (check_scorer_code)."""
+        check_scorer_code(self.scorer_name, expected)
 
     def _built_scorer(self):
         if self._scorer is None:

@@ -949,6 +949,80 @@ def test_a_scorer_edited_or_a_model_replaced_since_the_tag_is_not_mixed_from_sta
         sys.modules.pop("edited_length_scorer", None)
 
 
+def _scores_tagged(attrs: Path) -> list[float]:
+    from dolmino.build.attributes import read_table
+
+    stored = next((attrs / "web").glob("score_threshold-*/**/*.parquet"))
+    return read_table(str(stored))[0].column("score").to_pylist()
+
+
+def _scorer_on_both_paths(spark, monkeypatch, driver_dir: Path, executor_dir: Path) -> None:
+    """The driver imports scorers from `driver_dir`, the session's Python workers from `executor_dir`."""
+    monkeypatch.syspath_prepend(str(driver_dir))
+    env = spark.sparkContext.environment
+    monkeypatch.setitem(env, "PYTHONPATH", os.pathsep.join(p for p in (str(executor_dir), env.get("PYTHONPATH")) if p))
+
+
+def test_a_scorer_edited_between_two_builds_of_one_session_scores_with_the_new_code(spark, tmp_path, monkeypatch):
+    """Spark reuses its Python workers for a session's next job, with the modules they imported:
+    a notebook that edits its scorer and tags again (a new --attributes root, as the key of the
+    new code asks) stored the old code's scores under the new code's key (found by reading).
+    The worker imports the scorer again when its files changed since it imported them."""
+    spec, _ = _one_plain_file(tmp_path)
+    (tmp_path / "code").mkdir()
+    module = tmp_path / "code" / "reloaded_length_scorer.py"
+    module.write_text(_EDITED_SCORER.format(scale=300.0))
+    model = tmp_path / "offset.txt"
+    model.write_text("0.5")
+    spec["sources"][0]["filters"] = [{"type": "score_threshold", "scorer": "reloaded_length_scorer:LengthScore",
+                                      "model_path": str(model), "min_score": 1.0}]
+    _scorer_on_both_paths(spark, monkeypatch, tmp_path / "code", tmp_path / "code")
+    manifest = manifest_from_dict(spec)
+    try:
+        build(manifest, 5_000, str(tmp_path / "tag1"), spark, attributes=str(tmp_path / "a1"), phase="tag")
+        first = _scores_tagged(tmp_path / "a1")
+        module.write_text(_EDITED_SCORER.format(scale=3000.0))  # another size: no stale .pyc either
+        sys.modules.pop("reloaded_length_scorer", None)  # the driver's own copy is not what is tested
+        build(manifest, 5_000, str(tmp_path / "tag2"), spark, attributes=str(tmp_path / "a2"), phase="tag")
+        second = _scores_tagged(tmp_path / "a2")
+    finally:
+        sys.modules.pop("reloaded_length_scorer", None)
+    assert len(first) == len(second) == 57
+    lengths = [round((score - 0.5) * 300.0) for score in first]
+    assert second == pytest.approx([n / 3000.0 + 0.5 for n in lengths])
+
+
+def test_an_executor_that_imports_other_scorer_code_than_the_driver_is_refused(spark, tmp_path, monkeypatch, capsys):
+    """The scorer's set is keyed by the driver's copy of its code; a node whose PYTHONPATH holds
+    another version scored with it under that key, unsaid (found by reading). Each tag task checks
+    its copy against the driver's digest first: one line naming the scorer, exit 2, no set stored."""
+    spec, _ = _one_plain_file(tmp_path)
+    for where, scale in (("driver", 300.0), ("executor", 3000.0)):
+        (tmp_path / where).mkdir()
+        (tmp_path / where / "skewed_length_scorer.py").write_text(_EDITED_SCORER.format(scale=scale))
+    model = tmp_path / "offset.txt"
+    model.write_text("0.5")
+    spec["sources"][0]["filters"] = [{"type": "score_threshold", "scorer": "skewed_length_scorer:LengthScore",
+                                      "model_path": str(model), "min_score": 1.0}]
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(spec))
+    _scorer_on_both_paths(spark, monkeypatch, tmp_path / "driver", tmp_path / "executor")
+    try:
+        assert build_main([str(path), "--out", str(tmp_path / "out"), "--attributes", str(tmp_path / "a"),
+                           "--quiet"], phase="tag") == 2
+    finally:
+        sys.modules.pop("skewed_length_scorer", None)
+    digest = {where: hashlib.sha256((tmp_path / where / "skewed_length_scorer.py").read_bytes()).hexdigest()[:16]
+              for where in ("driver", "executor")}
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and re.fullmatch(
+        r"dolmino tag: error: in an executor: BuildError: scorer 'skewed_length_scorer:LengthScore': its code on this "
+        rf"executor \(.+\) has SHA-256 {digest['executor']}\.\.\., the driver's has {digest['driver']}\.\.\.: every "
+        r"node must import the same code \(ship it with spark-submit --py-files, or install the same version on every "
+        r"node\), and it must not change during the build", errors[0]), errors
+    assert not list((tmp_path / "a").glob("web/score_threshold-*/**/*.parquet"))
+
+
 # A scorer module with no source file to hash: it puts a module made in memory in its place.
 _SOURCELESS_SCORER = """import sys, types
 import numpy as np

@@ -650,3 +650,59 @@ def test_a_custom_scorers_set_is_keyed_by_its_source_and_registered_ones_keep_th
         for name in ("keyed_scorer_mod", "keyed_scorer_zip", "keyed_scorer_pkg", "keyed_scorer_pkg.scorer",
                      "keyed_scorer_pkg.sub", "keyed_scorer_pkg.sub.helper"):
             sys.modules.pop(name, None)
+
+
+def test_a_scorers_digest_names_its_code_not_whether_it_came_from_a_directory_or_a_zip(tmp_path, monkeypatch):
+    """The driver hashed a zipped scorer as the zip's bytes, a scorer in a directory as its files:
+    the same code on the driver's PYTHONPATH and shipped to executors as `--py-files code.zip`
+    had two digests (the executors' check refused it), and a zip made again from unchanged files
+    (other timestamps) re-tagged. A zip's members are hashed as the directory's files are: a
+    module alone, a package's Python sources, also under a path inside the zip."""
+    import zipfile
+
+    from filters.quality import scorer_source
+
+    files = {"zdigest_mod.py": _SCORER_CODE.format(helper="", scale=100),
+             "zdigest_pkg/__init__.py": "",
+             "zdigest_pkg/scorer.py": _SCORER_CODE.format(helper="from zdigest_pkg.sub.helper import SCALE",
+                                                          scale="SCALE"),
+             "zdigest_pkg/sub/__init__.py": "",
+             "zdigest_pkg/sub/helper.py": "SCALE = 100\n",
+             "zdigest_pkg/__pycache__/junk.py": "not hashed",
+             "zdigest_pkg/notes.txt": "not code"}
+    for rel, text in files.items():
+        (tmp_path / "tree" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "tree" / rel).write_text(text)
+    scorers = ("zdigest_mod:Scorer", "zdigest_pkg.scorer:Scorer", "zdigest_pkg:Scorer")
+    (tmp_path / "tree" / "zdigest_pkg" / "__init__.py").write_text("from zdigest_pkg.scorer import Scorer\n")
+    files["zdigest_pkg/__init__.py"] = "from zdigest_pkg.scorer import Scorer\n"
+
+    def forget():
+        for name in [n for n in sys.modules if n.startswith("zdigest_")]:
+            sys.modules.pop(name)
+
+    def digests(entry: str) -> list[str]:
+        forget()
+        with monkeypatch.context() as m:
+            m.syspath_prepend(entry)
+            found = [scorer_source(s) for s in scorers]
+            assert all(f is not None and f[0].startswith(entry) for f in found), found
+            return [f[1] for f in found]
+
+    try:
+        from_tree = digests(str(tmp_path / "tree"))
+        assert from_tree[1] == from_tree[2] != from_tree[0]  # a package is hashed whole, whichever module is named
+        for name, inside in (("flat.zip", ""), ("nested.zip", "lib/py/")):
+            with zipfile.ZipFile(tmp_path / name, "w") as zf:
+                zf.writestr(f"{inside}README", "not code")
+                for rel, text in files.items():
+                    zf.writestr(inside + rel, text)
+            entry = str(tmp_path / name) + (f"/{inside.rstrip('/')}" if inside else "")
+            assert digests(entry) == from_tree, name
+        with zipfile.ZipFile(tmp_path / "edited.zip", "w") as zf:
+            for rel, text in files.items():
+                zf.writestr(rel, text.replace("SCALE = 100", "SCALE = 1000"))
+        edited = digests(str(tmp_path / "edited.zip"))
+        assert edited[0] == from_tree[0] and edited[1] != from_tree[1]  # the helper's edit: the package's digest
+    finally:
+        forget()

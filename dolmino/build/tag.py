@@ -355,6 +355,9 @@ def tag_bundle(work: BundleWork, ctx: TagContext, ahead: ReadAhead) -> Iterator[
             firsts.setdefault(t.set_name, t)
     tags = list(firsts.values())
     filters = [build_filter(localized_spec(t.spec, ctx.resources), f"{plan.name}.filters[{t.index}]") for t in tags]
+    for tag, filt in zip(tags, filters):
+        if (digest := (tag.keyed or {}).get("scorer_source")) is not None:
+            filt.check_source(digest)  # this node scores with the code the set is keyed by
     hasher = None
     if work.signatures:
         from filters.minhash import MinHasher
