@@ -24,6 +24,18 @@ it, and the tokenizer with the SHA-256 of its JSON definition. The lock also rec
 project version and the SHA-256 of the manifest's content for provenance; editing the
 manifest's prose does not invalidate the lock, changing what it reads does.
 
+A custom `"scorer": "module:callable"` (score_threshold) scores with Python code the lock
+also pins: under "scorers", keyed by where the manifest names it, the scorer string, the
+SHA-256 its attribute set is keyed by (`filters.quality.scorer_source`: the Python files
+of the module's outermost package, or the module file alone, in a directory or a --py-files
+zip alike) and a note of what was hashed (relative to the manifest, else a base name). An
+edited scorer, one added or removed, or one whose source cannot be found any more is drift;
+a scorer whose source cannot be found (a module made in memory) cannot be locked. Registered scorers
+(fasttext_label_probability, ...) are dolmino's code and are not recorded. A lock made
+before scorers were recorded (no "scorers") is read and checked as before, except that each
+custom scorer of the manifest is drift ("not recorded"): that lock cannot vouch for the code
+a --locked build would score with; lock again.
+
 A locked build (`--locked`) copies the lock into its output as `manifest.lock.json`, beside
 `manifest.json`, before the completion marker; releases upload every file of the build, so
 a release carries it too. A build without `--locked` removes a stale one.
@@ -47,6 +59,7 @@ from dolmino.argtypes import positive_int
 from dolmino.checksums import sha256_file
 from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import Manifest, resolve_relative, expand_home, load_manifest
+from dolmino.py_files import PY_FILES_HELP, import_py_files, py_files
 from dolmino.s3 import local_path
 
 LOCK_FORMAT = "dolmino-lock/1"
@@ -137,6 +150,39 @@ def _resource_digest(uri: str) -> tuple[str, bool]:
     return local_digest(uri)
 
 
+def _scorer_refs(manifest: Manifest) -> list[tuple[str, str]]:
+    """(where the manifest names it, the scorer string) of every custom "module:callable" scorer:
+    its scores come from that code. Registered scorers (fasttext_label_probability, ...) are
+    dolmino's own code, pinned by dolmino_version, and their model files are resources."""
+    from filters.quality import SCORERS
+
+    return [(f"sources[{i}].filters[{j}].scorer ({source.name}, {spec['type']})", spec["scorer"])
+            for i, source in enumerate(manifest.sources) for j, spec in enumerate(source.filters)
+            if isinstance(spec.get("scorer"), str) and spec["scorer"] not in SCORERS]
+
+
+def _scorer_digest(scorer: str, base_dir: str | None) -> tuple[str, str] | str:
+    """(SHA-256, what was hashed) of a custom scorer's code, the digest its attribute set is
+    keyed by (`filters.quality.scorer_source`); else the sentence saying why there is none.
+    What was hashed is named relative to the manifest's directory, else by its base name: a
+    note for the reviewer, not compared (the digest is), and no home directory in a committed lock."""
+    from filters.quality import scorer_source
+
+    try:
+        found = scorer_source(scorer)
+    except ValueError as exc:  # the module no longer imports
+        return str(exc)
+    if found is None:
+        return f"scorer {scorer!r}: the source of module {scorer.partition(':')[0]!r} cannot be found or read"
+    hashed, digest = found  # a package's directory (in a zip: "code.zip/pkg/"), or a module's file
+    name = os.path.relpath(hashed, base_dir) if base_dir else ".."
+    if name.startswith(".."):
+        name = os.path.basename(hashed.rstrip("/" + os.sep))
+    if hashed.endswith("/") or os.path.isdir(hashed):
+        return digest, f"package {name.rstrip('/' + os.sep)}/ (its Python source files)"
+    return digest, f"module file {name}"
+
+
 def _tokenizer_entry(manifest: Manifest) -> dict:
     from dolmino.tokenizer import tokenizer_json
 
@@ -159,15 +205,17 @@ def _data_root_as_written(manifest: Manifest) -> str | None:
 
 
 def make_lock(manifest: Manifest, *, fast: bool = False, jobs: int = 4, log=None) -> dict:
-    """The lock of `manifest` as it reads now: inputs, models/indexes, tokenizer, version.
+    """The lock of `manifest` as it reads now: inputs, models/indexes, custom scorers' code,
+    tokenizer, version.
 
-    Raises BuildError naming every source whose inputs cannot be listed and every missing
-    model: a lock of a manifest that cannot build pins nothing."""
+    Raises BuildError naming every source whose inputs cannot be listed, every missing model
+    and every custom scorer whose source cannot be found: a lock of a manifest that cannot
+    build pins nothing, and one that cannot pin a scorer's code would fail every check."""
     from dolmino.build.inputs import list_sources
 
     log = log or (lambda msg: None)
     problems = []
-    # The tokenizer, models, indexes and the listing first: a missing model or a glob typo is
+    # The tokenizer, models, indexes, scorers and the listing first: a missing model or a glob typo is
     # found before hashing the pool (hours on a real one), not after (found by a reviewer, a tester).
     from dolmino.s3 import S3ObjectError
 
@@ -188,6 +236,16 @@ def make_lock(manifest: Manifest, *, fast: bool = False, jobs: int = 4, log=None
             continue
         resources.append({"where": where, "path": written, "sha256": digest, "kind": "directory" if is_dir else "file"})
         log(f"{where}: {written} sha256 {digest[:16]}...")
+    scorers = []
+    base_dir = os.path.dirname(manifest.path) if manifest.path else None
+    for where, scorer in _scorer_refs(manifest):
+        found = _scorer_digest(scorer, base_dir)
+        if isinstance(found, str):
+            problems.append(f"{where}: {found}, so the lock cannot pin its code; make the scorer a module file or "
+                            "package on the Python path")
+            continue
+        scorers.append({"where": where, "scorer": scorer, "sha256": found[0], "hashed": found[1]})
+        log(f"{where}: scorer {scorer} sha256 {found[0][:16]}... ({found[1]})")
     listing = list_sources(manifest)
     problems += listing.all_problems()
     if problems:  # ";" ends each problem: the command line prints an error on one line
@@ -213,6 +271,7 @@ def make_lock(manifest: Manifest, *, fast: bool = False, jobs: int = 4, log=None
         "hash": "size+mtime" if fast else "sha256",
         "tokenizer": tokenizer,
         "resources": resources,
+        "scorers": scorers,
         "inputs": inputs,
     }
 
@@ -282,6 +341,11 @@ def _check_lock_entries(path: str, lock: dict) -> None:
             need(entry, f"inputs[{source!r}][{i}]", {"name": str, "size": int})
     for i, entry in enumerate(lock["resources"]):
         need(entry, f"resources[{i}]", {"where": str, "path": str, "sha256": str})
+    if "scorers" in lock:  # optional: a lock made before dolmino recorded scorers has none (see `_check_scorers`)
+        if not isinstance(lock["scorers"], list):
+            raise BuildError(f"{path}: malformed lock: 'scorers' must be a list")
+        for i, entry in enumerate(lock["scorers"]):
+            need(entry, f"scorers[{i}]", {"where": str, "scorer": str, "sha256": str})
     need(lock["tokenizer"], "tokenizer", {"sha256": str})
 
 
@@ -331,9 +395,46 @@ def _check_inputs(source: str, locked: list[dict], files, rehash: bool, jobs: in
     return problems
 
 
+def _check_scorers(manifest: Manifest, locked: list[dict] | None) -> list[str]:
+    """Drift of the custom scorers' code. A lock without "scorers" was made before dolmino
+    recorded them: it cannot vouch for a scorer's code, and a --locked build would score with
+    whatever the code is now (the silence this check ends), so each custom scorer is drift
+    until the manifest is locked again; a manifest without custom scorers passes as before."""
+    current = _scorer_refs(manifest)
+    if locked is None:
+        return [f"{where}: scorer {scorer!r}: not recorded (the lock was made before dolmino recorded a custom "
+                "scorer's code); lock the manifest again" for where, scorer in current]
+    problems = []
+    by_key = {e["where"].split(" ")[0]: e for e in locked}
+    base_dir = os.path.dirname(manifest.path) if manifest.path else None
+    seen = set()
+    for where, scorer in current:
+        key = where.split(" ")[0]
+        seen.add(key)
+        entry = by_key.get(key)
+        if entry is None:
+            problems.append(f"{where}: scorer {scorer!r}: not in the lock")
+            continue
+        if entry["scorer"] != scorer:
+            problems.append(f"{where}: the manifest names scorer {scorer!r}, the lock {entry['scorer']!r}")
+            continue
+        found = _scorer_digest(scorer, base_dir)
+        if isinstance(found, str):
+            problems.append(f"{where}: {found} now, so its code cannot be compared with the lock")
+        elif found[0] != entry["sha256"]:
+            problems.append(f"{where}: scorer {scorer!r}: SHA-256 {entry['sha256'][:16]}... in the lock, "
+                            f"{found[0][:16]}... now (the scorer's code changed: {found[1]})")
+    for key, entry in by_key.items():
+        if key not in seen:
+            problems.append(f"{entry['where']}: scorer {entry['scorer']!r}: in the lock but the manifest no longer "
+                            "names it")
+    return problems
+
+
 def check_lock(manifest: Manifest, lock_path: str, *, rehash: bool = False, jobs: int = 4) -> list[str]:
-    """Every way the inputs, models, indexes and tokenizer `manifest` reads now differ from
-    the lock at `lock_path`, one line each naming the file; [] when nothing drifted."""
+    """Every way the inputs, models, indexes, custom scorers' code and tokenizer `manifest`
+    reads now differ from the lock at `lock_path`, one line each naming the file or scorer;
+    [] when nothing drifted."""
     from dolmino.build.inputs import list_sources
 
     lock = read_lock(lock_path)
@@ -381,6 +482,7 @@ def check_lock(manifest: Manifest, lock_path: str, *, rehash: bool = False, jobs
     for key, entry in locked_resources.items():
         if key not in seen:
             problems.append(f"{entry['where']}: {entry['path']}: in the lock but the manifest no longer reads it")
+    problems += _check_scorers(manifest, lock.get("scorers"))
     tok = _tokenizer_entry(manifest)
     if tok["sha256"] != lock["tokenizer"].get("sha256"):
         problems.append(f"tokenizer {tok['path'] or tok['name']}: SHA-256 {str(lock['tokenizer'].get('sha256'))[:16]}... "
@@ -439,9 +541,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(
         prog="dolmino lock", formatter_class=HelpFormatter,
-        description="Pin every input file (size and ETag on S3, SHA-256 locally), model, index and the tokenizer "
-                    "(SHA-256) a manifest reads, in MANIFEST.lock.json; `--check` reports drift, and "
-                    "build_mix.py --locked refuses to build on any.")
+        description="Pin every input file (size and ETag on S3, SHA-256 locally), model, index, custom scorer's "
+                    "code and the tokenizer (SHA-256) a manifest reads, in MANIFEST.lock.json; `--check` reports "
+                    "drift, and build_mix.py --locked refuses to build on any.")
     parser.add_argument("manifest", help="mix or pool manifest JSON")
     parser.add_argument("--lockfile", default=None, type=local_path,
                         help="lock file path (default: MANIFEST.lock.json beside the manifest)")
@@ -452,6 +554,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--check", action="store_true", help="do not write: compare with the lock, exit 1 on drift")
     parser.add_argument("--rehash", action="store_true", help="with --check: re-hash every local input, not only "
                                                               "those whose mtime moved")
+    parser.add_argument("--py-files", default=None, metavar="FILES",
+                        help=PY_FILES_HELP + ", imported here to hash it as the build will (give the build the same)")
     parser.add_argument("--jobs", type=positive_int, default=min(8, os.cpu_count() or 1), help="hashing threads")
     return parser.parse_args(argv)
 
@@ -473,6 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     errors = cli_errors("dolmino lock", expected=(ManifestError, BuildError))
     try:
+        import_py_files(py_files(args.py_files))  # before the manifest check, which imports a custom scorer
         manifest = _load(args.manifest, args.data_root)
         path = args.lockfile or lock_path_for(args.manifest)
         if args.check:
@@ -489,8 +594,9 @@ def main(argv: list[str] | None = None) -> int:
         return errors.report(exc)
     lock = read_lock(written)
     files = sum(len(v) for v in lock["inputs"].values())
+    scorers = f"{len(lock['scorers'])} custom scorer(s), " if lock["scorers"] else ""
     print(f"wrote {written}: {files:,} input file(s) in {len(lock['inputs'])} source(s), "
-          f"{len(lock['resources'])} model/index file(s), tokenizer {lock['tokenizer']['sha256'][:16]}...")
+          f"{len(lock['resources'])} model/index file(s), {scorers}tokenizer {lock['tokenizer']['sha256'][:16]}...")
     return 0
 
 

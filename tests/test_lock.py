@@ -8,6 +8,7 @@ the mtime quick check and --rehash) and on S3 (ETag, on a moto server).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import os
 import uuid
@@ -398,3 +399,165 @@ def test_a_listing_problem_is_found_before_the_inputs_are_hashed(project, monkey
     with pytest.raises(BuildError, match=r"cannot lock 'locked-pool':\n  source 'code': no input files match "
                                          r"'.*cdoe/\*.jsonl'$"):
         make_lock(_manifest(project))
+
+
+# ---------------------------------------------------------------------------- custom scorers' code
+
+_SCORER = "import numpy as np\n\nclass LengthScore:\n    def score(self, texts):\n" \
+          "        return np.asarray([len(t) / {scale} for t in texts], dtype=np.float64)\n"
+
+
+@pytest.fixture
+def scorer(project, monkeypatch):
+    """A "module:callable" scorer in a module file on sys.path (as PYTHONPATH puts it), named
+    uniquely (imported modules stay in sys.modules), and the project's "code" source scoring with
+    it after its registered scorer. Yields (scorer string, module file)."""
+    import sys
+
+    name = f"lock_scorer_{uuid.uuid4().hex[:8]}"
+    module = project / "scorers" / f"{name}.py"
+    module.parent.mkdir()
+    module.write_text(_SCORER.format(scale=100.0))
+    monkeypatch.syspath_prepend(str(module.parent))
+    spec = json.loads((project / "pool.json").read_text())
+    spec["sources"][1]["filters"].append({"type": "score_threshold", "scorer": f"{name}:LengthScore", "min_score": 0})
+    (project / "pool.json").write_text(json.dumps(spec, indent=2))
+    yield f"{name}:LengthScore", module
+    sys.modules.pop(name, None)
+
+
+_WHERE = "sources[1].filters[1].scorer (code, score_threshold)"
+
+
+def test_a_custom_scorers_code_is_locked_and_an_edit_is_drift(project, scorer, capsys):
+    """Found by a reviewer: the lock recorded inputs, models and the tokenizer but not a custom
+    scorer's code, so `--check` passed and a --locked build scored with the edited code. The
+    lock records its digest (the one its attribute set is keyed by); an edit is drift, named."""
+    from filters.quality import scorer_source
+
+    name, module = scorer
+    manifest = str(project / "pool.json")
+    assert lock_cmd.main([manifest]) == 0
+    assert "2 model/index file(s), 1 custom scorer(s), tokenizer" in capsys.readouterr().out
+    lock = read_lock(str(project / "pool.lock.json"))
+    # the registered scorer (fasttext_expected_label) is dolmino's code: not recorded
+    assert lock["scorers"] == [{"where": _WHERE, "scorer": name, "sha256": scorer_source(name)[1],
+                                "hashed": f"module file scorers/{module.name}"}]
+    assert str(project) not in json.dumps(lock["scorers"])  # no absolute path (a home directory) in a committed lock
+    assert lock_cmd.main([manifest, "--check"]) == 0
+    assert "no drift" in capsys.readouterr().out
+
+    module.write_text(_SCORER.format(scale=1000.0))
+    problems = check_lock(_manifest(project), str(project / "pool.lock.json"))
+    locked = lock["scorers"][0]["sha256"]
+    assert len(problems) == 1 and problems[0].startswith(f"{_WHERE}: scorer {name!r}: SHA-256 {locked[:16]}... in the "
+                                                         "lock, ")
+    assert problems[0].endswith(f"now (the scorer's code changed: module file scorers/{module.name})")
+    assert lock_cmd.main([manifest, "--check"]) == 1
+    assert f"drift: {problems[0]}\n" in capsys.readouterr().out
+    assert build_main(["--manifest", manifest, "--locked", "--out", str(project / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--locked: 1 difference(s) from" in err and "the scorer's code changed" in err and "Traceback" not in err
+    assert not (project / "out").exists()
+
+    module.write_text(_SCORER.format(scale=100.0))  # the code as locked
+    assert check_lock(_manifest(project), str(project / "pool.lock.json")) == []
+
+
+def test_a_scorer_added_removed_or_replaced_is_drift(project, scorer):
+    name, _ = scorer
+    with_scorer = json.loads((project / "pool.json").read_text())
+    without = json.loads(json.dumps(with_scorer))
+    without["sources"][1]["filters"].pop()
+    (project / "without.json").write_text(json.dumps(without))
+    path = write_lock(_manifest(project))
+    assert check_lock(load_manifest(str(project / "without.json")), path) == [
+        f"{_WHERE}: scorer {name!r}: in the lock but the manifest no longer names it"]
+    other = write_lock(load_manifest(str(project / "without.json")), str(project / "other.lock.json"))
+    assert read_lock(other)["scorers"] == []
+    assert check_lock(_manifest(project), other) == [f"{_WHERE}: scorer {name!r}: not in the lock"]
+    with_scorer["sources"][1]["filters"][1]["scorer"] = "filters.quality:FastTextExpectedLabel"
+    (project / "replaced.json").write_text(json.dumps(with_scorer))
+    assert check_lock(load_manifest(str(project / "replaced.json")), path) == [
+        f"{_WHERE}: the manifest names scorer 'filters.quality:FastTextExpectedLabel', the lock {name!r}"]
+
+
+def test_a_scorer_whose_source_cannot_be_found_is_said(project, scorer, monkeypatch):
+    """A scorer whose code cannot be hashed (a module made in memory) cannot be pinned: locking
+    it is refused, naming it, and a locked one whose source is gone is drift, not a pass."""
+    import sys
+    import types
+
+    name, _ = scorer
+    path = write_lock(_manifest(project))
+    in_memory = types.ModuleType(name.partition(":")[0])
+    exec(_SCORER.format(scale=100.0), in_memory.__dict__)
+    monkeypatch.setitem(sys.modules, in_memory.__name__, in_memory)
+    module = name.partition(":")[0]
+    assert check_lock(_manifest(project), path) == [
+        f"{_WHERE}: scorer {name!r}: the source of module {module!r} cannot be found or read now, so its code cannot "
+        "be compared with the lock"]
+    with pytest.raises(BuildError, match=re.escape(
+            f"cannot lock 'locked-pool':\n  {_WHERE}: scorer {name!r}: the source of module {module!r} cannot be "
+            "found or read, so the lock cannot pin its code; make the scorer a module file or package on the Python "
+            "path")):
+        make_lock(_manifest(project))
+
+
+def test_a_lock_made_before_scorers_were_recorded(project, scorer, capsys):
+    """A lock without "scorers" (written before dolmino recorded them) is read and checked as
+    before; it cannot vouch for a custom scorer's code, so each one is drift ("not recorded")."""
+    name, _ = scorer
+    path = write_lock(_manifest(project))
+    lock = json.loads(Path(path).read_text())
+    del lock["scorers"]
+    Path(path).write_text(json.dumps(lock))
+    assert "scorers" not in read_lock(path)
+    assert check_lock(_manifest(project), path) == [
+        f"{_WHERE}: scorer {name!r}: not recorded (the lock was made before dolmino recorded a custom scorer's code); "
+        "lock the manifest again"]
+    assert lock_cmd.main([str(project / "pool.json"), "--check"]) == 1
+    assert "1 difference(s)" in capsys.readouterr().out
+    # a manifest without a custom scorer: the old lock passes as it did
+    spec = json.loads((project / "pool.json").read_text())
+    spec["sources"][1]["filters"].pop()
+    (project / "pool.json").write_text(json.dumps(spec))
+    assert check_lock(_manifest(project), path) == []
+    # a hand-edited entry is named, as the other entries are
+    lock["scorers"] = [{"where": _WHERE, "scorer": name}]
+    Path(path).write_text(json.dumps(lock))
+    with pytest.raises(BuildError, match=r"malformed lock: scorers\[0\] has no 'sha256' \(str\)"):
+        read_lock(path)
+
+
+def test_lock_imports_a_scorer_from_py_files_as_the_build_does(project, capsys, monkeypatch):
+    """`dolmino build --py-files scorers.zip` ships a scorer that nothing puts on PYTHONPATH, but
+    `dolmino lock` of the same manifest could not import it (one "cannot be imported" line): the
+    lock takes the same --py-files, and records the digest the build keys the scorer's set by
+    (the zip's members: the same as the files unzipped)."""
+    import sys
+    import zipfile
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the command puts the files on its path
+    name = f"lock_zip_scorer_{uuid.uuid4().hex[:8]}"
+    code = _SCORER.format(scale=100.0)
+    with zipfile.ZipFile(project / "scorers.zip", "w") as zf:
+        zf.writestr(f"{name}.py", code)
+    spec = json.loads((project / "pool.json").read_text())
+    spec["sources"][1]["filters"].append({"type": "score_threshold", "scorer": f"{name}:LengthScore", "min_score": 0})
+    (project / "pool.json").write_text(json.dumps(spec, indent=2))
+    manifest = str(project / "pool.json")
+    try:
+        assert lock_cmd.main([manifest]) == 2
+        assert f"module '{name}' cannot be imported" in capsys.readouterr().err
+        assert lock_cmd.main([manifest, "--py-files", str(project / "scorers.zip")]) == 0
+        lock = read_lock(str(project / "pool.lock.json"))
+        import hashlib
+
+        assert lock["scorers"][0]["sha256"] == hashlib.sha256(code.encode()).hexdigest()
+        assert lock["scorers"][0]["hashed"] == f"module file scorers.zip/{name}.py"
+        assert lock_cmd.main([manifest, "--check", "--py-files", str(project / "scorers.zip")]) == 0
+        assert lock_cmd.main([manifest, "--py-files", str(project / "nowhere.zip")]) == 2
+        assert capsys.readouterr().err.strip().endswith("--py-files " + str(project / "nowhere.zip") + ": no such file")
+    finally:
+        sys.modules.pop(name, None)

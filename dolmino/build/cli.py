@@ -17,6 +17,7 @@ from dolmino.build.inputs import DEFAULT_SPLIT_BYTES, DEFAULT_TASK_BYTES
 from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import count_value, expand_home, format_count
 from dolmino.prefetch import DEFAULT_READ_AHEAD
+from dolmino.py_files import PY_FILES_HELP, import_py_files, py_files
 from dolmino.s3 import local_path
 
 PHASES = {
@@ -68,6 +69,9 @@ def parse_args(argv: list[str] | None, phase: str) -> argparse.Namespace:
                         help="S3 objects of up to 4 MB (inputs, attribute files) that each task fetches ahead, "
                              "concurrently, so a task of many small files does not wait for each GET in turn "
                              "(0: one at a time)")
+    parser.add_argument("--py-files", default=None, metavar="FILES",
+                        help=PY_FILES_HELP + ", which this driver imports and every executor, local or remote "
+                                             "(PYTHONPATH reaches no remote executor)")
     parser.add_argument("--quiet", action="store_true", help="no live progress lines")
     if phase != "tag":  # tag writes attributes only, never --out
         parser.add_argument("--overwrite", action="store_true",
@@ -185,6 +189,31 @@ def prepare(args: argparse.Namespace, phase: str):
     return manifest, options
 
 
+def ship_py_files(sc, files: list[str]) -> None:
+    """Every executor imports `files` (`SparkContext.addPyFile`): a remote one's Python workers,
+    and local mode's. A file that spark-submit's own --py-files shipped already is not added again
+    (`spark-submit --py-files code.zip dolmino/build_mix.py --py-files code.zip`); one its --files
+    shipped is, as code (--files puts no zip on the executors' sys.path). One of the same name from
+    another path failed after the session started (local mode: "exists and does not match
+    contents"; a cluster's file server: "already registered with a different path"): refused in
+    one line."""
+    from urllib.parse import urlparse
+
+    shipped: dict[str, tuple[str, bool]] = {}  # file name: (what spark-submit shipped, whether as code)
+    for key in ("spark.submit.pyFiles", "spark.files"):
+        for uri in filter(None, (sc.getConf().get(key, "") or "").split(",")):
+            parsed = urlparse(uri)
+            path = parsed.path if parsed.scheme in ("", "file", "local") else uri
+            shipped.setdefault(os.path.basename(parsed.path), (path, key == "spark.submit.pyFiles"))
+    for path in files:
+        other, as_code = shipped.get(os.path.basename(path), (path, False))
+        if os.path.abspath(other) != path:
+            raise BuildError(f"--py-files {path}: spark-submit ships {other} under the same file name "
+                             f"{os.path.basename(path)}; give one of them")
+        if not as_code:
+            sc.addPyFile(path)
+
+
 def _size(value: str, flag: str) -> int:
     """A byte size: the count syntax (K, M: powers of ten), named as bytes in its error."""
     try:
@@ -204,6 +233,11 @@ _EXECUTOR_ERRORS = re.compile(
     r"|botocore\.(?:exceptions|errorfactory)\.\w+"
     r"|EndpointConnectionError|NoCredentialsError|ClientError): (.*)$", re.MULTILINE)
 
+
+# A custom scorer the driver imported (the manifest check did, before Spark started) but an executor
+# cannot: its code did not travel (PYTHONPATH reaches this machine's processes only).
+_SCORER_NOT_SHIPPED = re.compile(r"scorer '[^']*': module '([^']*)' cannot be imported: ModuleNotFoundError: "
+                                 r"No module named '([^']*)'")
 
 _WORKER_DIED = "Python worker exited unexpectedly"
 _FAILED_TASK = re.compile(r"Task (\d+) in stage ([\d.]+) failed (\d+) times")
@@ -227,7 +261,12 @@ def executor_failure(exc: BaseException) -> str | None:
                     "(finished attribute files and parts are kept)")
         return None
     name, message = found[-1]
-    return redact(f"in an executor: {name.rsplit('.', 1)[-1]}: {message.strip()}")
+    text = f"in an executor: {name.rsplit('.', 1)[-1]}: {message.strip()}"
+    missing = _SCORER_NOT_SHIPPED.search(message)
+    if missing and (missing.group(1) + ".").startswith(missing.group(2) + "."):  # the scorer's own module
+        text += ("; the driver imported it but the executors cannot: give its .py or .zip to --py-files, which ships "
+                 "it to every executor")
+    return redact(text)
 
 
 def main(argv: list[str] | None = None, phase: str = "all") -> int:
@@ -237,6 +276,8 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
     prog = args.prog
     errors = cli_errors(prog, expected=(ManifestError, BuildError))
     try:
+        shipped = py_files(args.py_files)
+        import_py_files(shipped)  # before the manifest check, which imports a custom scorer
         manifest, options = prepare(args, phase)
     except Exception as exc:  # noqa: BLE001 - one redacted line (cli_errors)
         return errors.report(exc)
@@ -251,6 +292,7 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
     if spark is None:
         return 2
     try:
+        ship_py_files(spark.sparkContext, shipped)
         result = run_build(manifest, options, spark)
     except BaseException as exc:  # noqa: BLE001
         if (status := command.stopped(exc)) is not None:

@@ -1,0 +1,162 @@
+"""`--py-files` of `dolmino build` / `tag` / `mix` (and of build_mix.py): a custom scorer's code
+for the driver, which imports it in the manifest check before Spark starts, and for every
+executor. Without it a command that starts Spark itself could only use PYTHONPATH, which no
+remote executor sees (found by a tester)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import zipfile
+
+import pytest
+
+from dolmino.build.cli import executor_failure, main
+
+# A scorer whose scores are its texts' lengths over `scale`: module names of their own (Spark's
+# Python workers outlive a test, and keep what they imported).
+_SCORER = "import numpy as np\n\nclass Scorer:\n    def score(self, texts):\n" \
+          "        return np.asarray([len(t) / {scale} for t in texts], dtype=np.float64)\n"
+TEXTS = [" ".join(["word"] * n) for n in (3, 10, 40, 80, 120)]
+
+
+def _manifest(tmp_path) -> str:
+    (tmp_path / "data" / "web").mkdir(parents=True)
+    (tmp_path / "data" / "web" / "a.jsonl").write_text(
+        "".join(json.dumps({"id": f"d{i}", "text": text}) + "\n" for i, text in enumerate(TEXTS)))
+    spec = {"name": "py-files", "version": 1, "seed": 1, "budget": 200, "data_root": str(tmp_path / "data"),
+            "sources": [{"name": "web", "paths": ["web/*.jsonl"], "mix_percent": 100,
+                         "filters": [
+                             {"type": "score_threshold", "scorer": "pyfiles_zip_scorer:Scorer", "min_score": 0.5},
+                             {"type": "score_threshold", "scorer": "pyfiles_py_scorer:Scorer", "min_score": 0}]}]}
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(spec))
+    return str(path)
+
+
+def _scores(attributes, scorer: str) -> list[float]:
+    """The scores the set of `scorer` holds, in the documents' order."""
+    from dolmino.build.attributes import read_table
+
+    for path in attributes.glob("web/score_threshold-*/**/*.parquet"):
+        table, meta = read_table(str(path))
+        if meta["spec"]["scorer"] == scorer:
+            return table.column("score").to_pylist()
+    raise AssertionError(f"no attribute set of {scorer}")
+
+
+def test_a_scorer_shipped_with_py_files_is_imported_by_the_driver_and_every_executor(spark, tmp_path, monkeypatch,
+                                                                                     capsys):
+    """A scorer module that exists only in a zip (and a .py) in tmp, on no PYTHONPATH: without
+    --py-files the manifest check says it cannot be imported; with it the build tags and mixes,
+    and the stored scores are the scorer's."""
+    manifest = _manifest(tmp_path)
+    (tmp_path / "code").mkdir()
+    with zipfile.ZipFile(tmp_path / "code" / "pyfiles_scorers.zip", "w") as zf:
+        zf.writestr("pyfiles_zip_scorer.py", _SCORER.format(scale=100))
+    (tmp_path / "code" / "pyfiles_py_scorer.py").write_text(_SCORER.format(scale=1000))
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the command puts the files on the driver's path
+    args = [manifest, "--out", str(tmp_path / "out"), "--attributes", str(tmp_path / "attrs"), "--quiet"]
+    try:
+        assert main(args) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            "build_mix: error: sources[0].filters[0].scorer: scorer 'pyfiles_zip_scorer:Scorer': module "
+            "'pyfiles_zip_scorer' cannot be imported: ModuleNotFoundError: No module named 'pyfiles_zip_scorer' "
+            "(filter 'score_threshold')"]
+        shipped = f"{tmp_path / 'code' / 'pyfiles_scorers.zip'},{tmp_path / 'code' / 'pyfiles_py_scorer.py'}"
+        assert main([*args, "--py-files", shipped]) == 0
+    finally:
+        for name in ("pyfiles_zip_scorer", "pyfiles_py_scorer"):
+            sys.modules.pop(name, None)
+    assert _scores(tmp_path / "attrs", "pyfiles_zip_scorer:Scorer") == [len(t) / 100 for t in TEXTS]
+    assert _scores(tmp_path / "attrs", "pyfiles_py_scorer:Scorer") == [len(t) / 1000 for t in TEXTS]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["output"]["tokens"] > 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("wrote 1 part(s), ")
+
+
+@pytest.mark.parametrize("given, said", [
+    ("{tmp}/none.zip", "--py-files {tmp}/none.zip: no such file"),
+    ("{tmp}/code", "--py-files {tmp}/code: is a directory; zip it (cd DIR && zip -r ../code.zip .) and give the zip"),
+    ("{tmp}/m.json", "--py-files {tmp}/m.json: not a .py, .zip or .egg file; zip a package's directory (cd DIR && "
+                     "zip -r ../code.zip .) and give the zip"),
+    ("s3://bucket/code.zip", "--py-files s3://bucket/code.zip: is a URL; give local .py, .zip or .egg files (the "
+                             "driver imports them before Spark starts)"),
+    (",", "--py-files: names no file; give comma-separated .py, .zip or .egg files"),
+    ("{tmp}/code.zip,{tmp}/code/code.zip", "--py-files: {tmp}/code.zip and {tmp}/code/code.zip have the same file "
+                                           "name, and Spark ships files by name; rename one"),
+], ids=["missing", "directory", "not-code", "url", "empty", "same-name"])
+def test_py_files_that_cannot_be_shipped_are_one_line(tmp_path, capsys, given, said):
+    """Each is named before Spark starts, in one line naming the flag."""
+    manifest = _manifest(tmp_path)
+    (tmp_path / "code").mkdir()
+    for path in (tmp_path / "code.zip", tmp_path / "code" / "code.zip"):
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("x.py", "")
+    path_before = list(sys.path)
+    assert main([manifest, "--out", str(tmp_path / "out"), "--py-files", given.format(tmp=tmp_path)], "tag") == 2
+    assert capsys.readouterr().err.splitlines() == [f"dolmino tag: error: {said.format(tmp=tmp_path)}"]
+    assert sys.path == path_before
+
+
+class _Conf:
+    def __init__(self, values: dict):
+        self.values = values
+
+    def get(self, key, default=None):
+        return self.values.get(key, default)
+
+
+class _Context:
+    """What ship_py_files asks of a SparkContext: its configuration, and addPyFile."""
+
+    def __init__(self, values: dict):
+        self.conf, self.added = _Conf(values), []
+
+    def getConf(self):  # noqa: N802 - SparkContext's name
+        return self.conf
+
+    def addPyFile(self, path):  # noqa: N802 - SparkContext's name
+        self.added.append(path)
+
+
+def test_py_files_that_spark_submit_shipped_already_are_not_added_again(tmp_path):
+    """`spark-submit --py-files code.zip dolmino/build_mix.py --py-files code.zip`: spark-submit
+    added the file already (its --files only as data: added as code); one of the same name from
+    another path would fail (local mode: "exists and does not match contents") once Spark
+    started: one line instead."""
+    from dolmino.build.cli import ship_py_files
+    from dolmino.errors import BuildError
+
+    code, other = str(tmp_path / "code.zip"), str(tmp_path / "b.py")
+    submitted = _Context({"spark.submit.pyFiles": code, "spark.files": f"file://{code}"})
+    ship_py_files(submitted, [code, other])
+    assert submitted.added == [other]
+    elsewhere = _Context({"spark.submit.pyFiles": "/elsewhere/code.zip", "spark.files": "file:///elsewhere/code.zip"})
+    with pytest.raises(BuildError, match=rf"^--py-files {code}: spark-submit ships /elsewhere/code.zip under the same "
+                                         r"file name code.zip; give one of them$"):
+        ship_py_files(elsewhere, [code])
+    plain = _Context({})
+    ship_py_files(plain, [code, other])
+    assert plain.added == [code, other]
+    as_data = _Context({"spark.files": f"file://{code}"})  # spark-submit --files code.zip: not on sys.path
+    ship_py_files(as_data, [code])
+    assert as_data.added == [code]
+
+
+def test_a_scorer_an_executor_cannot_import_names_py_files():
+    """With the scorer on the driver's PYTHONPATH only, a cluster's executors failed with "cannot be
+    imported" after the driver had imported it, which said nothing of how to ship it (a tester)."""
+
+    class PythonException(Exception):  # what a failed task raises on the driver, by name
+        pass
+
+    line = ("web.filters[0].scorer: scorer 'len_scorer:LengthScorer': module 'len_scorer' cannot be imported: "
+            "ModuleNotFoundError: No module named 'len_scorer' (filter 'score_threshold')")
+    said = executor_failure(PythonException(f"Traceback ...\ndolmino.errors.ManifestError: {line}\n"))
+    assert said == (f"in an executor: ManifestError: {line}; the driver imported it but the executors cannot: give "
+                    "its .py or .zip to --py-files, which ships it to every executor")
+    # a library the scorer imports is missing on the executors: their environment's, not --py-files'
+    other = line.replace("No module named 'len_scorer'", "No module named 'torch'")
+    said = executor_failure(PythonException(f"Traceback ...\ndolmino.errors.ManifestError: {other}\n"))
+    assert said == f"in an executor: ManifestError: {other}"
