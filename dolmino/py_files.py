@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import zipfile
 
 from dolmino.errors import BuildError
 from dolmino.manifest import expand_home
@@ -42,6 +43,9 @@ def py_files(value: str | None) -> list[str]:
                              "zip -r ../code.zip .) and give the zip")
         if not os.path.isfile(path):
             raise BuildError(f"--py-files {item}: no such file")
+        if not path.lower().endswith(".py") and not zipfile.is_zipfile(path):  # sys.path skips it: "cannot be imported"
+            raise BuildError(f"--py-files {item}: not a zip archive; zip a package's directory (cd DIR && zip -r "
+                             "../code.zip .) and give the zip")
         same = next((f for f in files if os.path.basename(f) == os.path.basename(path)), None)
         if same is not None and same != path:
             raise BuildError(f"--py-files: {same} and {path} have the same file name, and Spark ships files by name; "

@@ -300,11 +300,14 @@ def scorer_factory(scorer: str):
     module_name, sep, attr = scorer.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"scorer must be one of {sorted(SCORERS)} or 'module:callable', got {scorer!r}")
+    fresh = module_name not in sys.modules
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - whatever importing the user's module raises, it does not resolve
         raise ValueError(f"scorer {scorer!r}: module {module_name!r} cannot be imported: "
                          f"{type(exc).__name__}: {exc}") from None
+    if fresh:  # the code this process runs from now on, for check_scorer_code to tell an edit since
+        _LOADED_SOURCE[module_name] = _digest_text(_module_source(module))
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ValueError(f"scorer {scorer!r}: module {module_name!r} has no callable {attr!r}")
@@ -333,10 +336,21 @@ def _is_source(rel: str) -> bool:
 
 
 def _python_sources(root: str) -> list[str]:
-    """The Python source files under `root`, relative with '/', sorted."""
+    """The Python source files under `root`, relative with '/', sorted. A symlinked directory is
+    followed, as Python imports from it and `zip -r` stores its files (not one that holds the
+    directory it is in: a cycle)."""
+    def followed(directory: str, name: str) -> bool:
+        if name == "__pycache__" or name.startswith("."):
+            return False
+        path = os.path.join(directory, name)
+        if not os.path.islink(path):
+            return True
+        target, here = os.path.realpath(path), os.path.realpath(directory)
+        return here != target and not here.startswith(target.rstrip(os.sep) + os.sep)
+
     found = []
-    for directory, subdirs, files in os.walk(root):
-        subdirs[:] = [d for d in subdirs if d != "__pycache__" and not d.startswith(".")]
+    for directory, subdirs, files in os.walk(root, followlinks=True):
+        subdirs[:] = [d for d in subdirs if followed(directory, d)]
         found += [os.path.relpath(os.path.join(directory, f), root).replace(os.sep, "/") for f in files]
     return sorted(rel for rel in found if _is_source(rel))
 
@@ -393,13 +407,17 @@ def scorer_source(scorer: str) -> tuple[str, str] | None:
     same files in a directory on the driver and in a zip on the executors agree. Made on the
     driver for the set's key (`dolmino.build.tag.tag_plans`) and on each executor against it
     (`check_scorer_code`)."""
+    scorer_factory(scorer)  # imports the module (a ValueError naming the scorer when it does not import)
+    return _module_source(sys.modules[scorer.partition(":")[0]])
+
+
+def _module_source(module) -> tuple[str, str] | None:
+    """`scorer_source` of a module imported already."""
     import zipfile
     import zipimport
 
     from dolmino.checksums import sha256_file
 
-    scorer_factory(scorer)  # imports the module (a ValueError naming the scorer when it does not import)
-    module = sys.modules[scorer.partition(":")[0]]
     loader = getattr(module, "__loader__", None)
     try:
         if isinstance(loader, zipimport.zipimporter) and os.path.isfile(loader.archive):
@@ -416,7 +434,8 @@ def scorer_source(scorer: str) -> tuple[str, str] | None:
 
 
 # Spark reuses a Python worker for the session's later jobs, with the modules it imported: the
-# source digest of each scorer module when this process first used it, to tell an edit since.
+# source digest of each scorer module when this process imported it (`scorer_factory`: in a tag
+# task, or in a mix task that only decides from stored scores), to tell an edit since.
 _LOADED_SOURCE: dict[str, str | None] = {}
 
 
@@ -461,15 +480,19 @@ def check_scorer_code(scorer: str, expected: str) -> None:
         what = f"has SHA-256 {here[7:23]}..." if here else "cannot be found or read"
         raise BuildError(f"scorer {scorer!r}: its code on this executor ({socket.gethostname()}) {what}, the "
                          f"driver's has {expected[7:23]}...: every node must import the same code (ship it with "
-                         "spark-submit --py-files, or install the same version on every node), and it must not "
+                         "--py-files, or install the same version on every node), and it must not "
                          "change during the build")
-    loaded = _LOADED_SOURCE.setdefault(module_name, here)
-    if loaded == here:
-        return
     import zipimport
 
     module = sys.modules[module_name]
-    if isinstance(getattr(module, "__loader__", None), zipimport.zipimporter):
+    from_zip = isinstance(getattr(module, "__loader__", None), zipimport.zipimporter)
+    # Not recorded: imported by another module of its package, not by `scorer_factory`, so which
+    # code it runs is unknown and it is imported again; Spark's copy of a zip does not change.
+    loaded = _LOADED_SOURCE.get(module_name, here if from_zip else None)
+    if loaded == here:
+        _LOADED_SOURCE[module_name] = here
+        return
+    if from_zip:
         raise BuildError(f"scorer {scorer!r}: this Python worker imported it from a zip before the zip changed (a "
                          "Spark session used again after the edit): stop the session and start a new one")
     _forget_module(module)

@@ -1018,7 +1018,7 @@ def test_an_executor_that_imports_other_scorer_code_than_the_driver_is_refused(s
     assert len(errors) == 1 and re.fullmatch(
         r"dolmino tag: error: in an executor: BuildError: scorer 'skewed_length_scorer:LengthScore': its code on this "
         rf"executor \(.+\) has SHA-256 {digest['executor']}\.\.\., the driver's has {digest['driver']}\.\.\.: every "
-        r"node must import the same code \(ship it with spark-submit --py-files, or install the same version on every "
+        r"node must import the same code \(ship it with --py-files, or install the same version on every "
         r"node\), and it must not change during the build", errors[0]), errors
     assert not list((tmp_path / "a").glob("web/score_threshold-*/**/*.parquet"))
 

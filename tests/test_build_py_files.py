@@ -83,13 +83,19 @@ def test_a_scorer_shipped_with_py_files_is_imported_by_the_driver_and_every_exec
     ("s3://bucket/code.zip", "--py-files s3://bucket/code.zip: is a URL; give local .py, .zip or .egg files (the "
                              "driver imports them before Spark starts)"),
     (",", "--py-files: names no file; give comma-separated .py, .zip or .egg files"),
+    ("{tmp}/code.py,{tmp}/bad.egg", "--py-files {tmp}/bad.egg: not a zip archive; zip a package's directory (cd DIR "
+                                    "&& zip -r ../code.zip .) and give the zip"),
     ("{tmp}/code.zip,{tmp}/code/code.zip", "--py-files: {tmp}/code.zip and {tmp}/code/code.zip have the same file "
                                            "name, and Spark ships files by name; rename one"),
-], ids=["missing", "directory", "not-code", "url", "empty", "same-name"])
+], ids=["missing", "directory", "not-code", "url", "empty", "not-a-zip", "same-name"])
 def test_py_files_that_cannot_be_shipped_are_one_line(tmp_path, capsys, given, said):
-    """Each is named before Spark starts, in one line naming the flag."""
+    """Each is named before Spark starts, in one line naming the flag. A .zip or .egg that is no zip
+    archive (an LFS pointer, a tarball renamed) was put on sys.path, which skips it: the scorer
+    "cannot be imported", the file unnamed (found by a tester)."""
     manifest = _manifest(tmp_path)
     (tmp_path / "code").mkdir()
+    (tmp_path / "code.py").write_text("")
+    (tmp_path / "bad.egg").write_text("version https://git-lfs.github.com/spec/v1\n")
     for path in (tmp_path / "code.zip", tmp_path / "code" / "code.zip"):
         with zipfile.ZipFile(path, "w") as zf:
             zf.writestr("x.py", "")

@@ -706,3 +706,83 @@ def test_a_scorers_digest_names_its_code_not_whether_it_came_from_a_directory_or
         assert edited[0] == from_tree[0] and edited[1] != from_tree[1]  # the helper's edit: the package's digest
     finally:
         forget()
+
+
+@pytest.mark.parametrize("imported_by", ["filter", "package"])
+def test_a_worker_that_imported_a_scorer_to_mix_and_tags_after_an_edit_scores_with_the_new_code(tmp_path,
+                                                                                                monkeypatch,
+                                                                                                imported_by):
+    """A Spark Python worker imports a scorer wherever it builds the filter: a mix task that only
+    decides from stored scores (`dolmino.build.pool.pool_bundle`) too. The tag check took its
+    first sight of the files as the code the worker ran: a notebook that mixed, edited a helper
+    of its scorer and tagged again stored the old code's scores under the new code's key (found
+    by a tester). The code is recorded when it is imported, so the tag imports it again; a module
+    imported otherwise (by its package's other modules) is imported again, its code unknown."""
+    import importlib
+
+    from filters import quality
+    from filters.registry import build_filter
+
+    pkg = tmp_path / "mixed_then_tagged_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "helper.py").write_text("SCALE = 100\n")
+    (pkg / "scorer.py").write_text(_SCORER_CODE.format(helper="from mixed_then_tagged_pkg.helper import SCALE",
+                                                       scale="SCALE"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(quality, "_LOADED_SOURCE", {})
+    spec = {"type": "score_threshold", "scorer": "mixed_then_tagged_pkg.scorer:Scorer", "min_score": 0.0}
+    docs = [{"text": "x" * 50}]
+    try:
+        if imported_by == "filter":
+            assert build_filter(spec).tag(docs)["score"].tolist() == [0.5]  # the mix task's import
+        else:
+            importlib.import_module("mixed_then_tagged_pkg.scorer")
+        (pkg / "helper.py").write_text("SCALE = 1000\n")  # another size: no stale .pyc
+        keyed = f"sha256:{quality.scorer_source(spec['scorer'])[1]}"  # the driver's key for the edited code
+        tagging = build_filter(spec)  # as `dolmino.build.tag.tag_bundle`: build, check, score
+        tagging.check_source(keyed)
+        assert tagging.tag(docs)["score"].tolist() == [0.05]
+    finally:
+        for name in [n for n in sys.modules if n.startswith("mixed_then_tagged_pkg")]:
+            sys.modules.pop(name)
+
+
+def test_a_scorer_package_with_a_symlinked_subpackage_is_hashed_with_its_files(tmp_path, monkeypatch):
+    """Python imports a package's symlinked subdirectory, and `zip -r` stores its files, but the
+    directory's digest left them out: the same code on the driver's PYTHONPATH and in a
+    --py-files zip had two digests (the executors' check refused it), and an edit of a helper in
+    it was not noticed (found by a tester). A link to a directory holding its own is not followed."""
+    import zipfile
+
+    from filters.quality import scorer_source
+
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "__init__.py").write_text("")
+    (tmp_path / "shared" / "helper.py").write_text("SCALE = 100\n")
+    pkg = tmp_path / "tree" / "symlinked_sub_pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "scorer.py").write_text(_SCORER_CODE.format(helper="from symlinked_sub_pkg.shared.helper import SCALE",
+                                                       scale="SCALE"))
+    (pkg / "shared").symlink_to(tmp_path / "shared", target_is_directory=True)
+    (pkg / "loop").symlink_to(tmp_path / "tree", target_is_directory=True)  # a cycle: not followed
+    with zipfile.ZipFile(tmp_path / "code.zip", "w") as zf:  # as `zip -r code.zip symlinked_sub_pkg/`
+        for rel in ("__init__.py", "scorer.py", "shared/__init__.py", "shared/helper.py"):
+            zf.write(pkg / rel, f"symlinked_sub_pkg/{rel}")
+
+    def digest(entry) -> str:
+        for name in [n for n in sys.modules if n.startswith("symlinked_sub_pkg")]:
+            sys.modules.pop(name)
+        with monkeypatch.context() as m:
+            m.syspath_prepend(str(entry))
+            return scorer_source("symlinked_sub_pkg.scorer:Scorer")[1]
+
+    try:
+        from_tree = digest(tmp_path / "tree")
+        assert digest(tmp_path / "code.zip") == from_tree
+        (tmp_path / "shared" / "helper.py").write_text("SCALE = 1000\n")
+        assert digest(tmp_path / "tree") != from_tree
+    finally:
+        for name in [n for n in sys.modules if n.startswith("symlinked_sub_pkg")]:
+            sys.modules.pop(name)

@@ -78,8 +78,9 @@ def parse_args(argv: list[str] | None, phase: str) -> argparse.Namespace:
                             help="replace a complete build of another manifest or budget in --out, which is "
                                  "refused otherwise; the same manifest and budget again need no flag (a rerun keeps "
                                  "the parts whose inputs and settings did not change)")
-    parser.add_argument("--locked", action="store_true", help="refuse to build if any input, model, index or the "
-                                                              "tokenizer differs from the manifest's lock (dolmino lock)")
+    parser.add_argument("--locked", action="store_true", help="refuse to build if any input, model, index, custom "
+                                                              "scorer's code or the tokenizer differs from the "
+                                                              "manifest's lock (dolmino lock)")
     parser.add_argument("--lockfile", default=None, type=local_path,
                         help="the lock for --locked (default: MANIFEST.lock.json beside the manifest)")
     args = parser.parse_args(argv, argparse.Namespace(prog=prog))
