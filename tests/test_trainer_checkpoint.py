@@ -179,28 +179,36 @@ def test_files_fingerprint_tells_copies_from_other_weights(tmp_path):
     assert files_fingerprint(hub) == files_fingerprint(a)
 
 
-def _two_ranks_worker(rank: int, store: str, data: list, resume: list, out: str) -> None:
+def _two_ranks_worker(rank: int, store: str, data: list, resume: list, out: str, train: dict) -> None:
+    from datetime import timedelta
+
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    # A collective the other rank never joins fails in a minute, not gloo's 30: a hang fails the test.
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))
     env = DistEnv(rank=rank, local_rank=rank, world_size=2, device=torch.device("cpu"))
     try:
-        Trainer(make_run(Path(data[rank])), env, Path(out) / f"run{rank}", resume=resume[rank], log=quiet)
+        Trainer(make_run(Path(data[rank]), **train), env, Path(out) / f"run{rank}", resume=resume[rank], log=quiet)
         outcome = "ok"
     except ValueError as exc:
         outcome = str(exc)
     finally:
+        # both ranks done before either tears gloo down: a peer's closed connection seen by gloo's
+        # own thread aborted a rank now and then ("terminate called without an active exception")
+        dist.barrier()
         dist.destroy_process_group()
     Path(f"{out}/outcome{rank}").write_text(outcome)
 
 
-def _two_ranks(tmp_path, data: list, resume: list) -> list[str]:
+def _two_ranks(tmp_path, data: list, resume: list, **train) -> list[str]:
+    """What a Trainer built on each of 2 gloo ranks said ("ok", or its ValueError); `train`: TrainConfig fields."""
     import torch.multiprocessing as mp
 
     out = tmp_path / f"ranks-{len(list(tmp_path.glob('ranks-*')))}"
     out.mkdir()
     mp.spawn(_two_ranks_worker, args=(str(out / "store"), [str(d) for d in data],
-                                      [None if r is None else str(r) for r in resume], str(out)), nprocs=2)
+                                      [None if r is None else str(r) for r in resume], str(out), train), nprocs=2)
     return [(out / f"outcome{rank}").read_text() for rank in (0, 1)]
 
 
@@ -227,6 +235,26 @@ def test_ranks_that_read_different_data_or_checkpoints_stop(tmp_path):
     assert all("ranks resumed from different checkpoints: steps 1..2" in o for o in older)
     reseeded = _two_ranks(tmp_path, [same, same], [step2, tmp_path / "s6-2" / "step000002"])
     assert all("steps 2..2" in o and "different files" in o for o in reseeded)
+
+
+@pytest.mark.parametrize("damaged", [MODEL_FILE, OPTIM_FILE])
+def test_a_checkpoint_damaged_on_one_node_stops_every_fsdp_rank(tmp_path, damaged):
+    """Loading a checkpoint into an FSDP model is collective (rank 0 scatters each tensor): a model.pt
+    or optim.pt that one node's copy could not read left the other ranks in that scatter and the
+    node in the ranks' agreement, a hang until gloo's timeout (found by a tester). The ranks agree
+    that every copy was read before loading: that node names its file, the others another rank."""
+    import shutil
+
+    data = make_data(tmp_path / "data")
+    Trainer(make_run(data, max_steps=2, save_interval=1), CPU, tmp_path / "run", log=quiet).fit()
+    nodes = [tmp_path / f"node{rank}" for rank in (0, 1)]  # each node's own copy of --save-dir
+    for node in nodes:
+        shutil.copytree(tmp_path / "run", node)
+    file = nodes[1] / "step000002" / damaged
+    file.write_bytes(file.read_bytes()[:1000])  # an interrupted copy
+    said = _two_ranks(tmp_path, [data, data], nodes, fsdp=True)
+    assert said[0] == f"rank 0: another rank could not load {nodes[0] / 'step000002'}; its error says why", said
+    assert said[1].startswith(f"{file} cannot be read (") and "--resume " + str(nodes[1] / "step000001") in said[1]
 
 
 def test_rng_state_round_trip():

@@ -831,8 +831,10 @@ def _startup_worker(rank: int, port: int, data: list, save_dir: str, out: str, r
     import contextlib
     import os
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    if resume:  # each rank resumes its own --save-dir: two nodes of one rank each
+        os.environ.update(LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
     from trainer.run import main
 
     with open(f"{out}.{rank}.err", "w") as err, contextlib.redirect_stderr(err):
@@ -887,7 +889,10 @@ def test_a_failed_start_up_check_on_one_rank_stops_every_rank_with_a_line(data_d
     assert codes == [2, 2], errs
     assert errs[0].strip().endswith("error: rank 0: another rank's start-up checks failed; its error says why"), errs
     reason = {"partial": "is the copy incomplete?", "empty": "no token files (*.npy) found in",
-              "cut": "bytes is not a whole number of uint32 tokens", "no-checkpoint": "no checkpoint at"}[copy]
+              "cut": "bytes is not a whole number of uint32 tokens",
+              "no-checkpoint": f"no checkpoint at {tmp_path / 'run1'} (expected model.pt + config.json, or a save dir "
+                               "with step*/ checkpoints); rank 0 alone writes checkpoints, so a node that does not "
+                               "share --save-dir with it needs a copy of the checkpoint to resume there"}[copy]
     assert reason in errs[1] and errs[1].count("\n") == 1, errs
     assert resume or not (tmp_path / "run0").exists()  # nothing was started
 

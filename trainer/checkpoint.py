@@ -593,21 +593,40 @@ def resumable_checkpoint(path: str | Path) -> Path:
     raise FileNotFoundError(f"{path} holds weights only (no {STATE_FILE}, e.g. a soup); it cannot be resumed")
 
 
+def read_checkpoint(path: str | Path, optimizer: bool = True) -> dict:
+    """The files of checkpoint `path` read onto the CPU, touching no model: {"path", "model", "optim"
+    (None without `optimizer`), "train_state"}. Reading is this process's own; loading into an FSDP
+    model is collective (each tensor scattered from rank 0), so ranks read first and agree that every
+    copy was readable before any of them loads: a model.pt damaged on one node left the others inside
+    that scatter and the damaged node in the agreement, a hang (found by a tester).
+
+    The weights and the optimizer's moments are memory-mapped (read from disk when the load
+    touches them): both are held until the load, and read whole on every rank they were ~3x the
+    model's fp32 size of host memory per rank at once (a 7B model: ~84 GB each of 8 ranks), where
+    mapped they are the node's page cache, shared. A file cut short fails here all the same (its
+    zip directory, at the end, is gone)."""
+    path = resumable_checkpoint(path)
+    advice = resume_advice(path)
+    return {"path": path, "model": load_torch_file(path / MODEL_FILE, advice, mmap=True),
+            "optim": load_torch_file(path / OPTIM_FILE, advice, mmap=True) if optimizer else None,
+            "train_state": load_torch_file(path / STATE_FILE, advice)}
+
+
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    restore_rng: bool = True) -> dict:
+                    restore_rng: bool = True, read: dict | None = None) -> dict:
     """Load weights (and optimizer state) into live objects; returns the train state dict.
+    `read`: what `read_checkpoint(path)` returned, where the caller read the files already.
 
     The optimizer keeps its param groups' settings (weight decay, betas, eps), which the current
     config set; only the moments and step counts come from the checkpoint, as in OLMo-core. torch
     restores the saved settings over them: a resume with another --weight-decay logged and
     recorded the new value and went on with the old one (found by a reviewer)."""
-    path = resumable_checkpoint(path)
+    read = read or read_checkpoint(path, optimizer is not None)
+    path = read["path"]
     options = StateDictOptions(full_state_dict=True)
-    advice = resume_advice(path)
-    model_sd = load_torch_file(path / MODEL_FILE, advice)
-    set_model_state_dict(model, model_sd, options=options)
+    set_model_state_dict(model, read["model"], options=options)
     if optimizer is not None:
-        optim_sd = load_torch_file(path / OPTIM_FILE, advice)
+        optim_sd = read["optim"]
         settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
         known = {k for group in settings for k in group}
         # Keys the optimizer lacks are dropped: the "names" lists of checkpoints written before
@@ -617,7 +636,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         set_optimizer_state_dict(model, optimizer, optim_sd, options=options)
         for group, setting in zip(optimizer.param_groups, settings):
             group.update(setting)
-    train_state = load_torch_file(path / STATE_FILE, advice)
+    train_state = read["train_state"]
     if restore_rng:
         restore_rng_state(train_state["rng"])
     train_state["path"] = str(path)

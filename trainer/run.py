@@ -329,6 +329,14 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, CheckpointFormatError) as exc:  # none there, or the newest one is damaged:
             # raised in the start-up checks, which the ranks agree on
             resume_from, found, resume_missing = resume, False, exc
+            multi_node = launched_world_size() > int(os.environ.get("LOCAL_WORLD_SIZE", launched_world_size()))
+            if (args.resume == "latest" and multi_node and isinstance(exc, FileNotFoundError)
+                    and not any(resume.glob("step*"))):
+                # a node that does not share --save-dir with rank 0's, which alone saves: said "no checkpoint at"
+                # and nothing of why, the first resume of a run on nodes without shared storage (a tester)
+                resume_missing = FileNotFoundError(f"{exc}; rank 0 alone writes checkpoints, so a node that does not "
+                                                   "share --save-dir with it needs a copy of the checkpoint to resume "
+                                                   "there (README \"Training\")")
         try:
             taken = init_from_resumed(args, resume_from) if found else None
         except ValueError as exc:

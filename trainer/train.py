@@ -42,8 +42,8 @@ import torch
 import torch.nn as nn
 
 from trainer.checkpoint import (
-    CONFIG_FILE, STATE_FILE, Checkpointer, files_fingerprint, load_checkpoint, load_json_file, resolve_checkpoint,
-    resume_advice,
+    CONFIG_FILE, STATE_FILE, Checkpointer, files_fingerprint, load_checkpoint, load_json_file, read_checkpoint,
+    resolve_checkpoint, resume_advice,
 )
 from trainer.config import ModelConfig, RunConfig, TrainConfig
 from trainer.data import DataLoader, MemmapDataset
@@ -206,8 +206,9 @@ class Trainer:
         saved = check_resume_model(path, self.run.model)
         for change in recipe_changes(saved.get("train"), self.run.train):
             self.log(f"warning: resuming with a different recipe than {path.name}: {change}")
+        read = self._read_agreed(path)
         try:
-            state = load_checkpoint(path, self.model, self.optimizer)
+            state = load_checkpoint(path, self.model, self.optimizer, read=read)
             # The data position (epoch, cursor) indexes the order drawn from the checkpoint's seed; a new
             # seed mid-epoch would repeat some instances and skip others. So the checkpoint's order goes on
             # (the loader state carries its seed), with a warning as for the recipe changes above, and the
@@ -228,26 +229,47 @@ class Trainer:
             if not self.env.distributed:
                 raise
             failed = exc
-        # Every rank read a checkpoint of its own (rank 0 alone writes them): on nodes that do
-        # not share --save-dir, a node may hold an older one. Ranks with different weights would
-        # train on silently (DDP broadcast rank 0's parameters only when it wrapped the model).
-        # The same collective tells every rank whether any failed to load it (a damaged model.pt).
-        files = files_fingerprint(path) if self.env.distributed else 0
+        # The ranks loaded the same files (agreed above); whether any failed to is agreed too.
         said = 0 if failed is None else zlib.crc32(f"{type(failed).__name__}: {failed}".encode())
-        low, high = ranks_agree([int(failed is not None), said, self.step, self.tokens_seen, self.loader.cursor,
-                                 files], self.env)
+        low, high = ranks_agree([int(failed is not None), said], self.env)
+        if high[0]:
+            raise ResumeFailed(self.env.rank, path, failed, same_everywhere=low == high) from failed
+        self.log(f"resumed from {path} at step {self.step} (epoch {self.loader.epoch}, instance cursor "
+                 f"{self.loader.cursor})")
+        if self.env.is_main:
+            self._trim_metrics()
+
+    def _read_agreed(self, path: Path) -> dict:
+        """`read_checkpoint(path)` on this rank, which the ranks then agree on before any loads it.
+
+        Every rank reads a checkpoint of its own (rank 0 alone writes them): on nodes that do not
+        share --save-dir, a node may hold a damaged copy or an older one. Loading into an FSDP model
+        is collective (rank 0 scatters each tensor), so a rank whose model.pt or optim.pt could not
+        be read left the others waiting in that scatter while it waited in the agreement: a hang
+        (found by a tester). Ranks with different weights would train on silently (DDP broadcast
+        rank 0's parameters only when it wrapped the model). So one collective, before the load,
+        tells every rank whether any failed to read its copy and whether the copies are one."""
+        try:
+            read = read_checkpoint(path)
+            state = read["train_state"]
+            held = [int(state["step"]), int(state.get("tokens_seen", 0)), int(state["data"]["cursor"]),
+                    files_fingerprint(path) if self.env.distributed else 0]
+            failed = None
+        except Exception as exc:  # noqa: BLE001 - every rank reaches the agreement below; re-raised after it
+            if not self.env.distributed:
+                raise
+            read, held, failed = None, [0, 0, 0, 0], exc
+        said = 0 if failed is None else zlib.crc32(f"{type(failed).__name__}: {failed}".encode())
+        low, high = ranks_agree([int(failed is not None), said, *held], self.env)
         if high[0]:
             raise ResumeFailed(self.env.rank, path, failed, same_everywhere=low[:2] == high[:2]) from failed
         low, high = low[2:], high[2:]
         if low != high:
             raise RanksDisagree(f"ranks resumed from different checkpoints: steps {low[0]}..{high[0]}, tokens seen "
-                             f"{low[1]:,}..{high[1]:,}, {'different' if low[3] != high[3] else 'the same'} files "
-                             f"(this rank: {path}); put --save-dir (or --resume's checkpoint) on a filesystem "
-                             "every node sees")
-        self.log(f"resumed from {path} at step {self.step} (epoch {self.loader.epoch}, instance cursor "
-                 f"{self.loader.cursor})")
-        if self.env.is_main:
-            self._trim_metrics()
+                                f"{low[1]:,}..{high[1]:,}, {'different' if low[3] != high[3] else 'the same'} files "
+                                f"(this rank: {path}); put --save-dir (or --resume's checkpoint) on a filesystem "
+                                "every node sees")
+        return read
 
     def _trim_metrics(self) -> None:
         """Drop metrics.jsonl's rows past the resumed step: a run killed after its last
