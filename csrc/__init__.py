@@ -61,8 +61,11 @@ def _use_native(backend: str) -> bool:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "native" and _NATIVE is None:
-        raise RuntimeError(f"the csrc._native extension is not available ({_NATIVE_ERROR}); reinstall with "
-                           f"`pip install --no-build-isolation -e .` after torch, or use backend='fallback'")
+        # Under DOLMINO_NATIVE=0 it said to reinstall an extension that was only switched off (found by a tester).
+        remedy = ("unset DOLMINO_NATIVE" if (_NATIVE_ERROR or "").startswith("disabled by")
+                  else "reinstall with `pip install --no-build-isolation -e .` after torch")
+        raise RuntimeError(f"the csrc._native extension is not available ({_NATIVE_ERROR}); {remedy}, or use the "
+                           f"fallback backend (`dolmino validate --backend fallback`, backend='fallback')")
     return backend != "fallback" and _NATIVE is not None
 
 

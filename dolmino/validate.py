@@ -156,7 +156,10 @@ def _read_sidecar(part: PartResult, sidecar: Path) -> tuple[np.ndarray, np.ndarr
     try:
         table = pacsv.read_csv(
             pa.BufferReader(data),
-            read_options=pacsv.ReadOptions(column_names=list(SIDECAR_FIELDS)),
+            # one thread: pyarrow's CSV pool of several, still shutting down at interpreter exit, aborted a
+            # finished validate now and then ("terminate called without an active exception", exit 134: a
+            # tester, under load; apache/arrow#34314); a sidecar is small, one thread reads it in milliseconds
+            read_options=pacsv.ReadOptions(column_names=list(SIDECAR_FIELDS), use_threads=False),
             convert_options=pacsv.ConvertOptions(column_types={
                 "start": pa.int64(), "end": pa.int64(), "id": pa.string(), "src": pa.string(), "loc": pa.string()}),
         )

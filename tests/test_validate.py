@@ -225,6 +225,16 @@ def test_empty_part_is_valid(tmp_path, capsys):
     assert "holds no tokens (its parts are empty files): nothing to train on" in capsys.readouterr().err + out
 
 
+def test_backend_native_under_dolmino_native_0_says_unset_it(build, capsys, monkeypatch):
+    """`DOLMINO_NATIVE=0 dolmino validate --backend native` told the user to reinstall an extension
+    that was only switched off, and named the API's backend='fallback', not the flag (a tester)."""
+    monkeypatch.setattr(csrc, "_NATIVE", None)
+    monkeypatch.setattr(csrc, "_NATIVE_ERROR", "disabled by DOLMINO_NATIVE=0")
+    code, out = _run(build, capsys, "native")
+    assert code == 2 and "unset DOLMINO_NATIVE" in out and "--backend fallback" in out
+    assert "reinstall" not in out
+
+
 # --- EOS inside a document's span --------------------------------------------------------
 
 def _set_tokens(part, offsets, value):
