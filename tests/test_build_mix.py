@@ -217,6 +217,84 @@ def test_mix_on_stored_attributes_copies_the_quarantine(built, inputs, spark, tm
     assert web["quarantined"] == {"invalid_utf8": 1, "malformed_json": 1, "missing_text": 1}
 
 
+def test_the_pool_stage_of_a_mix_runs_two_spark_jobs(built, inputs, spark, tmp_path):
+    """The units' accounts, the duplicate ids and exact dedup's losers come from one shuffle, the
+    pool's bucket totals from a second job: as four jobs (18 tasks on bench_scale's pool) the
+    stage paid Spark's per-job and per-task costs twice over, ~0.15 core-s of every mix."""
+    out, report = built
+    store = spark.sparkContext._jsc.sc().statusStore()
+
+    def groups() -> dict[int, str]:
+        listed = store.jobsList(None)
+        jobs = (listed.apply(i) for i in range(listed.size()))
+        return {job.jobId(): job.jobGroup().get() if job.jobGroup().isDefined() else "" for job in jobs}
+
+    before = groups()
+    mixed = build(manifest_from_dict(_manifest(inputs)), BUDGET, str(tmp_path / "again"), spark,
+                  attributes=report["attributes"], phase="mix")
+    ran = [group.split("#")[0] for job_id, group in groups().items() if job_id not in before]
+    assert ran.count("pool") == 2, ran
+    assert _digest(tmp_path / "again") == _digest(out)
+    assert [s["duplicate_ids"] for s in mixed["sources"]] == [s["duplicate_ids"] for s in report["sources"]]
+    assert [s["removed"] for s in mixed["sources"]] == [s["removed"] for s in report["sources"]]
+
+
+def test_greedy_fills_take_their_members_from_the_tokenize_rounds(built, inputs, spark, tmp_path):
+    """A greedy fill (a pool of at most 250,000 documents) chooses among every tokenized document of
+    its source: the rounds' summaries carry their (hash, tokens), where a "cut" job read every
+    tokenized document back from Spark's storage for them (~0.15-0.2 core-s a mix on bench_scale's
+    pool); the documents chosen are the same."""
+    out, report = built
+    assert all(s["selection"]["greedy"] for s in report["sources"])
+    mixed = build(manifest_from_dict(_manifest(inputs)), BUDGET, str(tmp_path / "again"), spark,
+                  attributes=report["attributes"], phase="mix")
+    assert "cut" not in mixed["run"]["stages"], list(mixed["run"]["stages"])
+    assert _digest(tmp_path / "again") == _digest(out)
+    assert [s["output_tokens"] for s in mixed["sources"]] == [s["output_tokens"] for s in report["sources"]]
+
+
+def test_cuts_within_a_bucket_and_greedy_fills_in_one_mix(built, inputs, spark, tmp_path, monkeypatch):
+    """Sources over the small-pool limit are cut within one hash bucket, from a "cut" job that scans
+    the tokenized documents again; the greedy ones beside them take their members from the rounds."""
+    import dolmino.build.select as select
+
+    out, report = built
+    monkeypatch.setattr(select, "SMALL_SOURCE_DOCS", 150)
+    mixed = build(manifest_from_dict(_manifest(inputs)), BUDGET, str(tmp_path / "a"), spark,
+                  attributes=report["attributes"], phase="mix")
+    greedy = {s["name"]: s["selection"]["greedy"] for s in mixed["sources"]}
+    assert "cut" in mixed["run"]["stages"] and set(greedy.values()) == {True, False}, greedy
+    _, rows = read_mix(tmp_path / "a")
+    for s in mixed["sources"]:
+        docs = [len(t) + 1 for _, src, _, t in rows if src == s["name"]]
+        assert s["output_tokens"] == sum(docs) and abs(sum(docs) - s["target_tokens"]) <= max(docs), s["name"]
+    build(manifest_from_dict(_manifest(inputs)), BUDGET, str(tmp_path / "b"), spark,
+          attributes=report["attributes"], phase="mix")
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b") != _digest(out)
+
+
+def test_a_mix_that_tags_nothing_broadcasts_no_tag_context(built, inputs, spark, tmp_path, monkeypatch):
+    """The tag stage's context holds the tokenizer (2.6 MB pickled): broadcast by every mix that
+    tagged nothing, the JVM compressed and stored it for no task."""
+    from pyspark import SparkContext
+
+    from dolmino.build.tag import TagContext
+
+    out, report = built
+    broadcast = SparkContext.broadcast
+    sent: list[str] = []
+
+    def spy(self, value):
+        sent.append(type(value).__name__)
+        return broadcast(self, value)
+
+    monkeypatch.setattr(SparkContext, "broadcast", spy)
+    build(manifest_from_dict(_manifest(inputs)), BUDGET, str(tmp_path / "again"), spark,
+          attributes=report["attributes"], phase="mix")
+    assert sent and TagContext.__name__ not in sent, sent
+    assert _digest(tmp_path / "again") == _digest(out)
+
+
 def _digest(out: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(out.iterdir()) if p.is_file() and p.name.startswith("part-")}

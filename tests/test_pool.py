@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from dolmino.build.pool import PoolBlock, bucket_range, bucket_totals, candidates, dedup
+from dolmino.build.pool import PoolBlock, bucket_range, bucket_totals, candidates, summarize
 from dolmino.build.spark import parallelize_pickled
 from mixers.sampling import bucket_of
 
@@ -89,7 +89,8 @@ def test_columnar_dedup_matches_the_per_document_rule_and_keeps_the_task_layout(
     task_of = {b.bundle_index: b.bundle_index % tasks for b in blocks}
     per_task = [[b for b in blocks if task_of[b.bundle_index] == t] for t in range(tasks)]
     rdd = parallelize_pickled(sc, per_task).flatMap(lambda bs: bs)
-    eligible, removed, held = dedup(sc, rdd, sources, sc.broadcast(task_of), tasks)
+    summary = summarize(sc, rdd, sources, sc.broadcast(task_of), tasks)
+    eligible, removed, held = summary.blocks, summary.removed, summary.held
     layout = eligible.mapPartitionsWithIndex(lambda i, it: [(i, b) for b in it]).collect()
     for rdd_ in held:
         rdd_.unpersist()
@@ -108,7 +109,8 @@ def test_columnar_dedup_matches_the_per_document_rule_and_keeps_the_task_layout(
     # the same input partitioned otherwise (tasks reversed): the same survivors
     flipped = {bi: tasks - 1 - t for bi, t in task_of.items()}
     rdd2 = parallelize_pickled(sc, per_task[::-1]).flatMap(lambda bs: bs)
-    again, removed2, held2 = dedup(sc, rdd2, sources, sc.broadcast(flipped), tasks)
+    summary2 = summarize(sc, rdd2, sources, sc.broadcast(flipped), tasks)
+    again, removed2, held2 = summary2.blocks, summary2.removed, summary2.held
     assert removed2 == removed
     assert sorted((int(u), int(ln)) for b in again.collect() for u, ln in zip(b.unit, b.line)) == sorted(kept)
     for rdd_ in held2:
@@ -119,7 +121,7 @@ def test_bucket_totals_and_round_candidates(spark):
     sc = spark.sparkContext
     _sources, docs, blocks = _world(seed=1)
     rdd = parallelize_pickled(sc, [blocks[:10], blocks[10:]]).flatMap(lambda bs: bs)
-    totals = bucket_totals(rdd)
+    totals = bucket_totals(rdd, 3)
     expected: dict[int, dict[int, list[int]]] = {}
     for d in docs:
         entry = expected.setdefault(d["si"], {}).setdefault(bucket_of(d["hash"]), [0, 0])
@@ -141,7 +143,7 @@ def test_bucket_totals_and_round_candidates(spark):
 def test_duplicate_ids_counts_repeats_per_source_across_units(spark):
     from collections import Counter
 
-    from dolmino.build.pool import UnitIds, duplicate_ids
+    from dolmino.build.pool import UnitIds
 
     rng = random.Random(2)
     ids = [UnitIds(u % 3, np.asarray([rng.randrange(50 if u % 3 else 10**9) for _ in range(rng.randint(0, 40))],
@@ -152,4 +154,75 @@ def test_duplicate_ids_counts_repeats_per_source_across_units(spark):
         if sum(c - 1 for c in counts.values()):
             expected[si] = sum(c - 1 for c in counts.values())
     assert expected.get(1) and expected.get(2)  # the planted repeats exist
-    assert duplicate_ids(spark.sparkContext, spark.sparkContext.parallelize(ids, 4)) == expected
+    sc = spark.sparkContext
+    no_dedup = [SimpleNamespace(dedup=SimpleNamespace(exact=False, minhash=None))] * 3
+    summary = summarize(sc, sc.parallelize(ids, 4), no_dedup, sc.broadcast({}), 1)
+    assert summary.duplicate_ids == expected
+    for rdd in summary.held:
+        rdd.unpersist()
+
+
+def test_one_spark_job_sums_the_units_accounts_duplicate_ids_and_exact_dedup(spark):
+    """The pool tasks' records of every kind go through one shuffle: the units' accounts (in unit
+    order, as the report merges them), the duplicate ids and exact dedup's removals come from one
+    Spark job, where they took three (each paying Spark's per-job and per-task costs again)."""
+    from collections import Counter
+
+    from dolmino.build.pool import UnitIds, UnitPool
+    from dolmino.build.spark import job_count
+
+    sc = spark.sparkContext
+    sources, docs, blocks = _world(seed=3)
+    sources = [SimpleNamespace(dedup=SimpleNamespace(exact=s.dedup.exact, minhash=None)) for s in sources]
+    rng = random.Random(3)
+    tasks = 3
+    task_of = {b.bundle_index: b.bundle_index % tasks for b in blocks}
+    per_task: list[list] = [[] for _ in range(tasks)]
+    ids_of: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    for block in blocks:
+        ids = [rng.randrange(40) for _ in range(block.size)]
+        ids_of[block.source_index] += ids
+        per_task[task_of[block.bundle_index]] += [
+            *(UnitPool(int(u), block.source_index, {"docs_in": int((block.unit == u).sum())}, {})
+              for u in np.unique(block.unit).tolist()),
+            block, UnitIds(block.source_index, np.asarray(ids, dtype="<u8").tobytes())]
+    records = parallelize_pickled(sc, per_task).flatMap(lambda rs: rs)
+    records.persist()
+
+    jobs = job_count(sc)
+    summary = summarize(sc, records, sources, sc.broadcast(task_of), tasks)
+    assert job_count(sc) - jobs == 1
+    kept = [(int(u), int(ln)) for b in summary.blocks.collect() for u, ln in zip(b.unit, b.line)]
+    for rdd in [records, *summary.held]:
+        rdd.unpersist()
+
+    units = [up.unit_index for up in summary.unit_pools]
+    assert units == sorted({d["unit"] for d in docs})
+    assert [up.stats["docs_in"] for up in summary.unit_pools] == [sum(d["unit"] == u for d in docs) for u in units]
+    repeats = {si: sum(c - 1 for c in Counter(ids).values()) for si, ids in ids_of.items()}
+    assert summary.duplicate_ids == {si: n for si, n in repeats.items() if n}
+    expected, expected_removed = _reference(docs, sources)
+    assert summary.removed == {si: {r: tuple(v) for r, v in reasons.items()}
+                               for si, reasons in expected_removed.items()}
+    assert sorted(kept) == sorted(expected) and expected_removed
+
+
+def test_bucket_totals_reduce_on_no_more_tasks_than_sources(spark):
+    """The totals' keys are the source indices: left to PySpark, the reduce side ran a task per
+    pool partition (one per tokenize task, thousands on a cluster, unless
+    spark.default.parallelism is set), nearly all of them empty."""
+    from dolmino.build.spark import settled_jobs
+
+    sc = spark.sparkContext
+    _sources, docs, blocks = _world(seed=4)
+    mine = [b for b in blocks if b.source_index == 1]
+    rdd = parallelize_pickled(sc, [mine[i::6] for i in range(6)]).flatMap(lambda bs: bs)
+    sc.setJobGroup("bucket-totals-test", "bucket totals of one source")
+    try:
+        totals = bucket_totals(rdd, 1)
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    tracker = sc.statusTracker()
+    stages = [tracker.getStageInfo(sid) for job in settled_jobs(tracker, "bucket-totals-test") for sid in job.stageIds]
+    assert sorted(st.numTasks for st in stages) == [1, 6]  # the pool's 6 partitions, then one reduce task
+    assert int(totals[1].docs.sum()) == sum(d["si"] == 1 for d in docs)

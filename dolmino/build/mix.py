@@ -24,8 +24,8 @@ from dolmino.build.inputs import (
 from dolmino.build.progress import Stage
 from dolmino.build.resources import file_params, stage
 from dolmino.build.pool import (
-    PoolBlock, PoolContext, UnitIds, UnitPool, bucket_range, bucket_totals, candidates, dedup, duplicate_ids,
-    fetch_attributes, loc_of, pool_bundle,
+    PoolBlock, PoolContext, UnitPool, bucket_range, bucket_totals, candidates, fetch_attributes, loc_of, pool_bundle,
+    summarize,
 )
 from dolmino.build.select import (
     ALL_MEMBERS, SourceSelection, cut, initial_selection, refill, settle, split_targets, tokens_per_byte,
@@ -244,21 +244,19 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
         records = (parallelize_pickled(sc, [list(g) for g in groups])
                    .flatMap(lambda g: _pool_group(g, pool_ctx, counters)))
         records.persist(StorageLevel.MEMORY_AND_DISK)
-        unit_pools: list[UnitPool] = records.filter(lambda r: isinstance(r, UnitPool)).collect()
-        repeated_ids = duplicate_ids(sc, records.filter(lambda r: isinstance(r, UnitIds)))
+        pooled = summarize(sc, records, manifest.sources, task_of_bundle, len(groups))
         state.persisted["pool"] = persisted_bytes(sc, records)
-        eligible, dedup_removed, held = dedup(sc, records.filter(lambda r: isinstance(r, PoolBlock)),
-                                              manifest.sources, task_of_bundle, len(groups))
-        eligible = eligible.map(lambda b: b.slim(), preservesPartitioning=True)
+        eligible = pooled.blocks.map(lambda b: b.slim(), preservesPartitioning=True)
         eligible.persist(StorageLevel.MEMORY_AND_DISK)
-        buckets = bucket_totals(eligible)
+        buckets = bucket_totals(eligible, len(manifest.sources))
         state.persisted["eligible"] = persisted_bytes(sc, eligible)
     state.stages["pool"] = st.record
     records.unpersist()
-    for rdd in held:
+    for rdd in pooled.held:
         rdd.unpersist()
-    sources = _source_accounts(manifest, unit_pools, dedup_removed, buckets)
-    for si, n in repeated_ids.items():
+    unit_pools: list[UnitPool] = pooled.unit_pools
+    sources = _source_accounts(manifest, unit_pools, pooled.removed, buckets)
+    for si, n in pooled.duplicate_ids.items():
         sources[si]["duplicate_ids"] = n
     for si, inputs in input_accounts(units, unit_pools).items():
         sources[si].update(inputs)
@@ -490,6 +488,8 @@ def _select(sc, manifest, options, state, eligible, sources, targets, tok_ctx, t
     lo = [0] * len(selections)
     bucket_tokens: list[dict[int, int]] = [{} for _ in selections]
     tokenized_docs = [0] * len(selections)
+    greedy = frozenset(si for si, sel in enumerate(selections) if sel.greedy)
+    greedy_members: dict[int, list[tuple]] = {si: [] for si in greedy}  # (hashes, tokens) arrays per round task
     round_no = 0
     while True:
         hi = [s.bucket_hi if s.pool_docs else 0 for s in selections]
@@ -502,7 +502,8 @@ def _select(sc, manifest, options, state, eligible, sources, targets, tok_ctx, t
                          if lo[si] <= b < hi[si])
         with Stage(sc, name, total_docs=round_docs, quiet=options.quiet) as st:
             rdd = _tokenize(eligible, bucket_range(tuple(lo), tuple(hi)), tok_ctx, st.counters)
-            summary = rdd.mapPartitions(_round_summary).collect()  # one job: stats and tokens per bucket
+            # one job: stats, tokens per bucket, and the greedy sources' members
+            summary = rdd.mapPartitions(lambda records: _round_summary(records, greedy)).collect()
             state.persisted[name] = persisted_bytes(sc, rdd)
         # from the collected records (accumulators count a retried task twice)
         tokens = sum(r.tokens for r in summary if isinstance(r, TokStats))
@@ -516,6 +517,8 @@ def _select(sc, manifest, options, state, eligible, sources, targets, tok_ctx, t
                 bucket_tokens[si][b] = bucket_tokens[si].get(b, 0) + n
             for si, n in record.docs.items():
                 tokenized_docs[si] += n
+            for si, pair in record.members.items():
+                greedy_members[si].append(pair)
         for si, sel in enumerate(selections):
             sel.rounds += int(hi[si] > lo[si])
         lo = hi
@@ -536,40 +539,54 @@ def _select(sc, manifest, options, state, eligible, sources, targets, tok_ctx, t
     if refused := [r for si, sel in enumerate(selections)
                    if (r := too_many_copies(sel, manifest.sources[si].pool_tokens))]:
         raise BuildError(";\n  ".join(refused))  # before writing: the parts would be nothing but repeats
-    if needs:
+    # A greedy fill looks at every tokenized document of its source: the rounds collected their
+    # (hash, tokens) already. Only a cut within one bucket scans the tokenized documents again.
+    members = {si: [pair for hashes, tokens in greedy_members[si] for pair in zip(hashes.tolist(), tokens.tolist())]
+               for si, need in needs.items() if need == ALL_MEMBERS}
+    if scan := {si: need for si, need in needs.items() if need != ALL_MEMBERS}:
         with Stage(sc, "cut", total_docs=sum(tokenized_docs), quiet=options.quiet) as st:
-            members = _members(sc, tokenized, needs, st.counters)
+            members.update(_members(sc, tokenized, scan, st.counters))
         state.stages["cut"] = st.record
-        for si, need in needs.items():
-            cut(selections[si], bucket_tokens[si], members.get(si, []))
+    for si, need in needs.items():
+        cut(selections[si], bucket_tokens[si], members.get(si, []))
     return selections
 
 
 class RoundTokens(NamedTuple):
-    """A tokenize task's tokens per (source index, bucket), the round's bucket totals, and its
-    documents per source."""
+    """A tokenize task's tokens per (source index, bucket), the round's bucket totals, its
+    documents per source, and the (hashes, tokens) of its documents of greedy sources (numpy
+    int64 arrays per source index): what their fill chooses from."""
 
     tokens: dict
     docs: dict
+    members: dict
 
 
-def _round_summary(records):
+def _round_summary(records, greedy: frozenset):
     tokens: dict[tuple[int, int], int] = {}
     docs: dict[int, int] = {}
+    members: dict[int, tuple[list, list]] = {}
     for record in records:
         if isinstance(record, TokStats):
             yield record
         else:
-            key = (record.source_index, bucket_of(record.hash))
-            tokens[key] = tokens.get(key, 0) + len(record.tokens) // 4
-            docs[record.source_index] = docs.get(record.source_index, 0) + 1
-    yield RoundTokens(tokens, docs)
+            si, n = record.source_index, len(record.tokens) // 4
+            key = (si, bucket_of(record.hash))
+            tokens[key] = tokens.get(key, 0) + n
+            docs[si] = docs.get(si, 0) + 1
+            if si in greedy:
+                hashes, counts = members.setdefault(si, ([], []))
+                hashes.append(record.hash)
+                counts.append(n)
+    import numpy as np
+
+    yield RoundTokens(tokens, docs, {si: (np.asarray(h, dtype=np.int64), np.asarray(c, dtype=np.int64))
+                                     for si, (h, c) in members.items()})
 
 
 def _members(sc, tokenized, needs: dict[int, int], counters) -> dict[int, list[tuple[int, int]]]:
-    """{source index: (hash, tokens) of its tokenized documents in the bucket it needs (or all,
-    ALL_MEMBERS)}, for every source in one Spark job (the progress line counts the documents
-    scanned)."""
+    """{source index: (hash, tokens) of its tokenized documents in the bucket it needs}, for every
+    source in one Spark job (the progress line counts the documents scanned)."""
     needs_b = sc.broadcast(needs)
 
     def scan(docs):
@@ -579,7 +596,7 @@ def _members(sc, tokenized, needs: dict[int, int], counters) -> dict[int, list[t
             scanned += 1
             read += len(d.tokens) // 4
             need = need_of.get(d.source_index)
-            if need is not None and (need == ALL_MEMBERS or bucket_of(d.hash) == need):
+            if need is not None and bucket_of(d.hash) == need:
                 yield d.source_index, (d.hash, len(d.tokens) // 4)
         counters.add("docs", scanned)
         counters.add("tokens_read", read)

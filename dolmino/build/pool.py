@@ -147,18 +147,6 @@ def _repeats(pairs) -> Iterator[tuple[int, int]]:
         yield si, int((counts - 1).sum())
 
 
-def duplicate_ids(sc, records) -> dict[int, int]:
-    """{source index: documents whose id occurred before in the same source} (any unit): id
-    hashes travel as arrays to the partition they hash to, which counts repeats with numpy."""
-    partitions = max(1, sc.defaultParallelism)
-    out: dict[int, int] = {}
-    for si, n in (records.flatMap(lambda r: _spread_ids(r, partitions)).partitionBy(partitions, lambda p: p)
-                  .mapPartitions(_repeats).collect()):
-        if n:
-            out[si] = out.get(si, 0) + n
-    return out
-
-
 def attribute_paths(bundle: Bundle, ctx: PoolContext) -> list[str]:
     """The bundle's attribute files in the order pool_bundle reads them: docs, filters, clusters."""
     plan = ctx.plans[bundle.source_index]
@@ -392,6 +380,22 @@ def _without_losers(pairs) -> Iterator[PoolBlock]:
             yield block
 
 
+def _without(blocks, losers, task_of_bundle, num_tasks: int):
+    """`blocks` without the rows the `Losers` records of `losers` name, partitioned by tokenize task."""
+    keyed = blocks.map(lambda b: (b.bundle_index, b)).union(
+        losers.filter(lambda r: isinstance(r, Losers)).map(lambda r: (r.bundle_index, r)))
+    return keyed.partitionBy(num_tasks, lambda bi: task_of_bundle.value[bi]).mapPartitions(
+        _without_losers, preservesPartitioning=True)
+
+
+def _removed(records: Iterable[DedupRemoved]) -> dict[int, tuple[int, int]]:
+    removed: dict[int, tuple[int, int]] = {}
+    for r in records:
+        docs, nbytes = removed.get(r.source_index, (0, 0))
+        removed[r.source_index] = (docs + r.docs, nbytes + r.bytes)
+    return removed
+
+
 def _dedup_pass(sc, blocks, column: str, involved: set, task_of_bundle, num_tasks: int):
     """(blocks without the pass's losers, partitioned by tokenize task; {source: (docs, bytes)} removed)."""
     partitions = max(1, sc.defaultParallelism)
@@ -401,36 +405,91 @@ def _dedup_pass(sc, blocks, column: str, involved: set, task_of_bundle, num_task
               .partitionBy(partitions, lambda p: p)
               .mapPartitions(_losers))
     losers.persist()
-    removed: dict[int, tuple[int, int]] = {}
-    for r in losers.filter(lambda r: isinstance(r, DedupRemoved)).collect():
-        docs, nbytes = removed.get(r.source_index, (0, 0))
-        removed[r.source_index] = (docs + r.docs, nbytes + r.bytes)
-    keyed = blocks.map(lambda b: (b.bundle_index, b)).union(
-        losers.filter(lambda r: isinstance(r, Losers)).map(lambda r: (r.bundle_index, r)))
-    out = keyed.partitionBy(num_tasks, lambda bi: task_of_bundle.value[bi]).mapPartitions(
-        _without_losers, preservesPartitioning=True)
-    return out, removed, losers
+    removed = _removed(losers.filter(lambda r: isinstance(r, DedupRemoved)).collect())
+    return _without(blocks, losers, task_of_bundle, num_tasks), removed, losers
 
 
-def dedup(sc, blocks, sources, task_of_bundle, num_tasks: int):
-    """(pool blocks after dedup, {source index: {reason: (docs, bytes) removed}}, RDDs to unpersist
-    once the result is persisted).
+class IdRepeats(NamedTuple):
+    """Documents of a source whose id occurred before in it, among one summary partition's ids."""
 
-    `blocks` must hold each tokenize task's bundles in that task's partition (the pool
-    stage's layout); the result keeps that layout. Exact dedup runs first; near dedup then
-    sees the exact survivors."""
-    exact = {si for si, s in enumerate(sources) if s.dedup.exact}
+    source_index: int
+    repeats: int
+
+
+class PoolSummary(NamedTuple):
+    unit_pools: list  # every unit's UnitPool, in unit order
+    duplicate_ids: dict  # source index -> documents whose id occurred before in the source (any unit)
+    blocks: object  # RDD of the PoolBlocks after dedup, each in its tokenize task's partition
+    removed: dict  # source index -> {reason: (docs, bytes)} removed by dedup
+    held: list  # RDDs to unpersist once what is made of `blocks` is persisted
+
+
+def _summary_keyed(record, exact: frozenset, partitions: int) -> Iterator[tuple[int, object]]:
+    """A pool record's share of the summary shuffle: a unit's accounts as they are, a bundle's
+    id hashes by hash, an exact-dedup source's rows by content hash."""
+    if isinstance(record, UnitPool):
+        yield record.unit_index % partitions, record
+    elif isinstance(record, UnitIds):
+        yield from _spread_ids(record, partitions)
+    elif record.source_index in exact:
+        yield from _keyed_rows(record, "text_hash", partitions)
+
+
+def _summarize(pairs) -> Iterator[UnitPool | IdRepeats | DedupRemoved | Losers]:
+    """One summary partition: its units' accounts, its id repeats per source, exact dedup's losers."""
+    ids, keyed = [], []
+    for p, item in pairs:
+        if isinstance(item, UnitPool):
+            yield item
+        elif isinstance(item, DedupKeys):
+            keyed.append((p, item))
+        else:
+            ids.append((p, item))
+    for si, n in _repeats(ids):
+        yield IdRepeats(si, n)
+    yield from _losers(keyed)
+
+
+def summarize(sc, records, sources, task_of_bundle, num_tasks: int) -> PoolSummary:
+    """The pool stage's reductions of `records` (the pool tasks' UnitPool, UnitIds and PoolBlock
+    records, each tokenize task's bundles in that task's partition; the blocks after dedup keep
+    that layout).
+
+    One shuffle carries the units' accounts, the id hashes (duplicate ids across units) and exact
+    dedup's keys, and one job collects what they sum to: as three jobs (a collect of the units'
+    accounts, a shuffle for the ids, one for exact dedup), each paid Spark's per-job and per-task
+    costs again. Near dedup sees exact dedup's survivors: a job of its own."""
+    partitions = max(1, sc.defaultParallelism)
+    exact = frozenset(si for si, s in enumerate(sources) if s.dedup.exact)
     near = {si for si, s in enumerate(sources) if s.dedup.minhash is not None}
+    summary = (records.flatMap(lambda r: _summary_keyed(r, exact, partitions))
+               .partitionBy(partitions, lambda p: p).mapPartitions(_summarize))
+    summary.persist()
+    unit_pools: list[UnitPool] = []
+    repeats: dict[int, int] = {}
+    exact_removed: list[DedupRemoved] = []
+    for r in summary.filter(lambda r: not isinstance(r, Losers)).collect():
+        if isinstance(r, UnitPool):
+            unit_pools.append(r)
+        elif isinstance(r, IdRepeats):
+            if r.repeats:
+                repeats[r.source_index] = repeats.get(r.source_index, 0) + r.repeats
+        else:
+            exact_removed.append(r)
+    unit_pools.sort(key=lambda up: up.unit_index)  # the report merges their filter reports in unit order
+    blocks = records.filter(lambda r: isinstance(r, PoolBlock))
     removed: dict[int, dict[str, tuple[int, int]]] = {}
-    held = []
-    for column, involved, reason in (("text_hash", exact, "exact_duplicate"), ("cluster", near, "near_duplicate")):
-        if not involved:
-            continue
-        blocks, counts, losers = _dedup_pass(sc, blocks, column, involved, task_of_bundle, num_tasks)
+    if exact:
+        blocks = _without(blocks, summary, task_of_bundle, num_tasks)
+        for si, pair in _removed(exact_removed).items():
+            removed.setdefault(si, {})["exact_duplicate"] = pair
+    held = [summary]
+    if near:
+        blocks, counts, losers = _dedup_pass(sc, blocks, "cluster", near, task_of_bundle, num_tasks)
         held.append(losers)
         for si, pair in counts.items():
-            removed.setdefault(si, {})[reason] = pair
-    return blocks, removed, held
+            removed.setdefault(si, {})["near_duplicate"] = pair
+    return PoolSummary(unit_pools, repeats, blocks, removed, held)
 
 
 # ---------------------------------------------------------------------------- selection helpers
@@ -466,9 +525,14 @@ def partition_totals(blocks: Iterable[PoolBlock]) -> Iterator[tuple[int, BucketT
         yield si, _summed(buckets, np.ones(len(buckets), dtype=np.int64), sizes)
 
 
-def bucket_totals(eligible) -> dict[int, BucketTotals]:
-    """{source index: documents and bytes per bucket} of the whole pool (one small shuffle)."""
-    return dict(eligible.mapPartitions(partition_totals).reduceByKey(merge_totals).collect())
+def bucket_totals(eligible, sources: int) -> dict[int, BucketTotals]:
+    """{source index: documents and bytes per bucket} of the whole pool (one small shuffle).
+
+    Its keys are the `sources` source indices: with its partitions left to PySpark (those of
+    the pool, one per tokenize task, unless spark.default.parallelism is set), the reduce side
+    ran a task per pool task, thousands on a cluster, nearly all of them empty."""
+    partitions = max(1, min(sources, eligible.context.defaultParallelism))
+    return dict(eligible.mapPartitions(partition_totals).reduceByKey(merge_totals, partitions).collect())
 
 
 def candidates(blocks: Iterable[PoolBlock], pick) -> Iterator[tuple[int, list[PoolDoc]]]:

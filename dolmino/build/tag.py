@@ -547,7 +547,6 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
     groups = [[works[b.index] for b in group if b.index in works] for group in task_groups]
     groups = [g for g in groups if g]
 
-    ctx_b = sc.broadcast(TagContext(store, plans, resources, tokenizer, manifest.seed, read_ahead))
     records = None
     results: list[BundleTagged] = []
     todo_bytes = sum(w.bundle.size for w in works.values())
@@ -555,6 +554,9 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
     with Stage(sc, "tag", total_bytes=todo_bytes, total_units=todo_units, reused_units=len(units) - todo_units,
                quiet=quiet) as stage:
         if groups:
+            # Only when there is work: the context holds the tokenizer (2.6 MB pickled), which the
+            # JVM compressed and stored for every mix that tagged nothing (~0.04 core-s).
+            ctx_b = sc.broadcast(TagContext(store, plans, resources, tokenizer, manifest.seed, read_ahead))
             counters = stage.counters
             records = parallelize_pickled(sc, groups).flatMap(lambda g: run_tag_task(g, ctx_b, counters))
             if minhash_due:
