@@ -996,18 +996,7 @@ def test_a_scorer_edited_or_a_model_replaced_since_the_tag_is_not_mixed_from_sta
     from dolmino.build.attributes import read_table
     from dolmino.errors import BuildError
 
-    spec, _ = _one_plain_file(tmp_path)
-    (tmp_path / "code").mkdir()
-    module = tmp_path / "code" / "edited_length_scorer.py"
-    module.write_text(_EDITED_SCORER.format(scale=300.0))
-    model = tmp_path / "offset.txt"
-    model.write_text("0.5")
-    spec["sources"][0]["filters"] = [{"type": "score_threshold", "scorer": "edited_length_scorer:LengthScore",
-                                      "model_path": str(model), "min_score": 1.0}]
-    monkeypatch.syspath_prepend(str(tmp_path / "code"))  # the driver imports it, and the executors:
-    env = spark.sparkContext.environment
-    monkeypatch.setitem(env, "PYTHONPATH", os.pathsep.join(p for p in (str(tmp_path / "code"),
-                                                                        env.get("PYTHONPATH")) if p))
+    spec, module, model = _length_scorer(spark, tmp_path, monkeypatch, "edited_length_scorer")
     attrs = str(tmp_path / "attrs")
     manifest = manifest_from_dict(spec)
     try:
@@ -1041,20 +1030,27 @@ def _scorer_on_both_paths(spark, monkeypatch, driver_dir: Path, executor_dir: Pa
     monkeypatch.setitem(env, "PYTHONPATH", os.pathsep.join(p for p in (str(executor_dir), env.get("PYTHONPATH")) if p))
 
 
+def _length_scorer(spark, tmp_path: Path, monkeypatch, name: str) -> tuple[dict, Path, Path]:
+    """(manifest, module file, model file): one plain file scored by `name`:LengthScore (length / 300 +
+    the model's offset, 0.5), a module the driver and the session's Python workers import."""
+    spec, _ = _one_plain_file(tmp_path)
+    (tmp_path / "code").mkdir()
+    module = tmp_path / "code" / f"{name}.py"
+    module.write_text(_EDITED_SCORER.format(scale=300.0))
+    model = tmp_path / "offset.txt"
+    model.write_text("0.5")
+    spec["sources"][0]["filters"] = [{"type": "score_threshold", "scorer": f"{name}:LengthScore",
+                                      "model_path": str(model), "min_score": 1.0}]
+    _scorer_on_both_paths(spark, monkeypatch, tmp_path / "code", tmp_path / "code")
+    return spec, module, model
+
+
 def test_a_scorer_edited_between_two_builds_of_one_session_scores_with_the_new_code(spark, tmp_path, monkeypatch):
     """Spark reuses its Python workers for a session's next job, with the modules they imported:
     a notebook that edits its scorer and tags again (a new --attributes root, as the key of the
     new code asks) stored the old code's scores under the new code's key (found by reading).
     The worker imports the scorer again when its files changed since it imported them."""
-    spec, _ = _one_plain_file(tmp_path)
-    (tmp_path / "code").mkdir()
-    module = tmp_path / "code" / "reloaded_length_scorer.py"
-    module.write_text(_EDITED_SCORER.format(scale=300.0))
-    model = tmp_path / "offset.txt"
-    model.write_text("0.5")
-    spec["sources"][0]["filters"] = [{"type": "score_threshold", "scorer": "reloaded_length_scorer:LengthScore",
-                                      "model_path": str(model), "min_score": 1.0}]
-    _scorer_on_both_paths(spark, monkeypatch, tmp_path / "code", tmp_path / "code")
+    spec, module, _ = _length_scorer(spark, tmp_path, monkeypatch, "reloaded_length_scorer")
     manifest = manifest_from_dict(spec)
     try:
         build(manifest, 5_000, str(tmp_path / "tag1"), spark, attributes=str(tmp_path / "a1"), phase="tag")
@@ -1126,10 +1122,7 @@ def test_a_scorer_keyed_by_its_name_alone_is_a_warning_of_the_build(spark, tmp_p
                                       "min_score": 2.0}]
     path = tmp_path / "m.json"
     path.write_text(json.dumps(spec))
-    monkeypatch.syspath_prepend(str(tmp_path / "code"))  # the driver imports it, and the executors:
-    env = spark.sparkContext.environment
-    monkeypatch.setitem(env, "PYTHONPATH", os.pathsep.join(p for p in (str(tmp_path / "code"),
-                                                                        env.get("PYTHONPATH")) if p))
+    _scorer_on_both_paths(spark, monkeypatch, tmp_path / "code", tmp_path / "code")  # the driver, the executors
     out = tmp_path / "out"
     try:
         assert build_main([str(path), "--out", str(out), "--attributes", str(tmp_path / "a"), "--quiet"]) == 0
