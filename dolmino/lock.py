@@ -395,6 +395,15 @@ def _check_inputs(source: str, locked: list[dict], files, rehash: bool, jobs: in
     return problems
 
 
+def _paired(refs: list[tuple], locked: list[dict]) -> tuple[list[tuple[tuple, dict | None]], list[dict]]:
+    """(each of the manifest's `refs` with the lock's entry recorded at its place, or None; the lock's
+    entries that no ref names, in the lock's order). A place is the first word of `where`
+    ("sources[1].filters[0].model_path"): the names in parentheses after it may change without moving it."""
+    by_place = {entry["where"].split(" ")[0]: entry for entry in locked}
+    pairs = [(ref, by_place.pop(ref[0].split(" ")[0], None)) for ref in refs]
+    return pairs, list(by_place.values())
+
+
 def _check_scorers(manifest: Manifest, locked: list[dict] | None) -> list[str]:
     """Drift of the custom scorers' code. A lock without "scorers" was made before dolmino
     recorded them: it cannot vouch for a scorer's code, and a --locked build would score with
@@ -405,13 +414,9 @@ def _check_scorers(manifest: Manifest, locked: list[dict] | None) -> list[str]:
         return [f"{where}: scorer {scorer!r}: not recorded (the lock was made before dolmino recorded a custom "
                 "scorer's code); lock the manifest again" for where, scorer in current]
     problems = []
-    by_key = {e["where"].split(" ")[0]: e for e in locked}
     base_dir = os.path.dirname(manifest.path) if manifest.path else None
-    seen = set()
-    for where, scorer in current:
-        key = where.split(" ")[0]
-        seen.add(key)
-        entry = by_key.get(key)
+    pairs, gone = _paired(current, locked)
+    for (where, scorer), entry in pairs:
         if entry is None:
             problems.append(f"{where}: scorer {scorer!r}: not in the lock")
             continue
@@ -424,10 +429,9 @@ def _check_scorers(manifest: Manifest, locked: list[dict] | None) -> list[str]:
         elif found[0] != entry["sha256"]:
             problems.append(f"{where}: scorer {scorer!r}: SHA-256 {entry['sha256'][:16]}... in the lock, "
                             f"{found[0][:16]}... now (the scorer's code changed: {found[1]})")
-    for key, entry in by_key.items():
-        if key not in seen:
-            problems.append(f"{entry['where']}: scorer {entry['scorer']!r}: in the lock but the manifest no longer "
-                            "names it")
+    for entry in gone:
+        problems.append(f"{entry['where']}: scorer {entry['scorer']!r}: in the lock but the manifest no longer "
+                        "names it")
     return problems
 
 
@@ -456,13 +460,9 @@ def check_lock(manifest: Manifest, lock_path: str, *, rehash: bool = False, jobs
     for name in locked_inputs:
         if name not in names:
             problems.append(f"{name}: in the lock but not a source of the manifest")
-    locked_resources = {r["where"].split(" ")[0]: r for r in lock["resources"]}
     base_dir = os.path.dirname(manifest.path) if manifest.path else None  # where the manifest resolves paths
-    seen = set()
-    for where, written, uri in _resource_refs(manifest):
-        key = where.split(" ")[0]
-        seen.add(key)
-        entry = locked_resources.get(key)
+    pairs, gone = _paired(_resource_refs(manifest), lock["resources"])
+    for (where, written, uri), entry in pairs:
         if entry is None:
             problems.append(f"{where}: {written}: not in the lock")
             continue
@@ -479,9 +479,8 @@ def check_lock(manifest: Manifest, lock_path: str, *, rehash: bool = False, jobs
         if digest != entry["sha256"]:
             problems.append(f"{where}: {written}: SHA-256 {entry['sha256'][:16]}... in the lock, {digest[:16]}... now "
                             "(the model or index changed)")
-    for key, entry in locked_resources.items():
-        if key not in seen:
-            problems.append(f"{entry['where']}: {entry['path']}: in the lock but the manifest no longer reads it")
+    for entry in gone:
+        problems.append(f"{entry['where']}: {entry['path']}: in the lock but the manifest no longer reads it")
     problems += _check_scorers(manifest, lock.get("scorers"))
     tok = _tokenizer_entry(manifest)
     if tok["sha256"] != lock["tokenizer"].get("sha256"):

@@ -598,7 +598,7 @@ class ScoreThresholdFilter:
                           "so its scores are keyed by the scorer's name alone and an edit of its code will not be "
                           "noticed (the scores tagged before it are reused): tag into a new --attributes root after "
                           "changing it")
-        return f"sha256:{found[1]}", None
+        return _digest_text(found), None
 
     def check_source(self, expected: str) -> None:
         """On an executor: its copy of the scorer's code is the one `tag_source` keyed (check_scorer_code)."""
