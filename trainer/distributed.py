@@ -139,6 +139,14 @@ def ranks_agree(values: list[int], env: DistEnv) -> tuple[list[int], list[int]]:
     return [int(v) for v in low.cpu().tolist()], [int(v) for v in high.cpu().tolist()]
 
 
+def failure_values(failed: BaseException | None) -> list[int]:
+    """[whether this rank failed, a digest of what it said]: what `ranks_agree` compares so that every
+    rank knows whether any failed, and whether all failed alike (one setting: said once, by rank 0)."""
+    import zlib
+
+    return [int(failed is not None), 0 if failed is None else zlib.crc32(f"{type(failed).__name__}: {failed}".encode())]
+
+
 # How a collective fails when a peer has gone: gloo's transport, a closed connection, NCCL's
 # word for a peer that exited. Not "NCCL" alone: this rank's own CUDA or NCCL fault is a
 # DistBackendError too, and must keep its traceback (found by a reviewer).

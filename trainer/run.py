@@ -26,7 +26,6 @@ import math
 import os
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import torch
@@ -46,7 +45,7 @@ from trainer.data import (
 )
 from trainer.distributed import (
     BACKENDS, DeviceUnavailable, RanksDisagree, barrier, exit_process, init_distributed, launched_world_size,
-    peer_stopped, ranks_agree, shutdown,
+    failure_values, peer_stopped, ranks_agree, shutdown,
 )
 from trainer.eval import add_training_arguments as add_eval_arguments, evaluate_after_training
 from trainer.plan import (
@@ -408,8 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             failed = None
         except Exception as exc:  # noqa: BLE001 - any failure, so that every rank reaches the agreement; re-raised
             failed = exc
-        said = 0 if failed is None else zlib.crc32(f"{type(failed).__name__}: {failed}".encode())
-        low, high = ranks_agree([int(failed is not None), said], env)
+        low, high = ranks_agree(failure_values(failed), env)
         if high[0]:
             AGREED_STOP = "failed" if failed is not None else "peer"
             if low == high and not env.is_main:

@@ -33,7 +33,6 @@ import json
 import math
 import os
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -47,7 +46,7 @@ from trainer.checkpoint import (
 )
 from trainer.config import ModelConfig, RunConfig, TrainConfig
 from trainer.data import DataLoader, MemmapDataset
-from trainer.distributed import DistEnv, RanksDisagree, all_reduce_mean, barrier, ranks_agree
+from trainer.distributed import DistEnv, RanksDisagree, all_reduce_mean, barrier, failure_values, ranks_agree
 from trainer.model import OLMo2
 from trainer.optim import build_optimizer, clip_grad_norm, set_lr
 from trainer.schedule import LRSchedule
@@ -230,8 +229,7 @@ class Trainer:
                 raise
             failed = exc
         # The ranks loaded the same files (agreed above); whether any failed to is agreed too.
-        said = 0 if failed is None else zlib.crc32(f"{type(failed).__name__}: {failed}".encode())
-        low, high = ranks_agree([int(failed is not None), said], self.env)
+        low, high = ranks_agree(failure_values(failed), self.env)
         if high[0]:
             raise ResumeFailed(self.env.rank, path, failed, same_everywhere=low == high) from failed
         self.log(f"resumed from {path} at step {self.step} (epoch {self.loader.epoch}, instance cursor "
@@ -259,8 +257,7 @@ class Trainer:
             if not self.env.distributed:
                 raise
             read, held, failed = None, [0, 0, 0, 0], exc
-        said = 0 if failed is None else zlib.crc32(f"{type(failed).__name__}: {failed}".encode())
-        low, high = ranks_agree([int(failed is not None), said, *held], self.env)
+        low, high = ranks_agree([*failure_values(failed), *held], self.env)
         if high[0]:
             raise ResumeFailed(self.env.rank, path, failed, same_everywhere=low[:2] == high[:2]) from failed
         low, high = low[2:], high[2:]
