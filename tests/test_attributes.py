@@ -11,6 +11,7 @@ gives, and a changed input file re-tags its bundle only.
 from __future__ import annotations
 
 import itertools
+import pickle
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ import pytest
 from conftest import shared_corpus_file
 from dolmino.build import attributes
 from dolmino.build.attributes import Bundle, plan_bundles
-from dolmino.build.inputs import InputFile, Unit
+from dolmino.build.inputs import InputFile, Listing, Unit, Units, plan_units
+from dolmino.build.spark import _unpickled
 from dolmino.build.mix import build
 from dolmino.documents import Quarantine, read_documents, write_documents
 from dolmino.errors import BuildError
@@ -598,3 +600,47 @@ def test_filters_that_share_an_attribute_set_are_scored_once(tmp_path, monkeypat
     [record] = tag_bundle(BundleWork(Bundle(0, (unit,)), ("code_stars-1", "code_stars-1"), False, {}), ctx,
                           ReadAhead(()))
     assert calls == [5] and list(record.files) == [ctx.store.path("web", "code_stars-1", Bundle(0, (unit,)))]
+
+
+# ---------------------------------------------------------------------------- a bundle's units, pickled as columns
+
+
+def _same_units(loaded, units):
+    assert type(loaded) is tuple and loaded == tuple(units)
+    for a, b in zip(loaded, units, strict=True):
+        assert type(a) is Unit and type(a.file) is InputFile
+        assert list(vars(a).items()) == list(vars(b).items())
+        assert list(vars(a.file).items()) == list(vars(b.file).items())
+
+
+def test_units_pickle_as_columns_and_load_as_equal_units():
+    """S3 and local paths under a root, a path outside it, one whose name is not its path's tail, a
+    file's ranges (one InputFile), each load back equal, field for field, as a plain tuple."""
+    s3 = [InputFile("web", f"s3://bkt/root/web/{i}.jsonl.gz", f"web/{i}.jsonl.gz", 10 + i, f"etag{i}")
+          for i in range(3)]
+    big = InputFile("big", "/data/big.jsonl", "big.jsonl", 600, "1700000000000000000")
+    outside = InputFile("x", "/mnt/a.jsonl", "mnt/a.jsonl", 3, "1", "stackexchange")
+    renamed = InputFile("x", "/elsewhere/a.jsonl", "renamed.jsonl", 3, "1")
+    cases = [[Unit(i, 0, f) for i, f in enumerate(s3)] + [Unit(3, 1, big, 0, 300), Unit(4, 1, big, 300, 600)],
+             [Unit(0, 2, outside), Unit(1, 2, renamed)], []]
+    for units in cases:
+        for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+            _same_units(pickle.loads(pickle.dumps(Units(units), protocol=protocol)), units)
+    loaded = pickle.loads(pickle.dumps(Units(cases[0])))
+    assert loaded[3].file is loaded[4].file
+
+
+def test_planned_bundles_reach_a_task_equal():
+    """plan_bundles' bundles, their versions computed as run_tag ships them, load in a task equal."""
+    files = [InputFile("web", f"/data/web/{i:05d}.jsonl.zst", f"web/{i:05d}.jsonl.zst", 100 + i, str(i))
+             for i in range(50)] + [InputFile("web", "/data/web/big.jsonl", "web/big.jsonl", 1000, "9")]
+    bundles = plan_bundles(plan_units(Listing([files], []), split_bytes=400))
+    assert any(len(b.units) > 1 for b in bundles) and any(u.is_range for b in bundles for u in b.units)
+    for b in bundles:
+        b.version
+    loaded = _unpickled(pickle.dumps(bundles, protocol=pickle.HIGHEST_PROTOCOL))
+    assert loaded == bundles
+    for a, b in zip(loaded, bundles, strict=True):
+        _same_units(a.units, b.units)
+        assert a.unit_versions == b.unit_versions and a.version == b.version and a.key == b.key
+    assert isinstance(Bundle(0, Units(bundles[0].units)).units, tuple)

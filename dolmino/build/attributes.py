@@ -39,7 +39,7 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 
-from dolmino.build.inputs import Unit
+from dolmino.build.inputs import Unit, Units
 from dolmino.errors import BuildError
 from dolmino.storage import join, list_dirs, list_files, read_bytes, write_bytes
 
@@ -147,16 +147,17 @@ def plan_bundles(units: list[Unit]) -> list[Bundle]:
     def close() -> None:
         nonlocal current, size
         if current:
-            bundles.append(Bundle(len(bundles), tuple(current)))
+            bundles.append(Bundle(len(bundles), Units(current)))  # pickled to the tag tasks as columns
         current, size = [], 0
 
     for unit in units:
-        if current and (unit.source_index != current[0].source_index or not bundleable(unit)
-                        or size + unit.size > BUNDLE_MAX_BYTES or len(current) >= BUNDLE_MAX_UNITS):
+        small, unit_size = bundleable(unit), unit.size  # each asked once: a listing holds 20,000 small files
+        if current and (unit.source_index != current[0].source_index or not small
+                        or size + unit_size > BUNDLE_MAX_BYTES or len(current) >= BUNDLE_MAX_UNITS):
             close()
         current.append(unit)
-        size += unit.size
-        if not bundleable(unit) or _ends_bundle(unit):
+        size += unit_size
+        if not small or _ends_bundle(unit):
             close()
     close()
     return bundles

@@ -9,7 +9,6 @@ read would.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Iterator
 
 from dolmino.build.inputs import Unit
@@ -39,29 +38,47 @@ def read_unit(uri: str, unit: Unit, quarantine: Quarantine,
     return docs if uri != unit.file.uri else still_listed(docs, uri)
 
 
-@contextmanager
-def listed_input(uri: str) -> Iterator[None]:
-    """Reading the listed input `uri`, which must still exist: one deleted since the listing (a
-    local file, or an S3 object: both raise FileNotFoundError) ended the build with "in an
-    executor: FileNotFoundError: [Errno 2] No such file or directory" (a tester). A missing
-    bucket is not the file's doing (an executor whose endpoint or region sees other buckets) and
-    keeps its own line, as for an attribute file (a reviewer)."""
+def _input_gone(uri: str, exc: BaseException) -> BaseException:
+    """What a listed input that raised `exc` while read raises instead: a deleted one (a local
+    file, or an S3 object: both raise FileNotFoundError) ended the build with "in an executor:
+    FileNotFoundError: [Errno 2] No such file or directory" (a tester). A missing bucket is not
+    the file's doing (an executor whose endpoint or region sees other buckets) and keeps its own
+    line, as for an attribute file (a reviewer)."""
     from dolmino.s3 import NoSuchBucket
 
-    try:
-        yield
-    except NoSuchBucket:
-        raise
-    except FileNotFoundError:
-        raise InputChangedError(f"{uri}: the input file disappeared during the build (it was listed, then not "
-                                "found); rerun once the inputs are stable (finished attribute files and parts are "
-                                "kept)") from None
+    if isinstance(exc, FileNotFoundError) and not isinstance(exc, NoSuchBucket):
+        return InputChangedError(f"{uri}: the input file disappeared during the build (it was listed, then not "
+                                 "found); rerun once the inputs are stable (finished attribute files and parts are "
+                                 "kept)")
+    return exc
+
+
+class listed_input:
+    """Reading the listed input `uri`, which must still exist (`_input_gone`). A class, not a
+    @contextmanager generator: it is entered once per input file, 20,000 times for as many small files."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is not None and (gone := _input_gone(self.uri, exc)) is not exc:
+            raise gone from None
+        return False
 
 
 def still_listed(items: Iterator, uri: str) -> Iterator:
-    """`items`, read lazily from the listed input `uri`, under `listed_input`."""
-    with listed_input(uri):
+    """`items`, read lazily from the listed input `uri`, as under `listed_input` (one generator,
+    without a context manager's own per file)."""
+    try:
         yield from items
+    except FileNotFoundError as exc:
+        gone = _input_gone(uri, exc)
+        if gone is exc:
+            raise
+        raise gone from None
 
 
 def fetch_ahead(units, threads: int) -> ReadAhead:
