@@ -498,7 +498,7 @@ def list_sources(manifest: Manifest, failure_message=None) -> SourcesListing:
                                    "plain name)"], skipped)
     sources: list[SourceFiles] = []
     # Across patterns and sources too: their spellings of one file were told apart (a reviewer).
-    per_source: list[tuple[str, dict[str, str]]] = []
+    per_source: list[tuple[str, dict[str, tuple]]] = []  # name, `_Spellings.kept`
     for source in manifest.sources:
         try:
             listed, keys = _list_source(manifest, source, skipped)
