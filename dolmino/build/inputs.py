@@ -266,9 +266,8 @@ def _list_local(pattern: str, fmt: str, skipped: list[str]
     broken: list[tuple[str, str]] = []
     paths, explicit = _expand_local_stat(pattern, broken)
     found, refused = [], []
-    suffixes = SUFFIXES[fmt]  # readable_by_name, inlined: it ran once per file
     for path, st, key in paths:
-        if path.lower().endswith(suffixes):
+        if readable_by_name(path, fmt):
             found.append((path, st.st_size, str(st.st_mtime_ns), key))
         elif explicit:
             refused.append(path)
