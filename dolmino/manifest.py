@@ -532,15 +532,21 @@ def _resolve_filter_files(spec: dict, base_dir: str | None) -> dict:
 
 
 def _parse_filters(value: Any, where: str, base_dir: str | None = None) -> tuple[dict, ...]:
+    from filters.base import cascades, needs_tokens
     from filters.registry import build_filter  # validates type and parameters
 
     _expect(isinstance(value, list), where, "expected a list of filter objects")
     specs = []
+    tagged = 0  # filters before this one that the tag phase scores
     for i, spec in enumerate(value):
         item = f"{where}[{i}]"
         _expect(isinstance(spec, dict), item, "expected an object with a 'type'")
         spec = _resolve_filter_files(spec, base_dir)
-        build_filter(spec, item)
+        filt = build_filter(spec, item)
+        _expect(not cascades(spec) or tagged > 0, f"{item}.cascade",
+                "no earlier filter of this source is scored in the tag phase, so it would score every document: "
+                "move it after the filter whose survivors it should score, or leave cascade out")
+        tagged += not needs_tokens(filt)
         specs.append(spec)
     return tuple(specs)
 

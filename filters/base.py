@@ -28,6 +28,13 @@ A filter that implements only `reject_reason` is tagged with its verdict (a `rea
 column); every parameter is then a tag parameter. A filter with `needs_tokens = True`
 decides on the document's dolma2 token ids (`doc["token_ids"]`): it is not tagged, and the
 mix phase runs it on the documents it tokenizes (the ones the mix may take).
+
+Any tagged filter's spec may say `"cascade": true`: the tag phase then scores only the
+documents that every earlier tagged filter of the source keeps (datatrove's pipelines and
+classifier cascades work so), and the other rows of its set hold no score. A BERT-sized
+scorer after a cheap one pays for the cheap one's survivors only. The price: its set is
+keyed by the earlier filters' settings, thresholds included, so changing one of them scores
+this filter again. `cascade` is no filter parameter (`build_filter` takes it off).
 """
 
 from __future__ import annotations
@@ -36,10 +43,12 @@ from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 from dolmino.errors import ManifestError
 
-__all__ = ["DocumentFilter", "ManifestError", "TaggingFilter", "apply_chain", "chain_labels", "decide",
-           "needs_tokens", "number_text", "tag_columns", "tag_params"]
+__all__ = ["CASCADE", "SCORED_COLUMN", "DocumentFilter", "ManifestError", "TaggingFilter", "apply_chain", "cascades",
+           "chain_labels", "decide", "needs_tokens", "number_text", "tag_columns", "tag_params"]
 
 REASON_COLUMN = "reason"
+CASCADE = "cascade"  # a spec's key, not a parameter: score only what the earlier filters keep
+SCORED_COLUMN = "scored"  # a cascade filter's set: whether the row was scored
 
 
 @runtime_checkable
@@ -95,9 +104,14 @@ def needs_tokens(filt) -> bool:
     return bool(getattr(filt, "needs_tokens", False))
 
 
+def cascades(spec: Mapping[str, Any]) -> bool:
+    """Whether the tag phase scores only the documents the earlier tagged filters keep."""
+    return spec.get(CASCADE) is True
+
+
 def tag_params(filt, spec: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a filter's manifest spec that its attributes depend on."""
-    params = {k: v for k, v in spec.items() if k != "type"}
+    params = {k: v for k, v in spec.items() if k not in ("type", CASCADE)}
     names = getattr(filt, "tag_params", None)
     if names is None or not hasattr(filt, "tag"):
         return params

@@ -11,6 +11,7 @@ import importlib
 import inspect
 
 from dolmino.errors import ManifestError
+from filters.base import CASCADE, needs_tokens
 
 REGISTRY: dict[str, str] = {
     "code_stars": "filters.code:CodeStarsFilter",
@@ -69,14 +70,16 @@ def build_filter(spec: dict, where: str = "filter"):
     if not isinstance(type_name, str):
         raise ManifestError(f"{where}.type: expected a string, got {type_name!r}")
     cls = filter_class(type_name, where)
-    params = {k: v for k, v in spec.items() if k != "type"}
+    params = {k: v for k, v in spec.items() if k not in ("type", CASCADE)}
+    if CASCADE in spec and not isinstance(spec[CASCADE], bool):
+        raise ManifestError(f"{where}.{CASCADE}: expected true or false, got {spec[CASCADE]!r}")
     signature = inspect.signature(cls.__init__)
     accepted = {n: p for n, p in signature.parameters.items()
                 if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     for name in params:
         if name not in accepted:
             raise ManifestError(f"{where}.{name}: unknown parameter for {type_name!r} "
-                                f"(accepted: {', '.join(sorted(accepted)) or 'none'})")
+                                f"(accepted: {', '.join(sorted([*accepted, CASCADE]))})")
     for name, p in accepted.items():
         if p.default is inspect.Parameter.empty and name not in params:
             raise ManifestError(f"{where}.{name}: required parameter of {type_name!r} is missing")
@@ -95,4 +98,7 @@ def build_filter(spec: dict, where: str = "filter"):
         raise ManifestError(f"{where}: invalid parameters for {type_name!r}: {msg}") from None
     if type_name in _SPEC_CHECKS:
         _SPEC_CHECKS[type_name](params, where)
+    if spec.get(CASCADE) and needs_tokens(filt):
+        raise ManifestError(f"{where}.{CASCADE}: {type_name!r} decides on token ids in the mix phase, after every "
+                            "filter the tag phase scores; cascade is for a filter the tag phase scores")
     return filt

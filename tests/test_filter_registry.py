@@ -75,7 +75,8 @@ def test_unknown_type_lists_known_ones():
 
 
 def test_unknown_param_lists_accepted_ones():
-    with pytest.raises(ManifestError, match=r"unknown parameter for 'min_length' \(accepted: min_chars, min_tokens\)"):
+    with pytest.raises(ManifestError,
+                       match=r"unknown parameter for 'min_length' \(accepted: cascade, min_chars, min_tokens\)"):
         build_filter({"type": "min_length", "max_chars": 5})
 
 

@@ -32,7 +32,7 @@ from dolmino.build.select import (
     too_many_copies,
 )
 from dolmino.build.spark import cluster_info, forward_environment, is_local, parallelize_pickled, persisted_bytes
-from dolmino.build.tag import run_tag, tag_plans
+from dolmino.build.tag import run_tag, skips_blank, tag_plans
 from dolmino.build.write import (
     PARTS_DIR, TokContext, TokDoc, TokStats, WriteContext, order_key, tokenize_units, write_part,
 )
@@ -162,11 +162,6 @@ def _check_models(spec: dict, resources: dict, where: str) -> None:
             filt.check_model()
         except ResourceError as exc:
             raise BuildError(f"{where}: {exc}") from None
-
-
-def skips_blank(manifest: Manifest) -> bool:
-    """dolma's tokenization skips documents that are empty after strip (docs/DESIGN.md "Tokenization")."""
-    return manifest.tokenizer.semantics == "dolma"
 
 
 def _task_of_bundle(groups) -> dict[int, int]:

@@ -189,7 +189,7 @@ def pool_bundle(bundle: Bundle, ctx: PoolContext,
                 ahead: ReadAhead | None = None) -> Iterator[PoolBlock | UnitPool | UnitIds]:
     """Decide every document of a bundle from its attribute files (each read once, in
     `attribute_paths` order: `ahead` may hold their bytes)."""
-    from filters.base import chain_labels, decide
+    from filters.base import SCORED_COLUMN, chain_labels, decide
     from filters.dedup import document_key
     from filters.registry import build_filter
 
@@ -214,6 +214,8 @@ def pool_bundle(bundle: Bundle, ctx: PoolContext,
                              f"source's; {REMEDY}")
         cluster_rows = (table.column("line").to_pylist(), table.column("cluster").to_pylist(), cluster_spans)
     labels = chain_labels(filt for _index, filt, _rows in filters)  # "<type>#k" where a type repeats
+    # a cascade filter's set (its path, for the message): rows the tag left unscored must never be reached
+    cascaded = [path if t.gate else None for t, path in zip(plan.filters, set_paths)]
     exact = source.dedup.exact
     cols = {c: docs.column(c).to_pylist() for c in ("loc_line", "id", "bytes", "blank")}
     text_hashes = docs.column("text_hash").to_pylist() if exact else None
@@ -237,7 +239,11 @@ def pool_bundle(bundle: Bundle, ctx: PoolContext,
             n_bytes = cols["bytes"][i]
             reason = BLANK_REASON if ctx.strip_blank and cols["blank"][i] else None
             if reason is None:
-                for (_index, filt, rows), label in zip(filters, labels):
+                for (_index, filt, rows), label, path in zip(filters, labels, cascaded):
+                    if path is not None and not rows[i][SCORED_COLUMN]:
+                        raise BuildError(f"{path}: a document that the filters before it keep has no score "
+                                         f"({name}:{offset + cols['loc_line'][i]}): the set is not this "
+                                         f"manifest's (cascade): {REMEDY}")
                     verdict = decide(filt, rows[i])
                     if verdict is not None:
                         reason = f"{label}:{verdict}"

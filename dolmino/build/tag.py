@@ -29,8 +29,8 @@ from typing import Iterator, NamedTuple
 
 from dolmino.build import untagged, worker_heap
 from dolmino.build.attributes import (
-    ATTRIBUTE_FORMAT, DOCUMENTS_DIR, STAT_COUNTS, STAT_MAPS, AttributeStore, Bundle, add_counts, read_table, spec_key,
-    unit_listing, text_hash, unit_rows, unit_stats, unit_version, write_table,
+    ATTRIBUTE_FORMAT, DOCUMENTS_DIR, REMEDY, STAT_COUNTS, STAT_MAPS, AttributeStore, Bundle, add_counts, read_table,
+    spec_key, unit_listing, text_hash, unit_rows, unit_stats, unit_version, write_table,
 )
 from dolmino.build.inputs import Unit
 from dolmino.build.read import fetch_ahead, read_unit
@@ -57,6 +57,11 @@ class FilterTag(NamedTuple):
     # what the set name hashes (file parameters as content digests, a custom scorer's source digest): stored
     # with the set, so that `dolmino mix` can say a model changed in place (`untagged._spelled_otherwise`)
     keyed: dict | None = None
+    # a cascade filter ("cascade": true): the positions in the plan's `filters` of the earlier tagged
+    # filters whose survivors alone it scores, and whether blank documents (which the pool stage
+    # removes before any filter) go unscored too; () for a filter that scores every document
+    gate: tuple[int, ...] = ()
+    gate_blank: bool = False
 
 
 class SourceTagPlan(NamedTuple):
@@ -153,10 +158,11 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
     its clusters were computed over (its pool): clusters are global to a pool, so two
     manifests whose source lists other files (or a tag of one killed half-way) never share,
     or overwrite, each other's cluster files."""
-    from filters.base import needs_tokens, tag_params
+    from filters.base import cascades, needs_tokens, tag_params
     from filters.registry import build_filter
     from filters.stackexchange import CONVERSION_REVISION
 
+    blank = skips_blank(manifest)
     plans = []
     for si, source in enumerate(manifest.sources):
         # What decides which documents a unit holds, row by row: a filter's set is read beside the
@@ -168,6 +174,7 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
         docs_key = spec_key({**rows, "tokenizer": tokenizer_digest, "sample_bits": SAMPLE_BITS})
         rows_key = spec_key(rows)
         tags = []
+        built = []  # the filters of `tags`
         warnings = []
         for i, spec in enumerate(source.filters):
             filt = build_filter(spec, f"{source.name}.filters[{i}]")
@@ -184,7 +191,15 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
                 keyed["scorer_source"] = source_digest
             if warning is not None:
                 warnings.append(f"source {source.name!r} filters[{i}]: {warning}")
-            tags.append(FilterTag(f"{spec['type']}-{spec_key(keyed)}", i, spec, keyed))
+            gate = ()
+            if cascades(spec):
+                # Which rows hold scores follows from the earlier filters' sets and their thresholds: a
+                # change of either is another set. Blank documents count where the build removes them.
+                gate = tuple(range(len(tags)))
+                keyed["cascade"] = {"after": [{"set": t.set_name, "decides": _decision_params(f, t.spec)}
+                                              for t, f in zip(tags, built)], "blank": blank}
+            tags.append(FilterTag(f"{spec['type']}-{spec_key(keyed)}", i, spec, keyed, gate, blank and bool(gate)))
+            built.append(filt)
         minhash = pool = None
         if source.dedup.minhash is not None:  # {} asks for MinHash with every default
             minhash = dict(source.dedup.minhash)
@@ -194,6 +209,21 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
             source.name, source.format, source.max_doc_bytes, f"docs-{docs_key}", tuple(tags),
             f"minhash-{spec_key({**minhash, 'pool': pool})}" if minhash else None, minhash, pool, tuple(warnings)))
     return tuple(plans)
+
+
+def skips_blank(manifest: Manifest) -> bool:
+    """dolma's tokenization skips documents that are empty after strip (docs/DESIGN.md "Tokenization"):
+    the pool stage removes them before any filter decides."""
+    return manifest.tokenizer.semantics == "dolma"
+
+
+def _decision_params(filt, spec: dict) -> dict:
+    """The parameters of a filter's spec that only its decision reads (thresholds): its set's name
+    holds the others."""
+    from filters.base import CASCADE, tag_params
+
+    scored = tag_params(filt, spec)
+    return {k: v for k, v in sorted(spec.items()) if k not in scored and k not in ("type", CASCADE)}
 
 
 def _check_ngram_size(spec: dict, resources: dict[str, Resource], where: str) -> None:
@@ -247,17 +277,90 @@ class BundleColumns:
         self.rows: list[int] = []  # documents per unit, in unit order
         self.stats: dict[int, dict] = {}  # unit index -> UnitStats dict
         self.files: dict[str, int] = {}  # quarantine and Stack Exchange documents, per unit
+        self.flushed = 0  # rows of the bundle its filters have scored so far (batches flushed)
+
+
+class StoredRows(list):
+    """An attribute file's rows (dicts), read for a gate, and the file's path for messages."""
+
+    def __init__(self, path: str, rows: list[dict]):
+        super().__init__(rows)
+        self.path = path
+
+
+class Gate:
+    """Which documents a cascade filter scores: those that every earlier tagged filter keeps, decided
+    in chain order from their rows as the pool stage decides them (the first rejection ends it), and
+    not blank where the build removes blank documents first. A document it leaves out never reaches
+    the filter in the pool stage, so its unscored row is never read.
+
+    `earlier`: (filter built from the earlier filter's own spec, its set's rows): the set's columns
+    as this task computes them (a dict of lists, filled batch by batch before the cascade filter
+    scores the batch) or as stored (a list of row dicts, read from the bundle's attribute file)."""
+
+    def __init__(self, earlier: list[tuple[object, dict | list]], blank: bool):
+        self.earlier = earlier
+        self.blank = blank
+
+    def passes(self, row: int, doc: dict) -> bool:
+        from filters.base import decide
+
+        if self.blank and not doc["text"].strip():
+            return False
+        for filt, rows in self.earlier:
+            if isinstance(rows, dict):
+                attrs = {name: values[row] for name, values in rows.items()}
+            elif row < len(rows):
+                attrs = rows[row]
+            else:
+                raise BuildError(f"{rows.path} holds {len(rows):,} rows where its input now reads as more documents: "
+                                 f"{REMEDY}")
+            if decide(filt, attrs) is not None:
+                return False
+        return True
+
+
+def _gated_columns(filt, gate: Gate, docs: list[dict], first_row: int) -> dict[str, list]:
+    """A cascade filter's columns for a batch: scores of the documents its gate passes, None in
+    the other rows, and the `scored` column that tells them apart."""
+    from filters.base import SCORED_COLUMN, tag_columns
+
+    scored = [gate.passes(first_row + j, doc) for j, doc in enumerate(docs)]
+    picked = [doc for doc, ok in zip(docs, scored) if ok]
+    columns: dict[str, list] = {}
+    if picked:  # no call with no documents: a model's batch of none is not every scorer's case
+        for name, values in tag_columns(filt, picked).items():
+            it = iter(values)
+            columns[name] = [next(it) if ok else None for ok in scored]
+    columns[SCORED_COLUMN] = scored
+    return columns
+
+
+def _extend(target: dict[str, list], columns: dict[str, list], rows_before: int, n: int) -> None:
+    """Append a batch's columns; a column that a batch lacks (a cascade batch with no document
+    scored) is None in its rows, whichever batch first had it."""
+    for name, values in columns.items():
+        target.setdefault(name, [None] * rows_before).extend(values)
+    for values in target.values():
+        if len(values) < rows_before + n:
+            values.extend([None] * (rows_before + n - len(values)))
 
 
 def _flush(batch: list[tuple[int, int, dict]], filters: list, hasher, acc: BundleColumns, plan: SourceTagPlan,
-           unit: Unit) -> Iterator[Signature]:
-    """Score a batch of documents with the bundle's filters; their MinHash signatures."""
+           unit: Unit, gates: list[Gate | None]) -> Iterator[Signature]:
+    """Score a batch of documents with the bundle's filters (in chain order: a cascade filter's
+    gate reads the batch's rows of the sets computed before it); their MinHash signatures."""
     from filters.base import tag_columns
 
     docs = [d for _, _, d in batch]
+    first_row = acc.flushed
     for k, filt in enumerate(filters):
-        for name, values in tag_columns(filt, docs).items():
-            acc.tagged[k].setdefault(name, []).extend(values)
+        if gates[k] is None:
+            for name, values in tag_columns(filt, docs).items():
+                acc.tagged[k].setdefault(name, []).extend(values)
+        else:
+            _extend(acc.tagged[k], _gated_columns(filt, gates[k], docs, first_row), first_row, len(docs))
+    acc.flushed += len(docs)
     if hasher is not None:
         ngram = plan.minhash.get("ngram", MINHASH_DEFAULTS["ngram"])
         for _line, loc_line, doc in batch:
@@ -266,7 +369,7 @@ def _flush(batch: list[tuple[int, int, dict]], filters: list, hasher, acc: Bundl
 
 
 def tag_unit(unit: Unit, work: BundleWork, ctx: TagContext, filters: list, hasher,
-             acc: BundleColumns, ahead: ReadAhead) -> Iterator[Signature]:
+             acc: BundleColumns, ahead: ReadAhead, gates: list[Gate | None]) -> Iterator[Signature]:
     """Read one unit, append its rows to the bundle's columns, yield its MinHash signatures."""
     si = unit.source_index
     plan = ctx.plans[si]
@@ -311,10 +414,10 @@ def tag_unit(unit: Unit, work: BundleWork, ctx: TagContext, filters: list, hashe
         if filters or hasher is not None:
             batch.append((line, loc_line, doc))
             if len(batch) >= BATCH:
-                yield from _flush(batch, filters, hasher, acc, plan, unit)
+                yield from _flush(batch, filters, hasher, acc, plan, unit, gates)
                 batch = []
     if batch:
-        yield from _flush(batch, filters, hasher, acc, plan, unit)
+        yield from _flush(batch, filters, hasher, acc, plan, unit, gates)
     acc.rows.append(rows)
     if write_docs:
         assert len(base["line"]) - docs_before == rows
@@ -329,6 +432,35 @@ def tag_unit(unit: Unit, work: BundleWork, ctx: TagContext, filters: list, hashe
             qpath = store.quarantine_path(plan.name, unit)
             acc.files[qpath] = _write_quarantine(qpath, quarantine.records)
         acc.stats[unit.index] = stats.to_dict()
+
+
+def _gate(plan: SourceTagPlan, tag: FilterTag, due: list[FilterTag], acc: BundleColumns, bundle: Bundle,
+          ctx: TagContext) -> Gate:
+    """A cascade filter's gate in one task: each earlier filter decides by its own spec, from the
+    rows this task computes for its set or, where the set was tagged before, from the stored file."""
+    from filters.registry import build_filter
+
+    computed = {t.set_name: k for k, t in enumerate(due)}
+    stored: dict[str, list] = {}
+    earlier = []
+    for position in tag.gate:
+        before = plan.filters[position]
+        filt = build_filter(localized_spec(before.spec, ctx.resources), f"{plan.name}.filters[{before.index}]")
+        if before.set_name in computed:
+            rows = acc.tagged[computed[before.set_name]]
+        else:
+            if before.set_name not in stored:
+                path = ctx.store.path(plan.name, before.set_name, bundle)
+                table, meta = read_table(path)
+                rows = table.to_pylist()
+                spans = unit_rows(meta, bundle, path, before.set_name)  # these units, at these versions
+                if len(rows) != (spans[-1][1] if spans else 0):
+                    raise BuildError(f"{path} holds {len(rows):,} rows where its metadata lists "
+                                     f"{spans[-1][1] if spans else 0:,}: {REMEDY}")
+                stored[before.set_name] = StoredRows(path, rows)
+            rows = stored[before.set_name]
+        earlier.append((filt, rows))
+    return Gate(earlier, tag.gate_blank)
 
 
 def _docs_schema():
@@ -364,8 +496,14 @@ def tag_bundle(work: BundleWork, ctx: TagContext, ahead: ReadAhead) -> Iterator[
 
         hasher = MinHasher(plan.minhash.get("num_perm", MINHASH_DEFAULTS["num_perm"]), plan.minhash["seed"])
     acc = BundleColumns(len(tags))
+    gates = [_gate(plan, t, tags, acc, bundle, ctx) if t.gate else None for t in tags]
     for unit in bundle.units:
-        yield from tag_unit(unit, work, ctx, filters, hasher, acc, ahead)
+        yield from tag_unit(unit, work, ctx, filters, hasher, acc, ahead, gates)
+    for gate in filter(None, gates):
+        for _filt, rows in gate.earlier:
+            if isinstance(rows, StoredRows) and len(rows) != acc.flushed:
+                raise BuildError(f"{rows.path} holds {len(rows):,} rows where its input now reads as {acc.flushed:,} "
+                                 f"documents: {REMEDY}")
 
     listed = unit_listing(bundle, acc.rows)
     meta = {"bundle": bundle.key, "version": bundle.version, "source": plan.name, "units": listed}

@@ -299,6 +299,16 @@ def _changed_in_place(stored: dict | None, keyed: dict | None, spec: dict) -> st
         return None
     changed = [f"the {k.removesuffix('_path').replace('_', ' ')} at {spec[k]} changed since it was tagged"
                for k in file_params(spec) if k in keyed and stored.get(k) != keyed[k]]
+    if stored.get("cascade") != keyed.get("cascade"):  # which documents were scored (filters.base: cascade)
+        if "cascade" not in keyed:
+            changed.append("it was scored as a cascade filter, only where the filters before it kept a document, "
+                           "and this manifest asks for every document scored (no `cascade`)")
+        elif "cascade" not in stored:
+            changed.append("it was scored for every document, and this manifest's `cascade` keys the scores of "
+                           "the documents the filters before it keep")
+        else:
+            changed.append("it was scored as a cascade filter where other filters before it, or other settings of "
+                           "theirs, decided which documents it scored")
     if "scorer_source" in keyed and "scorer_source" in stored and stored["scorer_source"] != keyed["scorer_source"]:
         from filters.quality import scorer_source
 
