@@ -18,9 +18,10 @@ rounding, which tests check against a plain transformers loop).
 The model comes from a local directory (what `save_pretrained` writes) or an s3:// prefix,
 which is downloaded once per machine into the dolmino cache (`local_model_dir`). Hub names
 are not fetched: download the model first. It loads lazily on the first document, once per
-process, so the filter pickles as its parameters; GPU when present (`device="auto"`), else
-CPU with `torch_threads` threads (1 by default inside a Spark task, where every core
-already runs a Python worker).
+process, so the filter pickles as its parameters; GPU when present (`device="auto"`: in a
+Spark task given a GPU by the cluster's GPU scheduling, that one), else CPU with
+`torch_threads` threads (1 by default inside a Spark task, where every core already runs a
+Python worker).
 
     python -m filters.fineweb_edu score --model DIR_OR_S3 --input docs.jsonl.zst   # int_score histogram
 """
@@ -109,11 +110,24 @@ def _in_spark_task() -> bool:
     return TaskContext.get() is not None
 
 
+def _task_gpu() -> str | None:
+    """The GPU Spark gave the running task ("cuda:N" from its `gpu` resource: a cluster started with
+    GPU scheduling, spark.task.resource.gpu.amount), None outside a task or without one. Without it
+    every task of a multi-GPU node ran on the first GPU, the others idle."""
+    if "pyspark" not in sys.modules:
+        return None
+    from pyspark import TaskContext
+
+    task = TaskContext.get()
+    gpu = task.resources().get("gpu") if task is not None else None
+    return f"cuda:{gpu.addresses[0]}" if gpu is not None and gpu.addresses else None
+
+
 def _resolve_device(device: str) -> str:
     import torch
 
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return (_task_gpu() or "cuda") if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ResourceError(f"device {device!r} asked for, but CUDA is not available")
     return device

@@ -412,6 +412,35 @@ def test_cli_out_is_compressed_by_its_suffix(model_dir, docs, tmp_path, suffix):
     assert [json.loads(line)["id"] for line in text.decode().splitlines()] == [d["id"] for d in docs[:5]]
 
 
+def test_auto_device_is_the_gpu_spark_gave_the_task(monkeypatch):
+    """Under a cluster's GPU scheduling each task is given GPU addresses; "auto" ran every task of a
+    multi-GPU node on the first GPU (cuda), the others idle. An explicit device is kept."""
+    from pyspark import TaskContext
+    from pyspark.resource import ResourceInformation
+
+    class Task:
+        def __init__(self, resources):
+            self._resources = resources
+
+        def resources(self):
+            return self._resources
+
+    def running(task):
+        monkeypatch.setattr(TaskContext, "get", classmethod(lambda cls: task))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    running(Task({"gpu": ResourceInformation("gpu", ["3", "5"])}))
+    assert fineweb_edu._resolve_device("auto") == "cuda:3"
+    assert fineweb_edu._resolve_device("cuda:1") == "cuda:1"
+    running(Task({}))  # a task of a cluster without GPU scheduling
+    assert fineweb_edu._resolve_device("auto") == "cuda"
+    running(None)  # the driver, or a plain process
+    assert fineweb_edu._resolve_device("auto") == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    running(Task({"gpu": ResourceInformation("gpu", ["3"])}))
+    assert fineweb_edu._resolve_device("auto") == "cpu"
+
+
 @pytest.mark.gpu
 def test_gpu_scores_match_cpu(model_dir, docs):
     if not torch.cuda.is_available():
