@@ -247,6 +247,7 @@ class FineWebEduFilter:
 
     name = "fineweb_edu"
     tag_params = ("model_path", "max_length", "dtype")
+    run_params = ("batch_size", "device", "torch_threads")  # how it runs: neither the scores nor the decision
 
     def __init__(self, model_path: str, min_int_score: int = PAPER_MIN_INT_SCORE, batch_size: int = 32,
                  max_length: int | None = None, dtype: str = "float32", device: str = "auto",

@@ -523,6 +523,7 @@ class FastTextQualityFilter:
 
     # `engine` is not a tag parameter: both engines give the same probabilities (parity-tested).
     tag_params = ("model_path", "label")
+    run_params = ("engine",)  # how it runs: neither the scores nor the decision
     # 2: both engines score DCLM's one-line text (`dclm_line`); stored scores of revision 1 are not reused.
     tag_revision = 2
     # Parameters naming a fastText model file: a build's driver checks them before any task.

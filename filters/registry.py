@@ -78,8 +78,9 @@ def build_filter(spec: dict, where: str = "filter"):
                 if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     for name in params:
         if name not in accepted:
+            options = [*accepted] if getattr(cls, "needs_tokens", False) is True else [*accepted, CASCADE]
             raise ManifestError(f"{where}.{name}: unknown parameter for {type_name!r} "
-                                f"(accepted: {', '.join(sorted([*accepted, CASCADE]))})")
+                                f"(accepted: {', '.join(sorted(options)) or 'none'})")
     for name, p in accepted.items():
         if p.default is inspect.Parameter.empty and name not in params:
             raise ManifestError(f"{where}.{name}: required parameter of {type_name!r} is missing")

@@ -1,5 +1,6 @@
 """`"cascade": true` on a tagged filter: the tag phase scores only the documents every earlier
-tagged filter keeps, and the mix is the one the same manifest without it builds (filters/base.py)."""
+tagged filter keeps, and the mix is the one the same manifest without it builds, byte for byte, for
+a scorer whose score of a document does not depend on its batch (filters/base.py)."""
 
 from __future__ import annotations
 

@@ -218,12 +218,23 @@ def skips_blank(manifest: Manifest) -> bool:
 
 
 def _decision_params(filt, spec: dict) -> dict:
-    """The parameters of a filter's spec that only its decision reads (thresholds): its set's name
-    holds the others."""
-    from filters.base import CASCADE, tag_params
+    """The parameters that only a filter's decision reads (thresholds), as the filter takes them: its
+    set's name holds the others (a verdict filter's, all of them). Its defaults filled in and numbers
+    by value: a threshold left out in the tagging manifest and written out as its default (2 or 2.0)
+    in the mixing one decides alike, and was another key, so `dolmino mix` refused, saying the filters
+    before the cascade filter had decided otherwise, and the tag scored it again (found by a tester)."""
+    import inspect
 
-    scored = tag_params(filt, spec)
-    return {k: v for k, v in sorted(spec.items()) if k not in scored and k not in ("type", CASCADE)}
+    from filters.base import CASCADE
+
+    scored = getattr(filt, "tag_params", None)
+    if scored is None or not hasattr(filt, "tag"):
+        return {}
+    skip = {*scored, *getattr(filt, "run_params", ()), "type", CASCADE}  # a batch size, a device: no decision
+    defaults = {n: p.default for n, p in inspect.signature(type(filt).__init__).parameters.items()
+                if p.default is not p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+            for k, v in sorted({**defaults, **spec}.items()) if k not in skip}
 
 
 def _check_ngram_size(spec: dict, resources: dict[str, Resource], where: str) -> None:
