@@ -98,6 +98,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("scale", "bench_scale.py", quick_args=(("--quick",),)),
     Benchmark("native", "bench_native.py", quick_args=(("--quick",),)),
     Benchmark("trainer", "bench_trainer.py", quick_args=(("--quick",),)),
+    Benchmark("cascade", "bench_cascade.py", quick_args=(("--quick",),)),
 )
 
 
