@@ -52,7 +52,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,7 +61,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.bench_scale import _measured, fig, make_spark  # noqa: E402
+from bench.bench_scale import _measured, fig, make_spark, run_child  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "corpus"
 TMP = REPO / "bench" / "results" / "tmp"
@@ -270,24 +269,11 @@ def in_child(args):
     def run(work: Path, spec: dict, warm: dict, split_bytes: int, warmup_split_bytes: int) -> dict:
         (work / "manifest.json").write_text(json.dumps(spec))
         (work / "warmup.json").write_text(json.dumps(warm))
-        return run_child(["--work", str(work), "--manifest", str(work / "manifest.json"), "--warmup-manifest",
-                          str(work / "warmup.json"), "--cores", str(args.cores), "--driver-memory",
-                          args.driver_memory, "--split-bytes", str(split_bytes),
-                          "--warmup-split-bytes", str(warmup_split_bytes)], args.timeout)
+        return run_child("tag", ["--work", str(work), "--manifest", str(work / "manifest.json"), "--warmup-manifest",
+                                 str(work / "warmup.json"), "--cores", str(args.cores), "--driver-memory",
+                                 args.driver_memory, "--split-bytes", str(split_bytes),
+                                 "--warmup-split-bytes", str(warmup_split_bytes)], args.timeout, script=__file__)
     return run
-
-
-def run_child(extra: list[str], timeout: float) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "tag", *extra]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(REPO))
-    for line in proc.stderr.splitlines():
-        if line.startswith("[bench_cascade]"):
-            print(line, file=sys.stderr, flush=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the tag child exited {proc.returncode}: {proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def prepare(args) -> dict:
@@ -386,8 +372,7 @@ def summarise(args, meta: dict, runs: dict[str, dict], lengths: dict) -> dict:
            " as the real classifier's model card does")
         + f"; its scores mean nothing, its cost is the real one. The measured documents average "
           f"{lengths['mean_tokens']:.0f} of its tokens after truncation ({lengths['share_at_limit']:.0%} cut at "
-          f"{lengths['limit']}), the fastText survivors {lengths['mean_tokens_survivors']:.0f}: the cascade's saving "
-          "follows the survivors' share of the tokens, not only of the documents",
+          f"{lengths['limit']}), the fastText survivors {lengths['mean_tokens_survivors']:.0f}",
         f"check: the cascade set scored {cascade['bert_scored']} of {cascade['rows']} rows, the fastText survivors "
         f"counted from its stored scores are {cascade['fasttext_survivors']} (predicted before the run: "
         f"{meta['fasttext_keeps_expected']}); the plain set scored all {plain['bert_scored']}: "
@@ -413,9 +398,8 @@ def summarise(args, meta: dict, runs: dict[str, dict], lengths: dict) -> dict:
         f"for these documents' lengths ({lengths['mean_tokens']:.0f} BERT tokens on average after truncation): "
         f"DCLM-Baseline averages "
         f"~{DCLM_BASELINE_TOKENS / DCLM_BASELINE_DOCS:,.0f} dolma2 tokens per document (SPEC.md: "
-        f"{DCLM_BASELINE_TOKENS / 1e12:.2f}T / {DCLM_BASELINE_DOCS / 1e9:.2f}B), so most of its documents are "
-        "cut at 512 and cost about what this run's longest did. A real run scores on GPUs (fineweb_edu's device "
-        "auto), which this bench does not measure",
+        f"{DCLM_BASELINE_TOKENS / 1e12:.2f}T / {DCLM_BASELINE_DOCS / 1e9:.2f}B; its BERT token lengths are not "
+        "measured here). A real run scores on GPUs (fineweb_edu's device auto), which this bench does not measure",
     ]
     return {"docs": n, "shape": args.shape, "max_length": args.max_length or POSITIONS,
             "threshold": meta["threshold"], "keep_target": args.keep, "check_scored_equals_survivors": check_ok,

@@ -704,13 +704,16 @@ def child_tokenize(args) -> dict:
 # ---------------------------------------------------------------------------- parent
 
 
-def run_child(kind: str, extra: list[str], timeout: float, env: dict | None = None) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, *extra]
+def run_child(kind: str, extra: list[str], timeout: float, env: dict | None = None, script: str = __file__) -> dict:
+    """`script --child kind ...` in its own process (a fresh Spark session); its last stdout line is
+    the JSON result, and its log lines ("[<script name>] ...") are passed on."""
+    cmd = [sys.executable, str(Path(script).resolve()), "--child", kind, *extra]
     full_env = dict(os.environ, **(env or {}))
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=str(REPO))
+    prefix = f"[{Path(script).stem}]"
     for line in proc.stderr.splitlines():
-        if line.startswith("[bench_scale]"):
+        if line.startswith(prefix):
             print(line, file=sys.stderr, flush=True)
     if proc.returncode != 0:
         raise RuntimeError(f"child {kind} exited {proc.returncode}: {proc.stderr[-3000:]}")

@@ -96,8 +96,11 @@ def _filter_defaults(type_name: str) -> dict:
 
 
 def _filter_params(spec: dict) -> dict:
-    """A filter's parameters as it takes them: its defaults, then what the manifest writes."""
-    return {**_filter_defaults(spec.get("type")), **{k: v for k, v in spec.items() if k != "type"}}
+    """A filter's parameters as it takes them: its defaults, then what the manifest writes
+    (`cascade` false is its absence)."""
+    from filters.base import CASCADE
+
+    return {**_filter_defaults(spec.get("type")), CASCADE: False, **{k: v for k, v in spec.items() if k != "type"}}
 
 
 def _filter_changes(name: str, a: list[dict], b: list[dict], out: list[Change]) -> None:

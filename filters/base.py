@@ -21,8 +21,8 @@ A filter whose decision is a threshold on something expensive splits itself in t
 
 Parameters not named in `tag_params` (thresholds) only change `decide`: a changed threshold
 on a stored score needs no re-scoring. `run_params` (optional) names the ones that change
-neither the attributes nor the decision, only how the scoring runs (a batch size, a device, an
-engine): a cascade's key leaves them out. `reject_reason(doc)` stays the definition, and both
+only how the scoring runs (a batch size, a device, an engine), the scores at most within float
+rounding: a cascade's key leaves them out. `reject_reason(doc)` stays the definition, and both
 halves must agree with it: `decide(row i of tag([doc]))`. Columns hold numbers, strings or
 None (they are stored as Parquet).
 

@@ -100,6 +100,7 @@ def local_model_dir(model_path: str) -> str:
 # Loaded (tokenizer, model, device, max_length) per (directory, dtype, device, max_length):
 # the build makes its filters anew for every file task, and a Spark worker runs many.
 _LOADED: dict[tuple, tuple] = {}
+_AUTO: dict[tuple, tuple] = {}  # (directory, dtype, max_length) -> the _LOADED key "auto" resolved to first
 
 
 def _in_spark_task() -> bool:
@@ -120,7 +121,13 @@ def _task_gpu() -> str | None:
 
     task = TaskContext.get()
     gpu = task.resources().get("gpu") if task is not None else None
-    return f"cuda:{gpu.addresses[0]}" if gpu is not None and gpu.addresses else None
+    if gpu is None or not gpu.addresses:
+        return None
+    address = gpu.addresses[0]
+    # A discovery script gives the node's GPU ids; where CUDA_VISIBLE_DEVICES narrows them, CUDA counts
+    # from 0 over the visible ones.
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return f"cuda:{visible.index(address) if address in visible else address}"
 
 
 def _resolve_device(device: str) -> str:
@@ -135,9 +142,23 @@ def _resolve_device(device: str) -> str:
 
 def _load(model_path: str, dtype: str, device: str, max_length: int | None) -> tuple:
     local = os.path.abspath(local_model_dir(model_path))
+    first = _AUTO.get((local, dtype, max_length)) if device == "auto" else None
+    if first in _LOADED:
+        # One copy per process: a Python worker that Spark gives another task's GPU keeps its first (a
+        # model and a CUDA context on every GPU it was ever given would add up); the count of tasks per
+        # GPU is what the scheduling bounds.
+        return _LOADED[first]
     resolved = _resolve_device(device)
+    if resolved.startswith("cuda:"):
+        import torch
+
+        if int(resolved.split(":")[1]) >= torch.cuda.device_count():
+            raise ResourceError(f"device {resolved!r}: this process sees {torch.cuda.device_count()} GPU(s) (Spark's "
+                                "GPU ids and CUDA_VISIBLE_DEVICES disagree?); give the filter a device")
     key = (local, dtype, resolved, max_length)
     if key in _LOADED:
+        if device == "auto":
+            _AUTO.setdefault((local, dtype, max_length), key)
         return _LOADED[key]
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -171,6 +192,8 @@ def _load(model_path: str, dtype: str, device: str, max_length: int | None) -> t
         raise ResourceError(f"max_length {max_length} exceeds the {positions} positions of model {model_path!r}")
     model.to(resolved).eval()
     _LOADED[key] = (tokenizer, model, resolved, int(max_length))
+    if device == "auto":
+        _AUTO[(local, dtype, key[3])] = key  # key[3]: max_length as asked (None: the tokenizer's)
     return _LOADED[key]
 
 

@@ -88,3 +88,34 @@ def test_how_an_earlier_filter_runs_is_no_part_of_a_cascade_key(earlier, same, o
 
     assert decides(same) == decides({})
     assert decides(other) != decides({})
+
+
+def _chain(*filters: dict) -> dict:
+    return {"name": "chain", "version": 1, "seed": 3, "budget": 1000, "data_root": "/tmp",
+            "sources": [{"name": "web", "paths": ["*.jsonl"], "mix_percent": 100.0, "filters": list(filters)}]}
+
+
+def test_the_earlier_filters_order_and_repeats_do_not_key_a_cascade():
+    """The gate keeps what every earlier filter keeps: swapping two of them, or writing one twice,
+    scored the cascade filter again for the same documents (a reviewer)."""
+    stars, chars = {"type": "code_stars", "min_stars": 3}, {"type": "min_length", "min_chars": 50}
+    cascade = {"type": "code_word_frequency", "cascade": True}
+
+    def name(*filters: dict) -> str:
+        plan, = tag_plans(manifest_from_dict(_chain(*filters)), {}, "tokenizer", [])
+        return plan.filters[-1].set_name
+
+    assert name(stars, chars, cascade) == name(chars, stars, cascade) == name(stars, chars, stars, cascade)
+    assert name(stars, chars, cascade) != name(stars, {**chars, "min_chars": 60}, cascade)
+
+
+def test_diff_reads_cascade_false_as_no_cascade():
+    from dolmino.diff import diff_manifests
+
+    plain = {"type": "min_length", "min_chars": 50}
+    a = manifest_from_dict(_chain({"type": "code_stars"}, plain))
+    b = manifest_from_dict(_chain({"type": "code_stars"}, {**plain, "cascade": False}))
+    c = manifest_from_dict(_chain({"type": "code_stars"}, {**plain, "cascade": True}))
+    assert not any(diff_manifests(a, b, with_plan=False).sources.values())
+    changes = diff_manifests(a, c, with_plan=False).sources["web"]
+    assert [(ch.where, ch.before, ch.after) for ch in changes] == [("web.filters[1] min_length.cascade", False, True)]

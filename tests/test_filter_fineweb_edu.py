@@ -429,6 +429,7 @@ def test_auto_device_is_the_gpu_spark_gave_the_task(monkeypatch):
         monkeypatch.setattr(TaskContext, "get", classmethod(lambda cls: task))
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     running(Task({"gpu": ResourceInformation("gpu", ["3", "5"])}))
     assert fineweb_edu._resolve_device("auto") == "cuda:3"
     assert fineweb_edu._resolve_device("cuda:1") == "cuda:1"
@@ -436,9 +437,23 @@ def test_auto_device_is_the_gpu_spark_gave_the_task(monkeypatch):
     assert fineweb_edu._resolve_device("auto") == "cuda"
     running(None)  # the driver, or a plain process
     assert fineweb_edu._resolve_device("auto") == "cuda"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # the node's GPU 3 is this process's cuda:1
     running(Task({"gpu": ResourceInformation("gpu", ["3"])}))
+    assert fineweb_edu._resolve_device("auto") == "cuda:1"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert fineweb_edu._resolve_device("auto") == "cpu"
+
+
+def test_a_worker_given_another_gpu_keeps_its_one_copy_of_the_model(model_dir, monkeypatch):
+    """Spark reuses a Python worker for tasks given other GPUs: "auto" loads once per process (a copy
+    and a CUDA context on every GPU a worker was ever given would add up), an explicit device its own."""
+    devices = iter(["cpu", "cuda:1"])  # what "auto" would resolve to in the first task, then in the next
+    monkeypatch.setattr(fineweb_edu, "_resolve_device", lambda device: next(devices) if device == "auto" else device)
+    monkeypatch.setattr(fineweb_edu, "_LOADED", {})
+    monkeypatch.setattr(fineweb_edu, "_AUTO", {})
+    first = fineweb_edu._load(model_dir, "float32", "auto", None)
+    assert fineweb_edu._load(model_dir, "float32", "auto", None) is first and first[2] == "cpu"
+    assert fineweb_edu._load(model_dir, "float32", "cpu", None) is first  # the same key: no second copy
 
 
 @pytest.mark.gpu

@@ -195,9 +195,11 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
             if cascades(spec):
                 # Which rows hold scores follows from the earlier filters' sets and their thresholds: a
                 # change of either is another set. Blank documents count where the build removes them.
+                # The gate keeps what every earlier filter keeps: their order and repeats change nothing.
                 gate = tuple(range(len(tags)))
-                keyed["cascade"] = {"after": [{"set": t.set_name, "decides": _decision_params(f, t.spec)}
-                                              for t, f in zip(tags, built)], "blank": blank}
+                entries = ({"set": t.set_name, "decides": _decision_params(f, t.spec)} for t, f in zip(tags, built))
+                after = {spec_key(entry): entry for entry in entries}
+                keyed["cascade"] = {"after": [after[k] for k in sorted(after)], "blank": blank}
             tags.append(FilterTag(f"{spec['type']}-{spec_key(keyed)}", i, spec, keyed, gate, blank and bool(gate)))
             built.append(filt)
         minhash = pool = None
@@ -291,25 +293,17 @@ class BundleColumns:
         self.flushed = 0  # rows of the bundle its filters have scored so far (batches flushed)
 
 
-class StoredRows(list):
-    """An attribute file's rows (dicts), read for a gate, and the file's path for messages."""
-
-    def __init__(self, path: str, rows: list[dict]):
-        super().__init__(rows)
-        self.path = path
-
-
 class Gate:
     """Which documents a cascade filter scores: those that every earlier tagged filter keeps, decided
     in chain order from their rows as the pool stage decides them (the first rejection ends it), and
     not blank where the build removes blank documents first. A document it leaves out never reaches
     the filter in the pool stage, so its unscored row is never read.
 
-    `earlier`: (filter built from the earlier filter's own spec, its set's rows): the set's columns
-    as this task computes them (a dict of lists, filled batch by batch before the cascade filter
-    scores the batch) or as stored (a list of row dicts, read from the bundle's attribute file)."""
+    `earlier`: (the earlier filter built from its own spec, its set's columns, the stored file's path
+    or None): the columns as this task computes them (filled batch by batch before the cascade
+    filter scores the batch) or as read from the bundle's stored file."""
 
-    def __init__(self, earlier: list[tuple[object, dict | list]], blank: bool):
+    def __init__(self, earlier: list[tuple[object, dict[str, list], str | None]], blank: bool):
         self.earlier = earlier
         self.blank = blank
 
@@ -318,14 +312,11 @@ class Gate:
 
         if self.blank and not doc["text"].strip():
             return False
-        for filt, rows in self.earlier:
-            if isinstance(rows, dict):
-                attrs = {name: values[row] for name, values in rows.items()}
-            elif row < len(rows):
-                attrs = rows[row]
-            else:
-                raise BuildError(f"{rows.path} holds {len(rows):,} rows where its input now reads as more documents: "
-                                 f"{REMEDY}")
+        for filt, columns, path in self.earlier:
+            try:
+                attrs = {name: values[row] for name, values in columns.items()}
+            except IndexError:  # a stored file of fewer rows than the input now reads as
+                raise BuildError(f"{path} holds fewer rows than its input now reads as documents: {REMEDY}") from None
             if decide(filt, attrs) is not None:
                 return False
         return True
@@ -446,31 +437,32 @@ def tag_unit(unit: Unit, work: BundleWork, ctx: TagContext, filters: list, hashe
 
 
 def _gate(plan: SourceTagPlan, tag: FilterTag, due: list[FilterTag], acc: BundleColumns, bundle: Bundle,
-          ctx: TagContext) -> Gate:
+          ctx: TagContext, stored: dict[str, tuple[str, dict[str, list]]]) -> Gate:
     """A cascade filter's gate in one task: each earlier filter decides by its own spec, from the
-    rows this task computes for its set or, where the set was tagged before, from the stored file."""
+    columns this task computes for its set or, where the set was tagged before, from the stored file
+    (read once per bundle into `stored`: set name -> (path, columns)). The filters are built from the
+    specs as the manifest gives them, not localized: a decision reads no model, and a model on S3 was
+    fetched to every node for it."""
     from filters.registry import build_filter
 
     computed = {t.set_name: k for k, t in enumerate(due)}
-    stored: dict[str, list] = {}
     earlier = []
     for position in tag.gate:
         before = plan.filters[position]
-        filt = build_filter(localized_spec(before.spec, ctx.resources), f"{plan.name}.filters[{before.index}]")
+        filt = build_filter(before.spec, f"{plan.name}.filters[{before.index}]")
         if before.set_name in computed:
-            rows = acc.tagged[computed[before.set_name]]
-        else:
-            if before.set_name not in stored:
-                path = ctx.store.path(plan.name, before.set_name, bundle)
-                table, meta = read_table(path)
-                rows = table.to_pylist()
-                spans = unit_rows(meta, bundle, path, before.set_name)  # these units, at these versions
-                if len(rows) != (spans[-1][1] if spans else 0):
-                    raise BuildError(f"{path} holds {len(rows):,} rows where its metadata lists "
-                                     f"{spans[-1][1] if spans else 0:,}: {REMEDY}")
-                stored[before.set_name] = StoredRows(path, rows)
-            rows = stored[before.set_name]
-        earlier.append((filt, rows))
+            earlier.append((filt, acc.tagged[computed[before.set_name]], None))
+            continue
+        if before.set_name not in stored:
+            path = ctx.store.path(plan.name, before.set_name, bundle)
+            table, meta = read_table(path)
+            spans = unit_rows(meta, bundle, path, before.set_name)  # these units, at these versions
+            if table.num_rows != (spans[-1][1] if spans else 0):
+                raise BuildError(f"{path} holds {table.num_rows:,} rows where its metadata lists "
+                                 f"{spans[-1][1] if spans else 0:,}: {REMEDY}")
+            stored[before.set_name] = (path, table.to_pydict())
+        path, columns = stored[before.set_name]
+        earlier.append((filt, columns, path))
     return Gate(earlier, tag.gate_blank)
 
 
@@ -507,14 +499,15 @@ def tag_bundle(work: BundleWork, ctx: TagContext, ahead: ReadAhead) -> Iterator[
 
         hasher = MinHasher(plan.minhash.get("num_perm", MINHASH_DEFAULTS["num_perm"]), plan.minhash["seed"])
     acc = BundleColumns(len(tags))
-    gates = [_gate(plan, t, tags, acc, bundle, ctx) if t.gate else None for t in tags]
+    stored: dict[str, tuple[str, dict[str, list]]] = {}  # earlier sets read for gates, once per bundle
+    gates = [_gate(plan, t, tags, acc, bundle, ctx, stored) if t.gate else None for t in tags]
     for unit in bundle.units:
         yield from tag_unit(unit, work, ctx, filters, hasher, acc, ahead, gates)
-    for gate in filter(None, gates):
-        for _filt, rows in gate.earlier:
-            if isinstance(rows, StoredRows) and len(rows) != acc.flushed:
-                raise BuildError(f"{rows.path} holds {len(rows):,} rows where its input now reads as {acc.flushed:,} "
-                                 f"documents: {REMEDY}")
+    for path, columns in stored.values():
+        rows = len(next(iter(columns.values()), []))
+        if rows != acc.flushed:
+            raise BuildError(f"{path} holds {rows:,} rows where its input now reads as {acc.flushed:,} documents: "
+                             f"{REMEDY}")
 
     listed = unit_listing(bundle, acc.rows)
     meta = {"bundle": bundle.key, "version": bundle.version, "source": plan.name, "units": listed}

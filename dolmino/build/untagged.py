@@ -304,8 +304,9 @@ def _changed_in_place(stored: dict | None, keyed: dict | None, spec: dict) -> st
             changed.append("it was scored as a cascade filter, only where the filters before it kept a document, "
                            "and this manifest asks for every document scored (no `cascade`)")
         elif "cascade" not in stored:
-            changed.append("it was scored for every document, and this manifest's `cascade` keys the scores of "
-                           "the documents the filters before it keep")
+            changed.append("it was scored on every document, and this manifest's `\"cascade\": true` asks for a set "
+                           "scored only where the filters before it keep a document (leave cascade out to use "
+                           "those scores)")
         else:
             changed.append("it was scored as a cascade filter where other filters before it, or other settings of "
                            "theirs, decided which documents it scored")
