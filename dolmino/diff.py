@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import inspect
 import json
 import math
 import sys
@@ -85,22 +84,13 @@ def _minhash(source: SourceSpec, manifest: Manifest) -> dict:
     return {**MINHASH_DEFAULTS, "seed": manifest.seed, **source.dedup.minhash}
 
 
-def _filter_defaults(type_name: str) -> dict:
-    """The parameters a filter takes when the manifest leaves them out: its constructor's
-    defaults, where `filters.registry.build_filter` checks the manifest's parameters."""
-    from filters.registry import filter_class
-
-    signature = inspect.signature(filter_class(type_name).__init__)
-    return {n: p.default for n, p in signature.parameters.items()
-            if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty}
-
-
 def _filter_params(spec: dict) -> dict:
     """A filter's parameters as it takes them: its defaults, then what the manifest writes
     (`cascade` false is its absence)."""
     from filters.base import CASCADE
+    from filters.registry import filter_defaults
 
-    return {**_filter_defaults(spec.get("type")), CASCADE: False, **{k: v for k, v in spec.items() if k != "type"}}
+    return {**filter_defaults(spec.get("type")), CASCADE: False, **{k: v for k, v in spec.items() if k != "type"}}
 
 
 def _filter_changes(name: str, a: list[dict], b: list[dict], out: list[Change]) -> None:

@@ -142,12 +142,12 @@ def _resolve_device(device: str) -> str:
 
 def _load(model_path: str, dtype: str, device: str, max_length: int | None) -> tuple:
     local = os.path.abspath(local_model_dir(model_path))
-    first = _AUTO.get((local, dtype, max_length)) if device == "auto" else None
-    if first in _LOADED:
+    chosen = _AUTO.get((local, dtype, max_length)) if device == "auto" else None
+    if chosen in _LOADED:
         # One copy per process: a Python worker that Spark gives another task's GPU keeps its first (a
         # model and a CUDA context on every GPU it was ever given would add up); the count of tasks per
         # GPU is what the scheduling bounds.
-        return _LOADED[first]
+        return _LOADED[chosen]
     resolved = _resolve_device(device)
     if resolved.startswith("cuda:"):
         import torch
@@ -156,10 +156,15 @@ def _load(model_path: str, dtype: str, device: str, max_length: int | None) -> t
             raise ResourceError(f"device {resolved!r}: this process sees {torch.cuda.device_count()} GPU(s) (Spark's "
                                 "GPU ids and CUDA_VISIBLE_DEVICES disagree?); give the filter a device")
     key = (local, dtype, resolved, max_length)
-    if key in _LOADED:
-        if device == "auto":
-            _AUTO.setdefault((local, dtype, max_length), key)
-        return _LOADED[key]
+    if key not in _LOADED:
+        _LOADED[key] = _read_model(local, model_path, dtype, resolved, max_length)
+    if device == "auto":
+        _AUTO[(local, dtype, max_length)] = key
+    return _LOADED[key]
+
+
+def _read_model(local: str, model_path: str, dtype: str, device: str, max_length: int | None) -> tuple:
+    """(tokenizer, model on `device`, device, max_length) of a model directory, checked."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -190,11 +195,8 @@ def _load(model_path: str, dtype: str, device: str, max_length: int | None) -> t
             max_length = positions
     if positions is not None and max_length > positions:
         raise ResourceError(f"max_length {max_length} exceeds the {positions} positions of model {model_path!r}")
-    model.to(resolved).eval()
-    _LOADED[key] = (tokenizer, model, resolved, int(max_length))
-    if device == "auto":
-        _AUTO[(local, dtype, key[3])] = key  # key[3]: max_length as asked (None: the tokenizer's)
-    return _LOADED[key]
+    model.to(device).eval()
+    return tokenizer, model, device, int(max_length)
 
 
 class EduScorer:

@@ -60,6 +60,13 @@ def filter_class(type_name: str, where: str = "filter"):
     return getattr(module, class_name)
 
 
+def filter_defaults(type_name: str) -> dict:
+    """The parameters a filter takes when a spec leaves them out: its constructor's defaults."""
+    signature = inspect.signature(filter_class(type_name).__init__)
+    return {n: p.default for n, p in signature.parameters.items()
+            if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty}
+
+
 def build_filter(spec: dict, where: str = "filter"):
     """Build one filter from its manifest spec; errors name `where` and the field."""
     if not isinstance(spec, dict):

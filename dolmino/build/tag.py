@@ -225,18 +225,15 @@ def _decision_params(filt, spec: dict) -> dict:
     by value: a threshold left out in the tagging manifest and written out as its default (2 or 2.0)
     in the mixing one decides alike, and was another key, so `dolmino mix` refused, saying the filters
     before the cascade filter had decided otherwise, and the tag scored it again (found by a tester)."""
-    import inspect
-
     from filters.base import CASCADE
+    from filters.registry import filter_defaults
 
     scored = getattr(filt, "tag_params", None)
     if scored is None or not hasattr(filt, "tag"):
         return {}
     skip = {*scored, *getattr(filt, "run_params", ()), "type", CASCADE}  # a batch size, a device: no decision
-    defaults = {n: p.default for n, p in inspect.signature(type(filt).__init__).parameters.items()
-                if p.default is not p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     return {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
-            for k, v in sorted({**defaults, **spec}.items()) if k not in skip}
+            for k, v in sorted({**filter_defaults(spec["type"]), **spec}.items()) if k not in skip}
 
 
 def _check_ngram_size(spec: dict, resources: dict[str, Resource], where: str) -> None:

@@ -274,9 +274,9 @@ def _spelled_otherwise(path: str, tag) -> str | None:
              f"{repr(spec[k]) if k in spec else 'left out'} here" for k in differ]
     if not shown:
         return _changed_in_place(meta.get("keyed"), tag.keyed, spec)
-    import inspect
+    from filters.registry import filter_defaults
 
-    defaults = {n: p.default for n, p in inspect.signature(type(build_filter(spec)).__init__).parameters.items()}
+    defaults = filter_defaults(spec["type"])
     if all((k not in stored and spec[k] == defaults.get(k, _ABSENT)) or
            (k not in spec and stored[k] == defaults.get(k, _ABSENT)) for k in differ):
         return ("tagged with the filter written otherwise: " + "; ".join(shown) + "; the same values, but sets are "
