@@ -85,14 +85,24 @@ def _stated_fractions(manifest: Manifest, parts) -> dict[str, float]:
         return {s.name: 0.0 for s in manifest.sources}
 
 
-def _reused_note(run: dict, files: int) -> str:
-    """A rerun that found its parts committed reads and writes none of them again: the figures
-    above are the build's, not this run's work."""
-    reused = run.get("parts_reused") or 0
-    if not reused:
+def was_resumed(run: dict) -> bool:
+    """Whether the build resumed an earlier run's plan (`parts_reused` alone: a report from before `resumed`)."""
+    return bool(run.get("resumed") or run.get("parts_reused"))
+
+
+def _resumed_note(run: dict, files: int) -> str:
+    """A rerun keeps the plan and the committed parts of the run it resumes: the documents and tokens
+    above are the build's, while the attribute counts, stages and time are this run's work. Said only
+    where parts were reused, a resume that found none said nothing of it, and neither said whose
+    stages and time the report gave (a tester)."""
+    if not was_resumed(run):
         return ""
-    return (f" {reused} of {files} part(s) were already committed by an earlier run of this plan and reused "
-            "(verified, not written again); the figures are the build's.")
+    reused = run.get("parts_reused") or 0
+    kept = (f"; {reused} of {files} part(s) were already committed by an earlier run of this plan and reused "
+            "(verified, not written again)") if reused else ""
+    return (f" Resumed: an earlier run of this build stopped after planning the mix, and this run kept its plan{kept}. "
+            "The documents and tokens above are the whole build's; the attribute counts, stages and times below "
+            "are this run's.")
 
 
 def _attribute_files_line(files: dict, named: int = 8) -> str:
@@ -336,6 +346,7 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
         "manifest": manifest.name,
         "manifest_path": manifest.path,
         "seed": manifest.seed,
+        "kind": manifest.kind,  # a pool manifest has no budget: "budget" is then the sum of its sources' targets
         "budget": budget,
         "tokenizer": manifest.tokenizer.name,
         "eos_token_id": manifest.tokenizer.eos_token_id,
@@ -378,9 +389,17 @@ def _pct(value) -> str:
     return "-" if value is None else share_text(value)
 
 
+def budget_text(report: dict) -> str:
+    """The budget as the views name it: a pool manifest states none, and its "budget" (the sum of its
+    sources' targets) read as one ("budget 221K"; a tester)."""
+    if report.get("kind") == "pool":
+        return f"pool manifest, targets {format_count(report['budget'])}"
+    return f"budget {format_count(report['budget'])}"
+
+
 def render_markdown(report: dict) -> str:
     lines = [
-        f"# Mix {report['manifest']} (budget {format_count(report['budget'])}, seed {report['seed']})",
+        f"# Mix {report['manifest']} ({budget_text(report)}, seed {report['seed']})",
         "",
         "| source | docs in | quarantined | removed | pool docs | removed when tokenized | pool tokens | target "
         "| output tokens | passes (manifest) | passes (achieved) | Mix % (planned) | Mix % |",
@@ -410,13 +429,14 @@ def render_markdown(report: dict) -> str:
               f"Output: {out['docs']:,} document instances, {out['tokens']:,} tokens in {out['files']} part(s). "
               f"Tokenized {totals['tokens_tokenized']:,} tokens for {totals['tokens_written']:,} written "
               f"({totals['tokenized_per_written']:.3f} per token written)."
-              + _reused_note(report.get("run", {}), out['files']), ""]
+              + _resumed_note(report.get("run", {}), out['files']), ""]
     run = report.get("run", {})
     if "units_tagged" in run:
         only = run.get("units_read_for_minhash_only") or 0
         also = f" ({only:,} of them read again only for MinHash signatures)" if only else ""
         lines += [f"Attributes ({report.get('attributes')}): {run['units_tagged']:,} of {run['units']:,} input "
-                  f"unit(s) tagged by this build{also}, {run['units_reused']:,} reused.", ""]
+                  f"unit(s) tagged by this {'run' if was_resumed(run) else 'build'}{also}, {run['units_reused']:,} "
+                  "reused.", ""]
     if run.get("attribute_files"):
         lines += [_attribute_files_line(run["attribute_files"]), ""]
     control = [(s["name"], s["tokenized"].get("control_token_docs", 0), s["tokenized"].get("eos_in_span_docs", 0))
@@ -473,8 +493,12 @@ def render_markdown(report: dict) -> str:
         lines.append("")
     stages = report["run"].get("stages", {})
     if stages:
-        lines += ["## Stages", "", "Task CPU s: the Python work of the stage's tasks, where they measure it (-: "
-                  "not measured, as in the MinHash stages' Spark transformations); executor run s: Spark's. "
+        lines += ["## Stages", "", ("This run's stages: the build resumed, and the earlier run's work is not "
+                                    "counted here. " if was_resumed(report["run"]) else "")
+                  + "Wall s: the stage's elapsed time. Task CPU s: the CPU seconds of the Python work of the stage's "
+                  "tasks, summed over them, where they measure it (-: not measured, as in the MinHash stages' Spark "
+                  "transformations); executor run s: Spark's run time of the stage's tasks, summed over them (more "
+                  "than wall s when tasks run side by side). "
                   "Tokens read: token ids read back from the tokenized documents (tag reads text, pool attribute "
                   "files: their bytes are the documents' text); tag tokenizes only its tokens-per-byte sample.", "",
                   "| stage | wall s | task CPU s | executor run s | shuffle written | spilled | docs "

@@ -61,6 +61,8 @@ STYLE = {
 }
 KEPT_COLOR = "#d9d9d9"
 QUARANTINE_COLORS = ("#b2182b", "#e0604d", "#f4a582", "#67001f")  # reds: quarantined lines, by reason
+# The build's warning when it could not draw its views; `dolmino report` redraws them and leaves it out of them.
+CHARTS_NOT_WRITTEN = "report.html and the charts were not written"
 # Reasons beyond this many (by documents removed) are drawn as one "other reasons" segment.
 MAX_REASONS = 9
 
@@ -456,7 +458,9 @@ def chart_removals(report: dict) -> Chart | None:
     return Chart("removals", "Removals by reason", caption, _styled(draw), 8.6)
 
 
-def chart_doc_tokens(report: dict, counts: dict[str, list[int]], note: str) -> Chart | None:
+def chart_doc_tokens(report: dict, counts: dict[str, list[int]], note: str, sampled: str = "") -> Chart | None:
+    """`sampled`: what a sample of the parts read ("8 of 300 parts"), said on the chart; "" when every
+    document instance was counted."""
     from dolmino.doc_lengths import BIN_EDGES, quantile
 
     names = [s["name"] for s in report["sources"] if sum(counts.get(s["name"], [])) > 0]
@@ -496,7 +500,8 @@ def chart_doc_tokens(report: dict, counts: dict[str, list[int]], note: str) -> C
             ax.set_xticks(major, [_count_label(x) for x in major])
             _minor_marks(ax, minor)
             titles.append(ax.set_title(name, fontsize=9.5))
-            ax.text(0.98, 0.95, f"{int(c.sum()):,} docs\nmedian ~{format_count(med)}\np90 ~{format_count(p90)}",
+            docs = f"{int(c.sum()):,} docs" + (" sampled" if sampled else "")
+            ax.text(0.98, 0.95, f"{docs}\nmedian ~{format_count(med)}\np90 ~{format_count(p90)}",
                     transform=ax.transAxes, ha="right", va="top", fontsize=7.5, color="#333333",
                     bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none", "pad": 1.5})
             ax.grid(axis="x", visible=False)
@@ -506,7 +511,8 @@ def chart_doc_tokens(report: dict, counts: dict[str, list[int]], note: str) -> C
                 ax.set_ylabel("% of documents")
         fit = _Fit(fig)
         W, H = fig.get_size_inches()
-        title = fig.suptitle("Tokens per document instance, per source", x=fit.PAD / W, y=1 - fit.PAD / H, ha="left",
+        heading = "Tokens per document instance, per source" + (f" (sample: sidecars of {sampled})" if sampled else "")
+        title = fig.suptitle(heading, x=fit.PAD / W, y=1 - fit.PAD / H, ha="left",
                              va="top", fontsize=10.5, fontweight="bold")
         rows = [axes[r * ncols:(r + 1) * ncols] for r in range(nrows)]
         cols = [axes[k::ncols] for k in range(ncols)]
@@ -587,27 +593,32 @@ def chart_decontamination(report: dict) -> Chart | None:
 # ---------------------------------------------------------------------------- lengths
 
 
-def length_counts(report: dict, out: str | None, max_parts: int | None) -> tuple[dict[str, list[int]], str]:
+def length_counts(report: dict, out: str | None,
+                  max_parts: int | None) -> tuple[dict[str, list[int]], str, str]:
     """Histograms of tokens per document: the report's own (`doc_tokens_hist`, exact, when the
-    build records it), else from the sidecars of `max_parts` evenly spaced parts."""
+    build records it), else from the sidecars of `max_parts` evenly spaced parts. Returns the
+    histograms, the caption's note and, for a sample, what it read ("8 of 300 parts"; "" when
+    every document was counted), which the chart itself states: its "5 docs" per source read as
+    the mix's count in a PNG seen without its caption (a tester)."""
     exact = report.get("doc_tokens_hist")
     if exact:
-        return exact, "Every part counted."
+        return exact, "Every part counted.", ""
     parts = [p["name"] for p in report.get("output", {}).get("parts", [])]
     if not out or not parts:
-        return {}, ""
+        return {}, "", ""
     from dolmino.doc_lengths import sidecar_histograms
 
     sample = sidecar_histograms(out, parts, max_parts)
     if sample.complete:
-        return sample.counts, f"Every part's sidecar read ({sample.docs:,} document instances)."
+        return sample.counts, f"Every part's sidecar read ({sample.docs:,} document instances).", ""
     return sample.counts, (f"Sidecars of {sample.parts_read} of {sample.parts_total} parts, evenly spaced "
-                           f"({sample.docs:,} document instances); each part is a seeded random sample of the mix.")
+                           f"({sample.docs:,} document instances); each part is a seeded random sample of the mix."), \
+        f"{sample.parts_read} of {sample.parts_total} parts"
 
 
 def make_charts(report: dict, out: str | None = None, max_parts: int | None = 8) -> list[Chart]:
-    counts, note = length_counts(report, out, max_parts)
-    charts = [chart_mix(report), chart_removals(report), chart_doc_tokens(report, counts, note),
+    counts, note, sampled = length_counts(report, out, max_parts)
+    charts = [chart_mix(report), chart_removals(report), chart_doc_tokens(report, counts, note, sampled),
               chart_decontamination(report)]
     return [c for c in charts if c is not None]
 
@@ -709,19 +720,22 @@ def _card(value: str, key: str) -> str:
 
 
 def render_html(report: dict, charts: list[Chart]) -> str:
-    from dolmino.report import render_markdown
+    from dolmino.report import budget_text, render_markdown, was_resumed
 
     out = report["output"]
     run = report.get("run", {})
     title = f"Mix {report['manifest']}"
     removed = sum(v["docs"] for s in report["sources"] for v in s["removed"].values()) + sum(
         v["docs"] for s in report["sources"] for v in s["tokenized"]["removed"].values())
-    cards = [_card(format_count(out["tokens"]), f"tokens written (budget {format_count(report['budget'])})"),
+    master = run.get("spark_master", "?")
+    # a resumed build's elapsed time is its last run's, not the build's (a tester)
+    timed = f"this run's time (resumed; {master})" if was_resumed(run) else f"build time ({master})"
+    cards = [_card(format_count(out["tokens"]), f"tokens written ({budget_text(report)})"),
              _card(f"{out['docs']:,}", "document instances"),
              _card(f"{len(report['sources'])}", "sources"),
              _card(f"{out['files']}", "parts"),
              _card(f"{removed:,}", "documents removed"),
-             _card(f"{run.get('elapsed_s', 0):,.0f} s", f"build time ({run.get('spark_master', '?')})")]
+             _card(f"{run.get('elapsed_s', 0):,.0f} s", timed)]
     body = [f"<h1>{html.escape(title)}</h1>",
             f'<p class="sub">seed {report["seed"]} &middot; tokenizer {html.escape(str(report.get("tokenizer")))} '
             f'&middot; output {html.escape(str(out.get("location", "")))}</p>',
@@ -756,7 +770,9 @@ def write_views(out: str, report: dict, *, max_parts: int | None = 8, strict: bo
 
     With `strict=False` (the build, before it writes report.json) a chart that cannot be
     drawn does not fail the build: report.md is written without charts, no report.html, and
-    a warning naming the cause is appended to `report["warnings"]`."""
+    a warning naming the cause is appended to `report["warnings"]` before report.md is
+    written (report.md said nothing of it while report.json and the console did; a tester).
+    An earlier build's report.html and charts in `out` are removed: they described another build."""
     from dolmino.storage import delete, write_bytes
 
     base = out.rstrip("/")
@@ -768,10 +784,10 @@ def write_views(out: str, report: dict, *, max_parts: int | None = 8, strict: bo
         from dolmino.report import render_markdown
         from dolmino.s3 import redact
 
-        write_bytes(f"{base}/report.md", (render_markdown(report) + "\n").encode("utf-8"))
         report.setdefault("warnings", []).append(
-            f"report.html and the charts were not written ({type(exc).__name__}: {redact(str(exc))}); "
-            f"run `dolmino report {out}`")
+            f"{CHARTS_NOT_WRITTEN} ({type(exc).__name__}: {redact(str(exc))}); run `dolmino report {out}`")
+        delete(out, ["report.html", *CHART_FILES.values()])
+        write_bytes(f"{base}/report.md", (render_markdown(report) + "\n").encode("utf-8"))
         return ["report.md"]
 
     names = []
@@ -853,6 +869,24 @@ def main(argv: list[str] | None = None) -> int:
             report = read_json(out, "report.json")
         except IsADirectoryError:
             report = None
+        except NotADirectoryError:  # `dolmino report OUT/report.json` was a traceback (a tester)
+            print(f"dolmino report: error: {out}: not a directory; give the build directory that holds report.json",
+                  file=sys.stderr)
+            return 2
+        released = read_json(out, "RELEASE.json") is not None
+        if report is None and released:
+            # a release keeps its files under data/<publish id>/: "not a finished build" misled (a tester)
+            print(f"dolmino report: error: {out}: a release (RELEASE.json), which is immutable; its report.html "
+                  "and charts are in it: `dolmino release pull` it, or run `dolmino report` on the build's "
+                  "--out", file=sys.stderr)
+            return 2
+        if released:
+            # A pulled release was checked file by file against RELEASE.json; views redrawn in place by another
+            # dolmino or matplotlib would no longer match it, unsaid (a tester).
+            print(f"dolmino report: error: {out}: a pulled release (RELEASE.json): its report.html and charts are "
+                  "part of it, checked against RELEASE.json's digests when pulled; copy the directory and run "
+                  "`dolmino report` on the copy to draw them again", file=sys.stderr)
+            return 2
         if report is None:
             print(f"dolmino report: error: {out}: no readable report.json (not a finished build)", file=sys.stderr)
             return 2
@@ -860,6 +894,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dolmino report: error: {out}: report.json is not a build report this version draws: {problem} "
                   "(a damaged report?)", file=sys.stderr)
             return 2
+        # The build's warning that it drew no views, in the views this draws, contradicted the page that held
+        # it (a tester); report.json keeps it, as certified.
+        report["warnings"] = [w for w in report.get("warnings") or []
+                              if not (isinstance(w, str) and w.startswith(CHARTS_NOT_WRITTEN))]
         written = write_views(out, report, max_parts=None if args.all_parts else max(1, args.sample_parts))
     except Exception as exc:  # noqa: BLE001 - one redacted line
         return errors.report(exc)

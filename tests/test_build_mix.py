@@ -650,6 +650,10 @@ def test_a_pool_build_warns_of_an_empty_pool_and_of_a_size_off_the_manifest(inpu
         f"({wiki / 3.66e9:.3g}x; a mix manifest's pool_tokens for it should say what the pool holds)",
         f"source 'web': no documents left after filtering and dedup; its pool is empty (of {web['docs_in']:,} "
         f"documents: min_length:tokens<1000000000 {short:,}, quarantined 3)"]
+    # a pool manifest states no budget: its views said "budget 221K", the sum of its targets (a tester)
+    assert report["kind"] == "pool"
+    heading = (tmp_path / "out" / "report.md").read_text().splitlines()[0]
+    assert heading == f"# Mix pools (pool manifest, targets {format_count(report['budget'])}, seed 1)", heading
 
 
 def test_a_mix_source_a_filter_empties_is_warned_with_what_removed_it(inputs, spark, tmp_path):
@@ -918,7 +922,9 @@ def test_mix_with_another_task_size_reuses_the_byte_ranges_tag_wrote(spark, tmp_
     common = [str(path), "--attributes", str(tmp_path / "attrs"), "--split-size", str(size // 4), "--quiet"]
     assert main([*common, "--out", str(tmp_path / "tagged"), "--task-size", "1M"], phase="tag") == 0
     out = capsys.readouterr().out
-    assert "tagged 5 unit(s), writing 8 attribute file(s); reused 0 unit(s) whole; attributes under" in out, out
+    # the attribute sets' files apart from the units' quarantine files ("8 attribute files", then 5 reused; a tester)
+    assert ("tagged 5 unit(s), writing 5 attribute file(s) and 3 quarantine / documents file(s); reused 0 unit(s) "
+            "whole; attributes under") in out, out
     assert main([*common, "--out", str(tmp_path / "mixed"), "--task-size", "1K"], phase="mix") == 0
     report = json.loads((tmp_path / "mixed" / "report.json").read_text())
     assert report["run"]["units"] > 1 and report["run"]["units_reused"] == report["run"]["units"]
@@ -1140,7 +1146,7 @@ def test_a_scorer_keyed_by_its_name_alone_is_a_warning_of_the_build(spark, tmp_p
     tokens = report["output"]["tokens"]
     assert tokens and captured.out.splitlines()[-1] == (
         f"wrote 1 part(s), {format_count(tokens)} tokens in all, to {out} (master "
-        f"{report['run']['spark_master']}, {report['run']['executors']} executor(s))")
+        f"{report['run']['spark_master']}, {report['run']['executors']} executor(s)); 1 warning(s) above")
 
 
 def test_a_build_that_holds_no_tokens_says_so(spark, tmp_path, capsys):
@@ -1163,7 +1169,7 @@ def test_a_build_that_holds_no_tokens_says_so(spark, tmp_path, capsys):
     assert f"- {said.format(' of its budget 5,000')}" in (out / "report.md").read_text()
     assert capsys.readouterr().out.splitlines()[-1] == (
         f"wrote 1 part(s), all empty, to {out} (master {report['run']['spark_master']}, {report['run']['executors']} "
-        "executor(s)): the build holds no tokens, nothing to train on; its warnings say why")
+        "executor(s)): the build holds no tokens, nothing to train on; its warnings say why; 2 warning(s) above")
     pool = {**spec, "version": 2, "kind": "pool", "sources": [{k: v for k, v in spec["sources"][0].items()
                                                               if k != "mix_percent"}]}
     del pool["budget"]

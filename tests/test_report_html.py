@@ -275,8 +275,8 @@ def test_charts_follow_the_data(tmp_path):
 def test_exact_histogram_in_the_report_wins(tmp_path):
     report = make_report(tmp_path)
     report["doc_tokens_hist"] = {"web": histogram([5] * 9)}
-    counts, note = report_html.length_counts(report, str(tmp_path), 1)
-    assert counts == {"web": histogram([5] * 9)} and note == "Every part counted."
+    counts, note, sampled = report_html.length_counts(report, str(tmp_path), 1)
+    assert counts == {"web": histogram([5] * 9)} and note == "Every part counted." and sampled == ""
 
 
 def test_build_hook_never_fails_the_build(tmp_path, monkeypatch):
@@ -407,7 +407,7 @@ def test_locked_build_writes_lock_and_report_html_and_releases_carry_them(tmp_pa
     names = [p["name"] for p in report["output"]["parts"]]
     assert len(names) >= 3
     # the histogram drawn is the one of the memmaps' own sidecars
-    counts, _ = report_html.length_counts(report, str(out), None)
+    counts, _, _ = report_html.length_counts(report, str(out), None)
     assert sum(sum(c) for c in counts.values()) == report["output"]["docs"]
     released = {rel for rel, _ in collect_build_files(str(out))}
     assert {"manifest.lock.json", "report.html", "report-mix.png", "report.md", "report.json"} <= released
@@ -453,3 +453,80 @@ def test_a_multi_line_coverage_note_stays_one_table_row(tmp_path):
         {"name": "BBH", "status": "missing", "instances": {}, "note": "unavailable: pip said\n" + stderr + "a | b"}]}]
     rows = [line for line in render_markdown(report).splitlines() if line.startswith("| web | BBH |")]
     assert len(rows) == 1 and rows[0].endswith("bigbench==1.0.0 a \\| b |") and rows[0].count(" | ") == 4
+
+
+def test_a_sampled_length_chart_says_so_on_the_chart(tmp_path, monkeypatch):
+    """An older build's report (no doc_tokens_hist) is drawn from a few parts' sidecars: the PNG
+    said "3 docs" per source, read as the mix's count by anyone seeing it without its caption (a
+    tester). The chart itself names the sample; a complete count says nothing of one."""
+    from matplotlib.text import Text
+
+    report = make_report(tmp_path)
+    texts: list[str] = []
+    png = report_html._png
+
+    def keep(fig):
+        texts.extend(t.get_text() for t in fig.findobj(Text))
+        return png(fig)
+
+    monkeypatch.setattr(report_html, "_png", keep)
+    assert report_html.length_counts(report, str(tmp_path), 1)[2] == "1 of 3 parts"
+    report_html.make_charts(report, str(tmp_path), 1)
+    assert "Tokens per document instance, per source (sample: sidecars of 1 of 3 parts)" in texts
+    assert any(t.startswith("3 docs sampled\n") for t in texts)  # part 0 holds 3 of web's 6 documents
+    texts.clear()
+    report_html.make_charts(report, str(tmp_path), None)
+    assert "Tokens per document instance, per source" in texts and not any("sampl" in t for t in texts)
+    assert any(t.startswith("6 docs\n") for t in texts)
+
+
+def test_a_chart_failure_is_in_report_md_and_leaves_no_earlier_page(tmp_path, monkeypatch):
+    """The build's warning that it drew no charts reached report.json and the console, not the
+    report.md written just before it; an earlier build's report.html and charts in the same --out
+    stayed, describing another build. `dolmino report` then draws them, without the warning that
+    they were not drawn (report.json keeps it, as certified). Found by a tester."""
+    report = make_report(tmp_path)
+    report_html.write_views(str(tmp_path), json.loads(json.dumps(report)))  # an earlier build's views
+    assert (tmp_path / "report.html").exists() and (tmp_path / "report-mix.png").exists()
+
+    def broken(*args, **kwargs):
+        raise ValueError("no sidecar today")
+
+    monkeypatch.setattr(report_html, "make_charts", broken)
+    assert report_html.write_views(str(tmp_path), report, strict=False) == ["report.md"]
+    warning = "report.html and the charts were not written (ValueError: no sidecar today)"
+    assert report["warnings"][-1].startswith(warning)
+    assert f"- {warning}" in (tmp_path / "report.md").read_text()
+    assert not (tmp_path / "report.html").exists() and not list(tmp_path.glob("report-*.png"))
+    monkeypatch.undo()
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert report_html.main([str(tmp_path)]) == 0
+    for name in ("report.md", "report.html"):
+        text = (tmp_path / name).read_text()
+        assert "were not written" not in text and "an example warning" in text, name
+    assert json.loads((tmp_path / "report.json").read_text())["warnings"][-1].startswith(warning)
+
+
+def test_report_of_a_file_or_a_release_is_one_line(tmp_path, capsys):
+    """`dolmino report OUT/report.json` was a NotADirectoryError traceback, and a release's prefix
+    (its files under data/<publish id>/) was "not a finished build" (found by a tester)."""
+    (tmp_path / "report.json").write_text(json.dumps(make_report(tmp_path)))
+    assert report_html.main([str(tmp_path / "report.json")]) == 2
+    assert capsys.readouterr().err == (f"dolmino report: error: {tmp_path / 'report.json'}: not a directory; give the "
+                                       "build directory that holds report.json\n")
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / "RELEASE.json").write_text(json.dumps({"format": "dolmino-release/1", "files": []}))
+    assert report_html.main([str(release)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dolmino report: error: {release}: a release (RELEASE.json), which is immutable") \
+        and err.count("\n") == 1, err
+    # a pulled release (its report.json and RELEASE.json side by side): its views are part of what RELEASE.json's
+    # digests certify, and redrawing them in place changed it unsaid (found by a tester)
+    (release / "report.json").write_text(json.dumps(make_report(release)))
+    before = sorted(p.name for p in release.iterdir())
+    assert report_html.main([str(release)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dolmino report: error: {release}: a pulled release (RELEASE.json)") \
+        and "copy the directory" in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in release.iterdir()) == before

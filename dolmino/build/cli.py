@@ -308,15 +308,23 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
     finally:
         if existing is None:  # stop only the session this command started
             command.stop(spark)
-    for warning in result.get("warnings", []):
+    warnings = result.get("warnings", [])
+    for warning in warnings:
         print(f"{prog}: warning: {warning}", file=sys.stderr)
+    # The last line counts them: on a real build they scroll away above the report (a tester).
+    warned = f"; {len(warnings)} warning(s) above" if warnings else ""
     if phase == "tag":
         # Per unit: one missing attribute set (a new filter) reads a unit again while its other sets
         # stay; the files written say how much was new ("reused 0" read as nothing kept; a tester).
         only = result.get("signature_units") or 0
         also = f" ({only} only read again for MinHash signatures)" if only else ""
-        print(f"tagged {result['tagged_units']} unit(s){also}, writing {result['files_written']} attribute file(s); "
-              f"reused {result['reused_units']} unit(s) whole; attributes under {result['attributes']}")
+        # Attribute set files apart from the units' quarantine and Stack Exchange documents files: "writing 8
+        # attribute file(s)" was followed by a mix that reused 7 (a tester).
+        sets = sum(counts["written"] for by_set in result["attribute_files"].values() for counts in by_set.values())
+        others = result["files_written"] - sets
+        besides = f" and {others} quarantine / documents file(s)" if others else ""
+        print(f"tagged {result['tagged_units']} unit(s){also}, writing {sets} attribute file(s){besides}; "
+              f"reused {result['reused_units']} unit(s) whole; attributes under {result['attributes']}{warned}")
         return 0
     from dolmino.report import render_markdown
 
@@ -327,9 +335,9 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
     where = f"to {options.out} (master {result['run']['spark_master']}, {result['run'].get('executors')} executor(s))"
     if not tokens:  # "wrote 1 part(s), 0 tokens in all" read as a finished build (a tester)
         print(f"wrote {parts}, all empty, {where}: the build holds no tokens, nothing to train on; "
-              "its warnings say why")
+              f"its warnings say why{warned}")
     else:
-        print(f"wrote {parts}, {format_count(tokens)} tokens in all, {where}")
+        print(f"wrote {parts}, {format_count(tokens)} tokens in all, {where}{warned}")
     return 0
 
 

@@ -1,0 +1,58 @@
+"""What a build's report says about the build as a whole, where one run's work differs from it.
+
+A build killed in its write stage and run again keeps its plan (and the parts it committed): the
+rerun's report gives the whole build's documents and tokens (tests/test_build_mix.py checks them
+against a clean build's), while its stages, attribute counts and time are the rerun's own. The
+report must say which figures are which, and that the build resumed.
+"""
+
+from __future__ import annotations
+
+from test_report_html import make_report
+
+from dolmino import report_html
+from dolmino.report import render_markdown
+
+STAGE = {"wall_s": 2.5, "task_cpu_s": 1.0, "units": 3, "bytes": 0, "docs": 40, "tokens_read": 0,
+         "tokens_tokenized": 0, "tokens_written": 900, "spark": {"executor_run_s": 4.75}}
+
+
+def _report(tmp_path, **run) -> dict:
+    report = make_report(tmp_path)
+    report["run"].update({"resumed": False, "units": 4, "units_tagged": 4, "units_reused": 0, "parts_reused": 0,
+                          "stages": {"write": STAGE}, **run})
+    return report
+
+
+def test_a_resumed_build_says_so_and_whose_figures_are_whose(tmp_path):
+    """A rerun that found no part committed (killed after its plan was saved) said nothing of the
+    resume; one that reused parts said so, but not that its stages, "tagged by this build" and the
+    page's "build time" were the rerun's alone (found by a tester)."""
+    for reused in (0, 2):
+        report = _report(tmp_path, resumed=True, units_tagged=0, units_reused=4, parts_reused=reused)
+        md = render_markdown(report)
+        assert "Resumed: an earlier run of this build stopped after planning the mix, and this run kept its plan" in md
+        assert ("; 2 of 3 part(s) were already committed by an earlier run of this plan and reused (verified, not "
+                "written again)" in md) == bool(reused)
+        assert "the attribute counts, stages and times below are this run's" in md
+        assert "0 of 4 input unit(s) tagged by this run, 4 reused." in md
+        assert "This run's stages: the build resumed, and the earlier run's work is not counted here." in md
+        page = report_html.render_html(report, [])
+        assert "this run&#x27;s time (resumed; local[2])" in page and "build time" not in page
+
+
+def test_a_clean_build_reads_as_the_build(tmp_path):
+    md = render_markdown(_report(tmp_path))
+    assert "Resumed" not in md and "This run's stages" not in md
+    assert "4 of 4 input unit(s) tagged by this build, 0 reused." in md
+    assert "build time (local[2])" in report_html.render_html(_report(tmp_path), [])
+
+
+def test_stage_times_are_labelled_for_what_they_are(tmp_path):
+    """"executor run s: Spark's" did not say it sums the stage's tasks: 4.75 s beside a wall time of
+    2.5 s read as a contradiction (found by a tester)."""
+    md = render_markdown(_report(tmp_path))
+    assert "Wall s: the stage's elapsed time." in md
+    assert "executor run s: Spark's run time of the stage's tasks, summed over them (more than wall s when " \
+           "tasks run side by side)" in md
+    assert "| write | 2.5 | 1.0 | 4.75 |" in md
