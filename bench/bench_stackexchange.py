@@ -126,7 +126,7 @@ def _child_convert(path: str, mode: str, ranges: int, root: str) -> None:
     sc.parallelize(range(2), 2).map(_warm).collect()  # Python workers up, modules imported: as in a build
     units = plan_units(Listing([[f]], []), -(-size // ranges))
     (converted, _stages), seconds, cpu = _metered(lambda: convert_ranges(
-        sc, units, {u.index for u in units}, {0: "stackexchange"}, store, quiet=True))
+        sc, units, {u.index for u in units}, {0: "stackexchange"}, store, {0: "docs-bench"}, quiet=True))
     spark.stop()
     print(json.dumps({"seconds": seconds, "cpu_s": cpu["total"], "cpu_by_role": cpu, "ranges": len(units),
                       "documents_bytes": sum(n for c in converted.values() for p, n in c.files.items()

@@ -1244,10 +1244,12 @@ def write_lines(path: str, lines: Iterable[str]) -> int:
     """JSON `lines` (documents, quarantine records, scores) to `path`, one per line, compressed by
     its suffix; the number written. Locally through a temporary name, removed if the write fails
     or is interrupted (it was left behind beside the file; found by a tester)."""
+    from dolmino.storage import open_temporary  # a temporary of this write alone (two nodes' pids can agree)
+
     count = 0
-    tmp = path if _is_s3(path) else f"{path}.tmp{os.getpid()}"
+    tmp, opened = (path, None) if _is_s3(path) else open_temporary(path)
     try:
-        with open_binary(tmp, "wb") as raw:
+        with (open_binary(tmp, "wb") if opened is None else opened) as raw:
             writer = _compressing_writer(path, raw)
             for line in lines:
                 writer.write(line.encode("utf-8") + b"\n")

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dolmino.storage import open_temporary
+
 TOKEN_DTYPE = np.dtype("<u4")
 SIDECAR_FIELDS = ("start", "end", "id", "src", "loc")
 
@@ -72,11 +74,14 @@ class MemmapPartWriter:
         self.paths = {"tokens": stem + ".npy", "sidecar": stem + ".csv.gz"}
         if label_mask:
             self.paths["mask"] = stem + ".label_mask.npy"
-        suffix = f".tmp{os.getpid()}"
-        self._tmp = {k: v + suffix for k, v in self.paths.items()}
-        self._tokens = open(self._tmp["tokens"], "wb")
-        self._mask = open(self._tmp["mask"], "wb") if label_mask else None
-        self._sidecar_raw = open(self._tmp["sidecar"], "wb")
+        # Temporaries of this writer alone (`storage.open_temporary`): named by the pid, two attempts of
+        # one part on two nodes writing one --out over NFS (Spark's speculation) shared them.
+        self._tmp, files = {}, {}
+        for kind, path in self.paths.items():
+            self._tmp[kind], files[kind] = open_temporary(path)
+        self._tokens = files["tokens"]
+        self._mask = files.get("mask")
+        self._sidecar_raw = files["sidecar"]
         self._sidecar_gz = gzip.GzipFile(fileobj=self._sidecar_raw, mode="wb", mtime=0, filename="")
         self._sidecar_text = io.TextIOWrapper(self._sidecar_gz, encoding="utf-8", newline="")
         self._csv = csv.writer(self._sidecar_text, lineterminator="\n")

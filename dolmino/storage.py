@@ -101,22 +101,52 @@ def read_if_exists(path: str) -> bytes | None:
         return None
 
 
+TMP_DIGITS = 7  # as many as a pid has at most (pid_max 4194304): attribute names budget for it (inputs.MAX_NAME_BYTES)
+
+
+def open_temporary(path: str):
+    """(name, file opened for writing) of a new temporary file beside `path`: "<path>.tmp<digits>",
+    the form the listings skip (attributes._TMP_SUFFIX, output._BUILD_FILE, release._TMP_RE).
+
+    The digits are random and the file is created exclusively. They were the writer's pid, which is
+    unique on one host only: two nodes writing one attribute root over NFS (containers number their
+    processes alike), as two attempts of one task do under Spark's speculation, opened one temporary
+    file, so that one attempt's rename published the file while the other still wrote into it (a file
+    cut short, kept as done when that attempt was killed) and the other's rename failed. The file's
+    directory is made if missing. Used by every local writer of build files (attributes, Stack
+    Exchange documents, parts written into a local --out)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    for _ in range(64):
+        tmp = f"{path}.tmp{int.from_bytes(os.urandom(4), 'big') % 10 ** TMP_DIGITS}"
+        try:
+            return tmp, open(tmp, "xb")
+        except FileExistsError:  # another writer's (or a killed one's) temporary file: never touch it
+            continue
+    raise FileExistsError(f"no free temporary name beside {path} after 64 tries: remove its stale .tmp files")
+
+
 def write_bytes(path: str, data: bytes, *, sync: bool = False) -> None:
-    """Write a whole file atomically: a local temporary file renamed (fsynced first with
-    `sync`), or one S3 PUT, which is atomic itself."""
+    """Write a whole file atomically: a local temporary file of this write alone renamed (fsynced
+    first with `sync`; removed when the write fails), or one S3 PUT, which is atomic itself."""
     if is_remote(path):
         bucket, key = s3.split_uri(path)
         with s3.about(path):
             s3.client().put_object(Bucket=bucket, Key=key, Body=data)
         return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        if sync:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    tmp, fh = open_temporary(path)
+    try:
+        with fh:
+            fh.write(data)
+            if sync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, Ctrl-C: its random name would stay behind for good
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def list_files(root: str, prefix: str = "") -> dict[str, int]:

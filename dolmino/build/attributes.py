@@ -7,7 +7,7 @@ per *bundle* and attribute set (docs/DESIGN.md "Build at scale"):
     <root>/<source>/<filter type>-<key>/<bundle key>.<version>.parquet  the filter's columns
     <root>/<source>/minhash-<key>/<bundle key>.<version>.parquet  near-duplicate cluster per document
     <root>/<source>/documents/<unit key>.<version>.jsonl.zst      Stack Exchange: the Q&A documents
-    <root>/<source>/quarantine/<unit key>.<version>.jsonl.gz      refused input lines
+    <root>/<source>/quarantine/docs-<key>/<unit key>.<version>.jsonl.gz  refused input lines
 
 A bundle is one unit (a large file, or a byte range of one), or a run of small whole files
 of one source. Writing one Parquet file per small input cost ~1 ms each, ten times the work
@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -241,8 +242,12 @@ class AttributeStore:
     def documents_path(self, source: str, unit: Unit) -> str:
         return self.unit_path(source, DOCUMENTS_DIR, unit, ".jsonl.zst")
 
-    def quarantine_path(self, source: str, unit: Unit) -> str:
-        return self.unit_path(source, QUARANTINE_DIR, unit, ".jsonl.gz")
+    def quarantine_path(self, source: str, docs_set: str, unit: Unit) -> str:
+        """A unit's refused lines, under the name of the docs set they go with: what a unit refuses
+        depends on what keys that set (the reader, `max_doc_bytes`, the Stack Exchange conversion). One
+        file per unit for every manifest took the refusals of the tag that wrote it last: a mix of the
+        default `max_doc_bytes` copied another manifest's `doc_too_large` lines of documents it kept."""
+        return join(self.root, source, QUARANTINE_DIR, docs_set, f"{unit.key}.{unit_version(unit)}.jsonl.gz")
 
     def set_names(self, source: str) -> list[str]:
         """The attribute sets stored for a source (its directories), sorted."""
@@ -255,7 +260,7 @@ class AttributeStore:
     def existing(self, source: str, set_name: str) -> set[str]:
         """Paths of the files under one set (one listing, on the driver)."""
         base = self.set_dir(source, set_name)
-        # Not a local write's temporary file (storage.write_bytes: <name>.tmp<pid>).
+        # Not a local write's temporary file (storage.write_bytes: <name>.tmp<digits>).
         return {join(base, name) for name in list_files(base) if not _TMP_SUFFIX.search(name)}
 
 
@@ -292,10 +297,12 @@ def read_table(path: str, columns: list[str] | None = None, data: bytes | None =
         raw_bytes = read_bytes(path) if data is None else data
     except NoSuchBucket:  # not this file's fault: an executor that sees other buckets (its endpoint, region)
         raise
-    except FileNotFoundError:  # listed, then gone: locally a link that leads nowhere (list_files lists those)
-        if path.startswith("s3://"):
-            raise BuildError(f"{path}: no such object (deleted since it was listed?): run `dolmino tag` with this "
-                             "manifest again (it tags what is missing)") from None
+    except FileNotFoundError:  # listed, then gone: deleted since (a root pruned under a build), or a dead link
+        remote = path.startswith("s3://")
+        # A local file deleted since was "a link that leads nowhere?" to delete: a wrong guess, and nothing to delete.
+        if remote or not os.path.lexists(path):
+            raise BuildError(f"{path}: no such {'object' if remote else 'file'} (deleted since it was listed?): run "
+                             "`dolmino tag` with this manifest again (it tags what is missing)") from None
         raise BuildError(f"{path}: not a readable attribute file (no such file: a link that leads nowhere?); "
                          f"{REMEDY}") from None
     try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from dolmino.build import output, worker_heap
-from dolmino.build.attributes import ATTRIBUTE_FORMAT, AttributeStore, plan_bundles, spec_key
+from dolmino.build.attributes import ATTRIBUTE_FORMAT, QUARANTINE_DIR, AttributeStore, plan_bundles, spec_key
 from dolmino.build.inputs import (
     DEFAULT_SPLIT_BYTES, DEFAULT_TASK_BYTES, group_tasks, list_inputs, plan_units, shown_path,
 )
@@ -42,6 +42,7 @@ from dolmino.memmap import part_name
 from dolmino.prefetch import DEFAULT_READ_AHEAD
 from dolmino.report import empty_compressed_warnings, input_accounts, tag_warnings
 from dolmino.s3 import S3ObjectError, is_s3, open_uri
+from dolmino.storage import read_if_exists
 from dolmino.tokenizer import Dolma2Tokenizer, control_id_problems
 from mixers.sampling import bucket_of
 
@@ -623,15 +624,48 @@ def _decontamination_coverage(manifest: Manifest, resources: dict) -> dict[int, 
 
 
 def _copy_quarantine(store: AttributeStore, tagged, units, unit_pools: list[UnitPool], out: str) -> None:
-    quarantined = {up.unit_index for up in unit_pools if sum(up.stats["quarantined"].values())}
+    """Each unit's refused lines, as its docs set's tag stored them, into --out (one listing per source)."""
+    refused = {up.unit_index: up.stats["quarantined"] for up in unit_pools if sum(up.stats["quarantined"].values())}
+    stored: dict[str, set[str]] = {}
     copies = []
     for unit in units:
-        if unit.index in quarantined:
+        if unit.index in refused:
             plan = tagged.plans[unit.source_index]
+            path = store.quarantine_path(plan.name, plan.docs_set, unit)
+            if plan.name not in stored:
+                stored[plan.name] = store.existing(plan.name, f"{QUARANTINE_DIR}/{plan.docs_set}")
+            if path not in stored[plan.name]:
+                path = _earlier_quarantine(store, plan, unit, refused[unit.index], path)
             # Tagging numbers a byte range's lines from its start; the output names the file's line.
-            copies.append((store.quarantine_path(plan.name, unit), output.quarantine_name(plan.name, unit.key),
-                           tagged.first_lines.get(unit.index, 0)))
+            copies.append((path, output.quarantine_name(plan.name, unit.key), tagged.first_lines.get(unit.index, 0)))
     output.copy_quarantine(out, copies)
+
+
+def _earlier_quarantine(store: AttributeStore, plan, unit, counts: dict[str, int], missing: str) -> str:
+    """A root tagged before quarantine files were kept per docs set holds a unit's refused lines at
+    the unit's name alone, as the last manifest that tagged it read them (another max_doc_bytes
+    refuses other lines). That file is taken where its lines count by reason as this build's docs set
+    does: oversize lines follow the limit, so equal counts are the same lines. Else the mix stops."""
+    import gzip
+    import json
+    import zlib
+
+    earlier = store.unit_path(plan.name, QUARANTINE_DIR, unit, ".jsonl.gz")
+    found: dict[str, int] = {}
+    data = None
+    try:
+        data = read_if_exists(earlier)
+        for line in gzip.decompress(data).splitlines() if data is not None else ():
+            reason = json.loads(line)["reason"]
+            found[reason] = found.get(reason, 0) + 1
+    except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError):
+        found = {"unreadable": 1}
+    if data is None or found != {reason: n for reason, n in counts.items() if n}:
+        raise BuildError(f"{missing}: missing: the {sum(counts.values()):,} refused line(s) of input {unit.key} are not "
+                         f"stored for this manifest's reading of it (the attributes root keeps them per docs set since "
+                         f"a later dolmino; {earlier} holds another reading's); tag source {plan.name!r} into a new "
+                         "--attributes root")
+    return earlier
 
 
 def _tag_summary(manifest, options, tagged, units, listing, elapsed, sc, state) -> dict:

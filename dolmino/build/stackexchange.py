@@ -169,6 +169,7 @@ class ConvertContext(NamedTuple):
     first_lines: dict  # unit index -> lines before it in its file
     file_starts: dict  # file index -> ([first line of each range], [its unit index]) for bisect
     due: frozenset  # unit indices whose files are written
+    docs_sets: dict = {}  # source index -> its docs set (names the quarantine files); read, never changed
 
 
 # ---------------------------------------------------------------------------- executor side
@@ -293,7 +294,7 @@ def _write_range(index: int, items, ctx_b, counters) -> Iterator[RangeConverted]
         path = ctx.store.documents_path(plan_source, unit)
         files[path] = put_documents(path, documents())
         if account.quarantine:
-            qpath = ctx.store.quarantine_path(plan_source, unit)
+            qpath = ctx.store.quarantine_path(plan_source, ctx.docs_sets[unit.source_index], unit)
             files[qpath] = _write_quarantine(qpath, account.quarantine)
     else:
         for _ in documents():
@@ -308,8 +309,8 @@ def _write_range(index: int, items, ctx_b, counters) -> Iterator[RangeConverted]
 # ---------------------------------------------------------------------------- driver
 
 
-def convert_ranges(sc, units: list[Unit], due: set[int], sources: dict[int, str], store: AttributeStore, *,
-                   quiet: bool = False) -> tuple[dict[int, RangeConverted], dict]:
+def convert_ranges(sc, units: list[Unit], due: set[int], sources: dict[int, str], store: AttributeStore,
+                   docs_sets: dict[int, str], *, quiet: bool = False) -> tuple[dict[int, RangeConverted], dict]:
     """Convert every file that has a range unit in `due`; returns ({unit index: RangeConverted} for
     the due units, {stage name: progress record})."""
     from pyspark import StorageLevel
@@ -345,7 +346,7 @@ def convert_ranges(sc, units: list[Unit], due: set[int], sources: dict[int, str]
         file_starts[fi] = (firsts, indices)
     position = {u.index: i for i, u in enumerate(ranges)}
     ctx_b = sc.broadcast(ConvertContext(store, dict(sources), ranges, position, files, file_of, lines, first_lines,
-                                        file_starts, frozenset(due)))
+                                        file_starts, frozenset(due), dict(docs_sets)))
     pos_b = sc.broadcast(position)
     with Stage(sc, "stackexchange:pair", total_bytes=sum(u.size for u in ranges), total_units=n, quiet=quiet) as st:
         counters = st.counters

@@ -428,7 +428,7 @@ def tag_unit(unit: Unit, work: BundleWork, ctx: TagContext, filters: list, hashe
         if not se:
             stats.lines = quarantine.lines
         if quarantine.records:
-            qpath = store.quarantine_path(plan.name, unit)
+            qpath = store.quarantine_path(plan.name, plan.docs_set, unit)
             acc.files[qpath] = _write_quarantine(qpath, quarantine.records)
         acc.stats[unit.index] = stats.to_dict()
 
@@ -680,7 +680,7 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
               and plans[u.source_index].docs_set in w.sets}
     if se_due:
         converted, stages = convert_ranges(sc, units, set(se_due), {si: p.name for si, p in enumerate(plans)}, store,
-                                           quiet=quiet)
+                                           {si: p.docs_set for si, p in enumerate(plans)}, quiet=quiet)
         for unit_index, bundle_index in se_due.items():
             works[bundle_index].converted[unit_index] = converted[unit_index]
     groups = [[works[b.index] for b in group if b.index in works] for group in task_groups]
