@@ -23,6 +23,12 @@ NOT_COMPARABLE: dict[tuple[str, str, str], str] = {
         "datatrove's figure is the wall time of its signature stage over its own planted documents (reading "
         "JSONL, word tokenization, writing signature files); dolmino's signs the corpus texts in memory: "
         "different inputs and different work (the end-to-end dedup figures compare like with like)",
+    # The figure of that name, measured until 2026-12-06; the bench now reports "dedup/minhash summed peak RSS
+    # (every process)", which this rule does not match.
+    ("dedup", "dedup/minhash peak RSS", "datatrove"):
+        "dolmino's figure counted the JVM and its largest Python worker per core only, not the driver's Python or "
+        "PySpark's daemon, while datatrove's is its whole process: not the same count (measured before "
+        "2026-12-06; the bench now reports every process's peak, summed)",
 }
 
 

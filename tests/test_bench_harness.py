@@ -237,6 +237,23 @@ def test_merge_keeps_the_benchmarks_not_rerun_and_says_where_they_come_from(stan
     assert again["benchmarks"][1]["measured"]["commit"] == "a" * 40
 
 
+def test_the_report_names_the_benchmarks_it_does_not_hold():
+    """REPORT.md, merged from runs that never included encode_documents, listed what ran now and
+    what was kept, and nothing said that one benchmark of `make bench` had no figures at all."""
+    def entry(name):
+        return {"name": name, "script": f"bench_{name}.py", "status": "ok", "args": [], "runs_ok": 1,
+                "wall_s": [1.0], "errors": [], "cores": 1, "details": {}}
+
+    report = {"generated": "now", "note": "", "options": {"only": ["cascade"]}, "machine": harness.machine_info({}),
+              "benchmarks": [entry(b.name) for b in harness.BENCHMARKS if b.name != "encode_documents"],
+              "figures": [], "comparisons": [],
+              "merged": {"ran_now": ["cascade"], "kept_from_earlier": ["tokenize"]}}
+    md = harness.render_markdown(report)
+    assert "Not in this report (neither run now nor kept from an earlier run): encode_documents." in md
+    report["benchmarks"].append(entry("encode_documents"))
+    assert "Not in this report" not in harness.render_markdown(report)
+
+
 def test_comparisons_apply_todays_rules_to_stored_figures():
     """REPORT.md kept ratios that a rule added later forbids (dolma's code taggers: different
     work) because --merge copied stored comparisons; and the trainer's "raw" bare loop, slower
@@ -309,9 +326,26 @@ def test_dedup_peak_rss_counts_every_process_as_datatroves_does():
     memory = {"driver_python_mb": 150.0, "jvm_mb": 470.0, "python_daemon_mb": 50.0,
               "python_forked_worker_max_mb": 120.0, "python_worker_max_mb": 120.0}
     spark = {"memory": memory, "cores": 2, "docs_per_cpu_s": 10.0, "quality": {"recall": 1.0, "precision": 1.0}}
-    (rss,) = [f for f in bench_dedup.figures({"spark_minhash": spark}) if f["name"] == "dedup/minhash peak RSS"]
+    (rss,) = [f for f in bench_dedup.figures({"spark_minhash": spark}) if f["name"] == bench_dedup.PEAK_RSS]
     assert rss["value"] == 150.0 + 470.0 + 50.0 + 2 * 120.0
     assert any("driver Python 150 MB" in n for n in bench_dedup.notes({"spark_minhash": spark}))
+
+
+def test_the_dedup_peak_rss_that_left_processes_out_gives_no_ratio():
+    """REPORT.md's "dedup/minhash peak RSS" (ee4d3ee) put the JVM and one worker against datatrove's
+    whole process and showed dolmino 1.05x better; its driver's Python and daemon (~200 MB in a
+    scratch run) would turn that round. The figure counting every process keeps its ratio."""
+    from bench import bench_dedup
+
+    def row(name, impl, median):
+        return {"name": name, "impl": impl, "median": median, "values": [median], "unit": "MB", "better": "lower"}
+
+    (old,) = harness.compare([row("dedup/minhash peak RSS", "dolmino", 648.1),
+                              row("dedup/minhash peak RSS", "datatrove", 680.0)], "dedup")
+    assert old["ratio"] is None and "not the same count" in old["not_comparable"]["datatrove"]["why"]
+    (new,) = harness.compare([row(bench_dedup.PEAK_RSS, "dolmino", 850.0),
+                              row(bench_dedup.PEAK_RSS, "datatrove", 680.0)], "dedup")
+    assert new["best_anchor"] == "datatrove" and new["ratio"] == pytest.approx(0.8)
 
 
 def test_filters_repeats_slice_is_the_documents_dolmino_must_tokenize(tmp_path):

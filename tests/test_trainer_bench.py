@@ -145,6 +145,25 @@ def test_gpu_script_says_the_figure_is_missing_without_cuda(capsys):
     assert out["figures"] == [] and "missing" in out["notes"][0]
 
 
+def test_gpu_script_names_the_published_h100_figure_only_on_an_h100(monkeypatch):
+    """OLMo-core's ~55k tokens/s/GPU is an H100 figure; the H200 run's figures listed it beside
+    its own measurements as one more implementation (bench_trainer already required an H100)."""
+    from bench import bench_trainer_gpu
+
+    outs = [{"step_seconds": [0.56, 0.57], "peak_cuda_memory_gib": 39.7, "first_step_ce": 11.9}]
+    monkeypatch.setattr(bench_trainer_gpu, "run_interleaved",
+                        lambda *a, **k: ({"dolmino": outs, "olmo-core": outs}, []))
+    impls = {}
+    for gpu in ("NVIDIA H200", "NVIDIA H100 80GB HBM3"):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_a, gpu=gpu: gpu)
+        out = bench_trainer_gpu.run("olmo2-1b", 4096, 8, 2, steps=2, warmup=0, rounds=1,
+                                    impls=("dolmino", "olmo-core"), device="cuda", compile_=True, timeout_s=1)
+        assert validate_figures(out)[1] == [] and out["device"] == gpu
+        impls[gpu] = {f["impl"] for f in out["figures"] if f["name"] == "trainer_step_olmo2-1b_seq4096_cuda"}
+    assert impls["NVIDIA H200"] == {"dolmino", "olmo-core"}
+    assert impls["NVIDIA H100 80GB HBM3"] == {"dolmino", "olmo-core", "olmo-core-published"}
+
+
 @pytest.mark.slow
 def test_gpu_script_dry_run_on_cpu(capsys):
     from bench import bench_trainer_gpu
