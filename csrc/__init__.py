@@ -40,6 +40,18 @@ else:
 BACKENDS = ("auto", "native", "fallback")
 SCAN_CHUNK = 1 << 24  # tokens per numpy chunk in the fallback scan: bounds its temporaries to ~80 MB
 UINT32_MAX = 2**32 - 1
+PARAM_BOUND = 2**62  # no array holds this many tokens and no uint32 id reaches it
+
+
+def clamp_param(value) -> int:
+    """`int(value)` within +-PARAM_BOUND, for the int64 parameters of the C++ and numba paths.
+
+    Past the bound every value acts alike (a max_n, min_repeats or limit beyond any array's length, a
+    vocab_size or eos_id beyond any uint32 id), so clamping changes no result; unclamped, a Python int
+    past int64 (`dolmino validate --vocab-size 10**20`) raised a TypeError traceback from the C++ path
+    where the fallback answered.
+    """
+    return max(-PARAM_BOUND, min(int(value), PARAM_BOUND))
 
 
 def native_available() -> bool:
@@ -88,7 +100,7 @@ def as_span_input(tokens) -> np.ndarray:
 def repeated_ngram_spans(tokens, max_n: int = 13, min_repeats: int = 32, *, backend: str = "auto") -> np.ndarray:
     """Merged [start, end) spans (int64, shape (k, 2)) of >= min_repeats repeats of an n-gram, n <= max_n."""
     if _use_native(backend):
-        return _NATIVE.repeated_ngram_spans(as_span_input(tokens), int(max_n), int(min_repeats))
+        return _NATIVE.repeated_ngram_spans(as_span_input(tokens), clamp_param(max_n), clamp_param(min_repeats))
     from filters.repeated_ngrams import fallback_repeated_ngram_spans
 
     return fallback_repeated_ngram_spans(tokens, max_n, min_repeats)
@@ -134,8 +146,8 @@ def scan_tokens(tokens, vocab_size: int, eos_id: int, *, backend: str = "auto") 
     """Max id, out-of-vocabulary count and first offset, and EOS count of a uint32 token array."""
     arr = _as_uint32(tokens)
     if _use_native(backend):
-        return TokenScan(*_NATIVE.scan_tokens(arr, int(vocab_size), int(eos_id)))
-    return _scan_fallback(arr, int(vocab_size), int(eos_id))
+        return TokenScan(*_NATIVE.scan_tokens(arr, clamp_param(vocab_size), clamp_param(eos_id)))
+    return _scan_fallback(arr, clamp_param(vocab_size), clamp_param(eos_id))
 
 
 def eos_mismatches(tokens, ends, eos_id: int, *, limit: int = 2**62, backend: str = "auto") -> np.ndarray:
@@ -145,7 +157,7 @@ def eos_mismatches(tokens, ends, eos_id: int, *, limit: int = 2**62, backend: st
     if ends.ndim != 1:
         raise ValueError(f"ends must be one-dimensional, got shape {ends.shape}")
     if _use_native(backend):
-        return _NATIVE.eos_mismatches(arr, ends, int(eos_id), int(limit))
+        return _NATIVE.eos_mismatches(arr, ends, clamp_param(eos_id), clamp_param(limit))
     valid = (ends >= 1) & (ends <= len(arr))
     bad = ~valid
     idx = np.flatnonzero(valid)

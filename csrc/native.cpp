@@ -105,9 +105,12 @@ py::array_t<int64_t> spans_impl(py::array_t<T, py::array::c_style> tokens, int64
   const T* ptr = tokens.data();
   const int64_t n_tok = tokens.shape(0);
   std::vector<Span> merged;
-  if (n_tok >= min_repeats && max_n >= 1) {
+  // Periods >= n_tok find nothing (as the numba loop stops there): clamping keeps the per-period
+  // state to the array's size, where a huge max_n raised MemoryError that the fallback never does.
+  const int64_t top = std::min(max_n, n_tok - 1);
+  if (n_tok >= min_repeats && top >= 1) {
     py::gil_scoped_release release;
-    merged = merge_spans(raw_spans(ptr, n_tok, max_n, min_repeats));
+    merged = merge_spans(raw_spans(ptr, n_tok, top, min_repeats));
   }
   py::array_t<int64_t> out({static_cast<py::ssize_t>(merged.size()), static_cast<py::ssize_t>(2)});
   int64_t* o = out.mutable_data();

@@ -501,8 +501,9 @@ def validate_build(build_dir: str | Path, *, vocab_size: int | None = None, eos_
     result.errors[at:at] = checksum_errors
     if not incomplete and report is not None:
         result.errors += _count_errors(build_dir, report, result.parts)
-    if result.parts and not any(p.tokens for p in result.parts):
-        # "1 part(s) OK, 0 tokens ... EOS ends every document" read as a build to train on (a tester)
+    if result.parts and all(p.path.stat().st_size == 0 for p in result.parts):
+        # "1 part(s) OK, 0 tokens ... EOS ends every document" read as a build to train on (a tester). By
+        # size, not by tokens counted: a part cut short or with a .npy header counts none, and was called empty.
         result.warnings.append(f"{build_dir}: holds no tokens (its parts are empty files): nothing to train on"
                                + (f"; its {COMPLETION_MARKER} warnings say why" if report is not None else ""))
     return result

@@ -446,7 +446,7 @@ def load_fasttext_numba(path: str, projected: bool | None = None) -> FastTextNum
     n_entries, nwords, nlabels = struct.unpack("<iii", data[pos:pos + 12])
     _ntokens, prune_size = struct.unpack("<qq", data[pos + 12:pos + 28])
     pos += 28
-    if prune_size > 0:
+    if prune_size >= 0:  # fastText's isPruned(): -1 is unpruned, and the binding refuses 0 unless quantized
         return None
     vocab_bytes, vocab_offsets, kinds, pos = _parse_dictionary(mm, pos, n_entries)
     if pos < 0:

@@ -163,8 +163,11 @@ class FastTextModel:
             else:
                 loaded = _cached("numba", self.model_path, load_fasttext_numba)
                 if loaded is None and self.engine == "numba":
-                    raise ValueError(f"fastText model {self.model_path!r} is quantized, uses hierarchical "
-                                     "softmax or character n-grams: score it with engine='fasttext'")
+                    # load_fasttext_numba leaves to the binding what it does not read itself (a pruned
+                    # dictionary too, or one it cannot parse): naming only three causes misled (a tester)
+                    raise ValueError(f"fastText model {self.model_path!r} is one the numba engine does not read "
+                                     "(quantized, pruned, hierarchical softmax, character n-grams, or a dictionary it "
+                                     "cannot parse): score it with engine='fasttext'")
                 self._fast = loaded if loaded is not None else False
                 if self._fast:
                     self._label_index = {name: i for i, name in enumerate(self._fast.labels)}

@@ -179,6 +179,8 @@ def may_hold_repeated_ngram(text_bytes: bytes, min_repeats: int = 32, max_period
     `run_periods` is `min_run_periods(tokenizer)` (None: no tokenizer knowledge, bytes only).
     A necessary condition (see the module docstring): True means "tokenize and look".
     """
+    if min_repeats < 2:  # the K-gram scan needs K = min_repeats - 1 >= 1 (it read past the text, or divided by 0)
+        return bool(text_bytes)  # any two tokens may repeat: "tokenize and look"
     periods = np.ones(256, dtype=np.int64) if run_periods is None else run_periods
     return bool(_may_repeat(np.frombuffer(text_bytes, dtype=np.uint8), int(min_repeats), int(max_period), periods))
 
@@ -203,7 +205,7 @@ def fallback_repeated_ngram_spans(tokens, max_n: int = 13, min_repeats: int = 32
         raise ValueError(f"tokens must be one-dimensional, got shape {arr.shape}")
     if len(arr) < min_repeats:
         return np.zeros((0, 2), dtype=np.int64)
-    return _merge(_spans_numba(arr, int(max_n), int(min_repeats)))
+    return _merge(_spans_numba(arr, csrc.clamp_param(max_n), csrc.clamp_param(min_repeats)))
 
 
 def find_repeated_ngram_spans(tokens, max_n: int = 13, min_repeats: int = 32) -> np.ndarray:
@@ -215,7 +217,8 @@ def find_repeated_ngram_spans(tokens, max_n: int = 13, min_repeats: int = 32) ->
     native = csrc.native_module()
     if native is None:
         return fallback_repeated_ngram_spans(tokens, max_n, min_repeats)
-    return native.repeated_ngram_spans(csrc.as_span_input(tokens), int(max_n), int(min_repeats))
+    return native.repeated_ngram_spans(csrc.as_span_input(tokens), csrc.clamp_param(max_n),
+                                       csrc.clamp_param(min_repeats))
 
 
 def repeated_ngram_mask(tokens, max_n: int = 13, min_repeats: int = 32) -> np.ndarray:

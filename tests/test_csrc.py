@@ -227,6 +227,38 @@ def test_degenerate_parameters_match_numba():
         both(arr, max_n, min_repeats)
 
 
+def test_max_n_far_above_the_array_length_is_clamped():
+    """Periods >= len(tokens) find nothing; the C++ path sized its per-period state by max_n and raised
+    MemoryError (10**12) or ValueError (2**62) where numba returns the spans (found by a tester)."""
+    arr = np.concatenate([np.arange(5), np.full(40, 7)]).astype(np.uint32)
+    for max_n in (10**6, 10**12, 2**62, 2**63 - 1):
+        assert both(arr, max_n, 32).tolist() == [[5, 45]], max_n
+        assert both(arr[:1], max_n, 1).tolist() == []
+
+
+def test_parameters_past_int64_act_as_their_bound():
+    """A Python int past int64 raised TypeError from the C++ path where the fallback answered (a filter's
+    min_repeats, `dolmino validate --vocab-size 10**20`; found by a tester): every backend gives one answer."""
+    arr = np.concatenate([np.arange(5), np.full(40, 7)]).astype(np.uint32)
+    assert both(arr, 13, 2**64).tolist() == []
+    for max_n, min_repeats in ((2**64, 32), (-2**64, 32), (13, -2**64)):
+        fb = fallback_repeated_ngram_spans(arr, max_n, min_repeats)
+        assert find_repeated_ngram_spans(arr, max_n, min_repeats).tolist() == fb.tolist()
+        for backend in ("fallback", "native") if csrc.native_available() else ("fallback",):
+            assert csrc.repeated_ngram_spans(arr, max_n, min_repeats, backend=backend).tolist() == fb.tolist()
+    assert fallback_repeated_ngram_spans(arr, 2**64, 32).tolist() == [[5, 45]]
+    assert fallback_repeated_ngram_spans(arr, 13, -2**64).tolist() == both(arr, 13, 1).tolist()
+    tokens = np.asarray([1, 9, 2, U32_MAX], dtype=np.uint32)
+    for vocab, eos, limit in ((2**64, 9, 2**64), (-2**64, -2**64, -2**64), (10**20, 10**20, 10**20)):
+        scan = _scan_both(tokens, vocab, eos)
+        assert scan == csrc.scan_tokens(tokens, min(max(vocab, -1), 2**32), eos if 0 <= eos < 2**32 else -1,
+                                        backend="fallback")
+        expect = csrc.eos_mismatches(tokens, [2, 4], eos, limit=limit, backend="fallback").tolist()
+        assert expect == ([] if limit < 0 else [1] if eos == 9 else [0, 1])
+        if csrc.native_available():
+            assert csrc.eos_mismatches(tokens, [2, 4], eos, limit=limit, backend="native").tolist() == expect
+
+
 def test_two_dimensional_input_is_rejected():
     with pytest.raises(ValueError, match="one-dimensional"):
         fallback_repeated_ngram_spans(np.zeros((4, 40), dtype=np.uint32))

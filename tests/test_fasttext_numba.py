@@ -137,6 +137,22 @@ def test_truncated_model_is_a_clear_error(models, tmp_path):
     assert load_fasttext_numba(str(not_fasttext)) is None  # wrong magic: left to the binding, which says why
 
 
+def test_a_pruned_dictionary_is_left_to_the_binding(models, tmp_path):
+    """fastText calls a dictionary pruned when its pruneidx_size is >= 0 (-1: not pruned) and refuses such a
+    .bin unless quantized; the numba reader took 0 for unpruned and scored the model, word n-grams and all,
+    where the binding says "Invalid model file" (found by a tester)."""
+    import struct
+
+    data = bytearray(open(models["softmax"], "rb").read())
+    offset = 64 + 12 + 8  # header, then nwords / size / nlabels (int32), ntokens (int64), pruneidx_size (int64)
+    assert struct.unpack_from("<q", data, offset)[0] == -1
+    struct.pack_into("<q", data, offset, 0)
+    pruned = tmp_path / "pruned.bin"
+    pruned.write_bytes(bytes(data))
+    assert load_fasttext_numba(str(pruned)) is None
+    assert load_fasttext_numba(models["softmax"]) is not None
+
+
 def test_hash_is_fasttexts_fnv1a_with_signed_chars():
     assert fasttext_hash(b"") == 2166136261
     assert fasttext_hash(b"a") == ((2166136261 ^ 0x61) * 16777619) & 0xFFFFFFFF

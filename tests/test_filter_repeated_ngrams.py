@@ -15,7 +15,7 @@ import pickle
 import numpy as np
 import pytest
 
-from conftest import shared_corpus_file
+from conftest import REPO, shared_corpus_file
 from dolmino.documents import Quarantine, read_documents
 from filters.repeated_ngrams import (
     RepeatedNgramFilter, find_repeated_ngram_spans, may_hold_repeated_ngram, min_run_periods, repeated_ngram_mask,
@@ -272,3 +272,19 @@ def test_min_run_periods_only_for_the_cl100k_pre_tokenizer():
         ("-" * 40).encode(), run_periods=periods)
     assert may_hold_repeated_ngram(("ab " * 40).encode(), run_periods=periods)
     assert not may_hold_repeated_ngram(b"The quick brown fox jumps over the lazy dog. " * 3, run_periods=periods)
+
+
+def test_precheck_below_two_repeats_says_look_without_reading_past_the_text(tmp_path):
+    """With min_repeats < 2 the K-gram width is 0: the scan read one byte past a 1-byte text (IndexError
+    under NUMBA_BOUNDSCHECK), divided by 0 at min_repeats 0, and called a text clear at -1 (a tester)."""
+    import os
+    import subprocess
+    import sys
+
+    for min_repeats in (-1, 0, 1):
+        assert may_hold_repeated_ngram(b"ab" * 5, min_repeats) and may_hold_repeated_ngram(b"a", min_repeats)
+        assert not may_hold_repeated_ngram(b"", min_repeats)
+    code = "from filters.repeated_ngrams import may_hold_repeated_ngram as m; print(m(b'a', 1), m(b'', 1))"
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.split() == ["True", "False"], out.stderr[-500:]

@@ -106,6 +106,23 @@ def test_truncated_token_file(build, capsys, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_an_unreadable_part_is_not_called_an_empty_file(tmp_path, capsys, backend):
+    """A build's only part cut to 5 bytes, or given a .npy header, holds tokens that cannot be read: it was
+    also warned about as "holds no tokens (its parts are empty files)" (found by a tester)."""
+    writer = MemmapPartWriter(str(tmp_path), 0, EOS)
+    writer.add(np.arange(3, dtype=np.uint32), "doc-0", "wiki", "corpus:0")
+    writer.close()
+    part = tmp_path / "part-00000.npy"
+    whole = part.read_bytes()
+    for damaged, problem in ((whole[:5], "not a whole number of 4-byte uint32 tokens"), (b"\x93NUMPY" + whole[6:],
+                                                                                          "has a .npy header")):
+        part.write_bytes(damaged)
+        code, out = _run(tmp_path, capsys, backend)
+        assert code == 1 and problem in out
+        assert "holds no tokens" not in out and "empty files" not in out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_id_out_of_vocabulary(build, capsys, backend):
     part = build / "part-00000.npy"
     tokens = np.fromfile(part, dtype="<u4")
@@ -584,6 +601,17 @@ def test_impossible_ids_are_a_usage_error_not_a_verdict(tmp_path, capsys, flags)
     with pytest.raises(SystemExit) as exit_:
         main([str(tmp_path), *flags])
     assert exit_.value.code == 2 and "must be >= " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ids_past_int64_are_a_verdict_not_a_traceback(build, capsys, backend):
+    """`--vocab-size` / `--eos-id` past int64 raised the C++ binding's TypeError (a traceback) while the
+    fallback answered (found by a tester): no id reaches either, with either backend."""
+    code, out = _run(build, capsys, backend, "--vocab-size", str(10**20), "--no-checksums")
+    assert code == 0 and f"< vocab_size {10**20}, EOS {EOS} ends every document" in out
+    code, out = _run(build, capsys, backend, "--eos-id", str(10**20), "--no-checksums")
+    assert code == 1 and f"document(s) not ending in EOS {10**20}: sidecar rows 0, 1, 2, 3, 4, ..." in out
+    assert "Traceback" not in out
 
 
 def test_each_part_is_hashed_while_it_is_checked_not_all_first(tmp_path, monkeypatch):
