@@ -195,12 +195,17 @@ def _refusals_world(tmp_path):
     return manifest(), manifest(max_doc_bytes=1_000)
 
 
-def _copied_reasons(out: Path) -> list[str]:
+def _reasons(path: Path) -> list[str]:
+    """The reasons of a quarantine file's records, sorted."""
     import gzip
     import json
 
+    return sorted(json.loads(line)["reason"] for line in gzip.decompress(path.read_bytes()).splitlines())
+
+
+def _copied_reasons(out: Path) -> list[str]:
     [copied] = out.joinpath("quarantine").rglob("*.jsonl.gz")
-    return sorted(json.loads(line)["reason"] for line in gzip.decompress(copied.read_bytes()).splitlines())
+    return _reasons(copied)
 
 
 def test_a_mix_copies_the_refused_lines_of_its_own_max_doc_bytes(spark, tmp_path):
@@ -231,7 +236,7 @@ def test_a_root_tagged_before_quarantine_was_kept_per_docs_set_is_read_where_it_
     build(strict, 200, str(tmp_path / "t-strict"), spark, attributes=str(attrs), phase="tag")
     # as the earlier layout left it: the strict tag's file alone, at the unit's name
     quarantine = attrs / "web" / "quarantine"
-    [strict_file] = [p for p in quarantine.rglob("*.jsonl.gz") if len(_copied_reasons_of(p)) == 4]
+    [strict_file] = [p for p in quarantine.rglob("*.jsonl.gz") if len(_reasons(p)) == 4]
     docs_set = strict_file.relative_to(quarantine).parts[0]
     legacy = quarantine / strict_file.relative_to(quarantine / docs_set)  # <unit key>.<version>.jsonl.gz
     legacy.parent.mkdir(parents=True, exist_ok=True)
@@ -241,13 +246,8 @@ def test_a_root_tagged_before_quarantine_was_kept_per_docs_set_is_read_where_it_
     out = tmp_path / "mix-strict"
     build(strict, 200, str(out), spark, attributes=str(attrs), phase="mix")
     assert _copied_reasons(out) == ["doc_too_large"] * 3 + ["malformed_json"]
-    with pytest.raises(BuildError, match=r"missing: the 1 refused line\(s\) of input web/a.jsonl are not stored for "
-                                         r"this manifest's reading of it .* tag source 'web' into a new --attributes"):
+    with pytest.raises(BuildError, match=r"a.jsonl.\w+.jsonl.gz: the refused lines of input web/a.jsonl as another "
+                                         r"manifest read them \({'doc_too_large': 3, 'malformed_json': 1}, where this "
+                                         r"one's docs set counts {'malformed_json': 1}\): .* tag source 'web' into a "
+                                         r"new --attributes root"):
         build(default, 200, str(tmp_path / "mix-default"), spark, attributes=str(attrs), phase="mix")
-
-
-def _copied_reasons_of(path: Path) -> list[str]:
-    import gzip
-    import json
-
-    return [json.loads(line)["reason"] for line in gzip.decompress(path.read_bytes()).splitlines()]

@@ -652,19 +652,23 @@ def _earlier_quarantine(store: AttributeStore, plan, unit, counts: dict[str, int
 
     earlier = store.unit_path(plan.name, QUARANTINE_DIR, unit, ".jsonl.gz")
     found: dict[str, int] = {}
-    data = None
+    data = read_if_exists(earlier)  # a store that fails to answer raises: not the file's doing
     try:
-        data = read_if_exists(earlier)
         for line in gzip.decompress(data).splitlines() if data is not None else ():
             reason = json.loads(line)["reason"]
             found[reason] = found.get(reason, 0) + 1
     except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError):
         found = {"unreadable": 1}
-    if data is None or found != {reason: n for reason, n in counts.items() if n}:
-        raise BuildError(f"{missing}: missing: the {sum(counts.values()):,} refused line(s) of input {unit.key} are not "
-                         f"stored for this manifest's reading of it (the attributes root keeps them per docs set since "
-                         f"a later dolmino; {earlier} holds another reading's); tag source {plan.name!r} into a new "
+    expected = {reason: n for reason, n in counts.items() if n}
+    if data is None:
+        raise BuildError(f"{missing}: missing: the {sum(expected.values()):,} refused line(s) of input {unit.key} that "
+                         f"its docs set counts are not stored (deleted?); tag source {plan.name!r} into a new "
                          "--attributes root")
+    if found != expected:
+        raise BuildError(f"{earlier}: the refused lines of input {unit.key} as another manifest read them "
+                         f"({dict(sorted(found.items()))}, where this one's docs set counts "
+                         f"{dict(sorted(expected.items()))}): this attributes root was tagged before "
+                         f"refused lines were kept per docs set; tag source {plan.name!r} into a new --attributes root")
     return earlier
 
 
