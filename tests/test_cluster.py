@@ -314,8 +314,8 @@ def test_tag_and_mix_commands_run_on_the_cluster(clean_run, cluster, world):
     tag = run_submit([dolmino, "tag", *common], _submit_env(), str(REPO), world.root / "logs", "cli-tag",
                      SUBMIT_TIMEOUT_S)
     assert tag.returncode == 0, _explain(tag, cluster)
-    assert re.search(r"tagged [1-9]\d* unit\(s\), writing [1-9]\d* attribute file\(s\); reused 0 unit", tag.stdout), \
-        tag.stdout
+    assert re.search(r"tagged [1-9]\d* unit\(s\), writing [1-9]\d* attribute file\(s\) and 1 quarantine / "
+                     r"documents file\(s\); reused 0 unit", tag.stdout), tag.stdout
     assert any(name.endswith(".parquet") for name in _keys(attributes))
     mix = run_submit([dolmino, "mix", *common, "--out", out], _submit_env(), str(REPO), world.root / "logs",
                      "cli-mix", SUBMIT_TIMEOUT_S)
