@@ -214,11 +214,7 @@ def find_repeated_ngram_spans(tokens, max_n: int = 13, min_repeats: int = 32) ->
     Runs the C++ detector in csrc/ when it is built (same spans, several times faster, and it
     reads uint32 buffers without an int64 copy), else the numba one above.
     """
-    native = csrc.native_module()
-    if native is None:
-        return fallback_repeated_ngram_spans(tokens, max_n, min_repeats)
-    return native.repeated_ngram_spans(csrc.as_span_input(tokens), csrc.clamp_param(max_n),
-                                       csrc.clamp_param(min_repeats))
+    return csrc.repeated_ngram_spans(tokens, max_n, min_repeats)  # its "auto" backend: this fallback without it
 
 
 def repeated_ngram_mask(tokens, max_n: int = 13, min_repeats: int = 32) -> np.ndarray:

@@ -247,7 +247,7 @@ class AttributeStore:
         depends on what keys that set (the reader, `max_doc_bytes`, the Stack Exchange conversion). One
         file per unit for every manifest took the refusals of the tag that wrote it last: a mix of the
         default `max_doc_bytes` copied another manifest's `doc_too_large` lines of documents it kept."""
-        return join(self.root, source, QUARANTINE_DIR, docs_set, f"{unit.key}.{unit_version(unit)}.jsonl.gz")
+        return self.unit_path(source, join(QUARANTINE_DIR, docs_set), unit, ".jsonl.gz")
 
     def set_names(self, source: str) -> list[str]:
         """The attribute sets stored for a source (its directories), sorted."""
