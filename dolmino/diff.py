@@ -244,13 +244,16 @@ def _plan_side_by_side(d: ManifestDiff, fmt: str) -> list[str]:
     names = [r.name for r in (d.plan_b.rows if d.plan_b else [])] + [n for n in rows_a if n not in rows_b]
     headers = ["source", "target before", "target after", "Source % before", "Source % after", "Mix % before",
                "Mix % after", "Mix % change"]
+    # A source missing from a plan has 0% there (added or removed); a side with no plan has no Mix % at all:
+    # its change read as minus every source's whole share, as if all had been dropped (a tester).
+    absent_a, absent_b = (0.0 if plan else None for plan in (d.plan_a, d.plan_b))
     rows = []
     for n in names:
         ra, rb = rows_a.get(n), rows_b.get(n)
         rows.append([n, *_counts_text(ra.target_tokens if ra else None, rb.target_tokens if rb else None),
                      *_percents_text(ra.source_percent if ra else None, rb.source_percent if rb else None),
                      *_shares_text(ra.mix_percent if ra else None, rb.mix_percent if rb else None),
-                     _delta_pct(ra.mix_percent if ra else 0.0, rb.mix_percent if rb else 0.0)])
+                     _delta_pct(ra.mix_percent if ra else absent_a, rb.mix_percent if rb else absent_b)])
     rows.append(["total", *_counts_text(d.plan_a.budget if d.plan_a else None, d.plan_b.budget if d.plan_b else None),
                  "", "", "", "", ""])
     return render_table(headers, rows, fmt)

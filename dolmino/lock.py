@@ -310,6 +310,11 @@ def read_lock(path: str) -> dict:
             lock = json.load(fh)
     except FileNotFoundError:
         raise BuildError(f"{path}: no lock file (write one with `dolmino lock MANIFEST`)") from None
+    except IsADirectoryError:
+        raise BuildError(f"{path}: is a directory, not a lock file (--lockfile names the file)") from None
+    except UnicodeDecodeError as exc:  # a traceback, as the hand-edited entries below were (a tester)
+        raise BuildError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); lock the manifest "
+                         "again (`dolmino lock MANIFEST`)") from None
     except json.JSONDecodeError as exc:
         raise BuildError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
     if not isinstance(lock, dict) or lock.get("format") != LOCK_FORMAT:
@@ -347,6 +352,7 @@ def _check_lock_entries(path: str, lock: dict) -> None:
         for i, entry in enumerate(lock["scorers"]):
             need(entry, f"scorers[{i}]", {"where": str, "scorer": str, "sha256": str})
     need(lock["tokenizer"], "tokenizer", {"sha256": str})
+    need(lock["manifest"], "manifest", {})  # its name is compared: .get() on a string was a traceback (a tester)
 
 
 # ---------------------------------------------------------------------------- checking
@@ -514,7 +520,8 @@ def require_lock(manifest: Manifest, lock_path: str | None = None) -> str:
     if problems:
         shown = problems[:SHOWN_PROBLEMS] + ([f"... and {len(problems) - SHOWN_PROBLEMS} more"]
                                              if len(problems) > SHOWN_PROBLEMS else [])
-        raise BuildError(f"--locked: {len(problems)} difference(s) from {lock_path}:\n  " + "\n  ".join(shown)
+        # ";" ends each: the command line prints an error on one line, where they ran together (a tester)
+        raise BuildError(f"--locked: {len(problems)} difference(s) from {lock_path}:\n  " + ";\n  ".join(shown)
                          + "\n  (if the change is intended, run `dolmino lock` again and commit the lock)")
     return lock_path
 

@@ -18,8 +18,9 @@ Repetitions are the authority (Table 13's "Source %", version 2): a source state
 passes over its pool it takes (`source_percent`, 400 = four whole passes, 6.85 a 6.85% seeded
 sample) next to the pool's size (`pool_tokens`); its Mix % is derived, passes x pool tokens
 over the sum of all sources', and the budget defaults to that sum. Table 13's own Mix %
-column disagrees with its Source % column (its Source % imply 51.5B / 105.9B / 311.5B mixes,
-which is what OLMo's released mix files contain), so a manifest that states both gets a
+column disagrees with its Source % column (its Source % imply 51.5B / 105.9B / 311.5B mixes;
+OLMo's released mix files hold 51.47B / 112.94B / 311.42B, the 100B one with wiki and part of
+TinyGSM-MIND taken once more than the table says), so a manifest that states both gets a
 warning where they differ by more than 0.5 percentage points. A manifest whose sources state
 only `mix_percent` (the demo on the embedded corpus, whose pools are not known before it is
 built) has Mix % as its authority and needs a budget. Version 1 manifests (no `kind`) keep
@@ -560,6 +561,12 @@ def _parse_source(obj: Any, where: str, base_dir: str | None = None) -> SourceSp
     _expect(isinstance(paths, list) and len(paths) > 0, f"{where}.paths", "expected a non-empty list of paths/globs")
     for i, p in enumerate(paths):
         _string(p, f"{where}.paths[{i}]")
+        # A relative pattern is below the data root: `../x/*` read a sibling of a local root (named in the
+        # lock and the attribute files by its absolute path) and nothing under an s3:// one (a tester).
+        relative = not p.startswith("s3://") and not os.path.isabs(p)
+        _expect(not relative or posixpath.normpath(p).split("/")[0] != "..", f"{where}.paths[{i}]",
+                f"{p!r} leads above the data root, which a source's relative paths are patterns below; "
+                "set data_root higher, or give an absolute path or s3:// URI")
     fmt = obj.get("format", "dolma")
     _expect(fmt in SOURCE_FORMATS, f"{where}.format", f"expected one of {SOURCE_FORMATS}, got {fmt!r}")
     mix = obj.get("mix_percent")
@@ -725,7 +732,7 @@ def manifest_from_dict(data: Any, path: str | None = None) -> Manifest:
     name = _string(data["name"], "name")
     _expect(bool(_NAME_RE.match(name)), "name", f"use letters, digits, '_', '-', '.': {name!r}")
     version = data.get("version", 1)
-    _expect(version in MANIFEST_VERSIONS and not isinstance(version, bool), "version",
+    _expect(version in MANIFEST_VERSIONS and type(version) is int, "version",  # not True, not 2.0
             f"this dolmino reads manifest versions {', '.join(map(str, MANIFEST_VERSIONS))}, got {version!r}")
     kind = data.get("kind", "mix")
     _expect(version >= 2 or "kind" not in data, "kind", "needs \"version\": 2")
@@ -859,6 +866,31 @@ def _int64(text: str) -> int:
     return value
 
 
+def _refused_value_field(text: str) -> str | None:
+    """Where (`sources[1].mix_percent`) the first value the reader refused sits (NaN, Infinity, a float
+    read as infinity, an integer beyond 64 bits): json's hooks get no positions, so `text` is read again
+    with hooks that mark such a value instead of refusing it, and the mark is looked for in document order."""
+    mark = object()
+    try:
+        data = json.loads(text, parse_constant=lambda _: mark,
+                          parse_float=lambda t: mark if math.isinf(float(t)) else 0.0,
+                          parse_int=lambda t: mark if len(t.lstrip("-")) > 19 or not -2**63 <= int(t) < 2**63 else 0)
+    except ValueError:
+        return None
+
+    def find(value: Any, where: str) -> str | None:
+        if value is mark:
+            return where
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            found = find(item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else key)
+            if found:
+                return found
+        return None
+
+    return find(data, "")
+
+
 def read_manifest_json(path: str) -> Any:
     """The parsed JSON of a manifest file (no schema check); every error names the file."""
     try:
@@ -876,8 +908,9 @@ def read_manifest_json(path: str) -> Any:
         raise ManifestError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     except _DuplicateKey as exc:
         raise ManifestError(f"{path}: {_DuplicateKey(exc.key, _duplicate_key_line(text))}") from None
-    except ManifestError as exc:
-        raise ManifestError(f"{path}: {exc}") from None
+    except ManifestError as exc:  # a value JSON has not, or too large to read
+        where = _refused_value_field(text)
+        raise ManifestError(f"{path}: {f'{where}: ' if where else ''}{exc}") from None
 
 
 def load_manifest(path: str, data_root: str | None = None) -> Manifest:

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import textwrap
+from decimal import Decimal
 from typing import Any
 
 from dolmino.errors import ManifestError
@@ -103,15 +104,43 @@ def canonical(data: Any) -> Any:
     return out
 
 
+def _encode(value: Any, indent: str) -> str:
+    """`json.dumps(value, indent=2, ensure_ascii=False)`, except that a number read from a manifest
+    is written as its own text: Python writes a float's repr, which turned `"budget": 1e6` into
+    1000000.0 and the count `9007199254740993.0` (read exactly from its text) into 9007199254740992.0."""
+    inner = indent + "  "
+    if isinstance(value, dict) and value:
+        items = (f"{inner}{json.dumps(k, ensure_ascii=False)}: {_encode(v, inner)}" for k, v in value.items())
+        return "{\n" + ",\n".join(items) + f"\n{indent}}}"
+    if isinstance(value, list) and value:
+        return "[\n" + ",\n".join(inner + _encode(v, inner) for v in value) + f"\n{indent}]"
+    if isinstance(value, float) and getattr(value, "text", None):
+        return value.text
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
 def dumps(data: Any) -> str:
     """Canonical text of already-parsed manifest data."""
-    return json.dumps(canonical(data), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    return _encode(canonical(data), "") + "\n"
+
+
+def _exact_numbers(value: Any) -> Any:
+    """`value` with each float as the Decimal of its text: as floats, 9007199254740993.0 and ...992.0 are equal."""
+    if isinstance(value, dict):
+        return {k: _exact_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_exact_numbers(v) for v in value]
+    if isinstance(value, float):
+        return Decimal(getattr(value, "text", None) or repr(value))
+    return value
 
 
 def format_text(data: Any) -> str:
     text = dumps(data)
-    # Layout only: the content must read back identically (key order aside, hence sorted JSON).
-    if json.dumps(json.loads(text), sort_keys=True) != json.dumps(data, sort_keys=True):
+    # Layout only: the content must read back identically (key order aside, hence sorted JSON), numbers
+    # to their last digit.
+    if json.dumps(json.loads(text, parse_float=Decimal), sort_keys=True, default=str) != json.dumps(
+            _exact_numbers(data), sort_keys=True, default=str):
         raise RuntimeError("canonical formatting would change a manifest's content (a dolmino bug)")
     return text
 

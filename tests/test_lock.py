@@ -232,6 +232,18 @@ def test_locked_build_refuses_drift_before_spark(project, capsys):
     assert not (project / "out").exists()  # refused before anything was written
 
 
+def test_a_locked_builds_differences_read_apart_on_its_one_line(project, capsys):
+    """Found by a tester: the build prints an error on one line, and the differences ran together there
+    ("... 72 now web: web/4.jsonl: not in the lock ..."): each ends with ';', as `dolmino lock`'s own do."""
+    write_lock(_manifest(project))
+    (project / "data" / "web" / "b.jsonl").unlink()
+    (project / "data" / "web" / "n.jsonl").write_text(_doc(99))
+    assert build_main(["--manifest", str(project / "pool.json"), "--locked", "--out", str(project / "out")]) == 2
+    err = capsys.readouterr().err
+    assert ("web: web/n.jsonl: not in the lock (a new input file); web: web/b.jsonl: in the lock but no longer "
+            "listed (removed or renamed) (if the change is intended") in err, err
+
+
 def test_require_lock_and_place_lock(project, tmp_path):
     path = write_lock(_manifest(project))
     assert require_lock(_manifest(project)) == path
@@ -318,6 +330,29 @@ def test_a_hand_edited_lock_missing_a_field_is_named(project, capsys):
     Path(path).write_text(json.dumps(lock))
     with pytest.raises(BuildError, match="malformed lock: inputs\\['web'\\]\\[0\\] has no 'size'"):
         read_lock(path)
+
+
+@pytest.mark.parametrize("spoil, error", [
+    (lambda path: path.write_text(json.dumps({**json.loads(path.read_text()), "manifest": "locked-pool"})),
+     "malformed lock: manifest is not an object"),
+    (lambda path: path.write_bytes(b"\xff\xfe{}"), "not UTF-8 text"),
+    (lambda path: (path.unlink(), path.mkdir()), "is a directory, not a lock file"),
+])
+def test_a_lock_that_is_not_a_lock_file_is_one_line(project, capsys, spoil, error):
+    """Found by a tester: `dolmino lock --check` (and a --locked build) printed a traceback for a lock whose
+    "manifest" was hand-edited to a string (AttributeError), one saved as UTF-16 (UnicodeDecodeError) and a
+    --lockfile naming a directory (IsADirectoryError)."""
+    path = Path(write_lock(_manifest(project)))
+    spoil(path)
+    with pytest.raises(BuildError, match=re.escape(error)):
+        check_lock(_manifest(project), str(path))
+    capsys.readouterr()
+    assert lock_cmd.main([str(project / "pool.json"), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and error in err and len(err.strip().splitlines()) == 1, err
+    assert build_main(["--manifest", str(project / "pool.json"), "--locked", "--out", str(project / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and error in err, err
 
 
 def test_a_missing_tokenizer_or_model_is_found_before_the_inputs_are_hashed(project, monkeypatch):

@@ -554,3 +554,28 @@ def test_tokenizer_semantics_default_to_dolma_and_parse():
     assert (tok.semantics, tok.control_tokens, tok.bos_token_id) == ("raw", "literal", 100256)
     data["tokenizer"] = {"bos_token_id": None}
     assert manifest_from_dict(data, str(MANIFESTS / "demo.json")).tokenizer.bos_token_id is None
+
+
+@pytest.mark.parametrize("pattern", ["../outside/*.jsonl", "web/../../outside/*.jsonl", "..", "./../x.jsonl"])
+def test_a_relative_source_path_above_the_data_root_is_refused(tmp_path, pattern):
+    """Found by a tester: `"paths": ["../outside/*.jsonl"]` passed `manifest check` and read a sibling of a
+    local data root (named in the lock and the attribute files by its absolute path), while under an
+    s3:// root the listing refused it. Absolute paths and s3:// URIs stay allowed, as written."""
+    spec = {"name": "m", "seed": 1, "budget": "1M", "data_root": str(tmp_path / "root"),
+            "sources": [{"name": "a", "paths": ["web/*.jsonl", pattern], "mix_percent": 100}]}
+    with pytest.raises(ManifestError, match=re.escape(f"sources[0].paths[1]: {pattern!r} leads above the data root")):
+        manifest_from_dict(spec)
+    for allowed in (str(tmp_path / "outside" / "*.jsonl"), "s3://bucket/x/*.jsonl", "web/../web/*.jsonl", "./a"):
+        spec["sources"][0]["paths"][1] = allowed
+        manifest_from_dict(spec)
+
+
+@pytest.mark.parametrize("version", [2.0, 1.0, True, "2"])
+def test_a_version_is_a_whole_number_not_a_float(version):
+    """Found by a tester: `"version": 2.0` passed (2.0 == 2) and `dolmino plan` said "version 2.0", while
+    every other integer field (seed, num_perm, eos_token_id) refuses a float."""
+    spec = {"name": "m", "version": version, "seed": 1, "budget": "1M",
+            "sources": [{"name": "a", "paths": ["a/*.jsonl"], "mix_percent": 100}]}
+    with pytest.raises(ManifestError, match=re.escape(f"version: this dolmino reads manifest versions 1, 2, got "
+                                                      f"{version!r}")):
+        manifest_from_dict(spec)

@@ -246,3 +246,37 @@ def test_fmt_writes_through_a_symlink_and_refuses_a_lone_surrogate(tmp_path, cap
     err = capsys.readouterr().err
     assert err.startswith(f"error: {lone}: a string holds a lone surrogate escape") and err.count("\n") == 1
     assert lone.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["50B.json", "current.json", "lone.json"]
+
+
+def test_fmt_writes_numbers_as_written_and_keeps_their_meaning(tmp_path):
+    """fmt wrote each float as Python's repr: `"pool_docs": 9007199254740993.0`, a count read exactly from
+    its text, became 9007199254740992.0 (another count), and `"budget": 1e6` became 1000000.0, though the
+    canonical form leaves values untouched (found by a tester)."""
+    text = ('{"name": "x", "version": 2, "seed": 1, "budget": 1e6, "sources": [{"name": "a", "paths": ["a/*"],'
+            ' "pool_docs": 9007199254740993.0, "mix_percent": 100.00, "dedup": {"minhash": {"threshold": 8E-1}}}]}')
+    path = _write(tmp_path, text)
+    before = load_manifest(str(path))
+    assert format_files([str(path)]) == 0
+    formatted = path.read_text(encoding="utf-8")
+    for number in ('"budget": 1e6,', '"pool_docs": 9007199254740993.0,', '"mix_percent": 100.00,',
+                   '"threshold": 8E-1'):
+        assert number in formatted
+    after = load_manifest(str(path))
+    assert after.sources[0].pool_docs == before.sources[0].pool_docs == 9007199254740993
+    assert (after.budget, after.sources[0].mix_percent) == (before.budget, before.sources[0].mix_percent)
+    assert format_files([str(path)], check=True) == 0  # idempotent
+
+
+@pytest.mark.parametrize("value, where", [
+    ("NaN", "sources[1].mix_percent"), ("-Infinity", "sources[1].mix_percent"),
+    ("1e400", "sources[1].mix_percent"), ("1" + "0" * 5000, "sources[1].mix_percent"),
+])
+def test_a_value_json_has_not_names_its_field(tmp_path, capsys, value, where):
+    """Found by a tester: `NaN is not a JSON value` named no field; in a manifest of a dozen sources, whose?"""
+    text = ('{"name": "x", "seed": 1, "budget": "1M", "sources": [{"name": "a", "paths": ["a/*"], "mix_percent": 50},'
+            ' {"name": "b", "paths": ["NaN"], "mix_percent": %s}]}' % value)
+    path = _write(tmp_path, text)
+    with pytest.raises(ManifestError, match=re.escape(f"{path}: {where}: ")):
+        load_manifest(str(path))
+    assert main(["check", str(path)]) == 1
+    assert f"BAD {path}: {where}: " in capsys.readouterr().out

@@ -495,3 +495,25 @@ def test_plan_says_the_build_refuses_a_source_without_files_and_shows_what_match
     assert web.split()[-3:] == ["1", "25", "B"], out
     assert f"no input files match '{corpus / 'web' / 'nope*.jsonl'}' (the build refuses these)" in out, out
     assert f"inputs: no files match for 1 of 2 sources (code) under {corpus} (the build refuses these)" in out, out
+
+
+def test_diff_without_a_plan_on_one_side_shows_no_mix_change(tmp_path):
+    """Found by a tester: a budget removed from a Mix % manifest (no plan after) showed every source's
+    Mix % change as minus its whole share (dclm -47.20, ...), as if every source had been dropped:
+    a side without a plan has no Mix % to compare. A source absent from a plan that exists still
+    counts as 0."""
+    a = {"name": "s", "version": 2, "kind": "mix", "seed": 1, "budget": "1B", "data_root": str(tmp_path),
+         "sources": [{"name": "x", "paths": ["x/*.jsonl"], "mix_percent": 20},
+                     {"name": "y", "paths": ["y/*.jsonl"], "mix_percent": 80}]}
+    b = json.loads(json.dumps(a))
+    del b["budget"]
+    d, _, _ = _diff_of(tmp_path, a, b)
+    text = render_diff(d)
+    assert d.plan_b is None and "No plan after: budget:" in text, text
+    assert re.search(r"^x\s+200M\s+-\s+-\s+-\s+20\.00\s+-\s+-$", text, re.M), text
+    assert re.search(r"^y\s+800M\s+-\s+-\s+-\s+80\.00\s+-\s+-$", text, re.M), text
+    c = json.loads(json.dumps(a))
+    c["sources"] = [a["sources"][0], {"name": "z", "paths": ["z/*.jsonl"], "mix_percent": 80}]
+    text = render_diff(_diff_of(tmp_path, a, c)[0])
+    assert re.search(r"^y\s+800M\s+-(\s+-){2}\s+80\.00\s+-\s+-80\.00$", text, re.M), text  # removed: all of it
+    assert re.search(r"^z\s+-\s+800M(\s+-){2}\s+-\s+80\.00\s+\+80\.00$", text, re.M), text  # added
