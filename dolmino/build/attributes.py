@@ -62,6 +62,11 @@ DOCUMENTS_DIR = "documents"
 QUARANTINE_DIR = "quarantine"
 
 
+def quarantine_dir(docs_set: str) -> str:
+    """A source's directory of the refused lines that go with `docs_set` (`AttributeStore.quarantine_path`)."""
+    return join(QUARANTINE_DIR, docs_set)
+
+
 def text_hash(text: bytes) -> bytes:
     """The docs set's `text_hash` of a document's UTF-8 text: exact dedup's key, and what the
     tokenize stage checks the text it reads again against (`content_digest`)."""
@@ -247,7 +252,7 @@ class AttributeStore:
         depends on what keys that set (the reader, `max_doc_bytes`, the Stack Exchange conversion). One
         file per unit for every manifest took the refusals of the tag that wrote it last: a mix of the
         default `max_doc_bytes` copied another manifest's `doc_too_large` lines of documents it kept."""
-        return self.unit_path(source, join(QUARANTINE_DIR, docs_set), unit, ".jsonl.gz")
+        return self.unit_path(source, quarantine_dir(docs_set), unit, ".jsonl.gz")
 
     def set_names(self, source: str) -> list[str]:
         """The attribute sets stored for a source (its directories), sorted."""

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from dolmino.build import output, worker_heap
-from dolmino.build.attributes import ATTRIBUTE_FORMAT, QUARANTINE_DIR, AttributeStore, plan_bundles, spec_key
+from dolmino.build.attributes import (ATTRIBUTE_FORMAT, QUARANTINE_DIR, AttributeStore, plan_bundles, quarantine_dir,
+                                      spec_key)
 from dolmino.build.inputs import (
     DEFAULT_SPLIT_BYTES, DEFAULT_TASK_BYTES, group_tasks, list_inputs, plan_units, shown_path,
 )
@@ -633,7 +634,7 @@ def _copy_quarantine(store: AttributeStore, tagged, units, unit_pools: list[Unit
             plan = tagged.plans[unit.source_index]
             path = store.quarantine_path(plan.name, plan.docs_set, unit)
             if plan.name not in stored:
-                stored[plan.name] = store.existing(plan.name, f"{QUARANTINE_DIR}/{plan.docs_set}")
+                stored[plan.name] = store.existing(plan.name, quarantine_dir(plan.docs_set))
             if path not in stored[plan.name]:
                 path = _earlier_quarantine(store, plan, unit, refused[unit.index], path)
             # Tagging numbers a byte range's lines from its start; the output names the file's line.
