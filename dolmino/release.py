@@ -208,6 +208,10 @@ def check_build_names(where: str, names: list[str]) -> None:
         if rel == RELEASE_FILE:
             raise ReleaseError(f"{rel}: the build already holds a {RELEASE_FILE} "
                                "(it looks like a pulled release; publish the original build)")
+        if rel.endswith("/" + RELEASE_FILE):  # published, then delete and clean took it for a release inside (a tester)
+            raise ReleaseError(f"{where}/{rel}: a release's commit record inside the build (a pulled release copied "
+                               "into it?), which would make the release read as a releases root that delete and clean "
+                               "refuse; move it out of the build before publishing")
         if rel in (PROBE_FILE, PULL_OWNER):
             raise ReleaseError(f"{where}/{rel}: a name releases reserve for their own bookkeeping; move it out of "
                                "the build")
@@ -841,8 +845,10 @@ def _clean_leftovers(bucket: str, key_prefix: str, older_than_s: float, release_
         else:
             kept += 1
     if kept:
+        # said no more: after a kill -9 its owner knows none is running, and was not told how to remove them (a tester)
         log(f"{release_uri}: note: left {kept} staged upload(s) alone: they changed in the last "
-            f"{older_than_s / 3600:g} h, so another publish may still be running")
+            f"{older_than_s / 3600:g} h, so another publish may still be running (if none is, `dolmino release clean "
+            f"{release_uri} --older-than-hours 0` removes them now)")
     return removed
 
 
@@ -1020,6 +1026,14 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
             raise ReleaseError(f"{release_uri}: the commit did not take effect (the store kept answering "
                                f"409 Conflict); this publish's {removed} uploaded object(s) were removed. "
                                "Try again.") from None
+        ours = {(e["path"], e["size"], e["sha256"]) for e in entries}
+        theirs = winner.get("files") if isinstance(winner.get("files"), list) else []
+        if ours == {(e.get("path"), e.get("size"), e.get("sha256")) for e in theirs if isinstance(e, dict)}:
+            # two runs of one CI job were told "publish under another name" as if they clashed (a tester)
+            raise ReleaseExistsError(
+                f"{release_uri}: another publish of this name committed the same content first (publish id "
+                f"{winner.get('publish_id', '?')}; every file's size and SHA-256 match this build); this publish's "
+                f"{removed} uploaded object(s) were removed again: nothing to publish") from None
         raise ReleaseExistsError(
             f"{release_uri}: another publish of this name committed first (publish id "
             f"{winner.get('publish_id', '?')}, created {winner.get('created', '?')}); this publish's "
@@ -1110,7 +1124,8 @@ def list_releases(root_uri: str) -> tuple[list[dict], list[str]]:
             complete.append(parse_release_record(record, s3.join_uri(bucket, sub + RELEASE_FILE), name))
         except ReleaseError:
             incomplete.append(name)
-    return complete, incomplete
+    # S3 lists `NAME/` in key order, where '/' sorts after '-' and '.': v1 came after v1-rc and v1.0 (a tester)
+    return sorted(complete, key=lambda rec: rec["name"]), sorted(incomplete)
 
 
 def _check_local(path: str, entry: dict) -> None:
@@ -1172,6 +1187,23 @@ def _remove_dead_pulls(parent: str, name: str, log: Log) -> None:
         log(f"removed {tmp}: the partial download of an earlier pull that was killed (pid {pid})")
 
 
+def _is_cwd(path: str) -> bool:
+    try:
+        return os.path.samefile(path, os.getcwd())
+    except OSError:  # the current directory was removed
+        return False
+
+
+def _pulled_record(dest: str) -> dict | None:
+    """The RELEASE.json a pull left in `dest`, if it holds a readable one."""
+    try:
+        with open(os.path.join(dest, RELEASE_FILE), encoding="utf-8") as fh:
+            record = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log: Log = _quiet,
          progress: bool = False) -> dict:
     """Download and verify a release into DEST (which must not exist, or be an empty directory).
@@ -1184,21 +1216,39 @@ def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log
     bucket, key_prefix, _name = split_release(release_uri)
     dest = os.path.abspath(dest)
     if os.path.lexists(dest) and not (os.path.isdir(dest) and not os.path.islink(dest) and not os.listdir(dest)):
-        raise ReleaseError(f"{dest}: already exists; pull into a new directory")
+        held = _pulled_record(dest)
+        if held is not None and held.get("name") == _name and \
+                held.get("publish_id") == read_release(release_uri).get("publish_id"):
+            # "pull into a new directory" sent a node that already held the release to download it again (a tester)
+            raise ReleaseExistsError(f"{dest}: already holds this release (publish id {held['publish_id']}, pulled "
+                                     f"before): nothing to pull; `dolmino validate {dest}` re-checks its parts")
+        raise ReleaseError(f"{dest}: already exists" + (
+            f" (holding release {held.get('name')!r}, publish id {held.get('publish_id')})" if held is not None
+            else "") + "; pull into a new directory")
     if os.path.isdir(dest) and os.path.ismount(dest):  # the download went to the parent's disk, then failed
         raise ReleaseError(f"{dest}: a mount point, which a finished pull cannot be renamed onto; pull into a "
                            f"new directory inside it (e.g. {os.path.join(dest, _name)})")  # (a tester)
+    if os.path.isdir(dest) and _is_cwd(dest):
+        # The finished download replaced it by a rename: the shell that ran `pull ... .` was left in a deleted
+        # directory, where `ls` showed nothing after "pulled ... (N files, all SHA-256 verified)" (a tester)
+        raise ReleaseError(f"{dest}: the current directory, which a finished pull would replace (leaving this shell "
+                           f"in a deleted directory); pull into a new directory (e.g. {os.path.join(dest, _name)}), "
+                           "or run the pull from outside it")
     record = read_release(release_uri)
     objects = key_prefix + data_prefix_of(record)
     parent = os.path.dirname(dest)
     above = file_above(dest)
     if above is not None:
         raise ReleaseError(f"{dest}: {above} is a file, not a directory; pull into a directory path")
-    os.makedirs(parent, exist_ok=True)
-    _remove_dead_pulls(parent, os.path.basename(dest), log)
     # os.mkdir honours the umask (0777 & ~umask, as the build's directories); mkdtemp would give 0700.
     tmp = os.path.join(parent, f"{_pull_stem(os.path.basename(dest))}{uuid.uuid4().hex[:12]}")
-    os.mkdir(tmp)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        _remove_dead_pulls(parent, os.path.basename(dest), log)
+        os.mkdir(tmp)
+    except OSError as exc:  # "[Errno 13] Permission denied: '/data/.x.pull-...'" said neither whose nor why (a tester)
+        raise ReleaseError(f"{dest}: cannot create {exc.filename or tmp} ({exc.strerror or exc}; pull downloads into "
+                           "a directory beside DEST, then renames it): pull into a directory you can write") from None
     with open(os.path.join(tmp, PULL_OWNER), "w", encoding="utf-8") as fh:
         fh.write(f"{socket.gethostname()} {os.getpid()} {_pid_namespace()}\n")
     bar = _Progress(progress, f"pull {_name}", record.get("total_bytes") or sum(e["size"] for e in record["files"]),
@@ -1222,9 +1272,14 @@ def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log
                                                        " was gone); nothing was kept") from None  # hunting (a tester)
                         raise ReleaseIntegrityError(
                             f"{entry['path']}: listed in {RELEASE_FILE} but missing from s3://{bucket}/{objects}; "
-                            "the release is damaged") from None
+                            f"the release is damaged; nothing was kept at {dest}") from None
                     raise
-            _check_local(local, entry)
+            try:
+                _check_local(local, entry)
+            except ReleaseIntegrityError as exc:  # named neither the release nor DEST's state (a tester)
+                raise ReleaseIntegrityError(f"{exc}: the release is damaged, or this download was; nothing was kept at "
+                                            f"{dest} (`dolmino release verify {release_uri}` tells which, re-hashing "
+                                            "every object in place)") from None
             bar.file_done()
             log(f"verified {entry['path']} ({entry['size']:,} bytes)")
         with open(os.path.join(tmp, RELEASE_FILE), "w", encoding="utf-8") as fh:
@@ -1442,9 +1497,19 @@ def _run(args: argparse.Namespace) -> int:
         if incomplete:
             print(f"note: ignored {len(incomplete)} incomplete upload(s) without a readable {RELEASE_FILE}: "
                   f"{', '.join(incomplete)}", file=sys.stderr)
+        if not complete:  # a release's own URI listed nothing, exit status 0, as an empty root does (a tester)
+            root = args.root.rstrip("/")
+            print(f"note: {root} is a release, not a releases root: `dolmino release list {root.rsplit('/', 1)[0]}` "
+                  "lists it beside the others" if _is_release(root) else f"note: no releases under {root}",
+                  file=sys.stderr)
     elif args.command == "pull":
         pull(args.release, args.dest, log=say, progress=show)
     elif args.command == "verify":
+        if not s3.is_s3(args.release) and os.path.isfile(os.path.join(args.release, RELEASE_FILE)):
+            # "not an s3:// URI" left a team re-checking its pulled copy with no way to (a tester)
+            raise ReleaseError(f"{args.release}: a pulled release on local disk; `dolmino release verify` re-hashes a "
+                               f"release on S3: `dolmino validate {args.release}` checks the parts here against "
+                               "the SHA-256 their report.json certifies")
         problems = verify(args.release, log=say, progress=show)
         for problem in problems:
             print(f"release: {problem}", file=sys.stderr)

@@ -1278,3 +1278,168 @@ def test_a_read_only_publisher_is_told_which_key_was_denied(small_builds, root, 
     finally:
         events.unregister("before-call.s3.PutObject", deny)
     assert re.match(r"release: error: s3://\S+/ro/data/\S+: S3 PutObject failed: AccessDenied", capsys.readouterr().err)
+
+
+def test_list_sorts_by_name_and_says_when_it_lists_nothing(small_builds, root, capsys):
+    """Found by a tester: S3 lists `NAME/` in key order, where '/' sorts after '-' and '.', so v1 came after v1-rc
+    and v1.0; and `list` of a release's own URI (or an empty prefix) printed nothing with exit status 0."""
+    record = release.publish(str(small_builds[0]), root, "v1")
+    bucket, prefix = release.split_root(root)
+    for name in ("v10", "v1.0", "v1-rc"):  # the same objects under other names: only the listing matters here
+        s3.client().put_object(Bucket=bucket, Key=f"{prefix}{name}/RELEASE.json",
+                               Body=json.dumps({**record, "name": name}).encode())
+    assert [r["name"] for r in release.list_releases(root)[0]] == ["v1", "v1-rc", "v1.0", "v10"]
+    assert release.main(["list", root]) == 0
+    out = capsys.readouterr()
+    assert [line.split("\t")[0] for line in out.out.splitlines()] == ["v1", "v1-rc", "v1.0", "v10"] and not out.err
+    assert release.main(["list", f"{root}/v1"]) == 0
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == (f"note: {root}/v1 is a release, not a releases root: `dolmino release list "
+                                         f"{root}` lists it beside the others\n")
+    assert release.main(["list", f"{root}-typo", "--json"]) == 0
+    out = capsys.readouterr()
+    assert out.out == "[]\n" and out.err == f"note: no releases under {root}-typo\n"
+
+
+def test_a_pull_into_the_current_directory_is_refused_before_downloading(small_builds, root, tmp_path, monkeypatch):
+    """Found by a tester: `mkdir d && cd d && dolmino release pull ... .` said "pulled ... all SHA-256 verified",
+    but the rename that finishes a pull replaced the directory: the shell was left in a deleted one, where `ls`
+    and a trainer's `--data .` found nothing."""
+    release.publish(str(small_builds[0]), root, "here")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    monkeypatch.chdir(dest)
+    with pytest.raises(release.ReleaseError, match=re.escape(f"{dest}: the current directory, which a finished pull "
+                                                             "would replace")):
+        release.pull(f"{root}/here", ".")
+    assert list(tmp_path.iterdir()) == [dest] and list(dest.iterdir()) == []
+    assert os.path.samefile(os.getcwd(), dest)
+
+
+def test_a_pull_beside_an_unwritable_directory_says_what_to_do(small_builds, root, tmp_path, monkeypatch, capsys):
+    """Found by a tester: a pull into /data/x, /data not writable, said `[Errno 13] Permission denied:
+    '/data/.x.pull-411d0f7d4332'`, naming a directory the user never gave and no remedy."""
+    release.publish(str(small_builds[0]), root, "ro")
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if ".pull-" in os.fspath(path):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    dest = tmp_path / "x"
+    assert release.main(["pull", f"{root}/ro", str(dest)]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"release: error: {re.escape(str(dest))}: cannot create {re.escape(str(tmp_path))}/\.x\.pull-"
+                        r"[0-9a-f]{12} \(Permission denied; pull downloads into a directory beside DEST, then renames "
+                        r"it\): pull into a directory you can write\n", err), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_of_a_pulled_copy_says_how_to_check_it(small_builds, root, tmp_path, capsys):
+    """Found by a tester: `dolmino release verify /data/v1` on a pulled release said only "not an s3:// URI", leaving
+    a team that wanted its local copy re-checked with no way to."""
+    release.publish(str(small_builds[0]), root, "local")
+    release.pull(f"{root}/local", str(tmp_path / "v1"))
+    assert release.main(["verify", str(tmp_path / "v1")]) == 2
+    assert capsys.readouterr().err == (
+        f"release: error: {tmp_path / 'v1'}: a pulled release on local disk; `dolmino release verify` re-hashes a "
+        f"release on S3: `dolmino validate {tmp_path / 'v1'}` checks the parts here against the SHA-256 their "
+        "report.json certifies\n")
+
+
+def test_two_publishes_of_one_build_at_once_the_loser_says_same_content(small_builds, root, atomic_conditional_puts):
+    """Found by a tester: two runs of one CI job publishing the same build at once: the loser was told "another
+    publish of this name committed first ... Publish under another name", as for a clash, while a publish after
+    the first says the release exists with the same content."""
+    import threading
+
+    barrier = threading.Barrier(2, timeout=60)
+
+    def at_commit(params, model, **_):  # both at the conditional write, so that they race for real
+        if model.name == "PutObject" and params["Key"].endswith("/twice/RELEASE.json"):
+            barrier.wait()
+
+    winners, losers = _publish_twice_at_once([small_builds[0], small_builds[0]], root, "twice", at_commit)
+    assert len(winners) == 1 and len(losers) == 1 and isinstance(losers[0], release.ReleaseExistsError), losers
+    assert str(losers[0]) == (
+        f"{root}/twice: another publish of this name committed the same content first (publish id "
+        f"{winners[0]['publish_id']}; every file's size and SHA-256 match this build); this publish's "
+        f"{len(winners[0]['files']) + 1} uploaded object(s) were removed again: nothing to publish")
+    bucket, prefix = release.split_root(root)
+    assert {k for k, _ in s3.iter_keys(bucket, f"{prefix}twice/")} == {f"{prefix}twice/RELEASE.json"} | {
+        f"{prefix}twice/{winners[0]['data_prefix']}{p}" for p in [e["path"] for e in winners[0]["files"]]
+        + [release.PROBE_FILE]}
+
+
+@pytest.mark.parametrize("damage", ["flip_byte", "delete"])
+def test_a_pull_of_a_damaged_release_says_nothing_was_kept_and_what_to_run(small_builds, root, tmp_path, capsys,
+                                                                           damage):
+    """Found by a tester: `release: error: part-00000.npy: SHA-256 ... does not match RELEASE.json (...)` named
+    neither the release nor DEST, said nothing of what was kept, nor what to do."""
+    record = release.publish(str(small_builds[0]), root, "bad")
+    bucket, prefix = release.split_root(root)
+    key = f"{prefix}bad/{record['data_prefix']}part-00000.npy"
+    body = s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    if damage == "flip_byte":
+        s3.client().put_object(Bucket=bucket, Key=key, Body=bytes([body[0] ^ 1]) + body[1:])
+    else:
+        s3.client().delete_object(Bucket=bucket, Key=key)
+    dest = tmp_path / "dest"
+    assert release.main(["pull", f"{root}/bad", str(dest)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("release: error: part-00000.npy: "), err
+    assert err.endswith({
+        "flip_byte": f": the release is damaged, or this download was; nothing was kept at {dest} (`dolmino release "
+                     f"verify {root}/bad` tells which, re-hashing every object in place)\n",
+        "delete": f"; the release is damaged; nothing was kept at {dest}\n"}[damage]), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_build_holding_a_release_record_below_its_top_is_not_released(small_builds, root, tmp_path):
+    """Found by a tester: a build with a pulled release's RELEASE.json in a subdirectory (old/RELEASE.json) was
+    published, and then `delete` and `clean` of it were refused: "holds other releases (data/<id>/old)"."""
+    build = tmp_path / "build"
+    shutil.copytree(small_builds[0], build)
+    (build / "old").mkdir()
+    (build / "old" / "RELEASE.json").write_text("{}\n")
+    with pytest.raises(release.ReleaseError, match=re.escape(
+            f"{build}/old/RELEASE.json: a release's commit record inside the build (a pulled release copied into "
+            "it?), which would make the release read as a releases root that delete and clean refuse; move it out "
+            "of the build before publishing")):
+        release.publish(str(build), root, "nested")
+    bucket, prefix = release.split_root(root)
+    assert list(s3.iter_keys(bucket, prefix)) == []
+
+
+def test_a_pull_into_a_directory_holding_a_release_says_which(small_builds, root, tmp_path):
+    """Found by a tester: a node's pull script run twice was told "already exists; pull into a new directory",
+    the same words as for a directory holding another release, sending it to download the release again."""
+    record = release.publish(str(small_builds[0]), root, "same")
+    release.publish(str(small_builds[1]), root, "other")
+    dest = tmp_path / "same"
+    release.pull(f"{root}/same", str(dest))
+    with pytest.raises(release.ReleaseExistsError, match=re.escape(
+            f"{dest}: already holds this release (publish id {record['publish_id']}, pulled before): nothing to "
+            f"pull; `dolmino validate {dest}` re-checks its parts")):
+        release.pull(f"{root}/same", str(dest))
+    with pytest.raises(release.ReleaseError, match=re.escape(
+            f"{dest}: already exists (holding release 'same', publish id {record['publish_id']}); pull into a new "
+            "directory")):
+        release.pull(f"{root}/other", str(dest))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same"]
+
+
+def test_clean_says_how_to_remove_fresh_leftovers_when_no_publish_runs(small_builds, root):
+    """Found by a tester: after a publish was killed with kill -9, `clean` (and the next publish) said only that the
+    fresh leftovers were left alone as another publish may still be running; their owner knew none was, and was
+    not told how to remove them."""
+    bucket, prefix = release.split_root(root)
+    s3.client().put_object(Bucket=bucket, Key=f"{prefix}k/data/{release.new_publish_id()}/part-00000.npy", Body=b"x")
+    notes: list[str] = []
+    assert release.clean(f"{root}/k", log=notes.append) == 0
+    assert notes[0] == (f"{root}/k: note: left 1 staged upload(s) alone: they changed in the last 24 h, so another "
+                        f"publish may still be running (if none is, `dolmino release clean {root}/k --older-than-hours "
+                        "0` removes them now)"), notes
+    assert release.clean(f"{root}/k", older_than_s=0) == 1

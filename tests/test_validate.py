@@ -676,3 +676,21 @@ def test_a_token_file_below_a_finished_build_is_an_error(tmp_path):
     shutil.copy(out / "part-00000.csv.gz", out / "sub")
     errors = validate_build(out).all_errors()
     assert len(errors) == 1 and "sub/part-00000.npy: a token file inside the build" in errors[0]
+
+
+def test_an_unfinished_release_pull_is_named_as_one(build, capsys):
+    """A killed `dolmino release pull` leaves `.NAME.pull-XXXX` (holding `.pull-owner`) beside NAME: validate called
+    it an incomplete build, "rerun the same build command to finish it", with an error per file not yet fetched,
+    while the trainer names the pull (found by a tester)."""
+    from dolmino.release import PULL_OWNER
+
+    pulling = build.parent / ".demo-v1.pull-0123456789ab"
+    build.rename(pulling)
+    (pulling / "_plan.json").write_text("{}")  # a build's marker, downloaded; report.json not yet
+    (pulling / PULL_OWNER).write_text("host 1 2\n")  # what dolmino.release's pull writes
+    assert main([str(pulling)]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"{pulling}: the temporary directory of an unfinished `dolmino release pull` into "
+                   f"{build.parent / 'demo-v1'} (it holds .pull-owner; the pull was killed or is still running, and "
+                   "its files are not all verified): rerun that pull to finish it, then validate that directory\n"
+                   f"{pulling}: INVALID: 1 problem(s) with the build as a whole\n"), err
