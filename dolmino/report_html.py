@@ -877,15 +877,16 @@ def main(argv: list[str] | None = None) -> int:
         if report is None and released:
             # a release keeps its files under data/<publish id>/: "not a finished build" misled (a tester)
             print(f"dolmino report: error: {out}: a release (RELEASE.json), which is immutable; its report.html "
-                  "and charts are in it: `dolmino release pull` it, or run `dolmino report` on the build's "
-                  "--out", file=sys.stderr)
+                  "and charts are in it: run `dolmino report` on the build's --out, or `dolmino release pull` it and "
+                  "run it on a copy without RELEASE.json", file=sys.stderr)
             return 2
         if released:
             # A pulled release was checked file by file against RELEASE.json; views redrawn in place by another
-            # dolmino or matplotlib would no longer match it, unsaid (a tester).
+            # dolmino or matplotlib would no longer match it, unsaid (a tester). A copy with RELEASE.json was refused
+            # again: the remedy says to leave it out (another tester).
             print(f"dolmino report: error: {out}: a pulled release (RELEASE.json): its report.html and charts are "
-                  "part of it, checked against RELEASE.json's digests when pulled; copy the directory and run "
-                  "`dolmino report` on the copy to draw them again", file=sys.stderr)
+                  "part of it, checked against RELEASE.json's digests when pulled; copy the directory without its "
+                  "RELEASE.json and run `dolmino report` on the copy to draw them again", file=sys.stderr)
             return 2
         if report is None:
             print(f"dolmino report: error: {out}: no readable report.json (not a finished build)", file=sys.stderr)

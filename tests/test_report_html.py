@@ -13,6 +13,7 @@ import base64
 import gzip
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -528,5 +529,8 @@ def test_report_of_a_file_or_a_release_is_one_line(tmp_path, capsys):
     assert report_html.main([str(release)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"dolmino report: error: {release}: a pulled release (RELEASE.json)") \
-        and "copy the directory" in err and err.count("\n") == 1, err
+        and "copy the directory without its RELEASE.json" in err and err.count("\n") == 1, err
     assert sorted(p.name for p in release.iterdir()) == before
+    copy = tmp_path / "copy"  # the remedy, as said (a copy with RELEASE.json was refused again)
+    shutil.copytree(release, copy, ignore=shutil.ignore_patterns("RELEASE.json"))
+    assert report_html.main([str(copy)]) == 0, capsys.readouterr().err

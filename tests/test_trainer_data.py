@@ -334,6 +334,12 @@ def test_an_unfinished_release_pull_is_named_as_one(tmp_path):
                                             r"\(it holds \.pull-owner; .*\): rerun that pull to finish it, or remove "
                                             "the directory$"):
             discover_token_files(given)
+    # Files arrive in name order: a pull that has fetched a part's label mask and not yet its token file
+    (pulling / "part-00000.npy").unlink()
+    (pulling / "report.json").unlink()
+    np.ones(64, dtype=np.bool_).tofile(pulling / "part-00000.label_mask.npy")
+    with pytest.raises(DataError, match=f"^{re.escape(str(pulling))} is the temporary directory of an unfinished "):
+        discover_token_files(tmp_path)
 
 
 def test_rank_striding_partitions_each_global_batch(tmp_path):

@@ -226,6 +226,8 @@ def _npy_files(top: Path) -> list[Path]:
             dirs[:] = []
             continue
         visited.add(real)
+        if PULL_OWNER in files:  # named before its files are judged: a pull that has fetched a mask, not yet its
+            check_complete_build(Path(folder))  # token file, read as "a label mask with no token file" (a tester)
         found += [Path(folder) / name for name in files if _is_token_file(Path(name))]
         if COMPLETION_MARKER not in files:  # a build's report.json names what its copy lacks (`data_tokens`)
             masks += [Path(folder) / name for name in files if name.endswith(LABEL_MASK_SUFFIX)]
