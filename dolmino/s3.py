@@ -98,8 +98,10 @@ def local_path(value: str) -> str:
     if "://" in value:
         import argparse
 
-        raise argparse.ArgumentTypeError(f"{value!r} is a URL; this needs a local path (copy to or from S3 with "
-                                         "`aws s3 cp`)")
+        # Not echoed as given: a URL's user:password@ (`https://user:hf_...@huggingface.co/...` to --init-from)
+        # went to the terminal and the job's log (found by a tester).
+        raise argparse.ArgumentTypeError(f"{redact(value)!r} is a URL; this needs a local path (copy to or from S3 "
+                                         "with `aws s3 cp`)")
     return value
 
 

@@ -979,6 +979,9 @@ def test_a_master_that_never_answers_is_said_so(monkeypatch):
         "cannot start Spark with master spark://127.0.0.1:17999 (spark-submit's or spark-defaults.conf's): the master "
         "did not take the application")
     assert start_failure(error, "spark://h:7077").startswith("cannot start Spark with --master spark://h:7077: ")
+    # standalone Spark takes no user:password@ in its URL, and the line quoted it whole (a tester)
+    assert start_failure(error, "spark://admin:pw-t179@h:7077").startswith(
+        "cannot start Spark with --master spark://***@h:7077: ")
 
 
 def test_the_configured_master_is_read_from_the_drivers_jvm(spark, monkeypatch):

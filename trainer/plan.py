@@ -36,7 +36,7 @@ from typing import Callable
 
 from dolmino.manifest import expand_home
 from dolmino.release import listed_files
-from dolmino.s3 import local_path
+from dolmino.s3 import local_path, redact
 from trainer.cli import HelpFormatter, in_flag_names, parse_count, positive_int
 from trainer.config import (
     ANNEAL_RECIPES, LEGACY_PRESETS, MODEL_PRESETS, RECIPE_HELP, RECIPES, SCHEDULES, STAGE1_END_LR, STAGE1_END_STEP,
@@ -138,9 +138,9 @@ def mix_output_dir(manifest_path: str | Path, prog: str = "trainer.run") -> Path
     """The built mix directory a manifest names; exits with a clear message if it is not built,
     or if it was built from another manifest (its manifest.json differs)."""
     if "://" in str(manifest_path):  # through Path, s3://b/m.json became "manifest s3:/b/m.json does not exist"
-        raise SystemExit(f"{prog}: --mix {manifest_path} is a URL; --mix reads a local manifest file: copy it here "
-                         f"first (`aws s3 cp {manifest_path} .`) and pass the copy, or, to train on the build it "
-                         "lies in, fetch that build and pass --data DIR")
+        raise SystemExit(redact(f"{prog}: --mix {manifest_path} is a URL; --mix reads a local manifest file: copy it "
+                                f"here first (`aws s3 cp {manifest_path} .`) and pass the copy, or, to train on the "
+                                "build it lies in, fetch that build and pass --data DIR"))
     manifest_path = Path(manifest_path)
     if manifest_path.is_dir():
         raise SystemExit(f"{prog}: --mix {manifest_path} is a directory; --mix takes the manifest JSON, pass a "
@@ -614,7 +614,8 @@ def schedule_main(argv: list[str] | None = None) -> int:
                 paths = [args.mix] if args.mix else list(args.data)
                 # as trainer.run says it: through Path, s3://b/m read "data path s3:/b/m does not exist" (a reviewer)
                 if remote := next((d for d in paths if "://" in d), None):
-                    print(f"trainer.schedule: error: --data {remote}: {remote_build_hint(remote)}", file=sys.stderr)
+                    print(redact(f"trainer.schedule: error: --data {remote}: {remote_build_hint(remote)}"),
+                          file=sys.stderr)
                     return 2
             paths = scan_data(paths)  # walked once for both checks
             tokens, source = data_tokens(paths)

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from dolmino.cli import invoked_as
-from dolmino.s3 import local_path
+from dolmino.s3 import local_path, redact
 from dolmino.storage import why_unwritable
 from trainer.checkpoint import (
     CONFIG_FILE, STATE_FILE, CheckpointFormatError, CheckpointWriteError, clear_run, cleared_by_overwrite,
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         remote = next((d for d in args.data if "://" in d), None)
         if remote is not None:
-            return refuse_before_group(f"{prog}: error: --data {remote}: {remote_build_hint(remote)}")
+            return refuse_before_group(redact(f"{prog}: error: --data {remote}: {remote_build_hint(remote)}"))
         data_paths = [str(Path(d).resolve()) for d in args.data]
     resume = resume_from = resume_missing = None
     if args.resume is not None:

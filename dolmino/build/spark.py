@@ -60,12 +60,41 @@ def make_spark(app_name: str, master: str | None = None, driver_memory: str | No
         builder = builder.master(master)
     if driver_memory:
         builder = builder.config("spark.driver.memory", driver_memory)
+    endpoint = _hadoop_endpoint()
+    if endpoint:
+        builder = builder.config("spark.hadoop.fs.s3a.endpoint", endpoint)
     spark = builder.getOrCreate()
     if quieted and spark.sparkContext.uiWebUrl:  # Spark's INFO line with it is quieted (a reviewer)
         print(f"Spark UI: {spark.sparkContext.uiWebUrl} (stages, executors' logs)", file=sys.stderr)
     isolate_worker_imports(spark.sparkContext)
     quiet_py4j_send_failures()
     return spark
+
+
+def _hadoop_endpoint() -> str | None:
+    """AWS_ENDPOINT_URL without its user:password@, for `spark.hadoop.fs.s3a.endpoint`, where the URL holds one
+    and spark-submit's configuration (readable once its JVM is up) does not set that key; else None.
+
+    Spark's driver copies AWS_ENDPOINT_URL into Hadoop's `fs.s3a.endpoint` as it is, and its UI's Environment
+    page and its event log show Hadoop's settings redacted by key name only (`fs.s3a.secret.key`, not
+    `fs.s3a.endpoint`): the endpoint's password was in every event log of a build (found by a tester).
+    `spark.hadoop.*` settings are applied after that copy. botocore ignores the userinfo anyway
+    (`dolmino.s3.client`), and the build reads S3 through boto3, not s3a. Read as loosely as the redaction
+    reads it (`dolmino.s3._endpoint_passwords`): without a scheme, or with a "/" or "@" in the password, all
+    up to the last "@" goes; an "@" in the endpoint's path loses that part of a setting nothing here reads."""
+    value = os.environ.get("AWS_ENDPOINT_URL") or ""
+    if "@" not in value:
+        return None
+    scheme, sep, _ = value.partition("://")
+    bare = f"{scheme}{sep}{value.rpartition('@')[2]}" if sep else value.rpartition("@")[2]
+    try:
+        from pyspark import SparkConf, SparkContext
+
+        if SparkContext._jvm is not None and SparkConf().contains("spark.hadoop.fs.s3a.endpoint"):
+            return None  # spark-submit's JVM holds a setting of the user's (--conf, spark-defaults.conf)
+    except Exception:  # noqa: BLE001 - a JVM that does not answer here fails the start with its own line
+        pass
+    return bare
 
 
 def start_failure(exc: BaseException, master: str | None) -> str:
@@ -87,7 +116,10 @@ def start_failure(exc: BaseException, master: str | None) -> str:
     configured = None if master else configured_master()
     where = (f"--master {master}" if master else f"master {configured} (spark-submit's or spark-defaults.conf's)"
              if configured else "the master spark-submit was given")
-    return f"cannot start Spark with {where}: {reason}"
+    from dolmino.s3 import redact
+
+    # a spark://user:password@ URL, which standalone Spark refuses, was quoted whole, twice (a tester)
+    return redact(f"cannot start Spark with {where}: {reason}")
 
 
 def configured_master() -> str | None:
