@@ -98,6 +98,7 @@ import warnings
 import zipfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -908,7 +909,11 @@ class DecontaminationFilter:
 
     @property
     def reason(self) -> str:
-        return f"overlap>={round(self.threshold * 100, 6):g}%"
+        """The threshold in percent, every digit the manifest gave: rounded to 6 digits, 0.10000001
+        read "overlap>=10%" (a document at exactly 10% was kept under that reason) and 0.1234567
+        shared its reason with 0.1234568 (a tester). Decimal, since 0.07 * 100 is 7.000000000000001."""
+        percent = (Decimal(repr(self.threshold)) * 100).normalize()
+        return f"overlap>={percent:f}%"
 
     def overlap(self, text: str) -> tuple[int, int]:
         """(n-gram positions found in the index, all n-gram positions) of `text`."""
@@ -1000,16 +1005,48 @@ def coverage_notes(rows: list[dict]) -> dict:
                         "missing_reason": r["missing_reason"]} for r in rows}
 
 
+def coverage_warnings(task_spec: str, rows: list[dict], extra_sets: Iterable[tuple[str, str]] = ()) -> list[str]:
+    """What a `build --tasks paper|olmes|all` leaves out of the sets it stands for, one warning each:
+    only BBH was said (and only for "paper"), so an index without AGIEval English, MMLU-Pro or
+    TriviaQA's test split was built in silence but for a JSON list (a tester). `rows` are
+    `dolmino.evalsets.coverage` rows; `extra_sets` the (task, split) pairs --jsonl adds."""
+    from dolmino.evalsets import OLMES_SUITE
+
+    if task_spec not in ("paper", "olmes", "all"):
+        return []  # named tasks or none: the user chose exactly what to index
+    given = set(extra_sets)
+    out, absent, partial = [], [], []
+    for r in rows:
+        if task_spec == "olmes" and r["task"] not in OLMES_SUITE:
+            continue
+        if r["missing"] and not any(t == r["task"] for t, _ in given):
+            out.append(f"{r['spec']} is not indexed: {r['missing_reason']}")
+            continue
+        splits = [sp for sp in r["released_missing"] if (r["task"], sp) not in given]
+        if splits:
+            absent.append(f"{r['spec']} {', '.join(splits)}")
+        partial += [f"{r['spec']} {sp} ({n} items)" for sp, n in sorted(r["subsampled"].items())]
+        if r["incomplete"]:  # BBH: the subtasks BIG-bench generates are not packaged
+            out.append(f"{r['spec']} is partly indexed: {r['incomplete']}")
+    if absent:
+        out.append(f"released splits not indexed (not packaged; --jsonl adds a split): {'; '.join(absent)}")
+    if partial:
+        out.append(f"only a subsample is packaged, and indexed: {'; '.join(partial)}")
+    return out
+
+
 def _cmd_build(args) -> int:
     from dolmino import evalsets
     from filters.outputs import check_output
 
     check_output("--out", args.out, [("--jsonl", spec[0]) for spec in args.jsonl])
     sources = evalsets.discover_sources() if args.tasks != "none" else []
+    rows = []
     if args.tasks != "none":
-        wanted = evalsets.select_tasks(args.tasks, sources)
-        if "bbh" not in wanted and args.tasks == "paper" and evalsets.bigbench_unavailable():
-            print(f"warning: BBH is not indexed: {evalsets.bigbench_unavailable()}", file=sys.stderr)
+        evalsets.select_tasks(args.tasks, sources)  # unknown names fail here, before any warning
+        rows = evalsets.coverage(sources)
+        for line in coverage_warnings(args.tasks, rows, [(spec[2], spec[3]) for spec in args.jsonl]):
+            print(f"warning: {line}", file=sys.stderr)
 
     def instances():
         if args.tasks != "none":
@@ -1021,7 +1058,7 @@ def _cmd_build(args) -> int:
              "include_fewshot": not args.no_fewshot}
     if args.tasks != "none":
         extra["eval_sources"] = evalsets.source_versions()
-        extra["coverage_notes"] = coverage_notes(evalsets.coverage(sources))
+        extra["coverage_notes"] = coverage_notes(rows)
     started = time.time()
     index = build_index(instances(), args.out, args.ngram_size, progress=True, meta_extra=extra)
     build_seconds = round(time.time() - started, 2)
@@ -1135,7 +1172,8 @@ def main(argv: list[str] | None = None) -> int:
                         "each may be dotted; SPLIT defaults to 'jsonl'), e.g. train.jsonl:question,answer:gsm8k/train")
     c = sub.add_parser("check", help="report which documents of a file the filter removes",
                        formatter_class=DefaultsHelpFormatter)
-    c.add_argument("--index", required=True, help="index file written by `build` (.npz)")
+    # local_path: an s3:// index was "does not exist (build it with ... --out s3://...)", which build refuses (a tester)
+    c.add_argument("--index", required=True, type=local_path, help="index file written by `build` (.npz)")
     c.add_argument("--input", required=True, help="Dolma JSONL (.jsonl, .jsonl.gz, .jsonl.zst)")
     c.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help="remove a document when this share of its n-grams is in the index")
@@ -1144,7 +1182,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--no-tokens", action="store_true", help="do not count dolma2 tokens of removed documents")
     v = sub.add_parser("coverage", formatter_class=DefaultsHelpFormatter,
                        help="which of the paper's eval sets an index covers, with instance counts")
-    v.add_argument("--index", required=True, help="index file from `build`")
+    v.add_argument("--index", required=True, type=local_path, help="index file from `build`")
     v.add_argument("--json", action="store_true", help="print the coverage record as JSON")
     for p in (c, v):
         p.add_argument("--exclude-tasks", nargs="*", default=[], help="tasks to leave out (all their splits)")

