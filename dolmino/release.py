@@ -1450,7 +1450,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print the RELEASE.json records as JSON")
     p = sub.add_parser("pull", help="download and verify a release into a new directory", formatter_class=fmt)
     p.add_argument("release", help="s3://bucket/prefix/NAME")
-    p.add_argument("dest", type=s3.local_path, help="a new local directory")
+    p.add_argument("dest", type=s3.local_path, help="a new or empty local directory (not the current one)")
     p = sub.add_parser("verify", help="re-hash a release's objects in place", formatter_class=fmt)
     p.add_argument("release")
     p = sub.add_parser("delete", help="remove a release (its RELEASE.json first)", formatter_class=fmt)

@@ -100,7 +100,10 @@ def _resumed_note(run: dict, files: int) -> str:
     reused = run.get("parts_reused") or 0
     kept = (f"; {reused} of {files} part(s) were already committed by an earlier run of this plan and reused "
             "(verified, not written again)") if reused else ""
-    return (f" Resumed: an earlier run of this build stopped after planning the mix, and this run kept its plan{kept}. "
+    # Every part committed: the rerun of a finished build read as one that had "stopped after planning" (a tester)
+    earlier = ("committed every part (it finished, or stopped before its report)" if files and reused >= files
+               else "stopped after planning the mix")
+    return (f" Resumed: an earlier run of this build {earlier}, and this run kept its plan{kept}. "
             "The documents and tokens above are the whole build's; the attribute counts, stages and times below "
             "are this run's.")
 

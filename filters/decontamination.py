@@ -1192,6 +1192,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"build": _cmd_build, "check": _cmd_check, "coverage": _cmd_coverage}[args.command](args)
+    except BrokenPipeError:  # stdout's reader went away (`coverage ... | head`): run_main ends quietly, exit 141;
+        raise  # caught as an OSError below it was "error: [Errno 32] Broken pipe", exit 2 (a tester)
     except (IndexFileError, ValueError, OSError, AssetError, zipfile.BadZipFile) as exc:  # a missing or
         print(f"error: {exc}", file=sys.stderr)  # damaged asset was a traceback (a tester)
         return 2

@@ -977,3 +977,17 @@ def test_the_reason_shows_every_digit_of_the_threshold():
     # The usual thresholds read as before, without float noise (0.07 * 100 is 7.000000000000001).
     assert [reason(t) for t in (0.1, 0.07, 0.125, 0.033, 1, 0.0001)] == [
         "overlap>=10%", "overlap>=7%", "overlap>=12.5%", "overlap>=3.3%", "overlap>=100%", "overlap>=0.01%"]
+
+
+def test_a_reader_that_stops_early_is_left_to_the_pipe_handler(monkeypatch, tmp_path):
+    """`python -m filters.decontamination coverage ... | head -2` printed "error: [Errno 32] Broken pipe"
+    and exited 2 (a BrokenPipeError is an OSError): it reaches dolmino.stdout_pipe.run_main, which ends
+    quietly with exit 141 as every other command does (found by a tester)."""
+    import filters.decontamination as decon
+
+    def gone(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(decon, "_cmd_coverage", gone)
+    with pytest.raises(BrokenPipeError):
+        decon.main(["coverage", "--index", str(tmp_path / "olmes.npz")])

@@ -39,6 +39,10 @@ def test_a_resumed_build_says_so_and_whose_figures_are_whose(tmp_path):
         assert "This run's stages: the build resumed, and the earlier run's work is not counted here." in md
         page = report_html.render_html(report, [])
         assert "this run&#x27;s time (resumed; local[2])" in page and "build time" not in page
+    # the rerun of a finished build (every part committed) did not stop after planning (found by a tester)
+    md = render_markdown(_report(tmp_path, resumed=True, units_tagged=0, units_reused=4, parts_reused=3))
+    assert ("Resumed: an earlier run of this build committed every part (it finished, or stopped before its "
+            "report), and this run kept its plan; 3 of 3 part(s) were already committed") in md
 
 
 def test_a_clean_build_reads_as_the_build(tmp_path):
