@@ -41,7 +41,9 @@ Accounting: every question row is `kept` or removed with one reason
 `answer_empty` for an accepted answer with no text once its HTML is converted (an image
 alone: the document would be the question without an answer), and `duplicate_question`
 for a candidate question row replaced by a later row with the same Id while it waited for
-its answer); malformed rows of any type are quarantined by reason.
+its answer); malformed rows of any type are quarantined by reason, and a file that ends
+without the dump's closing `</posts>` line (cut short at a row boundary, or empty) gets one
+`truncated_file` record after its last line.
 `questions_seen == kept + sum(removed)`. `CONVERSION_REVISION` names these rules in the
 build's attribute keys: a build tagged under other rules converts its Posts.xml again.
 
@@ -85,9 +87,12 @@ from dolmino.documents import (
 )
 
 SOURCE = "stackexchange"
-# The conversion rules' revision, in a build's attribute keys. 2: an accepted answer without text is
-# removed (`answer_empty`); revision 1 (no key) kept its question as a document of its own.
-CONVERSION_REVISION = 2
+# The conversion rules' revision, in a build's attribute keys. 3: a file without its `</posts>` line is
+# quarantined as `truncated_file`, and a question pairs only with the answer its AcceptedAnswerId names
+# where a file repeats question Ids (a complete dump with unique Ids converts as under 2); 2: an accepted
+# answer without text is removed (`answer_empty`); revision 1 (no key) kept its question as a document
+# of its own.
+CONVERSION_REVISION = 3
 
 
 # ---------------------------------------------------------------------------- HTML -> text
@@ -319,6 +324,21 @@ def _strip_bom(line: bytes) -> bytes:
 
 
 _STRUCTURE = (b"<?xml", b"<posts", b"</posts", b"<!--")
+_END = b"</posts"
+# A Posts.xml is complete when its `</posts>` line is there: without it the file was cut short at a
+# row boundary, or is empty, and the rows after the cut are gone with no malformed row to say so.
+TRUNCATED = "truncated_file"
+_TRUNCATED_DETAIL = ("the file ends without the dump's closing </posts> line, so it was cut short (an interrupted "
+                     "extraction or copy) and its rows after the cut are missing: extract this site's Posts.xml again")
+
+
+def _holds_end(line: bytes) -> bool:
+    """Whether a line holds the closing `</posts>`: on its own, as the dump writes it, or ending a
+    line quarantined as malformed (a file on one line). Only the line's ends are looked at, so
+    that both passes test every line at no cost (a row cannot hold a raw `<` in a value)."""
+    return _END in line[:64] or _END in line[-64:]
+
+
 _ROW_START = re.compile(rb"<row[\s/>]")
 
 
@@ -419,11 +439,15 @@ _BROKEN_STREAM = (zstandard.ZstdError, EOFError, zlib.error, gzip.BadGzipFile)
 def _posts(path: str, on_bad=None, byte_range: tuple[int, int] | None = None, first_line: int = 0,
            size: int | None = None) -> Iterator[_Post]:
     """Parsed rows; a compressed stream that breaks part-way ends the file with one
-    `corrupt_stream` quarantine record (the rows before the break are kept). Rows of a
-    byte range are numbered from `first_line + 1` (the lines of the ranges before it)."""
+    `corrupt_stream` quarantine record (the rows before the break are kept), a whole file
+    without its `</posts>` line with one `truncated_file` record after its last line (a byte
+    range cannot tell: `range_halves`). Rows of a byte range are numbered from `first_line + 1`
+    (the lines of the ranges before it)."""
     line_no = first_line
+    ended = False
     try:
         for line_no, raw in enumerate(_iter_lines(path, byte_range, size), start=first_line + 1):
+            ended = ended or _holds_end(raw)
             try:
                 post = _parse_post(line_no, raw)
             except _BadRow as bad:
@@ -432,6 +456,8 @@ def _posts(path: str, on_bad=None, byte_range: tuple[int, int] | None = None, fi
                 continue
             if post is not None:
                 yield post
+        if byte_range is None and not ended and on_bad is not None:
+            on_bad(line_no + 1, TRUNCATED, _TRUNCATED_DETAIL, b"")
     except _BROKEN_STREAM as exc:
         if on_bad is not None:
             # As the JSONL reader records a break: the cut line as raw, its size, the bytes lost.
@@ -445,24 +471,25 @@ def _posts(path: str, on_bad=None, byte_range: tuple[int, int] | None = None, fi
 
 
 class _PendingStore:
-    """Halves of Q&A pairs waiting for the other half: a dict, spilling to SQLite past a budget."""
+    """Each question id's waiting halves (`_pair_step`'s state): a dict, spilling to SQLite past a budget."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self.mem: dict[int, tuple[str, dict]] = {}
+        self.mem: dict[int, Waiting] = {}
         self.mem_bytes = 0
         self.db: sqlite3.Connection | None = None
         self.db_dir: tempfile.TemporaryDirectory | None = None
         self.spilled = 0
 
     @staticmethod
-    def _size(payload: dict) -> int:
-        return 200 + sum(len(v) for v in payload.values() if isinstance(v, str))
+    def _size(waiting: "Waiting") -> int:
+        posts = ([waiting.question] if waiting.question is not None else []) + list(waiting.answers)
+        return sum(200 + sum(len(v) for v in payload.values() if isinstance(v, str)) for payload in posts)
 
-    def put(self, qid: int, kind: str, payload: dict) -> None:
-        size = self._size(payload)
+    def put(self, qid: int, waiting: "Waiting") -> None:
+        size = self._size(waiting)
         if self.mem_bytes + size <= self.max_bytes:
-            self.mem[qid] = (kind, payload)
+            self.mem[qid] = waiting
             self.mem_bytes += size
             return
         if self.db is None:
@@ -470,30 +497,29 @@ class _PendingStore:
             self.db = sqlite3.connect(os.path.join(self.db_dir.name, "pending.sqlite"))
             self.db.execute("PRAGMA journal_mode=OFF")
             self.db.execute("PRAGMA synchronous=OFF")
-            self.db.execute("CREATE TABLE pending (qid INTEGER PRIMARY KEY, kind TEXT, payload TEXT)")
-        self.db.execute("INSERT OR REPLACE INTO pending VALUES (?, ?, ?)", (qid, kind, json.dumps(payload)))
+            self.db.execute("CREATE TABLE pending (qid INTEGER PRIMARY KEY, waiting TEXT)")
+        self.db.execute("INSERT OR REPLACE INTO pending VALUES (?, ?)", (qid, json.dumps(waiting)))
         self.spilled += 1
 
-    def pop(self, qid: int) -> tuple[str, dict] | None:
+    def pop(self, qid: int) -> "Waiting | None":
         item = self.mem.pop(qid, None)
         if item is not None:
-            self.mem_bytes -= self._size(item[1])
+            self.mem_bytes -= self._size(item)
             return item
         if self.db is None:
             return None
-        row = self.db.execute("SELECT kind, payload FROM pending WHERE qid = ?", (qid,)).fetchone()
+        row = self.db.execute("SELECT waiting FROM pending WHERE qid = ?", (qid,)).fetchone()
         if row is None:
             return None
         self.db.execute("DELETE FROM pending WHERE qid = ?", (qid,))
-        return row[0], json.loads(row[1])
+        return _waiting_from_json(row[0])
 
-    def remaining(self) -> Iterator[tuple[int, str, dict]]:
+    def remaining(self) -> Iterator[tuple[int, "Waiting"]]:
         for qid in sorted(self.mem):
-            kind, payload = self.mem[qid]
-            yield qid, kind, payload
+            yield qid, self.mem[qid]
         if self.db is not None:
-            for qid, kind, payload in self.db.execute("SELECT qid, kind, payload FROM pending ORDER BY qid"):
-                yield qid, kind, json.loads(payload)
+            for qid, waiting in self.db.execute("SELECT qid, waiting FROM pending ORDER BY qid"):
+                yield qid, _waiting_from_json(waiting)
 
     def close(self) -> None:
         if self.db is not None:
@@ -582,6 +608,7 @@ class KeyScan(NamedTuple):
     candidate_questions: np.ndarray  # that question's id
     answer_ids: np.ndarray  # with answer_keys: the id of every answer row
     answer_parents: np.ndarray  # and its ParentId
+    ended: bool = False  # a line of it holds the closing `</posts>` (`range_halves`' end_line)
 
 
 def _int64(values: array) -> np.ndarray:
@@ -601,8 +628,10 @@ def scan_keys(path: str, config: StackExchangeConfig, byte_range: tuple[int, int
     intersected with the candidate pairs, never trusted on their own."""
     answers, questions, answer_ids, answer_parents = array("q"), array("q"), array("q"), array("q")
     lines = 0
+    ended = False
     try:
         for lines, line in enumerate(_iter_lines(path, byte_range, size), start=1):
+            ended = ended or _holds_end(line)
             fields = _candidate_fields(line, answer_keys)
             if fields is False:
                 continue
@@ -631,7 +660,7 @@ def scan_keys(path: str, config: StackExchangeConfig, byte_range: tuple[int, int
             questions.append(post_id)
     except _BROKEN_STREAM:
         pass  # a stream that breaks part-way: pass 2 reads up to the same point and quarantines the break
-    return KeyScan(lines, _int64(answers), _int64(questions), _int64(answer_ids), _int64(answer_parents))
+    return KeyScan(lines, _int64(answers), _int64(questions), _int64(answer_ids), _int64(answer_parents), ended)
 
 
 def accepted_lookup(answer_ids: np.ndarray, question_ids: np.ndarray) -> tuple[array, array]:
@@ -685,7 +714,7 @@ class PostHalf(NamedTuple):
     question_id: int
     line: int  # the row's line in the file
     kind: str  # "question" | "answer"
-    payload: dict  # question: id, score, title, body, tags, created, line; answer: id, score, body
+    payload: dict  # question: id, score, title, body, tags, created, line, accepted; answer: id, score, body
 
 
 def _half(post: _Post, lookup: tuple[array, array], config: StackExchangeConfig,
@@ -715,22 +744,48 @@ def _half(post: _Post, lookup: tuple[array, array], config: StackExchangeConfig,
         return None
     return PostHalf(post.id, post.line, "question", {
         "id": post.id, "score": score, "title": attrib["Title"], "body": attrib["Body"],
-        "tags": attrib.get("Tags"), "created": attrib.get("CreationDate"), "line": post.line})
+        "tags": attrib.get("Tags"), "created": attrib.get("CreationDate"), "line": post.line, "accepted": accepted})
 
 
-def _pair_step(waiting: tuple[str, dict] | None,
-               half: PostHalf) -> tuple[tuple[str, dict] | None, tuple | None, dict | None]:
+class Waiting(NamedTuple):
+    """One question id's halves waiting for their other half: its latest question row, and the
+    answer rows (one per answer id, the latest) that some question row of this id names."""
+
+    question: dict | None
+    answers: tuple  # answer payloads
+
+
+def _waiting_from_json(text: str) -> Waiting:
+    question, answers = json.loads(text)
+    return Waiting(question, tuple(answers))
+
+
+def _pair_step(waiting: Waiting | None, half: PostHalf) -> tuple[Waiting | None, tuple | None, dict | None]:
     """One question id's pending state after `half` arrives: (what waits now, (question, answer)
     completed, a waiting question that `half` replaced).
 
-    The first half waits; the other kind completes the pair; a repeated half of the same kind
-    replaces the waiting one (the last row wins). A replaced question is removed as
-    `duplicate_question`, so that every question row is accounted for."""
-    if waiting is not None and waiting[0] != half.kind:
-        pair = (waiting[1], half.payload) if half.kind == "answer" else (half.payload, waiting[1])
-        return None, pair, None
-    replaced = waiting[1] if waiting is not None and waiting[0] == "question" else None
-    return (half.kind, half.payload), None, replaced
+    A question and the answer row its AcceptedAnswerId names complete a pair, whichever comes
+    first; until then each waits. A later question row with the same Id replaces the waiting one
+    (the last row wins) and is removed as `duplicate_question`, so that every question row is
+    accounted for; a repeated answer row replaces the waiting one of its id. Only a file with
+    repeated question Ids holds a question whose waiting answer is not its own (another row of
+    that Id names it): the pair is always matched on the answer's id, never made of a question
+    and an answer it does not accept (found by a tester)."""
+    question, answers = waiting if waiting is not None else (None, ())
+    if half.kind == "answer":
+        if question is not None and question["accepted"] == half.payload["id"]:
+            pair, question = (question, half.payload), None
+        else:
+            pair, answers = None, tuple(a for a in answers if a["id"] != half.payload["id"]) + (half.payload,)
+        replaced = None
+    else:
+        replaced, question = question, half.payload
+        own = [a for a in answers if a["id"] == question["accepted"]]
+        pair = None
+        if own:
+            pair, question, answers = (question, own[0]), None, tuple(a for a in answers if a is not own[0])
+    left = Waiting(question, answers) if question is not None or answers else None
+    return left, pair, replaced
 
 
 def _finish(q: dict, a: dict, config: StackExchangeConfig, stats: StackExchangeStats, site: str,
@@ -777,15 +832,15 @@ def iter_stackexchange(path: str, config: StackExchangeConfig = StackExchangeCon
                 continue
             waiting, pair, replaced = _pair_step(pending.pop(half.question_id), half)
             if waiting is not None:
-                pending.put(half.question_id, *waiting)
+                pending.put(half.question_id, waiting)
             if replaced is not None:
                 stats.removed["duplicate_question"] += 1
             if pair is not None:
                 doc, _reason = _finish(*pair, config, stats, site, path)
                 if doc is not None:
                     yield doc
-        for _qid, kind, _payload in pending.remaining():
-            if kind == "question":
+        for _qid, waiting in pending.remaining():
+            if waiting.question is not None:
                 stats.removed["answer_missing"] += 1
         stats.spilled_posts += pending.spilled
     finally:
@@ -806,15 +861,22 @@ class PairOutcome(NamedTuple):
 
 def range_halves(path: str, byte_range: tuple[int, int], first_line: int, lookup: tuple[array, array],
                  config: StackExchangeConfig, stats: StackExchangeStats,
-                 quarantine: Quarantine | None = None, size: int | None = None) -> Iterator[PostHalf]:
+                 quarantine: Quarantine | None = None, size: int | None = None,
+                 end_line: int | None = None) -> Iterator[PostHalf]:
     """Pass 2 over one byte range: the halves its rows contribute, with lines numbered after
-    `first_line`; `lookup` needs only the candidate pairs whose answer row lies in this range."""
+    `first_line`; `lookup` needs only the candidate pairs whose answer row lies in this range.
+    `end_line`: given to the file's last range when no range's pass 1 found the `</posts>` line
+    (`KeyScan.ended`), the line after the file's last, where the whole-file reader records
+    `truncated_file`."""
     path = str(path)
-    for post in _posts(path, _quarantiner(path, stats, quarantine), byte_range, first_line, size):
+    on_bad = _quarantiner(path, stats, quarantine)
+    for post in _posts(path, on_bad, byte_range, first_line, size):
         stats.rows += 1
         half = _half(post, lookup, config, stats)
         if half is not None:
             yield half
+    if end_line is not None:
+        on_bad(end_line, TRUNCATED, _TRUNCATED_DETAIL, b"")
 
 
 def pair_halves(halves, config: StackExchangeConfig, stats: StackExchangeStats, path: str) -> Iterator[PairOutcome]:
@@ -831,9 +893,9 @@ def pair_halves(halves, config: StackExchangeConfig, stats: StackExchangeStats, 
         if pair is not None:
             doc, reason = _finish(*pair, config, stats, site, path)
             yield PairOutcome(half.line, doc, reason)
-    if waiting is not None and waiting[0] == "question":
+    if waiting is not None and waiting.question is not None:
         stats.removed["answer_missing"] += 1
-        yield PairOutcome(waiting[1]["line"], None, "answer_missing")
+        yield PairOutcome(waiting.question["line"], None, "answer_missing")
 
 
 def read_stackexchange(path: str, min_question_score: int = 3, min_answer_score: int = 5,

@@ -571,3 +571,36 @@ def test_cli_writes_the_quarantine_every_run(tmp_path, capsys):
     assert se.main([str(clean), "--out", str(tmp_path / "b.jsonl"), "--quarantine", str(q)]) == 0
     assert json.loads(capsys.readouterr().out)["quarantined"] == {}
     assert q.read_text() == ""
+
+
+def test_a_posts_file_without_its_closing_line_is_one_truncated_file_record(tmp_path):
+    """A Posts.xml cut short at a row boundary (an interrupted extraction or copy), or empty, read
+    as complete: its rows after the cut were gone with no record, removal or message (found by a
+    tester). The dump ends every Posts.xml with `</posts>`: without it the file gets one
+    `truncated_file` quarantine record after its last line; a compressed stream that breaks keeps
+    its one `corrupt_stream` record."""
+    rows = [question(1, 9, "Good", "<p>q</p>", accepted=2), answer(2, 1, 9, "<p>a</p>"),
+            question(3, 9, "Answer after the cut", "<p>q</p>", accepted=4), answer(4, 3, 9, "<p>a</p>")]
+    complete = posts_xml(rows).encode("utf-8")
+    cut = complete[:complete.index(b'  <row Id="4"')]
+    for data, line in ((complete, None), (cut, 6), (cut + b"\n\n", 8), (b"", 1),
+                       (b'<?xml version="1.0" encoding="utf-8"?>\n', 2)):
+        path = tmp_path / "s.stackexchange.com" / "Posts.xml"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        stats, quarantine = StackExchangeStats(), Quarantine()
+        docs = list(read_stackexchange(str(path), stats=stats, quarantine=quarantine))
+        assert [(r.line, r.reason) for r in quarantine.records] == ([] if line is None else [(line, "truncated_file")])
+        assert len(docs) == (2 if data == complete else 1 if data.startswith(cut) else 0)
+        stats.check_balance()
+        if line is not None:
+            assert quarantine.records[0].detail.startswith("the file ends without the dump's closing </posts> line")
+            assert stats.removed == ({"answer_missing": 1} if data.startswith(cut) else {})
+    gz = tmp_path / "Posts.xml.gz"
+    gz.write_bytes(gzip.compress(complete)[:-30])
+    quarantine = Quarantine()
+    list(read_stackexchange(str(gz), quarantine=quarantine))
+    assert [r.reason for r in quarantine.records] == ["corrupt_stream"]
+    gz.write_bytes(gzip.compress(complete))
+    quarantine = Quarantine()
+    assert len(list(read_stackexchange(str(gz), quarantine=quarantine))) == 2 and quarantine.total == 0

@@ -117,11 +117,14 @@ def _split(path: Path, bounds: list[int]):
     candidates = {(a, q) for s in scans for a, q in zip(s.candidate_answers.tolist(), s.candidate_questions.tolist())}
     stats, quarantine = se.StackExchangeStats(), Quarantine()
     halves, first = [], 0
-    for r, scan in zip(ranges, scans):
+    # as the driver does: no range holds the `</posts>` line -> the last range records truncated_file
+    end_line = None if any(scan.ended for scan in scans) else sum(scan.lines for scan in scans) + 1
+    for i, (r, scan) in enumerate(zip(ranges, scans)):
         accepted = [(a, p) for a, p in zip(scan.answer_ids.tolist(), scan.answer_parents.tolist()) if (a, p) in candidates]
         lookup = se.accepted_lookup(np.array([a for a, _ in accepted], dtype=np.int64),
                                     np.array([p for _, p in accepted], dtype=np.int64))
-        halves += list(se.range_halves(str(path), r, first, lookup, config, stats, quarantine))
+        halves += list(se.range_halves(str(path), r, first, lookup, config, stats, quarantine,
+                                       end_line=end_line if i == len(ranges) - 1 else None))
         first += scan.lines
     by_question: dict[int, list] = {}
     for half in sorted(halves, key=lambda h: h.line):
@@ -429,3 +432,82 @@ def test_changed_conversion_rules_key_a_new_documents_set(posts, monkeypatch):
     monkeypatch.setattr(se, "CONVERSION_REVISION", se.CONVERSION_REVISION + 1)
     later = sets()
     assert len(now[0]) == 2 and all(a != b for a, b in zip(later[0], now[0])) and later[1] == now[1]
+
+
+def test_a_question_is_never_paired_with_an_answer_it_does_not_accept(tmp_path):
+    """Rows repeating a question Id with another AcceptedAnswerId: the pending state held one half
+    per question id, so the answer that the replaced row named completed the pair of the row that
+    named another (a document of question 60's second row with answer 61; found by a tester).
+    The whole file, with and without spilling, and every cut of it pair each question row only
+    with the answer row its AcceptedAnswerId names."""
+    rows = [
+        question(50, 9, "A first", "<p>q</p>", accepted=51), answer(51, 50, 9, "<p>a51</p>"),
+        question(50, 9, "A second", "<p>q</p>", accepted=52), answer(52, 50, 9, "<p>a52</p>"),
+        question(60, 9, "B first", "<p>q</p>", accepted=61), question(60, 9, "B second", "<p>q</p>", accepted=62),
+        answer(61, 60, 9, "<p>a61</p>"), answer(62, 60, 9, "<p>a62</p>"),
+        answer(71, 70, 9, "<p>a71</p>"), answer(72, 70, 9, "<p>a72</p>"),
+        question(70, 9, "C first", "<p>q</p>", accepted=71), question(70, 9, "C second", "<p>q</p>", accepted=72),
+    ]
+    d = tmp_path / "cooking.stackexchange.com"
+    d.mkdir()
+    path = d / "Posts.xml"
+    path.write_text(posts_xml(rows), encoding="utf-8")
+    docs, stats, _quarantine = _whole(path)
+    got = [(doc["metadata"]["title"], doc["metadata"]["answer_id"]) for doc in docs]
+    assert got == [("A first", 51), ("A second", 52), ("B second", 62), ("C first", 71), ("C second", 72)]
+    assert stats.removed == {"duplicate_question": 1}
+    stats.check_balance()
+    spilled = se.StackExchangeStats()
+    assert list(se.read_stackexchange(str(path), stats=spilled, max_pending_bytes=0)) == docs
+    assert spilled.spilled_posts > 0
+    assert spilled.to_dict() == {**stats.to_dict(), "spilled_posts": spilled.spilled_posts}
+    size = path.stat().st_size
+    for inner in ([], [size // 2], list(range(0, size, 211))[1:]):
+        split_docs, split_stats, _q, _lines = _split(path, [0, *inner, size])
+        assert split_docs == docs and split_stats.to_dict() == stats.to_dict()
+
+
+@pytest.mark.parametrize("tail", [b"", b"\n" * 400])
+def test_a_truncated_posts_xml_is_recorded_alike_whole_and_split(tmp_path, tail):
+    """Without its `</posts>` line a Posts.xml gets one `truncated_file` record after its last line;
+    split, no range alone can tell, so the keys pass says which range holds the line and the file's
+    last range records it: the same record at the same line however the file is cut (trailing blank
+    lines put the last line in a range of its own)."""
+    data = generated_posts(5, 40)
+    cut = data[:data.index(b"\n", len(data) * 2 // 3) + 1] + tail
+    path = tmp_path / "cooking.stackexchange.com" / "Posts.xml"
+    path.parent.mkdir()
+    path.write_bytes(cut)
+    docs, stats, quarantine = _whole(path)
+    lines = cut.count(b"\n")
+    assert quarantine.records[-1].reason == "truncated_file" and quarantine.records[-1].line == lines + 1
+    assert quarantine.counts["truncated_file"] == 1
+    size = len(cut)
+    for inner in ([], [size // 2], [size - 3], list(range(0, size, 499))[1:]):
+        got, got_stats, got_quarantine, _lines = _split(path, [0, *inner, size])
+        assert got == docs and got_stats.to_dict() == stats.to_dict()
+        assert _records(got_quarantine) == _records(quarantine)
+
+
+@pytest.mark.slow
+def test_a_truncated_posts_xml_builds_alike_whole_and_split(spark, tmp_path):
+    """The build's split conversion (`dolmino.build.stackexchange.convert_ranges`) records the
+    `truncated_file` of a Posts.xml cut short as the whole-file conversion does."""
+    from dolmino.build.mix import build
+    from dolmino.manifest import manifest_from_dict
+
+    data = generated_posts(5, 40)
+    site = tmp_path / "data" / "cooking.stackexchange.com"
+    site.mkdir(parents=True)
+    cut = data[:data.index(b"\n", len(data) * 2 // 3) + 1] + b"\n" * 50
+    (site / "Posts.xml").write_bytes(cut)
+    manifest = manifest_from_dict(_manifest(tmp_path / "data"))
+    whole = build(manifest, 0, str(tmp_path / "whole"), spark, attributes=str(tmp_path / "attributes-whole"))
+    ranged = build(manifest, 0, str(tmp_path / "split"), spark, attributes=str(tmp_path / "attributes-split"),
+                   split_bytes=-(-len(cut) // 5), task_bytes=1)
+    assert len(_unit_files(tmp_path / "attributes-split", "documents")) == 5
+    rows = _quarantine_rows(tmp_path / "attributes-whole")
+    assert rows[-1]["reason"] == "truncated_file" and rows[-1]["line"] == cut.count(b"\n") + 1
+    assert _quarantine_rows(tmp_path / "attributes-split") == rows
+    assert whole["sources"][0]["quarantined"]["truncated_file"] == 1
+    assert _comparable(ranged) == _comparable(whole) and _parts(tmp_path / "split") == _parts(tmp_path / "whole")

@@ -15,7 +15,9 @@ Spark stages with output identical to the whole-file conversion:
     keys    per range, pass 1 (`scan_keys`, regex fast path): its line count, the candidate
             pairs (accepted answer id, question id) of its questions that may be kept, and
             (id, ParentId) of its answer rows; persisted, and only the line counts go to
-            the driver (they give every range its first line number)
+            the driver (they give every range its first line number), with whether the range
+            holds the closing `</posts>` line (no range of a file does: the file's last range
+            records `truncated_file` after the file's last line, as the whole-file reader)
     accept  keys grouped by a hash of the answer id: for each range, the candidate pairs
             whose answer row lies in it
     halves  per range, pass 2 (XML parse of every row, `range_halves`): malformed rows are
@@ -45,7 +47,7 @@ Which unit holds what (the mix phase reads each unit's documents file by line):
   tag phase gives Stack Exchange units no line offset (`tag.first_lines`);
 - `answer_score<N` and `answer_empty` are counted in the range of the completing row,
   `answer_missing` and the question rules in the range of the question row, a quarantined
-  row in its own range.
+  row in its own range, a file's `truncated_file` record in its last range.
 So the counts by reason, summed over the ranges, equal the whole-file counts.
 
 Resume: a file's ranges are converted together (a range's documents depend on the whole
@@ -170,6 +172,7 @@ class ConvertContext(NamedTuple):
     file_starts: dict  # file index -> ([first line of each range], [its unit index]) for bisect
     due: frozenset  # unit indices whose files are written
     docs_sets: dict = {}  # source index -> its docs set (names the quarantine files); read, never changed
+    truncated: dict = {}  # unit index -> line of its file's `truncated_file` record (the file's last range)
 
 
 # ---------------------------------------------------------------------------- executor side
@@ -231,7 +234,7 @@ def _range_halves(unit_index: int, pieces, ctx_b, counters) -> Iterator[tuple[tu
                              np.concatenate([empty, *(p.question_ids for p in pairs)]))
     stats, quarantine = StackExchangeStats(), Quarantine()
     halves = range_halves(unit.file.uri, (unit.start, unit.end), ctx.first_lines[unit_index], lookup, _config(),
-                          stats, quarantine, unit.file.size)
+                          stats, quarantine, unit.file.size, ctx.truncated.get(unit_index))
     for half in still_listed(halves, unit.file.uri):  # deleted between the passes, too
         yield (file_index, half.question_id, half.line), half
     counters.add("units", 1)
@@ -330,11 +333,13 @@ def convert_ranges(sc, units: list[Unit], due: set[int], sources: dict[int, str]
         keys = sc.parallelize([(u, file_of[u.index]) for u in ranges], n).map(
             lambda uf: _scan_range(uf[0], uf[1], counters))
         keys.persist(StorageLevel.MEMORY_AND_DISK)
-        lines = dict(keys.map(lambda k: (k.unit_index, k.scan.lines)).collect())
+        scanned = dict(keys.map(lambda k: (k.unit_index, (k.scan.lines, k.scan.ended))).collect())
     stages["stackexchange:keys"] = st.record
 
+    lines = {ui: n for ui, (n, _ended) in scanned.items()}
     first_lines: dict = {}
     file_starts: dict = {}
+    truncated: dict = {}
     for fi, uri in enumerate(files):
         running = 0
         firsts, indices = [], []
@@ -344,9 +349,11 @@ def convert_ranges(sc, units: list[Unit], due: set[int], sources: dict[int, str]
             indices.append(u.index)
             running += lines[u.index]
         file_starts[fi] = (firsts, indices)
+        if not any(scanned[ui][1] for ui in indices):  # no `</posts>` line: recorded where the whole file does
+            truncated[indices[-1]] = running + 1
     position = {u.index: i for i, u in enumerate(ranges)}
     ctx_b = sc.broadcast(ConvertContext(store, dict(sources), ranges, position, files, file_of, lines, first_lines,
-                                        file_starts, frozenset(due), dict(docs_sets)))
+                                        file_starts, frozenset(due), dict(docs_sets), truncated))
     pos_b = sc.broadcast(position)
     with Stage(sc, "stackexchange:pair", total_bytes=sum(u.size for u in ranges), total_units=n, quiet=quiet) as st:
         counters = st.counters
