@@ -134,12 +134,14 @@ def input_accounts(units, unit_pools) -> dict[int, dict]:
     stats = {up.unit_index: up.stats for up in unit_pools}
     out: dict[int, dict] = {}
     for unit in units:
-        acc = out.setdefault(unit.source_index, {"file_bytes": 0, "broken_files": []})
+        acc = out.setdefault(unit.source_index, {"file_bytes": 0, "broken_files": [], "truncated_files": []})
         if not unit.is_range or unit.start == 0:
             acc["file_bytes"] += unit.file.size
         st = stats.get(unit.index)
         if st and st["quarantined"].get("corrupt_stream"):
             acc["broken_files"].append(_broken_file(unit, st["unreadable_bytes"]))
+        if st and st["quarantined"].get("truncated_file"):  # a Posts.xml without `</posts>`: its last unit's record
+            acc["truncated_files"].append(unit.file.name)
     return out
 
 
@@ -185,6 +187,17 @@ def _broken_files(name: str, broken: list[tuple[str, int, int]], quarantine: str
     return [f"source {name!r}: {len(broken):,} input file(s) break part-way ({sum(b[2] for b in broken):,} "
             f"compressed bytes unreadable, every document after a break lost; first: {first} at byte {at:,}); "
             f"see {quarantine or f'quarantine/{name}/'}"]
+
+
+def _truncated_files(name: str, files: list[str]) -> list[str]:
+    """The warning for a source whose Stack Exchange Posts.xml files end without their `</posts>` line:
+    cut short at a row boundary, every row after the cut missing, which only report.md's quarantine
+    table said (a tester)."""
+    if not files:
+        return []
+    return [f"source {name!r}: {len(files):,} Posts.xml file(s) end without their closing </posts> line (first: "
+            f"{files[0]}): cut short by an interrupted extraction or copy, the rows after the cut are missing; extract "
+            f"the site's Posts.xml again (see quarantine/{name}/, reason truncated_file)"]
 
 
 def _empty_source(sel, name: str, acc: dict) -> list[str]:
@@ -312,6 +325,7 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
                             "the source (the same data under two file names, such as Posts.xml beside Posts.xml.zst, "
                             "or inputs that reuse ids); each is read and may be mixed, told apart by its loc")
         warnings += _broken_files(source.name, acc.get("broken_files") or [])
+        warnings += _truncated_files(source.name, acc.get("truncated_files") or [])
         if out_tokens < sel.target_tokens * (1 - SHORTFALL_TOLERANCE) and not empty:  # said once: empty names it
             warnings.append(f"source {source.name!r}: wrote {out_tokens:,} tokens, {sel.target_tokens - out_tokens:,} "
                             f"short of its target {sel.target_tokens:,}")

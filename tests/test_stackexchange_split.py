@@ -511,3 +511,8 @@ def test_a_truncated_posts_xml_builds_alike_whole_and_split(spark, tmp_path):
     assert _quarantine_rows(tmp_path / "attributes-split") == rows
     assert whole["sources"][0]["quarantined"]["truncated_file"] == 1
     assert _comparable(ranged) == _comparable(whole) and _parts(tmp_path / "split") == _parts(tmp_path / "whole")
+    for report in (whole, ranged):  # on the console too: it was said only in report.md's quarantine table
+        assert [w for w in report["warnings"] if "end without their closing </posts> line" in w] == [
+            "source 'stackexchange': 1 Posts.xml file(s) end without their closing </posts> line (first: "
+            "cooking.stackexchange.com/Posts.xml): cut short by an interrupted extraction or copy, the rows after the "
+            "cut are missing; extract the site's Posts.xml again (see quarantine/stackexchange/, reason truncated_file)"]
