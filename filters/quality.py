@@ -30,11 +30,12 @@ import re
 import subprocess
 import sys
 import tempfile
+import traceback
 from typing import Iterable, Protocol
 
 import numpy as np
 
-from dolmino.errors import ResourceError
+from dolmino.errors import BuildError, ResourceError
 from dolmino.s3 import is_s3, local_path, open_uri
 from filters.base import number_text
 
@@ -505,6 +506,70 @@ def check_scorer_code(scorer: str, expected: str) -> None:
     _LOADED_SOURCE[module_name] = again
 
 
+class ScorerError(BuildError):
+    """A "module:callable" scorer failed in the user's own code, or returned what is not one number
+    per text. Raised in an executor, the build said it as PySpark's traceback three times over (the
+    frames, the same text as the exception's message, then all of it again in one "unexpected
+    PythonException" line; found by a tester); a NaN or None score kept its document without a word
+    (NaN is below no threshold). The message's first line is what the build's last line says
+    (`dolmino.build.cli.executor_failure`); the lines after it, the frames of the scorer's own code
+    (those below this module's), are the user's traceback, which the build prints once above it."""
+
+
+def _scorer_error(scorer: str, what: str, exc: BaseException | None = None) -> ScorerError:
+    """The ScorerError of `scorer`: "scorer 'm:C'" + `what` + the exception it raised, if any."""
+    line = f"scorer {scorer!r}{what}"
+    frames = ""
+    if exc is not None:
+        told = " ".join(str(exc).split())
+        line += f" {type(exc).__name__}" + (f": {told}" if told else "")
+        listed = traceback.extract_tb(exc.__traceback__)
+        while listed and listed[0].filename == _THIS_FILE:  # the calls into the scorer, not its frames
+            listed.pop(0)
+        frames = "".join(traceback.format_list(listed)).rstrip("\n")
+    return ScorerError(f"{line}\n{frames}" if frames else line)
+
+
+def _batch(docs: list[dict]) -> str:
+    """The documents of a batch by id (the first and last), where the build's message can say no more."""
+    ids = [str(doc.get("id")) for doc in docs[:1] + docs[-1:]]
+    if not docs:
+        return "no documents"
+    if len(docs) == 1:
+        return f"document {ids[0]!r}"
+    return f"{len(docs)} documents (ids {ids[0]!r} .. {ids[1]!r})"
+
+
+def _checked_scores(scorer: str, returned, docs: list[dict]) -> np.ndarray:
+    """What a scorer's `score(texts)` returned, as one float per document, or a ScorerError saying
+    what it returned instead: a None or NaN score would keep its document, since it is below no
+    threshold; a scalar, a 2-D array or too few values failed in PySpark's traceback."""
+    try:
+        scores = np.asarray(returned, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise _scorer_error(scorer, f" returned a {type(returned).__name__} that is not numbers ({exc}) for "
+                                    f"{_batch(docs)}; score(texts) must give one number per text") from None
+    if scores.shape != (len(docs),):
+        raise _scorer_error(scorer, f" returned a {type(returned).__name__} of shape {scores.shape} for "
+                                    f"{_batch(docs)}; score(texts) must give one number per text, an array of shape "
+                                    f"({len(docs)},)")
+    missing = np.flatnonzero(np.isnan(scores))
+    if missing.size:
+        first = int(missing[0])
+        try:
+            what = "None" if returned[first] is None else "NaN"
+        except Exception:  # noqa: BLE001 - a sequence that cannot be indexed: NaN is what it became
+            what = "NaN"
+        raise _scorer_error(scorer, f" returned {what} for {missing.size} of {_batch(docs)}, the first for "
+                                    f"{docs[first].get('id')!r}: a score must be a number (NaN is below no "
+                                    "min_score: the document would be kept unscored); give a low score to remove "
+                                    "a document")
+    return scores
+
+
+_THIS_FILE = _checked_scores.__code__.co_filename  # as this module's frames name it in a traceback
+
+
 def make_scorer(scorer: str, **params) -> Scorer:
     """A registered scorer name, or "package.module:callable" returning a Scorer."""
     return scorer_factory(scorer)(**params)
@@ -622,7 +687,17 @@ class ScoreThresholdFilter:
 
     def tag(self, docs: list[dict]) -> dict[str, np.ndarray]:
         texts = [doc.get("text", "") for doc in docs]
-        return {"score": np.asarray(self._built_scorer().score(texts), dtype=np.float64)}
+        if self.scorer_name in SCORERS:  # dolmino's own: its failures are ResourceErrors naming the model
+            return {"score": np.asarray(self._built_scorer().score(texts), dtype=np.float64)}
+        try:
+            scorer = self._built_scorer()
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - whatever the user's constructor raises
+            raise _scorer_error(self.scorer_name, ": constructing it raised", exc) from None
+        try:
+            returned = scorer.score(texts)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - whatever the user's score() raises
+            raise _scorer_error(self.scorer_name, f", scoring {_batch(docs)}, raised", exc) from None
+        return {"score": _checked_scores(self.scorer_name, returned, docs)}
 
     def decide(self, attrs) -> str | None:
         return f"score<{number_text(self.min_score)}" if float(attrs["score"]) < self.min_score else None

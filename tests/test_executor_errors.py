@@ -249,8 +249,8 @@ def test_a_killed_python_worker_is_one_line_saying_to_rerun(spark):
         spark.sparkContext.parallelize([1], 1).map(lambda _: os.kill(os.getpid(), signal.SIGKILL)).collect()
     line = executor_failure(info.value)
     assert line is not None and line.startswith("a Python worker died (task 0 of stage "), str(info.value)[:2000]
-    assert line.endswith("killed, or out of memory; rerun the same command to resume (finished attribute files "
-                         "and parts are kept)")
+    assert line.endswith("killed, out of memory, or ended by the code it ran (os._exit); rerun the same command to "
+                         "resume (finished attribute files and parts are kept)")
 
 
 def test_spark_submit_prints_one_line_not_sparks_copies_of_the_traceback(spark, tmp_path):
@@ -661,3 +661,236 @@ sys.exit(main(["build", "--manifest", {str(manifest)!r}, "--budget", "10K", "--o
         "dolmino build: Spark stopped under it (its JVM was terminated or died, or Spark shut the application down: "
         "the Spark log above says which); rerun the same command to resume (finished attribute files and parts are "
         "kept)"), proc.stderr[-3000:]
+
+
+SCORERS_OF_YOURS = '''
+import numpy as np
+
+
+def _helper(texts):
+    raise ValueError("cannot score " + repr(texts[0][:8]))
+
+
+class Raises:
+    def score(self, texts):
+        return _helper(texts)
+
+
+class Fine:
+    def score(self, texts):
+        return np.asarray([float("inf") if "1" in t else -1.0 for t in texts])
+
+
+class Returns:
+    def __init__(self, what):
+        self.what = what
+
+    def score(self, texts):
+        return {"nan": [float("nan")] * len(texts), "none": [1.0] + [None] * (len(texts) - 1),
+                "string": ["high"] * len(texts), "scalar": 0.5, "2d": np.ones((len(texts), 3)),
+                "short": [1.0] * (len(texts) - 1)}[self.what]
+
+
+class Unbuildable:
+    def __init__(self, **params):
+        raise RuntimeError("no weights at /models/x")
+
+
+def nan():
+    return Returns("nan")
+
+
+def none():
+    return Returns("none")
+
+
+def string():
+    return Returns("string")
+
+
+def scalar():
+    return Returns("scalar")
+
+
+def two_d():
+    return Returns("2d")
+
+
+def short():
+    return Returns("short")
+
+
+def exits():
+    class Exits:
+        def score(self, texts):
+            raise SystemExit(3)
+    return Exits()
+'''
+
+
+@pytest.fixture
+def scorers_of_yours(tmp_path, monkeypatch):
+    """A module of scorers that fail as a user's can, importable here under a name of this test's own."""
+    name = f"yours_{os.getpid()}_{abs(hash(str(tmp_path))) % 10**8}"
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / f"{name}.py").write_text(SCORERS_OF_YOURS)
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    return name
+
+
+@pytest.mark.parametrize("callable_name, said", [
+    ("nan", "returned NaN for 3 of 3 documents (ids 'd0' .. 'd2'), the first for 'd0': a score must be a number"),
+    ("none", "returned None for 2 of 3 documents (ids 'd0' .. 'd2'), the first for 'd1': a score must be a number"),
+    ("string", "returned a list that is not numbers (could not convert string to float: 'high') for 3 documents "
+               "(ids 'd0' .. 'd2'); score(texts) must give one number per text"),
+    ("scalar", "returned a float of shape () for 3 documents (ids 'd0' .. 'd2'); score(texts) must give one number "
+               "per text, an array of shape (3,)"),
+    ("two_d", "returned a ndarray of shape (3, 3) for 3 documents"),
+    ("short", "returned a list of shape (2,) for 3 documents"),
+    ("Unbuildable", ": constructing it raised RuntimeError: no weights at /models/x"),
+    ("exits", ", scoring 3 documents (ids 'd0' .. 'd2'), raised SystemExit: 3"),
+    ("Raises", ", scoring 3 documents (ids 'd0' .. 'd2'), raised ValueError: cannot score 'text 0'"),
+])
+def test_a_custom_scorer_that_fails_or_gives_no_number_per_text_is_a_scorer_error(scorers_of_yours, callable_name,
+                                                                                  said):
+    """Found by a tester: a scorer returning NaN or None kept every document it scored, without a
+    word (NaN is below no min_score); a string, a scalar, a 2-D array or too few scores, and a
+    scorer that raised or called sys.exit, ended the build with PySpark's traceback (exit 1)."""
+    from filters.quality import ScoreThresholdFilter, ScorerError
+
+    docs = [{"id": f"d{i}", "text": f"text {i}"} for i in range(3)]
+    scorer = f"{scorers_of_yours}:{callable_name}"
+    with pytest.raises(ScorerError) as info:
+        ScoreThresholdFilter(scorer, 0.5).tag(docs)
+    first, *frames = str(info.value).split("\n")
+    assert first.startswith(f"scorer {scorer!r}") and said in first, first
+    if callable_name in ("Raises", "Unbuildable"):  # the user's own frames, not the filter's
+        assert frames and all(line.startswith("  ") for line in frames) and "quality.py" not in str(info.value)
+        assert ("in _helper" if callable_name == "Raises" else "in __init__") in frames[-2]
+    scores = ScoreThresholdFilter(f"{scorers_of_yours}:Fine", 0.5).tag(docs)["score"]
+    assert scores.tolist() == [-1.0, float("inf"), -1.0]  # an infinity is a number: kept or removed by it
+
+
+def test_a_custom_scorer_that_raises_in_a_build_is_one_line_with_its_own_traceback_once(spark, tmp_path, capsys):
+    """Found by a tester: a scorer's exception printed its whole traceback twice (PySpark's frames
+    and the scorer's), then all of it again on an "unexpected PythonException" line, exit 1. Now:
+    the scorer's own frames once, and one last line naming the source, the filter, the documents
+    and the exception; exit 2, as for any failure that is not dolmino's."""
+    from dolmino.build.cli import main as build_main
+    from dolmino.documents import write_documents
+
+    name = f"raising_{os.getpid()}"
+    (tmp_path / f"{name}.py").write_text(SCORERS_OF_YOURS)
+    write_documents(str(tmp_path / "data" / "web" / "a.jsonl.zst"),
+                    [{"id": f"d{i}", "text": f"document number {i} about baking bread"} for i in range(20)])
+    manifest = {"name": "raising-scorer", "version": 1, "seed": 1, "budget": 1000, "data_root": str(tmp_path / "data"),
+                "sources": [{"name": "web", "paths": ["web/*.jsonl.zst"], "mix_percent": 100,
+                             "filters": [{"type": "score_threshold", "scorer": f"{name}:Raises", "min_score": 0.5}]}]}
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    code = build_main(["--manifest", str(tmp_path / "m.json"), "--out", str(tmp_path / "out"), "--attributes",
+                       str(tmp_path / "attributes"), "--py-files", str(tmp_path / f"{name}.py"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.rstrip("\n").splitlines()
+    assert lines[-1] == (f"build_mix: error: in an executor: ScorerError: source 'web' filters[0]: scorer "
+                         f"'{name}:Raises', scoring 20 documents (ids 'd0' .. 'd19'), raised ValueError: cannot score "
+                         "'document'"), err
+    assert [line for line in lines if "error:" in line] == [lines[-1]]
+    assert err.count("Traceback") == 1 and "Traceback of the scorer, in an executor" in err, err
+    assert err.count('raise ValueError("cannot score "') == 1 and err.count("in _helper") == 1, err
+    assert "pyspark" not in err and "PythonException" not in err and "filters/" not in err, err
+
+
+def test_a_python_worker_that_crashes_is_named_with_its_python_stack(spark):
+    """Found by a tester: a scorer whose native call crashed the worker (a segmentation fault) read
+    "killed, or out of memory; rerun the same command to resume", and the rerun crashed the same way.
+    The sessions the commands start have the workers' faulthandler (`make_spark`), as this one has
+    here for the test, and the crash is named with the stack it happened in."""
+    from dolmino.build.cli import executor_traceback
+    from dolmino.build.spark import FAULTHANDLER
+
+    def crash(_):  # nested: cloudpickle ships it by value
+        import ctypes
+
+        ctypes.string_at(0)
+
+    conf = spark.sparkContext._jsc.sc().conf()  # the live configuration, which each task's runner reads
+    conf.set(FAULTHANDLER, "true")
+    try:
+        with pytest.raises(Exception) as info:
+            spark.sparkContext.parallelize([1], 1).map(crash).collect()
+    finally:
+        conf.remove(FAULTHANDLER)
+    line = executor_failure(info.value)
+    assert line is not None and line.startswith("a Python worker crashed (task 0 of stage "), str(info.value)[:3000]
+    assert line.endswith(": Fatal Python error: Segmentation fault, in the code of the stack above (a native library, "
+                         "a scorer of your own): a rerun crashes the same way until that code is fixed")
+    stack = executor_traceback(info.value).splitlines()
+    assert stack[0] == "Stack of the Python worker that crashed (most recent call first):"
+    assert "in string_at" in stack[1] and "in crash" in stack[2] and not any("pyspark" in s for s in stack), stack
+
+
+def test_a_command_starts_its_session_with_the_python_faulthandler(monkeypatch):
+    """The crash's stack comes only from workers with the faulthandler on: a session the command
+    starts has it, unless spark-submit's configuration says otherwise."""
+    from types import SimpleNamespace
+
+    from pyspark.sql import SparkSession
+
+    from dolmino.build import spark as spark_module
+
+    configs = {}
+
+    class Builder:
+        def appName(self, _name):  # noqa: N802 - PySpark's
+            return self
+
+        def master(self, _master):
+            return self
+
+        def config(self, key, value):
+            configs[key] = value
+            return self
+
+        def getOrCreate(self):  # noqa: N802 - PySpark's
+            return SimpleNamespace(sparkContext=SimpleNamespace(uiWebUrl=None, environment={}))
+
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)  # not under spark-submit
+    monkeypatch.setattr(SparkSession, "builder", Builder())
+    spark_module.make_spark("app", quiet_start=True)
+    assert configs.get(spark_module.FAULTHANDLER) == "true"
+    configs.clear()
+    spark_module.make_spark("app", quiet_start=False)  # a caller's session: its configuration stays
+    assert spark_module.FAULTHANDLER not in configs
+
+
+def test_an_unexpected_exception_in_an_executor_prints_its_traceback_once(spark, tmp_path, capsys, monkeypatch):
+    """An exception of no known class raised in an executor (a bug, or a library's failure no filter
+    names) printed the worker's traceback twice, then a third time as one "unexpected PythonException:
+    An exception was thrown from the Python worker: Traceback ..." line (a tester). Now the worker's
+    traceback once, from the first frame that is not PySpark's, and a last line naming the exception."""
+    import dolmino.build.mix
+
+    def _bug(_):  # nested: cloudpickle ships it by value
+        raise KeyError("a bug in a task")
+
+    with pytest.raises(Exception) as info:
+        spark.sparkContext.parallelize([1], 1).map(_bug).collect()
+    failure = info.value
+
+    def run_build(*_args):
+        raise failure
+
+    monkeypatch.setattr(dolmino.build.mix, "run_build", run_build)
+    from dolmino.build.cli import main as build_main
+
+    manifest = one_source_manifest(tmp_path)
+    code = build_main(["--manifest", str(manifest), "--budget", "1K", "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    lines = err.rstrip("\n").splitlines()
+    assert lines[-1] == "build_mix: error: unexpected KeyError in an executor: 'a bug in a task'", err
+    assert err.count("Traceback") == 1 and err.count('raise KeyError("a bug in a task")') == 1, err
+    assert lines[-2] == "KeyError: 'a bug in a task'" and lines[-3].strip() == 'raise KeyError("a bug in a task")'
+    assert lines[-5:-3] == ["Traceback (most recent call last):", lines[-4]] and "in _bug" in lines[-4], err
+    assert "pyspark" not in err and "PythonException" not in err, err

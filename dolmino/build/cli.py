@@ -229,7 +229,8 @@ def _size(value: str, flag: str) -> int:
 # A traceback names a class by its module (`dolmino.s3.S3PathError`, botocore's generated
 # `botocore.errorfactory.NoSuchKey`), builtins by their bare name.
 _EXECUTOR_ERRORS = re.compile(
-    r"^(?:dolmino\.(?:errors|s3)\.)?(BuildError|ManifestError|InputChangedError|ResourceError|FileNotFoundError"
+    r"^(?:dolmino\.(?:errors|s3)\.|filters\.quality\.)?(BuildError|ManifestError|InputChangedError|ResourceError"
+    r"|ScorerError|FileNotFoundError"
     r"|S3PathError|NoSuchBucket|S3DeleteError|S3ObjectError|S3EndpointError|PermissionError|OSError"
     r"|botocore\.(?:exceptions|errorfactory)\.\w+"
     r"|EndpointConnectionError|NoCredentialsError|ClientError): (.*)$", re.MULTILINE)
@@ -241,11 +242,16 @@ _SCORER_NOT_SHIPPED = re.compile(r"scorer '[^']*': module '([^']*)' cannot be im
                                  r"No module named '([^']*)'")
 
 _WORKER_DIED = "Python worker exited unexpectedly"
+_FATAL = re.compile(r"Fatal Python error: ([^\n]*)")
+_FATAL_STACK = re.compile(r"^(?:Current|Thread) [^\n]*\(most recent call first\):\n((?:  File [^\n]*\n)+)",
+                          re.MULTILINE)
+_PYSPARK_FRAME = f"{os.sep}pyspark{os.sep}"  # a frame of PySpark's worker (pyspark.zip/pyspark/worker.py)
 _FAILED_TASK = re.compile(r"Task (\d+) in stage ([\d.]+) failed (\d+) times")
 
 
-def executor_failure(exc: BaseException) -> str | None:
-    """One line for a known failure raised inside an executor (None when it is something else)."""
+def executor_failure(exc: BaseException, manifest=None) -> str | None:
+    """One line for a known failure raised inside an executor (None when it is something else);
+    a custom scorer's failure names the filters of `manifest` that use that scorer."""
     from dolmino.s3 import redact
 
     if type(exc).__name__ not in ("Py4JJavaError", "PythonException"):
@@ -258,16 +264,93 @@ def executor_failure(exc: BaseException) -> str | None:
             # nothing of what to do (found by a tester); the rerun resumes.
             task = _FAILED_TASK.search(text)
             where = f" (task {task.group(1)} of stage {task.group(2)}, tried {task.group(3)} time(s))" if task else ""
-            return (f"a Python worker died{where}: killed, or out of memory; rerun the same command to resume "
-                    "(finished attribute files and parts are kept)")
+            if fatal := _FATAL.search(text):  # the faulthandler's (dolmino.build.spark.FAULTHANDLER)
+                return redact(f"a Python worker crashed{where}: Fatal Python error: {fatal.group(1).strip()}, in the "
+                              "code of the stack above (a native library, a scorer of your own): a rerun crashes the "
+                              "same way until that code is fixed")
+            return (f"a Python worker died{where}: killed, out of memory, or ended by the code it ran (os._exit); "
+                    "rerun the same command to resume (finished attribute files and parts are kept)")
         return None
     name, message = found[-1]
+    if name == "ScorerError" and manifest is not None and (sites := _scorer_sites(manifest, message)):
+        message = f"{sites}: {message.strip()}"
     text = f"in an executor: {name.rsplit('.', 1)[-1]}: {message.strip()}"
     missing = _SCORER_NOT_SHIPPED.search(message)
     if missing and (missing.group(1) + ".").startswith(missing.group(2) + "."):  # the scorer's own module
         text += ("; the driver imported it but the executors cannot: give its .py or .zip to --py-files, which ships "
                  "it to every executor")
     return redact(text)
+
+
+def _scorer_sites(manifest, message: str) -> str | None:
+    """The filters of `manifest` that use the scorer a ScorerError's `message` names: "source 'web' filters[1]"."""
+    named = re.match(r"scorer '([^']*)'", message)
+    if named is None:
+        return None
+    sites = [f"source {source.name!r} filters[{i}]" for source in manifest.sources
+             for i, spec in enumerate(source.filters)
+             if spec.get("type") == "score_threshold" and spec.get("scorer") == named.group(1)]
+    return ", ".join(sites) or None
+
+
+def executor_traceback(exc: BaseException) -> str | None:
+    """What to print once above the build's line for a failure in an executor that `executor_failure`
+    names: the frames of a custom scorer's own code that its ScorerError carries (the lines of its
+    message after the first), or the Python stack of a worker that crashed, down to PySpark's frames
+    (the faulthandler's, most recent call first). None for any other failure."""
+    from dolmino.s3 import redact
+
+    if type(exc).__name__ not in ("Py4JJavaError", "PythonException"):
+        return None
+    text = str(exc)
+    last = None
+    for last in _EXECUTOR_ERRORS.finditer(text):
+        pass
+    if last is not None:
+        frames = []
+        for line in text[last.end():].split("\n")[1:]:
+            if not line.startswith("  "):  # the message ends; a Py4JJavaError's Java stack follows ("\tat ...")
+                break
+            frames.append(line)
+        if last.group(1) != "ScorerError" or not frames:
+            return None
+        return redact("Traceback of the scorer, in an executor (most recent call last):\n" + "\n".join(frames))
+    stack = _FATAL_STACK.search(text) if _WORKER_DIED in text and _FATAL.search(text) else None
+    if stack is None:
+        return None
+    frames = stack.group(1).splitlines()
+    ours = [line for line in frames if _PYSPARK_FRAME not in line and "<frozen " not in line]
+    shown = frames[:frames.index(ours[-1]) + 1] if ours else frames
+    return redact("Stack of the Python worker that crashed (most recent call first):\n" + "\n".join(shown))
+
+
+def worker_exception(exc: BaseException) -> tuple[str, str] | None:
+    """(traceback, last line) of an exception no class of `executor_failure` covers, raised in a Python
+    worker and caught by PySpark (its PythonException): the worker's traceback, printed once, and a last
+    line naming the exception. The traceback came twice (PySpark appends the worker's frames to its
+    exception, whose message is the same traceback), then a third time as one "unexpected
+    PythonException: An exception was thrown from the Python worker: Traceback ..." line (a tester)."""
+    from dolmino.s3 import redact
+
+    if type(exc).__name__ != "PythonException":
+        return None
+    text = str(exc).strip("\n")
+    last = text.rfind("Traceback (most recent call last):")  # of the exception raised last, where they chain
+    if last < 0:
+        return None
+    lines = text[last:].split("\n")
+    end = next((i for i, line in enumerate(lines) if i and line and not line.startswith(" ")), len(lines))
+    told = " ".join(" ".join(lines[end:]).split())
+    if not told:
+        return None
+    kind, _, message = told.partition(": ")
+    shown = text[text.find("Traceback (most recent call last):"):].split("\n")
+    while len(shown) > 1 and shown[1].startswith("  File ") and _PYSPARK_FRAME in shown[1]:  # PySpark's, above ours
+        shown.pop(1)
+        while len(shown) > 1 and shown[1].startswith("    "):
+            shown.pop(1)
+    return redact("\n".join(shown)), \
+        redact(f"unexpected {kind.rsplit('.', 1)[-1]} in an executor" + (f": {message}" if message else ""))
 
 
 def main(argv: list[str] | None = None, phase: str = "all") -> int:
@@ -300,10 +383,17 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
             return status
         if not isinstance(exc, Exception):
             raise
-        text = executor_failure(exc)
+        text = executor_failure(exc, manifest)
         if text is not None:
+            if shown := executor_traceback(exc):  # the user's own traceback, once, above the line
+                print(shown, file=sys.stderr)
             print(f"{prog}: error: {text}", file=sys.stderr)
             return 2
+        from dolmino.s3 import s3_failure_message
+
+        if s3_failure_message(exc) is None and (worker := worker_exception(exc)) is not None:
+            print(f"{worker[0]}\n{prog}: error: {worker[1]}", file=sys.stderr)
+            return 1
         return errors.report(exc)
     finally:
         if existing is None:  # stop only the session this command started

@@ -32,6 +32,12 @@ S3_ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS
                    "AWS_RETRY_MODE", "AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION")
 
 
+# A Python worker that crashes (a segmentation fault in a native library or a scorer's ctypes call) then
+# leaves its Python stack and "Fatal Python error: ..." in the task's failure: without it a crash read as
+# a worker killed or out of memory, "rerun to resume", and the rerun crashed the same way (a tester).
+FAULTHANDLER = "spark.python.worker.faulthandler.enabled"
+
+
 def make_spark(app_name: str, master: str | None = None, driver_memory: str | None = None,
                quiet_start: bool = False):
     """The SparkSession for a build; explicit arguments override configuration, nothing else does.
@@ -41,7 +47,10 @@ def make_spark(app_name: str, master: str | None = None, driver_memory: str | No
     the level came too late for the ~85 INFO lines SparkContext logs while starting, which the
     README's `spark-submit dolmino/build_mix.py` printed before the build's first line (found by
     a tester). A JVM the command launches itself (`dolmino build`) starts quiet already, and is
-    not launched early here: spark.driver.memory must reach its launch."""
+    not launched early here: spark.driver.memory must reach its launch. A session the command
+    starts gets the Python workers' faulthandler (`FAULTHANDLER`) unless spark-submit's
+    configuration sets it (`dolmino build` cannot read spark-defaults.conf before its JVM's launch,
+    and sets it over that file's)."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
@@ -49,13 +58,17 @@ def make_spark(app_name: str, master: str | None = None, driver_memory: str | No
 
     builder = SparkSession.builder.appName(app_name).config("spark.ui.showConsoleProgress", "false")
     quieted = False
+    submitted = None  # spark-submit's configuration
     if quiet_start and under_spark_submit():
         from pyspark import SparkConf, SparkContext
 
         SparkContext._ensure_initialized()  # connects to spark-submit's JVM, which holds its configuration
-        if SparkConf().get("spark.log.level", None) is None:
+        submitted = SparkConf()
+        if submitted.get("spark.log.level", None) is None:
             builder = builder.config("spark.log.level", "WARN")
             quieted = True
+    if quiet_start and (submitted is None or not submitted.contains(FAULTHANDLER)):
+        builder = builder.config(FAULTHANDLER, "true")
     if master:
         builder = builder.master(master)
     if driver_memory:
