@@ -794,7 +794,7 @@ def test_a_custom_scorer_that_raises_in_a_build_is_one_line_with_its_own_traceba
     lines = err.rstrip("\n").splitlines()
     assert lines[-1] == (f"build_mix: error: in an executor: ScorerError: source 'web' filters[0]: scorer "
                          f"'{name}:Raises', scoring 20 documents (ids 'd0' .. 'd19'), raised ValueError: cannot score "
-                         "'document'"), err
+                         "'document' (input web/a.jsonl.zst, lines 1-20)"), err
     assert [line for line in lines if "error:" in line] == [lines[-1]]
     assert err.count("Traceback") == 1 and "Traceback of the scorer, in an executor" in err, err
     assert err.count('raise ValueError("cannot score "') == 1 and err.count("in _helper") == 1, err

@@ -350,15 +350,21 @@ def _flush(batch: list[tuple[int, int, dict]], filters: list, hasher, acc: Bundl
     """Score a batch of documents with the bundle's filters (in chain order: a cascade filter's
     gate reads the batch's rows of the sets computed before it); their MinHash signatures."""
     from filters.base import tag_columns
+    from filters.quality import ScorerError
 
     docs = [d for _, _, d in batch]
     first_row = acc.flushed
-    for k, filt in enumerate(filters):
-        if gates[k] is None:
-            for name, values in tag_columns(filt, docs).items():
-                acc.tagged[k].setdefault(name, []).extend(values)
-        else:
-            _extend(acc.tagged[k], _gated_columns(filt, gates[k], docs, first_row), first_row, len(docs))
+    try:
+        for k, filt in enumerate(filters):
+            if gates[k] is None:
+                for name, values in tag_columns(filt, docs).items():
+                    acc.tagged[k].setdefault(name, []).extend(values)
+            else:
+                _extend(acc.tagged[k], _gated_columns(filt, gates[k], docs, first_row), first_row, len(docs))
+    except ScorerError as exc:  # the batch's ids alone left the user to find its input file (a tester)
+        line, _, frames = str(exc).partition("\n")
+        where = f" (input {unit.file.name}, lines {batch[0][1]:,}-{batch[-1][1]:,})"
+        raise ScorerError(line + where + (f"\n{frames}" if frames else "")) from None
     acc.flushed += len(docs)
     if hasher is not None:
         ngram = plan.minhash.get("ngram", MINHASH_DEFAULTS["ngram"])
