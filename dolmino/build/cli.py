@@ -275,11 +275,16 @@ def executor_failure(exc: BaseException, manifest=None) -> str | None:
     if name == "ScorerError" and manifest is not None and (sites := _scorer_sites(manifest, message)):
         message = f"{sites}: {message.strip()}"
     text = f"in an executor: {name.rsplit('.', 1)[-1]}: {message.strip()}"
-    missing = _SCORER_NOT_SHIPPED.search(message)
-    if missing and (missing.group(1) + ".").startswith(missing.group(2) + "."):  # the scorer's own module
+    if _own_module_missing(message):
         text += ("; the driver imported it but the executors cannot: give its .py or .zip to --py-files, which ships "
                  "it to every executor")
     return redact(text)
+
+
+def _own_module_missing(message: str) -> bool:
+    """Whether `message` says a custom scorer's own module (not a library it imports) cannot be imported."""
+    missing = _SCORER_NOT_SHIPPED.search(message)
+    return bool(missing) and (missing.group(1) + ".").startswith(missing.group(2) + ".")
 
 
 def _scorer_sites(manifest, message: str) -> str | None:
@@ -364,6 +369,8 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
         import_py_files(shipped)  # before the manifest check, which imports a custom scorer
         manifest, options = prepare(args, phase)
     except Exception as exc:  # noqa: BLE001 - one redacted line (cli_errors)
+        if isinstance(exc, ManifestError) and _own_module_missing(str(exc)):  # said nothing of what to do (a tester)
+            exc = ManifestError(f"{exc}; give its .py or .zip to --py-files (or put its directory on PYTHONPATH)")
         return errors.report(exc)
     from dolmino.build.mix import run_build
     from dolmino.build.spark import SparkCommand
