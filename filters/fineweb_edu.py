@@ -166,6 +166,7 @@ def _load(model_path: str, dtype: str, device: str, max_length: int | None) -> t
 def _read_model(local: str, model_path: str, dtype: str, device: str, max_length: int | None) -> tuple:
     """(tokenizer, model on `device`, device, max_length) of a model directory, checked."""
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -179,7 +180,7 @@ def _read_model(local: str, model_path: str, dtype: str, device: str, max_length
         tokenizer = AutoTokenizer.from_pretrained(local, local_files_only=True)
         model = AutoModelForSequenceClassification.from_pretrained(local, local_files_only=True,
                                                                    dtype=getattr(torch, dtype))
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:  # weights cut short: the last (a tester)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ResourceError(f"model directory {model_path!r} cannot be loaded: {first}") from None
     if model.config.num_labels != 1:

@@ -276,8 +276,12 @@ def test_a_directory_that_is_not_a_model_is_a_resource_error(model_dir, tmp_path
     bad_config = tmp_path / "bad-config"
     shutil.copytree(model_dir, bad_config)
     (bad_config / "config.json").write_text("{not json")
+    cut = tmp_path / "cut-weights"  # a download or copy cut short: safetensors' own error, an "unexpected" one
+    shutil.copytree(model_dir, cut)
+    for weights in cut.glob("*.safetensors"):
+        weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
     for path, why in ((empty, "has no config.json"), (a_file, "is a file"), (no_weights, "cannot be loaded: "),
-                      (bad_config, "cannot be loaded: ")):
+                      (bad_config, "cannot be loaded: "), (cut, "cannot be loaded: ")):
         with pytest.raises(ResourceError, match=f"^model directory '{path}' {why}") as info:
             FineWebEduFilter(str(path)).reject_reason({"text": "x"})
         assert "\n" not in str(info.value)
