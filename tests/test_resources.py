@@ -270,3 +270,48 @@ print(os.path.isdir(path))
                           env={**os.environ, "TMPDIR": str(tmp_path)}, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert proc.returncode == 0 and proc.stdout.strip() == "True", proc
     assert list(tmp_path.iterdir()) == []  # the parent's exit removed it
+
+
+def test_a_model_downloaded_again_keeps_its_digest(s3_server, tmp_path, monkeypatch):
+    """`hf download --local-dir` (README's way to fetch the FineWeb-Edu classifier) writes
+    `.cache/huggingface/download/<file>.metadata`, with the time of the download, into the model's
+    directory: one model downloaded twice had two digests, so its attribute sets were scored
+    again (found by a tester, a BERT pass over the DCLM pool). Hidden names are no part of a
+    directory's digest, local or on S3; a model file changed still is."""
+    import uuid
+    from pathlib import Path
+
+    from dolmino import s3
+
+    model = tmp_path / "fineweb-edu-classifier"
+    model.mkdir()
+    files = {"config.json": b'{"num_labels": 1}', "model.safetensors": bytes(range(256)) * 16, "tokenizer.json": b"{}"}
+    for name, data in files.items():
+        (model / name).write_bytes(data)
+    clean = stage(str(model)).sha256
+    download = model / ".cache" / "huggingface" / "download"
+    download.mkdir(parents=True)
+    (model / ".cache" / "huggingface" / ".gitignore").write_text("*\n")
+    digests = []
+    for when in ("1733500000.1", "1733590000.7"):  # the same files, downloaded twice
+        for name in files:
+            (download / f"{name}.metadata").write_text(f"0123abcd\n\"etag-{name}\"\n{when}\n")
+            (download / f"{name}.lock").write_text("")
+        digests.append(stage(str(model)).sha256)
+    assert digests == [clean, clean]
+
+    monkeypatch.setenv("DOLMINO_CACHE", str(tmp_path / "cache"))
+    bucket = f"res-{uuid.uuid4().hex[:12]}"
+    client = s3.client()
+    client.create_bucket(Bucket=bucket)
+    for path in model.rglob("*"):  # as `aws s3 sync` copies the directory: hidden files too
+        if path.is_file():
+            client.put_object(Bucket=bucket, Key=f"models/fwe/{path.relative_to(model).as_posix()}",
+                              Body=path.read_bytes())
+    remote = stage(f"s3://{bucket}/models/fwe")
+    assert remote.sha256 == clean and remote.is_dir
+    local = localize(remote)  # the executor's copy passes the digest check
+    assert {p.name: p.read_bytes() for p in Path(local).iterdir() if p.is_file()} == files
+
+    (model / "config.json").write_bytes(b'{"num_labels": 6}')
+    assert stage(str(model)).sha256 != clean

@@ -52,8 +52,21 @@ def _digest_listing(entries: list[tuple[str, str]]) -> str:
     return h.hexdigest()
 
 
+def _hidden(rel: str) -> bool:
+    """Whether a path below a model directory is a dotted name or lies under one, which no model
+    loader reads: the `.cache/huggingface/` bookkeeping `hf download --local-dir` writes (a timestamp
+    per file and download) made one model's digest differ with every download, and its attributes
+    were scored again (found by a tester); a clone's `.git/` changes with every fetch."""
+    return any(part.startswith(".") for part in rel.split("/"))
+
+
 def _local_files(root: str) -> list[str]:
-    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files)
+    """A model directory's files as its digest counts them: not the hidden ones (`_hidden`)."""
+    found = []
+    for d, dirs, files in os.walk(root):
+        dirs[:] = [name for name in dirs if not name.startswith(".")]
+        found.extend(os.path.relpath(os.path.join(d, f), root) for f in files if not f.startswith("."))
+    return sorted(found)
 
 
 def local_digest(path: str) -> tuple[str, bool]:
@@ -70,7 +83,8 @@ def _s3_members(uri: str) -> tuple[list[tuple[str, str]], bool]:
         return [("", uri)], False
     bucket, key = split_uri(uri)
     prefix = key.rstrip("/") + "/"
-    members = [(k[len(prefix):], join_uri(bucket, k)) for k, _ in iter_keys(bucket, prefix) if not k.endswith("/")]
+    members = [(k[len(prefix):], join_uri(bucket, k)) for k, _ in iter_keys(bucket, prefix)
+               if not k.endswith("/") and not _hidden(k[len(prefix):])]
     if not members:
         raise BuildError(f"{uri}: no such object or prefix")
     return members, True

@@ -1,0 +1,68 @@
+"""The shipped pool manifests find their inputs in the layouts the real downloads give (README,
+"Real data"), listed the way a build lists them, on empty stand-in files.
+
+Found by a tester on a replica of those layouts: `pools/flan.json` looked for `dolma-v1_7/flan/`
+(Dolma 1.7's FLAN files are `tulu_flan-NNNN.json.gz`), `pools/wiki.json` for a `wikibooks/`
+directory Dolma 1.7 does not have (its Wikibooks are in the `wiki-NNNN` files), so both builds
+stopped before Spark; peS2o matched only per-source directories, not the flat files Dolma's own
+download recipe (`wget -P DIR`) writes; and `pools/dclm.json` read mlfoundations' DCLM-Baseline
+shards, which have no `id` field, so the build quarantined every document (`bad_id`) and wrote an
+empty pool: it now reads OLMo's Dolma-format copy in allenai/olmo-mix-1124.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from dolmino.build.inputs import list_inputs
+from dolmino.manifest import load_manifest
+
+POOLS = REPO / "manifests" / "pools"
+
+# Dolma 1.7 as its URL list (allenai/dolma urls/v1_7.txt) names the files, beside sources the
+# pools must not take (megawika is not wiki, cc_en_head is not FLAN).
+DOLMA_17 = ["tulu_flan-0000.json.gz", "tulu_flan-0065.json.gz", "pes2o-0000.json.gz", "pes2o-0025.json.gz",
+            "wiki-0000.json.gz", "wiki-0001.json.gz", "megawika-0000.json.gz", "cc_en_head-0000.json.gz"]
+EXPECTED = {"flan": ["tulu_flan-0000.json.gz", "tulu_flan-0065.json.gz"],
+            "pes2o": ["pes2o-0000.json.gz", "pes2o-0025.json.gz"],
+            "wiki": ["wiki-0000.json.gz", "wiki-0001.json.gz"]}
+
+
+def _touch(root: Path, rel: str) -> None:
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    (root / rel).write_bytes(b"")
+
+
+def _listed(manifest: str, data_root: Path) -> list[str]:
+    listing = list_inputs(load_manifest(str(POOLS / manifest), str(data_root)))
+    return sorted(Path(f.name).name for files in listing.files for f in files)
+
+
+@pytest.mark.parametrize("layout", ["flat", "per_source"])
+@pytest.mark.parametrize("pool", sorted(EXPECTED))
+def test_dolma_17_pools_find_the_files_dolmas_url_list_names(tmp_path, pool, layout):
+    """`wget -P data/upstream/dolma-v1_7` (Dolma's recipe) writes the files flat; `wget -x -nH`
+    writes them under `dolma-v1_7/<source dir>/`: the pool takes its own files in either."""
+    upstream = tmp_path / "upstream"
+    for name in DOLMA_17:
+        source_dir = name.rsplit("-", 1)[0]
+        _touch(upstream, f"dolma-v1_7/{name}" if layout == "flat" else f"dolma-v1_7/{source_dir}/{name}")
+    assert _listed(f"{pool}.json", upstream) == EXPECTED[pool]
+
+
+def test_the_dclm_pool_reads_olmos_dolma_format_copy_of_dclm_baseline(tmp_path):
+    """The manifest's data_root is the olmo-mix-1124 download README describes (the one
+    olmo2-mix-1124.json reads), its source that download's data/dclm at any depth."""
+    olmo_mix = tmp_path / "olmo-mix-1124"
+    shards = ["data/dclm/global-shard_01_of_10/local-shard_0_of_10/shard_00000000_processed.jsonl.zst",
+              "data/dclm/dclm-0000.json.zst"]
+    for rel in shards + ["data/starcoder/starcoder-0000.json.gz"]:
+        _touch(olmo_mix, rel)
+    assert _listed("dclm.json", olmo_mix) == sorted(Path(s).name for s in shards)
+    manifest = load_manifest(str(POOLS / "dclm.json"))
+    assert Path(manifest.data_root) == REPO / "data" / "olmo-mix-1124"
+    mix = load_manifest(str(REPO / "manifests" / "olmo2-mix-1124.json"))
+    assert manifest.data_root == mix.data_root
