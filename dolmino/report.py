@@ -200,6 +200,17 @@ def _truncated_files(name: str, files: list[str]) -> list[str]:
             f"the site's Posts.xml again (see quarantine/{name}/, reason truncated_file)"]
 
 
+def _quarantined(counts: dict[str, int], named: int = 3) -> list[str]:
+    """["quarantined 240 (bad_id 240)"], or [] when none was: the count alone left a source of
+    documents without an id (mlfoundations' DCLM shards) to be looked up in the quarantine files (a tester)."""
+    total = sum(counts.values())
+    if not total:
+        return []
+    top = sorted(((r, n) for r, n in counts.items() if n), key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{r} {n:,}" for r, n in top[:named]) + (", ..." if len(top) > named else "")
+    return [f"quarantined {total:,} ({shown})"]
+
+
 def _empty_source(sel, name: str, acc: dict) -> list[str]:
     """The warning for a source with no documents left, with what removed them: a filter that
     takes a whole source usually means data without the field it reads (`stars_missing`)
@@ -208,9 +219,7 @@ def _empty_source(sel, name: str, acc: dict) -> list[str]:
         return []
     stages = [acc["removed"], acc.get("tokenized", {}).get("removed", {})]  # pool filters, token filters
     removed = sorted(((r, e) for stage in stages for r, e in stage.items()), key=lambda kv: -kv[1]["docs"])
-    quarantined = sum(acc["quarantined"].values())
-    why = [f"{reason} {entry['docs']:,}" for reason, entry in removed[:3]] + \
-        ([f"quarantined {quarantined:,}"] if quarantined else [])
+    why = [f"{reason} {entry['docs']:,}" for reason, entry in removed[:3]] + _quarantined(acc["quarantined"])
     if not acc["docs_in"]:  # nothing was filtered: its inputs were empty (or a glob took the wrong files)
         # the files' own bytes: `bytes_in` counts documents' text, always 0 here ("3 file(s), 0 bytes"
         # of files that held 6 bytes of blank lines; a tester)
@@ -226,7 +235,11 @@ def _no_tokens(accounts: list[dict], budget: int | None, parts: int) -> str:
     parts are empty files, which the trainer refuses, so the build says so itself instead of
     "wrote 1 part(s), 0 tokens"."""
     docs_in = sum(acc["docs_in"] for acc in accounts)
-    quarantined = sum(n for acc in accounts for n in acc["quarantined"].values())
+    by_reason: dict[str, int] = {}
+    for acc in accounts:
+        for reason, n in acc["quarantined"].items():
+            by_reason[reason] = by_reason.get(reason, 0) + n
+    quarantined = sum(by_reason.values())
     removed: dict[str, int] = {}
     for acc in accounts:
         for stage in (acc["removed"], acc["tokenized"]["removed"]):  # pool filters and dedup, token filters
@@ -234,7 +247,7 @@ def _no_tokens(accounts: list[dict], budget: int | None, parts: int) -> str:
                 removed[reason] = removed.get(reason, 0) + entry["docs"]
     gone = sum(removed.values()) + quarantined
     reasons = [f"{reason} {n:,}" for reason, n in sorted(removed.items(), key=lambda kv: -kv[1])[:3]] + \
-        ([f"quarantined {quarantined:,}"] if quarantined else [])
+        _quarantined(by_reason)
     if not docs_in:
         why = "its inputs hold no documents"
     elif gone >= docs_in:

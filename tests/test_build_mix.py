@@ -649,7 +649,8 @@ def test_a_pool_build_warns_of_an_empty_pool_and_of_a_size_off_the_manifest(inpu
         f"source 'wiki': the pool holds {format_count(wiki)} tokens, the manifest expects 3.66B "
         f"({wiki / 3.66e9:.3g}x; a mix manifest's pool_tokens for it should say what the pool holds)",
         f"source 'web': no documents left after filtering and dedup; its pool is empty (of {web['docs_in']:,} "
-        f"documents: min_length:tokens<1000000000 {short:,}, quarantined 3)"]
+        f"documents: min_length:tokens<1000000000 {short:,}, quarantined 3 (invalid_utf8 1, malformed_json 1, "
+        "missing_text 1))"]
     # a pool manifest states no budget: its views said "budget 221K", the sum of its targets (a tester)
     assert report["kind"] == "pool"
     heading = (tmp_path / "out" / "report.md").read_text().splitlines()[0]
@@ -670,7 +671,8 @@ def test_a_mix_source_a_filter_empties_is_warned_with_what_removed_it(inputs, sp
     assert web["output_tokens"] == 0 and short > 0
     assert empty == [f"source 'web': no documents left after filtering and dedup; it contributes 0 of its "
                      f"{web['target_tokens']:,} target tokens (of {web['docs_in']:,} documents: "
-                     f"min_length:tokens<1000000000 {short:,}, quarantined 3)"]
+                     f"min_length:tokens<1000000000 {short:,}, quarantined 3 (invalid_utf8 1, "
+                     "malformed_json 1, missing_text 1))"]
     # once: the shortfall warning said it again in other words (found by a tester)
     assert [w for w in report["warnings"] if w.startswith("source 'web'")] == empty
 
@@ -1163,7 +1165,8 @@ def test_a_build_that_holds_no_tokens_says_so(spark, tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["output"]["tokens"] == 0 and [p["size"] for p in report["output"]["parts"]] == [0]
     said = ("the build holds no tokens{} (none of its 60 documents is left: min_length:chars<100000 57, quarantined "
-            "3): its 1 part(s) are empty, nothing to train on; check the manifest's filters and inputs")
+            "3 (invalid_utf8 1, malformed_json 1, missing_text 1)): its 1 part(s) are empty, nothing to train on; "
+            "check the manifest's filters and inputs")
     assert report["warnings"][-1] == said.format(" of its budget 5,000")
     assert not [w for w in report["warnings"] if "short of the budget" in w]  # the same said twice
     assert f"- {said.format(' of its budget 5,000')}" in (out / "report.md").read_text()
