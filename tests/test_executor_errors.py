@@ -771,6 +771,25 @@ def test_a_custom_scorer_that_fails_or_gives_no_number_per_text_is_a_scorer_erro
     assert scores.tolist() == [-1.0, float("inf"), -1.0]  # an infinity is a number: kept or removed by it
 
 
+def test_a_scorers_failure_names_every_line_of_its_batch(scorers_of_yours):
+    """Found by a reviewer: the lines named were the batch's first and last document's, while a Stack
+    Exchange document's line is its question row's and its documents come in the order their pairs
+    complete ("lines 40-7" for rows 7 to 52): the lines span the whole batch, whatever its order."""
+    from types import SimpleNamespace
+
+    from dolmino.build.tag import _flush
+    from filters.quality import ScoreThresholdFilter, ScorerError
+
+    batch = [(i, line, {"id": f"q{line}", "text": f"question {line}"}) for i, line in enumerate((40, 7, 52, 19))]
+    acc = SimpleNamespace(flushed=0, tagged=[{}])
+    unit = SimpleNamespace(file=SimpleNamespace(name="cooking.stackexchange.com/Posts.xml"))
+    with pytest.raises(ScorerError) as info:
+        list(_flush(batch, [ScoreThresholdFilter(f"{scorers_of_yours}:Raises", 0.5)], None, acc, None, unit, [None]))
+    first, *frames = str(info.value).split("\n")
+    assert first.endswith(" (input cooking.stackexchange.com/Posts.xml, lines 7-52)"), first
+    assert frames and "in _helper" in frames[-2]
+
+
 def test_a_custom_scorer_that_raises_in_a_build_is_one_line_with_its_own_traceback_once(spark, tmp_path, capsys):
     """Found by a tester: a scorer's exception printed its whole traceback twice (PySpark's frames
     and the scorer's), then all of it again on an "unexpected PythonException" line, exit 1. Now:
@@ -830,14 +849,11 @@ def test_a_python_worker_that_crashes_is_named_with_its_python_stack(spark):
     assert "in string_at" in stack[1] and "in crash" in stack[2] and not any("pyspark" in s for s in stack), stack
 
 
-def test_a_command_starts_its_session_with_the_python_faulthandler(monkeypatch):
-    """The crash's stack comes only from workers with the faulthandler on: a session the command
-    starts has it, unless spark-submit's configuration says otherwise."""
+def _recorded_session_configs(monkeypatch) -> dict:
+    """What make_spark sets on its builder (filled by each call), with no JVM started: not under spark-submit."""
     from types import SimpleNamespace
 
     from pyspark.sql import SparkSession
-
-    from dolmino.build import spark as spark_module
 
     configs = {}
 
@@ -857,11 +873,45 @@ def test_a_command_starts_its_session_with_the_python_faulthandler(monkeypatch):
 
     monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)  # not under spark-submit
     monkeypatch.setattr(SparkSession, "builder", Builder())
+    return configs
+
+
+def test_a_command_starts_its_session_with_the_python_faulthandler(monkeypatch):
+    """The crash's stack comes only from workers with the faulthandler on: a session the command
+    starts has it, unless spark-submit's configuration says otherwise."""
+    from dolmino.build import spark as spark_module
+
+    configs = _recorded_session_configs(monkeypatch)
     spark_module.make_spark("app", quiet_start=True)
     assert configs.get(spark_module.FAULTHANDLER) == "true"
     configs.clear()
     spark_module.make_spark("app", quiet_start=False)  # a caller's session: its configuration stays
     assert spark_module.FAULTHANDLER not in configs
+
+
+def test_a_session_the_command_launches_keeps_the_users_spark_defaults(monkeypatch, tmp_path):
+    """Found by a reviewer: `dolmino build` launches its own JVM, whose SparkConf() is empty before the launch,
+    so the faulthandler and the endpoint without its password went over a spark.hadoop.fs.s3a.endpoint (an
+    s3a event log's store) or a faulthandler setting in spark-defaults.conf; and over a caller's session."""
+    from dolmino.build import spark as spark_module
+
+    S3A_ENDPOINT = "spark.hadoop.fs.s3a.endpoint"  # noqa: N806 - Spark's key
+    configs = _recorded_session_configs(monkeypatch)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://dolmino:pw-reviewer@127.0.0.1:9")
+    monkeypatch.delenv("PYSPARK_SUBMIT_ARGS", raising=False)
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
+    spark_module.make_spark("app", quiet_start=True)  # no spark-defaults.conf: both set
+    assert configs == {**configs, spark_module.FAULTHANDLER: "true", S3A_ENDPOINT: "http://127.0.0.1:9"}
+    (tmp_path / "spark-defaults.conf").write_text("# spark.python.worker.faulthandler.enabled true\n"
+                                                  "spark.hadoop.fs.s3a.endpoint   http://logs.example:9000\n"
+                                                  "  spark.python.worker.faulthandler.enabled=false\n")
+    configs.clear()
+    spark_module.make_spark("app", quiet_start=True)
+    assert spark_module.FAULTHANDLER not in configs and S3A_ENDPOINT not in configs, configs
+    (tmp_path / "spark-defaults.conf").unlink()
+    configs.clear()
+    spark_module.make_spark("app", quiet_start=False)  # a caller's session: it logged its settings when it started
+    assert S3A_ENDPOINT not in configs, configs
 
 
 def test_an_unexpected_exception_in_an_executor_prints_its_traceback_once(spark, tmp_path, capsys, monkeypatch):

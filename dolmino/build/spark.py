@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import re
 import subprocess
 import sys
 import threading
@@ -36,6 +37,9 @@ S3_ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS
 # leaves its Python stack and "Fatal Python error: ..." in the task's failure: without it a crash read as
 # a worker killed or out of memory, "rerun to resume", and the rerun crashed the same way (a tester).
 FAULTHANDLER = "spark.python.worker.faulthandler.enabled"
+S3A_ENDPOINT = "spark.hadoop.fs.s3a.endpoint"
+# A key of a Java properties file (spark-defaults.conf): up to the first blank, '=' or ':'; '#' and '!' start comments.
+_PROPERTY_KEY = re.compile(r"\s*([^\s=:#!][^\s=:]*)")
 
 
 def make_spark(app_name: str, master: str | None = None, driver_memory: str | None = None,
@@ -48,9 +52,9 @@ def make_spark(app_name: str, master: str | None = None, driver_memory: str | No
     README's `spark-submit dolmino/build_mix.py` printed before the build's first line (found by
     a tester). A JVM the command launches itself (`dolmino build`) starts quiet already, and is
     not launched early here: spark.driver.memory must reach its launch. A session the command
-    starts gets the Python workers' faulthandler (`FAULTHANDLER`) unless spark-submit's
-    configuration sets it (`dolmino build` cannot read spark-defaults.conf before its JVM's launch,
-    and sets it over that file's)."""
+    starts gets the Python workers' faulthandler (`FAULTHANDLER`) and AWS_ENDPOINT_URL without its
+    password in `S3A_ENDPOINT` (`_hadoop_endpoint`), each unless the user's configuration sets that
+    key (`_user_sets`)."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
@@ -67,15 +71,16 @@ def make_spark(app_name: str, master: str | None = None, driver_memory: str | No
         if submitted.get("spark.log.level", None) is None:
             builder = builder.config("spark.log.level", "WARN")
             quieted = True
-    if quiet_start and (submitted is None or not submitted.contains(FAULTHANDLER)):
+    if quiet_start and not _user_sets(FAULTHANDLER, submitted):
         builder = builder.config(FAULTHANDLER, "true")
     if master:
         builder = builder.master(master)
     if driver_memory:
         builder = builder.config("spark.driver.memory", driver_memory)
-    endpoint = _hadoop_endpoint()
-    if endpoint:
-        builder = builder.config("spark.hadoop.fs.s3a.endpoint", endpoint)
+    # Only a session the command starts: a caller's session logged its settings when it started.
+    endpoint = _hadoop_endpoint() if quiet_start else None
+    if endpoint and not _user_sets(S3A_ENDPOINT, submitted):
+        builder = builder.config(S3A_ENDPOINT, endpoint)
     spark = builder.getOrCreate()
     if quieted and spark.sparkContext.uiWebUrl:  # Spark's INFO line with it is quieted (a reviewer)
         print(f"Spark UI: {spark.sparkContext.uiWebUrl} (stages, executors' logs)", file=sys.stderr)
@@ -84,9 +89,30 @@ def make_spark(app_name: str, master: str | None = None, driver_memory: str | No
     return spark
 
 
+def _user_sets(key: str, submitted) -> bool:
+    """Whether the user's Spark configuration sets `key`: spark-submit's (`submitted`, its JVM's SparkConf,
+    which holds its --conf and spark-defaults.conf), else what the JVM this command launches (`dolmino
+    build`) will read, PYSPARK_SUBMIT_ARGS and spark-defaults.conf: a SparkConf() before that launch sees
+    neither, and the session's own setting went over the file's (found by a reviewer)."""
+    if submitted is not None:
+        return submitted.contains(key)
+    if key in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
+        return True
+    conf_dir = os.environ.get("SPARK_CONF_DIR")
+    if not conf_dir:  # where spark-submit looks, below the SPARK_HOME PySpark launches it from
+        from pyspark.find_spark_home import _find_spark_home
+
+        conf_dir = os.path.join(_find_spark_home(), "conf")
+    try:
+        with open(os.path.join(conf_dir, "spark-defaults.conf"), encoding="utf-8", errors="replace") as fh:
+            return any((m := _PROPERTY_KEY.match(line)) is not None and m.group(1) == key for line in fh)
+    except OSError:
+        return False
+
+
 def _hadoop_endpoint() -> str | None:
-    """AWS_ENDPOINT_URL without its user:password@, for `spark.hadoop.fs.s3a.endpoint`, where the URL holds one
-    and spark-submit's configuration (readable once its JVM is up) does not set that key; else None.
+    """AWS_ENDPOINT_URL without its user:password@, for `spark.hadoop.fs.s3a.endpoint` (`S3A_ENDPOINT`), where
+    the URL holds one; else None.
 
     Spark's driver copies AWS_ENDPOINT_URL into Hadoop's `fs.s3a.endpoint` as it is, and its UI's Environment
     page and its event log show Hadoop's settings redacted by key name only (`fs.s3a.secret.key`, not
@@ -99,15 +125,7 @@ def _hadoop_endpoint() -> str | None:
     if "@" not in value:
         return None
     scheme, sep, _ = value.partition("://")
-    bare = f"{scheme}{sep}{value.rpartition('@')[2]}" if sep else value.rpartition("@")[2]
-    try:
-        from pyspark import SparkConf, SparkContext
-
-        if SparkContext._jvm is not None and SparkConf().contains("spark.hadoop.fs.s3a.endpoint"):
-            return None  # spark-submit's JVM holds a setting of the user's (--conf, spark-defaults.conf)
-    except Exception:  # noqa: BLE001 - a JVM that does not answer here fails the start with its own line
-        pass
-    return bare
+    return f"{scheme}{sep}{value.rpartition('@')[2]}" if sep else value.rpartition("@")[2]
 
 
 def start_failure(exc: BaseException, master: str | None) -> str:

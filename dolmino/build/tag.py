@@ -363,7 +363,10 @@ def _flush(batch: list[tuple[int, int, dict]], filters: list, hasher, acc: Bundl
                 _extend(acc.tagged[k], _gated_columns(filt, gates[k], docs, first_row), first_row, len(docs))
     except ScorerError as exc:  # the batch's ids alone left the user to find its input file (a tester)
         line, _, frames = str(exc).partition("\n")
-        where = f" (input {unit.file.name}, lines {batch[0][1]:,}-{batch[-1][1]:,})"
+        # Not the first and last document's: a Stack Exchange document's line is its question row's, and
+        # its documents come in the order their pairs complete (a reviewer)
+        lines = [loc_line for _, loc_line, _ in batch]
+        where = f" (input {unit.file.name}, lines {min(lines):,}-{max(lines):,})"
         raise ScorerError(line + where + (f"\n{frames}" if frames else "")) from None
     acc.flushed += len(docs)
     if hasher is not None:
