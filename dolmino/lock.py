@@ -331,7 +331,8 @@ def _check_lock_entries(path: str, lock: dict) -> None:
     is named here (a resource without "sha256" was a KeyError traceback; found by a tester)."""
     def need(entry, where: str, fields: dict) -> None:
         if not isinstance(entry, dict):
-            raise BuildError(f"{path}: malformed lock: {where} is not an object")
+            raise BuildError(f"{path}: malformed lock: {where} is not an object; lock the manifest again "
+                             "(`dolmino lock MANIFEST`)")
         for name, kind in fields.items():
             if not isinstance(entry.get(name), kind) or isinstance(entry.get(name), bool):
                 raise BuildError(f"{path}: malformed lock: {where} has no {name!r} ({kind.__name__}); lock the "

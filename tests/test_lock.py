@@ -334,7 +334,7 @@ def test_a_hand_edited_lock_missing_a_field_is_named(project, capsys):
 
 @pytest.mark.parametrize("spoil, error", [
     (lambda path: path.write_text(json.dumps({**json.loads(path.read_text()), "manifest": "locked-pool"})),
-     "malformed lock: manifest is not an object"),
+     "malformed lock: manifest is not an object; lock the manifest again (`dolmino lock MANIFEST`)"),
     (lambda path: path.write_bytes(b"\xff\xfe{}"), "not UTF-8 text"),
     (lambda path: (path.unlink(), path.mkdir()), "is a directory, not a lock file"),
 ])
