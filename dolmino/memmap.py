@@ -26,6 +26,18 @@ from dolmino.storage import open_temporary
 
 TOKEN_DTYPE = np.dtype("<u4")
 SIDECAR_FIELDS = ("start", "end", "id", "src", "loc")
+# Inside the temporary directory `.DEST.pull-XXXX` of a `dolmino release pull` into DEST until every file is
+# verified: "host pid pid-namespace" of the pull writing it, so a later pull can tell a download whose process
+# is gone (kill -9, a reboot) from a running one. trainer/data.py repeats the name (a test keeps them equal).
+PULL_OWNER = ".pull-owner"
+
+
+def unfinished_pull(directory) -> str | None:
+    """DEST of the unfinished `dolmino release pull` whose temporary directory `directory` is, or None."""
+    if not os.path.isfile(os.path.join(directory, PULL_OWNER)):
+        return None
+    head, name = os.path.split(os.path.normpath(directory))
+    return os.path.join(head, name[1:].rsplit(".pull-", 1)[0])
 
 
 def part_name(index: int) -> str:

@@ -81,7 +81,7 @@ from typing import Callable, NamedTuple
 
 from dolmino import s3
 from dolmino.storage import file_above
-from dolmino.memmap import unlisted_data, unlisted_parts
+from dolmino.memmap import PULL_OWNER, unlisted_data, unlisted_parts
 
 RELEASE_FILE = "RELEASE.json"
 RELEASE_FORMAT = "dolmino-release/2"
@@ -1136,9 +1136,6 @@ def _check_local(path: str, entry: dict) -> None:
         raise ReleaseIntegrityError(f"{entry['path']}: SHA-256 {digest} does not match RELEASE.json ({entry['sha256']})")
 
 
-# Inside a pull's temporary directory: "host pid pid-namespace" of the pull writing it, so a
-# later pull can tell a download whose process is gone (kill -9, a reboot) from a running one.
-PULL_OWNER = ".pull-owner"
 
 
 def _pid_namespace() -> str:

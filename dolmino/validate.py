@@ -313,9 +313,6 @@ def _token_files(build_dir: Path) -> list[Path]:
 # files (*.npy) found", not incomplete (found by a tester; on s3:// it was said to be incomplete).
 BUILD_MARKERS = ("_owner.json", "_plan.json", "_parts")
 COMPLETION_MARKER = "report.json"
-# What `dolmino release pull` keeps in its temporary directory `.NAME.pull-XXXX` until every file is
-# verified (dolmino.release.PULL_OWNER; trainer/data.py repeats it too).
-PULL_OWNER = ".pull-owner"
 
 
 def _read_report(build_dir: Path) -> tuple[dict | None, str | None]:
@@ -459,10 +456,11 @@ def validate_build(build_dir: str | Path, *, vocab_size: int | None = None, eos_
         # "not a directory" for a path with nothing there sent the user looking for a file (a tester)
         result.errors.append(f"{build_dir}: {'a file, not a directory' if build_dir.exists() else 'no such directory'}")
         return result
-    if (build_dir / PULL_OWNER).is_file():
+    from dolmino.memmap import PULL_OWNER, unfinished_pull
+
+    if (dest := unfinished_pull(build_dir)) is not None:
         # It was called an incomplete build, "rerun the same build command to finish it", with one error per
         # file the killed pull had not fetched yet, while the trainer named the pull (found by a tester)
-        dest = build_dir.parent / build_dir.name[1:].rsplit(".pull-", 1)[0]
         result.errors.append(f"{build_dir}: the temporary directory of an unfinished `dolmino release pull` into "
                              f"{dest} (it holds {PULL_OWNER}; the pull was killed or is still running, and its files "
                              "are not all verified): rerun that pull to finish it, then validate that directory")
