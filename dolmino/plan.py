@@ -165,6 +165,7 @@ def list_source_inputs(manifest: Manifest) -> tuple[dict[str, SourceInputs], str
         note = (f"inputs: {'not reachable' if failure else 'no files match'} for {which} under {root}"
                 + (f" ({failure})" if failure else " (the build refuses these)") + "; files and bytes not shown "
                 "there (--data-root points at your copy)")
+    refused += [f"inputs: {w}" for w in listing.all_warnings()]
     warnings = refused + ([f"inputs: {skipped} file(s) in source directories are not documents by name and are "
                            "skipped"] if skipped else [])
     return found, note, warnings

@@ -25,7 +25,7 @@ import glob
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
 
 from dolmino.documents import DOCUMENT_STEMS
@@ -297,6 +297,7 @@ def _list_s3(pattern: str, fmt: str, skipped: list[str]
 class Listing:
     files: list[list[InputFile]]  # per source, in manifest order
     skipped: list[str]  # files in source directories that are not documents by name
+    warnings: list[str] = field(default_factory=list)  # what the listing saw that the build may be missing
 
     @property
     def total_bytes(self) -> int:
@@ -354,6 +355,7 @@ class SourceFiles:
     files: list[InputFile]
     problems: list[str]  # each names the source; the build refuses a listing with any
     failure: str | None = None  # the listing itself failed (`list_sources`' `failure_message`)
+    warnings: list[str] = field(default_factory=list)  # each names the source; the build goes on
 
     @property
     def unmatched(self) -> bool:
@@ -374,6 +376,9 @@ class SourcesListing:
 
     def all_problems(self) -> list[str]:
         return [p for s in self.sources for p in s.problems] + self.problems
+
+    def all_warnings(self) -> list[str]:
+        return [w for s in self.sources for w in s.warnings]
 
 
 NO_MATCH = "no input files match"
@@ -411,10 +416,50 @@ def unfinished_synth(uris) -> list[str]:
     return found
 
 
+# The Stack Exchange dump is one .7z archive per site (stackoverflow.com's split by table:
+# stackoverflow.com-Posts.7z, -Users.7z, ...), which the build cannot read: each site's
+# Posts.xml is extracted first. A site left unextracted matched no pattern and was simply not in
+# the build, unsaid.
+_SE_ARCHIVE = re.compile(r"(?i)(.+?)(-(posts|users|votes|comments|badges|posthistory|postlinks|tags))?\.7z$")
+
+
+def _glob_base(location: str) -> str:
+    """The directory a pattern starts in: above its first glob character, or the path itself."""
+    cut = min((location.find(ch) for ch in "*?[" if ch in location), default=-1)
+    if cut >= 0:
+        return location[:cut].rsplit("/", 1)[0] if "/" in location[:cut] else "."
+    if location.startswith("s3://") or not os.path.isdir(location):
+        return location.rsplit("/", 1)[0] if "/" in location else "."
+    return location.rstrip("/") or "/"
+
+
+def unextracted_archives(location: str, matched: list[str]) -> list[str]:
+    """The dump's per-site .7z archives below `location`'s directory whose site no matched
+    Posts.xml belongs to (`filters.stackexchange.site_of`), sorted."""
+    from filters.stackexchange import site_of
+
+    base = _glob_base(location)
+    if base in ("/", ".") or base.rstrip("/").count("/") < 3 and base.startswith("s3://"):
+        return []  # not a dump's directory: a walk of a whole file system or bucket
+    if base.startswith("s3://"):
+        from dolmino.s3 import list_objects
+
+        archives = [obj.uri for obj in list_objects(f"{base}/**/*.7z")]
+    else:
+        archives = glob.glob(os.path.join(glob.escape(base), "**", "*.7z"), recursive=True)
+    sites = {site_of(uri) for uri in matched}
+    left = []
+    for uri in archives:
+        m = _SE_ARCHIVE.match(uri.rsplit("/", 1)[-1])
+        if m and (m.group(3) is None or m.group(3).lower() == "posts") and m.group(1) not in sites:
+            left.append(uri)
+    return sorted(left)
+
+
 def _list_source(manifest: Manifest, source, skipped: list[str]) -> tuple[SourceFiles, dict[str, tuple]]:
     """One source's files and problems, and its files by spelling key (`shared_inputs`)."""
     found = _Spellings()
-    problems = []
+    problems, warnings = [], []
     for pattern in source.paths:
         location = manifest.resolve(pattern)
         if location.startswith("s3://") and not _is_utf8(location):  # no S3 key holds it; botocore raised
@@ -436,6 +481,13 @@ def _list_source(manifest: Manifest, source, skipped: list[str]) -> tuple[Source
             problems.append(f"source {source.name!r}: {NO_MATCH} {location!r}")
         for uri, size, version, key in matched:
             found.keep(key, uri, (size, version))
+        if source.format == "stackexchange" and (archives := unextracted_archives(location, [m[0] for m in matched])):
+            more = f" and {len(archives) - 1} more" if len(archives) > 1 else ""
+            warnings.append(f"source {source.name!r}: {len(archives)} Stack Exchange .7z archive(s) below "
+                            f"{shown_path(_glob_base(location))!r} have no extracted Posts.xml among the files "
+                            f"{shown_path(location)!r} matches ({shown_path(archives[0])}{more}): their sites are "
+                            "not in this build; extract each site's Posts.xml as <site>/Posts.xml (README 'Real "
+                            "data'), unless left out on purpose")
     # One pass over the files: the name of each, and the rules below that look at it one file at a time.
     prefix = _root_prefix(manifest.data_root)
     listed, paths, names, dotted, undecodable, long = [], [], [], [], [], []
@@ -480,7 +532,7 @@ def _list_source(manifest: Manifest, source, skipped: list[str]) -> tuple[Source
         problems.append(f"source {source.name!r}: {shown_path(unfinished[0])}{more} holds `dolmino synth` parts "
                         f"without its {SYNTH_REPORT} (a run interrupted, or with partitions unanswered); rerun the "
                         "synth command to finish it")
-    return SourceFiles(source.name, sorted(listed, key=attrgetter("name")), problems), found.kept
+    return SourceFiles(source.name, sorted(listed, key=attrgetter("name")), problems, warnings=warnings), found.kept
 
 
 def list_sources(manifest: Manifest, failure_message=None) -> SourcesListing:
@@ -533,7 +585,7 @@ def list_inputs(manifest: Manifest) -> Listing:
                 "see README 'Real data')")
         # ";" ends each problem: the command line prints an error on one line.
         raise BuildError("input listing failed:\n  " + ";\n  ".join(problems) + hint)
-    return Listing([s.files for s in listing.sources], listing.skipped)
+    return Listing([s.files for s in listing.sources], listing.skipped, listing.all_warnings())
 
 
 def plan_units(listing: Listing, split_bytes: int = DEFAULT_SPLIT_BYTES) -> list[Unit]:
