@@ -676,7 +676,7 @@ def index_coverage(index_path: str, exclude_tasks: Iterable[str] = (), exclude_s
     `other_tasks` the indexed tasks outside the paper's list. Reads only the index's
     metadata; works for indexes built by any version (older ones lack notes).
     """
-    from dolmino.evalsets import PAPER_EVAL_SETS, RELEASED_SPLITS, coverage_note
+    from dolmino.evalsets import PAPER_EVAL_SETS, RELEASED_SPLITS, coverage_note, source_versions
 
     meta = read_index_meta(index_path)
     exclude_tasks, exclude_splits = list(exclude_tasks or ()), list(exclude_splits or ())
@@ -697,6 +697,9 @@ def index_coverage(index_path: str, exclude_tasks: Iterable[str] = (), exclude_s
     out = {"index": str(index_path), "ngram_size": meta.get("ngram_size"), "format_version": meta["format_version"],
            "sources": meta.get("eval_sources", {}), "exclude_tasks": exclude_tasks, "exclude_splits": exclude_splits,
            "sets": [], "complete": [], "partial": [], "missing": [], "excluded": [], "other_tasks": {}}
+    current = source_versions()
+    out["stale_sources"] = {p: [v, current[p]] for p, v in sorted(out["sources"].items())
+                            if current.get(p) not in (None, v)}
     for task, name in PAPER_EVAL_SETS.items():
         counts = instances.get(task, {})
         kept = {sp: n for sp, n in counts.items() if (task, sp) not in excluded_sets}
@@ -726,6 +729,19 @@ def index_coverage(index_path: str, exclude_tasks: Iterable[str] = (), exclude_s
 class UnknownExclusionWarning(UserWarning):
     """An exclude_tasks / exclude_splits entry that names nothing in the index (a typo, usually).
     A build's driver reports it once, in its warnings; its executors stay quiet about it."""
+
+
+def stale_sources_note(coverage: dict) -> str | None:
+    """What `index_coverage`'s `stale_sources` says, in one line, or None: an index built from
+    other releases of the packaged eval sets than this code reads (a bump of the pins in
+    `dolmino.assets`) checks the sets of those, which may differ; it was used unsaid."""
+    stale = coverage.get("stale_sources")
+    if not stale:
+        return None
+    built = ", ".join(f"{p} {old}" for p, (old, _) in stale.items())
+    now = ", ".join(f"{p} {new}" for p, (_, new) in stale.items())
+    return (f"decontamination index {coverage['index']} was built from {built}, where this dolmino reads {now}: "
+            "its eval sets may differ from today's; rebuild it (python -m filters.decontamination build)")
 
 
 def _unknown_exclusions(sets: list[tuple[str, str]], exclude_tasks: list[str], exclude_splits: list[str]) -> list[str]:
@@ -1138,6 +1154,8 @@ def _cmd_coverage(args) -> int:
     if cov.get("unknown_exclusions"):  # the text output was silent about a misspelt exclusion (a tester)
         print(f"warning: {', '.join(cov['unknown_exclusions'])} names no eval set of the index nor a released "
               "split of one; nothing is excluded for it", file=sys.stderr)
+    if note := stale_sources_note(cov):
+        print(f"warning: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps(cov, indent=2))
         return 0

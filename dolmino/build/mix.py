@@ -181,6 +181,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
         shown = ", ".join(map(shown_path, listing.skipped[:5])) + (", ..." if len(listing.skipped) > 5 else "")
         state.warnings.append(f"skipped {len(listing.skipped)} file(s) in source directories that are not documents "
                               f"by name: {shown}")
+    state.warnings += listing.warnings
     units = plan_units(listing, options.split_bytes)
     state.warnings += empty_compressed_warnings([s.name for s in manifest.sources], units)
     bundles = plan_bundles(units)
@@ -339,6 +340,8 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     output.remove_stale(options.out, keep)
     _copy_quarantine(store, tagged, units, unit_pools, options.out)
 
+    from filters.decontamination import stale_sources_note
+
     from dolmino.lock import place_lock
     from dolmino.report import build_report, write_report
 
@@ -347,6 +350,8 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
         state.warnings += [f"source {manifest.sources[si].name!r} {c['filter']}: {', '.join(c['unknown_exclusions'])} "
                            "names no eval set of the index nor a released split of one; nothing is excluded for it"
                            for c in coverage if c.get("unknown_exclusions")]
+        state.warnings += [f"source {manifest.sources[si].name!r} {c['filter']}: {note}"
+                           for c in coverage if (note := stale_sources_note(c))]
     budget = options.budget if manifest.kind != "pool" else sum(s.target_tokens for s in selections)
     report = build_report(manifest, budget, sources, selections, tok_stats, parts, tagged,
                           state, elapsed_s=time.time() - started, cluster=cluster_info(sc),
