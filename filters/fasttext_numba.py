@@ -400,9 +400,10 @@ def check_fasttext_head(path: str, head: bytes | None) -> None:
                             "not fastText's magic number")
 
 
-def read_fasttext_labels(fh, path: str, chunk: int = 1 << 20) -> list[str]:
+def read_fasttext_labels(fh, path: str, chunk: int = 1 << 20, size: int | None = None) -> list[str]:
     """The labels of the fastText model that `fh` reads from its start, reading no further than
-    its dictionary (which comes before the matrices in .bin and .ftz alike).
+    its dictionary (which comes before the matrices in .bin and .ftz alike); with `size` (the
+    file's bytes), also that the file holds the matrices its headers announce (`_check_matrices`).
 
     Why: a build's driver checks a manifest's label against the model before any task, and
     DCLM's model is GBs of matrices behind a dictionary of some MB, perhaps on S3."""
@@ -422,8 +423,65 @@ def read_fasttext_labels(fh, path: str, chunk: int = 1 << 20) -> list[str]:
         if not more:
             raise ResourceError(f"fastText model {path!r} is truncated: it ends inside its dictionary")
         buf += more
+    if size is not None:
+        _check_matrices(fh, path, bytes(buf[:92]), end, size)
     return [bytes(_bytes[offsets[i]:offsets[i + 1]]).decode("utf-8", "replace")
             for i in range(n_entries) if kinds[i] == 1]
+
+
+# A product quantizer's centroids: 256 per sub-quantizer, dim floats in all (fastText's ksub).
+_PQ_CENTROIDS = 256
+
+
+def _check_matrices(fh, path: str, head: bytes, dictionary_end: int, size: int) -> None:
+    """ResourceError unless the `size`-byte file holds both matrices that its headers announce.
+
+    Why: fastText's binding does not check. A quantized .ftz cut short loaded, and scored every
+    document with an empty or partly garbage output matrix (each label's probability 0, or off),
+    so a filter removed a whole source for a bad copy; a .bin cut short failed only inside an
+    executor. Walked from the small headers alone (seeks; a few range reads on S3), as fastText
+    saves a model: its dictionary (entries, then a pruned dictionary's index of int32 pairs),
+    then per matrix a `quantized` bool and either int64 rows, int64 cols and float32 data, or
+    (quantmatrix.cc) bool qnorm, int64 m, int64 n, int32 codesize, the codes, a product
+    quantizer (int32 dim, nsubq, dsub, lastdsub, then dim x 256 float32 centroids) and, with
+    qnorm, m norm codes and the norms' quantizer."""
+    prune_size = struct.unpack("<q", head[84:92])[0]
+    pos = dictionary_end + max(prune_size, 0) * 8
+
+    def take(n: int, what: str) -> bytes:
+        fh.seek(pos)
+        data = fh.read(n)
+        if len(data) < n:
+            raise ResourceError(f"fastText model {path!r} is truncated: it ends inside its {what} matrix "
+                                f"({size:,} bytes)")
+        return data
+
+    def skip_quantizer(what: str) -> int:
+        pq_dim = struct.unpack("<i", take(16, what)[:4])[0]
+        if pq_dim < 0:
+            raise ResourceError(f"fastText model {path!r} has a damaged {what} matrix header")
+        return 16 + pq_dim * _PQ_CENTROIDS * 4
+
+    for what in ("input", "output"):
+        quantized = take(1, what)[0]
+        pos += 1
+        if not quantized:
+            rows, cols = struct.unpack("<qq", take(16, what))
+            if rows < 0 or cols < 0:
+                raise ResourceError(f"fastText model {path!r} has a damaged {what} matrix header")
+            pos += 16 + rows * cols * 4
+        else:
+            qnorm, m, _n, codesize = struct.unpack("<?qqi", take(21, what))
+            if m < 0 or codesize < 0:
+                raise ResourceError(f"fastText model {path!r} has a damaged {what} matrix header")
+            pos += 21 + codesize
+            pos += skip_quantizer(what)
+            if qnorm:
+                pos += m
+                pos += skip_quantizer(what)
+        if pos > size:
+            raise ResourceError(f"fastText model {path!r} is truncated: it ends inside its {what} matrix "
+                                f"({size:,} bytes where its headers announce {pos:,} or more)")
 
 
 def load_fasttext_numba(path: str, projected: bool | None = None) -> FastTextNumba | None:

@@ -95,12 +95,14 @@ def dictionary_labels(path: str) -> list[str]:
     from filters.fasttext_numba import read_fasttext_labels
 
     if is_s3(path):
+        from dolmino.s3 import object_size
+
         with open_uri(path, "rb") as fh:
-            return read_fasttext_labels(fh, path)
+            return read_fasttext_labels(fh, path, size=object_size(path))
 
     def read(local):
         with open(local, "rb") as fh:
-            return read_fasttext_labels(fh, local)
+            return read_fasttext_labels(fh, local, size=os.fstat(fh.fileno()).st_size)
 
     return _cached("labels", path, read)
 
@@ -109,11 +111,13 @@ def _load_fasttext(path: str):
     """The binding's model. The binding never returns on a .bin cut short after its header
     (fasttext 0.9 waits for bytes that never come), so the file is first walked as the numba
     reader walks it (memory-mapped, no matrix read), which names a truncation as such; a model
-    that reader does not parse (quantized, hierarchical softmax, subwords) goes to the binding
-    unchecked."""
-    from filters.fasttext_numba import load_fasttext_numba
+    that reader does not parse (quantized, hierarchical softmax, subwords) has its headers walked
+    (`read_fasttext_labels` with its size): a .ftz cut short loaded and scored 0 or garbage."""
+    from filters.fasttext_numba import load_fasttext_numba, read_fasttext_labels
 
-    load_fasttext_numba(path, projected=False)
+    if load_fasttext_numba(path, projected=False) is None:  # the walk above stopped before the matrices
+        with open(path, "rb") as fh:
+            read_fasttext_labels(fh, path, size=os.fstat(fh.fileno()).st_size)
     import fasttext
 
     fasttext.FastText.eprint = lambda *args, **kwargs: None  # silence the load-model warning

@@ -241,6 +241,27 @@ def test_a_denied_model_on_s3_names_its_filter_and_object(spark, tmp_path, capsy
             "denied; check the credentials") in errors[0]
 
 
+def test_a_model_cut_short_is_refused_on_the_driver_naming_its_filter(spark_with_s3, tmp_path, capsys, hq_lq_model):
+    """A .bin cut inside its matrices failed in the first tag task, after the Spark jobs began, as
+    "in an executor: ResourceError: <the node's path>: input matrix ... does not match", naming no
+    filter (an s3:// model: the executor's cache path). The driver walks the headers against the
+    file's size, local or s3:// (range reads), before any task."""
+    import boto3
+
+    data = hq_lq_model.read_bytes()
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes(data[:len(data) - 100])
+    boto3.client("s3").create_bucket(Bucket="cut-models")
+    boto3.client("s3").put_object(Bucket="cut-models", Key="q.bin", Body=data[:len(data) - 100])
+    for model in (str(cut), "s3://cut-models/q.bin"):
+        spec = {"type": "fasttext_quality", "model_path": model, "label": "__label__hq", "threshold": 0.1}
+        code, err, errors = _build_with_filters(tmp_path, [spec], capsys)
+        assert code == 2 and len(errors) == 1, err
+        assert (f"error: source 'web' filters[0]: fastText model '{model}' is truncated: it ends inside its input "
+                f"matrix ({len(data) - 100:,} bytes where its headers announce") in errors[0], err
+        assert "executor" not in err and not any((tmp_path / "attributes").rglob("*.parquet"))
+
+
 def test_a_killed_python_worker_is_one_line_saying_to_rerun(spark):
     """Found by a tester: a Python worker killed mid-build (kill -9, the OOM killer) ended the
     build with Spark's Java stack, a traceback and "unexpected Py4JJavaError", exit 1."""

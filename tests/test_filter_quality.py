@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -180,6 +181,27 @@ def test_a_file_that_is_not_a_model_is_a_resource_error(model_paths, tmp_path, e
         with pytest.raises(ResourceError, match=why) as info:
             FastTextQualityFilter(str(path), "__label__pos", engine=engine).reject_reason({"text": "x"})
         assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("where", ["output", "input"])
+def test_a_quantized_model_cut_short_is_a_resource_error(model_paths, tmp_path, where):
+    """fastText's binding loaded a .ftz cut short and scored every document with what was left
+    (each label's probability 0 where the input matrix was cut, slightly off where the output
+    matrix was): a filter removed a whole source for a bad copy, unsaid. The headers are walked
+    first: on a build's driver with the manifest's label (`check_model`), and before the binding."""
+    from filters.fasttext_numba import read_fasttext_labels
+
+    model = open(model_paths["ftz"], "rb").read()
+    with open(model_paths["ftz"], "rb") as fh:
+        assert sorted(read_fasttext_labels(fh, model_paths["ftz"], size=len(model))) == ["__label__neg",
+                                                                                        "__label__pos"]
+    cut = tmp_path / "cut.ftz"
+    cut.write_bytes(model[:len(model) - 40] if where == "output" else model[:len(model) // 2])
+    said = f"is truncated: it ends inside its {where} matrix ({cut.stat().st_size:,} bytes where its headers announce"
+    with pytest.raises(ResourceError, match=re.escape(said)):
+        FastTextQualityFilter(str(cut), "__label__pos").check_model()
+    with pytest.raises(ResourceError, match=re.escape(said)):
+        FastTextQualityFilter(str(cut), "__label__pos", engine="fasttext").reject_reason({"text": "x"})
 
 
 def test_unknown_label_is_an_error(corpus, model_paths):
