@@ -218,6 +218,55 @@ def test_gsm8k_file_input_is_validated(tmp_path):
         assert d["metadata"]["final_answer"] == str(a + b) and d["metadata"]["gsm8k_split"] == "file"
 
 
+def test_gsm8k_test_questions_in_a_train_file_are_quarantined(tmp_path, gsm8k_items):
+    """grade-school-math keeps test.jsonl beside train.jsonl: a glob over both (or the test file
+    given as --gsm8k-jsonl) made test items "train" documents of gsm8k_train, and gsm8k_numbers /
+    mind rewrote them, whose new numbers escape decontamination (found by a tester)."""
+    import json
+
+    from dolmino.synth.gsm8k_train import Gsm8kTrainGenerator
+    from dolmino.synth.llm import MindGenerator
+
+    janet, second = gsm8k_items[0], gsm8k_items[1]
+    train = {"question": "Ann has 4 cats and 3 dogs. How many pets?", "answer": "4+3=<<4+3=7>>7\n#### 7"}
+    # another copy's spelling: straight apostrophe, other spacing and case (the hub's and GitHub's differ)
+    respelled = {"question": "  " + janet["question"].replace("’", "'").upper() + " ", "answer": janet["answer"]}
+    (tmp_path / "train.jsonl").write_text(json.dumps(train) + "\n")
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in
+                                                 (respelled, {k: second[k] for k in ("question", "answer")})))
+    glob = str(tmp_path / "*.jsonl")
+    for gen in (Gsm8kTrainGenerator(glob), Gsm8kNumberGenerator(num_docs=3, data_path=glob)):
+        records = list(gen.generate(0, 1, seed=1))
+        # the files in sorted order: test.jsonl, then train.jsonl
+        assert [r.get("quarantined") for r in records] == ["gsm8k_test_item", "gsm8k_test_item", None], gen.name
+        assert [r["line"] for r in records[:2]] == [1, 2] and "test* item 0" in records[0]["detail"]
+        assert "Ann has" in records[2]["text"]
+    mind = MindGenerator("http://127.0.0.1:9/v1", "m", num_docs=3, gsm8k_path=glob)
+    assert [bad and bad["quarantined"] for _, _, bad in mind.contexts(0, 3, seed=1)] == [
+        "gsm8k_test_item", "gsm8k_test_item", None]
+
+
+def test_a_run_that_quarantined_test_questions_says_so(tmp_path, gsm8k_items, spark):
+    """The command line exited 0 in silence: the quarantined test questions were counted in the
+    report JSON only. A run over the files of a partition written before they were quarantined
+    (its done-file's config) is not taken as this run's."""
+    import json
+
+    from dolmino.synth.__main__ import report_warnings
+    from dolmino.synth.gsm8k_train import Gsm8kTrainGenerator
+    from dolmino.synth.runner import run
+
+    (tmp_path / "test.jsonl").write_text(json.dumps({k: gsm8k_items[0][k] for k in ("question", "answer")}) + "\n")
+    (tmp_path / "train.jsonl").write_text(json.dumps({"question": "Ann has 4 cats.", "answer": "#### 4"}) + "\n")
+    report = run(Gsm8kTrainGenerator(str(tmp_path / "*.jsonl")), str(tmp_path / "out"), 1, 0, spark)
+    assert (report["kept"], report["quarantined"]) == (1, {"gsm8k_test_item": 1})
+    assert report_warnings(report) == ["1 input row(s) are GSM8K *test* questions and were quarantined, not used "
+                                       "(quarantine/ holds each): give --gsm8k-jsonl the train split only"]
+    assert report["config"]["test_items"] == "gsm8k_test_item"
+    assert report_warnings({"quarantined": {}, "rejected": {"truncated": 2}}) == [
+        "2 answer(s) were cut off at max_tokens and rejected (rejected/ holds each): raise --max-tokens"]
+
+
 # ---------------------------------------------------------------------------- prompts
 
 

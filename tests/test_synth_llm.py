@@ -31,9 +31,9 @@ PERSONAS = [
 ]
 
 
-def _ok(content):
+def _ok(content, finish_reason="stop"):
     return {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant",
-            "content": content}, "finish_reason": "stop"}]}
+            "content": content}, "finish_reason": finish_reason}]}
 
 
 def default_reply(prompt: str) -> str:
@@ -103,6 +103,9 @@ def server():
                 self._send(200, json.dumps({"id": "x", "object": "chat.completion"}).encode())
             elif kind == "empty":
                 self._send(200, json.dumps(_ok("   ")).encode())
+            elif kind == "length":  # the plausible answer, cut off where max_tokens ran out
+                cut = default_reply(body["messages"][0]["content"])[:-12]
+                self._send(200, json.dumps(_ok(cut, finish_reason="length")).encode())
             elif kind == "slow":
                 time.sleep(action[1])
                 try:
@@ -297,6 +300,33 @@ def test_tulu_math_generator_accounts_for_every_item(server, tmp_path):
         assert d["metadata"]["persona"] in PERSONAS
     assert stats[0]["request_stats"]["failed"] == 1 and stats[0]["request_stats"]["http_5xx"] == 2
     assert "sk" not in json.dumps(gen.config()) and "personas_sha256" in gen.config()
+
+
+def test_an_answer_cut_off_at_max_tokens_is_rejected_not_kept(server, tmp_path):
+    """finish_reason "length": a MIND conversation or a TuluMath problem stopped mid-sentence
+    was kept as a document (its turns and "Math problem:" prefix all there; found by a tester)."""
+    from dolmino.synth.owm_math import OwmLabelGenerator
+
+    mind = MindGenerator(server.url, "test-model", num_docs=2, backoff_base=0.001, demo_gsm8k_test=True)
+    server.queue.append(("length",))
+    with pytest.warns(UserWarning, match="test"):
+        records = list(mind.generate(0, 1, seed=2))
+    assert [r.get("rejected") for r in records[:2]] == ["truncated", None]
+    assert "max_tokens 2048" in records[0]["detail"] and records[2]["request_stats"]["truncated"] == 1
+    tulu = _tulu(server, tmp_path, 2)
+    server.queue.extend([("ok",), ("ok",), ("length",)])    # item 1's problem is cut off
+    records = [r for r in tulu.generate(0, 1, seed=1) if not is_request_stats(r)]
+    assert [r.get("rejected") for r in records] == [None, "truncated"] and records[1]["detail"].startswith("problem")
+    assert len(server.requests) == 2 + 3                    # mind's 2, then 2 + 1: not asked again, nor solved
+    # a label is read from the answer, not kept: one cut off after its word is still that label
+    docs = tmp_path / "owm.jsonl"
+    docs.write_text('{"id": "d", "text": "Let x = 2."}\n')
+    label = OwmLabelGenerator(server.url, "test-model", str(docs))
+    server.queue.append(("length",))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(globals(), "default_reply", lambda prompt: "MATH" + " " * 12)
+        records = [r for r in label.generate(0, 1, seed=1) if not is_request_stats(r)]
+    assert records[0]["metadata"]["math_label"] == "math"
 
 
 def test_mind_generator_and_inputs(server, tmp_path):

@@ -98,6 +98,12 @@ def test_annotation_runs_the_program_and_labels_every_line():
         assert annotate("q", _fn("x = 1", "return y"), sandbox).detail.startswith("NameError")
         assert annotate("q", _fn("x = (1, 2)", "return x"), sandbox).reason == "non_numeric_result"
         assert annotate("q", _fn("x = 1e308 * 10", "return x"), sandbox).reason == "non_numeric_result"  # inf
+        # a builtin's name is a name to the static check: assigned, it is no value of arithmetic (found by a tester)
+        shadowed = annotate("q", _fn("total = max", "x = 2", "return x"), sandbox)
+        assert (shadowed.reason, shadowed.detail) == ("runtime_error", "TypeError: line 2 assigns a "
+                                                                       "builtin_function_or_method, not a number")
+        pair = annotate("q", _fn("q, r = divmod(7, 2)", "return q"), sandbox)   # tuples of numbers stay values
+        assert pair.text.endswith("q, r = divmod(7, 2)  # = (3, 1)\n    return q  # = 3")
         assert sandbox.counts["child_starts"] == 1   # one long-lived child served all of them
 
 

@@ -235,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         # "no answer" read wrong where the endpoint answered with empty or malformed bodies (a tester)
         print(f"{prog}: warning: {failed:,} of {report['attempted']:,} item(s) got no usable answer from the "
               "endpoint (none, or an empty, malformed or error one; rejected/ holds each)", file=sys.stderr)
+    for line in report_warnings(report):
+        print(f"{prog}: warning: {line}", file=sys.stderr)
     if report["partitions_with_failed_requests"]:
         listed = ", ".join(map(str, report["partitions_with_failed_requests"]))
         print(f"{prog}: warning: partition(s) {listed} are kept with those items rejected (their answered items "
@@ -253,6 +255,19 @@ def main(argv: list[str] | None = None) -> int:
               f"and the run is not finished (no synth-report.json); {cause}", file=sys.stderr)
         return 1
     return 0
+
+
+def report_warnings(report: dict) -> list[str]:
+    """What a finished run's report counts that its user must act on: these were in the report
+    JSON only, and the command exited 0 in silence (a tester)."""
+    lines = []
+    if leaked := report["quarantined"].get("gsm8k_test_item", 0):
+        lines.append(f"{leaked:,} input row(s) are GSM8K *test* questions and were quarantined, not used "
+                     "(quarantine/ holds each): give --gsm8k-jsonl the train split only")
+    if cut := report["rejected"].get("truncated", 0):
+        lines.append(f"{cut:,} answer(s) were cut off at max_tokens and rejected (rejected/ holds each): raise "
+                     "--max-tokens")
+    return lines
 
 
 def _has_user_info(text: str) -> bool:

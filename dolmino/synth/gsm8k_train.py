@@ -8,7 +8,8 @@ Item i is row i of `--gsm8k-jsonl` (HF hub layout: `question`, `answer` with its
 "socratic" configurations: pass both files in one run, as a glob such as `--gsm8k-jsonl 'gsm8k/*.jsonl'`
 or one concatenated file; two runs of one seed give their documents the same ids). There is no
 default input; `--demo-gsm8k-test` reads the packaged *test* split instead, for demos only,
-with a warning. Rows without string `question` and `answer` are quarantined.
+with a warning. Rows without string `question` and `answer` are quarantined, and so are rows
+whose question is a GSM8K *test* question (`gsm8k_test_item`: a test file among the inputs).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from __future__ import annotations
 from typing import Iterator
 
 from dolmino.synth.base import DEFAULT_ADDED, make_doc, partition_range, quarantine
-from dolmino.synth.gsm8k_numbers import GSM8K_FIELDS, NO_GSM8K_TRAIN, has_gsm8k_fields, load_items, warn_test_split
+from dolmino.synth.gsm8k_numbers import (GSM8K_FIELDS, GSM8K_TEST_ITEM, NO_GSM8K_TRAIN, has_gsm8k_fields, load_items,
+                                          gsm8k_test_item_problem, warn_test_split)
 from dolmino.synth.inputs import InputFiles
 
 
@@ -54,8 +56,10 @@ class Gsm8kTrainGenerator:
 
     def config(self) -> dict:
         source = self.inputs.fingerprint() if self.inputs is not None else "packaged-gsm8k-test"
+        # "test_items": parts written before test questions were quarantined may hold them, and
+        # are not taken for this configuration's (a rerun skips finished partitions by this hash).
         return {"input": source, "num_docs": self.num_docs, "demo_test_split": self.demo_test_split,
-                "added": self.added}
+                "added": self.added, "test_items": GSM8K_TEST_ITEM}
 
     def _rows(self, start: int, stop: int) -> Iterator[tuple[int, dict | None, dict]]:
         """(index, row or None, where) for items start .. stop-1."""
@@ -82,6 +86,10 @@ class Gsm8kTrainGenerator:
                                  GSM8K_FIELDS)
                 continue
             question, answer = row["question"], row["answer"]
+            if split == "train" and (leak := gsm8k_test_item_problem(question)) is not None:
+                yield quarantine(self.name, seed, index, GSM8K_TEST_ITEM, where["path"], where["line"], leak,
+                                 where["raw"])
+                continue
             meta = {"gsm8k_id": str(row.get("id", index)), "gsm8k_split": split}
             yield make_doc(self.name, seed, index, f"Question: {question.strip()}\nAnswer: {answer.strip()}",
                            "gsm8k_train" if split == "train" else "gsm8k_test_demo", meta, self.added)

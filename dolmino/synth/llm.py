@@ -1,11 +1,12 @@
 """LLM-written math sources: TuluMath (persona problems + solutions) and MIND rewrites.
 
 Both send prompts from `dolmino.synth.prompts` to any OpenAI-compatible endpoint through
-`ChatClient`. A failed request or a response in the wrong format rejects that one item
-(`request_failed`, `bad_format`, ...) and the partition carries on; the client's counters
-(requests, retries, 429s, timeouts, bad responses) are yielded once per partition and end
-up in the run report. LLM output is not reproducible across calls, which is why the runner
-caches finished partitions: a resumed job never re-asks for what it already has.
+`ChatClient`. A failed request, a response cut off at max_tokens or one in the wrong format
+rejects that one item (`request_failed`, `truncated`, `bad_format`, ...) and the partition
+carries on; the client's counters (requests, retries, 429s, timeouts, bad responses) are
+yielded once per partition and end up in the run report. LLM output is not reproducible
+across calls, which is why the runner caches finished partitions: a resumed job never
+re-asks for what it already has.
 
 The API key is read from the environment variable named by `api_key_env` inside the
 executor, so it never enters the config hash, the done-files or the pickled closure.
@@ -127,13 +128,22 @@ class _LlmGenerator:
         return client.complete([{"role": "user", "content": prompt}], temperature=self.temperature,
                                max_tokens=self.max_tokens, seed=seed * 1_000_003 + index)
 
+    def truncated(self, seed: int, index: int, stage: str, content: str) -> dict:
+        """The rejection of an answer cut off at max_tokens: kept, a MIND conversation or a
+        TuluMath problem ended mid-sentence in the training data (found by a tester)."""
+        return rejection(self.name, seed, index, "truncated", f"{stage}: cut off at max_tokens {self.max_tokens} "
+                         f"(raise --max-tokens): ...{content[-300:]}")
+
     def ask_parsed(self, client: ChatClient, prompt: str, parse, seed: int, index: int, stage: str,
-                   excerpt=lambda text: text[:300]):
-        """(parsed answer, None), or (None, rejection record) for a failed request or an answer
-        `parse` refuses (None); `excerpt` picks what of a refused answer the record keeps."""
+                   excerpt=lambda text: text[:300], whole: bool = True):
+        """(parsed answer, None), or (None, rejection record) for a failed request, an answer
+        cut off at max_tokens (where `whole`: the answer is the text kept) or one `parse`
+        refuses (None); `excerpt` picks what of a refused answer the record keeps."""
         result = self.ask(client, prompt, seed, index)
         if result.content is None:
             return None, rejection(self.name, seed, index, "request_failed", f"{stage}: {result.error}")
+        if whole and result.truncated:
+            return None, self.truncated(seed, index, stage, result.content)
         parsed = parse(result.content)
         if parsed is None:
             return None, rejection(self.name, seed, index, "bad_format", f"{stage}: {excerpt(result.content)}")
@@ -310,6 +320,9 @@ class MindGenerator(_LlmGenerator):
             result = self.ask(client, prompts.mind_prompt(text, style), seed, index)
             if result.content is None:
                 yield rejection(self.name, seed, index, "request_failed", str(result.error))
+                continue
+            if result.truncated:
+                yield self.truncated(seed, index, "rewrite", result.content)
                 continue
             conversation = result.content.strip()
             if prompts.count_turns(conversation) < self.min_turns:

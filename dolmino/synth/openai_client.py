@@ -11,7 +11,8 @@ behaviour we need is narrow and must be exact:
 * 429 / 503 with `Retry-After` (seconds or an HTTP date) wait at least that long;
 * a client-side rate limit (requests per second) so that many partitions do not stampede;
 * malformed JSON, a missing `choices` list and empty content count as bad responses (and
-  are retried, since a server hiccup is the usual cause);
+  are retried, since a server hiccup is the usual cause); an answer cut off at `max_tokens`
+  (`finish_reason` "length") is returned marked `truncated` and counted, for the caller to judge;
 * nothing is raised for a failed item: `complete()` returns a `ChatResult` whose `error`
   names the last failure, and every event is counted in `counts`.
 """
@@ -51,6 +52,7 @@ class ChatResult:
     content: str | None
     error: str | None = None
     attempts: int = 0
+    truncated: bool = False  # the answer stopped at max_tokens (finish_reason "length"), not where the model ended it
 
 
 def chat_url(endpoint: str) -> str:
@@ -310,22 +312,23 @@ class ChatClient:
         return (text.replace(key, "***") if key else text)[:MAX_ERROR_BODY]
 
     @staticmethod
-    def parse(data: bytes) -> tuple[str | None, str | None]:
-        """(content, None) or (None, bad-response reason) for a 200 body."""
+    def parse(data: bytes) -> tuple[str | None, str | None, bool]:
+        """(content, None, truncated) or (None, bad-response reason, False) for a 200 body;
+        `truncated`: the choice's finish_reason is "length" (cut off at max_tokens)."""
         try:
             payload = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            return None, "bad_json"
+            return None, "bad_json", False
         if not isinstance(payload, dict):
-            return None, "bad_json"
+            return None, "bad_json", False
         choices = payload.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            return None, "missing_choices"
+            return None, "missing_choices", False
         message = choices[0].get("message")
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, str) or not content.strip():
-            return None, "empty_content"
-        return content, None
+            return None, "empty_content", False
+        return content, None, choices[0].get("finish_reason") == "length"
 
     def complete(self, messages: list[dict], **params) -> ChatResult:
         if not self.reached and self.unreached >= DOWN_AFTER:
@@ -363,10 +366,12 @@ class ChatClient:
                     self.reached = True
                     self.counts["responses"] += 1
                 if status == 200:
-                    content, bad = self.parse(data)
+                    content, bad, truncated = self.parse(data)
                     if content is not None:
                         self.counts["ok"] += 1
-                        return ChatResult(content, None, attempt + 1)
+                        if truncated:
+                            self.counts["truncated"] += 1
+                        return ChatResult(content, None, attempt + 1, truncated)
                     error = bad
                 else:
                     error = "http_429" if status == 429 else f"http_{status // 100}xx"

@@ -81,7 +81,8 @@ class OwmLabelGenerator(_LlmGenerator):
                                  "needs a non-empty string 'text'")
                 continue
             label, refused = self.ask_parsed(client, prompts.math_label_prompt(text, self.max_chars),
-                                             prompts.parse_math_label, seed, row.index, "label")
+                                             prompts.parse_math_label, seed, row.index, "label",
+                                             whole=False)  # a label is read from the answer, not kept
             if refused is not None:
                 yield refused
                 continue

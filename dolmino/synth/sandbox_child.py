@@ -86,6 +86,13 @@ def is_number(value) -> bool:
             and (not isinstance(value, float) or math.isfinite(value)))
 
 
+def is_numeric_value(value) -> bool:
+    """A number, or a tuple / list of numbers (divmod's pair, `a, b = 1, 2`)."""
+    if isinstance(value, (tuple, list)):
+        return all(is_numeric_value(v) for v in value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def target_value(target, namespace):
     if isinstance(target, ast.Name):
         return namespace[target.id]
@@ -111,7 +118,12 @@ def run_program(code: str) -> dict:
             stmt = ast.fix_missing_locations(ast.copy_location(ast.Assign([stmt.target], stmt.value), stmt))
         exec(compile(ast.Module([stmt], type_ignores=[]), "<program>", "exec"), namespace)
         target = stmt.targets[-1] if isinstance(stmt, ast.Assign) else stmt.target
-        values.append(render(target_value(target, namespace)))
+        value = target_value(target, namespace)
+        if not is_numeric_value(value):
+            # `total = max` passes the static check (a name), and the document showed
+            # `total = max  # = <built-in function max>` (found by a tester)
+            raise TypeError(f"line {stmt.lineno} assigns a {type(value).__name__}, not a number")
+        values.append(render(value))
     return {"ok": True, "values": values, "result": render(result), "numeric": is_number(result)}
 
 

@@ -27,7 +27,8 @@ or tuples of names as targets), then one `return` (reason `not_assignment_only` 
 no loops, branches, imports, nested functions, comprehensions, attribute access or
 subscripts, no names starting with `__`, and calls only to abs / round / min / max / int /
 float / sum / pow / divmod; annotations, `-> int` too, follow the rules of values);
-(3) it runs in the sandbox (`dolmino.synth.sandbox`) without error (`runtime_error`),
+(3) it runs in the sandbox (`dolmino.synth.sandbox`) without error (`runtime_error`; so is
+a statement whose value is not a number or numbers, `total = max`),
 within its CPU and wall-clock limits (`timeout`) and memory cap (`resource_limit`); and
 (4) it returns a finite number (`non_numeric_result`). The kept document is the question and
 the program re-printed statement by statement, each line ending in `# = <its value>`:
