@@ -448,6 +448,16 @@ def test_cli_rejects_negative_read_ahead(tmp_path, capsys):
     assert "--read-ahead must be 0 or more" in capsys.readouterr().err
 
 
+def test_cli_rejects_a_progress_interval_that_is_not_seconds_before_spark(tmp_path, capsys, monkeypatch):
+    """It failed the build with a ValueError traceback after Spark had started (found by a tester)."""
+    monkeypatch.setenv("DOLMINO_PROGRESS_S", "30s")
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(_manifest(tmp_path)))
+    assert build_main(["--manifest", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "DOLMINO_PROGRESS_S='30s': expected the seconds between" in err and "Traceback" not in err
+
+
 def test_report_filter_chain_accounts_for_every_document(built):
     _, report = built
     for s in report["sources"]:

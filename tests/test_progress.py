@@ -343,6 +343,35 @@ def test_a_running_stage_line_gives_no_task_total_that_will_move(spark):
         assert bare.line().startswith("[untotalled] 4/4 tasks known so far, 0 running"), bare.line()
 
 
+def test_a_line_interval_of_zero_prints_only_each_stages_last_line(spark, monkeypatch):
+    """DOLMINO_PROGRESS_S=0 made the line thread wait for nothing: it printed the line in a loop, 4,287 lines
+    for a one-document build (found by a tester). 0 is no periodic line; the stage's last line stays."""
+    from dolmino.build.progress import Stage
+
+    monkeypatch.setenv("DOLMINO_PROGRESS", "0")
+    monkeypatch.setenv("DOLMINO_PROGRESS_S", "0")
+    sc = spark.sparkContext
+    out = io.StringIO()
+    with Stage(sc, "tag", total_units=4, stream=out):
+        assert sc.parallelize(range(4), 2).map(lambda x: x + 1).sum() == 10
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[tag] 2/2 tasks · "), lines[:3]
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "nan"])
+def test_a_line_interval_that_is_not_seconds_is_one_error(spark, monkeypatch, value):
+    """A DOLMINO_PROGRESS_S that is not a number failed the build with a ValueError traceback once Spark had
+    started; a negative one printed lines in a loop (found by a tester)."""
+    from dolmino.build.progress import Stage
+    from dolmino.errors import BuildError
+
+    monkeypatch.setenv("DOLMINO_PROGRESS", "0")
+    monkeypatch.setenv("DOLMINO_PROGRESS_S", value)
+    with pytest.raises(BuildError, match=f"DOLMINO_PROGRESS_S='{value}': expected the seconds between"):
+        Stage(spark.sparkContext, "tag", stream=io.StringIO())
+    Stage(spark.sparkContext, "tag", stream=io.StringIO(), quiet=True)  # --quiet prints no line: not read
+
+
 def test_a_stage_that_knows_its_documents_shows_them_and_an_eta(spark):
     """The tokenize and cut stages had no total: their lines said `ETA -` from start to end
     (found by a tester). They give their documents, which the line counts and times."""

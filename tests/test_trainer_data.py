@@ -342,6 +342,20 @@ def test_an_unfinished_release_pull_is_named_as_one(tmp_path):
         discover_token_files(tmp_path)
 
 
+def test_token_files_named_one_by_one_from_an_incomplete_build_are_refused(tmp_path):
+    """`--data out/part-00000.npy` of a killed build was trained on unsaid, where `--data out` is refused: its parts
+    may be another plan's that the rerun has not replaced yet (found by a tester)."""
+    killed = tmp_path / "out"
+    write_part(killed, "part-00000", np.arange(64))
+    (killed / "_plan.json").write_text("{}")
+    with pytest.raises(DataError, match=f"^{re.escape(str(killed))} is an incomplete dolmino build"):
+        discover_token_files(killed / "part-00000.npy")
+    (killed / "report.json").write_text("{}")  # finished: the user's pick of its files is theirs
+    assert discover_token_files(killed / "part-00000.npy") == [killed / "part-00000.npy"]
+    write_part(tmp_path / "other", "tokens", np.arange(64))  # memmaps of another tool: no build markers
+    assert discover_token_files(tmp_path / "other" / "tokens.npy") == [tmp_path / "other" / "tokens.npy"]
+
+
 def test_rank_striding_partitions_each_global_batch(tmp_path):
     ds = make_loader_data(tmp_path)
     single = collect(DataLoader(ds, 8, seed=5, prefetch=False), 6)

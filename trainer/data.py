@@ -176,8 +176,8 @@ def unreported_build_note(paths: Iterable[str | Path] | DataLayout) -> str | Non
 def discover_token_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     """Token files under a directory (recursively, sorted), a single file, or a list of either.
 
-    A directory that is an unfinished dolmino build is refused (`check_complete_build`), given
-    or found below a given one."""
+    A directory that is an unfinished dolmino build is refused (`check_complete_build`), given,
+    found below a given one, or holding a file given."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     return [f for _, f, _ in _discover(paths)]
@@ -199,6 +199,9 @@ def _discover(paths: Iterable[str | Path]) -> list[tuple[Path | None, Path, int]
         elif p.is_file():
             if not _is_token_file(p):
                 raise DataError(f"{p} is not a token file (expected *.npy, not *{LABEL_MASK_SUFFIX})")
+            # Named one by one, a killed build's parts were trained on unsaid, though they may be another plan's
+            # that a rerun has not replaced yet (found by a tester): refused as their directory is.
+            check_complete_build(p.parent)
             found.append((None, p))
         else:
             raise DataError(f"data path {p} does not exist")

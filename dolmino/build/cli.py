@@ -153,6 +153,7 @@ def prepare(args: argparse.Namespace, phase: str):
     """(manifest, BuildOptions) from the command line; raises ManifestError/BuildError."""
     from dolmino.build.inputs import list_inputs
     from dolmino.build.mix import BuildOptions, default_attributes_root
+    from dolmino.build.progress import line_interval
     from dolmino.lock import manifest_note, require_lock
     from dolmino.manifest import check_parts, load_manifest, parse_count
 
@@ -180,6 +181,8 @@ def prepare(args: argparse.Namespace, phase: str):
     task_bytes, split_bytes = _size(args.task_size, "--task-size"), _size(args.split_size, "--split-size")
     if args.read_ahead < 0:
         raise BuildError(f"--read-ahead must be 0 or more, got {args.read_ahead}")
+    if not args.quiet:
+        line_interval()  # a DOLMINO_PROGRESS_S that is not a number of seconds, said before Spark starts
     lock = require_lock(manifest, args.lockfile) if args.locked else None  # BuildError naming every drifted file
     if lock is not None and (note := manifest_note(manifest, lock)):
         print(f"{args.prog}: warning: {note}", file=sys.stderr)

@@ -6,7 +6,7 @@ bytes, tokens read / tokenized / written, CPU seconds) and from Spark's status t
 terminal the line is rewritten in place every second (under spark-submit too, whose JVM
 copies the driver's output to its terminal; `DOLMINO_PROGRESS=1` / `0` decide outright);
 otherwise (CI, a log file) one line is printed every
-`DOLMINO_PROGRESS_S` seconds (default 30) and at the end of each stage.
+`DOLMINO_PROGRESS_S` seconds (default 30; 0: none) and at the end of each stage.
 
 The stage record (wall time, CPU seconds of the Python work in tasks, tokens read back as ids,
 tokenized and written, Spark's executor run time and shuffle/spill bytes for the stage's jobs)
@@ -21,15 +21,18 @@ display and the CPU figure, never the accounting (which comes from collected rec
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import sys
 import threading
 import time
 
 from dolmino.build.spark import settled_jobs
+from dolmino.errors import BuildError
 from dolmino.manifest import format_count
 from dolmino.progress import enabled as progress_enabled
 
+INTERVAL_VAR = "DOLMINO_PROGRESS_S"
 TOKENS = ("tokens_read", "tokens_tokenized", "tokens_written")
 COUNTERS = ("units", "bytes", "docs", *TOKENS, "cpu_s", "fetched_ahead")
 _STAGE_RUNS = itertools.count(1)
@@ -55,6 +58,24 @@ class Counters:
 
     def values(self) -> dict[str, float]:
         return {name: acc.value for name, acc in self._acc.items()}
+
+
+def line_interval() -> float | None:
+    """Seconds between a stage's lines off a terminal, from DOLMINO_PROGRESS_S (default 30); None for 0: each
+    stage's last line only. 0 or a negative number made the line thread wait for nothing, so it printed the
+    line in a loop (4,287 lines for a one-document build), and a value that is not a number failed the build
+    with a traceback once Spark had started (found by a tester): the CLI checks it before Spark starts."""
+    text = os.environ.get(INTERVAL_VAR, "").strip()
+    if not text:
+        return 30.0
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise BuildError(f"{INTERVAL_VAR}={text!r}: expected the seconds between a build stage's progress lines "
+                         "off a terminal, a number of 0 or more (0: only each stage's last line)")
+    return seconds or None
 
 
 def _eta(done: float, total: float, elapsed: float) -> str:
@@ -84,7 +105,8 @@ class Stage:
         self.quiet = quiet
         # a terminal, also behind spark-submit's JVM; DOLMINO_PROGRESS=1/0 decides outright
         self.tty = progress_enabled(self.stream)
-        self.interval = 1.0 if self.tty else float(os.environ.get("DOLMINO_PROGRESS_S", "30"))
+        # seconds between live lines; None: no line until the stage's last
+        self.interval = None if quiet else 1.0 if self.tty else line_interval()
         self.record: dict = {}
         self._stop = threading.Event()
         self._thread = None
@@ -93,7 +115,7 @@ class Stage:
     def __enter__(self) -> "Stage":
         self.started = time.time()
         self.sc.setJobGroup(self.group, f"dolmino {self.name}", interruptOnCancel=True)
-        if not self.quiet:
+        if self.interval is not None:
             self._thread = threading.Thread(target=self._run, name=f"progress-{self.name}", daemon=True)
             self._thread.start()
         return self
@@ -176,6 +198,7 @@ class Stage:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if not self.quiet:
             if exc_type is None:
                 # The tracker takes in a job's end after collect() returns: read at once, a skipped
                 # stage still looked pending and the final line stopped at e.g. "1/5 tasks".
