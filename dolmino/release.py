@@ -425,11 +425,45 @@ def check_digest(rel: str, digest: str, listed: dict[str, str]) -> None:
                                     "nothing was released")
 
 
+def report_count_errors(report: object) -> list[str]:
+    """Where report.json's counts disagree with one another: each part's size and tokens (4 bytes a
+    token), output.tokens and output.docs against the sum of its parts', and against the sum of its
+    sources' output_tokens / output_docs. Publish checks the files against the part records only: a
+    report.json whose output.tokens was edited was released, and the trainer (which plans from it)
+    and `dolmino validate` refused the pulled copy (found by a tester)."""
+    output = report.get("output") if isinstance(report, dict) else None
+    if not isinstance(output, dict):
+        return []
+    errors = []
+    parts = output.get("parts")
+    parts = [p for p in parts if isinstance(p, dict)] if isinstance(parts, list) else []
+    for part in parts:
+        if _is_count(part.get("size")) and _is_count(part.get("tokens")) and part["size"] != 4 * part["tokens"]:
+            errors.append(f"output.parts' {part.get('name')} is {part['size']:,} bytes but {part['tokens']:,} tokens "
+                          "(4 bytes each)")
+    sources = report.get("sources")
+    sources = [s for s in sources if isinstance(s, dict)] if isinstance(sources, list) else []
+    for key, per_source in (("tokens", "output_tokens"), ("docs", "output_docs")):
+        total = output.get(key)
+        if not _is_count(total):
+            continue
+        for what, records, field in ((f"its parts' {key}", parts, key),
+                                     (f"its sources' {per_source}", sources, per_source)):
+            if records and all(_is_count(r.get(field)) for r in records):
+                if (summed := sum(r[field] for r in records)) != total:
+                    errors.append(f"output.{key} is {total:,}, but {what} sum to {summed:,}")
+    return errors
+
+
 def _summary(where: str, manifest, report) -> dict:
     """What RELEASE.json repeats of a build's manifest.json and report.json. The name and seed are
     report.json's (what was built); a manifest.json stating others is not the build's, and its
     name and seed were released unchecked (a tester)."""
     output = report.get("output", {}) if isinstance(report, dict) else {}
+    if counts := report_count_errors(report):
+        more = f" (and {len(counts) - 1} more)" if counts[1:] else ""
+        raise ReleaseIntegrityError(f"{where}/report.json: {counts[0]}{more}: the report changed after the build "
+                                    "finished (`dolmino validate` says how); nothing was released")
     summary = {k: manifest.get(k) for k in ("name", "version", "seed", "budget")} if isinstance(manifest, dict) else {}
     for key, built in (("name", "manifest"), ("seed", "seed")):
         if not isinstance(report, dict) or report.get(built) is None:

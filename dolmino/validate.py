@@ -17,6 +17,7 @@ every part `<stem>.npy` under BUILD_DIR (docs/DESIGN.md "Memmaps"):
   a warning with the count (the released OLMo 2 data has such documents); `--strict` makes
   it an error;
 - the optional `<stem>.label_mask.npy` has one 0/1 byte per token;
+- report.json's token and document counts match the parts, and each source's the sidecars' `src` rows;
 - no sidecar or label mask is left without its token file.
 
 The token scan runs in C++ (csrc) when built, else numpy; `--backend` forces one. The EOS
@@ -34,6 +35,7 @@ import gzip
 import json
 import os
 import sys
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +62,8 @@ class PartResult:
     max_id: int = -1
     eos: int = 0
     eos_inside_docs: int = 0  # rows whose span holds EOS before its last token
+    unreadable: set[str] = field(default_factory=set)  # its files said to be unreadable (their checksums are not)
+    by_source: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # sidecar `src`: tokens, docs, 1st row
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -133,26 +137,33 @@ def _open_tokens(part: PartResult) -> np.ndarray | None:
         return None
     if size == 0:
         return np.zeros(0, dtype=TOKEN_DTYPE)
-    with open(part.path, "rb") as fh:
-        if fh.read(len(NPY_MAGIC)) == NPY_MAGIC:
-            part.error("has a .npy header; token files must be raw little-endian uint32 (ndarray.tofile)")
-            return None
-    return np.memmap(part.path, dtype=TOKEN_DTYPE, mode="r")
+    try:
+        with open(part.path, "rb") as fh:
+            if fh.read(len(NPY_MAGIC)) == NPY_MAGIC:
+                part.error("has a .npy header; token files must be raw little-endian uint32 (ndarray.tofile)")
+                return None
+        return np.memmap(part.path, dtype=TOKEN_DTYPE, mode="r")
+    except OSError as exc:  # a copy without read permission was a traceback (found by a tester)
+        part.unreadable.add(part.path.name)
+        part.error(f"cannot be read ({exc.strerror or exc})")
+        return None
 
 
-def _read_sidecar(part: PartResult, sidecar: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """(starts, ends) as int64 arrays, or None after recording why the sidecar is unusable."""
+def _read_sidecar(part: PartResult, sidecar: Path) -> tuple[np.ndarray, np.ndarray, object] | None:
+    """(starts, ends) as int64 arrays and the `src` column (pyarrow), or None after recording why the
+    sidecar is unusable."""
     import pyarrow as pa
     from pyarrow import csv as pacsv
 
     try:
         with gzip.open(sidecar, "rb") as fh:
             data = fh.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: a deflate stream damaged inside, a traceback
+        part.unreadable.add(sidecar.name)
         part.error(f"sidecar {sidecar.name} is not a readable gzip file ({exc})")
         return None
     if not data.strip():
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), pa.chunked_array([], pa.string())
     try:
         table = pacsv.read_csv(
             pa.BufferReader(data),
@@ -171,7 +182,18 @@ def _read_sidecar(part: PartResult, sidecar: Path) -> tuple[np.ndarray, np.ndarr
             part.error(f"sidecar {sidecar.name} has {table.column(name).null_count} row(s) without a {name}")
             return None
     return (table.column("start").to_numpy().astype(np.int64, copy=False),
-            table.column("end").to_numpy().astype(np.int64, copy=False))
+            table.column("end").to_numpy().astype(np.int64, copy=False), table.column("src"))
+
+
+def _by_source(src, starts: np.ndarray, ends: np.ndarray) -> dict[str, tuple[int, int, int]]:
+    """source -> (tokens, documents, first row) of a sidecar whose rows tile its token file."""
+    encoded = src.combine_chunks().dictionary_encode()
+    index = encoded.indices.to_numpy(zero_copy_only=False)
+    tokens = np.bincount(index, weights=ends - starts, minlength=len(encoded.dictionary))
+    docs = np.bincount(index, minlength=len(encoded.dictionary))
+    first = np.unique(index, return_index=True)[1]  # every dictionary entry occurs: entry k's first row
+    return {str(name): (int(tokens[k]), int(docs[k]), int(first[k]))
+            for k, name in enumerate(encoded.dictionary.to_pylist())}
 
 
 def _rows(indices: np.ndarray) -> str:
@@ -260,6 +282,7 @@ def _check_mask(part: PartResult, mask_path: Path, n_tokens: int) -> None:
             size = mask_path.stat().st_size
             mask = np.memmap(mask_path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
     except (OSError, ValueError) as exc:
+        part.unreadable.add(mask_path.name)
         part.error(f"label mask {mask_path.name} cannot be read ({exc})")
         return
     if len(mask) != n_tokens:
@@ -289,9 +312,10 @@ def validate_part(path: Path, vocab_size: int, eos_id: int, backend: str = "auto
     else:
         rows = _read_sidecar(part, sidecar)
         if rows is not None:
-            starts, ends = rows
+            starts, ends, src = rows
             part.docs = len(starts)
             if _check_layout(part, sidecar.name, starts, ends, part.tokens):
+                part.by_source = _by_source(src, starts, ends)
                 bad = csrc.eos_mismatches(tokens, ends, eos_id, limit=MAX_LISTED + 1, backend=backend)
                 if len(bad):
                     k = int(bad[0])
@@ -402,6 +426,32 @@ def _count_errors(build_dir: Path, report: dict, parts: list[PartResult]) -> lis
             if isinstance(output.get(key), int) and output[key] != have:
                 errors.append(f"{path}: output.{key} is {output[key]:,}, its parts hold "
                               f"{have:,}")
+        errors += _source_errors(path, report, list(held.values()))
+    return errors
+
+
+def _source_errors(path: Path, report: dict, parts: list[PartResult]) -> list[str]:
+    """report.json's sources' output_tokens / output_docs against the sidecars' `src` column: a
+    source's count edited, or a sidecar row naming a source the build does not have, read as OK
+    (found by a tester): only the totals were compared, and a sidecar only by its SHA-256."""
+    sources = report.get("sources")
+    if not isinstance(sources, list) or not all(isinstance(s, dict) and isinstance(s.get("name"), str)
+                                                for s in sources):
+        return []
+    names = {s["name"] for s in sources}
+    errors = []
+    for part in parts:
+        for name, (_, docs, row) in sorted(part.by_source.items()):
+            if name not in names:
+                errors.append(f"{part.path.with_name(part.path.name[:-len('.npy')] + SIDECAR_SUFFIX)}: {docs:,} "
+                              f"row(s) name source {name!r} (first: row {row}), which {COMPLETION_MARKER} does not "
+                              "have")
+    for source in sources:
+        for key, index in (("output_tokens", 0), ("output_docs", 1)):
+            have = sum(p.by_source.get(source["name"], (0, 0, 0))[index] for p in parts)
+            if _is_count(source.get(key)) and source[key] != have:
+                errors.append(f"{path}: source {source['name']!r} {key} is {source[key]:,}, the sidecars' rows of "
+                              f"it hold {have:,}")
     return errors
 
 
@@ -428,15 +478,25 @@ class _Hashing:
                 self.digests[name] = future = self.pool.submit(sha256_file, str(self.build_dir / name))
                 self.behind.append(future)
         while len(self.behind) > self.window:
-            self.behind.pop(0).result()
+            self.behind.pop(0).exception()  # waits; a file that cannot be read is said by `errors`
 
-    def errors(self) -> list[str]:
-        """Compares every certified file (those no part named are hashed now)."""
+    def errors(self, said: set[str]) -> list[str]:
+        """Compares every certified file (those no part named are hashed now); `said`: names the part
+        checks already called unreadable, each said once."""
         self.start(self.certified)
         self.pool.shutdown(wait=True)
-        return [f"{self.build_dir / name}: SHA-256 {digest[:16]}... but {COMPLETION_MARKER} certifies "
-                f"{str(self.certified[name])[:16]}...: the file changed after the build finished"
-                for name, future in sorted(self.digests.items()) if (digest := future.result()) != self.certified[name]]
+        errors = []
+        for name, future in sorted(self.digests.items()):
+            try:
+                digest = future.result()
+            except OSError as exc:  # no read permission: a traceback from the hashing thread (found by a tester)
+                if name not in said:
+                    errors.append(f"{self.build_dir / name}: cannot be read ({exc.strerror or exc})")
+                continue
+            if digest != self.certified[name]:
+                errors.append(f"{self.build_dir / name}: SHA-256 {digest[:16]}... but {COMPLETION_MARKER} certifies "
+                              f"{str(self.certified[name])[:16]}...: the file changed after the build finished")
+        return errors
 
 
 def validate_build(build_dir: str | Path, *, vocab_size: int | None = None, eos_id: int | None = None,
@@ -504,7 +564,8 @@ def validate_build(build_dir: str | Path, *, vocab_size: int | None = None, eos_
             if path.parent == build_dir:
                 hashing.start([path.name, stem + SIDECAR_SUFFIX, stem + MASK_SUFFIX])
             result.parts.append(validate_part(path, vocab, eos, backend, strict))
-        checksum_errors = hashing.errors()
+        checksum_errors = hashing.errors({name for p in result.parts if p.path.parent == build_dir
+                                          for name in p.unreadable})
     finally:
         hashing.pool.shutdown(wait=True, cancel_futures=True)
     result.errors[at:at] = checksum_errors

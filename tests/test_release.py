@@ -1167,6 +1167,43 @@ def test_publish_refuses_a_name_prefix_holding_objects_no_publish_wrote(small_bu
     assert {k for k, _ in s3.iter_keys(bucket, "builds/A/")} == {f"builds/A/{rel}" for rel in files}
 
 
+@pytest.mark.parametrize("edit, words", [
+    (lambda r: r["output"].update(tokens=r["output"]["tokens"] + 1),
+     "output.tokens is 1,001, but its parts' tokens sum to 1,000 (and 1 more)"),
+    (lambda r: r["output"].update(docs=2), "output.docs is 2, but its parts' docs sum to 1 (and 1 more)"),
+    (lambda r: r["sources"][0].update(output_tokens=900), "output.tokens is 1,000, but its sources' output_tokens sum "
+                                                          "to 1,100"),
+    (lambda r: r["output"]["parts"][0].update(size=4004), "output.parts' part-00000.npy is 4,004 bytes but 1,000 "
+                                                          "tokens (4 bytes each)"),
+])
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_report_whose_counts_do_not_add_up_is_not_released(small_builds, root, tmp_path, edit, words, where):
+    """Found by a tester: a report.json whose output.tokens (or docs, or a source's output_tokens) was
+    edited after the build was released, the files being what it certifies; the trainer plans from
+    output.tokens and refused the pulled copy, and `dolmino validate` called it INVALID."""
+    build = _certified_copy(small_builds[0], tmp_path / "build")
+    report = json.loads((build / "report.json").read_text())
+    report["output"]["parts"] = [{"name": "part-00000.npy", "size": 4000, "tokens": 1000, "docs": 1}]
+    report["sources"] = [{"name": "web", "output_tokens": 800, "output_docs": 1},
+                         {"name": "wiki", "output_tokens": 200, "output_docs": 0}]
+    (build / "report.json").write_text(json.dumps(report) + "\n")
+    bucket, prefix = release.split_root(root)
+    source = str(build) if where == "local" else f"s3://{bucket}/builds/ok"
+    if where == "s3":
+        _upload_as_build(build, source)
+    assert release.publish(source, root, "ok")["output"]["tokens"] == 1000
+    edit(report)
+    (build / "report.json").write_text(json.dumps(report) + "\n")
+    source = str(build) if where == "local" else f"s3://{bucket}/builds/edited"
+    if where == "s3":
+        _upload_as_build(build, source)
+    with pytest.raises(release.ReleaseIntegrityError) as info:
+        release.publish(source, root, "edited")
+    assert str(info.value) == (f"{source}/report.json: {words}: the report changed after the build finished "
+                               "(`dolmino validate` says how); nothing was released")
+    assert not [k for k, _ in s3.iter_keys(bucket, prefix) if "/edited/" in k]
+
+
 @pytest.mark.parametrize("damaged", ["part-00000.npy", "part-00000.label_mask.npy"])
 def test_a_truncated_file_is_refused_before_the_first_upload(small_builds, root, tmp_path, damaged):
     """Found by a tester: a damaged part was found by its digest only after every file before it

@@ -190,11 +190,51 @@ def test_sidecar_gap_overlap_and_coverage(build, capsys, backend):
     (b"not gzip at all", "not a readable gzip file"),
     (gzip.compress(b"0,10,a,b\n"), "is not `start,end,id,src,loc` CSV"),
     (gzip.compress(b"zero,10,a,b,c\n"), "is not `start,end,id,src,loc` CSV"),
+    # its deflate stream damaged inside (bit rot in a copy): zlib.error, a traceback (found by a tester)
+    (gzip.compress(b"0,10,a,b,c\n", mtime=0)[:10] + b"\xff" * 20,
+     "not a readable gzip file (Error -3 while decompressing data: invalid block type)"),
 ])
 def test_malformed_sidecar(build, capsys, garbage, message):
     (build / "part-00001.csv.gz").write_bytes(garbage)
     code, out = _run(build, capsys, "auto")
     assert code == 1 and "part-00001.csv.gz" in out and message in out
+    assert "Traceback" not in out
+
+
+def _without_read_override() -> list[str]:
+    """A command prefix under which a file of mode 000 cannot be read: none for a user, root's
+    CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH dropped (setpriv) for root."""
+    import os
+
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("root without setpriv cannot be denied a read")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+
+
+@pytest.mark.parametrize("name", ["part-00000.npy", "part-00000.csv.gz", "part-00000.label_mask.npy"])
+@pytest.mark.parametrize("checksums", [[], ["--no-checksums"]])
+def test_a_file_without_read_permission_is_one_line(build, name, checksums):
+    """A build copied with its files' modes lost (mode 000 for one part): validate ended in a
+    PermissionError traceback from its hashing thread, or from the token check with --no-checksums
+    (found by a tester). One line naming the file, exit 1."""
+    import hashlib
+    import subprocess
+    import sys
+
+    listed = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in build.glob("part-*")}
+    (build / "report.json").write_text(json.dumps({"output": {"tokens": sum(
+        p.stat().st_size // 4 for p in build.glob("part-*[0-9].npy")), "files_sha256": listed}}))
+    assert not validate_build(build).all_errors()
+    (build / name).chmod(0)
+    done = subprocess.run([*_without_read_override(), sys.executable, "-m", "dolmino.validate", str(build), *checksums],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[-1] == f"{build}: INVALID: 1 problem(s) in 1 of 2 part(s)", lines
+    assert len(lines) == 2 and lines[0].startswith(f"{build}/part-00000") and name in lines[0], lines
+    assert "Permission denied" in lines[0], lines
 
 
 def test_missing_sidecar_and_orphans(build, capsys):
@@ -512,6 +552,36 @@ def test_a_report_whose_counts_disagree_with_its_parts_is_refused(tmp_path):
         (out / "report.json").write_text(json.dumps(report))
         assert validate_build(out).all_errors()[-1] == (f"{out / 'report.json'}: output.parts is not a list of part "
                                                         "records with names (a damaged report)")
+
+
+def test_a_source_count_or_a_sidecar_src_that_disagrees_with_the_report_is_refused(build):
+    """report.json's per-source output_tokens edited, or a sidecar row's `src` changed (checked with
+    --no-checksums, as after a pull), read as OK: only the totals were compared (found by a tester).
+    The report's sources are what its Mix % and `dolmino report` show."""
+    rows = [r for p in sorted(build.glob("part-*.csv.gz")) for r in _sidecar_rows(p)]
+    sources = [{"name": name, "output_tokens": sum(int(r[1]) - int(r[0]) for r in rows if r[3] == name),
+                "output_docs": sum(r[3] == name for r in rows)} for name in ("wiki", "code", "math")]
+    report = {"output": {"tokens": sum(s["output_tokens"] for s in sources), "docs": len(rows)}, "sources": sources}
+    (build / "report.json").write_text(json.dumps(report))
+    assert sources[0]["output_docs"] == 40 and sources[2]["output_docs"] == 0
+    assert not validate_build(build).all_errors()
+    sources[1]["output_tokens"] += 100
+    (build / "report.json").write_text(json.dumps(report))
+    have = sources[1]["output_tokens"] - 100
+    assert validate_build(build).all_errors() == [
+        f"{build / 'report.json'}: source 'code' output_tokens is {have + 100:,}, the sidecars' rows of it hold "
+        f"{have:,}"]
+    sources[1]["output_tokens"] -= 100
+    (build / "report.json").write_text(json.dumps(report))
+    sidecar = build / "part-00001.csv.gz"
+    damaged = _sidecar_rows(sidecar)
+    damaged[3][3] = "nosuchsource"
+    _rewrite_sidecar(sidecar, damaged)
+    errors = validate_build(build, checksums=False).all_errors()
+    assert errors[0] == (f"{sidecar}: 1 row(s) name source 'nosuchsource' (first: row 3), which report.json does not "
+                         "have"), errors
+    assert len(errors) == 3 and "source 'code' output_docs is 40, the sidecars' rows of it hold 39" in errors[2]
+    assert main([str(build), "--no-checksums"]) == 1
 
 
 def test_a_report_whose_file_list_is_not_a_mapping_is_one_error(tmp_path):
