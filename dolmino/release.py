@@ -589,7 +589,9 @@ class _S3Build:
             stored = head.get("Metadata", {}).get("sha256")
             if int(head["ContentLength"]) != committed["size"] or stored != committed["sha256"]:
                 raise ReleaseIntegrityError(
-                    f"{self.where}/{rel}: {head['ContentLength']} bytes with stored SHA-256 {stored}, but the build's "
+                    f"{self.where}/{rel}: {head['ContentLength']} bytes with "
+                    f"{f'stored SHA-256 {stored}' if stored else 'no stored SHA-256 (written since by another tool)'}"
+                    ", but the build's "
                     f"commit record says {committed['size']} bytes, {committed['sha256']}: the object changed after "
                     "the build checked it; nothing was released")
             cl.copy({"Bucket": self.bucket, "Key": self.prefix + rel}, bucket, key, Config=config,

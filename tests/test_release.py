@@ -467,6 +467,11 @@ def test_publish_from_s3_refuses_a_changed_part_or_an_unfinished_build(build_dir
     with pytest.raises(release.ReleaseIntegrityError, match="part-00000.npy: .* changed after the build checked it"):
         _publish(build_uri, root, "changed")
     assert release.list_releases(root) == ([], [])
+    # A plain PUT (another tool) leaves no digest: it read "with stored SHA-256 None" (a tester).
+    s3.client().put_object(Bucket=bucket, Key="builds/changed/part-00000.npy", Body=old)
+    with pytest.raises(release.ReleaseIntegrityError, match=r"part-00000.npy: \d+ bytes with no stored SHA-256 "
+                                                            r"\(written since by another tool\), but the build's"):
+        _publish(build_uri, root, "changed")
     assert list(s3.iter_keys(bucket, "mixes/olmo2/changed/")) == []  # its staged copies were removed
 
     with pytest.raises(release.ReleaseError, match="inside the build .* it would publish"):

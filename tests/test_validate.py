@@ -764,3 +764,19 @@ def test_an_unfinished_release_pull_is_named_as_one(build, capsys):
                    f"{build.parent / 'demo-v1'} (it holds .pull-owner; the pull was killed or is still running, and "
                    "its files are not all verified): rerun that pull to finish it, then validate that directory\n"
                    f"{pulling}: INVALID: 1 problem(s) with the build as a whole\n"), err
+
+
+def test_a_manifest_json_that_is_not_the_builds_is_refused(build):
+    """manifest.json with another seed (or name) than report.json records validated OK, where
+    `release publish` refuses it (found by a tester): it is not what was built."""
+    rows = [r for p in sorted(build.glob("part-*.csv.gz")) for r in _sidecar_rows(p)]
+    report = {"manifest": "mix", "seed": 7, "output": {"tokens": sum(int(r[1]) - int(r[0]) for r in rows),
+                                                       "docs": len(rows)}}
+    (build / "report.json").write_text(json.dumps(report))
+    manifest = {"name": "mix", "seed": 7, "tokenizer": {"vocab_size": 100278, "eos_token_id": EOS}}
+    (build / "manifest.json").write_text(json.dumps(manifest))
+    assert not validate_build(build).all_errors()
+    (build / "manifest.json").write_text(json.dumps({**manifest, "seed": 8}))
+    assert validate_build(build).all_errors() == [
+        f"{build / 'manifest.json'}: seed is 8, but report.json says the build's was 7: manifest.json is not the "
+        "build's (replaced since?); restore it or rebuild"]
