@@ -1203,6 +1203,34 @@ def test_an_anneal_resumes_without_repeating_init_from(data_dir, tmp_path, capsy
             in capsys.readouterr().err)
 
 
+def test_a_resume_keeps_recording_where_its_weights_started(data_dir, tmp_path, capsys):
+    """A resume given another --init-from than its checkpoint's (or one after a random start) never
+    reads those weights, yet its checkpoints recorded that --init-from as their start (found by a
+    tester): they keep the checkpoint's record, and a warning says so."""
+    from trainer.run import main
+
+    common = ["--data", str(data_dir), "--model", "tiny", "--seq-len", "32", "--batch-size", "2", "--device", "cpu",
+              "--lr", "1e-3", "--steps", "2"]
+    assert main([*common, "--save-dir", str(tmp_path / "a")]) == 0
+    assert main([*common, "--save-dir", str(tmp_path / "b"), "--save-interval", "1", "--seed", "7"]) == 0
+    assert main([*common, "--save-dir", str(tmp_path / "c"), "--save-interval", "1", "--init-from",
+                 str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+
+    def resumed(run: str, init: str) -> dict:
+        assert main([*common, "--save-dir", str(tmp_path / run), "--resume", str(tmp_path / run / "step000001"),
+                     "--init-from", str(tmp_path / init)]) == 0
+        return json.loads((tmp_path / run / "step000002" / "config.json").read_text())
+
+    assert resumed("c", "b")["init"]["path"] == str(tmp_path / "a" / "step000002")
+    assert (f"trainer.run: warning: --init-from {tmp_path / 'b' / 'step000002'} is not where step000001 started "
+            f"(--init-from {tmp_path / 'a' / 'step000002'})") in capsys.readouterr().err
+    assert "init" not in resumed("b", "a")  # started from random weights
+    assert "is not where step000001 started (a random initialisation)" in capsys.readouterr().err
+    assert resumed("c", "a")["init"]["path"] == str(tmp_path / "a" / "step000002")  # the same start: no warning
+    assert "warning: --init-from" not in capsys.readouterr().err
+
+
 def test_recipes_give_the_papers_settings_and_explicit_flags_win():
     import torch
 

@@ -271,6 +271,32 @@ def test_init_from_hf_with_a_preset_of_another_shape_fails_before_training(tmp_p
     assert not (tmp_path / "run").exists()
 
 
+def test_a_checkpoint_that_does_not_fit_the_named_model_says_what_to_do(tmp_path):
+    """--model tiny with a checkpoint of dolma2's 100,278 rows unpadded said "a checkpoint for another
+    tokenizer cannot be used", and neither that error nor a shape's said the fix: the model takes the
+    checkpoint's shape without --model; a 7B / 13B anneal recipe names its model (found by a tester)."""
+    config = transformers.Olmo2Config(vocab_size=1000, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False)
+    transformers.Olmo2ForCausalLM(config).save_pretrained(tmp_path / "unpadded")
+    info = inspect_checkpoint(tmp_path / "unpadded")
+    assert info.model.padded_vocab_size == 1000
+    with pytest.raises(CheckpointFormatError, match="vocabulary of 1,000 embedding rows, the model has 1,024; they "
+                                                    "differ only in how the vocabulary is padded") as exc:
+        check_compatible(info, ModelConfig(d_model=64, n_layers=2, n_heads=4, mlp_hidden=256, vocab_size=1000))
+    assert "another tokenizer" not in str(exc.value)
+    path, _ = hf_olmo2(tmp_path)
+    data = random_tokens(tmp_path / "data", 4 * 64)
+    common = ["--data", data, "--init-from", path, "--steps", 1, "--seq-len", 64, "--batch-size", 2, "--lr", "1e-4"]
+    proc = run_module("trainer.schedule", *common, "--model", "olmo2-30M")
+    assert proc.returncode == 2 and proc.stderr.rstrip().endswith(
+        "; leave out --model: the model then takes the checkpoint's shape"), proc.stderr
+    proc = run_module("trainer.schedule", *common, "--recipe", "olmo2-7b-anneal")
+    assert proc.returncode == 2 and proc.stderr.rstrip().endswith(
+        "; the olmo2-7b-anneal recipe anneals OLMo 2's olmo2-7b; --recipe microanneal anneals a checkpoint of any "
+        "shape"), proc.stderr
+    assert run_module("trainer.schedule", *common).returncode == 0
+
+
 def test_data_beyond_the_init_checkpoints_vocabulary_names_the_checkpoint(tmp_path):
     """Without --model the model takes the checkpoint's vocabulary; data tokenized with a larger one
     fails at the first batch, and the message used to blame only the token."""

@@ -514,3 +514,37 @@ def test_a_soup_missing_one_ingredient_still_says_its_tokenizer(tmp_path, capsys
     assert export_main([str(tmp_path / "ab"), str(tmp_path / "hf2")]) == 0
     err = capsys.readouterr().err
     assert "no tokenizer files written" in err and "cannot be read here" in err, err
+
+
+def run_checkpoint(path: Path, seed: int, step: int, steps: int, init: Path | None) -> None:
+    """A checkpoint as trainer.run saves one: at `step` of a `steps`-step run started from `init`."""
+    from trainer.config import TrainConfig
+
+    torch.manual_seed(seed)
+    model = OLMo2(CFG)
+    config = {"model": CFG.to_dict(), "train": TrainConfig(max_steps=steps).to_dict()}
+    if init is not None:
+        config["init"] = {"path": str(init), "format": "hf", "step": None, "step_source": None}
+    Checkpointer(path).save(step, model, torch.optim.AdamW(model.parameters()), {}, config, background=False)
+
+
+def test_soup_says_which_ingredients_are_not_finished_runs_of_one_start(tmp_path, capsys):
+    """The save dir of a run still going (its latest mid-schedule) and anneals of two base models were
+    averaged unsaid (found by a tester): a line names them; finished anneals of one start say nothing."""
+    run_checkpoint(tmp_path / "a", 1, 4, 4, tmp_path / "base")
+    run_checkpoint(tmp_path / "b", 2, 4, 4, tmp_path / "base")
+    run_checkpoint(tmp_path / "cut", 3, 2, 4, tmp_path / "base")
+    run_checkpoint(tmp_path / "other", 4, 4, 4, tmp_path / "base2")
+    run_checkpoint(tmp_path / "scratch", 5, 4, 4, None)
+    out = iter(range(10))
+
+    def notes(*runs: str) -> str:
+        assert soup_main([str(tmp_path / f"soup{next(out)}"), *(str(tmp_path / r) for r in runs), "--no-hf"]) == 0
+        return capsys.readouterr().err
+
+    assert "note" not in notes("a", "b")
+    assert (f"soup: note: {tmp_path / 'cut'} is at step 2 of its run's 4, before its learning rate reached the "
+            "schedule's end") in notes("a", "cut")
+    assert (f"soup: note: the ingredients started from different checkpoints ({tmp_path / 'a'} from "
+            f"{tmp_path / 'base'}; {tmp_path / 'other'} from {tmp_path / 'base2'})") in notes("a", "b", "other")
+    assert f"{tmp_path / 'scratch'} from a random initialisation" in notes("a", "scratch")

@@ -469,9 +469,21 @@ def make_plan(args: argparse.Namespace, tokens: int | None, tokens_source: str |
     parse_init_step(args.init_step)  # a malformed --init-step is an error even when unused
     model, label = resolve_model(args, init)
     if init is not None:
-        from trainer.weights import check_compatible
+        from trainer.weights import CheckpointFormatError, check_compatible
 
-        check_compatible(init, model)
+        try:
+            check_compatible(init, model)
+        except CheckpointFormatError as exc:
+            if not args.model or init.model is None:
+                raise
+            # said what did not fit, not what to do: the model takes the checkpoint's shape without --model,
+            # and the 7B / 13B anneal recipes name their model (found by a tester)
+            if "model" in getattr(args, "explicit", {"model"}):
+                fix = "leave out --model: the model then takes the checkpoint's shape"
+            else:
+                fix = (f"the {args.recipe} recipe anneals OLMo 2's {args.model}; --recipe microanneal anneals a "
+                       "checkpoint of any shape")
+            raise CheckpointFormatError(f"{exc}; {fix}") from None
     tokens_per_step = args.batch_size * args.seq_len
     if args.steps is not None:
         steps, steps_source = args.steps, "--steps"

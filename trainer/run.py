@@ -271,6 +271,26 @@ def init_from_resumed(args: argparse.Namespace, path: Path) -> str | None:
     return f"resume: --init-from {args.init_from} as {path.name} records it"
 
 
+def resumed_init(saved: dict, init, lr_source: str, path: Path) -> tuple[dict | None, str | None]:
+    """What a resumed run records as its --init-from (RunConfig.init), and the warning to print where the
+    --init-from given is not the checkpoint's. A resume goes on from the checkpoint's weights and never reads
+    --init-from's, so its checkpoints keep saying where those weights came from: the --init-from given took
+    the record's place unsaid, and a soup's ingredients then claimed a starting point they did not have
+    (found by a tester). `saved`: the checkpoint's config.json, which has no "init" after a random start."""
+    given = {**init.provenance(), "lr_source": lr_source} if init is not None else None
+    recorded = saved.get("init")
+    if isinstance(recorded, dict) and not Path(str(recorded.get("path") or "")).is_absolute():
+        return given, None  # recorded as typed by older runs: which checkpoint it was cannot be told
+    was = Path(recorded["path"]).resolve() if isinstance(recorded, dict) else None
+    if init is None or was == Path(init.path).resolve():
+        return given if init is not None else recorded, None
+    source = f"--init-from {recorded['path']}" if was is not None else "a random initialisation"
+    kept = {**recorded, "lr_source": lr_source} if was is not None else None
+    return kept, (f"--init-from {init.path} is not where {path.name} started ({source}): resuming goes on from "
+                  f"{path.name}'s weights, reads only the model's shape (and an anneal's start LR) from --init-from, "
+                  f"and its checkpoints keep recording {source}")
+
+
 def start_afresh(save_dir: str, overwrite: bool, env, log, keep: list[Path], resuming: bool) -> None:
     """A fresh run into a --save-dir that holds one appended to its metrics.jsonl (steps 1, 2,
     1, 2) and replaced its checkpoints as it saved, unsaid: refused, or with `overwrite` the
@@ -417,6 +437,10 @@ def main(argv: list[str] | None = None) -> int:
             raise failed or ValueError(f"rank {env.rank}: another rank's start-up checks failed; its error says why")
         if init is not None:
             run.init = {**init.provenance(), "lr_source": plan.lr_source}
+        if resume is not None:
+            run.init, note = resumed_init(resumed, init, plan.lr_source, resume_from)
+            if note and env.is_main:
+                say(f"{prog}: warning: {note}")
         # Rank 0 writes metrics and checkpoints: a read-only --save-dir failed at the first flush,
         # steps into the run, in a traceback (found by a tester).
         reason = why_unwritable(args.save_dir) if env.is_main else None

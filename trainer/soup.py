@@ -261,13 +261,39 @@ def _unchecked_note(checkpoints: list, identities: list) -> str | None:
             f"was not checked to be the other ingredients'")
 
 
+def _runs_note(checkpoints: list, infos: list) -> str | None:
+    """The line saying that ingredients are not finished runs of one starting point, as this trainer's
+    checkpoints record it: a soup averages anneals of one checkpoint (one basin) at their ends, and the
+    save dir of a run still going (its latest, mid-schedule) or anneals of two base models were averaged
+    unsaid (found by a tester). A line, not a refusal: averaging checkpoints along one run is a choice."""
+    runs = [(given, info) for given, info in zip(checkpoints, infos) if info.format == "trainer" and info.step]
+    said = []
+    unfinished = [(given, info.step, info.train["max_steps"]) for given, info in runs
+                  if isinstance(info.train, dict) and isinstance(info.train.get("max_steps"), int)
+                  and info.step < info.train["max_steps"]]
+    if unfinished:
+        given, step, steps = unfinished[0]
+        more = f" (and {len(unfinished) - 1} more)" if len(unfinished) > 1 else ""
+        said.append(f"{given}{more} is at step {step:,} of its run's {steps:,}, before its learning rate reached the "
+                    f"schedule's end (a run not finished, or a save dir whose latest is an intermediate checkpoint)")
+    starts: dict[str, str] = {}
+    for given, info in runs:
+        starts.setdefault((info.init or {}).get("path") or "a random initialisation", str(given))
+    if len(starts) > 1:
+        shown = "; ".join(f"{given} from {start}" for start, given in list(starts.items())[:3])
+        said.append(f"the ingredients started from different checkpoints ({shown}): their weights need not lie in one "
+                    f"basin, as those of anneals of one checkpoint do")
+    return f"note: {'; '.join(said)}" if said else None
+
+
 def soup(out_dir: str | Path, checkpoints: list[str | Path], dtype: str | None = None,
          write_hf: bool = True, max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
          log: Callable[[str], None] | None = None) -> Path:
     """Average the model weights of `checkpoints` into `out_dir` (trainer format and `hf/`, its
     weights sharded past `max_shard_size` bytes). `log` gets the line saying that `hf/` has no
     tokenizer files, where no ingredient says which tokenizer it was trained with, and the line
-    naming the ingredients whose tokenizer could not be compared with the others'."""
+    naming the ingredients whose tokenizer could not be compared with the others', and the one naming
+    trainer checkpoints that are not finished runs of one starting point."""
     from trainer.export_hf import write_hf_model
     from trainer.tokenizer_files import checkpoint_tokenizer, no_tokenizer_note, write_tokenizer
     from trainer.weights import WeightReader, check_compatible, inspect_checkpoint
@@ -300,7 +326,7 @@ def soup(out_dir: str | Path, checkpoints: list[str | Path], dtype: str | None =
              if isinstance(found, dict) and i not in uncompared]
     tokenizer = checkpoint_tokenizer(known or infos) if write_hf else None
     if log is not None:
-        for note in (_unchecked_note(checkpoints, identities), uncompared_note):
+        for note in (_unchecked_note(checkpoints, identities), uncompared_note, _runs_note(checkpoints, infos)):
             if note:
                 log(note)
     names = list(first.shapes)

@@ -43,7 +43,7 @@ from trainer.checkpoint import (
     CONFIG_FILE, MODEL_FILE, CheckpointFormatError, damaged_file_error, load_json_file, load_torch_file,
     resolve_checkpoint,
 )
-from trainer.config import ModelConfig
+from trainer.config import ModelConfig, round_up
 from trainer.export_hf import hf_name
 
 FORMATS = ("trainer", "hf", "olmo-core")
@@ -134,6 +134,7 @@ class CheckpointInfo:
     train: dict | None = None                    # trainer checkpoints: the TrainConfig they ran with
     dtype: torch.dtype | None = None
     hf_config: dict | None = None                # HF directories: their config.json
+    init: dict | None = None                     # trainer checkpoints: the --init-from their run started from
     notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -212,7 +213,8 @@ def _inspect_trainer(path: Path) -> CheckpointInfo:
     return CheckpointInfo(path=path, format="trainer", shapes=shapes, model=cfg,
                           step=int(step) if step is not None and "soup" not in config else None,
                           step_source="config.json" if step is not None and "soup" not in config else None,
-                          train=config.get("train"), dtype=dtype)
+                          train=config.get("train"), dtype=dtype,
+                          init=config["init"] if isinstance(config.get("init"), dict) else None)
 
 
 def _load_trainer_state(path: Path) -> dict:
@@ -688,9 +690,15 @@ def check_compatible(info: CheckpointInfo, cfg: ModelConfig) -> None:
     want = expected_shapes(cfg)
     rows = info.shapes.get("embed.weight", (None,))[0]
     if rows is not None and rows != want["embed.weight"][0]:
-        raise CheckpointFormatError(
-            f"{info.describe()}: vocabulary of {rows:,} embedding rows, the model has {want['embed.weight'][0]:,} "
-            f"(dolma2 tokenizer: 100,278 ids padded to 100,352); a checkpoint for another tokenizer cannot be used")
+        wanted = want["embed.weight"][0]
+        # 100,278 rows against 100,352: one vocabulary, padded differently (or not at all), not "another
+        # tokenizer", as this said of an unpadded dolma2 checkpoint (found by a tester)
+        padding = round_up(rows, cfg.vocab_multiple) == wanted or round_up(wanted, 128) == rows
+        why = ("; they differ only in how the vocabulary is padded, which the model must share with the checkpoint"
+               if padding else
+               " (dolma2 tokenizer: 100,278 ids padded to 100,352); a checkpoint for another tokenizer cannot be used")
+        raise CheckpointFormatError(f"{info.describe()}: vocabulary of {rows:,} embedding rows, the model has "
+                                    f"{wanted:,}{why}")
     if info.model is not None:
         diffs = info.model.same_shape(cfg)
         if diffs:
