@@ -201,3 +201,19 @@ def test_the_7b_recipe_stops_at_4t_on_its_5t_cosine(capsys):
     assert out["tokens_source"] == "the olmo2-7b recipe's stop" and out["lr_at"]["last"]["lr"] > 3e-5
     assert schedule_json(capsys, "--recipe", "olmo2-13b")["steps"] == math.ceil(5e12 / (2048 * 4096))
     assert schedule_json(capsys, "--recipe", "olmo2-7b", "--steps", 10)["steps"] == 10
+
+
+def test_schedule_flags_an_anneal_does_not_follow_are_said(capsys):
+    """--final-lr-fraction was ignored by linear_to_zero, and a --horizon-tokens past the run's
+    length left the LR at 97% of its start on the last step, both unsaid (found by a tester)."""
+    base = ["--recipe", "microanneal", "--lr", "1e-4", "--seq-len", "128", "--batch-size", "4", "--steps", "6"]
+    out = schedule_json(capsys, *base)
+    assert out["lr_at"]["last"]["lr"] == 0 and capsys.readouterr().err == ""
+    assert schedule_main([*base, "--horizon-tokens", "100K", "--final-lr-fraction", "0.5"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["trainer.schedule: warning: --final-lr-fraction 0.5 has no effect: linear_to_zero ends at 0 (the "
+                   "fraction is the cosine schedule's floor)",
+                   "trainer.schedule: warning: --horizon-tokens 100,000 is past the run's 3,072 tokens: the learning "
+                   "rate stops at 97% of its start, not at 0 (leave it out to anneal to 0 at the last step)"]
+    assert schedule_main(["--steps", "6", "--final-lr-fraction", "0.5", "--horizon-tokens", "100K"]) == 0
+    assert capsys.readouterr().err == ""  # cosine: both mean what they say

@@ -30,7 +30,7 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -463,6 +463,7 @@ class Plan:
     horizon_tokens: int | None
     tokens: int | None = None
     tokens_source: str | None = None
+    notes: list[str] = field(default_factory=list)  # flags that do not do what they seem to: warnings
 
 
 def make_plan(args: argparse.Namespace, tokens: int | None, tokens_source: str | None, init=None) -> Plan:
@@ -502,7 +503,26 @@ def make_plan(args: argparse.Namespace, tokens: int | None, tokens_source: str |
     if warmup is None:
         warmup = 0 if args.schedule == "linear_to_zero" else min(2000, steps // 10)
     return Plan(model=model, model_label=label, steps=steps, steps_source=steps_source, lr=lr, lr_source=lr_source,
-                warmup_steps=warmup, horizon_tokens=args.horizon_tokens, tokens=tokens, tokens_source=tokens_source)
+                warmup_steps=warmup, horizon_tokens=args.horizon_tokens, tokens=tokens, tokens_source=tokens_source,
+                notes=_schedule_notes(args, steps * tokens_per_step))
+
+
+def _schedule_notes(args: argparse.Namespace, run_tokens: int) -> list[str]:
+    """Schedule flags that a linear_to_zero run (an anneal) does not follow as one would read them:
+    --final-lr-fraction was ignored, and a --horizon-tokens past the run's length left the LR above
+    0 at its last step, both unsaid (found by a tester)."""
+    explicit = getattr(args, "explicit", set())
+    if args.schedule != "linear_to_zero":
+        return []
+    notes = []
+    if "final_lr_fraction" in explicit:
+        notes.append(f"--final-lr-fraction {args.final_lr_fraction:g} has no effect: linear_to_zero ends at 0 (the "
+                     "fraction is the cosine schedule's floor)")
+    if "horizon_tokens" in explicit and args.horizon_tokens is not None and args.horizon_tokens > run_tokens:
+        notes.append(f"--horizon-tokens {args.horizon_tokens:,} is past the run's {run_tokens:,} tokens: the "
+                     f"learning rate stops at {1 - run_tokens / args.horizon_tokens:.0%} of its start, not at 0 "
+                     "(leave it out to anneal to 0 at the last step)")
+    return notes
 
 
 def inspect_init(args: argparse.Namespace):
@@ -638,6 +658,8 @@ def schedule_main(argv: list[str] | None = None) -> int:
                                                                                      "the schedule horizon")
         init = inspect_init(args)
         plan = make_plan(args, tokens, source, init)
+        for note in plan.notes:
+            print(f"trainer.schedule: warning: {note}", file=sys.stderr)
         check_data_vocab(args, plan, init, paths)  # what trainer.run would refuse, refused here too
         check_data_special_ids(args, plan, init, paths)
         try:

@@ -405,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
             if (note := unreported_build_note(layout)) and env.is_main:
                 say(f"{prog}: warning: {note}")
             plan = make_plan(args, tokens, source, init)
+            for note in plan.notes if env.is_main else ():
+                say(f"{prog}: warning: {note}")
             check_data_vocab(args, plan, init, layout)
             check_data_special_ids(args, plan, init, layout)
             run = run_config_from_args(args, data_paths, env.world_size, env.device, plan)
