@@ -57,6 +57,16 @@ def py_files(value: str | None) -> list[str]:
     return files
 
 
+# copy -> the file the user gave, for the .py files import_py_files copied (removed at exit)
+_COPIED: dict[str, str] = {}
+
+
+def given_path(path: str) -> str:
+    """The file the user gave with --py-files where `path` is this process's copy of it, else `path`:
+    a message naming a scorer's code named the copy, a temporary directory gone when the command ended."""
+    return _COPIED.get(path, path)
+
+
 def import_py_files(files: list[str]) -> None:
     """Put `files` on this driver's sys.path, as spark-submit's --py-files does for its driver: the
     manifest check builds the filters (importing a custom scorer) before Spark starts. A zip or egg
@@ -77,6 +87,7 @@ def import_py_files(files: list[str]) -> None:
                 atexit.register(shutil.rmtree, copies, True)
                 entries.append(copies)
             shutil.copyfile(path, os.path.join(copies, os.path.basename(path)))
+            _COPIED[os.path.join(copies, os.path.basename(path))] = path
         else:
             entries.append(path)
     sys.path[1:1] = [entry for entry in entries if entry not in sys.path]  # after the script's directory, as PySpark

@@ -1261,6 +1261,7 @@ def test_a_lower_max_doc_bytes_scores_the_documents_it_keeps_again(spark, tmp_pa
     new Stack Exchange rules) the docs set was tagged again but the old scores reused: the pool
     stage stopped with "rows per unit ... differ" (found by a reviewer). The scores' sets are
     keyed by what decides the rows, so they are tagged again with it."""
+    assert "holds them: seed: 3 there, 4 here (a MinHash seed left out is the manifest's" in err, err
     docs = []
     for _, doc in read_documents(str(shared_corpus_file("web.jsonl.zst")), Quarantine()):
         docs.append(doc)

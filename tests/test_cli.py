@@ -371,6 +371,26 @@ def test_dolmino_build_takes_its_manifest_as_tag_and_mix_do(capsys):
     assert "error: two manifests: a.json and --manifest b.json; give one" in capsys.readouterr().err
 
 
+def test_tag_and_mix_help_say_what_each_phase_does_with_the_shared_options(capsys):
+    """`dolmino mix --help` said another --split-size "tags the split files again" (mix never tags: it
+    refuses), `dolmino tag --help` offered --out and --budget as its own (it writes only attributes,
+    whatever the budget), and both took a "mix manifest" where a pool manifest runs too (a tester)."""
+    from dolmino.build.cli import parse_args
+
+    def help_of(phase: str) -> str:
+        with pytest.raises(SystemExit):
+            parse_args(["--help"], phase)
+        return " ".join(capsys.readouterr().out.split())
+
+    mix, tag, build = help_of("mix"), help_of("tag"), help_of("all")
+    assert "another one than the tag's is refused" in mix and "tags the split files again" not in mix
+    assert "another one tags the split files again" in tag and "another one tags the split files again" in build
+    assert "the tag writes nothing there, it places the default --attributes" in tag
+    assert "checked, not used: the tag reads every pool document" in tag
+    assert "writes nothing there" not in mix and "not used" not in mix
+    assert "manifest mix or pool manifest JSON" in mix and "manifest mix or pool manifest JSON" in tag
+
+
 def test_a_read_only_or_full_place_is_one_line_not_a_bug(capsys):
     """`dolmino report` on a read-only build (a pulled release on a read-only share) printed a
     traceback and "unexpected OSError", the form of a bug (found by a tester)."""

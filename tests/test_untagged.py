@@ -248,3 +248,60 @@ def test_a_model_replaced_in_place_is_named_where_the_set_stored_its_keyed_spec(
     assert message.endswith(f"web/a.jsonl's fasttext_quality attributes were tagged under other settings or rules "
                             f"(fasttext_quality-old holds them: {cause}): run `dolmino tag` with this manifest: it "
                             "tags what changed and reuses the rest"), message
+
+
+def test_the_minhash_setting_that_differs_from_the_stored_clusters_is_named(tmp_path):
+    """A mix of another `seed` than its tag, over a MinHash source, was told "another seed or MinHash
+    parameter, or other input files of the source" (a tester: the MinHash seed left out is the
+    manifest's, so changing the sampling seed changed it too). `_SOURCE.json` says which."""
+    import json
+
+    from dolmino.storage import write_bytes
+
+    unit = Unit(0, 0, _file("a.jsonl"))
+    bundle = Bundle(0, (unit,))
+    store = _store(tmp_path, [bundle])
+    write_table(store.path("web", "minhash-old", bundle), {"x": []}, SCHEMA, {"units": unit_listing(bundle, [0])})
+    params = {"num_perm": 64, "ngram": 5, "threshold": 0.5, "seed": 1, "bands": 14, "rows": 4, "verify": True}
+    write_bytes(f"{store.set_dir('web', 'minhash-old')}/_SOURCE.json",
+                json.dumps({"units": "pool", "stats": {"params": params}}).encode())
+
+    def refusal(minhash: dict, pool: str = "pool") -> str:
+        plan = SourceTagPlan("web", "dolma", None, DOCS, (), "minhash-new", minhash, pool)
+        return _describe(store, [BundleWork(bundle, (), True, {})], [unit], plan)
+
+    message = refusal({"num_perm": 64, "ngram": 5, "threshold": 0.5, "seed": 2})
+    assert message.endswith("web/a.jsonl's MinHash clusters were computed under other settings (minhash-old holds "
+                            "them: seed: 1 there, 2 here (a MinHash seed left out is the manifest's: give \"dedup\": "
+                            "{\"minhash\": {\"seed\": 1}} to mix with another seed from these clusters)): run "
+                            "`dolmino tag` with this manifest"), message
+    message = refusal({"num_perm": 64, "seed": 1}, pool="other")  # threshold left out: the default, 0.8
+    assert "(minhash-old holds them: threshold: 0.5 there, 0.8 here; other input files of the source, since " \
+           "clusters span all of them)" in message, message
+
+
+def test_an_edited_scorer_given_with_py_files_is_named_where_the_user_keeps_it(tmp_path, monkeypatch):
+    """`dolmino mix --py-files scorer.py` after an edit of scorer.py named the driver's copy of it,
+    /tmp/dolmino-py-files-*/scorer.py, a directory removed when the command ended (a tester)."""
+    import sys
+
+    from dolmino.py_files import import_py_files
+
+    given = tmp_path / "code" / "probe_edited_scorer.py"
+    given.parent.mkdir()
+    given.write_text("class S:\n    def score(self, texts):\n        return [1.0] * len(texts)\n\n\n"
+                     "def make():\n    return S()\n")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "probe_edited_scorer", raising=False)
+    import_py_files([str(given)])
+    unit = Unit(0, 0, _file("a.jsonl"))
+    bundle = Bundle(0, (unit,))
+    store = _store(tmp_path, [bundle])
+    spec = {"type": "score_threshold", "scorer": "probe_edited_scorer:make", "min_score": 1}
+    keyed = {"type": "score_threshold", "scorer": "probe_edited_scorer:make", "scorer_source": "a" * 64}
+    write_table(store.path("web", "score_threshold-old", bundle), {"x": []}, SCHEMA,
+                {"units": unit_listing(bundle, [0]), "set": "score_threshold-old", "spec": spec, "keyed": keyed})
+    now = FilterTag("score_threshold-new", 0, spec, {**keyed, "scorer_source": "b" * 64})
+    message = _describe(store, [BundleWork(bundle, ("score_threshold-new",), False, {})], [unit], _plan([now]))
+    sys.modules.pop("probe_edited_scorer", None)
+    assert f"the code of scorer 'probe_edited_scorer:make' changed since it was tagged ({given})" in message, message

@@ -46,11 +46,16 @@ def parse_args(argv: list[str] | None, phase: str) -> argparse.Namespace:
         parser.add_argument("manifest_arg", nargs="?", default=None, metavar="MANIFEST",
                             help="the manifest, as --manifest gives it")
     else:
-        parser.add_argument("manifest", help="mix manifest JSON")
+        parser.add_argument("manifest", help="mix or pool manifest JSON")
+    # tag reads every pool document whatever the budget and writes only attributes: it takes the mix's
+    # --budget and --out (one command line for both phases), and its help said they were its own (a tester)
     parser.add_argument("--budget", default=None, help="token budget with K/M/B/T suffix, e.g. 100B "
-                                                       "(default: the manifest's)")
+                                                       "(default: the manifest's)"
+                        + ("; checked, not used: the tag reads every pool document" if phase == "tag" else ""))
     parser.add_argument("--out", default=None, help="output directory or s3:// prefix (default: the manifest's "
-                                                    "'output')")
+                                                    "'output')"
+                        + ("; the tag writes nothing there, it places the default --attributes"
+                           if phase == "tag" else ""))
     parser.add_argument("--data-root", default=None, help="where the manifest's relative source paths live, local "
                                                           "or s3:// (default: the manifest's data_root)")
     parser.add_argument("--attributes", default=None, help="attributes root, local or s3:// "
@@ -64,7 +69,9 @@ def parse_args(argv: list[str] | None, phase: str) -> argparse.Namespace:
     parser.add_argument("--split-size", default=format_count(DEFAULT_SPLIT_BYTES),
                         help="plain .jsonl and Posts.xml files larger than this are read as byte ranges of up to "
                              "this size; part of the attribute layout, so `dolmino tag` and `dolmino mix` take the "
-                             "same one (another one tags the split files again)")
+                             "same one ("
+                             + ("another one than the tag's is refused, naming a file it cut otherwise)"
+                                if phase == "mix" else "another one tags the split files again)"))
     parser.add_argument("--read-ahead", type=int, default=DEFAULT_READ_AHEAD,
                         help="S3 objects of up to 4 MB (inputs, attribute files) that each task fetches ahead, "
                              "concurrently, so a task of many small files does not wait for each GET in turn "

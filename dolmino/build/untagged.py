@@ -233,9 +233,10 @@ def _tagged_otherwise(work, plan, store: AttributeStore) -> str | None:
             where = (work.bundle.units[0].key if len(work.bundle.units) == 1
                      else f"the inputs of {work.bundle.key}")
             if kind == "minhash":
-                return (f"{where}'s MinHash clusters were computed under other settings ({other} holds them: another "
-                        "seed or MinHash parameter, or other input files of the source, since clusters span all of "
-                        "them): run `dolmino tag` with this manifest")
+                return (f"{where}'s MinHash clusters were computed under other settings ({other} holds them: "
+                        + (_minhash_otherwise(store, plan, other) or "another seed or MinHash parameter, or other "
+                           "input files of the source, since clusters span all of them")
+                        + "): run `dolmino tag` with this manifest")
             what = "documents" if kind == "docs" else f"{kind} attributes"
             tag = next((t for t in plan.filters if t.set_name == set_name), None)
             spelled = _spelled_otherwise(store.path(plan.name, other, work.bundle), tag)
@@ -244,6 +245,32 @@ def _tagged_otherwise(work, plan, store: AttributeStore) -> str | None:
                        "dolmino whose rules for them changed since")
                     + "): run `dolmino tag` with this manifest: it tags what changed and reuses the rest")
     return None
+
+
+def _minhash_otherwise(store: AttributeStore, plan, other: str) -> str | None:
+    """What the MinHash set `other` was computed under and this manifest differs in, from its
+    `_SOURCE.json` (parameters and pool). A mix of another `seed` than its tag was told "another seed
+    or MinHash parameter, or other input files" (a tester): the MinHash seed left out is the
+    manifest's seed, so a mix sampled with another seed needs clusters of its own unless it pins it."""
+    import json
+
+    from dolmino.manifest import MINHASH_DEFAULTS, MINHASH_FIELDS
+    from dolmino.storage import read_if_exists
+
+    try:
+        done = json.loads(read_if_exists(f"{store.set_dir(plan.name, other)}/_SOURCE.json") or b"null")
+        stored = done["stats"]["params"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    ours = {**MINHASH_DEFAULTS, **plan.minhash}
+    shown = []
+    for k in (k for k in MINHASH_FIELDS if k in stored and k in ours and stored[k] != ours[k]):
+        shown.append(f"{k}: {stored[k]!r} there, {ours[k]!r} here" + (
+            "" if k != "seed" else f" (a MinHash seed left out is the manifest's: give \"dedup\": {{\"minhash\": "
+                                   f"{{\"seed\": {stored[k]!r}}}}} to mix with another seed from these clusters)"))
+    if done.get("units") != plan.minhash_pool:
+        shown.append("other input files of the source, since clusters span all of them")
+    return "; ".join(shown) or None
 
 
 def _spelled_otherwise(path: str, tag) -> str | None:
@@ -313,9 +340,11 @@ def _changed_in_place(stored: dict | None, keyed: dict | None, spec: dict) -> st
     if "scorer_source" in keyed and "scorer_source" in stored and stored["scorer_source"] != keyed["scorer_source"]:
         from filters.quality import scorer_source
 
+        from dolmino.py_files import given_path
+
         found = scorer_source(spec["scorer"])
         changed.append(f"the code of scorer {spec['scorer']!r} changed since it was tagged"
-                       + (f" ({found[0]})" if found else ""))
+                       + (f" ({given_path(found[0])})" if found else ""))
     return "; ".join(changed) or None
 
 
