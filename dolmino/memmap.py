@@ -71,6 +71,8 @@ class PartStats:
     docs: int = 0
     tokens_by_source: dict = field(default_factory=dict)
     docs_by_source: dict = field(default_factory=dict)
+    # tokens the label mask keeps out of the loss, per source (label masks only)
+    masked_by_source: dict = field(default_factory=dict)
 
 
 class MemmapPartWriter:
@@ -112,6 +114,7 @@ class MemmapPartWriter:
             if len(keep) != len(tokens) + 1:
                 raise ValueError(f"label mask for {doc_id} has {len(keep) - 1} entries, tokens {len(tokens)}")
             self._mask.write(keep.tobytes())
+            self._count_masked(src, keep)
         self._csv.writerow((start, end, doc_id, src, loc))
         self._count(src, len(tokens) + 1)
 
@@ -125,8 +128,12 @@ class MemmapPartWriter:
             if len(keep) != len(ids):
                 raise ValueError(f"label mask for {doc_id} has {len(keep)} entries, tokens {len(ids)}")
             self._mask.write(keep.tobytes())
+            self._count_masked(src, keep)
         self._csv.writerow((start, start + len(ids), doc_id, src, loc))
         self._count(src, len(ids))
+
+    def _count_masked(self, src: str, keep: np.ndarray) -> None:
+        self.stats.masked_by_source[src] = self.stats.masked_by_source.get(src, 0) + int(len(keep) - keep.sum())
 
     def _count(self, src: str, n: int) -> None:
         self.stats.tokens += n

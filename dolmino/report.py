@@ -49,14 +49,18 @@ def _pool_filter_chain(source, acc: dict) -> list[dict]:
             labels[i] = label
     rows = []
     pool_filters = []
+    tok = acc["tokenized"]["removed"]
+    # The tokenizer (an empty document) and the length limit (`doc_too_long`) decide before the token
+    # filters: the first filter was said to reach the documents they had removed (a tester).
+    chain_prefixes = tuple(f"{labels[j]}:" for j in range(len(labels)) if tokenized[j])
+    before_chain = sum(v["docs"] for r, v in tok.items() if not r.startswith(chain_prefixes))
     for i, label in enumerate(labels):
         prefix = f"{label}:"
         if tokenized[i]:
-            tok = acc["tokenized"]["removed"]
             earlier = tuple(f"{labels[j]}:" for j in range(i) if tokenized[j])
             docs = sum(v["docs"] for r, v in tok.items() if r.startswith(prefix))
-            reached = acc["tokenized"]["docs"] - sum(v["docs"] for r, v in tok.items()
-                                                     if earlier and r.startswith(earlier))
+            reached = acc["tokenized"]["docs"] - before_chain - sum(v["docs"] for r, v in tok.items()
+                                                                    if earlier and r.startswith(earlier))
             rows.append({"filter": label, "stage": "tokenized", "docs_reached": reached, "docs_removed": docs,
                          "share_kept": (reached - docs) / reached if reached else 1.0})
         else:
@@ -317,6 +321,7 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
         warnings += empty
         out_tokens = sum(p.tokens_by_source.get(source.name, 0) for p in parts)
         out_docs = sum(p.docs_by_source.get(source.name, 0) for p in parts)
+        masked = _masked(parts, source.name)
         if sel.pool_tokens is not None:
             pool_tokens, exact = sel.pool_tokens, True
         else:
@@ -354,6 +359,7 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
             "tokenized": tok,
             "selection": {k: v for k, v in sel.to_dict().items() if k not in ("selected", "empty")},
             "target_tokens": sel.target_tokens, "output_docs": out_docs, "output_tokens": out_tokens,
+            "output_masked_tokens": masked,
             "passes": out_tokens / pool_tokens if pool_tokens else 0.0,
             "source_percent_manifest": source.source_percent,
             "mix_percent": 100.0 * out_tokens / total_tokens if total_tokens else 0.0,
@@ -384,6 +390,7 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
         "vocab_size": manifest.tokenizer.vocab_size,
         "sources": report_sources,
         "output": {"tokens": total_tokens, "docs": total_docs, "files": len(parts), "location": out,
+                   "masked_tokens": _masked(parts),
                    "parts": [{"name": f.name, "size": f.size, "sha256": f.sha256, "tokens": p.tokens, "docs": p.docs}
                              for p in parts for f in p.files if f.name.endswith(".npy")
                              and not f.name.endswith(".label_mask.npy")],
@@ -402,6 +409,26 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
                 "persisted_bytes": state.persisted, "python": platform.python_version(),
                 "machine": platform.machine()},
     }
+
+
+def _masked(parts, source: str | None = None) -> int | None:
+    """Tokens the label masks keep out of the loss (of one source, or all), or None without label masks (or
+    with a part committed by a build that did not count them): the report said nothing of them, while the
+    trainer skips them (a tester)."""
+    if not parts or any(p.masked_by_source is None for p in parts):
+        return None
+    return sum(n for p in parts for s, n in p.masked_by_source.items() if source in (None, s))
+
+
+def _masked_text(report: dict) -> str:
+    """report.md's sentence on the label masks, where the build wrote them."""
+    out = report["output"]
+    if out.get("masked_tokens") is None:
+        return ""
+    by_source = ", ".join(f"{s['name']} {s['output_masked_tokens']:,}" for s in report["sources"]
+                          if s.get("output_masked_tokens"))
+    return (f" Label masks: {out['masked_tokens']:,} of the tokens written masked (repeated n-gram spans, not "
+            f"trained on){f': {by_source}' if by_source else ''}.")
 
 
 def _doc_hist(parts) -> dict[str, list[int]]:
@@ -459,7 +486,7 @@ def render_markdown(report: dict) -> str:
               f"Output: {out['docs']:,} document instances, {out['tokens']:,} tokens in {out['files']} part(s). "
               f"Tokenized {totals['tokens_tokenized']:,} tokens for {totals['tokens_written']:,} written "
               f"({totals['tokenized_per_written']:.3f} per token written)."
-              + _resumed_note(report.get("run", {}), out['files']), ""]
+              + _masked_text(report) + _resumed_note(report.get("run", {}), out['files']), ""]
     run = report.get("run", {})
     if "units_tagged" in run:
         only = run.get("units_read_for_minhash_only") or 0

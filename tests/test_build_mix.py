@@ -133,6 +133,31 @@ def test_label_masks_align_with_tokens(built):
         assert len(mask) == len(tokens) and mask.any()
 
 
+def test_the_report_counts_the_tokens_the_label_masks_mask(spark, tmp_path):
+    """With label masks the trainer skips the repeated n-gram spans they mask, and the report said nothing of
+    them: neither how many tokens nor whose (found by a tester). A rerun that reuses the committed parts
+    reports the same counts from their commit records."""
+    texts = [d["text"] for _, d in read_documents(str(shared_corpus_file("encyclopedic.jsonl.zst")), Quarantine())
+             if len(d["text"].strip()) >= 500][:12]
+    docs = [{"id": f"d{i}", "text": text[:500] + (" lorem ipsum dolor" * 40 if i % 3 == 0 else "")}
+            for i, text in enumerate(texts)]
+    write_documents(str(tmp_path / "data" / "enc" / "a.jsonl.zst"), docs)
+    spec = {"name": "masks", "version": 2, "kind": "pool", "seed": 1, "data_root": str(tmp_path / "data"),
+            "output_format": {"tokens_per_file": "1K", "label_mask": True},
+            "sources": [{"name": "enc", "paths": ["enc/*.jsonl*"]}]}
+    out = tmp_path / "out"
+    masked = None
+    for run in range(2):
+        report = build(manifest_from_dict(spec), 0, str(out), spark, attributes=str(tmp_path / "attrs"))
+        files = report["output"]["files"]
+        assert files > 1 and report["run"]["parts_reused"] == (files if run else 0)
+        masked = masked or sum(int((~np.fromfile(p, dtype=np.bool_)).sum()) for p in out.glob("*.label_mask.npy"))
+        assert masked > 0 and report["output"]["masked_tokens"] == report["sources"][0]["output_masked_tokens"] \
+            == masked
+        assert f"Label masks: {masked:,} of the tokens written masked (repeated n-gram spans, not trained on): " \
+               f"enc {masked:,}." in (out / "report.md").read_text()
+
+
 def test_source_shares_match_manifest(built):
     out, report = built
     _, rows = read_mix(out)
@@ -648,9 +673,12 @@ def test_a_pool_build_warns_of_an_empty_pool_and_of_a_size_off_the_manifest(inpu
     spec = {"name": "pools", "version": 2, "kind": "pool", "seed": 1, "data_root": str(inputs),
             "sources": [{"name": "wiki", "paths": ["wiki/*.jsonl*"], "pool_tokens": "3.66B"},
                         {"name": "web", "paths": ["web/*.jsonl*"],
-                         "filters": [{"type": "min_length", "min_tokens": 10**9}]}]}
+                         "filters": [{"type": "min_length", "min_tokens": 10**9}]},
+                        {"name": "papers", "paths": ["papers/*.jsonl*"], "pool_tokens": "1M",
+                         "filters": [{"type": "min_length", "min_chars": 10**9}]}]}
     report = build(manifest_from_dict(spec), 0, str(tmp_path / "out"), spark, attributes=str(tmp_path / "attrs"))
     wiki, web = report["sources"][0]["output_tokens"], report["sources"][1]
+    papers = report["sources"][2]["docs_in"]
     assert 0 < wiki < 3.66e9 and web["output_tokens"] == 0
     short = web["tokenized"]["removed"]["min_length:tokens<1000000000"]["docs"]
     quarantined = sum(web["quarantined"].values())
@@ -660,7 +688,10 @@ def test_a_pool_build_warns_of_an_empty_pool_and_of_a_size_off_the_manifest(inpu
         f"({wiki / 3.66e9:.3g}x; a mix manifest's pool_tokens for it should say what the pool holds)",
         f"source 'web': no documents left after filtering and dedup; its pool is empty (of {web['docs_in']:,} "
         f"documents: min_length:tokens<1000000000 {short:,}, quarantined 3 (invalid_utf8 1, malformed_json 1, "
-        "missing_text 1))"]
+        "missing_text 1))",
+        # emptied before tokenizing: "it contributes 0 of its 0 target tokens" (found by a tester)
+        f"source 'papers': no documents left after filtering and dedup; its pool is empty (of {papers:,} "
+        f"documents: min_length:chars<1000000000 {papers:,})"]
     # a pool manifest states no budget: its views said "budget 221K", the sum of its targets (a tester)
     assert report["kind"] == "pool"
     heading = (tmp_path / "out" / "report.md").read_text().splitlines()[0]
@@ -1230,6 +1261,7 @@ def test_mix_names_the_cause_the_attribute_root_shows(spark, tmp_path, capsys):
     err = mix(seed=4)
     assert "missing MinHash clusters" in err and "'s MinHash clusters were computed under other settings (minhash-" \
         in err, err
+    assert "holds them: seed: 3 there, 4 here (a MinHash seed left out is the manifest's" in err, err
     err = mix(source={"paths": ["web/[abce].jsonl"]})
     assert f"since the tag, {web / 'e.jsonl'} is new; web/d.jsonl, tagged in the same attribute files, is not among " \
            "this manifest's inputs (removed since, or tagged for a manifest listing more files" in err, err
@@ -1261,7 +1293,6 @@ def test_a_lower_max_doc_bytes_scores_the_documents_it_keeps_again(spark, tmp_pa
     new Stack Exchange rules) the docs set was tagged again but the old scores reused: the pool
     stage stopped with "rows per unit ... differ" (found by a reviewer). The scores' sets are
     keyed by what decides the rows, so they are tagged again with it."""
-    assert "holds them: seed: 3 there, 4 here (a MinHash seed left out is the manifest's" in err, err
     docs = []
     for _, doc in read_documents(str(shared_corpus_file("web.jsonl.zst")), Quarantine()):
         docs.append(doc)

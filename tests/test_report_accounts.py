@@ -60,3 +60,23 @@ def test_stage_times_are_labelled_for_what_they_are(tmp_path):
     assert "executor run s: Spark's run time of the stage's tasks, summed over them (more than wall s when " \
            "tasks run side by side)" in md
     assert "| write | 2.5 | 1.0 | 4.75 |" in md
+
+
+def test_the_token_filter_chain_starts_after_the_length_limit():
+    """The length limit (`doc_too_long`) and the tokenizer (an empty document) decide before the filters that
+    need token ids: the first was said to reach the 10 documents the limit had removed, and to keep 36 of 41
+    where it kept 26 of 31 (found by a tester)."""
+    from dolmino.manifest import manifest_from_dict
+    from dolmino.report import _pool_filter_chain
+
+    source = manifest_from_dict({"name": "m", "version": 2, "seed": 1, "budget": "1K", "sources": [
+        {"name": "a", "paths": ["*.jsonl"], "mix_percent": 100, "max_doc_tokens": 5000, "filters": [
+            {"type": "min_length", "min_chars": 200}, {"type": "min_length", "min_tokens": 60},
+            {"type": "repeated_ngrams"}]}]}).sources[0]
+    acc = {"removed": {}, "kept_docs": 41, "tokenized": {"docs": 42, "removed": {
+        "tokenizer:empty": {"docs": 1, "tokens": 0}, "doc_too_long:tokens>5000": {"docs": 10, "tokens": 90_000},
+        "min_length:tokens<60": {"docs": 5, "tokens": 200}, "repeated_ngrams:repeats>=32": {"docs": 2, "tokens": 900}}}}
+    chain = [(r["filter"], r["stage"], r["docs_reached"], r["docs_removed"], round(r["share_kept"], 4))
+             for r in _pool_filter_chain(source, acc)]
+    assert chain == [("min_length", "pool", 41, 0, 1.0), ("min_length", "tokenized", 31, 5, round(26 / 31, 4)),
+                     ("repeated_ngrams", "tokenized", 26, 2, round(24 / 26, 4))]

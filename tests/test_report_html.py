@@ -456,6 +456,19 @@ def test_a_multi_line_coverage_note_stays_one_table_row(tmp_path):
     assert len(rows) == 1 and rows[0].endswith("bigbench==1.0.0 a \\| b |") and rows[0].count(" | ") == 4
 
 
+def test_a_coverage_note_with_a_pipe_is_one_cell_of_the_page(tmp_path):
+    """report.md escapes a note's "|" to keep it one cell; report.html split its rows at every "|": the note
+    was cut in two, a stray backslash ending the first half, in a row one cell longer than its header (found by
+    a tester)."""
+    report = make_report(tmp_path)
+    report["sources"][0]["decontamination_coverage"] = [{"filter": "decontaminate", "sets": [
+        {"name": "BBH", "status": "missing", "instances": {}, "note": "pip said a | b"}]}]
+    page = report_html.render_html(report, [])
+    row = next(r for r in page.splitlines() if "<td>BBH</td>" in r)
+    assert row.endswith('<td>missing</td><td class="num">-</td><td>pip said a | b</td></tr>'), row
+    assert row.count("<td") == 5, row
+
+
 def test_a_sampled_length_chart_says_so_on_the_chart(tmp_path, monkeypatch):
     """An older build's report (no doc_tokens_hist) is drawn from a few parts' sidecars: the PNG
     said "3 docs" per source, read as the mix's count by anyone seeing it without its caption (a

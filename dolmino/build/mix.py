@@ -29,7 +29,7 @@ from dolmino.build.pool import (
     summarize,
 )
 from dolmino.build.select import (
-    ALL_MEMBERS, SourceSelection, cut, initial_selection, refill, settle, split_targets, tokens_per_byte,
+    ALL_MEMBERS, SourceSelection, cut, empty_reason, initial_selection, refill, settle, split_targets, tokens_per_byte,
     too_many_copies,
 )
 from dolmino.build.spark import cluster_info, forward_environment, is_local, parallelize_pickled, persisted_bytes
@@ -537,7 +537,7 @@ def _select(sc, manifest, options, state, eligible, sources, targets, tok_ctx, t
             if need is not None:
                 needs[si] = need
         else:
-            sel.empty = f"it contributes 0 of its {sel.target_tokens:,} target tokens"
+            sel.empty = empty_reason(sel)
     if refused := [r for si, sel in enumerate(selections)
                    if (r := too_many_copies(sel, manifest.sources[si].pool_tokens))]:
         raise BuildError(";\n  ".join(refused))  # before writing: the parts would be nothing but repeats

@@ -162,7 +162,8 @@ def committed_parts(out: str, plan_hash: str, num_parts: int) -> dict[int, PartR
     checks = [(f.name, f.size, f.sha256) for _record, files in candidates for f in files]
     damaged = {c[0] for c, problem in zip(checks, _check_all(out, checks)) if problem}
     return {record["index"]: PartResult(record["index"], record["tokens"], record["docs"], record["tokens_by_source"],
-                                        record["docs_by_source"], files, record.get("doc_hist", {}), True)
+                                        record["docs_by_source"], files, record.get("doc_hist", {}), True,
+                                        record.get("masked_by_source"))
             for record, files in candidates if not any(f.name in damaged for f in files)}
 
 

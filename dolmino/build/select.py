@@ -205,6 +205,13 @@ def too_many_copies(sel: SourceSelection, stated_pool: int | None) -> str | None
             "or Mix % asks for less")
 
 
+def empty_reason(sel: SourceSelection) -> str:
+    """Why a source gives no tokens, as its report warning says it. A pool manifest's target is what
+    its pool holds: a pool the tagging filters emptied read "it contributes 0 of its 0 target tokens"
+    (a tester)."""
+    return "its pool is empty" if sel.whole_pool else f"it contributes 0 of its {sel.target_tokens:,} target tokens"
+
+
 def settle(sel: SourceSelection, bucket_tokens: dict[int, int]) -> int | None:
     """Copies and fraction from the real token counts of every tokenized bucket.
 
@@ -219,12 +226,12 @@ def settle(sel: SourceSelection, bucket_tokens: dict[int, int]) -> int | None:
         sel.pool_tokens = sel.target_tokens = total
         sel.copies = 1
         if total <= 0:
-            sel.empty = "its pool is empty"
+            sel.empty = empty_reason(sel)
         return None
     if sel.mode == "all":
         sel.pool_tokens = total
         if total <= 0:
-            sel.empty = f"it contributes 0 of its {sel.target_tokens:,} target tokens"
+            sel.empty = empty_reason(sel)
             return None
         sel.copies = sel.target_tokens // total
         sel.fraction_tokens = sel.target_tokens - sel.copies * total

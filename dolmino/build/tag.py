@@ -204,8 +204,10 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
             built.append(filt)
         minhash = pool = None
         if source.dedup.minhash is not None:  # {} asks for MinHash with every default
-            minhash = dict(source.dedup.minhash)
-            minhash.setdefault("seed", manifest.seed)
+            # By value, defaults filled in: `{}` and `{"threshold": 0.8}` are one dedup, as `dolmino diff` reads
+            # them, and were two sets, the second read the whole pool again for the same clusters (a tester)
+            minhash = {**MINHASH_DEFAULTS, "seed": manifest.seed, **source.dedup.minhash}
+            minhash["threshold"] = float(minhash["threshold"])
             pool = units_digest([u for u in units if u.source_index == si])
         plans.append(SourceTagPlan(
             source.name, source.format, source.max_doc_bytes, f"docs-{docs_key}", tuple(tags),

@@ -90,6 +90,7 @@ class PartResult(NamedTuple):
     files: tuple  # PartFile, ...
     doc_hist: dict  # source -> tokens-per-document histogram (dolmino.doc_lengths bins)
     skipped: bool = False  # committed by an earlier run of the same plan
+    masked_by_source: dict | None = None  # label masks: tokens masked per source (None: no record says)
 
 
 def unit_source_uri(unit: Unit, plan, store: AttributeStore) -> str:
@@ -283,7 +284,8 @@ def write_part(index: int, items, ctx_b, counters) -> Iterator[PartResult]:
                 _put(path, f"{ctx.out.rstrip('/')}/{name}", digest)
         result = PartResult(index, stats.tokens, stats.docs, stats.tokens_by_source, stats.docs_by_source,
                             tuple(sorted(files)),
-                            {ctx.source_names[si]: histogram(n) for si, n in sorted(lengths.items())})
+                            {ctx.source_names[si]: histogram(n) for si, n in sorted(lengths.items())},
+                            masked_by_source=stats.masked_by_source if ctx.label_mask else None)
         record = {"plan": ctx.plan_hash, **result._asdict(), "files": [f._asdict() for f in result.files]}
         write_bytes(f"{ctx.out.rstrip('/')}/{PARTS_DIR}/{part_name(index)}.json",
                     json.dumps(record, sort_keys=True).encode("utf-8"))
