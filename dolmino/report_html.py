@@ -909,6 +909,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one redacted line
         return errors.report(exc)
     print(f"wrote {', '.join(written)} to {out}")
+    # The page shows the build's warnings; the console said only what was written, as if there were none (a tester).
+    for warning in report["warnings"]:
+        print(f"dolmino report: warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -80,3 +80,16 @@ def test_the_token_filter_chain_starts_after_the_length_limit():
              for r in _pool_filter_chain(source, acc)]
     assert chain == [("min_length", "pool", 41, 0, 1.0), ("min_length", "tokenized", 31, 5, round(26 / 31, 4)),
                      ("repeated_ngrams", "tokenized", 26, 2, round(24 / 26, 4))]
+
+
+def test_a_source_mostly_quarantined_is_a_warning():
+    """161 of 339 documents quarantined (157 over `max_doc_bytes`) were only in report.md's
+    quarantine table (found by a tester): a tenth or more is a warning; the odd broken line is not."""
+    from dolmino.report import _mostly_quarantined
+
+    acc = {"docs_in": 339, "quarantined": {"doc_too_large": 157, "malformed_json": 3, "missing_text": 1}}
+    assert _mostly_quarantined("web", acc) == [
+        "source 'web': 161 of its 339 input documents (47%) were quarantined, not used (doc_too_large 157, "
+        "malformed_json 3, missing_text 1; see quarantine/web/)"]
+    assert _mostly_quarantined("web", {"docs_in": 339, "quarantined": {"malformed_json": 3}}) == []
+    assert _mostly_quarantined("web", {"docs_in": 0, "quarantined": {}}) == []

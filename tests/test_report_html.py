@@ -302,6 +302,12 @@ def test_cli(tmp_path, capsys):
     assert "Sidecars of 2 of 3 parts, evenly spaced" in (tmp_path / "report.html").read_text()
     assert report_html.main([str(tmp_path / "nothing")]) == 2
     assert "no readable report.json" in capsys.readouterr().err
+    # the build's warnings, which the page shows, on the console too: it said only what it wrote (a tester)
+    report["warnings"] = ["source 'web': it contributes 10 of its 20 target tokens"]
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert report_html.main([str(tmp_path), "--sample-parts", "2"]) == 0
+    assert capsys.readouterr().err == ("dolmino report: warning: source 'web': it contributes 10 of its 20 target "
+                                       "tokens\n")
 
 
 def test_a_damaged_report_or_sidecar_is_one_line(tmp_path, capsys):
