@@ -486,6 +486,26 @@ def test_attribute_keys_stay_as_manifests_spell_them_and_a_wrong_ngram_size_is_r
         set_names([], {"ngram_size": 5})
 
 
+def test_a_minhash_default_written_out_keys_the_same_clusters():
+    """`"minhash": {}` and the same defaults written out (`{"threshold": 0.8}`, demo.json's three, a threshold
+    of 1 or 1.0) are one dedup, as `dolmino diff` reads them, and were two cluster sets (found by a tester):
+    the second recomputed signatures over the whole pool and `dolmino mix` refused the first's. The
+    MinHash set is keyed by value with the defaults filled in; demo.json's spelling keeps its name."""
+    from dolmino.build.tag import tag_plans
+
+    def set_name(minhash: dict) -> str:
+        spec = {"name": "keys", "version": 2, "seed": 1124, "budget": 4_000, "data_root": "/nowhere",
+                "sources": [{"name": "web", "paths": ["web/*.jsonl.zst"], "mix_percent": 100,
+                             "dedup": {"minhash": minhash}}]}
+        return tag_plans(manifest_from_dict(spec), {}, "", [])[0].minhash_set
+
+    demo = set_name({"num_perm": 128, "ngram": 5, "threshold": 0.8})
+    assert demo == "minhash-bb7b498e6191"  # the name roots tagged with demo.json hold
+    assert {set_name(m) for m in ({}, {"threshold": 0.8}, {"ngram": 5, "seed": 1124})} == {demo}
+    assert set_name({"threshold": 1}) == set_name({"threshold": 1.0}) != demo
+    assert len({demo, set_name({"threshold": 0.9}), set_name({"num_perm": 64}), set_name({"seed": 7})}) == 4
+
+
 def test_a_mix_spelling_a_parameter_otherwise_names_it(world, spark, tmp_path):
     """`dolmino mix` of a manifest that only wrote out fasttext_quality's default label refused with
     "another filter model or parameter" (found by a tester): the parameter is named, from the spec
