@@ -796,7 +796,11 @@ def test_an_olmo_core_config_the_model_cannot_express_is_refused(tmp_path):
     for change, words in (({"name": "default"}, "block 'default' is not OLMo 2's reordered_norm"),
                           ({"attention": {"n_heads": 4, "rope": {"name": "complex"}}}, "RoPE 'complex' is not"),
                           ({"attention": {"n_heads": 4, "rope": {"scaling": {"name": "yarn"}}}}, "RoPE scaling"),
-                          ({"attention": {"n_heads": 4, "n_kv_heads": 2}}, "grouped-query")):
+                          ({"attention": {"n_heads": 4, "n_kv_heads": 2}}, "grouped-query"),
+                          # OLMo 3's shapes are OLMo 2's: its windows and clipping loaded unsaid (a tester)
+                          ({"attention": {"n_heads": 4, "sliding_window": {"pattern": [4096, 4096, 4096, -1]}}},
+                           r"sliding-window attention \[4096, 4096, 4096, -1\] is not supported"),
+                          ({"attention": {"n_heads": 4, "clip_qkv": 8.0}}, "clip_qkv 8.0 is not supported")):
         block = {**written["model"]["block"], **change}
         (tmp_path / "run" / "config.json").write_text(json.dumps({**written, "model": {**written["model"],
                                                                                       "block": block}}))
@@ -809,7 +813,8 @@ def test_an_olmo_core_config_the_model_cannot_express_is_refused(tmp_path):
                                                                                   "block": mixer}}))
     with pytest.raises(CheckpointFormatError, match="RoPE 'complex' is not"):
         inspect_checkpoint(step_dir)
-    fused = {**written["model"]["block"], "attention": {"n_heads": 4, "rope": {"name": "fused", "theta": 500000}}}
+    fused = {**written["model"]["block"], "attention": {"n_heads": 4, "rope": {"name": "fused", "theta": 500000},
+                                                        "sliding_window": {"pattern": [-1]}, "clip_qkv": None}}
     model = {**written["model"], "block": fused}
     (tmp_path / "run" / "config.json").write_text(json.dumps({**written, "model": model}))
     assert inspect_checkpoint(step_dir).model.n_heads == 4

@@ -135,6 +135,32 @@ def test_qk_norm_is_over_the_whole_projection_not_per_head():
     assert not torch.allclose(a, b)
 
 
+def test_rope_rotates_bf16_queries_and_keys_in_fp32(monkeypatch):
+    """OLMo-core (RoPEConfig.full_precision, on in OLMo 2's configs) rotates q and k in fp32 and rounds
+    once; the tables were cast to the bf16 of autocast / FSDP's weights first, a second rounding."""
+    from trainer import model as model_module
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=64, n_layers=1, n_heads=2, vocab_size=300, max_seq_len=256)
+    olmo = OLMo2(cfg)
+    attn = olmo.blocks[0].attn.to(torch.bfloat16)
+    seen = {}
+
+    def sdpa(q, k, v, **kwargs):
+        seen["q"], seen["k"] = q, k
+        return torch.zeros_like(v)
+
+    monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", sdpa)
+    x = torch.randn(1, 256, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        attn(x, olmo.rope_cos, olmo.rope_sin)
+        q = attn.q_norm(attn.q_proj(x)).view(1, 256, 2, 32).transpose(1, 2)
+        k = attn.k_norm(attn.k_proj(x)).view(1, 256, 2, 32).transpose(1, 2)
+    assert olmo.rope_cos.dtype == torch.float32 and seen["q"].dtype == torch.bfloat16
+    assert torch.equal(seen["q"], model_module.apply_rope(q.float(), olmo.rope_cos, olmo.rope_sin).bfloat16())
+    assert torch.equal(seen["k"], model_module.apply_rope(k.float(), olmo.rope_cos, olmo.rope_sin).bfloat16())
+
+
 def test_forward_shape_and_causality():
     torch.manual_seed(0)
     cfg = ModelConfig(d_model=64, n_layers=2, n_heads=4, vocab_size=1000, max_seq_len=32)

@@ -6,7 +6,7 @@ What makes it OLMo 2 rather than Llama:
   the whole k projection, applied before the reshape to heads and before RoPE;
 - no biases anywhere, untied input/output embeddings, every weight trunc-normal(0, 0.02, +-3 std).
 RMSNorm runs in float32 and casts back, as HF's Olmo2RMSNorm does, so that bf16 autocast
-does not change the statistics and fp32 logits match the HF model to ~1e-6.
+does not change the statistics and fp32 logits match the HF model to ~1e-6; so does RoPE.
 """
 
 from __future__ import annotations
@@ -69,8 +69,9 @@ class Attention(nn.Module):
         q = self.q_norm(self.q_proj(x)).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_norm(self.k_proj(x)).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # Rotated in fp32 and rounded once, as OLMo-core (RoPEConfig.full_precision) and OLMo trained OLMo 2:
+        # with the tables cast to bf16 first (autocast, FSDP's bf16 weights), q and k had 1.5x the mean error.
+        q, k = apply_rope(q.float(), cos, sin).to(q.dtype), apply_rope(k.float(), cos, sin).to(k.dtype)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 

@@ -640,6 +640,13 @@ def _olmo_core_problems(block: dict, attention: dict, rope: dict, norms: dict[st
                         "supported)")
     if attention.get("bias"):
         problems.append("attention bias is true (OLMo 2 has no biases)")
+    # Neither changes a tensor's shape: OLMo 3's sliding windows loaded as OLMo 2's full attention, unsaid
+    window = attention.get("sliding_window") or {}
+    if any(w != -1 for w in window.get("pattern") or ()):
+        problems.append(f"sliding-window attention {window['pattern']} is not supported (OLMo 2 attends to the whole "
+                        "sequence)")
+    if attention.get("clip_qkv") is not None:
+        problems.append(f"clip_qkv {attention['clip_qkv']} is not supported (OLMo 2 does not clip q, k, v)")
     return problems
 
 
