@@ -813,9 +813,14 @@ def test_an_olmo_core_config_the_model_cannot_express_is_refused(tmp_path):
                                                                                   "block": mixer}}))
     with pytest.raises(CheckpointFormatError, match="RoPE 'complex' is not"):
         inspect_checkpoint(step_dir)
+    for change, words in (({"embed_scale": 8.0}, "embed_scale 8.0 is not supported"),
+                          ({"block_overrides": {"1": {"name": "default"}}}, r"block_overrides for blocks \['1'\]")):
+        (tmp_path / "run" / "config.json").write_text(json.dumps({**written, "model": {**written["model"], **change}}))
+        with pytest.raises(CheckpointFormatError, match=words):
+            inspect_checkpoint(step_dir)
     fused = {**written["model"]["block"], "attention": {"n_heads": 4, "rope": {"name": "fused", "theta": 500000},
                                                         "sliding_window": {"pattern": [-1]}, "clip_qkv": None}}
-    model = {**written["model"], "block": fused}
+    model = {**written["model"], "block": fused, "embed_scale": None, "block_overrides": None}
     (tmp_path / "run" / "config.json").write_text(json.dumps({**written, "model": model}))
     assert inspect_checkpoint(step_dir).model.n_heads == 4
 

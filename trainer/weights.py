@@ -672,6 +672,13 @@ def _model_config_from_olmo_core(path: Path, shapes: dict[str, tuple]) -> ModelC
         norms = {"block.layer_norm": norm, f"block.{mixer}.qk_norm": attention.get("qk_norm") or {},
                  "lm_head.layer_norm": (core.get("lm_head") or {}).get("layer_norm") or {}}
         problems = _olmo_core_problems(block, attention, rope, norms)
+        # Model-level settings that change no tensor's shape either (found by a tester)
+        if core.get("embed_scale") not in (None, 1, 1.0):
+            problems.append(f"embed_scale {core['embed_scale']} is not supported (OLMo 2 does not scale its "
+                            "embeddings)")
+        if core.get("block_overrides"):
+            problems.append(f"block_overrides for blocks {sorted(core['block_overrides'])} are not supported (every "
+                            "OLMo 2 block is alike)")
         if problems:
             raise CheckpointFormatError(f"{path}: " + "; ".join(problems))
         if attention.get("n_heads"):
