@@ -12,6 +12,11 @@ empty pool: it now reads OLMo's Dolma-format copy in allenai/olmo-mix-1124.
 
 from __future__ import annotations
 
+import fnmatch
+import json
+import os
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -66,3 +71,52 @@ def test_the_dclm_pool_reads_olmos_dolma_format_copy_of_dclm_baseline(tmp_path):
     assert Path(manifest.data_root) == REPO / "data" / "olmo-mix-1124"
     mix = load_manifest(str(REPO / "manifests" / "olmo2-mix-1124.json"))
     assert manifest.data_root == mix.data_root
+
+
+def _synth_examples(text: str) -> list[list[str]]:
+    """The `python -m dolmino.synth --generator ...` commands of `text` as argv, continuation lines joined."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return [shlex.split(line[line.index("python -m dolmino.synth"):]) for line in joined.splitlines()
+            if "python -m dolmino.synth --generator" in line]
+
+
+def _option(argv: list[str], name: str) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == name]
+
+
+def _pool_reads() -> list[str]:
+    """Every source pattern of the manifests that read `dolmino.synth` output, relative to the checkout, and
+    the `--input` of each step their descriptions give (TinyGSM-MIND reads the tinygsm generator's output)."""
+    patterns = []
+    for manifest in (POOLS / "math.json", REPO / "manifests" / "synth-math-demo.json"):
+        spec = json.loads(manifest.read_text())
+        root = os.path.relpath(manifest.parent / spec["data_root"], REPO)
+        for source in spec["sources"]:
+            patterns += [os.path.normpath(os.path.join(root, p)) for p in source["paths"]]
+            patterns += re.findall(r"--input '([^']+)'", source.get("description", ""))
+    return patterns
+
+
+def _readme_bash() -> str:
+    return "\n".join(re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S))
+
+
+@pytest.mark.parametrize("where", ["README.md", "python -m dolmino.synth --help"])
+def test_the_synth_examples_write_where_the_math_pools_read(where):
+    """README's and `dolmino synth --help`'s examples wrote tulu_math to build/synth/tulu (help: arithmetic
+    to build/synth/arith, gsm8k_numbers to build/synth/gsm8k), which pools/math.json does not read, so the
+    pool build that followed stopped on missing inputs; and read TinyGSM from tinygsm/, not from
+    data/upstream/tinygsm/ where "Real data" puts it (found by a tester following the README)."""
+    import dolmino.synth.__main__ as synth_main
+
+    examples = _synth_examples(_readme_bash() if where == "README.md" else synth_main.__doc__)
+    assert examples
+    reads = _pool_reads() + [glob for argv in examples for glob in _option(argv, "--input")]
+    for argv in examples:
+        generator, (out,) = _option(argv, "--generator")[0], _option(argv, "--out")
+        part = f"{out}/part-00000.jsonl.zst"
+        if generator != "owm_label":  # its labels train the OWM classifier (`owm_math train --labelled`)
+            assert any(fnmatch.fnmatch(part, p) for p in reads), (generator, out)
+        if generator == "tinygsm":
+            assert all(fnmatch.fnmatch("data/upstream/tinygsm/tinygsm-0000.jsonl", g)
+                       for g in _option(argv, "--input")), argv

@@ -1,12 +1,14 @@
 r"""Command line: generate a synthetic math source into a directory of Dolma files.
 
-    python -m dolmino.synth --generator arithmetic --out build/synth/arith --num-docs 100000 --partitions 16 --seed 1
-    python -m dolmino.synth --generator gsm8k_numbers --gsm8k-jsonl gsm8k_train.jsonl --out build/synth/gsm8k \
+    python -m dolmino.synth --generator arithmetic --out build/synth/arithmetic --num-docs 100000 \
+        --partitions 16 --seed 1
+    python -m dolmino.synth --generator gsm8k_numbers --gsm8k-jsonl gsm8k_train.jsonl --out build/synth/gsm8k_numbers \
         --num-docs 20000 --partitions 8
     python -m dolmino.synth --generator gsm8k_train --gsm8k-jsonl gsm8k_train.jsonl --out build/synth/gsm8k_train
-    python -m dolmino.synth --generator tulu_math --personas personas.jsonl --out build/synth/tulu \
+    python -m dolmino.synth --generator tulu_math --personas personas.jsonl --out build/synth/tulu_math \
         --num-docs 1000 --partitions 8 --endpoint http://127.0.0.1:8000/v1 --model M --api-key-env OPENAI_API_KEY
-    python -m dolmino.synth --generator tinygsm --input 'tinygsm/*.jsonl.zst' --out build/synth/tinygsm --partitions 64
+    python -m dolmino.synth --generator tinygsm --input 'data/upstream/tinygsm/*.jsonl*' --out build/synth/tinygsm \
+        --partitions 64
     python -m dolmino.synth --generator mind --input 'build/synth/tinygsm/part-*.jsonl.zst' --num-docs N \
         --style two_students --style problem_solving --out build/synth/tinygsm_mind --endpoint ... --model M
     python -m dolmino.synth --generator owm_label --input 'owm/*.jsonl.zst' --num-docs 200000 \
