@@ -7,7 +7,7 @@ Writes `config.json` and `model.safetensors` with transformers' Olmo2 parameter 
 the same logits as trainer.model.OLMo2. The layouts already agree (q/k norms over the whole
 projection, rotate-half RoPE, post-attention / post-feedforward norms), so export is a
 rename; the vocabulary stays padded (100352), as in the released OLMo 2 checkpoints. Weights
-larger than --max-shard-size are written as save_pretrained shards them, to
+larger than --max-shard-size are sharded as save_pretrained shards them, into
 `model-0000i-of-0000N.safetensors` with `model.safetensors.index.json`: a 13B fp32 model in one
 file (~55 GB) is over the Hugging Face Hub's 50 GB per-file limit.
 
