@@ -839,6 +839,22 @@ def test_a_custom_scorer_that_raises_in_a_build_is_one_line_with_its_own_traceba
     assert err.count("Traceback") == 1 and "Traceback of the scorer, in an executor" in err, err
     assert err.count('raise ValueError("cannot score "') == 1 and err.count("in _helper") == 1, err
     assert "pyspark" not in err and "PythonException" not in err and "filters/" not in err, err
+    # the scorer's file where the user keeps it, not the executor's copy (userFiles-<uuid>, gone with the session)
+    assert f'  File "{tmp_path / f"{name}.py"}", line ' in err and "userFiles-" not in err, err
+
+
+def test_shipped_files_in_a_scorer_traceback_are_named_as_given():
+    """A worker imports its own copy of a --py-files file; a .zip's modules sit below the zip's name."""
+    from dolmino.build.cli import _as_given
+
+    given = {"boom.py": "/home/me/scorers/boom.py", "code.zip": "/home/me/code.zip"}
+    frames = ('  File "/tmp/spark-1/userFiles-2/boom.py", line 3, in score\n    return helper(texts)\n'
+              '  File "/work/app-0001/0/code.zip/pkg/mod.py", line 9, in helper\n'
+              '  File "/usr/lib/python3.11/json/__init__.py", line 1, in loads')
+    assert _as_given(frames, given) == (
+        '  File "/home/me/scorers/boom.py", line 3, in score\n    return helper(texts)\n'
+        '  File "/home/me/code.zip/pkg/mod.py", line 9, in helper\n'
+        '  File "/usr/lib/python3.11/json/__init__.py", line 1, in loads')
 
 
 def test_a_python_worker_that_crashes_is_named_with_its_python_stack(spark):

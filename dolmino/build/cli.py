@@ -308,11 +308,38 @@ def _scorer_sites(manifest, message: str) -> str | None:
     return ", ".join(sites) or None
 
 
-def executor_traceback(exc: BaseException) -> str | None:
+_FRAME_FILE = re.compile(r'^(  File ")([^"\n]+)(")', re.M)
+
+
+def given_py_files(sc, shipped: list[str]) -> dict[str, str]:
+    """File name -> the path the user gave it as, for the files `--py-files` shipped (dolmino's, and
+    spark-submit's own, which Spark records as `spark.submit.pyFiles`)."""
+    given = {os.path.basename(path): path for path in shipped}
+    for item in (sc.getConf().get("spark.submit.pyFiles", "") or "").split(","):
+        path = item.strip().removeprefix("file://").removeprefix("file:")
+        if path:
+            given.setdefault(os.path.basename(path), path)
+    return given
+
+
+def _as_given(frames: str, given: dict[str, str]) -> str:
+    """The frames with each shipped file named where the user keeps it: an executor imports its copy
+    (`.../userFiles-<uuid>/boom.py`, a worker's work directory on a cluster), a path gone when the
+    session ends, which the traceback named (a tester's list)."""
+    def named(m: re.Match) -> str:
+        parts = m.group(2).split("/")
+        for k, part in enumerate(parts):
+            if part in given and (k == len(parts) - 1 or part.lower().endswith((".zip", ".egg"))):
+                return m.group(1) + "/".join([given[part], *parts[k + 1:]]) + m.group(3)
+        return m.group(0)
+    return _FRAME_FILE.sub(named, frames) if given else frames
+
+
+def executor_traceback(exc: BaseException, given: dict[str, str] | None = None) -> str | None:
     """What to print once above the build's line for a failure in an executor that `executor_failure`
     names: the frames of a custom scorer's own code that its ScorerError carries (the lines of its
-    message after the first), or the Python stack of a worker that crashed, down to PySpark's frames
-    (the faulthandler's, most recent call first). None for any other failure."""
+    message after the first; `given`: `given_py_files`), or the Python stack of a worker that crashed,
+    down to PySpark's frames (the faulthandler's, most recent call first). None for any other failure."""
     from dolmino.s3 import redact
 
     if type(exc).__name__ not in ("Py4JJavaError", "PythonException"):
@@ -329,7 +356,8 @@ def executor_traceback(exc: BaseException) -> str | None:
             frames.append(line)
         if last.group(1) != "ScorerError" or not frames:
             return None
-        return redact("Traceback of the scorer, in an executor (most recent call last):\n" + "\n".join(frames))
+        return redact("Traceback of the scorer, in an executor (most recent call last):\n"
+                      + _as_given("\n".join(frames), given or {}))
     stack = _FATAL_STACK.search(text) if _WORKER_DIED in text and _FATAL.search(text) else None
     if stack is None:
         return None
@@ -402,7 +430,7 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
             raise
         text = executor_failure(exc, manifest)
         if text is not None:
-            if shown := executor_traceback(exc):  # the user's own traceback, once, above the line
+            if shown := executor_traceback(exc, given_py_files(spark.sparkContext, shipped)):  # once, above
                 print(shown, file=sys.stderr)
             print(f"{prog}: error: {text}", file=sys.stderr)
             return 2
