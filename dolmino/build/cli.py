@@ -315,7 +315,11 @@ def given_py_files(sc, shipped: list[str]) -> dict[str, str]:
     """File name -> the path the user gave it as, for the files `--py-files` shipped (dolmino's, and
     spark-submit's own, which Spark records as `spark.submit.pyFiles`)."""
     given = {os.path.basename(path): path for path in shipped}
-    for item in (sc.getConf().get("spark.submit.pyFiles", "") or "").split(","):
+    try:
+        submitted = sc.getConf().get("spark.submit.pyFiles", "") or ""
+    except Exception:  # noqa: BLE001 - a JVM gone with the failure: the frames keep the copies' paths
+        submitted = ""
+    for item in submitted.split(","):
         path = item.strip().removeprefix("file://").removeprefix("file:")
         if path:
             given.setdefault(os.path.basename(path), path)
