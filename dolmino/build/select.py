@@ -54,7 +54,7 @@ class SourceSelection:
     target_tokens: int
     pool_docs: int
     pool_bytes: int
-    tokens_per_byte: float  # estimated from the tag sample (then measured on what was tokenized)
+    tokens_per_byte: float  # estimated from the tag sample (measured on what was tokenized when a round falls short)
     mode: str  # "all": the whole pool is tokenized; "prefix": hash buckets [0, bucket_hi)
     bucket_hi: int = NUM_BUCKETS
     # Small pools (<= SMALL_SOURCE_DOCS documents) fill their fraction greedily in hash order over
