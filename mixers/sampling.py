@@ -88,8 +88,12 @@ def greedy_fill(docs: list[tuple[int, int]], fraction_tokens: int) -> frozenset:
 def split_budget(budget: int, mix_fractions: dict[str, float]) -> dict[str, int]:
     """Token targets per source; rounding goes to the largest remainders so targets sum to the budget.
     In exact arithmetic: a float product holds 53 bits, and a budget of 123456789012345678 split
-    into targets summing to ...681 (a reviewer)."""
-    raw = {name: Fraction(f) * budget for name, f in mix_fractions.items()}
+    into targets summing to ...681 (a reviewer). The shares are normalised exactly too: float shares
+    sum to 1 only within ~1e-16, and the demo's Mix % split that budget into targets 13 tokens over it
+    (a share sum under 1 left more short than there are sources, one over 1 a negative slice)."""
+    shares = {name: Fraction(f) for name, f in mix_fractions.items()}
+    total = sum(shares.values())
+    raw = {name: share / total * budget for name, share in shares.items()}
     targets = {name: math.floor(v) for name, v in raw.items()}
     short = budget - sum(targets.values())
     for name in sorted(raw, key=lambda n: (-(raw[n] - targets[n]), n))[:short]:

@@ -75,6 +75,20 @@ def test_split_budget_sums_exactly():
     assert all(abs(t[k] - Fraction(f) * budget) < 1 for k, f in (("a", 0.3), ("b", 0.3), ("c", 0.4)))
 
 
+def test_split_budget_sums_exactly_when_float_shares_miss_one():
+    """Shares normalised in floats (the demo's Mix %) sum to 1 only within ~1e-16: at a large budget
+    the targets summed to the budget + 13, and shares summing over 1 went through a negative slice."""
+    percents = {"dclm": 47.2, "flan": 16.6, "stackexchange": 2.45, "pes2o": 5.85, "wiki": 7.11, "math": 20.8}
+    total = sum(percents.values())
+    fractions = {name: p / total for name, p in percents.items()}
+    assert sum(Fraction(f) for f in fractions.values()) != 1  # the case: not exactly 1
+    budget = 123456789012345678
+    t = split_budget(budget, fractions)
+    assert sum(t.values()) == budget
+    over = {"a": 0.5000000000000001, "b": 0.5000000000000001}  # sums over 1
+    assert split_budget(2**63 - 1, over) == {"a": 2**62, "b": 2**62 - 1}
+
+
 def test_fraction_cut_hits_token_target_within_one_doc():
     rng = random.Random(0)
     docs = [(seeded_hash(7, str(i)), rng.randint(50, 2000)) for i in range(20000)]
