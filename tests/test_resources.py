@@ -315,3 +315,55 @@ def test_a_model_downloaded_again_keeps_its_digest(s3_server, tmp_path, monkeypa
 
     (model / "config.json").write_bytes(b'{"num_labels": 6}')
     assert stage(str(model)).sha256 != clean
+
+
+def test_a_cached_copy_changed_between_builds_is_fetched_again(s3_server, tmp_path, monkeypatch):
+    """The node's marker held the digest alone: a cached model (or a file of a model directory)
+    changed or cut after one build checked it was scored with by the next build unsaid (found by
+    a tester, a copy edited in an executor's cache between two builds on a cluster). The marker
+    records each file's size and mtime too; a copy that differs from it is hashed again, and
+    fetched again when its digest is not the driver's."""
+    import uuid
+
+    from dolmino import s3
+
+    monkeypatch.setenv("DOLMINO_CACHE", str(tmp_path / "cache"))
+    bucket = f"res-{uuid.uuid4().hex[:12]}"
+    s3.client().create_bucket(Bucket=bucket)
+    s3.client().put_object(Bucket=bucket, Key="m.bin", Body=b"model A" * 100)
+    s3.client().put_object(Bucket=bucket, Key="dir/config.json", Body=b'{"labels": 6}')
+    s3.client().put_object(Bucket=bucket, Key="dir/weights.bin", Body=b"weights" * 100)
+    file_model, dir_model = stage(f"s3://{bucket}/m.bin"), stage(f"s3://{bucket}/dir")
+    path, directory = localize(file_model), localize(dir_model)
+    assert localize(file_model) == path  # a second task: the node's checked copy
+    with open(path, "r+b") as fh:  # the same size, other bytes
+        fh.write(b"model B")
+    with open(os.path.join(directory, "weights.bin"), "wb") as fh:  # cut short
+        fh.write(b"weights")
+    assert open(localize(file_model), "rb").read() == b"model A" * 100
+    assert open(os.path.join(localize(dir_model), "weights.bin"), "rb").read() == b"weights" * 100
+
+
+def test_a_download_without_credentials_names_the_model(s3_server, tmp_path, monkeypatch):
+    """An executor without the AWS credentials the driver had (a worker started without them, no
+    spark.executorEnv.*) ended the build with `in an executor: NoCredentialsError: Unable to locate
+    credentials`, naming neither the model nor what to set (found by a tester on a standalone
+    cluster). The download names the object and the fix, as the driver's hashing does."""
+    import uuid
+
+    import pytest
+
+    from dolmino import s3
+    from dolmino.s3 import S3ObjectError
+
+    monkeypatch.setenv("DOLMINO_CACHE", str(tmp_path / "cache"))
+    bucket = f"res-{uuid.uuid4().hex[:12]}"
+    s3.client().create_bucket(Bucket=bucket)
+    s3.client().put_object(Bucket=bucket, Key="m.bin", Body=b"model" * 10)
+    resource = stage(f"s3://{bucket}/m.bin")  # the driver has credentials
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(S3ObjectError) as exc:
+        localize(resource)
+    assert str(exc.value).startswith(f"s3://{bucket}/m.bin: no usable S3 credentials (NoCredentialsError)")
+    assert "AWS_ACCESS_KEY_ID" in str(exc.value)

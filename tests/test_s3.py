@@ -596,3 +596,26 @@ def test_missing_or_partial_credentials_name_the_object_and_in_an_executor_where
         f"{uri}: no usable S3 credentials in this executor (NoCredentialsError): set AWS credentials in the "
         "executors' environment (spark.executorEnv.AWS_ACCESS_KEY_ID and spark.executorEnv.AWS_SECRET_ACCESS_KEY, "
         "or the Spark workers' own environment, AWS_PROFILE or an instance role)")
+
+
+def test_an_endpoint_the_user_gave_the_executors_is_kept(monkeypatch):
+    """`--conf spark.executorEnv.AWS_ENDPOINT_URL_S3=...` (executors that reach the store at another
+    address than the submitting machine: a port-forward on the driver, a VPC endpoint) was replaced
+    by the driver's endpoint, and the executors were sent where they cannot connect (found by a
+    tester on a standalone cluster). What the user did not set is still forwarded."""
+    from dolmino.build.spark import forward_environment
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://localhost:19000")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    conf = {"spark.task.cpus": "1", "spark.executorEnv.AWS_ENDPOINT_URL_S3": "http://minio.cluster:9000"}
+
+    class FakeContext:  # as SparkContext starts: spark.executorEnv.* already in its environment
+        environment = {"AWS_ENDPOINT_URL_S3": "http://minio.cluster:9000"}
+
+        def getConf(self):
+            return conf
+
+    sc = FakeContext()
+    forward_environment(sc, any_s3=True)
+    assert sc.environment["AWS_ENDPOINT_URL_S3"] == "http://minio.cluster:9000"
+    assert sc.environment["AWS_DEFAULT_REGION"] == "us-east-1"

@@ -12,7 +12,8 @@ On an executor, `localize` returns a local path: the shipped copy (a directory u
 the cache), or a download into a per-node cache (`$DOLMINO_CACHE`, default
 ~/.cache/dolmino/resources) keyed by the digest.
 Either way the bytes are checked against the driver's SHA-256 once per node (a marker file
-records the check), so every executor scores with exactly the model the driver saw.
+records the check, and the size and mtime of what it checked: a copy changed since is checked
+again), so every executor scores with exactly the model the driver saw.
 Attribute sets are keyed by these digests, not by paths: moving a model does not re-tag,
 changing it does.
 """
@@ -232,16 +233,30 @@ def _marker(path: str, resource: Resource) -> str:
     return f"{path.rstrip('/')}.sha256-{resource.sha256[:16]}.ok"
 
 
+def _stamp(path: str, resource: Resource) -> str:
+    """The digest with the size and mtime of every file the copy holds: a marker holding the digest
+    alone vouched for a cached copy changed or cut since it was checked, and the next build scored
+    with it unsaid (found by a tester)."""
+    files = [("", path)] if not os.path.isdir(path) else [(rel, os.path.join(path, rel)) for rel in _local_files(path)]
+    stats = [(rel, os.stat(full)) for rel, full in files]
+    return resource.sha256 + "\n" + "".join(f"{rel}\0{st.st_size} {st.st_mtime_ns}\n" for rel, st in stats)
+
+
 def _mark_verified(path: str, resource: Resource) -> str:
     with open(_marker(path, resource), "w") as fh:
-        fh.write(resource.sha256 + "\n")
+        fh.write(_stamp(path, resource))
     return path
 
 
 def _verified(path: str, resource: Resource) -> str:
-    """`path` after checking its digest once per node (a marker beside it records the check)."""
-    if os.path.exists(_marker(path, resource)):
-        return path
+    """`path` after checking its digest once per node and copy: a marker beside it records the check
+    and what the copy's files looked like then; a copy changed since is hashed again."""
+    try:
+        with open(_marker(path, resource)) as fh:
+            if fh.read() == _stamp(path, resource):
+                return path
+    except OSError:
+        pass
     digest, _ = local_digest(path)
     if digest != resource.sha256:
         raise BuildError(f"{resource.uri}: the copy on this executor ({path}) has SHA-256 {digest[:16]}..., "
@@ -295,14 +310,18 @@ def _remove(path: str) -> None:
 
 
 def _download(resource: Resource) -> str:
-    from dolmino.s3 import open_uri
+    """A failure names the object (S3ObjectError), as `s3_digest` does on the driver: an executor
+    without credentials ended the build with botocore's "NoCredentialsError: Unable to locate
+    credentials", naming neither the model nor the executors' environment to fix (found by a tester)."""
+    from dolmino.s3 import about, open_uri
 
     def fill(dest_root: str) -> None:
-        members, is_dir = _s3_members(resource.uri)
+        with about(resource.uri):
+            members, is_dir = _s3_members(resource.uri)
         for rel, member in members:
             dest = os.path.join(dest_root, rel) if is_dir else dest_root
             os.makedirs(os.path.dirname(dest), exist_ok=True)
-            with open_uri(member, "rb") as src, open(dest, "wb") as out:
+            with about(member), open_uri(member, "rb") as src, open(dest, "wb") as out:
                 shutil.copyfileobj(src, out, HASH_CHUNK)
 
     return _in_cache(resource, fill)

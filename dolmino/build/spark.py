@@ -657,12 +657,17 @@ def forward_environment(sc, any_s3: bool, task_cpus: int | None = None) -> None:
 
     The tokenizer's Rust thread pool would otherwise start one thread per core in every
     Python worker: N workers x N threads on an N-core node. Each task gets the cores Spark
-    reserved for it (spark.task.cpus, default 1)."""
+    reserved for it (spark.task.cpus, default 1).
+
+    A setting the user gave the executors (`spark.executorEnv.KEY`) is kept: the driver's value
+    replaced it, so executors that reach S3 at another address than the submitting machine (a
+    port-forward on the driver, a VPC endpoint in the cluster) were sent to the driver's (a tester)."""
     if any_s3:
         from dolmino.s3 import without_userinfo
 
+        conf = sc.getConf()
         for key in S3_ENDPOINT_ENV:
-            if os.environ.get(key):
+            if os.environ.get(key) and conf.get(f"spark.executorEnv.{key}") is None:
                 # A password in an endpoint URL is of no use to botocore (dolmino.s3.client drops
                 # it), and executor settings are shown in Spark's UI and event log.
                 value = os.environ[key]
