@@ -589,3 +589,27 @@ def test_progress_lines_for_long_tasks():
     progress(3)
     progress(7)  # done: the task's own summary line follows, no progress line
     assert len(lines) == 1 and lines[0].startswith("eval: mmlu: requests 3/10 (")
+
+
+def test_a_model_of_another_tokenizer_is_not_scored_with_dolma2_ids(wheels, tmp_path, capsys):
+    """An HF directory whose own tokenizer.json maps ids to other text was scored with the packaged
+    dolma2 ids, exit 0 (a tester): refused, unless --tokenizer names the tokenizer to use; a
+    rewritten copy of dolma2 (other bytes, same encoding) is dolma2 and scored."""
+    from trainer.export_hf import export
+
+    save_trainer_checkpoint(tmp_path / "ckpt", small_model(seed=8, max_seq_len=1024))
+    export(tmp_path / "ckpt", tmp_path / "hf")
+    definition = json.loads(dolma2_tokenizer_path().read_text(encoding="utf-8"))
+    (tmp_path / "hf" / "tokenizer.json").write_text(json.dumps(definition, indent=2))  # save_pretrained's layout
+    args = ["--checkpoint", str(tmp_path / "hf"), "--tasks", "arc_easy", "--limit", "1", "--device", "cpu"]
+    assert main(args) == 0
+    capsys.readouterr()
+    vocab = definition["model"]["vocab"]
+    vocab["\u0120the"], vocab["\u0120of"] = vocab["\u0120of"], vocab["\u0120the"]  # another tokenizer, same size
+    (tmp_path / "other.json").write_text(json.dumps(definition))
+    (tmp_path / "hf" / "tokenizer.json").write_text(json.dumps(definition))
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "another tokenizer than the packaged dolma2" in err and "model.vocab" in err and "--tokenizer" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main([*args, "--tokenizer", str(tmp_path / "other.json")]) == 0  # the user says which

@@ -466,6 +466,31 @@ def load_model(checkpoint: str | Path, device: torch.device | str = "cpu",
     return LoadedModel(loaded, info.format, info.path, info.step)
 
 
+def other_tokenizer(checkpoint: str | Path) -> str | None:
+    """Why the packaged dolma2 tokenizer is not the one `checkpoint` says it was trained with, else
+    None (also where it does not say, or the two cannot be compared). A model trained on another
+    tokenizer's ids (an HF directory's own tokenizer.json, a build with tokenizer.path) was scored
+    with dolma2's ids, exit 0 and meaningless accuracies (found by a tester); definitions that
+    encode alike (a release's tokenizer.json rewritten by save_pretrained) are dolma2."""
+    from dolmino.assets import DOLMA2_TOKENIZER_SHA256
+    from trainer.tokenizer_files import DOLMA2_NAME, encoding_difference, tokenizer_encoding, tokenizer_identity
+    from trainer.weights import CheckpointFormatError, inspect_checkpoint
+
+    try:
+        found = tokenizer_identity(inspect_checkpoint(checkpoint))
+    except (CheckpointFormatError, OSError, ValueError):
+        return None  # load_model says what is wrong with the checkpoint
+    if not isinstance(found, dict) or found["tokenizer_sha256"] == DOLMA2_TOKENIZER_SHA256:
+        return None
+    theirs = tokenizer_encoding(found)
+    dolma2 = tokenizer_encoding({"tokenizer_sha256": DOLMA2_TOKENIZER_SHA256, "path": None, "subject": DOLMA2_NAME})
+    if isinstance(theirs, str) or isinstance(dolma2, str) or (part := encoding_difference(theirs, dolma2)) is None:
+        return None
+    return (f"{checkpoint} was trained with another tokenizer than the packaged dolma2 (tokenizer.json "
+            f"{found['source']}: its {part} differ), so dolma2's ids would be scored as its text; score "
+            f"it with python -m trainer.eval --tokenizer ITS_TOKENIZER.json")
+
+
 # ---------------------------------------------------------------------------- scoring
 
 
@@ -848,6 +873,8 @@ def evaluate(checkpoint: str | Path, tasks: str | list[str] = DEFAULT_TASKS, lim
                    "bfloat16": torch.bfloat16}[dtype]
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     tokenizer = Tokenizer(tokenizer_path)
+    if tokenizer_path is None and (other := other_tokenizer(checkpoint)) is not None:
+        raise EvalError(other)
     loaded = load_model(checkpoint, dev, torch_dtype)
     if tokenizer.vocab_size > loaded.cfg.padded_vocab_size:
         raise EvalError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model's vocabulary only "
