@@ -386,6 +386,10 @@ def test_a_stage_that_knows_its_documents_shows_them_and_an_eta(spark):
     st.counters.add("docs", -20)
     assert "20/40 docs" in st.line() and "ETA 0m" in st.line()
     assert "· 40/40 docs ·" in out.getvalue().strip().splitlines()[-1]  # the final line, at the stage's end
+    # under 10 documents a second with a decimal: 36 documents in 3.1 s read "0 docs/s" (a tester)
+    st.started = time.time() - 10.0
+    st.counters.add("docs", -16)
+    assert " · 0.4 docs/s · " in st.line(), st.line()
 
 
 def test_a_stage_stopped_under_its_live_line_ends_the_line(spark):

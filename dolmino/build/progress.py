@@ -171,7 +171,9 @@ class Stage:
             parts.append(f"{format_count(v['bytes'])}B/{format_count(self.total_bytes)}B")
         if self.total_docs:
             parts.append(f"{int(v['docs']):,}/{self.total_docs:,} docs")
-        parts.append(f"{v['docs'] / elapsed:,.0f} docs/s")
+        rate = v["docs"] / elapsed
+        # under 10 with a decimal: 36 documents in 3.1 s read "0 docs/s" (a tester)
+        parts.append(f"{rate:,.1f} docs/s" if 0 < rate < 10 else f"{rate:,.0f} docs/s")
         # the stage's main token figure, named: "tokens/s" alone read as tokenized in every stage
         kind = next((name for name in ("tokens_tokenized", "tokens_written", "tokens_read") if v[name]), None)
         if kind:
