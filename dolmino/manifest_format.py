@@ -163,6 +163,11 @@ def _write_atomic(path: str, text: str) -> None:
             os.remove(tmp)
 
 
+# How errors begin, as every other `dolmino <command>`'s do (`dolmino plan: error: ...`); a bare
+# "error: x.json: not valid JSON" was the odd one out (found by a tester).
+PROG = "dolmino manifest fmt"
+
+
 def format_files(paths: list[str], check: bool = False, diff: bool = False) -> int:
     """Format (or with check/diff, only inspect) each file.
 
@@ -176,15 +181,15 @@ def format_files(paths: list[str], check: bool = False, diff: bool = False) -> i
             with open(path, "rb") as fh:
                 current = fh.read().decode("utf-8", "replace")
         except ManifestError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
             errors += 1
             continue
         wanted = format_text(data)
         try:
             wanted.encode("utf-8")
         except UnicodeEncodeError as exc:  # a \ud800 escape without its pair: a traceback, a temporary file left
-            print(f"error: {path}: a string holds a lone surrogate escape ({exc.object[exc.start]!a}), which UTF-8 "
-                  "cannot hold; write the character, or its escaped pair", file=sys.stderr)
+            print(f"{PROG}: error: {path}: a string holds a lone surrogate escape ({exc.object[exc.start]!a}), "
+                  "which UTF-8 cannot hold; write the character, or its escaped pair", file=sys.stderr)
             errors += 1
             continue
         if current == wanted:

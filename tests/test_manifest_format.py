@@ -244,7 +244,8 @@ def test_fmt_writes_through_a_symlink_and_refuses_a_lone_surrogate(tmp_path, cap
     capsys.readouterr()
     assert format_files([str(lone)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {lone}: a string holds a lone surrogate escape") and err.count("\n") == 1
+    assert err.startswith(f"dolmino manifest fmt: error: {lone}: a string holds a lone surrogate escape")
+    assert err.count("\n") == 1
     assert lone.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["50B.json", "current.json", "lone.json"]
 
 
@@ -280,3 +281,13 @@ def test_a_value_json_has_not_names_its_field(tmp_path, capsys, value, where):
         load_manifest(str(path))
     assert main(["check", str(path)]) == 1
     assert f"BAD {path}: {where}: " in capsys.readouterr().out
+
+
+def test_fmt_error_line_names_the_command(tmp_path, capsys):
+    """`dolmino manifest fmt bad.json` said a bare "error: bad.json: ..." where every other command
+    says "dolmino <command>: error: ..."."""
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"name": ')
+    assert format_files([str(bad)]) == 2
+    assert capsys.readouterr().err == (f"dolmino manifest fmt: error: {bad}: not valid JSON (line 1, column 10: "
+                                       "Expecting value)\n")

@@ -517,3 +517,12 @@ def test_diff_without_a_plan_on_one_side_shows_no_mix_change(tmp_path):
     text = render_diff(_diff_of(tmp_path, a, c)[0])
     assert re.search(r"^y\s+800M\s+-(\s+-){2}\s+80\.00\s+-\s+-80\.00$", text, re.M), text  # removed: all of it
     assert re.search(r"^z\s+-\s+800M(\s+-){2}\s+-\s+80\.00\s+\+80\.00$", text, re.M), text  # added
+
+
+def test_plan_error_in_a_manifest_field_names_the_file(tmp_path, capsys):
+    """`dolmino plan bad.json` said "seed: expected ..." without the file, where diff and lock name it."""
+    m = json.loads((MANIFESTS / "50B.json").read_text())
+    (tmp_path / "bad.json").write_text(json.dumps({**m, "seed": "x"}))
+    assert plan_cmd.main([str(tmp_path / "bad.json"), "--no-inputs"]) == 2
+    assert capsys.readouterr().err == (f"dolmino plan: error: {tmp_path / 'bad.json'}: seed: expected a non-negative "
+                                       "integer, got 'x'\n")
