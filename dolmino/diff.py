@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass, field
 
 from dolmino.errors import ManifestError
-from dolmino.manifest import MINHASH_DEFAULTS, Manifest, SourceSpec, format_count, load_manifest, parse_count
+from dolmino.manifest import MINHASH_DEFAULTS, Manifest, SourceSpec, format_count, load_named_manifest, parse_count
 from dolmino.plan import Plan, make_plan, markdown_text, render_table, share_text
 from filters.base import number_text
 
@@ -330,16 +330,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _load(path: str) -> Manifest:
-    """A manifest, or an error naming which of the two it is (both read alike)."""
-    try:
-        return load_manifest(path)
-    except ManifestError as exc:
-        if str(exc).startswith(path):
-            raise
-        raise ManifestError(f"{path}: {exc}") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     from dolmino.s3 import cli_errors
 
@@ -347,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     errors = cli_errors("dolmino diff", expected=(ManifestError,))
     try:
         budget = parse_count(args.budget, "--budget") if args.budget else None
-        d = diff_manifests(_load(args.before), _load(args.after), budget)
+        d = diff_manifests(load_named_manifest(args.before), load_named_manifest(args.after), budget)
     except Exception as exc:  # noqa: BLE001 - one redacted line
         return errors.report(exc)
     sys.stdout.write(render_diff(d, args.format))

@@ -58,7 +58,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dolmino.argtypes import positive_int
 from dolmino.checksums import sha256_file
 from dolmino.errors import BuildError, ManifestError
-from dolmino.manifest import Manifest, resolve_relative, expand_home, load_manifest
+from dolmino.manifest import Manifest, resolve_relative, expand_home, load_named_manifest
 from dolmino.py_files import PY_FILES_HELP, import_py_files, py_files
 from dolmino.s3 import local_path
 
@@ -567,17 +567,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _load(path: str, data_root: str | None) -> Manifest:
-    """The manifest, its errors naming the file as `dolmino diff`'s do ("sources[0].filters[0].thresh:
-    unknown parameter" did not say which file; found by a tester); --data-root's name that option."""
-    try:
-        return load_manifest(path, data_root)
-    except ManifestError as exc:
-        if str(exc).startswith((path, "--data-root")):
-            raise
-        raise ManifestError(f"{path}: {exc}") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     from dolmino.s3 import cli_errors
 
@@ -585,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     errors = cli_errors("dolmino lock", expected=(ManifestError, BuildError))
     try:
         import_py_files(py_files(args.py_files))  # before the manifest check, which imports a custom scorer
-        manifest = _load(args.manifest, args.data_root)
+        manifest = load_named_manifest(args.manifest, args.data_root)
         path = args.lockfile or lock_path_for(args.manifest)
         if args.check:
             problems = check_lock(manifest, path, rehash=args.rehash, jobs=args.jobs)

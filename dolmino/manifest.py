@@ -924,6 +924,18 @@ def load_manifest(path: str, data_root: str | None = None) -> Manifest:
     return manifest
 
 
+def load_named_manifest(path: str, data_root: str | None = None) -> Manifest:
+    """`load_manifest`, every error naming the file (a field's error, "seed: expected a non-negative
+    integer", did not say which manifest; found by testers of diff, lock and plan); --data-root's
+    errors name that option instead."""
+    try:
+        return load_manifest(path, data_root)
+    except ManifestError as exc:
+        if str(exc).startswith((path, "--data-root")):
+            raise
+        raise ManifestError(f"{path}: {exc}") from None
+
+
 LOCKFILE_SUFFIX = ".lock.json"
 
 

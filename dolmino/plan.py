@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import (
-    Manifest, SourcePlanRow, format_bytes, format_count, load_manifest, parse_count, plan_warnings, share_text,
+    Manifest, SourcePlanRow, format_bytes, format_count, load_named_manifest, parse_count, plan_warnings, share_text,
 )
 
 FORMATS = ("text", "markdown", "json")
@@ -286,24 +286,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _load(path: str, data_root: str | None) -> Manifest:
-    """The manifest, its errors naming the file as `dolmino diff`'s and `dolmino lock`'s do
-    ("seed: expected a non-negative integer" did not say which file; found by a tester)."""
-    try:
-        return load_manifest(path, data_root)
-    except ManifestError as exc:
-        if str(exc).startswith((path, "--data-root")):
-            raise
-        raise ManifestError(f"{path}: {exc}") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     from dolmino.s3 import cli_errors
 
     args = parse_args(argv)
     errors = cli_errors("dolmino plan", expected=(ManifestError, BuildError))
     try:
-        manifest = _load(args.manifest, args.data_root)
+        manifest = load_named_manifest(args.manifest, args.data_root)
         budget = parse_count(args.budget, "--budget") if args.budget else None
         plan = make_plan(manifest, budget, list_files=not args.no_inputs)
     except Exception as exc:  # noqa: BLE001 - one redacted line
