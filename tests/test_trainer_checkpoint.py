@@ -188,17 +188,19 @@ def _two_ranks_worker(rank: int, store: str, data: list, resume: list, out: str,
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
                             timeout=timedelta(seconds=60))
     env = DistEnv(rank=rank, local_rank=rank, world_size=2, device=torch.device("cpu"))
+    outcome = None
     try:
         Trainer(make_run(Path(data[rank]), **train), env, Path(out) / f"run{rank}", resume=resume[rank], log=quiet)
         outcome = "ok"
     except ValueError as exc:
         outcome = str(exc)
     finally:
+        if outcome is not None:  # what the rank said, kept before gloo is torn down (below)
+            Path(f"{out}/outcome{rank}").write_text(outcome)
         # both ranks done before either tears gloo down: a peer's closed connection seen by gloo's
         # own thread aborted a rank now and then ("terminate called without an active exception")
         dist.barrier()
         dist.destroy_process_group()
-    Path(f"{out}/outcome{rank}").write_text(outcome)
 
 
 def _two_ranks(tmp_path, data: list, resume: list, **train) -> list[str]:
@@ -207,8 +209,14 @@ def _two_ranks(tmp_path, data: list, resume: list, **train) -> list[str]:
 
     out = tmp_path / f"ranks-{len(list(tmp_path.glob('ranks-*')))}"
     out.mkdir()
-    mp.spawn(_two_ranks_worker, args=(str(out / "store"), [str(d) for d in data],
-                                      [None if r is None else str(r) for r in resume], str(out), train), nprocs=2)
+    try:
+        mp.spawn(_two_ranks_worker, args=(str(out / "store"), [str(d) for d in data],
+                                          [None if r is None else str(r) for r in resume], str(out), train), nprocs=2)
+    except mp.ProcessExitedException as exc:
+        # gloo's own thread still aborts a rank now and then while the group is torn down, after both ranks
+        # said what the test reads (a CI run under load); anything else, or before that, fails the test
+        if exc.signal_name != "SIGABRT" or not all((out / f"outcome{rank}").exists() for rank in (0, 1)):
+            raise
     return [(out / f"outcome{rank}").read_text() for rank in (0, 1)]
 
 
