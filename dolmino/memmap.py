@@ -32,6 +32,16 @@ SIDECAR_FIELDS = ("start", "end", "id", "src", "loc")
 PULL_OWNER = ".pull-owner"
 
 
+def manifest_mismatches(manifest: object, report: object) -> list[tuple[str, object, object]]:
+    """(key, manifest.json's value, report.json's) where a build's manifest.json names another manifest
+    or seed than its report.json records (the build's): it is not the build's manifest. Keys either
+    file lacks (older builds) are not compared. `dolmino validate` and `release publish` refuse it."""
+    if not isinstance(manifest, dict) or not isinstance(report, dict):
+        return []
+    return [(key, manifest[key], report[built]) for key, built in (("name", "manifest"), ("seed", "seed"))
+            if manifest.get(key) is not None and report.get(built) is not None and manifest[key] != report[built]]
+
+
 def unfinished_pull(directory) -> str | None:
     """DEST of the unfinished `dolmino release pull` whose temporary directory `directory` is, or None."""
     if not os.path.isfile(os.path.join(directory, PULL_OWNER)):

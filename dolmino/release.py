@@ -81,7 +81,7 @@ from typing import Callable, NamedTuple
 
 from dolmino import s3
 from dolmino.storage import file_above
-from dolmino.memmap import PULL_OWNER, unlisted_data, unlisted_parts
+from dolmino.memmap import PULL_OWNER, manifest_mismatches, unlisted_data, unlisted_parts
 
 RELEASE_FILE = "RELEASE.json"
 RELEASE_FORMAT = "dolmino-release/2"
@@ -465,14 +465,13 @@ def _summary(where: str, manifest, report) -> dict:
         raise ReleaseIntegrityError(f"{where}/report.json: {counts[0]}{more}: the report changed after the build "
                                     "finished (`dolmino validate` says how); nothing was released")
     summary = {k: manifest.get(k) for k in ("name", "version", "seed", "budget")} if isinstance(manifest, dict) else {}
+    for key, theirs, built in manifest_mismatches(manifest, report)[:1]:
+        raise ReleaseIntegrityError(f"{where}: manifest.json's {key} is {theirs!r}, but report.json says "
+                                    f"the build's was {built!r}: manifest.json is not the build's "
+                                    "(replaced since?); restore it or rebuild. Nothing was released")
     for key, built in (("name", "manifest"), ("seed", "seed")):
-        if not isinstance(report, dict) or report.get(built) is None:
-            continue  # a report without them (older builds): manifest.json's stand
-        if isinstance(manifest, dict) and manifest.get(key) is not None and manifest[key] != report[built]:
-            raise ReleaseIntegrityError(f"{where}: manifest.json's {key} is {manifest[key]!r}, but report.json says "
-                                        f"the build's was {report[built]!r}: manifest.json is not the build's "
-                                        "(replaced since?); restore it or rebuild. Nothing was released")
-        summary[key] = report[built]
+        if isinstance(report, dict) and report.get(built) is not None:  # older reports lack them: manifest.json's
+            summary[key] = report[built]
     if isinstance(report, dict) and report.get("budget") is not None:
         summary["budget"] = report["budget"]  # what was built (--budget), not the manifest file's (a tester)
     return {

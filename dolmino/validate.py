@@ -397,13 +397,12 @@ def _report_errors(build_dir: Path, report: dict, vocab_size: int | None) -> lis
         manifest = json.loads((build_dir / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         manifest = None  # none, or `_read_settings` says why
-    for key, built in (("name", "manifest"), ("seed", "seed")):
-        # `release publish` refused this, validate passed it (found by a tester)
-        if isinstance(manifest, dict) and manifest.get(key) is not None and report.get(built) is not None \
-                and manifest[key] != report[built]:
-            errors.append(f"{build_dir / 'manifest.json'}: {key} is {manifest[key]!r}, but {COMPLETION_MARKER} says "
-                          f"the build's was {report[built]!r}: manifest.json is not the build's (replaced since?); "
-                          "restore it or rebuild")
+    from dolmino.memmap import manifest_mismatches
+
+    # `release publish` refused this, validate passed it (found by a tester)
+    errors += [f"{build_dir / 'manifest.json'}: {key} is {theirs!r}, but {COMPLETION_MARKER} says the build's was "
+               f"{built!r}: manifest.json is not the build's (replaced since?); restore it or rebuild"
+               for key, theirs, built in manifest_mismatches(manifest, report)]
     stated = report.get("vocab_size")
     if stated is not None and vocab_size is not None and stated != vocab_size:
         errors.append(f"{path}: vocab_size is {stated!r}, the build's manifest.json says {vocab_size} (the trainer "
