@@ -50,13 +50,45 @@ def process_on_terminal(pid: int) -> bool:
     spark-submit runs the Python driver with stdout and stderr merged into one pipe that its
     JVM copies to its own stdout: the driver's streams are never terminals, the JVM's stdout
     is when a person ran the README's command (not under `> build.log` or `| tee`), and that
-    is where a redrawn line lands. Read from the link's name: the terminal itself is never
-    opened (it may be another user's)."""
+    is where a redrawn line lands. Read from the link's name: this check opens nothing (the
+    terminal may be another user's)."""
     try:
         target = os.readlink(f"/proc/{pid}/fd/1")
     except OSError:
         return False
     return target.startswith(("/dev/pts/", "/dev/tty", "/dev/console"))
+
+
+DEFAULT_COLUMNS = 80
+
+
+def terminal_columns(file: IO | None = None) -> int:
+    """The width of the terminal a redrawn line lands on: COLUMNS where set, else the stream's own
+    terminal, else (under spark-submit, whose driver writes into a pipe) the terminal of the JVM
+    that copies it there, else 80. A redrawn line wider than its terminal wraps, and the carriage
+    return goes back only to the start of its last row: every redraw left a row behind (a reviewer).
+    The JVM's terminal is opened without becoming the controlling terminal, asked its size and
+    closed; nothing is read from it or written to it."""
+    text = os.environ.get("COLUMNS", "").strip()
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    stream = sys.stderr if file is None else file
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or DEFAULT_COLUMNS
+    except (AttributeError, ValueError, OSError):
+        pass
+    if under_spark_submit() and process_on_terminal(os.getppid()):
+        try:
+            fd = os.open(os.readlink(f"/proc/{os.getppid()}/fd/1"), os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError:  # another user's terminal, or gone
+            return DEFAULT_COLUMNS
+        try:
+            return os.get_terminal_size(fd).columns or DEFAULT_COLUMNS
+        except OSError:
+            return DEFAULT_COLUMNS
+        finally:
+            os.close(fd)
+    return DEFAULT_COLUMNS
 
 
 def progress(iterable: Iterable | None = None, *, desc: str | None = None, total: float | None = None,

@@ -494,3 +494,61 @@ def test_a_stage_line_names_which_tokens_it_counts(spark):
     with Stage(sc, "cut", quiet=True) as st:
         st.counters.add("tokens_read", 3_000)
         assert " tokens/s read" in st.line()
+
+
+def test_a_live_line_fits_its_terminal_row(spark, monkeypatch, no_env):
+    """The live stage line (95-110 characters with its rates) wrapped on an 80-column terminal, and
+    each redraw's carriage return went back only to its last row: a row left behind every second
+    (a reviewer). A live line fits the terminal, leaving out the least telling figures first; a
+    stage's last line, printed once, keeps them all."""
+    from dolmino.build.progress import Stage
+
+    sc = spark.sparkContext
+    monkeypatch.setenv("COLUMNS", "80")
+    out = FakeTTY()
+    with Stage(sc, "tokenize", total_units=12_345, total_bytes=3_230_000_000, total_docs=987_654, stream=out) as st:
+        st.counters.add("docs", 123_456)
+        st.counters.add("units", 1_234)
+        st.counters.add("bytes", 400_000_000)
+        st.counters.add("tokens_tokenized", 98_765_432)
+        full, row = st.line(), st.line(width=79)
+        assert len(full) > 79 and "tokens/s tokenized" in full  # the whole line, as an unbounded one reads
+        assert len(row) <= 79 and row.startswith("[tokenize] ") and "400 MB/3.23 GB" in row and "ETA " in row, row
+        assert "units" not in row and "docs/s" not in row  # the counts the ETA is not measured by go first
+        assert st.line(width=90).endswith("tokens/s tokenized · ETA 0m00s"), st.line(width=90)
+        assert len(st.line(width=60)) <= 60 and "ETA " in st.line(width=60)
+        assert len(st.line(width=20)) == 20 and st.line(width=20).endswith("…")
+        st._emit(final=False)
+    drawn = out.getvalue().split("\r")
+    assert drawn[0] == "" and len(drawn[1].removesuffix("\x1b[K")) <= 79, drawn
+    assert "tokens/s tokenized" in drawn[-1] and "units" in drawn[-1]  # the final line, whole
+
+
+def test_terminal_columns_come_from_columns_the_stream_or_spark_submits_terminal(monkeypatch):
+    """Under spark-submit the driver writes into a pipe its JVM copies to the terminal: that
+    terminal's width is asked, not assumed."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 132, 0, 0))
+    jvm = subprocess.Popen(["sleep", "30"], stdout=follower, stderr=follower)
+    try:
+        with os.fdopen(os.dup(follower), "w") as tty:
+            assert progress_mod.terminal_columns(tty) == 132
+        assert progress_mod.terminal_columns(io.StringIO()) == progress_mod.DEFAULT_COLUMNS
+        monkeypatch.setattr(progress_mod.os, "getppid", lambda: jvm.pid)
+        monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "1")
+        assert progress_mod.terminal_columns(io.StringIO()) == 132
+        monkeypatch.setenv("COLUMNS", "100")
+        assert progress_mod.terminal_columns(io.StringIO()) == 100
+    finally:
+        jvm.kill()
+        jvm.wait()
+        os.close(leader)
+        os.close(follower)

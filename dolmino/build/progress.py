@@ -29,7 +29,8 @@ import time
 
 from dolmino.build.spark import settled_jobs
 from dolmino.errors import BuildError
-from dolmino.manifest import format_count
+from dolmino.manifest import format_bytes, format_count
+from dolmino.progress import DEFAULT_COLUMNS, terminal_columns
 from dolmino.progress import enabled as progress_enabled
 
 INTERVAL_VAR = "DOLMINO_PROGRESS_S"
@@ -107,6 +108,7 @@ class Stage:
         self.tty = progress_enabled(self.stream)
         # seconds between live lines; None: no line until the stage's last
         self.interval = None if quiet else 1.0 if self.tty else line_interval()
+        self.columns = terminal_columns(self.stream) if self.tty and not quiet else DEFAULT_COLUMNS
         self.record: dict = {}
         self._stop = threading.Event()
         self._thread = None
@@ -145,7 +147,10 @@ class Stage:
                 running += info.numActiveTasks
         return done, total, skipped, running
 
-    def line(self, final: bool = False) -> str:
+    def line(self, final: bool = False, width: int | None = None) -> str:
+        """The stage's line; `width`: at most that many characters, the least telling figures left
+        out first (the counts the ETA is not measured by, docs/s where tokens/s is shown, words of
+        the tasks' part, the last rate), then cut."""
         v = self.counters.values()
         elapsed = max(time.time() - self.started, 1e-9)
         done, total, skipped, running = self._tasks()
@@ -155,40 +160,56 @@ class Stage:
             reused = f": {self.reused_units:,} units reused" if self.reused_units else ""
             return f"[{self.name}] nothing to do{reused}"
         if final:
-            parts = [f"[{self.name}] {done}/{total} tasks" + (f" ({skipped:,} skipped)" if skipped else "")]
+            head = short = f"[{self.name}] {done}/{total} tasks" + (f" ({skipped:,} skipped)" if skipped else "")
         elif not (self.total_units or self.total_bytes or self.total_docs):
             # nothing else to measure the stage by (a resumed mix's tokenize stage): the tasks
             # known so far, said to be that (a reviewer: it showed no progress at all)
-            parts = [f"[{self.name}] {done:,}/{total:,} tasks known so far, {running:,} running"]
+            head = f"[{self.name}] {done:,}/{total:,} tasks known so far, {running:,} running"
+            short = f"[{self.name}] {done:,}/{total:,} tasks so far, {running:,} running"
         else:
             # no "done/total" while running: that total grew as the stage submitted jobs and
             # held stages Spark would skip (found by a tester); the units, bytes or documents
             # below are the stage's whole and carry its ETA
-            parts = [f"[{self.name}] {done:,} tasks done, {running:,} running"]
+            head = f"[{self.name}] {done:,} tasks done, {running:,} running"
+            short = f"[{self.name}] {done:,} done, {running:,} running"
+        by = ((v["bytes"], self.total_bytes) if self.total_bytes else (v["units"], self.total_units)
+              if self.total_units else (v["docs"], self.total_docs))
+        counts, eta_counts = [], []  # every count; the one the ETA is measured by
         if self.total_units:
-            parts.append(f"{int(v['units']):,}/{self.total_units:,} units")
+            counts.append(f"{int(v['units']):,}/{self.total_units:,} units")
         if self.total_bytes:
-            parts.append(f"{format_count(v['bytes'])}B/{format_count(self.total_bytes)}B")
+            # bytes in byte units: format_count's "B" is billions, and 3.23 GB read "3.23BB" (a reviewer)
+            counts.append(f"{format_bytes(int(v['bytes']))}/{format_bytes(self.total_bytes)}")
         if self.total_docs:
-            parts.append(f"{int(v['docs']):,}/{self.total_docs:,} docs")
+            counts.append(f"{int(v['docs']):,}/{self.total_docs:,} docs")
+        if counts:
+            eta_counts = [counts[1 if self.total_units and self.total_bytes else 0]]
         rate = v["docs"] / elapsed
         # under 10 with a decimal: 36 documents in 3.1 s read "0 docs/s" (a tester)
-        parts.append(f"{rate:,.1f} docs/s" if 0 < rate < 10 else f"{rate:,.0f} docs/s")
+        rates = [f"{rate:,.1f} docs/s" if 0 < rate < 10 else f"{rate:,.0f} docs/s"]
         # the stage's main token figure, named: "tokens/s" alone read as tokenized in every stage
         kind = next((name for name in ("tokens_tokenized", "tokens_written", "tokens_read") if v[name]), None)
         if kind:
-            parts.append(f"{format_count(v[kind] / elapsed)} tokens/s {kind.removeprefix('tokens_')}")
-        by = ((v["bytes"], self.total_bytes) if self.total_bytes else (v["units"], self.total_units)
-              if self.total_units else (v["docs"], self.total_docs))
-        parts.append(f"done in {elapsed:,.1f} s" if final else f"ETA {_eta(by[0], by[1], elapsed)}")
-        return " · ".join(parts)
+            rates.append(f"{format_count(v[kind] / elapsed)} tokens/s {kind.removeprefix('tokens_')}")
+        tail = f"done in {elapsed:,.1f} s" if final else f"ETA {_eta(by[0], by[1], elapsed)}"
+        text = " · ".join([head, *counts, *rates, tail])
+        if width is None or len(text) <= width:
+            return text
+        for parts in ([head, *eta_counts, *rates, tail], [head, *eta_counts, rates[-1], tail],
+                      [short, *eta_counts, rates[-1], tail], [short, *eta_counts, tail]):
+            text = " · ".join(parts)
+            if len(text) <= width:
+                return text
+        return text[:max(width - 1, 1)] + "…"
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self._emit(final=False)
 
     def _emit(self, final: bool) -> None:
-        text = self.line(final)
+        # a live line redrawn on a terminal fits one row of it (a wider one wrapped, and each
+        # redraw left a row behind); a stage's last line, printed once, says everything
+        text = self.line(final, width=None if final or not self.tty else self.columns - 1)
         if self.tty:
             self.stream.write("\r" + text + ("\n" if final else "\x1b[K"))
             self._drawn = not final
