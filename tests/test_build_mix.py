@@ -351,7 +351,22 @@ def test_cli_names_sizes_as_bytes(tmp_path, capsys, flag):
     path = tmp_path / "m.json"
     path.write_text(json.dumps(_manifest(tmp_path)))
     assert build_main(["--manifest", str(path), "--out", str(tmp_path / "o"), flag, "abc"]) == 2
-    assert f"{flag}: expected a size in bytes like 256M, 64K or 1000000" in capsys.readouterr().err
+    assert f"{flag}: expected a size in bytes like 256MB, 256M, 64KiB or 1000000" in capsys.readouterr().err
+
+
+def test_cli_sizes_take_byte_units():
+    """README and the help write sizes as "128 MB"; `--task-size 64MB` was refused, its error
+    offering "64M" (a reviewer). Byte units: KB / MB / GB powers of ten, KiB / MiB / GiB of two."""
+    from dolmino.build.cli import _size
+    from dolmino.errors import ManifestError
+
+    assert _size("64MB", "--task-size") == _size("64M", "--task-size") == 64_000_000
+    assert _size("128 mb", "--task-size") == 128_000_000 and _size("1GB", "--split-size") == 10**9
+    assert _size("256MiB", "--split-size") == 256 * 2**20 and _size("1.5KiB", "--task-size") == 1536
+    assert _size("1000000", "--task-size") == 1_000_000
+    for bad in ("0.0005KB", "0MB", "1.0001KiB", "12QB", "MB"):
+        with pytest.raises(ManifestError, match="expected a size in bytes"):
+            _size(bad, "--task-size")
 
 
 def test_cli_rejects_bad_budget(tmp_path, capsys):

@@ -11,6 +11,7 @@ import argparse
 import os
 import re
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 from dolmino.build.inputs import DEFAULT_SPLIT_BYTES, DEFAULT_TASK_BYTES
@@ -225,13 +226,26 @@ def ship_py_files(sc, files: list[str]) -> None:
             sc.addPyFile(path)
 
 
+_BYTE_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt])(i?)b\s*", re.IGNORECASE)
+
+
 def _size(value: str, flag: str) -> int:
-    """A byte size: the count syntax (K, M: powers of ten), named as bytes in its error."""
-    try:
-        return count_value(value)
-    except ValueError:
-        raise ManifestError(f"{flag}: expected a size in bytes like 256M, 64K or 1000000 (K, M: powers of ten), "
-                            f"got {value!r}") from None
+    """A byte size: the count syntax (K, M: powers of ten), or with a byte unit as README and the
+    help write sizes (128 MB; KB / MB / GB / TB: powers of ten, KiB / MiB / GiB / TiB: of two).
+    `--task-size 64MB` was refused, its error offering "64M" (a reviewer)."""
+    match = _BYTE_SIZE_RE.fullmatch(value)
+    if match:
+        number, unit, binary = Decimal(match.group(1)), match.group(2).lower(), bool(match.group(3))
+        size = number * (1024 if binary else 1000) ** ("kmgt".index(unit) + 1)
+        if size >= 1 and size == size.to_integral_value():
+            return int(size)
+    else:
+        try:
+            return count_value(value)
+        except ValueError:
+            pass
+    raise ManifestError(f"{flag}: expected a size in bytes like 256MB, 256M, 64KiB or 1000000 (K, M, G: powers of "
+                        f"ten; KiB, MiB, GiB: of two), got {value!r}")
 
 
 # Exceptions raised in an executor reach the driver inside a Py4J error whose text holds the
