@@ -552,3 +552,20 @@ def test_terminal_columns_come_from_columns_the_stream_or_spark_submits_terminal
         jvm.wait()
         os.close(leader)
         os.close(follower)
+
+
+def test_a_stage_on_a_cluster_without_executors_says_it_waits_for_them(spark, monkeypatch):
+    """A standalone master whose workers are gone (or none with the cores and memory asked for)
+    took the build and ran nothing, and the line read "0 tasks done, 0 running" for as long as
+    anyone waited (a reviewer). Local mode's driver is its executor: never waiting."""
+    from dolmino.build.progress import Stage
+
+    sc = spark.sparkContext
+    with Stage(sc, "tag", total_units=11, quiet=True) as st:
+        assert not st.waiting_for_executors() and "waiting" not in st.line()
+        monkeypatch.setattr(sc, "master", "spark://127.0.0.1:7077")
+        assert st.waiting_for_executors()  # the driver's own entry only, as on a master without workers
+        line = st.line()
+        assert line.startswith("[tag] 0 tasks done, waiting for executors: the cluster has given none"), line
+        assert len(st.line(width=79)) <= 79 and "waiting for executors (none)" in st.line(width=79)
+        assert "waiting" not in st.line(final=True)

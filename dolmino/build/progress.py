@@ -172,6 +172,10 @@ class Stage:
             # below are the stage's whole and carry its ETA
             head = f"[{self.name}] {done:,} tasks done, {running:,} running"
             short = f"[{self.name}] {done:,} done, {running:,} running"
+        if not final and not running and self.waiting_for_executors():
+            head = (f"[{self.name}] {done:,} tasks done, waiting for executors: the cluster has given none (are "
+                    "its workers registered, with the cores and memory asked for? its master's UI says)")
+            short = f"[{self.name}] {done:,} done, waiting for executors (none)"
         by = ((v["bytes"], self.total_bytes) if self.total_bytes else (v["units"], self.total_units)
               if self.total_units else (v["docs"], self.total_docs))
         counts, eta_counts = [], []  # every count; the one the ETA is measured by
@@ -201,6 +205,18 @@ class Stage:
             if len(text) <= width:
                 return text
         return text[:max(width - 1, 1)] + "…"
+
+    def waiting_for_executors(self) -> bool:
+        """No executor but the driver on a cluster master: a master whose workers are gone, or
+        none has the cores or memory asked for, takes the build and runs nothing, and the line
+        read "0 tasks done, 0 running" for as long as anyone waited (Spark's own warning comes
+        every 15 s, only where its log level shows warnings; a reviewer)."""
+        if self.sc.master.startswith("local"):
+            return False
+        try:
+            return len(self.sc._jsc.sc().statusTracker().getExecutorInfos()) <= 1  # the driver's own entry
+        except Exception:  # a stopping context: the line is not worth a failure
+            return False
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
