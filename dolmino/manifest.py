@@ -969,8 +969,11 @@ def check_files(paths: list[str]) -> int:
             for warning in m.warnings:  # reported, not fatal: the manifest is still usable
                 print(f"warn {p}: {warning}")
         except ManifestError as exc:
-            message = str(exc)
-            print(f"BAD {p}: {message[len(p) + 2:] if message.startswith(f'{p}: ') else message}")
+            from dolmino.s3 import redact
+
+            # a URL's user:password@ went whole into the line (`https://user:hf_...@host/m.json`; a tester)
+            shown, message = redact(p), redact(str(exc))
+            print(f"BAD {shown}: {message[len(shown) + 2:] if message.startswith(f'{shown}: ') else message}")
             status = 1
     return status
 

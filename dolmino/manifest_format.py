@@ -181,7 +181,9 @@ def format_files(paths: list[str], check: bool = False, diff: bool = False) -> i
             with open(path, "rb") as fh:
                 current = fh.read().decode("utf-8", "replace")
         except ManifestError as exc:
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            from dolmino.s3 import redact
+
+            print(f"{PROG}: error: {redact(exc)}", file=sys.stderr)  # a URL's user:password@ (a tester)
             errors += 1
             continue
         wanted = format_text(data)

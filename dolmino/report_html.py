@@ -863,26 +863,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     from dolmino.build.output import read_json
-    from dolmino.s3 import cli_errors
+    from dolmino.s3 import cli_errors, redact
 
     from dolmino.errors import BuildError
 
     args = parse_args(argv)
     errors = cli_errors("dolmino report", expected=(BuildError,))
     out = args.build_dir
+    # as the errors below name it: `https://user:hf_...@host/...` went whole into them (found by a tester)
+    shown = redact(out)
     try:
         try:
             report = read_json(out, "report.json")
         except IsADirectoryError:
             report = None
         except NotADirectoryError:  # `dolmino report OUT/report.json` was a traceback (a tester)
-            print(f"dolmino report: error: {out}: not a directory; give the build directory that holds report.json",
+            print(f"dolmino report: error: {shown}: not a directory; give the build directory that holds report.json",
                   file=sys.stderr)
             return 2
         released = read_json(out, "RELEASE.json") is not None
         if report is None and released:
             # a release keeps its files under data/<publish id>/: "not a finished build" misled (a tester)
-            print(f"dolmino report: error: {out}: a release (RELEASE.json), which is immutable; its report.html "
+            print(f"dolmino report: error: {shown}: a release (RELEASE.json), which is immutable; its report.html "
                   "and charts are in it: run `dolmino report` on the build's --out, or `dolmino release pull` it and "
                   "run it on a copy without RELEASE.json", file=sys.stderr)
             return 2
@@ -890,15 +892,15 @@ def main(argv: list[str] | None = None) -> int:
             # A pulled release was checked file by file against RELEASE.json; views redrawn in place by another
             # dolmino or matplotlib would no longer match it, unsaid (a tester). A copy with RELEASE.json was refused
             # again: the remedy says to leave it out (another tester).
-            print(f"dolmino report: error: {out}: a pulled release (RELEASE.json): its report.html and charts are "
+            print(f"dolmino report: error: {shown}: a pulled release (RELEASE.json): its report.html and charts are "
                   "part of it, checked against RELEASE.json's digests when pulled; copy the directory without its "
                   "RELEASE.json and run `dolmino report` on the copy to draw them again", file=sys.stderr)
             return 2
         if report is None:
-            print(f"dolmino report: error: {out}: no readable report.json (not a finished build)", file=sys.stderr)
+            print(f"dolmino report: error: {shown}: no readable report.json (not a finished build)", file=sys.stderr)
             return 2
         if problem := report_problem(report):
-            print(f"dolmino report: error: {out}: report.json is not a build report this version draws: {problem} "
+            print(f"dolmino report: error: {shown}: report.json is not a build report this version draws: {problem} "
                   "(a damaged report?)", file=sys.stderr)
             return 2
         # The build's warning that it drew no views, in the views this draws, contradicted the page that held

@@ -116,6 +116,9 @@ def split_uri(uri: str) -> tuple[str, str]:
         raise ValueError(f"{uri!r}: not an s3:// URI")
     bucket, _, key = uri[len(S3_SCHEME):].partition("/")
     if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        if "@" in bucket:  # `s3://user:password@bucket/...`: the "bucket name" quoted was the password (a tester)
+            raise S3URIError(f"{redact(uri)!r}: an s3:// URI holds no user:password@; S3 credentials come from "
+                             "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
         raise S3URIError(f"{uri!r}: {bucket!r} is not a valid S3 bucket name (3-63 characters: lower-case letters, "
                          "digits, '.' and '-')")
     return bucket, key

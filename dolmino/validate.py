@@ -611,8 +611,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if "://" in args.build_dir:
         from dolmino.release import fetch_hint
+        from dolmino.s3 import redact
 
-        location = args.build_dir.rstrip("/")
+        # quoted twice, user:password@ and all (`https://user:hf_...@huggingface.co/...`; found by a tester)
+        location = redact(args.build_dir.rstrip("/"))
         print(f"dolmino validate: {location}: validation reads every token, from a local directory. "
               f"{fetch_hint(location, '`dolmino validate DIR`')}", file=sys.stderr)
         return 2

@@ -46,7 +46,9 @@ def test_the_hadoop_endpoint_spark_would_copy_loses_its_userinfo(monkeypatch, en
 
 def test_an_endpoint_password_reaches_neither_the_event_log_nor_the_ui_settings(tmp_path):
     """A build's session under spark-submit, with the event log on and AWS_ENDPOINT_URL holding a password:
-    the log (Hadoop properties included) and the session's Hadoop settings hold the URL without it."""
+    the log (Hadoop properties included) and the session's Hadoop settings hold the URL without it. The
+    executors' credentials given as `--conf spark.executorEnv.AWS_ACCESS_KEY_ID=...` (as our hint for an
+    executor without credentials says) are redacted too: Spark's own pattern left the key id in the log."""
     script = tmp_path / "session.py"
     script.write_text(_SESSION)
     events = tmp_path / "events"
@@ -59,10 +61,13 @@ def test_an_endpoint_password_reaches_neither_the_event_log_nor_the_ui_settings(
     proc = subprocess.run([str(spark_submit), "--master", "local[1]", "--driver-memory", "1g",
                            "--conf", "spark.ui.enabled=false", "--conf", "spark.eventLog.enabled=true",
                            "--conf", f"spark.eventLog.dir=file://{events}", "--conf", "spark.eventLog.compress=false",
+                           *(arg for name, value in S3_TEST_CREDENTIALS.items()
+                             for arg in ("--conf", f"spark.executorEnv.{name}={value}")),
                            str(script)], capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = [p for p in events.rglob("*") if p.is_file()]
     assert logs and any("fs.s3a.endpoint" in p.read_text(errors="replace") for p in logs)
+    assert any("spark.executorEnv.AWS_ACCESS_KEY_ID" in p.read_text(errors="replace") for p in logs)
     for text in [p.read_text(errors="replace") for p in logs] + [proc.stdout, proc.stderr]:
         for secret in (PASSWORD, *S3_TEST_CREDENTIALS.values()):
             assert secret not in text, secret
@@ -90,3 +95,39 @@ def test_a_url_given_where_a_local_path_goes_is_named_without_its_password(capsy
             assert command([flag, url, "--model", "tiny", "--steps", "1"]) == 2
             err = capsys.readouterr().err
             assert f"{flag} https://***@huggingface.co/allenai/OLMo-2-1124-7B" in err and PASSWORD not in err, err
+
+
+@pytest.mark.parametrize("url", [f"https://dolmino:{PASSWORD}@huggingface.co/datasets/x/build",
+                                 f"s3://dolmino:{PASSWORD}@bucket/mixes/demo"])
+def test_commands_that_read_a_build_or_manifest_name_a_url_without_its_password(capsys, monkeypatch, tmp_path, url):
+    """`dolmino validate URL` quoted a URL's user:password@ twice, `dolmino report URL` and `dolmino manifest
+    check|fmt URL` once, into the terminal and the job's log; `dolmino assets --cache-dir URL` made a local
+    directory named after it and printed its paths."""
+    from dolmino.assets import main as assets_main
+    from dolmino.manifest import main as manifest_main
+    from dolmino.report_html import main as report_main
+    from dolmino.validate import main as validate_main
+
+    for command, argv in ((validate_main, [url]), (report_main, [url]), (manifest_main, ["check", url]),
+                          (manifest_main, ["fmt", url])):
+        assert command(argv) in (1, 2)
+        out, err = capsys.readouterr()
+        assert "***@" in out + err and PASSWORD not in out + err, (argv, out + err)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        assets_main(["--cache-dir", url, "--check"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "is a URL; this needs a local path" in err and PASSWORD not in err, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_s3_uri_with_user_info_is_refused_without_quoting_its_password():
+    """`s3://user:password@bucket/...` (as an endpoint URL is written) was refused by every command as
+    "'user:password@bucket' is not a valid S3 bucket name": the password, quoted."""
+    from dolmino.s3 import S3URIError, split_uri
+
+    with pytest.raises(S3URIError) as exc:
+        split_uri(f"s3://dolmino:{PASSWORD}@bucket/mixes/demo")
+    assert "'s3://***@bucket/mixes/demo': an s3:// URI holds no user:password@" in str(exc.value)
+    assert PASSWORD not in str(exc.value)

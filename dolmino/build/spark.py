@@ -38,6 +38,11 @@ S3_ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS
 # a worker killed or out of memory, "rerun to resume", and the rerun crashed the same way (a tester).
 FAULTHANDLER = "spark.python.worker.faulthandler.enabled"
 S3A_ENDPOINT = "spark.hadoop.fs.s3a.endpoint"
+# Which settings Spark's UI and event log show as "*********(redacted)", by key or value. Spark's own pattern
+# (4.3's, with "_" added to access.key) missed `spark.executorEnv.AWS_ACCESS_KEY_ID`, the setting our
+# "no usable S3 credentials in this executor" hint names: the key id went into every event log (found by a tester).
+REDACTION_REGEX = "spark.redaction.regex"
+REDACTED = r"(?i)secret|password|token|access[._]?key|credential"
 # A key of a Java properties file (spark-defaults.conf): up to the first blank, '=' or ':'; '#' and '!' start comments.
 _PROPERTY_KEY = re.compile(r"\s*([^\s=:#!][^\s=:]*)")
 
@@ -52,9 +57,9 @@ def make_spark(app_name: str, master: str | None = None, driver_memory: str | No
     README's `spark-submit dolmino/build_mix.py` printed before the build's first line (found by
     a tester). A JVM the command launches itself (`dolmino build`) starts quiet already, and is
     not launched early here: spark.driver.memory must reach its launch. A session the command
-    starts gets the Python workers' faulthandler (`FAULTHANDLER`) and AWS_ENDPOINT_URL without its
-    password in `S3A_ENDPOINT` (`_hadoop_endpoint`), each unless the user's configuration sets that
-    key (`_user_sets`)."""
+    starts gets the Python workers' faulthandler (`FAULTHANDLER`), Spark's redaction extended to
+    AWS_ACCESS_KEY_ID (`REDACTED`) and AWS_ENDPOINT_URL without its password in `S3A_ENDPOINT`
+    (`_hadoop_endpoint`), each unless the user's configuration sets that key (`_user_sets`)."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
@@ -73,6 +78,8 @@ def make_spark(app_name: str, master: str | None = None, driver_memory: str | No
             quieted = True
     if quiet_start and not _user_sets(FAULTHANDLER, submitted):
         builder = builder.config(FAULTHANDLER, "true")
+    if quiet_start and not _user_sets(REDACTION_REGEX, submitted):
+        builder = builder.config(REDACTION_REGEX, REDACTED)
     if master:
         builder = builder.master(master)
     if driver_memory:
