@@ -1116,6 +1116,30 @@ def parse_line(raw: bytes) -> tuple[dict | None, str, str]:
     return doc, "", ""
 
 
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def _first_line_hint(path: str, raw: bytes) -> str:
+    """What a file whose first line is refused holds instead of UTF-8 JSONL, where its first bytes
+    tell: compressed data, or UTF-16 text (what Windows PowerShell 5's `>` writes), whose every
+    line was quarantined as invalid UTF-8 or malformed JSON, saying neither (found by a tester)."""
+    if held := _compressed_as(raw):
+        return _compressed_hint(path, held)
+    if raw.startswith(_UTF16_BOMS):
+        return "; the file is UTF-16 text (it starts with a UTF-16 byte-order mark): convert it to UTF-8"
+    return ""
+
+
+def _compressed_hint(path: str, held: str) -> str:
+    """What a file whose first line is `held` compressed data should do about it. Under a plain
+    name: add the suffix. Under a compressed name the data was compressed twice, where "add .gz
+    to its name" was advice for a file already named .jsonl.gz (found by a tester)."""
+    outer = compression(path, DOCUMENT_STEMS)
+    if not outer:
+        return f"; the file holds {held} data: add {_SUFFIX[held]} to its name"
+    return f"; the file's {outer} data holds {held} data again (compressed twice): decompress it once and keep the name"
+
+
 def read_documents(path: str, quarantine: Quarantine, *, max_doc_bytes: int | None = DEFAULT_MAX_DOC_BYTES,
                    byte_range: tuple[int, int] | None = None, data: bytes | None = None,
                    size: int | None = None) -> Iterator[tuple[int, dict]]:
@@ -1145,8 +1169,8 @@ def read_documents(path: str, quarantine: Quarantine, *, max_doc_bytes: int | No
                 continue
             doc, reason, detail = parse_line(raw)
             if doc is None:
-                if line_no == 1 and not (byte_range and byte_range[0]) and (held := _compressed_as(raw)):
-                    detail += f"; the file holds {held} data: add {_SUFFIX[held]} to its name"
+                if line_no == 1 and not (byte_range and byte_range[0]):
+                    detail += _first_line_hint(path, raw)
                 quarantine.add(path, line_no, reason, detail, raw)
             else:
                 yield line_no, doc

@@ -1378,6 +1378,47 @@ def test_colliding_and_looping_input_names_are_each_read_once(spark, tmp_path):
         list_inputs(manifest_from_dict({**spec, "data_root": str(tmp_path / "d[1]")}))
 
 
+def test_an_unreadable_link_beside_a_directory_loop_is_counted_once_under_its_own_name(tmp_path):
+    """Beside a `loop -> .` link, `web/**` reaches a dangling link under web/loop/loop/... forty
+    times: 1 broken file read "41 input file(s) cannot be read" (found by a tester)."""
+    from dolmino.build.inputs import list_inputs
+    from dolmino.errors import BuildError
+
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "good.jsonl").write_text(json.dumps({"id": "1", "text": "one document"}) + "\n")
+    (web / "annexed.jsonl").symlink_to(tmp_path / "never-fetched")
+    (web / "loop").symlink_to(".")
+    spec = {"name": "links", "version": 1, "seed": 1, "data_root": str(tmp_path),
+            "sources": [{"name": "web", "paths": ["web/**"], "mix_percent": 100}]}
+    with pytest.raises(BuildError, match=r"source 'web': 1 input file\(s\) cannot be read \(first: "
+                                         r"\S*/web/annexed.jsonl: No such file or directory;"):
+        list_inputs(manifest_from_dict(spec))
+
+
+def test_a_directory_of_files_that_are_not_documents_says_what_it_holds(tmp_path):
+    """A source directory of Parquet and .jsonl.bz2 files read "no input files match" it, then "point
+    it at your copy of the data": the directory is there, its files are of a format not read
+    (found by a tester). An empty directory still matches nothing."""
+    from dolmino.build.inputs import list_inputs
+    from dolmino.errors import BuildError
+
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "part-0.parquet").write_bytes(b"PAR1")
+    (tmp_path / "web" / "part-1.jsonl.bz2").write_bytes(b"BZh9")
+    (tmp_path / "empty").mkdir()
+    spec = {"name": "formats", "version": 1, "seed": 1, "data_root": str(tmp_path),
+            "sources": [{"name": "web", "paths": ["web"], "mix_percent": 50},
+                        {"name": "wiki", "paths": ["empty"], "mix_percent": 50}]}
+    with pytest.raises(BuildError) as caught:
+        list_inputs(manifest_from_dict(spec))
+    message = str(caught.value)
+    assert re.search(r"source 'web': '\S*/web' holds no dolma documents by name, only 2 other file\(s\) "
+                     r"\(\S*/web/part-0.parquet, \S*/web/part-1.jsonl.bz2\); documents end in .jsonl, ", message)
+    assert re.search(r"source 'wiki': no input files match '\S*/empty'", message)
+    assert "source 'web': no input files match" not in message
+
+
 def test_unreadable_links_and_names_that_are_not_utf8_are_refused_at_listing(tmp_path):
     """A .jsonl link leading nowhere (a git-annex file never fetched) or in a loop was left out
     unsaid, its documents lost; named explicitly it read "no input files match". A file name

@@ -962,6 +962,33 @@ def test_a_file_not_compressed_as_its_name_says_is_named_so(tmp_path):
     assert quarantine.records[0].detail.endswith("the file holds zstd data: add .zst to its name")
 
 
+@pytest.mark.parametrize("name, inner, outer", [("twice.jsonl.gz", gzip.compress, gzip.compress),
+                                                 ("mixed.jsonl.zst", gzip.compress, zstandard.compress)])
+def test_a_file_compressed_twice_is_not_told_to_add_the_suffix_it_has(tmp_path, name, inner, outer):
+    """A .jsonl.gz whose content is gzip again was quarantined with "the file holds gzip data: add
+    .gz to its name", advice for a file already named so (found by a tester)."""
+    path = tmp_path / name
+    path.write_bytes(outer(inner(b'{"id": "1", "text": "x"}\n')))
+    quarantine = Quarantine()
+    assert list(read_documents(str(path), quarantine)) == []
+    assert quarantine.records[0].detail.endswith("holds gzip data again (compressed twice): decompress it once "
+                                                 "and keep the name")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
+def test_a_utf16_file_says_so_in_its_first_record(tmp_path, encoding):
+    """A UTF-16 .jsonl (Windows PowerShell 5's `>`) had every line quarantined as invalid UTF-8 or
+    malformed JSON, the first record not saying what the file is (found by a tester)."""
+    path = tmp_path / "windows.jsonl"
+    bom = b"" if encoding == "utf-16" else "\ufeff".encode(encoding)
+    path.write_bytes(bom + '{"id": "1", "text": "x"}\n{"id": "2", "text": "y"}\n'.encode(encoding))
+    quarantine = Quarantine()
+    assert list(read_documents(str(path), quarantine)) == []
+    assert quarantine.records[0].detail.endswith("; the file is UTF-16 text (it starts with a UTF-16 byte-order "
+                                                 "mark): convert it to UTF-8")
+    assert not any("UTF-16" in record.detail for record in quarantine.records[1:])
+
+
 def test_quarantine_details_name_json_types_and_a_missing_id():
     """A missing or null id was "'id' is 'None'" (as if the id were the string "None"), and a null
     text "'text' is NoneType": the details speak JSON (found by a tester)."""

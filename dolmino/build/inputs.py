@@ -213,18 +213,22 @@ def _regular(paths, broken: list[tuple[str, str]] | None = None) -> list[tuple[s
     """(path, stat, spelling key) of the regular files among `paths`, sorted, each file once
     (`_Spellings`): one stat call each. A name that exists but cannot be followed (a link leading
     nowhere or in a loop; a git-annex file never fetched) goes to `broken` with why: it was left
-    out unsaid, its documents lost (found by a tester)."""
-    found = _Spellings()
+    out unsaid, its documents lost (found by a tester). Each such name goes there once too, under
+    its shortest spelling: beside a `loop -> .` directory link, 4 dangling links were "164 input
+    file(s) cannot be read", each counted once per web/loop/loop/... path (found by a tester)."""
+    found, unreadable = _Spellings(), _Spellings()
     key, keep, is_regular = found.key, found.keep, stat.S_ISREG  # looked up once: 20,000 small files
     for p in paths:
         try:
             st = os.stat(p)
         except OSError as exc:
             if broken is not None and os.path.islink(p) and not _readable_elsewhere(p):
-                broken.append((p, exc.strerror or type(exc).__name__))
+                unreadable.keep(key(p), p, exc.strerror or type(exc).__name__)
             continue
         if is_regular(st.st_mode):
             keep(key(p), p, st)
+    if broken is not None:
+        broken += sorted(unreadable.kept.values())
     return sorted(((path, st, k) for k, (path, st) in found.kept.items()), key=itemgetter(0))
 
 
@@ -466,6 +470,7 @@ def _list_source(manifest: Manifest, source, skipped: list[str]) -> tuple[Source
             problems.append(f"source {source.name!r}: '{shown_path(location)}' is not UTF-8, which S3 keys are")
             continue
         lister = _list_s3 if location.startswith("s3://") else _list_local
+        skipped_before = len(skipped)
         matched, refused, broken = lister(location, source.format, skipped)
         if broken:
             path, why = min(broken)
@@ -477,7 +482,13 @@ def _list_source(manifest: Manifest, source, skipped: list[str]) -> tuple[Source
             problems.append(f"source {source.name!r}: {location!r} matches {len(refused)} file(s) that are not "
                             f"{source.format} documents by name ({shown}); documents end in "
                             f"{suffixes_text(source.format)}")
-        if not matched and not refused and not broken:
+        if not matched and not refused and not broken and (others := skipped[skipped_before:]):
+            # A directory of Parquet or .jsonl.bz2 files read "no input files match" it, and "point
+            # the data root at your copy of the data": it is their copy (found by a tester).
+            shown = ", ".join(map(shown_path, others[:3])) + (", ..." if len(others) > 3 else "")
+            problems.append(f"source {source.name!r}: {location!r} holds no {source.format} documents by name, only "
+                            f"{len(others)} other file(s) ({shown}); documents end in {suffixes_text(source.format)}")
+        elif not matched and not refused and not broken:
             problems.append(f"source {source.name!r}: {NO_MATCH} {location!r}")
         for uri, size, version, key in matched:
             found.keep(key, uri, (size, version))
