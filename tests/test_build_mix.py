@@ -345,6 +345,17 @@ def test_cli_reports_missing_inputs_without_starting_spark(tmp_path, capsys):
     assert "no input files match" in capsys.readouterr().err
 
 
+def test_cli_names_the_manifest_in_a_field_error(tmp_path, capsys):
+    """`dolmino build` / tag / mix and build_mix said "sources[0].mix_percent: expected a number"
+    without the file, where plan, diff and lock name it (a reviewer)."""
+    m = _manifest(tmp_path)
+    m["sources"][0]["mix_percent"] = "abc"
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(m))
+    assert build_main(["--manifest", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert f"error: {path}: sources[0].mix_percent: expected a number, got 'abc'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag", ["--split-size", "--task-size"])
 def test_cli_names_sizes_as_bytes(tmp_path, capsys, flag):
     """They said "expected a count like '100B'" (a token count: B, billions; found by a tester)."""

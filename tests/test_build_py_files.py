@@ -60,7 +60,7 @@ def test_a_scorer_shipped_with_py_files_is_imported_by_the_driver_and_every_exec
     try:
         assert main(args) == 2
         assert capsys.readouterr().err.splitlines() == [
-            "build_mix: error: sources[0].filters[0].scorer: scorer 'pyfiles_zip_scorer:Scorer': module "
+            f"build_mix: error: {manifest}: sources[0].filters[0].scorer: scorer 'pyfiles_zip_scorer:Scorer': module "
             "'pyfiles_zip_scorer' cannot be imported: ModuleNotFoundError: No module named 'pyfiles_zip_scorer' "
             "(filter 'score_threshold'); give its .py or .zip to --py-files (or put its directory on PYTHONPATH)"]
         shipped = f"{tmp_path / 'code' / 'pyfiles_scorers.zip'},{tmp_path / 'code' / 'pyfiles_py_scorer.py'}"

@@ -163,9 +163,11 @@ def prepare(args: argparse.Namespace, phase: str):
     from dolmino.build.mix import BuildOptions, default_attributes_root
     from dolmino.build.progress import line_interval
     from dolmino.lock import manifest_note, require_lock
-    from dolmino.manifest import check_parts, load_manifest, parse_count
+    from dolmino.manifest import check_parts, load_named_manifest, parse_count
 
-    manifest = load_manifest(args.manifest or default_manifest(args.budget), args.data_root)
+    # errors naming the file, as plan / diff / lock say them: "sources[0].mix_percent: expected a
+    # number" did not say which manifest (a reviewer)
+    manifest = load_named_manifest(args.manifest or default_manifest(args.budget), args.data_root)
     if args.budget and (args.manifest is not None or args.budget.upper() not in NAMED_BUDGETS):
         budget = parse_count(args.budget, "--budget")
         # The manifest's own budget is checked at load; this one reached Spark's partitioning, after the tag phase.
