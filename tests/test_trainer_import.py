@@ -23,7 +23,7 @@ from trainer.config import ModelConfig
 from trainer.model import OLMo2
 from trainer.weights import (
     CheckpointFormatError, WeightReader, check_compatible, inspect_checkpoint, load_weights_into, ours_to_olmo_core,
-    step_from_revision,
+    stage_from_revision, step_from_revision,
 )
 
 transformers = pytest.importorskip("transformers", reason="transformers builds the reference Olmo2ForCausalLM")
@@ -218,6 +218,51 @@ def test_revision_names_and_hub_cache_give_the_step(tmp_path):
     info = inspect_checkpoint(repo / "snapshots" / sha)
     assert info.step == 928646 and info.step_source == "revision stage1-step928646-tokens3896B"
     assert inspect_checkpoint(repo / "snapshots" / sha, step=5, step_source="--init-step").step == 5
+
+
+def test_a_mid_training_revision_says_its_step_is_the_anneals(tmp_path):
+    """A stage-2 revision's step counts its anneal's steps: the importer took it as pretraining's, and an
+    anneal from OLMo-2-1124-7B stage2-ingredient1-step11931-tokens50B started at the cosine's LR at step
+    11,931, near the peak (found by a tester). The checkpoint says its stage; --init-step overrides both. A link
+    named for its revision gives its step: resolved first, the name was lost (a tester)."""
+    assert stage_from_revision("stage2-ingredient1-step11931-tokens50B") == 2
+    assert stage_from_revision("stage1-step928646-tokens3896B") == 1
+    assert stage_from_revision("step1000-tokens4B") is None and stage_from_revision("main") is None
+    path, _ = hf_olmo2(tmp_path, name="OLMo-2-1124-7B-stage2-ingredient1-step11931-tokens50B")
+    info = inspect_checkpoint(path)
+    assert (info.step, info.stage) == (11931, 2)
+    given = inspect_checkpoint(path, step=928646, step_source="--init-step")
+    assert (given.step, given.stage) == (928646, None)
+    repo = tmp_path / "models--allenai--OLMo-2-1124-7B"
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "snapshots").mkdir(parents=True)
+    path.rename(repo / "snapshots" / sha)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "stage1-step928646-tokens3896B").write_text(sha)
+    info = inspect_checkpoint(repo / "snapshots" / sha)
+    assert (info.step, info.stage) == (928646, 1)
+    link = tmp_path / "OLMo-2-1124-7B-stage1-step500000-tokens2098B"  # a link named for the revision
+    link.symlink_to(repo / "snapshots" / sha)
+    (repo / "refs" / "stage1-step928646-tokens3896B").unlink()
+    assert inspect_checkpoint(link).step == 500000
+
+
+def test_a_hub_id_is_refused_with_how_to_download_it(tmp_path, monkeypatch):
+    """`--init-from allenai/OLMo-2-1124-7B`, as from_pretrained takes it, said only "no checkpoint at
+    allenai/OLMo-2-1124-7B" (found by a tester); a mistyped local path is not sent to the Hub."""
+    monkeypatch.chdir(tmp_path)
+    data = random_tokens(tmp_path / "data", 4 * 64)
+    hint = ("no checkpoint at allenai/OLMo-2-1124-7B (checkpoints are read from a local directory, not downloaded "
+            "from the Hugging Face Hub: huggingface-cli download allenai/OLMo-2-1124-7B --local-dir DIR, then give "
+            "DIR)")
+    for proc in (run_module("trainer.export_hf", "allenai/OLMo-2-1124-7B", tmp_path / "out"),
+                 run_module("trainer.run", "--data", data, "--init-from", "allenai/OLMo-2-1124-7B", "--steps", 1,
+                            "--lr", "1e-4", "--seq-len", 64, "--batch-size", 2, "--device", "cpu")):
+        assert proc.returncode == 2 and proc.stderr.strip().endswith(hint), proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    (tmp_path / "ckpt").mkdir()
+    proc = run_module("trainer.export_hf", "ckpt/7b-anneal-1", tmp_path / "out")
+    assert proc.returncode == 2 and proc.stderr.strip().endswith("no checkpoint at ckpt/7b-anneal-1"), proc.stderr
 
 
 def random_tokens(directory: Path, n_tokens: int, vocab: int = VOCAB) -> Path:

@@ -179,6 +179,22 @@ def test_anneal_start_lr_sources():
         anneal_start_lr("olmo2-7b-anneal", seven, annealed)
 
 
+def test_an_anneal_from_a_mid_training_revision_needs_its_lr(capsys):
+    """A stage-2 revision's step is its anneal's: the LR was the pretraining cosine's at that step,
+    3.0e-4 from OLMo-2-1124-7B stage2-ingredient1-step11931-tokens50B (found by a tester)."""
+    seven = ModelConfig.preset("olmo2-7b")
+    stage2 = CheckpointInfo(path=Path("x"), format="hf", shapes={}, model=seven, step=11_931, stage=2,
+                            step_source="revision stage2-ingredient1-step11931-tokens50B")
+    with pytest.raises(ValueError, match=r"at step 11,931 \(revision stage2-ingredient1-step11931-tokens50B\) is a "
+                                         r"mid-training \(stage 2\) checkpoint: its step counts the anneal's steps, "
+                                         r"not pretraining's, .*; pass --lr"):
+        anneal_start_lr("olmo2-7b-anneal", seven, stage2)
+    assert schedule_main(["--recipe", "olmo2-7b-anneal", "--tokens", "50B", "--init-step",
+                          "stage2-ingredient1-step11931-tokens50B"]) == 2
+    err = capsys.readouterr().err
+    assert "is a mid-training (stage 2) revision" in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_schedule_cli_errors_are_clear(capsys):
     assert schedule_main(["--recipe", "olmo2-7b-anneal"]) == 2
     assert "pass --steps, or data" in capsys.readouterr().err

@@ -104,7 +104,7 @@ def parse_with_recipe(parser: argparse.ArgumentParser, argv: list[str] | None) -
 def parse_init_step(text: str | None) -> tuple[int | None, str | None]:
     if text is None:
         return None, None
-    from trainer.weights import step_from_revision
+    from trainer.weights import stage_from_revision, step_from_revision
 
     if text.strip().isdigit():
         return int(text), "--init-step"
@@ -112,6 +112,9 @@ def parse_init_step(text: str | None) -> tuple[int | None, str | None]:
     if step is None:
         raise ValueError(f"--init-step {text!r} is neither a step number nor a revision name like "
                          f"stage1-step928646-tokens3896B")
+    if (stage_from_revision(text) or 1) > 1:
+        raise ValueError(f"--init-step {text!r} is a mid-training (stage {stage_from_revision(text)}) revision: its "
+                         f"step counts the anneal's steps, not pretraining's; give the pretraining step, or --lr")
     return step, f"--init-step {text}"
 
 
@@ -433,6 +436,10 @@ def anneal_start_lr(recipe: str, model: ModelConfig, init=None, step: int | None
         raise ValueError(f"cannot tell which LR pretraining reached: {where}, and the model is not an OLMo 2 "
                          f"{'/'.join(STAGE1_END_STEP)} shape; pass --lr")
     schedule = pretrain_schedule(pretrain)
+    if init is not None and init.step is not None and (init.stage or 1) > 1:
+        raise ValueError(f"{init.describe()} is a mid-training (stage {init.stage}) checkpoint: its step counts the "
+                         f"anneal's steps, not pretraining's, and its LR is where that anneal stopped; pass --lr for "
+                         f"the LR to start from")
     if init is not None and init.step is not None:
         step, how = init.step, init.step_source
     elif step is not None:

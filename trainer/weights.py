@@ -50,7 +50,7 @@ FORMATS = ("trainer", "hf", "olmo-core")
 HF_INDEX = "model.safetensors.index.json"
 HF_SINGLE = "model.safetensors"
 # "stage1-step928646-tokens3896B", "stage2-ingredient1-step11931-tokens100B", "step1000-tokens4B"
-REVISION_STEP = re.compile(r"(?:^|[-_/])step(\d+)-tokens\d+[BT]?(?:$|[-_/])")
+REVISION_STEP = re.compile(r"(?:^|[-_/])(?:stage(\d+)-(?:[A-Za-z]+\d*-)*)?step(\d+)-tokens\d+[BT]?(?:$|[-_/])")
 
 _OLMO_CORE_LAYER = {
     "attention.w_q.weight": "attn.q_proj.weight",
@@ -104,7 +104,15 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 def step_from_revision(text: str) -> int | None:
     """The training step in an OLMo revision name (stage1-step928646-tokens3896B -> 928646)."""
     match = REVISION_STEP.search(f"/{text}/")
-    return int(match.group(1)) if match else None
+    return int(match.group(2)) if match else None
+
+
+def stage_from_revision(text: str) -> int | None:
+    """OLMo's training stage in a revision name (stage2-ingredient1-step11931-tokens50B -> 2; None
+    where it names none). A stage-2 (mid-training) revision's step counts the anneal's steps, not
+    pretraining's: an anneal from it took the pretraining LR at that step, near the peak (a tester)."""
+    match = REVISION_STEP.search(f"/{text}/")
+    return int(match.group(1)) if match and match.group(1) else None
 
 
 def _hub_revision(path: Path) -> str | None:
@@ -131,6 +139,7 @@ class CheckpointInfo:
     model: ModelConfig | None = None             # None: the files do not say (e.g. n_heads of a DCP)
     step: int | None = None                      # the training step the weights are at, when known
     step_source: str | None = None
+    stage: int | None = None                     # OLMo's stage its revision names (2: the step is an anneal's)
     train: dict | None = None                    # trainer checkpoints: the TrainConfig they ran with
     dtype: torch.dtype | None = None
     hf_config: dict | None = None                # HF directories: their config.json
@@ -152,7 +161,7 @@ class CheckpointInfo:
 def detect_format(path: str | Path) -> str:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise FileNotFoundError(f"no checkpoint at {path}{_hub_id_hint(path)}")
     if path.is_dir():
         if (path / MODEL_FILE).is_file() and (path / CONFIG_FILE).is_file():
             return "trainer"
@@ -180,6 +189,17 @@ def detect_format(path: str | Path) -> str:
         f"OLMo-core DCP directory (.metadata, e.g. stepN/model_and_optim)")
 
 
+def _hub_id_hint(path: Path) -> str:
+    """What to do when a missing `path` reads as a Hub repository id (allenai/OLMo-2-1124-7B), as
+    transformers' from_pretrained takes one: checkpoints are read from disk, nothing is downloaded,
+    and "no checkpoint at allenai/OLMo-2-1124-7B" alone did not say so (found by a tester). Not where
+    its first part is a local directory (build/checkpoints): that is a local path mistyped."""
+    if path.is_absolute() or len(path.parts) != 2 or str(path).startswith(".") or Path(path.parts[0]).exists():
+        return ""
+    return (f" (checkpoints are read from a local directory, not downloaded from the Hugging Face Hub: "
+            f"huggingface-cli download {path.as_posix()} --local-dir DIR, then give DIR)")
+
+
 def _hf_config_file(path: Path) -> dict | None:
     """The directory's config.json when it is a transformers config (it names a model_type)."""
     try:
@@ -196,7 +216,7 @@ def inspect_checkpoint(path: str | Path, step: int | None = None, step_source: s
     fmt = detect_format(path)
     info = {"trainer": _inspect_trainer, "hf": _inspect_hf, "olmo-core": _inspect_olmo_core}[fmt](Path(path))
     if step is not None:
-        info.step, info.step_source = step, step_source or "given"
+        info.step, info.step_source, info.stage = step, step_source or "given", None
     return info
 
 
@@ -406,14 +426,17 @@ def _inspect_hf(path: Path) -> CheckpointInfo:
                                     f"vs config): {_listing(wrong, 3)}; config.json and the weights belong to "
                                     f"different models")
     revision = _hub_revision(path.resolve())
-    step, source = None, None
-    for candidate in ([revision] if revision else []) + [str(path.resolve())]:
+    step, source, stage = None, None, None
+    # the path as given first: a link named for its revision (ckpt/OLMo-2-1124-7B-stage1-step...) to a
+    # directory that is not, resolved, lost the step (found by a tester)
+    for candidate in ([revision] if revision else []) + [str(path.absolute()), str(path.resolve())]:
         step = step_from_revision(candidate)
         if step is not None:
             source = f"revision {revision}" if candidate == revision else f"path {path}"
+            stage = stage_from_revision(candidate)
             break
     return CheckpointInfo(path=path, format="hf", shapes=shapes, model=cfg, step=step, step_source=source,
-                          dtype=dtype, hf_config=hf, notes=notes)
+                          stage=stage, dtype=dtype, hf_config=hf, notes=notes)
 
 
 def _listing(names: list[str], limit: int = 6) -> str:
