@@ -1127,6 +1127,10 @@ def _first_line_hint(path: str, raw: bytes) -> str:
         return _compressed_hint(path, held)
     if raw.startswith(_UTF16_BOMS):
         return "; the file is UTF-16 text (it starts with a UTF-16 byte-order mark): convert it to UTF-8"
+    if b"\r" in raw.rstrip(b"\r\n"):
+        # JSON holds no raw carriage return: its lines end in one alone (classic Mac OS), so the
+        # whole file read as one line, its documents one quarantined record (found by a tester)
+        return "; its lines end in a carriage return alone (\\r, classic Mac OS line ends): convert them to \\n"
     return ""
 
 

@@ -345,6 +345,19 @@ def test_cli_reports_missing_inputs_without_starting_spark(tmp_path, capsys):
     assert "no input files match" in capsys.readouterr().err
 
 
+def test_a_missing_data_root_is_said_once(tmp_path, capsys):
+    """Each source's "no input files match" under a data root that does not exist left the reader
+    to find the cause (a tester); the hint says the root is not there."""
+    m = _manifest(tmp_path / "nowhere")
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(m))
+    assert build_main(["--manifest", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert f"data root '{tmp_path / 'nowhere'}', which does not exist, " in capsys.readouterr().err
+    (tmp_path / "nowhere").mkdir()
+    assert build_main(["--manifest", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "which does not exist" not in capsys.readouterr().err
+
+
 def test_cli_names_the_manifest_in_a_field_error(tmp_path, capsys):
     """`dolmino build` / tag / mix and build_mix said "sources[0].mix_percent: expected a number"
     without the file, where plan, diff and lock name it (a reviewer)."""

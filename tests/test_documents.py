@@ -1001,3 +1001,17 @@ def test_quarantine_details_name_json_types_and_a_missing_id():
         "'id' is an array, expected a string or number", "'text' is null, expected a string",
         "'text' is a number, expected a string", "'metadata' is an array, expected an object",
         "top-level JSON is an array", "top-level JSON is null"]
+
+
+def test_carriage_return_line_ends_say_so_in_the_first_record(tmp_path):
+    """A .jsonl whose lines end in a carriage return alone (classic Mac OS) read as one line, its
+    documents one malformed_json record saying only "Extra data" (found by a tester)."""
+    path = tmp_path / "mac.jsonl"
+    path.write_bytes(b'{"id": "a", "text": "x"}\r{"id": "b", "text": "y"}\r')
+    quarantine = Quarantine()
+    assert list(read_documents(str(path), quarantine)) == []
+    assert quarantine.records[0].detail.endswith("; its lines end in a carriage return alone (\\r, classic Mac OS "
+                                                 "line ends): convert them to \\n")
+    crlf = tmp_path / "windows.jsonl"  # CRLF ends are read as ever
+    crlf.write_bytes(b'{"id": "a", "text": "x"}\r\n{"id": "b", "text": "y"}\r\n')
+    assert [doc["id"] for _, doc in read_documents(str(crlf), Quarantine())] == ["a", "b"]

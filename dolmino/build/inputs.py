@@ -583,6 +583,14 @@ def _root_origin(manifest: Manifest) -> str:
     return "the manifest's data_root"
 
 
+def _missing_root(root: str | None) -> str:
+    """", which does not exist" for a local data root that is not there: every source's "no input
+    files match" left the reader to find out that the root was the cause (a tester)."""
+    if not root or root.startswith("s3://") or os.path.exists(root):
+        return ""
+    return ", which does not exist"
+
+
 def list_inputs(manifest: Manifest) -> Listing:
     """Every source's input files; one BuildError naming every problem at once."""
     listing = list_sources(manifest)
@@ -591,7 +599,8 @@ def list_inputs(manifest: Manifest) -> Listing:
         # command's --data-root replacing it): the hint names the root, not its origin.
         hint = ("" if not any(NO_MATCH in p for p in problems) else
                 "\n  (relative paths resolve against the data root"
-                f"{' ' + repr(manifest.data_root) if manifest.data_root else ' (none: the current directory)'}, "
+                f"{' ' + repr(manifest.data_root) if manifest.data_root else ' (none: the current directory)'}"
+                f"{_missing_root(manifest.data_root)}, "
                 f"{_root_origin(manifest)} unless --data-root replaces it: point it at your copy of the data, "
                 "see README 'Real data')")
         # ";" ends each problem: the command line prints an error on one line.
