@@ -21,7 +21,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 
-from dolmino.errors import ManifestError
+from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import MINHASH_DEFAULTS, Manifest, SourceSpec, format_count, load_named_manifest, parse_count
 from dolmino.plan import Plan, make_plan, markdown_text, render_table, share_text
 from filters.base import number_text
@@ -47,6 +47,7 @@ class ManifestDiff:
     plan_a: Plan | None = None
     plan_b: Plan | None = None
     plan_errors: dict[str, str] = field(default_factory=dict)  # "before"/"after" -> why no plan
+    tagging: list[str] | None = None  # what `dolmino tag` must do again for B (`_tagging`); None: not assessed
 
     @property
     def empty(self) -> bool:
@@ -184,6 +185,43 @@ def _budget_change(a: Manifest, b: Manifest) -> Change | None:
     return Change("budget", before + how[0], after + how[1])
 
 
+def _tagging(a: Manifest, b: Manifest) -> list[str]:
+    """Per source of B, the attribute sets its mix reads that a tag of A did not write: what `dolmino tag`
+    must do again (a reviewer of a threshold change asks whether the PR re-reads a 4 TB pool; the diff
+    did not say). The sets are named as a build names them (`build.tag.tag_plans`): a score filter's new
+    threshold reuses its set, a verdict filter's does not, a cascade filter follows the filters before
+    it, a renamed source is a new one. Models and indexes compare by where the manifests name them
+    (`dolmino lock --check` checks their bytes), the tokenizer by its settings, MinHash by its
+    parameters and the source's paths."""
+    from dolmino.build.resources import Resource, file_params
+    from dolmino.build.tag import tag_plans
+
+    def plans(m: Manifest) -> dict:
+        files = {spec[k] for s in m.sources for spec in s.filters for k in file_params(spec)}
+        resources = {f: Resource(f, f"named:{f}", False) for f in files}
+        return {p.name: p for p in tag_plans(m, resources, repr(sorted(vars(m.tokenizer).items())), [])}
+
+    plans_a, plans_b = plans(a), plans(b)
+    paths_a = {s.name: s.paths for s in a.sources}
+    lines = []
+    for source in b.sources:
+        was, now = plans_a.get(source.name), plans_b[source.name]
+        if was is None:
+            lines.append(f"{source.name}: a new source (not tagged before): every set")
+            continue
+        sets = [("docs", was.docs_set, now.docs_set)]
+        old_filters = {t.set_name for t in was.filters}
+        sets += [(f"filters[{t.index}] {t.spec['type']}", t.set_name if t.set_name in old_filters else None,
+                  t.set_name) for t in now.filters]
+        if now.minhash_set:
+            same_pool = paths_a[source.name] == source.paths
+            sets.append(("minhash", was.minhash_set if same_pool else None, now.minhash_set))
+        again = [label for label, before, after in sets if before != after]
+        if again:
+            lines.append(f"{source.name}: {', '.join(again)}")
+    return lines
+
+
 def diff_manifests(a: Manifest, b: Manifest, budget: int | None = None, with_plan: bool = True) -> ManifestDiff:
     """Everything that differs between two manifests, and both plans (at `budget` if given)."""
     d = ManifestDiff(a, b)
@@ -214,6 +252,10 @@ def diff_manifests(a: Manifest, b: Manifest, budget: int | None = None, with_pla
     if [n for n in names_a if n in names_b] != common:
         d.fields.append(Change("sources (order)", [n for n in names_a if n in names_b], common))
     if with_plan:
+        try:
+            d.tagging = _tagging(a, b)
+        except (BuildError, ManifestError, ImportError, OSError, ValueError):  # a filter file or scorer unreadable
+            d.tagging = None
         for label, m in (("before", a), ("after", b)):
             try:
                 plan = make_plan(m, budget if m.kind != "pool" else None, list_files=False)
@@ -295,6 +337,16 @@ def render_diff(d: ManifestDiff, fmt: str = "text") -> str:
     unchanged = [n for n, cs in d.sources.items() if not cs]
     if unchanged and (changed or d.added or d.removed):
         lines += [prose(f"Unchanged sources: {', '.join(unchanged)}."), ""]
+    if d.tagging is not None:
+        lines += [heading("Tagging"), ""]
+        if d.tagging:
+            lines += ["Attribute sets that dolmino tag must write again (a tag of the manifest before "
+                      "has not written them):", ""]
+            lines += [f"- {prose(line)}" for line in d.tagging]
+        else:
+            lines.append("Nothing to tag again: every attribute set the mix reads is one a tag of the manifest "
+                         "before wrote (models and indexes as named: dolmino lock --check checks their bytes).")
+        lines.append("")
     lines += [heading("Plan before and after"), ""]
     if d.plan_a or d.plan_b:
         if d.plan_a and d.plan_b:

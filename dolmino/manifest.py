@@ -891,6 +891,19 @@ def _refused_value_field(text: str) -> str | None:
     return find(data, "")
 
 
+def _json_error(exc: json.JSONDecodeError) -> str:
+    """json's place and reason; a trailing comma, the commonest slip in an edited manifest, named at
+    the comma: json stops at the bracket after it, a line further on, with "Expecting value" or
+    "Expecting property name", which sends a reviewer to the wrong line (found by a tester)."""
+    text, pos = exc.doc, exc.pos
+    before = text[:pos].rstrip()
+    if text[pos:pos + 1] in ("]", "}") and before.endswith(","):
+        comma = len(before) - 1
+        line, column = text.count("\n", 0, comma) + 1, comma - text.rfind("\n", 0, comma)
+        return f"line {line}, column {column}: a trailing comma before '{text[pos]}', which JSON does not allow"
+    return f"line {exc.lineno}, column {exc.colno}: {exc.msg}"
+
+
 def read_manifest_json(path: str) -> Any:
     """The parsed JSON of a manifest file (no schema check); every error names the file."""
     try:
@@ -905,7 +918,7 @@ def read_manifest_json(path: str) -> Any:
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        raise ManifestError(f"{path}: not valid JSON ({_json_error(exc)})") from None
     except _DuplicateKey as exc:
         raise ManifestError(f"{path}: {_DuplicateKey(exc.key, _duplicate_key_line(text))}") from None
     except ManifestError as exc:  # a value JSON has not, or too large to read

@@ -451,6 +451,21 @@ def test_bad_json_names_position(tmp_path):
         load_manifest(str(p))
 
 
+@pytest.mark.parametrize("before, after, place", [
+    ('"paths": ["a/*.jsonl"]', '"paths": ["a/*.jsonl",\n   ]', "line 2, column 49: a trailing comma before ']'"),
+    ('"mix_percent": 100', '"mix_percent": 100,\n  ', "line 2, column 70: a trailing comma before '}'"),
+])
+def test_a_trailing_comma_is_named_at_the_comma(tmp_path, before, after, place):
+    """json stops at the bracket after the comma, a line further on, with "Expecting value" or
+    "Expecting property name": a reviewer of a PR that added a trailing comma looked at the wrong line."""
+    text = '{"name": "x",\n "sources": [{"name": "a", "paths": ["a/*.jsonl"], "mix_percent": 100}]}'
+    assert before in text
+    p = tmp_path / "m.json"
+    p.write_text(text.replace(before, after))
+    with pytest.raises(ManifestError, match=re.escape(f"{p}: not valid JSON ({place}, which JSON does not allow)")):
+        load_manifest(str(p))
+
+
 def test_relative_paths_resolve_against_manifest_dir():
     m = load_manifest(str(MANIFESTS / "demo.json"))
     assert m.output == str((MANIFESTS.parent / "build" / "mixes" / "demo").resolve())

@@ -248,6 +248,36 @@ def test_diff_names_filters_thresholds_seeds_and_sources(tmp_path, capsys):
     assert "No changes" in capsys.readouterr().out.split("manifest diff:")[-1]
 
 
+def test_diff_says_what_dolmino_tag_must_do_again(tmp_path, capsys):
+    """A reviewer of a threshold change asks whether the PR re-reads the pool (DCLM: 4.5 TB); the diff
+    did not say. A score filter's new threshold reuses its set, the cascade after it is scored again,
+    a verdict or token filter needs no tag, MinHash is new clusters, a renamed source a new source."""
+    a = json.loads((MANIFESTS / "pools" / "dclm.json").read_text())
+    pa = tmp_path / "pools" / "a.json"
+    pa.parent.mkdir()
+    pa.write_text(json.dumps(a))
+
+    def tagging(edit) -> list[str]:
+        b = json.loads(json.dumps(a))
+        edit(b["sources"][0])
+        pb = tmp_path / "pools" / "b.json"
+        pb.write_text(json.dumps(b))
+        return diff_manifests(load_manifest(str(pa)), load_manifest(str(pb))).tagging
+
+    assert tagging(lambda s: s["filters"][0].update(threshold=0.05)) == ["dclm: filters[1] fineweb_edu"]
+    assert tagging(lambda s: s["filters"][1].update(min_int_score=3)) == []
+    assert tagging(lambda s: s["filters"][2].update(min_repeats=16)) == []  # decided on tokens, in the mix
+    assert tagging(lambda s: s.update(dedup={"exact": True, "minhash": {}})) == ["dclm: minhash"]
+    assert tagging(lambda s: s.update(max_doc_bytes=1000)) == [
+        "dclm: docs, filters[0] fasttext_quality, filters[1] fineweb_edu"]
+    assert tagging(lambda s: s.update(name="web")) == ["web: a new source (not tagged before): every set"]
+    assert diff_cmd.main([str(pa), str(tmp_path / "pools" / "b.json"), "--format", "markdown"]) == 0
+    assert "#### Tagging\n\nAttribute sets that dolmino tag must write again" in capsys.readouterr().out
+    text = render_diff(diff_manifests(load_manifest(str(MANIFESTS / "50B.json")),
+                                      load_manifest(str(MANIFESTS / "100B.json"))))
+    assert "Tagging:\n\nNothing to tag again" in text  # the 50B and 100B mixes share one tag
+
+
 def test_diff_compares_counts_as_meant(tmp_path):
     a = json.loads((MANIFESTS / "50B.json").read_text())
     b = json.loads(json.dumps(a))
