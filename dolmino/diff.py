@@ -60,6 +60,8 @@ _MISSING = object()
 def _show(value: object) -> str:
     if value is _MISSING or value is None:
         return "-"
+    if isinstance(value, bool):  # as the manifest writes it: "False -> True" read as Python (a tester)
+        return "true" if value else "false"
     if isinstance(value, float):
         return number_text(value)  # `:g` keeps 6 digits: 0.03311014 -> 0.03311012 read the same twice (a tester)
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
@@ -271,13 +273,17 @@ def diff_manifests(a: Manifest, b: Manifest, budget: int | None = None, with_pla
 
 def _delta_pct(a: float | None, b: float | None) -> str:
     """A change of Mix %: two decimals, significant digits where those would read 0.00 (0.0035 ->
-    0.0032 read "0.00"; a tester); 0.00 only for no change or float noise."""
+    0.0032 read "0.00"; a tester); 0.00 only for no change or float noise. Never in exponent form:
+    "-8e-05" in a table of decimals read as a typo (a tester): two significant digits as decimals."""
     if a is None or b is None:
         return "-"
     change = b - a
     if math.isclose(a, b, rel_tol=1e-9):
         return "0.00"
-    return f"{change:+.2f}" if abs(change) >= 0.005 else f"{change:+.2g}"
+    if abs(change) >= 0.005:
+        return f"{change:+.2f}"
+    decimals = 1 - math.floor(math.log10(abs(float(f"{abs(change):.2g}"))))
+    return f"{change:+.{decimals}f}".rstrip("0")  # as :g wrote them: +0.0001, not +0.00010
 
 
 def _plan_side_by_side(d: ManifestDiff, fmt: str) -> list[str]:

@@ -747,10 +747,15 @@ def manifest_from_dict(data: Any, path: str | None = None) -> Manifest:
     _expect(isinstance(sources_obj, list) and sources_obj, "sources", "expected a non-empty list")
     base_dir = os.path.dirname(os.path.abspath(path)) if path else None
     sources = tuple(_parse_source(s, f"sources[{i}]", base_dir) for i, s in enumerate(sources_obj))
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     for i, s in enumerate(sources):
-        _expect(s.name not in seen, f"sources[{i}].name", f"duplicate source name {s.name!r}")
-        seen.add(s.name)
+        _expect(s.name not in seen.values(), f"sources[{i}].name", f"duplicate source name {s.name!r}")
+        # A source's name is a directory (quarantine/, attributes): "FLAN" beside "flan" shared one on
+        # a case-insensitive file system (macOS's, Windows') and read each other's files (a tester).
+        _expect(s.name.casefold() not in seen, f"sources[{i}].name", f"source names {seen.get(s.name.casefold())!r} "
+                f"and {s.name!r} differ only in case; their directories would be one on a case-insensitive file "
+                "system: rename one")
+        seen[s.name.casefold()] = s.name
     sources = _check_shares(sources, version, kind)
     for i, s in enumerate(sources):
         _expect(s.dedup.minhash is None or "seed" in s.dedup.minhash or seed < MINHASH_SEED_LIMIT,

@@ -594,3 +594,18 @@ def test_a_version_is_a_whole_number_not_a_float(version):
     with pytest.raises(ManifestError, match=re.escape(f"version: this dolmino reads manifest versions 1, 2, got "
                                                       f"{version!r}")):
         manifest_from_dict(spec)
+
+
+def test_source_names_differing_only_in_case_are_refused():
+    """A source's name is a directory (quarantine/, attributes): "FLAN" beside "flan" passed the
+    check and would share one on a case-insensitive file system (a tester)."""
+    spec = {"name": "m", "version": 1, "seed": 1, "budget": "1M",
+            "sources": [{"name": "flan", "paths": ["a/*.jsonl"], "mix_percent": 50},
+                        {"name": "FLAN", "paths": ["b/*.jsonl"], "mix_percent": 50}]}
+    with pytest.raises(ManifestError, match=r"^sources\[1\]\.name: source names 'flan' and 'FLAN' differ only in case"):
+        manifest_from_dict(spec)
+    spec["sources"][1]["name"] = "flan"
+    with pytest.raises(ManifestError, match=r"^sources\[1\]\.name: duplicate source name 'flan'"):
+        manifest_from_dict(spec)
+    spec["sources"][1]["name"] = "flan2"
+    assert [s.name for s in manifest_from_dict(spec).sources] == ["flan", "flan2"]

@@ -487,6 +487,9 @@ def test_diff_shows_a_changed_share_apart(tmp_path, capsys):
     assert re.search(r"\s0\.0035\s+0\.0032\s+-0\.00031$", row), row
     assert diff_cmd._shares_text(47.2, 47.2 + 1e-13) == ("47.20", "47.20")  # float noise is no change
     assert diff_cmd._delta_pct(47.2, 47.2 + 1e-13) == "0.00"
+    # never in exponent form: "-8e-05" in a column of decimals read as a typo (a tester)
+    assert diff_cmd._delta_pct(10.0, 10.0 - 8e-05) == "-0.00008" and diff_cmd._delta_pct(1, 1.000996) == "+0.001"
+    assert diff_cmd._show(True) == "true" and diff_cmd._show(False) == "false"  # as JSON writes them (a tester)
 
 
 def test_plan_says_the_build_refuses_a_thousand_copies(tmp_path, capsys):
