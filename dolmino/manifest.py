@@ -1034,13 +1034,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    from dolmino.s3 import redact
+
     paths = expand_manifest_paths(args.paths)
     for lockfile in (p for p in args.paths if p.endswith(LOCKFILE_SUFFIX) and not os.path.isdir(p)):
         # beside check's ok/BAD lines; fmt's stdout may be a diff piped on (a reviewer)
-        print(f"skip {lockfile}: a lockfile (`dolmino lock`), not a manifest",
+        print(f"skip {redact(lockfile)}: a lockfile (`dolmino lock`), not a manifest",
               file=sys.stdout if args.command == "check" else sys.stderr)
     if not paths:
-        print(f"dolmino manifest {args.command}: no manifests in {' '.join(args.paths)}", file=sys.stderr)
+        # a URL's user:password@ as given (a tester)
+        print(f"dolmino manifest {args.command}: no manifests in {redact(' '.join(args.paths))}", file=sys.stderr)
         return 2
     if args.command == "fmt":
         from dolmino.manifest_format import format_files

@@ -108,8 +108,10 @@ def test_commands_that_read_a_build_or_manifest_name_a_url_without_its_password(
     from dolmino.report_html import main as report_main
     from dolmino.validate import main as validate_main
 
+    lockfile = url.rstrip("/") + ".lock.json"  # skipped, then "no manifests in ...": both named it whole
     for command, argv in ((validate_main, [url]), (report_main, [url]), (manifest_main, ["check", url]),
-                          (manifest_main, ["fmt", url])):
+                          (manifest_main, ["fmt", url]), (manifest_main, ["check", lockfile]),
+                          (manifest_main, ["fmt", lockfile])):
         assert command(argv) in (1, 2)
         out, err = capsys.readouterr()
         assert "***@" in out + err and PASSWORD not in out + err, (argv, out + err)
