@@ -140,6 +140,28 @@ def test_nan_weights_are_not_exported(tmp_path, capsys):
     assert (tmp_path / "hf" / "model.safetensors").read_bytes() == before
 
 
+def test_a_weight_beyond_float16s_range_is_refused_not_written_as_inf(tmp_path, capsys):
+    """The finite check ran on the checkpoint's tensor, before the cast: a 1e5 weight exported with
+    --dtype float16 (largest 65504) was written as inf, exit 0 (found by a tester). bfloat16 holds it."""
+    cfg = ModelConfig(d_model=32, n_layers=1, n_heads=2, vocab_size=200, max_seq_len=16)
+    model = OLMo2(cfg)
+    with torch.no_grad():
+        model.blocks[0].mlp.up_proj.weight[1, 2] = 1e5
+    Checkpointer(tmp_path / "ckpt").save(1, model, torch.optim.AdamW(model.parameters()), {},
+                                         {"model": cfg.to_dict()}, background=False)
+    capsys.readouterr()
+    assert export_main([str(tmp_path / "ckpt"), str(tmp_path / "hf"), "--dtype", "float16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "weight blocks.0.mlp.up_proj.weight holds values up to 100000, beyond float16's " \
+        "range (65504)" in err[0] and "--dtype bfloat16 or float32" in err[0], err
+    assert not (tmp_path / "hf").exists()
+    assert export_main([str(tmp_path / "ckpt"), str(tmp_path / "hf"), "--dtype", "bfloat16"]) == 0
+    from safetensors.torch import load_file
+
+    written = load_file(str(tmp_path / "hf" / "model.safetensors"))["model.layers.0.mlp.up_proj.weight"]
+    assert torch.isfinite(written).all()
+
+
 def _weight_files(path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if "safetensors" in p.name)
 

@@ -114,6 +114,44 @@ def test_hf_import_reads_what_transformers_loads_and_export_keeps_every_dtype(tm
     assert torch.equal(exported["model.norm.weight"], tensors["model.norm.weight"])
 
 
+def test_a_list_of_eos_ids_is_read_and_exported_as_the_source_said(tmp_path):
+    """transformers takes `eos_token_id: [2, 5]`: the importer ignored the list (the model took the default
+    EOS 100257), and an export of the directory wrote that id (null here: outside the vocabulary) and no
+    BOS instead of the source's own ids (found by a tester)."""
+    from trainer.export_hf import export
+
+    path, _ = hf_olmo2(tmp_path)
+    config = json.loads((path / "config.json").read_text())
+    config.update(eos_token_id=[2, 5], bos_token_id=3)
+    (path / "config.json").write_text(json.dumps(config))
+    assert inspect_checkpoint(path).model.eos_token_id == 2
+    out = export(path, tmp_path / "out", dtype="bfloat16")
+    exported = json.loads((out / "config.json").read_text())
+    assert (exported["eos_token_id"], exported["bos_token_id"], exported["pad_token_id"]) == ([2, 5], 3, 1)
+    assert exported[next(k for k in ("dtype", "torch_dtype") if k in exported)] == "bfloat16"
+    loaded = transformers.AutoConfig.from_pretrained(str(out))
+    assert (loaded.eos_token_id, loaded.bos_token_id) == ([2, 5], 3)
+
+
+def test_pytorch_model_bin_is_refused_with_a_conversion_command_that_runs(tmp_path):
+    """An older hub revision's pytorch_model.bin was refused saying "re-save it with
+    model.save_pretrained(dir, safe_serialization=True)", which does not say how to get `model` (found
+    by a tester): the one line gives a command, and the directory it converts exports the same weights."""
+    path, model = hf_olmo2(tmp_path, dtype=torch.bfloat16)
+    (path / "model.safetensors").unlink()
+    torch.save(model.state_dict(), path / "pytorch_model.bin")
+    proc = run_module("trainer.export_hf", path, tmp_path / "out")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    command = re.search(r'python -c "(.+)"$', proc.stderr.strip())
+    assert command, proc.stderr
+    subprocess.run([sys.executable, "-c", command.group(1)], check=True, capture_output=True)
+    proc = run_module("trainer.export_hf", path, tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    exported = hf_tensors(tmp_path / "out")
+    for name, tensor in model.state_dict().items():
+        assert exported[name].dtype == torch.bfloat16 and torch.equal(exported[name], tensor), name
+
+
 def test_hf_import_reads_one_tensor_at_a_time(tmp_path, monkeypatch):
     """No whole-file load, and each tensor read is released before the next one is read."""
     import safetensors.torch
@@ -304,6 +342,27 @@ def test_zero_lr_step_then_export_gives_back_the_same_tensors(tmp_path, dtype, s
         assert after[key].dtype == dtype and torch.equal(before[key], after[key]), key
     exported = json.loads((tmp_path / "out" / "config.json").read_text())
     assert exported["vocab_size"] == VOCAB and exported["num_hidden_layers"] == 3
+
+
+def test_an_export_of_a_run_from_hf_on_unreported_data_names_the_starting_tokenizer(tmp_path):
+    """A run from an HF directory holding tokenizer files, on token files without a report.json: the
+    export's note said only "copy those of the tokenizer the model was trained with", though the
+    starting directory held them (found by a tester). It names them; they are not copied unasked, as
+    such data may have been tokenized with another tokenizer."""
+    path, _ = hf_olmo2(tmp_path)
+    (path / "tokenizer.json").write_text("{}")
+    (path / "tokenizer_config.json").write_text("{}")
+    data = random_tokens(tmp_path / "data", 4 * 64)
+    proc = run_module("trainer.run", "--data", data, "--init-from", path, "--steps", 1, "--seq-len", 64,
+                      "--batch-size", 2, "--device", "cpu", "--save-dir", tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_module("trainer.export_hf", tmp_path / "run", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"export_hf: note: no tokenizer files written to {tmp_path / 'out'}")
+    assert f"the run started from the Hugging Face directory {path}, whose tokenizer.json, tokenizer_config.json, " \
+        "generation_config.json are the files to copy if the data was tokenized with its tokenizer" in err[0], err
+    assert not (tmp_path / "out" / "tokenizer.json").exists()
 
 
 def test_init_from_hf_with_a_preset_of_another_shape_fails_before_training(tmp_path):

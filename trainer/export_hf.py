@@ -324,14 +324,24 @@ def export(checkpoint: str | Path, out_dir: str | Path, dtype: str | None = None
     with WeightReader(info) as reader:
         def finite(name: str) -> torch.Tensor:
             """A diverged run's NaN weights were exported without a word, as a model that gives NaN
-            logits; eval and soup refuse them (found by a tester)."""
+            logits; eval and soup refuse them (found by a tester). Checked again after the cast: a
+            weight beyond float16's range (65504) became inf in a --dtype float16 export, unsaid (a tester)."""
             tensor = reader.get(name)
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise ValueError(f"{info.describe()}: weight {name} holds NaN or inf (a diverged run, or a damaged "
                                  f"file); export a checkpoint from before it diverged")
-            return tensor
+            cast = tensor.to(torch_dtype)
+            if cast.is_floating_point() and not bool(torch.isfinite(cast).all()):
+                largest, kind = tensor.abs().max().item(), str(torch_dtype).removeprefix("torch.")
+                raise ValueError(f"{info.describe()}: weight {name} holds values up to {largest:.6g}, beyond {kind}'s "
+                                 f"range ({torch.finfo(torch_dtype).max:.6g}), which would be written as inf; export "
+                                 f"with --dtype bfloat16 or float32")
+            return cast
 
-        out = write_hf_model(out_dir, info.model, reader.names(), finite, torch_dtype, max_shard_size=max_shard_size)
+        # an HF source's own config.json, as a soup's hf/ keeps it: its token ids (a list of EOS ids, a BOS id)
+        # were replaced by the generated config's single EOS id and no BOS (found by a tester)
+        out = write_hf_model(out_dir, info.model, reader.names(), finite, torch_dtype, max_shard_size=max_shard_size,
+                             config=info.hf_config if info.format == "hf" else None)
     if isinstance(tokenizer, dict):
         write_tokenizer(out, tokenizer)
     elif log is not None:

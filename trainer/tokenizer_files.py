@@ -96,9 +96,26 @@ def _trainer_tokenizer(info, depth: int) -> dict[str, bytes]:
         return _hf_dir_tokenizer(said)
     if kind == "soup":
         return _soup_tokenizer(path, said, depth)
-    if kind == "record":
-        return _recorded_tokenizer(said, info.model, f"the training data of the checkpoint {path}")
-    return _data_tokenizer(said, info.model)
+    try:
+        if kind == "record":
+            return _recorded_tokenizer(said, info.model, f"the training data of the checkpoint {path}")
+        return _data_tokenizer(said, info.model)
+    except _NotSaid as exc:
+        raise _NotSaid(f"{exc}{_init_tokenizer_hint(info)}") from None
+
+
+def _init_tokenizer_hint(info) -> str:
+    """Where the run started from a Hugging Face directory that holds tokenizer files: which, to copy
+    if the data was tokenized with it. The note said only "copy those of the tokenizer the model was
+    trained with", though the --init-from directory held them (found by a tester); they are not copied
+    unasked, as data without a report may have been tokenized with another tokenizer."""
+    init = info.init if isinstance(getattr(info, "init", None), dict) else {}
+    start = Path(init["path"]) if init.get("format") == "hf" and isinstance(init.get("path"), str) else None
+    held = [name for name in (*TOKENIZER_FILES, GENERATION_CONFIG) if start and (start / name).is_file()]
+    if "tokenizer.json" not in held and "vocab.json" not in held:
+        return ""
+    return (f"; the run started from the Hugging Face directory {start}, whose {', '.join(held)} are the files to "
+            f"copy if the data was tokenized with its tokenizer")
 
 
 def _soup_tokenizer(path: Path, ingredients: list, depth: int) -> dict[str, bytes]:

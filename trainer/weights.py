@@ -170,9 +170,13 @@ def detect_format(path: str | Path) -> str:
         if (path / ".metadata").is_file() or (path / "model_and_optim" / ".metadata").is_file():
             return "olmo-core"
         if (path / "pytorch_model.bin").is_file() or (path / "pytorch_model.bin.index.json").is_file():
+            # "re-save it with model.save_pretrained(dir, safe_serialization=True)" left the user to find how to
+            # get `model`; the command runs as given with transformers 4 and 5 (found by a tester)
             raise CheckpointFormatError(
-                f"{path} holds pytorch_model*.bin weights; only safetensors are read (re-save it with "
-                f"model.save_pretrained(dir, safe_serialization=True))")
+                f"{path} holds pytorch_model*.bin weights; only safetensors are read (a pickled .bin can run code "
+                f"when loaded): convert it in place with transformers, python -c \"from transformers import "
+                f"AutoModelForCausalLM as M; M.from_pretrained({str(path)!r}, torch_dtype='auto')"
+                f".save_pretrained({str(path)!r})\"")
         hf_config = _hf_config_file(path)
         if hf_config is not None:  # a transformers config without weights: say what is wrong with it first
             model_config_from_hf(hf_config, str(path / "config.json"))
@@ -328,7 +332,11 @@ def model_config_from_hf(hf: dict, where: str) -> ModelConfig:
         cfg = ModelConfig(**fields, vocab_multiple=1)
     for key in ("eos_token_id", "pad_token_id"):
         value = hf.get(key)
-        if isinstance(value, int):
+        # transformers takes a list of EOS ids ([100257, 100265]): the first is the one a document ends with
+        # (the list was ignored, and the model took the default id; found by a tester)
+        if isinstance(value, list) and value and key == "eos_token_id":
+            value = value[0]
+        if isinstance(value, int) and not isinstance(value, bool):
             setattr(cfg, key, value)
     return cfg
 
