@@ -1327,6 +1327,45 @@ def test_a_pass_that_reaches_into_a_second_epoch_is_said(tmp_path):
     assert epochs_note(12, 4, 3, whole) is None and epochs_note(3, 4, 100, whole) is None
 
 
+def test_a_pass_resumed_with_another_batch_size_ends_when_its_tokens_are_seen(tmp_path):
+    """One pass of 1,024 tokens: 2 steps of 4 x 16 tokens, then resumed at 8 x 16. It ran 8 steps in
+    all (ceil(1,024 / 128), counted as if every step had been 8 x 16): 56 of the 64 instances, and
+    called that one pass. OLMo-core's Duration.tokens goes on until the tokens are seen: 2 + 7 steps."""
+    from trainer.run import epochs_note
+
+    data = tmp_path / "data"
+    data.mkdir()
+    np.arange(64 * 16, dtype="<u4").__mod__(500).astype("<u4").tofile(data / "part-00000.npy")
+    flags = ["--data", data, "--model", "tiny", "--seq-len", 16, "--threads", 1, "--save-dir", tmp_path / "run"]
+    first = run_cli(*flags, "--batch-size", 4, "--steps", 2)
+    assert first.returncode == 0, first.stderr
+    more = run_cli(*flags, "--batch-size", 8, "--resume")
+    assert more.returncode == 0, more.stderr
+    assert ("schedule: 9 steps (one pass over 1,024 tokens (1 token file(s)): 128 seen in the 2 steps resumed, "
+            "the rest at 8 x 16)") in more.stdout
+    assert "data: 64 instances" in more.stdout and "note:" not in more.stdout
+    whole = type("D", (), {"dropped_tail_tokens": 0})()
+    # the epoch boundary is counted from the loader's position: here 7 steps of 8 from instance 8 end the epoch
+    assert epochs_note(64, 8, 9, whole, step=2, cursor=8) is None
+    assert "the 1 step(s) after step 9 draw from a further epoch" in epochs_note(64, 8, 10, whole, step=2, cursor=8)
+
+
+def test_data_given_twice_reads_both_and_mix_given_twice_is_refused(capsys):
+    """argparse keeps the last of a repeated option: `--data A --data B` trained on B alone, and
+    `--mix a.json --mix b.json` on b's build alone, both unsaid."""
+    from trainer.plan import build_schedule_parser
+    from trainer.run import parse_args
+
+    assert parse_args(["--data", "a", "--data", "b", "c"]).data == ["a", "b", "c"]
+    assert build_schedule_parser().parse_args(["--data", "a", "--data", "b"]).data == ["a", "b"]
+    for parse in (parse_args, build_schedule_parser().parse_args):
+        with pytest.raises(SystemExit) as exc:
+            parse(["--mix", "a.json", "--mix", "b.json"])
+        assert exc.value.code == 2
+        assert ("error: --mix was given twice (a.json, then b.json); it takes one manifest: for several builds, "
+                "pass their directories together as --data DIR DIR ...") in capsys.readouterr().err
+
+
 def test_bad_values_and_paths_are_one_line_errors(data_dir, tmp_path, capsys):
     """Found by a tester sweeping every command: --lr inf trained to NaN and saved it (exit 0);
     --batch-size 0 without --steps divided by zero; --mix naming no manifest exited 1 without

@@ -8,7 +8,7 @@ import re
 
 from dolmino.argtypes import positive_int  # counts of things; this module's API too
 
-__all__ = ["FLAG_OF_FIELD", "HelpFormatter", "in_flag_names", "parse_count", "positive_int"]
+__all__ = ["FLAG_OF_FIELD", "GivenOnce", "HelpFormatter", "in_flag_names", "parse_count", "positive_int"]
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -21,6 +21,21 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
                 or not action.option_strings):
             return text
         return f"{text} (default: %(default)s)"
+
+
+class GivenOnce(argparse.Action):
+    """An option of one value that may be given once: argparse keeps the last of two, so `--mix
+    a.json --mix b.json` trained on b's build alone, unsaid (found by a tester). `hint`: what to
+    do instead, added to the error."""
+
+    def __init__(self, *args, hint: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hint = hint
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if (before := getattr(namespace, self.dest, None)) is not None:
+            parser.error(f"{option_string} was given twice ({before}, then {values}); it takes one{self.hint}")
+        setattr(namespace, self.dest, values)
 
 
 def parse_count(text: str) -> int:

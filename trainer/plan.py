@@ -37,7 +37,7 @@ from typing import Callable
 from dolmino.manifest import expand_home
 from dolmino.release import listed_files
 from dolmino.s3 import local_path, redact
-from trainer.cli import HelpFormatter, in_flag_names, parse_count, positive_int
+from trainer.cli import GivenOnce, HelpFormatter, in_flag_names, parse_count, positive_int
 from trainer.config import (
     ANNEAL_RECIPES, LEGACY_PRESETS, MODEL_PRESETS, RECIPE_HELP, RECIPES, SCHEDULES, STAGE1_END_LR, STAGE1_END_STEP,
     ModelConfig, TrainConfig, describe_params, describe_preset,
@@ -473,7 +473,12 @@ class Plan:
     notes: list[str] = field(default_factory=list)  # flags that do not do what they seem to: warnings
 
 
-def make_plan(args: argparse.Namespace, tokens: int | None, tokens_source: str | None, init=None) -> Plan:
+def make_plan(args: argparse.Namespace, tokens: int | None, tokens_source: str | None, init=None,
+              resumed: tuple[int, int] | None = None) -> Plan:
+    """`resumed`: (step, tokens seen) of the checkpoint a run resumes. One pass then ends once the
+    tokens are seen, as OLMo-core's Duration.tokens counts it: a resume with another --batch-size
+    ran ceil(tokens / new tokens per step) steps in all, a part of the pass or more than one, unsaid
+    (found by a tester)."""
     parse_init_step(args.init_step)  # a malformed --init-step is an error even when unused
     model, label = resolve_model(args, init)
     if init is not None:
@@ -495,6 +500,11 @@ def make_plan(args: argparse.Namespace, tokens: int | None, tokens_source: str |
     tokens_per_step = args.batch_size * args.seq_len
     if args.steps is not None:
         steps, steps_source = args.steps, "--steps"
+    elif tokens is not None and resumed is not None and resumed[0] * tokens_per_step != resumed[1]:
+        step, seen = resumed
+        steps = step + (steps_for_tokens(tokens - seen, tokens_per_step) if tokens > seen else 0)
+        steps_source = (f"one pass over {tokens:,} tokens ({tokens_source}): {seen:,} seen in the {step:,} steps "
+                        f"resumed, the rest at {args.batch_size} x {args.seq_len}")
     elif tokens is not None:
         steps = steps_for_tokens(tokens, tokens_per_step)
         steps_source = f"one pass over {tokens:,} tokens ({tokens_source}) at {args.batch_size} x {args.seq_len}"
@@ -593,6 +603,10 @@ def check_data_special_ids(args: argparse.Namespace, plan: Plan, init, paths: li
                             f"model; {fix}")
 
 
+# --mix given twice: what to do instead (trainer.run's and trainer.schedule's error).
+ONE_MIX_HINT = " manifest: for several builds, pass their directories together as --data DIR DIR ..."
+
+
 # ----------------------------------------------------------------------------- trainer.schedule
 def build_schedule_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -602,8 +616,10 @@ def build_schedule_parser() -> argparse.ArgumentParser:
                     "  python -m trainer.schedule --recipe olmo2-7b-anneal --mix manifests/50B.json "
                     "--init-step stage1-step928646-tokens3896B")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--mix", help="a manifest (its built output) or a built mix directory (default: none)")
-    src.add_argument("--data", nargs="+", help="built mix directory or token files (default: none)")
+    src.add_argument("--mix", action=GivenOnce, hint=ONE_MIX_HINT,
+                     help="a manifest (its built output) or a built mix directory (default: none)")
+    src.add_argument("--data", nargs="+", action="extend",
+                     help="built mix directory or token files, read together (default: none)")
     src.add_argument("--tokens", type=parse_count, help="a token budget instead of built data, e.g. 50B "
                                                         "(default: none)")
     add_plan_arguments(p)

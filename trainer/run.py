@@ -38,7 +38,9 @@ from trainer.checkpoint import (
     existing_run, files_fingerprint, latest_checkpoint, load_json_file, load_torch_file, own_checkpoint,
     resumable_checkpoint, resume_advice,
 )
-from trainer.cli import HelpFormatter, in_flag_names, parse_count, positive_int  # noqa: F401 (parse_count: our API)
+from trainer.cli import (  # noqa: F401 (parse_count: our API)
+    GivenOnce, HelpFormatter, in_flag_names, parse_count, positive_int,
+)
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
 from trainer.data import (
     DataError, check_batch_fits, check_data_position, layout_fingerprint, scan_data, unreported_build_note,
@@ -49,8 +51,8 @@ from trainer.distributed import (
 )
 from trainer.eval import add_training_arguments as add_eval_arguments, evaluate_after_training
 from trainer.plan import (
-    Plan, add_plan_arguments, built_mix_paths, check_data_special_ids, check_data_vocab, data_tokens, inspect_init,
-    make_plan, mix_output_dir, parse_with_recipe, remote_build_hint,
+    ONE_MIX_HINT, Plan, add_plan_arguments, built_mix_paths, check_data_special_ids, check_data_vocab, data_tokens,
+    inspect_init, make_plan, mix_output_dir, parse_with_recipe, remote_build_hint,
 )
 
 __all__ = ["build_parser", "main", "mix_output_dir", "parse_args", "parse_count", "run_config_from_args"]
@@ -116,28 +118,48 @@ def parse_args_once(argv: list[str] | None) -> argparse.Namespace:
     raise SystemExit(failed)
 
 
-def epochs_note(instances: int, batch: int, steps: int, dataset) -> str | None:
+def resumed_position(state: dict | None) -> tuple[int, int] | None:
+    """(step, tokens seen) of a resumed checkpoint's train state, for `make_plan`; None without one, or
+    for a state from before tokens_seen was kept (its tokens are then unknown)."""
+    if not isinstance(state, dict) or "tokens_seen" not in state:
+        return None
+    return int(state["step"]), int(state["tokens_seen"])
+
+
+def epochs_note(instances: int, batch: int, steps: int, dataset, step: int = 0, epoch: int = 0,
+                cursor: int = 0) -> str | None:
     """Say when the run's steps reach past one epoch. "One pass" is ceil(tokens / tokens per
     step) steps (OLMo-core's Duration.tokens), but an epoch holds only the whole batches of
     whole instances: each file's tail shorter than an instance and the last partial batch
-    are left out, so such a run's last step(s) draw from a second epoch, in a new order."""
+    are left out, so such a run's last step(s) draw from a second epoch, in a new order.
+    A resumed run goes on from its checkpoint's step and data position (`epoch`, `cursor`):
+    counted from step 0 at this batch size, a resume with another --batch-size was told of an
+    epoch boundary where there was none (found by a tester)."""
     per_epoch = instances // batch
-    if per_epoch == 0 or steps <= per_epoch:
+    if per_epoch == 0:
+        return None
+    boundary = step + (instances - cursor) // batch  # the last step that draws from the loader's epoch
+    if steps <= boundary:
         return None
     left = instances - per_epoch * batch
-    return (f"note: {steps:,} steps take {steps * batch:,} instances; an epoch is {per_epoch:,} steps "
+    taken = (f"{steps:,} steps take {steps * batch:,} instances" if not step else
+             f"steps {step + 1:,}-{steps:,} take {(steps - step) * batch:,} instances from epoch {epoch + 1}'s "
+             f"instance {cursor:,} on")
+    return (f"note: {taken}; an epoch is {per_epoch:,} steps "
             f"({per_epoch * batch:,} of the data's {instances:,} whole instances: {left:,} left after the last full "
             f"batch, and {dataset.dropped_tail_tokens:,} tokens of file tails shorter than an instance), so the "
-            f"{steps - per_epoch:,} step(s) after step {per_epoch:,} draw from a further epoch in a new order "
-            f"({math.ceil(steps / per_epoch)} epochs in all)")
+            f"{steps - boundary:,} step(s) after step {boundary:,} draw from a further epoch in a new order "
+            f"({epoch + 1 + math.ceil((steps - boundary) / per_epoch)} epochs in all)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=invoked_as("python -m trainer.run"), description=__doc__,
                                 formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--mix", help="manifest JSON whose \"output\" directory holds the built mix")
-    src.add_argument("--data", nargs="+", help="built mix directory (or token files)")
+    src.add_argument("--mix", action=GivenOnce, hint=ONE_MIX_HINT,
+                     help="manifest JSON whose \"output\" directory holds the built mix")
+    src.add_argument("--data", nargs="+", action="extend",
+                     help="built mix directory (or token files); several, or --data given again, are read together")
     add_plan_arguments(p)
     p.add_argument("--micro-batch-size", type=int, default=2,
                    help="instances per forward pass per rank, at most the per-rank batch (OLMo-core's OLMo 2 "
@@ -404,7 +426,9 @@ def main(argv: list[str] | None = None) -> int:
             tokens, source = data_tokens(layout)
             if (note := unreported_build_note(layout)) and env.is_main:
                 say(f"{prog}: warning: {note}")
-            plan = make_plan(args, tokens, source, init)
+            # The checkpoint's train state: its position (checked below) and how far its pass went.
+            saved = None if resume is None else load_torch_file(resume_from / STATE_FILE, resume_advice(resume_from))
+            plan = make_plan(args, tokens, source, init, resumed=resumed_position(saved))
             for note in plan.notes if env.is_main else ():
                 say(f"{prog}: warning: {note}")
             check_data_vocab(args, plan, init, layout)
@@ -423,8 +447,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise DataError(f"{resume_from} was trained on instances of {was} tokens, and this run asks for "
                                     f"--seq-len {run.train.seq_len}: resuming would not replay the same batches; "
                                     "resume with the --seq-len it was trained with")
-                saved = load_torch_file(resume_from / STATE_FILE, resume_advice(resume_from)).get("data") or {}
-                check_data_position(saved.get("fingerprint"), layout_fingerprint(layout, run.train.seq_len),
+                position = saved.get("data") or {}
+                check_data_position(position.get("fingerprint"), layout_fingerprint(layout, run.train.seq_len),
                                     resume_from / STATE_FILE)
             failed = None
         except Exception as exc:  # noqa: BLE001 - any failure, so that every rank reaches the agreement; re-raised
@@ -506,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"schedule: {tc.max_steps:,} steps ({plan.steps_source}) | {tc.schedule} lr {tc.lr:.6g} "
             f"({plan.lr_source}), "
             f"warmup {tc.warmup_steps}, horizon {tc.horizon_steps:,} steps")
-        if note := epochs_note(len(trainer.dataset), tc.global_batch_size, tc.max_steps, trainer.dataset):
+        if note := epochs_note(len(trainer.dataset), tc.global_batch_size, tc.max_steps, trainer.dataset,
+                               trainer.step, trainer.loader.epoch, trainer.loader.cursor):
             log(note)
         steps_left = range(trainer.step, tc.max_steps)
         if env.is_main and steps_left and not any(trainer.schedule.lr_at(s) for s in steps_left):
