@@ -981,3 +981,67 @@ def test_an_unexpected_exception_in_an_executor_prints_its_traceback_once(spark,
     assert lines[-2] == "KeyError: 'a bug in a task'" and lines[-3].strip() == 'raise KeyError("a bug in a task")'
     assert lines[-5:-3] == ["Traceback (most recent call last):", lines[-4]] and "in _bug" in lines[-4], err
     assert "pyspark" not in err and "PythonException" not in err, err
+
+
+def test_an_executor_that_cannot_import_the_project_says_to_install_it(spark):
+    """An executor's Python without dolmino (a node whose venv lacks it, the checkout not at the driver's path)
+    failed as "unexpected ModuleNotFoundError in an executor: No module named 'dolmino'", saying nothing of
+    where or what to install (a tester, on a standalone cluster); a library missing there names the library."""
+    def _missing(name: str):  # nested: shipped by value; the text is the one Python writes for a failed import
+        raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+
+    lines = {}
+    for name in ("dolmino", "zstandard"):
+        with pytest.raises(Exception) as info:
+            spark.sparkContext.parallelize([name], 1).map(_missing).collect()
+        lines[name] = executor_failure(info.value)
+    python = os.environ["PYSPARK_PYTHON"]
+    assert lines["dolmino"].startswith(f"in an executor: its Python ({python}, PYSPARK_PYTHON on each node) cannot "
+                                       "import dolmino, which the driver's can"), lines
+    assert "install this project there (`pip install .` of " in lines["dolmino"]
+    assert "install zstandard there" in lines["zstandard"] and "this project" not in lines["zstandard"]
+
+
+def test_a_worker_running_other_code_or_libraries_than_the_driver_stops_naming_them(spark):
+    """A node whose dolmino had one filter's threshold edited built another mix with exit status 0 (a tester,
+    on a standalone cluster whose executors ran another venv): each worker compares itself with the driver's
+    environment when it imports dolmino.build, before any task of the build runs."""
+    from dolmino.build import worker_env
+
+    sc = spark.sparkContext
+    driver = worker_env.environment()
+    edited = {**driver, "root": "/elsewhere", "code": {**driver["code"], "filters/length.py": "0" * 16},
+              "libraries": {**driver["libraries"], "tokenizers": "9.9.9"}}
+    sc.environment[worker_env.ENV] = json.dumps(edited)  # a new worker: one per environment
+    try:
+        with pytest.raises(Exception) as info:
+            sc.parallelize([1], 1).map(lambda _: __import__("dolmino.build")).collect()
+    finally:
+        del sc.environment[worker_env.ENV]
+    line = executor_failure(info.value)
+    assert line.startswith("in an executor: BuildError: the executors' Python environment is not the driver's: "
+                           "dolmino's code differs (filters/length.py; the executors import it from "), line
+    assert f"tokenizers {driver['libraries']['tokenizers']} where the driver has 9.9.9" in line
+    assert "pip install ." in line
+
+
+def test_a_build_on_executors_with_another_tokenizers_fails_in_one_line(spark, tmp_path, capsys):
+    """The whole path, `dolmino build`, with the executors' Python finding another tokenizers' metadata first
+    on its path (a node's venv of another version): the build wrote its parts with exit status 0 before."""
+    fake = tmp_path / "node-site" / "tokenizers-0.20.0.dist-info"
+    fake.mkdir(parents=True)
+    (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: tokenizers\nVersion: 0.20.0\n")
+    sc = spark.sparkContext
+    before = sc.environment.get("PYTHONPATH")
+    sc.environment["PYTHONPATH"] = os.pathsep.join(filter(None, [before, str(fake.parent)]))
+    try:
+        code, err, errors = _build_with_filters(tmp_path, [{"type": "min_length", "min_tokens": 1}], capsys)
+    finally:
+        if before is None:
+            del sc.environment["PYTHONPATH"]
+        else:
+            sc.environment["PYTHONPATH"] = before
+    assert code == 2 and len(errors) == 1, err
+    assert "the executors' Python environment is not the driver's: tokenizers 0.20.0 where the driver has " \
+           in errors[0], err
+    assert "Traceback" not in err and not (tmp_path / "out" / "report.json").exists()

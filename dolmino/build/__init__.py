@@ -16,3 +16,9 @@ Nothing here assumes a filesystem shared by the driver and the executors: inputs
 attributes and outputs may all be s3://, and every file an executor writes is reported to
 the driver and checked there.
 """
+
+from dolmino.build.worker_env import check as _check_worker
+
+# Every executor task imports this package before it runs: a worker whose code or libraries are not the
+# driver's stops here, naming the difference, instead of building another mix (dolmino.build.worker_env).
+_check_worker()

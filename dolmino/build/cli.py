@@ -267,6 +267,9 @@ _EXECUTOR_ERRORS = re.compile(
 _SCORER_NOT_SHIPPED = re.compile(r"scorer '[^']*': module '([^']*)' cannot be imported: ModuleNotFoundError: "
                                  r"No module named '([^']*)'")
 
+# A module the driver imports and an executor's Python cannot: the node's environment is not the driver's.
+_MODULE_MISSING = re.compile(r"^ModuleNotFoundError: No module named '([^']+)'$", re.MULTILINE)
+
 _WORKER_DIED = "Python worker exited unexpectedly"
 _FATAL = re.compile(r"Fatal Python error: ([^\n]*)")
 _FATAL_STACK = re.compile(r"^(?:Current|Thread) [^\n]*\(most recent call first\):\n((?:  File [^\n]*\n)+)",
@@ -284,6 +287,8 @@ def executor_failure(exc: BaseException, manifest=None) -> str | None:
         return None
     text = str(exc)
     found = _EXECUTOR_ERRORS.findall(text)
+    if not found and (missing := _MODULE_MISSING.findall(text)):
+        return redact(_missing_on_executors(missing[-1]))
     if not found:
         if _WORKER_DIED in text:
             # Killed (the OOM killer, a kill -9) or crashed: Spark's whole Java stack said
@@ -305,6 +310,25 @@ def executor_failure(exc: BaseException, manifest=None) -> str | None:
         text += ("; the driver imported it but the executors cannot: give its .py or .zip to --py-files, which ships "
                  "it to every executor")
     return redact(text)
+
+
+def _missing_on_executors(module: str) -> str:
+    """The line for an executor whose Python cannot import `module`: "unexpected ModuleNotFoundError in an
+    executor: No module named 'dolmino'" said neither which interpreter nor what to install there (a tester)."""
+    from dolmino.build.worker_env import PACKAGES
+
+    python = os.environ.get("PYSPARK_PYTHON") or "python3"  # what this driver's SparkContext gave its executors
+    top = module.split(".")[0]
+    if top in PACKAGES:
+        import dolmino
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(dolmino.__file__)))
+        fix = (f"install this project there (`pip install .` of {root}, or `make setup` in a checkout at that path): "
+               "the code is not shipped")
+    else:
+        fix = f"install {top} there, as in the driver's environment (`pip install .` installs every dependency)"
+    return (f"in an executor: its Python ({python}, PYSPARK_PYTHON on each node) cannot import {module}, which the "
+            f"driver's can: every node needs the driver's environment at that path; {fix}")
 
 
 def _own_module_missing(message: str) -> bool:

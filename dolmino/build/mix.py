@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from dolmino.build import output, worker_heap
+from dolmino.build import output, worker_env, worker_heap
 from dolmino.build.attributes import (ATTRIBUTE_FORMAT, QUARANTINE_DIR, AttributeStore, plan_bundles, quarantine_dir,
                                       spec_key)
 from dolmino.build.inputs import (
@@ -190,6 +190,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
         or options.attributes.startswith("s3://")
     task_cpus = int(sc.getConf().get("spark.task.cpus", "1"))
     forward_environment(sc, any_s3, task_cpus)
+    worker_env.expect(sc)  # before the first job: a node with other code or libraries stops, naming them
     # Each executor task tokenizes with the cores Spark reserved for it, no more.
     tokenizer = Dolma2Tokenizer.from_spec(manifest.tokenizer, threads=task_cpus)
     if problems := control_id_problems(tokenizer.json_text, tokenizer.eos_token_id, tokenizer.bos_token_id):
