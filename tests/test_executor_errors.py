@@ -1010,6 +1010,7 @@ def test_a_worker_running_other_code_or_libraries_than_the_driver_stops_naming_t
 
     sc = spark.sparkContext
     driver = worker_env.environment()
+    assert "csrc/native.cpp" in driver["code"] and "dolmino/build/worker_env.py" in driver["code"]  # native kernels too
     edited = {**driver, "root": "/elsewhere", "code": {**driver["code"], "filters/length.py": "0" * 16},
               "libraries": {**driver["libraries"], "tokenizers": "9.9.9"}}
     sc.environment[worker_env.ENV] = json.dumps(edited)  # a new worker: one per environment

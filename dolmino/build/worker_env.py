@@ -23,6 +23,8 @@ from dolmino.errors import BuildError
 ENV = "DOLMINO_DRIVER_ENVIRONMENT"
 # What the executors import (pyproject's packages, less the trainer, which no task runs).
 PACKAGES = ("dolmino", "filters", "mixers", "csrc")
+# Their source files: Python, and the C++ each node compiles its native kernels from (csrc/native.cpp).
+SOURCES = (".py", ".cpp")
 # The distributions whose version decides a build's bytes: ids, scores, hashes, attribute files.
 LIBRARIES = ("tokenizers", "numpy", "pyarrow", "zstandard", "smart-open", "fasttext-numpy2", "datasketch", "numba",
              "torch", "transformers")
@@ -37,7 +39,7 @@ def _root() -> str:
 
 def environment() -> dict:
     """What this process runs, read afresh (a checkout edited between two builds of one session): its code
-    (package-relative path: SHA-256 prefix of each .py file), where it is, and the libraries' versions
+    (package-relative path: SHA-256 prefix of each source file), where it is, and the libraries' versions
     (without a local label: a CPU build of torch on a node is the same torch)."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -46,7 +48,7 @@ def environment() -> dict:
     for package in PACKAGES:
         for folder, dirs, files in os.walk(os.path.join(root, package)):
             dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-            for name in sorted(f for f in files if f.endswith(".py")):
+            for name in sorted(f for f in files if f.endswith(SOURCES)):
                 path = os.path.join(folder, name)
                 with open(path, "rb") as f:
                     code[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()[:16]
