@@ -315,15 +315,12 @@ def executor_failure(exc: BaseException, manifest=None) -> str | None:
 def _missing_on_executors(module: str) -> str:
     """The line for an executor whose Python cannot import `module`: "unexpected ModuleNotFoundError in an
     executor: No module named 'dolmino'" said neither which interpreter nor what to install there (a tester)."""
-    from dolmino.build.worker_env import PACKAGES
+    from dolmino.build.worker_env import PACKAGES, project_root
 
     python = os.environ.get("PYSPARK_PYTHON") or "python3"  # what this driver's SparkContext gave its executors
     top = module.split(".")[0]
     if top in PACKAGES:
-        import dolmino
-
-        root = os.path.dirname(os.path.dirname(os.path.abspath(dolmino.__file__)))
-        fix = (f"install this project there (`pip install .` of {root}, or `make setup` in a checkout at that path): "
+        fix = (f"install this project there (`pip install .` of {project_root()}, or `make setup` in a checkout at that path): "
                "the code is not shipped")
     else:
         fix = f"install {top} there, as in the driver's environment (`pip install .` installs every dependency)"

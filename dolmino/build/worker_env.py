@@ -31,7 +31,8 @@ LIBRARIES = ("tokenizers", "numpy", "pyarrow", "zstandard", "smart-open", "fastt
 _SHOWN = 5
 
 
-def _root() -> str:
+def project_root() -> str:
+    """The checkout (or site-packages) this process imports dolmino from."""
     import dolmino
 
     return os.path.dirname(os.path.dirname(os.path.abspath(dolmino.__file__)))
@@ -43,7 +44,7 @@ def environment() -> dict:
     (without a local label: a CPU build of torch on a node is the same torch)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    root = _root()
+    root = project_root()
     code = {}
     for package in PACKAGES:
         for folder, dirs, files in os.walk(os.path.join(root, package)):
