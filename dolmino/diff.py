@@ -377,7 +377,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="dolmino diff", formatter_class=HelpFormatter,
         description="Compare two manifests: sources added/removed, share fields, filters and thresholds, dedup, "
-                    "seeds, output settings, and both plans side by side (text fit for a pull-request comment).")
+                    "seeds, output settings, the attribute sets dolmino tag must write again, and both plans side "
+                    "by side (text fit for a pull-request comment).")
     parser.add_argument("before", help="the manifest as it was (A.json)")
     parser.add_argument("after", help="the manifest as proposed (B.json)")
     parser.add_argument("--format", choices=FORMATS, default="text", help="output format")

@@ -1046,3 +1046,17 @@ def test_a_build_on_executors_with_another_tokenizers_fails_in_one_line(spark, t
     assert "the executors' Python environment is not the driver's: tokenizers 0.20.0 where the driver has " \
            in errors[0], err
     assert "Traceback" not in err and not (tmp_path / "out" / "report.json").exists()
+
+
+def test_an_installed_executor_without_the_native_source_is_the_checkouts_driver():
+    """README sets up a node with `pip install .` and runs the driver from a checkout: the wheel holds the
+    compiled extension, not csrc/native.cpp, and every such build stopped with "csrc/native.cpp (only on the
+    driver)" (a tester). C++ held by both sides and different is still a difference."""
+    from dolmino.build import worker_env
+
+    driver = worker_env.environment()
+    installed = {**driver, "root": "/node/site-packages",
+                 "code": {k: v for k, v in driver["code"].items() if not k.endswith(".cpp")}}
+    assert worker_env.differences(driver, installed) == []
+    edited = {**driver, "code": {**driver["code"], "csrc/native.cpp": "0" * 16}}
+    assert worker_env.differences(driver, edited)[0].startswith("dolmino's code differs (csrc/native.cpp;")

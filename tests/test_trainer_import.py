@@ -287,12 +287,12 @@ def test_a_mid_training_revision_says_its_step_is_the_anneals(tmp_path):
 
 def test_a_hub_id_is_refused_with_how_to_download_it(tmp_path, monkeypatch):
     """`--init-from allenai/OLMo-2-1124-7B`, as from_pretrained takes it, said only "no checkpoint at
-    allenai/OLMo-2-1124-7B" (found by a tester); a mistyped local path is not sent to the Hub."""
+    allenai/OLMo-2-1124-7B" (found by a tester); a mistyped local path is not sent to the Hub. The command is
+    `hf download`: huggingface_hub 1.0 removed `huggingface-cli`, which the hint named first."""
     monkeypatch.chdir(tmp_path)
     data = random_tokens(tmp_path / "data", 4 * 64)
     hint = ("no checkpoint at allenai/OLMo-2-1124-7B (checkpoints are read from a local directory, not downloaded "
-            "from the Hugging Face Hub: huggingface-cli download allenai/OLMo-2-1124-7B --local-dir DIR, then give "
-            "DIR)")
+            "from the Hugging Face Hub: hf download allenai/OLMo-2-1124-7B --local-dir DIR, then give DIR)")
     for proc in (run_module("trainer.export_hf", "allenai/OLMo-2-1124-7B", tmp_path / "out"),
                  run_module("trainer.run", "--data", data, "--init-from", "allenai/OLMo-2-1124-7B", "--steps", 1,
                             "--lr", "1e-4", "--seq-len", 64, "--batch-size", 2, "--device", "cpu")):

@@ -11,8 +11,9 @@ larger than --max-shard-size are sharded as save_pretrained shards them, into
 `model-0000i-of-0000N.safetensors` with `model.safetensors.index.json`: a 13B fp32 model in one
 file (~55 GB) is over the Hugging Face Hub's 50 GB per-file limit.
 
-CKPT is any format trainer.weights reads (a trainer checkpoint or soup, or an OLMo-core DCP
-checkpoint: this converts OLMo-core OLMo 2 checkpoints to Hugging Face). Tensors are read and
+CKPT is any format trainer.weights reads (a trainer checkpoint or soup, a Hugging Face directory,
+whose own config.json is kept with its token ids, or an OLMo-core DCP checkpoint: this converts
+OLMo-core OLMo 2 checkpoints to Hugging Face). Tensors are read and
 written one at a time (`write_safetensors` streams the file), so exporting a 7B model needs
 about one tensor of memory beyond the memory-mapped input.
 
@@ -361,10 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.export_hf", description=__doc__,
                                      formatter_class=HelpFormatter)
     parser.add_argument("checkpoint", type=local_path,
-                        help="checkpoint or soup directory, a save dir (its latest), or an OLMo-core DCP checkpoint")
+                        help="checkpoint or soup directory, a save dir (its latest), a Hugging Face directory, or an "
+                             "OLMo-core DCP checkpoint")
     parser.add_argument("out_dir", type=local_path, help="the Hugging Face directory to write")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                        help="cast the weights (default: keep the checkpoint's dtype)")
+                        help="cast the weights (default: keep the checkpoint's dtype); a weight beyond float16's "
+                             "range (65504) is refused, not written as inf")
     parser.add_argument("--max-shard-size", type=size_arg, default=DEFAULT_MAX_SHARD_SIZE, metavar="SIZE",
                         help="larger weights are split into shards of at most SIZE (e.g. 5GB, 500MB, 2GiB; one "
                              "tensor larger than SIZE gets a shard of its own) with model.safetensors.index.json, "

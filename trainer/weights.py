@@ -197,11 +197,12 @@ def _hub_id_hint(path: Path) -> str:
     """What to do when a missing `path` reads as a Hub repository id (allenai/OLMo-2-1124-7B), as
     transformers' from_pretrained takes one: checkpoints are read from disk, nothing is downloaded,
     and "no checkpoint at allenai/OLMo-2-1124-7B" alone did not say so (found by a tester). Not where
-    its first part is a local directory (build/checkpoints): that is a local path mistyped."""
+    its first part is a local directory (build/checkpoints): that is a local path mistyped. The command
+    is huggingface_hub's `hf`, as README's: 1.0 removed `huggingface-cli`, which the hint named."""
     if path.is_absolute() or len(path.parts) != 2 or str(path).startswith(".") or Path(path.parts[0]).exists():
         return ""
     return (f" (checkpoints are read from a local directory, not downloaded from the Hugging Face Hub: "
-            f"huggingface-cli download {path.as_posix()} --local-dir DIR, then give DIR)")
+            f"hf download {path.as_posix()} --local-dir DIR, then give DIR)")
 
 
 def _hf_config_file(path: Path) -> dict | None:

@@ -71,7 +71,10 @@ def differences(driver: dict, here: dict) -> list[str]:
     """What this worker runs that the driver does not, one phrase each."""
     found = []
     theirs, ours = driver["code"], here["code"]
-    changed = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
+    # C++ only where both sides hold it: a wheel (`pip install .`, as README sets up a node) installs the
+    # compiled extension without csrc/native.cpp, and every build from a checkout's driver was refused
+    changed = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k)
+                     and (k.endswith(".py") or (k in theirs and k in ours)))
     if changed:
         named = ", ".join(p + (" (only on the driver)" if p not in ours else
                                " (only on the executors)" if p not in theirs else "") for p in changed[:_SHOWN])
