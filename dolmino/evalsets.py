@@ -702,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             rows = instance_counts(args.tasks, include_fewshot=not args.no_fewshot)
         except (ValueError, AssetError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"{parser.prog}: error: {exc}", file=sys.stderr)
             return 2
         if args.json:
             for row in rows:
@@ -716,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = coverage()
     except AssetError as exc:  # a traceback (a tester); `list` said it in one line already
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     for r in rows:
         status = "MISSING" if r["missing"] else ", ".join(r["packaged"])

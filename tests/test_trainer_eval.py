@@ -673,3 +673,135 @@ def test_a_model_of_another_tokenizer_is_not_scored_with_dolma2_ids(wheels, tmp_
     assert "another tokenizer than the packaged dolma2" in err and "model.vocab" in err and "--tokenizer" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert main([*args, "--tokenizer", str(tmp_path / "other.json")]) == 0  # the user says which
+
+
+# ---------------------------------------------------------------------------- a task that fails mid-run
+
+
+def fail_second_task(monkeypatch, failing: str) -> None:
+    """`failing` raises what bf16 overflow raises in score_requests; every other task runs for real."""
+    import trainer.eval as eval_module
+    from trainer.eval import EvalError
+
+    real = eval_module.run_task
+
+    def run_task_or_fail(name, *args, **kwargs):
+        if name == failing:
+            raise EvalError("the model gave NaN or infinite log-probabilities (3 of 40 tokens of a batch); "
+                            "try --dtype float32")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(eval_module, "run_task", run_task_or_fail)
+
+
+def test_a_task_that_fails_keeps_the_results_of_the_tasks_before_it(wheels, tmp_path, capsys, monkeypatch):
+    """NaN log-probs in task k of n lost the k - 1 finished results: nothing in --out or --details
+    (found by a tester). They are written, marked partial with the failing task named; exit 2."""
+    save_trainer_checkpoint(tmp_path / "ck", small_model(seed=5))
+    fail_second_task(monkeypatch, "arc_easy")
+    out, details = tmp_path / "r" / "out.json", tmp_path / "r" / "details.jsonl"
+    assert main(["--checkpoint", str(tmp_path / "ck"), "--tasks", "copa,arc_easy,boolq", "--limit", "2",
+                 "--device", "cpu", "--out", str(out), "--details", str(details)]) == 2
+    captured = capsys.readouterr()
+    report = json.loads(out.read_text())
+    assert json.loads(captured.out) == report
+    assert list(report["results"]) == ["copa"] and report["results"]["copa"]["n"] == 2
+    assert report["partial"] is True and report["failed"]["task"] == "arc_easy"
+    assert "NaN or infinite" in report["failed"]["error"] and report["not_scored"] == ["arc_easy", "boolq"]
+    assert [json.loads(line)["task"] for line in details.read_text().splitlines()] == ["copa", "copa"]
+    err = captured.err.strip().splitlines()[-1]
+    assert err.startswith("trainer.eval: error: task arc_easy failed: the model gave NaN") and "copa" in err
+    # the first task failing has nothing to keep: the error alone, as before
+    assert main(["--checkpoint", str(tmp_path / "ck"), "--tasks", "arc_easy,copa", "--limit", "2",
+                 "--device", "cpu", "--out", str(tmp_path / "none.json")]) == 2
+    assert not (tmp_path / "none.json").exists() and "task arc_easy failed" not in capsys.readouterr().err
+
+
+def test_trainer_run_keeps_the_eval_results_before_a_failing_task(wheels, tmp_path, capsys, monkeypatch):
+    import argparse
+
+    from trainer.eval import evaluate_after_training
+
+    save_trainer_checkpoint(tmp_path / "run" / "step000007", small_model(seed=5))
+    fail_second_task(monkeypatch, "arc_easy")
+    args = argparse.Namespace(save_dir=str(tmp_path / "run"), eval_tasks="copa,arc_easy", eval_limit=2)
+    assert evaluate_after_training(args, tmp_path / "run" / "step000007", torch.device("cpu"),
+                                   log=lambda _: None) == 2
+    report = json.loads((tmp_path / "run" / "eval" / "step000007.json").read_text())
+    assert list(report["results"]) == ["copa"] and report["failed"]["task"] == "arc_easy"
+    assert "trainer.run: evaluation failed: task arc_easy failed" in capsys.readouterr().err
+
+
+def test_trainer_run_scores_with_the_tokenizer_its_build_records(wheels, tmp_path, capsys):
+    """A model trained on a build whose manifest sets tokenizer.path was refused by --eval-tasks
+    ("trained with another tokenizer than the packaged dolma2"), and trainer.run has no --tokenizer
+    (a tester): the tokenizer the build records is used, as trainer.eval --tokenizer would."""
+    import argparse
+    import hashlib
+
+    from dolmino.memmap import MemmapPartWriter
+    from trainer.checkpoint import Checkpointer
+    from trainer.eval import evaluate_after_training
+
+    definition = json.loads(dolma2_tokenizer_path().read_text(encoding="utf-8"))
+    vocab = definition["model"]["vocab"]
+    vocab["\u0120the"], vocab["\u0120of"] = vocab["\u0120of"], vocab["\u0120the"]  # another tokenizer, same size
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(definition), encoding="utf-8")
+    build = tmp_path / "build"
+    writer = MemmapPartWriter(str(build), 0, eos_token_id=100257)
+    writer.add(np.arange(1, 300, dtype=np.uint32), "d0", "web", "web:1")
+    writer.close()
+    spec = {"name": "swapped", "path": str(other)}
+    (build / "manifest.json").write_text(json.dumps({"name": "m", "tokenizer": spec}))
+    (build / "report.json").write_text(json.dumps({
+        "manifest": "m", "tokenizer": "swapped", "eos_token_id": 100257, "pad_token_id": 100277, "vocab_size": VOCAB,
+        "tokenizer_sha256": hashlib.sha256(other.read_text(encoding="utf-8").encode()).hexdigest(),
+        "output": {"tokens": 299}}))
+    model = small_model(seed=5)
+    Checkpointer(tmp_path / "run").save(3, model, torch.optim.AdamW(model.parameters()), {},
+                                        {"model": model.cfg.to_dict(), "data_paths": [str(build)]}, background=False)
+    args = argparse.Namespace(save_dir=str(tmp_path / "run"), eval_tasks="copa", eval_limit=1)
+    assert evaluate_after_training(args, None, torch.device("cpu"), log=lambda _: None) == 0, capsys.readouterr().err
+    report = json.loads(next((tmp_path / "run" / "eval").glob("*.json")).read_text())
+    assert report["tokenizer"] == str(other) and report["results"]["copa"]["n"] == 1
+
+
+def test_progress_counts_requests_not_the_pieces_of_long_continuations():
+    """A continuation longer than max_seq_len is scored in pieces; counting each piece passed the
+    total before the end (3/2 here), and the lines stopped (a tester)."""
+    from trainer.eval import Progress
+
+    model = small_model(seed=8, vocab_size=1000, max_seq_len=8)
+    rng = np.random.default_rng(0)
+    lines = []
+    progress = Progress("t: requests", 2, lines.append, every=0)
+    score_requests(model, [(rng.integers(0, 1000, 5), rng.integers(0, 1000, 19)),  # 3 pieces
+                           (rng.integers(0, 1000, 2), rng.integers(0, 1000, 3))], batch_size=1, progress=progress)
+    assert progress.done == 2
+    assert [line.split()[3] for line in lines] == ["0/2", "0/2", "1/2"]  # the long one's pieces, then it is done
+
+
+def test_an_interrupted_details_write_leaves_the_earlier_file_whole(wheels, tmp_path, monkeypatch):
+    """--details was opened (emptied) and then written a line at a time: a Ctrl-C on the way left a
+    file cut short in place of the earlier one (a tester). It is written whole or not at all."""
+    import types
+
+    import trainer.eval as eval_module
+
+    save_trainer_checkpoint(tmp_path / "ck", small_model(seed=5))
+    details = tmp_path / "details.jsonl"
+    details.write_text('{"earlier": true}\n')
+    calls = []
+
+    def dumps(obj, *args, **kwargs):
+        calls.append(obj)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return json.dumps(obj, *args, **kwargs)
+
+    monkeypatch.setattr(eval_module, "json", types.SimpleNamespace(loads=json.loads, dumps=dumps))
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(tmp_path / "ck", "copa", limit=2, device="cpu", log=lambda _: None, details_path=details)
+    assert details.read_text() == '{"earlier": true}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "details.jsonl"]  # no temporary file left

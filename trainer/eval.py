@@ -72,7 +72,7 @@ import torch.nn.functional as F
 
 from dolmino.cli import invoked_as
 from dolmino.s3 import local_path
-from dolmino.storage import file_above
+from dolmino.storage import file_above, write_bytes
 from trainer.cli import HelpFormatter, positive_int
 from trainer.config import ModelConfig
 from trainer.model import OLMo2, apply_rope
@@ -85,6 +85,16 @@ HEAD_CHUNK = 1024  # scored positions per output-layer call: bounds the (positio
 
 class EvalError(ValueError):
     """Bad input to the evaluator: unknown task, unusable checkpoint, malformed eval data."""
+
+
+class PartialEvaluation(EvalError):
+    """A task failed after others were scored. `report` holds the finished tasks' results, marked
+    `partial` with the failing task named: a NaN in task k of n lost the k - 1 results before it,
+    nothing written to --out, --details or SAVE_DIR/eval (found by a tester)."""
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass(frozen=True)
@@ -492,6 +502,24 @@ def other_tokenizer(checkpoint: str | Path) -> str | None:
             f"it with python -m trainer.eval --tokenizer ITS_TOKENIZER.json")
 
 
+def recorded_tokenizer(checkpoint: str | Path) -> str | None:
+    """The tokenizer.json `checkpoint` records it was trained with (its build's tokenizer.path, an HF
+    directory's own file), where that is not the packaged dolma2 and its text is at hand unchanged;
+    else None. trainer.run --eval-tasks scores with it: a model trained on such a build was refused
+    for its tokenizer, with no flag to name it (found by a tester)."""
+    from dolmino.assets import DOLMA2_TOKENIZER_SHA256
+    from trainer.tokenizer_files import tokenizer_encoding, tokenizer_identity
+    from trainer.weights import CheckpointFormatError, inspect_checkpoint
+
+    try:
+        found = tokenizer_identity(inspect_checkpoint(checkpoint))
+    except (CheckpointFormatError, OSError, ValueError):
+        return None
+    if not isinstance(found, dict) or found["tokenizer_sha256"] == DOLMA2_TOKENIZER_SHA256 or not found["path"]:
+        return None
+    return None if isinstance(tokenizer_encoding(found), str) else found["path"]  # str: changed since, unreadable
+
+
 # ---------------------------------------------------------------------------- scoring
 
 
@@ -546,6 +574,9 @@ def score_requests(model: OLMo2, pairs: list[tuple[np.ndarray, np.ndarray]], bat
             piece_conts.append(piece)
     order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
     sums, counts, cut = np.zeros(len(pairs)), np.zeros(len(pairs), dtype=np.int64), np.zeros(len(pairs), dtype=bool)
+    # progress counts requests, each once its last piece is scored: counting pieces passed the total
+    # before the end, and the lines stopped there (a tester)
+    pieces_left = np.bincount(np.asarray(owner, dtype=np.int64), minlength=len(pairs))
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         width = len(inputs[rows[0]])
@@ -567,12 +598,15 @@ def score_requests(model: OLMo2, pairs: list[tuple[np.ndarray, np.ndarray]], bat
             bad = int((~torch.isfinite(token_lp)).sum())
             raise EvalError(f"the model gave NaN or infinite log-probabilities ({bad} of {token_lp.numel()} tokens "
                             "of a batch); try --dtype float32")
+        finished = 0
         for i, chunk in zip(rows, torch.split(token_lp, [cont_lens[i] for i in rows])):
             sums[owner[i]] += float(chunk.sum())
             counts[owner[i]] += cont_lens[i]
             cut[owner[i]] |= truncated[i]
+            pieces_left[owner[i]] -= 1
+            finished += int(pieces_left[owner[i]] == 0)
         if progress is not None:
-            progress(len(rows))
+            progress(finished)
     return [Score(float(sums[i]), int(counts[i]), bool(cut[i])) for i in range(len(pairs))]
 
 
@@ -873,7 +907,10 @@ def run_task(name: str, loaded: LoadedModel, tokenizer: Tokenizer, limit: int | 
 def evaluate(checkpoint: str | Path, tasks: str | list[str] = DEFAULT_TASKS, limit: int | None = None,
              batch_size: int = 32, device: str = "auto", dtype: str = "auto", tokenizer_path: str | None = None,
              max_new_tokens: int | None = None, log=None, details_path: str | Path | None = None) -> dict:
-    """Load `checkpoint` and score it on `tasks`; returns the results document (see main)."""
+    """Load `checkpoint` and score it on `tasks`; returns the results document (see main). A task that
+    fails after others were scored raises PartialEvaluation, which carries theirs (details written)."""
+    from dolmino.assets import AssetError
+
     names = resolve_tasks(tasks) if isinstance(tasks, str) else resolve_tasks(",".join(tasks))
     if limit is not None and limit < 1:
         raise EvalError(f"--limit must be >= 1, got {limit}")
@@ -899,9 +936,15 @@ def evaluate(checkpoint: str | Path, tasks: str | list[str] = DEFAULT_TASKS, lim
     log(f"eval: {loaded.path} ({loaded.format} checkpoint, {loaded.cfg.num_params():,} parameters) on {dev} "
         f"{str(torch_dtype).removeprefix('torch.')}; tasks {', '.join(names)}")
     began = time.perf_counter()
-    results, all_details = {}, []
+    results, all_details, failed = {}, [], None
     for name in names:
-        result, details = run_task(name, loaded, tokenizer, limit, batch_size, max_new_tokens, log)
+        try:
+            result, details = run_task(name, loaded, tokenizer, limit, batch_size, max_new_tokens, log)
+        except (EvalError, AssetError) as exc:
+            if not results:
+                raise
+            failed = {"task": name, "error": str(exc)}
+            break
         results[name] = result
         all_details += details
         extra = f", {result['truncated']} truncated" if result["truncated"] else ""
@@ -910,14 +953,18 @@ def evaluate(checkpoint: str | Path, tasks: str | list[str] = DEFAULT_TASKS, lim
     if details_path is not None:
         try:
             Path(details_path).parent.mkdir(parents=True, exist_ok=True)
-            with open(details_path, "w") as fh:
-                for d in all_details:
-                    fh.write(json.dumps(d) + "\n")
+            write_bytes(str(details_path), "".join(json.dumps(d) + "\n" for d in all_details).encode())
         except OSError as exc:
             raise EvalError(f"--details {details_path}: cannot write it ({exc.strerror or exc})") from None
-    return {"checkpoint": str(loaded.path), "checkpoint_format": loaded.format, "step": loaded.step,
-            "parameters": loaded.cfg.num_params(), "device": str(dev), "dtype": str(torch_dtype).removeprefix("torch."),
-            "tokenizer": tokenizer.source, "results": results, "seconds": round(time.perf_counter() - began, 3)}
+    report = {"checkpoint": str(loaded.path), "checkpoint_format": loaded.format, "step": loaded.step,
+              "parameters": loaded.cfg.num_params(), "device": str(dev),
+              "dtype": str(torch_dtype).removeprefix("torch."), "tokenizer": tokenizer.source, "results": results,
+              "seconds": round(time.perf_counter() - began, 3)}
+    if failed is not None:
+        report.update(partial=True, failed=failed, not_scored=names[names.index(failed["task"]):])
+        raise PartialEvaluation(f"task {failed['task']} failed: {failed['error']}; the results of "
+                                f"{', '.join(results)} are kept, marked partial", report)
+    return report
 
 
 # ---------------------------------------------------------------------------- command line
@@ -997,11 +1044,14 @@ def main(argv: list[str] | None = None) -> int:
         if path and (why := unwritable(path)):
             print(f"{prog}: error: {flag} {path}: {why}", file=sys.stderr)
             return 2
+    failure = None
     try:
         if args.device is not None:
             pick_device(args.device)
         report = evaluate(args.checkpoint, args.tasks, args.limit, args.batch_size, args.device, args.dtype,
                           args.tokenizer, args.max_new_tokens, details_path=args.details)
+    except PartialEvaluation as exc:  # the finished tasks' results are printed and written, then the error
+        report, failure = exc.report, str(exc)
     except (EvalError, FileNotFoundError, AssetError, DeviceUnavailable) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -1011,12 +1061,15 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
-        try:
+        try:  # whole or not at all: a Ctrl-C while writing left half a JSON
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(text + "\n")
+            write_bytes(str(args.out), (text + "\n").encode())
         except OSError as exc:  # checked at the start; the place may have changed since (the results are above)
             print(f"{prog}: error: --out {args.out}: cannot write it ({exc.strerror or exc})", file=sys.stderr)
             return 2
+    if failure is not None:
+        print(f"{prog}: error: {failure}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -1073,8 +1126,12 @@ def evaluate_after_training(args: argparse.Namespace, checkpoint: str | Path | N
     from dolmino.assets import AssetError
 
     checkpoint = Path(checkpoint) if checkpoint else Path(args.save_dir)  # nothing trained: the latest there
+    failure = None
     try:
-        report = evaluate(checkpoint, args.eval_tasks, args.eval_limit, device=str(device), log=log)
+        report = evaluate(checkpoint, args.eval_tasks, args.eval_limit, device=str(device),
+                          tokenizer_path=recorded_tokenizer(checkpoint), log=log)
+    except PartialEvaluation as exc:  # the tasks scored before the failing one are written all the same
+        report, failure = exc.report, str(exc)
     except (EvalError, FileNotFoundError, AssetError) as exc:
         print(f"trainer.run: evaluation failed: {exc}", file=sys.stderr)
         return 2
@@ -1090,13 +1147,16 @@ def evaluate_after_training(args: argparse.Namespace, checkpoint: str | Path | N
         report["results"] = {**earlier["results"], **report["results"]}
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        write_bytes(str(out), (json.dumps(report, indent=2) + "\n").encode())
     except OSError as exc:  # the results are not lost with the file: printed
         print(json.dumps(report, indent=2))
         print(f"trainer.run: evaluation results could not be written to {out} ({exc.strerror or exc}); they are "
               "above", file=sys.stderr)
         return 2
     log(f"eval results: {out}")
+    if failure is not None:
+        print(f"trainer.run: evaluation failed: {failure}", file=sys.stderr)
+        return 2
     return 0
 
 
