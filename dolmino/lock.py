@@ -211,7 +211,7 @@ def make_lock(manifest: Manifest, *, fast: bool = False, jobs: int = 4, log=None
     Raises BuildError naming every source whose inputs cannot be listed, every missing model
     and every custom scorer whose source cannot be found: a lock of a manifest that cannot
     build pins nothing, and one that cannot pin a scorer's code would fail every check."""
-    from dolmino.build.inputs import list_sources
+    from dolmino.build.inputs import list_sources, no_match_hint
 
     log = log or (lambda msg: None)
     problems = []
@@ -249,7 +249,8 @@ def make_lock(manifest: Manifest, *, fast: bool = False, jobs: int = 4, log=None
     listing = list_sources(manifest)
     problems += listing.all_problems()
     if problems:  # ";" ends each problem: the command line prints an error on one line
-        raise BuildError("cannot lock " + repr(manifest.name) + ":\n  " + ";\n  ".join(problems))
+        raise BuildError("cannot lock " + repr(manifest.name) + ":\n  " + ";\n  ".join(problems)
+                         + no_match_hint(manifest, problems))
     inputs: dict[str, list[dict]] = {}
     for source in listing.sources:
         files = source.files

@@ -388,6 +388,7 @@ def test_cli_sizes_take_byte_units():
     assert _size("128 mb", "--task-size") == 128_000_000 and _size("1GB", "--split-size") == 10**9
     assert _size("256MiB", "--split-size") == 256 * 2**20 and _size("1.5KiB", "--task-size") == 1536
     assert _size("1000000", "--task-size") == 1_000_000
+    assert _size("512B", "--task-size") == 512  # bytes, as in MB (the count syntax read 512 billion; a tester)
     for bad in ("0.0005KB", "0MB", "1.0001KiB", "12QB", "MB"):
         with pytest.raises(ManifestError, match="expected a size in bytes"):
             _size(bad, "--task-size")

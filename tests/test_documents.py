@@ -1015,3 +1015,13 @@ def test_carriage_return_line_ends_say_so_in_the_first_record(tmp_path):
     crlf = tmp_path / "windows.jsonl"  # CRLF ends are read as ever
     crlf.write_bytes(b'{"id": "a", "text": "x"}\r\n{"id": "b", "text": "y"}\r\n')
     assert [doc["id"] for _, doc in read_documents(str(crlf), Quarantine())] == ["a", "b"]
+
+
+def test_a_carriage_return_inside_a_refused_line_is_not_called_a_line_end(tmp_path):
+    """A raw carriage return is JSON whitespace: a first line refused for another reason (no text)
+    with one between its keys was told its lines end in a carriage return alone (a tester)."""
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"id": "a",\r"txt": "x"}\n')
+    quarantine = Quarantine()
+    assert list(read_documents(str(path), quarantine)) == []
+    assert "carriage return" not in quarantine.records[0].detail, quarantine.records[0].detail

@@ -206,6 +206,8 @@ def test_lock_refuses_what_the_build_refuses_of_the_sources_together(project, tm
                           str(tmp_path / "y.lock.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "no input files match '" + str(tmp_path / "none" / "web" / "*.jsonl") + "'; source 'code': no input" in err
+    # as the build says it: the data root is not there (the lock said only "no input files match"; a tester)
+    assert f"data root '{tmp_path / 'none'}', which does not exist, " in err, err
 
 
 def test_cli_lock_and_check(project, capsys):
@@ -433,7 +435,7 @@ def test_a_listing_problem_is_found_before_the_inputs_are_hashed(project, monkey
 
     monkeypatch.setattr(lock_cmd, "_hash_all", no_hashing)
     with pytest.raises(BuildError, match=r"cannot lock 'locked-pool':\n  source 'code': no input files match "
-                                         r"'.*cdoe/\*.jsonl'$"):
+                                         r"'.*cdoe/\*.jsonl'\n  \(relative paths resolve against the data root "):
         make_lock(_manifest(project))
 
 

@@ -228,17 +228,18 @@ def ship_py_files(sc, files: list[str]) -> None:
             sc.addPyFile(path)
 
 
-_BYTE_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt])(i?)b\s*", re.IGNORECASE)
+_BYTE_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgt])(i?))?b\s*", re.IGNORECASE)
 
 
 def _size(value: str, flag: str) -> int:
     """A byte size: the count syntax (K, M: powers of ten), or with a byte unit as README and the
     help write sizes (128 MB; KB / MB / GB / TB: powers of ten, KiB / MiB / GiB / TiB: of two).
-    `--task-size 64MB` was refused, its error offering "64M" (a reviewer)."""
+    `--task-size 64MB` was refused, its error offering "64M" (a reviewer). A bare B is bytes here,
+    as in MB: the count syntax read "512B" as 512 billion (a tester)."""
     match = _BYTE_SIZE_RE.fullmatch(value)
     if match:
-        number, unit, binary = Decimal(match.group(1)), match.group(2).lower(), bool(match.group(3))
-        size = number * (1024 if binary else 1000) ** ("kmgt".index(unit) + 1)
+        number, unit, binary = Decimal(match.group(1)), (match.group(2) or "").lower(), bool(match.group(3))
+        size = number * (1024 if binary else 1000) ** ("kmgt".index(unit) + 1 if unit else 0)
         if size >= 1 and size == size.to_integral_value():
             return int(size)
     else:

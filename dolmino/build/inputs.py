@@ -591,20 +591,27 @@ def _missing_root(root: str | None) -> str:
     return ", which does not exist"
 
 
+def no_match_hint(manifest: Manifest, problems: list[str]) -> str:
+    """Where `problems` say a pattern matches nothing: where relative paths resolve and whether that
+    root exists (the build's and the lock's errors; `dolmino lock` said only "no input files match"
+    for a data root that does not exist, found by a tester). Where the data root came from is not
+    known here (the manifest's data_root, or a command's --data-root replacing it): the hint names
+    the root, not its origin."""
+    if not any(NO_MATCH in p for p in problems):
+        return ""
+    return ("\n  (relative paths resolve against the data root"
+            f"{' ' + repr(manifest.data_root) if manifest.data_root else ' (none: the current directory)'}"
+            f"{_missing_root(manifest.data_root)}, "
+            f"{_root_origin(manifest)} unless --data-root replaces it: point it at your copy of the data, "
+            "see README 'Real data')")
+
+
 def list_inputs(manifest: Manifest) -> Listing:
     """Every source's input files; one BuildError naming every problem at once."""
     listing = list_sources(manifest)
     if problems := listing.all_problems():
-        # Where the data root came from is not known here (the manifest's data_root, or a
-        # command's --data-root replacing it): the hint names the root, not its origin.
-        hint = ("" if not any(NO_MATCH in p for p in problems) else
-                "\n  (relative paths resolve against the data root"
-                f"{' ' + repr(manifest.data_root) if manifest.data_root else ' (none: the current directory)'}"
-                f"{_missing_root(manifest.data_root)}, "
-                f"{_root_origin(manifest)} unless --data-root replaces it: point it at your copy of the data, "
-                "see README 'Real data')")
         # ";" ends each problem: the command line prints an error on one line.
-        raise BuildError("input listing failed:\n  " + ";\n  ".join(problems) + hint)
+        raise BuildError("input listing failed:\n  " + ";\n  ".join(problems) + no_match_hint(manifest, problems))
     return Listing([s.files for s in listing.sources], listing.skipped, listing.all_warnings())
 
 
