@@ -171,11 +171,12 @@ def detect_format(path: str | Path) -> str:
             return "olmo-core"
         if (path / "pytorch_model.bin").is_file() or (path / "pytorch_model.bin.index.json").is_file():
             # "re-save it with model.save_pretrained(dir, safe_serialization=True)" left the user to find how to
-            # get `model`; the command runs as given with transformers 4 and 5 (found by a tester)
+            # get `model`; the command runs as given with the pinned transformers (its `dtype=`; torch_dtype is
+            # deprecated there; found by a tester)
             raise CheckpointFormatError(
                 f"{path} holds pytorch_model*.bin weights; only safetensors are read (a pickled .bin can run code "
                 f"when loaded): convert it in place with transformers, python -c \"from transformers import "
-                f"AutoModelForCausalLM as M; M.from_pretrained({str(path)!r}, torch_dtype='auto')"
+                f"AutoModelForCausalLM as M; M.from_pretrained({str(path)!r}, dtype='auto')"
                 f".save_pretrained({str(path)!r})\"")
         hf_config = _hf_config_file(path)
         if hf_config is not None:  # a transformers config without weights: say what is wrong with it first
