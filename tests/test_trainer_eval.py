@@ -678,8 +678,8 @@ def test_a_model_of_another_tokenizer_is_not_scored_with_dolma2_ids(wheels, tmp_
 # ---------------------------------------------------------------------------- a task that fails mid-run
 
 
-def fail_second_task(monkeypatch, failing: str) -> None:
-    """`failing` raises what bf16 overflow raises in score_requests; every other task runs for real."""
+def fail_second_task(monkeypatch, failing: str, error: BaseException | None = None) -> None:
+    """`failing` raises what bf16 overflow raises in score_requests (or `error`); every other task runs for real."""
     import trainer.eval as eval_module
     from trainer.eval import EvalError
 
@@ -687,8 +687,8 @@ def fail_second_task(monkeypatch, failing: str) -> None:
 
     def run_task_or_fail(name, *args, **kwargs):
         if name == failing:
-            raise EvalError("the model gave NaN or infinite log-probabilities (3 of 40 tokens of a batch); "
-                            "try --dtype float32")
+            raise error or EvalError("the model gave NaN or infinite log-probabilities (3 of 40 tokens of a batch); "
+                                     "try --dtype float32")
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(eval_module, "run_task", run_task_or_fail)
@@ -715,6 +715,23 @@ def test_a_task_that_fails_keeps_the_results_of_the_tasks_before_it(wheels, tmp_
     assert main(["--checkpoint", str(tmp_path / "ck"), "--tasks", "arc_easy,copa", "--limit", "2",
                  "--device", "cpu", "--out", str(tmp_path / "none.json")]) == 2
     assert not (tmp_path / "none.json").exists() and "task arc_easy failed" not in capsys.readouterr().err
+
+
+def test_ctrl_c_in_a_later_task_keeps_the_finished_results(wheels, tmp_path, capsys, monkeypatch):
+    """Ctrl-C during a later task (MMLU's 14,042 instances) lost the finished tasks' results and
+    printed a KeyboardInterrupt traceback (a tester): they are written, marked partial; exit 130."""
+    save_trainer_checkpoint(tmp_path / "ck", small_model(seed=5))
+    fail_second_task(monkeypatch, "arc_easy", KeyboardInterrupt())
+    out = tmp_path / "out.json"
+    assert main(["--checkpoint", str(tmp_path / "ck"), "--tasks", "copa,arc_easy", "--limit", "2",
+                 "--device", "cpu", "--out", str(out)]) == 130
+    report = json.loads(out.read_text())
+    assert list(report["results"]) == ["copa"] and report["failed"] == {"task": "arc_easy",
+                                                                        "error": "interrupted (Ctrl-C)"}
+    assert "task arc_easy failed: interrupted (Ctrl-C); the results of copa are kept" in capsys.readouterr().err
+    fail_second_task(monkeypatch, "copa", KeyboardInterrupt())  # nothing finished: one line, no traceback
+    assert main(["--checkpoint", str(tmp_path / "ck"), "--tasks", "copa", "--limit", "2", "--device", "cpu"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "trainer.eval: interrupted"
 
 
 def test_trainer_run_keeps_the_eval_results_before_a_failing_task(wheels, tmp_path, capsys, monkeypatch):

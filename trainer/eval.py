@@ -92,9 +92,10 @@ class PartialEvaluation(EvalError):
     `partial` with the failing task named: a NaN in task k of n lost the k - 1 results before it,
     nothing written to --out, --details or SAVE_DIR/eval (found by a tester)."""
 
-    def __init__(self, message: str, report: dict):
+    def __init__(self, message: str, report: dict, interrupted: bool = False):
         super().__init__(message)
         self.report = report
+        self.interrupted = interrupted  # Ctrl-C: the command exits 130, as an interrupted command does
 
 
 @dataclass(frozen=True)
@@ -940,10 +941,11 @@ def evaluate(checkpoint: str | Path, tasks: str | list[str] = DEFAULT_TASKS, lim
     for name in names:
         try:
             result, details = run_task(name, loaded, tokenizer, limit, batch_size, max_new_tokens, log)
-        except (EvalError, AssetError) as exc:
+        except (EvalError, AssetError, KeyboardInterrupt) as exc:
             if not results:
                 raise
-            failed = {"task": name, "error": str(exc)}
+            # Ctrl-C in a later task (MMLU's 14,042 instances) lost the finished tasks' results too (a tester)
+            failed = {"task": name, "error": "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else str(exc)}
             break
         results[name] = result
         all_details += details
@@ -963,7 +965,8 @@ def evaluate(checkpoint: str | Path, tasks: str | list[str] = DEFAULT_TASKS, lim
     if failed is not None:
         report.update(partial=True, failed=failed, not_scored=names[names.index(failed["task"]):])
         raise PartialEvaluation(f"task {failed['task']} failed: {failed['error']}; the results of "
-                                f"{', '.join(results)} are kept, marked partial", report)
+                                f"{', '.join(results)} are kept, marked partial", report,
+                                interrupted=failed["error"] == "interrupted (Ctrl-C)")
     return report
 
 
@@ -1044,14 +1047,17 @@ def main(argv: list[str] | None = None) -> int:
         if path and (why := unwritable(path)):
             print(f"{prog}: error: {flag} {path}: {why}", file=sys.stderr)
             return 2
-    failure = None
+    failure, status = None, 2
     try:
         if args.device is not None:
             pick_device(args.device)
         report = evaluate(args.checkpoint, args.tasks, args.limit, args.batch_size, args.device, args.dtype,
                           args.tokenizer, args.max_new_tokens, details_path=args.details)
     except PartialEvaluation as exc:  # the finished tasks' results are printed and written, then the error
-        report, failure = exc.report, str(exc)
+        report, failure, status = exc.report, str(exc), 130 if exc.interrupted else 2
+    except KeyboardInterrupt:  # before any task finished: nothing to keep (a traceback before)
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
     except (EvalError, FileNotFoundError, AssetError, DeviceUnavailable) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -1069,7 +1075,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if failure is not None:
         print(f"{prog}: error: {failure}", file=sys.stderr)
-        return 2
+        return status
     return 0
 
 
@@ -1126,12 +1132,12 @@ def evaluate_after_training(args: argparse.Namespace, checkpoint: str | Path | N
     from dolmino.assets import AssetError
 
     checkpoint = Path(checkpoint) if checkpoint else Path(args.save_dir)  # nothing trained: the latest there
-    failure = None
+    failure, status = None, 2
     try:
         report = evaluate(checkpoint, args.eval_tasks, args.eval_limit, device=str(device),
                           tokenizer_path=recorded_tokenizer(checkpoint), log=log)
     except PartialEvaluation as exc:  # the tasks scored before the failing one are written all the same
-        report, failure = exc.report, str(exc)
+        report, failure, status = exc.report, str(exc), 130 if exc.interrupted else 2
     except (EvalError, FileNotFoundError, AssetError) as exc:
         print(f"trainer.run: evaluation failed: {exc}", file=sys.stderr)
         return 2
@@ -1156,7 +1162,7 @@ def evaluate_after_training(args: argparse.Namespace, checkpoint: str | Path | N
     log(f"eval results: {out}")
     if failure is not None:
         print(f"trainer.run: evaluation failed: {failure}", file=sys.stderr)
-        return 2
+        return status
     return 0
 
 
