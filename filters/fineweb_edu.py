@@ -260,6 +260,18 @@ def _positive_int(name: str, value, allow_none: bool = False):
     return value
 
 
+def _check_finite(model_path: str, dtype: str, scores: np.ndarray, docs: list[dict]) -> None:
+    """ResourceError when a score is NaN or infinite: the clip in `int_score` made NaN 0 and +inf 5,
+    so a damaged model (or a float16 overflow) removed or kept every document as if it had scored
+    them (found by a tester)."""
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        first = int(bad[0])
+        raise ResourceError(f"model {model_path!r} scored {float(scores[first])} for {bad.size} of {len(docs)} "
+                            f"documents, the first {docs[first].get('id')!r} (dtype {dtype}): a score that is no "
+                            "number says nothing about a document; check the model's weights, or score in float32")
+
+
 class FineWebEduFilter:
     """Keep documents whose FineWeb-Edu int_score >= `min_int_score` (the paper: 2).
 
@@ -301,6 +313,7 @@ class FineWebEduFilter:
     def tag(self, docs: list[dict]) -> dict[str, np.ndarray]:
         texts = [t if isinstance(t, str) else str(t) for t in (doc.get("text") or "" for doc in docs)]
         scores = self.scorer.score(texts)
+        _check_finite(self.model_path, self.scorer.dtype, scores, docs)
         return {"score": scores.astype(np.float64),
                 "int_score": np.fromiter((int_score(s) for s in scores.tolist()), dtype=np.int64, count=len(texts))}
 

@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -286,6 +287,25 @@ def test_a_directory_that_is_not_a_model_is_a_resource_error(model_dir, tmp_path
             FineWebEduFilter(str(path)).reject_reason({"text": "x"})
         assert "\n" not in str(info.value)
 
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_score_that_is_no_number_is_a_resource_error_not_a_verdict(model_dir, docs, tmp_path, bad):
+    """A model whose output is NaN (a damaged checkpoint, a float16 overflow) rounded to int_score 0, and
+    +inf to 5: every document of the source was removed, or kept, as if scored (found by a tester)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    broken = tmp_path / "broken"
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(broken)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    with torch.no_grad():
+        model.classifier.bias.fill_(bad)
+    model.save_pretrained(broken)
+    filt = FineWebEduFilter(str(broken))
+    with pytest.raises(ResourceError, match=rf"^model {re.escape(repr(str(broken)))} scored {bad} for 3 of 3 "
+                                             r"documents, the first 'd0' \(dtype float32\)"):
+        filt.tag(docs[:3])
+    with pytest.raises(ResourceError, match="no number"):
+        filt.reject_reason(docs[0])
 
 def test_bfloat16_scores_close_to_float32(model_dir, docs):
     f32 = FineWebEduFilter(model_dir).tag(docs)["score"]
