@@ -397,10 +397,19 @@ def select_tasks(spec: str | Iterable[str] | None, sources: list[EvalSource]) ->
                          "'paper', 'olmes', 'all' or comma-separated task names")
     unknown = [t for t in names if t not in available]
     if unknown:
-        missing_olmes = [t for t in unknown if t in PAPER_EVAL_SETS]
-        hint = f" (in the paper's eval sets but not packaged: {', '.join(missing_olmes)})" if missing_olmes else ""
+        # each with its reason: BBH was "not packaged" where its BIG-bench download had failed (a tester)
+        missing = [f"{t}: {_missing_reason(t)}" for t in unknown if t in PAPER_EVAL_SETS]
+        hint = f" (in the paper's eval sets but unavailable: {'; '.join(missing)})" if missing else ""
         raise ValueError(f"unknown eval task(s) {unknown}{hint}; packaged: {', '.join(sorted(available))}")
     return names
+
+
+def _missing_reason(task: str) -> str:
+    """Why a paper eval set has no source (the reason `coverage` gives)."""
+    if task == "bbh":
+        return (f"BIG-bench (bigbench {BIGBENCH_VERSION} sdist) unavailable: "
+                f"{bigbench_unavailable() or 'not read'}")
+    return UNAVAILABLE.get(task, "not packaged")
 
 
 def primary_sources(sources: list[EvalSource]) -> dict[tuple[str, str], list[EvalSource]]:
@@ -649,11 +658,8 @@ def coverage(sources: list[EvalSource] | None = None) -> list[dict]:
             detail.append(f"{split} (subsample of {', '.join(map(str, partial))})" if partial else split)
         released_missing = [s for s in RELEASED_SPLITS.get(task, ()) if s not in splits]
         missing_reason = incomplete = ""
-        if not splits and task == "bbh":
-            missing_reason = (f"BIG-bench (bigbench {BIGBENCH_VERSION} sdist) unavailable: "
-                              f"{bigbench_unavailable() or 'not read'}")
-        elif not splits:
-            missing_reason = UNAVAILABLE.get(task, "not packaged")
+        if not splits:
+            missing_reason = _missing_reason(task)
         elif task == "bbh":
             programmatic = [t for t, d in BBH_SUBTASKS.items() if d is None]
             incomplete = (f"all BIG-bench examples of {len(BBH_SUBTASKS) - len(programmatic)} of {len(BBH_SUBTASKS)} "

@@ -545,7 +545,8 @@ def render_markdown(report: dict) -> str:
                   if key.endswith(".decontaminate") for task, v in rep.get("per_task", {}).items()]
     if decon_rows:
         lines += ["## Decontamination hits by evaluation set", "",
-                  "| source | eval set | docs hit | docs (largest overlap) |", "|---|---|---|---|"]
+                  "| source | eval set | removed docs with its n-grams | removed docs (largest overlap) |",
+                  "|---|---|---|---|"]
         lines += [f"| {name} | {task} | {v['docs_hit']:,} | {v['primary_docs']:,} |" for name, task, v in decon_rows]
         lines.append("")
     coverage_rows = [(s["name"], c) for s in report["sources"] for c in s.get("decontamination_coverage", [])]

