@@ -12,7 +12,7 @@ part-*.label_mask.npy, manifest.json, manifest.lock.json of a --locked build, re
 report.md, report.html, report-*.png, quarantine/**) under a prefix
 of its own, `prefix/NAME/data/<publish id>/<relative path>`, and then commits by writing
 `prefix/NAME/RELEASE.json`. RELEASE.json is the commit record: format, name, publish id,
-data prefix, created (UTC), dolmino version, the manifest's name/version/seed, output
+data prefix, created (UTC), published by (user@host), dolmino version, the manifest's name/version/seed, output
 totals, and for every file its path, size and SHA-256.
 
 Why this design:
@@ -314,6 +314,18 @@ def fetch_hint(location: str, then: str) -> str:
                 "interrupted or is still running, or no build ran there); rerun the same build command to finish "
                 f"it, then copy it: {copy}")
     return f"Copy the build first: {copy}"
+
+
+def _publisher() -> str:
+    """`user@host` of this publish: RELEASE.json recorded no one, so neither `list` nor the loser of a
+    race could say who published a release (found by a tester). A user the system cannot name is '?'."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no USER/LOGNAME and a uid without a passwd entry (containers)
+        user = "?"
+    return f"{user}@{socket.gethostname()}"
 
 
 def _dolmino_version() -> str:
@@ -1042,6 +1054,7 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
             "publish_id": publish_id,
             "data_prefix": data_prefix,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "published_by": _publisher(),
             "dolmino_version": _dolmino_version(),
             **summary,
             "total_bytes": sum(e["size"] for e in entries),
@@ -1067,12 +1080,14 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
             # two runs of one CI job were told "publish under another name" as if they clashed (a tester)
             raise ReleaseExistsError(
                 f"{release_uri}: another publish of this name committed the same content first (publish id "
-                f"{winner.get('publish_id', '?')}; every file's size and SHA-256 match this build); this publish's "
-                f"{removed} uploaded object(s) were removed again: nothing to publish") from None
+                f"{winner.get('publish_id', '?')} by {winner.get('published_by', '?')}; every file's size and SHA-256 "
+                f"match this build); this publish's {removed} uploaded object(s) were removed again: nothing to "
+                "publish") from None
         raise ReleaseExistsError(
             f"{release_uri}: another publish of this name committed first (publish id "
-            f"{winner.get('publish_id', '?')}, created {winner.get('created', '?')}); this publish's "
-            f"{removed} uploaded object(s) were removed again. Publish under another name.") from None
+            f"{winner.get('publish_id', '?')}, created {winner.get('created', '?')} by "
+            f"{winner.get('published_by', '?')}); this publish's {removed} uploaded object(s) were removed again. "
+            "Publish under another name.") from None
     except BaseException:
         bar.close()
         if commit_attempted:
@@ -1502,6 +1517,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _count(value, unit: str) -> str:
+    return f"{value:,} {unit}" if _is_count(value) else f"? {unit}"
+
+
+def _list_line(rec: dict) -> str:
+    """One release as `list` prints it: what a team lead picks a release by, its tokens and documents too
+    (the line gave only files and bytes, though RELEASE.json holds the counts; a tester), and who published it
+    (releases of format 2 before `published_by`, and format 1: '?')."""
+    m, out = rec.get("manifest") or {}, rec.get("output") or {}
+    return "\t".join([rec["name"], str(rec.get("created")), f"{len(rec['files'])} files",
+                      _count(rec.get("total_bytes", 0), "bytes"), _count(out.get("tokens"), "tokens"),
+                      _count(out.get("docs"), "docs"), f"manifest={m.get('name')} seed={m.get('seed')}",
+                      f"by={rec.get('published_by', '?')}"])
+
+
 def _run(args: argparse.Namespace) -> int:
     show = not args.no_progress and sys.stderr.isatty()
     if show:
@@ -1523,9 +1553,7 @@ def _run(args: argparse.Namespace) -> int:
             print(json.dumps(complete, indent=2))
         else:
             for rec in complete:
-                m = rec.get("manifest", {})
-                print(f"{rec['name']}\t{rec.get('created')}\t{len(rec['files'])} files\t{rec.get('total_bytes', 0):,} bytes"
-                      f"\tmanifest={m.get('name')} seed={m.get('seed')}")
+                print(_list_line(rec))
         if incomplete:
             print(f"note: ignored {len(incomplete)} incomplete upload(s) without a readable {RELEASE_FILE}: "
                   f"{', '.join(incomplete)}", file=sys.stderr)

@@ -1407,12 +1407,46 @@ def test_two_publishes_of_one_build_at_once_the_loser_says_same_content(small_bu
     assert len(winners) == 1 and len(losers) == 1 and isinstance(losers[0], release.ReleaseExistsError), losers
     assert str(losers[0]) == (
         f"{root}/twice: another publish of this name committed the same content first (publish id "
-        f"{winners[0]['publish_id']}; every file's size and SHA-256 match this build); this publish's "
-        f"{len(winners[0]['files']) + 1} uploaded object(s) were removed again: nothing to publish")
+        f"{winners[0]['publish_id']} by {winners[0]['published_by']}; every file's size and SHA-256 match this "
+        f"build); this publish's {len(winners[0]['files']) + 1} uploaded object(s) were removed again: nothing to "
+        "publish")
     bucket, prefix = release.split_root(root)
     assert {k for k, _ in s3.iter_keys(bucket, f"{prefix}twice/")} == {f"{prefix}twice/RELEASE.json"} | {
         f"{prefix}twice/{winners[0]['data_prefix']}{p}" for p in [e["path"] for e in winners[0]["files"]]
         + [release.PROBE_FILE]}
+
+
+def test_list_and_the_loser_of_a_race_say_who_published_and_how_many_tokens(small_builds, root, capsys,
+                                                                           atomic_conditional_puts, monkeypatch):
+    """Found by a tester: `list` gave a team lead files and bytes but not the tokens or documents RELEASE.json
+    holds, nor who published (RELEASE.json recorded no one), and the loser of a race was told only a publish id."""
+    import getpass
+    import socket
+    import threading
+
+    monkeypatch.setattr(getpass, "getuser", lambda: "alice")
+    barrier = threading.Barrier(2, timeout=60)
+
+    def at_commit(params, model, **_):  # both at the conditional write, so that they race for real
+        if model.name == "PutObject" and params["Key"].endswith("/who/RELEASE.json"):
+            barrier.wait()
+
+    winners, losers = _publish_twice_at_once(small_builds, root, "who", at_commit)
+    assert len(winners) == 1 and len(losers) == 1, losers
+    by = f"alice@{socket.gethostname()}"
+    assert winners[0]["published_by"] == by
+    assert f"publish id {winners[0]['publish_id']}, created {winners[0]['created']} by {by});" in str(losers[0])
+    # A release whose record lacks them (an older publish, or another tool's) still lists, with '?'.
+    bucket, prefix = release.split_root(root)
+    old = {k: v for k, v in winners[0].items() if k not in ("published_by", "output")}
+    s3.client().put_object(Bucket=bucket, Key=f"{prefix}older/RELEASE.json",
+                           Body=json.dumps({**old, "name": "older", "total_bytes": None}).encode())
+    assert release.main(["list", root]) == 0
+    tokens, n = winners[0]["output"]["tokens"], len(winners[0]["files"])
+    assert capsys.readouterr().out.splitlines() == [
+        f"older\t{winners[0]['created']}\t{n} files\t? bytes\t? tokens\t? docs\tmanifest=demo seed=1124\tby=?",
+        f"who\t{winners[0]['created']}\t{n} files\t{winners[0]['total_bytes']:,} bytes\t{tokens:,} tokens\t1 docs"
+        f"\tmanifest=demo seed=1124\tby={by}"]
 
 
 @pytest.mark.parametrize("damage", ["flip_byte", "delete"])
