@@ -265,6 +265,10 @@ def test_a_run_that_quarantined_test_questions_says_so(tmp_path, gsm8k_items, sp
     assert report["config"]["test_items"] == "gsm8k_test_item"
     assert report_warnings({"quarantined": {}, "rejected": {"truncated": 2}}) == [
         "2 answer(s) were cut off at max_tokens and rejected (rejected/ holds each): raise --max-tokens"]
+    # said on the console too, not only in the report (the run exited 0 in silence; a tester)
+    assert report_warnings({"quarantined": {}, "rejected": {"content_filter": 3}}) == [
+        "3 answer(s) were stopped by the endpoint's content filter and rejected, not asked again (rejected/ holds "
+        "each)"]
 
 
 # ---------------------------------------------------------------------------- prompts

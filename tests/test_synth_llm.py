@@ -106,6 +106,10 @@ def server():
             elif kind == "length":  # the plausible answer, cut off where max_tokens ran out
                 cut = default_reply(body["messages"][0]["content"])[:-12]
                 self._send(200, json.dumps(_ok(cut, finish_reason="length")).encode())
+            elif kind == "filtered":  # a content filter stopped the answer: what came of it, or nothing
+                self._send(200, json.dumps(_ok(action[1], finish_reason="content_filter")).encode())
+            elif kind == "thought_out":  # a reasoning model spent max_tokens thinking: no content, "length"
+                self._send(200, json.dumps(_ok(None, finish_reason="length")).encode())
             elif kind == "slow":
                 time.sleep(action[1])
                 try:
@@ -327,6 +331,50 @@ def test_an_answer_cut_off_at_max_tokens_is_rejected_not_kept(server, tmp_path):
         mp.setitem(globals(), "default_reply", lambda prompt: "MATH" + " " * 12)
         records = [r for r in label.generate(0, 1, seed=1) if not is_request_stats(r)]
     assert records[0]["metadata"]["math_label"] == "math"
+
+
+def test_an_answer_stopped_by_the_content_filter_is_rejected_not_kept_nor_asked_again(server, tmp_path):
+    """finish_reason "content_filter": the part of a problem that came before the filter was kept
+    as a document, and one with no content was asked again and billed for every retry (a tester)."""
+    from dolmino.synth.owm_math import OwmLabelGenerator
+
+    tulu = _tulu(server, tmp_path, 2, max_retries=3)
+    server.queue.extend([("filtered", "Math problem: A baker mixes 3 kg of"), ("ok",), ("filtered", None)])
+    records = list(tulu.generate(0, 1, seed=1))
+    items = [r for r in records if not is_request_stats(r)]
+    assert [r.get("rejected") for r in items] == ["content_filter", "content_filter"]
+    assert items[0]["detail"].startswith("problem") and items[1]["detail"].startswith("solution")
+    assert len(server.requests) == 1 + 2                     # neither filtered answer asked again
+    counts = records[-1]["request_stats"]
+    assert counts["content_filter"] == 2 and counts["ok"] == 1 and "failed" not in counts
+    mind = MindGenerator(server.url, "test-model", num_docs=1, backoff_base=0.001, demo_gsm8k_test=True)
+    server.queue.append(("filtered", "Student 1: Why?\nStudent 2: Because"))
+    with pytest.warns(UserWarning, match="test"):
+        assert next(mind.generate(0, 1, seed=2))["rejected"] == "content_filter"
+    docs = tmp_path / "owm.jsonl"
+    docs.write_text('{"id": "d", "text": "Let x = 2."}\n')
+    server.queue.append(("filtered", "MATH"))
+    assert next(OwmLabelGenerator(server.url, "test-model", str(docs)).generate(0, 1, seed=1))["rejected"] \
+        == "content_filter"
+
+
+def test_max_tokens_spent_before_any_content_is_truncated_not_retried(server, tmp_path):
+    """A reasoning model that thinks through all of max_tokens answers no content and finish_reason
+    "length": retried as an empty answer, each retry spent max_tokens again, and the item was
+    `request_failed` "empty_content", not `truncated` (raise --max-tokens; found by a tester)."""
+    from dolmino.synth.owm_math import OwmLabelGenerator
+
+    tulu = _tulu(server, tmp_path, 1, max_retries=3)
+    server.queue.append(("thought_out",))
+    records = list(tulu.generate(0, 1, seed=1))
+    assert records[0]["rejected"] == "truncated" and "raise --max-tokens" in records[0]["detail"]
+    assert len(server.requests) == 1 and records[1]["request_stats"]["truncated"] == 1
+    docs = tmp_path / "owm.jsonl"
+    docs.write_text('{"id": "d", "text": "Let x = 2."}\n')
+    server.queue.append(("thought_out",))
+    assert next(OwmLabelGenerator(server.url, "test-model", str(docs)).generate(0, 1, seed=1))["rejected"] \
+        == "truncated"
+    assert len(server.requests) == 2
 
 
 def test_mind_generator_and_inputs(server, tmp_path):

@@ -269,6 +269,9 @@ def report_warnings(report: dict) -> list[str]:
     if cut := report["rejected"].get("truncated", 0):
         lines.append(f"{cut:,} answer(s) were cut off at max_tokens and rejected (rejected/ holds each): raise "
                      "--max-tokens")
+    if filtered := report["rejected"].get("content_filter", 0):
+        lines.append(f"{filtered:,} answer(s) were stopped by the endpoint's content filter and rejected, not asked "
+                     "again (rejected/ holds each)")
     return lines
 
 

@@ -2,7 +2,7 @@
 
 Both send prompts from `dolmino.synth.prompts` to any OpenAI-compatible endpoint through
 `ChatClient`. A failed request, a response cut off at max_tokens or one in the wrong format
-rejects that one item (`request_failed`, `truncated`, `bad_format`, ...) and the partition
+rejects that one item (`request_failed`, `truncated`, `content_filter`, `bad_format`, ...) and the partition
 carries on; the client's counters (requests, retries, 429s, timeouts, bad responses) are
 yielded once per partition and end up in the run report. LLM output is not reproducible
 across calls, which is why the runner caches finished partitions: a resumed job never
@@ -23,7 +23,7 @@ from typing import Iterator
 from dolmino.synth import prompts
 from dolmino.synth.base import DEFAULT_ADDED, make_doc, partition_range, quarantine, rejection, request_stats
 from dolmino.synth.inputs import InputFiles
-from dolmino.synth.openai_client import ChatClient, base_url, endpoint_problem
+from dolmino.synth.openai_client import ChatClient, ChatResult, base_url, endpoint_problem
 from dolmino.synth.openai_client import invalid_setting as client_invalid_setting
 
 
@@ -77,6 +77,12 @@ def invalid_setting(*, temperature: float = 0.7, max_tokens: int = 2048, **clien
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         return "max_tokens", f"must be an integer >= 1, got {max_tokens!r}"
     return None
+
+
+def unanswered_reason(result: ChatResult) -> str:
+    """The rejection reason of an item without an answer: `content_filter` where the endpoint's
+    filter stopped it (asking again would not help), else `request_failed` (see the client's error)."""
+    return "content_filter" if result.filtered else "request_failed"
 
 
 class _LlmGenerator:
@@ -141,8 +147,8 @@ class _LlmGenerator:
         refuses (None); `excerpt` picks what of a refused answer the record keeps."""
         result = self.ask(client, prompt, seed, index)
         if result.content is None:
-            return None, rejection(self.name, seed, index, "request_failed", f"{stage}: {result.error}")
-        if whole and result.truncated:
+            return None, rejection(self.name, seed, index, unanswered_reason(result), f"{stage}: {result.error}")
+        if result.truncated and (whole or not result.content.strip()):
             return None, self.truncated(seed, index, stage, result.content)
         parsed = parse(result.content)
         if parsed is None:
@@ -319,7 +325,7 @@ class MindGenerator(_LlmGenerator):
             style = self.styles[(index % n + index // n) % len(self.styles)]
             result = self.ask(client, prompts.mind_prompt(text, style), seed, index)
             if result.content is None:
-                yield rejection(self.name, seed, index, "request_failed", str(result.error))
+                yield rejection(self.name, seed, index, unanswered_reason(result), str(result.error))
                 continue
             if result.truncated:
                 yield self.truncated(seed, index, "rewrite", result.content)

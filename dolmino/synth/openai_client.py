@@ -12,7 +12,12 @@ behaviour we need is narrow and must be exact:
 * a client-side rate limit (requests per second) so that many partitions do not stampede;
 * malformed JSON, a missing `choices` list and empty content count as bad responses (and
   are retried, since a server hiccup is the usual cause); an answer cut off at `max_tokens`
-  (`finish_reason` "length") is returned marked `truncated` and counted, for the caller to judge;
+  (`finish_reason` "length") is returned marked `truncated` and counted, for the caller to judge,
+  and so is one whose every token went before any content (a reasoning model's thinking): asking
+  again spends them again;
+* an answer stopped by the endpoint's content filter (`finish_reason` "content_filter") is no
+  answer, however much of it came, and is not asked again (the same prompt is filtered alike,
+  and billed again): it is returned marked `filtered`;
 * nothing is raised for a failed item: `complete()` returns a `ChatResult` whose `error`
   names the last failure, and every event is counted in `counts`.
 """
@@ -53,6 +58,7 @@ class ChatResult:
     error: str | None = None
     attempts: int = 0
     truncated: bool = False  # the answer stopped at max_tokens (finish_reason "length"), not where the model ended it
+    filtered: bool = False  # the endpoint's content filter stopped the answer (finish_reason "content_filter")
 
 
 def chat_url(endpoint: str) -> str:
@@ -312,23 +318,25 @@ class ChatClient:
         return (text.replace(key, "***") if key else text)[:MAX_ERROR_BODY]
 
     @staticmethod
-    def parse(data: bytes) -> tuple[str | None, str | None, bool]:
-        """(content, None, truncated) or (None, bad-response reason, False) for a 200 body;
-        `truncated`: the choice's finish_reason is "length" (cut off at max_tokens)."""
+    def parse(data: bytes) -> tuple[str | None, str | None, str | None]:
+        """(content, None, finish_reason) or (None, bad-response reason, finish_reason) for a 200
+        body; finish_reason "length": cut off at max_tokens, "content_filter": stopped by a filter."""
         try:
             payload = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            return None, "bad_json", False
+            return None, "bad_json", None
         if not isinstance(payload, dict):
-            return None, "bad_json", False
+            return None, "bad_json", None
         choices = payload.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            return None, "missing_choices", False
+            return None, "missing_choices", None
+        finish = choices[0].get("finish_reason")
+        finish = finish if isinstance(finish, str) else None
         message = choices[0].get("message")
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, str) or not content.strip():
-            return None, "empty_content", False
-        return content, None, choices[0].get("finish_reason") == "length"
+            return None, "empty_content", finish
+        return content, None, finish
 
     def complete(self, messages: list[dict], **params) -> ChatResult:
         if not self.reached and self.unreached >= DOWN_AFTER:
@@ -366,12 +374,20 @@ class ChatClient:
                     self.reached = True
                     self.counts["responses"] += 1
                 if status == 200:
-                    content, bad, truncated = self.parse(data)
+                    content, bad, finish = self.parse(data)
+                    if finish == "content_filter":
+                        # what came (a part of an answer, or nothing) was kept as the model's answer, or
+                        # asked again and billed for each retry (found by a tester)
+                        self.counts["content_filter"] += 1
+                        return ChatResult(None, "content_filter: the endpoint's content filter stopped the answer",
+                                          attempt + 1, filtered=True)
+                    if bad == "empty_content" and finish == "length":
+                        content = ""  # max_tokens spent before any content: retried, it was spent again (a tester)
                     if content is not None:
                         self.counts["ok"] += 1
-                        if truncated:
+                        if finish == "length":
                             self.counts["truncated"] += 1
-                        return ChatResult(content, None, attempt + 1, truncated)
+                        return ChatResult(content, None, attempt + 1, finish == "length")
                     error = bad
                 else:
                     error = "http_429" if status == 429 else f"http_{status // 100}xx"
