@@ -446,8 +446,8 @@ def test_missing_inputs_are_one_readable_line_naming_the_root_in_use(tmp_path, c
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     assert f"no input files match '{tmp_path / 'copy' / 'a/*.jsonl'}'; source 'b': no input files match" in err
-    assert f"relative paths resolve against the data root '{tmp_path / 'copy'}', the manifest's data_root unless " \
-           "--data-root replaces it" in err
+    assert f"relative paths resolve against the data root '{tmp_path / 'copy'}', which does not exist, the " \
+           "manifest's data_root unless --data-root replaces it" in err
 
 
 def test_changed_conversion_rules_key_a_new_documents_set(posts, monkeypatch):
