@@ -37,6 +37,16 @@ def test_help_exits_zero(flag, capsys):
     assert "commands:" in capsys.readouterr().out
 
 
+def test_help_summaries_name_what_diff_and_lock_do(capsys):
+    """`dolmino --help` said diff gives "plans side by side" and lock pins inputs, models,
+    indexes and the tokenizer, while README's command list and their own --help say diff names
+    the attribute sets to tag again and lock pins custom scorers' code too (a tester)."""
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^  diff\s.*what to tag again", out, re.M)
+    assert re.search(r"^  lock\s.*custom scorer's code", out, re.M)
+
+
 def test_version_matches_the_package_and_pyproject(capsys):
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"dolmino {dolmino.__version__}\n"
