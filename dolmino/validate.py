@@ -64,6 +64,7 @@ class PartResult:
     eos_inside_docs: int = 0  # rows whose span holds EOS before its last token
     unreadable: set[str] = field(default_factory=set)  # its files said to be unreadable (their checksums are not)
     by_source: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # sidecar `src`: tokens, docs, 1st row
+    masked_by_source: dict[str, int] | None = None  # the label mask's 0 bytes per sidecar `src`; None: no mask read
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -196,6 +197,19 @@ def _by_source(src, starts: np.ndarray, ends: np.ndarray) -> dict[str, tuple[int
             for k, name in enumerate(encoded.dictionary.to_pylist())}
 
 
+def _masked_by_source(mask: np.ndarray, src, starts: np.ndarray, ends: np.ndarray) -> dict[str, int]:
+    """source -> tokens the label mask keeps out of the loss (its 0 bytes), over sidecar rows that tile the
+    mask: report.json's masked-token counts were not checked, an edited one validated OK (found by a tester).
+    One pass over the mask, no copy of it: per row, its length less the sum of its 1 bytes."""
+    if not len(starts):
+        return {}
+    kept = np.add.reduceat(mask, starts, dtype=np.int64)
+    encoded = src.combine_chunks().dictionary_encode()
+    index = encoded.indices.to_numpy(zero_copy_only=False)
+    masked = np.bincount(index, weights=(ends - starts) - kept, minlength=len(encoded.dictionary))
+    return {str(name): int(masked[k]) for k, name in enumerate(encoded.dictionary.to_pylist())}
+
+
 def _rows(indices: np.ndarray) -> str:
     shown = ", ".join(str(int(i)) for i in indices[:MAX_LISTED])
     return shown + (", ..." if len(indices) > MAX_LISTED else "")
@@ -269,7 +283,7 @@ def _check_eos_inside(part: PartResult, tokens: np.ndarray, ends: np.ndarray, eo
     (part.error if strict else part.warn)(message)
 
 
-def _check_mask(part: PartResult, mask_path: Path, n_tokens: int) -> None:
+def _check_mask(part: PartResult, mask_path: Path, n_tokens: int, rows=None) -> None:
     try:
         with open(mask_path, "rb") as fh:  # a directory in its place raised here, a traceback (found by a tester)
             has_header = fh.read(len(NPY_MAGIC)) == NPY_MAGIC
@@ -290,6 +304,9 @@ def _check_mask(part: PartResult, mask_path: Path, n_tokens: int) -> None:
         return
     if len(mask) and int(np.asarray(mask).view(np.uint8).max()) > 1:
         part.error(f"label mask {mask_path.name} holds bytes other than 0/1 (not a bool mask)")
+        return
+    if rows is not None:  # the sidecar's rows, checked to tile the token file
+        part.masked_by_source = _masked_by_source(np.asarray(mask).view(np.uint8), *rows)
 
 
 def validate_part(path: Path, vocab_size: int, eos_id: int, backend: str = "auto", strict: bool = False) -> PartResult:
@@ -307,6 +324,7 @@ def validate_part(path: Path, vocab_size: int, eos_id: int, backend: str = "auto
         first = scan.first_out_of_vocab
         part.error(f"{scan.n_out_of_vocab} token id(s) >= vocab_size {vocab_size} (first: {int(tokens[first])} "
                    f"at offset {first}; max id {scan.max_id})")
+    tiled = None  # (src, starts, ends) of a sidecar whose rows tile the token file
     if not sidecar.exists():
         part.error(f"sidecar {sidecar.name} is missing")
     else:
@@ -315,6 +333,7 @@ def validate_part(path: Path, vocab_size: int, eos_id: int, backend: str = "auto
             starts, ends, src = rows
             part.docs = len(starts)
             if _check_layout(part, sidecar.name, starts, ends, part.tokens):
+                tiled = (src, starts, ends)
                 part.by_source = _by_source(src, starts, ends)
                 bad = csrc.eos_mismatches(tokens, ends, eos_id, limit=MAX_LISTED + 1, backend=backend)
                 if len(bad):
@@ -323,7 +342,7 @@ def validate_part(path: Path, vocab_size: int, eos_id: int, backend: str = "auto
                                f"token {int(tokens[ends[k] - 1])} at offset {int(ends[k] - 1)})")
                 _check_eos_inside(part, tokens, ends, eos_id, ends_ok=not len(bad), strict=strict)
     if mask_path.exists():
-        _check_mask(part, mask_path, part.tokens)
+        _check_mask(part, mask_path, part.tokens, tiled)
     return part
 
 
@@ -436,6 +455,15 @@ def _count_errors(build_dir: Path, report: dict, parts: list[PartResult]) -> lis
             if isinstance(output.get(key), int) and output[key] != have:
                 errors.append(f"{path}: output.{key} is {output[key]:,}, its parts hold "
                               f"{have:,}")
+        # what report.md prints beside them: an edited one validated OK (found by a tester)
+        totals, have = report.get("totals"), sum(p.tokens for p in held.values())
+        if isinstance(totals, dict) and _is_count(totals.get("tokens_written")) and totals["tokens_written"] != have:
+            errors.append(f"{path}: totals.tokens_written is {totals['tokens_written']:,}, its parts hold {have:,}")
+        if all(p.masked_by_source is not None for p in held.values()) and _is_count(output.get("masked_tokens")):
+            masked = sum(sum(p.masked_by_source.values()) for p in held.values())
+            if output["masked_tokens"] != masked:
+                errors.append(f"{path}: output.masked_tokens is {output['masked_tokens']:,}, its label masks hold "
+                              f"{masked:,} masked (0) tokens")
         errors += _source_errors(path, report, list(held.values()))
     return errors
 
@@ -462,6 +490,11 @@ def _source_errors(path: Path, report: dict, parts: list[PartResult]) -> list[st
             if _is_count(source.get(key)) and source[key] != have:
                 errors.append(f"{path}: source {source['name']!r} {key} is {source[key]:,}, the sidecars' rows of "
                               f"it hold {have:,}")
+        if all(p.masked_by_source is not None for p in parts) and _is_count(source.get("output_masked_tokens")):
+            have = sum(p.masked_by_source.get(source["name"], 0) for p in parts)
+            if source["output_masked_tokens"] != have:
+                errors.append(f"{path}: source {source['name']!r} output_masked_tokens is "
+                              f"{source['output_masked_tokens']:,}, the label masks of its rows hold {have:,}")
     return errors
 
 

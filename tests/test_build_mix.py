@@ -156,6 +156,9 @@ def test_the_report_counts_the_tokens_the_label_masks_mask(spark, tmp_path):
             == masked
         assert f"Label masks: {masked:,} of the tokens written masked (repeated n-gram spans, not trained on): " \
                f"enc {masked:,}." in (out / "report.md").read_text()
+    from dolmino.validate import validate_build
+
+    assert not validate_build(out).all_errors()  # validate counts the masks as the build did
 
 
 def test_source_shares_match_manifest(built):

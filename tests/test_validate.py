@@ -780,3 +780,27 @@ def test_a_manifest_json_that_is_not_the_builds_is_refused(build):
     assert validate_build(build).all_errors() == [
         f"{build / 'manifest.json'}: seed is 8, but report.json says the build's was 7: manifest.json is not the "
         "build's (replaced since?); restore it or rebuild"]
+
+
+def test_masked_token_counts_and_tokens_written_are_checked_against_the_parts(tmp_path):
+    """report.json's label-masked token counts (total and per source) and totals.tokens_written,
+    which report.md prints, were not compared with the parts: edited, they validated OK (a tester)."""
+    out = tmp_path / "b"
+    out.mkdir()
+    np.asarray([5, 6, 7, EOS, 8, 9, EOS], dtype="<u4").tofile(out / "part-00000.npy")
+    (out / "part-00000.csv.gz").write_bytes(gzip.compress(b"0,4,a,web,w.jsonl:1\n4,7,b,code,c.jsonl:1\n", mtime=0))
+    np.asarray([1, 0, 0, 1, 0, 1, 1], dtype=np.uint8).tofile(out / "part-00000.label_mask.npy")
+    report = {"output": {"tokens": 7, "docs": 2, "masked_tokens": 3,
+                         "parts": [{"name": "part-00000.npy", "tokens": 7, "docs": 2}]},
+              "totals": {"tokens_written": 7},
+              "sources": [{"name": "web", "output_tokens": 4, "output_docs": 1, "output_masked_tokens": 2},
+                          {"name": "code", "output_tokens": 3, "output_docs": 1, "output_masked_tokens": 1}]}
+    (out / "report.json").write_text(json.dumps(report))
+    assert not validate_build(out).all_errors()
+    report["output"]["masked_tokens"], report["sources"][0]["output_masked_tokens"] = 5, 4
+    report["totals"]["tokens_written"] = 8
+    (out / "report.json").write_text(json.dumps(report))
+    assert validate_build(out).all_errors() == [
+        f"{out / 'report.json'}: totals.tokens_written is 8, its parts hold 7",
+        f"{out / 'report.json'}: output.masked_tokens is 5, its label masks hold 3 masked (0) tokens",
+        f"{out / 'report.json'}: source 'web' output_masked_tokens is 4, the label masks of its rows hold 2"]
