@@ -48,6 +48,7 @@ class ManifestDiff:
     plan_b: Plan | None = None
     plan_errors: dict[str, str] = field(default_factory=dict)  # "before"/"after" -> why no plan
     tagging: list[str] | None = None  # what `dolmino tag` must do again for B (`_tagging`); None: not assessed
+    tagging_error: str | None = None  # why it was not assessed
 
     @property
     def empty(self) -> bool:
@@ -201,7 +202,8 @@ def _tagging(a: Manifest, b: Manifest) -> list[str]:
     def plans(m: Manifest) -> dict:
         files = {spec[k] for s in m.sources for spec in s.filters for k in file_params(spec)}
         resources = {f: Resource(f, f"named:{f}", False) for f in files}
-        return {p.name: p for p in tag_plans(m, resources, repr(sorted(vars(m.tokenizer).items())), [])}
+        digest = repr(sorted(vars(m.tokenizer).items()))
+        return {p.name: p for p in tag_plans(m, resources, digest, [], check_indexes=False)}
 
     plans_a, plans_b = plans(a), plans(b)
     paths_a = {s.name: s.paths for s in a.sources}
@@ -256,8 +258,8 @@ def diff_manifests(a: Manifest, b: Manifest, budget: int | None = None, with_pla
     if with_plan:
         try:
             d.tagging = _tagging(a, b)
-        except (BuildError, ManifestError, ImportError, OSError, ValueError):  # a filter file or scorer unreadable
-            d.tagging = None
+        except (BuildError, ManifestError, ImportError, OSError, ValueError) as exc:  # a scorer that cannot load
+            d.tagging, d.tagging_error = None, str(exc)
         for label, m in (("before", a), ("after", b)):
             try:
                 plan = make_plan(m, budget if m.kind != "pool" else None, list_files=False)
@@ -343,6 +345,8 @@ def render_diff(d: ManifestDiff, fmt: str = "text") -> str:
     unchanged = [n for n, cs in d.sources.items() if not cs]
     if unchanged and (changed or d.added or d.removed):
         lines += [prose(f"Unchanged sources: {', '.join(unchanged)}."), ""]
+    if d.tagging is None and d.tagging_error:  # the section was left out unsaid (a tester)
+        lines += [heading("Tagging"), "", prose(f"Not assessed: {d.tagging_error}"), ""]
     if d.tagging is not None:
         lines += [heading("Tagging"), ""]
         if d.tagging:

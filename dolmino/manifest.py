@@ -53,7 +53,7 @@ SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 _COUNT_RE = re.compile(r"\s*(?:([0-9]*\.?[0-9]+)\s*([KMBGT]?)|([0-9]*\.?[0-9]+E[+-]?[0-9]+))\s*")
 COUNT_MAX = 2**63 - 1  # what every count's reader holds: JSON integers, numpy int64 token counts
 SOURCE_FORMATS = ("dolma", "stackexchange")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")  # \Z: "$" let a name end in a newline (a tester)
 # Table 13's mix percentages are rounded, so their sum is 99.94-100.01; beyond this the
 # manifest is probably wrong.
 MIX_SUM_TOLERANCE = 0.5

@@ -609,3 +609,11 @@ def test_source_names_differing_only_in_case_are_refused():
         manifest_from_dict(spec)
     spec["sources"][1]["name"] = "flan2"
     assert [s.name for s in manifest_from_dict(spec).sources] == ["flan", "flan2"]
+
+
+def test_a_source_name_ending_in_a_newline_is_refused():
+    """"$" let "flan\\n" through as a source name, a directory named with a newline (a tester)."""
+    spec = {"name": "m", "version": 1, "seed": 1, "budget": "1M",
+            "sources": [{"name": "flan\n", "paths": ["a/*.jsonl"], "mix_percent": 100}]}
+    with pytest.raises(ManifestError, match=r"^sources\[0\]\.name: use letters, digits"):
+        manifest_from_dict(spec)

@@ -278,6 +278,22 @@ def test_diff_says_what_dolmino_tag_must_do_again(tmp_path, capsys):
     assert "Tagging:\n\nNothing to tag again" in text  # the 50B and 100B mixes share one tag
 
 
+def test_diff_tagging_reads_no_index(tmp_path):
+    """The Tagging section is decided from the manifests alone: a decontaminate filter with its
+    ngram_size read the index (an s3:// one asked S3 for credentials and downloaded it), and where it
+    could not, the section was left out of the diff without a word (found by a reviewer)."""
+    a = json.loads((MANIFESTS / "pools" / "flan.json").read_text())
+    pa, pb = tmp_path / "pools" / "a.json", tmp_path / "pools" / "b.json"
+    pa.parent.mkdir()
+    pa.write_text(json.dumps(a))
+    b = json.loads(json.dumps(a))
+    decontaminate = next(f for f in b["sources"][0]["filters"] if f["type"] == "decontaminate")
+    decontaminate.update(index_path=str(tmp_path / "not-built" / "index.npz"), ngram_size=8)
+    pb.write_text(json.dumps(b))
+    d = diff_manifests(load_manifest(str(pa)), load_manifest(str(pb)))
+    assert d.tagging is not None and len(d.tagging) == 1 and " decontaminate" in d.tagging[0], d.tagging
+
+
 def test_diff_compares_counts_as_meant(tmp_path):
     a = json.loads((MANIFESTS / "50B.json").read_text())
     b = json.loads(json.dumps(a))
@@ -559,3 +575,17 @@ def test_plan_error_in_a_manifest_field_names_the_file(tmp_path, capsys):
     assert plan_cmd.main([str(tmp_path / "bad.json"), "--no-inputs"]) == 2
     assert capsys.readouterr().err == (f"dolmino plan: error: {tmp_path / 'bad.json'}: seed: expected a non-negative "
                                        "integer, got 'x'\n")
+
+
+def test_a_tagging_section_that_cannot_be_assessed_says_why(monkeypatch):
+    """Where the attribute sets could not be named (a custom scorer that does not load here), the
+    Tagging section was left out without a word (a tester)."""
+    import dolmino.diff as diff_mod
+
+    def cannot(a, b):
+        raise ImportError("scorer 'mymod:score': module 'mymod' cannot be imported")
+
+    monkeypatch.setattr(diff_mod, "_tagging", cannot)
+    d = diff_mod.diff_manifests(load_manifest(str(MANIFESTS / "50B.json")), load_manifest(str(MANIFESTS / "100B.json")))
+    text = render_diff(d)
+    assert "Tagging" in text and "Not assessed: scorer 'mymod:score': module 'mymod' cannot be imported" in text

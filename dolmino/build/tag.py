@@ -153,11 +153,13 @@ class UnitStats:
 
 
 def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_digest: str,
-              units: list[Unit]) -> tuple[SourceTagPlan, ...]:
+              units: list[Unit], check_indexes: bool = True) -> tuple[SourceTagPlan, ...]:
     """Each source's attribute sets. A MinHash set is named by its parameters and by the units
     its clusters were computed over (its pool): clusters are global to a pool, so two
     manifests whose source lists other files (or a tag of one killed half-way) never share,
-    or overwrite, each other's cluster files."""
+    or overwrite, each other's cluster files. `check_indexes=False` leaves a decontaminate
+    filter's ngram_size unchecked against its index, which names no set: `dolmino diff` reads
+    no index (an s3:// one was downloaded to compare two manifests)."""
     from filters.base import cascades, needs_tokens, tag_params
     from filters.registry import build_filter
     from filters.stackexchange import CONVERSION_REVISION
@@ -180,7 +182,7 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
             filt = build_filter(spec, f"{source.name}.filters[{i}]")
             if needs_tokens(filt):
                 continue
-            if spec["type"] == "decontaminate" and spec.get("ngram_size") is not None:
+            if check_indexes and spec["type"] == "decontaminate" and spec.get("ngram_size") is not None:
                 _check_ngram_size(spec, resources, f"source {source.name!r} filters[{i}]")
             keyed = keyed_spec({"type": spec["type"], **tag_params(filt, spec)}, resources)
             keyed["rows"] = rows_key
