@@ -1000,6 +1000,7 @@ def test_an_executor_that_cannot_import_the_project_says_to_install_it(spark):
                                        "import dolmino, which the driver's can"), lines
     assert "install this project there (`pip install .` of " in lines["dolmino"]
     assert "install zstandard there" in lines["zstandard"] and "this project" not in lines["zstandard"]
+    assert "where zstandard is your own code (a custom scorer's helper), give it to --py-files" in lines["zstandard"]
 
 
 def test_a_worker_running_other_code_or_libraries_than_the_driver_stops_naming_them(spark):

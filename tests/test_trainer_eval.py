@@ -717,6 +717,20 @@ def test_a_task_that_fails_keeps_the_results_of_the_tasks_before_it(wheels, tmp_
     assert not (tmp_path / "none.json").exists() and "task arc_easy failed" not in capsys.readouterr().err
 
 
+def test_a_runtime_error_in_a_later_task_keeps_the_finished_results(wheels, tmp_path, capsys, monkeypatch):
+    """torch's RuntimeError in a later task (out of memory on a long one) lost the finished tasks'
+    results with a traceback (a tester): they are written, marked partial, the error named; exit 2."""
+    save_trainer_checkpoint(tmp_path / "ck", small_model(seed=5))
+    fail_second_task(monkeypatch, "arc_easy", torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    out = tmp_path / "out.json"
+    assert main(["--checkpoint", str(tmp_path / "ck"), "--tasks", "copa,arc_easy", "--limit", "2",
+                 "--device", "cpu", "--out", str(out)]) == 2
+    report = json.loads(out.read_text())
+    assert list(report["results"]) == ["copa"]
+    assert report["failed"]["error"] == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB"
+    assert "task arc_easy failed: OutOfMemoryError" in capsys.readouterr().err
+
+
 def test_ctrl_c_in_a_later_task_keeps_the_finished_results(wheels, tmp_path, capsys, monkeypatch):
     """Ctrl-C during a later task (MMLU's 14,042 instances) lost the finished tasks' results and
     printed a KeyboardInterrupt traceback (a tester): they are written, marked partial; exit 130."""

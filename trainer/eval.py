@@ -941,11 +941,13 @@ def evaluate(checkpoint: str | Path, tasks: str | list[str] = DEFAULT_TASKS, lim
     for name in names:
         try:
             result, details = run_task(name, loaded, tokenizer, limit, batch_size, max_new_tokens, log)
-        except (EvalError, AssetError, KeyboardInterrupt) as exc:
+        except (EvalError, AssetError, RuntimeError, KeyboardInterrupt) as exc:
             if not results:
                 raise
-            # Ctrl-C in a later task (MMLU's 14,042 instances) lost the finished tasks' results too (a tester)
-            failed = {"task": name, "error": "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else str(exc)}
+            # Ctrl-C in a later task (MMLU's 14,042 instances), or torch's RuntimeError (out of memory on a
+            # long task), lost the finished tasks' results too (testers)
+            failed = {"task": name, "error": "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else
+                      str(exc) if isinstance(exc, (EvalError, AssetError)) else f"{type(exc).__name__}: {exc}"}
             break
         results[name] = result
         all_details += details

@@ -324,7 +324,9 @@ def _missing_on_executors(module: str) -> str:
         fix = (f"install this project there (`pip install .` of {project_root()}, or `make setup` in a checkout at that path): "
                "the code is not shipped")
     else:
-        fix = f"install {top} there, as in the driver's environment (`pip install .` installs every dependency)"
+        # a custom scorer's own helper module is no library: `pip install .` does not bring it (a tester)
+        fix = (f"install {top} there, as in the driver's environment (`pip install .` installs every dependency), "
+               f"or, where {top} is your own code (a custom scorer's helper), give it to --py-files")
     return (f"in an executor: its Python ({python}, PYSPARK_PYTHON on each node) cannot import {module}, which the "
             f"driver's can: every node needs the driver's environment at that path; {fix}")
 
