@@ -32,7 +32,8 @@ Questions whose accepted answer never shows up are removed as `answer_missing`.
 
 HTML becomes text with `html.parser`: entities are decoded; `<p>`, headings, list items,
 block quotes and tables end a paragraph (paragraphs are separated by one blank line);
-`<br>` is a line break; `<pre>` blocks keep their code verbatim (indentation and blank
+`<br>` is a line break; a list item starts with "- "; the cells of a table row are separated
+by " | "; `<pre>` blocks keep their code verbatim (indentation and blank
 lines included); inline `<code>` keeps its text; script/style are dropped; runs of
 whitespace outside `<pre>` collapse to one space.
 
@@ -87,12 +88,13 @@ from dolmino.documents import (
 )
 
 SOURCE = "stackexchange"
-# The conversion rules' revision, in a build's attribute keys. 3: a file without its `</posts>` line is
-# quarantined as `truncated_file`, and a question pairs only with the answer its AcceptedAnswerId names
-# where a file repeats question Ids (a complete dump with unique Ids converts as under 2); 2: an accepted
-# answer without text is removed (`answer_empty`); revision 1 (no key) kept its question as a document
-# of its own.
-CONVERSION_REVISION = 3
+# The conversion rules' revision, in a build's attribute keys. 4: a table's cells are separated (they ran
+# together: "NameAge"), and the "- " of a list item without text no longer lands on the next paragraph;
+# 3: a file without its `</posts>` line is quarantined as `truncated_file`, and a question pairs only
+# with the answer its AcceptedAnswerId names where a file repeats question Ids (a complete dump with
+# unique Ids converts as under 2); 2: an accepted answer without text is removed (`answer_empty`);
+# revision 1 (no key) kept its question as a document of its own.
+CONVERSION_REVISION = 4
 
 
 # ---------------------------------------------------------------------------- HTML -> text
@@ -103,6 +105,8 @@ _BLOCK_TAGS = frozenset({
     "details", "summary", "figure", "figcaption", "aside", "header", "footer",
 })
 _DROP_TAGS = frozenset({"script", "style"})
+_LIST_TAGS = frozenset({"li", "ul", "ol"})  # where a list item ends, its "- " must not wait for the next block
+_CELL_TAGS = frozenset({"td", "th"})  # cells of a table row, separated so their words do not run together
 _SPACES = re.compile(r"[ \t\r\n\f\v]+")
 _MULTI_SPACE = re.compile(r" {2,}")
 
@@ -142,6 +146,9 @@ class _HtmlToText(HTMLParser):
                 self.pre_depth += 1
         elif tag == "br":
             self.inline.append("\n")
+        elif tag in _CELL_TAGS:
+            if "".join(self.inline).strip():
+                self.inline.append(" | ")
         elif tag == "pre":
             self._flush()
             self.pre_depth = 1
@@ -166,6 +173,8 @@ class _HtmlToText(HTMLParser):
                     self._flush_pre()
         elif tag in _BLOCK_TAGS:
             self._flush()
+            if tag in _LIST_TAGS:
+                self.prefix = ""
 
     def handle_data(self, data):
         if self.drop_depth:

@@ -141,6 +141,21 @@ def test_html_to_text(html, text):
     assert html_to_text(html) == text
 
 
+@pytest.mark.parametrize("html,text", [
+    # a Markdown table as the site renders it: cells ran together ("NameAge", "Bob3")
+    ('<table class="s-table"><thead><tr><th>Name</th><th>Age</th></tr></thead>'
+     "<tbody><tr><td>Bob</td><td>3</td></tr></tbody></table>", "Name | Age\n\nBob | 3"),
+    # an item holding only an image or nothing: its "- " went to the next paragraph or heading
+    ('<ul><li><img src="https://i.sstatic.net/x.png"></li></ul><p>The plot above.</p>', "The plot above."),
+    ("<p>A</p><ol><li>  </li></ol><h2>Title</h2>", "A\n\nTitle"),
+    ("<ul><li><pre><code>make</code></pre></li></ul><p>then run it</p>", "make\n\nthen run it"),
+])
+def test_tables_and_lists_keep_their_words_and_places(html, text):
+    """Found by a tester: table cells were joined with nothing, and an item without text of its own
+    lent its "- " to the block after the list."""
+    assert html_to_text(html) == text
+
+
 def test_tags_and_site():
     assert parse_tags("<c++><string>") == ["c++", "string"]
     assert parse_tags("|python|pandas|") == ["python", "pandas"]
