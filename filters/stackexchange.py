@@ -70,6 +70,7 @@ import re
 import sqlite3
 import sys
 import tempfile
+import unicodedata
 import zlib
 import xml.etree.ElementTree as ET
 from array import array
@@ -89,7 +90,8 @@ from dolmino.documents import (
 
 SOURCE = "stackexchange"
 # The conversion rules' revision, in a build's attribute keys. 4: a table's cells are separated (they ran
-# together: "NameAge"), and the "- " of a list item without text no longer lands on the next paragraph;
+# together: "NameAge"), the "- " of a list item without text no longer lands on the next paragraph, and an
+# answer of invisible characters only (a zero-width space) is `answer_empty`;
 # 3: a file without its `</posts>` line is quarantined as `truncated_file`, and a question pairs only
 # with the answer its AcceptedAnswerId names where a file repeats question Ids (a complete dump with
 # unique Ids converts as under 2); 2: an accepted answer without text is removed (`answer_empty`);
@@ -797,6 +799,12 @@ def _pair_step(waiting: Waiting | None, half: PostHalf) -> tuple[Waiting | None,
     return left, pair, replaced
 
 
+def _has_text(text: str) -> bool:
+    """Something besides whitespace and invisible format characters (Unicode Cf: a zero-width space
+    alone, `<p>&#8203;</p>`, was kept as an answer; a tester)."""
+    return any(not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in text)
+
+
 def _finish(q: dict, a: dict, config: StackExchangeConfig, stats: StackExchangeStats, site: str,
             path: str) -> tuple[dict | None, str | None]:
     """(document, None), or (None, reason) when the accepted answer's score is too low or it
@@ -806,7 +814,7 @@ def _finish(q: dict, a: dict, config: StackExchangeConfig, stats: StackExchangeS
         stats.removed[reason] += 1
         return None, reason
     answer = html_to_text(a["body"])
-    if not answer.strip():
+    if not _has_text(answer):
         stats.removed["answer_empty"] += 1
         return None, "answer_empty"
     stats.kept += 1

@@ -182,6 +182,8 @@ def test_thresholds_and_removal_reasons(tmp_path):
         answer(109, 8, 9, '<p><img src="https://i.sstatic.net/x.png" alt="a plot"></p>'),
         answer(110, 9, 9, "<p> <a href='https://example.com'></a> </p>"),
         question(9, 9, "empty link", body, accepted=110),
+        # a zero-width space alone is no text either (it was kept as an answer; a tester)
+        answer(111, 10, 9, "<p>&#8203;</p>"), question(10, 9, "zero-width space", body, accepted=111),
     ]
     path = write_posts(tmp_path, rows)
     stats = StackExchangeStats()
@@ -190,14 +192,14 @@ def test_thresholds_and_removal_reasons(tmp_path):
     assert docs[0]["text"] == "question score 3 (edge, kept)\n\nSome question body text.\n\n\nfive"
     assert docs[1]["text"].endswith("\n\n\naccepted")
     assert stats.removed == {"no_accepted_answer": 1, "question_score<3": 1, "answer_score<5": 1,
-                             "answer_missing": 2, "answer_empty": 2}
-    assert stats.questions_seen == 9 and stats.kept == 2
+                             "answer_missing": 2, "answer_empty": 3}
+    assert stats.questions_seen == 10 and stats.kept == 2
     stats.check_balance()
 
     loose = StackExchangeStats()
     docs = list(read_stackexchange(str(path), min_question_score=0, min_answer_score=0, stats=loose))
     assert [d["metadata"]["question_id"] for d in docs] == [2, 3, 4, 7]
-    assert loose.removed == {"no_accepted_answer": 1, "answer_missing": 2, "answer_empty": 2}
+    assert loose.removed == {"no_accepted_answer": 1, "answer_missing": 2, "answer_empty": 3}
 
 
 def test_malformed_rows_are_quarantined(tmp_path):
