@@ -827,7 +827,8 @@ def test_a_rank_whose_peer_stopped_knows_it(tmp_path):
     assert json.loads(out.read_text()) == [True, False, False]  # this rank's own NCCL fault keeps its traceback
 
 
-def _startup_worker(rank: int, port: int, data: list, save_dir: str, out: str, resume: bool = False) -> None:
+def _startup_worker(rank: int, port: int, data: list, save_dir: str, out: str, resume: bool = False,
+                    flag: str = "--data") -> None:
     import contextlib
     import os
 
@@ -838,7 +839,7 @@ def _startup_worker(rank: int, port: int, data: list, save_dir: str, out: str, r
     from trainer.run import main
 
     with open(f"{out}.{rank}.err", "w") as err, contextlib.redirect_stderr(err):
-        code = main(["--data", data[rank], "--model", "tiny", "--steps", "1", "--seq-len", "32", "--batch-size",
+        code = main([flag, data[rank], "--model", "tiny", "--steps", "1", "--seq-len", "32", "--batch-size",
                      "2", "--device", "cpu", "--save-dir", f"{save_dir}{rank}", *(["--resume"] if resume else [])])
     Path(f"{out}.{rank}.rc").write_text(str(code))
     os._exit(0)  # as exit_process does for a finished rank: gloo's teardown is not under test
@@ -895,6 +896,96 @@ def test_a_failed_start_up_check_on_one_rank_stops_every_rank_with_a_line(data_d
                                "share --save-dir with it needs a copy of the checkpoint to resume there"}[copy]
     assert reason in errs[1] and errs[1].count("\n") == 1, errs
     assert resume or not (tmp_path / "run0").exists()  # nothing was started
+
+
+def test_a_node_without_the_mix_stops_every_rank_with_a_line(data_dir, tmp_path):
+    """A node whose --mix cannot be read (its manifest or build not copied there) refused it before the
+    process group, and the other nodes' ranks waited for it in init_process_group: a hang for gloo's
+    30 minutes (found by a tester). Under torchrun it is a start-up check the ranks agree on."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    shutil.copytree(data_dir, tmp_path / "build" / "mixes" / "demo")
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "demo.json").write_text(json.dumps({"name": "demo", "output": "../build/mixes/demo"}))
+    missing = tmp_path / "node1" / "manifests" / "demo.json"  # rank 1's node holds no copy
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = str(tmp_path / "rank")
+    ranks = [mp.get_context("spawn").Process(target=_startup_worker, args=(
+        r, port, [str(tmp_path / "manifests" / "demo.json"), str(missing)], str(tmp_path / "run"), out, False,
+        "--mix")) for r in (0, 1)]
+    for p in ranks:
+        p.start()
+    for p in ranks:
+        p.join(60)
+    hung = [r for r, p in enumerate(ranks) if p.is_alive()]
+    for p in ranks:
+        p.kill()
+    assert not hung, f"rank(s) {hung} still waiting after 60 s"
+    codes = [int(Path(f"{out}.{r}.rc").read_text()) for r in (0, 1)]
+    errs = [Path(f"{out}.{r}.err").read_text() for r in (0, 1)]
+    assert codes == [2, 2], errs
+    assert errs[0].strip().endswith("error: rank 0: another rank's start-up checks failed; its error says why"), errs
+    assert errs[1] == f"trainer.run: error: manifest {missing} does not exist\n", errs
+
+
+def _node_worker(rank: int, port: int, argvs: list, out: str) -> None:
+    """main(argvs[rank]) as the only rank of node `rank` of 2; its exit status and stderr in out.RANK.*."""
+    import contextlib
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE="2", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    from trainer.run import main
+
+    with open(f"{out}.{rank}.err", "w") as err, contextlib.redirect_stderr(err):
+        code = main(argvs[rank])
+    Path(f"{out}.{rank}.rc").write_text(str(code))
+    os._exit(0)  # as exit_process does for a finished rank: gloo's teardown is not under test
+
+
+def test_a_node_without_the_init_from_its_resume_records_stops_every_rank_with_a_line(data_dir, tmp_path):
+    """A resumed anneal reads the --init-from its checkpoint records (its shape and schedule); a node without
+    that copy refused before the process group, and the other nodes' ranks waited in init_process_group for
+    gloo's 30 minutes (found by a tester). It is a start-up check the ranks agree on."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from trainer.run import main
+
+    base = ["--data", str(data_dir), "--steps", "1", "--seq-len", "32", "--batch-size", "2", "--device", "cpu"]
+    assert main([*base, "--model", "tiny", "--save-dir", str(tmp_path / "init")]) == 0
+    assert main([*base, "--init-from", str(tmp_path / "init"), "--save-dir", str(tmp_path / "run0")]) == 0
+    shutil.copytree(tmp_path / "run0", tmp_path / "run1")  # node 1's copy of the run; its --init-from is gone
+    config = tmp_path / "run1" / "step000001" / "config.json"
+    recorded = json.loads(config.read_text())
+    recorded["init"]["path"] = str(tmp_path / "gone")
+    config.write_text(json.dumps(recorded))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = str(tmp_path / "rank")
+    argvs = [[*base, "--steps", "2", "--resume", "--save-dir", str(tmp_path / f"run{r}")] for r in (0, 1)]
+    ranks = [mp.get_context("spawn").Process(target=_node_worker, args=(r, port, argvs, out)) for r in (0, 1)]
+    for p in ranks:
+        p.start()
+    for p in ranks:
+        p.join(60)
+    hung = [r for r, p in enumerate(ranks) if p.is_alive()]
+    for p in ranks:
+        p.kill()
+    assert not hung, f"rank(s) {hung} still waiting after 60 s"
+    codes = [int(Path(f"{out}.{r}.rc").read_text()) for r in (0, 1)]
+    errs = [Path(f"{out}.{r}.err").read_text() for r in (0, 1)]
+    assert codes == [2, 2], errs
+    assert errs[0].strip().endswith("error: rank 0: another rank's start-up checks failed; its error says why"), errs
+    assert errs[1] == (f"trainer.run: error: {tmp_path / 'run1' / 'step000001'} was started from --init-from "
+                       f"{tmp_path / 'gone'}, which is not there any more; pass --init-from with a copy of it (its "
+                       "shape and schedule are read, not its weights)\n"), errs
 
 
 def _same_args_worker(rank: int, ports: list, argvs: list, out: str) -> None:

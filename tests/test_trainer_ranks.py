@@ -121,6 +121,49 @@ def test_a_save_dir_holding_a_run_is_said_once_under_torchrun(data_dir, tmp_path
     assert root_cause_is_rank_0(output), output[-2000:]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("module, prog, args", [
+    ("trainer.eval", "trainer.eval", ["--checkpoint", "{ckpt}", "--tasks", "arc_easy", "--limit", "2", "--out",
+                                      "{out}"]),
+    ("trainer.export_hf", "export_hf", ["{ckpt}", "{out}"]),
+    ("trainer.soup", "soup", ["{out}", "{ckpt}", "{ckpt}/step000001"]),
+])
+def test_a_one_process_command_under_torchrun_is_refused_once(data_dir, tmp_path, module, prog, args):
+    """`torchrun --nproc_per_node 2 -m trainer.eval` (or export_hf, soup) ran the whole command on each
+    rank: two evaluations on the first GPU, two writes of one output, every line twice (found by a
+    tester). The node's first rank says in one line to run it as python -m, and exits 2 before any work."""
+    from trainer.run import main
+
+    ckpt, out = tmp_path / "run", tmp_path / "out"
+    assert main(["--data", str(data_dir), *map(str, TINY), "--steps", "1", "--save-dir", str(ckpt)]) == 0
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed next to this interpreter")
+    proc = run_cli(*[a.format(ckpt=ckpt, out=out) for a in args], module=module,
+                   launcher=[torchrun, "--standalone", "--nproc_per_node", "2", "-m"])
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and not out.exists(), output[-3000:]
+    said = (f"{prog}: error: it runs in one process and does not share its work between ranks, and torchrun "
+            f"started 2: run it as python -m {module}")
+    assert output.count(said) == 1 and output.count("error:") == 1, output[-3000:]
+    assert root_cause_is_rank_0(output), output[-2000:]
+
+
+def test_a_one_process_command_runs_where_only_the_environment_holds_a_world_size(monkeypatch, capsys):
+    """A job's environment may set WORLD_SIZE for its training step; a later plain `python -m trainer.eval`
+    is one process all the same. torchrun's own variable tells its ranks."""
+    from trainer.distributed import one_process_refusal
+
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert one_process_refusal("soup", "trainer.soup") is None and capsys.readouterr().err == ""
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    assert one_process_refusal("soup", "trainer.soup") == 2
+    assert capsys.readouterr().err == ("soup: error: it runs in one process and does not share its work between "
+                                       "ranks, and torchrun started 8: run it as python -m trainer.soup\n")
+
+
 def test_a_rank_that_leaves_an_error_to_rank_0_says_it_if_not_stopped(data_dir, tmp_path, capsys, monkeypatch):
     """A rank other than its node's first says nothing and waits for torchrun to stop it; where
     nothing does (rank 0 did not fail alike), it says its error after all: never lost."""

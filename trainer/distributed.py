@@ -73,6 +73,28 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+# How long a rank other than its node's first waits for torchrun to stop it (`one_process_refusal`).
+ONE_PROCESS_WAIT_S = 30.0
+
+
+def one_process_refusal(prog: str, module: str) -> int | None:
+    """Exit status 2, after one line, where a one-process command (trainer.eval, export_hf, soup) was
+    started under torchrun; None otherwise. Each of the N ranks ran the whole command: N copies of the
+    model on the first GPU (each picks cuda:0), N writes of one output, every line N times (found by a
+    tester). The node's first rank says it; the others wait for torchrun to stop them once it has exited
+    (the first rank to exit is torchrun's root cause), and say it themselves if it has not. torchrun's
+    own variable, not WORLD_SIZE alone: a job's environment may hold that for a later plain `python -m`."""
+    world_size = launched_world_size()
+    if world_size == 1 or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return None
+    if int(os.environ.get("LOCAL_RANK", "0")) != 0:
+        time.sleep(ONE_PROCESS_WAIT_S)
+    sys.stderr.write(f"{prog}: error: it runs in one process and does not share its work between ranks, and "
+                     f"torchrun started {world_size}: run it as python -m {module}\n")
+    sys.stderr.flush()
+    return 2
+
+
 BACKENDS = ("auto", "nccl", "gloo")
 
 

@@ -1021,8 +1021,10 @@ def main(argv: list[str] | None = None) -> int:
     from dolmino.assets import AssetError
 
     from dolmino.errors import ManifestError
-    from trainer.distributed import DeviceUnavailable, pick_device
+    from trainer.distributed import DeviceUnavailable, one_process_refusal, pick_device
 
+    if (refused := one_process_refusal(invoked_as("trainer.eval"), "trainer.eval")) is not None:
+        return refused
     args = build_parser().parse_args(argv)
     prog = invoked_as("trainer.eval")  # `dolmino eval` when the launcher runs it
     if args.threads is not None:

@@ -47,6 +47,7 @@ import torch
 from dolmino.s3 import local_path
 from trainer.cli import HelpFormatter
 from trainer.config import ModelConfig
+from trainer.distributed import one_process_refusal
 from trainer.tokenizer_files import checkpoint_tokenizer, no_tokenizer_note, write_tokenizer
 
 _LAYER_NAMES = {
@@ -359,6 +360,8 @@ def size_arg(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (refused := one_process_refusal("export_hf", "trainer.export_hf")) is not None:
+        return refused
     parser = argparse.ArgumentParser(prog="python -m trainer.export_hf", description=__doc__,
                                      formatter_class=HelpFormatter)
     parser.add_argument("checkpoint", type=local_path,

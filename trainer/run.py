@@ -352,7 +352,16 @@ def main(argv: list[str] | None = None) -> int:
     prog = invoked_as("trainer.run")  # `dolmino train` when the launcher runs it
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if args.mix:
+    # What this node's copies lack (the mix, the --init-from a resume records), raised in the start-up checks
+    # under torchrun: refused before the process group, it left the other nodes' ranks waiting for this one in
+    # init_process_group, gloo's 30 minutes (found by a tester). Every rank agrees on those, as on --resume's.
+    node_copy_error = None
+    if args.mix and launched_world_size() > 1:
+        said: list[str] = []
+        data_paths = built_mix_paths(args.mix, prog, say=said.append) or []
+        if said:
+            node_copy_error = DataError(said[0].removeprefix(f"{prog}: error: "))
+    elif args.mix:
         data_paths = built_mix_paths(args.mix, prog, say=refuse_before_group)
         if data_paths is None:
             return 2
@@ -381,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             taken = init_from_resumed(args, resume_from) if found else None
         except ValueError as exc:
-            return refuse_before_group(f"{prog}: error: {exc}")
+            if launched_world_size() == 1:
+                return refuse_before_group(f"{prog}: error: {exc}")
+            taken, node_copy_error = None, node_copy_error or exc
         if taken and os.environ.get("RANK", "0") == "0":  # before the process group: every rank got here
             print(taken)
         if args.overwrite and own_checkpoint(resume_from, args.save_dir):
@@ -417,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         # reason and every other rank with a line saying so, where each had learnt it from the
         # next collective breaking (under NCCL, a wait for its timeout).
         try:
+            if node_copy_error is not None:  # this node's --mix or recorded --init-from, under torchrun
+                raise node_copy_error
             if resume_missing is not None:  # one node's --save-dir without the checkpoint the others resume
                 raise resume_missing
             init = inspect_init(args)

@@ -46,6 +46,7 @@ import torch
 from dolmino.s3 import local_path
 from trainer.checkpoint import CONFIG_FILE, MODEL_FILE, write_failure
 from trainer.cli import HelpFormatter
+from trainer.distributed import one_process_refusal
 from trainer.export_hf import DEFAULT_MAX_SHARD_SIZE, size_arg
 
 HF_SUBDIR = "hf"
@@ -369,6 +370,8 @@ def soup(out_dir: str | Path, checkpoints: list[str | Path], dtype: str | None =
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (refused := one_process_refusal("soup", "trainer.soup")) is not None:
+        return refused
     parser = argparse.ArgumentParser(prog="python -m trainer.soup", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("out", type=local_path, help="output directory for the averaged model")
     parser.add_argument("checkpoints", nargs="+", type=local_path,
