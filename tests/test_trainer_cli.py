@@ -904,8 +904,6 @@ def test_a_node_without_the_mix_stops_every_rank_with_a_line(data_dir, tmp_path)
     30 minutes (found by a tester). Under torchrun it is a start-up check the ranks agree on."""
     import socket
 
-    import torch.multiprocessing as mp
-
     shutil.copytree(data_dir, tmp_path / "build" / "mixes" / "demo")
     (tmp_path / "manifests").mkdir()
     (tmp_path / "manifests" / "demo.json").write_text(json.dumps({"name": "demo", "output": "../build/mixes/demo"}))
@@ -914,9 +912,20 @@ def test_a_node_without_the_mix_stops_every_rank_with_a_line(data_dir, tmp_path)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     out = str(tmp_path / "rank")
-    ranks = [mp.get_context("spawn").Process(target=_startup_worker, args=(
+    codes, errs = _two_ranks(_startup_worker, lambda r: (
         r, port, [str(tmp_path / "manifests" / "demo.json"), str(missing)], str(tmp_path / "run"), out, False,
-        "--mix")) for r in (0, 1)]
+        "--mix"), out)
+    assert codes == [2, 2], errs
+    assert errs[0].strip().endswith("error: rank 0: another rank's start-up checks failed; its error says why"), errs
+    assert errs[1] == f"trainer.run: error: manifest {missing} does not exist\n", errs
+
+
+def _two_ranks(target, args_of_rank, out: str) -> tuple[list[int], list[str]]:
+    """Ranks 0 and 1 of `target(*args_of_rank(rank))` in spawned processes, none left waiting after 60 s;
+    their exit statuses and stderr, which each wrote to out.RANK.rc / .err."""
+    import torch.multiprocessing as mp
+
+    ranks = [mp.get_context("spawn").Process(target=target, args=args_of_rank(r)) for r in (0, 1)]
     for p in ranks:
         p.start()
     for p in ranks:
@@ -925,11 +934,8 @@ def test_a_node_without_the_mix_stops_every_rank_with_a_line(data_dir, tmp_path)
     for p in ranks:
         p.kill()
     assert not hung, f"rank(s) {hung} still waiting after 60 s"
-    codes = [int(Path(f"{out}.{r}.rc").read_text()) for r in (0, 1)]
-    errs = [Path(f"{out}.{r}.err").read_text() for r in (0, 1)]
-    assert codes == [2, 2], errs
-    assert errs[0].strip().endswith("error: rank 0: another rank's start-up checks failed; its error says why"), errs
-    assert errs[1] == f"trainer.run: error: manifest {missing} does not exist\n", errs
+    return ([int(Path(f"{out}.{r}.rc").read_text()) for r in (0, 1)],
+            [Path(f"{out}.{r}.err").read_text() for r in (0, 1)])
 
 
 def _node_worker(rank: int, port: int, argvs: list, out: str) -> None:
@@ -953,8 +959,6 @@ def test_a_node_without_the_init_from_its_resume_records_stops_every_rank_with_a
     gloo's 30 minutes (found by a tester). It is a start-up check the ranks agree on."""
     import socket
 
-    import torch.multiprocessing as mp
-
     from trainer.run import main
 
     base = ["--data", str(data_dir), "--steps", "1", "--seq-len", "32", "--batch-size", "2", "--device", "cpu"]
@@ -970,17 +974,7 @@ def test_a_node_without_the_init_from_its_resume_records_stops_every_rank_with_a
         port = sock.getsockname()[1]
     out = str(tmp_path / "rank")
     argvs = [[*base, "--steps", "2", "--resume", "--save-dir", str(tmp_path / f"run{r}")] for r in (0, 1)]
-    ranks = [mp.get_context("spawn").Process(target=_node_worker, args=(r, port, argvs, out)) for r in (0, 1)]
-    for p in ranks:
-        p.start()
-    for p in ranks:
-        p.join(60)
-    hung = [r for r, p in enumerate(ranks) if p.is_alive()]
-    for p in ranks:
-        p.kill()
-    assert not hung, f"rank(s) {hung} still waiting after 60 s"
-    codes = [int(Path(f"{out}.{r}.rc").read_text()) for r in (0, 1)]
-    errs = [Path(f"{out}.{r}.err").read_text() for r in (0, 1)]
+    codes, errs = _two_ranks(_node_worker, lambda r: (r, port, argvs, out), out)
     assert codes == [2, 2], errs
     assert errs[0].strip().endswith("error: rank 0: another rank's start-up checks failed; its error says why"), errs
     assert errs[1] == (f"trainer.run: error: {tmp_path / 'run1' / 'step000001'} was started from --init-from "
