@@ -290,6 +290,8 @@ class StackExchangeStats:
 def _chunks_for(path: str):
     if (found := compression(path, (".xml",))) is not None:
         return CHUNK_READERS[found]
+    if os.path.isdir(path):  # a site's directory (math.stackexchange.com) read "expected Posts.xml" (a tester)
+        raise ValueError(f"{path}: a directory; give its Posts.xml ({os.path.join(path, 'Posts.xml')})")
     raise ValueError(f"{path}: expected Posts.xml, .xml.gz or .xml.zst (extract .7z dump archives first)")
 
 

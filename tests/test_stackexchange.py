@@ -621,3 +621,12 @@ def test_a_posts_file_without_its_closing_line_is_one_truncated_file_record(tmp_
     gz.write_bytes(gzip.compress(complete))
     quarantine = Quarantine()
     assert len(list(read_stackexchange(str(gz), quarantine=quarantine))) == 2 and quarantine.total == 0
+
+
+def test_a_site_directory_is_named_as_a_directory(tmp_path):
+    """`python -m filters.stackexchange math.stackexchange.com` (the extracted site's directory) said
+    "expected Posts.xml, .xml.gz or .xml.zst" (a tester)."""
+    site = tmp_path / "math.stackexchange.com"
+    site.mkdir()
+    with pytest.raises(ValueError, match=r"math\.stackexchange\.com: a directory; give its Posts\.xml \("):
+        list(read_stackexchange(str(site), stats=StackExchangeStats()))

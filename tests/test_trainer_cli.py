@@ -218,6 +218,8 @@ def test_a_manifest_on_s3_is_named_as_a_url(capsys):
     assert schedule_main(["--mix", url, "--model", "tiny", "--steps", "1"]) == 2
     err = capsys.readouterr().err
     assert f"trainer.schedule: {said}" in err and "s3:/bkt" not in err
+    assert main(["--mix", "https://host/m.json", "--model", "tiny", "--steps", "1"]) == 2  # aws s3 cp takes no https
+    assert "copy it here first (`curl -O https://host/m.json`) and pass the copy" in capsys.readouterr().err
     # --data s3:// as trainer.run says it (it read "data path s3:/bkt/... does not exist"; a reviewer)
     for command in (main, schedule_main):
         assert command(["--data", "s3://bkt/mixes/demo", "--model", "tiny", "--steps", "1"]) == 2

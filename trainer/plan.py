@@ -141,9 +141,12 @@ def mix_output_dir(manifest_path: str | Path, prog: str = "trainer.run") -> Path
     """The built mix directory a manifest names; exits with a clear message if it is not built,
     or if it was built from another manifest (its manifest.json differs)."""
     if "://" in str(manifest_path):  # through Path, s3://b/m.json became "manifest s3:/b/m.json does not exist"
+        # `aws s3 cp` takes s3:// URLs only: an https:// one was told to use it (a tester)
+        fetch = "aws s3 cp" if str(manifest_path).startswith("s3://") else "curl -O"
         raise SystemExit(redact(f"{prog}: --mix {manifest_path} is a URL; --mix reads a local manifest file: copy it "
-                                f"here first (`aws s3 cp {manifest_path} .`) and pass the copy, or, to train on the "
-                                "build it lies in, fetch that build and pass --data DIR"))
+                                f"here first (`{fetch} {manifest_path}{' .' if fetch == 'aws s3 cp' else ''}`) and "
+                                "pass the copy, or, to train on the build it lies in, fetch that build and pass "
+                                "--data DIR"))
     manifest_path = Path(manifest_path)
     if manifest_path.is_dir():
         raise SystemExit(f"{prog}: --mix {manifest_path} is a directory; --mix takes the manifest JSON, pass a "

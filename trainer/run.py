@@ -576,7 +576,9 @@ def main(argv: list[str] | None = None) -> int:
         # Another rank stopped (its own error line says why; a node's start-up check, a full disk):
         # this one printed a 50-line gloo/NCCL traceback and exited 1, like a crash (found by a tester).
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
-        say(f"{prog}: error: rank {env.rank}: another rank stopped; its error says why ({first[:200]})")
+        # a rank killed by a signal (kill -9, the OOM killer) says nothing itself: torchrun's summary names it
+        say(f"{prog}: error: rank {env.rank}: another rank stopped; its error, or torchrun's summary for a rank "
+            f"killed by a signal, says why ({first[:200]})")
         return 2
     except KeyboardInterrupt:
         # Ctrl-C printed a 30-line traceback from inside the step on every rank (found by a tester);
