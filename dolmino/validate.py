@@ -186,28 +186,33 @@ def _read_sidecar(part: PartResult, sidecar: Path) -> tuple[np.ndarray, np.ndarr
             table.column("end").to_numpy().astype(np.int64, copy=False), table.column("src"))
 
 
-def _by_source(src, starts: np.ndarray, ends: np.ndarray) -> dict[str, tuple[int, int, int]]:
-    """source -> (tokens, documents, first row) of a sidecar whose rows tile its token file."""
+def _source_codes(src) -> tuple[np.ndarray, list[str]]:
+    """Each sidecar row's source as an index into the source names (every name occurs)."""
     encoded = src.combine_chunks().dictionary_encode()
-    index = encoded.indices.to_numpy(zero_copy_only=False)
-    tokens = np.bincount(index, weights=ends - starts, minlength=len(encoded.dictionary))
-    docs = np.bincount(index, minlength=len(encoded.dictionary))
+    return encoded.indices.to_numpy(zero_copy_only=False), [str(n) for n in encoded.dictionary.to_pylist()]
+
+
+def _by_source(codes: tuple[np.ndarray, list[str]], starts: np.ndarray, ends: np.ndarray
+               ) -> dict[str, tuple[int, int, int]]:
+    """source -> (tokens, documents, first row) of a sidecar whose rows tile its token file."""
+    index, names = codes
+    tokens = np.bincount(index, weights=ends - starts, minlength=len(names))
+    docs = np.bincount(index, minlength=len(names))
     first = np.unique(index, return_index=True)[1]  # every dictionary entry occurs: entry k's first row
-    return {str(name): (int(tokens[k]), int(docs[k]), int(first[k]))
-            for k, name in enumerate(encoded.dictionary.to_pylist())}
+    return {name: (int(tokens[k]), int(docs[k]), int(first[k])) for k, name in enumerate(names)}
 
 
-def _masked_by_source(mask: np.ndarray, src, starts: np.ndarray, ends: np.ndarray) -> dict[str, int]:
+def _masked_by_source(mask: np.ndarray, codes: tuple[np.ndarray, list[str]], starts: np.ndarray, ends: np.ndarray
+                      ) -> dict[str, int]:
     """source -> tokens the label mask keeps out of the loss (its 0 bytes), over sidecar rows that tile the
     mask: report.json's masked-token counts were not checked, an edited one validated OK (found by a tester).
     One pass over the mask, no copy of it: per row, its length less the sum of its 1 bytes."""
     if not len(starts):
         return {}
+    index, names = codes
     kept = np.add.reduceat(mask, starts, dtype=np.int64)
-    encoded = src.combine_chunks().dictionary_encode()
-    index = encoded.indices.to_numpy(zero_copy_only=False)
-    masked = np.bincount(index, weights=(ends - starts) - kept, minlength=len(encoded.dictionary))
-    return {str(name): int(masked[k]) for k, name in enumerate(encoded.dictionary.to_pylist())}
+    masked = np.bincount(index, weights=(ends - starts) - kept, minlength=len(names))
+    return {name: int(masked[k]) for k, name in enumerate(names)}
 
 
 def _rows(indices: np.ndarray) -> str:
@@ -324,7 +329,7 @@ def validate_part(path: Path, vocab_size: int, eos_id: int, backend: str = "auto
         first = scan.first_out_of_vocab
         part.error(f"{scan.n_out_of_vocab} token id(s) >= vocab_size {vocab_size} (first: {int(tokens[first])} "
                    f"at offset {first}; max id {scan.max_id})")
-    tiled = None  # (src, starts, ends) of a sidecar whose rows tile the token file
+    tiled = None  # (source codes, starts, ends) of a sidecar whose rows tile the token file
     if not sidecar.exists():
         part.error(f"sidecar {sidecar.name} is missing")
     else:
@@ -333,8 +338,8 @@ def validate_part(path: Path, vocab_size: int, eos_id: int, backend: str = "auto
             starts, ends, src = rows
             part.docs = len(starts)
             if _check_layout(part, sidecar.name, starts, ends, part.tokens):
-                tiled = (src, starts, ends)
-                part.by_source = _by_source(src, starts, ends)
+                tiled = (_source_codes(src), starts, ends)  # the sources encoded once, for the mask's counts too
+                part.by_source = _by_source(*tiled)
                 bad = csrc.eos_mismatches(tokens, ends, eos_id, limit=MAX_LISTED + 1, backend=backend)
                 if len(bad):
                     k = int(bad[0])
