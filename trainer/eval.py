@@ -485,14 +485,10 @@ def other_tokenizer(checkpoint: str | Path) -> str | None:
     with dolma2's ids, exit 0 and meaningless accuracies (found by a tester); definitions that
     encode alike (a release's tokenizer.json rewritten by save_pretrained) are dolma2."""
     from dolmino.assets import DOLMA2_TOKENIZER_SHA256
-    from trainer.tokenizer_files import DOLMA2_NAME, encoding_difference, tokenizer_encoding, tokenizer_identity
-    from trainer.weights import CheckpointFormatError, inspect_checkpoint
+    from trainer.tokenizer_files import DOLMA2_NAME, encoding_difference, tokenizer_encoding
 
-    try:
-        found = tokenizer_identity(inspect_checkpoint(checkpoint))
-    except (CheckpointFormatError, OSError, ValueError):
-        return None  # load_model says what is wrong with the checkpoint
-    if not isinstance(found, dict) or found["tokenizer_sha256"] == DOLMA2_TOKENIZER_SHA256:
+    found = _other_tokenizer_identity(checkpoint)
+    if found is None:
         return None
     theirs = tokenizer_encoding(found)
     dolma2 = tokenizer_encoding({"tokenizer_sha256": DOLMA2_TOKENIZER_SHA256, "path": None, "subject": DOLMA2_NAME})
@@ -508,17 +504,27 @@ def recorded_tokenizer(checkpoint: str | Path) -> str | None:
     directory's own file), where that is not the packaged dolma2 and its text is at hand unchanged;
     else None. trainer.run --eval-tasks scores with it: a model trained on such a build was refused
     for its tokenizer, with no flag to name it (found by a tester)."""
+    from trainer.tokenizer_files import tokenizer_encoding
+
+    found = _other_tokenizer_identity(checkpoint)
+    if found is None or not found["path"]:
+        return None
+    return None if isinstance(tokenizer_encoding(found), str) else found["path"]  # str: changed since, unreadable
+
+
+def _other_tokenizer_identity(checkpoint: str | Path) -> dict | None:
+    """The tokenizer identity `checkpoint` records (`tokenizer_files.tokenizer_identity`) where it is not
+    the packaged dolma2's; None where it is, says none, or the checkpoint cannot be read (load_model says
+    what is wrong with it)."""
     from dolmino.assets import DOLMA2_TOKENIZER_SHA256
-    from trainer.tokenizer_files import tokenizer_encoding, tokenizer_identity
+    from trainer.tokenizer_files import tokenizer_identity
     from trainer.weights import CheckpointFormatError, inspect_checkpoint
 
     try:
         found = tokenizer_identity(inspect_checkpoint(checkpoint))
     except (CheckpointFormatError, OSError, ValueError):
         return None
-    if not isinstance(found, dict) or found["tokenizer_sha256"] == DOLMA2_TOKENIZER_SHA256 or not found["path"]:
-        return None
-    return None if isinstance(tokenizer_encoding(found), str) else found["path"]  # str: changed since, unreadable
+    return found if isinstance(found, dict) and found["tokenizer_sha256"] != DOLMA2_TOKENIZER_SHA256 else None
 
 
 # ---------------------------------------------------------------------------- scoring
