@@ -1127,19 +1127,12 @@ def _first_line_hint(path: str, raw: bytes) -> str:
         return _compressed_hint(path, held)
     if raw.startswith(_UTF16_BOMS):
         return "; the file is UTF-16 text (it starts with a UTF-16 byte-order mark): convert it to UTF-8"
-    if b"\r" in raw.rstrip(b"\r\n") and _json_object_line(raw.split(b"\r", 1)[0]):
+    if b"\r" in raw.rstrip(b"\r\n") and parse_json_object(raw.split(b"\r", 1)[0])[0] is not None:
         # lines ending in a carriage return alone (classic Mac OS): the whole file read as one line,
         # its documents one quarantined record (found by a tester). Said only where the text before
         # the first one is a whole JSON object: a raw \r is also JSON whitespace inside a line
         return "; its lines end in a carriage return alone (\\r, classic Mac OS line ends): convert them to \\n"
     return ""
-
-
-def _json_object_line(raw: bytes) -> bool:
-    try:
-        return isinstance(json.loads(raw), dict)
-    except ValueError:
-        return False
 
 
 def _compressed_hint(path: str, held: str) -> str:
