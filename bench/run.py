@@ -490,12 +490,15 @@ def build_report(results: list[BenchResult], machine: dict, options: dict, note:
 def merge_reports(earlier: dict, new: dict) -> dict:
     """`new`, plus every benchmark of `earlier` that `new` did not run (with its figures).
 
-    A kept benchmark records where it was measured (`measured`: date, commit, load, options
-    of its run), so a report assembled from several runs says which figure came from which.
-    The machine, versions and anchors in the header are the new run's."""
+    A kept benchmark records where it was measured (`measured`: date, commit, CPU, load, options
+    of its run), so a report assembled from several runs says which figure came from which. The
+    CPU matters most: a shared host is not always the same model (AMD and Intel runs sat side by
+    side in one report, under the newest run's CPU alone). The machine, versions and anchors in
+    the header are the new run's."""
     ran = {b["name"] for b in new["benchmarks"]}
     origin = {"generated": earlier.get("generated"),
               "commit": ((earlier.get("machine") or {}).get("git") or {}).get("commit"),
+              "cpu": (earlier.get("machine") or {}).get("cpu"),
               "load_avg_at_start": (earlier.get("machine") or {}).get("load_avg_at_start"),
               "options": earlier.get("options"), "note": earlier.get("note")}
     kept = [{**b, "measured": b.get("measured") or origin} for b in earlier.get("benchmarks", [])
@@ -564,7 +567,8 @@ def render_markdown(report: dict) -> str:
               "benchmark's runs: column \"runs\" below). A ratio > 1 means dolmino is better, whatever "
               "the direction of the unit: value/anchor when higher is better, anchor/value when lower is.", ""]
     git = m.get("git") or {}
-    lines += ["## Machine", "", "| | |", "|---|---|",
+    lines += ["## Machine", "", "(of the benchmarks run now; a kept one's CPU is in its \"measured\" column)", "",
+              "| | |", "|---|---|",
               f"| CPU | {_cell(m.get('cpu'))} ({m.get('cores')} cores, {m.get('cores_usable')} usable) |",
               f"| memory | {m.get('memory_gib')} GiB |", f"| OS | {_cell(m.get('os'))} |",
               f"| Python | {m.get('python')} |",
@@ -592,7 +596,8 @@ def render_markdown(report: dict) -> str:
         when = "this run"
         if b.get("measured"):
             m_ = b["measured"]
-            when = f"earlier: {m_.get('generated') or '?'} @ {(m_.get('commit') or '?')[:10]}"
+            when = (f"earlier: {m_.get('generated') or '?'} @ {(m_.get('commit') or '?')[:10]}, "
+                    f"CPU {_cell(m_.get('cpu') or 'not recorded')}")
         lines.append(f"| {b['name']} | {b['status']} | {b['runs_ok']} | {', '.join(f'{w:.0f}' for w in b['wall_s']) or '–'} "
                      f"| {_fmt(b.get('cores'))} | `{' '.join(b['args'])}` | {when} | {_cell(errs) or '–'} |")
     lines.append("")

@@ -237,6 +237,21 @@ def test_merge_keeps_the_benchmarks_not_rerun_and_says_where_they_come_from(stan
     assert again["benchmarks"][1]["measured"]["commit"] == "a" * 40
 
 
+def test_a_kept_benchmark_names_the_cpu_it_ran_on(stand_ins):
+    """Shared hosts change model between runs: REPORT.md put AMD and Intel figures side by side
+    under the newest run's CPU alone."""
+    machine = harness.machine_info({})
+    first = harness.build_report([_run(stand_ins, "good", "good.py", repeats=1), _run(stand_ins, "other", "good.py",
+                                                                                      repeats=1)],
+                                 {**machine, "cpu": "Intel(R) Xeon(R) Processor"}, {"quick": True, "repeats": 1})
+    second = harness.build_report([_run(stand_ins, "good", "good.py", repeats=1)], {**machine, "cpu": "AMD EPYC"},
+                                  {"quick": True, "repeats": 1, "only": ["good"]})
+    merged = harness.merge_reports(first, second)
+    assert merged["benchmarks"][1]["measured"]["cpu"] == "Intel(R) Xeon(R) Processor"
+    md = harness.render_markdown(merged)
+    assert "| CPU | AMD EPYC (" in md and "CPU Intel(R) Xeon(R) Processor |" in md
+
+
 def test_the_report_names_the_benchmarks_it_does_not_hold():
     """REPORT.md, merged from runs that never included encode_documents, listed what ran now and
     what was kept, and nothing said that one benchmark of `make bench` had no figures at all."""
