@@ -809,28 +809,43 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
     return obj
 
 
-_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]]')
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\],]')
 _JSON_COLON = re.compile(r"\s*:")
 
 
-def _duplicate_key_line(text: str) -> int | None:
-    """The line of the repeated key json refused in `text` (valid JSON up to there): json's hooks
-    get no positions, so the text's strings and brackets are walked again. json refuses an
-    object when it closes (an inner one before its outer one): so is it here."""
-    objects: list[tuple[set, list] | None] = []  # per open bracket: (keys seen, repeats' offsets), None: an array
+def _field_path(where: str, key: str | int) -> str:
+    """`sources[2].filters`, as the schema's errors name a field."""
+    return f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else key
+
+
+def _duplicate_key_place(text: str) -> tuple[int, str] | None:
+    """The line and field path (`sources[2].filters`) of the repeated key json refused in `text` (valid
+    JSON up to there): json's hooks get no positions, so the text's strings, brackets and commas are
+    walked again. json refuses an object when it closes (an inner one before its outer one): so is it
+    here. The line alone left a reader of a one-line manifest, or of a dozen alike sources, to count."""
+    # per open bracket: [its path, keys seen (None: an array), the last key or the element index, first repeat]
+    frames: list[list] = []
     for token in _JSON_TOKEN.finditer(text):
-        mark, top = token.group(), objects[-1] if objects else None
+        mark, top = token.group(), frames[-1] if frames else None
         if mark in "{[":
-            objects.append((set(), []) if mark == "{" else None)
+            path = _field_path(top[0], top[2]) if top else ""
+            frames.append([path, set() if mark == "{" else None, 0, None])
         elif mark in "}]":
-            if top and top[1]:
-                return text.count("\n", 0, top[1][0]) + 1
-            objects.pop()
-        elif top is not None and _JSON_COLON.match(text, token.end()):
+            if top and top[3]:
+                offset, key = top[3]
+                return text.count("\n", 0, offset) + 1, _field_path(top[0], key)
+            frames.pop()
+        elif top is None:
+            continue
+        elif mark == ",":
+            if top[1] is None:
+                top[2] += 1
+        elif top[1] is not None and _JSON_COLON.match(text, token.end()):
             key = json.loads(mark)
-            if key in top[0]:
-                top[1].append(token.start())
-            top[0].add(key)
+            if key in top[1] and top[3] is None:
+                top[3] = (token.start(), key)
+            top[1].add(key)
+            top[2] = key
     return None
 
 
@@ -925,7 +940,8 @@ def read_manifest_json(path: str) -> Any:
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{path}: not valid JSON ({_json_error(exc)})") from None
     except _DuplicateKey as exc:
-        raise ManifestError(f"{path}: {_DuplicateKey(exc.key, _duplicate_key_line(text))}") from None
+        line, where = _duplicate_key_place(text) or (None, "")
+        raise ManifestError(f"{path}: {f'{where}: ' if where else ''}{_DuplicateKey(exc.key, line)}") from None
     except ManifestError as exc:  # a value JSON has not, or too large to read
         where = _refused_value_field(text)
         raise ManifestError(f"{path}: {f'{where}: ' if where else ''}{exc}") from None

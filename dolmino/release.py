@@ -1517,6 +1517,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+_LOOK_BELOW = 20  # sub-prefixes of a root without releases that `list` looks into
+_FIRST_KEYS = 100  # keys it reads of each: one listing page
+
+
+def _releases_one_level_down(root: str) -> tuple[list[str], list[str]] | None:
+    """(the names of the sub-prefixes of `root` that hold releases, the names of all its sub-prefixes), for
+    `list` given the parent of a releases root, which said only "no releases under ..." (a tester). Bounded,
+    never a walk of the bucket: one delimiter listing of `root`, then one page of keys under each of its first
+    sub-prefixes, where a releases root shows by its first release's RELEASE.json ('R' sorts before that
+    release's data/). None when S3 cannot tell."""
+    bucket, prefix = split_root(root)
+    try:
+        subs = s3.list_prefixes(bucket, prefix)
+        found = []
+        for sub in subs[:_LOOK_BELOW]:
+            page = s3.client().list_objects_v2(Bucket=bucket, Prefix=sub, MaxKeys=_FIRST_KEYS)
+            rels = [obj["Key"][len(sub):] for obj in page.get("Contents", ())]
+            if any(_NAME_RE.match(name) for name in _nested_releases(rels)):  # NAME/RELEASE.json, not deeper
+                found.append(sub[len(prefix):].rstrip("/"))
+    except Exception:  # noqa: BLE001 - only a hint depends on it
+        return None
+    return found, [sub[len(prefix):] for sub in subs]
+
+
+def _no_releases_note(root: str) -> str:
+    """What `list` says where it lists nothing: a release's own URI, the parent of a releases root, or neither."""
+    if _is_release(root):  # a release's own URI listed nothing, exit status 0, as an empty root does (a tester)
+        return (f"note: {root} is a release, not a releases root: `dolmino release list {root.rsplit('/', 1)[0]}` "
+                "lists it beside the others")
+    found, subs = _releases_one_level_down(root) or ([], [])
+    if found:
+        return (f"note: no releases directly under {root}; releases one level down: "
+                + ", ".join(f"`dolmino release list {root}/{name}`" for name in found))
+    if subs:
+        shown = ", ".join(subs[:5]) + (f", ... ({len(subs)} in all)" if len(subs) > 5 else "")
+        return (f"note: no releases under {root} (a releases root is the prefix right above NAME/{RELEASE_FILE}; "
+                f"below this one: {shown})")
+    return f"note: no releases under {root}"
+
+
 def _count(value, unit: str) -> str:
     return f"{value:,} {unit}" if _is_count(value) else f"? {unit}"
 
@@ -1557,11 +1597,8 @@ def _run(args: argparse.Namespace) -> int:
         if incomplete:
             print(f"note: ignored {len(incomplete)} incomplete upload(s) without a readable {RELEASE_FILE}: "
                   f"{', '.join(incomplete)}", file=sys.stderr)
-        if not complete:  # a release's own URI listed nothing, exit status 0, as an empty root does (a tester)
-            root = args.root.rstrip("/")
-            print(f"note: {root} is a release, not a releases root: `dolmino release list {root.rsplit('/', 1)[0]}` "
-                  "lists it beside the others" if _is_release(root) else f"note: no releases under {root}",
-                  file=sys.stderr)
+        if not complete:
+            print(_no_releases_note(args.root.rstrip("/")), file=sys.stderr)
     elif args.command == "pull":
         pull(args.release, args.dest, log=say, progress=show)
     elif args.command == "verify":

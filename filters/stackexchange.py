@@ -32,10 +32,11 @@ Questions whose accepted answer never shows up are removed as `answer_missing`.
 
 HTML becomes text with `html.parser`: entities are decoded; `<p>`, headings, list items,
 block quotes and tables end a paragraph (paragraphs are separated by one blank line);
-`<br>` is a line break; a list item starts with "- "; the cells of a table row are separated
-by " | "; `<pre>` blocks keep their code verbatim (indentation and blank
-lines included); inline `<code>` keeps its text; script/style are dropped; runs of
-whitespace outside `<pre>` collapse to one space.
+`<br>` is a line break; a list item's first block starts with "- ", or with its number in an
+ordered list ("1. ", counting from the list's `start`), a code block included; the cells of a
+table row are separated by " | ", an empty cell's too (a row without any text is dropped);
+`<pre>` blocks keep their code verbatim (indentation and blank lines included); inline `<code>`
+keeps its text; script/style are dropped; runs of whitespace outside `<pre>` collapse to one space.
 
 Accounting: every question row is `kept` or removed with one reason
 (`no_accepted_answer`, `question_score<3`, `answer_missing`, `answer_score<5`,
@@ -89,14 +90,17 @@ from dolmino.documents import (
 )
 
 SOURCE = "stackexchange"
-# The conversion rules' revision, in a build's attribute keys. 4: a table's cells are separated (they ran
-# together: "NameAge"), the "- " of a list item without text no longer lands on the next paragraph, and an
-# answer of invisible characters only (a zero-width space) is `answer_empty`;
+# The conversion rules' revision, in a build's attribute keys. 5: an ordered list's items are numbered
+# ("1. "; they read "- "), an empty table cell keeps its " | " (a row with an empty first cell lost a
+# column), and a list item that starts with a code block has its marker there (it went to the next block);
+# 4: a table's cells are separated (they ran together: "NameAge"), the "- " of a list item without text no
+# longer lands on the next paragraph, and an answer of invisible characters only (a zero-width space) is
+# `answer_empty`;
 # 3: a file without its `</posts>` line is quarantined as `truncated_file`, and a question pairs only
 # with the answer its AcceptedAnswerId names where a file repeats question Ids (a complete dump with
 # unique Ids converts as under 2); 2: an accepted answer without text is removed (`answer_empty`);
 # revision 1 (no key) kept its question as a document of its own.
-CONVERSION_REVISION = 4
+CONVERSION_REVISION = 5
 
 
 # ---------------------------------------------------------------------------- HTML -> text
@@ -107,7 +111,8 @@ _BLOCK_TAGS = frozenset({
     "details", "summary", "figure", "figcaption", "aside", "header", "footer",
 })
 _DROP_TAGS = frozenset({"script", "style"})
-_LIST_TAGS = frozenset({"li", "ul", "ol"})  # where a list item ends, its "- " must not wait for the next block
+_LIST_TAGS = frozenset({"li", "ul", "ol"})  # where a list item ends, its marker must not wait for the next block
+_START = re.compile(r"-?[0-9]{1,9}")  # an `<ol start>` the site writes; anything else counts from 1
 _CELL_TAGS = frozenset({"td", "th"})  # cells of a table row, separated so their words do not run together
 _SPACES = re.compile(r"[ \t\r\n\f\v]+")
 _MULTI_SPACE = re.compile(r" {2,}")
@@ -122,8 +127,13 @@ class _HtmlToText(HTMLParser):
         self.pre_depth = 0
         self.pre_parts: list[str] = []
         self.drop_depth = 0
+        self.lists: list[int | None] = []  # open lists, innermost last: the next item's number, None for <ul>
+        self.cells = 0  # cells begun in the current row since its last block (each after the first adds " | ")
+        self.cell_text = False  # whether any of them has text: a row of empty cells is no "|" line
 
     def _flush(self) -> None:
+        if self.cells and not self.cell_text:
+            self.inline = []
         text = _MULTI_SPACE.sub(" ", "".join(self.inline))
         text = "\n".join(line.strip() for line in text.split("\n")).strip("\n")
         if text.strip():
@@ -135,7 +145,8 @@ class _HtmlToText(HTMLParser):
         text = "".join(self.pre_parts).replace("\r\n", "\n").replace("\r", "\n")
         text = "\n".join(line.rstrip() for line in text.split("\n")).strip("\n")
         if text.strip():
-            self.blocks.append(text)
+            self.blocks.append(self.prefix + text)
+            self.prefix = ""
         self.pre_parts = []
 
     def handle_starttag(self, tag, attrs):
@@ -149,21 +160,36 @@ class _HtmlToText(HTMLParser):
         elif tag == "br":
             self.inline.append("\n")
         elif tag in _CELL_TAGS:
-            if "".join(self.inline).strip():
+            if self.cells or "".join(self.inline).strip():
                 self.inline.append(" | ")
+            self.cells += 1
         elif tag == "pre":
-            self._flush()
+            self._block()
             self.pre_depth = 1
         elif tag in _BLOCK_TAGS:
-            self._flush()
-            if tag == "li":
-                self.prefix = "- "
+            self._block()
+            if tag == "ol":
+                start = dict(attrs).get("start") or ""
+                self.lists.append(int(start.strip()) if _START.fullmatch(start.strip()) else 1)
+            elif tag == "ul":
+                self.lists.append(None)
+            elif tag == "li":
+                number = self.lists[-1] if self.lists else None
+                self.prefix = "- " if number is None else f"{number}. "
+                if number is not None:
+                    self.lists[-1] += 1
+
+    def _block(self) -> None:
+        """A block starts or ends: the text so far is a paragraph, and a new row of cells begins."""
+        self._flush()
+        self.cells = 0
+        self.cell_text = False
 
     def handle_startendtag(self, tag, attrs):
         if tag == "br":
             (self.pre_parts if self.pre_depth else self.inline).append("\n")
         elif tag in _BLOCK_TAGS and not self.pre_depth:
-            self._flush()
+            self._block()
 
     def handle_endtag(self, tag):
         if tag in _DROP_TAGS:
@@ -174,9 +200,11 @@ class _HtmlToText(HTMLParser):
                 if not self.pre_depth:
                     self._flush_pre()
         elif tag in _BLOCK_TAGS:
-            self._flush()
+            self._block()
             if tag in _LIST_TAGS:
                 self.prefix = ""
+            if tag in ("ul", "ol") and self.lists:
+                self.lists.pop()
 
     def handle_data(self, data):
         if self.drop_depth:
@@ -185,6 +213,7 @@ class _HtmlToText(HTMLParser):
             self.pre_parts.append(data)
         else:
             self.inline.append(_SPACES.sub(" ", data))
+            self.cell_text = self.cell_text or bool(data.strip())
 
     def text(self) -> str:
         self.close()

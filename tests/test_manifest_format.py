@@ -123,12 +123,27 @@ def test_a_duplicate_key_names_its_line(tmp_path):
     text = ('{\n  "name": "x",\n  "seed": 1,\n  "seed": 2,\n  "sources": [\n    {"name": "a", "paths": ["{\\"}"],\n'
             '     "mix_percent": 30,\n     "mix_percent": 50}\n  ]\n}\n')
     path = _write(tmp_path, text)
-    with pytest.raises(ManifestError, match=re.escape(f"{path}: duplicate key 'mix_percent' in one object, line 8 "
-                                                      "(JSON would silently keep only the last)")):
+    with pytest.raises(ManifestError, match=re.escape(f"{path}: sources[0].mix_percent: duplicate key 'mix_percent' in "
+                                                      "one object, line 8 (JSON would silently keep only the last)")):
         load_manifest(str(path))
     path.write_text(text.replace('"mix_percent": 50', '"share": 50'))
-    with pytest.raises(ManifestError, match=re.escape("duplicate key 'seed' in one object, line 4 (")):
+    with pytest.raises(ManifestError, match=re.escape(f"{path}: seed: duplicate key 'seed' in one object, line 4 (")):
         load_manifest(str(path))
+
+
+def test_a_duplicate_key_names_its_field_path(tmp_path, capsys):
+    """The line alone, without the field, as every other manifest error names it (`sources[2].filters`): in a
+    one-line manifest, or a line holding a whole source, which object (a tester)? Array places are counted
+    past strings that hold commas and brackets, and scalars, objects and arrays alike."""
+    text = ('{"name": "x", "sources": [{"name": "a,]", "paths": ["a"]}, {"name": "b", "paths": [1, [], {}]},'
+            ' {"name": "c", "paths": ["c"], "filters": [], "dedup": {"minhash": {"seed": 1, "seed": 2}}}]}')
+    path = _write(tmp_path, text)
+    with pytest.raises(ManifestError, match=re.escape(f"{path}: sources[2].dedup.minhash.seed: duplicate key 'seed' "
+                                                      "in one object, line 1 (")):
+        load_manifest(str(path))
+    path.write_text(text.replace('"dedup": {"minhash": {"seed": 1, "seed": 2}}', '"filters": [{"type": "x"}]'))
+    assert main(["fmt", str(path)]) == 2
+    assert f"{path}: sources[2].filters: duplicate key 'filters' in one object, line 1 (" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value, error", [

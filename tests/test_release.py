@@ -1343,6 +1343,39 @@ def test_list_sorts_by_name_and_says_when_it_lists_nothing(small_builds, root, c
     assert out.out == "[]\n" and out.err == f"note: no releases under {root}-typo\n"
 
 
+def test_list_one_prefix_too_high_says_where_the_releases_are(small_builds, root, capsys):
+    """Found by a tester: `list` of the parent of the releases' prefix said only "no releases under ...". It
+    names the sub-prefix holding releases, or how to point at one, from a bounded look one level down: the
+    root's delimiter listing and the first page of keys under each sub-prefix, never a walk of the bucket."""
+    release.publish(str(small_builds[0]), f"{root}/releases", "v1")
+    release.publish(str(small_builds[1]), f"{root}/releases", "v2")
+    bucket, prefix = release.split_root(root)
+    s3.client().put_object(Bucket=bucket, Key=f"{prefix}builds/a/report.json", Body=b"{}")
+    s3.client().put_object(Bucket=bucket, Key=f"{prefix}deep/er/v3/RELEASE.json", Body=b"{}")  # two levels down
+    listings: list[dict] = []
+
+    def record(params, **_):
+        listings.append(dict(params))
+
+    events = s3.client().meta.events
+    events.register("provide-client-params.s3.ListObjectsV2", record)
+    try:
+        assert release.main(["list", root]) == 0
+    finally:
+        events.unregister("provide-client-params.s3.ListObjectsV2", record)
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == (f"note: no releases directly under {root}; releases one level down: "
+                                         f"`dolmino release list {root}/releases`\n")
+    below = [p for p in listings if "Delimiter" not in p]  # the look below: one page under each sub-prefix
+    assert sorted(p["Prefix"] for p in below) == [f"{prefix}{sub}/" for sub in ("builds", "deep", "releases")]
+    assert all(p.get("MaxKeys") == release._FIRST_KEYS for p in below)
+    assert release.main(["list", f"{root}/builds"]) == 0
+    assert capsys.readouterr().err == (f"note: no releases under {root}/builds (a releases root is the prefix right "
+                                       f"above NAME/{release.RELEASE_FILE}; below this one: a/)\n")
+    assert release.main(["list", f"{root}/releases"]) == 0
+    assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == ["v1", "v2"]
+
+
 def test_a_pull_into_the_current_directory_is_refused_before_downloading(small_builds, root, tmp_path, monkeypatch):
     """Found by a tester: `mkdir d && cd d && dolmino release pull ... .` said "pulled ... all SHA-256 verified",
     but the rename that finishes a pull replaced the directory: the shell was left in a deleted one, where `ls`

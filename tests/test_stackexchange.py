@@ -131,7 +131,7 @@ def test_newline_rule():
     ("<p>one\n   two\tthree</p><p>four</p>", "one two three\n\nfour"),
     ("<pre>\n  indented\n\n\n  code  \n</pre>", "  indented\n\n\n  code"),
     ("<p>x<script>alert(1)</script>y<style>p{}</style></p>", "xy"),
-    ("<ol><li><p>first</p></li><li>second<ul><li>nested</li></ul></li></ol>", "- first\n\n- second\n\n- nested"),
+    ("<ol><li><p>first</p></li><li>second<ul><li>nested</li></ul></li></ol>", "1. first\n\n2. second\n\n- nested"),
     ("<h1>Head</h1>text<br/>after break<hr>tail", "Head\n\ntext\nafter break\n\ntail"),
     ("<blockquote><p>quoted</p></blockquote><p>unclosed <b>bold", "quoted\n\nunclosed bold"),
     ("<p>inline <code>a  &lt;  b</code> code</p>", "inline a < b code"),
@@ -148,12 +148,48 @@ def test_html_to_text(html, text):
     # an item holding only an image or nothing: its "- " went to the next paragraph or heading
     ('<ul><li><img src="https://i.sstatic.net/x.png"></li></ul><p>The plot above.</p>', "The plot above."),
     ("<p>A</p><ol><li>  </li></ol><h2>Title</h2>", "A\n\nTitle"),
-    ("<ul><li><pre><code>make</code></pre></li></ul><p>then run it</p>", "make\n\nthen run it"),
+    ("<ul><li><pre><code>make</code></pre></li></ul><p>then run it</p>", "- make\n\nthen run it"),
 ])
 def test_tables_and_lists_keep_their_words_and_places(html, text):
     """Found by a tester: table cells were joined with nothing, and an item without text of its own
     lent its "- " to the block after the list."""
     assert html_to_text(html) == text
+
+
+@pytest.mark.parametrize("html,text", [
+    # an ordered list read as bullets: "- a" / "- b" (pandoc and html2text number them); `start` as the site
+    # writes it
+    ("<ol><li>a</li><li>b</li></ol>", "1. a\n\n2. b"),
+    ('<p>Then:</p><ol start="3"><li>c</li><li><p>d</p><ul><li>e</li></ul></li><li>f</li></ol>',
+     "Then:\n\n3. c\n\n4. d\n\n- e\n\n5. f"),
+    ('<ol start="two"><li>a</li></ol>', "1. a"),
+    # a row-header table: its empty first cell lost its column ("A" read as the header of "x")
+    ("<table><tr><th></th><th>A</th><th>B</th></tr><tr><td>x</td><td></td><td>2</td></tr>"
+     '<tr><td><img src="x.png"></td><td> </td></tr></table>', "| A | B\n\nx | | 2"),
+    # an item that starts with code: its "- " went to the paragraph after the code
+    ("<ul><li><pre><code>make\n  all</code></pre>then run it</li></ul>", "- make\n  all\n\nthen run it"),
+    ("<ol><li><pre>make</pre><p>then run it</p></li><li>done</li></ol>", "1. make\n\nthen run it\n\n2. done"),
+])
+def test_ordered_lists_empty_cells_and_code_items_keep_their_structure(html, text):
+    """Found by testers: ordered lists lost their numbers, a table whose first cell is empty lost its
+    column, and a list marker landed after a leading code block."""
+    assert html_to_text(html) == text
+
+
+# Outputs of html_to_text over `_RULES_SAMPLE`, pinned with the revision that produced them: a change of
+# the converted text without a new CONVERSION_REVISION would leave stored documents sets in use.
+_RULES_SAMPLE = (
+    "<ol><li>a</li><li><pre>make</pre>b</li></ol><ul><li>c</li></ul>",
+    "<table><tr><th></th><th>A</th></tr><tr><td>x</td><td>1</td></tr><tr><td></td><td></td></tr></table>",
+    "<p>one\n  two<br>three &amp; <code>x  y</code></p><pre>\n  code\n\n</pre><h2>h</h2><ul><li><img></li></ul>z",
+)
+_RULES_AT_REVISION = (5, ("1. a\n\n2. make\n\nb\n\n- c", "| A\n\nx | 1", "one two\nthree & x y\n\n  code\n\nh\n\nz"))
+
+
+def test_a_change_of_the_converted_text_comes_with_a_new_conversion_revision():
+    got = tuple(html_to_text(html) for html in _RULES_SAMPLE)
+    assert (se.CONVERSION_REVISION, got) == _RULES_AT_REVISION, (
+        "the converted text changed: bump CONVERSION_REVISION and pin its outputs here")
 
 
 def test_tags_and_site():
