@@ -301,6 +301,21 @@ def _pool_size_missed(source, pool_tokens: int, exact: bool, out_tokens: int, ta
             f"pool_tokens {format_count(stated)}; a pool build's report measures it)"]
 
 
+def _short_of_target(name: str, out_tokens: int, sel) -> list[str]:
+    """A source that wrote less than its target by more than SHORTFALL_TOLERANCE, and why where the
+    selection knows: a mix takes whole documents, and the next one would have overshot. A pool of
+    one 5,001-token document under a 1,000-token target read "wrote 0 tokens, 1,000 short of its
+    target 1,000", its cause left to guess (a tester)."""
+    short = sel.target_tokens - out_tokens
+    if out_tokens >= sel.target_tokens * (1 - SHORTFALL_TOLERANCE):
+        return []
+    why = ""
+    if sel.next_doc_tokens is not None and sel.next_doc_tokens > short:
+        why = (f": a mix takes whole documents, and the next one it could take holds {sel.next_doc_tokens:,} "
+               "tokens, more than the gap")
+    return [f"source {name!r}: wrote {out_tokens:,} tokens, {short:,} short of its target {sel.target_tokens:,}{why}"]
+
+
 def build_report(manifest: Manifest, budget: int, sources: list[dict], selections, tok_stats, parts, tagged, state,
                  *, elapsed_s: float, cluster: dict, out: str, attributes: str, resumed: bool) -> dict:
     total_tokens = sum(p.tokens for p in parts)
@@ -360,9 +375,8 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
                             "or inputs that reuse ids); each is read and may be mixed, told apart by its loc")
         warnings += _broken_files(source.name, acc.get("broken_files") or [])
         warnings += _truncated_files(source.name, acc.get("truncated_files") or [])
-        if out_tokens < sel.target_tokens * (1 - SHORTFALL_TOLERANCE) and not empty:  # said once: empty names it
-            warnings.append(f"source {source.name!r}: wrote {out_tokens:,} tokens, {sel.target_tokens - out_tokens:,} "
-                            f"short of its target {sel.target_tokens:,}")
+        if not empty:  # said once: empty names it
+            warnings += _short_of_target(source.name, out_tokens, sel)
         entry = {
             "name": source.name, "files": acc["files"], "docs_in": acc["docs_in"], "bytes_in": acc["bytes_in"],
             "quarantined": dict(sorted(acc["quarantined"].items())),

@@ -113,6 +113,29 @@ def test_large_pool_is_cut_by_prefix_and_lands_on_the_target():
     assert all(bucket_of(h) < sel.bucket_hi for h, _ in docs if sel.in_fraction(h))
 
 
+def test_a_source_short_of_its_target_says_which_document_would_have_overshot():
+    """A pool of one 5,001-token document under a 1,000-token target wrote 0 tokens, and the report
+    said only "wrote 0 tokens, 1,000 short of its target 1,000" (found by a tester): the selection
+    keeps the tokens of the document it stopped before, which the report's warning names."""
+    from dolmino.report import _short_of_target
+
+    one = _selection([(seeded_hash(1, "d"), 5_001)], 1_000)
+    assert one.greedy and one.copies == 0 and one.instances(seeded_hash(1, "d")) == 0
+    assert one.next_doc_tokens == 5_001
+    assert _short_of_target("huge", 0, one) == [
+        "source 'huge': wrote 0 tokens, 1,000 short of its target 1,000: a mix takes whole documents, and the next "
+        "one it could take holds 5,001 tokens, more than the gap"]
+    # a large pool cut at one hash: the document after the cut
+    hashes = sorted(seeded_hash(4, str(i)) for i in range(2_000))
+    docs = [(h, 3_000 if h == hashes[0] else 10) for h in hashes]  # the first in hash order is the large one
+    cut_at_one = _selection(docs, 1_000, greedy=False)
+    assert sum(n * cut_at_one.instances(h) for h, n in docs) == 0 and cut_at_one.next_doc_tokens == 3_000
+    # a source within tolerance, or short for want of documents the selection cannot name, says no cause
+    assert _short_of_target("s", 996, one) == []
+    one.next_doc_tokens = None
+    assert _short_of_target("s", 0, one) == ["source 's': wrote 0 tokens, 1,000 short of its target 1,000"]
+
+
 def test_greedy_fill_for_small_sources_is_near_exact():
     from mixers.sampling import greedy_fill
 

@@ -69,6 +69,10 @@ class SourceSelection:
     cut_bucket: int = -1
     cut_hash: int = -1
     selected: frozenset | None = None
+    # Tokens of the document the fraction stopped before: the smallest the greedy fill skipped, or the
+    # one after the cut hash. A source short of its target names it: "wrote 0 tokens, 1,000 short of its
+    # target 1,000" of a pool whose one document held 5,001 tokens did not say why (a tester).
+    next_doc_tokens: int | None = None
     rounds: int = 0
     # Why nothing is left ("its pool is empty", ...): the report words the warning, adding
     # what removed the documents, which only its accounting knows.
@@ -249,9 +253,13 @@ def cut(sel: SourceSelection, bucket_tokens: dict[int, int], members: list[tuple
     """The exact rule, from the (hash, tokens) of the documents `settle` asked for."""
     if sel.greedy:
         sel.selected = greedy_fill(members, sel.fraction_tokens)
-        return sel
-    _bucket, before = find_cut_bucket(bucket_tokens, sel.fraction_tokens)
-    sel.cut_hash = find_cut_hash(members, before, sel.fraction_tokens)
+        left_out = [n for h, n in members if h not in sel.selected]
+    else:
+        _bucket, before = find_cut_bucket(bucket_tokens, sel.fraction_tokens)
+        sel.cut_hash = find_cut_hash(members, before, sel.fraction_tokens)
+        after = [(h, n) for h, n in members if h > sel.cut_hash]  # the cut bucket's documents past the cut
+        left_out = [min(after)[1]] if after else []
+    sel.next_doc_tokens = min(left_out) if left_out else None
     return sel
 
 
