@@ -590,6 +590,9 @@ def _plain_chunks(raw: IO[bytes]) -> Iterator[bytes]:
 
 
 DOCUMENT_STEMS = (".jsonl", ".json", ".ndjson")
+# The names `compression` reads, as a refusal spells them: it said "expected .jsonl, .jsonl.gz or .jsonl.zst"
+# of a .jsonl.bz2, as if a .json.gz or an .ndjson were refused too (found by a tester).
+DOCUMENT_NAMES = f"{', '.join(DOCUMENT_STEMS[:-1])} or {DOCUMENT_STEMS[-1]}, plain or with .gz, .zst or .zstd"
 
 
 def compression(path: str, stems: tuple[str, ...]) -> str | None:
@@ -610,7 +613,7 @@ CHUNK_READERS = {"zstd": _zstd_chunks, "gzip": _gzip_chunks, "": _plain_chunks}
 def _chunk_reader(path: str):
     if (found := compression(path, DOCUMENT_STEMS)) is not None:
         return CHUNK_READERS[found]
-    raise DocumentFormatError(f"{path}: unknown document file suffix (expected .jsonl, .jsonl.gz or .jsonl.zst)")
+    raise DocumentFormatError(f"{path}: unknown document file suffix (documents end in {DOCUMENT_NAMES})")
 
 
 # ---------------------------------------------------------------- lines
@@ -1121,8 +1124,8 @@ _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 def _first_line_hint(path: str, raw: bytes) -> str:
     """What a file whose first line is refused holds instead of UTF-8 JSONL, where its first bytes
-    tell: compressed data, or UTF-16 text (what Windows PowerShell 5's `>` writes), whose every
-    line was quarantined as invalid UTF-8 or malformed JSON, saying neither (found by a tester)."""
+    tell: compressed data, UTF-16 text (what Windows PowerShell 5's `>` writes), or one JSON array,
+    whose every line was quarantined as invalid UTF-8 or malformed JSON, saying none of that (found by a tester)."""
     if held := _compressed_as(raw):
         return _compressed_hint(path, held)
     if raw.startswith(_UTF16_BOMS):
@@ -1132,6 +1135,12 @@ def _first_line_hint(path: str, raw: bytes) -> str:
         # its documents one quarantined record (found by a tester). Said only where the text before
         # the first one is a whole JSON object: a raw \r is also JSON whitespace inside a line
         return "; its lines end in a carriage return alone (\\r, classic Mac OS line ends): convert them to \\n"
+    if raw.removeprefix(_BOM).lstrip().startswith(b"["):
+        # `json.dump(docs)`, pandas' `to_json(orient="records")`, datasets' `to_json(lines=False)`: one JSON
+        # array, every line of it quarantined with a parser message ("Expecting value: line 1 column 2")
+        # that did not say the file is not JSON Lines (found by a tester)
+        return ("; the file starts with a JSON array: documents are JSON Lines, one object per line "
+                "(`jq -c '.[]' FILE` converts an array)")
     return ""
 
 
@@ -1247,7 +1256,7 @@ def _compressing_writer(path: str, raw: IO[bytes]) -> IO[bytes]:
         return gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="")
     if found == "":
         return raw
-    raise DocumentFormatError(f"{path}: unknown document file suffix (expected .jsonl, .jsonl.gz or .jsonl.zst)")
+    raise DocumentFormatError(f"{path}: unknown document file suffix (documents end in {DOCUMENT_NAMES})")
 
 
 def dolma_record(doc: dict) -> dict:

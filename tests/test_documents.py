@@ -91,6 +91,20 @@ def test_unknown_suffix_is_a_clear_error(tmp_path):
         list(read_documents(str(path), Quarantine()))
 
 
+def test_an_unknown_suffix_names_every_suffix_that_is_read(tmp_path):
+    """A .jsonl.bz2 was refused "expected .jsonl, .jsonl.gz or .jsonl.zst", as if the .json.gz and .ndjson
+    files read beside it were wrong too (found by a tester): the refusal names what the readers take."""
+    path = tmp_path / "docs.jsonl.bz2"
+    path.write_bytes(b"BZh9")
+    with pytest.raises(DocumentFormatError) as info:
+        list(read_documents(str(path), Quarantine()))
+    assert str(info.value).endswith("unknown document file suffix (documents end in .jsonl, .json or .ndjson, "
+                                    "plain or with .gz, .zst or .zstd)")
+    for name in ("a.json.gz", "a.ndjson", "a.jsonl.zstd"):  # each of them is read
+        write_documents(str(tmp_path / name), [{"id": "1", "text": "x"}])
+        assert [doc["id"] for _, doc in read_documents(str(tmp_path / name), Quarantine())] == ["1"]
+
+
 @pytest.mark.parametrize("name", ["part.JSONL", "part.jsonl.GZ", "part.JSONL.ZST", "part.ndjson.Zstd"])
 def test_every_name_the_listing_takes_is_read_and_written(tmp_path, name):
     """inputs.readable_by_name lowers the name; the reader did not, so part.JSONL.ZST was listed,
@@ -1015,6 +1029,21 @@ def test_carriage_return_line_ends_say_so_in_the_first_record(tmp_path):
     crlf = tmp_path / "windows.jsonl"  # CRLF ends are read as ever
     crlf.write_bytes(b'{"id": "a", "text": "x"}\r\n{"id": "b", "text": "y"}\r\n')
     assert [doc["id"] for _, doc in read_documents(str(crlf), Quarantine())] == ["a", "b"]
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_a_json_array_file_says_so_in_its_first_record(tmp_path, indent):
+    """A .json holding one JSON array of documents (`json.dump(docs)`, pandas' `to_json(orient="records")`)
+    had every line quarantined, the first as "Expecting value: line 1 column 2 (char 1)" or "top-level
+    JSON is an array", not saying that documents are read one object per line (found by a tester)."""
+    path = tmp_path / "docs.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"id": "1", "text": "x"}, {"id": "2", "text": "y"}],
+                                                 indent=indent).encode())
+    quarantine = Quarantine()
+    assert list(read_documents(str(path), quarantine)) == []
+    assert quarantine.records[0].detail.endswith("; the file starts with a JSON array: documents are JSON Lines, "
+                                                 "one object per line (`jq -c '.[]' FILE` converts an array)")
+    assert not any("JSON array" in record.detail for record in quarantine.records[1:])
 
 
 def test_a_carriage_return_inside_a_refused_line_is_not_called_a_line_end(tmp_path):

@@ -1049,6 +1049,26 @@ def test_a_build_on_executors_with_another_tokenizers_fails_in_one_line(spark, t
     assert "Traceback" not in err and not (tmp_path / "out" / "report.json").exists()
 
 
+def test_a_checkout_edited_during_a_local_build_is_not_called_another_environment(monkeypatch):
+    """A local build whose checkout was edited while it ran (a `git pull`, an editor) stopped with "the executors'
+    Python environment is not the driver's ... import it from /work/main, the driver from /work/main ...
+    `pip install .` on every node" (a tester): one host, one checkout, one set of libraries is a change in time."""
+    from dolmino.build import worker_env
+    from dolmino.errors import BuildError
+
+    driver = worker_env.environment()
+    driver["code"]["filters/length.py"] = "0" * 16  # what the driver read before the edit
+    monkeypatch.setenv(worker_env.ENV, json.dumps(driver))
+    with pytest.raises(BuildError) as info:
+        worker_env.check()
+    assert str(info.value) == (f"dolmino's code in {driver['root']} changed while this build ran (edited since the "
+                               "driver read it at its start: filters/length.py): rerun the build once the checkout "
+                               "stops changing")
+    monkeypatch.setenv(worker_env.ENV, json.dumps({**driver, "host": "driver-node"}))  # a cluster's other node
+    with pytest.raises(BuildError, match="pip install ."):
+        worker_env.check()
+
+
 def test_an_installed_executor_without_the_native_source_is_the_checkouts_driver():
     """README sets up a node with `pip install .` and runs the driver from a checkout: the wheel holds the
     compiled extension, not csrc/native.cpp, and every such build stopped with "csrc/native.cpp (only on the

@@ -59,7 +59,7 @@ def environment() -> dict:
             libraries[name] = version(name).split("+")[0]
         except PackageNotFoundError:
             libraries[name] = None
-    return {"root": root, "code": code, "libraries": libraries}
+    return {"root": root, "host": socket.gethostname(), "code": code, "libraries": libraries}
 
 
 def expect(sc) -> None:
@@ -67,19 +67,23 @@ def expect(sc) -> None:
     sc.environment[ENV] = json.dumps(environment(), separators=(",", ":"))
 
 
-def differences(driver: dict, here: dict) -> list[str]:
-    """What this worker runs that the driver does not, one phrase each."""
-    found = []
+def _changed_code(driver: dict, here: dict) -> str:
+    """The source files that differ, named (at most _SHOWN), or ""."""
     theirs, ours = driver["code"], here["code"]
     # C++ only where both sides hold it: a wheel (`pip install .`, as README sets up a node) installs the
     # compiled extension without csrc/native.cpp, and every build from a checkout's driver was refused
     changed = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k)
                      and (k.endswith(".py") or (k in theirs and k in ours)))
-    if changed:
-        named = ", ".join(p + (" (only on the driver)" if p not in ours else
-                               " (only on the executors)" if p not in theirs else "") for p in changed[:_SHOWN])
-        more = f" and {len(changed) - _SHOWN} more" if len(changed) > _SHOWN else ""
-        found.append(f"dolmino's code differs ({named}{more}; the executors import it from {here['root']}, "
+    named = ", ".join(p + (" (only on the driver)" if p not in ours else
+                           " (only on the executors)" if p not in theirs else "") for p in changed[:_SHOWN])
+    return named + (f" and {len(changed) - _SHOWN} more" if len(changed) > _SHOWN else "")
+
+
+def differences(driver: dict, here: dict) -> list[str]:
+    """What this worker runs that the driver does not, one phrase each."""
+    found = []
+    if changed := _changed_code(driver, here):
+        found.append(f"dolmino's code differs ({changed}; the executors import it from {here['root']}, "
                      f"the driver from {driver['root']})")
     for name, wanted in driver["libraries"].items():
         have = here["libraries"].get(name)
@@ -95,7 +99,16 @@ def check() -> None:
     expected = os.environ.get(ENV)
     if not expected:  # the driver itself, or a worker of a session that is not a build's
         return
-    found = differences(json.loads(expected), environment())
+    driver, here = json.loads(expected), environment()
+    found = differences(driver, here)
+    if found and (here["host"], here["root"], here["libraries"]) == (driver.get("host"), driver["root"],
+                                                                     driver["libraries"]):
+        # One machine, one checkout: its files were edited after the driver read them (an editor, a `git pull`
+        # while a local build ran), where "`pip install .` on every node" sent the user looking for another
+        # environment that does not exist (found by a tester)
+        raise BuildError(f"dolmino's code in {here['root']} changed while this build ran (edited since the driver "
+                         f"read it at its start: {_changed_code(driver, here)}): rerun the build once the checkout "
+                         "stops changing")
     if found:
         raise BuildError(f"the executors' Python environment is not the driver's: {'; '.join(found)} "
                          f"(node {socket.gethostname()}, {sys.executable}); every node needs the driver's "
