@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
 from dolmino.documents import DEFAULT_MAX_DOC_BYTES
-from dolmino.errors import ManifestError
+from dolmino.errors import ManifestError, did_you_mean
 
 SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 # A count: decimal digits and a suffix, or an exponent as JSON writes one (1e9), not both.
@@ -452,7 +452,8 @@ def _expect(cond: bool, where: str, message: str) -> None:
 def _check_keys(obj: dict, allowed: set[str], required: set[str], where: str) -> None:
     unknown = sorted(set(obj) - allowed)
     if unknown:
-        raise ManifestError(f"{where}.{unknown[0]}: unknown field (allowed: {', '.join(sorted(allowed))})")
+        raise ManifestError(f"{where}.{unknown[0]}: unknown field{did_you_mean(unknown[0], allowed)} "
+                            f"(allowed: {', '.join(sorted(allowed))})")
     missing = sorted(required - set(obj))
     if missing:
         raise ManifestError(f"{where}.{missing[0]}: required field is missing")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 
-from dolmino.errors import ManifestError
+from dolmino.errors import ManifestError, did_you_mean
 from filters.base import CASCADE, needs_tokens
 
 REGISTRY: dict[str, str] = {
@@ -51,7 +51,8 @@ def registered_types() -> list[str]:
 
 def filter_class(type_name: str, where: str = "filter"):
     if type_name not in REGISTRY:
-        raise ManifestError(f"{where}.type: unknown filter type {type_name!r} (known: {', '.join(registered_types())})")
+        raise ManifestError(f"{where}.type: unknown filter type {type_name!r}{did_you_mean(type_name, REGISTRY)} "
+                            f"(known: {', '.join(registered_types())})")
     module_name, class_name = REGISTRY[type_name].split(":")
     try:
         module = importlib.import_module(module_name)
@@ -86,7 +87,7 @@ def build_filter(spec: dict, where: str = "filter"):
     for name in params:
         if name not in accepted:
             options = [*accepted] if getattr(cls, "needs_tokens", False) is True else [*accepted, CASCADE]
-            raise ManifestError(f"{where}.{name}: unknown parameter for {type_name!r} "
+            raise ManifestError(f"{where}.{name}: unknown parameter for {type_name!r}{did_you_mean(name, options)} "
                                 f"(accepted: {', '.join(sorted(options)) or 'none'})")
     for name, p in accepted.items():
         if p.default is inspect.Parameter.empty and name not in params:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import importlib
 import itertools
 import pickle
@@ -11,7 +12,7 @@ import pytest
 from conftest import shared_corpus_file
 from dolmino.documents import Quarantine, read_documents
 from dolmino.errors import ManifestError
-from dolmino.manifest import manifest_from_dict
+from dolmino.manifest import load_manifest, manifest_from_dict
 from filters.base import DocumentFilter, apply_chain, chain_labels
 from filters.registry import REGISTRY, build_filter, filter_class, registered_types
 
@@ -77,7 +78,24 @@ def test_unknown_type_lists_known_ones():
 def test_unknown_param_lists_accepted_ones():
     with pytest.raises(ManifestError,
                        match=r"unknown parameter for 'min_length' \(accepted: cascade, min_chars, min_tokens\)"):
+        build_filter({"type": "min_length", "words": 5})
+
+
+def test_a_mistyped_name_says_which_one_was_meant(tmp_path):
+    """A manifest's typo listed every accepted name, where the command line's names the one meant."""
+    with pytest.raises(ManifestError, match=r"unknown filter type 'minlength' \(did you mean 'min_length'\?\) "
+                                            r"\(known: "):
+        build_filter({"type": "minlength"})
+    with pytest.raises(ManifestError, match=r"\.max_chars: unknown parameter for 'min_length' \(did you mean "
+                                            r"'min_chars'\?\) \(accepted: "):
         build_filter({"type": "min_length", "max_chars": 5})
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"name": "m", "version": 1, "seed": 0, "data_root": str(tmp_path), "sources": [
+        {"name": "web", "paths": ["web/*.jsonl"], "mix_percent": 100, "filtres": []}]}))
+    with pytest.raises(ManifestError, match=r"sources\[0\]\.filtres: unknown field \(did you mean 'filters'\?\)"):
+        load_manifest(str(path))
+    with pytest.raises(ManifestError, match=r"unknown filter type 'zzz' \(known: "):  # nothing close: no guess
+        build_filter({"type": "zzz"})
 
 
 def test_build_with_params_and_defaults():
