@@ -29,6 +29,17 @@ SHORTFALL_TOLERANCE = 0.005
 POOL_ESTIMATE_TOLERANCE = 0.05
 
 
+def printable(text: str) -> str:
+    """`text` with each character a terminal or a page does not show as itself (a newline, ESC, a
+    right-to-left override U+202E, a zero-width space) written as its Python escape (`\\n`, `\\x1b`,
+    `\\u202e`). An input file's name reaches the warnings whole: `x\\x1b[31m.gz` coloured the console,
+    U+202E showed the name reversed, and a newline cut report.md's list item, the rest of it a heading
+    of report.html (a tester)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def _pool_filter_chain(source, acc: dict) -> list[dict]:
     """Per filter, in chain order: documents reaching it, removed by it, share kept.
 
@@ -178,8 +189,9 @@ def empty_compressed_warnings(source_names: list[str], units) -> list[str]:
         if unit.file.size == 0 and compression(unit.file.name, ()):
             empty.setdefault(unit.source_index, []).append(unit.file.name)
     return [f"source {source_names[si]!r}: {len(names):,} compressed input file(s) hold 0 bytes, not even a "
-            f"compression header ({'first: ' if len(names) > 1 else ''}{names[0]}), read as holding no documents; "
-            "usually a write or copy cut short: restore or remove them" for si, names in sorted(empty.items())]
+            f"compression header ({'first: ' if len(names) > 1 else ''}{printable(names[0])}), read as holding no "
+            "documents; usually a write or copy cut short: restore or remove them"
+            for si, names in sorted(empty.items())]
 
 
 def _broken_files(name: str, broken: list[tuple[str, int, int]], quarantine: str | None = None) -> list[str]:
@@ -189,8 +201,8 @@ def _broken_files(name: str, broken: list[tuple[str, int, int]], quarantine: str
         return []
     first, at, _lost = broken[0]
     return [f"source {name!r}: {len(broken):,} input file(s) break part-way ({sum(b[2] for b in broken):,} "
-            f"compressed bytes unreadable, every document after a break lost; first: {first} at byte {at:,}); "
-            f"see {quarantine or f'quarantine/{name}/'}"]
+            f"compressed bytes unreadable, every document after a break lost; first: {printable(first)} at byte "
+            f"{at:,}); see {quarantine or f'quarantine/{name}/'}"]
 
 
 def _truncated_files(name: str, files: list[str]) -> list[str]:
@@ -200,8 +212,8 @@ def _truncated_files(name: str, files: list[str]) -> list[str]:
     if not files:
         return []
     return [f"source {name!r}: {len(files):,} Posts.xml file(s) end without their closing </posts> line (first: "
-            f"{files[0]}): cut short by an interrupted extraction or copy, the rows after the cut are missing; extract "
-            f"the site's Posts.xml again (see quarantine/{name}/, reason truncated_file)"]
+            f"{printable(files[0])}): cut short by an interrupted extraction or copy, the rows after the cut are "
+            f"missing; extract the site's Posts.xml again (see quarantine/{name}/, reason truncated_file)"]
 
 
 def _quarantined(counts: dict[str, int], named: int = 3) -> list[str]:
@@ -538,7 +550,7 @@ def render_markdown(report: dict) -> str:
         lines += [f"| {n} | {c:,} | {e:,} |" for n, c, e in control if c or e]
         lines.append("")
     if report.get("warnings"):
-        lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
+        lines += ["## Warnings", ""] + [f"- {printable(str(w))}" for w in report["warnings"]] + [""]
     removal_rows = [(s["name"], reason, r["docs"], r.get("bytes")) for s in report["sources"]
                     for reason, r in s["removed"].items()]
     token_rows = [(s["name"], reason, r["docs"], r["tokens"]) for s in report["sources"]

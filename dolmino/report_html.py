@@ -36,6 +36,7 @@ import argparse
 import base64
 import html
 import io
+import json
 import math
 import re
 import sys
@@ -730,7 +731,7 @@ def _card(value: str, key: str) -> str:
 
 
 def render_html(report: dict, charts: list[Chart]) -> str:
-    from dolmino.report import budget_text, render_markdown, was_resumed
+    from dolmino.report import budget_text, printable, render_markdown, was_resumed
 
     out = report["output"]
     run = report.get("run", {})
@@ -754,7 +755,7 @@ def render_html(report: dict, charts: list[Chart]) -> str:
             '<div class="cards">' + "".join(cards) + "</div>"]
     if report.get("warnings"):
         body.append('<div class="warnings"><h2>Warnings</h2><ul>'
-                    + "".join(f"<li>{html.escape(w)}</li>" for w in report["warnings"]) + "</ul></div>")
+                    + "".join(f"<li>{html.escape(printable(str(w)))}</li>" for w in report["warnings"]) + "</ul></div>")
     for c in charts:
         data = base64.b64encode(c.png).decode("ascii")
         body.append(f'<h2 id="{c.key}">{html.escape(c.title)}</h2><figure>'
@@ -811,12 +812,20 @@ def write_views(out: str, report: dict, *, max_parts: int | None = 8, strict: bo
 
 
 _NUMBER = (int, float)
+_OPTIONAL_NUMBER = (int, float, type(None))  # present, null where the manifest states none
 # What the views read unguarded, and its type: a report.json missing one (or holding another
-# type) was a traceback from deep in a chart (found by a tester).
-_REPORT_FIELDS = {"manifest": str, "seed": int, "budget": int, "output": dict, "sources": list}
-_OUTPUT_FIELDS = {"tokens": int, "docs": int}
+# type) was a traceback from deep in a chart (found by a tester); and so, after the charts were
+# written beside the earlier report.md, from the tables (totals, run, a source's target_tokens;
+# another tester).
+_REPORT_FIELDS = {"manifest": str, "seed": int, "budget": int, "output": dict, "sources": list, "totals": dict,
+                  "run": dict}
+_OUTPUT_FIELDS = {"tokens": int, "docs": int, "files": int}
+_TOTALS_FIELDS = {"tokens_tokenized": int, "tokens_written": int, "tokenized_per_written": _NUMBER}
 _SOURCE_FIELDS = {"name": str, "docs_in": int, "output_tokens": int, "mix_percent": _NUMBER, "removed": dict,
-                  "quarantined": dict, "tokenized": dict}
+                  "quarantined": dict, "tokenized": dict, "kept_docs": int, "pool_tokens": int,
+                  "pool_tokens_exact": bool, "target_tokens": int, "passes": _NUMBER,
+                  "mix_percent_manifest": _NUMBER, "source_percent_manifest": _OPTIONAL_NUMBER}
+_TOKENIZED_FIELDS = {"docs": int, "removed": dict}
 
 
 def _field_problem(record, fields: dict, where: str) -> str | None:
@@ -824,25 +833,30 @@ def _field_problem(record, fields: dict, where: str) -> str | None:
         return f"{where.rstrip('.') or 'the file'} is not an object"
     for name, kind in fields.items():
         value = record.get(name)
-        if value is None:
+        if value is None and (kind is not _OPTIONAL_NUMBER or name not in record):
             return f"{where}{name} is missing"
-        if not isinstance(value, kind) or isinstance(value, bool):
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             return f"{where}{name} is {type(value).__name__} {str(value)[:40]!r}, not {_kind_name(kind)}"
     return None
 
 
 def _kind_name(kind) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", dict: "an object", list: "a list"}
-    return "a number" if kind is _NUMBER else names[kind]
+    names = {int: "an integer", float: "a number", str: "a string", dict: "an object", list: "a list",
+             bool: "true or false"}
+    return "a number" if kind in (_NUMBER, _OPTIONAL_NUMBER) else names[kind]
 
 
 def report_problem(report) -> str | None:
     """The first field the views need that report.json lacks or holds as another type, or None."""
     problem = _field_problem(report, _REPORT_FIELDS, "")
     if problem is None:
-        problem = _field_problem(report["output"], _OUTPUT_FIELDS, "output.")
+        problem = (_field_problem(report["output"], _OUTPUT_FIELDS, "output.")
+                   or _field_problem(report["totals"], _TOTALS_FIELDS, "totals."))
+    if problem is None and not report["sources"]:  # a build has one at least; the charts' max() of none failed
+        problem = "sources is empty"
     for i, source in enumerate(report["sources"] if problem is None else ()):
         problem = problem or _field_problem(source, _SOURCE_FIELDS, f"sources[{i}].")
+        problem = problem or _field_problem(source["tokenized"], _TOKENIZED_FIELDS, f"sources[{i}].tokenized.")
     if problem is None and not isinstance(report.get("warnings") or [], list):
         problem = "warnings is not a list"
     return problem
@@ -868,6 +882,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     from dolmino.build.output import read_json
     from dolmino.s3 import cli_errors, redact
+    from dolmino.storage import join, read_if_exists
 
     from dolmino.errors import BuildError
 
@@ -876,13 +891,25 @@ def main(argv: list[str] | None = None) -> int:
     out = args.build_dir
     # as the errors below name it: `https://user:hf_...@host/...` went whole into them (found by a tester)
     shown = redact(out)
+    if "://" in out and not out.startswith("s3://"):
+        # `https://host/mix` was read as the local directory `https:/host/mix`: "no readable report.json (not a
+        # finished build)" of a build that may be finished (found by a tester)
+        print(f"dolmino report: error: {shown}: draws a build in a local directory or under an s3:// prefix, not at "
+              f"a {out.split('://', 1)[0]}:// URL; download the build first", file=sys.stderr)
+        return 2
     try:
         try:
-            report = read_json(out, "report.json")
+            data = read_if_exists(join(out, "report.json"))
         except IsADirectoryError:
-            report = None
+            data = None
         except NotADirectoryError:  # `dolmino report OUT/report.json` was a traceback (a tester)
             print(f"dolmino report: error: {shown}: not a directory; give the build directory that holds report.json",
+                  file=sys.stderr)
+            return 2
+        try:
+            report = None if data is None else json.loads(data)
+        except ValueError as exc:  # "not a finished build" of a report.json that is there, edited by hand (a tester)
+            print(f"dolmino report: error: {shown}: report.json is not JSON ({exc}); a damaged report?",
                   file=sys.stderr)
             return 2
         released = read_json(out, "RELEASE.json") is not None
@@ -914,10 +941,12 @@ def main(argv: list[str] | None = None) -> int:
         written = write_views(out, report, max_parts=None if args.all_parts else max(1, args.sample_parts))
     except Exception as exc:  # noqa: BLE001 - one redacted line
         return errors.report(exc)
-    print(f"wrote {', '.join(written)} to {out}")
+    print(f"wrote {', '.join(written)} to {shown}")  # as the errors name it (redact)
     # The page shows the build's warnings; the console said only what was written, as if there were none (a tester).
-    for warning in report["warnings"]:
-        print(f"dolmino report: warning: {warning}", file=sys.stderr)
+    from dolmino.report import printable
+
+    for warning in report["warnings"]:  # a report.json's text, as a terminal may show it (printable's why)
+        print(f"dolmino report: warning: {printable(str(warning))}", file=sys.stderr)
     return 0
 
 

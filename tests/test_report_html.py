@@ -329,13 +329,25 @@ def test_a_damaged_report_or_sidecar_is_one_line(tmp_path, capsys):
             (lambda r: r["output"].update(tokens="3999275"), "output.tokens is str '3999275', not an integer"),
             (lambda r: r.update(budget="4M"), "budget is str '4M', not an integer"),
             (lambda r: r["sources"][1].pop("removed"), "sources[1].removed is missing"),
-            (lambda r: r.update(warnings="one"), "warnings is not a list")):
+            (lambda r: r.update(warnings="one"), "warnings is not a list"),
+            # read by the tables, after the charts were drawn (found by a tester)
+            (lambda r: r.pop("totals"), "totals is missing"),
+            (lambda r: r["totals"].pop("tokens_tokenized"), "totals.tokens_tokenized is missing"),
+            (lambda r: r.pop("run"), "run is missing"),
+            (lambda r: r["output"].pop("files"), "output.files is missing"),
+            (lambda r: r.update(sources=[]), "sources is empty"),
+            (lambda r: r["sources"][0].pop("target_tokens"), "sources[0].target_tokens is missing"),
+            (lambda r: r["sources"][0].pop("source_percent_manifest"), "sources[0].source_percent_manifest is missing"),
+            (lambda r: r["sources"][0].update(pool_tokens_exact=1), "sources[0].pool_tokens_exact is int '1', not "
+                                                                    "true or false"),
+            (lambda r: r["sources"][2]["tokenized"].update(removed=None), "sources[2].tokenized.removed is missing")):
         report = json.loads(json.dumps(good))
         damage(report)
         report_path.write_text(json.dumps(report))
         assert report_html.main([str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert err == prefix + problem + " (a damaged report?)\n", err
+        assert not list(tmp_path.glob("report*.png"))  # nothing drawn of it
     report_path.write_text("[]")
     assert report_html.main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.endswith("report.json is not a build report this version draws: the file is "
@@ -558,3 +570,60 @@ def test_report_of_a_file_or_a_release_is_one_line(tmp_path, capsys):
     copy = tmp_path / "copy"  # the remedy, as said (a copy with RELEASE.json was refused again)
     shutil.copytree(release, copy, ignore=shutil.ignore_patterns("RELEASE.json"))
     assert report_html.main([str(copy)]) == 0, capsys.readouterr().err
+
+
+HOSTILE_NAME = "web/x\x1b[31mRED\u202eevil\n# Heading | pipe.jsonl.gz"
+SHOWN_NAME = "web/x\\x1b[31mRED\\u202eevil\\n# Heading | pipe.jsonl.gz"
+
+
+def test_a_file_name_with_control_characters_is_shown_escaped_in_every_view(tmp_path, capsys):
+    """Input file names reach the warnings whole: a name holding ESC coloured the console red, U+202E showed
+    it reversed, and a newline cut report.md's list item in two, the rest of the name a heading of report.html's
+    tables (found by a tester). The warnings name it escaped, and the views escape a report.json's warnings."""
+    from types import SimpleNamespace
+
+    from dolmino.report import _broken_files, empty_compressed_warnings, render_markdown
+
+    unit = SimpleNamespace(source_index=0, file=SimpleNamespace(name=HOSTILE_NAME, size=0))
+    [empty] = empty_compressed_warnings(["web"], [unit])
+    [broken] = _broken_files("web", [(HOSTILE_NAME, 370, 10)])
+    assert f"header ({SHOWN_NAME}), read as" in empty and f"first: {SHOWN_NAME} at byte 370)" in broken
+    report = make_report(tmp_path)
+    report["warnings"] = [f"source 'web': first: {HOSTILE_NAME}"]  # a report.json from elsewhere
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert report_html.main([str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert err == f"dolmino report: warning: source 'web': first: {SHOWN_NAME}\n"
+    md = render_markdown(report)
+    assert f"\n- source 'web': first: {SHOWN_NAME}\n" in md and "\x1b" not in md and "\u202e" not in md
+    page = (tmp_path / "report.html").read_text()
+    assert "\x1b" not in page and "\u202e" not in page and "<h2>Heading" not in page
+    assert page.count(f"<li>source &#x27;web&#x27;: first: {SHOWN_NAME}</li>") == 2  # the warnings box, the tables
+
+
+def test_report_of_a_url_a_torn_report_and_its_last_line_say_what_they_are(tmp_path, capsys, monkeypatch):
+    """`dolmino report https://user:token@host/mix` read the local directory `https:/user:token@host/mix`: with
+    none there, "no readable report.json (not a finished build)" of a build that may be finished; with one there,
+    its last line printed the token that the errors redact. A report.json that is there but no longer JSON (edited
+    by hand) was "not a finished build" too (found by a tester)."""
+    monkeypatch.chdir(tmp_path)
+    report = json.dumps({**make_report(tmp_path), "doc_tokens_hist": {"web": histogram([3, 50])}})  # no sidecars
+    local = tmp_path / "https:" / "user:hf_SECRET@host" / "mix"
+    local.mkdir(parents=True)
+    (local / "report.json").write_text(report)
+    assert report_html.main(["https://user:hf_SECRET@host/mix"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == ("dolmino report: error: https://***@host/mix: draws a build in a local directory or under "
+                            "an s3:// prefix, not at a https:// URL; download the build first\n")
+    assert not captured.out and not (local / "report.html").exists()
+    signed = tmp_path / "mix?X-Amz-Signature=SECRETSIG"
+    signed.mkdir()
+    (signed / "report.json").write_text(report)
+    assert report_html.main([str(signed)]) == 0
+    out = capsys.readouterr().out
+    assert "SECRETSIG" not in out and out.endswith(f" to {tmp_path}/mix?X-Amz-Signature=***\n")
+    (signed / "report.json").write_text(report[:200])
+    assert report_html.main([str(signed)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dolmino report: error: {tmp_path}/mix?X-Amz-Signature=***: report.json is not JSON (") \
+        and err.endswith("); a damaged report?\n") and err.count("\n") == 1, err
