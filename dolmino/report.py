@@ -200,9 +200,16 @@ def _broken_files(name: str, broken: list[tuple[str, int, int]], quarantine: str
     if not broken:
         return []
     first, at, _lost = broken[0]
+    where = quarantine or f'quarantine/{name}/'
+    if not any(lost for _path, _at, lost in broken):
+        # Each stream ends at its file's end: a copy or download cut short. "0 compressed bytes unreadable
+        # ... at byte 370" of a 370-byte file read as a contradiction (a tester)
+        return [f"source {name!r}: {len(broken):,} compressed input file(s) end inside their stream, cut short (a "
+                f"write, copy or download interrupted; the documents after the cut are not in the file; first: "
+                f"{printable(first)}, its end at byte {at:,}); restore them; see {where}"]
     return [f"source {name!r}: {len(broken):,} input file(s) break part-way ({sum(b[2] for b in broken):,} "
             f"compressed bytes unreadable, every document after a break lost; first: {printable(first)} at byte "
-            f"{at:,}); see {quarantine or f'quarantine/{name}/'}"]
+            f"{at:,}); see {where}"]
 
 
 def _truncated_files(name: str, files: list[str]) -> list[str]:
