@@ -622,7 +622,8 @@ def write_olmo_core_checkpoint(save_folder: Path, step: int, model: OLMo2, with_
         (save_folder / "config.json").write_text(json.dumps({"run_name": "x", "model": {
             "_CLASS_": "olmo_core.nn.transformer.config.TransformerConfig", "d_model": cfg.d_model,
             "vocab_size": cfg.padded_vocab_size, "n_layers": cfg.n_layers,
-            "block": {"name": "reordered_norm", "attention": {"n_heads": cfg.n_heads, "qk_norm": {"name": "rms"},
+            "block": {"name": "reordered_norm", "attention": {"n_heads": cfg.n_heads,
+                                                              "qk_norm": {"name": "rms", "eps": cfg.norm_eps},
                                                               "rope": {"theta": cfg.rope_theta}},
                       "feed_forward": {"hidden_size": cfg.mlp_hidden}, "layer_norm": {"eps": cfg.norm_eps}}}}))
     return step_dir
@@ -927,6 +928,43 @@ def test_an_olmo_core_config_the_model_cannot_express_is_refused(tmp_path):
     model = {**written["model"], "block": fused, "embed_scale": None, "block_overrides": None}
     (tmp_path / "run" / "config.json").write_text(json.dumps({**written, "model": model}))
     assert inspect_checkpoint(step_dir).model.n_heads == 4
+
+
+def test_an_olmo_core_config_of_other_math_in_olmo_2_shapes_is_refused(tmp_path):
+    """Found by a tester: GeGLU, partial or no RoPE, scaled residuals and per-norm eps change no
+    tensor's shape, and each loaded as OLMo 2 without a word. A norm config without eps is
+    OLMo-core's RMSNorm default, 1e-5 (it was read as OLMo 2's 1e-6)."""
+    cfg = ModelConfig(d_model=64, n_layers=2, n_heads=4, vocab_size=VOCAB, max_seq_len=64)
+    step_dir = write_olmo_core_checkpoint(tmp_path / "run", 5, OLMo2(cfg))
+    written = json.loads((tmp_path / "run" / "config.json").read_text())
+
+    def config(change) -> None:
+        model = json.loads(json.dumps(written["model"]))
+        change(model)
+        (tmp_path / "run" / "config.json").write_text(json.dumps({**written, "model": model}))
+
+    attention = lambda m: m["block"]["attention"]  # noqa: E731
+    for change, words in (
+            (lambda m: m["block"]["feed_forward"].update(activation="gelu_tanh"),
+             r"feed_forward.activation 'gelu_tanh' is not silu"),
+            (lambda m: attention(m).pop("rope"), "the attention has no RoPE"),
+            (lambda m: attention(m).update(rope=None), "the attention has no RoPE"),
+            (lambda m: attention(m)["rope"].update(partial_rotary_factor=0.25), "partial_rotary_factor 0.25"),
+            (lambda m: attention(m)["rope"].update(no_global_rope=True), "no_global_rope is true"),
+            (lambda m: m["block"].update(feed_forward_residual_alpha=0.5), "feed_forward_residual_alpha 0.5"),
+            (lambda m: attention(m)["qk_norm"].pop("eps"),
+             r"block.layer_norm.eps 1e-06, block.attention.qk_norm.eps 1e-05"),
+            (lambda m: m.update(lm_head={"layer_norm": {"name": "rms", "eps": 1e-3}}), "lm_head.layer_norm.eps 0.001")):
+        config(change)
+        with pytest.raises(CheckpointFormatError, match=words):
+            inspect_checkpoint(step_dir)
+    # OLMo-core's defaults written out, and one eps left out everywhere: the model OLMo-core builds
+    config(lambda m: (m["block"]["feed_forward"].update(activation="silu"), m["block"].update(
+        attention_residual_alpha=1.0), attention(m)["rope"].update(partial_rotary_factor=1.0, no_global_rope=False)))
+    assert inspect_checkpoint(step_dir).model.norm_eps == 1e-6
+    config(lambda m: (m["block"]["layer_norm"].pop("eps"), attention(m)["qk_norm"].pop("eps"),
+                      m.update(lm_head={"layer_norm": {"name": "rms"}})))
+    assert inspect_checkpoint(step_dir).model.norm_eps == 1e-5
 
 
 def test_a_hostile_olmo_core_metadata_runs_no_code(tmp_path):

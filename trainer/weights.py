@@ -649,6 +649,22 @@ def _inspect_olmo_core(path: Path) -> CheckpointInfo:
 
 # OLMo-core's RMSNorm implementations (LayerNormType): one math, other kernels
 _OLMO_CORE_RMS_NORMS = (None, "rms", "fused_rms", "cute_rms")
+# The eps of every one of them where the LayerNormConfig leaves it out (its config.json omits None fields)
+_OLMO_CORE_DEFAULT_NORM_EPS = 1e-5
+
+
+def _olmo_core_norm_eps(norms: dict[str, dict | None]) -> tuple[float | None, list[str]]:
+    """The one eps of the norms the config describes (None: it describes none), and the problem when
+    they differ: this model has one eps for all. A norm config without "eps" has OLMo-core's default,
+    1e-5, not OLMo 2's 1e-6 (read as 1e-6, and a qk_norm or lm_head eps other than the blocks' read as
+    theirs, the import gave other logits without a word; found by a tester)."""
+    eps = {where: float(norm["eps"]) if norm.get("eps") is not None else _OLMO_CORE_DEFAULT_NORM_EPS
+           for where, norm in norms.items() if norm is not None}
+    if len(set(eps.values())) > 1:
+        said = ", ".join(f"{where}.eps {value:g}" for where, value in eps.items())
+        return None, [f"the norms' eps differ ({said}; a norm config without eps has OLMo-core's "
+                      f"{_OLMO_CORE_DEFAULT_NORM_EPS:g}), and this model has one for every norm"]
+    return next(iter(eps.values()), None), []
 
 
 def _olmo_core_problems(block: dict, attention: dict, rope: dict, norms: dict[str, dict]) -> list[str]:
@@ -680,6 +696,20 @@ def _olmo_core_problems(block: dict, attention: dict, rope: dict, norms: dict[st
                         "sequence)")
     if attention.get("clip_qkv") is not None:
         problems.append(f"clip_qkv {attention['clip_qkv']} is not supported (OLMo 2 does not clip q, k, v)")
+    # Neither do these: each loaded as OLMo 2's SwiGLU, full RoPE and plain residuals (found by a tester)
+    activation = (block.get("feed_forward") or {}).get("activation")
+    if activation not in (None, "silu"):
+        problems.append(f"feed_forward.activation {activation!r} is not silu (OLMo 2's SwiGLU)")
+    if attention and attention.get("rope") is None:  # config.json leaves None out: no RoPE at all
+        problems.append("the attention has no RoPE (OLMo 2 rotates queries and keys)")
+    if rope.get("partial_rotary_factor") not in (None, 1, 1.0):
+        problems.append(f"RoPE partial_rotary_factor {rope['partial_rotary_factor']} is not supported (OLMo 2 "
+                        "rotates the whole head)")
+    if rope.get("no_global_rope"):
+        problems.append("RoPE no_global_rope is true (OLMo 2 rotates queries and keys in every layer)")
+    for alpha in ("attention_residual_alpha", "feed_forward_residual_alpha"):
+        if block.get(alpha) not in (None, 1, 1.0):
+            problems.append(f"block.{alpha} {block[alpha]} is not supported (OLMo 2 adds its residuals unscaled)")
     return problems
 
 
@@ -705,6 +735,9 @@ def _model_config_from_olmo_core(path: Path, shapes: dict[str, tuple]) -> ModelC
         norms = {"block.layer_norm": norm, f"block.{mixer}.qk_norm": attention.get("qk_norm") or {},
                  "lm_head.layer_norm": (core.get("lm_head") or {}).get("layer_norm") or {}}
         problems = _olmo_core_problems(block, attention, rope, norms)
+        # A section the config leaves out says nothing of its eps (a hand-written config)
+        norm_eps, eps_problems = _olmo_core_norm_eps({where: (n if n else None) for where, n in norms.items()})
+        problems += eps_problems
         # Model-level settings that change no tensor's shape either (found by a tester)
         if core.get("embed_scale") not in (None, 1, 1.0):
             problems.append(f"embed_scale {core['embed_scale']} is not supported (OLMo 2 does not scale its "
@@ -718,8 +751,8 @@ def _model_config_from_olmo_core(path: Path, shapes: dict[str, tuple]) -> ModelC
             kwargs = dict(base, n_heads=int(attention["n_heads"]))
             if rope.get("theta"):
                 kwargs["rope_theta"] = float(rope["theta"])
-            if norm.get("eps"):
-                kwargs["norm_eps"] = float(norm["eps"])
+            if norm_eps is not None:
+                kwargs["norm_eps"] = norm_eps
             cfg = ModelConfig(**kwargs)
             return cfg if cfg.padded_vocab_size == vocab else ModelConfig(**kwargs, vocab_multiple=1)
     for name in ("olmo2-1b", "olmo2-7b", "olmo2-13b", "olmo2-370M", "olmo2-190M", "olmo2-30M", "tiny"):
