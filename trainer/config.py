@@ -85,7 +85,8 @@ class ModelConfig:
         return body + lm_head + (embedding if include_embedding else 0)
 
     def flops_per_token(self, seq_len: int) -> int:
-        """Training FLOPs per token: 6 x matmul params + causal attention scores (PaLM appendix B)."""
+        """Training FLOPs per token: 6 x matmul params + 12 x layers x d_model x seq_len for the attention
+        scores and their use, PaLM appendix B's count, which does not halve for the causal mask."""
         return 6 * self.num_params(include_embedding=False) + 12 * self.n_layers * self.d_model * seq_len
 
     def to_dict(self) -> dict:
