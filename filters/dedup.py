@@ -56,11 +56,21 @@ NEAR_REASON = "near_duplicate"
 SIZE_BINS: tuple[tuple[str, int, int | None], ...] = (
     ("1", 1, 1), ("2", 2, 2), ("3-5", 3, 5), ("6-10", 6, 10), ("11-100", 11, 100), (">100", 101, None))
 
-# Buckets up to this size are verified pair by pair (then linked with a local union-find);
-# larger buckets, which in practice are one big family of copies, are checked against a
-# growing list of representatives instead (at most MAX_REPRESENTATIVES of them).
-MAX_PAIRWISE_BUCKET = 256
+# Copies of one signature in a bucket join their first holder; buckets of up to this many
+# distinct signatures are then verified pair by pair (PAIRWISE_BLOCK slots compared at a time,
+# linked with a local union-find), as datasketch's jaccard over every candidate pair links them.
+# Past it, each distinct signature is checked against a growing list of representatives
+# (at most MAX_REPRESENTATIVES): bounded work, but a member like one that is no representative
+# is not linked to it. Until 2026-12-07 that held from 257 members, copies included: a bucket
+# of 300 pages of one template gave 82 clusters where every pair compared gives 29 (a tester).
+MAX_PAIRWISE_BUCKET = 1024
+# The clustering rules' revision, in the key of a source's MinHash cluster set (dolmino/build/tag.py):
+# clusters an earlier rule stored are not reused, so a build from stored attributes removes what a
+# clean one does. 2: the pairwise check above (a bucket of more than 256 members, copies included,
+# was checked against representatives only); revision 1 had no key.
+CLUSTER_REVISION = 2
 MAX_REPRESENTATIVES = 1024
+PAIRWISE_BLOCK = 1 << 24
 # Connected components run on about this many edges per partition (at least one
 # partition, at most as many as the edges already have): Spark's per-task cost dominates
 # the rounds on small graphs.
@@ -302,42 +312,53 @@ def _find(parent: list[int], i: int) -> int:
 def _verified_bucket_edges(members: list, min_equal: int) -> tuple[list[tuple], int, int]:
     """Edges (key, smaller key) linking members whose signatures agree on >= min_equal slots.
 
-    Members are sorted by key, so the outcome depends only on the bucket's contents.
-    Small buckets: every pair is checked and linked through a local union-find, so the
-    emitted edges connect exactly what the pairwise similarities connect. Large buckets:
-    each member is checked against the representatives seen so far.
+    Members are sorted by key, so the outcome depends only on the bucket's contents. A copy
+    of a signature is linked to its first holder (one comparison). Up to MAX_PAIRWISE_BUCKET
+    distinct signatures, every pair of them is checked and linked through a local union-find,
+    so the emitted edges connect exactly what the pairwise similarities connect. More: each
+    is checked against the representatives seen so far.
     """
     members.sort(key=lambda m: m[0])
     keys = [m[0] for m in members]
     sigs = np.stack([np.frombuffer(m[1], dtype=np.uint32) for m in members])
-    k = len(members)
-    edges: list[tuple] = []
-    if k <= MAX_PAIRWISE_BUCKET:
-        equal = (sigs[:, None, :] == sigs[None, :, :]).sum(axis=2)
-        i_idx, j_idx = np.triu_indices(k, 1)
-        similar = equal[i_idx, j_idx] >= min_equal
-        parent = list(range(k))
-        for i, j in zip(i_idx[similar].tolist(), j_idx[similar].tolist()):
-            ri, rj = _find(parent, i), _find(parent, j)
-            if ri != rj:
-                parent[max(ri, rj)] = min(ri, rj)  # the root is the smallest index = smallest key
-        for j in range(k):
-            root = _find(parent, j)
-            if root != j:
-                edges.append((keys[j], keys[root]))
-        compared = len(i_idx)
-        return edges, compared, compared - int(similar.sum())
-    reps = [0]
-    compared = rejected = 0
-    for j in range(1, k):
-        equal = (sigs[reps] == sigs[j]).sum(axis=1)
-        matches = np.flatnonzero(equal >= min_equal)
-        compared += len(reps)
-        rejected += len(reps) - len(matches)
-        if len(matches):
-            edges.extend((keys[j], keys[reps[m]]) for m in matches.tolist())
-        elif len(reps) < MAX_REPRESENTATIVES:
-            reps.append(j)
+    _, first, inverse = np.unique(sigs, axis=0, return_index=True, return_inverse=True)
+    parent = first[inverse.reshape(-1)].tolist()  # a copy points at its signature's first (smallest) holder
+    distinct = np.sort(first)
+    compared = len(members) - len(distinct)
+    rejected = 0
+
+    def link(i: int, j: int) -> None:
+        ri, rj = _find(parent, i), _find(parent, j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)  # the root is the smallest index = smallest key
+
+    d = len(distinct)
+    if d <= MAX_PAIRWISE_BUCKET:
+        unique_sigs = sigs[distinct]
+        step = max(1, PAIRWISE_BLOCK // (d * sigs.shape[1]))
+        for lo in range(0, d - 1, step):
+            equal = (unique_sigs[lo:lo + step, None, :] == unique_sigs[None, lo:, :]).sum(axis=2)
+            rows, cols = np.nonzero(np.triu(equal >= min_equal, 1))  # column c is signature lo + c
+            for i, j in zip((lo + rows).tolist(), (lo + cols).tolist()):
+                link(int(distinct[i]), int(distinct[j]))
+            pairs = sum(d - 1 - i for i in range(lo, min(lo + step, d)))
+            compared += pairs
+            rejected += pairs - len(rows)
+    else:
+        reps = [int(distinct[0])]
+        for j in distinct[1:].tolist():
+            matches = np.flatnonzero((sigs[reps] == sigs[j]).sum(axis=1) >= min_equal)
+            compared += len(reps)
+            rejected += len(reps) - len(matches)
+            for m in matches.tolist():
+                link(j, reps[m])
+            if not len(matches) and len(reps) < MAX_REPRESENTATIVES:
+                reps.append(j)
+    edges = []
+    for j in range(len(members)):
+        root = _find(parent, j)
+        if root != j:
+            edges.append((keys[j], keys[root]))
     return edges, compared, rejected
 
 

@@ -161,6 +161,7 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
     filter's ngram_size unchecked against its index, which names no set: `dolmino diff` reads
     no index (an s3:// one was downloaded to compare two manifests)."""
     from filters.base import cascades, needs_tokens, tag_params
+    from filters.dedup import CLUSTER_REVISION
     from filters.registry import build_filter
     from filters.stackexchange import CONVERSION_REVISION
 
@@ -213,7 +214,8 @@ def tag_plans(manifest: Manifest, resources: dict[str, Resource], tokenizer_dige
             pool = units_digest([u for u in units if u.source_index == si])
         plans.append(SourceTagPlan(
             source.name, source.format, source.max_doc_bytes, f"docs-{docs_key}", tuple(tags),
-            f"minhash-{spec_key({**minhash, 'pool': pool})}" if minhash else None, minhash, pool, tuple(warnings)))
+            f"minhash-{spec_key({**minhash, 'pool': pool, 'clusters': CLUSTER_REVISION})}" if minhash else None,
+            minhash, pool, tuple(warnings)))
     return tuple(plans)
 
 
