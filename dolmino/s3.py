@@ -279,6 +279,26 @@ def describe_error(exc: BaseException) -> str:
     return redact(text)
 
 
+# What smart_open's reader raises once its own re-reads of a body cut off mid-read are spent (5, 31 s of sleeps): a
+# bare OSError naming the object as the reader's repr, `smart_open.s3._SeekableReader('bucket', 'key')`, not why.
+_SMART_OPEN_GAVE_UP = re.compile(r"smart_open\.s3\.\w+(\(.*\)): failed to read -?\d+ bytes after (\d+) attempts")
+
+
+def _smart_open_gave_up(exc: BaseException) -> str | None:
+    """The line for smart_open's "failed to read N bytes after M attempts", or None for any other error."""
+    import ast
+
+    found = _SMART_OPEN_GAVE_UP.fullmatch(str(exc)) if type(exc) is OSError else None
+    if found is None:
+        return None
+    what = f"the S3 response was cut off mid-body on each of {found.group(2)} reads"
+    try:
+        bucket, key = ast.literal_eval(found.group(1))
+        return f"{join_uri(bucket, key)}: {what}"
+    except (ValueError, SyntaxError, TypeError):  # another form of reader: its own words name the object
+        return f"{what} ({exc})"
+
+
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
                      "TokenRefreshRequired", "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
 
@@ -287,6 +307,8 @@ def _one_s3_failure(exc: BaseException) -> str | None:
     """The message for one exception of the chain, or None if it is not an S3/network failure."""
     if isinstance(exc, _NAMED_ERRORS):
         return str(exc)
+    if (cut_off := _smart_open_gave_up(exc)) is not None:
+        return cut_off
     if "botocore" in sys.modules:  # not imported: the exception cannot be one of its classes
         from botocore import exceptions as bex
 
@@ -553,7 +575,9 @@ def named_failure(uri: str, exc: BaseException) -> BaseException:
     if isinstance(exc, _NAMED_ERRORS):
         return exc
     message = s3_failure_message(exc)
-    return exc if message is None else S3ObjectError(redact(f"{uri}: {message}"))
+    if message is None:
+        return exc
+    return S3ObjectError(redact(message if message.startswith(f"{uri}: ") else f"{uri}: {message}"))
 
 
 _NOT_IMPLEMENTED = ("NotImplemented", "MethodNotAllowed", "501", "405")

@@ -171,3 +171,48 @@ def test_an_s3_object_without_its_listed_size_stops_the_read(inputs, s3_server):
                         list(read_lines(uri, unit, [10 ** 6], data=None if unit.is_range else fetched))
         good = Unit(0, 0, InputFile("web", uri, rel, len(data), "etag"))
         assert list(read_unit(uri, good, Quarantine())) == list(read_unit(uri, good, Quarantine(), data=data))
+
+
+def test_an_input_whose_body_is_cut_off_every_time_fails_naming_it(inputs, s3_server, monkeypatch):
+    """A body cut off on every GET (a fault-injecting proxy's half-sent responses) ended a build with "in an
+    executor: OSError: smart_open.s3._SeekableReader('bucket', 'key'): failed to read 131072 bytes after 5
+    attempts": no s3:// URI, and not why (found by a tester). The tag and write phases' reads now name the
+    object and the cut."""
+    import smart_open.s3
+    from botocore.exceptions import ResponseStreamingError
+
+    from dolmino.build.inputs import InputFile, Unit
+    from dolmino.build.read import read_lines, read_unit
+
+    _, root = inputs
+    rel = "web/part-0.jsonl.zst"
+    uri = f"{root}/{rel}"
+    size = len(s3.get_bytes(uri))
+
+    class CutOff:
+        def read(self, *_):
+            raise ResponseStreamingError(error="IncompleteRead(0 bytes read, more expected)")
+
+        def close(self):
+            pass
+
+    def cut_off(parsed, model, **_):
+        if model.name == "GetObject" and "Body" in parsed:
+            parsed["Body"] = CutOff()
+
+    class NoSleep:  # smart_open sleeps 1 + 2 + 4 + 8 + 16 s between its re-reads
+        @staticmethod
+        def sleep(_seconds):
+            pass
+
+    monkeypatch.setattr(smart_open.s3, "time", NoSleep)
+    unit = Unit(0, 0, InputFile("web", uri, rel, size, "etag"))
+    events = s3.client().meta.events
+    events.register("after-call.s3.GetObject", cut_off)
+    try:
+        for read in (lambda: read_unit(uri, unit, Quarantine()), lambda: read_lines(uri, unit, [1])):
+            with pytest.raises(s3.S3ObjectError) as info:
+                list(read())
+            assert str(info.value) == f"{uri}: the S3 response was cut off mid-body on each of 5 reads"
+    finally:
+        events.unregister("after-call.s3.GetObject", cut_off)

@@ -1732,6 +1732,46 @@ def test_parts_missing_from_an_s3_out_are_not_sent_to_s3(s3_server, tmp_path):
             "rerun the same command. The build is not complete (no report.json).") in str(info.value)
 
 
+def test_a_part_whose_check_the_store_refuses_is_not_said_missing(s3_server):
+    """A part HEAD whose retries were spent (503 SlowDown, through a fault-injecting proxy) was reported as
+    "part-00000.npy: missing ... deleted or overwritten while the build ran" of a part that was there (found
+    by a tester): the store's failure is the error, naming the object; a part really gone is still missing."""
+    import hashlib
+    import uuid
+
+    from botocore.exceptions import ClientError
+
+    from dolmino import s3
+    from dolmino.build import output
+    from dolmino.build.write import PartFile, PartResult
+    from dolmino.errors import BuildError
+
+    bucket = f"slow-{uuid.uuid4().hex[:12]}"
+    s3.client().create_bucket(Bucket=bucket)
+    data = b"\0" * 8
+    digest = hashlib.sha256(data).hexdigest()
+    s3.client().put_object(Bucket=bucket, Key="mix/part-00000.npy", Body=data, Metadata={"sha256": digest})
+    part = PartResult(0, 2, 1, {}, {}, (PartFile("part-00000.npy", 8, digest),), {})
+
+    def throttle(model, **_):
+        if model.name == "HeadObject":
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."},
+                               "ResponseMetadata": {"HTTPStatusCode": 503}}, model.name)
+
+    events = s3.client().meta.events
+    events.register("before-parameter-build.s3", throttle)
+    try:
+        with pytest.raises(s3.S3ObjectError, match=rf"^s3://{bucket}/mix/part-00000\.npy: S3 HeadObject failed: "
+                                                   r"SlowDown \(503\)"):
+            output.verify_parts(f"s3://{bucket}/mix", [part])
+    finally:
+        events.unregister("before-parameter-build.s3", throttle)
+    output.verify_parts(f"s3://{bucket}/mix", [part])  # there, as reported
+    s3.client().delete_object(Bucket=bucket, Key="mix/part-00000.npy")
+    with pytest.raises(BuildError, match="part-00000.npy: missing"):
+        output.verify_parts(f"s3://{bucket}/mix", [part])
+
+
 def test_cli_refuses_attributes_in_the_data_tree_before_any_work(tmp_path, capsys, s3_server):
     """An --attributes that was the data root, or inside a source's directory, was accepted: the build
     wrote its sets there and a rerun read them as inputs (found by a tester)."""

@@ -177,13 +177,17 @@ def _check_one(out: str, name: str, size: int, sha256: str) -> str | None:
     if is_remote(out):
         from botocore.exceptions import ClientError
 
-        from dolmino.s3 import client, split_uri
+        from dolmino.s3 import client, is_missing_object, named_failure, split_uri
 
         bucket, key = split_uri(join(out, name))
         try:
             head = client().head_object(Bucket=bucket, Key=key)
-        except ClientError:
-            return f"{name}: missing"
+        except ClientError as exc:
+            if is_missing_object(exc):
+                return f"{name}: missing"
+            # A HEAD whose retries were spent (503 SlowDown) said "missing ... deleted or overwritten while the
+            # build ran" of a part that was there (found by a tester): the store's failure, named, is the error.
+            raise named_failure(join(out, name), exc) from None
         if int(head["ContentLength"]) != size:
             return f"{name}: {head['ContentLength']} bytes, the executor wrote {size}"
         if head.get("Metadata", {}).get("sha256") != sha256:

@@ -43,14 +43,16 @@ def _input_gone(uri: str, exc: BaseException) -> BaseException:
     file, or an S3 object: both raise FileNotFoundError) ended the build with "in an executor:
     FileNotFoundError: [Errno 2] No such file or directory" (a tester). A missing bucket is not
     the file's doing (an executor whose endpoint or region sees other buckets) and keeps its own
-    line, as for an attribute file (a reviewer)."""
-    from dolmino.s3 import NoSuchBucket
+    line, as for an attribute file (a reviewer). A read of an S3 input that failed for good is named:
+    smart_open's "failed to read 131072 bytes after 5 attempts" of a body cut off every time named the object
+    only as `smart_open.s3._SeekableReader('bucket', 'key')`, and not why (found by a tester)."""
+    from dolmino.s3 import NoSuchBucket, is_s3, named_failure
 
     if isinstance(exc, FileNotFoundError) and not isinstance(exc, NoSuchBucket):
         return InputChangedError(f"{uri}: the input file disappeared during the build (it was listed, then not "
                                  "found); rerun once the inputs are stable (finished attribute files and parts are "
                                  "kept)")
-    return exc
+    return named_failure(uri, exc) if is_s3(uri) else exc
 
 
 class listed_input:
@@ -74,7 +76,7 @@ def still_listed(items: Iterator, uri: str) -> Iterator:
     without a context manager's own per file)."""
     try:
         yield from items
-    except FileNotFoundError as exc:
+    except OSError as exc:
         gone = _input_gone(uri, exc)
         if gone is exc:
             raise
