@@ -220,6 +220,10 @@ def test_a_manifest_on_s3_is_named_as_a_url(capsys):
     assert f"trainer.schedule: {said}" in err and "s3:/bkt" not in err
     assert main(["--mix", "https://host/m.json", "--model", "tiny", "--steps", "1"]) == 2  # aws s3 cp takes no https
     assert "copy it here first (`curl -O https://host/m.json`) and pass the copy" in capsys.readouterr().err
+    # a build's prefix: `aws s3 cp s3://bkt/mixes/demo .` copies nothing (a tester)
+    assert main(["--mix", "s3://bkt/mixes/demo/", "--model", "tiny", "--steps", "1"]) == 2
+    assert ("--mix s3://bkt/mixes/demo/ is a URL, not a manifest file; to train on the build stored there, copy it "
+            "here first (`aws s3 sync s3://bkt/mixes/demo/ DIR`) and pass --data DIR") in capsys.readouterr().err
     # --data s3:// as trainer.run says it (it read "data path s3:/bkt/... does not exist"; a reviewer)
     for command in (main, schedule_main):
         assert command(["--data", "s3://bkt/mixes/demo", "--model", "tiny", "--steps", "1"]) == 2

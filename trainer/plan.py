@@ -140,6 +140,12 @@ def _manifest_changes(given: dict, built: Path) -> list[str]:
 def mix_output_dir(manifest_path: str | Path, prog: str = "trainer.run") -> Path:
     """The built mix directory a manifest names; exits with a clear message if it is not built,
     or if it was built from another manifest (its manifest.json differs)."""
+    if "://" in str(manifest_path) and not str(manifest_path).rstrip("/").endswith(".json"):
+        # a build's prefix: `aws s3 cp PREFIX .`, as the line below said, copies no prefix (a tester)
+        how = f" (`aws s3 sync {manifest_path} DIR`)" if str(manifest_path).startswith("s3://") else ""
+        raise SystemExit(redact(f"{prog}: --mix {manifest_path} is a URL, not a manifest file; to train on the build "
+                                f"stored there, copy it here first{how} and pass --data DIR, or pass a local copy of "
+                                "its manifest JSON as --mix"))
     if "://" in str(manifest_path):  # through Path, s3://b/m.json became "manifest s3:/b/m.json does not exist"
         # `aws s3 cp` takes s3:// URLs only: an https:// one was told to use it (a tester)
         fetch = "aws s3 cp" if str(manifest_path).startswith("s3://") else "curl -O"
