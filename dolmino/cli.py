@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass
 
 from dolmino import __version__
-from dolmino.stdout_pipe import run_main
+from dolmino.stdout_pipe import interrupted, run_main
 
 PROG = "dolmino"
 # Exit status of a command-line mistake (no command, unknown command, missing module),
@@ -135,6 +135,8 @@ def run_command(name: str, args: list[str]) -> int:
     try:
         takes_argv = "argv" in entry.__code__.co_varnames[:entry.__code__.co_argcount]
         result = entry(args) if takes_argv else entry()
+    except KeyboardInterrupt:  # run_main would name only `dolmino`
+        return interrupted(f"{PROG} {name}")
     finally:
         sys.argv = saved_argv
     return int(result or 0)

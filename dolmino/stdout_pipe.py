@@ -1,5 +1,6 @@
 """A command's end when the reader of its stdout has gone: `... | head` stops it the way it
-stops cat or git (exit 141, nothing on stderr), not with a BrokenPipeError traceback.
+stops cat or git (exit 141, nothing on stderr), not with a BrokenPipeError traceback; and when
+Ctrl-C stops it: one line and exit 130, not a KeyboardInterrupt traceback.
 
 Every module run as a command (`dolmino <command>`, and each `python -m <module>` the README
 shows) ends through `run_main`."""
@@ -10,6 +11,7 @@ import sys
 from typing import Callable
 
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for cat or git stopped by `| head`
+INTERRUPTED_EXIT = 130  # 128 + SIGINT: what a shell reports for a command Ctrl-C stopped
 
 
 def stdout_closed() -> bool:
@@ -32,10 +34,29 @@ def stdout_closed() -> bool:
     return True
 
 
+def interrupted(prog: str) -> int:
+    """Ctrl-C's one line and exit status, for a command whose own clean-up has run (the
+    KeyboardInterrupt has come up through its `finally` blocks)."""
+    print(f"{prog}: interrupted", file=sys.stderr)
+    return INTERRUPTED_EXIT
+
+
+def command_name() -> str:
+    """The command as it was run: `python -m MODULE`, else its script's name."""
+    import os
+
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        return f"python -m {spec.name.removesuffix('.__main__')}"
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "command"
+
+
 def run_main(main: Callable[..., int | None], *args) -> int | None:
     """`main(*args)`'s exit code, stdout flushed (into a pipe stdout is block-buffered: a short
     output is written here, not by print); 141 when stdout's reader has gone. A BrokenPipeError
-    of another pipe or socket (an S3 upload cut off) keeps its traceback."""
+    of another pipe or socket (an S3 upload cut off) keeps its traceback. Ctrl-C in a command
+    that does not say it itself (dolmino assets, validate, lock, python -m trainer.export_hf)
+    was a 20-line KeyboardInterrupt traceback (found by a tester): one line, exit 130."""
     try:
         try:
             code = main(*args)
@@ -48,3 +69,9 @@ def run_main(main: Callable[..., int | None], *args) -> int | None:
         if not stdout_closed():
             raise
         return SIGPIPE_EXIT
+    except KeyboardInterrupt:
+        try:
+            sys.stdout.flush()  # what the command printed before comes before the line
+        except OSError:
+            pass
+        return interrupted(command_name())

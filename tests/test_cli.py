@@ -1042,3 +1042,30 @@ def test_the_configured_master_is_read_from_the_drivers_jvm(spark, monkeypatch):
 
     monkeypatch.setattr(SparkContext, "_jvm", None)
     assert configured_master() is None
+
+
+@pytest.mark.parametrize("how", ["dolmino", "python -m"])
+def test_ctrl_c_in_a_command_without_words_of_its_own_is_one_line_and_exit_130(tmp_path, how):
+    """Ctrl-C in `dolmino validate` (or assets, lock, report, `python -m trainer.export_hf`: every command
+    that does not catch it itself) was a 20-line KeyboardInterrupt traceback (found by a tester); the
+    build's commands said one line and exit 130. A real SIGINT, sent by the command to itself mid-run."""
+    import subprocess
+
+    (tmp_path / "build").mkdir()
+    (tmp_path / "stop_here.py").write_text(
+        "import os, signal, sys\nimport dolmino.validate\n"
+        "def validate_build(*args, **kwargs):\n    os.kill(os.getpid(), signal.SIGINT)\n    signal.pause()\n"
+        "dolmino.validate.validate_build = validate_build\n"
+        "if __name__ == '__main__':\n"
+        "    from dolmino.stdout_pipe import run_main\n"
+        "    sys.exit(run_main(dolmino.validate.main))\n")
+    if how == "dolmino":
+        args = ["-c", "import sys, stop_here\nfrom dolmino.cli import main\nsys.exit(main(sys.argv[1:]))",
+                "validate", str(tmp_path / "build")]
+    else:
+        args = ["-m", "stop_here", str(tmp_path / "build")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120, cwd=str(tmp_path),
+                          env=env)
+    said = "dolmino validate" if how == "dolmino" else "python -m stop_here"
+    assert (proc.returncode, proc.stderr) == (130, f"{said}: interrupted\n")

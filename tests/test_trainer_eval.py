@@ -748,6 +748,47 @@ def test_ctrl_c_in_a_later_task_keeps_the_finished_results(wheels, tmp_path, cap
     assert capsys.readouterr().err.strip().splitlines()[-1] == "trainer.eval: interrupted"
 
 
+def test_sigterm_in_a_later_task_keeps_the_finished_results(wheels, tmp_path, capsys, monkeypatch):
+    """SIGTERM (`timeout`, a scheduler's time limit) during a later task killed the process with the
+    finished tasks' results unwritten: no --out, exit 143 and no word (found by a tester). It ends the
+    scoring as Ctrl-C does: written, marked partial, one line; exit 143. A real SIGTERM, sent by the task."""
+    import os
+    import signal
+
+    import trainer.eval as eval_module
+
+    save_trainer_checkpoint(tmp_path / "ck", small_model(seed=5))
+    real = eval_module.run_task
+
+    def terminated_in(failing: str) -> None:
+        def run_task(name, *args, **kwargs):
+            if name == failing:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return real(name, *args, **kwargs)
+
+        monkeypatch.setattr(eval_module, "run_task", run_task)
+
+    def not_the_commands(signum, frame):  # what SIGTERM meets where the command sets no handler of its own
+        raise RuntimeError("SIGTERM reached the handler the command started with")
+
+    previous = signal.signal(signal.SIGTERM, not_the_commands)
+    try:
+        terminated_in("arc_easy")
+        out = tmp_path / "out.json"
+        assert main(["--checkpoint", str(tmp_path / "ck"), "--tasks", "copa,arc_easy", "--limit", "2",
+                     "--device", "cpu", "--out", str(out)]) == 143
+        report = json.loads(out.read_text())
+        assert list(report["results"]) == ["copa"] and report["failed"] == {"task": "arc_easy",
+                                                                            "error": "terminated (SIGTERM)"}
+        assert "task arc_easy failed: terminated (SIGTERM); the results of copa are kept" in capsys.readouterr().err
+        terminated_in("copa")  # nothing finished: one line
+        assert main(["--checkpoint", str(tmp_path / "ck"), "--tasks", "copa", "--limit", "2", "--device", "cpu"]) == 143
+        assert capsys.readouterr().err.strip().splitlines()[-1] == "trainer.eval: terminated"
+        assert signal.getsignal(signal.SIGTERM) is not_the_commands
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_trainer_run_keeps_the_eval_results_before_a_failing_task(wheels, tmp_path, capsys, monkeypatch):
     import argparse
 

@@ -424,3 +424,37 @@ def test_a_recorded_tokenizer_other_than_dolma2_is_read_from_its_recorded_path(t
 
     (mix / "report.json").write_text(json.dumps({k: v for k, v in report.items() if k != "tokenizer_sha256"}))
     assert "records no tokenizer_sha256" in data_tokenizer(scan_data([str(mix)]))
+
+
+def test_a_rerun_removes_what_an_export_killed_part_way_staged(tmp_path):
+    """An export killed part way (kill -9, or SIGTERM, whose default action runs no clean-up) left its
+    staged shards in OUT_DIR, hidden (`.model-00001-of-00004.safetensors.staged<PID>`), up to a model's
+    size, and every rerun left them there (found by a tester). The rerun removes them; the staged files
+    of an export still running (its PID alive: this process's parent) are left alone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = ModelConfig(d_model=32, n_layers=2, n_heads=2, vocab_size=256, max_seq_len=64)
+    saved_random_model(tmp_path, cfg)
+    ckpt, out, clean = tmp_path / "ckpt", tmp_path / "hf", tmp_path / "clean"
+    killed_at_second_shard = (
+        "import os, signal, sys\nimport trainer.export_hf as export\nwrite, written = export.write_safetensors, []\n"
+        "def write_then_die(path, *args, **kwargs):\n    written.append(write(path, *args, **kwargs))\n"
+        "    if len(written) == 2:\n        os.kill(os.getpid(), signal.SIGKILL)\n    return written[-1]\n"
+        "export.write_safetensors = write_then_die\nsys.exit(export.main(sys.argv[1:]))")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", killed_at_second_shard, str(ckpt), str(out), "--max-shard-size",
+                           "20KB"], capture_output=True, text=True, timeout=120, cwd=str(repo))
+    assert proc.returncode == -signal.SIGKILL
+    left = sorted(p.name for p in out.iterdir())
+    assert len(left) == 2 and all(".staged" in name for name in left)
+    running = out / f".model-00001-of-00009.safetensors.staged{os.getppid()}"
+    running.write_bytes(b"an export still writing")
+
+    assert export_main([str(ckpt), str(out), "--max-shard-size", "20KB"]) == 0
+    assert export_main([str(ckpt), str(clean), "--max-shard-size", "20KB"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([running.name, *(p.name for p in clean.iterdir())])
+    assert all((out / p.name).read_bytes() == p.read_bytes() for p in clean.iterdir())

@@ -15,7 +15,8 @@ Multiple choice, OLMES "RC" (cloze) form. The prompt is the question in the task
 after its fixed few-shot exemplars; every answer choice is a continuation; the model picks
 the choice with the highest log-likelihood under a normalisation. Four are reported, as
 oe-eval does: `acc_raw` (none), `acc_per_token`, `acc_per_char` (divided by the characters
-of the continuation as scored, its leading space included, oe-eval's `num_chars`) and
+of the request's continuation, its leading space included, oe-eval's `num_chars`; whitespace
+that ends a context is scored with the continuation but not counted, see below) and
 `acc_uncond` (PMI: minus the log-likelihood of the same continuation after the bare context
 "Answer:"). `accuracy` is the one OLMES prescribes for the task: per character for ARC-Easy,
 HellaSwag, PIQA, Social IQa and MMLU, PMI for ARC-Challenge, CommonsenseQA and OpenBookQA,
@@ -56,6 +57,7 @@ KV cache.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import io
 import json
@@ -92,10 +94,39 @@ class PartialEvaluation(EvalError):
     `partial` with the failing task named: a NaN in task k of n lost the k - 1 results before it,
     nothing written to --out, --details or SAVE_DIR/eval (found by a tester)."""
 
-    def __init__(self, message: str, report: dict, interrupted: bool = False):
+    def __init__(self, message: str, report: dict, interrupted: bool = False, terminated: bool = False):
         super().__init__(message)
         self.report = report
         self.interrupted = interrupted  # Ctrl-C: the command exits 130, as an interrupted command does
+        self.terminated = terminated  # SIGTERM: 143
+
+    @property
+    def status(self) -> int:
+        return 143 if self.terminated else 130 if self.interrupted else 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`timeout`, a scheduler's time limit) raised where Ctrl-C raises KeyboardInterrupt, so
+    that it ends the scoring as Ctrl-C does, the finished tasks' results kept: the process died with
+    them unwritten, exit 143 and no word (found by a tester)."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises Terminated for the duration (from the main thread, where handlers run)."""
+    import signal
+    import threading
+
+    def terminated(signum, _frame):
+        raise Terminated()
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminated) if main else None
+    try:
+        yield
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass(frozen=True)
@@ -952,7 +983,8 @@ def evaluate(checkpoint: str | Path, tasks: str | list[str] = DEFAULT_TASKS, lim
                 raise
             # Ctrl-C in a later task (MMLU's 14,042 instances), or torch's RuntimeError (out of memory on a
             # long task), lost the finished tasks' results too (testers)
-            failed = {"task": name, "error": "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else
+            failed = {"task": name, "error": "terminated (SIGTERM)" if isinstance(exc, Terminated) else
+                      "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else
                       str(exc) if isinstance(exc, (EvalError, AssetError)) else f"{type(exc).__name__}: {exc}"}
             break
         results[name] = result
@@ -974,7 +1006,8 @@ def evaluate(checkpoint: str | Path, tasks: str | list[str] = DEFAULT_TASKS, lim
         report.update(partial=True, failed=failed, not_scored=names[names.index(failed["task"]):])
         raise PartialEvaluation(f"task {failed['task']} failed: {failed['error']}; the results of "
                                 f"{', '.join(results)} are kept, marked partial", report,
-                                interrupted=failed["error"] == "interrupted (Ctrl-C)")
+                                interrupted=failed["error"] == "interrupted (Ctrl-C)",
+                                terminated=failed["error"] == "terminated (SIGTERM)")
     return report
 
 
@@ -1061,13 +1094,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.device is not None:
             pick_device(args.device)
-        report = evaluate(args.checkpoint, args.tasks, args.limit, args.batch_size, args.device, args.dtype,
-                          args.tokenizer, args.max_new_tokens, details_path=args.details)
+        with sigterm_as_interrupt():
+            report = evaluate(args.checkpoint, args.tasks, args.limit, args.batch_size, args.device, args.dtype,
+                              args.tokenizer, args.max_new_tokens, details_path=args.details)
     except PartialEvaluation as exc:  # the finished tasks' results are printed and written, then the error
-        report, failure, status = exc.report, str(exc), 130 if exc.interrupted else 2
-    except KeyboardInterrupt:  # before any task finished: nothing to keep (a traceback before)
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        report, failure, status = exc.report, str(exc), exc.status
+    except KeyboardInterrupt as exc:  # before any task finished: nothing to keep (a traceback before)
+        print(f"{prog}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except (EvalError, FileNotFoundError, AssetError, DeviceUnavailable) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -1147,7 +1181,7 @@ def evaluate_after_training(args: argparse.Namespace, checkpoint: str | Path | N
         report = evaluate(checkpoint, args.eval_tasks, args.eval_limit, device=str(device),
                           tokenizer_path=recorded_tokenizer(checkpoint), log=log)
     except PartialEvaluation as exc:  # the tasks scored before the failing one are written all the same
-        report, failure, status = exc.report, str(exc), 130 if exc.interrupted else 2
+        report, failure, status = exc.report, str(exc), exc.status
     except (EvalError, FileNotFoundError, AssetError) as exc:
         print(f"trainer.run: evaluation failed: {exc}", file=sys.stderr)
         return 2

@@ -217,12 +217,29 @@ def _remove_other_weights(out_dir: Path, keep: set[str]) -> None:
         path.unlink()
 
 
+# A weight file staged by `_write_weights` (.NAME.stagedPID), or write_safetensors' temporary file of one
+_STAGED = re.compile(r"\.\.?(?:model|pytorch_model)[^/]*\.(?:safetensors|json)\.staged(\d+)(?:\.tmp\d+)?")
+
+
+def _sweep_staged(out_dir: Path) -> None:
+    """Remove what an export into `out_dir` killed part way (SIGTERM, kill -9, a lost node) staged:
+    hidden shards up to a model's size, which no rerun removed (each stages under its own PID;
+    found by a tester). Files of an export still running (its PID alive) are left alone."""
+    from trainer.checkpoint import _writer_alive
+
+    for path in sorted(out_dir.iterdir()):
+        match = _STAGED.fullmatch(path.name)
+        if match and path.is_file() and not path.is_symlink() and not _writer_alive(int(match.group(1)), path):
+            path.unlink(missing_ok=True)
+
+
 def _write_weights(out_dir: Path, specs: list, get: Callable[[str], torch.Tensor], max_shard_size: int) -> None:
     """model.safetensors, or shards and their index when the weights exceed `max_shard_size`.
     Every file is written under a hidden staging name first; only when all are complete is the old
     model removed (its index first) and the new files renamed into place, the index last: a failed
     write leaves the old model whole, and no moment leaves a mix of old and new weights that loads
     (shards without an index do not)."""
+    _sweep_staged(out_dir)
     shards = _shard(specs, max_shard_size)
     if len(shards) == 1:
         names = ["model.safetensors"]
