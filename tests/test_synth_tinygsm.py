@@ -361,3 +361,80 @@ def test_the_child_has_no_environment_no_privileges_and_no_say_over_its_replies(
         sandbox.run(_fn(f"x = {ESCAPE}['sys'].stdout.write('{forged}\\n')", "return 2"))
         # whatever that one got, the next program is answered by a child in step with it
         assert sandbox.run(_fn("x = 6 * 7", "return x")).values == ("42", "42")
+
+
+def test_a_program_too_deep_to_reprint_is_one_rejection(tmp_path):
+    """`x = ----...1` of 400 signs passed the check (one frame per level) and ast.unparse, a few
+    frames per level, raised RecursionError in annotate: the partition failed, its good rows lost
+    (found by a tester)."""
+    good = _fn("a = 16", "b = a - 7", "return b")
+    signs = _fn("x = " + "-" * 400 + "1", "return x")
+    assert check_program(signs)[1] == "too_deep"
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"question": q, "code": c}) + "\n"
+                            for q, c in (("ok?", good), ("signs?", signs), ("ok2?", good))))
+    records = list(TinyGsmGenerator(str(path)).generate(0, 1, seed=1))
+    assert [r.get("rejected") for r in records if is_rejection(r)] == ["too_deep"]
+    assert len([r for r in records if not is_rejection(r) and not is_quarantine(r)]) == 2
+
+
+def test_values_that_render_to_megabytes_are_one_resource_limit():
+    """Three lines whose values rendered to a 34 MB reply were kept as one document, and the
+    parent read the reply for seconds (found by a tester): a reply is at most 1 MiB."""
+    from dolmino.synth.sandbox import REPLY_LIMIT_BYTES
+
+    big = _fn("x = [7] * 400000", "return 1")   # ~1.2 MB of "7, 7, ..."
+    with Sandbox() as sandbox:
+        out = annotate("q", big, sandbox)
+        assert (out.text, out.reason, out.detail) == (None, "resource_limit",
+                                                      f"the result is over {REPLY_LIMIT_BYTES} bytes")
+        assert sandbox.counts["child_kills"] == 1
+        assert annotate("q", _fn("x = [7] * 1000", "return 1"), sandbox).text.count("7, ") == 999   # under it
+        assert sandbox.run(_fn("x = 6 * 7", "return x")).values == ("42", "42")
+
+
+def test_a_reply_with_the_wrong_number_of_values_fails_its_item(tmp_path):
+    """A child reply of one value for a two-statement program (what a program out of the checker
+    could write) raised ValueError in annotate and failed the partition (found by a tester)."""
+    import stat
+    import sys
+
+    fake = tmp_path / "fake-python"
+    reply = json.dumps({"ok": True, "values": ["1"], "result": "1", "numeric": True})
+    fake.write_text(f"#!{sys.executable}\nimport sys\nfor line in sys.stdin:\n    print({reply!r}, flush=True)\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    with Sandbox(python=str(fake)) as sandbox:
+        out = annotate("q", _fn("x = 1", "return x"), sandbox)
+    assert (out.text, out.reason, out.detail) == (None, "runtime_error", "the sandbox gave 1 values for 2 statements")
+
+
+def test_the_cpu_limit_holds_in_a_child_of_a_process_that_ignores_sigxcpu():
+    """SIG_IGN survives exec: under a parent ignoring SIGXCPU the child ran a runaway program until
+    the wall-clock backstop (found by a tester)."""
+    import signal
+
+    previous = signal.signal(signal.SIGXCPU, signal.SIG_IGN)
+    try:
+        with Sandbox(cpu_seconds=1, wall_seconds=8) as sandbox:
+            slow = sandbox.run(_fn("x = 3 ** 300000000", "return 1"))
+    finally:
+        signal.signal(signal.SIGXCPU, previous)
+    assert (slow.kind, slow.error) == ("timeout", "CPU time limit (1 s per program) exceeded")
+
+
+def test_memory_caps_the_child_cannot_set_are_refused_or_lowered(tmp_path):
+    """The child exited at start when its setrlimit failed, and every program of the run became a
+    resource_limit rejection while the run exited 0: a --memory-mb past what setrlimit takes, or
+    over the executor's own hard cap (`ulimit -v`; found by a tester)."""
+    import stat
+    import sys
+
+    with pytest.raises(ValueError, match="memory_mb must be an integer from 64 to"):
+        Sandbox(memory_mb=10 ** 13)
+    capped = tmp_path / "capped-python"   # a hard cap of 1 GiB; the sandbox asks for 2 GiB
+    capped.write_text(f'#!/bin/sh\nulimit -v 1048576 && exec {sys.executable} "$@"\n')
+    capped.chmod(capped.stat().st_mode | stat.S_IXUSR)
+    with Sandbox(memory_mb=2048, python=str(capped)) as sandbox:
+        assert sandbox.run(_fn("x = 6 * 7", "return x")).values == ("42", "42")
+        big = sandbox.run(_fn("x = [0] * 2 * 10 ** 8", "return 1"))   # 1.6 GB: over the 1 GiB that holds
+        assert big.kind == "resource_limit" and "MemoryError" in big.error

@@ -9,7 +9,9 @@ inherited; as nobody when this process is root), with a cap on its address space
 (`cpu_seconds`, SIGXCPU: CPU time, so a loaded machine does not change which programs pass)
 and, from this side, a wall-clock backstop (`wall_seconds`) after which the child is killed.
 A killed or crashed child is replaced on the next program, so one runaway costs one item,
-not the partition; so does a child that writes anything but one reply per program.
+not the partition; so does a child that writes anything but one reply per program, or a reply
+over `REPLY_LIMIT_BYTES` (`resource_limit`: values that render to megabytes, `x = [10 ** 4000] * 8000`,
+are no annotation, and the parent would hold them).
 
 The child is long-lived because starting an interpreter per program (~20 ms) would cost more
 than running 12M tiny programs; the per-program CPU limit keeps it safe to reuse.
@@ -28,6 +30,10 @@ from dataclasses import dataclass, field
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_child.py")
 FAILURE_KINDS = ("runtime_error", "timeout", "resource_limit")
+# A reply line longer than this fails its program. Three lines of TinyGSM-style code rendered a
+# 34 MB reply that was kept as one document, and the parent read it for 9 s (found by a tester).
+REPLY_LIMIT_BYTES = 1 << 20
+MAX_MEMORY_MB = (2 ** 63 - 1) >> 20  # the largest address-space cap setrlimit takes, in MiB
 
 
 @dataclass(frozen=True)
@@ -53,8 +59,10 @@ class Sandbox:
     def __post_init__(self):
         if not isinstance(self.cpu_seconds, int) or self.cpu_seconds < 1:
             raise ValueError(f"cpu_seconds must be an integer >= 1, got {self.cpu_seconds!r}")
-        if not isinstance(self.memory_mb, int) or self.memory_mb < 64:
-            raise ValueError(f"memory_mb must be an integer >= 64, got {self.memory_mb!r}")
+        # Above MAX_MEMORY_MB the child's setrlimit overflowed and it exited at start: every
+        # program was a resource_limit rejection and the run exited 0 (found by a tester).
+        if not isinstance(self.memory_mb, int) or not 64 <= self.memory_mb <= MAX_MEMORY_MB:
+            raise ValueError(f"memory_mb must be an integer from 64 to {MAX_MEMORY_MB}, got {self.memory_mb!r}")
         if self.wall_seconds is None:
             self.wall_seconds = 10.0 * self.cpu_seconds + 5.0
         self._proc: subprocess.Popen | None = None
@@ -103,22 +111,31 @@ class Sandbox:
                 pass
         return code
 
-    def _read_line(self, deadline: float) -> tuple[bytes | None, bool]:
-        """(reply line, False), or (None, timed_out) when the deadline passed / the child died."""
+    def _read_line(self, deadline: float) -> tuple[bytes | None, str]:
+        """(reply line, ""), or (None, why): "timeout" (the deadline passed), "closed" (the child
+        closed its output) or "too_long" (over REPLY_LIMIT_BYTES without its end)."""
         fd = self._proc.stdout.fileno()
-        while b"\n" not in self._buffer:
+        buffer = bytearray(self._buffer)
+        end = buffer.find(b"\n")
+        while end < 0:
+            if len(buffer) > REPLY_LIMIT_BYTES:
+                return None, "too_long"
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return None, True
+                return None, "timeout"
             ready, _, _ = select.select([fd], [], [], remaining)
             if not ready:
-                return None, True
+                return None, "timeout"
             chunk = os.read(fd, 1 << 16)
             if not chunk:
-                return None, False
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return line, False
+                return None, "closed"
+            searched = len(buffer)
+            buffer += chunk
+            end = buffer.find(b"\n", searched)
+        if end > REPLY_LIMIT_BYTES:
+            return None, "too_long"
+        self._buffer = bytes(buffer[end + 1:])
+        return bytes(buffer[:end]), ""
 
     def _out_of_step(self) -> bool:
         """Whether the child wrote more since its last reply (which the next program would get)."""
@@ -135,16 +152,18 @@ class Sandbox:
         except (BrokenPipeError, OSError):
             code_ = self._kill()
             return SandboxResult("resource_limit", error=f"sandbox child exited ({code_}) before the program ran")
-        line, timed_out = self._read_line(time.monotonic() + self.wall_seconds)
+        line, why = self._read_line(time.monotonic() + self.wall_seconds)
         if line is None:
-            if not timed_out:  # the child closed its output: give it a moment to be reaped
+            if why == "closed":  # the child closed its output: give it a moment to be reaped
                 try:
                     self._proc.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     pass
             code_ = self._kill()
-            if timed_out:
+            if why == "timeout":
                 return SandboxResult("timeout", error=f"no result within {self.wall_seconds:g} s wall clock")
+            if why == "too_long":
+                return SandboxResult("resource_limit", error=f"the result is over {REPLY_LIMIT_BYTES} bytes")
             if code_ == -signal.SIGXCPU:
                 return SandboxResult("timeout", error=f"CPU time limit ({self.cpu_seconds} s per program) exceeded")
             return SandboxResult("resource_limit", error=f"sandbox child died (exit status {code_})")

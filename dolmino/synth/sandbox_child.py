@@ -3,12 +3,13 @@
 Started as `python -I -S sandbox_child.py MEMORY_BYTES CPU_SECONDS` (isolated: no site, no
 environment, no current directory on the path) and imports only the standard library. Run
 as root, it becomes `nobody` (uid / gid 65534, no groups) where it may. It caps its own
-address space, file writes and process creation before reading the first request, and
-before each program raises its CPU-time limit to "used so far + CPU_SECONDS", so a runaway
-program is killed by SIGXCPU while a long-lived child can serve millions of short
-ones; a program that ends (finished or failed) after more than CPU_SECONDS of its own CPU
-time is a timeout too (the rlimit counts whole seconds). Programs run with a handful of
-numeric builtins and nothing else, and their annotations are not evaluated.
+address space (a lower hard cap it inherited holds), file writes and process creation
+before reading the first request, and before each program raises its CPU-time limit to
+"used so far + CPU_SECONDS", so a runaway program is killed by SIGXCPU (whatever the
+parent did with that signal) while a long-lived child can serve millions of short ones; a
+program that ends (finished or failed) after more than CPU_SECONDS of its own CPU time is a
+timeout too (the rlimit counts whole seconds). Programs run with a handful of numeric
+builtins and nothing else, and their annotations are not evaluated.
 
 Protocol: one JSON object per line on stdin, {"code": "..."}; one JSON object per line on
 stdout: {"ok": true, "values": [...], "result": "...", "numeric": bool} or {"ok": false,
@@ -21,6 +22,7 @@ import json
 import math
 import os
 import resource
+import signal
 import sys
 
 BUILTINS = {"abs": abs, "round": round, "min": min, "max": max, "int": int, "float": float, "sum": sum,
@@ -44,6 +46,14 @@ def drop_privileges() -> None:
 
 
 def limit_resources(memory_bytes: int) -> None:
+    # An ignored signal stays ignored across exec: a child of a process ignoring SIGXCPU ran a
+    # runaway program on to the parent's wall-clock backstop, 25 s instead of 2 (found by a tester).
+    signal.signal(signal.SIGXCPU, signal.SIG_DFL)
+    # Under a lower hard cap (`ulimit -v` on the executor) raising to memory_bytes failed, the child
+    # exited at start, and every program was a resource_limit rejection (found by a tester): the lower one holds.
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        memory_bytes = min(memory_bytes, hard)
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     try:

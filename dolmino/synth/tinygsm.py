@@ -29,7 +29,8 @@ subscripts, no names starting with `__`, and calls only to abs / round / min / m
 float / sum / pow / divmod; annotations, `-> int` too, follow the rules of values);
 (3) it runs in the sandbox (`dolmino.synth.sandbox`) without error (`runtime_error`; so is
 a statement whose value is not a number or numbers, `total = max`),
-within its CPU and wall-clock limits (`timeout`) and memory cap (`resource_limit`); and
+within its CPU and wall-clock limits (`timeout`), memory cap and 1 MiB of rendered values
+(`resource_limit`); and
 (4) it returns a finite number (`non_numeric_result`). The kept document is the question and
 the program re-printed statement by statement, each line ending in `# = <its value>`:
 
@@ -54,7 +55,7 @@ from typing import Iterator
 
 from dolmino.synth.base import DEFAULT_ADDED, make_doc, partition_range, quarantine, rejection
 from dolmino.synth.inputs import InputFiles
-from dolmino.synth.sandbox import Sandbox
+from dolmino.synth.sandbox import REPLY_LIMIT_BYTES, Sandbox
 
 ALLOWED_CALLS = ("abs", "round", "min", "max", "int", "float", "sum", "pow", "divmod")
 _ARITH_OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow)
@@ -142,11 +143,14 @@ def _is_docstring(stmt: ast.stmt) -> bool:
 
 @dataclass(frozen=True)
 class Program:
-    """A checked program: the function and its statements (docstring excluded)."""
+    """A checked program: the function and its statements (docstring excluded), with the
+    `def` line and each statement's source as the document re-prints them."""
 
     func: ast.FunctionDef
     statements: tuple[ast.stmt, ...]
     docstring: str | None
+    header: str
+    sources: tuple[str, ...]
 
 
 def check_program(code: str) -> tuple[Program | None, str, str]:
@@ -207,7 +211,11 @@ def _check_program(code: str) -> tuple[Program | None, str, str]:
         _check_nodes(func)
     except NotAssignmentOnly as exc:
         return None, "not_assignment_only", str(exc)
-    return Program(func, tuple(body), docstring), "", ""
+    # Re-printed here, under check_program's RecursionError guard: ast.unparse takes a few frames
+    # per level, so `x = ----...1` of 400 signs passed the check and then raised in annotate,
+    # failing the whole partition (found by a tester).
+    sources = tuple(ast.unparse(stmt) for stmt in body)
+    return Program(func, tuple(body), docstring, _header(func), sources), "", ""
 
 
 def _header(func: ast.FunctionDef) -> str:
@@ -219,9 +227,9 @@ def annotated_source(program: Program, values: tuple[str, ...]) -> str:
     """The program re-printed statement by statement, each ending in `# = <value>`."""
     if len(values) != len(program.statements):
         raise ValueError(f"{len(values)} values for {len(program.statements)} statements")
-    lines = [_header(program.func)]
-    for stmt, value in zip(program.statements, values):
-        lines.append(f"    {ast.unparse(stmt)}  # = {value}")
+    lines = [program.header]
+    for source, value in zip(program.sources, values):
+        lines.append(f"    {source}  # = {value}")
     return "\n".join(lines)
 
 
@@ -244,6 +252,11 @@ def annotate(question: str, code: str, sandbox: Sandbox) -> Outcome:
         return Outcome(None, run.kind, run.error)
     if not run.numeric:
         return Outcome(None, "non_numeric_result", f"returned {run.result[:100]}")
+    if len(run.values) != len(program.statements):
+        # Not what the child computes for a checked program (a program that got out wrote its own
+        # reply): this item fails, annotated_source's ValueError failed the partition (found by a tester).
+        return Outcome(None, "runtime_error", f"the sandbox gave {len(run.values)} values for "
+                                              f"{len(program.statements)} statements")
     solution = annotated_source(program, run.values)
     return Outcome(f"Question: {question.strip()}\n\nSolution:\n{solution}", result=run.result,
                    statements=len(program.statements))
@@ -274,7 +287,7 @@ class TinyGsmGenerator:
     def config(self) -> dict:
         return {"input": self.inputs.fingerprint(), "num_docs": self.num_docs, "cpu_seconds": self.cpu_seconds,
                 "wall_seconds": self.wall_seconds, "memory_mb": self.memory_mb, "allowed_calls": list(ALLOWED_CALLS),
-                "format": TINYGSM_FORMAT, "added": self.added}
+                "reply_limit_bytes": REPLY_LIMIT_BYTES, "format": TINYGSM_FORMAT, "added": self.added}
 
     def generate(self, partition: int, num_partitions: int, seed: int) -> Iterator[dict]:
         span = partition_range(partition, num_partitions, self.num_docs)
