@@ -302,11 +302,19 @@ def _band_records(bands: int, rows: int, verify: bool, record: tuple) -> Iterato
         yield (band, h), value
 
 
-def _find(parent: list[int], i: int) -> int:
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]
-        i = parent[i]
-    return i
+def _roots(parent: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """The union-find roots of `nodes` (every parent is at most its node: the root is the smallest)."""
+    while not np.array_equal(up := parent[nodes], nodes):
+        nodes = up
+    return nodes
+
+
+def _union(parent: np.ndarray, nodes: np.ndarray) -> None:
+    """Join `nodes` (a signature and those found like it) under the smallest of their roots, in a
+    few array operations: a Python call per similar pair cost 0.27 s on a bucket of 1,024 alike
+    signatures (523,776 pairs; 7 ms when such a bucket was checked against representatives)."""
+    roots = _roots(parent, nodes)
+    parent[roots] = parent[nodes] = roots.min()
 
 
 def _verified_bucket_edges(members: list, min_equal: int) -> tuple[list[tuple], int, int]:
@@ -322,44 +330,35 @@ def _verified_bucket_edges(members: list, min_equal: int) -> tuple[list[tuple], 
     keys = [m[0] for m in members]
     sigs = np.stack([np.frombuffer(m[1], dtype=np.uint32) for m in members])
     _, first, inverse = np.unique(sigs, axis=0, return_index=True, return_inverse=True)
-    parent = first[inverse.reshape(-1)].tolist()  # a copy points at its signature's first (smallest) holder
+    parent = first[inverse.reshape(-1)]  # a copy points at its signature's first (smallest) holder
     distinct = np.sort(first)
     compared = len(members) - len(distinct)
     rejected = 0
-
-    def link(i: int, j: int) -> None:
-        ri, rj = _find(parent, i), _find(parent, j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)  # the root is the smallest index = smallest key
-
     d = len(distinct)
     if d <= MAX_PAIRWISE_BUCKET:
         unique_sigs = sigs[distinct]
         step = max(1, PAIRWISE_BLOCK // (d * sigs.shape[1]))
         for lo in range(0, d - 1, step):
             equal = (unique_sigs[lo:lo + step, None, :] == unique_sigs[None, lo:, :]).sum(axis=2)
-            rows, cols = np.nonzero(np.triu(equal >= min_equal, 1))  # column c is signature lo + c
-            for i, j in zip((lo + rows).tolist(), (lo + cols).tolist()):
-                link(int(distinct[i]), int(distinct[j]))
+            similar = np.triu(equal >= min_equal, 1)  # row r is signature lo + r, column c is lo + c
+            for r in np.flatnonzero(similar.any(axis=1)).tolist():
+                _union(parent, distinct[lo + np.append(r, np.flatnonzero(similar[r]))])
             pairs = sum(d - 1 - i for i in range(lo, min(lo + step, d)))
             compared += pairs
-            rejected += pairs - len(rows)
+            rejected += pairs - int(similar.sum())
     else:
         reps = [int(distinct[0])]
         for j in distinct[1:].tolist():
             matches = np.flatnonzero((sigs[reps] == sigs[j]).sum(axis=1) >= min_equal)
             compared += len(reps)
             rejected += len(reps) - len(matches)
-            for m in matches.tolist():
-                link(j, reps[m])
-            if not len(matches) and len(reps) < MAX_REPRESENTATIVES:
+            if len(matches):
+                _union(parent, np.array([j] + [reps[m] for m in matches.tolist()]))
+            elif len(reps) < MAX_REPRESENTATIVES:
                 reps.append(j)
-    edges = []
-    for j in range(len(members)):
-        root = _find(parent, j)
-        if root != j:
-            edges.append((keys[j], keys[root]))
-    return edges, compared, rejected
+    roots = _roots(parent, np.arange(len(members)))
+    linked = np.flatnonzero(roots != np.arange(len(members)))
+    return [(keys[j], keys[root]) for j, root in zip(linked.tolist(), roots[linked].tolist())], compared, rejected
 
 
 def _bucket_edges(verify: bool, min_equal: int, bucket: tuple) -> tuple[list[tuple], int, int]:

@@ -302,6 +302,39 @@ def test_a_big_bucket_of_variants_links_what_pairwise_similarity_links(monkeypat
     assert all(comps[k] == k % 3 for k in range(30))
 
 
+def test_a_bucket_of_1024_alike_signatures_is_linked_without_a_call_per_pair():
+    """Found by a reviewer: the pairwise check linked each of a bucket's similar pairs with Python calls,
+    0.27 s for 1,024 alike signatures (523,776 pairs; 7 ms against representatives before), in every
+    band such a family shares. Python calls are counted (deterministic, unlike a timing); the clusters
+    are still every pair's."""
+    import sys
+
+    rng = np.random.default_rng(11)
+    base = rng.integers(0, 2**32, 128, dtype=np.uint32)
+    members = []
+    for _ in range(1024):
+        sig = base.copy()
+        slots = rng.choice(128, 10, replace=False)
+        sig[slots] = rng.integers(0, 2**32, 10, dtype=np.uint32)
+        members.append((int(rng.integers(1 << 62)), sig.tobytes()))
+    calls = 0
+
+    def count(_frame, event, _arg):
+        nonlocal calls
+        calls += event == "call"
+
+    sys.setprofile(count)
+    try:
+        edges, compared, rejected = dedup._verified_bucket_edges(list(members), min_equal=103)
+    finally:
+        sys.setprofile(None)
+    assert (compared, rejected) == (1024 * 1023 // 2, 0)
+    assert calls < 100 * 1024, calls  # per signature (about 23 here), not per pair (1.57 million before)
+    expected = _pairwise_components(members[:200], 103)  # the reference, on a part of the bucket
+    edges, _, _ = dedup._verified_bucket_edges(list(members[:200]), min_equal=103)
+    assert _union_find_components(edges, expected) == expected
+
+
 # ------------------------------------------------------------------ exact dedup
 
 
