@@ -66,6 +66,7 @@ Why this design:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import itertools
 import json
@@ -529,6 +530,20 @@ class _LocalBuild:
         return digest, size
 
 
+@contextlib.contextmanager
+def _listed(bucket: str, key: str):
+    """A read pinned to the ETag the build's listing gave (IfMatch, CopySourceIfMatch) that the store
+    refuses (412) means the object was rewritten since: said as such, not as the store's failure
+    ("S3 HeadObject failed: PreconditionFailed (412)"; a reviewer)."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is the pinned read's 412
+        if s3.error_code(exc) not in ("PreconditionFailed", "412"):
+            raise
+        raise ReleaseIntegrityError(f"{s3.join_uri(bucket, key)}: the object was rewritten after the build was listed "
+                                    "(its ETag is not the listed one); nothing was released") from None
+
+
 class _S3Build:
     """A finished build under an s3:// prefix (`--out s3://...`), published without its bytes
     passing through this machine: a 50B-token mix is ~200 GB of parts.
@@ -585,7 +600,8 @@ class _S3Build:
             return self.parts[item.path]["sha256"]
         body = self.records.get(item.path)
         if body is None:
-            with s3.about(s3.join_uri(self.bucket, self.prefix + item.path)):
+            with s3.about(s3.join_uri(self.bucket, self.prefix + item.path)), \
+                    _listed(self.bucket, self.prefix + item.path):
                 body = s3.get_body(self.bucket, self.prefix + item.path, IfMatch=item.source)
         return hashlib.sha256(body).hexdigest()
 
@@ -598,7 +614,7 @@ class _S3Build:
         if committed is not None:
             # Both named: a HEAD or copy whose retries were spent said "S3 HeadObject failed: 503 (503): Service
             # Unavailable", naming no object of the hundreds a publish touches (found by a tester)
-            with s3.about(s3.join_uri(self.bucket, self.prefix + rel)):
+            with s3.about(s3.join_uri(self.bucket, self.prefix + rel)), _listed(self.bucket, self.prefix + rel):
                 head = cl.head_object(Bucket=self.bucket, Key=self.prefix + rel, IfMatch=etag)
             stored = head.get("Metadata", {}).get("sha256")
             if int(head["ContentLength"]) != committed["size"] or stored != committed["sha256"]:
@@ -608,7 +624,7 @@ class _S3Build:
                     ", but the build's "
                     f"commit record says {committed['size']} bytes, {committed['sha256']}: the object changed after "
                     "the build checked it; nothing was released")
-            with s3.about(s3.join_uri(bucket, key)):
+            with s3.about(s3.join_uri(bucket, key)), _listed(self.bucket, self.prefix + rel):
                 cl.copy({"Bucket": self.bucket, "Key": self.prefix + rel}, bucket, key, Config=config,
                         Callback=bar.add_bytes, ExtraArgs={"Metadata": {"sha256": committed["sha256"]},
                                                            "MetadataDirective": "REPLACE", "CopySourceIfMatch": etag})
@@ -635,7 +651,7 @@ class _S3Build:
                     state["got"] += len(chunk)
 
                 restart()
-                with s3.about(s3.join_uri(self.bucket, self.prefix + rel)):
+                with s3.about(s3.join_uri(self.bucket, self.prefix + rel)), _listed(self.bucket, self.prefix + rel):
                     s3.stream_body(self.bucket, self.prefix + rel, take, restart, _HASH_CHUNK, IfMatch=etag)
             digest, got = state["hasher"].hexdigest(), state["got"]
             with s3.about(s3.join_uri(bucket, key)):

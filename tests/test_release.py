@@ -484,6 +484,30 @@ def test_publish_from_s3_refuses_a_changed_part_or_an_unfinished_build(build_dir
         _publish(f"s3://{bucket}/builds/nothing-here", root, "changed")
 
 
+def test_publish_from_s3_says_a_part_rewritten_after_listing_changed(build_dir, root, monkeypatch):
+    """A part rewritten between the build's listing and its copy fails the HEAD pinned to the listed
+    ETag (412): "s3://.../part-00000.npy: S3 HeadObject failed: PreconditionFailed (412)" read as
+    a store fault, not as the part having changed (a reviewer)."""
+    bucket, _ = s3.split_uri(root)
+    build_uri = f"s3://{bucket}/builds/raced"
+    files = _upload_as_build(build_dir, build_uri)
+    stage = release._S3Build.stage
+
+    def rewritten_first(self, item, *args, **kw):
+        if item.path == "part-00000.npy":
+            old = files["part-00000.npy"]  # other bytes under the old digest: only the ETag tells
+            s3.client().put_object(Bucket=bucket, Key="builds/raced/part-00000.npy", Body=old[:-4] + b"\1\0\0\0",
+                                   Metadata={"sha256": hashlib.sha256(old).hexdigest()})
+        return stage(self, item, *args, **kw)
+
+    monkeypatch.setattr(release._S3Build, "stage", rewritten_first)
+    with pytest.raises(release.ReleaseIntegrityError,
+                       match=rf"s3://{bucket}/builds/raced/part-00000.npy: the object was rewritten after the build "
+                             r"was listed \(its ETag is not the listed one\); nothing was released"):
+        _publish(build_uri, root, "raced")
+    assert release.list_releases(root) == ([], [])
+
+
 def test_publish_from_s3_names_the_object_whose_head_or_copy_failed(build_dir, root, capsys):
     """A HEAD or a server-side copy whose retries were spent (503 SlowDown) ended a publish with
     "release: error: S3 HeadObject failed: SlowDown (503)", naming none of the objects it touches
