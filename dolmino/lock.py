@@ -569,10 +569,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dolmino.assets import AssetError
     from dolmino.s3 import cli_errors
 
     args = parse_args(argv)
-    errors = cli_errors("dolmino lock", expected=(ManifestError, BuildError))
+    errors = cli_errors("dolmino lock", expected=(ManifestError, BuildError, AssetError))  # a read-only HOME (a tester)
     try:
         import_py_files(py_files(args.py_files))  # before the manifest check, which imports a custom scorer
         manifest = load_named_manifest(args.manifest, args.data_root)

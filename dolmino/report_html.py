@@ -882,7 +882,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     from dolmino.build.output import read_json
     from dolmino.s3 import cli_errors, redact
-    from dolmino.storage import join, read_if_exists
+    from dolmino.storage import join, read_if_exists, why_unwritable
 
     from dolmino.errors import BuildError
 
@@ -933,6 +933,13 @@ def main(argv: list[str] | None = None) -> int:
         if problem := report_problem(report):
             print(f"dolmino report: error: {shown}: report.json is not a build report this version draws: {problem} "
                   "(a damaged report?)", file=sys.stderr)
+            return 2
+        if not out.startswith("s3://") and (reason := why_unwritable(out)):
+            # "report-mix.png.tmp7618479: Permission denied" (another user's build, a read-only mount) named
+            # neither the build nor a way on (a tester); report.json alone is what a current build's views need
+            print(f"dolmino report: error: {shown}: cannot be written ({reason}), and the report is drawn beside "
+                  "its report.json: copy report.json to a directory you can write and run `dolmino report` there",
+                  file=sys.stderr)
             return 2
         # The build's warning that it drew no views, in the views this draws, contradicted the page that held
         # it (a tester); report.json keeps it, as certified.

@@ -408,6 +408,24 @@ def test_cli_rejects_bad_budget(tmp_path, capsys):
     assert "output_format.tokens_per_file: " in capsys.readouterr().err
 
 
+def test_mix_reads_an_attributes_root_it_cannot_write(tmp_path, monkeypatch):
+    """`dolmino mix` writes nothing under --attributes (it stops where any set is missing), yet a team's tagged
+    root mounted read-only, or another user's, was refused as "cannot be written" (found by a tester)."""
+    import dolmino.storage
+    from dolmino.build.cli import _check_locations
+    from dolmino.errors import BuildError
+
+    readonly = tmp_path / "attrs"
+    readonly.mkdir()
+    real_access = dolmino.storage.os.access
+    monkeypatch.setattr(dolmino.storage.os, "access", lambda p, mode: str(p) != str(readonly) and real_access(p, mode))
+    _check_locations(str(tmp_path / "out"), str(readonly), "mix")
+    with pytest.raises(BuildError, match=r"cannot be written .* \(`dolmino mix` reads a tagged root without writing"):
+        _check_locations(str(tmp_path / "out"), str(readonly), "all")  # a build tags what is missing
+    with pytest.raises(BuildError, match="--out .*: cannot be written"):
+        _check_locations(str(readonly / "out"), str(tmp_path / "a"), "mix")
+
+
 def test_cli_out_at_a_bucket_root_needs_explicit_attributes(tmp_path, capsys):
     """The default attributes root is beside --out; s3://bucket has no such place (its naive
     parent, s3://attributes, is another bucket)."""
@@ -457,8 +475,9 @@ def test_cli_refuses_an_out_or_attributes_it_cannot_write_before_spark(tmp_path,
         args = [flag, str(readonly / "mixes" / "x"), other, str(tmp_path / "fine")]
         assert build_main(["--manifest", str(path), *args]) == 2
         err = capsys.readouterr().err
+        also = " (`dolmino mix` reads a tagged root without writing to it)" if flag == "--attributes" else ""
         assert err == (f"build_mix: error: {flag} {readonly / 'mixes' / 'x'}: cannot be written ({readonly} is "
-                       "read-only or not writable here)\n"), err
+                       f"read-only or not writable here){also}\n"), err
     assert not (tmp_path / "fine").exists()
     (tmp_path / "afile").write_text("")
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
@@ -1801,6 +1820,89 @@ def test_cli_refuses_attributes_in_the_data_tree_before_any_work(tmp_path, capsy
         assert build_main(["--manifest", str(path), "--out", str(tmp_path / "o"), "--attributes", attrs]) == 2
         assert "pick another attributes root" in capsys.readouterr().err
     _check_attributes_root(manifest_from_dict(_manifest(f"s3://{bucket}/data")), f"s3://{bucket}/database")
+
+
+def test_attributes_beside_a_literal_bracket_pattern_or_under_a_bracketed_data_root(tmp_path, capsys):
+    """`web[[]1]/*.jsonl` (glob's escape of a literal `[`) and a data root holding `[`: the attributes check cut
+    the resolved path at its first `[`, so the default --attributes beside the sources was refused as inside the
+    data root, and a bracketed data root got "pick another attributes root" (for any --attributes), not the
+    listing's line saying to rename it (found by a tester)."""
+    from dolmino.build.cli import _check_attributes_root
+    from dolmino.errors import BuildError
+
+    data = tmp_path / "data"
+    (data / "web[1]").mkdir(parents=True)
+    manifest = manifest_from_dict({"name": "b", "version": 1, "seed": 1, "budget": "10K", "data_root": str(data),
+                                   "sources": [{"name": "web", "paths": ["web[[]1]/*.jsonl"], "mix_percent": 100}]})
+    _check_attributes_root(manifest, str(data / "attributes"))  # beside web[1]/: no source reads it
+    with pytest.raises(BuildError, match=re.escape(f"inside {data}, which source 'web' reads (web[[]1]/*.jsonl)")):
+        _check_attributes_root(manifest, str(data / "web[1]" / "attrs"))
+    root = tmp_path / "d[ab]"
+    root.mkdir()
+    path = root / "m.json"
+    path.write_text(json.dumps({"name": "b", "version": 1, "seed": 1, "budget": "10K",
+                                "sources": [{"name": "web", "paths": ["web/*.jsonl"], "mix_percent": 100}]}))
+    for more in ([], ["--attributes", str(tmp_path / "attributes")]):
+        assert build_main(["--manifest", str(path), "--out", str(root / "out"), *more]) == 2
+        err = capsys.readouterr().err
+        assert "holds glob characters" in err and "rename the directory" in err, err
+        assert "attributes root" not in err, err
+
+
+def test_a_pattern_reading_a_bracketed_name_as_a_character_class_says_how_to_escape_it(tmp_path):
+    """`web[1]/*.jsonl` with the data in web[1]/: glob reads `[1]` as a character class (web1/), and the build
+    said only "no input files match" of a directory the user could see (found by a tester)."""
+    from dolmino.build.inputs import list_inputs
+    from dolmino.errors import BuildError
+
+    data = tmp_path / "data"
+    (data / "web[1]").mkdir(parents=True)
+    (data / "web[1]" / "a.jsonl").write_text(json.dumps({"id": "1", "text": "hello"}) + "\n")
+
+    def manifest(pattern):
+        return manifest_from_dict({"name": "b", "version": 1, "seed": 1, "budget": "10K", "data_root": str(data),
+                                   "sources": [{"name": "web", "paths": [pattern], "mix_percent": 100}]})
+
+    with pytest.raises(BuildError, match=re.escape(f"'{data}/web[1]' exists, but '[' opens a character class in a "
+                                                   "pattern: write 'web[[]1]', as in 'web[[]1]/*.jsonl')")):
+        list_inputs(manifest("web[1]/*.jsonl"))
+    assert [f.name for f in list_inputs(manifest("web[[]1]/*.jsonl")).files[0]] == ["web[1]/a.jsonl"]
+    with pytest.raises(BuildError) as info:  # nothing of the kind where no such name exists
+        list_inputs(manifest("web[2]/*.jsonl"))
+    assert "character class" not in str(info.value)
+
+
+def test_spark_submit_arguments_whose_non_ascii_characters_the_jvm_made_question_marks(tmp_path, capsys, monkeypatch):
+    """Under LC_ALL=C (or POSIX, no locale, one not installed) spark-submit's JVM hands the driver each byte of a
+    non-ASCII character as '?': --out /data/é/mix was built into /data/??/mix, unsaid, and a manifest at such
+    a path was "not found" under a name the user never typed (found by a tester)."""
+    from dolmino.build.cli import jvm_mangled_argument
+
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"name": "b", "version": 1, "seed": 1, "budget": "10K", "data_root": str(tmp_path),
+                                "sources": [{"name": "web", "paths": ["web/*.jsonl"], "mix_percent": 100}]}))
+    for var in ("LC_ALL", "LC_CTYPE", "LANG"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "1")  # the driver spark-submit starts
+    monkeypatch.setenv("LC_ALL", "C")
+    assert build_main(["--manifest", str(path), "--out", str(tmp_path / "??" / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"'{tmp_path}/??/out' holds '?'" in err and "LC_ALL=C.UTF-8" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "??").exists()
+    for env in ({"LC_ALL": "POSIX"}, {"LANG": "C"}, {}, {"LC_CTYPE": "C.UTF-8"},  # the last: Python's coercion of C
+                {"LANG": "xx_YY.UTF-8"}):  # a locale not installed: C to the JVM
+        monkeypatch.delenv("LC_ALL", raising=False)
+        for var, value in env.items():
+            monkeypatch.setenv(var, value)
+        assert "holds '?'" in jvm_mangled_argument(["--out", "/data/??/mix"]), env
+        for var in env:
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")  # a '?' the user typed
+    assert jvm_mangled_argument(["--out", "/data/??/mix"]) is None
+    monkeypatch.setenv("LC_ALL", "C")
+    assert jvm_mangled_argument(["--out", "/data/mix"]) is None
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT")  # `dolmino build`: Python reads the arguments as typed
+    assert jvm_mangled_argument(["--out", "/data/??/mix"]) is None
 
 
 def test_damaged_compressed_inputs_and_inputs_without_documents_are_warned_about_by_file(spark, tmp_path):

@@ -81,6 +81,21 @@ def test_lock_records_inputs_models_tokenizer_and_version(project):
     assert check_lock(_manifest(project), path) == []
 
 
+def test_lock_and_build_with_an_asset_cache_that_cannot_be_made_say_so_in_one_line(project, monkeypatch, capsys):
+    """A read-only HOME (no DOLMINO_CACHE): `dolmino lock` and the build printed AssetError's traceback and
+    "unexpected AssetError" (the build only after Spark started), for an error that says what to do (a tester)."""
+    (project / "afile").write_text("")
+    monkeypatch.setenv("DOLMINO_CACHE", str(project / "afile" / "cache"))
+    said = f"the asset cache {project / 'afile' / 'cache'} cannot be made (Not a directory); set DOLMINO_CACHE"
+    assert lock_cmd.main([str(project / "pool.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dolmino lock: error: {said}") and len(err.strip().splitlines()) == 1, err
+    assert build_main(["--manifest", str(project / "pool.json"), "--out", str(project / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"build_mix: error: {said}") and len(err.strip().splitlines()) == 1, err
+    assert not (project / "out").exists()  # said before Spark started
+
+
 def test_changed_input_is_named(project):
     path = write_lock(_manifest(project))
     (project / "data" / "web" / "b.jsonl").write_text("".join(_doc(i, "Changed text!") for i in range(5, 9)))

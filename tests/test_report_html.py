@@ -315,6 +315,23 @@ def test_cli(tmp_path, capsys):
                                        "tokens\n")
 
 
+def test_cli_on_a_build_it_cannot_write_says_where_it_can_draw(tmp_path, capsys, monkeypatch):
+    """Another user's build, or a read-only mount: "report-mix.png.tmp7618479: Permission denied", a temporary
+    file's name and no way on (found by a tester)."""
+    import dolmino.storage
+
+    report = make_report(tmp_path)
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    real_access = dolmino.storage.os.access
+    monkeypatch.setattr(dolmino.storage.os, "access", lambda p, mode: str(p) != str(tmp_path) and real_access(p, mode))
+    assert report_html.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"dolmino report: error: {tmp_path}: cannot be written ({tmp_path} is read-only or not writable "
+                   "here), and the report is drawn beside its report.json: copy report.json to a directory you can "
+                   "write and run `dolmino report` there\n"), err
+    assert not (tmp_path / "report.html").exists()
+
+
 def test_a_damaged_report_or_sidecar_is_one_line(tmp_path, capsys):
     """A report.json missing a field the views read, or holding another type, and a damaged
     sidecar (read for builds whose report has no histogram) were tracebacks, exit 1 (found by

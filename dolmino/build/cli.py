@@ -8,6 +8,7 @@ writes attributes; `mix` refuses to start when attributes are missing.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import re
 import sys
@@ -115,9 +116,10 @@ def _location(value: str) -> str:
     return value if value.startswith("s3://") else os.path.abspath(expand_home(value))
 
 
-def _check_locations(out: str, attributes: str) -> None:
+def _check_locations(out: str, attributes: str, phase: str = "all") -> None:
     """What would otherwise fail only after Spark started: an --out that is a file or cannot be
-    written, an s3:// location whose bucket name is invalid or whose bucket does not exist."""
+    written, an s3:// location whose bucket name is invalid or whose bucket does not exist. A mix
+    only reads the attributes (it stops where any are missing): a team's read-only root was refused."""
     from dolmino import s3
     from dolmino.storage import why_unwritable
 
@@ -128,37 +130,57 @@ def _check_locations(out: str, attributes: str) -> None:
             s3.check_bucket(s3.split_uri(location)[0])  # S3URIError / NoSuchBucket: one line naming it
         elif os.path.exists(location) and not os.path.isdir(location):
             raise BuildError(f"{flag} {location}: exists and is not a directory")
+        elif flag == "--attributes" and phase == "mix":
+            continue
         elif reason := why_unwritable(location):  # it failed in the executors, after Spark started (a tester)
-            raise BuildError(f"{flag} {location}: cannot be written ({reason})")
+            also = " (`dolmino mix` reads a tagged root without writing to it)" if flag == "--attributes" else ""
+            raise BuildError(f"{flag} {location}: cannot be written ({reason}){also}")
+
+
+def _source_directory(manifest, pattern: str) -> tuple[str, str | None]:
+    """(the directory a source's pattern reads, resolved; the glob that picks which of its entries are
+    directories read too, or None: all of it is). Split at the pattern's first segment holding a glob
+    character, not at the resolved path's first such character: a `[` in the data root, or `web[[]1]/*.jsonl`
+    (a literal `[`, as glob escapes it), made the data root the place read, and the default --attributes
+    beside the sources was refused as inside it (found by a tester)."""
+    parts = pattern.split("/")
+    at = next((i for i, part in enumerate(parts) if any(ch in part for ch in "*?[")), None)
+    if at is None:
+        return manifest.resolve(pattern), None
+    fixed = manifest.resolve("/".join(parts[:at]) or ("/" if pattern.startswith("/") else "."))
+    return fixed, parts[at] if at < len(parts) - 1 else None  # a last segment picks files: all of `fixed` is read
 
 
 def _check_attributes_root(manifest, attributes: str) -> None:
     """An attributes root that is the data root, or inside a source's directory: the build wrote
     its sets there and a rerun read them as inputs (parquet "not dolma documents", MinHash
     `_SOURCE.json` quarantined; found by a tester). Beside the sources' directories is fine."""
-    def inside(path: str, root: str) -> bool:
+    def below(path: str, root: str) -> str | None:
+        """The first name of `path` below `root` ('' for `root` itself), None when it is not inside."""
         if path.startswith("s3://") or root.startswith("s3://"):
-            return (path.rstrip("/") + "/").startswith(root.rstrip("/") + "/")
+            path, root = path.rstrip("/") + "/", root.rstrip("/") + "/"
+            return path[len(root):].split("/", 1)[0] if path.startswith(root) else None
         path, root = os.path.realpath(path), os.path.realpath(root)
-        return os.path.commonpath([path, root]) == root
+        if os.path.commonpath([path, root]) != root:
+            return None
+        return "" if path == root else os.path.relpath(path, root).split(os.sep, 1)[0]
 
-    if manifest.data_root and inside(attributes, manifest.data_root) and inside(manifest.data_root, attributes):
+    if manifest.data_root and below(attributes, manifest.data_root) == "":
         raise BuildError(f"--attributes {attributes}: is the data root, where a rerun reads attribute files as "
                          "inputs; pick another attributes root")
     for source in manifest.sources:
         for pattern in source.paths:
-            resolved = manifest.resolve(pattern)
-            fixed = re.split(r"[*?\[]", resolved, maxsplit=1)[0]
-            if fixed != resolved:  # a glob: the directory above its first glob character
-                fixed = (fixed.rstrip("/") or "/") if fixed.endswith("/") else os.path.dirname(fixed) or "."
-            if inside(attributes, fixed):
+            fixed, picks = _source_directory(manifest, pattern)
+            name = below(attributes, fixed)
+            if name is not None and (picks is None or name == "" or fnmatch.fnmatchcase(name, picks)):
                 raise BuildError(f"--attributes {attributes}: inside {fixed}, which source {source.name!r} reads "
                                  f"({pattern}): a rerun would read attribute files as inputs; pick another "
                                  "attributes root")
 
 
 def prepare(args: argparse.Namespace, phase: str):
-    """(manifest, BuildOptions) from the command line; raises ManifestError/BuildError."""
+    """(manifest, BuildOptions) from the command line; raises ManifestError/BuildError/AssetError."""
+    from dolmino.assets import dolma2_tokenizer_path
     from dolmino.build.inputs import list_inputs
     from dolmino.build.mix import BuildOptions, default_attributes_root
     from dolmino.build.progress import line_interval
@@ -186,7 +208,7 @@ def prepare(args: argparse.Namespace, phase: str):
                             + (" (or --attributes)" if phase == "tag" else ""))
     out = _location(out) if out else ""
     attributes = _location(args.attributes) if args.attributes else default_attributes_root(out)
-    _check_locations(out, attributes)
+    _check_locations(out, attributes, phase)
     _check_attributes_root(manifest, attributes)
     task_bytes, split_bytes = _size(args.task_size, "--task-size"), _size(args.split_size, "--split-size")
     if args.read_ahead < 0:
@@ -196,6 +218,8 @@ def prepare(args: argparse.Namespace, phase: str):
     lock = require_lock(manifest, args.lockfile) if args.locked else None  # BuildError naming every drifted file
     if lock is not None and (note := manifest_note(manifest, lock)):
         print(f"{args.prog}: warning: {note}", file=sys.stderr)
+    if not manifest.tokenizer.path:  # the asset cache, in a read-only HOME: a traceback after Spark started (a tester)
+        dolma2_tokenizer_path()
     list_inputs(manifest)  # every missing input named before Spark starts
     options = BuildOptions(budget or 0, out, attributes, phase=phase, task_bytes=task_bytes,
                            split_bytes=split_bytes, read_ahead=args.read_ahead, quiet=args.quiet,
@@ -440,12 +464,61 @@ def worker_exception(exc: BaseException) -> tuple[str, str] | None:
         redact(f"unexpected {kind.rsplit('.', 1)[-1]} in an executor" + (f": {message}" if message else ""))
 
 
+def _jvm_ascii_locale() -> bool:
+    """Whether spark-submit's JVM, which started this driver, read its arguments in a locale that is not
+    UTF-8: it turns each byte of a non-ASCII character into '?'. Java's file-name encoding follows LC_ALL /
+    LC_CTYPE / LANG, C where they name no installed locale; Python, started in C, sets LC_CTYPE=C.UTF-8 for
+    itself (PEP 538), so that value beside a C LANG is what the JVM saw as C."""
+    import locale
+
+    def installed(name: str) -> bool:
+        saved = locale.setlocale(locale.LC_CTYPE)
+        try:
+            locale.setlocale(locale.LC_CTYPE, name)
+        except locale.Error:
+            return False
+        finally:
+            locale.setlocale(locale.LC_CTYPE, saved)
+        return True
+
+    def c_like(name: str) -> bool:
+        return name in ("", "C", "POSIX") or not installed(name)
+
+    for var in ("LC_ALL", "LC_CTYPE", "LANG"):
+        if value := os.environ.get(var):
+            if var == "LC_CTYPE" and value in ("C.UTF-8", "C.utf8", "UTF-8") and c_like(os.environ.get("LANG", "")):
+                return True  # Python's coercion of the C locale
+            return c_like(value) or not re.search(r"utf-?8", value, re.IGNORECASE)
+    return True
+
+
+def jvm_mangled_argument(argv: list[str]) -> str | None:
+    """The error for an argument with '?' in it that spark-submit's JVM may have made of non-ASCII
+    characters, or None: under LC_ALL=C, --out /data/é/mix was built into /data/??/mix, and a manifest
+    at such a path was "not found" under a name the user never typed (found by a tester)."""
+    from dolmino.progress import under_spark_submit
+
+    if not under_spark_submit() or not _jvm_ascii_locale():  # `dolmino build`: Python has argv as typed
+        return None
+    mangled = next((arg for arg in argv if "?" in arg), None)
+    if mangled is None:
+        return None
+    return (f"{mangled!r} holds '?', which is what spark-submit makes of each byte of a non-ASCII character where "
+            "the locale is not UTF-8 (LC_ALL / LC_CTYPE / LANG unset, C, POSIX or not installed): rerun it under "
+            "a UTF-8 one (LC_ALL=C.UTF-8 spark-submit ...), or with `dolmino build`, which passes arguments as typed")
+
+
 def main(argv: list[str] | None = None, phase: str = "all") -> int:
     from dolmino.s3 import cli_errors
 
+    from dolmino.assets import AssetError
+
     args = parse_args(argv, phase)
     prog = args.prog
-    errors = cli_errors(prog, expected=(ManifestError, BuildError))
+    if problem := jvm_mangled_argument(sys.argv[1:] if argv is None else argv):
+        print(f"{prog}: error: {problem}", file=sys.stderr)
+        return 2
+    errors = cli_errors(prog, expected=(ManifestError, BuildError, AssetError))
     try:
         shipped = py_files(args.py_files)
         import_py_files(shipped)  # before the manifest check, which imports a custom scorer

@@ -460,6 +460,20 @@ def unextracted_archives(location: str, matched: list[str]) -> list[str]:
     return sorted(left)
 
 
+def _bracket_hint(pattern: str, location: str) -> str:
+    """Why a local pattern that matched nothing may have meant a name that exists: glob reads `[1]` as a
+    character class, so `web[1]/*.jsonl` looked in web1/ while web[1]/ held the data (found by a tester)."""
+    if location.startswith("s3://"):
+        return ""
+    parts = location.split("/")
+    for i, part in enumerate(parts):
+        if "[" in part and os.path.exists("/".join(parts[:i + 1])):
+            escaped = part.replace("[", "[[]")
+            return (f" ({'/'.join(parts[:i + 1])!r} exists, but '[' opens a character class in a pattern: "
+                    f"write {escaped!r}, as in {pattern.replace(part, escaped)!r})")
+    return ""
+
+
 def _list_source(manifest: Manifest, source, skipped: list[str]) -> tuple[SourceFiles, dict[str, tuple]]:
     """One source's files and problems, and its files by spelling key (`shared_inputs`)."""
     found = _Spellings()
@@ -489,7 +503,7 @@ def _list_source(manifest: Manifest, source, skipped: list[str]) -> tuple[Source
             problems.append(f"source {source.name!r}: {location!r} holds no {source.format} documents by name, only "
                             f"{len(others)} other file(s) ({shown}); documents end in {suffixes_text(source.format)}")
         elif not matched and not refused and not broken:
-            problems.append(f"source {source.name!r}: {NO_MATCH} {location!r}")
+            problems.append(f"source {source.name!r}: {NO_MATCH} {location!r}{_bracket_hint(pattern, location)}")
         for uri, size, version, key in matched:
             found.keep(key, uri, (size, version))
         if source.format == "stackexchange" and (archives := unextracted_archives(location, [m[0] for m in matched])):
