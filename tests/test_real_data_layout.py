@@ -1,4 +1,4 @@
-"""The shipped pool manifests find their inputs in the layouts the real downloads give (README,
+"""The shipped pool and mix manifests find their inputs in the layouts the real downloads give (README,
 "Real data"), listed the way a build lists them, on empty stand-in files.
 
 Found by a tester on a replica of those layouts: `pools/flan.json` looked for `dolma-v1_7/flan/`
@@ -120,3 +120,63 @@ def test_the_synth_examples_write_where_the_math_pools_read(where):
         if generator == "tinygsm":
             assert all(fnmatch.fnmatch("data/upstream/tinygsm/tinygsm-0000.jsonl", g)
                        for g in _option(argv, "--input")), argv
+
+
+# allenai/dolmino-mix-1124 as the hub lists it: one or two real file names per folder of every source
+# (the math folders from a pinned revision's files, a319f19e), beside the card's own files.
+DOLMINO_MIX = {
+    "dclm": ["data/dclm/0000/dclm-0000.json.zst", "data/dclm/0040/dclm-0007.json.zst"],
+    "flan": ["data/flan/tulu_flan-0000.json.gz", "data/flan/tulu_flan-0208.json.gz"],
+    "stackexchange": ["data/stackexchange/stackexchange-0000.json.gz"],
+    "pes2o": ["data/pes2o/pes2o-0000.json.gz", "data/pes2o/pes2o-0025.json.gz"],
+    "wiki": ["data/wiki/wiki-0000.json.gz", "data/wiki/wiki-0001.json.gz"],
+    "tulu_math": ["data/math/tulu_math/personahub_interm_alg/train_0000.jsonl",
+                  "data/math/tulu_math/personahub_math_grade/train_0000.jsonl",
+                  "data/math/tulu_math/personahub_math_v5/train_0000.jsonl"],
+    "dolmino_synthmath": ["data/math/dolmino_math_synth/basic_math/basic_math_mj_add_3shot_TRAIN.jsonl",
+                          "data/math/dolmino_math_synth/gsm8k-synth/resample_v1_6x/gsm8k_resampled_v1_6x.jsonl",
+                          "data/math/dolmino_math_synth/gsm_mind/probem-solving/concat_train.00.jsonl"],
+    "tinygsm_mind": ["data/math/tinyGSM-MIND/2students/tiny_gsm_inline_part000.000000.jsonl.gz",
+                     "data/math/tinyGSM-MIND/problem-solving/tiny_gsm_inline_part000.000000.jsonl.gz"],
+    "mathcoder2_synthmath": ["data/math/mathcoder2-synthmath/ajibawa-2023/Maths-College-0-Final.jsonl",
+                             "data/math/mathcoder2-synthmath/m-a-p_Matrix/filtered-math/book_math.0000.0000.jsonl"],
+    "metamath_owm": ["data/math/metamath-owmfilter/0000.jsonl.gz"],
+    "codesearchnet_owm": ["data/math/codesearchnet-owmfilter/go/0000.jsonl.gz",
+                          "data/math/codesearchnet-owmfilter/ruby/0000.jsonl.gz"],
+    "gsm8k_train": ["data/math/gsm8k/main/train/0.jsonl.zst", "data/math/gsm8k/socratic/train/0.jsonl.zst"],
+}
+DOLMINO_MIX_OTHERS = ["README.md", "dolmino.png", ".gitattributes", "data/math/gsm8k/socratic/test/0.jsonl.zst"]
+
+
+@pytest.mark.parametrize("budget", ["50B", "100B", "300B"])
+def test_the_mix_manifests_take_each_released_file_once_and_no_gsm8k_test_item(tmp_path, budget):
+    """Each source of a mix manifest lists its own folder of the dolmino-mix-1124 download, and only that.
+    Its data/math/gsm8k also holds socratic/test, GSM8K's test split (OLMo's lists take v0_main_train and
+    v0_socratic_train only): `data/math/gsm8k/**/*.json*` put its test items into every mix, which
+    reads the release with no decontamination (found by a tester on a replica of the hub's layout)."""
+    root = tmp_path / "dolmino-mix-1124"
+    for rel in [r for files in DOLMINO_MIX.values() for r in files] + DOLMINO_MIX_OTHERS:
+        _touch(root, rel)
+    manifest = load_manifest(str(REPO / "manifests" / f"{budget}.json"), str(root))
+    listing = list_inputs(manifest)
+    listed = {source.name: sorted(f.name for f in files) for source, files in zip(manifest.sources, listing.files)}
+    assert listed == {name: sorted(files) for name, files in DOLMINO_MIX.items()}
+
+
+def test_readmes_real_data_tree_names_the_mix_manifests_sources_and_paths():
+    """README's tree of the dolmino-mix-1124 download named one `source math` with `data/math/**/*.json*`,
+    which no mix manifest has (each math subset is a source of its own), and so hid the gsm8k paths a
+    user had to check (found by a tester)."""
+    block = _readme_block_after("data/dolmino-mix-1124/")
+    shown = dict(re.findall(r"^  data/.*? source (\w+)\s+(?:paths: )?(\S+)", block, re.M))
+    for budget in ("50B", "100B", "300B"):
+        spec = json.loads((REPO / "manifests" / f"{budget}.json").read_text())
+        assert shown == {s["name"]: s["paths"][0] for s in spec["sources"]}, budget
+
+
+def _readme_block_after(first_line: str) -> str:
+    """The lines of README's code block from the one starting with `first_line` to the next unindented one."""
+    text = (REPO / "README.md").read_text()
+    start = text.index("\n" + first_line) + 1
+    end = re.compile(r"^\S", re.M).search(text, text.index("\n", start) + 1).start()
+    return text[start:end]

@@ -49,10 +49,15 @@ def miniature(released, tmp_path_factory) -> Path:
             docs.append({**doc, "id": f"{source['name']}-{len(docs)}", "text": doc["text"][:cut]})
             if len(docs) == wanted:
                 break
-        folder = root / source["paths"][0].split("/**")[0]
-        write_documents(str(folder / "0000" / "part-0000.json.gz"), docs[: len(docs) // 2])
-        write_documents(str(folder / "0001" / "part-0001.json.zst"), docs[len(docs) // 2:])
+        write_documents(str(root / _file_for(source["paths"][0], 0, ".json.gz")), docs[: len(docs) // 2])
+        write_documents(str(root / _file_for(source["paths"][0], 1, ".json.zst")), docs[len(docs) // 2:])
     return root
+
+
+def _file_for(pattern: str, n: int, suffix: str) -> str:
+    """A file `pattern` matches: its wildcard folders (`**`, `*`, as gsm8k's `*/train/`) named n."""
+    folders = [f"{n:04d}" if "*" in part else part for part in pattern.split("/")[:-1]]
+    return "/".join(folders + [f"part-{n:04d}{suffix}"])
 
 
 def _as_pool(released: dict, root: Path) -> dict:
