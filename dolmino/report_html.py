@@ -9,7 +9,8 @@ Writes, beside report.json (local directory or s3:// prefix):
 - `report-doc-tokens.png`: tokens per document per source, from the parts' sidecars
   (`dolmino.doc_lengths`: a few evenly spaced parts, each a seeded random sample of the
   mix, or every part);
-- `report-decontamination.png`: documents that hit each evaluation set, per source;
+- `report-decontamination.png`: documents that hit each evaluation set, per source (it and the
+  removals chart only where there is something to show);
 - `report.md`: the build's tables (`dolmino.report.render_markdown`) with those PNGs;
 - `report.html`: one self-contained page (inline CSS, the same PNGs as data: URIs, no
   script, no external URL) that opens offline and can be mailed or attached to a ticket.

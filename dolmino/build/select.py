@@ -39,7 +39,7 @@ GREEDY_SPARE_DOCS = 32
 # Fewer spare documents than this after a round (estimates run ~2x off in small pools, so not
 # GREEDY_SPARE_DOCS itself) and a greedy source is refilled.
 GREEDY_MIN_SPARE_DOCS = 8
-# Refill rounds after which the rest of a pool is tokenized at once (a bound on Spark jobs).
+# Rounds per source, the first included: the last one tokenizes the rest of its pool at once (a bound on Spark jobs).
 MAX_ROUNDS = 4
 
 
