@@ -443,13 +443,14 @@ def _check_scorers(manifest: Manifest, locked: list[dict] | None) -> list[str]:
     return problems
 
 
-def check_lock(manifest: Manifest, lock_path: str, *, rehash: bool = False, jobs: int = 4) -> list[str]:
+def check_lock(manifest: Manifest, lock_path: str, *, rehash: bool = False, jobs: int = 4,
+               lock: dict | None = None) -> list[str]:
     """Every way the inputs, models, indexes, custom scorers' code and tokenizer `manifest`
     reads now differ from the lock at `lock_path`, one line each naming the file or scorer;
-    [] when nothing drifted."""
+    [] when nothing drifted. `lock`: the lock as `read_lock` read it, where the caller has it."""
     from dolmino.build.inputs import list_sources
 
-    lock = read_lock(lock_path)
+    lock = read_lock(lock_path) if lock is None else lock
     problems = []
     if lock["manifest"].get("name") != manifest.name:
         problems.append(f"{lock_path}: the lock is for manifest {lock['manifest'].get('name')!r}, not {manifest.name!r}")
@@ -497,12 +498,12 @@ def check_lock(manifest: Manifest, lock_path: str, *, rehash: bool = False, jobs
     return problems
 
 
-def manifest_note(manifest: Manifest, lock_path: str) -> str | None:
+def manifest_note(manifest: Manifest, lock_path: str, lock: dict | None = None) -> str | None:
     """A note when the manifest's content is not what was locked. Not drift: the lock pins
     what the manifest reads (checked by `check_lock`), and its SHA-256 of the manifest is
     provenance, which an edit of the prose changes too. But a budget, seed or filter edited
     since is a different build, and a --locked build's manifest.lock.json would name it."""
-    locked = read_lock(lock_path)["manifest"].get("sha256")
+    locked = (read_lock(lock_path) if lock is None else lock)["manifest"].get("sha256")
     now = _manifest_digest(manifest)
     if locked == now:
         return None
@@ -579,10 +580,12 @@ def main(argv: list[str] | None = None) -> int:
         manifest = load_named_manifest(args.manifest, args.data_root)
         path = args.lockfile or lock_path_for(args.manifest)
         if args.check:
-            problems = check_lock(manifest, path, rehash=args.rehash, jobs=args.jobs)
+            # read once for both: a lock of a 300,000-file pool is 54 MB of JSON, 0.6 s to read and check (t235)
+            lock = read_lock(path)
+            problems = check_lock(manifest, path, rehash=args.rehash, jobs=args.jobs, lock=lock)
             for problem in problems:
                 print(f"drift: {problem}")
-            if note := manifest_note(manifest, path):
+            if note := manifest_note(manifest, path, lock):
                 print(f"note: {note}")
             print(f"{path}: {'no drift' if not problems else f'{len(problems)} difference(s)'}")
             return 1 if problems else 0

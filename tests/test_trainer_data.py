@@ -159,6 +159,45 @@ def test_scan_data_refuses_what_the_dataset_would(tmp_path, case):
         scan_data([tmp_path])
 
 
+def _scan_counting(build: Path, n_parts: int, monkeypatch) -> tuple[list[int], int, int]:
+    """scan_data over a build of `n_parts` parts (every other one with a label mask): the stats of
+    each token file, the lookups of the build's report.json, and the memmaps made."""
+    import os
+
+    from trainer.data import scan_data
+
+    for k in range(n_parts):
+        write_part(build, f"part-{k:05d}", np.arange(16), np.ones(16, dtype=bool) if k % 2 else None)
+    (build / "report.json").write_text("{}")
+    stats: dict[str, int] = {}
+    maps = []
+    real_stat, real_memmap = os.stat, np.memmap
+
+    def counting_stat(path, *args, **kwargs):
+        stats[os.fspath(path)] = stats.get(os.fspath(path), 0) + 1
+        return real_stat(path, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "stat", counting_stat)
+        patched.setattr(np, "memmap", lambda *args, **kwargs: maps.append(args) or real_memmap(*args, **kwargs))
+        layout = scan_data([build])
+    assert len(layout.files) == n_parts and list(layout.builds) == [build]
+    return ([stats.get(str(build / f"part-{k:05d}.npy"), 0) for k in range(n_parts)],
+            stats.get(str(build / "report.json"), 0), len(maps))
+
+
+def test_scan_data_stats_each_part_twice_maps_none_and_asks_for_the_report_once(tmp_path, monkeypatch):
+    """trainer.run's start-up scan of a mix of thousands of parts (a 300B mix; t235): each token file
+    was stat'ed three times and memory-mapped (label masks too) only to be dropped, the dataset mapping
+    them again, and the build's report.json was looked up once per part. Counted, not timed: two stats
+    a part (the walk's, the size's), no memmap, and as many report.json lookups for 40 parts as for 2."""
+    few = _scan_counting(tmp_path / "few", 2, monkeypatch)
+    many = _scan_counting(tmp_path / "many", 40, monkeypatch)
+    assert max(many[0]) <= 2 and max(few[0]) <= 2
+    assert many[2] == few[2] == 0
+    assert many[1] == few[1]
+
+
 def test_discovery_skips_label_masks_and_sorts(tmp_path):
     write_part(tmp_path / "b", "part-00001", np.arange(8))
     write_part(tmp_path / "a", "part-00000", np.arange(8), np.ones(8, bool))
