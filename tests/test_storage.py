@@ -131,3 +131,21 @@ def test_a_local_listing_skips_a_file_renamed_away_while_it_walks(tmp_path, monk
     # not a FileNotFoundError (a traceback from `dolmino build`, found by the next one): what reads it names it
     (root / "web" / "b.parquet").symlink_to(tmp_path / "unmounted" / "b.parquet")
     assert sorted(storage.list_files(str(root))) == ["web/a.parquet", "web/b.parquet"]
+
+
+def test_a_resume_reads_its_part_records_several_at_a_time(tmp_path, monkeypatch):
+    """`committed_parts` read each `_parts/*.json` in turn: on S3, a resume of thousands of parts
+    waited out one GET's latency after another (a tester). Two reads must be in flight at once."""
+    import threading
+
+    for i in range(4):
+        output.write_json(str(tmp_path), f"_parts/part-{i:05d}.json", {"index": i, "plan": "other"})
+    together = threading.Barrier(2, timeout=10)
+    read = output.read_json
+
+    def read_meeting_another(out, name):
+        together.wait()  # raises BrokenBarrierError when no other read comes while this one waits
+        return read(out, name)
+
+    monkeypatch.setattr(output, "read_json", read_meeting_another)
+    assert output.committed_parts(str(tmp_path), "this", 4) == {}

@@ -149,11 +149,13 @@ def committed_parts(out: str, plan_hash: str, num_parts: int) -> dict[int, PartR
     committed: each file is checked as `verify_parts` checks new ones (size and SHA-256), so
     a part damaged or replaced since is written again instead of certified by the new report."""
     sizes = list_files(out)
+    names = [name for name in sizes if name.startswith(PARTS_DIR + "/") and name.endswith(".json")]
+    # Eight at a time, as the checks below: one GET after another, a resume of thousands of parts on
+    # S3 waited out each GET's latency in turn (a tester)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        records = list(pool.map(lambda name: read_json(out, name), names))
     candidates = []
-    for name in sizes:
-        if not (name.startswith(PARTS_DIR + "/") and name.endswith(".json")):
-            continue
-        record = read_json(out, name)
+    for record in records:
         if not record or record.get("plan") != plan_hash or record.get("index", -1) >= num_parts:
             continue
         files = tuple(_part_file(f) for f in record["files"])
