@@ -157,6 +157,16 @@ def test_a_split_file_that_grew_is_named_changed_not_cut_at_another_split_size(t
                                 "run `dolmino tag` again for it"), message
 
 
+def test_files_changed_since_the_tag_are_named_in_the_plural():
+    """"X, Y, Z and 583 more changed since it was tagged ...: run `dolmino tag` again for it" (a tester)."""
+    from dolmino.build.untagged import _changed_message
+
+    assert _changed_message(["s3://b/a.jsonl"]).endswith("changed since it was tagged (another size, ETag or mtime): "
+                                                         "run `dolmino tag` again for it")
+    assert _changed_message(["s3://b/a.jsonl", "s3://b/c.jsonl"]).endswith(
+        "changed since they were tagged (another size, ETag or mtime): run `dolmino tag` again for them")
+
+
 def test_a_file_stored_whole_inside_a_bundle_and_cut_now_names_the_split_size(tmp_path):
     a, b = _file("a.jsonl", 1000), _file("b.jsonl", 5000)
     store = _store(tmp_path, [Bundle(0, (Unit(0, 0, a), Unit(1, 0, b)))])

@@ -112,8 +112,10 @@ def _same_input(file: InputFile, key: str, versions) -> bool:
 
 
 def _changed_message(uris: list[str]) -> str:
-    return (f"{_named(uris)} changed since it was tagged (another size, ETag or mtime): run `dolmino tag` again "
-            "for it")
+    """"X changed since it was tagged", or of several files "X, Y and 583 more changed since they were"."""
+    it, was = ("they", "were") if len(uris) > 1 else ("it", "was")
+    return (f"{_named(uris)} changed since {it} {was} tagged (another size, ETag or mtime): run `dolmino tag` "
+            f"again for {'them' if len(uris) > 1 else 'it'}")
 
 
 def _split_otherwise(works, source) -> str | None:
