@@ -576,7 +576,7 @@ class _S3Build:
         for item in self.files:
             if item.path.startswith("_parts/") and item.path.endswith(".json"):
                 key = self.prefix + item.path
-                with s3.about(s3.join_uri(self.bucket, key)):
+                with s3.about(s3.join_uri(self.bucket, key)), _listed(self.bucket, key):  # a build still writing
                     body = s3.get_body(self.bucket, key, IfMatch=item.source)
                 self.records[item.path] = body
                 try:

@@ -1905,6 +1905,46 @@ def test_spark_submit_arguments_whose_non_ascii_characters_the_jvm_made_question
     assert jvm_mangled_argument(["--out", "/data/??/mix"]) is None
 
 
+def test_spark_submit_locale_is_the_jvms_own_every_category_of_it(tmp_path, monkeypatch):
+    """Checked against real spark-submit runs: LC_MESSAGES (or LC_CTYPE) naming a locale not installed beside
+    LANG=C.UTF-8 leaves the JVM's every category C (glibc's setlocale(LC_ALL, "") fails whole), and it made
+    --out /data/é/mix /data/??/mix, unsaid; an explicit LC_CTYPE=C.UTF-8 without LANG reads arguments intact,
+    yet an S3 key holding a '?' was refused, taken for Python's coercion of C (a reviewer). The JVM's own
+    environment (the driver's parent's) tells the two apart."""
+    import shutil
+    import subprocess
+
+    from dolmino.build.cli import jvm_mangled_argument
+
+    for var in ("LC_ALL", "LC_CTYPE", "LANG", "LC_MESSAGES"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "1")  # the driver spark-submit starts
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    monkeypatch.setenv("LC_MESSAGES", "xx_YY.UTF-8")  # this driver's parent is no JVM: its own environment
+    assert "holds '?'" in jvm_mangled_argument(["--out", "/data/??/mix"])
+    monkeypatch.delenv("LC_MESSAGES")
+    assert jvm_mangled_argument(["--out", "/data/??/mix"]) is None
+
+    java = tmp_path / "java"  # a parent named as spark-submit's is, started with the environment given
+    shutil.copy(shutil.which("sleep"), java)
+    for jvm_env, driver_env, refused in (({"LC_CTYPE": "C.UTF-8"}, {"LC_CTYPE": "C.UTF-8"}, False),
+                                         ({"LC_CTYPE": "xx_YY.UTF-8", "LANG": "C.UTF-8"},
+                                          {"LC_CTYPE": "C.UTF-8", "LANG": "C.UTF-8"}, True),  # Python coerced it
+                                         ({}, {"LC_CTYPE": "C.UTF-8"}, True)):
+        parent = subprocess.Popen([str(java), "60"], env=jvm_env)
+        try:
+            monkeypatch.setattr(os, "getppid", lambda: parent.pid)
+            for var in ("LC_CTYPE", "LANG"):
+                monkeypatch.delenv(var, raising=False)
+            for var, value in driver_env.items():
+                monkeypatch.setenv(var, value)
+            problem = jvm_mangled_argument(["--out", "s3://bucket/mixes/a?b"])
+            assert (problem is not None) == refused, (jvm_env, problem)
+        finally:
+            parent.kill()
+            parent.wait()
+
+
 def test_damaged_compressed_inputs_and_inputs_without_documents_are_warned_about_by_file(spark, tmp_path):
     """Found by a tester: a .zst cut in half lost every document after the cut, and the console
     said nothing (report.md had "corrupt_stream | 1"; the file was named only in quarantine/); a

@@ -508,6 +508,29 @@ def test_publish_from_s3_says_a_part_rewritten_after_listing_changed(build_dir, 
     assert release.list_releases(root) == ([], [])
 
 
+def test_publish_from_s3_says_a_commit_record_rewritten_after_listing_changed(build_dir, root, monkeypatch):
+    """The commit records are read pinned to the listed ETag too: one a build still running rewrote between
+    the listing and the read ended the publish with "S3 GetObject failed: PreconditionFailed (412)", the
+    parts' HEAD and copy saying it as a rewrite (a reviewer)."""
+    bucket, _ = s3.split_uri(root)
+    build_uri = f"s3://{bucket}/builds/record-raced"
+    files = _upload_as_build(build_dir, build_uri)
+    listing = s3.iter_objects
+
+    def rewritten_after_listing(*args, **kw):
+        listed = list(listing(*args, **kw))
+        s3.client().put_object(Bucket=bucket, Key="builds/record-raced/_parts/part-00000.json",
+                               Body=files["_parts/part-00000.json"] + b" ")
+        return listed
+
+    monkeypatch.setattr(s3, "iter_objects", rewritten_after_listing)
+    with pytest.raises(release.ReleaseIntegrityError,
+                       match=rf"s3://{bucket}/builds/record-raced/_parts/part-00000.json: the object was rewritten "
+                             r"after the build was listed"):
+        _publish(build_uri, root, "record-raced")
+    assert release.list_releases(root) == ([], [])
+
+
 def test_publish_from_s3_names_the_object_whose_head_or_copy_failed(build_dir, root, capsys):
     """A HEAD or a server-side copy whose retries were spent (503 SlowDown) ended a publish with
     "release: error: S3 HeadObject failed: SlowDown (503)", naming none of the objects it touches

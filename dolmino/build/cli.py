@@ -464,32 +464,51 @@ def worker_exception(exc: BaseException) -> tuple[str, str] | None:
         redact(f"unexpected {kind.rsplit('.', 1)[-1]} in an executor" + (f": {message}" if message else ""))
 
 
-def _jvm_ascii_locale() -> bool:
-    """Whether spark-submit's JVM, which started this driver, read its arguments in a locale that is not
-    UTF-8: it turns each byte of a non-ASCII character into '?'. Java's file-name encoding follows LC_ALL /
-    LC_CTYPE / LANG, C where they name no installed locale; Python, started in C, sets LC_CTYPE=C.UTF-8 for
-    itself (PEP 538), so that value beside a C LANG is what the JVM saw as C."""
+# The categories glibc's setlocale(LC_ALL, "") sets, each from LC_ALL, else its own variable, else LANG
+_LOCALE_CATEGORIES = ("LC_CTYPE", "LC_NUMERIC", "LC_TIME", "LC_COLLATE", "LC_MONETARY", "LC_MESSAGES", "LC_PAPER",
+                      "LC_NAME", "LC_ADDRESS", "LC_TELEPHONE", "LC_MEASUREMENT", "LC_IDENTIFICATION")
+
+
+def _jvm_environment() -> dict[str, str]:
+    """The environment spark-submit's JVM, this driver's parent, started with (Linux /proc). Python, started
+    in C, sets LC_CTYPE=C.UTF-8 in its own (PEP 538): where the parent's cannot be read, that value beside a
+    C LANG is taken for what the JVM saw as C, and any other is taken as the JVM's."""
+    parent = f"/proc/{os.getppid()}"
+    try:
+        with open(f"{parent}/comm", "rb") as comm, open(f"{parent}/environ", "rb") as environ:
+            if comm.read().strip() == b"java":
+                pairs = environ.read().decode("utf-8", "surrogateescape").split("\0")
+                return dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+    except OSError:  # not Linux, or a parent that is gone or another user's
+        pass
+    env = dict(os.environ)
+    if env.get("LC_CTYPE") in ("C.UTF-8", "C.utf8", "UTF-8") and env.get("LANG", "") in ("", "C", "POSIX"):
+        del env["LC_CTYPE"]  # Python's coercion of the C locale
+    return env
+
+
+def _jvm_ascii_locale(env: dict[str, str]) -> bool:
+    """Whether a JVM started with `env` reads its arguments in a locale that is not UTF-8: it turns each byte
+    of a non-ASCII character into '?'. The JVM calls setlocale(LC_ALL, ""), which leaves every category C
+    where any of them names a locale not installed (LC_MESSAGES=en_US.UTF-8 beside LANG=C.UTF-8 mangled,
+    unsaid; found by a reviewer), and reads arguments in LC_CTYPE's encoding."""
     import locale
 
-    def installed(name: str) -> bool:
+    def codeset(name: str) -> str | None:
+        """`name`'s encoding, None where it is not installed."""
         saved = locale.setlocale(locale.LC_CTYPE)
         try:
             locale.setlocale(locale.LC_CTYPE, name)
+            return locale.nl_langinfo(locale.CODESET)
         except locale.Error:
-            return False
+            return None
         finally:
             locale.setlocale(locale.LC_CTYPE, saved)
+
+    names = {var: env.get("LC_ALL") or env.get(var) or env.get("LANG") or "C" for var in _LOCALE_CATEGORIES}
+    if any(codeset(name) is None for name in set(names.values())):
         return True
-
-    def c_like(name: str) -> bool:
-        return name in ("", "C", "POSIX") or not installed(name)
-
-    for var in ("LC_ALL", "LC_CTYPE", "LANG"):
-        if value := os.environ.get(var):
-            if var == "LC_CTYPE" and value in ("C.UTF-8", "C.utf8", "UTF-8") and c_like(os.environ.get("LANG", "")):
-                return True  # Python's coercion of the C locale
-            return c_like(value) or not re.search(r"utf-?8", value, re.IGNORECASE)
-    return True
+    return codeset(names["LC_CTYPE"]).replace("-", "").upper() != "UTF8"
 
 
 def jvm_mangled_argument(argv: list[str]) -> str | None:
@@ -498,14 +517,13 @@ def jvm_mangled_argument(argv: list[str]) -> str | None:
     at such a path was "not found" under a name the user never typed (found by a tester)."""
     from dolmino.progress import under_spark_submit
 
-    if not under_spark_submit() or not _jvm_ascii_locale():  # `dolmino build`: Python has argv as typed
-        return None
     mangled = next((arg for arg in argv if "?" in arg), None)
-    if mangled is None:
-        return None
+    if mangled is None or not under_spark_submit() or not _jvm_ascii_locale(_jvm_environment()):
+        return None  # `dolmino build`: Python has argv as typed
     return (f"{mangled!r} holds '?', which is what spark-submit makes of each byte of a non-ASCII character where "
-            "the locale is not UTF-8 (LC_ALL / LC_CTYPE / LANG unset, C, POSIX or not installed): rerun it under "
-            "a UTF-8 one (LC_ALL=C.UTF-8 spark-submit ...), or with `dolmino build`, which passes arguments as typed")
+            "the locale is not UTF-8 (LC_ALL / LC_CTYPE / LANG unset, C or POSIX, or an LC_* not installed): rerun "
+            "it under a UTF-8 one (LC_ALL=C.UTF-8 spark-submit ...), or with `dolmino build`, which passes arguments "
+            "as typed")
 
 
 def main(argv: list[str] | None = None, phase: str = "all") -> int:
