@@ -36,7 +36,12 @@ def stdout_closed() -> bool:
 
 def interrupted(prog: str) -> int:
     """Ctrl-C's one line and exit status, for a command whose own clean-up has run (the
-    KeyboardInterrupt has come up through its `finally` blocks)."""
+    KeyboardInterrupt has come up through its `finally` blocks). What the command printed comes
+    first: into a pipe stdout is block-buffered, and the line came before it."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):  # a reader gone, a closed stream: the line is still said
+        pass
     print(f"{prog}: interrupted", file=sys.stderr)
     return INTERRUPTED_EXIT
 
@@ -70,8 +75,4 @@ def run_main(main: Callable[..., int | None], *args) -> int | None:
             raise
         return SIGPIPE_EXIT
     except KeyboardInterrupt:
-        try:
-            sys.stdout.flush()  # what the command printed before comes before the line
-        except OSError:
-            pass
         return interrupted(command_name())
