@@ -1098,6 +1098,7 @@ def test_ctrl_c_in_a_command_without_words_of_its_own_is_one_line_and_exit_130(t
     # line came first (a reviewer)
     stop_here = (tmp_path / "stop_here.py").read_text()
     (tmp_path / "stop_here.py").write_text(stop_here.replace("    os.kill(", "    print('checked 3 parts')\n    os.kill("))
+    buffered = {k: v for k, v in env.items() if k != "PYTHONUNBUFFERED"}
     proc = subprocess.run([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=120, cwd=str(tmp_path), env=env)
+                          timeout=120, cwd=str(tmp_path), env=buffered)
     assert (proc.returncode, proc.stdout) == (130, f"checked 3 parts\n{said}: interrupted\n")
