@@ -680,6 +680,153 @@ def test_a_missing_checkpoint_file_is_named_when_resuming(tmp_path, capsys):
                                                f"model.pt, optim.pt)")
 
 
+def _drop_q_proj(state):
+    del state["blocks.0.attn.q_proj.weight"]
+
+
+def _cut_norm(state):
+    state["norm.weight"] = state["norm.weight"][:3].clone()
+
+
+def _drop_one_moment(state):
+    del state["state"]["blocks.0.attn.q_proj.weight"]
+
+
+def _drop_all_moments(state):
+    state["state"] = {}
+
+
+def _drop_second_moment(state):
+    del state["state"]["norm.weight"]["exp_avg_sq"]
+
+
+@pytest.mark.parametrize("file, edit, said", [
+    (MODEL_FILE, _drop_q_proj, "holds 1 tensor(s) unlike the model's (no blocks.0.attn.q_proj.weight)"),
+    (MODEL_FILE, _cut_norm, "holds 1 tensor(s) unlike the model's (norm.weight of shape [3], the model's [64])"),
+    (OPTIM_FILE, _drop_one_moment, "has no whole optimizer state for 1 of the model's 25 parameters "
+                                   "(blocks.0.attn.q_proj.weight), which would start again from zero moments"),
+    (OPTIM_FILE, _drop_all_moments, "has no whole optimizer state for 25 of the model's 25 parameters (embed.weight, "
+                                    "blocks.0.attn.q_proj.weight, blocks.0.attn.k_proj.weight, ...)"),
+    (OPTIM_FILE, _drop_second_moment, "has no whole optimizer state for 1 of the model's 25 parameters (norm.weight)"),
+    (STATE_FILE, lambda state: state.pop("data"), "lacks the data loader's position ('data'), which a resume goes on "
+                                                  "from"),
+    (STATE_FILE, lambda state: state["data"].pop("cursor"), "lacks the data loader's position ('data.cursor')"),
+    (STATE_FILE, lambda state: state.pop("spikes"), "lacks the spike trackers' states ('spikes')"),
+    (STATE_FILE, lambda state: state.pop("rng"), "lacks the random generators' states ('rng')"),
+], ids=["model-tensor", "model-shape", "optim-one", "optim-all", "optim-moment", "data", "data-cursor", "spikes",
+        "rng"])
+def test_a_checkpoint_lacking_a_tensor_or_state_is_refused_when_resuming(tmp_path, capsys, file, edit, said):
+    """A checkpoint file that loads but lacks part of what it held (written by other code, or edited
+    with torch.load / torch.save): torch's full-state-dict loader left a tensor missing from model.pt
+    at its random initialisation, and parameters missing from optim.pt with fresh AdamW moments, and
+    the resume trained on with exit 0; a train_state.pt without its data position or spike trackers
+    ended in a KeyError traceback, an optim.pt without one parameter's state in torch's RuntimeError.
+    Each is one line naming the file, what it lacks and the checkpoint before it, and nothing trains."""
+    from trainer.run import main
+
+    data = make_data(tmp_path / "data")
+    run = tmp_path / "run"
+    common = ["--data", str(data), "--model", "tiny", "--seq-len", "32", "--batch-size", "2", "--device", "cpu",
+              "--save-dir", str(run), "--save-interval", "1"]
+    assert main([*common, "--steps", "2"]) == 0
+    path = run / "step000002" / file
+    state = torch.load(path, weights_only=True)
+    edit(state)
+    torch.save(state, path)
+    capsys.readouterr()
+    assert main([*common, "--steps", "3", "--resume"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"trainer.run: error: {path} {said}{captured.err.split(said)[1].rstrip()}"]
+    assert captured.err.rstrip().endswith(f"Copy it again, or resume the one before it (--resume {run / 'step000001'})")
+    assert not (run / "step000003").exists() and "step 3/3" not in captured.out
+
+
+def test_a_save_dir_in_use_by_a_live_run_is_refused(tmp_path, capsys):
+    """Two runs started on one --save-dir at once both found it empty and both trained with exit 0: one
+    metrics.jsonl of interleaved rows (steps 1-5, 1-5, 6-10, ...) and checkpoints of either run. The
+    run holds a lock on --save-dir (the kernel drops it when its process ends, a kill too); a second
+    run is refused in one line naming the holder, --overwrite removing nothing of the live run's."""
+    from trainer.checkpoint import LOCK_FILE, hold_save_dir, release_save_dir
+    from trainer.run import main
+
+    data = make_data(tmp_path / "data")
+    run = tmp_path / "run"
+    common = ["--data", str(data), "--model", "tiny", "--seq-len", "32", "--batch-size", "2", "--device", "cpu",
+              "--save-dir", str(run), "--steps", "1"]
+    assert main(common) == 0
+    other = hold_save_dir(run)  # another run's process, training there now
+    try:
+        for extra in (["--resume"], ["--overwrite"]):
+            capsys.readouterr()
+            assert main([*common, "--steps", "2", *extra]) == 2
+            err = capsys.readouterr().err
+            assert err.splitlines() == [f"trainer.run: error: --save-dir {run} is in use by another run (pid "
+                                        f"{os.getpid()} on {err.split(' on ', 1)[1].split(',')[0]}, since "
+                                        f"{err.split('since ')[1].split(')')[0]}): two runs there would interleave "
+                                        "metrics.jsonl and replace each other's checkpoints; wait for it to end, or "
+                                        "use another --save-dir"], err
+            assert latest_checkpoint(run) == run / "step000001"
+            assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    finally:
+        release_save_dir(other, run)
+    assert main([*common, "--steps", "2", "--resume"]) == 0  # the other run has ended
+    assert latest_checkpoint(run) == run / "step000002"
+    assert not (run / LOCK_FILE).exists()  # a run leaves only what it wrote
+
+
+def test_a_save_dir_removed_while_training_is_said_and_made_again(tmp_path):
+    """--save-dir removed during a run (rm -rf, a cleanup job) was made again unsaid at the next
+    metrics flush: exit 0, and a metrics.jsonl and checkpoints that began part way through the run.
+    The run says so in one line and goes on: its weights are whole in memory, and its checkpoints
+    from then on are saved there."""
+    import shutil
+
+    data = make_data(tmp_path / "data")
+    save_dir = tmp_path / "run"
+    messages = []
+
+    def log(message):
+        messages.append(message)
+        if message.startswith("step 4/6"):  # after the step-2 checkpoint and rows were written
+            shutil.rmtree(save_dir)
+
+    Trainer(make_run(data, save_interval=2), CPU, save_dir, log=log).fit()
+    assert [m for m in messages if m.startswith("warning")] == [
+        f"warning: --save-dir {save_dir} was removed while this run trained (at step 4), with the checkpoints and "
+        "metrics.jsonl rows written so far; made again: what this run writes from here on goes there"]
+    assert [json.loads(line)["step"] for line in (save_dir / "metrics.jsonl").read_text().splitlines()] == [3, 4, 5, 6]
+    assert [p.name for p in complete_checkpoints(save_dir)] == ["step000004", "step000006"]
+
+
+def test_a_full_disk_writing_metrics_names_the_file_and_the_checkpoint_to_resume(tmp_path, capsys, monkeypatch):
+    """A disk that filled between checkpoints failed the next metrics.jsonl write: the run said
+    "trainer.run: error: [Errno 28] No space left on device", naming neither the file nor where to
+    go on from. It names both, the save in flight at the failure finished first."""
+    import builtins
+
+    import trainer.train
+    from trainer.run import main
+
+    data = make_data(tmp_path / "data")
+    run = tmp_path / "run"
+
+    rows = []
+
+    def full_after_step_2(file, *args, **kwargs):  # --metrics-interval 1: one open a step
+        if Path(file).name == "metrics.jsonl":
+            rows.append(file)
+            if len(rows) > 2:  # step 3, the step-2 checkpoint perhaps still being written
+                raise OSError(28, "No space left on device")
+        return builtins.open(file, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.train, "open", full_after_step_2, raising=False)
+    assert main(["--data", str(data), "--model", "tiny", "--seq-len", "32", "--batch-size", "2", "--device", "cpu",
+                 "--save-dir", str(run), "--steps", "4", "--save-interval", "2", "--metrics-interval", "1"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"trainer.run: error: writing {run / 'metrics.jsonl'} failed: No space left on device; the last checkpoint is "
+        f"{run / 'step000002'}: rerun with --resume to continue from it"]
+
+
 def test_a_failed_background_write_stops_the_run_at_the_next_step(tmp_path, monkeypatch):
     """A save that failed in its thread (a full disk) was raised only when the next save waited for
     it, a whole --save-interval later: steps trained with no checkpoint behind them. The loop now

@@ -19,13 +19,16 @@ looks complete. All files load with `torch.load(weights_only=True)`.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import pickle
 import random
 import re
 import shutil
+import socket
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -177,8 +180,8 @@ def _write_atomic_text(path: Path, text: str) -> None:
 
 
 class CheckpointWriteError(RuntimeError):
-    """A checkpoint could not be written (a full disk, a file-size limit, a lost mount): one line
-    naming the file and the reason, for the run to end with."""
+    """A checkpoint, or the run's metrics.jsonl, could not be written (a full disk, a file-size limit,
+    a lost mount): one line naming the file and the reason, for the run to end with."""
 
 
 def write_failure(path: Path, exc: BaseException) -> str:
@@ -247,6 +250,58 @@ def existing_run(save_dir: str | Path) -> str | None:
     if (save_dir / EVAL_DIR).is_dir():  # its scores would read as the new run's (found by a tester)
         found.append(f"{EVAL_DIR}/")
     return ", ".join(found) or None
+
+
+LOCK_FILE = ".trainer.lock"
+
+
+class SaveDirBusy(ValueError):
+    """Another live run holds the --save-dir (`hold_save_dir`); the message names it."""
+
+
+def hold_save_dir(save_dir: str | Path) -> int:
+    """Lock `save_dir` for this run (rank 0) and return the lock's file descriptor, held until it is
+    closed or the process ends (the kernel releases it then, a kill too). Two runs started on one
+    --save-dir at once both found it empty, both trained with exit 0, and left one metrics.jsonl of
+    interleaved rows (steps 1-5, 1-5, 6-10, ...) and checkpoints of either run (found by a tester);
+    `existing_run` sees only what a run has written so far. A filesystem without locks is not locked."""
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    lock = save_dir / LOCK_FILE
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):  # ENOLCK, EOPNOTSUPP: no locks here
+                return fd
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "a process that has not said which"
+            os.close(fd)
+            raise SaveDirBusy(f"--save-dir {save_dir} is in use by another run ({holder}): two runs there would "
+                              "interleave metrics.jsonl and replace each other's checkpoints; wait for it to end, "
+                              "or use another --save-dir") from None
+        if _same_file(fd, lock):
+            break
+        os.close(fd)  # its holder removed it as this run locked it (`release_save_dir`): lock the file there now
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+    return fd
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def release_save_dir(fd: int, save_dir: str | Path) -> None:
+    """End `hold_save_dir`'s lock, removing its file first, so that a run leaves only what it wrote
+    (a killed run leaves the file, unlocked)."""
+    lock = Path(save_dir) / LOCK_FILE
+    if _same_file(fd, lock):
+        lock.unlink()
+    os.close(fd)
 
 
 def _absolute(path: str | Path) -> Path:
@@ -593,7 +648,68 @@ def resumable_checkpoint(path: str | Path) -> Path:
     raise FileNotFoundError(f"{path} holds weights only (no {STATE_FILE}, e.g. a soup); it cannot be resumed")
 
 
-def read_checkpoint(path: str | Path, optimizer: bool = True) -> dict:
+# What a resume reads from a train_state.pt, by key (and the keys inside it): a file written by other
+# code, or edited, without one failed in a KeyError traceback from the middle of the resume (a tester).
+# `load_checkpoint` itself reads the first two; Trainer._resume all four.
+RESUME_KEYS = {"step": None, "rng": ("python", "numpy", "torch"), "data": ("epoch", "cursor", "seed"),
+               "spikes": ("loss", "grad_norm")}
+_LOAD_KEYS = ("step", "rng")
+_TRAIN_STATE_WHAT = {"step": "the step", "data": "the data loader's position", "rng": "the random generators' states",
+                     "spikes": "the spike trackers' states"}
+
+
+def load_train_state(path: Path, keys: tuple[str, ...] = tuple(RESUME_KEYS)) -> dict:
+    """The train_state.pt of checkpoint `path`, refused in one line where it lacks one of `keys`
+    (of `RESUME_KEYS`) or what that holds."""
+    file = path / STATE_FILE
+    state = load_torch_file(file, resume_advice(path))
+    for key in keys:
+        inner, value = RESUME_KEYS[key], state.get(key) if isinstance(state, dict) else None
+        lacking = key if value is None or (inner and not isinstance(value, dict)) else next(
+            (f"{key}.{k}" for k in inner or () if k not in value), None)
+        if lacking is not None:
+            raise CheckpointFormatError(f"{file} lacks {_TRAIN_STATE_WHAT[key]} ({lacking!r}), which a resume "
+                                        f"goes on from; {resume_advice(path)}")
+    return state
+
+
+def check_loadable(path: Path, read: dict, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    """Refuse a checkpoint whose model.pt or optim.pt lacks a tensor of `model`, or holds one of another
+    shape, before anything is loaded: torch's full-state-dict loader leaves a parameter missing from
+    model.pt at its random initialisation and one missing from optim.pt's state with fresh AdamW
+    moments (all of them, for an empty state), and a resume trained on from there with exit 0 (found
+    by a tester). check_resume_model compared config.json alone."""
+    inner = getattr(model, "module", model)  # DDP's wrapper; FSDP2 and per-block compile keep the names
+    shapes = {name.replace("_orig_mod.", ""): tuple(t.shape) for name, t in inner.state_dict().items()}
+    saved = read["model"]
+    problems = [f"no {name}" for name in shapes if name not in saved]
+    problems += [f"{name} of shape {list(saved[name].shape)}, the model's {list(shape)}"
+                 for name, shape in shapes.items() if name in saved and tuple(saved[name].shape) != shape]
+    problems += [f"{name}, which the model has not" for name in saved if name not in shapes]
+    if problems:
+        raise CheckpointFormatError(f"{path / MODEL_FILE} holds {len(problems)} tensor(s) unlike the model's "
+                                    f"({'; '.join(problems[:3])}{'; ...' if len(problems) > 3 else ''}); "
+                                    f"{resume_advice(path)}")
+    if optimizer is None or not int(read["train_state"]["step"]):  # no optimizer step taken: no moments yet
+        return
+    optim_sd = read["optim"]
+    state = optim_sd.get("state") if isinstance(optim_sd, dict) else None
+    if not isinstance(state, dict) or not isinstance(optim_sd.get("param_groups"), list):
+        raise CheckpointFormatError(f"{path / OPTIM_FILE} is not an optimizer state (no 'state' and "
+                                    f"'param_groups'); {resume_advice(path)}")
+    keys = set().union(*(s.keys() for s in state.values() if isinstance(s, dict)))
+    trained = [name.replace("_orig_mod.", "") for name, p in inner.named_parameters() if p.requires_grad]
+    lacking = [name for name in trained if not isinstance(state.get(name), dict) or not keys <= state[name].keys()
+               or any(torch.is_tensor(v) and v.dim() and tuple(v.shape) != shapes[name]
+                      for v in state[name].values())]
+    if lacking:
+        raise CheckpointFormatError(f"{path / OPTIM_FILE} has no whole optimizer state for {len(lacking)} of the "
+                                    f"model's {len(trained)} parameters ({', '.join(lacking[:3])}"
+                                    f"{', ...' if len(lacking) > 3 else ''}), which would start again from zero "
+                                    f"moments; {resume_advice(path)}")
+
+
+def read_checkpoint(path: str | Path, optimizer: bool = True, keys: tuple[str, ...] = _LOAD_KEYS) -> dict:
     """The files of checkpoint `path` read onto the CPU, touching no model: {"path", "model", "optim"
     (None without `optimizer`), "train_state"}. Reading is this process's own; loading into an FSDP
     model is collective (each tensor scattered from rank 0), so ranks read first and agree that every
@@ -604,12 +720,12 @@ def read_checkpoint(path: str | Path, optimizer: bool = True) -> dict:
     touches them): both are held until the load, and read whole on every rank they were ~3x the
     model's fp32 size of host memory per rank at once (a 7B model: ~84 GB each of 8 ranks), where
     mapped they are the node's page cache, shared. A file cut short fails here all the same (its
-    zip directory, at the end, is gone)."""
+    zip directory, at the end, is gone). `keys`: what train_state.pt must hold (`load_train_state`)."""
     path = resumable_checkpoint(path)
     advice = resume_advice(path)
     return {"path": path, "model": load_torch_file(path / MODEL_FILE, advice, mmap=True),
             "optim": load_torch_file(path / OPTIM_FILE, advice, mmap=True) if optimizer else None,
-            "train_state": load_torch_file(path / STATE_FILE, advice)}
+            "train_state": load_train_state(path, keys)}
 
 
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
@@ -623,6 +739,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     recorded the new value and went on with the old one (found by a reviewer)."""
     read = read or read_checkpoint(path, optimizer is not None)
     path = read["path"]
+    check_loadable(path, read, model, optimizer)
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, read["model"], options=options)
     if optimizer is not None:

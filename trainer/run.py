@@ -34,9 +34,9 @@ from dolmino.cli import invoked_as
 from dolmino.s3 import local_path, redact
 from dolmino.storage import why_unwritable
 from trainer.checkpoint import (
-    CONFIG_FILE, STATE_FILE, CheckpointFormatError, CheckpointWriteError, clear_run, cleared_by_overwrite,
-    existing_run, files_fingerprint, latest_checkpoint, load_json_file, load_torch_file, own_checkpoint,
-    resumable_checkpoint, resume_advice,
+    CONFIG_FILE, STATE_FILE, CheckpointFormatError, CheckpointWriteError, SaveDirBusy, clear_run,
+    cleared_by_overwrite, existing_run, files_fingerprint, hold_save_dir, latest_checkpoint, load_json_file,
+    load_train_state, own_checkpoint, release_save_dir, resumable_checkpoint, resume_advice,
 )
 from trainer.cli import (  # noqa: F401 (parse_count: our API)
     GivenOnce, HelpFormatter, in_flag_names, parse_count, positive_int,
@@ -313,6 +313,16 @@ def resumed_init(saved: dict, init, lr_source: str, path: Path) -> tuple[dict | 
                   f"and its checkpoints keep recording {source}")
 
 
+def where_to_resume(save_dir: str, none: str = "") -> str:
+    """What a run stopped part way (Ctrl-C, a write that failed) goes on from, in words; `none` where
+    --save-dir holds no checkpoint."""
+    try:
+        last = latest_checkpoint(save_dir) if Path(save_dir).is_dir() else None
+    except CheckpointFormatError as exc:
+        return str(exc)
+    return f"the last checkpoint is {last}: rerun with --resume to continue from it" if last is not None else none
+
+
 def start_afresh(save_dir: str, overwrite: bool, env, log, keep: list[Path], resuming: bool) -> None:
     """A fresh run into a --save-dir that holds one appended to its metrics.jsonl (steps 1, 2,
     1, 2) and replaced its checkpoints as it saved, unsaid: refused, or with `overwrite` the
@@ -415,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         return refuse_before_group(f"{prog}: error: {exc}", getattr(exc, "said_by", 0))
     log = print if env.is_main else (lambda _msg: None)
     finished = quiet = False
+    held_lock = None  # hold_save_dir's, by rank 0
     # The ranks agreed to stop (a start-up check failed somewhere; AGREED_STOP is set): they leave
     # through the same barrier as a finished run, so that none tears the group down while a peer
     # may still be finishing the agreeing collective (`shutdown`).
@@ -440,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             if (note := unreported_build_note(layout)) and env.is_main:
                 say(f"{prog}: warning: {note}")
             # The checkpoint's train state: its position (checked below) and how far its pass went.
-            saved = None if resume is None else load_torch_file(resume_from / STATE_FILE, resume_advice(resume_from))
+            saved = None if resume is None else load_train_state(resume_from)
             plan = make_plan(args, tokens, source, init, resumed=resumed_position(saved))
             for note in plan.notes if env.is_main else ():
                 say(f"{prog}: warning: {note}")
@@ -487,6 +498,15 @@ def main(argv: list[str] | None = None) -> int:
             AGREED_STOP = "failed" if reason is not None else "peer"
             raise ValueError(f"--save-dir {args.save_dir} cannot be written ({reason})" if reason is not None else
                              f"rank {env.rank}: rank 0 cannot write --save-dir {args.save_dir}; its error says why")
+        busy = None  # before start_afresh: --overwrite removed a live run's files, --resume read its newest
+        try:
+            held_lock = hold_save_dir(args.save_dir) if env.is_main else None
+        except SaveDirBusy as exc:
+            busy = exc
+        if ranks_agree([int(busy is not None)], env)[1][0]:
+            AGREED_STOP = "failed" if busy is not None else "peer"
+            raise busy or ValueError(f"rank {env.rank}: rank 0's --save-dir {args.save_dir} is in use by another "
+                                     "run; its error says why")
         if resume is None or not own_checkpoint(resume_from, args.save_dir):
             # also a --resume of a checkpoint elsewhere: its run goes on in --save-dir
             try:
@@ -568,7 +588,10 @@ def main(argv: list[str] | None = None) -> int:
         finished = True
     except (DataError, ValueError, OSError, CheckpointWriteError) as exc:  # OSError: e.g. --save-dir made read-only
         if not quiet:
-            say(f"{prog}: error: {exc}")
+            # a full disk part way through: which checkpoint the rerun goes on from (only "[Errno 28] No space left
+            # on device" was said of metrics.jsonl; found by a tester)
+            hint = where_to_resume(args.save_dir) if isinstance(exc, CheckpointWriteError) and env.is_main else ""
+            say(f"{prog}: error: {exc}" + (f"; {hint}" if hint else ""))
         return 2
     except RuntimeError as exc:
         if not (env.distributed and peer_stopped(exc)):
@@ -584,13 +607,14 @@ def main(argv: list[str] | None = None) -> int:
         # Ctrl-C printed a 30-line traceback from inside the step on every rank (found by a tester);
         # the build's commands say one line and exit 130, and what to rerun is the useful part here.
         if env.is_main:
-            last = latest_checkpoint(args.save_dir) if Path(args.save_dir).is_dir() else None
-            say(f"{prog}: interrupted; " + (f"the last checkpoint is {last}: rerun with --resume to continue from it"
-                                            if last is not None else "no checkpoint was saved in this run's "
-                                            f"--save-dir {args.save_dir} yet (--save-interval N saves every N steps)"))
+            say(f"{prog}: interrupted; " + where_to_resume(args.save_dir, f"no checkpoint was saved in this run's "
+                                                           f"--save-dir {args.save_dir} yet (--save-interval N saves "
+                                                           "every N steps)"))
         return 130
     finally:
         shutdown(env, finished or AGREED_STOP is not None)
+        if held_lock is not None:
+            release_save_dir(held_lock, args.save_dir)
     if args.eval_tasks and env.is_main:  # after leaving the process group: only this rank scores
         del trainer  # free the training state before the checkpoint is loaded to be scored
         return evaluate_after_training(args, result.checkpoint, env.device, log)

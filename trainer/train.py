@@ -41,8 +41,8 @@ import torch
 import torch.nn as nn
 
 from trainer.checkpoint import (
-    CONFIG_FILE, STATE_FILE, Checkpointer, files_fingerprint, load_checkpoint, load_json_file, read_checkpoint,
-    resolve_checkpoint, resume_advice,
+    CONFIG_FILE, RESUME_KEYS, STATE_FILE, Checkpointer, CheckpointWriteError, files_fingerprint, load_checkpoint,
+    load_json_file, read_checkpoint, resolve_checkpoint, resume_advice, write_failure,
 )
 from trainer.config import ModelConfig, RunConfig, TrainConfig
 from trainer.data import DataLoader, MemmapDataset
@@ -164,6 +164,7 @@ class Trainer:
         if tc.seq_len > mc.max_seq_len:
             raise ValueError(f"seq_len {tc.seq_len} exceeds the model's max_seq_len {mc.max_seq_len}")
         self.save_dir = Path(save_dir)
+        self._save_dir_made = self.save_dir.is_dir()  # `_make_save_dir`
         self.accum = tc.grad_accum_steps(env.world_size)
         # With a starting checkpoint the vocabulary is the checkpoint's (check_compatible holds --model to
         # its rows too), so a token out of range points at the checkpoint: the error says so.
@@ -248,7 +249,7 @@ class Trainer:
         rank 0's parameters only when it wrapped the model). So one collective, before the load,
         tells every rank whether any failed to read its copy and whether the copies are one."""
         try:
-            read = read_checkpoint(path)
+            read = read_checkpoint(path, keys=tuple(RESUME_KEYS))
             state = read["train_state"]
             held = [int(state["step"]), int(state.get("tokens_seen", 0)), int(state["data"]["cursor"]),
                     files_fingerprint(path) if self.env.distributed else 0]
@@ -308,7 +309,21 @@ class Trainer:
         return {"data": self.loader.state_dict(), "tokens_seen": self.tokens_seen, "data_stats": self.data_stats(),
                 "spikes": {k: v.state_dict() for k, v in self.spikes.items()}}
 
+    def _make_save_dir(self) -> None:
+        """Make --save-dir (rank 0, before writing into it), and say so where it was there before in
+        this run: removed while the run trained, it was made again unsaid, and the run ended with exit 0
+        and a metrics.jsonl and checkpoints that began part way through (found by a tester). The run
+        goes on: its weights are whole in memory, and the next checkpoint saves them."""
+        if self._save_dir_made and not self.save_dir.is_dir():
+            self.log(f"warning: --save-dir {self.save_dir} was removed while this run trained (at step {self.step}), "
+                     "with the checkpoints and metrics.jsonl rows written so far; made again: what this run writes "
+                     "from here on goes there")
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        self._save_dir_made = True
+
     def save(self, background: bool = True) -> Path:
+        if self.env.is_main:
+            self._make_save_dir()
         config = self.run.to_dict()
         if self.tokenizer is not None:
             config["tokenizer"] = dict(self.tokenizer)
@@ -401,6 +416,12 @@ class Trainer:
                 self.save()
             self.checkpointer.wait()
             barrier(env)
+        except Exception:
+            # A step that failed (a full disk writing metrics.jsonl) lets the save in flight finish first:
+            # the error then names it as the checkpoint to resume from.
+            with contextlib.suppress(Exception):
+                self.checkpointer.wait()
+            raise
         finally:
             status.clear()
             self.loader.close()
@@ -442,10 +463,14 @@ class Trainer:
         else:
             parts.append(f"spike score n/a (< {self.spikes['loss'].min_history} steps)")
         self.log(" | ".join(parts))
-        self.save_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.save_dir / "metrics.jsonl", "a") as fh:
-            for r in records:
-                r = dict(r, tokens_per_second=tok_s, mfu=util, spike_score_loss=self.spikes["loss"].score,
-                         spike_score_grad_norm=self.spikes["grad_norm"].score)
-                fh.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                                     for k, v in r.items()}) + "\n")
+        self._make_save_dir()
+        path = self.save_dir / "metrics.jsonl"
+        try:
+            with open(path, "a") as fh:
+                for r in records:
+                    r = dict(r, tokens_per_second=tok_s, mfu=util, spike_score_loss=self.spikes["loss"].score,
+                             spike_score_grad_norm=self.spikes["grad_norm"].score)
+                    fh.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                         for k, v in r.items()}) + "\n")
+        except OSError as exc:  # a full disk said "[Errno 28] No space left on device" alone (a tester)
+            raise CheckpointWriteError(f"writing {path} failed: {write_failure(path, exc)}") from exc
