@@ -62,7 +62,7 @@ COMMANDS: dict[str, Command] = {
     "synth": Command("dolmino.synth.__main__", "generate synthetic math sources (Spark)"),
     "train": Command("trainer.run", "train an OLMo 2 model on a built mix"),
     "eval": Command("trainer.eval", "evaluate a checkpoint"),
-    "release": Command("dolmino.release", "publish / pull / list releases on S3"),
+    "release": Command("dolmino.release", "publish / pull / list / verify / delete / clean releases on S3"),
 }
 
 
