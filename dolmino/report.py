@@ -639,7 +639,9 @@ def run_lines(run: dict) -> list[str]:
     if run.get("spark_master"):
         hosts = run.get("executor_hosts") or []
         lines += [f"Spark: master {run['spark_master']}, {run.get('executors', '?')} executor(s), "
-                  f"{run.get('executor_cores', '?')} core(s) in all" + (f", on {', '.join(hosts)}" if hosts else "")
+                  f"{run.get('executor_cores', '?')} core(s) in all"
+                  + (f", {run['task_cpus']} per task" if run.get("task_cpus") else "")
+                  + (f", on {', '.join(hosts)}" if hosts else "")
                   + f"; application {run.get('application_id', '?')}.", ""]
     return lines
 

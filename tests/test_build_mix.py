@@ -2026,3 +2026,19 @@ def test_the_tag_phase_warns_of_compressed_inputs_that_break_part_way(spark, tmp
         f"interrupted; the documents after the cut are not in the file; first: "
         f"se/cooking.stackexchange.com/Posts.xml.gz, its end at byte {len(packed) // 2:,}); restore them; "
         f"see {attrs}/se/quarantine/"]
+
+
+def test_build_mix_py_under_a_python_without_the_libraries_is_one_line(tmp_path):
+    """spark-submit runs the Python spark.pyspark.python names (a cluster's spark-defaults.conf often sets one):
+    one without the project's libraries ended `spark-submit dolmino/build_mix.py` in an ImportError traceback
+    (found by a tester)."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "dolmino" / "build_mix.py"
+    # -S: this interpreter without its site-packages, as another Python has none of the venv's libraries
+    proc = subprocess.run([sys.executable, "-S", str(script), "--help"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert re.fullmatch(rf"build_mix: error: {re.escape(sys.executable)} has no module '[\w.]+', which dolmino "
+                        r"needs: run the build with the project's Python environment .*spark\.pyspark\.python.*\n",
+                        proc.stderr), proc.stderr

@@ -468,6 +468,28 @@ def test_auto_device_is_the_gpu_spark_gave_the_task(monkeypatch):
     assert fineweb_edu._resolve_device("auto") == "cpu"
 
 
+def test_cpu_scoring_in_a_task_takes_the_cores_spark_reserved_for_it(monkeypatch):
+    """`spark.task.cpus=4` (an operator giving each scoring task 4 cores) scored on one torch thread, 3 of the
+    task's cores idle, while the task's dolma2 tokenizer took all 4. An explicit `torch_threads` is kept, and
+    outside a task torch keeps its own default."""
+    from pyspark import TaskContext
+
+    class Task:
+        def __init__(self, cpus):
+            self._cpus = cpus
+
+        def cpus(self):
+            return self._cpus
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    calls: list[int] = []
+    for task, torch_threads in ((Task(4), None), (Task(1), None), (Task(4), 2), (None, None)):
+        monkeypatch.setattr(TaskContext, "get", classmethod(lambda cls, task=task: task))
+        fineweb_edu.EduScorer("unused", torch_threads=torch_threads)._set_threads()
+    assert calls == [4, 1, 2]
+
+
 def test_a_worker_given_another_gpu_keeps_its_one_copy_of_the_model(model_dir, monkeypatch):
     """Spark reuses a Python worker for tasks given other GPUs: "auto" loads once per process (a copy
     and a CUDA context on every GPU a worker was ever given would add up), an explicit device its own."""

@@ -454,6 +454,7 @@ def test_build_stage_record_has_spark_figures_without_the_ui(spark):
     assert persisted_bytes(sc, pairs) == 0
     info = cluster_info(sc)
     assert info["executors"] == 1 and info["executor_cores"] >= 1  # local mode: the driver is the executor
+    assert info["task_cpus"] == 1  # spark.task.cpus, unset: the threads each task's tokenizer runs on
 
 
 def test_build_stage_record_counts_pythons_merge_spills(spark):
@@ -568,4 +569,32 @@ def test_a_stage_on_a_cluster_without_executors_says_it_waits_for_them(spark, mo
         line = st.line()
         assert line.startswith("[tag] 0 tasks done, waiting for executors: the cluster has given none"), line
         assert len(st.line(width=79)) <= 79 and "waiting for executors (none)" in st.line(width=79)
+        assert "waiting" not in st.line(final=True)
+
+
+def test_a_stage_whose_executors_have_fewer_cores_than_a_task_needs_says_so(spark, monkeypatch):
+    """`--conf spark.task.cpus=2` on standalone workers of 1 core: their executors took 1 core each, no task
+    could run, and the build waited for ever at "0 tasks done, 0 running" with no word from Spark either
+    (found by a tester)."""
+    from pyspark import SparkConf
+
+    from dolmino.build import progress as progress_mod
+    from dolmino.build.progress import Stage
+
+    sc = spark.sparkContext
+    assert progress_mod.active_executor_cores(sc) == []  # local mode: the driver's entry only
+    with Stage(sc, "tag", total_units=11, quiet=True) as st:
+        monkeypatch.setattr(sc, "master", "spark://127.0.0.1:7077")
+        monkeypatch.setattr(st, "waiting_for_executors", lambda: False)  # two executors registered
+        monkeypatch.setattr(progress_mod, "active_executor_cores", lambda _sc: [1, 1])
+        assert "waiting" not in st.line()  # spark.task.cpus 1: a core will do
+        conf = SparkConf(loadDefaults=False).setAll(sc.getConf().getAll()).set("spark.task.cpus", "2")
+        monkeypatch.setattr(sc, "getConf", lambda: conf)
+        line = st.line()
+        assert line.startswith("[tag] 0 tasks done, waiting for executors with 2 cores: a task needs "
+                               "spark.task.cpus=2 and the executors have at most 1"), line
+        assert len(st.line(width=79)) <= 79 and "a task needs 2 cores, executors have 1" in st.line(width=79)
+        monkeypatch.setattr(progress_mod, "active_executor_cores", lambda _sc: [1, 2])  # one that can run it
+        assert "waiting" not in st.line()
+        monkeypatch.setattr(progress_mod, "active_executor_cores", lambda _sc: [1, 1])
         assert "waiting" not in st.line(final=True)

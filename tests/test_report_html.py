@@ -475,6 +475,9 @@ def test_report_md_names_the_cluster_and_the_persisted_bytes():
     # bytes in bytes' units: format_count's "B" (billions) read "2.35BB" (a reviewer)
     assert "Persisted (Spark storage, memory and disk): pool 2 MB, tokenize 2.35 GB." in text
     assert "Spark: master spark://10.0.0.1:7077, 2 executor(s), 8 core(s) in all, on 10.0.0.2, 10.0.0.3" in text
+    # the cores each task ran on (spark.task.cpus: its tokenizer's and scorers' threads) were not said (a tester)
+    text = "\n".join(run_lines({"spark_master": "local[4]", "executors": 1, "executor_cores": 4, "task_cpus": 2}))
+    assert "Spark: master local[4], 1 executor(s), 4 core(s) in all, 2 per task;" in text
 
 
 def test_a_multi_line_coverage_note_stays_one_table_row(tmp_path):

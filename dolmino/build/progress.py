@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 
-from dolmino.build.spark import settled_jobs
+from dolmino.build.spark import active_executor_cores, settled_jobs
 from dolmino.errors import BuildError
 from dolmino.manifest import format_bytes, format_count
 from dolmino.progress import DEFAULT_COLUMNS, terminal_columns
@@ -176,6 +176,12 @@ class Stage:
             head = (f"[{self.name}] {done:,} tasks done, waiting for executors: the cluster has given none (are "
                     "its workers registered, with the cores and memory asked for? its master's UI says)")
             short = f"[{self.name}] {done:,} done, waiting for executors (none)"
+        elif not final and not running and (shortfall := self.executors_short_of_cores()):
+            most, needed = shortfall
+            head = (f"[{self.name}] {done:,} tasks done, waiting for executors with {needed} cores: a task needs "
+                    f"spark.task.cpus={needed} and the executors have at most {most} (workers of {needed} cores or "
+                    "more, or a smaller spark.task.cpus)")
+            short = f"[{self.name}] {done:,} done, waiting: a task needs {needed} cores, executors have {most}"
         by = ((v["bytes"], self.total_bytes) if self.total_bytes else (v["units"], self.total_units)
               if self.total_units else (v["docs"], self.total_docs))
         counts, eta_counts = [], []  # every count; the one the ETA is measured by
@@ -217,6 +223,17 @@ class Stage:
             return len(self.sc._jsc.sc().statusTracker().getExecutorInfos()) <= 1  # the driver's own entry
         except Exception:  # a stopping context: the line is not worth a failure
             return False
+
+    def executors_short_of_cores(self) -> tuple[int, int] | None:
+        """(the most cores an executor has, spark.task.cpus) where every executor of a cluster master has fewer
+        cores than a task needs, else None. Standalone workers of 1 core took `--conf spark.task.cpus=2`,
+        started executors of 1 core, and the build waited for ever at "0 tasks done, 0 running", with no word
+        from Spark either (found by a tester)."""
+        if self.sc.master.startswith("local"):  # Spark refuses local[N] with fewer threads than spark.task.cpus
+            return None
+        needed = int(self.sc.getConf().get("spark.task.cpus", "1"))
+        cores = active_executor_cores(self.sc) if needed > 1 else None
+        return (max(cores), needed) if cores and max(cores) < needed else None
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
