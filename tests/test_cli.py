@@ -1097,7 +1097,8 @@ def test_ctrl_c_in_a_command_without_words_of_its_own_is_one_line_and_exit_130(t
     # what it printed before comes before the line: into a pipe stdout is block-buffered, and `dolmino`'s
     # line came first (a reviewer)
     stop_here = (tmp_path / "stop_here.py").read_text()
-    (tmp_path / "stop_here.py").write_text(stop_here.replace("    os.kill(", "    print('checked 3 parts')\n    os.kill("))
+    printing = stop_here.replace("    os.kill(", "    print('checked 3 parts')\n    os.kill(")
+    (tmp_path / "stop_here.py").write_text(printing)
     buffered = {k: v for k, v in env.items() if k != "PYTHONUNBUFFERED"}
     proc = subprocess.run([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=120, cwd=str(tmp_path), env=buffered)

@@ -442,8 +442,8 @@ def test_a_bad_manifest_is_named_by_lock(project, capsys):
     bad.write_text(json.dumps(spec))
     assert lock_cmd.main([str(bad), "--check"]) == 2
     assert capsys.readouterr().err == (f"dolmino lock: error: {bad}: sources[0].filters[0].thresh: unknown parameter "
-                                       "for 'fasttext_quality' (did you mean 'threshold'?) (accepted: cascade, engine, label, model_path, "
-                                       "threshold)\n")
+                                       "for 'fasttext_quality' (did you mean 'threshold'?) (accepted: cascade, "
+                                       "engine, label, model_path, threshold)\n")
     assert lock_cmd.main([str(project / "missing.json")]) == 2
     assert capsys.readouterr().err == f"dolmino lock: error: {project / 'missing.json'}: manifest file not found\n"
     assert lock_cmd.main([str(project / "pool.json"), "--data-root", "s3://"]) == 2
