@@ -1659,23 +1659,19 @@ def _run(args: argparse.Namespace) -> int:
 class _Terminated(SystemExit):
     """SIGTERM, raised as an exit (clean-up runs as for any exit) that main() reports."""
 
-
-def _exit_on_sigterm(_signum, _frame):
-    raise _Terminated(143)
+    def __init__(self):
+        super().__init__(143)
 
 
 @s3.cli_errors("release", expected=(ReleaseError, ValueError, OSError))
 def main(argv: list[str] | None = None) -> int:
-    import signal
-    import threading
+    from dolmino.stdout_pipe import sigterm_raises
 
     args = parse_args(argv)
-    # SIGTERM (a scheduler's timeout, a preemption) as an exit, so a pull removes its partial
-    # download and a publish stops cleanly instead of vanishing mid-write (found by a tester).
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) \
-        if threading.current_thread() is threading.main_thread() else None
     try:
-        return _run(args)
+        # SIGTERM as an exit, so a pull removes its partial download and a publish stops cleanly
+        with sigterm_raises(_Terminated):
+            return _run(args)
     except ReleaseIntegrityError as exc:
         print(f"release: error: {s3.redact(str(exc))}", file=sys.stderr)
         return 1
@@ -1685,9 +1681,6 @@ def main(argv: list[str] | None = None) -> int:
     except _Terminated:  # exited 143 without a word (a tester)
         print("release: interrupted", file=sys.stderr)
         return 143
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -1103,3 +1103,48 @@ def test_ctrl_c_in_a_command_without_words_of_its_own_is_one_line_and_exit_130(t
     proc = subprocess.run([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=120, cwd=str(tmp_path), env=buffered)
     assert (proc.returncode, proc.stdout) == (130, f"checked 3 parts\n{said}: interrupted\n")
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_sigterm_raises_then_restores_the_handler_before_it():
+    """release and eval each had their own copy of this install / restore dance: one context
+    manager now. Inside it a real SIGTERM raises what it is given; after it, by a normal end or
+    by that exception, the handler before it is back."""
+    import signal
+
+    def before(signum, frame):
+        raise RuntimeError("the handler from before the block")
+
+    previous = signal.signal(signal.SIGTERM, before)
+    try:
+        with pytest.raises(_Stop):
+            with stdout_pipe.sigterm_raises(_Stop):
+                os.kill(os.getpid(), signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is before
+        with stdout_pipe.sigterm_raises(_Stop):
+            pass
+        assert signal.getsignal(signal.SIGTERM) is before
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_raises_outside_the_main_thread_installs_nothing():
+    """signal.signal raises ValueError outside the main thread: a command run from a worker thread
+    (a notebook's executor) must still run, with SIGTERM left as it was."""
+    import signal
+    import threading
+
+    seen = []
+
+    def run():
+        with stdout_pipe.sigterm_raises(_Stop):
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    handler = signal.getsignal(signal.SIGTERM)
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert seen == [handler] and signal.getsignal(signal.SIGTERM) is handler

@@ -57,7 +57,6 @@ KV cache.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gzip
 import io
 import json
@@ -74,6 +73,7 @@ import torch.nn.functional as F
 
 from dolmino.cli import invoked_as
 from dolmino.s3 import local_path
+from dolmino.stdout_pipe import sigterm_raises
 from dolmino.storage import file_above, write_bytes
 from trainer.cli import HelpFormatter, positive_int
 from trainer.config import ModelConfig
@@ -109,24 +109,6 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (`timeout`, a scheduler's time limit) raised where Ctrl-C raises KeyboardInterrupt, so
     that it ends the scoring as Ctrl-C does, the finished tasks' results kept: the process died with
     them unwritten, exit 143 and no word (found by a tester)."""
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM raises Terminated for the duration (from the main thread, where handlers run)."""
-    import signal
-    import threading
-
-    def terminated(signum, _frame):
-        raise Terminated()
-
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, terminated) if main else None
-    try:
-        yield
-    finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass(frozen=True)
@@ -1094,7 +1076,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.device is not None:
             pick_device(args.device)
-        with sigterm_as_interrupt():
+        with sigterm_raises(Terminated):
             report = evaluate(args.checkpoint, args.tasks, args.limit, args.batch_size, args.device, args.dtype,
                               args.tokenizer, args.max_new_tokens, details_path=args.details)
     except PartialEvaluation as exc:  # the finished tasks' results are printed and written, then the error
