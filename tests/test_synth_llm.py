@@ -17,6 +17,7 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import zstandard
 
 from dolmino.synth.base import is_rejection, is_request_stats
 from dolmino.synth.llm import MindGenerator, TuluMathGenerator, load_personas
@@ -103,6 +104,8 @@ def server():
                 self._send(200, json.dumps({"id": "x", "object": "chat.completion"}).encode())
             elif kind == "empty":
                 self._send(200, json.dumps(_ok("   ")).encode())
+            elif kind == "surrogate":  # the plausible answer with a lone surrogate escape in it: "\\ud83d"
+                self._send(200, json.dumps(_ok(default_reply(body["messages"][0]["content"]) + " \ud83d")).encode())
             elif kind == "length":  # the plausible answer, cut off where max_tokens ran out
                 cut = default_reply(body["messages"][0]["content"])[:-12]
                 self._send(200, json.dumps(_ok(cut, finish_reason="length")).encode())
@@ -356,6 +359,22 @@ def test_an_answer_stopped_by_the_content_filter_is_rejected_not_kept_nor_asked_
     server.queue.append(("filtered", "MATH"))
     assert next(OwmLabelGenerator(server.url, "test-model", str(docs)).generate(0, 1, seed=1))["rejected"] \
         == "content_filter"
+
+
+def test_an_answer_with_a_lone_surrogate_is_one_rejection_not_a_failed_partition(server, tmp_path):
+    """`"content": "... \\ud83d"` (no UTF-8 text) was kept, and writing the part file raised
+    UnicodeEncodeError: the partition failed, every answer of it paid for and lost, and the rerun
+    asked again (found by a tester). It is that item's rejection, not asked again."""
+    from dolmino.synth.runner import run_partition
+
+    tulu = _tulu(server, tmp_path, 2, max_retries=3)
+    server.queue.extend([("ok",), ("ok",), ("surrogate",)])  # item 1's problem
+    stats = run_partition(tulu, 0, 1, 1, str(tmp_path / "out"), "hash")
+    assert (stats["attempted"], stats["kept"], stats["rejected"]) == (2, 1, {"request_failed": 1})
+    assert stats["requests"]["lone_surrogate"] == 1 and stats["requests"]["requests"] == 3 == len(server.requests)
+    rejected = zstandard.ZstdDecompressor().decompressobj().decompress(
+        (tmp_path / "out" / "rejected" / "part-00000.jsonl.zst").read_bytes())
+    assert json.loads(rejected)["detail"].startswith("problem: lone_surrogate: the answer holds a lone surrogate")
 
 
 def test_max_tokens_spent_before_any_content_is_truncated_not_retried(server, tmp_path):
@@ -663,6 +682,21 @@ def test_an_endpoint_with_a_query_is_refused_and_one_spelled_otherwise_is_the_sa
     (out / done_name(0)).write_text(json.dumps({"config_hash": legacy, "generator": "tulu_math", "seed": 1,
                                                 "num_partitions": 2}))
     check_out_dir(typed, str(out), 2, seed=1)  # no refusal
+
+
+def test_an_endpoint_with_a_password_is_refused_by_the_generator_and_the_client(tmp_path):
+    """Refused by the command line only: a generator made in Python (`run(TuluMathGenerator(...))`)
+    put `user:password@` into the done-files and synth-report.json (its config) and, through the
+    client's errors, into rejected/ (found by a tester)."""
+    personas = tmp_path / "personas.txt"
+    personas.write_text("a sailor\n")
+    for url in ("http://bob:SEKRETPW@127.0.0.1:9/v1", "bob:SEKRETPW@127.0.0.1:9/v1", "https://SEKRETPW@h/v1",
+                "http://bob:SEKRETPW@[::1/v1"):
+        for make in (lambda: TuluMathGenerator(str(personas), url, "m", num_docs=2), lambda: ChatClient(url, "m")):
+            with pytest.raises(ValueError, match=r"holds a user name or password \(user:password@host\)") as caught:
+                make()
+            assert "SEKRET" not in str(caught.value)
+    assert ChatClient("http://127.0.0.1:9/users/a@b/v1", "m").url == "http://127.0.0.1:9/users/a@b/v1/chat/completions"
 
 
 def test_a_key_that_looks_like_a_variable_name_is_not_echoed_either(tmp_path, capsys):

@@ -399,9 +399,12 @@ def test_a_reply_with_the_wrong_number_of_values_fails_its_item(tmp_path):
     import stat
     import sys
 
+    from dolmino.synth.sandbox_child import READY
+
     fake = tmp_path / "fake-python"
     reply = json.dumps({"ok": True, "values": ["1"], "result": "1", "numeric": True})
-    fake.write_text(f"#!{sys.executable}\nimport sys\nfor line in sys.stdin:\n    print({reply!r}, flush=True)\n")
+    fake.write_text(f"#!{sys.executable}\nimport sys\nprint({READY!r}, flush=True)\n"
+                    f"for line in sys.stdin:\n    print({reply!r}, flush=True)\n")
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     with Sandbox(python=str(fake)) as sandbox:
         out = annotate("q", _fn("x = 1", "return x"), sandbox)
@@ -438,3 +441,71 @@ def test_memory_caps_the_child_cannot_set_are_refused_or_lowered(tmp_path):
         assert sandbox.run(_fn("x = 6 * 7", "return x")).values == ("42", "42")
         big = sandbox.run(_fn("x = [0] * 2 * 10 ** 8", "return 1"))   # 1.6 GB: over the 1 GiB that holds
         assert big.kind == "resource_limit" and "MemoryError" in big.error
+
+
+def _script(path: Path, text: str) -> str:
+    import stat
+
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+def test_a_child_that_cannot_start_fails_the_run_not_each_program(tmp_path, monkeypatch):
+    """A child interpreter that failed at start (one that needs an environment it is not given, a
+    limit it cannot take) made every program a resource_limit rejection, and the run exited 0 as
+    though TinyGSM's programs were bad (found by a tester): it is one error, saying why."""
+    import functools
+
+    import dolmino.synth.tinygsm
+    from dolmino.synth.sandbox import SandboxStartError
+
+    no_lib = _script(tmp_path / "no-lib-python", "#!/bin/sh\necho 'error while loading shared libraries: libpython3.11"
+                                                 ".so.1.0: cannot open shared object file' >&2\nexit 127\n")
+    chatty = _script(tmp_path / "chatty-python", "#!/bin/sh\necho hello\ncat > /dev/null\n")
+    silent = _script(tmp_path / "silent-python", "#!/bin/sh\nexec sleep 60\n")
+    for python, cause in ((no_lib, "libpython3.11.so.1.0: cannot open shared object file"), ("/bin/false",
+                          "it exited with status 1"), (chatty, "it answered 'hello', not its ready line"),
+                          (silent, "no ready line within 1 s")):
+        with Sandbox(wall_seconds=1, python=python) as sandbox:
+            with pytest.raises(SandboxStartError, match=f"could not start: .*{cause}; every program would fail"):
+                sandbox.run(_fn("x = 1", "return x"))
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"question": "q", "code": _fn("x = 1", "return x")}) + "\n")
+    monkeypatch.setattr(dolmino.synth.tinygsm, "Sandbox", functools.partial(Sandbox, python=no_lib))
+    with pytest.raises(SandboxStartError, match="libpython3.11.so.1.0"):
+        list(TinyGsmGenerator(str(path)).generate(0, 1, seed=1))
+    # an interpreter that writes to stderr as it starts, and then runs, is no failure
+    import sys
+
+    noisy = _script(tmp_path / "noisy-python", f'#!/bin/sh\necho "a warning" >&2\nexec {sys.executable} "$@"\n')
+    monkeypatch.setattr(dolmino.synth.tinygsm, "Sandbox", functools.partial(Sandbox, python=noisy))
+    records = list(TinyGsmGenerator(str(path)).generate(0, 1, seed=1))
+    assert len(records) == 1 and not is_rejection(records[0])
+
+
+def test_a_child_that_cannot_start_in_an_executor_is_one_line(tmp_path, capsys, monkeypatch):
+    """The run failed with the worker's whole traceback and "unexpected PythonException" (a tester)."""
+    import dolmino.build.spark
+    import dolmino.synth.runner
+    from dolmino.synth.__main__ import main
+
+    class PythonException(Exception):  # what a failed task raises on the driver, by name
+        pass
+
+    said = ("the sandbox's interpreter (/opt/py -I -S, an empty environment) could not start: error while loading "
+            "shared libraries; every program would fail, so none was run")
+
+    def run(*args, **kwargs):
+        raise PythonException(f"An exception was thrown from the Python worker: Traceback (most recent call last):\n"
+                              f'  File "sandbox.py", line 111, in _start\n'
+                              f"dolmino.synth.sandbox.SandboxStartError: {said}\n")
+
+    monkeypatch.setattr(dolmino.build.spark.SparkCommand, "start", lambda *a: object())
+    monkeypatch.setattr(dolmino.build.spark.SparkCommand, "stop", lambda *a: None)
+    monkeypatch.setattr(dolmino.synth.runner, "run", run)
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"question": "q", "code": _fn("x = 1", "return x")}) + "\n")
+    assert main(["--generator", "tinygsm", "--input", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == (f"python -m dolmino.synth: error: in an executor: {said}; rerun the same "
+                                       "command once that is fixed (finished partitions are kept)\n")

@@ -23,7 +23,7 @@ Rerunning the same command resumes: finished partitions are kept; an --out holdi
 configuration's (another --seed, --partitions, input or setting) is refused. Prints the report JSON
 (attempted / kept / rejected by reason / quarantined / request counters) and exits 0; 1 when
 a partition got no answer to any of its requests (not cached: the rerun asks again); 2 on bad
-usage.
+usage, or where tinygsm's sandbox interpreter cannot start in an executor (finished partitions are kept).
 """
 
 from __future__ import annotations
@@ -228,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
             return status
         if not isinstance(exc, Exception):
             raise
+        if (line := sandbox_start_failure(exc)) is not None:
+            print(f"{prog}: error: in an executor: {line}; rerun the same command once that is fixed (finished "
+                  "partitions are kept)", file=sys.stderr)
+            return 2
         return cli_errors(prog).report(exc)
     finally:
         command.stop(spark)
@@ -257,6 +261,20 @@ def main(argv: list[str] | None = None) -> int:
               f"and the run is not finished (no synth-report.json); {cause}", file=sys.stderr)
         return 1
     return 0
+
+
+_SANDBOX_START = re.compile(r"^dolmino\.synth\.sandbox\.SandboxStartError: (.*)$", re.MULTILINE)
+
+
+def sandbox_start_failure(exc: BaseException) -> str | None:
+    """The message of a SandboxStartError raised in an executor (None for anything else): it came
+    as 40 lines of the worker's traceback and "unexpected PythonException" (a tester)."""
+    from dolmino.s3 import redact
+
+    if type(exc).__name__ not in ("Py4JJavaError", "PythonException"):
+        return None
+    found = _SANDBOX_START.findall(str(exc))
+    return redact(found[-1].strip()) if found else None
 
 
 def report_warnings(report: dict) -> list[str]:

@@ -18,6 +18,9 @@ behaviour we need is narrow and must be exact:
 * an answer stopped by the endpoint's content filter (`finish_reason` "content_filter") is no
   answer, however much of it came, and is not asked again (the same prompt is filtered alike,
   and billed again): it is returned marked `filtered`;
+* an answer holding a lone surrogate escape (`"\\ud83d"`: no UTF-8 text) is no answer and is
+  not asked again (the same prompt and seed answer alike): as a document it failed the whole
+  partition when its part file was written;
 * nothing is raised for a failed item: `complete()` returns a `ChatResult` whose `error`
   names the last failure, and every event is counted in `counts`.
 """
@@ -80,6 +83,13 @@ def endpoint_problem(endpoint: str) -> str | None:
     """What makes `endpoint` unusable as a base URL, or None; never quotes the URL (a query may hold a key)."""
     from urllib.parse import urlsplit
 
+    from dolmino.s3 import split_userinfo
+
+    if split_userinfo(endpoint if "://" in endpoint else f"http://{endpoint}")[0]:
+        # Refused by the command line only: a generator made in Python hashed `user:password@` into
+        # the done-files and synth-report.json, and its errors into rejected/ (found by a tester).
+        return ("holds a user name or password (user:password@host), which the client does not send and the "
+                "report would show; give the key with --api-key-env")
     try:
         parts = urlsplit(endpoint)
     except ValueError:  # "Invalid IPv6 URL": said by whoever checks the scheme
@@ -96,6 +106,14 @@ def api_key_problem(key: str) -> str | None:
     if any(not " " <= ch <= "~" for ch in key):
         return "holds a control or non-ASCII character, which no Authorization header can carry (key not shown)"
     return None
+
+
+def _lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -383,6 +401,13 @@ class ChatClient:
                                           attempt + 1, filtered=True)
                     if bad == "empty_content" and finish == "length":
                         content = ""  # max_tokens spent before any content: retried, it was spent again (a tester)
+                    if content is not None and not content.isascii() and _lone_surrogate(content):
+                        # written as a document, it raised UnicodeEncodeError in the runner and failed the
+                        # partition, every answer of it paid for and lost (found by a tester)
+                        self.counts["lone_surrogate"] += 1
+                        self.counts["failed"] += 1
+                        return ChatResult(None, "lone_surrogate: the answer holds a lone surrogate escape (\\ud800-"
+                                                "\\udfff), which is no UTF-8 text; not asked again", attempt + 1)
                     if content is not None:
                         self.counts["ok"] += 1
                         if finish == "length":

@@ -358,7 +358,7 @@ def summarize(generator, stats: list[dict], seed: int, num_partitions: int, chas
     if attempted != kept + sum(rejected.values()) + sum(quarantined.values()):
         raise SynthRunError(f"accounting does not balance: attempted {attempted} != kept {kept} + rejected "
                             f"{sum(rejected.values())} + quarantined {sum(quarantined.values())}")
-    bad = sum(requests.get(k, 0) for k in ("bad_json", "missing_choices", "empty_content"))
+    bad = sum(requests.get(k, 0) for k in ("bad_json", "missing_choices", "empty_content", "lone_surrogate"))
     return {"generator": generator.name, "config": generator.config(), "config_hash": chash, "seed": seed,
             "num_partitions": num_partitions, "attempted": attempted, "kept": kept,
             "rejected": dict(sorted(rejected.items())), "quarantined": dict(sorted(quarantined.items())),

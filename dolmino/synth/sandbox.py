@@ -13,6 +13,11 @@ not the partition; so does a child that writes anything but one reply per progra
 over `REPLY_LIMIT_BYTES` (`resource_limit`: values that render to megabytes, `x = [10 ** 4000] * 8000`,
 are no annotation, and the parent would hold them).
 
+A child that cannot start (an interpreter that does not run with an empty environment, a limit
+it cannot take) never writes its ready line: that raises SandboxStartError with the last line of
+its stderr, since it would fail every program of the run, not one; a program's own failure
+stays that program's rejection.
+
 The child is long-lived because starting an interpreter per program (~20 ms) would cost more
 than running 12M tiny programs; the per-program CPU limit keeps it safe to reuse.
 """
@@ -28,12 +33,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from dolmino.synth.sandbox_child import READY
+
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_child.py")
 FAILURE_KINDS = ("runtime_error", "timeout", "resource_limit")
 # A reply line longer than this fails its program. Three lines of TinyGSM-style code rendered a
 # 34 MB reply that was kept as one document, and the parent read it for 9 s (found by a tester).
 REPLY_LIMIT_BYTES = 1 << 20
 MAX_MEMORY_MB = (2 ** 63 - 1) >> 20  # the largest address-space cap setrlimit takes, in MiB
+
+
+class SandboxStartError(RuntimeError):
+    """The child interpreter did not start: a fault of the setup, not of any program."""
 
 
 @dataclass(frozen=True)
@@ -74,12 +85,31 @@ class Sandbox:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _start(self) -> subprocess.Popen:
+    def _start(self) -> None:
+        """Start a child and wait for its ready line (stderr is read only when it does not come)."""
         self.counts["child_starts"] += 1
         self._buffer = b""
-        return subprocess.Popen(
+        self._proc = subprocess.Popen(
             [self.python, "-I", "-S", CHILD, str(self.memory_mb * 1024 * 1024), str(self.cpu_seconds)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True, env={})
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True, env={})
+        line, why = self._read_line(time.monotonic() + self.wall_seconds)
+        if line == READY.encode():
+            self._proc.stderr.close()
+            return
+        stderr = self._proc.stderr
+        code = self._kill()
+        said = [text for text in stderr.read(1 << 16).decode("utf-8", "replace").splitlines() if text.strip()]
+        stderr.close()
+        if said:
+            cause = said[-1].strip()[:300]
+        elif line is not None:
+            cause = f"it answered {line[:100].decode('utf-8', 'replace')!r}, not its ready line"
+        elif why == "timeout":
+            cause = f"no ready line within {self.wall_seconds:g} s"
+        else:
+            cause = f"it exited with status {code}"
+        raise SandboxStartError(f"the sandbox's interpreter ({self.python} -I -S, an empty environment) could not "
+                                f"start: {cause}; every program would fail, so none was run")
 
     def close(self) -> None:
         proc, self._proc = self._proc, None
@@ -145,7 +175,7 @@ class Sandbox:
         self.counts["programs"] += 1
         if self._proc is None or self._proc.poll() is not None or self._out_of_step():
             self._kill()
-            self._proc = self._start()
+            self._start()
         try:
             self._proc.stdin.write(json.dumps({"code": code}).encode("utf-8") + b"\n")
             self._proc.stdin.flush()

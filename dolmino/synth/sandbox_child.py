@@ -11,7 +11,10 @@ program that ends (finished or failed) after more than CPU_SECONDS of its own CP
 timeout too (the rlimit counts whole seconds). Programs run with a handful of numeric
 builtins and nothing else, and their annotations are not evaluated.
 
-Protocol: one JSON object per line on stdin, {"code": "..."}; one JSON object per line on
+Protocol: once its limits hold, the child writes READY (`{"ready": true}`) on stdout, and from
+then on nothing to stderr (/dev/null): a child that cannot start (an interpreter that does not
+run with an empty environment, a limit it cannot take) never says it, and its stderr says why.
+Then one JSON object per line on stdin, {"code": "..."}; one JSON object per line on
 stdout: {"ok": true, "values": [...], "result": "...", "numeric": bool} or {"ok": false,
 "kind": "runtime_error" | "resource_limit", "error": "..."}. `values[i]` renders the value
 that statement i of the function body (docstring excluded) assigned or returned.
@@ -30,6 +33,7 @@ BUILTINS = {"abs": abs, "round": round, "min": min, "max": max, "int": int, "flo
 
 
 NOBODY = 65534
+READY = '{"ready": true}'
 
 
 def drop_privileges() -> None:
@@ -146,6 +150,11 @@ def main() -> None:
     memory_bytes, cpu_seconds = int(sys.argv[1]), int(sys.argv[2])
     drop_privileges()
     limit_resources(memory_bytes)
+    # Said before the first program, so that a failed start is not read as that program's verdict
+    # (every program of a run was a resource_limit rejection and the run exited 0; found by a tester).
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    sys.stdout.write(READY + "\n")
+    sys.stdout.flush()
     for line in sys.stdin:
         started = None
         try:
