@@ -29,17 +29,30 @@ letter. MMLU holds matrices ("0 0 0 0 0 0 0 0") and GSM8K calculations ("16 3 4 
 18"); indexed, such n-grams removed numeric tables in code and data files of the shared
 corpus. They are neither indexed nor counted in a document's denominator.
 
-Normalisation (applied identically to instances and documents), in order:
-  1. Unicode NFKC (full-width letters, ligatures and compatibility digits fold to plain);
-  2. lowercase (`str.lower`);
-  3. every character of category P* (punctuation), S* (symbols), Z* (separators) or Cc
+Normalisation (applied identically to instances and documents, `fold` and `char_classes`), in order:
+  1. HTML character references are decoded, twice ("&amp;quot;" too): a page's text often keeps
+     them ("Janet&#39;s", "&nbsp;" between words), and each left in was a word of its own that broke
+     the n eval n-grams across it ("&nbsp;" for every space: nothing of the item matched);
+  2. Unicode NFKC (full-width letters, ligatures and compatibility digits fold to plain);
+  3. case folding (`str.casefold`: "STRASSE" and "straße" match, as "EGGS" and "eggs" do);
+  4. LaTeX commands that only set spacing, delimiter size or style are dropped (`\\quad`,
+     `\\qquad`, `\\hspace{..}`, `\\left`, `\\right`, `\\big`.., `\\displaystyle`) and `\\dfrac` /
+     `\\tfrac` read `\\frac`: a MATH item retypeset on a page (`\\left(` as `(`, `\\quad` as `\\,`)
+     lost the n-grams across each such word; `\\,` `\\;` `\\!` are punctuation anyway;
+  5. every character of category P* (punctuation), S* (symbols), Z* (separators) or Cc
      (controls, which include \\t \\n \\r) separates words; Cf characters (soft hyphen,
-     zero-width joiners) are deleted without splitting a word; everything else (letters,
-     marks, digits) is part of a word; whitespace runs thus collapse;
-  4. words are the maximal non-empty runs; an n-gram is n consecutive words.
-So "Janet’s ducks lay 16 eggs!" and "JANET S DUCKS lay 16 eggs" both give the words
-`janet s ducks lay 16 eggs`. Scripts without spaces (CJK, Thai) make long "words" and are
-matched only as whole runs: a known limitation shared with word-level n-gram decon.
+     zero-width space and joiners, BOM) and the other default-ignorable code points (combining
+     grapheme joiner, variation selectors, Hangul fillers: invisible, yet category Mn or Lo, they
+     split an item's words in two) are deleted without splitting a word; everything else
+     (letters, marks, digits) is part of a word; whitespace runs thus collapse;
+  6. words are the maximal non-empty runs; an n-gram is n consecutive words.
+So "Janet’s ducks lay 16 eggs!" and "JANET&#39;S DUCKS lay 16 eggs" both give the words
+`janet s ducks lay 16 eggs`. A change of any step changes the hashes: it bumps `HASH_VERSION`,
+so that indexes (and the attributes keyed by their digest) are built again, not mixed with
+hashes of the other normalisation. A zero-width space standing alone between two words (no
+space beside it) joins them: inside words, where pages put it as a break opportunity, it must
+not split. Scripts without spaces (CJK, Thai) make long "words" and are matched only as whole
+runs: a known limitation shared with word-level n-gram decon.
 
 Why n = 8 (configurable). GPT-3 used 13-grams, but OLMES questions are short. A whole
 instance (question with its choices and answer) is long enough either way (0.02% of the
@@ -87,9 +100,11 @@ partitions; every filter instance keeps one in `.report`.
 from __future__ import annotations
 
 import argparse
+import html
 import io
 import json
 import os
+import re
 import struct
 import sys
 import time
@@ -107,7 +122,9 @@ from numba import njit
 
 from dolmino.s3 import local_path
 
-HASH_VERSION = 1
+# 2: HTML references decoded, presentational LaTeX dropped, casefold, every default-ignorable
+# code point ignored (1: NFKC and lower only). Any change of `fold` or `char_classes` bumps it.
+HASH_VERSION = 2
 # Index file layout. 2: one entry per (n-gram, task, split) with `set_ids` and meta `sets`;
 # 1: one entry per (n-gram, task) with `task_ids` (still readable, without split exclusion).
 INDEX_FORMAT = 2
@@ -132,6 +149,13 @@ WORD, SEPARATOR, IGNORED, LETTER = 0, 1, 2, 3
 _CHAR_CLASSES: np.ndarray | None = None
 
 
+# Default_Ignorable_Code_Point (Unicode DerivedCoreProperties) outside category Cf: invisible,
+# but Mn or Lo, so "wo\u034frd" was two words, neither of the item's.
+_DEFAULT_IGNORABLE_RANGES = ((0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F),
+                             (0x2065, 0x2065), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0),
+                             (0xFFF0, 0xFFF8), (0xE0000, 0xE0FFF))
+
+
 def char_classes() -> np.ndarray:
     """uint8 class of every code point (WORD, SEPARATOR, IGNORED, LETTER); built once per process."""
     global _CHAR_CLASSES
@@ -145,14 +169,54 @@ def char_classes() -> np.ndarray:
                 classes[cp] = IGNORED
             elif cat[0] == "L":
                 classes[cp] = LETTER
+        for lo, hi in _DEFAULT_IGNORABLE_RANGES:
+            classes[lo:hi + 1] = IGNORED
         _CHAR_CLASSES = classes
     return _CHAR_CLASSES
+
+
+# LaTeX that only spaces, sizes or styles (normalisation step 4, after case folding, so that an
+# upper-cased copy loses the same words); `\dfrac` / `\tfrac` read `\frac`.
+_LATEX_PRESENTATIONAL = re.compile(
+    r"\\(?:q?quad|(?:en|thin|med|thick|negthin|negmed|negthick)space|left|right|middle|bigg?[lrm]?"
+    r"|(?:display|text|script|scriptscript)style)(?![a-z])|\\hspace\*?\{[^{}]*\}")
+_LATEX_FRAC = re.compile(r"\\[dt]frac(?![a-z])")
+_IGNORED_RE: re.Pattern | None = None
+
+
+def _ignored_re() -> re.Pattern:
+    """The IGNORED code points of the BMP as one character class, to delete them before the LaTeX
+    step: "\\le\\u200bft" is `\\left` once the zero-width space is gone. (A class with astral
+    ranges is scanned 4x slower, and no astral format character sits inside a LaTeX command.)"""
+    global _IGNORED_RE
+    if _IGNORED_RE is None:
+        cps = np.flatnonzero(char_classes()[:0x10000] == IGNORED)
+        starts = cps[np.r_[True, np.diff(cps) > 1]]
+        ends = cps[np.r_[np.diff(cps) > 1, True]]
+        _IGNORED_RE = re.compile("[" + "".join(f"\\u{a:04x}-\\u{b:04x}" for a, b in zip(starts, ends)) + "]")
+    return _IGNORED_RE
+
+
+def fold(text: str) -> str:
+    """Normalisation steps 1-4 (module doc), the text the word classes then split: HTML references
+    decoded, NFKC, case folded, presentational LaTeX dropped. Both sides, eval items and documents,
+    go through this one function, so that they cannot tokenize words differently."""
+    for _ in range(2):  # "&amp;nbsp;": escaped twice
+        if "&" not in text:
+            break
+        text = html.unescape(text)
+    text = unicodedata.normalize("NFKC", text).casefold()
+    if "\\" in text:
+        if not text.isascii():  # every IGNORED code point is non-ASCII
+            text = _ignored_re().sub("", text)
+        text = _LATEX_FRAC.sub(r"\\frac", _LATEX_PRESENTATIONAL.sub(" ", text))
+    return text
 
 
 def normalize(text: str) -> str:
     """The normalised text: words joined by single spaces (the reference for the kernel)."""
     classes = char_classes()
-    folded = unicodedata.normalize("NFKC", text).lower()
+    folded = fold(text)
     out = []
     for ch in folded:
         cls = classes[ord(ch)]
@@ -174,7 +238,7 @@ def is_informative(ngram: list[str] | tuple[str, ...]) -> bool:
 
 
 def _code_points(text: str) -> np.ndarray:
-    folded = unicodedata.normalize("NFKC", text).lower()
+    folded = fold(text)
     return np.frombuffer(folded.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
 

@@ -8,9 +8,11 @@ ints) and, for the threshold edges, plain sets of word tuples.
 from __future__ import annotations
 
 import gzip
+import html
 import itertools
 import json
 import pickle
+import re
 import unicodedata
 
 import numpy as np
@@ -58,13 +60,33 @@ def _ref_grams(text: str, n: int = 8) -> list[tuple[str, ...]]:
     return [g for g in (tuple(w[i:i + n]) for i in range(len(w) - n + 1)) if _ref_informative(g)]
 
 
+# Unicode's Default_Ignorable_Code_Point outside category Cf (DerivedCoreProperties.txt)
+_REF_IGNORABLE = {0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, *range(0x180B, 0x1810), 0x2065, 0x3164,
+                  *range(0xFE00, 0xFE10), 0xFFA0, *range(0xFFF0, 0xFFF9), *range(0xE0000, 0xE1000)}
+_REF_LATEX_DROPPED = {"quad", "qquad", "enspace", "thinspace", "medspace", "thickspace", "negthinspace",
+                      "negmedspace", "negthickspace", "left", "right", "middle", "displaystyle", "textstyle",
+                      "scriptstyle", "scriptscriptstyle", "big", "bigl", "bigr", "bigm", "bigg", "biggl", "biggr",
+                      "biggm"}
+
+
+def _ref_latex(text: str) -> str:
+    text = re.sub(r"\\hspace\*?\{[^{}]*\}", " ", text)
+    return re.sub(r"\\([a-z]+)", lambda m: " " if m.group(1) in _REF_LATEX_DROPPED
+                  else "\\frac" if m.group(1) in ("dfrac", "tfrac") else m.group(0), text)
+
+
+def _ref_ignored(ch: str) -> bool:
+    return unicodedata.category(ch) == "Cf" or ord(ch) in _REF_IGNORABLE
+
+
 def _ref_words(text: str) -> list[str]:
+    text = unicodedata.normalize("NFKC", html.unescape(html.unescape(text))).casefold()
     out = []
-    for ch in unicodedata.normalize("NFKC", text).lower():
+    for ch in _ref_latex("".join(ch for ch in text if not _ref_ignored(ch))):
         cat = unicodedata.category(ch)
         if cat[0] in "PSZ" or cat == "Cc":
             out.append(" ")
-        elif cat != "Cf":
+        else:
             out.append(ch)
     return "".join(out).split()
 
@@ -134,6 +156,11 @@ def test_normalisation_rules():
     assert words("a\u00a0b\u2028c\u3000d") == ["a", "b", "c", "d"]               # unicode spaces
     assert words("नमस्ते दुनिया") == ["नमस्ते", "दुनिया"]                            # combining marks stay
     assert words("") == [] and words("!!! ... ---") == []
+    assert words("Janet&#39;s&nbsp;ducks &amp;amp; &quot;eggs&quot;") == ["janet", "s", "ducks", "eggs"]  # HTML
+    assert words("STRASSE straße") == ["strasse", "strasse"]                     # casefold
+    assert words("wo\u034frd e\ufe0fgg \u3164x") == ["word", "egg", "x"]         # default-ignorable, not Cf
+    assert words(r"\left( \dfrac{1}{2} \right)\quad x \hspace{1em} \bigcup \LEFT[") == ["frac", "1", "2", "x",
+                                                                                            "bigcup"]
 
 
 @pytest.mark.parametrize("text", [
@@ -143,6 +170,9 @@ def test_normalisation_rules():
     "ＦＵＬＬ　ＷＩＤＴＨ text with ﬁ ligatures and ① circled digits and emoji 🙂 in between words here",
     "0 0 0 0 0 0 0 0 0 0 0 0 x 0 0 0 0 the the the the the the the the the a b a b a b a b",
     "lone surrogate \ud800 in the middle of a sentence that keeps going for a while longer",
+    "Janet&#39;s ducks&nbsp;lay &amp;amp; 16 EGGS per day, STRASSE straße, wo\u034frd e\ufe0fgg &#xD800; &copy",
+    r"Find $\left( 3, \dfrac{\pi}{2} \right)$ with \quad $x\hspace*{2mm}y$, \Bigl[ \bigcup \leftarrow \tfrac12"
+    "\\le\u200bft( \\RIGHT) a b c d e f g h",
 ])
 def test_kernel_matches_reference(text):
     assert ngram_hashes(text, 8).tolist() == _ref_hashes(text, 8)
@@ -331,6 +361,48 @@ def test_contaminated_pages_removed_clean_pages_kept(suite_index, suite_instance
     assert report.docs_checked == len(clean) + len(contaminated)
     assert report.docs_removed == len(contaminated) == report.primary_docs["gsm8k"]
     assert report.docs_without_tokens == len(contaminated)
+
+
+def _inside_words(text: str, mark: str) -> str:
+    """`mark` after the first letter of every word of three letters or more."""
+    return re.sub(r"\b(\w)(?=\w\w)", lambda m: m.group(1) + mark, text)
+
+
+# How a page really carries an eval item: each shape must give the item's words, n-gram for n-gram.
+WEB_SHAPES = {
+    "html entities": lambda t: html.escape(t, quote=True),                  # &#x27; &quot; &amp; &lt;
+    "escaped twice": lambda t: html.escape(html.escape(t, quote=True)),     # &amp;quot;
+    "&nbsp; for spaces": lambda t: t.replace(" ", "&nbsp;").replace("’", "&rsquo;"),
+    "combining grapheme joiner in words": lambda t: _inside_words(t, "\u034f"),
+    "variation selector in words": lambda t: _inside_words(t, "\ufe0f"),
+    **{f"U+{ord(c):04X} in words": (lambda c: lambda t: _inside_words(t, c))(c)
+       for c in "\u200b\u200c\u200d\ufeff\u00ad\u2060"},
+    "zero-width space beside spaces": lambda t: t.replace(" ", " \u200b"),
+    "NFD": lambda t: unicodedata.normalize("NFD", t),                       # "Boo\u0308tes" for "Boötes"
+    "full-width": lambda t: "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in t),
+    "no-break spaces": lambda t: t.replace(" ", "\u00a0"),
+    "straight quotes": lambda t: t.replace("’", "'"),
+    "CRLF and U+2028": lambda t: t.replace("\n", "\r\n", 1).replace("\n", "\u2028"),
+    "upper case": str.upper,
+}
+
+
+@pytest.mark.parametrize("shape", WEB_SHAPES)
+def test_an_item_pasted_in_a_web_page_shape_is_caught_as_the_plain_copy(shape, suite_index, suite_instances):
+    """A GSM8K test item in a page, in the shapes web text carries: the same overlap as the plain copy,
+    so the page is removed. HTML entities left in the text ("&nbsp;" for every space: under 1%) and
+    invisible marks of category Mn (U+034F, variation selectors) inside words were missed (a tester)."""
+    filt = DecontaminationFilter(suite_index)
+    items = [f"{q}\nAnswer: {a}" for q, a in _gsm8k_test(suite_instances)[100:112]]
+    if shape == "NFD":  # MMLU items with accented letters
+        items = [i.text for i in suite_instances if i.task == "mmlu" and i.split == "test"
+                 and unicodedata.normalize("NFD", i.text) != i.text and len(_ref_grams(i.text)) >= 40][:12]
+    for k, (doc, item) in enumerate(zip(_corpus("web.jsonl.zst", 12), items)):
+        plain = _page(doc, f"Homework help - question #{k}\n{item}")
+        shaped = _page(doc, WEB_SHAPES[shape](f"Homework help - question #{k}\n{item}"))
+        assert filt.overlap(shaped) == filt.overlap(plain), (shape, shaped[:300])
+        assert filt.reject_reason({"id": f"{shape}-{k}", "text": shaped}) == "overlap>=10%"
+    assert len(items) == 12
 
 
 def test_mmlu_numeric_tables_do_not_remove_code(suite_index):
@@ -542,6 +614,40 @@ def test_math_test_split_is_indexed_and_planted_problems_caught(tmp_path, math_b
         planted = {"id": f"math-{k}", "text": _page(doc, f"Worked example {k}:\n{problem}")}
         assert filt.reject_reason(planted) == "overlap>=10%", planted["text"][:200]
     assert filt.report.primary_docs == {"minerva_math": len(tests)}
+
+
+def _retypeset(tex: str) -> str:
+    """A MATH solution as another page typesets it: no delimiter sizing, \\frac for \\dfrac, other spacing."""
+    tex = re.sub(r"\\(left|right)(?![a-zA-Z])", "", tex).replace("\\dfrac", "\\frac")
+    return re.sub(r"\\q?quad(?![a-zA-Z])", r"\\,", tex).replace("\\displaystyle", "")
+
+
+def test_a_math_item_retypeset_on_a_page_is_caught_as_the_plain_copy(tmp_path, sources):
+    """`\\left(` written `(`, `\\dfrac` as `\\frac`, `\\quad` as `\\,`: each changed command cost the item
+    the n-grams across it; some whole MATH items, `\\left` and `\\right` dropped, matched none (a tester)."""
+    math = [i.text for i in evalsets.iter_instances(["minerva_math"], sources=sources) if i.split == "test"]
+    items = [t for t in math if _retypeset(t) != t and len(_ref_grams(t)) >= 30][:30]
+    index_path = str(tmp_path / "math.npz")
+    build_index([EvalInstance("minerva_math", "test", t) for t in items], index_path)
+    filt = DecontaminationFilter(index_path)
+    for doc, item in zip(itertools.cycle(_corpus("academic.jsonl.zst", 10)), items):
+        plain, retypeset = _page(doc, item), _page(doc, _retypeset(item))
+        assert filt.overlap(retypeset) == filt.overlap(plain), _retypeset(item)[:300]
+        assert filt.reject_reason({"text": retypeset}) == "overlap>=10%"
+    assert len(items) == 30
+
+
+HASH_V2_SAMPLE = [8950557745051879312, 13485594083242986768, 17502011307031603245, 6701772253823356149]
+
+
+def test_the_hash_version_pins_the_normalisation():
+    """The index's file (hence the digest the tag keys attributes by) records `HASH_VERSION`, and an
+    index of another version is refused: so a change of the normalisation must bump it, or old indexes
+    would be used, their n-grams no longer matching the documents'. These hashes fail on any such change."""
+    text = "Janet&#39;s DUCKS lay \\left(16\\right) e\u034fggs"
+    assert decon.HASH_VERSION == 2
+    assert words(text) == ["janet", "s", "ducks", "lay", "16", "eggs"]
+    assert ngram_hashes(text, 3).tolist() == _ref_hashes(text, 3) == HASH_V2_SAMPLE
 
 
 def test_bbh_items_come_from_bigbench_task_files(math_bbh_instances):
