@@ -54,6 +54,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from dolmino.argtypes import positive_int
 from dolmino.checksums import sha256_file
@@ -61,6 +62,9 @@ from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import Manifest, resolve_relative, expand_home, load_named_manifest
 from dolmino.py_files import PY_FILES_HELP, import_py_files, py_files
 from dolmino.s3 import local_path
+
+if TYPE_CHECKING:
+    from dolmino.build.inputs import SourcesListing
 
 LOCK_FORMAT = "dolmino-lock/1"
 BUILD_LOCK_NAME = "manifest.lock.json"  # the lock's name inside a build output and a release
@@ -444,10 +448,11 @@ def _check_scorers(manifest: Manifest, locked: list[dict] | None) -> list[str]:
 
 
 def check_lock(manifest: Manifest, lock_path: str, *, rehash: bool = False, jobs: int = 4,
-               lock: dict | None = None) -> list[str]:
+               lock: dict | None = None, listing: SourcesListing | None = None) -> list[str]:
     """Every way the inputs, models, indexes, custom scorers' code and tokenizer `manifest`
     reads now differ from the lock at `lock_path`, one line each naming the file or scorer;
-    [] when nothing drifted. `lock`: the lock as `read_lock` read it, where the caller has it."""
+    [] when nothing drifted. `lock`: the lock as `read_lock` read it, `listing`: the inputs as
+    `list_sources` listed them, where the caller has them."""
     from dolmino.build.inputs import list_sources
 
     lock = read_lock(lock_path) if lock is None else lock
@@ -456,7 +461,7 @@ def check_lock(manifest: Manifest, lock_path: str, *, rehash: bool = False, jobs
         problems.append(f"{lock_path}: the lock is for manifest {lock['manifest'].get('name')!r}, not {manifest.name!r}")
     locked_inputs = lock["inputs"]
     names = [s.name for s in manifest.sources]
-    listing = list_sources(manifest)
+    listing = list_sources(manifest) if listing is None else listing
     problems += listing.problems
     for source in listing.sources:
         if source.name not in locked_inputs:
@@ -512,21 +517,25 @@ def manifest_note(manifest: Manifest, lock_path: str, lock: dict | None = None) 
             "settings are not; lock again if the edit is meant")
 
 
-def require_lock(manifest: Manifest, lock_path: str | None = None) -> str:
-    """For `--locked` builds: the lock's path when nothing drifted, else a BuildError naming
-    every drifted file (the first SHOWN_PROBLEMS)."""
+def require_lock(manifest: Manifest, lock_path: str | None = None,
+                 listing: SourcesListing | None = None) -> tuple[str, str | None]:
+    """For `--locked` builds: (the lock's path, `manifest_note`'s note) when nothing drifted, else a
+    BuildError naming every drifted file (the first SHOWN_PROBLEMS). The lock is read once and the
+    inputs listed once, `listing` where the build has listed them: the check and the note each read
+    the lock, and the check and the build each listed every source (t242)."""
     if lock_path is None:
         if not manifest.path:
             raise BuildError("--locked: the manifest has no file to find its lock beside; pass --lockfile")
         lock_path = lock_path_for(manifest.path)
-    problems = check_lock(manifest, lock_path)
+    lock = read_lock(lock_path)
+    problems = check_lock(manifest, lock_path, lock=lock, listing=listing)
     if problems:
         shown = problems[:SHOWN_PROBLEMS] + ([f"... and {len(problems) - SHOWN_PROBLEMS} more"]
                                              if len(problems) > SHOWN_PROBLEMS else [])
         # ";" ends each: the command line prints an error on one line, where they ran together (a tester)
         raise BuildError(f"--locked: {len(problems)} difference(s) from {lock_path}:\n  " + ";\n  ".join(shown)
                          + "\n  (if the change is intended, run `dolmino lock` again and commit the lock)")
-    return lock_path
+    return lock_path, manifest_note(manifest, lock_path, lock)
 
 
 def place_lock(out: str, lock_path: str | None) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 
 from dolmino.errors import ManifestError
 from dolmino.manifest import PASSES_TOLERANCE, Manifest, format_bytes, format_count, share_text, zero_target_warning
@@ -38,6 +39,26 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+# What Markdown would act on in a name or message, where it would (GitHub renders report.md in a
+# PR review): a tag or comment (`<script>`; `<!--` hides the rest of the page), emphasis, a code
+# span, a link, strikethrough, an entity, a backslash escape. `stars<2`, `\x1b` and `web_text` act
+# on nothing and stay as written.
+_MARKDOWN_ACTIVE = re.compile(r"\\(?=[!-/:-@\[-`{-~])|[`*~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])|<(?=[A-Za-z/!?])"
+                              r"|\](?=[(\[])|&(?=#?[A-Za-z0-9]+;)")
+
+
+def md_text(text) -> str:
+    """A file name, source name or message as report.md's text: `printable`, and backslash-escaped
+    where Markdown would act on it (a file named `<img src=x onerror=...>.jsonl` was HTML in the
+    rendered report, `a*b*c` emphasis; t242)."""
+    return _MARKDOWN_ACTIVE.sub(lambda m: "\\" + m.group(), printable(str(text)))
+
+
+def md_cell(text) -> str:
+    """`md_text` for a table cell: a "|" too (it split the row, a cell more than the header's)."""
+    return md_text(text).replace("|", "\\|")
 
 
 def _pool_filter_chain(source, acc: dict) -> list[dict]:
@@ -505,7 +526,7 @@ def budget_text(report: dict) -> str:
 
 def render_markdown(report: dict) -> str:
     lines = [
-        f"# Mix {report['manifest']} ({budget_text(report)}, seed {report['seed']})",
+        f"# Mix {md_text(report['manifest'])} ({budget_text(report)}, seed {report['seed']})",
         "",
         "| source | docs in | quarantined | removed | pool docs | removed when tokenized | pool tokens | target "
         "| output tokens | passes (manifest) | passes (achieved) | Mix % (planned) | Mix % |",
@@ -518,7 +539,7 @@ def render_markdown(report: dict) -> str:
         approx = "" if s["pool_tokens_exact"] or not s["pool_tokens"] else "~"  # an emptied pool is exactly 0
         pool = approx + format_count(s["pool_tokens"])
         lines.append(
-            f"| {s['name']} | {s['docs_in']:,} | {sum(s['quarantined'].values()):,} | {removed:,} "
+            f"| {md_cell(s['name'])} | {s['docs_in']:,} | {sum(s['quarantined'].values()):,} | {removed:,} "
             f"| {s['kept_docs']:,} | {removed_tokenized:,} | {pool} | {format_count(s['target_tokens'])} "
             f"| {format_count(s['output_tokens'])} "
             f"| {'-' if manifest_passes is None else f'{manifest_passes:.4g}'} | {approx}{s['passes']:.4g} "
@@ -540,11 +561,11 @@ def render_markdown(report: dict) -> str:
     if "units_tagged" in run:
         only = run.get("units_read_for_minhash_only") or 0
         also = f" ({only:,} of them read again only for MinHash signatures)" if only else ""
-        lines += [f"Attributes ({report.get('attributes')}): {run['units_tagged']:,} of {run['units']:,} input "
-                  f"unit(s) tagged by this {'run' if was_resumed(run) else 'build'}{also}, {run['units_reused']:,} "
-                  "reused.", ""]
+        lines += [f"Attributes ({md_text(report.get('attributes'))}): {run['units_tagged']:,} of {run['units']:,} "
+                  f"input unit(s) tagged by this {'run' if was_resumed(run) else 'build'}{also}, "
+                  f"{run['units_reused']:,} reused.", ""]
     if run.get("attribute_files"):
-        lines += [_attribute_files_line(run["attribute_files"]), ""]
+        lines += [md_text(_attribute_files_line(run["attribute_files"])), ""]
     control = [(s["name"], s["tokenized"].get("control_token_docs", 0), s["tokenized"].get("eos_in_span_docs", 0))
                for s in report["sources"]]
     if any(c or e for _, c, e in control):
@@ -554,24 +575,26 @@ def render_markdown(report: dict) -> str:
                   "becomes an EOS inside the document (`dolmino validate` counts those in the output, each "
                   "instance of a repeated document apart).", "",
                   "| source | distinct docs with control tokens | distinct docs with EOS inside |", "|---|---|---|"]
-        lines += [f"| {n} | {c:,} | {e:,} |" for n, c, e in control if c or e]
+        lines += [f"| {md_cell(n)} | {c:,} | {e:,} |" for n, c, e in control if c or e]
         lines.append("")
     if report.get("warnings"):
-        lines += ["## Warnings", ""] + [f"- {printable(str(w))}" for w in report["warnings"]] + [""]
+        lines += ["## Warnings", ""] + [f"- {md_text(w)}" for w in report["warnings"]] + [""]
     removal_rows = [(s["name"], reason, r["docs"], r.get("bytes")) for s in report["sources"]
                     for reason, r in s["removed"].items()]
     token_rows = [(s["name"], reason, r["docs"], r["tokens"]) for s in report["sources"]
                   for reason, r in s["tokenized"]["removed"].items()]
     if removal_rows or token_rows:
         lines += ["## Removed by reason", "", "| source | reason | docs | bytes | tokens |", "|---|---|---|---|---|"]
-        lines += [f"| {a} | {b} | {c:,} | {'-' if d is None else f'{d:,}'} | |" for a, b, c, d in removal_rows]
-        lines += [f"| {a} | {b} | {c:,} | | {d:,} |" for a, b, c, d in token_rows]
+        lines += [f"| {md_cell(a)} | {md_cell(b)} | {c:,} | {'-' if d is None else f'{d:,}'} | |"
+                  for a, b, c, d in removal_rows]
+        lines += [f"| {md_cell(a)} | {md_cell(b)} | {c:,} | | {d:,} |" for a, b, c, d in token_rows]
         lines.append("")
     chain_rows = [(s["name"], row) for s in report["sources"] for row in s.get("filter_chain", [])]
     if chain_rows:
         lines += ["## Filter chain (share of the documents reaching each filter that it keeps)", "",
                   "| source | filter | decided on | docs reached | removed | kept % |", "|---|---|---|---|---|---|"]
-        lines += [f"| {name} | {r['filter']} | {r['stage']} | {r['docs_reached']:,} | {r['docs_removed']:,} "
+        lines += [f"| {md_cell(name)} | {md_cell(r['filter'])} | {md_cell(r['stage'])} "
+                  f"| {r['docs_reached']:,} | {r['docs_removed']:,} "
                   f"| {100 * r['share_kept']:.2f} |" for name, r in chain_rows]
         lines.append("")
     decon_rows = [(s["name"], task, v) for s in report["sources"] for key, rep in s.get("filter_reports", {}).items()
@@ -580,7 +603,8 @@ def render_markdown(report: dict) -> str:
         lines += ["## Decontamination hits by evaluation set", "",
                   "| source | eval set | removed docs with its n-grams | removed docs (largest overlap) |",
                   "|---|---|---|---|"]
-        lines += [f"| {name} | {task} | {v['docs_hit']:,} | {v['primary_docs']:,} |" for name, task, v in decon_rows]
+        lines += [f"| {md_cell(name)} | {md_cell(task)} "
+                  f"| {v['docs_hit']:,} | {v['primary_docs']:,} |" for name, task, v in decon_rows]
         lines.append("")
     coverage_rows = [(s["name"], c) for s in report["sources"] for c in s.get("decontamination_coverage", [])]
     if coverage_rows:
@@ -590,13 +614,14 @@ def render_markdown(report: dict) -> str:
             for entry in cov["sets"]:
                 counts = ", ".join(f"{split} {n:,}" for split, n in sorted(entry["instances"].items())) or "-"
                 # A note is one cell: an index built before notes were one line held pip's whole error
-                note = " ".join((entry.get("note") or "").split()).replace("|", "\\|")
-                lines.append(f"| {name} | {entry['name']} | {entry['status']} | {counts} | {note} |")
+                note = md_cell(" ".join((entry.get("note") or "").split()))
+                lines.append(f"| {md_cell(name)} | {md_cell(entry['name'])} | {md_cell(entry['status'])} | {counts} "
+                             f"| {note} |")
         lines.append("")
     quarantine_rows = [(s["name"], reason, n) for s in report["sources"] for reason, n in s["quarantined"].items()]
     if quarantine_rows:
         lines += ["## Quarantined (see quarantine/)", "", "| source | reason | lines |", "|---|---|---|"]
-        lines += [f"| {a} | {b} | {c:,} |" for a, b, c in quarantine_rows]
+        lines += [f"| {md_cell(a)} | {md_cell(b)} | {c:,} |" for a, b, c in quarantine_rows]
         lines.append("")
     stages = report["run"].get("stages", {})
     if stages:
@@ -613,7 +638,7 @@ def render_markdown(report: dict) -> str:
         for name, st in stages.items():
             spark = st.get("spark") or {}
             cpu = f"{st['task_cpu_s']:.1f}" if st["task_cpu_s"] or not spark.get("executor_run_s") else "-"
-            lines.append(f"| {name} | {st['wall_s']:.1f} | {cpu} | "
+            lines.append(f"| {md_cell(name)} | {st['wall_s']:.1f} | {cpu} | "
                          f"{spark.get('executor_run_s', '-')} | {format_bytes(spark.get('shuffle_write_bytes', 0))} | "
                          f"{format_bytes(spark.get('spilled_bytes', 0))} | {st['docs']:,} | "
                          f"{format_bytes(st['bytes'])} | {_stage_tokens(st, 'tokens_read')} | "
@@ -635,14 +660,14 @@ def run_lines(run: dict) -> list[str]:
     persisted = run.get("persisted_bytes") or {}
     if persisted:
         lines += ["Persisted (Spark storage, memory and disk): " + ", ".join(
-            f"{name} {format_bytes(n)}" for name, n in persisted.items()) + ".", ""]
+            f"{md_text(name)} {format_bytes(n)}" for name, n in persisted.items()) + ".", ""]
     if run.get("spark_master"):
         hosts = run.get("executor_hosts") or []
-        lines += [f"Spark: master {run['spark_master']}, {run.get('executors', '?')} executor(s), "
+        lines += [f"Spark: master {md_text(run['spark_master'])}, {run.get('executors', '?')} executor(s), "
                   f"{run.get('executor_cores', '?')} core(s) in all"
                   + (f", {run['task_cpus']} per task" if run.get("task_cpus") else "")
-                  + (f", on {', '.join(hosts)}" if hosts else "")
-                  + f"; application {run.get('application_id', '?')}.", ""]
+                  + (f", on {', '.join(map(md_text, hosts))}" if hosts else "")
+                  + f"; application {md_text(run.get('application_id', '?'))}.", ""]
     return lines
 
 

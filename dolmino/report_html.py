@@ -645,10 +645,19 @@ def render_markdown_with_charts(report: dict, charts: list[Chart]) -> str:
 _NUMERIC = re.compile(r"^[~<>+-]?[0-9][0-9,.]*\s*(?:[KMBTkG]?B?|%|s)?$")
 
 
+_MD_ESCAPED = re.compile(r"\\([!-/:-@\[-`{-~])")
+
+
+def _md_unescaped(text: str) -> str:
+    """Markdown's backslash escapes (`dolmino.report.md_text`'s) as the characters they stand for: the page
+    showed `\\<script>` where report.md, rendered, shows `<script>`."""
+    return _MD_ESCAPED.sub(r"\1", text)
+
+
 def _cells(row: str) -> list[str]:
     """A markdown table row's cells: a cell's `\\|` (a coverage note's) is its text's "|", where split at every
     "|" it made the page's row one cell longer than its header, the note cut in two (a tester)."""
-    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", row.strip()[1:].removesuffix("|"))]
+    return [_md_unescaped(c.strip()) for c in re.split(r"(?<!\\)\|", row.strip()[1:].removesuffix("|"))]
 
 
 def markdown_to_html(md: str) -> str:
@@ -660,7 +669,8 @@ def markdown_to_html(md: str) -> str:
         line = lines[i]
         if line.startswith("#"):
             level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{min(level + 1, 6)}>{html.escape(line[level:].strip())}</h{min(level + 1, 6)}>")
+            tag = f"h{min(level + 1, 6)}"
+            out.append(f"<{tag}>{html.escape(_md_unescaped(line[level:].strip()))}</{tag}>")
             i += 1
         elif line.startswith("|"):
             block = []
@@ -681,7 +691,7 @@ def markdown_to_html(md: str) -> str:
         elif line.startswith("- "):
             items = []
             while i < len(lines) and lines[i].startswith("- "):
-                items.append(f"<li>{html.escape(lines[i][2:])}</li>")
+                items.append(f"<li>{html.escape(_md_unescaped(lines[i][2:]))}</li>")
                 i += 1
             out.append("<ul>" + "".join(items) + "</ul>")
         elif line.strip():
@@ -689,7 +699,7 @@ def markdown_to_html(md: str) -> str:
             while i < len(lines) and lines[i].strip() and not lines[i].startswith(("#", "|", "- ")):
                 para.append(lines[i])
                 i += 1
-            out.append(f"<p>{html.escape(' '.join(para))}</p>")
+            out.append(f"<p>{html.escape(_md_unescaped(' '.join(para)))}</p>")
         else:
             i += 1
     return "\n".join(out)

@@ -275,13 +275,35 @@ def test_a_locked_builds_differences_read_apart_on_its_one_line(project, capsys)
 
 def test_require_lock_and_place_lock(project, tmp_path):
     path = write_lock(_manifest(project))
-    assert require_lock(_manifest(project)) == path
+    assert require_lock(_manifest(project)) == (path, None)
     out = tmp_path / "build"
     out.mkdir()
     place_lock(str(out), path)
     assert (out / BUILD_LOCK_NAME).read_bytes() == Path(path).read_bytes()
     place_lock(str(out), None)  # an unlocked rebuild of the same output removes the stale lock
     assert not (out / BUILD_LOCK_NAME).exists()
+
+
+def test_a_locked_build_reads_its_lock_once_and_lists_its_inputs_once(project, spark, monkeypatch):
+    """`dolmino build --locked` read the lock twice (the drift check, then the note on an edited
+    manifest) and listed every source three times: the lock's check and the build's own before Spark
+    started, and the build again after, which could build a file added meanwhile that no lock names
+    (t242). On S3 each listing is every LIST of every source's prefix."""
+    from dolmino.build import inputs
+
+    spec = json.loads((project / "pool.json").read_text())
+    for source in spec["sources"]:
+        source["filters"] = []  # the fixture's model files are not models
+    manifest = project / "plain.json"
+    manifest.write_text(json.dumps(spec))
+    write_lock(load_manifest(str(manifest)))
+    listed, read = [], []
+    real_list, real_read = inputs.list_sources, lock_cmd.read_lock
+    monkeypatch.setattr(inputs, "list_sources", lambda *a, **k: listed.append(a[0].name) or real_list(*a, **k))
+    monkeypatch.setattr(lock_cmd, "read_lock", lambda *a, **k: read.append(a[0]) or real_read(*a, **k))
+    assert build_main([str(manifest), "--locked", "--out", str(project / "out"), "--quiet"]) == 0
+    assert (len(listed), len(read)) == (1, 1), (listed, read)
+    assert (project / "out" / BUILD_LOCK_NAME).is_file()
 
 
 def test_s3_inputs_are_locked_by_etag(s3_server, tmp_path):
@@ -424,7 +446,7 @@ def test_a_model_path_written_differently_is_no_drift(project, capsys):
     edited = load_manifest(str(project / "edited.json"))
     assert diff_manifests(_manifest(project), edited, with_plan=False).empty
     assert check_lock(edited, path) == []
-    assert require_lock(edited, path) == path
+    assert require_lock(edited, path)[0] == path
     assert lock_cmd.main([str(project / "edited.json"), "--check", "--lockfile", path]) == 0
     assert "no drift" in capsys.readouterr().out
     # what the build opens is still pinned: its bytes, and which file it is

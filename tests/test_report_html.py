@@ -621,6 +621,34 @@ def test_a_file_name_with_control_characters_is_shown_escaped_in_every_view(tmp_
     assert page.count(f"<li>source &#x27;web&#x27;: first: {SHOWN_NAME}</li>") == 2  # the warnings box, the tables
 
 
+# A file name (in a warning, a custom filter's reason) that Markdown would act on: a tag, a code span, emphasis,
+# a link, strikethrough, an entity, and a "|" that splits a table row.
+MARKDOWN_NAME = "web/<img src=x onerror=alert(1)> `rm` *b* _x_ [l](http://e) ~~s~~ &lt; a|b.jsonl"
+
+
+def test_names_in_report_md_are_text_not_markdown(tmp_path):
+    """report.md wrote names and messages raw, and GitHub renders it in a PR review: a file named
+    `<img src=x onerror=...>` was HTML there, a reason holding "|" split its row into a cell more than
+    the header's, backticks, `*` and `[..](..)` became code, emphasis and a link (t242). Each is
+    backslash-escaped where Markdown would act; report.html shows the name as written."""
+    import html
+
+    from dolmino.report import render_markdown
+
+    report = make_report(tmp_path)
+    report["warnings"] = [f"source 'web': first: {MARKDOWN_NAME}"]
+    report["sources"][0]["removed"][f"custom:{MARKDOWN_NAME}"] = {"docs": 1, "bytes": 1}
+    md = render_markdown(report)
+    escaped = r"web/\<img src=x onerror=alert(1)> \`rm\` \*b\* \_x\_ [l\](http://e) \~\~s\~\~ \&lt; a"
+    assert f"\n- source 'web': first: {escaped}|b.jsonl\n" in md
+    [row] = [line for line in md.splitlines() if line.startswith("| web | custom:")]
+    assert row == f"| web | custom:{escaped}\\|b.jsonl | 1 | 1 | |"
+    assert len(re.split(r"(?<!\\)\|", row)) == len("| source | reason | docs | bytes | tokens |".split("|"))
+    page = report_html.render_html(report, [])
+    assert page.count(f"<li>source &#x27;web&#x27;: first: {html.escape(MARKDOWN_NAME)}</li>") == 2
+    assert f"<td>custom:{html.escape(MARKDOWN_NAME)}</td>" in page
+
+
 def test_report_of_a_url_a_torn_report_and_its_last_line_say_what_they_are(tmp_path, capsys, monkeypatch):
     """`dolmino report https://user:token@host/mix` read the local directory `https:/user:token@host/mix`: with
     none there, "no readable report.json (not a finished build)" of a build that may be finished; with one there,

@@ -248,6 +248,37 @@ def test_a_failed_sharded_export_leaves_the_old_model_whole(tmp_path, capsys):
     assert "'5 parsecs' is not a size; give a positive number of bytes" in capsys.readouterr().err
 
 
+# Every spelling of a size that `dolmino build --task-size` (count syntax, decimals, B alone) or
+# --max-shard-size (transformers' units, any whole number) took before they shared one parser (t242),
+# with the bytes it meant there.
+SIZE_SPELLINGS = {
+    "5GB": 5 * 10**9, "5 gb": 5 * 10**9, " 5GB\n": 5 * 10**9, "5Gb": 5 * 10**9, "500MB": 500 * 10**6,
+    "100KB": 10**5, "2TB": 2 * 10**12, "5GiB": 5 * 2**30, "5kib": 5 * 2**10, "3 TiB": 3 * 2**40, "1000000": 10**6,
+    "05": 5, "\uff11\uff12": 12, "99999999999999999999999": 99999999999999999999999,
+    "64M": 64 * 10**6, "1.5M": 1_500_000, ".5K": 500, "1G": 10**9, "2T": 2 * 10**12, "1e9": 10**9, "1E3": 1000,
+    "7000": 7000, "512B": 512, "512 b": 512, "100B": 100, "1.5KiB": 1536, "0.5KB": 500, "5.MB": 5 * 10**6,
+    "128 mb": 128 * 10**6, "123456789012345678TiB": 123456789012345678 * 2**40,  # was rounded to 28 digits
+}
+
+
+def test_a_size_means_the_same_to_the_build_and_the_export():
+    """`dolmino build --task-size 500M` and `--task-size 1.5GB` were taken, `trainer.export_hf
+    --max-shard-size 500M` or `1.5GB` refused: two parsers of one kind of value (t242), and the
+    build's rounded a size beyond 28 digits. One parser now; what either took means what it did."""
+    from dolmino.build.cli import _size
+    from dolmino.errors import ManifestError
+    from trainer.export_hf import parse_size
+
+    for text, size in SIZE_SPELLINGS.items():
+        assert (_size(text, "--task-size"), parse_size(text)) == (size, size), text
+    for bad in ("0", "0MB", "-5", "5 parsecs", "MB", "5iB", "5 bytes", "1.5", "5.", "0.0005KB", "12QB", "5PB",
+                "1e9B", "1,000", ""):
+        with pytest.raises(ManifestError, match="expected a size in bytes"):
+            _size(bad, "--task-size")
+        with pytest.raises(ValueError, match="is not a size"):
+            parse_size(bad)
+
+
 DOLMA2 = ModelConfig(d_model=16, n_layers=1, n_heads=2, max_seq_len=64)  # dolma2's vocabulary, EOS and pad ids
 
 

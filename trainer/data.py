@@ -178,11 +178,14 @@ def unreported_build_note(paths: Iterable[str | Path] | DataLayout) -> str | Non
     return None
 
 
-def discover_token_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
-    """Token files under a directory (recursively, sorted), a single file, or a list of either.
+def discover_token_files(paths: str | Path | Iterable[str | Path] | DataLayout) -> list[Path]:
+    """Token files under a directory (recursively, sorted), a single file, or a list of either;
+    a `scan_data` layout's files, found in its walk.
 
     A directory that is an unfinished dolmino build is refused (`check_complete_build`), given,
     found below a given one, or holding a file given."""
+    if isinstance(paths, DataLayout):
+        return list(paths.files)
     if isinstance(paths, (str, Path)):
         paths = [paths]
     return [f for _, f, _ in _discover(paths)]

@@ -44,6 +44,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from dolmino.argtypes import byte_size
 from dolmino.s3 import local_path
 from trainer.cli import HelpFormatter
 from trainer.config import ModelConfig
@@ -167,18 +168,16 @@ def write_safetensors(path: str | Path, specs: Iterable[tuple[str, tuple[int, ..
 _OTHER_WEIGHTS = re.compile(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?")
 HF_INDEX = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9  # transformers' save_pretrained default, "5GB"
-_SIZE = re.compile(r"(\d+)\s*([KMGT]i?B)?", re.IGNORECASE)
-_UNITS = {"": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
 def parse_size(text: str) -> int:
-    """Bytes from a size as transformers' max_shard_size takes it: 5GB (10^9), 5GiB (2^30), 500MB, or bytes."""
-    match = _SIZE.fullmatch(text.strip())
-    if not match or int(match.group(1)) <= 0:
+    """Bytes from a size as transformers' max_shard_size takes it (5GB: 10^9, 5GiB: 2^30, 500MB, or
+    bytes), and as `dolmino build --task-size` does (500M, 1.5GB; `dolmino.argtypes.byte_size`)."""
+    try:
+        return byte_size(text)
+    except ValueError:
         raise ValueError(f"{text!r} is not a size; give a positive number of bytes or one with a unit, e.g. 5GB, "
-                         f"500MB or 2GiB")
-    return int(match.group(1)) * _UNITS[(match.group(2) or "").upper()]
+                         f"500MB or 2GiB") from None
 
 
 def _shard(specs: list[tuple[str, tuple[int, ...], torch.dtype]], max_size: int) -> list[list]:

@@ -522,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.set_sync_debug_mode("warn")
         try:
             trainer = Trainer(run, env, args.save_dir, resume=resume, log=log, keep_last=args.keep_last,
-                              tokenizer=tokenizer)
+                              tokenizer=tokenizer, data=layout)
             if init is not None and resume is None:
                 # Each rank reads the weights itself (after DDP's broadcast; FSDP never broadcasts):
                 # a node holding another copy of --init-from would train with other weights, silently.

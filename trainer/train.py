@@ -45,7 +45,7 @@ from trainer.checkpoint import (
     load_json_file, read_checkpoint, resolve_checkpoint, resume_advice, write_failure,
 )
 from trainer.config import ModelConfig, RunConfig, TrainConfig
-from trainer.data import DataLoader, MemmapDataset
+from trainer.data import DataLayout, DataLoader, MemmapDataset
 from trainer.distributed import DistEnv, RanksDisagree, all_reduce_mean, barrier, failure_values, ranks_agree
 from trainer.model import OLMo2
 from trainer.optim import build_optimizer, clip_grad_norm, set_lr
@@ -155,10 +155,13 @@ class Trainer:
     """Builds model, optimizer, schedule and data loader from a RunConfig and runs steps."""
 
     def __init__(self, run: RunConfig, env: DistEnv, save_dir: str | Path, *, resume: str | Path | None = None,
-                 log: Callable[[str], None] = print, keep_last: int | None = None, tokenizer: dict | None = None):
+                 log: Callable[[str], None] = print, keep_last: int | None = None, tokenizer: dict | None = None,
+                 data: DataLayout | None = None):
         """`tokenizer`: what the data's builds say about the tokenizer they were made with
         (trainer.tokenizer_files.data_tokenizer), kept in each checkpoint's config.json, so that an
-        export of a checkpoint copied without its data still writes the tokenizer's files."""
+        export of a checkpoint copied without its data still writes the tokenizer's files. `data`:
+        run.data_paths as `scan_data` found them (trainer.run's start-up checks), opened without
+        walking the trees again (a second walk of a network mount before the first step; t242)."""
         self.run, self.env, self.log, self.tokenizer = run, env, log, tokenizer
         tc, mc = run.train, run.model
         if tc.seq_len > mc.max_seq_len:
@@ -169,7 +172,7 @@ class Trainer:
         # With a starting checkpoint the vocabulary is the checkpoint's (check_compatible holds --model to
         # its rows too), so a token out of range points at the checkpoint: the error says so.
         init_path = (run.init or {}).get("path")
-        self.dataset = MemmapDataset(run.data_paths, tc.seq_len, vocab_size=mc.vocab_size,
+        self.dataset = MemmapDataset(run.data_paths if data is None else data, tc.seq_len, vocab_size=mc.vocab_size,
                                      repetition=tc.repetition, repetition_max_n=tc.repetition_max_n,
                                      repetition_min_repeats=tc.repetition_min_repeats,
                                      vocab_source=f"the --init-from checkpoint {init_path}" if init_path else None)

@@ -12,12 +12,12 @@ import fnmatch
 import os
 import re
 import sys
-from decimal import Decimal
 from pathlib import Path
 
+from dolmino.argtypes import byte_size
 from dolmino.build.inputs import DEFAULT_SPLIT_BYTES, DEFAULT_TASK_BYTES
 from dolmino.errors import BuildError, ManifestError
-from dolmino.manifest import count_value, expand_home, format_count
+from dolmino.manifest import expand_home, format_count
 from dolmino.prefetch import DEFAULT_READ_AHEAD
 from dolmino.py_files import PY_FILES_HELP, import_py_files, py_files
 from dolmino.s3 import local_path
@@ -181,10 +181,10 @@ def _check_attributes_root(manifest, attributes: str) -> None:
 def prepare(args: argparse.Namespace, phase: str):
     """(manifest, BuildOptions) from the command line; raises ManifestError/BuildError/AssetError."""
     from dolmino.assets import dolma2_tokenizer_path
-    from dolmino.build.inputs import list_inputs
+    from dolmino.build.inputs import list_inputs, list_sources
     from dolmino.build.mix import BuildOptions, default_attributes_root
     from dolmino.build.progress import line_interval
-    from dolmino.lock import manifest_note, require_lock
+    from dolmino.lock import require_lock
     from dolmino.manifest import check_parts, load_named_manifest, parse_count
 
     # errors naming the file, as plan / diff / lock say them: "sources[0].mix_percent: expected a
@@ -215,15 +215,17 @@ def prepare(args: argparse.Namespace, phase: str):
         raise BuildError(f"--read-ahead must be 0 or more, got {args.read_ahead}")
     if not args.quiet:
         line_interval()  # a DOLMINO_PROGRESS_S that is not a number of seconds, said before Spark starts
-    lock = require_lock(manifest, args.lockfile) if args.locked else None  # BuildError naming every drifted file
-    if lock is not None and (note := manifest_note(manifest, lock)):
+    sources = list_sources(manifest)  # once: the lock's check and the build read this listing
+    # --locked: a BuildError naming every drifted file
+    lock, note = require_lock(manifest, args.lockfile, sources) if args.locked else (None, None)
+    if note:
         print(f"{args.prog}: warning: {note}", file=sys.stderr)
     if not manifest.tokenizer.path:  # the asset cache, in a read-only HOME: a traceback after Spark started (a tester)
         dolma2_tokenizer_path()
-    list_inputs(manifest)  # every missing input named before Spark starts
+    listing = list_inputs(manifest, sources)  # every missing input named before Spark starts
     options = BuildOptions(budget or 0, out, attributes, phase=phase, task_bytes=task_bytes,
                            split_bytes=split_bytes, read_ahead=args.read_ahead, quiet=args.quiet,
-                           lock=lock, overwrite=getattr(args, "overwrite", False))
+                           lock=lock, overwrite=getattr(args, "overwrite", False), listing=listing)
     return manifest, options
 
 
@@ -252,27 +254,14 @@ def ship_py_files(sc, files: list[str]) -> None:
             sc.addPyFile(path)
 
 
-_BYTE_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgt])(i?))?b\s*", re.IGNORECASE)
-
-
 def _size(value: str, flag: str) -> int:
-    """A byte size: the count syntax (K, M: powers of ten), or with a byte unit as README and the
-    help write sizes (128 MB; KB / MB / GB / TB: powers of ten, KiB / MiB / GiB / TiB: of two).
-    `--task-size 64MB` was refused, its error offering "64M" (a reviewer). A bare B is bytes here,
-    as in MB: the count syntax read "512B" as 512 billion (a tester)."""
-    match = _BYTE_SIZE_RE.fullmatch(value)
-    if match:
-        number, unit, binary = Decimal(match.group(1)), (match.group(2) or "").lower(), bool(match.group(3))
-        size = number * (1024 if binary else 1000) ** ("kmgt".index(unit) + 1 if unit else 0)
-        if size >= 1 and size == size.to_integral_value():
-            return int(size)
-    else:
-        try:
-            return count_value(value)
-        except ValueError:
-            pass
-    raise ManifestError(f"{flag}: expected a size in bytes like 256MB, 256M, 64KiB or 1000000 (K, M, G: powers of "
-                        f"ten; KiB, MiB, GiB: of two), got {value!r}")
+    """A byte size (`dolmino.argtypes.byte_size`: 128 MB, 256M, 64KiB). `--task-size 64MB` was
+    refused, its error offering "64M" (a reviewer); the count syntax read "512B" as 512 billion (a
+    tester)."""
+    try:
+        return byte_size(value)
+    except ValueError as exc:
+        raise ManifestError(f"{flag}: {exc}") from None
 
 
 # Exceptions raised in an executor reach the driver inside a Py4J error whose text holds the

@@ -620,9 +620,10 @@ def no_match_hint(manifest: Manifest, problems: list[str]) -> str:
             "see README 'Real data')")
 
 
-def list_inputs(manifest: Manifest) -> Listing:
-    """Every source's input files; one BuildError naming every problem at once."""
-    listing = list_sources(manifest)
+def list_inputs(manifest: Manifest, listing: SourcesListing | None = None) -> Listing:
+    """Every source's input files; one BuildError naming every problem at once. `listing`: the
+    sources as `list_sources` listed them, where the caller has (a --locked build's lock check)."""
+    listing = list_sources(manifest) if listing is None else listing
     if problems := listing.all_problems():
         # ";" ends each problem: the command line prints an error on one line.
         raise BuildError("input listing failed:\n  " + ";\n  ".join(problems) + no_match_hint(manifest, problems))

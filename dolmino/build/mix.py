@@ -20,7 +20,7 @@ from dolmino.build import output, worker_env, worker_heap
 from dolmino.build.attributes import (ATTRIBUTE_FORMAT, QUARANTINE_DIR, AttributeStore, plan_bundles, quarantine_dir,
                                       spec_key)
 from dolmino.build.inputs import (
-    DEFAULT_SPLIT_BYTES, DEFAULT_TASK_BYTES, group_tasks, list_inputs, plan_units, shown_path,
+    DEFAULT_SPLIT_BYTES, DEFAULT_TASK_BYTES, Listing, group_tasks, list_inputs, plan_units, shown_path,
 )
 from dolmino.build.progress import Stage
 from dolmino.build.resources import file_params, stage
@@ -60,6 +60,9 @@ class BuildOptions:
     quiet: bool = False
     lock: str | None = None  # a lock file checked by --locked: copied into the output (dolmino.lock)
     overwrite: bool = False  # replace a complete build of another plan in `out` (--overwrite)
+    # The inputs as the command line listed them before Spark started (a --locked build checked these files
+    # against its lock); None: run_build lists them. Listed again, every source was listed twice (t242).
+    listing: Listing | None = None
 
 
 @dataclass
@@ -175,7 +178,7 @@ def run_build(manifest: Manifest, options: BuildOptions, spark) -> dict:
     started = time.time()
     sc = spark.sparkContext
     state = BuildState()
-    listing = list_inputs(manifest)
+    listing = list_inputs(manifest) if options.listing is None else options.listing
     if listing.skipped:
         # a name that is not UTF-8 stopped the build at its end, writing report.md (a reviewer)
         shown = ", ".join(map(shown_path, listing.skipped[:5])) + (", ..." if len(listing.skipped) > 5 else "")
