@@ -233,3 +233,78 @@ def test_schedule_flags_an_anneal_does_not_follow_are_said(capsys):
                    "rate stops at 97% of its start, not at 0 (leave it out to anneal to 0 at the last step)"]
     assert schedule_main(["--steps", "6", "--final-lr-fraction", "0.5", "--horizon-tokens", "100K"]) == 0
     assert capsys.readouterr().err == ""  # cosine: both mean what they say
+
+
+def test_an_anneal_from_an_olmo_core_checkpoint_starts_at_the_lr_it_recorded(tmp_path, capsys):
+    """The start LR of an OLMo-core checkpoint is the one its optimizer state records for its last step, as
+    OLMo-core reads it (olmo_core/script_utils.py `get_lr_from_checkpoint`: "optim.param_groups.
+    embeddings.weight.lr" in the flattened state its train module saves, else "optim.param_groups.0.lr").
+    It was the OLMo 2 5T cosine at its `stepN`: wrong for OLMo-core's own OLMo2-7B.py (src/scripts/train/
+    OLMo2/OLMo2-7B.py: `MAX_DURATION = int(4e12)`, CosWithWarmup over it), and for a checkpoint of an
+    anneal, whose step counts the anneal's steps; a shape other than 7B / 13B said "pass --lr" (a tester)."""
+    import warnings
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from test_trainer_import import olmo_core_state, write_olmo_core_checkpoint
+
+    from trainer.model import OLMo2
+
+    tiny = OLMo2(ModelConfig(d_model=64, n_layers=2, n_heads=4, vocab_size=1000, max_seq_len=64))
+    unflattened = write_olmo_core_checkpoint(tmp_path / "run", 42, tiny)  # "optim.param_groups.0.lr": 6e-5
+    base = ["--recipe", "microanneal", "--tokens", "1M", "--seq-len", "64", "--batch-size", "4"]
+    out = schedule_json(capsys, *base, "--init-from", str(unflattened))
+    assert out["lr"] == 6e-5 and "records for its last step (its optimizer state" in out["lr_source"]
+    # as OLMo-core saves it: flattened, one group per parameter, an LR a tensor where the optimizer compiled it
+    flattened = tmp_path / "run" / "step11921" / "model_and_optim"
+    groups = {name: {"lr": torch.tensor(2.5e-5), "initial_lr": 6.1e-5} for name in olmo_core_state(tiny)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save({"model": olmo_core_state(tiny), "optim": {"param_groups": groups}}, checkpoint_id=str(flattened),
+                 no_dist=True)
+    out = schedule_json(capsys, *base, "--init-from", str(flattened.parent))
+    assert out["lr"] == pytest.approx(2.5e-5) and "at step 11,921 (directory step11921)" in out["lr_source"]
+    # --init-step says where the weights are instead: the recorded LR is its own step's, not that one's
+    assert schedule_main([*base, "--init-from", str(flattened.parent), "--init-step", "500000"]) == 2
+    assert "pass --lr" in capsys.readouterr().err
+    seven = ModelConfig.preset("olmo2-7b")
+    anneal_end = CheckpointInfo(path=Path("x"), format="olmo-core", shapes={}, model=seven, step=11_921, lr=0.0,
+                                step_source="directory step11921")
+    with pytest.raises(ValueError, match=r"records a learning rate of 0 for its last step .*; pass --lr"):
+        anneal_start_lr("olmo2-7b-anneal", seven, anneal_end)
+    four_t = CheckpointInfo(path=Path("x"), format="olmo-core", shapes={}, model=seven, step=500_000, lr=1.55e-4,
+                            step_source="directory step500000")
+    assert anneal_start_lr("olmo2-7b-anneal", seven, four_t)[0] == 1.55e-4  # not the 5T cosine's 1.99e-4
+
+
+def test_an_anneal_from_a_soup_of_anneals_needs_its_lr(tmp_path, capsys):
+    """A soup (trainer.soup) records no step, but the TrainConfig of its ingredients: a soup of anneals (OLMo 2's
+    final models, SPEC.md section 1: "the final model is the average ("soup") of those runs") ended at LR 0, and
+    an anneal from it started at OLMo 2's stage-1 LR (6.1499e-5, OLMo's configs/official-1124/
+    OLMo2-7B-stage2-seed42.yaml `learning_rate: 0.000061499`) as if it were the stage-1 checkpoint, or, of
+    another shape, said the soup "records no schedule" (found by a tester). A single anneal is refused alike."""
+    seven = ModelConfig.preset("olmo2-7b")
+    anneal = {"schedule": "linear_to_zero", "warmup_steps": 0, "lr": 6.1499e-5, "max_steps": 12_269}
+    soup = CheckpointInfo(path=tmp_path / "olmo2-7b-soup", format="trainer", shapes={}, model=seven, train=anneal)
+    with pytest.raises(ValueError, match=r"olmo2-7b-soup was itself trained with a linear_to_zero schedule \(an "
+                                         r"anneal, or a soup of anneals\?\); pass --lr"):
+        anneal_start_lr("olmo2-7b-anneal", seven, soup)
+    pretrained = CheckpointInfo(path=tmp_path / "soup", format="trainer", shapes={}, model=seven,
+                                train={"schedule": "cosine", "warmup_steps": 2000})
+    assert anneal_start_lr("olmo2-7b-anneal", seven, pretrained)[0] == 6.1499e-5  # a soup of stage-1 checkpoints
+
+
+def test_a_horizon_short_of_an_anneal_says_its_last_steps_train_at_lr_0(capsys):
+    """OLMo-core's LinearWithWarmup (olmo_core/optim/scheduler.py) holds the LR at alpha_f x peak (0 for an anneal)
+    once the horizon is reached: --horizon-tokens 10K in a 100-step run of 512-token steps left 80 steps at LR 0,
+    training nothing, unsaid (found by a tester). Without it, the decay reaches 0 on the last step."""
+    base = ["--recipe", "microanneal", "--lr", "1e-4", "--seq-len", "128", "--batch-size", "4", "--steps", "100"]
+    assert schedule_main([*base, "--horizon-tokens", "10K"]) == 0
+    said = capsys.readouterr()
+    out = json.loads(said.out)
+    assert out["horizon_steps"] == 20 and out["lr_at"]["25%"]["lr"] == 0
+    assert said.err.splitlines() == [
+        "trainer.schedule: warning: --horizon-tokens 10,000 ends the decay on step 20 of the run's 100: its last 80 "
+        "steps train at learning rate 0 and change no weight (leave it out to anneal to 0 at the last step)"]
+    assert schedule_main([*base, "--horizon-tokens", "51200"]) == 0  # exactly the run: 0 on its last step
+    assert capsys.readouterr().err == ""

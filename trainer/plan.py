@@ -13,9 +13,10 @@ them, from the same code, so what a reviewer checks is what runs:
   steps later than round(budget / batch) (11,931 for 13B on 100B); pass --steps to copy that.
 - Learning rate: --lr always wins. Anneal recipes (trainer.config.ANNEAL_RECIPES) start from
   the LR pretraining had reached at the checkpoint's step: the checkpoint's own cosine when
-  it is a trainer checkpoint (it records its schedule and step); otherwise the OLMo 2
-  pretraining recipe's cosine at the step the checkpoint is known to be at (an HF revision
-  name such as stage1-step928646-tokens3896B, an OLMo-core stepN directory, or --init-step),
+  it is a trainer checkpoint (it records its schedule and step); the LR of its last step that an
+  OLMo-core checkpoint's optimizer state records; otherwise the OLMo 2 pretraining recipe's
+  cosine at the step the checkpoint is known to be at (an HF revision name such as
+  stage1-step928646-tokens3896B, an OLMo-core stepN directory, or --init-step),
   or at OLMo 2's documented stage-1 end. At that step itself (the released checkpoint) the
   start is the LR the released mid-training used, SPEC.md's 6.1499e-5 for 7B (OLMo's
   official-1124 config; the cosine gives 6.1351e-5 there, as OLMo-core's OLMo2-7B anneal
@@ -430,14 +431,22 @@ def anneal_start_lr(recipe: str, model: ModelConfig, init=None, step: int | None
                     step_source: str | None = None) -> tuple[float, str]:
     """The LR pretraining had reached where the anneal starts, and how that was decided.
     `step` (from --init-step) stands in for a checkpoint's step when there is no checkpoint."""
-    if init is not None and init.train and init.step is not None:
-        saved = TrainConfig.from_dict(init.train)
+    saved = TrainConfig.from_dict(init.train) if init is not None and init.train else None
+    if saved is not None and saved.schedule != "cosine":
+        # also without a step: a soup of anneals (OLMo 2's final models) records none, and started at OLMo 2's
+        # stage-1 LR, or said it "records no schedule" (found by a tester)
+        raise ValueError(f"{init.describe()} was itself trained with a {saved.schedule} schedule (an anneal, or a "
+                         f"soup of anneals?); pass --lr for the LR to start from")
+    if saved is not None and init.step is not None:
         schedule = LRSchedule.from_config(saved)
-        if saved.schedule != "cosine":
-            raise ValueError(f"{init.describe()} was itself trained with a {saved.schedule} schedule (an anneal?); "
-                             f"pass --lr for the LR to start from")
         lr = schedule.lr_at(max(init.step - 1, 0))  # the LR of its last step (lr_at counts from 0)
         return lr, f"the checkpoint's own schedule ({_describe_schedule(schedule)}) at step {init.step:,}"
+    if init is not None and init.lr is not None:  # an OLMo-core checkpoint: the LR its optimizer state records
+        if not init.lr:
+            raise ValueError(f"{init.describe()} records a learning rate of 0 for its last step (the end of an "
+                             f"anneal?); pass --lr for the LR to start from")
+        return init.lr, f"the LR the {init.describe()} records for its last step (its optimizer state, as " \
+                        f"OLMo-core's get_lr_from_checkpoint reads it)"
     pretrain = ANNEAL_RECIPES.get(recipe) or _pretrain_recipe_for(model)
     if pretrain is None:
         # "no --init-from records no schedule" read as a double negative (a tester)
@@ -535,8 +544,8 @@ def make_plan(args: argparse.Namespace, tokens: int | None, tokens_source: str |
 
 def _schedule_notes(args: argparse.Namespace, run_tokens: int) -> list[str]:
     """Schedule flags that a linear_to_zero run (an anneal) does not follow as one would read them:
-    --final-lr-fraction was ignored, and a --horizon-tokens past the run's length left the LR above
-    0 at its last step, both unsaid (found by a tester)."""
+    --final-lr-fraction was ignored, a --horizon-tokens past the run's length left the LR above
+    0 at its last step, and one short of it left the last steps at 0, all unsaid (found by testers)."""
     explicit = getattr(args, "explicit", set())
     if args.schedule != "linear_to_zero":
         return []
@@ -547,6 +556,13 @@ def _schedule_notes(args: argparse.Namespace, run_tokens: int) -> list[str]:
     if "horizon_tokens" in explicit and args.horizon_tokens is not None and args.horizon_tokens > run_tokens:
         notes.append(f"--horizon-tokens {args.horizon_tokens:,} is past the run's {run_tokens:,} tokens: the "
                      f"learning rate stops at {1 - run_tokens / args.horizon_tokens:.0%} of its start, not at 0 "
+                     "(leave it out to anneal to 0 at the last step)")
+    tokens_per_step = args.batch_size * args.seq_len
+    if "horizon_tokens" in explicit and args.horizon_tokens is not None and \
+            (zero := -(-args.horizon_tokens // tokens_per_step)) < (steps := run_tokens // tokens_per_step):
+        # the steps after it trained at LR 0, changing no weight, unsaid (found by a tester)
+        notes.append(f"--horizon-tokens {args.horizon_tokens:,} ends the decay on step {zero:,} of the run's "
+                     f"{steps:,}: its last {steps - zero:,} steps train at learning rate 0 and change no weight "
                      "(leave it out to anneal to 0 at the last step)")
     return notes
 

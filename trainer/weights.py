@@ -140,6 +140,7 @@ class CheckpointInfo:
     step: int | None = None                      # the training step the weights are at, when known
     step_source: str | None = None
     stage: int | None = None                     # OLMo's stage its revision names (2: the step is an anneal's)
+    lr: float | None = None                      # OLMo-core checkpoints: the LR of their last step (optimizer state)
     train: dict | None = None                    # trainer checkpoints: the TrainConfig they ran with
     dtype: torch.dtype | None = None
     hf_config: dict | None = None                # HF directories: their config.json
@@ -221,8 +222,8 @@ def inspect_checkpoint(path: str | Path, step: int | None = None, step_source: s
     """Read a checkpoint's metadata. `step` overrides what the checkpoint says about its step."""
     fmt = detect_format(path)
     info = {"trainer": _inspect_trainer, "hf": _inspect_hf, "olmo-core": _inspect_olmo_core}[fmt](Path(path))
-    if step is not None:
-        info.step, info.step_source, info.stage = step, step_source or "given", None
+    if step is not None:  # the LR a checkpoint recorded is its own step's, not the one given
+        info.step, info.step_source, info.stage, info.lr = step, step_source or "given", None, None
     return info
 
 
@@ -557,7 +558,7 @@ def _dcp_reader(path: Path):
     return _DCPReader(str(path))
 
 
-def _dcp_load(state: dict, reader, no_dist: bool) -> None:
+def _dcp_load(state: dict, reader, no_dist: bool, planner=None) -> None:
     """dcp.load, raising the CheckpointFormatError a rank's read raised (`_DCPReader.read_data`):
     DCP wraps every rank's error in a CheckpointException (a BaseException), a traceback per rank."""
     import torch.distributed.checkpoint as dcp
@@ -566,7 +567,7 @@ def _dcp_load(state: dict, reader, no_dist: bool) -> None:
     try:
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
             warnings.simplefilter("ignore", UserWarning)
-            dcp.load(state, storage_reader=reader, no_dist=no_dist)
+            dcp.load(state, storage_reader=reader, planner=planner, no_dist=no_dist)
     except CheckpointException as exc:
         named = [failure[0] for _, failure in sorted(exc.failures.items())
                  if isinstance(failure[0], CheckpointFormatError)]
@@ -644,7 +645,39 @@ def _inspect_olmo_core(path: Path) -> CheckpointInfo:
     cfg = _model_config_from_olmo_core(path, shapes)
     step, source = _olmo_core_step(dcp_dir.parent if dcp_dir != path else path)
     return CheckpointInfo(path=dcp_dir, format="olmo-core", shapes=shapes, model=cfg, step=step,
-                          step_source=source, dtype=dtype)
+                          step_source=source, dtype=dtype, lr=_olmo_core_lr(dcp_dir, metadata))
+
+
+def _olmo_core_lr(dcp_dir: Path, metadata) -> float | None:
+    """The LR an OLMo-core checkpoint's last step used, from its optimizer state: the embedding's param
+    group (flattened state, as OLMo-core saves it) or the first group, as OLMo-core's own anneal scripts
+    read it (olmo_core.script_utils.get_lr_from_checkpoint). Taken as the OLMo 2 cosine at its `stepN`,
+    an anneal from a run on another schedule (OLMo-core's OLMo2-7B.py runs a 4T cosine) or from an
+    anneal's own checkpoint started at another LR, unsaid (found by a tester). None where it holds none,
+    or where it cannot be read: the model's files are checked on their own."""
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    class _WeightsOnlyPlanner(DefaultLoadPlanner):
+        def load_bytes(self, read_item, value) -> None:  # DCP's own unpickles any object: a pickle could run code
+            self.original_state_dict[read_item.dest_index.fqn] = torch.load(value, weights_only=True)
+
+    keys = sorted(k for k in metadata.state_dict_metadata if k.startswith("optim.param_groups.") and k.endswith(".lr"))
+    if not keys:
+        return None
+    embedding = "optim.param_groups.embeddings.weight.lr"
+    key = embedding if embedding in keys else keys[0]
+    meta = metadata.state_dict_metadata[key]
+    state = {key: torch.empty(meta.size, dtype=meta.properties.dtype)
+             if isinstance(meta, TensorStorageMetadata) else None}
+    try:
+        _dcp_load(state, _dcp_reader(dcp_dir), no_dist=True, planner=_WeightsOnlyPlanner(flatten_state_dict=False))
+        lr = float(state[key])
+    except (CheckpointFormatError, CheckpointException, pickle.UnpicklingError, RuntimeError, TypeError,
+            ValueError):  # a damaged or unexpected optimizer entry: the LR is then unknown
+        return None
+    return lr if 0 <= lr < float("inf") else None
 
 
 # OLMo-core's RMSNorm implementations (LayerNormType): one math, other kernels
