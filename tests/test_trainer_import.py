@@ -266,6 +266,7 @@ def test_a_mid_training_revision_says_its_step_is_the_anneals(tmp_path):
     assert stage_from_revision("stage2-ingredient1-step11931-tokens50B") == 2
     assert stage_from_revision("stage1-step928646-tokens3896B") == 1
     assert stage_from_revision("step1000-tokens4B") is None and stage_from_revision("main") is None
+
     path, _ = hf_olmo2(tmp_path, name="OLMo-2-1124-7B-stage2-ingredient1-step11931-tokens50B")
     info = inspect_checkpoint(path)
     assert (info.step, info.stage) == (11931, 2)
@@ -1076,3 +1077,11 @@ def test_an_olmo_core_norm_that_is_not_rms_is_refused(tmp_path):
     (tmp_path / "run" / "config.json").write_text(json.dumps({**written, "model": model}))
     with pytest.raises(CheckpointFormatError, match=r"block.sequence_mixer.qk_norm.name 'default' is not RMSNorm"):
         inspect_checkpoint(step_dir)
+
+
+def test_the_revision_nearest_the_checkpoint_names_its_step():
+    """A directory of checkpoints named for one revision, holding another: the first match in the
+    absolute path was the ancestor's, so the anneal started at step 500,000's LR (found by a tester)."""
+    path = "/x/stage1-step500000-tokens2098B/OLMo-2-1124-7B-stage2-ingredient1-step11931-tokens50B"
+    assert (step_from_revision(path), stage_from_revision(path)) == (11931, 2)
+    assert step_from_revision("/ckpts/stage1-step928646-tokens3896B/hf") == 928646  # a plain child: the ancestor's

@@ -101,9 +101,19 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {name: tuple(p.shape) for name, p in model.named_parameters()}
 
 
+def _revision_match(text: str) -> re.Match | None:
+    """The revision name in `text`'s last path component that holds one: the checkpoint's own name,
+    not an ancestor's (`/x/stage1-step500000-tokens2098B/OLMo-2-1124-7B-stage1-step928646-tokens3896B`
+    gave 500000; found by a tester)."""
+    for part in reversed(text.split("/")):
+        if match := REVISION_STEP.search(f"/{part}/"):
+            return match
+    return None
+
+
 def step_from_revision(text: str) -> int | None:
     """The training step in an OLMo revision name (stage1-step928646-tokens3896B -> 928646)."""
-    match = REVISION_STEP.search(f"/{text}/")
+    match = _revision_match(text)
     return int(match.group(2)) if match else None
 
 
@@ -111,7 +121,7 @@ def stage_from_revision(text: str) -> int | None:
     """OLMo's training stage in a revision name (stage2-ingredient1-step11931-tokens50B -> 2; None
     where it names none). A stage-2 (mid-training) revision's step counts the anneal's steps, not
     pretraining's: an anneal from it took the pretraining LR at that step, near the peak (a tester)."""
-    match = REVISION_STEP.search(f"/{text}/")
+    match = _revision_match(text)
     return int(match.group(1)) if match and match.group(1) else None
 
 
