@@ -17,7 +17,8 @@ every part `<stem>.npy` under BUILD_DIR (docs/DESIGN.md "Memmaps"):
   a warning with the count (the released OLMo 2 data has such documents); `--strict` makes
   it an error;
 - the optional `<stem>.label_mask.npy` has one 0/1 byte per token;
-- report.json's token and document counts match the parts, and each source's the sidecars' `src` rows;
+- report.json's token and document counts match the parts, and each source's the sidecars' `src` rows,
+  as does its tokens-per-document histogram (`doc_tokens_hist`, what `dolmino report` draws);
 - no sidecar or label mask is left without its token file.
 
 The token scan runs in C++ (csrc) when built, else numpy; `--backend` forces one. The EOS
@@ -43,6 +44,7 @@ import numpy as np
 
 import csrc
 from dolmino.argtypes import at_least
+from dolmino.doc_lengths import histogram
 
 DEFAULT_VOCAB_SIZE = 100278
 DEFAULT_EOS_ID = 100257
@@ -64,6 +66,7 @@ class PartResult:
     eos_inside_docs: int = 0  # rows whose span holds EOS before its last token
     unreadable: set[str] = field(default_factory=set)  # its files said to be unreadable (their checksums are not)
     by_source: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # sidecar `src`: tokens, docs, 1st row
+    hist_by_source: dict[str, list[int]] = field(default_factory=dict)  # sidecar `src`: doc_lengths histogram
     masked_by_source: dict[str, int] | None = None  # the label mask's 0 bytes per sidecar `src`; None: no mask read
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -200,6 +203,14 @@ def _by_source(codes: tuple[np.ndarray, list[str]], starts: np.ndarray, ends: np
     docs = np.bincount(index, minlength=len(names))
     first = np.unique(index, return_index=True)[1]  # every dictionary entry occurs: entry k's first row
     return {name: (int(tokens[k]), int(docs[k]), int(first[k])) for k, name in enumerate(names)}
+
+
+def _hist_by_source(codes: tuple[np.ndarray, list[str]], starts: np.ndarray, ends: np.ndarray
+                    ) -> dict[str, list[int]]:
+    """source -> histogram of its rows' lengths (dolmino.doc_lengths bins), as report.json's doc_tokens_hist."""
+    index, names = codes
+    lengths = ends - starts
+    return {name: histogram(lengths[index == k]) for k, name in enumerate(names)}
 
 
 def _masked_by_source(mask: np.ndarray, codes: tuple[np.ndarray, list[str]], starts: np.ndarray, ends: np.ndarray
@@ -340,6 +351,7 @@ def validate_part(path: Path, vocab_size: int, eos_id: int, backend: str = "auto
             if _check_layout(part, sidecar.name, starts, ends, part.tokens):
                 tiled = (_source_codes(src), starts, ends)  # the sources encoded once, for the mask's counts too
                 part.by_source = _by_source(*tiled)
+                part.hist_by_source = _hist_by_source(*tiled)
                 bad = csrc.eos_mismatches(tokens, ends, eos_id, limit=MAX_LISTED + 1, backend=backend)
                 if len(bad):
                     k = int(bad[0])
@@ -470,6 +482,7 @@ def _count_errors(build_dir: Path, report: dict, parts: list[PartResult]) -> lis
                 errors.append(f"{path}: output.masked_tokens is {output['masked_tokens']:,}, its label masks hold "
                               f"{masked:,} masked (0) tokens")
         errors += _source_errors(path, report, list(held.values()))
+        errors += _hist_errors(path, report, list(held.values()))
     return errors
 
 
@@ -500,6 +513,30 @@ def _source_errors(path: Path, report: dict, parts: list[PartResult]) -> list[st
             if source["output_masked_tokens"] != have:
                 errors.append(f"{path}: source {source['name']!r} output_masked_tokens is "
                               f"{source['output_masked_tokens']:,}, the label masks of its rows hold {have:,}")
+    return errors
+
+
+def _hist_errors(path: Path, report: dict, parts: list[PartResult]) -> list[str]:
+    """report.json's doc_tokens_hist against the sidecars' rows: `dolmino report` draws it as "every part
+    counted", and a build resumed over parts committed without a histogram counted only the parts it wrote,
+    which validated OK (found by a tester)."""
+    said = report.get("doc_tokens_hist")
+    if not isinstance(said, dict):  # builds from before it; `dolmino report` reads the sidecars for those
+        return []
+    have: dict[str, np.ndarray] = {}
+    for part in parts:
+        for name, counts in part.hist_by_source.items():
+            have[name] = have.get(name, 0) + np.asarray(counts, dtype=np.int64)
+    errors = []
+    for name in sorted({*said, *have}):
+        counts = said.get(name, [])
+        ours = [int(c) for c in have.get(name, [])]
+        counted = isinstance(counts, list) and all(_is_count(c) for c in counts)
+        if counted and (counts == ours or (not any(counts) and not ours)):
+            continue
+        total = f"{sum(counts):,} document instance(s)" if counted else "no list of counts"
+        errors.append(f"{path}: doc_tokens_hist of source {name!r} holds {total}, not the lengths of the sidecars' "
+                      f"{sum(ours):,} row(s) of it")
     return errors
 
 

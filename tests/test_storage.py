@@ -149,3 +149,28 @@ def test_a_resume_reads_its_part_records_several_at_a_time(tmp_path, monkeypatch
 
     monkeypatch.setattr(output, "read_json", read_meeting_another)
     assert output.committed_parts(str(tmp_path), "this", 4) == {}
+
+
+def test_a_resumed_part_committed_without_a_histogram_gets_its_sidecars(tmp_path):
+    """A part committed by a build from before part records held `doc_hist` was resumed with none: the
+    report's doc_tokens_hist counted only the parts the resuming run wrote, and `dolmino report` drew it as
+    every part counted (found by a tester). Its histogram comes from its sidecar."""
+    import numpy as np
+
+    from dolmino.checksums import sha256_file
+    from dolmino.doc_lengths import histogram
+    from dolmino.memmap import MemmapPartWriter
+
+    writer = MemmapPartWriter(str(tmp_path), 0, 100257)
+    for i, (n, src) in enumerate(((5, "web"), (40, "web"), (900, "math"))):
+        writer.add_document(np.append(np.arange(n - 1, dtype=np.uint32), 100257), f"d{i}", src, f"f.jsonl:{i + 1}")
+    stats = writer.close()
+    files = [{"name": name, "size": (tmp_path / name).stat().st_size, "sha256": sha256_file(str(tmp_path / name))}
+             for name in ("part-00000.npy", "part-00000.csv.gz")]
+    record = {"plan": "this", "index": 0, "tokens": stats.tokens, "docs": stats.docs, "files": files,
+              "tokens_by_source": stats.tokens_by_source, "docs_by_source": stats.docs_by_source}
+    output.write_json(str(tmp_path), "_parts/part-00000.json", record)
+    want = {"math": histogram([900]), "web": histogram([5, 40])}
+    assert output.committed_parts(str(tmp_path), "this", 1)[0].doc_hist == want
+    output.write_json(str(tmp_path), "_parts/part-00000.json", {**record, "doc_hist": {"web": histogram([7])}})
+    assert output.committed_parts(str(tmp_path), "this", 1)[0].doc_hist == {"web": histogram([7])}  # the record's

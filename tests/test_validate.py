@@ -584,6 +584,32 @@ def test_a_source_count_or_a_sidecar_src_that_disagrees_with_the_report_is_refus
     assert main([str(build), "--no-checksums"]) == 1
 
 
+def test_a_length_histogram_that_is_not_the_sidecars_is_refused(build):
+    """report.json's doc_tokens_hist (what `dolmino report` draws as "every part counted") was not
+    checked: a build resumed over parts committed without a histogram counted only the parts it wrote,
+    and validated OK (found by a tester). It must be the histogram of the sidecars' row lengths."""
+    from dolmino.doc_lengths import histogram
+
+    rows = [r for p in sorted(build.glob("part-*.csv.gz")) for r in _sidecar_rows(p)]
+    lengths = {name: [int(r[1]) - int(r[0]) for r in rows if r[3] == name] for name in ("wiki", "code")}
+    hist = {name: histogram(n) for name, n in lengths.items()}
+    report = {"output": {"tokens": sum(map(sum, lengths.values())), "docs": len(rows)}, "doc_tokens_hist": hist}
+    (build / "report.json").write_text(json.dumps(report))
+    assert not validate_build(build).all_errors()
+    report["doc_tokens_hist"] = {"wiki": histogram(lengths["wiki"][:25]), "code": hist["code"]}  # half of one source
+    (build / "report.json").write_text(json.dumps(report))
+    assert validate_build(build).all_errors() == [
+        f"{build / 'report.json'}: doc_tokens_hist of source 'wiki' holds 25 document instance(s), not the lengths "
+        f"of the sidecars' {len(lengths['wiki'])} row(s) of it"]
+    report["doc_tokens_hist"] = {"wiki": hist["wiki"]}  # a source left out; one that is not there, all zeros, is none
+    report["doc_tokens_hist"]["math"] = [0] * len(hist["wiki"])
+    (build / "report.json").write_text(json.dumps(report))
+    assert validate_build(build).all_errors() == [
+        f"{build / 'report.json'}: doc_tokens_hist of source 'code' holds 0 document instance(s), not the lengths "
+        f"of the sidecars' {len(lengths['code'])} row(s) of it"]
+    assert main([str(build)]) == 1
+
+
 def test_a_report_whose_file_list_is_not_a_mapping_is_one_error(tmp_path):
     out = tmp_path / "b"
     out.mkdir()

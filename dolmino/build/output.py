@@ -25,8 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from dolmino.build.write import PARTS_DIR, PartResult
 from dolmino.checksums import sha256_file
+from dolmino.doc_lengths import histogram, read_sidecar_lengths
 from dolmino.errors import BuildError
-from dolmino.memmap import PART_FILE
+from dolmino.memmap import PART_FILE, part_name
 from dolmino.storage import delete, is_remote, join, list_files, read_bytes, read_if_exists, write_bytes
 
 COMPLETION_MARKER = "report.json"
@@ -164,9 +165,20 @@ def committed_parts(out: str, plan_hash: str, num_parts: int) -> dict[int, PartR
     checks = [(f.name, f.size, f.sha256) for _record, files in candidates for f in files]
     damaged = {c[0] for c, problem in zip(checks, _check_all(out, checks)) if problem}
     return {record["index"]: PartResult(record["index"], record["tokens"], record["docs"], record["tokens_by_source"],
-                                        record["docs_by_source"], files, record.get("doc_hist", {}), True,
+                                        record["docs_by_source"], files, _committed_doc_hist(out, record), True,
                                         record.get("masked_by_source"))
             for record, files in candidates if not any(f.name in damaged for f in files)}
+
+
+def _committed_doc_hist(out: str, record: dict) -> dict:
+    """A committed part's tokens-per-document histograms: its record's, else (a part committed by a
+    build from before records held them) from its sidecar. Taken as none, the report's doc_tokens_hist
+    counted only the parts this run wrote, and `dolmino report` drew it as every part counted (found by
+    a tester)."""
+    if "doc_hist" in record:
+        return record["doc_hist"]
+    lengths = read_sidecar_lengths(join(out, f"{part_name(record['index'])}.csv.gz"))
+    return {src: histogram(n) for src, n in sorted(lengths.items())}
 
 
 def _part_file(d: dict):
