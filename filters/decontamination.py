@@ -632,14 +632,37 @@ def read_index_meta(path: str) -> dict:
             meta = json.loads(npz["meta"].tobytes().decode("utf-8"))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise IndexFileError(f"decontamination index {path} is unreadable: {exc}") from None
-    if meta.get("hash_version") != HASH_VERSION:
-        raise IndexFileError(f"decontamination index {path} uses hash version "
-                             f"{meta.get('hash_version')}, this code {HASH_VERSION}: rebuild it")
+    held = meta.get("hash_version")
+    if held != HASH_VERSION:
+        if isinstance(held, int) and held > HASH_VERSION:  # "rebuild it" here undid a newer dolmino's index
+            raise IndexFileError(f"decontamination index {path} uses hash version {held}, newer than this code's "
+                                 f"{HASH_VERSION}: update dolmino (a newer one built it, and refuses an index "
+                                 "rebuilt by this one)")
+        raise IndexFileError(f"decontamination index {path} uses hash version {held}, this code {HASH_VERSION}: "
+                             f"rebuild it with `{rebuild_command(path, meta)}`")
     meta.setdefault("format_version", 1)
     if meta["format_version"] > INDEX_FORMAT:
         raise IndexFileError(f"decontamination index {path} has format {meta['format_version']}, newer than this "
                              f"code reads ({INDEX_FORMAT}): update dolmino or rebuild the index")
     return meta
+
+
+def rebuild_command(path: str, meta: dict) -> str:
+    """The `build` command that makes `path` again, under this code's normalisation, from the eval sets
+    its metadata names. "rebuild it" alone had a team rebuild its index of a few sets (or with --jsonl
+    sets of its own) as `make corpus` does, with the paper's: another index than the one refused."""
+    import shlex
+
+    args = ["python", "-m", "filters.decontamination", "build", "--out", path]
+    if meta.get("task_spec", "paper") != "paper":
+        args += ["--tasks", str(meta["task_spec"])]
+    if meta.get("ngram_size", DEFAULT_NGRAM_SIZE) != DEFAULT_NGRAM_SIZE:
+        args += ["--ngram-size", str(meta["ngram_size"])]
+    if meta.get("include_fewshot") is False:
+        args.append("--no-fewshot")
+    for spec in meta.get("jsonl") or ():
+        args += ["--jsonl", str(spec)]
+    return shlex.join(args)
 
 
 def build_index(instances: Iterable, out_path: str | None = None, ngram_size: int = DEFAULT_NGRAM_SIZE,

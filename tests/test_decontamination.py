@@ -650,6 +650,41 @@ def test_the_hash_version_pins_the_normalisation():
     assert ngram_hashes(text, 3).tolist() == _ref_hashes(text, 3) == HASH_V2_SAMPLE
 
 
+def test_an_index_of_another_hash_version_is_refused_with_the_command_that_rebuilds_it(tmp_path):
+    """An index of a few eval sets, built before HASH_VERSION 2, was refused with "rebuild it": as
+    `make corpus` or a plain `build` does, that is an index of the paper's sets, not the one refused
+    (a tester upgrading under a long-lived attributes root). One of a newer dolmino said "rebuild it"
+    too, which undid that dolmino's index for whoever shares it."""
+    import shlex
+
+    from filters.decontamination import IndexFileError, read_index_meta
+
+    def index(name: str, **meta) -> str:
+        path = str(tmp_path / name)
+        decon._write_aligned_npz(path, {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)})
+        return path
+
+    custom = index("my idx.npz", hash_version=decon.HASH_VERSION - 1, format_version=2, task_spec="boolq,arc_easy",
+                   ngram_size=13, include_fewshot=False, jsonl=["ours.jsonl:question:mine/test"])
+    with pytest.raises(IndexFileError) as refused:
+        read_index_meta(custom)
+    command = shlex.split(str(refused.value).split("rebuild it with `")[1].rstrip("`"))
+    assert command == ["python", "-m", "filters.decontamination", "build", "--out", custom, "--tasks",
+                       "boolq,arc_easy", "--ngram-size", "13", "--no-fewshot", "--jsonl",
+                       "ours.jsonl:question:mine/test"], refused.value
+    paper = index("paper.npz", hash_version=decon.HASH_VERSION - 1, task_spec="paper", ngram_size=8,
+                  include_fewshot=True, jsonl=[])
+    with pytest.raises(IndexFileError, match=re.escape(
+            f"uses hash version {decon.HASH_VERSION - 1}, this code {decon.HASH_VERSION}: rebuild it with "
+            f"`python -m filters.decontamination build --out {paper}`")):
+        read_index_meta(paper)
+    newer = index("newer.npz", hash_version=decon.HASH_VERSION + 1, task_spec="paper")
+    with pytest.raises(IndexFileError, match=f"uses hash version {decon.HASH_VERSION + 1}, newer than this code's "
+                                             f"{decon.HASH_VERSION}: update dolmino") as refused:
+        read_index_meta(newer)
+    assert "rebuild it" not in str(refused.value)
+
+
 def test_bbh_items_come_from_bigbench_task_files(math_bbh_instances):
     from dolmino.assets import BIGBENCH_TASK_DIRS, bigbench_tasks_dir
 

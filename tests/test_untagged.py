@@ -290,6 +290,36 @@ def test_the_minhash_setting_that_differs_from_the_stored_clusters_is_named(tmp_
            "clusters span all of them)" in message, message
 
 
+@pytest.mark.parametrize("stored_revision", [None, 1])
+def test_clusters_of_an_earlier_clustering_revision_are_named_as_such(tmp_path, stored_revision):
+    """A root tagged by a dolmino before CLUSTER_REVISION 2, mixed by this one with the same manifest, was
+    told its clusters were computed under "another seed or MinHash parameter, or other input files of the
+    source": none had changed (a tester upgrading dolmino under a long-lived root). `_SOURCE.json` written
+    since records the revision; one without it predates this dolmino's rules."""
+    import json
+
+    from dolmino.storage import write_bytes
+    from filters.dedup import CLUSTER_REVISION
+
+    unit = Unit(0, 0, _file("a.jsonl"))
+    bundle = Bundle(0, (unit,))
+    store = _store(tmp_path, [bundle])
+    write_table(store.path("web", "minhash-old", bundle), {"x": []}, SCHEMA, {"units": unit_listing(bundle, [0])})
+    params = {"num_perm": 128, "ngram": 5, "threshold": 0.8, "seed": 1, "bands": 9, "rows": 13, "verify": True}
+    done = {"units": "pool", "stats": {"params": params}}
+    if stored_revision is not None:
+        done["clusters"] = stored_revision
+    write_bytes(f"{store.set_dir('web', 'minhash-old')}/_SOURCE.json", json.dumps(done).encode())
+    plan = SourceTagPlan("web", "dolma", None, DOCS, (), "minhash-new", {"seed": 1}, "pool")
+    message = _describe(store, [BundleWork(bundle, (), True, {})], [unit], plan)
+    cause = (f"clustering rules of revision 1 there, {CLUSTER_REVISION} here" if stored_revision else
+             f"an earlier dolmino's clustering rules (this one's are revision {CLUSTER_REVISION}; the same parameters "
+             "and input files)")
+    assert message.endswith(f"web/a.jsonl's MinHash clusters were computed under other settings (minhash-old holds "
+                            f"them: {cause}): run `dolmino tag` with this manifest"), message
+    assert "another seed" not in message, message
+
+
 def test_an_edited_scorer_given_with_py_files_is_named_where_the_user_keeps_it(tmp_path, monkeypatch):
     """`dolmino mix --py-files scorer.py` after an edit of scorer.py named the driver's copy of it,
     /tmp/dolmino-py-files-*/scorer.py, a directory removed when the command ended (a tester)."""

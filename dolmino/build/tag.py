@@ -810,7 +810,7 @@ def _cluster_source(sc, records, si: int, plan: SourceTagPlan, bundles: list[Bun
 
     from pyspark import StorageLevel
 
-    from filters.dedup import _tally_sizes, connected_components, lsh_edges
+    from filters.dedup import CLUSTER_REVISION, _tally_sizes, connected_components, lsh_edges
     from filters.minhash import MinHashConfig
 
     config = MinHashConfig(**plan.minhash)
@@ -854,5 +854,7 @@ def _cluster_source(sc, records, si: int, plan: SourceTagPlan, bundles: list[Bun
     stats = {"docs_in": int(docs_in), "docs_without_shingles": int(no_shingles), "docs_in_clusters": tally["docs"],
              "duplicate_clusters": tally["clusters"], "largest_cluster": tally["largest"],
              "cluster_sizes": sizes, "cc_iterations": rounds, "params": used, **counts}
-    write_bytes(minhash_manifest_path(store, plan), json.dumps({"units": digest, "stats": stats}, indent=2).encode())
+    # "clusters": the rules' revision, so that a later dolmino's refusal can name it (`untagged._minhash_otherwise`)
+    write_bytes(minhash_manifest_path(store, plan),
+                json.dumps({"units": digest, "clusters": CLUSTER_REVISION, "stats": stats}, indent=2).encode())
     return stats

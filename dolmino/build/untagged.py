@@ -272,7 +272,18 @@ def _minhash_otherwise(store: AttributeStore, plan, other: str) -> str | None:
                                    f"{{\"seed\": {stored[k]!r}}}}} to mix with another seed from these clusters)"))
     if done.get("units") != plan.minhash_pool:
         shown.append("other input files of the source, since clusters span all of them")
-    return "; ".join(shown) or None
+    if not shown:
+        # The same parameters and pool: the key differs in the clustering rules' revision alone. A root
+        # tagged before CLUSTER_REVISION 2 was told "another seed or MinHash parameter, or other input
+        # files", none of which had changed (a tester upgrading dolmino under a long-lived root).
+        from filters.dedup import CLUSTER_REVISION
+
+        revision = done.get("clusters")
+        shown.append(f"clustering rules of revision {revision} there, {CLUSTER_REVISION} here"
+                     if revision is not None and revision != CLUSTER_REVISION else
+                     f"an earlier dolmino's clustering rules (this one's are revision {CLUSTER_REVISION}; the same "
+                     "parameters and input files)")
+    return "; ".join(shown)
 
 
 def _spelled_otherwise(path: str, tag) -> str | None:
