@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dolmino.build.attributes import DOCUMENTS_DIR
 from dolmino.documents import Quarantine, read_documents
 from filters import stackexchange as se
 from test_stackexchange import answer, posts_xml, question, row
@@ -300,6 +301,32 @@ def test_split_build_is_byte_identical_to_the_whole_file_build(posts, builds):
 
 
 @pytest.mark.slow
+def test_another_revisions_documents_in_the_root_are_not_read(posts, builds, spark, tmp_path):
+    """A root shared by two dolmino versions whose Stack Exchange conversions differ: both wrote
+    `documents/<unit>`, the one that tagged last overwrote the other's, and the other's next mix failed
+    ("line 1 is not the document tagged there"; found by a tester). The documents now sit under their
+    revision: another revision's files beside them, where an older dolmino writes them, change nothing."""
+    import shutil
+
+    from dolmino.build.mix import build
+    from dolmino.manifest import manifest_from_dict
+
+    base, whole, _ranged, _split = builds
+    attributes = tmp_path / "attributes"
+    shutil.copytree(base / "attributes-whole", attributes)
+    [documents] = _unit_files(attributes, "documents")
+    assert DOCUMENTS_DIR == f"documents/r{se.CONVERSION_REVISION}" and f"/{DOCUMENTS_DIR}/" in str(documents)
+    older = attributes / "stackexchange" / "documents" / documents.relative_to(attributes / "stackexchange" /
+                                                                                 DOCUMENTS_DIR)
+    older.parent.mkdir(parents=True, exist_ok=True)
+    older.write_bytes(b"not this revision's documents")  # where an older dolmino wrote its conversion
+    got = build(manifest_from_dict(_manifest(posts.parent.parent)), 0, str(tmp_path / "out"), spark,
+                attributes=str(attributes))
+    assert _parts(tmp_path / "out") == _parts(base / "whole")
+    assert got["run"]["units_tagged"] == 0
+
+
+@pytest.mark.slow
 def test_an_interrupted_split_tag_resumes(posts, builds, spark, tmp_path):
     """A range whose docs set is missing (the job died before writing it) is converted again and
     only its files are written; the build still equals the whole-file build."""
@@ -316,7 +343,7 @@ def test_an_interrupted_split_tag_resumes(posts, builds, spark, tmp_path):
     lost = docs_sets[3]
     stem = lost.name[: -len(".parquet")]
     lost.unlink()
-    (attributes / "stackexchange" / "documents" / lost.parent.name / f"{stem}.jsonl.zst").unlink()
+    (attributes / "stackexchange" / DOCUMENTS_DIR / lost.parent.name / f"{stem}.jsonl.zst").unlink()
     kept = {p: p.stat().st_mtime_ns for p in _unit_files(attributes, "documents")}
     out = tmp_path / "resumed"
     got = build(manifest_from_dict(_manifest(posts.parent.parent)), 0, str(out), spark, attributes=str(attributes),

@@ -6,7 +6,7 @@ per *bundle* and attribute set (docs/DESIGN.md "Build at scale"):
     <root>/<source>/docs-<key>/<bundle key>.<version>.parquet     line, id, bytes, content hash, ...
     <root>/<source>/<filter type>-<key>/<bundle key>.<version>.parquet  the filter's columns
     <root>/<source>/minhash-<key>/<bundle key>.<version>.parquet  near-duplicate cluster per document
-    <root>/<source>/documents/<unit key>.<version>.jsonl.zst      Stack Exchange: the Q&A documents
+    <root>/<source>/documents/r<n>/<unit key>.<version>.jsonl.zst  Stack Exchange: the Q&A documents
     <root>/<source>/quarantine/docs-<key>/<unit key>.<version>.jsonl.gz  refused input lines
 
 A bundle is one unit (a large file, or a byte range of one), or a run of small whole files
@@ -28,6 +28,11 @@ Rows are in unit order, then input order, one per document (quarantined lines ha
 Every file's Parquet key-value metadata (under `dolmino`) lists its units with their row
 counts, and the docs set adds each unit's counts, so the mix phase slices a unit's rows and
 accounts for it without reading its input again.
+
+Stack Exchange documents sit under their conversion rules' revision (`r<n>`): a file's name holds
+everything its content depends on. Under one `documents/` two dolmino versions that convert alike in
+all but the revision took turns overwriting each other's files in a shared root, and each one's next
+mix failed on the other's lines (found by a tester).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from functools import cached_property
 from dolmino.build.inputs import Unit, Units
 from dolmino.errors import BuildError
 from dolmino.storage import join, list_dirs, list_files, read_bytes, write_bytes
+from filters.stackexchange import CONVERSION_REVISION
 
 _TMP_SUFFIX = re.compile(r"\.tmp\d+$")
 
@@ -58,7 +64,7 @@ BUNDLE_MAX_BYTES = 64 << 20
 BUNDLE_MAX_UNITS = 4096
 METADATA_KEY = b"dolmino"
 DOCS_SET = "docs"
-DOCUMENTS_DIR = "documents"
+DOCUMENTS_DIR = f"documents/r{CONVERSION_REVISION}"
 QUARANTINE_DIR = "quarantine"
 
 

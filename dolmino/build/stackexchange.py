@@ -1,7 +1,7 @@
 """Stack Exchange sources in the tag phase: Posts.xml -> Q&A documents under the attributes root.
 
 The mix phase reads a Stack Exchange unit's documents from
-`<attributes root>/<source>/documents/<unit>.<version>.jsonl.zst`, written here once.
+`<attributes root>/<source>/documents/r<conversion revision>/<unit>.<version>.jsonl.zst`, written here once.
 
 Whole files (a compressed Posts.xml, or one no larger than the split size) are converted
 inside their tag task by `filters.stackexchange.iter_stackexchange`: two passes and a
