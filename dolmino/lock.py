@@ -144,6 +144,27 @@ def _resource_refs(manifest: Manifest) -> list[tuple[str, str, str]]:
     return refs
 
 
+def _index_problems(manifest: Manifest) -> list[str]:
+    """A local decontamination index the build would refuse (another hash version, not an index
+    file), one line each: the lock pinned it, `--check` said "no drift", and the build then refused
+    it (found by a tester). An s3:// index is checked by the build, which fetches it."""
+    specs = [(i, j, source.name, spec) for i, source in enumerate(manifest.sources)
+             for j, spec in enumerate(source.filters) if spec.get("type") == "decontaminate"]
+    if not specs:
+        return []
+    from filters.decontamination import IndexFileError, read_index_meta  # numba: only where an index is named
+
+    problems = []
+    for i, j, name, spec in specs:
+        path = spec.get("index_path")
+        if path and not path.startswith("s3://") and os.path.isfile(path):
+            try:
+                read_index_meta(path)
+            except IndexFileError as exc:
+                problems.append(f"sources[{i}].filters[{j}].index_path ({name}, decontaminate): {exc}")
+    return problems
+
+
 def _resource_digest(uri: str) -> tuple[str, bool]:
     from dolmino.build.resources import local_digest, s3_digest
 
@@ -240,6 +261,7 @@ def make_lock(manifest: Manifest, *, fast: bool = False, jobs: int = 4, log=None
             continue
         resources.append({"where": where, "path": written, "sha256": digest, "kind": "directory" if is_dir else "file"})
         log(f"{where}: {written} sha256 {digest[:16]}...")
+    problems += _index_problems(manifest)
     scorers = []
     base_dir = os.path.dirname(manifest.path) if manifest.path else None
     for where, scorer in _scorer_refs(manifest):

@@ -648,3 +648,22 @@ def test_lock_imports_a_scorer_from_py_files_as_the_build_does(project, capsys, 
         assert capsys.readouterr().err.strip().endswith("--py-files " + str(project / "nowhere.zip") + ": no such file")
     finally:
         sys.modules.pop(name, None)
+
+
+def test_lock_refuses_an_index_the_build_refuses(project):
+    """An index of another hash version (an older dolmino built it) was pinned, `--check` said no
+    drift, and the build refused it: the lock now says so first, as the build does (found by a tester)."""
+    import numpy as np
+    from filters.decontamination import HASH_VERSION
+
+    index = project / "models" / "olmes.npz"
+    meta = {"format_version": 2, "hash_version": HASH_VERSION - 1, "ngram_size": 8, "tasks": ["boolq"]}
+    np.savez(index, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    raw = json.loads((project / "pool.json").read_text())
+    raw["sources"][1]["filters"] = [{"type": "decontaminate", "index_path": "models/olmes.npz"}]
+    (project / "pool.json").write_text(json.dumps(raw))
+    with pytest.raises(BuildError, match=r"sources\[1\]\.filters\[0\]\.index_path \(code, decontaminate\): "
+                                         rf"decontamination index .*olmes\.npz uses hash version {HASH_VERSION - 1}, "
+                                         rf"this code {HASH_VERSION}: rebuild"):
+        make_lock(_manifest(project))
+
