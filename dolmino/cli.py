@@ -119,6 +119,8 @@ def run_command(name: str, args: list[str]) -> int:
     command = COMMANDS[name]
     try:
         module = importlib.import_module(command.module)
+    except KeyboardInterrupt:  # Ctrl-C while torch imports (seconds): said `dolmino: interrupted` (a tester)
+        return interrupted(f"{PROG} {name}")
     except ModuleNotFoundError as exc:
         if not _module_missing(command.module, exc):
             raise

@@ -107,6 +107,16 @@ def test_a_broken_import_inside_a_present_module_still_raises(tmp_path, monkeypa
         main(["broken"])
 
 
+def test_ctrl_c_while_a_command_imports_names_the_command(tmp_path, monkeypatch, capsys):
+    """`dolmino train` spends seconds importing torch: a Ctrl-C then said `dolmino: interrupted`, not the
+    README's `dolmino <command>: interrupted`."""
+    (tmp_path / "slowimport.py").write_text("raise KeyboardInterrupt\n\ndef main(argv=None):\n    return 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(COMMANDS, "slow", Command("slowimport", "x"))
+    assert main(["slow"]) == 130
+    assert capsys.readouterr().err == "dolmino slow: interrupted\n"
+
+
 def test_dispatch_passes_arguments_and_exit_status(tmp_path, capsys):
     assert main(["manifest", str(REPO / "manifests" / "50B.json")]) == 0
     assert capsys.readouterr().out.startswith("ok  ")

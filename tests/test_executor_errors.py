@@ -436,21 +436,22 @@ def test_spark_shutdown_races_are_kept_off_the_console(spark, capsys, monkeypatc
 
 def _build_deleting_after_listing(tmp_path, monkeypatch, capsys, source: dict, victim) -> tuple[int, list[str]]:
     """Run the build command on one source, deleting `victim` right after the input listing; its
-    exit status and error lines."""
-    from dolmino.build import mix
+    exit status and error lines. The command lists once, with `inputs.list_inputs`, and hands the
+    listing to the build (patching `mix.list_inputs` deleted nothing since)."""
+    from dolmino.build import inputs
     from dolmino.build.cli import main as build_main
 
     path = tmp_path / "m.json"
     path.write_text(json.dumps({"name": "gone", "version": 1, "seed": 1, "budget": 300,
                                 "data_root": str(tmp_path / "data"), "sources": [{**source, "mix_percent": 100}]}))
-    listed = mix.list_inputs
+    listed = inputs.list_inputs
 
-    def list_then_delete(manifest):
-        listing = listed(manifest)
+    def list_then_delete(*args, **kwargs):
+        listing = listed(*args, **kwargs)
         victim.unlink()
         return listing
 
-    monkeypatch.setattr(mix, "list_inputs", list_then_delete)
+    monkeypatch.setattr(inputs, "list_inputs", list_then_delete)
     code = build_main(["--manifest", str(path), "--out", str(tmp_path / "out"), "--attributes", str(tmp_path / "a"),
                        "--quiet"])
     return code, [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
@@ -972,6 +973,28 @@ def test_a_session_the_command_launches_keeps_the_users_spark_defaults(monkeypat
     configs.clear()
     spark_module.make_spark("app", quiet_start=False)  # a caller's session: it logged its settings when it started
     assert S3A_ENDPOINT not in configs, configs
+
+
+def test_a_session_the_command_launches_prints_the_spark_ui_address(monkeypatch, tmp_path, capsys):
+    """`dolmino build` launches its own JVM, which starts at PySpark's WARN: Spark's INFO line with the UI's
+    address (where the executors' logs and tracebacks are) was never shown, as it is under spark-submit."""
+    from types import SimpleNamespace
+
+    from pyspark.sql import SparkSession
+
+    from dolmino.build import spark as spark_module
+
+    _recorded_session_configs(monkeypatch)
+    session = SimpleNamespace(sparkContext=SimpleNamespace(uiWebUrl="http://127.0.0.1:4041", environment={}))
+    monkeypatch.setattr(SparkSession.builder, "getOrCreate", lambda: session, raising=False)
+    monkeypatch.delenv("PYSPARK_SUBMIT_ARGS", raising=False)
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))  # no spark-defaults.conf
+    spark_module.make_spark("app", quiet_start=True)
+    assert capsys.readouterr().err == "Spark UI: http://127.0.0.1:4041 (stages, executors' logs)\n"
+    spark_module.make_spark("app", quiet_start=False)  # a caller's session: it logged its start its own way
+    monkeypatch.setenv("PYSPARK_SUBMIT_ARGS", "--conf spark.log.level=INFO pyspark-shell")  # Spark says it
+    spark_module.make_spark("app", quiet_start=True)
+    assert capsys.readouterr().err == ""
 
 
 def test_an_unexpected_exception_in_an_executor_prints_its_traceback_once(spark, tmp_path, capsys, monkeypatch):

@@ -55,8 +55,9 @@ def make_spark(app_name: str, master: str | None = None, driver_memory: str | No
     configured (`--conf`, spark-defaults.conf), the context starts at WARN. Set after the start,
     the level came too late for the ~85 INFO lines SparkContext logs while starting, which the
     README's `spark-submit dolmino/build_mix.py` printed before the build's first line (found by
-    a tester). A JVM the command launches itself (`dolmino build`) starts quiet already, and is
-    not launched early here: spark.driver.memory must reach its launch. A session the command
+    a tester). A JVM the command launches itself (`dolmino build`) starts quiet already (PySpark's
+    WARN), and is not launched early here: spark.driver.memory must reach its launch. Either way the
+    session prints the UI's address, which Spark's quieted INFO line gave. A session the command
     starts gets the Python workers' faulthandler (`FAULTHANDLER`), Spark's redaction extended to
     AWS_ACCESS_KEY_ID (`REDACTED`) and AWS_ENDPOINT_URL without its password in `S3A_ENDPOINT`
     (`_hadoop_endpoint`), each unless the user's configuration sets that key (`_user_sets`)."""
@@ -68,6 +69,9 @@ def make_spark(app_name: str, master: str | None = None, driver_memory: str | No
     builder = SparkSession.builder.appName(app_name).config("spark.ui.showConsoleProgress", "false")
     quieted = False
     submitted = None  # spark-submit's configuration
+    # `dolmino build`'s own JVM starts at PySpark's WARN too, so Spark's INFO line with the UI's address,
+    # where the executors' logs are, was never shown (a tester)
+    launched = quiet_start and not under_spark_submit() and not _user_sets("spark.log.level", None)
     if quiet_start and under_spark_submit():
         from pyspark import SparkConf, SparkContext
 
@@ -89,7 +93,7 @@ def make_spark(app_name: str, master: str | None = None, driver_memory: str | No
     if endpoint and not _user_sets(S3A_ENDPOINT, submitted):
         builder = builder.config(S3A_ENDPOINT, endpoint)
     spark = builder.getOrCreate()
-    if quieted and spark.sparkContext.uiWebUrl:  # Spark's INFO line with it is quieted (a reviewer)
+    if (quieted or launched) and spark.sparkContext.uiWebUrl:  # Spark's INFO line with it is quieted (a reviewer)
         print(f"Spark UI: {spark.sparkContext.uiWebUrl} (stages, executors' logs)", file=sys.stderr)
     isolate_worker_imports(spark.sparkContext)
     quiet_py4j_send_failures()
