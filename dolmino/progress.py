@@ -23,13 +23,22 @@ from tqdm import tqdm
 ENV_VAR = "DOLMINO_PROGRESS"
 
 
+_WARNED: set[str] = set()
+
+
 def enabled(file: IO | None = None) -> bool:
-    """Whether progress should be drawn on `file` (default: stderr)."""
+    """Whether progress should be drawn on `file` (default: stderr). A DOLMINO_PROGRESS that is
+    neither on nor off is said once and left out: `DOLMINO_PROGRESS=maybe` was taken as unset,
+    unsaid (found by a tester)."""
     forced = os.environ.get(ENV_VAR, "").strip().lower()
     if forced in ("1", "true", "yes", "on"):
         return True
     if forced in ("0", "false", "no", "off"):
         return False
+    if forced and forced not in _WARNED:
+        _WARNED.add(forced)
+        print(f"warning: {ENV_VAR}={os.environ[ENV_VAR]!r} is neither 1 nor 0 (true/false, yes/no, on/off): "
+              "ignored, progress drawn only on a terminal", file=sys.stderr)
     stream = sys.stderr if file is None else file
     try:
         if stream.isatty():

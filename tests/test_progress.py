@@ -42,6 +42,15 @@ def test_enabled_follows_the_terminal_and_the_environment(monkeypatch, no_env):
     assert enabled(io.StringIO())
 
 
+def test_a_progress_setting_neither_on_nor_off_is_said_once(monkeypatch, capsys):
+    """`DOLMINO_PROGRESS=maybe` was taken as unset without a word (found by a tester)."""
+    monkeypatch.setattr(progress_mod, "_WARNED", set())
+    monkeypatch.setenv("DOLMINO_PROGRESS", "maybe")
+    assert enabled(FakeTTY()) and not enabled(io.StringIO())  # ignored: the terminal decides
+    assert capsys.readouterr().err == ("warning: DOLMINO_PROGRESS='maybe' is neither 1 nor 0 (true/false, yes/no, "
+                                       "on/off): ignored, progress drawn only on a terminal\n")
+
+
 def test_a_driver_behind_spark_submit_draws_where_its_jvm_writes(monkeypatch, no_env):
     """spark-submit pipes the Python driver's output through its JVM: the README's build command
     never showed a live line on a terminal (found by a tester). The JVM's own streams decide."""
