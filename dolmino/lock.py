@@ -472,9 +472,10 @@ def _check_scorers(manifest: Manifest, locked: list[dict] | None) -> list[str]:
 def check_lock(manifest: Manifest, lock_path: str, *, rehash: bool = False, jobs: int = 4,
                lock: dict | None = None, listing: SourcesListing | None = None) -> list[str]:
     """Every way the inputs, models, indexes, custom scorers' code and tokenizer `manifest`
-    reads now differ from the lock at `lock_path`, one line each naming the file or scorer;
-    [] when nothing drifted. `lock`: the lock as `read_lock` read it, `listing`: the inputs as
-    `list_sources` listed them, where the caller has them."""
+    reads now differ from the lock at `lock_path`, one line each naming the file or scorer, and
+    a local decontamination index the build would refuse (`_index_problems`); [] when nothing
+    drifted. `lock`: the lock as `read_lock` read it, `listing`: the inputs as `list_sources`
+    listed them, where the caller has them."""
     from dolmino.build.inputs import list_sources
 
     lock = read_lock(lock_path) if lock is None else lock
@@ -517,6 +518,9 @@ def check_lock(manifest: Manifest, lock_path: str, *, rehash: bool = False, jobs
                             "(the model or index changed)")
     for entry in gone:
         problems.append(f"{entry['where']}: {entry['path']}: in the lock but the manifest no longer reads it")
+    # Not drift but as fatal: an index locked by an older dolmino is byte for byte the same after an upgrade,
+    # and `--check` said "no drift" of an index the build then refused (another hash version)
+    problems += _index_problems(manifest)
     problems += _check_scorers(manifest, lock.get("scorers"))
     tok = _tokenizer_entry(manifest)
     if tok["sha256"] != lock["tokenizer"].get("sha256"):

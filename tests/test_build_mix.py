@@ -2042,3 +2042,33 @@ def test_build_mix_py_under_a_python_without_the_libraries_is_one_line(tmp_path)
     assert re.fullmatch(rf"build_mix: error: {re.escape(sys.executable)} has no module '[\w.]+', which dolmino "
                         r"needs: run the build with the project's Python environment .*spark\.pyspark\.python.*\n",
                         proc.stderr), proc.stderr
+
+
+def test_an_s3_index_of_another_hash_version_is_refused_with_a_command_that_runs(tmp_path, monkeypatch):
+    """The refusal of an index from before HASH_VERSION 2 gives the command that rebuilds it. For an
+    s3:// index it said `build --out s3://bucket/...`, which `build` refuses ("is a URL; this needs a local
+    path"): it builds a local file and copies it up."""
+    import shlex
+
+    import dolmino.build.resources
+    import filters.decontamination as decon
+    from dolmino.build.mix import _check_index
+    from dolmino.build.resources import Resource
+    from dolmino.errors import BuildError
+
+    cached = str(tmp_path / "cache" / "a1b2" / "idx.npz")  # where the driver downloads it
+    os.makedirs(os.path.dirname(cached))
+    meta = {"hash_version": decon.HASH_VERSION - 1, "format_version": 2, "task_spec": "boolq", "ngram_size": 8}
+    decon._write_aligned_npz(cached, {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)})
+    uri = "s3://bucket/evals/idx.npz"
+    monkeypatch.setattr(dolmino.build.resources, "localize", lambda resource: cached)
+    with pytest.raises(BuildError) as refused:
+        _check_index({"type": "decontaminate", "index_path": uri}, {uri: Resource(uri, "0" * 64, False)},
+                     "source 'web' filters[0]")
+    said = str(refused.value)
+    assert said.startswith(f"source 'web' filters[0].index_path: decontamination index {uri} uses hash version "), said
+    command = shlex.split(said.split("rebuild it with `")[1].rstrip("`"))
+    assert command == ["python", "-m", "filters.decontamination", "build", "--out", "idx.npz", "--tasks", "boolq",
+                       "&&", "aws", "s3", "cp", "idx.npz", uri], said
+    with pytest.raises(SystemExit):  # what it said before: `build` refuses a URL
+        decon.main(["build", "--out", uri, "--tasks", "boolq"])

@@ -667,3 +667,27 @@ def test_lock_refuses_an_index_the_build_refuses(project):
                                          rf"this code {HASH_VERSION}: rebuild"):
         make_lock(_manifest(project))
 
+
+
+def test_lock_check_names_an_index_locked_before_an_upgrade(project, monkeypatch, capsys):
+    """The lock was made while the index was this dolmino's; after an upgrade (another HASH_VERSION) its
+    bytes are the same, so `dolmino lock --check` said "no drift", exit 0, and the build then refused the
+    index. The check names it, as the lock and the build do."""
+    import numpy as np
+    import filters.decontamination as decon
+
+    index = project / "models" / "olmes.npz"
+    meta = {"format_version": 2, "hash_version": decon.HASH_VERSION, "ngram_size": 8, "tasks": ["boolq"]}
+    np.savez(index, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    raw = json.loads((project / "pool.json").read_text())
+    raw["sources"][1]["filters"] = [{"type": "decontaminate", "index_path": "models/olmes.npz"}]
+    (project / "pool.json").write_text(json.dumps(raw))
+    path = write_lock(_manifest(project))
+    assert check_lock(_manifest(project), path) == []
+    monkeypatch.setattr(decon, "HASH_VERSION", decon.HASH_VERSION + 1)  # the upgrade
+    assert lock_cmd.main([str(project / "pool.json"), "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "1 difference(s)" in out and re.search(r"sources\[1\]\.filters\[0\]\.index_path \(code, decontaminate\): "
+                                                  r"decontamination index .*olmes\.npz uses hash version", out), out
+    with pytest.raises(BuildError, match="--locked: 1 difference"):
+        require_lock(_manifest(project), path)

@@ -236,6 +236,29 @@ def test_the_stack_exchange_documents_file_gone_is_the_one_named(tmp_path):
         message
 
 
+def test_stack_exchange_documents_of_a_root_from_before_their_revision_directory_are_named(tmp_path):
+    """A root tagged by the dolmino before documents/r<n>/ holds the same docs set (its key has the same
+    conversion revision) and the documents at documents/<unit>: `dolmino mix` said they "are missing",
+    which the user could see were not. It says they are an earlier dolmino's, not read by this one."""
+    from dolmino.build.attributes import DOCUMENTS_DIR
+    from dolmino.storage import join, write_bytes
+
+    file = InputFile("web", "/data/web/a.stackexchange.com/Posts.xml", "web/a.stackexchange.com/Posts.xml", 100,
+                     "m1", "stackexchange")
+    bundle = Bundle(0, (Unit(0, 0, file),))
+    store = _store(tmp_path, [bundle])
+    plan = SourceTagPlan("web", "stackexchange", None, DOCS, (), None, None, None)
+    args = [BundleWork(bundle, (DOCS,), False, {})], [plan], store, {(0, DOCS): store.existing("web", DOCS)}
+    assert "earlier dolmino" not in untagged._documents_gone(*args)  # truly gone: no other copy to name
+    earlier = store.documents_path("web", bundle.units[0]).replace(f"/{DOCUMENTS_DIR}/", "/documents/")
+    write_bytes(earlier, b"")  # where the dolmino before documents/r<n>/ wrote them
+    message = untagged._documents_gone(*args)
+    assert message.startswith(f"the Stack Exchange documents converted from {file.name} (under "
+                              f"{join(store.root, 'web', DOCUMENTS_DIR)}) are not there: {earlier} is an earlier "
+                              "dolmino's conversion"), message
+    assert message.endswith("run `dolmino tag` with this manifest (it converts them again)"), message
+
+
 @pytest.mark.parametrize("stored_keyed", [True, False])
 def test_a_model_replaced_in_place_is_named_where_the_set_stored_its_keyed_spec(tmp_path, stored_keyed):
     """A model file replaced under the same path keys a new set (its SHA-256 is in the key): the

@@ -65,6 +65,7 @@ BUNDLE_MAX_UNITS = 4096
 METADATA_KEY = b"dolmino"
 DOCS_SET = "docs"
 DOCUMENTS_DIR = f"documents/r{CONVERSION_REVISION}"
+EARLIER_DOCUMENTS_DIR = "documents"  # where dolmino kept them before r<n>: never read, named in `dolmino mix`'s refusal
 QUARANTINE_DIR = "quarantine"
 
 

@@ -139,7 +139,27 @@ def _check_index(spec: dict, resources: dict, where: str) -> None:
     try:
         check_index_file(path)
     except IndexFileError as exc:
-        raise BuildError(f"{where}.index_path: {str(exc).replace(path, resource.uri)}") from None
+        said = str(exc)
+        if is_s3(resource.uri):
+            said = _rebuilt_locally(said, path, resource.uri)
+        raise BuildError(f"{where}.index_path: {said.replace(path, resource.uri)}") from None
+
+
+def _rebuilt_locally(said: str, path: str, uri: str) -> str:
+    """`said`'s rebuild command (`build --out <the downloaded copy>`) for the s3:// index it names:
+    built locally, then copied up. With the URI as --out it did not run ("is a URL; this needs a local
+    path"; found by a reviewer)."""
+    import os
+    import shlex
+
+    out = f"--out {shlex.quote(path)}"
+    if f"{out} " not in said and f"{out}`" not in said:
+        return said
+    local = shlex.quote(os.path.basename(uri))
+    start = said.index(out)
+    end = said.index("`", start)
+    return (said[:start] + f"--out {local}" + said[start + len(out):end]
+            + f" && aws s3 cp {local} {shlex.quote(uri)}" + said[end:])
 
 
 def _check_models(spec: dict, resources: dict, where: str) -> None:

@@ -26,7 +26,7 @@ import functools
 import re
 from typing import NamedTuple
 
-from dolmino.build.attributes import DOCUMENTS_DIR, AttributeStore, read_table, unit_version
+from dolmino.build.attributes import DOCUMENTS_DIR, EARLIER_DOCUMENTS_DIR, AttributeStore, read_table, unit_version
 from dolmino.build.inputs import InputFile, Unit, splittable
 from dolmino.errors import BuildError
 
@@ -370,8 +370,13 @@ def _documents_gone(works, plans, store: AttributeStore, listed: dict) -> str | 
         if plan.format == "stackexchange" and store.path(plan.name, plan.docs_set, bundle) in stored:
             present = store.existing(plan.name, DOCUMENTS_DIR)
             gone = next((u for u in bundle.units if store.documents_path(plan.name, u) not in present), bundle.units[0])
+            # A root tagged before documents/r<n>/ holds them one level up: "missing" named files the user could see
+            earlier = store.unit_path(plan.name, EARLIER_DOCUMENTS_DIR, gone, ".jsonl.zst")
+            why = ("are missing" if earlier not in store.existing(plan.name, EARLIER_DOCUMENTS_DIR) else
+                   f"are not there: {earlier} is an earlier dolmino's conversion, which this one does not read (it "
+                   f"keeps each conversion revision's apart, under {DOCUMENTS_DIR}/)")
             return (f"the Stack Exchange documents converted from {gone.file.name} (under "
-                    f"{store.set_dir(plan.name, DOCUMENTS_DIR)}) are missing: run `dolmino tag` with this manifest "
+                    f"{store.set_dir(plan.name, DOCUMENTS_DIR)}) {why}: run `dolmino tag` with this manifest "
                     "(it converts them again)")
     return None
 
