@@ -457,9 +457,11 @@ def test_a_child_that_cannot_start_fails_the_run_not_each_program(tmp_path, monk
     though TinyGSM's programs were bad (found by a tester): it is one error, saying why."""
     import functools
 
+    import dolmino.synth.sandbox
     import dolmino.synth.tinygsm
     from dolmino.synth.sandbox import SandboxStartError
 
+    monkeypatch.setattr(dolmino.synth.sandbox, "START_SECONDS", 1.0)
     no_lib = _script(tmp_path / "no-lib-python", "#!/bin/sh\necho 'error while loading shared libraries: libpython3.11"
                                                  ".so.1.0: cannot open shared object file' >&2\nexit 127\n")
     chatty = _script(tmp_path / "chatty-python", "#!/bin/sh\necho hello\ncat > /dev/null\n")
@@ -482,6 +484,15 @@ def test_a_child_that_cannot_start_fails_the_run_not_each_program(tmp_path, monk
     monkeypatch.setattr(dolmino.synth.tinygsm, "Sandbox", functools.partial(Sandbox, python=noisy))
     records = list(TinyGsmGenerator(str(path)).generate(0, 1, seed=1))
     assert len(records) == 1 and not is_rejection(records[0])
+
+
+def test_a_short_wall_clock_limit_is_a_programs_not_the_childs_start():
+    """The ready line was awaited for `wall_seconds`: with a short one, a child's start (~50 ms, more on
+    a loaded executor) failed the whole run as "could not start" (a reviewer). A program still gets its own
+    limit."""
+    with Sandbox(wall_seconds=0.001) as sandbox:
+        result = sandbox.run(_fn("x = 1", "return x"))
+    assert result.kind in ("ok", "timeout")
 
 
 def test_a_child_that_cannot_start_in_an_executor_is_one_line(tmp_path, capsys, monkeypatch):

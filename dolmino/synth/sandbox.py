@@ -41,6 +41,9 @@ FAILURE_KINDS = ("runtime_error", "timeout", "resource_limit")
 # 34 MB reply that was kept as one document, and the parent read it for 9 s (found by a tester).
 REPLY_LIMIT_BYTES = 1 << 20
 MAX_MEMORY_MB = (2 ** 63 - 1) >> 20  # the largest address-space cap setrlimit takes, in MiB
+# The least wait for a child's ready line: a start (an interpreter, ~50 ms; seconds on a loaded executor)
+# is not a program, and a short wall_seconds made one slow start fail the whole run (a reviewer).
+START_SECONDS = 30.0
 
 
 class SandboxStartError(RuntimeError):
@@ -92,7 +95,8 @@ class Sandbox:
         self._proc = subprocess.Popen(
             [self.python, "-I", "-S", CHILD, str(self.memory_mb * 1024 * 1024), str(self.cpu_seconds)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True, env={})
-        line, why = self._read_line(time.monotonic() + self.wall_seconds)
+        wait = max(self.wall_seconds, START_SECONDS)
+        line, why = self._read_line(time.monotonic() + wait)
         if line == READY.encode():
             self._proc.stderr.close()
             return
@@ -105,7 +109,7 @@ class Sandbox:
         elif line is not None:
             cause = f"it answered {line[:100].decode('utf-8', 'replace')!r}, not its ready line"
         elif why == "timeout":
-            cause = f"no ready line within {self.wall_seconds:g} s"
+            cause = f"no ready line within {wait:g} s"
         else:
             cause = f"it exited with status {code}"
         raise SandboxStartError(f"the sandbox's interpreter ({self.python} -I -S, an empty environment) could not "
