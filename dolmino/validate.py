@@ -536,7 +536,9 @@ def _hist_errors(path: Path, report: dict, parts: list[PartResult]) -> list[str]
             continue
         total = f"{sum(counts):,} document instance(s)" if counted else "no list of counts"
         errors.append(f"{path}: doc_tokens_hist of source {name!r} holds {total}, not the lengths of the sidecars' "
-                      f"{sum(ours):,} row(s) of it")
+                      f"{sum(ours):,} row(s) of it (a build resumed over parts that recorded none, before dolmino read "
+                      "them from the sidecars: run the same build command again; it keeps the parts and rewrites "
+                      "the report)")
     return errors
 
 
