@@ -442,6 +442,15 @@ def test_personas_are_read_by_the_input_rules(tmp_path, name, data, expected):
             load_personas(str(path))
 
 
+
+@pytest.mark.parametrize("where", ["missing.jsonl", "."])
+def test_a_personas_file_that_cannot_be_read_is_named(tmp_path, where):
+    """`--personas personas.jsonl` run from another directory printed only "[Errno 2] No such
+    file or directory: 'personas.jsonl'": the error names the option and what it wants."""
+    with pytest.raises(ValueError, match=r"^--personas .*: cannot be read \((No such file|Is a directory)"):
+        load_personas(str(tmp_path / where))
+
+
 ERR = "python -m dolmino.synth: error: "
 
 

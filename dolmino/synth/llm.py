@@ -32,11 +32,16 @@ def load_personas(path: str) -> list[str]:
 
     Lines are judged as every other dolmino input line (`dolmino.documents`): a byte-order
     mark is accepted, invalid UTF-8 and a lone surrogate (which no request could send) are
-    an error naming the line."""
+    an error naming the line; a file that cannot be opened, one naming `--personas`."""
     from dolmino.documents import is_blank_line, lone_surrogate, parse_json_object
 
     personas = []
-    with open(path, "rb") as fh:
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:  # a bare "[Errno 2] ... 'personas.jsonl'" named neither the option nor what it wanted
+        raise ValueError(f"--personas {path}: cannot be read ({exc.strerror or exc}); give a file of personas, "
+                         f"JSONL ('persona' field) or one per line") from None
+    with fh:
         for n, raw in enumerate(fh, start=1):
             if is_blank_line(raw):
                 continue
