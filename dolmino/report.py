@@ -158,6 +158,25 @@ def _attribute_files_line(files: dict, named: int = 8) -> str:
             + f", {sum(c['reused'] for _, c in sets):,} reused.")
 
 
+def retag_lines(files: dict, lines: int = 4, named: int = 3) -> list[str]:
+    """Why the attribute files written were due, a line per reason (`tag.attribute_files`' `reasons`),
+    the sets it held and their bundles: "web/minhash-17f5...: 1" said what was re-tagged, not why, and
+    re-tagging part of an 800B pool is paid before anyone asks (a tester)."""
+    grouped: dict[tuple[str, str], list] = {}
+    for source, by_set in files.items():
+        for set_name, counts in by_set.items():
+            for code, why in (counts.get("reasons") or {}).items():
+                grouped.setdefault((code, why["detail"]), []).append((f"{source}/{set_name}", why))
+    out = []
+    for (_code, detail), sets in sorted(grouped.items(), key=lambda kv: -max(w["bundles"] for _, w in kv[1])):
+        shown = ", ".join(f"{name} {why['bundles']:,}" for name, why in sets[:named])
+        more = f" and {len(sets) - named} more set(s)" if len(sets) > named else ""
+        out.append(f"{detail}: {shown}{more} bundle(s) (first: {sets[0][1]['first']})")
+    if len(out) > lines:
+        out[lines - 1:] = [f"{len(out) - lines + 1} more reason(s) not shown"]
+    return out
+
+
 def input_accounts(units, unit_pools) -> dict[int, dict]:
     """Per source index: the bytes its listed input files hold (`file_bytes`; `bytes_in` is the
     text of the documents read) and its files whose compressed stream breaks part-way
@@ -566,6 +585,9 @@ def render_markdown(report: dict) -> str:
                   f"{run['units_reused']:,} reused.", ""]
     if run.get("attribute_files"):
         lines += [md_text(_attribute_files_line(run["attribute_files"])), ""]
+        why = retag_lines(run["attribute_files"], lines=8)
+        if why:
+            lines += ["Why attribute files were written:", ""] + [f"- {md_text(line)}" for line in why] + [""]
     control = [(s["name"], s["tokenized"].get("control_token_docs", 0), s["tokenized"].get("eos_in_span_docs", 0))
                for s in report["sources"]]
     if any(c or e for _, c, e in control):

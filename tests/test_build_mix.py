@@ -2072,3 +2072,96 @@ def test_an_s3_index_of_another_hash_version_is_refused_with_a_command_that_runs
                        "&&", "aws", "s3", "cp", "idx.npz", uri], said
     with pytest.raises(SystemExit):  # what it said before: `build` refuses a URL
         decon.main(["build", "--out", uri, "--tasks", "boolq"])
+
+
+def test_the_tag_says_per_set_why_it_tags_bundles_again(spark, tmp_path, monkeypatch, capsys):
+    """`dolmino tag` and the build counted the files they wrote per set ("web/minhash-17f5...: 1"),
+    not why: a team re-tagging part of a large pool learnt the cause from `dolmino mix`'s refusal
+    alone, which the tag never gives. Each set's bundles due are counted by reason, from the listings
+    the tag makes anyway: no set directory is listed twice for it."""
+    import dolmino.build.attributes as attributes
+    from dolmino.build import untagged
+
+    docs = [json.dumps({"id": f"d{i}", "text": doc["text"][:400]})
+            for i, (_, doc) in zip(range(60), read_documents(str(shared_corpus_file("web.jsonl.zst")), Quarantine()))]
+    (tmp_path / "web").mkdir()
+    for k, name in enumerate("ace"):
+        (tmp_path / "web" / f"{name}.jsonl").write_text("\n".join(docs[20 * k:20 * k + 20]) + "\n")
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "retag_length_scorer.py").write_text(_EDITED_SCORER.format(scale=300.0))
+    model = tmp_path / "offset.txt"
+    model.write_text("0.5")
+    _scorer_on_both_paths(spark, monkeypatch, tmp_path / "code", tmp_path / "code")
+    spec = {"name": "retag", "version": 1, "seed": 3, "budget": 5_000, "data_root": str(tmp_path),
+            "sources": [{"name": "web", "paths": ["web/*.jsonl"], "mix_percent": 100.0, "dedup": {"minhash": {}},
+                         "filters": [{"type": "score_threshold", "scorer": "retag_length_scorer:LengthScore",
+                                      "model_path": str(model), "min_score": 1.0}]}]}
+    path = tmp_path / "m.json"
+    common = ["--attributes", str(tmp_path / "attrs"), "--quiet"]
+    listings: list[tuple[str, str]] = []  # (where, listed directory)
+    where = ["tag"]
+    for name in ("list_files", "list_dirs"):
+        real = getattr(attributes, name)
+        monkeypatch.setattr(attributes, name, lambda root, *a, _real=real: listings.append((where[0], root))
+                            or _real(root, *a))
+    explain = untagged.retag_reasons
+
+    def explaining(*args):
+        where[0] = "reasons"
+        try:
+            return explain(*args)
+        finally:
+            where[0] = "tag"
+
+    monkeypatch.setattr(untagged, "retag_reasons", explaining)
+
+    def tag(**change) -> tuple[list[str], dict]:
+        spec["sources"][0]["filters"][0].update(change)
+        path.write_text(json.dumps(spec))
+        listings.clear()
+        assert build_main([str(path), "--out", str(tmp_path / "o"), *common], phase="tag") == 0
+        said = [line.removeprefix("why: ") for line in capsys.readouterr().out.splitlines() if line.startswith("why: ")]
+        # listed for the reasons: never a directory the tag listed before them
+        ours = [d for w, d in listings if w == "reasons"]
+        assert len(ours) == len(set(ours)) and not set(ours) & {d for w, d in listings[:len(listings) - len(ours)]
+                                                                if w == "tag"}, listings
+        return said, ours
+
+    try:
+        said, _ = tag()  # a root never tagged
+        assert len(said) == 1 and said[0].startswith(untagged.RETAG_REASONS["not_tagged"] + ": web/docs-"), said
+        said, ours = tag(min_score=2.0)  # a scorer's threshold: decided in the mix, from the stored scores
+        assert said == [] and ours == []
+        model.write_text("0.9")  # the same path, another model
+        said, ours = tag()
+        sets = sorted(p.name for p in (tmp_path / "attrs" / "web").iterdir() if p.name.startswith("score_threshold"))
+        assert len(said) == 1 and said[0].startswith("score_threshold-"), said
+        old = [s for s in sets if said[0].startswith(s)]
+        new = [s for s in sets if s not in old]
+        assert said == [f"{old[0]} holds them: the model at {model} changed since it was tagged: web/{new[0]} 1 "
+                        "bundle(s) (first: web/a.jsonl+2)"], said
+        assert ours == [str(tmp_path / "attrs" / "web"), str(tmp_path / "attrs" / "web" / old[0])]
+        (tmp_path / "web" / "c.jsonl").write_text("\n".join(docs[40:59]) + "\n")  # one file changed
+        said, ours = tag()
+        assert len(said) == 2, said
+        assert re.fullmatch(r"an input file changed \(another size, ETag or mtime\): web/docs-\w+ 1, "
+                            r"web/score_threshold-\w+ 1 bundle\(s\) \(first: web/a.jsonl\+2\)", said[0]), said
+        assert re.fullmatch(r"other input files of the source \(MinHash clusters span all of them\); minhash-\w+ "
+                            r"holds the earlier ones: web/minhash-\w+ 1 bundle\(s\) \(first: web/a.jsonl\+2\)",
+                            said[1]), said
+        assert ours == [str(tmp_path / "attrs" / "web")]  # the set names, for MinHash's earlier clusters
+        (tmp_path / "web" / "b.jsonl").write_text(docs[59] + "\n")  # one file added
+        where[0] = "tag"
+        report = build(manifest_from_dict(json.loads(path.read_text())), 5_000, str(tmp_path / "mix"), spark,
+                       attributes=str(tmp_path / "attrs"))
+    finally:
+        sys.modules.pop("retag_length_scorer", None)
+    files = report["run"]["attribute_files"]["web"]
+    docs_set = next(s for s in files if s.startswith("docs-"))
+    assert files[docs_set]["reasons"] == {"files_added_or_removed": {
+        "bundles": 1, "detail": untagged.RETAG_REASONS["files_added_or_removed"], "first": "web/a.jsonl+3"}}
+    assert all(set(c.get("reasons", {})) <= {"files_added_or_removed", "source_inputs_changed"}
+               for c in files.values()), files
+    from dolmino.report import render_markdown
+
+    assert f"- {untagged.RETAG_REASONS['files_added_or_removed']}: web/{docs_set} 1, " in render_markdown(report)

@@ -368,3 +368,32 @@ def test_an_edited_scorer_given_with_py_files_is_named_where_the_user_keeps_it(t
     message = _describe(store, [BundleWork(bundle, ("score_threshold-new",), False, {})], [unit], _plan([now]))
     sys.modules.pop("probe_edited_scorer", None)
     assert f"the code of scorer 'probe_edited_scorer:make' changed since it was tagged ({given})" in message, message
+
+
+def test_the_tag_counts_its_bundles_by_reason_from_the_stored_names(tmp_path):
+    """`dolmino tag` says per set why it tags each bundle (untagged.retag_reasons), from the names the
+    docs set's listing holds: the same files with one changed, files added before the first, a file cut
+    at another --split-size, documents stored only under another docs set (another max_doc_bytes)."""
+    def units(names, version="m1"):
+        return [Unit(i, 0, _file(f"{n}.jsonl", version=version if n == "b" else "m1")) for i, n in enumerate(names)]
+
+    def reasons(store, works, current, plan=None):
+        plan = plan or _plan()
+        listed = {(0, plan.docs_set): store.existing("web", plan.docs_set)}
+        found = untagged.retag_reasons({w.bundle.index: w for w in works}, current, [plan], store, listed)
+        return {code: why["bundles"] for code, why in found["web"][plan.docs_set].items()}
+
+    store = _store(tmp_path, [Bundle(0, tuple(units("abc")))])
+    changed = Bundle(0, tuple(units("abc", version="m2")))
+    added = Bundle(0, tuple(units("0abc")))
+    assert reasons(store, [BundleWork(changed, (DOCS,), False, {})], list(changed.units)) == {"input_changed": 1}
+    assert reasons(store, [BundleWork(added, (DOCS,), False, {})], list(added.units)) == {"files_added_or_removed": 1}
+    big = _file("big.jsonl", 300)
+    store = _store(tmp_path / "split", [Bundle(0, (Unit(0, 0, big),))])
+    ranges = [Unit(0, 0, big, 0, 150), Unit(1, 0, big, 150, 300)]
+    assert reasons(store, [BundleWork(Bundle(u.index, (u,)), (DOCS,), False, {}) for u in ranges], ranges) == {
+        "split_size": 2}
+    plan = SourceTagPlan("web", "dolma", 1000, "docs-222", (), None, None, None)
+    assert reasons(_store(tmp_path / "docs", [Bundle(0, tuple(units("abc")))]),
+                   [BundleWork(Bundle(0, tuple(units("abc"))), ("docs-222",), False, {})], units("abc"), plan) == {
+        "settings_changed": 1}

@@ -582,6 +582,10 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
         sets = sum(counts["written"] for by_set in result["attribute_files"].values() for counts in by_set.values())
         others = result["files_written"] - sets
         besides = f" and {others} quarantine / documents file(s)" if others else ""
+        from dolmino.report import retag_lines
+
+        for line in retag_lines(result["attribute_files"]):  # above the last line, which counts the warnings
+            print(f"why: {line}")
         print(f"tagged {result['tagged_units']} unit(s){also}, writing {sets} attribute file(s){besides}; "
               f"reused {result['reused_units']} unit(s) whole; attributes under {result['attributes']}{warned}")
         return 0

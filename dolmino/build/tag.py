@@ -689,6 +689,7 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
             works[bundle.index] = BundleWork(bundle, sets, signatures, {})
     if works and not allow_work:
         raise BuildError(untagged.describe(works, units, plans, store, listed))
+    reasons = _retag_reasons(works, units, plans, store, listed)
     stages = {}
     se_due = {u.index: w.bundle.index for w in works.values() for u in w.bundle.units
               if u.is_range and plans[u.source_index].format == "stackexchange"
@@ -747,15 +748,27 @@ def run_tag(sc, manifest: Manifest, store: AttributeStore, units: list[Unit], bu
     # MinHash settings): "15 of 15 tagged, 0 reused" read as every attribute set redone (a tester).
     signature_units = sum(len(works[r.bundle_index].bundle.units) for r in results if not works[r.bundle_index].sets)
     return TagResult(plans, tuple(bundles), offsets, tagged_units, written, minhash_stats, stages,
-                     signature_units, attribute_files(plans, bundles, store, written),
+                     signature_units, attribute_files(plans, bundles, store, written, reasons),
                      {ui: n for r in results for ui, n in r.broken.items()})
 
 
+def _retag_reasons(works: dict, units: list[Unit], plans, store: AttributeStore, listed: dict) -> dict:
+    """`untagged.retag_reasons`, or {} where the root cannot be read further: the tag goes on unexplained
+    rather than stop over its explanation."""
+    if not works:
+        return {}
+    try:
+        return untagged.retag_reasons(works, units, plans, store, listed)
+    except Exception:  # noqa: BLE001 - only what the tag says of its work depends on it
+        return {}
+
+
 def attribute_files(plans: tuple[SourceTagPlan, ...], bundles: list[Bundle], store: AttributeStore,
-                    written: dict) -> dict:
+                    written: dict, reasons: dict | None = None) -> dict:
     """Per source and attribute set (docs, each filter's, MinHash): its bundle files this run wrote,
     their bytes, and those reused. Counted by unit, one filter's new scores read as every set of
-    those units redone ("2 of 4 tagged" when one fastText set was written; a tester)."""
+    those units redone ("2 of 4 tagged" when one fastText set was written; a tester). A set with
+    bundles due adds `reasons` (`untagged.retag_reasons`): why each was tagged (again)."""
     out: dict[str, dict] = {plan.name: {} for plan in plans}
     for bundle in bundles:
         plan = plans[bundle.source_index]
@@ -768,6 +781,9 @@ def attribute_files(plans: tuple[SourceTagPlan, ...], bundles: list[Bundle], sto
             else:
                 counts["written"] += 1
                 counts["bytes_written"] += size
+    for source, by_set in (reasons or {}).items():
+        for set_name, why in by_set.items():
+            out[source][set_name]["reasons"] = why
     return out
 
 

@@ -55,6 +55,7 @@ class _Source(NamedTuple):
     current: set[str]  # the unit keys this run lists
     ranged: dict[str, InputFile]  # input name -> file, for the files this run cuts into ranges
     alone: dict[str, set[str]]  # unit key -> versions of the stored files that hold that unit alone
+    bundles: dict[str, set[int]]  # first unit key -> units, of the stored docs files (`retag_reasons`)
 
 
 def _unit_order(key: str) -> tuple[str, str]:
@@ -76,12 +77,22 @@ def _source(si: int, units: list[Unit], plans, store: AttributeStore, listed) ->
     for match, _path in matches:
         if not _MORE_UNITS.search(match["key"]):
             alone.setdefault(match["key"], set()).add(match["version"])
+    bundles: dict[str, set[int]] = {}
+    for match, _path in matches:
+        first, n = _first_and_units(match["key"])
+        bundles.setdefault(first, set()).add(n)
     by_file: dict[str, set[str]] = {}
     for key, _ in stored:
         by_file.setdefault(_RANGE.sub("", key), set()).add(key)
     mine = [u for u in units if u.source_index == si]
     return _Source(stored, [_unit_order(key) for key, _ in stored], by_file, {u.key for u in mine},
-                   {u.file.name: u.file for u in mine if u.is_range}, alone)
+                   {u.file.name: u.file for u in mine if u.is_range}, alone, bundles)
+
+
+def _first_and_units(key: str) -> tuple[str, int]:
+    """A stored bundle key's first unit key and how many units the bundle holds ("a.jsonl+3": 4)."""
+    more = _MORE_UNITS.search(key)
+    return (key[:more.start()], 1 + int(more[0][1:])) if more else (key, 1)
 
 
 def _source_not_stored(plan, store: AttributeStore) -> str | None:
@@ -402,3 +413,117 @@ def describe(works: dict, units: list[Unit], plans, store: AttributeStore, liste
     except Exception:  # noqa: BLE001 - a root that cannot be read further: the refusal stands, without a cause
         reason = None
     return f"{head}; {reason or 'run `dolmino tag` with the same manifest first'}"
+
+
+# ---------------------------------------------------------------------------- why `dolmino tag` tags a bundle
+
+# A reason's code (report.json) -> what it says; `settings_changed` and MinHash's say more where the root shows it.
+RETAG_REASONS = {
+    "input_changed": "an input file changed (another size, ETag or mtime)",
+    "files_added_or_removed": "files were added to or removed from the bundle",
+    "split_size": "the file is cut at another --split-size than the tag's",
+    "documents_missing": "its converted Stack Exchange documents are missing",
+    "settings_changed": "tagged under other settings or rules",
+    "source_inputs_changed": "other input files of the source (MinHash clusters span all of them)",
+    "not_tagged": "in no attribute file of the set: not tagged under this root yet (a new source, filter or file, "
+                  "or a tag stopped before it)",
+}
+
+
+def retag_reasons(works: dict, units: list[Unit], plans, store: AttributeStore, listed: dict) -> dict:
+    """source -> set -> reason code -> {"bundles", "detail", "first"}: why `dolmino tag` (or the build)
+    tags each due bundle, read from the root as `describe` reads it, but per bundle and set: the tag
+    said "web/minhash-17f5...: 1" and not why, and a team re-tagging part of an 800B pool pays first.
+
+    From run_tag's listings (`listed`) and the stored files' names; no due bundle's file is read.
+    Listed besides, once each and only where a due set's own listing cannot tell: the source's set
+    names, and its sets of a due set's kind that the manifest no longer uses (one holds the bundle
+    where a model, parameter or rule changed); read: one file of such a set, and MinHash's
+    `_SOURCE.json` files."""
+    source = functools.cache(lambda si: _source(si, units, plans, store, listed))
+    names = functools.cache(lambda si: store.set_names(plans[si].name))
+    held = functools.cache(lambda si, other: store.existing(plans[si].name, other))
+    said: dict[tuple, str | None] = {}  # (source index, stored set, due set) -> what differs: once per pair
+    minhash = functools.cache(lambda si: _minhash_reason(plans[si], names(si), store))
+    out: dict[str, dict] = {}
+    for work in works.values():
+        si, bundle = work.bundle.source_index, work.bundle
+        plan = plans[si]
+        docs = _docs_reason(work, plan, source(si), names, listed, store) if plan.docs_set in work.sets else None
+        for set_name in work.sets:  # a bundle read again for its documents is tagged again in every due set
+            code, detail = docs or _set_reason(work, plan, set_name, names, held, store, said)
+            _count(out, plan.name, set_name, code, detail, bundle.key)
+        if work.signatures and plan.minhash_set:
+            _count(out, plan.name, plan.minhash_set, *minhash(si), bundle.key)
+    return out
+
+
+def _count(out: dict, source: str, set_name: str, code: str, detail: str, first: str) -> None:
+    entry = out.setdefault(source, {}).setdefault(set_name, {}).setdefault(
+        code, {"bundles": 0, "detail": detail, "first": first})
+    entry["bundles"] += 1
+
+
+def _docs_reason(work, plan, known: _Source, names, listed: dict, store: AttributeStore) -> tuple[str, str]:
+    """Why a bundle's documents are read again, from the names of the source's stored docs files: one
+    stored under the bundle's first key and unit count holds the same files, one of them changed since;
+    under its first key with another count (or with a later unit's key first), files were added or
+    removed."""
+    si, bundle = work.bundle.source_index, work.bundle
+    if store.path(plan.name, plan.docs_set, bundle) in listed.get((si, plan.docs_set), ()):
+        return "documents_missing", RETAG_REASONS["documents_missing"]  # stored: due for Stack Exchange documents
+    for unit in bundle.units:
+        other = [k for k in known.by_file.get(unit.file.name, ()) if k not in known.current]
+        if other and splittable(unit.file.name, unit.file.format):
+            alone = [k for k in other if k in known.alone]
+            if alone and not any(_same_input(unit.file, k, known.alone[k]) for k in alone):
+                return "input_changed", RETAG_REASONS["input_changed"]
+            return "split_size", RETAG_REASONS["split_size"]
+    if not known.stored:
+        kind = [n for n in names(si) if n.startswith("docs-") and n != plan.docs_set]
+        if kind:
+            return "settings_changed", (f"documents tagged under other settings or rules ({_named(kind)} "
+                                        f"{'holds' if len(kind) == 1 else 'hold'} earlier ones: another "
+                                        "max_doc_bytes or tokenizer, a Stack Exchange conversion revision, or a "
+                                        "newer dolmino's rules)")
+        return "not_tagged", RETAG_REASONS["not_tagged"]
+    first = bundle.units[0].key
+    if len(bundle.units) in known.bundles.get(first, ()):
+        return "input_changed", RETAG_REASONS["input_changed"]
+    if any(u.key in known.bundles for u in bundle.units):
+        return "files_added_or_removed", RETAG_REASONS["files_added_or_removed"]
+    return "not_tagged", RETAG_REASONS["not_tagged"]
+
+
+def _set_reason(work, plan, set_name: str, names, held, store: AttributeStore, said: dict) -> tuple[str, str]:
+    """Why a filter's set of a bundle whose documents are stored is tagged: a set of its kind that the
+    manifest no longer uses holds the bundle (another model, parameter or rule, said as `describe`
+    says it, read once per such set), or none does (a new filter, or a tag stopped before it)."""
+    si, bundle = work.bundle.source_index, work.bundle
+    kind = set_name.rsplit("-", 1)[0]
+    in_use = {plan.docs_set, *(t.set_name for t in plan.filters), plan.minhash_set}
+    for other in names(si):
+        if other in in_use or other.rsplit("-", 1)[0] != kind:
+            continue
+        path = store.path(plan.name, other, bundle)
+        if path in held(si, other):
+            if (si, other, set_name) not in said:
+                tag = next((t for t in plan.filters if t.set_name == set_name), None)
+                said[(si, other, set_name)] = _spelled_otherwise(path, tag)
+            return "settings_changed", (f"{other} holds them: " + (said[(si, other, set_name)] or (
+                "another filter model or parameter, or a dolmino whose rules for them changed since")))
+    return "not_tagged", RETAG_REASONS["not_tagged"]
+
+
+def _minhash_reason(plan, names: list[str], store: AttributeStore) -> tuple[str, str]:
+    """Why a source's MinHash clusters are computed: what its closest earlier set differs in
+    (`_minhash_otherwise`: parameters, the source's input files, the clustering rules' revision)."""
+    found = [(detail, other) for other in names
+             if other.startswith("minhash-") and other != plan.minhash_set
+             and (detail := _minhash_otherwise(store, plan, other)) is not None]
+    if not found:
+        return "not_tagged", RETAG_REASONS["not_tagged"]
+    detail, other = min(found, key=lambda d: (d[0].count(";"), len(d[0])))
+    if detail == "other input files of the source, since clusters span all of them":
+        return "source_inputs_changed", f"{RETAG_REASONS['source_inputs_changed']}; {other} holds the earlier ones"
+    return "settings_changed", f"{other} holds clusters computed with {detail}"
