@@ -397,3 +397,32 @@ def test_the_tag_counts_its_bundles_by_reason_from_the_stored_names(tmp_path):
     assert reasons(_store(tmp_path / "docs", [Bundle(0, tuple(units("abc")))]),
                    [BundleWork(Bundle(0, tuple(units("abc"))), ("docs-222",), False, {})], units("abc"), plan) == {
         "settings_changed": 1}
+
+
+def test_the_tag_names_stack_exchange_documents_of_a_root_from_before_their_revision_directory(tmp_path):
+    """`dolmino tag` after an upgrade converts Stack Exchange documents again that an earlier dolmino kept
+    directly under documents/: its `why:` line said they "are missing", which the user could see were not
+    (the refusal `dolmino mix` gives says whose they are; untagged._documents_gone). It says so too."""
+    from dolmino.build.attributes import DOCUMENTS_DIR
+    from dolmino.storage import join, write_bytes
+
+    file = InputFile("web", "/data/web/a.stackexchange.com/Posts.xml", "web/a.stackexchange.com/Posts.xml", 100,
+                     "m1", "stackexchange")
+    bundle = Bundle(0, (Unit(0, 0, file),))
+    store = _store(tmp_path, [bundle])
+    plan = SourceTagPlan("web", "stackexchange", None, DOCS, (), None, None, None)
+
+    def reasons() -> dict:
+        listed = {(0, DOCS): store.existing("web", DOCS)}
+        found = untagged.retag_reasons({0: BundleWork(bundle, (DOCS,), False, {})}, list(bundle.units), [plan],
+                                       store, listed)
+        return found["web"][DOCS]
+
+    assert reasons() == {"documents_missing": {"bundles": 1, "detail": untagged.RETAG_REASONS["documents_missing"],
+                                               "first": bundle.key}}  # truly gone
+    write_bytes(store.documents_path("web", bundle.units[0]).replace(f"/{DOCUMENTS_DIR}/", "/documents/"), b"")
+    assert reasons() == {"documents_missing": {
+        "bundles": 1, "first": bundle.key,
+        "detail": f"its converted Stack Exchange documents are not under {join(store.root, 'web', DOCUMENTS_DIR)}: "
+                  f"those under {join(store.root, 'web', 'documents')} are an earlier dolmino's conversion, which "
+                  "this one does not read (it keeps each conversion revision's apart)"}}

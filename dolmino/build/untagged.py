@@ -445,11 +445,13 @@ def retag_reasons(works: dict, units: list[Unit], plans, store: AttributeStore, 
     held = functools.cache(lambda si, other: store.existing(plans[si].name, other))
     said: dict[tuple, str | None] = {}  # (source index, stored set, due set) -> what differs: once per pair
     minhash = functools.cache(lambda si: _minhash_reason(plans[si], names(si), store))
+    earlier = functools.cache(lambda si: store.existing(plans[si].name, EARLIER_DOCUMENTS_DIR))
     out: dict[str, dict] = {}
     for work in works.values():
         si, bundle = work.bundle.source_index, work.bundle
         plan = plans[si]
-        docs = _docs_reason(work, plan, source(si), names, listed, store) if plan.docs_set in work.sets else None
+        docs = (_docs_reason(work, plan, source(si), names, listed, store, earlier) if plan.docs_set in work.sets
+                else None)
         for set_name in work.sets:  # a bundle read again for its documents is tagged again in every due set
             code, detail = docs or _set_reason(work, plan, set_name, names, held, store, said)
             _count(out, plan.name, set_name, code, detail, bundle.key)
@@ -464,14 +466,25 @@ def _count(out: dict, source: str, set_name: str, code: str, detail: str, first:
     entry["bundles"] += 1
 
 
-def _docs_reason(work, plan, known: _Source, names, listed: dict, store: AttributeStore) -> tuple[str, str]:
+def _docs_reason(work, plan, known: _Source, names, listed: dict, store: AttributeStore,
+                 earlier) -> tuple[str, str]:
     """Why a bundle's documents are read again, from the names of the source's stored docs files: one
     stored under the bundle's first key and unit count holds the same files, one of them changed since;
     under its first key with another count (or with a later unit's key first), files were added or
-    removed."""
+    removed. Stack Exchange documents an earlier dolmino kept directly under documents/ (`earlier`: the
+    source's, listed once) are named as `_documents_gone` names them: "missing" named files the user
+    could see."""
     si, bundle = work.bundle.source_index, work.bundle
     if store.path(plan.name, plan.docs_set, bundle) in listed.get((si, plan.docs_set), ()):
-        return "documents_missing", RETAG_REASONS["documents_missing"]  # stored: due for Stack Exchange documents
+        # stored: due for the Stack Exchange documents
+        if not any(store.unit_path(plan.name, EARLIER_DOCUMENTS_DIR, u, ".jsonl.zst") in earlier(si)
+                   for u in bundle.units):
+            return "documents_missing", RETAG_REASONS["documents_missing"]
+        return "documents_missing", (f"its converted Stack Exchange documents are not under "
+                                     f"{store.set_dir(plan.name, DOCUMENTS_DIR)}: those under "
+                                     f"{store.set_dir(plan.name, EARLIER_DOCUMENTS_DIR)} are an earlier dolmino's "
+                                     "conversion, which this one does not read (it keeps each conversion revision's "
+                                     "apart)")
     for unit in bundle.units:
         other = [k for k in known.by_file.get(unit.file.name, ()) if k not in known.current]
         if other and splittable(unit.file.name, unit.file.format):
