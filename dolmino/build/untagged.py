@@ -260,6 +260,10 @@ def _tagged_otherwise(work, plan, store: AttributeStore) -> str | None:
     return None
 
 
+# What `_minhash_otherwise` says where only the source's input files differ; `_minhash_reason` tells it apart.
+_OTHER_INPUTS = "other input files of the source, since clusters span all of them"
+
+
 def _minhash_otherwise(store: AttributeStore, plan, other: str) -> str | None:
     """What the MinHash set `other` was computed under and this manifest differs in, from its
     `_SOURCE.json` (parameters and pool). A mix of another `seed` than its tag was told "another seed
@@ -282,7 +286,7 @@ def _minhash_otherwise(store: AttributeStore, plan, other: str) -> str | None:
             "" if k != "seed" else f" (a MinHash seed left out is the manifest's: give \"dedup\": {{\"minhash\": "
                                    f"{{\"seed\": {stored[k]!r}}}}} to mix with another seed from these clusters)"))
     if done.get("units") != plan.minhash_pool:
-        shown.append("other input files of the source, since clusters span all of them")
+        shown.append(_OTHER_INPUTS)
     if not shown:
         # The same parameters and pool: the key differs in the clustering rules' revision alone. A root
         # tagged before CLUSTER_REVISION 2 was told "another seed or MinHash parameter, or other input
@@ -537,6 +541,6 @@ def _minhash_reason(plan, names: list[str], store: AttributeStore) -> tuple[str,
     if not found:
         return "not_tagged", RETAG_REASONS["not_tagged"]
     detail, other = min(found, key=lambda d: (d[0].count(";"), len(d[0])))
-    if detail == "other input files of the source, since clusters span all of them":
+    if detail == _OTHER_INPUTS:
         return "source_inputs_changed", f"{RETAG_REASONS['source_inputs_changed']}; {other} holds the earlier ones"
     return "settings_changed", f"{other} holds clusters computed with {detail}"
