@@ -477,6 +477,8 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
         "eos_token_id": manifest.tokenizer.eos_token_id,
         "pad_token_id": manifest.tokenizer.pad_token_id,  # the trainer checks both against the model's (a reviewer)
         "vocab_size": manifest.tokenizer.vocab_size,
+        # how control-token strings in text became ids: an export's tokenizer must encode prompts as the data was
+        "control_tokens": manifest.tokenizer.control_tokens,
         "sources": report_sources,
         "output": {"tokens": total_tokens, "docs": total_docs, "files": len(parts), "location": out,
                    "masked_tokens": _masked(parts),

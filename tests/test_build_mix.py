@@ -1014,6 +1014,29 @@ def test_quarantine_names_the_file_line_however_a_file_is_cut_into_ranges(spark,
     assert [line for _, line, _ in records["whole"]] == [7, 33, 58]
 
 
+def test_the_report_records_the_control_token_policy(spark, tmp_path):
+    """report.json said which tokenizer.json made the ids, not that control-token strings in text were
+    encoded as characters ("control_tokens": "literal"): an export of a model trained on it gave
+    transformers a tokenizer that encodes "<|endoftext|>" in a prompt as EOS (found by a tester). The
+    report says the policy, and trainer.run records it from there (trainer.tokenizer_files.data_tokenizer)."""
+    from trainer.tokenizer_files import data_tokenizer
+
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "a.jsonl").write_text("".join(
+        json.dumps({"id": f"d{i}", "text": f"Document {i} says <|endoftext|> in its text. " * 4}) + "\n"
+        for i in range(20)))
+    spec = {"name": "lit", "version": 1, "seed": 1, "budget": 2_000, "data_root": str(tmp_path),
+            "tokenizer": {"control_tokens": "literal"},
+            "sources": [{"name": "web", "paths": ["web/*.jsonl"], "mix_percent": 100.0}]}
+    report = build(manifest_from_dict(spec), 2_000, str(tmp_path / "out"), spark, attributes=str(tmp_path / "attrs"))
+    assert report["control_tokens"] == "literal"
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["control_tokens"] == "literal"
+    (tmp_path / "out" / "manifest.json").unlink()  # the report alone says
+    assert data_tokenizer([str(tmp_path / "out")])["control_tokens"] == "literal"
+    _, rows = read_mix(tmp_path / "out")
+    assert rows and all(EOS not in t for *_, t in rows)  # the strings stayed text: no EOS inside a document
+
+
 def test_mix_with_another_task_size_reuses_the_byte_ranges_tag_wrote(spark, tmp_path, capsys):
     """Byte ranges were cut at twice --task-size: `dolmino mix` with another --task-size than
     `dolmino tag` found no attributes and said to run `dolmino tag`, which had run (found by

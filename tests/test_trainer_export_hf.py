@@ -403,7 +403,8 @@ def test_a_checkpoint_copied_without_its_data_exports_its_tokenizer(tmp_path, ca
              "--save-dir", str(tmp_path / "run")]
     assert train_main([*flags, "--steps", "1"]) == 0
     recorded = {"name": "allenai/dolma2-tokenizer", "tokenizer_sha256": DOLMA2_TOKENIZER_SHA256,
-                "eos_token_id": 100257, "pad_token_id": 100277, "bos_token_id": None, "vocab_size": 100278}
+                "eos_token_id": 100257, "pad_token_id": 100277, "bos_token_id": None, "vocab_size": 100278,
+                "control_tokens": "dolma"}
     assert json.loads((tmp_path / "run" / "step000001" / "config.json").read_text())["tokenizer"] == recorded
     (mix / "report.json").rename(tmp_path / "report.json")
     assert train_main([*flags, "--steps", "2", "--resume"]) == 0
@@ -455,6 +456,65 @@ def test_a_recorded_tokenizer_other_than_dolma2_is_read_from_its_recorded_path(t
 
     (mix / "report.json").write_text(json.dumps({k: v for k, v in report.items() if k != "tokenizer_sha256"}))
     assert "records no tokenizer_sha256" in data_tokenizer(scan_data([str(mix)]))
+
+
+def test_a_literal_control_token_build_exports_a_tokenizer_that_encodes_them_as_text(tmp_path, capsys):
+    """Data built with tokenizer.control_tokens "literal" holds "a<|endoftext|>b" as the characters it is, but
+    the export wrote the dolma2 files as they are and AutoTokenizer.from_pretrained(OUT) encoded it to EOS
+    100257: the model was prompted with ids its training text never held there (found by a tester). The
+    policy is recorded (the build's report.json, else its manifest.json; trainer.run's config.json "tokenizer")
+    and the export's tokenizer_config.json sets split_special_tokens with exactly the control tokens special:
+    every added token encodes as the build encoded it, tokenizer.json stays the packaged file, decoding and
+    EOS / pad ids are as before."""
+    transformers = pytest.importorskip("transformers", reason="transformers loads the exported tokenizer")
+    from dolmino.assets import dolma2_tokenizer_path
+    from dolmino.tokenizer import Dolma2Tokenizer
+    from trainer.run import main as train_main
+
+    mix = dolma2_build(tmp_path / "mix", {"name": "allenai/dolma2-tokenizer", "control_tokens": "literal"})
+    report = json.loads((mix / "report.json").read_text())
+    (mix / "report.json").write_text(json.dumps({**report, "control_tokens": "literal"}))
+    assert train_main(["--data", str(mix), "--model", "tiny", "--seq-len", "32", "--batch-size", "2", "--device",
+                       "cpu", "--steps", "1", "--save-dir", str(tmp_path / "run")]) == 0
+    recorded = json.loads((tmp_path / "run" / "step000001" / "config.json").read_text())["tokenizer"]
+    assert recorded["control_tokens"] == "literal"
+    import shutil
+
+    shutil.rmtree(mix)  # the record alone says
+    capsys.readouterr()
+    assert export_main([str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
+    assert capsys.readouterr().err == ""
+    assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == dolma2_tokenizer_path().read_bytes()
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    text = dolma2_tokenizer_path().read_text(encoding="utf-8")
+    data = Dolma2Tokenizer(text, control_tokens="literal")
+    added = [a["content"] for a in json.loads(text)["added_tokens"]]
+    for sample in ["a<|endoftext|>b", "Hello world"] + [f"x {token}y" for token in added]:
+        assert tok(sample).input_ids == data.encode_documents([sample]).ids[0][:-1].tolist(), sample
+        assert tok.decode(tok(sample).input_ids) == sample
+    assert tok("a<|endoftext|>b").input_ids == [64, 27, 91, 8862, 728, 428, 91, 29, 65]
+    assert tok("a |||EMAIL_ADDRESS||| b").input_ids[2] == 100262  # a placeholder stays its id
+    assert (tok.eos_token_id, tok.pad_token_id) == (100257, 100277)
+    assert tok.decode([64, 100257, 65], skip_special_tokens=True) == "ab"
+
+    # A record from before the policy was kept takes its data's (here its manifest.json's: a build from before
+    # report.json recorded it); builds of both policies have no one tokenizer to export: one line says so.
+    older = dolma2_build(tmp_path / "older", {"name": "allenai/dolma2-tokenizer", "control_tokens": "literal"})
+    config = json.loads((tmp_path / "run" / "step000001" / "config.json").read_text())
+    model = OLMo2(ModelConfig.from_dict(config["model"]))
+    record = {k: v for k, v in recorded.items() if k != "control_tokens"}
+    Checkpointer(tmp_path / "old").save(1, model, torch.optim.AdamW(model.parameters()), {},
+                                        {"model": config["model"], "tokenizer": record, "data_paths": [str(older)]},
+                                        background=False)
+    assert export_main([str(tmp_path / "old"), str(tmp_path / "old-hf")]) == 0
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "old-hf"))
+    assert 100257 not in tok("a<|endoftext|>b").input_ids
+    trained_on(tmp_path / "both", [older, dolma2_build(tmp_path / "dolma")])
+    capsys.readouterr()
+    assert export_main([str(tmp_path / "both"), str(tmp_path / "both-hf")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "builds of different control-token policies" in err[0], err
+    assert not (tmp_path / "both-hf" / "tokenizer.json").exists()
 
 
 def test_a_rerun_removes_what_an_export_killed_part_way_staged(tmp_path):

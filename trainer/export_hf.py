@@ -23,7 +23,9 @@ loads it as it loads a released OLMo 2 directory: for a trainer checkpoint the t
 config.json records (what trainer.run read from its data's builds, so that a checkpoint copied
 without its mix still says), else its data's builds (report.json tokenizer_sha256: the packaged
 dolma2 file, with the releases' GPT2Tokenizer config, no BOS), an HF source's own files, a soup's,
-or the dolma2 tokenizer that an OLMo-core experiment config names. Where the checkpoint does not
+or the dolma2 tokenizer that an OLMo-core experiment config names; data built with "control_tokens":
+"literal" gets split_special_tokens, so that control-token strings in a prompt encode as text, as the
+build encoded them. Where the checkpoint does not
 say (an older one whose data is not here, a build from before tokenizer_sha256, another
 tokenizer.json moved or changed since), one line says so and none are written.
 

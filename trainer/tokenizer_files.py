@@ -89,6 +89,24 @@ def _trainer_says(info) -> tuple[str, object]:
     return "data", [str(p) for p in paths]
 
 
+def _with_control_tokens(record: dict, checkpoint: Path) -> dict:
+    """A trainer record from before it kept the data's control-token policy, with the policy of its data
+    (config.json data_paths) where that is still here (and of the recorded tokenizer.json); else the record
+    as it is ("dolma"). Only for the files: the identity (soup, eval) does not depend on the policy."""
+    from trainer.checkpoint import CONFIG_FILE, load_json_file
+
+    if "control_tokens" in record:
+        return record
+    config = load_json_file(checkpoint / CONFIG_FILE)
+    paths = config.get("data_paths") if isinstance(config, dict) else None
+    if not isinstance(paths, list) or not paths:
+        return record
+    data = data_tokenizer([str(p) for p in paths])
+    if not isinstance(data, dict) or data.get("tokenizer_sha256") != record.get("tokenizer_sha256"):
+        return record
+    return {**record, "control_tokens": data["control_tokens"]}
+
+
 def _trainer_tokenizer(info, depth: int) -> dict[str, bytes]:
     kind, said = _trainer_says(info)
     path = Path(info.path)
@@ -98,7 +116,8 @@ def _trainer_tokenizer(info, depth: int) -> dict[str, bytes]:
         return _soup_tokenizer(path, said, depth)
     try:
         if kind == "record":
-            return _recorded_tokenizer(said, info.model, f"the training data of the checkpoint {path}")
+            return _recorded_tokenizer(_with_control_tokens(said, path), info.model,
+                                       f"the training data of the checkpoint {path}")
         return _data_tokenizer(said, info.model)
     except _NotSaid as exc:
         raise _NotSaid(f"{exc}{_init_tokenizer_hint(info)}") from None
@@ -361,20 +380,38 @@ def _data_tokenizer_record(paths: list[str] | DataLayout) -> tuple[dict, Path]:
     folder, report = reports[0]
     if other := next((f for f, r in reports if r["tokenizer_sha256"] != report["tokenizer_sha256"]), None):
         raise _NotSaid(f"the checkpoint's training data holds builds of different tokenizers ({folder} and {other})")
-    try:
-        spec = json.loads((folder / "manifest.json").read_text()).get("tokenizer") or {}
-    except (OSError, ValueError, AttributeError):
-        spec = {}
+    specs = [(f, _manifest_tokenizer(f)) for f, _ in reports]
+    policies = [(f, _control_tokens(r, spec)) for (f, r), (_, spec) in zip(reports, specs)]
+    if other := next((f for f, p in policies if p != policies[0][1]), None):
+        raise _NotSaid(f"the checkpoint's training data holds builds of different control-token policies ({folder} "
+                       f"and {other}: tokenizer.control_tokens), which no one Hugging Face tokenizer encodes as both")
+    spec = specs[0][1]
     record = {"name": report.get("tokenizer"), "tokenizer_sha256": report["tokenizer_sha256"],
               "eos_token_id": report.get("eos_token_id"), "pad_token_id": report.get("pad_token_id"),
-              "bos_token_id": spec.get("bos_token_id") if isinstance(spec, dict) else None,
-              "vocab_size": report.get("vocab_size")}
-    path = spec.get("path") if isinstance(spec, dict) else None
+              "bos_token_id": spec.get("bos_token_id"), "vocab_size": report.get("vocab_size"),
+              "control_tokens": policies[0][1]}
+    path = spec.get("path")
     if record["tokenizer_sha256"] != _dolma2_sha256() and isinstance(path, str):
         manifest_path = report.get("manifest_path")
         path = resolve_relative(os.path.dirname(manifest_path) if isinstance(manifest_path, str) else None, path)
         record["path"] = path if "://" in path else os.path.abspath(path)
     return record, folder
+
+
+def _manifest_tokenizer(folder: Path) -> dict:
+    """The tokenizer entry of the manifest.json a build wrote ({} where it has none or cannot be read)."""
+    try:
+        spec = json.loads((folder / "manifest.json").read_text()).get("tokenizer") or {}
+    except (OSError, ValueError, AttributeError):
+        spec = {}
+    return spec if isinstance(spec, dict) else {}
+
+
+def _control_tokens(report: dict, spec: dict) -> str:
+    """A build's control-token policy (tokenizer.control_tokens): its report.json's, else its manifest.json's
+    (builds from before the report recorded it), else the default "dolma"."""
+    policy = report.get("control_tokens") or spec.get("control_tokens")
+    return policy if isinstance(policy, str) else "dolma"
 
 
 def _recorded_tokenizer(record: dict, model: ModelConfig | None, source: str) -> dict[str, bytes]:
@@ -395,7 +432,12 @@ def _recorded_tokenizer(record: dict, model: ModelConfig | None, source: str) ->
     if model is not None and isinstance(vocab, int) and vocab > model.padded_vocab_size:
         raise _NotSaid(f"the tokenizer of {source} has {vocab:,} ids, more than the model's "
                        f"{model.padded_vocab_size:,} embedding rows")
-    return _tokenizer_files(text, eos, pad, model.max_seq_len if model else None, dolma2=digest == _dolma2_sha256())
+    policy = record.get("control_tokens", "dolma")
+    if policy not in ("dolma", "literal"):
+        raise _NotSaid(f"{source} was tokenized under the control-token policy {policy!r}, which this export does "
+                       "not know how to write")
+    return _tokenizer_files(text, eos, pad, model.max_seq_len if model else None, dolma2=digest == _dolma2_sha256(),
+                            literal=policy == "literal")
 
 
 def _dolma2_sha256() -> str:
@@ -436,11 +478,18 @@ def _tokenizer_text(digest: str, path: str | None, source: str) -> str:
 
 
 def _tokenizer_files(text: str, eos: int | None, pad: int | None, max_len: int | None,
-                     dolma2: bool) -> dict[str, bytes]:
+                     dolma2: bool, literal: bool = False) -> dict[str, bytes]:
     """tokenizer.json as the build used it, with the tokenizer_config.json and special_tokens_map.json
     that make AutoTokenizer encode as the build did (no BOS) and know the EOS / pad ids: for
     dolma2 those of allenai's OLMo 2 releases (GPT2Tokenizer, <|endoftext|> as BOS / EOS / unk,
-    add_bos_token false), for another tokenizer PreTrainedTokenizerFast with its EOS and pad."""
+    add_bos_token false), for another tokenizer PreTrainedTokenizerFast with its EOS and pad.
+
+    `literal` (the data's tokenizer.control_tokens "literal"): the build encoded control-token strings
+    in text as their characters, but AutoTokenizer mapped "a<|endoftext|>b" to EOS, so the model was
+    prompted with ids its training text never held there (found by a tester). tokenizer_config.json
+    then sets split_special_tokens and marks exactly the control tokens special (added_tokens_decoder;
+    dolma2's tokenizer.json leaves <|extra_id_N|> unmarked), as dolmino.tokenizer does: they encode as
+    text, PII placeholders as their ids, and tokenizer.json stays the file the build hashed."""
     definition = json.loads(text)
     vocab = (definition.get("model") or {}).get("vocab")
     by_id = {i: t for t, i in vocab.items()} if isinstance(vocab, dict) else {}
@@ -457,6 +506,14 @@ def _tokenizer_files(text: str, eos: int | None, pad: int | None, max_len: int |
               "errors": "replace", "tokenizer_class": "GPT2Tokenizer" if dolma2 else "PreTrainedTokenizerFast"}
     if max_len is not None:
         config["model_max_length"] = max_len
+    if literal:
+        from dolmino.tokenizer import PII_PLACEHOLDER_RE
+
+        config["split_special_tokens"] = True
+        config["added_tokens_decoder"] = {
+            str(a["id"]): {**{key: bool(a.get(key)) for key in ("lstrip", "normalized", "rstrip", "single_word")},
+                           "content": a["content"], "special": not PII_PLACEHOLDER_RE.fullmatch(a["content"])}
+            for a in definition.get("added_tokens") or []}
     return {"tokenizer.json": text.encode("utf-8"),
             "tokenizer_config.json": (json.dumps(dict(sorted(config.items())), indent=2) + "\n").encode(),
             "special_tokens_map.json": (json.dumps(named, indent=2) + "\n").encode()}
