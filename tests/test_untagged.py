@@ -426,3 +426,18 @@ def test_the_tag_names_stack_exchange_documents_of_a_root_from_before_their_revi
         "detail": f"its converted Stack Exchange documents are not under {join(store.root, 'web', DOCUMENTS_DIR)}: "
                   f"those under {join(store.root, 'web', 'documents')} are an earlier dolmino's conversion, which "
                   "this one does not read (it keeps each conversion revision's apart)"}}
+
+
+def test_reasons_that_cannot_be_read_are_said_and_the_tag_goes_on(monkeypatch, capsys):
+    """An OS or S3 error while explaining a re-tag dropped every `why:` line without a word (a reviewer)."""
+    from dolmino.build import tag
+
+    def unreadable(*args):
+        raise OSError("s3://bucket/attributes/web/minhash-1/_SOURCE.json: throttled")
+
+    monkeypatch.setattr(tag.untagged, "retag_reasons", unreadable)
+    assert tag._retag_reasons({0: object()}, [], (), None, {}) == {}
+    assert capsys.readouterr().err == (
+        "warning: why attribute files are due was not read (OSError: s3://bucket/attributes/web/minhash-1/"
+        "_SOURCE.json: throttled); the tag goes on\n")
+    assert tag._retag_reasons({}, [], (), None, {}) == {} and capsys.readouterr().err == ""
