@@ -675,6 +675,38 @@ def test_a_model_of_another_tokenizer_is_not_scored_with_dolma2_ids(wheels, tmp_
     assert main([*args, "--tokenizer", str(tmp_path / "other.json")]) == 0  # the user says which
 
 
+def test_a_model_trained_on_literal_control_tokens_is_scored_with_them_as_text(wheels, tmp_path, monkeypatch):
+    """A checkpoint whose data was built with tokenizer.control_tokens "literal" had its eval items encoded
+    under "dolma": "<|endoftext|>" in an item became EOS 100257, an id its training text never held there
+    (found by a tester). Items encode under the policy the checkpoint records (config.json "tokenizer"), and
+    so for its HF export (tokenizer_config.json split_special_tokens)."""
+    import trainer.eval as eval_module
+    from dolmino.assets import DOLMA2_TOKENIZER_SHA256
+    from trainer.export_hf import export
+
+    save_trainer_checkpoint(tmp_path / "ckpt", small_model(seed=9))
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    config["tokenizer"] = {"name": "allenai/dolma2-tokenizer", "tokenizer_sha256": DOLMA2_TOKENIZER_SHA256,
+                           "eos_token_id": 100257, "pad_token_id": 100277, "bos_token_id": None,
+                           "vocab_size": VOCAB, "control_tokens": "literal"}
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    export(tmp_path / "ckpt", tmp_path / "hf")
+    real, encoded = eval_module.run_task, []
+
+    def run_task(name, loaded, tokenizer, *args, **kwargs):
+        encoded.append([int(i) for i in tokenizer.encode_batch(["a<|endoftext|>b |||EMAIL_ADDRESS|||"])[0]])
+        return real(name, loaded, tokenizer, *args, **kwargs)
+
+    monkeypatch.setattr(eval_module, "run_task", run_task)
+    for checkpoint in ("ckpt", "hf"):
+        assert main(["--checkpoint", str(tmp_path / checkpoint), "--tasks", "arc_easy", "--limit", "1",
+                     "--device", "cpu"]) == 0
+    literal = Tokenizer(control_tokens="literal").encode_batch(["a<|endoftext|>b"])[0].tolist()
+    assert encoded[0][:len(literal)] == literal == [64, 27, 91, 8862, 728, 428, 91, 29, 65]
+    assert encoded[0][-1] == 100262 and encoded[1] == encoded[0]  # a PII placeholder stays its id
+    assert 100257 in Tokenizer().encode_batch(["a<|endoftext|>b"])[0]  # a "dolma" model's items: as before
+
+
 # ---------------------------------------------------------------------------- a task that fails mid-run
 
 

@@ -517,6 +517,26 @@ def test_a_literal_control_token_build_exports_a_tokenizer_that_encodes_them_as_
     assert not (tmp_path / "both-hf" / "tokenizer.json").exists()
 
 
+def test_training_on_builds_of_both_control_token_policies_says_so_at_start(tmp_path, capsys):
+    """trainer.run --data A --data B with A built with tokenizer.control_tokens "dolma" and B "literal" trained
+    without a word ("<|endoftext|>" in text is EOS in one, characters in the other), its checkpoints then
+    recording no tokenizer (found by a tester). One warning line says so at start; training goes on."""
+    from trainer.run import main as train_main
+
+    dolma = dolma2_build(tmp_path / "dolma")
+    spec = {"name": "allenai/dolma2-tokenizer", "control_tokens": "literal"}
+    literal, more = dolma2_build(tmp_path / "literal", spec), dolma2_build(tmp_path / "more", spec)
+    flags = ["--model", "tiny", "--seq-len", "32", "--batch-size", "2", "--device", "cpu", "--steps", "1"]
+    assert train_main(["--data", str(literal), "--data", str(more), *flags, "--save-dir", str(tmp_path / "one")]) == 0
+    assert "control-token" not in capsys.readouterr().err  # one policy: nothing to say
+    assert train_main(["--data", str(dolma), "--data", str(literal), *flags, "--save-dir", str(tmp_path / "run")]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "control-token" in line]
+    assert len(warned) == 1 and warned[0].startswith("trainer.run: warning: ") and \
+        f"builds of different control-token policies ({dolma} and {literal}" in warned[0] and \
+        warned[0].endswith("its checkpoints record no tokenizer"), warned
+    assert "tokenizer" not in json.loads((tmp_path / "run" / "step000001" / "config.json").read_text())
+
+
 def test_a_rerun_removes_what_an_export_killed_part_way_staged(tmp_path):
     """An export killed part way (kill -9, or SIGTERM, whose default action runs no clean-up) left its
     staged shards in OUT_DIR, hidden (`.model-00001-of-00004.safetensors.staged<PID>`), up to a model's

@@ -398,6 +398,30 @@ def test_soup_refuses_trainer_checkpoints_of_different_tokenizers(tmp_path, caps
         assert not out.exists()
 
 
+def test_soup_refuses_ingredients_trained_under_different_control_token_policies(tmp_path, capsys):
+    """Runs on builds of one tokenizer.json but tokenizer.control_tokens "dolma" and "literal" ("<|endoftext|>" in
+    text: EOS in one, its characters in the other) were averaged without a word, hf/ getting the first's
+    tokenizer config (found by a tester). The policy each ingredient's data was built with (the checkpoint's
+    record, else its data's builds) is compared too, before averaging."""
+    from test_trainer_export_hf import dolma2_build, trained_on
+
+    dolma = dolma2_build(tmp_path / "mix")
+    literal = dolma2_build(tmp_path / "literal-mix", {"name": "allenai/dolma2-tokenizer", "control_tokens": "literal"})
+    for name, mix, seed in (("a", dolma, 1), ("l", literal, 2), ("m", literal, 3)):
+        trained_on(tmp_path / "old" / name, [mix], seed=seed)
+    recorded_copy(tmp_path / "old" / "l", tmp_path / "recorded" / "l")
+    assert soup_main([str(tmp_path / "lm"), str(tmp_path / "recorded" / "l"), str(tmp_path / "old" / "m")]) == 0
+    assert json.loads((tmp_path / "lm" / "hf" / "tokenizer_config.json").read_text())["split_special_tokens"]
+    assert capsys.readouterr().err == ""
+    for a, x in (("old/a", "old/l"), ("old/a", "recorded/l"), ("old/a", "lm")):
+        out = tmp_path / "refused"
+        assert soup_main([str(out), str(tmp_path / a), str(tmp_path / x)]) == 2, x
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "different control-token policies cannot be averaged" in err[0], (x, err)
+        assert f"{tmp_path / x} (literal) vs {tmp_path / a} (dolma)" in err[0], err
+        assert not out.exists()
+
+
 def test_soup_compares_hf_and_trainer_ingredients_tokenizers(tmp_path, capsys):
     """An HF directory's tokenizer.json and the one a trainer checkpoint's data was built with were not compared
     (only HF ingredients' files were). An ingredient that does not say is not refused: one line names it. hf/'s

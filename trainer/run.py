@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     # through the same barrier as a finished run, so that none tears the group down while a peer
     # may still be finishing the agreeing collective (`shutdown`).
     try:
-        from trainer.tokenizer_files import data_tokenizer
+        from trainer.tokenizer_files import MIXED_CONTROL_TOKENS, data_tokenizer
         from trainer.train import ResumeFailed, Trainer, check_resume_model
         from trainer.weights import load_weights_into, non_finite_weight
 
@@ -460,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
             run = run_config_from_args(args, data_paths, env.world_size, env.device, plan)
             check_batch_fits(layout, run.train.seq_len, run.train.global_batch_size)
             tokenizer = data_tokenizer(layout)  # kept in each checkpoint's config.json, for trainer.export_hf
+            if isinstance(tokenizer, str) and MIXED_CONTROL_TOKENS in tokenizer and env.is_main:
+                # "<|endoftext|>" in text is EOS in some builds, characters in others: it trained unsaid (a tester)
+                say(f"{prog}: warning: {tokenizer}; its checkpoints record no tokenizer")
             tokenizer = tokenizer if isinstance(tokenizer, dict) else None
             if resume is not None:  # what Trainer._resume refuses, said by the agreed checks (and before a load)
                 resumed = check_resume_model(resume_from, run.model)

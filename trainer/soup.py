@@ -195,9 +195,9 @@ def _check_same_tokenizer(checkpoints: list, infos: list) -> tuple[list, set, st
     written with the first one's EOS and tokenizer.json, unsaid (found by testers). Compared: the
     EOS and pad ids every config states, and which tokenizer.json each ingredient was trained with
     where it says (tokenizer_files.tokenizer_identity: an HF directory's own file, what a trainer
-    checkpoint or its data's builds record); tokenizers of one vocabulary size and EOS with other
-    ids were averaged unsaid. Files of other bytes are compared by what they encode
-    (tokenizer_files.tokenizer_encoding): a released OLMo 2 directory's tokenizer.json, rewritten by
+    checkpoint or its data's builds record, with the control-token policy of its data); tokenizers of
+    one vocabulary size and EOS with other ids were averaged unsaid. Files of other bytes are compared
+    by what they encode (tokenizer_files.tokenizer_encoding): a released OLMo 2 directory's tokenizer.json, rewritten by
     save_pretrained, was refused with runs on dolma2 builds though its ids mean the same text (found by
     a tester). Returns each ingredient's identity (or why it does not say), the indices of those whose
     other bytes could not be read to compare, and the one line naming them."""
@@ -214,6 +214,12 @@ def _check_same_tokenizer(checkpoints: list, infos: list) -> tuple[list, set, st
             raise ValueError(f"checkpoints of different tokenizers cannot be averaged (their ids mean different text): "
                              f"{checkpoints[i]} vs {checkpoints[0]}: {'; '.join(differ)}")
     identities = [tokenizer_identity(info) for info in infos]
+    said = [(i, found["control_tokens"]) for i, found in enumerate(identities) if isinstance(found, dict)]
+    if other := next(((i, p) for i, p in said if p != said[0][1]), None):
+        # one file, other ids for "<|endoftext|>" in text: hf/ got the first's tokenizer config (a tester)
+        raise ValueError(f"checkpoints trained on data of different control-token policies cannot be averaged: "
+                         f"{checkpoints[other[0]]} ({other[1]}) vs {checkpoints[said[0][0]]} ({said[0][1]}): "
+                         "tokenizer.control_tokens")
     groups: dict[str, list] = {}  # one file's ingredients (by its SHA-256), in the order given
     for i, found in enumerate(identities):
         if isinstance(found, dict):

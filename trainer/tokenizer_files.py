@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 # an HF source's own generate() settings (its stop ids) ride.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
 GENERATION_CONFIG = "generation_config.json"
+# what `data_tokenizer` says of data whose builds encoded control-token strings in text differently:
+# trainer.run warns of it, as training on it goes on with no tokenizer recorded
+MIXED_CONTROL_TOKENS = "builds of different control-token policies"
 DOLMA2_NAME = "allenai/dolma2-tokenizer"
 _SOUP_DEPTH = 4  # a soup of soups of ...: followed this far through its ingredients
 
@@ -92,7 +95,7 @@ def _trainer_says(info) -> tuple[str, object]:
 def _with_control_tokens(record: dict, checkpoint: Path) -> dict:
     """A trainer record from before it kept the data's control-token policy, with the policy of its data
     (config.json data_paths) where that is still here (and of the recorded tokenizer.json); else the record
-    as it is ("dolma"). Only for the files: the identity (soup, eval) does not depend on the policy."""
+    as it is ("dolma")."""
     from trainer.checkpoint import CONFIG_FILE, load_json_file
 
     if "control_tokens" in record:
@@ -168,7 +171,8 @@ def tokenizer_identity(info, depth: int = 0) -> dict | str:
     """Which tokenizer.json the checkpoint `info` was trained with, as {"tokenizer_sha256": the
     SHA-256 of its UTF-8 text (as a build's report.json records it), "name": its name where said,
     "source": where that is said, "path": where its text lies where recorded (`tokenizer_encoding`
-    reads it), "subject": what was tokenized with it}; else why the checkpoint does not say (one
+    reads it), "subject": what was tokenized with it, "control_tokens": how control-token strings in its
+    text became ids, "dolma" or "literal" (trainer.eval encodes so)}; else why the checkpoint does not say (one
     sentence). Read from where `checkpoint_tokenizer` finds the files (an HF directory's tokenizer.json, the record in a
     trainer checkpoint's config.json, its data's builds, a soup's hf/ or ingredients, OLMo-core's
     config naming dolma2), without needing the file itself: trainer.soup compares them before
@@ -182,7 +186,7 @@ def tokenizer_identity(info, depth: int = 0) -> dict | str:
         config = _olmo_core_dolma2_config(info)
         return {"tokenizer_sha256": _dolma2_sha256(), "name": DOLMA2_NAME,
                 "source": f"named by OLMo-core's config {config}", "path": None,
-                "subject": f"OLMo-core's config {config}"}
+                "subject": f"OLMo-core's config {config}", "control_tokens": "dolma"}
     except _NotSaid as exc:
         return str(exc)
 
@@ -198,7 +202,18 @@ def _hf_dir_identity(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise _NotSaid(f"{file} cannot be read ({exc})") from None
     return {"tokenizer_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), "name": None,
-            "source": f"of {file}", "path": str(file), "subject": f"the Hugging Face directory {path}", "own": True}
+            "source": f"of {file}", "path": str(file), "subject": f"the Hugging Face directory {path}", "own": True,
+            "control_tokens": _hf_dir_control_tokens(path)}
+
+
+def _hf_dir_control_tokens(path: Path) -> str:
+    """"literal" where the directory's tokenizer_config.json sets split_special_tokens (what an export of a
+    model trained on "literal" data writes, `_tokenizer_files`), else "dolma"."""
+    try:
+        config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "dolma"
+    return "literal" if isinstance(config, dict) and config.get("split_special_tokens") is True else "dolma"
 
 
 def _trainer_identity(info, depth: int) -> dict:
@@ -221,11 +236,12 @@ def _trainer_identity(info, depth: int) -> dict:
         where = said.get("path")
         return {"tokenizer_sha256": digest, "name": said.get("name"), "source": f"recorded in {path / CONFIG_FILE}",
                 "path": where if isinstance(where, str) else None,
-                "subject": f"the training data of the checkpoint {path}"}
+                "subject": f"the training data of the checkpoint {path}",
+                "control_tokens": _with_control_tokens(said, path).get("control_tokens", "dolma")}
     record, folder = _data_tokenizer_record(said)
     return {"tokenizer_sha256": record["tokenizer_sha256"], "name": record.get("name"),
             "source": f"recorded in {folder / 'report.json'}", "path": record.get("path"),
-            "subject": f"the build {folder}"}
+            "subject": f"the build {folder}", "control_tokens": record["control_tokens"]}
 
 
 # tokenizer.json fields that do not change which ids a text encodes to (nor the text ids decode to)
@@ -383,7 +399,7 @@ def _data_tokenizer_record(paths: list[str] | DataLayout) -> tuple[dict, Path]:
     specs = [(f, _manifest_tokenizer(f)) for f, _ in reports]
     policies = [(f, _control_tokens(r, spec)) for (f, r), (_, spec) in zip(reports, specs)]
     if other := next((f for f, p in policies if p != policies[0][1]), None):
-        raise _NotSaid(f"the checkpoint's training data holds builds of different control-token policies ({folder} "
+        raise _NotSaid(f"the checkpoint's training data holds {MIXED_CONTROL_TOKENS} ({folder} "
                        f"and {other}: tokenizer.control_tokens), which no one Hugging Face tokenizer encodes as both")
     spec = specs[0][1]
     record = {"name": report.get("tokenizer"), "tokenizer_sha256": report["tokenizer_sha256"],
