@@ -182,6 +182,15 @@ def control_id_problems(json_text: str, eos_token_id: int, bos_token_id: int | N
             if value is not None and value not in ids]
 
 
+def _encode_with(tok, texts: list[str]) -> list[np.ndarray]:
+    """`tok`'s ids of each text, in batches of ENCODE_BATCH, nothing added."""
+    out: list[np.ndarray] = []
+    for i in range(0, len(texts), ENCODE_BATCH):
+        encodings = tok.encode_batch_fast(texts[i:i + ENCODE_BATCH], add_special_tokens=False)
+        out.extend(np.asarray(e.ids, dtype=np.uint32) for e in encodings)
+    return out
+
+
 class Dolma2Tokenizer:
     """Picklable tokenizer: built lazily from JSON text on first use in each process.
 
@@ -298,11 +307,12 @@ class Dolma2Tokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         """Raw ids of each text as is: no stripping, no BOS/EOS, every added token matched."""
-        out: list[np.ndarray] = []
-        for i in range(0, len(texts), ENCODE_BATCH):
-            encodings = self.backend.encode_batch_fast(texts[i:i + ENCODE_BATCH], add_special_tokens=False)
-            out.extend(np.asarray(e.ids, dtype=np.uint32) for e in encodings)
-        return out
+        return _encode_with(self.backend, texts)
+
+    def encode_texts(self, texts: list[str]) -> list[np.ndarray]:
+        """Ids of each text as a document's text encodes (the control-token policy applied), without
+        stripping or BOS/EOS: what a model trained on this tokenizer's documents is prompted with."""
+        return _encode_with(self.document_backend, texts)
 
     def encode_documents(self, texts: list[str]) -> EncodedDocuments:
         """Each document's ids as the memmap will hold them, final EOS included.

