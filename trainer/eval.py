@@ -491,16 +491,17 @@ def load_model(checkpoint: str | Path, device: torch.device | str = "cpu",
     return LoadedModel(loaded, info.format, info.path, info.step)
 
 
-def other_tokenizer(checkpoint: str | Path) -> str | None:
-    """Why the packaged dolma2 tokenizer is not the one `checkpoint` says it was trained with, else
-    None (also where it does not say, or the two cannot be compared). A model trained on another
+def other_tokenizer(checkpoint: str | Path, identity: dict | None) -> str | None:
+    """Why the packaged dolma2 tokenizer is not the one `checkpoint` says it was trained with
+    (`identity`, its `_tokenizer_identity`), else None (also where it does not say, or the two
+    cannot be compared). A model trained on another
     tokenizer's ids (an HF directory's own tokenizer.json, a build with tokenizer.path) was scored
     with dolma2's ids, exit 0 and meaningless accuracies (found by a tester); definitions that
     encode alike (a release's tokenizer.json rewritten by save_pretrained) are dolma2."""
     from dolmino.assets import DOLMA2_TOKENIZER_SHA256
     from trainer.tokenizer_files import DOLMA2_NAME, encoding_difference, tokenizer_encoding
 
-    found = _other_tokenizer_identity(checkpoint)
+    found = _not_dolma2(identity)
     if found is None:
         return None
     theirs = tokenizer_encoding(found)
@@ -519,34 +520,33 @@ def recorded_tokenizer(checkpoint: str | Path) -> str | None:
     for its tokenizer, with no flag to name it (found by a tester)."""
     from trainer.tokenizer_files import tokenizer_encoding
 
-    found = _other_tokenizer_identity(checkpoint)
+    found = _not_dolma2(_tokenizer_identity(checkpoint))
     if found is None or not found["path"]:
         return None
     return None if isinstance(tokenizer_encoding(found), str) else found["path"]  # str: changed since, unreadable
 
 
-def recorded_control_tokens(checkpoint: str | Path) -> str:
-    """How control-token strings in `checkpoint`'s training text became ids ("dolma" or "literal",
-    `tokenizer_files.tokenizer_identity`), "dolma" where it does not say. Items were encoded under
+def control_tokens_of(identity: dict | None) -> str:
+    """How control-token strings in a checkpoint's training text became ids ("dolma" or "literal"), from
+    its `_tokenizer_identity`; "dolma" where it does not say. Items were encoded under
     "dolma" for a model trained on "literal" data: "<|endoftext|>" in a question scored as EOS 100257,
     an id its training text never held there (found by a tester)."""
-    found = _tokenizer_identity(checkpoint)
-    policy = found.get("control_tokens") if found is not None else None
+    policy = identity.get("control_tokens") if identity is not None else None
     return policy if policy in ("dolma", "literal") else "dolma"
 
 
-def _other_tokenizer_identity(checkpoint: str | Path) -> dict | None:
-    """The tokenizer identity `checkpoint` records (`tokenizer_files.tokenizer_identity`) where it is not
-    the packaged dolma2's; None where it is, says none, or the checkpoint cannot be read (load_model says
-    what is wrong with it)."""
+def _not_dolma2(identity: dict | None) -> dict | None:
+    """`identity` where it is not the packaged dolma2's; None where it is or says none."""
     from dolmino.assets import DOLMA2_TOKENIZER_SHA256
 
-    found = _tokenizer_identity(checkpoint)
-    return found if found is not None and found["tokenizer_sha256"] != DOLMA2_TOKENIZER_SHA256 else None
+    return identity if identity is not None and identity["tokenizer_sha256"] != DOLMA2_TOKENIZER_SHA256 else None
 
 
 def _tokenizer_identity(checkpoint: str | Path) -> dict | None:
-    """The tokenizer identity `checkpoint` records; None where it says none or cannot be read."""
+    """The tokenizer identity `checkpoint` records (`tokenizer_files.tokenizer_identity`); None where it
+    says none or the checkpoint cannot be read (load_model says what is wrong with it). Read once per
+    evaluation: for a checkpoint from before its record kept the control-token policy it reads its data's
+    builds."""
     from trainer.tokenizer_files import tokenizer_identity
     from trainer.weights import CheckpointFormatError, inspect_checkpoint
 
@@ -960,8 +960,9 @@ def evaluate(checkpoint: str | Path, tasks: str | list[str] = DEFAULT_TASKS, lim
     torch_dtype = {"auto": torch.bfloat16 if dev.type == "cuda" else torch.float32, "float32": torch.float32,
                    "bfloat16": torch.bfloat16}[dtype]
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    tokenizer = Tokenizer(tokenizer_path, recorded_control_tokens(checkpoint))
-    if tokenizer_path is None and (other := other_tokenizer(checkpoint)) is not None:
+    identity = _tokenizer_identity(checkpoint)
+    tokenizer = Tokenizer(tokenizer_path, control_tokens_of(identity))
+    if tokenizer_path is None and (other := other_tokenizer(checkpoint, identity)) is not None:
         raise EvalError(other)
     loaded = load_model(checkpoint, dev, torch_dtype)
     if tokenizer.vocab_size > loaded.cfg.padded_vocab_size:
