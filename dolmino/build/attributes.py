@@ -254,6 +254,10 @@ class AttributeStore:
     def documents_path(self, source: str, unit: Unit) -> str:
         return self.unit_path(source, DOCUMENTS_DIR, unit, ".jsonl.zst")
 
+    def earlier_documents_path(self, source: str, unit: Unit) -> str:
+        """Where a dolmino from before `documents/r<n>/` kept the unit's documents: never read, only named."""
+        return self.unit_path(source, EARLIER_DOCUMENTS_DIR, unit, ".jsonl.zst")
+
     def quarantine_path(self, source: str, docs_set: str, unit: Unit) -> str:
         """A unit's refused lines, under the name of the docs set they go with: what a unit refuses
         depends on what keys that set (the reader, `max_doc_bytes`, the Stack Exchange conversion). One

@@ -386,7 +386,7 @@ def _documents_gone(works, plans, store: AttributeStore, listed: dict) -> str | 
             present = store.existing(plan.name, DOCUMENTS_DIR)
             gone = next((u for u in bundle.units if store.documents_path(plan.name, u) not in present), bundle.units[0])
             # A root tagged before documents/r<n>/ holds them one level up: "missing" named files the user could see
-            earlier = store.unit_path(plan.name, EARLIER_DOCUMENTS_DIR, gone, ".jsonl.zst")
+            earlier = store.earlier_documents_path(plan.name, gone)
             why = ("are missing" if earlier not in store.existing(plan.name, EARLIER_DOCUMENTS_DIR) else
                    f"are not there: {earlier} is an earlier dolmino's conversion, which this one does not read (it "
                    f"keeps each conversion revision's apart, under {DOCUMENTS_DIR}/)")
@@ -481,8 +481,7 @@ def _docs_reason(work, plan, known: _Source, names, listed: dict, store: Attribu
     si, bundle = work.bundle.source_index, work.bundle
     if store.path(plan.name, plan.docs_set, bundle) in listed.get((si, plan.docs_set), ()):
         # stored: due for the Stack Exchange documents
-        if not any(store.unit_path(plan.name, EARLIER_DOCUMENTS_DIR, u, ".jsonl.zst") in earlier(si)
-                   for u in bundle.units):
+        if not any(store.earlier_documents_path(plan.name, u) in earlier(si) for u in bundle.units):
             return "documents_missing", RETAG_REASONS["documents_missing"]
         return "documents_missing", (f"its converted Stack Exchange documents are not under "
                                      f"{store.set_dir(plan.name, DOCUMENTS_DIR)}: those under "
