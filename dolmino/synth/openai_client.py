@@ -39,6 +39,8 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 
+from dolmino.documents import lone_surrogate
+
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 # Statuses that refuse every request alike (a wrong key, --model or --endpoint path): no answer,
 # not retried, and the breaker counts them like an endpoint that is down. As answers they cached
@@ -106,14 +108,6 @@ def api_key_problem(key: str) -> str | None:
     if any(not " " <= ch <= "~" for ch in key):
         return "holds a control or non-ASCII character, which no Authorization header can carry (key not shown)"
     return None
-
-
-def _lone_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -401,7 +395,7 @@ class ChatClient:
                                           attempt + 1, filtered=True)
                     if bad == "empty_content" and finish == "length":
                         content = ""  # max_tokens spent before any content: retried, it was spent again (a tester)
-                    if content is not None and not content.isascii() and _lone_surrogate(content):
+                    if content is not None and lone_surrogate(content) is not None:
                         # written as a document, it raised UnicodeEncodeError in the runner and failed the
                         # partition, every answer of it paid for and lost (found by a tester)
                         self.counts["lone_surrogate"] += 1
