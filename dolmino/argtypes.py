@@ -1,12 +1,66 @@
-"""argparse types the commands share: a bad count is a usage error (exit 2, one line naming the
-flag), never taken as another value unsaid (0 or -1 threads, parts or ids were; found by testers)."""
+"""Counts and sizes as people write them (100B, 1.5M, 256MB), and the argparse types the commands
+share: a bad count is a usage error (exit 2, one line naming the flag), never taken as another value
+unsaid (0 or -1 threads, parts or ids were; found by testers). At the bottom of the layers: the
+manifest reads its counts here, and every command imports this module."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from decimal import Decimal
 from fractions import Fraction
+from typing import Any
+
+
+COUNT_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+# A count: decimal digits and a suffix, or an exponent as JSON writes one (1e9), not both.
+_COUNT_RE = re.compile(r"\s*(?:([0-9]*\.?[0-9]+)\s*([KMBGT]?)|([0-9]*\.?[0-9]+E[+-]?[0-9]+))\s*")
+COUNT_MAX = 2**63 - 1  # what every count's reader holds: JSON integers, numpy int64 token counts
+
+
+def shown_number(text: str) -> str:
+    """A number as an error shows it: 400 digits cut to their ends and their count."""
+    if len(text) <= 24:
+        return text
+    digits = text.lstrip("-")
+    return f"{text[:12]}...{text[-4:]} ({len(digits)} {'digits' if digits.isdigit() else 'characters'})"
+
+
+def count_value(value: Any) -> int:
+    """Parse token counts like 100B, 1.5M, 832.6B, 7000, 1e9 (K/M/B/T suffixes, powers of 10).
+
+    Exact: digits are read as decimals, never through a float (a float holds 53 bits: the count
+    "123456789012345678" was planned as ...680), and a count that is not a whole number (1.5,
+    1.0000005M) is refused, not rounded. One upper bound for every spelling: 64 bits.
+    Raises ValueError with a message naming the value; the manifest and the trainer's command
+    line each say where it came from."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        got = value if isinstance(value, bool) else type(value).__name__
+        raise ValueError(f"expected a count like '100B', got {got}")
+    if isinstance(value, str):
+        match = _COUNT_RE.fullmatch(value.upper())
+        if not match:
+            raise ValueError(f"expected a count like '100B', '1.5M' or 7000, got {value!r}")
+        number, scale = Decimal(match.group(1) or match.group(3)), COUNT_SUFFIXES[match.group(2) or ""]
+        written = repr(shown_number(value))
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"expected a count like '100B', got {value!r}")
+    else:  # a JSON float's own text where the manifest reader kept it; else the shortest decimal
+        # that reads back as this float (what was written, up to a float's 15 digits)
+        text = getattr(value, "text", None) or repr(value)
+        number, scale, written = Decimal(text), 1, shown_number(text)
+    # The magnitude first, from the exponent alone: "1e999999999" must not become an integer
+    # of a billion digits before it is refused (10**19 is beyond 64 bits).
+    magnitude = number.adjusted() + len(str(scale)) - 1
+    tokens = Fraction(number) * scale if 0 <= magnitude < 19 else Fraction(0 if magnitude < 0 else COUNT_MAX + 1)
+    if tokens < 1:
+        raise ValueError(f"must be a count of at least 1, got {written}")
+    if tokens > COUNT_MAX:
+        raise ValueError(f"{written} is beyond 64 bits (a count is at most {COUNT_MAX:,})")
+    if tokens.denominator != 1:
+        raise ValueError(f"{written} is not a whole number (K/M/B/T are powers of 10: 1.5M is 1500000)")
+    return int(tokens)
 
 
 def at_least(low: int):
@@ -47,8 +101,6 @@ def byte_size(text: str) -> int:
     elif (whole := _WHOLE_BYTES_RE.fullmatch(text)) and int(whole.group(1)):
         return int(whole.group(1))  # any length, as transformers' max_shard_size takes it (a count stops at 64 bits)
     else:
-        from dolmino.manifest import count_value  # here alone: every command imports this module
-
         try:
             return count_value(text)
         except ValueError:

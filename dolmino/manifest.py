@@ -40,18 +40,13 @@ import os
 import posixpath
 import re
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
+from dolmino.argtypes import count_value, shown_number
 from dolmino.documents import DEFAULT_MAX_DOC_BYTES
 from dolmino.errors import ManifestError, did_you_mean
 
-SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
-# A count: decimal digits and a suffix, or an exponent as JSON writes one (1e9), not both.
-_COUNT_RE = re.compile(r"\s*(?:([0-9]*\.?[0-9]+)\s*([KMBGT]?)|([0-9]*\.?[0-9]+E[+-]?[0-9]+))\s*")
-COUNT_MAX = 2**63 - 1  # what every count's reader holds: JSON integers, numpy int64 token counts
 SOURCE_FORMATS = ("dolma", "stackexchange")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")  # \Z: "$" let a name end in a newline (a tester)
 # Table 13's mix percentages are rounded, so their sum is 99.94-100.01; beyond this the
@@ -100,42 +95,6 @@ MIN_TOKENS_PER_FILE = 1000
 # every map task's output per partition) and 2-3 files. OLMo 2's 3.9T mix is ~7,600 parts at 512M;
 # this allows 40M-token parts at 4T. `"tokens_per_file": 1` asked Spark for 51 billion partitions.
 MAX_PARTS = 100_000
-
-
-def count_value(value: Any) -> int:
-    """Parse token counts like 100B, 1.5M, 832.6B, 7000, 1e9 (K/M/B/T suffixes, powers of 10).
-
-    Exact: digits are read as decimals, never through a float (a float holds 53 bits: the count
-    "123456789012345678" was planned as ...680), and a count that is not a whole number (1.5,
-    1.0000005M) is refused, not rounded. One upper bound for every spelling: 64 bits.
-    Raises ValueError with a message naming the value; the manifest and the trainer's command
-    line each say where it came from."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        got = value if isinstance(value, bool) else type(value).__name__
-        raise ValueError(f"expected a count like '100B', got {got}")
-    if isinstance(value, str):
-        match = _COUNT_RE.fullmatch(value.upper())
-        if not match:
-            raise ValueError(f"expected a count like '100B', '1.5M' or 7000, got {value!r}")
-        number, scale = Decimal(match.group(1) or match.group(3)), SUFFIXES[match.group(2) or ""]
-        written = repr(shown_number(value))
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"expected a count like '100B', got {value!r}")
-    else:  # a JSON float's own text where the manifest reader kept it; else the shortest decimal
-        # that reads back as this float (what was written, up to a float's 15 digits)
-        text = getattr(value, "text", None) or repr(value)
-        number, scale, written = Decimal(text), 1, shown_number(text)
-    # The magnitude first, from the exponent alone: "1e999999999" must not become an integer
-    # of a billion digits before it is refused (10**19 is beyond 64 bits).
-    magnitude = number.adjusted() + len(str(scale)) - 1
-    tokens = Fraction(number) * scale if 0 <= magnitude < 19 else Fraction(0 if magnitude < 0 else COUNT_MAX + 1)
-    if tokens < 1:
-        raise ValueError(f"must be a count of at least 1, got {written}")
-    if tokens > COUNT_MAX:
-        raise ValueError(f"{written} is beyond 64 bits (a count is at most {COUNT_MAX:,})")
-    if tokens.denominator != 1:
-        raise ValueError(f"{written} is not a whole number (K/M/B/T are powers of 10: 1.5M is 1500000)")
-    return int(tokens)
 
 
 def parse_count(value: Any, where: str) -> int:
@@ -869,14 +828,6 @@ def _finite_float(text: str) -> float:
         raise ManifestError(f"the number {text} is too large for a float (it reads as infinity)")
     value.text = text
     return value
-
-
-def shown_number(text: str) -> str:
-    """A number as an error shows it: 400 digits cut to their ends and their count."""
-    if len(text) <= 24:
-        return text
-    digits = text.lstrip("-")
-    return f"{text[:12]}...{text[-4:]} ({len(digits)} {'digits' if digits.isdigit() else 'characters'})"
 
 
 def _int64(text: str) -> int:

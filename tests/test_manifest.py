@@ -267,6 +267,20 @@ def test_counts_parse_exactly_whole_and_within_64_bits(text, expected):
         parse_count(text, "--budget")
 
 
+def test_counts_and_sizes_parse_at_the_bottom_layer():
+    """Every command imports `dolmino.argtypes`; its byte sizes took the count syntax (256M) by
+    importing the manifest module lazily, a bottom module reaching up (a second reader). The count
+    parser lives there now, and parsing either kind imports nothing above it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dolmino.argtypes as a; print(a.byte_size('256M'), a.byte_size('1.5KiB'), "
+            "a.count_value('1.5M')); print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('dolmino', 'filters', 'mixers', 'trainer')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["256000000 1536 1500000", "['dolmino', 'dolmino.argtypes']"]
+
+
 @pytest.mark.parametrize("written, expected", [
     ('"123456789012345678"', 123456789012345678), ("123456789012345678", 123456789012345678),
     ("123456789012345678.0", 123456789012345678), ("1e9", 10**9), ('"1e9"', 10**9),

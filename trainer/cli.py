@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from dolmino.argtypes import positive_int  # counts of things; this module's API too
+from dolmino.argtypes import count_value, positive_int  # positive_int: counts of things; this module's API too
 
 __all__ = ["FLAG_OF_FIELD", "GivenOnce", "HelpFormatter", "in_flag_names", "parse_count", "positive_int"]
 
@@ -40,8 +40,6 @@ class GivenOnce(argparse.Action):
 
 def parse_count(text: str) -> int:
     """'4T', '50B', '2.5M', '1000' -> int, by the manifest's rules (the same counts, the same suffixes)."""
-    from dolmino.manifest import count_value
-
     try:
         return count_value(text)
     except ValueError as exc:
