@@ -104,6 +104,7 @@ import html
 import io
 import json
 import os
+import posixpath
 import re
 import struct
 import sys
@@ -451,7 +452,20 @@ def _contains_allowed(hashes, set_ids, directory, shift, allowed, query, out):  
 
 
 class IndexFileError(ValueError):
-    """The index file is missing, unreadable or built for different settings."""
+    """The index file is missing, unreadable or built for different settings. `stale` is (the hash
+    version it holds, its metadata) when rebuilding it under this code is the remedy: a caller that
+    names the index by another URI than the file read (the build's s3:// index, downloaded) says the
+    remedy for that URI with `stale_index_error(uri, *stale)`, not by rewriting this one's text."""
+
+    def __init__(self, message: str, stale: tuple[int, dict] | None = None):
+        super().__init__(message)
+        self.stale = stale
+
+
+def stale_index_error(path: str, held, meta: dict) -> IndexFileError:
+    """The refusal of an index an older dolmino hashed, with the command that rebuilds `path`."""
+    return IndexFileError(f"decontamination index {path} uses hash version {held}, this code {HASH_VERSION}: "
+                          f"rebuild it with `{rebuild_command(path, meta)}`", stale=(held, meta))
 
 
 def _as_set_key(entry) -> tuple[str, str | None]:
@@ -638,8 +652,7 @@ def read_index_meta(path: str) -> dict:
             raise IndexFileError(f"decontamination index {path} uses hash version {held}, newer than this code's "
                                  f"{HASH_VERSION}: update dolmino (a newer one built it, and refuses an index "
                                  "rebuilt by this one)")
-        raise IndexFileError(f"decontamination index {path} uses hash version {held}, this code {HASH_VERSION}: "
-                             f"rebuild it with `{rebuild_command(path, meta)}`")
+        raise stale_index_error(path, held, meta)
     meta.setdefault("format_version", 1)
     if meta["format_version"] > INDEX_FORMAT:
         raise IndexFileError(f"decontamination index {path} has format {meta['format_version']}, newer than this "
@@ -650,10 +663,12 @@ def read_index_meta(path: str) -> dict:
 def rebuild_command(path: str, meta: dict) -> str:
     """The `build` command that makes `path` again, under this code's normalisation, from the eval sets
     its metadata names. "rebuild it" alone had a team rebuild its index of a few sets (or with --jsonl
-    sets of its own) as `make corpus` does, with the paper's: another index than the one refused."""
+    sets of its own) as `make corpus` does, with the paper's: another index than the one refused. An
+    s3:// index is built as a local file and copied up (`build --out s3://...` is refused: a URL)."""
     import shlex
 
-    args = ["python", "-m", "filters.decontamination", "build", "--out", path]
+    local = posixpath.basename(path) if path.startswith("s3://") else path
+    args = ["python", "-m", "filters.decontamination", "build", "--out", local]
     if meta.get("task_spec", "paper") != "paper":
         args += ["--tasks", str(meta["task_spec"])]
     if meta.get("ngram_size", DEFAULT_NGRAM_SIZE) != DEFAULT_NGRAM_SIZE:
@@ -662,7 +677,7 @@ def rebuild_command(path: str, meta: dict) -> str:
         args.append("--no-fewshot")
     for spec in meta.get("jsonl") or ():
         args += ["--jsonl", str(spec)]
-    return shlex.join(args)
+    return shlex.join(args) + (f" && aws s3 cp {shlex.quote(local)} {shlex.quote(path)}" if local != path else "")
 
 
 def build_index(instances: Iterable, out_path: str | None = None, ngram_size: int = DEFAULT_NGRAM_SIZE,

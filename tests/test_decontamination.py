@@ -672,6 +672,15 @@ def test_an_index_of_another_hash_version_is_refused_with_the_command_that_rebui
     assert command == ["python", "-m", "filters.decontamination", "build", "--out", custom, "--tasks",
                        "boolq,arc_easy", "--ngram-size", "13", "--no-fewshot", "--jsonl",
                        "ours.jsonl:question:mine/test"], refused.value
+    # An s3:// index (the build downloads it) is built as a local file and copied up: `build --out s3://...`
+    # is refused. The build named the URI by rewriting the refusal's text; the refusal carries the metadata.
+    held, meta = refused.value.stale
+    on_s3 = str(decon.stale_index_error("s3://bkt/evals/my idx.npz", held, meta))
+    command = shlex.split(on_s3.split("rebuild it with `")[1].rstrip("`"))
+    assert command == ["python", "-m", "filters.decontamination", "build", "--out", "my idx.npz", "--tasks",
+                       "boolq,arc_easy", "--ngram-size", "13", "--no-fewshot", "--jsonl", "ours.jsonl:question:mine/test",
+                       "&&", "aws", "s3", "cp", "my idx.npz", "s3://bkt/evals/my idx.npz"], on_s3
+    assert on_s3.startswith("decontamination index s3://bkt/evals/my idx.npz uses hash version ")
     paper = index("paper.npz", hash_version=decon.HASH_VERSION - 1, task_spec="paper", ngram_size=8,
                   include_fewshot=True, jsonl=[])
     with pytest.raises(IndexFileError, match=re.escape(

@@ -128,7 +128,7 @@ def _check_index(spec: dict, resources: dict, where: str) -> None:
     the index as the manifest names it; in the executors it failed after the tag phase began,
     as a Spark traceback naming a node's cache path (found by a tester). The driver reads the
     index's metadata for the report anyway."""
-    from filters.decontamination import IndexFileError, check_index_file
+    from filters.decontamination import IndexFileError, check_index_file, stale_index_error
 
     from dolmino.build.resources import localize
 
@@ -139,27 +139,8 @@ def _check_index(spec: dict, resources: dict, where: str) -> None:
     try:
         check_index_file(path)
     except IndexFileError as exc:
-        said = str(exc)
-        if is_s3(resource.uri):
-            said = _rebuilt_locally(said, path, resource.uri)
+        said = str(exc if exc.stale is None else stale_index_error(resource.uri, *exc.stale))
         raise BuildError(f"{where}.index_path: {said.replace(path, resource.uri)}") from None
-
-
-def _rebuilt_locally(said: str, path: str, uri: str) -> str:
-    """`said`'s rebuild command (`build --out <the downloaded copy>`) for the s3:// index it names:
-    built locally, then copied up. With the URI as --out it did not run ("is a URL; this needs a local
-    path"; found by a reviewer)."""
-    import os
-    import shlex
-
-    out = f"--out {shlex.quote(path)}"
-    if f"{out} " not in said and f"{out}`" not in said:
-        return said
-    local = shlex.quote(os.path.basename(uri))
-    start = said.index(out)
-    end = said.index("`", start)
-    return (said[:start] + f"--out {local}" + said[start + len(out):end]
-            + f" && aws s3 cp {local} {shlex.quote(uri)}" + said[end:])
 
 
 def _check_models(spec: dict, resources: dict, where: str) -> None:
