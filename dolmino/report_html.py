@@ -870,7 +870,25 @@ def report_problem(report) -> str | None:
         problem = problem or _field_problem(source["tokenized"], _TOKENIZED_FIELDS, f"sources[{i}].tokenized.")
     if problem is None and not isinstance(report.get("warnings") or [], list):
         problem = "warnings is not a list"
-    return problem
+    return problem or _hist_problem(report.get("doc_tokens_hist"))
+
+
+def _hist_problem(hist) -> str | None:
+    """doc_tokens_hist as the tokens-per-document chart draws it: one count per bin of
+    `dolmino.doc_lengths`. A list of another length was matplotlib's traceback ("Size mismatch between
+    values and edges"; found by a tester); none at all is an older build's (the sidecars are read)."""
+    from dolmino.doc_lengths import BIN_EDGES
+
+    if hist is None:
+        return None
+    if not isinstance(hist, dict):
+        return f"doc_tokens_hist is {type(hist).__name__}, not an object"
+    for name, counts in hist.items():
+        if not isinstance(counts, list) or not all(type(c) is int and c >= 0 for c in counts):
+            return f"doc_tokens_hist[{name!r}] is not a list of counts"
+        if len(counts) != len(BIN_EDGES) - 1:
+            return f"doc_tokens_hist[{name!r}] holds {len(counts)} bins, not {len(BIN_EDGES) - 1}"
+    return None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -357,7 +357,11 @@ def test_a_damaged_report_or_sidecar_is_one_line(tmp_path, capsys):
             (lambda r: r["sources"][0].pop("source_percent_manifest"), "sources[0].source_percent_manifest is missing"),
             (lambda r: r["sources"][0].update(pool_tokens_exact=1), "sources[0].pool_tokens_exact is int '1', not "
                                                                     "true or false"),
-            (lambda r: r["sources"][2]["tokenized"].update(removed=None), "sources[2].tokenized.removed is missing")):
+            (lambda r: r["sources"][2]["tokenized"].update(removed=None), "sources[2].tokenized.removed is missing"),
+            # the tokens-per-document chart's bins: a list of another length was matplotlib's traceback (a tester)
+            (lambda r: r.update(doc_tokens_hist={"web": [1] * 93}), "doc_tokens_hist['web'] holds 93 bins, not 96"),
+            (lambda r: r.update(doc_tokens_hist={"web": ["1"] * 96}), "doc_tokens_hist['web'] is not a list of counts"),
+            (lambda r: r.update(doc_tokens_hist=[]), "doc_tokens_hist is list, not an object")):
         report = json.loads(json.dumps(good))
         damage(report)
         report_path.write_text(json.dumps(report))
