@@ -35,7 +35,9 @@ block quotes and tables end a paragraph (paragraphs are separated by one blank l
 `<br>` is a line break; a list item's first block starts with "- ", or with its number in an
 ordered list ("1. ", counting from the list's `start`), a code block included; the cells of a
 table row are separated by " | ", an empty cell's too (a row without any text is dropped);
-`<pre>` blocks keep their code verbatim (indentation and blank lines included); inline `<code>`
+each line of a block inside a block quote starts with "> " (one per quote it is in, before a list
+marker); a block of whitespace and invisible format characters only (a zero-width space) is no
+block; `<pre>` blocks keep their code verbatim (indentation and blank lines included); inline `<code>`
 keeps its text; script/style are dropped; runs of whitespace outside `<pre>` collapse to one space.
 
 Accounting: every question row is `kept` or removed with one reason
@@ -90,9 +92,12 @@ from dolmino.documents import (
 )
 
 SOURCE = "stackexchange"
-# The conversion rules' revision, in a build's attribute keys. 5: an ordered list's items are numbered
-# ("1. "; they read "- "), an empty table cell keeps its " | " (a row with an empty first cell lost a
-# column), and a list item that starts with a code block has its marker there (it went to the next block);
+# The conversion rules' revision, in a build's attribute keys. 6: a block quote's lines start with "> " (a
+# quote read as the answer's own words), and a paragraph, list item or table cell of invisible characters
+# only is none (an answer's "- \u200b" item, a "\u200b | \u200b" row);
+# 5: an ordered list's items are numbered ("1. "; they read "- "), an empty table cell keeps its " | " (a
+# row with an empty first cell lost a column), and a list item that starts with a code block has its
+# marker there (it went to the next block);
 # 4: a table's cells are separated (they ran together: "NameAge"), the "- " of a list item without text no
 # longer lands on the next paragraph, and an answer of invisible characters only (a zero-width space) is
 # `answer_empty`;
@@ -100,7 +105,7 @@ SOURCE = "stackexchange"
 # with the answer its AcceptedAnswerId names where a file repeats question Ids (a complete dump with
 # unique Ids converts as under 2); 2: an accepted answer without text is removed (`answer_empty`);
 # revision 1 (no key) kept its question as a document of its own.
-CONVERSION_REVISION = 5
+CONVERSION_REVISION = 6
 
 
 # ---------------------------------------------------------------------------- HTML -> text
@@ -118,6 +123,13 @@ _SPACES = re.compile(r"[ \t\r\n\f\v]+")
 _MULTI_SPACE = re.compile(r" {2,}")
 
 
+def _has_text(text: str) -> bool:
+    """Something besides whitespace and invisible format characters (Unicode Cf: a zero-width space
+    alone, `<p>&#8203;</p>`, was kept as an answer, and a paragraph, list item or table cell of one
+    was a block of its own: a "- " item with nothing visible after it; testers)."""
+    return any(not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in text)
+
+
 class _HtmlToText(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -130,24 +142,33 @@ class _HtmlToText(HTMLParser):
         self.lists: list[int | None] = []  # open lists, innermost last: the next item's number, None for <ul>
         self.cells = 0  # cells begun in the current row since its last block (each after the first adds " | ")
         self.cell_text = False  # whether any of them has text: a row of empty cells is no "|" line
+        self.quotes = 0  # open <blockquote>s: each line of a block inside starts with "> " per quote
 
     def _flush(self) -> None:
         if self.cells and not self.cell_text:
             self.inline = []
         text = _MULTI_SPACE.sub(" ", "".join(self.inline))
         text = "\n".join(line.strip() for line in text.split("\n")).strip("\n")
-        if text.strip():
-            self.blocks.append(self.prefix + text)
-            self.prefix = ""
+        if _has_text(text):
+            self._append(text)
         self.inline = []
 
     def _flush_pre(self) -> None:
         text = "".join(self.pre_parts).replace("\r\n", "\n").replace("\r", "\n")
         text = "\n".join(line.rstrip() for line in text.split("\n")).strip("\n")
-        if text.strip():
-            self.blocks.append(self.prefix + text)
-            self.prefix = ""
+        if _has_text(text):
+            self._append(text)
         self.pre_parts = []
+
+    def _append(self, text: str) -> None:
+        """A block of text, behind its list marker and its quotes' "> " (a quote read as the answer's
+        own words: the manual's "Never do X" stood beside the answerer's "do X"; a tester)."""
+        text = self.prefix + text
+        self.prefix = ""
+        if self.quotes:
+            marks = "> " * self.quotes
+            text = "\n".join((marks + line).rstrip() for line in text.split("\n"))
+        self.blocks.append(text)
 
     def handle_starttag(self, tag, attrs):
         if tag in _DROP_TAGS:
@@ -168,7 +189,9 @@ class _HtmlToText(HTMLParser):
             self.pre_depth = 1
         elif tag in _BLOCK_TAGS:
             self._block()
-            if tag == "ol":
+            if tag == "blockquote":
+                self.quotes += 1
+            elif tag == "ol":
                 start = dict(attrs).get("start") or ""
                 self.lists.append(int(start.strip()) if _START.fullmatch(start.strip()) else 1)
             elif tag == "ul":
@@ -201,6 +224,8 @@ class _HtmlToText(HTMLParser):
                     self._flush_pre()
         elif tag in _BLOCK_TAGS:
             self._block()
+            if tag == "blockquote":
+                self.quotes = max(0, self.quotes - 1)
             if tag in _LIST_TAGS:
                 self.prefix = ""
             if tag in ("ul", "ol") and self.lists:
@@ -213,7 +238,7 @@ class _HtmlToText(HTMLParser):
             self.pre_parts.append(data)
         else:
             self.inline.append(_SPACES.sub(" ", data))
-            self.cell_text = self.cell_text or bool(data.strip())
+            self.cell_text = self.cell_text or _has_text(data)
 
     def text(self) -> str:
         self.close()
@@ -828,12 +853,6 @@ def _pair_step(waiting: Waiting | None, half: PostHalf) -> tuple[Waiting | None,
             pair, question, answers = (question, own[0]), None, tuple(a for a in answers if a is not own[0])
     left = Waiting(question, answers) if question is not None or answers else None
     return left, pair, replaced
-
-
-def _has_text(text: str) -> bool:
-    """Something besides whitespace and invisible format characters (Unicode Cf: a zero-width space
-    alone, `<p>&#8203;</p>`, was kept as an answer; a tester)."""
-    return any(not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in text)
 
 
 def _finish(q: dict, a: dict, config: StackExchangeConfig, stats: StackExchangeStats, site: str,

@@ -133,7 +133,7 @@ def test_newline_rule():
     ("<p>x<script>alert(1)</script>y<style>p{}</style></p>", "xy"),
     ("<ol><li><p>first</p></li><li>second<ul><li>nested</li></ul></li></ol>", "1. first\n\n2. second\n\n- nested"),
     ("<h1>Head</h1>text<br/>after break<hr>tail", "Head\n\ntext\nafter break\n\ntail"),
-    ("<blockquote><p>quoted</p></blockquote><p>unclosed <b>bold", "quoted\n\nunclosed bold"),
+    ("<blockquote><p>quoted</p></blockquote><p>unclosed <b>bold", "> quoted\n\nunclosed bold"),
     ("<p>inline <code>a  &lt;  b</code> code</p>", "inline a < b code"),
     ("", ""),
 ])
@@ -176,14 +176,47 @@ def test_ordered_lists_empty_cells_and_code_items_keep_their_structure(html, tex
     assert html_to_text(html) == text
 
 
+@pytest.mark.parametrize("html,text", [
+    # the manual's words read as the answerer's, right beside the answerer's contrary advice
+    ("<p>The manual says:</p>\n<blockquote>\n<p>Never open the oven door.</p>\n</blockquote>\n"
+     "<p>I open it anyway.</p>\n", "The manual says:\n\n> Never open the oven door.\n\nI open it anyway."),
+    # every line of a quoted block, code included (a blank line of code keeps its ">"), one mark per quote
+    ("<blockquote><p>a<br>b</p><pre><code>x\n\n  y</code></pre><blockquote><p>inner</p></blockquote>"
+     "<ol><li>item</li></ol></blockquote><p>out</p>", "> a\n> b\n\n> x\n>\n>   y\n\n> > inner\n\n> 1. item\n\nout"),
+    ("<blockquote>bare</blockquote></blockquote>after", "> bare\n\nafter"),
+])
+def test_a_block_quote_reads_as_a_quote(html, text):
+    """Found by a tester: a block quote ended a paragraph and nothing more, so a quoted manual, error
+    message or question read as the answer's own words (html2text and markdownify write "> ")."""
+    assert html_to_text(html) == text
+
+
+@pytest.mark.parametrize("html,text", [
+    ("<p>Use this:</p><p>\u200b</p><p>done</p>", "Use this:\n\ndone"),
+    ("<ul><li>a</li><li>&#8203;</li></ul><p>b</p>", "- a\n\nb"),
+    ("<ul><li>\u200b<pre><code>make</code></pre></li></ul>", "- make"),
+    ("<table><tr><td>\u200b</td><td>\u2060</td></tr><tr><td>a</td><td>b</td></tr></table>", "a | b"),
+    ("<blockquote><p>\ufeff</p></blockquote><p>z</p>", "z"),
+    ("<p>a\u200bb \u200dc</p>", "a\u200bb \u200dc"),  # inside words they stay (a joiner can matter)
+])
+def test_a_block_of_invisible_characters_is_no_block(html, text):
+    """Found by a tester: an answer of a zero-width space alone was made `answer_empty`, but as one
+    paragraph, list item or table cell among others it stayed a block of its own (a "- " item, a " | "
+    row with nothing visible), and a question's body of one followed its title as a paragraph."""
+    assert html_to_text(html) == text
+    assert se.question_text("Why?", "<p>&#8203;</p>") == "Why?"
+
+
 # Outputs of html_to_text over `_RULES_SAMPLE`, pinned with the revision that produced them: a change of
 # the converted text without a new CONVERSION_REVISION would leave stored documents sets in use.
 _RULES_SAMPLE = (
     "<ol><li>a</li><li><pre>make</pre>b</li></ol><ul><li>c</li></ul>",
     "<table><tr><th></th><th>A</th></tr><tr><td>x</td><td>1</td></tr><tr><td></td><td></td></tr></table>",
     "<p>one\n  two<br>three &amp; <code>x  y</code></p><pre>\n  code\n\n</pre><h2>h</h2><ul><li><img></li></ul>z",
+    "<blockquote><p>q<br>r</p></blockquote><ul><li>&#8203;</li></ul><p>\u200b</p>s",
 )
-_RULES_AT_REVISION = (5, ("1. a\n\n2. make\n\nb\n\n- c", "| A\n\nx | 1", "one two\nthree & x y\n\n  code\n\nh\n\nz"))
+_RULES_AT_REVISION = (6, ("1. a\n\n2. make\n\nb\n\n- c", "| A\n\nx | 1", "one two\nthree & x y\n\n  code\n\nh\n\nz",
+                          "> q\n> r\n\ns"))
 
 
 def test_a_change_of_the_converted_text_comes_with_a_new_conversion_revision():
