@@ -348,6 +348,7 @@ def test_a_trainer_checkpoint_its_hf_export_and_an_olmo_core_copy_score_identica
     assert main(["--checkpoint", str(tmp_path / "hf"), *args, "--details", str(tmp_path / "b.jsonl")]) == 0
     a = json.loads((tmp_path / "a.json").read_text())
     assert printed == a and a["checkpoint_format"] == "trainer" and a["step"] == 7
+    assert a["control_tokens"] == "dolma"  # a checkpoint that says no policy: its items encoded as dolma's
     result = a["results"]["arc_easy"]
     assert result["n"] == 3 and result["metric"] == "acc_per_char" and result["accuracy"] in (0, 1 / 3, 2 / 3, 1)
     assert result["settings"]["olmes"] == "arc_easy:rc::olmes:full" and result["settings"]["limit"] == 3
@@ -700,7 +701,9 @@ def test_a_model_trained_on_literal_control_tokens_is_scored_with_them_as_text(w
     monkeypatch.setattr(eval_module, "run_task", run_task)
     for checkpoint in ("ckpt", "hf"):
         assert main(["--checkpoint", str(tmp_path / checkpoint), "--tasks", "arc_easy", "--limit", "1",
-                     "--device", "cpu"]) == 0
+                     "--device", "cpu", "--out", str(tmp_path / f"{checkpoint}.json")]) == 0
+        # the results say which policy: beside a "dolma" model's, which read the same (a reviewer)
+        assert json.loads((tmp_path / f"{checkpoint}.json").read_text())["control_tokens"] == "literal"
     literal = Tokenizer(control_tokens="literal").encode_batch(["a<|endoftext|>b"])[0].tolist()
     assert encoded[0][:len(literal)] == literal == [64, 27, 91, 8862, 728, 428, 91, 29, 65]
     assert encoded[0][-1] == 100262 and encoded[1] == encoded[0]  # a PII placeholder stays its id

@@ -521,7 +521,9 @@ def test_training_on_builds_of_both_control_token_policies_says_so_at_start(tmp_
     """trainer.run --data A --data B with A built with tokenizer.control_tokens "dolma" and B "literal" trained
     without a word ("<|endoftext|>" in text is EOS in one, characters in the other), its checkpoints then
     recording no tokenizer (found by a tester). One warning line says so at start; training goes on."""
+    from trainer.data import scan_data
     from trainer.run import main as train_main
+    from trainer.tokenizer_files import data_tokenizer
 
     dolma = dolma2_build(tmp_path / "dolma")
     spec = {"name": "allenai/dolma2-tokenizer", "control_tokens": "literal"}
@@ -534,7 +536,19 @@ def test_training_on_builds_of_both_control_token_policies_says_so_at_start(tmp_
     assert len(warned) == 1 and warned[0].startswith("trainer.run: warning: ") and \
         f"builds of different control-token policies ({dolma} and {literal}" in warned[0] and \
         warned[0].endswith("its checkpoints record no tokenizer"), warned
-    assert "tokenizer" not in json.loads((tmp_path / "run" / "step000001" / "config.json").read_text())
+    config_file = tmp_path / "run" / "step000001" / "config.json"
+    config = json.loads(config_file.read_text())
+    assert "tokenizer" not in config
+    # A checkpoint that records one (written before the check) is resumed with its record: the line said
+    # "record no tokenizer" all the same (a reviewer)
+    record = {**data_tokenizer(scan_data([str(literal)])), "control_tokens": "dolma"}
+    config_file.write_text(json.dumps({**config, "tokenizer": record}))
+    both = ["--data", str(dolma), "--data", str(literal), *flags[:-1], "2", "--save-dir", str(tmp_path / "run")]
+    assert train_main([*both, "--resume"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "control-token" in line]
+    assert len(warned) == 1 and "builds of different control-token policies" in warned[0] and \
+        warned[0].endswith(f"its checkpoints keep the tokenizer {config_file} records (control_tokens dolma)"), warned
+    assert json.loads((tmp_path / "run" / "step000002" / "config.json").read_text())["tokenizer"] == record
 
 
 def test_a_rerun_removes_what_an_export_killed_part_way_staged(tmp_path):

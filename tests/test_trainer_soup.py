@@ -422,6 +422,36 @@ def test_soup_refuses_ingredients_trained_under_different_control_token_policies
         assert not out.exists()
 
 
+def test_an_older_ingredients_control_token_policy_is_read_from_its_data_once(tmp_path, monkeypatch):
+    """A checkpoint whose tokenizer record is from before it kept the control-token policy takes its data's:
+    the first ingredient's data was scanned for it twice per soup (the identity check, then hf/'s files), and
+    again by each later soup or evaluation in the process (a reviewer). Once per checkpoint; a config.json
+    written since is read again."""
+    import trainer.tokenizer_files as tokenizer_files
+    from test_trainer_export_hf import dolma2_build, trained_on
+
+    literal = dolma2_build(tmp_path / "literal-mix", {"name": "allenai/dolma2-tokenizer", "control_tokens": "literal"})
+    for name, seed in (("a", 1), ("b", 2)):
+        trained_on(tmp_path / name, [literal], seed=seed)
+        recorded_copy(tmp_path / name, tmp_path / "older" / name)
+        config_file = resolve_checkpoint(tmp_path / "older" / name) / "config.json"
+        config = json.loads(config_file.read_text())
+        del config["tokenizer"]["control_tokens"]  # as trainer.run recorded it before the policy
+        config_file.write_text(json.dumps({**config, "data_paths": [str(literal)]}))
+    real, scanned = tokenizer_files.data_tokenizer, []
+    monkeypatch.setattr(tokenizer_files, "data_tokenizer", lambda paths: scanned.append(paths) or real(paths))
+    ingredients = [tmp_path / "older" / "a", tmp_path / "older" / "b"]
+    soup(tmp_path / "ab", ingredients)
+    assert json.loads((tmp_path / "ab" / "hf" / "tokenizer_config.json").read_text())["split_special_tokens"]
+    assert len(scanned) == 2, scanned
+    soup(tmp_path / "ab-again", ingredients)
+    assert len(scanned) == 2, scanned
+    config_file = resolve_checkpoint(ingredients[0]) / "config.json"
+    os.utime(config_file, ns=(config_file.stat().st_atime_ns, config_file.stat().st_mtime_ns + 10**9))
+    soup(tmp_path / "ab-rewritten", ingredients)
+    assert len(scanned) == 3, scanned
+
+
 def test_soup_compares_hf_and_trainer_ingredients_tokenizers(tmp_path, capsys):
     """An HF directory's tokenizer.json and the one a trainer checkpoint's data was built with were not compared
     (only HF ingredients' files were). An ingredient that does not say is not refused: one line names it. hf/'s

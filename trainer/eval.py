@@ -1001,7 +1001,9 @@ def evaluate(checkpoint: str | Path, tasks: str | list[str] = DEFAULT_TASKS, lim
             raise EvalError(f"--details {details_path}: cannot write it ({exc.strerror or exc})") from None
     report = {"checkpoint": str(loaded.path), "checkpoint_format": loaded.format, "step": loaded.step,
               "parameters": loaded.cfg.num_params(), "device": str(dev),
-              "dtype": str(torch_dtype).removeprefix("torch."), "tokenizer": tokenizer.source, "results": results,
+              "dtype": str(torch_dtype).removeprefix("torch."), "tokenizer": tokenizer.source,
+              # how "<|endoftext|>" in an item became ids: two results files compared could not tell (a reviewer)
+              "control_tokens": tokenizer.inner.control_tokens, "results": results,
               "seconds": round(time.perf_counter() - began, 3)}
     if failed is not None:
         report.update(partial=True, failed=failed, not_scored=names[names.index(failed["task"]):])

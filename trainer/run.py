@@ -460,9 +460,7 @@ def main(argv: list[str] | None = None) -> int:
             run = run_config_from_args(args, data_paths, env.world_size, env.device, plan)
             check_batch_fits(layout, run.train.seq_len, run.train.global_batch_size)
             tokenizer = data_tokenizer(layout)  # kept in each checkpoint's config.json, for trainer.export_hf
-            if isinstance(tokenizer, str) and MIXED_CONTROL_TOKENS in tokenizer and env.is_main:
-                # "<|endoftext|>" in text is EOS in some builds, characters in others: it trained unsaid (a tester)
-                say(f"{prog}: warning: {tokenizer}; its checkpoints record no tokenizer")
+            mixed = tokenizer if isinstance(tokenizer, str) and MIXED_CONTROL_TOKENS in tokenizer else None
             tokenizer = tokenizer if isinstance(tokenizer, dict) else None
             if resume is not None:  # what Trainer._resume refuses, said by the agreed checks (and before a load)
                 resumed = check_resume_model(resume_from, run.model)
@@ -477,6 +475,13 @@ def main(argv: list[str] | None = None) -> int:
                 position = saved.get("data") or {}
                 check_data_position(position.get("fingerprint"), layout_fingerprint(layout, run.train.seq_len),
                                     resume_from / STATE_FILE)
+            if mixed is not None and env.is_main:
+                # "<|endoftext|>" in text is EOS in some builds, characters in others: it trained unsaid (a tester);
+                # a resume keeps its checkpoint's record, which "record no tokenizer" denied (a reviewer)
+                kept = (f"its checkpoints keep the tokenizer {resume_from / CONFIG_FILE} records (control_tokens "
+                        f"{tokenizer.get('control_tokens', 'not recorded')})" if tokenizer is not None else
+                        "its checkpoints record no tokenizer")
+                say(f"{prog}: warning: {mixed}; {kept}")
             failed = None
         except Exception as exc:  # noqa: BLE001 - any failure, so that every rank reaches the agreement; re-raised
             failed = exc

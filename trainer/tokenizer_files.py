@@ -13,6 +13,7 @@ where their definitions do not encode alike (`tokenizer_encoding`).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -96,18 +97,33 @@ def _with_control_tokens(record: dict, checkpoint: Path) -> dict:
     """A trainer record from before it kept the data's control-token policy, with the policy of its data
     (config.json data_paths) where that is still here (and of the recorded tokenizer.json); else the record
     as it is ("dolma")."""
-    from trainer.checkpoint import CONFIG_FILE, load_json_file
+    from trainer.checkpoint import CONFIG_FILE
 
     if "control_tokens" in record:
         return record
-    config = load_json_file(checkpoint / CONFIG_FILE)
-    paths = config.get("data_paths") if isinstance(config, dict) else None
-    if not isinstance(paths, list) or not paths:
-        return record
-    data = data_tokenizer([str(p) for p in paths])
+    try:
+        written = (checkpoint / CONFIG_FILE).stat().st_mtime_ns
+    except OSError:
+        written = None  # load_json_file says what is wrong with it
+    data = _recorded_data_tokenizer(checkpoint.absolute(), written)
     if not isinstance(data, dict) or data.get("tokenizer_sha256") != record.get("tokenizer_sha256"):
         return record
     return {**record, "control_tokens": data["control_tokens"]}
+
+
+@functools.lru_cache(maxsize=64)
+def _recorded_data_tokenizer(checkpoint: Path, written: int | None) -> dict | str | None:
+    """`data_tokenizer` of the data_paths in `checkpoint`'s config.json (as of its mtime `written`); None
+    where it names none. Read once per checkpoint per process: a soup's identity check and its hf/ files,
+    and trainer.run's evaluation (the recorded tokenizer, then the scoring), each scanned the data's builds
+    again (a reviewer)."""
+    from trainer.checkpoint import CONFIG_FILE, load_json_file
+
+    config = load_json_file(checkpoint / CONFIG_FILE)
+    paths = config.get("data_paths") if isinstance(config, dict) else None
+    if not isinstance(paths, list) or not paths:
+        return None
+    return data_tokenizer([str(p) for p in paths])
 
 
 def _trainer_tokenizer(info, depth: int) -> dict[str, bytes]:
