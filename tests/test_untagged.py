@@ -441,3 +441,92 @@ def test_reasons_that_cannot_be_read_are_said_and_the_tag_goes_on(monkeypatch, c
         "warning: why attribute files are due was not read (OSError: s3://bucket/attributes/web/minhash-1/"
         "_SOURCE.json: throttled); the tag goes on\n")
     assert tag._retag_reasons({}, [], (), None, {}) == {} and capsys.readouterr().err == ""
+
+
+def _se_bundle() -> Bundle:
+    file = InputFile("web", "/data/web/a.stackexchange.com/Posts.xml", "web/a.stackexchange.com/Posts.xml", 100,
+                     "m1", "stackexchange")
+    return Bundle(0, (Unit(0, 0, file),))
+
+
+@pytest.mark.parametrize("held", ["earlier revision", "flat layout", "this revision too"])
+def test_stack_exchange_documents_of_another_conversion_revision_are_named_by_the_mix_and_the_tag(tmp_path, held):
+    """A root converted at an earlier CONVERSION_REVISION holds its docs set under another key: `dolmino
+    mix` said "another max_doc_bytes or tokenizer, another filter model or parameter, or a dolmino whose
+    rules for them changed since" where `dolmino tag` named a Stack Exchange conversion revision (a
+    tester). Both say which revision the root holds (documents/r<n>/) and this dolmino's; where this
+    revision's documents are there too, the docs sets differ in something else: the general wording."""
+    from filters.stackexchange import CONVERSION_REVISION
+
+    from dolmino.storage import join, write_bytes
+
+    bundle = _se_bundle()
+    store = _store(tmp_path, [bundle], set_name="docs-old")
+    plan = SourceTagPlan("web", "stackexchange", None, DOCS, (), None, None, None)
+    directory = {"earlier revision": f"documents/r{CONVERSION_REVISION - 1}", "flat layout": "documents",
+                 "this revision too": f"documents/r{CONVERSION_REVISION - 1}"}[held]
+    write_bytes(store.unit_path("web", directory, bundle.units[0], ".jsonl.zst"), b"")
+    if held == "this revision too":
+        write_bytes(store.documents_path("web", bundle.units[0]), b"")
+    works = [BundleWork(bundle, (DOCS,), False, {})]
+    message = _describe(store, works, list(bundle.units), plan)
+    listed = {(0, DOCS): store.existing("web", DOCS)}
+    detail = untagged.retag_reasons({0: works[0]}, list(bundle.units), [plan], store, listed)["web"][DOCS]
+    where = join(store.root, "web", directory)
+    cause = {"earlier revision": f"Stack Exchange conversion revision {CONVERSION_REVISION - 1} there ({where}), "
+                                 f"revision {CONVERSION_REVISION} here",
+             "flat layout": f"an earlier dolmino's Stack Exchange conversion there ({where}, from before each "
+                            f"revision had a directory), revision {CONVERSION_REVISION} here",
+             "this revision too": "another max_doc_bytes or tokenizer, another filter model or parameter, or a "
+                                  "dolmino whose rules for them changed since"}[held]
+    assert message.endswith(f"{bundle.units[0].key}'s documents were tagged under other settings or rules (docs-old "
+                            f"holds them: {cause}): run `dolmino tag` with this manifest: it tags what changed and "
+                            "reuses the rest"), message
+    said = detail["settings_changed"]["detail"]
+    assert said == ("documents tagged under other settings or rules (docs-old holds earlier ones: " + (
+        cause if held != "this revision too" else "another max_doc_bytes or tokenizer, a Stack Exchange conversion "
+                                                  "revision, or a newer dolmino's rules") + ")"), said
+
+
+@pytest.mark.parametrize("stored_revision", [2, None])
+def test_a_filter_whose_tag_revision_changed_is_named_with_its_revisions(tmp_path, stored_revision):
+    """A filter's `tag_revision` bumped (its scoring rules changed) keys a new set: the refusal and the
+    tag's `why:` said "another filter model or parameter, or a dolmino whose rules for them changed
+    since", not which filter (a tester). The keyed spec stored with the set records its revision."""
+    unit = Unit(0, 0, _file("a.jsonl"))
+    bundle = Bundle(0, (unit,))
+    store = _store(tmp_path, [bundle])
+    spec = {"type": "fasttext_quality", "model_path": "s3://models/q.bin", "threshold": 0.5}
+    keyed = {"type": "fasttext_quality", "model_path": "sha256:" + "a" * 64, "rows": "r"}
+    stored = {**keyed, **({"revision": stored_revision} if stored_revision is not None else {})}
+    write_table(store.path("web", "fasttext_quality-old", bundle), {"x": []}, SCHEMA,
+                {"units": unit_listing(bundle, [0]), "set": "fasttext_quality-old", "spec": spec, "keyed": stored})
+    now = FilterTag("fasttext_quality-new", 0, spec, {**keyed, "revision": 3})
+    plan = _plan([now])
+    works = [BundleWork(bundle, ("fasttext_quality-new",), False, {})]
+    message = _describe(store, works, [unit], plan)
+    was = "revision 2" if stored_revision is not None else "rules without a revision number"
+    cause = f"the rules of filter 'fasttext_quality' changed since it was tagged ({was} there, revision 3 here)"
+    assert f"(fasttext_quality-old holds them: {cause}): run `dolmino tag`" in message, message
+    listed = {(0, DOCS): store.existing("web", DOCS)}
+    found = untagged.retag_reasons({0: works[0]}, [unit], [plan], store, listed)["web"]["fasttext_quality-new"]
+    assert found["settings_changed"]["detail"] == f"fasttext_quality-old holds them: {cause}", found
+
+
+def test_the_tag_says_files_added_or_removed_where_the_bundle_kept_its_first_file_and_count(tmp_path):
+    """b.jsonl removed and d.jsonl added inside one bundle: its name ("a.jsonl+2") is the one stored, and
+    `dolmino tag` said "an input file changed" of files none of which had (a tester). The stored file's
+    unit list tells; where it lists the same files, one of them changed."""
+    def units(names, version="m1"):
+        return [Unit(i, 0, _file(f"{n}.jsonl", version=version if n == "c" else "m1")) for i, n in enumerate(names)]
+
+    store = _store(tmp_path, [Bundle(0, tuple(units("abc")))])
+
+    def reasons(current):
+        bundle = Bundle(0, tuple(current))
+        listed = {(0, DOCS): store.existing("web", DOCS)}
+        found = untagged.retag_reasons({0: BundleWork(bundle, (DOCS,), False, {})}, current, [_plan()], store, listed)
+        return {code: why["detail"] for code, why in found["web"][DOCS].items()}
+
+    assert reasons(units("adc")) == {"files_added_or_removed": untagged.RETAG_REASONS["files_added_or_removed"]}
+    assert reasons(units("abc", version="m2")) == {"input_changed": untagged.RETAG_REASONS["input_changed"]}

@@ -29,6 +29,8 @@ from typing import NamedTuple
 from dolmino.build.attributes import DOCUMENTS_DIR, EARLIER_DOCUMENTS_DIR, AttributeStore, read_table, unit_version
 from dolmino.build.inputs import InputFile, Unit, splittable
 from dolmino.errors import BuildError
+from dolmino.storage import list_dirs
+from filters.stackexchange import CONVERSION_REVISION
 
 # A stored attribute file: "<bundle key>.<version>.parquet"; a bundle key is its first unit's key,
 # plus "+<n>" for the n units after it.
@@ -56,6 +58,7 @@ class _Source(NamedTuple):
     ranged: dict[str, InputFile]  # input name -> file, for the files this run cuts into ranges
     alone: dict[str, set[str]]  # unit key -> versions of the stored files that hold that unit alone
     bundles: dict[str, set[int]]  # first unit key -> units, of the stored docs files (`retag_reasons`)
+    paths: dict[str, list[str]]  # bundle key -> the stored docs files of that name (its versions), sorted
 
 
 def _unit_order(key: str) -> tuple[str, str]:
@@ -84,9 +87,12 @@ def _source(si: int, units: list[Unit], plans, store: AttributeStore, listed) ->
     by_file: dict[str, set[str]] = {}
     for key, _ in stored:
         by_file.setdefault(_RANGE.sub("", key), set()).add(key)
+    paths: dict[str, list[str]] = {}
+    for match, path in sorted(matches, key=lambda mp: mp[1]):
+        paths.setdefault(match["key"], []).append(path)
     mine = [u for u in units if u.source_index == si]
     return _Source(stored, [_unit_order(key) for key, _ in stored], by_file, {u.key for u in mine},
-                   {u.file.name: u.file for u in mine if u.is_range}, alone, bundles)
+                   {u.file.name: u.file for u in mine if u.is_range}, alone, bundles, paths)
 
 
 def _first_and_units(key: str) -> tuple[str, int]:
@@ -252,7 +258,8 @@ def _tagged_otherwise(work, plan, store: AttributeStore) -> str | None:
                         + "): run `dolmino tag` with this manifest")
             what = "documents" if kind == "docs" else f"{kind} attributes"
             tag = next((t for t in plan.filters if t.set_name == set_name), None)
-            spelled = _spelled_otherwise(store.path(plan.name, other, work.bundle), tag)
+            spelled = (_converted_otherwise(plan, store, work.bundle, _other_conversions(plan, store))
+                       if kind == "docs" else _spelled_otherwise(store.path(plan.name, other, work.bundle), tag))
             return (f"{where}'s {what} were tagged under other settings or rules ({other} holds them: "
                     + (spelled or "another max_doc_bytes or tokenizer, another filter model or parameter, or a "
                        "dolmino whose rules for them changed since")
@@ -346,8 +353,9 @@ _ABSENT = object()
 
 def _changed_in_place(stored: dict | None, keyed: dict | None, spec: dict) -> str | None:
     """What changed under parameters the manifest spells as the tag did: a file parameter's content
-    (the key holds its SHA-256, not its path), or a custom scorer's source. None for a set tagged
-    before its keyed spec was stored (the refusal keeps its general wording)."""
+    (the key holds its SHA-256, not its path), the filter's rules (its `tag_revision`), or a custom
+    scorer's source. None for a set tagged before its keyed spec was stored (the refusal keeps its
+    general wording)."""
     from dolmino.build.resources import file_params
 
     if not isinstance(stored, dict) or not isinstance(keyed, dict):
@@ -365,6 +373,13 @@ def _changed_in_place(stored: dict | None, keyed: dict | None, spec: dict) -> st
         else:
             changed.append("it was scored as a cascade filter where other filters before it, or other settings of "
                            "theirs, decided which documents it scored")
+    if stored.get("revision") != keyed.get("revision"):  # a filter's `tag_revision`: its rules changed (tag_plans)
+        # "a dolmino whose rules for them changed since" did not say whose: a manifest has several filters (a tester)
+        def revision(spelled: dict) -> str:
+            return f"revision {spelled['revision']}" if "revision" in spelled else "rules without a revision number"
+
+        changed.append(f"the rules of filter {keyed.get('type', spec['type'])!r} changed since it was tagged "
+                       f"({revision(stored)} there, {revision(keyed)} here)")
     if "scorer_source" in keyed and "scorer_source" in stored and stored["scorer_source"] != keyed["scorer_source"]:
         from filters.quality import scorer_source
 
@@ -374,6 +389,40 @@ def _changed_in_place(stored: dict | None, keyed: dict | None, spec: dict) -> st
         changed.append(f"the code of scorer {spec['scorer']!r} changed since it was tagged"
                        + (f" ({given_path(found[0])})" if found else ""))
     return "; ".join(changed) or None
+
+
+def _other_conversions(plan, store: AttributeStore,
+                       flat: set[str] | None = None) -> list[tuple[int | None, str, set[str]]]:
+    """(revision, directory, stored paths) of a Stack Exchange source's converted documents: this
+    dolmino's revision first, then the others newest first; revision None: documents an earlier
+    dolmino kept directly under documents/ (`flat`: their listing, where already made). A directory
+    listing, then one per revision."""
+    if plan.format != "stackexchange":
+        return []
+    held = sorted((int(d[1:]) for d in list_dirs(store.set_dir(plan.name, EARLIER_DOCUMENTS_DIR))
+                   if re.fullmatch(r"r\d+", d)), key=lambda n: (n != CONVERSION_REVISION, -n))
+    dirs = [(n, f"{EARLIER_DOCUMENTS_DIR}/r{n}") for n in held] + [(None, EARLIER_DOCUMENTS_DIR)]
+    return [(n, d, flat if n is None and flat is not None else store.existing(plan.name, d)) for n, d in dirs]
+
+
+def _converted_otherwise(plan, store: AttributeStore, bundle, conversions) -> str | None:
+    """Which Stack Exchange conversion revision the root holds a bundle's documents at, against this
+    dolmino's: a docs set of another revision was "another max_doc_bytes or tokenizer, another filter
+    model or parameter, or a dolmino whose rules for them changed since" in `dolmino mix`'s refusal,
+    where `dolmino tag` named the conversion revision (a tester). `conversions`: `_other_conversions`.
+    None where this revision's documents are there too: the docs sets differ in something else."""
+    unit = bundle.units[0]
+    for revision, directory, paths in conversions:
+        if store.unit_path(plan.name, directory, unit, ".jsonl.zst") not in paths:
+            continue
+        if revision == CONVERSION_REVISION:
+            return None
+        where = store.set_dir(plan.name, directory)
+        there = (f"Stack Exchange conversion revision {revision} there ({where})" if revision is not None else
+                 f"an earlier dolmino's Stack Exchange conversion there ({where}, from before each revision had a "
+                 "directory)")
+        return f"{there}, revision {CONVERSION_REVISION} here"
+    return None
 
 
 def _documents_gone(works, plans, store: AttributeStore, listed: dict) -> str | None:
@@ -439,23 +488,40 @@ def retag_reasons(works: dict, units: list[Unit], plans, store: AttributeStore, 
     tags each due bundle, read from the root as `describe` reads it, but per bundle and set: the tag
     said "web/minhash-17f5...: 1" and not why, and a team re-tagging part of an 800B pool pays first.
 
-    From run_tag's listings (`listed`) and the stored files' names; no due bundle's file is read.
+    From run_tag's listings (`listed`) and the stored files' names; no due bundle's file is read, but
+    where a bundle's name is stored at another version (the same first file and count), the unit list
+    of that stored docs file, for 8 such bundles at most (`_METADATA_READS`): it tells a changed file
+    from one removed and another added.
     Listed besides, once each and only where a due set's own listing cannot tell: the source's set
     names, and its sets of a due set's kind that the manifest no longer uses (one holds the bundle
-    where a model, parameter or rule changed); read: one file of such a set, and MinHash's
-    `_SOURCE.json` files."""
+    where a model, parameter or rule changed), and a Stack Exchange source's documents/ directories
+    where another docs set holds its bundles (one per conversion revision); read: one file of such a
+    set, and MinHash's `_SOURCE.json` files."""
     source = functools.cache(lambda si: _source(si, units, plans, store, listed))
     names = functools.cache(lambda si: store.set_names(plans[si].name))
     held = functools.cache(lambda si, other: store.existing(plans[si].name, other))
     said: dict[tuple, str | None] = {}  # (source index, stored set, due set) -> what differs: once per pair
     minhash = functools.cache(lambda si: _minhash_reason(plans[si], names(si), store))
     earlier = functools.cache(lambda si: store.existing(plans[si].name, EARLIER_DOCUMENTS_DIR))
+    conversions = functools.cache(lambda si: _other_conversions(plans[si], store, earlier(si)))
+    reads = [_METADATA_READS]
+
+    @functools.cache
+    def unit_keys(path: str) -> list | None:  # a stored docs file's units, while reads are left
+        if reads[0] <= 0:
+            return None
+        reads[0] -= 1
+        try:
+            return [entry.get("unit") for entry in read_table(path, columns=[])[1].get("units") or ()]
+        except BuildError:
+            return None
+
     out: dict[str, dict] = {}
     for work in works.values():
         si, bundle = work.bundle.source_index, work.bundle
         plan = plans[si]
-        docs = (_docs_reason(work, plan, source(si), names, listed, store, earlier) if plan.docs_set in work.sets
-                else None)
+        docs = (_docs_reason(work, plan, source(si), names, listed, store, earlier, conversions, unit_keys)
+                if plan.docs_set in work.sets else None)
         for set_name in work.sets:  # a bundle read again for its documents is tagged again in every due set
             code, detail = docs or _set_reason(work, plan, set_name, names, held, store, said)
             _count(out, plan.name, set_name, code, detail, bundle.key)
@@ -471,13 +537,14 @@ def _count(out: dict, source: str, set_name: str, code: str, detail: str, first:
 
 
 def _docs_reason(work, plan, known: _Source, names, listed: dict, store: AttributeStore,
-                 earlier) -> tuple[str, str]:
+                 earlier, conversions, unit_keys) -> tuple[str, str]:
     """Why a bundle's documents are read again, from the names of the source's stored docs files: one
-    stored under the bundle's first key and unit count holds the same files, one of them changed since;
-    under its first key with another count (or with a later unit's key first), files were added or
-    removed. Stack Exchange documents an earlier dolmino kept directly under documents/ (`earlier`: the
-    source's, listed once) are named as `_documents_gone` names them: "missing" named files the user
-    could see."""
+    stored under the bundle's first key and unit count holds the same files, one of them changed since,
+    unless its unit list (`unit_keys`: read while reads are left) lists others; under its first key with
+    another count (or with a later unit's key first), files were added or removed. Stack Exchange
+    documents an earlier dolmino kept directly under documents/ (`earlier`: the source's, listed once)
+    are named as `_documents_gone` names them: "missing" named files the user could see; those converted
+    under another revision, with the revision (`_converted_otherwise`)."""
     si, bundle = work.bundle.source_index, work.bundle
     if store.path(plan.name, plan.docs_set, bundle) in listed.get((si, plan.docs_set), ()):
         # stored: due for the Stack Exchange documents
@@ -498,13 +565,20 @@ def _docs_reason(work, plan, known: _Source, names, listed: dict, store: Attribu
     if not known.stored:
         kind = [n for n in names(si) if n.startswith("docs-") and n != plan.docs_set]
         if kind:
+            converted = _converted_otherwise(plan, store, bundle, conversions(si))
             return "settings_changed", (f"documents tagged under other settings or rules ({_named(kind)} "
-                                        f"{'holds' if len(kind) == 1 else 'hold'} earlier ones: another "
-                                        "max_doc_bytes or tokenizer, a Stack Exchange conversion revision, or a "
-                                        "newer dolmino's rules)")
+                                        f"{'holds' if len(kind) == 1 else 'hold'} earlier ones: "
+                                        + (converted or "another max_doc_bytes or tokenizer, a Stack Exchange "
+                                           "conversion revision, or a newer dolmino's rules") + ")")
         return "not_tagged", RETAG_REASONS["not_tagged"]
     first = bundle.units[0].key
     if len(bundle.units) in known.bundles.get(first, ()):
+        # The same name: a file of the bundle changed, or one was removed and another added between its first
+        # and last (a tester was told "an input file changed"). The stored unit list tells, where it was read.
+        stored = [found for path in known.paths.get(bundle.key, ()) if len(bundle.units) > 1
+                  and (found := unit_keys(path)) is not None]
+        if stored and [u.key for u in bundle.units] not in stored:
+            return "files_added_or_removed", RETAG_REASONS["files_added_or_removed"]
         return "input_changed", RETAG_REASONS["input_changed"]
     if any(u.key in known.bundles for u in bundle.units):
         return "files_added_or_removed", RETAG_REASONS["files_added_or_removed"]
