@@ -839,6 +839,40 @@ def test_trainer_run_keeps_the_eval_results_before_a_failing_task(wheels, tmp_pa
     assert "trainer.run: evaluation failed: task arc_easy failed" in capsys.readouterr().err
 
 
+def test_results_scored_otherwise_are_not_merged_into_one_file(wheels, tmp_path):
+    """A checkpoint scored again merged its earlier tasks' results into the new file, which then labelled them
+    with this run's tokenizer, control-token policy and dtype (a reviewer): results scored otherwise are kept
+    in a file of their own; a file from before the policy was recorded (scored under "dolma") merges."""
+    import argparse
+
+    from trainer.eval import evaluate_after_training
+
+    save_trainer_checkpoint(tmp_path / "run" / "step000007", small_model(seed=5))
+    out = tmp_path / "run" / "eval" / "step000007.json"
+    lines = []
+
+    def score(tasks: str) -> dict:
+        args = argparse.Namespace(save_dir=str(tmp_path / "run"), eval_tasks=tasks, eval_limit=1)
+        assert evaluate_after_training(args, tmp_path / "run" / "step000007", torch.device("cpu"),
+                                       log=lines.append) == 0
+        return json.loads(out.read_text())
+
+    first = score("copa")
+    assert first["control_tokens"] == "dolma" and first["dtype"] == "float32"
+    older = {k: v for k, v in first.items() if k != "control_tokens"}  # as written before it was recorded
+    out.write_text(json.dumps(older))
+    merged = score("boolq")
+    assert sorted(merged["results"]) == ["boolq", "copa"]
+    out.write_text(json.dumps({**merged, "dtype": "bfloat16"}))  # scored on another device
+    report = score("arc_easy")
+    assert sorted(report["results"]) == ["arc_easy"] and report["dtype"] == "float32"
+    aside = out.with_name("step000007.earlier-1.json")
+    kept = json.loads(aside.read_text())
+    assert sorted(kept["results"]) == ["boolq", "copa"] and kept["dtype"] == "bfloat16"
+    assert (f"eval results: step000007.json's earlier results were scored otherwise (dtype 'bfloat16' there, "
+            f"'float32' now): kept as {aside}") in lines
+
+
 def test_trainer_run_scores_with_the_tokenizer_its_build_records(wheels, tmp_path, capsys):
     """A model trained on a build whose manifest sets tokenizer.path was refused by --eval-tasks
     ("trained with another tokenizer than the packaged dolma2"), and trainer.run has no --tokenizer

@@ -60,6 +60,7 @@ import argparse
 import gzip
 import io
 import json
+import os
 import re
 import sys
 import time
@@ -1173,6 +1174,21 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                        help="score only the first N instances of each eval task (default: all)")
 
 
+# What a results file's scores depend on besides the checkpoint and each task's own settings: results of two runs
+# are merged into one file only where these agree.
+SCORING_FIELDS = ("tokenizer", "control_tokens", "dtype")
+# A file written before it recorded the policy was encoded under "dolma" (eval had no other before 163c1fb).
+_SCORED_BEFORE = {"control_tokens": "dolma"}
+
+
+def _free_name(out: Path) -> Path:
+    """`out` with the first free `.earlier-N` before its suffix: step000002.earlier-1.json."""
+    n = 1
+    while (aside := out.with_name(f"{out.stem}.earlier-{n}{out.suffix}")).exists():
+        n += 1
+    return aside
+
+
 def evaluate_after_training(args: argparse.Namespace, checkpoint: str | Path | None, device: torch.device,
                             log=print) -> int:
     """Run from trainer.run on the main rank once training is over; returns the exit status."""
@@ -1193,13 +1209,25 @@ def evaluate_after_training(args: argparse.Namespace, checkpoint: str | Path | N
         earlier = json.loads(out.read_text()) if out.is_file() else None
     except (OSError, ValueError):
         earlier = None
+    aside = None
     if isinstance(earlier, dict) and earlier.get("checkpoint") == report["checkpoint"] \
             and isinstance(earlier.get("results"), dict):
-        # the same checkpoint scored again (a resumed run with nothing to train, other tasks):
-        # its earlier tasks' results were replaced by the new ones alone (a tester)
-        report["results"] = {**earlier["results"], **report["results"]}
+        differ = [k for k in SCORING_FIELDS if earlier.get(k, _SCORED_BEFORE.get(k)) != report.get(k)]
+        if not differ:
+            # the same checkpoint scored again (a resumed run with nothing to train, other tasks):
+            # its earlier tasks' results were replaced by the new ones alone (a tester)
+            report["results"] = {**earlier["results"], **report["results"]}
+        else:
+            # merged, the earlier tasks were labelled with this run's tokenizer, policy and dtype (a reviewer):
+            # they are kept in a file of their own
+            aside = _free_name(out)
+            what = ", ".join(f"{k} {earlier.get(k, _SCORED_BEFORE.get(k))!r} there, {report.get(k)!r} now"
+                             for k in differ)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        if aside is not None:
+            os.replace(out, aside)
+            log(f"eval results: {out.name}'s earlier results were scored otherwise ({what}): kept as {aside}")
         write_bytes(str(out), (json.dumps(report, indent=2) + "\n").encode())
     except OSError as exc:  # the results are not lost with the file: printed
         print(json.dumps(report, indent=2))
