@@ -161,6 +161,22 @@ class MemmapPartWriter:
             os.replace(self._tmp[key], final)
         return self.stats
 
+    def discard(self) -> None:
+        """Close and remove this writer's temporaries: a part task that failed (a full disk) left up to a
+        whole part of them in a local --out, which the rerun after freeing space needed again and which
+        only a finished build's sweep removed (found by a tester)."""
+        for fh in (self._sidecar_text, self._sidecar_raw, self._tokens, self._mask):  # the gzip stream first
+            if fh is not None:
+                try:
+                    fh.close()
+                except (OSError, ValueError):  # the unflushed rest of a full disk's write
+                    pass
+        for tmp in self._tmp.values():
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:  # renamed by close() already
+                pass
+
 
 def read_part(npy_path: str) -> tuple[np.ndarray, list[tuple[int, int, str, str, str]]]:
     """Read a part back: its tokens (memmap) and sidecar rows. Used by checks and tests."""

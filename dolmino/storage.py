@@ -125,6 +125,16 @@ def open_temporary(path: str):
     raise FileExistsError(f"no free temporary name beside {path} after 64 tries: remove its stale .tmp files")
 
 
+def naming(exc: OSError, path: str) -> OSError:
+    """`exc`, or where it names no file (a write into a full disk or a filesystem remounted read-only
+    raises "[Errno 28] No space left on device" with no filename) the same error naming `path`: a build
+    whose --out or attributes root filled ended in "in an executor: OSError: [Errno 28] No space left
+    on device", naming no place to free (found by a tester)."""
+    if exc.filename is not None or exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror, path)
+
+
 def write_bytes(path: str, data: bytes, *, sync: bool = False) -> None:
     """Write a whole file atomically: a local temporary file of this write alone renamed (fsynced
     first with `sync`; removed when the write fails), or one S3 PUT, which is atomic itself."""
@@ -141,11 +151,13 @@ def write_bytes(path: str, data: bytes, *, sync: bool = False) -> None:
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:  # a full disk, Ctrl-C: its random name would stay behind for good
+    except BaseException as exc:  # a full disk, Ctrl-C: its random name would stay behind for good
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and (named := naming(exc, path)) is not exc:
+            raise named from exc
         raise
 
 

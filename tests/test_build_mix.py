@@ -834,6 +834,42 @@ def test_a_part_task_of_an_overtaken_build_writes_nothing(tmp_path):
         output.check_owner(str(out), mine)  # the driver's own check is strict
 
 
+def test_a_part_task_on_a_full_disk_names_out_and_removes_its_temporaries(tmp_path, monkeypatch):
+    """A full local --out: the task ended in "in an executor: OSError: [Errno 28] No space left on device",
+    naming no place, and left its part's temporaries (2.4 MB of .npy.tmp in a 3 MB tmpfs), which the rerun
+    after freeing space needed room for again (found by a tester)."""
+    import errno
+
+    from dolmino import memmap
+    from dolmino.build import write
+
+    real_open = memmap.open_temporary
+
+    def full_disk(path):
+        tmp, fh = real_open(path)
+        if not path.endswith("part-00003.npy"):
+            return tmp, fh
+
+        class Full:  # the tokens file finds the disk full after a byte, as a tmpfs at its size does
+            def write(self, data):
+                fh.write(data[:1])
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            def close(self):
+                fh.close()
+
+        return tmp, Full()
+
+    monkeypatch.setattr(memmap, "open_temporary", full_disk)
+    out = tmp_path / "out"
+    ctx = write.WriteContext(str(out), 1, 4, 100257, True, ("wiki",), "plan", frozenset(), None)
+    doc = write.TokDoc(0, 1, "d1", "a.jsonl:1", np.asarray([5, 6, 100257], dtype="<u4").tobytes())
+    with pytest.raises(OSError) as info:
+        next(write.write_part(3, iter([(0, doc)]), type("Broadcast", (), {"value": ctx})(), None))
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(out)
+    assert list(out.iterdir()) == []
+
+
 def test_a_build_overtaken_while_it_verifies_does_not_remove_the_others_parts(inputs, spark, tmp_path, monkeypatch):
     """Verifying re-hashes every part (minutes on a real build): a build started meanwhile owns
     the output, and the earlier one must not then remove its parts as stale."""

@@ -1127,3 +1127,28 @@ def test_an_installed_executor_without_the_native_source_is_the_checkouts_driver
     assert worker_env.differences(driver, installed) == []
     edited = {**driver, "code": {**driver["code"], "csrc/native.cpp": "0" * 16}}
     assert worker_env.differences(driver, edited)[0].startswith("dolmino's code differs (csrc/native.cpp;")
+
+
+def test_a_full_or_read_only_place_says_what_to_do_and_spark_scratch_is_one_line():
+    """A full --out named no place, and said nothing of the rerun; a full spark.local.dir (Spark's shuffle
+    files) printed a 150-line Java stack and an "unexpected Py4JJavaError" line of 8,000 characters, exit 1
+    (found by a tester, 3 MB tmpfs mounts)."""
+    class PythonException(Exception):  # what a failed task raises on the driver, by name
+        pass
+
+    class Py4JJavaError(Exception):
+        pass
+
+    said = executor_failure(PythonException("Traceback ...\nOSError: [Errno 28] No space left on device: '/mnt/out'\n"))
+    assert said == ("in an executor: OSError: [Errno 28] No space left on device: '/mnt/out'; free space there or "
+                    "give the build another location, then rerun the same command (finished attribute files and "
+                    "parts are kept)")
+    said = executor_failure(PythonException("Traceback ...\nOSError: [Errno 30] Read-only file system: '/mnt/a'\n"))
+    assert said.startswith("in an executor: OSError: [Errno 30] Read-only file system: '/mnt/a'; make it writable ")
+    java = ("An error occurred while calling z:org.apache.spark.api.python.PythonRDD.collectAndServe.\n: org.apache."
+            "spark.SparkException: Job aborted due to stage failure: Task 0 in stage 38.0 failed 1 times: com."
+            "esotericsoftware.kryo.KryoException: java.io.IOException: No space left on device\n\tat com.esoteric"
+            "software.kryo.io.Output.flush(Output.java:188)\n" + "\tat org.apache.spark.Frame(X.scala:1)\n" * 100)
+    said = executor_failure(Py4JJavaError(java))
+    assert said.startswith("in an executor: Spark's scratch space: No space left on device (its shuffle and spill "
+                           "files, in spark.local.dir") and "\n" not in said and len(said) < 400

@@ -367,3 +367,30 @@ def test_a_download_without_credentials_names_the_model(s3_server, tmp_path, mon
         localize(resource)
     assert str(exc.value).startswith(f"s3://{bucket}/m.bin: no usable S3 credentials (NoCredentialsError)")
     assert "AWS_ACCESS_KEY_ID" in str(exc.value)
+
+
+def test_a_node_cache_that_fills_while_it_copies_is_one_line_and_keeps_nothing(tmp_path, monkeypatch):
+    """A DOLMINO_CACHE on a disk that fills while a model or index is copied in: the task ended in
+    "in an executor: OSError: [Errno 28] No space left on device", naming neither the cache nor the
+    setting (found by a tester)."""
+    import errno
+
+    import pytest
+
+    from dolmino.build import resources
+    from dolmino.errors import BuildError
+
+    monkeypatch.setenv("DOLMINO_CACHE", str(tmp_path / "cache"))
+
+    def fill(dest):
+        with open(dest, "wb") as fh:
+            fh.write(b"half a model")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    resource = resources.Resource("s3://b/m.bin", "0" * 64, False)
+    with pytest.raises(BuildError) as info:
+        resources._in_cache(resource, fill)
+    line = str(info.value)
+    assert line.startswith("s3://b/m.bin: node ") and f"its cache {tmp_path / 'cache'} (No space left" in line
+    assert "set DOLMINO_CACHE on the executors to a directory with room" in line
+    assert [p.name for p in (tmp_path / "cache" / "resources" / ("0" * 32)).iterdir()] == [".lock"]

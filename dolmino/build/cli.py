@@ -284,6 +284,13 @@ _SCORER_NOT_SHIPPED = re.compile(r"scorer '[^']*': module '([^']*)' cannot be im
 # A module the driver imports and an executor's Python cannot: the node's environment is not the driver's.
 _MODULE_MISSING = re.compile(r"^ModuleNotFoundError: No module named '([^']+)'$", re.MULTILINE)
 
+# A full or read-only place: in an executor's Python (an OSError naming it, storage.naming), said what to do;
+# in Spark's JVM, writing its shuffle and spill files into spark.local.dir, a 150-line Java stack on the console
+# and an "unexpected Py4JJavaError" line of 8,000 characters, exit 1 (found by a tester).
+_PLACE_ERRNO = re.compile(r"^\[Errno (28|122|30)\] ")
+_JVM_PLACE = re.compile(r"java\.io\.IOException: (No space left on device|Disk quota exceeded|Read-only file system)")
+_RERUN = "then rerun the same command (finished attribute files and parts are kept)"
+
 _WORKER_DIED = "Python worker exited unexpectedly"
 _FATAL = re.compile(r"Fatal Python error: ([^\n]*)")
 _FATAL_STACK = re.compile(r"^(?:Current|Thread) [^\n]*\(most recent call first\):\n((?:  File [^\n]*\n)+)",
@@ -303,6 +310,10 @@ def executor_failure(exc: BaseException, manifest=None) -> str | None:
     found = _EXECUTOR_ERRORS.findall(text)
     if not found and (missing := _MODULE_MISSING.findall(text)):
         return redact(_missing_on_executors(missing[-1]))
+    if not found and (jvm := _JVM_PLACE.search(text)):
+        return (f"in an executor: Spark's scratch space: {jvm.group(1)} (its shuffle and spill files, in "
+                "spark.local.dir; SPARK_LOCAL_DIRS or YARN's LOCAL_DIRS on a cluster's nodes): free space there or "
+                f"point it at a larger disk (spark-submit --conf spark.local.dir=DIR), {_RERUN}")
     if not found:
         if _WORKER_DIED in text:
             # Killed (the OOM killer, a kill -9) or crashed: Spark's whole Java stack said
@@ -320,6 +331,9 @@ def executor_failure(exc: BaseException, manifest=None) -> str | None:
     if name == "ScorerError" and manifest is not None and (sites := _scorer_sites(manifest, message)):
         message = f"{sites}: {message.strip()}"
     text = f"in an executor: {name.rsplit('.', 1)[-1]}: {message.strip()}"
+    if name.endswith(("OSError", "PermissionError")) and (place := _PLACE_ERRNO.match(message.strip())):
+        what = "make it writable" if place.group(1) == "30" else "free space there"
+        text += f"; {what} or give the build another location, {_RERUN}"
     if _own_module_missing(message):
         text += ("; the driver imported it but the executors cannot: give its .py or .zip to --py-files, which ships "
                  "it to every executor")

@@ -21,6 +21,7 @@ changing it does.
 from __future__ import annotations
 
 import atexit
+import errno
 import fcntl
 import hashlib
 import os
@@ -287,7 +288,17 @@ def _in_cache(resource: Resource, fill) -> str:
         tmp = tempfile.mkdtemp(dir=base, prefix=".partial-")
         try:
             dest = os.path.join(tmp, "x")
-            fill(dest)
+            try:
+                fill(dest)
+            except OSError as exc:  # "in an executor: OSError: [Errno 28] No space left on device" (a tester)
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                    raise
+                import socket
+
+                raise BuildError(f"{resource.uri}: node {socket.gethostname()} cannot copy it into its cache "
+                                 f"{_cache_root()} ({exc.strerror}); free space there or set DOLMINO_CACHE on the "
+                                 "executors to a directory with room (default ~/.cache/dolmino), then rerun the "
+                                 "same command") from None
             # Checked before it takes the cache's name: a copy of an object replaced after the driver
             # hashed it stayed cached under the driver's digest, and every later build on the node
             # failed on it, also once the object was right again (found by a tester).

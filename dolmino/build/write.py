@@ -33,7 +33,7 @@ from dolmino.doc_lengths import histogram
 from dolmino.errors import InputChangedError
 from dolmino.memmap import MemmapPartWriter, part_name
 from dolmino.prefetch import ReadAhead
-from dolmino.storage import write_bytes
+from dolmino.storage import naming, write_bytes
 from mixers.sampling import seeded_hash
 
 TOKENIZE_BATCH = 256
@@ -262,6 +262,7 @@ def write_part(index: int, items, ctx_b, counters) -> Iterator[PartResult]:
     remote = ctx.out.startswith("s3://")
     _still_owner(ctx, index)
     workdir = staging_dir(index) if remote else ctx.out
+    writer = None
     try:
         writer = MemmapPartWriter(workdir, index, ctx.eos, label_mask=ctx.label_mask)
         lengths: dict[int, list[int]] = {}
@@ -289,6 +290,12 @@ def write_part(index: int, items, ctx_b, counters) -> Iterator[PartResult]:
         record = {"plan": ctx.plan_hash, **result._asdict(), "files": [f._asdict() for f in result.files]}
         write_bytes(f"{ctx.out.rstrip('/')}/{PARTS_DIR}/{part_name(index)}.json",
                     json.dumps(record, sort_keys=True).encode("utf-8"))
+    except BaseException as exc:
+        if writer is not None:
+            writer.discard()
+        if isinstance(exc, OSError) and (named := naming(exc, workdir)) is not exc:
+            raise named from exc  # the full or read-only --out (or staging dir), not a bare "[Errno 28]"
+        raise
     finally:
         if remote:
             shutil.rmtree(workdir, ignore_errors=True)
