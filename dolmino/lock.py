@@ -95,8 +95,19 @@ def project_version() -> str:
             return "unknown"
 
 
-def _manifest_digest(manifest: Manifest) -> str:
-    return hashlib.sha256(json.dumps(manifest.raw, sort_keys=True).encode("utf-8")).hexdigest()
+def _manifest_digest(manifest: Manifest, **replaced) -> str:
+    return hashlib.sha256(json.dumps({**manifest.raw, **replaced}, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _lock_is_for(locked: dict, manifest: Manifest) -> bool:
+    """Whether the lock's "manifest" entry is this manifest's: the same name, or the same content under
+    another name (a manifest renamed after it was locked was "the lock is for manifest 'x'", drift, though
+    the lock pins every byte it reads). A path cannot say (a clone, a release, a moved file), nor can
+    the content alone: an edit since the lock is `manifest_note`'s note, not drift."""
+    if locked.get("name") == manifest.name:
+        return True
+    name = locked.get("name")
+    return isinstance(name, str) and locked.get("sha256") == _manifest_digest(manifest, name=name)
 
 
 def _hash_all(paths: list[str], sizes: list[int], jobs: int, desc: str) -> list[str]:
@@ -480,7 +491,7 @@ def check_lock(manifest: Manifest, lock_path: str, *, rehash: bool = False, jobs
 
     lock = read_lock(lock_path) if lock is None else lock
     problems = []
-    if lock["manifest"].get("name") != manifest.name:
+    if not _lock_is_for(lock["manifest"], manifest):
         problems.append(f"{lock_path}: the lock is for manifest {lock['manifest'].get('name')!r}, not {manifest.name!r}")
     locked_inputs = lock["inputs"]
     names = [s.name for s in manifest.sources]

@@ -1192,8 +1192,11 @@ def _cmd_build(args) -> int:
         for path, text_fields, task, split in args.jsonl:
             yield from evalsets.iter_jsonl_instances(path, text_fields, task, split=split)
 
-    extra = {"task_spec": args.tasks, "jsonl": [":".join(spec[:3]) + "/" + spec[3] for spec in args.jsonl],
-             "include_fewshot": not args.no_fewshot}
+    # absolute: the rebuild command a refusal prints (`rebuild_command`) runs from wherever the index is read
+    # (a relative PATH named a file of the directory the build ran in; a tester)
+    extra = {"task_spec": args.tasks, "include_fewshot": not args.no_fewshot,
+             "jsonl": [f"{path if path.startswith('s3://') else os.path.abspath(path)}:{fields}:{task}/{split}"
+                       for path, fields, task, split in args.jsonl]}
     if args.tasks != "none":
         extra["eval_sources"] = evalsets.source_versions()
         extra["coverage_notes"] = coverage_notes(rows)

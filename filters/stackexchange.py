@@ -33,7 +33,9 @@ Questions whose accepted answer never shows up are removed as `answer_missing`.
 HTML becomes text with `html.parser`: entities are decoded; `<p>`, headings, list items,
 block quotes and tables end a paragraph (paragraphs are separated by one blank line);
 `<br>` is a line break; a list item's first block starts with "- ", or with its number in an
-ordered list ("1. ", counting from the list's `start`), a code block included; the cells of a
+ordered list ("1. ", counting from the list's `start`), a code block included; each line of a block in
+a list inside a list item is indented by the width of the enclosing items' markers ("1. Prepare:" then
+"   - flour"); `<hr>` between two blocks is a block "---" (at the start or end of a post, none); the cells of a
 table row are separated by " | ", an empty cell's too (a row without any text is dropped);
 each line of a block inside a block quote starts with "> " (one per quote it is in, before a list
 marker); a block of whitespace and invisible format characters only (a zero-width space) is no
@@ -92,7 +94,9 @@ from dolmino.documents import (
 )
 
 SOURCE = "stackexchange"
-# The conversion rules' revision, in a build's attribute keys. 6: a block quote's lines start with "> " (a
+# The conversion rules' revision, in a build's attribute keys. 7: a list inside a list item is indented
+# (its items read as siblings of their parent: "1. Prepare:", "- flour", "2. Bake."), and `<hr>` between
+# two blocks is "---" (it was dropped, joining the parts it separated); 6: a block quote's lines start with "> " (a
 # quote read as the answer's own words), and a paragraph, list item or table cell of invisible characters
 # only is none (an answer's "- \u200b" item, a "\u200b | \u200b" row);
 # 5: an ordered list's items are numbered ("1. "; they read "- "), an empty table cell keeps its " | " (a
@@ -105,7 +109,7 @@ SOURCE = "stackexchange"
 # with the answer its AcceptedAnswerId names where a file repeats question Ids (a complete dump with
 # unique Ids converts as under 2); 2: an accepted answer without text is removed (`answer_empty`);
 # revision 1 (no key) kept its question as a document of its own.
-CONVERSION_REVISION = 6
+CONVERSION_REVISION = 7
 
 
 # ---------------------------------------------------------------------------- HTML -> text
@@ -140,6 +144,9 @@ class _HtmlToText(HTMLParser):
         self.pre_parts: list[str] = []
         self.drop_depth = 0
         self.lists: list[int | None] = []  # open lists, innermost last: the next item's number, None for <ul>
+        self.indents: list[int] = []  # each open list's indentation: its enclosing items' marker widths
+        self.widths: list[int] = []  # each open list's current item's marker width ("- " 2, "10. " 4)
+        self.rule = ""  # an `<hr>` after a block, written before the next block (none at a post's end)
         self.cells = 0  # cells begun in the current row since its last block (each after the first adds " | ")
         self.cell_text = False  # whether any of them has text: a row of empty cells is no "|" line
         self.quotes = 0  # open <blockquote>s: each line of a block inside starts with "> " per quote
@@ -163,12 +170,27 @@ class _HtmlToText(HTMLParser):
     def _append(self, text: str) -> None:
         """A block of text, behind its list marker and its quotes' "> " (a quote read as the answer's
         own words: the manual's "Never do X" stood beside the answerer's "do X"; a tester)."""
-        text = self.prefix + text
+        if self.rule:
+            self.blocks.append(self.rule)
+            self.rule = ""
+        self.blocks.append(self._lines(self.prefix + text))
         self.prefix = ""
-        if self.quotes:
-            marks = "> " * self.quotes
-            text = "\n".join((marks + line).rstrip() for line in text.split("\n"))
-        self.blocks.append(text)
+
+    def _lines(self, text: str) -> str:
+        """Each line behind its list's indentation (a nested list's items read as siblings of their
+        parent without it; a tester) and its quotes' "> "."""
+        indent = " " * self.indents[-1] if self.indents else ""
+        marks = "> " * self.quotes
+        if not (indent or marks):
+            return text
+        return "\n".join((marks + indent + line).rstrip() for line in text.split("\n"))
+
+    def _hr(self) -> None:
+        """A rule between two blocks is "---" (dropped, it joined the parts it separated; a tester), one
+        at a post's start or end separates nothing, and an `<hr>` alone leaves an answer empty."""
+        self._block()
+        if self.blocks:
+            self.rule = self._lines("---")
 
     def handle_starttag(self, tag, attrs):
         if tag in _DROP_TAGS:
@@ -187,20 +209,24 @@ class _HtmlToText(HTMLParser):
         elif tag == "pre":
             self._block()
             self.pre_depth = 1
+        elif tag == "hr":
+            self._hr()
         elif tag in _BLOCK_TAGS:
             self._block()
             if tag == "blockquote":
                 self.quotes += 1
-            elif tag == "ol":
-                start = dict(attrs).get("start") or ""
-                self.lists.append(int(start.strip()) if _START.fullmatch(start.strip()) else 1)
-            elif tag == "ul":
-                self.lists.append(None)
+            elif tag in ("ol", "ul"):
+                start = (dict(attrs).get("start") or "").strip()
+                self.lists.append(None if tag == "ul" else int(start) if _START.fullmatch(start) else 1)
+                self.indents.append(self.indents[-1] + self.widths[-1] if self.indents else 0)
+                self.widths.append(0)
             elif tag == "li":
                 number = self.lists[-1] if self.lists else None
                 self.prefix = "- " if number is None else f"{number}. "
                 if number is not None:
                     self.lists[-1] += 1
+                if self.widths:
+                    self.widths[-1] = len(self.prefix)
 
     def _block(self) -> None:
         """A block starts or ends: the text so far is a paragraph, and a new row of cells begins."""
@@ -211,6 +237,8 @@ class _HtmlToText(HTMLParser):
     def handle_startendtag(self, tag, attrs):
         if tag == "br":
             (self.pre_parts if self.pre_depth else self.inline).append("\n")
+        elif tag == "hr" and not self.pre_depth:
+            self._hr()
         elif tag in _BLOCK_TAGS and not self.pre_depth:
             self._block()
 
@@ -230,6 +258,8 @@ class _HtmlToText(HTMLParser):
                 self.prefix = ""
             if tag in ("ul", "ol") and self.lists:
                 self.lists.pop()
+                self.indents.pop()
+                self.widths.pop()
 
     def handle_data(self, data):
         if self.drop_depth:

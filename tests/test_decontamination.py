@@ -694,6 +694,28 @@ def test_an_index_of_another_hash_version_is_refused_with_the_command_that_rebui
     assert "rebuild it" not in str(refused.value)
 
 
+def test_the_rebuild_command_of_an_index_built_from_a_relative_jsonl_runs_from_another_directory(
+        tmp_path, monkeypatch, capsys):
+    """`build --jsonl evals/mine.jsonl:...` recorded the path as typed, and the rebuild command a refusal
+    prints later repeated it: run where the index is read (another directory), it named no file (a tester)."""
+    import shlex
+
+    (tmp_path / "evals").mkdir()
+    (tmp_path / "evals" / "mine.jsonl").write_text('{"q": "one two three four five six seven eight nine"}\n')
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert decon.main(["build", "--out", "idx.npz", "--tasks", "none", "--jsonl", "evals/mine.jsonl:q:mine/test"]) == 0
+    capsys.readouterr()
+    meta = decon.read_index_meta("idx.npz")
+    assert meta["jsonl"] == [f"{tmp_path / 'evals' / 'mine.jsonl'}:q:mine/test"]
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    command = shlex.split(decon.rebuild_command(str(tmp_path / "again.npz"), meta))
+    assert command[:4] == ["python", "-m", "filters.decontamination", "build"]
+    assert decon.main(command[3:]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert decon.read_index_meta(str(tmp_path / "again.npz"))["instances"] == meta["instances"] == {"mine": {"test": 1}}
+
+
 def test_bbh_items_come_from_bigbench_task_files(math_bbh_instances):
     from dolmino.assets import BIGBENCH_TASK_DIRS, bigbench_tasks_dir
 

@@ -191,8 +191,25 @@ def test_lock_of_another_manifest_and_data_root_override(project, tmp_path):
     from dataclasses import replace
 
     assert check_lock(replace(_manifest(project), data_root=str(copy)), path) == []
-    other = replace(_manifest(project), name="other")
+    spec = json.loads((project / "pool.json").read_text())
+    (project / "other.json").write_text(json.dumps({**spec, "name": "other", "seed": 2}))
+    other = load_manifest(str(project / "other.json"))
     assert "the lock is for manifest 'locked-pool', not 'other'" in check_lock(other, path)[0]
+
+
+def test_a_manifest_renamed_since_its_lock_is_the_locked_manifest(project, capsys):
+    """Found by a tester: the lock's manifest was told by its name alone, so a manifest whose name was
+    changed after it was locked, every byte it reads as locked, was drift ("the lock is for manifest
+    'locked-pool'") and its --locked build refused; its content, but for the name, is the locked one."""
+    path = write_lock(_manifest(project))
+    spec = json.loads((project / "pool.json").read_text())
+    (project / "renamed.json").write_text(json.dumps({**spec, "name": "pool-v2"}, indent=4))
+    assert check_lock(load_manifest(str(project / "renamed.json")), path) == []
+    assert lock_cmd.main([str(project / "renamed.json"), "--check", "--lockfile", path]) == 0
+    assert "no drift" in capsys.readouterr().out
+    (project / "renamed.json").write_text(json.dumps({**spec, "name": "pool-v2", "seed": 2}))
+    assert check_lock(load_manifest(str(project / "renamed.json")), path) == [
+        f"{path}: the lock is for manifest 'locked-pool', not 'pool-v2'"]
 
 
 def test_lock_refuses_a_manifest_that_cannot_build(project):

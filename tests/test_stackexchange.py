@@ -131,8 +131,8 @@ def test_newline_rule():
     ("<p>one\n   two\tthree</p><p>four</p>", "one two three\n\nfour"),
     ("<pre>\n  indented\n\n\n  code  \n</pre>", "  indented\n\n\n  code"),
     ("<p>x<script>alert(1)</script>y<style>p{}</style></p>", "xy"),
-    ("<ol><li><p>first</p></li><li>second<ul><li>nested</li></ul></li></ol>", "1. first\n\n2. second\n\n- nested"),
-    ("<h1>Head</h1>text<br/>after break<hr>tail", "Head\n\ntext\nafter break\n\ntail"),
+    ("<ol><li><p>first</p></li><li>second<ul><li>nested</li></ul></li></ol>", "1. first\n\n2. second\n\n   - nested"),
+    ("<h1>Head</h1>text<br/>after break<hr>tail", "Head\n\ntext\nafter break\n\n---\n\ntail"),
     ("<blockquote><p>quoted</p></blockquote><p>unclosed <b>bold", "> quoted\n\nunclosed bold"),
     ("<p>inline <code>a  &lt;  b</code> code</p>", "inline a < b code"),
     ("", ""),
@@ -161,7 +161,7 @@ def test_tables_and_lists_keep_their_words_and_places(html, text):
     # writes it
     ("<ol><li>a</li><li>b</li></ol>", "1. a\n\n2. b"),
     ('<p>Then:</p><ol start="3"><li>c</li><li><p>d</p><ul><li>e</li></ul></li><li>f</li></ol>',
-     "Then:\n\n3. c\n\n4. d\n\n- e\n\n5. f"),
+     "Then:\n\n3. c\n\n4. d\n\n   - e\n\n5. f"),
     ('<ol start="two"><li>a</li></ol>', "1. a"),
     # a row-header table: its empty first cell lost its column ("A" read as the header of "x")
     ("<table><tr><th></th><th>A</th><th>B</th></tr><tr><td>x</td><td></td><td>2</td></tr>"
@@ -207,6 +207,33 @@ def test_a_block_of_invisible_characters_is_no_block(html, text):
     assert se.question_text("Why?", "<p>&#8203;</p>") == "Why?"
 
 
+@pytest.mark.parametrize("html,text", [
+    # the testers' recipe: "- flour" read as a step of its own between 1 and 2
+    ("<ol><li>Prepare:<ul><li>flour</li></ul></li><li>Bake.</li></ol>", "1. Prepare:\n\n   - flour\n\n2. Bake."),
+    # two levels deep, a line break and a code block in a nested item: every line keeps the indentation
+    ("<ul><li>a<ul><li>b<br>c<ol><li><pre>x\n\n  y</pre></li></ol></li></ul>back</li></ul>",
+     "- a\n\n  - b\n  c\n\n    1. x\n\n      y\n\nback"),
+    ("<blockquote><ul><li>q<ul><li>r</li></ul></li></ul></blockquote>", "> - q\n\n>   - r"),
+    ("<ul><li>x</li></ul><ol start=\"9\"><li>y<ul><li>z</li></ul></li></ol>", "- x\n\n9. y\n\n   - z"),
+])
+def test_a_nested_list_is_indented(html, text):
+    """Found by a tester: a list inside a list item was written at the left margin, so its items read as
+    siblings of their parent (html2text indents them)."""
+    assert html_to_text(html) == text
+
+
+@pytest.mark.parametrize("html,text", [
+    ("<p>a</p><hr><p>b</p>", "a\n\n---\n\nb"),
+    ("<hr/><p>a</p><hr><hr><p>\u200b</p><p>b</p><hr>", "a\n\n---\n\nb"),  # one between two blocks, none at the ends
+    ("<blockquote><p>a</p><hr><p>b</p></blockquote>", "> a\n\n> ---\n\n> b"),
+    ("<hr>", ""),
+])
+def test_a_horizontal_rule_between_blocks_is_kept(html, text):
+    """Found by a tester: `<hr>` was dropped, joining the parts it separated (an answer's "Edit:" part, a
+    second solution); html2text writes "* * *", Markdown "---". An answer of a rule alone stays empty."""
+    assert html_to_text(html) == text
+
+
 # Outputs of html_to_text over `_RULES_SAMPLE`, pinned with the revision that produced them: a change of
 # the converted text without a new CONVERSION_REVISION would leave stored documents sets in use.
 _RULES_SAMPLE = (
@@ -214,9 +241,10 @@ _RULES_SAMPLE = (
     "<table><tr><th></th><th>A</th></tr><tr><td>x</td><td>1</td></tr><tr><td></td><td></td></tr></table>",
     "<p>one\n  two<br>three &amp; <code>x  y</code></p><pre>\n  code\n\n</pre><h2>h</h2><ul><li><img></li></ul>z",
     "<blockquote><p>q<br>r</p></blockquote><ul><li>&#8203;</li></ul><p>\u200b</p>s",
+    "<hr><ol><li>a<ul><li>b</li></ul></li></ol><hr>c<hr>",
 )
-_RULES_AT_REVISION = (6, ("1. a\n\n2. make\n\nb\n\n- c", "| A\n\nx | 1", "one two\nthree & x y\n\n  code\n\nh\n\nz",
-                          "> q\n> r\n\ns"))
+_RULES_AT_REVISION = (7, ("1. a\n\n2. make\n\nb\n\n- c", "| A\n\nx | 1", "one two\nthree & x y\n\n  code\n\nh\n\nz",
+                          "> q\n> r\n\ns", "1. a\n\n   - b\n\n---\n\nc"))
 
 
 def test_a_change_of_the_converted_text_comes_with_a_new_conversion_revision():
