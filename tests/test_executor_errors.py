@@ -1029,6 +1029,36 @@ def test_an_unexpected_exception_in_an_executor_prints_its_traceback_once(spark,
     assert "pyspark" not in err and "PythonException" not in err, err
 
 
+def test_a_broadcast_into_a_full_driver_scratch_space_is_one_line(spark, tmp_path, capsys, monkeypatch):
+    """The driver's broadcast of the build's context into a full spark.local.dir ended in "unexpected
+    PicklingError: Could not serialize broadcast: OSError: [Errno 28] No space left on device" under the
+    command's copy of the traceback, exit 1 (a tester, 3 MB tmpfs): one line naming the setting, exit 2."""
+    import errno
+
+    import dolmino.build.mix
+
+    class Full:
+        def __reduce__(self):  # what writing the broadcast's bytes into a full disk raises, from its pickling
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def run_build(_manifest, _options, session):
+        session.sparkContext.broadcast(Full())
+
+    monkeypatch.setattr(dolmino.build.mix, "run_build", run_build)
+    from dolmino.build.cli import main as build_main
+
+    manifest = one_source_manifest(tmp_path)
+    code = build_main(["--manifest", str(manifest), "--budget", "1K", "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.splitlines()[-1] == (
+        "build_mix: error: the driver's Spark scratch space: No space left on device (spark.local.dir or "
+        "SPARK_LOCAL_DIRS on the driver, where broadcasts are written; /tmp by default): free space there or point "
+        "it at a larger disk (spark-submit --conf spark.local.dir=DIR), then rerun the same command (finished "
+        "attribute files and parts are kept)"), err
+    assert "unexpected" not in err, err
+
+
 def test_an_executor_that_cannot_import_the_project_says_to_install_it(spark):
     """An executor's Python without dolmino (a node whose venv lacks it, the checkout not at the driver's path)
     failed as "unexpected ModuleNotFoundError in an executor: No module named 'dolmino'", saying nothing of

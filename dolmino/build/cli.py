@@ -290,6 +290,18 @@ _MODULE_MISSING = re.compile(r"^ModuleNotFoundError: No module named '([^']+)'$"
 _PLACE_ERRNO = re.compile(r"^\[Errno (28|122|30)\] ")
 _JVM_PLACE = re.compile(r"java\.io\.IOException: (No space left on device|Disk quota exceeded|Read-only file system)")
 _RERUN = "then rerun the same command (finished attribute files and parts are kept)"
+# PySpark writes a broadcast's bytes into the driver's spark.local.dir; a full one was "unexpected PicklingError:
+# Could not serialize broadcast: OSError: [Errno 28] ...", under the command's copy of the traceback (a tester).
+_BROADCAST_PLACE = re.compile(r"Could not serialize broadcast: \w*Error: \[Errno (?:28|122|30)\] ([^\n:]*)")
+
+
+def driver_scratch_failure(exc: BaseException) -> str | None:
+    """One line for a broadcast the driver could not write into its full or read-only Spark scratch space."""
+    if type(exc).__name__ != "PicklingError" or not (place := _BROADCAST_PLACE.search(str(exc))):
+        return None
+    return (f"the driver's Spark scratch space: {place.group(1)} (spark.local.dir or SPARK_LOCAL_DIRS on the driver, "
+            "where broadcasts are written; /tmp by default): free space there or point it at a larger disk "
+            f"(spark-submit --conf spark.local.dir=DIR), {_RERUN}")
 
 _WORKER_DIED = "Python worker exited unexpectedly"
 _FATAL = re.compile(r"Fatal Python error: ([^\n]*)")
@@ -570,6 +582,9 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
         if text is not None:
             if shown := executor_traceback(exc, given_py_files(spark.sparkContext, shipped)):  # once, above
                 print(shown, file=sys.stderr)
+            print(f"{prog}: error: {text}", file=sys.stderr)
+            return 2
+        if (text := driver_scratch_failure(exc)) is not None:
             print(f"{prog}: error: {text}", file=sys.stderr)
             return 2
         from dolmino.s3 import s3_failure_message
