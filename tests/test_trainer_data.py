@@ -198,6 +198,87 @@ def test_scan_data_stats_each_part_twice_maps_none_and_asks_for_the_report_once(
     assert many[1] == few[1]
 
 
+def test_a_mix_of_more_parts_than_file_descriptors_trains(tmp_path):
+    """A mix holds thousands of parts (OLMo 2's stage-1 mix ~7,600, each with a label mask where it
+    has one): the dataset mapped every token file and mask at start, a file descriptor each, and
+    1,000 parts with masks ended in "[Errno 24] Too many open files" under the usual `ulimit -n`
+    of 1,024 (t259). 200 parts with masks under a limit of 256: opened, every part read, the
+    descriptors held at the end bounded."""
+    import subprocess
+    import sys
+
+    for k in range(200):
+        write_part(tmp_path, f"part-{k:05d}", np.arange(k * 16, k * 16 + 16), np.arange(16) % 3 > 0)
+    script = f"""
+import os, resource
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+from trainer.data import MemmapDataset
+ds = MemmapDataset({str(tmp_path)!r}, seq_len=8, repetition="off")
+first = [int(ds.instance(i)[0][0]) for i in range(len(ds))]
+assert first == list(range(0, 200 * 16, 8)), first[:4]
+print(len(ds), len(os.listdir("/proc/self/fd")))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    instances, fds = map(int, done.stdout.split())
+    assert instances == 400 and fds < 256
+
+
+def test_a_token_file_cut_short_during_the_run_is_named(tmp_path):
+    """Parts are mapped when read, not at start (a descriptor each, t259): one rewritten shorter
+    since the dataset counted its instances gave short slices, and a step failed in an IndexError
+    about array shapes, no file named."""
+    write_part(tmp_path, "part-00000", np.arange(32))
+    write_part(tmp_path, "part-00001", np.arange(32))
+    ds = MemmapDataset(tmp_path, seq_len=8, repetition="off")
+    write_part(tmp_path, "part-00001", np.arange(20))
+    assert ds.instance(0)[0].tolist() == list(range(8))
+    with pytest.raises(DataError, match="part-00001.npy: 20 tokens now, 32 when the run started"):
+        ds.instance(7)
+
+
+def test_start_up_stats_each_label_mask_once_and_opens_each_file_once(tmp_path, monkeypatch):
+    """trainer.run's start-up on a mix of thousands of parts with label masks (t259): the report
+    checks, the resume fingerprint and the dataset each looked the masks up again (8 stats of every
+    mask, 10 on a resume) and the dataset reopened every file scan_data had checked. On a network
+    mount that is per part, per rank. Counted over what trainer.run calls before the first step."""
+    import builtins
+    import hashlib
+    import json
+    import os
+
+    from trainer.data import layout_fingerprint, scan_data
+    from trainer.plan import data_tokens
+
+    for k in range(6):
+        write_part(tmp_path, f"part-{k:05d}", np.arange(16), np.ones(16, dtype=bool) if k % 2 else None)
+    certified = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in tmp_path.glob("part-*")}
+    (tmp_path / "report.json").write_text(json.dumps({"output": {"tokens": 96, "files_sha256": certified}}))
+    looked: dict[tuple[str, str], int] = {}
+    real_stat, real_open = os.stat, builtins.open
+
+    def counted(kind, real):
+        def call(path, *args, **kwargs):
+            if not isinstance(path, int) and os.fspath(path).startswith(str(tmp_path / "part-")):
+                looked[kind, os.path.basename(path)] = looked.get((kind, os.path.basename(path)), 0) + 1
+            return real(path, *args, **kwargs)
+        return call
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "stat", counted("stat", real_stat))
+        patched.setattr(builtins, "open", counted("open", real_open))
+        layout = scan_data([tmp_path])
+        assert data_tokens(layout)[0] == 96
+        fingerprint = layout_fingerprint(layout, 8)
+        ds = MemmapDataset(layout, seq_len=8, repetition="off")
+    assert ds.fingerprint() == fingerprint and fingerprint["label_masks"] == [None, 16] * 3
+    masks = [n for n in certified if n.endswith(".label_mask.npy")]
+    assert [looked.get(("stat", n)) for n in masks] == [1, 1, 1]
+    assert {looked.get(("open", n)) for n in certified if n.endswith(".npy")} == {1}
+    assert ds.instance(3)[1][:7].tolist() == list(range(9, 16))
+
+
 def test_discovery_skips_label_masks_and_sorts(tmp_path):
     write_part(tmp_path / "b", "part-00001", np.arange(8))
     write_part(tmp_path / "a", "part-00000", np.arange(8), np.ones(8, bool))

@@ -33,8 +33,9 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
@@ -48,6 +49,10 @@ from trainer.repetition import repeated_ngram_span_array
 TOKEN_DTYPE = np.dtype("<u4")
 LABEL_MASK_SUFFIX = ".label_mask.npy"
 NPY_MAGIC = b"\x93NUMPY"
+# Token files (with their label masks) a dataset keeps mapped at once, each map a file descriptor or two:
+# a mix's parts are read in shuffled order, so more would rarely be hit again, and they stay well under
+# the usual limit of 1,024 descriptors a process (`ulimit -n`) beside torch's and the checkpoints'.
+MAX_OPEN_FILES = 64
 
 
 class DataError(ValueError):
@@ -105,12 +110,15 @@ class DataLayout:
     """What the --data paths hold, found in one walk: the token files (in `discover_token_files`'
     order), their sizes, and the builds holding them (`token_builds`). The start-up checks
     (report.json token counts, tokenizers, vocabulary, the note for parts without a report)
-    each walked every tree again: five walks of a network mount before the first step."""
+    each walked every tree again: five walks of a network mount before the first step. `masks`:
+    the bytes of each token file's label mask, for those that have one (each mask was stat'ed
+    eight times before the first step, ten on a resume, and every file opened three times; t259)."""
 
     paths: tuple[str, ...]
     files: tuple[Path, ...]
     sizes: dict[Path, int]  # bytes, from the stat the duplicate check makes
     builds: dict[Path, list[Path]]
+    masks: dict[Path, int] = field(default_factory=dict)  # token file -> its label mask's bytes
 
 
 def scan_data(paths: Iterable[str | Path] | DataLayout) -> DataLayout:
@@ -127,11 +135,7 @@ def scan_data(paths: Iterable[str | Path] | DataLayout) -> DataLayout:
     # Sizes from `_discover`'s stat, nothing mapped: the dataset maps them again, and each memmap
     # here cost an open, a path resolved component by component and an mmap per part (13 stats a
     # part before the first step, 10,000 parts of a 300B mix; t235).
-    for _, f, size in found:
-        n_tokens = _token_count(f, size)
-        mask_path = label_mask_path(f)
-        if mask_path.exists():
-            _open_mask(mask_path, n_tokens, mapped=False)
+    masks = _checked_files(found)
     builds: dict[Path, list[Path]] = {}
     has_report = functools.cache(lambda d: (d / COMPLETION_MARKER).is_file())  # once per directory, not per part
     for top, f, _ in found:
@@ -145,7 +149,23 @@ def scan_data(paths: Iterable[str | Path] | DataLayout) -> DataLayout:
             raise DataError(f"{outer} is a build with another build inside it ({inner}), whose token files its "
                             f"{COMPLETION_MARKER} does not count; pass the build(s) you mean as --data, or move the "
                             "inner one out")
-    return DataLayout(paths, tuple(f for _, f, _ in found), {f: size for _, f, size in found}, builds)
+    return DataLayout(paths, tuple(f for _, f, _ in found), {f: size for _, f, size in found}, builds, masks)
+
+
+def _checked_files(found: list[tuple[Path | None, Path, int]]) -> dict[Path, int]:
+    """Refuse the token files of `_discover` and their label masks that `MemmapDataset` cannot read
+    (headers and sizes: nothing mapped); the bytes of each mask, by its token file."""
+    masks = {}
+    for _, f, size in found:
+        n_tokens = _token_count(f, size)
+        mask_path = label_mask_path(f)
+        try:
+            mask_bytes = mask_path.stat().st_size
+        except FileNotFoundError:
+            continue
+        _open_mask(mask_path, n_tokens, mapped=False, size=mask_bytes)
+        masks[f] = mask_bytes
+    return masks
 
 
 def token_builds(paths: Iterable[str | Path] | DataLayout) -> dict[Path, list[Path]]:
@@ -276,9 +296,9 @@ def _open_tokens(path: Path) -> np.ndarray:
     return np.memmap(path, dtype=TOKEN_DTYPE, mode="r")
 
 
-def _open_mask(path: Path, n_tokens: int, mapped: bool = True) -> np.ndarray | None:
+def _open_mask(path: Path, n_tokens: int, mapped: bool = True, size: int | None = None) -> np.ndarray | None:
     """A token file's label mask, checked against its `n_tokens`; `mapped=False` only checks it
-    (returns None for a raw mask: its size is its length)."""
+    (returns None for a raw mask: its size is its length; `size`: its bytes, if known)."""
     with open(path, "rb") as fh:
         has_header = fh.read(len(NPY_MAGIC)) == NPY_MAGIC
     if has_header:
@@ -287,7 +307,7 @@ def _open_mask(path: Path, n_tokens: int, mapped: bool = True) -> np.ndarray | N
             raise DataError(f"{path}: label mask must be a 1-D bool array, got {mask.dtype} {mask.shape}")
         entries = len(mask)
     else:
-        entries = path.stat().st_size
+        entries = path.stat().st_size if size is None else size
         mask = None if not mapped else (np.memmap(path, dtype=np.bool_, mode="r") if entries
                                         else np.zeros(0, dtype=np.bool_))
     if entries != n_tokens:
@@ -311,17 +331,17 @@ class MemmapDataset:
         self.repetition = repetition
         self.max_n = repetition_max_n
         self.min_repeats = repetition_min_repeats
-        self._tokens: list[np.ndarray] = []
-        self._masks: list[np.ndarray | None] = []
-        files = []
-        for path in discover_token_files(paths):
-            tokens = _open_tokens(path)
-            mask_path = label_mask_path(path)
-            mask = _open_mask(mask_path, len(tokens)) if mask_path.exists() else None
-            self._tokens.append(tokens)
-            self._masks.append(mask)
-            files.append(TokenFile(path, len(tokens), mask_path if mask is not None else None,
-                                   mask_path.stat().st_size if mask is not None else None))
+        # Checked here, mapped only when read (`_arrays`): each map holds a file descriptor, and a mix of
+        # 1,000 parts with label masks ended in "Too many open files" under the common limit of 1,024 (t259).
+        self._open: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._open_lock = threading.Lock()
+        if isinstance(paths, DataLayout):  # checked by `scan_data`
+            found, masks = [(f, paths.sizes[f]) for f in paths.files], paths.masks
+        else:
+            walked = _discover([paths] if isinstance(paths, (str, Path)) else paths)
+            found, masks = [(f, size) for _, f, size in walked], _checked_files(walked)
+        files = [TokenFile(f, size // TOKEN_DTYPE.itemsize, label_mask_path(f) if f in masks else None, masks.get(f))
+                 for f, size in found]
         if not files:
             raise DataError(f"no token files (*.npy) found in {paths}")
         self.files = files
@@ -339,6 +359,24 @@ class MemmapDataset:
     def fingerprint(self) -> dict:
         return data_fingerprint(self.files, self.seq_len)
 
+    def _arrays(self, file_idx: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """File `file_idx`'s tokens and label mask, mapped; the `MAX_OPEN_FILES` last read stay mapped
+        (a map dropped here is closed once no reader holds it: the prefetch thread may)."""
+        with self._open_lock:
+            if file_idx in self._open:
+                self._open.move_to_end(file_idx)
+                return self._open[file_idx]
+        f = self.files[file_idx]
+        arrays = (_open_tokens(f.path), _open_mask(f.mask_path, f.n_tokens) if f.mask_path is not None else None)
+        if len(arrays[0]) != f.n_tokens:  # its instances were counted at start: slices past its end would be short
+            raise DataError(f"{f.path}: {len(arrays[0]):,} tokens now, {f.n_tokens:,} when the run started: the "
+                            "token file changed during the run")
+        with self._open_lock:
+            self._open[file_idx] = arrays
+            while len(self._open) > MAX_OPEN_FILES:
+                self._open.popitem(last=False)
+        return arrays
+
     def _locate(self, index: int) -> tuple[int, int]:
         if not 0 <= index < self.n_instances:
             raise IndexError(f"instance {index} out of range [0, {self.n_instances})")
@@ -349,7 +387,7 @@ class MemmapDataset:
         """Token ids and labels of one instance, with the label accounting (see `Instance`)."""
         file_idx, start = self._locate(index)
         end = start + self.seq_len
-        tokens = self._tokens[file_idx]
+        tokens, mask = self._arrays(file_idx)
         ids = np.asarray(tokens[start:end], dtype=np.int64)
         if self.vocab_size is not None and ids.max() >= self.vocab_size:
             bad = int(np.argmax(ids >= self.vocab_size))
@@ -360,7 +398,6 @@ class MemmapDataset:
                             f">= vocab_size {self.vocab_size}{cause}")
         keep = np.ones(self.seq_len, dtype=np.bool_)
         n_label_masked = n_rep_masked = 0
-        mask = self._masks[file_idx]
         if mask is not None:
             keep &= np.asarray(mask[start:end], dtype=np.bool_)
             n_label_masked = int(self.seq_len - 1 - keep[1:].sum())
@@ -432,13 +469,9 @@ def layout_fingerprint(layout: DataLayout, seq_len: int) -> dict:
     """`MemmapDataset.fingerprint` of `layout`'s files, from their sizes (nothing is opened):
     trainer.run checks a --resume's data position in its start-up checks, which the ranks agree
     on. Found only in the Trainer, every rank printed it (N ranks, N copies; found by a tester)."""
-    files = []
-    for f in layout.files:
-        mask = label_mask_path(f)
-        mask_bytes = mask.stat().st_size if mask.exists() else None
-        files.append(TokenFile(f, layout.sizes[f] // TOKEN_DTYPE.itemsize, mask if mask_bytes is not None else None,
-                               mask_bytes))
-    return data_fingerprint(files, seq_len)
+    return data_fingerprint([TokenFile(f, layout.sizes[f] // TOKEN_DTYPE.itemsize,
+                                       label_mask_path(f) if f in layout.masks else None, layout.masks.get(f))
+                             for f in layout.files], seq_len)
 
 
 def check_data_position(saved: dict | None, current: dict, where: str | Path | None = None) -> None:

@@ -304,7 +304,7 @@ def data_tokens(paths: list[str] | DataLayout) -> tuple[int, str]:
         listed = listed_files(data)
         names = [f.relative_to(folder).as_posix() for f in held]
         read = names + [n[: -len(".npy")] + LABEL_MASK_SUFFIX for n, f in zip(names, held)
-                        if listed and label_mask_path(f).is_file()]
+                        if listed and f in layout.masks]
         if listed and (stale := unlisted_parts(read, listed)[1]):
             # A mask is used where its file exists: one the build did not write trained unsaid, while
             # `dolmino validate` called the build INVALID (found by a tester).
@@ -332,7 +332,8 @@ def data_tokens(paths: list[str] | DataLayout) -> tuple[int, str]:
             checked += 1
         wanted = None if whole else {n[: -len(".npy")] + LABEL_MASK_SUFFIX for n in names}
         masks = [n for n in listed if n.endswith(LABEL_MASK_SUFFIX) and (wanted is None or n in wanted)]
-        if lost := [n for n in masks if not (folder / n).is_file()]:
+        present = {label_mask_path(f) for f in held if f in layout.masks}
+        if lost := [n for n in masks if folder / n not in present and not (folder / n).is_file()]:
             # A mask is used where its file exists: a copy without them trained (and a resume onto
             # one went on) on every label the build masked, unsaid (found by a tester).
             raise DataError(f"{report} certifies {len(masks)} label mask file(s), {len(lost)} of them not here (first: "
