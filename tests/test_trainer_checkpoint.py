@@ -179,6 +179,61 @@ def test_files_fingerprint_tells_copies_from_other_weights(tmp_path):
     assert files_fingerprint(hub) == files_fingerprint(a)
 
 
+def test_files_fingerprint_of_thousands_of_files_reads_a_bounded_number_of_samples(tmp_path, monkeypatch):
+    """Every rank fingerprints the mix's token files and masks at start: 16 samples of 4 KB each,
+    ~243,000 random reads per rank for OLMo 2's ~7,600 parts with masks (t259). Past 256 files each
+    gives fewer, one at least (its middle), so another build's parts (other bytes, same sizes) still differ."""
+    import builtins
+
+    import trainer.checkpoint as checkpoint
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "mix"
+    root.mkdir()
+    files = []
+    for i in range(600):
+        f = root / f"part-{i:05d}.npy"
+        f.write_bytes(rng.integers(0, 255, 40_000, dtype=np.uint8).tobytes())
+        files.append(f)
+    reads = []
+
+    class Counted:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def seek(self, *args):
+            return self.fh.seek(*args)
+
+        def read(self, *args):
+            data = self.fh.read(*args)
+            reads.append(len(data))
+            return data
+
+    monkeypatch.setattr(checkpoint, "open", lambda *a, **k: Counted(builtins.open(*a, **k)), raising=False)
+    before = files_fingerprint(root, files)
+    assert len(reads) == 600 * 6 and sum(reads) == 600 * 6 * 4096  # 4096 samples // 600 files
+    other = files[123]
+    data = bytearray(other.read_bytes())
+    data[0] ^= 1  # the first sample's
+    other.write_bytes(bytes(data))
+    assert files_fingerprint(root, files) != before
+    monkeypatch.setattr(checkpoint, "_FINGERPRINT_BUDGET", 600)  # one sample a file: its middle
+    reads.clear()
+    before = files_fingerprint(root, files)
+    assert len(reads) == 600
+    data[len(data) // 2] ^= 1
+    other.write_bytes(bytes(data))
+    assert files_fingerprint(root, files) != before
+    reads.clear()
+    assert files_fingerprint(root, files[:10]) and reads == [40_000] * 10  # few files: 16 samples each, or whole
+
+
 def _two_ranks_worker(rank: int, store: str, data: list, resume: list, out: str, train: dict) -> None:
     from datetime import timedelta
 

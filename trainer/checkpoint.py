@@ -424,9 +424,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return resolve_checkpoint(found)  # its model.pt and config.json are there too
 
 
-# Bytes read from each large file to fingerprint a checkpoint: every rank does it, at start.
+# Bytes read from each large file to fingerprint a checkpoint: every rank does it, at start. Samples in all,
+# at most: a mix's thousands of token files and masks took 16 each (OLMo 2's ~7,600 parts: ~243,000 random
+# 4 KB reads per rank before the first step, t259); past the budget each file gives fewer, one at least.
 _FINGERPRINT_SAMPLES = 16
 _FINGERPRINT_SAMPLE_BYTES = 4096
+_FINGERPRINT_BUDGET = 4096
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".distcp")
@@ -446,7 +449,7 @@ def weight_files(path: str | Path) -> list[Path]:
 
 def files_fingerprint(path: str | Path, files: list[Path] | None = None) -> int:
     """A 48-bit digest of a checkpoint as files: every file's name and size, small files whole
-    and 16 spread 4 KB samples of each large one. Two revisions of one model have the same
+    and 16 spread 4 KB samples of each large one (fewer each past 256 files, one at least). Two revisions of one model have the same
     sizes but different weights everywhere, so their samples differ; a few MB are read at most.
     Ranks compare it (`trainer.distributed.ranks_agree`) to find a node holding another copy.
     `files`: those to digest (under `path`, in this order; default: its `weight_files`), e.g.
@@ -456,16 +459,18 @@ def files_fingerprint(path: str | Path, files: list[Path] | None = None) -> int:
     root = Path(path)
     if files is None:
         files = weight_files(root)
+    samples = max(1, min(_FINGERPRINT_SAMPLES, _FINGERPRINT_BUDGET // max(1, len(files))))
     digest = hashlib.sha256()
     for f in files:
         size = f.stat().st_size
         digest.update(f"{f.relative_to(root) if f != root else f.name}\0{size}\0".encode())
         with open(f, "rb") as fh:
-            if size <= _FINGERPRINT_SAMPLES * _FINGERPRINT_SAMPLE_BYTES:
+            if size <= samples * _FINGERPRINT_SAMPLE_BYTES:
                 digest.update(fh.read())
                 continue
-            for k in range(_FINGERPRINT_SAMPLES):
-                fh.seek((size - _FINGERPRINT_SAMPLE_BYTES) * k // (_FINGERPRINT_SAMPLES - 1))
+            for k in range(samples):  # spread from the first 4 KB to the last; one alone: the middle
+                fh.seek((size - _FINGERPRINT_SAMPLE_BYTES) * k // (samples - 1) if samples > 1
+                        else (size - _FINGERPRINT_SAMPLE_BYTES) // 2)
                 digest.update(fh.read(_FINGERPRINT_SAMPLE_BYTES))
     return int.from_bytes(digest.digest()[:6], "big")
 
