@@ -1182,3 +1182,28 @@ def test_a_full_or_read_only_place_says_what_to_do_and_spark_scratch_is_one_line
     said = executor_failure(Py4JJavaError(java))
     assert said.startswith("in an executor: Spark's scratch space: No space left on device (its shuffle and spill "
                            "files, in spark.local.dir") and "\n" not in said and len(said) < 400
+
+
+def test_a_read_only_spark_scratch_space_is_not_told_to_free_space():
+    """A spark.local.dir remounted read-only was told "free space there or point it at a larger disk", the
+    remedy of a full one, by the driver's broadcast and by the executors' shuffle files alike (a reviewer)."""
+    from dolmino.build.cli import driver_scratch_failure
+
+    class PicklingError(Exception):  # what PySpark raises on the driver, by name
+        pass
+
+    class Py4JJavaError(Exception):
+        pass
+
+    for failure in ("No space left on device", "Read-only file system"):
+        errno_ = 28 if failure.startswith("No space") else 30
+        driver = driver_scratch_failure(PicklingError(f"Could not serialize broadcast: OSError: [Errno {errno_}] "
+                                                      f"{failure}"))
+        executor = executor_failure(Py4JJavaError(f"Job aborted: java.io.IOException: {failure}\n\tat x.y(Z.java:1)"))
+        for said in (driver, executor):
+            remedy = said.split(f"{failure} (", 1)[1].split("): ", 1)[1]
+            if failure.startswith("Read-only"):
+                assert remedy.startswith("make it writable or point it at a writable disk (spark-submit --conf "
+                                         "spark.local.dir=DIR), then rerun"), said
+            else:
+                assert remedy.startswith("free space there or point it at a larger disk (spark-submit --conf "), said

@@ -394,3 +394,26 @@ def test_a_node_cache_that_fills_while_it_copies_is_one_line_and_keeps_nothing(t
     assert line.startswith("s3://b/m.bin: node ") and f"its cache {tmp_path / 'cache'} (No space left" in line
     assert "set DOLMINO_CACHE on the executors to a directory with room" in line
     assert [p.name for p in (tmp_path / "cache" / "resources" / ("0" * 32)).iterdir()] == [".lock"]
+
+
+def test_a_node_cache_remounted_read_only_while_it_copies_is_not_told_to_free_space(tmp_path, monkeypatch):
+    """The line of a full cache ("free space there ... a directory with room") was said of a read-only one
+    too, where there is nothing to free (a reviewer)."""
+    import errno
+
+    import pytest
+
+    from dolmino.build import resources
+    from dolmino.errors import BuildError
+
+    monkeypatch.setenv("DOLMINO_CACHE", str(tmp_path / "cache"))
+
+    def fill(dest):
+        raise OSError(errno.EROFS, "Read-only file system", dest)
+
+    with pytest.raises(BuildError) as info:
+        resources._in_cache(resources.Resource("s3://b/m.bin", "1" * 64, False), fill)
+    line = str(info.value)
+    assert "(Read-only file system); make it writable or set DOLMINO_CACHE on the executors to a writable " \
+           "directory (default ~/.cache/dolmino)" in line, line
+    assert "free space" not in line and "room" not in line, line

@@ -295,13 +295,20 @@ _RERUN = "then rerun the same command (finished attribute files and parts are ke
 _BROADCAST_PLACE = re.compile(r"Could not serialize broadcast: \w*Error: \[Errno (?:28|122|30)\] ([^\n:]*)")
 
 
+def _scratch_remedy(failure: str) -> str:
+    """What to do about Spark's scratch space that `failure` (the OS's words) found full or read-only: a
+    read-only one was told to "free space there" (a reviewer)."""
+    fix = ("make it writable or point it at a writable disk" if failure.startswith("Read-only") else
+           "free space there or point it at a larger disk")
+    return f"{fix} (spark-submit --conf spark.local.dir=DIR), {_RERUN}"
+
+
 def driver_scratch_failure(exc: BaseException) -> str | None:
     """One line for a broadcast the driver could not write into its full or read-only Spark scratch space."""
     if type(exc).__name__ != "PicklingError" or not (place := _BROADCAST_PLACE.search(str(exc))):
         return None
     return (f"the driver's Spark scratch space: {place.group(1)} (spark.local.dir or SPARK_LOCAL_DIRS on the driver, "
-            "where broadcasts are written; /tmp by default): free space there or point it at a larger disk "
-            f"(spark-submit --conf spark.local.dir=DIR), {_RERUN}")
+            f"where broadcasts are written; /tmp by default): {_scratch_remedy(place.group(1))}")
 
 _WORKER_DIED = "Python worker exited unexpectedly"
 _FATAL = re.compile(r"Fatal Python error: ([^\n]*)")
@@ -324,8 +331,8 @@ def executor_failure(exc: BaseException, manifest=None) -> str | None:
         return redact(_missing_on_executors(missing[-1]))
     if not found and (jvm := _JVM_PLACE.search(text)):
         return (f"in an executor: Spark's scratch space: {jvm.group(1)} (its shuffle and spill files, in "
-                "spark.local.dir; SPARK_LOCAL_DIRS or YARN's LOCAL_DIRS on a cluster's nodes): free space there or "
-                f"point it at a larger disk (spark-submit --conf spark.local.dir=DIR), {_RERUN}")
+                f"spark.local.dir; SPARK_LOCAL_DIRS or YARN's LOCAL_DIRS on a cluster's nodes): "
+                f"{_scratch_remedy(jvm.group(1))}")
     if not found:
         if _WORKER_DIED in text:
             # Killed (the OOM killer, a kill -9) or crashed: Spark's whole Java stack said

@@ -295,10 +295,12 @@ def _in_cache(resource: Resource, fill) -> str:
                     raise
                 import socket
 
+                # a cache remounted read-only was told to free space there (a reviewer)
+                fix, room = (("make it writable", "a writable directory") if exc.errno == errno.EROFS
+                             else ("free space there", "a directory with room"))
                 raise BuildError(f"{resource.uri}: node {socket.gethostname()} cannot copy it into its cache "
-                                 f"{_cache_root()} ({exc.strerror}); free space there or set DOLMINO_CACHE on the "
-                                 "executors to a directory with room (default ~/.cache/dolmino), then rerun the "
-                                 "same command") from None
+                                 f"{_cache_root()} ({exc.strerror}); {fix} or set DOLMINO_CACHE on the executors "
+                                 f"to {room} (default ~/.cache/dolmino), then rerun the same command") from None
             # Checked before it takes the cache's name: a copy of an object replaced after the driver
             # hashed it stayed cached under the driver's digest, and every later build on the node
             # failed on it, also once the object was right again (found by a tester).
