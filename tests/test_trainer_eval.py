@@ -118,6 +118,9 @@ def test_every_task_is_packaged_and_the_dumps_are_the_olmes_prompts(wheels):
         config = json.loads(read_member(spec.project, spec.member.replace("requests.jsonl.gz", "config.json")))
         task_config = config["task_config"]
         assert task_config["split"] == spec.split and task_config["num_shots"] == spec.num_shots, spec.name
+        if spec.kind == "qa":  # OLMES's own sample of the split (1000 instances), as OLMo 2 was scored on
+            assert task_config["metadata"]["alias"] == spec.olmes.replace("::", ":bpb::"), spec.name
+            continue
         assert task_config.get("limit") in (None, 1_000_000), spec.name  # the whole split, not a subsample
 
 
@@ -364,6 +367,27 @@ def test_a_trainer_checkpoint_its_hf_export_and_an_olmo_core_copy_score_identica
     assert c["checkpoint_format"] == "olmo-core" and c["step"] == 42
     assert c["checkpoint"] == str(olmo_core / "model_and_optim") and c["parameters"] == a["parameters"]
     assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "c.jsonl").read_text()
+
+
+def test_generative_qa_is_scored_end_to_end(wheels, tmp_path, capsys):
+    """`trainer.eval --tasks squad --limit 2`: the QA tasks were not scorable at all (gsm8k was the
+    only generative task). F1 is the `accuracy`, beside exact match and the gold's loss per byte."""
+    save_trainer_checkpoint(tmp_path / "ck", small_model(seed=8, max_seq_len=512))
+    out, details = tmp_path / "r" / "squad.json", tmp_path / "r" / "squad.jsonl"
+    assert main(["--checkpoint", str(tmp_path / "ck"), "--tasks", "squad", "--limit", "2", "--device", "cpu",
+                 "--out", str(out), "--details", str(details)]) == 0
+    capsys.readouterr()
+    result = json.loads(out.read_text())["results"]["squad"]
+    rows = [json.loads(line) for line in details.read_text().splitlines()]
+    assert result["metric"] == "f1" and result["n"] == 2 and len(rows) == 2
+    assert result["accuracy"] == result["metrics"]["f1"] == pytest.approx(np.mean([r["f1"] for r in rows]))
+    assert result["metrics"]["exact_match"] == pytest.approx(np.mean([r["exact_match"] for r in rows]))
+    assert result["metrics"]["logits_per_byte"] == pytest.approx(np.mean([r["logits_per_byte"] for r in rows]))
+    assert result["metrics"]["logits_per_byte"] > 0 and result["truncated"] == 2  # 5-shot SQuAD is > 512 tokens
+    assert result["settings"]["stop_sequences"] == ["Title:", "\n\n"] and result["settings"]["max_new_tokens"] == 50
+    assert result["settings"]["olmes"] == "squad::olmes"
+    assert rows[0]["answers"] == ["23 years", "23", "23"] and rows[0]["continuation"] == " 23 years"
+    assert all(r["new_tokens"] <= 50 and "\n\n" not in r["generation"] for r in rows)
 
 
 def test_context_longer_than_max_seq_len_is_truncated_from_the_left_and_counted(wheels, tmp_path):

