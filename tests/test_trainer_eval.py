@@ -897,6 +897,36 @@ def test_results_scored_otherwise_are_not_merged_into_one_file(wheels, tmp_path)
             f"'float32' now): kept as {aside}") in lines
 
 
+def test_results_of_the_checkpoint_by_another_path_are_not_lost(wheels, tmp_path, monkeypatch):
+    """The same save dir given relative, then absolute (or from another directory): the earlier tasks' results
+    were overwritten by the new ones alone, exit 0 (a tester). The same directory merges; a file this run
+    cannot merge is kept beside it."""
+    import argparse
+
+    from trainer.eval import evaluate_after_training
+
+    save_trainer_checkpoint(tmp_path / "run" / "step000007", small_model(seed=5))
+    out = tmp_path / "run" / "eval" / "step000007.json"
+    monkeypatch.chdir(tmp_path)
+    lines = []
+
+    def score(save_dir: str, tasks: str) -> dict:
+        args = argparse.Namespace(save_dir=save_dir, eval_tasks=tasks, eval_limit=1)
+        assert evaluate_after_training(args, Path(save_dir) / "step000007", torch.device("cpu"),
+                                       log=lines.append) == 0
+        return json.loads(out.read_text())
+
+    assert score("run", "copa")["checkpoint"] == "run/step000007"
+    report = score(str(tmp_path / "run"), "boolq")
+    assert sorted(report["results"]) == ["boolq", "copa"] and report["checkpoint"] == str(tmp_path / "run/step000007")
+    out.write_text(json.dumps({**report, "checkpoint": "elsewhere/step000007"}))  # written from another directory
+    assert sorted(score("run", "arc_easy")["results"]) == ["arc_easy"]
+    aside = out.with_name("step000007.earlier-1.json")
+    assert sorted(json.loads(aside.read_text())["results"]) == ["boolq", "copa"]
+    assert (f"eval results: step000007.json's earlier results are of checkpoint 'elsewhere/step000007': "
+            f"kept as {Path('run/eval/step000007.earlier-1.json')}") in lines
+
+
 def test_trainer_run_scores_with_the_tokenizer_its_build_records(wheels, tmp_path, capsys):
     """A model trained on a build whose manifest sets tokenizer.path was refused by --eval-tasks
     ("trained with another tokenizer than the packaged dolma2"), and trainer.run has no --tokenizer

@@ -426,7 +426,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 # Bytes read from each large file to fingerprint a checkpoint: every rank does it, at start. Samples in all,
 # at most: a mix's thousands of token files and masks took 16 each (OLMo 2's ~7,600 parts: ~243,000 random
-# 4 KB reads per rank before the first step, t259); past the budget each file gives fewer, one at least.
+# 4 KB reads per rank before the first step, t259); past the budget each file gives fewer, one at least (so
+# more than the budget past 4,096 files: 15,200 for those parts with masks).
 _FINGERPRINT_SAMPLES = 16
 _FINGERPRINT_SAMPLE_BYTES = 4096
 _FINGERPRINT_BUDGET = 4096
@@ -449,8 +450,9 @@ def weight_files(path: str | Path) -> list[Path]:
 
 def files_fingerprint(path: str | Path, files: list[Path] | None = None) -> int:
     """A 48-bit digest of a checkpoint as files: every file's name and size, small files whole
-    and 16 spread 4 KB samples of each large one (fewer each past 256 files, one at least). Two revisions of one model have the same
-    sizes but different weights everywhere, so their samples differ; a few MB are read at most.
+    and 16 spread 4 KB samples of each large one (fewer each past 256 files, one at least). Two revisions
+    of one model have the same sizes but different weights everywhere, so their samples differ; 16 MiB are read
+    at most, 4 KB a file past 4,096 files.
     Ranks compare it (`trainer.distributed.ranks_agree`) to find a node holding another copy.
     `files`: those to digest (under `path`, in this order; default: its `weight_files`), e.g.
     the token files a dataset reads."""

