@@ -153,9 +153,22 @@ def test_gsm8k_exact_match_is_oe_evals(tokenizer, monkeypatch):
     ("Jones", [["Smith", "Jones"], ["Jones"]], 1.0, 1.0),  # the best gold answer
     ("Mid-season", [["mid season"]], 1.0, 1.0),     # hyphens split words
     ("", [["Smith"]], 0.0, 0.0),
+    ("2", [["2", "2.0"]], 0.5, 0.0),                # the same set of spans, but one of two: no exact match
+    ("", [[""]], 0.0, 0.0),                         # a blank answer (an empty date) is skipped, not matched
+    ("", [[" "], ["Smith"]], 0.0, 0.0),
+    ("Smith", [[""], ["Smith"]], 1.0, 1.0),
 ])
 def test_drop_f1_and_exact_match_are_the_drop_evaluators(prediction, golds, f1, em):
     assert drop_f1_em(prediction, golds) == (f1, em)
+
+
+def test_drop_f1_is_rounded_as_the_evaluator_rounds():
+    """The evaluator rounds np.mean's result, with numpy's rounding: a 30-word generation holding 3 words
+    of a 10-word span of a two-span answer has F1 0.15 / 2 = 0.075, which is 0.08 there (0.075 * 100 is
+    7.5, which rounds half to even: 8) and was 0.07 here (Python's round of 0.07499..., the float 0.075 is)."""
+    gold = " ".join(f"word{k}" for k in range(10))
+    generation = " ".join(["word0", "word1", "word2"] + [f"other{k}" for k in range(27)])
+    assert drop_f1_em(generation, [[gold, "Smith"]]) == (0.08, 0.0)
 
 
 @pytest.mark.parametrize("prediction, golds, f1, em", [
