@@ -925,6 +925,10 @@ def test_results_of_the_checkpoint_by_another_path_are_not_lost(wheels, tmp_path
     assert sorted(json.loads(aside.read_text())["results"]) == ["boolq", "copa"]
     assert (f"eval results: step000007.json's earlier results are of checkpoint 'elsewhere/step000007': "
             f"kept as {Path('run/eval/step000007.earlier-1.json')}") in lines
+    out.write_text(json.dumps({"checkpoint": "run/step000007"}))  # this checkpoint's, but no results in it
+    score("run", "copa")
+    assert (f"eval results: step000007.json's content is not a results file: kept as "
+            f"{Path('run/eval/step000007.earlier-2.json')}") in lines, lines[-1]
 
 
 def test_trainer_run_scores_with_the_tokenizer_its_build_records(wheels, tmp_path, capsys):

@@ -1435,7 +1435,8 @@ def evaluate_after_training(args: argparse.Namespace, checkpoint: str | Path | N
         # a file naming the checkpoint by another path (--save-dir relative, then absolute) was replaced by
         # the new tasks alone (a tester): one this run cannot merge is kept beside it, never overwritten
         aside = _free_name(out)
-        what = (f"earlier results are of checkpoint {earlier.get('checkpoint')!r}" if isinstance(earlier, dict)
+        other = isinstance(earlier, dict) and not _same_checkpoint(earlier.get("checkpoint"), report["checkpoint"])
+        what = (f"earlier results are of checkpoint {earlier.get('checkpoint')!r}" if other
                 else "content is not a results file")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
