@@ -20,8 +20,6 @@ not compared. Exit status 0 when everything agrees, 1 otherwise; the JSON on std
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
 import json
 import re
 import subprocess
@@ -59,22 +57,22 @@ def _parts(build: Path) -> list[Path]:
 def expected_instances(build: Path, seq_len: int, label_mask: bool) -> dict:
     """What the build meant: per part, its sidecar's documents each ending in EOS (the ids before
     `end - 1` from the token file, the last one from the sidecar), cut into instances."""
+    from dolmino.memmap import read_part
     from filters.repeated_ngrams import repeated_ngram_mask
 
     ids, masks, paths = [], [], []
     for part in _parts(build):
-        tokens = np.fromfile(part, dtype="<u4")
+        tokens, rows = read_part(str(part))
         stream, mask = np.empty(len(tokens), dtype=np.uint32), np.ones(len(tokens), dtype=np.bool_)
         prev = 0
-        with gzip.open(str(part)[:-len(".npy")] + ".csv.gz", "rt", newline="") as fh:
-            for row in csv.reader(fh):
-                start, end = int(row[0]), int(row[1])
-                if start != prev or end > len(tokens):
-                    raise ValueError(f"{part}: sidecar row {row[:3]} does not tile the token file")
-                stream[start:end - 1], stream[end - 1] = tokens[start:end - 1], EOS
-                if label_mask:
-                    mask[start:end - 1] = repeated_ngram_mask(tokens[start:end - 1])
-                prev = end
+        for row in rows:
+            start, end = row[0], row[1]
+            if start != prev or end > len(tokens):
+                raise ValueError(f"{part}: sidecar row {row[:3]} does not tile the token file")
+            stream[start:end - 1], stream[end - 1] = tokens[start:end - 1], EOS
+            if label_mask:
+                mask[start:end - 1] = repeated_ngram_mask(np.asarray(tokens[start:end - 1]))
+            prev = end
         if prev != len(tokens):
             raise ValueError(f"{part}: the sidecar covers {prev} of its {len(tokens)} tokens")
         n = len(tokens) // seq_len * seq_len
