@@ -24,6 +24,15 @@ def shared_corpus_file(name: str) -> Path:
     return path
 
 
+def corpus_documents(name: str, n: int) -> list[dict]:
+    """The first `n` documents of a shared corpus file."""
+    import itertools
+
+    from dolmino.documents import Quarantine, read_documents
+
+    return [doc for _, doc in itertools.islice(read_documents(str(shared_corpus_file(name)), Quarantine()), n)]
+
+
 def one_source_manifest(tmp_path: Path) -> Path:
     """A manifest of one source holding one document (data/a.jsonl under `tmp_path`): for the
     tests of how a command starts, stops or fails, which need a build but not its output."""

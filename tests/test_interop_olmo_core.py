@@ -16,8 +16,8 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import shared_corpus_file
-from dolmino.documents import Quarantine, read_documents, write_documents
+from conftest import corpus_documents
+from dolmino.documents import write_documents
 
 SEQ_LEN = 128
 # one document whose ids hold a run of 32+ copies of a short n-gram: masked in the label mask, and
@@ -41,12 +41,7 @@ def _build(spark, tmp_path_factory, label_mask: bool):
 
     root = tmp_path_factory.mktemp("inputs")
     for name, fname in (("web", "web.jsonl.zst"), ("code", "code.jsonl.zst")):
-        docs = []
-        for _, doc in read_documents(str(shared_corpus_file(fname)), Quarantine()):
-            docs.append(doc)
-            if len(docs) == 25:
-                break
-        write_documents(str(root / name / "a.jsonl.zst"), docs)
+        write_documents(str(root / name / "a.jsonl.zst"), corpus_documents(fname, 25))
     write_documents(str(root / "table" / "a.jsonl.zst"), [REPEATED])  # a pool of one, repeated: surely in the mix
     manifest = manifest_from_dict({
         "name": "olmo-core-interop", "version": 1, "seed": 3, "budget": 40_000, "data_root": str(root),

@@ -415,20 +415,16 @@ def test_cli_on_a_build_on_s3(tmp_path, capsys, s3_server):
 @pytest.mark.slow
 def test_locked_build_writes_lock_and_report_html_and_releases_carry_them(tmp_path, spark, capsys):
     """A real build (Spark, real text) with --locked, through the build's command line."""
-    from conftest import shared_corpus_file
+    from conftest import corpus_documents
     from dolmino.build.cli import main as build_main
-    from dolmino.documents import Quarantine, read_documents, write_documents
+    from dolmino.documents import write_documents
     from dolmino.lock import write_lock
     from dolmino.manifest import load_manifest
     from dolmino.release import collect_build_files
 
     data = tmp_path / "data"
     for name, fname in (("web", "web.jsonl.zst"), ("wiki", "encyclopedic.jsonl.zst")):
-        docs = []
-        for _, doc in read_documents(str(shared_corpus_file(fname)), Quarantine()):
-            docs.append(doc)
-            if len(docs) == 40:
-                break
+        docs = corpus_documents(fname, 40)
         write_documents(str(data / name / "a.jsonl.zst"), docs + docs[:5])  # 5 exact duplicates
     manifest = {"name": "locked-e2e", "version": 1, "seed": 5, "budget": 60000, "data_root": "data",
                 "output_format": {"tokens_per_file": "20K"},
