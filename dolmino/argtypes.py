@@ -63,6 +63,12 @@ def count_value(value: Any) -> int:
     return int(tokens)
 
 
+def is_count(value) -> bool:
+    """A count as JSON holds it: a non-negative integer (JSON's true and false are not). What report.json's
+    readers (validate, release, report) accept as one."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def at_least(low: int):
     """An argparse type: an integer >= `low`."""
     def parse(text: str) -> int:

@@ -81,6 +81,7 @@ from datetime import datetime, timezone
 from typing import Callable, NamedTuple
 
 from dolmino import s3
+from dolmino.argtypes import is_count
 from dolmino.storage import file_above
 from dolmino.memmap import PULL_OWNER, manifest_mismatches, unlisted_data, unlisted_parts
 
@@ -399,10 +400,6 @@ def check_listed(where: str, names: list[str], listed: dict[str, str]) -> None:
                                     f"{' and '.join(todo)} before publishing. Nothing was released")
 
 
-def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def report_sizes(report: object) -> dict[str, int]:
     """name -> size of the files whose size report.json states: each token file's (output.parts)
     and its label mask's (one byte per token)."""
@@ -411,9 +408,9 @@ def report_sizes(report: object) -> dict[str, int]:
     sizes = {}
     for part in parts if isinstance(parts, list) else ():
         if isinstance(part, dict) and isinstance(part.get("name"), str) and part["name"].endswith(".npy"):
-            if _is_count(part.get("size")):
+            if is_count(part.get("size")):
                 sizes[part["name"]] = part["size"]
-            if _is_count(part.get("tokens")):
+            if is_count(part.get("tokens")):
                 sizes[part["name"][:-len(".npy")] + ".label_mask.npy"] = part["tokens"]
     return sizes
 
@@ -451,18 +448,18 @@ def report_count_errors(report: object) -> list[str]:
     parts = output.get("parts")
     parts = [p for p in parts if isinstance(p, dict)] if isinstance(parts, list) else []
     for part in parts:
-        if _is_count(part.get("size")) and _is_count(part.get("tokens")) and part["size"] != 4 * part["tokens"]:
+        if is_count(part.get("size")) and is_count(part.get("tokens")) and part["size"] != 4 * part["tokens"]:
             errors.append(f"output.parts' {part.get('name')} is {part['size']:,} bytes but {part['tokens']:,} tokens "
                           "(4 bytes each)")
     sources = report.get("sources")
     sources = [s for s in sources if isinstance(s, dict)] if isinstance(sources, list) else []
     for key, per_source in (("tokens", "output_tokens"), ("docs", "output_docs")):
         total = output.get(key)
-        if not _is_count(total):
+        if not is_count(total):
             continue
         for what, records, field in ((f"its parts' {key}", parts, key),
                                      (f"its sources' {per_source}", sources, per_source)):
-            if records and all(_is_count(r.get(field)) for r in records):
+            if records and all(is_count(r.get(field)) for r in records):
                 if (summed := sum(r[field] for r in records)) != total:
                     errors.append(f"output.{key} is {total:,}, but {what} sum to {summed:,}")
     return errors
@@ -1588,7 +1585,7 @@ def _no_releases_note(root: str) -> str:
 
 
 def _count(value, unit: str) -> str:
-    return f"{value:,} {unit}" if _is_count(value) else f"? {unit}"
+    return f"{value:,} {unit}" if is_count(value) else f"? {unit}"
 
 
 def _list_line(rec: dict) -> str:

@@ -43,7 +43,7 @@ import re
 import sys
 from typing import NamedTuple
 
-from dolmino.argtypes import positive_int
+from dolmino.argtypes import is_count, positive_int
 from dolmino.manifest import format_count
 
 CHART_DPI = 144  # PNG pixels per inch (sharp on high-density screens); shown at 96 px per inch
@@ -884,7 +884,7 @@ def _hist_problem(hist) -> str | None:
     if not isinstance(hist, dict):
         return f"doc_tokens_hist is {type(hist).__name__}, not an object"
     for name, counts in hist.items():
-        if not isinstance(counts, list) or not all(type(c) is int and c >= 0 for c in counts):
+        if not isinstance(counts, list) or not all(is_count(c) for c in counts):
             return f"doc_tokens_hist[{name!r}] is not a list of counts"
         if len(counts) != len(BIN_EDGES) - 1:
             return f"doc_tokens_hist[{name!r}] holds {len(counts)} bins, not {len(BIN_EDGES) - 1}"

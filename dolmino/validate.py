@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 import csrc
-from dolmino.argtypes import at_least
+from dolmino.argtypes import at_least, is_count
 from dolmino.doc_lengths import histogram
 
 DEFAULT_VOCAB_SIZE = 100278
@@ -113,11 +113,6 @@ class BuildResult:
                 f"{inside} (scan: {self.backend})")
 
 
-def _is_count(value) -> bool:
-    """A non-negative integer (JSON's true and false are not)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _read_settings(build_dir: Path) -> tuple[int | None, int | None, str | None]:
     """(vocab_size, eos_id, error) from the build's manifest.json; Nones when there is none."""
     path = build_dir / "manifest.json"
@@ -127,7 +122,7 @@ def _read_settings(build_dir: Path) -> tuple[int | None, int | None, str | None]
         tok = json.loads(path.read_text(encoding="utf-8")).get("tokenizer", {}) or {}
         vocab, eos = tok.get("vocab_size"), tok.get("eos_token_id")
         for name, value in (("vocab_size", vocab), ("eos_token_id", eos)):
-            if value is not None and not _is_count(value):
+            if value is not None and not is_count(value):
                 return None, None, f"{path}: tokenizer.{name} must be a non-negative integer, got {value!r}"
         return vocab, eos, None
     except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
@@ -425,9 +420,9 @@ def _report_errors(build_dir: Path, report: dict, vocab_size: int | None) -> lis
     path = build_dir / COMPLETION_MARKER
     output = report.get("output")
     errors = []
-    if not isinstance(output, dict) or not _is_count(output.get("tokens")):
+    if not isinstance(output, dict) or not is_count(output.get("tokens")):
         errors.append(f"{path}: no output.tokens (a count of tokens), which the trainer plans from (a damaged report)")
-    elif "docs" in output and not _is_count(output["docs"]):
+    elif "docs" in output and not is_count(output["docs"]):
         errors.append(f"{path}: output.docs is {output['docs']!r}, not a count of documents (a damaged report)")
     try:
         manifest = json.loads((build_dir / "manifest.json").read_text(encoding="utf-8"))
@@ -474,9 +469,9 @@ def _count_errors(build_dir: Path, report: dict, parts: list[PartResult]) -> lis
                               f"{have:,}")
         # what report.md prints beside them: an edited one validated OK (found by a tester)
         totals, have = report.get("totals"), sum(p.tokens for p in held.values())
-        if isinstance(totals, dict) and _is_count(totals.get("tokens_written")) and totals["tokens_written"] != have:
+        if isinstance(totals, dict) and is_count(totals.get("tokens_written")) and totals["tokens_written"] != have:
             errors.append(f"{path}: totals.tokens_written is {totals['tokens_written']:,}, its parts hold {have:,}")
-        if all(p.masked_by_source is not None for p in held.values()) and _is_count(output.get("masked_tokens")):
+        if all(p.masked_by_source is not None for p in held.values()) and is_count(output.get("masked_tokens")):
             masked = sum(sum(p.masked_by_source.values()) for p in held.values())
             if output["masked_tokens"] != masked:
                 errors.append(f"{path}: output.masked_tokens is {output['masked_tokens']:,}, its label masks hold "
@@ -505,10 +500,10 @@ def _source_errors(path: Path, report: dict, parts: list[PartResult]) -> list[st
     for source in sources:
         for key, index in (("output_tokens", 0), ("output_docs", 1)):
             have = sum(p.by_source.get(source["name"], (0, 0, 0))[index] for p in parts)
-            if _is_count(source.get(key)) and source[key] != have:
+            if is_count(source.get(key)) and source[key] != have:
                 errors.append(f"{path}: source {source['name']!r} {key} is {source[key]:,}, the sidecars' rows of "
                               f"it hold {have:,}")
-        if all(p.masked_by_source is not None for p in parts) and _is_count(source.get("output_masked_tokens")):
+        if all(p.masked_by_source is not None for p in parts) and is_count(source.get("output_masked_tokens")):
             have = sum(p.masked_by_source.get(source["name"], 0) for p in parts)
             if source["output_masked_tokens"] != have:
                 errors.append(f"{path}: source {source['name']!r} output_masked_tokens is "
@@ -531,7 +526,7 @@ def _hist_errors(path: Path, report: dict, parts: list[PartResult]) -> list[str]
     for name in sorted({*said, *have}):
         counts = said.get(name, [])
         ours = [int(c) for c in have.get(name, [])]
-        counted = isinstance(counts, list) and all(_is_count(c) for c in counts)
+        counted = isinstance(counts, list) and all(is_count(c) for c in counts)
         if counted and (counts == ours or (not any(counts) and not ours)):
             continue
         total = f"{sum(counts):,} document instance(s)" if counted else "no list of counts"
