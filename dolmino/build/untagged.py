@@ -76,20 +76,18 @@ def _source(si: int, units: list[Unit], plans, store: AttributeStore, listed) ->
                if (match := _STORED.fullmatch(path.removeprefix(prefix)))]
     stored = sorted(((_MORE_UNITS.sub("", match["key"]), path) for match, path in matches),
                     key=lambda kp: _unit_order(kp[0]))
-    alone: dict[str, set[str]] = {}  # a bundle of one unit is versioned as that unit (attributes.Bundle.version)
-    for match, _path in matches:
-        if not _MORE_UNITS.search(match["key"]):
-            alone.setdefault(match["key"], set()).add(match["version"])
+    alone: dict[str, set[str]] = {}
     bundles: dict[str, set[int]] = {}
-    for match, _path in matches:
+    paths: dict[str, list[str]] = {}
+    for match, path in sorted(matches, key=lambda mp: mp[1]):
         first, n = _first_and_units(match["key"])
         bundles.setdefault(first, set()).add(n)
+        if n == 1:  # a bundle of one unit is versioned as that unit (attributes.Bundle.version)
+            alone.setdefault(first, set()).add(match["version"])
+        paths.setdefault(match["key"], []).append(path)
     by_file: dict[str, set[str]] = {}
     for key, _ in stored:
         by_file.setdefault(_RANGE.sub("", key), set()).add(key)
-    paths: dict[str, list[str]] = {}
-    for match, path in sorted(matches, key=lambda mp: mp[1]):
-        paths.setdefault(match["key"], []).append(path)
     mine = [u for u in units if u.source_index == si]
     return _Source(stored, [_unit_order(key) for key, _ in stored], by_file, {u.key for u in mine},
                    {u.file.name: u.file for u in mine if u.is_range}, alone, bundles, paths)
