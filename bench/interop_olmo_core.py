@@ -6,7 +6,7 @@
 
 OLMo-core runs in bench/.venvs/olmo-core (made on first use by bench/bench_trainer.py's
 `olmo_core_python`), through README's own example ("Output format"), run as written but for the
-build's path and the sequence length (bench/anchor_scripts/olmo_core_read.py). Its instances, unshuffled,
+build's path, the sequence length and the work directory (bench/anchor_scripts/olmo_core_read.py). Its instances, unshuffled,
 are compared one by one with what the build meant them to be, taken from the sidecars rather than
 the token files' EOS bytes: each part's documents (`start,end` rows) each followed by EOS 100257, cut
 on its own into seq_len-token instances in part order, the tail dropped; where the build certifies

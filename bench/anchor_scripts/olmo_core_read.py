@@ -4,8 +4,8 @@
         --snippet SNIPPET.py --build DIR --seq-len 128 --work-dir DIR --out instances.npz
 
 SNIPPET.py is README's OLMo-core example ("Output format"), run as written but for its `build = ...`
-line, which becomes `--build` (and its `label_mask_paths` line, left out for a build without masks);
-its `dataset_config` is then built again with the options' sequence_length and work_dir.
+line, which becomes `--build`, its sequence_length and work_dir, which become the options', and its
+`label_mask_paths` line, left out for a build without masks; the dataset it builds and prepares is read.
 Writes, in OLMo-core's instance order (index 0, 1, ...): `input_ids` (uint32,
 instances x seq_len), `label_mask` (bool, where the config names label masks), `labels` (int64, what
 OLMo-core's `get_labels` makes of each instance, label mask and instance filter included) and `paths`;
@@ -36,18 +36,20 @@ def main() -> int:
     from olmo_core.data.utils import get_labels
 
     with open(args.snippet) as fh:
-        code, n = re.subn(r"^build = .*$", lambda _: f"build = {args.build!r}", fh.read(), count=1, flags=re.M)
-    if n != 1:
-        raise SystemExit("the snippet has no `build = ...` line")
+        code = fh.read()
+    # the example's own dataset, at --seq-len in --work-dir (it was built and prepared as written, 4096 tokens in
+    # /tmp/olmo-core-dataset, then built again with these)
+    for pattern, value in ((r"^build = .*$", f"build = {args.build!r}"),
+                           (r"sequence_length=\d+", f"sequence_length={args.seq_len}"),
+                           (r"work_dir=\"[^\"]*\"", f"work_dir={args.work_dir!r}")):
+        code, n = re.subn(pattern, lambda _, value=value: value, code, count=1, flags=re.M)
+        if n != 1:
+            raise SystemExit(f"the snippet has no {pattern!r}")
     if args.no_label_masks:
         code = "\n".join(line for line in code.splitlines() if "label_mask_paths=" not in line)
     namespace: dict = {}
-    exec(compile(code, "README.md (OLMo-core example)", "exec"), namespace)  # builds its dataset as written
-    config = namespace["dataset_config"]
-    config.sequence_length = args.seq_len
-    config.work_dir = args.work_dir
-    dataset = config.build()
-    dataset.prepare()
+    exec(compile(code, "README.md (OLMo-core example)", "exec"), namespace)  # builds and prepares its dataset
+    dataset = namespace["dataset"]
     items = [dataset[i] for i in range(len(dataset))]
     out = {"input_ids": np.stack([item["input_ids"].numpy() for item in items]).astype(np.uint32),
            "paths": np.asarray([str(p) for p in dataset.paths])}
