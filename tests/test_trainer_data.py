@@ -424,6 +424,64 @@ def test_a_label_mask_that_came_or_went_since_the_save_is_refused(tmp_path):
     DataLoader(MemmapDataset(tmp_path, seq_len=16), 4, seed=1, prefetch=False).load_state_dict(older)
 
 
+def write_build(directory: Path, seed: int, n_parts: int = 2, n_tokens: int = 16 * 20) -> Path:
+    """A finished build: parts of `n_tokens` random ids each (equal names and sizes for every seed)
+    and the report.json certifying their SHA-256, as `dolmino mix` writes it."""
+    import hashlib
+    import json
+
+    rng = np.random.default_rng(seed)
+    for k in range(n_parts):
+        write_part(directory, f"part-{k:05d}", rng.integers(0, 50_000, n_tokens))
+    certified = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(directory.glob("part-*"))}
+    (directory / "report.json").write_text(json.dumps({"manifest": "m", "seed": seed, "output": {
+        "tokens": n_parts * n_tokens, "files_sha256": certified}}))
+    return directory
+
+
+def test_a_resume_on_other_builds_of_the_same_part_names_and_sizes_is_refused(tmp_path):
+    """The data fingerprint held each token file's basename and size: `--data A --data B` resumed as
+    `--data B --data A`, or on another build of the same budget (same part names, same token counts),
+    replaying other batches than those trained, unsaid (found by a tester). Each file's SHA-256 as its
+    build's report.json certifies it tells them apart; a copy of the builds elsewhere still resumes,
+    token files outside a build (no report.json) resume as before, and so does a state saved before
+    the digests were fingerprinted."""
+    import shutil
+
+    from trainer.data import check_data_position, layout_fingerprint, scan_data
+
+    a, b, c = (write_build(tmp_path / name, seed) for name, seed in (("A", 1), ("B", 2), ("C", 3)))
+    loader = DataLoader(MemmapDataset([a, b], seq_len=16), 4, seed=1, prefetch=False)
+    loader.next_batch()
+    state = loader.state_dict()
+
+    def resume(*paths):
+        DataLoader(MemmapDataset(list(paths), seq_len=16), 4, seed=1, prefetch=False).load_state_dict(state)
+        check_data_position(state["fingerprint"], layout_fingerprint(scan_data(list(paths)), 16))  # trainer.run's
+
+    with pytest.raises(DataError, match=r"saved for different data \(the same token files in another order, 4 of 4 "
+                                        r"elsewhere, as when the --data paths are given in another order\); "):
+        resume(b, a)
+    with pytest.raises(DataError, match=r"saved for different data \(token file 3 of 4, part-00000\.npy, holds other "
+                                        r"tokens: SHA-256 [0-9a-f]{16}\.\.\. there, [0-9a-f]{16}\.\.\. here, as its "
+                                        r"build's report\.json certifies, and 1 more file\(s\); another build of the "
+                                        r"same part names and sizes\); "):
+        resume(a, c)
+    moved = tmp_path / "pulled"
+    for build in (a, b):
+        shutil.copytree(build, moved / build.name)
+    resume(moved / "A", moved / "B")
+    (moved / "B" / "report.json").unlink()  # a copy without its report: nothing says what it holds
+    resume(moved / "A", moved / "B")
+    older = {**state, "fingerprint": {k: v for k, v in state["fingerprint"].items() if k != "sha256"}}
+    DataLoader(MemmapDataset([b, a], seq_len=16), 4, seed=1, prefetch=False).load_state_dict(older)
+    for build in (a, b):
+        (build / "report.json").unlink()
+    raw = DataLoader(MemmapDataset([a, b], seq_len=16), 4, seed=1, prefetch=False).state_dict()
+    assert raw["fingerprint"]["sha256"] == [None] * 4
+    DataLoader(MemmapDataset([a, b], seq_len=16), 4, seed=1, prefetch=False).load_state_dict(raw)
+
+
 def test_peek_is_the_next_batch_without_moving_on(tmp_path):
     ds = make_loader_data(tmp_path)
     reference = collect(DataLoader(ds, 4, seed=2), 3)

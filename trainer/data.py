@@ -31,6 +31,7 @@ replays exactly the batches an uninterrupted run would have seen.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import threading
 from collections import OrderedDict
@@ -53,6 +54,9 @@ NPY_MAGIC = b"\x93NUMPY"
 # a mix's parts are read in shuffled order, so more would rarely be hit again, and they stay well under
 # the usual limit of 1,024 descriptors a process (`ulimit -n`) beside torch's and the checkpoints'.
 MAX_OPEN_FILES = 64
+# Hex digits of a token file's SHA-256 kept in a data position's fingerprint (`data_fingerprint`): 64 bits tell
+# builds apart, and each checkpoint of a mix of 10,000 parts keeps 0.5 MB less than with whole digests.
+DIGEST_CHARS = 16
 
 
 class DataError(ValueError):
@@ -73,6 +77,7 @@ class TokenFile:
     n_tokens: int
     mask_path: Path | None
     mask_bytes: int | None = None  # the label mask's file size (fingerprinted: a mask added or removed)
+    sha256: str | None = None  # what its build's report.json certifies, if it lies in one (fingerprinted: its contents)
 
 
 def _is_token_file(path: Path) -> bool:
@@ -119,6 +124,7 @@ class DataLayout:
     sizes: dict[Path, int]  # bytes, from the stat the duplicate check makes
     builds: dict[Path, list[Path]]
     masks: dict[Path, int] = field(default_factory=dict)  # token file -> its label mask's bytes
+    certified: dict[Path, str] = field(default_factory=dict)  # token file -> its SHA-256 in its build's report.json
 
 
 def scan_data(paths: Iterable[str | Path] | DataLayout) -> DataLayout:
@@ -149,7 +155,27 @@ def scan_data(paths: Iterable[str | Path] | DataLayout) -> DataLayout:
             raise DataError(f"{outer} is a build with another build inside it ({inner}), whose token files its "
                             f"{COMPLETION_MARKER} does not count; pass the build(s) you mean as --data, or move the "
                             "inner one out")
-    return DataLayout(paths, tuple(f for _, f, _ in found), {f: size for _, f, size in found}, builds, masks)
+    homes = {f: d for d, held in builds.items() if has_report(d) for f in held}
+    homes.update({f: f.parent for top, f, _ in found if top is None and has_report(f.parent)})
+    return DataLayout(paths, tuple(f for _, f, _ in found), {f: size for _, f, size in found}, builds, masks,
+                      _certified_digests(homes))
+
+
+def _certified_digests(homes: dict[Path, Path]) -> dict[Path, str]:
+    """Each token file's SHA-256 as the report.json of its build (`homes`: file -> build directory)
+    certifies it ("output.files_sha256", by path in the build): what tells a build from another of
+    the same part names and sizes, wherever a copy of it lies (a move, a pull from S3). Left out where
+    the report does not say or cannot be read (`trainer.plan.data_tokens` refuses the latter)."""
+    listed: dict[Path, dict] = {}
+    for home in set(homes.values()):
+        try:
+            report = json.loads((home / COMPLETION_MARKER).read_text())
+            files = report["output"]["files_sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            files = None
+        listed[home] = files if isinstance(files, dict) else {}
+    digests = {f: listed[home].get(f.relative_to(home).as_posix()) for f, home in homes.items()}
+    return {f: digest for f, digest in digests.items() if isinstance(digest, str)}
 
 
 def _checked_files(found: list[tuple[Path | None, Path, int]]) -> dict[Path, int]:
@@ -335,13 +361,7 @@ class MemmapDataset:
         # 1,000 parts with label masks ended in "Too many open files" under the common limit of 1,024 (t259).
         self._open: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
         self._open_lock = threading.Lock()
-        if isinstance(paths, DataLayout):  # checked by `scan_data`
-            found, masks = [(f, paths.sizes[f]) for f in paths.files], paths.masks
-        else:
-            walked = _discover([paths] if isinstance(paths, (str, Path)) else paths)
-            found, masks = [(f, size) for _, f, size in walked], _checked_files(walked)
-        files = [TokenFile(f, size // TOKEN_DTYPE.itemsize, label_mask_path(f) if f in masks else None, masks.get(f))
-                 for f, size in found]
+        files = layout_files(scan_data(paths))  # a layout as it is: checked by `scan_data`
         if not files:
             raise DataError(f"no token files (*.npy) found in {paths}")
         self.files = files
@@ -458,32 +478,54 @@ class Batch:
 def data_fingerprint(files: Iterable[TokenFile], seq_len: int) -> dict:
     """What must be unchanged for a saved data position to mean the same batches. "label_masks"
     (each file's mask size in bytes, None without one): a mask that appeared or went away since
-    the save changed the labels, and a resume of report-less data went on unsaid (a tester)."""
+    the save changed the labels, and a resume of report-less data went on unsaid (a tester).
+    "sha256" (the first `DIGEST_CHARS` of each file's SHA-256 as its build's report.json certifies
+    it, None outside a build): names and sizes alone let `--data A --data B` resume as `--data B
+    --data A`, or on another build of the same budget, on other batches unsaid (a tester); the
+    digest travels with the build, so a copy of it moved or pulled elsewhere still resumes."""
     files = list(files)
     return {"seq_len": seq_len, "n_instances": sum(f.n_tokens // seq_len for f in files),
             "files": [[f.path.name, f.n_tokens] for f in files],
-            "label_masks": [f.mask_bytes for f in files]}
+            "label_masks": [f.mask_bytes for f in files],
+            "sha256": [f.sha256[:DIGEST_CHARS] if f.sha256 else None for f in files]}
 
 
 def layout_fingerprint(layout: DataLayout, seq_len: int) -> dict:
     """`MemmapDataset.fingerprint` of `layout`'s files, from their sizes (nothing is opened):
     trainer.run checks a --resume's data position in its start-up checks, which the ranks agree
     on. Found only in the Trainer, every rank printed it (N ranks, N copies; found by a tester)."""
-    return data_fingerprint([TokenFile(f, layout.sizes[f] // TOKEN_DTYPE.itemsize,
-                                       label_mask_path(f) if f in layout.masks else None, layout.masks.get(f))
-                             for f in layout.files], seq_len)
+    return data_fingerprint(layout_files(layout), seq_len)
+
+
+def layout_files(layout: DataLayout) -> list[TokenFile]:
+    """`layout`'s token files as `MemmapDataset` reads them (from the sizes its walk found)."""
+    return [TokenFile(f, layout.sizes[f] // TOKEN_DTYPE.itemsize, label_mask_path(f) if f in layout.masks else None,
+                      layout.masks.get(f), layout.certified.get(f)) for f in layout.files]
 
 
 def check_data_position(saved: dict | None, current: dict, where: str | Path | None = None) -> None:
     """Refuse to continue a data position saved (`saved`: its fingerprint) for other data than
     `current`; `where`: the file it was read from, for the error."""
-    if saved is not None and "label_masks" not in saved:  # saved before masks were fingerprinted: unknown
-        current = {k: v for k, v in current.items() if k != "label_masks"}
+    if saved is not None:
+        saved, current = _comparable(saved, current)
     if saved is not None and saved != current:
         what = f"the data position in {where}" if where is not None else "the checkpoint's data position"
         changes = "; ".join(fingerprint_changes(saved, current)) or "files, sizes or seq_len changed"
         raise DataError(f"{what} was saved for different data ({changes}); resuming would not replay the same "
                         f"batches: resume with the --data and --seq-len it was trained with")
+
+
+def _comparable(saved: dict, current: dict) -> tuple[dict, dict]:
+    """`saved` and `current` with what one of them does not know left out of both: a key saved before
+    it was fingerprinted ("label_masks", "sha256"), and the digest of a file outside a build on either
+    side (token files a user points at, or a build's copy without its report.json, resume as before)."""
+    current = {k: v for k, v in current.items() if k in saved or k not in ("label_masks", "sha256")}
+    there, here = saved.get("sha256"), current.get("sha256")
+    if isinstance(there, list) and isinstance(here, list) and len(there) == len(here):
+        known = [a is not None and b is not None for a, b in zip(there, here)]
+        saved = {**saved, "sha256": [a if k else None for a, k in zip(there, known)]}
+        current = {**current, "sha256": [b if k else None for b, k in zip(here, known)]}
+    return saved, current
 
 
 def fingerprint_changes(saved: dict, current: dict) -> list[str]:
@@ -510,6 +552,19 @@ def fingerprint_changes(saved: dict, current: dict) -> list[str]:
         first = (f"{mask} of {a:,} bytes there, {b:,} here" if a is not None and b is not None else
                  f"{mask} there, none here" if a is not None else f"no {mask} there, one here")
         changes.append(first + (f" (and {len(differ) - 1} more mask(s))" if len(differ) > 1 else ""))
+    known = [(i, a, b) for i, (a, b) in enumerate(zip(saved.get("sha256") or [], current.get("sha256") or []))
+             if a and b]  # None: a file outside a build, on either side
+    differ = [(i, a, b) for i, a, b in known if a != b]
+    if not changes and differ:
+        if sorted(a for _, a, _ in known) == sorted(b for _, _, b in known):
+            changes.append(f"the same token files in another order, {len(differ)} of {len(here)} elsewhere, as when "
+                           "the --data paths are given in another order")
+        else:
+            i, a, b = differ[0]
+            more = f", and {len(differ) - 1} more file(s)" if len(differ) > 1 else ""
+            changes.append(f"token file {i + 1} of {len(here)}, {here[i][0]}, holds other tokens: SHA-256 {a}... "
+                           f"there, {b}... here, as its build's {COMPLETION_MARKER} certifies{more}; another build of "
+                           "the same part names and sizes")
     if not changes and saved.get("n_instances") != current.get("n_instances"):
         changes.append(f"{saved.get('n_instances')} instances there, {current.get('n_instances')} here")
     return changes
