@@ -33,14 +33,16 @@ Questions whose accepted answer never shows up are removed as `answer_missing`.
 HTML becomes text with `html.parser`: entities are decoded; `<p>`, headings, list items,
 block quotes and tables end a paragraph (paragraphs are separated by one blank line);
 `<br>` is a line break; a list item's first block starts with "- ", or with its number in an
-ordered list ("1. ", counting from the list's `start`), a code block included; each line of a block in
-a list inside a list item is indented by the width of the enclosing items' markers ("1. Prepare:" then
-"   - flour"); `<hr>` between two blocks is a block "---" (at the start or end of a post, none); the cells of a
-table row are separated by " | ", an empty cell's too (a row without any text is dropped);
-each line of a block inside a block quote starts with "> " (one per quote it is in, before a list
-marker); a block of whitespace and invisible format characters only (a zero-width space) is no
-block; `<pre>` blocks keep their code verbatim (indentation and blank lines included); inline `<code>`
-keeps its text; script/style are dropped; runs of whitespace outside `<pre>` collapse to one space.
+ordered list ("1. ", counting from the list's `start`, the only numbering the site's sanitizer keeps: no
+`reversed`, no `<li value>`), a code block included; each line of a block in a list or block quote inside
+a list item is indented by the width of the enclosing items' markers ("1. Prepare:" then "   - flour"),
+and an item that starts with one has its marker first ("- > quoted", "- - inner"); `<hr>` between two
+blocks is a block "---" (at the start or end of a post, none); the cells of a table row are separated by
+" | ", an empty cell's too (a row without any text is dropped); each line of a block inside a block quote
+starts with "> " (one per quote it is in, before the marker of a list inside it); a block of whitespace and
+invisible format characters only (a zero-width space) is no block; `<pre>` blocks keep their code verbatim
+(indentation and blank lines included); inline `<code>` keeps its text; script/style are dropped; runs of
+whitespace outside `<pre>`, no-break spaces (`&nbsp;`) included, collapse to one space.
 
 Accounting: every question row is `kept` or removed with one reason
 (`no_accepted_answer`, `question_score<3`, `answer_missing`, `answer_score<5`,
@@ -94,7 +96,11 @@ from dolmino.documents import (
 )
 
 SOURCE = "stackexchange"
-# The conversion rules' revision, in a build's attribute keys. 7: a list inside a list item is indented
+# The conversion rules' revision, in a build's attribute keys. 8: a list item that starts with a block quote
+# or a list has its marker before the quote's "> " or the inner marker ("- > q", "- - x"; it read "> - q", a
+# quoted list, or lost the outer marker: "  - x"), a block quote in an item is indented as a nested list is,
+# and a no-break space outside code blocks is a space (`&nbsp;` and U+00A0, in titles too);
+# 7: a list inside a list item is indented
 # (its items read as siblings of their parent: "1. Prepare:", "- flour", "2. Bake."), and `<hr>` between
 # two blocks is "---" (it was dropped, joining the parts it separated); 6: a block quote's lines start with "> " (a
 # quote read as the answer's own words), and a paragraph, list item or table cell of invisible characters
@@ -109,7 +115,7 @@ SOURCE = "stackexchange"
 # with the answer its AcceptedAnswerId names where a file repeats question Ids (a complete dump with
 # unique Ids converts as under 2); 2: an accepted answer without text is removed (`answer_empty`);
 # revision 1 (no key) kept its question as a document of its own.
-CONVERSION_REVISION = 7
+CONVERSION_REVISION = 8
 
 
 # ---------------------------------------------------------------------------- HTML -> text
@@ -120,10 +126,13 @@ _BLOCK_TAGS = frozenset({
     "details", "summary", "figure", "figcaption", "aside", "header", "footer",
 })
 _DROP_TAGS = frozenset({"script", "style"})
-_LIST_TAGS = frozenset({"li", "ul", "ol"})  # where a list item ends, its marker must not wait for the next block
+_LIST, _ITEM, _QUOTE = "list", "item", "quote"  # the kinds of `_HtmlToText.open`'s entries
 _START = re.compile(r"-?[0-9]{1,9}")  # an `<ol start>` the site writes; anything else counts from 1
 _CELL_TAGS = frozenset({"td", "th"})  # cells of a table row, separated so their words do not run together
-_SPACES = re.compile(r"[ \t\r\n\f\v]+")
+# Outside `<pre>` a no-break space (U+00A0, `&nbsp;`) is a space: the site shows it as one, but the dolma2
+# tokenizer reads it as a token of its own that also parts the next word from its space ("Use", "\xa0", "the":
+# "Use the" is "Use", " the"); code blocks keep theirs, as every other byte.
+_SPACES = re.compile(r"[ \t\r\n\f\v\xa0]+")
 _MULTI_SPACE = re.compile(r" {2,}")
 
 
@@ -139,17 +148,15 @@ class _HtmlToText(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.blocks: list[str] = []
         self.inline: list[str] = []
-        self.prefix = ""
         self.pre_depth = 0
         self.pre_parts: list[str] = []
         self.drop_depth = 0
-        self.lists: list[int | None] = []  # open lists, innermost last: the next item's number, None for <ul>
-        self.indents: list[int] = []  # each open list's indentation: its enclosing items' marker widths
-        self.widths: list[int] = []  # each open list's current item's marker width ("- " 2, "10. " 4)
+        # Open lists, items and block quotes, outermost first, in the order a line's marks are written:
+        # [_LIST, next number (None for <ul>)], [_ITEM, marker ("- ", "10. "), marker not yet written], [_QUOTE].
+        self.open: list[list] = []
         self.rule = ""  # an `<hr>` after a block, written before the next block (none at a post's end)
         self.cells = 0  # cells begun in the current row since its last block (each after the first adds " | ")
         self.cell_text = False  # whether any of them has text: a row of empty cells is no "|" line
-        self.quotes = 0  # open <blockquote>s: each line of a block inside starts with "> " per quote
 
     def _flush(self) -> None:
         if self.cells and not self.cell_text:
@@ -168,22 +175,39 @@ class _HtmlToText(HTMLParser):
         self.pre_parts = []
 
     def _append(self, text: str) -> None:
-        """A block of text, behind its list marker and its quotes' "> " (a quote read as the answer's
+        """A block of text, behind its list markers and its quotes' "> " (a quote read as the answer's
         own words: the manual's "Never do X" stood beside the answerer's "do X"; a tester)."""
         if self.rule:
             self.blocks.append(self.rule)
             self.rule = ""
-        self.blocks.append(self._lines(self.prefix + text))
-        self.prefix = ""
+        self.blocks.append(self._lines(text, marked=True))
 
-    def _lines(self, text: str) -> str:
-        """Each line behind its list's indentation (a nested list's items read as siblings of their
-        parent without it; a tester) and its quotes' "> "."""
-        indent = " " * self.indents[-1] if self.indents else ""
-        marks = "> " * self.quotes
-        if not (indent or marks):
+    def _lines(self, text: str, marked: bool = False) -> str:
+        """Each line behind the marks of the lists, items and quotes it is in, outermost first, as Markdown
+        nests them: a quote's "> ", and an item's marker on its first block's first line ("- > q" for an
+        item that starts with a quote: it read "> - q", a quoted list; a tester) and, on the other lines
+        of what is nested in the item, spaces as wide (a nested list's items read as siblings of their
+        parent without them; a tester). An item's own blocks are not indented. `marked`: the block
+        writes the markers still due (a rule between blocks writes none)."""
+        if not self.open:
             return text
-        return "\n".join((marks + indent + line).rstrip() for line in text.split("\n"))
+        first = rest = ""
+        last = len(self.open) - 1
+        for depth, entry in enumerate(self.open):
+            kind = entry[0]
+            if kind is _QUOTE:
+                first += "> "
+                rest += "> "
+            elif kind is _ITEM:
+                pad = " " * len(entry[1]) if depth < last else ""
+                if marked and entry[2]:
+                    first += entry[1]
+                    entry[2] = False
+                else:
+                    first += pad
+                rest += pad
+        head, *tail = text.split("\n")
+        return "\n".join([(first + head).rstrip(), *[(rest + line).rstrip() for line in tail]])
 
     def _hr(self) -> None:
         """A rule between two blocks is "---" (dropped, it joined the parts it separated; a tester), one
@@ -191,6 +215,16 @@ class _HtmlToText(HTMLParser):
         self._block()
         if self.blocks:
             self.rule = self._lines("---")
+
+    def _close(self, kind: str, stop: str | None = None) -> None:
+        """An end tag closes the innermost open entry of its `kind` and what is still open inside it (a
+        quote's unclosed list); one that nothing open matches, or only beyond a `stop` entry, is ignored."""
+        for depth in range(len(self.open) - 1, -1, -1):
+            if self.open[depth][0] is kind:
+                del self.open[depth:]
+                return
+            if self.open[depth][0] is stop:
+                return
 
     def handle_starttag(self, tag, attrs):
         if tag in _DROP_TAGS:
@@ -214,19 +248,18 @@ class _HtmlToText(HTMLParser):
         elif tag in _BLOCK_TAGS:
             self._block()
             if tag == "blockquote":
-                self.quotes += 1
+                self.open.append([_QUOTE])
             elif tag in ("ol", "ul"):
                 start = (dict(attrs).get("start") or "").strip()
-                self.lists.append(None if tag == "ul" else int(start) if _START.fullmatch(start) else 1)
-                self.indents.append(self.indents[-1] + self.widths[-1] if self.indents else 0)
-                self.widths.append(0)
+                self.open.append([_LIST, None if tag == "ul" else int(start) if _START.fullmatch(start) else 1])
             elif tag == "li":
-                number = self.lists[-1] if self.lists else None
-                self.prefix = "- " if number is None else f"{number}. "
+                if self.open and self.open[-1][0] is _ITEM:  # the item before it, left open, ends here
+                    self.open.pop()
+                owner = self.open[-1] if self.open and self.open[-1][0] is _LIST else None
+                number = owner[1] if owner else None
                 if number is not None:
-                    self.lists[-1] += 1
-                if self.widths:
-                    self.widths[-1] = len(self.prefix)
+                    owner[1] += 1
+                self.open.append([_ITEM, "- " if number is None else f"{number}. ", True])
 
     def _block(self) -> None:
         """A block starts or ends: the text so far is a paragraph, and a new row of cells begins."""
@@ -253,13 +286,11 @@ class _HtmlToText(HTMLParser):
         elif tag in _BLOCK_TAGS:
             self._block()
             if tag == "blockquote":
-                self.quotes = max(0, self.quotes - 1)
-            if tag in _LIST_TAGS:
-                self.prefix = ""
-            if tag in ("ul", "ol") and self.lists:
-                self.lists.pop()
-                self.indents.pop()
-                self.widths.pop()
+                self._close(_QUOTE)
+            elif tag == "li":
+                self._close(_ITEM, stop=_LIST)
+            elif tag in ("ul", "ol"):
+                self._close(_LIST)
 
     def handle_data(self, data):
         if self.drop_depth:
@@ -299,7 +330,7 @@ def join_question_answer(question: str, answer: str) -> str:
 
 def question_text(title: str, body_html: str) -> str:
     body = html_to_text(body_html)
-    title = title.strip()
+    title = title.replace("\xa0", " ").strip()
     return f"{title}\n\n{body}" if body else title
 
 

@@ -234,6 +234,55 @@ def test_a_horizontal_rule_between_blocks_is_kept(html, text):
     assert html_to_text(html) == text
 
 
+@pytest.mark.parametrize("html,text", [
+    # Markdown "- > Never open the oven door." as the site renders it: it read "> - Never ...", a quoted list
+    ("<ul>\n<li>\n<blockquote>\n<p>Never open the oven door.</p>\n</blockquote>\n<p>I open it anyway.</p>\n</li>\n"
+     "</ul>", "- > Never open the oven door.\n\nI open it anyway."),
+    ("<ol start=\"0\"><li><blockquote><p>a<br>b</p></blockquote></li><li>c</li></ol>", "0. > a\n   > b\n\n1. c"),
+    # a quote after the item's first paragraph belongs to the item, as a list there does (it stood at the margin)
+    ("<ol><li><p>The manual says:</p><blockquote><p>never<br>ever</p></blockquote></li><li>Bake.</li></ol>",
+     "1. The manual says:\n\n   > never\n   > ever\n\n2. Bake."),
+    # Markdown "1. - flour": the item that starts with a list lost its "1.", and "- flour" read as step one
+    ("<ol>\n<li>\n<ul>\n<li>flour</li>\n<li>salt</li>\n</ul>\n</li>\n<li>Bake.</li>\n</ol>",
+     "1. - flour\n\n   - salt\n\n2. Bake."),
+    ("<ul><li><blockquote><ul><li>x</li><li>y</li></ul></blockquote></li></ul>", "- > - x\n\n  > - y"),
+])
+def test_an_item_that_starts_with_a_quote_or_a_list_has_its_marker_first(html, text):
+    """Found by testers: a list item's marker was written after the quotes' "> " it is in, so an item
+    that starts with a block quote read as a quoted list ("> - q"; Markdown writes "- > q"), and an item
+    that starts with a list had its marker overwritten by the inner one."""
+    assert html_to_text(html) == text
+
+
+def test_a_quote_in_a_list_item_reads_so_in_the_document(tmp_path):
+    """The dump's own rows: an answer whose steps quote the manual (Markdown "1. > Preheat ...")."""
+    a_body = ("<ol>\n<li>\n<blockquote>\n<p>Preheat the oven.</p>\n</blockquote>\n<p>The manual says so.</p>\n</li>\n"
+              "<li>Bake for 20 minutes.</li>\n</ol>\n")
+    path = write_posts(tmp_path, [question(1, 5, "Steps?", "<p>How?</p>", accepted=2), answer(2, 1, 9, a_body)])
+    [doc] = read_stackexchange(str(path))
+    assert doc["text"] == ("Steps?\n\nHow?\n\n\n"
+                           "1. > Preheat the oven.\n\nThe manual says so.\n\n2. Bake for 20 minutes.")
+
+
+def test_a_no_break_space_is_a_space_outside_code_blocks(tmp_path):
+    """A no-break space (`&nbsp;` as Markdown passes it through, or U+00A0 pasted in) stayed in the text,
+    where the dolma2 tokenizer reads it as a token of its own that also parts the next word from its
+    space; the site shows a space. A code block keeps its bytes."""
+    from dolmino.assets import dolma2_tokenizer_path
+    from tokenizers import Tokenizer
+
+    q_body = ("<p>Press&nbsp;<kbd>Ctrl</kbd>&nbsp;+&nbsp;<kbd>C</kbd> and\u00a0then&nbsp; &nbsp;paste "
+              "<code>a\u00a0b</code>.</p>")
+    a_body = "<p>The\u00a0file has one:</p>\n<pre><code>x\u00a0= 1\n</code></pre>\n<p>&nbsp;</p>\n"
+    path = write_posts(tmp_path, [question(1, 5, "Why\u00a0does\u00a0paste fail?", q_body, accepted=2),
+                                  answer(2, 1, 9, a_body)])
+    [doc] = read_stackexchange(str(path))
+    assert doc["text"] == ("Why does paste fail?\n\nPress Ctrl + C and then paste a b.\n\n\n"
+                           "The file has one:\n\nx\u00a0= 1")
+    tokens = Tokenizer.from_file(str(dolma2_tokenizer_path())).encode(doc["text"].split("\n")[0]).tokens
+    assert tokens == ["Why", "Ġdoes", "Ġpaste", "Ġfail", "?"]
+
+
 # Outputs of html_to_text over `_RULES_SAMPLE`, pinned with the revision that produced them: a change of
 # the converted text without a new CONVERSION_REVISION would leave stored documents sets in use.
 _RULES_SAMPLE = (
@@ -242,9 +291,11 @@ _RULES_SAMPLE = (
     "<p>one\n  two<br>three &amp; <code>x  y</code></p><pre>\n  code\n\n</pre><h2>h</h2><ul><li><img></li></ul>z",
     "<blockquote><p>q<br>r</p></blockquote><ul><li>&#8203;</li></ul><p>\u200b</p>s",
     "<hr><ol><li>a<ul><li>b</li></ul></li></ol><hr>c<hr>",
+    "<ul><li><blockquote><p>q</p></blockquote><p>a&nbsp;\u00a0b</p></li><li><ol><li>c</li></ol></li></ul>"
+    "<pre>d\u00a0e</pre>",
 )
-_RULES_AT_REVISION = (7, ("1. a\n\n2. make\n\nb\n\n- c", "| A\n\nx | 1", "one two\nthree & x y\n\n  code\n\nh\n\nz",
-                          "> q\n> r\n\ns", "1. a\n\n   - b\n\n---\n\nc"))
+_RULES_AT_REVISION = (8, ("1. a\n\n2. make\n\nb\n\n- c", "| A\n\nx | 1", "one two\nthree & x y\n\n  code\n\nh\n\nz",
+                          "> q\n> r\n\ns", "1. a\n\n   - b\n\n---\n\nc", "- > q\n\na b\n\n- 1. c\n\nd\u00a0e"))
 
 
 def test_a_change_of_the_converted_text_comes_with_a_new_conversion_revision():
