@@ -335,10 +335,11 @@ def write_lock(manifest: Manifest, path: str | None = None, **options) -> str:
     if not os.path.isdir(folder):  # found before hashing the pool (hours on a real one), not after
         raise ManifestError(f"lock: cannot write {path}: no directory {folder}")
     lock = make_lock(manifest, **options)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(dumps_lock(lock))
-    os.replace(tmp, path)
+    from dolmino.storage import write_bytes
+
+    # Its own temporary file, removed and the lock named when the write fails: a full disk was a traceback ending
+    # in "unexpected OSError: [Errno 28] No space left on device" and left "<lock>.tmp<pid>" behind (a tester).
+    write_bytes(path, dumps_lock(lock).encode("utf-8"))
     return path
 
 

@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import itertools
 import json
@@ -1232,6 +1233,19 @@ def _pull_stem(name: str) -> str:
     return f".{name}.pull-"
 
 
+def _pull_remedy(exc: OSError, parent: str, total: int) -> str:
+    """What to do about a pull that filled DEST's disk or found it read-only: "writing ... failed: No space left
+    on device (nothing was kept)" said neither how much room the release needs nor what then (a tester)."""
+    from dolmino.manifest import format_bytes
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f": free space in {parent} (the release holds {format_bytes(total)}) or pull into a larger disk, "
+                "then pull again")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f": make {parent} writable or pull into a directory you can write, then pull again"
+    return ""
+
+
 def _remove_dead_pulls(parent: str, name: str, log: Log) -> None:
     """Remove the temporary directories of earlier pulls into `name` whose process is gone: a
     killed pull left one (the size of the release) beside DEST, which no later pull reused or
@@ -1325,8 +1339,8 @@ def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log
                            "a directory beside DEST, then renames it): pull into a directory you can write") from None
     with open(os.path.join(tmp, PULL_OWNER), "w", encoding="utf-8") as fh:
         fh.write(f"{socket.gethostname()} {os.getpid()} {_pid_namespace()}\n")
-    bar = _Progress(progress, f"pull {_name}", record.get("total_bytes") or sum(e["size"] for e in record["files"]),
-                    len(record["files"]))
+    total = record.get("total_bytes") or sum(e["size"] for e in record["files"])
+    bar = _Progress(progress, f"pull {_name}", total, len(record["files"]))
     try:
         cl = s3.client()
         config = _transfer_config(part_size)
@@ -1338,7 +1352,7 @@ def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log
                     cl.download_file(bucket, objects + entry["path"], local, Config=config, Callback=bar.add_bytes)
                 except OSError as exc:  # "[Errno 28] No space left on device" named no file (a tester)
                     raise ReleaseError(f"{dest}: writing {entry['path']} into {tmp} failed: {exc.strerror or exc} "
-                                       "(nothing was kept)") from None
+                                       f"(nothing was kept){_pull_remedy(exc, parent, total)}") from None
                 except ClientError as exc:
                     if s3.is_missing_object(exc):
                         if _get_json(bucket, key_prefix + RELEASE_FILE) is None:  # "damaged" sent teams

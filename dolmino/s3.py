@@ -387,6 +387,14 @@ def s3_failure_message(exc: BaseException) -> str | None:
 _PLACE_ERRNOS = frozenset((errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT))
 
 
+def place_remedy(code: int) -> str:
+    """What to do about a place an OSError of errno `code` (one of _PLACE_ERRNOS) found full, read-only
+    or forbidden: "build_mix: error: .../report.html: No space left on device" said nothing of it (a tester)."""
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "free space there"
+    return "make it writable" if code == errno.EROFS else "give this user access to it"
+
+
 class cli_errors:  # noqa: N801 - used like a function: @cli_errors("prog") / with cli_errors("prog")
     """Turn what escapes a command's main() into a one-line, credential-free error.
 
@@ -396,16 +404,18 @@ class cli_errors:  # noqa: N801 - used like a function: @cli_errors("prog") / wi
     - an S3 / network failure (see s3_failure_message): `prog: error: <line>`, exit status 2;
     - an exception of a class in `expected`: `prog: error: <its message>`, exit status 2;
     - a read-only, forbidden or full place (an OSError naming its file): `prog: error: <file>:
-      <reason>`, exit status 2;
+      <reason>; <what to do>` (then `rerun`, where the command resumes: "then rerun the same
+      command ..."), exit status 2;
     - anything else is a bug: its traceback is printed with every credential redacted, then
       `prog: error: unexpected <Type>: <message>`, exit status 1.
     As a decorator the wrapped function returns the status; as a context manager it raises
     SystemExit with it. KeyboardInterrupt and SystemExit pass through untouched.
     """
 
-    def __init__(self, prog: str, *, expected: tuple[type[BaseException], ...] = ()):
+    def __init__(self, prog: str, *, expected: tuple[type[BaseException], ...] = (), rerun: str = ""):
         self.prog = prog
         self.expected = expected
+        self.rerun = rerun
 
     def report(self, exc: BaseException) -> int:
         message = s3_failure_message(exc)
@@ -417,7 +427,9 @@ class cli_errors:  # noqa: N801 - used like a function: @cli_errors("prog") / wi
             return 2
         if isinstance(exc, OSError) and exc.errno in _PLACE_ERRNOS and exc.filename:
             # The place, not a bug: a read-only mount, no permission, a full disk.
-            print(f"{self.prog}: error: {redact(str(exc.filename))}: {exc.strerror}", file=sys.stderr)
+            then = f", {self.rerun}" if self.rerun else ""
+            print(f"{self.prog}: error: {redact(str(exc.filename))}: {exc.strerror}; {place_remedy(exc.errno)}{then}",
+                  file=sys.stderr)
             return 2
         import traceback
 

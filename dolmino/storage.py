@@ -122,15 +122,21 @@ def open_temporary(path: str):
             return tmp, open(tmp, "xb")
         except FileExistsError:  # another writer's (or a killed one's) temporary file: never touch it
             continue
+        except OSError as exc:  # a read-only or forbidden directory: named by the file to be written
+            if (named := naming(exc, path, tmp)) is exc:
+                raise
+            raise named from exc
     raise FileExistsError(f"no free temporary name beside {path} after 64 tries: remove its stale .tmp files")
 
 
-def naming(exc: OSError, path: str) -> OSError:
+def naming(exc: OSError, path: str, temporary: str | None = None) -> OSError:
     """`exc`, or where it names no file (a write into a full disk or a filesystem remounted read-only
     raises "[Errno 28] No space left on device" with no filename) the same error naming `path`: a build
     whose --out or attributes root filled ended in "in an executor: OSError: [Errno 28] No space left
-    on device", naming no place to free (found by a tester)."""
-    if exc.filename is not None or exc.errno is None:
+    on device", naming no place to free (found by a tester). So too where it names `temporary`, the
+    random name of the write's own temporary file, which the user never gave: `dolmino lock` into a
+    read-only directory said "demo.lock.json.tmp4110110: Read-only file system" (a tester)."""
+    if exc.errno is None or exc.filename not in (None, temporary):
         return exc
     return OSError(exc.errno, exc.strerror, path)
 
@@ -156,7 +162,7 @@ def write_bytes(path: str, data: bytes, *, sync: bool = False) -> None:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(exc, OSError) and (named := naming(exc, path)) is not exc:
+        if isinstance(exc, OSError) and (named := naming(exc, path, tmp)) is not exc:
             raise named from exc
         raise
 

@@ -443,11 +443,31 @@ def test_a_read_only_or_full_place_is_one_line_not_a_bug(capsys):
 
     from dolmino.s3 import cli_errors
 
-    for code, reason in ((errno.EROFS, "Read-only file system"), (errno.ENOSPC, "No space left on device")):
-        assert cli_errors("dolmino report").report(OSError(code, reason, "/ro/mix/report.html")) == 2
+    for code, reason in ((errno.EROFS, "Read-only file system; make it writable"),
+                         (errno.ENOSPC, "No space left on device; free space there"),
+                         (errno.EACCES, "Permission denied; give this user access to it")):
+        assert cli_errors("dolmino report").report(OSError(code, reason.split(";")[0], "/ro/mix/report.html")) == 2
         assert capsys.readouterr().err == f"dolmino report: error: /ro/mix/report.html: {reason}\n"
     assert cli_errors("x").report(OSError(errno.EINVAL, "Invalid argument", "/f")) == 1  # not a place: a bug
     assert "x: error: unexpected OSError" in capsys.readouterr().err
+    # A failing disk is no full one: not told to free space there
+    assert cli_errors("x", rerun="then rerun").report(OSError(errno.EIO, "Input/output error", "/f")) == 1
+    err = capsys.readouterr().err
+    assert "free space" not in err and "rerun" not in err, err
+
+
+def test_a_full_place_says_what_to_do_and_that_the_rerun_resumes(capsys):
+    """A build whose --out filled as the driver wrote its report: "build_mix: error: .../report.html: No space
+    left on device", naming the file but not what to do, nor that the same command again keeps the parts
+    (a tester, on a 2 MB tmpfs)."""
+    import errno
+
+    from dolmino.s3 import cli_errors
+
+    errors = cli_errors("build_mix", rerun="then rerun the same command (parts are kept)")
+    assert errors.report(OSError(errno.EDQUOT, "Disk quota exceeded", "/out/report.json")) == 2
+    assert capsys.readouterr().err == ("build_mix: error: /out/report.json: Disk quota exceeded; free space there, "
+                                       "then rerun the same command (parts are kept)\n")
 
 
 def test_an_asset_cache_that_cannot_be_made_is_one_line_and_check_only_looks(tmp_path, monkeypatch, capsys):

@@ -1057,6 +1057,36 @@ def test_a_broadcast_into_a_full_driver_scratch_space_is_one_line(spark, tmp_pat
         "it at a larger disk (spark-submit --conf spark.local.dir=DIR), then rerun the same command (finished "
         "attribute files and parts are kept)"), err
     assert "unexpected" not in err, err
+    # nor PySpark's traceback of the dump into the full disk above it (6 lines of its frames, a tester)
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    from pyspark.core import broadcast
+    from pyspark.util import print_exec
+
+    assert broadcast.print_exec is print_exec  # PySpark's own again, after the command
+
+
+def test_a_report_into_a_full_out_says_what_to_do_and_that_the_rerun_resumes(spark, tmp_path, capsys, monkeypatch):
+    """The driver's report into an --out that filled after the parts: "build_mix: error: .../report.html: No space
+    left on device", naming the file but neither what to do nor that the same command again keeps the parts
+    (a tester, on a 2 MB tmpfs)."""
+    import errno
+
+    import dolmino.build.mix
+
+    def run_build(_manifest, options, _session):
+        raise OSError(errno.ENOSPC, "No space left on device", f"{options.out}/report.html")
+
+    monkeypatch.setattr(dolmino.build.mix, "run_build", run_build)
+    from dolmino.build.cli import main as build_main
+
+    manifest = one_source_manifest(tmp_path)
+    code = build_main(["--manifest", str(manifest), "--budget", "1K", "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.splitlines()[-1] == (
+        f"build_mix: error: {tmp_path / 'out'}/report.html: No space left on device; free space there, then rerun "
+        "the same command (finished attribute files and parts are kept)"), err
+    assert "Traceback" not in err, err
 
 
 def test_an_executor_that_cannot_import_the_project_says_to_install_it(spark):

@@ -708,3 +708,48 @@ def test_lock_check_names_an_index_locked_before_an_upgrade(project, monkeypatch
                                                   r"decontamination index .*olmes\.npz uses hash version", out), out
     with pytest.raises(BuildError, match="--locked: 1 difference"):
         require_lock(_manifest(project), path)
+
+
+def test_a_lock_into_a_full_or_read_only_directory_is_one_line_naming_it(project, capsys, monkeypatch):
+    """A full disk: a traceback, "dolmino lock: error: unexpected OSError: [Errno 28] No space left on device"
+    naming no file, and "pool.lock.json.tmp<pid>" left behind; read-only, the temporary file's random name
+    (a tester, on a 64 KB tmpfs and one remounted read-only)."""
+    import builtins
+    import errno
+
+    real_open = builtins.open
+    target = project / "pool.lock.json"
+
+    class Full:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, _data):
+            raise OSError(errno.ENOSPC, "No space left on device")  # as a full disk's: no file named
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    for failure, said in (("full", "No space left on device; free space there"),
+                          ("read-only", "Read-only file system; make it writable")):
+        def opened(file, mode="r", *args, failure=failure, **kwargs):
+            if not str(file).startswith(str(target)) or "r" in mode:
+                return real_open(file, mode, *args, **kwargs)
+            if failure == "read-only":
+                raise OSError(errno.EROFS, "Read-only file system", file)
+            return Full(real_open(file, mode, *args, **kwargs))
+
+        monkeypatch.setattr(builtins, "open", opened)
+        code = lock_cmd.main([str(project / "pool.json")])
+        monkeypatch.setattr(builtins, "open", real_open)
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert err.splitlines()[-1] == f"dolmino lock: error: {target}: {said}", err
+        assert "Traceback" not in err, err
+        assert sorted(p.name for p in project.iterdir() if p.name.startswith("pool.lock")) == [], failure

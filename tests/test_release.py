@@ -1153,6 +1153,29 @@ def test_a_full_disk_during_pull_names_the_file_and_the_directory(build_dir, roo
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_full_or_read_only_disk_during_pull_says_what_to_do(build_dir, root, tmp_path, monkeypatch):
+    """"writing ... failed: No space left on device (nothing was kept)" said neither how much room the release
+    needs nor what then (a tester)."""
+    import errno
+
+    _publish(build_dir, root, "full")
+    client = s3.client()
+    monkeypatch.setattr(release.s3, "client", lambda: client)
+    for code, reason, said in (
+            (errno.ENOSPC, "No space left on device",
+             rf"free space in {re.escape(str(tmp_path))} \(the release holds [\d.]+ [kMG]B\) or pull into a larger "
+             "disk, then pull again$"),
+            (errno.EROFS, "Read-only file system",
+             rf"make {re.escape(str(tmp_path))} writable or pull into a directory you can write, then pull again$")):
+        def failing(*_args, code=code, reason=reason, **_kwargs):
+            raise OSError(code, reason)
+
+        monkeypatch.setattr(client, "download_file", failing)
+        with pytest.raises(release.ReleaseError, match=rf"failed: {reason} \(nothing was kept\): {said}"):
+            release.pull(f"{root}/full", str(tmp_path / "dest"))
+        assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------- fix-t123 (a tester's report)
 
 

@@ -417,3 +417,35 @@ def test_a_node_cache_remounted_read_only_while_it_copies_is_not_told_to_free_sp
     assert "(Read-only file system); make it writable or set DOLMINO_CACHE on the executors to a writable " \
            "directory (default ~/.cache/dolmino)" in line, line
     assert "free space" not in line and "room" not in line, line
+
+
+def test_a_model_staged_into_a_full_temporary_directory_says_what_to_do(tmp_path, monkeypatch):
+    """The driver's copy of a model or index to ship, into a full temporary directory: "cannot stage it for the
+    executors in /tmp/dolmino-ship-.../tmpv6egeli3 ([Errno 28] No space left on device: '<model>' -> '<...>.part')",
+    neither what to free nor which setting moves it (a tester, TMPDIR on a 64 KB tmpfs, a 150 MB index)."""
+    import errno
+    import tempfile
+
+    import pytest
+
+    import dolmino.build.resources as resources
+    from dolmino.errors import BuildError
+
+    def full(uri, staging, _is_dir):
+        raise OSError(errno.ENOSPC, "No space left on device", uri, staging + ".part")
+
+    class Context:
+        applicationId = "app-full"
+
+        def addFile(self, path):
+            raise AssertionError(f"{path} shipped")
+
+    monkeypatch.setattr(resources, "_put_staged", full)
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"weights")
+    with pytest.raises(BuildError) as raised:
+        stage(str(model), Context(), ship=True)
+    assert str(raised.value) == (
+        f"{model}: cannot stage it for the executors in the driver's temporary directory {tempfile.gettempdir()} "
+        "(No space left on device); free space there or set TMPDIR on the driver to a disk with room, then rerun "
+        "the same command")

@@ -6,6 +6,7 @@ a difference between the two kinds of location is a bug that only shows on a clu
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -206,3 +207,24 @@ def test_a_write_into_a_full_disk_names_the_file_and_leaves_no_temporary(tmp_pat
         storage.write_bytes(str(target), b"attributes")
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
     assert list(target.parent.iterdir()) == []
+
+
+def test_a_write_into_a_read_only_directory_names_the_file_not_its_temporary(tmp_path, monkeypatch):
+    """A read-only directory: "small.lock.json.tmp4110110: Read-only file system", the random name of the
+    write's own temporary file, which the user never gave (a tester, on a tmpfs remounted read-only)."""
+    import builtins
+    import errno
+
+    real_open = builtins.open
+
+    def read_only(file, mode="r", *args, **kwargs):
+        if "r" not in mode:
+            raise OSError(errno.EROFS, "Read-only file system", file)
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", read_only)
+    target = str(tmp_path / "report.json")
+    with pytest.raises(OSError) as raised:
+        storage.write_bytes(target, b"{}")
+    assert (raised.value.errno, raised.value.filename) == (errno.EROFS, target)
+    assert os.listdir(tmp_path) == []

@@ -8,6 +8,8 @@ writes attributes; `mix` refuses to start when attributes are missing.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import fnmatch
 import os
 import re
@@ -310,6 +312,28 @@ def driver_scratch_failure(exc: BaseException) -> str | None:
     return (f"the driver's Spark scratch space: {place.group(1)} (spark.local.dir or SPARK_LOCAL_DIRS on the driver, "
             f"where broadcasts are written; /tmp by default): {_scratch_remedy(place.group(1))}")
 
+
+@contextlib.contextmanager
+def scratch_broadcast_failures_said_once():
+    """Inside, PySpark does not print the traceback of a broadcast it could not write into a full or read-only
+    scratch space: 6 lines of its pickle.dump and tempfile frames came before the line of driver_scratch_failure,
+    which says all they do (a tester, spark.local.dir on a 6 MB tmpfs). Any other failure's is printed."""
+    from pyspark.core import broadcast
+
+    shown = broadcast.print_exec
+
+    def print_exec(stream) -> None:
+        failure = sys.exc_info()[1]
+        if not (isinstance(failure, OSError) and failure.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)):
+            shown(stream)
+
+    broadcast.print_exec = print_exec
+    try:
+        yield
+    finally:
+        broadcast.print_exec = shown
+
+
 _WORKER_DIED = "Python worker exited unexpectedly"
 _FATAL = re.compile(r"Fatal Python error: ([^\n]*)")
 _FATAL_STACK = re.compile(r"^(?:Current|Thread) [^\n]*\(most recent call first\):\n((?:  File [^\n]*\n)+)",
@@ -558,7 +582,7 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
     if problem := jvm_mangled_argument(sys.argv[1:] if argv is None else argv):
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 2
-    errors = cli_errors(prog, expected=(ManifestError, BuildError, AssetError))
+    errors = cli_errors(prog, expected=(ManifestError, BuildError, AssetError), rerun=_RERUN)
     try:
         shipped = py_files(args.py_files)
         import_py_files(shipped)  # before the manifest check, which imports a custom scorer
@@ -579,7 +603,8 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
         return 2
     try:
         ship_py_files(spark.sparkContext, shipped)
-        result = run_build(manifest, options, spark)
+        with scratch_broadcast_failures_said_once():
+            result = run_build(manifest, options, spark)
     except BaseException as exc:  # noqa: BLE001
         if (status := command.stopped(exc)) is not None:
             return status

@@ -209,11 +209,19 @@ def stage(uri: str, sc=None, ship: bool = False) -> Resource:
         return Resource(uri, digest, is_dir, shipped_as=name)
     # Staged afresh by every build: a hard link made by an earlier build shares the inode of a
     # model edited in place since, and would ship other bytes under this digest (a reviewer).
-    staging = os.path.join(tempfile.mkdtemp(dir=_staging_dir()), name)
     try:
+        staging = os.path.join(tempfile.mkdtemp(dir=_staging_dir()), name)
         _put_staged(uri, staging, is_dir)
     except OSError as exc:  # the temporary directory full or not writable: one line, not a traceback
-        raise BuildError(f"{uri}: cannot stage it for the executors in {os.path.dirname(staging)} ({exc})") from None
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise BuildError(f"{uri}: cannot stage it for the executors in {tempfile.gettempdir()} ({exc})") from None
+        # "([Errno 28] No space left on device: '<model>' -> '<dir>/tmpv6egeli3/<digest>-<name>.part')" said
+        # neither what to free nor which setting moves it (a tester, TMPDIR on a 64 KB tmpfs)
+        fix, room = (("free space there", "a disk with room") if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                     else ("make it writable", "a writable directory"))
+        raise BuildError(f"{uri}: cannot stage it for the executors in the driver's temporary directory "
+                         f"{tempfile.gettempdir()} ({exc.strerror}); {fix} or set TMPDIR on the driver to {room}, "
+                         "then rerun the same command") from None
     sc.addFile(staging)
     _SHIPPED.add(shipped)
     return Resource(uri, digest, is_dir, shipped_as=name)
