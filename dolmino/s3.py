@@ -422,14 +422,16 @@ class cli_errors:  # noqa: N801 - used like a function: @cli_errors("prog") / wi
         if message is not None:
             print(f"{self.prog}: error: {message}", file=sys.stderr)
             return 2
-        if self.expected and isinstance(exc, self.expected):
-            print(f"{self.prog}: error: {redact(' '.join(str(exc).split()))}", file=sys.stderr)
-            return 2
         if isinstance(exc, OSError) and exc.errno in _PLACE_ERRNOS and exc.filename:
-            # The place, not a bug: a read-only mount, no permission, a full disk.
+            # The place, not a bug: a read-only mount, no permission, a full disk. Before `expected`, which
+            # lists OSError for release and synth: "release: error: [Errno 28] No space left on device: '/x'"
+            # said nothing of what to do (a tester).
             then = f", {self.rerun}" if self.rerun else ""
             print(f"{self.prog}: error: {redact(str(exc.filename))}: {exc.strerror}; {place_remedy(exc.errno)}{then}",
                   file=sys.stderr)
+            return 2
+        if self.expected and isinstance(exc, self.expected):
+            print(f"{self.prog}: error: {redact(' '.join(str(exc).split()))}", file=sys.stderr)
             return 2
         import traceback
 

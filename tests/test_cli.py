@@ -454,6 +454,12 @@ def test_a_read_only_or_full_place_is_one_line_not_a_bug(capsys):
     assert cli_errors("x", rerun="then rerun").report(OSError(errno.EIO, "Input/output error", "/f")) == 1
     err = capsys.readouterr().err
     assert "free space" not in err and "rerun" not in err, err
+    # release and synth expect OSError (their own one-line errors): a full place is still told what to do
+    assert cli_errors("release", expected=(OSError,)).report(OSError(errno.ENOSPC, "No space left on device",
+                                                                     "/pulled/x.npy")) == 2
+    assert capsys.readouterr().err == "release: error: /pulled/x.npy: No space left on device; free space there\n"
+    assert cli_errors("release", expected=(OSError,)).report(OSError(errno.EIO, "Input/output error", "/f")) == 2
+    assert capsys.readouterr().err == "release: error: [Errno 5] Input/output error: '/f'\n"
 
 
 def test_a_full_place_says_what_to_do_and_that_the_rerun_resumes(capsys):
