@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import MINHASH_DEFAULTS, Manifest, SourceSpec, format_count, load_named_manifest, parse_count
 from dolmino.plan import Plan, make_plan, markdown_text, render_table, share_text
+from dolmino.py_files import PY_FILES_HELP, import_py_files, py_files
 from filters.base import number_text
 
 FORMATS = ("text", "markdown")
@@ -194,24 +195,31 @@ def _tagging(a: Manifest, b: Manifest) -> list[str]:
     did not say). The sets are named as a build names them (`build.tag.tag_plans`): a score filter's new
     threshold reuses its set, a verdict filter's does not, a cascade filter follows the filters before
     it, a renamed source is a new one. Models and indexes compare by where the manifests name them
-    (`dolmino lock --check` checks their bytes), the tokenizer by its settings, MinHash by its
-    parameters and the source's paths."""
+    (`dolmino lock --check` checks their bytes), the tokenizer as the build keys it (`_tokenizer_keys`),
+    MinHash by its parameters and the source's paths. Files that only B's paths (or data root) name are
+    new to every set: the sets keep their names, and the diff said "Nothing to tag again" where
+    `dolmino mix` then refused (a tester)."""
     from dolmino.build.resources import Resource, file_params
     from dolmino.build.tag import tag_plans
 
-    def plans(m: Manifest) -> dict:
+    tokenizer_keys = _tokenizer_keys(a, b)
+
+    def plans(m: Manifest, tokenizer_key: str) -> dict:
         files = {spec[k] for s in m.sources for spec in s.filters for k in file_params(spec)}
         resources = {f: Resource(f, f"named:{f}", False) for f in files}
-        digest = repr(sorted(vars(m.tokenizer).items()))
-        return {p.name: p for p in tag_plans(m, resources, digest, [], check_indexes=False)}
+        return {p.name: p for p in tag_plans(m, resources, tokenizer_key, [], check_indexes=False)}
 
-    plans_a, plans_b = plans(a), plans(b)
+    plans_a, plans_b = plans(a, tokenizer_keys[0]), plans(b, tokenizer_keys[1])
     paths_a = {s.name: s.paths for s in a.sources}
     lines = []
     for source in b.sources:
         was, now = plans_a.get(source.name), plans_b[source.name]
         if was is None:
             lines.append(f"{source.name}: a new source (not tagged before): every set")
+            continue
+        added = [p for p in source.paths if p not in paths_a[source.name]]
+        if a.data_root != b.data_root:
+            lines.append(f"{source.name}: every set for each file that is not the same file at the new data root")
             continue
         sets = [("docs", was.docs_set, now.docs_set)]
         old_filters = {t.set_name for t in was.filters}
@@ -221,9 +229,30 @@ def _tagging(a: Manifest, b: Manifest) -> list[str]:
             same_pool = paths_a[source.name] == source.paths
             sets.append(("minhash", was.minhash_set if same_pool else None, now.minhash_set))
         again = [label for label, before, after in sets if before != after]
+        if added:  # the sets named in `again` are written for every file anyway
+            again.append(f"every {'other ' if again else ''}set for the files its new paths add ({', '.join(added)})")
         if again:
             lines.append(f"{source.name}: {', '.join(again)}")
     return lines
+
+
+def _tokenizer_keys(a: Manifest, b: Manifest) -> tuple[str, str]:
+    """The tokenizer part of each manifest's docs-set key, as the build computes it
+    (`build.mix.tokenizer_digest`): its bytes and settings, not where it lies. Named by its settings,
+    path included, where a local file cannot be read here (an s3:// one is not fetched to compare two
+    manifests). Settings alone called every source's docs set, the whole pool read, due again for a
+    tokenizer.path naming a copy of the same file, which `dolmino mix` reads with the tag's sets (a tester)."""
+    from dolmino.assets import AssetError
+    from dolmino.build.mix import tokenizer_digest
+    from dolmino.tokenizer import Dolma2Tokenizer
+
+    specs = (a.tokenizer, b.tokenizer)
+    if all(s.path is None for s in specs) or any(s.path and s.path.startswith("s3://") for s in specs):
+        return tuple(repr(sorted(vars(s).items())) for s in specs)
+    try:
+        return tuple(tokenizer_digest(Dolma2Tokenizer.from_spec(s), s) for s in specs)
+    except (AssetError, ManifestError, OSError, ValueError):
+        return tuple(repr(sorted(vars(s).items())) for s in specs)
 
 
 def diff_manifests(a: Manifest, b: Manifest, budget: int | None = None, with_plan: bool = True) -> ManifestDiff:
@@ -390,6 +419,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                        "manifest's own)")
     parser.add_argument("--exit-code", action="store_true", help="exit 1 when the manifests differ (like git diff "
                                                                  "--exit-code)")
+    parser.add_argument("--py-files", default=None, metavar="FILES",
+                        help=PY_FILES_HELP + ", imported here to check it as the build will")
     return parser.parse_args(argv)
 
 
@@ -397,8 +428,10 @@ def main(argv: list[str] | None = None) -> int:
     from dolmino.s3 import cli_errors
 
     args = parse_args(argv)
-    errors = cli_errors("dolmino diff", expected=(ManifestError,))
+    errors = cli_errors("dolmino diff", expected=(ManifestError, BuildError))
     try:
+        # as `dolmino build --py-files`: the manifests' check imports a custom scorer (a tester)
+        import_py_files(py_files(args.py_files))
         budget = parse_count(args.budget, "--budget") if args.budget else None
         d = diff_manifests(load_named_manifest(args.before), load_named_manifest(args.after), budget)
     except Exception as exc:  # noqa: BLE001 - one redacted line

@@ -25,6 +25,7 @@ from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import (
     Manifest, SourcePlanRow, format_bytes, format_count, load_named_manifest, parse_count, plan_warnings, share_text,
 )
+from dolmino.py_files import PY_FILES_HELP, import_py_files, py_files
 
 FORMATS = ("text", "markdown", "json")
 
@@ -283,6 +284,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-root", default=None, help="where the manifest's relative paths live, local or s3:// "
                                                           "(default: the manifest's data_root)")
     parser.add_argument("--no-inputs", action="store_true", help="do not list input files (offline review)")
+    parser.add_argument("--py-files", default=None, metavar="FILES",
+                        help=PY_FILES_HELP + ", imported here to check it as the build will")
     return parser.parse_args(argv)
 
 
@@ -292,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     errors = cli_errors("dolmino plan", expected=(ManifestError, BuildError))
     try:
+        # A custom scorer is imported by the manifest check: `dolmino build --py-files` shipped one that
+        # plan could not load ("cannot be imported"), and said no more (a tester)
+        import_py_files(py_files(args.py_files))
         manifest = load_named_manifest(args.manifest, args.data_root)
         budget = parse_count(args.budget, "--budget") if args.budget else None
         plan = make_plan(manifest, budget, list_files=not args.no_inputs)

@@ -2,7 +2,8 @@
 command's own process must import, as spark-submit's --py-files gives it to its driver.
 
 The build commands also ship the files to executors (`dolmino.build.cli.ship_py_files`);
-`dolmino lock` only imports them, to hash the scorer's code as the build will."""
+`dolmino lock` only imports them, to hash the scorer's code as the build will, and `dolmino plan` and
+`dolmino diff` to check the manifests as the build will."""
 
 from __future__ import annotations
 

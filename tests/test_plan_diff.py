@@ -294,6 +294,95 @@ def test_diff_tagging_reads_no_index(tmp_path):
     assert d.tagging is not None and len(d.tagging) == 1 and " decontaminate" in d.tagging[0], d.tagging
 
 
+def test_diff_tags_the_files_that_new_paths_or_a_new_data_root_add(tmp_path):
+    """Found by a tester: a PR that added a pattern to a source's paths (or moved its data root) read
+    "Nothing to tag again", the sets keeping their names, and `dolmino mix` then refused: the new files
+    were in no attribute file. Paths only removed add no file."""
+    a = json.loads((MANIFESTS / "demo.json").read_text())
+    wiki = next(i for i, s in enumerate(a["sources"]) if s["name"] == "wiki")
+    a["sources"][wiki]["paths"].append("encyclopedic/*.json.gz")
+    pa = tmp_path / "manifests" / "a.json"
+    pa.parent.mkdir()
+    pa.write_text(json.dumps(a))
+
+    def tagging(edit) -> list[str]:
+        b = json.loads(json.dumps(a))
+        edit(b)
+        pb = tmp_path / "manifests" / "b.json"
+        pb.write_text(json.dumps(b))
+        return diff_manifests(load_manifest(str(pa)), load_manifest(str(pb))).tagging
+
+    assert tagging(lambda m: m["sources"][wiki]["paths"].append("code/*.jsonl.zst")) == [
+        "wiki: every set for the files its new paths add (code/*.jsonl.zst)"]
+    assert tagging(lambda m: m["sources"][wiki]["paths"].pop()) == []
+    # dclm's MinHash clusters are over its whole pool: read again as before
+    assert tagging(lambda m: m["sources"][0]["paths"].append("code/*.jsonl.zst")) == [
+        "dclm: minhash, every other set for the files its new paths add (code/*.jsonl.zst)"]
+    moved = tagging(lambda m: m.update(data_root="../elsewhere"))
+    assert len(moved) == len(a["sources"]) and all("every set for each file that is not the same file at the new "
+                                                   "data root" in line for line in moved), moved
+
+
+def test_diff_keys_the_tokenizer_by_its_bytes_as_the_build_does(tmp_path):
+    """Found by a tester: a tokenizer.path naming a copy of the packaged tokenizer had every source's
+    docs set, the whole pool read, tagged again in the diff, while `dolmino mix` read the tag's sets (the
+    build keys them by the tokenizer's bytes and settings, not its path). Other bytes are a new set."""
+    from dolmino.assets import dolma2_tokenizer_path
+
+    same, other = tmp_path / "same.json", tmp_path / "other.json"
+    text = dolma2_tokenizer_path().read_text(encoding="utf-8")
+    same.write_text(text, encoding="utf-8")
+    other.write_text(json.dumps(json.loads(text), indent=1), encoding="utf-8")
+    a = json.loads((MANIFESTS / "demo.json").read_text())
+    pa = tmp_path / "manifests" / "a.json"
+    pa.parent.mkdir()
+    pa.write_text(json.dumps(a))
+
+    def tagging(path: Path) -> list[str]:
+        b = json.loads(json.dumps(a))
+        b["tokenizer"]["path"] = str(path)
+        pb = tmp_path / "manifests" / "b.json"
+        pb.write_text(json.dumps(b))
+        return diff_manifests(load_manifest(str(pa)), load_manifest(str(pb))).tagging
+
+    assert tagging(same) == []
+    assert tagging(other) == [f"{s['name']}: docs" for s in a["sources"]]
+
+
+def test_plan_and_diff_import_a_scorer_from_py_files_as_the_build_does(tmp_path, capsys, monkeypatch):
+    """Found by a tester: `dolmino build`, tag, mix and lock take --py-files for a score_threshold scorer
+    that nothing puts on PYTHONPATH, but a reviewer's `dolmino plan` and `dolmino diff` of the same PR
+    stopped at "cannot be imported" (exit 2), with no way to give them the code."""
+    import sys
+    import uuid
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the command puts the files on its path
+    name = f"diff_scorer_{uuid.uuid4().hex[:8]}"
+    scorer = tmp_path / f"{name}.py"
+    scorer.write_text("class S:\n    def score(self, texts):\n        return [1.0 for _ in texts]\n")
+    a = json.loads((MANIFESTS / "demo.json").read_text())
+    a["sources"][0]["filters"].append({"type": "score_threshold", "scorer": f"{name}:S", "min_score": 0.5})
+    b = json.loads(json.dumps(a))
+    b["sources"][0]["filters"][-1]["min_score"] = 0.7
+    pa, pb = tmp_path / "manifests" / "a.json", tmp_path / "manifests" / "b.json"
+    pa.parent.mkdir()
+    pa.write_text(json.dumps(a))
+    pb.write_text(json.dumps(b))
+    try:
+        assert diff_cmd.main([str(pa), str(pb)]) == 2
+        assert f"module '{name}' cannot be imported" in capsys.readouterr().err
+        assert diff_cmd.main([str(pa), str(pb), "--py-files", str(scorer)]) == 0
+        out = capsys.readouterr().out
+        assert re.search(r"dclm\.filters\[2\] score_threshold\.min_score\s+0\.5\s+0\.7", out), out
+        assert "Tagging:\n\nNothing to tag again" in out
+        assert plan_cmd.main([str(pb), "--no-inputs", "--py-files", str(scorer)]) == 0
+        assert "dclm" in capsys.readouterr().out
+        assert plan_cmd.main([str(pb), "--py-files", str(tmp_path / "nowhere.py")]) == 2
+        assert capsys.readouterr().err.strip().endswith(f"--py-files {tmp_path / 'nowhere.py'}: no such file")
+    finally:
+        sys.modules.pop(name, None)
+
+
 def test_diff_compares_counts_as_meant(tmp_path):
     a = json.loads((MANIFESTS / "50B.json").read_text())
     b = json.loads(json.dumps(a))
