@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import MINHASH_DEFAULTS, Manifest, SourceSpec, format_count, load_named_manifest, parse_count
 from dolmino.plan import Plan, make_plan, markdown_text, render_table, share_text
-from dolmino.py_files import PY_FILES_HELP, import_py_files, py_files
+from dolmino.py_files import PY_FILES_HELP, explained, import_py_files, py_files
 from filters.base import number_text
 
 FORMATS = ("text", "markdown")
@@ -429,13 +429,15 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     errors = cli_errors("dolmino diff", expected=(ManifestError, BuildError))
+    shipped: list[str] = []
     try:
         # as `dolmino build --py-files`: the manifests' check imports a custom scorer (a tester)
-        import_py_files(py_files(args.py_files))
+        shipped = py_files(args.py_files)
+        import_py_files(shipped)
         budget = parse_count(args.budget, "--budget") if args.budget else None
         d = diff_manifests(load_named_manifest(args.before), load_named_manifest(args.after), budget)
     except Exception as exc:  # noqa: BLE001 - one redacted line
-        return errors.report(exc)
+        return errors.report(explained(exc, shipped))
     sys.stdout.write(render_diff(d, args.format))
     return 1 if args.exit_code and not d.empty else 0
 

@@ -60,7 +60,7 @@ from dolmino.argtypes import positive_int
 from dolmino.checksums import sha256_file
 from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import Manifest, resolve_relative, expand_home, load_named_manifest
-from dolmino.py_files import PY_FILES_HELP, import_py_files, py_files
+from dolmino.py_files import PY_FILES_HELP, explained, import_py_files, py_files
 from dolmino.s3 import local_path
 
 if TYPE_CHECKING:
@@ -622,8 +622,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     errors = cli_errors("dolmino lock", expected=(ManifestError, BuildError, AssetError))  # a read-only HOME (a tester)
+    shipped: list[str] = []
     try:
-        import_py_files(py_files(args.py_files))  # before the manifest check, which imports a custom scorer
+        shipped = py_files(args.py_files)
+        import_py_files(shipped)  # before the manifest check, which imports a custom scorer
         manifest = load_named_manifest(args.manifest, args.data_root)
         path = args.lockfile or lock_path_for(args.manifest)
         if args.check:
@@ -639,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         written = write_lock(manifest, path, fast=args.fast, jobs=args.jobs,
                              log=lambda msg: print(f"dolmino lock: {msg}", file=sys.stderr))
     except Exception as exc:  # noqa: BLE001 - one redacted line
-        return errors.report(exc)
+        return errors.report(explained(exc, shipped))
     lock = read_lock(written)
     files = sum(len(v) for v in lock["inputs"].values())
     scorers = f"{len(lock['scorers'])} custom scorer(s), " if lock["scorers"] else ""

@@ -938,8 +938,9 @@ def expand_manifest_paths(paths: list[str]) -> list[str]:
     return out
 
 
-def check_files(paths: list[str]) -> int:
-    """Validate each manifest; one `ok`/`BAD` line per file, 1 if any is bad."""
+def check_files(paths: list[str], explain=None) -> int:
+    """Validate each manifest; one `ok`/`BAD` line per file, 1 if any is bad. `explain(message)`: what
+    to do about an error, where there is more to say (`dolmino.py_files.import_hint`), or None."""
     status = 0
     for p in paths:
         try:
@@ -958,7 +959,8 @@ def check_files(paths: list[str]) -> int:
             from dolmino.s3 import redact
 
             # a URL's user:password@ went whole into the line (`https://user:hf_...@host/m.json`; a tester)
-            shown, message = redact(p), redact(str(exc))
+            told = str(exc) if explain is None or not (hint := explain(str(exc))) else f"{exc}; {hint}"
+            shown, message = redact(p), redact(told)
             print(f"BAD {shown}: {message[len(shown) + 2:] if message.startswith(f'{shown}: ') else message}")
             status = 1
     return status
@@ -969,6 +971,7 @@ def build_parser():
 
     from dolmino.help_format import DefaultsHelpFormatter
     from dolmino.manifest_format import CANONICAL_FORM
+    from dolmino.py_files import PY_FILES_HELP as py_files_help
 
     parser = argparse.ArgumentParser(
         prog="dolmino manifest", formatter_class=DefaultsHelpFormatter,
@@ -980,6 +983,8 @@ def build_parser():
                            description="Validate manifests: every field, filter parameter and the Mix % sum. "
                                        "Exit 1 if any is bad.")
     check.add_argument("paths", nargs="+", metavar="PATH", help="manifest files, or directories of *.json manifests")
+    check.add_argument("--py-files", default=None, metavar="FILES",
+                       help=py_files_help + ", imported here to check it as the build will")
     fmt = sub.add_parser("fmt", formatter_class=DefaultsHelpFormatter, description=CANONICAL_FORM,
                          help="rewrite manifests canonically (--check: only report, exit 1 if any would change)")
     fmt.add_argument("paths", nargs="+", metavar="PATH", help="manifest files, or directories of *.json manifests")
@@ -1017,7 +1022,18 @@ def main(argv: list[str] | None = None) -> int:
         from dolmino.manifest_format import format_files
 
         return format_files(paths, check=args.check, diff=args.diff)
-    return check_files(paths)
+    # A custom scorer is imported by the check: CI (`make check-manifests`) said "cannot be imported" of
+    # a manifest that `dolmino build --py-files` builds, unless PYTHONPATH was set (a tester)
+    from dolmino.errors import BuildError
+    from dolmino.py_files import import_hint, import_py_files, py_files
+
+    try:
+        shipped = py_files(args.py_files)
+    except BuildError as exc:
+        print(f"dolmino manifest check: error: {redact(str(exc))}", file=sys.stderr)
+        return 2
+    import_py_files(shipped)
+    return check_files(paths, lambda message: import_hint(message, shipped))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import (
     Manifest, SourcePlanRow, format_bytes, format_count, load_named_manifest, parse_count, plan_warnings, share_text,
 )
-from dolmino.py_files import PY_FILES_HELP, import_py_files, py_files
+from dolmino.py_files import PY_FILES_HELP, explained, import_py_files, py_files
 
 FORMATS = ("text", "markdown", "json")
 
@@ -294,15 +294,17 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     errors = cli_errors("dolmino plan", expected=(ManifestError, BuildError))
+    shipped: list[str] = []
     try:
         # A custom scorer is imported by the manifest check: `dolmino build --py-files` shipped one that
         # plan could not load ("cannot be imported"), and said no more (a tester)
-        import_py_files(py_files(args.py_files))
+        shipped = py_files(args.py_files)
+        import_py_files(shipped)
         manifest = load_named_manifest(args.manifest, args.data_root)
         budget = parse_count(args.budget, "--budget") if args.budget else None
         plan = make_plan(manifest, budget, list_files=not args.no_inputs)
     except Exception as exc:  # noqa: BLE001 - one redacted line
-        return errors.report(exc)
+        return errors.report(explained(exc, shipped))
     print(render_plan(plan, args.format))
     return 0
 

@@ -8,6 +8,7 @@ The build commands also ship the files to executors (`dolmino.build.cli.ship_py_
 from __future__ import annotations
 
 import os
+import re
 import sys
 import zipfile
 
@@ -47,6 +48,7 @@ def py_files(value: str | None) -> list[str]:
         if not path.lower().endswith(".py") and not zipfile.is_zipfile(path):  # sys.path skips it: "cannot be imported"
             raise BuildError(f"--py-files {item}: not a zip archive; zip a package's directory (cd DIR && zip -r "
                              "../code.zip .) and give the zip")
+        _refuse_shadowing(item, path)
         same = next((f for f in files if os.path.basename(f) == os.path.basename(path)), None)
         if same is not None and same != path:
             raise BuildError(f"--py-files: {same} and {path} have the same file name, and Spark ships files by name; "
@@ -56,6 +58,79 @@ def py_files(value: str | None) -> list[str]:
     if not files:
         raise BuildError("--py-files: names no file; give comma-separated .py, .zip or .egg files")
     return files
+
+
+# The project's own top-level packages (pyproject.toml's), which a module of the user's must not be named as.
+PROJECT_PACKAGES = ("dolmino", "filters", "mixers", "trainer", "csrc")
+
+
+def _top_modules(path: str) -> set[str]:
+    """The top-level modules and regular packages a --py-files entry puts on sys.path: a .py file's
+    own; a zip's `X.py` and `X/__init__.py` members (a directory without `__init__` is a namespace
+    portion, which no regular module or package is shadowed by)."""
+    if path.lower().endswith(".py"):
+        return {os.path.basename(path)[:-3]}
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    found = {n[:-3] for n in names if "/" not in n and n.endswith(".py")}
+    found |= {n.split("/")[0] for n in names if n.count("/") == 1 and n.endswith("/__init__.py")}
+    return found - {"__init__", "__main__"}
+
+
+def _refuse_shadowing(item: str, path: str) -> None:
+    """A module of `path` named as a standard library module or as one of this project's packages (a
+    scorer saved as `filters.py`) is refused: put before them on sys.path, it replaced dolmino's own
+    package in the driver, which failed with "unexpected ModuleNotFoundError: No module named
+    'filters.base'; 'filters' is not a package", or it lost to the module imported already ("module
+    'json' has no callable 'Scorer'") on the driver and may not on an executor (found by a tester)."""
+    for name in sorted(_top_modules(path)):
+        if name in sys.stdlib_module_names:
+            whose = "a module of Python's standard library"
+        elif name in PROJECT_PACKAGES:
+            whose = "a package of dolmino's"
+        else:
+            continue
+        raise BuildError(f"--py-files {item}: its module {name!r} has the name of {whose}, which it would replace "
+                         "or lose to; rename it, and the module where the manifest's scorer or your code names it")
+
+
+# A custom scorer the manifest check could not import: its module, and the module Python did not find.
+_NOT_IMPORTED = re.compile(r"scorer '[^']*': module '([^']*)' cannot be imported: ModuleNotFoundError: "
+                           r"No module named '([^']*)'")
+
+
+def import_hint(message: str, files: list[str]) -> str | None:
+    """What to do, where a manifest check's `message` says a custom scorer cannot be imported: its own
+    module not found asks for --py-files; a module of its own beside a .py file that --py-files gave
+    (`files`, as `py_files` returns them), which was not given, asks for that file: the .py travels
+    alone (copied here, shipped alone to executors), and the error named no file to add (a tester)."""
+    missing = _NOT_IMPORTED.search(message)
+    if missing is None:
+        return None
+    module, absent = missing.groups()
+    if (module + ".").startswith(absent + "."):
+        return "give its .py or .zip to --py-files (or put its directory on PYTHONPATH)"
+    top = absent.split(".")[0]
+    for given in (f for f in files if f.lower().endswith(".py")):
+        helper = os.path.join(os.path.dirname(given), top + ".py")
+        if os.path.isfile(helper):
+            return (f"{helper} is beside {given} but not given to --py-files, which ships each file alone: give it too "
+                    "(comma-separated), or zip the modules together")
+        if os.path.isfile(os.path.join(os.path.dirname(given), top, "__init__.py")):
+            return (f"package {top} is beside {given} but not given to --py-files, which ships each file alone: zip "
+                    "the modules together and give the zip")
+    return None
+
+
+def explained(exc: BaseException, files: list[str]) -> BaseException:
+    """`exc`, a manifest check's ManifestError saying a custom scorer cannot be imported, with what to do
+    (`import_hint`) added; any other exception as it is. Every command that checks a manifest says the
+    same (plan, diff and lock said no more than "cannot be imported"; a tester)."""
+    from dolmino.errors import ManifestError
+
+    if isinstance(exc, ManifestError) and (hint := import_hint(str(exc), files)):
+        return ManifestError(f"{exc}; {hint}")
+    return exc
 
 
 # copy -> the file the user gave, for the .py files import_py_files copied (removed at exit)

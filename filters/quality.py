@@ -318,7 +318,9 @@ def scorer_factory(scorer: str):
         _LOADED_SOURCE[module_name] = _digest_text(_module_source(module))
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise ValueError(f"scorer {scorer!r}: module {module_name!r} has no callable {attr!r}")
+        # which file: a scorer saved as `filters.py` or `json.py` resolved to dolmino's or Python's own (a tester)
+        where = f" ({module.__file__})" if getattr(module, "__file__", None) else ""
+        raise ValueError(f"scorer {scorer!r}: module {module_name!r}{where} has no callable {attr!r}")
     return factory
 
 

@@ -83,8 +83,8 @@ def test_a_scorer_shipped_with_py_files_is_imported_by_the_driver_and_every_exec
     ("s3://bucket/code.zip", "--py-files s3://bucket/code.zip: is a URL; give local .py, .zip or .egg files (the "
                              "driver imports them before Spark starts)"),
     (",", "--py-files: names no file; give comma-separated .py, .zip or .egg files"),
-    ("{tmp}/code.py,{tmp}/bad.egg", "--py-files {tmp}/bad.egg: not a zip archive; zip a package's directory (cd DIR "
-                                    "&& zip -r ../code.zip .) and give the zip"),
+    ("{tmp}/scorer.py,{tmp}/bad.egg", "--py-files {tmp}/bad.egg: not a zip archive; zip a package's directory (cd DIR "
+                                      "&& zip -r ../code.zip .) and give the zip"),
     ("{tmp}/code.zip,{tmp}/code/code.zip", "--py-files: {tmp}/code.zip and {tmp}/code/code.zip have the same file "
                                            "name, and Spark ships files by name; rename one"),
 ], ids=["missing", "directory", "not-code", "url", "empty", "not-a-zip", "same-name"])
@@ -94,7 +94,7 @@ def test_py_files_that_cannot_be_shipped_are_one_line(tmp_path, capsys, given, s
     "cannot be imported", the file unnamed (found by a tester)."""
     manifest = _manifest(tmp_path)
     (tmp_path / "code").mkdir()
-    (tmp_path / "code.py").write_text("")
+    (tmp_path / "scorer.py").write_text("")
     (tmp_path / "bad.egg").write_text("version https://git-lfs.github.com/spec/v1\n")
     for path in (tmp_path / "code.zip", tmp_path / "code" / "code.zip"):
         with zipfile.ZipFile(path, "w") as zf:
@@ -166,3 +166,54 @@ def test_a_scorer_an_executor_cannot_import_names_py_files():
     other = line.replace("No module named 'len_scorer'", "No module named 'torch'")
     said = executor_failure(PythonException(f"Traceback ...\ndolmino.errors.ManifestError: {other}\n"))
     assert said == f"in an executor: ManifestError: {other}"
+
+
+@pytest.mark.parametrize("member, suffix", [("filters.py", ".py"), ("json.py", ".py"), ("filters.py", ".zip"),
+                                            ("mixers/__init__.py", ".zip"), ("tokenize.py", ".zip")])
+def test_a_py_file_named_as_a_dolmino_package_or_a_standard_module_is_refused(tmp_path, capsys, member, suffix):
+    """A scorer saved as `filters.py` went on sys.path before dolmino's package `filters`, which the
+    build then failed to import ("unexpected ModuleNotFoundError: No module named 'filters.base';
+    'filters' is not a package"); one saved as `json.py` lost to the standard library's json on
+    the driver ("module 'json' has no callable 'Scorer'") and may not on an executor (a tester)."""
+    name = member.split("/")[0].removesuffix(".py")
+    if suffix == ".py":
+        given = tmp_path / member
+        given.write_text(_SCORER.format(scale=100))
+    else:
+        given = tmp_path / "code.zip"
+        with zipfile.ZipFile(given, "w") as zf:
+            zf.writestr("helper.py", "")
+            zf.writestr(member, _SCORER.format(scale=100))
+    whose = "a package of dolmino's" if name in ("filters", "mixers") else "a module of Python's standard library"
+    path_before = list(sys.path)
+    assert main([_manifest(tmp_path), "--out", str(tmp_path / "out"), "--py-files", str(given)], "tag") == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"dolmino tag: error: --py-files {given}: its module {name!r} has the name of {whose}, which it would "
+        "replace or lose to; rename it, and the module where the manifest's scorer or your code names it"]
+    assert sys.path == path_before
+
+
+def test_a_helper_beside_a_scorer_that_was_not_given_is_named(tmp_path, monkeypatch, capsys):
+    """`--py-files scorers/regex_scorer.py` ships that file alone, and the scorer's `import
+    pyfiles_helper` of the module beside it failed with "No module named 'pyfiles_helper'", which
+    named no file to add (a tester)."""
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "pyfiles_helper.py").write_text("SCALE = 100\n")
+    (tmp_path / "code" / "pyfiles_helped_scorer.py").write_text(
+        "from pyfiles_helper import SCALE\n\n" + _SCORER.format(scale="SCALE"))
+    spec = json.loads(open(_manifest(tmp_path)).read())
+    spec["sources"][0]["filters"] = [{"type": "score_threshold", "scorer": "pyfiles_helped_scorer:Scorer"}]
+    (tmp_path / "m.json").write_text(json.dumps(spec))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    scorer, helper = tmp_path / "code" / "pyfiles_helped_scorer.py", tmp_path / "code" / "pyfiles_helper.py"
+    try:
+        assert main([str(tmp_path / "m.json"), "--out", str(tmp_path / "out"), "--py-files", str(scorer)],
+                    "tag") == 2
+    finally:
+        for name in ("pyfiles_helped_scorer", "pyfiles_helper"):
+            sys.modules.pop(name, None)
+    assert capsys.readouterr().err.splitlines() == [
+        f"dolmino tag: error: {tmp_path / 'm.json'}: sources[0].filters[0].scorer: scorer "
+        "'pyfiles_helped_scorer:Scorer': module 'pyfiles_helped_scorer' cannot be imported: ModuleNotFoundError: No "
+        f"module named 'pyfiles_helper' (filter 'score_threshold'); {helper} is beside {scorer} but not given to "
+        "--py-files, which ships each file alone: give it too (comma-separated), or zip the modules together"]

@@ -290,6 +290,12 @@ def test_bad_parameters_fail_when_the_filter_is_built_not_when_it_tags():
         ScoreThresholdFilter("no_such_module_xyz:Scorer")
     with pytest.raises(ValueError, match="^scorer 'test_filter_quality:KNOWN_SCORES': .* no callable"):
         ScoreThresholdFilter("test_filter_quality:KNOWN_SCORES")
+    # the module's file: a scorer saved as json.py (spark-submit --py-files json.py) resolved to Python's own json
+    import json
+
+    with pytest.raises(ValueError) as raised:
+        ScoreThresholdFilter("json:Scorer")
+    assert str(raised.value) == f"scorer 'json:Scorer': module 'json' ({json.__file__}) has no callable 'Scorer'"
     for scorer in ("fasttext_expected_label", "fasttext_label_probability"):
         with pytest.raises(ValueError, match=f"^model_path is required by scorer '{scorer}'"):
             ScoreThresholdFilter(scorer)

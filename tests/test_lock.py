@@ -653,7 +653,9 @@ def test_lock_imports_a_scorer_from_py_files_as_the_build_does(project, capsys, 
     manifest = str(project / "pool.json")
     try:
         assert lock_cmd.main([manifest]) == 2
-        assert f"module '{name}' cannot be imported" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert f"module '{name}' cannot be imported" in err  # and what to do, as the build says
+        assert err.endswith("; give its .py or .zip to --py-files (or put its directory on PYTHONPATH)\n")
         assert lock_cmd.main([manifest, "--py-files", str(project / "scorers.zip")]) == 0
         lock = read_lock(str(project / "pool.lock.json"))
         import hashlib

@@ -103,6 +103,38 @@ def test_a_lockfile_a_glob_names_is_skipped_by_check(tmp_path, capsys):
     assert "skip" not in capsys.readouterr().out  # fmt's stdout is the diff
 
 
+def test_check_imports_a_custom_scorer_given_with_py_files(tmp_path, monkeypatch, capsys):
+    """`dolmino manifest check` (CI's `make check-manifests`) had no --py-files: a manifest with a
+    scorer that `dolmino build --py-files` builds was BAD ("cannot be imported") unless PYTHONPATH
+    was set, and the line did not say what to do (found by testers)."""
+    import sys
+
+    from dolmino.manifest import main
+
+    (tmp_path / "scorers").mkdir()
+    scorer = tmp_path / "scorers" / "manifest_check_scorer.py"
+    scorer.write_text("class Scorer:\n    def score(self, texts):\n        return [len(t) for t in texts]\n")
+    spec = {"name": "m", "seed": 1, "budget": "1M", "data_root": str(tmp_path),
+            "sources": [{"name": "web", "paths": ["web/*.jsonl"], "mix_percent": 100, "filters": [
+                {"type": "score_threshold", "scorer": "manifest_check_scorer:Scorer", "min_score": 10}]}]}
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps(spec))
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the command puts the files on its path
+    try:
+        assert main(["check", str(manifest)]) == 1
+        assert capsys.readouterr().out.splitlines() == [
+            f"BAD {manifest}: sources[0].filters[0].scorer: scorer 'manifest_check_scorer:Scorer': module "
+            "'manifest_check_scorer' cannot be imported: ModuleNotFoundError: No module named 'manifest_check_scorer' "
+            "(filter 'score_threshold'); give its .py or .zip to --py-files (or put its directory on PYTHONPATH)"]
+        assert main(["check", "--py-files", str(scorer), str(manifest)]) == 0
+        assert capsys.readouterr().out.startswith(f"ok  {manifest}: mix m, 1 sources")
+    finally:
+        sys.modules.pop("manifest_check_scorer", None)
+    assert main([str(manifest), "--py-files", str(tmp_path / "none.py")]) == 2  # `dolmino manifest FILE` is check
+    told = capsys.readouterr().err
+    assert told == f"dolmino manifest check: error: --py-files {tmp_path / 'none.py'}: no such file\n"
+
+
 def test_pool_manifests_carry_each_pools_processing():
     pools = {p.stem: load_manifest(str(p)) for p in sorted(MANIFESTS.glob("pools/*.json"))}
     for m in pools.values():

@@ -369,8 +369,12 @@ def test_plan_and_diff_import_a_scorer_from_py_files_as_the_build_does(tmp_path,
     pa.write_text(json.dumps(a))
     pb.write_text(json.dumps(b))
     try:
+        hint = "; give its .py or .zip to --py-files (or put its directory on PYTHONPATH)\n"  # as the build says
         assert diff_cmd.main([str(pa), str(pb)]) == 2
-        assert f"module '{name}' cannot be imported" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert f"module '{name}' cannot be imported" in err and err.endswith(hint)
+        assert plan_cmd.main([str(pb), "--no-inputs"]) == 2
+        assert capsys.readouterr().err.endswith(hint)
         assert diff_cmd.main([str(pa), str(pb), "--py-files", str(scorer)]) == 0
         out = capsys.readouterr().out
         assert re.search(r"dclm\.filters\[2\] score_threshold\.min_score\s+0\.5\s+0\.7", out), out

@@ -21,7 +21,7 @@ from dolmino.build.inputs import DEFAULT_SPLIT_BYTES, DEFAULT_TASK_BYTES
 from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import expand_home, format_count
 from dolmino.prefetch import DEFAULT_READ_AHEAD
-from dolmino.py_files import PY_FILES_HELP, import_py_files, py_files
+from dolmino.py_files import PY_FILES_HELP, explained, import_py_files, py_files
 from dolmino.s3 import local_path
 
 PHASES = {
@@ -583,14 +583,13 @@ def main(argv: list[str] | None = None, phase: str = "all") -> int:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 2
     errors = cli_errors(prog, expected=(ManifestError, BuildError, AssetError), rerun=_RERUN)
+    shipped: list[str] = []
     try:
         shipped = py_files(args.py_files)
         import_py_files(shipped)  # before the manifest check, which imports a custom scorer
         manifest, options = prepare(args, phase)
     except Exception as exc:  # noqa: BLE001 - one redacted line (cli_errors)
-        if isinstance(exc, ManifestError) and _own_module_missing(str(exc)):  # said nothing of what to do (a tester)
-            exc = ManifestError(f"{exc}; give its .py or .zip to --py-files (or put its directory on PYTHONPATH)")
-        return errors.report(exc)
+        return errors.report(explained(exc, shipped))  # "cannot be imported" said nothing of what to do (a tester)
     from dolmino.build.mix import run_build
     from dolmino.build.spark import SparkCommand
 
