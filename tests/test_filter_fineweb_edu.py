@@ -503,9 +503,8 @@ def test_a_worker_given_another_gpu_keeps_its_one_copy_of_the_model(model_dir, m
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")  # before the model fixture is built
 def test_gpu_scores_match_cpu(model_dir, docs):
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
     cpu = FineWebEduFilter(model_dir, device="cpu").tag(docs)
     gpu = FineWebEduFilter(model_dir, device="cuda", batch_size=64).tag(docs)
     np.testing.assert_allclose(gpu["score"], cpu["score"], rtol=0, atol=1e-4)

@@ -514,9 +514,7 @@ def test_an_endpoint_that_never_answers_is_not_cached_and_the_rerun_asks_again(s
     personas = tmp_path / "personas.jsonl"
     personas.write_text("".join(json.dumps({"persona": p}) + "\n" for p in PERSONAS))
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "dolmino.synth", "--generator", "tulu_math", "--personas", str(personas),
-            "--out", str(out), "--num-docs", "4", "--partitions", "2", "--model", "test-model", "--max-retries", "0",
-            "--api-key-env", "NO_SUCH_KEY_VAR", "--master", "local[1]"]
+    args = [sys.executable, "-m", "dolmino.synth", *_synth_args(personas, out, partitions=2), "--master", "local[1]"]
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     env.pop("NO_SUCH_KEY_VAR", None)
@@ -534,19 +532,34 @@ def test_an_endpoint_that_never_answers_is_not_cached_and_the_rerun_asks_again(s
     report = json.loads((out / REPORT_NAME).read_text())
     assert report["partitions_generated"] == [0] and report["partitions_unanswered"] == []
     assert report["kept"] + sum(report["rejected"].values()) == 4 and report["rejected"].get("request_failed") is None
-    # some requests answered: kept (paid for), and the run says how to ask for the rest again
+
+
+def _synth_args(personas: Path, out: Path, partitions: int) -> list[str]:
+    """`dolmino synth`'s arguments for 4 tulu_math documents from `personas` into `out`, no retries."""
+    return ["--generator", "tulu_math", "--personas", str(personas), "--out", str(out), "--num-docs", "4",
+            "--partitions", str(partitions), "--model", "test-model", "--max-retries", "0",
+            "--api-key-env", "NO_SUCH_KEY_VAR"]
+
+
+def test_a_run_with_some_or_no_requests_answered_says_what_it_kept(server, tmp_path, spark, monkeypatch, capsys):
+    """Some requests answered: kept (paid for), and the run says how to ask for the rest again; a
+    wrong key: no answer either, said so (a run of 401s was cached as finished; found by a tester).
+    The command in this process, on the tests' Spark session (which it does not stop)."""
+    from dolmino.build.spark import SparkCommand
+    from dolmino.synth.__main__ import main
+
+    monkeypatch.setattr(SparkCommand, "start", lambda self, *a: spark)
+    monkeypatch.setattr(SparkCommand, "stop", lambda self, session: None)
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    personas = tmp_path / "personas.jsonl"
+    personas.write_text("".join(json.dumps({"persona": p}) + "\n" for p in PERSONAS))
     server.queue.extend([("status", 500)])
-    some = subprocess.run([*one, "--out", str(tmp_path / "some"), "--endpoint", server.url], capture_output=True,
-                          text=True, env=env, timeout=300)
-    assert some.returncode == 0, some.stderr[-2000:]
-    assert "warning: partition(s) 0 are kept with those items rejected" in some.stderr
+    assert main([*_synth_args(personas, tmp_path / "some", partitions=1), "--endpoint", server.url]) == 0
+    assert "warning: partition(s) 0 are kept with those items rejected" in capsys.readouterr().err
     assert (tmp_path / "some" / "part-00000.done.json").is_file()
-    # a wrong key: no answer either, said so (a run of 401s was cached as finished; found by a tester)
     server.queue.extend([("status", 401)] * 3)
-    refused = subprocess.run([*one, "--out", str(tmp_path / "refused"), "--endpoint", server.url],
-                             capture_output=True, text=True, env=env, timeout=300)
-    assert refused.returncode == 1, refused.stderr[-2000:]
-    assert "the endpoint refused them (HTTP 401: check the key --api-key-env names)" in refused.stderr
+    assert main([*_synth_args(personas, tmp_path / "refused", partitions=1), "--endpoint", server.url]) == 1
+    assert "the endpoint refused them (HTTP 401: check the key --api-key-env names)" in capsys.readouterr().err
     assert not list((tmp_path / "refused").glob("*.done.json"))
 
 
