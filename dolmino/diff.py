@@ -218,18 +218,21 @@ def _tagging(a: Manifest, b: Manifest) -> list[str]:
             lines.append(f"{source.name}: a new source (not tagged before): every set")
             continue
         added = [p for p in source.paths if p not in paths_a[source.name]]
-        if a.data_root != b.data_root:
-            lines.append(f"{source.name}: every set for each file that is not the same file at the new data root")
-            continue
+        moved = a.data_root != b.data_root
         sets = [("docs", was.docs_set, now.docs_set)]
         old_filters = {t.set_name for t in was.filters}
         sets += [(f"filters[{t.index}] {t.spec['type']}", t.set_name if t.set_name in old_filters else None,
                   t.set_name) for t in now.filters]
         if now.minhash_set:
-            same_pool = paths_a[source.name] == source.paths
+            same_pool = paths_a[source.name] == source.paths and not moved
             sets.append(("minhash", was.minhash_set if same_pool else None, now.minhash_set))
         again = [label for label, before, after in sets if before != after]
-        if added:  # the sets named in `again` are written for every file anyway
+        # The sets named in `again` are written for every file anyway. A new data root's line stood alone, and a
+        # set due for every file (a new index, a new tokenizer) went unnamed where paths are absolute (a reviewer).
+        if moved:
+            again.append(f"every {'other ' if again else ''}set for each file that is not the same file at the new "
+                         "data root")
+        elif added:
             again.append(f"every {'other ' if again else ''}set for the files its new paths add ({', '.join(added)})")
         if again:
             lines.append(f"{source.name}: {', '.join(again)}")

@@ -107,10 +107,9 @@ def import_hint(message: str, files: list[str]) -> str | None:
     missing = _NOT_IMPORTED.search(message)
     if missing is None:
         return None
-    module, absent = missing.groups()
-    if (module + ".").startswith(absent + "."):
+    if own_module_missing(message):
         return "give its .py or .zip to --py-files (or put its directory on PYTHONPATH)"
-    top = absent.split(".")[0]
+    top = missing.group(2).split(".")[0]
     for given in (f for f in files if f.lower().endswith(".py")):
         helper = os.path.join(os.path.dirname(given), top + ".py")
         if os.path.isfile(helper):
@@ -120,6 +119,12 @@ def import_hint(message: str, files: list[str]) -> str | None:
             return (f"package {top} is beside {given} but not given to --py-files, which ships each file alone: zip "
                     "the modules together and give the zip")
     return None
+
+
+def own_module_missing(message: str) -> bool:
+    """Whether `message` says a custom scorer's own module (not a library it imports) cannot be imported."""
+    missing = _NOT_IMPORTED.search(message)
+    return bool(missing) and (missing.group(1) + ".").startswith(missing.group(2) + ".")
 
 
 def explained(exc: BaseException, files: list[str]) -> BaseException:

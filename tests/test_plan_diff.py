@@ -319,8 +319,15 @@ def test_diff_tags_the_files_that_new_paths_or_a_new_data_root_add(tmp_path):
     assert tagging(lambda m: m["sources"][0]["paths"].append("code/*.jsonl.zst")) == [
         "dclm: minhash, every other set for the files its new paths add (code/*.jsonl.zst)"]
     moved = tagging(lambda m: m.update(data_root="../elsewhere"))
-    assert len(moved) == len(a["sources"]) and all("every set for each file that is not the same file at the new "
+    assert len(moved) == len(a["sources"]) and all("set for each file that is not the same file at the new "
                                                    "data root" in line for line in moved), moved
+    # dclm's MinHash pool is other files; flan's new index is due for every file, the same ones too (it went unnamed)
+    flan = next(i for i, s in enumerate(a["sources"]) if s["name"] == "flan")
+    moved = tagging(lambda m: (m.update(data_root="../elsewhere"),
+                               m["sources"][flan]["filters"][0].update(index_path="../build/other.npz")))
+    assert moved[0] == "dclm: minhash, every other set for each file that is not the same file at the new data root"
+    assert moved[flan] == ("flan: filters[0] decontaminate, every other set for each file that is not the same file "
+                           "at the new data root"), moved
 
 
 def test_diff_keys_the_tokenizer_by_its_bytes_as_the_build_does(tmp_path):

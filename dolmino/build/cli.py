@@ -21,7 +21,7 @@ from dolmino.build.inputs import DEFAULT_SPLIT_BYTES, DEFAULT_TASK_BYTES
 from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import expand_home, format_count
 from dolmino.prefetch import DEFAULT_READ_AHEAD
-from dolmino.py_files import PY_FILES_HELP, explained, import_py_files, py_files
+from dolmino.py_files import PY_FILES_HELP, explained, import_py_files, own_module_missing, py_files
 from dolmino.s3 import local_path
 
 PHASES = {
@@ -278,11 +278,6 @@ _EXECUTOR_ERRORS = re.compile(
     r"|EndpointConnectionError|NoCredentialsError|ClientError): (.*)$", re.MULTILINE)
 
 
-# A custom scorer the driver imported (the manifest check did, before Spark started) but an executor
-# cannot: its code did not travel (PYTHONPATH reaches this machine's processes only).
-_SCORER_NOT_SHIPPED = re.compile(r"scorer '[^']*': module '([^']*)' cannot be imported: ModuleNotFoundError: "
-                                 r"No module named '([^']*)'")
-
 # A module the driver imports and an executor's Python cannot: the node's environment is not the driver's.
 _MODULE_MISSING = re.compile(r"^ModuleNotFoundError: No module named '([^']+)'$", re.MULTILINE)
 
@@ -377,7 +372,9 @@ def executor_failure(exc: BaseException, manifest=None) -> str | None:
     if name.endswith(("OSError", "PermissionError")) and (place := _PLACE_ERRNO.match(message.strip())):
         what = "make it writable" if place.group(1) == "30" else "free space there"
         text += f"; {what} or give the build another location, {_RERUN}"
-    if _own_module_missing(message):
+    # A custom scorer the driver imported (the manifest check did, before Spark started) but an executor
+    # cannot: its code did not travel (PYTHONPATH reaches this machine's processes only).
+    if own_module_missing(message):
         text += ("; the driver imported it but the executors cannot: give its .py or .zip to --py-files, which ships "
                  "it to every executor")
     return redact(text)
@@ -399,12 +396,6 @@ def _missing_on_executors(module: str) -> str:
                f"or, where {top} is your own code (a custom scorer's helper), give it to --py-files")
     return (f"in an executor: its Python ({python}, PYSPARK_PYTHON on each node) cannot import {module}, which the "
             f"driver's can: every node needs the driver's environment at that path; {fix}")
-
-
-def _own_module_missing(message: str) -> bool:
-    """Whether `message` says a custom scorer's own module (not a library it imports) cannot be imported."""
-    missing = _SCORER_NOT_SHIPPED.search(message)
-    return bool(missing) and (missing.group(1) + ".").startswith(missing.group(2) + ".")
 
 
 def _scorer_sites(manifest, message: str) -> str | None:
