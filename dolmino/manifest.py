@@ -1026,13 +1026,13 @@ def main(argv: list[str] | None = None) -> int:
     # a manifest that `dolmino build --py-files` builds, unless PYTHONPATH was set (a tester)
     from dolmino.errors import BuildError
     from dolmino.py_files import import_hint, import_py_files, py_files
+    from dolmino.s3 import cli_errors
 
     try:
         shipped = py_files(args.py_files)
-    except BuildError as exc:
-        print(f"dolmino manifest check: error: {redact(str(exc))}", file=sys.stderr)
-        return 2
-    import_py_files(shipped)
+        import_py_files(shipped)  # copies a .py into a temporary directory: a full one is one line too
+    except Exception as exc:  # noqa: BLE001 - one redacted line; a bug keeps its traceback
+        return cli_errors("dolmino manifest check", expected=(BuildError,)).report(exc)
     return check_files(paths, lambda message: import_hint(message, shipped))
 
 

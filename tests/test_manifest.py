@@ -133,6 +133,17 @@ def test_check_imports_a_custom_scorer_given_with_py_files(tmp_path, monkeypatch
     assert main([str(manifest), "--py-files", str(tmp_path / "none.py")]) == 2  # `dolmino manifest FILE` is check
     told = capsys.readouterr().err
     assert told == f"dolmino manifest check: error: --py-files {tmp_path / 'none.py'}: no such file\n"
+    # the .py is copied into a temporary directory: a full one is one line naming it, not a traceback
+    import errno
+    import tempfile
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "/tmp/dolmino-py-files-x")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", full)
+    assert main(["check", "--py-files", str(scorer), str(manifest)]) == 2
+    assert capsys.readouterr().err == ("dolmino manifest check: error: /tmp/dolmino-py-files-x: No space left on "
+                                       "device; free space there\n")
 
 
 def test_pool_manifests_carry_each_pools_processing():
