@@ -217,3 +217,20 @@ def test_a_helper_beside_a_scorer_that_was_not_given_is_named(tmp_path, monkeypa
         "'pyfiles_helped_scorer:Scorer': module 'pyfiles_helped_scorer' cannot be imported: ModuleNotFoundError: No "
         f"module named 'pyfiles_helper' (filter 'score_threshold'); {helper} is beside {scorer} but not given to "
         "--py-files, which ships each file alone: give it too (comma-separated), or zip the modules together"]
+
+
+def test_the_refused_module_names_are_the_projects_packages():
+    """`py_files.PROJECT_PACKAGES` (names a --py-files module may not take) and the executors' own
+    `worker_env.PACKAGES` (less the trainer, which no task runs) are pyproject's packages: one added
+    there and not here would be shadowed unsaid."""
+    import re
+    from pathlib import Path
+
+    from dolmino.build.worker_env import PACKAGES
+    from dolmino.py_files import PROJECT_PACKAGES
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    include = re.search(r"\[tool\.setuptools\.packages\.find\]\s*include = \[([^\]]*)\]", text).group(1)
+    declared = {name.strip().strip('"').rstrip("*") for name in include.split(",")}
+    assert set(PROJECT_PACKAGES) == declared
+    assert set(PACKAGES) == declared - {"trainer"}
