@@ -18,11 +18,16 @@ import argparse
 import difflib
 import json
 import math
+import os
+import re
 import sys
 from dataclasses import dataclass, field
 
 from dolmino.errors import BuildError, ManifestError
-from dolmino.manifest import MINHASH_DEFAULTS, Manifest, SourceSpec, format_count, load_named_manifest, parse_count
+from dolmino.manifest import (
+    MINHASH_DEFAULTS, Manifest, SourceSpec, format_count, load_named_manifest, manifest_from_dict, parse_count,
+    read_manifest_json,
+)
 from dolmino.plan import Plan, make_plan, markdown_text, render_table, share_text
 from dolmino.py_files import PY_FILES_HELP, explained, import_py_files, py_files
 from filters.base import number_text
@@ -50,6 +55,7 @@ class ManifestDiff:
     plan_errors: dict[str, str] = field(default_factory=dict)  # "before"/"after" -> why no plan
     tagging: list[str] | None = None  # what `dolmino tag` must do again for B (`_tagging`); None: not assessed
     tagging_error: str | None = None  # why it was not assessed
+    labels: tuple[str | None, str | None] = (None, None)  # A and B as named on the command line where REV:PATH
 
     @property
     def empty(self) -> bool:
@@ -353,8 +359,8 @@ def render_diff(d: ManifestDiff, fmt: str = "text") -> str:
     def prose(text: str) -> str:  # paths and globs in warnings read as written, not as emphasis
         return markdown_text(text) if md else text
 
-    a_name = d.a.path or d.a.name
-    b_name = d.b.path or d.b.name
+    a_name = d.labels[0] or d.a.path or d.a.name
+    b_name = d.labels[1] or d.b.path or d.b.name
     lines = [f"### Manifest diff: {code(d.a.name)} -> {code(d.b.name)}" if md else
              f"manifest diff: {a_name} -> {b_name}", ""]
     if d.empty:
@@ -415,8 +421,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Compare two manifests: sources added/removed, share fields, filters and thresholds, dedup, "
                     "seeds, output settings, the attribute sets dolmino tag must write again, and both plans side "
                     "by side (text fit for a pull-request comment).")
-    parser.add_argument("before", help="the manifest as it was (A.json)")
-    parser.add_argument("after", help="the manifest as proposed (B.json)")
+    parser.add_argument("before", help="the manifest as it was (A.json), or git's REV:PATH (main:manifests/50B.json: "
+                                       "that version, its relative paths resolved as if it lay at PATH)")
+    parser.add_argument("after", help="the manifest as proposed (B.json, or REV:PATH)")
     parser.add_argument("--format", choices=FORMATS, default="text", help="output format")
     parser.add_argument("--budget", default=None, help="plan both mix manifests at this budget (default: each "
                                                        "manifest's own)")
@@ -425,6 +432,48 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--py-files", default=None, metavar="FILES",
                         help=PY_FILES_HELP + ", imported here to check it as the build will")
     return parser.parse_args(argv)
+
+
+# git's spelling of a file at a revision: `main:manifests/50B.json`, `HEAD~1:./m.json` (not a URL's scheme)
+_REVISION_PATH = re.compile(r"^(?P<rev>[^:/\s][^:\s]*):(?P<path>[^/].*)$")
+
+
+def _revision_path(spec: str) -> re.Match | None:
+    """`spec` read as git's REV:PATH, or None: a file of that name, a URL, or no such spelling."""
+    found = _REVISION_PATH.match(spec)
+    return None if found is None or os.path.exists(spec) or "://" in spec else found
+
+
+def load_version(spec: str) -> Manifest:
+    """The manifest file `spec`, or, where no such file exists, `REV:PATH` as git names a file at a
+    revision (`main:manifests/50B.json`; a path from the repository's top, or `./`-relative from here):
+    that version's text, read as if it lay at PATH in this checkout, so its relative data root, output
+    and index paths resolve as the working copy's do. A reviewer's `git show main:m.json > /tmp/m.json`
+    resolved them from /tmp: every source read as moved to another data root, every set due (a reviewer)."""
+    found = _revision_path(spec)
+    if found is None:
+        return load_named_manifest(spec)
+    import subprocess
+
+    rev, path = found.group("rev"), found.group("path")
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True)
+        shown = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, check=True)
+    except FileNotFoundError:
+        raise ManifestError(f"{spec}: no such manifest file, and git, which reads REV:PATH, is not installed") from None
+    except subprocess.CalledProcessError as exc:
+        said = (exc.stderr.decode("utf-8", "replace") if isinstance(exc.stderr, bytes) else exc.stderr or "").strip()
+        raise ManifestError(f"{spec}: no such manifest file, nor a file at a git revision "
+                            f"({said.splitlines()[0] if said else 'git failed'})") from None
+    where = os.path.abspath(path) if path.startswith(("./", "../")) else os.path.join(top.stdout.strip(), path)
+    try:
+        text = shown.stdout.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{spec}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        return manifest_from_dict(read_manifest_json(spec, text), where)
+    except ManifestError as exc:
+        raise (exc if str(exc).startswith(spec) else ManifestError(f"{spec}: {exc}")) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -438,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
         shipped = py_files(args.py_files)
         import_py_files(shipped)
         budget = parse_count(args.budget, "--budget") if args.budget else None
-        d = diff_manifests(load_named_manifest(args.before), load_named_manifest(args.after), budget)
+        d = diff_manifests(load_version(args.before), load_version(args.after), budget)
+        d.labels = tuple(spec if _revision_path(spec) else None for spec in (args.before, args.after))
     except Exception as exc:  # noqa: BLE001 - one redacted line
         return errors.report(explained(exc, shipped))
     sys.stdout.write(render_diff(d, args.format))

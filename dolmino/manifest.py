@@ -876,11 +876,13 @@ def _json_error(exc: json.JSONDecodeError) -> str:
     return f"line {exc.lineno}, column {exc.colno}: {exc.msg}"
 
 
-def read_manifest_json(path: str) -> Any:
-    """The parsed JSON of a manifest file (no schema check); every error names the file."""
+def read_manifest_json(path: str, text: str | None = None) -> Any:
+    """The parsed JSON of a manifest file (no schema check); every error names the file. `text`: its
+    content, read elsewhere (`dolmino diff`'s REV:PATH, from git), named by `path`."""
     try:
-        with open(path, encoding="utf-8-sig") as fh:
-            text = fh.read()
+        if text is None:
+            with open(path, encoding="utf-8-sig") as fh:
+                text = fh.read()
         return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_not_json_constant,
                           parse_float=_finite_float, parse_int=_int64)
     except FileNotFoundError:

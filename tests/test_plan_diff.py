@@ -19,6 +19,7 @@ own Source % column (manifests/100B.json's description), so only Source % is che
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -328,6 +329,43 @@ def test_diff_tags_the_files_that_new_paths_or_a_new_data_root_add(tmp_path):
     assert moved[0] == "dclm: minhash, every other set for each file that is not the same file at the new data root"
     assert moved[flan] == ("flan: filters[0] decontaminate, every other set for each file that is not the same file "
                            "at the new data root"), moved
+
+
+def test_diff_reads_a_manifest_at_a_git_revision_as_if_it_lay_in_the_checkout(tmp_path, monkeypatch, capsys):
+    """A reviewer's flow, `git show main:manifests/m.json > /tmp/a.json` and a diff against the working
+    copy, resolved the copy's relative data root, output and index paths from /tmp: every source read as
+    moved, every set due (a reviewer). `dolmino diff REV:PATH B.json` reads that version as git gives it,
+    its relative locations resolved as if it lay at PATH."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    (repo / "manifests").mkdir(parents=True)
+    spec = json.loads((MANIFESTS / "demo.json").read_text())
+    spec["data_root"] = "../data"
+    (repo / "manifests" / "m.json").write_text(json.dumps(spec))
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for command in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "base"]):
+        subprocess.run(["git", *command], cwd=repo, check=True, env={**os.environ, **env})
+    spec["seed"] += 1
+    (repo / "manifests" / "m.json").write_text(json.dumps(spec))
+    (repo / "sub").mkdir()
+    monkeypatch.chdir(repo / "sub")
+    copy = tmp_path / "a.json"  # the copy elsewhere: its paths read from tmp_path
+    copy.write_text(subprocess.run(["git", "show", "HEAD:manifests/m.json"], cwd=repo, capture_output=True,
+                                   text=True, check=True).stdout)
+    assert diff_cmd.main([str(copy), "../manifests/m.json"]) == 0
+    assert "data_root (resolved)" in capsys.readouterr().out
+    for before in ("HEAD:manifests/m.json", "HEAD:./../manifests/m.json"):  # from the top; from here
+        assert diff_cmd.main([before, "../manifests/m.json"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"manifest diff: {before} -> {repo / 'manifests' / 'm.json'}\n"), out[:300]
+        assert "(resolved)" not in out and "seed" in out and "dclm: minhash" in out, out
+    assert diff_cmd.main(["HEAD:manifests/none.json", "../manifests/m.json"]) == 2
+    assert capsys.readouterr().err.startswith("dolmino diff: error: HEAD:manifests/none.json: no such manifest file, "
+                                              "nor a file at a git revision (fatal: path 'manifests/none.json' ")
 
 
 def test_diff_keys_the_tokenizer_by_its_bytes_as_the_build_does(tmp_path):
