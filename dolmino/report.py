@@ -161,7 +161,8 @@ def _attribute_files_line(files: dict, named: int = 8) -> str:
 def retag_lines(files: dict, lines: int = 4, named: int = 3) -> list[str]:
     """Why the attribute files written were due, a line per reason (`tag.attribute_files`' `reasons`),
     the sets it held and their bundles: "web/minhash-17f5...: 1" said what was re-tagged, not why, and
-    re-tagging part of an 800B pool is paid before anyone asks (a tester)."""
+    re-tagging part of an 800B pool is paid before anyone asks (a tester). The sets past `named` are
+    counted after the counts' unit: "... 1 and 5 more set(s) bundle(s)" read as bundles of sets (the demo build)."""
     grouped: dict[tuple[str, str], list] = {}
     for source, by_set in files.items():
         for set_name, counts in by_set.items():
@@ -170,8 +171,8 @@ def retag_lines(files: dict, lines: int = 4, named: int = 3) -> list[str]:
     out = []
     for (_code, detail), sets in sorted(grouped.items(), key=lambda kv: -max(w["bundles"] for _, w in kv[1])):
         shown = ", ".join(f"{name} {why['bundles']:,}" for name, why in sets[:named])
-        more = f" and {len(sets) - named} more set(s)" if len(sets) > named else ""
-        out.append(f"{detail}: {shown}{more} bundle(s) (first: {sets[0][1]['first']})")
+        more = f", and {len(sets) - named} more set(s)" if len(sets) > named else ""
+        out.append(f"{detail}: {shown} bundle(s){more} (first: {sets[0][1]['first']})")
     if len(out) > lines:
         out[lines - 1:] = [f"{len(out) - lines + 1} more reason(s) not shown"]
     return out

@@ -93,3 +93,16 @@ def test_a_source_mostly_quarantined_is_a_warning():
         "malformed_json 3, missing_text 1; see quarantine/web/)"]
     assert _mostly_quarantined("web", {"docs_in": 339, "quarantined": {"malformed_json": 3}}) == []
     assert _mostly_quarantined("web", {"docs_in": 0, "quarantined": {}}) == []
+
+
+def test_the_why_line_counts_the_sets_it_leaves_out_apart_from_the_bundles():
+    """The demo build's first run said "... flan/docs-1046fb145bdb 1 and 5 more set(s) bundle(s)": the unit
+    of the counts came after the sets left out, as if those were counted in bundles (found by a tester)."""
+    from dolmino.report import retag_lines
+
+    why = {"not_tagged": {"bundles": 1, "detail": "not tagged under this root yet", "first": "web/a.jsonl"}}
+    files = {source: {"docs-1": {"reasons": why}} for source in ("dclm", "flan", "wiki", "math", "pes2o")}
+    assert retag_lines(files) == ["not tagged under this root yet: dclm/docs-1 1, flan/docs-1 1, wiki/docs-1 1 "
+                                  "bundle(s), and 2 more set(s) (first: web/a.jsonl)"]
+    assert retag_lines({"dclm": files["dclm"]}) == ["not tagged under this root yet: dclm/docs-1 1 bundle(s) "
+                                                    "(first: web/a.jsonl)"]
