@@ -166,7 +166,8 @@ def _dispatch(argv: list[str] | None) -> int:
             return 0
         if rest[0] not in COMMANDS:
             return unknown_command(rest[0])
-        return run_command(rest[0], ["--help"])
+        # `help release publish`: the subcommand's own help (the word was ignored: release's printed; a tester)
+        return run_command(rest[0], [*rest[1:], "--help"])
     if first.startswith("-"):
         print(f"{PROG}: unknown option: {first}\n{usage()}", file=sys.stderr)
         return USAGE_ERROR

@@ -142,6 +142,11 @@ def test_help_subcommand_shows_the_commands_own_help(capsys):
         main(["help", "manifest"])
     assert exc.value.code == 0
     assert "usage: dolmino manifest" in capsys.readouterr().out
+    # a subcommand's own: `dolmino help release publish` printed release's help, the word ignored (a tester)
+    with pytest.raises(SystemExit) as exc:
+        main(["help", "manifest", "check"])
+    assert exc.value.code == 0
+    assert "usage: dolmino manifest check" in capsys.readouterr().out
 
 
 def test_assets_has_a_main_and_check_does_not_download(tmp_path, monkeypatch, capsys):
