@@ -997,12 +997,23 @@ def test_a_session_the_command_launches_prints_the_spark_ui_address(monkeypatch,
     assert capsys.readouterr().err == ""
 
 
+def _build_with(run_build, tmp_path, monkeypatch, capsys) -> tuple[int, str]:
+    """`build_mix`'s exit status and stderr where `run_build` (its work, after the checks and Spark's
+    start) is the given function: what the command line makes of what that raises."""
+    import dolmino.build.mix
+    from dolmino.build.cli import main as build_main
+
+    monkeypatch.setattr(dolmino.build.mix, "run_build", run_build)
+    manifest = one_source_manifest(tmp_path)
+    code = build_main(["--manifest", str(manifest), "--budget", "1K", "--out", str(tmp_path / "out"), "--quiet"])
+    return code, capsys.readouterr().err
+
+
 def test_an_unexpected_exception_in_an_executor_prints_its_traceback_once(spark, tmp_path, capsys, monkeypatch):
     """An exception of no known class raised in an executor (a bug, or a library's failure no filter
     names) printed the worker's traceback twice, then a third time as one "unexpected PythonException:
     An exception was thrown from the Python worker: Traceback ..." line (a tester). Now the worker's
     traceback once, from the first frame that is not PySpark's, and a last line naming the exception."""
-    import dolmino.build.mix
 
     def _bug(_):  # nested: cloudpickle ships it by value
         raise KeyError("a bug in a task")
@@ -1014,12 +1025,7 @@ def test_an_unexpected_exception_in_an_executor_prints_its_traceback_once(spark,
     def run_build(*_args):
         raise failure
 
-    monkeypatch.setattr(dolmino.build.mix, "run_build", run_build)
-    from dolmino.build.cli import main as build_main
-
-    manifest = one_source_manifest(tmp_path)
-    code = build_main(["--manifest", str(manifest), "--budget", "1K", "--out", str(tmp_path / "out"), "--quiet"])
-    err = capsys.readouterr().err
+    code, err = _build_with(run_build, tmp_path, monkeypatch, capsys)
     assert code == 1, err
     lines = err.rstrip("\n").splitlines()
     assert lines[-1] == "build_mix: error: unexpected KeyError in an executor: 'a bug in a task'", err
@@ -1035,8 +1041,6 @@ def test_a_broadcast_into_a_full_driver_scratch_space_is_one_line(spark, tmp_pat
     command's copy of the traceback, exit 1 (a tester, 3 MB tmpfs): one line naming the setting, exit 2."""
     import errno
 
-    import dolmino.build.mix
-
     class Full:
         def __reduce__(self):  # what writing the broadcast's bytes into a full disk raises, from its pickling
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -1044,12 +1048,7 @@ def test_a_broadcast_into_a_full_driver_scratch_space_is_one_line(spark, tmp_pat
     def run_build(_manifest, _options, session):
         session.sparkContext.broadcast(Full())
 
-    monkeypatch.setattr(dolmino.build.mix, "run_build", run_build)
-    from dolmino.build.cli import main as build_main
-
-    manifest = one_source_manifest(tmp_path)
-    code = build_main(["--manifest", str(manifest), "--budget", "1K", "--out", str(tmp_path / "out"), "--quiet"])
-    err = capsys.readouterr().err
+    code, err = _build_with(run_build, tmp_path, monkeypatch, capsys)
     assert code == 2, err
     assert err.splitlines()[-1] == (
         "build_mix: error: the driver's Spark scratch space: No space left on device (spark.local.dir or "
@@ -1071,17 +1070,10 @@ def test_a_report_into_a_full_out_says_what_to_do_and_that_the_rerun_resumes(spa
     (a tester, on a 2 MB tmpfs)."""
     import errno
 
-    import dolmino.build.mix
-
     def run_build(_manifest, options, _session):
         raise OSError(errno.ENOSPC, "No space left on device", f"{options.out}/report.html")
 
-    monkeypatch.setattr(dolmino.build.mix, "run_build", run_build)
-    from dolmino.build.cli import main as build_main
-
-    manifest = one_source_manifest(tmp_path)
-    code = build_main(["--manifest", str(manifest), "--budget", "1K", "--out", str(tmp_path / "out"), "--quiet"])
-    err = capsys.readouterr().err
+    code, err = _build_with(run_build, tmp_path, monkeypatch, capsys)
     assert code == 2, err
     assert err.splitlines()[-1] == (
         f"build_mix: error: {tmp_path / 'out'}/report.html: No space left on device; free space there, then rerun "
