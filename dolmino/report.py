@@ -581,11 +581,13 @@ def render_markdown(report: dict) -> str:
               + _masked_text(report) + _resumed_note(report.get("run", {}), out['files']), ""]
     run = report.get("run", {})
     if "units_tagged" in run:
+        # "6 of 6 tagged, 0 reused" beside "Attribute files: 2 written, 2 reused" read as a contradiction where
+        # only a new filter's set was written (a tester): a unit counts as tagged when any of its sets was
         only = run.get("units_read_for_minhash_only") or 0
         also = f" ({only:,} of them read again only for MinHash signatures)" if only else ""
         lines += [f"Attributes ({md_text(report.get('attributes'))}): {run['units_tagged']:,} of {run['units']:,} "
-                  f"input unit(s) tagged by this {'run' if was_resumed(run) else 'build'}{also}, "
-                  f"{run['units_reused']:,} reused.", ""]
+                  f"input unit(s) tagged by this {'run' if was_resumed(run) else 'build'}{also} (one or more of "
+                  f"their attribute sets written), {run['units_reused']:,} reused whole.", ""]
     if run.get("attribute_files"):
         lines += [md_text(_attribute_files_line(run["attribute_files"])), ""]
         why = retag_lines(run["attribute_files"], lines=8)

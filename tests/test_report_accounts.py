@@ -35,7 +35,8 @@ def test_a_resumed_build_says_so_and_whose_figures_are_whose(tmp_path):
         assert ("; 2 of 3 part(s) were already committed by an earlier run of this plan and reused (verified, not "
                 "written again)" in md) == bool(reused)
         assert "the attribute counts, stages and times below are this run's" in md
-        assert "0 of 4 input unit(s) tagged by this run, 4 reused." in md
+        assert ("0 of 4 input unit(s) tagged by this run (one or more of their attribute sets written), 4 reused "
+                "whole.") in md
         assert "This run's stages: the build resumed, and the earlier run's work is not counted here." in md
         page = report_html.render_html(report, [])
         assert "this run&#x27;s time (resumed; local[2])" in page and "build time" not in page
@@ -48,7 +49,8 @@ def test_a_resumed_build_says_so_and_whose_figures_are_whose(tmp_path):
 def test_a_clean_build_reads_as_the_build(tmp_path):
     md = render_markdown(_report(tmp_path))
     assert "Resumed" not in md and "This run's stages" not in md
-    assert "4 of 4 input unit(s) tagged by this build, 0 reused." in md
+    assert ("4 of 4 input unit(s) tagged by this build (one or more of their attribute sets written), 0 reused "
+            "whole.") in md
     assert "build time (local[2])" in report_html.render_html(_report(tmp_path), [])
 
 
