@@ -463,8 +463,15 @@ def load_version(spec: str) -> Manifest:
         raise ManifestError(f"{spec}: no such manifest file, and git, which reads REV:PATH, is not installed") from None
     except subprocess.CalledProcessError as exc:
         said = (exc.stderr.decode("utf-8", "replace") if isinstance(exc.stderr, bytes) else exc.stderr or "").strip()
+        # the error, not a warning before it ("refname 'main' is ambiguous" where a tag shares a branch's name)
+        why = next((line for line in said.splitlines() if line.startswith(("fatal:", "error:"))), said.split("\n")[0])
+        # and git's hint where it gives one: "Did you mean 'main:manifests/m.json' aka 'main:./m.json'?"
+        hints = [line.removeprefix("hint:").strip() for line in said.splitlines() if line.startswith("hint:")]
+        why += "".join(f"; {hint}" for hint in hints)
         raise ManifestError(f"{spec}: no such manifest file, nor a file at a git revision "
-                            f"({said.splitlines()[0] if said else 'git failed'})") from None
+                            f"({why or 'git failed'})") from None
+    if shown.stdout.startswith(b"tree "):  # git show's listing of a directory: "not valid JSON" said no more
+        raise ManifestError(f"{spec}: is a directory at that revision, not a manifest file")
     where = os.path.abspath(path) if path.startswith(("./", "../")) else os.path.join(top.stdout.strip(), path)
     try:
         text = shown.stdout.decode("utf-8-sig")

@@ -331,24 +331,32 @@ def test_diff_tags_the_files_that_new_paths_or_a_new_data_root_add(tmp_path):
                            "at the new data root"), moved
 
 
-def test_diff_reads_a_manifest_at_a_git_revision_as_if_it_lay_in_the_checkout(tmp_path, monkeypatch, capsys):
-    """A reviewer's flow, `git show main:manifests/m.json > /tmp/a.json` and a diff against the working
-    copy, resolved the copy's relative data root, output and index paths from /tmp: every source read as
-    moved, every set due (a reviewer). `dolmino diff REV:PATH B.json` reads that version as git gives it,
-    its relative locations resolved as if it lay at PATH."""
+def _git_repo_with(repo: Path, spec: dict, *more: list[str]) -> None:
+    """A git repository at `repo` whose one commit holds `spec` as manifests/m.json; `more`: git commands after it."""
     import shutil
     import subprocess
 
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
-    repo = tmp_path / "repo"
     (repo / "manifests").mkdir(parents=True)
+    (repo / "manifests" / "m.json").write_text(json.dumps(spec))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    for command in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "base"], *more):
+        subprocess.run(["git", *command], cwd=repo, check=True, env=env)
+
+
+def test_diff_reads_a_manifest_at_a_git_revision_as_if_it_lay_in_the_checkout(tmp_path, monkeypatch, capsys):
+    """A reviewer's flow, `git show main:manifests/m.json > /tmp/a.json` and a diff against the working
+    copy, resolved the copy's relative data root, output and index paths from /tmp: every source read as
+    moved, every set due (a reviewer). `dolmino diff REV:PATH B.json` reads that version as git gives it,
+    its relative locations resolved as if it lay at PATH."""
+    import subprocess
+
+    repo = tmp_path / "repo"
     spec = json.loads((MANIFESTS / "demo.json").read_text())
     spec["data_root"] = "../data"
-    (repo / "manifests" / "m.json").write_text(json.dumps(spec))
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    for command in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "base"]):
-        subprocess.run(["git", *command], cwd=repo, check=True, env={**os.environ, **env})
+    _git_repo_with(repo, spec)
     spec["seed"] += 1
     (repo / "manifests" / "m.json").write_text(json.dumps(spec))
     (repo / "sub").mkdir()
@@ -366,6 +374,26 @@ def test_diff_reads_a_manifest_at_a_git_revision_as_if_it_lay_in_the_checkout(tm
     assert diff_cmd.main(["HEAD:manifests/none.json", "../manifests/m.json"]) == 2
     assert capsys.readouterr().err.startswith("dolmino diff: error: HEAD:manifests/none.json: no such manifest file, "
                                               "nor a file at a git revision (fatal: path 'manifests/none.json' ")
+
+
+def test_diff_says_why_a_git_revision_gives_no_manifest(tmp_path, monkeypatch, capsys):
+    """`dolmino diff main:manifests manifests/m.json` (as `manifest fmt --check manifests` takes a
+    directory) said "not valid JSON (line 1, column 1: Expecting value)": git show lists a directory's
+    files; a directory in the checkout is named one. Where a tag shares the branch's name, a missing
+    file's error gave git's warning, "refname 'main' is ambiguous", in place of git's error (found in review)."""
+    _git_repo_with(tmp_path, json.loads((MANIFESTS / "demo.json").read_text()), ["branch", "base"], ["tag", "base"])
+    monkeypatch.chdir(tmp_path)
+    assert diff_cmd.main(["HEAD:manifests", "manifests/m.json"]) == 2
+    assert capsys.readouterr().err == ("dolmino diff: error: HEAD:manifests: is a directory at that revision, "
+                                       "not a manifest file\n")
+    assert diff_cmd.main(["base:manifests/none.json", "manifests/m.json"]) == 2
+    assert capsys.readouterr().err == ("dolmino diff: error: base:manifests/none.json: no such manifest file, nor a "
+                                       "file at a git revision (fatal: path 'manifests/none.json' does not exist in "
+                                       "'base')\n")
+    monkeypatch.chdir(tmp_path / "manifests")  # a path from the top given from below it: git's hint is kept
+    assert diff_cmd.main(["HEAD:m.json", "m.json"]) == 2
+    assert "(fatal: path 'manifests/m.json' exists, but not 'm.json'; Did you mean 'HEAD:manifests/m.json' aka " \
+           "'HEAD:./m.json'?)" in capsys.readouterr().err
 
 
 def test_diff_keys_the_tokenizer_by_its_bytes_as_the_build_does(tmp_path):
