@@ -30,6 +30,9 @@ SIDECAR_FIELDS = ("start", "end", "id", "src", "loc")
 # verified: "host pid pid-namespace" of the pull writing it, so a later pull can tell a download whose process
 # is gone (kill -9, a reboot) from a running one. trainer/data.py repeats the name (a test keeps them equal).
 PULL_OWNER = ".pull-owner"
+# A release's commit record, which `dolmino release pull` also leaves in DEST: a build directory holding it is a
+# pulled copy, not a build to rerun. trainer/data.py repeats the name (a test keeps them equal).
+RELEASE_FILE = "RELEASE.json"
 
 
 def manifest_mismatches(manifest: object, report: object) -> list[tuple[str, object, object]]:

@@ -84,9 +84,8 @@ from typing import Callable, NamedTuple
 from dolmino import s3
 from dolmino.argtypes import is_count
 from dolmino.storage import file_above
-from dolmino.memmap import PULL_OWNER, manifest_mismatches, unlisted_data, unlisted_parts
+from dolmino.memmap import PULL_OWNER, RELEASE_FILE, manifest_mismatches, unlisted_data, unlisted_parts
 
-RELEASE_FILE = "RELEASE.json"
 RELEASE_FORMAT = "dolmino-release/2"
 # Format 1 kept the objects directly under NAME/ (no data prefix); such releases still read.
 READABLE_FORMATS = ("dolmino-release/1", RELEASE_FORMAT)
@@ -1292,6 +1291,24 @@ def _pulled_record(dest: str) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
+def _missing_or_resized(dest: str, files: list[dict]) -> str | None:
+    """What a pulled copy in `dest` lacks of the release's `files` (its checked RELEASE.json's), by a stat each:
+    the first file missing or of another size, and how many more; None when all are there at their size."""
+    damaged = []
+    for entry in files:
+        try:
+            size = os.stat(os.path.join(dest, entry["path"])).st_size
+        except OSError:
+            size = None
+        if size != entry["size"]:
+            damaged.append(f"{entry['path']} is missing" if size is None else
+                           f"{entry['path']} is {size:,} bytes, not {entry['size']:,}")
+    if not damaged:
+        return None
+    more = f" (and {len(damaged) - 1} more file(s) missing or of other sizes)" if len(damaged) > 1 else ""
+    return damaged[0] + more
+
+
 def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log: Log = _quiet,
          progress: bool = False) -> dict:
     """Download and verify a release into DEST (which must not exist, or be an empty directory).
@@ -1305,8 +1322,14 @@ def pull(release_uri: str, dest: str, *, part_size: int = DEFAULT_PART_SIZE, log
     dest = os.path.abspath(dest)
     if os.path.lexists(dest) and not (os.path.isdir(dest) and not os.path.islink(dest) and not os.listdir(dest)):
         held = _pulled_record(dest)
-        if held is not None and held.get("name") == _name and \
-                held.get("publish_id") == read_release(release_uri).get("publish_id"):
+        published = read_release(release_uri) if held is not None and held.get("name") == _name else {}
+        if published and held.get("publish_id") == published.get("publish_id"):
+            if (damage := _missing_or_resized(dest, published["files"])) is not None:
+                # "already holds this release" of a copy whose report.json was removed, which validate and the
+                # trainer then said to pull again (a tester)
+                raise ReleaseIntegrityError(f"{dest}: holds this release's {RELEASE_FILE} (publish id "
+                                            f"{held['publish_id']}), but since the pull {damage}: remove {dest} and "
+                                            "pull again, or pull into a new directory")
             # "pull into a new directory" sent a node that already held the release to download it again (a tester)
             raise ReleaseExistsError(f"{dest}: already holds this release (publish id {held['publish_id']}, pulled "
                                      f"before): nothing to pull; `dolmino validate {dest}` re-checks its parts")

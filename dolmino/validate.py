@@ -391,6 +391,13 @@ def _completion_errors(build_dir: Path, report: dict | None) -> tuple[list[str],
     report describes)."""
     report_path = build_dir / COMPLETION_MARKER
     if report is None:  # none, or unreadable (`_read_report` says so)
+        from dolmino.memmap import RELEASE_FILE
+
+        if not report_path.exists() and (build_dir / RELEASE_FILE).is_file():
+            # "rerun the same build command to finish it" sent a machine that only pulled the release to a build
+            # it never had (a tester)
+            return [f"{build_dir}: a pulled release ({RELEASE_FILE}) without its {COMPLETION_MARKER}, which the "
+                    "release holds: removed since the pull; remove the directory and pull the release again"], {}
         if not report_path.exists() and any((build_dir / m).exists() for m in BUILD_MARKERS):
             return [f"{build_dir}: incomplete build: no {COMPLETION_MARKER}, which a build writes last (it was "
                     "interrupted or is still running; rerun the same build command to finish it)"], {}

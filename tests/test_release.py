@@ -1676,6 +1676,25 @@ def test_a_pull_into_a_directory_holding_a_release_says_which(small_builds, root
     assert sorted(p.name for p in tmp_path.iterdir()) == ["same"]
 
 
+def test_a_pull_into_a_damaged_copy_of_the_release_names_what_it_lacks(small_builds, root, tmp_path):
+    """Found by a tester: a pulled copy whose report.json was removed (or edited) since was "already holds this
+    release ... nothing to pull", while validate and the trainer refused it: a copy lacking files, or holding
+    some of other sizes, is named as damaged (exit 1), and pulling it again is said to need a new directory."""
+    record = release.publish(str(small_builds[0]), root, "damaged")
+    dest = tmp_path / "damaged"
+    release.pull(f"{root}/damaged", str(dest))
+    (dest / "report.json").unlink()
+    with pytest.raises(release.ReleaseIntegrityError, match=re.escape(
+            f"{dest}: holds this release's RELEASE.json (publish id {record['publish_id']}), but since the pull "
+            f"report.json is missing: remove {dest} and pull again, or pull into a new directory")):
+        release.pull(f"{root}/damaged", str(dest))
+    (dest / "manifest.json").write_text((dest / "manifest.json").read_text() + "\n")
+    with pytest.raises(release.ReleaseIntegrityError, match=re.escape(
+            "but since the pull manifest.json is ") + r"[0-9,]+ bytes, not [0-9,]+ \(and 1 more file\(s\) missing or "
+            r"of other sizes\): "):
+        release.pull(f"{root}/damaged", str(dest))
+
+
 def test_clean_says_how_to_remove_fresh_leftovers_when_no_publish_runs(small_builds, root):
     """Found by a tester: after a publish was killed with kill -9, `clean` (and the next publish) said only that the
     fresh leftovers were left alone as another publish may still be running; their owner knew none was, and was

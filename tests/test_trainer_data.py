@@ -482,6 +482,24 @@ def test_a_resume_on_other_builds_of_the_same_part_names_and_sizes_is_refused(tm
     DataLoader(MemmapDataset([a, b], seq_len=16), 4, seed=1, prefetch=False).load_state_dict(raw)
 
 
+def test_two_builds_of_other_sizes_given_in_the_other_order_are_said_to_be_reordered(tmp_path):
+    """`--data demo micro` resumed as `--data micro demo` (two releases, each pulled on another machine)
+    was refused as "part-00000.npy of 997,629 tokens there, 999,954 here (and 4 more file(s))": the builds'
+    parts share names, not sizes, so the first file's size was named as if the data had changed (a tester).
+    The same files in another order are said to be, masks and digests included; a changed file is still named."""
+    from trainer.data import check_data_position, layout_fingerprint, scan_data
+
+    a, b = write_build(tmp_path / "A", 1, n_tokens=16 * 20), write_build(tmp_path / "B", 2, n_tokens=16 * 30)
+    saved = layout_fingerprint(scan_data([a, b]), 16)
+    with pytest.raises(DataError, match=r"saved for different data \(the same token files in another order, 4 of 4 "
+                                        r"elsewhere, as when the --data paths are given in another order\); "):
+        check_data_position(saved, layout_fingerprint(scan_data([b, a]), 16))
+    c = write_build(tmp_path / "C", 3, n_tokens=16 * 25)
+    with pytest.raises(DataError, match=r"saved for different data \(part-00000\.npy of 320 tokens there, 480 here "
+                                        r"\(and 3 more file\(s\)\)\); "):
+        check_data_position(saved, layout_fingerprint(scan_data([b, c]), 16))
+
+
 def test_peek_is_the_next_batch_without_moving_on(tmp_path):
     ds = make_loader_data(tmp_path)
     reference = collect(DataLoader(ds, 4, seed=2), 3)
@@ -490,6 +508,24 @@ def test_peek_is_the_next_batch_without_moving_on(tmp_path):
     assert (loader.epoch, loader.cursor) == (0, 0) and loader.stats["instances"] == 0
     assert collect(loader, 3) == reference
     loader.close()
+
+
+def test_a_pulled_release_without_its_report_json_is_told_to_pull_again(tmp_path):
+    """A pulled release (RELEASE.json beside the build's files) whose report.json was removed on the machine
+    that pulled it was "an incomplete dolmino build ... rerun the same build command to finish it": that
+    machine never had the build (a tester, on the second of two machines that pulled one release)."""
+    from dolmino import memmap
+    from trainer import data
+
+    assert data.RELEASE_FILE == memmap.RELEASE_FILE  # the trainer's copy of the name, kept without importing dolmino
+    pulled = tmp_path / "demo-v1"
+    write_part(pulled, "part-00000", np.arange(64))
+    (pulled / "_plan.json").write_text("{}")
+    (pulled / "RELEASE.json").write_text("{}")
+    with pytest.raises(DataError, match=f"^{re.escape(str(pulled))} is a pulled release \\(RELEASE\\.json\\) without "
+                                        r"its report\.json, which the release holds: removed since the pull; remove "
+                                        "the directory and pull the release again$"):
+        discover_token_files(tmp_path)
 
 
 def test_an_unfinished_release_pull_is_named_as_one(tmp_path):

@@ -416,6 +416,17 @@ def test_a_build_stopped_before_its_plan_is_incomplete_not_empty(tmp_path, capsy
                           "is still running; rerun the same build command to finish it)\n"), err
 
 
+def test_a_pulled_release_without_its_report_json_is_told_to_pull_again(build, capsys):
+    """A pulled release whose report.json was removed since the pull was "incomplete build ... rerun the same build
+    command to finish it", on a machine that only pulled the release (found by a tester)."""
+    (build / "_plan.json").write_text("{}")  # a build's files, report.json left out
+    (build / "RELEASE.json").write_text("{}")  # what `dolmino release pull` leaves beside them
+    assert main([str(build)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{build}: a pulled release (RELEASE.json) without its report.json, which the release "
+                          "holds: removed since the pull; remove the directory and pull the release again\n"), err
+
+
 def test_parts_without_report_json_validate_with_a_warning(build, capsys):
     """Parts copied without their report.json validated OK unsaid, while the trainer warns that
     nothing checks every part is there (found by a tester: a copy missing its last part passed)."""

@@ -91,6 +91,7 @@ COMPLETION_MARKER = "report.json"
 # What `dolmino release pull` keeps in its temporary directory `.NAME.pull-XXXX` until every file is verified:
 # dolmino.release.PULL_OWNER, repeated so that reading data does not import the S3 client (a test keeps them equal).
 PULL_OWNER = ".pull-owner"
+RELEASE_FILE = "RELEASE.json"  # dolmino.memmap.RELEASE_FILE, which a pulled release holds (a test keeps them equal)
 
 
 def check_complete_build(directory: Path) -> None:
@@ -105,6 +106,9 @@ def check_complete_build(directory: Path) -> None:
                         "finish it, or remove the directory")
     if (directory / COMPLETION_MARKER).is_file():
         return
+    if (directory / RELEASE_FILE).is_file():  # "rerun the same build command" on a machine that only pulled it
+        raise DataError(f"{directory} is a pulled release ({RELEASE_FILE}) without its {COMPLETION_MARKER}, which "
+                        "the release holds: removed since the pull; remove the directory and pull the release again")
     if any((directory / name).exists() for name in BUILD_MARKERS):
         raise DataError(f"{directory} is an incomplete dolmino build (no {COMPLETION_MARKER}, which a build writes "
                         "last): it was interrupted or is still running; rerun the same build command to finish it")
@@ -535,8 +539,12 @@ def fingerprint_changes(saved: dict, current: dict) -> list[str]:
     if saved.get("seq_len") != current.get("seq_len"):
         changes.append(f"seq_len {saved.get('seq_len')} there, {current.get('seq_len')} here")
     there, here = [tuple(f) for f in saved.get("files") or []], [tuple(f) for f in current.get("files") or []]
+    moved = [a != b for a, b in zip(_file_entries(saved), _file_entries(current))]
     if len(there) != len(here):
         changes.append(f"{len(there)} token file(s) there, {len(here)} here")
+    elif any(moved) and sorted(_file_entries(saved), key=repr) == sorted(_file_entries(current), key=repr):
+        changes.append(f"the same token files in another order, {sum(moved)} of {len(here)} elsewhere, as when "
+                       "the --data paths are given in another order")
     else:
         differ = [(a, b) for a, b in zip(there, here) if a != b]
         if differ:
@@ -568,6 +576,15 @@ def fingerprint_changes(saved: dict, current: dict) -> list[str]:
     if not changes and saved.get("n_instances") != current.get("n_instances"):
         changes.append(f"{saved.get('n_instances')} instances there, {current.get('n_instances')} here")
     return changes
+
+
+def _file_entries(fingerprint: dict) -> list[tuple]:
+    """Each token file of `fingerprint` as all it says of it (name and tokens, mask bytes, digest): two builds
+    of other sizes given in the other order differ in their first file's size, which read as data changed
+    ("part-00000.npy of 997,629 tokens there, 999,954 here") where the files are the same (a tester)."""
+    files = [tuple(f) for f in fingerprint.get("files") or []]
+    none = [None] * len(files)  # a key saved before it was fingerprinted
+    return list(zip(files, fingerprint.get("label_masks") or none, fingerprint.get("sha256") or none))
 
 
 def _no_instance(n_files: int, tokens: int, seq_len: int) -> str:
