@@ -86,3 +86,21 @@ def test_resume_with_another_recipe_is_logged(data, tmp_path):
     assert any("schedule horizon 2 -> 4 steps" in m for m in warnings)
     assert recipe_changes(None, TrainConfig()) == []
     assert recipe_changes({"bogus": 1}, TrainConfig()) == ["the checkpoint's train config could not be read"]
+
+
+def test_a_horizon_changed_by_the_steps_says_to_resume_with_them():
+    """A microanneal killed at step 4 of `--steps 12`, resumed with the same command less `--steps`, decays over one
+    pass (52 steps) instead: the warning said to pass --horizon-tokens, which keeps the curve but leaves the 40 steps
+    after it at LR 0; the same --steps is what continues the run (found by a tester)."""
+    saved = TrainConfig(seq_len=256, global_batch_size=8, max_steps=12, schedule="linear_to_zero", warmup_steps=0,
+                        lr=3e-5)
+    assert recipe_changes(saved.to_dict(), TrainConfig(**{**saved.to_dict(), "max_steps": 52})) == [
+        "schedule horizon 12 -> 52 steps (resume with --steps 12, the length of the checkpoint's run, to keep its LR "
+        "curve)"]
+    wider = TrainConfig(**{**saved.to_dict(), "horizon_tokens": 12 * 8 * 256, "global_batch_size": 16})
+    assert recipe_changes({**saved.to_dict(), "horizon_tokens": 12 * 8 * 256}, wider) == [
+        "global_batch_size 8 -> 16",
+        "schedule horizon 12 -> 6 steps (pass --horizon-tokens to keep one LR curve across resumes)"]
+    # a computed LR is shown as a number, not its float noise
+    assert recipe_changes({**saved.to_dict(), "lr": 3e-4 / 10}, TrainConfig(**{**saved.to_dict(), "lr": 3e-4})) == [
+        "lr 3e-05 -> 0.0003"]

@@ -308,3 +308,16 @@ def test_a_horizon_short_of_an_anneal_says_its_last_steps_train_at_lr_0(capsys):
         "steps train at learning rate 0 and change no weight (leave it out to anneal to 0 at the last step)"]
     assert schedule_main([*base, "--horizon-tokens", "51200"]) == 0  # exactly the run: 0 on its last step
     assert capsys.readouterr().err == ""
+
+
+def test_a_mix_too_small_for_one_batch_is_refused_as_trainer_run_refuses_it(tmp_path, capsys):
+    """`trainer.schedule --recipe microanneal --mix M` on a 527K-token microanneal mix, at the recipe's
+    1024 x 4096 tokens a step, printed a 1-step run whose only step trains at LR 0 (exit 0), while
+    trainer.run refuses the same data as less than one global batch (found by a tester)."""
+    mix = write_mix(tmp_path / "mix", [5000, 3000], 8000)  # 78 + 46 instances of 64 tokens
+    argv = ["--recipe", "microanneal", "--lr", "1e-4", "--mix", str(mix), "--seq-len", "64"]
+    assert schedule_main([*argv, "--batch-size", "200"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("trainer.schedule: error: the data holds 124 instances of 64 tokens, fewer than one global batch "
+                   "of 200; use more data or a smaller batch\n")
+    assert schedule_json(capsys, *argv, "--batch-size", "124")["steps"] == math.ceil(8000 / (124 * 64))

@@ -44,7 +44,8 @@ from trainer.config import (
     ModelConfig, TrainConfig, describe_params, describe_preset,
 )
 from trainer.data import (
-    LABEL_MASK_SUFFIX, TOKEN_DTYPE, DataError, DataLayout, discover_token_files, label_mask_path, scan_data,
+    LABEL_MASK_SUFFIX, TOKEN_DTYPE, DataError, DataLayout, check_batch_fits, discover_token_files, label_mask_path,
+    scan_data,
 )
 from trainer.schedule import LRSchedule
 
@@ -711,6 +712,8 @@ def schedule_main(argv: list[str] | None = None) -> int:
             print(f"trainer.schedule: warning: {note}", file=sys.stderr)
         check_data_vocab(args, plan, init, paths)  # what trainer.run would refuse, refused here too
         check_data_special_ids(args, plan, init, paths)
+        if paths:  # data too short for one batch printed a 1-step run at LR 0 that trainer.run refuses (a tester)
+            check_batch_fits(paths, args.seq_len, args.batch_size)
         try:
             tc = TrainConfig(seq_len=args.seq_len, global_batch_size=args.batch_size, micro_batch_size=1,
                              max_steps=plan.steps, lr=plan.lr, warmup_steps=plan.warmup_steps, schedule=args.schedule,

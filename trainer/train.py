@@ -78,6 +78,12 @@ _RECIPE_FIELDS = ("lr", "warmup_steps", "schedule", "final_lr_fraction", "global
                   "weight_decay", "decay_norms", "max_grad_norm", "z_loss_weight", "repetition")
 
 
+def _shown(value) -> str:
+    """A recipe value as a warning shows it: a float to 10 significant digits ("lr 2.9999999999999997e-05", an
+    anneal's start computed from its peak, read as noise; a tester), anything else as its repr."""
+    return f"{value:.10g}" if type(value) is float else repr(value)
+
+
 def recipe_changes(saved: dict | None, current: TrainConfig) -> list[str]:
     """Human-readable differences between a checkpoint's train config and the current one."""
     if not saved:
@@ -86,11 +92,15 @@ def recipe_changes(saved: dict | None, current: TrainConfig) -> list[str]:
         before = TrainConfig.from_dict(saved)
     except (TypeError, ValueError):
         return ["the checkpoint's train config could not be read"]
-    changes = [f"{name} {getattr(before, name)!r} -> {getattr(current, name)!r}" for name in _RECIPE_FIELDS
+    changes = [f"{name} {_shown(getattr(before, name))} -> {_shown(getattr(current, name))}" for name in _RECIPE_FIELDS
                if getattr(before, name) != getattr(current, name)]
     if before.horizon_steps != current.horizon_steps:
-        changes.append(f"schedule horizon {before.horizon_steps} -> {current.horizon_steps} steps (pass "
-                       f"--horizon-tokens to keep one LR curve across resumes)")
+        # Another run length (--steps left out or changed) moves a horizon set by it: --horizon-tokens would keep
+        # the curve but leave the steps past it at LR 0 (a tester); the checkpoint's --steps continues the run.
+        by_steps = before.horizon_tokens is None and current.horizon_tokens is None
+        fix = (f"resume with --steps {before.max_steps}, the length of the checkpoint's run, to keep its LR curve"
+               if by_steps else "pass --horizon-tokens to keep one LR curve across resumes")
+        changes.append(f"schedule horizon {before.horizon_steps} -> {current.horizon_steps} steps ({fix})")
     return changes
 
 
