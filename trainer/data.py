@@ -563,16 +563,12 @@ def fingerprint_changes(saved: dict, current: dict) -> list[str]:
     known = [(i, a, b) for i, (a, b) in enumerate(zip(saved.get("sha256") or [], current.get("sha256") or []))
              if a and b]  # None: a file outside a build, on either side
     differ = [(i, a, b) for i, a, b in known if a != b]
-    if not changes and differ:
-        if sorted(a for _, a, _ in known) == sorted(b for _, _, b in known):
-            changes.append(f"the same token files in another order, {len(differ)} of {len(here)} elsewhere, as when "
-                           "the --data paths are given in another order")
-        else:
-            i, a, b = differ[0]
-            more = f", and {len(differ) - 1} more file(s)" if len(differ) > 1 else ""
-            changes.append(f"token file {i + 1} of {len(here)}, {here[i][0]}, holds other tokens: SHA-256 {a}... "
-                           f"there, {b}... here, as its build's {COMPLETION_MARKER} certifies{more}; another build of "
-                           "the same part names and sizes")
+    if not changes and differ:  # the same files in another order are said above, whatever their sizes
+        i, a, b = differ[0]
+        more = f", and {len(differ) - 1} more file(s)" if len(differ) > 1 else ""
+        changes.append(f"token file {i + 1} of {len(here)}, {here[i][0]}, holds other tokens: SHA-256 {a}... "
+                       f"there, {b}... here, as its build's {COMPLETION_MARKER} certifies{more}; another build of "
+                       "the same part names and sizes")
     if not changes and saved.get("n_instances") != current.get("n_instances"):
         changes.append(f"{saved.get('n_instances')} instances there, {current.get('n_instances')} here")
     return changes
