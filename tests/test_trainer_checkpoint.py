@@ -286,9 +286,16 @@ def test_ranks_that_read_different_data_or_checkpoints_stop(tmp_path):
     # pulled release's RELEASE.json) is the same data
     import shutil
 
+    import hashlib
+    import json
+
     pulled = tmp_path / "pulled"
     shutil.copytree(same, pulled)
     (pulled / "RELEASE.json").write_text("{}")
+    # and the build's report.json, which a release holds (a pulled copy without it is told to pull again)
+    part = pulled / "part-00000.npy"
+    (pulled / "report.json").write_text(json.dumps({"output": {"files_sha256": {
+        part.name: hashlib.sha256(part.read_bytes()).hexdigest()}}}))
     assert _two_ranks(tmp_path, [same, pulled], [None, None]) == ["ok", "ok"]
     for seed, steps in ((5, 2), (6, 2), (5, 3)):
         Trainer(make_run(same, max_steps=steps, seed=seed, save_interval=1), CPU, tmp_path / f"s{seed}-{steps}",
