@@ -22,7 +22,7 @@ from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import expand_home, format_count
 from dolmino.prefetch import DEFAULT_READ_AHEAD
 from dolmino.py_files import PY_FILES_HELP, explained, import_py_files, own_module_missing, py_files
-from dolmino.s3 import local_path
+from dolmino.s3 import local_path, place_remedy
 
 PHASES = {
     "all": ("build_mix", "Build a data mix from a manifest: tag the pools (reusing attributes), select, tokenize, "
@@ -370,8 +370,7 @@ def executor_failure(exc: BaseException, manifest=None) -> str | None:
         message = f"{sites}: {message.strip()}"
     text = f"in an executor: {name.rsplit('.', 1)[-1]}: {message.strip()}"
     if name.endswith(("OSError", "PermissionError")) and (place := _PLACE_ERRNO.match(message.strip())):
-        what = "make it writable" if place.group(1) == "30" else "free space there"
-        text += f"; {what} or give the build another location, {_RERUN}"
+        text += f"; {place_remedy(int(place.group(1)))} or give the build another location, {_RERUN}"
     # A custom scorer the driver imported (the manifest check did, before Spark started) but an executor
     # cannot: its code did not travel (PYTHONPATH reaches this machine's processes only).
     if own_module_missing(message):
