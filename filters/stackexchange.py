@@ -35,14 +35,15 @@ block quotes and tables end a paragraph (paragraphs are separated by one blank l
 `<br>` is a line break; a list item's first block starts with "- ", or with its number in an
 ordered list ("1. ", counting from the list's `start`, the only numbering the site's sanitizer keeps: no
 `reversed`, no `<li value>`), a code block included; each line of a block in a list or block quote inside
-a list item is indented by the width of the enclosing items' markers ("1. Prepare:" then "   - flour"),
-and an item that starts with one has its marker first ("- > quoted", "- - inner"); `<hr>` between two
+a list item is indented by the width of the enclosing items' markers ("1. Prepare:" then "   - flour"), as
+is a list directly in a list (no item around it: under the item before it), and an item that starts with one has its marker first ("- > quoted", "- - inner"); `<hr>` between two
 blocks is a block "---" (at the start or end of a post, none); the cells of a table row are separated by
 " | ", an empty cell's too (a row without any text is dropped); each line of a block inside a block quote
 starts with "> " (one per quote it is in, before the marker of a list inside it); a block of whitespace and
 invisible format characters only (a zero-width space) is no block; `<pre>` blocks keep their code verbatim
 (indentation and blank lines included); inline `<code>` keeps its text; script/style are dropped; runs of
-whitespace outside `<pre>`, no-break spaces (`&nbsp;`) included, collapse to one space.
+whitespace outside `<pre>`, no-break spaces (`&nbsp;`) and Unicode's other space separators included,
+collapse to one space.
 
 Accounting: every question row is `kept` or removed with one reason
 (`no_accepted_answer`, `question_score<3`, `answer_missing`, `answer_score<5`,
@@ -96,7 +97,10 @@ from dolmino.documents import (
 )
 
 SOURCE = "stackexchange"
-# The conversion rules' revision, in a build's attribute keys. 8: a list item that starts with a block quote
+# The conversion rules' revision, in a build's attribute keys. 9: a list directly in a list (no item around
+# it) is indented under the item before it (its items read as that item's siblings), and Unicode's other space
+# separators (en/em/thin/hair spaces, U+202F, U+3000, ...) are spaces outside code blocks, as U+00A0 is;
+# 8: a list item that starts with a block quote
 # or a list has its marker before the quote's "> " or the inner marker ("- > q", "- - x"; it read "> - q", a
 # quoted list, or lost the outer marker: "  - x"), a block quote in an item is indented as a nested list is,
 # and a no-break space outside code blocks is a space (`&nbsp;` and U+00A0, in titles too);
@@ -115,7 +119,7 @@ SOURCE = "stackexchange"
 # with the answer its AcceptedAnswerId names where a file repeats question Ids (a complete dump with
 # unique Ids converts as under 2); 2: an accepted answer without text is removed (`answer_empty`);
 # revision 1 (no key) kept its question as a document of its own.
-CONVERSION_REVISION = 8
+CONVERSION_REVISION = 9
 
 
 # ---------------------------------------------------------------------------- HTML -> text
@@ -131,8 +135,11 @@ _START = re.compile(r"-?[0-9]{1,9}")  # an `<ol start>` the site writes; anythin
 _CELL_TAGS = frozenset({"td", "th"})  # cells of a table row, separated so their words do not run together
 # Outside `<pre>` a no-break space (U+00A0, `&nbsp;`) is a space: the site shows it as one, but the dolma2
 # tokenizer reads it as a token of its own that also parts the next word from its space ("Use", "\xa0", "the":
-# "Use the" is "Use", " the"); code blocks keep theirs, as every other byte.
-_SPACES = re.compile(r"[ \t\r\n\f\v\xa0]+")
+# "Use the" is "Use", " the"); so are the other space separators (a thin space in "5\u2009kg", U+3000 indenting
+# a Japanese paragraph); code blocks keep theirs, as every other byte.
+_WIDE_SPACES = "\xa0\u1680\u2000-\u200a\u202f\u205f\u3000"  # Unicode's other space separators (Zs), alike
+_SPACES = re.compile(f"[ \\t\\r\\n\\f\\v{_WIDE_SPACES}]+")
+_WIDE_SPACE = re.compile(f"[{_WIDE_SPACES}]")
 _MULTI_SPACE = re.compile(r" {2,}")
 
 
@@ -250,6 +257,13 @@ class _HtmlToText(HTMLParser):
             if tag == "blockquote":
                 self.open.append([_QUOTE])
             elif tag in ("ol", "ul"):
+                if self.open and self.open[-1][0] is _LIST:
+                    # A list directly in a list, no item around it (`<ul><li>a</li><ul><li>b</li></ul></ul>`, which
+                    # the site's editor lets through): browsers indent it under the item before it, where its items
+                    # read as siblings of that item; it stands in an item of no marker as wide as that one's.
+                    number = self.open[-1][1]
+                    width = 2 if number is None else len(f"{number - 1 if number > 1 else number}. ")
+                    self.open.append([_ITEM, " " * width, False])
                 start = (dict(attrs).get("start") or "").strip()
                 self.open.append([_LIST, None if tag == "ul" else int(start) if _START.fullmatch(start) else 1])
             elif tag == "li":
@@ -330,7 +344,7 @@ def join_question_answer(question: str, answer: str) -> str:
 
 def question_text(title: str, body_html: str) -> str:
     body = html_to_text(body_html)
-    title = title.replace("\xa0", " ").strip()
+    title = _WIDE_SPACE.sub(" ", title).strip()
     return f"{title}\n\n{body}" if body else title
 
 

@@ -215,10 +215,15 @@ def test_a_block_of_invisible_characters_is_no_block(html, text):
      "- a\n\n  - b\n  c\n\n    1. x\n\n      y\n\nback"),
     ("<blockquote><ul><li>q<ul><li>r</li></ul></li></ul></blockquote>", "> - q\n\n>   - r"),
     ("<ul><li>x</li></ul><ol start=\"9\"><li>y<ul><li>z</li></ul></li></ol>", "- x\n\n9. y\n\n   - z"),
+    # a list directly in a list, no item around it (the site's editor lets it through): under the item before it
+    ("<ul><li>a</li><ul><li>b</li><li>c</li></ul><li>d</li></ul>", "- a\n\n  - b\n\n  - c\n\n- d"),
+    ("<ol start=\"9\"><li>a</li><ul><li>b</li></ul><li>c</li></ol>", "9. a\n\n   - b\n\n10. c"),
+    ("<ul><li>a</li><ul><li>b</li><ol><li>c</li></ol></ul>text</ul>", "- a\n\n  - b\n\n    1. c\n\ntext"),
 ])
 def test_a_nested_list_is_indented(html, text):
     """Found by a tester: a list inside a list item was written at the left margin, so its items read as
-    siblings of their parent (html2text indents them)."""
+    siblings of their parent (html2text indents them); so was a list directly in a list (no `<li>` around it),
+    which browsers indent."""
     assert html_to_text(html) == text
 
 
@@ -283,6 +288,15 @@ def test_a_no_break_space_is_a_space_outside_code_blocks(tmp_path):
     assert tokens == ["Why", "Ġdoes", "Ġpaste", "Ġfail", "?"]
 
 
+@pytest.mark.parametrize("space", ["\u2002", "\u2003", "\u2009", "\u200a", "\u202f", "\u205f", "\u3000", "\u1680"])
+def test_every_unicode_space_separator_is_a_space_outside_code_blocks(space):
+    """As U+00A0: a thin space in "5\u2009kg" or U+3000 before a paragraph stayed, each a token of its own for
+    the dolma2 tokenizer; the site shows a space. Code keeps its bytes; titles are text too."""
+    assert html_to_text(f"<p>{space}5{space}kg and{space} {space}more</p><pre>a{space}b</pre>") == \
+        f"5 kg and more\n\na{space}b"
+    assert se.question_text(f"Why{space}not?{space}", "") == "Why not?"
+
+
 # Outputs of html_to_text over `_RULES_SAMPLE`, pinned with the revision that produced them: a change of
 # the converted text without a new CONVERSION_REVISION would leave stored documents sets in use.
 _RULES_SAMPLE = (
@@ -293,9 +307,11 @@ _RULES_SAMPLE = (
     "<hr><ol><li>a<ul><li>b</li></ul></li></ol><hr>c<hr>",
     "<ul><li><blockquote><p>q</p></blockquote><p>a&nbsp;\u00a0b</p></li><li><ol><li>c</li></ol></li></ul>"
     "<pre>d\u00a0e</pre>",
+    "<ul><li>a</li><ul><li>b\u2009c\u3000d</li></ul></ul><pre>e\u2009f</pre>",
 )
-_RULES_AT_REVISION = (8, ("1. a\n\n2. make\n\nb\n\n- c", "| A\n\nx | 1", "one two\nthree & x y\n\n  code\n\nh\n\nz",
-                          "> q\n> r\n\ns", "1. a\n\n   - b\n\n---\n\nc", "- > q\n\na b\n\n- 1. c\n\nd\u00a0e"))
+_RULES_AT_REVISION = (9, ("1. a\n\n2. make\n\nb\n\n- c", "| A\n\nx | 1", "one two\nthree & x y\n\n  code\n\nh\n\nz",
+                          "> q\n> r\n\ns", "1. a\n\n   - b\n\n---\n\nc", "- > q\n\na b\n\n- 1. c\n\nd\u00a0e",
+                          "- a\n\n  - b c d\n\ne\u2009f"))
 
 
 def test_a_change_of_the_converted_text_comes_with_a_new_conversion_revision():
