@@ -22,11 +22,12 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
+from typing import Mapping, NamedTuple
 
 from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import (
-    MINHASH_DEFAULTS, Manifest, SourceSpec, format_count, load_named_manifest, manifest_from_dict, parse_count,
-    read_manifest_json,
+    MINHASH_DEFAULTS, Manifest, SourceSpec, errors_named, format_count, load_named_manifest, manifest_from_dict,
+    parse_count, read_manifest_json, resolve_relative,
 )
 from dolmino.plan import Plan, make_plan, markdown_text, render_table, share_text
 from dolmino.py_files import PY_FILES_HELP, explained, import_py_files, py_files
@@ -55,6 +56,7 @@ class ManifestDiff:
     plan_errors: dict[str, str] = field(default_factory=dict)  # "before"/"after" -> why no plan
     tagging: list[str] | None = None  # what `dolmino tag` must do again for B (`_tagging`); None: not assessed
     tagging_error: str | None = None  # why it was not assessed
+    unhashed: list[str] = field(default_factory=list)  # models and indexes `_tagging` keyed by name, not bytes
     labels: tuple[str | None, str | None] = (None, None)  # A and B as named on the command line where REV:PATH
 
     @property
@@ -195,27 +197,28 @@ def _budget_change(a: Manifest, b: Manifest) -> Change | None:
     return Change("budget", before + how[0], after + how[1])
 
 
-def _tagging(a: Manifest, b: Manifest) -> list[str]:
+def _tagging(a: Manifest, b: Manifest, locked: Mapping[str, str] | None = None) -> tuple[list[str], list[str]]:
     """Per source of B, the attribute sets its mix reads that a tag of A did not write: what `dolmino tag`
     must do again (a reviewer of a threshold change asks whether the PR re-reads a 4 TB pool; the diff
-    did not say). The sets are named as a build names them (`build.tag.tag_plans`): a score filter's new
-    threshold reuses its set, a verdict filter's does not, a cascade filter follows the filters before
-    it, a renamed source is a new one. Models and indexes compare by where the manifests name them
-    (`dolmino lock --check` checks their bytes), the tokenizer as the build keys it (`_tokenizer_keys`),
-    MinHash by its parameters and the source's paths. Files that only B's paths (or data root) name are
-    new to every set: the sets keep their names, and the diff said "Nothing to tag again" where
-    `dolmino mix` then refused (a tester)."""
-    from dolmino.build.resources import Resource, file_params
+    did not say), and the models and indexes keyed by where they are named (`_resources`). The sets are
+    named as a build names them (`build.tag.tag_plans`): a score filter's new threshold reuses its set, a
+    verdict filter's does not, a cascade filter follows the filters before it, a renamed source is a new
+    one. Models and indexes are keyed as the build keys them, by their bytes (`_resources`; A's as its
+    lockfile records them, `locked`), the tokenizer too (`_tokenizer_keys`), MinHash by its parameters and
+    the source's paths. Files that only B's paths (or data root) name are new to every set: the sets keep
+    their names, and the diff said "Nothing to tag again" where `dolmino mix` then refused (a tester)."""
     from dolmino.build.tag import tag_plans
 
     tokenizer_keys = _tokenizer_keys(a, b)
+    resources = _resources(a, b)
+    # A model replaced at the path both name is the same file now: what a tag of A read is what A's lock says.
+    resources_a = {uri: r._replace(sha256=locked[uri]) if uri in (locked or {}) and not r.sha256.startswith(NAMED)
+                   else r for uri, r in resources.items()}
 
-    def plans(m: Manifest, tokenizer_key: str) -> dict:
-        files = {spec[k] for s in m.sources for spec in s.filters for k in file_params(spec)}
-        resources = {f: Resource(f, f"named:{f}", False) for f in files}
-        return {p.name: p for p in tag_plans(m, resources, tokenizer_key, [], check_indexes=False)}
+    def plans(m: Manifest, tokenizer_key: str, keyed: dict) -> dict:
+        return {p.name: p for p in tag_plans(m, keyed, tokenizer_key, [], check_indexes=False)}
 
-    plans_a, plans_b = plans(a, tokenizer_keys[0]), plans(b, tokenizer_keys[1])
+    plans_a, plans_b = plans(a, tokenizer_keys[0], resources_a), plans(b, tokenizer_keys[1], resources)
     paths_a = {s.name: s.paths for s in a.sources}
     lines = []
     for source in b.sources:
@@ -242,7 +245,35 @@ def _tagging(a: Manifest, b: Manifest) -> list[str]:
             again.append(f"every {'other ' if again else ''}set for the files its new paths add ({', '.join(added)})")
         if again:
             lines.append(f"{source.name}: {', '.join(again)}")
-    return lines
+    return lines, sorted(uri for uri, r in resources.items() if r.sha256.startswith(NAMED))
+
+
+def _resources(*manifests: Manifest) -> dict:
+    """Every model and index the manifests' filters name, keyed as the build's attribute sets key them
+    (`build.resources.keyed_spec`): a local file or directory by its SHA-256 (`local_digest`), each hashed
+    once however many filters or manifests name it. Keyed by path, a model replaced at the same path read
+    "unchanged" and a byte-identical copy at a new path as a new set, the opposite of what `dolmino mix`
+    then did (a reviewer). An s3:// one, not fetched to compare two manifests, and one that is not there,
+    whose bytes are not known, are keyed by where they are named (`NAMED`)."""
+    from dolmino.build.resources import Resource, file_params, local_digest
+
+    out: dict = {}
+    digests: dict[str, tuple[str, bool]] = {}  # by real path: one file under two spellings is hashed once
+    for m in manifests:
+        for uri in (spec[k] for s in m.sources for spec in s.filters for k in file_params(spec)):
+            if uri in out:
+                continue
+            if uri.startswith("s3://") or not os.path.exists(uri):
+                out[uri] = Resource(uri, f"{NAMED}{uri}", False)
+                continue
+            real = os.path.realpath(uri)
+            if real not in digests:
+                digests[real] = local_digest(real)
+            out[uri] = Resource(uri, *digests[real])
+    return out
+
+
+NAMED = "named:"  # a resource keyed by where it is named (`_resources`), its bytes not read
 
 
 def _tokenizer_keys(a: Manifest, b: Manifest) -> tuple[str, str]:
@@ -264,8 +295,10 @@ def _tokenizer_keys(a: Manifest, b: Manifest) -> tuple[str, str]:
         return tuple(repr(sorted(vars(s).items())) for s in specs)
 
 
-def diff_manifests(a: Manifest, b: Manifest, budget: int | None = None, with_plan: bool = True) -> ManifestDiff:
-    """Everything that differs between two manifests, and both plans (at `budget` if given)."""
+def diff_manifests(a: Manifest, b: Manifest, budget: int | None = None, with_plan: bool = True,
+                   locked: Mapping[str, str] | None = None) -> ManifestDiff:
+    """Everything that differs between two manifests, and both plans (at `budget` if given). `locked`: the
+    SHA-256 of A's models and indexes by resolved path, as A's lockfile records them (`Version.locked`)."""
     d = ManifestDiff(a, b)
     for attr in ("name", "version", "kind", "seed"):
         _compare(attr, getattr(a, attr), getattr(b, attr), d.fields)
@@ -295,7 +328,7 @@ def diff_manifests(a: Manifest, b: Manifest, budget: int | None = None, with_pla
         d.fields.append(Change("sources (order)", [n for n in names_a if n in names_b], common))
     if with_plan:
         try:
-            d.tagging = _tagging(a, b)
+            d.tagging, d.unhashed = _tagging(a, b, locked)
         except (BuildError, ManifestError, ImportError, OSError, ValueError) as exc:  # a scorer that cannot load
             d.tagging, d.tagging_error = None, str(exc)
         for label, m in (("before", a), ("after", b)):
@@ -393,7 +426,11 @@ def render_diff(d: ManifestDiff, fmt: str = "text") -> str:
             lines += [f"- {prose(line)}" for line in d.tagging]
         else:
             lines.append("Nothing to tag again: every attribute set the mix reads is one a tag of the manifest "
-                         "before wrote (models and indexes as named: dolmino lock --check checks their bytes).")
+                         "before wrote (models and indexes by their bytes: the manifest before's as its lockfile "
+                         "records them, else as they are now).")
+        if d.unhashed:
+            lines.append(prose(f"Compared by where they are named, their bytes not read here: {', '.join(d.unhashed)}"
+                               " (s3://, not fetched to compare manifests, or not there)."))
         lines.append("")
     lines += [heading("Plan before and after"), ""]
     if d.plan_a or d.plan_b:
@@ -422,7 +459,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "seeds, output settings, the attribute sets dolmino tag must write again, and both plans side "
                     "by side (text fit for a pull-request comment).")
     parser.add_argument("before", help="the manifest as it was (A.json), or git's REV:PATH (main:manifests/50B.json: "
-                                       "that version, its relative paths resolved as if it lay at PATH)")
+                                       "that version, its relative paths resolved as if it lay at PATH; :PATH is "
+                                       "the staged one)")
     parser.add_argument("after", help="the manifest as proposed (B.json, or REV:PATH)")
     parser.add_argument("--format", choices=FORMATS, default="text", help="output format")
     parser.add_argument("--budget", default=None, help="plan both mix manifests at this budget (default: each "
@@ -434,8 +472,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-# git's spelling of a file at a revision: `main:manifests/50B.json`, `HEAD~1:./m.json` (not a URL's scheme)
-_REVISION_PATH = re.compile(r"^(?P<rev>[^:/\s][^:\s]*):(?P<path>[^/].*)$")
+# git's spelling of a file at a revision: `main:manifests/50B.json`, `HEAD~1:./m.json`, or in the index (what
+# `git add` staged): `:manifests/50B.json`, `:0:manifests/50B.json` (`gitrevisions(7)`; not a URL's scheme)
+_REVISION_PATH = re.compile(r"^(?P<rev>[^:/\s][^:\s]*|:[0-3])?:(?P<path>.+)$")
 
 
 def _revision_path(spec: str) -> re.Match | None:
@@ -444,18 +483,20 @@ def _revision_path(spec: str) -> re.Match | None:
     return None if found is None or os.path.exists(spec) or "://" in spec else found
 
 
-def load_version(spec: str) -> Manifest:
-    """The manifest file `spec`, or, where no such file exists, `REV:PATH` as git names a file at a
-    revision (`main:manifests/50B.json`; a path from the repository's top, or `./`-relative from here):
-    that version's text, read as if it lay at PATH in this checkout, so its relative data root, output
-    and index paths resolve as the working copy's do. A reviewer's `git show main:m.json > /tmp/m.json`
-    resolved them from /tmp: every source read as moved to another data root, every set due (a reviewer)."""
-    found = _revision_path(spec)
-    if found is None:
-        return load_named_manifest(spec)
+def _git_show(spec: str, rev: str, path: str) -> tuple[bytes, str]:
+    """The bytes of `rev`:`path` as git shows them, and the repository's top; one ManifestError where git
+    gives none. A PATH git does not take is refused here in one line, not read as a file of that name: git
+    reads PATH from the repository's top (or ./-relative), never from /, and `:/text` is the youngest
+    commit whose message matches (`main:/abs/m.json` was "manifest file not found", a tester)."""
     import subprocess
 
-    rev, path = found.group("rev"), found.group("path")
+    if path.startswith("/"):
+        if not rev:
+            raise ManifestError(f"{spec}: git reads ':/TEXT' as the newest commit whose message matches TEXT, not as a "
+                                "file; name a staged manifest from the repository's top (:manifests/50B.json) or from "
+                                "here (:./50B.json)")
+        raise ManifestError(f"{spec}: git reads REV:PATH with PATH from the repository's top "
+                            f"({rev}:manifests/50B.json) or from here ({rev}:./50B.json), not an absolute path")
     try:
         top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True)
         shown = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, check=True)
@@ -472,15 +513,56 @@ def load_version(spec: str) -> Manifest:
                             f"({why or 'git failed'})") from None
     if shown.stdout.startswith(b"tree "):  # git show's listing of a directory: "not valid JSON" said no more
         raise ManifestError(f"{spec}: is a directory at that revision, not a manifest file")
-    where = os.path.abspath(path) if path.startswith(("./", "../")) else os.path.join(top.stdout.strip(), path)
+    return shown.stdout, top.stdout.strip()
+
+
+class Version(NamedTuple):
+    """A manifest as `dolmino diff` names it, and what a tag of it read."""
+
+    manifest: Manifest
+    label: str | None  # `spec` where it names a git revision, else None (the manifest's path names it)
+    locked: dict[str, str]  # resolved model / index path -> SHA-256, from the lockfile beside it (`_locked`)
+
+
+def _locked(manifest: Manifest, content: bytes | None) -> dict[str, str]:
+    """The digests a lockfile (`dolmino lock`) records of the manifest's models and indexes, by resolved
+    path; {} without one. One that does not read pins nothing here (`dolmino lock --check` names it)."""
     try:
-        text = shown.stdout.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"{spec}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    try:
-        return manifest_from_dict(read_manifest_json(spec, text), where)
-    except ManifestError as exc:
-        raise (exc if str(exc).startswith(spec) else ManifestError(f"{spec}: {exc}")) from None
+        resources = json.loads(content)["resources"] if content is not None else []
+        base = os.path.dirname(manifest.path)
+        return {resolve_relative(base, e["path"]): e["sha256"] for e in resources
+                if isinstance(e.get("path"), str) and isinstance(e.get("sha256"), str)}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def load_version(spec: str) -> Version:
+    """The manifest file `spec`, or, where no such file exists, `REV:PATH` as git names a file at a
+    revision (`main:manifests/50B.json`; `:manifests/50B.json` for the index; a path from the
+    repository's top, or `./`-relative from here): that version's text, read as if it lay at PATH in
+    this checkout, so its relative data root, output and index paths resolve as the working copy's do.
+    A reviewer's `git show main:m.json > /tmp/m.json` resolved them from /tmp: every source read as moved
+    to another data root, every set due (a reviewer). With it its lockfile's digests, read alike
+    (50B.json's 50B.lock.json, at the revision for REV:PATH)."""
+    from dolmino.lock import lock_path_for
+
+    found = _revision_path(spec)
+    if found is None:
+        manifest = load_named_manifest(spec)
+        try:
+            with open(lock_path_for(spec), "rb") as fh:
+                return Version(manifest, None, _locked(manifest, fh.read()))
+        except OSError:
+            return Version(manifest, None, {})
+    rev, path = found.group("rev") or "", found.group("path")
+    content, top = _git_show(spec, rev, path)
+    where = os.path.abspath(path) if path.startswith(("./", "../")) else os.path.join(top, path)
+    with errors_named(spec):
+        manifest = manifest_from_dict(read_manifest_json(spec, content), where)
+    import subprocess
+
+    lock = subprocess.run(["git", "show", f"{rev}:{lock_path_for(path)}"], capture_output=True)
+    return Version(manifest, spec, _locked(manifest, lock.stdout if lock.returncode == 0 else None))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -494,8 +576,9 @@ def main(argv: list[str] | None = None) -> int:
         shipped = py_files(args.py_files)
         import_py_files(shipped)
         budget = parse_count(args.budget, "--budget") if args.budget else None
-        d = diff_manifests(load_version(args.before), load_version(args.after), budget)
-        d.labels = tuple(spec if _revision_path(spec) else None for spec in (args.before, args.after))
+        before, after = load_version(args.before), load_version(args.after)
+        d = diff_manifests(before.manifest, after.manifest, budget, locked=before.locked)
+        d.labels = (before.label, after.label)
     except Exception as exc:  # noqa: BLE001 - one redacted line
         return errors.report(explained(exc, shipped))
     sys.stdout.write(render_diff(d, args.format))

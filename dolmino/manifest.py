@@ -39,6 +39,7 @@ import math
 import os
 import posixpath
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
@@ -64,6 +65,11 @@ MIX_DISAGREEMENT_PP = 0.5
 # the passes imply) before a warning: 0.5%, the tolerance to which the shipped manifests
 # reproduce OLMo's released mixes.
 PASSES_TOLERANCE = 0.005
+# Passes over one pool past which a plan and a build report warn, unless the source's own Source % asks for
+# more: the recipe repeats no pool more than 4 times (Table 13's 400%), and its microanneals found 4 copies
+# of scarce data no better than 2 (SPEC.md "Microanneals"). A Mix % share of a small pool repeated it 9.5x
+# unsaid (a reviewer).
+MAX_PASSES = 4.0
 MANIFEST_VERSIONS = (1, 2)
 MANIFEST_KINDS = ("mix", "pool")
 
@@ -372,6 +378,29 @@ def zero_target_warning(name: str, share_percent: float, budget: int) -> str:
     """A source the manifest gives a share that rounds to no token at this budget: it was dropped unsaid."""
     return (f"{name}: its share {share_text(share_percent)}% of the budget {format_count(budget)} is under one "
             "token: it gets 0 tokens at this budget (a larger budget or share takes it in)")
+
+
+def repetition_warning(name: str, passes: float, pool_tokens: int, stated_passes: float | None,
+                       estimated: bool = False) -> str | None:
+    """One line for a source that repeats its pool more than MAX_PASSES times, or than its own stated
+    passes where those are more (the manifest asked for them); None otherwise. `estimated`: the pool's
+    size is an estimate (a build report's, from bytes)."""
+    limit = max(MAX_PASSES, stated_passes or 0.0)
+    if passes <= limit * (1 + PASSES_TOLERANCE):
+        return None
+    asked = f"the {limit:.4g} its Source % asks" if limit > MAX_PASSES else (
+        f"the {limit:g} of OLMo 2's recipe (Table 13's most; its microanneals found 4 copies of scarce data no "
+        "better than 2)")
+    return (f"{name}: repeats its {'~' if estimated else ''}{format_count(pool_tokens)}-token pool {passes:.3g} times, "
+            f"more than {asked}; a larger pool, or a smaller share or budget, repeats it less")
+
+
+def repetition_warnings(rows: list[SourcePlanRow]) -> list[str]:
+    """`repetition_warning` of every planned source whose pool size is known."""
+    return [w for r in rows if r.pool_tokens and r.source_percent is not None
+            and (w := repetition_warning(r.name, r.source_percent / 100.0, r.pool_tokens,
+                                         None if r.source_percent_manifest is None
+                                         else r.source_percent_manifest / 100.0))]
 
 
 def plan_warnings(rows: list[SourcePlanRow], tolerance: float = PASSES_TOLERANCE) -> list[str]:
@@ -876,13 +905,16 @@ def _json_error(exc: json.JSONDecodeError) -> str:
     return f"line {exc.lineno}, column {exc.colno}: {exc.msg}"
 
 
-def read_manifest_json(path: str, text: str | None = None) -> Any:
-    """The parsed JSON of a manifest file (no schema check); every error names the file. `text`: its
-    content, read elsewhere (`dolmino diff`'s REV:PATH, from git), named by `path`."""
+def read_manifest_json(path: str, content: bytes | None = None) -> Any:
+    """The parsed JSON of a manifest file (no schema check); every error names the file. `content`: its
+    bytes, read elsewhere (`dolmino diff`'s REV:PATH, from git), named by `path`."""
+    text = None
     try:
-        if text is None:
+        if content is None:
             with open(path, encoding="utf-8-sig") as fh:
                 text = fh.read()
+        else:
+            text = content.decode("utf-8-sig")
         return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_not_json_constant,
                           parse_float=_finite_float, parse_int=_int64)
     except FileNotFoundError:
@@ -912,16 +944,24 @@ def load_manifest(path: str, data_root: str | None = None) -> Manifest:
     return manifest
 
 
-def load_named_manifest(path: str, data_root: str | None = None) -> Manifest:
-    """`load_manifest`, every error naming the file (a field's error, "seed: expected a non-negative
-    integer", did not say which manifest; found by testers of diff, lock and plan); --data-root's
-    errors name that option instead."""
+@contextmanager
+def errors_named(name: str, *named: str):
+    """Every ManifestError raised inside names `name` first, unless it already starts with it (or with
+    one of `named`): a field's error, "seed: expected a non-negative integer", did not say which
+    manifest (found by testers of diff, lock and plan)."""
     try:
-        return load_manifest(path, data_root)
+        yield
     except ManifestError as exc:
-        if str(exc).startswith((path, "--data-root")):
+        if str(exc).startswith((name, *named)):
             raise
-        raise ManifestError(f"{path}: {exc}") from None
+        raise ManifestError(f"{name}: {exc}") from None
+
+
+def load_named_manifest(path: str, data_root: str | None = None) -> Manifest:
+    """`load_manifest`, every error naming the file (`errors_named`); --data-root's errors name that
+    option instead."""
+    with errors_named(path, "--data-root"):
+        return load_manifest(path, data_root)
 
 
 LOCKFILE_SUFFIX = ".lock.json"
@@ -947,6 +987,11 @@ def check_files(paths: list[str], explain=None) -> int:
     for p in paths:
         try:
             m = load_manifest(p)
+            from dolmino.build.inputs import overlapping_paths
+
+            # what the build's listing refuses (`shared_inputs`), said here offline where the paths show it
+            if overlap := overlapping_paths(m):
+                raise ManifestError(overlap)
             if m.kind == "pool":
                 size = f"expects {format_count(m.budget)} tokens" if m.budget else "pool size not stated"
                 shares = "every source once"

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import (
-    Manifest, SourcePlanRow, format_bytes, format_count, load_named_manifest, parse_count, plan_warnings, share_text,
+    Manifest, SourcePlanRow, format_bytes, format_count, load_named_manifest, parse_count, plan_warnings,
+    repetition_warnings, share_text,
 )
 from dolmino.py_files import PY_FILES_HELP, explained, import_py_files, py_files
 
@@ -174,10 +175,14 @@ def list_source_inputs(manifest: Manifest) -> tuple[dict[str, SourceInputs], str
 
 def make_plan(manifest: Manifest, budget: int | None = None, list_files: bool = True) -> Plan:
     """The plan of `manifest` at `budget` (default: the manifest's); lists inputs when asked."""
+    from dolmino.build.select import MAX_COPIES
+
     budget, note = _budget(manifest, budget)
     rows = manifest.plan(budget)
+    refused = _copies_refused(rows)
+    repeated = repetition_warnings([r for r in rows if r.copies is None or r.copies < MAX_COPIES])  # refused says it
     plan = Plan(manifest, budget, note, rows, warnings=[*manifest.warnings, *_plan_warnings(manifest, budget, rows),
-                                                        *_copies_refused(rows)])
+                                                        *repeated, *refused])
     if list_files:
         plan.inputs, plan.inputs_note, listing_warnings = list_source_inputs(manifest)
         plan.warnings += listing_warnings

@@ -22,7 +22,9 @@ import platform
 import re
 
 from dolmino.errors import ManifestError
-from dolmino.manifest import PASSES_TOLERANCE, Manifest, format_bytes, format_count, share_text, zero_target_warning
+from dolmino.manifest import (
+    PASSES_TOLERANCE, Manifest, format_bytes, format_count, repetition_warning, share_text, zero_target_warning,
+)
 
 SHORTFALL_TOLERANCE = 0.005
 # How far an estimated pool (not every document tokenized) may be from the manifest's
@@ -425,6 +427,9 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
                             "a mix manifest's pool_tokens for it should say what the pool holds)")
         if manifest.kind != "pool" and manifest.passes_authority:
             warnings += _pool_size_missed(source, pool_tokens, exact, out_tokens, sel.target_tokens)
+        if manifest.kind != "pool" and pool_tokens and (repeated := repetition_warning(
+                f"source {source.name!r}", out_tokens / pool_tokens, pool_tokens, source.passes, not exact)):
+            warnings.append(repeated)  # as `dolmino plan` says it, of the pool as measured
         if manifest.kind != "pool" and not sel.target_tokens and fractions[source.name] > 0:
             # said by the plan's warnings where the build asked for them (passes manifests), else here
             zero = zero_target_warning(source.name, 100.0 * fractions[source.name], budget)

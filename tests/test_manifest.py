@@ -103,6 +103,35 @@ def test_a_lockfile_a_glob_names_is_skipped_by_check(tmp_path, capsys):
     assert "skip" not in capsys.readouterr().out  # fmt's stdout is the diff
 
 
+def test_check_refuses_two_sources_that_take_the_same_files(tmp_path, capsys):
+    """Found in review: `dolmino manifest check` (CI) passed a manifest whose sources' paths take the same
+    files (the build's listing refuses it, when the data is there): the same pattern twice, a file one
+    source names that another's glob matches, one source's directory (or `/**` tree) inside another's.
+    Said from the patterns alone, naming both sources and a file; patterns that only may meet pass."""
+    from dolmino.manifest import main
+
+    def check(web: str, also: str) -> str:
+        data = {**_base(), "data_root": "/data", "sources": [
+            {"name": "web", "paths": [web], "mix_percent": 50}, {"name": "also", "paths": [also], "mix_percent": 50}]}
+        (tmp_path / "m.json").write_text(json.dumps(data))
+        status = main(["check", str(tmp_path / "m.json")])
+        out = capsys.readouterr().out
+        assert status == (1 if out.startswith("BAD") else 0), out
+        return out
+
+    assert check("web/*.jsonl.zst", "web/b.jsonl.zst") == (
+        f"BAD {tmp_path / 'm.json'}: sources 'web' and 'also' both take /data/web/b.jsonl.zst (web: "
+        "/data/web/*.jsonl.zst, also: /data/web/b.jsonl.zst): each would read and mix it once per source; narrow the "
+        "paths so that a file is one source's (to take a source more than once, raise its source_percent or "
+        "mix_percent)\n")
+    assert "both take every file /data/web/a/*.jsonl matches (web: /data/web, also:" in check("web", "web/a/*.jsonl")
+    assert "both take every file /data/web/*.jsonl matches" in check("web/*.jsonl", "./web/*.jsonl")
+    assert "both take /data/web/a/b.json " in check("web/**", "web/a/b.json")
+    assert "both take every file s3://b/web/p/*.gz matches" in check("s3://b/web/", "s3://b/web/p/*.gz")
+    for apart in (("web/a*", "web/*b"), ("web", "webx/*.jsonl"), ("web/*", "web/sub"), ("web", "web/.cache/*.jsonl")):
+        assert check(*apart).startswith("ok "), apart
+
+
 def test_check_imports_a_custom_scorer_given_with_py_files(tmp_path, monkeypatch, capsys):
     """`dolmino manifest check` (CI's `make check-manifests`) had no --py-files: a manifest with a
     scorer that `dolmino build --py-files` builds was BAD ("cannot be imported") unless PYTHONPATH
@@ -355,6 +384,17 @@ def test_the_plan_says_a_budget_scale_once_and_names_a_source_it_gives_nothing()
     assert plan_warnings(m.plan(1_000_000)) == []
     passes = manifest_from_dict(_passes_manifest())
     assert [w.split(":")[0] for w in plan_warnings(passes.plan(1))] == ["web", "budget"]
+
+
+def test_a_pool_repeated_past_the_recipe_or_its_own_source_percent_is_one_line():
+    """What `dolmino plan` says of planned passes and a build's report of measured ones (`~`: a pool
+    size estimated from bytes); Table 13's 400% and a Source % that asks for more pass."""
+    from dolmino.manifest import repetition_warning
+
+    assert repetition_warning("web", 4.01, 1000, None) is None and repetition_warning("web", 9.5, 10, 9.5) is None
+    assert repetition_warning("source 'web'", 5.05, 198_070, None, estimated=True).startswith(
+        "source 'web': repeats its ~198K-token pool 5.05 times, more than the 4 of OLMo 2's recipe (Table 13's most;")
+    assert "more than the 9.5 its Source % asks;" in repetition_warning("math", 16.5, 50, 9.5)
 
 
 def test_mix_percent_that_do_not_sum_to_100_are_said_to_be_rescaled(tmp_path, capsys):

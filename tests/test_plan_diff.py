@@ -29,7 +29,7 @@ from conftest import REPO
 from dolmino import diff as diff_cmd
 from dolmino import plan as plan_cmd
 from dolmino.diff import diff_manifests, render_diff
-from dolmino.manifest import load_manifest
+from dolmino.manifest import load_manifest, manifest_from_dict
 from dolmino.plan import make_plan
 
 MANIFESTS = REPO / "manifests"
@@ -422,6 +422,109 @@ def test_diff_keys_the_tokenizer_by_its_bytes_as_the_build_does(tmp_path):
     assert tagging(other) == [f"{s['name']}: docs" for s in a["sources"]]
 
 
+def test_diff_keys_models_and_indexes_by_their_bytes_as_the_build_does(tmp_path, monkeypatch):
+    """Found in review: models and indexes were compared by path while the build keys their attribute sets
+    by their bytes (`build.resources.keyed_spec`): a byte-identical copy at a new path read as sets to tag
+    again, a model replaced at the path both name as nothing to tag (the manifest before's lockfile says
+    what its tag read). Each file is hashed once per diff, however many filters and manifests name it; an
+    s3:// one is not fetched, and the diff says it compared it by name."""
+    from dolmino.build import resources
+
+    models = tmp_path / "models"
+    (models / "edu").mkdir(parents=True)
+    (models / "edu" / "weights.bin").write_bytes(b"edu")
+    for name, content in (("a.bin", b"model"), ("copy.bin", b"model"), ("other.bin", b"other model")):
+        (models / name).write_bytes(content)
+    a = json.loads((MANIFESTS / "pools" / "dclm.json").read_text())
+    a["sources"][0]["filters"][0]["model_path"] = str(models / "a.bin")
+    a["sources"][0]["filters"][1]["model_path"] = str(models / "edu")
+    pa, pb = tmp_path / "pools" / "a.json", tmp_path / "pools" / "b.json"
+    pa.parent.mkdir()
+    pa.write_text(json.dumps(a))
+    hashed = []
+    digest = resources.local_digest
+    monkeypatch.setattr(resources, "local_digest", lambda path: hashed.append(path) or digest(path))
+
+    def diff(model: str):
+        b = json.loads(json.dumps(a))
+        b["sources"][0]["filters"][0]["model_path"] = model
+        pb.write_text(json.dumps(b))
+        hashed.clear()
+        locked = diff_cmd.load_version(str(pa)).locked  # the lockfile beside the manifest before, if any
+        return diff_manifests(load_manifest(str(pa)), load_manifest(str(pb)), locked=locked)
+
+    d = diff(str(models / "copy.bin"))
+    assert (d.tagging, d.unhashed) == ([], [])
+    assert sorted(hashed) == sorted(os.path.realpath(models / n) for n in ("a.bin", "copy.bin", "edu"))
+    assert diff(str(models / "other.bin")).tagging == ["dclm: filters[0] fasttext_quality, filters[1] fineweb_edu"]
+    d = diff("s3://bucket/models/a.bin")
+    assert d.unhashed == ["s3://bucket/models/a.bin"] and d.tagging[0].startswith("dclm: filters[0] fasttext_quality")
+    assert ("Compared by where they are named, their bytes not read here: s3://bucket/models/a.bin (s3://, not "
+            "fetched to compare manifests, or not there).") in render_diff(d)
+    # retrained in place after `dolmino lock` of the manifest before, which records the bytes its tag read
+    lock = {"resources": [{"where": "sources[0].filters[0].model_path (dclm, fasttext_quality)",
+                           "path": "../models/a.bin", "sha256": resources.local_digest(str(models / "a.bin"))[0]}]}
+    (tmp_path / "pools" / "a.lock.json").write_text(json.dumps(lock))
+    assert diff(str(models / "a.bin")).tagging == []
+    (models / "a.bin").write_bytes(b"retrained")
+    assert diff(str(models / "a.bin")).tagging == ["dclm: filters[0] fasttext_quality, filters[1] fineweb_edu"]
+
+
+def test_diff_reads_the_index_as_git_does_and_refuses_what_git_does_not_read(tmp_path, monkeypatch, capsys):
+    """Found in review: `:manifests/m.json`, git's name for the staged file, and `HEAD:/abs/m.json` read as
+    files of those names ("manifest file not found"). The first reads the index as `git show` does; git
+    takes no absolute PATH (and `:/text` is its search of commit messages): each is refused in one line."""
+    import subprocess
+
+    spec = json.loads((MANIFESTS / "demo.json").read_text())
+    _git_repo_with(tmp_path, spec)
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "manifests" / "m.json"
+    path.write_text(json.dumps({**spec, "seed": 7}))
+    subprocess.run(["git", "add", "manifests/m.json"], check=True)
+    path.write_text(json.dumps({**spec, "seed": 8}))
+    for staged in (":manifests/m.json", ":0:manifests/m.json"):
+        assert diff_cmd.main(["HEAD:manifests/m.json", staged]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"manifest diff: HEAD:manifests/m.json -> {staged}\n") and \
+            re.search(r"seed\s+1124\s+7\n", out), out
+    absolute = ("git reads REV:PATH with PATH from the repository's top (HEAD:manifests/50B.json) or from here "
+                "(HEAD:./50B.json), not an absolute path")
+    search = ("git reads ':/TEXT' as the newest commit whose message matches TEXT, not as a file; name a staged "
+              "manifest from the repository's top (:manifests/50B.json) or from here (:./50B.json)")
+    for given, said in ((f"HEAD:{path}", absolute), (f":{path}", search)):
+        assert diff_cmd.main([given, "manifests/m.json"]) == 2
+        assert capsys.readouterr().err == f"dolmino diff: error: {given}: {said}\n"
+    (tmp_path / "manifests" / "latin1.json").write_bytes(b"\xff{}")  # read from git's bytes as from a file
+    subprocess.run(["git", "add", "manifests/latin1.json"], check=True)
+    assert diff_cmd.main([":manifests/latin1.json", "manifests/m.json"]) == 2
+    assert capsys.readouterr().err == ("dolmino diff: error: :manifests/latin1.json: not UTF-8 text (invalid start "
+                                       "byte at byte 0)\n")
+
+
+def test_plan_warns_of_a_pool_repeated_more_than_the_recipe_does(tmp_path, capsys):
+    """Found in review: the microanneal template filled as its description says (a candidate of 158M tokens,
+    a budget of a few billion) planned the candidate 9.5 times over without a word; the recipe repeats a pool
+    at most 4 times (Table 13) and its microanneals found 4 copies no better than 2. A Source % that asks
+    for more is the manifest's own maximum."""
+    spec = json.loads((MANIFESTS / "microanneal-template.json").read_text())
+    spec.update(budget="3B")
+    spec["sources"][1].update(name="gsm8k", pool_tokens="158M")
+    (tmp_path / "micro.json").write_text(json.dumps(spec))
+    assert plan_cmd.main([str(tmp_path / "micro.json"), "--no-inputs"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"gsm8k +158M +- +949\.4 +9 \+ 49\.4%", out), out
+    assert ("- gsm8k: repeats its 158M-token pool 9.49 times, more than the 4 of OLMo 2's recipe (Table 13's most; its "
+            "microanneals found 4 copies of scarce data no better than 2); a larger pool, or a smaller share or "
+            "budget, repeats it less") in out, out
+    passes = {"name": "p", "version": 2, "seed": 1, "sources": [
+        {"name": "web", "paths": ["w/*"], "source_percent": 10, "pool_tokens": "1000"},
+        {"name": "math", "paths": ["m/*"], "source_percent": 950, "pool_tokens": "50"}]}
+    assert make_plan(manifest_from_dict(passes), list_files=False).warnings == []  # as its Source % asks
+    assert make_plan(manifest_from_dict(passes), 1000, list_files=False).warnings[-1].startswith(
+        "math: repeats its 50-token pool 16.5 times, more than the 9.5 its Source % asks;")
+
+
 def test_plan_and_diff_import_a_scorer_from_py_files_as_the_build_does(tmp_path, capsys, monkeypatch):
     """Found by a tester: `dolmino build`, tag, mix and lock take --py-files for a score_threshold scorer
     that nothing puts on PYTHONPATH, but a reviewer's `dolmino plan` and `dolmino diff` of the same PR
@@ -748,7 +851,7 @@ def test_a_tagging_section_that_cannot_be_assessed_says_why(monkeypatch):
     Tagging section was left out without a word (a tester)."""
     import dolmino.diff as diff_mod
 
-    def cannot(a, b):
+    def cannot(*manifests_and_locked):
         raise ImportError("scorer 'mymod:score': module 'mymod' cannot be imported")
 
     monkeypatch.setattr(diff_mod, "_tagging", cannot)
