@@ -15,6 +15,29 @@ import sys
 if __package__ in (None, ""):  # run as a file (spark-submit dolmino/build_mix.py): import the project
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+
+def hold_spark_submit_py_files() -> tuple[int, list[str]]:
+    """(where they were, the entries) of spark-submit's own --py-files, taken off sys.path: its PythonRunner
+    puts them first on PYTHONPATH, before pyspark.zip (a .py as a directory of copies), so before the standard
+    library, and a `json.py` there replaced json in every import of dolmino's (a traceback; a reviewer). They
+    go back once `dolmino.py_files.refuse_submitted_shadowing` passed them. Only os and sys, which Python
+    imported at its start, are used before: no module of these entries can stand in for them."""
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not spark-submit's driver
+        return 0, []
+    given: list[str] = []
+    for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        if os.path.basename(entry) == "pyspark.zip":
+            held = [path for path in sys.path if path in given]
+            at = sys.path.index(held[0]) if held else 0
+            sys.path[:] = [path for path in sys.path if path not in held]
+            return at, held
+        if entry:
+            given.append(entry)
+    return 0, []  # no pyspark.zip: a PYTHONPATH spark-submit did not make
+
+
+_AT, _HELD = hold_spark_submit_py_files() if __name__ == "__main__" else (0, [])
+
 try:
     from dolmino.build.cli import main  # noqa: E402
 except ModuleNotFoundError as exc:
@@ -30,6 +53,14 @@ except ModuleNotFoundError as exc:
     sys.exit(2)
 
 if __name__ == "__main__":
+    from dolmino.errors import BuildError
+    from dolmino.py_files import refuse_submitted_shadowing
     from dolmino.stdout_pipe import run_main
 
+    try:
+        refuse_submitted_shadowing(_HELD)
+    except BuildError as exc:
+        print(f"build_mix: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.path[_AT:_AT] = _HELD
     sys.exit(run_main(main))

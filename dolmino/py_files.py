@@ -77,7 +77,7 @@ def _top_modules(path: str) -> set[str]:
     return found - {"__init__", "__main__"}
 
 
-def _refuse_shadowing(item: str, path: str) -> None:
+def _refuse_shadowing(item: str, path: str, flag: str = "--py-files") -> None:
     """A module of `path` named as a standard library module or as one of this project's packages (a
     scorer saved as `filters.py`) is refused: put before them on sys.path, it replaced dolmino's own
     package in the driver, which failed with "unexpected ModuleNotFoundError: No module named
@@ -90,8 +90,26 @@ def _refuse_shadowing(item: str, path: str) -> None:
             whose = "a package of dolmino's"
         else:
             continue
-        raise BuildError(f"--py-files {item}: its module {name!r} has the name of {whose}, which it would replace "
+        raise BuildError(f"{flag} {item}: its module {name!r} has the name of {whose}, which it would replace "
                          "or lose to; rename it, and the module where the manifest's scorer or your code names it")
+
+
+def refuse_submitted_shadowing(entries: list[str]) -> None:
+    """`_refuse_shadowing` for spark-submit's own --py-files (`spark.submit.pyFiles`): the sys.path entries
+    they made in its driver (build_mix.py takes them off sys.path until this passed: a .zip or .egg as
+    itself, each .py as a copy in a directory of copies, named by the file's name), or the files its
+    configuration lists. Only dolmino's own --py-files was checked: `spark-submit --py-files json.py
+    dolmino/build_mix.py` replaced the standard library's json in every import of the driver, which ended
+    in a traceback ("module 'json' has no attribute 'JSONDecoder'"; a reviewer)."""
+    flag = "spark-submit --py-files"
+    for entry in entries:
+        if os.path.isdir(entry):
+            for name in sorted(os.listdir(entry)):
+                if name.lower().endswith(".py"):
+                    _refuse_shadowing(name, os.path.join(entry, name), flag)
+        elif (entry.lower().endswith(".py") and os.path.isfile(entry)
+              or entry.lower().endswith(PY_FILE_SUFFIXES) and zipfile.is_zipfile(entry)):
+            _refuse_shadowing(entry, entry, flag)
 
 
 # A custom scorer the manifest check could not import: its module, and the module Python did not find.
@@ -99,11 +117,39 @@ _NOT_IMPORTED = re.compile(r"scorer '[^']*': module '([^']*)' cannot be imported
                            r"No module named '([^']*)'")
 
 
+# A file that code opened, missing: a .py's copy has no file beside it; in a zip, a path is "not a directory".
+_FILE_MISSING = re.compile(r"(?:FileNotFoundError|NotADirectoryError): \[Errno (?:2|20)\] [^:']*: '([^']+)'")
+
+
+def data_file_hint(message: str, code_roots: list[str]) -> str | None:
+    """What to do where `message` says a file was missing that lies in one of `code_roots` (the directory of
+    a .py's copy, a zip): a scorer that opens a data file beside its module (`Path(__file__).with_name(
+    "vocab.txt")`) ran with PYTHONPATH in local mode and failed on a cluster, since --py-files ships the code
+    alone; the error named a copy's directory, gone with the session, and nothing to do (a reviewer). The
+    filter's model_path is the way that travels: shipped to every executor, checked by SHA-256, part of the
+    scores' key and of the lock, which a file packed beside the code is not."""
+    missing = _FILE_MISSING.search(message)
+    if missing is None:
+        return None
+    path = missing.group(1)
+    root = next((r for r in code_roots if path.startswith(r.rstrip(os.sep) + os.sep)), None)
+    if root is None:
+        return None
+    return (f"{path[len(root):].lstrip(os.sep)}, which the scorer's code opens beside itself, does not travel with it "
+            "(--py-files ships code alone, as copies): name it as the filter's model_path (a directory for several "
+            "files), which the build ships to every executor and passes to the scorer's callable as model_path=, "
+            "and open that")
+
+
 def import_hint(message: str, files: list[str]) -> str | None:
     """What to do, where a manifest check's `message` says a custom scorer cannot be imported: its own
     module not found asks for --py-files; a module of its own beside a .py file that --py-files gave
     (`files`, as `py_files` returns them), which was not given, asks for that file: the .py travels
-    alone (copied here, shipped alone to executors), and the error named no file to add (a tester)."""
+    alone (copied here, shipped alone to executors), and the error named no file to add (a tester).
+    A data file its module opens beside itself as it is imported: `data_file_hint`."""
+    roots = [os.path.dirname(copy) for copy in _COPIED] + [f for f in files if not f.lower().endswith(".py")]
+    if hint := data_file_hint(message, roots):
+        return hint
     missing = _NOT_IMPORTED.search(message)
     if missing is None:
         return None

@@ -387,12 +387,13 @@ def s3_failure_message(exc: BaseException) -> str | None:
 _PLACE_ERRNOS = frozenset((errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT))
 
 
-def place_remedy(code: int) -> str:
+def place_remedy(code: int, user: str = "this user") -> str:
     """What to do about a place an OSError of errno `code` (one of _PLACE_ERRNOS) found full, read-only
-    or forbidden: "build_mix: error: .../report.html: No space left on device" said nothing of it (a tester)."""
+    or forbidden (to `user`: an executor's is not the driver's): "build_mix: error: .../report.html: No
+    space left on device" said nothing of it (a tester)."""
     if code in (errno.ENOSPC, errno.EDQUOT):
         return "free space there"
-    return "make it writable" if code == errno.EROFS else "give this user access to it"
+    return "make it writable" if code == errno.EROFS else f"give {user} access to it"
 
 
 class cli_errors:  # noqa: N801 - used like a function: @cli_errors("prog") / with cli_errors("prog")

@@ -234,3 +234,120 @@ def test_the_refused_module_names_are_the_projects_packages():
     declared = {name.strip().strip('"').rstrip("*") for name in include.split(",")}
     assert set(PROJECT_PACKAGES) == declared
     assert set(PACKAGES) == declared - {"trainer"}
+
+
+@pytest.mark.parametrize("shipped", ["json.py", "code.zip"])
+def test_spark_submits_own_py_files_named_as_a_standard_module_or_a_dolmino_package_are_refused(tmp_path, shipped):
+    """`spark-submit --py-files json.py dolmino/build_mix.py ...`: spark-submit's PythonRunner puts its
+    --py-files first on the driver's PYTHONPATH (a .py as a directory of copies), before pyspark.zip and the
+    standard library, and json.py replaced json in dolmino's imports: a traceback ("module 'json' has no
+    attribute 'JSONDecoder'"; a reviewer). A subprocess: the shadowing happens as Python starts, from
+    PYTHONPATH; the refusal comes before any Spark call (the gateway port is never dialled)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    copies = tmp_path / "localPyFiles-1"  # as PythonRunner copies a .py
+    copies.mkdir()
+    if shipped == "json.py":
+        (copies / "json.py").write_text(_SCORER.format(scale=100))
+        entry, said = copies, "json.py: its module 'json' has the name of a module of Python's standard library"
+    else:
+        entry = tmp_path / "code.zip"
+        with zipfile.ZipFile(entry, "w") as zf:
+            zf.writestr("filters.py", _SCORER.format(scale=100))
+        said = f"{entry}: its module 'filters' has the name of a package of dolmino's"
+    spark_python = tmp_path / "spark" / "pyspark.zip"  # only its name marks where spark-submit's entries end
+    script = Path(__file__).resolve().parents[1] / "dolmino" / "build_mix.py"
+    env = {**os.environ, "PYSPARK_GATEWAY_PORT": "1", "PYTHONPATH": f"{entry}{os.pathsep}{spark_python}"}
+    result = subprocess.run([sys.executable, str(script), "--manifest", _manifest(tmp_path)], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr.splitlines()) == (2, [
+        f"build_mix: error: spark-submit --py-files {said}, which it would replace or lose to; rename it, and the "
+        "module where the manifest's scorer or your code names it"])
+
+
+def test_spark_submits_own_py_files_wait_off_sys_path_until_checked(tmp_path, monkeypatch):
+    """build_mix.py takes spark-submit's entries (those of PYTHONPATH before pyspark.zip) off sys.path before
+    it imports dolmino, and puts them back where they were once checked; the user's own PYTHONPATH, after
+    pyspark.zip, stays; a driver not started by spark-submit keeps its path."""
+    from dolmino.build_mix import hold_spark_submit_py_files
+
+    copies, code, own = str(tmp_path / "localPyFiles-1"), str(tmp_path / "code.zip"), str(tmp_path / "own")
+    path = ["/script/dir", copies, code, "/spark/pyspark.zip", own, "/stdlib"]
+    monkeypatch.setattr(sys, "path", list(path))
+    monkeypatch.setenv("PYTHONPATH", f"{copies}:{code}:/spark/pyspark.zip:{own}")
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+    assert hold_spark_submit_py_files() == (0, []) and sys.path == path
+    monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "1")
+    assert hold_spark_submit_py_files() == (1, [copies, code])
+    assert sys.path == ["/script/dir", "/spark/pyspark.zip", own, "/stdlib"]
+
+
+def test_spark_defaults_py_files_named_as_a_standard_module_are_refused(tmp_path):
+    """spark.submit.pyFiles of spark-defaults.conf under `dolmino build` (whose session adds them), as
+    spark-submit's own --py-files are refused."""
+    from dolmino.build.cli import ship_py_files
+    from dolmino.errors import BuildError
+
+    (tmp_path / "json.py").write_text("")
+    with pytest.raises(BuildError, match=rf"^spark-submit --py-files {tmp_path / 'json.py'}: its module 'json' has "
+                                         "the name of a module of Python's standard library, which it would replace"):
+        ship_py_files(_Context({"spark.submit.pyFiles": f"file://{tmp_path / 'json.py'}"}), [])
+
+
+_DATA_FILE_HINT = ("vocab.txt, which the scorer's code opens beside itself, does not travel with it (--py-files ships "
+                   "code alone, as copies): name it as the filter's model_path (a directory for several files), which "
+                   "the build ships to every executor and passes to the scorer's callable as model_path=, and open "
+                   "that")
+
+
+@pytest.mark.parametrize("where", ["py", "zip", "elsewhere"])
+def test_a_data_file_beside_a_shipped_scorer_says_to_give_it_as_model_path(where):
+    """A scorer that opens `Path(__file__).with_name("vocab.txt")` ran in local mode with PYTHONPATH and
+    failed on a cluster, whose executors import a copy of its code without the file, with "[Errno 2] No
+    such file or directory: '.../userFiles-<uuid>/vocab.txt'" and nothing to do (a reviewer). A file
+    missing elsewhere is the scorer's own business."""
+    class PythonException(Exception):  # what a failed task raises on the driver, by name
+        pass
+
+    files = "/tmp/spark-1/userFiles-2"
+    code, missing, error = {
+        "py": (f"{files}/vocab_scorer.py", f"{files}/vocab.txt", "FileNotFoundError: [Errno 2] No such file or "
+                                                                 "directory"),
+        "zip": (f"{files}/scorers.zip/mypkg/scorer.py", f"{files}/scorers.zip/mypkg/vocab.txt",
+                "NotADirectoryError: [Errno 20] Not a directory"),
+        "elsewhere": (f"{files}/vocab_scorer.py", "/data/vocab.txt", "FileNotFoundError: [Errno 2] No such file or "
+                                                                     "directory"),
+    }[where]
+    line = (f"scorer 'vocab_scorer:VocabScorer': constructing it raised {error}: '{missing}' (input web/a.jsonl, "
+            "lines 1-5)")
+    frames = (f'  File "{code}", line 8, in __init__\n    self.vocab = read(Path(__file__).with_name("vocab.txt"))\n'
+              '  File "/usr/lib/python3.11/pathlib.py", line 1044, in open\n    return io.open(self, mode)\n')
+    said = executor_failure(PythonException(f"Traceback ...\nfilters.quality.ScorerError: {line}\n{frames}"))
+    hint = _DATA_FILE_HINT.replace("vocab.txt", "mypkg/vocab.txt") if where == "zip" else _DATA_FILE_HINT
+    assert said == f"in an executor: ScorerError: {line}" + ("" if where == "elsewhere" else f"; {hint}")
+
+
+def test_a_data_file_a_scorer_module_opens_as_it_is_imported_says_to_give_it_as_model_path(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """The same read at the module's top: the driver imports a copy of a --py-files .py, and the manifest
+    check said "cannot be imported: FileNotFoundError" naming the copy's directory, gone when the command
+    ended."""
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "vocab.txt").write_text("word\n")
+    (tmp_path / "code" / "pyfiles_vocab_scorer.py").write_text(
+        "from pathlib import Path\n\nVOCAB = Path(__file__).with_name('vocab.txt').read_text()\n\n"
+        + _SCORER.format(scale=100))
+    spec = json.loads(open(_manifest(tmp_path)).read())
+    spec["sources"][0]["filters"] = [{"type": "score_threshold", "scorer": "pyfiles_vocab_scorer:Scorer"}]
+    (tmp_path / "m.json").write_text(json.dumps(spec))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    try:
+        assert main([str(tmp_path / "m.json"), "--out", str(tmp_path / "out"), "--py-files",
+                     str(tmp_path / "code" / "pyfiles_vocab_scorer.py")], "tag") == 2
+    finally:
+        sys.modules.pop("pyfiles_vocab_scorer", None)
+    [said] = capsys.readouterr().err.splitlines()
+    assert "module 'pyfiles_vocab_scorer' cannot be imported: FileNotFoundError: [Errno 2] No such file or " in said
+    assert said.endswith(f"(filter 'score_threshold'); {_DATA_FILE_HINT}")

@@ -1229,3 +1229,32 @@ def test_a_read_only_spark_scratch_space_is_not_told_to_free_space():
                                          "spark.local.dir=DIR), then rerun"), said
             else:
                 assert remedy.startswith("free space there or point it at a larger disk (spark-submit --conf "), said
+
+
+def test_a_forbidden_place_in_an_executor_says_what_to_do_and_that_the_rerun_resumes():
+    """An executor that may not write (a directory of the output made by another user, spark.local.dir
+    without permission) failed with "PermissionError: [Errno 13] Permission denied: '...'" and no advice,
+    or Spark's Java stack, where the driver's equivalents say what to do and that the rerun resumes (a
+    reviewer; reproduced with a 555 directory under `unshare -U`)."""
+    class PythonException(Exception):  # what a failed task raises on the driver, by name
+        pass
+
+    class Py4JJavaError(Exception):
+        pass
+
+    rerun = "then rerun the same command (finished attribute files and parts are kept)"
+    for code, strerror in ((13, "Permission denied"), (1, "Operation not permitted")):
+        said = executor_failure(PythonException(f"Traceback ...\nPermissionError: [Errno {code}] {strerror}: "
+                                                "'/mnt/attributes/web/docs-1046fb145bdb'\n"))
+        assert said == (f"in an executor: PermissionError: [Errno {code}] {strerror}: '/mnt/attributes/web/docs-"
+                        "1046fb145bdb'; give the executors' user access to it or give the build another location, "
+                        f"{rerun}")
+    for java in ("Job aborted due to stage failure: java.nio.file.AccessDeniedException: /scratch/blockmgr-1/0e\n"
+                 "\tat sun.nio.fs.UnixException.translateToIOException(UnixException.java:90)\n",
+                 "Job aborted due to stage failure: java.io.FileNotFoundException: /scratch/blockmgr-1/0e/shuffle_0_0"
+                 "_0.data (Permission denied)\n\tat java.io.FileOutputStream.open0(Native Method)\n"):
+        assert executor_failure(Py4JJavaError(java)) == (
+            "in an executor: Spark's scratch space: Permission denied: /scratch/blockmgr-1/0e"
+            + ("/shuffle_0_0_0.data" if "shuffle" in java else "") + " (its shuffle and spill files, in "
+            "spark.local.dir; SPARK_LOCAL_DIRS or YARN's LOCAL_DIRS on a cluster's nodes): make it writable for the "
+            f"executors' user or point it at a writable disk (spark-submit --conf spark.local.dir=DIR), {rerun}")

@@ -21,7 +21,8 @@ from dolmino.build.inputs import DEFAULT_SPLIT_BYTES, DEFAULT_TASK_BYTES
 from dolmino.errors import BuildError, ManifestError
 from dolmino.manifest import expand_home, format_count
 from dolmino.prefetch import DEFAULT_READ_AHEAD
-from dolmino.py_files import PY_FILES_HELP, explained, import_py_files, own_module_missing, py_files
+from dolmino.py_files import (PY_FILES_HELP, data_file_hint, explained, import_py_files, own_module_missing,
+                              py_files, refuse_submitted_shadowing)
 from dolmino.s3 import local_path, place_remedy
 
 PHASES = {
@@ -247,6 +248,8 @@ def ship_py_files(sc, files: list[str]) -> None:
             parsed = urlparse(uri)
             path = parsed.path if parsed.scheme in ("", "file", "local") else uri
             shipped.setdefault(os.path.basename(parsed.path), (path, key == "spark.submit.pyFiles"))
+            if key == "spark.submit.pyFiles" and parsed.scheme in ("", "file", "local"):  # spark-defaults.conf's
+                refuse_submitted_shadowing([path])  # under `dolmino build` (spark-submit's build_mix.py did already)
     for path in files:
         other, as_code = shipped.get(os.path.basename(path), (path, False))
         if os.path.abspath(other) != path:
@@ -281,11 +284,16 @@ _EXECUTOR_ERRORS = re.compile(
 # A module the driver imports and an executor's Python cannot: the node's environment is not the driver's.
 _MODULE_MISSING = re.compile(r"^ModuleNotFoundError: No module named '([^']+)'$", re.MULTILINE)
 
-# A full or read-only place: in an executor's Python (an OSError naming it, storage.naming), said what to do;
-# in Spark's JVM, writing its shuffle and spill files into spark.local.dir, a 150-line Java stack on the console
-# and an "unexpected Py4JJavaError" line of 8,000 characters, exit 1 (found by a tester).
-_PLACE_ERRNO = re.compile(r"^\[Errno (28|122|30)\] ")
-_JVM_PLACE = re.compile(r"java\.io\.IOException: (No space left on device|Disk quota exceeded|Read-only file system)")
+# A full, read-only or forbidden place: in an executor's Python (an OSError naming it, storage.naming), said what
+# to do (a forbidden one said only "[Errno 13] Permission denied: ...", where the driver's said what to do; a
+# reviewer); in Spark's JVM, writing its shuffle and spill files into spark.local.dir, a 150-line Java stack on the
+# console and an "unexpected Py4JJavaError" line of 8,000 characters, exit 1 (found by a tester).
+_PLACE_ERRNO = re.compile(r"^\[Errno (28|122|30|13|1)\] ")
+_JVM_PLACE = re.compile(r"java\.io\.IOException: (?P<failure>No space left on device|Disk quota exceeded"
+                        r"|Read-only file system)"
+                        r"|java\.nio\.file\.AccessDeniedException: (?P<denied>[^\n]+)"
+                        r"|java\.io\.FileNotFoundException: (?P<file>[^\n]+) \(Permission denied\)")
+_EXECUTORS_USER = "the executors' user"
 _RERUN = "then rerun the same command (finished attribute files and parts are kept)"
 # PySpark writes a broadcast's bytes into the driver's spark.local.dir; a full one was "unexpected PicklingError:
 # Could not serialize broadcast: OSError: [Errno 28] ...", under the command's copy of the traceback (a tester).
@@ -293,10 +301,11 @@ _BROADCAST_PLACE = re.compile(r"Could not serialize broadcast: \w*Error: \[Errno
 
 
 def _scratch_remedy(failure: str) -> str:
-    """What to do about Spark's scratch space that `failure` (the OS's words) found full or read-only: a
-    read-only one was told to "free space there" (a reviewer)."""
+    """What to do about Spark's scratch space that `failure` (the OS's words) found full, read-only or
+    forbidden: a read-only one was told to "free space there" (a reviewer)."""
     fix = ("make it writable or point it at a writable disk" if failure.startswith("Read-only") else
-           "free space there or point it at a larger disk")
+           f"make it writable for {_EXECUTORS_USER} or point it at a writable disk"
+           if failure.startswith("Permission denied") else "free space there or point it at a larger disk")
     return f"{fix} (spark-submit --conf spark.local.dir=DIR), {_RERUN}"
 
 
@@ -349,9 +358,10 @@ def executor_failure(exc: BaseException, manifest=None) -> str | None:
     if not found and (missing := _MODULE_MISSING.findall(text)):
         return redact(_missing_on_executors(missing[-1]))
     if not found and (jvm := _JVM_PLACE.search(text)):
-        return (f"in an executor: Spark's scratch space: {jvm.group(1)} (its shuffle and spill files, in "
-                f"spark.local.dir; SPARK_LOCAL_DIRS or YARN's LOCAL_DIRS on a cluster's nodes): "
-                f"{_scratch_remedy(jvm.group(1))}")
+        failure = jvm["failure"] or f"Permission denied: {(jvm['denied'] or jvm['file']).strip()}"
+        return redact(f"in an executor: Spark's scratch space: {failure} (its shuffle and spill files, in "
+                      f"spark.local.dir; SPARK_LOCAL_DIRS or YARN's LOCAL_DIRS on a cluster's nodes): "
+                      f"{_scratch_remedy(failure)}")
     if not found:
         if _WORKER_DIED in text:
             # Killed (the OOM killer, a kill -9) or crashed: Spark's whole Java stack said
@@ -366,11 +376,16 @@ def executor_failure(exc: BaseException, manifest=None) -> str | None:
                     "rerun the same command to resume (finished attribute files and parts are kept)")
         return None
     name, message = found[-1]
-    if name == "ScorerError" and manifest is not None and (sites := _scorer_sites(manifest, message)):
-        message = f"{sites}: {message.strip()}"
-    text = f"in an executor: {name.rsplit('.', 1)[-1]}: {message.strip()}"
+    hint = None
+    if name == "ScorerError":
+        # the first of its frames is the scorer's own module (a library it calls may keep files beside its own)
+        own = _FRAME_FILE.search(_frames(text, list(_EXECUTOR_ERRORS.finditer(text))[-1]))
+        hint = data_file_hint(message, [_code_root(own.group(2))]) if own else None
+        if manifest is not None and (sites := _scorer_sites(manifest, message)):
+            message = f"{sites}: {message.strip()}"
+    text = f"in an executor: {name.rsplit('.', 1)[-1]}: {message.strip()}" + (f"; {hint}" if hint else "")
     if name.endswith(("OSError", "PermissionError")) and (place := _PLACE_ERRNO.match(message.strip())):
-        text += f"; {place_remedy(int(place.group(1)))} or give the build another location, {_RERUN}"
+        text += f"; {place_remedy(int(place.group(1)), _EXECUTORS_USER)} or give the build another location, {_RERUN}"
     # A custom scorer the driver imported (the manifest check did, before Spark started) but an executor
     # cannot: its code did not travel (PYTHONPATH reaches this machine's processes only).
     if own_module_missing(message):
@@ -409,6 +424,23 @@ def _scorer_sites(manifest, message: str) -> str | None:
 
 
 _FRAME_FILE = re.compile(r'^(  File ")([^"\n]+)(")', re.M)
+
+
+def _frames(text: str, failure: re.Match) -> str:
+    """The frames that the message of `failure` (an `_EXECUTOR_ERRORS` match in `text`) carries on the lines
+    after its first: a ScorerError's, of the scorer's own code."""
+    frames = []
+    for line in text[failure.end():].split("\n")[1:]:
+        if not line.startswith("  "):  # the message ends; a Py4JJavaError's Java stack follows ("\tat ...")
+            break
+        frames.append(line)
+    return "\n".join(frames)
+
+
+def _code_root(path: str) -> str:
+    """Where the code of a frame's file `path` was imported from: the zip it is in, else its directory."""
+    zipped = re.match(r"(.*?\.(?:zip|egg))/", path, re.IGNORECASE)
+    return zipped.group(1) if zipped else os.path.dirname(path)
 
 
 def given_py_files(sc, shipped: list[str]) -> dict[str, str]:
@@ -453,15 +485,11 @@ def executor_traceback(exc: BaseException, given: dict[str, str] | None = None) 
     for last in _EXECUTOR_ERRORS.finditer(text):
         pass
     if last is not None:
-        frames = []
-        for line in text[last.end():].split("\n")[1:]:
-            if not line.startswith("  "):  # the message ends; a Py4JJavaError's Java stack follows ("\tat ...")
-                break
-            frames.append(line)
+        frames = _frames(text, last)
         if last.group(1) != "ScorerError" or not frames:
             return None
         return redact("Traceback of the scorer, in an executor (most recent call last):\n"
-                      + _as_given("\n".join(frames), given or {}))
+                      + _as_given(frames, given or {}))
     stack = _FATAL_STACK.search(text) if _WORKER_DIED in text and _FATAL.search(text) else None
     if stack is None:
         return None
