@@ -913,3 +913,26 @@ def test_a_failed_background_write_stops_the_run_at_the_next_step(tmp_path, monk
     with pytest.raises(CheckpointWriteError, match="No space left on device"):
         run.fit()
     assert run.step == 3
+
+
+def test_the_resume_line_counts_epochs_as_the_epochs_note_does(tmp_path):
+    """The resume line printed the loader's 0-based epoch ("epoch 0, instance cursor 16") beside trainer.run's
+    note counting from 1 ("from epoch 1's instance 16 on"), and a checkpoint that ends an epoch as a cursor at its
+    end, where its next step starts the next epoch (a reviewer). 16 instances, batch 4: an epoch is 4 steps."""
+    from trainer.run import epochs_note
+
+    data = make_data(tmp_path / "data", n_tokens=16 * 32)
+    Trainer(make_run(data, max_steps=4, save_interval=2), CPU, tmp_path / "run", log=quiet).fit()
+    for step, said in ((2, "step 3 draws from epoch 1's instance 8 on, of 16"),
+                       (4, "epoch 1 done: step 5 starts epoch 2")):
+        messages = []
+        resumed = Trainer(make_run(data, max_steps=6), CPU, tmp_path / f"more{step}",
+                          resume=tmp_path / "run" / f"step{step:06d}", log=messages.append)
+        assert f"resumed from {tmp_path / 'run' / f'step{step:06d}'} at step {step} ({said})" in messages
+        loader = resumed.loader
+        note = epochs_note(16, 4, 6, resumed.dataset, step, loader.epoch, loader.cursor)
+        assert note.startswith("note: steps 3-6 take 16 instances from epoch 1's instance 8 on" if step == 2 else
+                               "note: steps 5-6 take 8 instances from epoch 2;")
+        assert "(2 epochs in all)" in note  # as the uninterrupted run's note counts them
+        assert resumed.fit().history[0]["step"] == step + 1
+    assert "(2 epochs in all)" in epochs_note(16, 4, 6, resumed.dataset)

@@ -1418,6 +1418,25 @@ def test_a_pass_that_reaches_into_a_second_epoch_is_said(tmp_path):
     assert epochs_note(12, 4, 3, whole) is None and epochs_note(3, 4, 100, whole) is None
 
 
+def test_a_resume_onto_a_build_without_certified_digests_says_its_check_is_weaker(data_dir, tmp_path, capsys):
+    """A build made before report.json had output.files_sha256 resumed with the names-and-sizes check alone,
+    unsaid (trainer/data.py `_certified_digests`): said once, at start, with what to do."""
+    from trainer.run import main
+
+    old = tmp_path / "old"
+    shutil.copytree(data_dir, old)
+    report = json.loads((old / "report.json").read_text())
+    del report["output"]["files_sha256"]
+    (old / "report.json").write_text(json.dumps(report))
+    flags = ["--data", str(old), *map(str, TINY), "--threads", "1", "--save-dir", str(tmp_path / "run")]
+    assert main([*flags, "--steps", "1"]) == 0
+    assert "files_sha256" not in capsys.readouterr().err  # a fresh run checks no position
+    assert main([*flags, "--steps", "2", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("files_sha256") == 1 and (f"trainer.run: warning: {old / 'report.json'} records no "
+                                               "output.files_sha256 (a build made before reports recorded them)") in err
+
+
 def test_a_pass_resumed_with_another_batch_size_ends_when_its_tokens_are_seen(tmp_path):
     """One pass of 1,024 tokens: 2 steps of 4 x 16 tokens, then resumed at 8 x 16. It ran 8 steps in
     all (ceil(1,024 / 128), counted as if every step had been 8 x 16): 56 of the 64 instances, and

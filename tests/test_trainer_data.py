@@ -675,3 +675,38 @@ def test_olmo_core_style_memmaps_need_no_sidecar(tmp_path):
             assert labels[:-1].tolist() == np.where(keep[window][1:], ids[1:], IGNORE_INDEX).tolist()
             i += 1
     assert i == len(ds)
+
+
+def test_builds_without_certified_digests_are_named_and_reports_are_read_once(tmp_path, monkeypatch):
+    """A build whose report.json predates output.files_sha256 resumes on names and sizes alone, unsaid: the note
+    says so (trainer.run prints it once, on a resume). The walk parses each report.json once for every check
+    after it (they read and parsed it five times)."""
+    import json
+
+    from trainer.data import scan_data, uncertified_builds_note
+    from trainer.plan import check_data_special_ids, data_tokens, data_vocab_size
+    from trainer.tokenizer_files import data_tokenizer
+
+    new, old = write_build(tmp_path / "new", 1), write_build(tmp_path / "old", 2)
+    report = json.loads((old / "report.json").read_text())
+    del report["output"]["files_sha256"]
+    (old / "report.json").write_text(json.dumps(report))
+    assert uncertified_builds_note(scan_data([new])) is None
+    layout = scan_data([new, old])
+    note = uncertified_builds_note(layout)
+    assert note.startswith(f"{old / 'report.json'} records no output.files_sha256 (a build made before reports "
+                           "recorded them): the resume checks its token files") and "rebuild it" in note
+    assert set(layout.certified) == {new / "part-00000.npy", new / "part-00001.npy"}
+    reads = []
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: (reads.append(self.name), real(self, *a, **k))[1])
+    layout = scan_data([new, old])
+    args = type("A", (), {"model": None, "recipe": None})()
+    plan = type("P", (), {"model": type("M", (), {"eos_token_id": 0, "pad_token_id": 0})()})()
+    data_tokens(layout), data_vocab_size(layout), data_tokenizer(layout)
+    check_data_special_ids(args, plan, None, layout)
+    assert reads.count("report.json") == 2  # one a build
+    (new / "report.json").write_text("{")  # a damaged one: the walk keeps why, a check that needs it says so
+    with pytest.raises(DataError, match=re.escape(f"{new / 'report.json'}: unreadable (")):
+        data_tokens(scan_data([new]))
+    assert data_vocab_size(scan_data([new])) is None

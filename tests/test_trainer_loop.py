@@ -104,3 +104,43 @@ def test_a_horizon_changed_by_the_steps_says_to_resume_with_them():
     # a computed LR is shown as a number, not its float noise
     assert recipe_changes({**saved.to_dict(), "lr": 3e-4 / 10}, TrainConfig(**{**saved.to_dict(), "lr": 3e-4})) == [
         "lr 3e-05 -> 0.0003"]
+
+
+def test_a_resume_without_the_checkpoints_recipe_says_which_to_add(data, tmp_path):
+    """A microanneal resumed without --recipe took the defaults' lr and schedule: the warnings listed those
+    fields but never the recipe, which config.json did not record. It does now, and a resume with another
+    recipe (or none) says so in one line with the fix; a checkpoint from before the field resumes unsaid."""
+    from trainer.train import check_resume_model, recipe_note
+
+    anneal = make_run(data, max_steps=2, schedule="linear_to_zero", warmup_steps=0)
+    anneal.recipe = "microanneal"
+    Trainer(anneal, CPU, tmp_path / "run", log=lambda _m: None).fit()
+    config = json.loads((tmp_path / "run" / "step000002" / "config.json").read_text())
+    assert config["recipe"] == "microanneal" and RunConfig.from_dict(config).recipe == "microanneal"
+    messages = []
+    Trainer(make_run(data, max_steps=3), CPU, tmp_path / "x", resume=tmp_path / "run",
+            log=messages.append).loader.close()
+    warnings = [m for m in messages if m.startswith("warning")]
+    assert warnings[0] == ("warning: step000002 ran --recipe microanneal, and this resume has no --recipe, whose "
+                           "defaults replace the recipe's; resume with --recipe microanneal")
+    assert any("schedule 'linear_to_zero' -> 'cosine'" in m for m in warnings[1:])
+    messages.clear()
+    Trainer(anneal, CPU, tmp_path / "y", resume=tmp_path / "run", log=messages.append).loader.close()
+    assert not [m for m in messages if "recipe" in m]  # the same recipe
+    # the errors a recipe's own --seq-len or --model left out meets first name it too
+    other = make_run(data, seq_len=16)
+    other.model = ModelConfig(d_model=32, n_layers=1, n_heads=2, max_seq_len=64)
+    with pytest.raises(ValueError, match=r"max_seq_len 32 there, 64 here.*\(step000002 ran --recipe microanneal, "
+                                         r"and this resume has no --recipe.*resume with --recipe microanneal\)$"):
+        check_resume_model(tmp_path / "run" / "step000002", other)
+    assert recipe_note("step9", {"recipe": None}, "olmo2-7b-anneal") == (
+        "step9 ran without --recipe, and this resume has --recipe olmo2-7b-anneal, whose defaults replace its "
+        "settings; resume without --recipe")
+    # a checkpoint from before config.json recorded it: no line, and it resumes
+    del config["recipe"]
+    (tmp_path / "run" / "step000002" / "config.json").write_text(json.dumps(config))
+    messages.clear()
+    resumed = Trainer(make_run(data, max_steps=3), CPU, tmp_path / "z", resume=tmp_path / "run", log=messages.append)
+    resumed.loader.close()
+    assert resumed.step == 2 and not [m for m in messages if "--recipe" in m]
+    assert recipe_note("s", {}, "microanneal") is None

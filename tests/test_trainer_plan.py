@@ -321,3 +321,31 @@ def test_a_mix_too_small_for_one_batch_is_refused_as_trainer_run_refuses_it(tmp_
     assert err == ("trainer.schedule: error: the data holds 124 instances of 64 tokens, fewer than one global batch "
                    "of 200; use more data or a smaller batch\n")
     assert schedule_json(capsys, *argv, "--batch-size", "124")["steps"] == math.ceil(8000 / (124 * 64))
+
+
+def test_a_schedule_at_lr_0_on_every_step_is_said_as_trainer_run_says_it(capsys):
+    """`trainer.schedule --recipe olmo2-7b-anneal --tokens 4M` is one step of 1024 x 4096, which a linear decay
+    to 0 takes at LR 0: printed without a word, while trainer.run warned. Both say it now, from one function,
+    with the cause: a decay or floor of 0 reached on the schedule's last step, or an LR of 0."""
+    from trainer.schedule import LRSchedule
+
+    assert schedule_main(["--recipe", "olmo2-7b-anneal", "--tokens", "4M"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and ("trainer.schedule: warning: the learning rate is 0 on every step this run "
+                                          "takes (linear_to_zero, steps 1-1): the weights will not change; its decay "
+                                          "reaches 0 on step 1 (counting from 1)") in err
+    assert schedule_main(["--steps", "1", "--final-lr-fraction", "0", "--tokens", "1M"]) == 0  # cosine at a 0 floor
+    assert "give a --final-lr-fraction above 0" in capsys.readouterr().err
+    assert schedule_main(["--steps", "5", "--lr", "0"]) == 0
+    assert "(cosine, steps 1-5): its peak (an anneal's start) is 0" in capsys.readouterr().err
+    for argv in (["--recipe", "olmo2-7b-anneal", "--tokens", "8M"], ["--steps", "1", "--tokens", "1M"]):
+        assert schedule_main(argv) == 0 and "warning" not in capsys.readouterr().err
+    # the note holds exactly where every step of the range is at 0 (a warm-up as long as the horizon included)
+    for kind, lr, warmup, horizon, floor in [("linear_to_zero", 1e-3, 0, 3, 0.1), ("linear_to_zero", 1e-3, 3, 3, 0.1),
+                                             ("cosine", 1e-3, 2, 2, 0.0), ("cosine", 1e-3, 0, 4, 0.1),
+                                             ("cosine", 0.0, 1, 4, 0.1)]:
+        schedule = LRSchedule(lr, warmup, horizon, kind, floor)
+        for start in range(6):
+            for stop in range(start + 1, 7):
+                zero = all(schedule.lr_at(s) == 0 for s in range(start, stop))
+                assert (schedule.zero_lr_note(start, stop) is not None) == zero, (kind, warmup, horizon, start, stop)

@@ -350,15 +350,19 @@ class RunConfig:
     `init` records where the weights came from when the run started from another checkpoint
     (path, format, the step it was at, how the start LR was chosen), so that a checkpoint
     says which pretraining state an anneal continued and a soup can list its ingredients'.
+    `recipe`: the --recipe whose defaults the run took (None: none), so that a resume without it
+    can say which to add; its fields alone showed only lr, schedule, ... changing (a reviewer).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data_paths: list[str] = field(default_factory=list)
     init: dict | None = None
+    recipe: str | None = None
 
     def to_dict(self) -> dict:
-        data = {"model": self.model.to_dict(), "train": self.train.to_dict(), "data_paths": list(self.data_paths)}
+        data = {"model": self.model.to_dict(), "train": self.train.to_dict(), "data_paths": list(self.data_paths),
+                "recipe": self.recipe}
         if self.init is not None:
             data["init"] = dict(self.init)
         return data
@@ -366,4 +370,4 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
         return cls(model=ModelConfig.from_dict(data["model"]), train=TrainConfig.from_dict(data["train"]),
-                   data_paths=list(data.get("data_paths", [])), init=data.get("init"))
+                   data_paths=list(data.get("data_paths", [])), init=data.get("init"), recipe=data.get("recipe"))

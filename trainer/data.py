@@ -129,6 +129,19 @@ class DataLayout:
     builds: dict[Path, list[Path]]
     masks: dict[Path, int] = field(default_factory=dict)  # token file -> its label mask's bytes
     certified: dict[Path, str] = field(default_factory=dict)  # token file -> its SHA-256 in its build's report.json
+    # build directory -> its report.json, parsed (or why it cannot be): read once by the walk, where the start-up
+    # checks each read and parsed it again (five times a build; a mix of 10,000 parts certifies 20,000 digests)
+    reports: dict[Path, dict | DataError] = field(default_factory=dict)
+
+    def report(self, folder: Path) -> dict:
+        """The report.json of the build in `folder` as a JSON object; a DataError where it cannot be read, or is
+        not one."""
+        if folder not in self.reports:  # a report the walk did not see (written since): read as the walk would
+            self.reports[folder] = read_report(folder)
+        found = self.reports[folder]
+        if isinstance(found, DataError):
+            raise found
+        return found
 
 
 def scan_data(paths: Iterable[str | Path] | DataLayout) -> DataLayout:
@@ -161,25 +174,62 @@ def scan_data(paths: Iterable[str | Path] | DataLayout) -> DataLayout:
                             "inner one out")
     homes = {f: d for d, held in builds.items() if has_report(d) for f in held}
     homes.update({f: f.parent for top, f, _ in found if top is None and has_report(f.parent)})
+    reports = {home: _report_or_error(home) for home in sorted(set(homes.values()))}
     return DataLayout(paths, tuple(f for _, f, _ in found), {f: size for _, f, size in found}, builds, masks,
-                      _certified_digests(homes))
+                      _certified_digests(homes, reports), reports)
 
 
-def _certified_digests(homes: dict[Path, Path]) -> dict[Path, str]:
+def read_report(folder: Path) -> dict:
+    """The report.json of the build in `folder`, which must be a JSON object."""
+    report = folder / COMPLETION_MARKER
+    try:
+        data = json.loads(report.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{report}: unreadable ({exc})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{report}: not a JSON object")
+    return data
+
+
+def _report_or_error(folder: Path) -> dict | DataError:
+    try:
+        return read_report(folder)
+    except DataError as exc:  # kept: `DataLayout.report` raises it where a check needs the report
+        return exc
+
+
+def certified_files(report: dict) -> dict | None:
+    """A report's "output.files_sha256" (path in the build -> SHA-256); None for a build made before
+    reports recorded it."""
+    files = report.get("output", {}).get("files_sha256") if isinstance(report.get("output"), dict) else None
+    return files if isinstance(files, dict) else None
+
+
+def _certified_digests(homes: dict[Path, Path], reports: dict[Path, dict | DataError]) -> dict[Path, str]:
     """Each token file's SHA-256 as the report.json of its build (`homes`: file -> build directory)
     certifies it ("output.files_sha256", by path in the build): what tells a build from another of
     the same part names and sizes, wherever a copy of it lies (a move, a pull from S3). Left out where
     the report does not say or cannot be read (`trainer.plan.data_tokens` refuses the latter)."""
-    listed: dict[Path, dict] = {}
-    for home in set(homes.values()):
-        try:
-            report = json.loads((home / COMPLETION_MARKER).read_text())
-            files = report["output"]["files_sha256"]
-        except (OSError, ValueError, KeyError, TypeError):
-            files = None
-        listed[home] = files if isinstance(files, dict) else {}
+    listed = {home: (certified_files(r) if isinstance(r, dict) else None) or {} for home, r in reports.items()}
     digests = {f: listed[home].get(f.relative_to(home).as_posix()) for f, home in homes.items()}
     return {f: digest for f, digest in digests.items() if isinstance(digest, str)}
+
+
+def uncertified_builds_note(layout: DataLayout) -> str | None:
+    """The warning for a resume onto builds whose report.json predates "output.files_sha256": their
+    token files are then checked against the checkpoint's data position by names and sizes only (the
+    digests are left out of the comparison, `_comparable`), which another build of the same part
+    names and sizes passes; the resume went on without a word of it (a reviewer)."""
+    old = [home for home, report in layout.reports.items()
+           if isinstance(report, dict) and certified_files(report) is None]
+    if not old:
+        return None
+    more = f" (and {len(old) - 1} more build(s))" if len(old) > 1 else ""
+    return (f"{old[0] / COMPLETION_MARKER}{more} records no output.files_sha256 (a build made before reports "
+            "recorded them): the resume checks its token files against the checkpoint's data position by names and "
+            "sizes only, which another build of the same part names and sizes would pass; rebuild it to have its "
+            "files certified (checkpoints then record their digests), or go on if it is the build this run was "
+            "trained on")
 
 
 def _checked_files(found: list[tuple[Path | None, Path, int]]) -> dict[Path, int]:

@@ -45,7 +45,7 @@ from trainer.config import (
 )
 from trainer.data import (
     LABEL_MASK_SUFFIX, TOKEN_DTYPE, DataError, DataLayout, check_batch_fits, discover_token_files, label_mask_path,
-    scan_data,
+    read_report, scan_data,
 )
 from trainer.schedule import LRSchedule
 
@@ -200,7 +200,7 @@ def mix_output_dir(manifest_path: str | Path, prog: str = "trainer.run") -> Path
                          f"{BUILD_MANIFEST} differs in {shown}); rebuild it (`spark-submit dolmino/build_mix.py "
                          f"--manifest {manifest_path} --overwrite`, which replaces it), or train on the build as it "
                          f"is with --data {out}")
-    if (built := _read_report(out / REPORT_FILE).get("budget")) != (wanted := _manifest_budget(data)) and \
+    if (built := read_report(out).get("budget")) != (wanted := _manifest_budget(data)) and \
             isinstance(built, int) and wanted is not None:
         # Built with another --budget: the build refuses that pair, the trainer trained on it (a tester).
         raise SystemExit(f"{prog}: the mix {out} was built with a budget of {built:,} tokens ({REPORT_FILE}), "
@@ -220,16 +220,6 @@ def _manifest_budget(data: object) -> int | None:
     except ValueError:
         return None
     return None if manifest.kind == "pool" else manifest.budget
-
-
-def _read_report(report: Path) -> dict:
-    try:
-        data = json.loads(report.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{report}: unreadable ({exc})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{report}: not a JSON object")
-    return data
 
 
 def _same_tokenizer(a: dict, b: dict) -> bool:
@@ -301,7 +291,7 @@ def data_tokens(paths: list[str] | DataLayout) -> tuple[int, str]:
     checked = 0
     for folder, held, whole in reported_builds(layout):
         report = folder / REPORT_FILE
-        data = _read_report(report)
+        data = layout.report(folder)
         listed = listed_files(data)
         names = [f.relative_to(folder).as_posix() for f in held]
         read = names + [n[: -len(".npy")] + LABEL_MASK_SUFFIX for n, f in zip(names, held)
@@ -363,10 +353,11 @@ def data_vocab_size(paths: list[str] | DataLayout) -> tuple[int, Path] | None:
     if sum(len(held) for _, held, _ in reported) != len(layout.files):
         return None
     largest = None
-    for report in (folder / REPORT_FILE for folder, _, _ in reported):
+    for folder, _, _ in reported:
+        report = folder / REPORT_FILE
         try:
-            vocab = json.loads(report.read_text()).get("vocab_size")
-        except (OSError, json.JSONDecodeError, AttributeError):  # unreadable, or JSON but not an object
+            vocab = layout.report(folder).get("vocab_size")
+        except DataError:  # unreadable, or JSON but not an object
             return None
         if not isinstance(vocab, int) or isinstance(vocab, bool):
             return None
@@ -608,9 +599,10 @@ def check_data_special_ids(args: argparse.Namespace, plan: Plan, init, paths: li
     preset's; a --resume checkpoint's config must equal that model's (the trainer refuses another)."""
     from_init = init is not None and init.model is not None
     model = init.model if from_init else plan.model
-    for folder, _, _ in reported_builds(scan_data(paths)):
+    layout = scan_data(paths)
+    for folder, _, _ in reported_builds(layout):
         report = folder / REPORT_FILE
-        data = _read_report(report)
+        data = layout.report(folder)
         for key, what in (("eos_token_id", "EOS"), ("pad_token_id", "pad")):
             theirs, ours = data.get(key), getattr(model, key)
             if not isinstance(theirs, int) or isinstance(theirs, bool) or theirs == ours:
@@ -724,6 +716,8 @@ def schedule_main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"trainer.schedule: error: {exc}", file=sys.stderr)
         return 2
+    if note := schedule.zero_lr_note(0, plan.steps):  # as trainer.run says it
+        print(f"trainer.schedule: warning: {note}", file=sys.stderr)
     out = {
         "recipe": args.recipe, "model": plan.model_label,
         "parameters": {"non_embedding": plan.model.num_params(include_embedding=False),

@@ -43,7 +43,8 @@ from trainer.cli import (  # noqa: F401 (parse_count: our API)
 )
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
 from trainer.data import (
-    DataError, check_batch_fits, check_data_position, layout_fingerprint, scan_data, unreported_build_note,
+    DataError, check_batch_fits, check_data_position, layout_fingerprint, scan_data, uncertified_builds_note,
+    unreported_build_note,
 )
 from trainer.distributed import (
     BACKENDS, DeviceUnavailable, RanksDisagree, barrier, exit_process, init_distributed, launched_world_size,
@@ -142,9 +143,10 @@ def epochs_note(instances: int, batch: int, steps: int, dataset, step: int = 0, 
     if steps <= boundary:
         return None
     left = instances - per_epoch * batch
+    # counted from 1, as the resume line counts them; an epoch the checkpoint ended is left for the next one
+    where = (f"epoch {epoch + 2}" if cursor + batch > instances else f"epoch {epoch + 1}'s instance {cursor:,} on")
     taken = (f"{steps:,} steps take {steps * batch:,} instances" if not step else
-             f"steps {step + 1:,}-{steps:,} take {(steps - step) * batch:,} instances from epoch {epoch + 1}'s "
-             f"instance {cursor:,} on")
+             f"steps {step + 1:,}-{steps:,} take {(steps - step) * batch:,} instances from {where}")
     return (f"note: {taken}; an epoch is {per_epoch:,} steps "
             f"({per_epoch * batch:,} of the data's {instances:,} whole instances: {left:,} left after the last full "
             f"batch, and {dataset.dropped_tail_tokens:,} tokens of file tails shorter than an instance), so the "
@@ -229,7 +231,7 @@ def run_config_from_args(args: argparse.Namespace, data_paths: list[str], world_
     except ValueError as exc:
         raise ValueError(in_flag_names(str(exc))) from None
     check_batch_split(train, world_size)
-    return RunConfig(model=plan.model, train=train, data_paths=data_paths)
+    return RunConfig(model=plan.model, train=train, data_paths=data_paths, recipe=args.recipe)
 
 
 def check_batch_split(train: TrainConfig, world_size: int) -> None:
@@ -431,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     # may still be finishing the agreeing collective (`shutdown`).
     try:
         from trainer.tokenizer_files import MIXED_CONTROL_TOKENS, data_tokenizer
-        from trainer.train import ResumeFailed, Trainer, check_resume_model
+        from trainer.train import ResumeFailed, Trainer, check_resume_model, recipe_note
         from trainer.weights import load_weights_into, non_finite_weight
 
         # Everything is checked from metadata before anything big is built, and the ranks decide
@@ -463,18 +465,22 @@ def main(argv: list[str] | None = None) -> int:
             mixed = tokenizer if isinstance(tokenizer, str) and MIXED_CONTROL_TOKENS in tokenizer else None
             tokenizer = tokenizer if isinstance(tokenizer, dict) else None
             if resume is not None:  # what Trainer._resume refuses, said by the agreed checks (and before a load)
-                resumed = check_resume_model(resume_from, run.model)
+                resumed = check_resume_model(resume_from, run)
                 trained = resumed.get("train")
                 if tokenizer is None and isinstance(resumed.get("tokenizer"), dict):
                     tokenizer = resumed["tokenizer"]  # its data (the position is checked below), reports gone
                 was = trained.get("seq_len") if isinstance(trained, dict) else None
                 if was is not None and was != run.train.seq_len:
+                    recipe = recipe_note(resume_from.name, resumed, args.recipe)  # a recipe's --seq-len left out
                     raise DataError(f"{resume_from} was trained on instances of {was} tokens, and this run asks for "
                                     f"--seq-len {run.train.seq_len}: resuming would not replay the same batches; "
-                                    "resume with the --seq-len it was trained with")
+                                    "resume with the --seq-len it was trained with"
+                                    + (f" ({recipe})" if recipe else ""))
                 position = saved.get("data") or {}
                 check_data_position(position.get("fingerprint"), layout_fingerprint(layout, run.train.seq_len),
                                     resume_from / STATE_FILE)
+                if (note := uncertified_builds_note(layout)) and env.is_main:
+                    say(f"{prog}: warning: {note}")
             if mixed is not None and env.is_main:
                 # "<|endoftext|>" in text is EOS in some builds, characters in others: it trained unsaid (a tester);
                 # a resume keeps its checkpoint's record, which "record no tokenizer" denied (a reviewer)
@@ -575,10 +581,9 @@ def main(argv: list[str] | None = None) -> int:
                                trainer.step, trainer.loader.epoch, trainer.loader.cursor):
             log(note)
         steps_left = range(trainer.step, tc.max_steps)
-        if env.is_main and steps_left and not any(trainer.schedule.lr_at(s) for s in steps_left):
+        if env.is_main and (note := trainer.schedule.zero_lr_note(trainer.step, tc.max_steps)):
             # e.g. a one-step anneal: its linear decay reaches 0 on its last step, its only one (a tester)
-            say(f"{prog}: warning: the learning rate is 0 on every step this run takes ({tc.schedule}, steps "
-                f"{trainer.step + 1}-{tc.max_steps}): the weights will not change")
+            say(f"{prog}: warning: {note}")
         # Every label masked (an all-zero or inverted label mask) trained "loss 0.0000 | gnorm 0.000" each step,
         # exit 0 (found by a tester). A run that trains no label has a first step without one, said before it
         # runs; its batch is loaded now instead of in the first step, and the ranks' counts gathered once.

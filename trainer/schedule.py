@@ -72,6 +72,22 @@ class LRSchedule:
         floor = self.peak_lr * self.final_lr_fraction
         return floor + (self.peak_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
+    def zero_lr_note(self, start: int, stop: int) -> str | None:
+        """Why every step from `start` to `stop` (0-based, `stop` excluded) is at LR 0, with what to do; None
+        where one is not. After its warm-up (whose steps are above 0) the LR never rises, so a run is at 0
+        throughout exactly when its first step is: --lr 0, or a first step at a floor of 0 (a linear_to_zero
+        decay or a cosine with --final-lr-fraction 0, on or past the schedule's last step), as a one-step
+        anneal is. trainer.run and trainer.schedule both say it (trainer.schedule printed such a run unsaid)."""
+        if start >= stop or self.lr_at(start):
+            return None
+        said = f"the learning rate is 0 on every step this run takes ({self.kind}, steps {start + 1}-{stop})"
+        if not self.peak_lr:
+            return f"{said}: its peak (an anneal's start) is 0, so the weights will not change; pass --lr above 0"
+        floor = "its decay reaches 0" if self.kind == "linear_to_zero" else "it reaches its floor of 0"
+        return (f"{said}: the weights will not change; {floor} on step {self.horizon_steps} (counting from 1), the "
+                "end of its horizon: lengthen the schedule (more --steps, or a longer --horizon-tokens)"
+                + ("" if self.kind == "linear_to_zero" else ", or give a --final-lr-fraction above 0"))
+
     def key_steps(self, max_steps: int) -> dict[str, int]:
         """The steps a reviewer checks: first, end of warm-up, quartiles of the run, last.
 

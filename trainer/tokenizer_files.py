@@ -402,10 +402,10 @@ def _data_tokenizer_record(paths: list[str] | DataLayout) -> tuple[dict, Path]:
     reports = []
     for folder, _, _ in builds:
         try:
-            report = json.loads((folder / "report.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise _NotSaid(f"{folder / 'report.json'} cannot be read ({exc})") from None
-        if not isinstance(report, dict) or not report.get("tokenizer_sha256"):
+            report = layout.report(folder)  # read by the walk, once
+        except DataError as exc:
+            raise _NotSaid(str(exc)) from None
+        if not report.get("tokenizer_sha256"):
             raise _NotSaid(f"{folder / 'report.json'} records no tokenizer_sha256 (a build from before it was "
                            "recorded)")
         reports.append((folder, report))

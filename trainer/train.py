@@ -104,6 +104,21 @@ def recipe_changes(saved: dict | None, current: TrainConfig) -> list[str]:
     return changes
 
 
+def recipe_note(name: str, saved: dict, recipe: str | None) -> str | None:
+    """One line with its fix where a resume's --recipe (`recipe`) is not the one the checkpoint `name` ran
+    (`saved`: its config.json): a microanneal resumed without --recipe took the defaults' lr, schedule and
+    warm-up, and the field changes listed never named the recipe to add (a reviewer). None where they
+    agree, and for a checkpoint from before config.json recorded its recipe."""
+    if "recipe" not in saved or not isinstance(saved["recipe"], (str, type(None))) or saved["recipe"] == recipe:
+        return None
+    was, now = saved["recipe"], f"--recipe {recipe}" if recipe else "no --recipe"
+    if was is None:
+        return (f"{name} ran without --recipe, and this resume has {now}, whose defaults replace its settings; "
+                "resume without --recipe")
+    return (f"{name} ran --recipe {was}, and this resume has {now}, whose defaults replace the recipe's; "
+            f"resume with --recipe {was}")
+
+
 class ResumeFailed(ValueError):
     """Loading the --resume checkpoint failed on one rank or more (each reads its own copy), which
     every rank learnt through one collective (`Trainer._resume`): all stop, and leave as
@@ -117,19 +132,33 @@ class ResumeFailed(ValueError):
         self.error, self.same_everywhere = error, same_everywhere
 
 
-def check_resume_model(path: Path, model: ModelConfig) -> dict:
+def data_position(loader: DataLoader, step: int) -> str:
+    """Where step `step` + 1 draws its batch, in the words of trainer.run's epochs note: epochs counted from 1
+    (the loader and train_state.pt count them from 0, which the resume line printed: "epoch 0" beside the
+    note's "epoch 1"), and a checkpoint that ends an epoch, whose next step starts the next one, said as such
+    rather than as a cursor at the epoch's end (a reviewer)."""
+    epoch, cursor, n = loader.epoch + 1, loader.cursor, len(loader.dataset)
+    if cursor + loader.global_batch_size > n:
+        return f"epoch {epoch} done: step {step + 1} starts epoch {epoch + 1}"
+    return f"step {step + 1} draws from epoch {epoch}'s instance {cursor:,} on, of {n:,}"
+
+
+def check_resume_model(path: Path, run: RunConfig) -> dict:
     """The config.json of checkpoint `path`, refused when saved for another model config than
-    `model`. trainer.run calls it in its start-up checks too, which the ranks agree on: found
+    `run`'s. trainer.run calls it in its start-up checks too, which the ranks agree on: found
     only in the Trainer, every rank printed it (N ranks, N copies; found by a tester)."""
     saved = load_json_file(path / CONFIG_FILE, resume_advice(path))
-    ours = model.to_dict()
+    ours = run.model.to_dict()
     if saved.get("model") != ours:
         theirs = saved.get("model") if isinstance(saved.get("model"), dict) else {}
         diffs = ", ".join(f"{k} {theirs.get(k)} there, {ours.get(k)} here" for k in sorted({*theirs, *ours})
                           if theirs.get(k) != ours.get(k))
-        # max_seq_len follows --seq-len where it exceeds the model's; the rest, --model / --init-from
+        # max_seq_len follows --seq-len where it exceeds the model's; the rest, --model / --init-from; and a
+        # recipe's --seq-len or --model left out changes one of them first
+        recipe = recipe_note(path.name, saved, run.recipe)
         raise ValueError(f"{path} was saved for a different model config ({diffs}); resume with the settings it "
-                         "was trained with (the same --model, --init-from and --seq-len)")
+                         "was trained with (the same --model, --init-from and --seq-len)"
+                         + (f" ({recipe})" if recipe else ""))
     return saved
 
 
@@ -216,7 +245,9 @@ class Trainer:
     # ----------------------------------------------------------------- resume / save
     def _resume(self, path: str | Path) -> None:
         path = resolve_checkpoint(path)
-        saved = check_resume_model(path, self.run.model)
+        saved = check_resume_model(path, self.run)
+        if note := recipe_note(path.name, saved, self.run.recipe):
+            self.log(f"warning: {note}")
         for change in recipe_changes(saved.get("train"), self.run.train):
             self.log(f"warning: resuming with a different recipe than {path.name}: {change}")
         read = self._read_agreed(path)
@@ -246,8 +277,7 @@ class Trainer:
         low, high = ranks_agree(failure_values(failed), self.env)
         if high[0]:
             raise ResumeFailed(self.env.rank, path, failed, same_everywhere=low == high) from failed
-        self.log(f"resumed from {path} at step {self.step} (epoch {self.loader.epoch}, instance cursor "
-                 f"{self.loader.cursor})")
+        self.log(f"resumed from {path} at step {self.step} ({data_position(self.loader, self.step)})")
         if self.env.is_main:
             self._trim_metrics()
 
