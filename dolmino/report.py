@@ -164,7 +164,8 @@ def retag_lines(files: dict, lines: int = 4, named: int = 3) -> list[str]:
     """Why the attribute files written were due, a line per reason (`tag.attribute_files`' `reasons`),
     the sets it held and their bundles: "web/minhash-17f5...: 1" said what was re-tagged, not why, and
     re-tagging part of an 800B pool is paid before anyone asks (a tester). The sets past `named` are
-    counted after the counts' unit: "... 1 and 5 more set(s) bundle(s)" read as bundles of sets (the demo build)."""
+    counted after the counts' unit: "... 1 and 5 more set(s) bundle(s)" read as bundles of sets (the demo build),
+    and "dclm/docs-… 1, flan/docs-… 1 bundle(s)" left the first counts without a unit (a tester): each set's own."""
     grouped: dict[tuple[str, str], list] = {}
     for source, by_set in files.items():
         for set_name, counts in by_set.items():
@@ -172,9 +173,10 @@ def retag_lines(files: dict, lines: int = 4, named: int = 3) -> list[str]:
                 grouped.setdefault((code, why["detail"]), []).append((f"{source}/{set_name}", why))
     out = []
     for (_code, detail), sets in sorted(grouped.items(), key=lambda kv: -max(w["bundles"] for _, w in kv[1])):
-        shown = ", ".join(f"{name} {why['bundles']:,}" for name, why in sets[:named])
+        shown = ", ".join(f"{name} ({why['bundles']:,} bundle{'' if why['bundles'] == 1 else 's'})"
+                          for name, why in sets[:named])
         more = f", and {len(sets) - named} more set(s)" if len(sets) > named else ""
-        out.append(f"{detail}: {shown} bundle(s){more} (first: {sets[0][1]['first']})")
+        out.append(f"{detail}: {shown}{more} (first: {sets[0][1]['first']})")
     if len(out) > lines:
         out[lines - 1:] = [f"{len(out) - lines + 1} more reason(s) not shown"]
     return out

@@ -2197,16 +2197,16 @@ def test_the_tag_says_per_set_why_it_tags_bundles_again(spark, tmp_path, monkeyp
         assert len(said) == 1 and said[0].startswith("score_threshold-"), said
         old = [s for s in sets if said[0].startswith(s)]
         new = [s for s in sets if s not in old]
-        assert said == [f"{old[0]} holds them: the model at {model} changed since it was tagged: web/{new[0]} 1 "
-                        "bundle(s) (first: web/a.jsonl+2)"], said
+        assert said == [f"{old[0]} holds them: the model at {model} changed since it was tagged: web/{new[0]} (1 "
+                        "bundle) (first: web/a.jsonl+2)"], said
         assert ours == [str(tmp_path / "attrs" / "web"), str(tmp_path / "attrs" / "web" / old[0])]
         (tmp_path / "web" / "c.jsonl").write_text("\n".join(docs[40:59]) + "\n")  # one file changed
         said, ours = tag()
         assert len(said) == 2, said
-        assert re.fullmatch(r"an input file changed \(another size, ETag or mtime\): web/docs-\w+ 1, "
-                            r"web/score_threshold-\w+ 1 bundle\(s\) \(first: web/a.jsonl\+2\)", said[0]), said
+        assert re.fullmatch(r"an input file changed \(another size, ETag or mtime\): web/docs-\w+ \(1 bundle\), "
+                            r"web/score_threshold-\w+ \(1 bundle\) \(first: web/a.jsonl\+2\)", said[0]), said
         assert re.fullmatch(r"other input files of the source \(MinHash clusters span all of them\); minhash-\w+ "
-                            r"holds the earlier ones: web/minhash-\w+ 1 bundle\(s\) \(first: web/a.jsonl\+2\)",
+                            r"holds the earlier ones: web/minhash-\w+ \(1 bundle\) \(first: web/a.jsonl\+2\)",
                             said[1]), said
         assert ours == [str(tmp_path / "attrs" / "web")]  # the set names, for MinHash's earlier clusters
         (tmp_path / "web" / "b.jsonl").write_text(docs[59] + "\n")  # one file added
@@ -2223,4 +2223,4 @@ def test_the_tag_says_per_set_why_it_tags_bundles_again(spark, tmp_path, monkeyp
                for c in files.values()), files
     from dolmino.report import render_markdown
 
-    assert f"- {untagged.RETAG_REASONS['files_added_or_removed']}: web/{docs_set} 1, " in render_markdown(report)
+    assert f"- {untagged.RETAG_REASONS['files_added_or_removed']}: web/{docs_set} (1 bundle), " in render_markdown(report)

@@ -99,12 +99,14 @@ def test_a_source_mostly_quarantined_is_a_warning():
 
 def test_the_why_line_counts_the_sets_it_leaves_out_apart_from_the_bundles():
     """The demo build's first run said "... flan/docs-1046fb145bdb 1 and 5 more set(s) bundle(s)": the unit
-    of the counts came after the sets left out, as if those were counted in bundles (found by a tester)."""
+    of the counts came after the sets left out, as if those were counted in bundles, and then "dclm/docs-… 1,
+    flan/docs-… 1 bundle(s), and 5 more set(s)" gave the first counts no unit (found by testers)."""
     from dolmino.report import retag_lines
 
     why = {"not_tagged": {"bundles": 1, "detail": "not tagged under this root yet", "first": "web/a.jsonl"}}
     files = {source: {"docs-1": {"reasons": why}} for source in ("dclm", "flan", "wiki", "math", "pes2o")}
-    assert retag_lines(files) == ["not tagged under this root yet: dclm/docs-1 1, flan/docs-1 1, wiki/docs-1 1 "
-                                  "bundle(s), and 2 more set(s) (first: web/a.jsonl)"]
-    assert retag_lines({"dclm": files["dclm"]}) == ["not tagged under this root yet: dclm/docs-1 1 bundle(s) "
+    assert retag_lines(files) == ["not tagged under this root yet: dclm/docs-1 (1 bundle), flan/docs-1 (1 bundle), "
+                                  "wiki/docs-1 (1 bundle), and 2 more set(s) (first: web/a.jsonl)"]
+    files["dclm"]["docs-1"]["reasons"] = {"not_tagged": {**why["not_tagged"], "bundles": 2}}
+    assert retag_lines({"dclm": files["dclm"]}) == ["not tagged under this root yet: dclm/docs-1 (2 bundles) "
                                                     "(first: web/a.jsonl)"]
