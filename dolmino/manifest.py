@@ -987,7 +987,7 @@ def check_files(paths: list[str], explain=None) -> int:
     for p in paths:
         try:
             m = load_manifest(p)
-            from dolmino.build.inputs import overlapping_paths
+            from dolmino.source_paths import overlapping_paths
 
             # what the build's listing refuses (`shared_inputs`), said here offline where the paths show it
             if overlap := overlapping_paths(m):

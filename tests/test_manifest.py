@@ -127,9 +127,29 @@ def test_check_refuses_two_sources_that_take_the_same_files(tmp_path, capsys):
     assert "both take every file /data/web/a/*.jsonl matches (web: /data/web, also:" in check("web", "web/a/*.jsonl")
     assert "both take every file /data/web/*.jsonl matches" in check("web/*.jsonl", "./web/*.jsonl")
     assert "both take /data/web/a/b.json " in check("web/**", "web/a/b.json")
+    assert "both take every file /data/web/** matches (web: /data/web/**, also:" in check("web/**", "web/**")
     assert "both take every file s3://b/web/p/*.gz matches" in check("s3://b/web/", "s3://b/web/p/*.gz")
     for apart in (("web/a*", "web/*b"), ("web", "webx/*.jsonl"), ("web/*", "web/sub"), ("web", "web/.cache/*.jsonl")):
         assert check(*apart).startswith("ok "), apart
+
+
+def test_check_of_overlapping_sources_imports_no_build_stage(tmp_path):
+    """Found in review: `dolmino manifest check` said sources that take the same files by importing
+    `dolmino.build.inputs`, the manifest module (the bottom layer) reaching up into the build. The
+    patterns' rules live below it (`dolmino.source_paths`); the build's listing imports them from there."""
+    import subprocess
+    import sys
+
+    data = {**_base(), "data_root": "/data", "sources": [
+        {"name": "web", "paths": ["web"], "mix_percent": 50},
+        {"name": "also", "paths": ["web/a.jsonl"], "mix_percent": 50}]}
+    (tmp_path / "m.json").write_text(json.dumps(data))
+    code = ("import sys; from dolmino.manifest import main; status = main(['check', sys.argv[1]]); "
+            "print(status, sorted(m for m in sys.modules if m.startswith('dolmino.build')))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.json")], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out[0].startswith(f"BAD {tmp_path / 'm.json'}: sources 'web' and 'also' both take /data/web/a.jsonl ")
+    assert out[1:] == ["1 []"]
 
 
 def test_check_imports_a_custom_scorer_given_with_py_files(tmp_path, monkeypatch, capsys):
