@@ -304,6 +304,7 @@ def diff_manifests(a: Manifest, b: Manifest, budget: int | None = None, with_pla
         _compare(attr, getattr(a, attr), getattr(b, attr), d.fields)
     if budget_change := _budget_change(a, b):
         d.fields.append(budget_change)
+    _compare("max_passes", a.max_passes, b.max_passes, d.fields)  # as read: 4 written out is the default
     for key in ("data_root", "output"):
         # Resolved against each manifest's directory: the same text in a moved manifest reads other
         # data (shown as "No changes"; found by a tester), other text may name the same directory.
@@ -594,13 +595,13 @@ if __name__ == "__main__":
 def manifest_changes(built: object, given: object) -> list[str]:
     """The fields in which the raw manifest `given` differs from `built` (a build's manifest.json),
     as the manifest loader reads them: key order, spacing, "4M" for 4000000 or a default written out
-    are no change. Not "output", which only says where the build goes, nor the descriptions, which
-    change no token. As plain JSON where either does not load (another dolmino version's). What the
+    are no change. Not "output", which only says where the build goes, nor the descriptions or
+    max_passes (which passes the warnings accept), which change no token. As plain JSON where either does not load (another dolmino version's). What the
     build (a complete build of another manifest in --out) and the trainer (--mix of an edited
     manifest) tell their user changed."""
     from dolmino.manifest import manifest_from_dict
 
-    ignored = ("output", "output (resolved)", "description")
+    ignored = ("output", "output (resolved)", "description", "max_passes")
     try:
         diff = diff_manifests(manifest_from_dict(built), manifest_from_dict(given), with_plan=False)
     except ValueError:

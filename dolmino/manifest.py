@@ -68,7 +68,7 @@ PASSES_TOLERANCE = 0.005
 # Passes over one pool past which a plan and a build report warn, unless the source's own Source % asks for
 # more: the recipe repeats no pool more than 4 times (Table 13's 400%), and its microanneals found 4 copies
 # of scarce data no better than 2 (SPEC.md "Microanneals"). A Mix % share of a small pool repeated it 9.5x
-# unsaid (a reviewer).
+# unsaid (a reviewer). The default of a manifest's `max_passes` (one that repeats more on purpose states it).
 MAX_PASSES = 4.0
 MANIFEST_VERSIONS = (1, 2)
 MANIFEST_KINDS = ("mix", "pool")
@@ -76,8 +76,8 @@ MANIFEST_KINDS = ("mix", "pool")
 # The schema's fields, in the order `dolmino manifest fmt` writes them (identity and
 # description first, then what shapes the output, then the sources). The validator accepts
 # exactly these keys; add a field here and the formatter places it.
-MANIFEST_FIELDS = ("name", "description", "version", "kind", "seed", "budget", "data_root", "output", "tokenizer",
-                   "output_format", "sources")
+MANIFEST_FIELDS = ("name", "description", "version", "kind", "seed", "budget", "max_passes", "data_root", "output",
+                   "tokenizer", "output_format", "sources")
 SOURCE_FIELDS = ("name", "description", "paths", "format", "pool_tokens", "pool_docs", "source_percent",
                  "mix_percent", "max_doc_bytes", "max_doc_tokens", "filters", "dedup")
 TOKENIZER_FIELDS = ("name", "path", "eos_token_id", "pad_token_id", "vocab_size", "bos_token_id", "semantics",
@@ -258,6 +258,8 @@ class Manifest:
     kind: str = "mix"  # "mix" or "pool"
     budget_stated: bool = False  # the manifest (not the default rule) set `budget`
     warnings: tuple[str, ...] = ()  # non-fatal findings of validation (printed by the CLI)
+    # Passes over one pool the manifest accepts without a warning (a source's own Source % may ask more)
+    max_passes: float = MAX_PASSES
 
     def resolve(self, location: str) -> str:
         """Resolve a source path: absolute and s3:// stay, others are relative to data_root (a
@@ -380,27 +382,57 @@ def zero_target_warning(name: str, share_percent: float, budget: int) -> str:
             "token: it gets 0 tokens at this budget (a larger budget or share takes it in)")
 
 
-def repetition_warning(name: str, passes: float, pool_tokens: int, stated_passes: float | None,
-                       estimated: bool = False) -> str | None:
-    """One line for a source that repeats its pool more than MAX_PASSES times, or than its own stated
-    passes where those are more (the manifest asked for them); None otherwise. `estimated`: the pool's
-    size is an estimate (a build report's, from bytes)."""
-    limit = max(MAX_PASSES, stated_passes or 0.0)
+def times_text(value: float, digits: int = 3) -> str:
+    """A number of passes or times: `digits` significant digits, never in exponent notation (999.6 passes,
+    short of the 1,000 whole copies a build refuses, read "repeats ... 1e+03 times"; a reviewer)."""
+    text = f"{value:.{digits}g}"
+    return text if "e" not in text else f"{value:,.1f}".removesuffix(".0")
+
+
+class Repetition(NamedTuple):
+    """A source that repeats its pool more than its manifest accepts (`repetition`)."""
+
+    name: str
+    passes: float
+    pool_tokens: int
+    asked: float | None  # the passes its own Source % asks, where more than the manifest's max_passes
+    estimated: bool = False  # the pool's size is an estimate (a build report's, from bytes)
+
+
+def repetition(name: str, passes: float, pool_tokens: int, stated_passes: float | None,
+               max_passes: float = MAX_PASSES, estimated: bool = False) -> Repetition | None:
+    """The source, where it repeats its pool more than `max_passes` times, or than its own stated passes
+    where those are more (the manifest asked for them); None otherwise."""
+    limit = max(max_passes, stated_passes or 0.0)
     if passes <= limit * (1 + PASSES_TOLERANCE):
         return None
-    asked = f"the {limit:.4g} its Source % asks" if limit > MAX_PASSES else (
-        f"the {limit:g} of OLMo 2's recipe (Table 13's most; its microanneals found 4 copies of scarce data no "
-        "better than 2)")
-    return (f"{name}: repeats its {'~' if estimated else ''}{format_count(pool_tokens)}-token pool {passes:.3g} times, "
-            f"more than {asked}; a larger pool, or a smaller share or budget, repeats it less")
+    return Repetition(name, passes, pool_tokens, limit if limit > max_passes else None, estimated)
 
 
-def repetition_warnings(rows: list[SourcePlanRow]) -> list[str]:
-    """`repetition_warning` of every planned source whose pool size is known."""
-    return [w for r in rows if r.pool_tokens and r.source_percent is not None
-            and (w := repetition_warning(r.name, r.source_percent / 100.0, r.pool_tokens,
-                                         None if r.source_percent_manifest is None
-                                         else r.source_percent_manifest / 100.0))]
+def repetition_warning(repeated: list[Repetition], max_passes: float = MAX_PASSES) -> list[str]:
+    """One line naming every source in `repeated` with its passes ([] for none): a 300B plan of the 50B
+    manifest said nine ~260-character lines alike but for the name."""
+    if not repeated:
+        return []
+    many = len(repeated) > 1
+    items = ", ".join(f"{r.name} {times_text(r.passes)}x ({'~' if r.estimated else ''}{format_count(r.pool_tokens)}"
+                      f"-token pool{f'; its Source % asks {times_text(r.asked, 4)}' if r.asked else ''})"
+                      for r in repeated)
+    limit = times_text(max_passes, 4)
+    why = (f"{limit} is OLMo 2's recipe's most (Table 13; its microanneals found 4 copies of scarce data no better "
+           "than 2)" if max_passes == MAX_PASSES else f"{limit} is the manifest's max_passes")
+    return [f"{len(repeated)} source{'s' if many else ''} repeat{'' if many else 's'} "
+            f"{'their pools' if many else 'its pool'} more than {limit} times: {items}; {why}: a larger pool, or a "
+            "smaller share or budget, repeats a pool less, and a higher max_passes in the manifest accepts it"]
+
+
+def repetition_warnings(rows: list[SourcePlanRow], max_passes: float = MAX_PASSES) -> list[str]:
+    """`repetition_warning` of the planned sources whose pool size is known."""
+    return repetition_warning([rep for r in rows if r.pool_tokens and r.source_percent is not None
+                               and (rep := repetition(r.name, r.source_percent / 100.0, r.pool_tokens,
+                                                      None if r.source_percent_manifest is None
+                                                      else r.source_percent_manifest / 100.0, max_passes))],
+                              max_passes)
 
 
 def plan_warnings(rows: list[SourcePlanRow], tolerance: float = PASSES_TOLERANCE) -> list[str]:
@@ -714,6 +746,21 @@ def _parse_output_spec(obj: Any) -> OutputSpec:
     return OutputSpec(tokens_per_file=tpf, label_mask=label_mask)
 
 
+def _max_passes(data: dict, kind: str) -> float:
+    """The manifest's `max_passes` (MAX_PASSES where it states none): a demo over tiny pools repeats them
+    on purpose, and said so on every first build in warnings whose remedy did not apply (a reviewer)."""
+    if "max_passes" not in data:
+        return MAX_PASSES
+    value = data["max_passes"]
+    _expect(kind != "pool", "max_passes", "a pool manifest takes every source once; the passes a mix may repeat "
+            "a pool belong in the mix manifest")
+    _expect(isinstance(value, (int, float)) and not isinstance(value, bool), "max_passes",
+            f"expected a number of passes over one pool (4 = four whole copies), got {value!r}")
+    _expect(value >= 1, "max_passes", f"must be at least 1 (the passes over one pool taken without a warning; "
+            f"OLMo 2's recipe takes at most {MAX_PASSES:g}), got {value:g}")
+    return float(value)
+
+
 def manifest_from_dict(data: Any, path: str | None = None) -> Manifest:
     """Validate a parsed manifest; relative paths resolve against the manifest's directory."""
     _expect(isinstance(data, dict), "manifest", "expected a JSON object at the top level")
@@ -732,6 +779,7 @@ def manifest_from_dict(data: Any, path: str | None = None) -> Manifest:
     budget = parse_count(data["budget"], "budget") if data.get("budget") is not None else None
     _expect(kind != "pool" or budget is None, "budget",
             "a pool manifest takes everything its filters keep; sample it to a budget in a mix manifest")
+    max_passes = _max_passes(data, kind)
     sources_obj = data["sources"]
     _expect(isinstance(sources_obj, list) and sources_obj, "sources", "expected a non-empty list")
     base_dir = os.path.dirname(os.path.abspath(path)) if path else None
@@ -772,7 +820,7 @@ def manifest_from_dict(data: Any, path: str | None = None) -> Manifest:
         # made one manifest read other inputs (or none) from elsewhere while writing the same output (a tester).
         data_root=resolve_relative(base_dir, data_root) if data_root is not None else base_dir,
         description=description, path=os.path.abspath(path) if path else None, raw=data,
-        version=version, kind=kind, budget_stated=budget is not None, warnings=tuple(warnings),
+        version=version, kind=kind, budget_stated=budget is not None, warnings=tuple(warnings), max_passes=max_passes,
     )
     if budget is None and passes_authority:
         manifest = replace(manifest, budget=manifest.budget_for())

@@ -99,7 +99,8 @@ class Plan:
         m = self.manifest
         return {
             "manifest": m.name, "path": m.path, "kind": m.kind, "version": m.version, "seed": m.seed,
-            "budget": self.budget, "budget_note": self.budget_note, "data_root": m.data_root,
+            "budget": self.budget, "budget_note": self.budget_note, "max_passes": m.max_passes,
+            "data_root": m.data_root,
             "sources": [{**r._asdict(),
                          "files": self.inputs[r.name].files if r.name in self.inputs else None,
                          "bytes": self.inputs[r.name].bytes if r.name in self.inputs else None}
@@ -180,7 +181,8 @@ def make_plan(manifest: Manifest, budget: int | None = None, list_files: bool = 
     budget, note = _budget(manifest, budget)
     rows = manifest.plan(budget)
     refused = _copies_refused(rows)
-    repeated = repetition_warnings([r for r in rows if r.copies is None or r.copies < MAX_COPIES])  # refused says it
+    repeated = repetition_warnings([r for r in rows if r.copies is None or r.copies < MAX_COPIES],  # refused says it
+                                   manifest.max_passes)
     plan = Plan(manifest, budget, note, rows, warnings=[*manifest.warnings, *_plan_warnings(manifest, budget, rows),
                                                         *repeated, *refused])
     if list_files:

@@ -23,7 +23,8 @@ import re
 
 from dolmino.errors import ManifestError
 from dolmino.manifest import (
-    PASSES_TOLERANCE, Manifest, format_bytes, format_count, repetition_warning, share_text, zero_target_warning,
+    PASSES_TOLERANCE, Manifest, format_bytes, format_count, repetition, repetition_warning, share_text,
+    zero_target_warning,
 )
 
 SHORTFALL_TOLERANCE = 0.005
@@ -390,6 +391,7 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
     report_sources = []
     warnings = list(state.warnings)
     accounts = []  # each source's, with its tokenize stage: what removed everything when nothing is written
+    repetitions = []  # said in one line after the sources
     for si, (source, acc, sel) in enumerate(zip(manifest.sources, sources, selections)):
         tok = {"docs": 0, "bytes": 0, "tokens": 0, "kept_docs": 0, "kept_tokens": 0, "removed": {},
                "control_token_docs": 0, "eos_in_span_docs": 0}
@@ -429,9 +431,9 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
                             "a mix manifest's pool_tokens for it should say what the pool holds)")
         if manifest.kind != "pool" and manifest.passes_authority:
             warnings += _pool_size_missed(source, pool_tokens, exact, out_tokens, sel.target_tokens)
-        if manifest.kind != "pool" and pool_tokens and (repeated := repetition_warning(
-                f"source {source.name!r}", out_tokens / pool_tokens, pool_tokens, source.passes, not exact)):
-            warnings.append(repeated)  # as `dolmino plan` says it, of the pool as measured
+        if manifest.kind != "pool" and pool_tokens and (repeated := repetition(
+                source.name, out_tokens / pool_tokens, pool_tokens, source.passes, manifest.max_passes, not exact)):
+            repetitions.append(repeated)  # as `dolmino plan` says it, of the pool as measured
         if manifest.kind != "pool" and not sel.target_tokens and fractions[source.name] > 0:
             # said by the plan's warnings where the build asked for them (passes manifests), else here
             zero = zero_target_warning(source.name, 100.0 * fractions[source.name], budget)
@@ -471,6 +473,7 @@ def build_report(manifest: Manifest, budget: int, sources: list[dict], selection
             "decontamination_coverage": acc.get("decontamination_coverage", []),
         }
         report_sources.append(entry)
+    warnings += repetition_warning(repetitions, manifest.max_passes)
     if not total_tokens:  # "wrote 1 part(s), 0 tokens" and "0 tokens, N short of the budget" were all it said
         warnings.append(_no_tokens(accounts, budget if manifest.kind != "pool" else None, len(parts)))
     elif total_tokens < budget * (1 - SHORTFALL_TOLERANCE):

@@ -408,13 +408,35 @@ def test_the_plan_says_a_budget_scale_once_and_names_a_source_it_gives_nothing()
 
 def test_a_pool_repeated_past_the_recipe_or_its_own_source_percent_is_one_line():
     """What `dolmino plan` says of planned passes and a build's report of measured ones (`~`: a pool
-    size estimated from bytes); Table 13's 400% and a Source % that asks for more pass."""
-    from dolmino.manifest import repetition_warning
+    size estimated from bytes); Table 13's 400%, a Source % that asks for more and a manifest's max_passes pass."""
+    from dolmino.manifest import repetition, repetition_warning
 
-    assert repetition_warning("web", 4.01, 1000, None) is None and repetition_warning("web", 9.5, 10, 9.5) is None
-    assert repetition_warning("source 'web'", 5.05, 198_070, None, estimated=True).startswith(
-        "source 'web': repeats its ~198K-token pool 5.05 times, more than the 4 of OLMo 2's recipe (Table 13's most;")
-    assert "more than the 9.5 its Source % asks;" in repetition_warning("math", 16.5, 50, 9.5)
+    assert repetition("web", 4.01, 1000, None) is None and repetition("web", 9.5, 10, 9.5) is None
+    assert repetition("web", 9.5, 10, None, max_passes=12) is None
+    web, math = repetition("web", 5.05, 198_070, None, estimated=True), repetition("math", 16.5, 50, 9.5)
+    assert repetition_warning([]) == []
+    [line] = repetition_warning([web, math])
+    assert line.startswith("2 sources repeat their pools more than 4 times: web 5.05x (~198K-token pool), math 16.5x "
+                           "(50-token pool; its Source % asks 9.5); 4 is OLMo 2's recipe's most (Table 13;"), line
+    assert repetition_warning([repetition("web", 7, 100, None, max_passes=6.5)], 6.5)[0].startswith(
+        "1 source repeats its pool more than 6.5 times: web 7x (100-token pool); 6.5 is the manifest's max_passes: ")
+
+
+def test_max_passes_is_a_mix_field_written_after_the_budget():
+    """`max_passes` (the passes over one pool a mix accepts without a warning) reads as a number, belongs to
+    a mix (a pool takes every source once), and `dolmino manifest fmt` places it beside the budget."""
+    from dolmino.manifest import MAX_PASSES
+    from dolmino.manifest_format import dumps
+
+    assert manifest_from_dict({k: v for k, v in _base().items() if k != "max_passes"}).max_passes == MAX_PASSES == 4
+    assert manifest_from_dict(_base()).max_passes == 12.0
+    pool = {"name": "p", "version": 2, "kind": "pool", "seed": 1, "max_passes": 4,
+            "sources": [{"name": "web", "paths": ["w/*"]}]}
+    with pytest.raises(ManifestError, match=r"^max_passes: a pool manifest takes every source once"):
+        manifest_from_dict(pool)
+    moved = {**{k: v for k, v in _base().items() if k != "max_passes"}, "max_passes": 12}
+    assert list(json.loads(dumps(moved))) == list(_base())
+    assert list(_base())[:7] == ["name", "description", "version", "kind", "seed", "budget", "max_passes"]
 
 
 def test_mix_percent_that_do_not_sum_to_100_are_said_to_be_rescaled(tmp_path, capsys):
@@ -524,6 +546,10 @@ def _base() -> dict:
     (lambda m: m["sources"][0].update(dedup={"minhash": {"num_perm": 10**6}}),
      "sources[0].dedup.minhash.num_perm: at most 1,024"),
     (lambda m: m.update(budget=0.4), "budget: must be a count of at least 1"),
+    (lambda m: m.update(max_passes=0.5), "max_passes: must be at least 1"),
+    (lambda m: m.update(max_passes="12"), "max_passes: expected a number of passes over one pool"),
+    (lambda m: m.update(max_passes=True), "max_passes: expected a number"),
+    (lambda m: m.update(max_passes=None), "max_passes: expected a number"),
     (lambda m: m.update(data_root="s3://"), "data_root: 's3://' names no bucket"),  # read as the local "s3:/"
     (lambda m: m.update(output_format={"tokens_per_file": 0.3}), "output_format.tokens_per_file:"),
     (lambda m: m["sources"][0].update(filters=[{"type": "nope"}]), "sources[0].filters[0]"),

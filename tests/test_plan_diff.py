@@ -514,15 +514,62 @@ def test_plan_warns_of_a_pool_repeated_more_than_the_recipe_does(tmp_path, capsy
     assert plan_cmd.main([str(tmp_path / "micro.json"), "--no-inputs"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"gsm8k +158M +- +949\.4 +9 \+ 49\.4%", out), out
-    assert ("- gsm8k: repeats its 158M-token pool 9.49 times, more than the 4 of OLMo 2's recipe (Table 13's most; its "
-            "microanneals found 4 copies of scarce data no better than 2); a larger pool, or a smaller share or "
-            "budget, repeats it less") in out, out
+    assert ("- 1 source repeats its pool more than 4 times: gsm8k 9.49x (158M-token pool); 4 is OLMo 2's recipe's most "
+            "(Table 13; its microanneals found 4 copies of scarce data no better than 2): a larger pool, or a smaller "
+            "share or budget, repeats a pool less, and a higher max_passes in the manifest accepts it") in out, out
     passes = {"name": "p", "version": 2, "seed": 1, "sources": [
         {"name": "web", "paths": ["w/*"], "source_percent": 10, "pool_tokens": "1000"},
         {"name": "math", "paths": ["m/*"], "source_percent": 950, "pool_tokens": "50"}]}
     assert make_plan(manifest_from_dict(passes), list_files=False).warnings == []  # as its Source % asks
     assert make_plan(manifest_from_dict(passes), 1000, list_files=False).warnings[-1].startswith(
-        "math: repeats its 50-token pool 16.5 times, more than the 9.5 its Source % asks;")
+        "1 source repeats its pool more than 4 times: math 16.5x (50-token pool; its Source % asks 9.5); ")
+
+
+def test_a_budget_that_repeats_many_pools_is_one_line_naming_each(capsys):
+    """`dolmino plan manifests/50B.json --budget 300B` printed the budget-scale line and nine ~260-character
+    lines alike but for the name (a reviewer): one line names every source and its passes."""
+    assert plan_cmd.main([str(MANIFESTS / "50B.json"), "--budget", "300B", "--no-inputs"]) == 0
+    warnings = capsys.readouterr().out.split("warnings:\n", 1)[1].splitlines()
+    assert len(warnings) == 2 and warnings[0].startswith("- budget: 300B is 583% of the 51.5B tokens"), warnings
+    assert warnings[1].startswith("- 9 sources repeat their pools more than 4 times: stackexchange 5.83x (1.26B-token "
+                                  "pool), wiki 5.83x (3.66B-token pool), tulu_math 5.83x (233M-token pool), "), warnings
+    assert warnings[1].count("5.83x") == 9 and "gsm8k_train 5.83x (2.74M-token pool); 4 is" in warnings[1]
+
+
+def test_passes_short_of_a_thousand_copies_are_not_said_in_exponent_form():
+    """A plan row at 999.5-999.9 copies said "repeats ... 1e+03 times" (a reviewer)."""
+    spec = {"name": "p", "version": 2, "seed": 1, "budget": "2M", "sources": [
+        {"name": "web", "paths": ["w/*"], "mix_percent": 50.02, "pool_tokens": "1M"},
+        {"name": "math", "paths": ["m/*"], "mix_percent": 49.98, "pool_tokens": "1000"}]}
+    [warning] = make_plan(manifest_from_dict(spec), list_files=False).warnings
+    assert "math 999.6x (1K-token pool)" in warning and "e+" not in warning, warning
+    from dolmino.manifest import times_text
+
+    assert [times_text(v) for v in (9.534, 999.4, 999.96, 12_345.67)] == ["9.53", "999", "1,000", "12,345.7"]
+
+
+def test_max_passes_accepts_the_passes_a_manifest_means_and_is_a_field_of_its_own(tmp_path):
+    """The demo repeats its tiny pools on purpose (its description says passes mean little there), and its
+    first build warned of three whose remedy did not apply (a reviewer): `max_passes` states what the
+    manifest accepts, a change of it is a diff's field change, and the build's plan and the trainer's check
+    of a built manifest ignore it (it changes no token)."""
+    from dolmino.build.mix import _planned_manifest
+    from dolmino.diff import manifest_changes
+
+    demo = json.loads((MANIFESTS / "demo.json").read_text())
+    assert demo["max_passes"] == 12 and "max_passes 12" in demo["description"]
+    spec = {"name": "p", "version": 2, "seed": 1, "budget": "10K", "sources": [
+        {"name": "web", "paths": ["w/*"], "mix_percent": 50, "pool_tokens": "1000"},
+        {"name": "math", "paths": ["m/*"], "mix_percent": 50, "pool_tokens": "5000"}]}
+    assert [w.split(":")[0] for w in make_plan(manifest_from_dict(spec), list_files=False).warnings] == [
+        "1 source repeats its pool more than 4 times"]
+    accepting = {**spec, "max_passes": 5}
+    assert make_plan(manifest_from_dict(accepting), list_files=False).warnings == []
+    d = diff_manifests(manifest_from_dict(spec), manifest_from_dict(accepting), with_plan=False)
+    assert [(c.where, c.before, c.after) for c in d.fields] == [("max_passes", 4.0, 5.0)]
+    assert diff_manifests(manifest_from_dict(spec), manifest_from_dict({**spec, "max_passes": 4}),
+                          with_plan=False).empty
+    assert manifest_changes(spec, accepting) == [] and _planned_manifest(accepting) == _planned_manifest(spec)
 
 
 def test_plan_and_diff_import_a_scorer_from_py_files_as_the_build_does(tmp_path, capsys, monkeypatch):

@@ -110,3 +110,46 @@ def test_the_why_line_counts_the_sets_it_leaves_out_apart_from_the_bundles():
     files["dclm"]["docs-1"]["reasons"] = {"not_tagged": {**why["not_tagged"], "bundles": 2}}
     assert retag_lines({"dclm": files["dclm"]}) == ["not tagged under this root yet: dclm/docs-1 (2 bundles) "
                                                     "(first: web/a.jsonl)"]
+
+
+def _built(manifest_data: dict, pools: dict[str, int], written: dict[str, int]) -> dict:
+    """`build_report` of a build of `manifest_data` whose sources' pools held `pools` tokens (measured
+    exactly) and wrote `written`: the report's own arithmetic, without Spark."""
+    import types
+
+    from dolmino.build.select import SourceSelection
+    from dolmino.manifest import manifest_from_dict
+    from dolmino.report import build_report
+
+    manifest = manifest_from_dict(manifest_data)
+    accounts = [{"files": 1, "docs_in": 10, "bytes_in": 1000, "quarantined": {}, "removed": {}, "duplicate_ids": 0,
+                 "unreadable_bytes": 0, "kept_docs": 10, "kept_bytes": 1000, "filter_reports": {}}
+                for _ in manifest.sources]
+    selections = [SourceSelection(s.name, written[s.name], 10, 1000, 0.25, "all", pool_tokens=pools[s.name])
+                  for s in manifest.sources]
+    part = types.SimpleNamespace(tokens=sum(written.values()), docs=10, tokens_by_source=written,
+                                 docs_by_source={n: 1 for n in written}, files=(), doc_hist={}, skipped=False,
+                                 masked_by_source=None)
+    return build_report(manifest, sum(written.values()), accounts, selections, [], [part],
+                        types.SimpleNamespace(bundles=[], tagged_units=0, minhash={}),
+                        types.SimpleNamespace(warnings=[], stages={}, persisted=0), elapsed_s=0.0, cluster={},
+                        out="out", attributes="attributes", resumed=False)
+
+
+def test_pools_repeated_past_max_passes_are_one_warning_and_a_stated_max_passes_accepts_them():
+    """The demo build's first run warned three times (dclm 9.53x, flan 6.11x, stackexchange 4.94x) of passes
+    it takes on purpose, each in a ~260-character line whose remedy did not apply (a reviewer): one line
+    names them all, and the manifest's max_passes accepts them."""
+    data = {"name": "m", "version": 2, "seed": 1, "budget": "2K", "sources": [
+        {"name": n, "paths": [f"{n}/*"], "mix_percent": p} for n, p in (("web", 50), ("qa", 30), ("wiki", 20))]}
+    pools, written = {"web": 100, "qa": 100, "wiki": 1000}, {"web": 1000, "qa": 600, "wiki": 400}
+    warnings = _built(data, pools, written)["warnings"]
+    assert warnings == ["2 sources repeat their pools more than 4 times: web 10x (100-token pool), qa 6x (100-token "
+                        "pool); 4 is OLMo 2's recipe's most (Table 13; its microanneals found 4 copies of scarce data "
+                        "no better than 2): a larger pool, or a smaller share or budget, repeats a pool less, and a "
+                        "higher max_passes in the manifest accepts it"], warnings
+    assert _built({**data, "max_passes": 10}, pools, written)["warnings"] == []
+    assert _built({**data, "max_passes": 8}, pools, written)["warnings"] == [
+        "1 source repeats its pool more than 8 times: web 10x (100-token pool); 8 is the manifest's max_passes: a "
+        "larger pool, or a smaller share or budget, repeats a pool less, and a higher max_passes in the manifest "
+        "accepts it"]

@@ -97,10 +97,10 @@ def tokenizer_digest(tokenizer: Dolma2Tokenizer, spec) -> str:
 
 def _planned_manifest(raw: dict) -> dict:
     """The manifest as far as it decides the output: not where its output, inputs or tokenizer
-    lie (the tokenizer's bytes are in the plan apart). A moved tokenizer.json dropped a killed
-    build's committed parts on the rerun (found by a reviewer); without a path the plan is the
-    one earlier versions wrote."""
-    planned = {k: v for k, v in raw.items() if k not in ("output", "description", "data_root")}
+    lie (the tokenizer's bytes are in the plan apart), nor the passes its warnings accept
+    (max_passes). A moved tokenizer.json dropped a killed build's committed parts on the rerun
+    (found by a reviewer); without a path the plan is the one earlier versions wrote."""
+    planned = {k: v for k, v in raw.items() if k not in ("output", "description", "data_root", "max_passes")}
     if isinstance(planned.get("tokenizer"), dict) and "path" in planned["tokenizer"]:
         planned["tokenizer"] = {k: v for k, v in planned["tokenizer"].items() if k != "path"}
     return planned
