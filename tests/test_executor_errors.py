@@ -910,15 +910,20 @@ def test_a_python_worker_that_crashes_is_named_with_its_python_stack(spark):
     assert "in string_at" in stack[1] and "in crash" in stack[2] and not any("pyspark" in s for s in stack), stack
 
 
-def _recorded_session_configs(monkeypatch) -> dict:
-    """What make_spark sets on its builder (filled by each call), with no JVM started: not under spark-submit."""
+def _recorded_session_configs(monkeypatch, scratch_checked: bool = False) -> dict:
+    """What make_spark sets on its builder (filled by each call), not under spark-submit; with no JVM started
+    unless `scratch_checked` (check_scratch_space reads Spark's own reading of the configuration in the JVM)."""
     from types import SimpleNamespace
 
     from pyspark.sql import SparkSession
 
+    from dolmino.build import spark as spark_module
+
     configs = {}
 
     class Builder:
+        _options = configs  # PySpark's builder keeps its settings there
+
         def appName(self, _name):  # noqa: N802 - PySpark's
             return self
 
@@ -934,6 +939,8 @@ def _recorded_session_configs(monkeypatch) -> dict:
 
     monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)  # not under spark-submit
     monkeypatch.setattr(SparkSession, "builder", Builder())
+    if not scratch_checked:
+        monkeypatch.setattr(spark_module, "check_scratch_space", lambda _builder: None)
     return configs
 
 
@@ -973,6 +980,37 @@ def test_a_session_the_command_launches_keeps_the_users_spark_defaults(monkeypat
     configs.clear()
     spark_module.make_spark("app", quiet_start=False)  # a caller's session: it logged its settings when it started
     assert S3A_ENDPOINT not in configs, configs
+
+
+def test_a_driver_scratch_space_that_cannot_be_written_is_one_line_before_spark_starts(spark, tmp_path, capsys,
+                                                                                       monkeypatch):
+    """`spark-submit --conf spark.local.dir=/ro dolmino/build_mix.py` (a read-only /ro) ended with exit status 53
+    and Spark's "Failed to create any local dir." alone, and `dolmino build` said "Spark stopped under it" (a
+    tester). Checked before the context starts, with Spark's own reading of its settings (this JVM's); one
+    directory that can be written among several, or one still to be made, is enough, as it is for Spark."""
+    from pyspark.sql import SparkSession
+
+    from dolmino.build import spark as spark_module
+
+    if spark.sparkContext._jvm.System.getenv("SPARK_LOCAL_DIRS") is not None:  # noqa: SLF001
+        pytest.skip("SPARK_LOCAL_DIRS is set: it goes before spark.local.dir")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    configs = _recorded_session_configs(monkeypatch, scratch_checked=True)
+    monkeypatch.setattr(SparkSession, "getActiveSession", lambda: None)  # a session the command starts
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))  # no spark-defaults.conf
+    configs["spark.local.dir"] = f"{blocker}/scratch"
+    assert spark_module.SparkCommand("dolmino build", "kept").start("app", None, None) is None
+    assert capsys.readouterr().err == (
+        f"dolmino build: error: Spark's scratch space on the driver, {blocker}/scratch (spark.local.dir), cannot be "
+        "written (Not a directory): make it writable, or give Spark a writable directory (SPARK_LOCAL_DIRS=DIR, "
+        "which goes before spark.local.dir)\n")
+    configs["spark.local.dir"] = f"{blocker}/a,{blocker}/b"
+    with pytest.raises(spark_module.ScratchSpaceError, match=r"\(spark.local.dir\), has no directory that can be "
+                       r"written \(.*/a: Not a directory; .*/b: Not a directory\): make one of them writable, or "):
+        spark_module.check_scratch_space(SparkSession.builder)
+    configs["spark.local.dir"] = f"{blocker}/a,{tmp_path}/to-be-made/scratch"
+    spark_module.check_scratch_space(SparkSession.builder)
 
 
 def test_a_session_the_command_launches_prints_the_spark_ui_address(monkeypatch, tmp_path, capsys):

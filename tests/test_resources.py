@@ -422,7 +422,9 @@ def test_a_node_cache_remounted_read_only_while_it_copies_is_not_told_to_free_sp
 def test_a_model_staged_into_a_full_temporary_directory_says_what_to_do(tmp_path, monkeypatch):
     """The driver's copy of a model or index to ship, into a full temporary directory: "cannot stage it for the
     executors in /tmp/dolmino-ship-.../tmpv6egeli3 ([Errno 28] No space left on device: '<model>' -> '<...>.part')",
-    neither what to free nor which setting moves it (a tester, TMPDIR on a 64 KB tmpfs, a 150 MB index)."""
+    neither what to free nor which setting moves it (a tester, TMPDIR on a 64 KB tmpfs, a 150 MB index). One the
+    driver's user may not write into was told to "make it writable": what to do is s3.place_remedy's, as for every
+    other place the driver cannot write."""
     import errno
     import tempfile
 
@@ -449,3 +451,12 @@ def test_a_model_staged_into_a_full_temporary_directory_says_what_to_do(tmp_path
         f"{model}: cannot stage it for the executors in the driver's temporary directory {tempfile.gettempdir()} "
         "(No space left on device); free space there or set TMPDIR on the driver to a disk with room, then rerun "
         "the same command")
+
+    def forbidden(_uri, staging, _is_dir):
+        raise OSError(errno.EACCES, "Permission denied", staging + ".part")
+
+    monkeypatch.setattr(resources, "_put_staged", forbidden)
+    with pytest.raises(BuildError) as raised:
+        stage(str(model), Context(), ship=True)
+    assert str(raised.value).endswith(f"{tempfile.gettempdir()} (Permission denied); give this user access to it or "
+                                      "set TMPDIR on the driver to a writable directory, then rerun the same command")

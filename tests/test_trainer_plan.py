@@ -297,17 +297,24 @@ def test_an_anneal_from_a_soup_of_anneals_needs_its_lr(tmp_path, capsys):
 def test_a_horizon_short_of_an_anneal_says_its_last_steps_train_at_lr_0(capsys):
     """OLMo-core's LinearWithWarmup (olmo_core/optim/scheduler.py) holds the LR at alpha_f x peak (0 for an anneal)
     once the horizon is reached: --horizon-tokens 10K in a 100-step run of 512-token steps left 80 steps at LR 0,
-    training nothing, unsaid (found by a tester). Without it, the decay reaches 0 on the last step."""
+    training nothing, unsaid (found by a tester). Without it, the decay reaches 0 on the last step. The step where
+    the decay ends is at 0 itself: 5 steps at 0 of 5 were "its last 4", beside the warning of a run at 0 on every
+    step, whose "more --steps" would not have helped (a reviewer): one warning, the horizon's."""
     base = ["--recipe", "microanneal", "--lr", "1e-4", "--seq-len", "128", "--batch-size", "4", "--steps", "100"]
     assert schedule_main([*base, "--horizon-tokens", "10K"]) == 0
     said = capsys.readouterr()
     out = json.loads(said.out)
     assert out["horizon_steps"] == 20 and out["lr_at"]["25%"]["lr"] == 0
     assert said.err.splitlines() == [
-        "trainer.schedule: warning: --horizon-tokens 10,000 ends the decay on step 20 of the run's 100: its last 80 "
-        "steps train at learning rate 0 and change no weight (leave it out to anneal to 0 at the last step)"]
+        "trainer.schedule: warning: --horizon-tokens 10,000 ends the decay on step 20 of the run's 100: its last 81 "
+        "steps (20-100) train at learning rate 0 and change no weight (leave it out to anneal to 0 at the last step)"]
     assert schedule_main([*base, "--horizon-tokens", "51200"]) == 0  # exactly the run: 0 on its last step
     assert capsys.readouterr().err == ""
+    assert schedule_main([*base, "--horizon-tokens", "512"]) == 0  # one step: every step at 0
+    assert capsys.readouterr().err.splitlines() == [
+        "trainer.schedule: warning: the learning rate is 0 on every step this run takes (linear_to_zero, steps "
+        "1-100): the weights will not change; its decay reaches 0 on step 1 (counting from 1), the end of its "
+        "horizon: lengthen the schedule (a longer --horizon-tokens)"]
 
 
 def test_a_mix_too_small_for_one_batch_is_refused_as_trainer_run_refuses_it(tmp_path, capsys):

@@ -552,11 +552,13 @@ def _schedule_notes(args: argparse.Namespace, run_tokens: int) -> list[str]:
                      "(leave it out to anneal to 0 at the last step)")
     tokens_per_step = args.batch_size * args.seq_len
     if "horizon_tokens" in explicit and args.horizon_tokens is not None and \
-            (zero := -(-args.horizon_tokens // tokens_per_step)) < (steps := run_tokens // tokens_per_step):
-        # the steps after it trained at LR 0, changing no weight, unsaid (found by a tester)
+            1 < (zero := -(-args.horizon_tokens // tokens_per_step)) < (steps := run_tokens // tokens_per_step):
+        # The steps after it trained at LR 0, changing no weight, unsaid (found by a tester). Step `zero` (from 1)
+        # is at 0 itself: "its last 4 steps" were 5 of 5. Where that is the first step, every step is at 0, which
+        # LRSchedule.zero_lr_note says after these notes, in trainer.run and trainer.schedule alike: not twice.
         notes.append(f"--horizon-tokens {args.horizon_tokens:,} ends the decay on step {zero:,} of the run's "
-                     f"{steps:,}: its last {steps - zero:,} steps train at learning rate 0 and change no weight "
-                     "(leave it out to anneal to 0 at the last step)")
+                     f"{steps:,}: its last {steps - zero + 1:,} steps ({zero:,}-{steps:,}) train at learning rate 0 "
+                     "and change no weight (leave it out to anneal to 0 at the last step)")
     return notes
 
 

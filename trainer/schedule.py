@@ -84,8 +84,11 @@ class LRSchedule:
         if not self.peak_lr:
             return f"{said}: its peak (an anneal's start) is 0, so the weights will not change; pass --lr above 0"
         floor = "its decay reaches 0" if self.kind == "linear_to_zero" else "it reaches its floor of 0"
+        # more steps past a horizon shorter than the run are at 0 too (--horizon-tokens of one step in five)
+        longer = ("a longer --horizon-tokens" if self.horizon_steps < stop
+                  else "more --steps, or a longer --horizon-tokens")
         return (f"{said}: the weights will not change; {floor} on step {self.horizon_steps} (counting from 1), the "
-                "end of its horizon: lengthen the schedule (more --steps, or a longer --horizon-tokens)"
+                f"end of its horizon: lengthen the schedule ({longer})"
                 + ("" if self.kind == "linear_to_zero" else ", or give a --final-lr-fraction above 0"))
 
     def key_steps(self, max_steps: int) -> dict[str, int]:

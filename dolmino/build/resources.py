@@ -217,11 +217,12 @@ def stage(uri: str, sc=None, ship: bool = False) -> Resource:
             raise BuildError(f"{uri}: cannot stage it for the executors in {tempfile.gettempdir()} ({exc})") from None
         # "([Errno 28] No space left on device: '<model>' -> '<dir>/tmpv6egeli3/<digest>-<name>.part')" said
         # neither what to free nor which setting moves it (a tester, TMPDIR on a 64 KB tmpfs)
-        fix, room = (("free space there", "a disk with room") if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                     else ("make it writable", "a writable directory"))
+        from dolmino.s3 import place_remedy
+
+        room = "a disk with room" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "a writable directory"
         raise BuildError(f"{uri}: cannot stage it for the executors in the driver's temporary directory "
-                         f"{tempfile.gettempdir()} ({exc.strerror}); {fix} or set TMPDIR on the driver to {room}, "
-                         "then rerun the same command") from None
+                         f"{tempfile.gettempdir()} ({exc.strerror}); {place_remedy(exc.errno)} or set TMPDIR on the "
+                         f"driver to {room}, then rerun the same command") from None
     sc.addFile(staging)
     _SHIPPED.add(shipped)
     return Resource(uri, digest, is_dir, shipped_as=name)
@@ -303,12 +304,14 @@ def _in_cache(resource: Resource, fill) -> str:
                     raise
                 import socket
 
+                from dolmino.s3 import place_remedy
+
                 # a cache remounted read-only was told to free space there (a reviewer)
-                fix, room = (("make it writable", "a writable directory") if exc.errno == errno.EROFS
-                             else ("free space there", "a directory with room"))
+                room = "a writable directory" if exc.errno == errno.EROFS else "a directory with room"
                 raise BuildError(f"{resource.uri}: node {socket.gethostname()} cannot copy it into its cache "
-                                 f"{_cache_root()} ({exc.strerror}); {fix} or set DOLMINO_CACHE on the executors "
-                                 f"to {room} (default ~/.cache/dolmino), then rerun the same command") from None
+                                 f"{_cache_root()} ({exc.strerror}); {place_remedy(exc.errno)} or set DOLMINO_CACHE "
+                                 f"on the executors to {room} (default ~/.cache/dolmino), then rerun the same "
+                                 "command") from None
             # Checked before it takes the cache's name: a copy of an object replaced after the driver
             # hashed it stayed cached under the driver's digest, and every later build on the node
             # failed on it, also once the object was right again (found by a tester).

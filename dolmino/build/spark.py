@@ -56,11 +56,13 @@ def make_spark(app_name: str, master: str | None = None, driver_memory: str | No
     the level came too late for the ~85 INFO lines SparkContext logs while starting, which the
     README's `spark-submit dolmino/build_mix.py` printed before the build's first line (found by
     a tester). A JVM the command launches itself (`dolmino build`) starts quiet already (PySpark's
-    WARN), and is not launched early here: spark.driver.memory must reach its launch. Either way the
+    WARN), and is launched only once the builder holds every setting (`check_scratch_space` launches it):
+    spark.driver.memory must reach its launch. Either way the
     session prints the UI's address, which Spark's quieted INFO line gave. A session the command
     starts gets the Python workers' faulthandler (`FAULTHANDLER`), Spark's redaction extended to
     AWS_ACCESS_KEY_ID (`REDACTED`) and AWS_ENDPOINT_URL without its password in `S3A_ENDPOINT`
-    (`_hadoop_endpoint`), each unless the user's configuration sets that key (`_user_sets`)."""
+    (`_hadoop_endpoint`), each unless the user's configuration sets that key (`_user_sets`), and starts only
+    where its Spark scratch space can be written (`check_scratch_space`)."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
@@ -92,12 +94,72 @@ def make_spark(app_name: str, master: str | None = None, driver_memory: str | No
     endpoint = _hadoop_endpoint() if quiet_start else None
     if endpoint and not _user_sets(S3A_ENDPOINT, submitted):
         builder = builder.config(S3A_ENDPOINT, endpoint)
+    if quiet_start:
+        check_scratch_space(builder)
     spark = builder.getOrCreate()
     if (quieted or launched) and spark.sparkContext.uiWebUrl:  # Spark's INFO line with it is quieted (a reviewer)
         print(f"Spark UI: {spark.sparkContext.uiWebUrl} (stages, executors' logs)", file=sys.stderr)
     isolate_worker_imports(spark.sparkContext)
     quiet_py4j_send_failures()
     return spark
+
+
+class ScratchSpaceError(Exception):
+    """The driver's Spark scratch space has no directory it can write (`check_scratch_space`)."""
+
+
+def check_scratch_space(builder) -> None:
+    """Raise ScratchSpaceError, before the context starts, where no directory of the driver's Spark scratch
+    space (spark.local.dir, SPARK_LOCAL_DIRS, which goes before it, or else java.io.tmpdir) can be written:
+    Spark's block manager then ends the driver's JVM with exit status 53 and one log line, "Failed to create any
+    local dir." (spark-submit), or the command said "Spark stopped under it" (`dolmino build`; found by a
+    tester). The directories are Spark's own reading of its configuration (Utils.getConfiguredLocalDirs), so
+    the JVM `dolmino build` launches is launched here, with the builder's settings, as getOrCreate would
+    launch it. One directory that can be written is enough, as it is for Spark. Directories a cluster manager
+    set (a YARN container's, a standalone worker's) are Spark's to report."""
+    from pyspark import SparkConf, SparkContext
+
+    from dolmino.progress import under_spark_submit
+
+    options = list(builder._options.items())  # noqa: SLF001 - PySpark's; getOrCreate passes them the same way
+    SparkContext._ensure_initialized(conf=SparkConf().setAll(options))  # noqa: SLF001 - launches or joins the JVM
+    jvm = SparkContext._jvm  # noqa: SLF001
+    conf = SparkConf().setAll(options)
+    dirs = [str(d) for d in jvm.org.apache.spark.util.Utils.getConfiguredLocalDirs(conf._jconf)]  # noqa: SLF001
+    env = jvm.System.getenv("SPARK_LOCAL_DIRS")
+    given = conf.get("spark.local.dir", None)
+    if env is not None and set(dirs) <= set(env.split(",")):
+        setting, other = "SPARK_LOCAL_DIRS", "SPARK_LOCAL_DIRS=DIR"
+    elif given is not None and set(dirs) <= set(given.split(",")):
+        # `dolmino build` takes no --conf: SPARK_LOCAL_DIRS in its environment reaches the JVM it launches
+        setting, other = "spark.local.dir", ("--conf spark.local.dir=DIR" if under_spark_submit() else
+                                             "SPARK_LOCAL_DIRS=DIR, which goes before spark.local.dir")
+    elif dirs == [jvm.System.getProperty("java.io.tmpdir")]:
+        setting, other = "java.io.tmpdir, as neither spark.local.dir nor SPARK_LOCAL_DIRS is set", (
+            "--conf spark.local.dir=DIR" if under_spark_submit() else "SPARK_LOCAL_DIRS=DIR")
+    else:
+        return
+    if problem := scratch_space_problem(dirs, setting, other):
+        raise ScratchSpaceError(problem)
+
+
+def scratch_space_problem(dirs: list[str], setting: str, other: str) -> str | None:
+    """One line for a scratch space (`dirs`, from `setting`) none of whose directories can be made and
+    written, saying how to give Spark `other` ones; None where one can. Spark makes them as the driver does
+    here (with their parents), so a directory still to be made is no problem."""
+    from dolmino.storage import make_writable_dir
+
+    dirs = [d for d in dirs if d]
+    reasons = [(d, make_writable_dir(d)) for d in dirs]
+    if not reasons or any(reason is None for _, reason in reasons):
+        return None
+    if len(reasons) == 1:
+        what, fix = f"cannot be written ({reasons[0][1]})", "make it writable"
+    else:
+        what = "has no directory that can be written (" + "; ".join(f"{d}: {why}" for d, why in reasons) + ")"
+        fix = "make one of them writable"
+    return (f"Spark's scratch space on the driver, {','.join(dirs)} ({setting}), {what}: {fix}, or give Spark a "
+            f"writable directory ({other})")
 
 
 def _user_sets(key: str, submitted) -> bool:
@@ -358,8 +420,9 @@ class SparkCommand:
             self._end_if_stopped(exc)
             if not isinstance(exc, Exception):
                 raise
-            # a master URL Spark refuses or that never answers: one line
-            print(f"{self.prog}: error: {start_failure(exc, master)}", file=sys.stderr)
+            # a master URL Spark refuses or that never answers, a scratch space it cannot write: one line
+            told = str(exc) if isinstance(exc, ScratchSpaceError) else start_failure(exc, master)
+            print(f"{self.prog}: error: {told}", file=sys.stderr)
             return None
         if existing is None:
             self.jvm = launched_jvm(spark.sparkContext)
