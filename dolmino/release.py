@@ -990,7 +990,7 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
         return ReleaseExistsError(f"{release_uri}: release already exists; releases are immutable "
                                   "(publish under a new name, or `dolmino release delete` it first)")
 
-    if (existing := _get_json(bucket, key_prefix + RELEASE_FILE)) is not None:
+    def refuse_existing(existing: dict) -> None:
         try:
             same = _same_content(source, parse_release_record(existing, f"{release_uri}/{RELEASE_FILE}", name))
         except ReleaseError:
@@ -999,6 +999,9 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
             raise ReleaseExistsError(f"{release_uri}: release already exists with the same content (every file's "
                                      "size and SHA-256 match this build): nothing to publish")
         raise exists_error()
+
+    if (existing := _get_json(bucket, key_prefix + RELEASE_FILE)) is not None:
+        refuse_existing(existing)
     parts = key_prefix.split("/")[:-2]
     for above in ("/".join(parts[:i]) + "/" for i in range(1, len(parts) + 1)):
         if _get_json(bucket, above + RELEASE_FILE) is not None:  # its clean would take this for leftovers
@@ -1007,12 +1010,17 @@ def publish(build_dir: str, root_uri: str, name: str, *, part_size: int = DEFAUL
     # Nor over releases: NAME/ a releases root became a release, and every later publish under the root,
     # and its delete, were refused (found by a tester).
     held = [key[len(key_prefix):] for key, _size in s3.iter_keys(bucket, key_prefix)]
+    # A publish of this name that committed since the read above: the loser of two at once was told its
+    # RELEASE.json was "no publish's" object, "not a release (a build's --out?)" (seen under load in a test).
+    if RELEASE_FILE in held and (existing := _get_json(bucket, key_prefix + RELEASE_FILE)) is not None:
+        refuse_existing(existing)
     if below := _nested_releases(held):
         raise ReleaseError(f"{release_uri} holds other releases ({', '.join(below[:5])}): it is a releases root; "
                            "publish under a name of its own beside them")
     # Nor into another build's --out: it reported success and broke the build (a tester). A folder
     # marker (a console's "Create folder") is nobody's data.
-    if foreign := [rel for rel in held if _group_of(rel) is None and rel and not rel.endswith("/")]:
+    if foreign := [rel for rel in held if _group_of(rel) is None and rel not in ("", RELEASE_FILE)
+                   and not rel.endswith("/")]:
         raise ReleaseError(f"{release_uri} holds {len(foreign)} object(s) no publish writes (e.g. {foreign[0]}): "
                            "not a release (a build's --out?); publish under another name. Nothing was uploaded")
     try:

@@ -793,6 +793,27 @@ def test_concurrent_publish_commands_loser_exits_2_with_a_clear_message(small_bu
         _check_single_winner(root, name, winner, small_builds, tmp_path)
 
 
+def test_a_publish_that_commits_while_another_checks_the_name_is_said_to_exist(small_builds, root, tmp_path):
+    """The loser of two publishes at once found no RELEASE.json, then listed NAME/ after the winner committed
+    and called it "1 object(s) no publish writes (e.g. RELEASE.json): not a release (a build's --out?)" (the
+    CLI race above, under load): it is the release that now exists, said as such."""
+    name, won = "commit-between", {}
+
+    def commit_first(params, model, **_):
+        if model.name == "ListObjectsV2" and params.get("Prefix") == f"mixes/olmo2/{name}/" and not won:
+            won["record"] = None  # the winner's own listing passes through
+            won["record"] = release.publish(str(small_builds[0]), root, name)
+
+    events = s3.client().meta.events
+    events.register("before-parameter-build.s3", commit_first)
+    try:
+        with pytest.raises(release.ReleaseExistsError, match=re.escape(f"{root}/{name}: release already exists; ")):
+            release.publish(str(small_builds[1]), root, name)
+    finally:
+        events.unregister("before-parameter-build.s3", commit_first)
+    _check_single_winner(root, name, won["record"], small_builds, tmp_path)
+
+
 def test_store_that_ignores_if_none_match_still_ends_consistent(small_builds, root, tmp_path):
     """Some S3-compatible stores ignore If-None-Match: both writes land, the last one stays.
     Each publisher reads RELEASE.json back after writing it; the one whose record was

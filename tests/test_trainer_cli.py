@@ -1437,6 +1437,32 @@ def test_a_resume_onto_a_build_without_certified_digests_says_its_check_is_weake
                                                "output.files_sha256 (a build made before reports recorded them)") in err
 
 
+def test_a_resume_from_a_position_saved_without_digests_says_its_check_is_weaker(data_dir, tmp_path, capsys):
+    """A checkpoint written before data positions held the files' SHA-256 (its fingerprint without "sha256",
+    as `_comparable` reads it) resumed on a rebuilt or another build of the same part names and sizes unsaid:
+    said once, at start, with what to do; the checkpoints saved from there on hold the digests."""
+    import torch
+
+    from trainer.checkpoint import STATE_FILE
+    from trainer.run import main
+
+    save = tmp_path / "run"
+    flags = ["--data", str(data_dir), *map(str, TINY), "--threads", "1", "--save-dir", str(save)]
+    assert main([*flags, "--steps", "1"]) == 0
+    state_file = save / "step000001" / STATE_FILE
+    state = torch.load(state_file, weights_only=False)
+    del state["data"]["fingerprint"]["sha256"]  # what the trainer wrote before it fingerprinted the digests
+    torch.save(state, state_file)
+    capsys.readouterr()
+    assert main([*flags, "--steps", "2", "--resume"]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "SHA-256" in line]
+    assert len(said) == 1 and said[0].startswith(f"trainer.run: warning: the data position in {state_file} was "
+                                                 "saved without the token files' SHA-256")
+    assert said[0].endswith("go on if --data is the build it was trained on (checkpoints from here on record its "
+                            "digests), otherwise pass that build as --data or start afresh without --resume")
+    assert torch.load(save / "step000002" / STATE_FILE, weights_only=False)["data"]["fingerprint"]["sha256"][0]
+
+
 def test_a_pass_resumed_with_another_batch_size_ends_when_its_tokens_are_seen(tmp_path):
     """One pass of 1,024 tokens: 2 steps of 4 x 16 tokens, then resumed at 8 x 16. It ran 8 steps in
     all (ceil(1,024 / 128), counted as if every step had been 8 x 16): 56 of the 64 instances, and

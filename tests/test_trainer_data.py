@@ -448,7 +448,7 @@ def test_a_resume_on_other_builds_of_the_same_part_names_and_sizes_is_refused(tm
     the digests were fingerprinted."""
     import shutil
 
-    from trainer.data import check_data_position, layout_fingerprint, scan_data
+    from trainer.data import check_data_position, layout_fingerprint, scan_data, undigested_position_note
 
     a, b, c = (write_build(tmp_path / name, seed) for name, seed in (("A", 1), ("B", 2), ("C", 3)))
     loader = DataLoader(MemmapDataset([a, b], seq_len=16), 4, seed=1, prefetch=False)
@@ -475,8 +475,13 @@ def test_a_resume_on_other_builds_of_the_same_part_names_and_sizes_is_refused(tm
     resume(moved / "A", moved / "B")
     older = {**state, "fingerprint": {k: v for k, v in state["fingerprint"].items() if k != "sha256"}}
     DataLoader(MemmapDataset([b, a], seq_len=16), 4, seed=1, prefetch=False).load_state_dict(older)
+    certified = layout_fingerprint(scan_data([b, a]), 16)  # resumed on names and sizes: said (trainer.run prints it)
+    assert undigested_position_note(older["fingerprint"], certified, "s.pt").startswith(
+        "the data position in s.pt was saved without the token files' SHA-256")
+    assert undigested_position_note(state["fingerprint"], certified, "s.pt") is None
     for build in (a, b):
         (build / "report.json").unlink()
+    assert undigested_position_note(older["fingerprint"], layout_fingerprint(scan_data([a, b]), 16), "s.pt") is None
     raw = DataLoader(MemmapDataset([a, b], seq_len=16), 4, seed=1, prefetch=False).state_dict()
     assert raw["fingerprint"]["sha256"] == [None] * 4
     DataLoader(MemmapDataset([a, b], seq_len=16), 4, seed=1, prefetch=False).load_state_dict(raw)

@@ -232,6 +232,21 @@ def uncertified_builds_note(layout: DataLayout) -> str | None:
             "trained on")
 
 
+def undigested_position_note(saved: dict | None, current: dict, where: str | Path) -> str | None:
+    """The warning for a resume from a checkpoint whose data position (`saved`: its fingerprint, read from
+    `where`) was written before fingerprints held the files' digests: `_comparable` then leaves the current
+    digests out, so a rebuilt or different build of the same part names and sizes resumed on other batches
+    without a word (a reviewer). None where nothing was left out: the position has its digests, or no
+    current token file has one (`uncertified_builds_note` speaks for builds without them)."""
+    if not isinstance(saved, dict) or "sha256" in saved or not any(current.get("sha256") or ()):
+        return None
+    return (f"the data position in {where} was saved without the token files' SHA-256 (by a trainer older than "
+            "its digests): the resume checked --data against it by names and sizes only, which a rebuilt or "
+            "another build of the same part names and sizes would pass, replaying other batches; go on if --data "
+            "is the build it was trained on (checkpoints from here on record its digests), otherwise pass that "
+            "build as --data or start afresh without --resume")
+
+
 def _checked_files(found: list[tuple[Path | None, Path, int]]) -> dict[Path, int]:
     """Refuse the token files of `_discover` and their label masks that `MemmapDataset` cannot read
     (headers and sizes: nothing mapped); the bytes of each mask, by its token file."""

@@ -44,7 +44,7 @@ from trainer.cli import (  # noqa: F401 (parse_count: our API)
 from trainer.config import ANNEAL_RECIPES, REPETITION_MODES, RunConfig, TrainConfig, describe_params
 from trainer.data import (
     DataError, check_batch_fits, check_data_position, layout_fingerprint, scan_data, uncertified_builds_note,
-    unreported_build_note,
+    undigested_position_note, unreported_build_note,
 )
 from trainer.distributed import (
     BACKENDS, DeviceUnavailable, RanksDisagree, barrier, exit_process, init_distributed, launched_world_size,
@@ -477,10 +477,12 @@ def main(argv: list[str] | None = None) -> int:
                                     "resume with the --seq-len it was trained with"
                                     + (f" ({recipe})" if recipe else ""))
                 position = saved.get("data") or {}
-                check_data_position(position.get("fingerprint"), layout_fingerprint(layout, run.train.seq_len),
-                                    resume_from / STATE_FILE)
-                if (note := uncertified_builds_note(layout)) and env.is_main:
-                    say(f"{prog}: warning: {note}")
+                current = layout_fingerprint(layout, run.train.seq_len)
+                check_data_position(position.get("fingerprint"), current, resume_from / STATE_FILE)
+                for note in (uncertified_builds_note(layout),
+                             undigested_position_note(position.get("fingerprint"), current, resume_from / STATE_FILE)):
+                    if note and env.is_main:
+                        say(f"{prog}: warning: {note}")
             if mixed is not None and env.is_main:
                 # "<|endoftext|>" in text is EOS in some builds, characters in others: it trained unsaid (a tester);
                 # a resume keeps its checkpoint's record, which "record no tokenizer" denied (a reviewer)
