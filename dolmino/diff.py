@@ -596,9 +596,9 @@ def manifest_changes(built: object, given: object) -> list[str]:
     """The fields in which the raw manifest `given` differs from `built` (a build's manifest.json),
     as the manifest loader reads them: key order, spacing, "4M" for 4000000 or a default written out
     are no change. Not "output", which only says where the build goes, nor the descriptions or
-    max_passes (which passes the warnings accept), which change no token. As plain JSON where either does not load (another dolmino version's). What the
-    build (a complete build of another manifest in --out) and the trainer (--mix of an edited
-    manifest) tell their user changed."""
+    max_passes (which passes the warnings accept), which change no token. As plain JSON where either
+    does not load (another dolmino version's). What the build (a complete build of another manifest
+    in --out) and the trainer (--mix of an edited manifest) tell their user changed."""
     from dolmino.manifest import manifest_from_dict
 
     ignored = ("output", "output (resolved)", "description", "max_passes")

@@ -36,8 +36,8 @@ block quotes and tables end a paragraph (paragraphs are separated by one blank l
 ordered list ("1. ", counting from the list's `start`, the only numbering the site's sanitizer keeps: no
 `reversed`, no `<li value>`), a code block included; each line of a block in a list or block quote inside
 a list item is indented by the width of the enclosing items' markers ("1. Prepare:" then "   - flour"), as
-is a list directly in a list (no item around it: under the item before it), and an item that starts with one has its marker first ("- > quoted", "- - inner"); `<hr>` between two
-blocks is a block "---" (at the start or end of a post, none); the cells of a table row are separated by
+is a list directly in a list (no item around it: under the item before it), and an item that starts with
+one has its marker first ("- > quoted", "- - inner"); `<hr>` between two blocks is a block "---" (at the start or end of a post, none); the cells of a table row are separated by
 " | ", an empty cell's too (a row without any text is dropped); each line of a block inside a block quote
 starts with "> " (one per quote it is in, before the marker of a list inside it); a block of whitespace and
 invisible format characters only (a zero-width space) is no block; `<pre>` blocks keep their code verbatim

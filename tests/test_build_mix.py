@@ -2223,4 +2223,5 @@ def test_the_tag_says_per_set_why_it_tags_bundles_again(spark, tmp_path, monkeyp
                for c in files.values()), files
     from dolmino.report import render_markdown
 
-    assert f"- {untagged.RETAG_REASONS['files_added_or_removed']}: web/{docs_set} (1 bundle), " in render_markdown(report)
+    said = f"- {untagged.RETAG_REASONS['files_added_or_removed']}: web/{docs_set} (1 bundle), "
+    assert said in render_markdown(report)
