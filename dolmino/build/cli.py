@@ -354,7 +354,7 @@ def executor_failure(exc: BaseException, manifest=None) -> str | None:
     if type(exc).__name__ not in ("Py4JJavaError", "PythonException"):
         return None
     text = str(exc)
-    found = _EXECUTOR_ERRORS.findall(text)
+    found = list(_EXECUTOR_ERRORS.finditer(text))
     if not found and (missing := _MODULE_MISSING.findall(text)):
         return redact(_missing_on_executors(missing[-1]))
     if not found and (jvm := _JVM_PLACE.search(text)):
@@ -375,11 +375,11 @@ def executor_failure(exc: BaseException, manifest=None) -> str | None:
             return (f"a Python worker died{where}: killed, out of memory, or ended by the code it ran (os._exit); "
                     "rerun the same command to resume (finished attribute files and parts are kept)")
         return None
-    name, message = found[-1]
+    name, message = found[-1].groups()
     hint = None
     if name == "ScorerError":
         # the first of its frames is the scorer's own module (a library it calls may keep files beside its own)
-        own = _FRAME_FILE.search(_frames(text, list(_EXECUTOR_ERRORS.finditer(text))[-1]))
+        own = _FRAME_FILE.search(_frames(text, found[-1]))
         hint = data_file_hint(message, [_code_root(own.group(2))]) if own else None
         if manifest is not None and (sites := _scorer_sites(manifest, message)):
             message = f"{sites}: {message.strip()}"
